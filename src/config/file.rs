@@ -1,0 +1,799 @@
+//! The serde mirror of the policy file (SPEC §2): structure and defaults only, no logic.
+//!
+//! Every struct denies unknown keys, so a typo is an error with its line and column rather than
+//! a setting silently ignored. Cross-references and bounds are checked in `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::units::{Dur, Rate, Ratio, Size};
+
+/// The whole policy file.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Schema version; only `1` exists.
+    pub version: u32,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Process-wide limits.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// How requests are attributed to tenants.
+    #[serde(default)]
+    pub tenants: Tenants,
+    /// Named upstreams that routes send to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Named policies that routes apply.
+    #[serde(default)]
+    pub policies: BTreeMap<String, Policy>,
+    /// The listeners, each with its routes.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// `admin:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of `/metrics`, `/healthz`, `/readyz`, `/config`, `/reload`, `/state`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `runtime:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Drain time after SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+    /// A client must finish sending its request head within this time.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Larger request heads are answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Size,
+    /// Connections served at once per listener; more wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+/// `tenants:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenants {
+    /// Sources tried in order; the first that yields a value wins.
+    #[serde(default = "default_tenant_sources")]
+    pub from: Vec<TenantSource>,
+    /// Tenant of unidentified requests; the word `reject` answers 401 instead.
+    #[serde(default = "default_fallback")]
+    pub fallback: String,
+    /// Per-tenant state entries kept in memory.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: u64,
+    /// Tenants that get their own metric label; the rest share `_other`.
+    #[serde(default = "default_metrics_labels")]
+    pub metrics_labels: u64,
+}
+
+/// One place a tenant id can come from; exactly one key is set.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSource {
+    /// A request header, e.g. `x-tenant-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A query-string parameter, e.g. `tenant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// `upstreams.NAME:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` endpoints; a DNS name yields one endpoint per address.
+    pub endpoints: Vec<String>,
+    /// Time allowed to establish a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// How often DNS names are resolved again.
+    #[serde(default = "default_resolve_every")]
+    pub resolve_every: Dur,
+    /// Active health checking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// TLS towards the upstream (rustls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// Endpoint selection.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Passive outlier ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<Outlier>,
+    /// Idle pooled connections kept per endpoint.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: u32,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Dur,
+}
+
+/// `upstreams.NAME.health_check:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path probed with GET; any 2xx is healthy.
+    pub path: String,
+    /// Time between probes of one endpoint.
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    /// Time allowed for one probe.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+    /// Consecutive failed probes that mark an endpoint unhealthy.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// Consecutive good probes that mark it healthy again.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+/// `upstreams.NAME.tls:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// SNI and certificate name; the endpoint host if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM bundle of trusted roots; system/webpki roots if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// `upstreams.NAME.balance:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two choices on EWMA latency.
+    P2c,
+}
+
+/// `upstreams.NAME.outlier:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    /// Consecutive failures that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// How long an ejected endpoint stays out.
+    #[serde(default = "default_eject_for")]
+    pub eject_for: Dur,
+    /// Most endpoints ejected at once.
+    #[serde(default = "default_max_ejected")]
+    pub max_ejected: Ratio,
+}
+
+/// `policies.NAME:`; every section is optional.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Deadlines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    /// Retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Circuit breaking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Load shedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_shed: Option<LoadShed>,
+}
+
+/// `policies.NAME.timeout:`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeout {
+    /// The whole exchange, every retry and backoff included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Dur>,
+    /// Each try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<PerTry>,
+}
+
+/// `per_try: 5s`, `per_try: auto`, or `per_try: { auto: { min: 50ms, max: 2s } }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerTry {
+    /// A fixed bound.
+    Fixed(Dur),
+    /// Derived from the upstream's recent latency, clamped to `[min, max]`.
+    Auto {
+        /// Lower bound of the derived timeout.
+        min: Dur,
+        /// Upper bound of the derived timeout.
+        max: Dur,
+    },
+}
+
+/// Default lower bound of `per_try: auto`.
+pub const PER_TRY_AUTO_MIN: Dur = Dur::from_millis(10);
+/// Default upper bound of `per_try: auto`.
+pub const PER_TRY_AUTO_MAX: Dur = Dur::from_secs(30);
+
+/// `policies.NAME.retry:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// Request bodies up to this size are kept for replay.
+    #[serde(default = "default_retry_buffer")]
+    pub buffer: Size,
+    /// Outcomes that are retried.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Exponential backoff with full jitter.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Cap on the extra load retries may add.
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+/// One entry of `retry.on`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    /// The connection could not be established.
+    ConnectError,
+    /// The connection broke before a full answer.
+    Reset,
+    /// A per-try timeout fired.
+    Timeout,
+    /// The upstream answered this status.
+    Status(u16),
+}
+
+/// `retry.backoff:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Backoff ceiling of the first retry.
+    #[serde(default = "default_backoff_base")]
+    pub base: Dur,
+    /// Largest backoff.
+    #[serde(default = "default_backoff_max")]
+    pub max: Dur,
+}
+
+/// `retry.budget:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Retries allowed as a share of requests.
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: Ratio,
+    /// Retries always allowed per second, whatever the ratio.
+    #[serde(default = "default_budget_min")]
+    pub min_per_second: u32,
+    /// Sliding window over which the ratio is computed.
+    #[serde(default = "default_budget_window")]
+    pub window: Dur,
+}
+
+/// `policies.NAME.rate_limit:`
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Limits applied to every tenant on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_tenant: Option<Limits>,
+    /// Limits that replace `per_tenant` for named tenants.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, Limits>,
+    /// Limits of the whole route, whatever the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<Limits>,
+    /// RateLimit headers on admitted answers too.
+    #[serde(default)]
+    pub headers: bool,
+}
+
+/// One limit or a list of limits, all of which must admit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Limits(pub Vec<Limit>);
+
+/// A token bucket: `rate` refills, `burst` is its capacity (the rate's count if absent).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Refill rate.
+    pub rate: Rate,
+    /// Capacity; defaults to the rate's count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Name used in the RateLimit headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `policies.NAME.circuit_breaker:`; a rule that is absent is off.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// One breaker per upstream, or per (upstream, tenant).
+    #[serde(default)]
+    pub scope: BreakerScope,
+    /// Consecutive failures that open the breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Failure share over a window of calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<FailureRate>,
+    /// Share of slow calls over the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call: Option<SlowCall>,
+    /// Time open before probing.
+    #[serde(default = "default_open_for")]
+    pub open_for: Dur,
+    /// Ceiling of `open_for` as it grows on repeated trips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for_max: Option<Dur>,
+    /// Trial calls let through while half open.
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: u32,
+}
+
+/// `circuit_breaker.scope:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerScope {
+    /// One breaker per upstream.
+    #[default]
+    Upstream,
+    /// One breaker per (upstream, tenant).
+    Tenant,
+}
+
+/// `circuit_breaker.failure_rate:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRate {
+    /// Failure share that opens the breaker.
+    pub threshold: Ratio,
+    /// Calls in the sliding window.
+    #[serde(default = "default_fr_window")]
+    pub window: u32,
+    /// Calls needed before the rate is judged.
+    #[serde(default = "default_fr_min_calls")]
+    pub min_calls: u32,
+}
+
+/// `circuit_breaker.slow_call:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowCall {
+    /// A call longer than this is slow.
+    pub duration: Dur,
+    /// Share of slow calls that opens the breaker.
+    pub threshold: Ratio,
+}
+
+/// `policies.NAME.load_shed:`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadShed {
+    /// Requests in flight on the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Requests in flight per tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_tenant_max_in_flight: Option<u32>,
+    /// Waiting room for requests that find no free slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Queue>,
+    /// Priority classes read from a header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Limit that follows measured upstream latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<Adaptive>,
+}
+
+/// `load_shed.queue:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Requests that may wait; 0 sheds at once.
+    pub size: u32,
+    /// Longest wait.
+    #[serde(default = "default_queue_timeout")]
+    pub timeout: Dur,
+}
+
+/// `load_shed.priority:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Priority {
+    /// Header carrying `critical`, `normal` or `sheddable`.
+    pub header: String,
+}
+
+/// `load_shed.adaptive:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptive {
+    /// Lowest limit.
+    pub min: u32,
+    /// Highest limit.
+    pub max: u32,
+}
+
+/// `listeners[i]:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used as the metrics label.
+    pub name: String,
+    /// Traffic entering the service, or leaving it.
+    pub direction: Direction,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// TLS termination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// One log line per request.
+    #[serde(default)]
+    pub access_log: bool,
+    /// Routes, matched in order.
+    pub routes: Vec<Route>,
+}
+
+/// `listeners[i].direction:`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// In front of the service.
+    Inbound,
+    /// Between the service and its dependencies.
+    Outbound,
+}
+
+/// `listeners[i].tls:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `listeners[i].routes[j]:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Metrics label; the upstream's name if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Conditions; a route without `match` matches everything.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Match>,
+    /// Upstream name.
+    pub upstream: String,
+    /// Policy name; a route without one is a plain proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// `routes[j].match:`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Host name, or `*.suffix`; the port is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+// === defaults ===
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+fn default_shutdown_grace() -> Dur {
+    Dur::from_secs(15)
+}
+fn default_header_read_timeout() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_max_header_bytes() -> Size {
+    Size(32 * 1024)
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_tenant_sources() -> Vec<TenantSource> {
+    vec![TenantSource { header: Some("x-tenant-id".into()), query: None }]
+}
+fn default_fallback() -> String {
+    "anonymous".into()
+}
+fn default_max_tracked() -> u64 {
+    100_000
+}
+fn default_metrics_labels() -> u64 {
+    100
+}
+fn default_connect_timeout() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_resolve_every() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_pool_max_idle() -> u32 {
+    256
+}
+fn default_pool_idle_timeout() -> Dur {
+    Dur::from_secs(90)
+}
+fn default_hc_interval() -> Dur {
+    Dur::from_secs(5)
+}
+fn default_hc_timeout() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+fn default_eject_for() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_max_ejected() -> Ratio {
+    Ratio(0.5)
+}
+fn default_retry_buffer() -> Size {
+    Size(64 * 1024)
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectError,
+        RetryOn::Reset,
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+        RetryOn::Status(504),
+    ]
+}
+fn default_backoff_base() -> Dur {
+    Dur::from_millis(25)
+}
+fn default_backoff_max() -> Dur {
+    Dur::from_millis(250)
+}
+fn default_budget_ratio() -> Ratio {
+    Ratio(0.2)
+}
+fn default_budget_min() -> u32 {
+    10
+}
+fn default_budget_window() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_open_for() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_half_open_probes() -> u32 {
+    1
+}
+fn default_fr_window() -> u32 {
+    20
+}
+fn default_fr_min_calls() -> u32 {
+    10
+}
+fn default_queue_timeout() -> Dur {
+    Dur::from_millis(250)
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { listen: default_admin_listen() }
+    }
+}
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            shutdown_grace: default_shutdown_grace(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+impl Default for Tenants {
+    fn default() -> Self {
+        Tenants {
+            from: default_tenant_sources(),
+            fallback: default_fallback(),
+            max_tracked: default_max_tracked(),
+            metrics_labels: default_metrics_labels(),
+        }
+    }
+}
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { base: default_backoff_base(), max: default_backoff_max() }
+    }
+}
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_min(),
+            window: default_budget_window(),
+        }
+    }
+}
+
+// === impl Limits: one map or a list of maps ===
+
+impl<'de> Deserialize<'de> for Limits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V(PhantomData<Limit>);
+        impl<'de> Visitor<'de> for V {
+            type Value = Limits;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a limit { rate, burst } or a list of limits")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Limits, A::Error> {
+                let one = Limit::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Limits(vec![one]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Limits, A::Error> {
+                let mut all = Vec::new();
+                while let Some(l) = seq.next_element::<Limit>()? {
+                    all.push(l);
+                }
+                Ok(Limits(all))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+// === impl PerTry ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoBounds {
+    #[serde(default = "auto_min")]
+    min: Dur,
+    #[serde(default = "auto_max")]
+    max: Dur,
+}
+fn auto_min() -> Dur {
+    PER_TRY_AUTO_MIN
+}
+fn auto_max() -> Dur {
+    PER_TRY_AUTO_MAX
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoMap {
+    auto: AutoBounds,
+}
+
+impl<'de> Deserialize<'de> for PerTry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PerTry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration, `auto`, or { auto: { min, max } }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PerTry, E> {
+                if v == "auto" {
+                    return Ok(PerTry::Auto { min: PER_TRY_AUTO_MIN, max: PER_TRY_AUTO_MAX });
+                }
+                v.parse::<Dur>().map(PerTry::Fixed).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PerTry, A::Error> {
+                let m = AutoMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PerTry::Auto { min: m.auto.min, max: m.auto.max })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for PerTry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            PerTry::Fixed(d) => d.serialize(s),
+            PerTry::Auto { min, max } => {
+                #[derive(Serialize)]
+                struct B<'a> {
+                    min: &'a Dur,
+                    max: &'a Dur,
+                }
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("auto", &B { min, max })?;
+                m.end()
+            }
+        }
+    }
+}
+
+// === impl RetryOn ===
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("connect_error, reset, timeout or a status code from 100 to 599")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                match v {
+                    "connect_error" => Ok(RetryOn::ConnectError),
+                    "reset" => Ok(RetryOn::Reset),
+                    "timeout" => Ok(RetryOn::Timeout),
+                    other => match other.parse::<u64>() {
+                        Ok(n) => self.visit_u64(n),
+                        Err(_) => Err(E::custom(format!(
+                            "unknown retry condition {other:?}: expected connect_error, reset, timeout or a status code"
+                        ))),
+                    },
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                if (100..=599).contains(&v) {
+                    Ok(RetryOn::Status(v as u16))
+                } else {
+                    Err(E::custom(format!("invalid status code {v}: expected 100 to 599")))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                Err(E::custom(format!("invalid status code {v}: expected 100 to 599")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::ConnectError => s.serialize_str("connect_error"),
+            RetryOn::Reset => s.serialize_str("reset"),
+            RetryOn::Timeout => s.serialize_str("timeout"),
+            RetryOn::Status(c) => s.serialize_u16(*c),
+        }
+    }
+}

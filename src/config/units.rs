@@ -1,0 +1,340 @@
+//! Units of the policy file: durations (`250ms`), rates (`100/s`), ratios (`50%`) and sizes
+//! (`64KiB`).
+//!
+//! Each is a newtype with `FromStr` and a serde `Deserialize` that reports the bad text, so a
+//! typo in a unit is an error at the exact line and column of the file, never a silent default.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A duration written as a number and a unit: `ms`, `s`, `m`, `h` or `d` (`250ms`, `1.5s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Dur(pub Duration);
+
+/// A rate: a count per period, `100/s`, `6000/min`, `50000/h`, `1000000/d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    /// How many events the period allows.
+    pub count: u64,
+    /// The period over which `count` refills.
+    pub per: Duration,
+}
+
+/// A ratio written as a percentage, `50%`; stored as a fraction in `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Default)]
+pub struct Ratio(pub f64);
+
+/// A size in bytes: a plain number, or with `B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Size(pub u64);
+
+/// Why a unit failed to parse; the message names the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnitError(String);
+
+fn split_number(s: &str) -> (&str, &str) {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    (&s[..end], &s[end..])
+}
+
+// === impl Dur ===
+
+impl Dur {
+    /// Builds a duration from milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
+    /// Builds a duration from seconds.
+    pub const fn from_secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+impl FromStr for Dur {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || {
+            UnitError(format!(
+                "invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like 250ms or 5s"
+            ))
+        };
+        let t = s.trim();
+        let (num, unit) = split_number(t);
+        if num.is_empty() {
+            return Err(bad());
+        }
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let mult = match unit.trim() {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return Err(bad()),
+        };
+        let secs = n * mult;
+        if !secs.is_finite() || secs > 1e12 {
+            return Err(bad());
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 && ms > 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+// === impl Rate ===
+
+impl Rate {
+    /// The time one event's worth of the rate takes to refill.
+    pub fn interval(&self) -> Duration {
+        if self.count == 0 {
+            return Duration::MAX;
+        }
+        self.per / u32::try_from(self.count).unwrap_or(u32::MAX)
+    }
+}
+
+impl FromStr for Rate {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || {
+            UnitError(format!(
+                "invalid rate {s:?}: expected COUNT/PERIOD with PERIOD one of s, min, h, d, like 100/s or 6000/min"
+            ))
+        };
+        let (count, per) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let per = match per.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86400),
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > u32::MAX as u64 {
+            return Err(UnitError(format!(
+                "invalid rate {s:?}: the count must be between 1 and {}",
+                u32::MAX
+            )));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => "d",
+        };
+        write!(f, "{}/{}", self.count, unit)
+    }
+}
+
+// === impl Ratio ===
+
+impl FromStr for Ratio {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError(format!("invalid ratio {s:?}: expected a percentage from 0% to 100%, like 50%"));
+        let num = s.trim().strip_suffix('%').ok_or_else(bad)?;
+        let n: f64 = num.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&n) {
+            return Err(bad());
+        }
+        Ok(Ratio(n / 100.0))
+    }
+}
+
+impl fmt::Display for Ratio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0 * 100.0)
+    }
+}
+
+// === impl Size ===
+
+impl FromStr for Size {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || {
+            UnitError(format!(
+                "invalid size {s:?}: expected a number of bytes with an optional unit (B, KiB, MiB, GiB, KB, MB, GB), like 64KiB"
+            ))
+        };
+        let (num, unit) = split_number(s.trim());
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(Size).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+// === serde: every unit reads from a string (sizes also from an integer) ===
+
+macro_rules! serde_via_str {
+    ($t:ty, $what:literal, $ints:expr) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$t, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$t, E> {
+                        if $ints {
+                            v.to_string().parse().map_err(E::custom)
+                        } else {
+                            Err(E::custom(format!(
+                                "invalid {}: {v} has no unit; write it like {}",
+                                $what,
+                                <$t>::example()
+                            )))
+                        }
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$t, E> {
+                        Err(E::custom(format!("invalid {}: {v}", $what)))
+                    }
+                    fn visit_f64<E: de::Error>(self, v: f64) -> Result<$t, E> {
+                        Err(E::custom(format!(
+                            "invalid {}: {v} has no unit; write it like {}",
+                            $what,
+                            <$t>::example()
+                        )))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+trait Example {
+    fn example() -> &'static str;
+}
+impl Example for Dur {
+    fn example() -> &'static str {
+        "250ms or 5s"
+    }
+}
+impl Example for Rate {
+    fn example() -> &'static str {
+        "100/s"
+    }
+}
+impl Example for Ratio {
+    fn example() -> &'static str {
+        "50%"
+    }
+}
+impl Example for Size {
+    fn example() -> &'static str {
+        "64KiB"
+    }
+}
+
+serde_via_str!(Dur, "duration", false);
+serde_via_str!(Rate, "rate", false);
+serde_via_str!(Ratio, "ratio", false);
+serde_via_str!(Size, "size", true);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!("250ms".parse::<Dur>().unwrap(), Dur::from_millis(250));
+        assert_eq!("5s".parse::<Dur>().unwrap(), Dur::from_secs(5));
+        assert_eq!("1m".parse::<Dur>().unwrap(), Dur::from_secs(60));
+        assert_eq!("1.5s".parse::<Dur>().unwrap(), Dur::from_millis(1500));
+        assert_eq!("2h".parse::<Dur>().unwrap(), Dur::from_secs(7200));
+        for bad in ["", "5", "5x", "s", "-1s", "abc"] {
+            assert!(bad.parse::<Dur>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        let r: Rate = "100/s".parse().unwrap();
+        assert_eq!((r.count, r.per), (100, Duration::from_secs(1)));
+        assert_eq!(r.interval(), Duration::from_millis(10));
+        assert_eq!("6000/min".parse::<Rate>().unwrap().per, Duration::from_secs(60));
+        assert_eq!("50000/h".parse::<Rate>().unwrap().per, Duration::from_secs(3600));
+        assert_eq!("1000000/d".parse::<Rate>().unwrap().per, Duration::from_secs(86400));
+        for bad in ["100", "100/x", "/s", "0/s", "-5/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn ratios_and_sizes() {
+        assert_eq!("50%".parse::<Ratio>().unwrap(), Ratio(0.5));
+        assert_eq!("0%".parse::<Ratio>().unwrap(), Ratio(0.0));
+        assert!("150%".parse::<Ratio>().is_err());
+        assert!("0.5".parse::<Ratio>().is_err());
+        assert_eq!("64KiB".parse::<Size>().unwrap(), Size(65536));
+        assert_eq!("1MiB".parse::<Size>().unwrap(), Size(1 << 20));
+        assert_eq!("100".parse::<Size>().unwrap(), Size(100));
+        assert!("12XB".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["250ms", "5s"] {
+            assert_eq!(s.parse::<Dur>().unwrap().to_string(), s);
+        }
+        for s in ["100/s", "6000/min", "50000/h", "1000000/d"] {
+            assert_eq!(s.parse::<Rate>().unwrap().to_string(), s);
+        }
+        assert_eq!("64KiB".parse::<Size>().unwrap().to_string(), "64KiB");
+    }
+}
