@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A source of monotonic time in nanoseconds since an arbitrary origin.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Nanoseconds since this clock's origin; never decreases.
     fn now_nanos(&self) -> u64;
 }

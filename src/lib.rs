@@ -2,11 +2,161 @@
 //! timeouts, retries and load shedding from one YAML policy file.
 //!
 //! `main.rs` only parses the command line; everything it runs lives here so that tests and
-//! benchmarks drive the same code in-process.
+//! benchmarks drive the same code in-process. [`Rampart::start`] binds the admin and data
+//! listeners of a validated [`config::Config`] and returns a handle to reload or stop it.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod error;
+pub mod generation;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod sample;
+pub mod shutdown;
+pub mod tenant;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::{MonotonicClock, SharedClock};
+use crate::config::Config;
+use crate::generation::Generation;
+use crate::metrics::Metrics;
+use crate::reload::{ListenerSet, ReloadError};
+
+/// What every connection and request of one rampart instance shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config generation in force.
+    pub current: ArcSwap<Generation>,
+    /// This instance's metrics.
+    pub metrics: Metrics,
+    /// Time for the policies.
+    pub clock: SharedClock,
+    /// Tenant label folding (stable across reloads).
+    pub labels: tenant::Labels,
+    /// The empty label (requests refused before a tenant is known).
+    pub empty_label: Arc<str>,
+    /// Set once shutdown began; `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Running listeners; the lock also serialises reloads.
+    pub listeners: tokio::sync::Mutex<ListenerSet>,
+}
+
+/// A running rampart instance.
+#[derive(Debug, Clone)]
+pub struct Rampart {
+    shared: Arc<Shared>,
+    admin_addr: SocketAddr,
+}
+
+/// Why rampart could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin address could not be bound.
+    #[error("cannot bind the admin listener on {addr}: {error}")]
+    Admin {
+        /// Address.
+        addr: SocketAddr,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("{0}")]
+    Listener(ReloadError),
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Per-tenant state entries in memory now.
+    pub fn tracked_tenants(&self) -> u64 {
+        0
+    }
+}
+
+// === impl Rampart ===
+
+impl Rampart {
+    /// Binds the admin and data listeners of `config` and starts serving.
+    pub async fn start(config: Config) -> Result<Rampart, StartError> {
+        let clock: SharedClock = Arc::new(MonotonicClock::new());
+        let metrics = Metrics::register();
+        let labels = tenant::Labels::new(config.file.tenants.metrics_labels as usize);
+        let admin_listen = config.file.admin.listen;
+        let admin_tcp = proxy::listener::bind(admin_listen)
+            .map_err(|error| StartError::Admin { addr: admin_listen, error })?;
+        let admin_addr = admin_tcp.local_addr().unwrap_or(admin_listen);
+        // An empty generation first; `apply` builds the real one and binds its listeners.
+        let empty = Config { file: config::File { listeners: Vec::new(), ..config.file.clone() }, ..config.clone() };
+        let shared = Arc::new(Shared {
+            current: ArcSwap::from_pointee(Generation::empty(Arc::new(empty))),
+            metrics,
+            clock,
+            labels,
+            empty_label: Arc::from(""),
+            draining: AtomicBool::new(false),
+            listeners: tokio::sync::Mutex::new(ListenerSet::new()),
+        });
+        {
+            let mut set = shared.listeners.lock().await;
+            reload::apply(&shared, &mut set, config).map_err(StartError::Listener)?;
+        }
+        admin::spawn(shared.clone(), admin_tcp);
+        tracing::info!(admin = %admin_addr, "rampart started");
+        Ok(Rampart { shared, admin_addr })
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The bound address of the listener named `name`.
+    pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        let gen = self.shared.current.load_full();
+        let l = gen.config.file.listeners.iter().find(|l| l.name == name)?;
+        self.shared.listeners.lock().await.get(&l.listen).map(|h| h.local_addr)
+    }
+
+    /// The file the config in force came from.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.shared.current.load().config.path.clone()
+    }
+
+    /// Reloads the config file (as SIGHUP does); returns the new sha256.
+    pub async fn reload(&self) -> Result<String, ReloadError> {
+        reload::reload(&self.shared).await
+    }
+
+    /// What every connection shares; for tests and the admin endpoints.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to `shutdown_grace`), returns.
+    pub async fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let grace = self.shared.current.load().config.file.runtime.shutdown_grace.0;
+        let handles: Vec<_> = self.shared.listeners.lock().await.drain().map(|(_, h)| h).collect();
+        for h in &handles {
+            h.begin_drain();
+        }
+        for h in handles {
+            h.wait(grace).await;
+        }
+        tracing::info!("drained; exiting");
+    }
+}

@@ -1,1 +1,78 @@
-fn main() {}
+//! The `rampart` binary: command line, logging, runtime, exit codes. Nothing else.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rampart::cli::{Cli, Command, LogFormat};
+use rampart::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Command::Validate { config } = &cli.command {
+        return match Config::load(config) {
+            Ok(c) => {
+                println!("{}: {}", config.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprintln!("{errs}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match build_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rampart: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config, watch } => run(config, watch).await,
+            Command::Demo { config } => rampart::demo::run(config).await,
+            Command::Sample { listen } => {
+                rampart::sample::serve_forever(listen).await.map_err(|e| e.to_string())
+            }
+            Command::Validate { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let rampart = rampart::Rampart::start(config).await.map_err(|e| format!("rampart: {e}"))?;
+    rampart::shutdown::run_until_signalled(rampart, watch).await.map_err(|e| e.to_string())
+}
+
+fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("RAMPART_WORKERS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build()
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(f) => f == LogFormat::Json,
+        None => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,138 @@
+//! The admin listener (SPEC §4): `/metrics`, `/healthz`, `/readyz`, `/config`, `/reload`,
+//! `/state`.
+//!
+//! It runs on its own socket, apart from traffic, so operators and probes reach it while the
+//! data listeners drain. `POST /reload` is honoured only from loopback peers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::proxy::body::Body;
+use crate::reload::{self, ReloadError};
+use crate::Shared;
+
+/// Serves the admin endpoints on `tcp` until the process ends.
+pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        loop {
+            let Ok((stream, peer)) = tcp.accept().await else { continue };
+            let shared = shared.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(route(&shared, req, peer).await) }
+                });
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    })
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            shared.metrics.tenants_tracked.set(shared.tracked_tenants() as i64);
+            text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render())
+        }
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(shared),
+        (&Method::GET, "/config") => config(shared),
+        (&Method::GET, "/state") => json(StatusCode::OK, state(shared)),
+        (&Method::POST, "/reload") => {
+            if !peer.ip().is_loopback() {
+                let msg = "reload is allowed from loopback peers only";
+                return json(StatusCode::FORBIDDEN, serde_json::json!({"result": "forbidden", "errors": [msg]}));
+            }
+            match reload::reload(shared).await {
+                Ok(sha) => json(StatusCode::OK, serde_json::json!({"result": "success", "sha256": sha})),
+                Err(ReloadError::Invalid(errs)) => {
+                    let list: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+                    json(StatusCode::BAD_REQUEST, serde_json::json!({"result": "failure", "errors": list}))
+                }
+                Err(e) => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"result": "failure", "errors": [e.to_string()]}),
+                ),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/state" | "/reload") => {
+            json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
+        }
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+    }
+}
+
+fn readyz(shared: &Shared) -> Response<Body> {
+    if shared.draining.load(Ordering::SeqCst) {
+        return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "draining"}));
+    }
+    if !shared.current.load().inbound_ready() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "no healthy endpoint for an inbound upstream"}),
+        );
+    }
+    json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+}
+
+fn config(shared: &Shared) -> Response<Body> {
+    let gen = shared.current.load();
+    let c = &gen.config;
+    let loaded_at = c.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "sha256": c.sha256,
+            "loaded_at": loaded_at,
+            "path": c.path.as_ref().map(|p| p.display().to_string()),
+            "config": c.file,
+        }),
+    )
+}
+
+fn state(shared: &Shared) -> serde_json::Value {
+    let gen = shared.current.load();
+    let endpoints: serde_json::Map<String, serde_json::Value> = gen
+        .upstreams
+        .iter()
+        .map(|(name, up)| {
+            let eps: Vec<serde_json::Value> = up
+                .endpoints()
+                .iter()
+                .map(|e| serde_json::json!({"address": e.addr.to_string(), "healthy": e.healthy.load(Ordering::Relaxed)}))
+                .collect();
+            (name.clone(), serde_json::Value::Array(eps))
+        })
+        .collect();
+    serde_json::json!({
+        "draining": shared.draining.load(Ordering::SeqCst),
+        "config_sha256": gen.config.sha256,
+        "endpoints": endpoints,
+        "breakers": [],
+        "tenants_tracked": shared.tracked_tenants(),
+    })
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    text(status, "application/json", v.to_string())
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut rsp = Response::new(Body::full(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    rsp
+}

@@ -1,0 +1,63 @@
+//! The command line (SPEC §1), as clap derive types only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Version line: crate version and git commit.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RAMPART_GIT_COMMIT"), ")");
+
+/// rampart: a sidecar reverse proxy with per-tenant rate limits, circuit breakers, timeouts,
+/// retries and load shedding, configured by one YAML policy file.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version = VERSION, about)]
+pub struct Cli {
+    /// Log format; json by default when stdout is not a terminal.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run {
+        /// The policy file.
+        #[arg(long, env = "RAMPART_CONFIG")]
+        config: PathBuf,
+        /// Reload when the file changes (ConfigMap symlink swaps included).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Parse and check a policy file; never starts listeners.
+    Validate {
+        /// The policy file.
+        #[arg(long, env = "RAMPART_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the shipped demo policy in front of the built-in sample service.
+    Demo {
+        /// The demo policy; the shipped one if absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Serve the built-in sample upstream alone (for benchmarks and experiments).
+    Sample {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

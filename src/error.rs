@@ -1,0 +1,78 @@
+//! The reasons rampart answers a request itself (SPEC §3), and the boxed error type.
+//!
+//! Every synthetic answer is picked from [`Reason`]; `proxy/respond.rs` is the only place that
+//! turns one into a status, headers and body, so the table in SPEC §3 lives in one match.
+
+/// A boxed, thread-safe error, as errors travel between layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why rampart answered instead of the upstream; the `x-rampart-reason` header value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// 429: a rate limit refused the request.
+    RateLimited,
+    /// 503: load shedding refused the request.
+    Shed,
+    /// 503: the circuit breaker is open.
+    CircuitOpen,
+    /// 504: no answer within the request or per-try deadline.
+    Timeout,
+    /// 502: connect error, reset, or no healthy endpoint.
+    UpstreamUnavailable,
+    /// 404: no route matched.
+    NoRoute,
+    /// 401: `fallback: reject` and no tenant found.
+    TenantRequired,
+    /// 400: tenant id too long or with characters outside `[A-Za-z0-9._:@-]`.
+    InvalidTenant,
+}
+
+// === impl Reason ===
+
+impl Reason {
+    /// The `x-rampart-reason` value and the JSON `error` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::RateLimited => "rate_limited",
+            Reason::Shed => "shed",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::Timeout => "timeout",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::NoRoute => "no_route",
+            Reason::TenantRequired => "tenant_required",
+            Reason::InvalidTenant => "invalid_tenant",
+        }
+    }
+
+    /// The status code of the answer.
+    pub const fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Reason::RateLimited => S::TOO_MANY_REQUESTS,
+            Reason::Shed | Reason::CircuitOpen => S::SERVICE_UNAVAILABLE,
+            Reason::Timeout => S::GATEWAY_TIMEOUT,
+            Reason::UpstreamUnavailable => S::BAD_GATEWAY,
+            Reason::NoRoute => S::NOT_FOUND,
+            Reason::TenantRequired => S::UNAUTHORIZED,
+            Reason::InvalidTenant => S::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Walks an error's cause chain looking for a `T`.
+pub fn cause_ref<'a, T: std::error::Error + 'static>(
+    mut err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    loop {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        err = err.source()?;
+    }
+}

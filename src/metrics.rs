@@ -1,0 +1,373 @@
+//! Every metric rampart exports (SPEC §5), named in one place, with label handles cached.
+//!
+//! To add a metric: declare its name and help in [`Metrics::register`], keep a field for the
+//! vector, and hand out handles from a per-route / per-upstream struct built once (at config load
+//! or first sight of a tenant label), never by formatting labels per request.
+//!
+//! Each [`crate::Rampart`] owns one `Registry`, so several proxies in one test process keep
+//! their numbers apart.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// Latency buckets, seconds: 1ms to 30s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The metric families of one rampart instance.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    rate_limited: IntCounterVec,
+    /// `rampart_shed_total{listener, route, tenant, reason}`.
+    pub shed: IntCounterVec,
+    /// `rampart_circuit_breaker_state{upstream, tenant, state}`.
+    pub breaker_state: IntGaugeVec,
+    /// `rampart_circuit_breaker_transitions_total{upstream, from, to}`.
+    pub breaker_transitions: IntCounterVec,
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    timeouts: IntCounterVec,
+    /// `rampart_upstream_endpoint_healthy{upstream, endpoint}`.
+    pub endpoint_healthy: IntGaugeVec,
+    /// `rampart_tenants_tracked`.
+    pub tenants_tracked: IntGauge,
+    /// `rampart_queue_depth{listener, route}`.
+    pub queue_depth: IntGaugeVec,
+    /// `rampart_concurrency_limit{route, upstream}`.
+    pub concurrency_limit: IntGaugeVec,
+    /// `rampart_ratelimit_backend_errors_total{backend}`.
+    pub ratelimit_backend_errors: IntCounterVec,
+    /// `rampart_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `rampart_config_last_reload_success_timestamp_seconds`.
+    pub config_last_success: Gauge,
+    /// `rampart_config_info{sha256}`.
+    pub config_info: IntGaugeVec,
+}
+
+/// Cached handles for one route: what the request path touches on every request.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    listener: Arc<str>,
+    route: Arc<str>,
+    metrics: Metrics,
+    by_tenant: DashMap<Arc<str>, Arc<TenantMetrics>>,
+    /// `rampart_retries_total{route, upstream}`.
+    pub retries: IntCounter,
+    /// `rampart_retry_budget_exhausted_total{route, upstream}`.
+    pub retry_budget_exhausted: IntCounter,
+    /// `rampart_timeouts_total{route, upstream, kind="request"}`.
+    pub timeout_request: IntCounter,
+    /// `rampart_timeouts_total{route, upstream, kind="per_try"}`.
+    pub timeout_per_try: IntCounter,
+    /// `rampart_timeouts_total{route, upstream, kind="connect"}`.
+    pub timeout_connect: IntCounter,
+}
+
+/// Cached handles for one (route, tenant label).
+#[derive(Debug)]
+pub struct TenantMetrics {
+    labels: [Arc<str>; 3],
+    requests: IntCounterVec,
+    codes: ArcSwap<Vec<(u16, IntCounter)>>,
+    /// `rampart_request_duration_seconds{listener, route, tenant}`.
+    pub duration: Histogram,
+    /// `rampart_rate_limited_total{listener, route, tenant}`.
+    pub rate_limited: IntCounter,
+}
+
+/// Cached handles for one upstream.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    name: Arc<str>,
+    requests: IntCounterVec,
+    codes: ArcSwap<Vec<(u16, IntCounter)>>,
+    /// `rampart_upstream_request_duration_seconds{upstream}`.
+    pub duration: Histogram,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates a registry and registers every family in it.
+    pub fn register() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("unique metric");
+            v
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("unique metric");
+            v
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let v = HistogramVec::new(opts, labels).expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("unique metric");
+            v
+        };
+        let requests = counter(
+            "rampart_requests_total",
+            "Requests answered, by listener, route, tenant and status code.",
+            &["listener", "route", "tenant", "code"],
+        );
+        let request_duration = histogram(
+            "rampart_request_duration_seconds",
+            "Time from request received to response head sent, seconds.",
+            &["listener", "route", "tenant"],
+        );
+        let upstream_requests = counter(
+            "rampart_upstream_requests_total",
+            "Tries sent to upstreams, by status (failed tries: 502 connect/reset, 504 timeout).",
+            &["upstream", "code"],
+        );
+        let upstream_duration = histogram(
+            "rampart_upstream_request_duration_seconds",
+            "Duration of one try against an upstream, seconds.",
+            &["upstream"],
+        );
+        let in_flight = gauge(
+            "rampart_in_flight_requests",
+            "Requests being handled now.",
+            &["listener"],
+        );
+        let rate_limited = counter(
+            "rampart_rate_limited_total",
+            "Requests refused by a rate limit.",
+            &["listener", "route", "tenant"],
+        );
+        let shed = counter(
+            "rampart_shed_total",
+            "Requests refused by load shedding.",
+            &["listener", "route", "tenant", "reason"],
+        );
+        let breaker_state = gauge(
+            "rampart_circuit_breaker_state",
+            "1 for the breaker state in force, 0 for the others.",
+            &["upstream", "tenant", "state"],
+        );
+        let breaker_transitions = counter(
+            "rampart_circuit_breaker_transitions_total",
+            "Circuit breaker state changes.",
+            &["upstream", "from", "to"],
+        );
+        let retries = counter(
+            "rampart_retries_total",
+            "Retries sent (tries after the first).",
+            &["route", "upstream"],
+        );
+        let retry_budget_exhausted = counter(
+            "rampart_retry_budget_exhausted_total",
+            "Retries not sent because the retry budget was spent.",
+            &["route", "upstream"],
+        );
+        let timeouts = counter(
+            "rampart_timeouts_total",
+            "Deadlines that fired, by kind (request, per_try, connect).",
+            &["route", "upstream", "kind"],
+        );
+        let endpoint_healthy = gauge(
+            "rampart_upstream_endpoint_healthy",
+            "1 when the endpoint is healthy, 0 when not.",
+            &["upstream", "endpoint"],
+        );
+        let tenants_tracked =
+            IntGauge::new("rampart_tenants_tracked", "Per-tenant state entries in memory.")
+                .expect("valid metric");
+        registry.register(Box::new(tenants_tracked.clone())).expect("unique metric");
+        let queue_depth = gauge(
+            "rampart_queue_depth",
+            "Requests waiting for a load-shedding slot.",
+            &["listener", "route"],
+        );
+        let concurrency_limit = gauge(
+            "rampart_concurrency_limit",
+            "Concurrency limit in force (adaptive load shedding).",
+            &["route", "upstream"],
+        );
+        let ratelimit_backend_errors = counter(
+            "rampart_ratelimit_backend_errors_total",
+            "Errors talking to a global rate limit backend.",
+            &["backend"],
+        );
+        let config_reloads = counter(
+            "rampart_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        let config_last_success = Gauge::new(
+            "rampart_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(config_last_success.clone())).expect("unique metric");
+        let config_info = gauge(
+            "rampart_config_info",
+            "Always 1; the sha256 label names the configuration in force.",
+            &["sha256"],
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_requests,
+            upstream_duration,
+            in_flight,
+            rate_limited,
+            shed,
+            breaker_state,
+            breaker_transitions,
+            retries,
+            retry_budget_exhausted,
+            timeouts,
+            endpoint_healthy,
+            tenants_tracked,
+            queue_depth,
+            concurrency_limit,
+            ratelimit_backend_errors,
+            config_reloads,
+            config_last_success,
+            config_info,
+        }
+    }
+
+    /// The in-flight gauge of a listener.
+    pub fn in_flight(&self, listener: &str) -> IntGauge {
+        self.in_flight.with_label_values(&[listener])
+    }
+
+    /// Handles for one route.
+    pub fn route(&self, listener: &Arc<str>, route: &Arc<str>, upstream: &Arc<str>) -> RouteMetrics {
+        let t = |kind: &str| self.timeouts.with_label_values(&[route, upstream, kind]);
+        RouteMetrics {
+            listener: listener.clone(),
+            route: route.clone(),
+            metrics: self.clone(),
+            by_tenant: DashMap::new(),
+            retries: self.retries.with_label_values(&[route, upstream]),
+            retry_budget_exhausted: self.retry_budget_exhausted.with_label_values(&[route, upstream]),
+            timeout_request: t("request"),
+            timeout_per_try: t("per_try"),
+            timeout_connect: t("connect"),
+        }
+    }
+
+    /// Handles for one upstream.
+    pub fn upstream(&self, name: &Arc<str>) -> UpstreamMetrics {
+        UpstreamMetrics {
+            name: name.clone(),
+            requests: self.upstream_requests.clone(),
+            codes: ArcSwap::from_pointee(Vec::new()),
+            duration: self.upstream_duration.with_label_values(&[name]),
+        }
+    }
+
+    /// Sets `rampart_config_info` to name `sha256` alone.
+    pub fn set_config_info(&self, sha256: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[sha256]).set(1);
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+    }
+}
+
+// === impl RouteMetrics ===
+
+impl RouteMetrics {
+    /// Handles for `tenant_label` on this route (created on first sight of the label).
+    pub fn tenant(&self, tenant_label: &Arc<str>) -> Arc<TenantMetrics> {
+        if let Some(t) = self.by_tenant.get(tenant_label) {
+            return t.clone();
+        }
+        let m = &self.metrics;
+        let labels = [self.listener.clone(), self.route.clone(), tenant_label.clone()];
+        let l3: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
+        let t = Arc::new(TenantMetrics {
+            duration: m.request_duration.with_label_values(&l3),
+            rate_limited: m.rate_limited.with_label_values(&l3),
+            requests: m.requests.clone(),
+            codes: ArcSwap::from_pointee(Vec::new()),
+            labels,
+        });
+        self.by_tenant.entry(tenant_label.clone()).or_insert(t).clone()
+    }
+
+    /// The route's label.
+    pub fn route_label(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    /// Counts a shed request.
+    pub fn shed(&self, tenant_label: &str, reason: &str) {
+        self.metrics
+            .shed
+            .with_label_values(&[&self.listener, &self.route, tenant_label, reason])
+            .inc();
+    }
+}
+
+// === impl TenantMetrics ===
+
+impl TenantMetrics {
+    /// Counts one answered request with status `code`.
+    pub fn count(&self, code: u16) {
+        count_code(&self.codes, code, || {
+            let l = &self.labels;
+            let code = code.to_string();
+            self.requests.with_label_values(&[&*l[0], &*l[1], &*l[2], code.as_str()])
+        });
+    }
+}
+
+// === impl UpstreamMetrics ===
+
+impl UpstreamMetrics {
+    /// Counts one try that ended with `code`.
+    pub fn count(&self, code: u16) {
+        count_code(&self.codes, code, || {
+            let code = code.to_string();
+            self.requests.with_label_values(&[&*self.name, code.as_str()])
+        });
+    }
+}
+
+/// Increments the counter of `code`, creating its handle on first sight only.
+fn count_code(
+    cache: &ArcSwap<Vec<(u16, IntCounter)>>,
+    code: u16,
+    make: impl FnOnce() -> IntCounter,
+) {
+    if let Some((_, c)) = cache.load().iter().find(|(k, _)| *k == code) {
+        c.inc();
+        return;
+    }
+    let c = make();
+    c.inc();
+    cache.rcu(|v| {
+        let mut v = Vec::clone(v);
+        if !v.iter().any(|(k, _)| *k == code) {
+            v.push((code, c.clone()));
+        }
+        v
+    });
+}

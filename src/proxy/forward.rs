@@ -1,0 +1,131 @@
+//! What a proxy changes on the way through: hop-by-hop headers out, forwarding headers in.
+//!
+//! Hop-by-hop headers describe one connection, not the message, so they are removed in both
+//! directions (RFC 9110 §7.6.1), including any the `connection` header names. `x-forwarded-for`,
+//! `x-forwarded-proto` and `x-request-id` are added only when the client did not send them.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Uri, Version};
+
+use super::upstream::Endpoint;
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The request id header, added when absent.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers, including those named by `connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Prepares a client request for the upstream, once, before any try.
+pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool) {
+    // HTTP/2 requests carry the authority in the URI only; HTTP/1.1 upstreams need `host`.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+    let h = req.headers_mut();
+    strip_hop_by_hop(h);
+    if !h.contains_key(&X_FORWARDED_FOR) {
+        let ip = HeaderValue::from_str(&peer.ip().to_string());
+        h.insert(X_FORWARDED_FOR, ip.unwrap_or(HeaderValue::from_static("unknown")));
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
+    }
+    if !h.contains_key(&X_REQUEST_ID) {
+        h.insert(X_REQUEST_ID, new_request_id());
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Points `uri` at `endpoint`, keeping path and query.
+pub fn target_uri(uri: &Uri, endpoint: &Endpoint) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint.authority.clone());
+    parts.path_and_query =
+        Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// A random 128-bit request id, as 32 hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn adds_forwarding_headers_when_absent() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
+        let mut req = Request::builder().uri("/a").body(()).expect("request");
+        req.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_static("given"));
+        prepare_request(&mut req, peer, false);
+        assert_eq!(req.headers()["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(req.headers()["x-forwarded-proto"], "http");
+        assert_eq!(req.headers()["x-request-id"], "given");
+        let mut req = Request::builder().uri("http://svc:81/a?b=1").body(()).expect("request");
+        prepare_request(&mut req, peer, true);
+        assert_eq!(req.headers()["host"], "svc:81");
+        assert_eq!(req.headers()["x-forwarded-proto"], "https");
+        assert_eq!(req.headers()["x-request-id"].len(), 32);
+    }
+}

@@ -1,0 +1,120 @@
+//! Route matching: authority first (exact or `*.suffix`, port ignored), then path prefix.
+//!
+//! Routes are tried in file order and the first match wins. The authority is the request
+//! URI's (absolute-form HTTP/1.1, as apps using `HTTP_PROXY` send, or HTTP/2 `:authority`), or
+//! else the `host` header.
+
+use http::header::HOST;
+use http::Request;
+
+use crate::config::file;
+
+/// The compiled `match` of one route.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    host: Option<HostMatch>,
+    path_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+// === impl Matcher ===
+
+impl Matcher {
+    /// Compiles a route's `match` (absent: matches everything).
+    pub fn new(m: Option<&file::Match>) -> Self {
+        let Some(m) = m else { return Matcher::default() };
+        let host = m.host.as_deref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) => HostMatch::Suffix(suffix.to_string()),
+                None => HostMatch::Exact(h),
+            }
+        });
+        Matcher { host, path_prefix: m.path_prefix.clone() }
+    }
+
+    /// Whether a request with this authority host and path matches.
+    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(want) = &self.host {
+            let Some(host) = host else { return false };
+            let ok = match want {
+                HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+                HostMatch::Suffix(s) => {
+                    host.len() > s.len()
+                        && host.is_char_boundary(host.len() - s.len())
+                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        match &self.path_prefix {
+            Some(p) => path.starts_with(p.as_str()),
+            None => true,
+        }
+    }
+}
+
+/// The host a request is for, without port: from the URI authority, else the `host` header.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(authority: &str) -> &str {
+    // Drop any userinfo, then the port; keep IPv6 literals whole.
+    let a = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split_once(']').map_or(a, |(ip, _)| ip);
+    }
+    a.split_once(':').map_or(a, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(host: Option<&str>, prefix: Option<&str>) -> Matcher {
+        Matcher::new(Some(&file::Match {
+            host: host.map(Into::into),
+            path_prefix: prefix.map(Into::into),
+        }))
+    }
+
+    #[test]
+    fn hosts_and_wildcards() {
+        let exact = m(Some("payments.internal"), None);
+        assert!(exact.matches(Some("payments.internal"), "/"));
+        assert!(exact.matches(Some("PAYMENTS.internal"), "/"));
+        assert!(!exact.matches(Some("x.payments.internal"), "/"));
+        assert!(!exact.matches(None, "/"));
+        let wild = m(Some("*.example.com"), None);
+        assert!(wild.matches(Some("a.example.com"), "/"));
+        assert!(wild.matches(Some("a.b.example.com"), "/"));
+        assert!(!wild.matches(Some("example.com"), "/"));
+        assert!(!wild.matches(Some("badexample.com"), "/"));
+    }
+
+    #[test]
+    fn prefixes_and_hosts_from_requests() {
+        let p = m(None, Some("/api"));
+        assert!(p.matches(None, "/api/x"));
+        assert!(!p.matches(None, "/ap"));
+        let req = Request::builder().uri("http://svc.local:8080/x").body(()).expect("req");
+        assert_eq!(request_host(&req), Some("svc.local"));
+        let req = Request::builder().uri("/x").header("host", "h:1").body(()).expect("req");
+        assert_eq!(request_host(&req), Some("h"));
+        let req = Request::builder().uri("/x").header("host", "[::1]:80").body(()).expect("req");
+        assert_eq!(request_host(&req), Some("::1"));
+    }
+}

@@ -1,0 +1,162 @@
+//! The request path, top to bottom, in one place.
+//!
+//! Order, and why:
+//! 1. **route** — nothing else can be decided before we know the route and so its policy.
+//! 2. **tenant** — every policy below is per tenant; bad or missing ids are refused before
+//!    they cost anything.
+//! 3. **rate limit** (`policy::rate_limit`) — cheapest refusal first; it sits outside retries
+//!    so a retry never spends a tenant's tokens.
+//! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange.
+//! 5. **request timeout** — bounds everything below: all tries and backoffs.
+//! 6. **retry** (`policy::retry`) — each try goes through 7–8 again, with budget and backoff.
+//! 7. **circuit breaker** (`policy::circuit_breaker`) — sees every try, so it trips on them.
+//! 8. **per-try timeout**, then the upstream try itself.
+//!
+//! Anyone who changes this order explains why here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::Body;
+use super::forward;
+use super::respond::answer;
+use super::route::request_host;
+use crate::error::Reason;
+use crate::generation::{Generation, ListenerRt, RouteRt};
+use crate::metrics::RouteMetrics;
+use crate::Shared;
+
+/// Serves one request on listener `lst` of generation `gen`.
+pub async fn handle(
+    shared: &Shared,
+    gen: &Generation,
+    lst: &ListenerRt,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    lst.in_flight.inc();
+    let _in_flight = scopeguard(&lst.in_flight);
+
+    // 1. Route.
+    let host = request_host(&req);
+    let path = req.uri().path();
+    let Some(route) = lst.routes.iter().find(|r| r.matcher.matches(host, path)) else {
+        let rsp = answer(Reason::NoRoute, "no route matches this request", None);
+        return finish(&lst.unrouted, &shared.empty_label, rsp, started);
+    };
+
+    // 2. Tenant.
+    let tenant = match gen.identify.identify(req.headers(), req.uri()) {
+        Ok(t) => t,
+        Err(reason) => {
+            let msg = match reason {
+                Reason::TenantRequired => "this route requires a tenant id",
+                _ => "tenant id must be 1 to 128 characters of [A-Za-z0-9._:@-]",
+            };
+            return finish(&route.metrics, &shared.empty_label, answer(reason, msg, None), started);
+        }
+    };
+    let label = shared.labels.label(tenant.as_str());
+
+    // 3–8. Policies and the upstream.
+    let rsp = forward_with_policy(route, req, peer, lst.tls).await;
+    finish(&route.metrics, &label, rsp, started)
+}
+
+/// Steps 5–8: deadlines, tries, the upstream.
+async fn forward_with_policy(
+    route: &RouteRt,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    forward::prepare_request(&mut req, peer, tls);
+    let req = req.map(Body::from);
+    let tries = try_once(route, req);
+    match route.policy.request_timeout {
+        Some(limit) => match tokio::time::timeout(limit, tries).await {
+            Ok(rsp) => rsp,
+            Err(_) => {
+                route.metrics.timeout_request.inc();
+                let msg = format!("no answer from upstream {} within {:?}", route.upstream.name, limit);
+                answer(Reason::Timeout, &msg, None)
+            }
+        },
+        None => tries.await,
+    }
+}
+
+/// Step 8: one try against one endpoint.
+async fn try_once(route: &RouteRt, mut req: Request<Body>) -> Response<Body> {
+    let up = &route.upstream;
+    let Some(ep) = up.pick(None) else {
+        let msg = format!("upstream {} has no healthy endpoint", up.name);
+        return answer(Reason::UpstreamUnavailable, &msg, None);
+    };
+    *req.uri_mut() = forward::target_uri(req.uri(), &ep);
+    let t0 = Instant::now();
+    let result = up.client().request(req).await;
+    up.metrics.duration.observe(t0.elapsed().as_secs_f64());
+    match result {
+        Ok(mut rsp) => {
+            up.metrics.count(rsp.status().as_u16());
+            forward::strip_hop_by_hop(rsp.headers_mut());
+            rsp.map(Body::from)
+        }
+        Err(e) => {
+            up.metrics.count(502);
+            let connect = e.is_connect();
+            if connect && is_timeout(&e) {
+                route.metrics.timeout_connect.inc();
+            }
+            tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = ?e, "try failed");
+            let what = if connect { "cannot connect to" } else { "connection lost to" };
+            let msg = format!("{what} upstream {} ({})", up.name, ep.addr);
+            answer(Reason::UpstreamUnavailable, &msg, None)
+        }
+    }
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Counts the answer and its duration under (route, tenant label).
+fn finish(
+    metrics: &RouteMetrics,
+    tenant_label: &Arc<str>,
+    rsp: Response<Body>,
+    started: Instant,
+) -> Response<Body> {
+    let t = metrics.tenant(tenant_label);
+    t.count(rsp.status().as_u16());
+    t.duration.observe(started.elapsed().as_secs_f64());
+    rsp
+}
+
+/// Decrements the in-flight gauge when the request's handling ends, however it ends.
+struct InFlightGuard<'a>(&'a prometheus::IntGauge);
+
+fn scopeguard(g: &prometheus::IntGauge) -> InFlightGuard<'_> {
+    InFlightGuard(g)
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

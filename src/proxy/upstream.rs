@@ -1,0 +1,191 @@
+//! Upstreams: endpoints, pooled keep-alive connections, and endpoint choice.
+//!
+//! Each upstream owns one hyper-util client (its connection pool, keyed by endpoint), so a
+//! reload that leaves the upstream unchanged keeps its warm connections. Endpoints that are
+//! DNS names are resolved in a background task every `resolve_every`; every address becomes
+//! an endpoint of its own, and a failed lookup keeps the last good addresses. A name that never
+//! resolved leaves the upstream without endpoints: requests get `upstream_unavailable`, start-up
+//! goes on (Kubernetes Services appear after the pod).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::Body;
+use crate::config::file;
+use crate::metrics::{Metrics, UpstreamMetrics};
+
+/// One upstream of the config in force.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its name in the policy file (and metrics label).
+    pub name: Arc<str>,
+    /// Its settings.
+    pub cfg: file::Upstream,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, Body>,
+    /// Cached metric handles.
+    pub metrics: UpstreamMetrics,
+}
+
+/// One address of an upstream.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once.
+    pub authority: Authority,
+    /// False while health checks or outlier detection keep it out.
+    pub healthy: AtomicBool,
+}
+
+/// A written endpoint: an address, or a name to resolve.
+#[derive(Debug, Clone)]
+enum Target {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Builds the upstream and, if it has DNS names, starts resolving them.
+    pub fn new(name: &str, cfg: &file::Upstream, metrics: &Metrics) -> Arc<Upstream> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.connect_timeout.0));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout.0)
+            .pool_max_idle_per_host(cfg.pool_max_idle as usize)
+            .build(http);
+        let name: Arc<str> = Arc::from(name);
+        let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
+        let statics: Vec<Arc<Endpoint>> = targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Addr(a) => Some(Endpoint::new(*a)),
+                Target::Name(_) => None,
+            })
+            .collect();
+        let up = Arc::new(Upstream {
+            metrics: metrics.upstream(&name),
+            name,
+            cfg: cfg.clone(),
+            endpoints: ArcSwap::from_pointee(statics),
+            next: AtomicUsize::new(0),
+            client,
+        });
+        if targets.iter().any(|t| matches!(t, Target::Name(_))) {
+            tokio::spawn(resolve_loop(Arc::downgrade(&up), targets, cfg.resolve_every.0));
+        }
+        up
+    }
+
+    /// The client that sends tries to this upstream's endpoints.
+    pub fn client(&self) -> &Client<HttpConnector, Body> {
+        &self.client
+    }
+
+    /// All endpoints known now.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Whether any endpoint is known and healthy.
+    pub fn has_healthy(&self) -> bool {
+        self.endpoints.load().iter().any(|e| e.healthy.load(Ordering::Relaxed))
+    }
+
+    /// Picks the next healthy endpoint in turn, avoiding `avoid` when another is healthy.
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.load();
+        let n = eps.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for i in 0..n {
+            let e = &eps[(start + i) % n];
+            if !e.healthy.load(Ordering::Relaxed) {
+                continue;
+            }
+            if Some(e.addr) == avoid {
+                fallback = Some(e);
+                continue;
+            }
+            return Some(e.clone());
+        }
+        fallback.cloned()
+    }
+
+    fn set_resolved(&self, addrs: Vec<SocketAddr>) {
+        let old = self.endpoints.load();
+        let eps = addrs
+            .into_iter()
+            .map(|a| old.iter().find(|e| e.addr == a).cloned().unwrap_or_else(|| Endpoint::new(a)))
+            .collect();
+        self.endpoints.store(Arc::new(eps));
+    }
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Arc<Endpoint> {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("invalid"));
+        Arc::new(Endpoint { addr, authority, healthy: AtomicBool::new(true) })
+    }
+}
+
+// === impl Target ===
+
+impl Target {
+    fn parse(s: &str) -> Target {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Target::Addr(a),
+            Err(_) => Target::Name(s.to_string()),
+        }
+    }
+}
+
+/// Resolves names now and every `every`, until the upstream is dropped.
+async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration) {
+    let mut last: Vec<Vec<SocketAddr>> = vec![Vec::new(); targets.len()];
+    loop {
+        for (i, t) in targets.iter().enumerate() {
+            match t {
+                Target::Addr(a) => last[i] = vec![*a],
+                Target::Name(n) => match tokio::net::lookup_host(n.as_str()).await {
+                    Ok(found) => {
+                        let mut v: Vec<SocketAddr> = found.collect();
+                        v.sort();
+                        v.dedup();
+                        if !v.is_empty() {
+                            last[i] = v;
+                        }
+                    }
+                    Err(e) => tracing::warn!(endpoint = %n, error = %e, "dns lookup failed; keeping last addresses"),
+                },
+            }
+        }
+        let Some(up) = up.upgrade() else { return };
+        let mut all: Vec<SocketAddr> = last.iter().flatten().copied().collect();
+        all.dedup();
+        up.set_resolved(all);
+        drop(up);
+        tokio::time::sleep(every.max(Duration::from_millis(100))).await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Reload: read, validate, build, bind, swap — or keep the config in force.
+//!
+//! Triggered by SIGHUP, `POST /reload` or `--watch`. Reloads are serialised. New listener
+//! addresses are bound before the swap (a bind failure fails the reload and changes nothing);
+//! the generation is swapped atomically; listeners whose address left the file drain and close.
+//! Requests in flight finish under the generation they started with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{Config, ConfigErrors};
+use crate::generation::Generation;
+use crate::proxy::listener::{self, ListenerHandle};
+use crate::Shared;
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is invalid.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// A new listener address could not be bound.
+    #[error("cannot bind listener {name} on {addr}: {error}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// No file to reload from (the config was given as text).
+    #[error("no config file to reload from")]
+    NoFile,
+}
+
+/// The listeners running now, by configured address.
+pub type ListenerSet = HashMap<SocketAddr, ListenerHandle>;
+
+/// Reloads from the file in force's path; returns the new sha256.
+pub async fn reload(shared: &Arc<Shared>) -> Result<String, ReloadError> {
+    let result = reload_inner(shared).await;
+    let m = &shared.metrics;
+    match &result {
+        Ok(sha) => {
+            m.config_reloads.with_label_values(&["success"]).inc();
+            tracing::info!(sha256 = %sha, "configuration reloaded");
+        }
+        Err(ReloadError::Invalid(errs)) => {
+            m.config_reloads.with_label_values(&["failure"]).inc();
+            for e in &errs.0 {
+                tracing::error!(error = %e, "reload refused; the configuration in force stays");
+            }
+        }
+        Err(e) => {
+            m.config_reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(error = %e, "reload failed; the configuration in force stays");
+        }
+    }
+    result
+}
+
+async fn reload_inner(shared: &Arc<Shared>) -> Result<String, ReloadError> {
+    let mut set = shared.listeners.lock().await;
+    let path = shared.current.load().config.path.clone().ok_or(ReloadError::NoFile)?;
+    let path2 = path.clone();
+    let cfg = tokio::task::spawn_blocking(move || Config::load(&path2))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors(vec![crate::config::ConfigError {
+                origin: path.display().to_string(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: format!("reading the file failed: {e}"),
+            }]))
+        })
+        .map_err(ReloadError::Invalid)?;
+    apply(shared, &mut set, cfg)
+}
+
+/// Swaps in `cfg`: binds new listeners, swaps the generation, drains removed listeners.
+pub fn apply(shared: &Arc<Shared>, set: &mut ListenerSet, cfg: Config) -> Result<String, ReloadError> {
+    let cfg = Arc::new(cfg);
+    let mut bound = Vec::new();
+    for l in &cfg.file.listeners {
+        if set.contains_key(&l.listen) {
+            continue;
+        }
+        match listener::bind(l.listen) {
+            Ok(tcp) => bound.push((l.listen, tcp)),
+            Err(error) => return Err(ReloadError::Bind { name: l.name.clone(), addr: l.listen, error }),
+        }
+    }
+    let old = shared.current.load_full();
+    let gen = Generation::build(cfg.clone(), Some(&old), shared);
+    shared.labels.set_cap(cfg.file.tenants.metrics_labels as usize);
+    shared.current.store(Arc::new(gen));
+    for (addr, tcp) in bound {
+        let h = listener::spawn(shared.clone(), addr, tcp, &cfg.file.runtime);
+        tracing::info!(listen = %h.local_addr, "listener bound");
+        set.insert(addr, h);
+    }
+    let removed: Vec<SocketAddr> =
+        set.keys().filter(|a| !cfg.file.listeners.iter().any(|l| l.listen == **a)).copied().collect();
+    let grace = cfg.file.runtime.shutdown_grace.0;
+    for addr in removed {
+        if let Some(h) = set.remove(&addr) {
+            tracing::info!(listen = %h.local_addr, "listener removed; draining");
+            tokio::spawn(h.drain(grace));
+        }
+    }
+    note_success(shared, &cfg);
+    Ok(cfg.sha256.clone())
+}
+
+/// Records a config taking force in the metrics.
+pub fn note_success(shared: &Shared, cfg: &Config) {
+    let m = &shared.metrics;
+    m.set_config_info(&cfg.sha256);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    m.config_last_success.set(now);
+}

@@ -1,0 +1,50 @@
+//! Signals: SIGHUP reloads; SIGTERM and SIGINT drain and exit.
+//!
+//! On SIGTERM `/readyz` turns 503 at once, so the orchestrator stops sending new work; every
+//! listener stops accepting; requests in flight finish, up to `runtime.shutdown_grace`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::Rampart;
+
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP (and on file change with `watch`), then
+/// drains.
+pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let path = rampart.config_path();
+    let mut seen = path.as_ref().and_then(|p| fingerprint(p));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = rampart.reload().await;
+            }
+            _ = tick.tick(), if watch => {
+                let now = path.as_ref().and_then(|p| fingerprint(p));
+                if now.is_some() && now != seen {
+                    seen = now;
+                    tracing::info!("config file changed: reloading");
+                    let _ = rampart.reload().await;
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+        }
+    }
+    rampart.shutdown().await;
+    Ok(())
+}
+
+/// What identifies a version of the file: the resolved target (ConfigMap symlink swaps change
+/// it), its modification time and its length.
+fn fingerprint(path: &PathBuf) -> Option<(PathBuf, SystemTime, u64)> {
+    let target = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&target).ok()?;
+    Some((target, meta.modified().ok()?, meta.len()))
+}

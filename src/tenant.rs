@@ -1,0 +1,219 @@
+//! Who a request is for: tenant identification (SPEC `tenants`) and bounded metric labels.
+//!
+//! A tenant id comes from the first configured source that yields a value (a header or a query
+//! parameter); requests without one get the fallback tenant, or are refused with 401 when the
+//! fallback is `reject`. Ids are checked against `[A-Za-z0-9._:@-]{1,128}` before they reach any
+//! table or label, so a client cannot inject label syntax or grow memory with giant keys.
+//!
+//! Labels are bounded separately: the first `metrics_labels` distinct tenants seen get their
+//! own `tenant` label value, every later one is counted as `_other`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::{HeaderMap, HeaderValue, Uri};
+
+use crate::config::file::{TenantSource, Tenants};
+use crate::error::Reason;
+
+/// Longest tenant id accepted, in bytes.
+pub const MAX_TENANT_LEN: usize = 128;
+/// The label of tenants past the `metrics_labels` cap.
+pub const OTHER_LABEL: &str = "_other";
+
+/// A request's tenant, borrowed from the request where possible (no allocation).
+#[derive(Clone, Debug)]
+pub enum TenantId {
+    /// Taken from a header value (cheap to clone: shares the request's bytes).
+    Header(HeaderValue),
+    /// Taken from the query string.
+    Query(Arc<str>),
+    /// The configured fallback tenant.
+    Fallback(Arc<str>),
+}
+
+/// The identification rules of one config generation.
+#[derive(Debug)]
+pub struct Identify {
+    sources: Vec<Source>,
+    fallback: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Header(http::HeaderName),
+    Query(String),
+}
+
+/// Tenant label folding, shared across reloads so a label, once given, stays stable.
+#[derive(Debug)]
+pub struct Labels {
+    cap: AtomicUsize,
+    given: DashMap<Box<str>, Arc<str>>,
+    other: Arc<str>,
+}
+
+// === impl TenantId ===
+
+impl TenantId {
+    /// The id as text (validated: ASCII from the allowed set).
+    pub fn as_str(&self) -> &str {
+        match self {
+            TenantId::Header(v) => v.to_str().unwrap_or(""),
+            TenantId::Query(s) | TenantId::Fallback(s) => s,
+        }
+    }
+}
+
+/// Whether `id` is a valid tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`.
+pub fn is_valid_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TENANT_LEN
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+}
+
+// === impl Identify ===
+
+impl Identify {
+    /// Rules from the `tenants` section (validated already).
+    pub fn new(cfg: &Tenants) -> Self {
+        let sources = cfg
+            .from
+            .iter()
+            .filter_map(|s: &TenantSource| {
+                if let Some(h) = &s.header {
+                    http::HeaderName::from_bytes(h.as_bytes()).ok().map(Source::Header)
+                } else {
+                    s.query.clone().map(Source::Query)
+                }
+            })
+            .collect();
+        let fallback = (cfg.fallback != "reject").then(|| Arc::from(cfg.fallback.as_str()));
+        Identify { sources, fallback }
+    }
+
+    /// The tenant of a request, or the reason to refuse it.
+    pub fn identify(&self, headers: &HeaderMap, uri: &Uri) -> Result<TenantId, Reason> {
+        for source in &self.sources {
+            match source {
+                Source::Header(name) => {
+                    if let Some(v) = headers.get(name) {
+                        if v.is_empty() {
+                            continue;
+                        }
+                        return if is_valid_id(v.as_bytes()) {
+                            Ok(TenantId::Header(v.clone()))
+                        } else {
+                            Err(Reason::InvalidTenant)
+                        };
+                    }
+                }
+                Source::Query(key) => {
+                    if let Some(v) = query_param(uri, key) {
+                        return if is_valid_id(v.as_bytes()) {
+                            Ok(TenantId::Query(Arc::from(v)))
+                        } else {
+                            Err(Reason::InvalidTenant)
+                        };
+                    }
+                }
+            }
+        }
+        match &self.fallback {
+            Some(f) => Ok(TenantId::Fallback(f.clone())),
+            None => Err(Reason::TenantRequired),
+        }
+    }
+}
+
+fn query_param<'a>(uri: &'a Uri, key: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key && !v.is_empty()).then_some(v)
+    })
+}
+
+// === impl Labels ===
+
+impl Labels {
+    /// A label table giving at most `cap` tenants their own label.
+    pub fn new(cap: usize) -> Self {
+        Labels { cap: AtomicUsize::new(cap), given: DashMap::new(), other: Arc::from(OTHER_LABEL) }
+    }
+
+    /// Changes the cap (on reload); labels already given stay.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// The metric label of `tenant`: its own id while under the cap, else `_other`.
+    pub fn label(&self, tenant: &str) -> Arc<str> {
+        if let Some(l) = self.given.get(tenant) {
+            return l.clone();
+        }
+        if self.given.len() >= self.cap.load(Ordering::Relaxed) {
+            return self.other.clone();
+        }
+        let label: Arc<str> = Arc::from(tenant);
+        self.given.entry(Box::from(tenant)).or_insert(label).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(fallback: &str) -> Identify {
+        Identify::new(&Tenants {
+            from: vec![
+                TenantSource { header: Some("x-tenant-id".into()), query: None },
+                TenantSource { header: None, query: Some("tenant".into()) },
+            ],
+            fallback: fallback.into(),
+            max_tracked: 10,
+            metrics_labels: 2,
+        })
+    }
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant-id", HeaderValue::from_str(v).expect("test header must be valid"));
+        h
+    }
+
+    #[test]
+    fn first_source_wins_then_fallback() {
+        let r = rules("anonymous");
+        let uri: Uri = "/x?tenant=q1".parse().expect("uri");
+        assert_eq!(r.identify(&headers("acme"), &uri).expect("header").as_str(), "acme");
+        assert_eq!(r.identify(&HeaderMap::new(), &uri).expect("query").as_str(), "q1");
+        let bare: Uri = "/x".parse().expect("uri");
+        assert_eq!(r.identify(&HeaderMap::new(), &bare).expect("fallback").as_str(), "anonymous");
+    }
+
+    #[test]
+    fn reject_and_invalid() {
+        let r = rules("reject");
+        let bare: Uri = "/".parse().expect("uri");
+        assert_eq!(r.identify(&HeaderMap::new(), &bare).unwrap_err(), Reason::TenantRequired);
+        let long = "a".repeat(129);
+        assert_eq!(r.identify(&headers(&long), &bare).unwrap_err(), Reason::InvalidTenant);
+        assert_eq!(r.identify(&headers("a b"), &bare).unwrap_err(), Reason::InvalidTenant);
+        assert_eq!(r.identify(&headers("a/b"), &bare).unwrap_err(), Reason::InvalidTenant);
+        let ok = "a".repeat(128);
+        assert!(r.identify(&headers(&ok), &bare).is_ok());
+        assert!(r.identify(&headers("user@acme.io:eu-1_x"), &bare).is_ok());
+    }
+
+    #[test]
+    fn labels_fold_past_the_cap() {
+        let l = Labels::new(2);
+        assert_eq!(&*l.label("a"), "a");
+        assert_eq!(&*l.label("b"), "b");
+        assert_eq!(&*l.label("c"), OTHER_LABEL);
+        assert_eq!(&*l.label("a"), "a");
+    }
+}
