@@ -21,6 +21,6 @@ pub mod backoff;
 pub mod budget;
 pub mod classify;
 
-pub use self::backoff::Backoff;
+pub use self::backoff::{wait_before_retry, Backoff};
 pub use self::budget::RetryBudget;
 pub use self::classify::{is_failure, is_idempotent, parse_retry_after, Outcome, RetryOn};

@@ -7,6 +7,10 @@
 //!
 //! The random draw is a parameter of [`Backoff::delay`], so tests pass exact values and the
 //! bounds can be checked without statistics. [`Backoff::random_delay`] draws it with `fastrand`.
+//!
+//! [`wait_before_retry`] then fits that delay, and the upstream's `Retry-After` if it sent one,
+//! into the time the request has left (SPEC: never past the request timeout; a `Retry-After` is
+//! honoured when it fits in the remaining time).
 
 use std::time::Duration;
 
@@ -70,6 +74,23 @@ impl From<&file::Backoff> for Backoff {
     }
 }
 
+/// The wait before the next try, or `None` if the retry must not happen.
+///
+/// `delay` is the backoff delay ([`Backoff::delay`]); `retry_after` is the upstream's ask
+/// ([`super::classify::parse_retry_after`]); `remaining` is the time left before the request
+/// deadline. The wait is `max(delay, retry_after)`: the upstream's ask is a floor, and the
+/// jitter still spreads clients out above it. The retry is dropped (`None`) when that wait
+/// would use up all of `remaining`, since the try would then have no time to run; in
+/// particular a `Retry-After` that does not fit means no retry rather than an early one.
+pub fn wait_before_retry(
+    delay: Duration,
+    retry_after: Option<Duration>,
+    remaining: Duration,
+) -> Option<Duration> {
+    let wait = retry_after.map_or(delay, |asked| asked.max(delay));
+    (wait < remaining).then_some(wait)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +152,35 @@ mod tests {
         assert_eq!(b.delay(1, -3.0), Duration::ZERO);
         assert_eq!(b.delay(1, f64::NAN), Duration::ZERO);
         assert_eq!(b.delay(1, 7.0), 10 * MS);
+    }
+
+    #[test]
+    fn waits_fit_in_the_remaining_time() {
+        let s = Duration::from_secs(1);
+        assert_eq!(wait_before_retry(20 * MS, None, s), Some(20 * MS));
+        assert_eq!(
+            wait_before_retry(20 * MS, None, 20 * MS),
+            None,
+            "no time left to try"
+        );
+        assert_eq!(
+            wait_before_retry(20 * MS, Some(300 * MS), s),
+            Some(300 * MS)
+        );
+        assert_eq!(
+            wait_before_retry(20 * MS, Some(MS), s),
+            Some(20 * MS),
+            "ask is a floor"
+        );
+        assert_eq!(
+            wait_before_retry(20 * MS, Some(2 * s), s),
+            None,
+            "ask must fit"
+        );
+        assert_eq!(
+            wait_before_retry(Duration::ZERO, None, Duration::ZERO),
+            None
+        );
     }
 
     #[test]

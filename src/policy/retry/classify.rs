@@ -27,6 +27,21 @@ pub enum Outcome {
     Status(u16),
 }
 
+// === impl Outcome ===
+
+impl Outcome {
+    /// Whether this outcome is a failure; see [`is_failure`].
+    pub fn is_failure(&self) -> bool {
+        is_failure(self)
+    }
+}
+
+impl From<http::StatusCode> for Outcome {
+    fn from(status: http::StatusCode) -> Self {
+        Outcome::Status(status.as_u16())
+    }
+}
+
 /// Whether `outcome` is a failure in the SPEC's sense: connect error, reset, timeout or any
 /// 5xx answer. Every other answer, 4xx included, is a success.
 pub fn is_failure(outcome: &Outcome) -> bool {

@@ -107,8 +107,9 @@ impl LatencyEstimator {
 
     /// Number of samples in the window.
     pub fn samples(&self) -> u64 {
-        let epoch = self.epoch();
-        self.live(epoch)
+        let live = self.live();
+        live.iter()
+            .flatten()
             .flat_map(|s| s.counts.iter())
             .map(load)
             .sum()
@@ -116,9 +117,10 @@ impl LatencyEstimator {
 
     /// The window's p95 as defined in the module doc, or `None` below [`MIN_SAMPLES`].
     pub fn p95(&self) -> Option<Duration> {
-        let epoch = self.epoch();
-        let total: u64 = self
-            .live(epoch)
+        let live = self.live();
+        let total: u64 = live
+            .iter()
+            .flatten()
             .flat_map(|s| s.counts.iter())
             .map(load)
             .sum();
@@ -128,8 +130,9 @@ impl LatencyEstimator {
         let rank = (total * 95).div_ceil(100);
         let mut seen = 0;
         for i in 0..BUCKETS {
-            seen += self
-                .live(epoch)
+            seen += live
+                .iter()
+                .flatten()
                 .filter_map(|s| s.counts.get(i))
                 .map(load)
                 .sum::<u64>();
@@ -153,11 +156,13 @@ impl LatencyEstimator {
         self.clock.now_nanos() / self.slot_nanos
     }
 
-    /// The slots whose period lies in the window ending at `epoch`.
-    fn live(&self, epoch: u64) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(move |s| {
-            let e = s.epoch.load(Ordering::Acquire);
-            e <= epoch && epoch - e < SLOTS as u64
+    /// The slots whose period lies in the current window, decided once per read.
+    fn live(&self) -> [Option<&Slot>; SLOTS] {
+        let epoch = self.epoch();
+        std::array::from_fn(|i| {
+            let slot = self.slots.get(i)?;
+            let e = slot.epoch.load(Ordering::Acquire);
+            (e <= epoch && epoch - e < SLOTS as u64).then_some(slot)
         })
     }
 }

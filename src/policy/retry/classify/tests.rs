@@ -30,7 +30,12 @@ fn failure_table() {
     ];
     for (outcome, failed) in table {
         assert_eq!(is_failure(&outcome), failed, "{outcome:?}");
+        assert_eq!(outcome.is_failure(), failed, "{outcome:?}");
     }
+    assert_eq!(
+        Outcome::from(http::StatusCode::BAD_GATEWAY),
+        Outcome::Status(502)
+    );
 }
 
 #[test]
