@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod generation;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod sample;

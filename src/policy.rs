@@ -1,0 +1,4 @@
+//! Resilience policies, one module per concern.
+
+pub mod retry;
+pub mod timeout;
