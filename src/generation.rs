@@ -19,6 +19,7 @@ use prometheus::IntGauge;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::policy::retry::{Backoff, RetryBudget, RetryOn};
 use crate::proxy::route::Matcher;
 use crate::proxy::upstream::Upstream;
 use crate::tenant::Identify;
@@ -78,6 +79,23 @@ pub struct RoutePolicy {
     pub name: Option<Arc<str>>,
     /// `timeout.request`.
     pub request_timeout: Option<Duration>,
+    /// `timeout.per_try`.
+    pub per_try: Option<file::PerTry>,
+    /// `retry`; absent: one try.
+    pub retry: Option<RetryRt>,
+}
+
+/// The runtime of a policy's `retry` section on one route.
+#[derive(Debug)]
+pub struct RetryRt {
+    /// The section as written (to tell whether a reload changed it).
+    pub cfg: file::Retry,
+    /// Outcomes that are retried.
+    pub on: RetryOn,
+    /// Backoff between tries.
+    pub backoff: Backoff,
+    /// The route's retry budget (carried over while `retry.budget` is unchanged).
+    pub budget: Arc<RetryBudget>,
 }
 
 // === impl Generation ===
@@ -94,7 +112,7 @@ impl Generation {
                     .and_then(|p| p.upstreams.get(name))
                     .filter(|old| old.cfg == *cfg)
                     .cloned();
-                let up = kept.unwrap_or_else(|| Upstream::new(name, cfg, &shared.metrics));
+                let up = kept.unwrap_or_else(|| Upstream::new(name, cfg, &shared.metrics, &shared.clock));
                 (name.clone(), up)
             })
             .collect();
@@ -150,7 +168,8 @@ fn build_listener(
                 None => Arc::new(shared.metrics.route(&name, &label, &upstream.name)),
             };
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
-            let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg);
+            let old_policy = old_route.map(|o| &o.policy);
+            let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg, old_policy, shared);
             Some(RouteRt { name: label, matcher: Matcher::new(r.matches.as_ref()), upstream, policy, metrics })
         })
         .collect();
@@ -171,11 +190,32 @@ fn build_listener(
 // === impl RoutePolicy ===
 
 impl RoutePolicy {
-    fn build(name: Option<&str>, cfg: Option<&file::Policy>) -> RoutePolicy {
+    fn build(
+        name: Option<&str>,
+        cfg: Option<&file::Policy>,
+        old: Option<&RoutePolicy>,
+        shared: &Shared,
+    ) -> RoutePolicy {
         let Some(cfg) = cfg else { return RoutePolicy::default() };
+        let retry = cfg.retry.as_ref().map(|r| {
+            // Carry-over: the budget's window of counts survives a reload that keeps it.
+            let budget = old
+                .and_then(|o| o.retry.as_ref())
+                .filter(|o| o.cfg.budget == r.budget)
+                .map(|o| o.budget.clone())
+                .unwrap_or_else(|| Arc::new(RetryBudget::from_config(&r.budget, shared.clock.clone())));
+            RetryRt {
+                cfg: r.clone(),
+                on: RetryOn::new(&r.on),
+                backoff: Backoff::new(r.backoff.base.0, r.backoff.max.0),
+                budget,
+            }
+        });
         RoutePolicy {
             name: name.map(Arc::from),
             request_timeout: cfg.timeout.as_ref().and_then(|t| t.request).map(|d| d.0),
+            per_try: cfg.timeout.as_ref().and_then(|t| t.per_try),
+            retry,
         }
     }
 }

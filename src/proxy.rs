@@ -1,13 +1,15 @@
 //! The data plane. The life of a request, top to bottom:
 //!
 //! 1. `listener.rs` accepts the connection (HTTP/1.1 or h2c) and loads the generation in force;
-//! 2. `stack.rs` runs the request path: route (`route.rs`), tenant, every policy in order;
+//! 2. `stack.rs` runs the request path: route (`route.rs`), tenant, admission policies;
+//!    `exchange.rs` the deadlines and tries;
 //! 3. `forward.rs` rewrites headers for the hop, `upstream.rs` picks an endpoint and sends the
 //!    try over a pooled connection;
 //! 4. the upstream's answer streams back untouched but for hop-by-hop headers, or
 //!    `respond.rs` builds rampart's own answer.
 
 pub mod body;
+pub mod exchange;
 pub mod forward;
 pub mod listener;
 pub mod respond;

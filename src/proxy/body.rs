@@ -4,6 +4,7 @@
 //! frame by frame, and a client's to the upstream. Synthetic answers carry a small `Full` body.
 //! An enum instead of a boxed trait object keeps the hot path free of an allocation per body.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -21,6 +22,17 @@ pub enum Body {
     Full(Option<Bytes>),
     /// Streamed from a peer.
     Incoming(Incoming),
+    /// Frames already read from a peer, then the rest of its stream.
+    Prefixed(VecDeque<Frame<Bytes>>, Incoming),
+}
+
+/// A request body after trying to keep it for replay.
+#[derive(Debug)]
+pub enum Buffered {
+    /// The whole body, small enough to send again on a retry.
+    Replayable(Bytes),
+    /// Too large (or with trailers): it streams once and the request is not retried.
+    Streaming(Body),
 }
 
 // === impl Body ===
@@ -35,6 +47,39 @@ impl Body {
             Body::Full(Some(b))
         }
     }
+}
+
+/// Reads `body` into memory if it is at most `limit` bytes, so that a retry can send it again.
+///
+/// A body announced (or found) larger than `limit` is not kept: what was read so far is put in
+/// front of the rest, and the body streams once. Bodies with trailers are not kept either.
+pub async fn buffer(mut body: Incoming, limit: usize) -> Result<Buffered, hyper::Error> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return Ok(Buffered::Replayable(Bytes::new()));
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(Buffered::Streaming(Body::Incoming(body)));
+    }
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut size = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let is_data = frame.is_data();
+        size += frame.data_ref().map_or(0, |d| d.len());
+        frames.push_back(frame);
+        if size > limit || !is_data {
+            return Ok(Buffered::Streaming(Body::Prefixed(frames, body)));
+        }
+    }
+    let mut all = bytes::BytesMut::with_capacity(size);
+    for f in frames {
+        if let Ok(d) = f.into_data() {
+            all.extend_from_slice(&d);
+        }
+    }
+    Ok(Buffered::Replayable(all.freeze()))
 }
 
 impl From<Incoming> for Body {
@@ -55,6 +100,10 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(inner) => Pin::new(inner).poll_frame(cx),
+            Body::Prefixed(frames, rest) => match frames.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
@@ -63,6 +112,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(chunk) => chunk.is_none(),
             Body::Incoming(inner) => inner.is_end_stream(),
+            Body::Prefixed(frames, rest) => frames.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -73,6 +123,16 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(chunk.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }
             Body::Incoming(inner) => inner.size_hint(),
+            Body::Prefixed(frames, rest) => {
+                let buffered: u64 =
+                    frames.iter().filter_map(|f| f.data_ref()).map(|b| b.len() as u64).sum();
+                let mut hint = rest.size_hint();
+                hint.set_lower(hint.lower() + buffered);
+                if let Some(upper) = hint.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
         }
     }
 }

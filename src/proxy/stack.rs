@@ -22,11 +22,11 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::Body;
-use super::forward;
+use super::exchange;
 use super::respond::answer;
 use super::route::request_host;
 use crate::error::Reason;
-use crate::generation::{Generation, ListenerRt, RouteRt};
+use crate::generation::{Generation, ListenerRt};
 use crate::metrics::RouteMetrics;
 use crate::Shared;
 
@@ -64,75 +64,8 @@ pub async fn handle(
     let label = shared.labels.label(tenant.as_str());
 
     // 3–8. Policies and the upstream.
-    let rsp = forward_with_policy(route, req, peer, lst.tls).await;
+    let rsp = exchange::run(route, req, peer, lst.tls).await;
     finish(&route.metrics, &label, rsp, started)
-}
-
-/// Steps 5–8: deadlines, tries, the upstream.
-async fn forward_with_policy(
-    route: &RouteRt,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
-) -> Response<Body> {
-    forward::prepare_request(&mut req, peer, tls);
-    let req = req.map(Body::from);
-    let tries = try_once(route, req);
-    match route.policy.request_timeout {
-        Some(limit) => match tokio::time::timeout(limit, tries).await {
-            Ok(rsp) => rsp,
-            Err(_) => {
-                route.metrics.timeout_request.inc();
-                let msg = format!("no answer from upstream {} within {:?}", route.upstream.name, limit);
-                answer(Reason::Timeout, &msg, None)
-            }
-        },
-        None => tries.await,
-    }
-}
-
-/// Step 8: one try against one endpoint.
-async fn try_once(route: &RouteRt, mut req: Request<Body>) -> Response<Body> {
-    let up = &route.upstream;
-    let Some(ep) = up.pick(None) else {
-        let msg = format!("upstream {} has no healthy endpoint", up.name);
-        return answer(Reason::UpstreamUnavailable, &msg, None);
-    };
-    *req.uri_mut() = forward::target_uri(req.uri(), &ep);
-    let t0 = Instant::now();
-    let result = up.client().request(req).await;
-    up.metrics.duration.observe(t0.elapsed().as_secs_f64());
-    match result {
-        Ok(mut rsp) => {
-            up.metrics.count(rsp.status().as_u16());
-            forward::strip_hop_by_hop(rsp.headers_mut());
-            rsp.map(Body::from)
-        }
-        Err(e) => {
-            up.metrics.count(502);
-            let connect = e.is_connect();
-            if connect && is_timeout(&e) {
-                route.metrics.timeout_connect.inc();
-            }
-            tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = ?e, "try failed");
-            let what = if connect { "cannot connect to" } else { "connection lost to" };
-            let msg = format!("{what} upstream {} ({})", up.name, ep.addr);
-            answer(Reason::UpstreamUnavailable, &msg, None)
-        }
-    }
-}
-
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
 }
 
 /// Counts the answer and its duration under (route, tenant label).

@@ -8,7 +8,7 @@
 //! goes on (Kubernetes Services appear after the pod).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::Body;
+use crate::clock::SharedClock;
 use crate::config::file;
+use crate::policy::timeout::LatencyEstimator;
 use crate::metrics::{Metrics, UpstreamMetrics};
 
 /// One upstream of the config in force.
@@ -34,7 +36,15 @@ pub struct Upstream {
     client: Client<HttpConnector, Body>,
     /// Cached metric handles.
     pub metrics: UpstreamMetrics,
+    /// Recent try latencies, for `per_try: auto`.
+    pub latency: LatencyEstimator,
+    clock: SharedClock,
 }
+
+/// Window of try latencies behind `per_try: auto`.
+const LATENCY_WINDOW: Duration = Duration::from_secs(30);
+/// How long an endpoint that refused a connection is passed over while others are available.
+const CONNECT_FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 /// One address of an upstream.
 #[derive(Debug)]
@@ -45,6 +55,9 @@ pub struct Endpoint {
     pub authority: Authority,
     /// False while health checks or outlier detection keep it out.
     pub healthy: AtomicBool,
+    /// Clock nanos before which a failed connect keeps it out of rotation (while others are
+    /// available).
+    hold_until: AtomicU64,
 }
 
 /// A written endpoint: an address, or a name to resolve.
@@ -58,7 +71,7 @@ enum Target {
 
 impl Upstream {
     /// Builds the upstream and, if it has DNS names, starts resolving them.
-    pub fn new(name: &str, cfg: &file::Upstream, metrics: &Metrics) -> Arc<Upstream> {
+    pub fn new(name: &str, cfg: &file::Upstream, metrics: &Metrics, clock: &SharedClock) -> Arc<Upstream> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout.0));
         http.set_nodelay(true);
@@ -85,6 +98,8 @@ impl Upstream {
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
             client,
+            latency: LatencyEstimator::new(LATENCY_WINDOW, clock.clone()),
+            clock: clock.clone(),
         });
         if targets.iter().any(|t| matches!(t, Target::Name(_))) {
             tokio::spawn(resolve_loop(Arc::downgrade(&up), targets, cfg.resolve_every.0));
@@ -107,7 +122,8 @@ impl Upstream {
         self.endpoints.load().iter().any(|e| e.healthy.load(Ordering::Relaxed))
     }
 
-    /// Picks the next healthy endpoint in turn, avoiding `avoid` when another is healthy.
+    /// Picks the next healthy endpoint in turn. `avoid` (the endpoint a failed try used) and
+    /// endpoints that recently refused a connection are taken only when nothing else is left.
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
         let n = eps.len();
@@ -115,19 +131,26 @@ impl Upstream {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now_nanos();
         let mut fallback = None;
         for i in 0..n {
             let e = &eps[(start + i) % n];
             if !e.healthy.load(Ordering::Relaxed) {
                 continue;
             }
-            if Some(e.addr) == avoid {
-                fallback = Some(e);
+            if Some(e.addr) == avoid || e.hold_until.load(Ordering::Relaxed) > now {
+                fallback = fallback.or(Some(e));
                 continue;
             }
             return Some(e.clone());
         }
         fallback.cloned()
+    }
+
+    /// Notes that `ep` refused a connection: pass it over for a moment while others serve.
+    pub fn connect_failed(&self, ep: &Endpoint) {
+        let until = self.clock.now_nanos() + CONNECT_FAILURE_HOLD.as_nanos() as u64;
+        ep.hold_until.store(until, Ordering::Relaxed);
     }
 
     fn set_resolved(&self, addrs: Vec<SocketAddr>) {
@@ -146,7 +169,12 @@ impl Endpoint {
     fn new(addr: SocketAddr) -> Arc<Endpoint> {
         let authority = Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| Authority::from_static("invalid"));
-        Arc::new(Endpoint { addr, authority, healthy: AtomicBool::new(true) })
+        Arc::new(Endpoint {
+            addr,
+            authority,
+            healthy: AtomicBool::new(true),
+            hold_until: AtomicU64::new(0),
+        })
     }
 }
 
