@@ -57,7 +57,10 @@ async fn config_shows_the_file_in_force() {
     );
     assert!(!cfg["loaded_at"].is_null(), "loaded_at: {cfg}");
     assert_eq!(cfg["config"]["listeners"][0]["name"], "inbound", "{cfg}");
-    assert_eq!(cfg["config"]["upstreams"]["app"]["endpoints"][0], app.addr().to_string());
+    assert_eq!(
+        cfg["config"]["upstreams"]["app"]["endpoints"][0],
+        app.addr().to_string()
+    );
 }
 
 #[tokio::test]
@@ -66,8 +69,12 @@ async fn post_reload_succeeds_and_is_counted() {
     let proxy = proxy(app.addr()).await;
     let admin = proxy.admin();
     let success = |text: &str| {
-        metric_value(text, "rampart_config_reloads_total", &[("result", "success")])
-            .unwrap_or(0.0)
+        metric_value(
+            text,
+            "rampart_config_reloads_total",
+            &[("result", "success")],
+        )
+        .unwrap_or(0.0)
     };
     let before = success(&metrics(admin).await);
 
@@ -79,10 +86,19 @@ async fn post_reload_succeeds_and_is_counted() {
 
     let text = metrics(admin).await;
     assert_eq!(success(&text), before + 1.0, "{text}");
-    let failure = metric_value(&text, "rampart_config_reloads_total", &[("result", "failure")]);
+    let failure = metric_value(
+        &text,
+        "rampart_config_reloads_total",
+        &[("result", "failure")],
+    );
     assert!(matches!(failure, None | Some(0.0)), "{failure:?}");
     // Still serving after the swap.
-    assert_eq!(http::get(proxy.listener("inbound"), "/ok", &[]).await.status, 200);
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -91,7 +107,12 @@ async fn metrics_carry_the_contract_and_pass_promtool() {
     let proxy = proxy(app.addr()).await;
     let admin = proxy.admin();
     for _ in 0..3 {
-        assert_eq!(http::get(proxy.listener("inbound"), "/ok", &[]).await.status, 200);
+        assert_eq!(
+            http::get(proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
     }
     let labels = [
         ("listener", "inbound"),
@@ -105,12 +126,19 @@ async fn metrics_carry_the_contract_and_pass_promtool() {
         metrics(admin).await
     );
     let text = metrics(admin).await;
-    let in_flight = metric_value(&text, "rampart_in_flight_requests", &[("listener", "inbound")]);
+    let in_flight = metric_value(
+        &text,
+        "rampart_in_flight_requests",
+        &[("listener", "inbound")],
+    );
     assert_eq!(in_flight, Some(0.0), "{text}");
     let sha = sha256_of(proxy.config_path());
     let info = metric_value(&text, "rampart_config_info", &[("sha256", &sha)]);
     assert_eq!(info, Some(1.0), "{text}");
-    assert!(text.contains("# TYPE rampart_config_reloads_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE rampart_config_reloads_total counter"),
+        "{text}"
+    );
     let durations = metric_value(
         &text,
         "rampart_request_duration_seconds_count",

@@ -43,7 +43,10 @@ async fn get_and_streamed_post_round_trip_intact() {
     assert_eq!(rsp.status, 200);
     assert_eq!(rsp.header("content-type"), Some(ct.1));
     assert_eq!(rsp.body.len(), LEN, "the whole body must come back");
-    assert!(rsp.body == http::pattern(LEN), "the body must come back unchanged");
+    assert!(
+        rsp.body == http::pattern(LEN),
+        "the body must come back unchanged"
+    );
     assert_eq!(app.hits_for("/echo"), 1);
 }
 
@@ -106,7 +109,10 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         "proxy-authorization",
         "x-hop-custom",
     ] {
-        assert!(h.get(name).is_none(), "{name} must not be forwarded: {seen}");
+        assert!(
+            h.get(name).is_none(),
+            "{name} must not be forwarded: {seen}"
+        );
     }
     assert_eq!(h["x-end-to-end"], "kept", "{seen}");
 
@@ -161,15 +167,18 @@ async fn outbound_routes_by_authority_wildcard_and_path() {
         http::get(out, "/ok", &[("host", host)]).await.served_by()
     };
     assert_eq!(via("sample.local").await, Some(a.addr()));
-    assert_eq!(via("sample.local:8080").await, Some(a.addr()), "port ignored");
+    assert_eq!(
+        via("sample.local:8080").await,
+        Some(a.addr()),
+        "port ignored"
+    );
     assert_eq!(via("api.example.com").await, Some(b.addr()));
     assert_eq!(via("a.b.example.com").await, Some(b.addr()));
 
     // Absolute form, as sent by an app whose HTTP_PROXY points at the listener.
     for (host, want) in [("sample.local", a.addr()), ("api.example.com", b.addr())] {
-        let req = format!(
-            "GET http://{host}/ok HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        );
+        let req =
+            format!("GET http://{host}/ok HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let rsp = raw::exchange(out, req.as_bytes(), Duration::from_secs(5)).await;
         assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
         assert_eq!(rsp.header("x-sample-addr"), Some(want.to_string()));
@@ -199,7 +208,11 @@ async fn upstream_down_is_502_upstream_unavailable() {
     let started = tokio::time::Instant::now();
     let rsp = http::get(proxy.listener("outbound"), "/ok", &[("host", "dead.local")]).await;
     rsp.assert_rampart(502, "upstream_unavailable");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -221,14 +234,27 @@ listeners:
       - upstream: app
         policy: quick
 "#;
-    let proxy = Proxy::builder(template).var("APP", app.addr()).spawn().await;
+    let proxy = Proxy::builder(template)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
     let started = tokio::time::Instant::now();
     let rsp = http::get(proxy.listener("inbound"), "/slow?ms=2000", &[]).await;
     let took = started.elapsed();
     rsp.assert_rampart(504, "timeout");
-    assert!(took >= Duration::from_millis(180), "answered too early: {took:?}");
-    assert!(took < Duration::from_millis(1000), "answered too late: {took:?}");
-    assert_eq!(app.hits_for("/slow"), 1, "a policy without retry makes one try");
+    assert!(
+        took >= Duration::from_millis(180),
+        "answered too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "answered too late: {took:?}"
+    );
+    assert_eq!(
+        app.hits_for("/slow"),
+        1,
+        "a policy without retry makes one try"
+    );
 }
 
 #[tokio::test]
@@ -252,9 +278,17 @@ listeners:
         .spawn()
         .await;
     for _ in 0..20 {
-        assert_eq!(http::get(proxy.listener("inbound"), "/ok", &[]).await.status, 200);
+        assert_eq!(
+            http::get(proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
     }
     let (ha, hb) = (a.hits_for("/ok"), b.hits_for("/ok"));
     assert_eq!(ha + hb, 20);
-    assert!((9..=11).contains(&ha), "round robin must alternate: a={ha} b={hb}");
+    assert!(
+        (9..=11).contains(&ha),
+        "round robin must alternate: a={ha} b={hb}"
+    );
 }

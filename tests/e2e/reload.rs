@@ -121,7 +121,14 @@ async fn twenty_reloads_under_load_fail_no_request() {
             let client = http::client();
             let mut errors = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                let rsp = http::send(&client, addr, ::http::Method::GET, "/ok", &[], http::empty());
+                let rsp = http::send(
+                    &client,
+                    addr,
+                    ::http::Method::GET,
+                    "/ok",
+                    &[],
+                    http::empty(),
+                );
                 match rsp.await {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
                     other => {
@@ -152,8 +159,15 @@ async fn twenty_reloads_under_load_fail_no_request() {
     for c in clients {
         errors.extend(c.await.expect("client task must not panic"));
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests: {errors:?}");
-    assert!(ok.load(Ordering::SeqCst) >= 100, "load must have run throughout");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests: {errors:?}"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) >= 100,
+        "load must have run throughout"
+    );
     assert_eq!(app.hits_for("/ok"), ok.load(Ordering::SeqCst));
 }
 
@@ -177,10 +191,15 @@ async fn reload_binds_added_listeners_and_closes_removed_ones() {
 
     proxy.rewrite_config(&format!("{base}{EXTRA}"));
     let extra = proxy.listener("extra");
-    assert!(tokio::net::TcpStream::connect(extra).await.is_err(), "not yet bound");
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "not yet bound"
+    );
     proxy.signal("HUP");
     assert_eventually!(
-        http::try_get(extra, "/ok", &[]).await.is_ok_and(|r| r.status == 200),
+        http::try_get(extra, "/ok", &[])
+            .await
+            .is_ok_and(|r| r.status == 200),
         "the added listener must serve"
     );
     assert_eq!(app.hits_for("/ok"), 1);
@@ -191,5 +210,10 @@ async fn reload_binds_added_listeners_and_closes_removed_ones() {
         tokio::net::TcpStream::connect(extra).await.is_err(),
         "the removed listener must be closed"
     );
-    assert_eq!(http::get(proxy.listener("inbound"), "/ok", &[]).await.status, 200);
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
 }

@@ -40,8 +40,17 @@ async fn oversized_head_gets_431_and_the_next_request_is_served() {
     let big = "a".repeat(40 * 1024);
     let req = format!("GET /ok HTTP/1.1\r\nHost: app.local\r\nX-Big: {big}\r\n\r\n");
     let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
-    assert_eq!(rsp.status(), Some(431), "{:?}", &rsp.text()[..rsp.text().len().min(200)]);
-    assert_eq!(app.hits(), 0, "an oversized head must not reach the upstream");
+    assert_eq!(
+        rsp.status(),
+        Some(431),
+        "{:?}",
+        &rsp.text()[..rsp.text().len().min(200)]
+    );
+    assert_eq!(
+        app.hits(),
+        0,
+        "an oversized head must not reach the upstream"
+    );
 
     let rsp = http::get(addr, "/ok", &[("x-small", &"b".repeat(1024))]).await;
     assert_eq!(rsp.status, 200);
@@ -114,17 +123,26 @@ async fn max_connections_makes_the_extra_one_wait_not_fail() {
         })
         .collect();
     // Two connections are served; the third waits in the accept queue.
-    assert_eventually!(app.hits_for("/slow") == 2, "two requests must be served at once");
+    assert_eventually!(
+        app.hits_for("/slow") == 2,
+        "two requests must be served at once"
+    );
     assert_eq!(app.hits_for("/slow"), 2, "the third must not be served yet");
 
     let mut took = Vec::new();
     for call in calls {
         let (status, elapsed) = call.await.expect("client task must not panic");
-        assert_eq!(status, 200, "the extra connection must wait, not be refused");
+        assert_eq!(
+            status, 200,
+            "the extra connection must wait, not be refused"
+        );
         took.push(elapsed);
     }
     took.sort();
     assert_eq!(app.hits_for("/slow"), 3);
     assert!(took[1] < Duration::from_millis(1500), "{took:?}");
-    assert!(took[2] >= Duration::from_millis(1500), "the third waited: {took:?}");
+    assert!(
+        took[2] >= Duration::from_millis(1500),
+        "the third waited: {took:?}"
+    );
 }

@@ -23,24 +23,38 @@ const GRACE: Duration = Duration::from_secs(5);
 
 async fn drains_in_flight_then_exits_0(sig: &str) {
     let app = sample().await;
-    let mut proxy = Proxy::builder(TEMPLATE).var("APP", app.addr()).spawn().await;
+    let mut proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
     let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
 
     let in_flight = tokio::spawn(async move { http::get(addr, "/slow?ms=1500", &[]).await });
-    assert_eventually!(app.hits_for("/slow") == 1, "the slow request must be in flight");
+    assert_eventually!(
+        app.hits_for("/slow") == 1,
+        "the slow request must be in flight"
+    );
 
     let signalled = tokio::time::Instant::now();
     proxy.signal(sig);
     assert_eventually!(
-        http::try_get(admin, "/readyz", &[]).await.is_ok_and(|r| r.status == 503),
+        http::try_get(admin, "/readyz", &[])
+            .await
+            .is_ok_and(|r| r.status == 503),
         "/readyz must answer 503 while draining"
     );
-    assert!(!in_flight.is_finished(), "readiness must drop before the drain ends");
+    assert!(
+        !in_flight.is_finished(),
+        "readiness must drop before the drain ends"
+    );
     assert_eventually!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the listener must stop accepting"
     );
-    assert!(!in_flight.is_finished(), "the listener must close before the drain ends");
+    assert!(
+        !in_flight.is_finished(),
+        "the listener must close before the drain ends"
+    );
 
     let rsp = in_flight.await.expect("the client task must not panic");
     assert_eq!(rsp.status, 200, "the request in flight must finish");
@@ -50,7 +64,10 @@ async fn drains_in_flight_then_exits_0(sig: &str) {
     let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
     assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
     let took = signalled.elapsed();
-    assert!(took < GRACE, "exit must not wait for the whole grace: {took:?}");
+    assert!(
+        took < GRACE,
+        "exit must not wait for the whole grace: {took:?}"
+    );
     assert_eq!(app.hits_for("/slow"), 1);
 }
 
@@ -67,8 +84,16 @@ async fn sigint_drains_in_flight_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_proxy_exits_0_at_once_on_sigterm() {
     let app = sample().await;
-    let mut proxy = Proxy::builder(TEMPLATE).var("APP", app.addr()).spawn().await;
-    assert_eq!(http::get(proxy.listener("inbound"), "/ok", &[]).await.status, 200);
+    let mut proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
     proxy.signal("TERM");
     let status = proxy.wait_exit(Duration::from_secs(2)).await;
     let status = status.unwrap_or_else(|| panic!("an idle proxy must exit fast:\n{}", proxy.log()));

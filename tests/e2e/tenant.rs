@@ -74,7 +74,11 @@ async fn fallback_reject_answers_401_tenant_required() {
     http::get(addr, "/ok", &[])
         .await
         .assert_rampart(401, "tenant_required");
-    assert_eq!(app.hits(), 0, "a rejected request must not reach the upstream");
+    assert_eq!(
+        app.hits(),
+        0,
+        "a rejected request must not reach the upstream"
+    );
 
     let rsp = http::get(addr, "/ok", &[("x-tenant-id", "acme")]).await;
     assert_eq!(rsp.status, 200);
@@ -100,7 +104,11 @@ async fn invalid_tenant_ids_answer_400() {
             .await
             .assert_rampart(400, "invalid_tenant");
     }
-    assert_eq!(app.hits_for("/ok"), 2, "invalid tenants must not reach the upstream");
+    assert_eq!(
+        app.hits_for("/ok"),
+        2,
+        "invalid tenants must not reach the upstream"
+    );
 }
 
 #[tokio::test]

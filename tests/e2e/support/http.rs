@@ -133,8 +133,7 @@ pub async fn h2_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> R
     let call = async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await?;
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
         let mut req = Request::builder().uri(format!("http://{addr}{path}"));
         for (k, v) in headers {
@@ -210,7 +209,9 @@ impl Body for PatternBody {
             return Poll::Ready(None);
         }
         let n = (self.len - self.sent).min(64 * 1024);
-        let chunk: Vec<u8> = (self.sent..self.sent + n).map(|i| (i % 251) as u8).collect();
+        let chunk: Vec<u8> = (self.sent..self.sent + n)
+            .map(|i| (i % 251) as u8)
+            .collect();
         self.sent += n;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
     }

@@ -49,9 +49,10 @@ pub struct Rendered {
     pub listeners: BTreeMap<String, SocketAddr>,
 }
 
-/// Path of the binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_rampart")
+/// Path of the binary under test: `RAMPART_BIN` if set (to test a release build or a
+/// binary built elsewhere), else the one cargo built for this test run.
+pub fn bin() -> String {
+    std::env::var("RAMPART_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rampart").to_owned())
 }
 
 // === impl ProxyBuilder ===
@@ -219,7 +220,10 @@ impl Proxy {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.try_exited() {
-                panic!("rampart exited ({status}) before ready; log:\n{}", self.log());
+                panic!(
+                    "rampart exited ({status}) before ready; log:\n{}",
+                    self.log()
+                );
             }
             if let Ok(rsp) = http::try_get(self.admin, "/readyz", &[]).await {
                 if rsp.status == 200 {
@@ -245,7 +249,11 @@ impl Drop for Proxy {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- rampart log ({}) ---\n{}", self.log_path.display(), self.log());
+            eprintln!(
+                "--- rampart log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
         }
     }
 }
