@@ -1,0 +1,180 @@
+//! The admin listener: health, readiness, the config in force, reload on request, and a
+//! metrics exposition that Prometheus' own linter accepts.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{http, metric_value, metrics, sample, Proxy};
+
+const TEMPLATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+
+async fn proxy(app: SocketAddr) -> Proxy {
+    Proxy::builder(TEMPLATE).var("APP", app).spawn().await
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).expect("the policy file must be readable");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_200() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    assert_eq!(http::get(proxy.admin(), "/healthz", &[]).await.status, 200);
+    assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn config_shows_the_file_in_force() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let rsp = http::get(proxy.admin(), "/config", &[]).await;
+    assert_eq!(rsp.status, 200);
+    let cfg = rsp.json();
+    assert_eq!(cfg["sha256"], sha256_of(proxy.config_path()), "{cfg}");
+    assert_eq!(
+        cfg["path"].as_str(),
+        Some(proxy.config_path().to_str().expect("utf-8 path")),
+        "{cfg}"
+    );
+    assert!(!cfg["loaded_at"].is_null(), "loaded_at: {cfg}");
+    assert_eq!(cfg["config"]["listeners"][0]["name"], "inbound", "{cfg}");
+    assert_eq!(
+        cfg["config"]["upstreams"]["app"]["endpoints"][0],
+        app.addr().to_string()
+    );
+}
+
+#[tokio::test]
+async fn post_reload_succeeds_and_is_counted() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let admin = proxy.admin();
+    let success = |text: &str| {
+        metric_value(
+            text,
+            "rampart_config_reloads_total",
+            &[("result", "success")],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = success(&metrics(admin).await);
+
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let body = rsp.json();
+    assert_eq!(body["result"], "success", "{body}");
+    assert_eq!(body["sha256"], sha256_of(proxy.config_path()), "{body}");
+
+    let text = metrics(admin).await;
+    assert_eq!(success(&text), before + 1.0, "{text}");
+    let failure = metric_value(
+        &text,
+        "rampart_config_reloads_total",
+        &[("result", "failure")],
+    );
+    assert!(matches!(failure, None | Some(0.0)), "{failure:?}");
+    // Still serving after the swap.
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn metrics_carry_the_contract_and_pass_promtool() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let admin = proxy.admin();
+    for _ in 0..3 {
+        assert_eq!(
+            http::get(proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let labels = [
+        ("listener", "inbound"),
+        ("route", "app"),
+        ("tenant", "anonymous"),
+        ("code", "200"),
+    ];
+    assert_eventually!(
+        metric_value(&metrics(admin).await, "rampart_requests_total", &labels) == Some(3.0),
+        "three requests counted:\n{}",
+        metrics(admin).await
+    );
+    let text = metrics(admin).await;
+    let in_flight = metric_value(
+        &text,
+        "rampart_in_flight_requests",
+        &[("listener", "inbound")],
+    );
+    assert_eq!(in_flight, Some(0.0), "{text}");
+    let sha = sha256_of(proxy.config_path());
+    let info = metric_value(&text, "rampart_config_info", &[("sha256", &sha)]);
+    assert_eq!(info, Some(1.0), "{text}");
+    assert!(
+        text.contains("# TYPE rampart_config_reloads_total counter"),
+        "{text}"
+    );
+    let durations = metric_value(
+        &text,
+        "rampart_request_duration_seconds_count",
+        &[("listener", "inbound"), ("route", "app")],
+    );
+    assert_eq!(durations, Some(3.0), "{text}");
+
+    promtool_check(&text);
+}
+
+/// Runs `promtool check metrics` on `text`. Not having promtool is a failure, not a skip:
+/// the exposition format is part of the contract.
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = child.unwrap_or_else(|e| {
+        panic!(
+            "promtool is needed to check /metrics ({e}); install the Debian package \
+             `prometheus` (apt-get install prometheus) so that `promtool` is on PATH"
+        )
+    });
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())
+        .expect("promtool must read the metrics");
+    let out = child.wait_with_output().expect("promtool must finish");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,163 @@
+//! The command line: `validate` verdicts with exact error locations, `--version`, and `run`
+//! refusing a bad file before it listens.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::{free_addr, proxy::bin, Proxy};
+
+const GOOD: &str = r#"version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [127.0.0.1:3000] }
+policies:
+  std:
+    timeout: { request: 15s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: std
+"#;
+
+/// Runs the binary with `args`, bounded to 15 s (the child is killed if it overruns).
+async fn rampart(args: &[&str]) -> Output {
+    let child = tokio::process::Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("RAMPART_CONFIG")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the rampart binary must start");
+    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("rampart must exit within 15 s")
+        .expect("rampart's output must be readable")
+}
+
+fn both(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Validates `template` (rendered); returns the file path and the output.
+async fn validate(template: &str) -> (tempfile::TempDir, String, Output) {
+    let rendered = Proxy::builder(template).render();
+    let path = rendered.path.display().to_string();
+    let out = rampart(&["validate", "--config", &path]).await;
+    (rendered.dir, path, out)
+}
+
+#[tokio::test]
+async fn validate_good_file_exits_0_with_one_line() {
+    let (_dir, _path, out) = validate(GOOD).await;
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim().lines().count(), 1, "one line: {stdout:?}");
+    assert!(stdout.contains("ok"), "a summary saying ok: {stdout:?}");
+    assert!(!stdout.contains("error"), "{stdout:?}");
+}
+
+/// Asserts exit 1 and an error line `PATH:LINE:COL: KEY...` whose rest mentions `needle`.
+fn assert_error_at(out: &Output, path: &str, line: usize, col: usize, key: &str, needle: &str) {
+    let text = both(out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let prefix = format!("{path}:{line}:{col}: {key}");
+    let found = text.lines().find(|l| l.starts_with(&prefix));
+    let found = found.unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"));
+    assert!(found.contains(needle), "{found:?} must mention {needle:?}");
+}
+
+#[tokio::test]
+async fn validate_unknown_key_points_at_the_key() {
+    // `retyr` starts at line 7, column 5.
+    let bad = GOOD.replace(
+        "    timeout: { request: 15s }",
+        "    retyr: { attempts: 2 }",
+    );
+    let (_dir, path, out) = validate(&bad).await;
+    assert_error_at(&out, &path, 7, 5, "policies.std", "retyr");
+}
+
+#[tokio::test]
+async fn validate_bad_duration_points_at_the_value() {
+    // `15x` starts at line 8, column 16.
+    let bad = GOOD.replace(
+        "    timeout: { request: 15s }",
+        "    timeout:\n      request: 15x",
+    );
+    let (_dir, path, out) = validate(&bad).await;
+    assert_error_at(&out, &path, 8, 16, "policies.std.timeout.request: ", "15x");
+}
+
+#[tokio::test]
+async fn validate_dangling_upstream_points_at_the_reference() {
+    // `nope` starts at line 13, column 19; the key path names the route's `upstream`.
+    let bad = GOOD.replace("      - upstream: app", "      - upstream: nope");
+    let (_dir, path, out) = validate(&bad).await;
+    assert_error_at(&out, &path, 13, 19, "listeners", "nope");
+    let text = both(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("nope"))
+        .unwrap_or_default();
+    let key = line.split(": ").nth(1).unwrap_or_default();
+    assert!(
+        key.ends_with("upstream"),
+        "key path {key:?} must end in `upstream`"
+    );
+    assert!(
+        key.contains("routes"),
+        "key path {key:?} must name the route"
+    );
+}
+
+#[tokio::test]
+async fn version_prints_the_version() {
+    let out = rampart(&["--version"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("rampart "), "{stdout:?}");
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout:?}");
+}
+
+#[tokio::test]
+async fn run_with_invalid_file_exits_1_without_listening() {
+    let bad = GOOD.replace("15s", "15x");
+    let rendered = Proxy::builder(&bad).render();
+    let listen = rendered.listeners["inbound"];
+    let path = rendered.path.display().to_string();
+    let out = rampart(&["run", "--config", &path, "--log-format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    // `15x` is at line 7, column 25 of the file.
+    assert!(
+        both(&out).contains(&format!("{path}:7:25: ")),
+        "{}",
+        both(&out)
+    );
+    for addr in [listen, rendered.admin] {
+        let conn = tokio::net::TcpStream::connect(addr).await;
+        assert!(conn.is_err(), "nothing may listen on {addr}");
+    }
+    assert!(Path::new(&path).exists());
+}
+
+#[tokio::test]
+async fn validate_never_binds() {
+    // The listener's address is taken by us: validate must still pass, and not steal it.
+    let taken = std::net::TcpListener::bind(free_addr()).expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let rendered = Proxy::builder(&GOOD.replace("$LISTEN_inbound", &addr.to_string())).render();
+    let path = rendered.path.display().to_string();
+    let out = rampart(&["validate", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+}

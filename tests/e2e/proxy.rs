@@ -1,0 +1,294 @@
+//! The plain proxy path: bodies and protocols pass intact, forwarding headers are added and
+//! hop-by-hop ones removed, routing by authority and path, and rampart's own answers when
+//! there is no route, no upstream, or no answer in time.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::support::{free_addr, http, raw, sample, Proxy};
+
+/// One inbound listener in front of `$APP`, no policy.
+const INBOUND: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+
+async fn inbound(app: SocketAddr) -> Proxy {
+    Proxy::builder(INBOUND).var("APP", app).spawn().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_streamed_post_round_trip_intact() {
+    let app = sample().await;
+    let proxy = inbound(app.addr()).await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "ok\n");
+    assert_eq!(rsp.served_by(), Some(app.addr()));
+    assert_eq!(app.hits_for("/ok"), 1);
+
+    const LEN: usize = 10 * 1024 * 1024;
+    let ct = ("content-type", "application/x-rampart-test");
+    let rsp = http::post_stream(addr, "/echo", &[ct], LEN).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.header("content-type"), Some(ct.1));
+    assert_eq!(rsp.body.len(), LEN, "the whole body must come back");
+    assert!(
+        rsp.body == http::pattern(LEN),
+        "the body must come back unchanged"
+    );
+    assert_eq!(app.hits_for("/echo"), 1);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let app = sample().await;
+    let proxy = inbound(app.addr()).await;
+    let rsp = http::h2_get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eq!(rsp.version, ::http::Version::HTTP_2);
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "ok\n");
+    assert_eq!(rsp.served_by(), Some(app.addr()));
+    assert_eq!(app.hits_for("/ok"), 1);
+}
+
+#[tokio::test]
+async fn forwarding_headers_added_when_absent_request_id_kept() {
+    let app = sample().await;
+    let proxy = inbound(app.addr()).await;
+    let addr = proxy.listener("inbound");
+
+    let seen = http::get(addr, "/headers", &[]).await.json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{seen}");
+    let id = h["x-request-id"].as_str().unwrap_or_default();
+    assert!(!id.is_empty(), "x-request-id must be added: {seen}");
+
+    let seen = http::get(addr, "/headers", &[("x-request-id", "req-abc-123")])
+        .await
+        .json();
+    assert_eq!(seen["headers"]["x-request-id"], "req-abc-123", "{seen}");
+
+    // Two requests get two ids.
+    let other = http::get(addr, "/headers", &[]).await.json();
+    assert_ne!(other["headers"]["x-request-id"].as_str(), Some(id));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let app = sample().await;
+    let proxy = inbound(app.addr()).await;
+    let addr = proxy.listener("inbound");
+
+    let req = "GET /headers HTTP/1.1\r\nHost: app.local\r\n\
+               Connection: close, x-hop-custom\r\nKeep-Alive: timeout=5\r\n\
+               TE: trailers\r\nUpgrade: foo/1\r\nProxy-Authorization: Basic dTpw\r\n\
+               X-Hop-Custom: 1\r\nX-End-To-End: kept\r\n\r\n";
+    let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let body = rsp.text();
+    let json = &body[body.find('{').expect("a JSON body")..body.rfind('}').expect("end") + 1];
+    let seen: serde_json::Value = serde_json::from_str(json).expect("JSON from /headers");
+    let h = &seen["headers"];
+    for name in [
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "x-hop-custom",
+    ] {
+        assert!(
+            h.get(name).is_none(),
+            "{name} must not be forwarded: {seen}"
+        );
+    }
+    assert_eq!(h["x-end-to-end"], "kept", "{seen}");
+
+    // A chunked request: the upstream may see rampart's own framing, never the client's copy.
+    let req = "POST /headers HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\
+               Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let body = rsp.text();
+    let json = &body[body.find('{').expect("a JSON body")..body.rfind('}').expect("end") + 1];
+    let seen: serde_json::Value = serde_json::from_str(json).expect("JSON from /headers");
+    let te = seen["headers"]["transfer-encoding"].as_str();
+    assert!(matches!(te, None | Some("chunked")), "te: {te:?}");
+    let framed = te.is_some() || seen["headers"]["content-length"] == "5";
+    assert!(framed, "the body must be framed once: {seen}");
+}
+
+/// An outbound listener routing on authority, wildcard and path prefix.
+const OUTBOUND: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  a: { endpoints: [$A] }
+  b: { endpoints: [$B] }
+  dead: { endpoints: [$DEAD], connect_timeout: 500ms }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - match: { host: sample.local }
+        upstream: a
+      - match: { host: "*.example.com" }
+        upstream: b
+      - match: { host: dead.local }
+        upstream: dead
+      - match: { path_prefix: /status }
+        upstream: b
+"#;
+
+#[tokio::test]
+async fn outbound_routes_by_authority_wildcard_and_path() {
+    let (a, b) = (sample().await, sample().await);
+    let proxy = Proxy::builder(OUTBOUND)
+        .var("A", a.addr())
+        .var("B", b.addr())
+        .var("DEAD", free_addr())
+        .spawn()
+        .await;
+    let out = proxy.listener("outbound");
+    let via = |host: &'static str| async move {
+        http::get(out, "/ok", &[("host", host)]).await.served_by()
+    };
+    assert_eq!(via("sample.local").await, Some(a.addr()));
+    assert_eq!(
+        via("sample.local:8080").await,
+        Some(a.addr()),
+        "port ignored"
+    );
+    assert_eq!(via("api.example.com").await, Some(b.addr()));
+    assert_eq!(via("a.b.example.com").await, Some(b.addr()));
+
+    // Absolute form, as sent by an app whose HTTP_PROXY points at the listener.
+    for (host, want) in [("sample.local", a.addr()), ("api.example.com", b.addr())] {
+        let req =
+            format!("GET http://{host}/ok HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let rsp = raw::exchange(out, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+        assert_eq!(rsp.header("x-sample-addr"), Some(want.to_string()));
+    }
+
+    // Path prefix for any host; other paths of an unknown host have no route.
+    let rsp = http::get(out, "/status/201", &[("host", "other.local")]).await;
+    assert_eq!(rsp.status, 201);
+    assert_eq!(rsp.served_by(), Some(b.addr()));
+    for host in ["other.local", "example.com"] {
+        let rsp = http::get(out, "/ok", &[("host", host)]).await;
+        rsp.assert_rampart(404, "no_route");
+    }
+    assert_eq!(a.hits_for("/ok"), 3);
+    assert_eq!(b.hits_for("/ok"), 3);
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_upstream_unavailable() {
+    let (a, b) = (sample().await, sample().await);
+    let proxy = Proxy::builder(OUTBOUND)
+        .var("A", a.addr())
+        .var("B", b.addr())
+        .var("DEAD", free_addr())
+        .spawn()
+        .await;
+    let started = tokio::time::Instant::now();
+    let rsp = http::get(proxy.listener("outbound"), "/ok", &[("host", "dead.local")]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn request_timeout_is_504_well_before_the_upstream_answers() {
+    let app = sample().await;
+    let template = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  quick:
+    timeout: { request: 200ms }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: quick
+"#;
+    let proxy = Proxy::builder(template)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let started = tokio::time::Instant::now();
+    let rsp = http::get(proxy.listener("inbound"), "/slow?ms=2000", &[]).await;
+    let took = started.elapsed();
+    rsp.assert_rampart(504, "timeout");
+    assert!(
+        took >= Duration::from_millis(180),
+        "answered too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "answered too late: {took:?}"
+    );
+    assert_eq!(
+        app.hits_for("/slow"),
+        1,
+        "a policy without retry makes one try"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_over_two_endpoints() {
+    let (a, b) = (sample().await, sample().await);
+    let template = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$A, $B], balance: round_robin }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+    let proxy = Proxy::builder(template)
+        .var("A", a.addr())
+        .var("B", b.addr())
+        .spawn()
+        .await;
+    for _ in 0..20 {
+        assert_eq!(
+            http::get(proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let (ha, hb) = (a.hits_for("/ok"), b.hits_for("/ok"));
+    assert_eq!(ha + hb, 20);
+    assert!(
+        (9..=11).contains(&ha),
+        "round robin must alternate: a={ha} b={hb}"
+    );
+}

@@ -1,0 +1,219 @@
+//! Reload on SIGHUP: a valid file changes behaviour at once, an invalid one changes nothing,
+//! reloads under load drop no request, and listeners come and go with the file.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::support::{http, metric_value, metrics, sample, Proxy};
+
+/// Inbound in front of `$APP` on routes matching `$PREFIX` only; `$EXTRA` may add listeners.
+const TEMPLATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - match: { path_prefix: $PREFIX }
+        upstream: app
+"#;
+
+const EXTRA: &str = r#"
+  - name: extra
+    direction: inbound
+    listen: $LISTEN_extra
+    routes:
+      - upstream: app
+"#;
+
+fn with_prefix(prefix: &str) -> String {
+    TEMPLATE.replace("$PREFIX", prefix)
+}
+
+async fn config_sha(admin: SocketAddr) -> String {
+    let cfg = http::get(admin, "/config", &[]).await.json();
+    cfg["sha256"].as_str().unwrap_or_default().to_owned()
+}
+
+fn reloads(text: &str, result: &str) -> f64 {
+    metric_value(text, "rampart_config_reloads_total", &[("result", result)]).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn sighup_with_a_changed_route_changes_behaviour() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&with_prefix("/ok"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let old_sha = config_sha(admin).await;
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    http::get(addr, "/status/201", &[])
+        .await
+        .assert_rampart(404, "no_route");
+
+    proxy.rewrite_config(&with_prefix("/status"));
+    proxy.signal("HUP");
+    assert_eventually!(
+        http::get(addr, "/status/201", &[]).await.status == 201,
+        "the moved prefix must route after SIGHUP"
+    );
+    http::get(addr, "/ok", &[])
+        .await
+        .assert_rampart(404, "no_route");
+    assert_ne!(config_sha(admin).await, old_sha);
+    assert_eq!(reloads(&metrics(admin).await, "failure"), 0.0);
+}
+
+#[tokio::test]
+async fn invalid_file_on_sighup_keeps_the_old_config() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&with_prefix("/ok"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let admin = proxy.admin();
+    let old_sha = config_sha(admin).await;
+    let before = metrics(admin).await;
+
+    proxy.rewrite_config(&with_prefix("/status").replace("version: 1", "version: 1\nbogus: 1"));
+    proxy.signal("HUP");
+    assert_eventually!(
+        reloads(&metrics(admin).await, "failure") == reloads(&before, "failure") + 1.0,
+        "the failed reload must be counted"
+    );
+    let text = metrics(admin).await;
+    assert_eq!(reloads(&text, "failure"), 1.0, "{text}");
+    assert_eq!(reloads(&text, "success"), reloads(&before, "success"));
+    assert_eq!(config_sha(admin).await, old_sha);
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    http::get(addr, "/status/201", &[])
+        .await
+        .assert_rampart(404, "no_route");
+    assert!(proxy.log().contains("bogus"), "the error must be logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_reloads_under_load_fail_no_request() {
+    let app = sample().await;
+    // Two valid files that both serve /ok, differing in the route they take.
+    let files = [with_prefix("/"), with_prefix("/o")];
+    let mut proxy = Proxy::builder(&files[0])
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let before = reloads(&metrics(admin).await, "success");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            // One pooled client per task: its keep-alive connections live across reloads.
+            let client = http::client();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let rsp = http::send(
+                    &client,
+                    addr,
+                    ::http::Method::GET,
+                    "/ok",
+                    &[],
+                    http::empty(),
+                );
+                match rsp.await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        errors.push(format!("{other:?}"));
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+            errors
+        }));
+    }
+
+    for i in 1..=20 {
+        let text = proxy.rewrite_config(&files[i % 2]);
+        let served_before = ok.load(Ordering::SeqCst);
+        proxy.signal("HUP");
+        let want = reloads_done(before, i);
+        assert_eventually!(
+            reloads(&metrics(admin).await, "success") == want,
+            "reload {i} must be applied"
+        );
+        assert_eq!(config_sha(admin).await, sha(&text));
+        // Requests keep flowing between reloads.
+        assert_eventually!(ok.load(Ordering::SeqCst) > served_before + 4);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for c in clients {
+        errors.extend(c.await.expect("client task must not panic"));
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests: {errors:?}"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) >= 100,
+        "load must have run throughout"
+    );
+    assert_eq!(app.hits_for("/ok"), ok.load(Ordering::SeqCst));
+}
+
+fn reloads_done(before: f64, n: usize) -> f64 {
+    before + n as f64
+}
+
+fn sha(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn reload_binds_added_listeners_and_closes_removed_ones() {
+    let app = sample().await;
+    let base = with_prefix("/");
+    let mut proxy = Proxy::builder(&base).var("APP", app.addr()).spawn().await;
+
+    proxy.rewrite_config(&format!("{base}{EXTRA}"));
+    let extra = proxy.listener("extra");
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "not yet bound"
+    );
+    proxy.signal("HUP");
+    assert_eventually!(
+        http::try_get(extra, "/ok", &[])
+            .await
+            .is_ok_and(|r| r.status == 200),
+        "the added listener must serve"
+    );
+    assert_eq!(app.hits_for("/ok"), 1);
+
+    proxy.rewrite_config(&base);
+    proxy.signal("HUP");
+    assert_eventually!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "the removed listener must be closed"
+    );
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+}

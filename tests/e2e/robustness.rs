@@ -1,0 +1,148 @@
+//! Hostile and clumsy clients: oversized heads, stalled heads, garbage, and more connections
+//! than allowed. None of them may stop the proxy from serving the next request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::support::{http, raw, sample, Proxy};
+
+const TEMPLATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime:
+  header_read_timeout: 500ms
+  max_header_bytes: 32KiB
+  max_connections: $MAXCONN
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+
+async fn proxy(app: SocketAddr, max_connections: u32) -> Proxy {
+    Proxy::builder(TEMPLATE)
+        .var("APP", app)
+        .var("MAXCONN", max_connections)
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn oversized_head_gets_431_and_the_next_request_is_served() {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), 100).await;
+    let addr = proxy.listener("inbound");
+
+    let big = "a".repeat(40 * 1024);
+    let req = format!("GET /ok HTTP/1.1\r\nHost: app.local\r\nX-Big: {big}\r\n\r\n");
+    let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(
+        rsp.status(),
+        Some(431),
+        "{:?}",
+        &rsp.text()[..rsp.text().len().min(200)]
+    );
+    assert_eq!(
+        app.hits(),
+        0,
+        "an oversized head must not reach the upstream"
+    );
+
+    let rsp = http::get(addr, "/ok", &[("x-small", &"b".repeat(1024))]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(app.hits_for("/ok"), 1);
+}
+
+#[tokio::test]
+async fn stalled_head_is_disconnected_after_header_read_timeout() {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), 100).await;
+    let addr = proxy.listener("inbound");
+
+    let half = b"GET /ok HTTP/1.1\r\nHost: app.local\r\nX-Slow";
+    let rsp = raw::exchange(addr, half, Duration::from_secs(5)).await;
+    assert!(rsp.closed, "a stalled client must be disconnected");
+    assert!(
+        rsp.elapsed >= Duration::from_millis(400),
+        "not before the timeout: {:?}",
+        rsp.elapsed
+    );
+    assert!(
+        rsp.elapsed < Duration::from_millis(2500),
+        "soon after the timeout: {:?}",
+        rsp.elapsed
+    );
+    // Nothing, or a 408, before the close; never a forwarded request.
+    assert!(matches!(rsp.status(), None | Some(408)), "{}", rsp.text());
+    assert_eq!(app.hits(), 0);
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn garbage_gets_400_or_a_close_and_serving_goes_on() {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), 100).await;
+    let addr = proxy.listener("inbound");
+
+    let garbage: [&[u8]; 4] = [
+        b"\x00\x01\x02\xff\xfe garbage\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"NOT-A-METHOD\x7f /\r\n\r\n",
+    ];
+    for bytes in garbage {
+        let rsp = raw::exchange(addr, bytes, Duration::from_secs(5)).await;
+        assert!(rsp.closed, "bad input must end the connection: {bytes:?}");
+        assert!(
+            matches!(rsp.status(), None | Some(400)),
+            "bad input must get 400 or nothing: {bytes:?} -> {}",
+            rsp.text()
+        );
+        assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    }
+    assert_eq!(app.hits(), 4, "only the good requests reach the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_connections_makes_the_extra_one_wait_not_fail() {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), 2).await;
+    let addr = proxy.listener("inbound");
+
+    let started = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move {
+                let rsp = http::get(addr, "/slow?ms=800", &[]).await;
+                (rsp.status, started.elapsed())
+            })
+        })
+        .collect();
+    // Two connections are served; the third waits in the accept queue.
+    assert_eventually!(
+        app.hits_for("/slow") == 2,
+        "two requests must be served at once"
+    );
+    assert_eq!(app.hits_for("/slow"), 2, "the third must not be served yet");
+
+    let mut took = Vec::new();
+    for call in calls {
+        let (status, elapsed) = call.await.expect("client task must not panic");
+        assert_eq!(
+            status, 200,
+            "the extra connection must wait, not be refused"
+        );
+        took.push(elapsed);
+    }
+    took.sort();
+    assert_eq!(app.hits_for("/slow"), 3);
+    assert!(took[1] < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took[2] >= Duration::from_millis(1500),
+        "the third waited: {took:?}"
+    );
+}

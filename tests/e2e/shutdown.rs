@@ -1,0 +1,101 @@
+//! Graceful shutdown: on SIGTERM (and SIGINT) readiness drops at once, the listener closes,
+//! requests in flight finish, and the process exits 0 within `shutdown_grace`.
+
+use std::time::Duration;
+
+use crate::support::{http, sample, Proxy};
+
+const TEMPLATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 5s }
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+
+const GRACE: Duration = Duration::from_secs(5);
+
+async fn drains_in_flight_then_exits_0(sig: &str) {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+
+    let in_flight = tokio::spawn(async move { http::get(addr, "/slow?ms=1500", &[]).await });
+    assert_eventually!(
+        app.hits_for("/slow") == 1,
+        "the slow request must be in flight"
+    );
+
+    let signalled = tokio::time::Instant::now();
+    proxy.signal(sig);
+    assert_eventually!(
+        http::try_get(admin, "/readyz", &[])
+            .await
+            .is_ok_and(|r| r.status == 503),
+        "/readyz must answer 503 while draining"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "readiness must drop before the drain ends"
+    );
+    assert_eventually!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener must stop accepting"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the listener must close before the drain ends"
+    );
+
+    let rsp = in_flight.await.expect("the client task must not panic");
+    assert_eq!(rsp.status, 200, "the request in flight must finish");
+    assert_eq!(rsp.text(), "ok\n");
+
+    let status = proxy.wait_exit(GRACE + Duration::from_secs(2)).await;
+    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    let took = signalled.elapsed();
+    assert!(
+        took < GRACE,
+        "exit must not wait for the whole grace: {took:?}"
+    );
+    assert_eq!(app.hits_for("/slow"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_then_exits_0() {
+    drains_in_flight_then_exits_0("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_in_flight_then_exits_0() {
+    drains_in_flight_then_exits_0("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_proxy_exits_0_at_once_on_sigterm() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(2)).await;
+    let status = status.unwrap_or_else(|| panic!("an idle proxy must exit fast:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,77 @@
+//! The harness: real sockets on 127.0.0.1, the `rampart` binary as a child process, and the
+//! sample service in-process.
+//!
+//! Tests talk to rampart only the way users do (its CLI, its listeners, its admin port, its
+//! signals) so they prove the shipped binary, not an in-process shortcut. Nothing here uses a
+//! fixed port or a fixed sleep: ports come from the kernel and waiting is done by polling with a
+//! bounded patience (`assert_eventually!`).
+
+// Each test module uses a different slice of the harness.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod raw;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+pub use self::metrics::{metric_value, metrics};
+pub use self::proxy::Proxy;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A free TCP port on 127.0.0.1: bound to `:0`, read, released.
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// A free address on 127.0.0.1 (see [`free_port`]). Nobody listens on it until someone binds
+/// it, which also makes it a dead upstream endpoint.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 must work");
+    l.local_addr().expect("a bound socket must have an address")
+}
+
+/// A sample service on a free loopback port.
+pub async fn sample() -> rampart::sample::Sample {
+    rampart::sample::Sample::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("the sample service must start")
+}
+
+/// How long `assert_eventually!` waits: `RAMPART_TEST_PATIENCE_MS`, default 5000 ms.
+pub fn patience() -> Duration {
+    let ms = std::env::var("RAMPART_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    Duration::from_millis(ms)
+}
+
+/// Polls a condition (which may `.await`) every 20 ms until it holds, panicking with the given
+/// message after [`patience`].
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr $(,)?) => {
+        $crate::assert_eventually!($cond, "{}", stringify!($cond))
+    };
+    ($cond:expr, $($msg:tt)+) => {{
+        let patience = $crate::support::patience();
+        let start = tokio::time::Instant::now();
+        loop {
+            if $cond {
+                break;
+            }
+            if start.elapsed() > patience {
+                panic!(
+                    "condition did not hold within {:?}: {}",
+                    patience,
+                    format!($($msg)+)
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}

@@ -1,0 +1,287 @@
+//! Runs the `rampart` binary on a rendered policy file and waits until it is ready.
+//!
+//! Policy templates name their addresses with placeholders instead of `format!` braces (YAML
+//! uses braces itself): `$ADMIN` is the admin address, `$LISTEN_<name>` a free address for a
+//! listener (the same name always gets the same address for the life of the proxy), and any
+//! `$NAME` given with [`ProxyBuilder::var`] is replaced by its value.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::{free_addr, http};
+
+/// How long a proxy may take to answer `/readyz` 200 after spawn.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Collects what a proxy is started with.
+#[derive(Debug)]
+pub struct ProxyBuilder {
+    template: String,
+    vars: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+/// A running `rampart run` child. Killed (by PID) on drop.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Child,
+    exited: Option<ExitStatus>,
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    admin: SocketAddr,
+    listeners: BTreeMap<String, SocketAddr>,
+    vars: Vec<(String, String)>,
+}
+
+/// A policy file rendered into a temp dir, with the addresses its placeholders got.
+#[derive(Debug)]
+pub struct Rendered {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub text: String,
+    pub admin: SocketAddr,
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+/// Path of the binary under test: `RAMPART_BIN` if set (to test a release build or a
+/// binary built elsewhere), else the one cargo built for this test run.
+pub fn bin() -> String {
+    std::env::var("RAMPART_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rampart").to_owned())
+}
+
+// === impl ProxyBuilder ===
+
+impl ProxyBuilder {
+    /// Replaces `$name` by `value` in the template (and in later rewrites).
+    pub fn var(mut self, name: &str, value: impl Display) -> Self {
+        self.vars.push((format!("${name}"), value.to_string()));
+        // Longest first, so `$APP` never eats the start of `$APP2`.
+        self.vars.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        self
+    }
+
+    /// Adds a command-line argument after `run --config FILE --log-format json`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Renders the template into a temp file without starting anything.
+    pub fn render(&self) -> Rendered {
+        let admin = free_addr();
+        let mut listeners = BTreeMap::new();
+        let text = render(&self.template, &self.vars, admin, &mut listeners);
+        let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+        let path = dir.path().join("rampart.yaml");
+        std::fs::write(&path, &text).expect("the policy file must be writable");
+        Rendered {
+            dir,
+            path,
+            text,
+            admin,
+            listeners,
+        }
+    }
+
+    /// Starts `rampart run` and waits (at most 15 s) until admin `/readyz` answers 200;
+    /// panics with the proxy's log otherwise.
+    pub async fn spawn(self) -> Proxy {
+        let Rendered {
+            dir,
+            path,
+            admin,
+            listeners,
+            ..
+        } = self.render();
+        let log_path = dir.path().join("rampart.log");
+        let log = File::create(&log_path).expect("the log file must be creatable");
+        let child = Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(["--log-format", "json"])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env_remove("RAMPART_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file must be clonable"))
+            .stderr(log)
+            .spawn()
+            .expect("the rampart binary must start");
+        let mut proxy = Proxy {
+            child,
+            exited: None,
+            dir,
+            config_path: path,
+            log_path,
+            admin,
+            listeners,
+            vars: self.vars,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// A builder for a proxy running `template` (see the module doc for placeholders).
+    pub fn builder(template: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            template: template.to_owned(),
+            vars: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The address `$LISTEN_<name>` was given.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no placeholder $LISTEN_{name} in any policy so far"))
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The policy file the proxy runs on.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// A scratch directory that lives as long as the proxy.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the proxy wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Overwrites the policy file with `template`, rendered with the same variables and
+    /// listener addresses (new `$LISTEN_<name>`s get new free addresses). Returns the text.
+    pub fn rewrite_config(&mut self, template: &str) -> String {
+        let text = render(template, &self.vars, self.admin, &mut self.listeners);
+        // Write then rename, as a ConfigMap update does: a reader never sees half a file.
+        let tmp = self.dir.path().join("rampart.yaml.new");
+        std::fs::write(&tmp, &text).expect("the policy file must be writable");
+        std::fs::rename(&tmp, &self.config_path).expect("the policy file must be replaceable");
+        text
+    }
+
+    /// Sends `SIGHUP`, `SIGTERM`, `SIGINT`… (`sig` without the `SIG`) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("`kill` must run");
+        assert!(status.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exited() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn try_exited(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait must work");
+        }
+        self.exited
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_exited() {
+                panic!(
+                    "rampart exited ({status}) before ready; log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(rsp) = http::try_get(self.admin, "/readyz", &[]).await {
+                if rsp.status == 200 {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "rampart not ready on {} within {READY_TIMEOUT:?}; log:\n{}",
+                    self.admin,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.try_exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- rampart log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+fn render(
+    template: &str,
+    vars: &[(String, String)],
+    admin: SocketAddr,
+    listeners: &mut BTreeMap<String, SocketAddr>,
+) -> String {
+    let mut text = template.replace("$ADMIN", &admin.to_string());
+    for (k, v) in vars {
+        text = text.replace(k.as_str(), v);
+    }
+    const MARK: &str = "$LISTEN_";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + MARK.len()..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let addr = *listeners.entry(name.to_owned()).or_insert_with(free_addr);
+        out.push_str(&addr.to_string());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}

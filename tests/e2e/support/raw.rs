@@ -1,0 +1,85 @@
+//! Raw TCP for what a well-behaved client library will not send: malformed heads, oversized
+//! heads, absolute-form request targets, and clients that stall.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What came back on a raw connection.
+#[derive(Debug)]
+pub struct RawResp {
+    /// Every byte read.
+    pub bytes: Vec<u8>,
+    /// The peer closed (EOF or reset) before the wait ran out.
+    pub closed: bool,
+    /// Time from the end of the write to the close (or to the end of the wait).
+    pub elapsed: Duration,
+}
+
+/// Connects to `addr`, writes `request` while reading, and reads until the peer closes or
+/// `wait` runs out. Reading goes on during the write so that an answer sent before the peer
+/// resets an oversized request is still seen.
+pub async fn exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> RawResp {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr} must succeed: {e}"));
+    let (mut rd, mut wr) = tcp.into_split();
+    let request = request.to_vec();
+    let writer = tokio::spawn(async move {
+        // The peer may close before taking everything; that is for the test to judge.
+        let _ = wr.write_all(&request).await;
+        let _ = wr.flush().await;
+        wr // kept open: dropping it would half-close and look like a finished client
+    });
+    let start = tokio::time::Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(start + wait, rd.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    };
+    let elapsed = start.elapsed();
+    writer.abort();
+    RawResp {
+        bytes,
+        closed,
+        elapsed,
+    }
+}
+
+// === impl RawResp ===
+
+impl RawResp {
+    /// Status code of the first answer, if one arrived.
+    pub fn status(&self) -> Option<u16> {
+        let text = std::str::from_utf8(&self.bytes).ok()?;
+        let line = text.lines().next()?;
+        let mut parts = line.split(' ');
+        if !parts.next()?.starts_with("HTTP/1.") {
+            return None;
+        }
+        parts.next()?.parse().ok()
+    }
+
+    /// Value of header `name` in the first answer's head.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let head = text.split("\r\n\r\n").next()?;
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// Everything read, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}

@@ -1,0 +1,141 @@
+//! Tenant identification: fallback, rejection, validation, and the cap on metric labels.
+
+use std::net::SocketAddr;
+
+use crate::support::{http, metric_value, metrics, metrics::label_values, sample, Proxy};
+
+/// Inbound in front of `$APP`; `$TENANTS` is the whole `tenants:` section.
+const TEMPLATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants: $TENANTS
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+
+async fn proxy(app: SocketAddr, tenants: &str) -> Proxy {
+    Proxy::builder(TEMPLATE)
+        .var("TENANTS", tenants)
+        .var("APP", app)
+        .spawn()
+        .await
+}
+
+/// `rampart_requests_total` of the inbound `app` route for `tenant` and `code`.
+fn requests(text: &str, tenant: &str, code: &str) -> Option<f64> {
+    let labels = [
+        ("listener", "inbound"),
+        ("route", "app"),
+        ("tenant", tenant),
+        ("code", code),
+    ];
+    metric_value(text, "rampart_requests_total", &labels)
+}
+
+#[tokio::test]
+async fn fallback_tenant_when_header_absent() {
+    let app = sample().await;
+    let proxy = proxy(
+        app.addr(),
+        "{ from: [ { header: x-tenant-id } ], fallback: anonymous }",
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    let with = http::get(addr, "/ok", &[("x-tenant-id", "acme")]).await;
+    assert_eq!(with.status, 200);
+    assert_eq!(app.hits_for("/ok"), 3);
+
+    let admin = proxy.admin();
+    assert_eventually!(
+        requests(&metrics(admin).await, "anonymous", "200") == Some(2.0),
+        "anonymous counted twice:\n{}",
+        metrics(admin).await
+    );
+    assert_eq!(requests(&metrics(admin).await, "acme", "200"), Some(1.0));
+}
+
+#[tokio::test]
+async fn fallback_reject_answers_401_tenant_required() {
+    let app = sample().await;
+    let proxy = proxy(
+        app.addr(),
+        "{ from: [ { header: x-tenant-id } ], fallback: reject }",
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    http::get(addr, "/ok", &[])
+        .await
+        .assert_rampart(401, "tenant_required");
+    assert_eq!(
+        app.hits(),
+        0,
+        "a rejected request must not reach the upstream"
+    );
+
+    let rsp = http::get(addr, "/ok", &[("x-tenant-id", "acme")]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(app.hits_for("/ok"), 1);
+}
+
+#[tokio::test]
+async fn invalid_tenant_ids_answer_400() {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), "{ from: [ { header: x-tenant-id } ] }").await;
+    let addr = proxy.listener("inbound");
+
+    let longest = "a".repeat(128);
+    let rsp = http::get(addr, "/ok", &[("x-tenant-id", &longest)]).await;
+    assert_eq!(rsp.status, 200, "128 bytes is allowed");
+    let allowed = "Tenant.1_a:b@c-d";
+    let rsp = http::get(addr, "/ok", &[("x-tenant-id", allowed)]).await;
+    assert_eq!(rsp.status, 200, "every allowed character class");
+
+    let too_long = "a".repeat(129);
+    for bad in [too_long.as_str(), "a b", "a/b", "tenant%2F"] {
+        http::get(addr, "/ok", &[("x-tenant-id", bad)])
+            .await
+            .assert_rampart(400, "invalid_tenant");
+    }
+    assert_eq!(
+        app.hits_for("/ok"),
+        2,
+        "invalid tenants must not reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn metrics_labels_cap_puts_extra_tenants_in_other() {
+    let app = sample().await;
+    let proxy = proxy(
+        app.addr(),
+        "{ from: [ { header: x-tenant-id } ], metrics_labels: 2 }",
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    for tenant in ["t1", "t2", "t3", "t4", "t1"] {
+        let rsp = http::get(addr, "/ok", &[("x-tenant-id", tenant)]).await;
+        assert_eq!(rsp.status, 200);
+    }
+    let admin = proxy.admin();
+    assert_eventually!(
+        metric_value(&metrics(admin).await, "rampart_requests_total", &[]) == Some(5.0),
+        "five requests counted"
+    );
+    let text = metrics(admin).await;
+    assert_eq!(requests(&text, "t1", "200"), Some(2.0), "{text}");
+    assert_eq!(requests(&text, "t2", "200"), Some(1.0), "{text}");
+    assert_eq!(requests(&text, "_other", "200"), Some(2.0), "{text}");
+    assert_eq!(requests(&text, "t3", "200"), None, "{text}");
+    assert_eq!(
+        label_values(&text, "rampart_requests_total", "tenant"),
+        ["_other", "t1", "t2"]
+    );
+}
