@@ -211,6 +211,10 @@ impl Metrics {
             "Configuration reloads, by result.",
             &["result"],
         );
+        // Both results exist from the start, so a rate() over them never starts from nothing.
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let config_last_success = Gauge::new(
             "rampart_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
