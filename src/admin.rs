@@ -27,7 +27,9 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
-            let Ok((stream, peer)) = tcp.accept().await else { continue };
+            let Ok((stream, peer)) = tcp.accept().await else {
+                continue;
+            };
             let shared = shared.clone();
             let builder = builder.clone();
             tokio::spawn(async move {
@@ -44,8 +46,15 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            shared.metrics.tenants_tracked.set(shared.tracked_tenants() as i64);
-            text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render())
+            shared
+                .metrics
+                .tenants_tracked
+                .set(shared.tracked_tenants() as i64);
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                shared.metrics.render(),
+            )
         }
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(shared),
@@ -54,13 +63,22 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
         (&Method::POST, "/reload") => {
             if !peer.ip().is_loopback() {
                 let msg = "reload is allowed from loopback peers only";
-                return json(StatusCode::FORBIDDEN, serde_json::json!({"result": "forbidden", "errors": [msg]}));
+                return json(
+                    StatusCode::FORBIDDEN,
+                    serde_json::json!({"result": "forbidden", "errors": [msg]}),
+                );
             }
             match reload::reload(shared).await {
-                Ok(sha) => json(StatusCode::OK, serde_json::json!({"result": "success", "sha256": sha})),
+                Ok(sha) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"result": "success", "sha256": sha}),
+                ),
                 Err(ReloadError::Invalid(errs)) => {
                     let list: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
-                    json(StatusCode::BAD_REQUEST, serde_json::json!({"result": "failure", "errors": list}))
+                    json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"result": "failure", "errors": list}),
+                    )
                 }
                 Err(e) => json(
                     StatusCode::BAD_REQUEST,
@@ -68,16 +86,23 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                 ),
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/state" | "/reload") => {
-            json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
-        }
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/state" | "/reload") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "method not allowed"}),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
     }
 }
 
 fn readyz(shared: &Shared) -> Response<Body> {
     if shared.draining.load(Ordering::SeqCst) {
-        return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "draining"}));
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "draining"}),
+        );
     }
     if !shared.current.load().inbound_ready() {
         return json(
@@ -91,7 +116,11 @@ fn readyz(shared: &Shared) -> Response<Body> {
 fn config(shared: &Shared) -> Response<Body> {
     let gen = shared.current.load();
     let c = &gen.config;
-    let loaded_at = c.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let loaded_at = c
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     json(
         StatusCode::OK,
         serde_json::json!({
@@ -133,6 +162,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut rsp = Response::new(Body::full(body));
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     rsp
 }

@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Version line: crate version and git commit.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RAMPART_GIT_COMMIT"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RAMPART_GIT_COMMIT"),
+    ")"
+);
 
 /// rampart: a sidecar reverse proxy with per-tenant rate limits, circuit breakers, timeouts,
 /// retries and load shedding, configured by one YAML policy file.

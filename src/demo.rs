@@ -27,16 +27,28 @@ pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
             .map_err(|e| format!("cannot start the sample service on {addr}: {e}"))?;
         samples.push(s);
     }
-    let rampart = crate::Rampart::start(config).await.map_err(|e| format!("rampart: {e}"))?;
+    let rampart = crate::Rampart::start(config)
+        .await
+        .map_err(|e| format!("rampart: {e}"))?;
     println!("{}", guide(&rampart).await);
-    crate::shutdown::run_until_signalled(rampart, false).await.map_err(|e| e.to_string())?;
+    crate::shutdown::run_until_signalled(rampart, false)
+        .await
+        .map_err(|e| e.to_string())?;
     drop(samples);
     Ok(())
 }
 
 async fn guide(r: &crate::Rampart) -> String {
-    let inbound = r.listener_addr("inbound").await.map(|a| a.to_string()).unwrap_or_default();
-    let outbound = r.listener_addr("outbound").await.map(|a| a.to_string()).unwrap_or_default();
+    let inbound = r
+        .listener_addr("inbound")
+        .await
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let outbound = r
+        .listener_addr("outbound")
+        .await
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let admin = r.admin_addr();
     format!(
         r#"

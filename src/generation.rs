@@ -112,16 +112,27 @@ impl Generation {
                     .and_then(|p| p.upstreams.get(name))
                     .filter(|old| old.cfg == *cfg)
                     .cloned();
-                let up = kept.unwrap_or_else(|| Upstream::new(name, cfg, &shared.metrics, &shared.clock));
+                let up = kept
+                    .unwrap_or_else(|| Upstream::new(name, cfg, &shared.metrics, &shared.clock));
                 (name.clone(), up)
             })
             .collect();
         let listeners = f
             .listeners
             .iter()
-            .map(|l| (l.listen, Arc::new(build_listener(l, f, &upstreams, prev, shared))))
+            .map(|l| {
+                (
+                    l.listen,
+                    Arc::new(build_listener(l, f, &upstreams, prev, shared)),
+                )
+            })
             .collect();
-        Generation { identify: Identify::new(&f.tenants), listeners, upstreams, config }
+        Generation {
+            identify: Identify::new(&f.tenants),
+            listeners,
+            upstreams,
+            config,
+        }
     }
 
     /// A generation with no listeners and no upstreams (before the first config is applied).
@@ -161,7 +172,9 @@ fn build_listener(
             let upstream = upstreams.get(&r.upstream)?.clone();
             let label: Arc<str> = Arc::from(r.name.as_deref().unwrap_or(&r.upstream));
             let old_route = old.and_then(|o| {
-                o.routes.iter().find(|x| x.name == label && x.upstream.name == upstream.name)
+                o.routes
+                    .iter()
+                    .find(|x| x.name == label && x.upstream.name == upstream.name)
             });
             let metrics = match old_route {
                 Some(o) => o.metrics.clone(),
@@ -170,7 +183,13 @@ fn build_listener(
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
             let old_policy = old_route.map(|o| &o.policy);
             let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg, old_policy, shared);
-            Some(RouteRt { name: label, matcher: Matcher::new(r.matches.as_ref()), upstream, policy, metrics })
+            Some(RouteRt {
+                name: label,
+                matcher: Matcher::new(r.matches.as_ref()),
+                upstream,
+                policy,
+                metrics,
+            })
         })
         .collect();
     let none: Arc<str> = Arc::from("");
@@ -196,14 +215,18 @@ impl RoutePolicy {
         old: Option<&RoutePolicy>,
         shared: &Shared,
     ) -> RoutePolicy {
-        let Some(cfg) = cfg else { return RoutePolicy::default() };
+        let Some(cfg) = cfg else {
+            return RoutePolicy::default();
+        };
         let retry = cfg.retry.as_ref().map(|r| {
             // Carry-over: the budget's window of counts survives a reload that keeps it.
             let budget = old
                 .and_then(|o| o.retry.as_ref())
                 .filter(|o| o.cfg.budget == r.budget)
                 .map(|o| o.budget.clone())
-                .unwrap_or_else(|| Arc::new(RetryBudget::from_config(&r.budget, shared.clock.clone())));
+                .unwrap_or_else(|| {
+                    Arc::new(RetryBudget::from_config(&r.budget, shared.clock.clone()))
+                });
             RetryRt {
                 cfg: r.clone(),
                 on: RetryOn::new(&r.on),

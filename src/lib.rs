@@ -97,11 +97,19 @@ impl Rampart {
         let metrics = Metrics::register();
         let labels = tenant::Labels::new(config.file.tenants.metrics_labels as usize);
         let admin_listen = config.file.admin.listen;
-        let admin_tcp = proxy::listener::bind(admin_listen)
-            .map_err(|error| StartError::Admin { addr: admin_listen, error })?;
+        let admin_tcp = proxy::listener::bind(admin_listen).map_err(|error| StartError::Admin {
+            addr: admin_listen,
+            error,
+        })?;
         let admin_addr = admin_tcp.local_addr().unwrap_or(admin_listen);
         // An empty generation first; `apply` builds the real one and binds its listeners.
-        let empty = Config { file: config::File { listeners: Vec::new(), ..config.file.clone() }, ..config.clone() };
+        let empty = Config {
+            file: config::File {
+                listeners: Vec::new(),
+                ..config.file.clone()
+            },
+            ..config.clone()
+        };
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(Generation::empty(Arc::new(empty))),
             metrics,
@@ -129,7 +137,12 @@ impl Rampart {
     pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         let gen = self.shared.current.load_full();
         let l = gen.config.file.listeners.iter().find(|l| l.name == name)?;
-        self.shared.listeners.lock().await.get(&l.listen).map(|h| h.local_addr)
+        self.shared
+            .listeners
+            .lock()
+            .await
+            .get(&l.listen)
+            .map(|h| h.local_addr)
     }
 
     /// The file the config in force came from.
@@ -150,8 +163,23 @@ impl Rampart {
     /// Stops accepting, lets requests in flight finish (up to `shutdown_grace`), returns.
     pub async fn shutdown(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
-        let grace = self.shared.current.load().config.file.runtime.shutdown_grace.0;
-        let handles: Vec<_> = self.shared.listeners.lock().await.drain().map(|(_, h)| h).collect();
+        let grace = self
+            .shared
+            .current
+            .load()
+            .config
+            .file
+            .runtime
+            .shutdown_grace
+            .0;
+        let handles: Vec<_> = self
+            .shared
+            .listeners
+            .lock()
+            .await
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
         for h in &handles {
             h.begin_drain();
         }

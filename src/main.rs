@@ -33,9 +33,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config, watch } => run(config, watch).await,
             Command::Demo { config } => rampart::demo::run(config).await,
-            Command::Sample { listen } => {
-                rampart::sample::serve_forever(listen).await.map_err(|e| e.to_string())
-            }
+            Command::Sample { listen } => rampart::sample::serve_forever(listen)
+                .await
+                .map_err(|e| e.to_string()),
             Command::Validate { .. } => Ok(()),
         }
     });
@@ -50,13 +50,20 @@ fn main() -> ExitCode {
 
 async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
-    let rampart = rampart::Rampart::start(config).await.map_err(|e| format!("rampart: {e}"))?;
-    rampart::shutdown::run_until_signalled(rampart, watch).await.map_err(|e| e.to_string())
+    let rampart = rampart::Rampart::start(config)
+        .await
+        .map_err(|e| format!("rampart: {e}"))?;
+    rampart::shutdown::run_until_signalled(rampart, watch)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("RAMPART_WORKERS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("RAMPART_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         b.worker_threads(n.max(1));
     }
     b.enable_all().build()
@@ -69,7 +76,9 @@ fn init_logging(format: Option<LogFormat>) {
         Some(f) => f == LogFormat::Json,
         None => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

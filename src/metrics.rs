@@ -108,18 +108,24 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(v.clone())).expect("unique metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric");
             v
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(v.clone())).expect("unique metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric");
             v
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             let v = HistogramVec::new(opts, labels).expect("valid metric");
-            registry.register(Box::new(v.clone())).expect("unique metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric");
             v
         };
         let requests = counter(
@@ -187,10 +193,14 @@ impl Metrics {
             "1 when the endpoint is healthy, 0 when not.",
             &["upstream", "endpoint"],
         );
-        let tenants_tracked =
-            IntGauge::new("rampart_tenants_tracked", "Per-tenant state entries in memory.")
-                .expect("valid metric");
-        registry.register(Box::new(tenants_tracked.clone())).expect("unique metric");
+        let tenants_tracked = IntGauge::new(
+            "rampart_tenants_tracked",
+            "Per-tenant state entries in memory.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tenants_tracked.clone()))
+            .expect("unique metric");
         let queue_depth = gauge(
             "rampart_queue_depth",
             "Requests waiting for a load-shedding slot.",
@@ -220,7 +230,9 @@ impl Metrics {
             "Unix time of the last successful configuration load.",
         )
         .expect("valid metric");
-        registry.register(Box::new(config_last_success.clone())).expect("unique metric");
+        registry
+            .register(Box::new(config_last_success.clone()))
+            .expect("unique metric");
         let config_info = gauge(
             "rampart_config_info",
             "Always 1; the sha256 label names the configuration in force.",
@@ -257,7 +269,12 @@ impl Metrics {
     }
 
     /// Handles for one route.
-    pub fn route(&self, listener: &Arc<str>, route: &Arc<str>, upstream: &Arc<str>) -> RouteMetrics {
+    pub fn route(
+        &self,
+        listener: &Arc<str>,
+        route: &Arc<str>,
+        upstream: &Arc<str>,
+    ) -> RouteMetrics {
         let t = |kind: &str| self.timeouts.with_label_values(&[route, upstream, kind]);
         RouteMetrics {
             listener: listener.clone(),
@@ -265,7 +282,9 @@ impl Metrics {
             metrics: self.clone(),
             by_tenant: DashMap::new(),
             retries: self.retries.with_label_values(&[route, upstream]),
-            retry_budget_exhausted: self.retry_budget_exhausted.with_label_values(&[route, upstream]),
+            retry_budget_exhausted: self
+                .retry_budget_exhausted
+                .with_label_values(&[route, upstream]),
             timeout_request: t("request"),
             timeout_per_try: t("per_try"),
             timeout_connect: t("connect"),
@@ -291,7 +310,9 @@ impl Metrics {
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
-        prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
     }
 }
 
@@ -304,7 +325,11 @@ impl RouteMetrics {
             return t.clone();
         }
         let m = &self.metrics;
-        let labels = [self.listener.clone(), self.route.clone(), tenant_label.clone()];
+        let labels = [
+            self.listener.clone(),
+            self.route.clone(),
+            tenant_label.clone(),
+        ];
         let l3: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
         let t = Arc::new(TenantMetrics {
             duration: m.request_duration.with_label_values(&l3),
@@ -313,7 +338,10 @@ impl RouteMetrics {
             codes: ArcSwap::from_pointee(Vec::new()),
             labels,
         });
-        self.by_tenant.entry(tenant_label.clone()).or_insert(t).clone()
+        self.by_tenant
+            .entry(tenant_label.clone())
+            .or_insert(t)
+            .clone()
     }
 
     /// The route's label.
@@ -338,7 +366,8 @@ impl TenantMetrics {
         count_code(&self.codes, code, || {
             let l = &self.labels;
             let code = code.to_string();
-            self.requests.with_label_values(&[&*l[0], &*l[1], &*l[2], code.as_str()])
+            self.requests
+                .with_label_values(&[&*l[0], &*l[1], &*l[2], code.as_str()])
         });
     }
 }
@@ -350,7 +379,8 @@ impl UpstreamMetrics {
     pub fn count(&self, code: u16) {
         count_code(&self.codes, code, || {
             let code = code.to_string();
-            self.requests.with_label_values(&[&*self.name, code.as_str()])
+            self.requests
+                .with_label_values(&[&*self.name, code.as_str()])
         });
     }
 }

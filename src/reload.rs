@@ -64,7 +64,13 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<String, ReloadError> {
 
 async fn reload_inner(shared: &Arc<Shared>) -> Result<String, ReloadError> {
     let mut set = shared.listeners.lock().await;
-    let path = shared.current.load().config.path.clone().ok_or(ReloadError::NoFile)?;
+    let path = shared
+        .current
+        .load()
+        .config
+        .path
+        .clone()
+        .ok_or(ReloadError::NoFile)?;
     let path2 = path.clone();
     let cfg = tokio::task::spawn_blocking(move || Config::load(&path2))
         .await
@@ -82,7 +88,11 @@ async fn reload_inner(shared: &Arc<Shared>) -> Result<String, ReloadError> {
 }
 
 /// Swaps in `cfg`: binds new listeners, swaps the generation, drains removed listeners.
-pub fn apply(shared: &Arc<Shared>, set: &mut ListenerSet, cfg: Config) -> Result<String, ReloadError> {
+pub fn apply(
+    shared: &Arc<Shared>,
+    set: &mut ListenerSet,
+    cfg: Config,
+) -> Result<String, ReloadError> {
     let cfg = Arc::new(cfg);
     let mut bound = Vec::new();
     for l in &cfg.file.listeners {
@@ -91,20 +101,31 @@ pub fn apply(shared: &Arc<Shared>, set: &mut ListenerSet, cfg: Config) -> Result
         }
         match listener::bind(l.listen) {
             Ok(tcp) => bound.push((l.listen, tcp)),
-            Err(error) => return Err(ReloadError::Bind { name: l.name.clone(), addr: l.listen, error }),
+            Err(error) => {
+                return Err(ReloadError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    error,
+                })
+            }
         }
     }
     let old = shared.current.load_full();
     let gen = Generation::build(cfg.clone(), Some(&old), shared);
-    shared.labels.set_cap(cfg.file.tenants.metrics_labels as usize);
+    shared
+        .labels
+        .set_cap(cfg.file.tenants.metrics_labels as usize);
     shared.current.store(Arc::new(gen));
     for (addr, tcp) in bound {
         let h = listener::spawn(shared.clone(), addr, tcp, &cfg.file.runtime);
         tracing::info!(listen = %h.local_addr, "listener bound");
         set.insert(addr, h);
     }
-    let removed: Vec<SocketAddr> =
-        set.keys().filter(|a| !cfg.file.listeners.iter().any(|l| l.listen == **a)).copied().collect();
+    let removed: Vec<SocketAddr> = set
+        .keys()
+        .filter(|a| !cfg.file.listeners.iter().any(|l| l.listen == **a))
+        .copied()
+        .collect();
     let grace = cfg.file.runtime.shutdown_grace.0;
     for addr in removed {
         if let Some(h) = set.remove(&addr) {
@@ -120,6 +141,9 @@ pub fn apply(shared: &Arc<Shared>, set: &mut ListenerSet, cfg: Config) -> Result
 pub fn note_success(shared: &Shared, cfg: &Config) {
     let m = &shared.metrics;
     m.set_config_info(&cfg.sha256);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     m.config_last_success.set(now);
 }

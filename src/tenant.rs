@@ -85,7 +85,9 @@ impl Identify {
             .iter()
             .filter_map(|s: &TenantSource| {
                 if let Some(h) = &s.header {
-                    http::HeaderName::from_bytes(h.as_bytes()).ok().map(Source::Header)
+                    http::HeaderName::from_bytes(h.as_bytes())
+                        .ok()
+                        .map(Source::Header)
                 } else {
                     s.query.clone().map(Source::Query)
                 }
@@ -141,7 +143,11 @@ fn query_param<'a>(uri: &'a Uri, key: &str) -> Option<&'a str> {
 impl Labels {
     /// A label table giving at most `cap` tenants their own label.
     pub fn new(cap: usize) -> Self {
-        Labels { cap: AtomicUsize::new(cap), given: DashMap::new(), other: Arc::from(OTHER_LABEL) }
+        Labels {
+            cap: AtomicUsize::new(cap),
+            given: DashMap::new(),
+            other: Arc::from(OTHER_LABEL),
+        }
     }
 
     /// Changes the cap (on reload); labels already given stay.
@@ -169,8 +175,14 @@ mod tests {
     fn rules(fallback: &str) -> Identify {
         Identify::new(&Tenants {
             from: vec![
-                TenantSource { header: Some("x-tenant-id".into()), query: None },
-                TenantSource { header: None, query: Some("tenant".into()) },
+                TenantSource {
+                    header: Some("x-tenant-id".into()),
+                    query: None,
+                },
+                TenantSource {
+                    header: None,
+                    query: Some("tenant".into()),
+                },
             ],
             fallback: fallback.into(),
             max_tracked: 10,
@@ -180,7 +192,10 @@ mod tests {
 
     fn headers(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-tenant-id", HeaderValue::from_str(v).expect("test header must be valid"));
+        h.insert(
+            "x-tenant-id",
+            HeaderValue::from_str(v).expect("test header must be valid"),
+        );
         h
     }
 
@@ -188,21 +203,44 @@ mod tests {
     fn first_source_wins_then_fallback() {
         let r = rules("anonymous");
         let uri: Uri = "/x?tenant=q1".parse().expect("uri");
-        assert_eq!(r.identify(&headers("acme"), &uri).expect("header").as_str(), "acme");
-        assert_eq!(r.identify(&HeaderMap::new(), &uri).expect("query").as_str(), "q1");
+        assert_eq!(
+            r.identify(&headers("acme"), &uri).expect("header").as_str(),
+            "acme"
+        );
+        assert_eq!(
+            r.identify(&HeaderMap::new(), &uri).expect("query").as_str(),
+            "q1"
+        );
         let bare: Uri = "/x".parse().expect("uri");
-        assert_eq!(r.identify(&HeaderMap::new(), &bare).expect("fallback").as_str(), "anonymous");
+        assert_eq!(
+            r.identify(&HeaderMap::new(), &bare)
+                .expect("fallback")
+                .as_str(),
+            "anonymous"
+        );
     }
 
     #[test]
     fn reject_and_invalid() {
         let r = rules("reject");
         let bare: Uri = "/".parse().expect("uri");
-        assert_eq!(r.identify(&HeaderMap::new(), &bare).unwrap_err(), Reason::TenantRequired);
+        assert_eq!(
+            r.identify(&HeaderMap::new(), &bare).unwrap_err(),
+            Reason::TenantRequired
+        );
         let long = "a".repeat(129);
-        assert_eq!(r.identify(&headers(&long), &bare).unwrap_err(), Reason::InvalidTenant);
-        assert_eq!(r.identify(&headers("a b"), &bare).unwrap_err(), Reason::InvalidTenant);
-        assert_eq!(r.identify(&headers("a/b"), &bare).unwrap_err(), Reason::InvalidTenant);
+        assert_eq!(
+            r.identify(&headers(&long), &bare).unwrap_err(),
+            Reason::InvalidTenant
+        );
+        assert_eq!(
+            r.identify(&headers("a b"), &bare).unwrap_err(),
+            Reason::InvalidTenant
+        );
+        assert_eq!(
+            r.identify(&headers("a/b"), &bare).unwrap_err(),
+            Reason::InvalidTenant
+        );
         let ok = "a".repeat(128);
         assert!(r.identify(&headers(&ok), &bare).is_ok());
         assert!(r.identify(&headers("user@acme.io:eu-1_x"), &bare).is_ok());

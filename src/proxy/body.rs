@@ -124,8 +124,11 @@ impl http_body::Body for Body {
             }
             Body::Incoming(inner) => inner.size_hint(),
             Body::Prefixed(frames, rest) => {
-                let buffered: u64 =
-                    frames.iter().filter_map(|f| f.data_ref()).map(|b| b.len() as u64).sum();
+                let buffered: u64 = frames
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|b| b.len() as u64)
+                    .sum();
                 let mut hint = rest.size_hint();
                 hint.set_lower(hint.lower() + buffered);
                 if let Some(upper) = hint.upper() {

@@ -27,7 +27,12 @@ use crate::policy::timeout::per_try_timeout;
 const MAX_WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Steps 5–8 for one request that has passed the route's admission policies.
-pub async fn run(route: &RouteRt, mut req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+pub async fn run(
+    route: &RouteRt,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
     forward::prepare_request(&mut req, peer, tls);
     let Some(limit) = route.policy.request_timeout else {
         return tries(route, req, None).await;
@@ -37,26 +42,41 @@ pub async fn run(route: &RouteRt, mut req: Request<Incoming>, peer: SocketAddr, 
         Ok(rsp) => rsp,
         Err(_) => {
             route.metrics.timeout_request.inc();
-            let msg = format!("no answer from upstream {} within {:?}", route.upstream.name, limit);
+            let msg = format!(
+                "no answer from upstream {} within {:?}",
+                route.upstream.name, limit
+            );
             answer(Reason::Timeout, &msg, None)
         }
     }
 }
 
 /// Step 6: the first try and any retries.
-async fn tries(route: &RouteRt, req: Request<Incoming>, deadline: Option<Instant>) -> Response<Body> {
+async fn tries(
+    route: &RouteRt,
+    req: Request<Incoming>,
+    deadline: Option<Instant>,
+) -> Response<Body> {
     let Some(retry) = &route.policy.retry else {
         return try_once(route, req.map(Body::from), None).await.1;
     };
     retry.budget.deposit();
     let (parts, incoming) = req.into_parts();
     if !is_idempotent(&parts.method, &parts.headers) {
-        return try_once(route, Request::from_parts(parts, Body::from(incoming)), None).await.1;
+        return try_once(
+            route,
+            Request::from_parts(parts, Body::from(incoming)),
+            None,
+        )
+        .await
+        .1;
     }
     let bytes = match body::buffer(incoming, retry.cfg.buffer.0 as usize).await {
         Ok(Buffered::Replayable(b)) => b,
         Ok(Buffered::Streaming(body)) => {
-            return try_once(route, Request::from_parts(parts, body), None).await.1;
+            return try_once(route, Request::from_parts(parts, body), None)
+                .await
+                .1;
         }
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
@@ -86,7 +106,8 @@ async fn retry_loop(
             None => MAX_WAIT_WITHOUT_DEADLINE,
         };
         let asked = parse_retry_after(rsp.headers(), SystemTime::now());
-        let Some(wait) = wait_before_retry(retry.backoff.random_delay(attempt), asked, remaining) else {
+        let Some(wait) = wait_before_retry(retry.backoff.random_delay(attempt), asked, remaining)
+        else {
             return rsp;
         };
         if !retry.budget.try_withdraw() {
@@ -123,10 +144,18 @@ async fn try_once(
     let up = &route.upstream;
     let Some(ep) = up.pick(avoid) else {
         let msg = format!("upstream {} has no healthy endpoint", up.name);
-        return (Outcome::ConnectError, answer(Reason::UpstreamUnavailable, &msg, None), None);
+        return (
+            Outcome::ConnectError,
+            answer(Reason::UpstreamUnavailable, &msg, None),
+            None,
+        );
     };
     *req.uri_mut() = forward::target_uri(req.uri(), &ep);
-    let per_try = route.policy.per_try.as_ref().map(|p| per_try_timeout(p, &up.latency));
+    let per_try = route
+        .policy
+        .per_try
+        .as_ref()
+        .map(|p| per_try_timeout(p, &up.latency));
     let t0 = Instant::now();
     let sent = up.client().request(req);
     let result = match per_try {
@@ -160,12 +189,19 @@ async fn try_once(
                 (Outcome::Reset, "connection lost to")
             };
             let msg = format!("{what} upstream {} ({})", up.name, ep.addr);
-            (outcome, answer(Reason::UpstreamUnavailable, &msg, None), used)
+            (
+                outcome,
+                answer(Reason::UpstreamUnavailable, &msg, None),
+                used,
+            )
         }
         Err(limit) => {
             up.metrics.count(504);
             route.metrics.timeout_per_try.inc();
-            let msg = format!("no answer from upstream {} ({}) within {:?}", up.name, ep.addr, limit);
+            let msg = format!(
+                "no answer from upstream {} ({}) within {:?}",
+                up.name, ep.addr, limit
+            );
             (Outcome::Timeout, answer(Reason::Timeout, &msg, None), used)
         }
     }

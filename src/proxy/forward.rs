@@ -62,10 +62,16 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool) {
     strip_hop_by_hop(h);
     if !h.contains_key(&X_FORWARDED_FOR) {
         let ip = HeaderValue::from_str(&peer.ip().to_string());
-        h.insert(X_FORWARDED_FOR, ip.unwrap_or(HeaderValue::from_static("unknown")));
+        h.insert(
+            X_FORWARDED_FOR,
+            ip.unwrap_or(HeaderValue::from_static("unknown")),
+        );
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
     }
     if !h.contains_key(&X_REQUEST_ID) {
         h.insert(X_REQUEST_ID, new_request_id());
@@ -78,8 +84,11 @@ pub fn target_uri(uri: &Uri, endpoint: &Endpoint) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(endpoint.authority.clone());
-    parts.path_and_query =
-        Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
@@ -102,7 +111,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_named() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -117,12 +129,16 @@ mod tests {
     fn adds_forwarding_headers_when_absent() {
         let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
         let mut req = Request::builder().uri("/a").body(()).expect("request");
-        req.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_static("given"));
+        req.headers_mut()
+            .insert(X_REQUEST_ID, HeaderValue::from_static("given"));
         prepare_request(&mut req, peer, false);
         assert_eq!(req.headers()["x-forwarded-for"], "10.1.2.3");
         assert_eq!(req.headers()["x-forwarded-proto"], "http");
         assert_eq!(req.headers()["x-request-id"], "given");
-        let mut req = Request::builder().uri("http://svc:81/a?b=1").body(()).expect("request");
+        let mut req = Request::builder()
+            .uri("http://svc:81/a?b=1")
+            .body(())
+            .expect("request");
         prepare_request(&mut req, peer, true);
         assert_eq!(req.headers()["host"], "svc:81");
         assert_eq!(req.headers()["x-forwarded-proto"], "https");

@@ -36,7 +36,11 @@ pub struct ListenerHandle {
 
 /// Binds `addr` with a large backlog and `SO_REUSEADDR`.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -61,13 +65,22 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
 }
 
 /// Starts serving `tcp`, configured as `addr`.
-pub fn spawn(shared: Arc<Shared>, addr: SocketAddr, tcp: TcpListener, rt: &file::Runtime) -> ListenerHandle {
+pub fn spawn(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tcp: TcpListener,
+    rt: &file::Runtime,
+) -> ListenerHandle {
     let local_addr = tcp.local_addr().unwrap_or(addr);
     let (stop, stopped) = watch::channel(false);
     let builder = Arc::new(server_builder(rt));
     let max_conns = rt.max_connections as usize;
     let task = tokio::spawn(accept_loop(shared, addr, tcp, builder, max_conns, stopped));
-    ListenerHandle { local_addr, stop, task }
+    ListenerHandle {
+        local_addr,
+        stop,
+        task,
+    }
 }
 
 // === impl ListenerHandle ===
@@ -77,7 +90,10 @@ impl ListenerHandle {
     pub async fn drain(self, grace: Duration) {
         let _ = self.stop.send(true);
         let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace + Duration::from_millis(100), self.task).await.is_err() {
+        if tokio::time::timeout(grace + Duration::from_millis(100), self.task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -90,7 +106,10 @@ impl ListenerHandle {
     /// Waits for the listener to finish draining, at most `grace`.
     pub async fn wait(self, grace: Duration) {
         let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace + Duration::from_millis(100), self.task).await.is_err() {
+        if tokio::time::timeout(grace + Duration::from_millis(100), self.task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -129,7 +148,9 @@ async fn accept_loop(
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(serve(&shared, addr, req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -140,7 +161,10 @@ async fn accept_loop(
     }
     drop(tcp);
     let grace = shared.current.load().config.file.runtime.shutdown_grace.0;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
     }
 }

@@ -50,7 +50,11 @@ mod tests {
 
     #[test]
     fn answers_follow_the_table() {
-        let r = answer(Reason::RateLimited, "slow down", Some(Duration::from_millis(1500)));
+        let r = answer(
+            Reason::RateLimited,
+            "slow down",
+            Some(Duration::from_millis(1500)),
+        );
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[REASON_HEADER], "rate_limited");
         assert_eq!(r.headers()[RETRY_AFTER], "2");

@@ -28,7 +28,9 @@ enum HostMatch {
 impl Matcher {
     /// Compiles a route's `match` (absent: matches everything).
     pub fn new(m: Option<&file::Match>) -> Self {
-        let Some(m) = m else { return Matcher::default() };
+        let Some(m) = m else {
+            return Matcher::default();
+        };
         let host = m.host.as_deref().map(|h| {
             let h = h.to_ascii_lowercase();
             match h.strip_prefix('*') {
@@ -36,7 +38,10 @@ impl Matcher {
                 None => HostMatch::Exact(h),
             }
         });
-        Matcher { host, path_prefix: m.path_prefix.clone() }
+        Matcher {
+            host,
+            path_prefix: m.path_prefix.clone(),
+        }
     }
 
     /// Whether a request with this authority host and path matches.
@@ -110,11 +115,22 @@ mod tests {
         let p = m(None, Some("/api"));
         assert!(p.matches(None, "/api/x"));
         assert!(!p.matches(None, "/ap"));
-        let req = Request::builder().uri("http://svc.local:8080/x").body(()).expect("req");
+        let req = Request::builder()
+            .uri("http://svc.local:8080/x")
+            .body(())
+            .expect("req");
         assert_eq!(request_host(&req), Some("svc.local"));
-        let req = Request::builder().uri("/x").header("host", "h:1").body(()).expect("req");
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "h:1")
+            .body(())
+            .expect("req");
         assert_eq!(request_host(&req), Some("h"));
-        let req = Request::builder().uri("/x").header("host", "[::1]:80").body(()).expect("req");
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "[::1]:80")
+            .body(())
+            .expect("req");
         assert_eq!(request_host(&req), Some("::1"));
     }
 }

@@ -58,7 +58,12 @@ pub async fn handle(
                 Reason::TenantRequired => "this route requires a tenant id",
                 _ => "tenant id must be 1 to 128 characters of [A-Za-z0-9._:@-]",
             };
-            return finish(&route.metrics, &shared.empty_label, answer(reason, msg, None), started);
+            return finish(
+                &route.metrics,
+                &shared.empty_label,
+                answer(reason, msg, None),
+                started,
+            );
         }
     };
     let label = shared.labels.label(tenant.as_str());

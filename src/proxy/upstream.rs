@@ -21,8 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::body::Body;
 use crate::clock::SharedClock;
 use crate::config::file;
-use crate::policy::timeout::LatencyEstimator;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::policy::timeout::LatencyEstimator;
 
 /// One upstream of the config in force.
 #[derive(Debug)]
@@ -71,7 +71,12 @@ enum Target {
 
 impl Upstream {
     /// Builds the upstream and, if it has DNS names, starts resolving them.
-    pub fn new(name: &str, cfg: &file::Upstream, metrics: &Metrics, clock: &SharedClock) -> Arc<Upstream> {
+    pub fn new(
+        name: &str,
+        cfg: &file::Upstream,
+        metrics: &Metrics,
+        clock: &SharedClock,
+    ) -> Arc<Upstream> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout.0));
         http.set_nodelay(true);
@@ -102,7 +107,11 @@ impl Upstream {
             clock: clock.clone(),
         });
         if targets.iter().any(|t| matches!(t, Target::Name(_))) {
-            tokio::spawn(resolve_loop(Arc::downgrade(&up), targets, cfg.resolve_every.0));
+            tokio::spawn(resolve_loop(
+                Arc::downgrade(&up),
+                targets,
+                cfg.resolve_every.0,
+            ));
         }
         up
     }
@@ -119,7 +128,10 @@ impl Upstream {
 
     /// Whether any endpoint is known and healthy.
     pub fn has_healthy(&self) -> bool {
-        self.endpoints.load().iter().any(|e| e.healthy.load(Ordering::Relaxed))
+        self.endpoints
+            .load()
+            .iter()
+            .any(|e| e.healthy.load(Ordering::Relaxed))
     }
 
     /// Picks the next healthy endpoint in turn. `avoid` (the endpoint a failed try used) and
@@ -157,7 +169,12 @@ impl Upstream {
         let old = self.endpoints.load();
         let eps = addrs
             .into_iter()
-            .map(|a| old.iter().find(|e| e.addr == a).cloned().unwrap_or_else(|| Endpoint::new(a)))
+            .map(|a| {
+                old.iter()
+                    .find(|e| e.addr == a)
+                    .cloned()
+                    .unwrap_or_else(|| Endpoint::new(a))
+            })
             .collect();
         self.endpoints.store(Arc::new(eps));
     }
@@ -205,7 +222,9 @@ async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration)
                             last[i] = v;
                         }
                     }
-                    Err(e) => tracing::warn!(endpoint = %n, error = %e, "dns lookup failed; keeping last addresses"),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %n, error = %e, "dns lookup failed; keeping last addresses")
+                    }
                 },
             }
         }

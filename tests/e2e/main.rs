@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod proxy;
 mod reload;
+mod retry;
 mod robustness;
 mod shutdown;
 mod tenant;
