@@ -1,0 +1,265 @@
+//! Finds where a key path sits in the policy text, so semantic errors carry `LINE:COLUMN`.
+//!
+//! serde_yaml keeps no positions for a document that parsed, so the text is read a second
+//! time with yaml-rust2's event parser, whose events carry marks, into a small tree of
+//! positions. Lookups never fail: a path that is not in the text (a default value, a key left
+//! out) resolves to its nearest ancestor that is, and a text that does not parse resolves
+//! everything to line 1, column 1.
+
+use std::fmt;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A 1-based line and column.
+pub(super) type Pos = (usize, usize);
+
+/// One step of a key path: a mapping key or a sequence index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A key path such as `listeners[1].routes[0].upstream`, built one step at a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct KeyPath(Vec<Seg>);
+
+/// Whether an error is about a key's value (a bad value) or the key itself (missing, extra).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    Key,
+    Value,
+}
+
+/// The positions of every node of one YAML document.
+#[derive(Debug, Default)]
+pub(super) struct Doc {
+    root: Option<Node>,
+}
+
+#[derive(Debug)]
+enum Node {
+    Scalar(Pos),
+    Seq(Pos, Vec<Node>),
+    Map(Pos, Vec<Entry>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: String,
+    at: Pos,
+    value: Node,
+}
+
+/// Builds the tree from parser events; `stack` holds the collections still open.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Open>,
+    root: Option<Node>,
+    done: bool,
+}
+
+enum Open {
+    Seq(Pos, Vec<Node>),
+    /// A mapping, with the key read and waiting for its value, if any.
+    Map(Pos, Vec<Entry>, Option<(String, Pos)>),
+}
+
+// === impl KeyPath ===
+
+impl KeyPath {
+    /// The path one key deeper.
+    pub(super) fn key(&self, k: &str) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Key(k.to_string()));
+        KeyPath(v)
+    }
+
+    /// The path one sequence item deeper.
+    pub(super) fn idx(&self, i: usize) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Index(i));
+        KeyPath(v)
+    }
+
+    /// Parses serde_yaml's rendering of a path (`a.b[2].c`; `.` is the root).
+    ///
+    /// Keys that themselves contain `.` or `[` cannot be told apart here; such a path
+    /// resolves to an ancestor, which still gives a useful place.
+    pub(super) fn parse(s: &str) -> KeyPath {
+        let mut segs = Vec::new();
+        for part in s.split('.').filter(|p| !p.is_empty()) {
+            let (name, mut rest) = match part.find('[') {
+                Some(i) => (&part[..i], &part[i..]),
+                None => (part, ""),
+            };
+            if !name.is_empty() {
+                segs.push(Seg::Key(name.to_string()));
+            }
+            while let Some(body) = rest.strip_prefix('[') {
+                let Some(end) = body.find(']') else { break };
+                match body[..end].parse() {
+                    Ok(i) => segs.push(Seg::Index(i)),
+                    Err(_) => segs.push(Seg::Key(body[..end].to_string())),
+                }
+                rest = &body[end + 1..];
+            }
+        }
+        KeyPath(segs)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Seg::Key(k) if i == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl Doc ===
+
+impl Doc {
+    /// Reads the positions of `text`'s first document; an unreadable text gives an empty tree.
+    pub(super) fn parse(text: &str) -> Doc {
+        let mut b = Builder::default();
+        let mut parser = Parser::new_from_str(text);
+        if parser.load(&mut b, false).is_err() {
+            return Doc::default();
+        }
+        Doc { root: b.root }
+    }
+
+    /// Where `path` is written: its value or its key, else its nearest written ancestor.
+    pub(super) fn locate(&self, path: &KeyPath, target: Target) -> Pos {
+        let Some(mut node) = self.root.as_ref() else { return (1, 1) };
+        // The best place found so far: the key of the deepest entry reached, else the node.
+        let mut best = node.pos();
+        let mut key_at = None;
+        for seg in &path.0 {
+            let next = match (node, seg) {
+                (Node::Map(_, entries), Seg::Key(k)) => {
+                    // The last entry wins, as it does for serde_yaml's maps.
+                    entries.iter().rev().find(|e| e.key == *k).map(|e| (Some(e.at), &e.value))
+                }
+                (Node::Seq(_, items), Seg::Index(i)) => items.get(*i).map(|n| (None, n)),
+                _ => None,
+            };
+            let Some((at, child)) = next else { return key_at.unwrap_or(best) };
+            node = child;
+            key_at = at;
+            best = at.unwrap_or_else(|| child.pos());
+        }
+        match target {
+            Target::Value => node.pos(),
+            Target::Key => key_at.unwrap_or_else(|| node.pos()),
+        }
+    }
+
+    /// True when `path` is written as a sequence.
+    pub(super) fn is_seq(&self, path: &KeyPath) -> bool {
+        let mut node = self.root.as_ref();
+        for seg in &path.0 {
+            node = match (node, seg) {
+                (Some(Node::Map(_, es)), Seg::Key(k)) => es.iter().rev().find(|e| e.key == *k).map(|e| &e.value),
+                (Some(Node::Seq(_, items)), Seg::Index(i)) => items.get(*i),
+                _ => None,
+            };
+        }
+        matches!(node, Some(Node::Seq(..)))
+    }
+
+    /// Keys written twice in one mapping: the path of the repeat and where it is.
+    pub(super) fn duplicate_keys(&self) -> Vec<(KeyPath, Pos)> {
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            root.duplicates(&KeyPath::default(), &mut out);
+        }
+        out
+    }
+}
+
+// === impl Node ===
+
+impl Node {
+    fn pos(&self) -> Pos {
+        match self {
+            Node::Scalar(p) | Node::Seq(p, _) | Node::Map(p, _) => *p,
+        }
+    }
+
+    fn duplicates(&self, path: &KeyPath, out: &mut Vec<(KeyPath, Pos)>) {
+        match self {
+            Node::Scalar(_) => {}
+            Node::Seq(_, items) => {
+                for (i, n) in items.iter().enumerate() {
+                    n.duplicates(&path.idx(i), out);
+                }
+            }
+            Node::Map(_, entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let here = path.key(&e.key);
+                    if entries[..i].iter().any(|o| o.key == e.key) {
+                        out.push((here.clone(), e.at));
+                    }
+                    e.value.duplicates(&here, out);
+                }
+            }
+        }
+    }
+}
+
+// === impl Builder ===
+
+fn pos(m: Marker) -> Pos {
+    // yaml-rust2 counts lines from 1 and columns from 0.
+    (m.line().max(1), m.col() + 1)
+}
+
+impl Builder {
+    /// Places a finished node in the collection that is open, or makes it the root.
+    fn push(&mut self, node: Node, at: Pos, key_text: Option<String>) {
+        match self.stack.last_mut() {
+            None => {
+                if !self.done {
+                    self.root = Some(node);
+                    self.done = true;
+                }
+            }
+            Some(Open::Seq(_, items)) => items.push(node),
+            Some(Open::Map(_, entries, pending)) => match pending.take() {
+                Some((key, key_at)) => entries.push(Entry { key, at: key_at, value: node }),
+                // A key: scalars keep their text; a collection used as a key gets none.
+                None => *pending = Some((key_text.unwrap_or_default(), at)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let at = pos(mark);
+        match ev {
+            Event::Scalar(text, ..) => self.push(Node::Scalar(at), at, Some(text)),
+            Event::Alias(_) => self.push(Node::Scalar(at), at, None),
+            Event::SequenceStart(..) => self.stack.push(Open::Seq(at, Vec::new())),
+            Event::MappingStart(..) => self.stack.push(Open::Map(at, Vec::new(), None)),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let node = match self.stack.pop() {
+                    Some(Open::Seq(p, items)) => Node::Seq(p, items),
+                    Some(Open::Map(p, entries, _)) => Node::Map(p, entries),
+                    None => return,
+                };
+                let p = node.pos();
+                self.push(node, p, None);
+            }
+            _ => {}
+        }
+    }
+}
