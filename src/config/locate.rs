@@ -188,8 +188,11 @@ impl Doc {
 // === impl Node ===
 
 impl Node {
+    /// Where the node starts; for a mapping, its first key (the parser marks a block
+    /// mapping's start only once its first key has been read).
     fn pos(&self) -> Pos {
         match self {
+            Node::Map(_, entries) if !entries.is_empty() => entries[0].at,
             Node::Scalar(p) | Node::Seq(p, _) | Node::Map(p, _) => *p,
         }
     }
