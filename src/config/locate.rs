@@ -138,7 +138,9 @@ impl Doc {
 
     /// Where `path` is written: its value or its key, else its nearest written ancestor.
     pub(super) fn locate(&self, path: &KeyPath, target: Target) -> Pos {
-        let Some(mut node) = self.root.as_ref() else { return (1, 1) };
+        let Some(mut node) = self.root.as_ref() else {
+            return (1, 1);
+        };
         // The best place found so far: the key of the deepest entry reached, else the node.
         let mut best = node.pos();
         let mut key_at = None;
@@ -146,12 +148,18 @@ impl Doc {
             let next = match (node, seg) {
                 (Node::Map(_, entries), Seg::Key(k)) => {
                     // The last entry wins, as it does for serde_yaml's maps.
-                    entries.iter().rev().find(|e| e.key == *k).map(|e| (Some(e.at), &e.value))
+                    entries
+                        .iter()
+                        .rev()
+                        .find(|e| e.key == *k)
+                        .map(|e| (Some(e.at), &e.value))
                 }
                 (Node::Seq(_, items), Seg::Index(i)) => items.get(*i).map(|n| (None, n)),
                 _ => None,
             };
-            let Some((at, child)) = next else { return key_at.unwrap_or(best) };
+            let Some((at, child)) = next else {
+                return key_at.unwrap_or(best);
+            };
             node = child;
             key_at = at;
             best = at.unwrap_or_else(|| child.pos());
@@ -167,7 +175,9 @@ impl Doc {
         let mut node = self.root.as_ref();
         for seg in &path.0 {
             node = match (node, seg) {
-                (Some(Node::Map(_, es)), Seg::Key(k)) => es.iter().rev().find(|e| e.key == *k).map(|e| &e.value),
+                (Some(Node::Map(_, es)), Seg::Key(k)) => {
+                    es.iter().rev().find(|e| e.key == *k).map(|e| &e.value)
+                }
                 (Some(Node::Seq(_, items)), Seg::Index(i)) => items.get(*i),
                 _ => None,
             };
@@ -237,7 +247,11 @@ impl Builder {
             }
             Some(Open::Seq(_, items)) => items.push(node),
             Some(Open::Map(_, entries, pending)) => match pending.take() {
-                Some((key, key_at)) => entries.push(Entry { key, at: key_at, value: node }),
+                Some((key, key_at)) => entries.push(Entry {
+                    key,
+                    at: key_at,
+                    value: node,
+                }),
                 // A key: scalars keep their text; a collection used as a key gets none.
                 None => *pending = Some((key_text.unwrap_or_default(), at)),
             },

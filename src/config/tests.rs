@@ -36,7 +36,11 @@ fn errors(text: &str) -> Vec<ConfigError> {
 /// The single error of `text`; fails if there are none or several.
 fn one(text: &str) -> ConfigError {
     let mut all = errors(text);
-    assert_eq!(all.len(), 1, "expected exactly one error in:\n{text}\ngot: {all:#?}");
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one error in:\n{text}\ngot: {all:#?}"
+    );
     all.remove(0)
 }
 
@@ -51,7 +55,10 @@ fn fails_at(text: &str, path: &str) -> ConfigError {
 
 fn ok(text: &str) {
     let all = errors(text);
-    assert!(all.is_empty(), "expected no error in:\n{text}\ngot: {all:#?}");
+    assert!(
+        all.is_empty(),
+        "expected no error in:\n{text}\ngot: {all:#?}"
+    );
 }
 
 /// BASE with the policy `p` given `body`, a one-line flow mapping of its sections.
@@ -61,7 +68,10 @@ fn policy(body: &str) -> String {
 
 /// BASE with upstream `app` given `body` (a flow mapping).
 fn upstream(body: &str) -> String {
-    BASE.replace("  app:\n    endpoints: [127.0.0.1:3000]", &format!("  app: {body}"))
+    BASE.replace(
+        "  app:\n    endpoints: [127.0.0.1:3000]",
+        &format!("  app: {body}"),
+    )
 }
 
 fn spot(e: &ConfigError) -> (usize, usize, &str) {
@@ -80,8 +90,20 @@ fn spec_example_parses_and_only_its_tls_files_are_missing() {
     // The example names TLS files under /etc/rampart, which this machine does not have.
     let all = errors(SPEC_EXAMPLE);
     let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["upstreams.payments.tls.ca", "listeners[0].tls.cert", "listeners[0].tls.key"]);
-    assert!(all[0].message.starts_with("cannot read ca bundle \"/etc/rampart/ca.pem\""), "{all:#?}");
+    assert_eq!(
+        paths,
+        [
+            "upstreams.payments.tls.ca",
+            "listeners[0].tls.cert",
+            "listeners[0].tls.key"
+        ]
+    );
+    assert!(
+        all[0]
+            .message
+            .starts_with("cannot read ca bundle \"/etc/rampart/ca.pem\""),
+        "{all:#?}"
+    );
     assert_eq!((all[0].line, all[0].column), (26, 48));
     assert_eq!((all[1].line, all[1].column), (64, 18));
 }
@@ -93,7 +115,9 @@ fn tls_files_that_exist_are_accepted() {
     let pem = dir.join("x.pem");
     std::fs::write(&pem, "not checked here\n").expect("temp file must be writable");
     let pem = pem.display().to_string();
-    let text = SPEC_EXAMPLE.replace("/etc/rampart/ca.pem", &pem).replace("/etc/rampart/tls/cert.pem", &pem);
+    let text = SPEC_EXAMPLE
+        .replace("/etc/rampart/ca.pem", &pem)
+        .replace("/etc/rampart/tls/cert.pem", &pem);
     let e = one(&text.replace("/etc/rampart/tls/key.pem", &dir.display().to_string()));
     assert_eq!(e.path, "listeners[0].tls.key");
     assert!(e.message.contains("is not a regular file"), "{e:?}");
@@ -116,7 +140,10 @@ fn every_shipped_file_validates() {
             }
         }
     }
-    assert!(files.len() >= 5, "expected rampart.yaml, demo.yaml and examples, found {files:?}");
+    assert!(
+        files.len() >= 5,
+        "expected rampart.yaml, demo.yaml and examples, found {files:?}"
+    );
     for f in files {
         if let Err(e) = Config::load(&f) {
             panic!("{} must validate:\n{e}", f.display());
@@ -137,9 +164,15 @@ fn display_is_file_line_column_path_message() {
 
 #[test]
 fn unknown_key_names_the_key_and_suggests() {
-    let e = one(&BASE.replace("    endpoints: [127.0.0.1:3000]\n", "    endpoints: [127.0.0.1:3000]\n    connect_timout: 1s\n"));
+    let e = one(&BASE.replace(
+        "    endpoints: [127.0.0.1:3000]\n",
+        "    endpoints: [127.0.0.1:3000]\n    connect_timout: 1s\n",
+    ));
     assert_eq!(spot(&e), (5, 5, "upstreams.app.connect_timout"));
-    assert_eq!(e.message, "unknown key \"connect_timout\"; did you mean \"connect_timeout\"?");
+    assert_eq!(
+        e.message,
+        "unknown key \"connect_timout\"; did you mean \"connect_timeout\"?"
+    );
 }
 
 #[test]
@@ -148,7 +181,10 @@ fn unknown_top_level_key() {
     assert_eq!(spot(&e), (14, 1, "listners"));
     assert!(e.message.starts_with("unknown key \"listners\""), "{e:?}");
     let e = one(&format!("{BASE}zzz: 1\n"));
-    assert!(e.message.contains("expected one of: version, admin"), "{e:?}");
+    assert!(
+        e.message.contains("expected one of: version, admin"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -185,7 +221,10 @@ fn syntax_errors_and_empty_files() {
 
 #[test]
 fn duplicate_keys_are_refused() {
-    let e = one(&BASE.replace("policies:\n", "  app:\n    endpoints: [127.0.0.1:3001]\npolicies:\n"));
+    let e = one(&BASE.replace(
+        "policies:\n",
+        "  app:\n    endpoints: [127.0.0.1:3001]\npolicies:\n",
+    ));
     assert_eq!(spot(&e), (5, 3, "upstreams.app"));
     let e = one(&format!("{BASE}version: 1\n"));
     assert_eq!(spot(&e), (14, 1, "version"));

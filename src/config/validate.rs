@@ -39,14 +39,22 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
             line: 1,
             column: 1,
             path: String::new(),
-            message: "the policy file is empty: it needs at least `version: 1` and one listener".into(),
+            message: "the policy file is empty: it needs at least `version: 1` and one listener"
+                .into(),
         }]));
     }
     let file = serde_yaml::from_str::<File>(text)
         .map_err(|e| ConfigErrors(vec![de::from_serde(&e, origin, &doc)]))?;
-    let mut r = Report { origin, doc: &doc, errors: Vec::new() };
+    let mut r = Report {
+        origin,
+        doc: &doc,
+        errors: Vec::new(),
+    };
     for (path, _) in doc.duplicate_keys() {
-        r.key(&path, "this key is given twice in the same mapping; the last one would win");
+        r.key(
+            &path,
+            "this key is given twice in the same mapping; the last one would win",
+        );
     }
     check(&file, &mut r);
     if r.errors.is_empty() {
@@ -59,13 +67,21 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
 
 /// No content at all: only blank lines, comments and document markers.
 fn is_blank(text: &str) -> bool {
-    text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
 }
 
 fn check(f: &File, r: &mut Report<'_>) {
     let root = KeyPath::default();
     if f.version != VERSION {
-        r.value(&root.key("version"), format!("unsupported version {}: the only version is {VERSION}", f.version));
+        r.value(
+            &root.key("version"),
+            format!(
+                "unsupported version {}: the only version is {VERSION}",
+                f.version
+            ),
+        );
     }
     check_runtime(f, r);
     check_tenants(f, r);
@@ -85,7 +101,10 @@ fn check_runtime(f: &File, r: &mut Report<'_>) {
     if !(HEADER_BYTES.0..=HEADER_BYTES.1).contains(&bytes) {
         r.value(
             &p.key("max_header_bytes"),
-            format!("{} is out of range: it must be between 1KiB and 1MiB", rt.max_header_bytes),
+            format!(
+                "{} is out of range: it must be between 1KiB and 1MiB",
+                rt.max_header_bytes
+            ),
         );
     }
     if rt.max_connections < 1 {
@@ -100,31 +119,55 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
     let t = &f.tenants;
     let p = KeyPath::default().key("tenants");
     if t.from.is_empty() {
-        r.value(&p.key("from"), "needs at least one source, like `- header: x-tenant-id`");
+        r.value(
+            &p.key("from"),
+            "needs at least one source, like `- header: x-tenant-id`",
+        );
     }
     for (i, src) in t.from.iter().enumerate() {
         let sp = p.key("from").idx(i);
         match src {
-            TenantSource { header: Some(h), query: None } => {
+            TenantSource {
+                header: Some(h),
+                query: None,
+            } => {
                 if let Err(m) = syntax::header_name(h) {
                     r.value(&sp.key("header"), m);
                 }
             }
-            TenantSource { header: None, query: Some(q) } if q.is_empty() => {
+            TenantSource {
+                header: None,
+                query: Some(q),
+            } if q.is_empty() => {
                 r.value(&sp.key("query"), "the query parameter name is empty");
             }
-            TenantSource { header: None, query: Some(_) } => {}
-            TenantSource { header: Some(_), query: Some(_) } => {
-                r.value(&sp, "a source has exactly one of `header` or `query`, not both");
+            TenantSource {
+                header: None,
+                query: Some(_),
+            } => {}
+            TenantSource {
+                header: Some(_),
+                query: Some(_),
+            } => {
+                r.value(
+                    &sp,
+                    "a source has exactly one of `header` or `query`, not both",
+                );
             }
-            TenantSource { header: None, query: None } => {
+            TenantSource {
+                header: None,
+                query: None,
+            } => {
                 r.value(&sp, "a source needs one of `header: NAME` or `query: NAME`");
             }
         }
     }
     if t.fallback != "reject" {
         if let Err(m) = syntax::tenant_id(&t.fallback) {
-            r.value(&p.key("fallback"), format!("must be `reject` or a tenant id: {m}"));
+            r.value(
+                &p.key("fallback"),
+                format!("must be `reject` or a tenant id: {m}"),
+            );
         }
     }
     if t.max_tracked < 1 {
@@ -134,7 +177,10 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
 
 fn check_upstream(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     if up.endpoints.is_empty() {
-        r.value(&p.key("endpoints"), "needs at least one endpoint, like [127.0.0.1:3000]");
+        r.value(
+            &p.key("endpoints"),
+            "needs at least one endpoint, like [127.0.0.1:3000]",
+        );
     }
     for (i, e) in up.endpoints.iter().enumerate() {
         if let Err(m) = syntax::endpoint(e) {
@@ -146,7 +192,10 @@ fn check_upstream(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     if let Some(hc) = &up.health_check {
         let hp = p.key("health_check");
         if !hc.path.starts_with('/') {
-            r.value(&hp.key("path"), format!("path {:?} must start with /", hc.path));
+            r.value(
+                &hp.key("path"),
+                format!("path {:?} must start with /", hc.path),
+            );
         }
         r.positive(&hp.key("interval"), hc.interval.0);
         r.positive(&hp.key("timeout"), hc.timeout.0);
@@ -165,7 +214,10 @@ fn check_upstream(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
         }
     }
     if let Some(o) = &up.outlier {
-        r.at_least_1(&p.key("outlier").key("consecutive_failures"), o.consecutive_failures.into());
+        r.at_least_1(
+            &p.key("outlier").key("consecutive_failures"),
+            o.consecutive_failures.into(),
+        );
         r.positive(&p.key("outlier").key("eject_for"), o.eject_for.0);
     }
 }
@@ -183,13 +235,22 @@ fn check_listeners(f: &File, r: &mut Report<'_>) {
         if l.name.trim().is_empty() {
             r.value(&p.key("name"), "the listener name is empty");
         } else if !names.insert(l.name.as_str()) {
-            r.value(&p.key("name"), format!("another listener is already named {:?}", l.name));
+            r.value(
+                &p.key("name"),
+                format!("another listener is already named {:?}", l.name),
+            );
         }
         if l.listen.port() != 0 {
             if l.listen == f.admin.listen {
-                r.value(&p.key("listen"), format!("{} is also admin.listen", l.listen));
+                r.value(
+                    &p.key("listen"),
+                    format!("{} is also admin.listen", l.listen),
+                );
             } else if let Some(j) = addrs.insert(l.listen, i) {
-                r.value(&p.key("listen"), format!("{} is also the address of listeners[{j}]", l.listen));
+                r.value(
+                    &p.key("listen"),
+                    format!("{} is also the address of listeners[{j}]", l.listen),
+                );
             }
         }
         if let Some(tls) = &l.tls {
@@ -208,7 +269,10 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
     for (j, route) in l.routes.iter().enumerate() {
         let p = lp.key("routes").idx(j);
         if let Some(k) = catch_all {
-            r.key(&p, format!("this route is never used: routes[{k}] before it matches every request"));
+            r.key(
+                &p,
+                format!("this route is never used: routes[{k}] before it matches every request"),
+            );
         }
         let m = route.matches.as_ref();
         let host = m.and_then(|m| m.host.as_deref());
@@ -220,7 +284,10 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
         }
         if let Some(pp) = prefix {
             if !pp.starts_with('/') {
-                r.value(&p.key("match").key("path_prefix"), format!("path prefix {pp:?} must start with /"));
+                r.value(
+                    &p.key("match").key("path_prefix"),
+                    format!("path prefix {pp:?} must start with /"),
+                );
             }
         }
         if host.is_none() && prefix.map_or(true, |pp| pp == "/") && catch_all.is_none() {
@@ -233,12 +300,18 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
         }
         if !f.upstreams.contains_key(&route.upstream) {
             let known = known(f.upstreams.keys());
-            r.value(&p.key("upstream"), format!("no upstream named {:?} ({known})", route.upstream));
+            r.value(
+                &p.key("upstream"),
+                format!("no upstream named {:?} ({known})", route.upstream),
+            );
         }
         if let Some(pol) = &route.policy {
             if !f.policies.contains_key(pol) {
                 let known = known(f.policies.keys());
-                r.value(&p.key("policy"), format!("no policy named {pol:?} ({known})"));
+                r.value(
+                    &p.key("policy"),
+                    format!("no policy named {pol:?} ({known})"),
+                );
             }
         }
     }
@@ -291,8 +364,14 @@ impl Report<'_> {
         let shown = file.display();
         match std::fs::File::open(file).and_then(|f| f.metadata()) {
             Ok(m) if m.is_file() => {}
-            Ok(_) => self.value(path, format!("{what} {:?} is not a regular file", shown.to_string())),
-            Err(e) => self.value(path, format!("cannot read {what} {:?}: {e}", shown.to_string())),
+            Ok(_) => self.value(
+                path,
+                format!("{what} {:?} is not a regular file", shown.to_string()),
+            ),
+            Err(e) => self.value(
+                path,
+                format!("cannot read {what} {:?}: {e}", shown.to_string()),
+            ),
         }
     }
 

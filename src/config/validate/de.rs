@@ -47,9 +47,20 @@ fn finish(origin: &str, doc: &Doc, loc: Option<(usize, usize)>, body: &str) -> C
     let (line, column) = match loc {
         Some(p) if p != (1, 1) => p,
         _ if path == KeyPath::default() => loc.unwrap_or((0, 0)),
-        _ => doc.duplicate_keys().into_iter().find(|(p, _)| *p == path).map(|(_, at)| at).unwrap_or_else(|| doc.locate(&path, Target::Key)),
+        _ => doc
+            .duplicate_keys()
+            .into_iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, at)| at)
+            .unwrap_or_else(|| doc.locate(&path, Target::Key)),
     };
-    ConfigError { origin: origin.to_string(), line, column, path: path.to_string(), message }
+    ConfigError {
+        origin: origin.to_string(),
+        line,
+        column,
+        path: path.to_string(),
+        message,
+    }
 }
 
 /// Splits `a.b[0]: message` into the path and the message; no path means the root.
@@ -70,7 +81,12 @@ fn split_path(body: &str) -> (KeyPath, &str) {
 fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
     let rest = msg.strip_prefix("unknown field `")?;
     let (key, tail) = rest.split_once('`')?;
-    let expected = tail.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    let expected = tail
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
     Some((key.to_string(), expected))
 }
 
@@ -83,7 +99,10 @@ fn unknown_key_message(key: &str, expected: &[String]) -> String {
     match close {
         Some((_, e)) => format!("unknown key \"{key}\"; did you mean \"{e}\"?"),
         None if expected.is_empty() => format!("unknown key \"{key}\": no keys are allowed here"),
-        None => format!("unknown key \"{key}\"; expected one of: {}", expected.join(", ")),
+        None => format!(
+            "unknown key \"{key}\"; expected one of: {}",
+            expected.join(", ")
+        ),
     }
 }
 

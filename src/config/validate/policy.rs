@@ -50,7 +50,10 @@ fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {
             let ap = p.key("per_try").key("auto");
             r.positive(&ap.key("min"), min.0);
             if min > max {
-                r.value(&ap.key("min"), format!("min {min} is larger than max {max}"));
+                r.value(
+                    &ap.key("min"),
+                    format!("min {min} is larger than max {max}"),
+                );
             }
         }
         None => {}
@@ -65,11 +68,17 @@ fn retry(rt: &Retry, p: &KeyPath, r: &mut Report<'_>) {
         );
     }
     if rt.on.is_empty() {
-        r.value(&p.key("on"), "an empty list retries nothing; remove the retry section instead");
+        r.value(
+            &p.key("on"),
+            "an empty list retries nothing; remove the retry section instead",
+        );
     }
     let b = &rt.backoff;
     if b.base > b.max {
-        r.value(&p.key("backoff").key("base"), format!("base {} is larger than max {}", b.base, b.max));
+        r.value(
+            &p.key("backoff").key("base"),
+            format!("base {} is larger than max {}", b.base, b.max),
+        );
     }
     r.positive(&p.key("budget").key("window"), rt.budget.window.0);
 }
@@ -92,14 +101,27 @@ fn rate_limit(rl: &RateLimit, p: &KeyPath, r: &mut Report<'_>) {
 
 fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
     if ls.0.is_empty() {
-        r.value(p, "an empty list of limits admits everything; give a limit or remove the key");
+        r.value(
+            p,
+            "an empty list of limits admits everything; give a limit or remove the key",
+        );
     }
     let mut names = HashSet::new();
     for (i, l) in ls.0.iter().enumerate() {
         // A single limit is written as a mapping, not a one-item list.
-        let lp = if ls.0.len() == 1 && !r.doc_has_index(p) { p.clone() } else { p.idx(i) };
+        let lp = if ls.0.len() == 1 && !r.doc_has_index(p) {
+            p.clone()
+        } else {
+            p.idx(i)
+        };
         if l.rate.count < 1 {
-            r.value(&lp.key("rate"), format!("rate {} admits nothing: the count must be at least 1", l.rate));
+            r.value(
+                &lp.key("rate"),
+                format!(
+                    "rate {} admits nothing: the count must be at least 1",
+                    l.rate
+                ),
+            );
         }
         if l.burst == Some(0) {
             r.value(&lp.key("burst"), "burst 0 admits nothing: it must be at least 1 (leave it out to use the rate's count)");
@@ -108,7 +130,10 @@ fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
             if let Err(m) = syntax::limit_name(name) {
                 r.value(&lp.key("name"), m);
             } else if !names.insert(name.as_str()) {
-                r.value(&lp.key("name"), format!("another limit in this list is already named {name:?}"));
+                r.value(
+                    &lp.key("name"),
+                    format!("another limit in this list is already named {name:?}"),
+                );
             }
         }
     }
@@ -121,13 +146,19 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
     if let Some(fr) = &cb.failure_rate {
         let fp = p.key("failure_rate");
         if fr.threshold.0 <= 0.0 {
-            r.value(&fp.key("threshold"), "a threshold of 0% opens on any failure; it must be above 0%");
+            r.value(
+                &fp.key("threshold"),
+                "a threshold of 0% opens on any failure; it must be above 0%",
+            );
         }
         r.at_least_1(&fp.key("min_calls"), fr.min_calls.into());
         if fr.window < fr.min_calls {
             r.value(
                 &fp.key("window"),
-                format!("window {} is smaller than min_calls {}: the rate would never be judged", fr.window, fr.min_calls),
+                format!(
+                    "window {} is smaller than min_calls {}: the rate would never be judged",
+                    fr.window, fr.min_calls
+                ),
             );
         }
     }
@@ -135,13 +166,22 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
         let sp = p.key("slow_call");
         r.positive(&sp.key("duration"), sc.duration.0);
         if sc.threshold.0 <= 0.0 {
-            r.value(&sp.key("threshold"), "a threshold of 0% opens on any call; it must be above 0%");
+            r.value(
+                &sp.key("threshold"),
+                "a threshold of 0% opens on any call; it must be above 0%",
+            );
         }
     }
     r.positive(&p.key("open_for"), cb.open_for.0);
     if let Some(max) = cb.open_for_max {
         if max < cb.open_for {
-            r.value(&p.key("open_for_max"), format!("open_for_max {max} is shorter than open_for {}", cb.open_for));
+            r.value(
+                &p.key("open_for_max"),
+                format!(
+                    "open_for_max {max} is shorter than open_for {}",
+                    cb.open_for
+                ),
+            );
         }
     }
     r.at_least_1(&p.key("half_open_probes"), cb.half_open_probes.into());
@@ -166,7 +206,10 @@ fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
         let ap = p.key("adaptive");
         r.at_least_1(&ap.key("min"), a.min.into());
         if a.min > a.max {
-            r.value(&ap.key("min"), format!("min {} is larger than max {}", a.min, a.max));
+            r.value(
+                &ap.key("min"),
+                format!("min {} is larger than max {}", a.min, a.max),
+            );
         }
     }
     if let Some(pr) = &ls.priority {

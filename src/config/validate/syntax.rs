@@ -16,7 +16,10 @@ pub(super) fn tenant_id(s: &str) -> Result<(), String> {
             s.len()
         ));
     }
-    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._:@-".contains(*c))) {
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:@-".contains(*c)))
+    {
         Some(c) => Err(format!(
             "invalid tenant id {s:?}: {c:?} is not allowed; use only letters, digits and . _ : @ -"
         )),
@@ -31,16 +34,23 @@ pub(super) fn header_name(s: &str) -> Result<(), String> {
     }
     match http::HeaderName::from_bytes(s.as_bytes()) {
         Ok(_) => Ok(()),
-        Err(_) => Err(format!("invalid header name {s:?}: use letters, digits and - (like x-tenant-id)")),
+        Err(_) => Err(format!(
+            "invalid header name {s:?}: use letters, digits and - (like x-tenant-id)"
+        )),
     }
 }
 
 /// A limit's `name:`, used as an item name in the RateLimit headers.
 pub(super) fn limit_name(s: &str) -> Result<(), String> {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         Ok(())
     } else {
-        Err(format!("invalid limit name {s:?}: use only letters, digits, _ and -"))
+        Err(format!(
+            "invalid limit name {s:?}: use only letters, digits, _ and -"
+        ))
     }
 }
 
@@ -87,11 +97,16 @@ pub(super) fn host_name(h: &str) -> Result<(), String> {
         return Err(format!("host {h:?} is longer than 253 bytes"));
     }
     let labels: Vec<&str> = name.split('.').collect();
-    if labels.iter().all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())) {
+    if labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(format!("host {h:?} is not a valid IPv4 address"));
     }
     for l in &labels {
-        let ok_chars = l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok_chars = l
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if l.is_empty() || l.len() > 63 || !ok_chars || l.starts_with('-') || l.ends_with('-') {
             return Err(format!(
                 "host {h:?} is not a DNS name: each dot-separated label needs 1 to 63 letters, digits, - or _, and no - at either end"
@@ -106,7 +121,9 @@ pub(super) fn match_host(s: &str) -> Result<(), String> {
     if let Some(ip) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         return match ip.parse::<Ipv6Addr>() {
             Ok(_) => Ok(()),
-            Err(_) => Err(format!("invalid host {s:?}: the part in brackets is not an IPv6 address")),
+            Err(_) => Err(format!(
+                "invalid host {s:?}: the part in brackets is not an IPv6 address"
+            )),
         };
     }
     if s.contains(':') {
