@@ -40,7 +40,8 @@ pub(super) struct Doc {
 
 #[derive(Debug)]
 enum Node {
-    Scalar(Pos),
+    /// A scalar and its text (none for an alias).
+    Scalar(Pos, Option<String>),
     Seq(Pos, Vec<Node>),
     Map(Pos, Vec<Entry>),
 }
@@ -172,17 +173,29 @@ impl Doc {
 
     /// True when `path` is written as a sequence.
     pub(super) fn is_seq(&self, path: &KeyPath) -> bool {
+        matches!(self.find(path), Some(Node::Seq(..)))
+    }
+
+    /// The text of the scalar at `path`, if it is one.
+    pub(super) fn scalar(&self, path: &KeyPath) -> Option<&str> {
+        match self.find(path) {
+            Some(Node::Scalar(_, text)) => text.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn find(&self, path: &KeyPath) -> Option<&Node> {
         let mut node = self.root.as_ref();
         for seg in &path.0 {
-            node = match (node, seg) {
-                (Some(Node::Map(_, es)), Seg::Key(k)) => {
+            node = match (node?, seg) {
+                (Node::Map(_, es), Seg::Key(k)) => {
                     es.iter().rev().find(|e| e.key == *k).map(|e| &e.value)
                 }
-                (Some(Node::Seq(_, items)), Seg::Index(i)) => items.get(*i),
+                (Node::Seq(_, items), Seg::Index(i)) => items.get(*i),
                 _ => None,
             };
         }
-        matches!(node, Some(Node::Seq(..)))
+        node
     }
 
     /// Keys written twice in one mapping: the path of the repeat and where it is.
@@ -203,13 +216,13 @@ impl Node {
     fn pos(&self) -> Pos {
         match self {
             Node::Map(_, entries) if !entries.is_empty() => entries[0].at,
-            Node::Scalar(p) | Node::Seq(p, _) | Node::Map(p, _) => *p,
+            Node::Scalar(p, _) | Node::Seq(p, _) | Node::Map(p, _) => *p,
         }
     }
 
     fn duplicates(&self, path: &KeyPath, out: &mut Vec<(KeyPath, Pos)>) {
         match self {
-            Node::Scalar(_) => {}
+            Node::Scalar(..) => {}
             Node::Seq(_, items) => {
                 for (i, n) in items.iter().enumerate() {
                     n.duplicates(&path.idx(i), out);
@@ -263,8 +276,10 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let at = pos(mark);
         match ev {
-            Event::Scalar(text, ..) => self.push(Node::Scalar(at), at, Some(text)),
-            Event::Alias(_) => self.push(Node::Scalar(at), at, None),
+            Event::Scalar(text, ..) => {
+                self.push(Node::Scalar(at, Some(text.clone())), at, Some(text))
+            }
+            Event::Alias(_) => self.push(Node::Scalar(at, None), at, None),
             Event::SequenceStart(..) => self.stack.push(Open::Seq(at, Vec::new())),
             Event::MappingStart(..) => self.stack.push(Open::Map(at, Vec::new(), None)),
             Event::SequenceEnd | Event::MappingEnd => {

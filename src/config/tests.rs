@@ -216,7 +216,10 @@ fn syntax_errors_and_empty_files() {
         assert!(e.message.starts_with("the policy file is empty"), "{e:?}");
     }
     let e = one("- 1\n");
-    assert!(e.message.contains("expected struct File"), "{e:?}");
+    assert_eq!(
+        e.message,
+        "invalid type: sequence, expected a mapping with keys such as version and listeners"
+    );
 }
 
 #[test]
@@ -267,4 +270,40 @@ fn missing_values_fall_back_to_the_nearest_key() {
     assert_eq!(spot(&e), (3, 21, "upstreams.app.endpoints"));
     let e = one(&format!("{BASE}tenants: {{ from: [ {{}} ] }}\n"));
     assert_eq!(spot(&e), (14, 20, "tenants.from[0]"));
+}
+
+#[test]
+fn serde_messages_speak_yaml() {
+    let e = one(&BASE.replace(
+        "    endpoints: [127.0.0.1:3000]\n",
+        "    endpoints: [127.0.0.1:3000]\n    balance: rr\n",
+    ));
+    assert_eq!(e.to_string(), "t.yaml:5:14: upstreams.app.balance: unknown value \"rr\"; expected one of: round_robin, p2c");
+    let e = one(&policy(
+        "{ rate_limit: { per_tenant: [ { rate: 1/s, brust: 3 } ] } }",
+    ));
+    assert_eq!(e.path, "policies.p.rate_limit.per_tenant[0].brust");
+    assert_eq!(e.message, "unknown key \"brust\"; did you mean \"burst\"?");
+    let e = one(&policy("{ timeout: { per_try: { auto: { mn: 1s } } } }"));
+    assert_eq!(e.path, "policies.p.timeout.per_try.auto.mn");
+    let e = one(&policy("{ retry: { attempts: -1 } }"));
+    assert!(
+        e.message
+            .ends_with("expected a whole number from 0 to 4294967295"),
+        "{e:?}"
+    );
+    let e = one(&BASE.replace("127.0.0.1:8080", "localhost:8080"));
+    assert_eq!(
+        (e.line, e.column, e.path.as_str()),
+        (10, 13, "listeners[0].listen")
+    );
+    assert!(
+        e.message.starts_with("invalid address \"localhost:8080\""),
+        "{e:?}"
+    );
+    let e = one("version: 1\nlisteners: 5\n");
+    assert_eq!(e.message, "invalid type: integer `5`, expected a list");
+    let e = one("version: 1\n---\nversion: 1\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("more than one YAML document"), "{e:?}");
 }

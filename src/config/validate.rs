@@ -44,7 +44,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
         }]));
     }
     let file = serde_yaml::from_str::<File>(text)
-        .map_err(|e| ConfigErrors(vec![de::from_serde(&e, origin, &doc)]))?;
+        .map_err(|e| ConfigErrors(vec![de::from_serde(&e, origin, text, &doc)]))?;
     let mut r = Report {
         origin,
         doc: &doc,

@@ -11,7 +11,20 @@ use super::super::locate::{Doc, KeyPath, Target};
 use super::super::ConfigError;
 
 /// The error serde_yaml reported, located and reworded.
-pub(super) fn from_serde(e: &Error, origin: &str, doc: &Doc) -> ConfigError {
+pub(super) fn from_serde(e: &Error, origin: &str, text: &str, doc: &Doc) -> ConfigError {
+    if e.to_string()
+        .starts_with("deserializing from YAML containing more than one document")
+    {
+        return ConfigError {
+            origin: origin.to_string(),
+            line: second_document(text),
+            column: 1,
+            path: String::new(),
+            message:
+                "the file holds more than one YAML document (a second `---`); rampart reads one"
+                    .into(),
+        };
+    }
     let text = e.to_string();
     let loc = e.location().map(|l| (l.line(), l.column()));
     let mut body = text.as_str();
@@ -31,22 +44,27 @@ pub(super) fn from_serde(e: &Error, origin: &str, doc: &Doc) -> ConfigError {
 
 fn finish(origin: &str, doc: &Doc, loc: Option<(usize, usize)>, body: &str) -> ConfigError {
     let (mut path, msg) = split_path(body);
-    let message = if let Some((key, expected)) = unknown_field(msg) {
+    let message = if let Some((key, expected)) = backticked(msg, "unknown field `") {
         path = path.key(&key);
-        unknown_key_message(&key, &expected)
+        unknown_message("key", &key, &expected)
+    } else if let Some((value, expected)) = backticked(msg, "unknown variant `") {
+        unknown_message("value", &value, &expected)
     } else if let Some(rest) = msg.strip_prefix("missing field `") {
         format!("missing required key \"{}\"", rest.trim_end_matches('`'))
     } else if let Some(rest) = msg.strip_prefix("duplicate field `") {
         let key = rest.trim_end_matches('`');
         path = path.key(key);
         format!("key \"{key}\" is given twice")
+    } else if msg == "invalid socket address syntax" {
+        let value = doc.scalar(&path).unwrap_or_default();
+        format!("invalid address {value:?}: expected IP:PORT, like 127.0.0.1:8080 or [::1]:8080 (a listener binds an IP address, not a name)")
     } else {
-        msg.to_string()
+        reword(msg)
     };
     // serde_yaml leaves some errors without a place (or at 1:1): find the key in the text.
     let (line, column) = match loc {
         Some(p) if p != (1, 1) => p,
-        _ if path == KeyPath::default() => loc.unwrap_or((0, 0)),
+        _ if path == KeyPath::default() => loc.unwrap_or((1, 1)),
         _ => doc
             .duplicate_keys()
             .into_iter()
@@ -63,6 +81,41 @@ fn finish(origin: &str, doc: &Doc, loc: Option<(usize, usize)>, body: &str) -> C
     }
 }
 
+/// Replaces Rust type names in serde's messages with words a reader of YAML uses.
+fn reword(msg: &str) -> String {
+    const WORDS: [(&str, &str); 6] = [
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected a sequence", "expected a list"),
+        ("expected a string", "expected text"),
+        (
+            "expected struct File",
+            "expected a mapping with keys such as version and listeners",
+        ),
+    ];
+    let mut out = msg.to_string();
+    for (from, to) in WORDS {
+        if let Some(i) = out.find(from) {
+            // Only a whole phrase: `expected struct FileX` is left as it is.
+            let end = i + from.len();
+            if !out[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+                out.replace_range(i..end, to);
+            }
+        }
+    }
+    if let Some(rest) = out.strip_prefix("invalid type: ") {
+        // serde_yaml's struct names leak out as `expected struct Upstream`; say mapping.
+        if let Some(i) = rest.find(", expected struct ") {
+            return format!("invalid type: {}, expected a mapping", &rest[..i]);
+        }
+    }
+    out
+}
+
 /// Splits `a.b[0]: message` into the path and the message; no path means the root.
 fn split_path(body: &str) -> (KeyPath, &str) {
     if let Some((head, rest)) = body.split_once(": ") {
@@ -77,33 +130,52 @@ fn split_path(body: &str) -> (KeyPath, &str) {
     (KeyPath::default(), body)
 }
 
-/// `unknown field `x`, expected one of `a`, `b`` → ("x", ["a", "b"]).
-fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
-    let rest = msg.strip_prefix("unknown field `")?;
-    let (key, tail) = rest.split_once('`')?;
+/// `unknown field `x`, expected one of `a`, `b`` → ("x", ["a", "b"]), for `prefix` up to
+/// the first backtick.
+fn backticked(msg: &str, prefix: &str) -> Option<(String, Vec<String>)> {
+    let rest = msg.strip_prefix(prefix)?;
+    let (name, tail) = rest.split_once('`')?;
     let expected = tail
         .split('`')
         .skip(1)
         .step_by(2)
         .map(str::to_string)
         .collect();
-    Some((key.to_string(), expected))
+    Some((name.to_string(), expected))
 }
 
-fn unknown_key_message(key: &str, expected: &[String]) -> String {
+/// `unknown key "x"; did you mean "y"?`, or the list of what is allowed.
+fn unknown_message(what: &str, name: &str, expected: &[String]) -> String {
     let close = expected
         .iter()
-        .map(|e| (edit_distance(key, e), e))
+        .map(|e| (edit_distance(name, e), e))
         .filter(|(d, e)| *d <= 2.max(e.len() / 4))
         .min_by_key(|(d, _)| *d);
     match close {
-        Some((_, e)) => format!("unknown key \"{key}\"; did you mean \"{e}\"?"),
-        None if expected.is_empty() => format!("unknown key \"{key}\": no keys are allowed here"),
+        Some((_, e)) => format!("unknown {what} \"{name}\"; did you mean \"{e}\"?"),
+        None if expected.is_empty() => format!("unknown {what} \"{name}\": none is allowed here"),
         None => format!(
-            "unknown key \"{key}\"; expected one of: {}",
+            "unknown {what} \"{name}\"; expected one of: {}",
             expected.join(", ")
         ),
     }
+}
+
+/// The line of the `---` that starts a second document, or 1.
+fn second_document(text: &str) -> usize {
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_end();
+        if t == "---" || t.starts_with("--- ") {
+            if content {
+                return i + 1;
+            }
+            content = true;
+        } else if !t.trim_start().is_empty() && !t.trim_start().starts_with('#') {
+            content = true;
+        }
+    }
+    1
 }
 
 /// Levenshtein distance, for suggestions on short keys.
