@@ -36,6 +36,8 @@ pub(super) enum Target {
 #[derive(Debug, Default)]
 pub(super) struct Doc {
     root: Option<Node>,
+    /// Where the text first nests deeper than [`MAX_DEPTH`], if it does.
+    pub(super) too_deep: Option<Pos>,
 }
 
 #[derive(Debug)]
@@ -59,7 +61,15 @@ struct Builder {
     stack: Vec<Open>,
     root: Option<Node>,
     done: bool,
+    /// Collections still open below [`MAX_DEPTH`]; their content is not recorded.
+    skipped: usize,
+    too_deep: Option<Pos>,
 }
+
+/// Deepest nesting accepted. A policy file nests about eight levels; the bound keeps the tree
+/// (and the recursion over it) small, and spares serde_yaml, whose time grows with the square
+/// of the depth, a pathological input.
+pub(super) const MAX_DEPTH: usize = 64;
 
 enum Open {
     Seq(Pos, Vec<Node>),
@@ -131,10 +141,21 @@ impl Doc {
     pub(super) fn parse(text: &str) -> Doc {
         let mut b = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut b, false).is_err() {
-            return Doc::default();
+        match parser.load(&mut b, false) {
+            Ok(()) => Doc {
+                root: b.root,
+                too_deep: b.too_deep,
+            },
+            // The scanner gives up on very deep flow nesting before the builder sees it.
+            Err(e) if e.info().contains("recursion limit") => Doc {
+                root: None,
+                too_deep: b.too_deep.or(Some(pos(*e.marker()))),
+            },
+            Err(_) => Doc {
+                root: None,
+                too_deep: b.too_deep,
+            },
         }
-        Doc { root: b.root }
     }
 
     /// Where `path` is written: its value or its key, else its nearest written ancestor.
@@ -275,6 +296,23 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let at = pos(mark);
+        let start = matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..));
+        let end = matches!(ev, Event::SequenceEnd | Event::MappingEnd);
+        if self.skipped > 0 {
+            if start {
+                self.skipped += 1;
+            } else if end {
+                self.skipped -= 1;
+            }
+            return;
+        }
+        if start && self.stack.len() >= MAX_DEPTH {
+            // Too deep: the whole collection stands as one node at its start.
+            self.skipped = 1;
+            self.too_deep.get_or_insert(at);
+            self.push(Node::Scalar(at, None), at, None);
+            return;
+        }
         match ev {
             Event::Scalar(text, ..) => {
                 self.push(Node::Scalar(at, Some(text.clone())), at, Some(text))

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use super::file::{File, Listener, TenantSource, Upstream};
-use super::locate::{Doc, KeyPath, Target};
+use super::locate::{Doc, KeyPath, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors};
 
@@ -41,6 +41,18 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
             path: String::new(),
             message: "the policy file is empty: it needs at least `version: 1` and one listener"
                 .into(),
+        }]));
+    }
+    if let Some((line, column)) = doc.too_deep {
+        let message =
+            format!("the file nests deeper than {MAX_DEPTH} levels; a policy needs far fewer");
+        let path = String::new();
+        return Err(ConfigErrors(vec![ConfigError {
+            origin: origin.to_string(),
+            line,
+            column,
+            path,
+            message,
         }]));
     }
     let file = serde_yaml::from_str::<File>(text)

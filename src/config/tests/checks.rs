@@ -409,4 +409,17 @@ fn no_input_panics() {
     ] {
         assert!(!errors(text).is_empty(), "{text:?} must be refused");
     }
+    // Deep nesting must neither overflow the stack nor be accepted.
+    let deep = format!(
+        "version: 1\nlisteners: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(one(&deep).message.contains("nests deeper than 64 levels"));
+    let deep = format!(
+        "version: 1\nx: {}1{}\n",
+        "{a: ".repeat(5_000),
+        "}".repeat(5_000)
+    );
+    assert!(!errors(&deep).is_empty());
 }
