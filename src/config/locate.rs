@@ -197,6 +197,11 @@ impl Doc {
         matches!(self.find(path), Some(Node::Seq(..)))
     }
 
+    /// True when `path` is written in the text.
+    pub(super) fn contains(&self, path: &KeyPath) -> bool {
+        self.find(path).is_some()
+    }
+
     /// The text of the scalar at `path`, if it is one.
     pub(super) fn scalar(&self, path: &KeyPath) -> Option<&str> {
         match self.find(path) {

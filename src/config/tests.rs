@@ -307,3 +307,52 @@ fn serde_messages_speak_yaml() {
     assert_eq!((e.line, e.column), (2, 1));
     assert!(e.message.contains("more than one YAML document"), "{e:?}");
 }
+
+#[test]
+fn locate_falls_back_to_the_nearest_written_parent() {
+    use super::locate::{Doc, KeyPath, Target};
+    let doc = Doc::parse(BASE);
+    let routes = KeyPath::default().key("listeners").idx(0).key("routes");
+    assert_eq!(
+        doc.locate(&routes.idx(0).key("upstream"), Target::Value),
+        (12, 19)
+    );
+    assert_eq!(
+        doc.locate(&routes.idx(0).key("upstream"), Target::Key),
+        (12, 9)
+    );
+    // routes[5] is not written: the `routes` key is the nearest place that is.
+    assert_eq!(
+        doc.locate(&routes.idx(5).key("policy"), Target::Value),
+        (11, 5)
+    );
+    // tls is not written in listeners[0]: the item itself (its first key).
+    let tls = KeyPath::default()
+        .key("listeners")
+        .idx(0)
+        .key("tls")
+        .key("cert");
+    assert_eq!(doc.locate(&tls, Target::Key), (8, 5));
+    assert_eq!(
+        doc.locate(&KeyPath::default().key("nothing"), Target::Key),
+        (1, 1)
+    );
+    assert_eq!(
+        KeyPath::parse("listeners[0].routes[12].upstream").to_string(),
+        "listeners[0].routes[12].upstream"
+    );
+    // An unparsable text still answers.
+    assert_eq!(Doc::parse("{[").locate(&tls, Target::Value), (1, 1));
+}
+
+#[test]
+fn serde_paths_with_spaces_are_kept() {
+    let e = one(&policy(
+        "{ rate_limit: { overrides: { \"bad tenant\": { rate: 5 } } } }",
+    ));
+    assert_eq!(e.path, "policies.p.rate_limit.overrides.bad tenant.rate");
+    assert!(
+        e.message.starts_with("invalid rate: 5 has no unit"),
+        "{e:?}"
+    );
+}

@@ -43,7 +43,7 @@ pub(super) fn from_serde(e: &Error, origin: &str, text: &str, doc: &Doc) -> Conf
 }
 
 fn finish(origin: &str, doc: &Doc, loc: Option<(usize, usize)>, body: &str) -> ConfigError {
-    let (mut path, msg) = split_path(body);
+    let (mut path, msg) = split_path(body, doc);
     let message = if let Some((key, expected)) = backticked(msg, "unknown field `") {
         path = path.key(&key);
         unknown_message("key", &key, &expected)
@@ -117,13 +117,11 @@ fn reword(msg: &str) -> String {
 }
 
 /// Splits `a.b[0]: message` into the path and the message; no path means the root.
-fn split_path(body: &str) -> (KeyPath, &str) {
+fn split_path<'a>(body: &'a str, doc: &Doc) -> (KeyPath, &'a str) {
     if let Some((head, rest)) = body.split_once(": ") {
-        let looks_like_path = !head.is_empty()
-            && !head.contains(char::is_whitespace)
-            && !head.contains(['`', '"', '\''])
-            && !rest.is_empty();
-        if looks_like_path {
+        let plain = !head.contains(char::is_whitespace) && !head.contains(['`', '"', '\'']);
+        // A key may hold spaces; then only the text can tell a path from a message.
+        if !head.is_empty() && !rest.is_empty() && (plain || doc.contains(&KeyPath::parse(head))) {
             return (KeyPath::parse(head), rest);
         }
     }
