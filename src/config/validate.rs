@@ -9,11 +9,12 @@
 mod de;
 mod policy;
 mod syntax;
+mod upstream;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use super::file::{File, Listener, TenantSource, Upstream};
+use super::file::{File, Listener, TenantSource};
 use super::locate::{Doc, KeyPath, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors};
@@ -98,7 +99,7 @@ fn check(f: &File, r: &mut Report<'_>) {
     check_runtime(f, r);
     check_tenants(f, r);
     for (name, up) in &f.upstreams {
-        check_upstream(up, &root.key("upstreams").key(name), r);
+        upstream::check(up, &root.key("upstreams").key(name), r);
     }
     for (name, p) in &f.policies {
         policy::check(p, &root.key("policies").key(name), r);
@@ -184,53 +185,6 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
     }
     if t.max_tracked < 1 {
         r.value(&p.key("max_tracked"), "must be at least 1 (got 0)");
-    }
-}
-
-fn check_upstream(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
-    if up.endpoints.is_empty() {
-        r.value(
-            &p.key("endpoints"),
-            "needs at least one endpoint, like [127.0.0.1:3000]",
-        );
-    }
-    for (i, e) in up.endpoints.iter().enumerate() {
-        if let Err(m) = syntax::endpoint(e) {
-            r.value(&p.key("endpoints").idx(i), m);
-        }
-    }
-    r.positive(&p.key("connect_timeout"), up.connect_timeout.0);
-    r.positive(&p.key("resolve_every"), up.resolve_every.0);
-    if let Some(hc) = &up.health_check {
-        let hp = p.key("health_check");
-        if !hc.path.starts_with('/') {
-            r.value(
-                &hp.key("path"),
-                format!("path {:?} must start with /", hc.path),
-            );
-        }
-        r.positive(&hp.key("interval"), hc.interval.0);
-        r.positive(&hp.key("timeout"), hc.timeout.0);
-        r.at_least_1(&hp.key("healthy_after"), hc.healthy_after.into());
-        r.at_least_1(&hp.key("unhealthy_after"), hc.unhealthy_after.into());
-    }
-    if let Some(tls) = &up.tls {
-        let tp = p.key("tls");
-        if let Some(name) = &tls.server_name {
-            if let Err(m) = syntax::host_name(name) {
-                r.value(&tp.key("server_name"), m);
-            }
-        }
-        if let Some(ca) = &tls.ca {
-            r.readable(&tp.key("ca"), ca, "ca bundle");
-        }
-    }
-    if let Some(o) = &up.outlier {
-        r.at_least_1(
-            &p.key("outlier").key("consecutive_failures"),
-            o.consecutive_failures.into(),
-        );
-        r.positive(&p.key("outlier").key("eject_for"), o.eject_for.0);
     }
 }
 
@@ -372,7 +326,7 @@ impl Report<'_> {
     }
 
     /// The file at `file` must exist and be readable; reading it is allowed, binding is not.
-    fn readable(&mut self, path: &KeyPath, file: &Path, what: &str) {
+    pub(super) fn readable(&mut self, path: &KeyPath, file: &Path, what: &str) {
         let shown = file.display();
         match std::fs::File::open(file).and_then(|f| f.metadata()) {
             Ok(m) if m.is_file() => {}
