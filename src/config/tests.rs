@@ -248,20 +248,24 @@ fn dangling_references_name_the_known_ones() {
 #[test]
 fn all_errors_are_reported_in_file_order() {
     let text = policy("{ retry: { attempts: 0 }, load_shed: { max_in_flight: 0 } }")
-        .replace("version: 1", "version: 2")
-        .replace("upstream: app", "upstream: nope");
+        .replace("upstream: app", "upstream: nope")
+        .replace(
+            "    direction: inbound\n",
+            "    direction: inbound\n    access_log: true\n",
+        )
+        + "tenants: { max_tracked: 0 }\n";
     let all = errors(&text);
     let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
         [
-            "version",
             "policies.p.retry.attempts",
             "policies.p.load_shed.max_in_flight",
-            "listeners[0].routes[0].upstream"
+            "listeners[0].routes[0].upstream",
+            "tenants.max_tracked"
         ]
     );
-    assert_eq!((all[1].line, all[1].column), (6, 27));
+    assert_eq!((all[0].line, all[0].column), (6, 27));
 }
 
 #[test]

@@ -34,27 +34,39 @@ pub(super) struct Report<'a> {
 /// Parses `text` into the file model and validates it.
 pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
     let doc = Doc::parse(text);
-    if is_blank(text) {
-        return Err(ConfigErrors(vec![ConfigError {
-            origin: origin.to_string(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-            message: "the policy file is empty: it needs at least `version: 1` and one listener"
-                .into(),
-        }]));
-    }
-    if let Some((line, column)) = doc.too_deep {
-        let message =
-            format!("the file nests deeper than {MAX_DEPTH} levels; a policy needs far fewer");
+    let whole = |(line, column), message: String| {
         let path = String::new();
-        return Err(ConfigErrors(vec![ConfigError {
-            origin: origin.to_string(),
+        let origin = origin.to_string();
+        Err(ConfigErrors(vec![ConfigError {
+            origin,
             line,
             column,
             path,
             message,
-        }]));
+        }]))
+    };
+    if is_blank(text) {
+        let m = "the policy file is empty: it needs at least `version: 1` and one listener";
+        return whole((1, 1), m.into());
+    }
+    if let Some(at) = doc.too_deep {
+        return whole(at, format!("the file nests deeper than {MAX_DEPTH} levels"));
+    }
+    // Another version is another schema: its keys would only add confusing errors.
+    let version = KeyPath::default().key("version");
+    if let Some(v) = doc.scalar(&version).and_then(|v| v.parse::<u32>().ok()) {
+        if v != VERSION {
+            let mut r = Report {
+                origin,
+                doc: &doc,
+                errors: Vec::new(),
+            };
+            r.value(
+                &version,
+                format!("unsupported version {v}: the only version is {VERSION}"),
+            );
+            return Err(ConfigErrors(r.errors));
+        }
     }
     let file = serde_yaml::from_str::<File>(text)
         .map_err(|e| ConfigErrors(vec![de::from_serde(&e, origin, text, &doc)]))?;

@@ -16,6 +16,12 @@ fn listener(name: &str, listen: &str) -> String {
 fn version_must_be_1() {
     let e = one(&BASE.replace("version: 1", "version: 2"));
     assert_eq!(e.message, "unsupported version 2: the only version is 1");
+    // A file of another version is judged on its version alone.
+    let e = one(&format!(
+        "{}future_section: {{}}\n",
+        BASE.replace("version: 1", "version: 3")
+    ));
+    assert_eq!((e.line, e.column, e.path.as_str()), (1, 10, "version"));
 }
 
 #[test]
