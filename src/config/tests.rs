@@ -249,10 +249,6 @@ fn dangling_references_name_the_known_ones() {
 fn all_errors_are_reported_in_file_order() {
     let text = policy("{ retry: { attempts: 0 }, load_shed: { max_in_flight: 0 } }")
         .replace("upstream: app", "upstream: nope")
-        .replace(
-            "    direction: inbound\n",
-            "    direction: inbound\n    access_log: true\n",
-        )
         + "tenants: { max_tracked: 0 }\n";
     let all = errors(&text);
     let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
@@ -266,6 +262,12 @@ fn all_errors_are_reported_in_file_order() {
         ]
     );
     assert_eq!((all[0].line, all[0].column), (6, 27));
+    let shown = super::ConfigErrors(all).to_string();
+    assert_eq!(shown.lines().count(), 4, "one line per error:\n{shown}");
+    assert!(
+        shown.starts_with("t.yaml:6:27: policies.p.retry.attempts: 0 is out of range"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -11,7 +11,8 @@ mod policy;
 mod syntax;
 mod upstream;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::file::{File, Listener, TenantSource};
@@ -206,8 +207,6 @@ fn check_listeners(f: &File, r: &mut Report<'_>) {
         r.key(&lp, "at least one listener is needed");
     }
     let mut names = HashSet::new();
-    // Port 0 asks the system for a free port, so two listeners may both use it.
-    let mut addrs = BTreeMap::new();
     for (i, l) in f.listeners.iter().enumerate() {
         let p = lp.idx(i);
         if l.name.trim().is_empty() {
@@ -218,18 +217,20 @@ fn check_listeners(f: &File, r: &mut Report<'_>) {
                 format!("another listener is already named {:?}", l.name),
             );
         }
-        if l.listen.port() != 0 {
-            if l.listen == f.admin.listen {
-                r.value(
-                    &p.key("listen"),
-                    format!("{} is also admin.listen", l.listen),
-                );
-            } else if let Some(j) = addrs.insert(l.listen, i) {
-                r.value(
-                    &p.key("listen"),
-                    format!("{} is also the address of listeners[{j}]", l.listen),
-                );
-            }
+        let earlier = f.listeners[..i]
+            .iter()
+            .position(|o| clash(o.listen, l.listen));
+        if clash(l.listen, f.admin.listen) {
+            r.value(
+                &p.key("listen"),
+                format!("{} clashes with admin.listen {}", l.listen, f.admin.listen),
+            );
+        } else if let Some(j) = earlier {
+            let other = f.listeners[j].listen;
+            r.value(
+                &p.key("listen"),
+                format!("{} clashes with listeners[{j}].listen {other}", l.listen),
+            );
         }
         if let Some(tls) = &l.tls {
             r.readable(&p.key("tls").key("cert"), &tls.cert, "certificate");
@@ -237,6 +238,15 @@ fn check_listeners(f: &File, r: &mut Report<'_>) {
         }
         check_routes(f, l, &p, r);
     }
+}
+
+/// Two addresses that cannot both be bound: the same port on the same IP, or on a wildcard
+/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so any
+/// number of listeners may use it.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {

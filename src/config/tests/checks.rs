@@ -41,9 +41,12 @@ fn listeners_are_required_named_and_distinct() {
     let e = fails_at(&two, "listeners[1].listen");
     assert_eq!(
         e.message,
-        "127.0.0.1:8080 is also the address of listeners[0]"
+        "127.0.0.1:8080 clashes with listeners[0].listen 127.0.0.1:8080"
     );
     assert_eq!((e.line, e.column), (16, 13));
+    let wild = format!("{BASE}{}", listener("out", "0.0.0.0:8080"));
+    fails_at(&wild, "listeners[1].listen");
+    ok(&format!("{BASE}{}", listener("out", "127.0.0.2:8080")));
     let e = one(&top("admin: { listen: 127.0.0.1:8080 }"));
     assert_eq!(e.path, "listeners[0].listen");
     assert!(e.message.contains("admin.listen"));
