@@ -12,34 +12,26 @@ use super::super::ConfigError;
 
 /// The error serde_yaml reported, located and reworded.
 pub(super) fn from_serde(e: &Error, origin: &str, text: &str, doc: &Doc) -> ConfigError {
-    if e.to_string()
-        .starts_with("deserializing from YAML containing more than one document")
-    {
+    let shown = e.to_string();
+    if shown.starts_with("deserializing from YAML containing more than one document") {
+        let message =
+            "the file holds more than one YAML document (a second `---`); rampart reads one";
         return ConfigError {
             origin: origin.to_string(),
             line: second_document(text),
             column: 1,
             path: String::new(),
-            message:
-                "the file holds more than one YAML document (a second `---`); rampart reads one"
-                    .into(),
+            message: message.into(),
         };
     }
-    let text = e.to_string();
     let loc = e.location().map(|l| (l.line(), l.column()));
-    let mut body = text.as_str();
-    if let Some((line, col)) = loc {
-        let mark = format!(" at line {line} column {col}");
-        if let Some(i) = body.find(&mark) {
-            // Keep what libyaml adds after the mark (", while parsing ...").
-            let (head, tail) = (&body[..i], &body[i + mark.len()..]);
-            return finish(origin, doc, loc, &format!("{head}{tail}"));
-        }
-    }
-    if let Some(stripped) = body.strip_suffix('.') {
-        body = stripped;
-    }
-    finish(origin, doc, loc, body)
+    // Drop the place from the text (it is in line and column); libyaml may add a context
+    // after it (", while parsing a block mapping at line 1 column 1"), which is kept.
+    let body = match loc {
+        Some((line, col)) => shown.replacen(&format!(" at line {line} column {col}"), "", 1),
+        None => shown,
+    };
+    finish(origin, doc, loc, &body)
 }
 
 fn finish(origin: &str, doc: &Doc, loc: Option<(usize, usize)>, body: &str) -> ConfigError {
