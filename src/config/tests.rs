@@ -362,3 +362,11 @@ fn serde_paths_with_spaces_are_kept() {
         "{e:?}"
     );
 }
+
+#[test]
+fn crlf_text_is_located_like_lf() {
+    let e = one(&BASE
+        .replace("upstream: app", "upstream: ap")
+        .replace('\n', "\r\n"));
+    assert_eq!(spot(&e), (12, 19, "listeners[0].routes[0].upstream"));
+}

@@ -191,6 +191,7 @@ fn tenants_sources_fallback_and_bounds() {
     ok(&top(
         "tenants: { from: [ { header: x-tenant-id }, { query: tenant } ], fallback: reject }",
     ));
+    ok(&top("tenants: { from: [ { header: X-Tenant-Id } ] }"));
     let e = one(&top("tenants: { from: [] }"));
     assert_eq!(e.path, "tenants.from");
     fails_at(
