@@ -433,3 +433,35 @@ fn no_input_panics() {
     );
     assert!(!errors(&deep).is_empty());
 }
+
+#[test]
+fn mutated_files_never_panic() {
+    let spec = super::SPEC_EXAMPLE;
+    // Files cut short (every 11th character, to keep the test quick in debug builds).
+    for (i, _) in spec.char_indices().step_by(11) {
+        let _ = errors(&spec[..i]);
+    }
+    // Every line left out.
+    let lines: Vec<&str> = spec.lines().collect();
+    for skip in 0..lines.len() {
+        let text: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, l)| *l)
+            .collect();
+        let _ = errors(&text.join("\n"));
+    }
+    // Characters that mean something to YAML, dropped in at random places.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let specials: Vec<char> = ":-[]{}\t #&*!|>'\"\n,?%@`0".chars().collect();
+    let chars: Vec<char> = spec.chars().collect();
+    for _ in 0..400 {
+        let mut c = chars.clone();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..c.len());
+            c[at] = specials[rng.usize(..specials.len())];
+        }
+        let _ = errors(&c.into_iter().collect::<String>());
+    }
+}
