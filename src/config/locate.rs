@@ -163,8 +163,7 @@ impl Doc {
         let Some(mut node) = self.root.as_ref() else {
             return (1, 1);
         };
-        // The best place found so far: the key of the deepest entry reached, else the node.
-        let mut best = node.pos();
+        // The key of the deepest entry reached so far (None after a sequence index).
         let mut key_at = None;
         for seg in &path.0 {
             let next = match (node, seg) {
@@ -180,11 +179,11 @@ impl Doc {
                 _ => None,
             };
             let Some((at, child)) = next else {
-                return key_at.unwrap_or(best);
+                // Not written: the nearest written ancestor, by its key when it has one.
+                return key_at.unwrap_or_else(|| node.pos());
             };
             node = child;
             key_at = at;
-            best = at.unwrap_or_else(|| child.pos());
         }
         match target {
             Target::Value => node.pos(),
