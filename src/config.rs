@@ -7,8 +7,12 @@
 //! `rampart validate` and tests can call it freely.
 
 pub mod file;
+mod locate;
 pub mod units;
 mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,372 @@
+//! Tests of the policy file: serde errors, every semantic check, and the shipped files.
+
+mod checks;
+
+use std::path::Path;
+
+use super::{Config, ConfigError};
+
+/// The SPEC §2 example, verbatim.
+const SPEC_EXAMPLE: &str = include_str!("tests/spec_example.yaml");
+
+/// A small valid file; tests add to it or change one line.
+const BASE: &str = "\
+version: 1
+upstreams:
+  app:
+    endpoints: [127.0.0.1:3000]
+policies:
+  p: {}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: 127.0.0.1:8080
+    routes:
+      - upstream: app
+        policy: p
+";
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match Config::from_str(text, "t.yaml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0,
+    }
+}
+
+/// The single error of `text`; fails if there are none or several.
+fn one(text: &str) -> ConfigError {
+    let mut all = errors(text);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one error in:\n{text}\ngot: {all:#?}"
+    );
+    all.remove(0)
+}
+
+/// `text` must fail with an error at `path` (and may have others).
+fn fails_at(text: &str, path: &str) -> ConfigError {
+    let all = errors(text);
+    match all.iter().find(|e| e.path == path) {
+        Some(e) => e.clone(),
+        None => panic!("expected an error at {path} in:\n{text}\ngot: {all:#?}"),
+    }
+}
+
+fn ok(text: &str) {
+    let all = errors(text);
+    assert!(
+        all.is_empty(),
+        "expected no error in:\n{text}\ngot: {all:#?}"
+    );
+}
+
+/// BASE with the policy `p` given `body`, a one-line flow mapping of its sections.
+fn policy(body: &str) -> String {
+    BASE.replace("  p: {}", &format!("  p: {body}"))
+}
+
+/// BASE with upstream `app` given `body` (a flow mapping).
+fn upstream(body: &str) -> String {
+    BASE.replace(
+        "  app:\n    endpoints: [127.0.0.1:3000]",
+        &format!("  app: {body}"),
+    )
+}
+
+fn spot(e: &ConfigError) -> (usize, usize, &str) {
+    (e.line, e.column, e.path.as_str())
+}
+
+// === whole files ===
+
+#[test]
+fn base_is_valid() {
+    ok(BASE);
+}
+
+#[test]
+fn spec_example_parses_and_only_its_tls_files_are_missing() {
+    // The example names TLS files under /etc/rampart, which this machine does not have.
+    let all = errors(SPEC_EXAMPLE);
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "upstreams.payments.tls.ca",
+            "listeners[0].tls.cert",
+            "listeners[0].tls.key"
+        ]
+    );
+    assert!(
+        all[0]
+            .message
+            .starts_with("cannot read ca bundle \"/etc/rampart/ca.pem\""),
+        "{all:#?}"
+    );
+    assert_eq!((all[0].line, all[0].column), (26, 48));
+    assert_eq!((all[1].line, all[1].column), (64, 18));
+}
+
+#[test]
+fn tls_files_that_exist_are_accepted() {
+    let dir = std::env::temp_dir().join(format!("rampart-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir must be creatable");
+    let pem = dir.join("x.pem");
+    std::fs::write(&pem, "not checked here\n").expect("temp file must be writable");
+    let pem = pem.display().to_string();
+    let text = SPEC_EXAMPLE
+        .replace("/etc/rampart/ca.pem", &pem)
+        .replace("/etc/rampart/tls/cert.pem", &pem);
+    let e = one(&text.replace("/etc/rampart/tls/key.pem", &dir.display().to_string()));
+    assert_eq!(e.path, "listeners[0].tls.key");
+    assert!(e.message.contains("is not a regular file"), "{e:?}");
+    ok(&text.replace("/etc/rampart/tls/key.pem", &pem));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_shipped_file_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("config/ must be readable") {
+            let p = entry.expect("config/ entries must be readable").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(
+        files.len() >= 5,
+        "expected rampart.yaml, demo.yaml and examples, found {files:?}"
+    );
+    for f in files {
+        if let Err(e) = Config::load(&f) {
+            panic!("{} must validate:\n{e}", f.display());
+        }
+    }
+}
+
+#[test]
+fn display_is_file_line_column_path_message() {
+    let e = one(&BASE.replace("upstream: app", "upstream: ap"));
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:12:19: listeners[0].routes[0].upstream: no upstream named \"ap\" (known: app)"
+    );
+}
+
+// === serde errors ===
+
+#[test]
+fn unknown_key_names_the_key_and_suggests() {
+    let e = one(&BASE.replace(
+        "    endpoints: [127.0.0.1:3000]\n",
+        "    endpoints: [127.0.0.1:3000]\n    connect_timout: 1s\n",
+    ));
+    assert_eq!(spot(&e), (5, 5, "upstreams.app.connect_timout"));
+    assert_eq!(
+        e.message,
+        "unknown key \"connect_timout\"; did you mean \"connect_timeout\"?"
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let e = one(&format!("{BASE}listners: []\n"));
+    assert_eq!(spot(&e), (14, 1, "listners"));
+    assert!(e.message.starts_with("unknown key \"listners\""), "{e:?}");
+    let e = one(&format!("{BASE}zzz: 1\n"));
+    assert!(
+        e.message.contains("expected one of: version, admin"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn bad_duration_is_placed_on_the_value() {
+    let e = one(&policy("{ timeout: { request: 5 sec } }"));
+    assert_eq!(spot(&e), (6, 28, "policies.p.timeout.request"));
+    assert!(e.message.starts_with("invalid duration \"5 sec\""), "{e:?}");
+    assert!(!e.message.contains(" at line "), "{e:?}");
+}
+
+#[test]
+fn wrong_type_and_missing_key() {
+    let e = one(&BASE.replace("version: 1", "version: one"));
+    assert_eq!(spot(&e), (1, 10, "version"));
+    let e = one(&BASE.replace("    direction: inbound\n", ""));
+    assert_eq!(spot(&e), (8, 5, "listeners[0]"));
+    assert_eq!(e.message, "missing required key \"direction\"");
+}
+
+#[test]
+fn syntax_errors_and_empty_files() {
+    let e = one("version: 1\nlisteners: [\n");
+    assert!(e.line >= 2 && e.column >= 1, "{e:?}");
+    assert!(!e.message.is_empty());
+    let e = one("version: 1\n\tbad: 2\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    for empty in ["", "\n\n", "# only a comment\n", "---\n"] {
+        let e = one(empty);
+        assert!(e.message.starts_with("the policy file is empty"), "{e:?}");
+    }
+    let e = one("- 1\n");
+    assert_eq!(
+        e.message,
+        "invalid type: sequence, expected a mapping with keys such as version and listeners"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let e = one(&BASE.replace(
+        "policies:\n",
+        "  app:\n    endpoints: [127.0.0.1:3001]\npolicies:\n",
+    ));
+    assert_eq!(spot(&e), (5, 3, "upstreams.app"));
+    let e = one(&format!("{BASE}version: 1\n"));
+    assert_eq!(spot(&e), (14, 1, "version"));
+}
+
+// === references and several errors ===
+
+#[test]
+fn dangling_references_name_the_known_ones() {
+    let e = one(&BASE.replace("upstream: app", "upstream: ap"));
+    assert_eq!(spot(&e), (12, 19, "listeners[0].routes[0].upstream"));
+    assert_eq!(e.message, "no upstream named \"ap\" (known: app)");
+    let e = one(&BASE.replace("policy: p", "policy: standard"));
+    assert_eq!(spot(&e), (13, 17, "listeners[0].routes[0].policy"));
+    assert_eq!(e.message, "no policy named \"standard\" (known: p)");
+}
+
+#[test]
+fn all_errors_are_reported_in_file_order() {
+    let text = policy("{ retry: { attempts: 0 }, load_shed: { max_in_flight: 0 } }")
+        .replace("upstream: app", "upstream: nope")
+        + "tenants: { max_tracked: 0 }\n";
+    let all = errors(&text);
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "policies.p.retry.attempts",
+            "policies.p.load_shed.max_in_flight",
+            "listeners[0].routes[0].upstream",
+            "tenants.max_tracked"
+        ]
+    );
+    assert_eq!((all[0].line, all[0].column), (6, 27));
+    let shown = super::ConfigErrors(all).to_string();
+    assert_eq!(shown.lines().count(), 4, "one line per error:\n{shown}");
+    assert!(
+        shown.starts_with("t.yaml:6:27: policies.p.retry.attempts: 0 is out of range"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn missing_values_fall_back_to_the_nearest_key() {
+    let e = one(&upstream("{ endpoints: [] }"));
+    assert_eq!(spot(&e), (3, 21, "upstreams.app.endpoints"));
+    let e = one(&format!("{BASE}tenants: {{ from: [ {{}} ] }}\n"));
+    assert_eq!(spot(&e), (14, 20, "tenants.from[0]"));
+}
+
+#[test]
+fn serde_messages_speak_yaml() {
+    let e = one(&BASE.replace(
+        "    endpoints: [127.0.0.1:3000]\n",
+        "    endpoints: [127.0.0.1:3000]\n    balance: rr\n",
+    ));
+    assert_eq!(e.to_string(), "t.yaml:5:14: upstreams.app.balance: unknown value \"rr\"; expected one of: round_robin, p2c");
+    let e = one(&policy(
+        "{ rate_limit: { per_tenant: [ { rate: 1/s, brust: 3 } ] } }",
+    ));
+    assert_eq!(e.path, "policies.p.rate_limit.per_tenant[0].brust");
+    assert_eq!(e.message, "unknown key \"brust\"; did you mean \"burst\"?");
+    let e = one(&policy("{ timeout: { per_try: { auto: { mn: 1s } } } }"));
+    assert_eq!(e.path, "policies.p.timeout.per_try.auto.mn");
+    let e = one(&policy("{ retry: { attempts: -1 } }"));
+    assert!(
+        e.message
+            .ends_with("expected a whole number from 0 to 4294967295"),
+        "{e:?}"
+    );
+    let e = one(&BASE.replace("127.0.0.1:8080", "localhost:8080"));
+    assert_eq!(
+        (e.line, e.column, e.path.as_str()),
+        (10, 13, "listeners[0].listen")
+    );
+    assert!(
+        e.message.starts_with("invalid address \"localhost:8080\""),
+        "{e:?}"
+    );
+    let e = one("version: 1\nlisteners: 5\n");
+    assert_eq!(e.message, "invalid type: integer `5`, expected a list");
+    let e = one("version: 1\n---\nversion: 1\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("more than one YAML document"), "{e:?}");
+}
+
+#[test]
+fn locate_falls_back_to_the_nearest_written_parent() {
+    use super::locate::{Doc, KeyPath, Target};
+    let doc = Doc::parse(BASE);
+    let routes = KeyPath::default().key("listeners").idx(0).key("routes");
+    assert_eq!(
+        doc.locate(&routes.idx(0).key("upstream"), Target::Value),
+        (12, 19)
+    );
+    assert_eq!(
+        doc.locate(&routes.idx(0).key("upstream"), Target::Key),
+        (12, 9)
+    );
+    // routes[5] is not written: the `routes` key is the nearest place that is.
+    assert_eq!(
+        doc.locate(&routes.idx(5).key("policy"), Target::Value),
+        (11, 5)
+    );
+    // tls is not written in listeners[0]: the item itself (its first key).
+    let tls = KeyPath::default()
+        .key("listeners")
+        .idx(0)
+        .key("tls")
+        .key("cert");
+    assert_eq!(doc.locate(&tls, Target::Key), (8, 5));
+    assert_eq!(
+        doc.locate(&KeyPath::default().key("nothing"), Target::Key),
+        (1, 1)
+    );
+    assert_eq!(
+        KeyPath::parse("listeners[0].routes[12].upstream").to_string(),
+        "listeners[0].routes[12].upstream"
+    );
+    // An unparsable text still answers.
+    assert_eq!(Doc::parse("{[").locate(&tls, Target::Value), (1, 1));
+}
+
+#[test]
+fn serde_paths_with_spaces_are_kept() {
+    let e = one(&policy(
+        "{ rate_limit: { overrides: { \"bad tenant\": { rate: 5 } } } }",
+    ));
+    assert_eq!(e.path, "policies.p.rate_limit.overrides.bad tenant.rate");
+    assert!(
+        e.message.starts_with("invalid rate: 5 has no unit"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn crlf_text_is_located_like_lf() {
+    let e = one(&BASE
+        .replace("upstream: app", "upstream: ap")
+        .replace('\n', "\r\n"));
+    assert_eq!(spot(&e), (12, 19, "listeners[0].routes[0].upstream"));
+}

@@ -1,0 +1,467 @@
+//! One failing case (at least) for every semantic check, and the edge cases that must pass.
+
+use super::{errors, fails_at, ok, one, policy, upstream, BASE};
+
+fn top(extra: &str) -> String {
+    format!("{BASE}{extra}\n")
+}
+
+fn listener(name: &str, listen: &str) -> String {
+    format!(
+        "  - name: {name}\n    direction: outbound\n    listen: {listen}\n    routes:\n      - upstream: app\n"
+    )
+}
+
+#[test]
+fn version_must_be_1() {
+    let e = one(&BASE.replace("version: 1", "version: 2"));
+    assert_eq!(e.message, "unsupported version 2: the only version is 1");
+    // A file of another version is judged on its version alone.
+    let e = one(&format!(
+        "{}future_section: {{}}\n",
+        BASE.replace("version: 1", "version: 3")
+    ));
+    assert_eq!((e.line, e.column, e.path.as_str()), (1, 10, "version"));
+}
+
+#[test]
+fn listeners_are_required_named_and_distinct() {
+    let e = one("version: 1\nupstreams: { app: { endpoints: [127.0.0.1:1] } }\n");
+    assert_eq!(e.path, "listeners");
+    assert_eq!((e.line, e.column), (1, 1));
+    fails_at(
+        &BASE.replace("name: inbound", "name: \"\""),
+        "listeners[0].name",
+    );
+    let two = format!("{BASE}{}", listener("inbound", "127.0.0.1:8081"));
+    assert!(fails_at(&two, "listeners[1].name")
+        .message
+        .contains("\"inbound\""));
+    let two = format!("{BASE}{}", listener("out", "127.0.0.1:8080"));
+    let e = fails_at(&two, "listeners[1].listen");
+    assert_eq!(
+        e.message,
+        "127.0.0.1:8080 clashes with listeners[0].listen 127.0.0.1:8080"
+    );
+    assert_eq!((e.line, e.column), (16, 13));
+    let wild = format!("{BASE}{}", listener("out", "0.0.0.0:8080"));
+    fails_at(&wild, "listeners[1].listen");
+    ok(&format!("{BASE}{}", listener("out", "127.0.0.2:8080")));
+    let e = one(&top("admin: { listen: 127.0.0.1:8080 }"));
+    assert_eq!(e.path, "listeners[0].listen");
+    assert!(e.message.contains("admin.listen"));
+    // Port 0 asks the system for a free port: tests run several listeners so.
+    let zero = format!(
+        "{}{}",
+        BASE.replace("127.0.0.1:8080", "127.0.0.1:0"),
+        listener("out", "127.0.0.1:0")
+    );
+    ok(&zero);
+    fails_at(
+        &BASE.replace(
+            "    routes:\n      - upstream: app\n        policy: p\n",
+            "    routes: []\n",
+        ),
+        "listeners[0].routes",
+    );
+}
+
+#[test]
+fn routes_check_match_and_order() {
+    let with_match = |m: &str| {
+        BASE.replace(
+            "      - upstream: app\n",
+            &format!("      - match: {m}\n        upstream: app\n"),
+        )
+    };
+    ok(&with_match("{ host: sample.local, path_prefix: /api }"));
+    ok(&with_match("{ host: \"*.example.com\" }"));
+    ok(&with_match("{ host: \"[::1]\" }"));
+    let e = fails_at(
+        &with_match("{ host: \"sample.local:8080\" }"),
+        "listeners[0].routes[0].match.host",
+    );
+    assert!(e.message.contains("has no port"), "{e:?}");
+    fails_at(
+        &with_match("{ host: \"a.*.com\" }"),
+        "listeners[0].routes[0].match.host",
+    );
+    fails_at(
+        &with_match("{ host: \"bad host\" }"),
+        "listeners[0].routes[0].match.host",
+    );
+    let e = fails_at(
+        &with_match("{ path_prefix: api }"),
+        "listeners[0].routes[0].match.path_prefix",
+    );
+    assert_eq!(e.message, "path prefix \"api\" must start with /");
+    fails_at(
+        &BASE.replace(
+            "      - upstream: app\n",
+            "      - name: \"\"\n        upstream: app\n",
+        ),
+        "listeners[0].routes[0].name",
+    );
+    let shadowed = BASE.replace(
+        "        policy: p\n",
+        "        policy: p\n      - match: { path_prefix: /x }\n        upstream: app\n",
+    );
+    let e = one(&shadowed);
+    assert_eq!(
+        (e.path.as_str(), e.line, e.column),
+        ("listeners[0].routes[1]", 14, 9)
+    );
+    assert!(e.message.contains("never used"), "{e:?}");
+}
+
+#[test]
+fn endpoints_are_host_port() {
+    for good in [
+        "127.0.0.1:3000",
+        "[::1]:80",
+        "payments-0.payments.internal:443",
+        "localhost:1",
+        "svc_x.ns:8080",
+    ] {
+        ok(&upstream(&format!("{{ endpoints: [\"{good}\"] }}")));
+    }
+    for bad in [
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "::1:80",
+        "[::1]80",
+        "[zz]:80",
+        "-a.b:80",
+        "a..b:80",
+        ":80",
+        "999.1.1.1:80",
+        "a b:80",
+    ] {
+        let text = upstream(&format!("{{ endpoints: [127.0.0.1:1, \"{bad}\"] }}"));
+        let e = fails_at(&text, "upstreams.app.endpoints[1]");
+        assert!(
+            e.message.starts_with(&format!("invalid endpoint {bad:?}")),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn upstream_health_outlier_and_tls() {
+    let hc = |h: &str| {
+        upstream(&format!(
+            "{{ endpoints: [127.0.0.1:1], health_check: {h} }}"
+        ))
+    };
+    ok(&hc("{ path: /healthz }"));
+    fails_at(&hc("{ path: healthz }"), "upstreams.app.health_check.path");
+    fails_at(
+        &hc("{ path: /h, healthy_after: 0 }"),
+        "upstreams.app.health_check.healthy_after",
+    );
+    fails_at(
+        &hc("{ path: /h, unhealthy_after: 0 }"),
+        "upstreams.app.health_check.unhealthy_after",
+    );
+    fails_at(
+        &hc("{ path: /h, interval: 0s }"),
+        "upstreams.app.health_check.interval",
+    );
+    let o = upstream("{ endpoints: [127.0.0.1:1], outlier: { consecutive_failures: 0 } }");
+    fails_at(&o, "upstreams.app.outlier.consecutive_failures");
+    fails_at(
+        &upstream("{ endpoints: [127.0.0.1:1], connect_timeout: 0ms }"),
+        "upstreams.app.connect_timeout",
+    );
+    let tls = upstream(
+        "{ endpoints: [127.0.0.1:1], tls: { server_name: \"bad name\", ca: /nonexistent/ca.pem } }",
+    );
+    fails_at(&tls, "upstreams.app.tls.server_name");
+    let e = fails_at(&tls, "upstreams.app.tls.ca");
+    assert!(
+        e.message
+            .starts_with("cannot read ca bundle \"/nonexistent/ca.pem\""),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn tenants_sources_fallback_and_bounds() {
+    ok(&top(
+        "tenants: { from: [ { header: x-tenant-id }, { query: tenant } ], fallback: reject }",
+    ));
+    ok(&top("tenants: { from: [ { header: X-Tenant-Id } ] }"));
+    let e = one(&top("tenants: { from: [] }"));
+    assert_eq!(e.path, "tenants.from");
+    fails_at(
+        &top("tenants: { from: [ { header: x-a, query: t } ] }"),
+        "tenants.from[0]",
+    );
+    fails_at(&top("tenants: { from: [ {} ] }"), "tenants.from[0]");
+    fails_at(
+        &top("tenants: { from: [ { header: \"x tenant\" } ] }"),
+        "tenants.from[0].header",
+    );
+    fails_at(
+        &top("tenants: { from: [ { header: \"\" } ] }"),
+        "tenants.from[0].header",
+    );
+    fails_at(
+        &top("tenants: { from: [ { query: \"\" } ] }"),
+        "tenants.from[0].query",
+    );
+    let e = fails_at(
+        &top("tenants: { fallback: \"no spaces\" }"),
+        "tenants.fallback",
+    );
+    assert!(e.message.contains("\"no spaces\""), "{e:?}");
+    fails_at(
+        &top(&format!("tenants: {{ fallback: {} }}", "a".repeat(129))),
+        "tenants.fallback",
+    );
+    ok(&top(&format!(
+        "tenants: {{ fallback: \"{}\" }}",
+        "a.b_c:d@e-1".repeat(11)
+    )));
+    fails_at(&top("tenants: { max_tracked: 0 }"), "tenants.max_tracked");
+}
+
+#[test]
+fn runtime_bounds() {
+    ok(&top("runtime: { max_header_bytes: 1KiB }"));
+    ok(&top("runtime: { max_header_bytes: 1MiB }"));
+    let e = one(&top("runtime: { max_header_bytes: 1023 }"));
+    assert_eq!(
+        (e.path.as_str(), e.line, e.column),
+        ("runtime.max_header_bytes", 14, 30)
+    );
+    fails_at(
+        &top("runtime: { max_header_bytes: 2MiB }"),
+        "runtime.max_header_bytes",
+    );
+    fails_at(
+        &top("runtime: { max_connections: 0 }"),
+        "runtime.max_connections",
+    );
+    fails_at(
+        &top("runtime: { header_read_timeout: 0s }"),
+        "runtime.header_read_timeout",
+    );
+}
+
+#[test]
+fn timeouts() {
+    ok(&policy("{ timeout: { request: 15s, per_try: 5s } }"));
+    ok(&policy("{ timeout: { request: 1s, per_try: auto } }"));
+    let e = one(&policy("{ timeout: { request: 1s, per_try: 2s } }"));
+    assert_eq!(e.path, "policies.p.timeout.per_try");
+    assert!(
+        e.message.contains("2s") && e.message.contains("1s"),
+        "{e:?}"
+    );
+    let auto = policy("{ timeout: { per_try: { auto: { min: 2s, max: 1s } } } }");
+    fails_at(&auto, "policies.p.timeout.per_try.auto.min");
+    fails_at(
+        &policy("{ timeout: { request: 0s } }"),
+        "policies.p.timeout.request",
+    );
+}
+
+#[test]
+fn retries() {
+    ok(&policy(
+        "{ retry: { attempts: 10, budget: { ratio: 0%, min_per_second: 0 } } }",
+    ));
+    fails_at(
+        &policy("{ retry: { attempts: 0 } }"),
+        "policies.p.retry.attempts",
+    );
+    let e = fails_at(
+        &policy("{ retry: { attempts: 11 } }"),
+        "policies.p.retry.attempts",
+    );
+    assert!(e.message.starts_with("11 is out of range"), "{e:?}");
+    fails_at(
+        &policy("{ retry: { attempts: 3, backoff: { base: 1s, max: 100ms } } }"),
+        "policies.p.retry.backoff.base",
+    );
+    fails_at(
+        &policy("{ retry: { attempts: 3, backoff: { base: 1s } } }"),
+        "policies.p.retry.backoff.base",
+    );
+    fails_at(
+        &policy("{ retry: { attempts: 3, budget: { window: 0s } } }"),
+        "policies.p.retry.budget.window",
+    );
+    fails_at(
+        &policy("{ retry: { attempts: 3, on: [] } }"),
+        "policies.p.retry.on",
+    );
+    fails_at(
+        &policy("{ retry: { attempts: 3, on: [200, 700] } }"),
+        "policies.p.retry.on[1]",
+    );
+}
+
+#[test]
+fn rate_limits() {
+    ok(&policy("{ rate_limit: { per_tenant: { rate: 100/s }, overrides: { trial: [ { rate: 5/s, burst: 5 }, { rate: 10000/d, name: daily } ] } } }"));
+    let e = one(&policy(
+        "{ rate_limit: { per_tenant: { rate: 100/s, burst: 0 } } }",
+    ));
+    assert_eq!(
+        (e.path.as_str(), e.line, e.column),
+        ("policies.p.rate_limit.per_tenant.burst", 6, 56)
+    );
+    fails_at(
+        &policy("{ rate_limit: { total: [ { rate: 1/s }, { rate: 1/s, burst: 0 } ] } }"),
+        "policies.p.rate_limit.total[1].burst",
+    );
+    fails_at(
+        &policy("{ rate_limit: { total: { rate: 0/s } } }"),
+        "policies.p.rate_limit.total.rate",
+    );
+    fails_at(
+        &policy("{ rate_limit: { per_tenant: [] } }"),
+        "policies.p.rate_limit.per_tenant",
+    );
+    let dup = policy(
+        "{ rate_limit: { per_tenant: [ { rate: 1/s, name: a }, { rate: 9/d, name: a } ] } }",
+    );
+    fails_at(&dup, "policies.p.rate_limit.per_tenant[1].name");
+    fails_at(
+        &policy("{ rate_limit: { per_tenant: { rate: 1/s, name: \"a b\" } } }"),
+        "policies.p.rate_limit.per_tenant.name",
+    );
+    let e = fails_at(
+        &policy("{ rate_limit: { overrides: { \"bad tenant\": { rate: 1/s } } } }"),
+        "policies.p.rate_limit.overrides.bad tenant",
+    );
+    assert_eq!((e.line, e.column), (6, 35));
+}
+
+#[test]
+fn circuit_breakers() {
+    ok(&policy("{ circuit_breaker: { consecutive_failures: 5, failure_rate: { threshold: 50% }, open_for_max: 1m } }"));
+    fails_at(
+        &policy("{ circuit_breaker: { consecutive_failures: 0 } }"),
+        "policies.p.circuit_breaker.consecutive_failures",
+    );
+    let fr = |x: &str| policy(&format!("{{ circuit_breaker: {{ failure_rate: {x} }} }}"));
+    fails_at(
+        &fr("{ threshold: 0% }"),
+        "policies.p.circuit_breaker.failure_rate.threshold",
+    );
+    fails_at(
+        &fr("{ threshold: 50%, window: 5, min_calls: 10 }"),
+        "policies.p.circuit_breaker.failure_rate.window",
+    );
+    fails_at(
+        &fr("{ threshold: 50%, window: 5, min_calls: 0 }"),
+        "policies.p.circuit_breaker.failure_rate.min_calls",
+    );
+    fails_at(
+        &policy("{ circuit_breaker: { half_open_probes: 0 } }"),
+        "policies.p.circuit_breaker.half_open_probes",
+    );
+    fails_at(
+        &policy("{ circuit_breaker: { open_for: 10s, open_for_max: 5s } }"),
+        "policies.p.circuit_breaker.open_for_max",
+    );
+    fails_at(
+        &policy("{ circuit_breaker: { slow_call: { duration: 1s, threshold: 0% } } }"),
+        "policies.p.circuit_breaker.slow_call.threshold",
+    );
+}
+
+#[test]
+fn load_shedding() {
+    ok(&policy("{ load_shed: { max_in_flight: 2, per_tenant_max_in_flight: 2, queue: { size: 0 }, priority: { header: x-priority } } }"));
+    fails_at(
+        &policy("{ load_shed: { max_in_flight: 0 } }"),
+        "policies.p.load_shed.max_in_flight",
+    );
+    fails_at(
+        &policy("{ load_shed: { per_tenant_max_in_flight: 0 } }"),
+        "policies.p.load_shed.per_tenant_max_in_flight",
+    );
+    let e = one(&policy(
+        "{ load_shed: { max_in_flight: 4, per_tenant_max_in_flight: 8 } }",
+    ));
+    assert_eq!(e.message, "8 is larger than max_in_flight 4");
+    fails_at(
+        &policy("{ load_shed: { adaptive: { min: 0, max: 10 } } }"),
+        "policies.p.load_shed.adaptive.min",
+    );
+    fails_at(
+        &policy("{ load_shed: { adaptive: { min: 20, max: 10 } } }"),
+        "policies.p.load_shed.adaptive.min",
+    );
+    fails_at(
+        &policy("{ load_shed: { priority: { header: \"x:p\" } } }"),
+        "policies.p.load_shed.priority.header",
+    );
+}
+
+#[test]
+fn no_input_panics() {
+    for text in [
+        "{",
+        "]",
+        "version: [",
+        "*a",
+        "&a [*a]",
+        "listeners: [ { routes: [ { upstream: 1 } ] } ]",
+        "\u{0}",
+        "? [a]\n: b\n",
+        "version: 1\n---\nversion: 1\n",
+    ] {
+        assert!(!errors(text).is_empty(), "{text:?} must be refused");
+    }
+    // Deep nesting must neither overflow the stack nor be accepted.
+    let deep = format!(
+        "version: 1\nlisteners: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(one(&deep).message.contains("nests deeper than 64 levels"));
+    let deep = format!(
+        "version: 1\nx: {}1{}\n",
+        "{a: ".repeat(5_000),
+        "}".repeat(5_000)
+    );
+    assert!(!errors(&deep).is_empty());
+}
+
+#[test]
+fn mutated_files_never_panic() {
+    let spec = super::SPEC_EXAMPLE;
+    // Files cut short (every 11th character, to keep the test quick in debug builds).
+    for (i, _) in spec.char_indices().step_by(11) {
+        let _ = errors(&spec[..i]);
+    }
+    // Every line left out.
+    let lines: Vec<&str> = spec.lines().collect();
+    for skip in 0..lines.len() {
+        let text: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, l)| *l)
+            .collect();
+        let _ = errors(&text.join("\n"));
+    }
+    // Characters that mean something to YAML, dropped in at random places.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let specials: Vec<char> = ":-[]{}\t #&*!|>'\"\n,?%@`0".chars().collect();
+    let chars: Vec<char> = spec.chars().collect();
+    for _ in 0..400 {
+        let mut c = chars.clone();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..c.len());
+            c[at] = specials[rng.usize(..specials.len())];
+        }
+        let _ = errors(&c.into_iter().collect::<String>());
+    }
+}

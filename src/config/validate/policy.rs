@@ -1,0 +1,220 @@
+//! Checks of one `policies.NAME` entry: bounds and combinations within each section.
+
+use std::collections::HashSet;
+
+use super::super::file::{
+    CircuitBreaker, Limits, LoadShed, PerTry, Policy, RateLimit, Retry, Timeout,
+};
+use super::super::locate::KeyPath;
+use super::{syntax, Report};
+
+/// Most tries a retry policy may ask for, the first included.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// Checks every section of the policy at `p`.
+pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(t) = &pol.timeout {
+        timeout(t, &p.key("timeout"), r);
+    }
+    if let Some(rt) = &pol.retry {
+        retry(rt, &p.key("retry"), r);
+    }
+    if let Some(rl) = &pol.rate_limit {
+        rate_limit(rl, &p.key("rate_limit"), r);
+    }
+    if let Some(cb) = &pol.circuit_breaker {
+        breaker(cb, &p.key("circuit_breaker"), r);
+    }
+    if let Some(ls) = &pol.load_shed {
+        load_shed(ls, &p.key("load_shed"), r);
+    }
+}
+
+fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(req) = t.request {
+        r.positive(&p.key("request"), req.0);
+    }
+    match t.per_try {
+        Some(PerTry::Fixed(d)) => {
+            r.positive(&p.key("per_try"), d.0);
+            if let Some(req) = t.request {
+                if d > req {
+                    r.value(
+                        &p.key("per_try"),
+                        format!("per_try {d} is longer than request {req}; a try can never take that long"),
+                    );
+                }
+            }
+        }
+        Some(PerTry::Auto { min, max }) => {
+            let ap = p.key("per_try").key("auto");
+            r.positive(&ap.key("min"), min.0);
+            if min > max {
+                r.value(
+                    &ap.key("min"),
+                    format!("min {min} is larger than max {max}"),
+                );
+            }
+        }
+        None => {}
+    }
+}
+
+fn retry(rt: &Retry, p: &KeyPath, r: &mut Report<'_>) {
+    if !(1..=MAX_ATTEMPTS).contains(&rt.attempts) {
+        r.value(
+            &p.key("attempts"),
+            format!("{} is out of range: attempts counts every try, the first included, from 1 to {MAX_ATTEMPTS}", rt.attempts),
+        );
+    }
+    if rt.on.is_empty() {
+        r.value(
+            &p.key("on"),
+            "an empty list retries nothing; remove the retry section instead",
+        );
+    }
+    let b = &rt.backoff;
+    if b.base > b.max {
+        r.value(
+            &p.key("backoff").key("base"),
+            format!("base {} is larger than max {}", b.base, b.max),
+        );
+    }
+    r.positive(&p.key("budget").key("window"), rt.budget.window.0);
+}
+
+fn rate_limit(rl: &RateLimit, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(l) = &rl.per_tenant {
+        limits(l, &p.key("per_tenant"), r);
+    }
+    for (tenant, l) in &rl.overrides {
+        let op = p.key("overrides").key(tenant);
+        if let Err(m) = syntax::tenant_id(tenant) {
+            r.key(&op, m);
+        }
+        limits(l, &op, r);
+    }
+    if let Some(l) = &rl.total {
+        limits(l, &p.key("total"), r);
+    }
+}
+
+fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
+    if ls.0.is_empty() {
+        r.value(
+            p,
+            "an empty list of limits admits everything; give a limit or remove the key",
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, l) in ls.0.iter().enumerate() {
+        // A single limit is written as a mapping, not a one-item list.
+        let lp = if ls.0.len() == 1 && !r.doc_has_index(p) {
+            p.clone()
+        } else {
+            p.idx(i)
+        };
+        if l.rate.count < 1 {
+            r.value(
+                &lp.key("rate"),
+                format!(
+                    "rate {} admits nothing: the count must be at least 1",
+                    l.rate
+                ),
+            );
+        }
+        if l.burst == Some(0) {
+            r.value(&lp.key("burst"), "burst 0 admits nothing: it must be at least 1 (leave it out to use the rate's count)");
+        }
+        if let Some(name) = &l.name {
+            if let Err(m) = syntax::limit_name(name) {
+                r.value(&lp.key("name"), m);
+            } else if !names.insert(name.as_str()) {
+                r.value(
+                    &lp.key("name"),
+                    format!("another limit in this list is already named {name:?}"),
+                );
+            }
+        }
+    }
+}
+
+fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(n) = cb.consecutive_failures {
+        r.at_least_1(&p.key("consecutive_failures"), n.into());
+    }
+    if let Some(fr) = &cb.failure_rate {
+        let fp = p.key("failure_rate");
+        if fr.threshold.0 <= 0.0 {
+            r.value(
+                &fp.key("threshold"),
+                "a threshold of 0% opens on any failure; it must be above 0%",
+            );
+        }
+        r.at_least_1(&fp.key("min_calls"), fr.min_calls.into());
+        if fr.window < fr.min_calls {
+            r.value(
+                &fp.key("window"),
+                format!(
+                    "window {} is smaller than min_calls {}: the rate would never be judged",
+                    fr.window, fr.min_calls
+                ),
+            );
+        }
+    }
+    if let Some(sc) = &cb.slow_call {
+        let sp = p.key("slow_call");
+        r.positive(&sp.key("duration"), sc.duration.0);
+        if sc.threshold.0 <= 0.0 {
+            r.value(
+                &sp.key("threshold"),
+                "a threshold of 0% opens on any call; it must be above 0%",
+            );
+        }
+    }
+    r.positive(&p.key("open_for"), cb.open_for.0);
+    if let Some(max) = cb.open_for_max {
+        if max < cb.open_for {
+            r.value(
+                &p.key("open_for_max"),
+                format!(
+                    "open_for_max {max} is shorter than open_for {}",
+                    cb.open_for
+                ),
+            );
+        }
+    }
+    r.at_least_1(&p.key("half_open_probes"), cb.half_open_probes.into());
+}
+
+fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(n) = ls.max_in_flight {
+        r.at_least_1(&p.key("max_in_flight"), n.into());
+    }
+    if let Some(n) = ls.per_tenant_max_in_flight {
+        r.at_least_1(&p.key("per_tenant_max_in_flight"), n.into());
+        if let Some(max) = ls.max_in_flight {
+            if n > max {
+                r.value(
+                    &p.key("per_tenant_max_in_flight"),
+                    format!("{n} is larger than max_in_flight {max}"),
+                );
+            }
+        }
+    }
+    if let Some(a) = &ls.adaptive {
+        let ap = p.key("adaptive");
+        r.at_least_1(&ap.key("min"), a.min.into());
+        if a.min > a.max {
+            r.value(
+                &ap.key("min"),
+                format!("min {} is larger than max {}", a.min, a.max),
+            );
+        }
+    }
+    if let Some(pr) = &ls.priority {
+        if let Err(m) = syntax::header_name(&pr.header) {
+            r.value(&p.key("priority").key("header"), m);
+        }
+    }
+}

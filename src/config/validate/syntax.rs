@@ -1,0 +1,141 @@
+//! Lexical checks of single values: endpoints, host names, header names, tenant ids.
+//!
+//! Each returns the complete message for the error, quoting the offending text, so callers
+//! only attach a place.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Longest tenant id, in bytes (SPEC §3, `invalid_tenant`).
+const TENANT_MAX: usize = 128;
+
+/// A tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`.
+pub(super) fn tenant_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > TENANT_MAX {
+        return Err(format!(
+            "invalid tenant id {s:?}: it must be 1 to {TENANT_MAX} bytes long (this one is {})",
+            s.len()
+        ));
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:@-".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "invalid tenant id {s:?}: {c:?} is not allowed; use only letters, digits and . _ : @ -"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An HTTP header name (an RFC 9110 token).
+pub(super) fn header_name(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("the header name is empty".into());
+    }
+    match http::HeaderName::from_bytes(s.as_bytes()) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "invalid header name {s:?}: use letters, digits and - (like x-tenant-id)"
+        )),
+    }
+}
+
+/// A limit's `name:`, used as an item name in the RateLimit headers.
+pub(super) fn limit_name(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid limit name {s:?}: use only letters, digits, _ and -"
+        ))
+    }
+}
+
+/// An upstream endpoint: `host:port` with an IPv4 address, a DNS name or `[IPv6]` as host.
+pub(super) fn endpoint(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("invalid endpoint {s:?}: {why}"));
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip, port)) = rest.split_once("]:") else {
+            return bad("expected [IPV6]:PORT, like [::1]:8080");
+        };
+        if ip.parse::<Ipv6Addr>().is_err() {
+            return bad("the part in brackets is not an IPv6 address");
+        }
+        (None, port)
+    } else {
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return bad("expected HOST:PORT, like 127.0.0.1:3000 or app.internal:80");
+        };
+        if host.contains(':') {
+            return bad("an IPv6 address needs brackets, like [::1]:8080");
+        }
+        (Some(host), port)
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad(&format!("port {port:?} is not a number from 1 to 65535")),
+    }
+    match host {
+        Some(h) => host_name(h).or_else(|why| bad(&why)),
+        None => Ok(()),
+    }
+}
+
+/// An IPv4 address or a DNS name (letters, digits, `-` and `_`, labels of 1 to 63 bytes).
+pub(super) fn host_name(h: &str) -> Result<(), String> {
+    if h.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let name = h.strip_suffix('.').unwrap_or(h);
+    if name.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if name.len() > 253 {
+        return Err(format!("host {h:?} is longer than 253 bytes"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("host {h:?} is not a valid IPv4 address"));
+    }
+    for l in &labels {
+        let ok_chars = l
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if l.is_empty() || l.len() > 63 || !ok_chars || l.starts_with('-') || l.ends_with('-') {
+            return Err(format!(
+                "host {h:?} is not a DNS name: each dot-separated label needs 1 to 63 letters, digits, - or _, and no - at either end"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A route's `match.host`: a name, an IP address, or `*.suffix`; never a port.
+pub(super) fn match_host(s: &str) -> Result<(), String> {
+    if let Some(ip) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return match ip.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "invalid host {s:?}: the part in brackets is not an IPv6 address"
+            )),
+        };
+    }
+    if s.contains(':') {
+        return Err(format!(
+            "invalid host {s:?}: a match host has no port (the port of the Host header is ignored when matching)"
+        ));
+    }
+    let name = s.strip_prefix("*.").unwrap_or(s);
+    if name.contains('*') {
+        return Err(format!(
+            "invalid host {s:?}: a wildcard is only allowed as a whole first label, like *.example.com"
+        ));
+    }
+    host_name(name).map_err(|why| format!("invalid host {s:?}: {why}"))
+}

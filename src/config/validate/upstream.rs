@@ -1,0 +1,53 @@
+//! Checks of one `upstreams.NAME` entry.
+
+use super::super::file::Upstream;
+use super::super::locate::KeyPath;
+use super::{syntax, Report};
+
+/// Checks the upstream at `p`: endpoints, health checks, TLS files and outlier ejection.
+pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
+    if up.endpoints.is_empty() {
+        r.value(
+            &p.key("endpoints"),
+            "needs at least one endpoint, like [127.0.0.1:3000]",
+        );
+    }
+    for (i, e) in up.endpoints.iter().enumerate() {
+        if let Err(m) = syntax::endpoint(e) {
+            r.value(&p.key("endpoints").idx(i), m);
+        }
+    }
+    r.positive(&p.key("connect_timeout"), up.connect_timeout.0);
+    r.positive(&p.key("resolve_every"), up.resolve_every.0);
+    if let Some(hc) = &up.health_check {
+        let hp = p.key("health_check");
+        if !hc.path.starts_with('/') {
+            r.value(
+                &hp.key("path"),
+                format!("path {:?} must start with /", hc.path),
+            );
+        }
+        r.positive(&hp.key("interval"), hc.interval.0);
+        r.positive(&hp.key("timeout"), hc.timeout.0);
+        r.at_least_1(&hp.key("healthy_after"), hc.healthy_after.into());
+        r.at_least_1(&hp.key("unhealthy_after"), hc.unhealthy_after.into());
+    }
+    if let Some(tls) = &up.tls {
+        let tp = p.key("tls");
+        if let Some(name) = &tls.server_name {
+            if let Err(m) = syntax::host_name(name) {
+                r.value(&tp.key("server_name"), m);
+            }
+        }
+        if let Some(ca) = &tls.ca {
+            r.readable(&tp.key("ca"), ca, "ca bundle");
+        }
+    }
+    if let Some(o) = &up.outlier {
+        r.at_least_1(
+            &p.key("outlier").key("consecutive_failures"),
+            o.consecutive_failures.into(),
+        );
+        r.positive(&p.key("outlier").key("eject_for"), o.eject_for.0);
+    }
+}
