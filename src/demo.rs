@@ -39,41 +39,49 @@ pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
 }
 
 async fn guide(r: &crate::Rampart) -> String {
-    let inbound = r
-        .listener_addr("inbound")
-        .await
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let outbound = r
-        .listener_addr("outbound")
-        .await
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let admin = r.admin_addr();
-    format!(
-        r#"
-rampart demo is running: sample service on 127.0.0.1:3000 and :3001, behind rampart.
+    let inbound = r.listener_addr("inbound").await;
+    let outbound = r.listener_addr("outbound").await;
+    let mut out = format!(
+        "\nrampart demo is running: the sample service on 127.0.0.1:3000 and :3001, behind rampart\n\
+         (inbound {}, outbound {}, admin {}).\n\n",
+        inbound.map(|a| a.to_string()).unwrap_or_default(),
+        outbound.map(|a| a.to_string()).unwrap_or_default(),
+        r.admin_addr()
+    );
+    out.push_str(&curl_guide(DEMO_YAML));
+    out.push_str("\nCtrl-C to stop.\n");
+    out
+}
 
-  plain request (tenant from x-tenant-id, else "anonymous"):
-    curl -i http://{inbound}/
-  rate limit: tenant "trial" has a burst of 5; the 6th request answers 429 with retry-after
-    for i in $(seq 1 7); do curl -s -o /dev/null -w '%{{http_code}}\n' -H 'x-tenant-id: trial' http://{inbound}/; done
-  timeout: the upstream takes 3s, the policy allows 1s, rampart answers 504
-    curl -i http://{inbound}/slow?ms=3000
-  retries: a flaky upstream that fails 50% of the time still answers 200 most of the time
-    for i in $(seq 1 10); do curl -s -o /dev/null -w '%{{http_code}}\n' http://{inbound}/flaky?fail=50; done
-  circuit breaker: failures open the circuit; then rampart answers 503 circuit_open at once
-    for i in $(seq 1 8); do curl -s -o /dev/null -w '%{{http_code}}\n' http://{inbound}/fragile/status/500; done
-  load shedding: only 2 requests at once on /shed; the rest answer 503 shed
-    for i in $(seq 1 6); do curl -s -o /dev/null -w '%{{http_code}}\n' http://{inbound}/shed/slow?ms=1000 & done; wait
-  outbound (as an app with HTTP_PROXY=http://{outbound}):
-    curl -i -x http://{outbound} http://sample.local/
-  metrics, state, config, reload:
-    curl -s http://{admin}/metrics | grep ^rampart_
-    curl -s http://{admin}/state
-    curl -s -X POST http://{admin}/reload
+/// The "What to curl" block of the demo policy's header comment: one source for the file and
+/// for what the demo prints.
+fn curl_guide(yaml: &str) -> String {
+    yaml.lines()
+        .skip_while(|l| !l.starts_with("# What to curl"))
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
-Ctrl-C to stop.
-"#
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guide_lists_a_curl_for_each_policy() {
+        let g = curl_guide(DEMO_YAML);
+        for what in [
+            "rate limit",
+            "retries",
+            "circuit breaker",
+            "timeout",
+            "load shedding",
+            "outbound",
+        ] {
+            assert!(g.contains(what), "the demo guide must show {what}:\n{g}");
+        }
+        assert!(g.matches("curl").count() >= 8, "{g}");
+    }
 }
