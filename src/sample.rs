@@ -140,6 +140,26 @@ impl Drop for Sample {
     }
 }
 
+// === impl State ===
+
+impl State {
+    fn count(&self, path: &str) {
+        self.total.fetch_add(1, Ordering::SeqCst);
+        self.by_path
+            .entry(path.to_owned())
+            .or_insert_with(|| AtomicU64::new(0))
+            .fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts a `/fail-first` hit for `key`; returns how many came before it.
+    fn fail_first_hit(&self, key: String) -> u64 {
+        self.fail_first
+            .entry(key)
+            .or_insert_with(|| AtomicU64::new(0))
+            .fetch_add(1, Ordering::SeqCst)
+    }
+}
+
 /// Serves the sample on `addr` until Ctrl-C or SIGTERM; used by `rampart sample --listen`.
 pub async fn serve_forever(addr: SocketAddr) -> std::io::Result<()> {
     let sample = Sample::start(addr).await?;
@@ -202,12 +222,7 @@ async fn handle(
 ) -> Result<Response<SampleBody>, Aborted> {
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri().query());
-    state.total.fetch_add(1, Ordering::SeqCst);
-    state
-        .by_path
-        .entry(path.clone())
-        .or_insert_with(|| AtomicU64::new(0))
-        .fetch_add(1, Ordering::SeqCst);
+    state.count(&path);
 
     let num = |key: &str| query.get(key).and_then(|v| v.parse::<u64>().ok());
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -229,12 +244,7 @@ async fn handle(
         ["fail-first", n] => {
             let n = n.parse::<u64>().unwrap_or(0);
             let key = query.get("key").cloned().unwrap_or_else(|| path.clone());
-            let seen = state
-                .fail_first
-                .entry(key)
-                .or_insert_with(|| AtomicU64::new(0))
-                .fetch_add(1, Ordering::SeqCst);
-            if seen < n {
+            if state.fail_first_hit(key) < n {
                 text(StatusCode::SERVICE_UNAVAILABLE, "failing first\n")
             } else {
                 text(StatusCode::OK, "ok\n")

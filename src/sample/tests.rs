@@ -166,10 +166,40 @@ async fn serves_h2c_with_prior_knowledge() {
 }
 
 #[tokio::test]
-async fn stop_closes_the_listener() {
+async fn flaky_and_slow() {
+    let sample = start().await;
+    assert_eq!(get(&sample, "/flaky?fail=100").await.0, 503);
+    assert_eq!(get(&sample, "/flaky?fail=0").await.0, 200);
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = get(&sample, "/slow?ms=60").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok\n");
+    assert!(started.elapsed() >= Duration::from_millis(60));
+}
+
+#[tokio::test]
+async fn stop_closes_the_listener_and_open_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let sample = start().await;
     let addr = sample.addr();
+    let mut open = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect must succeed");
+    open.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write must succeed");
+    let mut buf = vec![0u8; 4096];
+    let n = open.read(&mut buf).await.expect("an answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "keep-alive answer first"
+    );
     sample.stop();
+    let closed = tokio::time::timeout(Duration::from_secs(5), open.read(&mut buf))
+        .await
+        .expect("the open connection must be closed within 5 s");
+    assert!(matches!(closed, Ok(0) | Err(_)), "EOF or reset, not data");
     let mut refused = false;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_err() {

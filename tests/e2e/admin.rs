@@ -102,6 +102,41 @@ async fn post_reload_succeeds_and_is_counted() {
 }
 
 #[tokio::test]
+async fn post_reload_of_an_invalid_file_is_400_with_the_errors() {
+    let app = sample().await;
+    let mut proxy = proxy(app.addr()).await;
+    let admin = proxy.admin();
+    let old_sha = sha256_of(proxy.config_path());
+    // `bogus` sits at line 3, column 1 of the rewritten file.
+    proxy.rewrite_config(&TEMPLATE.replace("version: 1\n", "version: 1\nbogus: 1\n"));
+
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    let where_ = format!("{}:3:1: ", proxy.config_path().display());
+    assert!(rsp.text().contains(&where_), "{where_} in {}", rsp.text());
+    assert!(rsp.text().contains("bogus"), "{}", rsp.text());
+
+    let cfg = http::get(admin, "/config", &[]).await.json();
+    assert_eq!(
+        cfg["sha256"],
+        old_sha.as_str(),
+        "the old config stays in force"
+    );
+    let failures = metric_value(
+        &metrics(admin).await,
+        "rampart_config_reloads_total",
+        &[("result", "failure")],
+    );
+    assert_eq!(failures, Some(1.0));
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn metrics_carry_the_contract_and_pass_promtool() {
     let app = sample().await;
     let proxy = proxy(app.addr()).await;

@@ -161,3 +161,26 @@ async fn validate_never_binds() {
     let out = rampart(&["validate", "--config", &path]).await;
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 }
+
+#[tokio::test]
+async fn run_logs_one_json_object_per_line() {
+    let app = crate::support::sample().await;
+    let template = GOOD.replace("127.0.0.1:3000", "$APP");
+    let mut proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", proxy.log());
+    let log = proxy.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "rampart must log at info");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+        assert!(v.get("level").is_some(), "a level in {line:?}");
+    }
+}

@@ -1,6 +1,10 @@
 //! End-to-end tests: the `rampart` binary in front of the sample service, over real sockets.
 //!
 //! One test binary (link time is the cost of each extra one); one module per area of SPEC.md.
+//! Run with `cargo test --test e2e`. Knobs: `RAMPART_TEST_PATIENCE_MS` (how long
+//! `assert_eventually!` waits, default 5000) and `RAMPART_BIN` (test another build of the
+//! binary, e.g. `target/release/rampart`). `promtool` (Debian package `prometheus`) must be on
+//! PATH for the metrics test. A failing test prints the proxy's log.
 
 #[macro_use]
 mod support;

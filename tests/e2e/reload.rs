@@ -217,3 +217,32 @@ async fn reload_binds_added_listeners_and_closes_removed_ones() {
         200
     );
 }
+
+#[tokio::test]
+async fn watch_follows_configmap_symlink_swaps() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&with_prefix("/ok"))
+        .var("APP", app.addr())
+        .arg("--watch")
+        .configmap()
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    http::get(addr, "/status/201", &[])
+        .await
+        .assert_rampart(404, "no_route");
+
+    // A ConfigMap update: only the `..data` symlink changes; no signal is sent.
+    let text = proxy.swap_configmap(&with_prefix("/status"));
+    assert_eventually!(
+        http::get(addr, "/status/201", &[]).await.status == 201,
+        "--watch must follow a ConfigMap symlink swap"
+    );
+    assert_eq!(config_sha(proxy.admin()).await, sha(&text));
+    let text = proxy.swap_configmap(&with_prefix("/ok"));
+    assert_eventually!(
+        config_sha(proxy.admin()).await == sha(&text),
+        "--watch must see every swap"
+    );
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+}

@@ -24,6 +24,7 @@ pub struct ProxyBuilder {
     template: String,
     vars: Vec<(String, String)>,
     args: Vec<String>,
+    configmap: bool,
 }
 
 /// A running `rampart run` child. Killed (by PID) on drop.
@@ -37,6 +38,8 @@ pub struct Proxy {
     admin: SocketAddr,
     listeners: BTreeMap<String, SocketAddr>,
     vars: Vec<(String, String)>,
+    /// Generation of the ConfigMap-style layout, if the file is mounted that way.
+    configmap: Option<u32>,
 }
 
 /// A policy file rendered into a temp dir, with the addresses its placeholders got.
@@ -72,6 +75,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Lays the policy file out as a Kubernetes ConfigMap volume does: `rampart.yaml` is a
+    /// symlink to `..data/rampart.yaml`, and `..data` a symlink to a versioned directory that
+    /// [`Proxy::swap_configmap`] replaces atomically.
+    pub fn configmap(mut self) -> Self {
+        self.configmap = true;
+        self
+    }
+
     /// Renders the template into a temp file without starting anything.
     pub fn render(&self) -> Rendered {
         let admin = free_addr();
@@ -95,10 +106,16 @@ impl ProxyBuilder {
         let Rendered {
             dir,
             path,
+            text,
             admin,
             listeners,
-            ..
         } = self.render();
+        let configmap = self.configmap.then(|| {
+            std::fs::remove_file(&path).expect("the plain file must be removable");
+            configmap_write(dir.path(), 1, &text);
+            std::os::unix::fs::symlink("..data/rampart.yaml", &path).expect("symlink");
+            1
+        });
         let log_path = dir.path().join("rampart.log");
         let log = File::create(&log_path).expect("the log file must be creatable");
         let child = Command::new(bin())
@@ -123,6 +140,7 @@ impl ProxyBuilder {
             admin,
             listeners,
             vars: self.vars,
+            configmap,
         };
         proxy.wait_ready().await;
         proxy
@@ -138,6 +156,7 @@ impl Proxy {
             template: template.to_owned(),
             vars: Vec::new(),
             args: Vec::new(),
+            configmap: false,
         }
     }
 
@@ -182,6 +201,17 @@ impl Proxy {
         let tmp = self.dir.path().join("rampart.yaml.new");
         std::fs::write(&tmp, &text).expect("the policy file must be writable");
         std::fs::rename(&tmp, &self.config_path).expect("the policy file must be replaceable");
+        text
+    }
+
+    /// Replaces the policy as the kubelet updates a ConfigMap volume: a new versioned
+    /// directory, then one atomic rename of the `..data` symlink. The file's own inode never
+    /// changes, so only a watcher that follows the symlinks sees it. Returns the text.
+    pub fn swap_configmap(&mut self, template: &str) -> String {
+        let generation = self.configmap.expect("spawned with .configmap()") + 1;
+        self.configmap = Some(generation);
+        let text = render(template, &self.vars, self.admin, &mut self.listeners);
+        configmap_write(self.dir.path(), generation, &text);
         text
     }
 
@@ -256,6 +286,16 @@ impl Drop for Proxy {
             );
         }
     }
+}
+
+/// Writes `..vN/rampart.yaml` and points `..data` at `..vN` with one rename.
+fn configmap_write(dir: &Path, generation: u32, text: &str) {
+    let version = format!("..v{generation}");
+    std::fs::create_dir(dir.join(&version)).expect("the version dir must be creatable");
+    std::fs::write(dir.join(&version).join("rampart.yaml"), text).expect("write");
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&version, &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("the ..data swap must work");
 }
 
 fn render(
