@@ -78,6 +78,7 @@ descendants() {
 cleanup() {
     local rc=$? pid all=() left=()
     trap - EXIT INT TERM
+    [[ -n ${wrk_pid:-} ]] && kill -TERM "$wrk_pid" 2>/dev/null
     for pid in "${pids[@]}"; do
         all+=("$pid")
         mapfile -t -O "${#all[@]}" all < <(descendants "$pid")
@@ -103,9 +104,9 @@ cleanup() {
     else
         log "cleanup: ${#all[@]} processes stopped"
     fi
-    if [[ $rc -ne 0 && -d $work ]]; then
-        log "logs of the failed run:"
-        tail -n 5 "$work"/*.log >&2 2>/dev/null || true
+    if [[ $rc -ne 0 ]] && compgen -G "$work/*.log" >/dev/null; then
+        log "logs of the failed run (last lines):"
+        tail -n 5 "$work"/*.log >&2 || true
     fi
     rm -rf "$work"
     exit "$rc"
@@ -209,10 +210,20 @@ to_ms() {
         printf "%.3f", n * f }'
 }
 
+# run_wrk ARGS... : wrk in the background and `wait`, so a signal to this script stops the
+# run at once (bash runs traps only between foreground commands) and cleanup kills wrk too.
+wrk_pid=
+run_wrk() {
+    wrk -t "$THREADS" -c "$CONNS" "$@" &
+    wrk_pid=$!
+    wait "$wrk_pid"
+    wrk_pid=
+}
+
 # measure TARGET ROUND : one wrk run; appends "target round rps p50 p99 errors" to results.
 measure() {
     local t=$1 r=$2 f="$work/wrk-$1-$2.txt" rps p50 p99 errs
-    wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" --latency "http://127.0.0.1:${port[$t]}/" >"$f"
+    run_wrk -d "$DURATION" --latency "http://127.0.0.1:${port[$t]}/" >"$f"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
@@ -228,7 +239,7 @@ measure() {
 
 log "warm-up: $WARMUP per target"
 for t in "${targets[@]}"; do
-    wrk -t "$THREADS" -c "$CONNS" -d "$WARMUP" "http://127.0.0.1:${port[$t]}/" >/dev/null
+    run_wrk -d "$WARMUP" "http://127.0.0.1:${port[$t]}/" >/dev/null
 done
 
 log "measuring: $ROUNDS rounds x ${#targets[@]} targets x $DURATION ($CONNS connections, $THREADS wrk threads)"
