@@ -33,8 +33,8 @@ RUN if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
      && rm -rf /var/lib/apt/lists/*; \
     fi \
- && groupadd --system --gid 65532 rampart \
- && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
+ && groupadd --gid 65532 rampart \
+ && useradd --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin rampart
 
 COPY --from=prebuilt /rampart /usr/local/bin/rampart
