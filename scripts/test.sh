@@ -2,7 +2,8 @@
 # The test command of the README; CI runs exactly this (through .ci/run).
 #
 # 1. Installs the system tools the tests call when they are missing (Debian/Ubuntu apt):
-#    promtool (package prometheus) checks the /metrics output, curl drives the CLI tests.
+#    promtool (package prometheus) checks the /metrics output, curl drives the CLI tests, and
+#    a C linker (cc), which rustc needs to link and a bare Debian lacks.
 # 2. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
 #    benches once (as tests: no heavy measurement runs).
 set -euo pipefail
@@ -10,11 +11,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- system packages -------------------------------------------------------------------
-# command -> Debian package that provides it
-declare -A want=( [promtool]=prometheus [curl]=curl )
+# command -> Debian packages that provide it
+declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" )
 missing=()
-for cmd in "${!want[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+for cmd in promtool curl cc; do
+    # shellcheck disable=SC2206 # word splitting of the package list is wanted
+    command -v "$cmd" >/dev/null 2>&1 || missing+=(${want[$cmd]})
 done
 
 if ((${#missing[@]} > 0)); then
