@@ -287,7 +287,8 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 {
-    echo "## Load benchmark: plain proxying of \`GET /\` (200 \"ok\\n\")"
+    # shellcheck disable=SC2016 # the backquotes are markdown
+    printf '## Load benchmark: plain proxying of `GET /` (200 "ok\\n")\n'
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); wrk $THREADS thread(s), $CONNS connections,"
     echo "$ROUNDS rounds x $DURATION per target, interleaved; medians over rounds."
