@@ -7,6 +7,8 @@
 #   WARMUP=3s                                  wrk run per target before measuring
 #   BASE_PORT=18700                            ports BASE_PORT..BASE_PORT+4 on 127.0.0.1
 #   RAMPART_BIN=path                           use this binary, skip `cargo build --release`
+#   UPSTREAM_WORKERS=N                         worker threads of the sample upstream (default:
+#                                              rampart's default, one per core)
 #   BENCH_STANDIN=1                            upstream = an nginx `return 200`, no rampart
 #                                              target (checks the harness itself only)
 set -euo pipefail
@@ -162,7 +164,7 @@ else
         rampart=$RAMPART_BIN
     else
         log "cargo build --release"
-        (cd "$repo" && cargo build --release --quiet) || die "cargo build --release failed"
+        (cd "$repo" && cargo build --release) || die "cargo build --release failed"
         rampart="${CARGO_TARGET_DIR:-$repo/target}/release/rampart"
         [[ $rampart == /* ]] || rampart="$repo/$rampart"
     fi
@@ -171,7 +173,8 @@ else
     [[ $sample_help == *--listen* ]] ||
         die "this rampart build has no working 'sample --listen ADDR' subcommand (the built-in" \
             "upstream the benchmark proxies to). BENCH_STANDIN=1 checks the harness without rampart."
-    start upstream "$rampart" sample --listen "$upstream"
+    start upstream env ${UPSTREAM_WORKERS:+RAMPART_WORKERS=$UPSTREAM_WORKERS} \
+        "$rampart" sample --listen "$upstream"
 fi
 wait_http upstream "http://$upstream/"
 
