@@ -4,7 +4,8 @@
 # 1. Installs the system tools the tests call when they are missing (Debian/Ubuntu apt):
 #    promtool (package prometheus) checks the /metrics output, curl drives the CLI tests, and
 #    a C linker (cc), which rustc needs to link and a bare Debian lacks.
-# 2. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
+# 2. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
+# 3. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
 #    benches once (as tests: no heavy measurement runs).
 set -euo pipefail
 
@@ -34,6 +35,11 @@ if ((${#missing[@]} > 0)); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# --- shipped alert rules ----------------------------------------------------------------
+# Cheap, and they name the metrics of SPEC §5: a renamed metric breaks the alert unit tests.
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
 
 # --- tests -------------------------------------------------------------------------------
 # Doc tests are not part of --all-targets, so they get their own (cheap) run first.
