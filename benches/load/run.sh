@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# Load benchmark: rampart as a plain proxy next to nginx and HAProxy, all in front of the same
+# upstream, measured with wrk in interleaved rounds. See benches/load/README.md.
+#
+# Settings (environment):
+#   ROUNDS=3 DURATION=10s CONNS=32 THREADS=1   wrk rounds and shape, per target and round
+#   WARMUP=3s                                  wrk run per target before measuring
+#   BASE_PORT=18700                            ports BASE_PORT..BASE_PORT+4 on 127.0.0.1
+#   RAMPART_BIN=path                           use this binary, skip `cargo build --release`
+#   UPSTREAM_WORKERS=N                         worker threads of the sample upstream (default:
+#                                              rampart's default, one per core)
+#   BENCH_STANDIN=1                            upstream = an nginx `return 200`, no rampart
+#                                              target (checks the harness itself only)
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-1}
+WARMUP=${WARMUP:-3s}
+BASE_PORT=${BASE_PORT:-18700}
+BENCH_STANDIN=${BENCH_STANDIN:-0}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out_md="$repo/target/load-bench.md"
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
+
+# --- system packages -------------------------------------------------------------------------
+install_missing() {
+    local -a missing=()
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+        missing+=(nginx-light)
+    fi
+    ((${#missing[@]} == 0)) && return 0
+    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get; install them"
+    local -a sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "need root or sudo to install ${missing[*]}"
+        sudo=(sudo)
+    fi
+    log "installing missing packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -q
+    # nginx-light is gone from newer releases; fall back to plain nginx.
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        missing=("${missing[@]/nginx-light/nginx}")
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+install_missing
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- processes: started once, killed by PID on exit -----------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/rampart-load.XXXXXX")
+declare -a pids=()      # every process we started
+declare -A pid_of=()    # target name -> PID of its main process
+
+# All descendants of a PID (nginx workers), read from /proc so procps is not needed.
+descendants() {
+    local parent=$1 stat pid ppid rest
+    for stat in /proc/[0-9]*/stat; do
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        pid=${rest%% *}
+        rest=${rest##*) }                 # drop "pid (comm) ", comm may hold spaces
+        ppid=$(cut -d' ' -f2 <<<"$rest")
+        if [[ $ppid == "$parent" ]]; then
+            echo "$pid"
+            descendants "$pid"
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$? pid all=() left=()
+    trap - EXIT INT TERM
+    [[ -n ${wrk_pid:-} ]] && kill -TERM "$wrk_pid" 2>/dev/null
+    for pid in "${pids[@]}"; do
+        all+=("$pid")
+        mapfile -t -O "${#all[@]}" all < <(descendants "$pid")
+    done
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        left=()
+        for pid in "${all[@]}"; do [[ -d /proc/$pid ]] && left+=("$pid"); done
+        ((${#left[@]} == 0)) && break
+        sleep 0.1
+    done
+    for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    left=()
+    for pid in "${all[@]}"; do
+        # A reaped PID may already be reused by another program: compare the start time too
+        # would be exact; the window is tiny, so report and move on.
+        [[ -d /proc/$pid ]] && left+=("$pid")
+    done
+    if ((${#left[@]} > 0)); then
+        log "warning: processes still alive after cleanup: ${left[*]}"
+        rc=1
+    else
+        log "cleanup: ${#all[@]} processes stopped"
+    fi
+    if [[ $rc -ne 0 ]] && compgen -G "$work/*.log" >/dev/null; then
+        log "logs of the failed run (last lines):"
+        tail -n 5 "$work"/*.log >&2 || true
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME CMD... : runs CMD in the background, output to $work/NAME.log.
+start() {
+    local name=$1
+    shift
+    "$@" >"$work/$name.log" 2>&1 &
+    pids+=("$!")
+    pid_of[$name]=$!
+}
+
+# wait_http NAME URL : until URL answers 200, or fail with the process's log.
+wait_http() {
+    local name=$1 url=$2
+    for _ in $(seq 100); do
+        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        [[ -d /proc/${pid_of[$name]} ]] || die "$name exited: $(tail -n 5 "$work/$name.log")"
+        sleep 0.1
+    done
+    die "$name did not answer 200 on $url within 10s: $(tail -n 5 "$work/$name.log")"
+}
+
+render() { # render TEMPLATE OUT LISTEN [ADMIN]
+    sed -e "s|@DIR@|$work|g" -e "s|@UPSTREAM@|$upstream|g" \
+        -e "s|@LISTEN@|$3|g" -e "s|@ADMIN@|${4:-}|g" "$1" >"$2"
+}
+
+p_up=$BASE_PORT p_rampart=$((BASE_PORT + 1)) p_admin=$((BASE_PORT + 2))
+p_nginx=$((BASE_PORT + 3)) p_haproxy=$((BASE_PORT + 4))
+for p in "$p_up" "$p_rampart" "$p_admin" "$p_nginx" "$p_haproxy"; do
+    port_in_use "$p" && die "127.0.0.1:$p is in use; set BASE_PORT to a free range"
+done
+upstream=127.0.0.1:$p_up
+nginx_bin=$(command -v nginx)
+
+# --- the upstream ---------------------------------------------------------------------------
+declare -a targets=(direct)
+declare -A port=([direct]=$p_up)
+if [[ $BENCH_STANDIN == 1 ]]; then
+    log "BENCH_STANDIN=1: nginx stand-in upstream, rampart not measured"
+    render "$here/nginx-standin.conf" "$work/standin.conf" "$upstream"
+    start upstream "$nginx_bin" -p "$work" -e "$work/standin-error.log" -c "$work/standin.conf"
+else
+    if [[ -n ${RAMPART_BIN:-} ]]; then
+        rampart=$RAMPART_BIN
+    else
+        log "cargo build --release"
+        (cd "$repo" && cargo build --release) || die "cargo build --release failed"
+        rampart="${CARGO_TARGET_DIR:-$repo/target}/release/rampart"
+        [[ $rampart == /* ]] || rampart="$repo/$rampart"
+    fi
+    [[ -x $rampart ]] || die "no rampart binary at $rampart"
+    sample_help=$("$rampart" sample --help 2>&1 || true)
+    [[ $sample_help == *--listen* ]] ||
+        die "this rampart build has no working 'sample --listen ADDR' subcommand (the built-in" \
+            "upstream the benchmark proxies to). BENCH_STANDIN=1 checks the harness without rampart."
+    start upstream env ${UPSTREAM_WORKERS:+RAMPART_WORKERS=$UPSTREAM_WORKERS} \
+        "$rampart" sample --listen "$upstream"
+fi
+wait_http upstream "http://$upstream/"
+
+# --- the proxies ----------------------------------------------------------------------------
+if [[ $BENCH_STANDIN != 1 ]]; then
+    render "$here/rampart.yaml" "$work/rampart.yaml" "127.0.0.1:$p_rampart" "127.0.0.1:$p_admin"
+    "$rampart" validate --config "$work/rampart.yaml" >"$work/validate.log" 2>&1 ||
+        die "rampart refused the bench config: $(cat "$work/validate.log")"
+    start rampart env RAMPART_WORKERS=1 RUST_LOG=warn \
+        "$rampart" run --config "$work/rampart.yaml" --log-format text
+    wait_http rampart "http://127.0.0.1:$p_admin/readyz"
+    wait_http rampart "http://127.0.0.1:$p_rampart/"
+    targets+=(rampart)
+    port[rampart]=$p_rampart
+fi
+
+render "$here/nginx.conf" "$work/nginx.conf" "127.0.0.1:$p_nginx"
+start nginx "$nginx_bin" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf"
+wait_http nginx "http://127.0.0.1:$p_nginx/"
+targets+=(nginx)
+port[nginx]=$p_nginx
+
+render "$here/haproxy.cfg" "$work/haproxy.cfg" "127.0.0.1:$p_haproxy"
+start haproxy haproxy -db -f "$work/haproxy.cfg"
+wait_http haproxy "http://127.0.0.1:$p_haproxy/"
+targets+=(haproxy)
+port[haproxy]=$p_haproxy
+
+# --- measuring ------------------------------------------------------------------------------
+# to_ms VALUE : wrk latency ("812.00us", "1.20ms", "2.01s", "1.00m") in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : -1
+        if (f < 0 || v == "") { print "nan"; exit }
+        printf "%.3f", n * f }'
+}
+
+# run_wrk ARGS... : wrk in the background and `wait`, so a signal to this script stops the
+# run at once (bash runs traps only between foreground commands) and cleanup kills wrk too.
+wrk_pid=
+run_wrk() {
+    wrk -t "$THREADS" -c "$CONNS" "$@" &
+    wrk_pid=$!
+    wait "$wrk_pid"
+    wrk_pid=
+}
+
+# measure TARGET ROUND : one wrk run; appends "target round rps p50 p99 errors" to results.
+measure() {
+    local t=$1 r=$2 f="$work/wrk-$1-$2.txt" rps p50 p99 errs
+    run_wrk -d "$DURATION" --latency "http://127.0.0.1:${port[$t]}/" >"$f"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+    # Non-2xx answers and socket errors: a proxy that fails fast must not look fast.
+    errs=$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
+                /Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
+                END {print e + 0}' "$f")
+    [[ -n $rps && $p50 != nan && $p99 != nan ]] || die "cannot parse wrk output: $(cat "$f")"
+    printf '%s %s %s %s %s %s\n' "$t" "$r" "$rps" "$p50" "$p99" "$errs" >>"$work/results"
+    log "$(printf 'round %s %-8s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s' \
+        "$r" "$t" "$rps" "$p50" "$p99" "$errs")"
+}
+
+log "warm-up: $WARMUP per target"
+for t in "${targets[@]}"; do
+    run_wrk -d "$WARMUP" "http://127.0.0.1:${port[$t]}/" >/dev/null
+done
+
+log "measuring: $ROUNDS rounds x ${#targets[@]} targets x $DURATION ($CONNS connections, $THREADS wrk threads)"
+: >"$work/results"
+n=${#targets[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+    # Rotate the order each round so no target always runs first or last.
+    for ((i = 0; i < n; i++)); do
+        measure "${targets[$(((i + r - 1) % n))]}" "$r"
+    done
+done
+
+# Peak RSS (VmHWM) summed over a target's processes (nginx: master + worker), read before
+# anything is stopped. "direct" is the upstream itself, which served every target's load.
+peak_rss_mib() {
+    local main=$1 pid kib total=0
+    for pid in "$main" $(descendants "$main"); do
+        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
+    done
+    awk -v k="$total" 'BEGIN {printf "%.1f", k / 1024}'
+}
+declare -A rss=()
+for t in "${targets[@]}"; do
+    if [[ $t == direct ]]; then rss[$t]=$(peak_rss_mib "${pid_of[upstream]}"); else rss[$t]=$(peak_rss_mib "${pid_of[$t]}"); fi
+done
+
+# median COLUMN TARGET : median over rounds of a results column (3 rps, 4 p50, 5 p99).
+median() {
+    awk -v c="$1" -v t="$2" '$1 == t {print $c}' "$work/results" | sort -g |
+        awk '{v[NR] = $1} END {
+            if (NR == 0) { print "nan"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m }'
+}
+errors_of() { awk -v t="$1" '$1 == t {e += $6} END {print e + 0}' "$work/results"; }
+
+declare -A med_rps=() med_p50=() med_p99=()
+for t in "${targets[@]}"; do
+    med_rps[$t]=$(median 3 "$t")
+    med_p50[$t]=$(median 4 "$t")
+    med_p99[$t]=$(median 5 "$t")
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+{
+    # shellcheck disable=SC2016 # the backquotes are markdown
+    printf '## Load benchmark: plain proxying of `GET /` (200 "ok\\n")\n'
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); wrk $THREADS thread(s), $CONNS connections,"
+    echo "$ROUNDS rounds x $DURATION per target, interleaved; medians over rounds."
+    echo "One worker thread/process per proxy; the same upstream behind all of them."
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | peak RSS MiB | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    for t in "${targets[@]}"; do
+        label=$t
+        [[ $t == direct ]] && label="direct (upstream only)"
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s |\n' "$label" "${med_rps[$t]}" \
+            "${med_p50[$t]}" "${med_p99[$t]}" "${rss[$t]}" "$(errors_of "$t")"
+    done
+    echo
+    if [[ -n ${med_rps[rampart]:-} ]]; then
+        echo "| rampart vs | req/s (>1 better) | p50 (<1 better) | p99 (<1 better) | peak RSS (<1 better) |"
+        echo "| --- | ---: | ---: | ---: | ---: |"
+        for o in nginx haproxy; do
+            printf '| %s | %s | %s | %s | %s |\n' "$o" \
+                "$(ratio "${med_rps[rampart]}" "${med_rps[$o]}")" \
+                "$(ratio "${med_p50[rampart]}" "${med_p50[$o]}")" \
+                "$(ratio "${med_p99[rampart]}" "${med_p99[$o]}")" \
+                "$(ratio "${rss[rampart]}" "${rss[$o]}")"
+        done
+    else
+        echo "(rampart not measured: BENCH_STANDIN=1)"
+    fi
+} >"$work/table.md"
+
+mkdir -p "$(dirname "$out_md")"
+cp "$work/table.md" "$out_md"
+cat "$work/table.md"
+echo
+log "table written to $out_md"

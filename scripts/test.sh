@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The test command of the README; CI runs exactly this (through .ci/run).
+#
+# 1. Installs the system tools the tests call when they are missing (Debian/Ubuntu apt):
+#    promtool (package prometheus) checks the /metrics output, curl drives the CLI tests, and
+#    a C linker (cc), which rustc needs to link and a bare Debian lacks.
+# 2. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
+# 3. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
+#    benches once (as tests: no heavy measurement runs).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# --- system packages -------------------------------------------------------------------
+# command -> Debian packages that provide it
+declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" )
+missing=()
+for cmd in promtool curl cc; do
+    # shellcheck disable=SC2206 # word splitting of the package list is wanted
+    command -v "$cmd" >/dev/null 2>&1 || missing+=(${want[$cmd]})
+done
+
+if ((${#missing[@]} > 0)); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: missing ${missing[*]} and no apt-get here; install them and re-run" >&2
+        exit 1
+    fi
+    sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "test.sh: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+        sudo=(sudo)
+    fi
+    echo "test.sh: installing missing packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- shipped alert rules ----------------------------------------------------------------
+# Cheap, and they name the metrics of SPEC §5: a renamed metric breaks the alert unit tests.
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+
+# --- tests -------------------------------------------------------------------------------
+# Doc tests are not part of --all-targets, so they get their own (cheap) run first.
+# --all-targets: lib unit tests, bin tests, tests/e2e, and the benches built and run once in
+# test mode (criterion runs each bench a single time, no measurement). It goes last so the
+# script ends with cargo's own summary of the main suites.
+cargo test --doc
+cargo test --all-targets
