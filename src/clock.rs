@@ -34,7 +34,9 @@ pub type SharedClock = Arc<dyn Clock>;
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        MonotonicClock { origin: tokio::time::Instant::now() }
+        MonotonicClock {
+            origin: tokio::time::Instant::now(),
+        }
     }
 }
 
@@ -56,7 +58,9 @@ impl Clock for MonotonicClock {
 impl ManualClock {
     /// A clock at one second past its origin.
     pub fn new() -> Self {
-        ManualClock { nanos: Arc::new(AtomicU64::new(1_000_000_000)) }
+        ManualClock {
+            nanos: Arc::new(AtomicU64::new(1_000_000_000)),
+        }
     }
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {

@@ -75,7 +75,12 @@ impl Config {
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         let file = validate::parse(text, origin)?;
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
-        Ok(Config { file, sha256, path: None, loaded_at: SystemTime::now() })
+        Ok(Config {
+            file,
+            sha256,
+            path: None,
+            loaded_at: SystemTime::now(),
+        })
     }
 
     /// A one-line summary for `rampart validate`.

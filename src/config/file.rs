@@ -534,7 +534,10 @@ fn default_max_connections() -> u32 {
     10_000
 }
 fn default_tenant_sources() -> Vec<TenantSource> {
-    vec![TenantSource { header: Some("x-tenant-id".into()), query: None }]
+    vec![TenantSource {
+        header: Some("x-tenant-id".into()),
+        query: None,
+    }]
 }
 fn default_fallback() -> String {
     "anonymous".into()
@@ -620,7 +623,9 @@ fn default_queue_timeout() -> Dur {
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { listen: default_admin_listen() }
+        Admin {
+            listen: default_admin_listen(),
+        }
     }
 }
 impl Default for Runtime {
@@ -645,7 +650,10 @@ impl Default for Tenants {
 }
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { base: default_backoff_base(), max: default_backoff_max() }
+        Backoff {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
     }
 }
 impl Default for Budget {
@@ -717,13 +725,19 @@ impl<'de> Deserialize<'de> for PerTry {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PerTry, E> {
                 if v == "auto" {
-                    return Ok(PerTry::Auto { min: PER_TRY_AUTO_MIN, max: PER_TRY_AUTO_MAX });
+                    return Ok(PerTry::Auto {
+                        min: PER_TRY_AUTO_MIN,
+                        max: PER_TRY_AUTO_MAX,
+                    });
                 }
                 v.parse::<Dur>().map(PerTry::Fixed).map_err(E::custom)
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PerTry, A::Error> {
                 let m = AutoMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(PerTry::Auto { min: m.auto.min, max: m.auto.max })
+                Ok(PerTry::Auto {
+                    min: m.auto.min,
+                    max: m.auto.max,
+                })
             }
         }
         d.deserialize_any(V)
@@ -776,11 +790,15 @@ impl<'de> Deserialize<'de> for RetryOn {
                 if (100..=599).contains(&v) {
                     Ok(RetryOn::Status(v as u16))
                 } else {
-                    Err(E::custom(format!("invalid status code {v}: expected 100 to 599")))
+                    Err(E::custom(format!(
+                        "invalid status code {v}: expected 100 to 599"
+                    )))
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOn, E> {
-                Err(E::custom(format!("invalid status code {v}: expected 100 to 599")))
+                Err(E::custom(format!(
+                    "invalid status code {v}: expected 100 to 599"
+                )))
             }
         }
         d.deserialize_any(V)

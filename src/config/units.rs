@@ -154,7 +154,11 @@ impl fmt::Display for Rate {
 impl FromStr for Ratio {
     type Err = UnitError;
     fn from_str(s: &str) -> Result<Self, UnitError> {
-        let bad = || UnitError(format!("invalid ratio {s:?}: expected a percentage from 0% to 100%, like 50%"));
+        let bad = || {
+            UnitError(format!(
+                "invalid ratio {s:?}: expected a percentage from 0% to 100%, like 50%"
+            ))
+        };
         let num = s.trim().strip_suffix('%').ok_or_else(bad)?;
         let n: f64 = num.trim().parse().map_err(|_| bad())?;
         if !(0.0..=100.0).contains(&n) {
@@ -307,9 +311,18 @@ mod tests {
         let r: Rate = "100/s".parse().unwrap();
         assert_eq!((r.count, r.per), (100, Duration::from_secs(1)));
         assert_eq!(r.interval(), Duration::from_millis(10));
-        assert_eq!("6000/min".parse::<Rate>().unwrap().per, Duration::from_secs(60));
-        assert_eq!("50000/h".parse::<Rate>().unwrap().per, Duration::from_secs(3600));
-        assert_eq!("1000000/d".parse::<Rate>().unwrap().per, Duration::from_secs(86400));
+        assert_eq!(
+            "6000/min".parse::<Rate>().unwrap().per,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            "50000/h".parse::<Rate>().unwrap().per,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            "1000000/d".parse::<Rate>().unwrap().per,
+            Duration::from_secs(86400)
+        );
         for bad in ["100", "100/x", "/s", "0/s", "-5/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} must be refused");
         }

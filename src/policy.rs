@@ -1,0 +1,7 @@
+//! The resilience policies applied to each request, one module per concern.
+//!
+//! Each policy keeps its deciding state apart from the request path (STYLE (b)): the state
+//! machine takes time from an injected clock, so unit tests step time exactly and benches time
+//! only the decision.
+
+pub mod rate_limit;
