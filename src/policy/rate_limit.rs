@@ -41,6 +41,14 @@ pub use self::table::TrackedTenants;
 /// Windows of an hour or more are named `quota` in the headers, shorter ones `burst`.
 const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
 
+/// Evicted buckets are remembered in the sketch once they use half of their capacity or more.
+///
+/// Remembering lightly used buckets too would let a flood of one-request tenants raise every
+/// sketch cell one token at a time (a newcomer inherits a cell's debt, adds its own, and is
+/// evicted again), until innocent newcomers are refused. Above this line the cells only hold
+/// debts of heavy users; a tenant evicted below it comes back with at most half a bucket extra.
+const RECORD_AT: u64 = (u32::MAX / 2) as u64;
+
 /// Items rendered without allocation; more limits than this spill to a `Vec`.
 const INLINE_ITEMS: usize = 4;
 
@@ -188,6 +196,11 @@ impl RateLimiter {
         self.inner.table.len()
     }
 
+    #[cfg(test)]
+    fn holds(&self, tenant: &str) -> bool {
+        self.inner.table.get(tenant).is_some()
+    }
+
     /// Bytes of fixed-size sketch cells held by this limiter.
     pub fn sketch_bytes(&self) -> usize {
         let sets = std::iter::once(&self.inner.default).chain(&self.inner.override_sets);
@@ -233,7 +246,7 @@ impl Inner {
             // Only when every entry of every table is being inserted at this very moment:
             // decide on the remembered state and remember the outcome, without an entry.
             let decision = self.decide(set, entry.cells(), now);
-            set.record(&entry, hash);
+            set.record(&entry, hash, now, 0);
             return decision;
         }
         let (entry, inserted) = self.table.insert(tenant, entry);
@@ -351,7 +364,7 @@ impl Inner {
         let mut kept = 0;
         let moved = self.table.remove_where(|tenant, entry| {
             let old_set = self.set(entry.set());
-            old_set.record(entry, self.hasher.hash_one(tenant));
+            old_set.record(entry, self.hasher.hash_one(tenant), now, 0);
             let index = new.set_index(tenant);
             let new_set = new.set(index as usize);
             let plan = gcra::plan(&old_set.limits, &new_set.limits);
@@ -397,7 +410,8 @@ impl Sweep for Inner {
                     return false;
                 }
                 left -= 1;
-                self.set(e.set()).record(e, self.hasher.hash_one(tenant));
+                self.set(e.set())
+                    .record(e, self.hasher.hash_one(tenant), now, RECORD_AT);
                 true
             });
         }
@@ -431,10 +445,15 @@ impl Set {
         }
     }
 
-    /// Folds `entry`'s TATs into the sketches before it is dropped.
-    fn record(&self, entry: &Entry, hash: u64) {
-        for (sketch, cell) in self.sketches.iter().zip(entry.cells()) {
-            sketch.record(hash, cell.load(Ordering::Acquire));
+    /// Folds `entry`'s TATs into the sketches before it is dropped, those of buckets that use
+    /// at least `min_used` (of `u32::MAX`) of their capacity.
+    fn record(&self, entry: &Entry, hash: u64, now: u64, min_used: u64) {
+        let cells = self.limits.iter().zip(&self.sketches).zip(entry.cells());
+        for ((g, sketch), cell) in cells {
+            let tat = cell.load(Ordering::Acquire);
+            if g.used(tat, now) >= min_used.max(1) {
+                sketch.record(hash, tat);
+            }
         }
     }
 

@@ -19,7 +19,7 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 /// One limit's constants, derived once from the policy file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Gcra {
-    /// Nanoseconds one token takes to refill, rounded up so refill is never faster than set.
+    /// Nanoseconds one token takes to refill.
     t: u64,
     /// Capacity in tokens (the burst, else the rate's count; at least 1).
     cap: u64,
@@ -48,7 +48,9 @@ impl Gcra {
         let count = u128::from(limit.rate.count.max(1));
         let cap = limit.burst.unwrap_or(limit.rate.count).max(1);
         let per = limit.rate.per.as_nanos().max(1);
-        let t = clamp(per.div_ceil(count)).max(1);
+        // Rounded to the nearest nanosecond, so that `3/s` refills 3 tokens in exactly one
+        // second; the refill is off by less than 0.5 ns per token (1e-9 at 1/s).
+        let t = clamp((per + count / 2) / count).max(1);
         let window = (u128::from(cap) * per).div_ceil(count * NANOS_PER_SEC);
         Gcra {
             t,
