@@ -398,25 +398,15 @@ impl Sweep for Inner {
 
     fn sweep(&self, want: usize) -> usize {
         let now = self.clock.now_nanos();
-        // Full buckets carry no information: dropping them is lossless.
-        let mut freed = self.table.remove_where(|_, e| self.is_idle(e, now));
-        if freed < want {
-            // Then the least used buckets, remembered in the sketch.
-            let mut left = want - freed;
-            let threshold = self
-                .table
-                .nth_score(left - 1, |e| self.used(e, now))
-                .unwrap_or(u64::MAX);
-            freed += self.table.remove_where(|tenant, e| {
-                if left == 0 || self.used(e, now) > threshold {
-                    return false;
-                }
-                left -= 1;
+        let freed = self.table.sweep(
+            want,
+            |e| self.is_idle(e, now),
+            |e| self.used(e, now),
+            |tenant, e| {
                 self.set(e.set())
-                    .record(e, self.hasher.hash_one(tenant), now, RECORD_AT);
-                true
-            });
-        }
+                    .record(e, self.hasher.hash_one(tenant), now, RECORD_AT)
+            },
+        );
         self.tracked.release(freed);
         freed
     }
