@@ -194,6 +194,16 @@ fn memory() {
         let l = limiter(&config(limits, false), &tenants);
         let after = LIVE.load(Ordering::Relaxed);
         let (entries, sketch) = (l.tracked(), l.sketch_bytes());
+        let hits = LIVE.load(Ordering::Relaxed);
+        let admitted = tenants
+            .iter()
+            .take(10_000)
+            .filter(|t| l.check(t).is_admitted())
+            .count();
+        let grown = LIVE.load(Ordering::Relaxed) - hits;
+        println!(
+            "memory/hit_path ({label}): {grown} B live after {admitted} decisions of known tenants"
+        );
         let per = (after - before - sketch) as f64 / entries as f64;
         let keys = key_bytes as f64 / entries as f64;
         println!(
