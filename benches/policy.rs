@@ -20,11 +20,13 @@ use rampart::policy::rate_limit::{RateLimiter, TrackedTenants};
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static CALLS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged; only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        CALLS.fetch_add(1, Ordering::Relaxed);
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -194,15 +196,15 @@ fn memory() {
         let l = limiter(&config(limits, false), &tenants);
         let after = LIVE.load(Ordering::Relaxed);
         let (entries, sketch) = (l.tracked(), l.sketch_bytes());
-        let hits = LIVE.load(Ordering::Relaxed);
+        let calls = CALLS.load(Ordering::Relaxed);
         let admitted = tenants
             .iter()
             .take(10_000)
             .filter(|t| l.check(t).is_admitted())
             .count();
-        let grown = LIVE.load(Ordering::Relaxed) - hits;
+        let calls = CALLS.load(Ordering::Relaxed) - calls;
         println!(
-            "memory/hit_path ({label}): {grown} B live after {admitted} decisions of known tenants"
+            "memory/hit_path ({label}): {calls} allocations in {admitted} decisions of known tenants"
         );
         let per = (after - before - sketch) as f64 / entries as f64;
         let keys = key_bytes as f64 / entries as f64;
