@@ -13,6 +13,11 @@
 //!
 //! Hot path of a known tenant: one clock read, one shard read-lock and SipHash of the key, then
 //! one load and one CAS per limit. No allocation unless headers are rendered.
+//!
+//! Memory (measured in `benches/policy.rs`): about 117 bytes per tracked tenant including a
+//! 14-byte id, 8 of them the TAT of each limit; plus a fixed sketch per per-tenant limit (at most
+//! 768 KiB). Entries are capped process-wide by [`TrackedTenants`]; see `table.rs` for eviction
+//! and `sketch.rs` for why an evicted tenant never comes back with a fresh bucket.
 
 mod gcra;
 mod sketch;
