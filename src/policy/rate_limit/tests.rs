@@ -486,3 +486,35 @@ fn gcra_matches_a_token_bucket_model() {
         }
     }
 }
+
+#[test]
+fn racing_refusals_by_the_total_give_tenant_tokens_back() {
+    let mut cfg = per_tenant(vec![limit(1, HOUR, Some(1000))]);
+    cfg.total = Some(Limits(vec![limit(1, HOUR, Some(500))]));
+    cfg.headers = true;
+    let (l, _) = limiter(&cfg);
+    let tenants = ["a", "b", "c", "d"];
+    let counts: Vec<usize> = std::thread::scope(|s| {
+        let workers: Vec<_> = tenants
+            .iter()
+            .map(|t| s.spawn(|| admitted(&l, t, 400)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|h| h.join().expect("a worker must not panic"))
+            .collect()
+    });
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        500,
+        "the total admits exactly its capacity"
+    );
+    for (tenant, n) in tenants.iter().zip(&counts) {
+        let (_, rl) = headers(&l, tenant);
+        let expected = format!("\"quota\";r={};t=0, \"total\";r=0;t=3600", 1000 - n);
+        assert_eq!(
+            rl, expected,
+            "{tenant}: refusals must not keep per-tenant tokens"
+        );
+    }
+}
