@@ -1,0 +1,582 @@
+//! Per-tenant rate limiting: token buckets decided by GCRA, keyed by tenant, bounded in memory.
+//!
+//! Why this shape (governor's split, see STYLE): `gcra.rs` is the maths on one `AtomicU64` per
+//! (tenant, limit), `table.rs` the keyed and bounded state, `sketch.rs` where evicted state goes,
+//! and this file puts them together behind [`RateLimiter::check`], which knows nothing of HTTP
+//! services; the request path calls it and turns a refusal into a 429.
+//!
+//! A request is admitted only if every limit that applies admits it: the tenant's override list
+//! (or `per_tenant`), then the route's `total`. The check first reads every bucket; a request that
+//! some limit refuses writes nothing. Otherwise each bucket is taken with a CAS; if a concurrent
+//! request emptied a later bucket in between, the tokens already taken are given back (see
+//! `Gcra::release` for why that never grants more than the limit).
+//!
+//! Hot path of a known tenant: one clock read, one shard read-lock and SipHash of the key, then
+//! one load and one CAS per limit. No allocation unless headers are rendered.
+//!
+//! Memory (measured in `benches/policy.rs`): about 117 bytes per tracked tenant including a
+//! 14-byte id, 8 of them the TAT of each limit; plus a fixed sketch per per-tenant limit (at most
+//! 768 KiB). Entries are capped process-wide by [`TrackedTenants`]; see `table.rs` for eviction
+//! and `sketch.rs` for why an evicted tenant never comes back with a fresh bucket.
+
+mod gcra;
+mod sketch;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use self::gcra::{Carry, Gcra};
+use self::sketch::Sketch;
+use self::table::{Entry, Sweep, Table};
+use crate::clock::SharedClock;
+use crate::config::file::{Limit, RateLimit};
+
+pub use self::table::TrackedTenants;
+
+/// Windows of an hour or more are named `quota` in the headers, shorter ones `burst`.
+const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Evicted buckets are remembered in the sketch once they use half of their capacity or more.
+///
+/// Remembering lightly used buckets too would let a flood of one-request tenants raise every
+/// sketch cell one token at a time (a newcomer inherits a cell's debt, adds its own, and is
+/// evicted again), until innocent newcomers are refused. Above this line the cells only hold
+/// debts of heavy users; a tenant evicted below it comes back with at most half a bucket extra.
+const RECORD_AT: u64 = (u32::MAX / 2) as u64;
+
+/// Items rendered without allocation; more limits than this spill to a `Vec`.
+const INLINE_ITEMS: usize = 4;
+
+/// The rate limiter of one policy: shared by every request of the routes that use the policy.
+///
+/// Cheap to clone (one `Arc`). Dropping the last clone gives its entries back to the
+/// [`TrackedTenants`] count.
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+/// The answer for one request: admitted or refused, how long to wait, and the RateLimit headers.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    admitted: bool,
+    retry_nanos: u64,
+    items: Items,
+    spec: Option<Arc<Spec>>,
+}
+
+struct Inner {
+    /// Limits of tenants without an override (`per_tenant`, possibly none).
+    default: Set,
+    /// One set per overridden tenant; `Entry::set` 1.. points here.
+    override_sets: Vec<Set>,
+    overrides: HashMap<Box<str>, u32>,
+    total: Total,
+    table: Table,
+    tracked: Arc<TrackedTenants>,
+    clock: SharedClock,
+    /// Keys the sketches; kept across reloads so carried sketches stay addressable.
+    hasher: RandomState,
+    headers: bool,
+}
+
+/// The per-tenant limits that apply to a group of tenants, with their evicted state.
+struct Set {
+    limits: Vec<Gcra>,
+    sketches: Vec<Sketch>,
+    spec: Arc<Spec>,
+}
+
+/// The route-wide limits: one shared bucket each.
+struct Total {
+    limits: Vec<Gcra>,
+    cells: Box<[AtomicU64]>,
+}
+
+/// Header names of a set's items (its limits, then the totals) and the fixed policy header.
+#[derive(Debug)]
+struct Spec {
+    names: Vec<String>,
+    policy: Option<HeaderValue>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Items {
+    len: usize,
+    inline: [Item; INLINE_ITEMS],
+    spill: Vec<Item>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Item {
+    remaining: u64,
+    reset_nanos: u64,
+}
+
+// === impl RateLimiter ===
+
+impl RateLimiter {
+    /// Builds the limiter of one policy's `rate_limit` section; its entries count against
+    /// `tracked`, and `clock` gives "now".
+    pub fn new(cfg: &RateLimit, tracked: Arc<TrackedTenants>, clock: SharedClock) -> Self {
+        Self::build(cfg, tracked, clock, RandomState::new())
+    }
+
+    fn build(
+        cfg: &RateLimit,
+        tracked: Arc<TrackedTenants>,
+        clock: SharedClock,
+        hasher: RandomState,
+    ) -> Self {
+        let total_cfg = cfg.total.as_ref().map_or(&[][..], |l| &l.0[..]);
+        let total = Total {
+            limits: total_cfg.iter().map(Gcra::new).collect(),
+            cells: total_cfg.iter().map(|_| AtomicU64::new(0)).collect(),
+        };
+        let cap = tracked.max_tracked();
+        let per_tenant = cfg.per_tenant.as_ref().map_or(&[][..], |l| &l.0[..]);
+        let default = Set::new(per_tenant, total_cfg, || Sketch::for_tracked(cap));
+        let mut overrides = HashMap::new();
+        let mut override_sets = Vec::new();
+        for (tenant, limits) in &cfg.overrides {
+            override_sets.push(Set::new(&limits.0, total_cfg, Sketch::exact));
+            overrides.insert(Box::from(tenant.as_str()), override_sets.len() as u32);
+        }
+        let inner = Arc::new(Inner {
+            default,
+            override_sets,
+            overrides,
+            total,
+            table: Table::default(),
+            tracked,
+            clock,
+            hasher,
+            headers: cfg.headers,
+        });
+        let weak: Weak<dyn Sweep> = Arc::downgrade(&inner) as Weak<dyn Sweep>;
+        inner.tracked.register(weak);
+        RateLimiter { inner }
+    }
+
+    /// Decides for one request of `tenant`. A refused request consumes from no limit.
+    pub fn check(&self, tenant: &str) -> Decision {
+        let inner = &*self.inner;
+        let now = inner.clock.now_nanos();
+        if let Some(entry) = inner.table.get(tenant) {
+            return inner.decide(inner.set(entry.set()), entry.cells(), now);
+        }
+        inner.check_new(tenant, now)
+    }
+
+    /// Builds the limiter for `new_cfg`, carrying state over: unchanged limits keep their TAT,
+    /// changed ones keep the fraction of capacity used, tenants without state stay absent.
+    ///
+    /// Entries move to the new limiter (the tracked count does not double); what moved is also
+    /// folded into this limiter's sketches, so a request that still reaches the old limiter is
+    /// judged strictly rather than with a fresh bucket.
+    pub fn reconfigure(&self, new_cfg: &RateLimit) -> RateLimiter {
+        let old = &*self.inner;
+        let new = Self::build(
+            new_cfg,
+            old.tracked.clone(),
+            old.clock.clone(),
+            old.hasher.clone(),
+        );
+        old.carry_into(&new.inner);
+        new
+    }
+
+    /// Entries (tenants with state) held by this limiter.
+    pub fn tracked(&self) -> usize {
+        self.inner.table.len()
+    }
+
+    #[cfg(test)]
+    fn holds(&self, tenant: &str) -> bool {
+        self.inner.table.get(tenant).is_some()
+    }
+
+    /// Bytes of fixed-size sketch cells held by this limiter.
+    pub fn sketch_bytes(&self) -> usize {
+        let sets = std::iter::once(&self.inner.default).chain(&self.inner.override_sets);
+        sets.flat_map(|s| s.sketches.iter())
+            .map(Sketch::bytes)
+            .sum()
+    }
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("tracked", &self.tracked())
+            .finish()
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn set(&self, index: usize) -> &Set {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.override_sets.get(i))
+            .unwrap_or(&self.default)
+    }
+
+    fn set_index(&self, tenant: &str) -> u32 {
+        self.overrides.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// A tenant without an entry: start from what the sketch remembers of it, then track it.
+    fn check_new(&self, tenant: &str, now: u64) -> Decision {
+        let index = self.set_index(tenant);
+        let set = self.set(index as usize);
+        if set.limits.is_empty() {
+            return self.decide(set, &[], now);
+        }
+        let hash = self.hasher.hash_one(tenant);
+        let remembered = |i: usize| set.sketches.get(i).map_or(0, |s| s.lookup(hash));
+        let entry = Entry::new(index, set.limits.len(), remembered);
+        if !self.tracked.reserve() {
+            // Only when every entry of every table is being inserted at this very moment:
+            // decide on the remembered state and remember the outcome, without an entry.
+            let decision = self.decide(set, entry.cells(), now);
+            set.record(&entry, hash, now, 0);
+            return decision;
+        }
+        let (entry, inserted) = self.table.insert(tenant, entry);
+        if !inserted {
+            self.tracked.release(1);
+        }
+        self.decide(set, entry.cells(), now)
+    }
+
+    fn decide(&self, set: &Set, cells: &[AtomicU64], now: u64) -> Decision {
+        let limits = || {
+            let tenant = set.limits.iter().zip(cells);
+            tenant.chain(self.total.limits.iter().zip(self.total.cells.iter()))
+        };
+        // Read first: a request that some limit refuses writes nothing. (With a single limit
+        // the CAS below refuses without writing anyway.)
+        let several = set.limits.len().min(cells.len()) + self.total.limits.len() > 1;
+        if several && limits().any(|(g, c)| g.decide(c.load(Ordering::Acquire), now).is_err()) {
+            return self.refused(set, cells, now, 0);
+        }
+        for (taken, (g, c)) in limits().enumerate() {
+            if let Err(wait) = g.acquire(c, now) {
+                // A concurrent request took the last token in between: give ours back.
+                for (g, c) in limits().take(taken) {
+                    g.release(c, now, &*self.clock);
+                }
+                return self.refused(set, cells, now, wait);
+            }
+        }
+        if !self.headers {
+            return Decision {
+                admitted: true,
+                retry_nanos: 0,
+                items: Items::default(),
+                spec: None,
+            };
+        }
+        let mut items = Items::default();
+        for (g, c) in limits() {
+            let tat = c.load(Ordering::Acquire);
+            items.push(Item {
+                remaining: g.remaining(tat, now),
+                reset_nanos: g.until_next(tat, now),
+            });
+        }
+        Decision {
+            admitted: true,
+            retry_nanos: 0,
+            items,
+            spec: Some(set.spec.clone()),
+        }
+    }
+
+    fn refused(&self, set: &Set, cells: &[AtomicU64], now: u64, wait: u64) -> Decision {
+        let mut retry = wait.max(1);
+        let mut items = Items::default();
+        let tenant = set.limits.iter().zip(cells);
+        for (g, c) in tenant.chain(self.total.limits.iter().zip(self.total.cells.iter())) {
+            let tat = c.load(Ordering::Acquire);
+            let reset_nanos = g.until_next(tat, now);
+            retry = retry.max(reset_nanos);
+            items.push(Item {
+                remaining: g.remaining(tat, now),
+                reset_nanos,
+            });
+        }
+        Decision {
+            admitted: false,
+            retry_nanos: retry,
+            items,
+            spec: Some(set.spec.clone()),
+        }
+    }
+
+    fn is_idle(&self, entry: &Entry, now: u64) -> bool {
+        let set = self.set(entry.set());
+        set.limits
+            .iter()
+            .zip(entry.cells())
+            .all(|(_, c)| c.load(Ordering::Acquire) <= now)
+    }
+
+    fn used(&self, entry: &Entry, now: u64) -> u64 {
+        let set = self.set(entry.set());
+        let used = set.limits.iter().zip(entry.cells());
+        used.map(|(g, c)| g.used(c.load(Ordering::Acquire), now))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Moves every entry into `new`, converting its TATs, and carries the sketches and totals.
+    fn carry_into(&self, new: &Inner) {
+        let now = self.clock.now_nanos();
+        let plan = gcra::plan(&self.total.limits, &new.total.limits);
+        for ((carry, g), cell) in plan
+            .iter()
+            .zip(&new.total.limits)
+            .zip(new.total.cells.iter())
+        {
+            let old = |i: usize| {
+                self.total
+                    .cells
+                    .get(i)
+                    .map_or(0, |c| c.load(Ordering::Acquire))
+            };
+            cell.store(
+                carried(*carry, &self.total.limits, old, g, now),
+                Ordering::Release,
+            );
+        }
+        new.default.carry_sketches(&self.default, None, now);
+        for (tenant, &index) in &new.overrides {
+            let hash = self.hasher.hash_one(&**tenant);
+            let old = self.set(self.set_index(tenant) as usize);
+            new.set(index as usize).carry_sketches(old, Some(hash), now);
+        }
+        let mut kept = 0;
+        let moved = self.table.remove_where(|tenant, entry| {
+            let old_set = self.set(entry.set());
+            old_set.record(entry, self.hasher.hash_one(tenant), now, 0);
+            let index = new.set_index(tenant);
+            let new_set = new.set(index as usize);
+            let plan = gcra::plan(&old_set.limits, &new_set.limits);
+            let old = |i: usize| {
+                entry
+                    .cells()
+                    .get(i)
+                    .map_or(0, |c| c.load(Ordering::Acquire))
+            };
+            let tats: Vec<u64> = plan
+                .iter()
+                .zip(&new_set.limits)
+                .map(|(carry, g)| carried(*carry, &old_set.limits, old, g, now))
+                .collect();
+            if tats.iter().any(|&tat| tat > now) {
+                let moved = Entry::new(index, tats.len(), |i| tats.get(i).copied().unwrap_or(0));
+                kept += usize::from(new.table.put(Box::from(tenant), moved));
+            }
+            true
+        });
+        self.tracked.release(moved.saturating_sub(kept));
+    }
+}
+
+impl Sweep for Inner {
+    fn entries(&self) -> usize {
+        self.table.len()
+    }
+
+    fn sweep(&self, want: usize) -> usize {
+        let now = self.clock.now_nanos();
+        let freed = self.table.sweep(
+            want,
+            |e| self.is_idle(e, now),
+            |e| self.used(e, now),
+            |tenant, e| {
+                self.set(e.set())
+                    .record(e, self.hasher.hash_one(tenant), now, RECORD_AT)
+            },
+        );
+        self.tracked.release(freed);
+        freed
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tracked.release(self.table.len());
+    }
+}
+
+fn carried(carry: Carry, old: &[Gcra], tat: impl Fn(usize) -> u64, new: &Gcra, now: u64) -> u64 {
+    match carry {
+        Carry::Keep(i) => tat(i),
+        Carry::Rescale(i) => old.get(i).map_or(0, |o| new.rescale_from(o, tat(i), now)),
+        Carry::Fresh => 0,
+    }
+}
+
+// === impl Set ===
+
+impl Set {
+    fn new(limits: &[Limit], total: &[Limit], sketch: impl Fn() -> Sketch) -> Self {
+        Set {
+            limits: limits.iter().map(Gcra::new).collect(),
+            sketches: limits.iter().map(|_| sketch()).collect(),
+            spec: Arc::new(Spec::new(limits, total)),
+        }
+    }
+
+    /// Folds `entry`'s TATs into the sketches before it is dropped, those of buckets that use
+    /// at least `min_used` (of `u32::MAX`) of their capacity.
+    fn record(&self, entry: &Entry, hash: u64, now: u64, min_used: u64) {
+        let cells = self.limits.iter().zip(&self.sketches).zip(entry.cells());
+        for ((g, sketch), cell) in cells {
+            let tat = cell.load(Ordering::Acquire);
+            if g.used(tat, now) >= min_used.max(1) {
+                sketch.record(hash, tat);
+            }
+        }
+    }
+
+    /// Fills the sketches from `old`'s: cell by cell, or for an override's exact cell from what
+    /// `old` remembers of that tenant (`hash`).
+    fn carry_sketches(&self, old: &Set, hash: Option<u64>, now: u64) {
+        let plan = gcra::plan(&old.limits, &self.limits);
+        for ((carry, g), sketch) in plan.iter().zip(&self.limits).zip(&self.sketches) {
+            let (Carry::Keep(i) | Carry::Rescale(i)) = *carry else {
+                continue;
+            };
+            let (Some(from), Some(old_g)) = (old.sketches.get(i), old.limits.get(i)) else {
+                continue;
+            };
+            let f = |tat: u64| g.rescale_from(old_g, tat, now);
+            match hash {
+                Some(h) => sketch.record(h, f(from.lookup(h))),
+                None => sketch.carry_from(from, f),
+            }
+        }
+    }
+}
+
+// === impl Spec ===
+
+impl Spec {
+    /// Names items per SPEC §3 (`name:`, else `burst`/`quota`/`total`), unique within the set.
+    fn new(limits: &[Limit], total: &[Limit]) -> Self {
+        let default_name = |l: &Limit, tenant: bool| match (&l.name, tenant) {
+            (Some(n), _) => n.clone(),
+            (None, true) if l.rate.per >= QUOTA_PERIOD => "quota".to_owned(),
+            (None, true) => "burst".to_owned(),
+            (None, false) => "total".to_owned(),
+        };
+        let all = limits
+            .iter()
+            .map(|l| (l, true))
+            .chain(total.iter().map(|l| (l, false)));
+        let mut names: Vec<String> = Vec::new();
+        let mut policy = String::new();
+        for (limit, tenant) in all {
+            let base = sf_string(&default_name(limit, tenant));
+            let mut name = base.clone();
+            let mut n = 2;
+            while names.contains(&name) {
+                name = format!("{base}{n}");
+                n += 1;
+            }
+            let g = Gcra::new(limit);
+            let sep = if policy.is_empty() { "" } else { ", " };
+            let _ = write!(
+                policy,
+                "{sep}\"{name}\";q={};w={}",
+                g.capacity(),
+                g.window_secs()
+            );
+            names.push(name);
+        }
+        let policy = (!names.is_empty())
+            .then(|| HeaderValue::from_str(&policy).ok())
+            .flatten();
+        Spec { names, policy }
+    }
+}
+
+/// The inside of a structured-field string: printable ASCII, `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// === impl Decision ===
+
+impl Decision {
+    /// True if the request may go on.
+    pub fn is_admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// The real wait until every refusing limit has a token again; `ZERO` if admitted. The
+    /// answer's `retry-after` is this rounded up to whole seconds, at least 1.
+    pub fn retry_after(&self) -> Duration {
+        if self.admitted {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.retry_nanos)
+        }
+    }
+
+    /// Writes `ratelimit-policy` and `ratelimit` (SPEC §3), one item per limit that applied.
+    /// Writes nothing for an admitted request unless the policy has `headers: true`, so the
+    /// caller may call it on every answer.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let Some(spec) = &self.spec else { return };
+        let Some(policy) = &spec.policy else { return };
+        let mut value = String::with_capacity(24 * spec.names.len());
+        for (name, item) in spec.names.iter().zip(self.items.iter()) {
+            let sep = if value.is_empty() { "" } else { ", " };
+            let t = item.reset_nanos.div_ceil(1_000_000_000);
+            let _ = write!(value, "{sep}\"{name}\";r={};t={t}", item.remaining);
+        }
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
+            headers.insert(HeaderName::from_static("ratelimit"), value);
+        }
+    }
+}
+
+// === impl Items ===
+
+impl Items {
+    fn push(&mut self, item: Item) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = item,
+            None => self.spill.push(item),
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.inline.iter().take(self.len).chain(self.spill.iter())
+    }
+}
