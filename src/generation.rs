@@ -19,6 +19,7 @@ use prometheus::IntGauge;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::{Backoff, RetryBudget, RetryOn};
 use crate::proxy::route::Matcher;
 use crate::proxy::upstream::Upstream;
@@ -83,6 +84,17 @@ pub struct RoutePolicy {
     pub per_try: Option<file::PerTry>,
     /// `retry`; absent: one try.
     pub retry: Option<RetryRt>,
+    /// `rate_limit` with its per-tenant state.
+    pub rate_limit: Option<RateLimitRt>,
+}
+
+/// The runtime of a policy's `rate_limit` section on one route.
+#[derive(Debug)]
+pub struct RateLimitRt {
+    /// The section as written (to tell whether a reload changed it).
+    pub cfg: file::RateLimit,
+    /// Buckets of every tenant seen on the route.
+    pub limiter: RateLimiter,
 }
 
 /// The runtime of a policy's `retry` section on one route.
@@ -234,8 +246,22 @@ impl RoutePolicy {
                 budget,
             }
         });
+        let rate_limit = cfg.rate_limit.as_ref().map(|rl| {
+            // Carry-over: unchanged limits keep every tenant's bucket; changed ones rescale
+            // them, so a reload neither resets nor grants a fresh burst to everyone.
+            let limiter = match old.and_then(|o| o.rate_limit.as_ref()) {
+                Some(o) if o.cfg == *rl => o.limiter.clone(),
+                Some(o) => o.limiter.reconfigure(rl),
+                None => RateLimiter::new(rl, shared.tracked.clone(), shared.clock.clone()),
+            };
+            RateLimitRt {
+                cfg: rl.clone(),
+                limiter,
+            }
+        });
         RoutePolicy {
             name: name.map(Arc::from),
+            rate_limit,
             request_timeout: cfg.timeout.as_ref().and_then(|t| t.request).map(|d| d.0),
             per_try: cfg.timeout.as_ref().and_then(|t| t.per_try),
             retry,

@@ -35,6 +35,7 @@ use crate::clock::{MonotonicClock, SharedClock};
 use crate::config::Config;
 use crate::generation::Generation;
 use crate::metrics::Metrics;
+use crate::policy::rate_limit::TrackedTenants;
 use crate::reload::{ListenerSet, ReloadError};
 
 /// What every connection and request of one rampart instance shares.
@@ -50,6 +51,8 @@ pub struct Shared {
     pub labels: tenant::Labels,
     /// The empty label (requests refused before a tenant is known).
     pub empty_label: Arc<str>,
+    /// Per-tenant state entries of every rate limiter, capped by `tenants.max_tracked`.
+    pub tracked: Arc<TrackedTenants>,
     /// Set once shutdown began; `/readyz` answers 503.
     pub draining: AtomicBool,
     /// Running listeners; the lock also serialises reloads.
@@ -84,7 +87,7 @@ pub enum StartError {
 impl Shared {
     /// Per-tenant state entries in memory now.
     pub fn tracked_tenants(&self) -> u64 {
-        0
+        self.tracked.len()
     }
 }
 
@@ -115,6 +118,7 @@ impl Rampart {
             metrics,
             clock,
             labels,
+            tracked: TrackedTenants::new(config.file.tenants.max_tracked),
             empty_label: Arc::from(""),
             draining: AtomicBool::new(false),
             listeners: tokio::sync::Mutex::new(ListenerSet::new()),

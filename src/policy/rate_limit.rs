@@ -46,18 +46,20 @@ pub use self::table::TrackedTenants;
 /// Windows of an hour or more are named `quota` in the headers, shorter ones `burst`.
 const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
 
-/// Evicted buckets are remembered in the sketch once they use half of their capacity or more.
+/// Every evicted bucket that is not full is remembered in the sketch: the point of the sketch
+/// is that eviction never hands a tenant a fresher bucket than it had.
 ///
-/// Remembering lightly used buckets too would let a flood of one-request tenants raise every
-/// sketch cell one token at a time (a newcomer inherits a cell's debt, adds its own, and is
-/// evicted again), until innocent newcomers are refused. Above this line the cells only hold
-/// debts of heavy users; a tenant evicted below it comes back with at most half a bucket extra.
-const RECORD_AT: u64 = (u32::MAX / 2) as u64;
+/// The price is on the strict side only. A newcomer whose sketch cells all collide with
+/// evicted tenants inherits the smallest of their debts; in a flood of distinct tenants far
+/// larger than the sketch, those debts can ratchet up (a newcomer inherits a debt, adds its own,
+/// is evicted again) until newcomers are refused while tenants already tracked are not. The
+/// sketch is sized (see `sketch.rs`) so that, below that scale, a full collision is rare.
+const RECORD_AT: u64 = 1;
 
 /// Items rendered without allocation; more limits than this spill to a `Vec`.
 const INLINE_ITEMS: usize = 4;
 
-/// The rate limiter of one policy: shared by every request of the routes that use the policy.
+/// The rate limiter of one route's policy: shared by every request of that route.
 ///
 /// Cheap to clone (one `Arc`). Dropping the last clone gives its entries back to the
 /// [`TrackedTenants`] count.

@@ -68,8 +68,33 @@ pub async fn handle(
     };
     let label = shared.labels.label(tenant.as_str());
 
-    // 3–8. Policies and the upstream.
-    let rsp = exchange::run(route, req, peer, lst.tls).await;
+    // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
+    let limited = route
+        .policy
+        .rate_limit
+        .as_ref()
+        .map(|rl| rl.limiter.check(tenant.as_str()));
+    if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
+        route.metrics.tenant(&label).rate_limited.inc();
+        let wait = decision.retry_after();
+        let msg = format!(
+            "rate limit exceeded for tenant {}; retry in {:?}",
+            tenant.as_str(),
+            wait
+        );
+        let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
+        decision.write_headers(rsp.headers_mut());
+        return finish(&route.metrics, &label, rsp, started);
+    }
+
+    // 4. Load shed: (its own issue) takes a slot here, held until the answer is sent.
+
+    // 5–8. Deadlines, tries, the upstream.
+    let mut rsp = exchange::run(route, req, peer, lst.tls).await;
+    if let Some(decision) = &limited {
+        // With `headers: true`, admitted answers say how much is left too.
+        decision.write_headers(rsp.headers_mut());
+    }
     finish(&route.metrics, &label, rsp, started)
 }
 

@@ -12,6 +12,7 @@ mod support;
 mod admin;
 mod cli;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod retry;
 mod robustness;

@@ -24,10 +24,11 @@ pub(crate) struct Sketch {
 // === impl Sketch ===
 
 impl Sketch {
-    /// A sketch sized for `max_tracked` live entries: width is the next power of two of half of
-    /// it, between 256 and 32768 cells, so at most `3 × 32768 × 8` = 768 KiB per limit.
+    /// A sketch sized for `max_tracked` live entries: width is the next power of two of twice
+    /// that, between 32768 and 131072 cells, so 768 KiB to 3 MiB per limit. Wide on purpose:
+    /// a newcomer is misjudged only when all three of its cells hold an unexpired debt.
     pub(crate) fn for_tracked(max_tracked: u64) -> Self {
-        let width = (max_tracked / 2).clamp(256, 32_768).next_power_of_two();
+        let width = max_tracked.saturating_mul(2).clamp(32_768, 131_072).next_power_of_two();
         Self::with_shape(ROWS, width)
     }
 

@@ -17,7 +17,9 @@
 //! table, each per-tenant limit has a fixed sketch of at most 768 KiB.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+#[allow(clippy::disallowed_types)]
+use std::sync::Mutex;
+use std::sync::{Arc, PoisonError, Weak};
 
 use dashmap::mapref::entry::Entry as Slot;
 use dashmap::mapref::one::Ref;
@@ -29,7 +31,10 @@ use dashmap::DashMap;
 /// the bound; a limiter that needs room may sweep another limiter's table.
 pub struct TrackedTenants {
     count: AtomicU64,
-    cap: u64,
+    cap: AtomicU64,
+    // A mutex, not an atomic: only registration and the rare sweep path take it, never across
+    // an await, and a sweep must run alone.
+    #[allow(clippy::disallowed_types)]
     tables: Mutex<Vec<Weak<dyn Sweep>>>,
 }
 
@@ -69,7 +74,7 @@ impl TrackedTenants {
     pub fn new(max_tracked: u64) -> Arc<Self> {
         Arc::new(TrackedTenants {
             count: AtomicU64::new(0),
-            cap: max_tracked.max(1),
+            cap: AtomicU64::new(max_tracked.max(1)),
             tables: Mutex::new(Vec::new()),
         })
     }
@@ -87,7 +92,13 @@ impl TrackedTenants {
 
     /// The cap.
     pub fn max_tracked(&self) -> u64 {
-        self.cap
+        self.cap.load(Ordering::Relaxed)
+    }
+
+    /// Changes the cap (a reload of `tenants.max_tracked`). Entries over a lowered cap are
+    /// swept as new tenants arrive, never all at once.
+    pub fn set_max_tracked(&self, max_tracked: u64) {
+        self.cap.store(max_tracked.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn register(&self, table: Weak<dyn Sweep>) {
@@ -112,7 +123,9 @@ impl TrackedTenants {
             .filter_map(Weak::upgrade)
             .max_by_key(|t| t.entries());
         if let Some(table) = largest {
-            let batch = usize::try_from(self.cap / 8).unwrap_or(usize::MAX).max(1);
+            let batch = usize::try_from(self.max_tracked() / 8)
+                .unwrap_or(usize::MAX)
+                .max(1);
             table.sweep(batch);
         }
         drop(tables);
@@ -126,7 +139,7 @@ impl TrackedTenants {
     fn try_reserve(&self) -> bool {
         self.count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.cap).then_some(n + 1)
+                (n < self.max_tracked()).then_some(n + 1)
             })
             .is_ok()
     }
