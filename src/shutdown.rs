@@ -3,7 +3,7 @@
 //! On SIGTERM `/readyz` turns 503 at once, so the orchestrator stops sending new work; every
 //! listener stops accepting; requests in flight finish, up to `runtime.shutdown_grace`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,7 +17,7 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let path = rampart.config_path();
-    let mut seen = path.as_ref().and_then(|p| fingerprint(p));
+    let mut seen = path.as_deref().and_then(fingerprint);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -26,7 +26,7 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
                 let _ = rampart.reload().await;
             }
             _ = tick.tick(), if watch => {
-                let now = path.as_ref().and_then(|p| fingerprint(p));
+                let now = path.as_deref().and_then(fingerprint);
                 if now.is_some() && now != seen {
                     seen = now;
                     tracing::info!("config file changed: reloading");
@@ -43,7 +43,7 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
 
 /// What identifies a version of the file: the resolved target (ConfigMap symlink swaps change
 /// it), its modification time and its length.
-fn fingerprint(path: &PathBuf) -> Option<(PathBuf, SystemTime, u64)> {
+fn fingerprint(path: &Path) -> Option<(PathBuf, SystemTime, u64)> {
     let target = std::fs::canonicalize(path).ok()?;
     let meta = std::fs::metadata(&target).ok()?;
     Some((target, meta.modified().ok()?, meta.len()))

@@ -71,6 +71,7 @@ pub(crate) struct Table {
 
 impl TrackedTenants {
     /// A counter with cap `max_tracked` (at least 1).
+    #[allow(clippy::disallowed_types)] // see the `tables` field
     pub fn new(max_tracked: u64) -> Arc<Self> {
         Arc::new(TrackedTenants {
             count: AtomicU64::new(0),
