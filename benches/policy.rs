@@ -3,7 +3,6 @@
 //! Before the criterion groups run, `main` measures the heap bytes one tracked tenant costs
 //! (a counting allocator around 1M inserts) and prints them as `memory/entry`.
 
-
 // The baseline is a mutex on purpose, and a benchmark measures wall time.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 

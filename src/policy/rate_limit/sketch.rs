@@ -28,7 +28,10 @@ impl Sketch {
     /// that, between 32768 and 131072 cells, so 768 KiB to 3 MiB per limit. Wide on purpose:
     /// a newcomer is misjudged only when all three of its cells hold an unexpired debt.
     pub(crate) fn for_tracked(max_tracked: u64) -> Self {
-        let width = max_tracked.saturating_mul(2).clamp(32_768, 131_072).next_power_of_two();
+        let width = max_tracked
+            .saturating_mul(2)
+            .clamp(32_768, 131_072)
+            .next_power_of_two();
         Self::with_shape(ROWS, width)
     }
 
