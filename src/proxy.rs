@@ -12,6 +12,7 @@ pub mod body;
 pub mod exchange;
 pub mod forward;
 pub mod listener;
+pub mod pool;
 pub mod respond;
 pub mod route;
 pub mod stack;

@@ -24,6 +24,8 @@ pub enum Body {
     Incoming(Incoming),
     /// Frames already read from a peer, then the rest of its stream.
     Prefixed(VecDeque<Frame<Bytes>>, Incoming),
+    /// An upstream's answer, whose connection goes back to the pool when it ends.
+    Upstream(super::pool::Returning),
 }
 
 /// A request body after trying to keep it for replay.
@@ -104,6 +106,7 @@ impl http_body::Body for Body {
                 Some(f) => Poll::Ready(Some(Ok(f))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            Body::Upstream(inner) => Pin::new(inner).poll_frame(cx),
         }
     }
 
@@ -113,6 +116,7 @@ impl http_body::Body for Body {
             Body::Full(chunk) => chunk.is_none(),
             Body::Incoming(inner) => inner.is_end_stream(),
             Body::Prefixed(frames, rest) => frames.is_empty() && rest.is_end_stream(),
+            Body::Upstream(inner) => inner.is_end_stream(),
         }
     }
 
@@ -136,6 +140,7 @@ impl http_body::Body for Body {
                 }
                 hint
             }
+            Body::Upstream(inner) => inner.size_hint(),
         }
     }
 }

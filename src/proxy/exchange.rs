@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::body::{self, Body, Buffered};
 use super::forward;
+use super::pool::SendError;
 use super::respond::answer;
 use crate::error::Reason;
 use crate::generation::{RetryRt, RouteRt};
@@ -150,14 +151,14 @@ async fn try_once(
             None,
         );
     };
-    *req.uri_mut() = forward::target_uri(req.uri(), &ep);
+    forward::ensure_host(&mut req, &ep);
     let per_try = route
         .policy
         .per_try
         .as_ref()
         .map(|p| per_try_timeout(p, &up.latency));
     let t0 = Instant::now();
-    let sent = up.client().request(req);
+    let sent = ep.pool.send(ep.addr, req);
     let result = match per_try {
         Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
         None => Ok(sent.await),
@@ -171,14 +172,14 @@ async fn try_once(
             let code = rsp.status().as_u16();
             up.metrics.count(code);
             forward::strip_hop_by_hop(rsp.headers_mut());
-            (Outcome::Status(code), rsp.map(Body::from), used)
+            (Outcome::Status(code), rsp, used)
         }
         Ok(Err(e)) => {
             up.metrics.count(502);
-            let connect = e.is_connect();
-            if connect {
+            let connect = matches!(e, SendError::Connect { .. });
+            if let SendError::Connect { timed_out, .. } = e {
                 up.connect_failed(&ep);
-                if is_timeout(&e) {
+                if timed_out {
                     route.metrics.timeout_connect.inc();
                 }
             }
@@ -205,17 +206,4 @@ async fn try_once(
             (Outcome::Timeout, answer(Reason::Timeout, &msg, None), used)
         }
     }
-}
-
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
 }

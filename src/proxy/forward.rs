@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
 use super::upstream::Endpoint;
@@ -77,19 +77,24 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool) {
         h.insert(X_REQUEST_ID, new_request_id());
     }
     *req.version_mut() = Version::HTTP_11;
+    // Upstream requests are origin-form; the authority travels in `host`.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
 }
 
-/// Points `uri` at `endpoint`, keeping path and query.
-pub fn target_uri(uri: &Uri, endpoint: &Endpoint) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint.authority.clone());
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+/// Gives a request without any authority (HTTP/1.0 without `host`) the endpoint's.
+pub fn ensure_host<B>(req: &mut Request<B>, endpoint: &Endpoint) {
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
 }
 
 /// A random 128-bit request id, as 32 hex digits.

@@ -1,7 +1,7 @@
 //! Upstreams: endpoints, pooled keep-alive connections, and endpoint choice.
 //!
-//! Each upstream owns one hyper-util client (its connection pool, keyed by endpoint), so a
-//! reload that leaves the upstream unchanged keeps its warm connections. Endpoints that are
+//! Each endpoint owns its connection pool (`pool.rs`), so a reload that leaves the upstream
+//! unchanged keeps its warm connections. Endpoints that are
 //! DNS names are resolved in a background task every `resolve_every`; every address becomes
 //! an endpoint of its own, and a failed lookup keeps the last good addresses. A name that never
 //! resolved leaves the upstream without endpoints: requests get `upstream_unavailable`, start-up
@@ -14,11 +14,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::Body;
+use super::pool::Pool;
 use crate::clock::SharedClock;
 use crate::config::file;
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -33,7 +30,6 @@ pub struct Upstream {
     pub cfg: file::Upstream,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
-    client: Client<HttpConnector, Body>,
     /// Cached metric handles.
     pub metrics: UpstreamMetrics,
     /// Recent try latencies, for `per_try: auto`.
@@ -58,6 +54,8 @@ pub struct Endpoint {
     /// Clock nanos before which a failed connect keeps it out of rotation (while others are
     /// available).
     hold_until: AtomicU64,
+    /// Its keep-alive connections.
+    pub pool: Arc<Pool>,
 }
 
 /// A written endpoint: an address, or a name to resolve.
@@ -77,22 +75,12 @@ impl Upstream {
         metrics: &Metrics,
         clock: &SharedClock,
     ) -> Arc<Upstream> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.connect_timeout.0));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout.0)
-            .pool_max_idle_per_host(cfg.pool_max_idle as usize)
-            .build(http);
         let name: Arc<str> = Arc::from(name);
         let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
         let statics: Vec<Arc<Endpoint>> = targets
             .iter()
             .filter_map(|t| match t {
-                Target::Addr(a) => Some(Endpoint::new(*a)),
+                Target::Addr(a) => Some(Endpoint::new(*a, cfg)),
                 Target::Name(_) => None,
             })
             .collect();
@@ -102,7 +90,6 @@ impl Upstream {
             cfg: cfg.clone(),
             endpoints: ArcSwap::from_pointee(statics),
             next: AtomicUsize::new(0),
-            client,
             latency: LatencyEstimator::new(LATENCY_WINDOW, clock.clone()),
             clock: clock.clone(),
         });
@@ -114,11 +101,6 @@ impl Upstream {
             ));
         }
         up
-    }
-
-    /// The client that sends tries to this upstream's endpoints.
-    pub fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.client
     }
 
     /// All endpoints known now.
@@ -173,7 +155,7 @@ impl Upstream {
                 old.iter()
                     .find(|e| e.addr == a)
                     .cloned()
-                    .unwrap_or_else(|| Endpoint::new(a))
+                    .unwrap_or_else(|| Endpoint::new(a, &self.cfg))
             })
             .collect();
         self.endpoints.store(Arc::new(eps));
@@ -183,7 +165,7 @@ impl Upstream {
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Arc<Endpoint> {
+    fn new(addr: SocketAddr, cfg: &file::Upstream) -> Arc<Endpoint> {
         let authority = Authority::try_from(addr.to_string().as_str())
             .unwrap_or_else(|_| Authority::from_static("invalid"));
         Arc::new(Endpoint {
@@ -191,6 +173,11 @@ impl Endpoint {
             authority,
             healthy: AtomicBool::new(true),
             hold_until: AtomicU64::new(0),
+            pool: Pool::new(
+                cfg.pool_max_idle as usize,
+                cfg.connect_timeout.0,
+                cfg.pool_idle_timeout.0,
+            ),
         })
     }
 }

@@ -1,0 +1,206 @@
+//! Upstream connections: keep-alive HTTP/1.1 connections per endpoint, reused in turn.
+//!
+//! Why not hyper-util's pooled client: it spawns a task per request to hand the connection
+//! back, clones the URI and pool key per request, and its pool is behind a mutex. Here a
+//! connection goes back to its endpoint's lock-free queue when the response body ends (see
+//! [`Returning`]), so the hot path has no spawn, no lock and no extra allocation. A connection
+//! that the upstream closed is noticed when taken and discarded; a request that a dead pooled
+//! connection did not send goes out on the next one, so keep-alive races never surface.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::Body;
+
+/// Idle connections of one endpoint.
+#[derive(Debug)]
+pub struct Pool {
+    idle: ArrayQueue<Idle>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Why a try got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made.
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// True when `connect_timeout` ran out.
+        timed_out: bool,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The connection broke before a whole answer head came.
+    #[error("connection to upstream lost: {0}")]
+    Reset(#[source] hyper::Error),
+}
+
+/// A response body that gives its connection back to the pool when it ends.
+#[derive(Debug)]
+pub struct Returning {
+    body: Incoming,
+    back: Option<(SendRequest<Body>, Arc<Pool>)>,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// A pool keeping at most `max_idle` idle connections.
+    pub fn new(max_idle: usize, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: ArrayQueue::new(max_idle.max(1)),
+            connect_timeout,
+            idle_timeout,
+        })
+    }
+
+    /// Sends `req` to `addr` over an idle connection, or a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            let mut sender = idle.sender;
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(rsp) => return Ok(self.returning(rsp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection died while idle. Use the next one.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Reset(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(addr).await?;
+        let rsp = sender.send_request(req).await.map_err(SendError::Reset)?;
+        Ok(self.returning(rsp, sender))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(SendError::Connect {
+                    addr,
+                    timed_out: false,
+                    source,
+                })
+            }
+            Err(_) => {
+                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+                return Err(SendError::Connect {
+                    addr,
+                    timed_out: true,
+                    source,
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Reset)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn returning(
+        self: &Arc<Self>,
+        rsp: Response<Incoming>,
+        sender: SendRequest<Body>,
+    ) -> Response<Body> {
+        rsp.map(|body| {
+            let mut r = Returning {
+                body,
+                back: Some((sender, self.clone())),
+            };
+            if http_body::Body::is_end_stream(&r.body) {
+                // Nobody may poll an empty body: hand the connection back now.
+                r.give_back();
+            }
+            Body::Upstream(r)
+        })
+    }
+
+    fn put(&self, sender: SendRequest<Body>) {
+        if !sender.is_closed() {
+            // A full queue drops the connection: more idle ones than `pool_max_idle` are waste.
+            let _ = self.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+// === impl Returning ===
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let Some((sender, pool)) = self.back.take() {
+            pool.put(sender);
+        }
+    }
+}
+
+impl http_body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
+            // A broken body breaks its connection: drop it, never pool it.
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
