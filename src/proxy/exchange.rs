@@ -16,9 +16,10 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{self, Body, Buffered};
-use super::forward;
+use super::forward::{self, Peer};
 use super::pool::SendError;
 use super::respond::answer;
+use crate::config::file;
 use crate::error::Reason;
 use crate::generation::{RetryRt, RouteRt};
 use crate::policy::retry::{is_idempotent, parse_retry_after, wait_before_retry, Outcome};
@@ -31,7 +32,7 @@ const MAX_WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
 pub async fn run(
     route: &RouteRt,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     tls: bool,
 ) -> Response<Body> {
     forward::prepare_request(&mut req, peer, tls);
@@ -164,7 +165,10 @@ async fn try_once(
         None => Ok(sent.await),
     };
     let took = t0.elapsed();
-    up.latency.record(took);
+    if matches!(route.policy.per_try, Some(file::PerTry::Auto { .. })) {
+        // Only `per_try: auto` reads the estimator; others need not feed it.
+        up.latency.record(took);
+    }
     up.metrics.duration.observe(took.as_secs_f64());
     let used = Some(ep.addr);
     match result {

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::forward::Peer;
 use super::respond::answer;
 use super::stack;
 use crate::config::file;
@@ -144,9 +145,11 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let client = Arc::new(Peer::new(peer));
         let svc = service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(serve(&shared, addr, req, peer).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(serve(&shared, addr, req, &client).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -173,7 +176,7 @@ async fn serve(
     shared: &Shared,
     addr: SocketAddr,
     req: http::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> http::Response<super::body::Body> {
     let gen = shared.current.load_full();
     match gen.listeners.get(&addr) {

@@ -14,7 +14,6 @@
 //!
 //! Anyone who changes this order explains why here.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -23,6 +22,7 @@ use tokio::time::Instant;
 
 use super::body::Body;
 use super::exchange;
+use super::forward::Peer;
 use super::respond::answer;
 use super::route::request_host;
 use crate::error::Reason;
@@ -36,7 +36,7 @@ pub async fn handle(
     gen: &Generation,
     lst: &ListenerRt,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<Body> {
     let started = Instant::now();
     lst.in_flight.inc();

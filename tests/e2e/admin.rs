@@ -5,8 +5,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
-
 use crate::support::{http, metric_value, metrics, sample, Proxy};
 
 const TEMPLATE: &str = r#"
@@ -28,10 +26,7 @@ async fn proxy(app: SocketAddr) -> Proxy {
 
 fn sha256_of(path: &std::path::Path) -> String {
     let bytes = std::fs::read(path).expect("the policy file must be readable");
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::support::sha256_hex(&bytes)
 }
 
 #[tokio::test]

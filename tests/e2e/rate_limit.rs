@@ -303,3 +303,58 @@ async fn an_evicted_tenant_that_spent_its_burst_is_still_refused() {
         "no request past a spent burst reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_neither_resets_nor_refills_buckets() {
+    let app = sample().await;
+    let limits = "      per_tenant: { rate: 1/h, burst: 3 }";
+    let mut proxy = limited(app.addr(), DEFAULT_TENANTS, limits).await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(
+        burst(addr, Some("spent"), 4).await,
+        vec![200, 200, 200, 429]
+    );
+    assert_eq!(burst(addr, Some("light"), 1).await, vec![200]);
+
+    // Same limits, another change in the file: every bucket keeps its state exactly.
+    let same = LIMITED
+        .replace("$TENANTS", DEFAULT_TENANTS)
+        .replace("$LIMITS", &format!("{limits}\n      headers: false"));
+    let sha = crate::support::sha256_hex(proxy.rewrite_config(&same).as_bytes());
+    proxy.signal("HUP");
+    crate::assert_eventually!(
+        metrics(proxy.admin()).await.contains(&sha),
+        "reload to {sha}"
+    );
+    assert_eq!(
+        burst(addr, Some("spent"), 1).await,
+        vec![429],
+        "a reload is no reset"
+    );
+    assert_eq!(burst(addr, Some("light"), 3).await, vec![200, 200, 429]);
+
+    // A doubled burst takes effect at once but keeps the share used: spent stays spent.
+    let doubled = LIMITED
+        .replace("$TENANTS", DEFAULT_TENANTS)
+        .replace("$LIMITS", "      per_tenant: { rate: 1/h, burst: 6 }");
+    let sha = crate::support::sha256_hex(proxy.rewrite_config(&doubled).as_bytes());
+    proxy.signal("HUP");
+    crate::assert_eventually!(
+        metrics(proxy.admin()).await.contains(&sha),
+        "reload to {sha}"
+    );
+    assert_eq!(
+        burst(addr, Some("spent"), 1).await,
+        vec![429],
+        "no fresh burst for a spent tenant"
+    );
+    assert_eq!(
+        burst(addr, Some("new"), 7)
+            .await
+            .iter()
+            .filter(|s| **s == 200)
+            .count(),
+        6,
+        "new tenants get the new burst"
+    );
+}

@@ -41,6 +41,15 @@ pub async fn sample() -> rampart::sample::Sample {
         .expect("the sample service must start")
 }
 
+/// Hex SHA-256 of `bytes`: what `/config` and `rampart_config_info` name a policy file by.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// How long `assert_eventually!` waits: `RAMPART_TEST_PATIENCE_MS`, default 5000 ms.
 pub fn patience() -> Duration {
     let ms = std::env::var("RAMPART_TEST_PATIENCE_MS")
