@@ -78,7 +78,7 @@ fn init_logging(format: Option<LogFormat>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stdout);
     if json {
         builder.json().init();
     } else {
