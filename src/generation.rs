@@ -204,12 +204,11 @@ fn build_listener(
             })
         })
         .collect();
-    let none: Arc<str> = Arc::from("");
     ListenerRt {
         in_flight: shared.metrics.in_flight(&name),
         unrouted: old
             .map(|o| o.unrouted.clone())
-            .unwrap_or_else(|| Arc::new(shared.metrics.route(&name, &none, &none))),
+            .unwrap_or_else(|| Arc::new(shared.metrics.unrouted(&name))),
         name,
         direction: l.direction,
         tls: l.tls.is_some(),

@@ -291,6 +291,25 @@ impl Metrics {
         }
     }
 
+    /// Handles for requests of `listener` that matched no route: they count in
+    /// `rampart_requests_total` and the duration histogram (route ""), but have no upstream,
+    /// so their retry and timeout handles are left out of the registry.
+    pub fn unrouted(&self, listener: &Arc<str>) -> RouteMetrics {
+        let detached =
+            || IntCounter::new("rampart_unrouted", "not exported").expect("valid metric");
+        RouteMetrics {
+            listener: listener.clone(),
+            route: Arc::from(""),
+            metrics: self.clone(),
+            by_tenant: DashMap::new(),
+            retries: detached(),
+            retry_budget_exhausted: detached(),
+            timeout_request: detached(),
+            timeout_per_try: detached(),
+            timeout_connect: detached(),
+        }
+    }
+
     /// Handles for one upstream.
     pub fn upstream(&self, name: &Arc<str>) -> UpstreamMetrics {
         UpstreamMetrics {

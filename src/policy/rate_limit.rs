@@ -19,6 +19,7 @@
 //! 768 KiB). Entries are capped process-wide by [`TrackedTenants`]; see `table.rs` for eviction
 //! and `sketch.rs` for why an evicted tenant never comes back with a fresh bucket.
 
+mod decision;
 mod gcra;
 mod sketch;
 mod table;
@@ -27,13 +28,10 @@ mod tests;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
-
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use self::gcra::{Carry, Gcra};
 use self::sketch::Sketch;
@@ -41,10 +39,10 @@ use self::table::{Entry, Sweep, Table};
 use crate::clock::SharedClock;
 use crate::config::file::{Limit, RateLimit};
 
+pub use self::decision::Decision;
 pub use self::table::TrackedTenants;
 
-/// Windows of an hour or more are named `quota` in the headers, shorter ones `burst`.
-const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
+use self::decision::{Item, Items, Spec};
 
 /// Every evicted bucket that is not full is remembered in the sketch: the point of the sketch
 /// is that eviction never hands a tenant a fresher bucket than it had.
@@ -56,9 +54,6 @@ const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
 /// sketch is sized (see `sketch.rs`) so that, below that scale, a full collision is rare.
 const RECORD_AT: u64 = 1;
 
-/// Items rendered without allocation; more limits than this spill to a `Vec`.
-const INLINE_ITEMS: usize = 4;
-
 /// The rate limiter of one route's policy: shared by every request of that route.
 ///
 /// Cheap to clone (one `Arc`). Dropping the last clone gives its entries back to the
@@ -66,15 +61,6 @@ const INLINE_ITEMS: usize = 4;
 #[derive(Clone)]
 pub struct RateLimiter {
     inner: Arc<Inner>,
-}
-
-/// The answer for one request: admitted or refused, how long to wait, and the RateLimit headers.
-#[derive(Debug, Clone)]
-pub struct Decision {
-    admitted: bool,
-    retry_nanos: u64,
-    items: Items,
-    spec: Option<Arc<Spec>>,
 }
 
 struct Inner {
@@ -103,26 +89,6 @@ struct Set {
 struct Total {
     limits: Vec<Gcra>,
     cells: Box<[AtomicU64]>,
-}
-
-/// Header names of a set's items (its limits, then the totals) and the fixed policy header.
-#[derive(Debug)]
-struct Spec {
-    names: Vec<String>,
-    policy: Option<HeaderValue>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Items {
-    len: usize,
-    inline: [Item; INLINE_ITEMS],
-    spill: Vec<Item>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Item {
-    remaining: u64,
-    reset_nanos: u64,
 }
 
 // === impl RateLimiter ===
@@ -473,112 +439,5 @@ impl Set {
                 None => sketch.carry_from(from, f),
             }
         }
-    }
-}
-
-// === impl Spec ===
-
-impl Spec {
-    /// Names items per SPEC §3 (`name:`, else `burst`/`quota`/`total`), unique within the set.
-    fn new(limits: &[Limit], total: &[Limit]) -> Self {
-        let default_name = |l: &Limit, tenant: bool| match (&l.name, tenant) {
-            (Some(n), _) => n.clone(),
-            (None, true) if l.rate.per >= QUOTA_PERIOD => "quota".to_owned(),
-            (None, true) => "burst".to_owned(),
-            (None, false) => "total".to_owned(),
-        };
-        let all = limits
-            .iter()
-            .map(|l| (l, true))
-            .chain(total.iter().map(|l| (l, false)));
-        let mut names: Vec<String> = Vec::new();
-        let mut policy = String::new();
-        for (limit, tenant) in all {
-            let base = sf_string(&default_name(limit, tenant));
-            let mut name = base.clone();
-            let mut n = 2;
-            while names.contains(&name) {
-                name = format!("{base}{n}");
-                n += 1;
-            }
-            let g = Gcra::new(limit);
-            let sep = if policy.is_empty() { "" } else { ", " };
-            let _ = write!(
-                policy,
-                "{sep}\"{name}\";q={};w={}",
-                g.capacity(),
-                g.window_secs()
-            );
-            names.push(name);
-        }
-        let policy = (!names.is_empty())
-            .then(|| HeaderValue::from_str(&policy).ok())
-            .flatten();
-        Spec { names, policy }
-    }
-}
-
-/// The inside of a structured-field string: printable ASCII, `"` and `\` escaped.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-// === impl Decision ===
-
-impl Decision {
-    /// True if the request may go on.
-    pub fn is_admitted(&self) -> bool {
-        self.admitted
-    }
-
-    /// The real wait until every refusing limit has a token again; `ZERO` if admitted. The
-    /// answer's `retry-after` is this rounded up to whole seconds, at least 1.
-    pub fn retry_after(&self) -> Duration {
-        if self.admitted {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.retry_nanos)
-        }
-    }
-
-    /// Writes `ratelimit-policy` and `ratelimit` (SPEC §3), one item per limit that applied.
-    /// Writes nothing for an admitted request unless the policy has `headers: true`, so the
-    /// caller may call it on every answer.
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let Some(spec) = &self.spec else { return };
-        let Some(policy) = &spec.policy else { return };
-        let mut value = String::with_capacity(24 * spec.names.len());
-        for (name, item) in spec.names.iter().zip(self.items.iter()) {
-            let sep = if value.is_empty() { "" } else { ", " };
-            let t = item.reset_nanos.div_ceil(1_000_000_000);
-            let _ = write!(value, "{sep}\"{name}\";r={};t={t}", item.remaining);
-        }
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
-            headers.insert(HeaderName::from_static("ratelimit"), value);
-        }
-    }
-}
-
-// === impl Items ===
-
-impl Items {
-    fn push(&mut self, item: Item) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = item,
-            None => self.spill.push(item),
-        }
-        self.len += 1;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Item> {
-        self.inline.iter().take(self.len).chain(self.spill.iter())
     }
 }

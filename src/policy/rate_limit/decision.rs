@@ -1,0 +1,156 @@
+//! What a rate-limit decision says: admitted or not, how long to wait, and the IETF RateLimit
+//! headers (SPEC §3) that carry it to the client.
+//!
+//! Header text is prepared once per set of limits (`Spec`): the `ratelimit-policy` value is
+//! fixed, and only `ratelimit` (remaining, reset) is written per answer.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::gcra::Gcra;
+use crate::config::file::Limit;
+
+/// Windows of an hour or more are named `quota` in the headers, shorter ones `burst`.
+const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Items rendered without allocation; more limits than this spill to a `Vec`.
+const INLINE_ITEMS: usize = 4;
+
+/// The answer for one request: admitted or refused, how long to wait, and the RateLimit headers.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub(super) admitted: bool,
+    pub(super) retry_nanos: u64,
+    pub(super) items: Items,
+    pub(super) spec: Option<Arc<Spec>>,
+}
+
+/// Header names of a set's items (its limits, then the totals) and the fixed policy header.
+#[derive(Debug)]
+pub(super) struct Spec {
+    pub(super) names: Vec<String>,
+    pub(super) policy: Option<HeaderValue>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Items {
+    pub(super) len: usize,
+    pub(super) inline: [Item; INLINE_ITEMS],
+    pub(super) spill: Vec<Item>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Item {
+    pub(super) remaining: u64,
+    pub(super) reset_nanos: u64,
+}
+
+// === impl Spec ===
+
+impl Spec {
+    /// Names items per SPEC §3 (`name:`, else `burst`/`quota`/`total`), unique within the set.
+    pub(super) fn new(limits: &[Limit], total: &[Limit]) -> Self {
+        let default_name = |l: &Limit, tenant: bool| match (&l.name, tenant) {
+            (Some(n), _) => n.clone(),
+            (None, true) if l.rate.per >= QUOTA_PERIOD => "quota".to_owned(),
+            (None, true) => "burst".to_owned(),
+            (None, false) => "total".to_owned(),
+        };
+        let all = limits
+            .iter()
+            .map(|l| (l, true))
+            .chain(total.iter().map(|l| (l, false)));
+        let mut names: Vec<String> = Vec::new();
+        let mut policy = String::new();
+        for (limit, tenant) in all {
+            let base = sf_string(&default_name(limit, tenant));
+            let mut name = base.clone();
+            let mut n = 2;
+            while names.contains(&name) {
+                name = format!("{base}{n}");
+                n += 1;
+            }
+            let g = Gcra::new(limit);
+            let sep = if policy.is_empty() { "" } else { ", " };
+            let _ = write!(
+                policy,
+                "{sep}\"{name}\";q={};w={}",
+                g.capacity(),
+                g.window_secs()
+            );
+            names.push(name);
+        }
+        let policy = (!names.is_empty())
+            .then(|| HeaderValue::from_str(&policy).ok())
+            .flatten();
+        Spec { names, policy }
+    }
+}
+
+/// The inside of a structured-field string: printable ASCII, `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// === impl Decision ===
+
+impl Decision {
+    /// True if the request may go on.
+    pub fn is_admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// The real wait until every refusing limit has a token again; `ZERO` if admitted. The
+    /// answer's `retry-after` is this rounded up to whole seconds, at least 1.
+    pub fn retry_after(&self) -> Duration {
+        if self.admitted {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.retry_nanos)
+        }
+    }
+
+    /// Writes `ratelimit-policy` and `ratelimit` (SPEC §3), one item per limit that applied.
+    /// Writes nothing for an admitted request unless the policy has `headers: true`, so the
+    /// caller may call it on every answer.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let Some(spec) = &self.spec else { return };
+        let Some(policy) = &spec.policy else { return };
+        let mut value = String::with_capacity(24 * spec.names.len());
+        for (name, item) in spec.names.iter().zip(self.items.iter()) {
+            let sep = if value.is_empty() { "" } else { ", " };
+            let t = item.reset_nanos.div_ceil(1_000_000_000);
+            let _ = write!(value, "{sep}\"{name}\";r={};t={t}", item.remaining);
+        }
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
+            headers.insert(HeaderName::from_static("ratelimit"), value);
+        }
+    }
+}
+
+// === impl Items ===
+
+impl Items {
+    pub(super) fn push(&mut self, item: Item) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = item,
+            None => self.spill.push(item),
+        }
+        self.len += 1;
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.inline.iter().take(self.len).chain(self.spill.iter())
+    }
+}
