@@ -5,23 +5,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use crate::support::{http, metric_value, metrics, sample, Proxy};
-
-const TEMPLATE: &str = r#"
-version: 1
-admin: { listen: $ADMIN }
-upstreams:
-  app: { endpoints: [$APP] }
-listeners:
-  - name: inbound
-    direction: inbound
-    listen: $LISTEN_inbound
-    routes:
-      - upstream: app
-"#;
+use crate::support::{http, metric_value, metrics, one_route, sample, Proxy};
 
 async fn proxy(app: SocketAddr) -> Proxy {
-    Proxy::builder(TEMPLATE).var("APP", app).spawn().await
+    Proxy::builder(&one_route("")).var("APP", app).spawn().await
 }
 
 fn sha256_of(path: &std::path::Path) -> String {
@@ -103,7 +90,7 @@ async fn post_reload_of_an_invalid_file_is_400_with_the_errors() {
     let admin = proxy.admin();
     let old_sha = sha256_of(proxy.config_path());
     // `bogus` sits at line 3, column 1 of the rewritten file.
-    proxy.rewrite_config(&TEMPLATE.replace("version: 1\n", "version: 1\nbogus: 1\n"));
+    proxy.rewrite_config(&one_route("").replace("version: 1\n", "version: 1\nbogus: 1\n"));
 
     let rsp = http::post(admin, "/reload", &[], "").await;
     assert_eq!(rsp.status, 400, "{}", rsp.text());

@@ -5,24 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{free_addr, http, raw, sample, Proxy};
-
-/// One inbound listener in front of `$APP`, no policy.
-const INBOUND: &str = r#"
-version: 1
-admin: { listen: $ADMIN }
-upstreams:
-  app: { endpoints: [$APP] }
-listeners:
-  - name: inbound
-    direction: inbound
-    listen: $LISTEN_inbound
-    routes:
-      - upstream: app
-"#;
+use crate::support::{free_addr, http, one_route, raw, sample, Proxy};
 
 async fn inbound(app: SocketAddr) -> Proxy {
-    Proxy::builder(INBOUND).var("APP", app).spawn().await
+    Proxy::builder(&one_route("")).var("APP", app).spawn().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

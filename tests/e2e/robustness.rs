@@ -4,27 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{http, raw, sample, Proxy};
-
-const TEMPLATE: &str = r#"
-version: 1
-admin: { listen: $ADMIN }
-runtime:
-  header_read_timeout: 500ms
-  max_header_bytes: 32KiB
-  max_connections: $MAXCONN
-upstreams:
-  app: { endpoints: [$APP] }
-listeners:
-  - name: inbound
-    direction: inbound
-    listen: $LISTEN_inbound
-    routes:
-      - upstream: app
-"#;
+use crate::support::{http, one_route, raw, sample, Proxy};
 
 async fn proxy(app: SocketAddr, max_connections: u32) -> Proxy {
-    Proxy::builder(TEMPLATE)
+    Proxy::builder(&one_route("runtime:\n  header_read_timeout: 500ms\n  max_header_bytes: 32KiB\n  max_connections: $MAXCONN"))
         .var("APP", app)
         .var("MAXCONN", max_connections)
         .spawn()

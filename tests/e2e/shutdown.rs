@@ -3,27 +3,13 @@
 
 use std::time::Duration;
 
-use crate::support::{http, sample, Proxy};
-
-const TEMPLATE: &str = r#"
-version: 1
-admin: { listen: $ADMIN }
-runtime: { shutdown_grace: 5s }
-upstreams:
-  app: { endpoints: [$APP] }
-listeners:
-  - name: inbound
-    direction: inbound
-    listen: $LISTEN_inbound
-    routes:
-      - upstream: app
-"#;
+use crate::support::{http, one_route, sample, Proxy};
 
 const GRACE: Duration = Duration::from_secs(5);
 
 async fn drains_in_flight_then_exits_0(sig: &str) {
     let app = sample().await;
-    let mut proxy = Proxy::builder(TEMPLATE)
+    let mut proxy = Proxy::builder(&one_route("runtime: { shutdown_grace: 5s }"))
         .var("APP", app.addr())
         .spawn()
         .await;
@@ -84,7 +70,7 @@ async fn sigint_drains_in_flight_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_proxy_exits_0_at_once_on_sigterm() {
     let app = sample().await;
-    let mut proxy = Proxy::builder(TEMPLATE)
+    let mut proxy = Proxy::builder(&one_route("runtime: { shutdown_grace: 5s }"))
         .var("APP", app.addr())
         .spawn()
         .await;

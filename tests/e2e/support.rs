@@ -41,6 +41,26 @@ pub async fn sample() -> rampart::sample::Sample {
         .expect("the sample service must start")
 }
 
+/// A policy with one inbound listener whose one route sends everything to upstream `app` at
+/// `$APP`, with no policy; `sections` adds top-level sections (e.g. `runtime:`) before it.
+pub fn one_route(sections: &str) -> String {
+    format!(
+        r#"
+version: 1
+admin: {{ listen: $ADMIN }}
+{sections}
+upstreams:
+  app: {{ endpoints: [$APP] }}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#
+    )
+}
+
 /// Hex SHA-256 of `bytes`: what `/config` and `rampart_config_info` name a policy file by.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};

@@ -2,25 +2,12 @@
 
 use std::net::SocketAddr;
 
-use crate::support::{http, metric_value, metrics, metrics::label_values, sample, Proxy};
-
-/// Inbound in front of `$APP`; `$TENANTS` is the whole `tenants:` section.
-const TEMPLATE: &str = r#"
-version: 1
-admin: { listen: $ADMIN }
-tenants: $TENANTS
-upstreams:
-  app: { endpoints: [$APP] }
-listeners:
-  - name: inbound
-    direction: inbound
-    listen: $LISTEN_inbound
-    routes:
-      - upstream: app
-"#;
+use crate::support::{
+    http, metric_value, metrics, metrics::label_values, one_route, sample, Proxy,
+};
 
 async fn proxy(app: SocketAddr, tenants: &str) -> Proxy {
-    Proxy::builder(TEMPLATE)
+    Proxy::builder(&one_route("tenants: $TENANTS"))
         .var("TENANTS", tenants)
         .var("APP", app)
         .spawn()
