@@ -42,9 +42,17 @@ promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml
 
 # --- tests -------------------------------------------------------------------------------
-# Doc tests are not part of --all-targets, so they get their own (cheap) run first.
-# --all-targets: lib unit tests, bin tests, tests/e2e, and the benches built and run once in
-# test mode (criterion runs each bench a single time, no measurement). It goes last so the
-# script ends with cargo's own summary of the main suites.
+# Doc tests and the benches (built and run once in test mode: criterion times nothing) come
+# first; the unit tests and the tests/e2e binary come last, so the output ends with their
+# summaries and one plain total line.
 cargo test --doc
-cargo test --all-targets
+cargo test --benches
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
