@@ -278,3 +278,95 @@ listeners:
         "round robin must alternate: a={ha} b={hb}"
     );
 }
+
+/// An upstream that answers 413 as soon as it has a request head, then reads and discards the
+/// body (as a well-behaved server lingers), and answers anything without a body 200.
+async fn early_answering_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let answer: &[u8] = if len > 0 {
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    buf.drain(..end + 4);
+                    let mut left = len;
+                    while left > 0 {
+                        if buf.is_empty() {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let take = left.min(buf.len());
+                        buf.drain(..take);
+                        left -= take;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_whole_upload_leaves_both_connections_usable() {
+    let upstream = early_answering_upstream().await;
+    let proxy = Proxy::builder(&one_route(""))
+        .var("APP", upstream)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    // One client connection, reused; the upstream answers before reading 1 MiB of body.
+    let client = http::client();
+    let big = vec![b'x'; 1 << 20];
+    for round in 0..3 {
+        let rsp = http::send(
+            &client,
+            addr,
+            ::http::Method::POST,
+            "/upload",
+            &[],
+            http::full(big.clone()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: the early answer must arrive: {e}"));
+        assert_eq!(rsp.status, 413, "round {round}");
+        let rsp = http::send(
+            &client,
+            addr,
+            ::http::Method::GET,
+            "/ok",
+            &[],
+            http::empty(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: the next request must be served: {e}"));
+        assert_eq!(rsp.status, 200, "round {round}");
+    }
+}
