@@ -89,14 +89,8 @@ pub fn spawn(
 impl ListenerHandle {
     /// Stops accepting, lets open connections finish (up to `grace`), then returns.
     pub async fn drain(self, grace: Duration) {
-        let _ = self.stop.send(true);
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace + Duration::from_millis(100), self.task)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
+        self.begin_drain();
+        self.wait(grace).await;
     }
 
     /// Asks the listener to stop and drain, without waiting.

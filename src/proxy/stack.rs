@@ -40,7 +40,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     lst.in_flight.inc();
-    let _in_flight = scopeguard(&lst.in_flight);
+    let _in_flight = InFlightGuard(&lst.in_flight);
 
     // 1. Route.
     let host = request_host(&req);
@@ -113,10 +113,6 @@ fn finish(
 
 /// Decrements the in-flight gauge when the request's handling ends, however it ends.
 struct InFlightGuard<'a>(&'a prometheus::IntGauge);
-
-fn scopeguard(g: &prometheus::IntGauge) -> InFlightGuard<'_> {
-    InFlightGuard(g)
-}
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
