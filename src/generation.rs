@@ -32,7 +32,7 @@ pub struct Generation {
     /// The config it was built from.
     pub config: Arc<Config>,
     /// Listeners by their configured address.
-    pub listeners: HashMap<SocketAddr, Arc<ListenerRt>>,
+    pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, foldhash::fast::RandomState>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Tenant identification rules.
@@ -151,7 +151,7 @@ impl Generation {
     pub fn empty(config: Arc<Config>) -> Generation {
         Generation {
             identify: Identify::new(&config.file.tenants),
-            listeners: HashMap::new(),
+            listeners: HashMap::default(),
             upstreams: BTreeMap::new(),
             config,
         }

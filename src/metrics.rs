@@ -65,7 +65,7 @@ pub struct RouteMetrics {
     listener: Arc<str>,
     route: Arc<str>,
     metrics: Metrics,
-    by_tenant: DashMap<Arc<str>, Arc<TenantMetrics>>,
+    by_tenant: DashMap<Arc<str>, Arc<TenantMetrics>, foldhash::fast::RandomState>,
     /// `rampart_retries_total{route, upstream}`.
     pub retries: IntCounter,
     /// `rampart_retry_budget_exhausted_total{route, upstream}`.
@@ -275,20 +275,16 @@ impl Metrics {
         route: &Arc<str>,
         upstream: &Arc<str>,
     ) -> RouteMetrics {
+        let two = |v: &IntCounterVec| v.with_label_values(&[route, upstream]);
         let t = |kind: &str| self.timeouts.with_label_values(&[route, upstream, kind]);
-        RouteMetrics {
-            listener: listener.clone(),
-            route: route.clone(),
-            metrics: self.clone(),
-            by_tenant: DashMap::new(),
-            retries: self.retries.with_label_values(&[route, upstream]),
-            retry_budget_exhausted: self
-                .retry_budget_exhausted
-                .with_label_values(&[route, upstream]),
-            timeout_request: t("request"),
-            timeout_per_try: t("per_try"),
-            timeout_connect: t("connect"),
-        }
+        let counters = [
+            two(&self.retries),
+            two(&self.retry_budget_exhausted),
+            t("request"),
+            t("per_try"),
+            t("connect"),
+        ];
+        self.route_with(listener, route, counters)
     }
 
     /// Handles for requests of `listener` that matched no route: they count in
@@ -297,16 +293,32 @@ impl Metrics {
     pub fn unrouted(&self, listener: &Arc<str>) -> RouteMetrics {
         let detached =
             || IntCounter::new("rampart_unrouted", "not exported").expect("valid metric");
+        self.route_with(
+            listener,
+            &Arc::from(""),
+            std::array::from_fn(|_| detached()),
+        )
+    }
+
+    /// `counters`: retries, retry budget exhausted, timeouts request / per_try / connect.
+    fn route_with(
+        &self,
+        listener: &Arc<str>,
+        route: &Arc<str>,
+        counters: [IntCounter; 5],
+    ) -> RouteMetrics {
+        let [retries, retry_budget_exhausted, timeout_request, timeout_per_try, timeout_connect] =
+            counters;
         RouteMetrics {
             listener: listener.clone(),
-            route: Arc::from(""),
+            route: route.clone(),
             metrics: self.clone(),
-            by_tenant: DashMap::new(),
-            retries: detached(),
-            retry_budget_exhausted: detached(),
-            timeout_request: detached(),
-            timeout_per_try: detached(),
-            timeout_connect: detached(),
+            by_tenant: DashMap::default(),
+            retries,
+            retry_budget_exhausted,
+            timeout_request,
+            timeout_per_try,
+            timeout_connect,
         }
     }
 
@@ -361,19 +373,6 @@ impl RouteMetrics {
             .entry(tenant_label.clone())
             .or_insert(t)
             .clone()
-    }
-
-    /// The route's label.
-    pub fn route_label(&self) -> &Arc<str> {
-        &self.route
-    }
-
-    /// Counts a shed request.
-    pub fn shed(&self, tenant_label: &str, reason: &str) {
-        self.metrics
-            .shed
-            .with_label_values(&[&self.listener, &self.route, tenant_label, reason])
-            .inc();
     }
 }
 

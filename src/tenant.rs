@@ -50,7 +50,7 @@ enum Source {
 #[derive(Debug)]
 pub struct Labels {
     cap: AtomicUsize,
-    given: DashMap<Box<str>, Arc<str>>,
+    given: DashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
     other: Arc<str>,
 }
 
@@ -145,7 +145,7 @@ impl Labels {
     pub fn new(cap: usize) -> Self {
         Labels {
             cap: AtomicUsize::new(cap),
-            given: DashMap::new(),
+            given: DashMap::default(),
             other: Arc::from(OTHER_LABEL),
         }
     }

@@ -14,8 +14,6 @@
 //!
 //! Anyone who changes this order explains why here.
 
-use std::sync::Arc;
-
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -27,7 +25,7 @@ use super::respond::answer;
 use super::route::request_host;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
-use crate::metrics::RouteMetrics;
+use crate::metrics::TenantMetrics;
 use crate::Shared;
 
 /// Serves one request on listener `lst` of generation `gen`.
@@ -47,7 +45,7 @@ pub async fn handle(
     let path = req.uri().path();
     let Some(route) = lst.routes.iter().find(|r| r.matcher.matches(host, path)) else {
         let rsp = answer(Reason::NoRoute, "no route matches this request", None);
-        return finish(&lst.unrouted, &shared.empty_label, rsp, started);
+        return finish(&lst.unrouted.tenant(&shared.empty_label), rsp, started);
     };
 
     // 2. Tenant.
@@ -58,15 +56,11 @@ pub async fn handle(
                 Reason::TenantRequired => "this route requires a tenant id",
                 _ => "tenant id must be 1 to 128 characters of [A-Za-z0-9._:@-]",
             };
-            return finish(
-                &route.metrics,
-                &shared.empty_label,
-                answer(reason, msg, None),
-                started,
-            );
+            let tm = route.metrics.tenant(&shared.empty_label);
+            return finish(&tm, answer(reason, msg, None), started);
         }
     };
-    let label = shared.labels.label(tenant.as_str());
+    let tm = route.metrics.tenant(&shared.labels.label(tenant.as_str()));
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
     let limited = route
@@ -75,7 +69,7 @@ pub async fn handle(
         .as_ref()
         .map(|rl| rl.limiter.check(tenant.as_str()));
     if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
-        route.metrics.tenant(&label).rate_limited.inc();
+        tm.rate_limited.inc();
         let wait = decision.retry_after();
         let msg = format!(
             "rate limit exceeded for tenant {}; retry in {:?}",
@@ -84,7 +78,7 @@ pub async fn handle(
         );
         let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
         decision.write_headers(rsp.headers_mut());
-        return finish(&route.metrics, &label, rsp, started);
+        return finish(&tm, rsp, started);
     }
 
     // 4. Load shed: (its own issue) takes a slot here, held until the answer is sent.
@@ -95,19 +89,13 @@ pub async fn handle(
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());
     }
-    finish(&route.metrics, &label, rsp, started)
+    finish(&tm, rsp, started)
 }
 
-/// Counts the answer and its duration under (route, tenant label).
-fn finish(
-    metrics: &RouteMetrics,
-    tenant_label: &Arc<str>,
-    rsp: Response<Body>,
-    started: Instant,
-) -> Response<Body> {
-    let t = metrics.tenant(tenant_label);
-    t.count(rsp.status().as_u16());
-    t.duration.observe(started.elapsed().as_secs_f64());
+/// Counts the answer and its duration under its (route, tenant label).
+fn finish(tm: &TenantMetrics, rsp: Response<Body>, started: Instant) -> Response<Body> {
+    tm.count(rsp.status().as_u16());
+    tm.duration.observe(started.elapsed().as_secs_f64());
     rsp
 }
 

@@ -1,11 +1,11 @@
 //! Reload on SIGHUP: a valid file changes behaviour at once, an invalid one changes nothing,
 //! reloads under load drop no request, and listeners come and go with the file.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::support::{http, metric_value, metrics, sample, Proxy};
+use crate::support::metrics::{config_sha, reloads};
+use crate::support::{http, metrics, sample, Proxy};
 
 /// Inbound in front of `$APP` on routes matching `$PREFIX` only; `$EXTRA` may add listeners.
 const TEMPLATE: &str = r#"
@@ -32,15 +32,6 @@ const EXTRA: &str = r#"
 
 fn with_prefix(prefix: &str) -> String {
     TEMPLATE.replace("$PREFIX", prefix)
-}
-
-async fn config_sha(admin: SocketAddr) -> String {
-    let cfg = http::get(admin, "/config", &[]).await.json();
-    cfg["sha256"].as_str().unwrap_or_default().to_owned()
-}
-
-fn reloads(text: &str, result: &str) -> f64 {
-    metric_value(text, "rampart_config_reloads_total", &[("result", result)]).unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -121,3 +121,14 @@ fn matcher_reads_labels_and_sums_subsets() {
     assert_eq!(metric_value(text, "x", &[]), None);
     assert_eq!(label_values(text, "x_total", "tenant"), ["a\"b", "c"]);
 }
+
+/// `rampart_config_reloads_total{result}` in `text`; 0 when absent.
+pub fn reloads(text: &str, result: &str) -> f64 {
+    metric_value(text, "rampart_config_reloads_total", &[("result", result)]).unwrap_or(0.0)
+}
+
+/// The sha256 of the config in force, from admin `/config`.
+pub async fn config_sha(admin: SocketAddr) -> String {
+    let cfg = http::get(admin, "/config", &[]).await.json();
+    cfg["sha256"].as_str().unwrap_or_default().to_owned()
+}
