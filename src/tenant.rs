@@ -8,6 +8,8 @@
 //! Labels are bounded separately: the first `metrics_labels` distinct tenants seen get their
 //! own `tenant` label value, every later one is counted as `_other`.
 
+pub mod tracked;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -35,12 +35,13 @@ use std::sync::{Arc, Weak};
 
 use self::gcra::{Carry, Gcra};
 use self::sketch::Sketch;
-use self::table::{Entry, Sweep, Table};
+use self::table::{Entry, Table};
 use crate::clock::SharedClock;
 use crate::config::file::{Limit, RateLimit};
+use crate::tenant::tracked::Sweep;
 
 pub use self::decision::Decision;
-pub use self::table::TrackedTenants;
+pub use crate::tenant::tracked::TrackedTenants;
 
 use self::decision::{Item, Items, Spec};
 

@@ -2,7 +2,7 @@
 //!
 //! Entries live in a sharded `DashMap<Box<str>, Entry>`: a hit is a read lock on one shard and a
 //! lookup by `&str` (no allocation); only a new tenant allocates its key. The number of entries
-//! of all limiters together is capped by [`TrackedTenants`]. When a new tenant finds the cap
+//! of all limiters together is capped by [`TrackedTenants`](crate::tenant::tracked::TrackedTenants). When a new tenant finds the cap
 //! reached, the largest table is swept once for a whole batch (an eighth of the cap): first the
 //! idle entries, whose buckets are full again and so carry no information; then, if that was not
 //! enough, the entries that use the smallest fraction of their capacity, each folded into the
@@ -16,36 +16,11 @@
 //! and free slots (the figure is near the worst point, just after the table doubled). Beside the
 //! table, each per-tenant limit has a fixed sketch of at most 768 KiB.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-#[allow(clippy::disallowed_types)]
-use std::sync::Mutex;
-use std::sync::{Arc, PoisonError, Weak};
+use std::sync::atomic::AtomicU64;
 
 use dashmap::mapref::entry::Entry as Slot;
 use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
-
-/// The process-wide count of tracked (policy, tenant) entries and its cap, `tenants.max_tracked`.
-///
-/// Shared by every [`RateLimiter`](super::RateLimiter) so that all policies together stay within
-/// the bound; a limiter that needs room may sweep another limiter's table.
-pub struct TrackedTenants {
-    count: AtomicU64,
-    cap: AtomicU64,
-    // A mutex, not an atomic: only registration and the rare sweep path take it, never across
-    // an await, and a sweep must run alone.
-    #[allow(clippy::disallowed_types)]
-    tables: Mutex<Vec<Weak<dyn Sweep>>>,
-}
-
-/// A table that can give entries back; implemented by each limiter.
-pub(crate) trait Sweep: Send + Sync {
-    /// Entries held now.
-    fn entries(&self) -> usize;
-    /// Frees at least `want` entries if it has them (idle first); returns how many it freed and
-    /// has already given back to the [`TrackedTenants`] count.
-    fn sweep(&self, want: usize) -> usize;
-}
 
 /// The state of one tenant in one limiter: which set of limits applies and one TAT per limit.
 #[derive(Debug)]
@@ -67,94 +42,6 @@ pub(crate) struct Table {
     /// foldhash, seeded at random per table: several times cheaper than SipHash on short ids,
     /// and still keyed, so clients cannot aim their tenant ids at one shard or bucket.
     map: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
-}
-
-// === impl TrackedTenants ===
-
-impl TrackedTenants {
-    /// A counter with cap `max_tracked` (at least 1).
-    #[allow(clippy::disallowed_types)] // see the `tables` field
-    pub fn new(max_tracked: u64) -> Arc<Self> {
-        Arc::new(TrackedTenants {
-            count: AtomicU64::new(0),
-            cap: AtomicU64::new(max_tracked.max(1)),
-            tables: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Entries tracked by all limiters together; never above [`max_tracked`](Self::max_tracked)
-    /// except for entries carried by a reload that is still in progress.
-    pub fn len(&self) -> u64 {
-        self.count.load(Ordering::Acquire)
-    }
-
-    /// True when nothing is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The cap.
-    pub fn max_tracked(&self) -> u64 {
-        self.cap.load(Ordering::Relaxed)
-    }
-
-    /// Changes the cap (a reload of `tenants.max_tracked`). Entries over a lowered cap are
-    /// swept as new tenants arrive, never all at once.
-    pub fn set_max_tracked(&self, max_tracked: u64) {
-        self.cap.store(max_tracked.max(1), Ordering::Relaxed);
-    }
-
-    pub(crate) fn register(&self, table: Weak<dyn Sweep>) {
-        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        tables.retain(|t| t.strong_count() > 0);
-        tables.push(table);
-    }
-
-    /// Counts one more entry, making room by a sweep if the cap is reached. False only if no
-    /// table could free anything (every entry is being inserted right now).
-    pub(crate) fn reserve(&self) -> bool {
-        if self.try_reserve() {
-            return true;
-        }
-        // Rare path: one sweeper at a time; the others wait and then find room.
-        let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.try_reserve() {
-            return true;
-        }
-        let largest = tables
-            .iter()
-            .filter_map(Weak::upgrade)
-            .max_by_key(|t| t.entries());
-        if let Some(table) = largest {
-            let batch = usize::try_from(self.max_tracked() / 8)
-                .unwrap_or(usize::MAX)
-                .max(1);
-            table.sweep(batch);
-        }
-        drop(tables);
-        self.try_reserve()
-    }
-
-    pub(crate) fn release(&self, n: usize) {
-        self.count.fetch_sub(n as u64, Ordering::AcqRel);
-    }
-
-    fn try_reserve(&self) -> bool {
-        self.count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_tracked()).then_some(n + 1)
-            })
-            .is_ok()
-    }
-}
-
-impl std::fmt::Debug for TrackedTenants {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrackedTenants")
-            .field("len", &self.len())
-            .field("cap", &self.cap)
-            .finish()
-    }
 }
 
 // === impl Entry ===

@@ -13,43 +13,7 @@ use http::header::{HeaderMap, HeaderName, RETRY_AFTER};
 use http::Method;
 
 use crate::config::file;
-
-/// The result of one try against an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// No connection could be established.
-    ConnectError,
-    /// The connection broke before a full answer arrived.
-    Reset,
-    /// The per-try timeout passed without an answer.
-    Timeout,
-    /// The upstream answered with this status code.
-    Status(u16),
-}
-
-// === impl Outcome ===
-
-impl Outcome {
-    /// Whether this outcome is a failure; see [`is_failure`].
-    pub fn is_failure(&self) -> bool {
-        is_failure(self)
-    }
-}
-
-impl From<http::StatusCode> for Outcome {
-    fn from(status: http::StatusCode) -> Self {
-        Outcome::Status(status.as_u16())
-    }
-}
-
-/// Whether `outcome` is a failure in the SPEC's sense: connect error, reset, timeout or any
-/// 5xx answer. Every other answer, 4xx included, is a success.
-pub fn is_failure(outcome: &Outcome) -> bool {
-    match *outcome {
-        Outcome::ConnectError | Outcome::Reset | Outcome::Timeout => true,
-        Outcome::Status(code) => (500..600).contains(&code),
-    }
-}
+pub use crate::policy::outcome::{is_failure, Outcome};
 
 /// The set of outcomes a policy retries (`retry.on`); checking it is a few bit operations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,6 +62,8 @@ impl RetryOn {
                 .statuses
                 .get(usize::from(code / 64))
                 .is_some_and(|word| word & (1 << (code % 64)) != 0),
+            // Nobody is waiting for a cancelled try; a client's fault is not the upstream's.
+            Outcome::Cancelled | Outcome::ClientFault => false,
         }
     }
 }

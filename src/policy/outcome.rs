@@ -1,0 +1,64 @@
+//! The outcome of one try against an upstream: the one vocabulary every observer shares.
+//!
+//! Metrics, the adaptive per-try deadline, circuit breakers, outlier detection, EWMA balancing
+//! and adaptive concurrency all learn about a try through the same [`Outcome`], recorded once
+//! per try by the request path's try guard (`proxy/exchange.rs`). Keeping the vocabulary in one
+//! place means they never disagree on what a failure is.
+//!
+//! Two outcomes are not verdicts on the upstream:
+//! - [`Outcome::Cancelled`]: the try was abandoned before its answer because the client went
+//!   away. It is no evidence either way, so it trips nothing; but a half-open breaker probe that
+//!   ends this way still frees its permit and counts as a failed probe (the breaker could not
+//!   confirm recovery), and in-flight counts are released.
+//! - [`Outcome::ClientFault`]: the client broke the exchange (malformed or stalled request
+//!   body). SPEC §14: never an upstream failure, never in upstream metrics.
+
+/// How one try against an upstream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// No connection could be established.
+    ConnectError,
+    /// The connection broke before a full answer head arrived.
+    Reset,
+    /// A deadline (per-try or the request's) passed without an answer.
+    Timeout,
+    /// The upstream answered with this status code.
+    Status(u16),
+    /// Abandoned before an answer because the client went away.
+    Cancelled,
+    /// The client's request body was malformed or stalled.
+    ClientFault,
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    /// Whether this outcome is a failure in the SPEC's sense: connect error, reset, timeout or
+    /// any 5xx answer. Every other answer, 4xx included, is a success; `Cancelled` and
+    /// `ClientFault` are neither (see the module doc).
+    pub fn is_failure(&self) -> bool {
+        is_failure(self)
+    }
+
+    /// Whether the upstream's behaviour is known: false for `Cancelled` and `ClientFault`,
+    /// which observers of upstream health skip.
+    pub fn is_verdict(&self) -> bool {
+        !matches!(self, Outcome::Cancelled | Outcome::ClientFault)
+    }
+}
+
+impl From<http::StatusCode> for Outcome {
+    fn from(status: http::StatusCode) -> Self {
+        Outcome::Status(status.as_u16())
+    }
+}
+
+/// Whether `outcome` is a failure in the SPEC's sense: connect error, reset, timeout or any
+/// 5xx answer. Every other answer, 4xx included, is a success.
+pub fn is_failure(outcome: &Outcome) -> bool {
+    match *outcome {
+        Outcome::ConnectError | Outcome::Reset | Outcome::Timeout => true,
+        Outcome::Status(code) => (500..600).contains(&code),
+        Outcome::Cancelled | Outcome::ClientFault => false,
+    }
+}
