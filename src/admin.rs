@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -17,27 +17,71 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::proxy::conn::{Close, ConnState};
 
 use crate::proxy::body::Body;
+use crate::proxy::shared::Shared;
 use crate::reload::{self, ReloadError};
-use crate::Shared;
+
+/// Connections the admin listener serves at once; more wait in the accept queue. Probes and a
+/// scraper need a handful; the cap keeps idle sockets from piling up on an exposed admin port.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin endpoints on `tcp` until the process ends.
+///
+/// Connections get the data listeners' head and idle timeouts (from the config in force) and
+/// at most [`ADMIN_MAX_CONNECTIONS`] are served at once (SPEC §14).
 pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         loop {
-            let Ok((stream, peer)) = tcp.accept().await else {
-                continue;
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match tcp.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let shared = shared.clone();
             let builder = builder.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(&shared, req, peer).await) }
-                });
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                let (head, idle) = {
+                    let gen = shared.current.load();
+                    let rt = &gen.config.file.runtime;
+                    (rt.header_read_timeout.0, rt.idle_timeout.0)
+                };
+                let state = ConnState::new();
+                let svc = {
+                    let state = state.clone();
+                    service_fn(move |req| {
+                        let shared = shared.clone();
+                        let active = state.begin();
+                        async move {
+                            let rsp = route(&shared, req, peer).await;
+                            drop(active);
+                            Ok::<_, Infallible>(rsp)
+                        }
+                    })
+                };
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    close = state.watch(head, idle) => {
+                        if close == Close::Idle {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(head, conn).await;
+                        }
+                    }
+                }
+                drop(permit);
             });
         }
     })

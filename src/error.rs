@@ -23,8 +23,14 @@ pub enum Reason {
     NoRoute,
     /// 401: `fallback: reject` and no tenant found.
     TenantRequired,
-    /// 400: tenant id too long or with characters outside `[A-Za-z0-9._:@-]`.
+    /// 400: tenant id too long or with characters outside `[A-Za-z0-9._:@-]`, or repeated.
     InvalidTenant,
+    /// 400: malformed request body, duplicate or missing `host`.
+    BadRequest,
+    /// 408: the request body stalled past `body_idle_timeout`.
+    ClientTimeout,
+    /// 405: CONNECT on an inbound listener.
+    MethodNotAllowed,
 }
 
 // === impl Reason ===
@@ -41,6 +47,9 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::TenantRequired => "tenant_required",
             Reason::InvalidTenant => "invalid_tenant",
+            Reason::BadRequest => "bad_request",
+            Reason::ClientTimeout => "client_timeout",
+            Reason::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -54,7 +63,9 @@ impl Reason {
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,
             Reason::TenantRequired => S::UNAUTHORIZED,
-            Reason::InvalidTenant => S::BAD_REQUEST,
+            Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
+            Reason::ClientTimeout => S::REQUEST_TIMEOUT,
+            Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
         }
     }
 }

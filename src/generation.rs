@@ -4,27 +4,36 @@
 //! generation in force when they start and keep it to the end, so a reload never changes the
 //! rules under a request in flight.
 //!
-//! [`Generation::build`] is THE place where state carries over between configs: an upstream
-//! whose settings did not change is reused whole (its pool, endpoints and health), and each
-//! policy's state is handed to the new generation when its section is unchanged. Each policy
-//! module adds its carry-over rule here.
+//! [`Generation::build`] only orchestrates the carry-over from the generation before: it finds
+//! each piece's old counterpart and hands it to the piece's own `build`, which owns the rule of
+//! what survives (`RouteRateLimit::build`, `RouteRetry::build`, `Upstream::new` for endpoints).
+//! Counterparts are found by stable identity:
+//! - an upstream by its name; its endpoints by address (so a tweak to one upstream key keeps
+//!   warm connections and health);
+//! - a route by [`RouteKey`]: its listener's name, its label (`name:` or upstream), and its
+//!   ordinal among the routes of that listener with the same label. Two unnamed routes to one
+//!   upstream are thus told apart by position among themselves, and naming routes makes the
+//!   identity survive any reordering.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
-use crate::policy::rate_limit::RateLimiter;
-use crate::policy::retry::{Backoff, RetryBudget, RetryOn};
+use crate::policy::rate_limit::RouteRateLimit;
+use crate::policy::retry::RouteRetry;
+use crate::proxy::listener::server_builder;
 use crate::proxy::route::Matcher;
+use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
 use crate::tenant::Identify;
-use crate::Shared;
 
 /// The runtime of one config.
 #[derive(Debug)]
@@ -46,16 +55,31 @@ pub struct ListenerRt {
     pub name: Arc<str>,
     /// Inbound or outbound.
     pub direction: Direction,
-    /// Whether it terminates TLS (for `x-forwarded-proto`).
-    pub tls: bool,
-    /// Log one line per request.
-    pub access_log: bool,
     /// Routes in file order.
     pub routes: Vec<RouteRt>,
     /// `rampart_in_flight_requests{listener}`.
     pub in_flight: IntGauge,
     /// Metrics of requests that matched no route.
     pub unrouted: Arc<RouteMetrics>,
+    /// The HTTP server settings (from `runtime`) for connections accepted under this generation.
+    pub server: Arc<auto::Builder<TokioExecutor>>,
+    /// `runtime.header_read_timeout`: a new connection must start a request within it.
+    pub head_timeout: Duration,
+    /// `runtime.idle_timeout`: a connection with no request in flight is closed after it.
+    pub idle_timeout: Duration,
+    /// `runtime.body_idle_timeout`: longest stall between request body frames.
+    pub body_idle_timeout: Duration,
+}
+
+/// Identity of a route across reloads (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The route's label: its `name:`, else its upstream's name.
+    pub label: Arc<str>,
+    /// Position among the listener's routes with the same label.
+    pub ordinal: u32,
 }
 
 /// One route's runtime.
@@ -63,6 +87,8 @@ pub struct ListenerRt {
 pub struct RouteRt {
     /// Metrics label: the route's name, else its upstream's.
     pub name: Arc<str>,
+    /// Identity across reloads.
+    pub key: RouteKey,
     /// Its `match`.
     pub matcher: Matcher,
     /// Where it sends.
@@ -83,31 +109,9 @@ pub struct RoutePolicy {
     /// `timeout.per_try`.
     pub per_try: Option<file::PerTry>,
     /// `retry`; absent: one try.
-    pub retry: Option<RetryRt>,
+    pub retry: Option<RouteRetry>,
     /// `rate_limit` with its per-tenant state.
-    pub rate_limit: Option<RateLimitRt>,
-}
-
-/// The runtime of a policy's `rate_limit` section on one route.
-#[derive(Debug)]
-pub struct RateLimitRt {
-    /// The section as written (to tell whether a reload changed it).
-    pub cfg: file::RateLimit,
-    /// Buckets of every tenant seen on the route.
-    pub limiter: RateLimiter,
-}
-
-/// The runtime of a policy's `retry` section on one route.
-#[derive(Debug)]
-pub struct RetryRt {
-    /// The section as written (to tell whether a reload changed it).
-    pub cfg: file::Retry,
-    /// Outcomes that are retried.
-    pub on: RetryOn,
-    /// Backoff between tries.
-    pub backoff: Backoff,
-    /// The route's retry budget (carried over while `retry.budget` is unchanged).
-    pub budget: Arc<RetryBudget>,
+    pub rate_limit: Option<RouteRateLimit>,
 }
 
 // === impl Generation ===
@@ -120,12 +124,14 @@ impl Generation {
             .upstreams
             .iter()
             .map(|(name, cfg)| {
-                let kept = prev
-                    .and_then(|p| p.upstreams.get(name))
-                    .filter(|old| old.cfg == *cfg)
-                    .cloned();
-                let up = kept
-                    .unwrap_or_else(|| Upstream::new(name, cfg, &shared.metrics, &shared.clock));
+                let old = prev.and_then(|p| p.upstreams.get(name));
+                let up = match old {
+                    // Unchanged: the whole upstream goes on (endpoints, pools, latency window).
+                    Some(o) if o.cfg == *cfg => o.clone(),
+                    old => {
+                        Upstream::new(name, cfg, old.map(|o| &**o), &shared.metrics, &shared.clock)
+                    }
+                };
                 (name.clone(), up)
             })
             .collect();
@@ -133,10 +139,8 @@ impl Generation {
             .listeners
             .iter()
             .map(|l| {
-                (
-                    l.listen,
-                    Arc::new(build_listener(l, f, &upstreams, prev, shared)),
-                )
+                let rt = build_listener(l, f, &upstreams, prev, shared);
+                (l.listen, Arc::new(rt))
             })
             .collect();
         Generation {
@@ -165,6 +169,14 @@ impl Generation {
             .flat_map(|l| l.routes.iter())
             .all(|r| r.upstream.has_healthy())
     }
+
+    fn route(&self, key: &RouteKey) -> Option<&RouteRt> {
+        self.listeners
+            .values()
+            .filter(|l| l.name == key.listener)
+            .flat_map(|l| l.routes.iter())
+            .find(|r| r.key == *key)
+    }
 }
 
 fn build_listener(
@@ -176,27 +188,32 @@ fn build_listener(
 ) -> ListenerRt {
     let name: Arc<str> = Arc::from(l.name.as_str());
     let old = prev.and_then(|p| p.listeners.values().find(|o| o.name == name));
+    let mut seen: HashMap<&str, u32> = HashMap::new();
     let routes = l
         .routes
         .iter()
         .filter_map(|r| {
             // Validation guarantees the reference; a missing one would be a bug, skip the route.
             let upstream = upstreams.get(&r.upstream)?.clone();
-            let label: Arc<str> = Arc::from(r.name.as_deref().unwrap_or(&r.upstream));
-            let old_route = old.and_then(|o| {
-                o.routes
-                    .iter()
-                    .find(|x| x.name == label && x.upstream.name == upstream.name)
-            });
-            let metrics = match old_route {
+            let label_text = r.name.as_deref().unwrap_or(&r.upstream);
+            let ordinal = seen.entry(label_text).or_insert(0);
+            let key = RouteKey {
+                listener: name.clone(),
+                label: Arc::from(label_text),
+                ordinal: *ordinal,
+            };
+            *ordinal += 1;
+            let old_route = prev.and_then(|p| p.route(&key));
+            let metrics = match old_route.filter(|o| o.upstream.name == upstream.name) {
                 Some(o) => o.metrics.clone(),
-                None => Arc::new(shared.metrics.route(&name, &label, &upstream.name)),
+                None => Arc::new(shared.metrics.route(&name, &key.label, &upstream.name)),
             };
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
             let old_policy = old_route.map(|o| &o.policy);
             let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg, old_policy, shared);
             Some(RouteRt {
-                name: label,
+                name: key.label.clone(),
+                key,
                 matcher: Matcher::new(r.matches.as_ref()),
                 upstream,
                 policy,
@@ -204,6 +221,7 @@ fn build_listener(
             })
         })
         .collect();
+    let rt = &f.runtime;
     ListenerRt {
         in_flight: shared.metrics.in_flight(&name),
         unrouted: old
@@ -211,9 +229,11 @@ fn build_listener(
             .unwrap_or_else(|| Arc::new(shared.metrics.unrouted(&name))),
         name,
         direction: l.direction,
-        tls: l.tls.is_some(),
-        access_log: l.access_log,
         routes,
+        server: Arc::new(server_builder(rt)),
+        head_timeout: rt.header_read_timeout.0,
+        idle_timeout: rt.idle_timeout.0,
+        body_idle_timeout: rt.body_idle_timeout.0,
     }
 }
 
@@ -230,33 +250,12 @@ impl RoutePolicy {
             return RoutePolicy::default();
         };
         let retry = cfg.retry.as_ref().map(|r| {
-            // Carry-over: the budget's window of counts survives a reload that keeps it.
-            let budget = old
-                .and_then(|o| o.retry.as_ref())
-                .filter(|o| o.cfg.budget == r.budget)
-                .map(|o| o.budget.clone())
-                .unwrap_or_else(|| {
-                    Arc::new(RetryBudget::from_config(&r.budget, shared.clock.clone()))
-                });
-            RetryRt {
-                cfg: r.clone(),
-                on: RetryOn::new(&r.on),
-                backoff: Backoff::new(r.backoff.base.0, r.backoff.max.0),
-                budget,
-            }
+            let old = old.and_then(|o| o.retry.as_ref());
+            RouteRetry::build(r, old, &shared.clock)
         });
         let rate_limit = cfg.rate_limit.as_ref().map(|rl| {
-            // Carry-over: unchanged limits keep every tenant's bucket; changed ones rescale
-            // them, so a reload neither resets nor grants a fresh burst to everyone.
-            let limiter = match old.and_then(|o| o.rate_limit.as_ref()) {
-                Some(o) if o.cfg == *rl => o.limiter.clone(),
-                Some(o) => o.limiter.reconfigure(rl),
-                None => RateLimiter::new(rl, shared.tracked.clone(), shared.clock.clone()),
-            };
-            RateLimitRt {
-                cfg: rl.clone(),
-                limiter,
-            }
+            let old = old.and_then(|o| o.rate_limit.as_ref());
+            RouteRateLimit::build(rl, old, &shared.tracked, &shared.clock)
         });
         RoutePolicy {
             name: name.map(Arc::from),

@@ -35,29 +35,9 @@ use crate::clock::{MonotonicClock, SharedClock};
 use crate::config::Config;
 use crate::generation::Generation;
 use crate::metrics::Metrics;
-use crate::policy::rate_limit::TrackedTenants;
+pub use crate::proxy::shared::Shared;
 use crate::reload::{ListenerSet, ReloadError};
-
-/// What every connection and request of one rampart instance shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// The config generation in force.
-    pub current: ArcSwap<Generation>,
-    /// This instance's metrics.
-    pub metrics: Metrics,
-    /// Time for the policies.
-    pub clock: SharedClock,
-    /// Tenant label folding (stable across reloads).
-    pub labels: tenant::Labels,
-    /// The empty label (requests refused before a tenant is known).
-    pub empty_label: Arc<str>,
-    /// Per-tenant state entries of every rate limiter, capped by `tenants.max_tracked`.
-    pub tracked: Arc<TrackedTenants>,
-    /// Set once shutdown began; `/readyz` answers 503.
-    pub draining: AtomicBool,
-    /// Running listeners; the lock also serialises reloads.
-    pub listeners: tokio::sync::Mutex<ListenerSet>,
-}
+use crate::tenant::tracked::TrackedTenants;
 
 /// A running rampart instance.
 #[derive(Debug, Clone)]
@@ -80,15 +60,6 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("{0}")]
     Listener(ReloadError),
-}
-
-// === impl Shared ===
-
-impl Shared {
-    /// Per-tenant state entries in memory now.
-    pub fn tracked_tenants(&self) -> u64 {
-        self.tracked.len()
-    }
 }
 
 // === impl Rampart ===
@@ -165,17 +136,20 @@ impl Rampart {
     }
 
     /// Stops accepting, lets requests in flight finish (up to `shutdown_grace`), returns.
+    ///
+    /// `/readyz` answers 503 at once; listeners keep serving for `runtime.drain_delay`, so load
+    /// balancers that poll readiness stop sending first, and only then stop accepting.
     pub async fn shutdown(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
-        let grace = self
-            .shared
-            .current
-            .load()
-            .config
-            .file
-            .runtime
-            .shutdown_grace
-            .0;
+        let (grace, delay) = {
+            let gen = self.shared.current.load();
+            let rt = &gen.config.file.runtime;
+            (rt.shutdown_grace.0, rt.drain_delay.0)
+        };
+        if !delay.is_zero() {
+            tracing::info!(drain_delay = ?delay, "not ready; still serving until the drain delay ends");
+            tokio::time::sleep(delay).await;
+        }
         let handles: Vec<_> = self
             .shared
             .listeners

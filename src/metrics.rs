@@ -30,6 +30,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
+    upstream_abandoned: IntCounterVec,
     in_flight: IntGaugeVec,
     rate_limited: IntCounterVec,
     /// `rampart_shed_total{listener, route, tenant, reason}`.
@@ -94,7 +95,10 @@ pub struct TenantMetrics {
 #[derive(Debug)]
 pub struct UpstreamMetrics {
     name: Arc<str>,
+    client_gone: IntCounter,
+    client_fault: IntCounter,
     requests: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
     codes: ArcSwap<Vec<(u16, IntCounter)>>,
     /// `rampart_upstream_request_duration_seconds{upstream}`.
     pub duration: Histogram,
@@ -147,6 +151,11 @@ impl Metrics {
             "rampart_upstream_request_duration_seconds",
             "Duration of one try against an upstream, seconds.",
             &["upstream"],
+        );
+        let upstream_abandoned = counter(
+            "rampart_upstream_tries_abandoned_total",
+            "Tries ended by the client, not the upstream (cause: client_gone, client_fault); kept out of rampart_upstream_requests_total.",
+            &["upstream", "cause"],
         );
         let in_flight = gauge(
             "rampart_in_flight_requests",
@@ -244,6 +253,7 @@ impl Metrics {
             request_duration,
             upstream_requests,
             upstream_duration,
+            upstream_abandoned,
             in_flight,
             rate_limited,
             shed,
@@ -325,8 +335,15 @@ impl Metrics {
     /// Handles for one upstream.
     pub fn upstream(&self, name: &Arc<str>) -> UpstreamMetrics {
         UpstreamMetrics {
+            client_gone: self
+                .upstream_abandoned
+                .with_label_values(&[name, "client_gone"]),
+            client_fault: self
+                .upstream_abandoned
+                .with_label_values(&[name, "client_fault"]),
             name: name.clone(),
             requests: self.upstream_requests.clone(),
+            endpoint_healthy: self.endpoint_healthy.clone(),
             codes: ArcSwap::from_pointee(Vec::new()),
             duration: self.upstream_duration.with_label_values(&[name]),
         }
@@ -393,6 +410,28 @@ impl TenantMetrics {
 // === impl UpstreamMetrics ===
 
 impl UpstreamMetrics {
+    /// Sets `rampart_upstream_endpoint_healthy{upstream, endpoint}` (not on the request path).
+    pub fn set_endpoint_healthy(&self, endpoint: &str, healthy: bool) {
+        self.endpoint_healthy
+            .with_label_values(&[&*self.name, endpoint])
+            .set(i64::from(healthy));
+    }
+
+    /// Counts a try the client ended (gone, or a broken upload).
+    pub fn abandoned(&self, outcome: crate::policy::outcome::Outcome) {
+        match outcome {
+            crate::policy::outcome::Outcome::ClientFault => self.client_fault.inc(),
+            _ => self.client_gone.inc(),
+        }
+    }
+
+    /// Drops the series of an endpoint that left the upstream.
+    pub fn remove_endpoint(&self, endpoint: &str) {
+        let _ = self
+            .endpoint_healthy
+            .remove_label_values(&[&*self.name, endpoint]);
+    }
+
     /// Counts one try that ended with `code`.
     pub fn count(&self, code: u16) {
         count_code(&self.codes, code, || {

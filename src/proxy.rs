@@ -9,11 +9,15 @@
 //!    `respond.rs` builds rampart's own answer.
 
 pub mod body;
+pub mod conn;
+pub mod ctx;
 pub mod exchange;
 pub mod forward;
+pub mod guard;
 pub mod listener;
 pub mod pool;
 pub mod respond;
 pub mod route;
+pub mod shared;
 pub mod stack;
 pub mod upstream;

@@ -5,15 +5,14 @@
 //! the generation is swapped atomically; listeners whose address left the file drain and close.
 //! Requests in flight finish under the generation they started with.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, ConfigErrors};
 use crate::generation::Generation;
-use crate::proxy::listener::{self, ListenerHandle};
-use crate::Shared;
+use crate::proxy::listener;
+use crate::proxy::shared::Shared;
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +30,15 @@ pub enum ReloadError {
         /// What the OS said.
         error: std::io::Error,
     },
+    /// The change needs a restart; the config in force stays.
+    #[error("{0}")]
+    RestartNeeded(String),
     /// No file to reload from (the config was given as text).
     #[error("no config file to reload from")]
     NoFile,
 }
 
-/// The listeners running now, by configured address.
-pub type ListenerSet = HashMap<SocketAddr, ListenerHandle>;
+pub use crate::proxy::listener::ListenerSet;
 
 /// Reloads from the file in force's path; returns the new sha256.
 pub async fn reload(shared: &Arc<Shared>) -> Result<String, ReloadError> {
@@ -94,6 +95,8 @@ pub fn apply(
     cfg: Config,
 ) -> Result<String, ReloadError> {
     let cfg = Arc::new(cfg);
+    let old = shared.current.load_full();
+    refuse_restart_only(&old.config, &cfg)?;
     let mut bound = Vec::new();
     for l in &cfg.file.listeners {
         if set.contains_key(&l.listen) {
@@ -110,11 +113,16 @@ pub fn apply(
             }
         }
     }
-    let old = shared.current.load_full();
     let gen = Generation::build(cfg.clone(), Some(&old), shared);
     shared
         .labels
         .set_cap(cfg.file.tenants.metrics_labels as usize);
+    shared.tracked.set_max_tracked(cfg.file.tenants.max_tracked);
+    // Listeners that stay take the new `runtime` for new connections through the generation;
+    // their connection cap is resized in place.
+    for h in set.values() {
+        h.set_max_connections(cfg.file.runtime.max_connections);
+    }
     shared.current.store(Arc::new(gen));
     for (addr, tcp) in bound {
         let h = listener::spawn(shared.clone(), addr, tcp, &cfg.file.runtime);
@@ -135,6 +143,19 @@ pub fn apply(
     }
     note_success(shared, &cfg);
     Ok(cfg.sha256.clone())
+}
+
+/// Refuses a reload that changes what only a restart can change, saying so; nothing is ignored
+/// silently. `admin.listen` is the only such key: the admin socket is where the reload came
+/// from, and operators' probes point at it.
+fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
+    let (was, now) = (old.file.admin.listen, new.file.admin.listen);
+    if was != now {
+        return Err(ReloadError::RestartNeeded(format!(
+            "admin.listen changed from {was} to {now}: a restart is needed to move the admin listener; nothing was reloaded"
+        )));
+    }
+    Ok(())
 }
 
 /// Records a config taking force in the metrics.

@@ -104,7 +104,12 @@ impl Identify {
         for source in &self.sources {
             match source {
                 Source::Header(name) => {
-                    if let Some(v) = headers.get(name) {
+                    let mut all = headers.get_all(name).iter();
+                    if let Some(v) = all.next() {
+                        if all.next().is_some() {
+                            // Two tenants named: charging either would be a guess.
+                            return Err(Reason::InvalidTenant);
+                        }
                         if v.is_empty() {
                             continue;
                         }
@@ -246,6 +251,17 @@ mod tests {
         let ok = "a".repeat(128);
         assert!(r.identify(&headers(&ok), &bare).is_ok());
         assert!(r.identify(&headers("user@acme.io:eu-1_x"), &bare).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_tenant_header_is_refused() {
+        let mut h = headers("acme");
+        h.append("x-tenant-id", HeaderValue::from_static("globex"));
+        let uri: Uri = "/".parse().expect("uri");
+        assert_eq!(
+            rules("anonymous").identify(&h, &uri).unwrap_err(),
+            Reason::InvalidTenant
+        );
     }
 
     #[test]

@@ -65,6 +65,15 @@ pub struct Runtime {
     /// Connections served at once per listener; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// A connection with no request in flight is closed after this.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Longest stall between request body bytes (408 after it).
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: Dur,
+    /// After SIGTERM, keep serving this long (readyz 503) before closing listeners.
+    #[serde(default = "default_drain_delay")]
+    pub drain_delay: Dur,
 }
 
 /// `tenants:`
@@ -533,6 +542,15 @@ fn default_max_header_bytes() -> Size {
 fn default_max_connections() -> u32 {
     10_000
 }
+fn default_idle_timeout() -> Dur {
+    Dur::from_secs(60)
+}
+fn default_body_idle_timeout() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_drain_delay() -> Dur {
+    Dur::from_secs(0)
+}
 fn default_tenant_sources() -> Vec<TenantSource> {
     vec![TenantSource {
         header: Some("x-tenant-id".into()),
@@ -635,6 +653,9 @@ impl Default for Runtime {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
+            body_idle_timeout: default_body_idle_timeout(),
+            drain_delay: default_drain_delay(),
         }
     }
 }

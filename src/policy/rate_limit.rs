@@ -92,6 +92,39 @@ struct Total {
     cells: Box<[AtomicU64]>,
 }
 
+/// A route's `rate_limit` section in force, with its state and its carry-over rule.
+#[derive(Debug)]
+pub struct RouteRateLimit {
+    /// The section as written (to tell whether a reload changed it).
+    pub cfg: RateLimit,
+    /// Buckets of every tenant seen on the route.
+    pub limiter: RateLimiter,
+}
+
+// === impl RouteRateLimit ===
+
+impl RouteRateLimit {
+    /// The state for `cfg`, carried over from the route's `old` state: unchanged limits keep
+    /// every tenant's bucket; changed ones rescale them by the share used, so a reload neither
+    /// resets nor grants a fresh burst to everyone.
+    pub fn build(
+        cfg: &RateLimit,
+        old: Option<&RouteRateLimit>,
+        tracked: &Arc<TrackedTenants>,
+        clock: &SharedClock,
+    ) -> Self {
+        let limiter = match old {
+            Some(o) if o.cfg == *cfg => o.limiter.clone(),
+            Some(o) => o.limiter.reconfigure(cfg),
+            None => RateLimiter::new(cfg, tracked.clone(), clock.clone()),
+        };
+        RouteRateLimit {
+            cfg: cfg.clone(),
+            limiter,
+        }
+    }
+}
+
 // === impl RateLimiter ===
 
 impl RateLimiter {

@@ -24,3 +24,40 @@ pub mod classify;
 pub use self::backoff::{wait_before_retry, Backoff};
 pub use self::budget::RetryBudget;
 pub use self::classify::{is_failure, is_idempotent, parse_retry_after, Outcome, RetryOn};
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::file;
+
+/// A route's `retry` section in force, with its budget and its carry-over rule.
+#[derive(Debug)]
+pub struct RouteRetry {
+    /// The section as written.
+    pub cfg: file::Retry,
+    /// Outcomes that are retried.
+    pub on: RetryOn,
+    /// Backoff between tries.
+    pub backoff: Backoff,
+    /// The route's retry budget.
+    pub budget: Arc<RetryBudget>,
+}
+
+// === impl RouteRetry ===
+
+impl RouteRetry {
+    /// The state for `cfg`; the budget's window of counts survives a reload that keeps
+    /// `retry.budget` as it was, so a reload cannot hand a struggling upstream a fresh budget.
+    pub fn build(cfg: &file::Retry, old: Option<&RouteRetry>, clock: &SharedClock) -> Self {
+        let budget = old
+            .filter(|o| o.cfg.budget == cfg.budget)
+            .map(|o| o.budget.clone())
+            .unwrap_or_else(|| Arc::new(RetryBudget::from_config(&cfg.budget, clock.clone())));
+        RouteRetry {
+            cfg: cfg.clone(),
+            on: RetryOn::new(&cfg.on),
+            backoff: Backoff::new(cfg.backoff.base.0, cfg.backoff.max.0),
+            budget,
+        }
+    }
+}

@@ -1,16 +1,32 @@
 //! The one body type that flows through rampart, both ways.
 //!
-//! Bodies are streamed, never collected whole: an upstream's `Incoming` is handed to the client
-//! frame by frame, and a client's to the upstream. Synthetic answers carry a small `Full` body.
-//! An enum instead of a boxed trait object keeps the hot path free of an allocation per body.
+//! Bodies are streamed, never collected whole: an upstream's answer is handed to the client
+//! frame by frame, and a client's upload to the upstream. Synthetic answers carry a small `Full`
+//! body. An enum instead of a boxed trait object keeps the hot path free of an allocation per
+//! body.
+//!
+//! Two jobs ride on the body because only the body knows when an exchange really ends:
+//! - a client's upload is watched ([`ClientBody`]): a stall longer than `body_idle_timeout`
+//!   between frames ends it, and a stall or a malformed body is noted as the client's fault, so
+//!   the request path answers 408/400 instead of blaming the upstream (SPEC §14);
+//! - an upstream's answer carries the request's [`Guards`] (in-flight gauge, load-shed slot,
+//!   endpoint load) and drops them when its last frame is read or the client goes away, not
+//!   when the head goes out.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::guard::Guards;
+use crate::error::BoxError;
 
 /// A request or response body.
 #[derive(Debug, Default)]
@@ -20,10 +36,8 @@ pub enum Body {
     Empty,
     /// One chunk, already in memory (synthetic answers, replayed requests).
     Full(Option<Bytes>),
-    /// Streamed from a peer.
-    Incoming(Incoming),
-    /// Frames already read from a peer, then the rest of its stream.
-    Prefixed(VecDeque<Frame<Bytes>>, Incoming),
+    /// A client's upload, streamed and watched.
+    Client(ClientBody),
     /// An upstream's answer, whose connection goes back to the pool when it ends.
     Upstream(super::pool::Returning),
 }
@@ -37,6 +51,35 @@ pub enum Buffered {
     Streaming(Body),
 }
 
+/// What a client did wrong with its request body, if anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Bad chunking, a length mismatch, a reset stream: 400 `bad_request`.
+    Malformed,
+    /// No byte for longer than `body_idle_timeout`: 408 `client_timeout`.
+    Stalled,
+}
+
+/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload.
+#[derive(Debug, Default)]
+pub struct FaultCell(AtomicU8);
+
+/// A client's request body: frames read ahead (kept for replay decisions), then the stream,
+/// with a deadline between frames.
+#[derive(Debug)]
+pub struct ClientBody {
+    prefix: VecDeque<Frame<Bytes>>,
+    rest: Incoming,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    fault: Arc<FaultCell>,
+}
+
+/// The error a [`ClientBody`] ends with when the client stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
 // === impl Body ===
 
 impl Body {
@@ -49,64 +92,29 @@ impl Body {
             Body::Full(Some(b))
         }
     }
-}
 
-/// Reads `body` into memory if it is at most `limit` bytes, so that a retry can send it again.
-///
-/// A body announced (or found) larger than `limit` is not kept: what was read so far is put in
-/// front of the rest, and the body streams once. Bodies with trailers are not kept either.
-pub async fn buffer(mut body: Incoming, limit: usize) -> Result<Buffered, hyper::Error> {
-    use http_body::Body as _;
-    use http_body_util::BodyExt;
-    if body.is_end_stream() {
-        return Ok(Buffered::Replayable(Bytes::new()));
-    }
-    if body.size_hint().lower() > limit as u64 {
-        return Ok(Buffered::Streaming(Body::Incoming(body)));
-    }
-    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut size = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        let is_data = frame.is_data();
-        size += frame.data_ref().map_or(0, |d| d.len());
-        frames.push_back(frame);
-        if size > limit || !is_data {
-            return Ok(Buffered::Streaming(Body::Prefixed(frames, body)));
+    /// Attaches `guards` to an upstream's answer so they live as long as its body; any other
+    /// body is complete already, so the guards are dropped now.
+    pub fn hold(&mut self, guards: Guards) {
+        if let Body::Upstream(r) = self {
+            r.guards = guards;
         }
-    }
-    let mut all = bytes::BytesMut::with_capacity(size);
-    for f in frames {
-        if let Ok(d) = f.into_data() {
-            all.extend_from_slice(&d);
-        }
-    }
-    Ok(Buffered::Replayable(all.freeze()))
-}
-
-impl From<Incoming> for Body {
-    fn from(b: Incoming) -> Self {
-        Body::Incoming(b)
     }
 }
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
-            Body::Incoming(inner) => Pin::new(inner).poll_frame(cx),
-            Body::Prefixed(frames, rest) => match frames.pop_front() {
-                Some(f) => Poll::Ready(Some(Ok(f))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
-            Body::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            Body::Client(inner) => Pin::new(inner).poll_frame(cx),
+            Body::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -114,8 +122,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(chunk) => chunk.is_none(),
-            Body::Incoming(inner) => inner.is_end_stream(),
-            Body::Prefixed(frames, rest) => frames.is_empty() && rest.is_end_stream(),
+            Body::Client(inner) => inner.prefix.is_empty() && inner.rest.is_end_stream(),
             Body::Upstream(inner) => inner.is_end_stream(),
         }
     }
@@ -126,21 +133,167 @@ impl http_body::Body for Body {
             Body::Full(chunk) => {
                 SizeHint::with_exact(chunk.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }
-            Body::Incoming(inner) => inner.size_hint(),
-            Body::Prefixed(frames, rest) => {
-                let buffered: u64 = frames
+            Body::Client(inner) => {
+                let buffered: u64 = inner
+                    .prefix
                     .iter()
                     .filter_map(|f| f.data_ref())
                     .map(|b| b.len() as u64)
                     .sum();
-                let mut hint = rest.size_hint();
-                hint.set_lower(hint.lower() + buffered);
-                if let Some(upper) = hint.upper() {
-                    hint.set_upper(upper + buffered);
-                }
-                hint
+                prefixed_hint(inner.rest.size_hint(), buffered)
             }
             Body::Upstream(inner) => inner.size_hint(),
         }
+    }
+}
+
+// === impl FaultCell ===
+
+impl FaultCell {
+    /// The fault noted, if any.
+    pub fn get(&self) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(ClientFault::Malformed),
+            2 => Some(ClientFault::Stalled),
+            _ => None,
+        }
+    }
+
+    fn set(&self, f: ClientFault) {
+        let v = match f {
+            ClientFault::Malformed => 1,
+            ClientFault::Stalled => 2,
+        };
+        self.0.store(v, Ordering::Release);
+    }
+}
+
+// === impl ClientBody ===
+
+impl ClientBody {
+    /// Watches `body` with `idle` allowed between frames; faults are noted in `fault`.
+    pub fn new(body: Incoming, idle: Duration, fault: Arc<FaultCell>) -> Self {
+        ClientBody {
+            prefix: VecDeque::new(),
+            rest: body,
+            idle,
+            timer: None,
+            fault,
+        }
+    }
+
+    /// Reads the body into memory if it is at most `limit` bytes, so that a retry can send it
+    /// again. A body announced (or found) larger than `limit` is not kept: what was read so far
+    /// stays in front of the rest, and the body streams once. Bodies with trailers are not kept
+    /// either. An error is the client's fault, noted in the fault cell.
+    pub async fn buffer(mut self, limit: usize) -> Result<Buffered, BoxError> {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        if self.rest.is_end_stream() {
+            return Ok(Buffered::Replayable(Bytes::new()));
+        }
+        if self.rest.size_hint().lower() > limit as u64 {
+            return Ok(Buffered::Streaming(Body::Client(self)));
+        }
+        let mut size = 0usize;
+        let mut frames = VecDeque::new();
+        while let Some(frame) = (&mut self).frame().await {
+            let frame = frame?;
+            let is_data = frame.is_data();
+            size += frame.data_ref().map_or(0, |d| d.len());
+            frames.push_back(frame);
+            if size > limit || !is_data {
+                self.prefix = frames;
+                return Ok(Buffered::Streaming(Body::Client(self)));
+            }
+        }
+        let mut all = bytes::BytesMut::with_capacity(size);
+        for f in frames {
+            if let Ok(d) = f.into_data() {
+                all.extend_from_slice(&d);
+            }
+        }
+        Ok(Buffered::Replayable(all.freeze()))
+    }
+
+    fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use http_body::Body as _;
+        match Pin::new(&mut self.rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(t) = self.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + self.idle);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.fault.set(ClientFault::Malformed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.fault.set(ClientFault::Stalled);
+                    return Poll::Ready(Some(Err(BodyStalled(idle).into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.prefix.pop_front() {
+            Some(f) => Poll::Ready(Some(Ok(f))),
+            None => this.poll_rest(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+use std::future::Future as _;
+
+/// The size of `buffered` bytes in front of a body whose remaining size is `rest`.
+///
+/// The upper bound is set first: `SizeHint` panics whenever lower would exceed upper, and
+/// raising lower first breaks exactly when the rest's hint is exact.
+fn prefixed_hint(rest: SizeHint, buffered: u64) -> SizeHint {
+    let mut hint = SizeHint::new();
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper.saturating_add(buffered));
+    }
+    hint.set_lower(rest.lower().saturating_add(buffered));
+    hint
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffered_frames_in_front_of_an_exact_rest_never_panic() {
+        // A body with content-length whose data was all read (its rest is exactly 0), with
+        // frames kept in front: hyper's client asks for the size hint of exactly this.
+        let hint = prefixed_hint(SizeHint::with_exact(0), 11);
+        assert_eq!(hint.lower(), 11);
+        assert_eq!(hint.upper(), Some(11));
+        let hint = prefixed_hint(SizeHint::with_exact(5), 11);
+        assert_eq!((hint.lower(), hint.upper()), (16, Some(16)));
+        let open = prefixed_hint(SizeHint::new(), 3);
+        assert_eq!((open.lower(), open.upper()), (3, None));
     }
 }

@@ -1,12 +1,22 @@
 //! The exchange with the upstream: request deadline, retry loop, per-try deadline, one try.
 //!
-//! Steps 5–8 of the request path (see `stack.rs`). The request deadline wraps everything
-//! below it, so no retry or backoff can outlive it. A request is retried only when its policy
-//! has a `retry` section, its method is idempotent (or it carries `Idempotency-Key`), its body
-//! fits `retry.buffer`, the outcome is listed in `retry.on`, the wait fits before the deadline
-//! and the route's retry budget allows it. Each retry prefers another endpoint.
+//! Steps 5–8 of the request path (see `stack.rs`). The request deadline (in the
+//! [`RequestCtx`]) bounds everything below it: each try runs under the earlier of its per-try
+//! deadline and the request's, and a backoff never outlasts it. A request is retried only when
+//! its policy has a `retry` section, its method is idempotent (or it carries `Idempotency-Key`),
+//! its body fits `retry.buffer`, the outcome is listed in `retry.on`, the wait fits before the
+//! deadline and the route's retry budget allows it. Each retry prefers another endpoint.
+//!
+//! **The outcome hook.** Every try is recorded exactly once, by a guard ([`TryRecord`]) created
+//! before the try is sent: finished with the outcome when one is known, or, if the try's future
+//! is dropped (the client went away), on drop as [`Outcome::Cancelled`]. [`observe`] is the one
+//! place that tells every observer — upstream metrics, the adaptive per-try estimator, and the
+//! breaker, outlier detection and balancing as they land — so none of them can miss a try or
+//! count one twice. A fault of the client (malformed or stalled upload) is
+//! [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream observer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -15,110 +25,101 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{self, Body, Buffered};
-use super::forward::{self, Peer};
+use super::body::{Body, Buffered, ClientBody, ClientFault, FaultCell};
+use super::ctx::RequestCtx;
+use super::forward;
 use super::pool::SendError;
 use super::respond::answer;
+use super::upstream::Endpoint;
 use crate::config::file;
 use crate::error::Reason;
-use crate::generation::{RetryRt, RouteRt};
-use crate::policy::retry::{is_idempotent, parse_retry_after, wait_before_retry, Outcome};
+use crate::policy::outcome::Outcome;
+use crate::policy::retry::{is_idempotent, parse_retry_after, wait_before_retry, RouteRetry};
 use crate::policy::timeout::per_try_timeout;
 
 /// Longest wait before a retry when the policy sets no request deadline.
 const MAX_WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Steps 5–8 for one request that has passed the route's admission policies.
-pub async fn run(
-    route: &RouteRt,
-    mut req: Request<Incoming>,
-    peer: &Peer,
-    tls: bool,
-) -> Response<Body> {
-    forward::prepare_request(&mut req, peer, tls);
-    let Some(limit) = route.policy.request_timeout else {
-        return tries(route, req, None).await;
-    };
-    let deadline = Instant::now() + limit;
-    match tokio::time::timeout_at(deadline, tries(route, req, Some(deadline))).await {
-        Ok(rsp) => rsp,
-        Err(_) => {
-            route.metrics.timeout_request.inc();
-            let msg = format!(
-                "no answer from upstream {} within {:?}",
-                route.upstream.name, limit
-            );
-            answer(Reason::Timeout, &msg, None)
-        }
-    }
+/// What one try left behind.
+struct Tried {
+    outcome: Outcome,
+    /// The answer to give if this try is the last.
+    rsp: Response<Body>,
+    /// The endpoint it went to.
+    used: Option<SocketAddr>,
 }
 
-/// Step 6: the first try and any retries.
-async fn tries(
-    route: &RouteRt,
-    req: Request<Incoming>,
-    deadline: Option<Instant>,
-) -> Response<Body> {
-    let Some(retry) = &route.policy.retry else {
-        return try_once(route, req.map(Body::from), None).await.1;
+/// Steps 5–8 for one request that has passed the route's admission policies.
+pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<Body> {
+    forward::prepare_request(&mut req, ctx.peer);
+    let fault = Arc::new(FaultCell::default());
+    let (parts, incoming) = req.into_parts();
+    let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
+    let retry = match &ctx.route.policy.retry {
+        Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
+        other => {
+            if let Some(r) = other {
+                r.budget.deposit();
+            }
+            let req = Request::from_parts(parts, Body::Client(body));
+            return try_once(ctx, req, None, &fault).await.rsp;
+        }
     };
     retry.budget.deposit();
-    let (parts, incoming) = req.into_parts();
-    if !is_idempotent(&parts.method, &parts.headers) {
-        return try_once(
-            route,
-            Request::from_parts(parts, Body::from(incoming)),
-            None,
-        )
-        .await
-        .1;
-    }
-    let bytes = match body::buffer(incoming, retry.cfg.buffer.0 as usize).await {
-        Ok(Buffered::Replayable(b)) => b,
+    let buffered = match ctx.deadline {
+        Some(d) => tokio::time::timeout_at(d, body.buffer(retry.cfg.buffer.0 as usize))
+            .await
+            .unwrap_or_else(|_| Err(BodyDeadline.into())),
+        None => body.buffer(retry.cfg.buffer.0 as usize).await,
+    };
+    match buffered {
+        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, &parts, b, &fault).await,
         Ok(Buffered::Streaming(body)) => {
-            return try_once(route, Request::from_parts(parts, body), None)
-                .await
-                .1;
+            let req = Request::from_parts(parts, body);
+            try_once(ctx, req, None, &fault).await.rsp
         }
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
-            let msg = "the request body could not be read";
-            return answer(Reason::UpstreamUnavailable, msg, None);
+            client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled))
         }
-    };
-    retry_loop(route, retry, &parts, bytes, deadline).await
+    }
 }
 
+/// The request deadline passed while the client was still sending its body.
+#[derive(Debug, thiserror::Error)]
+#[error("the request deadline passed while the request body was being received")]
+struct BodyDeadline;
+
 async fn retry_loop(
-    route: &RouteRt,
-    retry: &RetryRt,
+    ctx: &RequestCtx<'_>,
+    retry: &RouteRetry,
     parts: &Parts,
     body: Bytes,
-    deadline: Option<Instant>,
+    fault: &FaultCell,
 ) -> Response<Body> {
     let mut avoid = None;
     let mut attempt = 1;
     loop {
-        let (outcome, rsp, used) = try_once(route, copy_request(parts, body.clone()), avoid).await;
-        if attempt >= retry.cfg.attempts || !retry.on.should_retry(&outcome) {
-            return rsp;
+        let tried = try_once(ctx, copy_request(parts, body.clone()), avoid, fault).await;
+        if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
+            return tried.rsp;
         }
-        let remaining = match deadline {
+        let remaining = match ctx.deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => MAX_WAIT_WITHOUT_DEADLINE,
         };
-        let asked = parse_retry_after(rsp.headers(), SystemTime::now());
+        let asked = parse_retry_after(tried.rsp.headers(), SystemTime::now());
         let Some(wait) = wait_before_retry(retry.backoff.random_delay(attempt), asked, remaining)
         else {
-            return rsp;
+            return tried.rsp;
         };
         if !retry.budget.try_withdraw() {
-            route.metrics.retry_budget_exhausted.inc();
-            return rsp;
+            ctx.route.metrics.retry_budget_exhausted.inc();
+            return tried.rsp;
         }
-        route.metrics.retries.inc();
-        drop(rsp);
-        avoid = used;
+        ctx.route.metrics.retries.inc();
+        drop(tried.rsp);
+        avoid = tried.used;
         attempt += 1;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -135,79 +136,176 @@ fn copy_request(parts: &Parts, body: Bytes) -> Request<Body> {
     req
 }
 
-/// Steps 7–8: one try against one endpoint, under the per-try deadline.
-///
-/// Returns what happened, the answer to give if this try is the last, and the endpoint used.
+/// Which deadline bounds a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bound {
+    PerTry(Duration),
+    Request,
+}
+
+/// Steps 7–8: one try against one endpoint, under the earlier of its deadlines.
 async fn try_once(
-    route: &RouteRt,
+    ctx: &RequestCtx<'_>,
     mut req: Request<Body>,
     avoid: Option<SocketAddr>,
-) -> (Outcome, Response<Body>, Option<SocketAddr>) {
-    let up = &route.upstream;
+    fault: &FaultCell,
+) -> Tried {
+    let up = &ctx.route.upstream;
     let Some(ep) = up.pick(avoid) else {
         let msg = format!("upstream {} has no healthy endpoint", up.name);
-        return (
-            Outcome::ConnectError,
-            answer(Reason::UpstreamUnavailable, &msg, None),
-            None,
-        );
+        return Tried {
+            outcome: Outcome::ConnectError,
+            rsp: answer(Reason::UpstreamUnavailable, &msg, None),
+            used: None,
+        };
     };
     forward::ensure_host(&mut req, &ep);
-    let per_try = route
-        .policy
-        .per_try
-        .as_ref()
-        .map(|p| per_try_timeout(p, &up.latency));
-    let t0 = Instant::now();
+    let now = Instant::now();
+    let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
+        let limit = per_try_timeout(p, &up.latency);
+        (now + limit, Bound::PerTry(limit))
+    });
+    let bound = match (per_try, ctx.deadline) {
+        (Some((t, b)), Some(d)) if t < d => Some((t, b)),
+        (_, Some(d)) => Some((d, Bound::Request)),
+        (p, None) => p,
+    };
+    let record = TryRecord::start(ctx, &ep);
     let sent = ep.pool.send(ep.addr, req);
-    let result = match per_try {
-        Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+    let result = match bound {
+        Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
         None => Ok(sent.await),
     };
-    let took = t0.elapsed();
-    if matches!(route.policy.per_try, Some(file::PerTry::Auto { .. })) {
-        // Only `per_try: auto` reads the estimator; others need not feed it.
-        up.latency.record(took);
-    }
-    up.metrics.duration.observe(took.as_secs_f64());
     let used = Some(ep.addr);
     match result {
         Ok(Ok(mut rsp)) => {
-            let code = rsp.status().as_u16();
-            up.metrics.count(code);
+            let outcome = Outcome::Status(rsp.status().as_u16());
+            record.finish(outcome);
             forward::strip_hop_by_hop(rsp.headers_mut());
-            (Outcome::Status(code), rsp, used)
+            Tried { outcome, rsp, used }
         }
         Ok(Err(e)) => {
-            up.metrics.count(502);
-            let connect = matches!(e, SendError::Connect { .. });
-            if let SendError::Connect { timed_out, .. } = e {
-                up.connect_failed(&ep);
-                if timed_out {
-                    route.metrics.timeout_connect.inc();
-                }
+            if let Some(f) = fault.get() {
+                record.finish(Outcome::ClientFault);
+                return Tried {
+                    outcome: Outcome::ClientFault,
+                    rsp: client_fault_answer(f),
+                    used,
+                };
             }
+            let outcome = match &e {
+                SendError::Connect { timed_out, .. } => {
+                    up.connect_failed(&ep);
+                    if *timed_out {
+                        ctx.route.metrics.timeout_connect.inc();
+                    }
+                    Outcome::ConnectError
+                }
+                SendError::Reset(_) => Outcome::Reset,
+            };
+            record.finish(outcome);
             tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = ?e, "try failed");
-            let (outcome, what) = if connect {
-                (Outcome::ConnectError, "cannot connect to")
-            } else {
-                (Outcome::Reset, "connection lost to")
+            let what = match outcome {
+                Outcome::ConnectError => "cannot connect to",
+                _ => "connection lost to",
             };
             let msg = format!("{what} upstream {} ({})", up.name, ep.addr);
-            (
-                outcome,
-                answer(Reason::UpstreamUnavailable, &msg, None),
-                used,
-            )
+            let rsp = answer(Reason::UpstreamUnavailable, &msg, None);
+            Tried { outcome, rsp, used }
         }
-        Err(limit) => {
-            up.metrics.count(504);
-            route.metrics.timeout_per_try.inc();
+        Err(bound) => {
+            record.finish(Outcome::Timeout);
+            let limit = match bound {
+                Bound::PerTry(limit) => {
+                    ctx.route.metrics.timeout_per_try.inc();
+                    limit
+                }
+                Bound::Request => {
+                    ctx.route.metrics.timeout_request.inc();
+                    ctx.route.policy.request_timeout.unwrap_or_default()
+                }
+            };
             let msg = format!(
                 "no answer from upstream {} ({}) within {:?}",
                 up.name, ep.addr, limit
             );
-            (Outcome::Timeout, answer(Reason::Timeout, &msg, None), used)
+            let rsp = answer(Reason::Timeout, &msg, None);
+            Tried {
+                outcome: Outcome::Timeout,
+                rsp,
+                used,
+            }
         }
+    }
+}
+
+/// The answer for a client's broken or stalled upload.
+fn client_fault_answer(f: ClientFault) -> Response<Body> {
+    match f {
+        ClientFault::Malformed => answer(
+            Reason::BadRequest,
+            "the request body is malformed (bad chunking, length mismatch or reset)",
+            None,
+        ),
+        ClientFault::Stalled => answer(
+            Reason::ClientTimeout,
+            "the request body stalled: no bytes within body_idle_timeout",
+            None,
+        ),
+    }
+}
+
+// === impl TryRecord ===
+
+/// Records one try exactly once: with its outcome when finished, as cancelled when dropped.
+struct TryRecord<'a> {
+    ctx: &'a RequestCtx<'a>,
+    ep: &'a Endpoint,
+    started: Instant,
+    outcome: Option<Outcome>,
+}
+
+impl<'a> TryRecord<'a> {
+    fn start(ctx: &'a RequestCtx<'a>, ep: &'a Endpoint) -> Self {
+        TryRecord {
+            ctx,
+            ep,
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for TryRecord<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
+        observe(self.ctx, self.ep, outcome, self.started.elapsed());
+    }
+}
+
+/// The outcome hook: tells every observer how one try ended.
+fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration) {
+    let up = &ctx.route.upstream;
+    let _ = ep;
+    let code = match outcome {
+        Outcome::Status(code) => code,
+        // Failed tries count under the status rampart answers for them.
+        Outcome::ConnectError | Outcome::Reset => 502,
+        Outcome::Timeout => 504,
+        Outcome::Cancelled | Outcome::ClientFault => {
+            // Not the upstream's doing: kept out of its metrics (SPEC §14).
+            up.metrics.abandoned(outcome);
+            return;
+        }
+    };
+    up.metrics.count(code);
+    up.metrics.duration.observe(took.as_secs_f64());
+    if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
+        // Only `per_try: auto` reads the estimator; others need not feed it.
+        up.latency.record(took);
     }
 }

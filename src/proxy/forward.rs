@@ -1,8 +1,15 @@
 //! What a proxy changes on the way through: hop-by-hop headers out, forwarding headers in.
 //!
 //! Hop-by-hop headers describe one connection, not the message, so they are removed in both
-//! directions (RFC 9110 §7.6.1), including any the `connection` header names. `x-forwarded-for`,
-//! `x-forwarded-proto` and `x-request-id` are added only when the client did not send them.
+//! directions (RFC 9110 §7.6.1), including any the `connection` header names. Of
+//! `transfer-encoding` only `chunked` is the hop's own framing: other codings (`gzip`) are kept
+//! and a stale `content-length` beside them is dropped (RFC 9112 §6.3).
+//!
+//! The forwarding headers tell the truth of the client's connection (SPEC §12, §14):
+//! `x-forwarded-proto` is replaced by the protocol the client really used, the client's address
+//! is appended to `x-forwarded-for`, and `x-request-id` is added when absent. One authority
+//! decides the route and is forwarded: an absolute-form target (HTTP/1.1) or `:authority`
+//! (HTTP/2) becomes the upstream's `host`.
 
 use std::net::SocketAddr;
 
@@ -28,26 +35,37 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// The request id header, added when absent.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The client end of a connection, with its `x-forwarded-for` value made once per connection.
+/// The client end of a connection, with its forwarding values made once per connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
+    /// Whether the client's connection is TLS.
+    pub tls: bool,
+    ip: String,
     forwarded_for: HeaderValue,
 }
 
 impl Peer {
-    /// The peer at `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = HeaderValue::from_str(&addr.ip().to_string());
+    /// The peer at `addr`; `tls` says whether its connection is TLS.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip = addr.ip().to_string();
         Peer {
             addr,
-            forwarded_for: ip.unwrap_or(HeaderValue::from_static("unknown")),
+            tls,
+            forwarded_for: HeaderValue::from_str(&ip)
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            ip,
         }
+    }
+
+    fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls { "https" } else { "http" })
     }
 }
 
-/// Removes hop-by-hop headers, including those named by `connection`.
+/// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings
+/// other than `chunked`, and drops a `content-length` that a `transfer-encoding` overrides.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than nine hashed removals.
     let any = headers
@@ -68,33 +86,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
+    let codings = end_to_end_codings(headers);
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: transfer-encoding wins; the length is stale.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
     headers.remove(header::UPGRADE);
+    if let Some(v) = codings {
+        // The next hop adds its own `chunked` framing after these.
+        headers.insert(header::TRANSFER_ENCODING, v);
+    }
+}
+
+/// The transfer codings other than `chunked` (e.g. `gzip`), which describe the content the
+/// next hop must decode, not this hop's framing.
+fn end_to_end_codings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut kept = String::new();
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        for c in v.to_str().ok()?.split(',').map(str::trim) {
+            if !c.is_empty() && !c.eq_ignore_ascii_case("chunked") {
+                if !kept.is_empty() {
+                    kept.push_str(", ");
+                }
+                kept.push_str(c);
+            }
+        }
+    }
+    (!kept.is_empty())
+        .then(|| HeaderValue::from_str(&kept).ok())
+        .flatten()
+}
+
+/// Why a request's authority is refused (400 `bad_request`), if it is.
+pub fn authority_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("the request carries more than one host header");
+    }
+    if first.is_none() && req.uri().authority().is_none() && req.version() == Version::HTTP_11 {
+        return Some("an HTTP/1.1 request must carry a host header");
+    }
+    None
 }
 
 /// Prepares a client request for the upstream, once, before any try.
-pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, tls: bool) {
-    // HTTP/2 requests carry the authority in the URI only; HTTP/1.1 upstreams need `host`.
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(a) = req.uri().authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer) {
+    // One authority: the one the route was chosen by. An absolute-form target or h2
+    // `:authority` overrides whatever `host` the client also sent.
+    if let Some(a) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
         }
     }
     let h = req.headers_mut();
     strip_hop_by_hop(h);
-    if !h.contains_key(&X_FORWARDED_FOR) {
-        h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
-    }
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
-    }
+    append_forwarded_for(h, peer);
+    h.insert(X_FORWARDED_PROTO, peer.proto());
     if !h.contains_key(&X_REQUEST_ID) {
         h.insert(X_REQUEST_ID, new_request_id());
     }
@@ -107,6 +158,26 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, tls: bool) {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(pq);
+    }
+}
+
+/// `x-forwarded-for`: the client's list with the peer appended (as nginx's
+/// `$proxy_add_x_forwarded_for`), or the peer alone.
+fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
+    if !h.contains_key(&X_FORWARDED_FOR) {
+        h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+        return;
+    }
+    let mut list = String::new();
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = v.to_str() {
+            list.push_str(v);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(&peer.ip);
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        h.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -154,11 +225,11 @@ mod tests {
 
     #[test]
     fn adds_forwarding_headers_when_absent() {
-        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"));
+        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), false);
         let mut req = Request::builder().uri("/a").body(()).expect("request");
         req.headers_mut()
             .insert(X_REQUEST_ID, HeaderValue::from_static("given"));
-        prepare_request(&mut req, &peer, false);
+        prepare_request(&mut req, &peer);
         assert_eq!(req.headers()["x-forwarded-for"], "10.1.2.3");
         assert_eq!(req.headers()["x-forwarded-proto"], "http");
         assert_eq!(req.headers()["x-request-id"], "given");
@@ -166,9 +237,73 @@ mod tests {
             .uri("http://svc:81/a?b=1")
             .body(())
             .expect("request");
-        prepare_request(&mut req, &peer, true);
+        let tls_peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), true);
+        prepare_request(&mut req, &tls_peer);
         assert_eq!(req.headers()["host"], "svc:81");
         assert_eq!(req.headers()["x-forwarded-proto"], "https");
         assert_eq!(req.headers()["x-request-id"].len(), 32);
+    }
+
+    #[test]
+    fn the_truth_of_the_connection_replaces_what_the_client_claims() {
+        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), false);
+        let mut req = Request::builder()
+            .uri("http://real.example/x")
+            .header("host", "other.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "192.0.2.7")
+            .body(())
+            .expect("request");
+        prepare_request(&mut req, &peer);
+        assert_eq!(
+            req.headers()["host"],
+            "real.example",
+            "the routed authority is forwarded"
+        );
+        assert_eq!(req.headers()["x-forwarded-proto"], "http");
+        assert_eq!(req.headers()["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_survive_and_a_stale_length_goes() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::TRANSFER_ENCODING], "gzip");
+        assert!(h.get(header::CONTENT_LENGTH).is_none());
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        strip_hop_by_hop(&mut h);
+        assert!(
+            h.is_empty(),
+            "chunked is the hop's own framing; the length is stale"
+        );
+    }
+
+    #[test]
+    fn duplicate_or_missing_host_is_refused() {
+        let two = Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .expect("request");
+        assert!(authority_problem(&two).is_some());
+        let none = Request::builder().uri("/").body(()).expect("request");
+        assert!(authority_problem(&none).is_some());
+        let h10 = Request::builder()
+            .uri("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("request");
+        assert!(authority_problem(&h10).is_none(), "HTTP/1.0 needs no host");
     }
 }

@@ -1,30 +1,40 @@
 //! Listeners: accept connections, serve HTTP/1.1 and HTTP/2 (h2c) on each, drain gracefully.
 //!
 //! A listener task is keyed by the address it was configured with. It looks up the generation
-//! in force for every request, so a reload changes routes and policies without touching
-//! sockets; only an added or removed address binds or closes one. `max_connections` is a
-//! semaphore taken before `accept`, so connections beyond it wait in the kernel's accept queue
-//! instead of being refused.
+//! in force for every connection and request, so a reload changes routes, policies and the
+//! `runtime` settings of new connections without touching sockets; only an added or removed
+//! address binds or closes one. `max_connections` is a semaphore taken before `accept`, so
+//! connections beyond it wait in the kernel's accept queue instead of being refused; a reload
+//! resizes it in place.
+//!
+//! Each connection runs in its own task beside its watchdog (`conn.rs`), which closes silent and
+//! idle connections, and a stop signal, which closes it gracefully when the listener drains.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
+use super::conn::{Close, ConnState};
 use super::forward::Peer;
 use super::respond::answer;
+use super::shared::Shared;
 use super::stack;
 use crate::config::file;
 use crate::error::Reason;
-use crate::Shared;
+
+/// The listeners running now, by configured address.
+pub type ListenerSet = HashMap<SocketAddr, ListenerHandle>;
 
 /// A running listener.
 #[derive(Debug)]
@@ -32,6 +42,8 @@ pub struct ListenerHandle {
     /// The address it is bound to (differs from the configured one for port 0).
     pub local_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    limit: Arc<Semaphore>,
+    capacity: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -74,12 +86,14 @@ pub fn spawn(
 ) -> ListenerHandle {
     let local_addr = tcp.local_addr().unwrap_or(addr);
     let (stop, stopped) = watch::channel(false);
-    let builder = Arc::new(server_builder(rt));
-    let max_conns = rt.max_connections as usize;
-    let task = tokio::spawn(accept_loop(shared, addr, tcp, builder, max_conns, stopped));
+    let max_conns = (rt.max_connections as usize).max(1);
+    let limit = Arc::new(Semaphore::new(max_conns));
+    let task = tokio::spawn(accept_loop(shared, addr, tcp, limit.clone(), stopped));
     ListenerHandle {
         local_addr,
         stop,
+        limit,
+        capacity: Arc::new(AtomicUsize::new(max_conns)),
         task,
     }
 }
@@ -108,18 +122,34 @@ impl ListenerHandle {
             abort.abort();
         }
     }
+
+    /// Applies a reloaded `max_connections`: more room at once; less as connections end
+    /// (open connections are never cut to fit).
+    pub fn set_max_connections(&self, max: u32) {
+        let new = (max as usize).max(1);
+        let old = self.capacity.swap(new, Ordering::AcqRel);
+        if new > old {
+            self.limit.add_permits(new - old);
+        } else if new < old {
+            let (limit, excess) = (self.limit.clone(), (old - new) as u32);
+            tokio::spawn(async move {
+                if let Ok(p) = limit.acquire_many_owned(excess).await {
+                    p.forget();
+                }
+            });
+        }
+    }
 }
 
 async fn accept_loop(
     shared: Arc<Shared>,
     addr: SocketAddr,
     tcp: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    max_conns: usize,
+    limit: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(max_conns.max(1)));
-    let graceful = GracefulShutdown::new();
+    let conns = TaskTracker::new();
+    let mut backoff = Duration::ZERO;
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -129,40 +159,87 @@ async fn accept_loop(
             r = tcp.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%addr, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors and the like: back off, doubling up to 1 s, instead of
+                    // spinning; log once per back-off step, not once per try.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tracing::warn!(%addr, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
                     continue;
                 }
             },
             _ = stopped.changed() => break,
         };
+        backoff = Duration::ZERO;
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let client = Arc::new(Peer::new(peer));
-        let svc = service_fn(move |req| {
-            let shared = shared.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(serve(&shared, addr, req, &client).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        conns.spawn(serve_conn(
+            shared.clone(),
+            addr,
+            stream,
+            Peer::new(peer, false),
+            stopped.clone(),
+            permit,
+        ));
     }
     drop(tcp);
+    conns.close();
     let grace = shared.current.load().config.file.runtime.shutdown_grace.0;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
+    }
+}
+
+/// Serves one connection until it ends, its watchdog closes it, or the listener stops.
+async fn serve_conn(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stream: TcpStream,
+    peer: Peer,
+    mut stopped: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let gen = shared.current.load_full();
+    let Some(lst) = gen.listeners.get(&addr).cloned() else {
+        return;
+    };
+    drop(gen);
+    let peer_addr = peer.addr;
+    let state = ConnState::new();
+    let client = Arc::new(peer);
+    let svc = {
+        let state = state.clone();
+        service_fn(move |req| {
+            let (shared, client) = (shared.clone(), client.clone());
+            let active = state.begin();
+            async move { Ok::<_, Infallible>(serve(&shared, addr, req, &client, active).await) }
+        })
+    };
+    let conn = lst
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let watchdog = state.watch(lst.head_timeout, lst.idle_timeout);
+    tokio::pin!(watchdog);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            close = &mut watchdog, if !closing => match close {
+                Close::Silent => return,
+                Close::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            },
+            _ = stopped.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
     }
 }
 
@@ -171,10 +248,11 @@ async fn serve(
     addr: SocketAddr,
     req: http::Request<hyper::body::Incoming>,
     peer: &Peer,
+    active: super::conn::ConnActive,
 ) -> http::Response<super::body::Body> {
     let gen = shared.current.load_full();
     match gen.listeners.get(&addr) {
-        Some(lst) => stack::handle(shared, &gen, lst, req, peer).await,
+        Some(lst) => stack::handle(shared, &gen, lst, req, peer, active).await,
         None => answer(Reason::NoRoute, "this listener is being removed", None),
     }
 }

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::Body;
+use super::guard::Guards;
 
 /// Idle connections of one endpoint.
 #[derive(Debug)]
@@ -62,6 +63,8 @@ pub enum SendError {
 pub struct Returning {
     body: Incoming,
     back: Option<(SendRequest<Body>, Arc<Pool>)>,
+    /// What the request holds until this body ends (see `guard.rs`).
+    pub(super) guards: Guards,
 }
 
 // === impl Pool ===
@@ -147,6 +150,7 @@ impl Pool {
             let mut r = Returning {
                 body,
                 back: Some((sender, self.clone())),
+                guards: Guards::default(),
             };
             if http_body::Body::is_end_stream(&r.body) {
                 // Nobody may poll an empty body: hand the connection back now.
@@ -174,6 +178,7 @@ impl Returning {
         if let Some((sender, pool)) = self.back.take() {
             pool.put(sender);
         }
+        self.guards = Guards::default();
     }
 }
 
@@ -190,7 +195,10 @@ impl http_body::Body for Returning {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
             // A broken body breaks its connection: drop it, never pool it.
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.back = None;
+                self.guards = Guards::default();
+            }
             _ => {}
         }
         polled

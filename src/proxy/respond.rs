@@ -68,6 +68,9 @@ mod tests {
             (Reason::UpstreamUnavailable, 502),
             (Reason::TenantRequired, 401),
             (Reason::InvalidTenant, 400),
+            (Reason::BadRequest, 400),
+            (Reason::ClientTimeout, 408),
+            (Reason::MethodNotAllowed, 405),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

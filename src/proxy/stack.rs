@@ -1,32 +1,42 @@
 //! The request path, top to bottom, in one place.
 //!
 //! Order, and why:
+//! 0. **authority** — one authority decides the route and is forwarded; a request naming two
+//!    (`host` twice) or none (HTTP/1.1 without `host`) is refused before anything else.
 //! 1. **route** — nothing else can be decided before we know the route and so its policy.
 //! 2. **tenant** — every policy below is per tenant; bad or missing ids are refused before
 //!    they cost anything.
 //! 3. **rate limit** (`policy::rate_limit`) — cheapest refusal first; it sits outside retries
 //!    so a retry never spends a tenant's tokens.
-//! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange.
-//! 5. **request timeout** — bounds everything below: all tries and backoffs.
+//! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange, until the
+//!    answer's body ends (its guard rides in [`Guards`]).
+//! 5. **request timeout** — a deadline in the [`RequestCtx`]; every try and backoff below is
+//!    bounded by it.
 //! 6. **retry** (`policy::retry`) — each try goes through 7–8 again, with budget and backoff.
 //! 7. **circuit breaker** (`policy::circuit_breaker`) — sees every try, so it trips on them.
-//! 8. **per-try timeout**, then the upstream try itself.
+//! 8. **per-try timeout**, then the upstream try itself; its outcome is recorded once, by a
+//!    guard, for every observer (see `exchange.rs`).
 //!
 //! Anyone who changes this order explains why here.
+
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::Body;
+use super::conn::ConnActive;
+use super::ctx::RequestCtx;
 use super::exchange;
-use super::forward::Peer;
+use super::forward::{self, Peer};
+use super::guard::{GaugeGuard, Guards};
 use super::respond::answer;
 use super::route::request_host;
+use super::shared::Shared;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
 use crate::metrics::TenantMetrics;
-use crate::Shared;
 
 /// Serves one request on listener `lst` of generation `gen`.
 pub async fn handle(
@@ -35,10 +45,20 @@ pub async fn handle(
     lst: &ListenerRt,
     req: Request<Incoming>,
     peer: &Peer,
+    active: ConnActive,
 ) -> Response<Body> {
     let started = Instant::now();
-    lst.in_flight.inc();
-    let _in_flight = InFlightGuard(&lst.in_flight);
+    // Held until the answer's body ends (upstream answers) or dropped with a refusal.
+    let guards = Guards {
+        in_flight: Some(GaugeGuard::new(&lst.in_flight)),
+        conn: Some(active),
+    };
+
+    // 0. Authority.
+    if let Some(msg) = forward::authority_problem(&req) {
+        let tm = lst.unrouted.tenant(&shared.empty_label);
+        return finish(&tm, answer(Reason::BadRequest, msg, None), started);
+    }
 
     // 1. Route.
     let host = request_host(&req);
@@ -54,7 +74,7 @@ pub async fn handle(
         Err(reason) => {
             let msg = match reason {
                 Reason::TenantRequired => "this route requires a tenant id",
-                _ => "tenant id must be 1 to 128 characters of [A-Za-z0-9._:@-]",
+                _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
             };
             let tm = route.metrics.tenant(&shared.empty_label);
             return finish(&tm, answer(reason, msg, None), started);
@@ -81,29 +101,30 @@ pub async fn handle(
         return finish(&tm, rsp, started);
     }
 
-    // 4. Load shed: (its own issue) takes a slot here, held until the answer is sent.
+    // 4. Load shed: (its own issue) takes a slot here, into `guards`.
 
-    // 5–8. Deadlines, tries, the upstream.
-    let mut rsp = exchange::run(route, req, peer, lst.tls).await;
+    // 5–8. Deadline, tries, the upstream.
+    let ctx = RequestCtx {
+        listener: lst,
+        route,
+        tenant,
+        metrics: tm.clone(),
+        deadline: route.policy.request_timeout.map(|t| started + t),
+        peer,
+        body_idle: lst.body_idle_timeout,
+    };
+    let mut rsp = exchange::run(&ctx, req).await;
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());
     }
+    rsp.body_mut().hold(guards);
     finish(&tm, rsp, started)
 }
 
 /// Counts the answer and its duration under its (route, tenant label).
-fn finish(tm: &TenantMetrics, rsp: Response<Body>, started: Instant) -> Response<Body> {
+fn finish(tm: &Arc<TenantMetrics>, rsp: Response<Body>, started: Instant) -> Response<Body> {
     tm.count(rsp.status().as_u16());
     tm.duration.observe(started.elapsed().as_secs_f64());
     rsp
-}
-
-/// Decrements the in-flight gauge when the request's handling ends, however it ends.
-struct InFlightGuard<'a>(&'a prometheus::IntGauge);
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }

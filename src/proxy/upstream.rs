@@ -47,6 +47,11 @@ const CONNECT_FAILURE_HOLD: Duration = Duration::from_secs(1);
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// The DNS name it was resolved from (SNI and certificate name for TLS); `None` for an
+    /// endpoint written as an address.
+    pub host: Option<Arc<str>>,
+    /// `addr` as text, the `endpoint` metric label.
+    pub label: Arc<str>,
     /// `addr` as a URI authority, parsed once.
     pub authority: Authority,
     /// False while health checks or outlier detection keep it out.
@@ -69,26 +74,51 @@ enum Target {
 
 impl Upstream {
     /// Builds the upstream and, if it has DNS names, starts resolving them.
+    ///
+    /// Endpoints of `old` (the upstream of the same name before a reload) are carried over by
+    /// address while the settings of their connections are unchanged, so a tweak to another key
+    /// keeps warm connections and what is known of their health.
     pub fn new(
         name: &str,
         cfg: &file::Upstream,
+        old: Option<&Upstream>,
         metrics: &Metrics,
         clock: &SharedClock,
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(name);
+        let metrics = metrics.upstream(&name);
         let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
-        let statics: Vec<Arc<Endpoint>> = targets
-            .iter()
-            .filter_map(|t| match t {
-                Target::Addr(a) => Some(Endpoint::new(*a, cfg)),
-                Target::Name(_) => None,
-            })
-            .collect();
+        let carried: Vec<Arc<Endpoint>> = old
+            .filter(|o| same_transport(&o.cfg, cfg))
+            .map(|o| o.endpoints.load().iter().cloned().collect())
+            .unwrap_or_default();
+        let mut initial: Vec<Arc<Endpoint>> = Vec::new();
+        for t in &targets {
+            match t {
+                Target::Addr(a) => {
+                    let kept = carried.iter().find(|e| e.addr == *a && e.host.is_none());
+                    initial.push(
+                        kept.cloned()
+                            .unwrap_or_else(|| Endpoint::new(*a, None, cfg)),
+                    );
+                }
+                // Addresses a name resolved to before stay until the name is resolved again.
+                Target::Name(n) => initial.extend(
+                    carried
+                        .iter()
+                        .filter(|e| e.host.as_deref() == Some(host_of(n)))
+                        .cloned(),
+                ),
+            }
+        }
+        for e in &initial {
+            metrics.set_endpoint_healthy(&e.label, e.healthy.load(Ordering::Relaxed));
+        }
         let up = Arc::new(Upstream {
-            metrics: metrics.upstream(&name),
+            metrics,
             name,
             cfg: cfg.clone(),
-            endpoints: ArcSwap::from_pointee(statics),
+            endpoints: ArcSwap::from_pointee(initial),
             next: AtomicUsize::new(0),
             latency: LatencyEstimator::new(LATENCY_WINDOW, clock.clone()),
             clock: clock.clone(),
@@ -147,29 +177,55 @@ impl Upstream {
         ep.hold_until.store(until, Ordering::Relaxed);
     }
 
-    fn set_resolved(&self, addrs: Vec<SocketAddr>) {
+    fn set_resolved(&self, found: Vec<(SocketAddr, Option<Arc<str>>)>) {
         let old = self.endpoints.load();
-        let eps = addrs
+        let eps: Vec<Arc<Endpoint>> = found
             .into_iter()
-            .map(|a| {
+            .map(|(a, host)| {
                 old.iter()
-                    .find(|e| e.addr == a)
+                    .find(|e| e.addr == a && e.host == host)
                     .cloned()
-                    .unwrap_or_else(|| Endpoint::new(a, &self.cfg))
+                    .unwrap_or_else(|| {
+                        let e = Endpoint::new(a, host, &self.cfg);
+                        self.metrics.set_endpoint_healthy(&e.label, true);
+                        e
+                    })
             })
             .collect();
+        for gone in old
+            .iter()
+            .filter(|o| !eps.iter().any(|e| Arc::ptr_eq(e, o)))
+        {
+            self.metrics.remove_endpoint(&gone.label);
+        }
         self.endpoints.store(Arc::new(eps));
     }
+}
+
+/// Whether endpoints built for `a` can serve `b` unchanged: the settings of their connections.
+fn same_transport(a: &file::Upstream, b: &file::Upstream) -> bool {
+    a.connect_timeout == b.connect_timeout
+        && a.pool_max_idle == b.pool_max_idle
+        && a.pool_idle_timeout == b.pool_idle_timeout
+        && a.tls == b.tls
+}
+
+/// The host part of a `host:port` endpoint.
+fn host_of(endpoint: &str) -> &str {
+    endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h)
 }
 
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(addr: SocketAddr, cfg: &file::Upstream) -> Arc<Endpoint> {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .unwrap_or_else(|_| Authority::from_static("invalid"));
+    fn new(addr: SocketAddr, host: Option<Arc<str>>, cfg: &file::Upstream) -> Arc<Endpoint> {
+        let label: Arc<str> = Arc::from(addr.to_string());
+        let authority =
+            Authority::try_from(&*label).unwrap_or_else(|_| Authority::from_static("invalid"));
         Arc::new(Endpoint {
             addr,
+            host,
+            label,
             authority,
             healthy: AtomicBool::new(true),
             hold_until: AtomicU64::new(0),
@@ -195,18 +251,20 @@ impl Target {
 
 /// Resolves names now and every `every`, until the upstream is dropped.
 async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration) {
-    let mut last: Vec<Vec<SocketAddr>> = vec![Vec::new(); targets.len()];
+    type Found = Vec<(SocketAddr, Option<Arc<str>>)>;
+    let mut last: Vec<Found> = vec![Vec::new(); targets.len()];
     loop {
         for (i, t) in targets.iter().enumerate() {
             match t {
-                Target::Addr(a) => last[i] = vec![*a],
+                Target::Addr(a) => last[i] = vec![(*a, None)],
                 Target::Name(n) => match tokio::net::lookup_host(n.as_str()).await {
                     Ok(found) => {
+                        let host: Arc<str> = Arc::from(host_of(n));
                         let mut v: Vec<SocketAddr> = found.collect();
                         v.sort();
                         v.dedup();
                         if !v.is_empty() {
-                            last[i] = v;
+                            last[i] = v.into_iter().map(|a| (a, Some(host.clone()))).collect();
                         }
                     }
                     Err(e) => {
@@ -216,7 +274,7 @@ async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration)
             }
         }
         let Some(up) = up.upgrade() else { return };
-        let mut all: Vec<SocketAddr> = last.iter().flatten().copied().collect();
+        let mut all: Found = last.iter().flatten().cloned().collect();
         all.dedup();
         up.set_resolved(all);
         drop(up);

@@ -1,0 +1,48 @@
+//! What every connection and request of one rampart instance shares: the generation in force,
+//! metrics, the clock, tenant labels and the per-tenant cap, the draining flag and the running
+//! listeners.
+//!
+//! It lives with the data plane, which reads it on every request; the runtime (`lib.rs`,
+//! `reload.rs`) builds it once and swaps generations in it.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::listener::ListenerSet;
+use crate::clock::SharedClock;
+use crate::generation::Generation;
+use crate::metrics::Metrics;
+use crate::tenant;
+use crate::tenant::tracked::TrackedTenants;
+
+/// What every connection and request of one rampart instance shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config generation in force.
+    pub current: ArcSwap<Generation>,
+    /// This instance's metrics.
+    pub metrics: Metrics,
+    /// Time for the policies.
+    pub clock: SharedClock,
+    /// Tenant label folding (stable across reloads).
+    pub labels: tenant::Labels,
+    /// The empty label (requests refused before a tenant is known).
+    pub empty_label: Arc<str>,
+    /// Per-tenant state entries of every rate limiter, capped by `tenants.max_tracked`.
+    pub tracked: Arc<TrackedTenants>,
+    /// Set once shutdown began; `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Running listeners; the lock also serialises reloads.
+    pub listeners: tokio::sync::Mutex<ListenerSet>,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Per-tenant state entries in memory now.
+    pub fn tracked_tenants(&self) -> u64 {
+        self.tracked.len()
+    }
+}
