@@ -197,7 +197,7 @@ impl ClientBody {
         }
         let mut size = 0usize;
         let mut frames = VecDeque::new();
-        while let Some(frame) = (&mut self).frame().await {
+        while let Some(frame) = self.frame().await {
             let frame = frame?;
             let is_data = frame.is_data();
             size += frame.data_ref().map_or(0, |d| d.len());
