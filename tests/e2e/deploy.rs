@@ -1,17 +1,17 @@
 //! The shipped deployment files against the binary: every metric that `deploy/prometheus` and
-//! `deploy/grafana` name is one rampart really exports (or one a named issue will create), the
-//! alert unit tests feed series with the labels rampart really puts on them, the Kubernetes
-//! policy validates, and text logs carry no colour codes into pipes.
+//! `deploy/grafana` name is one rampart really exports (or one a named issue will create), and
+//! the alert unit tests feed series with the labels rampart really puts on them. What a pod
+//! runs (the Kubernetes policy, its timings, the log output) is checked in `deploy/pod.rs`.
 //!
 //! Why: an alert on a series that never exists can never fire, and its promtool unit test
 //! passes anyway when it feeds made-up series. Only a scrape of the real binary tells.
 
+mod pod;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
-use crate::support::{http, metric_value, metrics, proxy::bin, sample, Proxy};
+use crate::support::{http, metric_value, metrics, sample, Proxy};
 
 /// Metrics the alerts or the dashboard use whose series rampart does not create yet, each with
 /// the issue that will. An entry must go when its series appears (the test says so), and a
@@ -282,109 +282,6 @@ async fn alert_tests_feed_series_with_the_labels_rampart_exports() {
             real.contains(&keys),
             "alerts_test.yml feeds {name} with labels {keys:?} (besides {TARGET_LABELS:?}); \
              rampart exports it with {real:?}"
-        );
-    }
-}
-
-/// The policy inside deploy/k8s/configmap.yaml (`data."rampart.yaml"`), dedented.
-fn configmap_policy() -> String {
-    let (_, text) = repo_file("deploy/k8s/configmap.yaml");
-    let mut lines = text.lines().skip_while(|l| l.trim() != "rampart.yaml: |");
-    lines
-        .next()
-        .expect("configmap.yaml must hold data.\"rampart.yaml\"");
-    lines
-        .take_while(|l| l.trim().is_empty() || l.starts_with("    "))
-        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
-        .collect()
-}
-
-/// Runs the binary with `args` and stdout/stderr piped; bounded to 15 s.
-async fn run_piped(args: &[&str]) -> std::process::Output {
-    let child = tokio::process::Command::new(bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("RAMPART_CONFIG")
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the rampart binary must start");
-    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("rampart must exit within 15 s")
-        .expect("rampart's output must be readable")
-}
-
-#[tokio::test]
-async fn the_kubernetes_policy_validates_without_inert_keys() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let path = dir.path().join("rampart.yaml");
-    std::fs::write(&path, configmap_policy()).expect("write");
-    let path = path.display().to_string();
-    let out = run_piped(&["validate", "--config", &path]).await;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(
-        !text.to_lowercase().contains("warn"),
-        "the shipped policy must use only keys rampart acts on: {text}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn text_logs_into_a_pipe_carry_no_colour_codes() {
-    let app = sample().await;
-    let rendered = Proxy::builder(&crate::support::one_route(""))
-        .var("APP", app.addr())
-        .render();
-    let path = rendered.path.display().to_string();
-    let child = tokio::process::Command::new(bin())
-        .args(["run", "--config", &path, "--log-format", "text"])
-        .env("RUST_LOG", "info")
-        .env_remove("RAMPART_CONFIG")
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the rampart binary must start");
-    let pid = child.id().expect("a running child has a pid");
-    assert_eventually!(
-        http::try_get(rendered.admin, "/readyz", &[])
-            .await
-            .is_ok_and(|r| r.status == 200),
-        "rampart must become ready"
-    );
-    let rsp = http::get(rendered.listeners["inbound"], "/ok", &[]).await;
-    assert_eq!(rsp.status, 200);
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("`kill` must run");
-    assert!(kill.success());
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("rampart must exit within 15 s after SIGTERM")
-        .expect("rampart's output must be readable");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("INFO"),
-        "text log lines expected: {stdout:?}"
-    );
-    assert!(
-        !stdout.trim_start().starts_with('{'),
-        "not JSON: {stdout:?}"
-    );
-    for (name, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-        assert!(
-            !bytes.windows(2).any(|w| w == b"\x1b["),
-            "ANSI escape codes in {name} of a pipe: {:?}",
-            String::from_utf8_lossy(bytes)
         );
     }
 }
