@@ -72,12 +72,16 @@ fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn init_logging(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::stdout().is_terminal();
     let json = match format {
         Some(f) => f == LogFormat::Json,
-        None => !std::io::stdout().is_terminal(),
+        None => !terminal,
     };
+    // Colour codes are for people at a terminal; in a pipe or a file they are noise that
+    // log collectors store verbatim.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(terminal)
         .with_writer(std::io::stdout);
     if json {
         builder.json().init();

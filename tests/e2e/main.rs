@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod deploy;
 mod proxy;
 mod rate_limit;
 mod reload;
