@@ -120,8 +120,13 @@ impl TlsFileError {
 
 impl HandshakeError {
     /// Every value [`HandshakeError::reason`] can return, for pre-registering metric labels.
-    pub const REASONS: [&'static str; 5] =
-        ["timeout", "no_client_cert", "bad_client_cert", "protocol", "io"];
+    pub const REASONS: [&'static str; 5] = [
+        "timeout",
+        "no_client_cert",
+        "bad_client_cert",
+        "protocol",
+        "io",
+    ];
 
     /// A label from a closed set: `timeout`, `no_client_cert`, `bad_client_cert`, `protocol`,
     /// `io`.

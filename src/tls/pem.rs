@@ -114,8 +114,8 @@ fn check_validity(
     leaf: &CertificateDer<'_>,
     now: SystemTime,
 ) -> Result<(), TlsFileError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsFileError::invalid(path, format!("not an X.509 certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsFileError::invalid(path, format!("not an X.509 certificate: {e}")))?;
     let now = match now.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(_) => 0,
