@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::support::{Ca, Files, Leaf};
+use super::support::{sec1_of, Ca, Files, Leaf};
 use crate::tls::{check_client, check_server, is_valid_cert_tenant, TlsFileError};
 
 fn names(err: &TlsFileError, path: &Path) -> bool {
@@ -116,6 +116,20 @@ fn a_combined_cert_and_key_file_serves_both_paths() {
     let issued = ca.server(1);
     let both = files.write("both.pem", &format!("{}{}", issued.cert, issued.key));
     check_server(&both, &both, None).expect("PEM sections of other types are skipped");
+}
+
+#[test]
+fn a_sec1_ec_key_is_read_like_pkcs8() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let issued = ca.server(1);
+    let sec1 = sec1_of(&issued.key);
+    assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+    let cert = files.write("server.pem", &issued.cert);
+    let key = files.write("server-key.pem", &sec1);
+    check_server(&cert, &key, None).expect("a SEC1 key must load and match");
+    let other = files.write("other-key.pem", &sec1_of(&ca.server(2).key));
+    let err = check_server(&cert, &other, None).expect_err("a SEC1 mismatch is still refused");
+    assert!(matches!(err, TlsFileError::KeyMismatch { .. }), "{err}");
 }
 
 #[test]

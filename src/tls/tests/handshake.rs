@@ -247,6 +247,19 @@ async fn a_client_that_never_speaks_times_out() {
 }
 
 #[tokio::test]
+async fn a_plaintext_request_on_a_tls_listener_is_a_protocol_failure() {
+    let s = setup(None);
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let err = next(&mut rx).await.expect_err("plaintext must not pass");
+    assert_eq!(err.reason(), "protocol", "{err}");
+}
+
+#[tokio::test]
 async fn after_replace_new_handshakes_use_the_new_cert_and_old_connections_keep_working() {
     let s = setup(None);
     let (addr, mut rx) = serve(s.acceptor.clone()).await;

@@ -132,3 +132,15 @@ pub(super) fn serial_of(cert: &CertificateDer<'_>) -> u64 {
         .iter()
         .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
+
+/// Re-encodes a PKCS#8 EC key as a SEC1 `EC PRIVATE KEY` PEM: PKCS#8 wraps the SEC1
+/// structure in its third field, an OCTET STRING.
+pub(super) fn sec1_of(pkcs8_pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pkcs8_pem.as_bytes())
+        .expect("rcgen writes PKCS#8");
+    let (_, info) = x509_parser::der_parser::parse_der(pkcs8.secret_pkcs8_der()).expect("der");
+    let fields = info.as_sequence().expect("PrivateKeyInfo is a sequence");
+    let sec1 = fields[2].as_slice().expect("privateKey is an octet string");
+    pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1.to_vec()))
+}
