@@ -23,6 +23,7 @@ pub mod reload;
 pub mod sample;
 pub mod shutdown;
 pub mod tenant;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

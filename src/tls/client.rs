@@ -1,0 +1,93 @@
+//! TLS origination to an upstream: the client config and one connect.
+//!
+//! ALPN offers only `http/1.1`. The upstream pool keeps HTTP/1.1 connections and sends one
+//! request at a time on each; if `h2` were offered a server could pick it and the pool would
+//! then speak the wrong protocol. Negotiating h2 upstream is a pool change, not a TLS one.
+//!
+//! Without a `ca`, servers are verified against Mozilla's roots compiled in by `webpki-roots`
+//! (no OS certificate store needed, which slim sidecar images often lack).
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::pem::{load_roots, CertPair};
+use super::TlsFileError;
+
+/// ALPN protocols an upstream connection offers (see the module doc).
+pub const CLIENT_ALPN: [&[u8]; 1] = [b"http/1.1"];
+
+/// Builds an upstream's TLS config: trust `ca` (or the compiled-in web roots when `None`),
+/// present `cert`+`key` as a client certificate when both are given.
+///
+/// Fails, naming the file, for the same reasons as [`super::server_config`], and when only one
+/// of `cert` and `key` is given.
+pub fn client_config(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<ClientConfig>, TlsFileError> {
+    let roots = match ca {
+        Some(ca) => load_roots(ca)?,
+        None => Arc::new(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
+    };
+    let pair = match (cert, key) {
+        (Some(cert), Some(key)) => Some((CertPair::load(cert, key)?, key)),
+        (None, None) => None,
+        (Some(given), None) => return Err(incomplete(given, "key")),
+        (None, Some(given)) => return Err(incomplete(given, "cert")),
+    };
+    let builder = ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsFileError::invalid(Path::new("<crypto provider>"), e))?
+        .with_root_certificates(roots);
+    let mut config = match pair {
+        Some((pair, key)) => builder
+            .with_client_auth_cert(pair.chain, pair.key)
+            .map_err(|e| TlsFileError::invalid(key, e))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = CLIENT_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// For `rampart validate`: everything [`client_config`] checks, without keeping the result.
+pub fn check_client(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<(), TlsFileError> {
+    client_config(ca, cert, key).map(drop)
+}
+
+/// Runs a client handshake on `tcp`, sending `server_name` as SNI and verifying the server's
+/// certificate for that name. An IP address is accepted and checked against IP SANs (no SNI
+/// is sent for it). The caller bounds the time (the upstream connect timeout).
+pub async fn connect(
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, io::Error> {
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid tls server name {server_name:?}: {e}"),
+        )
+    })?;
+    TlsConnector::from(cfg).connect(name, tcp).await
+}
+
+fn incomplete(given: &Path, missing: &'static str) -> TlsFileError {
+    TlsFileError::Incomplete {
+        given: given.to_path_buf(),
+        missing,
+    }
+}

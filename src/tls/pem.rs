@@ -1,0 +1,156 @@
+//! PEM files in, DER values out, with errors that name the file.
+//!
+//! Files are read whole with `std::fs` (a missing file and an unreadable one are told apart)
+//! and then parsed by rustls-pki-types' `PemObject`, which skips sections of other types: a
+//! combined cert+key file works for both the cert and the key path.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+use super::TlsFileError;
+
+/// A certificate chain and the private key that matches its leaf.
+#[derive(Debug)]
+pub struct CertPair {
+    /// Leaf first, then intermediates, as in the file.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the leaf.
+    pub key: PrivateKeyDer<'static>,
+}
+
+// === impl CertPair ===
+
+impl CertPair {
+    /// Loads `cert` and `key` and checks them: the leaf is valid now (not expired, not before
+    /// its notBefore) and the key matches the leaf's public key.
+    pub fn load(cert: &Path, key: &Path) -> Result<CertPair, TlsFileError> {
+        Self::load_at(cert, key, SystemTime::now())
+    }
+
+    /// [`CertPair::load`] with "now" given, so the validity check can be tested at a boundary.
+    pub fn load_at(cert: &Path, key: &Path, now: SystemTime) -> Result<CertPair, TlsFileError> {
+        let chain = load_certs(cert)?;
+        check_validity(cert, &chain[0], now)?;
+        let pair = CertPair {
+            chain,
+            key: load_key(key)?,
+        };
+        pair.check_match(cert, key)?;
+        Ok(pair)
+    }
+
+    /// A copy of the key (rustls builders take it by value).
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+
+    /// Compares the key's public key with the leaf's SubjectPublicKeyInfo. A key type whose
+    /// public key the provider cannot derive is not refused here (the handshake would show it).
+    fn check_match(&self, cert: &Path, key: &Path) -> Result<(), TlsFileError> {
+        use rustls::{Error, InconsistentKeys};
+        let signer = super::provider()
+            .key_provider
+            .load_private_key(self.key())
+            .map_err(|e| TlsFileError::invalid(key, e))?;
+        match CertifiedKey::new(self.chain.clone(), signer).keys_match() {
+            Ok(()) | Err(Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(()),
+            Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+                Err(TlsFileError::KeyMismatch {
+                    key: key.to_path_buf(),
+                    cert: cert.to_path_buf(),
+                })
+            }
+            Err(e) => Err(TlsFileError::invalid(cert, e)),
+        }
+    }
+}
+
+/// Every certificate in `path`, in file order; at least one.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let bytes = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(path, e))?;
+    if certs.is_empty() {
+        return Err(TlsFileError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key in `path`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsFileError::NoKey {
+            path: path.to_path_buf(),
+        },
+        e => malformed(path, e),
+    })
+}
+
+/// A CA bundle as trust anchors. Every certificate in it must be usable as one: a bundle
+/// that silently loses a CA would show up only as refused handshakes later.
+pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsFileError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsFileError::invalid(path, format!("unusable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Refuses a leaf certificate that is expired or not yet valid at `now`.
+fn check_validity(
+    path: &Path,
+    leaf: &CertificateDer<'_>,
+    now: SystemTime,
+) -> Result<(), TlsFileError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsFileError::invalid(path, format!("not an X.509 certificate: {e}")))?;
+    let now = match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    };
+    let validity = cert.validity();
+    if validity.not_after.timestamp() < now {
+        return Err(TlsFileError::Expired {
+            path: path.to_path_buf(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if validity.not_before.timestamp() > now {
+        return Err(TlsFileError::NotYetValid {
+            path: path.to_path_buf(),
+            not_before: validity.not_before.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => TlsFileError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => TlsFileError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+fn malformed(path: &Path, e: pem::Error) -> TlsFileError {
+    TlsFileError::Malformed {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,8 @@
+//! Tests of the TLS building blocks, with certificates made by rcgen at test time.
+//!
+//! `files` covers what `rampart validate` reports; `handshake` runs real handshakes over
+//! loopback sockets (ALPN, mTLS, peer names, upstream CA checks, reload).
+
+mod files;
+mod handshake;
+mod support;

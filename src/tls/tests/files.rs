@@ -1,0 +1,169 @@
+//! What `rampart validate` reports about certificate and key files.
+
+use std::path::Path;
+
+use super::support::{sec1_of, Ca, Files, Leaf};
+use crate::tls::{check_client, check_server, is_valid_cert_tenant, TlsFileError};
+
+fn names(err: &TlsFileError, path: &Path) -> bool {
+    err.to_string().contains(&path.display().to_string())
+}
+
+#[test]
+fn a_matching_pair_and_a_client_ca_pass() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (cert, key) = files.pair("server", &ca.server(1));
+    let ca_path = files.ca("ca", &ca);
+    check_server(&cert, &key, None).expect("a fresh pair must pass");
+    check_server(&cert, &key, Some(&ca_path)).expect("with a client_ca it must pass too");
+    check_client(Some(&ca_path), Some(&cert), Some(&key)).expect("client side must pass");
+    check_client(None, None, None).expect("system roots need no files");
+}
+
+#[test]
+fn a_key_of_another_certificate_is_refused_naming_the_key() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (cert, _) = files.pair("server", &ca.server(1));
+    let (_, other_key) = files.pair("other", &ca.server(2));
+    let err = check_server(&cert, &other_key, None).expect_err("mismatch must be refused");
+    assert!(matches!(err, TlsFileError::KeyMismatch { .. }), "{err}");
+    assert!(
+        names(&err, &other_key),
+        "message must name the key path: {err}"
+    );
+    let err = check_client(None, Some(&cert), Some(&other_key)).expect_err("client side too");
+    assert!(matches!(err, TlsFileError::KeyMismatch { .. }), "{err}");
+}
+
+#[test]
+fn an_expired_certificate_is_refused_naming_the_cert() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let expired = ca.issue(Leaf {
+        dns: vec!["localhost"],
+        not_before: Some((2019, 1, 1)),
+        not_after: Some((2020, 1, 1)),
+        ..Leaf::default()
+    });
+    let (cert, key) = files.pair("expired", &expired);
+    let err = check_server(&cert, &key, None).expect_err("expired must be refused");
+    assert!(matches!(err, TlsFileError::Expired { .. }), "{err}");
+    assert!(names(&err, &cert), "message must name the cert path: {err}");
+    assert!(
+        err.to_string().contains("2020"),
+        "message shows notAfter: {err}"
+    );
+}
+
+#[test]
+fn a_certificate_not_yet_valid_is_refused() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let future = ca.issue(Leaf {
+        dns: vec!["localhost"],
+        not_before: Some((3000, 1, 1)),
+        not_after: Some((3001, 1, 1)),
+        ..Leaf::default()
+    });
+    let (cert, key) = files.pair("future", &future);
+    let err = check_server(&cert, &key, None).expect_err("future notBefore must be refused");
+    assert!(matches!(err, TlsFileError::NotYetValid { .. }), "{err}");
+    assert!(names(&err, &cert), "{err}");
+}
+
+#[test]
+fn missing_empty_and_swapped_files_say_what_is_wrong() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (cert, key) = files.pair("server", &ca.server(1));
+    let nowhere = files.write("x", "").with_file_name("nowhere.pem");
+    let err = check_server(&nowhere, &key, None).expect_err("missing cert");
+    assert!(
+        matches!(err, TlsFileError::Missing { .. }) && names(&err, &nowhere),
+        "{err}"
+    );
+
+    let err = check_server(&key, &key, None).expect_err("a key file holds no certificate");
+    assert!(
+        matches!(err, TlsFileError::NoCertificate { .. }) && names(&err, &key),
+        "{err}"
+    );
+
+    let err = check_server(&cert, &cert, None).expect_err("a cert file holds no key");
+    assert!(
+        matches!(err, TlsFileError::NoKey { .. }) && names(&err, &cert),
+        "{err}"
+    );
+
+    let junk = files.write("junk.pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
+    let err = check_server(&junk, &key, None).expect_err("junk");
+    assert!(
+        matches!(err, TlsFileError::Malformed { .. }) && names(&err, &junk),
+        "{err}"
+    );
+
+    let err = check_client(Some(&key), None, None).expect_err("a CA bundle without certs");
+    assert!(matches!(err, TlsFileError::NoCertificate { .. }), "{err}");
+
+    let dir = cert.parent().expect("temp dir");
+    let err = check_server(dir, &key, None).expect_err("a directory is unreadable");
+    assert!(
+        matches!(err, TlsFileError::Unreadable { .. }) && names(&err, dir),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_combined_cert_and_key_file_serves_both_paths() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let issued = ca.server(1);
+    let both = files.write("both.pem", &format!("{}{}", issued.cert, issued.key));
+    check_server(&both, &both, None).expect("PEM sections of other types are skipped");
+}
+
+#[test]
+fn a_sec1_ec_key_is_read_like_pkcs8() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let issued = ca.server(1);
+    let sec1 = sec1_of(&issued.key);
+    assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+    let cert = files.write("server.pem", &issued.cert);
+    let key = files.write("server-key.pem", &sec1);
+    check_server(&cert, &key, None).expect("a SEC1 key must load and match");
+    let other = files.write("other-key.pem", &sec1_of(&ca.server(2).key));
+    let err = check_server(&cert, &other, None).expect_err("a SEC1 mismatch is still refused");
+    assert!(matches!(err, TlsFileError::KeyMismatch { .. }), "{err}");
+}
+
+#[test]
+fn a_client_cert_needs_its_key_and_the_reverse() {
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (cert, key) = files.pair("client", &ca.server(1));
+    let err = check_client(None, Some(&cert), None).expect_err("cert without key");
+    assert!(
+        matches!(err, TlsFileError::Incomplete { missing: "key", .. }),
+        "{err}"
+    );
+    let err = check_client(None, None, Some(&key)).expect_err("key without cert");
+    assert!(
+        matches!(
+            err,
+            TlsFileError::Incomplete {
+                missing: "cert",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn cert_tenant_ids_allow_spiffe_and_refuse_spaces_and_controls() {
+    assert!(is_valid_cert_tenant("billing"));
+    assert!(is_valid_cert_tenant(
+        "spiffe://example.org/ns/prod/sa/billing"
+    ));
+    assert!(is_valid_cert_tenant(&"a".repeat(2048)));
+    assert!(!is_valid_cert_tenant(&"a".repeat(2049)));
+    assert!(!is_valid_cert_tenant(""));
+    assert!(!is_valid_cert_tenant("two words"));
+    assert!(!is_valid_cert_tenant("tab\there"));
+    assert!(!is_valid_cert_tenant("caf\u{e9}"));
+}

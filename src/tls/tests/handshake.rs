@@ -1,0 +1,296 @@
+//! Real handshakes over loopback: ALPN, mTLS, peer names, upstream CA checks, reload.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+
+use super::support::{serial_of, Ca, Files, Leaf};
+use crate::tls::{
+    accept, client_config, connect, server_config, ConnInfo, HandshakeError, ReloadableAcceptor,
+};
+
+type Outcome = Result<ConnInfo, HandshakeError>;
+
+/// Serves TLS on a loopback port: each connection takes the acceptor in force when it is
+/// accepted, reports its handshake, then echoes.
+async fn serve(
+    acceptor: Arc<ReloadableAcceptor>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Outcome>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (tls, tx) = (acceptor.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                match accept(tls, tcp, Duration::from_secs(10)).await {
+                    Ok((stream, info)) => {
+                        let _ = tx.send(Ok(info));
+                        let (mut r, mut w) = tokio::io::split(stream);
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn dial(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    name: &str,
+) -> io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connect(cfg, name, tcp).await
+}
+
+/// One echo round trip; fails if the server closed or refused the session.
+async fn ping(stream: &mut TlsStream<TcpStream>) -> io::Result<()> {
+    stream.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"ping", "echo must return what was sent");
+    Ok(())
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Outcome>) -> Outcome {
+    rx.recv().await.expect("server must report every handshake")
+}
+
+fn with_alpn(cfg: &Arc<ClientConfig>, protos: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut cfg = ClientConfig::clone(cfg);
+    cfg.alpn_protocols = protos.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A server for `localhost` signed by a fresh CA, optionally requiring client certs from
+/// `client_ca`; returns the CA file the client should trust.
+struct Setup {
+    files: Files,
+    ca: Ca,
+    acceptor: Arc<ReloadableAcceptor>,
+}
+
+fn setup(client_ca: Option<&Ca>) -> Setup {
+    let (ca, files) = (Ca::new("server ca"), Files::new());
+    let (cert, key) = files.pair("server", &ca.server(1));
+    let client_ca = client_ca.map(|c| files.ca("client-ca", c));
+    let cfg = server_config(&cert, &key, client_ca.as_deref()).expect("server config");
+    Setup {
+        acceptor: Arc::new(ReloadableAcceptor::new(cfg)),
+        files,
+        ca,
+    }
+}
+
+#[tokio::test]
+async fn alpn_picks_h2_when_offered_and_http1_otherwise() {
+    let s = setup(None);
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let base = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("client config");
+
+    let h2 = with_alpn(&base, &[b"h2", b"http/1.1"]);
+    let mut conn = dial(addr, h2, "localhost")
+        .await
+        .expect("h2 client connects");
+    ping(&mut conn).await.expect("h2 session works");
+    let info = next(&mut rx).await.expect("handshake ok");
+    assert!(info.is_h2, "a client offering h2 must get h2");
+    assert_eq!(info.client_cn, None, "no client_ca: no peer names");
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+
+    let mut conn = dial(addr, base, "localhost")
+        .await
+        .expect("default client connects");
+    ping(&mut conn).await.expect("http/1.1 session works");
+    assert!(
+        !next(&mut rx).await.expect("ok").is_h2,
+        "upstream config offers http/1.1 only"
+    );
+    assert_eq!(
+        conn.get_ref().1.alpn_protocol(),
+        Some(b"http/1.1".as_slice())
+    );
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_client_without_a_certificate() {
+    let client_ca = Ca::new("client ca");
+    let s = setup(Some(&client_ca));
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("client config");
+    // TLS 1.3: the client's side finishes first; the refusal shows on the server and on use.
+    let refused = match dial(addr, cfg, "localhost").await {
+        Ok(mut conn) => ping(&mut conn).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a session without a client cert must not carry data"
+    );
+    let err = next(&mut rx).await.expect_err("server must refuse");
+    assert_eq!(err.reason(), "no_client_cert", "{err}");
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_certificate_from_another_ca() {
+    let (client_ca, stranger) = (Ca::new("client ca"), Ca::new("stranger"));
+    let s = setup(Some(&client_ca));
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let (cert, key) = s.files.pair(
+        "client",
+        &stranger.issue(Leaf {
+            cn: Some("x"),
+            ..Leaf::default()
+        }),
+    );
+    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), Some(&cert), Some(&key)).expect("cfg");
+    if let Ok(mut conn) = dial(addr, cfg, "localhost").await {
+        assert!(
+            ping(&mut conn).await.is_err(),
+            "an unverified client must not carry data"
+        );
+    }
+    let err = next(&mut rx).await.expect_err("server must refuse");
+    assert_eq!(err.reason(), "bad_client_cert", "{err}");
+}
+
+#[tokio::test]
+async fn mtls_reports_the_client_cn_and_first_uri_san() {
+    let client_ca = Ca::new("client ca");
+    let s = setup(Some(&client_ca));
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let spiffe = "spiffe://example.org/ns/prod/sa/billing";
+    let leaf = Leaf {
+        cn: Some("billing"),
+        uri: Some(spiffe),
+        serial: 7,
+        ..Leaf::default()
+    };
+    let (cert, key) = s.files.pair("client", &client_ca.issue(leaf));
+    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), Some(&cert), Some(&key)).expect("cfg");
+    let mut conn = dial(addr, cfg, "localhost")
+        .await
+        .expect("verified client connects");
+    ping(&mut conn).await.expect("mTLS session works");
+    let info = next(&mut rx).await.expect("handshake ok");
+    assert_eq!(info.client_cn.as_deref(), Some("billing"));
+    assert_eq!(info.client_uri_san.as_deref(), Some(spiffe));
+    assert!(crate::tls::is_valid_cert_tenant(spiffe));
+}
+
+#[tokio::test]
+async fn an_upstream_with_the_private_ca_connects_and_a_wrong_ca_fails() {
+    let s = setup(None);
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let good = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("cfg");
+    let mut conn = dial(addr, good.clone(), "localhost")
+        .await
+        .expect("private CA verifies");
+    ping(&mut conn).await.expect("session works");
+    next(&mut rx).await.expect("server side ok");
+
+    let mut by_ip = dial(addr, good.clone(), "127.0.0.1")
+        .await
+        .expect("IP SAN verifies");
+    ping(&mut by_ip).await.expect("session by IP works");
+    next(&mut rx).await.expect("server side ok");
+
+    let err = dial(addr, good, "other.example")
+        .await
+        .expect_err("wrong name must fail");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    next(&mut rx)
+        .await
+        .expect_err("server sees the client's alert");
+
+    let wrong =
+        client_config(Some(&s.files.ca("wrong", &Ca::new("wrong"))), None, None).expect("cfg");
+    let err = dial(addr, wrong, "localhost")
+        .await
+        .expect_err("wrong CA must fail");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let server_err = next(&mut rx)
+        .await
+        .expect_err("server sees the client's alert");
+    assert_eq!(server_err.reason(), "protocol", "{server_err}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_speaks_times_out() {
+    let s = setup(None);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let _silent = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (tcp, _) = listener.accept().await.expect("accept");
+    let err = accept(s.acceptor.acceptor(), tcp, Duration::from_millis(50))
+        .await
+        .expect_err("a silent client must time out");
+    assert_eq!(err.reason(), "timeout");
+    assert!(HandshakeError::REASONS.contains(&err.reason()));
+}
+
+#[tokio::test]
+async fn a_plaintext_request_on_a_tls_listener_is_a_protocol_failure() {
+    let s = setup(None);
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let err = next(&mut rx).await.expect_err("plaintext must not pass");
+    assert_eq!(err.reason(), "protocol", "{err}");
+}
+
+#[tokio::test]
+async fn after_replace_new_handshakes_use_the_new_cert_and_old_connections_keep_working() {
+    let s = setup(None);
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("cfg");
+    let peer_serial = |c: &TlsStream<TcpStream>| {
+        serial_of(&c.get_ref().1.peer_certificates().expect("server cert")[0])
+    };
+
+    let mut old = dial(addr, cfg.clone(), "localhost")
+        .await
+        .expect("first connection");
+    ping(&mut old).await.expect("first session works");
+    next(&mut rx).await.expect("ok");
+    assert_eq!(peer_serial(&old), 1);
+
+    let (cert, key) = s.files.pair("rotated", &s.ca.server(2));
+    s.acceptor
+        .replace(server_config(&cert, &key, None).expect("rotated config"));
+
+    let mut new = dial(addr, cfg, "localhost")
+        .await
+        .expect("connection after reload");
+    ping(&mut new).await.expect("new session works");
+    next(&mut rx).await.expect("ok");
+    assert_eq!(
+        peer_serial(&new),
+        2,
+        "a new handshake must see the new certificate"
+    );
+    ping(&mut old)
+        .await
+        .expect("the old connection must keep working");
+    assert_eq!(peer_serial(&old), 1);
+}
