@@ -370,3 +370,10 @@ fn crlf_text_is_located_like_lf() {
         .replace('\n', "\r\n"));
     assert_eq!(spot(&e), (12, 19, "listeners[0].routes[0].upstream"));
 }
+
+#[test]
+fn zz_debug() {
+    for t in ["version: 1\n\tbad: 2\n", "version: 1\nlisteners: [\n", "\u{0}", "*a", "version: 1\n---\nversion: 1\n"] {
+        eprintln!("{t:?} => {:?}", errors(t));
+    }
+}
