@@ -47,9 +47,19 @@ pub(super) struct Doc {
 #[derive(Clone, Debug)]
 pub(super) enum Node {
     /// A scalar's text; `plain` when unquoted (only plain scalars are numbers, booleans, null).
-    Scalar { at: Pos, text: String, plain: bool },
-    Seq { at: Pos, items: Vec<Node> },
-    Map { at: Pos, entries: Vec<Entry> },
+    Scalar {
+        at: Pos,
+        text: String,
+        plain: bool,
+    },
+    Seq {
+        at: Pos,
+        items: Vec<Node>,
+    },
+    Map {
+        at: Pos,
+        entries: Vec<Entry>,
+    },
     /// A value taken out after an error (or an alias to nothing); a sequence keeps its place
     /// so the items after it keep the index they are written with.
     Gone(Pos),

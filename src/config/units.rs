@@ -314,7 +314,10 @@ mod tests {
         assert_eq!("30d".parse::<Dur>().unwrap(), Dur::MAX);
         for big in ["31d", "99999999999d", "721h"] {
             let e = big.parse::<Dur>().unwrap_err().to_string();
-            assert!(e.contains("too large; the longest allowed is 30d"), "{big}: {e}");
+            assert!(
+                e.contains("too large; the longest allowed is 30d"),
+                "{big}: {e}"
+            );
         }
     }
 

@@ -162,12 +162,10 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     self.second = Some(at);
                 }
             }
-            Event::Scalar(text, style, anchor, _) => {
-                if self.count(1, at) {
-                    let plain = style == ScalarStyle::Plain;
-                    let text = text.into_owned();
-                    self.finish(Node::Scalar { at, text, plain }, anchor);
-                }
+            Event::Scalar(text, style, anchor, _) if self.count(1, at) => {
+                let plain = style == ScalarStyle::Plain;
+                let text = text.into_owned();
+                self.finish(Node::Scalar { at, text, plain }, anchor);
             }
             Event::Alias(id) => {
                 let node = self.anchors.get(&id).cloned().unwrap_or(Node::Gone(at));

@@ -7,7 +7,9 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::de::{
+    self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Unexpected, Visitor,
+};
 use serde::forward_to_deserialize_any;
 
 use super::super::locate::{Entry, KeyPath, Node, Target};
@@ -149,7 +151,11 @@ fn resolve(text: &str) -> Plain {
     }
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return match (text.starts_with('-'), text.parse::<u64>(), text.parse::<i64>()) {
+        return match (
+            text.starts_with('-'),
+            text.parse::<u64>(),
+            text.parse::<i64>(),
+        ) {
             (false, Ok(n), _) => Plain::Unsigned(n),
             (true, _, Ok(n)) => Plain::Signed(n),
             _ => Plain::TooLarge,
@@ -160,7 +166,9 @@ fn resolve(text: &str) -> Plain {
     if let Some(Ok(n)) = hex.or(oct) {
         return Plain::Unsigned(n);
     }
-    let floaty = text.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+    let floaty = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
         && text.bytes().any(|b| b.is_ascii_digit());
     match text.parse::<f64>() {
         Ok(f) if floaty => Plain::Float(f),
@@ -180,7 +188,9 @@ impl<'a> De<'a> {
             Node::Map { .. } => Unexpected::Map,
             Node::Seq { .. } => Unexpected::Seq,
             Node::Gone(_) => Unexpected::Unit,
-            Node::Scalar { text, plain: false, .. } => Unexpected::Str(text),
+            Node::Scalar {
+                text, plain: false, ..
+            } => Unexpected::Str(text),
             Node::Scalar { text, .. } => match resolve(text) {
                 Plain::Null => Unexpected::Unit,
                 Plain::Bool(b) => Unexpected::Bool(b),
@@ -209,7 +219,9 @@ impl<'a> De<'a> {
             format!("a whole number from 0 to {max}")
         };
         let r = match self.node {
-            Node::Scalar { text, plain: true, .. } => match resolve(text) {
+            Node::Scalar {
+                text, plain: true, ..
+            } => match resolve(text) {
                 Plain::Unsigned(n) if n <= max => v.visit_u64(n),
                 Plain::Unsigned(_) | Plain::TooLarge if !text.starts_with('-') => {
                     Err(too_large(text, max))
@@ -239,7 +251,9 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             Node::Map { entries, .. } => v.visit_map(MapAcc::new(entries, &self.path)),
             Node::Seq { items, .. } => v.visit_seq(SeqAcc::new(items, &self.path)),
             Node::Gone(_) => v.visit_unit(),
-            Node::Scalar { text, plain: false, .. } => v.visit_str(text),
+            Node::Scalar {
+                text, plain: false, ..
+            } => v.visit_str(text),
             Node::Scalar { text, .. } => match resolve(text) {
                 Plain::Null => v.visit_unit(),
                 Plain::Bool(b) => v.visit_bool(b),
@@ -255,7 +269,9 @@ impl<'de> de::Deserializer<'de> for De<'_> {
 
     fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         let r = match self.node {
-            Node::Scalar { text, plain: true, .. } => match resolve(text) {
+            Node::Scalar {
+                text, plain: true, ..
+            } => match resolve(text) {
                 Plain::Bool(b) => v.visit_bool(b),
                 _ => Err(self.wrong(&"true or false")),
             },
@@ -282,7 +298,9 @@ impl<'de> de::Deserializer<'de> for De<'_> {
 
     fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         let r = match self.node {
-            Node::Scalar { text, plain, .. } if !(*plain && matches!(resolve(text), Plain::Null)) => {
+            Node::Scalar { text, plain, .. }
+                if !(*plain && matches!(resolve(text), Plain::Null)) =>
+            {
                 v.visit_str(text)
             }
             _ => Err(self.wrong(&v)),
@@ -356,7 +374,8 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         v: V,
     ) -> Result<V::Value, DeError> {
         let path = self.path.clone();
-        v.visit_newtype_struct(self).map_err(|e| e.at(&path, Target::Value))
+        v.visit_newtype_struct(self)
+            .map_err(|e| e.at(&path, Target::Value))
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
@@ -409,7 +428,10 @@ impl<'a> MapAcc<'a> {
 impl<'de> MapAccess<'de> for MapAcc<'_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         let Some(e) = self.entries.get(self.next) else {
             return Ok(None);
         };
@@ -431,8 +453,7 @@ impl<'de> MapAccess<'de> for MapAcc<'_> {
             path: path.clone(),
         };
         // A `deserialize_with` function's own error passes through no node: place it here.
-        seed.deserialize(de)
-            .map_err(|e| e.at(&path, Target::Value))
+        seed.deserialize(de).map_err(|e| e.at(&path, Target::Value))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -442,7 +463,11 @@ impl<'de> MapAccess<'de> for MapAcc<'_> {
 
 impl<'a> SeqAcc<'a> {
     fn new(items: &'a [Node], path: &KeyPath) -> Self {
-        let items = items.iter().enumerate().filter(|(_, n)| !n.is_gone()).collect();
+        let items = items
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.is_gone())
+            .collect();
         SeqAcc {
             items,
             next: 0,
@@ -454,7 +479,10 @@ impl<'a> SeqAcc<'a> {
 impl<'de> SeqAccess<'de> for SeqAcc<'_> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         let Some((i, node)) = self.items.get(self.next).copied() else {
             return Ok(None);
         };
