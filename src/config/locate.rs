@@ -222,6 +222,23 @@ impl Doc {
         }
     }
 
+    /// Adds `version: N` to a root mapping that lacks it (after its error was reported), so
+    /// the rest of the file can still be read.
+    pub(super) fn assume_version(&mut self, version: u32) {
+        if let Some(Node::Map { at, entries }) = &mut self.root {
+            entries.retain(|e| e.key != "version");
+            entries.push(Entry {
+                key: "version".into(),
+                at: *at,
+                value: Node::Scalar {
+                    at: *at,
+                    text: version.to_string(),
+                    plain: true,
+                },
+            });
+        }
+    }
+
     /// Turns a path of the file model, whose lists lack the items taken out, into the path as
     /// written: `routes[1]` is `routes[2]` when the text's `routes[1]` was taken out.
     pub(super) fn written(&self, path: &KeyPath) -> KeyPath {

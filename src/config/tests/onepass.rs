@@ -78,6 +78,16 @@ fn a_bad_required_value_does_not_also_report_it_missing() {
 }
 
 #[test]
+fn a_missing_or_bad_version_does_not_hide_the_rest() {
+    let text = BASE.replace("version: 1\n", "") + "tenants: { max_tracked: 0 }\n";
+    let paths: Vec<String> = errors(&text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["", "tenants.max_tracked"]);
+    let text = BASE.replace("version: 1", "version: one") + "tenants: { max_tracked: 0 }\n";
+    let paths: Vec<String> = errors(&text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["version", "tenants.max_tracked"]);
+}
+
+#[test]
 fn later_list_items_keep_their_written_index() {
     // routes[0] is malformed and taken out; the error in routes[1] still says routes[1].
     let text = BASE.replace(
@@ -320,4 +330,24 @@ fn the_reference_file_warns_about_each_inert_key_it_holds() {
         ]
     );
     assert!(cfg.summary().contains("6 warning(s)"), "{}", cfg.summary());
+}
+
+#[test]
+fn anchors_and_aliases_are_expanded() {
+    let text = BASE.replace(
+        "  p: {}\n",
+        "  p: &std { timeout: { request: 2s } }\n  q: *std\n",
+    );
+    let f = Config::from_str(&text, "t.yaml").expect("valid").file;
+    assert_eq!(f.policies["p"], f.policies["q"]);
+    // A bad value behind an alias is reported where it is written.
+    let text = BASE.replace(
+        "  p: {}\n",
+        "  p: &std { timeout: { request: 2x } }\n  q: *std\n",
+    );
+    let all = errors(&text);
+    assert!(
+        !all.is_empty() && all.iter().all(|e| e.line == 6),
+        "{all:#?}"
+    );
 }
