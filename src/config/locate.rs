@@ -8,6 +8,7 @@
 
 mod build;
 
+use std::collections::HashSet;
 use std::fmt;
 
 /// A 1-based line and column.
@@ -350,11 +351,16 @@ impl Node {
                 }
             }
             (Node::Map { entries, .. }, k) => {
-                for (i, e) in entries.iter().enumerate() {
-                    let last = !entries[i + 1..].iter().any(|o| o.key == e.key);
-                    if last && (k == "*" || e.key == k) {
-                        e.value.glob(rest, at.key(&e.key), out);
-                    }
+                // The last of a repeated key is the one that counts.
+                let mut seen = HashSet::new();
+                let mut live: Vec<&Entry> = entries
+                    .iter()
+                    .rev()
+                    .filter(|e| seen.insert(e.key.as_str()))
+                    .collect();
+                live.reverse();
+                for e in live.into_iter().filter(|e| k == "*" || e.key == k) {
+                    e.value.glob(rest, at.key(&e.key), out);
                 }
             }
             _ => {}
@@ -370,9 +376,10 @@ impl Node {
                 }
             }
             Node::Map { entries, .. } => {
-                for (i, e) in entries.iter().enumerate() {
+                let mut seen = HashSet::new();
+                for e in entries {
                     let here = path.key(&e.key);
-                    if entries[..i].iter().any(|o| o.key == e.key) {
+                    if !seen.insert(e.key.as_str()) {
                         out.push((here.clone(), e.at));
                     }
                     e.value.duplicates(&here, out);

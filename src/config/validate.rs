@@ -45,46 +45,11 @@ pub(super) type Parsed = (File, Vec<ConfigError>);
 
 /// Parses `text` into the file model and validates it.
 pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
-    let whole = |(line, column), message: String| {
-        Err(ConfigErrors(vec![ConfigError {
-            origin: origin.to_string(),
-            line,
-            column,
-            path: String::new(),
-            message,
-        }]))
-    };
-    if is_blank(text) {
-        let m = "the policy file is empty: it needs at least `version: 1` and one listener";
-        return whole((1, 1), m.into());
-    }
-    let mut doc = Doc::parse(text);
-    if let Some(at) = doc.too_deep {
-        return whole(at, format!("the file nests deeper than {MAX_DEPTH} levels"));
-    }
-    if let Some((at, m)) = doc.syntax.take() {
-        return whole(at, m);
-    }
-    if let Some((line, _)) = doc.second_document {
-        let m = "the file holds more than one YAML document (a second `---`); rampart reads one";
-        return whole((line, 1), m.into());
-    }
-    // Another version is another schema: its keys would only add confusing errors.
-    let version = KeyPath::default().key("version");
-    if let Some(v) = doc.scalar(&version).and_then(|v| v.parse::<u32>().ok()) {
-        if v != VERSION {
-            let mut r = Report::new(origin, &doc, Vec::new());
-            r.value(
-                &version,
-                format!("unsupported version {v}: the only version is {VERSION}"),
-            );
-            return Err(ConfigErrors(r.errors));
-        }
-    }
+    let mut doc = read(text, origin)?;
     let (file, mut errors, removed) = shape::deserialize(&mut doc, origin);
     if file.is_none() && errors.is_empty() {
         let m = "the policy file holds no mapping: it needs at least `version: 1` and one listener";
-        return whole((1, 1), m.into());
+        return whole(origin, (1, 1), m.into());
     }
     let mut r = Report::new(origin, &doc, removed);
     r.errors.append(&mut errors);
@@ -102,6 +67,55 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         Some(f) if r.errors.is_empty() => Ok((f, r.warnings)),
         _ => Err(ConfigErrors(r.errors)),
     }
+}
+
+/// Reads the span tree of `text`; a text that is empty, not YAML, too deep, of several
+/// documents or of another version gets that one error, as nothing else in it can be judged.
+fn read(text: &str, origin: &str) -> Result<Doc, ConfigErrors> {
+    if is_blank(text) {
+        let m = "the policy file is empty: it needs at least `version: 1` and one listener";
+        return whole(origin, (1, 1), m.into());
+    }
+    let mut doc = Doc::parse(text);
+    if let Some(at) = doc.too_deep {
+        let m = format!("the file nests deeper than {MAX_DEPTH} levels");
+        return whole(origin, at, m);
+    }
+    if let Some((at, m)) = doc.syntax.take() {
+        return whole(origin, at, m);
+    }
+    if let Some((line, _)) = doc.second_document {
+        let m = "the file holds more than one YAML document (a second `---`); rampart reads one";
+        return whole(origin, (line, 1), m.into());
+    }
+    // Another version is another schema: its keys would only add confusing errors.
+    let version = KeyPath::default().key("version");
+    if let Some(v) = doc.scalar(&version).and_then(|v| v.parse::<u32>().ok()) {
+        if v != VERSION {
+            let mut r = Report::new(origin, &doc, Vec::new());
+            r.value(
+                &version,
+                format!("unsupported version {v}: the only version is {VERSION}"),
+            );
+            return Err(ConfigErrors(r.errors));
+        }
+    }
+    Ok(doc)
+}
+
+/// The single error of a file that cannot be read further.
+fn whole<T>(
+    origin: &str,
+    (line, column): (usize, usize),
+    message: String,
+) -> Result<T, ConfigErrors> {
+    Err(ConfigErrors(vec![ConfigError {
+        origin: origin.to_string(),
+        line,
+        column,
+        path: String::new(),
+        message,
+    }]))
 }
 
 /// No content at all: only blank lines, comments and document markers.

@@ -102,22 +102,35 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
             catch_all = Some(j);
         }
         if let Some(name) = &route.name {
-            if name.trim().is_empty() {
-                r.value(&p.key("name"), "the route name is empty");
-            } else if let Some(k) = names.get(name.as_str()) {
-                let first = r.place(&lp.key("routes").idx(*k).key("name"));
-                r.value(
-                    &p.key("name"),
-                    format!("routes[{k}] of this listener ({first}) is already named {name:?}; route names must differ within a listener"),
-                );
-            } else {
-                names.insert(name, j);
-            }
+            route_name(name, j, &mut names, lp, r);
         }
         if let Some(t) = route.tunnel_idle_timeout {
             r.positive(&p.key("tunnel_idle_timeout"), t.0);
         }
         check_refs(f, route, &p, r);
+    }
+}
+
+/// A route's `name:` names it in metrics and messages, so it is unique within its
+/// listener.
+fn route_name<'a>(
+    name: &'a str,
+    j: usize,
+    names: &mut HashMap<&'a str, usize>,
+    lp: &KeyPath,
+    r: &mut Report<'_>,
+) {
+    let p = lp.key("routes").idx(j).key("name");
+    if name.trim().is_empty() {
+        r.value(&p, "the route name is empty");
+    } else if let Some(k) = names.get(name) {
+        let first = r.place(&lp.key("routes").idx(*k).key("name"));
+        r.value(
+            &p,
+            format!("routes[{k}] of this listener ({first}) is already named {name:?}; route names must differ within a listener"),
+        );
+    } else {
+        names.insert(name, j);
     }
 }
 

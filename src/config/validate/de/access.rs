@@ -1,6 +1,8 @@
 //! serde's access to the span tree's mappings, sequences and keys: each item handed out
 //! carries its own path, and an error from it is placed there.
 
+use std::collections::HashSet;
+
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::forward_to_deserialize_any;
 
@@ -50,12 +52,13 @@ impl<'a> MapAcc<'a> {
     /// The entries of a mapping, the last of a repeated key only (it is the one that wins;
     /// the repeat is reported on its own).
     pub(super) fn new(entries: &'a [Entry], path: &KeyPath) -> Self {
-        let entries = entries
+        let mut seen = HashSet::new();
+        let mut entries: Vec<&Entry> = entries
             .iter()
-            .enumerate()
-            .filter(|(i, e)| !entries[i + 1..].iter().any(|o| o.key == e.key))
-            .map(|(_, e)| e)
+            .rev()
+            .filter(|e| seen.insert(e.key.as_str()))
             .collect();
+        entries.reverse();
         MapAcc {
             entries,
             next: 0,
