@@ -13,6 +13,9 @@ fn main() -> ExitCode {
     if let Command::Validate { config } = &cli.command {
         return match Config::load(config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{}", w.warning_line());
+                }
                 println!("{}: {}", config.display(), c.summary());
                 ExitCode::SUCCESS
             }

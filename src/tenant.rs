@@ -185,10 +185,12 @@ mod tests {
                 TenantSource {
                     header: Some("x-tenant-id".into()),
                     query: None,
+                    client_cert: None,
                 },
                 TenantSource {
                     header: None,
                     query: Some("tenant".into()),
+                    client_cert: None,
                 },
             ],
             fallback: fallback.into(),

@@ -1,6 +1,7 @@
 //! Tests of the policy file: serde errors, every semantic check, and the shipped files.
 
 mod checks;
+mod onepass;
 
 use std::path::Path;
 
@@ -86,26 +87,33 @@ fn base_is_valid() {
 }
 
 #[test]
-fn spec_example_parses_and_only_its_tls_files_are_missing() {
-    // The example names TLS files under /etc/rampart, which this machine does not have.
+fn spec_example_parses_and_only_its_tls_is_refused() {
+    // The example names TLS files under /etc/rampart, which this machine does not have, and
+    // upstream TLS is refused until it is built.
     let all = errors(SPEC_EXAMPLE);
     let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
         [
+            "upstreams.payments.tls",
             "upstreams.payments.tls.ca",
             "listeners[0].tls.cert",
             "listeners[0].tls.key"
         ]
     );
+    assert_eq!(
+        all[0].message,
+        "upstream TLS is not built yet; refusing rather than sending plaintext"
+    );
+    assert_eq!((all[0].line, all[0].column), (26, 5));
     assert!(
-        all[0]
+        all[1]
             .message
             .starts_with("cannot read ca bundle \"/etc/rampart/ca.pem\""),
         "{all:#?}"
     );
-    assert_eq!((all[0].line, all[0].column), (26, 48));
-    assert_eq!((all[1].line, all[1].column), (64, 18));
+    assert_eq!((all[1].line, all[1].column), (26, 48));
+    assert_eq!((all[2].line, all[2].column), (64, 18));
 }
 
 #[test]
@@ -116,7 +124,10 @@ fn tls_files_that_exist_are_accepted() {
     std::fs::write(&pem, "not checked here\n").expect("temp file must be writable");
     let pem = pem.display().to_string();
     let text = SPEC_EXAMPLE
-        .replace("/etc/rampart/ca.pem", &pem)
+        .replace(
+            "    tls: { server_name: payments.internal, ca: /etc/rampart/ca.pem }",
+            "",
+        )
         .replace("/etc/rampart/tls/cert.pem", &pem);
     let e = one(&text.replace("/etc/rampart/tls/key.pem", &dir.display().to_string()));
     assert_eq!(e.path, "listeners[0].tls.key");
