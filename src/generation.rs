@@ -34,6 +34,7 @@ use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
 use crate::tenant::Identify;
+use crate::tls::TlsFiles;
 
 /// The runtime of one config.
 #[derive(Debug)]
@@ -69,6 +70,10 @@ pub struct ListenerRt {
     pub idle_timeout: Duration,
     /// `runtime.body_idle_timeout`: longest stall between request body frames.
     pub body_idle_timeout: Duration,
+    /// The TLS acceptor of a listener with `tls` (its files as read by this generation).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `rampart_tls_handshake_failures_total{listener, reason}`, one handle per reason.
+    pub tls_failures: Vec<(&'static str, prometheus::IntCounter)>,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -118,18 +123,31 @@ pub struct RoutePolicy {
 
 impl Generation {
     /// Builds the runtime of `config`, carrying state over from `prev` where unchanged.
-    pub fn build(config: Arc<Config>, prev: Option<&Generation>, shared: &Shared) -> Generation {
+    ///
+    /// `tls` holds the TLS configs of `config`, read from their files just before.
+    pub fn build(
+        config: Arc<Config>,
+        prev: Option<&Generation>,
+        tls: &TlsFiles,
+        shared: &Shared,
+    ) -> Generation {
         let f = &config.file;
         let upstreams: BTreeMap<String, Arc<Upstream>> = f
             .upstreams
             .iter()
             .map(|(name, cfg)| {
                 let old = prev.and_then(|p| p.upstreams.get(name));
+                let client_tls = tls.upstreams.get(name).cloned();
                 let up = match old {
-                    // Unchanged: the whole upstream goes on (endpoints, pools, latency window).
-                    Some(o) if o.cfg == *cfg => o.clone(),
+                    // Unchanged: the whole upstream goes on (endpoints, pools, latency window);
+                    // only its TLS files are taken as they are now.
+                    Some(o) if o.cfg == *cfg => {
+                        o.refresh_tls(client_tls);
+                        o.clone()
+                    }
                     old => {
-                        Upstream::new(name, cfg, old.map(|o| &**o), &shared.metrics, &shared.clock)
+                        let old = old.map(|o| &**o);
+                        Upstream::new(name, cfg, old, client_tls, &shared.metrics, &shared.clock)
                     }
                 };
                 (name.clone(), up)
@@ -139,7 +157,8 @@ impl Generation {
             .listeners
             .iter()
             .map(|l| {
-                let rt = build_listener(l, f, &upstreams, prev, shared);
+                let mut rt = build_listener(l, f, &upstreams, prev, shared);
+                rt.tls = tls.listeners.get(&l.name).cloned();
                 (l.listen, Arc::new(rt))
             })
             .collect();
@@ -227,13 +246,18 @@ fn build_listener(
         unrouted: old
             .map(|o| o.unrouted.clone())
             .unwrap_or_else(|| Arc::new(shared.metrics.unrouted(&name))),
-        name,
         direction: l.direction,
         routes,
         server: Arc::new(server_builder(rt)),
         head_timeout: rt.header_read_timeout.0,
         idle_timeout: rt.idle_timeout.0,
         body_idle_timeout: rt.body_idle_timeout.0,
+        tls: None,
+        tls_failures: match l.tls {
+            Some(_) => shared.metrics.tls_failures(&l.name),
+            None => Vec::new(),
+        },
+        name,
     }
 }
 

@@ -5,13 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rampart::cli::{Cli, Command, LogFormat};
-use rampart::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Command::Validate { config } = &cli.command {
-        return match Config::load(config) {
+        return match rampart::load_config(config) {
             Ok(c) => {
                 for w in &c.warnings {
                     eprintln!("{}", w.warning_line());
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let config = rampart::load_config(&path).map_err(|e| e.to_string())?;
     let rampart = rampart::Rampart::start(config)
         .await
         .map_err(|e| format!("rampart: {e}"))?;

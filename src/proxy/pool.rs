@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
@@ -32,6 +33,17 @@ pub struct Pool {
     idle: ArrayQueue<Idle>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    tls: Option<TlsOrigin>,
+}
+
+/// TLS towards an endpoint: the upstream's client config (swapped in place when a reload
+/// re-reads its files) and the name to send as SNI and to verify.
+#[derive(Debug, Clone)]
+pub struct TlsOrigin {
+    /// The upstream's client config, shared by its endpoints.
+    pub config: Arc<ArcSwap<rustls::ClientConfig>>,
+    /// SNI and verification name.
+    pub server_name: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -71,11 +83,17 @@ pub struct Returning {
 
 impl Pool {
     /// A pool keeping at most `max_idle` idle connections.
-    pub fn new(max_idle: usize, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Pool> {
+    pub fn new(
+        max_idle: usize,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<TlsOrigin>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             idle: ArrayQueue::new(max_idle.max(1)),
             connect_timeout,
             idle_timeout,
+            tls,
         })
     }
 
@@ -108,9 +126,8 @@ impl Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-        {
+        let deadline = Instant::now() + self.connect_timeout;
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(SendError::Connect {
@@ -119,26 +136,27 @@ impl Pool {
                     source,
                 })
             }
-            Err(_) => {
-                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-                return Err(SendError::Connect {
-                    addr,
-                    timed_out: true,
-                    source,
-                });
-            }
+            Err(_) => return Err(connect_timed_out(addr)),
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Reset)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        match &self.tls {
+            None => handshake(addr, stream).await,
+            Some(tls) => {
+                // Never plaintext to an upstream with `tls`: a failed handshake is a failed
+                // connect (502), within the same connect timeout.
+                let cfg = tls.config.load_full();
+                let shake = crate::tls::connect(cfg, &tls.server_name, stream);
+                match tokio::time::timeout_at(deadline, shake).await {
+                    Ok(Ok(s)) => handshake(addr, s).await,
+                    Ok(Err(source)) => Err(SendError::Connect {
+                        addr,
+                        timed_out: false,
+                        source,
+                    }),
+                    Err(_) => Err(connect_timed_out(addr)),
+                }
             }
-        });
-        Ok(sender)
+        }
     }
 
     fn returning(
@@ -169,6 +187,32 @@ impl Pool {
             });
         }
     }
+}
+
+fn connect_timed_out(addr: SocketAddr) -> SendError {
+    let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+    SendError::Connect {
+        addr,
+        timed_out: true,
+        source,
+    }
+}
+
+/// Runs the HTTP/1.1 client handshake over `io` and drives the connection in its own task.
+async fn handshake<I>(addr: SocketAddr, io: I) -> Result<SendRequest<Body>, SendError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(SendError::Reset)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 // === impl Returning ===

@@ -69,7 +69,10 @@ pub async fn handle(
     };
 
     // 2. Tenant.
-    let tenant = match gen.identify.identify(req.headers(), req.uri()) {
+    let tenant = match gen
+        .identify
+        .identify(req.headers(), req.uri(), peer.cert.as_ref())
+    {
         Ok(t) => t,
         Err(reason) => {
             let msg = match reason {

@@ -15,7 +15,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 
-use super::pool::Pool;
+use rustls::ClientConfig;
+
+use super::pool::{Pool, TlsOrigin};
 use crate::clock::SharedClock;
 use crate::config::file;
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -35,6 +37,9 @@ pub struct Upstream {
     /// Recent try latencies, for `per_try: auto`.
     pub latency: LatencyEstimator,
     clock: SharedClock,
+    /// The TLS client config of `tls`, shared by every endpoint's pool; a reload that keeps
+    /// the upstream stores the files as they are now.
+    tls: Option<Arc<ArcSwap<ClientConfig>>>,
 }
 
 /// Window of try latencies behind `per_try: auto`.
@@ -82,11 +87,15 @@ impl Upstream {
         name: &str,
         cfg: &file::Upstream,
         old: Option<&Upstream>,
+        tls: Option<Arc<ClientConfig>>,
         metrics: &Metrics,
         clock: &SharedClock,
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(name);
         let metrics = metrics.upstream(&name);
+        let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
+        let make =
+            |addr: SocketAddr, host: Option<Arc<str>>| Endpoint::new(addr, host, cfg, tls.as_ref());
         let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
         let carried: Vec<Arc<Endpoint>> = old
             .filter(|o| same_transport(&o.cfg, cfg))
@@ -97,10 +106,7 @@ impl Upstream {
             match t {
                 Target::Addr(a) => {
                     let kept = carried.iter().find(|e| e.addr == *a && e.host.is_none());
-                    initial.push(
-                        kept.cloned()
-                            .unwrap_or_else(|| Endpoint::new(*a, None, cfg)),
-                    );
+                    initial.push(kept.cloned().unwrap_or_else(|| make(*a, None)));
                 }
                 // Addresses a name resolved to before stay until the name is resolved again.
                 Target::Name(n) => initial.extend(
@@ -122,6 +128,7 @@ impl Upstream {
             next: AtomicUsize::new(0),
             latency: LatencyEstimator::new(LATENCY_WINDOW, clock.clone()),
             clock: clock.clone(),
+            tls,
         });
         if targets.iter().any(|t| matches!(t, Target::Name(_))) {
             tokio::spawn(resolve_loop(
@@ -131,6 +138,13 @@ impl Upstream {
             ));
         }
         up
+    }
+
+    /// Makes new connections use `tls` (the upstream's files read again by a reload).
+    pub fn refresh_tls(&self, tls: Option<Arc<ClientConfig>>) {
+        if let (Some(slot), Some(cfg)) = (&self.tls, tls) {
+            slot.store(cfg);
+        }
     }
 
     /// All endpoints known now.
@@ -186,7 +200,7 @@ impl Upstream {
                     .find(|e| e.addr == a && e.host == host)
                     .cloned()
                     .unwrap_or_else(|| {
-                        let e = Endpoint::new(a, host, &self.cfg);
+                        let e = Endpoint::new(a, host, &self.cfg, self.tls.as_ref());
                         self.metrics.set_endpoint_healthy(&e.label, true);
                         e
                     })
@@ -218,8 +232,25 @@ fn host_of(endpoint: &str) -> &str {
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(addr: SocketAddr, host: Option<Arc<str>>, cfg: &file::Upstream) -> Arc<Endpoint> {
+    fn new(
+        addr: SocketAddr,
+        host: Option<Arc<str>>,
+        cfg: &file::Upstream,
+        tls: Option<&Arc<ArcSwap<ClientConfig>>>,
+    ) -> Arc<Endpoint> {
         let label: Arc<str> = Arc::from(addr.to_string());
+        let tls = tls.map(|config| TlsOrigin {
+            config: config.clone(),
+            // SNI and verification: `server_name`, else the name the address came from, else
+            // the address itself (checked against the certificate's IP SANs).
+            server_name: cfg
+                .tls
+                .as_ref()
+                .and_then(|t| t.server_name.as_deref())
+                .map(Arc::from)
+                .or_else(|| host.clone())
+                .unwrap_or_else(|| Arc::from(addr.ip().to_string())),
+        });
         let authority =
             Authority::try_from(&*label).unwrap_or_else(|_| Authority::from_static("invalid"));
         Arc::new(Endpoint {
@@ -233,6 +264,7 @@ impl Endpoint {
                 cfg.pool_max_idle as usize,
                 cfg.connect_timeout.0,
                 cfg.pool_idle_timeout.0,
+                tls,
             ),
         })
     }
