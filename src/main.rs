@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    raise_open_file_limit();
     let runtime = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -58,6 +59,15 @@ async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
     rampart::shutdown::run_until_signalled(rampart, watch)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Raises the open-file soft limit to the hard limit (SPEC §14): a proxy holds two descriptors
+/// per proxied connection, and the usual soft default of 1024 runs out long before memory does.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {

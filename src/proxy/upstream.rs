@@ -17,7 +17,7 @@ use http::uri::Authority;
 
 use rustls::ClientConfig;
 
-use super::pool::{Pool, TlsOrigin};
+use super::pool::{Pool, PoolSettings, TlsOrigin};
 use crate::clock::SharedClock;
 use crate::config::file;
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -221,6 +221,7 @@ fn same_transport(a: &file::Upstream, b: &file::Upstream) -> bool {
     a.connect_timeout == b.connect_timeout
         && a.pool_max_idle == b.pool_max_idle
         && a.pool_idle_timeout == b.pool_idle_timeout
+        && a.max_connections == b.max_connections
         && a.tls == b.tls
 }
 
@@ -261,9 +262,12 @@ impl Endpoint {
             healthy: AtomicBool::new(true),
             hold_until: AtomicU64::new(0),
             pool: Pool::new(
-                cfg.pool_max_idle as usize,
-                cfg.connect_timeout.0,
-                cfg.pool_idle_timeout.0,
+                PoolSettings {
+                    max_idle: cfg.pool_max_idle as usize,
+                    max_connections: cfg.max_connections as usize,
+                    connect_timeout: cfg.connect_timeout.0,
+                    idle_timeout: cfg.pool_idle_timeout.0,
+                },
                 tls,
             ),
         })
