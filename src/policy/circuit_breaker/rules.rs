@@ -58,11 +58,16 @@ impl Rules {
             consecutive: cfg.consecutive_failures.unwrap_or(u32::MAX).max(1),
             failure_rate: cfg.failure_rate.as_ref().map(|fr| fr.threshold.0),
             slow_rate: cfg.slow_call.as_ref().map(|sc| sc.threshold.0),
-            slow_nanos: cfg.slow_call.as_ref().map_or(u64::MAX, |sc| nanos(sc.duration.0)),
+            slow_nanos: cfg
+                .slow_call
+                .as_ref()
+                .map_or(u64::MAX, |sc| nanos(sc.duration.0)),
             window: if rate_on { window } else { 0 },
             min_calls: min_calls.min(window),
             open_for,
-            open_for_max: cfg.open_for_max.map_or(open_for, |m| nanos(m.0).max(open_for)),
+            open_for_max: cfg
+                .open_for_max
+                .map_or(open_for, |m| nanos(m.0).max(open_for)),
             probes: cfg.half_open_probes.max(1),
         }
     }
