@@ -32,6 +32,7 @@
 mod metrics;
 mod rules;
 mod state;
+mod window;
 
 #[cfg(test)]
 mod tests;

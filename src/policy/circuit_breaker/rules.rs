@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::state::Counts;
+use super::window::Counts;
 use crate::config::file;
 
 /// Window size when only `slow_call` is set: the `failure_rate.window` default.

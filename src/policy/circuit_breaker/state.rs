@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 
 use super::metrics::{BreakerMetrics, StateGauges};
 use super::rules::Rules;
+use super::window::{Window, FAILED, SLOW};
 use super::CircuitOpen;
 use crate::clock::SharedClock;
 use crate::policy::outcome::Outcome;
@@ -70,18 +71,6 @@ struct Inner {
     successes: u64,
     failures: u64,
 }
-
-/// The last `slots.len()` verdicts, two bits each (failed, slow), with running sums.
-struct Window {
-    slots: Box<[u8]>,
-    next: usize,
-    len: u32,
-    failures: u32,
-    slow: u32,
-}
-
-const FAILED: u8 = 1;
-const SLOW: u8 = 2;
 
 fn state_of(word: u64) -> State {
     match word & 3 {
@@ -233,7 +222,7 @@ impl Breaker {
         }
         inner
             .window
-            .push(u8::from(failed) * FAILED | u8::from(slow) * SLOW);
+            .push((u8::from(failed) * FAILED) | (u8::from(slow) * SLOW));
         if self.rules.trips(inner.consecutive, &inner.window.counts()) {
             let now = self.clock.now_nanos();
             self.transition(inner, word, State::Open, now);
@@ -362,63 +351,7 @@ impl TenantState for Breaker {
         }
         self.inner.try_lock().map_or(u64::MAX - 1, |i| {
             let bad = u64::from(i.consecutive) + u64::from(i.window.failures + i.window.slow);
-            bad << 32 | u64::from(i.window.len)
+            (bad << 32) | u64::from(i.window.len)
         })
-    }
-}
-
-// === impl Window ===
-
-/// What the rate rules read from the window.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Counts {
-    pub(super) calls: u32,
-    pub(super) failures: u32,
-    pub(super) slow: u32,
-}
-
-impl Window {
-    fn new(size: u32) -> Self {
-        Window {
-            slots: vec![0; size as usize].into_boxed_slice(),
-            next: 0,
-            len: 0,
-            failures: 0,
-            slow: 0,
-        }
-    }
-
-    /// Adds one call, dropping the oldest once full.
-    fn push(&mut self, bits: u8) {
-        let size = self.slots.len();
-        let Some(slot) = self.slots.get_mut(self.next) else {
-            return; // no rate rule: no window
-        };
-        let old = if self.len as usize == size {
-            *slot
-        } else {
-            self.len += 1;
-            0
-        };
-        *slot = bits;
-        self.failures = self.failures + u32::from(bits & FAILED) - u32::from(old & FAILED);
-        self.slow = self.slow + u32::from(bits & SLOW != 0) - u32::from(old & SLOW != 0);
-        self.next = (self.next + 1) % size;
-    }
-
-    /// Empties the window; slots past `len` are never read, so this is O(1).
-    fn clear(&mut self) {
-        self.next = 0;
-        self.len = 0;
-        self.failures = 0;
-        self.slow = 0;
-    }
-
-    fn counts(&self) -> Counts {
-        Counts {
-            calls: self.len,
-            failures: self.failures,
-            slow: self.slow,
-        }
     }
 }
