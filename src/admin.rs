@@ -194,7 +194,11 @@ fn state(shared: &Shared) -> serde_json::Value {
         "draining": shared.draining.load(Ordering::SeqCst),
         "config_sha256": gen.config.sha256,
         "endpoints": endpoints,
-        "breakers": [],
+        "breakers": gen
+            .breakers
+            .values()
+            .map(|b| b.snapshot())
+            .collect::<Vec<_>>(),
         "tenants_tracked": shared.tracked_tenants(),
     })
 }

@@ -27,6 +27,7 @@ use prometheus::IntGauge;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::rate_limit::RouteRateLimit;
 use crate::policy::retry::RouteRetry;
 use crate::proxy::listener::server_builder;
@@ -45,6 +46,9 @@ pub struct Generation {
     pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, foldhash::fast::RandomState>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream and every route
+    /// whose policy has `circuit_breaker` and sends there shares it).
+    pub breakers: BTreeMap<String, Arc<CircuitBreaker>>,
     /// Tenant identification rules.
     pub identify: Identify,
 }
@@ -100,6 +104,8 @@ pub struct RouteRt {
     pub upstream: Arc<Upstream>,
     /// The policy it applies (an empty policy for a plain proxy).
     pub policy: RoutePolicy,
+    /// Its upstream's breaker, when its policy has `circuit_breaker`.
+    pub breaker: Option<Arc<CircuitBreaker>>,
     /// Cached metric handles.
     pub metrics: Arc<RouteMetrics>,
 }
@@ -153,11 +159,12 @@ impl Generation {
                 (name.clone(), up)
             })
             .collect();
+        let breakers = build_breakers(f, prev, shared);
         let listeners = f
             .listeners
             .iter()
             .map(|l| {
-                let mut rt = build_listener(l, f, &upstreams, prev, shared);
+                let mut rt = build_listener(l, f, &upstreams, &breakers, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
                 (l.listen, Arc::new(rt))
             })
@@ -166,6 +173,7 @@ impl Generation {
             identify: Identify::new(&f.tenants),
             listeners,
             upstreams,
+            breakers,
             config,
         }
     }
@@ -176,6 +184,7 @@ impl Generation {
             identify: Identify::new(&config.file.tenants),
             listeners: HashMap::default(),
             upstreams: BTreeMap::new(),
+            breakers: BTreeMap::new(),
             config,
         }
     }
@@ -198,10 +207,42 @@ impl Generation {
     }
 }
 
+/// One breaker per upstream that a policy with `circuit_breaker` sends to (validation makes all
+/// such policies agree); a breaker whose settings are unchanged carries over whole, state and
+/// counters included (SPEC §6).
+fn build_breakers(
+    f: &file::File,
+    prev: Option<&Generation>,
+    shared: &Shared,
+) -> BTreeMap<String, Arc<CircuitBreaker>> {
+    let mut out = BTreeMap::new();
+    for route in f.listeners.iter().flat_map(|l| l.routes.iter()) {
+        let policy = route.policy.as_ref().and_then(|p| f.policies.get(p));
+        let Some(cfg) = policy.and_then(|p| p.circuit_breaker.as_ref()) else {
+            continue;
+        };
+        out.entry(route.upstream.clone()).or_insert_with(|| {
+            let old = prev.and_then(|p| p.breakers.get(&route.upstream));
+            match old {
+                Some(o) if o.cfg() == cfg => o.clone(),
+                _ => CircuitBreaker::new(
+                    &route.upstream,
+                    cfg,
+                    &shared.tracked,
+                    shared.clock.clone(),
+                    &shared.metrics,
+                ),
+            }
+        });
+    }
+    out
+}
+
 fn build_listener(
     l: &file::Listener,
     f: &file::File,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    breakers: &BTreeMap<String, Arc<CircuitBreaker>>,
     prev: Option<&Generation>,
     shared: &Shared,
 ) -> ListenerRt {
@@ -230,7 +271,11 @@ fn build_listener(
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
             let old_policy = old_route.map(|o| &o.policy);
             let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg, old_policy, shared);
+            let breaker = policy_cfg
+                .and_then(|p| p.circuit_breaker.as_ref())
+                .and_then(|_| breakers.get(&r.upstream).cloned());
             Some(RouteRt {
+                breaker,
                 name: key.label.clone(),
                 key,
                 matcher: Matcher::new(r.matches.as_ref()),

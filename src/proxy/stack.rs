@@ -115,6 +115,7 @@ pub async fn handle(
         deadline: route.policy.request_timeout.map(|t| started + t),
         peer,
         body_idle: lst.body_idle_timeout,
+        labels: &shared.labels,
     };
     let mut rsp = exchange::run(&ctx, req).await;
     if let Some(decision) = &limited {

@@ -10,6 +10,7 @@
 mod support;
 
 mod admin;
+mod circuit_breaker;
 mod cli;
 mod deploy;
 mod proxy;

@@ -320,12 +320,11 @@ fn the_reference_file_warns_about_each_inert_key_it_holds() {
             "upstreams.app.health_check",
             "upstreams.app.outlier",
             "upstreams.deps.balance",
-            "policies.standard.circuit_breaker",
             "policies.standard.load_shed",
             "listeners[1].routes[0].tunnel_idle_timeout",
         ]
     );
-    assert!(cfg.summary().contains("6 warning(s)"), "{}", cfg.summary());
+    assert!(cfg.summary().contains("5 warning(s)"), "{}", cfg.summary());
 }
 
 #[test]

@@ -35,7 +35,6 @@ const fn warn(path: &'static str, value: Option<&'static str>) -> Inert {
 
 /// Delete a line when its feature lands.
 const INERT: &[Inert] = &[
-    warn("policies.*.circuit_breaker", None),
     warn("policies.*.load_shed", None),
     warn("upstreams.*.health_check", None),
     warn("upstreams.*.outlier", None),
