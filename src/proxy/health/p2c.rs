@@ -34,23 +34,30 @@ pub fn p2c<'a, T>(
 }
 
 /// A random usable index other than `except`: a few random draws first (cheap when most
-/// candidates are usable), then a uniform choice among the usable ones by scanning.
+/// candidates are usable; a draw never lands on `except`), then a uniform choice among the
+/// usable ones by scanning.
 fn draw(
     len: usize,
     usable: &impl Fn(usize) -> bool,
     except: Option<usize>,
     rng: &mut fastrand::Rng,
 ) -> Option<usize> {
-    if len == 0 {
+    let span = len - usize::from(except.is_some());
+    if span == 0 {
         return None;
     }
-    let ok = |i: usize| Some(i) != except && usable(i);
     for _ in 0..DRAWS {
-        let i = rng.usize(..len);
-        if ok(i) {
+        let i = rng.usize(..span);
+        // Skip over `except` so every draw is a distinct candidate.
+        let i = match except {
+            Some(e) if i >= e => i + 1,
+            _ => i,
+        };
+        if usable(i) {
             return Some(i);
         }
     }
+    let ok = |i: usize| Some(i) != except && usable(i);
     let n = (0..len).filter(|&i| ok(i)).count();
     if n == 0 {
         return None;
