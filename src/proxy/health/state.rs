@@ -198,6 +198,15 @@ impl EndpointHealth {
         None
     }
 
+    /// Forgets the active checks' verdict and streaks (healthy again). For a reload that
+    /// removes an upstream's `health_check:`: without it nothing would ever flip the endpoint
+    /// back.
+    pub fn reset_checks(&self) {
+        self.check_successes.store(0, Ordering::Relaxed);
+        self.check_failures.store(0, Ordering::Relaxed);
+        self.checked_healthy.store(true, Ordering::Relaxed);
+    }
+
     /// Ejects until `now + eject_for × 2^(n-1)` (capped at [`EJECT_GROWTH_CAP`] × `eject_for`)
     /// and resets the failure streak; returns the ejection's length. The caller
     /// ([`super::OutlierDetector`]) has already checked the cap on ejected endpoints.

@@ -244,6 +244,13 @@ fn checks_flip_after_exactly_n_results_in_a_row() {
     assert_eq!(run(&[false, true, false, true]), [None; 4]);
     assert_eq!(run(&[true]), [Some(true)]);
     assert!(h.available(0));
+    assert_eq!(run(&[false, false, false]), [None, None, Some(false)]);
+    h.reset_checks();
+    assert!(
+        h.available(0),
+        "a reload without health_check brings it back"
+    );
+    assert_eq!(run(&[false, false]), [None, None], "streaks start over");
 }
 
 fn measured(ewmas_ms: &[u64]) -> Vec<Arc<EndpointHealth>> {
