@@ -195,6 +195,8 @@ async fn try_once(
         (p, None) => p,
     };
     let record = TryRecord::start(ctx, &ep, permit);
+    // The endpoint's in-flight count (p2c's load), for the length of the try.
+    let _load = ep.health.start();
     let sent = ep.pool.send(ep.addr, req);
     let result = match bound {
         Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
@@ -330,7 +332,6 @@ impl Drop for TryRecord<'_> {
 /// The outcome hook: tells every observer how one try ended.
 fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration) {
     let up = &ctx.route.upstream;
-    let _ = ep;
     let code = match outcome {
         Outcome::Status(code) => code,
         // Failed tries count under the status rampart answers for them.
@@ -344,6 +345,7 @@ fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration
     };
     up.metrics.count(code);
     up.metrics.duration.observe(took.as_secs_f64());
+    up.try_ended(ep, outcome, took);
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.
         up.latency.record(took);

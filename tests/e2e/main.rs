@@ -13,6 +13,7 @@ mod admin;
 mod circuit_breaker;
 mod cli;
 mod deploy;
+mod health;
 mod proxy;
 mod rate_limit;
 mod reload;

@@ -36,9 +36,6 @@ const fn warn(path: &'static str, value: Option<&'static str>) -> Inert {
 /// Delete a line when its feature lands.
 const INERT: &[Inert] = &[
     warn("policies.*.load_shed", None),
-    warn("upstreams.*.health_check", None),
-    warn("upstreams.*.outlier", None),
-    warn("upstreams.*.balance", Some("p2c")),
     warn("listeners.[].access_log", Some("true")),
     warn("listeners.[].routes.[].tunnel_idle_timeout", None),
 ];
