@@ -12,7 +12,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use crate::assert_eventually;
 use crate::support::{http, metric_value, metrics, sample, Proxy};
 
 /// `$UPSTREAM` is the body of upstream `app`.
