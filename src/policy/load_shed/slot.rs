@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{LoadShedder, Priority, Shed, ShedReason};
+use super::{queue, LoadShedder, Priority, Shed, ShedReason};
 use crate::policy::outcome::Outcome;
 use crate::tenant::tracked::TenantState;
 
@@ -135,6 +135,13 @@ impl Drop for TenantHold {
 // === impl Waiter ===
 
 impl Waiter {
+    /// A waiter without a tenant slot, and where its answer arrives.
+    #[cfg(test)]
+    pub(super) fn channel() -> (Self, oneshot::Receiver<Grant>) {
+        let (tx, rx) = oneshot::channel();
+        (Waiter { tx, hold: None }, rx)
+    }
+
     /// Sends a granted slot (one route slot already counted); false if the waiter is gone, in
     /// which case the route slot is still counted and the caller passes it on.
     pub(super) fn grant(self, shedder: Arc<LoadShedder>) -> bool {
@@ -223,11 +230,23 @@ impl LoadShedder {
                 None => return Enqueued::Refused(ShedReason::QueueFull),
             }
         }
+        Enqueued::Waiting(self.join(&mut q, priority, tenant, waiter))
+    }
+
+    /// Puts `waiter` in the queue and publishes it, then serves any slot freed meanwhile: a
+    /// release that ran after our last look at `in_flight` but read `waiting` before this
+    /// publication did not dispatch, so this dispatch is what keeps its slot from being lost.
+    pub(super) fn join(
+        &self,
+        q: &mut queue::FairQueue<Waiter>,
+        priority: Priority,
+        tenant: &str,
+        waiter: Waiter,
+    ) -> u64 {
         let seq = q.push(priority, tenant, waiter);
-        self.sync_waiting(&q);
-        // A release may have freed a slot before `waiting` was published: serve it now.
-        self.dispatch(&mut q);
-        Enqueued::Waiting(seq)
+        self.sync_waiting(q);
+        self.dispatch(q);
+        seq
     }
 
     /// Takes `w` out of the queue; false if it had already left (granted or displaced).
