@@ -217,7 +217,11 @@ impl LoadShedder {
     /// Takes a slot for a request of `tenant`: at once when one is free and nobody waits, else
     /// after waiting in the fair queue (up to `queue.timeout`), else a [`Shed`]. Dropping the
     /// future while it waits leaves the queue at once.
-    pub async fn acquire(self: &Arc<Self>, tenant: &str, priority: Priority) -> Result<ShedSlot, Shed> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        tenant: &str,
+        priority: Priority,
+    ) -> Result<ShedSlot, Shed> {
         let hold = self.hold_tenant(tenant)?;
         if self.waiting.load(SeqCst) == 0 && self.try_take() {
             return Ok(ShedSlot::new(self.clone(), hold));
@@ -251,7 +255,10 @@ impl LoadShedder {
         if cap == u32::MAX {
             return Ok(None);
         }
-        let Some(slots) = self.tenants.get_or_insert_with(tenant, TenantSlots::default) else {
+        let Some(slots) = self
+            .tenants
+            .get_or_insert_with(tenant, TenantSlots::default)
+        else {
             // Every tracked entry is in use: admit without a tenant slot (see the module doc).
             return Ok(None);
         };
@@ -264,7 +271,9 @@ impl LoadShedder {
     /// One route slot if `in_flight < limit`.
     fn try_take(&self) -> bool {
         self.in_flight
-            .fetch_update(SeqCst, SeqCst, |n| (n < self.limit.load(SeqCst)).then_some(n + 1))
+            .fetch_update(SeqCst, SeqCst, |n| {
+                (n < self.limit.load(SeqCst)).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -305,7 +314,9 @@ impl LoadShedder {
     /// Recomputes the effective limit and wakes waiters it makes room for.
     fn refresh_limit(&self) {
         let adaptive = self.adaptive.limit();
-        let limit = adaptive.map_or(u32::MAX, |a| a.max(1)).min(self.max_in_flight.load(SeqCst));
+        let limit = adaptive
+            .map_or(u32::MAX, |a| a.max(1))
+            .min(self.max_in_flight.load(SeqCst));
         self.limit.store(limit, SeqCst);
         if let Some(g) = &self.concurrency_limit {
             g.set(adaptive.map_or(0, i64::from));

@@ -111,9 +111,7 @@ impl Gradient {
 
     /// The limit in force, if on.
     pub(super) fn limit(&self) -> Option<u32> {
-        self.enabled
-            .load(SeqCst)
-            .then(|| self.limit.load(SeqCst))
+        self.enabled.load(SeqCst).then(|| self.limit.load(SeqCst))
     }
 
     /// Adds one latency sample; true when a window closed and the limit changed.

@@ -82,7 +82,11 @@ mod tests {
     #[test]
     fn the_wait_follows_the_measured_rate() {
         let mut d = DrainRate::new(SEC);
-        assert_eq!(d.retry_after(SEC, 0, 0), MAX_RETRY_AFTER, "nothing freed yet");
+        assert_eq!(
+            d.retry_after(SEC, 0, 0),
+            MAX_RETRY_AFTER,
+            "nothing freed yet"
+        );
         // 100 releases in one second: 100/s.
         let w = d.retry_after(2 * SEC, 100, 9);
         assert!((d.per_sec() - 100.0).abs() < 1e-6, "rate {}", d.per_sec());

@@ -60,7 +60,9 @@ impl<T> FairQueue<T> {
             Some(flow) => flow.push_back((seq, item)),
             None => {
                 let key: Arc<str> = Arc::from(tenant);
-                class.flows.insert(key.clone(), VecDeque::from([(seq, item)]));
+                class
+                    .flows
+                    .insert(key.clone(), VecDeque::from([(seq, item)]));
                 class.ring.push_back(key);
             }
         }

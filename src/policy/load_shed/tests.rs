@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::policy::outcome::Outcome;
 use crate::clock::{ManualClock, MonotonicClock};
 use crate::config::file::{Adaptive, Queue};
 use crate::config::units::Dur;
+use crate::policy::outcome::Outcome;
 use crate::tenant::tracked::TenantState;
 
 type Log = mpsc::UnboundedSender<(String, Result<ShedSlot, Shed>)>;
@@ -30,7 +30,10 @@ fn limits(max: Option<u32>, tenant: Option<u32>, queue: Option<(u32, u64)>) -> f
     }
 }
 
-fn shedder_with(cfg: &file::LoadShed, tracked: &Arc<TrackedTenants>) -> (Arc<LoadShedder>, ManualClock) {
+fn shedder_with(
+    cfg: &file::LoadShed,
+    tracked: &Arc<TrackedTenants>,
+) -> (Arc<LoadShedder>, ManualClock) {
     let clock = ManualClock::new();
     let depth = IntGauge::new("queue_depth", "test").expect("a valid gauge");
     let limit = IntGauge::new("concurrency_limit", "test").expect("a valid gauge");
@@ -49,7 +52,13 @@ async fn settle() {
     }
 }
 
-fn spawn(s: &Arc<LoadShedder>, tenant: &str, p: Priority, label: &str, log: &Log) -> JoinHandle<()> {
+fn spawn(
+    s: &Arc<LoadShedder>,
+    tenant: &str,
+    p: Priority,
+    label: &str,
+    log: &Log,
+) -> JoinHandle<()> {
     let (s, tenant, label, log) = (s.clone(), tenant.to_owned(), label.to_owned(), log.clone());
     tokio::spawn(async move {
         let r = s.acquire(&tenant, p).await;
@@ -57,7 +66,9 @@ fn spawn(s: &Arc<LoadShedder>, tenant: &str, p: Priority, label: &str, log: &Log
     })
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<(String, Result<ShedSlot, Shed>)>) -> (String, Result<ShedSlot, Shed>) {
+async fn next(
+    rx: &mut mpsc::UnboundedReceiver<(String, Result<ShedSlot, Shed>)>,
+) -> (String, Result<ShedSlot, Shed>) {
     rx.recv().await.expect("a waiter must answer")
 }
 
@@ -85,7 +96,11 @@ async fn a_tenant_with_one_waiter_is_served_within_two_releases_of_a_flood() {
         drop(r.expect("a queued request must be granted"));
     }
     println!("grant order: {order:?}");
-    assert_eq!(order, ["a0", "b0", "a1", "a2"], "b's lone waiter must not wait behind a's 100");
+    assert_eq!(
+        order,
+        ["a0", "b0", "a1", "a2"],
+        "b's lone waiter must not wait behind a's 100"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -98,16 +113,31 @@ async fn higher_priority_displaces_the_lowest_and_critical_goes_first() {
     settle().await;
     spawn(&s, "t", Priority::Critical, "c1", &log);
     let (label, r) = next(&mut rx).await;
-    assert_eq!((label.as_str(), reason(&r)), ("s1", Some(ShedReason::Priority)), "sheddable goes first");
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("s1", Some(ShedReason::Priority)),
+        "sheddable goes first"
+    );
     spawn(&s, "t", Priority::Critical, "c2", &log);
     let (label, r) = next(&mut rx).await;
-    assert_eq!((label.as_str(), reason(&r)), ("n1", Some(ShedReason::Priority)));
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("n1", Some(ShedReason::Priority))
+    );
     spawn(&s, "t", Priority::Critical, "c3", &log);
     let (label, r) = next(&mut rx).await;
-    assert_eq!((label.as_str(), reason(&r)), ("c3", Some(ShedReason::QueueFull)), "only critical left");
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("c3", Some(ShedReason::QueueFull)),
+        "only critical left"
+    );
     spawn(&s, "t", Priority::Normal, "n2", &log);
     let (label, r) = next(&mut rx).await;
-    assert_eq!((label.as_str(), reason(&r)), ("n2", Some(ShedReason::QueueFull)), "lower never displaces");
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("n2", Some(ShedReason::QueueFull)),
+        "lower never displaces"
+    );
     drop(first);
     let (label, slot) = next(&mut rx).await;
     assert_eq!(label, "c1");
@@ -128,7 +158,11 @@ async fn a_full_queue_makes_room_for_a_tenant_with_fewer_waiters() {
     settle().await;
     spawn(&s, "b", Priority::Normal, "b0", &log);
     let (label, r) = next(&mut rx).await;
-    assert_eq!((label.as_str(), reason(&r)), ("a3", Some(ShedReason::QueueFull)), "a's newest makes room");
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("a3", Some(ShedReason::QueueFull)),
+        "a's newest makes room"
+    );
     assert_eq!(s.queue_len(), 4);
     drop(first);
     let (label, slot) = next(&mut rx).await;
@@ -163,23 +197,43 @@ async fn size_zero_sheds_at_once_with_retry_after_from_the_drain_rate() {
     let a = s.acquire("t", Priority::Normal).await.expect("slot 1");
     let b = s.acquire("t", Priority::Critical).await.expect("slot 2");
     let before = tokio::time::Instant::now();
-    let shed = s.acquire("t", Priority::Critical).await.expect_err("no slot, no waiting");
+    let shed = s
+        .acquire("t", Priority::Critical)
+        .await
+        .expect_err("no slot, no waiting");
     assert_eq!(before, tokio::time::Instant::now(), "shed without waiting");
     assert_eq!(shed.reason, ShedReason::MaxInFlight);
-    assert_eq!(shed.retry_after, drain::MAX_RETRY_AFTER, "nothing drained yet: the longest wait");
+    assert_eq!(
+        shed.retry_after,
+        drain::MAX_RETRY_AFTER,
+        "nothing drained yet: the longest wait"
+    );
     drop(b);
     for _ in 0..20 {
-        drop(s.acquire("t", Priority::Normal).await.expect("slot 2 is free"));
+        drop(
+            s.acquire("t", Priority::Normal)
+                .await
+                .expect("slot 2 is free"),
+        );
     }
     clock.advance(Duration::from_secs(1));
     let _c = s.acquire("t", Priority::Normal).await.expect("slot 2");
-    let shed = s.acquire("t", Priority::Normal).await.expect_err("full again");
+    let shed = s
+        .acquire("t", Priority::Normal)
+        .await
+        .expect_err("full again");
     let want = 1.0 / 21.0; // 21 slots freed in 1 s, nobody ahead
-    assert!((shed.retry_after.as_secs_f64() - want).abs() < 1e-6, "{shed:?}");
+    assert!(
+        (shed.retry_after.as_secs_f64() - want).abs() < 1e-6,
+        "{shed:?}"
+    );
     drop(a);
     let none = shedder(&limits(Some(1), None, None));
     let _held = none.acquire("t", Priority::Normal).await.expect("slot");
-    let shed = none.acquire("t", Priority::Normal).await.expect_err("no queue section: no waiting");
+    let shed = none
+        .acquire("t", Priority::Normal)
+        .await
+        .expect_err("no queue section: no waiting");
     assert_eq!(shed.reason, ShedReason::MaxInFlight);
 }
 
@@ -234,18 +288,32 @@ async fn reconfigure_in_place_wakes_waiters_and_strands_nobody() {
     s.reconfigure(&cfg);
     let (l1, w1) = next(&mut rx).await;
     let (l2, w2) = next(&mut rx).await;
-    assert_eq!((l1.as_str(), l2.as_str()), ("w1", "w2"), "a raised limit wakes waiters in order");
-    assert_eq!((s.in_flight(), s.queue_len()), (3, 1), "counts carried, not doubled");
+    assert_eq!(
+        (l1.as_str(), l2.as_str()),
+        ("w1", "w2"),
+        "a raised limit wakes waiters in order"
+    );
+    assert_eq!(
+        (s.in_flight(), s.queue_len()),
+        (3, 1),
+        "counts carried, not doubled"
+    );
     cfg.max_in_flight = Some(1);
     s.reconfigure(&cfg);
     drop(w1);
     drop(w2);
     settle().await;
-    assert!(rx.try_recv().is_err(), "still at the lowered limit: no grant");
+    assert!(
+        rx.try_recv().is_err(),
+        "still at the lowered limit: no grant"
+    );
     assert_eq!((s.in_flight(), s.queue_len()), (1, 1));
     drop(first);
     let (l3, w3) = next(&mut rx).await;
-    assert_eq!(l3, "w3", "below the lowered limit the last waiter is served");
+    assert_eq!(
+        l3, "w3",
+        "below the lowered limit the last waiter is served"
+    );
     drop(w3);
     assert_eq!((s.in_flight(), s.queue_len()), (0, 0));
 }
@@ -256,23 +324,41 @@ async fn the_per_tenant_cap_counts_waiters_and_obeys_max_tracked() {
     let (s, _) = shedder_with(&limits(Some(3), Some(2), Some((10, 60_000))), &tracked);
     let a1 = s.acquire("a", Priority::Normal).await.expect("a's first");
     let b1 = s.acquire("b", Priority::Normal).await.expect("b's first");
-    let c1 = s.acquire("c", Priority::Normal).await.expect("route slot 3");
-    assert_eq!(tracked.len(), 2, "c found every entry in use: served without a tenant slot");
+    let c1 = s
+        .acquire("c", Priority::Normal)
+        .await
+        .expect("route slot 3");
+    assert_eq!(
+        tracked.len(),
+        2,
+        "c found every entry in use: served without a tenant slot"
+    );
     let (log, mut rx) = mpsc::unbounded_channel();
     spawn(&s, "a", Priority::Normal, "a2", &log);
     settle().await;
     assert_eq!(s.queue_len(), 1, "a's second waits: under its cap");
-    let shed = s.acquire("a", Priority::Critical).await.expect_err("a's third");
-    assert_eq!(shed.reason, ShedReason::TenantInFlight, "a waiter counts: shed at once, not queued");
+    let shed = s
+        .acquire("a", Priority::Critical)
+        .await
+        .expect_err("a's third");
+    assert_eq!(
+        shed.reason,
+        ShedReason::TenantInFlight,
+        "a waiter counts: shed at once, not queued"
+    );
     assert_eq!(s.queue_len(), 1);
     drop(c1);
     let (label, a2) = next(&mut rx).await;
     assert_eq!(label, "a2");
     drop((b1, a2));
-    let d1 = s.acquire("d", Priority::Normal).await.expect("b's idle entry makes room");
+    let d1 = s
+        .acquire("d", Priority::Normal)
+        .await
+        .expect("b's idle entry makes room");
     assert!(tracked.len() <= 2, "the cap holds: {}", tracked.len());
     drop((a1, d1));
-    s.tenants.for_each(|t, v| assert!(v.is_idle(0), "{t} still counts a slot"));
+    s.tenants
+        .for_each(|t, v| assert!(v.is_idle(0), "{t} still counts a slot"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -296,11 +382,18 @@ async fn stress(cfg: file::LoadShed, tasks: usize, rounds: usize, max: u32) {
     let wave = Arc::new(tokio::sync::Barrier::new(tasks));
     let mut handles = Vec::new();
     for t in 0..tasks {
-        let (s, counts, live, peak, wave) = (s.clone(), counts.clone(), live.clone(), peak.clone(), wave.clone());
+        let (s, counts, live, peak, wave) = (
+            s.clone(),
+            counts.clone(),
+            live.clone(),
+            peak.clone(),
+            wave.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let tenant = format!("t{}", t % 8);
             for _ in 0..rounds {
-                let p = [Priority::Critical, Priority::Normal, Priority::Sheddable][fastrand::usize(..3)];
+                let p = [Priority::Critical, Priority::Normal, Priority::Sheddable]
+                    [fastrand::usize(..3)];
                 let r = if fastrand::u8(..4) == 0 {
                     tokio::select! {
                         biased;
@@ -342,8 +435,13 @@ async fn stress(cfg: file::LoadShed, tasks: usize, rounds: usize, max: u32) {
     println!("{tasks} tasks x {rounds}: granted {granted}, shed {shed}, cancelled {cancelled}, peak {peak}");
     assert_eq!(granted + shed + cancelled, (tasks * rounds) as u64);
     assert!(granted > 0 && peak <= max, "the route limit holds");
-    assert_eq!((s.in_flight(), s.queue_len()), (0, 0), "every slot came back");
-    s.tenants.for_each(|t, v| assert!(v.is_idle(0), "{t} still counts a slot"));
+    assert_eq!(
+        (s.in_flight(), s.queue_len()),
+        (0, 0),
+        "every slot came back"
+    );
+    s.tenants
+        .for_each(|t, v| assert!(v.is_idle(0), "{t} still counts a slot"));
 }
 
 #[tokio::test]
@@ -354,7 +452,13 @@ async fn the_adaptive_limit_falls_when_latency_rises_and_recovers_after() {
     let clock = ManualClock::new();
     let depth = IntGauge::new("queue_depth", "test").expect("a valid gauge");
     let gauge = IntGauge::new("concurrency_limit", "test").expect("a valid gauge");
-    let s = LoadShedder::new(&cfg, &tracked, Arc::new(clock.clone()), depth, Some(gauge.clone()));
+    let s = LoadShedder::new(
+        &cfg,
+        &tracked,
+        Arc::new(clock.clone()),
+        depth,
+        Some(gauge.clone()),
+    );
     let mut held: Vec<ShedSlot> = Vec::new();
     let mut curve = Vec::new();
     println!("window  latency_ms  limit  in_flight");
@@ -366,7 +470,11 @@ async fn the_adaptive_limit_falls_when_latency_rises_and_recovers_after() {
             match s.acquire("t", Priority::Normal).await {
                 Ok(slot) => held.push(slot),
                 Err(shed) => {
-                    assert_eq!(shed.reason, ShedReason::Adaptive, "refused past the adaptive limit");
+                    assert_eq!(
+                        shed.reason,
+                        ShedReason::Adaptive,
+                        "refused past the adaptive limit"
+                    );
                     break;
                 }
             }
@@ -377,23 +485,43 @@ async fn the_adaptive_limit_falls_when_latency_rises_and_recovers_after() {
             held[0].record(Outcome::Status(200), latency);
         }
         let limit = s.adaptive_limit().expect("adaptive is on");
-        assert_eq!(gauge.get(), i64::from(limit), "the gauge shows the limit in force");
+        assert_eq!(
+            gauge.get(),
+            i64::from(limit),
+            "the gauge shows the limit in force"
+        );
         if w % 3 == 2 || w == 15 || w == 30 {
-            println!("{w:>6}  {:>10}  {limit:>5}  {in_flight:>9}", latency.as_millis());
+            println!(
+                "{w:>6}  {:>10}  {limit:>5}  {in_flight:>9}",
+                latency.as_millis()
+            );
         }
         curve.push(limit);
     }
-    let (before, during, after) = (curve[14], *curve[15..30].iter().min().unwrap_or(&0), curve[69]);
+    let (before, during, after) = (
+        curve[14],
+        *curve[15..30].iter().min().unwrap_or(&0),
+        curve[69],
+    );
     assert_eq!(before, 64, "steady latency keeps the limit at max");
     assert!(during <= 16, "4x latency must cut the limit: {during}");
-    assert!(curve[29] < before && after == 64, "the limit recovers once latency is back: {after}");
+    assert!(
+        curve[29] < before && after == 64,
+        "the limit recovers once latency is back: {after}"
+    );
 }
 
 #[test]
 fn priorities_read_from_the_header_and_reasons_label_metrics() {
     let h = |s: &'static str| http::HeaderValue::from_static(s);
-    assert_eq!(Priority::from_header(Some(&h("critical"))), Priority::Critical);
-    assert_eq!(Priority::from_header(Some(&h(" Sheddable "))), Priority::Sheddable);
+    assert_eq!(
+        Priority::from_header(Some(&h("critical"))),
+        Priority::Critical
+    );
+    assert_eq!(
+        Priority::from_header(Some(&h(" Sheddable "))),
+        Priority::Sheddable
+    );
     assert_eq!(Priority::from_header(Some(&h("normal"))), Priority::Normal);
     assert_eq!(Priority::from_header(Some(&h("urgent!"))), Priority::Normal);
     assert_eq!(Priority::from_header(None), Priority::Normal);
@@ -406,7 +534,17 @@ fn priorities_read_from_the_header_and_reasons_label_metrics() {
         ShedReason::Adaptive,
     ]
     .map(|r| r.as_str());
-    assert_eq!(labels, ["max_in_flight", "tenant_in_flight", "queue_full", "queue_timeout", "priority", "adaptive"]);
+    assert_eq!(
+        labels,
+        [
+            "max_in_flight",
+            "tenant_in_flight",
+            "queue_full",
+            "queue_timeout",
+            "priority",
+            "adaptive"
+        ]
+    );
 }
 
 #[tokio::test]
