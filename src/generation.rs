@@ -28,6 +28,7 @@ use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
 use crate::policy::circuit_breaker::CircuitBreaker;
+use crate::policy::load_shed::RouteLoadShed;
 use crate::policy::rate_limit::RouteRateLimit;
 use crate::policy::retry::RouteRetry;
 use crate::proxy::listener::server_builder;
@@ -123,6 +124,8 @@ pub struct RoutePolicy {
     pub retry: Option<RouteRetry>,
     /// `rate_limit` with its per-tenant state.
     pub rate_limit: Option<RouteRateLimit>,
+    /// `load_shed` with its slots and fair queue.
+    pub load_shed: Option<RouteLoadShed>,
 }
 
 // === impl Generation ===
@@ -270,7 +273,14 @@ fn build_listener(
             };
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
             let old_policy = old_route.map(|o| &o.policy);
-            let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg, old_policy, shared);
+            let policy = RoutePolicy::build(
+                r.policy.as_deref(),
+                policy_cfg,
+                old_policy,
+                &key,
+                &upstream.name,
+                shared,
+            );
             let breaker = policy_cfg
                 .and_then(|p| p.circuit_breaker.as_ref())
                 .and_then(|_| breakers.get(&r.upstream).cloned());
@@ -313,6 +323,8 @@ impl RoutePolicy {
         name: Option<&str>,
         cfg: Option<&file::Policy>,
         old: Option<&RoutePolicy>,
+        key: &RouteKey,
+        upstream: &str,
         shared: &Shared,
     ) -> RoutePolicy {
         let Some(cfg) = cfg else {
@@ -326,9 +338,21 @@ impl RoutePolicy {
             let old = old.and_then(|o| o.rate_limit.as_ref());
             RouteRateLimit::build(rl, old, &shared.tracked, &shared.clock)
         });
+        let load_shed = cfg.load_shed.as_ref().map(|ls| {
+            let old = old.and_then(|o| o.load_shed.as_ref());
+            let m = &shared.metrics;
+            let gauges = (
+                m.queue_depth
+                    .with_label_values(&[&*key.listener, &*key.label]),
+                m.concurrency_limit
+                    .with_label_values(&[&*key.label, upstream]),
+            );
+            RouteLoadShed::build(ls, old, &shared.tracked, &shared.clock, gauges)
+        });
         RoutePolicy {
             name: name.map(Arc::from),
             rate_limit,
+            load_shed,
             request_timeout: cfg.timeout.as_ref().and_then(|t| t.request).map(|d| d.0),
             per_try: cfg.timeout.as_ref().and_then(|t| t.per_try),
             retry,

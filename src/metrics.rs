@@ -90,7 +90,20 @@ pub struct TenantMetrics {
     pub duration: Histogram,
     /// `rampart_rate_limited_total{listener, route, tenant}`.
     pub rate_limited: IntCounter,
+    shed_vec: IntCounterVec,
+    /// `rampart_shed_total{listener, route, tenant, reason}`, made on first use per reason.
+    shed: [std::sync::OnceLock<IntCounter>; SHED_REASONS.len()],
 }
+
+/// The `reason` values of `rampart_shed_total`, in `ShedReason` order.
+pub const SHED_REASONS: [&str; 6] = [
+    "max_in_flight",
+    "tenant_in_flight",
+    "queue_full",
+    "queue_timeout",
+    "priority",
+    "adaptive",
+];
 
 /// Cached handles for one upstream.
 #[derive(Debug)]
@@ -403,6 +416,8 @@ impl RouteMetrics {
         let t = Arc::new(TenantMetrics {
             duration: m.request_duration.with_label_values(&l3),
             rate_limited: m.rate_limited.with_label_values(&l3),
+            shed_vec: m.shed.clone(),
+            shed: Default::default(),
             requests: m.requests.clone(),
             codes: ArcSwap::from_pointee(Vec::new()),
             labels,
@@ -415,6 +430,23 @@ impl RouteMetrics {
 }
 
 // === impl TenantMetrics ===
+
+impl TenantMetrics {
+    /// Counts one request shed for `reason` (one of [`SHED_REASONS`]); the series is made on
+    /// the first shed of that reason, so tenants never shed export none.
+    pub fn shed(&self, reason: &'static str) {
+        let Some(i) = SHED_REASONS.iter().position(|r| *r == reason) else {
+            return;
+        };
+        self.shed[i]
+            .get_or_init(|| {
+                let l = &self.labels;
+                self.shed_vec
+                    .with_label_values(&[&*l[0], &*l[1], &*l[2], reason])
+            })
+            .inc();
+    }
+}
 
 impl TenantMetrics {
     /// Counts one answered request with status `code`.

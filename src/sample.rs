@@ -68,6 +68,8 @@ struct State {
     healthy: AtomicBool,
     open_conns: AtomicU64,
     peak_conns: AtomicU64,
+    active: AtomicU64,
+    peak_active: AtomicU64,
 }
 
 /// The handler's failure; hyper closes the connection when it sees one.
@@ -91,6 +93,8 @@ impl Sample {
             healthy: AtomicBool::new(true),
             open_conns: AtomicU64::new(0),
             peak_conns: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            peak_active: AtomicU64::new(0),
         });
         let (shutdown, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, state.clone(), stopped));
@@ -111,6 +115,11 @@ impl Sample {
         self.state.total.load(Ordering::SeqCst)
     }
 
+    /// The most requests that were being handled at once since start (or the last reset).
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak_active.load(Ordering::SeqCst)
+    }
+
     /// The most connections that were open at once since start.
     pub fn peak_connections(&self) -> u64 {
         self.state.peak_conns.load(Ordering::SeqCst)
@@ -129,6 +138,7 @@ impl Sample {
         self.state.total.store(0, Ordering::SeqCst);
         self.state.by_path.clear();
         self.state.fail_first.clear();
+        self.state.peak_active.store(0, Ordering::SeqCst);
     }
 
     /// Makes `/healthz` answer 200 (`true`) or 503 (`false`).
@@ -212,7 +222,11 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiv
         let state = state.clone();
         async move {
             let addr = state.addr.clone();
+            let now = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+            state.peak_active.fetch_max(now, Ordering::SeqCst);
+            let counted = state.clone();
             let rsp: Result<Response<SampleBody>, Aborted> = handle(state, req).await;
+            counted.active.fetch_sub(1, Ordering::SeqCst);
             rsp.map(|mut rsp| {
                 rsp.headers_mut().insert(ADDR_HEADER, addr);
                 rsp

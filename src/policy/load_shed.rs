@@ -160,6 +160,54 @@ impl ShedReason {
     }
 }
 
+/// A route's `load_shed` section in force: its shedder and the priority header.
+#[derive(Debug)]
+pub struct RouteLoadShed {
+    /// The shedder (reconfigured in place across reloads).
+    pub shedder: Arc<LoadShedder>,
+    /// `priority.header`, if priorities are read.
+    pub priority_header: Option<http::HeaderName>,
+}
+
+// === impl RouteLoadShed ===
+
+impl RouteLoadShed {
+    /// The state for `cfg`. A route that had a shedder keeps it and reconfigures it in place
+    /// (SPEC §6, issue 17): waiters keep their place, and the requests in flight stay counted,
+    /// so a reload can neither strand a waiter nor double the slots.
+    pub fn build(
+        cfg: &file::LoadShed,
+        old: Option<&RouteLoadShed>,
+        tracked: &Arc<TrackedTenants>,
+        clock: &SharedClock,
+        gauges: (IntGauge, IntGauge),
+    ) -> Self {
+        let shedder = match old {
+            Some(o) => {
+                o.shedder.reconfigure(cfg);
+                o.shedder.clone()
+            }
+            None => LoadShedder::new(cfg, tracked, clock.clone(), gauges.0, Some(gauges.1)),
+        };
+        let priority_header = cfg
+            .priority
+            .as_ref()
+            .and_then(|p| http::HeaderName::from_bytes(p.header.as_bytes()).ok());
+        RouteLoadShed {
+            shedder,
+            priority_header,
+        }
+    }
+
+    /// The priority a request asks for (normal without a `priority` section).
+    pub fn priority(&self, headers: &http::HeaderMap) -> Priority {
+        match &self.priority_header {
+            Some(h) => Priority::from_header(headers.get(h)),
+            None => Priority::Normal,
+        }
+    }
+}
+
 // === impl LoadShedder ===
 
 impl LoadShedder {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::forward::Peer;
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
+use crate::policy::load_shed::ShedSlot;
 use crate::tenant::{Labels, TenantId};
 
 /// What one request carries down the path after admission.
@@ -34,4 +35,7 @@ pub struct RequestCtx<'a> {
     pub body_idle: Duration,
     /// Tenant label folding (for per-tenant breakers' metric series).
     pub labels: &'a Labels,
+    /// The load-shed slot the request holds, if its route sheds (its adaptive limit learns
+    /// from every try).
+    pub slot: Option<&'a ShedSlot>,
 }

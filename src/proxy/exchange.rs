@@ -342,6 +342,9 @@ impl Drop for TryRecord<'_> {
         if let Some(p) = self.permit.take() {
             p.record(outcome, took);
         }
+        if let Some(slot) = self.ctx.slot {
+            slot.record(outcome, took);
+        }
         observe(self.ctx, self.ep, outcome, took);
     }
 }

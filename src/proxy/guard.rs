@@ -12,6 +12,7 @@
 use prometheus::IntGauge;
 
 use super::conn::ConnActive;
+use crate::policy::load_shed::ShedSlot;
 
 /// The guards of one request; dropped together when its answer ends.
 #[derive(Debug, Default)]
@@ -20,6 +21,8 @@ pub struct Guards {
     pub in_flight: Option<GaugeGuard>,
     /// The connection's count of requests in progress (its idle timer waits for zero).
     pub conn: Option<ConnActive>,
+    /// The route's load-shed slot.
+    pub slot: Option<ShedSlot>,
 }
 
 /// Holds one unit of a gauge; gives it back on drop.

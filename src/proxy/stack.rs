@@ -49,9 +49,10 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     // Held until the answer's body ends (upstream answers) or dropped with a refusal.
-    let guards = Guards {
+    let mut guards = Guards {
         in_flight: Some(GaugeGuard::new(&lst.in_flight)),
         conn: Some(active),
+        slot: None,
     };
 
     // 0. Authority.
@@ -104,7 +105,23 @@ pub async fn handle(
         return finish(&tm, rsp, started);
     }
 
-    // 4. Load shed: (its own issue) takes a slot here, into `guards`.
+    // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
+    //    body ends.
+    let slot = match &route.policy.load_shed {
+        None => None,
+        Some(ls) => {
+            let priority = ls.priority(req.headers());
+            match ls.shedder.acquire(tenant.as_str(), priority).await {
+                Ok(slot) => Some(slot),
+                Err(shed) => {
+                    tm.shed(shed.reason.as_str());
+                    let msg = format!("load shed ({}): {shed}", shed.reason.as_str());
+                    let rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
+                    return finish(&tm, rsp, started);
+                }
+            }
+        }
+    };
 
     // 5–8. Deadline, tries, the upstream.
     let ctx = RequestCtx {
@@ -116,8 +133,10 @@ pub async fn handle(
         peer,
         body_idle: lst.body_idle_timeout,
         labels: &shared.labels,
+        slot: slot.as_ref(),
     };
     let mut rsp = exchange::run(&ctx, req).await;
+    guards.slot = slot;
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());

@@ -14,6 +14,7 @@ mod circuit_breaker;
 mod cli;
 mod deploy;
 mod health;
+mod load_shed;
 mod proxy;
 mod rate_limit;
 mod reload;

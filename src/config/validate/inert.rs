@@ -35,7 +35,6 @@ const fn warn(path: &'static str, value: Option<&'static str>) -> Inert {
 
 /// Delete a line when its feature lands.
 const INERT: &[Inert] = &[
-    warn("policies.*.load_shed", None),
     warn("listeners.[].access_log", Some("true")),
     warn("listeners.[].routes.[].tunnel_idle_timeout", None),
 ];
