@@ -12,6 +12,7 @@ mod support;
 mod admin;
 mod cli;
 mod deploy;
+mod edges;
 mod proxy;
 mod rate_limit;
 mod reload;

@@ -1,0 +1,97 @@
+//! Silent and idle connections are closed (SPEC §14): nothing sent, half an h2 preface, the
+//! admin port, and a keep-alive connection left idle; silent sockets cannot lock a listener.
+//!
+//! All fail on the code before 2464352: hyper's head timer starts only once a request head has
+//! begun, the auto server's HTTP/1-or-2 sniffing read before that with no timer, there was no
+//! idle timeout, and the admin listener had no head timeout (reasoned from `listener.rs` and
+//! `admin.rs` at 8024b07; the probe measured it).
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::OK;
+use crate::support::capture::Capture;
+use crate::support::{http, one_route, raw, Proxy};
+
+fn assert_closed_about_1s(rsp: &raw::RawResp, what: &str) {
+    assert!(rsp.closed, "{what}: the connection must be closed");
+    assert!(
+        rsp.elapsed >= Duration::from_millis(900) && rsp.elapsed < Duration::from_secs(3),
+        "{what}: closed about 1s after it went quiet, took {:?}",
+        rsp.elapsed
+    );
+}
+
+async fn head_1s(app: &Capture) -> Proxy {
+    let rt = "runtime: { header_read_timeout: 1s, idle_timeout: 30s, max_connections: 5 }";
+    Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_head_timeout() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let rsp = raw::exchange(proxy.listener("inbound"), b"", Duration::from_secs(6)).await;
+    assert_closed_about_1s(&rsp, "no bytes at all");
+    assert!(rsp.bytes.is_empty() || rsp.status() == Some(408), "{}", rsp.text());
+}
+
+#[tokio::test]
+async fn a_partial_h2_preface_is_closed_at_the_head_timeout() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let half = b"PRI * HTTP/2.0\r\n";
+    let rsp = raw::exchange(proxy.listener("inbound"), half, Duration::from_secs(6)).await;
+    assert_closed_about_1s(&rsp, "half an h2 preface");
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_admin_port_closes_silent_connections_too() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let rsp = raw::exchange(proxy.admin(), b"", Duration::from_secs(6)).await;
+    assert_closed_about_1s(&rsp, "silent admin connection");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let req = b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n";
+    let rsp = raw::exchange(proxy.listener("inbound"), req, Duration::from_secs(6)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(app.hits(), 1);
+    assert_closed_about_1s(&rsp, "idle keep-alive connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_lock_out_a_real_client() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let addr = proxy.listener("inbound");
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let started = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(Duration::from_secs(6), http::try_get(addr, "/x", &[]))
+        .await
+        .expect("the sixth client must be served, not held behind silent sockets")
+        .expect("the sixth client must get an answer");
+    assert_eq!(rsp.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "served once the silent ones time out (1s): {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
