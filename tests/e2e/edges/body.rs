@@ -21,7 +21,7 @@ use crate::support::{metric_value, metrics, raw, Proxy};
 const ROUTES: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
-runtime: { body_idle_timeout: 1s }
+$RUNTIME
 upstreams:
   app: { endpoints: [$APP] }
 policies:
@@ -35,9 +35,12 @@ listeners:
       - { name: streamed, upstream: app }
 "#;
 
-async fn setup() -> (Capture, Proxy) {
+/// `stall: true` sets `body_idle_timeout: 1s`; without it the file also loads on the code
+/// before the fix (which lacked the key), so the other tests show the old defect itself.
+async fn setup(stall: bool) -> (Capture, Proxy) {
     let app = Capture::start(OK).await;
-    let proxy = Proxy::builder(ROUTES)
+    let rt = if stall { "runtime: { body_idle_timeout: 1s }" } else { "" };
+    let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", rt))
         .var("APP", app.addr())
         .spawn()
         .await;
@@ -64,7 +67,7 @@ impl http_body::Body for Frames {
 /// code (the issue's reproduction, reasoned from `body.rs` at 8024b07).
 #[tokio::test]
 async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() {
-    let (app, proxy) = setup().await;
+    let (app, proxy) = setup(false).await;
     let addr = proxy.listener("inbound");
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) =
@@ -102,7 +105,7 @@ async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() 
 /// ever (without). Fails on the old code (the issue's probe; no `body_idle_timeout` key).
 #[tokio::test]
 async fn a_stalled_upload_is_408_and_no_upstream_try() {
-    let (app, proxy) = setup().await;
+    let (app, proxy) = setup(true).await;
     let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
     for path in ["/r/slow", "/s/slow"] {
         let before = upstream_tries(admin).await;
@@ -125,7 +128,7 @@ async fn a_stalled_upload_is_408_and_no_upstream_try() {
 /// counted as an upstream 502. Fails on the old code (the issue's probe).
 #[tokio::test]
 async fn a_malformed_chunked_upload_is_400_and_no_upstream_502() {
-    let (app, proxy) = setup().await;
+    let (app, proxy) = setup(false).await;
     let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
     for path in ["/r/bad", "/s/bad"] {
         let before = upstream_tries(admin).await;
