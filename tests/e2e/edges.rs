@@ -17,7 +17,12 @@ pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: clos
 
 /// Every try counted in `rampart_upstream_requests_total`, whatever its code.
 pub async fn upstream_tries(admin: SocketAddr) -> f64 {
-    metric_value(&metrics(admin).await, "rampart_upstream_requests_total", &[]).unwrap_or(0.0)
+    metric_value(
+        &metrics(admin).await,
+        "rampart_upstream_requests_total",
+        &[],
+    )
+    .unwrap_or(0.0)
 }
 
 /// Panics if the proxy's log shows a panic.

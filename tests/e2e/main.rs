@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod connect;
 mod deploy;
 mod edges;
 mod proxy;

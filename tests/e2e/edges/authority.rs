@@ -90,7 +90,11 @@ async fn one_authority_decides_the_route_and_is_forwarded() {
     assert_refused(&send(&s, none).await, 400, "bad_request");
     let tenants = "GET /x HTTP/1.1\r\nHost: routed.example\r\nx-tenant-id: a\r\nx-tenant-id: b\r\nConnection: close\r\n\r\n";
     assert_refused(&send(&s, tenants).await, 400, "invalid_tenant");
-    assert_eq!(s.routed.hits() + s.other.hits(), 1, "refusals reach no upstream");
+    assert_eq!(
+        s.routed.hits() + s.other.hits(),
+        1,
+        "refusals reach no upstream"
+    );
 }
 
 /// Before 2464352 a client's `x-forwarded-proto: https` was passed on over plaintext and its
@@ -103,7 +107,10 @@ async fn forwarding_headers_tell_the_truth_of_the_connection() {
     let rsp = send(&s, req).await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
     assert_eq!(s.routed.header(0, "x-forwarded-proto"), ["http"]);
-    assert_eq!(s.routed.header(0, "x-forwarded-for"), ["192.0.2.7, 127.0.0.1"]);
+    assert_eq!(
+        s.routed.header(0, "x-forwarded-for"),
+        ["192.0.2.7, 127.0.0.1"]
+    );
 }
 
 /// The body of a raw answer, de-chunked if it was sent chunked.
@@ -137,7 +144,12 @@ async fn upstream_framing_reaches_the_client_whole() {
     )
     .await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
-    assert_ne!(rsp.header("content-length").as_deref(), Some("3"), "{}", rsp.text());
+    assert_ne!(
+        rsp.header("content-length").as_deref(),
+        Some("3"),
+        "{}",
+        rsp.text()
+    );
     assert_eq!(body_of(&rsp), b"hello world", "{}", rsp.text());
     assert_eq!(both.hits(), 1);
 
@@ -148,7 +160,11 @@ async fn upstream_framing_reaches_the_client_whole() {
     .await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
     let te = rsp.header("transfer-encoding").unwrap_or_default();
-    assert!(te.contains("gzip"), "the gzip coding must survive: {}", rsp.text());
+    assert!(
+        te.contains("gzip"),
+        "the gzip coding must survive: {}",
+        rsp.text()
+    );
     assert_eq!(body_of(&rsp), b"GZGZ", "{}", rsp.text());
     assert_eq!(gzip.hits(), 1);
 }

@@ -39,7 +39,11 @@ listeners:
 /// before the fix (which lacked the key), so the other tests show the old defect itself.
 async fn setup(stall: bool) -> (Capture, Proxy) {
     let app = Capture::start(OK).await;
-    let rt = if stall { "runtime: { body_idle_timeout: 1s }" } else { "" };
+    let rt = if stall {
+        "runtime: { body_idle_timeout: 1s }"
+    } else {
+        ""
+    };
     let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", rt))
         .var("APP", app.addr())
         .spawn()
@@ -117,8 +121,16 @@ async fn a_stalled_upload_is_408_and_no_upstream_try() {
             Some("client_timeout"),
             "{path}"
         );
-        assert!(rsp.elapsed >= Duration::from_millis(900), "{path}: {:?}", rsp.elapsed);
-        assert_eq!(upstream_tries(admin).await, before, "{path}: no upstream try counted");
+        assert!(
+            rsp.elapsed >= Duration::from_millis(900),
+            "{path}: {:?}",
+            rsp.elapsed
+        );
+        assert_eq!(
+            upstream_tries(admin).await,
+            before,
+            "{path}: no upstream try counted"
+        );
     }
     assert_eq!(app.hits(), 0, "no whole request reached the upstream");
     assert_no_panic(&proxy);

@@ -54,7 +54,10 @@ async fn sigterm_with_drain_delay_loses_no_request() {
             }
         })
     };
-    assert_eventually!(ok.load(Ordering::SeqCst) >= 10, "steady load must be served");
+    assert_eventually!(
+        ok.load(Ordering::SeqCst) >= 10,
+        "steady load must be served"
+    );
 
     proxy.signal("TERM");
     poller.await.expect("the poller must not panic");

@@ -38,7 +38,11 @@ async fn a_silent_connection_is_closed_at_the_head_timeout() {
     let proxy = head_1s(&app).await;
     let rsp = raw::exchange(proxy.listener("inbound"), b"", Duration::from_secs(6)).await;
     assert_closed_about_1s(&rsp, "no bytes at all");
-    assert!(rsp.bytes.is_empty() || rsp.status() == Some(408), "{}", rsp.text());
+    assert!(
+        rsp.bytes.is_empty() || rsp.status() == Some(408),
+        "{}",
+        rsp.text()
+    );
 }
 
 #[tokio::test]

@@ -50,7 +50,12 @@ async fn a_reload_of_an_unchanged_file_keeps_each_routes_limiter() {
 
     for i in 0..3 {
         let rsp = http::get(addr, "/b", &[]).await;
-        assert_eq!(rsp.status, 200, "/b request {i} must be admitted: {}", rsp.text());
+        assert_eq!(
+            rsp.status,
+            200,
+            "/b request {i} must be admitted: {}",
+            rsp.text()
+        );
     }
     http::get(addr, "/b", &[])
         .await
@@ -100,7 +105,10 @@ async fn a_lowered_max_tracked_applies_after_reload() {
     let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
     for i in 0..6 {
         let t = format!("early{i}");
-        assert_eq!(http::get(addr, "/", &[("x-tenant-id", &t)]).await.status, 200);
+        assert_eq!(
+            http::get(addr, "/", &[("x-tenant-id", &t)]).await.status,
+            200
+        );
     }
     assert_eq!(tracked(admin).await, 6.0);
 
@@ -145,7 +153,10 @@ async fn a_changed_admin_listen_is_refused_saying_a_restart_is_needed() {
     );
     assert_eq!(config_sha(admin).await, sha, "the old config stays");
     let after = metrics(admin).await;
-    assert_eq!(reloads(&after, "failure"), reloads(&before, "failure") + 1.0);
+    assert_eq!(
+        reloads(&after, "failure"),
+        reloads(&before, "failure") + 1.0
+    );
 }
 
 /// Before 2464352 `runtime` changes were ignored for listeners that stay, and a silent socket

@@ -5,11 +5,11 @@
 //! what rampart puts on the wire (which `host`, which forwarding headers, which framing) needs
 //! the bytes themselves.
 
+// A test harness, off rampart's request path: a plain mutex around the captured bytes is fine.
+#![allow(clippy::disallowed_types)]
+
 use std::net::SocketAddr;
-// A test harness, off any request path: a plain mutex around the captured bytes is fine.
-#[allow(clippy::disallowed_types)]
-use std::sync::Mutex;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,8 @@ impl Capture {
     /// The requests (heads and bodies) received whole so far, as text.
     pub fn requests(&self) -> Vec<String> {
         self.got
-            .lock().unwrap_or_else(PoisonError::into_inner)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
@@ -63,7 +64,10 @@ impl Capture {
 
     /// How many whole requests arrived.
     pub fn hits(&self) -> usize {
-        self.got.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.got
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The value of header `name` in request `i` (case-insensitive name), every occurrence.
