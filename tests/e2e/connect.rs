@@ -15,6 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::edges::OK;
+use crate::support::capture::Capture;
 use crate::support::{free_addr, raw, Proxy};
 
 const BODY: &str = "through the tunnel\n";
@@ -25,6 +27,7 @@ admin: { listen: $ADMIN }
 upstreams:
   secure: { endpoints: [$TLS], connect_timeout: 1s }
   dead: { endpoints: [$DEAD], connect_timeout: 1s }
+  plain: { endpoints: [$PLAIN] }
 policies:
   once: { rate_limit: { per_tenant: { rate: 1/h, burst: 1 } } }
 listeners:
@@ -34,6 +37,7 @@ listeners:
     routes:
       - { match: { host: secure.example }, upstream: secure, policy: once }
       - { match: { host: dead.example }, upstream: dead }
+      - { match: { host: plain.example }, upstream: plain }
   - name: inbound
     direction: inbound
     listen: $LISTEN_inbound
@@ -156,13 +160,21 @@ fn assert_refused(rsp: &raw::RawResp, status: u16, reason: &str) {
 }
 
 async fn setup() -> (TlsServer, Proxy) {
+    let (tls, _, proxy) = setup_with_plain().await;
+    (tls, proxy)
+}
+
+/// As [`setup`], with `plain.example` routed to a raw-capture upstream.
+async fn setup_with_plain() -> (TlsServer, Capture, Proxy) {
     let tls = tls_server().await;
+    let plain = Capture::start(OK).await;
     let proxy = Proxy::builder(POLICY)
         .var("TLS", tls.addr)
         .var("DEAD", free_addr())
+        .var("PLAIN", plain.addr())
         .spawn()
         .await;
-    (tls, proxy)
+    (tls, plain, proxy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,4 +217,70 @@ async fn connect_is_refused_without_a_route_on_inbound_and_to_a_dead_upstream() 
         "upstream_unavailable",
     );
     assert_eq!(tls.hits.load(Ordering::SeqCst), 0);
+}
+
+/// Bytes sent right behind the CONNECT head (as a client in a hurry does) go through the
+/// tunnel, and the upstream sees the tunnelled request, never the CONNECT itself.
+#[tokio::test]
+async fn bytes_after_the_connect_head_are_tunnelled_not_forwarded() {
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let req = "CONNECT plain.example:80 HTTP/1.1\r\nHost: plain.example:80\r\n\r\nGET /inside HTTP/1.1\r\nHost: plain.example\r\n\r\n";
+    let rsp = raw::exchange(
+        proxy.listener("outbound"),
+        req.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert!(rsp.text().ends_with("\r\n\r\nok"), "{}", rsp.text());
+    assert_eq!(plain.hits(), 1);
+    assert!(
+        plain.requests()[0].starts_with("GET /inside HTTP/1.1\r\n"),
+        "{:?}",
+        plain.requests()
+    );
+}
+
+/// HTTP/2 CONNECT (RFC 9113 §8.5) opens a tunnel on the stream.
+#[tokio::test]
+async fn an_h2_connect_tunnels_on_its_stream() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let tcp = tokio::net::TcpStream::connect(proxy.listener("outbound"))
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = ::http::Request::builder()
+        .method(::http::Method::CONNECT)
+        .uri("plain.example:80")
+        .body(crate::support::http::empty())
+        .expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(rsp.status(), 200);
+    let mut io = TokioIo::new(
+        hyper::upgrade::on(rsp)
+            .await
+            .expect("the stream is a tunnel"),
+    );
+    io.write_all(b"GET /h2 HTTP/1.1\r\nHost: plain.example\r\n\r\n")
+        .await
+        .expect("write into the tunnel");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut got))
+        .await
+        .expect("the upstream closes")
+        .expect("read from the tunnel");
+    assert!(
+        got.ends_with(b"\r\n\r\nok"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(plain.hits(), 1);
 }

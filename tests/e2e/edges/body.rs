@@ -163,3 +163,57 @@ async fn a_malformed_chunked_upload_is_400_and_no_upstream_502() {
     assert_eq!(app.hits(), 0);
     assert_no_panic(&proxy);
 }
+
+/// An upstream that reads a request head, stops reading for `pause`, then drains a chunked
+/// body and answers 200: a slow consumer, not a slow client.
+async fn slow_reader(pause: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                while !got.ends_with(b"0\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(OK).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A client that sends as fast as it can to an upstream that pauses reading is not stalled:
+/// the body idle timeout must measure the client's silence while rampart waits for it, not the
+/// time rampart stopped reading because the upstream applied back-pressure (64 MiB cannot sit
+/// in socket buffers). A guard for the stall timer in `body.rs`, which is armed at the last
+/// frame: it passes because hyper keeps a frame ready for when reading resumes. Not a
+/// regression test (the old code had no stall timer to get wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_from_a_slow_upstream_is_not_a_client_stall() {
+    let app = slow_reader(Duration::from_secs(3)).await;
+    let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", "runtime: { body_idle_timeout: 1s }"))
+        .var("APP", app)
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let rsp = crate::support::http::post_stream(addr, "/s/upload", &[], 64 << 20).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(upstream_tries(admin).await, 1.0);
+    assert_no_panic(&proxy);
+}
