@@ -217,3 +217,77 @@ async fn back_pressure_from_a_slow_upstream_is_not_a_client_stall() {
     assert_eq!(upstream_tries(admin).await, 1.0);
     assert_no_panic(&proxy);
 }
+
+/// One data frame, then silence for ever.
+struct OneThenSilence(bool);
+
+impl http_body::Body for OneThenSilence {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"A")))))
+    }
+}
+
+/// The stall rule holds for HTTP/2 uploads too, on both routes.
+#[tokio::test]
+async fn a_stalled_h2_upload_is_408_and_no_upstream_try() {
+    let (app, proxy) = setup(true).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    for path in ["/r/slow", "/s/slow"] {
+        let before = upstream_tries(admin).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake");
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-length", "10")
+            .body(OneThenSilence(false))
+            .expect("request");
+        let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(rsp.status(), 408, "{path}");
+        assert_eq!(
+            rsp.headers()["x-rampart-reason"],
+            "client_timeout",
+            "{path}"
+        );
+        assert_eq!(upstream_tries(admin).await, before, "{path}");
+    }
+    assert_eq!(app.hits(), 0);
+    assert_no_panic(&proxy);
+}
+
+/// A client that goes away mid-upload is not an upstream failure: nothing is counted in
+/// `rampart_upstream_requests_total` (SPEC §14: client gone is the client's fault).
+#[tokio::test]
+async fn a_client_gone_mid_upload_is_not_an_upstream_failure() {
+    use tokio::io::AsyncWriteExt;
+    let (app, proxy) = setup(false).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    for path in ["/r/gone", "/s/gone"] {
+        let before = upstream_tries(admin).await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("PUT {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc");
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tcp);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(upstream_tries(admin).await, before, "{path}");
+    }
+    assert_eq!(app.hits(), 0);
+    assert_no_panic(&proxy);
+}

@@ -100,3 +100,32 @@ async fn silent_sockets_do_not_lock_out_a_real_client() {
     );
     drop(silent);
 }
+
+/// An h2 connection that sends its preface and settings but opens no stream is closed too
+/// (the third silent case).
+#[tokio::test]
+async fn an_h2_connection_with_no_stream_is_closed() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let tcp = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    let (_send, conn) = hyper::client::conn::http2::handshake::<_, _, http::ReqBody>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an h2 connection with no stream must be closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed about 1s after the handshake: {:?}",
+        started.elapsed()
+    );
+}
