@@ -129,3 +129,71 @@ async fn an_h2_connection_with_no_stream_is_closed() {
         started.elapsed()
     );
 }
+
+/// An h2 connection whose streams have all ended is closed after `idle_timeout` (GOAWAY).
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_idle_timeout() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let tcp = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = ::http::Request::builder()
+        .uri("http://app.local/x")
+        .body(http::empty())
+        .expect("request");
+    let rsp = send.send_request(req).await.expect("answered");
+    assert_eq!(rsp.status(), 200);
+    drop(rsp);
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(ended.is_ok(), "an idle h2 connection must be closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800)
+            && started.elapsed() < Duration::from_secs(3),
+        "closed about 1s after its last stream: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The admin listener serves at most `ADMIN_MAX_CONNECTIONS` at once: with that many silent
+/// sockets open, a probe waits until they are closed at the head timeout (1s), then is
+/// answered. Before 2464352 the admin port had no cap (the probe was answered at once) and no
+/// head timeout (the silent sockets stayed for ever); the lower bound fails on the old code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_has_a_connection_cap_that_silent_sockets_cannot_hold() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let admin = proxy.admin();
+    let mut silent = Vec::new();
+    for _ in 0..rampart::admin::ADMIN_MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(admin).await.expect("connect"));
+    }
+    // Let the admin listener accept them all before the probe queues behind them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(6),
+        http::try_get(admin, "/healthz", &[]),
+    )
+    .await
+    .expect("the probe must be answered once the silent sockets time out")
+    .expect("the probe must get an answer");
+    assert_eq!(rsp.status, 200);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "the probe waits for a free slot, about the head timeout: {took:?}"
+    );
+    drop(silent);
+}
