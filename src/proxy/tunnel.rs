@@ -10,6 +10,10 @@
 //! The connection is opened here, not through the pool: a tunnel owns its socket for its whole
 //! life and is never reused, so pooling buys nothing. A connect failure is answered before any
 //! 200, so the client sees 502 `upstream_unavailable` as for any request.
+//!
+//! A load-shed slot taken at step 4 rides in the [`Guards`] the tunnel holds for its life, so
+//! `max_in_flight` counts open tunnels once load shedding lands; the breaker, when it lands,
+//! should judge the connect here (its outcome is the tunnel's only upstream outcome).
 
 use std::io;
 use std::pin::Pin;
