@@ -94,6 +94,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                 .metrics
                 .tenants_tracked
                 .set(shared.tracked_tenants() as i64);
+            for up in shared.current.load().upstreams.values() {
+                up.refresh_health_gauges();
+            }
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -181,20 +184,17 @@ fn state(shared: &Shared) -> serde_json::Value {
     let endpoints: serde_json::Map<String, serde_json::Value> = gen
         .upstreams
         .iter()
-        .map(|(name, up)| {
-            let eps: Vec<serde_json::Value> = up
-                .endpoints()
-                .iter()
-                .map(|e| serde_json::json!({"address": e.addr.to_string(), "healthy": e.healthy.load(Ordering::Relaxed)}))
-                .collect();
-            (name.clone(), serde_json::Value::Array(eps))
-        })
+        .map(|(name, up)| (name.clone(), up.snapshot()))
         .collect();
     serde_json::json!({
         "draining": shared.draining.load(Ordering::SeqCst),
         "config_sha256": gen.config.sha256,
         "endpoints": endpoints,
-        "breakers": [],
+        "breakers": gen
+            .breakers
+            .values()
+            .map(|b| b.snapshot())
+            .collect::<Vec<_>>(),
         "tenants_tracked": shared.tracked_tenants(),
     })
 }

@@ -3,8 +3,21 @@
 //! Two stages, kept apart on purpose. `file.rs` is the serde mirror of the YAML (shape and
 //! defaults, unknown keys refused). `validate.rs` checks what serde cannot: references between
 //! sections, bounds, and values that only make sense together. Both stages report errors as
-//! `FILE:LINE:COLUMN: key.path: what is wrong`. Nothing here binds a socket or starts a task, so
-//! `rampart validate` and tests can call it freely.
+//! `FILE:LINE:COLUMN: key.path: what is wrong`, every error of the file at once (SPEC §14),
+//! and keys that are accepted but do nothing yet come back as [`Config::warnings`] in the same
+//! shape. Nothing here binds a socket or starts a task, so `rampart validate` and tests can call
+//! it freely.
+//!
+//! The text is read once, by saphyr-parser (the maintained successor family of yaml-rust2),
+//! into a tree whose every node keeps its line and column (`locate.rs`); the serde mirror is
+//! deserialized from that tree by our own small `Deserializer` (`validate/de.rs`). Why not
+//! serde_yaml or serde-saphyr: serde_yaml is deprecated and unmaintained, and both stop at the
+//! first error and report it as a rendered string, so positions had to come from a second
+//! parse and paths had to be scraped out of messages. Over our own tree every serde error
+//! arrives structured (`unknown_field`, `missing_field`, ...) with the node it is about, and a
+//! bad node can be taken out and the rest deserialized again, which is how every error of a
+//! file shows in one pass. saphyr-parser 0.0.8 is the newest that builds with our
+//! `rust-version` (1.80); later ones need 1.85.
 
 pub mod file;
 mod locate;
@@ -34,6 +47,9 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Accepted settings worth knowing about (inert keys, a non-loopback admin address), in
+    /// file order; shown like errors, `FILE:LINE:COLUMN: key.path: message`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One problem in a policy file, with its place.
@@ -41,7 +57,8 @@ pub struct Config {
 pub struct ConfigError {
     /// File name (or other origin) of the text.
     pub origin: String,
-    /// 1-based line; 0 when unknown.
+    /// 1-based line; 0 when the error is about the whole file (it is then shown without a
+    /// place).
     pub line: usize,
     /// 1-based column; 0 when unknown.
     pub column: usize,
@@ -67,7 +84,7 @@ impl Config {
                 line: 0,
                 column: 0,
                 path: String::new(),
-                message: format!("cannot read the file: {e}"),
+                message: format!("cannot read the policy file: {e}"),
             }])
         })?;
         let mut cfg = Config::from_str(&text, &origin)?;
@@ -77,13 +94,14 @@ impl Config {
 
     /// Parses and validates `text`; `origin` names it in error messages.
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let file = validate::parse(text, origin)?;
+        let (file, warnings) = validate::parse(text, origin)?;
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
         Ok(Config {
             file,
             sha256,
             path: None,
             loaded_at: SystemTime::now(),
+            warnings,
         })
     }
 
@@ -92,11 +110,12 @@ impl Config {
         let f = &self.file;
         let routes: usize = f.listeners.iter().map(|l| l.routes.len()).sum();
         format!(
-            "ok: {} listener(s), {} route(s), {} upstream(s), {} policy(ies); sha256 {}",
+            "ok: {} listener(s), {} route(s), {} upstream(s), {} policy(ies), {} warning(s); sha256 {}",
             f.listeners.len(),
             routes,
             f.upstreams.len(),
             f.policies.len(),
+            self.warnings.len(),
             &self.sha256[..12]
         )
     }
@@ -113,9 +132,23 @@ fn hex(bytes: &[u8]) -> String {
 
 // === impl ConfigError ===
 
+impl ConfigError {
+    /// The line `rampart validate` prints for a warning:
+    /// `FILE:LINE:COLUMN: key.path: warning: message`.
+    pub fn warning_line(&self) -> String {
+        let mut w = self.clone();
+        w.message = format!("warning: {}", self.message);
+        w.to_string()
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.origin, self.line, self.column)?;
+        if self.line == 0 {
+            write!(f, "{}: ", self.origin)?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.origin, self.line, self.column)?;
+        }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }

@@ -27,6 +27,7 @@ use prometheus::IntGauge;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::rate_limit::RouteRateLimit;
 use crate::policy::retry::RouteRetry;
 use crate::proxy::listener::server_builder;
@@ -34,6 +35,7 @@ use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
 use crate::tenant::Identify;
+use crate::tls::TlsFiles;
 
 /// The runtime of one config.
 #[derive(Debug)]
@@ -44,6 +46,9 @@ pub struct Generation {
     pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, foldhash::fast::RandomState>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream and every route
+    /// whose policy has `circuit_breaker` and sends there shares it).
+    pub breakers: BTreeMap<String, Arc<CircuitBreaker>>,
     /// Tenant identification rules.
     pub identify: Identify,
 }
@@ -69,6 +74,10 @@ pub struct ListenerRt {
     pub idle_timeout: Duration,
     /// `runtime.body_idle_timeout`: longest stall between request body frames.
     pub body_idle_timeout: Duration,
+    /// The TLS acceptor of a listener with `tls` (its files as read by this generation).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `rampart_tls_handshake_failures_total{listener, reason}`, one handle per reason.
+    pub tls_failures: Vec<(&'static str, prometheus::IntCounter)>,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -95,6 +104,8 @@ pub struct RouteRt {
     pub upstream: Arc<Upstream>,
     /// The policy it applies (an empty policy for a plain proxy).
     pub policy: RoutePolicy,
+    /// Its upstream's breaker, when its policy has `circuit_breaker`.
+    pub breaker: Option<Arc<CircuitBreaker>>,
     /// Cached metric handles.
     pub metrics: Arc<RouteMetrics>,
 }
@@ -118,28 +129,43 @@ pub struct RoutePolicy {
 
 impl Generation {
     /// Builds the runtime of `config`, carrying state over from `prev` where unchanged.
-    pub fn build(config: Arc<Config>, prev: Option<&Generation>, shared: &Shared) -> Generation {
+    ///
+    /// `tls` holds the TLS configs of `config`, read from their files just before.
+    pub fn build(
+        config: Arc<Config>,
+        prev: Option<&Generation>,
+        tls: &TlsFiles,
+        shared: &Shared,
+    ) -> Generation {
         let f = &config.file;
         let upstreams: BTreeMap<String, Arc<Upstream>> = f
             .upstreams
             .iter()
             .map(|(name, cfg)| {
                 let old = prev.and_then(|p| p.upstreams.get(name));
+                let client_tls = tls.upstreams.get(name).cloned();
                 let up = match old {
-                    // Unchanged: the whole upstream goes on (endpoints, pools, latency window).
-                    Some(o) if o.cfg == *cfg => o.clone(),
+                    // Unchanged: the whole upstream goes on (endpoints, pools, latency window);
+                    // only its TLS files are taken as they are now.
+                    Some(o) if o.cfg == *cfg => {
+                        o.refresh_tls(client_tls);
+                        o.clone()
+                    }
                     old => {
-                        Upstream::new(name, cfg, old.map(|o| &**o), &shared.metrics, &shared.clock)
+                        let old = old.map(|o| &**o);
+                        Upstream::new(name, cfg, old, client_tls, &shared.metrics, &shared.clock)
                     }
                 };
                 (name.clone(), up)
             })
             .collect();
+        let breakers = build_breakers(f, prev, shared);
         let listeners = f
             .listeners
             .iter()
             .map(|l| {
-                let rt = build_listener(l, f, &upstreams, prev, shared);
+                let mut rt = build_listener(l, f, &upstreams, &breakers, prev, shared);
+                rt.tls = tls.listeners.get(&l.name).cloned();
                 (l.listen, Arc::new(rt))
             })
             .collect();
@@ -147,6 +173,7 @@ impl Generation {
             identify: Identify::new(&f.tenants),
             listeners,
             upstreams,
+            breakers,
             config,
         }
     }
@@ -157,6 +184,7 @@ impl Generation {
             identify: Identify::new(&config.file.tenants),
             listeners: HashMap::default(),
             upstreams: BTreeMap::new(),
+            breakers: BTreeMap::new(),
             config,
         }
     }
@@ -179,10 +207,42 @@ impl Generation {
     }
 }
 
+/// One breaker per upstream that a policy with `circuit_breaker` sends to (validation makes all
+/// such policies agree); a breaker whose settings are unchanged carries over whole, state and
+/// counters included (SPEC §6).
+fn build_breakers(
+    f: &file::File,
+    prev: Option<&Generation>,
+    shared: &Shared,
+) -> BTreeMap<String, Arc<CircuitBreaker>> {
+    let mut out = BTreeMap::new();
+    for route in f.listeners.iter().flat_map(|l| l.routes.iter()) {
+        let policy = route.policy.as_ref().and_then(|p| f.policies.get(p));
+        let Some(cfg) = policy.and_then(|p| p.circuit_breaker.as_ref()) else {
+            continue;
+        };
+        out.entry(route.upstream.clone()).or_insert_with(|| {
+            let old = prev.and_then(|p| p.breakers.get(&route.upstream));
+            match old {
+                Some(o) if o.cfg() == cfg => o.clone(),
+                _ => CircuitBreaker::new(
+                    &route.upstream,
+                    cfg,
+                    &shared.tracked,
+                    shared.clock.clone(),
+                    &shared.metrics,
+                ),
+            }
+        });
+    }
+    out
+}
+
 fn build_listener(
     l: &file::Listener,
     f: &file::File,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    breakers: &BTreeMap<String, Arc<CircuitBreaker>>,
     prev: Option<&Generation>,
     shared: &Shared,
 ) -> ListenerRt {
@@ -211,7 +271,11 @@ fn build_listener(
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
             let old_policy = old_route.map(|o| &o.policy);
             let policy = RoutePolicy::build(r.policy.as_deref(), policy_cfg, old_policy, shared);
+            let breaker = policy_cfg
+                .and_then(|p| p.circuit_breaker.as_ref())
+                .and_then(|_| breakers.get(&r.upstream).cloned());
             Some(RouteRt {
+                breaker,
                 name: key.label.clone(),
                 key,
                 matcher: Matcher::new(r.matches.as_ref()),
@@ -227,13 +291,18 @@ fn build_listener(
         unrouted: old
             .map(|o| o.unrouted.clone())
             .unwrap_or_else(|| Arc::new(shared.metrics.unrouted(&name))),
-        name,
         direction: l.direction,
         routes,
         server: Arc::new(server_builder(rt)),
         head_timeout: rt.header_read_timeout.0,
         idle_timeout: rt.idle_timeout.0,
         body_idle_timeout: rt.body_idle_timeout.0,
+        tls: None,
+        tls_failures: match l.tls {
+            Some(_) => shared.metrics.tls_failures(&l.name),
+            None => Vec::new(),
+        },
+        name,
     }
 }
 

@@ -63,6 +63,16 @@ pub enum StartError {
     Listener(ReloadError),
 }
 
+/// Reads and validates the policy file at `path`, then reads the certificate and key files it
+/// names: what `rampart validate` reports, and what `rampart run` refuses to start with.
+pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
+    let cfg = Config::load(path)?;
+    match tls::TlsFiles::load(&cfg.file) {
+        Ok(_) => Ok(cfg),
+        Err(problems) => Err(reload::tls_errors(&cfg, problems)),
+    }
+}
+
 // === impl Rampart ===
 
 impl Rampart {

@@ -5,14 +5,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rampart::cli::{Cli, Command, LogFormat};
-use rampart::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Command::Validate { config } = &cli.command {
-        return match Config::load(config) {
+        return match rampart::load_config(config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{}", w.warning_line());
+                }
                 println!("{}: {}", config.display(), c.summary());
                 ExitCode::SUCCESS
             }
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    raise_open_file_limit();
     let runtime = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -49,13 +52,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let config = rampart::load_config(&path).map_err(|e| e.to_string())?;
     let rampart = rampart::Rampart::start(config)
         .await
         .map_err(|e| format!("rampart: {e}"))?;
     rampart::shutdown::run_until_signalled(rampart, watch)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Raises the open-file soft limit to the hard limit (SPEC §14): a proxy holds two descriptors
+/// per proxied connection, and the usual soft default of 1024 runs out long before memory does.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {

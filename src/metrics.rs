@@ -31,6 +31,7 @@ pub struct Metrics {
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_abandoned: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     in_flight: IntGaugeVec,
     rate_limited: IntCounterVec,
     /// `rampart_shed_total{listener, route, tenant, reason}`.
@@ -157,6 +158,11 @@ impl Metrics {
             "Tries ended by the client, not the upstream (cause: client_gone, client_fault); kept out of rampart_upstream_requests_total.",
             &["upstream", "cause"],
         );
+        let tls_handshake_failures = counter(
+            "rampart_tls_handshake_failures_total",
+            "TLS handshakes that failed on a listener, by reason (timeout, no_client_cert, bad_client_cert, protocol, io).",
+            &["listener", "reason"],
+        );
         let in_flight = gauge(
             "rampart_in_flight_requests",
             "Requests being handled now.",
@@ -254,6 +260,7 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             upstream_abandoned,
+            tls_handshake_failures,
             in_flight,
             rate_limited,
             shed,
@@ -330,6 +337,20 @@ impl Metrics {
             timeout_per_try,
             timeout_connect,
         }
+    }
+
+    /// `rampart_tls_handshake_failures_total` handles of one listener, one per reason (the
+    /// series exist at 0 from the start, so a rate can be taken before the first failure).
+    pub fn tls_failures(&self, listener: &str) -> Vec<(&'static str, IntCounter)> {
+        crate::tls::HandshakeError::REASONS
+            .iter()
+            .map(|r| {
+                let c = self
+                    .tls_handshake_failures
+                    .with_label_values(&[listener, r]);
+                (*r, c)
+            })
+            .collect()
     }
 
     /// Handles for one upstream.

@@ -5,6 +5,7 @@
 //! only the decision. The request path (`proxy/stack.rs`, `proxy/exchange.rs`) calls them in
 //! one fixed order.
 
+pub mod circuit_breaker;
 pub mod outcome;
 pub mod rate_limit;
 pub mod retry;

@@ -14,6 +14,7 @@ pub mod ctx;
 pub mod exchange;
 pub mod forward;
 pub mod guard;
+pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod respond;

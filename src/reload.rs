@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::generation::Generation;
 use crate::proxy::listener;
 use crate::proxy::shared::Shared;
+use crate::tls::{TlsFileProblem, TlsFiles};
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,8 @@ pub fn apply(
     let cfg = Arc::new(cfg);
     let old = shared.current.load_full();
     refuse_restart_only(&old.config, &cfg)?;
+    // Certificates and keys are read now, at every reload: a bad file refuses the whole config.
+    let tls = TlsFiles::load(&cfg.file).map_err(|p| ReloadError::Invalid(tls_errors(&cfg, p)))?;
     let mut bound = Vec::new();
     for l in &cfg.file.listeners {
         if set.contains_key(&l.listen) {
@@ -113,7 +116,7 @@ pub fn apply(
             }
         }
     }
-    let gen = Generation::build(cfg.clone(), Some(&old), shared);
+    let gen = Generation::build(cfg.clone(), Some(&old), &tls, shared);
     shared
         .labels
         .set_cap(cfg.file.tenants.metrics_labels as usize);
@@ -141,8 +144,32 @@ pub fn apply(
             tokio::spawn(h.drain(grace));
         }
     }
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
     note_success(shared, &cfg);
     Ok(cfg.sha256.clone())
+}
+
+/// The TLS file problems of `cfg` as config errors (each names its file).
+pub fn tls_errors(cfg: &Config, problems: Vec<TlsFileProblem>) -> ConfigErrors {
+    let origin = cfg
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<config>".into());
+    ConfigErrors(
+        problems
+            .into_iter()
+            .map(|p| ConfigError {
+                origin: origin.clone(),
+                line: 0,
+                column: 0,
+                path: p.path,
+                message: p.error.to_string(),
+            })
+            .collect(),
+    )
 }
 
 /// Refuses a reload that changes what only a restart can change, saying so; nothing is ignored

@@ -66,6 +66,8 @@ struct State {
     by_path: DashMap<String, AtomicU64>,
     fail_first: DashMap<String, AtomicU64>,
     healthy: AtomicBool,
+    open_conns: AtomicU64,
+    peak_conns: AtomicU64,
 }
 
 /// The handler's failure; hyper closes the connection when it sees one.
@@ -87,6 +89,8 @@ impl Sample {
             by_path: DashMap::new(),
             fail_first: DashMap::new(),
             healthy: AtomicBool::new(true),
+            open_conns: AtomicU64::new(0),
+            peak_conns: AtomicU64::new(0),
         });
         let (shutdown, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, state.clone(), stopped));
@@ -105,6 +109,11 @@ impl Sample {
     /// Requests served since start (or the last [`Sample::reset`]), every path included.
     pub fn hits(&self) -> u64 {
         self.state.total.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once since start.
+    pub fn peak_connections(&self) -> u64 {
+        self.state.peak_conns.load(Ordering::SeqCst)
     }
 
     /// Requests served for `path` (the path without its query).
@@ -196,6 +205,9 @@ async fn wait_stopped(mut stopped: watch::Receiver<bool>) {
 
 async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let open = state.open_conns.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak_conns.fetch_max(open, Ordering::SeqCst);
+    let counted = state.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move {
@@ -214,6 +226,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiv
         _ = conn => {}
         _ = wait_stopped(stopped) => {}
     }
+    counted.open_conns.fetch_sub(1, Ordering::SeqCst);
 }
 
 async fn handle(

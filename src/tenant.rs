@@ -16,7 +16,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Uri};
 
-use crate::config::file::{TenantSource, Tenants};
+use crate::config::file::{ClientCertField, TenantSource, Tenants};
 use crate::error::Reason;
 
 /// Longest tenant id accepted, in bytes.
@@ -33,6 +33,17 @@ pub enum TenantId {
     Query(Arc<str>),
     /// The configured fallback tenant.
     Fallback(Arc<str>),
+    /// Taken from the verified client certificate (may contain `/`, e.g. a SPIFFE id).
+    Cert(Arc<str>),
+}
+
+/// What a verified client certificate says about its holder (SPEC §8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertIds {
+    /// The first subject CN.
+    pub cn: Option<Arc<str>>,
+    /// The first URI SAN (e.g. `spiffe://example.org/ns/prod/sa/billing`).
+    pub uri_san: Option<Arc<str>>,
 }
 
 /// The identification rules of one config generation.
@@ -46,6 +57,7 @@ pub struct Identify {
 enum Source {
     Header(http::HeaderName),
     Query(String),
+    Cert(ClientCertField),
 }
 
 /// Tenant label folding, shared across reloads so a label, once given, stays stable.
@@ -63,7 +75,7 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         match self {
             TenantId::Header(v) => v.to_str().unwrap_or(""),
-            TenantId::Query(s) | TenantId::Fallback(s) => s,
+            TenantId::Query(s) | TenantId::Fallback(s) | TenantId::Cert(s) => s,
         }
     }
 }
@@ -90,6 +102,8 @@ impl Identify {
                     http::HeaderName::from_bytes(h.as_bytes())
                         .ok()
                         .map(Source::Header)
+                } else if let Some(f) = s.client_cert {
+                    Some(Source::Cert(f))
                 } else {
                     s.query.clone().map(Source::Query)
                 }
@@ -99,8 +113,14 @@ impl Identify {
         Identify { sources, fallback }
     }
 
-    /// The tenant of a request, or the reason to refuse it.
-    pub fn identify(&self, headers: &HeaderMap, uri: &Uri) -> Result<TenantId, Reason> {
+    /// The tenant of a request, or the reason to refuse it. `cert` is what the connection's
+    /// verified client certificate says, if it has one.
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        cert: Option<&CertIds>,
+    ) -> Result<TenantId, Reason> {
         for source in &self.sources {
             match source {
                 Source::Header(name) => {
@@ -115,6 +135,19 @@ impl Identify {
                         }
                         return if is_valid_id(v.as_bytes()) {
                             Ok(TenantId::Header(v.clone()))
+                        } else {
+                            Err(Reason::InvalidTenant)
+                        };
+                    }
+                }
+                Source::Cert(field) => {
+                    let id = cert.and_then(|c| match field {
+                        ClientCertField::Cn => c.cn.as_ref(),
+                        ClientCertField::UriSan => c.uri_san.as_ref(),
+                    });
+                    if let Some(id) = id {
+                        return if crate::tls::is_valid_cert_tenant(id) {
+                            Ok(TenantId::Cert(id.clone()))
                         } else {
                             Err(Reason::InvalidTenant)
                         };
@@ -185,10 +218,12 @@ mod tests {
                 TenantSource {
                     header: Some("x-tenant-id".into()),
                     query: None,
+                    client_cert: None,
                 },
                 TenantSource {
                     header: None,
                     query: Some("tenant".into()),
+                    client_cert: None,
                 },
             ],
             fallback: fallback.into(),
@@ -211,16 +246,20 @@ mod tests {
         let r = rules("anonymous");
         let uri: Uri = "/x?tenant=q1".parse().expect("uri");
         assert_eq!(
-            r.identify(&headers("acme"), &uri).expect("header").as_str(),
+            r.identify(&headers("acme"), &uri, None)
+                .expect("header")
+                .as_str(),
             "acme"
         );
         assert_eq!(
-            r.identify(&HeaderMap::new(), &uri).expect("query").as_str(),
+            r.identify(&HeaderMap::new(), &uri, None)
+                .expect("query")
+                .as_str(),
             "q1"
         );
         let bare: Uri = "/x".parse().expect("uri");
         assert_eq!(
-            r.identify(&HeaderMap::new(), &bare)
+            r.identify(&HeaderMap::new(), &bare, None)
                 .expect("fallback")
                 .as_str(),
             "anonymous"
@@ -232,25 +271,27 @@ mod tests {
         let r = rules("reject");
         let bare: Uri = "/".parse().expect("uri");
         assert_eq!(
-            r.identify(&HeaderMap::new(), &bare).unwrap_err(),
+            r.identify(&HeaderMap::new(), &bare, None).unwrap_err(),
             Reason::TenantRequired
         );
         let long = "a".repeat(129);
         assert_eq!(
-            r.identify(&headers(&long), &bare).unwrap_err(),
+            r.identify(&headers(&long), &bare, None).unwrap_err(),
             Reason::InvalidTenant
         );
         assert_eq!(
-            r.identify(&headers("a b"), &bare).unwrap_err(),
+            r.identify(&headers("a b"), &bare, None).unwrap_err(),
             Reason::InvalidTenant
         );
         assert_eq!(
-            r.identify(&headers("a/b"), &bare).unwrap_err(),
+            r.identify(&headers("a/b"), &bare, None).unwrap_err(),
             Reason::InvalidTenant
         );
         let ok = "a".repeat(128);
-        assert!(r.identify(&headers(&ok), &bare).is_ok());
-        assert!(r.identify(&headers("user@acme.io:eu-1_x"), &bare).is_ok());
+        assert!(r.identify(&headers(&ok), &bare, None).is_ok());
+        assert!(r
+            .identify(&headers("user@acme.io:eu-1_x"), &bare, None)
+            .is_ok());
     }
 
     #[test]
@@ -259,7 +300,7 @@ mod tests {
         h.append("x-tenant-id", HeaderValue::from_static("globex"));
         let uri: Uri = "/".parse().expect("uri");
         assert_eq!(
-            rules("anonymous").identify(&h, &uri).unwrap_err(),
+            rules("anonymous").identify(&h, &uri, None).unwrap_err(),
             Reason::InvalidTenant
         );
     }

@@ -45,7 +45,7 @@ pub struct File {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Address of `/metrics`, `/healthz`, `/readyz`, `/config`, `/reload`, `/state`.
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
 }
 
@@ -65,13 +65,14 @@ pub struct Runtime {
     /// Connections served at once per listener; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// A connection with no request in flight is closed after this.
+    /// A keep-alive or h2 connection with no request in flight is closed after this long.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
-    /// Longest stall between request body bytes (408 after it).
+    /// A request body that stalls longer than this between bytes is answered 408.
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: Dur,
-    /// After SIGTERM, keep serving this long (readyz 503) before closing listeners.
+    /// After SIGTERM, listeners keep serving this long (with `/readyz` failing) before they
+    /// stop accepting.
     #[serde(default = "default_drain_delay")]
     pub drain_delay: Dur,
 }
@@ -95,7 +96,7 @@ pub struct Tenants {
 }
 
 /// One place a tenant id can come from; exactly one key is set.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSource {
     /// A request header, e.g. `x-tenant-id`.
@@ -104,6 +105,19 @@ pub struct TenantSource {
     /// A query-string parameter, e.g. `tenant`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// A field of the verified TLS client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCertField>,
+}
+
+/// `tenants.from[i].client_cert:` which field of the client certificate names the tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertField {
+    /// The subject's common name.
+    Cn,
+    /// The first URI subject alternative name.
+    UriSan,
 }
 
 /// `upstreams.NAME:`
@@ -136,6 +150,9 @@ pub struct Upstream {
     /// How long an idle pooled connection is kept.
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: Dur,
+    /// Connections open at once to one endpoint; further requests wait for a free one.
+    #[serde(default = "default_upstream_max_connections")]
+    pub max_connections: u32,
 }
 
 /// `upstreams.NAME.health_check:`
@@ -168,6 +185,12 @@ pub struct UpstreamTls {
     /// PEM bundle of trusted roots; system/webpki roots if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS; given with `key` or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// `upstreams.NAME.balance:`
@@ -465,6 +488,7 @@ pub struct Listener {
     /// Traffic entering the service, or leaving it.
     pub direction: Direction,
     /// Address to bind.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// TLS termination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -494,6 +518,9 @@ pub struct ListenerTls {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM bundle of CAs whose client certificates are required and trusted (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `listeners[i].routes[j]:`
@@ -511,7 +538,14 @@ pub struct Route {
     /// Policy name; a route without one is a plain proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// A CONNECT tunnel silent this long is closed ([`TUNNEL_IDLE_TIMEOUT`] when absent);
+    /// only outbound listeners tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_idle_timeout: Option<Dur>,
 }
+
+/// Default of `routes[j].tunnel_idle_timeout`.
+pub const TUNNEL_IDLE_TIMEOUT: Dur = Dur::from_secs(3600);
 
 /// `routes[j].match:`
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -554,7 +588,7 @@ fn default_drain_delay() -> Dur {
 fn default_tenant_sources() -> Vec<TenantSource> {
     vec![TenantSource {
         header: Some("x-tenant-id".into()),
-        query: None,
+        ..TenantSource::default()
     }]
 }
 fn default_fallback() -> String {
@@ -577,6 +611,9 @@ fn default_pool_max_idle() -> u32 {
 }
 fn default_pool_idle_timeout() -> Dur {
     Dur::from_secs(90)
+}
+fn default_upstream_max_connections() -> u32 {
+    1024
 }
 fn default_hc_interval() -> Dur {
     Dur::from_secs(5)
@@ -685,6 +722,18 @@ impl Default for Budget {
             window: default_budget_window(),
         }
     }
+}
+
+// === addresses ===
+
+/// An `IP:PORT` to bind, with a message that says what is expected.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "invalid address {text:?}: expected IP:PORT, like 127.0.0.1:8080 or [::1]:8080 (a listener binds an IP address, not a name)"
+        ))
+    })
 }
 
 // === impl Limits: one map or a list of maps ===

@@ -1,15 +1,15 @@
-//! Finds where a key path sits in the policy text, so semantic errors carry `LINE:COLUMN`.
+//! The span tree of the policy file, and where a key path sits in it.
 //!
-//! serde_yaml keeps no positions for a document that parsed, so the text is read a second
-//! time with yaml-rust2's event parser, whose events carry marks, into a small tree of
-//! positions. Lookups never fail: a path that is not in the text (a default value, a key left
-//! out) resolves to its nearest ancestor that is, and a text that does not parse resolves
-//! everything to line 1, column 1.
+//! The text is read once, by saphyr-parser (`locate/build.rs`), into a small tree whose every
+//! node keeps its `LINE:COLUMN`. The serde mirror is deserialized from that tree, and semantic
+//! errors look their place up in it. Lookups never fail: a path that is not in the text (a
+//! default value, a key left out) resolves to its nearest ancestor that is, and a text that
+//! does not parse resolves everything to line 1, column 1.
 
+mod build;
+
+use std::collections::HashSet;
 use std::fmt;
-
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
 
 /// A 1-based line and column.
 pub(super) type Pos = (usize, usize);
@@ -32,50 +32,51 @@ pub(super) enum Target {
     Value,
 }
 
-/// The positions of every node of one YAML document.
+/// The nodes of one YAML document, each with its place.
 #[derive(Debug, Default)]
 pub(super) struct Doc {
-    root: Option<Node>,
+    pub(super) root: Option<Node>,
     /// Where the text first nests deeper than [`MAX_DEPTH`], if it does.
     pub(super) too_deep: Option<Pos>,
+    /// The text is not YAML: where and why.
+    pub(super) syntax: Option<(Pos, String)>,
+    /// Where a second document starts (`---` after content), if there is one.
+    pub(super) second_document: Option<Pos>,
 }
 
-#[derive(Debug)]
-enum Node {
-    /// A scalar and its text (none for an alias).
-    Scalar(Pos, Option<String>),
-    Seq(Pos, Vec<Node>),
-    Map(Pos, Vec<Entry>),
+/// One node of the tree.
+#[derive(Clone, Debug)]
+pub(super) enum Node {
+    /// A scalar's text; `plain` when unquoted (only plain scalars are numbers, booleans, null).
+    Scalar {
+        at: Pos,
+        text: String,
+        plain: bool,
+    },
+    Seq {
+        at: Pos,
+        items: Vec<Node>,
+    },
+    Map {
+        at: Pos,
+        entries: Vec<Entry>,
+    },
+    /// A value taken out after an error (or an alias to nothing); a sequence keeps its place
+    /// so the items after it keep the index they are written with.
+    Gone(Pos),
 }
 
-#[derive(Debug)]
-struct Entry {
-    key: String,
-    at: Pos,
-    value: Node,
-}
-
-/// Builds the tree from parser events; `stack` holds the collections still open.
-#[derive(Default)]
-struct Builder {
-    stack: Vec<Open>,
-    root: Option<Node>,
-    done: bool,
-    /// Collections still open below [`MAX_DEPTH`]; their content is not recorded.
-    skipped: usize,
-    too_deep: Option<Pos>,
+/// One `key: value` of a mapping.
+#[derive(Clone, Debug)]
+pub(super) struct Entry {
+    pub(super) key: String,
+    pub(super) at: Pos,
+    pub(super) value: Node,
 }
 
 /// Deepest nesting accepted. A policy file nests about eight levels; the bound keeps the tree
-/// (and the recursion over it) small, and spares serde_yaml, whose time grows with the square
-/// of the depth, a pathological input.
+/// (and the recursion over it) small.
 pub(super) const MAX_DEPTH: usize = 64;
-
-enum Open {
-    Seq(Pos, Vec<Node>),
-    /// A mapping, with the key read and waiting for its value, if any.
-    Map(Pos, Vec<Entry>, Option<(String, Pos)>),
-}
 
 // === impl KeyPath ===
 
@@ -94,10 +95,21 @@ impl KeyPath {
         KeyPath(v)
     }
 
-    /// Parses serde_yaml's rendering of a path (`a.b[2].c`; `.` is the root).
+    /// True when `self` is `other` or lies under it.
+    pub(super) fn starts_with(&self, other: &KeyPath) -> bool {
+        self.0.starts_with(&other.0)
+    }
+
+    /// True for the path of the whole file.
+    pub(super) fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parses a rendered path (`a.b[2].c`; empty is the root), as tests write them.
     ///
     /// Keys that themselves contain `.` or `[` cannot be told apart here; such a path
     /// resolves to an ancestor, which still gives a useful place.
+    #[cfg(test)]
     pub(super) fn parse(s: &str) -> KeyPath {
         let mut segs = Vec::new();
         for part in s.split('.').filter(|p| !p.is_empty()) {
@@ -137,25 +149,9 @@ impl fmt::Display for KeyPath {
 // === impl Doc ===
 
 impl Doc {
-    /// Reads the positions of `text`'s first document; an unreadable text gives an empty tree.
+    /// Reads `text`'s first document; an unreadable text gives an empty tree and its error.
     pub(super) fn parse(text: &str) -> Doc {
-        let mut b = Builder::default();
-        let mut parser = Parser::new_from_str(text);
-        match parser.load(&mut b, false) {
-            Ok(()) => Doc {
-                root: b.root,
-                too_deep: b.too_deep,
-            },
-            // The scanner gives up on very deep flow nesting before the builder sees it.
-            Err(e) if e.info().contains("recursion limit") => Doc {
-                root: None,
-                too_deep: b.too_deep.or(Some(pos(*e.marker()))),
-            },
-            Err(_) => Doc {
-                root: None,
-                too_deep: b.too_deep,
-            },
-        }
+        build::parse(text)
     }
 
     /// Where `path` is written: its value or its key, else its nearest written ancestor.
@@ -166,19 +162,7 @@ impl Doc {
         // The key of the deepest entry reached so far (None after a sequence index).
         let mut key_at = None;
         for seg in &path.0 {
-            let next = match (node, seg) {
-                (Node::Map(_, entries), Seg::Key(k)) => {
-                    // The last entry wins, as it does for serde_yaml's maps.
-                    entries
-                        .iter()
-                        .rev()
-                        .find(|e| e.key == *k)
-                        .map(|e| (Some(e.at), &e.value))
-                }
-                (Node::Seq(_, items), Seg::Index(i)) => items.get(*i).map(|n| (None, n)),
-                _ => None,
-            };
-            let Some((at, child)) = next else {
+            let Some((at, child)) = node.child(seg) else {
                 // Not written: the nearest written ancestor, by its key when it has one.
                 return key_at.unwrap_or_else(|| node.pos());
             };
@@ -193,18 +177,13 @@ impl Doc {
 
     /// True when `path` is written as a sequence.
     pub(super) fn is_seq(&self, path: &KeyPath) -> bool {
-        matches!(self.find(path), Some(Node::Seq(..)))
-    }
-
-    /// True when `path` is written in the text.
-    pub(super) fn contains(&self, path: &KeyPath) -> bool {
-        self.find(path).is_some()
+        matches!(self.find(path), Some(Node::Seq { .. }))
     }
 
     /// The text of the scalar at `path`, if it is one.
     pub(super) fn scalar(&self, path: &KeyPath) -> Option<&str> {
         match self.find(path) {
-            Some(Node::Scalar(_, text)) => text.as_deref(),
+            Some(Node::Scalar { text, .. }) => Some(text),
             _ => None,
         }
     }
@@ -212,15 +191,85 @@ impl Doc {
     fn find(&self, path: &KeyPath) -> Option<&Node> {
         let mut node = self.root.as_ref();
         for seg in &path.0 {
-            node = match (node?, seg) {
-                (Node::Map(_, es), Seg::Key(k)) => {
-                    es.iter().rev().find(|e| e.key == *k).map(|e| &e.value)
-                }
-                (Node::Seq(_, items), Seg::Index(i)) => items.get(*i),
-                _ => None,
-            };
+            node = node?.child(seg).map(|(_, n)| n);
         }
         node
+    }
+
+    /// Takes the value at `path` out: a mapping loses the key, a sequence keeps a
+    /// [`Node::Gone`] in its place. False when there is nothing to take (or `path` is the root).
+    pub(super) fn remove(&mut self, path: &KeyPath) -> bool {
+        let Some((last, parents)) = path.0.split_last() else {
+            return false;
+        };
+        let mut node = self.root.as_mut();
+        for seg in parents {
+            node = node.and_then(|n| n.child_mut(seg));
+        }
+        match (node, last) {
+            (Some(Node::Map { entries, .. }), Seg::Key(k)) => {
+                let before = entries.len();
+                entries.retain(|e| e.key != *k);
+                entries.len() != before
+            }
+            (Some(Node::Seq { items, .. }), Seg::Index(i)) => match items.get_mut(*i) {
+                Some(n) if !matches!(n, Node::Gone(_)) => {
+                    *n = Node::Gone(n.pos());
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Adds `version: N` to a root mapping that lacks it (after its error was reported), so
+    /// the rest of the file can still be read.
+    pub(super) fn assume_version(&mut self, version: u32) {
+        if let Some(Node::Map { at, entries }) = &mut self.root {
+            entries.retain(|e| e.key != "version");
+            entries.push(Entry {
+                key: "version".into(),
+                at: *at,
+                value: Node::Scalar {
+                    at: *at,
+                    text: version.to_string(),
+                    plain: true,
+                },
+            });
+        }
+    }
+
+    /// Turns a path of the file model, whose lists lack the items taken out, into the path as
+    /// written: `routes[1]` is `routes[2]` when the text's `routes[1]` was taken out.
+    pub(super) fn written(&self, path: &KeyPath) -> KeyPath {
+        let mut node = self.root.as_ref();
+        let mut out = Vec::with_capacity(path.0.len());
+        for seg in &path.0 {
+            let seg = match (node, seg) {
+                (Some(Node::Seq { items, .. }), Seg::Index(i)) => {
+                    let live = items.iter().enumerate().filter(|(_, n)| !n.is_gone());
+                    live.map(|(j, _)| Seg::Index(j))
+                        .nth(*i)
+                        .unwrap_or(Seg::Index(*i))
+                }
+                _ => seg.clone(),
+            };
+            node = node.and_then(|n| n.child(&seg).map(|(_, c)| c));
+            out.push(seg);
+        }
+        KeyPath(out)
+    }
+
+    /// Every written path that matches `pattern` (`*` any key, `[]` any item), with the
+    /// scalar text there, if a scalar.
+    pub(super) fn glob(&self, pattern: &str) -> Vec<(KeyPath, Option<&str>)> {
+        let mut found = Vec::new();
+        if let Some(root) = &self.root {
+            let segs: Vec<&str> = pattern.split('.').collect();
+            root.glob(&segs, KeyPath::default(), &mut found);
+        }
+        found
     }
 
     /// Keys written twice in one mapping: the path of the repeat and where it is.
@@ -236,104 +285,106 @@ impl Doc {
 // === impl Node ===
 
 impl Node {
-    /// Where the node starts; for a mapping, its first key (the parser marks a block
-    /// mapping's start only once its first key has been read).
-    fn pos(&self) -> Pos {
+    /// Where the node starts; for a mapping, its first key.
+    pub(super) fn pos(&self) -> Pos {
         match self {
-            Node::Map(_, entries) if !entries.is_empty() => entries[0].at,
-            Node::Scalar(p, _) | Node::Seq(p, _) | Node::Map(p, _) => *p,
+            Node::Map { entries, .. } if !entries.is_empty() => entries[0].at,
+            Node::Scalar { at, .. } | Node::Seq { at, .. } | Node::Map { at, .. } => *at,
+            Node::Gone(at) => *at,
+        }
+    }
+
+    /// True for a value taken out.
+    pub(super) fn is_gone(&self) -> bool {
+        matches!(self, Node::Gone(_))
+    }
+
+    /// Nodes in this subtree, for the alias budget.
+    pub(super) fn size(&self) -> usize {
+        match self {
+            Node::Scalar { .. } | Node::Gone(_) => 1,
+            Node::Seq { items, .. } => 1 + items.iter().map(Node::size).sum::<usize>(),
+            Node::Map { entries, .. } => {
+                1 + entries.iter().map(|e| 1 + e.value.size()).sum::<usize>()
+            }
+        }
+    }
+
+    /// The child at `seg` and its key's place; the last entry wins, as it does for serde.
+    fn child(&self, seg: &Seg) -> Option<(Option<Pos>, &Node)> {
+        match (self, seg) {
+            (Node::Map { entries, .. }, Seg::Key(k)) => entries
+                .iter()
+                .rev()
+                .find(|e| e.key == *k)
+                .map(|e| (Some(e.at), &e.value)),
+            (Node::Seq { items, .. }, Seg::Index(i)) => items.get(*i).map(|n| (None, n)),
+            _ => None,
+        }
+    }
+
+    fn child_mut(&mut self, seg: &Seg) -> Option<&mut Node> {
+        match (self, seg) {
+            (Node::Map { entries, .. }, Seg::Key(k)) => entries
+                .iter_mut()
+                .rev()
+                .find(|e| e.key == *k)
+                .map(|e| &mut e.value),
+            (Node::Seq { items, .. }, Seg::Index(i)) => items.get_mut(*i),
+            _ => None,
+        }
+    }
+
+    fn glob<'a>(&'a self, segs: &[&str], at: KeyPath, out: &mut Vec<(KeyPath, Option<&'a str>)>) {
+        let Some((first, rest)) = segs.split_first() else {
+            let text = match self {
+                Node::Scalar { text, .. } => Some(text.as_str()),
+                _ => None,
+            };
+            out.push((at, text));
+            return;
+        };
+        match (self, *first) {
+            (Node::Seq { items, .. }, "[]") => {
+                for (i, n) in items.iter().enumerate().filter(|(_, n)| !n.is_gone()) {
+                    n.glob(rest, at.idx(i), out);
+                }
+            }
+            (Node::Map { entries, .. }, k) => {
+                // The last of a repeated key is the one that counts.
+                let mut seen = HashSet::new();
+                let mut live: Vec<&Entry> = entries
+                    .iter()
+                    .rev()
+                    .filter(|e| seen.insert(e.key.as_str()))
+                    .collect();
+                live.reverse();
+                for e in live.into_iter().filter(|e| k == "*" || e.key == k) {
+                    e.value.glob(rest, at.key(&e.key), out);
+                }
+            }
+            _ => {}
         }
     }
 
     fn duplicates(&self, path: &KeyPath, out: &mut Vec<(KeyPath, Pos)>) {
         match self {
-            Node::Scalar(..) => {}
-            Node::Seq(_, items) => {
+            Node::Scalar { .. } | Node::Gone(_) => {}
+            Node::Seq { items, .. } => {
                 for (i, n) in items.iter().enumerate() {
                     n.duplicates(&path.idx(i), out);
                 }
             }
-            Node::Map(_, entries) => {
-                for (i, e) in entries.iter().enumerate() {
+            Node::Map { entries, .. } => {
+                let mut seen = HashSet::new();
+                for e in entries {
                     let here = path.key(&e.key);
-                    if entries[..i].iter().any(|o| o.key == e.key) {
+                    if !seen.insert(e.key.as_str()) {
                         out.push((here.clone(), e.at));
                     }
                     e.value.duplicates(&here, out);
                 }
             }
-        }
-    }
-}
-
-// === impl Builder ===
-
-fn pos(m: Marker) -> Pos {
-    // yaml-rust2 counts lines from 1 and columns from 0.
-    (m.line().max(1), m.col() + 1)
-}
-
-impl Builder {
-    /// Places a finished node in the collection that is open, or makes it the root.
-    fn push(&mut self, node: Node, at: Pos, key_text: Option<String>) {
-        match self.stack.last_mut() {
-            None => {
-                if !self.done {
-                    self.root = Some(node);
-                    self.done = true;
-                }
-            }
-            Some(Open::Seq(_, items)) => items.push(node),
-            Some(Open::Map(_, entries, pending)) => match pending.take() {
-                Some((key, key_at)) => entries.push(Entry {
-                    key,
-                    at: key_at,
-                    value: node,
-                }),
-                // A key: scalars keep their text; a collection used as a key gets none.
-                None => *pending = Some((key_text.unwrap_or_default(), at)),
-            },
-        }
-    }
-}
-
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let at = pos(mark);
-        let start = matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..));
-        let end = matches!(ev, Event::SequenceEnd | Event::MappingEnd);
-        if self.skipped > 0 {
-            if start {
-                self.skipped += 1;
-            } else if end {
-                self.skipped -= 1;
-            }
-            return;
-        }
-        if start && self.stack.len() >= MAX_DEPTH {
-            // Too deep: the whole collection stands as one node at its start.
-            self.skipped = 1;
-            self.too_deep.get_or_insert(at);
-            self.push(Node::Scalar(at, None), at, None);
-            return;
-        }
-        match ev {
-            Event::Scalar(text, ..) => {
-                self.push(Node::Scalar(at, Some(text.clone())), at, Some(text))
-            }
-            Event::Alias(_) => self.push(Node::Scalar(at, None), at, None),
-            Event::SequenceStart(..) => self.stack.push(Open::Seq(at, Vec::new())),
-            Event::MappingStart(..) => self.stack.push(Open::Map(at, Vec::new(), None)),
-            Event::SequenceEnd | Event::MappingEnd => {
-                let node = match self.stack.pop() {
-                    Some(Open::Seq(p, items)) => Node::Seq(p, items),
-                    Some(Open::Map(p, entries, _)) => Node::Map(p, entries),
-                    None => return,
-                };
-                let p = node.pos();
-                self.push(node, p, None);
-            }
-            _ => {}
         }
     }
 }

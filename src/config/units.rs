@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A duration written as a number and a unit: `ms`, `s`, `m`, `h` or `d` (`250ms`, `1.5s`).
+/// A duration written as a number and a unit: `ms`, `s`, `m`, `h` or `d` (`250ms`, `1.5s`);
+/// at most [`Dur::MAX`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub Duration);
 
@@ -47,6 +48,10 @@ fn split_number(s: &str) -> (&str, &str) {
 // === impl Dur ===
 
 impl Dur {
+    /// The longest duration a policy file may write (30 days): longer is surely a typo, and
+    /// the bound keeps deadline arithmetic far from overflow.
+    pub const MAX: Dur = Dur::from_secs(30 * 86_400);
+
     /// Builds a duration from milliseconds.
     pub const fn from_millis(ms: u64) -> Self {
         Dur(Duration::from_millis(ms))
@@ -80,8 +85,10 @@ impl FromStr for Dur {
             _ => return Err(bad()),
         };
         let secs = n * mult;
-        if !secs.is_finite() || secs > 1e12 {
-            return Err(bad());
+        if !secs.is_finite() || secs > Dur::MAX.0.as_secs_f64() {
+            return Err(UnitError(format!(
+                "invalid duration {s:?}: it is too large; the longest allowed is 30d"
+            )));
         }
         Ok(Dur(Duration::from_secs_f64(secs)))
     }
@@ -303,6 +310,14 @@ mod tests {
         assert_eq!("2h".parse::<Dur>().unwrap(), Dur::from_secs(7200));
         for bad in ["", "5", "5x", "s", "-1s", "abc"] {
             assert!(bad.parse::<Dur>().is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!("30d".parse::<Dur>().unwrap(), Dur::MAX);
+        for big in ["31d", "99999999999d", "721h"] {
+            let e = big.parse::<Dur>().unwrap_err().to_string();
+            assert!(
+                e.contains("too large; the longest allowed is 30d"),
+                "{big}: {e}"
+            );
         }
     }
 

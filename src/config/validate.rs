@@ -1,21 +1,24 @@
-//! Checks what serde cannot: references, bounds, and combinations.
+//! Checks the policy file: its shape (through serde), then what serde cannot.
 //!
-//! serde_yaml stops at the first error, which is right for the shape of the file: after a
-//! wrong shape nothing else can be trusted. Once the shape is right, every check here runs
-//! and every problem is reported, so one `rampart validate` shows all that needs fixing.
-//! Each error is placed on the value it is about (a bad value) or on its key (a key that is
-//! wrong or missing), found in the text by [`Doc`](super::locate::Doc).
+//! Every error of the file is reported in one pass (SPEC §14). Shape errors come first:
+//! `shape.rs` deserializes the span tree, and on an error records it, takes the offending node
+//! out and deserializes again, so unknown keys and bad units anywhere all show. Then every
+//! semantic check here runs on what deserialized, except where a node was taken out (its
+//! absence would only add confusing follow-on errors). Each error is placed on the value it
+//! is about (a bad value) or on its key (a key that is wrong or missing).
 
 mod de;
+mod inert;
+mod listener;
 mod policy;
+mod shape;
 mod syntax;
 mod upstream;
+mod words;
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::Path;
 
-use super::file::{File, Listener, TenantSource};
+use super::file::{File, TenantSource};
 use super::locate::{Doc, KeyPath, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors};
@@ -24,44 +27,72 @@ use super::{ConfigError, ConfigErrors};
 const VERSION: u32 = 1;
 /// Bounds of `runtime.max_header_bytes`.
 const HEADER_BYTES: (u64, u64) = (1 << 10, 1 << 20);
+/// Most per-tenant entries `tenants.max_tracked` may ask for.
+const MAX_TRACKED: u64 = 100_000_000;
 
-/// Collects the errors of one file, each placed in the text.
+/// Collects the errors and warnings of one file, each placed in the text.
 pub(super) struct Report<'a> {
     origin: &'a str,
     doc: &'a Doc,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+    /// Nodes taken out after a shape error; checks about them are left out.
+    removed: Vec<KeyPath>,
 }
 
+/// A file that validated, and the warnings it drew.
+pub(super) type Parsed = (File, Vec<ConfigError>);
+
 /// Parses `text` into the file model and validates it.
-pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
-    let doc = Doc::parse(text);
-    let whole = |(line, column), message: String| {
-        let path = String::new();
-        let origin = origin.to_string();
-        Err(ConfigErrors(vec![ConfigError {
-            origin,
-            line,
-            column,
-            path,
-            message,
-        }]))
-    };
+pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
+    let mut doc = read(text, origin)?;
+    let (file, mut errors, removed) = shape::deserialize(&mut doc, origin);
+    if file.is_none() && errors.is_empty() {
+        let m = "the policy file holds no mapping: it needs at least `version: 1` and one listener";
+        return whole(origin, (1, 1), m.into());
+    }
+    let mut r = Report::new(origin, &doc, removed);
+    r.errors.append(&mut errors);
+    for (path, _) in doc.duplicate_keys() {
+        let m = "this key is given twice in the same mapping; the last one would win";
+        r.written_key(&path, m.into(), false);
+    }
+    inert::check(&mut r);
+    if let Some(f) = &file {
+        check(f, &mut r);
+    }
+    r.errors.sort_by_key(|e| (e.line, e.column));
+    r.warnings.sort_by_key(|e| (e.line, e.column));
+    match file {
+        Some(f) if r.errors.is_empty() => Ok((f, r.warnings)),
+        _ => Err(ConfigErrors(r.errors)),
+    }
+}
+
+/// Reads the span tree of `text`; a text that is empty, not YAML, too deep, of several
+/// documents or of another version gets that one error, as nothing else in it can be judged.
+fn read(text: &str, origin: &str) -> Result<Doc, ConfigErrors> {
     if is_blank(text) {
         let m = "the policy file is empty: it needs at least `version: 1` and one listener";
-        return whole((1, 1), m.into());
+        return whole(origin, (1, 1), m.into());
     }
+    let mut doc = Doc::parse(text);
     if let Some(at) = doc.too_deep {
-        return whole(at, format!("the file nests deeper than {MAX_DEPTH} levels"));
+        let m = format!("the file nests deeper than {MAX_DEPTH} levels");
+        return whole(origin, at, m);
+    }
+    if let Some((at, m)) = doc.syntax.take() {
+        return whole(origin, at, m);
+    }
+    if let Some((line, _)) = doc.second_document {
+        let m = "the file holds more than one YAML document (a second `---`); rampart reads one";
+        return whole(origin, (line, 1), m.into());
     }
     // Another version is another schema: its keys would only add confusing errors.
     let version = KeyPath::default().key("version");
     if let Some(v) = doc.scalar(&version).and_then(|v| v.parse::<u32>().ok()) {
         if v != VERSION {
-            let mut r = Report {
-                origin,
-                doc: &doc,
-                errors: Vec::new(),
-            };
+            let mut r = Report::new(origin, &doc, Vec::new());
             r.value(
                 &version,
                 format!("unsupported version {v}: the only version is {VERSION}"),
@@ -69,26 +100,22 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<File, ConfigErrors> {
             return Err(ConfigErrors(r.errors));
         }
     }
-    let file = serde_yaml::from_str::<File>(text)
-        .map_err(|e| ConfigErrors(vec![de::from_serde(&e, origin, text, &doc)]))?;
-    let mut r = Report {
-        origin,
-        doc: &doc,
-        errors: Vec::new(),
-    };
-    for (path, _) in doc.duplicate_keys() {
-        r.key(
-            &path,
-            "this key is given twice in the same mapping; the last one would win",
-        );
-    }
-    check(&file, &mut r);
-    if r.errors.is_empty() {
-        Ok(file)
-    } else {
-        r.errors.sort_by_key(|e| (e.line, e.column));
-        Err(ConfigErrors(r.errors))
-    }
+    Ok(doc)
+}
+
+/// The single error of a file that cannot be read further.
+fn whole<T>(
+    origin: &str,
+    (line, column): (usize, usize),
+    message: String,
+) -> Result<T, ConfigErrors> {
+    Err(ConfigErrors(vec![ConfigError {
+        origin: origin.to_string(),
+        line,
+        column,
+        path: String::new(),
+        message,
+    }]))
 }
 
 /// No content at all: only blank lines, comments and document markers.
@@ -109,6 +136,7 @@ fn check(f: &File, r: &mut Report<'_>) {
             ),
         );
     }
+    check_admin(f, r);
     check_runtime(f, r);
     check_tenants(f, r);
     for (name, up) in &f.upstreams {
@@ -117,7 +145,17 @@ fn check(f: &File, r: &mut Report<'_>) {
     for (name, p) in &f.policies {
         policy::check(p, &root.key("policies").key(name), r);
     }
-    check_listeners(f, r);
+    listener::check(f, r);
+}
+
+fn check_admin(f: &File, r: &mut Report<'_>) {
+    let listen = f.admin.listen;
+    if !listen.ip().is_loopback() {
+        r.warn(
+            &KeyPath::default().key("admin").key("listen"),
+            format!("{listen} is not a loopback address: /config, /state and /metrics are open to the network (POST /reload still answers loopback peers only)"),
+        );
+    }
 }
 
 fn check_runtime(f: &File, r: &mut Report<'_>) {
@@ -133,12 +171,10 @@ fn check_runtime(f: &File, r: &mut Report<'_>) {
             ),
         );
     }
-    if rt.max_connections < 1 {
-        r.value(&p.key("max_connections"), "must be at least 1 (got 0)");
-    }
-    if rt.header_read_timeout.0.is_zero() {
-        r.value(&p.key("header_read_timeout"), "must be longer than 0s");
-    }
+    r.at_least_1(&p.key("max_connections"), rt.max_connections.into());
+    r.positive(&p.key("header_read_timeout"), rt.header_read_timeout.0);
+    r.positive(&p.key("idle_timeout"), rt.idle_timeout.0);
+    r.positive(&p.key("body_idle_timeout"), rt.body_idle_timeout.0);
 }
 
 fn check_tenants(f: &File, r: &mut Report<'_>) {
@@ -151,42 +187,7 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
         );
     }
     for (i, src) in t.from.iter().enumerate() {
-        let sp = p.key("from").idx(i);
-        match src {
-            TenantSource {
-                header: Some(h),
-                query: None,
-            } => {
-                if let Err(m) = syntax::header_name(h) {
-                    r.value(&sp.key("header"), m);
-                }
-            }
-            TenantSource {
-                header: None,
-                query: Some(q),
-            } if q.is_empty() => {
-                r.value(&sp.key("query"), "the query parameter name is empty");
-            }
-            TenantSource {
-                header: None,
-                query: Some(_),
-            } => {}
-            TenantSource {
-                header: Some(_),
-                query: Some(_),
-            } => {
-                r.value(
-                    &sp,
-                    "a source has exactly one of `header` or `query`, not both",
-                );
-            }
-            TenantSource {
-                header: None,
-                query: None,
-            } => {
-                r.value(&sp, "a source needs one of `header: NAME` or `query: NAME`");
-            }
-        }
+        tenant_source(src, &p.key("from").idx(i), r);
     }
     if t.fallback != "reject" {
         if let Err(m) = syntax::tenant_id(&t.fallback) {
@@ -196,128 +197,58 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
             );
         }
     }
-    if t.max_tracked < 1 {
-        r.value(&p.key("max_tracked"), "must be at least 1 (got 0)");
+    r.at_least_1(&p.key("max_tracked"), t.max_tracked);
+    if t.max_tracked > MAX_TRACKED {
+        r.value(
+            &p.key("max_tracked"),
+            format!(
+                "{} is too large: the most is {MAX_TRACKED} (100M)",
+                t.max_tracked
+            ),
+        );
     }
 }
 
-fn check_listeners(f: &File, r: &mut Report<'_>) {
-    let lp = KeyPath::default().key("listeners");
-    if f.listeners.is_empty() {
-        r.key(&lp, "at least one listener is needed");
+fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
+    let given = [
+        src.header.is_some(),
+        src.query.is_some(),
+        src.client_cert.is_some(),
+    ];
+    match given.iter().filter(|g| **g).count() {
+        0 => r.value(
+            sp,
+            "a source needs one of `header: NAME`, `query: NAME` or `client_cert: cn | uri_san`",
+        ),
+        1 => {}
+        _ => r.value(
+            sp,
+            "a source has exactly one of `header`, `query` or `client_cert`, not several",
+        ),
     }
-    let mut names = HashSet::new();
-    for (i, l) in f.listeners.iter().enumerate() {
-        let p = lp.idx(i);
-        if l.name.trim().is_empty() {
-            r.value(&p.key("name"), "the listener name is empty");
-        } else if !names.insert(l.name.as_str()) {
-            r.value(
-                &p.key("name"),
-                format!("another listener is already named {:?}", l.name),
-            );
-        }
-        let earlier = f.listeners[..i]
-            .iter()
-            .position(|o| clash(o.listen, l.listen));
-        if clash(l.listen, f.admin.listen) {
-            r.value(
-                &p.key("listen"),
-                format!("{} clashes with admin.listen {}", l.listen, f.admin.listen),
-            );
-        } else if let Some(j) = earlier {
-            let other = f.listeners[j].listen;
-            r.value(
-                &p.key("listen"),
-                format!("{} clashes with listeners[{j}].listen {other}", l.listen),
-            );
-        }
-        if let Some(tls) = &l.tls {
-            r.readable(&p.key("tls").key("cert"), &tls.cert, "certificate");
-            r.readable(&p.key("tls").key("key"), &tls.key, "private key");
-        }
-        check_routes(f, l, &p, r);
-    }
-}
-
-/// Two addresses that cannot both be bound: the same port on the same IP, or on a wildcard
-/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so any
-/// number of listeners may use it.
-fn clash(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
-    if l.routes.is_empty() {
-        r.value(&lp.key("routes"), "needs at least one route");
-    }
-    let mut catch_all: Option<usize> = None;
-    for (j, route) in l.routes.iter().enumerate() {
-        let p = lp.key("routes").idx(j);
-        if let Some(k) = catch_all {
-            r.key(
-                &p,
-                format!("this route is never used: routes[{k}] before it matches every request"),
-            );
-        }
-        let m = route.matches.as_ref();
-        let host = m.and_then(|m| m.host.as_deref());
-        let prefix = m.and_then(|m| m.path_prefix.as_deref());
-        if let Some(h) = host {
-            if let Err(msg) = syntax::match_host(h) {
-                r.value(&p.key("match").key("host"), msg);
-            }
-        }
-        if let Some(pp) = prefix {
-            if !pp.starts_with('/') {
-                r.value(
-                    &p.key("match").key("path_prefix"),
-                    format!("path prefix {pp:?} must start with /"),
-                );
-            }
-        }
-        if host.is_none() && prefix.map_or(true, |pp| pp == "/") && catch_all.is_none() {
-            catch_all = Some(j);
-        }
-        if let Some(name) = &route.name {
-            if name.trim().is_empty() {
-                r.value(&p.key("name"), "the route name is empty");
-            }
-        }
-        if !f.upstreams.contains_key(&route.upstream) {
-            let known = known(f.upstreams.keys());
-            r.value(
-                &p.key("upstream"),
-                format!("no upstream named {:?} ({known})", route.upstream),
-            );
-        }
-        if let Some(pol) = &route.policy {
-            if !f.policies.contains_key(pol) {
-                let known = known(f.policies.keys());
-                r.value(
-                    &p.key("policy"),
-                    format!("no policy named {pol:?} ({known})"),
-                );
-            }
+    if let Some(h) = &src.header {
+        if let Err(m) = syntax::header_name(h) {
+            r.value(&sp.key("header"), m);
         }
     }
-}
-
-/// `known: a, b` or `none are defined`, for messages about a dangling reference.
-fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let all: Vec<&str> = names.map(String::as_str).collect();
-    if all.is_empty() {
-        "none are defined".into()
-    } else {
-        format!("known: {}", all.join(", "))
+    if src.query.as_deref() == Some("") {
+        r.value(&sp.key("query"), "the query parameter name is empty");
     }
 }
 
 // === impl Report ===
 
-impl Report<'_> {
+impl<'a> Report<'a> {
+    fn new(origin: &'a str, doc: &'a Doc, removed: Vec<KeyPath>) -> Self {
+        Report {
+            origin,
+            doc,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            removed,
+        }
+    }
+
     /// An error about the value at `path`.
     pub(super) fn value(&mut self, path: &KeyPath, message: impl Into<String>) {
         self.push(path, Target::Value, message.into());
@@ -326,6 +257,23 @@ impl Report<'_> {
     /// An error about the key at `path` (missing, extra or misplaced).
     pub(super) fn key(&mut self, path: &KeyPath, message: impl Into<String>) {
         self.push(path, Target::Key, message.into());
+    }
+
+    /// A warning about the key at `path`: accepted, but worth knowing.
+    pub(super) fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
+        let e = self.error(path, Target::Key, message.into());
+        self.warnings.push(e);
+    }
+
+    /// An error (or a warning) about `path` as written in the text, such as a path found by
+    /// walking the text rather than the file model.
+    pub(super) fn written_key(&mut self, path: &KeyPath, message: String, warning: bool) {
+        let e = self.error(path, Target::Key, message);
+        if warning {
+            self.warnings.push(e);
+        } else {
+            self.errors.push(e);
+        }
     }
 
     /// The duration at `path` must not be zero.
@@ -344,7 +292,23 @@ impl Report<'_> {
 
     /// True when `path` is written as a list in the text.
     pub(super) fn doc_has_index(&self, path: &KeyPath) -> bool {
-        self.doc.is_seq(path)
+        self.doc.is_seq(&self.doc.written(path))
+    }
+
+    /// True when the node at `path` (as written) was taken out after a shape error.
+    pub(super) fn was_removed(&self, path: &KeyPath) -> bool {
+        self.removed.contains(path)
+    }
+
+    /// `path` of the file model as written in the text (lists keep their written indices).
+    pub(super) fn written(&self, path: &KeyPath) -> KeyPath {
+        self.doc.written(path)
+    }
+
+    /// `LINE:COLUMN` of the value at `path`, for messages that point at a second place.
+    pub(super) fn place(&self, path: &KeyPath) -> String {
+        let (line, column) = self.doc.locate(&self.doc.written(path), Target::Value);
+        format!("{line}:{column}")
     }
 
     /// The file at `file` must exist and be readable; reading it is allowed, binding is not.
@@ -364,13 +328,26 @@ impl Report<'_> {
     }
 
     fn push(&mut self, path: &KeyPath, target: Target, message: String) {
-        let (line, column) = self.doc.locate(path, target);
-        self.errors.push(ConfigError {
+        let written = self.doc.written(path);
+        // A check next to (or above) a node taken out would only echo the shape error.
+        let echo = self
+            .removed
+            .iter()
+            .any(|r| r.starts_with(&written) || written.starts_with(r));
+        if !echo {
+            let e = self.error(&written, target, message);
+            self.errors.push(e);
+        }
+    }
+
+    fn error(&self, written: &KeyPath, target: Target, message: String) -> ConfigError {
+        let (line, column) = self.doc.locate(written, target);
+        ConfigError {
             origin: self.origin.to_string(),
             line,
             column,
-            path: path.to_string(),
+            path: written.to_string(),
             message,
-        });
+        }
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::forward::Peer;
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
-use crate::tenant::TenantId;
+use crate::tenant::{Labels, TenantId};
 
 /// What one request carries down the path after admission.
 #[derive(Debug)]
@@ -32,4 +32,6 @@ pub struct RequestCtx<'a> {
     pub peer: &'a Peer,
     /// Longest stall allowed between request body frames.
     pub body_idle: Duration,
+    /// Tenant label folding (for per-tenant breakers' metric series).
+    pub labels: &'a Labels,
 }

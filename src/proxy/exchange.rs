@@ -10,9 +10,9 @@
 //! **The outcome hook.** Every try is recorded exactly once, by a guard ([`TryRecord`]) created
 //! before the try is sent: finished with the outcome when one is known, or, if the try's future
 //! is dropped (the client went away), on drop as [`Outcome::Cancelled`]. [`observe`] is the one
-//! place that tells every observer — upstream metrics, the adaptive per-try estimator, and the
-//! breaker, outlier detection and balancing as they land — so none of them can miss a try or
-//! count one twice. A fault of the client (malformed or stalled upload) is
+//! place that tells every upstream observer — metrics, the adaptive per-try estimator, and
+//! outlier detection and balancing as they land — and the guard also carries the try's breaker
+//! permit, so the breaker sees the same outcome; none of them can miss a try or count one twice. A fault of the client (malformed or stalled upload) is
 //! [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream observer.
 
 use std::net::SocketAddr;
@@ -33,6 +33,7 @@ use super::respond::answer;
 use super::upstream::Endpoint;
 use crate::config::file;
 use crate::error::Reason;
+use crate::policy::circuit_breaker::{BreakerPermit, State};
 use crate::policy::outcome::Outcome;
 use crate::policy::retry::{is_idempotent, parse_retry_after, wait_before_retry, RouteRetry};
 use crate::policy::timeout::per_try_timeout;
@@ -104,6 +105,11 @@ async fn retry_loop(
         if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
             return tried.rsp;
         }
+        if breaker_open(ctx) {
+            // A retry never goes to an upstream whose breaker is open; the last try's answer
+            // says more than a refusal would.
+            return tried.rsp;
+        }
         let remaining = match ctx.deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => MAX_WAIT_WITHOUT_DEADLINE,
@@ -151,7 +157,25 @@ async fn try_once(
     fault: &FaultCell,
 ) -> Tried {
     let up = &ctx.route.upstream;
+    // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
+    let permit = match &ctx.route.breaker {
+        None => None,
+        Some(b) => match b.admit(ctx.tenant.as_str(), ctx.labels) {
+            Ok(p) => Some(p),
+            Err(open) => {
+                let msg = format!("upstream {}: {open}", up.name);
+                return Tried {
+                    outcome: Outcome::Cancelled,
+                    rsp: answer(Reason::CircuitOpen, &msg, Some(open.retry_after)),
+                    used: None,
+                };
+            }
+        },
+    };
     let Some(ep) = up.pick(avoid) else {
+        if let Some(p) = permit {
+            p.record(Outcome::ConnectError, Duration::ZERO);
+        }
         let msg = format!("upstream {} has no healthy endpoint", up.name);
         return Tried {
             outcome: Outcome::ConnectError,
@@ -170,7 +194,9 @@ async fn try_once(
         (_, Some(d)) => Some((d, Bound::Request)),
         (p, None) => p,
     };
-    let record = TryRecord::start(ctx, &ep);
+    let record = TryRecord::start(ctx, &ep, permit);
+    // The endpoint's in-flight count (p2c's load), for the length of the try.
+    let _load = ep.health.start();
     let sent = ep.pool.send(ep.addr, req);
     let result = match bound {
         Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
@@ -239,6 +265,14 @@ async fn try_once(
     }
 }
 
+/// Whether the route's breaker would refuse the tenant's next try now.
+fn breaker_open(ctx: &RequestCtx<'_>) -> bool {
+    let Some(b) = &ctx.route.breaker else {
+        return false;
+    };
+    matches!(b.state(ctx.tenant.as_str()), Some(State::Open))
+}
+
 /// The answer for a client's broken or stalled upload.
 fn client_fault_answer(f: ClientFault) -> Response<Body> {
     match f {
@@ -263,15 +297,19 @@ struct TryRecord<'a> {
     ep: &'a Endpoint,
     started: Instant,
     outcome: Option<Outcome>,
+    /// The breaker's admission of this try; recorded with the outcome (a probe that ends
+    /// cancelled frees its place and counts as a failed probe).
+    permit: Option<BreakerPermit>,
 }
 
 impl<'a> TryRecord<'a> {
-    fn start(ctx: &'a RequestCtx<'a>, ep: &'a Endpoint) -> Self {
+    fn start(ctx: &'a RequestCtx<'a>, ep: &'a Endpoint, permit: Option<BreakerPermit>) -> Self {
         TryRecord {
             ctx,
             ep,
             started: Instant::now(),
             outcome: None,
+            permit,
         }
     }
 
@@ -283,14 +321,17 @@ impl<'a> TryRecord<'a> {
 impl Drop for TryRecord<'_> {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        observe(self.ctx, self.ep, outcome, self.started.elapsed());
+        let took = self.started.elapsed();
+        if let Some(p) = self.permit.take() {
+            p.record(outcome, took);
+        }
+        observe(self.ctx, self.ep, outcome, took);
     }
 }
 
 /// The outcome hook: tells every observer how one try ended.
 fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration) {
     let up = &ctx.route.upstream;
-    let _ = ep;
     let code = match outcome {
         Outcome::Status(code) => code,
         // Failed tries count under the status rampart answers for them.
@@ -304,6 +345,7 @@ fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration
     };
     up.metrics.count(code);
     up.metrics.duration.observe(took.as_secs_f64());
+    up.try_ended(ep, outcome, took);
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.
         up.latency.record(took);

@@ -18,6 +18,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
 use super::upstream::Endpoint;
+use crate::tenant::CertIds;
 
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -42,6 +43,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Whether the client's connection is TLS.
     pub tls: bool,
+    /// What the client's verified certificate says (mTLS listeners).
+    pub cert: Option<CertIds>,
     ip: String,
     forwarded_for: HeaderValue,
 }
@@ -53,6 +56,7 @@ impl Peer {
         Peer {
             addr,
             tls,
+            cert: None,
             forwarded_for: HeaderValue::from_str(&ip)
                 .unwrap_or(HeaderValue::from_static("unknown")),
             ip,

@@ -23,6 +23,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{Close, ConnState};
@@ -32,6 +34,8 @@ use super::shared::Shared;
 use super::stack;
 use crate::config::file;
 use crate::error::Reason;
+use crate::generation::ListenerRt;
+use crate::tenant::CertIds;
 
 /// The listeners running now, by configured address.
 pub type ListenerSet = HashMap<SocketAddr, ListenerHandle>;
@@ -188,13 +192,15 @@ async fn accept_loop(
     }
 }
 
-/// Serves one connection until it ends, its watchdog closes it, or the listener stops.
+/// Serves one connection until it ends, its watchdog closes it, or the listener stops. On a
+/// TLS listener the handshake runs here, in the connection's own task, within the head
+/// timeout, so a slow handshake never holds the accept loop.
 async fn serve_conn(
     shared: Arc<Shared>,
     addr: SocketAddr,
     stream: TcpStream,
-    peer: Peer,
-    mut stopped: watch::Receiver<bool>,
+    mut peer: Peer,
+    stopped: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
     let gen = shared.current.load_full();
@@ -202,6 +208,45 @@ async fn serve_conn(
         return;
     };
     drop(gen);
+    let Some(tls) = lst.tls.clone() else {
+        let io = TokioIo::new(stream);
+        return serve_io(shared, addr, &lst, io, peer, lst.head_timeout, stopped).await;
+    };
+    let started = Instant::now();
+    match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
+        Ok((tls_stream, info)) => {
+            peer.tls = true;
+            if info.client_cn.is_some() || info.client_uri_san.is_some() {
+                peer.cert = Some(CertIds {
+                    cn: info.client_cn.map(Arc::from),
+                    uri_san: info.client_uri_san.map(Arc::from),
+                });
+            }
+            let io = TokioIo::new(tls_stream);
+            // The handshake spent part of the head timeout; the watchdog gets the rest.
+            let head = lst.head_timeout.saturating_sub(started.elapsed());
+            serve_io(shared, addr, &lst, io, peer, head, stopped).await;
+        }
+        Err(e) => {
+            if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
+                c.inc();
+            }
+            tracing::debug!(peer = %peer.addr, error = %e, "tls handshake failed");
+        }
+    }
+}
+
+async fn serve_io<I>(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    lst: &ListenerRt,
+    io: TokioIo<I>,
+    peer: Peer,
+    head: Duration,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let peer_addr = peer.addr;
     let state = ConnState::new();
     let client = Arc::new(peer);
@@ -213,11 +258,9 @@ async fn serve_conn(
             async move { Ok::<_, Infallible>(serve(&shared, addr, req, &client, active).await) }
         })
     };
-    let conn = lst
-        .server
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = lst.server.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let watchdog = state.watch(lst.head_timeout, lst.idle_timeout);
+    let watchdog = state.watch(head, lst.idle_timeout);
     tokio::pin!(watchdog);
     let mut closing = false;
     loop {

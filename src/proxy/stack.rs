@@ -79,7 +79,10 @@ pub async fn handle(
     };
 
     // 2. Tenant.
-    let tenant = match gen.identify.identify(req.headers(), req.uri()) {
+    let tenant = match gen
+        .identify
+        .identify(req.headers(), req.uri(), peer.cert.as_ref())
+    {
         Ok(t) => t,
         Err(reason) => {
             let msg = match reason {
@@ -128,6 +131,7 @@ pub async fn handle(
         deadline: route.policy.request_timeout.map(|t| started + t),
         peer,
         body_idle: lst.body_idle_timeout,
+        labels: &shared.labels,
     };
     let mut rsp = exchange::run(&ctx, req).await;
     if let Some(decision) = &limited {

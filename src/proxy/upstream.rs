@@ -8,18 +8,23 @@
 //! goes on (Kubernetes Services appear after the pod).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 
-use super::pool::Pool;
+use rustls::ClientConfig;
+
+use super::health::{p2c, spawn_checks, EndpointHealth, OnChange, OutlierDetector, Targets};
+use super::pool::{Pool, PoolSettings, TlsOrigin};
 use crate::clock::SharedClock;
 use crate::config::file;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::policy::outcome::Outcome;
 use crate::policy::timeout::LatencyEstimator;
+use tokio::task::AbortHandle;
 
 /// One upstream of the config in force.
 #[derive(Debug)]
@@ -35,6 +40,13 @@ pub struct Upstream {
     /// Recent try latencies, for `per_try: auto`.
     pub latency: LatencyEstimator,
     clock: SharedClock,
+    /// The TLS client config of `tls`, shared by every endpoint's pool; a reload that keeps
+    /// the upstream stores the files as they are now.
+    tls: Option<Arc<ArcSwap<ClientConfig>>>,
+    /// Passive ejection (`outlier`).
+    outlier: Option<OutlierDetector>,
+    /// The active health checker (`health_check`); stopped when the upstream is replaced.
+    checker: Option<AbortHandle>,
 }
 
 /// Window of try latencies behind `per_try: auto`.
@@ -54,8 +66,9 @@ pub struct Endpoint {
     pub label: Arc<str>,
     /// `addr` as a URI authority, parsed once.
     pub authority: Authority,
-    /// False while health checks or outlier detection keep it out.
-    pub healthy: AtomicBool,
+    /// Health checks, outlier ejection, in-flight count and latency EWMA (kept by address
+    /// across reloads).
+    pub health: Arc<EndpointHealth>,
     /// Clock nanos before which a failed connect keeps it out of rotation (while others are
     /// available).
     hold_until: AtomicU64,
@@ -82,11 +95,15 @@ impl Upstream {
         name: &str,
         cfg: &file::Upstream,
         old: Option<&Upstream>,
+        tls: Option<Arc<ClientConfig>>,
         metrics: &Metrics,
         clock: &SharedClock,
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(name);
         let metrics = metrics.upstream(&name);
+        let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
+        let make =
+            |addr: SocketAddr, host: Option<Arc<str>>| Endpoint::new(addr, host, cfg, tls.as_ref());
         let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
         let carried: Vec<Arc<Endpoint>> = old
             .filter(|o| same_transport(&o.cfg, cfg))
@@ -97,10 +114,7 @@ impl Upstream {
             match t {
                 Target::Addr(a) => {
                     let kept = carried.iter().find(|e| e.addr == *a && e.host.is_none());
-                    initial.push(
-                        kept.cloned()
-                            .unwrap_or_else(|| Endpoint::new(*a, None, cfg)),
-                    );
+                    initial.push(kept.cloned().unwrap_or_else(|| make(*a, None)));
                 }
                 // Addresses a name resolved to before stay until the name is resolved again.
                 Target::Name(n) => initial.extend(
@@ -111,10 +125,19 @@ impl Upstream {
                 ),
             }
         }
-        for e in &initial {
-            metrics.set_endpoint_healthy(&e.label, e.healthy.load(Ordering::Relaxed));
+        if let Some(o) = old {
+            // One writer per endpoint's check verdicts: the old checker stops now.
+            o.stop_checks();
         }
-        let up = Arc::new(Upstream {
+        let now = clock.now_nanos();
+        for e in &initial {
+            if cfg.health_check.is_none() {
+                // Checks were removed: nothing would ever bring a checked-down endpoint back.
+                e.health.reset_checks();
+            }
+            metrics.set_endpoint_healthy(&e.label, e.health.available(now));
+        }
+        let up = Arc::new_cyclic(|weak: &Weak<Upstream>| Upstream {
             metrics,
             name,
             cfg: cfg.clone(),
@@ -122,6 +145,12 @@ impl Upstream {
             next: AtomicUsize::new(0),
             latency: LatencyEstimator::new(LATENCY_WINDOW, clock.clone()),
             clock: clock.clone(),
+            tls,
+            outlier: cfg.outlier.as_ref().map(OutlierDetector::new),
+            checker: cfg
+                .health_check
+                .as_ref()
+                .map(|hc| start_checks(weak.clone(), hc.clone())),
         });
         if targets.iter().any(|t| matches!(t, Target::Name(_))) {
             tokio::spawn(resolve_loop(
@@ -133,42 +162,109 @@ impl Upstream {
         up
     }
 
+    /// Makes new connections use `tls` (the upstream's files read again by a reload).
+    pub fn refresh_tls(&self, tls: Option<Arc<ClientConfig>>) {
+        if let (Some(slot), Some(cfg)) = (&self.tls, tls) {
+            slot.store(cfg);
+        }
+    }
+
     /// All endpoints known now.
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints.load_full()
     }
 
-    /// Whether any endpoint is known and healthy.
+    /// Whether any endpoint is known and available (checked healthy, not ejected).
     pub fn has_healthy(&self) -> bool {
+        let now = self.clock.now_nanos();
         self.endpoints
             .load()
             .iter()
-            .any(|e| e.healthy.load(Ordering::Relaxed))
+            .any(|e| e.health.available(now))
     }
 
-    /// Picks the next healthy endpoint in turn. `avoid` (the endpoint a failed try used) and
-    /// endpoints that recently refused a connection are taken only when nothing else is left.
+    /// Picks an available endpoint: the cheaper of two random ones (`balance: p2c`) or the
+    /// next in turn. `avoid` (the endpoint a failed try used) and endpoints that recently
+    /// refused a connection are taken only when nothing else is left.
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
-        let n = eps.len();
-        if n == 0 {
+        if eps.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_nanos();
+        let shunned =
+            |e: &Arc<Endpoint>| Some(e.addr) == avoid || e.hold_until.load(Ordering::Relaxed) > now;
+        if self.cfg.balance == file::Balance::P2c {
+            let mut rng = fastrand::Rng::new();
+            return p2c(&eps, |e| &e.health, shunned, now, &mut rng)
+                .or_else(|| p2c(&eps, |e| &e.health, |_| false, now, &mut rng))
+                .cloned();
+        }
+        let n = eps.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut fallback = None;
         for i in 0..n {
             let e = &eps[(start + i) % n];
-            if !e.healthy.load(Ordering::Relaxed) {
+            if !e.health.available(now) {
                 continue;
             }
-            if Some(e.addr) == avoid || e.hold_until.load(Ordering::Relaxed) > now {
+            if shunned(e) {
                 fallback = fallback.or(Some(e));
                 continue;
             }
             return Some(e.clone());
         }
         fallback.cloned()
+    }
+
+    /// Tells endpoint health how a try against `ep` ended: the latency EWMA, and outlier
+    /// ejection when configured (logged, and the endpoint's gauge set to 0).
+    pub fn try_ended(&self, ep: &Endpoint, outcome: Outcome, took: Duration) {
+        let now = self.clock.now_nanos();
+        let Some(detector) = &self.outlier else {
+            ep.health.end(outcome, took, now);
+            return;
+        };
+        let eps = self.endpoints.load();
+        let all: Vec<Arc<EndpointHealth>> = eps.iter().map(|e| e.health.clone()).collect();
+        if detector.on_try_end(&ep.health, &all, outcome, took, now) {
+            tracing::warn!(upstream = %self.name, endpoint = %ep.addr, "endpoint ejected by outlier detection");
+            self.metrics.set_endpoint_healthy(&ep.label, false);
+        }
+    }
+
+    /// Sets every endpoint's `rampart_upstream_endpoint_healthy` from its state now (ejections
+    /// end by time, with no event to hook): called at scrape time.
+    pub fn refresh_health_gauges(&self) {
+        let now = self.clock.now_nanos();
+        for e in self.endpoints.load().iter() {
+            self.metrics
+                .set_endpoint_healthy(&e.label, e.health.available(now));
+        }
+    }
+
+    /// `/state`: every endpoint with its health.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let now = self.clock.now_nanos();
+        let eps: Vec<serde_json::Value> = self
+            .endpoints
+            .load()
+            .iter()
+            .map(|e| {
+                let mut v = e.health.snapshot(now);
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("address".into(), serde_json::json!(&*e.label));
+                }
+                v
+            })
+            .collect();
+        serde_json::Value::Array(eps)
+    }
+
+    fn stop_checks(&self) {
+        if let Some(c) = &self.checker {
+            c.abort();
+        }
     }
 
     /// Notes that `ep` refused a connection: pass it over for a moment while others serve.
@@ -186,7 +282,7 @@ impl Upstream {
                     .find(|e| e.addr == a && e.host == host)
                     .cloned()
                     .unwrap_or_else(|| {
-                        let e = Endpoint::new(a, host, &self.cfg);
+                        let e = Endpoint::new(a, host, &self.cfg, self.tls.as_ref());
                         self.metrics.set_endpoint_healthy(&e.label, true);
                         e
                     })
@@ -202,11 +298,43 @@ impl Upstream {
     }
 }
 
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop_checks();
+    }
+}
+
+/// Starts the active checker of the upstream behind `weak`; it ends with the upstream.
+fn start_checks(weak: Weak<Upstream>, cfg: file::HealthCheck) -> AbortHandle {
+    let targets_of = weak.clone();
+    let targets: Targets = Arc::new(move || {
+        let up = targets_of.upgrade()?;
+        let list = up
+            .endpoints
+            .load()
+            .iter()
+            .map(|e| (e.addr, e.health.clone()))
+            .collect();
+        Some(list)
+    });
+    let on_change: OnChange = Arc::new(move |addr, healthy| {
+        let Some(up) = weak.upgrade() else { return };
+        if healthy {
+            tracing::info!(upstream = %up.name, endpoint = %addr, "endpoint healthy again");
+        } else {
+            tracing::warn!(upstream = %up.name, endpoint = %addr, "endpoint failed its health checks");
+        }
+        up.refresh_health_gauges();
+    });
+    spawn_checks(cfg, targets, on_change).abort_handle()
+}
+
 /// Whether endpoints built for `a` can serve `b` unchanged: the settings of their connections.
 fn same_transport(a: &file::Upstream, b: &file::Upstream) -> bool {
     a.connect_timeout == b.connect_timeout
         && a.pool_max_idle == b.pool_max_idle
         && a.pool_idle_timeout == b.pool_idle_timeout
+        && a.max_connections == b.max_connections
         && a.tls == b.tls
 }
 
@@ -218,8 +346,25 @@ fn host_of(endpoint: &str) -> &str {
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(addr: SocketAddr, host: Option<Arc<str>>, cfg: &file::Upstream) -> Arc<Endpoint> {
+    fn new(
+        addr: SocketAddr,
+        host: Option<Arc<str>>,
+        cfg: &file::Upstream,
+        tls: Option<&Arc<ArcSwap<ClientConfig>>>,
+    ) -> Arc<Endpoint> {
         let label: Arc<str> = Arc::from(addr.to_string());
+        let tls = tls.map(|config| TlsOrigin {
+            config: config.clone(),
+            // SNI and verification: `server_name`, else the name the address came from, else
+            // the address itself (checked against the certificate's IP SANs).
+            server_name: cfg
+                .tls
+                .as_ref()
+                .and_then(|t| t.server_name.as_deref())
+                .map(Arc::from)
+                .or_else(|| host.clone())
+                .unwrap_or_else(|| Arc::from(addr.ip().to_string())),
+        });
         let authority =
             Authority::try_from(&*label).unwrap_or_else(|_| Authority::from_static("invalid"));
         Arc::new(Endpoint {
@@ -227,12 +372,16 @@ impl Endpoint {
             host,
             label,
             authority,
-            healthy: AtomicBool::new(true),
+            health: Arc::new(EndpointHealth::new()),
             hold_until: AtomicU64::new(0),
             pool: Pool::new(
-                cfg.pool_max_idle as usize,
-                cfg.connect_timeout.0,
-                cfg.pool_idle_timeout.0,
+                PoolSettings {
+                    max_idle: cfg.pool_max_idle as usize,
+                    max_connections: cfg.max_connections as usize,
+                    connect_timeout: cfg.connect_timeout.0,
+                    idle_timeout: cfg.pool_idle_timeout.0,
+                },
+                tls,
             ),
         })
     }

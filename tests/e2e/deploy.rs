@@ -18,18 +18,6 @@ use crate::support::{http, metric_value, metrics, sample, Proxy};
 /// name that is neither exported nor listed here fails the test.
 const PENDING: &[(&str, &str)] = &[
     (
-        "rampart_circuit_breaker_state",
-        "issue 16: circuit breakers (registered, never set today)",
-    ),
-    (
-        "rampart_circuit_breaker_transitions_total",
-        "issue 16: circuit breakers (registered, never incremented today)",
-    ),
-    (
-        "rampart_upstream_endpoint_healthy",
-        "issue 16: active health checks and outlier ejection",
-    ),
-    (
         "rampart_shed_total",
         "issue 17: load shedding (in-flight limits, fair queue)",
     ),
@@ -43,7 +31,7 @@ const PENDING: &[(&str, &str)] = &[
 /// Labels Prometheus adds at scrape time (deploy/prometheus/prometheus.yml), not rampart.
 const TARGET_LABELS: &[&str] = &["job", "app", "instance", "namespace", "pod"];
 
-/// A route with a per-tenant rate limit and retries: the policies that act today.
+/// A route with a per-tenant rate limit, retries and a breaker: the policies that act today.
 const EXERCISED: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
@@ -62,6 +50,7 @@ policies:
       on: [connect_error, reset, 503]
       backoff: { base: 5ms, max: 20ms }
       budget: { ratio: 100%, min_per_second: 100 }
+    circuit_breaker: { consecutive_failures: 50, open_for: 10s }
 listeners:
   - name: inbound
     direction: inbound

@@ -10,10 +10,12 @@
 mod support;
 
 mod admin;
+mod circuit_breaker;
 mod cli;
 mod connect;
 mod deploy;
 mod edges;
+mod health;
 mod proxy;
 mod rate_limit;
 mod reload;

@@ -370,3 +370,63 @@ async fn an_answer_before_the_whole_upload_leaves_both_connections_usable() {
         assert_eq!(rsp.status, 200, "round {round}");
     }
 }
+
+/// SPEC §14: `upstreams.*.max_connections` caps the connections to one endpoint; requests
+/// beyond it wait for a free connection instead of opening more. Before the cap, one h2 client
+/// with 40 streams opened 40 upstream connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_h2_streams_share_at_most_max_connections_upstream() {
+    let app = sample().await;
+    let policy = one_route("").replace(
+        "app: { endpoints: [$APP] }",
+        "app: { endpoints: [$APP], max_connections: 4 }",
+    );
+    let proxy = Proxy::builder(&policy).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the listener must accept");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("the h2c handshake must succeed");
+    tokio::spawn(conn);
+    let calls = (0..40).map(|_| {
+        let mut send = send.clone();
+        async move {
+            let req = hyper::Request::builder()
+                .uri(format!("http://{addr}/slow?ms=100"))
+                .body(http::empty())
+                .expect("request");
+            let rsp = send
+                .send_request(req)
+                .await
+                .expect("every stream must be answered");
+            rsp.status().as_u16()
+        }
+    });
+    let statuses = futures_join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.hits_for("/slow"), 40);
+    let peak = app.peak_connections();
+    assert!(
+        (1..=4).contains(&peak),
+        "the upstream saw {peak} connections at once; the cap is 4"
+    );
+}
+
+async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("the task must not panic"));
+    }
+    out
+}

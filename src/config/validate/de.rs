@@ -1,184 +1,374 @@
-//! Turns a serde_yaml error into a [`ConfigError`] with its own path, place and message.
+//! A serde `Deserializer` over the span tree, so every shape error knows its path and place.
 //!
-//! serde_yaml renders everything into one string, `PATH: MESSAGE at line L column C`. The
-//! place is also available as a [`serde_yaml::Location`]; the path only inside the text, so
-//! it is taken apart here. An unknown key gets the key itself appended to its path, since
-//! the key is what is wrong, and a close known key is suggested.
+//! serde's derived code reports what went wrong through the `de::Error` constructors
+//! (`unknown_field`, `missing_field`, `invalid_type`, ...); [`DeError`] keeps those apart
+//! instead of rendering them into one string, and each node of the tree stamps its own path on
+//! an error that passes through it. Nothing is parsed back out of a message.
 
-use serde_yaml::Error;
+use std::fmt;
 
-use super::super::locate::{Doc, KeyPath, Target};
-use super::super::ConfigError;
+use serde::de::{self, IntoDeserializer, Unexpected, Visitor};
+use serde::forward_to_deserialize_any;
 
-/// The error serde_yaml reported, located and reworded.
-pub(super) fn from_serde(e: &Error, origin: &str, text: &str, doc: &Doc) -> ConfigError {
-    let shown = e.to_string();
-    if shown.starts_with("deserializing from YAML containing more than one document") {
-        let message =
-            "the file holds more than one YAML document (a second `---`); rampart reads one";
-        return ConfigError {
-            origin: origin.to_string(),
-            line: second_document(text),
-            column: 1,
-            path: String::new(),
-            message: message.into(),
+use super::super::locate::{KeyPath, Node, Target};
+use super::words;
+
+mod access;
+
+use self::access::{MapAcc, SeqAcc};
+
+/// One shape error, with where it belongs once a node has claimed it.
+#[derive(Debug)]
+pub(super) struct DeError {
+    /// The path the error is about (for an unknown key, the key itself).
+    pub(super) path: KeyPath,
+    pub(super) target: Target,
+    pub(super) message: String,
+    /// The required key that is missing, for `missing required key`.
+    pub(super) missing: Option<String>,
+    /// True for a key that is not allowed; taking it out loses nothing.
+    pub(super) unknown_key: bool,
+    located: bool,
+}
+
+/// Deserializes the node at `path`.
+pub(super) struct De<'a> {
+    pub(super) node: &'a Node,
+    pub(super) path: KeyPath,
+}
+
+/// What a plain scalar means: YAML 1.2's core schema.
+enum Plain {
+    Null,
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    /// Digits, but more than 64 bits hold.
+    TooLarge,
+    Text,
+}
+
+// === impl DeError ===
+
+impl DeError {
+    fn new(message: String) -> Self {
+        DeError {
+            path: KeyPath::default(),
+            target: Target::Value,
+            message,
+            missing: None,
+            unknown_key: false,
+            located: false,
+        }
+    }
+
+    /// Stamps the place on an error that has none yet.
+    fn at(mut self, path: &KeyPath, target: Target) -> Self {
+        if !self.located {
+            self.located = true;
+            self.path = path.clone();
+            self.target = if self.missing.is_some() {
+                Target::Key
+            } else {
+                target
+            };
+        }
+        self
+    }
+}
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError::new(msg.to_string())
+    }
+
+    fn invalid_type(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        let exp = words::expected(&exp.to_string());
+        DeError::new(format!("invalid type: {unexp}, expected {exp}"))
+    }
+
+    fn invalid_value(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        let exp = words::expected(&exp.to_string());
+        DeError::new(format!("invalid value: {unexp}, expected {exp}"))
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        let mut e = DeError::new(words::unknown("key", field, expected));
+        e.unknown_key = true;
+        e
+    }
+
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        DeError::new(words::unknown("value", variant, expected))
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        let mut e = DeError::new(format!("missing required key \"{field}\""));
+        e.missing = Some(field.to_string());
+        e
+    }
+
+    fn duplicate_field(field: &'static str) -> Self {
+        DeError::new(format!("key \"{field}\" is given twice"))
+    }
+}
+
+// === impl De ===
+
+fn resolve(text: &str) -> Plain {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Plain::Null,
+        "true" | "True" | "TRUE" => return Plain::Bool(true),
+        "false" | "False" | "FALSE" => return Plain::Bool(false),
+        ".inf" | "+.inf" | ".Inf" | "+.Inf" | ".INF" => return Plain::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Plain::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Plain::Float(f64::NAN),
+        _ => {}
+    }
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return match (
+            text.starts_with('-'),
+            text.parse::<u64>(),
+            text.parse::<i64>(),
+        ) {
+            (false, Ok(n), _) => Plain::Unsigned(n),
+            (true, _, Ok(n)) => Plain::Signed(n),
+            _ => Plain::TooLarge,
         };
     }
-    let loc = e.location().map(|l| (l.line(), l.column()));
-    // Drop the place from the text (it is in line and column); libyaml may add a context
-    // after it (", while parsing a block mapping at line 1 column 1"), which is kept.
-    let body = match loc {
-        Some((line, col)) => shown.replacen(&format!(" at line {line} column {col}"), "", 1),
-        None => shown,
-    };
-    finish(origin, doc, loc, &body)
-}
-
-fn finish(origin: &str, doc: &Doc, loc: Option<(usize, usize)>, body: &str) -> ConfigError {
-    let (mut path, msg) = split_path(body, doc);
-    let message = if let Some((key, expected)) = backticked(msg, "unknown field `") {
-        path = path.key(&key);
-        unknown_message("key", &key, &expected)
-    } else if let Some((value, expected)) = backticked(msg, "unknown variant `") {
-        unknown_message("value", &value, &expected)
-    } else if let Some(rest) = msg.strip_prefix("missing field `") {
-        format!("missing required key \"{}\"", rest.trim_end_matches('`'))
-    } else if let Some(rest) = msg.strip_prefix("duplicate field `") {
-        let key = rest.trim_end_matches('`');
-        path = path.key(key);
-        format!("key \"{key}\" is given twice")
-    } else if msg == "invalid socket address syntax" {
-        let value = doc.scalar(&path).unwrap_or_default();
-        format!("invalid address {value:?}: expected IP:PORT, like 127.0.0.1:8080 or [::1]:8080 (a listener binds an IP address, not a name)")
-    } else {
-        reword(msg)
-    };
-    // serde_yaml leaves some errors without a place (or at 1:1): find the key in the text.
-    let (line, column) = match loc {
-        Some(p) if p != (1, 1) => p,
-        _ if path == KeyPath::default() => loc.unwrap_or((1, 1)),
-        _ => doc
-            .duplicate_keys()
-            .into_iter()
-            .find(|(p, _)| *p == path)
-            .map(|(_, at)| at)
-            .unwrap_or_else(|| doc.locate(&path, Target::Key)),
-    };
-    ConfigError {
-        origin: origin.to_string(),
-        line,
-        column,
-        path: path.to_string(),
-        message,
+    let hex = text.strip_prefix("0x").map(|h| u64::from_str_radix(h, 16));
+    let oct = text.strip_prefix("0o").map(|o| u64::from_str_radix(o, 8));
+    if let Some(Ok(n)) = hex.or(oct) {
+        return Plain::Unsigned(n);
+    }
+    let floaty = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    match text.parse::<f64>() {
+        Ok(f) if floaty => Plain::Float(f),
+        _ => Plain::Text,
     }
 }
 
-/// Replaces Rust type names in serde's messages with words a reader of YAML uses.
-fn reword(msg: &str) -> String {
-    const WORDS: [(&str, &str); 6] = [
-        (
-            "expected u32",
-            "expected a whole number from 0 to 4294967295",
-        ),
-        ("expected u64", "expected a whole number of 0 or more"),
-        ("expected u16", "expected a whole number from 0 to 65535"),
-        ("expected a sequence", "expected a list"),
-        ("expected a string", "expected text"),
-        (
-            "expected struct File",
-            "expected a mapping with keys such as version and listeners",
-        ),
-    ];
-    let mut out = msg.to_string();
-    for (from, to) in WORDS {
-        if let Some(i) = out.find(from) {
-            // Only a whole phrase: `expected struct FileX` is left as it is.
-            let end = i + from.len();
-            if !out[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
-                out.replace_range(i..end, to);
+fn too_large(text: &str, max: u64) -> DeError {
+    DeError::new(format!(
+        "{text} is too large: the largest number allowed here is {max}"
+    ))
+}
+
+impl<'a> De<'a> {
+    fn unexpected(&self) -> Unexpected<'a> {
+        match self.node {
+            Node::Map { .. } => Unexpected::Map,
+            Node::Seq { .. } => Unexpected::Seq,
+            Node::Gone(_) => Unexpected::Unit,
+            Node::Scalar {
+                text, plain: false, ..
+            } => Unexpected::Str(text),
+            Node::Scalar { text, .. } => match resolve(text) {
+                Plain::Null => Unexpected::Unit,
+                Plain::Bool(b) => Unexpected::Bool(b),
+                Plain::Unsigned(n) => Unexpected::Unsigned(n),
+                Plain::Signed(n) => Unexpected::Signed(n),
+                Plain::Float(f) => Unexpected::Float(f),
+                Plain::TooLarge => Unexpected::Other("a number too large"),
+                Plain::Text => Unexpected::Str(text),
+            },
+        }
+    }
+
+    fn wrong<V: de::Expected>(&self, v: &V) -> DeError {
+        de::Error::invalid_type(self.unexpected(), v)
+    }
+
+    fn locate<T>(&self, r: Result<T, DeError>) -> Result<T, DeError> {
+        r.map_err(|e| e.at(&self.path, Target::Value))
+    }
+
+    /// A whole number from 0 to `max`, written plain.
+    fn unsigned<'de, V: Visitor<'de>>(self, v: V, max: u64) -> Result<V::Value, DeError> {
+        let words = if max == u64::MAX {
+            "a whole number of 0 or more".to_string()
+        } else {
+            format!("a whole number from 0 to {max}")
+        };
+        let r = match self.node {
+            Node::Scalar {
+                text, plain: true, ..
+            } => match resolve(text) {
+                Plain::Unsigned(n) if n <= max => v.visit_u64(n),
+                Plain::Unsigned(_) | Plain::TooLarge if !text.starts_with('-') => {
+                    Err(too_large(text, max))
+                }
+                Plain::Signed(_) | Plain::TooLarge => Err(DeError::new(format!(
+                    "invalid value: {text}, expected {words}"
+                ))),
+                _ => Err(DeError::new(format!(
+                    "invalid type: {}, expected {words}",
+                    self.unexpected()
+                ))),
+            },
+            _ => Err(DeError::new(format!(
+                "invalid type: {}, expected {words}",
+                self.unexpected()
+            ))),
+        };
+        self.locate(r)
+    }
+}
+
+impl<'de> de::Deserializer<'de> for De<'_> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match self.node {
+            Node::Map { entries, .. } => v.visit_map(MapAcc::new(entries, &self.path)),
+            Node::Seq { items, .. } => v.visit_seq(SeqAcc::new(items, &self.path)),
+            Node::Gone(_) => v.visit_unit(),
+            Node::Scalar {
+                text, plain: false, ..
+            } => v.visit_str(text),
+            Node::Scalar { text, .. } => match resolve(text) {
+                Plain::Null => v.visit_unit(),
+                Plain::Bool(b) => v.visit_bool(b),
+                Plain::Unsigned(n) => v.visit_u64(n),
+                Plain::Signed(n) => v.visit_i64(n),
+                Plain::Float(f) => v.visit_f64(f),
+                Plain::TooLarge => Err(too_large(text, u64::MAX)),
+                Plain::Text => v.visit_str(text),
+            },
+        };
+        self.locate(r)
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match self.node {
+            Node::Scalar {
+                text, plain: true, ..
+            } => match resolve(text) {
+                Plain::Bool(b) => v.visit_bool(b),
+                _ => Err(self.wrong(&"true or false")),
+            },
+            _ => Err(self.wrong(&"true or false")),
+        };
+        self.locate(r)
+    }
+
+    fn deserialize_u8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.unsigned(v, u8::MAX.into())
+    }
+
+    fn deserialize_u16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.unsigned(v, u16::MAX.into())
+    }
+
+    fn deserialize_u32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.unsigned(v, u32::MAX.into())
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.unsigned(v, u64::MAX)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match self.node {
+            Node::Scalar { text, plain, .. }
+                if !(*plain && matches!(resolve(text), Plain::Null)) =>
+            {
+                v.visit_str(text)
             }
-        }
+            _ => Err(self.wrong(&v)),
+        };
+        self.locate(r)
     }
-    if let Some(rest) = out.strip_prefix("invalid type: ") {
-        // serde_yaml's struct names leak out as `expected struct Upstream`; say mapping.
-        if let Some(i) = rest.find(", expected struct ") {
-            return format!("invalid type: {}, expected a mapping", &rest[..i]);
-        }
-    }
-    out
-}
 
-/// Splits `a.b[0]: message` into the path and the message; no path means the root.
-fn split_path<'a>(body: &'a str, doc: &Doc) -> (KeyPath, &'a str) {
-    if let Some((head, rest)) = body.split_once(": ") {
-        let plain = !head.contains(char::is_whitespace) && !head.contains(['`', '"', '\'']);
-        // A key may hold spaces; then only the text can tell a path from a message.
-        if !head.is_empty() && !rest.is_empty() && (plain || doc.contains(&KeyPath::parse(head))) {
-            return (KeyPath::parse(head), rest);
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let none = match self.node {
+            Node::Gone(_) => true,
+            Node::Scalar { text, plain, .. } => *plain && matches!(resolve(text), Plain::Null),
+            _ => false,
+        };
+        if none {
+            let r = v.visit_none();
+            return self.locate(r);
         }
+        let path = self.path.clone();
+        v.visit_some(self).map_err(|e| e.at(&path, Target::Value))
     }
-    (KeyPath::default(), body)
-}
 
-/// `unknown field `x`, expected one of `a`, `b`` → ("x", ["a", "b"]), for `prefix` up to
-/// the first backtick.
-fn backticked(msg: &str, prefix: &str) -> Option<(String, Vec<String>)> {
-    let rest = msg.strip_prefix(prefix)?;
-    let (name, tail) = rest.split_once('`')?;
-    let expected = tail
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
-    Some((name.to_string(), expected))
-}
-
-/// `unknown key "x"; did you mean "y"?`, or the list of what is allowed.
-fn unknown_message(what: &str, name: &str, expected: &[String]) -> String {
-    let close = expected
-        .iter()
-        .map(|e| (edit_distance(name, e), e))
-        .filter(|(d, e)| *d <= 2.max(e.len() / 4))
-        .min_by_key(|(d, _)| *d);
-    match close {
-        Some((_, e)) => format!("unknown {what} \"{name}\"; did you mean \"{e}\"?"),
-        None if expected.is_empty() => format!("unknown {what} \"{name}\": none is allowed here"),
-        None => format!(
-            "unknown {what} \"{name}\"; expected one of: {}",
-            expected.join(", ")
-        ),
+    fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match self.node {
+            Node::Seq { items, .. } => v.visit_seq(SeqAcc::new(items, &self.path)),
+            _ => Err(self.wrong(&v)),
+        };
+        self.locate(r)
     }
-}
 
-/// The line of the `---` that starts a second document, or 1.
-fn second_document(text: &str) -> usize {
-    let mut content = false;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim_end();
-        if t == "---" || t.starts_with("--- ") {
-            if content {
-                return i + 1;
-            }
-            content = true;
-        } else if !t.trim_start().is_empty() && !t.trim_start().starts_with('#') {
-            content = true;
-        }
+    fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match self.node {
+            Node::Map { entries, .. } => v.visit_map(MapAcc::new(entries, &self.path)),
+            _ => Err(self.wrong(&v)),
+        };
+        self.locate(r)
     }
-    1
-}
 
-/// Levenshtein distance, for suggestions on short keys.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_map(v)
     }
-    prev[b.len()]
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        let r = match self.node {
+            Node::Scalar { text, .. } => v.visit_enum(text.as_str().into_deserializer()),
+            _ => Err(self.wrong(&v)),
+        };
+        self.locate(r)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        let path = self.path.clone();
+        v.visit_newtype_struct(self)
+            .map_err(|e| e.at(&path, Target::Value))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        v.visit_unit()
+    }
+
+    forward_to_deserialize_any! {
+        i8 i16 i32 i64 i128 u128 f32 f64 char bytes byte_buf unit unit_struct tuple
+        tuple_struct
+    }
 }

@@ -3,13 +3,15 @@
 use std::collections::HashSet;
 
 use super::super::file::{
-    CircuitBreaker, Limits, LoadShed, PerTry, Policy, RateLimit, Retry, Timeout,
+    CircuitBreaker, Limits, LoadShed, PerTry, Policy, RateLimit, Retry, RetryOn, Timeout,
 };
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
 /// Most tries a retry policy may ask for, the first included.
 const MAX_ATTEMPTS: u32 = 10;
+/// Largest `retry.buffer`: every request in flight may hold this much for replay.
+const MAX_RETRY_BUFFER: u64 = 16 << 20;
 
 /// Checks every section of the policy at `p`.
 pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
@@ -71,6 +73,22 @@ fn retry(rt: &Retry, p: &KeyPath, r: &mut Report<'_>) {
         r.value(
             &p.key("on"),
             "an empty list retries nothing; remove the retry section instead",
+        );
+    }
+    for (i, on) in rt.on.iter().enumerate() {
+        if let RetryOn::Status(code @ 100..=499) = on {
+            if *code != 408 && *code != 429 {
+                r.value(
+                    &p.key("on").idx(i),
+                    format!("status {code} is not worth retrying: retry.on takes 5xx statuses, and of 1xx to 4xx only 408 and 429"),
+                );
+            }
+        }
+    }
+    if rt.buffer.0 > MAX_RETRY_BUFFER {
+        r.value(
+            &p.key("buffer"),
+            format!("{} is too large: the most is 16MiB", rt.buffer),
         );
     }
     let b = &rt.backoff;

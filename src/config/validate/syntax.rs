@@ -57,6 +57,12 @@ pub(super) fn limit_name(s: &str) -> Result<(), String> {
 /// An upstream endpoint: `host:port` with an IPv4 address, a DNS name or `[IPv6]` as host.
 pub(super) fn endpoint(s: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("invalid endpoint {s:?}: {why}"));
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let hint = rest.trim_end_matches('/');
+        return bad(&format!(
+            "an endpoint has no scheme ({scheme}://); write HOST:PORT, like {hint}"
+        ));
+    }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let Some((ip, port)) = rest.split_once("]:") else {
             return bad("expected [IPV6]:PORT, like [::1]:8080");

@@ -18,6 +18,7 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
         }
     }
     r.positive(&p.key("connect_timeout"), up.connect_timeout.0);
+    r.at_least_1(&p.key("max_connections"), up.max_connections.into());
     r.positive(&p.key("resolve_every"), up.resolve_every.0);
     if let Some(hc) = &up.health_check {
         let hp = p.key("health_check");
@@ -41,6 +42,15 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
         }
         if let Some(ca) = &tls.ca {
             r.readable(&tp.key("ca"), ca, "ca bundle");
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                r.readable(&tp.key("cert"), cert, "client certificate");
+                r.readable(&tp.key("key"), key, "client private key");
+            }
+            (Some(_), None) => r.key(&tp.key("cert"), "a client certificate needs its `key` too"),
+            (None, Some(_)) => r.key(&tp.key("key"), "a client key needs its `cert` too"),
+            (None, None) => {}
         }
     }
     if let Some(o) = &up.outlier {

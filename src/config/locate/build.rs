@@ -1,0 +1,193 @@
+//! Builds the span tree of a policy file from saphyr-parser's events.
+//!
+//! One read of the text yields every node with its place, its text and whether it was
+//! quoted; the serde mirror is then deserialized from this tree (`validate/de.rs`), so values
+//! and positions can never disagree. Aliases are expanded here, within a node budget, so a
+//! small file cannot grow into a huge tree.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, SpannedEventReceiver};
+
+use super::{Doc, Entry, Node, Pos, MAX_DEPTH};
+
+/// Most nodes one file may expand to, aliases included.
+const MAX_NODES: usize = 100_000;
+
+/// Builds the tree from parser events; `stack` holds the collections still open.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Open>,
+    root: Option<Node>,
+    /// Where a second document starts, if the text has one.
+    second: Option<Pos>,
+    documents: usize,
+    /// Collections still open below [`MAX_DEPTH`]; their content is not recorded.
+    skipped: usize,
+    too_deep: Option<Pos>,
+    anchors: HashMap<usize, Node>,
+    nodes: usize,
+    too_big: Option<Pos>,
+}
+
+enum Open {
+    Seq(Pos, usize, Vec<Node>),
+    /// A mapping, with the key read and waiting for its value, if any.
+    Map(Pos, usize, Vec<Entry>, Option<(String, Pos)>),
+}
+
+pub(super) fn pos(m: Marker) -> Pos {
+    (m.line().max(1), m.col() + 1)
+}
+
+/// Reads `text` into a [`Doc`]; a text that does not parse keeps its error and no tree.
+pub(super) fn parse(text: &str) -> Doc {
+    let mut b = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    let result = parser.load(&mut b, true);
+    let mut doc = Doc {
+        root: None,
+        too_deep: b.too_deep,
+        syntax: None,
+        second_document: b.second,
+    };
+    match result {
+        // The scanner gives up on very deep flow nesting before the builder sees it.
+        Err(e) if e.info().contains("recursion limit") => {
+            doc.too_deep = doc.too_deep.or(Some(pos(*e.marker())));
+        }
+        Err(e) => doc.syntax = Some(syntax_error(text, &e)),
+        Ok(()) if b.too_big.is_some() => {
+            let at = b.too_big.unwrap_or((1, 1));
+            let m = format!("the file expands to more than {MAX_NODES} values through aliases");
+            doc.syntax = Some((at, m));
+        }
+        Ok(()) => doc.root = b.root,
+    }
+    doc
+}
+
+/// The parser's complaint, with tabs named for what they are: the parser notices a tab
+/// where it ends the token before it, so the tab itself is looked for from there on.
+fn syntax_error(text: &str, e: &ScanError) -> (Pos, String) {
+    let (line, col) = pos(*e.marker());
+    if e.info().contains("tab") {
+        let lines = text.lines().enumerate().skip(line.saturating_sub(1));
+        for (i, l) in lines {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            if let Some(t) = indent.find('\t') {
+                let m = "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces";
+                return ((i + 1, t + 1), m.into());
+            }
+            if let Some(t) = l.find('\t') {
+                let m = "a tab where YAML allows none (it indents and separates with spaces); replace the tab with spaces";
+                return ((i + 1, t + 1), m.into());
+            }
+        }
+    }
+    ((line, col), format!("invalid YAML: {}", e.info()))
+}
+
+// === impl Builder ===
+
+impl Builder {
+    /// Places a finished node in the collection that is open, or makes it the root.
+    fn push(&mut self, node: Node, at: Pos, key_text: Option<String>) {
+        match self.stack.last_mut() {
+            None => {
+                if self.documents == 1 && self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some(Open::Seq(_, _, items)) => items.push(node),
+            Some(Open::Map(_, _, entries, pending)) => match pending.take() {
+                Some((key, key_at)) => entries.push(Entry {
+                    key,
+                    at: key_at,
+                    value: node,
+                }),
+                // A key: scalars keep their text; a collection used as a key gets none.
+                None => *pending = Some((key_text.unwrap_or_default(), at)),
+            },
+        }
+    }
+
+    /// Counts a node against the budget; false once the budget is spent.
+    fn count(&mut self, n: usize, at: Pos) -> bool {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            self.too_big.get_or_insert(at);
+            return false;
+        }
+        true
+    }
+
+    fn finish(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        let p = node.pos();
+        let key_text = match &node {
+            Node::Scalar { text, .. } => Some(text.clone()),
+            _ => None,
+        };
+        self.push(node, p, key_text);
+    }
+}
+
+impl<'input> SpannedEventReceiver<'input> for Builder {
+    fn on_event(&mut self, ev: Event<'input>, span: Span) {
+        let at = pos(span.start);
+        let start = matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..));
+        let end = matches!(ev, Event::SequenceEnd | Event::MappingEnd);
+        if self.skipped > 0 || self.too_big.is_some() {
+            if start {
+                self.skipped += 1;
+            } else if end {
+                self.skipped = self.skipped.saturating_sub(1);
+            }
+            return;
+        }
+        if start && self.stack.len() >= MAX_DEPTH {
+            // Too deep: the whole collection stands as one node at its start.
+            self.skipped = 1;
+            self.too_deep.get_or_insert(at);
+            self.push(Node::Gone(at), at, None);
+            return;
+        }
+        match ev {
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents == 2 {
+                    self.second = Some(at);
+                }
+            }
+            Event::Scalar(text, style, anchor, _) if self.count(1, at) => {
+                let plain = style == ScalarStyle::Plain;
+                let text = text.into_owned();
+                self.finish(Node::Scalar { at, text, plain }, anchor);
+            }
+            Event::Alias(id) => {
+                let node = self.anchors.get(&id).cloned().unwrap_or(Node::Gone(at));
+                if self.count(node.size(), at) {
+                    self.finish(node, 0);
+                }
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(at, anchor, Vec::new())),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Open::Map(at, anchor, Vec::new(), None));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Open::Seq(at, a, items)) => (Node::Seq { at, items }, a),
+                    Some(Open::Map(at, a, entries, _)) => (Node::Map { at, entries }, a),
+                    None => return,
+                };
+                if self.count(1, at) {
+                    self.finish(node, anchor);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Every error in one pass, the messages a newcomer met, the SPEC §14 bounds, the new keys
+//! and the warnings for inert keys.
+
+use std::path::Path;
+
+use super::super::file::{ClientCertField, TUNNEL_IDLE_TIMEOUT};
+use super::super::{Config, ConfigError, Dur};
+use super::{errors, fails_at, ok, one, policy, spot, upstream, BASE};
+
+fn warnings(text: &str) -> Vec<ConfigError> {
+    match Config::from_str(text, "t.yaml") {
+        Ok(c) => c.warnings,
+        Err(e) => panic!("expected a valid file, got:\n{e}"),
+    }
+}
+
+fn top(extra: &str) -> String {
+    format!("{BASE}{extra}\n")
+}
+
+// === one pass ===
+
+#[test]
+fn five_mistakes_are_listed_at_once_in_file_order() {
+    let text = "\
+version: 1
+upstreams:
+  app:
+    endpoints: [127.0.0.1:3000]
+    conect_timeout: 1s
+policies:
+  p:
+    timeout: { request: 5 sec }
+    rate_limit: { per_tenant: { rate: 100/fortnight } }
+    retyr: { attempts: 2 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: 127.0.0.1:8080
+    routes:
+      - upstream: nope
+        policy: p
+";
+    let all = errors(text);
+    let got: Vec<(usize, usize, &str)> = all.iter().map(spot).collect();
+    assert_eq!(
+        got,
+        [
+            (5, 5, "upstreams.app.conect_timeout"),
+            (8, 25, "policies.p.timeout.request"),
+            (9, 39, "policies.p.rate_limit.per_tenant.rate"),
+            (10, 5, "policies.p.retyr"),
+            (16, 19, "listeners[0].routes[0].upstream"),
+        ],
+        "{all:#?}"
+    );
+    assert!(all[0].message.contains("did you mean \"connect_timeout\""));
+    assert!(all[1].message.starts_with("invalid duration \"5 sec\""));
+    assert!(
+        all[2].message.starts_with("invalid rate \"100/fortnight\""),
+        "{all:#?}"
+    );
+    let shown = super::super::ConfigErrors(all).to_string();
+    assert_eq!(shown.lines().count(), 5, "{shown}");
+}
+
+#[test]
+fn a_bad_required_value_does_not_also_report_it_missing() {
+    let text = BASE.replace("direction: inbound", "direction: sideways")
+        + "tenants: { max_tracked: lots }\n";
+    let all = errors(&text);
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["listeners[0].direction", "tenants.max_tracked"],
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn a_missing_or_bad_version_does_not_hide_the_rest() {
+    let text = BASE.replace("version: 1\n", "") + "tenants: { max_tracked: 0 }\n";
+    let paths: Vec<String> = errors(&text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["", "tenants.max_tracked"]);
+    let text = BASE.replace("version: 1", "version: one") + "tenants: { max_tracked: 0 }\n";
+    let paths: Vec<String> = errors(&text).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["version", "tenants.max_tracked"]);
+}
+
+#[test]
+fn later_list_items_keep_their_written_index() {
+    // routes[0] is malformed and taken out; the error in routes[1] still says routes[1].
+    let text = BASE.replace(
+        "      - upstream: app\n        policy: p\n",
+        "      - upstream: [app]\n        policy: p\n      - match: { path_prefix: nope }\n        upstream: app\n",
+    );
+    let all = errors(&text);
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].routes[0].upstream",
+            "listeners[0].routes[1].match.path_prefix"
+        ],
+        "{all:#?}"
+    );
+}
+
+// === messages a newcomer met ===
+
+#[test]
+fn an_endpoint_with_a_scheme_says_so() {
+    let e = one(&upstream("{ endpoints: [\"http://127.0.0.1:4100\"] }"));
+    assert_eq!(e.path, "upstreams.app.endpoints[0]");
+    assert_eq!(
+        e.message,
+        "invalid endpoint \"http://127.0.0.1:4100\": an endpoint has no scheme (http://); write HOST:PORT, like 127.0.0.1:4100"
+    );
+}
+
+#[test]
+fn huge_durations_and_numbers_name_the_bound() {
+    let e = one(&policy("{ timeout: { request: 99999999999d } }"));
+    assert_eq!(
+        e.message,
+        "invalid duration \"99999999999d\": it is too large; the longest allowed is 30d"
+    );
+    let e = one(&policy("{ retry: { attempts: 99999999999 } }"));
+    assert_eq!(spot(&e), (6, 27, "policies.p.retry.attempts"));
+    assert_eq!(
+        e.message,
+        "99999999999 is too large: the largest number allowed here is 4294967295"
+    );
+    let e = one(&top("tenants: { max_tracked: 999999999999999999999999 }"));
+    assert!(e.message.contains("is too large"), "{e:?}");
+    assert!(!e.message.contains("u128"), "{e:?}");
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_named() {
+    let e = one("version: 1\n\tbad: 2\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("tab"), "{e:?}");
+    assert!(e.message.contains("spaces"), "{e:?}");
+    let e = one(&BASE.replace("    direction: inbound", "\tdirection: inbound"));
+    assert_eq!((e.line, e.column), (9, 1), "{e:?}");
+}
+
+#[test]
+fn a_missing_file_has_no_fake_position() {
+    let path = Path::new("/nonexistent/rampart/policy.yaml");
+    let e = Config::load(path).expect_err("a missing file must be refused");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("/nonexistent/rampart/policy.yaml: cannot read the policy file: "),
+        "{shown}"
+    );
+    assert!(!shown.contains(":0:0"), "{shown}");
+}
+
+// === bounds ===
+
+#[test]
+fn sane_bounds_name_the_bound() {
+    ok(&policy(
+        "{ retry: { attempts: 2, on: [408, 429, 500, 503] } }",
+    ));
+    let e = fails_at(
+        &policy("{ retry: { attempts: 2, on: [503, 404] } }"),
+        "policies.p.retry.on[1]",
+    );
+    assert!(e.message.contains("408 and 429"), "{e:?}");
+    fails_at(
+        &policy("{ retry: { attempts: 2, on: [100] } }"),
+        "policies.p.retry.on[0]",
+    );
+    ok(&policy("{ retry: { attempts: 2, buffer: 16MiB } }"));
+    let e = one(&policy("{ retry: { attempts: 2, buffer: 17MiB } }"));
+    assert_eq!(e.message, "17MiB is too large: the most is 16MiB");
+    ok(&top("tenants: { max_tracked: 100000000 }"));
+    let e = one(&top("tenants: { max_tracked: 100000001 }"));
+    assert!(e.message.contains("100000000"), "{e:?}");
+    ok(&policy("{ timeout: { request: 30d } }"));
+    fails_at(
+        &policy("{ timeout: { request: 31d } }"),
+        "policies.p.timeout.request",
+    );
+    fails_at(
+        &upstream("{ endpoints: [127.0.0.1:1], max_connections: 0 }"),
+        "upstreams.app.max_connections",
+    );
+    fails_at(
+        &top("runtime: { idle_timeout: 0s }"),
+        "runtime.idle_timeout",
+    );
+}
+
+// === new keys ===
+
+#[test]
+fn new_keys_parse_with_their_defaults() {
+    let f = Config::from_str(BASE, "t.yaml").expect("valid").file;
+    assert_eq!(f.runtime.idle_timeout, Dur::from_secs(60));
+    assert_eq!(f.runtime.body_idle_timeout, Dur::from_secs(30));
+    assert_eq!(f.runtime.drain_delay, Dur::from_secs(0));
+    assert_eq!(f.upstreams["app"].max_connections, 1024);
+    assert_eq!(f.listeners[0].routes[0].tunnel_idle_timeout, None);
+    assert_eq!(TUNNEL_IDLE_TIMEOUT, Dur::from_secs(3600));
+    let text = top("runtime: { idle_timeout: 5s, body_idle_timeout: 2s, drain_delay: 5s }\ntenants: { from: [ { client_cert: uri_san } ] }")
+        .replace("        policy: p\n", "        policy: p\n        tunnel_idle_timeout: 10m\n")
+        .replace("[127.0.0.1:3000]", "[127.0.0.1:3000]\n    max_connections: 8");
+    let f = Config::from_str(&text, "t.yaml").expect("valid").file;
+    assert_eq!(f.runtime.drain_delay, Dur::from_secs(5));
+    assert_eq!(f.upstreams["app"].max_connections, 8);
+    assert_eq!(f.tenants.from[0].client_cert, Some(ClientCertField::UriSan));
+    assert_eq!(
+        f.listeners[0].routes[0].tunnel_idle_timeout,
+        Some(Dur::from_secs(600))
+    );
+    fails_at(
+        &top("tenants: { from: [ { client_cert: cn, header: x-t } ] }"),
+        "tenants.from[0]",
+    );
+    let e = one(&top("tenants: { from: [ { client_cert: serial } ] }"));
+    assert_eq!(
+        e.message,
+        "unknown value \"serial\"; expected one of: cn, uri_san"
+    );
+}
+
+#[test]
+fn tls_client_files_come_in_pairs() {
+    let e = fails_at(
+        &upstream("{ endpoints: [127.0.0.1:1], tls: { cert: /nonexistent/c.pem } }"),
+        "upstreams.app.tls.cert",
+    );
+    assert!(e.message.contains("needs its `key`"), "{e:?}");
+    let tls = "    tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem, client_ca: /nonexistent/ca.pem }\n";
+    let text = BASE.replace("    routes:\n", &format!("{tls}    routes:\n"));
+    let e = fails_at(&text, "listeners[0].tls.client_ca");
+    assert!(
+        e.message.starts_with("cannot read client ca bundle"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn route_names_are_unique_within_a_listener() {
+    let text = BASE.replace(
+        "      - upstream: app\n        policy: p\n",
+        "      - name: a\n        match: { path_prefix: /x }\n        upstream: app\n      - name: a\n        upstream: app\n",
+    );
+    let e = one(&text);
+    assert_eq!(spot(&e), (15, 15, "listeners[0].routes[1].name"));
+    assert!(
+        e.message.contains("routes[0]") && e.message.contains("12:15"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn policies_reaching_one_upstream_agree_on_the_breaker() {
+    let two = |b: &str| {
+        BASE.replace(
+            "  p: {}\n",
+            &format!("  p: {{ circuit_breaker: {{ consecutive_failures: 5 }} }}\n  q: {{ circuit_breaker: {b} }}\n  plain: {{}}\n"),
+        )
+        .replace(
+            "      - upstream: app\n        policy: p\n",
+            "      - match: { path_prefix: /a }\n        upstream: app\n        policy: p\n      - match: { path_prefix: /b }\n        upstream: app\n        policy: plain\n      - upstream: app\n        policy: q\n",
+        )
+    };
+    ok(&two("{ consecutive_failures: 5 }"));
+    let e = one(&two("{ consecutive_failures: 6 }"));
+    assert_eq!(e.path, "listeners[0].routes[2].policy");
+    assert!(
+        e.message.contains("\"p\"")
+            && e.message.contains("\"q\"")
+            && e.message.contains("listeners[0].routes[0].policy at 16:17"),
+        "{e:?}"
+    );
+}
+
+// === warnings ===
+
+#[test]
+fn inert_keys_warn_at_their_key() {
+    let w = warnings(&policy("{ load_shed: { max_in_flight: 5 } }"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(spot(&w[0]), (6, 8, "policies.p.load_shed"));
+    assert_eq!(
+        w[0].message,
+        "`load_shed` is accepted but not enforced by this build yet; it does nothing"
+    );
+    assert_eq!(
+        w[0].warning_line(),
+        "t.yaml:6:8: policies.p.load_shed: warning: `load_shed` is accepted but not enforced by this build yet; it does nothing"
+    );
+    assert!(warnings(&upstream(
+        "{ endpoints: [127.0.0.1:1], balance: round_robin }"
+    ))
+    .is_empty());
+    // Balancing, health checks and outlier ejection are built: no warning.
+    assert!(warnings(&upstream("{ endpoints: [127.0.0.1:1], balance: p2c }")).is_empty());
+    // Upstream TLS is built: neither refused nor a warning.
+    assert!(warnings(&upstream("{ endpoints: [127.0.0.1:1], tls: {} }")).is_empty());
+    let w = warnings(&top("admin: { listen: 0.0.0.0:9901 }"));
+    assert_eq!(w[0].path, "admin.listen");
+    assert!(w[0].message.contains("not a loopback address"), "{w:#?}");
+}
+
+#[test]
+fn the_reference_file_warns_about_each_inert_key_it_holds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rampart.yaml");
+    let cfg = Config::load(&path).expect("config/rampart.yaml must validate");
+    let paths: Vec<&str> = cfg.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "policies.standard.load_shed",
+            "listeners[1].routes[0].tunnel_idle_timeout",
+        ]
+    );
+    assert!(cfg.summary().contains("2 warning(s)"), "{}", cfg.summary());
+}
+
+#[test]
+fn anchors_and_aliases_are_expanded() {
+    let text = BASE.replace(
+        "  p: {}\n",
+        "  p: &std { timeout: { request: 2s } }\n  q: *std\n",
+    );
+    let f = Config::from_str(&text, "t.yaml").expect("valid").file;
+    assert_eq!(f.policies["p"], f.policies["q"]);
+    // A bad value behind an alias is reported where it is written.
+    let text = BASE.replace(
+        "  p: {}\n",
+        "  p: &std { timeout: { request: 2x } }\n  q: *std\n",
+    );
+    let all = errors(&text);
+    assert!(
+        !all.is_empty() && all.iter().all(|e| e.line == 6),
+        "{all:#?}"
+    );
+}

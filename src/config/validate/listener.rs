@@ -1,0 +1,204 @@
+//! Checks of `listeners`: names, addresses, TLS files, routes and what they refer to, and the
+//! SPEC §2 rule that the policies reaching one upstream agree on its circuit breaker.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::super::file::{File, Listener};
+use super::super::locate::KeyPath;
+use super::{syntax, Report};
+
+/// Checks every listener and its routes.
+pub(super) fn check(f: &File, r: &mut Report<'_>) {
+    let lp = KeyPath::default().key("listeners");
+    if f.listeners.is_empty() {
+        r.key(&lp, "at least one listener is needed");
+    }
+    let mut names = HashSet::new();
+    for (i, l) in f.listeners.iter().enumerate() {
+        let p = lp.idx(i);
+        if l.name.trim().is_empty() {
+            r.value(&p.key("name"), "the listener name is empty");
+        } else if !names.insert(l.name.as_str()) {
+            r.value(
+                &p.key("name"),
+                format!("another listener is already named {:?}", l.name),
+            );
+        }
+        check_listen(f, i, r);
+        if let Some(tls) = &l.tls {
+            let tp = p.key("tls");
+            r.readable(&tp.key("cert"), &tls.cert, "certificate");
+            r.readable(&tp.key("key"), &tls.key, "private key");
+            if let Some(ca) = &tls.client_ca {
+                r.readable(&tp.key("client_ca"), ca, "client ca bundle");
+            }
+        }
+        check_routes(f, l, &p, r);
+    }
+    check_breakers(f, r);
+}
+
+fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {
+    let l = &f.listeners[i];
+    let p = KeyPath::default().key("listeners").idx(i).key("listen");
+    let earlier = f.listeners[..i]
+        .iter()
+        .position(|o| clash(o.listen, l.listen));
+    if clash(l.listen, f.admin.listen) {
+        r.value(
+            &p,
+            format!("{} clashes with admin.listen {}", l.listen, f.admin.listen),
+        );
+    } else if let Some(j) = earlier {
+        let other = f.listeners[j].listen;
+        r.value(
+            &p,
+            format!("{} clashes with listeners[{j}].listen {other}", l.listen),
+        );
+    }
+}
+
+/// Two addresses that cannot both be bound: the same port on the same IP, or on a wildcard
+/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so any
+/// number of listeners may use it.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
+    if l.routes.is_empty() {
+        r.value(&lp.key("routes"), "needs at least one route");
+    }
+    let mut catch_all: Option<usize> = None;
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (j, route) in l.routes.iter().enumerate() {
+        let p = lp.key("routes").idx(j);
+        if let Some(k) = catch_all {
+            r.key(
+                &p,
+                format!("this route is never used: routes[{k}] before it matches every request"),
+            );
+        }
+        let m = route.matches.as_ref();
+        let host = m.and_then(|m| m.host.as_deref());
+        let prefix = m.and_then(|m| m.path_prefix.as_deref());
+        if let Some(h) = host {
+            if let Err(msg) = syntax::match_host(h) {
+                r.value(&p.key("match").key("host"), msg);
+            }
+        }
+        if let Some(pp) = prefix {
+            if !pp.starts_with('/') {
+                r.value(
+                    &p.key("match").key("path_prefix"),
+                    format!("path prefix {pp:?} must start with /"),
+                );
+            }
+        }
+        if host.is_none() && prefix.map_or(true, |pp| pp == "/") && catch_all.is_none() {
+            catch_all = Some(j);
+        }
+        if let Some(name) = &route.name {
+            route_name(name, j, &mut names, lp, r);
+        }
+        if let Some(t) = route.tunnel_idle_timeout {
+            r.positive(&p.key("tunnel_idle_timeout"), t.0);
+        }
+        check_refs(f, route, &p, r);
+    }
+}
+
+/// A route's `name:` names it in metrics and messages, so it is unique within its
+/// listener.
+fn route_name<'a>(
+    name: &'a str,
+    j: usize,
+    names: &mut HashMap<&'a str, usize>,
+    lp: &KeyPath,
+    r: &mut Report<'_>,
+) {
+    let p = lp.key("routes").idx(j).key("name");
+    if name.trim().is_empty() {
+        r.value(&p, "the route name is empty");
+    } else if let Some(k) = names.get(name) {
+        let first = r.place(&lp.key("routes").idx(*k).key("name"));
+        r.value(
+            &p,
+            format!("routes[{k}] of this listener ({first}) is already named {name:?}; route names must differ within a listener"),
+        );
+    } else {
+        names.insert(name, j);
+    }
+}
+
+fn check_refs(f: &File, route: &super::super::file::Route, p: &KeyPath, r: &mut Report<'_>) {
+    let root = KeyPath::default();
+    let up = &route.upstream;
+    if !f.upstreams.contains_key(up) && !r.was_removed(&root.key("upstreams").key(up)) {
+        let known = known(f.upstreams.keys());
+        r.value(
+            &p.key("upstream"),
+            format!("no upstream named {up:?} ({known})"),
+        );
+    }
+    if let Some(pol) = &route.policy {
+        if !f.policies.contains_key(pol) && !r.was_removed(&root.key("policies").key(pol)) {
+            let known = known(f.policies.keys());
+            r.value(
+                &p.key("policy"),
+                format!("no policy named {pol:?} ({known})"),
+            );
+        }
+    }
+}
+
+/// SPEC §2: a breaker guards an upstream, so every policy with a `circuit_breaker` that
+/// reaches one upstream must carry the same section. A policy without one adds no breaker
+/// rules, so it conflicts with none.
+fn check_breakers(f: &File, r: &mut Report<'_>) {
+    // upstream → (policy, the route's path) of the first route that reaches it.
+    let mut first: BTreeMap<&str, (&str, KeyPath)> = BTreeMap::new();
+    let lp = KeyPath::default().key("listeners");
+    for (i, l) in f.listeners.iter().enumerate() {
+        for (j, route) in l.routes.iter().enumerate() {
+            let Some(pol) = route.policy.as_deref() else {
+                continue;
+            };
+            let Some(this) = f.policies.get(pol).and_then(|p| p.circuit_breaker.as_ref()) else {
+                continue;
+            };
+            let here = lp.idx(i).key("routes").idx(j).key("policy");
+            let up = route.upstream.as_str();
+            let Some((other, at)) = first.get(up) else {
+                first.insert(up, (pol, here));
+                continue;
+            };
+            let differ = f
+                .policies
+                .get(*other)
+                .and_then(|o| o.circuit_breaker.as_ref())
+                .is_some_and(|o| o != this);
+            if *other != pol && differ {
+                let there = r.place(at);
+                let at = r.written(at);
+                r.value(
+                    &here,
+                    format!("policies {other:?} ({at} at {there}) and {pol:?} (here) both reach upstream {up:?} with different circuit_breaker sections; a breaker guards an upstream, so they must be the same"),
+                );
+            }
+        }
+    }
+}
+
+/// `known: a, b` or `none are defined`, for messages about a dangling reference.
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let all: Vec<&str> = names.map(String::as_str).collect();
+    if all.is_empty() {
+        "none are defined".into()
+    } else {
+        format!("known: {}", all.join(", "))
+    }
+}

@@ -1,0 +1,71 @@
+//! The shape of the file, every error of it: deserialize, and on an error take the node out
+//! and deserialize again.
+//!
+//! serde stops at its first error. Rather than mirror the whole schema by hand, each error is
+//! recorded and the node it is about is taken out of the tree: an unknown key simply goes, a bad
+//! value leaves its key unset (its default applies, or its parent reports the key missing,
+//! and then the parent goes too). Each round removes at least one node, so the rounds are
+//! bounded by the size of the tree, and by [`MAX_ROUNDS`] besides.
+
+use serde::Deserialize;
+
+use super::super::file::File;
+use super::super::locate::{Doc, KeyPath};
+use super::super::ConfigError;
+use super::de::{De, DeError};
+
+/// Most shape errors reported for one file; past this the file is mostly wrong anyway.
+const MAX_ROUNDS: usize = 200;
+
+/// Deserializes `doc`, taking out what does not fit. Returns the file (if the root itself
+/// fitted), every shape error, and the written paths of the values taken out.
+pub(super) fn deserialize(
+    doc: &mut Doc,
+    origin: &str,
+) -> (Option<File>, Vec<ConfigError>, Vec<KeyPath>) {
+    let mut errors = Vec::new();
+    let mut removed: Vec<KeyPath> = Vec::new();
+    for _ in 0..MAX_ROUNDS {
+        let Some(root) = doc.root.as_ref() else {
+            break;
+        };
+        let e = match File::deserialize(De {
+            node: root,
+            path: KeyPath::default(),
+        }) {
+            Ok(file) => return (Some(file), errors, removed),
+            Err(e) => e,
+        };
+        // A key left unset because its value was taken out is not missing a second time.
+        let echo = e
+            .missing
+            .as_ref()
+            .is_some_and(|k| removed.contains(&e.path.key(k)));
+        if !echo {
+            errors.push(place(&e, doc, origin));
+        }
+        if e.path.is_root() && e.missing.as_deref() == Some("version") {
+            // The one required key of the root: assume the only version, and read on.
+            doc.assume_version(super::VERSION);
+            continue;
+        }
+        if e.path.is_root() || !doc.remove(&e.path) {
+            break;
+        }
+        if !e.unknown_key {
+            removed.push(e.path);
+        }
+    }
+    (None, errors, removed)
+}
+
+fn place(e: &DeError, doc: &Doc, origin: &str) -> ConfigError {
+    let (line, column) = doc.locate(&e.path, e.target);
+    ConfigError {
+        origin: origin.to_string(),
+        line,
+        column,
+        path: e.path.to_string(),
+        message: e.message.clone(),
+    }
+}

@@ -1,0 +1,192 @@
+//! Open and half-open: open_for and its growth, exact probe counts, abandoned and stale tries.
+
+use std::sync::Barrier;
+
+use super::*;
+
+#[test]
+fn half_open_admits_probes_after_open_for_and_all_successes_close() {
+    let w = world(&file::CircuitBreaker {
+        half_open_probes: 2,
+        ..consecutive(1)
+    });
+    assert!(w.call(FAIL));
+    w.clock.advance(10 * SEC - MS);
+    assert_eq!(w.refused_for(), MS, "not yet");
+    w.clock.advance(MS);
+    let p1 = w.admit("t").expect("open_for passed: the first probe");
+    assert_eq!(w.state(), State::HalfOpen);
+    let p2 = w.admit("t").expect("the second probe");
+    let refused = w
+        .admit("t")
+        .expect_err("a third would exceed half_open_probes");
+    assert_eq!(
+        refused.retry_after,
+        Duration::ZERO,
+        "waiting on probes, not the clock"
+    );
+    p1.record(OK, MS);
+    assert_eq!(
+        w.state(),
+        State::HalfOpen,
+        "one success of two does not close"
+    );
+    p2.record(Outcome::Status(404), MS);
+    assert_eq!(w.state(), State::Closed, "every probe succeeded");
+    assert!(w.call(OK), "closed admits again");
+}
+
+#[test]
+fn open_for_doubles_on_each_failed_round_up_to_the_cap_and_resets_after_a_close() {
+    let w = world(&file::CircuitBreaker {
+        open_for: Dur::from_secs(1),
+        open_for_max: Some(Dur::from_secs(5)),
+        ..consecutive(1)
+    });
+    assert!(w.call(FAIL));
+    let mut open_for = SEC;
+    for expected in [2, 4, 5, 5] {
+        assert_eq!(w.refused_for(), open_for);
+        w.clock.advance(open_for);
+        assert!(w.call(FAIL), "the probe goes through, and fails");
+        open_for = expected * SEC;
+        assert_eq!(
+            w.refused_for(),
+            open_for,
+            "the next open_for is {expected}s"
+        );
+    }
+    // A successful probe closes; the next trip starts from the base again.
+    w.clock.advance(open_for);
+    assert!(w.call(OK));
+    assert_eq!(w.state(), State::Closed);
+    assert!(w.call(FAIL));
+    assert_eq!(w.refused_for(), SEC, "a close resets open_for");
+}
+
+#[test]
+fn without_open_for_max_open_for_never_grows() {
+    let w = world(&consecutive(1));
+    assert!(w.call(FAIL));
+    for _ in 0..3 {
+        w.clock.advance(10 * SEC);
+        assert!(w.call(FAIL));
+        assert_eq!(w.refused_for(), 10 * SEC);
+    }
+}
+
+#[test]
+fn exactly_n_probes_are_granted_under_concurrent_admits() {
+    let w = world(&file::CircuitBreaker {
+        half_open_probes: 3,
+        ..consecutive(1)
+    });
+    assert!(w.call(FAIL));
+    w.clock.advance(10 * SEC);
+    // 8 threads × 8 admits race for the probes, released together by a barrier.
+    let start = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (cb, start) = (w.cb.clone(), start.clone());
+            let labels = Labels::new(0);
+            std::thread::spawn(move || {
+                start.wait();
+                (0..8)
+                    .filter_map(|_| cb.admit("t", &labels).ok())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let permits: Vec<BreakerPermit> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("no admitting thread may panic"))
+        .collect();
+    assert_eq!(
+        permits.len(),
+        3,
+        "3 probes out of 64 attempts, no more, no fewer"
+    );
+    for p in permits {
+        p.record(OK, MS);
+    }
+    assert_eq!(w.state(), State::Closed, "all three probes succeeded");
+}
+
+#[test]
+fn a_dropped_probe_is_a_failed_probe_and_frees_its_slot() {
+    let w = world(&file::CircuitBreaker {
+        half_open_probes: 2,
+        open_for_max: Some(Dur::from_secs(60)),
+        ..consecutive(1)
+    });
+    let mut probes = w.half_open(10 * SEC);
+    assert_eq!(probes.len(), 2);
+    // The client went away: the permit is dropped unrecorded.
+    drop(probes.pop());
+    assert_eq!(w.state(), State::Open, "an abandoned probe reopens");
+    assert_eq!(w.refused_for(), 20 * SEC, "with the longer open_for");
+    // The other probe of that round answers late: it belongs to a round that is over.
+    probes.pop().expect("second probe").record(OK, MS);
+    assert_eq!(w.state(), State::Open, "a stale probe changes nothing");
+    // Next round: both slots are free again; a probe recorded as Cancelled also fails.
+    w.clock.advance(20 * SEC);
+    let again: Vec<_> = std::iter::from_fn(|| w.admit("t").ok()).collect();
+    assert_eq!(again.len(), 2, "the slots were freed");
+    let mut again = again.into_iter();
+    again.next().expect("probe").record(Outcome::Cancelled, MS);
+    assert_eq!(w.state(), State::Open);
+    assert_eq!(w.transitions("half_open", "open"), 2);
+}
+
+#[test]
+fn a_client_fault_probe_gives_its_permit_back() {
+    let w = world(&consecutive(1));
+    let mut probes = w.half_open(10 * SEC);
+    assert_eq!(probes.len(), 1);
+    probes
+        .pop()
+        .expect("probe")
+        .record(Outcome::ClientFault, MS);
+    assert_eq!(w.state(), State::HalfOpen, "no verdict: still probing");
+    assert!(
+        w.call(OK),
+        "the permit went back, so another request probes"
+    );
+    assert_eq!(w.state(), State::Closed);
+}
+
+#[test]
+fn a_slow_probe_round_reopens_under_the_slow_call_rule() {
+    let w = world(&file::CircuitBreaker {
+        slow_call: Some(SlowCall {
+            duration: Dur::from_millis(100),
+            threshold: Ratio(0.5),
+        }),
+        ..consecutive(1)
+    });
+    assert!(w.call(FAIL));
+    w.clock.advance(10 * SEC);
+    assert!(w.call_as("t", OK, SEC), "the probe succeeds, slowly");
+    assert_eq!(w.state(), State::Open, "1 slow of 1 probe reaches 50%");
+}
+
+#[test]
+fn a_try_admitted_before_the_trip_counts_for_nothing_after_it() {
+    let w = world(&file::CircuitBreaker {
+        half_open_probes: 1,
+        ..consecutive(2)
+    });
+    let late = w.admit("t").expect("closed admits");
+    assert!(w.call(FAIL) && w.call(FAIL));
+    assert_eq!(w.state(), State::Open);
+    w.clock.advance(10 * SEC);
+    let probe = w.admit("t").expect("half-open probe");
+    late.record(FAIL, MS);
+    assert_eq!(
+        w.state(),
+        State::HalfOpen,
+        "the late failure is from the closed round"
+    );
+    probe.record(OK, MS);
+    assert_eq!(w.state(), State::Closed);
+}

@@ -1,0 +1,118 @@
+//! `scope: tenant`: isolation, the `max_tracked` bound, bounded labels and `/state`.
+
+use super::*;
+
+fn per_tenant(cfg: file::CircuitBreaker) -> file::CircuitBreaker {
+    file::CircuitBreaker {
+        scope: BreakerScope::Tenant,
+        ..cfg
+    }
+}
+
+#[test]
+fn one_tenant_failing_never_opens_the_breaker_of_another() {
+    let w = world(&per_tenant(consecutive(2)));
+    assert!(w.call_as("noisy", FAIL, MS) && w.call_as("noisy", FAIL, MS));
+    assert_eq!(w.cb.state("noisy"), Some(State::Open));
+    assert!(w.admit("noisy").is_err(), "the failing tenant is refused");
+    assert!(
+        w.call_as("quiet", OK, MS),
+        "another tenant still goes through"
+    );
+    assert_eq!(w.cb.state("quiet"), Some(State::Closed));
+}
+
+#[test]
+fn tenant_breakers_obey_max_tracked_and_open_ones_are_kept() {
+    let w = world_with(&per_tenant(consecutive(1)), 2, 10);
+    assert!(w.call_as("bad", FAIL, MS), "trips bad's breaker");
+    assert!(w.call_as("idle", OK, MS));
+    assert_eq!(w.tracked.len(), 2);
+    // The cap is reached: a newcomer evicts the idle closed breaker, never the open one.
+    assert!(w.call_as("new", OK, MS));
+    assert_eq!(w.tracked.len(), 2, "the cap must hold");
+    assert_eq!(
+        w.cb.state("bad"),
+        Some(State::Open),
+        "an open breaker is kept"
+    );
+    assert_eq!(w.cb.state("idle"), None, "the idle one made room");
+}
+
+#[test]
+fn with_every_entry_in_use_a_newcomer_passes_through_unguarded() {
+    let w = world_with(&per_tenant(consecutive(1)), 2, 10);
+    let held: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|t| w.admit(t).expect("room for two"))
+        .collect();
+    let p = w
+        .admit("c")
+        .expect("no room: a pass-through permit, not a refusal");
+    p.record(FAIL, MS);
+    assert_eq!(w.cb.state("c"), None, "nothing was tracked for c");
+    assert!(w.tracked.len() <= 2);
+    drop(held);
+}
+
+#[test]
+fn tenant_series_are_bounded_and_other_counts_breakers_per_state() {
+    // One own label: "a"; every later tenant folds into `_other`.
+    let w = world_with(&per_tenant(consecutive(1)), 100, 1);
+    assert!(w.call_as("a", OK, MS));
+    assert_eq!((w.gauge("a", "closed"), w.gauge("a", "open")), (1, 0));
+    for t in ["b", "c", "d"] {
+        assert!(w.call_as(t, OK, MS));
+    }
+    assert_eq!(
+        w.gauge("_other", "closed"),
+        3,
+        "three folded breakers are closed"
+    );
+    assert!(w.call_as("b", FAIL, MS) && w.call_as("c", FAIL, MS));
+    assert_eq!(
+        (w.gauge("_other", "closed"), w.gauge("_other", "open")),
+        (1, 2),
+        "two of them opened"
+    );
+    assert_eq!(w.transitions("closed", "open"), 2);
+    assert_eq!(
+        w.gauge("", "closed"),
+        0,
+        "no upstream-scope series for scope tenant"
+    );
+}
+
+#[test]
+fn the_snapshot_lists_open_tenants_first_and_stays_bounded() {
+    let w = world_with(&per_tenant(consecutive(1)), 1000, 10);
+    for i in 0..150 {
+        assert!(w.call_as(&format!("t{i:03}"), OK, MS));
+    }
+    assert!(w.call_as("t149", FAIL, MS));
+    let snap = w.cb.snapshot();
+    assert_eq!(snap["scope"], "tenant");
+    assert_eq!(snap["tenants_tracked"], 150);
+    assert_eq!(snap["tenants_shown"], 100);
+    assert_eq!(snap["states"]["open"], 1);
+    assert_eq!(
+        snap["tenants"]["t149"]["state"], "open",
+        "open tenants are always shown"
+    );
+    assert_eq!(snap["tenants"]["t149"]["half_open_in_seconds"], 10.0);
+}
+
+#[test]
+fn the_upstream_snapshot_shows_state_counters_and_time_to_half_open() {
+    let w = world(&consecutive(2));
+    assert!(w.call(OK) && w.call(FAIL) && w.call(FAIL));
+    w.clock.advance(3 * SEC);
+    assert!(w.admit("t").is_err());
+    let snap = w.cb.snapshot();
+    assert_eq!(snap["upstream"], "app");
+    assert_eq!(snap["state"], "open");
+    assert_eq!(snap["successes"], 1);
+    assert_eq!(snap["failures"], 2);
+    assert_eq!(snap["rejected"], 1);
+    assert_eq!(snap["half_open_in_seconds"], 7.0);
+}

@@ -1,0 +1,71 @@
+//! Every TLS config a policy file names, read from disk once per generation.
+//!
+//! Start, `validate` and every reload call [`TlsFiles::load`] before anything else changes, so a
+//! missing, mismatched or expired file refuses the whole config (the one in force stays), and a
+//! reload that succeeds makes new handshakes use the files as they are now, even when their
+//! paths did not change (certificate rotation in place).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::{ClientConfig, ServerConfig};
+
+use super::{client_config, server_config, TlsFileError};
+use crate::config::file::File;
+
+/// The TLS configs of one policy file: per listener name and per upstream name.
+#[derive(Debug, Default)]
+pub struct TlsFiles {
+    /// Server configs of listeners with `tls`.
+    pub listeners: HashMap<String, Arc<ServerConfig>>,
+    /// Client configs of upstreams with `tls`.
+    pub upstreams: HashMap<String, Arc<ClientConfig>>,
+}
+
+/// One unusable file, with the key path of the section that names it.
+#[derive(Debug)]
+pub struct TlsFileProblem {
+    /// Dotted key path, e.g. `listeners.0.tls` or `upstreams.payments.tls`.
+    pub path: String,
+    /// What is wrong (the message names the file).
+    pub error: TlsFileError,
+}
+
+// === impl TlsFiles ===
+
+impl TlsFiles {
+    /// Reads every certificate, key and CA file `file` names; every problem is reported.
+    pub fn load(file: &File) -> Result<TlsFiles, Vec<TlsFileProblem>> {
+        let mut out = TlsFiles::default();
+        let mut problems = Vec::new();
+        for (i, l) in file.listeners.iter().enumerate() {
+            let Some(t) = &l.tls else { continue };
+            match server_config(&t.cert, &t.key, t.client_ca.as_deref()) {
+                Ok(c) => {
+                    out.listeners.insert(l.name.clone(), c);
+                }
+                Err(error) => problems.push(TlsFileProblem {
+                    path: format!("listeners.{i}.tls"),
+                    error,
+                }),
+            }
+        }
+        for (name, u) in &file.upstreams {
+            let Some(t) = &u.tls else { continue };
+            match client_config(t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref()) {
+                Ok(c) => {
+                    out.upstreams.insert(name.clone(), c);
+                }
+                Err(error) => problems.push(TlsFileProblem {
+                    path: format!("upstreams.{name}.tls"),
+                    error,
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+}
