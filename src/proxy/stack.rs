@@ -116,12 +116,6 @@ pub async fn handle(
 
     // 4. Load shed: (its own issue) takes a slot here, into `guards`.
 
-    if req.method() == Method::CONNECT {
-        // A tunnel holds its guards for its whole life.
-        let rsp = tunnel::open(route, &shared.clock, req, guards).await;
-        return finish(&tm, rsp, started);
-    }
-
     // 5–8. Deadline, tries, the upstream.
     let ctx = RequestCtx {
         listener: lst,
@@ -133,6 +127,11 @@ pub async fn handle(
         body_idle: lst.body_idle_timeout,
         labels: &shared.labels,
     };
+    if req.method() == Method::CONNECT {
+        // A tunnel, not an exchange; it holds its guards for its whole life.
+        let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
+        return finish(&tm, rsp, started);
+    }
     let mut rsp = exchange::run(&ctx, req).await;
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.

@@ -11,9 +11,10 @@
 //! life and is never reused, so pooling buys nothing. A connect failure is answered before any
 //! 200, so the client sees 502 `upstream_unavailable` as for any request.
 //!
-//! A load-shed slot taken at step 4 rides in the [`Guards`] the tunnel holds for its life, so
-//! `max_in_flight` counts open tunnels once load shedding lands; the breaker, when it lands,
-//! should judge the connect here (its outcome is the tunnel's only upstream outcome).
+//! The route's breaker judges the connect (the tunnel's only upstream outcome): an open breaker
+//! answers 503 `circuit_open` without connecting. A load-shed slot taken at step 4 rides in the
+//! [`Guards`] the tunnel holds for its life, so `max_in_flight` counts open tunnels once load
+//! shedding lands.
 
 use std::io;
 use std::pin::Pin;
@@ -28,59 +29,54 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use tokio::time::Instant;
+
 use super::body::Body;
+use super::ctx::RequestCtx;
 use super::guard::Guards;
 use super::respond::answer;
 use crate::clock::SharedClock;
+use crate::config::file;
 use crate::error::Reason;
 use crate::generation::RouteRt;
+use crate::policy::circuit_breaker::BreakerPermit;
+use crate::policy::outcome::Outcome;
 
-/// How long a tunnel may carry no byte either way before it is closed.
-// TODO(config): read `listeners[].routes[].tunnel_idle_timeout` (default 1h) once the config
-// key lands; this constant is its default.
-pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Opens a tunnel for an admitted CONNECT on `route`: connects to an endpoint of its upstream,
-/// answers 200 and copies bytes in the background; or answers 502 when it cannot connect.
-/// `guards` are held for the tunnel's life.
+/// Opens a tunnel for an admitted CONNECT: connects to an endpoint of the route's upstream
+/// (if its breaker admits it), answers 200 and copies bytes in the background; or answers 503
+/// `circuit_open` / 502 `upstream_unavailable`. `guards` are held for the tunnel's life.
 pub async fn open(
-    route: &RouteRt,
+    ctx: &RequestCtx<'_>,
     clock: &SharedClock,
     req: Request<Incoming>,
     guards: Guards,
 ) -> Response<Body> {
-    let up = &route.upstream;
-    let Some(ep) = up.pick(None) else {
-        let msg = format!("upstream {} has no healthy endpoint", up.name);
-        return answer(Reason::UpstreamUnavailable, &msg, None);
+    let up = &ctx.route.upstream;
+    // The breaker judges the connect: it is the tunnel's only upstream outcome.
+    let permit = match &ctx.route.breaker {
+        None => None,
+        Some(b) => match b.admit(ctx.tenant.as_str(), ctx.labels) {
+            Ok(p) => Some(p),
+            Err(open) => {
+                let msg = format!("upstream {}: {open}", up.name);
+                return answer(Reason::CircuitOpen, &msg, Some(open.retry_after));
+            }
+        },
     };
-    let limit = up.cfg.connect_timeout.0;
-    let stream = match tokio::time::timeout(limit, TcpStream::connect(ep.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            up.connect_failed(&ep);
-            tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = %e, "tunnel connect failed");
-            let msg = format!("cannot connect to upstream {} ({})", up.name, ep.addr);
-            return answer(Reason::UpstreamUnavailable, &msg, None);
-        }
-        Err(_) => {
-            up.connect_failed(&ep);
-            route.metrics.timeout_connect.inc();
-            let msg = format!(
-                "cannot connect to upstream {} ({}) within {limit:?}",
-                up.name, ep.addr
-            );
-            return answer(Reason::UpstreamUnavailable, &msg, None);
-        }
+    let stream = match connect(ctx.route, permit).await {
+        Ok(s) => s,
+        Err(rsp) => return rsp,
     };
-    let _ = stream.set_nodelay(true);
+    // TODO(lead): `listeners[].routes[].tunnel_idle_timeout` is parsed but not yet on `RouteRt`;
+    // give the route `tunnel_idle_timeout.unwrap_or(file::TUNNEL_IDLE_TIMEOUT)` and read it here.
+    let idle = file::TUNNEL_IDLE_TIMEOUT.0;
     let (clock, name) = (clock.clone(), up.name.clone());
     tokio::spawn(async move {
         let _guards = guards;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
-                let why = pipe(client, stream, TUNNEL_IDLE_TIMEOUT, clock).await;
+                let why = pipe(client, stream, idle, clock).await;
                 tracing::debug!(upstream = %name, ended = ?why, "tunnel closed");
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel upgrade failed"),
@@ -89,6 +85,51 @@ pub async fn open(
     let mut rsp = Response::new(Body::Empty);
     *rsp.status_mut() = StatusCode::OK;
     rsp
+}
+
+/// Connects to an endpoint of `route`'s upstream within its `connect_timeout`, telling the
+/// breaker and endpoint health how it went; a failure is the 502 to answer.
+async fn connect(
+    route: &RouteRt,
+    permit: Option<BreakerPermit>,
+) -> Result<TcpStream, Response<Body>> {
+    let up = &route.upstream;
+    let Some(ep) = up.pick(None) else {
+        if let Some(p) = permit {
+            p.record(Outcome::ConnectError, Duration::ZERO);
+        }
+        let msg = format!("upstream {} has no healthy endpoint", up.name);
+        return Err(answer(Reason::UpstreamUnavailable, &msg, None));
+    };
+    let (limit, started) = (up.cfg.connect_timeout.0, Instant::now());
+    let result = tokio::time::timeout(limit, TcpStream::connect(ep.addr)).await;
+    let outcome = match &result {
+        Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
+        _ => Outcome::ConnectError,
+    };
+    let took = started.elapsed();
+    if let Some(p) = permit {
+        p.record(outcome, took);
+    }
+    up.try_ended(&ep, outcome, took);
+    let why = match result {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            return Ok(stream);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => {
+            route.metrics.timeout_connect.inc();
+            format!("no connection within {limit:?}")
+        }
+    };
+    up.connect_failed(&ep);
+    tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = %why, "tunnel connect failed");
+    let msg = format!(
+        "cannot connect to upstream {} ({}): {why}",
+        up.name, ep.addr
+    );
+    Err(answer(Reason::UpstreamUnavailable, &msg, None))
 }
 
 /// How a tunnel ended.

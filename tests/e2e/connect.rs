@@ -1,6 +1,7 @@
 //! CONNECT tunnels (SPEC §14): curl with `HTTPS_PROXY` pointed at the outbound listener
 //! reaches a TLS server through rampart; a tunnel counts against its route's rate limit; an
-//! unknown host is 404, an inbound listener 405, an unreachable upstream 502.
+//! unknown host is 404, an inbound listener 405, an unreachable upstream 502 (and then 503
+//! from the breaker it opened).
 //!
 //! Before this, rampart rewrote a CONNECT to `CONNECT /` and forwarded it as an ordinary
 //! request (issue 24), so every test here fails on the code before the tunnel was built.
@@ -30,13 +31,14 @@ upstreams:
   plain: { endpoints: [$PLAIN] }
 policies:
   once: { rate_limit: { per_tenant: { rate: 1/h, burst: 1 } } }
+  fragile: { circuit_breaker: { consecutive_failures: 1, open_for: 1m } }
 listeners:
   - name: outbound
     direction: outbound
     listen: $LISTEN_outbound
     routes:
       - { match: { host: secure.example }, upstream: secure, policy: once }
-      - { match: { host: dead.example }, upstream: dead }
+      - { match: { host: dead.example }, upstream: dead, policy: fragile }
       - { match: { host: plain.example }, upstream: plain }
   - name: inbound
     direction: inbound
@@ -198,7 +200,7 @@ async fn https_proxy_clients_tunnel_and_each_tunnel_counts_against_the_limit() {
 }
 
 #[tokio::test]
-async fn connect_is_refused_without_a_route_on_inbound_and_to_a_dead_upstream() {
+async fn connect_is_refused_without_a_route_on_inbound_to_a_dead_upstream_and_by_a_breaker() {
     let (tls, proxy) = setup().await;
     let outbound = proxy.listener("outbound");
     assert_refused(
@@ -216,6 +218,10 @@ async fn connect_is_refused_without_a_route_on_inbound_and_to_a_dead_upstream() 
         502,
         "upstream_unavailable",
     );
+    // The failed connect opened the route's breaker: the next tunnel is refused at once.
+    let open = connect(outbound, "dead.example:443").await;
+    assert_refused(&open, 503, "circuit_open");
+    assert!(open.header("retry-after").is_some(), "{}", open.text());
     assert_eq!(tls.hits.load(Ordering::SeqCst), 0);
 }
 
