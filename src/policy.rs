@@ -6,6 +6,7 @@
 //! one fixed order.
 
 pub mod circuit_breaker;
+pub mod load_shed;
 pub mod outcome;
 pub mod rate_limit;
 pub mod retry;

@@ -53,8 +53,25 @@ struct Tried {
 /// Steps 5–8 for one request that has passed the route's admission policies.
 pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<Body> {
     forward::prepare_request(&mut req, ctx.peer);
-    let fault = Arc::new(FaultCell::default());
     let (parts, incoming) = req.into_parts();
+    // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.
+    if http_body::Body::is_end_stream(&incoming) {
+        let retry = ctx.route.policy.retry.as_ref();
+        return match retry.filter(|_| is_idempotent(&parts.method, &parts.headers)) {
+            Some(r) => {
+                r.budget.deposit();
+                retry_loop(ctx, r, &parts, Bytes::new(), None).await
+            }
+            None => {
+                if let Some(r) = retry {
+                    r.budget.deposit();
+                }
+                let req = Request::from_parts(parts, Body::Empty);
+                try_once(ctx, req, None, None).await.rsp
+            }
+        };
+    }
+    let fault = Arc::new(FaultCell::default());
     let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
     let retry = match &ctx.route.policy.retry {
         Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
@@ -63,7 +80,7 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<B
                 r.budget.deposit();
             }
             let req = Request::from_parts(parts, Body::Client(body));
-            return try_once(ctx, req, None, &fault).await.rsp;
+            return try_once(ctx, req, None, Some(&fault)).await.rsp;
         }
     };
     retry.budget.deposit();
@@ -74,10 +91,10 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<B
         None => body.buffer(retry.cfg.buffer.0 as usize).await,
     };
     match buffered {
-        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, &parts, b, &fault).await,
+        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, &parts, b, Some(&fault)).await,
         Ok(Buffered::Streaming(body)) => {
             let req = Request::from_parts(parts, body);
-            try_once(ctx, req, None, &fault).await.rsp
+            try_once(ctx, req, None, Some(&fault)).await.rsp
         }
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
@@ -96,7 +113,7 @@ async fn retry_loop(
     retry: &RouteRetry,
     parts: &Parts,
     body: Bytes,
-    fault: &FaultCell,
+    fault: Option<&FaultCell>,
 ) -> Response<Body> {
     let mut avoid = None;
     let mut attempt = 1;
@@ -154,7 +171,7 @@ async fn try_once(
     ctx: &RequestCtx<'_>,
     mut req: Request<Body>,
     avoid: Option<SocketAddr>,
-    fault: &FaultCell,
+    fault: Option<&FaultCell>,
 ) -> Tried {
     let up = &ctx.route.upstream;
     // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
@@ -211,7 +228,7 @@ async fn try_once(
             Tried { outcome, rsp, used }
         }
         Ok(Err(e)) => {
-            if let Some(f) = fault.get() {
+            if let Some(f) = fault.and_then(FaultCell::get) {
                 record.finish(Outcome::ClientFault);
                 return Tried {
                     outcome: Outcome::ClientFault,

@@ -1,0 +1,371 @@
+//! Load shedding: a route's in-flight limit, a per-tenant bulkhead, a bounded waiting room that
+//! serves tenants fairly, priority classes and an adaptive concurrency limit.
+//!
+//! Why: under overload the upstream must stay inside its capacity, and a tenant that floods must
+//! not take the capacity of the others. A plain FIFO queue hands a flooding tenant most of the
+//! freed slots; here freed slots go round robin over per-tenant queues.
+//!
+//! # Admission (the hot path)
+//! A request first takes a *tenant slot* (only with `per_tenant_max_in_flight`: a CAS on the
+//! tenant's count, which counts its waiting requests too, so a grant from the queue never pushes
+//! a tenant over its cap; a tenant at the cap is shed `tenant_in_flight` at once, never queued).
+//! Then, if nobody waits, a *route slot* is one CAS on `in_flight < limit`. The queue lock is
+//! taken only when no slot is free or waiters exist. A [`ShedSlot`] gives both back on drop.
+//! When every tracked-tenant entry is in use (`tenants.max_tracked`), a new tenant is admitted
+//! without a tenant slot (the route limit still holds) rather than refused.
+//!
+//! # Waiting ([`queue`])
+//! Waiters sit in per-tenant FIFOs inside three priority classes (critical, normal, sheddable),
+//! as Kubernetes API Priority and Fairness does: classes are served strictly in order, tenants
+//! within a class round robin (deficit round robin with every request costing one slot and a
+//! quantum of one, which is exactly round robin). When the queue is full an arrival displaces
+//! the newest waiter of the longest tenant queue of the lowest class below it (that waiter is
+//! shed `priority` at once); failing that, within its own class, the newest waiter of a tenant
+//! whose queue is at least two longer than the arrival's (shed `queue_full`, as fair queueing
+//! drops from the fattest flow). Otherwise the arrival is shed `queue_full`. So sheddable goes
+//! first, critical only when nothing lower is left, and a flood cannot fill the room against a
+//! tenant with one request. No lost wake-ups: a waiter publishes itself (`waiting`, SeqCst) and
+//! then re-tries the limit, while a release lowers `in_flight` (SeqCst) and then reads
+//! `waiting`; one of the two always sees the other. A grant is a [`ShedSlot`] sent to the
+//! waiter, so a grant to a waiter that is gone is dropped and thereby passed on.
+//!
+//! # Refusals
+//! A [`Shed`] carries its reason and a `retry_after` from the measured drain rate
+//! ([`drain`]): `(waiting + 1) / slots freed per second`, at most 30 s.
+//!
+//! # Adaptive concurrency ([`adaptive`])
+//! With `adaptive: { min, max }` the route limit is `min(max_in_flight, adaptive limit)`, and a
+//! refusal past the adaptive limit is reason `adaptive`. The rule is written in [`adaptive`].
+//!
+//! # Reload
+//! [`LoadShedder::reconfigure`] changes the limits in place: waiters keep their place, a raised
+//! limit wakes them, a lowered one lets in-flight requests finish and grants again once below
+//! it. A waiter keeps the timeout it started with. Slots taken while `per_tenant_max_in_flight`
+//! was off are not counted against a cap turned on later (they finish under the old config).
+
+mod adaptive;
+mod drain;
+mod queue;
+mod slot;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus::IntGauge;
+
+pub use self::slot::ShedSlot;
+use self::slot::{TenantHold, TenantSlots, Waiter};
+use crate::clock::SharedClock;
+use crate::config::file;
+use crate::tenant::tracked::{TenantMap, TrackedTenants};
+
+/// A request's priority class, read from `load_shed.priority.header`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Shed only when nothing lower is left.
+    Critical,
+    /// The default.
+    Normal,
+    /// Shed first, served last.
+    Sheddable,
+}
+
+/// Why a request was shed; `as_str` is the `reason` label of `rampart_shed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// The route's `max_in_flight` is reached and the request may not wait.
+    MaxInFlight,
+    /// The tenant's `per_tenant_max_in_flight` is reached.
+    TenantInFlight,
+    /// The waiting room is full (or this waiter made room for a fairer one).
+    QueueFull,
+    /// The request waited `queue.timeout` without a slot.
+    QueueTimeout,
+    /// A higher-priority arrival took this waiter's place.
+    Priority,
+    /// The adaptive concurrency limit is reached and the request may not wait.
+    Adaptive,
+}
+
+/// A refusal: answer 503 `shed` with `retry-after` = `retry_after` rounded up to whole seconds
+/// (at least 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("shed ({}), retry after {retry_after:?}", reason.as_str())]
+pub struct Shed {
+    /// Why.
+    pub reason: ShedReason,
+    /// How long the queue would take to drain this request, from its measured drain rate.
+    pub retry_after: Duration,
+}
+
+/// One route's load-shedding state; shared by its requests, reconfigured in place on reload.
+pub struct LoadShedder {
+    /// Itself, so that `&self` paths (reconfigure, release) can hand out slots.
+    me: Weak<LoadShedder>,
+    /// Route slots held (granted waiters included).
+    in_flight: AtomicU32,
+    /// Effective limit: `min(max_in_flight, adaptive limit)`; `u32::MAX` = none.
+    limit: AtomicU32,
+    max_in_flight: AtomicU32,
+    tenant_cap: AtomicU32,
+    queue_size: AtomicU32,
+    queue_timeout_nanos: AtomicU64,
+    /// Waiters in the queue; read without the lock by the fast paths.
+    waiting: AtomicU32,
+    /// Route slots ever released, for the drain rate.
+    released: AtomicU64,
+    queue: Mutex<queue::FairQueue<Waiter>>,
+    tenants: Arc<TenantMap<TenantSlots>>,
+    adaptive: adaptive::Gradient,
+    drain: Mutex<drain::DrainRate>,
+    clock: SharedClock,
+    queue_depth: IntGauge,
+    concurrency_limit: Option<IntGauge>,
+}
+
+// === impl Priority ===
+
+impl Priority {
+    /// `critical`, `normal` or `sheddable` (ASCII case-insensitive); anything else or no header
+    /// is `Normal`.
+    pub fn from_header(v: Option<&http::HeaderValue>) -> Priority {
+        let text = v.and_then(|v| v.to_str().ok()).map(str::trim);
+        match text {
+            Some(t) if t.eq_ignore_ascii_case("critical") => Priority::Critical,
+            Some(t) if t.eq_ignore_ascii_case("sheddable") => Priority::Sheddable,
+            _ => Priority::Normal,
+        }
+    }
+
+    fn class(self) -> usize {
+        self as usize
+    }
+}
+
+// === impl ShedReason ===
+
+impl ShedReason {
+    /// The `reason` label of `rampart_shed_total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ShedReason::MaxInFlight => "max_in_flight",
+            ShedReason::TenantInFlight => "tenant_in_flight",
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::Priority => "priority",
+            ShedReason::Adaptive => "adaptive",
+        }
+    }
+}
+
+// === impl LoadShedder ===
+
+impl LoadShedder {
+    /// A shedder for one route. `queue_depth` is its `rampart_queue_depth`; `concurrency_limit`
+    /// its `rampart_concurrency_limit` (set to the adaptive limit in force, 0 when off).
+    pub fn new(
+        cfg: &file::LoadShed,
+        tracked: &Arc<TrackedTenants>,
+        clock: SharedClock,
+        queue_depth: IntGauge,
+        concurrency_limit: Option<IntGauge>,
+    ) -> Arc<Self> {
+        let now = clock.now_nanos();
+        let shedder = Arc::new_cyclic(|me| LoadShedder {
+            me: me.clone(),
+            in_flight: AtomicU32::new(0),
+            limit: AtomicU32::new(u32::MAX),
+            max_in_flight: AtomicU32::new(u32::MAX),
+            tenant_cap: AtomicU32::new(u32::MAX),
+            queue_size: AtomicU32::new(0),
+            queue_timeout_nanos: AtomicU64::new(0),
+            waiting: AtomicU32::new(0),
+            released: AtomicU64::new(0),
+            queue: Mutex::new(queue::FairQueue::default()),
+            tenants: TenantMap::new(tracked, clock.clone()),
+            adaptive: adaptive::Gradient::new(now),
+            drain: Mutex::new(drain::DrainRate::new(now)),
+            clock,
+            queue_depth,
+            concurrency_limit,
+        });
+        shedder.reconfigure(cfg);
+        shedder
+    }
+
+    /// Applies a reloaded `load_shed` in place: waiters keep their place and are woken if the
+    /// new limit frees room; counts of requests in flight carry over.
+    pub fn reconfigure(&self, cfg: &file::LoadShed) {
+        let max = cfg.max_in_flight.unwrap_or(u32::MAX);
+        self.max_in_flight.store(max, SeqCst);
+        let cap = cfg.per_tenant_max_in_flight.unwrap_or(u32::MAX);
+        self.tenant_cap.store(cap, SeqCst);
+        let (size, timeout) = cfg
+            .queue
+            .as_ref()
+            .map_or((0, Duration::ZERO), |q| (q.size, q.timeout.0));
+        self.queue_size.store(size, SeqCst);
+        let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.queue_timeout_nanos.store(timeout, SeqCst);
+        let now = self.clock.now_nanos();
+        self.adaptive.configure(cfg.adaptive.as_ref(), max, now);
+        self.refresh_limit();
+    }
+
+    /// Takes a slot for a request of `tenant`: at once when one is free and nobody waits, else
+    /// after waiting in the fair queue (up to `queue.timeout`), else a [`Shed`]. Dropping the
+    /// future while it waits leaves the queue at once.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        tenant: &str,
+        priority: Priority,
+    ) -> Result<ShedSlot, Shed> {
+        let hold = self.hold_tenant(tenant)?;
+        if self.waiting.load(SeqCst) == 0 && self.try_take() {
+            return Ok(ShedSlot::new(self.clone(), hold));
+        }
+        self.wait(tenant, priority, hold).await
+    }
+
+    /// Route slots held now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(SeqCst)
+    }
+
+    /// Requests waiting now.
+    pub fn queue_len(&self) -> u32 {
+        self.waiting.load(SeqCst)
+    }
+
+    /// The route limit in force: `min(max_in_flight, adaptive limit)`; `u32::MAX` = none.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(SeqCst)
+    }
+
+    /// The adaptive limit in force, if adaptive concurrency is on.
+    pub fn adaptive_limit(&self) -> Option<u32> {
+        self.adaptive.limit()
+    }
+
+    /// A per-tenant slot, when the cap is on and the tenant can be tracked.
+    fn hold_tenant(&self, tenant: &str) -> Result<Option<TenantHold>, Shed> {
+        let cap = self.tenant_cap.load(SeqCst);
+        if cap == u32::MAX {
+            return Ok(None);
+        }
+        let Some(slots) = self
+            .tenants
+            .get_or_insert_with(tenant, TenantSlots::default)
+        else {
+            // Every tracked entry is in use: admit without a tenant slot (see the module doc).
+            return Ok(None);
+        };
+        match TenantHold::take(slots, cap) {
+            Some(hold) => Ok(Some(hold)),
+            None => Err(self.shed(ShedReason::TenantInFlight)),
+        }
+    }
+
+    /// One route slot if `in_flight < limit`.
+    fn try_take(&self) -> bool {
+        self.in_flight
+            .fetch_update(SeqCst, SeqCst, |n| {
+                (n < self.limit.load(SeqCst)).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a route slot back and hands it to a waiter if there is one.
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, SeqCst);
+        self.released.fetch_add(1, SeqCst);
+        if self.waiting.load(SeqCst) > 0 {
+            let mut q = self.queue.lock();
+            self.dispatch(&mut q);
+        }
+    }
+
+    /// Grants free route slots to waiters in queue order; call with the queue lock held.
+    fn dispatch(&self, q: &mut queue::FairQueue<Waiter>) {
+        let Some(me) = self.me.upgrade() else {
+            return; // being dropped: no waiter can exist
+        };
+        'slots: while !q.is_empty() && self.try_take() {
+            // One route slot is taken; find a waiter that is still there to take it.
+            while let Some(w) = q.pop() {
+                if w.grant(me.clone()) {
+                    continue 'slots;
+                }
+            }
+            self.in_flight.fetch_sub(1, SeqCst);
+        }
+        self.sync_waiting(q);
+    }
+
+    /// Publishes the queue length to the fast paths and the gauge.
+    fn sync_waiting(&self, q: &queue::FairQueue<Waiter>) {
+        let len = u32::try_from(q.len()).unwrap_or(u32::MAX);
+        self.waiting.store(len, SeqCst);
+        self.queue_depth.set(i64::from(len));
+    }
+
+    /// Recomputes the effective limit and wakes waiters it makes room for.
+    fn refresh_limit(&self) {
+        let adaptive = self.adaptive.limit();
+        let limit = adaptive
+            .map_or(u32::MAX, |a| a.max(1))
+            .min(self.max_in_flight.load(SeqCst));
+        self.limit.store(limit, SeqCst);
+        if let Some(g) = &self.concurrency_limit {
+            g.set(adaptive.map_or(0, i64::from));
+        }
+        if self.waiting.load(SeqCst) > 0 {
+            let mut q = self.queue.lock();
+            self.dispatch(&mut q);
+        }
+    }
+
+    /// Which limit a request that may not wait ran into.
+    fn limit_reason(&self) -> ShedReason {
+        match self.adaptive.limit() {
+            Some(a) if a < self.max_in_flight.load(SeqCst) => ShedReason::Adaptive,
+            _ => ShedReason::MaxInFlight,
+        }
+    }
+
+    /// A refusal with `retry_after` from the drain rate.
+    fn shed(&self, reason: ShedReason) -> Shed {
+        let now = self.clock.now_nanos();
+        let released = self.released.load(SeqCst);
+        let ahead = self.waiting.load(SeqCst);
+        let retry_after = self.drain.lock().retry_after(now, released, ahead);
+        Shed {
+            reason,
+            retry_after,
+        }
+    }
+
+    /// Feeds one upstream latency to the adaptive limit.
+    fn record(&self, elapsed: Duration) {
+        let now = self.clock.now_nanos();
+        let in_flight = self.in_flight.load(SeqCst);
+        if self.adaptive.record(elapsed, now, in_flight) {
+            self.refresh_limit();
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadShedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadShedder")
+            .field("in_flight", &self.in_flight())
+            .field("limit", &self.limit())
+            .field("waiting", &self.queue_len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

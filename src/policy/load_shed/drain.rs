@@ -1,0 +1,100 @@
+//! The queue's drain rate, for `retry-after`: route slots freed per second, smoothed.
+//!
+//! The release path only bumps a counter; the rate is computed when a request is shed (the
+//! cold path), as an exponentially weighted average of `freed / elapsed` over the time since
+//! the last computation, weighted by `1 - exp(-elapsed / TAU)` so irregular sampling weighs
+//! each stretch of time by its length. A refused request would be served after the `waiting`
+//! requests ahead of it and itself: `retry_after = (waiting + 1) / rate`, at most
+//! [`MAX_RETRY_AFTER`]; when nothing has been freed (rate 0) it is that maximum.
+
+use std::time::Duration;
+
+/// Time constant of the smoothing.
+const TAU_SECS: f64 = 1.0;
+/// Shorter stretches reuse the last rate (too few releases to measure).
+const MIN_STRETCH_NANOS: u64 = 50_000_000;
+/// Upper bound of a `retry_after`.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Smoothed release rate; see the module doc.
+#[derive(Debug)]
+pub(super) struct DrainRate {
+    last_nanos: u64,
+    last_released: u64,
+    per_sec: f64,
+    measured: bool,
+}
+
+// === impl DrainRate ===
+
+impl DrainRate {
+    /// No measurement yet; counting starts at `now`.
+    pub(super) fn new(now: u64) -> Self {
+        DrainRate {
+            last_nanos: now,
+            last_released: 0,
+            per_sec: 0.0,
+            measured: false,
+        }
+    }
+
+    /// Updates the rate with the count of releases `released` at `now`, and returns the wait of
+    /// a request with `ahead` waiters before it.
+    pub(super) fn retry_after(&mut self, now: u64, released: u64, ahead: u32) -> Duration {
+        let stretch = now.saturating_sub(self.last_nanos);
+        if stretch >= MIN_STRETCH_NANOS {
+            let secs = stretch as f64 / 1e9;
+            let sample = released.saturating_sub(self.last_released) as f64 / secs;
+            let weight = if self.measured {
+                1.0 - (-secs / TAU_SECS).exp()
+            } else {
+                1.0
+            };
+            self.per_sec += weight * (sample - self.per_sec);
+            self.measured = true;
+            self.last_nanos = now;
+            self.last_released = released;
+        }
+        self.wait(ahead)
+    }
+
+    /// Slots freed per second, as last measured.
+    #[cfg(test)]
+    pub(super) fn per_sec(&self) -> f64 {
+        self.per_sec
+    }
+
+    fn wait(&self, ahead: u32) -> Duration {
+        if self.per_sec <= 0.0 {
+            return MAX_RETRY_AFTER;
+        }
+        let secs = (f64::from(ahead) + 1.0) / self.per_sec;
+        Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_wait_follows_the_measured_rate() {
+        let mut d = DrainRate::new(SEC);
+        assert_eq!(
+            d.retry_after(SEC, 0, 0),
+            MAX_RETRY_AFTER,
+            "nothing freed yet"
+        );
+        // 100 releases in one second: 100/s.
+        let w = d.retry_after(2 * SEC, 100, 9);
+        assert!((d.per_sec() - 100.0).abs() < 1e-6, "rate {}", d.per_sec());
+        assert_eq!(w, Duration::from_millis(100), "10 requests at 100/s");
+        // The rate halves for ten seconds: the average follows.
+        for s in 3..13 {
+            d.retry_after(s * SEC, 100 + (s - 2) * 50, 0);
+        }
+        assert!((d.per_sec() - 50.0).abs() < 1.0, "rate {}", d.per_sec());
+    }
+}
