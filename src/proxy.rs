@@ -21,4 +21,5 @@ pub mod respond;
 pub mod route;
 pub mod shared;
 pub mod stack;
+pub mod tunnel;
 pub mod upstream;

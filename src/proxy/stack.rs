@@ -8,6 +8,8 @@
 //!    they cost anything.
 //! 3. **rate limit** (`policy::rate_limit`) — cheapest refusal first; it sits outside retries
 //!    so a retry never spends a tenant's tokens.
+//!    A CONNECT (outbound listeners only; 405 on inbound) goes through 0–3 like any request,
+//!    then becomes a tunnel (`tunnel.rs`) instead of an exchange: it is never forwarded.
 //! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange, until the
 //!    answer's body ends (its guard rides in [`Guards`]).
 //! 5. **request timeout** — a deadline in the [`RequestCtx`]; every try and backoff below is
@@ -21,7 +23,7 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -34,6 +36,8 @@ use super::guard::{GaugeGuard, Guards};
 use super::respond::answer;
 use super::route::request_host;
 use super::shared::Shared;
+use super::tunnel;
+use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
 use crate::metrics::TenantMetrics;
@@ -59,6 +63,12 @@ pub async fn handle(
     if let Some(msg) = forward::authority_problem(&req) {
         let tm = lst.unrouted.tenant(&shared.empty_label);
         return finish(&tm, answer(Reason::BadRequest, msg, None), started);
+    }
+
+    if req.method() == Method::CONNECT && lst.direction == Direction::Inbound {
+        let tm = lst.unrouted.tenant(&shared.empty_label);
+        let msg = "CONNECT tunnels are served on outbound listeners only";
+        return finish(&tm, answer(Reason::MethodNotAllowed, msg, None), started);
     }
 
     // 1. Route.
@@ -135,6 +145,11 @@ pub async fn handle(
         labels: &shared.labels,
         slot: slot.as_ref(),
     };
+    if req.method() == Method::CONNECT {
+        // A tunnel, not an exchange; it holds its guards for its whole life.
+        let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
+        return finish(&tm, rsp, started);
+    }
     let mut rsp = exchange::run(&ctx, req).await;
     guards.slot = slot;
     if let Some(decision) = &limited {

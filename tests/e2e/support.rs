@@ -9,6 +9,7 @@
 // Each test module uses a different slice of the harness.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod http;
 pub mod metrics;
 pub mod proxy;

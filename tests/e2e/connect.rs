@@ -1,0 +1,292 @@
+//! CONNECT tunnels (SPEC §14): curl with `HTTPS_PROXY` pointed at the outbound listener
+//! reaches a TLS server through rampart; a tunnel counts against its route's rate limit; an
+//! unknown host is 404, an inbound listener 405, an unreachable upstream 502 (and then 503
+//! from the breaker it opened).
+//!
+//! Before this, rampart rewrote a CONNECT to `CONNECT /` and forwarded it as an ordinary
+//! request (issue 24), so every test here fails on the code before the tunnel was built.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::edges::OK;
+use crate::support::capture::Capture;
+use crate::support::{free_addr, raw, Proxy};
+
+const BODY: &str = "through the tunnel\n";
+
+const POLICY: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  secure: { endpoints: [$TLS], connect_timeout: 1s }
+  dead: { endpoints: [$DEAD], connect_timeout: 1s }
+  plain: { endpoints: [$PLAIN] }
+policies:
+  once: { rate_limit: { per_tenant: { rate: 1/h, burst: 1 } } }
+  fragile: { circuit_breaker: { consecutive_failures: 1, open_for: 1m } }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - { match: { host: secure.example }, upstream: secure, policy: once }
+      - { match: { host: dead.example }, upstream: dead, policy: fragile }
+      - { match: { host: plain.example }, upstream: plain }
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: secure }
+"#;
+
+/// A TLS server on 127.0.0.1 for `secure.example` that answers every request with [`BODY`].
+struct TlsServer {
+    addr: SocketAddr,
+    ca: PathBuf,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn tls_server() -> TlsServer {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["secure.example".to_owned()])
+        .expect("a self-signed certificate");
+    let ca = dir.path().join("secure.pem");
+    std::fs::write(&ca, ck.cert.pem()).expect("the certificate must be writable");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let certs: Vec<CertificateDer<'static>> = vec![ck.cert.der().clone()];
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let task = {
+        let hits = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = tcp.accept().await {
+                let (acceptor, hits) = (acceptor.clone(), hits.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let rsp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+                        BODY.len()
+                    );
+                    let _ = tls.write_all(rsp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        })
+    };
+    TlsServer {
+        addr,
+        ca,
+        hits,
+        task,
+        _dir: dir,
+    }
+}
+
+/// What curl printed and whether it succeeded.
+struct Curl {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `curl https://secure.example/hello` with `HTTPS_PROXY` set to `proxy`.
+async fn curl(proxy: SocketAddr, ca: &Path) -> Curl {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("https://secure.example/hello")
+        .env("HTTPS_PROXY", format!("http://{proxy}"))
+        .env_remove("https_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("curl must run (scripts/test.sh installs it)");
+    Curl {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn connect(addr: SocketAddr, target: &str) -> raw::RawResp {
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    raw::exchange(addr, req.as_bytes(), Duration::from_secs(2)).await
+}
+
+fn assert_refused(rsp: &raw::RawResp, status: u16, reason: &str) {
+    assert_eq!(rsp.status(), Some(status), "{}", rsp.text());
+    assert_eq!(
+        rsp.header("x-rampart-reason").as_deref(),
+        Some(reason),
+        "{}",
+        rsp.text()
+    );
+}
+
+async fn setup() -> (TlsServer, Proxy) {
+    let (tls, _, proxy) = setup_with_plain().await;
+    (tls, proxy)
+}
+
+/// As [`setup`], with `plain.example` routed to a raw-capture upstream.
+async fn setup_with_plain() -> (TlsServer, Capture, Proxy) {
+    let tls = tls_server().await;
+    let plain = Capture::start(OK).await;
+    let proxy = Proxy::builder(POLICY)
+        .var("TLS", tls.addr)
+        .var("DEAD", free_addr())
+        .var("PLAIN", plain.addr())
+        .spawn()
+        .await;
+    (tls, plain, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_clients_tunnel_and_each_tunnel_counts_against_the_limit() {
+    let (tls, proxy) = setup().await;
+    let outbound = proxy.listener("outbound");
+    let first = curl(outbound, &tls.ca).await;
+    assert!(first.ok, "curl through the tunnel failed: {}", first.stderr);
+    assert_eq!(first.stdout, BODY);
+    assert_eq!(tls.hits.load(Ordering::SeqCst), 1);
+
+    let second = curl(outbound, &tls.ca).await;
+    assert!(!second.ok, "a second tunnel past 1/h must be refused");
+    assert!(second.stderr.contains("429"), "{}", second.stderr);
+    assert_refused(
+        &connect(outbound, "secure.example:443").await,
+        429,
+        "rate_limited",
+    );
+    assert_eq!(tls.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn connect_is_refused_without_a_route_on_inbound_to_a_dead_upstream_and_by_a_breaker() {
+    let (tls, proxy) = setup().await;
+    let outbound = proxy.listener("outbound");
+    assert_refused(
+        &connect(outbound, "unknown.example:443").await,
+        404,
+        "no_route",
+    );
+    assert_refused(
+        &connect(proxy.listener("inbound"), "secure.example:443").await,
+        405,
+        "method_not_allowed",
+    );
+    assert_refused(
+        &connect(outbound, "dead.example:443").await,
+        502,
+        "upstream_unavailable",
+    );
+    // The failed connect opened the route's breaker: the next tunnel is refused at once.
+    let open = connect(outbound, "dead.example:443").await;
+    assert_refused(&open, 503, "circuit_open");
+    assert!(open.header("retry-after").is_some(), "{}", open.text());
+    assert_eq!(tls.hits.load(Ordering::SeqCst), 0);
+}
+
+/// Bytes sent right behind the CONNECT head (as a client in a hurry does) go through the
+/// tunnel, and the upstream sees the tunnelled request, never the CONNECT itself.
+#[tokio::test]
+async fn bytes_after_the_connect_head_are_tunnelled_not_forwarded() {
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let req = "CONNECT plain.example:80 HTTP/1.1\r\nHost: plain.example:80\r\n\r\nGET /inside HTTP/1.1\r\nHost: plain.example\r\n\r\n";
+    let rsp = raw::exchange(
+        proxy.listener("outbound"),
+        req.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert!(rsp.text().ends_with("\r\n\r\nok"), "{}", rsp.text());
+    assert_eq!(plain.hits(), 1);
+    assert!(
+        plain.requests()[0].starts_with("GET /inside HTTP/1.1\r\n"),
+        "{:?}",
+        plain.requests()
+    );
+}
+
+/// HTTP/2 CONNECT (RFC 9113 §8.5) opens a tunnel on the stream.
+#[tokio::test]
+async fn an_h2_connect_tunnels_on_its_stream() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let tcp = tokio::net::TcpStream::connect(proxy.listener("outbound"))
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = ::http::Request::builder()
+        .method(::http::Method::CONNECT)
+        .uri("plain.example:80")
+        .body(crate::support::http::empty())
+        .expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(rsp.status(), 200);
+    let mut io = TokioIo::new(
+        hyper::upgrade::on(rsp)
+            .await
+            .expect("the stream is a tunnel"),
+    );
+    io.write_all(b"GET /h2 HTTP/1.1\r\nHost: plain.example\r\n\r\n")
+        .await
+        .expect("write into the tunnel");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut got))
+        .await
+        .expect("the upstream closes")
+        .expect("read from the tunnel");
+    assert!(
+        got.ends_with(b"\r\n\r\nok"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(plain.hits(), 1);
+}

@@ -1,0 +1,235 @@
+//! One authority, truthful forwarding headers, and honest framing of upstream answers, checked
+//! on the bytes the upstream received and the bytes the client got (SPEC §8, §14).
+
+use std::time::Duration;
+
+use super::OK;
+use crate::support::capture::{dechunk, Capture};
+use crate::support::{raw, Proxy};
+
+const OUTBOUND: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  routed: { endpoints: [$ROUTED] }
+  other: { endpoints: [$OTHER] }
+  both: { endpoints: [$BOTH] }
+  gzip: { endpoints: [$GZIP] }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - { match: { host: routed.example }, upstream: routed }
+      - { match: { host: other.example }, upstream: other }
+      - { match: { host: both.example }, upstream: both }
+      - { match: { host: gzip.example }, upstream: gzip }
+"#;
+
+/// An upstream answer framed two ways at once; RFC 9112 §6.3: chunked wins.
+const BOTH: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+/// An upstream answer with an end-to-end transfer coding before `chunked`.
+const GZIP: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n4\r\nGZGZ\r\n0\r\n\r\n";
+
+struct Setup {
+    routed: Capture,
+    other: Capture,
+    proxy: Proxy,
+}
+
+async fn setup() -> (Setup, Capture, Capture) {
+    let (routed, other) = (Capture::start(OK).await, Capture::start(OK).await);
+    let (both, gzip) = (Capture::start(BOTH).await, Capture::start(GZIP).await);
+    let proxy = Proxy::builder(OUTBOUND)
+        .var("ROUTED", routed.addr())
+        .var("OTHER", other.addr())
+        .var("BOTH", both.addr())
+        .var("GZIP", gzip.addr())
+        .spawn()
+        .await;
+    (
+        Setup {
+            routed,
+            other,
+            proxy,
+        },
+        both,
+        gzip,
+    )
+}
+
+async fn send(s: &Setup, req: &str) -> raw::RawResp {
+    let addr = s.proxy.listener("outbound");
+    raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await
+}
+
+fn assert_refused(rsp: &raw::RawResp, status: u16, reason: &str) {
+    assert_eq!(rsp.status(), Some(status), "{}", rsp.text());
+    assert_eq!(rsp.header("x-rampart-reason").as_deref(), Some(reason));
+}
+
+/// Before 2464352 the route came from the absolute-form URI but the client's own `host` was
+/// forwarded (`other.example`); a second `host`, a missing `host` and a repeated tenant header
+/// were all accepted and forwarded. Fails on the old code (the issue's probe; reasoned from
+/// `forward.rs` at 8024b07, which had no authority check).
+#[tokio::test]
+async fn one_authority_decides_the_route_and_is_forwarded() {
+    let (s, _, _) = setup().await;
+    let rsp = send(
+        &s,
+        "GET http://routed.example/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(s.routed.header(0, "host"), ["routed.example"]);
+    assert_eq!(s.other.hits(), 0);
+
+    let two = "GET /x HTTP/1.1\r\nHost: routed.example\r\nHost: other.example\r\nConnection: close\r\n\r\n";
+    assert_refused(&send(&s, two).await, 400, "bad_request");
+    let none = "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
+    assert_refused(&send(&s, none).await, 400, "bad_request");
+    let tenants = "GET /x HTTP/1.1\r\nHost: routed.example\r\nx-tenant-id: a\r\nx-tenant-id: b\r\nConnection: close\r\n\r\n";
+    assert_refused(&send(&s, tenants).await, 400, "invalid_tenant");
+    assert_eq!(
+        s.routed.hits() + s.other.hits(),
+        1,
+        "refusals reach no upstream"
+    );
+}
+
+/// Before 2464352 a client's `x-forwarded-proto: https` was passed on over plaintext and its
+/// `x-forwarded-for` was not appended to. Fails on the old code (reasoned: `forward.rs` at
+/// 8024b07 added both headers only when absent).
+#[tokio::test]
+async fn forwarding_headers_tell_the_truth_of_the_connection() {
+    let (s, _, _) = setup().await;
+    let req = "GET /x HTTP/1.1\r\nHost: routed.example\r\nx-forwarded-proto: https\r\nx-forwarded-for: 192.0.2.7\r\nConnection: close\r\n\r\n";
+    let rsp = send(&s, req).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(s.routed.header(0, "x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        s.routed.header(0, "x-forwarded-for"),
+        ["192.0.2.7, 127.0.0.1"]
+    );
+}
+
+/// The body of a raw answer, de-chunked if it was sent chunked.
+fn body_of(rsp: &raw::RawResp) -> Vec<u8> {
+    let at = rsp
+        .bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head")
+        + 4;
+    let body = &rsp.bytes[at..];
+    let chunked = rsp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"));
+    if chunked {
+        dechunk(body).expect("a well-formed chunked body")
+    } else {
+        body.to_vec()
+    }
+}
+
+/// Before 2464352 the stale `content-length: 3` went to the client beside the chunked body,
+/// which the client then cut to "hel"; `gzip` was dropped with `chunked`. Fails on the old code
+/// (the issue's probe; `strip_hop_by_hop` at 8024b07 removed `transfer-encoding` only).
+#[tokio::test]
+async fn upstream_framing_reaches_the_client_whole() {
+    let (s, both, gzip) = setup().await;
+    let rsp = send(
+        &s,
+        "GET /x HTTP/1.1\r\nHost: both.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_ne!(
+        rsp.header("content-length").as_deref(),
+        Some("3"),
+        "{}",
+        rsp.text()
+    );
+    assert_eq!(body_of(&rsp), b"hello world", "{}", rsp.text());
+    assert_eq!(both.hits(), 1);
+
+    let rsp = send(
+        &s,
+        "GET /x HTTP/1.1\r\nHost: gzip.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let te = rsp.header("transfer-encoding").unwrap_or_default();
+    assert!(
+        te.contains("gzip"),
+        "the gzip coding must survive: {}",
+        rsp.text()
+    );
+    assert_eq!(body_of(&rsp), b"GZGZ", "{}", rsp.text());
+    assert_eq!(gzip.hits(), 1);
+}
+
+/// A client's `transfer-encoding: gzip, chunked` upload reaches the upstream with `gzip` kept
+/// and the body whole. Before 2464352 `gzip` was dropped with `chunked` (the issue's probe:
+/// "loses the gzip coding in both directions"); reasoned from `forward.rs` at 8024b07.
+#[tokio::test]
+async fn a_clients_transfer_coding_reaches_the_upstream() {
+    let (s, _, _) = setup().await;
+    let req = "PUT /x HTTP/1.1\r\nHost: routed.example\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n4\r\nGZGZ\r\n0\r\n\r\n";
+    let rsp = send(&s, req).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let te = s.routed.header(0, "transfer-encoding").join(", ");
+    assert!(te.contains("gzip") && te.contains("chunked"), "{te:?}");
+    let got = s.routed.requests()[0].clone();
+    let body = got
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert_eq!(
+        dechunk(body.as_bytes()).as_deref(),
+        Some(&b"GZGZ"[..]),
+        "{got}"
+    );
+}
+
+/// Sends one h2c request with `headers` for `uri` and returns its status.
+async fn h2_status(addr: std::net::SocketAddr, uri: &str, headers: &[(&str, &str)]) -> u16 {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut req = ::http::Request::builder().uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(crate::support::http::empty()).expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    rsp.status().as_u16()
+}
+
+/// HTTP/2: `:authority` decides the route and is the `host` the upstream gets, whatever `host`
+/// header the client adds; a repeated tenant header is refused as over HTTP/1.1. Fails on the
+/// old code for the same reasons as the HTTP/1.1 test (reasoned).
+#[tokio::test]
+async fn over_h2_the_authority_pseudo_header_decides_and_is_forwarded() {
+    let (s, _, _) = setup().await;
+    let addr = s.proxy.listener("outbound");
+    let status = h2_status(
+        addr,
+        "http://routed.example/x",
+        &[("host", "other.example")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.routed.header(0, "host"), ["routed.example"]);
+    assert_eq!(s.other.hits(), 0);
+    let two = [("x-tenant-id", "a"), ("x-tenant-id", "b")];
+    assert_eq!(h2_status(addr, "http://routed.example/x", &two).await, 400);
+    assert_eq!(s.routed.hits(), 1, "the refusal reaches no upstream");
+}

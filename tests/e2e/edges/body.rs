@@ -1,0 +1,293 @@
+//! Request bodies: an h2 upload with a trailer never panics a task; a stalled or malformed
+//! upload is the client's fault (408/400), never counted as an upstream failure — with `retry`
+//! (body buffered first) and without (body streamed).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::{assert_no_panic, upstream_tries, OK};
+use crate::support::capture::Capture;
+use crate::support::{metric_value, metrics, raw, Proxy};
+
+const ROUTES: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+$RUNTIME
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  retried: { retry: { attempts: 2 } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { name: retried, match: { path_prefix: /r }, upstream: app, policy: retried }
+      - { name: streamed, upstream: app }
+"#;
+
+/// `stall: true` sets `body_idle_timeout: 1s`; without it the file also loads on the code
+/// before the fix (which lacked the key), so the other tests show the old defect itself.
+async fn setup(stall: bool) -> (Capture, Proxy) {
+    let app = Capture::start(OK).await;
+    let rt = if stall {
+        "runtime: { body_idle_timeout: 1s }"
+    } else {
+        ""
+    };
+    let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    (app, proxy)
+}
+
+/// A request body of fixed frames: data, then a trailer.
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// Before 2464352 the replay body's size hint set its lower bound above its upper, and hyper's
+/// h1 client panicked on it (`size_hint.rs`): 502 and "panicked" in the log. Fails on the old
+/// code (the issue's reproduction, reasoned from `body.rs` at 8024b07).
+#[tokio::test]
+async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() {
+    let (app, proxy) = setup(false).await;
+    let addr = proxy.listener("inbound");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().expect("value"));
+    let body = Frames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"hello world")),
+        Frame::trailers(trailers),
+    ]));
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://{addr}/r/put"))
+        .header("content-length", "11")
+        .body(body)
+        .expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    let status = rsp.status();
+    let text = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&text));
+    assert_eq!(&text[..], b"ok");
+    assert_eq!(app.hits(), 1);
+    assert!(app.requests()[0].contains("hello world"));
+    assert_no_panic(&proxy);
+}
+
+/// Before 2464352 there was no body idle timeout: a stalled upload held its slot until the
+/// request timeout and was then answered 504 as an upstream timeout (with retry) or held for
+/// ever (without). Fails on the old code (the issue's probe; no `body_idle_timeout` key).
+#[tokio::test]
+async fn a_stalled_upload_is_408_and_no_upstream_try() {
+    let (app, proxy) = setup(true).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    for path in ["/r/slow", "/s/slow"] {
+        let before = upstream_tries(admin).await;
+        let req = format!("PUT {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nA");
+        let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(6)).await;
+        assert_eq!(rsp.status(), Some(408), "{path}: {}", rsp.text());
+        assert_eq!(
+            rsp.header("x-rampart-reason").as_deref(),
+            Some("client_timeout"),
+            "{path}"
+        );
+        assert!(
+            rsp.elapsed >= Duration::from_millis(900),
+            "{path}: {:?}",
+            rsp.elapsed
+        );
+        assert_eq!(
+            upstream_tries(admin).await,
+            before,
+            "{path}: no upstream try counted"
+        );
+    }
+    assert_eq!(app.hits(), 0, "no whole request reached the upstream");
+    assert_no_panic(&proxy);
+}
+
+/// Before 2464352 a malformed chunked upload was answered 502 `upstream_unavailable` and
+/// counted as an upstream 502. Fails on the old code (the issue's probe).
+#[tokio::test]
+async fn a_malformed_chunked_upload_is_400_and_no_upstream_502() {
+    let (app, proxy) = setup(false).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    for path in ["/r/bad", "/s/bad"] {
+        let before = upstream_tries(admin).await;
+        let req = format!(
+            "PUT {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n"
+        );
+        let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(rsp.status(), Some(400), "{path}: {}", rsp.text());
+        assert_eq!(
+            rsp.header("x-rampart-reason").as_deref(),
+            Some("bad_request"),
+            "{path}: {}",
+            rsp.text()
+        );
+        let text = metrics(admin).await;
+        let bad = metric_value(&text, "rampart_upstream_requests_total", &[("code", "502")]);
+        assert_eq!(bad.unwrap_or(0.0), 0.0, "{path}: no upstream 502 counted");
+        assert_eq!(upstream_tries(admin).await, before, "{path}");
+    }
+    assert_eq!(app.hits(), 0);
+    assert_no_panic(&proxy);
+}
+
+/// An upstream that reads a request head, stops reading for `pause`, then drains a chunked
+/// body and answers 200: a slow consumer, not a slow client.
+async fn slow_reader(pause: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                while !got.ends_with(b"0\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(OK).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A client that sends as fast as it can to an upstream that pauses reading is not stalled:
+/// the body idle timeout must measure the client's silence while rampart waits for it, not the
+/// time rampart stopped reading because the upstream applied back-pressure (64 MiB cannot sit
+/// in socket buffers). A guard for the stall timer in `body.rs`, which is armed at the last
+/// frame: it passes because hyper keeps a frame ready for when reading resumes. Not a
+/// regression test (the old code had no stall timer to get wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_from_a_slow_upstream_is_not_a_client_stall() {
+    let app = slow_reader(Duration::from_secs(3)).await;
+    let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", "runtime: { body_idle_timeout: 1s }"))
+        .var("APP", app)
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let rsp = crate::support::http::post_stream(addr, "/s/upload", &[], 64 << 20).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(upstream_tries(admin).await, 1.0);
+    assert_no_panic(&proxy);
+}
+
+/// One data frame, then silence for ever.
+struct OneThenSilence(bool);
+
+impl http_body::Body for OneThenSilence {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"A")))))
+    }
+}
+
+/// The stall rule holds for HTTP/2 uploads too, on both routes.
+#[tokio::test]
+async fn a_stalled_h2_upload_is_408_and_no_upstream_try() {
+    let (app, proxy) = setup(true).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    for path in ["/r/slow", "/s/slow"] {
+        let before = upstream_tries(admin).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake");
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-length", "10")
+            .body(OneThenSilence(false))
+            .expect("request");
+        let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(rsp.status(), 408, "{path}");
+        assert_eq!(
+            rsp.headers()["x-rampart-reason"],
+            "client_timeout",
+            "{path}"
+        );
+        assert_eq!(upstream_tries(admin).await, before, "{path}");
+    }
+    assert_eq!(app.hits(), 0);
+    assert_no_panic(&proxy);
+}
+
+/// A client that goes away mid-upload is not an upstream failure: nothing is counted in
+/// `rampart_upstream_requests_total` (SPEC §14: client gone is the client's fault).
+#[tokio::test]
+async fn a_client_gone_mid_upload_is_not_an_upstream_failure() {
+    use tokio::io::AsyncWriteExt;
+    let (app, proxy) = setup(false).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    for path in ["/r/gone", "/s/gone"] {
+        let before = upstream_tries(admin).await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("PUT {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc");
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tcp);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(upstream_tries(admin).await, before, "{path}");
+    }
+    assert_eq!(app.hits(), 0);
+    assert_no_panic(&proxy);
+}

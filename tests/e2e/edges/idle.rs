@@ -1,0 +1,199 @@
+//! Silent and idle connections are closed (SPEC §14): nothing sent, half an h2 preface, the
+//! admin port, and a keep-alive connection left idle; silent sockets cannot lock a listener.
+//!
+//! All fail on the code before 2464352: hyper's head timer starts only once a request head has
+//! begun, the auto server's HTTP/1-or-2 sniffing read before that with no timer, there was no
+//! idle timeout, and the admin listener had no head timeout (reasoned from `listener.rs` and
+//! `admin.rs` at 8024b07; the probe measured it).
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::OK;
+use crate::support::capture::Capture;
+use crate::support::{http, one_route, raw, Proxy};
+
+fn assert_closed_about_1s(rsp: &raw::RawResp, what: &str) {
+    assert!(rsp.closed, "{what}: the connection must be closed");
+    assert!(
+        rsp.elapsed >= Duration::from_millis(900) && rsp.elapsed < Duration::from_secs(3),
+        "{what}: closed about 1s after it went quiet, took {:?}",
+        rsp.elapsed
+    );
+}
+
+async fn head_1s(app: &Capture) -> Proxy {
+    // No `idle_timeout` (default 60s), so the file also loads on the code before the fix.
+    let rt = "runtime: { header_read_timeout: 1s, max_connections: 5 }";
+    Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_head_timeout() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let rsp = raw::exchange(proxy.listener("inbound"), b"", Duration::from_secs(6)).await;
+    assert_closed_about_1s(&rsp, "no bytes at all");
+    assert!(
+        rsp.bytes.is_empty() || rsp.status() == Some(408),
+        "{}",
+        rsp.text()
+    );
+}
+
+#[tokio::test]
+async fn a_partial_h2_preface_is_closed_at_the_head_timeout() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let half = b"PRI * HTTP/2.0\r\n";
+    let rsp = raw::exchange(proxy.listener("inbound"), half, Duration::from_secs(6)).await;
+    assert_closed_about_1s(&rsp, "half an h2 preface");
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_admin_port_closes_silent_connections_too() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let rsp = raw::exchange(proxy.admin(), b"", Duration::from_secs(6)).await;
+    assert_closed_about_1s(&rsp, "silent admin connection");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let req = b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n";
+    let rsp = raw::exchange(proxy.listener("inbound"), req, Duration::from_secs(6)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(app.hits(), 1);
+    assert_closed_about_1s(&rsp, "idle keep-alive connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_lock_out_a_real_client() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let addr = proxy.listener("inbound");
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let started = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(Duration::from_secs(6), http::try_get(addr, "/x", &[]))
+        .await
+        .expect("the sixth client must be served, not held behind silent sockets")
+        .expect("the sixth client must get an answer");
+    assert_eq!(rsp.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "served once the silent ones time out (1s): {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+/// An h2 connection that sends its preface and settings but opens no stream is closed too
+/// (the third silent case).
+#[tokio::test]
+async fn an_h2_connection_with_no_stream_is_closed() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let tcp = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    let (_send, conn) = hyper::client::conn::http2::handshake::<_, _, http::ReqBody>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an h2 connection with no stream must be closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed about 1s after the handshake: {:?}",
+        started.elapsed()
+    );
+}
+
+/// An h2 connection whose streams have all ended is closed after `idle_timeout` (GOAWAY).
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_idle_timeout() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let tcp = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = ::http::Request::builder()
+        .uri("http://app.local/x")
+        .body(http::empty())
+        .expect("request");
+    let rsp = send.send_request(req).await.expect("answered");
+    assert_eq!(rsp.status(), 200);
+    drop(rsp);
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(ended.is_ok(), "an idle h2 connection must be closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800)
+            && started.elapsed() < Duration::from_secs(3),
+        "closed about 1s after its last stream: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The admin listener serves at most `ADMIN_MAX_CONNECTIONS` at once: with that many silent
+/// sockets open, a probe waits until they are closed at the head timeout (1s), then is
+/// answered. Before 2464352 the admin port had no cap (the probe was answered at once) and no
+/// head timeout (the silent sockets stayed for ever); the lower bound fails on the old code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_has_a_connection_cap_that_silent_sockets_cannot_hold() {
+    let app = Capture::start(OK).await;
+    let proxy = head_1s(&app).await;
+    let admin = proxy.admin();
+    let mut silent = Vec::new();
+    for _ in 0..rampart::admin::ADMIN_MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(admin).await.expect("connect"));
+    }
+    // Let the admin listener accept them all before the probe queues behind them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(6),
+        http::try_get(admin, "/healthz", &[]),
+    )
+    .await
+    .expect("the probe must be answered once the silent sockets time out")
+    .expect("the probe must get an answer");
+    assert_eq!(rsp.status, 200);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "the probe waits for a free slot, about the head timeout: {took:?}"
+    );
+    drop(silent);
+}
