@@ -107,6 +107,8 @@ pub struct RouteRt {
     pub policy: RoutePolicy,
     /// Its upstream's breaker, when its policy has `circuit_breaker`.
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// `tunnel_idle_timeout`: a CONNECT tunnel with no bytes either way for this long closes.
+    pub tunnel_idle: Duration,
     /// Cached metric handles.
     pub metrics: Arc<RouteMetrics>,
 }
@@ -286,6 +288,7 @@ fn build_listener(
                 .and_then(|_| breakers.get(&r.upstream).cloned());
             Some(RouteRt {
                 breaker,
+                tunnel_idle: r.tunnel_idle_timeout.unwrap_or(file::TUNNEL_IDLE_TIMEOUT).0,
                 name: key.label.clone(),
                 key,
                 matcher: Matcher::new(r.matches.as_ref()),

@@ -117,7 +117,7 @@ pub async fn handle(
 
     // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
     //    body ends.
-    let slot = match &route.policy.load_shed {
+    let mut slot = match &route.policy.load_shed {
         None => None,
         Some(ls) => {
             let priority = ls.priority(req.headers());
@@ -133,6 +133,12 @@ pub async fn handle(
         }
     };
 
+    let is_connect = req.method() == Method::CONNECT;
+    if is_connect {
+        // A tunnel holds its slot for its whole life, with its other guards.
+        guards.slot = slot.take();
+    }
+
     // 5–8. Deadline, tries, the upstream.
     let ctx = RequestCtx {
         listener: lst,
@@ -145,7 +151,7 @@ pub async fn handle(
         labels: &shared.labels,
         slot: slot.as_ref(),
     };
-    if req.method() == Method::CONNECT {
+    if is_connect {
         // A tunnel, not an exchange; it holds its guards for its whole life.
         let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
         return finish(&tm, rsp, started);

@@ -36,7 +36,6 @@ use super::ctx::RequestCtx;
 use super::guard::Guards;
 use super::respond::answer;
 use crate::clock::SharedClock;
-use crate::config::file;
 use crate::error::Reason;
 use crate::generation::RouteRt;
 use crate::policy::circuit_breaker::BreakerPermit;
@@ -67,9 +66,7 @@ pub async fn open(
         Ok(s) => s,
         Err(rsp) => return rsp,
     };
-    // TODO(lead): `listeners[].routes[].tunnel_idle_timeout` is parsed but not yet on `RouteRt`;
-    // give the route `tunnel_idle_timeout.unwrap_or(file::TUNNEL_IDLE_TIMEOUT)` and read it here.
-    let idle = file::TUNNEL_IDLE_TIMEOUT.0;
+    let idle = ctx.route.tunnel_idle;
     let (clock, name) = (clock.clone(), up.name.clone());
     tokio::spawn(async move {
         let _guards = guards;
