@@ -19,3 +19,4 @@ mod retry;
 mod robustness;
 mod shutdown;
 mod tenant;
+mod tls;

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
