@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support::metrics::reloads;
 use crate::support::tls::{self, Ca, H1Conn, Pki};
 use crate::support::{http, metric_value, metrics, proxy::bin, raw, sample, Proxy};
 
@@ -116,6 +117,24 @@ async fn plaintext_on_a_tls_port_gets_no_http_answer() {
     assert_eventually!(
         handshake_failures(&metrics(admin).await, "protocol") == 1.0,
         "a protocol failure counted:\n{}",
+        metrics(admin).await
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_closed_at_the_head_timeout() {
+    let app = sample().await;
+    let (_ca, pki) = pki();
+    let runtime = "runtime: { header_read_timeout: 300ms }";
+    let proxy = tls_proxy(app.addr(), &pki, false, runtime).await;
+    // A client that connects and never sends its ClientHello.
+    let got = raw::exchange(proxy.listener("inbound"), b"", Duration::from_secs(5)).await;
+    assert!(got.closed, "the silent connection must be closed");
+    assert!(got.elapsed < Duration::from_secs(3), "{:?}", got.elapsed);
+    let admin = proxy.admin();
+    assert_eventually!(
+        handshake_failures(&metrics(admin).await, "timeout") == 1.0,
+        "a handshake timeout counted:\n{}",
         metrics(admin).await
     );
 }
@@ -244,6 +263,8 @@ async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
     let rsp = http::post(admin, "/reload", &[], "").await;
     assert_eq!(rsp.status, 400, "{}", rsp.text());
     assert!(rsp.text().contains("server-key.pem"), "{}", rsp.text());
+    let text = metrics(admin).await;
+    assert_eq!(reloads(&text, "failure"), 1.0, "{text}");
     let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
     let conn = H1Conn::open(addr, cfg).await.expect("still serving");
     assert_eq!(conn.serial, 1, "the old certificate stays in force");

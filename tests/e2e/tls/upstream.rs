@@ -69,6 +69,25 @@ async fn private_ca_verifies_the_upstream_and_a_wrong_ca_is_502() {
 }
 
 #[tokio::test]
+async fn reload_rereads_the_upstream_ca_in_place() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let up = TlsUpstream::start(&ca.server(1)).await;
+    // The file the policy names holds the wrong CA at first.
+    let ca_path = pki.ca("ca", &Ca::new("some other ca"));
+    let tls = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(up.addr, tls).await;
+    call(&proxy)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+
+    pki.ca("ca", &ca);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "the same path, read again: {}", rsp.text());
+}
+
+#[tokio::test]
 async fn plaintext_server_behind_tls_gets_a_client_hello_not_a_request() {
     let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
     let ca_path = pki.ca("ca", &ca);
