@@ -69,6 +69,33 @@ async fn private_ca_verifies_the_upstream_and_a_wrong_ca_is_502() {
 }
 
 #[tokio::test]
+async fn client_certificate_to_an_upstream_that_requires_one() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let (cert, key) = pki.pair("client", &ca.client("rampart", None));
+    let up = TlsUpstream::start_mtls(&ca.server(1), &ca.pem).await;
+
+    let anonymous = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(up.addr, anonymous).await;
+    call(&proxy)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+    assert_eq!(up.hits(), 0, "no client certificate, no request");
+    drop(proxy);
+
+    let with_cert = format!(
+        "ca: {}, server_name: localhost, cert: {}, key: {}",
+        ca_path.display(),
+        cert.display(),
+        key.display()
+    );
+    let proxy = outbound(up.addr, with_cert).await;
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
 async fn reload_rereads_the_upstream_ca_in_place() {
     let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
     let up = TlsUpstream::start(&ca.server(1)).await;
