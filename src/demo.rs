@@ -3,8 +3,13 @@
 //! Starts two sample endpoints (127.0.0.1:3000 and :3001), runs `config/demo.yaml` (built into
 //! the binary, so the command works from any directory), prints what to curl to see each
 //! policy act, and runs until Ctrl-C.
+//!
+//! The demo's TLS listener needs its certificate and key as files, and the policy names them
+//! relative to the repository root. So that the built-in policy still runs from any directory,
+//! the binary carries the demo pair too and writes it to a private temp directory, pointing the
+//! policy's paths there, for the life of the demo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::sample::Sample;
@@ -12,13 +17,30 @@ use crate::sample::Sample;
 /// The shipped demo policy.
 pub const DEMO_YAML: &str = include_str!("../config/demo.yaml");
 
+/// Where the demo policy says its TLS files are (relative to the repository root).
+const DEMO_TLS_DIR: &str = "config/demo-tls/";
+/// The demo listener's self-signed certificate (demo only; see config/demo-tls/README.md).
+const DEMO_CERT: &str = include_str!("../config/demo-tls/cert.pem");
+/// Its private key, public in the repository: it protects nothing.
+const DEMO_KEY: &str = include_str!("../config/demo-tls/key.pem");
+
+/// The built-in demo TLS files written out; the directory is removed on drop.
+#[derive(Debug)]
+struct DemoTls {
+    dir: PathBuf,
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
-    let config = match &path {
-        Some(p) => Config::load(p),
-        None => Config::from_str(DEMO_YAML, "config/demo.yaml"),
-    }
-    .map_err(|e| e.to_string())?;
+    let (config, _tls) = match &path {
+        Some(p) => (Config::load(p).map_err(|e| e.to_string())?, None),
+        None => {
+            let tls = DemoTls::write()?;
+            let yaml = DEMO_YAML.replace(DEMO_TLS_DIR, &tls.prefix());
+            let config = Config::from_str(&yaml, "config/demo.yaml").map_err(|e| e.to_string())?;
+            (config, Some(tls))
+        }
+    };
     let mut samples = Vec::new();
     for port in [3000u16, 3001] {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -40,11 +62,13 @@ pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
 
 async fn guide(r: &crate::Rampart) -> String {
     let inbound = r.listener_addr("inbound").await;
+    let inbound_tls = r.listener_addr("inbound-tls").await;
     let outbound = r.listener_addr("outbound").await;
     let mut out = format!(
         "\nrampart demo is running: the sample service on 127.0.0.1:3000 and :3001, behind rampart\n\
-         (inbound {}, outbound {}, admin {}).\n\n",
+         (inbound {}, inbound TLS {}, outbound {}, admin {}).\n\n",
         inbound.map(|a| a.to_string()).unwrap_or_default(),
+        inbound_tls.map(|a| a.to_string()).unwrap_or_default(),
         outbound.map(|a| a.to_string()).unwrap_or_default(),
         r.admin_addr()
     );
@@ -65,6 +89,50 @@ fn curl_guide(yaml: &str) -> String {
         .join("\n")
 }
 
+// === impl DemoTls ===
+
+impl DemoTls {
+    /// Writes the built-in pair into a fresh directory under the system temp dir; the key file
+    /// is readable by its owner only.
+    fn write() -> Result<DemoTls, String> {
+        let dir = std::env::temp_dir().join(format!("rampart-demo-tls-{}", std::process::id()));
+        let tls = DemoTls { dir };
+        let written = std::fs::create_dir_all(&tls.dir)
+            .and_then(|()| std::fs::write(tls.dir.join("cert.pem"), DEMO_CERT))
+            .and_then(|()| write_private(&tls.dir.join("key.pem"), DEMO_KEY));
+        match written {
+            Ok(()) => Ok(tls),
+            Err(e) => Err(format!(
+                "cannot write the demo TLS files to {}: {e}",
+                tls.dir.display()
+            )),
+        }
+    }
+
+    /// The directory as a path prefix, to put in place of [`DEMO_TLS_DIR`].
+    fn prefix(&self) -> String {
+        format!("{}/", self.dir.display())
+    }
+}
+
+impl Drop for DemoTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,9 +140,33 @@ mod tests {
     #[test]
     fn the_guide_lists_a_curl_for_each_policy() {
         let g = curl_guide(DEMO_YAML);
-        for what in ["rate limit", "retries", "timeout", "outbound", "metrics"] {
+        for what in [
+            "rate limit",
+            "retries",
+            "timeout",
+            "outbound",
+            "metrics",
+            "https://",
+        ] {
             assert!(g.contains(what), "the demo guide must show {what}:\n{g}");
         }
         assert!(g.matches("curl").count() >= 7, "{g}");
+    }
+
+    #[test]
+    fn the_built_in_policy_runs_on_the_built_in_tls_files_from_anywhere() {
+        let tls = DemoTls::write().expect("the temp dir is writable");
+        let yaml = DEMO_YAML.replace(DEMO_TLS_DIR, &tls.prefix());
+        assert!(
+            !yaml.contains(DEMO_TLS_DIR),
+            "every demo TLS path is rewritten"
+        );
+        let config =
+            Config::from_str(&yaml, "config/demo.yaml").expect("the demo policy validates");
+        let files = crate::tls::TlsFiles::load(&config.file).expect("the demo TLS files load");
+        assert!(files.listeners.contains_key("inbound-tls"));
+        let dir = tls.dir.clone();
+        drop(tls);
+        assert!(!dir.exists(), "the written files are removed");
     }
 }

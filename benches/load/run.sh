@@ -11,6 +11,10 @@
 #                                              rampart's default, one per core)
 #   BENCH_STANDIN=1                            upstream = an nginx `return 200`, no rampart
 #                                              target (checks the harness itself only)
+#   TLS=1                                      every proxy terminates TLS with one generated
+#                                              certificate; wrk over https, once on keep-alive
+#                                              connections and once with a new connection
+#                                              (and handshake) per request
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -20,6 +24,7 @@ THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-3s}
 BASE_PORT=${BASE_PORT:-18700}
 BENCH_STANDIN=${BENCH_STANDIN:-0}
+TLS=${TLS:-0}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -34,6 +39,7 @@ install_missing() {
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    [[ $TLS == 1 ]] && ! command -v openssl >/dev/null 2>&1 && missing+=(openssl)
     if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
         missing+=(nginx-light)
     fi
@@ -132,16 +138,35 @@ start() {
 wait_http() {
     local name=$1 url=$2
     for _ in $(seq 100); do
-        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        curl -kfsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
         [[ -d /proc/${pid_of[$name]} ]] || die "$name exited: $(tail -n 5 "$work/$name.log")"
         sleep 0.1
     done
     die "$name did not answer 200 on $url within 10s: $(tail -n 5 "$work/$name.log")"
 }
 
+# The TLS pieces of each template: empty (or a comment) in plaintext mode.
+scheme=http
+tls_nginx_listen="" tls_nginx="# plaintext" tls_haproxy="" tls_rampart="# plaintext"
+if [[ $TLS == 1 ]]; then
+    # One certificate for every proxy: ECDSA P-256, the common choice for a new deployment.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$work/key.pem" -out "$work/cert.pem" >"$work/openssl.log" 2>&1 ||
+        die "openssl could not make the certificate: $(cat "$work/openssl.log")"
+    cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
+    scheme=https
+    tls_nginx_listen=" ssl"
+    tls_nginx="ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;"
+    tls_haproxy=" ssl crt $work/haproxy.pem alpn h2,http/1.1"
+    tls_rampart="tls: { cert: $work/cert.pem, key: $work/key.pem }"
+fi
+
 render() { # render TEMPLATE OUT LISTEN [ADMIN]
     sed -e "s|@DIR@|$work|g" -e "s|@UPSTREAM@|$upstream|g" \
-        -e "s|@LISTEN@|$3|g" -e "s|@ADMIN@|${4:-}|g" "$1" >"$2"
+        -e "s|@LISTEN@|$3|g" -e "s|@ADMIN@|${4:-}|g" \
+        -e "s|@TLS_NGINX_LISTEN@|$tls_nginx_listen|g" -e "s|@TLS_NGINX@|$tls_nginx|g" \
+        -e "s|@TLS_HAPROXY@|$tls_haproxy|g" -e "s|@TLS_RAMPART@|$tls_rampart|g" "$1" >"$2"
 }
 
 p_up=$BASE_PORT p_rampart=$((BASE_PORT + 1)) p_admin=$((BASE_PORT + 2))
@@ -155,6 +180,7 @@ nginx_bin=$(command -v nginx)
 # --- the upstream ---------------------------------------------------------------------------
 declare -a targets=(direct)
 declare -A port=([direct]=$p_up)
+declare -A url=([direct]="http://$upstream/")   # the upstream is plaintext in both modes
 if [[ $BENCH_STANDIN == 1 ]]; then
     log "BENCH_STANDIN=1: nginx stand-in upstream, rampart not measured"
     render "$here/nginx-standin.conf" "$work/standin.conf" "$upstream"
@@ -186,22 +212,30 @@ if [[ $BENCH_STANDIN != 1 ]]; then
     start rampart env RAMPART_WORKERS=1 RUST_LOG=warn \
         "$rampart" run --config "$work/rampart.yaml" --log-format text
     wait_http rampart "http://127.0.0.1:$p_admin/readyz"
-    wait_http rampart "http://127.0.0.1:$p_rampart/"
+    wait_http rampart "$scheme://127.0.0.1:$p_rampart/"
     targets+=(rampart)
     port[rampart]=$p_rampart
 fi
 
 render "$here/nginx.conf" "$work/nginx.conf" "127.0.0.1:$p_nginx"
 start nginx "$nginx_bin" -p "$work" -e "$work/nginx-error.log" -c "$work/nginx.conf"
-wait_http nginx "http://127.0.0.1:$p_nginx/"
+wait_http nginx "$scheme://127.0.0.1:$p_nginx/"
 targets+=(nginx)
 port[nginx]=$p_nginx
 
 render "$here/haproxy.cfg" "$work/haproxy.cfg" "127.0.0.1:$p_haproxy"
 start haproxy haproxy -db -f "$work/haproxy.cfg"
-wait_http haproxy "http://127.0.0.1:$p_haproxy/"
+wait_http haproxy "$scheme://127.0.0.1:$p_haproxy/"
 targets+=(haproxy)
 port[haproxy]=$p_haproxy
+for t in "${targets[@]}"; do
+    [[ $t == direct ]] || url[$t]="$scheme://127.0.0.1:${port[$t]}/"
+done
+
+# Connection modes measured: keep-alive always; with TLS also a new connection per request,
+# which puts a full handshake in front of every request.
+declare -a modes=(keepalive)
+[[ $TLS == 1 ]] && modes+=(close)
 
 # --- measuring ------------------------------------------------------------------------------
 # to_ms VALUE : wrk latency ("812.00us", "1.20ms", "2.01s", "1.00m") in milliseconds.
@@ -223,10 +257,13 @@ run_wrk() {
     wrk_pid=
 }
 
-# measure TARGET ROUND : one wrk run; appends "target round rps p50 p99 errors" to results.
+# measure TARGET MODE ROUND : one wrk run; appends "target mode round rps p50 p99 errors" to
+# results. MODE close sends `Connection: close`, so every request opens a new connection.
 measure() {
-    local t=$1 r=$2 f="$work/wrk-$1-$2.txt" rps p50 p99 errs
-    run_wrk -d "$DURATION" --latency "http://127.0.0.1:${port[$t]}/" >"$f"
+    local t=$1 m=$2 r=$3 f="$work/wrk-$1-$2-$3.txt" rps p50 p99 errs
+    local -a hdr=()
+    [[ $m == close ]] && hdr=(-H "Connection: close")
+    run_wrk -d "$DURATION" --latency "${hdr[@]}" "${url[$t]}" >"$f"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
@@ -235,23 +272,25 @@ measure() {
                 /Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
                 END {print e + 0}' "$f")
     [[ -n $rps && $p50 != nan && $p99 != nan ]] || die "cannot parse wrk output: $(cat "$f")"
-    printf '%s %s %s %s %s %s\n' "$t" "$r" "$rps" "$p50" "$p99" "$errs" >>"$work/results"
-    log "$(printf 'round %s %-8s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s' \
-        "$r" "$t" "$rps" "$p50" "$p99" "$errs")"
+    printf '%s %s %s %s %s %s %s\n' "$t" "$m" "$r" "$rps" "$p50" "$p99" "$errs" >>"$work/results"
+    log "$(printf 'round %s %-8s %-9s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s' \
+        "$r" "$t" "$m" "$rps" "$p50" "$p99" "$errs")"
 }
 
 log "warm-up: $WARMUP per target"
 for t in "${targets[@]}"; do
-    run_wrk -d "$WARMUP" "http://127.0.0.1:${port[$t]}/" >/dev/null
+    run_wrk -d "$WARMUP" "${url[$t]}" >/dev/null
 done
 
-log "measuring: $ROUNDS rounds x ${#targets[@]} targets x $DURATION ($CONNS connections, $THREADS wrk threads)"
+log "measuring: $ROUNDS rounds x ${#targets[@]} targets x ${modes[*]} x $DURATION ($CONNS connections, $THREADS wrk threads)"
 : >"$work/results"
 n=${#targets[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     # Rotate the order each round so no target always runs first or last.
-    for ((i = 0; i < n; i++)); do
-        measure "${targets[$(((i + r - 1) % n))]}" "$r"
+    for m in "${modes[@]}"; do
+        for ((i = 0; i < n; i++)); do
+            measure "${targets[$(((i + r - 1) % n))]}" "$m" "$r"
+        done
     done
 done
 
@@ -270,54 +309,82 @@ for t in "${targets[@]}"; do
     if [[ $t == direct ]]; then rss[$t]=$(peak_rss_mib "${pid_of[upstream]}"); else rss[$t]=$(peak_rss_mib "${pid_of[$t]}"); fi
 done
 
-# median COLUMN TARGET : median over rounds of a results column (3 rps, 4 p50, 5 p99).
+# median COLUMN TARGET MODE : median over rounds of a results column (4 rps, 5 p50, 6 p99).
 median() {
-    awk -v c="$1" -v t="$2" '$1 == t {print $c}' "$work/results" | sort -g |
+    awk -v c="$1" -v t="$2" -v m="$3" '$1 == t && $2 == m {print $c}' "$work/results" | sort -g |
         awk '{v[NR] = $1} END {
             if (NR == 0) { print "nan"; exit }
             m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
             print m }'
 }
-errors_of() { awk -v t="$1" '$1 == t {e += $6} END {print e + 0}' "$work/results"; }
+errors_of() { awk -v t="$1" -v m="$2" '$1 == t && $2 == m {e += $7} END {print e + 0}' "$work/results"; }
 
+# Medians keyed "target mode".
 declare -A med_rps=() med_p50=() med_p99=()
-for t in "${targets[@]}"; do
-    med_rps[$t]=$(median 3 "$t")
-    med_p50[$t]=$(median 4 "$t")
-    med_p99[$t]=$(median 5 "$t")
+for m in "${modes[@]}"; do
+    for t in "${targets[@]}"; do
+        med_rps[$t $m]=$(median 4 "$t" "$m")
+        med_p50[$t $m]=$(median 5 "$t" "$m")
+        med_p99[$t $m]=$(median 6 "$t" "$m")
+    done
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
-{
-    # shellcheck disable=SC2016 # the backquotes are markdown
-    printf '## Load benchmark: plain proxying of `GET /` (200 "ok\\n")\n'
-    echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); wrk $THREADS thread(s), $CONNS connections,"
-    echo "$ROUNDS rounds x $DURATION per target, interleaved; medians over rounds."
-    echo "One worker thread/process per proxy; the same upstream behind all of them."
-    echo
+# table MODE : the rows and ratios of one connection mode.
+table() {
+    local m=$1 t o label
     echo "| target | req/s | p50 ms | p99 ms | peak RSS MiB | errors |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for t in "${targets[@]}"; do
         label=$t
         [[ $t == direct ]] && label="direct (upstream only)"
-        printf '| %s | %.0f | %.3f | %.3f | %s | %s |\n' "$label" "${med_rps[$t]}" \
-            "${med_p50[$t]}" "${med_p99[$t]}" "${rss[$t]}" "$(errors_of "$t")"
+        [[ $t == direct && $TLS == 1 ]] && label="direct (upstream only, plaintext)"
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s |\n' "$label" "${med_rps[$t $m]}" \
+            "${med_p50[$t $m]}" "${med_p99[$t $m]}" "${rss[$t]}" "$(errors_of "$t" "$m")"
     done
     echo
-    if [[ -n ${med_rps[rampart]:-} ]]; then
+    if [[ -n ${med_rps[rampart $m]:-} ]]; then
         echo "| rampart vs | req/s (>1 better) | p50 (<1 better) | p99 (<1 better) | peak RSS (<1 better) |"
         echo "| --- | ---: | ---: | ---: | ---: |"
         for o in nginx haproxy; do
             printf '| %s | %s | %s | %s | %s |\n' "$o" \
-                "$(ratio "${med_rps[rampart]}" "${med_rps[$o]}")" \
-                "$(ratio "${med_p50[rampart]}" "${med_p50[$o]}")" \
-                "$(ratio "${med_p99[rampart]}" "${med_p99[$o]}")" \
+                "$(ratio "${med_rps[rampart $m]}" "${med_rps[$o $m]}")" \
+                "$(ratio "${med_p50[rampart $m]}" "${med_p50[$o $m]}")" \
+                "$(ratio "${med_p99[rampart $m]}" "${med_p99[$o $m]}")" \
                 "$(ratio "${rss[rampart]}" "${rss[$o]}")"
         done
     else
         echo "(rampart not measured: BENCH_STANDIN=1)"
+    fi
+}
+
+{
+    if [[ $TLS == 1 ]]; then
+        # shellcheck disable=SC2016 # the backquotes are markdown
+        printf '## Load benchmark: TLS termination (https) of `GET /` (200 "ok\\n")\n'
+    else
+        # shellcheck disable=SC2016 # the backquotes are markdown
+        printf '## Load benchmark: plain proxying of `GET /` (200 "ok\\n")\n'
+    fi
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); wrk $THREADS thread(s), $CONNS connections,"
+    echo "$ROUNDS rounds x $DURATION per target, interleaved; medians over rounds."
+    echo "One worker thread/process per proxy; the same upstream behind all of them."
+    if [[ $TLS == 1 ]]; then
+        echo "Each proxy terminates TLS (one ECDSA P-256 certificate, the proxy's default TLS"
+        echo "settings) and forwards plaintext HTTP/1.1; peak RSS covers both runs."
+        echo
+        echo "### Keep-alive connections"
+        echo
+        table keepalive
+        echo
+        echo "### A new connection per request (\`Connection: close\`: a TLS handshake per request)"
+        echo
+        table close
+    else
+        echo
+        table keepalive
     fi
 } >"$work/table.md"
 

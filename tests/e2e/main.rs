@@ -24,3 +24,4 @@ mod retry;
 mod robustness;
 mod shutdown;
 mod tenant;
+mod tls;

@@ -1,0 +1,161 @@
+//! Servers for the TLS tests: a TLS upstream (optionally requiring a client certificate) and
+//! a plaintext server that only records what it is sent.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::{certs, key, Issued};
+
+/// A TLS upstream on 127.0.0.1 that answers every request 200 with the SNI it was reached by
+/// as the body. Stops on drop.
+#[derive(Debug)]
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// A plaintext TCP server that never answers: it records the first bytes of each connection
+/// (up to 1 s of waiting), then closes it. Stops on drop.
+#[derive(Debug)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    task: JoinHandle<()>,
+}
+
+// === impl TlsUpstream ===
+
+impl TlsUpstream {
+    /// Serves TLS with `identity` on a free loopback port.
+    pub async fn start(identity: &Issued) -> TlsUpstream {
+        TlsUpstream::serve(identity, None).await
+    }
+
+    /// Like [`TlsUpstream::start`], but every client must present a certificate that
+    /// `client_ca_pem` signed (mTLS to the upstream).
+    pub async fn start_mtls(identity: &Issued, client_ca_pem: &str) -> TlsUpstream {
+        TlsUpstream::serve(identity, Some(client_ca_pem)).await
+    }
+
+    async fn serve(identity: &Issued, client_ca_pem: Option<&str>) -> TlsUpstream {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("default versions");
+        let builder = match client_ca_pem {
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certs(pem) {
+                    roots.add(cert).expect("the client CA is usable");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("a client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certs(&identity.cert), key(&identity.key))
+            .expect("the upstream identity is usable");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve_tls(listener, acceptor, hits.clone()));
+        TlsUpstream { addr, hits, task }
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, hits: Arc<AtomicU64>) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (acceptor, hits) = (acceptor.clone(), hits.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().unwrap_or("").to_owned();
+            let svc = hyper::service::service_fn(move |_req| {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let rsp = Response::builder()
+                    .status(StatusCode::OK)
+                    .body(Full::new(Bytes::from(sni.clone())));
+                async move { rsp }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+// === impl Recorder ===
+
+impl Recorder {
+    /// Listens on a free loopback port.
+    pub async fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf))
+                        .await
+                    {
+                        Ok(Ok(n)) => n,
+                        _ => 0,
+                    };
+                    let _ = tx.send(buf[..n].to_vec());
+                });
+            }
+        });
+        Recorder { addr, rx, task }
+    }
+
+    /// The first bytes of every connection recorded so far.
+    pub fn connections(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Ok(bytes) = self.rx.try_recv() {
+            out.push(bytes);
+        }
+        out
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,298 @@
+//! TLS on listeners (SPEC §8): HTTP/1.1 and h2 by ALPN, no plaintext on a TLS port, mTLS,
+//! tenants from the client certificate, certificate rotation on reload and a refused bad key.
+//! TLS to upstreams is in `tls/upstream.rs`.
+
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::metrics::reloads;
+use crate::support::tls::{self, Ca, H1Conn, Pki};
+use crate::support::{http, metric_value, metrics, proxy::bin, raw, sample, Proxy};
+
+/// One inbound TLS listener in front of `$APP`; `$TLS` is the body of its `tls` map and
+/// `$SECTIONS` adds top-level sections.
+const TLS_INBOUND: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+$SECTIONS
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    tls: { $TLS }
+    routes:
+      - upstream: app
+        $POLICY
+"#;
+
+/// A proxy with a TLS inbound listener serving `cert`/`key` (and `client_ca` when given).
+async fn tls_proxy(app: SocketAddr, pki: &Pki, client_ca: bool, sections: &str) -> Proxy {
+    let mut tls = format!(
+        "cert: {}, key: {}",
+        pki.path("server.pem").display(),
+        pki.path("server-key.pem").display()
+    );
+    if client_ca {
+        tls.push_str(&format!(", client_ca: {}", pki.path("ca.pem").display()));
+    }
+    // A route names a policy only when `sections` defines one.
+    let policy = if sections.contains("policies:") {
+        "policy: limited"
+    } else {
+        ""
+    };
+    Proxy::builder(TLS_INBOUND)
+        .var("SECTIONS", sections)
+        .var("TLS", tls)
+        .var("POLICY", policy)
+        .var("APP", app)
+        .spawn()
+        .await
+}
+
+/// A CA, its certificate as `ca.pem`, and a server leaf (serial 1) as `server.pem`.
+fn pki() -> (Ca, Pki) {
+    let (ca, pki) = (Ca::new("rampart test ca"), Pki::new());
+    pki.ca("ca", &ca);
+    pki.pair("server", &ca.server(1));
+    (ca, pki)
+}
+
+fn handshake_failures(text: &str, reason: &str) -> f64 {
+    let labels = [("listener", "inbound"), ("reason", reason)];
+    metric_value(text, "rampart_tls_handshake_failures_total", &labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn h1_and_h2_over_tls_reach_the_upstream_as_https() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let addr = proxy.listener("inbound");
+
+    let h1 = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let rsp = tls::get(addr, h1, "/headers", &[])
+        .await
+        .expect("h1 over TLS");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let seen = rsp.json();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+
+    let h2 = tls::client_config(&ca.pem, None, &[b"h2", b"http/1.1"]);
+    let conn = tls::connect(addr, h2).await.expect("TLS handshake");
+    assert_eq!(
+        tls::alpn(&conn).as_deref(),
+        Some(&b"h2"[..]),
+        "ALPN picks h2"
+    );
+    let rsp = tls::h2_get(conn, "/headers").await.expect("h2 over TLS");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.version, ::http::Version::HTTP_2);
+    let seen = rsp.json();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(app.hits_for("/headers"), 2);
+}
+
+#[tokio::test]
+async fn plaintext_on_a_tls_port_gets_no_http_answer() {
+    let app = sample().await;
+    let (_ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let req = b"GET /ok HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    let got = raw::exchange(proxy.listener("inbound"), req, Duration::from_secs(3)).await;
+    assert!(got.closed, "the connection must be closed");
+    assert!(
+        !got.bytes.starts_with(b"HTTP/"),
+        "no HTTP answer on a TLS port: {:?}",
+        got.text()
+    );
+    assert_eq!(app.hits(), 0, "nothing reaches the upstream");
+    let admin = proxy.admin();
+    assert_eventually!(
+        handshake_failures(&metrics(admin).await, "protocol") == 1.0,
+        "a protocol failure counted:\n{}",
+        metrics(admin).await
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_closed_at_the_head_timeout() {
+    let app = sample().await;
+    let (_ca, pki) = pki();
+    let runtime = "runtime: { header_read_timeout: 300ms }";
+    let proxy = tls_proxy(app.addr(), &pki, false, runtime).await;
+    // A client that connects and never sends its ClientHello.
+    let got = raw::exchange(proxy.listener("inbound"), b"", Duration::from_secs(5)).await;
+    assert!(got.closed, "the silent connection must be closed");
+    assert!(got.elapsed < Duration::from_secs(3), "{:?}", got.elapsed);
+    let admin = proxy.admin();
+    assert_eventually!(
+        handshake_failures(&metrics(admin).await, "timeout") == 1.0,
+        "a handshake timeout counted:\n{}",
+        metrics(admin).await
+    );
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_client_without_a_certificate() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, true, "").await;
+    let addr = proxy.listener("inbound");
+
+    let anonymous = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let refused = tls::get(addr, anonymous, "/ok", &[]).await;
+    assert!(refused.is_err(), "no certificate, no answer: {refused:?}");
+    let admin = proxy.admin();
+    assert_eventually!(
+        handshake_failures(&metrics(admin).await, "no_client_cert") == 1.0,
+        "no_client_cert counted:\n{}",
+        metrics(admin).await
+    );
+
+    let stranger = Ca::new("another ca").client("mallory", None);
+    let cfg = tls::client_config(&ca.pem, Some(&stranger), &[b"http/1.1"]);
+    assert!(tls::get(addr, cfg, "/ok", &[]).await.is_err());
+    assert_eventually!(
+        handshake_failures(&metrics(admin).await, "bad_client_cert") == 1.0,
+        "bad_client_cert counted"
+    );
+
+    let alice = ca.client("alice", None);
+    let cfg = tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]);
+    let rsp = tls::get(addr, cfg, "/ok", &[]).await.expect("mTLS");
+    assert_eq!(rsp.status, 200);
+    assert_eq!(app.hits(), 1, "only the verified client got through");
+}
+
+/// Tenants from the client certificate `field`, one request per tenant admitted at once.
+fn by_cert(field: &str) -> String {
+    format!(
+        "tenants:\n  from: [ {{ client_cert: {field} }} ]\n  fallback: anonymous\n\
+         policies:\n  limited:\n    rate_limit:\n      per_tenant: {{ rate: 1/h, burst: 1 }}"
+    )
+}
+
+fn rate_limited(text: &str, tenant: &str) -> f64 {
+    let labels = [("listener", "inbound"), ("tenant", tenant)];
+    metric_value(text, "rampart_rate_limited_total", &labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn tenant_from_the_client_certificate_uri_san_and_cn() {
+    const SPIFFE: &str = "spiffe://example.org/ns/prod/sa/billing";
+    for (field, tenant) in [("uri_san", SPIFFE), ("cn", "billing")] {
+        let app = sample().await;
+        let (ca, pki) = pki();
+        let proxy = tls_proxy(app.addr(), &pki, true, &by_cert(field)).await;
+        let addr = proxy.listener("inbound");
+        let id = ca.client("billing", Some(SPIFFE));
+        let cfg = tls::client_config(&ca.pem, Some(&id), &[b"http/1.1"]);
+        let first = tls::get(addr, cfg.clone(), "/ok", &[])
+            .await
+            .expect("first");
+        assert_eq!(first.status, 200, "{field}: {}", first.text());
+        // A header cannot change who the certificate says the client is.
+        let second = tls::get(addr, cfg, "/ok", &[("x-tenant-id", "other")]).await;
+        second.expect("second").assert_rampart(429, "rate_limited");
+        let other = ca.client("someone-else", Some("spiffe://example.org/other"));
+        let cfg = tls::client_config(&ca.pem, Some(&other), &[b"http/1.1"]);
+        let rsp = tls::get(addr, cfg, "/ok", &[]).await.expect("other tenant");
+        assert_eq!(
+            rsp.status, 200,
+            "{field}: another certificate, another bucket"
+        );
+        let admin = proxy.admin();
+        assert_eventually!(
+            rate_limited(&metrics(admin).await, tenant) == 1.0,
+            "{field}: rampart_rate_limited_total{{tenant={tenant:?}}} == 1:\n{}",
+            metrics(admin).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotation_on_reload_serves_the_new_cert_and_keeps_open_connections() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let mut old = H1Conn::open(addr, cfg.clone()).await.expect("connect");
+    assert_eq!(old.serial, 1);
+    assert_eq!(old.get("/ok", &[]).await.expect("old conn").status, 200);
+
+    pki.pair("server", &ca.server(2));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+
+    let new = H1Conn::open(addr, cfg).await.expect("connect after reload");
+    assert_eq!(new.serial, 2, "a new handshake sees the new certificate");
+    let rsp = old
+        .get("/ok", &[])
+        .await
+        .expect("the old keep-alive connection");
+    assert_eq!(rsp.status, 200);
+}
+
+#[tokio::test]
+async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+
+    // The certificate of serial 2 with the key of serial 3.
+    let (cert2, key3) = (ca.server(2).cert, ca.server(3).key);
+    pki.write("server.pem", &cert2);
+    let key = pki.write("server-key.pem", &key3);
+    let out = validate(proxy.config_path()).await;
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&key.display().to_string()),
+        "names the key: {text}"
+    );
+
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(rsp.text().contains("server-key.pem"), "{}", rsp.text());
+    let text = metrics(admin).await;
+    assert_eq!(reloads(&text, "failure"), 1.0, "{text}");
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let conn = H1Conn::open(addr, cfg).await.expect("still serving");
+    assert_eq!(conn.serial, 1, "the old certificate stays in force");
+}
+
+/// `rampart validate --config PATH`, bounded to 15 s.
+async fn validate(path: &Path) -> Output {
+    let child = tokio::process::Command::new(bin())
+        .arg("validate")
+        .arg("--config")
+        .arg(path)
+        .env_remove("RAMPART_CONFIG")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the rampart binary must start");
+    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("validate must exit within 15 s")
+        .expect("validate's output must be readable")
+}
+
+fn both(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

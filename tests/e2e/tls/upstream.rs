@@ -1,0 +1,141 @@
+//! TLS to upstreams (SPEC §8): a private CA verifies the upstream, a wrong CA is a 502, the
+//! SNI follows `server_name`, and an upstream with `tls` never gets a plaintext request.
+
+use std::net::SocketAddr;
+
+use crate::support::tls::{Ca, Pki, Recorder, TlsUpstream};
+use crate::support::{http, Proxy};
+
+/// An outbound listener routing `payments.internal` to upstream `payments` at `$UP`, whose
+/// `tls` map has body `$UPTLS`.
+const OUTBOUND: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  payments:
+    endpoints: [$UP]
+    tls: { $UPTLS }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - match: { host: payments.internal }
+        upstream: payments
+"#;
+
+async fn outbound(up: SocketAddr, tls: String) -> Proxy {
+    Proxy::builder(OUTBOUND)
+        .var("UPTLS", tls)
+        .var("UP", up)
+        .spawn()
+        .await
+}
+
+async fn call(proxy: &Proxy) -> http::Resp {
+    let host = [("host", "payments.internal")];
+    http::get(proxy.listener("outbound"), "/pay", &host).await
+}
+
+#[tokio::test]
+async fn private_ca_verifies_the_upstream_and_a_wrong_ca_is_502() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let other = pki.ca("other", &Ca::new("some other ca"));
+    let up = TlsUpstream::start(&ca.server(1)).await;
+
+    let named = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(up.addr, named).await;
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.text(), "localhost", "SNI is the configured server_name");
+    drop(proxy);
+
+    // No server_name and an IP endpoint: verified against the IP SAN, no SNI sent.
+    let by_ip = format!("ca: {}", ca_path.display());
+    let proxy = outbound(up.addr, by_ip).await;
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.text(), "", "no SNI for an IP address");
+    drop(proxy);
+
+    let hits = up.hits();
+    let wrong = format!("ca: {}, server_name: localhost", other.display());
+    let proxy = outbound(up.addr, wrong).await;
+    call(&proxy)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+    assert_eq!(up.hits(), hits, "an unverified upstream gets no request");
+}
+
+#[tokio::test]
+async fn client_certificate_to_an_upstream_that_requires_one() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let (cert, key) = pki.pair("client", &ca.client("rampart", None));
+    let up = TlsUpstream::start_mtls(&ca.server(1), &ca.pem).await;
+
+    let anonymous = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(up.addr, anonymous).await;
+    call(&proxy)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+    assert_eq!(up.hits(), 0, "no client certificate, no request");
+    drop(proxy);
+
+    let with_cert = format!(
+        "ca: {}, server_name: localhost, cert: {}, key: {}",
+        ca_path.display(),
+        cert.display(),
+        key.display()
+    );
+    let proxy = outbound(up.addr, with_cert).await;
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn reload_rereads_the_upstream_ca_in_place() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let up = TlsUpstream::start(&ca.server(1)).await;
+    // The file the policy names holds the wrong CA at first.
+    let ca_path = pki.ca("ca", &Ca::new("some other ca"));
+    let tls = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(up.addr, tls).await;
+    call(&proxy)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+
+    pki.ca("ca", &ca);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "the same path, read again: {}", rsp.text());
+}
+
+#[tokio::test]
+async fn plaintext_server_behind_tls_gets_a_client_hello_not_a_request() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let mut plain = Recorder::start().await;
+    let tls = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(plain.addr, tls).await;
+
+    call(&proxy)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+    let conns = plain.connections();
+    assert!(!conns.is_empty(), "rampart must have connected");
+    for bytes in conns {
+        assert_eq!(
+            bytes.first(),
+            Some(&0x16),
+            "a TLS handshake record first, never plaintext: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        for method in ["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH"] {
+            assert!(!bytes.starts_with(method.as_bytes()), "no request line");
+        }
+    }
+}
