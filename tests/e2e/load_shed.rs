@@ -179,8 +179,9 @@ async fn critical_is_served_while_sheddable_is_shed() {
 
 /// Runs the fairness scenario: tenant `flood` keeps 200 requests in flight or waiting against
 /// an upstream of 50 ms service time while a client sends 20 sequential requests as `probe`.
-/// Returns the probe's latencies, sorted.
-async fn fairness_run(addr: SocketAddr, probe: &'static str) -> Vec<Duration> {
+/// Each flood connection sends its next request when the last is answered, or no sooner than
+/// `pace` after the last one started. Returns the probe's latencies, sorted.
+async fn fairness_run(addr: SocketAddr, probe: &'static str, pace: Duration) -> Vec<Duration> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood: Vec<_> = (0..200)
         .map(|_| {
@@ -188,6 +189,7 @@ async fn fairness_run(addr: SocketAddr, probe: &'static str) -> Vec<Duration> {
             tokio::spawn(async move {
                 let client = http::client();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let next = Instant::now() + pace;
                     let _ = http::send(
                         &client,
                         addr,
@@ -197,6 +199,7 @@ async fn fairness_run(addr: SocketAddr, probe: &'static str) -> Vec<Duration> {
                         http::empty(),
                     )
                     .await;
+                    tokio::time::sleep_until(next).await;
                 }
             })
         })
@@ -229,10 +232,10 @@ async fn a_flooding_tenant_does_not_delay_another_fair_queue_against_fifo() {
     )
     .await;
     let addr = proxy.listener("inbound");
-    let fair = fairness_run(addr, "probe").await;
+    let fair = fairness_run(addr, "probe", Duration::ZERO).await;
     // The same run with the probe's requests under the flooding tenant's own name: they queue
     // behind the flood in arrival order, which is what a plain FIFO queue gives everyone.
-    let fifo = fairness_run(addr, "flood").await;
+    let fifo = fairness_run(addr, "flood", Duration::ZERO).await;
     let (fair_p50, fair_p99) = (fair[fair.len() / 2], fair[fair.len() - 1]);
     let (fifo_p50, fifo_p99) = (fifo[fifo.len() / 2], fifo[fifo.len() - 1]);
     println!(
@@ -245,5 +248,32 @@ async fn a_flooding_tenant_does_not_delay_another_fair_queue_against_fifo() {
     assert!(
         fifo_p50 > fair_p50 * 3,
         "FIFO must be visibly worse: {fifo_p50:?} vs {fair_p50:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_far_over_its_rate_limit_does_not_delay_another() {
+    let app = sample().await;
+    // The flood sends 200/s over 200 connections, 20× its 10/s limit: its refusals are 429s
+    // made before any slot or queue, so they take nothing the probe needs.
+    let policy = SHEDDING.replace(
+        "    load_shed:\n$SHED",
+        "    rate_limit: { per_tenant: { rate: 10/s, burst: 10 } }\n    load_shed: { max_in_flight: 10, queue: { size: 400, timeout: 30s } }",
+    );
+    let proxy = Proxy::builder(&policy).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    let lat = fairness_run(addr, "probe", Duration::from_secs(1)).await;
+    let (p50, p99) = (lat[lat.len() / 2], lat[lat.len() - 1]);
+    let text = metrics(proxy.admin()).await;
+    let refused =
+        metric_value(&text, "rampart_rate_limited_total", &[("tenant", "flood")]).unwrap_or(0.0);
+    println!("rate-limited flood: {refused} refusals; probe tenant p50 {p50:?} p99 {p99:?}");
+    assert!(
+        refused > 100.0,
+        "the flood must run far over its limit: {refused}"
+    );
+    assert!(
+        p50 <= Duration::from_millis(150),
+        "the probe tenant's median must stay within 3x the 50 ms service time: {p50:?}"
     );
 }
