@@ -175,19 +175,15 @@ async fn try_once(
 ) -> Tried {
     let up = &ctx.route.upstream;
     // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
-    let permit = match &ctx.route.breaker {
-        None => None,
-        Some(b) => match b.admit(ctx.tenant.as_str(), ctx.labels) {
-            Ok(p) => Some(p),
-            Err(open) => {
-                let msg = format!("upstream {}: {open}", up.name);
-                return Tried {
-                    outcome: Outcome::Cancelled,
-                    rsp: answer(Reason::CircuitOpen, &msg, Some(open.retry_after)),
-                    used: None,
-                };
+    let permit = match admit(ctx) {
+        Ok(p) => p,
+        Err(rsp) => {
+            return Tried {
+                outcome: Outcome::Cancelled,
+                rsp,
+                used: None,
             }
-        },
+        }
     };
     let Some(ep) = up.pick(avoid) else {
         if let Some(p) = permit {
@@ -280,6 +276,18 @@ async fn try_once(
             }
         }
     }
+}
+
+/// Asks the route's breaker (if any) to admit one try, or CONNECT, of this request; an open
+/// breaker gives the `circuit_open` answer, with the wait until it half-opens.
+pub fn admit(ctx: &RequestCtx<'_>) -> Result<Option<BreakerPermit>, Response<Body>> {
+    let Some(b) = &ctx.route.breaker else {
+        return Ok(None);
+    };
+    b.admit(ctx.tenant.as_str(), ctx.labels).map(Some).map_err(|open| {
+        let msg = format!("upstream {}: {open}", ctx.route.upstream.name);
+        answer(Reason::CircuitOpen, &msg, Some(open.retry_after))
+    })
 }
 
 /// Whether the route's breaker would refuse the tenant's next try now.

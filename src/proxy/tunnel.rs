@@ -52,15 +52,9 @@ pub async fn open(
 ) -> Response<Body> {
     let up = &ctx.route.upstream;
     // The breaker judges the connect: it is the tunnel's only upstream outcome.
-    let permit = match &ctx.route.breaker {
-        None => None,
-        Some(b) => match b.admit(ctx.tenant.as_str(), ctx.labels) {
-            Ok(p) => Some(p),
-            Err(open) => {
-                let msg = format!("upstream {}: {open}", up.name);
-                return answer(Reason::CircuitOpen, &msg, Some(open.retry_after));
-            }
-        },
+    let permit = match super::exchange::admit(ctx) {
+        Ok(p) => p,
+        Err(rsp) => return rsp,
     };
     let stream = match connect(ctx.route, permit).await {
         Ok(s) => s,
