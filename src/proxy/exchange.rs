@@ -180,7 +180,7 @@ async fn try_once(
         Err(rsp) => {
             return Tried {
                 outcome: Outcome::Cancelled,
-                rsp,
+                rsp: *rsp,
                 used: None,
             }
         }
@@ -280,13 +280,14 @@ async fn try_once(
 
 /// Asks the route's breaker (if any) to admit one try, or CONNECT, of this request; an open
 /// breaker gives the `circuit_open` answer, with the wait until it half-opens.
-pub fn admit(ctx: &RequestCtx<'_>) -> Result<Option<BreakerPermit>, Response<Body>> {
+/// (The refusal is boxed: it is the cold path, and keeps the admitted result small.)
+pub fn admit(ctx: &RequestCtx<'_>) -> Result<Option<BreakerPermit>, Box<Response<Body>>> {
     let Some(b) = &ctx.route.breaker else {
         return Ok(None);
     };
     b.admit(ctx.tenant.as_str(), ctx.labels).map(Some).map_err(|open| {
         let msg = format!("upstream {}: {open}", ctx.route.upstream.name);
-        answer(Reason::CircuitOpen, &msg, Some(open.retry_after))
+        Box::new(answer(Reason::CircuitOpen, &msg, Some(open.retry_after)))
     })
 }
 

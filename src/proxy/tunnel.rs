@@ -54,7 +54,7 @@ pub async fn open(
     // The breaker judges the connect: it is the tunnel's only upstream outcome.
     let permit = match super::exchange::admit(ctx) {
         Ok(p) => p,
-        Err(rsp) => return rsp,
+        Err(rsp) => return *rsp,
     };
     let stream = match connect(ctx.route, permit).await {
         Ok(s) => s,
