@@ -221,13 +221,18 @@ impl Upstream {
     /// ejection when configured (logged, and the endpoint's gauge set to 0).
     pub fn try_ended(&self, ep: &Endpoint, outcome: Outcome, took: Duration) {
         let now = self.clock.now_nanos();
+        let streak = ep.health.end(outcome, took, now);
         let Some(detector) = &self.outlier else {
-            ep.health.end(outcome, took, now);
             return;
         };
+        let threshold = detector.consecutive_failures();
+        if threshold == 0 || streak < threshold || ep.health.is_ejected(now) {
+            // The common case: no list of endpoints is gathered, nothing is allocated.
+            return;
+        }
         let eps = self.endpoints.load();
         let all: Vec<Arc<EndpointHealth>> = eps.iter().map(|e| e.health.clone()).collect();
-        if detector.on_try_end(&ep.health, &all, outcome, took, now) {
+        if detector.eject_if_allowed(&ep.health, &all, now) {
             tracing::warn!(upstream = %self.name, endpoint = %ep.addr, "endpoint ejected by outlier detection");
             self.metrics.set_endpoint_healthy(&ep.label, false);
         }

@@ -62,6 +62,17 @@ impl OutlierDetector {
     }
 
     /// Ejects `ep` if the cap allows; returns the ejection's length.
+    /// Ejects `ep` if the cap allows (for a caller that fed the try to [`EndpointHealth::end`]
+    /// itself and found the streak at the threshold); returns whether it did.
+    pub fn eject_if_allowed(
+        &self,
+        ep: &EndpointHealth,
+        all: &[Arc<EndpointHealth>],
+        now: u64,
+    ) -> bool {
+        self.try_eject(ep, all, now).is_some()
+    }
+
     fn try_eject(
         &self,
         ep: &EndpointHealth,
