@@ -39,6 +39,9 @@ RUN if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
 
 COPY --from=prebuilt /rampart /usr/local/bin/rampart
 COPY config/demo.yaml /etc/rampart/rampart.yaml
+# The demo policy names its demo-only TLS pair relative to the working directory.
+COPY config/demo-tls /etc/rampart/config/demo-tls
+WORKDIR /etc/rampart
 
 USER 65532:65532
 EXPOSE 8080 15001 9901
