@@ -31,6 +31,7 @@ use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::load_shed::RouteLoadShed;
 use crate::policy::rate_limit::RouteRateLimit;
 use crate::policy::retry::RouteRetry;
+use crate::proxy::access_log::AccessLog;
 use crate::proxy::listener::server_builder;
 use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
@@ -79,6 +80,8 @@ pub struct ListenerRt {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `rampart_tls_handshake_failures_total{listener, reason}`, one handle per reason.
     pub tls_failures: Vec<(&'static str, prometheus::IntCounter)>,
+    /// Its access log, if `access_log` is on.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -311,6 +314,10 @@ fn build_listener(
         idle_timeout: rt.idle_timeout.0,
         body_idle_timeout: rt.body_idle_timeout.0,
         tls: None,
+        access_log: l.access_log.as_ref().and_then(|cfg| {
+            let sink = shared.access_logs.get(&cfg.to)?;
+            Some(AccessLog::new(name.clone(), cfg, sink))
+        }),
         tls_failures: match l.tls {
             Some(_) => shared.metrics.tls_failures(&l.name),
             None => Vec::new(),

@@ -96,6 +96,7 @@ impl Rampart {
             ..config.clone()
         };
         let shared = Arc::new(Shared {
+            access_logs: proxy::access_log::Sinks::new(metrics.access_log_dropped.clone()),
             current: ArcSwap::from_pointee(Generation::empty(Arc::new(empty))),
             metrics,
             clock,

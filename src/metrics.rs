@@ -59,6 +59,8 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     /// `rampart_config_info{sha256}`.
     pub config_info: IntGaugeVec,
+    /// `rampart_access_log_dropped_total`.
+    pub access_log_dropped: IntCounter,
 }
 
 /// Cached handles for one route: what the request path touches on every request.
@@ -88,8 +90,9 @@ pub struct TenantMetrics {
     codes: ArcSwap<Vec<(u16, IntCounter)>>,
     /// `rampart_request_duration_seconds{listener, route, tenant}`.
     pub duration: Histogram,
-    /// `rampart_rate_limited_total{listener, route, tenant}`.
-    pub rate_limited: IntCounter,
+    rate_limited: IntCounterVec,
+    /// `rampart_rate_limited_total{listener, route, tenant, limit}` by limit name.
+    limits: ArcSwap<Vec<(Box<str>, IntCounter)>>,
     shed_vec: IntCounterVec,
     /// `rampart_shed_total{listener, route, tenant, reason}`, made on first use per reason.
     shed: [std::sync::OnceLock<IntCounter>; SHED_REASONS.len()],
@@ -183,8 +186,8 @@ impl Metrics {
         );
         let rate_limited = counter(
             "rampart_rate_limited_total",
-            "Requests refused by a rate limit.",
-            &["listener", "route", "tenant"],
+            "Requests refused by a rate limit, by the limit that refused.",
+            &["listener", "route", "tenant", "limit"],
         );
         let shed = counter(
             "rampart_shed_total",
@@ -266,7 +269,16 @@ impl Metrics {
             "Always 1; the sha256 label names the configuration in force.",
             &["sha256"],
         );
+        let access_log_dropped = IntCounter::new(
+            "rampart_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("unique metric");
         Metrics {
+            access_log_dropped,
             registry,
             requests,
             request_duration,
@@ -415,7 +427,8 @@ impl RouteMetrics {
         let l3: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
         let t = Arc::new(TenantMetrics {
             duration: m.request_duration.with_label_values(&l3),
-            rate_limited: m.rate_limited.with_label_values(&l3),
+            rate_limited: m.rate_limited.clone(),
+            limits: ArcSwap::from_pointee(Vec::new()),
             shed_vec: m.shed.clone(),
             shed: Default::default(),
             requests: m.requests.clone(),
@@ -456,6 +469,26 @@ impl TenantMetrics {
             let code = code.to_string();
             self.requests
                 .with_label_values(&[&*l[0], &*l[1], &*l[2], code.as_str()])
+        });
+    }
+
+    /// Counts one refusal by the rate limit named `limit` (its handle made on first sight).
+    pub fn rate_limited(&self, limit: &str) {
+        if let Some((_, c)) = self.limits.load().iter().find(|(k, _)| &**k == limit) {
+            c.inc();
+            return;
+        }
+        let l = &self.labels;
+        let c = self
+            .rate_limited
+            .with_label_values(&[&*l[0], &*l[1], &*l[2], limit]);
+        c.inc();
+        self.limits.rcu(|v| {
+            let mut v = Vec::clone(v);
+            if !v.iter().any(|(k, _)| &**k == limit) {
+                v.push((Box::from(limit), c.clone()));
+            }
+            v
         });
     }
 }

@@ -8,10 +8,12 @@
 //! 4. the upstream's answer streams back untouched but for hop-by-hop headers, or
 //!    `respond.rs` builds rampart's own answer.
 
+pub mod access_log;
 pub mod body;
 pub mod conn;
 pub mod ctx;
 pub mod exchange;
+pub mod finish;
 pub mod forward;
 pub mod guard;
 pub mod health;

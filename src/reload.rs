@@ -120,6 +120,7 @@ pub fn apply(
     shared
         .labels
         .set_cap(cfg.file.tenants.metrics_labels as usize);
+    shared.labels.pin(named_tenants(&cfg.file));
     shared.tracked.set_max_tracked(cfg.file.tenants.max_tracked);
     // Listeners that stay take the new `runtime` for new connections through the generation;
     // their connection cap is resized in place.
@@ -127,6 +128,8 @@ pub fn apply(
         h.set_max_connections(cfg.file.runtime.max_connections);
     }
     shared.current.store(Arc::new(gen));
+    // Log rotation: a renamed access log file is let go, and its path opened anew.
+    shared.access_logs.reopen();
     for (addr, tcp) in bound {
         let h = listener::spawn(shared.clone(), addr, tcp, &cfg.file.runtime);
         tracing::info!(listen = %h.local_addr, "listener bound");
@@ -149,6 +152,14 @@ pub fn apply(
     }
     note_success(shared, &cfg);
     Ok(cfg.sha256.clone())
+}
+
+/// Tenants the policy names (`rate_limit.overrides`): their metric labels are never folded.
+fn named_tenants(f: &crate::config::File) -> impl Iterator<Item = &str> {
+    f.policies
+        .values()
+        .filter_map(|p| p.rate_limit.as_ref())
+        .flat_map(|rl| rl.overrides.keys().map(String::as_str))
 }
 
 /// The TLS file problems of `cfg` as config errors (each names its file).

@@ -6,13 +6,18 @@
 //! table or label, so a client cannot inject label syntax or grow memory with giant keys.
 //!
 //! Labels are bounded separately: the first `metrics_labels` distinct tenants seen get their
-//! own `tenant` label value, every later one is counted as `_other`.
+//! own `tenant` label value, every later one is counted as `_other`. Tenants the policy names
+//! (`rate_limit.overrides`) are pinned: they always keep their own label and take no place
+//! under the cap, because they are the ones an operator asks about (SPEC §12).
 
 pub mod tracked;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Uri};
 
@@ -64,7 +69,10 @@ enum Source {
 #[derive(Debug)]
 pub struct Labels {
     cap: AtomicUsize,
+    /// Labels given under the cap (pinned ones not counted).
+    counted: AtomicUsize,
     given: DashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    pinned: ArcSwap<HashSet<Box<str>, foldhash::fast::RandomState>>,
     other: Arc<str>,
 }
 
@@ -185,7 +193,9 @@ impl Labels {
     pub fn new(cap: usize) -> Self {
         Labels {
             cap: AtomicUsize::new(cap),
+            counted: AtomicUsize::new(0),
             given: DashMap::default(),
+            pinned: ArcSwap::default(),
             other: Arc::from(OTHER_LABEL),
         }
     }
@@ -195,16 +205,30 @@ impl Labels {
         self.cap.store(cap, Ordering::Relaxed);
     }
 
-    /// The metric label of `tenant`: its own id while under the cap, else `_other`.
+    /// Pins `tenants` (those the policy names, on every load): each always gets its own label.
+    pub fn pin<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
+        self.pinned
+            .store(Arc::new(tenants.into_iter().map(Box::from).collect()));
+    }
+
+    /// The metric label of `tenant`: its own id while under the cap or pinned, else `_other`.
     pub fn label(&self, tenant: &str) -> Arc<str> {
         if let Some(l) = self.given.get(tenant) {
             return l.clone();
         }
-        if self.given.len() >= self.cap.load(Ordering::Relaxed) {
+        let pinned = self.pinned.load().contains(tenant);
+        if !pinned && self.counted.load(Ordering::Relaxed) >= self.cap.load(Ordering::Relaxed) {
             return self.other.clone();
         }
-        let label: Arc<str> = Arc::from(tenant);
-        self.given.entry(Box::from(tenant)).or_insert(label).clone()
+        match self.given.entry(Box::from(tenant)) {
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(e) => {
+                if !pinned {
+                    self.counted.fetch_add(1, Ordering::Relaxed);
+                }
+                e.insert(Arc::from(tenant)).clone()
+            }
+        }
     }
 }
 
@@ -312,5 +336,19 @@ mod tests {
         assert_eq!(&*l.label("b"), "b");
         assert_eq!(&*l.label("c"), OTHER_LABEL);
         assert_eq!(&*l.label("a"), "a");
+    }
+
+    #[test]
+    fn pinned_tenants_keep_their_label_past_the_cap_and_take_no_place() {
+        let l = Labels::new(1);
+        l.pin(["vip"]);
+        assert_eq!(&*l.label("a"), "a");
+        assert_eq!(&*l.label("b"), OTHER_LABEL);
+        assert_eq!(&*l.label("vip"), "vip", "pinned: its own label past the cap");
+        let l = Labels::new(1);
+        l.pin(["vip"]);
+        assert_eq!(&*l.label("vip"), "vip");
+        assert_eq!(&*l.label("a"), "a", "a pinned label takes no place under the cap");
+        assert_eq!(&*l.label("b"), OTHER_LABEL);
     }
 }

@@ -493,11 +493,36 @@ pub struct Listener {
     /// TLS termination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
-    /// One log line per request.
-    #[serde(default)]
-    pub access_log: bool,
+    /// One JSON line per request (SPEC §12); `true` is `{ to: stdout, sample_ok: 100% }`,
+    /// `false` or absent is off.
+    #[serde(
+        default,
+        deserialize_with = "access_log",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_log: Option<AccessLog>,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
+}
+
+/// `listeners[i].access_log:` in its long form.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, or the path of a file that lines are appended to.
+    pub to: LogTo,
+    /// Share of 2xx/3xx lines kept; every other line is always written.
+    #[serde(default = "full_ratio")]
+    pub sample_ok: Ratio,
+}
+
+/// Where access log lines go.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LogTo {
+    /// The process's standard output.
+    Stdout,
+    /// A file, opened for append (and again on every reload, for log rotation).
+    File(PathBuf),
 }
 
 /// `listeners[i].direction:`
@@ -630,6 +655,10 @@ fn default_healthy_after() -> u32 {
 fn default_eject_for() -> Dur {
     Dur::from_secs(30)
 }
+fn full_ratio() -> Ratio {
+    Ratio(1.0)
+}
+
 fn default_max_ejected() -> Ratio {
     Ratio(0.5)
 }
@@ -829,6 +858,49 @@ impl Serialize for PerTry {
                 m.serialize_entry("auto", &B { min, max })?;
                 m.end()
             }
+        }
+    }
+}
+
+// === impl AccessLog ===
+
+/// `access_log: true | false | { to, sample_ok }`.
+fn access_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AccessLog>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<AccessLog>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("true, false, or { to: stdout | PATH, sample_ok: RATIO }")
+        }
+        fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+            Ok(on.then_some(AccessLog {
+                to: LogTo::Stdout,
+                sample_ok: full_ratio(),
+            }))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            AccessLog::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+impl<'de> Deserialize<'de> for LogTo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "stdout" => Ok(LogTo::Stdout),
+            "" => Err(de::Error::custom("expected `stdout` or a file path")),
+            _ => Ok(LogTo::File(PathBuf::from(s))),
+        }
+    }
+}
+
+impl Serialize for LogTo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LogTo::Stdout => s.serialize_str("stdout"),
+            LogTo::File(p) => p.serialize(s),
         }
     }
 }

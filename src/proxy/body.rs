@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -60,9 +60,10 @@ pub enum ClientFault {
     Stalled,
 }
 
-/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload.
+/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload, and
+/// how many body bytes came in (for the access log).
 #[derive(Debug, Default)]
-pub struct FaultCell(AtomicU8);
+pub struct FaultCell(AtomicU8, AtomicU64);
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
 /// with a deadline between frames.
@@ -159,6 +160,11 @@ impl FaultCell {
         }
     }
 
+    /// Body bytes received from the client so far.
+    pub fn received(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
     fn set(&self, f: ClientFault) {
         let v = match f {
             ClientFault::Malformed => 1,
@@ -220,6 +226,8 @@ impl ClientBody {
         use http_body::Body as _;
         match Pin::new(&mut self.rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                self.fault.1.fetch_add(n, Ordering::Relaxed);
                 if let Some(t) = self.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + self.idle);
                 }

@@ -5,11 +5,14 @@
 //! metrics. Passing one struct down keeps the signatures of the path stable as policies are
 //! added: a new policy reads what it needs here instead of growing every function's arguments.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::access_log::TryStats;
+use super::body::FaultCell;
 use super::forward::Peer;
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
@@ -38,4 +41,36 @@ pub struct RequestCtx<'a> {
     /// The load-shed slot the request holds, if its route sheds (its adaptive limit learns
     /// from every try).
     pub slot: Option<&'a ShedSlot>,
+    /// What the tries did, for the access log.
+    pub tries: TryLog,
+}
+
+/// What the tries of one request did: filled by `exchange.rs`, read once at the end.
+#[derive(Debug, Default)]
+pub struct TryLog(parking_lot::Mutex<TryStats>);
+
+// === impl TryLog ===
+
+impl TryLog {
+    /// Notes the client body's cell (which counts the bytes received).
+    pub fn body(&self, cell: &Arc<FaultCell>) {
+        self.0.lock().received = Some(cell.clone());
+    }
+
+    /// Notes a try sent to `endpoint`.
+    pub fn start(&self, endpoint: SocketAddr) {
+        let mut s = self.0.lock();
+        s.tries += 1;
+        s.endpoint = Some(endpoint);
+    }
+
+    /// Notes how long the try took.
+    pub fn ended(&self, took: Duration) {
+        self.0.lock().upstream = Some(took);
+    }
+
+    /// What was noted.
+    pub fn take(&self) -> TryStats {
+        std::mem::take(&mut *self.0.lock())
+    }
 }

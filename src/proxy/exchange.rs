@@ -72,6 +72,7 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<B
         };
     }
     let fault = Arc::new(FaultCell::default());
+    ctx.tries.body(&fault);
     let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
     let retry = match &ctx.route.policy.retry {
         Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
@@ -243,7 +244,10 @@ async fn try_once(
                 SendError::Reset(_) => Outcome::Reset,
             };
             record.finish(outcome);
-            tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = ?e, "try failed");
+            tracing::debug!(
+                tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                endpoint = %ep.addr, error = ?e, "upstream try failed"
+            );
             let what = match outcome {
                 Outcome::ConnectError => "cannot connect to",
                 _ => "connection lost to",
@@ -254,6 +258,10 @@ async fn try_once(
         }
         Err(bound) => {
             record.finish(Outcome::Timeout);
+            tracing::debug!(
+                tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                endpoint = %ep.addr, bound = ?bound, "upstream try timed out"
+            );
             let limit = match bound {
                 Bound::PerTry(limit) => {
                     ctx.route.metrics.timeout_per_try.inc();
@@ -330,6 +338,7 @@ struct TryRecord<'a> {
 
 impl<'a> TryRecord<'a> {
     fn start(ctx: &'a RequestCtx<'a>, ep: &'a Endpoint, permit: Option<BreakerPermit>) -> Self {
+        ctx.tries.start(ep.addr);
         TryRecord {
             ctx,
             ep,
@@ -348,6 +357,7 @@ impl Drop for TryRecord<'_> {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
         let took = self.started.elapsed();
+        self.ctx.tries.ended(took);
         if let Some(p) = self.permit.take() {
             p.record(outcome, took);
         }

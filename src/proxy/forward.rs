@@ -195,7 +195,7 @@ pub fn ensure_host<B>(req: &mut Request<B>, endpoint: &Endpoint) {
 }
 
 /// A random 128-bit request id, as 32 hex digits.
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     let mut buf = [0u8; 32];

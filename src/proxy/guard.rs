@@ -11,6 +11,7 @@
 
 use prometheus::IntGauge;
 
+use super::access_log::Entry;
 use super::conn::ConnActive;
 use crate::policy::load_shed::ShedSlot;
 
@@ -23,6 +24,8 @@ pub struct Guards {
     pub conn: Option<ConnActive>,
     /// The route's load-shed slot.
     pub slot: Option<ShedSlot>,
+    /// The request's access log line, written when it drops (after the body's last byte).
+    pub log: Option<Entry>,
 }
 
 /// Holds one unit of a gauge; gives it back on drop.

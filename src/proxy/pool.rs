@@ -281,6 +281,12 @@ impl http_body::Body for Returning {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            // Counted before the guards go with the last frame.
+            if let (Some(d), Some(log)) = (f.data_ref(), self.guards.log.as_mut()) {
+                log.sent(d.len());
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),

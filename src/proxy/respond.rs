@@ -2,11 +2,12 @@
 //!
 //! Each carries `x-rampart-reason` and a JSON body `{"error", "message"}`; refusals that can be
 //! retried later carry `retry-after` in whole seconds (at least 1), computed by the policy that
-//! refused, never a constant.
+//! refused, never a constant. The request id is added to the body at the end of the request
+//! path ([`with_request_id`]), so the many places that refuse need not carry it.
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::Response;
 
 use super::body::Body;
@@ -30,6 +31,33 @@ pub fn answer(reason: Reason, message: &str, retry_after: Option<Duration>) -> R
     rsp
 }
 
+/// Adds `"request_id": id` to the JSON body of rampart's own answer (one that carries
+/// `x-rampart-reason`); other answers are left alone.
+pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
+    if !rsp.headers().contains_key(REASON_HEADER) {
+        return;
+    }
+    let Body::Full(Some(body)) = rsp.body() else {
+        return;
+    };
+    let Some(head) = body.strip_suffix(b"}") else {
+        return;
+    };
+    let id = String::from_utf8_lossy(id.as_bytes());
+    let Ok(quoted) = serde_json::to_string(&id) else {
+        return;
+    };
+    let mut out = Vec::with_capacity(body.len() + quoted.len() + 16);
+    out.extend_from_slice(head);
+    out.extend_from_slice(b",\"request_id\":");
+    out.extend_from_slice(quoted.as_bytes());
+    out.push(b'}');
+    if let Some(len) = rsp.headers_mut().get_mut(CONTENT_LENGTH) {
+        *len = HeaderValue::from(out.len());
+    }
+    *rsp.body_mut() = Body::full(out);
+}
+
 /// Whole seconds for `retry-after`: the wait rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -46,6 +74,21 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn the_request_id_joins_the_error_body() {
+        let mut r = answer(Reason::NoRoute, "no route", None);
+        with_request_id(&mut r, &HeaderValue::from_static("ab\"c"));
+        let Body::Full(Some(b)) = r.body() else {
+            panic!("a full body")
+        };
+        let v: serde_json::Value = serde_json::from_slice(b).expect("json");
+        assert_eq!(v["request_id"], "ab\"c");
+        assert_eq!(v["error"], "no_route");
+        let mut plain = Response::new(Body::full("{}"));
+        with_request_id(&mut plain, &HeaderValue::from_static("x"));
+        assert!(matches!(plain.body(), Body::Full(Some(b)) if b.as_ref() == b"{}"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::access_log::Sinks;
 use super::listener::ListenerSet;
 use crate::clock::SharedClock;
 use crate::generation::Generation;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub tracked: Arc<TrackedTenants>,
     /// Set once shutdown began; `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// Access log destinations, one writer each (reopened on reload).
+    pub access_logs: Sinks,
     /// Running listeners; the lock also serialises reloads.
     pub listeners: tokio::sync::Mutex<ListenerSet>,
 }

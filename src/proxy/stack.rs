@@ -21,16 +21,16 @@
 //!
 //! Anyone who changes this order explains why here.
 
-use std::sync::Arc;
-
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::access_log::TryStats;
 use super::body::Body;
 use super::conn::ConnActive;
-use super::ctx::RequestCtx;
+use super::ctx::{RequestCtx, TryLog};
 use super::exchange;
+use super::finish::Finish;
 use super::forward::{self, Peer};
 use super::guard::{GaugeGuard, Guards};
 use super::respond::answer;
@@ -40,35 +40,35 @@ use super::tunnel;
 use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
-use crate::metrics::TenantMetrics;
 
 /// Serves one request on listener `lst` of generation `gen`.
 pub async fn handle(
     shared: &Shared,
     gen: &Generation,
     lst: &ListenerRt,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: &Peer,
     active: ConnActive,
 ) -> Response<Body> {
     let started = Instant::now();
-    // Held until the answer's body ends (upstream answers) or dropped with a refusal.
-    let mut guards = Guards {
+    let guards = Guards {
         in_flight: Some(GaugeGuard::new(&lst.in_flight)),
         conn: Some(active),
-        slot: None,
+        ..Guards::default()
     };
+    // Counts, request id, debug line and access log of every answer below.
+    let mut fin = Finish::new(lst, &mut req, started, guards);
 
     // 0. Authority.
     if let Some(msg) = forward::authority_problem(&req) {
         let tm = lst.unrouted.tenant(&shared.empty_label);
-        return finish(&tm, answer(Reason::BadRequest, msg, None), started);
+        return fin.answer(&tm, answer(Reason::BadRequest, msg, None), None, NO_TRY);
     }
 
     if req.method() == Method::CONNECT && lst.direction == Direction::Inbound {
         let tm = lst.unrouted.tenant(&shared.empty_label);
         let msg = "CONNECT tunnels are served on outbound listeners only";
-        return finish(&tm, answer(Reason::MethodNotAllowed, msg, None), started);
+        return fin.answer(&tm, answer(Reason::MethodNotAllowed, msg, None), None, NO_TRY);
     }
 
     // 1. Route.
@@ -76,8 +76,10 @@ pub async fn handle(
     let path = req.uri().path();
     let Some(route) = lst.routes.iter().find(|r| r.matcher.matches(host, path)) else {
         let rsp = answer(Reason::NoRoute, "no route matches this request", None);
-        return finish(&lst.unrouted.tenant(&shared.empty_label), rsp, started);
+        let tm = lst.unrouted.tenant(&shared.empty_label);
+        return fin.answer(&tm, rsp, None, NO_TRY);
     };
+    fin.route = Some(route);
 
     // 2. Tenant.
     let tenant = match gen
@@ -91,10 +93,11 @@ pub async fn handle(
                 _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
             };
             let tm = route.metrics.tenant(&shared.empty_label);
-            return finish(&tm, answer(reason, msg, None), started);
+            return fin.answer(&tm, answer(reason, msg, None), None, NO_TRY);
         }
     };
     let tm = route.metrics.tenant(&shared.labels.label(tenant.as_str()));
+    fin.tenant = Some(tenant.clone());
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
     let limited = route
@@ -103,7 +106,8 @@ pub async fn handle(
         .as_ref()
         .map(|rl| rl.limiter.check(tenant.as_str()));
     if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
-        tm.rate_limited.inc();
+        let limit = decision.limit().unwrap_or("");
+        tm.rate_limited(limit);
         let wait = decision.retry_after();
         let msg = format!(
             "rate limit exceeded for tenant {}; retry in {:?}",
@@ -112,7 +116,7 @@ pub async fn handle(
         );
         let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
         decision.write_headers(rsp.headers_mut());
-        return finish(&tm, rsp, started);
+        return fin.answer(&tm, rsp, Some(limit), NO_TRY);
     }
 
     // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
@@ -127,7 +131,7 @@ pub async fn handle(
                     tm.shed(shed.reason.as_str());
                     let msg = format!("load shed ({}): {shed}", shed.reason.as_str());
                     let rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
-                    return finish(&tm, rsp, started);
+                    return fin.answer(&tm, rsp, None, NO_TRY);
                 }
             }
         }
@@ -136,7 +140,7 @@ pub async fn handle(
     let is_connect = req.method() == Method::CONNECT;
     if is_connect {
         // A tunnel holds its slot for its whole life, with its other guards.
-        guards.slot = slot.take();
+        fin.guards.slot = slot.take();
     }
 
     // 5–8. Deadline, tries, the upstream.
@@ -150,25 +154,27 @@ pub async fn handle(
         body_idle: lst.body_idle_timeout,
         labels: &shared.labels,
         slot: slot.as_ref(),
+        tries: TryLog::default(),
     };
     if is_connect {
         // A tunnel, not an exchange; it holds its guards for its whole life.
+        let guards = std::mem::take(&mut fin.guards);
         let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
-        return finish(&tm, rsp, started);
+        return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
     let mut rsp = exchange::run(&ctx, req).await;
-    guards.slot = slot;
+    fin.guards.slot = slot;
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());
     }
-    rsp.body_mut().hold(guards);
-    finish(&tm, rsp, started)
+    fin.answer(&tm, rsp, None, ctx.tries.take())
 }
 
-/// Counts the answer and its duration under its (route, tenant label).
-fn finish(tm: &Arc<TenantMetrics>, rsp: Response<Body>, started: Instant) -> Response<Body> {
-    tm.count(rsp.status().as_u16());
-    tm.duration.observe(started.elapsed().as_secs_f64());
-    rsp
-}
+/// What a refusal before the exchange tried: nothing.
+const NO_TRY: TryStats = TryStats {
+    tries: 0,
+    endpoint: None,
+    upstream: None,
+    received: None,
+};

@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 
-use super::super::file::{File, Listener};
+use super::super::file::{File, Listener, LogTo};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
@@ -34,9 +35,28 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
                 r.readable(&tp.key("client_ca"), ca, "client ca bundle");
             }
         }
+        if let Some(LogTo::File(path)) = l.access_log.as_ref().map(|a| &a.to) {
+            check_log_dir(&p.key("access_log").key("to"), path, r);
+        }
         check_routes(f, l, &p, r);
     }
     check_breakers(f, r);
+}
+
+/// An access log file is created on demand, but its directory must exist.
+fn check_log_dir(p: &KeyPath, path: &Path, r: &mut Report<'_>) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() {
+        r.value(p, format!("{} names no file", path.display()));
+    } else if !dir.is_dir() {
+        r.value(
+            p,
+            format!("the directory {} does not exist", dir.display()),
+        );
+    }
 }
 
 fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {

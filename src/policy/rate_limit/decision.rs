@@ -120,6 +120,17 @@ impl Decision {
         }
     }
 
+    /// The name of the limit that refused (as in the RateLimit headers: `burst`, `quota`,
+    /// `total` or its `name:`): the first one without a token now. `None` if admitted.
+    pub fn limit(&self) -> Option<&str> {
+        if self.admitted {
+            return None;
+        }
+        let names = &self.spec.as_ref()?.names;
+        let empty = self.items.iter().position(|i| i.reset_nanos > 0);
+        names.get(empty.unwrap_or(0)).map(String::as_str)
+    }
+
     /// Writes `ratelimit-policy` and `ratelimit` (SPEC §3), one item per limit that applied.
     /// Writes nothing for an admitted request unless the policy has `headers: true`, so the
     /// caller may call it on every answer.

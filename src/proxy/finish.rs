@@ -1,0 +1,125 @@
+//! The end of the request path, the same for every answer: count it, give it its request id,
+//! explain a refusal at debug, and hand its access log line to the writer.
+//!
+//! One place, so no answer can leave without its metrics, its `x-request-id` or its log line,
+//! whichever step of `stack.rs` made it. [`Finish`] is made first thing (it settles the request
+//! id and starts the log line while the request is still whole) and learns the route and the
+//! tenant as the path finds them.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use super::access_log::{self, Entry, TryStats};
+use super::body::Body;
+use super::forward::{new_request_id, X_REQUEST_ID};
+use super::guard::Guards;
+use super::respond::{with_request_id, REASON_HEADER};
+use crate::generation::{ListenerRt, RouteRt};
+use crate::metrics::TenantMetrics;
+use crate::tenant::TenantId;
+
+/// What the end of the request path needs to know about one request.
+#[derive(Debug)]
+pub struct Finish<'a> {
+    lst: &'a ListenerRt,
+    started: Instant,
+    request_id: HeaderValue,
+    entry: Option<Entry>,
+    /// Held until the answer's body ends (upstream answers) or dropped with a refusal.
+    pub guards: Guards,
+    /// The route, once matched.
+    pub route: Option<&'a RouteRt>,
+    /// The tenant, once known.
+    pub tenant: Option<TenantId>,
+}
+
+// === impl Finish ===
+
+impl<'a> Finish<'a> {
+    /// Settles the request id of `req` (the client's, else a new one, added to the request so
+    /// the upstream sees it) and starts its access log line if `lst` logs.
+    pub fn new<B>(
+        lst: &'a ListenerRt,
+        req: &mut Request<B>,
+        started: Instant,
+        guards: Guards,
+    ) -> Self {
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(v) => v.clone(),
+            None => {
+                let v = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, v.clone());
+                v
+            }
+        };
+        let entry = lst
+            .access_log
+            .as_ref()
+            .map(|log| log.begin(req, &request_id, started));
+        Finish {
+            lst,
+            started,
+            request_id,
+            entry,
+            guards,
+            route: None,
+            tenant: None,
+        }
+    }
+
+    /// Ends the request with `rsp`: counts it under `tm`, stamps the request id, logs.
+    /// `limit` names the rate limit that refused; `tries` is what the exchange did.
+    pub fn answer(
+        mut self,
+        tm: &Arc<TenantMetrics>,
+        mut rsp: Response<Body>,
+        limit: Option<&str>,
+        tries: TryStats,
+    ) -> Response<Body> {
+        let status = rsp.status().as_u16();
+        tm.count(status);
+        tm.duration.observe(self.started.elapsed().as_secs_f64());
+        with_request_id(&mut rsp, &self.request_id);
+        if !rsp.headers().contains_key(X_REQUEST_ID) {
+            rsp.headers_mut()
+                .insert(X_REQUEST_ID, self.request_id.clone());
+        }
+        let reason = rsp.headers().get(REASON_HEADER);
+        let route = self.route.map(|r| &r.name);
+        if let Some(reason) = reason {
+            tracing::debug!(
+                listener = %self.lst.name,
+                route = route.map(|r| &**r),
+                tenant = self.tenant.as_ref().map(TenantId::as_str),
+                status,
+                reason = reason.to_str().unwrap_or(""),
+                limit,
+                tries = tries.tries,
+                request_id = self.request_id.to_str().unwrap_or(""),
+                "answered by rampart"
+            );
+        }
+        if let Some(mut entry) = self.entry.take() {
+            let bytes_out = match rsp.body() {
+                Body::Upstream(_) => 0,
+                b => http_body::Body::size_hint(b).lower(),
+            };
+            let out = access_log::Outcome {
+                route,
+                tenant: self.tenant.as_ref(),
+                status,
+                reason,
+                limit,
+                bytes_out,
+            };
+            if entry.fill(out, tries) {
+                self.guards.log = Some(entry);
+            }
+        }
+        rsp.body_mut().hold(self.guards);
+        rsp
+    }
+}
