@@ -344,11 +344,19 @@ mod tests {
         l.pin(["vip"]);
         assert_eq!(&*l.label("a"), "a");
         assert_eq!(&*l.label("b"), OTHER_LABEL);
-        assert_eq!(&*l.label("vip"), "vip", "pinned: its own label past the cap");
+        assert_eq!(
+            &*l.label("vip"),
+            "vip",
+            "pinned: its own label past the cap"
+        );
         let l = Labels::new(1);
         l.pin(["vip"]);
         assert_eq!(&*l.label("vip"), "vip");
-        assert_eq!(&*l.label("a"), "a", "a pinned label takes no place under the cap");
+        assert_eq!(
+            &*l.label("a"),
+            "a",
+            "a pinned label takes no place under the cap"
+        );
         assert_eq!(&*l.label("b"), OTHER_LABEL);
     }
 }

@@ -9,6 +9,7 @@
 #[macro_use]
 mod support;
 
+mod access_log;
 mod admin;
 mod circuit_breaker;
 mod cli;

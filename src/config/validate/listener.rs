@@ -52,10 +52,7 @@ fn check_log_dir(p: &KeyPath, path: &Path, r: &mut Report<'_>) {
     if path.file_name().is_none() {
         r.value(p, format!("{} names no file", path.display()));
     } else if !dir.is_dir() {
-        r.value(
-            p,
-            format!("the directory {} does not exist", dir.display()),
-        );
+        r.value(p, format!("the directory {} does not exist", dir.display()));
     }
 }
 

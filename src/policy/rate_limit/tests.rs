@@ -136,8 +136,16 @@ fn quota_exhaustion_refuses_even_with_burst_tokens() {
     // 10 tokens taken over 2s, one refills every 8640s: the first is back 8640s after the first
     // request, i.e. 8638s from now.
     assert_eq!(refused.retry_after(), Duration::from_secs(8638));
-    assert_eq!(refused.limit(), Some("quota"), "the limit without a token refused");
-    assert_eq!(l.check("other").limit(), None, "an admitted request names none");
+    assert_eq!(
+        refused.limit(),
+        Some("quota"),
+        "the limit without a token refused"
+    );
+    assert_eq!(
+        l.check("other").limit(),
+        None,
+        "an admitted request names none"
+    );
     let (_, rl) = headers(&l, "trial");
     assert_eq!(
         rl, "\"burst\";r=5;t=0, \"quota\";r=0;t=8638",

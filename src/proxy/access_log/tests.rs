@@ -170,10 +170,16 @@ fn sampling_thins_only_successes() {
         assert!(e.fill(out(500, None), TryStats::default()), "5xx kept");
         e.armed = false;
         let mut e = entry(0.0);
-        assert!(e.fill(out(504, Some(&why)), TryStats::default()), "ours kept");
+        assert!(
+            e.fill(out(504, Some(&why)), TryStats::default()),
+            "ours kept"
+        );
         e.armed = false;
         let mut e = entry(1.0);
-        assert!(e.fill(out(200, None), TryStats::default()), "100% keeps all");
+        assert!(
+            e.fill(out(200, None), TryStats::default()),
+            "100% keeps all"
+        );
         e.armed = false;
     }
 }

@@ -30,7 +30,7 @@ const BATCH: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Sink {
     to: LogTo,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Box<Record>>,
     reopen: Arc<AtomicU64>,
     dropped: IntCounter,
 }
@@ -51,7 +51,7 @@ impl Sink {
     }
 
     /// Queues `rec` without waiting; counts it as dropped if the queue is full.
-    pub(super) fn send(&self, rec: Record) {
+    pub(super) fn send(&self, rec: Box<Record>) {
         if self.tx.try_send(rec).is_err() {
             self.dropped.inc();
         }
@@ -106,7 +106,7 @@ impl Sinks {
 }
 
 /// The writer thread: drains the channel in batches until every sender is gone.
-fn write_loop(to: LogTo, mut rx: mpsc::Receiver<Record>, reopen: Arc<AtomicU64>) {
+fn write_loop(to: LogTo, mut rx: mpsc::Receiver<Box<Record>>, reopen: Arc<AtomicU64>) {
     let mut out = Out::new(to);
     let mut seen = reopen.load(Ordering::Relaxed);
     let mut buf = Vec::with_capacity(BATCH + 1024);

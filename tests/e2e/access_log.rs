@@ -1,0 +1,298 @@
+//! Seeing every request (SPEC §12) through real sockets: the access log's lines and fields,
+//! sampling, rotation by rename and reload, the request id round trip, and metric labels that
+//! name the tenant and the limit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::{free_addr, http, metric_value, metrics, sample, Proxy};
+
+/// `$LOG` is the access log file, `$SAMPLE` its `sample_ok`, `$DEAD` an address nobody serves.
+const LOGGED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from: [ { header: x-tenant-id } ]
+  fallback: anonymous
+  metrics_labels: 1
+upstreams:
+  app: { endpoints: [$APP] }
+  dead: { endpoints: [$DEAD] }
+policies:
+  limited:
+    rate_limit:
+      per_tenant: { rate: 1/min, burst: 1 }
+      overrides:
+        vip: { rate: 1/min, burst: 2, name: vip-burst }
+  retrying:
+    retry:
+      attempts: 3
+      on: [503]
+      backoff: { base: 1ms, max: 5ms }
+      budget: { ratio: 100%, min_per_second: 100 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG, sample_ok: $SAMPLE }
+    routes:
+      - name: limited
+        match: { path_prefix: /bytes }
+        upstream: app
+        policy: limited
+      - name: flaky
+        match: { path_prefix: /fail-first }
+        upstream: app
+        policy: retrying
+      - name: dead
+        match: { path_prefix: /dead }
+        upstream: dead
+      - upstream: app
+"#;
+
+/// A proxy logging to a file in its own temp dir, and the file's path.
+struct Logged {
+    proxy: Proxy,
+    log: PathBuf,
+    dead: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn logged(app: SocketAddr, sample_ok: &str) -> Logged {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let dead = free_addr();
+    let proxy = Proxy::builder(LOGGED)
+        .var("APP", app)
+        .var("DEAD", dead)
+        .var("LOG", log.display())
+        .var("SAMPLE", sample_ok)
+        .spawn()
+        .await;
+    Logged {
+        proxy,
+        log,
+        dead,
+        _dir: dir,
+    }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits until `path` holds `n` lines, and returns them.
+async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
+    assert_eventually!(lines(path).len() >= n, "{n} lines: {:?}", lines(path));
+    lines(path)
+}
+
+const FIELDS: [&str; 17] = [
+    "time",
+    "listener",
+    "route",
+    "tenant",
+    "method",
+    "path",
+    "status",
+    "reason",
+    "limit",
+    "tries",
+    "endpoint",
+    "duration_ms",
+    "upstream_ms",
+    "bytes_in",
+    "bytes_out",
+    "request_id",
+    "trace_id",
+];
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_per_request_says_what_happened() {
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    let t = [("x-tenant-id", "acme"), ("traceparent", TRACEPARENT)];
+    let ok = http::post(addr, "/echo?secret=1", &t, "hello").await;
+    assert_eq!(ok.status, 200);
+    let first = &wait_lines(&l.log, 1).await[0];
+    let keys: Vec<&String> = first.as_object().expect("object").keys().collect();
+    assert_eq!(keys.len(), FIELDS.len(), "{first}");
+    for f in FIELDS {
+        assert!(first.get(f).is_some(), "{f} missing: {first}");
+    }
+    assert_eq!(first["listener"], "inbound");
+    assert_eq!(first["route"], "app");
+    assert_eq!(first["tenant"], "acme");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/echo", "no query");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["reason"], "");
+    assert!(first["limit"].is_null());
+    assert_eq!(first["tries"], 1);
+    assert_eq!(first["endpoint"], app.addr().to_string());
+    assert!(first["upstream_ms"].as_f64().is_some_and(|v| v >= 0.0));
+    assert!(first["duration_ms"].as_f64().is_some_and(|v| v > 0.0));
+    assert_eq!(first["bytes_in"], 5);
+    assert_eq!(first["bytes_out"], ok.body.len() as u64);
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    // A 429 names its limit and made no try.
+    let a = [("x-tenant-id", "acme")];
+    assert_eq!(http::get(addr, "/bytes/3", &a).await.status, 200);
+    http::get(addr, "/bytes/3", &a)
+        .await
+        .assert_rampart(429, "rate_limited");
+    let refused = &wait_lines(&l.log, 3).await[2];
+    assert_eq!(refused["status"], 429);
+    assert_eq!(refused["reason"], "rate_limited");
+    assert_eq!(refused["limit"], "burst");
+    assert_eq!(refused["route"], "limited");
+    assert_eq!(refused["tries"], 0);
+    assert!(refused["endpoint"].is_null() && refused["upstream_ms"].is_null());
+    assert!(refused["trace_id"].is_null());
+
+    // A retried request counts its tries.
+    let flaky = http::get(addr, "/fail-first/2?key=one", &a).await;
+    assert_eq!(flaky.status, 200);
+    let retried = &wait_lines(&l.log, 4).await[3];
+    assert_eq!(retried["tries"], 3, "{retried}");
+    assert_eq!(retried["status"], 200);
+
+    // A 502 names the endpoint it could not reach.
+    http::get(addr, "/dead", &a)
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+    let dead = &wait_lines(&l.log, 5).await[4];
+    assert_eq!(dead["status"], 502);
+    assert_eq!(dead["reason"], "upstream_unavailable");
+    assert_eq!(dead["endpoint"], l.dead.to_string());
+    assert_eq!(dead["tries"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_goes_round_trip() {
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    // The client's own id: to the upstream, back on the answer, in the line.
+    let rsp = http::get(addr, "/headers", &[("x-request-id", "client-id-1")]).await;
+    assert_eq!(rsp.header("x-request-id"), Some("client-id-1"));
+    assert_eq!(
+        rsp.json()["headers"]["x-request-id"],
+        "client-id-1",
+        "{}",
+        rsp.text()
+    );
+    assert_eq!(wait_lines(&l.log, 1).await[0]["request_id"], "client-id-1");
+    // One rampart made: on the answer and the upstream's copy alike.
+    let rsp = http::get(addr, "/headers", &[]).await;
+    let made = rsp.header("x-request-id").expect("a request id").to_owned();
+    assert_eq!(made.len(), 32);
+    assert_eq!(rsp.json()["headers"]["x-request-id"], made.as_str());
+    assert_eq!(wait_lines(&l.log, 2).await[1]["request_id"], made.as_str());
+    // A refusal carries it in its header, its error body and its line.
+    let rsp = http::get(addr, "/dead", &[]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    let made = rsp.header("x-request-id").expect("a request id").to_owned();
+    assert_eq!(rsp.json()["request_id"], made.as_str());
+    assert_eq!(wait_lines(&l.log, 3).await[2]["request_id"], made.as_str());
+    let rsp = http::get(addr, "/dead", &[("x-request-id", "mine")]).await;
+    assert_eq!(rsp.header("x-request-id"), Some("mine"));
+    assert_eq!(rsp.json()["request_id"], "mine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_log_is_let_go_on_reload() {
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok?n=1", &[]).await.status, 200);
+    wait_lines(&l.log, 1).await;
+    let rotated = l.log.with_extension("jsonl.1");
+    std::fs::rename(&l.log, &rotated).expect("rename");
+    // Until the reload the old file (now renamed) is still the one written.
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    wait_lines(&rotated, 2).await;
+    let rsp = http::post(l.proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(http::get(addr, "/after", &[]).await.status, 404);
+    let fresh = wait_lines(&l.log, 1).await;
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0]["path"], "/after");
+    assert_eq!(
+        lines(&rotated).len(),
+        2,
+        "nothing more goes to the rotated file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_at_zero_keeps_refusals_and_drops_successes() {
+    let app = sample().await;
+    let l = logged(app.addr(), "0%").await;
+    let addr = l.proxy.listener("inbound");
+    for _ in 0..5 {
+        assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    }
+    let t = [("x-tenant-id", "t1")];
+    assert_eq!(http::get(addr, "/bytes/3", &t).await.status, 200);
+    assert_eq!(http::get(addr, "/bytes/3", &t).await.status, 429);
+    assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    assert_eq!(http::get(addr, "/dead", &[]).await.status, 502);
+    let got = wait_lines(&l.log, 3).await;
+    let statuses: Vec<u64> = got.iter().filter_map(|v| v["status"].as_u64()).collect();
+    assert_eq!(statuses, [429, 500, 502], "{got:?}");
+    // The 2xx were dropped by sampling, not by pressure.
+    let text = metrics(l.proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_access_log_dropped_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_tenant_keeps_its_label_and_refusals_name_the_limit() {
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    // `metrics_labels: 1`: the first tenant takes the only place.
+    for t in ["first", "second", "vip", "vip", "vip"] {
+        http::get(addr, "/bytes/3", &[("x-tenant-id", t)]).await;
+    }
+    let text = metrics(l.proxy.admin()).await;
+    let reqs = |tenant: &str, code: &str| {
+        metric_value(
+            &text,
+            "rampart_requests_total",
+            &[("route", "limited"), ("tenant", tenant), ("code", code)],
+        )
+    };
+    assert_eq!(reqs("first", "200"), Some(1.0), "{text}");
+    assert_eq!(reqs("_other", "200"), Some(1.0), "second is folded: {text}");
+    assert_eq!(
+        reqs("vip", "200"),
+        Some(2.0),
+        "an override is never folded: {text}"
+    );
+    assert_eq!(reqs("vip", "429"), Some(1.0), "{text}");
+    let limited = metric_value(
+        &text,
+        "rampart_rate_limited_total",
+        &[("tenant", "vip"), ("limit", "vip-burst")],
+    );
+    assert_eq!(limited, Some(1.0), "{text}");
+    let last = &wait_lines(&l.log, 5).await[4];
+    assert_eq!(last["limit"], "vip-burst");
+    assert_eq!(last["tenant"], "vip");
+}
