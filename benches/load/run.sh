@@ -15,6 +15,7 @@
 #                                              certificate; wrk over https, once on keep-alive
 #                                              connections and once with a new connection
 #                                              (and handshake) per request
+#   RAMPART_ACCESS_LOG=path                    rampart writes its access log to this file
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -207,6 +208,10 @@ wait_http upstream "http://$upstream/"
 # --- the proxies ----------------------------------------------------------------------------
 if [[ $BENCH_STANDIN != 1 ]]; then
     render "$here/rampart.yaml" "$work/rampart.yaml" "127.0.0.1:$p_rampart" "127.0.0.1:$p_admin"
+    if [[ -n ${RAMPART_ACCESS_LOG:-} ]]; then
+        # The access log's cost: one JSON line per request to this file.
+        sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $RAMPART_ACCESS_LOG }|" "$work/rampart.yaml"
+    fi
     "$rampart" validate --config "$work/rampart.yaml" >"$work/validate.log" 2>&1 ||
         die "rampart refused the bench config: $(cat "$work/validate.log")"
     start rampart env RAMPART_WORKERS=1 RUST_LOG=warn \
