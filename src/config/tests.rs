@@ -374,3 +374,41 @@ fn crlf_text_is_located_like_lf() {
         .replace('\n', "\r\n"));
     assert_eq!(spot(&e), (12, 19, "listeners[0].routes[0].upstream"));
 }
+
+#[test]
+fn access_log_short_and_long_forms() {
+    use super::file::LogTo;
+    let with = |v: &str| {
+        BASE.replace(
+            "    listen: 127.0.0.1:8080\n",
+            &format!("    listen: 127.0.0.1:8080\n    access_log: {v}\n"),
+        )
+    };
+    let log = |v: &str| {
+        Config::from_str(&with(v), "t.yaml")
+            .expect("valid")
+            .file
+            .listeners[0]
+            .access_log
+            .clone()
+    };
+    let on = log("true").expect("on");
+    assert_eq!((on.to, on.sample_ok.0), (LogTo::Stdout, 1.0));
+    assert!(log("false").is_none());
+    let dir = std::env::temp_dir();
+    let path = dir.join("access.jsonl");
+    let long = log(&format!("{{ to: {}, sample_ok: 10% }}", path.display())).expect("on");
+    assert_eq!((long.to, long.sample_ok.0), (LogTo::File(path), 0.1));
+    fails_at(
+        &with("{ to: /no/such/dir/a.jsonl }"),
+        "listeners[0].access_log.to",
+    );
+    fails_at(
+        &with("{ to: stdout, sample: 1% }"),
+        "listeners[0].access_log.sample",
+    );
+    fails_at(
+        &with("{ to: stdout, sample_ok: 150% }"),
+        "listeners[0].access_log.sample_ok",
+    );
+}

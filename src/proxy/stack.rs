@@ -68,7 +68,12 @@ pub async fn handle(
     if req.method() == Method::CONNECT && lst.direction == Direction::Inbound {
         let tm = lst.unrouted.tenant(&shared.empty_label);
         let msg = "CONNECT tunnels are served on outbound listeners only";
-        return fin.answer(&tm, answer(Reason::MethodNotAllowed, msg, None), None, NO_TRY);
+        return fin.answer(
+            &tm,
+            answer(Reason::MethodNotAllowed, msg, None),
+            None,
+            NO_TRY,
+        );
     }
 
     // 1. Route.
@@ -163,12 +168,13 @@ pub async fn handle(
         return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
     let mut rsp = exchange::run(&ctx, req).await;
+    let tries = ctx.tries.take();
     fin.guards.slot = slot;
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());
     }
-    fin.answer(&tm, rsp, None, ctx.tries.take())
+    fin.answer(&tm, rsp, None, tries)
 }
 
 /// What a refusal before the exchange tried: nothing.
