@@ -103,7 +103,7 @@ async fn a_tenant_gets_exactly_its_burst_then_429s_with_the_contract() {
     let limited = metric_value(
         &text,
         "rampart_rate_limited_total",
-        &[("tenant", "tenant-a")],
+        &[("tenant", "tenant-a"), ("limit", "burst")],
     );
     assert_eq!(limited, Some(1.0), "{text}");
     let code_429 = metric_value(
