@@ -59,6 +59,12 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     /// `rampart_config_info{sha256}`.
     pub config_info: IntGaugeVec,
+    /// `rampart_audit_write_failures_total`.
+    pub audit_write_failures: IntCounter,
+    /// `rampart_faults_injected_total{route, kind}`.
+    pub faults_injected: IntCounterVec,
+    /// `rampart_fallbacks_total{route, kind, reason}`.
+    pub fallbacks: IntCounterVec,
 }
 
 /// Cached handles for one route: what the request path touches on every request.
@@ -266,6 +272,22 @@ impl Metrics {
             "Always 1; the sha256 label names the configuration in force.",
             &["sha256"],
         );
+        let audit_write_failures = counter(
+            "rampart_audit_write_failures_total",
+            "Audit trail entries that could not be written (the proxy serves on).",
+            &[],
+        )
+        .with_label_values::<&str>(&[]);
+        let faults_injected = counter(
+            "rampart_faults_injected_total",
+            "Faults injected on purpose (policy fault), by kind: delay or abort.",
+            &["route", "kind"],
+        );
+        let fallbacks = counter(
+            "rampart_fallbacks_total",
+            "Fallback answers given instead of rampart's own error, by kind (stale or static) and the reason replaced.",
+            &["route", "kind", "reason"],
+        );
         Metrics {
             registry,
             requests,
@@ -290,6 +312,9 @@ impl Metrics {
             config_reloads,
             config_last_success,
             config_info,
+            audit_write_failures,
+            faults_injected,
+            fallbacks,
         }
     }
 

@@ -38,6 +38,17 @@ pub struct File {
     /// The listeners, each with its routes.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// The audit trail of policy changes (SPEC §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
+}
+
+/// `audit:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// The JSON-lines file entries are appended to.
+    pub file: PathBuf,
 }
 
 /// `admin:`

@@ -36,6 +36,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Running listeners; the lock also serialises reloads.
     pub listeners: tokio::sync::Mutex<ListenerSet>,
+    /// The audit trail of starts, reloads and shutdowns.
+    pub audit: crate::audit::AuditLog,
 }
 
 // === impl Shared ===

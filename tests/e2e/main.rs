@@ -15,6 +15,7 @@ mod cli;
 mod connect;
 mod deploy;
 mod edges;
+mod extras;
 mod health;
 mod load_shed;
 mod proxy;
