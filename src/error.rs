@@ -31,6 +31,9 @@ pub enum Reason {
     ClientTimeout,
     /// 405: CONNECT on an inbound listener.
     MethodNotAllowed,
+    /// An injected abort (`fault.abort`); its status is the configured one (503 here is only
+    /// the default of [`Reason::status`]).
+    FaultInjected,
 }
 
 // === impl Reason ===
@@ -50,6 +53,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::ClientTimeout => "client_timeout",
             Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::FaultInjected => "fault_injected",
         }
     }
 
@@ -58,7 +62,7 @@ impl Reason {
         use http::StatusCode as S;
         match self {
             Reason::RateLimited => S::TOO_MANY_REQUESTS,
-            Reason::Shed | Reason::CircuitOpen => S::SERVICE_UNAVAILABLE,
+            Reason::Shed | Reason::CircuitOpen | Reason::FaultInjected => S::SERVICE_UNAVAILABLE,
             Reason::Timeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,

@@ -6,6 +6,8 @@
 //! one fixed order.
 
 pub mod circuit_breaker;
+pub mod fallback;
+pub mod fault;
 pub mod load_shed;
 pub mod outcome;
 pub mod rate_limit;

@@ -11,6 +11,7 @@
 pub mod body;
 pub mod conn;
 pub mod ctx;
+pub mod degrade;
 pub mod exchange;
 pub mod forward;
 pub mod guard;

@@ -12,28 +12,38 @@
 //!    then becomes a tunnel (`tunnel.rs`) instead of an exchange: it is never forwarded.
 //! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange, until the
 //!    answer's body ends (its guard rides in [`Guards`]).
+//!
+//! 4a. **fault injection** (`policy::fault`) — after admission, so a drill spends tokens and
+//! slots like real traffic and a refused request is never also faulted; before the exchange,
+//! so an abort never reaches the upstream. The deadline counts from arrival, so an injected
+//! delay eats into the request timeout as a slow network would.
+//!
 //! 5. **request timeout** — a deadline in the [`RequestCtx`]; every try and backoff below is
 //!    bounded by it.
 //! 6. **retry** (`policy::retry`) — each try goes through 7–8 again, with budget and backoff.
 //! 7. **circuit breaker** (`policy::circuit_breaker`) — sees every try, so it trips on them.
 //! 8. **per-try timeout**, then the upstream try itself; its outcome is recorded once, by a
 //!    guard, for every observer (see `exchange.rs`).
+//! 9. **fallback** (`policy::fallback`, `degrade.rs`) — wraps the answer of 5–8 (and a shed
+//!    refusal at 4): it must see the final refusal (after every retry) to replace it, and the
+//!    final 2xx to keep it.
 //!
 //! Anyone who changes this order explains why here.
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::Body;
 use super::conn::ConnActive;
 use super::ctx::RequestCtx;
+use super::degrade;
 use super::exchange;
 use super::forward::{self, Peer};
 use super::guard::{GaugeGuard, Guards};
-use super::respond::answer;
+use super::respond::{self, answer};
 use super::route::request_host;
 use super::shared::Shared;
 use super::tunnel;
@@ -41,6 +51,7 @@ use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
 use crate::metrics::TenantMetrics;
+use crate::policy::fault::FAULT_HEADER;
 
 /// Serves one request on listener `lst` of generation `gen`.
 pub async fn handle(
@@ -115,6 +126,13 @@ pub async fn handle(
         return finish(&tm, rsp, started);
     }
 
+    // Where fallback (step 9) keeps this request's good answer; also read by a shed refusal.
+    let keep = route
+        .policy
+        .fallback
+        .as_ref()
+        .and_then(|fb| fb.keep_for(tenant.as_str(), req.method(), req.uri()));
+
     // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
     //    body ends.
     let mut slot = match &route.policy.load_shed {
@@ -126,7 +144,10 @@ pub async fn handle(
                 Err(shed) => {
                     tm.shed(shed.reason.as_str());
                     let msg = format!("load shed ({}): {shed}", shed.reason.as_str());
-                    let rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
+                    let mut rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
+                    if let Some(fb) = &route.policy.fallback {
+                        rsp = degrade::apply(fb, keep, rsp);
+                    }
                     return finish(&tm, rsp, started);
                 }
             }
@@ -137,6 +158,20 @@ pub async fn handle(
     if is_connect {
         // A tunnel holds its slot for its whole life, with its other guards.
         guards.slot = slot.take();
+    }
+
+    // 4a. Fault injection.
+    let fault = route
+        .policy
+        .fault
+        .as_ref()
+        .map(|f| f.decide(req.headers(), fastrand::f64))
+        .unwrap_or_default();
+    if let Some(d) = fault.delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(status) = fault.abort {
+        return finish(&tm, respond::fault_abort(status), started);
     }
 
     // 5–8. Deadline, tries, the upstream.
@@ -158,6 +193,14 @@ pub async fn handle(
     }
     let mut rsp = exchange::run(&ctx, req).await;
     guards.slot = slot;
+    // 9. Fallback.
+    if let Some(fb) = &route.policy.fallback {
+        rsp = degrade::apply(fb, keep, rsp);
+    }
+    if fault.delay.is_some() {
+        rsp.headers_mut()
+            .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
+    }
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());

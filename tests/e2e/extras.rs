@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::metrics::{metrics, reloads};
+use crate::support::metrics::{metric_value, metrics, reloads};
 use crate::support::proxy::bin;
 use crate::support::{http, one_route, sample, Proxy};
 
@@ -99,4 +99,159 @@ async fn audit_trail_of_start_reloads_and_shutdown_verifies_and_catches_an_edit(
     let (code, out) = verify(&trail);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("line 2"), "{out}");
+}
+
+/// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
+fn with_policy(policy: &str) -> String {
+    format!(
+        r#"
+version: 1
+admin: {{ listen: $ADMIN }}
+upstreams:
+  app: {{ endpoints: [$APP] }}
+policies:
+  p: {policy}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: p
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_at_100_percent_never_reaches_the_upstream_and_spares_other_requests() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ fault: { header: x-chaos, abort: { percent: 100%, status: 418 } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    for _ in 0..5 {
+        let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+        rsp.assert_rampart(418, "fault_injected");
+        assert_eq!(rsp.header("x-rampart-fault"), Some("abort"));
+    }
+    assert_eq!(
+        app.hits_for("/ok"),
+        0,
+        "an abort must never reach the upstream"
+    );
+
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "ok\n");
+    assert_eq!(
+        rsp.header("x-rampart-fault"),
+        None,
+        "untouched without the header"
+    );
+    assert_eq!(app.hits_for("/ok"), 1);
+
+    let text = metrics(proxy.admin()).await;
+    let injected = |kind: &str| {
+        metric_value(
+            &text,
+            "rampart_faults_injected_total",
+            &[("route", "app"), ("kind", kind)],
+        )
+    };
+    assert_eq!(injected("abort"), Some(5.0), "{text}");
+    assert_eq!(injected("delay"), Some(0.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_delay_shows_in_latency() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ fault: { header: x-chaos, delay: { percent: 100%, duration: 400ms } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    let t = tokio::time::Instant::now();
+    let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+    let delayed = t.elapsed();
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.header("x-rampart-fault"), Some("delay"));
+    assert!(delayed >= Duration::from_millis(400), "{delayed:?}");
+
+    let t = tokio::time::Instant::now();
+    let rsp = http::get(addr, "/ok", &[]).await;
+    let plain = t.elapsed();
+    assert_eq!(rsp.header("x-rampart-fault"), None);
+    assert!(plain < Duration::from_millis(300), "{plain:?}");
+    assert_eq!(app.hits_for("/ok"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_while_the_upstream_is_down_else_the_static_one() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: application/json, body: '{"items":[]}' } } }"#,
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    // Kept while the upstream is up: a 2xx GET, and it is untouched on the way.
+    let fresh = http::get(addr, "/bytes/1000", &[]).await;
+    assert_eq!(fresh.status, 200);
+    assert_eq!(fresh.header("x-rampart-degraded"), None);
+    app.stop();
+
+    assert_eventually!(
+        http::get(addr, "/bytes/1000", &[])
+            .await
+            .header("x-rampart-degraded")
+            == Some("stale"),
+        "the kept answer must be served while the upstream is down"
+    );
+    let stale = http::get(addr, "/bytes/1000", &[]).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.body, fresh.body, "the very answer kept");
+    assert_eq!(
+        stale.header("x-rampart-reason"),
+        Some("upstream_unavailable")
+    );
+    assert!(stale.header("age").is_some());
+
+    // Nothing kept for this target: the static answer.
+    let fixed = http::get(addr, "/never-seen", &[]).await;
+    assert_eq!(fixed.status, 200);
+    assert_eq!(fixed.header("x-rampart-degraded"), Some("static"));
+    assert_eq!(
+        fixed.header("x-rampart-reason"),
+        Some("upstream_unavailable")
+    );
+    assert_eq!(fixed.header("content-type"), Some("application/json"));
+    assert_eq!(fixed.text(), r#"{"items":[]}"#);
+    // Not a GET: never stale, the static answer too.
+    let post = http::post(addr, "/bytes/1000", &[], "x").await;
+    assert_eq!(post.header("x-rampart-degraded"), Some("static"));
+
+    let text = metrics(proxy.admin()).await;
+    let given = |kind: &str| {
+        metric_value(
+            &text,
+            "rampart_fallbacks_total",
+            &[
+                ("route", "app"),
+                ("kind", kind),
+                ("reason", "upstream_unavailable"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(given("stale") >= 2.0, "{text}");
+    assert_eq!(given("static"), 2.0, "{text}");
 }
