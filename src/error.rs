@@ -34,6 +34,12 @@ pub enum Reason {
     /// An injected abort (`fault.abort`); its status is the configured one (503 here is only
     /// the default of [`Reason::status`]).
     FaultInjected,
+    /// 409: the first request with this idempotency key is still in flight.
+    IdempotencyInFlight,
+    /// 422: the idempotency key was used by a different request.
+    IdempotencyKeyReused,
+    /// 422: the first answer for this idempotency key was too large to keep.
+    IdempotencyNotReplayable,
 }
 
 // === impl Reason ===
@@ -54,6 +60,9 @@ impl Reason {
             Reason::ClientTimeout => "client_timeout",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::FaultInjected => "fault_injected",
+            Reason::IdempotencyInFlight => "idempotency_in_flight",
+            Reason::IdempotencyKeyReused => "idempotency_key_reused",
+            Reason::IdempotencyNotReplayable => "idempotency_not_replayable",
         }
     }
 
@@ -70,6 +79,10 @@ impl Reason {
             Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
             Reason::ClientTimeout => S::REQUEST_TIMEOUT,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            Reason::IdempotencyInFlight => S::CONFLICT,
+            Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => {
+                S::UNPROCESSABLE_ENTITY
+            }
         }
     }
 }

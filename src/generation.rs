@@ -30,6 +30,7 @@ use crate::metrics::RouteMetrics;
 use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::fallback::RouteFallback;
 use crate::policy::fault::RouteFault;
+use crate::policy::idempotency::RouteIdempotency;
 use crate::policy::load_shed::RouteLoadShed;
 use crate::policy::rate_limit::RouteRateLimit;
 use crate::policy::retry::RouteRetry;
@@ -134,6 +135,8 @@ pub struct RoutePolicy {
     pub fault: Option<RouteFault>,
     /// `fallback`, with its store of stale answers.
     pub fallback: Option<RouteFallback>,
+    /// `idempotency`, with its store of keys.
+    pub idempotency: Option<RouteIdempotency>,
 }
 
 // === impl Generation ===
@@ -376,7 +379,7 @@ impl RoutePolicy {
         &mut self,
         cfg: Option<&file::Policy>,
         old: Option<&RoutePolicy>,
-        route: &str,
+        route: &Arc<str>,
         shared: &Shared,
     ) {
         let Some(cfg) = cfg else { return };
@@ -385,6 +388,10 @@ impl RoutePolicy {
         self.fallback = cfg.fallback.as_ref().map(|f| {
             let old = old.and_then(|o| o.fallback.as_ref());
             RouteFallback::build(f, old, route, m, &shared.clock)
+        });
+        self.idempotency = cfg.idempotency.as_ref().map(|i| {
+            let old = old.and_then(|o| o.idempotency.as_ref());
+            RouteIdempotency::build(i, old, route, m, &shared.clock)
         });
     }
 }

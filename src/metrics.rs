@@ -65,6 +65,8 @@ pub struct Metrics {
     pub faults_injected: IntCounterVec,
     /// `rampart_fallbacks_total{route, kind, reason}`.
     pub fallbacks: IntCounterVec,
+    /// `rampart_idempotency_keys{route}`.
+    pub idempotency_keys: IntGaugeVec,
 }
 
 /// Cached handles for one route: what the request path touches on every request.
@@ -288,6 +290,11 @@ impl Metrics {
             "Fallback answers given instead of rampart's own error, by kind (stale or static) and the reason replaced.",
             &["route", "kind", "reason"],
         );
+        let idempotency_keys = gauge(
+            "rampart_idempotency_keys",
+            "Idempotency keys held in memory (in flight or kept for replay), per route.",
+            &["route"],
+        );
         Metrics {
             registry,
             requests,
@@ -315,6 +322,7 @@ impl Metrics {
             audit_write_failures,
             faults_injected,
             fallbacks,
+            idempotency_keys,
         }
     }
 

@@ -41,7 +41,7 @@ pub enum Body {
     /// An upstream's answer, whose connection goes back to the pool when it ends.
     Upstream(super::pool::Returning),
     /// An answer whose copy is kept for `fallback.stale` (`degrade.rs`).
-    Teed(Box<super::degrade::Tee>),
+    Teed(Box<super::tee::Tee>),
 }
 
 /// A request body after trying to keep it for replay.

@@ -1,38 +1,25 @@
 //! Fallback answers on the request path (policy `fallback`, SPEC §10): keeps a copy of small
-//! 2xx GET/HEAD answers as they stream to the client, and replaces rampart's own refusals.
+//! 2xx GET/HEAD answers as they stream to the client (through a [`Tee`]), and replaces
+//! rampart's own refusals.
 //!
-//! The copy never delays the client: each data frame is handed on at once, and what is kept is
-//! a reference-counted handle to the same bytes, not a copy, until the body ends; only then are
-//! the frames joined and stored. A body over the store's size cap, one that ends in an error,
-//! or one the client abandons is not kept. Deciding what replaces what is `policy::fallback`;
-//! the answer itself is built by `respond::degraded`.
+//! A body over the store's size cap, one that ends in an error, or one the client abandons is
+//! not kept. Deciding what replaces what is `policy::fallback`; the answer itself is built by
+//! `respond::degraded`.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 
 use super::body::Body;
 use super::respond::{self, REASON_HEADER};
-use crate::error::BoxError;
+use super::tee::{Ending, Keeper, Tee};
 use crate::policy::fallback::store::{Key, StaleStore, MAX_BODY};
 use crate::policy::fallback::RouteFallback;
 
-/// A body that hands every frame on and keeps a copy for the stale store.
+/// Keeps a finished 2xx body in the stale store.
 #[derive(Debug)]
-pub struct Tee {
-    inner: Body,
-    frames: Vec<Bytes>,
-    len: usize,
-    sink: Option<Sink>,
-}
-
-/// Where a finished body goes.
-#[derive(Debug)]
-struct Sink {
+struct StaleKeeper {
     store: Arc<StaleStore>,
     key: Key,
     status: StatusCode,
@@ -68,94 +55,23 @@ fn tee(rsp: Response<Body>, key: Key, store: Arc<StaleStore>) -> Response<Body> 
         return rsp;
     }
     let (parts, inner) = rsp.into_parts();
-    let sink = Sink {
+    let keeper = StaleKeeper {
         store,
         key,
         status: parts.status,
         headers: parts.headers.clone(),
     };
-    let body = Tee {
-        inner,
-        frames: Vec::new(),
-        len: 0,
-        sink: Some(sink),
-    };
+    let body = Tee::new(inner, MAX_BODY, Box::new(keeper));
     Response::from_parts(parts, Body::Teed(Box::new(body)))
 }
 
-// === impl Tee ===
+// === impl StaleKeeper ===
 
-impl Tee {
-    /// The body it wraps (for guards that ride on an upstream's body).
-    pub fn inner_mut(&mut self) -> &mut Body {
-        &mut self.inner
-    }
-
-    fn keep(&mut self, data: &Bytes) {
-        if self.sink.is_none() {
-            return;
+impl Keeper for StaleKeeper {
+    fn kept(self: Box<Self>, ending: Ending) {
+        if let Ending::Whole(body) = ending {
+            self.store.insert(self.key, self.status, self.headers, body);
         }
-        self.len += data.len();
-        if self.len > MAX_BODY {
-            self.sink = None;
-            self.frames = Vec::new();
-        } else {
-            self.frames.push(data.clone());
-        }
-    }
-
-    fn finish(&mut self) {
-        let Some(sink) = self.sink.take() else { return };
-        let frames = std::mem::take(&mut self.frames);
-        let body = match frames.len() {
-            0 => Bytes::new(),
-            1 => frames.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.len);
-                for f in frames {
-                    all.extend_from_slice(&f);
-                }
-                all.freeze()
-            }
-        };
-        sink.store.insert(sink.key, sink.status, sink.headers, body);
-    }
-}
-
-impl http_body::Body for Tee {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.keep(data);
-                }
-                // The server stops polling once the body says it has ended, so a known length
-                // ends here, not with a last `None`.
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.sink = None,
-            Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -163,6 +79,7 @@ impl http_body::Body for Tee {
 mod tests {
     use std::time::Duration;
 
+    use bytes::Bytes;
     use http::Method;
     use http_body_util::BodyExt;
 
@@ -179,17 +96,13 @@ mod tests {
     }
 
     fn teed(inner: Body, store: &Arc<StaleStore>) -> Tee {
-        Tee {
-            inner,
-            frames: Vec::new(),
-            len: 0,
-            sink: Some(Sink {
-                store: store.clone(),
-                key: key(),
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-            }),
-        }
+        let keeper = StaleKeeper {
+            store: store.clone(),
+            key: key(),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        };
+        Tee::new(inner, MAX_BODY, Box::new(keeper))
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use super::body::Body;
 use crate::error::Reason;
 use crate::policy::fallback::{Replacement, DEGRADED_HEADER};
 use crate::policy::fault::FAULT_HEADER;
+use crate::policy::idempotency::{StoredAnswer, REPLAY_HEADER};
 
 /// Name of the header that says why rampart answered.
 pub const REASON_HEADER: &str = "x-rampart-reason";
@@ -73,6 +74,17 @@ pub fn degraded(replaced: Reason, with: Replacement) -> Response<Body> {
     rsp
 }
 
+/// A kept answer replayed for a repeated idempotency key, byte for byte, marked
+/// `x-rampart-idempotent-replay: true`.
+pub fn replay(kept: &StoredAnswer) -> Response<Body> {
+    let mut rsp = Response::new(Body::full(kept.body.clone()));
+    *rsp.status_mut() = kept.status;
+    *rsp.headers_mut() = kept.headers.clone();
+    rsp.headers_mut()
+        .insert(REPLAY_HEADER, HeaderValue::from_static("true"));
+    rsp
+}
+
 /// Whole seconds for `retry-after`: the wait rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -114,6 +126,10 @@ mod tests {
             (Reason::BadRequest, 400),
             (Reason::ClientTimeout, 408),
             (Reason::MethodNotAllowed, 405),
+            (Reason::IdempotencyInFlight, 409),
+            (Reason::IdempotencyKeyReused, 422),
+            (Reason::IdempotencyNotReplayable, 422),
+            (Reason::FaultInjected, 503),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

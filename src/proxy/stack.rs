@@ -18,6 +18,10 @@
 //! so an abort never reaches the upstream. The deadline counts from arrival, so an injected
 //! delay eats into the request timeout as a slow network would.
 //!
+//! 4b. **idempotency** (`policy::idempotency`, `idempotent.rs`) — after fault injection, so an
+//! injected abort never claims a key; around the whole exchange, so a key is claimed once
+//! however many tries the request takes, and its answer is the final one.
+//!
 //! 5. **request timeout** — a deadline in the [`RequestCtx`]; every try and backoff below is
 //!    bounded by it.
 //! 6. **retry** (`policy::retry`) — each try goes through 7–8 again, with budget and backoff.
@@ -43,6 +47,7 @@ use super::degrade;
 use super::exchange;
 use super::forward::{self, Peer};
 use super::guard::{GaugeGuard, Guards};
+use super::idempotent;
 use super::respond::{self, answer};
 use super::route::request_host;
 use super::shared::Shared;
@@ -191,7 +196,10 @@ pub async fn handle(
         let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
         return finish(&tm, rsp, started);
     }
-    let mut rsp = exchange::run(&ctx, req).await;
+    let mut rsp = match &route.policy.idempotency {
+        Some(idem) => idempotent::run(&ctx, idem, req).await,
+        None => exchange::run(&ctx, req).await,
+    };
     guards.slot = slot;
     // 9. Fallback.
     if let Some(fb) = &route.policy.fallback {

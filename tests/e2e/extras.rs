@@ -255,3 +255,92 @@ async fn a_stale_answer_while_the_upstream_is_down_else_the_static_one() {
     assert!(given("stale") >= 2.0, "{text}");
     assert_eq!(given("static"), 2.0, "{text}");
 }
+
+const IDEM: &str = "{ idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 5 } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "k1"), ("x-tenant-id", "a")];
+
+    let first = http::post(addr, "/echo", &key, "pay 10").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-rampart-idempotent-replay"), None);
+    let again = http::post(addr, "/echo", &key, "pay 10").await;
+    assert_eq!(
+        app.hits_for("/echo"),
+        1,
+        "a repeat must not reach the upstream"
+    );
+    assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+
+    // The same key with another body: 422, and still one hit.
+    http::post(addr, "/echo", &key, "pay 99")
+        .await
+        .assert_rampart(422, "idempotency_key_reused");
+    // Keys are per tenant: tenant b's k1 is another key.
+    let b = [("idempotency-key", "k1"), ("x-tenant-id", "b")];
+    let other = http::post(addr, "/echo", &b, "pay 10").await;
+    assert_eq!(other.header("x-rampart-idempotent-replay"), None);
+    assert_eq!(app.hits_for("/echo"), 2);
+    // Without the header nothing is kept.
+    http::post(addr, "/echo", &[], "pay 10").await;
+    http::post(addr, "/echo", &[], "pay 10").await;
+    assert_eq!(app.hits_for("/echo"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let slow = [("idempotency-key", "slow")];
+    let first = tokio::spawn(async move { http::post(addr, "/slow?ms=800", &slow, "x").await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be in flight");
+    http::post(addr, "/slow?ms=800", &slow, "x")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    assert_eq!(first.await.expect("no panic").status, 200);
+    let replay = http::post(addr, "/slow?ms=800", &slow, "x").await;
+    assert_eq!(replay.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/slow"), 1);
+
+    let failing = [("idempotency-key", "fails")];
+    assert_eq!(
+        http::post(addr, "/status/503", &failing, "").await.status,
+        503
+    );
+    assert_eq!(
+        http::post(addr, "/status/503", &failing, "").await.status,
+        503
+    );
+    assert_eq!(app.hits_for("/status/503"), 2, "a 5xx is not kept");
+
+    let big = [("idempotency-key", "big")];
+    assert_eq!(
+        http::post(addr, "/bytes/10000", &big, "").await.body.len(),
+        10000
+    );
+    http::post(addr, "/bytes/10000", &big, "")
+        .await
+        .assert_rampart(422, "idempotency_not_replayable");
+
+    // Memory stays within max_entries (5), in the gauge.
+    for i in 0..20 {
+        let k = format!("many-{i}");
+        http::post(addr, "/ok", &[("idempotency-key", &k)], "").await;
+    }
+    let text = metrics(proxy.admin()).await;
+    let held = metric_value(&text, "rampart_idempotency_keys", &[("route", "app")]);
+    assert_eq!(held, Some(5.0), "{text}");
+}

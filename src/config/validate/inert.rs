@@ -34,10 +34,7 @@ const fn warn(path: &'static str, value: Option<&'static str>) -> Inert {
 }
 
 /// Delete a line when its feature lands.
-const INERT: &[Inert] = &[
-    warn("policies.*.idempotency", None),
-    warn("listeners.[].access_log", Some("true")),
-];
+const INERT: &[Inert] = &[warn("listeners.[].access_log", Some("true"))];
 
 const WARNING: &str = "is accepted but not enforced by this build yet; it does nothing";
 
