@@ -112,7 +112,9 @@ impl Rampart {
             let mut set = shared.listeners.lock().await;
             reload::apply(&shared, &mut set, config.clone())
         };
-        let entry = reload::audit_entry(audit::Event::Start, audit::Source::Start, &started);
+        let mut entry = reload::audit_entry(audit::Event::Start, audit::Source::Start, &started);
+        // A start that failed to bind still names the (valid) config it tried.
+        entry.sha256.get_or_insert_with(|| config.sha256.clone());
         shared.audit.record(audit_path(&config), &entry);
         started.map_err(StartError::Listener)?;
         admin::spawn(shared.clone(), admin_tcp);

@@ -71,10 +71,10 @@ fn entries_expire_after_ttl() {
 }
 
 #[test]
-fn memory_stays_within_max_entries_oldest_out_first() {
+fn memory_stays_within_max_entries_under_1m_keys_oldest_out_first() {
     let clock = ManualClock::new();
     let s = store(&clock, 1000);
-    for i in 0..100_000u32 {
+    for i in 0..1_000_000u32 {
         let k = key(&i.to_string());
         s.begin_now(&k, [0; 32]);
         if i % 2 == 0 {
@@ -91,7 +91,7 @@ fn memory_stays_within_max_entries_oldest_out_first() {
         "the oldest went first"
     );
     assert!(matches!(
-        s.begin_now(&key("99998"), [0; 32]),
+        s.begin_now(&key("999998"), [0; 32]),
         Begin::Replay(_)
     ));
 }
