@@ -150,7 +150,9 @@ pub async fn handle(
                     tm.shed(shed.reason.as_str());
                     let msg = format!("load shed ({}): {shed}", shed.reason.as_str());
                     let mut rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
-                    if let Some(fb) = &route.policy.fallback {
+                    // A CONNECT must never get a fallback: a 2xx would read as an open tunnel.
+                    let fb = route.policy.fallback.as_ref();
+                    if let Some(fb) = fb.filter(|_| req.method() != Method::CONNECT) {
                         rsp = degrade::apply(fb, keep, rsp);
                     }
                     return finish(&tm, rsp, started);
