@@ -66,27 +66,8 @@ pub async fn run(
         }
     };
     let digest = digest(&parts.method, &parts.uri, &read);
-    match idem.store.begin(&key, digest).await {
-        Begin::Claimed => {}
-        Begin::InFlight => {
-            return refuse(
-                Reason::IdempotencyInFlight,
-                "the first request with this idempotency key is still in flight",
-            )
-        }
-        Begin::Reused => {
-            return refuse(
-                Reason::IdempotencyKeyReused,
-                "this idempotency key was used by a different request (method, path or body)",
-            )
-        }
-        Begin::NotReplayable => {
-            return refuse(
-                Reason::IdempotencyNotReplayable,
-                "the first answer for this idempotency key was too large to keep",
-            )
-        }
-        Begin::Replay(kept) => return respond::replay(&kept),
+    if let Some(rsp) = refusal(idem.store.begin(&key, digest).await) {
+        return rsp;
     }
     let claim = Claim {
         store: idem.store.clone(),
@@ -137,8 +118,25 @@ async fn run_read(
     }
 }
 
-fn refuse(reason: Reason, msg: &str) -> Response<Body> {
-    answer(reason, msg, None)
+/// The answer for a key already held, or `None` when this request claimed it.
+fn refusal(begin: Begin) -> Option<Response<Body>> {
+    let (reason, msg) = match begin {
+        Begin::Claimed => return None,
+        Begin::Replay(kept) => return Some(respond::replay(&kept)),
+        Begin::InFlight => (
+            Reason::IdempotencyInFlight,
+            "the first request with this idempotency key is still in flight",
+        ),
+        Begin::Reused => (
+            Reason::IdempotencyKeyReused,
+            "this idempotency key was used by a different request (method, path or body)",
+        ),
+        Begin::NotReplayable => (
+            Reason::IdempotencyNotReplayable,
+            "the first answer for this idempotency key was too large to keep",
+        ),
+    };
+    Some(answer(reason, msg, None))
 }
 
 /// Reads the body ahead, bounded by the request deadline.
