@@ -115,7 +115,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                     serde_json::json!({"result": "forbidden", "errors": [msg]}),
                 );
             }
-            match reload::reload(shared).await {
+            match reload::reload(shared, crate::audit::Source::Post).await {
                 Ok(sha) => json(
                     StatusCode::OK,
                     serde_json::json!({"result": "success", "sha256": sha}),

@@ -56,6 +56,23 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
     },
+    /// Work with the audit trail of policy changes (SPEC §11).
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+/// `rampart audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain: exit 0 with the number of entries, or 1 naming the first broken line.
+    Verify {
+        /// The audit file.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 /// Log line format.

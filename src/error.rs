@@ -31,6 +31,15 @@ pub enum Reason {
     ClientTimeout,
     /// 405: CONNECT on an inbound listener.
     MethodNotAllowed,
+    /// An injected abort (`fault.abort`); its status is the configured one (503 here is only
+    /// the default of [`Reason::status`]).
+    FaultInjected,
+    /// 409: the first request with this idempotency key is still in flight.
+    IdempotencyInFlight,
+    /// 422: the idempotency key was used by a different request.
+    IdempotencyKeyReused,
+    /// 422: the first answer for this idempotency key was too large to keep.
+    IdempotencyNotReplayable,
 }
 
 // === impl Reason ===
@@ -50,6 +59,10 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::ClientTimeout => "client_timeout",
             Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::FaultInjected => "fault_injected",
+            Reason::IdempotencyInFlight => "idempotency_in_flight",
+            Reason::IdempotencyKeyReused => "idempotency_key_reused",
+            Reason::IdempotencyNotReplayable => "idempotency_not_replayable",
         }
     }
 
@@ -58,7 +71,7 @@ impl Reason {
         use http::StatusCode as S;
         match self {
             Reason::RateLimited => S::TOO_MANY_REQUESTS,
-            Reason::Shed | Reason::CircuitOpen => S::SERVICE_UNAVAILABLE,
+            Reason::Shed | Reason::CircuitOpen | Reason::FaultInjected => S::SERVICE_UNAVAILABLE,
             Reason::Timeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,
@@ -66,6 +79,10 @@ impl Reason {
             Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
             Reason::ClientTimeout => S::REQUEST_TIMEOUT,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            Reason::IdempotencyInFlight => S::CONFLICT,
+            Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => {
+                S::UNPROCESSABLE_ENTITY
+            }
         }
     }
 }

@@ -28,6 +28,9 @@ use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
 use crate::policy::circuit_breaker::CircuitBreaker;
+use crate::policy::fallback::RouteFallback;
+use crate::policy::fault::RouteFault;
+use crate::policy::idempotency::RouteIdempotency;
 use crate::policy::load_shed::RouteLoadShed;
 use crate::policy::rate_limit::RouteRateLimit;
 use crate::policy::retry::RouteRetry;
@@ -131,6 +134,12 @@ pub struct RoutePolicy {
     pub rate_limit: Option<RouteRateLimit>,
     /// `load_shed` with its slots and fair queue.
     pub load_shed: Option<RouteLoadShed>,
+    /// `fault`: deliberate delays and aborts.
+    pub fault: Option<RouteFault>,
+    /// `fallback`, with its store of stale answers.
+    pub fallback: Option<RouteFallback>,
+    /// `idempotency`, with its store of keys.
+    pub idempotency: Option<RouteIdempotency>,
 }
 
 // === impl Generation ===
@@ -278,7 +287,7 @@ fn build_listener(
             };
             let policy_cfg = r.policy.as_ref().and_then(|p| f.policies.get(p));
             let old_policy = old_route.map(|o| &o.policy);
-            let policy = RoutePolicy::build(
+            let mut policy = RoutePolicy::build(
                 r.policy.as_deref(),
                 policy_cfg,
                 old_policy,
@@ -286,6 +295,7 @@ fn build_listener(
                 &upstream.name,
                 shared,
             );
+            policy.build_resilience(policy_cfg, old_policy, &key.label, shared);
             let breaker = policy_cfg
                 .and_then(|p| p.circuit_breaker.as_ref())
                 .and_then(|_| breakers.get(&r.upstream).cloned());
@@ -366,6 +376,29 @@ impl RoutePolicy {
             request_timeout: cfg.timeout.as_ref().and_then(|t| t.request).map(|d| d.0),
             per_try: cfg.timeout.as_ref().and_then(|t| t.per_try),
             retry,
+            ..RoutePolicy::default()
         }
+    }
+
+    /// `fault` and `fallback`, whose metrics are labelled by the route; a fallback's stale
+    /// answers are carried over from `old` when the route's fallback keeps them still.
+    fn build_resilience(
+        &mut self,
+        cfg: Option<&file::Policy>,
+        old: Option<&RoutePolicy>,
+        route: &Arc<str>,
+        shared: &Shared,
+    ) {
+        let Some(cfg) = cfg else { return };
+        let m = &shared.metrics;
+        self.fault = cfg.fault.as_ref().map(|f| RouteFault::build(f, route, m));
+        self.fallback = cfg.fallback.as_ref().map(|f| {
+            let old = old.and_then(|o| o.fallback.as_ref());
+            RouteFallback::build(f, old, route, m, &shared.clock)
+        });
+        self.idempotency = cfg.idempotency.as_ref().map(|i| {
+            let old = old.and_then(|o| o.idempotency.as_ref());
+            RouteIdempotency::build(i, old, route, m, &shared.clock)
+        });
     }
 }

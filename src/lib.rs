@@ -10,6 +10,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -80,6 +81,7 @@ impl Rampart {
     pub async fn start(config: Config) -> Result<Rampart, StartError> {
         let clock: SharedClock = Arc::new(MonotonicClock::new());
         let metrics = Metrics::register();
+        let audit = audit::AuditLog::new(metrics.audit_write_failures.clone());
         let labels = tenant::Labels::new(config.file.tenants.metrics_labels as usize);
         let admin_listen = config.file.admin.listen;
         let admin_tcp = proxy::listener::bind(admin_listen).map_err(|error| StartError::Admin {
@@ -105,11 +107,17 @@ impl Rampart {
             empty_label: Arc::from(""),
             draining: AtomicBool::new(false),
             listeners: tokio::sync::Mutex::new(ListenerSet::new()),
+            audit,
         });
-        {
+        let started = {
             let mut set = shared.listeners.lock().await;
-            reload::apply(&shared, &mut set, config).map_err(StartError::Listener)?;
-        }
+            reload::apply(&shared, &mut set, config.clone())
+        };
+        let mut entry = reload::audit_entry(audit::Event::Start, audit::Source::Start, &started);
+        // A start that failed to bind still names the (valid) config it tried.
+        entry.sha256.get_or_insert_with(|| config.sha256.clone());
+        shared.audit.record(audit_path(&config), &entry);
+        started.map_err(StartError::Listener)?;
         admin::spawn(shared.clone(), admin_tcp);
         tracing::info!(admin = %admin_addr, "rampart started");
         Ok(Rampart { shared, admin_addr })
@@ -139,7 +147,12 @@ impl Rampart {
 
     /// Reloads the config file (as SIGHUP does); returns the new sha256.
     pub async fn reload(&self) -> Result<String, ReloadError> {
-        reload::reload(&self.shared).await
+        self.reload_from(audit::Source::Sighup).await
+    }
+
+    /// Reloads the config file, recording `source` in the audit trail.
+    pub async fn reload_from(&self, source: audit::Source) -> Result<String, ReloadError> {
+        reload::reload(&self.shared, source).await
     }
 
     /// What every connection shares; for tests and the admin endpoints.
@@ -152,7 +165,20 @@ impl Rampart {
     /// `/readyz` answers 503 at once; listeners keep serving for `runtime.drain_delay`, so load
     /// balancers that poll readiness stop sending first, and only then stop accepting.
     pub async fn shutdown(&self) {
+        self.shutdown_from(audit::Source::Sigterm).await
+    }
+
+    /// [`Rampart::shutdown`], recording `source` in the audit trail as shutdown begins.
+    pub async fn shutdown_from(&self, source: audit::Source) {
         self.shared.draining.store(true, Ordering::SeqCst);
+        let gen = self.shared.current.load_full();
+        let entry = audit::Entry {
+            event: audit::Event::Shutdown,
+            source,
+            sha256: Some(gen.config.sha256.clone()),
+            errors: Vec::new(),
+        };
+        self.shared.audit.record(audit_path(&gen.config), &entry);
         let (grace, delay) = {
             let gen = self.shared.current.load();
             let rt = &gen.config.file.runtime;
@@ -178,4 +204,9 @@ impl Rampart {
         }
         tracing::info!("drained; exiting");
     }
+}
+
+/// The audit file `cfg` names, if any.
+fn audit_path(cfg: &Config) -> Option<&std::path::Path> {
+    cfg.file.audit.as_ref().map(|a| a.file.as_path())
 }

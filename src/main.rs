@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rampart::cli::{Cli, Command, LogFormat};
+use rampart::cli::{AuditCommand, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +24,12 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Audit {
+        action: AuditCommand::Verify { file },
+    } = &cli.command
+    {
+        return audit_verify(file);
+    }
     raise_open_file_limit();
     let runtime = match build_runtime() {
         Ok(rt) => rt,
@@ -39,7 +45,7 @@ fn main() -> ExitCode {
             Command::Sample { listen } => rampart::sample::serve_forever(listen)
                 .await
                 .map_err(|e| e.to_string()),
-            Command::Validate { .. } => Ok(()),
+            Command::Validate { .. } | Command::Audit { .. } => Ok(()),
         }
     });
     match result {
@@ -59,6 +65,27 @@ async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
     rampart::shutdown::run_until_signalled(rampart, watch)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// `rampart audit verify`: 0 and the count, or 1 and the first broken line.
+fn audit_verify(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match rampart::audit::verify(&text) {
+        Ok(n) => {
+            println!("{}: ok, {n} entries, chain intact", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            eprintln!("{}: chain broken at {broken}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Raises the open-file soft limit to the hard limit (SPEC §14): a proxy holds two descriptors

@@ -61,6 +61,14 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `rampart_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `rampart_audit_write_failures_total`.
+    pub audit_write_failures: IntCounter,
+    /// `rampart_faults_injected_total{route, kind}`.
+    pub faults_injected: IntCounterVec,
+    /// `rampart_fallbacks_total{route, kind, reason}`.
+    pub fallbacks: IntCounterVec,
+    /// `rampart_idempotency_keys{route}`.
+    pub idempotency_keys: IntGaugeVec,
 }
 
 /// Cached handles for one route: what the request path touches on every request.
@@ -277,6 +285,27 @@ impl Metrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .expect("unique metric");
+        let audit_write_failures = counter(
+            "rampart_audit_write_failures_total",
+            "Audit trail entries that could not be written (the proxy serves on).",
+            &[],
+        )
+        .with_label_values::<&str>(&[]);
+        let faults_injected = counter(
+            "rampart_faults_injected_total",
+            "Faults injected on purpose (policy fault), by kind: delay or abort.",
+            &["route", "kind"],
+        );
+        let fallbacks = counter(
+            "rampart_fallbacks_total",
+            "Fallback answers given instead of rampart's own error, by kind (stale or static) and the reason replaced.",
+            &["route", "kind", "reason"],
+        );
+        let idempotency_keys = gauge(
+            "rampart_idempotency_keys",
+            "Idempotency keys held in memory (in flight or kept for replay), per route.",
+            &["route"],
+        );
         Metrics {
             access_log_dropped,
             registry,
@@ -302,6 +331,10 @@ impl Metrics {
             config_reloads,
             config_last_success,
             config_info,
+            audit_write_failures,
+            faults_injected,
+            fallbacks,
+            idempotency_keys,
         }
     }
 

@@ -6,6 +6,9 @@
 //! one fixed order.
 
 pub mod circuit_breaker;
+pub mod fallback;
+pub mod fault;
+pub mod idempotency;
 pub mod load_shed;
 pub mod outcome;
 pub mod rate_limit;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::audit::{Entry, Event, Source};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::generation::Generation;
 use crate::proxy::listener;
@@ -41,9 +42,18 @@ pub enum ReloadError {
 
 pub use crate::proxy::listener::ListenerSet;
 
-/// Reloads from the file in force's path; returns the new sha256.
-pub async fn reload(shared: &Arc<Shared>) -> Result<String, ReloadError> {
+/// Reloads from the file in force's path; returns the new sha256. The attempt, whatever its
+/// result, is recorded in the audit trail with `source`.
+pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, ReloadError> {
     let result = reload_inner(shared).await;
+    // After a success the new config names the trail; after a failure, the one still in force.
+    let cfg = shared.current.load_full().config.clone();
+    let mut entry = audit_entry(Event::Reload, source, &result);
+    if entry.sha256.is_none() {
+        entry.sha256 = cfg.path.as_deref().and_then(file_sha256);
+    }
+    let path = cfg.file.audit.as_ref().map(|a| a.file.as_path());
+    shared.audit.record(path, &entry);
     let m = &shared.metrics;
     match &result {
         Ok(sha) => {
@@ -194,6 +204,29 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
         )));
     }
     Ok(())
+}
+
+/// The audit entry for a start or reload that ended with `result`; `sha256` is that of the
+/// config applied (unknown here when it was refused).
+pub fn audit_entry(event: Event, source: Source, result: &Result<String, ReloadError>) -> Entry {
+    let (sha256, errors) = match result {
+        Ok(sha) => (Some(sha.clone()), Vec::new()),
+        Err(ReloadError::Invalid(errs)) => (None, errs.0.iter().map(|e| e.to_string()).collect()),
+        Err(e) => (None, vec![e.to_string()]),
+    };
+    Entry {
+        event,
+        source,
+        sha256,
+        errors,
+    }
+}
+
+/// The sha256 of the file at `path` as it is now (a refused config's text).
+fn file_sha256(path: &std::path::Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| crate::audit::sha256_hex(&b))
 }
 
 /// Records a config taking force in the metrics.

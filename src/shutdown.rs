@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::audit::Source;
 use crate::Rampart;
 
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP (and on file change with `watch`), then
@@ -19,25 +20,25 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
     let path = rampart.config_path();
     let mut seen = path.as_deref().and_then(fingerprint);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let source = loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = rampart.reload().await;
+                let _ = rampart.reload_from(Source::Sighup).await;
             }
             _ = tick.tick(), if watch => {
                 let now = path.as_deref().and_then(fingerprint);
                 if now.is_some() && now != seen {
                     seen = now;
                     tracing::info!("config file changed: reloading");
-                    let _ = rampart.reload().await;
+                    let _ = rampart.reload_from(Source::Watch).await;
                 }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break Source::Sigterm; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break Source::Sigint; }
         }
-    }
-    rampart.shutdown().await;
+    };
+    rampart.shutdown_from(source).await;
     Ok(())
 }
 

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{Dur, Rate, Ratio, Size};
 
+mod resilience;
+
+pub use resilience::{
+    Fallback, FallbackOn, Fault, FaultAbort, FaultDelay, Idempotency, StaticAnswer,
+};
+
 /// The whole policy file.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +44,17 @@ pub struct File {
     /// The listeners, each with its routes.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// The audit trail of policy changes (SPEC §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
+}
+
+/// `audit:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// The JSON-lines file entries are appended to.
+    pub file: PathBuf,
 }
 
 /// `admin:`
@@ -237,6 +254,15 @@ pub struct Policy {
     /// Load shedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_shed: Option<LoadShed>,
+    /// Deliberate faults (SPEC §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// Answers in place of rampart's own errors (SPEC §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// Replay protection by idempotency key (SPEC §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
 }
 
 /// `policies.NAME.timeout:`

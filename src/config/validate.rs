@@ -11,6 +11,7 @@ mod de;
 mod inert;
 mod listener;
 mod policy;
+mod resilience;
 mod shape;
 mod syntax;
 mod upstream;

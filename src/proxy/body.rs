@@ -40,6 +40,8 @@ pub enum Body {
     Client(ClientBody),
     /// An upstream's answer, whose connection goes back to the pool when it ends.
     Upstream(super::pool::Returning),
+    /// An answer whose copy is kept for `fallback.stale` (`degrade.rs`).
+    Teed(Box<super::tee::Tee>),
 }
 
 /// A request body after trying to keep it for replay.
@@ -97,8 +99,10 @@ impl Body {
     /// Attaches `guards` to an upstream's answer so they live as long as its body; any other
     /// body is complete already, so the guards are dropped now.
     pub fn hold(&mut self, guards: Guards) {
-        if let Body::Upstream(r) = self {
-            r.guards = guards;
+        match self {
+            Body::Upstream(r) => r.guards = guards,
+            Body::Teed(t) => t.inner_mut().hold(guards),
+            _ => {}
         }
     }
 }
@@ -116,6 +120,7 @@ impl http_body::Body for Body {
             Body::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
             Body::Client(inner) => Pin::new(inner).poll_frame(cx),
             Body::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Body::Teed(inner) => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -125,6 +130,7 @@ impl http_body::Body for Body {
             Body::Full(chunk) => chunk.is_none(),
             Body::Client(inner) => inner.prefix.is_empty() && inner.rest.is_end_stream(),
             Body::Upstream(inner) => inner.is_end_stream(),
+            Body::Teed(inner) => inner.is_end_stream(),
         }
     }
 
@@ -144,6 +150,7 @@ impl http_body::Body for Body {
                 prefixed_hint(inner.rest.size_hint(), buffered)
             }
             Body::Upstream(inner) => inner.size_hint(),
+            Body::Teed(inner) => inner.size_hint(),
         }
     }
 }

@@ -42,10 +42,10 @@ use crate::policy::timeout::per_try_timeout;
 const MAX_WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What one try left behind.
-struct Tried {
+pub(super) struct Tried {
     outcome: Outcome,
     /// The answer to give if this try is the last.
-    rsp: Response<Body>,
+    pub(super) rsp: Response<Body>,
     /// The endpoint it went to.
     used: Option<SocketAddr>,
 }
@@ -107,9 +107,9 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<B
 /// The request deadline passed while the client was still sending its body.
 #[derive(Debug, thiserror::Error)]
 #[error("the request deadline passed while the request body was being received")]
-struct BodyDeadline;
+pub(super) struct BodyDeadline;
 
-async fn retry_loop(
+pub(super) async fn retry_loop(
     ctx: &RequestCtx<'_>,
     retry: &RouteRetry,
     parts: &Parts,
@@ -168,7 +168,7 @@ enum Bound {
 }
 
 /// Steps 7–8: one try against one endpoint, under the earlier of its deadlines.
-async fn try_once(
+pub(super) async fn try_once(
     ctx: &RequestCtx<'_>,
     mut req: Request<Body>,
     avoid: Option<SocketAddr>,
@@ -310,7 +310,7 @@ fn breaker_open(ctx: &RequestCtx<'_>) -> bool {
 }
 
 /// The answer for a client's broken or stalled upload.
-fn client_fault_answer(f: ClientFault) -> Response<Body> {
+pub(super) fn client_fault_answer(f: ClientFault) -> Response<Body> {
     match f {
         ClientFault::Malformed => answer(
             Reason::BadRequest,

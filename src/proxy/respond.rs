@@ -7,11 +7,14 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::Response;
 
 use super::body::Body;
 use crate::error::Reason;
+use crate::policy::fallback::{Replacement, DEGRADED_HEADER};
+use crate::policy::fault::FAULT_HEADER;
+use crate::policy::idempotency::{StoredAnswer, REPLAY_HEADER};
 
 /// Name of the header that says why rampart answered.
 pub const REASON_HEADER: &str = "x-rampart-reason";
@@ -56,6 +59,58 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
         *len = HeaderValue::from(out.len());
     }
     *rsp.body_mut() = Body::full(out);
+}
+
+/// An injected abort (`fault.abort`): `fault_injected` with the configured `status`, marked
+/// `x-rampart-fault: abort`.
+pub fn fault_abort(status: http::StatusCode) -> Response<Body> {
+    let mut rsp = answer(
+        Reason::FaultInjected,
+        "fault injected by policy (fault.abort); the upstream was not called",
+        None,
+    );
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(FAULT_HEADER, HeaderValue::from_static("abort"));
+    rsp
+}
+
+/// A fallback answer in place of a refusal for `replaced`: the kept answer marked
+/// `x-rampart-degraded: stale` (with its `age`), or the static one marked `static`.
+pub fn degraded(replaced: Reason, with: Replacement) -> Response<Body> {
+    let (mut rsp, kind) = match with {
+        Replacement::Stale(kept, age) => {
+            let mut rsp = Response::new(Body::full(kept.body));
+            *rsp.status_mut() = kept.status;
+            *rsp.headers_mut() = kept.headers;
+            rsp.headers_mut()
+                .insert(AGE, HeaderValue::from(age.as_secs()));
+            (rsp, "stale")
+        }
+        Replacement::Static(s) => {
+            let mut rsp = Response::new(Body::full(s.body));
+            *rsp.status_mut() = s.status;
+            rsp.headers_mut().insert(CONTENT_TYPE, s.content_type);
+            rsp.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            (rsp, "static")
+        }
+    };
+    let h = rsp.headers_mut();
+    h.insert(DEGRADED_HEADER, HeaderValue::from_static(kind));
+    h.insert(REASON_HEADER, HeaderValue::from_static(replaced.as_str()));
+    rsp
+}
+
+/// A kept answer replayed for a repeated idempotency key, byte for byte, marked
+/// `x-rampart-idempotent-replay: true`.
+pub fn replay(kept: &StoredAnswer) -> Response<Body> {
+    let mut rsp = Response::new(Body::full(kept.body.clone()));
+    *rsp.status_mut() = kept.status;
+    *rsp.headers_mut() = kept.headers.clone();
+    rsp.headers_mut()
+        .insert(REPLAY_HEADER, HeaderValue::from_static("true"));
+    rsp
 }
 
 /// Whole seconds for `retry-after`: the wait rounded up, at least 1.
@@ -114,6 +169,10 @@ mod tests {
             (Reason::BadRequest, 400),
             (Reason::ClientTimeout, 408),
             (Reason::MethodNotAllowed, 405),
+            (Reason::IdempotencyInFlight, 409),
+            (Reason::IdempotencyKeyReused, 422),
+            (Reason::IdempotencyNotReplayable, 422),
+            (Reason::FaultInjected, 503),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

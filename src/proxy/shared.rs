@@ -39,6 +39,8 @@ pub struct Shared {
     pub access_logs: Sinks,
     /// Running listeners; the lock also serialises reloads.
     pub listeners: tokio::sync::Mutex<ListenerSet>,
+    /// The audit trail of starts, reloads and shutdowns.
+    pub audit: crate::audit::AuditLog,
 }
 
 // === impl Shared ===

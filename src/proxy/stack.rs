@@ -12,16 +12,29 @@
 //!    then becomes a tunnel (`tunnel.rs`) instead of an exchange: it is never forwarded.
 //! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange, until the
 //!    answer's body ends (its guard rides in [`Guards`]).
+//!
+//! 4a. **fault injection** (`policy::fault`) — after admission, so a drill spends tokens and
+//! slots like real traffic and a refused request is never also faulted; before the exchange,
+//! so an abort never reaches the upstream. The deadline counts from arrival, so an injected
+//! delay eats into the request timeout as a slow network would.
+//!
+//! 4b. **idempotency** (`policy::idempotency`, `idempotent.rs`) — after fault injection, so an
+//! injected abort never claims a key; around the whole exchange, so a key is claimed once
+//! however many tries the request takes, and its answer is the final one.
+//!
 //! 5. **request timeout** — a deadline in the [`RequestCtx`]; every try and backoff below is
 //!    bounded by it.
 //! 6. **retry** (`policy::retry`) — each try goes through 7–8 again, with budget and backoff.
 //! 7. **circuit breaker** (`policy::circuit_breaker`) — sees every try, so it trips on them.
 //! 8. **per-try timeout**, then the upstream try itself; its outcome is recorded once, by a
 //!    guard, for every observer (see `exchange.rs`).
+//! 9. **fallback** (`policy::fallback`, `degrade.rs`) — wraps the answer of 5–8 (and a shed
+//!    refusal at 4): it must see the final refusal (after every retry) to replace it, and the
+//!    final 2xx to keep it.
 //!
 //! Anyone who changes this order explains why here.
 
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -29,17 +42,20 @@ use super::access_log::TryStats;
 use super::body::Body;
 use super::conn::ConnActive;
 use super::ctx::{RequestCtx, TryLog};
+use super::degrade;
 use super::exchange;
 use super::finish::Finish;
 use super::forward::{self, Peer};
 use super::guard::{GaugeGuard, Guards};
-use super::respond::answer;
+use super::idempotent;
+use super::respond::{self, answer};
 use super::route::request_host;
 use super::shared::Shared;
 use super::tunnel;
 use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
+use crate::policy::fault::FAULT_HEADER;
 
 /// Serves one request on listener `lst` of generation `gen`.
 pub async fn handle(
@@ -124,6 +140,13 @@ pub async fn handle(
         return fin.answer(&tm, rsp, Some(limit), NO_TRY);
     }
 
+    // Where fallback (step 9) keeps this request's good answer; also read by a shed refusal.
+    let keep = route
+        .policy
+        .fallback
+        .as_ref()
+        .and_then(|fb| fb.keep_for(tenant.as_str(), req.method(), req.uri()));
+
     // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
     //    body ends.
     let mut slot = match &route.policy.load_shed {
@@ -135,7 +158,12 @@ pub async fn handle(
                 Err(shed) => {
                     tm.shed(shed.reason.as_str());
                     let msg = format!("load shed ({}): {shed}", shed.reason.as_str());
-                    let rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
+                    let mut rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
+                    // A CONNECT must never get a fallback: a 2xx would read as an open tunnel.
+                    let fb = route.policy.fallback.as_ref();
+                    if let Some(fb) = fb.filter(|_| req.method() != Method::CONNECT) {
+                        rsp = degrade::apply(fb, keep, rsp);
+                    }
                     return fin.answer(&tm, rsp, None, NO_TRY);
                 }
             }
@@ -146,6 +174,20 @@ pub async fn handle(
     if is_connect {
         // A tunnel holds its slot for its whole life, with its other guards.
         fin.guards.slot = slot.take();
+    }
+
+    // 4a. Fault injection.
+    let fault = route
+        .policy
+        .fault
+        .as_ref()
+        .map(|f| f.decide(req.headers(), fastrand::f64))
+        .unwrap_or_default();
+    if let Some(d) = fault.delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(status) = fault.abort {
+        return fin.answer(&tm, respond::fault_abort(status), None, NO_TRY);
     }
 
     // 5–8. Deadline, tries, the upstream.
@@ -167,9 +209,20 @@ pub async fn handle(
         let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
         return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
-    let mut rsp = exchange::run(&ctx, req).await;
+    let mut rsp = match &route.policy.idempotency {
+        Some(idem) => idempotent::run(&ctx, idem, req).await,
+        None => exchange::run(&ctx, req).await,
+    };
     let tries = ctx.tries.take();
     fin.guards.slot = slot;
+    // 9. Fallback.
+    if let Some(fb) = &route.policy.fallback {
+        rsp = degrade::apply(fb, keep, rsp);
+    }
+    if fault.delay.is_some() {
+        rsp.headers_mut()
+            .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
+    }
     if let Some(decision) = &limited {
         // With `headers: true`, admitted answers say how much is left too.
         decision.write_headers(rsp.headers_mut());

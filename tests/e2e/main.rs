@@ -16,6 +16,7 @@ mod cli;
 mod connect;
 mod deploy;
 mod edges;
+mod extras;
 mod health;
 mod load_shed;
 mod proxy;

@@ -30,6 +30,15 @@ pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
     if let Some(ls) = &pol.load_shed {
         load_shed(ls, &p.key("load_shed"), r);
     }
+    if let Some(f) = &pol.fault {
+        super::resilience::fault(f, &p.key("fault"), r);
+    }
+    if let Some(f) = &pol.fallback {
+        super::resilience::fallback(f, &p.key("fallback"), r);
+    }
+    if let Some(i) = &pol.idempotency {
+        super::resilience::idempotency(i, &p.key("idempotency"), r);
+    }
 }
 
 fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {

@@ -1,0 +1,122 @@
+use std::time::Duration;
+
+use super::*;
+
+fn entry(event: Event, source: Source, errors: &[&str]) -> Entry {
+    Entry {
+        event,
+        source,
+        sha256: Some("ab".repeat(32)),
+        errors: errors.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn trail() -> (tempfile::TempDir, PathBuf, AuditLog) {
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    log.record(Some(&path), &entry(Event::Start, Source::Start, &[]));
+    log.record(Some(&path), &entry(Event::Reload, Source::Sighup, &[]));
+    log.record(
+        Some(&path),
+        &entry(Event::Reload, Source::Post, &["bad: key"]),
+    );
+    log.record(Some(&path), &entry(Event::Shutdown, Source::Sigterm, &[]));
+    (dir, path, log)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).expect("the trail must be readable");
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn a_written_trail_verifies_and_chains_from_genesis() {
+    let (_dir, path, log) = trail();
+    let text = std::fs::read_to_string(&path).expect("readable");
+    assert_eq!(verify(&text), Ok(4));
+    let first: serde_json::Value = serde_json::from_str(&lines(&path)[0]).expect("json");
+    assert_eq!(first["prev"], GENESIS);
+    assert_eq!(first["event"], "start");
+    assert_eq!(first["result"], "ok");
+    let third: serde_json::Value = serde_json::from_str(&lines(&path)[2]).expect("json");
+    assert_eq!(third["source"], "post");
+    assert_eq!(third["result"], "error");
+    assert_eq!(third["errors"][0], "bad: key");
+    assert_eq!(log.failures.get(), 0);
+}
+
+#[test]
+fn a_new_log_continues_the_chain_of_an_existing_file() {
+    let (_dir, path, _) = trail();
+    let again = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    again.record(Some(&path), &entry(Event::Start, Source::Start, &[]));
+    let text = std::fs::read_to_string(&path).expect("readable");
+    assert_eq!(verify(&text), Ok(5));
+}
+
+#[test]
+fn an_edited_line_is_named() {
+    let (_dir, path, _) = trail();
+    let mut ls = lines(&path);
+    ls[1] = ls[1].replace("sighup", "watch");
+    let broken = verify(&(ls.join("\n") + "\n")).expect_err("an edit must break the chain");
+    assert_eq!(broken.line, 2);
+    assert!(broken.problem.contains("edited"), "{broken}");
+}
+
+#[test]
+fn an_edit_with_a_recomputed_hash_breaks_the_next_line() {
+    let (_dir, path, _) = trail();
+    let mut ls = lines(&path);
+    let v: serde_json::Value = serde_json::from_str(&ls[1]).expect("json");
+    let forged = Entry {
+        source: Source::Watch,
+        ..entry(Event::Reload, Source::Watch, &[])
+    };
+    ls[1] = chain_line(
+        &forged,
+        v["prev"].as_str().expect("prev"),
+        SystemTime::now(),
+    );
+    let broken = verify(&(ls.join("\n") + "\n")).expect_err("must break");
+    assert_eq!(broken.line, 3);
+}
+
+#[test]
+fn a_removed_or_inserted_line_is_named() {
+    let (_dir, path, _) = trail();
+    let mut ls = lines(&path);
+    ls.remove(1);
+    assert_eq!(verify(&ls.join("\n")).map_err(|b| b.line), Err(2));
+    let mut ls = lines(&path);
+    let extra = chain_line(
+        &entry(Event::Reload, Source::Sighup, &[]),
+        GENESIS,
+        SystemTime::now(),
+    );
+    ls.insert(2, extra);
+    assert_eq!(verify(&ls.join("\n")).map_err(|b| b.line), Err(3));
+    assert_eq!(verify("").map_err(|b| b.line), Ok(0));
+    assert_eq!(verify("{}\n").map_err(|b| b.line), Err(1));
+}
+
+#[test]
+fn a_write_failure_is_counted_and_not_raised() {
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let log = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    let missing = dir.path().join("no/such/dir/audit.jsonl");
+    log.record(Some(&missing), &entry(Event::Start, Source::Start, &[]));
+    assert_eq!(log.failures.get(), 1);
+    log.record(None, &entry(Event::Start, Source::Start, &[]));
+    assert_eq!(log.failures.get(), 1);
+}
+
+#[test]
+fn times_are_rfc3339_utc() {
+    let t = UNIX_EPOCH + Duration::from_millis(1_764_570_905_123);
+    assert_eq!(rfc3339(t), "2025-12-01T06:35:05.123Z");
+    assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+    assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+}

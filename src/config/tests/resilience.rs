@@ -1,0 +1,74 @@
+//! `fault`, `fallback`, `idempotency` and `audit`: accepted shapes, bounds with their places.
+
+use super::{errors, fails_at, ok, policy, BASE};
+
+#[test]
+fn the_spec_sections_are_accepted() {
+    ok(&policy(
+        "{ fault: { header: x-rampart-fault, delay: { percent: 10%, duration: 200ms }, abort: { percent: 5%, status: 503 } } }",
+    ));
+    ok(&policy(
+        r#"{ fallback: { on: [circuit_open, upstream_unavailable, timeout, shed], stale: 5m, static: { status: 200, content_type: application/json, body: '{"items":[]}' } } }"#,
+    ));
+    ok(&format!(
+        "{BASE}audit: {{ file: /tmp/rampart-audit.jsonl }}\n"
+    ));
+}
+
+#[test]
+fn fault_bounds_are_checked_at_their_keys() {
+    let e = fails_at(
+        &policy("{ fault: { abort: { percent: 5%, status: 600 } } }"),
+        "policies.p.fault.abort.status",
+    );
+    assert!(e.message.contains("100 to 599"), "{e}");
+    fails_at(
+        &policy("{ fault: { delay: { percent: 10%, duration: 0s } } }"),
+        "policies.p.fault.delay.duration",
+    );
+    fails_at(
+        &policy("{ fault: { header: x-chaos } }"),
+        "policies.p.fault",
+    );
+    fails_at(
+        &policy("{ fault: { header: 'bad header', abort: { percent: 1%, status: 503 } } }"),
+        "policies.p.fault.header",
+    );
+    assert!(!errors(&policy(
+        "{ fault: { abort: { percent: 150%, status: 503 } } }"
+    ))
+    .is_empty());
+}
+
+#[test]
+fn fallback_needs_something_to_answer() {
+    fails_at(
+        &policy("{ fallback: { on: [timeout] } }"),
+        "policies.p.fallback",
+    );
+    fails_at(
+        &policy("{ fallback: { on: [], stale: 1m } }"),
+        "policies.p.fallback.on",
+    );
+    fails_at(
+        &policy("{ fallback: { on: [timeout, timeout], stale: 1m } }"),
+        "policies.p.fallback.on[1]",
+    );
+    fails_at(
+        &policy("{ fallback: { on: [timeout], static: { status: 99 } } }"),
+        "policies.p.fallback.static.status",
+    );
+    assert!(!errors(&policy("{ fallback: { on: [rate_limited], stale: 1m } }")).is_empty());
+}
+
+#[test]
+fn idempotency_bounds_are_checked() {
+    fails_at(
+        &policy("{ idempotency: { max_entries: 0 } }"),
+        "policies.p.idempotency.max_entries",
+    );
+    fails_at(
+        &policy("{ idempotency: { ttl: 0s } }"),
+        "policies.p.idempotency.ttl",
+    );
+}

@@ -1,0 +1,97 @@
+//! Checks of `policies.NAME.fault`, `.fallback` and `.idempotency` (SPEC §10).
+
+use std::collections::HashSet;
+
+use super::super::file::{Fallback, Fault, Idempotency};
+use super::super::locate::KeyPath;
+use super::{syntax, Report};
+
+/// Largest `fault.delay.duration`: a drill that holds requests longer tests nothing new.
+const MAX_FAULT_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
+/// Largest `idempotency.max_body`: every kept answer may hold this much.
+const MAX_IDEMPOTENT_BODY: u64 = 16 << 20;
+
+/// Checks `fault` at `p`.
+pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(h) = &f.header {
+        if let Err(m) = syntax::header_name(h) {
+            r.value(&p.key("header"), m);
+        }
+    }
+    if f.delay.is_none() && f.abort.is_none() {
+        r.value(
+            p,
+            "a fault without delay or abort injects nothing; give one or remove the section",
+        );
+    }
+    if let Some(d) = &f.delay {
+        let dp = p.key("delay");
+        r.positive(&dp.key("duration"), d.duration.0);
+        if d.duration.0 > MAX_FAULT_DELAY {
+            r.value(
+                &dp.key("duration"),
+                format!("{} is too long: the most is 5m", d.duration),
+            );
+        }
+    }
+    if let Some(a) = &f.abort {
+        if !(100..=599).contains(&a.status) {
+            r.value(
+                &p.key("abort").key("status"),
+                format!("{} is not an HTTP status: use 100 to 599", a.status),
+            );
+        }
+    }
+}
+
+/// Checks `fallback` at `p`.
+pub(super) fn fallback(f: &Fallback, p: &KeyPath, r: &mut Report<'_>) {
+    if f.on.is_empty() {
+        r.value(
+            &p.key("on"),
+            "an empty list replaces nothing; remove the fallback section instead",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, on) in f.on.iter().enumerate() {
+        if !seen.insert(on) {
+            r.value(&p.key("on").idx(i), "listed twice");
+        }
+    }
+    if f.stale.is_none() && f.static_answer.is_none() {
+        r.value(
+            p,
+            "a fallback needs stale, static or both; with neither it answers nothing",
+        );
+    }
+    if let Some(s) = f.stale {
+        r.positive(&p.key("stale"), s.0);
+    }
+    if let Some(s) = &f.static_answer {
+        let sp = p.key("static");
+        if !(200..=599).contains(&s.status) {
+            r.value(
+                &sp.key("status"),
+                format!("{} cannot be a fallback answer: use 200 to 599", s.status),
+            );
+        }
+        if http::HeaderValue::from_str(&s.content_type).is_err() {
+            r.value(&sp.key("content_type"), "not a valid header value");
+        }
+    }
+}
+
+/// Checks `idempotency` at `p`.
+pub(super) fn idempotency(i: &Idempotency, p: &KeyPath, r: &mut Report<'_>) {
+    if let Err(m) = syntax::header_name(&i.header) {
+        r.value(&p.key("header"), m);
+    }
+    r.positive(&p.key("ttl"), i.ttl.0);
+    r.at_least_1(&p.key("max_entries"), i.max_entries);
+    if i.max_body.0 > MAX_IDEMPOTENT_BODY {
+        r.value(
+            &p.key("max_body"),
+            format!("{} is too large: the most is 16MiB", i.max_body),
+        );
+    }
+}

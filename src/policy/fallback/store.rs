@@ -1,0 +1,233 @@
+//! The stale store: the last 2xx answer per (tenant, method, target) of one route, bounded.
+//!
+//! Bounds, chosen so a route with a fallback can never grow without limit: at most
+//! [`MAX_ENTRIES`] answers, bodies of at most [`MAX_BODY`] each (larger ones are not kept), and
+//! at most [`MAX_BYTES`] of bodies in all; the oldest insertion goes first when a bound is hit.
+//! Entries older than the policy's `stale` are never served and are dropped when met.
+//!
+//! A `parking_lot` mutex guards it: it is taken once when a kept answer's body ends and once
+//! when a fallback is needed, never across an await, and only on routes with `fallback.stale`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::clock::SharedClock;
+
+/// Most answers kept per route.
+pub const MAX_ENTRIES: usize = 10_000;
+/// Largest body kept; a larger answer is passed through and not kept.
+pub const MAX_BODY: usize = 256 * 1024;
+/// Most body bytes kept per route.
+pub const MAX_BYTES: usize = 32 << 20;
+
+/// What a kept answer is found by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// Tenant id.
+    pub tenant: String,
+    /// GET or HEAD.
+    pub method: Method,
+    /// Path and query, as requested.
+    pub target: String,
+}
+
+/// A kept answer.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    /// Its status (2xx).
+    pub status: StatusCode,
+    /// Its headers, hop-by-hop ones already stripped.
+    pub headers: HeaderMap,
+    /// Its whole body.
+    pub body: Bytes,
+    at: u64,
+    seq: u64,
+}
+
+/// The bounded store of one route.
+#[derive(Debug)]
+pub struct StaleStore {
+    inner: parking_lot::Mutex<Inner>,
+    clock: SharedClock,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<Key, Kept>,
+    /// Insertion order, oldest first; an item whose seq no longer matches the map is skipped.
+    order: VecDeque<(Key, u64)>,
+    bytes: usize,
+    seq: u64,
+}
+
+// === impl StaleStore ===
+
+impl StaleStore {
+    /// An empty store with the default bounds.
+    pub fn new(clock: SharedClock) -> Self {
+        Self::with_bounds(clock, MAX_ENTRIES, MAX_BYTES)
+    }
+
+    /// An empty store with the given bounds (tests use small ones).
+    pub fn with_bounds(clock: SharedClock, max_entries: usize, max_bytes: usize) -> Self {
+        StaleStore {
+            inner: Default::default(),
+            clock,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `body` as the answer for `key`, replacing the previous one.
+    pub fn insert(&self, key: Key, status: StatusCode, headers: HeaderMap, body: Bytes) {
+        if body.len() > MAX_BODY {
+            return;
+        }
+        let at = self.clock.now_nanos();
+        let mut g = self.inner.lock();
+        g.seq += 1;
+        let seq = g.seq;
+        g.bytes += body.len();
+        g.order.push_back((key.clone(), seq));
+        let kept = Kept {
+            status,
+            headers,
+            body,
+            at,
+            seq,
+        };
+        if let Some(old) = g.map.insert(key, kept) {
+            g.bytes -= old.body.len();
+        }
+        g.evict(self.max_entries, self.max_bytes);
+    }
+
+    /// The answer kept for `key` if it is at most `max_age` old, with its age.
+    pub fn get(&self, key: &Key, max_age: Duration) -> Option<(Kept, Duration)> {
+        let now = self.clock.now_nanos();
+        let mut g = self.inner.lock();
+        let kept = g.map.get(key)?;
+        let age = Duration::from_nanos(now.saturating_sub(kept.at));
+        if age > max_age {
+            if let Some(old) = g.map.remove(key) {
+                g.bytes -= old.body.len();
+            }
+            return None;
+        }
+        Some((kept.clone(), age))
+    }
+
+    /// Answers kept now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Body bytes kept now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn evict(&mut self, max_entries: usize, max_bytes: usize) {
+        while self.map.len() > max_entries || self.bytes > max_bytes {
+            let Some((key, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&key).is_some_and(|k| k.seq == seq) {
+                if let Some(old) = self.map.remove(&key) {
+                    self.bytes -= old.body.len();
+                }
+            }
+        }
+        // Replaced keys leave dead items in `order`; rebuild it before it doubles.
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let mut live: Vec<(Key, u64)> =
+                self.map.iter().map(|(k, v)| (k.clone(), v.seq)).collect();
+            live.sort_by_key(|(_, s)| *s);
+            self.order = live.into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn key(target: &str) -> Key {
+        Key {
+            tenant: "t".into(),
+            method: Method::GET,
+            target: target.into(),
+        }
+    }
+
+    fn put(s: &StaleStore, target: &str, body: &'static [u8]) {
+        s.insert(
+            key(target),
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(body),
+        );
+    }
+
+    #[test]
+    fn kept_answers_age_out_after_stale() {
+        let clock = ManualClock::new();
+        let s = StaleStore::new(Arc::new(clock.clone()));
+        put(&s, "/a", b"one");
+        clock.advance(Duration::from_secs(60));
+        let (kept, age) = s.get(&key("/a"), Duration::from_secs(60)).expect("kept");
+        assert_eq!(kept.body, "one");
+        assert_eq!(age, Duration::from_secs(60));
+        clock.advance(Duration::from_millis(1));
+        assert!(s.get(&key("/a"), Duration::from_secs(60)).is_none());
+        assert!(s.is_empty(), "an expired entry is dropped when met");
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn entries_and_bytes_are_bounded_oldest_first() {
+        let s = StaleStore::with_bounds(Arc::new(ManualClock::new()), 3, 10);
+        for t in ["/1", "/2", "/3", "/4"] {
+            put(&s, t, b"ab");
+        }
+        assert_eq!(s.len(), 3);
+        assert!(
+            s.get(&key("/1"), Duration::MAX).is_none(),
+            "the oldest went first"
+        );
+        put(&s, "/5", b"123456789");
+        assert!(s.bytes() <= 10, "{}", s.bytes());
+        assert!(s.get(&key("/5"), Duration::MAX).is_some());
+        // Replacing one key many times keeps the order list small.
+        for _ in 0..1000 {
+            put(&s, "/5", b"x");
+        }
+        assert!(s.inner.lock().order.len() < 100);
+        assert_eq!(s.len(), 1.max(s.len()));
+    }
+
+    #[test]
+    fn large_bodies_are_not_kept() {
+        let s = StaleStore::new(Arc::new(ManualClock::new()));
+        let big = Bytes::from(vec![0u8; MAX_BODY + 1]);
+        s.insert(key("/big"), StatusCode::OK, HeaderMap::new(), big);
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,159 @@
+//! Idempotency keys (SPEC §10): a request carrying the key header is made safe to repeat.
+//!
+//! Why in the sidecar: every service that takes payments or orders re-implements this, often
+//! with races between the first request and its repeat. Here the first request with a key
+//! claims it; its finished answer (status, headers, body up to `max_body`) is kept for `ttl`;
+//! a repeat gets that answer back, marked `x-rampart-idempotent-replay: true`, and never
+//! reaches the upstream. A repeat while the first is in flight is 409 `idempotency_in_flight`;
+//! the same key on a different request (method, path and query, body digest) is 422
+//! `idempotency_key_reused`; a key whose answer was too large to keep is 422
+//! `idempotency_not_replayable`. 5xx answers and rampart's own refusals are not kept: the
+//! claim is released, so the client may retry.
+//!
+//! Keys are scoped by route and tenant. The state lives behind [`IdempotencyStore`]: `begin`
+//! is asynchronous (a shared store such as Redis answers over the network); `complete` and
+//! `release` are fire-and-forget, as they run where an answer's body ends. The in-memory
+//! backend is [`memory::MemoryStore`]; `global_store` adds another behind the same trait.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use sha2::{Digest as _, Sha256};
+
+use crate::clock::SharedClock;
+use crate::config::file;
+use crate::metrics::Metrics;
+
+/// Marks a replayed answer.
+pub const REPLAY_HEADER: &str = "x-rampart-idempotent-replay";
+
+/// sha256 of the request's method, target and body.
+pub type Digest = [u8; 32];
+
+/// A boxed future, as a store's `begin` returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a key lives: route, tenant and the key itself.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StoreKey {
+    /// Route label.
+    pub route: Arc<str>,
+    /// Tenant id.
+    pub tenant: String,
+    /// The header's value.
+    pub key: String,
+}
+
+/// A finished answer kept for replay.
+#[derive(Clone, Debug)]
+pub struct StoredAnswer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers, hop-by-hop ones already stripped.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// What a store says about a key when a request with it arrives.
+#[derive(Clone, Debug)]
+pub enum Begin {
+    /// The key was free: this request runs, and must `complete` or `release` it.
+    Claimed,
+    /// The first request with the key is still in flight.
+    InFlight,
+    /// The key was used by a different request.
+    Reused,
+    /// The first answer, to replay.
+    Replay(Arc<StoredAnswer>),
+    /// The first answer was too large to keep.
+    NotReplayable,
+}
+
+/// The state of idempotency keys; one per route, or shared by replicas.
+pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Claims `key` for a request with `digest`, or says what holds it.
+    fn begin<'a>(&'a self, key: &'a StoreKey, digest: Digest) -> BoxFuture<'a, Begin>;
+    /// The claimed request finished with `answer` (`None`: too large to keep).
+    fn complete(&self, key: &StoreKey, digest: Digest, answer: Option<StoredAnswer>);
+    /// The claimed request ended without an answer worth keeping; the key is free again.
+    fn release(&self, key: &StoreKey, digest: Digest);
+    /// Keys held now.
+    fn len(&self) -> usize;
+    /// Whether no key is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The idempotency section of one route's policy.
+#[derive(Debug)]
+pub struct RouteIdempotency {
+    cfg: file::Idempotency,
+    header: HeaderName,
+    route: Arc<str>,
+    /// Largest answer kept (and largest request body digested).
+    pub max_body: usize,
+    /// Where keys live.
+    pub store: Arc<dyn IdempotencyStore>,
+}
+
+// === impl RouteIdempotency ===
+
+impl RouteIdempotency {
+    /// The runtime of `cfg` for the route labelled `route`; the keys of `old` are kept when its
+    /// section is unchanged.
+    pub fn build(
+        cfg: &file::Idempotency,
+        old: Option<&RouteIdempotency>,
+        route: &Arc<str>,
+        metrics: &Metrics,
+        clock: &SharedClock,
+    ) -> RouteIdempotency {
+        let store = match old.filter(|o| o.cfg == *cfg) {
+            Some(o) => o.store.clone(),
+            None => {
+                let gauge = metrics.idempotency_keys.with_label_values(&[&**route]);
+                let s = memory::MemoryStore::new(clock.clone(), cfg.ttl.0, cfg.max_entries, gauge);
+                Arc::new(s) as Arc<dyn IdempotencyStore>
+            }
+        };
+        RouteIdempotency {
+            cfg: cfg.clone(),
+            // Validation checked the name; the default is valid.
+            header: HeaderName::from_bytes(cfg.header.as_bytes())
+                .unwrap_or(HeaderName::from_static("idempotency-key")),
+            route: route.clone(),
+            max_body: usize::try_from(cfg.max_body.0).unwrap_or(usize::MAX),
+            store,
+        }
+    }
+
+    /// The store key of a request with `headers` from `tenant`; `None` without the header
+    /// (such requests are not touched).
+    pub fn key_of(&self, headers: &HeaderMap, tenant: &str) -> Option<StoreKey> {
+        let v = headers.get(&self.header)?;
+        Some(StoreKey {
+            route: self.route.clone(),
+            tenant: tenant.to_string(),
+            key: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        })
+    }
+}
+
+/// The digest that tells two requests with one key apart.
+pub fn digest(method: &Method, uri: &Uri, body: &[u8]) -> Digest {
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update(b" ");
+    h.update(target.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    h.finalize().into()
+}

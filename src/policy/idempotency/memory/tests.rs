@@ -1,0 +1,97 @@
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::*;
+use crate::clock::ManualClock;
+
+fn store(clock: &ManualClock, max: u64) -> MemoryStore {
+    let gauge = IntGauge::new("g", "g").expect("valid gauge");
+    MemoryStore::new(Arc::new(clock.clone()), Duration::from_secs(60), max, gauge)
+}
+
+fn key(k: &str) -> StoreKey {
+    StoreKey {
+        route: Arc::from("r"),
+        tenant: "t".into(),
+        key: k.into(),
+    }
+}
+
+fn answer() -> StoredAnswer {
+    StoredAnswer {
+        status: StatusCode::CREATED,
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(b"made"),
+    }
+}
+
+#[test]
+fn a_key_is_claimed_then_in_flight_then_replayed() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::InFlight));
+    assert!(matches!(s.begin_now(&key("a"), [2; 32]), Begin::Reused));
+    s.complete(&key("a"), [1; 32], Some(answer()));
+    match s.begin_now(&key("a"), [1; 32]) {
+        Begin::Replay(a) => assert_eq!(a.body, "made"),
+        other => panic!("a finished key must replay: {other:?}"),
+    }
+    assert!(matches!(s.begin_now(&key("a"), [2; 32]), Begin::Reused));
+}
+
+#[test]
+fn a_released_key_is_free_and_a_large_answer_is_not_replayable() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    s.release(&key("a"), [1; 32]);
+    assert!(s.is_empty());
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    s.complete(&key("a"), [1; 32], None);
+    assert!(matches!(
+        s.begin_now(&key("a"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    // A release after completion does not free the key.
+    s.release(&key("a"), [1; 32]);
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn entries_expire_after_ttl() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    s.begin_now(&key("a"), [1; 32]);
+    s.complete(&key("a"), [1; 32], Some(answer()));
+    clock.advance(Duration::from_secs(60));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Replay(_)));
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(s.begin_now(&key("a"), [2; 32]), Begin::Claimed));
+}
+
+#[test]
+fn memory_stays_within_max_entries_under_1m_keys_oldest_out_first() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 1000);
+    for i in 0..1_000_000u32 {
+        let k = key(&i.to_string());
+        s.begin_now(&k, [0; 32]);
+        if i % 2 == 0 {
+            s.complete(&k, [0; 32], Some(answer()));
+        } else {
+            s.release(&k, [0; 32]);
+        }
+        assert!(s.len() <= 1000);
+    }
+    assert!(s.gauge.get() <= 1000, "{}", s.gauge.get());
+    assert!(s.inner.lock().order.len() <= 2 * 1000 + 64);
+    assert!(
+        matches!(s.begin_now(&key("0"), [0; 32]), Begin::Claimed),
+        "the oldest went first"
+    );
+    assert!(matches!(
+        s.begin_now(&key("999998"), [0; 32]),
+        Begin::Replay(_)
+    ));
+}

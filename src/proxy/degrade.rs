@@ -1,0 +1,157 @@
+//! Fallback answers on the request path (policy `fallback`, SPEC §10): keeps a copy of small
+//! 2xx GET/HEAD answers as they stream to the client (through a [`Tee`]), and replaces
+//! rampart's own refusals.
+//!
+//! A body over the store's size cap, one that ends in an error, or one the client abandons is
+//! not kept. Deciding what replaces what is `policy::fallback`; the answer itself is built by
+//! `respond::degraded`.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Response, StatusCode};
+use http_body::Body as _;
+
+use super::body::Body;
+use super::respond::{self, REASON_HEADER};
+use super::tee::{Ending, Keeper, Tee};
+use crate::policy::fallback::store::{Key, StaleStore, MAX_BODY};
+use crate::policy::fallback::RouteFallback;
+
+/// Keeps a finished 2xx body in the stale store.
+#[derive(Debug)]
+struct StaleKeeper {
+    store: Arc<StaleStore>,
+    key: Key,
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+/// Applies `fb` to the answer of one request: a refusal it replaces becomes the fallback
+/// answer; a 2xx upstream answer to a request it keeps (`keep`, from
+/// [`RouteFallback::keep_for`]) gets its body teed into the store.
+pub fn apply(
+    fb: &RouteFallback,
+    keep: Option<(Key, Arc<StaleStore>)>,
+    rsp: Response<Body>,
+) -> Response<Body> {
+    if !matches!(rsp.body(), Body::Upstream(_)) {
+        // rampart's own answer: the reason header names why (an upstream's is never trusted).
+        let Some(reason) = rsp.headers().get(REASON_HEADER) else {
+            return rsp;
+        };
+        return match fb.replacement(reason.as_bytes(), keep.as_ref().map(|(k, _)| k)) {
+            Some((reason, with)) => respond::degraded(reason, with),
+            None => rsp,
+        };
+    }
+    match keep {
+        Some((key, store)) if rsp.status().is_success() => tee(rsp, key, store),
+        _ => rsp,
+    }
+}
+
+fn tee(rsp: Response<Body>, key: Key, store: Arc<StaleStore>) -> Response<Body> {
+    if rsp.body().size_hint().lower() > MAX_BODY as u64 {
+        return rsp;
+    }
+    let (parts, inner) = rsp.into_parts();
+    let keeper = StaleKeeper {
+        store,
+        key,
+        status: parts.status,
+        headers: parts.headers.clone(),
+    };
+    let body = Tee::new(inner, MAX_BODY, Box::new(keeper));
+    Response::from_parts(parts, Body::Teed(Box::new(body)))
+}
+
+// === impl StaleKeeper ===
+
+impl Keeper for StaleKeeper {
+    fn kept(self: Box<Self>, ending: Ending) {
+        if let Ending::Whole(body) = ending {
+            self.store.insert(self.key, self.status, self.headers, body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::Method;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::error::Reason;
+
+    fn key() -> Key {
+        Key {
+            tenant: "t".into(),
+            method: Method::GET,
+            target: "/a".into(),
+        }
+    }
+
+    fn teed(inner: Body, store: &Arc<StaleStore>) -> Tee {
+        let keeper = StaleKeeper {
+            store: store.clone(),
+            key: key(),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        };
+        Tee::new(inner, MAX_BODY, Box::new(keeper))
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_is_kept_and_passed_on_whole() {
+        let store = Arc::new(StaleStore::new(Arc::new(ManualClock::new())));
+        let got = teed(Body::full("hello"), &store)
+            .collect()
+            .await
+            .expect("a full body must be readable")
+            .to_bytes();
+        assert_eq!(got, "hello");
+        let (kept, _) = store.get(&key(), Duration::MAX).expect("must be kept");
+        assert_eq!(kept.body, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_passed_on_and_not_kept() {
+        let store = Arc::new(StaleStore::new(Arc::new(ManualClock::new())));
+        let big = Bytes::from(vec![7u8; MAX_BODY + 1]);
+        let got = teed(Body::full(big.clone()), &store)
+            .collect()
+            .await
+            .expect("readable")
+            .to_bytes();
+        assert_eq!(got, big);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_not_listed_is_left_alone() {
+        use crate::config::file::{Fallback, FallbackOn};
+        let m = crate::metrics::Metrics::register();
+        let clock: crate::clock::SharedClock = Arc::new(ManualClock::new());
+        let cfg = Fallback {
+            on: vec![FallbackOn::Timeout],
+            stale: None,
+            static_answer: Some(crate::config::file::StaticAnswer {
+                status: 200,
+                content_type: "text/plain".into(),
+                body: "fine".into(),
+            }),
+        };
+        let fb = RouteFallback::build(&cfg, None, "r", &m, &clock);
+        let refused = respond::answer(Reason::RateLimited, "slow down", None);
+        assert_eq!(apply(&fb, None, refused).status(), 429);
+        let timed_out = respond::answer(Reason::Timeout, "late", None);
+        let rsp = apply(&fb, None, timed_out);
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.headers()["x-rampart-degraded"], "static");
+        assert_eq!(rsp.headers()[REASON_HEADER], "timeout");
+    }
+}

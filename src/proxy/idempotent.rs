@@ -1,0 +1,184 @@
+//! Idempotency keys on the request path (policy `idempotency`, SPEC §10).
+//!
+//! A request without the key header goes straight to the exchange: the only cost is one header
+//! lookup. With it, the body is read ahead (up to `max_body`) to digest it, the store is asked
+//! about the key, and either a refusal or the kept answer is given at once, or the request
+//! runs holding a [`Claim`]. The claim ends exactly once: completed with the answer when an
+//! upstream answer below 500 has been read to its end (teed as it streams, see `tee.rs`),
+//! completed as too large, or released (5xx, rampart's own refusal, an answer body that broke
+//! or was abandoned) so the client may retry. A request body too large to digest (over
+//! `max_body`) runs unprotected, as if it had no key.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::{Body, Buffered, ClientBody, ClientFault, FaultCell};
+use super::ctx::RequestCtx;
+use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline};
+use super::forward;
+use super::respond::{self, answer};
+use super::tee::{Ending, Keeper, Tee};
+use crate::error::{BoxError, Reason};
+use crate::policy::idempotency::{
+    digest, Begin, Digest, IdempotencyStore, RouteIdempotency, StoreKey, StoredAnswer,
+};
+use crate::policy::retry::is_idempotent;
+
+/// A request's hold on its key; released on drop unless completed.
+#[derive(Debug)]
+struct Claim {
+    store: Arc<dyn IdempotencyStore>,
+    key: StoreKey,
+    digest: Digest,
+    done: bool,
+}
+
+/// Completes the claim with the answer once its body has been read.
+#[derive(Debug)]
+struct ClaimKeeper {
+    claim: Claim,
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+/// Steps 5–8 under the route's idempotency policy.
+pub async fn run(
+    ctx: &RequestCtx<'_>,
+    idem: &RouteIdempotency,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(key) = idem.key_of(req.headers(), ctx.tenant.as_str()) else {
+        return exchange::run(ctx, req).await;
+    };
+    forward::prepare_request(&mut req, ctx.peer);
+    let fault = Arc::new(FaultCell::default());
+    let (parts, incoming) = req.into_parts();
+    let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
+    let read = match read_ahead(ctx, body, idem.max_body).await {
+        Ok(Buffered::Replayable(b)) => b,
+        Ok(streaming) => return run_read(ctx, parts, streaming, &fault).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "client request body failed");
+            return client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled));
+        }
+    };
+    let digest = digest(&parts.method, &parts.uri, &read);
+    if let Some(rsp) = refusal(idem.store.begin(&key, digest).await) {
+        return rsp;
+    }
+    let claim = Claim {
+        store: idem.store.clone(),
+        key,
+        digest,
+        done: false,
+    };
+    let rsp = run_read(ctx, parts, Buffered::Replayable(read), &fault).await;
+    let kept = matches!(rsp.body(), Body::Upstream(_)) && !rsp.status().is_server_error();
+    if !kept {
+        // Dropping the claim releases the key: the client may retry.
+        return rsp;
+    }
+    let (head, inner) = rsp.into_parts();
+    let keeper = ClaimKeeper {
+        claim,
+        status: head.status,
+        headers: head.headers.clone(),
+    };
+    let body = Tee::new(inner, idem.max_body, Box::new(keeper));
+    Response::from_parts(head, Body::Teed(Box::new(body)))
+}
+
+/// Steps 5–8 for a request whose body an earlier step has read ahead (idempotency digests
+/// it); `parts` are prepared for the hop already.
+async fn run_read(
+    ctx: &RequestCtx<'_>,
+    parts: Parts,
+    body: Buffered,
+    fault: &FaultCell,
+) -> Response<Body> {
+    let retry = ctx.route.policy.retry.as_ref();
+    if let Some(r) = retry {
+        r.budget.deposit();
+    }
+    match (retry, body) {
+        (Some(r), Buffered::Replayable(b)) if is_idempotent(&parts.method, &parts.headers) => {
+            retry_loop(ctx, r, &parts, b, Some(fault)).await
+        }
+        (_, Buffered::Replayable(b)) => {
+            let req = Request::from_parts(parts, Body::full(b));
+            try_once(ctx, req, None, Some(fault)).await.rsp
+        }
+        (_, Buffered::Streaming(body)) => {
+            let req = Request::from_parts(parts, body);
+            try_once(ctx, req, None, Some(fault)).await.rsp
+        }
+    }
+}
+
+/// The answer for a key already held, or `None` when this request claimed it.
+fn refusal(begin: Begin) -> Option<Response<Body>> {
+    let (reason, msg) = match begin {
+        Begin::Claimed => return None,
+        Begin::Replay(kept) => return Some(respond::replay(&kept)),
+        Begin::InFlight => (
+            Reason::IdempotencyInFlight,
+            "the first request with this idempotency key is still in flight",
+        ),
+        Begin::Reused => (
+            Reason::IdempotencyKeyReused,
+            "this idempotency key was used by a different request (method, path or body)",
+        ),
+        Begin::NotReplayable => (
+            Reason::IdempotencyNotReplayable,
+            "the first answer for this idempotency key was too large to keep",
+        ),
+    };
+    Some(answer(reason, msg, None))
+}
+
+/// Reads the body ahead, bounded by the request deadline.
+async fn read_ahead(
+    ctx: &RequestCtx<'_>,
+    body: ClientBody,
+    limit: usize,
+) -> Result<Buffered, BoxError> {
+    match ctx.deadline {
+        Some(d) => tokio::time::timeout_at(d, body.buffer(limit))
+            .await
+            .unwrap_or_else(|_| Err(BodyDeadline.into())),
+        None => body.buffer(limit).await,
+    }
+}
+
+// === impl Claim ===
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store.release(&self.key, self.digest);
+        }
+    }
+}
+
+// === impl ClaimKeeper ===
+
+impl Keeper for ClaimKeeper {
+    fn kept(mut self: Box<Self>, ending: Ending) {
+        let answer = match ending {
+            Ending::Whole(body) => Some(StoredAnswer {
+                status: self.status,
+                headers: std::mem::take(&mut self.headers),
+                body,
+            }),
+            Ending::TooLarge => None,
+            // Like a 5xx: the answer never arrived whole, so the client may try again.
+            Ending::Broken => return,
+        };
+        let c = &mut self.claim;
+        c.store.complete(&c.key, c.digest, answer);
+        c.done = true;
+    }
+}

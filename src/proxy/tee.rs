@@ -1,0 +1,149 @@
+//! A body that hands every frame on at once and keeps a copy of it, for answers that must be
+//! remembered (fallback's stale answers, idempotency's replays).
+//!
+//! The copy never delays the client: each data frame is passed on as it comes, and what is kept
+//! is a reference-counted handle to the same bytes, not a copy, until the body ends; only then
+//! are the frames joined and handed to the [`Keeper`]. A body over the cap is handed over as
+//! [`Ending::TooLarge`]; one that ends in an error, or is dropped before its end (the client
+//! went away), as [`Ending::Broken`].
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as _, Frame, SizeHint};
+
+use super::body::Body;
+use crate::error::BoxError;
+
+/// How a teed body ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// Read to its end; the whole body.
+    Whole(Bytes),
+    /// Larger than the cap.
+    TooLarge,
+    /// Failed, or dropped before its end.
+    Broken,
+}
+
+/// Told once how a teed body ended.
+pub trait Keeper: Send + Sync + std::fmt::Debug + 'static {
+    /// How the body ended.
+    fn kept(self: Box<Self>, ending: Ending);
+}
+
+/// A body that hands every frame on and keeps a copy for a [`Keeper`].
+#[derive(Debug)]
+pub struct Tee {
+    inner: Body,
+    frames: Vec<Bytes>,
+    len: usize,
+    cap: usize,
+    keeper: Option<Box<dyn Keeper>>,
+}
+
+// === impl Tee ===
+
+impl Tee {
+    /// Tees `inner`, keeping at most `cap` bytes.
+    pub fn new(inner: Body, cap: usize, keeper: Box<dyn Keeper>) -> Self {
+        Tee {
+            inner,
+            frames: Vec::new(),
+            len: 0,
+            cap,
+            keeper: Some(keeper),
+        }
+    }
+
+    /// The body it wraps (for guards that ride on an upstream's body).
+    pub fn inner_mut(&mut self) -> &mut Body {
+        &mut self.inner
+    }
+
+    fn keep(&mut self, data: &Bytes) {
+        if self.keeper.is_none() {
+            return;
+        }
+        self.len += data.len();
+        if self.len > self.cap {
+            self.give_up(Ending::TooLarge);
+        } else {
+            self.frames.push(data.clone());
+        }
+    }
+
+    fn give_up(&mut self, why: Ending) {
+        self.frames = Vec::new();
+        if let Some(k) = self.keeper.take() {
+            k.kept(why);
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
+        let frames = std::mem::take(&mut self.frames);
+        let body = match frames.len() {
+            0 => Bytes::new(),
+            1 => frames.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.len);
+                for f in frames {
+                    all.extend_from_slice(&f);
+                }
+                all.freeze()
+            }
+        };
+        keeper.kept(Ending::Whole(body));
+    }
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.keep(data);
+                }
+                // The server stops polling once the body says it has ended, so a known length
+                // ends here, not with a last `None`.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.give_up(Ending::Broken),
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if self.keeper.is_some() && self.inner.is_end_stream() {
+            // Fully read, but the end was never polled (an empty body).
+            self.finish();
+        }
+        self.give_up(Ending::Broken);
+    }
+}

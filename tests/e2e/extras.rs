@@ -1,0 +1,346 @@
+//! Audit trail (SPEC §11), fault injection and fallback answers (SPEC §10), through the binary
+//! and real sockets.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::metrics::{metric_value, metrics, reloads};
+use crate::support::proxy::bin;
+use crate::support::{http, one_route, sample, Proxy};
+
+/// Runs `rampart audit verify --file FILE`: (exit code, stdout + stderr).
+fn verify(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["audit", "verify", "--file"])
+        .arg(file)
+        .output()
+        .expect("the rampart binary must run");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_of_start_reloads_and_shutdown_verifies_and_catches_an_edit() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let template = one_route("audit: { file: $AUDIT }");
+    let mut proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .var("AUDIT", trail.display())
+        .spawn()
+        .await;
+    let admin = proxy.admin();
+
+    // A valid reload by SIGHUP, then an invalid one by POST /reload.
+    proxy.signal("HUP");
+    assert_eventually!(
+        reloads(&metrics(admin).await, "success") >= 1.0,
+        "the SIGHUP reload must be applied"
+    );
+    proxy.rewrite_config(&template.replace("version: 1", "version: 1\nbogus: 1"));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_ne!(rsp.status, 200, "an invalid file must be refused");
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "log:\n{}",
+        proxy.log()
+    );
+
+    let text = std::fs::read_to_string(&trail).expect("the trail must exist");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let shape: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or("");
+            (s("event"), s("source"), s("result"))
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("start", "start", "ok"),
+            ("reload", "sighup", "ok"),
+            ("reload", "post", "error"),
+            ("shutdown", "sigterm", "ok"),
+        ],
+        "{text}"
+    );
+    assert!(
+        lines[2]["errors"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("bogus"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[0]["sha256"], lines[1]["sha256"],
+        "same file, same sha"
+    );
+    assert_ne!(
+        lines[2]["sha256"], lines[1]["sha256"],
+        "the refused file's own sha"
+    );
+
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("4 entries"), "{out}");
+
+    // One line changed: verify fails and names it.
+    let edited = text.replacen("\"source\":\"sighup\"", "\"source\":\"watch\"", 1);
+    std::fs::write(&trail, edited).expect("the trail must be writable");
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("line 2"), "{out}");
+}
+
+/// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
+fn with_policy(policy: &str) -> String {
+    format!(
+        r#"
+version: 1
+admin: {{ listen: $ADMIN }}
+upstreams:
+  app: {{ endpoints: [$APP] }}
+policies:
+  p: {policy}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: p
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_at_100_percent_never_reaches_the_upstream_and_spares_other_requests() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ fault: { header: x-chaos, abort: { percent: 100%, status: 418 } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    for _ in 0..5 {
+        let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+        rsp.assert_rampart(418, "fault_injected");
+        assert_eq!(rsp.header("x-rampart-fault"), Some("abort"));
+    }
+    assert_eq!(
+        app.hits_for("/ok"),
+        0,
+        "an abort must never reach the upstream"
+    );
+
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "ok\n");
+    assert_eq!(
+        rsp.header("x-rampart-fault"),
+        None,
+        "untouched without the header"
+    );
+    assert_eq!(app.hits_for("/ok"), 1);
+
+    let text = metrics(proxy.admin()).await;
+    let injected = |kind: &str| {
+        metric_value(
+            &text,
+            "rampart_faults_injected_total",
+            &[("route", "app"), ("kind", kind)],
+        )
+    };
+    assert_eq!(injected("abort"), Some(5.0), "{text}");
+    assert_eq!(injected("delay"), Some(0.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_delay_shows_in_latency() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ fault: { header: x-chaos, delay: { percent: 100%, duration: 400ms } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    let t = tokio::time::Instant::now();
+    let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+    let delayed = t.elapsed();
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.header("x-rampart-fault"), Some("delay"));
+    assert!(delayed >= Duration::from_millis(400), "{delayed:?}");
+
+    let t = tokio::time::Instant::now();
+    let rsp = http::get(addr, "/ok", &[]).await;
+    let plain = t.elapsed();
+    assert_eq!(rsp.header("x-rampart-fault"), None);
+    assert!(plain < Duration::from_millis(300), "{plain:?}");
+    assert_eq!(app.hits_for("/ok"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_while_the_upstream_is_down_else_the_static_one() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: application/json, body: '{"items":[]}' } } }"#,
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    // Kept while the upstream is up: a 2xx GET, and it is untouched on the way.
+    let fresh = http::get(addr, "/bytes/1000", &[]).await;
+    assert_eq!(fresh.status, 200);
+    assert_eq!(fresh.header("x-rampart-degraded"), None);
+    app.stop();
+
+    assert_eventually!(
+        http::get(addr, "/bytes/1000", &[])
+            .await
+            .header("x-rampart-degraded")
+            == Some("stale"),
+        "the kept answer must be served while the upstream is down"
+    );
+    let stale = http::get(addr, "/bytes/1000", &[]).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.body, fresh.body, "the very answer kept");
+    assert_eq!(
+        stale.header("x-rampart-reason"),
+        Some("upstream_unavailable")
+    );
+    assert!(stale.header("age").is_some());
+
+    // Nothing kept for this target: the static answer.
+    let fixed = http::get(addr, "/never-seen", &[]).await;
+    assert_eq!(fixed.status, 200);
+    assert_eq!(fixed.header("x-rampart-degraded"), Some("static"));
+    assert_eq!(
+        fixed.header("x-rampart-reason"),
+        Some("upstream_unavailable")
+    );
+    assert_eq!(fixed.header("content-type"), Some("application/json"));
+    assert_eq!(fixed.text(), r#"{"items":[]}"#);
+    // Not a GET: never stale, the static answer too.
+    let post = http::post(addr, "/bytes/1000", &[], "x").await;
+    assert_eq!(post.header("x-rampart-degraded"), Some("static"));
+
+    let text = metrics(proxy.admin()).await;
+    let given = |kind: &str| {
+        metric_value(
+            &text,
+            "rampart_fallbacks_total",
+            &[
+                ("route", "app"),
+                ("kind", kind),
+                ("reason", "upstream_unavailable"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(given("stale") >= 2.0, "{text}");
+    assert_eq!(given("static"), 2.0, "{text}");
+}
+
+const IDEM: &str = "{ idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 5 } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "k1"), ("x-tenant-id", "a")];
+
+    let first = http::post(addr, "/echo", &key, "pay 10").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-rampart-idempotent-replay"), None);
+    let again = http::post(addr, "/echo", &key, "pay 10").await;
+    assert_eq!(
+        app.hits_for("/echo"),
+        1,
+        "a repeat must not reach the upstream"
+    );
+    assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+
+    // The same key with another body: 422, and still one hit.
+    http::post(addr, "/echo", &key, "pay 99")
+        .await
+        .assert_rampart(422, "idempotency_key_reused");
+    // Keys are per tenant: tenant b's k1 is another key.
+    let b = [("idempotency-key", "k1"), ("x-tenant-id", "b")];
+    let other = http::post(addr, "/echo", &b, "pay 10").await;
+    assert_eq!(other.header("x-rampart-idempotent-replay"), None);
+    assert_eq!(app.hits_for("/echo"), 2);
+    // Without the header nothing is kept.
+    http::post(addr, "/echo", &[], "pay 10").await;
+    http::post(addr, "/echo", &[], "pay 10").await;
+    assert_eq!(app.hits_for("/echo"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let slow = [("idempotency-key", "slow")];
+    let first = tokio::spawn(async move { http::post(addr, "/slow?ms=800", &slow, "x").await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be in flight");
+    http::post(addr, "/slow?ms=800", &slow, "x")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    assert_eq!(first.await.expect("no panic").status, 200);
+    let replay = http::post(addr, "/slow?ms=800", &slow, "x").await;
+    assert_eq!(replay.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/slow"), 1);
+
+    let failing = [("idempotency-key", "fails")];
+    assert_eq!(
+        http::post(addr, "/status/503", &failing, "").await.status,
+        503
+    );
+    assert_eq!(
+        http::post(addr, "/status/503", &failing, "").await.status,
+        503
+    );
+    assert_eq!(app.hits_for("/status/503"), 2, "a 5xx is not kept");
+
+    let big = [("idempotency-key", "big")];
+    assert_eq!(
+        http::post(addr, "/bytes/10000", &big, "").await.body.len(),
+        10000
+    );
+    http::post(addr, "/bytes/10000", &big, "")
+        .await
+        .assert_rampart(422, "idempotency_not_replayable");
+
+    // Memory stays within max_entries (5), in the gauge.
+    for i in 0..20 {
+        let k = format!("many-{i}");
+        http::post(addr, "/ok", &[("idempotency-key", &k)], "").await;
+    }
+    let text = metrics(proxy.admin()).await;
+    let held = metric_value(&text, "rampart_idempotency_keys", &[("route", "app")]);
+    assert_eq!(held, Some(5.0), "{text}");
+}
