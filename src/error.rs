@@ -31,6 +31,8 @@ pub enum Reason {
     ClientTimeout,
     /// 405: CONNECT on an inbound listener.
     MethodNotAllowed,
+    /// 401: a bearer token was sent and failed verification (SPEC §13).
+    InvalidToken,
 }
 
 // === impl Reason ===
@@ -50,6 +52,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::ClientTimeout => "client_timeout",
             Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::InvalidToken => "invalid_token",
         }
     }
 
@@ -62,7 +65,7 @@ impl Reason {
             Reason::Timeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,
-            Reason::TenantRequired => S::UNAUTHORIZED,
+            Reason::TenantRequired | Reason::InvalidToken => S::UNAUTHORIZED,
             Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
             Reason::ClientTimeout => S::REQUEST_TIMEOUT,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,

@@ -24,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 
+use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
@@ -79,6 +80,8 @@ pub struct ListenerRt {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `rampart_tls_handshake_failures_total{listener, reason}`, one handle per reason.
     pub tls_failures: Vec<(&'static str, prometheus::IntCounter)>,
+    /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
+    pub trust_plan_header: bool,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -111,6 +114,8 @@ pub struct RouteRt {
     pub tunnel_idle: Duration,
     /// Cached metric handles.
     pub metrics: Arc<RouteMetrics>,
+    /// `tenant: optional`: a request without a tenant is served as `-`.
+    pub tenant_optional: bool,
 }
 
 /// The runtime of the policy a route applies.
@@ -174,8 +179,9 @@ impl Generation {
                 (l.listen, Arc::new(rt))
             })
             .collect();
+        let wall = WallClock::system(shared.clock.clone());
         Generation {
-            identify: Identify::new(&f.tenants),
+            identify: Identify::build(&f.tenants, prev.map(|p| &p.identify), &wall),
             listeners,
             upstreams,
             breakers,
@@ -295,6 +301,7 @@ fn build_listener(
                 upstream,
                 policy,
                 metrics,
+                tenant_optional: r.tenant == file::TenantMode::Optional,
             })
         })
         .collect();
@@ -311,6 +318,7 @@ fn build_listener(
         idle_timeout: rt.idle_timeout.0,
         body_idle_timeout: rt.body_idle_timeout.0,
         tls: None,
+        trust_plan_header: l.trust_plan_header,
         tls_failures: match l.tls {
             Some(_) => shared.metrics.tls_failures(&l.name),
             None => Vec::new(),

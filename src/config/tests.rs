@@ -2,6 +2,7 @@
 
 mod checks;
 mod onepass;
+mod plans;
 
 use std::path::Path;
 

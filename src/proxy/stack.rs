@@ -80,28 +80,32 @@ pub async fn handle(
     };
 
     // 2. Tenant.
-    let tenant = match gen
-        .identify
-        .identify(req.headers(), req.uri(), peer.cert.as_ref())
-    {
-        Ok(t) => t,
-        Err(reason) => {
-            let msg = match reason {
-                Reason::TenantRequired => "this route requires a tenant id",
-                _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
-            };
-            let tm = route.metrics.tenant(&shared.empty_label);
-            return finish(&tm, answer(reason, msg, None), started);
-        }
-    };
+    let optional = route.tenant_optional;
+    let tenant =
+        match gen
+            .identify
+            .identify_for(req.headers(), req.uri(), peer.cert.as_ref(), optional)
+        {
+            Ok(t) => t,
+            Err(reason) => {
+                let msg = match reason {
+                    Reason::TenantRequired => "this route requires a tenant id",
+                    Reason::InvalidToken => "the bearer token failed verification",
+                    _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
+                };
+                let tm = route.metrics.tenant(&shared.empty_label);
+                return finish(&tm, answer(reason, msg, None), started);
+            }
+        };
     let tm = route.metrics.tenant(&shared.labels.label(tenant.as_str()));
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
-    let limited = route
-        .policy
-        .rate_limit
-        .as_ref()
-        .map(|rl| rl.limiter.check(tenant.as_str()));
+    let limited = route.policy.rate_limit.as_ref().map(|rl| {
+        let plan = gen
+            .identify
+            .plan(&tenant, req.headers(), lst.trust_plan_header);
+        rl.limiter.check_plan(tenant.as_str(), plan)
+    });
     if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
         tm.rate_limited.inc();
         let wait = decision.retry_after();

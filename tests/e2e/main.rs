@@ -16,6 +16,7 @@ mod connect;
 mod deploy;
 mod edges;
 mod health;
+mod jwt;
 mod load_shed;
 mod proxy;
 mod rate_limit;
