@@ -285,10 +285,12 @@ pub fn admit(ctx: &RequestCtx<'_>) -> Result<Option<BreakerPermit>, Box<Response
     let Some(b) = &ctx.route.breaker else {
         return Ok(None);
     };
-    b.admit(ctx.tenant.as_str(), ctx.labels).map(Some).map_err(|open| {
-        let msg = format!("upstream {}: {open}", ctx.route.upstream.name);
-        Box::new(answer(Reason::CircuitOpen, &msg, Some(open.retry_after)))
-    })
+    b.admit(ctx.tenant.as_str(), ctx.labels)
+        .map(Some)
+        .map_err(|open| {
+            let msg = format!("upstream {}: {open}", ctx.route.upstream.name);
+            Box::new(answer(Reason::CircuitOpen, &msg, Some(open.retry_after)))
+        })
 }
 
 /// Whether the route's breaker would refuse the tenant's next try now.

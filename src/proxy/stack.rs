@@ -80,23 +80,23 @@ pub async fn handle(
     };
 
     // 2. Tenant.
-    let optional = route.tenant_optional;
-    let tenant =
-        match gen
-            .identify
-            .identify_for(req.headers(), req.uri(), peer.cert.as_ref(), optional)
-        {
-            Ok(t) => t,
-            Err(reason) => {
-                let msg = match reason {
-                    Reason::TenantRequired => "this route requires a tenant id",
-                    Reason::InvalidToken => "the bearer token failed verification",
-                    _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
-                };
-                let tm = route.metrics.tenant(&shared.empty_label);
-                return finish(&tm, answer(reason, msg, None), started);
-            }
-        };
+    let tenant = match gen.identify.identify_for(
+        req.headers(),
+        req.uri(),
+        peer.cert.as_ref(),
+        route.tenant_optional,
+    ) {
+        Ok(t) => t,
+        Err(reason) => {
+            let msg = match reason {
+                Reason::TenantRequired => "this route requires a tenant id",
+                Reason::InvalidToken => "the bearer token failed verification",
+                _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
+            };
+            let tm = route.metrics.tenant(&shared.empty_label);
+            return finish(&tm, answer(reason, msg, None), started);
+        }
+    };
     let tm = route.metrics.tenant(&shared.labels.label(tenant.as_str()));
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
