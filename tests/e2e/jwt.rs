@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use self::keys::{claims, ec, hmac_with_public_key, jwks, rsa, token, unsigned, JwksServer};
+use crate::support::tls::{Ca, Pki};
 use crate::support::{http, sample, Proxy};
 
 /// Two listeners (`inbound` trusts the plan header, `other` does not), each with a /healthz
@@ -298,4 +299,30 @@ async fn a_jwks_url_gates_readiness_and_rotates() {
         200
     );
     assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_https_jwks_is_fetched_through_rustls_trusting_jwks_ca() {
+    let app = sample().await;
+    let ca = Ca::new("issuer-ca");
+    let pki = Pki::new();
+    let ca_path = pki.ca("issuer-ca", &ca);
+    let k = ec("k1");
+    let server = JwksServer::start_tls(jwks(&[&k]), &ca.server(7)).await;
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let template = TEMPLATE.replace(
+        "        plan_claim: plan\n",
+        "        plan_claim: plan\n        jwks_ca: $CA\n",
+    );
+    let proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .var("JWKS", &url)
+        .var("REFRESH", "5m")
+        .var("CA", ca_path.display())
+        .spawn()
+        .await;
+    let t = bearer(&token(&k, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200);
+    assert!(server.fetches.load(Ordering::SeqCst) >= 1);
 }

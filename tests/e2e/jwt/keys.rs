@@ -12,8 +12,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::support::tls::Issued;
 
 pub const ISS: &str = "https://issuer.test/";
 pub const AUD: &str = "orders";
@@ -139,7 +142,30 @@ pub struct JwksServer {
 }
 
 impl JwksServer {
+    /// Serves plain HTTP.
     pub async fn start(body: String) -> Self {
+        Self::serve(body, None).await
+    }
+
+    /// Serves HTTPS as `identity`.
+    pub async fn start_tls(body: String, identity: &Issued) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(identity.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("identity");
+        Self::serve(body, Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(body: String, tls: Option<TlsAcceptor>) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let body = Arc::new(ArcSwap::from_pointee(body));
@@ -147,9 +173,7 @@ impl JwksServer {
         let fetches = Arc::new(AtomicUsize::new(0));
         let (b, f, n) = (body.clone(), failing.clone(), fetches.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
+            while let Ok((s, _)) = l.accept().await {
                 n.fetch_add(1, Ordering::SeqCst);
                 let rsp = if f.load(Ordering::SeqCst) {
                     "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
@@ -157,8 +181,14 @@ impl JwksServer {
                     let text = b.load_full();
                     format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len())
                 };
-                let _ = s.write_all(rsp.as_bytes()).await;
-                let _ = s.shutdown().await;
+                match &tls {
+                    Some(acceptor) => {
+                        if let Ok(t) = acceptor.accept(s).await {
+                            answer(t, &rsp).await;
+                        }
+                    }
+                    None => answer(s, &rsp).await,
+                }
             }
         });
         JwksServer {
@@ -169,6 +199,13 @@ impl JwksServer {
             task,
         }
     }
+}
+
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, rsp: &str) {
+    let mut buf = vec![0u8; 4096];
+    let _ = s.read(&mut buf).await;
+    let _ = s.write_all(rsp.as_bytes()).await;
+    let _ = s.shutdown().await;
 }
 
 impl Drop for JwksServer {
