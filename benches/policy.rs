@@ -50,6 +50,7 @@ fn generous() -> Limit {
         },
         burst: Some(1 << 40),
         name: None,
+        window: Default::default(),
     }
 }
 

@@ -151,6 +151,12 @@ fn readyz(shared: &Shared) -> Response<Body> {
             serde_json::json!({"status": "draining"}),
         );
     }
+    if !shared.current.load().identify.is_ready() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "a jwt source's JWKS has not been fetched yet"}),
+        );
+    }
     if !shared.current.load().inbound_ready() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -73,3 +73,55 @@ impl Clock for ManualClock {
         self.nanos.load(Ordering::SeqCst)
     }
 }
+
+/// Wall time (seconds since the Unix epoch) read through a [`Clock`]: an anchor taken once,
+/// plus the clock's monotonic time since. Token expiry and calendar windows need a date, and
+/// deciding code still takes its time from the injected clock, so tests step it by hand and a
+/// wall-clock jump (NTP) moves nothing until the anchor is taken again (at process start).
+#[derive(Debug, Clone)]
+pub struct WallClock {
+    /// Unix nanoseconds at the clock's origin (its `now_nanos() == 0`).
+    origin_unix_nanos: u64,
+    clock: SharedClock,
+}
+
+// === impl WallClock ===
+
+impl WallClock {
+    /// Anchors `clock` to the system's wall clock now.
+    pub fn system(clock: SharedClock) -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self::anchored(clock.clone(), unix)
+    }
+
+    /// Anchors `clock` so that its current reading is `unix_nanos` (for tests).
+    pub fn anchored(clock: SharedClock, unix_nanos: u64) -> Self {
+        let origin_unix_nanos = unix_nanos.saturating_sub(clock.now_nanos());
+        WallClock {
+            origin_unix_nanos,
+            clock,
+        }
+    }
+
+    /// Unix time now, in nanoseconds.
+    pub fn unix_nanos(&self) -> u64 {
+        self.origin_unix_nanos + self.clock.now_nanos()
+    }
+
+    /// Unix time now, in whole seconds.
+    pub fn unix_secs(&self) -> u64 {
+        self.unix_nanos() / 1_000_000_000
+    }
+
+    /// Unix nanoseconds at the monotonic clock's origin.
+    pub fn origin_unix_nanos(&self) -> u64 {
+        self.origin_unix_nanos
+    }
+
+    /// The monotonic clock behind it.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+}

@@ -40,6 +40,8 @@ pub enum Reason {
     IdempotencyKeyReused,
     /// 422: the first answer for this idempotency key was too large to keep.
     IdempotencyNotReplayable,
+    /// 401: a bearer token was sent and failed verification (SPEC §13).
+    InvalidToken,
 }
 
 // === impl Reason ===
@@ -63,6 +65,7 @@ impl Reason {
             Reason::IdempotencyInFlight => "idempotency_in_flight",
             Reason::IdempotencyKeyReused => "idempotency_key_reused",
             Reason::IdempotencyNotReplayable => "idempotency_not_replayable",
+            Reason::InvalidToken => "invalid_token",
         }
     }
 
@@ -75,7 +78,7 @@ impl Reason {
             Reason::Timeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,
-            Reason::TenantRequired => S::UNAUTHORIZED,
+            Reason::TenantRequired | Reason::InvalidToken => S::UNAUTHORIZED,
             Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
             Reason::ClientTimeout => S::REQUEST_TIMEOUT,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,

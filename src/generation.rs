@@ -24,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 
+use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
@@ -85,6 +86,8 @@ pub struct ListenerRt {
     pub tls_failures: Vec<(&'static str, prometheus::IntCounter)>,
     /// Its access log, if `access_log` is on.
     pub access_log: Option<AccessLog>,
+    /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
+    pub trust_plan_header: bool,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -117,6 +120,8 @@ pub struct RouteRt {
     pub tunnel_idle: Duration,
     /// Cached metric handles.
     pub metrics: Arc<RouteMetrics>,
+    /// `tenant: optional`: a request without a tenant is served as `-`.
+    pub tenant_optional: bool,
 }
 
 /// The runtime of the policy a route applies.
@@ -186,8 +191,9 @@ impl Generation {
                 (l.listen, Arc::new(rt))
             })
             .collect();
+        let wall = WallClock::system(shared.clock.clone());
         Generation {
-            identify: Identify::new(&f.tenants),
+            identify: Identify::build(&f.tenants, prev.map(|p| &p.identify), &wall),
             listeners,
             upstreams,
             breakers,
@@ -308,6 +314,7 @@ fn build_listener(
                 upstream,
                 policy,
                 metrics,
+                tenant_optional: r.tenant == file::TenantMode::Optional,
             })
         })
         .collect();
@@ -328,6 +335,7 @@ fn build_listener(
             let sink = shared.access_logs.get(&cfg.to)?;
             Some(AccessLog::new(name.clone(), cfg, sink))
         }),
+        trust_plan_header: l.trust_plan_header,
         tls_failures: match l.tls {
             Some(_) => shared.metrics.tls_failures(&l.name),
             None => Vec::new(),

@@ -10,9 +10,10 @@
 //! (`rate_limit.overrides`) are pinned: they always keep their own label and take no place
 //! under the cap, because they are the ones an operator asks about (SPEC §12).
 
+pub mod jwt;
 pub mod tracked;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -21,7 +22,9 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Uri};
 
-use crate::config::file::{ClientCertField, TenantSource, Tenants};
+use self::jwt::{Jwt, Verified};
+use crate::clock::{MonotonicClock, WallClock};
+use crate::config::file::{ClientCertField, TenantSource, Tenants, NO_TENANT};
 use crate::error::Reason;
 
 /// Longest tenant id accepted, in bytes.
@@ -40,6 +43,8 @@ pub enum TenantId {
     Fallback(Arc<str>),
     /// Taken from the verified client certificate (may contain `/`, e.g. a SPIFFE id).
     Cert(Arc<str>),
+    /// Taken from a verified bearer token, with the plan it names.
+    Jwt(Arc<Verified>),
 }
 
 /// What a verified client certificate says about its holder (SPEC §8).
@@ -56,6 +61,12 @@ pub struct CertIds {
 pub struct Identify {
     sources: Vec<Source>,
     fallback: Option<Arc<str>>,
+    /// `tenants.plans.plan_header`.
+    plan_header: Option<http::HeaderName>,
+    /// `tenants.plans.assign`, by tenant.
+    assign: HashMap<Box<str>, Arc<str>>,
+    /// The tenant of requests on `tenant: optional` routes that name none.
+    none: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -63,6 +74,7 @@ enum Source {
     Header(http::HeaderName),
     Query(String),
     Cert(ClientCertField),
+    Jwt(Box<Jwt>),
 }
 
 /// Tenant label folding, shared across reloads so a label, once given, stays stable.
@@ -84,6 +96,7 @@ impl TenantId {
         match self {
             TenantId::Header(v) => v.to_str().unwrap_or(""),
             TenantId::Query(s) | TenantId::Fallback(s) | TenantId::Cert(s) => s,
+            TenantId::Jwt(v) => &v.tenant,
         }
     }
 }
@@ -100,13 +113,32 @@ pub fn is_valid_id(id: &[u8]) -> bool {
 // === impl Identify ===
 
 impl Identify {
-    /// Rules from the `tenants` section (validated already).
+    /// Rules from the `tenants` section (validated already), on the system clock.
     pub fn new(cfg: &Tenants) -> Self {
+        let clock: crate::clock::SharedClock = Arc::new(MonotonicClock::new());
+        Self::build(cfg, None, &WallClock::system(clock))
+    }
+
+    /// Rules from the `tenants` section; `jwt` sources whose settings are unchanged from
+    /// `prev` keep its keys (and their refresh task).
+    pub fn build(cfg: &Tenants, prev: Option<&Identify>, wall: &WallClock) -> Self {
+        let prev_jwt = |c| {
+            prev?.sources.iter().find_map(|s| match s {
+                Source::Jwt(j) if j.config() == c => Some(&**j),
+                _ => None,
+            })
+        };
         let sources = cfg
             .from
             .iter()
             .filter_map(|s: &TenantSource| {
-                if let Some(h) = &s.header {
+                if let Some(j) = &s.jwt {
+                    Some(Source::Jwt(Box::new(Jwt::new(
+                        j,
+                        prev_jwt(j),
+                        wall.clone(),
+                    ))))
+                } else if let Some(h) = &s.header {
                     http::HeaderName::from_bytes(h.as_bytes())
                         .ok()
                         .map(Source::Header)
@@ -118,7 +150,73 @@ impl Identify {
             })
             .collect();
         let fallback = (cfg.fallback != "reject").then(|| Arc::from(cfg.fallback.as_str()));
-        Identify { sources, fallback }
+        let plans = cfg.plans.as_ref();
+        let plan_header = plans
+            .and_then(|p| p.plan_header.as_deref())
+            .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
+        let mut assign = HashMap::new();
+        for (plan, tenants) in plans.map(|p| &p.assign).into_iter().flatten() {
+            let plan: Arc<str> = Arc::from(plan.as_str());
+            for t in tenants {
+                assign.insert(Box::from(t.as_str()), plan.clone());
+            }
+        }
+        Identify {
+            sources,
+            fallback,
+            plan_header,
+            assign,
+            none: Arc::from(NO_TENANT),
+        }
+    }
+
+    /// Whether every `jwt` source has keys (a JWKS URL is fetched in the background).
+    pub fn is_ready(&self) -> bool {
+        self.sources.iter().all(|s| match s {
+            Source::Jwt(j) => j.is_ready(),
+            _ => true,
+        })
+    }
+
+    /// The plan of `tenant` (SPEC §13): the token's `plan_claim`, else `plan_header` when the
+    /// listener trusts it, else `tenants.plans.assign`.
+    pub fn plan<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        headers: &'a HeaderMap,
+        trust_header: bool,
+    ) -> Option<&'a str> {
+        if let TenantId::Jwt(v) = tenant {
+            if let Some(p) = &v.plan {
+                return Some(p);
+            }
+        }
+        let header = self.plan_header.as_ref().filter(|_| trust_header);
+        if let Some(v) = header.and_then(|h| headers.get(h)) {
+            if let Ok(p) = v.to_str() {
+                return Some(p);
+            }
+        }
+        self.assign.get(tenant.as_str()).map(|p| &**p)
+    }
+
+    /// As [`Identify::identify`], for a route whose `tenant` is `optional` when `optional`:
+    /// there, a request that names no tenant is served as `-` instead of the fallback.
+    pub fn identify_for(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        cert: Option<&CertIds>,
+        optional: bool,
+    ) -> Result<TenantId, Reason> {
+        match self.find(headers, uri, cert)? {
+            Some(t) => Ok(t),
+            None if optional => Ok(TenantId::Fallback(self.none.clone())),
+            None => match &self.fallback {
+                Some(f) => Ok(TenantId::Fallback(f.clone())),
+                None => Err(Reason::TenantRequired),
+            },
+        }
     }
 
     /// The tenant of a request, or the reason to refuse it. `cert` is what the connection's
@@ -129,8 +227,23 @@ impl Identify {
         uri: &Uri,
         cert: Option<&CertIds>,
     ) -> Result<TenantId, Reason> {
+        self.identify_for(headers, uri, cert, false)
+    }
+
+    /// The first source's tenant, `None` when no source names one.
+    fn find(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        cert: Option<&CertIds>,
+    ) -> Result<Option<TenantId>, Reason> {
         for source in &self.sources {
             match source {
+                Source::Jwt(j) => {
+                    if let Some(v) = j.check(headers) {
+                        return v.map(|v| Some(TenantId::Jwt(v)));
+                    }
+                }
                 Source::Header(name) => {
                     let mut all = headers.get_all(name).iter();
                     if let Some(v) = all.next() {
@@ -142,7 +255,7 @@ impl Identify {
                             continue;
                         }
                         return if is_valid_id(v.as_bytes()) {
-                            Ok(TenantId::Header(v.clone()))
+                            Ok(Some(TenantId::Header(v.clone())))
                         } else {
                             Err(Reason::InvalidTenant)
                         };
@@ -155,7 +268,7 @@ impl Identify {
                     });
                     if let Some(id) = id {
                         return if crate::tls::is_valid_cert_tenant(id) {
-                            Ok(TenantId::Cert(id.clone()))
+                            Ok(Some(TenantId::Cert(id.clone())))
                         } else {
                             Err(Reason::InvalidTenant)
                         };
@@ -164,7 +277,7 @@ impl Identify {
                 Source::Query(key) => {
                     if let Some(v) = query_param(uri, key) {
                         return if is_valid_id(v.as_bytes()) {
-                            Ok(TenantId::Query(Arc::from(v)))
+                            Ok(Some(TenantId::Query(Arc::from(v))))
                         } else {
                             Err(Reason::InvalidTenant)
                         };
@@ -172,10 +285,7 @@ impl Identify {
                 }
             }
         }
-        match &self.fallback {
-            Some(f) => Ok(TenantId::Fallback(f.clone())),
-            None => Err(Reason::TenantRequired),
-        }
+        Ok(None)
     }
 }
 
@@ -241,18 +351,17 @@ mod tests {
             from: vec![
                 TenantSource {
                     header: Some("x-tenant-id".into()),
-                    query: None,
-                    client_cert: None,
+                    ..TenantSource::default()
                 },
                 TenantSource {
-                    header: None,
                     query: Some("tenant".into()),
-                    client_cert: None,
+                    ..TenantSource::default()
                 },
             ],
             fallback: fallback.into(),
             max_tracked: 10,
             metrics_labels: 2,
+            plans: None,
         })
     }
 

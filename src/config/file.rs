@@ -110,6 +110,21 @@ pub struct Tenants {
     /// Tenants that get their own metric label; the rest share `_other`.
     #[serde(default = "default_metrics_labels")]
     pub metrics_labels: u64,
+    /// Where a tenant's plan (named limit set) comes from besides a token's `plan_claim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plans: Option<TenantPlans>,
+}
+
+/// `tenants.plans:` (SPEC §13).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPlans {
+    /// A request header naming the plan, read only on listeners with `trust_plan_header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_header: Option<String>,
+    /// Plan name to the tenants on it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub assign: BTreeMap<String, Vec<String>>,
 }
 
 /// One place a tenant id can come from; exactly one key is set.
@@ -125,6 +140,37 @@ pub struct TenantSource {
     /// A field of the verified TLS client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<ClientCertField>,
+    /// A claim of a verified JSON Web Token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSource>,
+}
+
+/// `tenants.from[i].jwt:` the tenant is a claim of a bearer token verified against a JWKS.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSource {
+    /// Header carrying `Bearer <token>`.
+    #[serde(default = "default_jwt_header")]
+    pub header: String,
+    /// Claim naming the tenant; a dotted path (`org.id`) walks nested objects.
+    pub claim: String,
+    /// A JWKS file path, or an `http://` / `https://` URL.
+    pub jwks: String,
+    /// How often the JWKS is read again (last good keys are kept on failure).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Dur,
+    /// Accepted `iss` values; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// CA bundle for an https JWKS URL (default: the compiled-in web roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca: Option<PathBuf>,
+    /// Claim naming the tenant's plan (dotted path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_claim: Option<String>,
 }
 
 /// `tenants.from[i].client_cert:` which field of the client certificate names the tenant.
@@ -369,6 +415,9 @@ pub struct RateLimit {
     /// Limits of the whole route, whatever the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<Limits>,
+    /// Limits of the tenants on a plan (`tenants.plans`), between overrides and `per_tenant`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, Limits>,
     /// RateLimit headers on admitted answers too.
     #[serde(default)]
     pub headers: bool,
@@ -391,6 +440,26 @@ pub struct Limit {
     /// Name used in the RateLimit headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Smooth refill (default), or a count per UTC minute, hour or day.
+    #[serde(default, skip_serializing_if = "LimitWindow::is_smooth")]
+    pub window: LimitWindow,
+}
+
+/// `limit.window:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitWindow {
+    /// A token bucket: the burst, then one more every `per / count`.
+    #[default]
+    Smooth,
+    /// The rate's count per UTC minute, hour or day (its unit), reset at the boundary.
+    Calendar,
+}
+
+impl LimitWindow {
+    fn is_smooth(&self) -> bool {
+        *self == LimitWindow::Smooth
+    }
 }
 
 /// `policies.NAME.circuit_breaker:`; a rule that is absent is off.
@@ -527,6 +596,9 @@ pub struct Listener {
         skip_serializing_if = "Option::is_none"
     )]
     pub access_log: Option<AccessLog>,
+    /// Whether `tenants.plans.plan_header` is believed on this listener.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trust_plan_header: bool,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
 }
@@ -593,6 +665,29 @@ pub struct Route {
     /// only outbound listeners tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_idle_timeout: Option<Dur>,
+    /// Whether a request here needs a tenant (`tenants.fallback` applies) or not.
+    #[serde(default, skip_serializing_if = "TenantMode::is_required")]
+    pub tenant: TenantMode,
+}
+
+/// `routes[j].tenant:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantMode {
+    /// A request without a tenant gets `tenants.fallback` (or 401 when it is `reject`).
+    #[default]
+    Required,
+    /// A request without a tenant is served as tenant [`NO_TENANT`].
+    Optional,
+}
+
+/// The tenant of a request on a `tenant: optional` route that names none.
+pub const NO_TENANT: &str = "-";
+
+impl TenantMode {
+    fn is_required(&self) -> bool {
+        *self == TenantMode::Required
+    }
 }
 
 /// Default of `routes[j].tunnel_idle_timeout`.
@@ -641,6 +736,15 @@ fn default_tenant_sources() -> Vec<TenantSource> {
         header: Some("x-tenant-id".into()),
         ..TenantSource::default()
     }]
+}
+fn default_jwt_header() -> String {
+    "authorization".into()
+}
+fn default_jwks_refresh() -> Dur {
+    Dur::from_secs(300)
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 fn default_fallback() -> String {
     "anonymous".into()
@@ -758,6 +862,7 @@ impl Default for Tenants {
             fallback: default_fallback(),
             max_tracked: default_max_tracked(),
             metrics_labels: default_metrics_labels(),
+            plans: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod checks;
 mod onepass;
+mod plans;
 mod resilience;
 
 use std::path::Path;

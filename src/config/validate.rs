@@ -10,6 +10,7 @@
 mod de;
 mod inert;
 mod listener;
+mod plans;
 mod policy;
 mod resilience;
 mod shape;
@@ -147,6 +148,7 @@ fn check(f: &File, r: &mut Report<'_>) {
         policy::check(p, &root.key("policies").key(name), r);
     }
     listener::check(f, r);
+    plans::check(f, r);
 }
 
 fn check_admin(f: &File, r: &mut Report<'_>) {
@@ -215,17 +217,21 @@ fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
         src.header.is_some(),
         src.query.is_some(),
         src.client_cert.is_some(),
+        src.jwt.is_some(),
     ];
     match given.iter().filter(|g| **g).count() {
         0 => r.value(
             sp,
-            "a source needs one of `header: NAME`, `query: NAME` or `client_cert: cn | uri_san`",
+            "a source needs one of `header: NAME`, `query: NAME`, `client_cert: cn | uri_san` or `jwt: {...}`",
         ),
         1 => {}
         _ => r.value(
             sp,
-            "a source has exactly one of `header`, `query` or `client_cert`, not several",
+            "a source has exactly one of `header`, `query`, `client_cert` or `jwt`, not several",
         ),
+    }
+    if let Some(j) = &src.jwt {
+        plans::jwt_source(j, &sp.key("jwt"), r);
     }
     if let Some(h) = &src.header {
         if let Err(m) = syntax::header_name(h) {

@@ -19,8 +19,10 @@
 //! 768 KiB). Entries are capped process-wide by [`TrackedTenants`]; see `table.rs` for eviction
 //! and `sketch.rs` for why an evicted tenant never comes back with a fresh bucket.
 
+mod calendar;
 mod decision;
 mod gcra;
+mod plans;
 mod sketch;
 mod table;
 #[cfg(test)]
@@ -36,7 +38,7 @@ use std::sync::{Arc, Weak};
 use self::gcra::{Carry, Gcra};
 use self::sketch::Sketch;
 use self::table::{Entry, Table};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, WallClock};
 use crate::config::file::{Limit, RateLimit};
 use crate::tenant::tracked::Sweep;
 
@@ -67,15 +69,19 @@ pub struct RateLimiter {
 struct Inner {
     /// Limits of tenants without an override (`per_tenant`, possibly none).
     default: Set,
-    /// One set per overridden tenant; `Entry::set` 1.. points here.
+    /// One set per overridden tenant, then one per plan; `Entry::set` 1.. points here.
     override_sets: Vec<Set>,
     overrides: HashMap<Box<str>, u32>,
+    /// Plan name to its set's index (after the overrides').
+    plans: HashMap<Box<str>, u32>,
     total: Total,
     table: Table,
     tracked: Arc<TrackedTenants>,
     clock: SharedClock,
     /// Keys the sketches; kept across reloads so carried sketches stay addressable.
     hasher: RandomState,
+    /// Unix nanoseconds at the clock's origin: where calendar windows start.
+    unix_offset: u64,
     headers: bool,
 }
 
@@ -131,38 +137,61 @@ impl RateLimiter {
     /// Builds the limiter of one policy's `rate_limit` section; its entries count against
     /// `tracked`, and `clock` gives "now".
     pub fn new(cfg: &RateLimit, tracked: Arc<TrackedTenants>, clock: SharedClock) -> Self {
-        Self::build(cfg, tracked, clock, RandomState::new())
+        let wall = WallClock::system(clock);
+        Self::new_anchored(cfg, tracked, &wall)
+    }
+
+    /// As [`RateLimiter::new`], with calendar windows placed by `wall` (for tests).
+    pub fn new_anchored(cfg: &RateLimit, tracked: Arc<TrackedTenants>, wall: &WallClock) -> Self {
+        let at = (
+            wall.clock().clone(),
+            RandomState::new(),
+            wall.origin_unix_nanos(),
+        );
+        Self::build(cfg, tracked, at)
     }
 
     fn build(
         cfg: &RateLimit,
         tracked: Arc<TrackedTenants>,
-        clock: SharedClock,
-        hasher: RandomState,
+        (clock, hasher, unix_offset): (SharedClock, RandomState, u64),
     ) -> Self {
         let total_cfg = cfg.total.as_ref().map_or(&[][..], |l| &l.0[..]);
         let total = Total {
-            limits: total_cfg.iter().map(Gcra::new).collect(),
+            limits: total_cfg
+                .iter()
+                .map(|l| Gcra::new_at(l, unix_offset))
+                .collect(),
             cells: total_cfg.iter().map(|_| AtomicU64::new(0)).collect(),
         };
         let cap = tracked.max_tracked();
         let per_tenant = cfg.per_tenant.as_ref().map_or(&[][..], |l| &l.0[..]);
-        let default = Set::new(per_tenant, total_cfg, || Sketch::for_tracked(cap));
+        let set = |limits: &[Limit], sketch: &dyn Fn() -> Sketch| {
+            Set::new(limits, total_cfg, unix_offset, sketch)
+        };
+        let default = set(per_tenant, &|| Sketch::for_tracked(cap));
         let mut overrides = HashMap::new();
         let mut override_sets = Vec::new();
         for (tenant, limits) in &cfg.overrides {
-            override_sets.push(Set::new(&limits.0, total_cfg, Sketch::exact));
+            override_sets.push(set(&limits.0, &Sketch::exact));
             overrides.insert(Box::from(tenant.as_str()), override_sets.len() as u32);
+        }
+        let mut plans = HashMap::new();
+        for (plan, limits) in &cfg.plans {
+            override_sets.push(set(&limits.0, &|| Sketch::for_tracked(cap)));
+            plans.insert(Box::from(plan.as_str()), override_sets.len() as u32);
         }
         let inner = Arc::new(Inner {
             default,
             override_sets,
             overrides,
+            plans,
             total,
             table: Table::default(),
             tracked,
             clock,
             hasher,
+            unix_offset,
             headers: cfg.headers,
         });
         let weak: Weak<dyn Sweep> = Arc::downgrade(&inner) as Weak<dyn Sweep>;
@@ -188,12 +217,8 @@ impl RateLimiter {
     /// judged strictly rather than with a fresh bucket.
     pub fn reconfigure(&self, new_cfg: &RateLimit) -> RateLimiter {
         let old = &*self.inner;
-        let new = Self::build(
-            new_cfg,
-            old.tracked.clone(),
-            old.clock.clone(),
-            old.hasher.clone(),
-        );
+        let at = (old.clock.clone(), old.hasher.clone(), old.unix_offset);
+        let new = Self::build(new_cfg, old.tracked.clone(), at);
         old.carry_into(&new.inner);
         new
     }
@@ -241,7 +266,11 @@ impl Inner {
 
     /// A tenant without an entry: start from what the sketch remembers of it, then track it.
     fn check_new(&self, tenant: &str, now: u64) -> Decision {
-        let index = self.set_index(tenant);
+        self.check_new_in(tenant, self.set_index(tenant), now)
+    }
+
+    /// As `check_new`, in set `index`.
+    fn check_new_in(&self, tenant: &str, index: u32, now: u64) -> Decision {
         let set = self.set(index as usize);
         if set.limits.is_empty() {
             return self.decide(set, &[], now);
@@ -333,7 +362,7 @@ impl Inner {
         set.limits
             .iter()
             .zip(entry.cells())
-            .all(|(_, c)| c.load(Ordering::Acquire) <= now)
+            .all(|(g, c)| g.is_full(c.load(Ordering::Acquire), now))
     }
 
     fn used(&self, entry: &Entry, now: u64) -> u64 {
@@ -365,6 +394,7 @@ impl Inner {
             );
         }
         new.default.carry_sketches(&self.default, None, now);
+        self.carry_plan_sketches(new, now);
         for (tenant, &index) in &new.overrides {
             let hash = self.hasher.hash_one(&**tenant);
             let old = self.set(self.set_index(tenant) as usize);
@@ -374,7 +404,7 @@ impl Inner {
         let moved = self.table.remove_where(|tenant, entry| {
             let old_set = self.set(entry.set());
             old_set.record(entry, self.hasher.hash_one(tenant), now, 0);
-            let index = new.set_index(tenant);
+            let index = new.index_after_reload(tenant, self.plan_of(entry.set()));
             let new_set = new.set(index as usize);
             let plan = gcra::plan(&old_set.limits, &new_set.limits);
             let old = |i: usize| {
@@ -436,9 +466,9 @@ fn carried(carry: Carry, old: &[Gcra], tat: impl Fn(usize) -> u64, new: &Gcra, n
 // === impl Set ===
 
 impl Set {
-    fn new(limits: &[Limit], total: &[Limit], sketch: impl Fn() -> Sketch) -> Self {
+    fn new(limits: &[Limit], total: &[Limit], offset: u64, sketch: &dyn Fn() -> Sketch) -> Self {
         Set {
-            limits: limits.iter().map(Gcra::new).collect(),
+            limits: limits.iter().map(|l| Gcra::new_at(l, offset)).collect(),
             sketches: limits.iter().map(|_| sketch()).collect(),
             spec: Arc::new(Spec::new(limits, total)),
         }

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::Response;
 
 use super::body::Body;
@@ -30,6 +32,11 @@ pub fn answer(reason: Reason, message: &str, retry_after: Option<Duration>) -> R
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(wait) = retry_after {
         h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+    }
+    if reason == Reason::InvalidToken {
+        // RFC 6750 §3: a refused bearer token says so in the challenge.
+        let challenge = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+        h.insert(WWW_AUTHENTICATE, challenge);
     }
     rsp
 }
@@ -156,6 +163,11 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[REASON_HEADER], "rate_limited");
         assert_eq!(r.headers()[RETRY_AFTER], "2");
+        let r = answer(Reason::InvalidToken, "bad token", None);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
         let r = answer(Reason::NoRoute, "no route", None);
         assert_eq!(r.status(), 404);
         assert!(r.headers().get(RETRY_AFTER).is_none());
@@ -173,6 +185,7 @@ mod tests {
             (Reason::IdempotencyKeyReused, 422),
             (Reason::IdempotencyNotReplayable, 422),
             (Reason::FaultInjected, 503),
+            (Reason::InvalidToken, 401),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

@@ -103,14 +103,17 @@ pub async fn handle(
     fin.route = Some(route);
 
     // 2. Tenant.
-    let tenant = match gen
-        .identify
-        .identify(req.headers(), req.uri(), peer.cert.as_ref())
-    {
+    let tenant = match gen.identify.identify_for(
+        req.headers(),
+        req.uri(),
+        peer.cert.as_ref(),
+        route.tenant_optional,
+    ) {
         Ok(t) => t,
         Err(reason) => {
             let msg = match reason {
                 Reason::TenantRequired => "this route requires a tenant id",
+                Reason::InvalidToken => "the bearer token failed verification",
                 _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
             };
             let tm = route.metrics.tenant(&shared.empty_label);
@@ -121,11 +124,12 @@ pub async fn handle(
     fin.tenant = Some(tenant.clone());
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
-    let limited = route
-        .policy
-        .rate_limit
-        .as_ref()
-        .map(|rl| rl.limiter.check(tenant.as_str()));
+    let limited = route.policy.rate_limit.as_ref().map(|rl| {
+        let plan = gen
+            .identify
+            .plan(&tenant, req.headers(), lst.trust_plan_header);
+        rl.limiter.check_plan(tenant.as_str(), plan)
+    });
     if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
         let limit = decision.limit().unwrap_or("");
         tm.rate_limited(limit);

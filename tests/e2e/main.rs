@@ -18,6 +18,7 @@ mod deploy;
 mod edges;
 mod extras;
 mod health;
+mod jwt;
 mod load_shed;
 mod proxy;
 mod rate_limit;

@@ -124,6 +124,9 @@ fn rate_limit(rl: &RateLimit, p: &KeyPath, r: &mut Report<'_>) {
     if let Some(l) = &rl.total {
         limits(l, &p.key("total"), r);
     }
+    for (plan, l) in &rl.plans {
+        limits(l, &p.key("plans").key(plan), r);
+    }
 }
 
 fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
@@ -153,6 +156,7 @@ fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
         if l.burst == Some(0) {
             r.value(&lp.key("burst"), "burst 0 admits nothing: it must be at least 1 (leave it out to use the rate's count)");
         }
+        super::plans::calendar_limit(l, &lp, r);
         if let Some(name) = &l.name {
             if let Err(m) = syntax::limit_name(name) {
                 r.value(&lp.key("name"), m);

@@ -11,8 +11,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::calendar::Calendar;
 use crate::clock::Clock;
-use crate::config::file::Limit;
+use crate::config::file::{Limit, LimitWindow};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
@@ -27,6 +28,8 @@ pub(crate) struct Gcra {
     tau: u64,
     /// Whole seconds for an empty bucket to refill (`w` of `ratelimit-policy`), at least 1.
     window_secs: u64,
+    /// `window: calendar`: counted per UTC window instead (`calendar.rs`).
+    cal: Option<Calendar>,
 }
 
 /// How a limit of a new configuration takes its state from the old one.
@@ -43,8 +46,15 @@ pub(crate) enum Carry {
 // === impl Gcra ===
 
 impl Gcra {
-    /// The constants of `limit`. A zero count or burst is treated as 1 (validation refuses both).
+    /// The constants of `limit` for header texts (a calendar window at Unix offset 0).
     pub(crate) fn new(limit: &Limit) -> Self {
+        Self::new_at(limit, 0)
+    }
+
+    /// The constants of `limit`; `offset` is the Unix time (ns) of the monotonic clock's
+    /// origin, for calendar windows. A zero count or burst is treated as 1 (validation refuses
+    /// both).
+    pub(crate) fn new_at(limit: &Limit, offset: u64) -> Self {
         let count = u128::from(limit.rate.count.max(1));
         let cap = limit.burst.unwrap_or(limit.rate.count).max(1);
         let per = limit.rate.per.as_nanos().max(1);
@@ -52,11 +62,17 @@ impl Gcra {
         // second; the refill is off by less than 0.5 ns per token (1e-9 at 1/s).
         let t = clamp((per + count / 2) / count).max(1);
         let window = (u128::from(cap) * per).div_ceil(count * NANOS_PER_SEC);
+        let cal = (limit.window == LimitWindow::Calendar).then(|| Calendar {
+            window: clamp(per),
+            count: limit.rate.count.max(1),
+            offset,
+        });
         Gcra {
             t,
-            cap,
+            cap: cal.map_or(cap, |c| c.count),
             tau: t.saturating_mul(cap),
-            window_secs: clamp(window).max(1),
+            window_secs: cal.map_or(clamp(window).max(1), |c| c.window / 1_000_000_000),
+            cal,
         }
     }
 
@@ -72,6 +88,9 @@ impl Gcra {
 
     /// The TAT after admitting one request at `now`, or the nanoseconds to wait if refused.
     pub(crate) fn decide(&self, tat: u64, now: u64) -> Result<u64, u64> {
+        if let Some(c) = &self.cal {
+            return c.decide(tat, now);
+        }
         let new_tat = tat.max(now).saturating_add(self.t);
         let debt = new_tat - now;
         if debt <= self.tau {
@@ -83,18 +102,35 @@ impl Gcra {
 
     /// Whole tokens left in a bucket whose TAT is `tat`.
     pub(crate) fn remaining(&self, tat: u64, now: u64) -> u64 {
+        if let Some(c) = &self.cal {
+            return c.remaining(tat, now);
+        }
         (self.tau.saturating_sub(tat.saturating_sub(now))) / self.t
     }
 
     /// Nanoseconds until the bucket holds at least one token; 0 if it holds one now.
     pub(crate) fn until_next(&self, tat: u64, now: u64) -> u64 {
+        if let Some(c) = &self.cal {
+            return c.until_next(tat, now);
+        }
         tat.saturating_sub(now)
             .saturating_add(self.t)
             .saturating_sub(self.tau)
     }
 
+    /// Whether the bucket is full (its state carries no information).
+    pub(crate) fn is_full(&self, tat: u64, now: u64) -> bool {
+        match &self.cal {
+            Some(c) => c.remaining(tat, now) == c.count,
+            None => tat <= now,
+        }
+    }
+
     /// Used fraction of the capacity, scaled to `u32::MAX`; 0 for a full (idle) bucket.
     pub(crate) fn used(&self, tat: u64, now: u64) -> u64 {
+        if let Some(c) = &self.cal {
+            return c.used(tat, now);
+        }
         let debt = u128::from(tat.saturating_sub(now).min(self.tau));
         clamp(debt * u128::from(u32::MAX) / u128::from(self.tau))
     }
@@ -105,12 +141,28 @@ impl Gcra {
         if old == self {
             return tat;
         }
+        if self.cal.is_some() || old.cal.is_some() {
+            return self.state_using(old.used(tat, now), now);
+        }
         let debt = u128::from(tat.saturating_sub(now).min(old.tau));
         if debt == 0 {
             return 0;
         }
         let scaled = (debt * u128::from(self.tau)).div_ceil(u128::from(old.tau));
         now.saturating_add(clamp(scaled))
+    }
+
+    /// The state that uses `fraction` (of `u32::MAX`) of the capacity at `now`, rounded up.
+    fn state_using(&self, fraction: u64, now: u64) -> u64 {
+        if let Some(c) = &self.cal {
+            return c.state_using(fraction, now);
+        }
+        let debt = (u128::from(fraction) * u128::from(self.tau)).div_ceil(u128::from(u32::MAX));
+        if debt == 0 {
+            0
+        } else {
+            now.saturating_add(clamp(debt))
+        }
     }
 
     /// Takes one token from `cell` with a CAS loop; the new TAT, or the wait if refused.
@@ -136,10 +188,14 @@ impl Gcra {
     pub(crate) fn release(&self, cell: &AtomicU64, admitted_at: u64, clock: &dyn Clock) {
         let mut tat = cell.load(Ordering::Acquire);
         loop {
-            if clock.now_nanos() > admitted_at.saturating_add(self.t) {
-                return;
-            }
-            let back = tat.saturating_sub(self.t);
+            let back = match &self.cal {
+                Some(c) => match c.give_back(tat, admitted_at) {
+                    Some(v) => v,
+                    None => return,
+                },
+                None if clock.now_nanos() > admitted_at.saturating_add(self.t) => return,
+                None => tat.saturating_sub(self.t),
+            };
             match cell.compare_exchange_weak(tat, back, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(seen) => tat = seen,

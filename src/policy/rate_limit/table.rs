@@ -92,6 +92,11 @@ impl Table {
         }
     }
 
+    /// Takes `tenant`'s entry out.
+    pub(crate) fn remove(&self, tenant: &str) -> Option<Entry> {
+        self.map.remove(tenant).map(|(_, e)| e)
+    }
+
     /// Inserts without checks; for carrying entries over on reload.
     pub(crate) fn put(&self, tenant: Box<str>, entry: Entry) -> bool {
         self.map.insert(tenant, entry).is_none()

@@ -20,6 +20,7 @@ fn limit(count: u64, per: Duration, burst: Option<u64>) -> Limit {
         rate: Rate { count, per },
         burst,
         name: None,
+        window: Default::default(),
     }
 }
 

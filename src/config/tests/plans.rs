@@ -1,0 +1,153 @@
+//! SPEC §13 keys: `jwt` sources, `tenants.plans`, `rate_limit.plans`, `trust_plan_header`,
+//! `tenant: optional`.
+
+use super::{fails_at, ok, BASE};
+
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
+
+fn with(tenants: &str, rate_limit: &str) -> String {
+    format!("tenants:\n{tenants}\n{BASE}")
+        .replace("  p: {}", &format!("  p: {{ rate_limit: {rate_limit} }}"))
+}
+
+fn jwt(extra: &str, jwks: &str) -> String {
+    format!("  from:\n    - jwt: {{ claim: org.id, jwks: {jwks}{extra} }}")
+}
+
+#[test]
+fn jwt_sources_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("jwks.json");
+    std::fs::write(&good, JWKS).expect("write");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).expect("write");
+    let (good, bad) = (good.display().to_string(), bad.display().to_string());
+    let rl = "{ per_tenant: { rate: 1/s } }";
+    ok(&with(
+        &jwt(", plan_claim: plan, jwks_refresh: 1m", &good),
+        rl,
+    ));
+    ok(&with(&jwt("", "https://issuer.test/jwks.json"), rl));
+    fails_at(
+        &with(&jwt("", "/nonexistent/jwks.json"), rl),
+        "tenants.from[0].jwt.jwks",
+    );
+    let e = fails_at(&with(&jwt("", &bad), rl), "tenants.from[0].jwt.jwks");
+    assert!(e.message.contains("no usable signature key"), "{e:?}");
+    fails_at(
+        &with(&jwt("", "ftp://x/jwks"), rl),
+        "tenants.from[0].jwt.jwks",
+    );
+    let claim = with(&jwt("", &good).replace("org.id", "org..id"), rl);
+    fails_at(&claim, "tenants.from[0].jwt.claim");
+    fails_at(
+        &with(&jwt(", jwks_refresh: 0s", &good), rl),
+        "tenants.from[0].jwt.jwks_refresh",
+    );
+    fails_at(
+        &with(&jwt(", header: \"a b\"", &good), rl),
+        "tenants.from[0].jwt.header",
+    );
+    fails_at(
+        &with(&jwt(", jwks_ca: /x.pem", &good), rl),
+        "tenants.from[0].jwt.jwks_ca",
+    );
+    fails_at(
+        &with(&jwt(", audiences: [\"\"]", &good), rl),
+        "tenants.from[0].jwt.audiences[0]",
+    );
+    let two = with(
+        &jwt(", header: x", &good).replace("- jwt:", "- query: t\n      jwt:"),
+        rl,
+    );
+    fails_at(&two, "tenants.from[0]");
+}
+
+#[test]
+fn plans_must_be_defined_where_they_are_used() {
+    let rl = "{ per_tenant: { rate: 1/s }, plans: { pro: { rate: 5/s } } }";
+    let plans = |assign: &str| format!("  plans: {{ plan_header: x-plan, assign: {assign} }}");
+    ok(&with(&plans("{ pro: [acme, globex] }"), rl));
+    let e = fails_at(
+        &with(&plans("{ gold: [acme] }"), rl),
+        "tenants.plans.assign.gold",
+    );
+    assert!(e.message.contains("no policy gives limits"), "{e:?}");
+    fails_at(
+        &with(&plans("{ pro: [\"a b\"] }"), rl),
+        "tenants.plans.assign.pro[0]",
+    );
+    let twice = "{ pro: [acme] }".to_owned();
+    let text = with(
+        &plans(&twice),
+        "{ plans: { pro: { rate: 5/s }, gold: { rate: 1/s } } }",
+    )
+    .replace("{ pro: [acme] }", "{ pro: [acme], gold: [acme] }");
+    // Plans are read in name order: gold first, so pro repeats acme.
+    fails_at(&text, "tenants.plans.assign.pro[0]");
+    let empty = "{ plans: { pro: [] } }";
+    fails_at(
+        &with(&plans("{}"), empty),
+        "policies.p.rate_limit.plans.pro",
+    );
+    fails_at(
+        &with(&plans("{}"), "{ plans: { \"a b\": { rate: 1/s } } }"),
+        "policies.p.rate_limit.plans.a b",
+    );
+}
+
+#[test]
+fn trust_plan_header_needs_a_plan_header() {
+    let trusting = BASE.replace(
+        "    listen: 127.0.0.1:8080\n",
+        "    listen: 127.0.0.1:8080\n    trust_plan_header: true\n",
+    );
+    fails_at(&trusting, "listeners[0].trust_plan_header");
+    ok(&format!(
+        "tenants:\n  plans: {{ plan_header: x-plan }}\n{trusting}"
+    ));
+}
+
+#[test]
+fn routes_take_tenant_optional_or_required() {
+    ok(&BASE.replace(
+        "        policy: p\n",
+        "        policy: p\n        tenant: optional\n",
+    ));
+    ok(&BASE.replace(
+        "        policy: p\n",
+        "        policy: p\n        tenant: required\n",
+    ));
+    fails_at(
+        &BASE.replace(
+            "        policy: p\n",
+            "        policy: p\n        tenant: maybe\n",
+        ),
+        "listeners[0].routes[0].tenant",
+    );
+}
+
+#[test]
+fn calendar_windows_count_per_minute_hour_or_day() {
+    let p = |limit: &str| {
+        BASE.replace(
+            "  p: {}",
+            &format!("  p: {{ rate_limit: {{ per_tenant: {limit} }} }}"),
+        )
+    };
+    ok(&p("{ rate: 10000/d, window: calendar }"));
+    ok(&p("[ { rate: 5/s }, { rate: 100/h, window: calendar } ]"));
+    ok(&p("{ rate: 10/s, window: smooth }"));
+    fails_at(
+        &p("{ rate: 10/s, window: calendar }"),
+        "policies.p.rate_limit.per_tenant.rate",
+    );
+    fails_at(
+        &p("{ rate: 10/d, burst: 5, window: calendar }"),
+        "policies.p.rate_limit.per_tenant.burst",
+    );
+    fails_at(
+        &p("{ rate: 10/d, window: weekly }"),
+        "policies.p.rate_limit.per_tenant.window",
+    );
+}

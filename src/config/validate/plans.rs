@@ -1,0 +1,145 @@
+//! Checks of SPEC §13: `jwt` tenant sources, `tenants.plans`, `rate_limit.plans` references
+//! and `trust_plan_header`.
+//!
+//! A plan is a name used in three places (a token or header names it, `assign` lists its
+//! tenants, a policy gives it limits); a name in `assign` that no policy gives limits to is a
+//! typo that would silently leave those tenants on `per_tenant`, so it is an error.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use super::super::file::{File, JwtSource, Limit, LimitWindow};
+use super::super::locate::KeyPath;
+use super::{syntax, Report};
+use crate::tenant::jwt;
+
+/// Checks the `jwt:` source at `p`.
+pub(super) fn jwt_source(j: &JwtSource, p: &KeyPath, r: &mut Report<'_>) {
+    if let Err(m) = syntax::header_name(&j.header) {
+        r.value(&p.key("header"), m);
+    }
+    claim_path(&j.claim, &p.key("claim"), r);
+    if let Some(pc) = &j.plan_claim {
+        claim_path(pc, &p.key("plan_claim"), r);
+    }
+    r.positive(&p.key("jwks_refresh"), j.jwks_refresh.0);
+    let jp = p.key("jwks");
+    if jwt::is_url(&j.jwks) {
+        match j.jwks.parse::<http::Uri>() {
+            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {}
+            _ => r.value(&jp, format!("invalid JWKS url {:?}", j.jwks)),
+        }
+    } else if j.jwks.contains("://") {
+        r.value(&jp, "a JWKS url must be http:// or https://");
+    } else {
+        r.readable(&jp, Path::new(&j.jwks), "JWKS file");
+        if let Ok(bytes) = std::fs::read(&j.jwks) {
+            if let Err(m) = jwt::check_jwks(&bytes) {
+                r.value(&jp, format!("JWKS file {:?}: {m}", j.jwks));
+            }
+        }
+    }
+    if let Some(ca) = &j.jwks_ca {
+        if j.jwks.starts_with("https://") {
+            r.readable(&p.key("jwks_ca"), ca, "JWKS ca bundle");
+        } else {
+            r.value(
+                &p.key("jwks_ca"),
+                "jwks_ca only applies to an https:// jwks",
+            );
+        }
+    }
+    for (key, list) in [("issuers", &j.issuers), ("audiences", &j.audiences)] {
+        for (i, v) in list.iter().enumerate() {
+            if v.is_empty() {
+                r.value(&p.key(key).idx(i), "an empty value matches no token");
+            }
+        }
+    }
+}
+
+fn claim_path(path: &str, p: &KeyPath, r: &mut Report<'_>) {
+    if path.split('.').any(str::is_empty) {
+        r.value(
+            p,
+            format!("invalid claim path {path:?}: name a claim, or nested ones as a.b"),
+        );
+    }
+}
+
+/// Checks `tenants.plans` against the policies' `rate_limit.plans`, and `trust_plan_header`.
+pub(super) fn check(f: &File, r: &mut Report<'_>) {
+    let tp = KeyPath::default().key("tenants").key("plans");
+    let defined: BTreeSet<&str> = f
+        .policies
+        .values()
+        .filter_map(|p| p.rate_limit.as_ref())
+        .flat_map(|rl| rl.plans.keys().map(String::as_str))
+        .collect();
+    let plans = f.tenants.plans.as_ref();
+    if let Some(h) = plans.and_then(|p| p.plan_header.as_deref()) {
+        if let Err(m) = syntax::header_name(h) {
+            r.value(&tp.key("plan_header"), m);
+        }
+    }
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (plan, tenants) in plans.map(|p| &p.assign).into_iter().flatten() {
+        let ap = tp.key("assign").key(plan);
+        if !defined.contains(plan.as_str()) {
+            r.key(
+                &ap,
+                format!("no policy gives limits to plan {plan:?} (rate_limit.plans.{plan}); its tenants would get per_tenant"),
+            );
+        }
+        for (i, t) in tenants.iter().enumerate() {
+            if let Err(m) = syntax::tenant_id(t) {
+                r.value(&ap.idx(i), m);
+            } else if let Some(other) = seen.insert(t, plan) {
+                r.value(
+                    &ap.idx(i),
+                    format!("tenant {t:?} is already on plan {other:?}"),
+                );
+            }
+        }
+    }
+    let header = plans.is_some_and(|p| p.plan_header.is_some());
+    for (i, l) in f.listeners.iter().enumerate() {
+        if l.trust_plan_header && !header {
+            r.value(
+                &KeyPath::default()
+                    .key("listeners")
+                    .idx(i)
+                    .key("trust_plan_header"),
+                "there is no tenants.plans.plan_header to trust",
+            );
+        }
+    }
+    for (name, p) in &f.policies {
+        let Some(rl) = &p.rate_limit else { continue };
+        for plan in rl.plans.keys() {
+            if let Err(m) = syntax::limit_name(plan) {
+                let pp = KeyPath::default().key("policies").key(name);
+                r.key(&pp.key("rate_limit").key("plans").key(plan), m);
+            }
+        }
+    }
+}
+
+/// `window: calendar` needs a rate per minute, hour or day, and no burst (it admits the count).
+pub(super) fn calendar_limit(l: &Limit, lp: &KeyPath, r: &mut Report<'_>) {
+    if l.window != LimitWindow::Calendar {
+        return;
+    }
+    if ![60, 3600, 86_400].contains(&l.rate.per.as_secs()) || l.rate.per.subsec_nanos() != 0 {
+        r.value(
+            &lp.key("rate"),
+            format!("rate {}: a calendar window counts per UTC minute, hour or day (like 1000/h or 10000/d)", l.rate),
+        );
+    }
+    if l.burst.is_some() {
+        r.value(
+            &lp.key("burst"),
+            "a calendar window admits its count per window: leave burst out",
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The `jwt` tenant source (SPEC §13): the tenant is a claim of a bearer token whose signature,
+//! expiry, issuer and audience were checked against a JWKS.
+//!
+//! Why: a header names whichever tenant the client likes; a signed token names the one its
+//! issuer vouched for. The cryptography is jsonwebtoken's (ring underneath); this module picks
+//! the key (by `kid`, among the algorithms that key allows), checks the times against the
+//! injected [`WallClock`] with [`LEEWAY_SECS`] of leeway, reads the claims, and caches the
+//! outcome briefly (`cache.rs`) so a hot client costs one signature check a minute. The JWKS is
+//! kept fresh by `refresh.rs`.
+
+mod cache;
+mod keys;
+mod refresh;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::Value;
+
+use self::cache::{TokenCache, CACHE_TTL_NANOS};
+use self::keys::KeyStore;
+use crate::clock::WallClock;
+use crate::config::file::JwtSource;
+use crate::error::Reason;
+
+pub use self::refresh::is_url;
+
+/// Leeway on `exp` and `nbf`, for clocks that disagree a little.
+pub const LEEWAY_SECS: u64 = 60;
+/// Verified tokens cached per source.
+pub const CACHE_CAP: usize = 10_000;
+
+/// What a verified token says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The tenant (from `claim`), a valid tenant id.
+    pub tenant: Arc<str>,
+    /// The plan (from `plan_claim`), if configured and present.
+    pub plan: Option<Arc<str>>,
+}
+
+/// One configured `jwt` source with its keys and cache.
+#[derive(Debug)]
+pub struct Jwt {
+    cfg: JwtSource,
+    header: HeaderName,
+    claim: Vec<String>,
+    plan_claim: Option<Vec<String>>,
+    validations: Vec<(Algorithm, Validation)>,
+    keys: Arc<KeyStore>,
+    cache: TokenCache,
+    wall: WallClock,
+}
+
+// === impl Jwt ===
+
+impl Jwt {
+    /// The source for `cfg`; the keys (and their refresh task) of `prev` are kept when it has
+    /// the same settings, so a reload neither re-reads nor waits for a JWKS URL again.
+    pub fn new(cfg: &JwtSource, prev: Option<&Jwt>, wall: WallClock) -> Self {
+        let keys = match prev.filter(|p| p.cfg == *cfg) {
+            Some(p) => p.keys.clone(),
+            None => refresh::start(cfg),
+        };
+        Self::with_keys(cfg, keys, wall, CACHE_CAP)
+    }
+
+    fn with_keys(cfg: &JwtSource, keys: Arc<KeyStore>, wall: WallClock, cap: usize) -> Self {
+        let header =
+            HeaderName::from_bytes(cfg.header.as_bytes()).unwrap_or(http::header::AUTHORIZATION);
+        let validations = ALGS.iter().map(|&a| (a, validation(cfg, a))).collect();
+        Jwt {
+            header,
+            claim: path(&cfg.claim),
+            plan_claim: cfg.plan_claim.as_deref().map(path),
+            validations,
+            keys,
+            cache: TokenCache::new(cap),
+            wall,
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// The settings it was built from.
+    pub fn config(&self) -> &JwtSource {
+        &self.cfg
+    }
+
+    /// Whether the keys were read or fetched once (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.keys.is_loaded()
+    }
+
+    /// The token in `headers`: `None` when there is none (try the next source), else the
+    /// verified claims or [`Reason::InvalidToken`].
+    pub fn check(&self, headers: &HeaderMap) -> Option<Result<Arc<Verified>, Reason>> {
+        let mut all = headers.get_all(&self.header).iter();
+        let value = all.next()?;
+        if all.next().is_some() {
+            return Some(Err(Reason::InvalidToken));
+        }
+        let text = value.to_str().ok()?;
+        let (scheme, token) = text.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        Some(self.verify(token.trim()))
+    }
+
+    /// Verifies `token`, from the cache when it was verified lately.
+    pub fn verify(&self, token: &str) -> Result<Arc<Verified>, Reason> {
+        let now = self.wall.clock().now_nanos();
+        let key = TokenCache::key(token);
+        if let Some(v) = self.cache.get(&key, now) {
+            return Ok(v);
+        }
+        let (verified, exp) = self.verify_uncached(token).map_err(|why| {
+            tracing::debug!(%why, "bearer token refused");
+            Reason::InvalidToken
+        })?;
+        let verified = Arc::new(verified);
+        let left = (exp + LEEWAY_SECS).saturating_sub(self.wall.unix_secs());
+        let until = now + CACHE_TTL_NANOS.min(left.saturating_mul(1_000_000_000));
+        self.cache.insert(key, verified.clone(), until, now);
+        Ok(verified)
+    }
+
+    /// Full verification; the claims and `exp`, or why not.
+    pub fn verify_uncached(&self, token: &str) -> Result<(Verified, u64), String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+        let alg = header.alg;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or_else(|| format!("algorithm {alg:?} is not accepted"))?;
+        let keys = self.keys.keys();
+        let mut candidates = keys
+            .iter()
+            .filter(|k| k.algs.contains(&alg) && (header.kid.is_none() || k.kid == header.kid));
+        let mut last = format!("no key of the JWKS verifies {alg:?} (kid {:?})", header.kid);
+        let claims = loop {
+            let Some(k) = candidates.next() else {
+                return Err(last);
+            };
+            match jsonwebtoken::decode::<Value>(token, &k.key, validation) {
+                Ok(data) => break data.claims,
+                Err(e) => match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => last = e.to_string(),
+                    _ => return Err(e.to_string()),
+                },
+            }
+        };
+        let exp = self.check_times(&claims)?;
+        let tenant = claim_str(&claims, &self.claim)
+            .filter(|t| super::is_valid_id(t.as_bytes()))
+            .ok_or("the tenant claim is missing or not a valid tenant id")?;
+        let plan = self
+            .plan_claim
+            .as_ref()
+            .and_then(|p| claim_str(&claims, p))
+            .map(Arc::from);
+        Ok((
+            Verified {
+                tenant: Arc::from(tenant.as_str()),
+                plan,
+            },
+            exp,
+        ))
+    }
+
+    /// `exp` (required) and `nbf` against the wall clock, with leeway; returns `exp`.
+    fn check_times(&self, claims: &Value) -> Result<u64, String> {
+        let now = self.wall.unix_secs();
+        let secs = |name: &str| claims.get(name).and_then(Value::as_f64).map(|f| f as u64);
+        let exp = secs("exp").ok_or("no exp claim")?;
+        if exp + LEEWAY_SECS < now {
+            return Err(format!("expired at {exp}, now {now}"));
+        }
+        if let Some(nbf) = secs("nbf") {
+            if nbf > now + LEEWAY_SECS {
+                return Err(format!("not valid before {nbf}, now {now}"));
+            }
+        }
+        Ok(exp)
+    }
+
+    /// Tokens in the cache now.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// The algorithms a token may use (HMAC and `none` are absent on purpose).
+const ALGS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// jsonwebtoken's checks for `alg`: signature, issuer, audience. Times are checked by
+/// [`Jwt::check_times`] on the injected clock instead of the crate's system clock.
+fn validation(cfg: &JwtSource, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    let mut required = vec!["exp"];
+    if !cfg.issuers.is_empty() {
+        v.set_issuer(&cfg.issuers);
+        required.push("iss");
+    }
+    if cfg.audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&cfg.audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// Whether `bytes` is a JWKS with at least one usable key (for `rampart validate`).
+pub fn check_jwks(bytes: &[u8]) -> Result<(), String> {
+    keys::parse_jwks(bytes).map(drop)
+}
+
+/// A dotted claim path (`org.id`) as its steps.
+pub fn path(dotted: &str) -> Vec<String> {
+    dotted.split('.').map(str::to_owned).collect()
+}
+
+/// The claim at `path` as text: a string, or a whole number written out.
+pub fn claim_str(claims: &Value, path: &[String]) -> Option<String> {
+    let v = path.iter().try_fold(claims, |v, step| v.get(step))?;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}

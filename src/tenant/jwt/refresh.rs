@@ -1,0 +1,158 @@
+//! Keeps a JWKS fresh: a file is read at once and again every `jwks_refresh`; a URL is fetched
+//! in the background (through rampart's own rustls client for https), retried with doubling
+//! backoff until its first success and after each failure, then every `jwks_refresh`.
+//!
+//! A failed read or fetch keeps the last good keys: an issuer's outage must not turn into
+//! every request refused. The task holds only a weak handle on the keys and ends when the
+//! generation that used them is gone.
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+
+use super::keys::{parse_jwks, KeyStore};
+use crate::config::file::JwtSource;
+
+/// First retry delay of a failed fetch.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Bound on one fetch (connect, handshake, answer).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest JWKS accepted.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// Whether `jwks` is a URL rather than a file path.
+pub fn is_url(jwks: &str) -> bool {
+    jwks.starts_with("https://") || jwks.starts_with("http://")
+}
+
+/// Creates the key store of `cfg`, reads a file at once, and starts the refresh task (when a
+/// tokio runtime is running; without one, as in `rampart validate`, the keys stay as read).
+pub(super) fn start(cfg: &JwtSource) -> Arc<KeyStore> {
+    let store = Arc::new(KeyStore::empty());
+    let url = is_url(&cfg.jwks);
+    if !url {
+        match read_file(Path::new(&cfg.jwks)) {
+            Ok(keys) => store.set(keys),
+            Err(e) => tracing::warn!(jwks = %cfg.jwks, error = %e, "cannot read the JWKS"),
+        }
+    }
+    let tls = match (url, cfg.jwks.starts_with("https://")) {
+        (true, true) => match crate::tls::client_config(cfg.jwks_ca.as_deref(), None, None) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(jwks = %cfg.jwks, error = %e, "cannot build the JWKS TLS client");
+                return store;
+            }
+        },
+        _ => None,
+    };
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let weak = Arc::downgrade(&store);
+        rt.spawn(run(weak, cfg.jwks.clone(), cfg.jwks_refresh.0, tls, url));
+    }
+    store
+}
+
+async fn run(
+    store: Weak<KeyStore>,
+    jwks: String,
+    every: Duration,
+    tls: Option<Arc<ClientConfig>>,
+    url: bool,
+) {
+    let every = every.max(Duration::from_millis(10));
+    let mut backoff = BACKOFF_BASE.min(every);
+    let mut wait = if url { Duration::ZERO } else { every };
+    loop {
+        tokio::time::sleep(wait).await;
+        if store.strong_count() == 0 {
+            return;
+        }
+        let got = if url {
+            fetch(&jwks, tls.clone()).await
+        } else {
+            read_file(Path::new(&jwks))
+        };
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        match got {
+            Ok(keys) => {
+                store.set(keys);
+                backoff = BACKOFF_BASE.min(every);
+                wait = every;
+            }
+            Err(e) => {
+                tracing::warn!(%jwks, error = %e, "JWKS refresh failed; keeping the last good keys");
+                wait = backoff;
+                backoff = (backoff * 2).min(every);
+            }
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<super::keys::Key>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    parse_jwks(&bytes)
+}
+
+/// GETs `url` and parses the answer as a JWKS.
+async fn fetch(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Vec<super::keys::Key>, String> {
+    let body = tokio::time::timeout(FETCH_TIMEOUT, get(url, tls))
+        .await
+        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
+    parse_jwks(&body)
+}
+
+async fn get(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Bytes, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    let host = uri.host().ok_or("the url has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let authority = uri.authority().map_or(host, |a| a.as_str()).to_owned();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let req = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    match tls {
+        Some(cfg) => {
+            let io = crate::tls::connect(cfg, host, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            send(TokioIo::new(io), req).await
+        }
+        None => send(TokioIo::new(tcp), req).await,
+    }
+}
+
+async fn send<T>(io: T, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if !rsp.status().is_success() {
+        return Err(format!("answered {}", rsp.status()));
+    }
+    let body = Limited::new(rsp.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body.to_bytes())
+}

@@ -1,0 +1,241 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::cache::TokenCache;
+use super::keys::{parse_jwks, KeyStore};
+use super::*;
+use crate::clock::{ManualClock, SharedClock};
+use crate::config::units::Dur;
+
+const NOW: u64 = 1_800_000_000;
+
+struct Signer {
+    enc: EncodingKey,
+    jwk: Value,
+    alg: Algorithm,
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn ec_signer(kid: &str) -> Signer {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ec key");
+    let raw = kp.public_key_raw();
+    Signer {
+        enc: EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("ec pem"),
+        jwk: json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..]), "kid": kid}),
+        alg: Algorithm::ES256,
+    }
+}
+
+fn ed_signer(kid: &str) -> Signer {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed key");
+    Signer {
+        enc: EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes()).expect("ed pem"),
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": b64(kp.public_key_raw()), "kid": kid}),
+        alg: Algorithm::EdDSA,
+    }
+}
+
+fn sign(s: &Signer, kid: &str, claims: &Value) -> String {
+    let mut h = Header::new(s.alg);
+    h.kid = Some(kid.into());
+    encode(&h, claims, &s.enc).expect("sign")
+}
+
+fn cfg() -> JwtSource {
+    JwtSource {
+        header: "authorization".into(),
+        claim: "org.id".into(),
+        jwks: "unused.json".into(),
+        jwks_refresh: Dur::from_secs(60),
+        issuers: vec!["https://issuer.test/".into()],
+        audiences: vec!["orders".into()],
+        jwks_ca: None,
+        plan_claim: Some("plan".into()),
+    }
+}
+
+fn claims(tenant: &str) -> Value {
+    json!({"org": {"id": tenant}, "plan": "pro", "iss": "https://issuer.test/",
+           "aud": "orders", "exp": NOW + 600, "nbf": NOW - 10})
+}
+
+fn verifier(jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
+    let clock = ManualClock::new();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let wall = WallClock::anchored(shared, NOW * 1_000_000_000);
+    let store = Arc::new(KeyStore::empty());
+    let doc = json!({ "keys": jwks }).to_string();
+    store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
+    (
+        Jwt::with_keys(&cfg(), store.clone(), wall, cap),
+        clock,
+        store,
+    )
+}
+
+#[test]
+fn a_valid_token_names_its_tenant_and_plan() {
+    let ec = ec_signer("k1");
+    let ed = ed_signer("k2");
+    let (j, _, _) = verifier(&[&ec.jwk, &ed.jwk], 10);
+    for (s, kid) in [(&ec, "k1"), (&ed, "k2")] {
+        let v = j.verify(&sign(s, kid, &claims("acme"))).expect("valid");
+        assert_eq!(&*v.tenant, "acme");
+        assert_eq!(v.plan.as_deref(), Some("pro"));
+    }
+}
+
+#[test]
+fn refused_tokens() {
+    let ec = ec_signer("k1");
+    let other = ec_signer("k1");
+    let (j, _, _) = verifier(&[&ec.jwk], 10);
+    let with = |k: &str, v: Value| {
+        let mut c = claims("acme");
+        c[k] = v;
+        sign(&ec, "k1", &c)
+    };
+    let bad = [
+        ("expired", with("exp", json!(NOW - 61))),
+        ("not yet", with("nbf", json!(NOW + 61))),
+        ("issuer", with("iss", json!("https://evil.test/"))),
+        ("audience", with("aud", json!("billing"))),
+        ("tenant", with("org", json!({"id": "a b"}))),
+        ("signature", sign(&other, "k1", &claims("acme"))),
+        ("unknown kid", sign(&ec, "k9", &claims("acme"))),
+        ("garbage", "not.a.token".to_owned()),
+    ];
+    for (what, token) in bad {
+        assert_eq!(j.verify(&token), Err(Reason::InvalidToken), "{what}");
+    }
+    let mut no_aud = claims("acme");
+    no_aud.as_object_mut().expect("object").remove("aud");
+    assert!(j.verify(&sign(&ec, "k1", &no_aud)).is_err(), "missing aud");
+    // Within the leeway.
+    assert!(j.verify(&with("exp", json!(NOW - 59))).is_ok());
+}
+
+#[test]
+fn none_and_hmac_are_refused() {
+    let ec = ec_signer("k1");
+    let (j, _, _) = verifier(&[&ec.jwk], 10);
+    let payload = b64(claims("acme").to_string().as_bytes());
+    let none = format!("{}.{payload}.", b64(br#"{"alg":"none","kid":"k1"}"#));
+    assert_eq!(j.verify(&none), Err(Reason::InvalidToken));
+    // HMAC keyed with the public key's text: the classic confusion attack.
+    let secret = ec.jwk.to_string();
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let hs = encode(
+        &h,
+        &claims("acme"),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("hs");
+    assert_eq!(j.verify(&hs), Err(Reason::InvalidToken));
+}
+
+#[test]
+fn bearer_header_parsing() {
+    let ec = ec_signer("k1");
+    let (j, _, _) = verifier(&[&ec.jwk], 10);
+    let mut h = HeaderMap::new();
+    assert!(j.check(&h).is_none());
+    h.insert("authorization", "Basic dXNlcjpwdw==".parse().expect("hv"));
+    assert!(j.check(&h).is_none(), "another scheme is no token");
+    let token = sign(&ec, "k1", &claims("acme"));
+    h.insert(
+        "authorization",
+        format!("bearer {token}").parse().expect("hv"),
+    );
+    assert_eq!(&*j.check(&h).expect("some").expect("ok").tenant, "acme");
+    h.insert("authorization", "Bearer x.y.z".parse().expect("hv"));
+    assert_eq!(j.check(&h), Some(Err(Reason::InvalidToken)));
+}
+
+#[test]
+fn the_cache_serves_hits_until_ttl_or_exp() {
+    let ec = ec_signer("k1");
+    let (j, clock, store) = verifier(&[&ec.jwk], 10);
+    let token = sign(&ec, "k1", &claims("acme"));
+    j.verify(&token).expect("valid");
+    assert_eq!(j.cached(), 1);
+    // Keys rotated away: the cached verdict holds for at most a minute.
+    let other = ec_signer("k2");
+    let doc = json!({ "keys": [other.jwk] }).to_string();
+    store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
+    clock.advance(Duration::from_secs(59));
+    assert!(j.verify(&token).is_ok(), "cached");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(j.verify(&token), Err(Reason::InvalidToken));
+    // A token about to expire is cached only until exp + leeway.
+    let doc = json!({ "keys": [ec.jwk] }).to_string();
+    store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
+    let mut c = claims("acme");
+    // The wall clock is at NOW + 61: expired 10 s ago, 50 s of leeway left.
+    c["exp"] = json!(NOW + 51);
+    let short = sign(&ec, "k1", &c);
+    assert!(j.verify(&short).is_ok());
+    clock.advance(Duration::from_secs(49));
+    assert!(j.verify(&short).is_ok());
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(j.verify(&short), Err(Reason::InvalidToken));
+}
+
+#[test]
+fn the_cache_is_bounded() {
+    let v = Arc::new(Verified {
+        tenant: Arc::from("t"),
+        plan: None,
+    });
+    let c = TokenCache::new(2);
+    let s = 1_000_000_000;
+    for (i, t) in ["a", "b", "c"].iter().enumerate() {
+        c.insert(TokenCache::key(t), v.clone(), 10 * s, s + i as u64);
+    }
+    assert_eq!(c.len(), 2);
+    assert!(c.get(&TokenCache::key("c"), s).is_none());
+    // Once entries expired, a sweep (at most once a second) makes room.
+    c.insert(TokenCache::key("d"), v.clone(), 20 * s, 11 * s);
+    assert_eq!(c.len(), 1);
+    assert!(c.get(&TokenCache::key("d"), 11 * s).is_some());
+    assert!(c.get(&TokenCache::key("d"), 20 * s).is_none());
+}
+
+#[test]
+fn claim_paths() {
+    let c = json!({"a": {"b": {"c": "deep"}}, "n": 42, "f": 1.5, "o": {}, "s": "top"});
+    let get = |p: &str| claim_str(&c, &path(p));
+    assert_eq!(get("a.b.c").as_deref(), Some("deep"));
+    assert_eq!(get("s").as_deref(), Some("top"));
+    assert_eq!(get("n").as_deref(), Some("42"));
+    assert_eq!(get("f"), None);
+    assert_eq!(get("o"), None);
+    assert_eq!(get("a.x"), None);
+    assert_eq!(get("s.x"), None);
+}
+
+#[test]
+fn jwks_parsing_skips_what_it_cannot_use() {
+    let ec = ec_signer("k1");
+    let doc = json!({"keys": [
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "h"},
+        {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "use": "enc", "kid": "e"},
+        {"kty": "weird"},
+        ec.jwk,
+    ]})
+    .to_string();
+    let keys = parse_jwks(doc.as_bytes()).expect("one usable");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].algs, vec![Algorithm::ES256]);
+    assert!(parse_jwks(br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).is_err());
+    assert!(parse_jwks(b"[]").is_err());
+}

@@ -1,0 +1,328 @@
+//! SPEC §13: tenants from verified JWTs, plans, and routes that need no tenant.
+
+mod keys;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use self::keys::{claims, ec, hmac_with_public_key, jwks, rsa, token, unsigned, JwksServer};
+use crate::support::tls::{Ca, Pki};
+use crate::support::{http, sample, Proxy};
+
+/// Two listeners (`inbound` trusts the plan header, `other` does not), each with a /healthz
+/// route needing no tenant and a limited catch-all route.
+const TEMPLATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from:
+    - jwt:
+        claim: org.id
+        jwks: $JWKS
+        jwks_refresh: $REFRESH
+        issuers: [https://issuer.test/]
+        audiences: [orders]
+        plan_claim: plan
+    - header: x-tenant-id
+  fallback: reject
+  plans:
+    plan_header: x-tenant-plan
+    assign: { gold: [initech] }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  api:
+    rate_limit:
+      per_tenant: { rate: 1/h, burst: 1 }
+      plans:
+        pro: { rate: 3/h, burst: 3 }
+        gold: { rate: 2/h, burst: 2 }
+      overrides: { acme: { rate: 5/h, burst: 5 } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    trust_plan_header: true
+    routes:
+      - { match: { path_prefix: /healthz }, upstream: app, tenant: optional }
+      - { upstream: app, policy: api }
+  - name: other
+    direction: inbound
+    listen: $LISTEN_other
+    routes:
+      - { upstream: app, policy: api }
+"#;
+
+async fn start(app: SocketAddr, jwks: &str, refresh: &str) -> Proxy {
+    Proxy::builder(TEMPLATE)
+        .var("APP", app)
+        .var("JWKS", jwks)
+        .var("REFRESH", refresh)
+        .spawn()
+        .await
+}
+
+fn write_jwks(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("jwks.json");
+    let tmp = dir.join("jwks.json.tmp");
+    std::fs::write(&tmp, text).expect("write jwks");
+    std::fs::rename(&tmp, &path).expect("rename jwks");
+    path.to_str().expect("path").to_owned()
+}
+
+/// How many of `n` requests with `headers` are admitted (200).
+async fn admitted(addr: SocketAddr, headers: &[(&str, &str)], n: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        let rsp = http::get(addr, "/ok", headers).await;
+        assert!(rsp.status == 200 || rsp.status == 429, "{rsp:?}");
+        ok += usize::from(rsp.status == 200);
+    }
+    ok
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[tokio::test]
+async fn a_token_names_the_tenant_and_bad_tokens_answer_401() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, e) = (rsa("r1"), ec("e1"));
+    let path = write_jwks(dir.path(), &jwks(&[&r, &e]));
+    let proxy = start(app.addr(), &path, "5m").await;
+    let addr = proxy.listener("other");
+
+    // Limited as globex (burst 1) whatever x-tenant-id says.
+    let t = bearer(&token(&r, &claims("globex", None)));
+    let first = admitted(addr, &[("authorization", &t), ("x-tenant-id", "a1")], 1).await;
+    let second = admitted(addr, &[("authorization", &t), ("x-tenant-id", "a2")], 1).await;
+    assert_eq!((first, second), (1, 0));
+    // An EC-signed token for another tenant has its own bucket; no token: the header.
+    let te = bearer(&token(&e, &claims("hooli", None)));
+    assert_eq!(admitted(addr, &[("authorization", &te)], 2).await, 1);
+    assert_eq!(admitted(addr, &[("x-tenant-id", "a1")], 1).await, 1);
+
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = claims("evil", None);
+        c[k] = v;
+        c
+    };
+    let other_key = rsa("r1");
+    let bad = [
+        (
+            "expired",
+            token(&r, &with("exp", keys::now().saturating_sub(120).into())),
+        ),
+        (
+            "issuer",
+            token(&r, &with("iss", "https://evil.test/".into())),
+        ),
+        ("audience", token(&r, &with("aud", "billing".into()))),
+        ("signature", token(&other_key, &claims("evil", None))),
+        ("alg none", unsigned(&claims("evil", None))),
+        ("hmac", hmac_with_public_key(&r, &claims("evil", None))),
+    ];
+    let before = app.hits();
+    for (what, t) in bad {
+        let rsp = http::get(
+            addr,
+            "/ok",
+            &[("authorization", &bearer(&t)), ("x-tenant-id", "a9")],
+        )
+        .await;
+        rsp.assert_rampart(401, "invalid_token");
+        assert_eq!(
+            rsp.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\""),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        app.hits(),
+        before,
+        "refused tokens never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn plans_from_claim_header_and_assign_in_order() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let path = write_jwks(dir.path(), &jwks(&[&r]));
+    let proxy = start(app.addr(), &path, "5m").await;
+    let (trusted, untrusted) = (proxy.listener("inbound"), proxy.listener("other"));
+    let tok = |tenant: &str, plan: Option<&str>| bearer(&token(&r, &claims(tenant, plan)));
+
+    // Claim: pro (3), even where a trusted header says gold.
+    let g = tok("globex", Some("pro"));
+    let h = [("authorization", g.as_str()), ("x-tenant-plan", "gold")];
+    assert_eq!(admitted(trusted, &h, 6).await, 3);
+    // The tenant's own override beats its plan.
+    assert_eq!(
+        admitted(
+            untrusted,
+            &[("authorization", &tok("acme", Some("pro")))],
+            8
+        )
+        .await,
+        5
+    );
+    // Header: believed only on the trusting listener.
+    let h = [("x-tenant-id", "hooli"), ("x-tenant-plan", "pro")];
+    assert_eq!(admitted(trusted, &h, 6).await, 3);
+    assert_eq!(admitted(untrusted, &h, 6).await, 1);
+    // Assign: initech is gold, unless a trusted header says otherwise.
+    assert_eq!(
+        admitted(untrusted, &[("x-tenant-id", "initech")], 6).await,
+        2
+    );
+    let h = [("x-tenant-id", "initech"), ("x-tenant-plan", "pro")];
+    assert_eq!(admitted(trusted, &h, 6).await, 3);
+    // A token without a plan claim falls to assign.
+    let i = tok("initech", None);
+    assert_eq!(
+        admitted(untrusted, &[("authorization", &i)], 1).await,
+        0,
+        "same bucket"
+    );
+}
+
+#[tokio::test]
+async fn an_optional_route_serves_requests_without_a_tenant() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let path = write_jwks(dir.path(), &jwks(&[&r]));
+    let proxy = start(app.addr(), &path, "5m").await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        assert_eq!(http::get(addr, "/healthz", &[]).await.status, 200);
+    }
+    http::get(addr, "/ok", &[])
+        .await
+        .assert_rampart(401, "tenant_required");
+    // A bad token is still refused there.
+    let h = [("authorization", "Bearer a.b.c")];
+    http::get(addr, "/healthz", &h)
+        .await
+        .assert_rampart(401, "invalid_token");
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_file_is_read_again() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (rsa("old"), ec("new"));
+    let path = write_jwks(dir.path(), &jwks(&[&old]));
+    let proxy = start(app.addr(), &path, "200ms").await;
+    let addr = proxy.listener("other");
+    let t = bearer(&token(&new, &claims("globex", None)));
+    http::get(addr, "/ok", &[("authorization", &t)])
+        .await
+        .assert_rampart(401, "invalid_token");
+    write_jwks(dir.path(), &jwks(&[&new]));
+    assert_eventually!(
+        http::get(addr, "/ok", &[("authorization", &t)])
+            .await
+            .status
+            == 200
+    );
+    // A broken file keeps the last good keys.
+    write_jwks(dir.path(), "{ not json");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t2 = bearer(&token(&new, &claims("initech", None)));
+    assert_eq!(
+        http::get(addr, "/ok", &[("authorization", &t2)])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_url_gates_readiness_and_rotates() {
+    let app = sample().await;
+    let (k1, k2) = (ec("k1"), rsa("k2"));
+    let server = JwksServer::start(jwks(&[&k1])).await;
+    server.failing.store(true, Ordering::SeqCst);
+    let url = format!("http://{}/jwks.json", server.addr);
+    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fetches, failing, flag) = (
+        server.fetches.clone(),
+        server.failing.clone(),
+        opened.clone(),
+    );
+    let gate = async move {
+        // Not ready while every fetch fails: spawn cannot return before the gate opens.
+        assert_eventually!(fetches.load(Ordering::SeqCst) >= 3);
+        flag.store(true, Ordering::SeqCst);
+        failing.store(false, Ordering::SeqCst);
+    };
+    let (proxy, ()) = tokio::join!(start(app.addr(), &url, "300ms"), gate);
+    assert!(
+        opened.load(Ordering::SeqCst),
+        "ready only after a fetch succeeded"
+    );
+    let addr = proxy.listener("other");
+    let t1 = bearer(&token(&k1, &claims("globex", None)));
+    assert_eq!(
+        http::get(addr, "/ok", &[("authorization", &t1)])
+            .await
+            .status,
+        200
+    );
+    // Rotation: k2 in, k1 out; a failing issuer afterwards keeps k2.
+    server.body.store(Arc::new(jwks(&[&k2])));
+    let t2 = bearer(&token(&k2, &claims("initech", None)));
+    assert_eventually!(
+        http::get(addr, "/ok", &[("authorization", &t2)])
+            .await
+            .status
+            == 200
+    );
+    let t1b = bearer(&token(&k1, &claims("hooli", None)));
+    http::get(addr, "/ok", &[("authorization", &t1b)])
+        .await
+        .assert_rampart(401, "invalid_token");
+    server.failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t2b = bearer(&token(&k2, &claims("umbrella", None)));
+    assert_eq!(
+        http::get(addr, "/ok", &[("authorization", &t2b)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_https_jwks_is_fetched_through_rustls_trusting_jwks_ca() {
+    let app = sample().await;
+    let ca = Ca::new("issuer-ca");
+    let pki = Pki::new();
+    let ca_path = pki.ca("issuer-ca", &ca);
+    let k = ec("k1");
+    let server = JwksServer::start_tls(jwks(&[&k]), &ca.server(7)).await;
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let template = TEMPLATE.replace(
+        "        plan_claim: plan\n",
+        "        plan_claim: plan\n        jwks_ca: $CA\n",
+    );
+    let proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .var("JWKS", &url)
+        .var("REFRESH", "5m")
+        .var("CA", ca_path.display())
+        .spawn()
+        .await;
+    let t = bearer(&token(&k, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200);
+    assert!(server.fetches.load(Ordering::SeqCst) >= 1);
+}
