@@ -164,12 +164,21 @@ pub fn apply(
     Ok(cfg.sha256.clone())
 }
 
-/// Tenants the policy names (`rate_limit.overrides`): their metric labels are never folded.
+/// Tenants the policy names (`rate_limit.overrides`, `tenants.plans.assign`): their metric
+/// labels are never folded.
 fn named_tenants(f: &crate::config::File) -> impl Iterator<Item = &str> {
-    f.policies
+    let overrides = f
+        .policies
         .values()
         .filter_map(|p| p.rate_limit.as_ref())
-        .flat_map(|rl| rl.overrides.keys().map(String::as_str))
+        .flat_map(|rl| rl.overrides.keys().map(String::as_str));
+    // Tenants assigned to a plan by name are named in the file too (SPEC §12).
+    let assigned = f
+        .tenants
+        .plans
+        .iter()
+        .flat_map(|p| p.assign.values().flatten().map(String::as_str));
+    overrides.chain(assigned)
 }
 
 /// The TLS file problems of `cfg` as config errors (each names its file).
