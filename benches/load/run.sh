@@ -172,6 +172,7 @@ render() { # render TEMPLATE OUT LISTEN [ADMIN]
 
 p_up=$BASE_PORT p_rampart=$((BASE_PORT + 1)) p_admin=$((BASE_PORT + 2))
 p_nginx=$((BASE_PORT + 3)) p_haproxy=$((BASE_PORT + 4))
+p_base=$((BASE_PORT + 5)) p_base_admin=$((BASE_PORT + 6))
 for p in "$p_up" "$p_rampart" "$p_admin" "$p_nginx" "$p_haproxy"; do
     port_in_use "$p" && die "127.0.0.1:$p is in use; set BASE_PORT to a free range"
 done
@@ -220,6 +221,15 @@ if [[ $BENCH_STANDIN != 1 ]]; then
     wait_http rampart "$scheme://127.0.0.1:$p_rampart/"
     targets+=(rampart)
     port[rampart]=$p_rampart
+    if [[ -n ${RAMPART_BASE_BIN:-} ]]; then
+        # Another rampart build (e.g. before a change) in the same interleaved rounds.
+        render "$here/rampart.yaml" "$work/base.yaml" "127.0.0.1:$p_base" "127.0.0.1:$p_base_admin"
+        start rampart-base env RAMPART_WORKERS=1 RUST_LOG=warn \
+            "$RAMPART_BASE_BIN" run --config "$work/base.yaml" --log-format text
+        wait_http rampart-base "http://127.0.0.1:$p_base_admin/readyz"
+        targets+=(rampart-base)
+        port[rampart-base]=$p_base
+    fi
 fi
 
 render "$here/nginx.conf" "$work/nginx.conf" "127.0.0.1:$p_nginx"

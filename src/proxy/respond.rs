@@ -42,9 +42,11 @@ pub fn answer(reason: Reason, message: &str, retry_after: Option<Duration>) -> R
 }
 
 /// Adds `"request_id": id` to the JSON body of rampart's own answer (one that carries
-/// `x-rampart-reason`); other answers are left alone.
+/// `x-rampart-reason`); other answers are left alone, and so is a fallback answer, whose body
+/// is a kept upstream answer or the operator's static one, never to be rewritten.
 pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
-    if !rsp.headers().contains_key(REASON_HEADER) {
+    let h = rsp.headers();
+    if !h.contains_key(REASON_HEADER) || h.contains_key(DEGRADED_HEADER) {
         return;
     }
     let Body::Full(Some(body)) = rsp.body() else {
