@@ -2,8 +2,9 @@
 # The test command of the README; CI runs exactly this (through .ci/run).
 #
 # 1. Installs the system tools the tests call when they are missing (Debian/Ubuntu apt):
-#    promtool (package prometheus) checks the /metrics output, curl drives the CLI tests, and
-#    a C linker (cc), which rustc needs to link and a bare Debian lacks.
+#    promtool (package prometheus) checks the /metrics output, curl drives the CLI and CONNECT
+#    tests, openssl makes the RSA keys of the JWT tests (ring cannot generate RSA), and a C
+#    linker (cc), which rustc needs to link and a bare Debian lacks.
 # 2. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
 # 3. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
 #    benches once (as tests: no heavy measurement runs).
@@ -13,9 +14,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- system packages -------------------------------------------------------------------
 # command -> Debian packages that provide it
-declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" )
+declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" [openssl]=openssl )
 missing=()
-for cmd in promtool curl cc; do
+for cmd in promtool curl cc openssl; do
     # shellcheck disable=SC2206 # word splitting of the package list is wanted
     command -v "$cmd" >/dev/null 2>&1 || missing+=(${want[$cmd]})
 done

@@ -42,10 +42,9 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
+    let out = Command::new("openssl").args(args).output().expect(
+        "the openssl command is needed (Debian package openssl; scripts/test.sh installs it)",
+    );
     assert!(out.status.success(), "openssl {args:?}: {out:?}");
     String::from_utf8(out.stdout).expect("utf8")
 }
