@@ -11,6 +11,7 @@ mod support;
 
 mod access_log;
 mod admin;
+mod chaos;
 mod circuit_breaker;
 mod cli;
 mod connect;
