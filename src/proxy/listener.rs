@@ -73,6 +73,9 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(rt.header_read_timeout.0)
         .max_buf_size(max_head)
+        // A client may shut its write side once the request is sent (`nc -N`, one-shot
+        // scripts); without this hyper drops such a connection unanswered on the read EOF.
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -19,6 +19,7 @@ mod deploy;
 mod edges;
 mod extras;
 mod health;
+mod hostile;
 mod jwt;
 mod load_shed;
 mod proxy;

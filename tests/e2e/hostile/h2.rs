@@ -1,0 +1,207 @@
+//! HTTP/2 floods in raw frames (h2c prior knowledge): rapid reset, CONTINUATION flood, and
+//! streams far beyond `max_concurrent_streams`. Raw frames, because a well-behaved client
+//! library refuses to send any of these.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{assert_only, assert_still_serving, setup};
+use crate::support::{sample, Proxy};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// What the server sent back on a raw h2 connection.
+#[derive(Debug, Default)]
+struct Seen {
+    headers: usize,
+    resets: usize,
+    goaway: Option<u32>,
+    closed: bool,
+}
+
+/// One frame: 9-byte header, then the payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK integer with an `n`-bit prefix whose high bits are `first`.
+fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// A literal header field without indexing, new name, no Huffman.
+fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// A GET request's header block: static-table method and scheme, literal path and authority.
+fn get_block(path: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86]; // :method GET, :scheme http
+    literal(&mut b, ":path", path);
+    literal(&mut b, ":authority", "app.local");
+    b
+}
+
+/// Opens a connection and sends the preface and empty SETTINGS.
+async fn open(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    tcp.write_all(&hello).await.expect("preface");
+    tcp
+}
+
+/// Writes `bytes` while reading frames, until the peer closes or `wait` runs out.
+async fn flood(tcp: TcpStream, bytes: Vec<u8>, wait: Duration) -> Seen {
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        wr
+    });
+    let mut seen = Seen::default();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                seen.closed = true;
+                break;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            match buf[3] {
+                HEADERS => seen.headers += 1,
+                RST_STREAM => seen.resets += 1,
+                GOAWAY if len >= 8 => {
+                    seen.goaway = Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]))
+                }
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    writer.abort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_is_cut_off_and_the_proxy_keeps_serving() {
+    let (app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let tcp = open(addr).await;
+    let block = get_block("/ok");
+    let mut bytes = Vec::new();
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        bytes.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+    }
+    let seen = flood(tcp, bytes, Duration::from_secs(5)).await;
+    println!(
+        "rapid reset (5000 streams): {seen:?}, upstream got {}",
+        app.hits()
+    );
+    assert!(
+        seen.goaway.is_some() || seen.closed,
+        "5000 reset streams must end the connection: {seen:?}"
+    );
+    assert!(
+        app.hits() < 5000,
+        "not every reset stream may cost an upstream call"
+    );
+    assert_still_serving(&proxy, "rapid reset").await;
+    assert_only(&app, &["GET /ok HTTP/1.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_refused_without_reaching_the_upstream() {
+    let (app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let tcp = open(addr).await;
+    let mut bytes = frame(HEADERS, 0, 1, &get_block("/flood"));
+    let mut piece = Vec::new();
+    literal(&mut piece, "x-flood", &"a".repeat(1000));
+    for _ in 0..20_000 {
+        bytes.extend(frame(CONTINUATION, 0, 1, &piece));
+    }
+    let seen = flood(tcp, bytes, Duration::from_secs(5)).await;
+    println!("CONTINUATION flood (20 MB of headers): {seen:?}");
+    assert!(
+        seen.goaway.is_some() || seen.closed,
+        "an endless header block must end the connection: {seen:?}"
+    );
+    assert_still_serving(&proxy, "continuation flood").await;
+    assert_only(&app, &["GET /ok HTTP/1.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_max_concurrent_are_refused_not_queued_forever() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&crate::support::one_route(""))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let tcp = open(addr).await;
+    let block = get_block("/slow?ms=1000");
+    let mut bytes = Vec::new();
+    const STREAMS: u32 = 600;
+    for i in 0..STREAMS {
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block));
+    }
+    let seen = flood(tcp, bytes, Duration::from_secs(6)).await;
+    println!(
+        "{STREAMS} streams at once (limit 256): {seen:?}, upstream got {}",
+        app.hits_for("/slow")
+    );
+    let answered = seen.headers + seen.resets;
+    assert!(
+        answered >= STREAMS as usize || seen.goaway.is_some() || seen.closed,
+        "every stream must be answered or refused: {seen:?}"
+    );
+    assert!(
+        app.hits_for("/slow") <= 256 + 8,
+        "at most the limit reached the upstream"
+    );
+    let log = proxy.log();
+    assert!(!log.contains("panicked"), "{log}");
+    let rsp = crate::support::http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+}
