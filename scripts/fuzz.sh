@@ -19,12 +19,17 @@ else
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
+# Build once, then run the binaries: `cargo fuzz run` would rebuild before every target.
+cargo +nightly fuzz build 2>&1 | tail -1
+host="$(rustc +nightly -vV | sed -n 's/^host: //p')"
+
 failed=()
 for t in "${targets[@]}"; do
     echo "=== fuzz $t for ${seconds}s"
     start=$(date +%s)
+    mkdir -p "artifacts/$t"
     # -rss_limit_mb bounds memory; -timeout flags any single input slower than 10 s as a hang.
-    if cargo +nightly fuzz run "$t" "corpus/$t" -- \
+    if "target/$host/release/$t" -artifact_prefix="artifacts/$t/" "corpus/$t" \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1; then
         echo "=== $t: no crash in $(( $(date +%s) - start ))s"
     else

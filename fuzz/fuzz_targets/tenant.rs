@@ -54,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(id) = rules().identify(&headers, &uri, None) {
         match id {
             TenantId::Fallback(_) => assert_eq!(id.as_str(), "anonymous"),
-            _ => assert!(is_valid_id(id.as_str().as_bytes()), "accepted {:?}", id.as_str()),
+            _ => assert!(
+                is_valid_id(id.as_str().as_bytes()),
+                "accepted {:?}",
+                id.as_str()
+            ),
         }
     }
 });
