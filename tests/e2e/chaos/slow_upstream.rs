@@ -85,7 +85,7 @@ async fn a_slowed_upstream_trips_its_breaker_and_leaves_another_route_flat() {
     );
     let refused = victims.errors().len();
     table(
-        "one upstream turns slow (2 s answers), breaker slow_call + load_shed",
+        "one upstream turns slow (2 s answers): breaker slow_call, load_shed 16 in flight as backstop",
         &[
             (
                 "slowed route: requests / not 200",
