@@ -492,9 +492,7 @@ impl TenantMetrics {
             })
             .inc();
     }
-}
 
-impl TenantMetrics {
     /// Counts one answered request with status `code`.
     pub fn count(&self, code: u16) {
         count_code(&self.codes, code, || {

@@ -406,18 +406,7 @@ impl Inner {
             old_set.record(entry, self.hasher.hash_one(tenant), now, 0);
             let index = new.index_after_reload(tenant, self.plan_of(entry.set()));
             let new_set = new.set(index as usize);
-            let plan = gcra::plan(&old_set.limits, &new_set.limits);
-            let old = |i: usize| {
-                entry
-                    .cells()
-                    .get(i)
-                    .map_or(0, |c| c.load(Ordering::Acquire))
-            };
-            let tats: Vec<u64> = plan
-                .iter()
-                .zip(&new_set.limits)
-                .map(|(carry, g)| carried(*carry, &old_set.limits, old, g, now))
-                .collect();
+            let tats = carried_tats(entry, old_set, new_set, now);
             if tats.iter().any(|&tat| tat > now) {
                 let moved = Entry::new(index, tats.len(), |i| tats.get(i).copied().unwrap_or(0));
                 kept += usize::from(new.table.put(Box::from(tenant), moved));
@@ -453,6 +442,22 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.tracked.release(self.table.len());
     }
+}
+
+/// The TATs of `entry` (in `old_set`) carried into `new_set`: each bucket keeps the share it
+/// had used; a reload and a tenant moving plan share this rule.
+fn carried_tats(entry: &Entry, old_set: &Set, new_set: &Set, now: u64) -> Vec<u64> {
+    let old = |i: usize| {
+        entry
+            .cells()
+            .get(i)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    };
+    gcra::plan(&old_set.limits, &new_set.limits)
+        .iter()
+        .zip(&new_set.limits)
+        .map(|(carry, g)| carried(*carry, &old_set.limits, old, g, now))
+        .collect()
 }
 
 fn carried(carry: Carry, old: &[Gcra], tat: impl Fn(usize) -> u64, new: &Gcra, now: u64) -> u64 {

@@ -128,7 +128,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(chunk) => chunk.is_none(),
-            Body::Client(inner) => inner.prefix.is_empty() && inner.rest.is_end_stream(),
+            Body::Client(inner) => http_body::Body::is_end_stream(inner),
             Body::Upstream(inner) => inner.is_end_stream(),
             Body::Teed(inner) => inner.is_end_stream(),
         }

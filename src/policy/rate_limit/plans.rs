@@ -10,12 +10,9 @@
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::Ordering;
-
 use super::decision::Decision;
-use super::gcra;
 use super::table::Entry;
-use super::{carried, Inner, RateLimiter, Set};
+use super::{carried_tats, Inner, RateLimiter, Set};
 
 // === impl RateLimiter ===
 
@@ -82,18 +79,7 @@ impl Inner {
         };
         let old_set = self.set(entry.set());
         let new_set = self.set(index as usize);
-        let plan = gcra::plan(&old_set.limits, &new_set.limits);
-        let old = |i: usize| {
-            entry
-                .cells()
-                .get(i)
-                .map_or(0, |c| c.load(Ordering::Acquire))
-        };
-        let tats: Vec<u64> = plan
-            .iter()
-            .zip(&new_set.limits)
-            .map(|(carry, g)| carried(*carry, &old_set.limits, old, g, now))
-            .collect();
+        let tats = carried_tats(&entry, old_set, new_set, now);
         let moved = Entry::new(index, tats.len(), |i| tats.get(i).copied().unwrap_or(0));
         if !self.table.put(Box::from(tenant), moved) {
             // Another request re-created it meanwhile: one entry, counted once.
