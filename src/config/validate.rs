@@ -189,8 +189,19 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
             "needs at least one source, like `- header: x-tenant-id`",
         );
     }
+    let verifies_clients = f
+        .listeners
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
     for (i, src) in t.from.iter().enumerate() {
-        tenant_source(src, &p.key("from").idx(i), r);
+        let sp = p.key("from").idx(i);
+        tenant_source(src, &sp, r);
+        if src.client_cert.is_some() && !verifies_clients {
+            r.warn(
+                &sp.key("client_cert"),
+                "no listener verifies client certificates (tls.client_ca), so this source never names a tenant; it does nothing",
+            );
+        }
     }
     if t.fallback != "reject" {
         if let Err(m) = syntax::tenant_id(&t.fallback) {

@@ -329,3 +329,32 @@ fn anchors_and_aliases_are_expanded() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn keys_that_can_never_act_where_they_stand_warn_at_their_key() {
+    // A tunnel timeout on an inbound listener: inbound refuses CONNECT.
+    let w = warnings(&BASE.replace(
+        "        policy: p\n",
+        "        policy: p\n        tunnel_idle_timeout: 5m\n",
+    ));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].path, "listeners[0].routes[0].tunnel_idle_timeout");
+    assert!(w[0].message.contains("inbound listeners refuse CONNECT"));
+
+    // A client-certificate source with no listener that verifies client certificates.
+    let w = warnings(&top(
+        "tenants:\n  from: [ { client_cert: uri_san }, { header: x-tenant-id } ]",
+    ));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].path, "tenants.from[0].client_cert");
+
+    // A plan header that no listener trusts is never read.
+    let w = warnings(&top("tenants:\n  plans: { plan_header: x-tenant-plan }"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].path, "tenants.plans.plan_header");
+    let trusted = top("tenants:\n  plans: { plan_header: x-tenant-plan }").replace(
+        "    direction: inbound\n",
+        "    direction: inbound\n    trust_plan_header: true\n",
+    );
+    assert!(warnings(&trusted).is_empty(), "a trusting listener reads it");
+}

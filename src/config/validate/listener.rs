@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::super::file::{File, Listener, LogTo};
+use super::super::file::{Direction, File, Listener, LogTo};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
@@ -123,6 +123,12 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
         }
         if let Some(t) = route.tunnel_idle_timeout {
             r.positive(&p.key("tunnel_idle_timeout"), t.0);
+            if l.direction == Direction::Inbound {
+                r.warn(
+                    &p.key("tunnel_idle_timeout"),
+                    "inbound listeners refuse CONNECT (405), so no tunnel ever uses this; it does nothing here",
+                );
+            }
         }
         check_refs(f, route, &p, r);
     }

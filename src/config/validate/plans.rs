@@ -103,6 +103,12 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
         }
     }
     let header = plans.is_some_and(|p| p.plan_header.is_some());
+    if header && !f.listeners.iter().any(|l| l.trust_plan_header) {
+        r.warn(
+            &tp.key("plan_header"),
+            "no listener has `trust_plan_header: true`, so this header is never read; it does nothing",
+        );
+    }
     for (i, l) in f.listeners.iter().enumerate() {
         if l.trust_plan_header && !header {
             r.value(
