@@ -45,8 +45,10 @@ pub struct StoreKey {
     pub route: Arc<str>,
     /// Tenant id.
     pub tenant: String,
-    /// The header's value.
-    pub key: String,
+    /// SHA-256 of the header's value: a client chooses the value, so an entry keeps a fixed
+    /// 32 bytes of it whatever its length (a 30 KiB key × `max_entries` would otherwise be
+    /// memory the client decides).
+    pub key: Digest,
 }
 
 /// A finished answer kept for replay.
@@ -141,9 +143,14 @@ impl RouteIdempotency {
         Some(StoreKey {
             route: self.route.clone(),
             tenant: tenant.to_string(),
-            key: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            key: key_digest(v.as_bytes()),
         })
     }
+}
+
+/// The key of a header value as the store keeps it (see [`StoreKey::key`]).
+pub fn key_digest(value: &[u8]) -> Digest {
+    Sha256::digest(value).into()
 }
 
 /// The digest that tells two requests with one key apart.

@@ -356,5 +356,8 @@ fn keys_that_can_never_act_where_they_stand_warn_at_their_key() {
         "    direction: inbound\n",
         "    direction: inbound\n    trust_plan_header: true\n",
     );
-    assert!(warnings(&trusted).is_empty(), "a trusting listener reads it");
+    assert!(
+        warnings(&trusted).is_empty(),
+        "a trusting listener reads it"
+    );
 }

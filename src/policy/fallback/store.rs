@@ -45,6 +45,9 @@ pub struct Kept {
     pub body: Bytes,
     at: u64,
     seq: u64,
+    /// What the entry holds in memory: body, headers and its key (the client chooses the
+    /// target, so the key counts against the byte cap too).
+    size: usize,
 }
 
 /// The bounded store of one route.
@@ -89,10 +92,17 @@ impl StaleStore {
             return;
         }
         let at = self.clock.now_nanos();
+        let size = body.len()
+            + key.tenant.len()
+            + key.target.len()
+            + headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>();
         let mut g = self.inner.lock();
         g.seq += 1;
         let seq = g.seq;
-        g.bytes += body.len();
+        g.bytes += size;
         g.order.push_back((key.clone(), seq));
         let kept = Kept {
             status,
@@ -100,9 +110,10 @@ impl StaleStore {
             body,
             at,
             seq,
+            size,
         };
         if let Some(old) = g.map.insert(key, kept) {
-            g.bytes -= old.body.len();
+            g.bytes -= old.size;
         }
         g.evict(self.max_entries, self.max_bytes);
     }
@@ -115,7 +126,7 @@ impl StaleStore {
         let age = Duration::from_nanos(now.saturating_sub(kept.at));
         if age > max_age {
             if let Some(old) = g.map.remove(key) {
-                g.bytes -= old.body.len();
+                g.bytes -= old.size;
             }
             return None;
         }
@@ -148,7 +159,7 @@ impl Inner {
             };
             if self.map.get(&key).is_some_and(|k| k.seq == seq) {
                 if let Some(old) = self.map.remove(&key) {
-                    self.bytes -= old.body.len();
+                    self.bytes -= old.size;
                 }
             }
         }
@@ -202,8 +213,18 @@ mod tests {
     }
 
     #[test]
+    fn a_long_client_chosen_target_counts_against_the_byte_cap() {
+        let s = StaleStore::with_bounds(Arc::new(ManualClock::new()), 100, 1000);
+        let long = format!("/{}", "x".repeat(30 * 1024));
+        put(&s, &long, b"ok");
+        assert!(s.bytes() <= 1000, "{}", s.bytes());
+        assert!(s.is_empty(), "an entry larger than the cap is not kept");
+    }
+
+    #[test]
     fn entries_and_bytes_are_bounded_oldest_first() {
-        let s = StaleStore::with_bounds(Arc::new(ManualClock::new()), 3, 10);
+        // Each entry below costs its body, its tenant and its target: 2 + 1 + 2 = 5 bytes.
+        let s = StaleStore::with_bounds(Arc::new(ManualClock::new()), 3, 16);
         for t in ["/1", "/2", "/3", "/4"] {
             put(&s, t, b"ab");
         }
@@ -213,7 +234,7 @@ mod tests {
             "the oldest went first"
         );
         put(&s, "/5", b"123456789");
-        assert!(s.bytes() <= 10, "{}", s.bytes());
+        assert!(s.bytes() <= 16, "{}", s.bytes());
         assert!(s.get(&key("/5"), Duration::MAX).is_some());
         // Replacing one key many times keeps the order list small.
         for _ in 0..1000 {

@@ -13,7 +13,7 @@ fn key(k: &str) -> StoreKey {
     StoreKey {
         route: Arc::from("r"),
         tenant: "t".into(),
-        key: k.into(),
+        key: super::super::key_digest(k.as_bytes()),
     }
 }
 
@@ -94,4 +94,16 @@ fn memory_stays_within_max_entries_under_1m_keys_oldest_out_first() {
         s.begin_now(&key("999998"), [0; 32]),
         Begin::Replay(_)
     ));
+}
+
+#[test]
+fn a_huge_key_costs_no_more_memory_than_a_short_one() {
+    // The client chooses the header's value; the store keeps 32 bytes of it, whatever its size.
+    let huge = "k".repeat(30 * 1024);
+    assert_eq!(key(&huge).key.len(), key("a").key.len());
+    assert_ne!(
+        key(&huge).key,
+        key(&"k".repeat(30 * 1024 - 1)).key,
+        "distinct keys stay distinct"
+    );
 }
