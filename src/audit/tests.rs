@@ -120,3 +120,23 @@ fn times_are_rfc3339_utc() {
     let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
     assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
 }
+
+#[test]
+fn lines_that_are_not_entries_are_named_not_panicked_on() {
+    let (_dir, path, _) = trail();
+    let good = lines(&path);
+    for junk in [
+        "",
+        "not json",
+        "{\"prev\": 5}",
+        "[1,2,3]",
+        "{\"event\":\"start\"}",
+        "\u{0}\u{1}\u{fffd}",
+        &"{".repeat(10_000),
+    ] {
+        let mut ls = good.clone();
+        ls.insert(1, junk.to_owned());
+        let broken = verify(&(ls.join("\n") + "\n")).expect_err("a junk line must break the chain");
+        assert_eq!(broken.line, 2, "{junk:?}: {broken}");
+    }
+}

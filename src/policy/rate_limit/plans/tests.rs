@@ -82,3 +82,24 @@ fn reload_keeps_unchanged_plans_and_rescales_moved_ones() {
     assert_eq!(admitted(&doubled, "globex", Some("pro"), 8), 0);
     assert_eq!(admitted(&doubled, "initech", None, 4), 1, "per_tenant kept");
 }
+
+#[test]
+fn a_plan_name_the_policy_does_not_know_gets_per_tenant_and_hopping_gains_nothing() {
+    let (l, _clock) = limiter(&cfg(50));
+    // A trusted plan header still carries whatever the client wrote: unknown, huge, odd.
+    let huge = "p".repeat(8 * 1024);
+    assert_eq!(
+        admitted(&l, "t1", Some(&huge), 10),
+        2,
+        "unknown plan: per_tenant"
+    );
+    assert_eq!(admitted(&l, "t2", Some("pro\u{0}x"), 10), 2);
+    // Hopping between plans every request never refills: the share used moves with it.
+    let (l, _clock) = limiter(&cfg(4));
+    let mut got = 0;
+    for i in 0..40 {
+        let plan = if i % 2 == 0 { Some("pro") } else { None };
+        got += usize::from(l.check_plan("hopper", plan).is_admitted());
+    }
+    assert!(got <= 4, "hopping plans must not add up bursts: {got}");
+}
