@@ -126,6 +126,18 @@ fn end_to_end_codings(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Why a request's authority is refused (400 `bad_request`), if it is.
 pub fn authority_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.method() == http::Method::CONNECT {
+        // RFC 9110 §9.3.6: the target is exactly `host:port` (no userinfo, no path).
+        let a = req.uri().authority();
+        let well_formed = a.is_some_and(|a| !a.as_str().contains('@') && a.port_u16().is_some())
+            && req
+                .uri()
+                .path_and_query()
+                .map_or(true, |p| p.as_str() == "/" || p.as_str().is_empty());
+        if !well_formed {
+            return Some("a CONNECT target must be host:port");
+        }
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {

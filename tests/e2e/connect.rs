@@ -290,3 +290,32 @@ async fn an_h2_connect_tunnels_on_its_stream() {
     );
     assert_eq!(plain.hits(), 1);
 }
+
+/// What a hostile client can put in a CONNECT target: no port, a path, userinfo, garbage.
+/// Each gets a clear refusal (or hyper's 400), never a tunnel to somewhere unrouted, and the
+/// proxy serves the next client normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_connect_targets_are_refused_and_leave_the_proxy_serving() {
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let addr = proxy.listener("outbound");
+    for target in [
+        "/just/a/path",
+        "no-such.example:443",
+        "user@plain.example:80",
+        "plain.example:99999",
+        "[::1",
+        "%00:1",
+    ] {
+        let rsp = connect(addr, target).await;
+        let status = rsp.status().unwrap_or(0);
+        assert!(
+            status == 0 || (400..500).contains(&status),
+            "CONNECT {target:?} must be refused: {}",
+            rsp.text()
+        );
+    }
+    assert_eq!(plain.hits(), 0, "no malformed target reached an upstream");
+    let ok = connect(addr, "plain.example:80").await;
+    assert_eq!(ok.status(), Some(200), "{}", ok.text());
+    assert!(!proxy.log().contains("panicked"));
+}
