@@ -269,6 +269,10 @@ async fn handle(
             }
         }
         ["fail-first", n] => {
+            // Reads the whole upload first, as a service that validates its input does: a
+            // test of retry rules must not depend on whether an early answer races the upload
+            // (`/status` and `/echo` are there for early answers and streaming).
+            let _ = req.into_body().collect().await;
             let n = n.parse::<u64>().unwrap_or(0);
             let key = query.get("key").cloned().unwrap_or_else(|| path.clone());
             if state.fail_first_hit(key) < n {
