@@ -22,6 +22,7 @@ mod health;
 mod hostile;
 mod jwt;
 mod load_shed;
+mod pool;
 mod proxy;
 mod rate_limit;
 mod reload;
