@@ -97,14 +97,23 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The runtime: `RAMPART_WORKERS` worker threads (default: one per core). With one worker the
+/// runtime is tokio's current-thread scheduler on the main thread: the same single thread of
+/// work, without the work-stealing machinery (run queues shared with other workers, a parking
+/// thread) that a single worker has no use for.
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("RAMPART_WORKERS")
+    let workers = std::env::var("RAMPART_WORKERS")
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        b.worker_threads(n.max(1));
-    }
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut b = match workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build()
 }
 

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ::http::Method;
+use bytes::Bytes;
 
 use crate::support::capture::Capture;
 use crate::support::{http, metrics, one_route, sample, Proxy};
@@ -16,7 +16,7 @@ use crate::support::{http, metrics, one_route, sample, Proxy};
 const TASKS: usize = 48;
 const PER_TASK: usize = 30;
 
-async fn proxy(app: SocketAddr, max_connections: u32) -> Proxy {
+async fn proxy(app: SocketAddr, max_connections: u32, workers: u32) -> Proxy {
     let cfg = one_route("").replace(
         "app: { endpoints: [$APP] }",
         &format!(
@@ -24,7 +24,11 @@ async fn proxy(app: SocketAddr, max_connections: u32) -> Proxy {
         ),
     );
     assert!(cfg.contains("max_connections"), "template changed: {cfg}");
-    Proxy::builder(&cfg).var("APP", app).spawn().await
+    Proxy::builder(&cfg)
+        .var("APP", app)
+        .env("RAMPART_WORKERS", workers)
+        .spawn()
+        .await
 }
 
 /// One request of the mix, chosen by `i`; panics naming what went wrong.
@@ -88,8 +92,18 @@ async fn one(client: &http::HttpClient, addr: SocketAddr, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_storm_comes_out_whole_within_the_connection_cap() {
+    storm(2).await;
+}
+
+/// One worker runs tokio's current-thread scheduler: the same storm on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_storm_on_one_worker_comes_out_whole() {
+    storm(1).await;
+}
+
+async fn storm(workers: u32) {
     let app = sample().await;
-    let proxy = proxy(app.addr(), 16).await;
+    let proxy = proxy(app.addr(), 16, workers).await;
     let addr = proxy.listener("inbound");
 
     let mut tasks = Vec::new();
@@ -132,7 +146,7 @@ async fn answers_that_close_their_connection_never_leave_one_stuck() {
     let up =
         Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
             .await;
-    let proxy = proxy(up.addr(), 2).await;
+    let proxy = proxy(up.addr(), 2, 2).await;
     let addr = proxy.listener("inbound");
     let mut tasks = Vec::new();
     for t in 0..8 {
