@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -441,20 +441,38 @@ impl Drive<'_> {
     }
 
     /// Polls `fut` to its end, driving the connection meanwhile.
+    ///
+    /// While this task drives the connection, `fut` (a request's answer, or the connection's
+    /// readiness) can only progress when the connection is polled here, and it is polled
+    /// right after. So `fut` gets a waker that does nothing: the connection handing over the
+    /// answer head would otherwise wake this task once more for nothing, and each wake-up
+    /// polls the whole client connection again. Likewise the connection is polled with such a
+    /// waker just before `fut` queues the request, so that queueing wakes nobody (not even a
+    /// task that used the connection earlier); the real waker is registered right after.
     async fn run<T>(&mut self, fut: impl Future<Output = T>) -> T {
         let mut fut = std::pin::pin!(fut);
+        let mut queued = false;
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-                return Poll::Ready(v);
-            }
-            if self.driven.is_some() {
-                self.poll_conn(cx);
-                if self.driven.is_none() {
-                    // The connection ended (and was dropped): `fut` now fails at once.
-                    return fut.as_mut().poll(cx);
+            let quiet = &mut Context::from_waker(Waker::noop());
+            if !queued {
+                queued = true;
+                if self.driven.is_some() {
+                    self.poll_conn(quiet);
+                }
+                let first = if self.driven.is_some() {
+                    &mut *quiet
+                } else {
+                    &mut *cx
+                };
+                if let Poll::Ready(v) = fut.as_mut().poll(first) {
+                    return Poll::Ready(v);
                 }
             }
-            Poll::Pending
+            self.poll_conn(cx);
+            // An ended connection is dropped by `poll_conn`, and `fut` then fails at once; a
+            // connection driven elsewhere wakes this task through `fut`'s own waker.
+            let waker = if self.driven.is_some() { quiet } else { cx };
+            fut.as_mut().poll(waker)
         })
         .await
     }
