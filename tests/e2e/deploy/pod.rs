@@ -204,7 +204,11 @@ async fn the_pod_policy_shows_probes_and_metrics_only_and_follows_configmap_upda
     // What the kubelet and Prometheus reach on the pod IP.
     let rsp = http::get(telemetry, "/metrics", &[]).await;
     assert_eq!(rsp.status, 200);
-    assert!(rsp.text().contains("# TYPE rampart_config_info gauge"), "{}", rsp.text());
+    assert!(
+        rsp.text().contains("# TYPE rampart_config_info gauge"),
+        "{}",
+        rsp.text()
+    );
     for path in ["/healthz", "/readyz"] {
         assert_eq!(http::get(telemetry, path, &[]).await.status, 200, "{path}");
     }
