@@ -78,6 +78,8 @@ awk -v s="$size" -v m="$IMAGE_MAX_MB" 'BEGIN { exit !(s <= m * 1048576) }' \
     || fail "the image is $size_mb MiB, more than IMAGE_MAX_MB=$IMAGE_MAX_MB"
 [[ $("${podman[@]}" image inspect -f '{{.Config.User}}' "$IMAGE") == 65532:65532 ]] \
     || fail "the image's USER is not 65532:65532"
+hc=$("${podman[@]}" image inspect -f '{{json .Config.Healthcheck}}' "$IMAGE")
+[[ $hc == *'"Test":["CMD","/usr/local/bin/rampart","health",'* ]] || fail "the image's HEALTHCHECK is not rampart health: $hc"
 # No shell in the image: the runtime stage holds the binary and its libraries only.
 if "${podman[@]}" run --rm --network host --health-interval disable --entrypoint /bin/sh "$IMAGE" -c true >/dev/null 2>&1; then
     fail "the image has a shell"
@@ -169,7 +171,12 @@ log "proxied: inbound and outbound (HTTP proxy) reach the loopback upstream"
 
 # --- 5. HEALTHCHECK ----------------------------------------------------------------------------
 "${podman[@]}" healthcheck run "$NAME" || fail "podman healthcheck run: unhealthy"
-log "healthcheck: healthy"
+# The same command in the image fails where no admin listener answers.
+if "${podman[@]}" run --rm --network host --health-interval disable "$IMAGE" \
+    health --admin "127.0.0.1:$(free_port)" --timeout 1s >/dev/null 2>>"$work/podman.log"; then
+    fail "rampart health in the image passed with no admin listener"
+fi
+log "healthcheck: healthy; and unhealthy where nothing answers"
 
 # --- 6. reload on SIGHUP -----------------------------------------------------------------------
 sha_before=$(curl -sS "$(url "$admin" /config)" | grep -o '"sha256":"[0-9a-f]*"' | head -n 1)
