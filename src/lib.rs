@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod generation;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -30,6 +30,15 @@ fn main() -> ExitCode {
     {
         return audit_verify(file);
     }
+    if let Command::Health {
+        admin,
+        config,
+        path,
+        timeout,
+    } = &cli.command
+    {
+        return health(*admin, config.as_deref(), path, timeout.0);
+    }
     raise_open_file_limit();
     let runtime = match build_runtime() {
         Ok(rt) => rt,
@@ -45,7 +54,7 @@ fn main() -> ExitCode {
             Command::Sample { listen } => rampart::sample::serve_forever(listen)
                 .await
                 .map_err(|e| e.to_string()),
-            Command::Validate { .. } | Command::Audit { .. } => Ok(()),
+            Command::Validate { .. } | Command::Audit { .. } | Command::Health { .. } => Ok(()),
         }
     });
     match result {
@@ -83,6 +92,32 @@ fn audit_verify(file: &std::path::Path) -> ExitCode {
         }
         Err(broken) => {
             eprintln!("{}: chain broken at {broken}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rampart health`: 0 and one line when the admin path answers 200, else 1 and why.
+fn health(
+    admin: Option<std::net::SocketAddr>,
+    config: Option<&std::path::Path>,
+    path: &str,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let addr = match rampart::health::admin_addr(admin, config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rampart health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rampart::health::probe(addr, path, timeout) {
+        Ok(status) => {
+            println!("{addr}{path}: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rampart health: {e}");
             ExitCode::FAILURE
         }
     }
