@@ -18,6 +18,7 @@ pub mod demo;
 pub mod error;
 pub mod generation;
 pub mod metrics;
+pub mod otel;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
