@@ -27,7 +27,7 @@ use super::TraceMetrics;
 use crate::config::file::{Otlp, OtlpProtocol};
 
 /// Spans queued before new ones are dropped.
-const QUEUE: usize = 8192;
+pub(super) const QUEUE: usize = 8192;
 /// Most spans in one export request.
 pub(super) const BATCH: usize = 512;
 /// How often the task looks at the queue (at most; `flush_every` if shorter).
