@@ -203,6 +203,10 @@ impl Rampart {
         for h in handles {
             h.wait(grace).await;
         }
+        // The spans of the last requests, bounded by the exporter's timeout.
+        if let Some(t) = self.shared.current.load().tracer.clone() {
+            t.exporter().flush().await;
+        }
         tracing::info!("drained; exiting");
     }
 }

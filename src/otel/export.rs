@@ -9,6 +9,7 @@
 //! never wait for the collector. When the last generation using an exporter is gone (a reload
 //! changed the export settings, or shutdown), the task sends what is queued and ends.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub(super) const QUEUE: usize = 8192;
 pub(super) const BATCH: usize = 512;
 /// How often the task looks at the queue (at most; `flush_every` if shorter).
 const POLL: Duration = Duration::from_millis(50);
+/// Longest [`Exporter::flush`] waits.
+const FLUSH_MAX: Duration = Duration::from_secs(5);
 /// Most bytes of a collector's answer that are read.
 const ANSWER_LIMIT: usize = 64 * 1024;
 /// Failed exports are logged at most this often (each one is counted).
@@ -42,12 +45,26 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 pub struct Exporter {
     queue: Arc<ArrayQueue<Box<SpanRecord>>>,
     metrics: TraceMetrics,
+    /// Shared with the task (see [`Flags`]).
+    flags: Arc<Flags>,
+    /// `otlp.timeout`: how long [`Exporter::flush`] waits at most.
+    timeout: Duration,
+}
+
+/// What [`Exporter::flush`] and the task tell each other.
+#[derive(Debug, Default)]
+struct Flags {
+    /// Send what is queued at the next tick, due or not.
+    urgent: AtomicBool,
+    /// The task holds spans it took from the queue and has not finished sending.
+    busy: AtomicBool,
 }
 
 /// What the export task owns.
 struct Task {
     queue: Arc<ArrayQueue<Box<SpanRecord>>>,
     owner: Weak<Exporter>,
+    flags: Arc<Flags>,
     client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
     protocol: OtlpProtocol,
@@ -64,9 +81,12 @@ impl Exporter {
     /// Starts exporting to `cfg` as `service_name`. Needs a tokio runtime (it spawns its task).
     pub fn start(cfg: &Otlp, service_name: &str, metrics: TraceMetrics) -> Arc<Exporter> {
         let queue = Arc::new(ArrayQueue::new(QUEUE));
+        let flags = Arc::new(Flags::default());
         let exporter = Arc::new(Exporter {
             queue: queue.clone(),
             metrics: metrics.clone(),
+            flags: flags.clone(),
+            timeout: cfg.timeout.0,
         });
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.timeout.0));
@@ -74,6 +94,7 @@ impl Exporter {
         let task = Task {
             queue,
             owner: Arc::downgrade(&exporter),
+            flags,
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
                 .build(http),
@@ -87,6 +108,19 @@ impl Exporter {
         };
         tokio::spawn(task.run());
         exporter
+    }
+
+    /// Sends what is queued now and waits until it is sent (or given up), for at most
+    /// `otlp.timeout` and never more than [`FLUSH_MAX`]: at shutdown, so the spans of the
+    /// last requests are not lost with the process.
+    pub async fn flush(&self) {
+        self.flags.urgent.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.timeout.min(FLUSH_MAX);
+        while (!self.queue.is_empty() || self.flags.busy.load(Ordering::Acquire))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Queues `span` without waiting; a full queue drops it (counted).
@@ -122,10 +156,14 @@ impl Task {
                 }
                 continue;
             }
+            let urgent = self.flags.urgent.swap(false, Ordering::AcqRel);
             let due = self.queue.len() >= BATCH || oldest_wait.elapsed() >= self.flush_every;
-            if !due && !closing {
+            if !due && !closing && !urgent {
                 continue;
             }
+            // Before the first pop, so a flush never sees an empty queue and an idle task
+            // while spans are on their way.
+            self.flags.busy.store(true, Ordering::Release);
             while !self.queue.is_empty() {
                 while batch.len() < BATCH {
                     match self.queue.pop() {
@@ -138,11 +176,12 @@ impl Task {
                 if batch.capacity() > BATCH {
                     batch.shrink_to(BATCH);
                 }
-                if self.queue.len() < BATCH && !closing {
+                if self.queue.len() < BATCH && !closing && !urgent {
                     // Less than a batch left: it waits its turn (or `flush_every`).
                     break;
                 }
             }
+            self.flags.busy.store(false, Ordering::Release);
             oldest_wait = Instant::now();
             if closing && self.queue.is_empty() {
                 return;

@@ -63,8 +63,13 @@ pub(super) struct SpanRecord {
 }
 
 /// The SERVER span of a sampled request; sent to the exporter when dropped.
+///
+/// One pointer wide: it rides in every request's guards (as `None` when not sampled).
 #[derive(Debug)]
-pub struct ServerSpan {
+pub struct ServerSpan(Box<Live>);
+
+#[derive(Debug)]
+struct Live {
     /// Taken when sent.
     rec: Option<Box<SpanRecord>>,
     mono: Instant,
@@ -150,7 +155,7 @@ impl ServerSpan {
             }
         }
         attrs.push(("rampart.listener", Val::Shared(listener.clone())));
-        ServerSpan {
+        ServerSpan(Box::new(Live {
             rec: Some(Box::new(SpanRecord {
                 trace_id: trace.trace_id,
                 span_id: trace.span_id,
@@ -166,18 +171,18 @@ impl ServerSpan {
             })),
             mono,
             exporter: exporter.clone(),
-        }
+        }))
     }
 
     /// The parent of this request's try spans, whose spans go to `exporter` (this span's
     /// own, borrowed for as long as the caller holds it rather than from the span).
     pub fn parent<'a>(&self, exporter: &'a Exporter) -> Option<SpanParent<'a>> {
-        let rec = self.rec.as_deref()?;
+        let rec = self.0.rec.as_deref()?;
         Some(SpanParent {
             trace_id: rec.trace_id,
             span_id: rec.span_id,
             wall: rec.start,
-            mono: self.mono,
+            mono: self.0.mono,
             exporter,
         })
     }
@@ -185,10 +190,11 @@ impl ServerSpan {
     /// Records how the request was answered; an answer rampart made itself adds an event
     /// (`rampart.refused` before any try, `rampart.failed` after tries) naming the reason.
     pub fn answered(&mut self, a: Answered<'_>) {
-        let Some(r) = self.rec.as_deref_mut() else {
+        let live = &mut *self.0;
+        let Some(r) = live.rec.as_deref_mut() else {
             return;
         };
-        let at = r.start + self.mono.elapsed();
+        let at = r.start + live.mono.elapsed();
         r.attrs
             .push(("http.response.status_code", Val::Int(i64::from(a.status))));
         if let Some((route, upstream)) = a.route {
@@ -236,9 +242,10 @@ impl ServerSpan {
 
 impl Drop for ServerSpan {
     fn drop(&mut self) {
-        if let Some(mut rec) = self.rec.take() {
-            rec.end = rec.start + self.mono.elapsed();
-            self.exporter.push(rec);
+        let live = &mut *self.0;
+        if let Some(mut rec) = live.rec.take() {
+            rec.end = rec.start + live.mono.elapsed();
+            live.exporter.push(rec);
         }
     }
 }

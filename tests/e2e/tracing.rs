@@ -413,3 +413,27 @@ async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
     }
     hold.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_shutdown_are_sent_before_exit() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A batch would wait an hour: only the shutdown flush can send it.
+    let mut proxy = Proxy::builder(&TRACED.replace("flush_every: 20ms", "flush_every: 1h"))
+        .var("APP", app.addr())
+        .var("OTLP", otlp.addr())
+        .var("SAMPLE", "100%")
+        .var("PROTOCOL", "http/protobuf")
+        .var("LOG", dir.path().join("access.jsonl").display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(otlp.spans().is_empty(), "nothing is due yet");
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", proxy.log());
+    assert_eq!(otlp.spans().len(), 2, "{:#?}", otlp.spans());
+}
