@@ -28,6 +28,7 @@ use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::otel::{TraceMetrics, Tracer};
 use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::fallback::RouteFallback;
 use crate::policy::fault::RouteFault;
@@ -57,6 +58,8 @@ pub struct Generation {
     pub breakers: BTreeMap<String, Arc<CircuitBreaker>>,
     /// Tenant identification rules.
     pub identify: Identify,
+    /// OpenTelemetry tracing (`tracing`), if on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// One listener's runtime.
@@ -88,6 +91,8 @@ pub struct ListenerRt {
     pub access_log: Option<AccessLog>,
     /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
     pub trust_plan_header: bool,
+    /// The generation's tracer (`tracing`), if on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -182,12 +187,17 @@ impl Generation {
             })
             .collect();
         let breakers = build_breakers(f, prev, shared);
+        let tracer = f.tracing.as_ref().map(|t| {
+            let old = prev.and_then(|p| p.tracer.as_deref());
+            Arc::new(Tracer::build(t, old, &TraceMetrics::new(&shared.metrics)))
+        });
         let listeners = f
             .listeners
             .iter()
             .map(|l| {
                 let mut rt = build_listener(l, f, &upstreams, &breakers, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
+                rt.tracer = tracer.clone();
                 (l.listen, Arc::new(rt))
             })
             .collect();
@@ -197,6 +207,7 @@ impl Generation {
             listeners,
             upstreams,
             breakers,
+            tracer,
             config,
         }
     }
@@ -208,6 +219,7 @@ impl Generation {
             listeners: HashMap::default(),
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            tracer: None,
             config,
         }
     }
@@ -336,6 +348,7 @@ fn build_listener(
             Some(AccessLog::new(name.clone(), cfg, sink))
         }),
         trust_plan_header: l.trust_plan_header,
+        tracer: None,
         tls_failures: match l.tls {
             Some(_) => shared.metrics.tls_failures(&l.name),
             None => Vec::new(),

@@ -47,6 +47,55 @@ pub struct File {
     /// The audit trail of policy changes (SPEC §11).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,
+    /// OpenTelemetry tracing (SPEC §12); off unless present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// `tracing:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Where spans are exported.
+    pub otlp: Otlp,
+    /// Head sampling of new traces; a client's sampled (or unsampled) parent is followed.
+    #[serde(default = "full_ratio")]
+    pub sample: Ratio,
+    /// `service.name` of the exported resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+/// `tracing.otlp:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// Base URL of the collector; spans go to `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// How spans are encoded on the wire.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Longest a span waits in the queue before it is sent (a full batch goes at once).
+    #[serde(default = "default_otlp_flush_every")]
+    pub flush_every: Dur,
+    /// Longest one export may take (connect included) before it is given up.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: Dur,
+}
+
+/// `tracing.otlp.protocol:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`application/x-protobuf`), the OTLP default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON over HTTP (`application/json`).
+    #[serde(rename = "http/json")]
+    HttpJson,
+    /// gRPC; named so that validation can refuse it with a reason (not built).
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 /// `audit:`
@@ -707,6 +756,15 @@ pub struct Match {
 
 // === defaults ===
 
+fn default_service_name() -> String {
+    "rampart".into()
+}
+fn default_otlp_flush_every() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_otlp_timeout() -> Dur {
+    Dur::from_secs(10)
+}
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }

@@ -4,6 +4,7 @@ mod checks;
 mod onepass;
 mod plans;
 mod resilience;
+mod tracing;
 
 use std::path::Path;
 

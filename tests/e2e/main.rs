@@ -31,3 +31,4 @@ mod robustness;
 mod shutdown;
 mod tenant;
 mod tls;
+mod tracing;
