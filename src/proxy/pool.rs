@@ -283,6 +283,16 @@ async fn handshake(addr: SocketAddr, io: Stream, slot: Slot) -> Result<Box<Conn>
     }))
 }
 
+/// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
+struct Noop;
+
+impl std::task::Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+    fn wake_by_ref(self: &Arc<Self>) {}
+}
+
+static NOOP: std::sync::LazyLock<Waker> = std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
+
 // === impl Stream ===
 
 impl AsyncRead for Stream {
@@ -453,7 +463,7 @@ impl Drive<'_> {
         let mut fut = std::pin::pin!(fut);
         let mut queued = false;
         std::future::poll_fn(|cx| {
-            let quiet = &mut Context::from_waker(Waker::noop());
+            let quiet = &mut Context::from_waker(&NOOP);
             if !queued {
                 queued = true;
                 if self.driven.is_some() {
