@@ -19,7 +19,7 @@ install_missing() {
     command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     for spec in "$@"; do
-        IFS== read -r -a pair <<<"$spec"
+        IFS='=' read -r -a pair <<<"$spec"
         command -v "${pair[0]}" >/dev/null 2>&1 || missing+=("${pair[1]}")
     done
     if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
@@ -132,6 +132,11 @@ stop() {
     done
     for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait "$main" 2>/dev/null || true
+    # Forget it, so the exit trap never signals a PID that may since belong to another program.
+    local -a keep=()
+    for pid in "${pids[@]}"; do [[ $pid == "$main" ]] || keep+=("$pid"); done
+    pids=("${keep[@]}")
+    unset "pid_of[$name]"
 }
 
 # wait_http NAME URL [TRIES] : until URL answers 200 (0.1 s apart), or fail with the log.
@@ -181,14 +186,24 @@ status_kib() {
 # fields 14 and 15 of /proc/PID/stat (the whole thread group for a multi-threaded process).
 cpu_ticks() {
     local pid rest total=0
-    local -a f
+    local -a fields
     for pid in $(proc_pids "$1"); do
         { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
         rest=${rest##*) }                 # fields from 3 (state) on
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))  # utime is field 14 = index 11 from field 3
+        read -r -a fields <<<"$rest"
+        total=$((total + fields[11] + fields[12]))  # utime is field 14 = index 11 from field 3
     done
     echo "$total"
+}
+
+# render_tmpl TEMPLATE OUT DIR LISTEN ADMIN WORKERS : fills in a plaintext config template
+# (rampart*.yaml, nginx.conf, haproxy.cfg); the upstream is $upstream, set by the caller.
+# shellcheck disable=SC2154
+render_tmpl() {
+    sed -e "s|@DIR@|$3|g" -e "s|@UPSTREAM@|$upstream|g" -e "s|@LISTEN@|$4|g" \
+        -e "s|@ADMIN@|$5|g" -e "s|@WORKERS@|$6|g" -e "s|@TLS_NGINX_LISTEN@||g" \
+        -e "s|@TLS_NGINX@|# plaintext|g" -e "s|@TLS_HAPROXY@||g" -e "s|@TLS_RAMPART@|# plaintext|g" \
+        "$1" >"$2"
 }
 
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }

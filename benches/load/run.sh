@@ -32,7 +32,7 @@ repo=$(cd "$here/../.." && pwd)
 out_md="$repo/target/load-bench.md"
 
 LOG_TAG=load
-# shellcheck source=benches/load/lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$here/lib.sh"
 
 # --- system packages -------------------------------------------------------------------------
