@@ -45,6 +45,13 @@ def ratio(a, b):
     return a / b
 
 
+def spread(m):
+    """(max - min) / median of req/s over the rounds, in percent: how much the rounds disagree."""
+    if m["rounds"] < 2 or not m["rps"]:
+        return "1 round"
+    return f"±{(m['rps_all'][-1] - m['rps_all'][0]) / m['rps'] * 50:.0f}%"
+
+
 def mark(ok):
     return "**met**" if ok else "**not met**"
 
@@ -157,7 +164,9 @@ def main():
     p.append(
         "CPU per request: user + system CPU time of the proxy's processes (nginx: master and "
         "workers), read from `/proc/PID/stat` before and after each wrk run, divided by the "
-        "requests wrk counted. \"best other\" is, per figure, the better of nginx and HAProxy "
+        "requests wrk counted. Spread: half the range of req/s over the rounds, relative to "
+        "the median (a large spread says the machine was busy; repeat with more ROUNDS). "
+        "\"best other\" is, per figure, the better of nginx and HAProxy "
         "(higher req/s, lower CPU, lower p99)."
     )
     p.append("")
@@ -171,8 +180,8 @@ def main():
             "`GET /` answered 200 `ok` by the upstream."
         )
         p.append("")
-        p.append("| target | conns | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
-        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
+        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for c in runs.conns("plain"):
             for t in runs.targets("plain", w):
                 m = runs.get("plain", w, t, c)
@@ -181,7 +190,7 @@ def main():
                 label = "direct (upstream alone; CPU = upstream's)" if t == "direct" else t
                 err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
                 p.append(
-                    f"| {label} | {c} | {fmt(m['rps'])} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                    f"| {label} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
                     f"{fmt(m['cpu_us'], 1)} | {err} |"
                 )
         p.append("")
@@ -248,8 +257,8 @@ def main():
             "wrk script."
         )
         p.append("")
-        p.append("| target | conns | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
-        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
+        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for c in runs.conns("policy"):
             for t in runs.targets("policy", w):
                 m = runs.get("policy", w, t, c)
@@ -257,7 +266,7 @@ def main():
                     continue
                 err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
                 p.append(
-                    f"| {t} | {c} | {fmt(m['rps'])} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                    f"| {t} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
                     f"{fmt(m['cpu_us'], 1)} | {err} |"
                 )
         p.append("")
