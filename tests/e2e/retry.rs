@@ -236,7 +236,9 @@ async fn the_request_deadline_is_never_overrun() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_retry_after_is_honoured_only_when_it_fits() {
     let app = sample().await;
-    let proxy = retrying(&app.addr().to_string(), "request: 1500ms", "100%", 100).await;
+    // 1.8 s: one retry after the 1 s wait fits with room for a loaded machine (0.8 s), a
+    // second one (another 1 s wait) does not.
+    let proxy = retrying(&app.addr().to_string(), "request: 1800ms", "100%", 100).await;
     let addr = proxy.listener("inbound");
     let t0 = Instant::now();
     let rsp = http::get(addr, "/status/503?retry_after=1", &[]).await;
@@ -248,7 +250,7 @@ async fn an_upstream_retry_after_is_honoured_only_when_it_fits() {
     assert_eq!(
         app.hits_for("/status/503"),
         2,
-        "one retry fits in 1.5 s after a 1 s wait, a second does not"
+        "one retry fits in 1.8 s after a 1 s wait, a second does not"
     );
     app.reset();
     let t0 = Instant::now();
