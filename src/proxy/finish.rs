@@ -109,10 +109,12 @@ impl<'a> Finish<'a> {
         let status = rsp.status().as_u16();
         tm.count(status);
         tm.duration.observe(self.started.elapsed().as_secs_f64());
-        with_request_id(&mut rsp, &self.request_id);
-        if !rsp.headers().contains_key(X_REQUEST_ID) {
-            rsp.headers_mut()
-                .insert(X_REQUEST_ID, self.request_id.clone());
+        // Every header lookup hashes a custom name: one each, in the common case.
+        if rsp.headers().contains_key(REASON_HEADER) {
+            with_request_id(&mut rsp, &self.request_id);
+        }
+        if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
+            v.insert(self.request_id.clone());
         }
         let reason = rsp.headers().get(REASON_HEADER);
         let route = self.route.map(|r| &r.name);
