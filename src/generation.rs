@@ -33,13 +33,14 @@ use crate::policy::fallback::RouteFallback;
 use crate::policy::fault::RouteFault;
 use crate::policy::idempotency::RouteIdempotency;
 use crate::policy::load_shed::RouteLoadShed;
-use crate::policy::rate_limit::RouteRateLimit;
+use crate::policy::rate_limit::{GlobalCtx, RouteRateLimit};
 use crate::policy::retry::RouteRetry;
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::listener::server_builder;
 use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
+use crate::store::GlobalStore;
 use crate::tenant::Identify;
 use crate::tls::TlsFiles;
 
@@ -57,6 +58,8 @@ pub struct Generation {
     pub breakers: BTreeMap<String, Arc<CircuitBreaker>>,
     /// Tenant identification rules.
     pub identify: Identify,
+    /// The global store (`global_store`), its connection kept across reloads of the same URL.
+    pub store: Option<Arc<GlobalStore>>,
 }
 
 /// One listener's runtime.
@@ -182,11 +185,16 @@ impl Generation {
             })
             .collect();
         let breakers = build_breakers(f, prev, shared);
+        let store = f.global_store.as_ref().and_then(|g| {
+            let old = prev.and_then(|p| p.store.as_ref());
+            GlobalStore::build(g, old, &shared.metrics, &shared.clock)
+        });
         let listeners = f
             .listeners
             .iter()
             .map(|l| {
-                let mut rt = build_listener(l, f, &upstreams, &breakers, prev, shared);
+                let tables = (&upstreams, &breakers, store.as_ref());
+                let mut rt = build_listener(l, f, tables, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
                 (l.listen, Arc::new(rt))
             })
@@ -197,6 +205,7 @@ impl Generation {
             listeners,
             upstreams,
             breakers,
+            store,
             config,
         }
     }
@@ -208,6 +217,7 @@ impl Generation {
             listeners: HashMap::default(),
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            store: None,
             config,
         }
     }
@@ -261,11 +271,17 @@ fn build_breakers(
     out
 }
 
+/// What the routes of a listener refer to: upstreams, breakers and the global store.
+type Tables<'a> = (
+    &'a BTreeMap<String, Arc<Upstream>>,
+    &'a BTreeMap<String, Arc<CircuitBreaker>>,
+    Option<&'a Arc<GlobalStore>>,
+);
+
 fn build_listener(
     l: &file::Listener,
     f: &file::File,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
-    breakers: &BTreeMap<String, Arc<CircuitBreaker>>,
+    (upstreams, breakers, store): Tables<'_>,
     prev: Option<&Generation>,
     shared: &Shared,
 ) -> ListenerRt {
@@ -297,8 +313,7 @@ fn build_listener(
                 r.policy.as_deref(),
                 policy_cfg,
                 old_policy,
-                &key,
-                &upstream.name,
+                (&key, &upstream.name, store),
                 shared,
             );
             policy.build_resilience(policy_cfg, old_policy, &key.label, shared);
@@ -351,8 +366,7 @@ impl RoutePolicy {
         name: Option<&str>,
         cfg: Option<&file::Policy>,
         old: Option<&RoutePolicy>,
-        key: &RouteKey,
-        upstream: &str,
+        (key, upstream, store): (&RouteKey, &str, Option<&Arc<GlobalStore>>),
         shared: &Shared,
     ) -> RoutePolicy {
         let Some(cfg) = cfg else {
@@ -364,7 +378,12 @@ impl RoutePolicy {
         });
         let rate_limit = cfg.rate_limit.as_ref().map(|rl| {
             let old = old.and_then(|o| o.rate_limit.as_ref());
-            RouteRateLimit::build(rl, old, &shared.tracked, &shared.clock)
+            let global = GlobalCtx {
+                store,
+                route: &key.label,
+                metrics: &shared.metrics,
+            };
+            RouteRateLimit::build(rl, old, &shared.tracked, &shared.clock, global)
         });
         let load_shed = cfg.load_shed.as_ref().map(|ls| {
             let old = old.and_then(|o| o.load_shed.as_ref());
