@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
