@@ -158,7 +158,7 @@ impl GlobalStore {
     /// Redis Cluster slot and one script may touch both. The route label is escaped so that a
     /// brace in it can never move the tag.
     pub fn tenant_key(&self, route: &str, tenant: &str) -> String {
-        let mut k = self.route_base(route);
+        let mut k = route_base(&self.cfg.key_prefix, route);
         k.push_str(":t:");
         k.push_str(tenant);
         k
@@ -166,24 +166,8 @@ impl GlobalStore {
 
     /// The key of the route's `total` limits: `PREFIX{ROUTE}:total`.
     pub fn total_key(&self, route: &str) -> String {
-        let mut k = self.route_base(route);
+        let mut k = route_base(&self.cfg.key_prefix, route);
         k.push_str(":total");
-        k
-    }
-
-    fn route_base(&self, route: &str) -> String {
-        let mut k = String::with_capacity(self.cfg.key_prefix.len() + route.len() + 16);
-        k.push_str(&self.cfg.key_prefix);
-        k.push('{');
-        for c in route.chars() {
-            match c {
-                '{' => k.push_str("%7B"),
-                '}' => k.push_str("%7D"),
-                '%' => k.push_str("%25"),
-                c => k.push(c),
-            }
-        }
-        k.push('}');
         k
     }
 
@@ -311,6 +295,23 @@ async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
     }
 }
 
+/// `PREFIX{ROUTE}` with `{`, `}` and `%` of the route percent-escaped.
+fn route_base(prefix: &str, route: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + route.len() + 16);
+    k.push_str(prefix);
+    k.push('{');
+    for c in route.chars() {
+        match c {
+            '{' => k.push_str("%7B"),
+            '}' => k.push_str("%7D"),
+            '%' => k.push_str("%25"),
+            c => k.push(c),
+        }
+    }
+    k.push('}');
+    k
+}
+
 /// A refused, reset or closed connection must be made anew; anything else may pass.
 fn failure_of(e: &RedisError) -> Failure {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
@@ -328,5 +329,30 @@ fn redacted(url: &str) -> String {
             _ => format!("redis://***@{host}"),
         },
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_prefix_route_tag_and_tenant_and_a_brace_cannot_move_the_tag() {
+        let mut k = route_base("rampart:", "app");
+        k.push_str(":t:acme");
+        assert_eq!(k, "rampart:{app}:t:acme");
+        assert_eq!(route_base("p:", "a{b}%c"), "p:{a%7Bb%7D%25c}");
+        assert_eq!(
+            route_base("p:", "a%7Bb"),
+            "p:{a%257Bb}",
+            "escapes never collide"
+        );
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redacted("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redacted("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
 }

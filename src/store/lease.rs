@@ -194,3 +194,38 @@ impl GlobalStore {
         Ok(Grant { granted, items })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::units::Rate;
+
+    fn limit(rate: &str, burst: Option<u64>, window: LimitWindow) -> Limit {
+        Limit {
+            rate: rate.parse::<Rate>().expect("a valid rate"),
+            burst,
+            name: None,
+            window,
+        }
+    }
+
+    #[test]
+    fn limits_become_microsecond_constants_named_by_their_values() {
+        let l = StoreLimit::new(&limit("100/s", Some(200), LimitWindow::Smooth));
+        assert_eq!(
+            (l.kind, l.a, l.c, l.capacity),
+            ("s", 10_000, 2_000_000, 200)
+        );
+        assert_eq!(l.field, "s:10000:2000000");
+        let l = StoreLimit::new(&limit("3/s", None, LimitWindow::Smooth));
+        assert_eq!(
+            (l.a, l.capacity),
+            (333_333, 3),
+            "T is rounded to the nearest µs"
+        );
+        let l = StoreLimit::new(&limit("10000/d", None, LimitWindow::Calendar));
+        assert_eq!((l.kind, l.a, l.c), ("c", 86_400_000_000, 10_000));
+        let fast = StoreLimit::new(&limit("5000000/s", None, LimitWindow::Smooth));
+        assert_eq!(fast.a, 1, "faster than 1/µs is held at 1 µs");
+    }
+}

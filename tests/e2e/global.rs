@@ -324,3 +324,91 @@ async fn reload_keeps_the_connection_unless_the_url_changes() {
     assert_eq!(admitted(&burst(&addr, "r2", 7, 1).await), 5);
     assert!(!second.keys("rt2:*").await.is_empty());
 }
+
+const SETS: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+global_store:
+  redis: { url: "$REDIS", timeout: 250ms }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  sets:
+    rate_limit:
+      per_tenant: [ { rate: 100/s, burst: 50 }, { rate: 6/d, window: calendar, name: quota } ]
+      overrides:
+        vip: { rate: 1/m, burst: 3 }
+      total: { rate: 1/m, burst: 12 }
+      scope: global
+      on_store_error: deny
+      lease: 1
+      headers: true
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: sets
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_of_a_set_and_the_route_total_are_shared() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let proxy = Proxy::builder(SETS)
+        .var("REDIS", redis.url())
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    wait_up(&proxy, 1.0).await;
+    let addr = proxy.listener("inbound");
+    let get = |tenant: &'static str| async move {
+        http::get(addr, "/ok", &[("x-tenant-id", tenant)]).await
+    };
+
+    // The calendar quota (6 a day) refuses first, and says so.
+    let mut ok = 0;
+    for _ in 0..6 {
+        let r = get("a").await;
+        assert_eq!(r.status, 200);
+        ok += 1;
+        let rl = r.header("ratelimit").unwrap_or_default().to_owned();
+        assert!(rl.contains(&format!("\"quota\";r={}", 6 - ok)), "{rl}");
+    }
+    let refused = get("a").await;
+    refused.assert_rampart(429, "rate_limited");
+    let rl = refused.header("ratelimit").unwrap_or_default();
+    assert!(rl.contains("\"quota\";r=0"), "{rl}");
+    let retry: u64 = refused
+        .header("retry-after")
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        (1..=86_400).contains(&retry),
+        "until the UTC day ends: {retry}"
+    );
+
+    // An override replaces the tenant's limits: 3 for `vip`.
+    let vip = admitted_of(get, "vip", 5).await;
+    assert_eq!(vip, 3);
+    // The route's total (12) is shared by every tenant: 6 + 3 spent, 3 left for `b`.
+    assert_eq!(admitted_of(get, "b", 5).await, 3);
+    let keys = redis.keys("rampart:*").await;
+    assert!(keys.contains(&"rampart:{app}:total".to_owned()), "{keys:?}");
+}
+
+async fn admitted_of<F, Fut>(get: F, tenant: &'static str, n: usize) -> usize
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = http::Resp>,
+{
+    let mut ok = 0;
+    for _ in 0..n {
+        if get(tenant).await.status == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
