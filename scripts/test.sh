@@ -14,9 +14,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- system packages -------------------------------------------------------------------
 # command -> Debian packages that provide it
-declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" [openssl]=openssl )
+declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" [openssl]=openssl [redis-server]=redis-server )
 missing=()
-for cmd in promtool curl cc openssl; do
+for cmd in promtool curl cc openssl redis-server; do
     # shellcheck disable=SC2206 # word splitting of the package list is wanted
     command -v "$cmd" >/dev/null 2>&1 || missing+=(${want[$cmd]})
 done
