@@ -46,7 +46,14 @@ fn main() {
         .map(|a| a.port())
         .expect("a free port");
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
         .args(["--appendonly", "no", "--loglevel", "warning"])
         .stdout(Stdio::null())
         .spawn()
@@ -74,7 +81,10 @@ async fn run(port: u16) {
     let store = GlobalStore::build(&cfg, None, &metrics, &clock).expect("a valid URL");
     let start = Instant::now();
     while !store.is_up() {
-        assert!(start.elapsed() < Duration::from_secs(10), "redis never came up");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis never came up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let probe = redis::Client::open(url).expect("url");
@@ -91,7 +101,14 @@ async fn run(port: u16) {
         let local = RateLimiter::new(&rl, TrackedTenants::new(100_000), clock.clone());
         let global = lease.map(|_| {
             let counter = metrics.store_fallbacks.with_label_values(&["bench"]);
-            GlobalLimiter::new(&rl, &Arc::from("bench"), store.clone(), 100_000, clock.clone(), counter)
+            GlobalLimiter::new(
+                &rl,
+                &Arc::from("bench"),
+                store.clone(),
+                100_000,
+                clock.clone(),
+                counter,
+            )
         });
         let before = calls(&mut admin).await;
         let mut took = Vec::with_capacity(DECISIONS);
@@ -121,7 +138,10 @@ async fn run(port: u16) {
             q(0.999),
             ops as f64 / admitted.max(1) as f64
         );
-        assert_eq!(admitted, DECISIONS as u64, "the limit is set high enough to admit all");
+        assert_eq!(
+            admitted, DECISIONS as u64,
+            "the limit is set high enough to admit all"
+        );
     }
 }
 

@@ -316,7 +316,7 @@ fn build_listener(
                 (&key, &upstream.name, store),
                 shared,
             );
-            policy.build_resilience(policy_cfg, old_policy, &key.label, shared);
+            policy.build_resilience(policy_cfg, old_policy, (&key.label, store), shared);
             let breaker = policy_cfg
                 .and_then(|p| p.circuit_breaker.as_ref())
                 .and_then(|_| breakers.get(&r.upstream).cloned());
@@ -413,7 +413,7 @@ impl RoutePolicy {
         &mut self,
         cfg: Option<&file::Policy>,
         old: Option<&RoutePolicy>,
-        route: &Arc<str>,
+        (route, store): (&Arc<str>, Option<&Arc<GlobalStore>>),
         shared: &Shared,
     ) {
         let Some(cfg) = cfg else { return };
@@ -425,7 +425,7 @@ impl RoutePolicy {
         });
         self.idempotency = cfg.idempotency.as_ref().map(|i| {
             let old = old.and_then(|o| o.idempotency.as_ref());
-            RouteIdempotency::build(i, old, route, m, &shared.clock)
+            RouteIdempotency::build(i, old, route, m, &shared.clock, store)
         });
     }
 }

@@ -19,7 +19,8 @@
 //! Keys (`key_prefix`, route, tenant) are built here, so every user of the store agrees on them.
 
 pub(crate) mod breaker;
-pub(crate) mod lease;
+pub mod idempotency;
+pub mod lease;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,6 +163,11 @@ impl GlobalStore {
         k.push_str(":t:");
         k.push_str(tenant);
         k
+    }
+
+    /// `PREFIX{ROUTE}`: the start of every key of the route labelled `route`.
+    pub(crate) fn key_base(&self, route: &str) -> String {
+        route_base(&self.cfg.key_prefix, route)
     }
 
     /// The key of the route's `total` limits: `PREFIX{ROUTE}:total`.

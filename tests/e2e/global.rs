@@ -412,3 +412,67 @@ where
     }
     ok
 }
+
+const IDEMPOTENT: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+global_store:
+  redis: { url: "$REDIS", timeout: 250ms }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  pay:
+    idempotency: { ttl: 1h, max_body: 4KiB }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: pay
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_honoured_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let app = sample().await;
+    let spawn = || {
+        Proxy::builder(IDEMPOTENT)
+            .var("REDIS", redis.url())
+            .var("APP", app.addr())
+            .spawn()
+    };
+    let (a, b) = (spawn().await, spawn().await);
+    wait_up(&a, 1.0).await;
+    wait_up(&b, 1.0).await;
+    let (a_addr, b_addr) = (a.listener("inbound"), b.listener("inbound"));
+    let key = [("idempotency-key", "order-1"), ("x-tenant-id", "t")];
+
+    let first = http::post(a_addr, "/echo", &key, "pay 10").await;
+    assert_eq!(first.status, 200);
+    // The answer is kept where the body ends, in the background: give it a moment.
+    assert_eventually!(
+        http::post(b_addr, "/echo", &key, "pay 10")
+            .await
+            .header("x-rampart-idempotent-replay")
+            == Some("true"),
+        "a repeat on the other replica must be replayed"
+    );
+    let again = http::post(b_addr, "/echo", &key, "pay 10").await;
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+    assert_eq!(again.header("content-type"), first.header("content-type"));
+    assert_eq!(app.hits_for("/echo"), 1, "one request reached the upstream");
+    http::post(b_addr, "/echo", &key, "pay 99")
+        .await
+        .assert_rampart(422, "idempotency_key_reused");
+    let keys = redis.keys("rampart:{app}:i:t:*").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    // Store gone: each replica still protects its own repeats.
+    redis.kill();
+    let k2 = [("idempotency-key", "order-2"), ("x-tenant-id", "t")];
+    assert_eq!(http::post(a_addr, "/echo", &k2, "pay 5").await.status, 200);
+    let repeat = http::post(a_addr, "/echo", &k2, "pay 5").await;
+    assert_eq!(repeat.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/echo"), 2);
+}

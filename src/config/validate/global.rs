@@ -28,15 +28,18 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
     }
     let mut used = false;
     for (name, p) in &f.policies {
-        let Some(rl) = &p.rate_limit else { continue };
+        let Some(rl) = &p.rate_limit else {
+            continue;
+        };
         let rp = root.key("policies").key(name).key("rate_limit");
         used |= rl.scope == LimitScope::Global;
         rate_limit(rl, f.global_store.is_some(), &rp, r);
     }
+    used |= f.policies.values().any(|p| p.idempotency.is_some());
     if f.global_store.is_some() && !used {
         r.warn(
             &root.key("global_store"),
-            "no rate_limit has `scope: global`, so nothing uses this store (idempotency keys stay in each process's memory in this build)",
+            "no rate_limit has `scope: global` and no policy has `idempotency`, so nothing uses this store",
         );
     }
 }
