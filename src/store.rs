@@ -74,6 +74,8 @@ struct Link {
     conn: ArcSwapOption<MultiplexedConnection>,
     /// Mirrors `breaker.is_closed()` for a lock-free look on the request path.
     up: AtomicBool,
+    /// An outage was logged (once per outage, not per probe).
+    warned: AtomicBool,
     breaker: parking_lot::Mutex<Breaker>,
     wake: Arc<Notify>,
     errors: IntCounter,
@@ -121,6 +123,7 @@ impl GlobalStore {
             client,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
             breaker: parking_lot::Mutex::new(Breaker::new()),
             wake: wake.clone(),
             errors: metrics
@@ -146,11 +149,6 @@ impl GlobalStore {
     /// Whether calls go to the store now (breaker closed, connected).
     pub fn is_up(&self) -> bool {
         self.link.up.load(Ordering::Acquire)
-    }
-
-    /// Whether `self` and `other` share one connection.
-    pub fn same_link(&self, other: &GlobalStore) -> bool {
-        Arc::ptr_eq(&self.link, &other.link)
     }
 
     /// The key of `tenant` on the route labelled `route`: `PREFIX{ROUTE}:t:TENANT`.
@@ -224,7 +222,7 @@ impl Link {
     }
 
     fn down(&self, why: &str) {
-        if self.up.swap(false, Ordering::AcqRel) {
+        if self.up.swap(false, Ordering::AcqRel) && !self.warned.swap(true, Ordering::AcqRel) {
             tracing::warn!(url = %redacted(&self.url), why, "global store down; rate limits follow on_store_error");
         }
         self.up_gauge.set(0);
@@ -259,6 +257,7 @@ impl Link {
             Ok(Ok(_)) => {
                 self.breaker.lock().close();
                 self.up.store(true, Ordering::Release);
+                self.warned.store(false, Ordering::Release);
                 self.up_gauge.set(1);
                 tracing::info!(url = %redacted(&self.url), "global store up");
             }
@@ -269,6 +268,9 @@ impl Link {
 
     fn probe_failed(&self, kind: Failure) {
         self.errors.inc();
+        if !self.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(url = %redacted(&self.url), "global store unreachable; rate limits follow on_store_error until it answers");
+        }
         if kind == Failure::Broken {
             self.conn.store(None);
         }

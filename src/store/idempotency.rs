@@ -89,9 +89,9 @@ impl RedisIdempotency {
         }
     }
 
-    /// Whether this store talks through `store`'s connection.
-    pub fn uses(&self, store: &GlobalStore) -> bool {
-        self.store.same_link(store)
+    /// Whether this store talks to `store` as configured now (connection, prefix, timeout).
+    pub fn uses(&self, store: &Arc<GlobalStore>) -> bool {
+        Arc::ptr_eq(&self.store, store)
     }
 
     fn key(&self, key: &StoreKey) -> String {

@@ -141,6 +141,11 @@ async fn two_ramparts_together_admit_one_tenant_limit() {
             .count()
     };
     assert!(by(addrs[0]) > 0 && by(addrs[1]) > 0, "both replicas admit");
+    // Leases of 4, shared by concurrent requests (single-flight), and refusals answered
+    // locally once the store said "none until later": far fewer calls than requests.
+    let calls = redis.calls("evalsha").await + redis.calls("eval").await;
+    println!("store calls for 120 requests: {calls}");
+    assert!(calls <= 24, "{calls} script calls for 120 requests");
 
     // Keys carry the prefix, the route (as the Cluster hash tag) and the tenant, and expire.
     let keys = redis.keys("rt:*").await;

@@ -158,9 +158,10 @@ impl GlobalLimiter {
         }
     }
 
-    /// Whether this limiter talks to `store` (a reload keeps it only then).
-    pub fn uses(&self, store: &GlobalStore) -> bool {
-        self.inner.store.same_link(store)
+    /// Whether this limiter talks to `store` as configured now (same connection, prefix and
+    /// timeout); a reload keeps it only then.
+    pub fn uses(&self, store: &Arc<GlobalStore>) -> bool {
+        Arc::ptr_eq(&self.inner.store, store)
     }
 
     /// Decides for one request of `tenant` on `plan`; `local` is the route's per-process
@@ -192,6 +193,10 @@ impl GlobalLimiter {
             let notified = lease.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // A refill may have landed between the look above and `enable`.
+            if let Some(left) = lease.take(index, now) {
+                return inner.admitted(set, &lease, left, now);
+            }
             if !lease.refilling.swap(true, Ordering::AcqRel) {
                 lease.failed.store(false, Ordering::Release);
                 let (inner, lease, tenant) = (inner.clone(), lease.clone(), Box::from(tenant));
@@ -237,7 +242,8 @@ impl Inner {
     }
 
     /// The tenant's lease; tenants past `max_leases` share no lease (each of their requests
-    /// asks the store), after idle leases were dropped to make room.
+    /// asks the store, and what it leases beyond one token is lost: strict, never lenient),
+    /// after idle leases were dropped to make room.
     fn lease_of(&self, tenant: &str) -> Arc<Lease> {
         if let Some(l) = self.leases.get(tenant) {
             return l.clone();
@@ -386,5 +392,50 @@ impl Lease {
         !live
             && now >= self.refused_until.load(Ordering::Acquire)
             && !self.refilling.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn leased(tokens: u64, set: u32, expires: u64) -> Lease {
+        let l = Lease::default();
+        l.set.store(set, Ordering::Relaxed);
+        l.expires.store(expires, Ordering::Relaxed);
+        l.tokens.store(tokens, Ordering::Relaxed);
+        l
+    }
+
+    #[test]
+    fn leased_tokens_are_spent_one_by_one_until_none_is_left() {
+        let l = leased(3, 0, 10 * S);
+        assert_eq!(l.take(0, S), Some(2));
+        assert_eq!(l.take(0, S), Some(1));
+        assert_eq!(l.take(0, S), Some(0));
+        assert_eq!(l.take(0, S), None, "an empty lease asks the store");
+        assert!(l.is_idle(S));
+    }
+
+    #[test]
+    fn expired_tokens_and_tokens_of_another_set_are_not_spent() {
+        let l = leased(5, 0, 2 * S);
+        assert_eq!(l.take(0, 2 * S), None, "void from lease_ttl on");
+        assert!(l.is_idle(2 * S), "an expired lease may be dropped");
+        let l = leased(5, 1, 2 * S);
+        assert_eq!(l.take(0, S), None, "a tenant that changed plan leases anew");
+        assert!(!l.is_idle(S), "live tokens are kept");
+    }
+
+    #[test]
+    fn a_refusal_in_force_or_a_refill_running_keeps_the_lease() {
+        let l = Lease::default();
+        l.refused_until.store(3 * S, Ordering::Relaxed);
+        assert!(!l.is_idle(S));
+        assert!(l.is_idle(3 * S));
+        l.refilling.store(true, Ordering::Relaxed);
+        assert!(!l.is_idle(3 * S));
     }
 }
