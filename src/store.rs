@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use self::breaker::{Breaker, Failure};
 use crate::clock::SharedClock;
-use crate::config::file;
+use crate::config::file::{self, redact_url as redacted};
 use crate::metrics::Metrics;
 
 /// The `backend` label of `rampart_ratelimit_backend_errors_total`.
@@ -329,17 +329,6 @@ fn failure_of(e: &RedisError) -> Failure {
     }
 }
 
-/// The URL without its password, for logs.
-fn redacted(url: &str) -> String {
-    match url.split_once('@') {
-        Some((userinfo, host)) => match userinfo.rsplit_once(':') {
-            Some((user, _)) if user != "redis" => format!("{user}:***@{host}"),
-            _ => format!("redis://***@{host}"),
-        },
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,9 +347,20 @@ mod tests {
     }
 
     #[test]
-    fn passwords_stay_out_of_logs() {
+    fn passwords_stay_out_of_logs_and_config_dumps() {
         assert_eq!(redacted("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redacted("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redacted("redis://token@h"), "redis://***@h");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        let cfg = file::RedisStore {
+            url: "redis://u:p@ss@h:1".into(),
+            key_prefix: "x:".into(),
+            timeout: crate::config::units::Dur::from_millis(5),
+        };
+        let shown = serde_json::to_string(&cfg).expect("serializable");
+        assert!(
+            shown.contains("redis://u:***@h:1") && !shown.contains("ss@"),
+            "{shown}"
+        );
     }
 }

@@ -64,7 +64,8 @@ pub struct GlobalStore {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStore {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`; shown (in `/config`) without its password.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Put before every key, so several services can share one Redis.
     #[serde(default = "default_key_prefix")]
@@ -774,6 +775,24 @@ pub struct Match {
 }
 
 // === defaults ===
+
+/// `url` without its password (for logs and `/config`): `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once("://") {
+            Some((scheme, cred)) => match cred.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://***@{host}"),
+            },
+            None => format!("***@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
 
 /// Default `global_store.redis.key_prefix`.
 pub const DEFAULT_KEY_PREFIX: &str = "rampart:";
