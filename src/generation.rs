@@ -10,6 +10,7 @@
 //! Counterparts are found by stable identity:
 //! - an upstream by its name; its endpoints by address (so a tweak to one upstream key keeps
 //!   warm connections and health);
+//! - the global store by its URL (`GlobalStore::build`: the same URL keeps its connection);
 //! - a route by [`RouteKey`]: its listener's name, its label (`name:` or upstream), and its
 //!   ordinal among the routes of that listener with the same label. Two unnamed routes to one
 //!   upstream are thus told apart by position among themselves, and naming routes makes the

@@ -223,8 +223,10 @@ async fn redis_killed_falls_back_to_local_limits_and_its_return_restores_them() 
             >= 1.0,
         "{text}"
     );
-    // Readiness never depends on the store.
+    // Readiness never depends on the store; /state says it is down.
     assert_eq!(http::get(a.admin(), "/readyz", &[]).await.status, 200);
+    let state = http::get(a.admin(), "/state", &[]).await.json();
+    assert_eq!(state["global_store"]["up"], false, "{state}");
 
     redis.restart().await;
     wait_up(&a, 1.0).await;
