@@ -2,11 +2,18 @@
 # The test command of the README; CI runs exactly this (through .ci/run).
 #
 # 1. Installs the system tools the tests call when they are missing (Debian/Ubuntu apt):
-#    promtool (package prometheus) checks the /metrics output, curl drives the CLI and CONNECT
-#    tests, openssl makes the RSA keys of the JWT tests (ring cannot generate RSA), and a C
-#    linker (cc), which rustc needs to link and a bare Debian lacks.
-# 2. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
-# 3. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
+#    promtool and the prometheus server (package prometheus) check the /metrics output and
+#    scrape a running rampart, curl drives the CLI and CONNECT tests, openssl makes the RSA
+#    keys of the JWT tests (ring cannot generate RSA), a C linker (cc), which rustc needs to
+#    link and a bare Debian lacks, python3 with venv for the PyPI tools below, and
+#    redis-server, which the global rate-limit tests start on free loopback ports.
+# 2. Installs kubernetes-validate (PyPI; JSON schemas of the Kubernetes API, offline) into
+#    target/deploy-venv; the deploy tests validate deploy/k8s with it.
+# 3. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
+# 4. With RAMPART_CONTAINER_TEST=1 (CI sets it): builds the container image and runs it with
+#    podman (deploy/container/test.sh; installs podman, debootstrap and runc; needs root and
+#    the Debian mirror; a release build, so a few minutes).
+# 5. Runs the library unit tests, the tests/e2e binary, the doc tests and compiles the
 #    benches once (as tests: no heavy measurement runs).
 set -euo pipefail
 
@@ -14,12 +21,23 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- system packages -------------------------------------------------------------------
 # command -> Debian packages that provide it
-declare -A want=( [promtool]=prometheus [curl]=curl [cc]="gcc libc6-dev" [openssl]=openssl [redis-server]=redis-server )
+declare -A want=( [promtool]=prometheus [prometheus]=prometheus [curl]=curl [cc]="gcc libc6-dev"
+                  [openssl]=openssl [python3]="python3 python3-venv" [redis-server]=redis-server )
+cmds=(promtool prometheus curl cc openssl python3 redis-server)
+container_test=${RAMPART_CONTAINER_TEST:-0}
+if [[ $container_test == 1 ]]; then
+    want+=( [podman]=podman [debootstrap]=debootstrap [runc]=runc )
+    cmds+=(podman debootstrap runc)
+fi
 missing=()
-for cmd in promtool curl cc openssl redis-server; do
+for cmd in "${cmds[@]}"; do
     # shellcheck disable=SC2206 # word splitting of the package list is wanted
     command -v "$cmd" >/dev/null 2>&1 || missing+=(${want[$cmd]})
 done
+# A python3 without its venv module (Debian splits it out) needs python3-venv.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 
 if ((${#missing[@]} > 0)); then
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -37,10 +55,30 @@ if ((${#missing[@]} > 0)); then
         apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# --- PyPI tools -------------------------------------------------------------------------
+# kubernetes-validate bundles the Kubernetes JSON schemas (no cluster, no download at run
+# time); the deploy tests find it through RAMPART_PY_TOOLS.
+venv=target/deploy-venv
+if [[ ! -x $venv/bin/kubernetes-validate ]]; then
+    echo "test.sh: installing kubernetes-validate into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+RAMPART_PY_TOOLS=$(cd "$venv/bin" && pwd)
+export RAMPART_PY_TOOLS
+
 # --- shipped alert rules ----------------------------------------------------------------
 # Cheap, and they name the metrics of SPEC §5: a renamed metric breaks the alert unit tests.
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml
+
+# --- the container image, built and run -------------------------------------------------
+if [[ $container_test == 1 ]]; then
+    bash deploy/container/test.sh
+else
+    echo "test.sh: container image test skipped (RAMPART_CONTAINER_TEST=1 runs it; CI does)"
+fi
 
 # --- tests -------------------------------------------------------------------------------
 # Doc tests and the benches (built and run once in test mode: criterion times nothing) come

@@ -56,6 +56,23 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
     },
+    /// Probe a running rampart's admin listener once: exit 0 on a 200, else 1 (for container
+    /// health checks in images without a shell).
+    Health {
+        /// Admin address to probe; default: the policy file's `admin.listen` when a file is
+        /// named, else 127.0.0.1:9901. `0.0.0.0`/`::` are probed on loopback.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// The policy file to take `admin.listen` from.
+        #[arg(long, env = "RAMPART_CONFIG")]
+        config: Option<PathBuf>,
+        /// Admin path to ask for: /healthz (serving) or /readyz (ready for traffic).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// The whole probe's budget (connect, send, status line), e.g. 2s or 500ms.
+        #[arg(long, default_value = "2s")]
+        timeout: crate::config::Dur,
+    },
     /// Work with the audit trail of policy changes (SPEC §11).
     Audit {
         /// What to do with it.

@@ -29,6 +29,7 @@ use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::otel::{TraceMetrics, Tracer};
 use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::fallback::RouteFallback;
 use crate::policy::fault::RouteFault;
@@ -61,6 +62,8 @@ pub struct Generation {
     pub identify: Identify,
     /// The global store (`global_store`), its connection kept across reloads of the same URL.
     pub store: Option<Arc<GlobalStore>>,
+    /// OpenTelemetry tracing (`tracing`), if on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// One listener's runtime.
@@ -92,6 +95,8 @@ pub struct ListenerRt {
     pub access_log: Option<AccessLog>,
     /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
     pub trust_plan_header: bool,
+    /// The generation's tracer (`tracing`), if on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Identity of a route across reloads (see the module doc).
@@ -190,6 +195,10 @@ impl Generation {
             let old = prev.and_then(|p| p.store.as_ref());
             GlobalStore::build(g, old, &shared.metrics, &shared.clock)
         });
+        let tracer = f.tracing.as_ref().map(|t| {
+            let old = prev.and_then(|p| p.tracer.as_deref());
+            Arc::new(Tracer::build(t, old, &TraceMetrics::new(&shared.metrics)))
+        });
         let listeners = f
             .listeners
             .iter()
@@ -197,6 +206,7 @@ impl Generation {
                 let tables = (&upstreams, &breakers, store.as_ref());
                 let mut rt = build_listener(l, f, tables, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
+                rt.tracer = tracer.clone();
                 (l.listen, Arc::new(rt))
             })
             .collect();
@@ -207,6 +217,7 @@ impl Generation {
             upstreams,
             breakers,
             store,
+            tracer,
             config,
         }
     }
@@ -219,6 +230,7 @@ impl Generation {
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
             store: None,
+            tracer: None,
             config,
         }
     }
@@ -352,6 +364,7 @@ fn build_listener(
             Some(AccessLog::new(name.clone(), cfg, sink))
         }),
         trust_plan_header: l.trust_plan_header,
+        tracer: None,
         tls_failures: match l.tls {
             Some(_) => shared.metrics.tls_failures(&l.name),
             None => Vec::new(),

@@ -17,7 +17,9 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod generation;
+pub mod health;
 pub mod metrics;
+pub mod otel;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
@@ -202,6 +204,10 @@ impl Rampart {
         }
         for h in handles {
             h.wait(grace).await;
+        }
+        // The spans of the last requests, bounded by the exporter's timeout.
+        if let Some(t) = self.shared.current.load().tracer.clone() {
+            t.exporter().flush().await;
         }
         tracing::info!("drained; exiting");
     }

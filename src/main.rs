@@ -30,6 +30,15 @@ fn main() -> ExitCode {
     {
         return audit_verify(file);
     }
+    if let Command::Health {
+        admin,
+        config,
+        path,
+        timeout,
+    } = &cli.command
+    {
+        return health(*admin, config.as_deref(), path, timeout.0);
+    }
     raise_open_file_limit();
     let runtime = match build_runtime() {
         Ok(rt) => rt,
@@ -45,7 +54,7 @@ fn main() -> ExitCode {
             Command::Sample { listen } => rampart::sample::serve_forever(listen)
                 .await
                 .map_err(|e| e.to_string()),
-            Command::Validate { .. } | Command::Audit { .. } => Ok(()),
+            Command::Validate { .. } | Command::Audit { .. } | Command::Health { .. } => Ok(()),
         }
     });
     match result {
@@ -88,6 +97,32 @@ fn audit_verify(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `rampart health`: 0 and one line when the admin path answers 200, else 1 and why.
+fn health(
+    admin: Option<std::net::SocketAddr>,
+    config: Option<&std::path::Path>,
+    path: &str,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let addr = match rampart::health::admin_addr(admin, config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rampart health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rampart::health::probe(addr, path, timeout) {
+        Ok(status) => {
+            println!("{addr}{path}: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rampart health: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Raises the open-file soft limit to the hard limit (SPEC §14): a proxy holds two descriptors
 /// per proxied connection, and the usual soft default of 1024 runs out long before memory does.
 fn raise_open_file_limit() {
@@ -97,14 +132,23 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The runtime: `RAMPART_WORKERS` worker threads (default: one per core). With one worker the
+/// runtime is tokio's current-thread scheduler on the main thread: the same single thread of
+/// work, without the work-stealing machinery (run queues shared with other workers, a parking
+/// thread) that a single worker has no use for.
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("RAMPART_WORKERS")
+    let workers = std::env::var("RAMPART_WORKERS")
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        b.worker_threads(n.max(1));
-    }
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut b = match workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build()
 }
 

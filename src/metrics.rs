@@ -67,6 +67,10 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// `rampart_audit_write_failures_total`.
     pub audit_write_failures: IntCounter,
+    /// `rampart_trace_spans_exported_total`.
+    pub trace_spans_exported: IntCounter,
+    /// `rampart_trace_spans_dropped_total{reason}`.
+    pub trace_spans_dropped: IntCounterVec,
     /// `rampart_faults_injected_total{route, kind}`.
     pub faults_injected: IntCounterVec,
     /// `rampart_fallbacks_total{route, kind, reason}`.
@@ -305,6 +309,17 @@ impl Metrics {
             &[],
         )
         .with_label_values::<&str>(&[]);
+        let trace_spans_exported = counter(
+            "rampart_trace_spans_exported_total",
+            "Spans the OTLP collector accepted.",
+            &[],
+        )
+        .with_label_values::<&str>(&[]);
+        let trace_spans_dropped = counter(
+            "rampart_trace_spans_dropped_total",
+            "Spans dropped: queue_full (the exporter fell behind; requests never wait) or export_failed (the collector refused or could not be reached).",
+            &["reason"],
+        );
         let faults_injected = counter(
             "rampart_faults_injected_total",
             "Faults injected on purpose (policy fault), by kind: delay or abort.",
@@ -348,6 +363,8 @@ impl Metrics {
             config_last_success,
             config_info,
             audit_write_failures,
+            trace_spans_exported,
+            trace_spans_dropped,
             faults_injected,
             fallbacks,
             idempotency_keys,

@@ -31,120 +31,16 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out_md="$repo/target/load-bench.md"
 
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=load
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$here/lib.sh"
 
 # --- system packages -------------------------------------------------------------------------
-install_missing() {
-    local -a missing=()
-    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    [[ $TLS == 1 ]] && ! command -v openssl >/dev/null 2>&1 && missing+=(openssl)
-    if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
-        missing+=(nginx-light)
-    fi
-    ((${#missing[@]} == 0)) && return 0
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get; install them"
-    local -a sudo=()
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need root or sudo to install ${missing[*]}"
-        sudo=(sudo)
-    fi
-    log "installing missing packages: ${missing[*]}"
-    "${sudo[@]}" apt-get update -q
-    # nginx-light is gone from newer releases; fall back to plain nginx.
-    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${missing[@]}"; then
-        missing=("${missing[@]/nginx-light/nginx}")
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -q --no-install-recommends "${missing[@]}"
-    fi
-}
-install_missing
+if [[ $TLS == 1 ]]; then install_missing openssl=openssl; else install_missing; fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
-# --- processes: started once, killed by PID on exit -----------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/rampart-load.XXXXXX")
-declare -a pids=()      # every process we started
-declare -A pid_of=()    # target name -> PID of its main process
-
-# All descendants of a PID (nginx workers), read from /proc so procps is not needed.
-descendants() {
-    local parent=$1 stat pid ppid rest
-    for stat in /proc/[0-9]*/stat; do
-        { read -r rest <"$stat"; } 2>/dev/null || continue
-        pid=${rest%% *}
-        rest=${rest##*) }                 # drop "pid (comm) ", comm may hold spaces
-        ppid=$(cut -d' ' -f2 <<<"$rest")
-        if [[ $ppid == "$parent" ]]; then
-            echo "$pid"
-            descendants "$pid"
-        fi
-    done
-}
-
-cleanup() {
-    local rc=$? pid all=() left=()
-    trap - EXIT INT TERM
-    [[ -n ${wrk_pid:-} ]] && kill -TERM "$wrk_pid" 2>/dev/null
-    for pid in "${pids[@]}"; do
-        all+=("$pid")
-        mapfile -t -O "${#all[@]}" all < <(descendants "$pid")
-    done
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        left=()
-        for pid in "${all[@]}"; do [[ -d /proc/$pid ]] && left+=("$pid"); done
-        ((${#left[@]} == 0)) && break
-        sleep 0.1
-    done
-    for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    left=()
-    for pid in "${all[@]}"; do
-        # A reaped PID may already be reused by another program: compare the start time too
-        # would be exact; the window is tiny, so report and move on.
-        [[ -d /proc/$pid ]] && left+=("$pid")
-    done
-    if ((${#left[@]} > 0)); then
-        log "warning: processes still alive after cleanup: ${left[*]}"
-        rc=1
-    else
-        log "cleanup: ${#all[@]} processes stopped"
-    fi
-    if [[ $rc -ne 0 ]] && compgen -G "$work/*.log" >/dev/null; then
-        log "logs of the failed run (last lines):"
-        tail -n 5 "$work"/*.log >&2 || true
-    fi
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# start NAME CMD... : runs CMD in the background, output to $work/NAME.log.
-start() {
-    local name=$1
-    shift
-    "$@" >"$work/$name.log" 2>&1 &
-    pids+=("$!")
-    pid_of[$name]=$!
-}
-
-# wait_http NAME URL : until URL answers 200, or fail with the process's log.
-wait_http() {
-    local name=$1 url=$2
-    for _ in $(seq 100); do
-        curl -kfsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-        [[ -d /proc/${pid_of[$name]} ]] || die "$name exited: $(tail -n 5 "$work/$name.log")"
-        sleep 0.1
-    done
-    die "$name did not answer 200 on $url within 10s: $(tail -n 5 "$work/$name.log")"
-}
+# --- processes: started once, killed by PID on exit (lib.sh) --------------------------------
+bench_setup
 
 # The TLS pieces of each template: empty (or a comment) in plaintext mode.
 scheme=http
@@ -165,7 +61,7 @@ fi
 
 render() { # render TEMPLATE OUT LISTEN [ADMIN]
     sed -e "s|@DIR@|$work|g" -e "s|@UPSTREAM@|$upstream|g" \
-        -e "s|@LISTEN@|$3|g" -e "s|@ADMIN@|${4:-}|g" \
+        -e "s|@LISTEN@|$3|g" -e "s|@ADMIN@|${4:-}|g" -e "s|@WORKERS@|1|g" \
         -e "s|@TLS_NGINX_LISTEN@|$tls_nginx_listen|g" -e "s|@TLS_NGINX@|$tls_nginx|g" \
         -e "s|@TLS_HAPROXY@|$tls_haproxy|g" -e "s|@TLS_RAMPART@|$tls_rampart|g" "$1" >"$2"
 }
@@ -253,32 +149,13 @@ declare -a modes=(keepalive)
 [[ $TLS == 1 ]] && modes+=(close)
 
 # --- measuring ------------------------------------------------------------------------------
-# to_ms VALUE : wrk latency ("812.00us", "1.20ms", "2.01s", "1.00m") in milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : -1
-        if (f < 0 || v == "") { print "nan"; exit }
-        printf "%.3f", n * f }'
-}
-
-# run_wrk ARGS... : wrk in the background and `wait`, so a signal to this script stops the
-# run at once (bash runs traps only between foreground commands) and cleanup kills wrk too.
-wrk_pid=
-run_wrk() {
-    wrk -t "$THREADS" -c "$CONNS" "$@" &
-    wrk_pid=$!
-    wait "$wrk_pid"
-    wrk_pid=
-}
-
 # measure TARGET MODE ROUND : one wrk run; appends "target mode round rps p50 p99 errors" to
 # results. MODE close sends `Connection: close`, so every request opens a new connection.
 measure() {
     local t=$1 m=$2 r=$3 f="$work/wrk-$1-$2-$3.txt" rps p50 p99 errs
     local -a hdr=()
     [[ $m == close ]] && hdr=(-H "Connection: close")
-    run_wrk -d "$DURATION" --latency "${hdr[@]}" "${url[$t]}" >"$f"
+    run_wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" --latency "${hdr[@]}" "${url[$t]}" >"$f"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
@@ -294,7 +171,7 @@ measure() {
 
 log "warm-up: $WARMUP per target"
 for t in "${targets[@]}"; do
-    run_wrk -d "$WARMUP" "${url[$t]}" >/dev/null
+    run_wrk -t "$THREADS" -c "$CONNS" -d "$WARMUP" "${url[$t]}" >/dev/null
 done
 
 log "measuring: $ROUNDS rounds x ${#targets[@]} targets x ${modes[*]} x $DURATION ($CONNS connections, $THREADS wrk threads)"
@@ -311,14 +188,7 @@ done
 
 # Peak RSS (VmHWM) summed over a target's processes (nginx: master + worker), read before
 # anything is stopped. "direct" is the upstream itself, which served every target's load.
-peak_rss_mib() {
-    local main=$1 pid kib total=0
-    for pid in "$main" $(descendants "$main"); do
-        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-        total=$((total + ${kib:-0}))
-    done
-    awk -v k="$total" 'BEGIN {printf "%.1f", k / 1024}'
-}
+peak_rss_mib() { mib "$(status_kib VmHWM "$1")"; }
 declare -A rss=()
 for t in "${targets[@]}"; do
     if [[ $t == direct ]]; then rss[$t]=$(peak_rss_mib "${pid_of[upstream]}"); else rss[$t]=$(peak_rss_mib "${pid_of[$t]}"); fi

@@ -2,15 +2,16 @@
 # Builds the rampart image with podman on a machine that cannot pull base images (no registry
 # access, only the Debian package mirror), e.g. a CI runner or a sandbox:
 #
-#   1. debootstrap a minimal Debian 12 (with ca-certificates) and import it as `rampart-base`
-#      (once; REBUILD_BASE=1 redoes it);
-#   2. `cargo build --release` on the host;
+#   1. debootstrap a minimal Debian 12 and import it as `rampart-base` (once; REBUILD_BASE=1
+#      redoes it). The image takes only glibc and libgcc_s from it (see the Dockerfile);
+#   2. `cargo build --release` on the host (or BINARY=path: a release binary built already);
 #   3. `podman build` the repo's Dockerfile with RUNTIME_IMAGE=rampart-base and the host binary
 #      fed in through `--build-context prebuilt=...`, so the builder stage never runs.
 #
 # Needs root (debootstrap) and the packages podman, debootstrap and runc (installed with apt
 # when missing). Settings: IMAGE (default localhost/rampart:dev), MIRROR (a Debian mirror URL
-# for debootstrap; default: debootstrap's own), SUITE (default bookworm).
+# for debootstrap; default: debootstrap's own), SUITE (default bookworm; must match the glibc
+# the binary was built against), BINARY (skip step 2 and take this file).
 set -euo pipefail
 
 IMAGE=${IMAGE:-localhost/rampart:dev}
@@ -48,7 +49,7 @@ podman=(podman --storage-driver vfs --runtime runc)
 if [[ ${REBUILD_BASE:-0} == 1 ]] || ! "${podman[@]}" image exists "$BASE"; then
     log "debootstrap --variant=minbase $SUITE (a few minutes)"
     rootfs="$work/rootfs"
-    debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$rootfs" ${MIRROR:+"$MIRROR"} \
+    debootstrap --variant=minbase "$SUITE" "$rootfs" ${MIRROR:+"$MIRROR"} \
         >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
     # Drop caches and logs that only make the image bigger.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*
@@ -59,12 +60,17 @@ else
 fi
 
 # --- 2. binary -------------------------------------------------------------------------------
-log "cargo build --release"
-(cd "$repo" && cargo build --release --locked)
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
-[[ $target_dir == /* ]] || target_dir="$repo/$target_dir"
 mkdir -p "$work/prebuilt"
-cp "$target_dir/release/rampart" "$work/prebuilt/rampart"
+if [[ -n ${BINARY:-} ]]; then
+    log "taking $BINARY"
+    cp "$BINARY" "$work/prebuilt/rampart"
+else
+    log "cargo build --release"
+    (cd "$repo" && cargo build --release --locked)
+    target_dir=${CARGO_TARGET_DIR:-$repo/target}
+    [[ $target_dir == /* ]] || target_dir="$repo/$target_dir"
+    cp "$target_dir/release/rampart" "$work/prebuilt/rampart"
+fi
 
 # --- 3. image --------------------------------------------------------------------------------
 # --format docker keeps the HEALTHCHECK (the OCI image format has no field for it).
@@ -81,3 +87,4 @@ log "podman build -> $IMAGE"
 "${podman[@]}" image ls "$IMAGE"
 log "done: run it with"
 log "  CONTAINERS_CONF=<file with default_ulimits = []> podman --storage-driver vfs --runtime runc run --rm --network host $IMAGE --version"
+log "(podman build leaves dangling intermediate images; 'podman image prune' removes them)"

@@ -50,6 +50,9 @@ pub struct File {
     /// State shared by every rampart that names the same store (SPEC §9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_store: Option<GlobalStore>,
+    /// OpenTelemetry tracing (SPEC §12); off unless present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 /// `global_store:` (SPEC §9): where limits with `scope: global` keep their buckets.
@@ -73,6 +76,52 @@ pub struct RedisStore {
     /// Longest a request waits on the store; past it, `on_store_error` decides.
     #[serde(default = "default_store_timeout")]
     pub timeout: Dur,
+}
+
+/// `tracing:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Where spans are exported.
+    pub otlp: Otlp,
+    /// Head sampling of new traces; a client's sampled (or unsampled) parent is followed.
+    #[serde(default = "full_ratio")]
+    pub sample: Ratio,
+    /// `service.name` of the exported resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+/// `tracing.otlp:`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// Base URL of the collector; spans go to `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// How spans are encoded on the wire.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Longest a span waits in the queue before it is sent (a full batch goes at once).
+    #[serde(default = "default_otlp_flush_every")]
+    pub flush_every: Dur,
+    /// Longest one export may take (connect included) before it is given up.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: Dur,
+}
+
+/// `tracing.otlp.protocol:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`application/x-protobuf`), the OTLP default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON over HTTP (`application/json`).
+    #[serde(rename = "http/json")]
+    HttpJson,
+    /// gRPC; named so that validation can refuse it with a reason (not built).
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 /// `audit:`
@@ -801,6 +850,15 @@ fn default_key_prefix() -> String {
 }
 fn default_store_timeout() -> Dur {
     Dur::from_millis(25)
+}
+fn default_service_name() -> String {
+    "rampart".into()
+}
+fn default_otlp_flush_every() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_otlp_timeout() -> Dur {
+    Dur::from_secs(10)
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))

@@ -5,6 +5,7 @@ mod global;
 mod onepass;
 mod plans;
 mod resilience;
+mod tracing;
 
 use std::path::Path;
 

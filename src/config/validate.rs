@@ -16,6 +16,7 @@ mod policy;
 mod resilience;
 mod shape;
 mod syntax;
+mod tracing;
 mod upstream;
 mod words;
 
@@ -151,6 +152,9 @@ fn check(f: &File, r: &mut Report<'_>) {
     listener::check(f, r);
     plans::check(f, r);
     global::check(f, r);
+    if let Some(t) = &f.tracing {
+        tracing::check(t, r);
+    }
 }
 
 fn check_admin(f: &File, r: &mut Report<'_>) {

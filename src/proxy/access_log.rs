@@ -27,12 +27,10 @@ use tokio::time::Instant;
 
 use super::body::FaultCell;
 use crate::config::file;
+use crate::otel::{TraceParent, TRACEPARENT};
 use crate::tenant::TenantId;
 
 pub use self::writer::{Sink, Sinks};
-
-/// Header of the W3C trace context whose trace id the log line carries.
-const TRACEPARENT: &str = "traceparent";
 
 /// One listener's access log: where its lines go and how many 2xx/3xx lines are kept.
 #[derive(Debug)]
@@ -181,6 +179,13 @@ impl Entry {
         true
     }
 
+    /// Names the request's trace (the one rampart continued or started, when tracing is on).
+    pub fn trace(&mut self, trace_id: u128) {
+        if let Some(r) = self.rec.as_deref_mut() {
+            r.trace_id = Some(trace_id);
+        }
+    }
+
     /// Counts `n` body bytes sent to the client.
     pub fn sent(&mut self, n: usize) {
         if let Some(r) = self.rec.as_deref_mut() {
@@ -228,30 +233,8 @@ impl Record {
     }
 }
 
-/// The trace id of a valid W3C `traceparent` (`VV-TRACEID-PARENTID-FLAGS`, lowercase hex, ids
-/// not all zeros, version not `ff`); `None` for anything else.
+/// The trace id of a valid W3C `traceparent` (see [`TraceParent::parse`]); `None` for
+/// anything else.
 pub fn trace_id(v: &HeaderValue) -> Option<u128> {
-    let b = v.as_bytes();
-    if b.len() < 55 || (b.len() > 55 && b[0..2] == *b"00") || b.get(55).is_some_and(|c| *c != b'-')
-    {
-        return None;
-    }
-    let hex = |s: &[u8]| -> Option<u128> {
-        let mut n = 0u128;
-        for c in s {
-            let d = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => return None,
-            };
-            n = (n << 4) | u128::from(d);
-        }
-        Some(n)
-    };
-    let dashes = b[2] == b'-' && b[35] == b'-' && b[52] == b'-';
-    let version = hex(&b[0..2])?;
-    let trace = hex(&b[3..35])?;
-    let parent = hex(&b[36..52])?;
-    hex(&b[53..55])?;
-    (dashes && version != 0xff && trace != 0 && parent != 0).then_some(trace)
+    TraceParent::parse(v).map(|tp| tp.trace_id)
 }

@@ -16,6 +16,7 @@ use super::body::FaultCell;
 use super::forward::Peer;
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
+use crate::otel::SpanParent;
 use crate::policy::load_shed::ShedSlot;
 use crate::tenant::{Labels, TenantId};
 
@@ -43,6 +44,8 @@ pub struct RequestCtx<'a> {
     pub slot: Option<&'a ShedSlot>,
     /// What the tries did, for the access log.
     pub tries: TryLog,
+    /// The SERVER span, when the request's trace is sampled: each try gets a child span.
+    pub trace: Option<SpanParent<'a>>,
 }
 
 /// What the tries of one request did: filled by `exchange.rs`, read once at the end.
@@ -57,11 +60,12 @@ impl TryLog {
         self.0.lock().received = Some(cell.clone());
     }
 
-    /// Notes a try sent to `endpoint`.
-    pub fn start(&self, endpoint: SocketAddr) {
+    /// Notes a try sent to `endpoint`; returns its number (from 1).
+    pub fn start(&self, endpoint: SocketAddr) -> u32 {
         let mut s = self.0.lock();
         s.tries += 1;
         s.endpoint = Some(endpoint);
+        s.tries
     }
 
     /// Notes how long the try took.

@@ -33,6 +33,7 @@ use super::respond::answer;
 use super::upstream::Endpoint;
 use crate::config::file;
 use crate::error::Reason;
+use crate::otel::{ClientSpan, TryTarget, TRACEPARENT};
 use crate::policy::circuit_breaker::{BreakerPermit, State};
 use crate::policy::outcome::Outcome;
 use crate::policy::retry::{is_idempotent, parse_retry_after, wait_before_retry, RouteRetry};
@@ -208,7 +209,7 @@ pub(super) async fn try_once(
         (_, Some(d)) => Some((d, Bound::Request)),
         (p, None) => p,
     };
-    let record = TryRecord::start(ctx, &ep, permit);
+    let record = TryRecord::start(ctx, &ep, permit, &mut req);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
     let sent = ep.pool.send(ep.addr, req);
@@ -336,17 +337,32 @@ struct TryRecord<'a> {
     /// The breaker's admission of this try; recorded with the outcome (a probe that ends
     /// cancelled frees its place and counts as a failed probe).
     permit: Option<BreakerPermit>,
+    /// The try's CLIENT span, when the request's trace is sampled.
+    span: Option<ClientSpan<'a>>,
 }
 
 impl<'a> TryRecord<'a> {
-    fn start(ctx: &'a RequestCtx<'a>, ep: &'a Endpoint, permit: Option<BreakerPermit>) -> Self {
-        ctx.tries.start(ep.addr);
+    /// Starts recording the try of `req`; a sampled trace gets the try's span, and `req` the
+    /// `traceparent` that names it.
+    fn start(
+        ctx: &'a RequestCtx<'a>,
+        ep: &'a Endpoint,
+        permit: Option<BreakerPermit>,
+        req: &mut Request<Body>,
+    ) -> Self {
+        let n = ctx.tries.start(ep.addr);
+        let span = ctx.trace.map(|p| {
+            let span = ClientSpan::begin(p, req.method(), n);
+            req.headers_mut().insert(TRACEPARENT, span.traceparent());
+            span
+        });
         TryRecord {
             ctx,
             ep,
             started: Instant::now(),
             outcome: None,
             permit,
+            span,
         }
     }
 
@@ -365,6 +381,16 @@ impl Drop for TryRecord<'_> {
         }
         if let Some(slot) = self.ctx.slot {
             slot.record(outcome, took);
+        }
+        if let Some(span) = self.span.take() {
+            let ep = self.ep;
+            let to = TryTarget {
+                upstream: &self.ctx.route.upstream.name,
+                endpoint: &ep.label,
+                host: ep.host.as_ref(),
+                addr: ep.addr,
+            };
+            span.end(to, outcome, took);
         }
         observe(self.ctx, self.ep, outcome, took);
     }

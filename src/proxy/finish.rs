@@ -1,10 +1,10 @@
 //! The end of the request path, the same for every answer: count it, give it its request id,
-//! explain a refusal at debug, and hand its access log line to the writer.
+//! explain a refusal at debug, and hand its access log line and its SERVER span on.
 //!
-//! One place, so no answer can leave without its metrics, its `x-request-id` or its log line,
-//! whichever step of `stack.rs` made it. [`Finish`] is made first thing (it settles the request
-//! id and starts the log line while the request is still whole) and learns the route and the
-//! tenant as the path finds them.
+//! One place, so no answer can leave without its metrics, its `x-request-id`, its log line or
+//! its span, whichever step of `stack.rs` made it. [`Finish`] is made first thing (it settles
+//! the request id and the trace, and starts the log line and the span while the request is
+//! still whole) and learns the route and the tenant as the path finds them.
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use super::guard::Guards;
 use super::respond::{with_request_id, REASON_HEADER};
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
+use crate::otel::{Answered, ServerSpan, SpanParent, Trace};
 use crate::tenant::TenantId;
 
 /// What the end of the request path needs to know about one request.
@@ -28,6 +29,10 @@ pub struct Finish<'a> {
     started: Instant,
     request_id: HeaderValue,
     entry: Option<Entry>,
+    /// The request's trace, when the listener traces.
+    trace: Option<Trace>,
+    /// Its SERVER span, when the trace is sampled.
+    span: Option<ServerSpan>,
     /// Held until the answer's body ends (upstream answers) or dropped with a refusal.
     pub guards: Guards,
     /// The route, once matched.
@@ -40,7 +45,8 @@ pub struct Finish<'a> {
 
 impl<'a> Finish<'a> {
     /// Settles the request id of `req` (the client's, else a new one, added to the request so
-    /// the upstream sees it) and starts its access log line if `lst` logs.
+    /// the upstream sees it), its trace if `lst` traces, and starts its access log line if
+    /// `lst` logs.
     pub fn new<B>(
         lst: &'a ListenerRt,
         req: &mut Request<B>,
@@ -55,19 +61,40 @@ impl<'a> Finish<'a> {
                 v
             }
         };
-        let entry = lst
+        let (trace, span) = match &lst.tracer {
+            None => (None, None),
+            Some(tracer) => {
+                let trace = tracer.start(req.headers_mut());
+                let span = trace
+                    .sampled
+                    .then(|| ServerSpan::begin(&trace, tracer.exporter(), req, started, &lst.name));
+                (Some(trace), span)
+            }
+        };
+        let mut entry = lst
             .access_log
             .as_ref()
             .map(|log| log.begin(req, &request_id, started));
+        if let (Some(e), Some(t)) = (&mut entry, &trace) {
+            e.trace(t.trace_id);
+        }
         Finish {
             lst,
             started,
             request_id,
             entry,
+            trace,
+            span,
             guards,
             route: None,
             tenant: None,
         }
+    }
+
+    /// The parent of the request's try spans, when its trace is sampled.
+    pub fn span_parent(&self) -> Option<SpanParent<'a>> {
+        let exporter = self.lst.tracer.as_ref()?.exporter();
+        self.span.as_ref()?.parent(exporter)
     }
 
     /// Ends the request with `rsp`: counts it under `tm`, stamps the request id, logs.
@@ -89,18 +116,20 @@ impl<'a> Finish<'a> {
         }
         let reason = rsp.headers().get(REASON_HEADER);
         let route = self.route.map(|r| &r.name);
-        if let Some(reason) = reason {
-            tracing::debug!(
-                listener = %self.lst.name,
-                route = route.map(|r| &**r),
-                tenant = self.tenant.as_ref().map(TenantId::as_str),
+        if reason.is_some() || status >= 300 {
+            self.explain(status, reason, limit, &tries);
+        }
+        if let Some(span) = &mut self.span {
+            span.answered(Answered {
                 status,
-                reason = reason.to_str().unwrap_or(""),
+                route: self.route.map(|r| (&r.name, &r.upstream.name)),
+                tenant: self.tenant.as_ref(),
+                reason,
                 limit,
-                tries = tries.tries,
-                request_id = self.request_id.to_str().unwrap_or(""),
-                "answered by rampart"
-            );
+                tries: tries.tries,
+                endpoint: tries.endpoint,
+            });
+            self.guards.span = self.span.take();
         }
         if let Some(mut entry) = self.entry.take() {
             let bytes_out = match rsp.body() {
@@ -121,5 +150,36 @@ impl<'a> Finish<'a> {
         }
         rsp.body_mut().hold(self.guards);
         rsp
+    }
+
+    /// The debug line that explains a non-2xx answer: rampart's own (with its reason and the
+    /// limit that refused), or the upstream's (with the tries it took).
+    fn explain(
+        &self,
+        status: u16,
+        reason: Option<&HeaderValue>,
+        limit: Option<&str>,
+        tries: &TryStats,
+    ) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let route = self.route.map(|r| &*r.name);
+        let tenant = self.tenant.as_ref().map(TenantId::as_str);
+        let request_id = self.request_id.to_str().unwrap_or("");
+        let trace_id = self.trace.map(|t| format!("{:032x}", t.trace_id));
+        match reason {
+            Some(reason) => tracing::debug!(
+                listener = %self.lst.name, route, tenant, status,
+                reason = reason.to_str().unwrap_or(""), limit, tries = tries.tries,
+                endpoint = tries.endpoint.map(tracing::field::display), request_id, trace_id,
+                "answered by rampart"
+            ),
+            None => tracing::debug!(
+                listener = %self.lst.name, route, tenant, status, tries = tries.tries,
+                endpoint = tries.endpoint.map(tracing::field::display), request_id, trace_id,
+                "the upstream answered with a non-2xx status"
+            ),
+        }
     }
 }

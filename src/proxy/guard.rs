@@ -13,6 +13,7 @@ use prometheus::IntGauge;
 
 use super::access_log::Entry;
 use super::conn::ConnActive;
+use crate::otel::ServerSpan;
 use crate::policy::load_shed::ShedSlot;
 
 /// The guards of one request; dropped together when its answer ends.
@@ -26,6 +27,8 @@ pub struct Guards {
     pub slot: Option<ShedSlot>,
     /// The request's access log line, written when it drops (after the body's last byte).
     pub log: Option<Entry>,
+    /// The request's SERVER span (sampled traces), sent when it drops.
+    pub span: Option<ServerSpan>,
 }
 
 /// Holds one unit of a gauge; gives it back on drop.

@@ -6,11 +6,21 @@
 //! [`Returning`]), so the hot path has no spawn, no lock and no extra allocation. A connection
 //! that the upstream closed is noticed when taken and discarded; a request that a dead pooled
 //! connection did not send goes out on the next one, so keep-alive races never surface.
+//!
+//! A connection is driven inside the task of the request that uses it, not in a task of its
+//! own: the request future polls it while it waits for the answer head, and the answer body
+//! ([`Returning`]) polls it while the body streams. A proxied request then costs no wake-up of
+//! another task and no hand-over through a channel between tasks. One case needs its own task:
+//! a request with a body, because the upstream may answer before the upload ends and the
+//! rest of the upload must still be written while nobody polls the answer (an answer without
+//! a body, say). Such a connection is spawned into a task of its own for the rest of its life.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,11 +29,13 @@ use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 
 use super::body::Body;
 use super::guard::Guards;
@@ -67,8 +79,27 @@ pub struct TlsOrigin {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Box<Conn>,
     since: Instant,
+}
+
+/// The byte stream under one upstream connection.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// One upstream connection: the handle that sends requests on it, and the connection itself
+/// while this pool drives it in the task that uses it.
+#[derive(Debug)]
+struct Conn {
+    sender: SendRequest<Body>,
+    /// `Some` while driven in the using task (with the connection's claim on the endpoint's
+    /// `max_connections`); `None` once it runs in a task of its own (which holds the claim) or
+    /// has ended.
+    driven: Option<(Connection<TokioIo<Stream>, Body>, Slot)>,
+    addr: SocketAddr,
 }
 
 /// Why a try got no answer.
@@ -106,7 +137,7 @@ pub struct PoolSettings {
 #[derive(Debug)]
 pub struct Returning {
     body: Incoming,
-    back: Option<(SendRequest<Body>, Arc<Pool>)>,
+    back: Option<(Box<Conn>, Arc<Pool>)>,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(super) guards: Guards,
 }
@@ -139,12 +170,12 @@ impl Pool {
                 if idle.since.elapsed() > self.idle_timeout {
                     continue;
                 }
-                let mut sender = idle.sender;
-                if sender.ready().await.is_err() {
+                let mut conn = idle.conn;
+                if conn.ready().await.is_err() {
                     continue;
                 }
-                match sender.try_send_request(req).await {
-                    Ok(rsp) => return Ok(self.returning(rsp, sender)),
+                match conn.try_send(req).await {
+                    Ok(rsp) => return Ok(self.returning(rsp, conn)),
                     Err(mut e) => match e.take_message() {
                         // Not sent: the connection died while idle. Use the next one.
                         Some(unsent) => req = unsent,
@@ -157,9 +188,9 @@ impl Pool {
                     _permit: permit,
                     freed: self.freed.clone(),
                 };
-                let mut sender = self.connect(addr, slot).await?;
-                let rsp = sender.send_request(req).await.map_err(SendError::Reset)?;
-                return Ok(self.returning(rsp, sender));
+                let mut conn = self.connect(addr, slot).await?;
+                let rsp = conn.send(req).await.map_err(SendError::Reset)?;
+                return Ok(self.returning(rsp, conn));
             }
             // At the cap: wait for a connection to go idle or close, then look again.
             let freed = self.freed.notified();
@@ -169,7 +200,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<Box<Conn>, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -184,14 +215,14 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => handshake(addr, stream, slot).await,
+            None => handshake(addr, Stream::Plain(stream), slot).await,
             Some(tls) => {
                 // Never plaintext to an upstream with `tls`: a failed handshake is a failed
                 // connect (502), within the same connect timeout.
                 let cfg = tls.config.load_full();
                 let shake = crate::tls::connect(cfg, &tls.server_name, stream);
                 match tokio::time::timeout_at(deadline, shake).await {
-                    Ok(Ok(s)) => handshake(addr, s, slot).await,
+                    Ok(Ok(s)) => handshake(addr, Stream::Tls(Box::new(s)), slot).await,
                     Ok(Err(source)) => Err(SendError::Connect {
                         addr,
                         timed_out: false,
@@ -203,15 +234,11 @@ impl Pool {
         }
     }
 
-    fn returning(
-        self: &Arc<Self>,
-        rsp: Response<Incoming>,
-        sender: SendRequest<Body>,
-    ) -> Response<Body> {
+    fn returning(self: &Arc<Self>, rsp: Response<Incoming>, conn: Box<Conn>) -> Response<Body> {
         rsp.map(|body| {
             let mut r = Returning {
                 body,
-                back: Some((sender, self.clone())),
+                back: Some((conn, self.clone())),
                 guards: Guards::default(),
             };
             if http_body::Body::is_end_stream(&r.body) {
@@ -222,11 +249,11 @@ impl Pool {
         })
     }
 
-    fn put(&self, sender: SendRequest<Body>) {
-        if !sender.is_closed() {
+    fn put(&self, conn: Box<Conn>) {
+        if !conn.sender.is_closed() {
             // A full queue drops the connection: more idle ones than `pool_max_idle` are waste.
             let _ = self.idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
             self.freed.notify_one();
@@ -243,30 +270,230 @@ fn connect_timed_out(addr: SocketAddr) -> SendError {
     }
 }
 
-/// Runs the HTTP/1.1 client handshake over `io` and drives the connection in its own task.
-async fn handshake<I>(addr: SocketAddr, io: I, slot: Slot) -> Result<SendRequest<Body>, SendError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+/// Runs the HTTP/1.1 client handshake over `io`; the connection is driven by its users.
+async fn handshake(addr: SocketAddr, io: Stream, slot: Slot) -> Result<Box<Conn>, SendError> {
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
         .map_err(SendError::Reset)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+    Ok(Box::new(Conn {
+        sender,
+        driven: Some((conn, slot)),
+        addr,
+    }))
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
+struct Noop;
+
+impl std::task::Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+    fn wake_by_ref(self: &Arc<Self>) {}
+}
+
+static NOOP: std::sync::LazyLock<Waker> = std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
+
+// === impl Stream ===
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
-        drop(slot);
-    });
-    Ok(sender)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    /// Polls the connection, if this task drives it (see [`Drive::poll_conn`]).
+    fn poll_conn(&mut self, cx: &mut Context<'_>) {
+        Drive {
+            driven: &mut self.driven,
+            addr: self.addr,
+        }
+        .poll_conn(cx);
+    }
+
+    /// Until the connection can take a request (or turns out dead).
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        // Split borrow: the sender's future and the connection are separate fields.
+        let Conn {
+            sender,
+            driven,
+            addr,
+        } = self;
+        let mut me = Drive {
+            driven,
+            addr: *addr,
+        };
+        me.run(sender.ready()).await
+    }
+
+    /// Sends `req`, giving it back if the connection died before sending it.
+    async fn try_send(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        self.detach_for(&req);
+        let Conn {
+            sender,
+            driven,
+            addr,
+        } = self;
+        let mut me = Drive {
+            driven,
+            addr: *addr,
+        };
+        me.run(sender.try_send_request(req)).await
+    }
+
+    /// Sends `req` on a new connection.
+    async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
+        self.detach_for(&req);
+        let Conn {
+            sender,
+            driven,
+            addr,
+        } = self;
+        let mut me = Drive {
+            driven,
+            addr: *addr,
+        };
+        me.run(sender.send_request(req)).await
+    }
+
+    /// A request with a body moves the connection into a task of its own (see the module
+    /// note): the upload must go on even while nobody polls the answer.
+    fn detach_for(&mut self, req: &Request<Body>) {
+        if http_body::Body::is_end_stream(req.body()) {
+            return;
+        }
+        if let Some((conn, slot)) = self.driven.take() {
+            let addr = self.addr;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+                }
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// The connection half of a [`Conn`], borrowed apart from its sender.
+struct Drive<'a> {
+    driven: &'a mut Option<(Connection<TokioIo<Stream>, Body>, Slot)>,
+    addr: SocketAddr,
+}
+
+impl Drive<'_> {
+    /// Polls the connection; an ended one is dropped, which fails whatever waited on it.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) {
+        if let Some((conn, _)) = self.driven.as_mut() {
+            if let Poll::Ready(r) = Pin::new(conn).poll(cx) {
+                if let Err(e) = r {
+                    tracing::debug!(addr = %self.addr, error = %e, "upstream connection ended with an error");
+                }
+                *self.driven = None;
+            }
+        }
+    }
+
+    /// Polls `fut` to its end, driving the connection meanwhile.
+    ///
+    /// While this task drives the connection, `fut` (a request's answer, or the connection's
+    /// readiness) can only progress when the connection is polled here, and it is polled
+    /// right after. So `fut` gets a waker that does nothing: the connection handing over the
+    /// answer head would otherwise wake this task once more for nothing, and each wake-up
+    /// polls the whole client connection again. Likewise the connection is polled with such a
+    /// waker just before `fut` queues the request, so that queueing wakes nobody (not even a
+    /// task that used the connection earlier); the real waker is registered right after.
+    async fn run<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        let mut queued = false;
+        std::future::poll_fn(|cx| {
+            let quiet = &mut Context::from_waker(&NOOP);
+            if !queued {
+                queued = true;
+                if self.driven.is_some() {
+                    self.poll_conn(quiet);
+                }
+                let first = if self.driven.is_some() {
+                    &mut *quiet
+                } else {
+                    &mut *cx
+                };
+                if let Poll::Ready(v) = fut.as_mut().poll(first) {
+                    return Poll::Ready(v);
+                }
+            }
+            self.poll_conn(cx);
+            // An ended connection is dropped by `poll_conn`, and `fut` then fails at once; a
+            // connection driven elsewhere wakes this task through `fut`'s own waker.
+            let waker = if self.driven.is_some() { quiet } else { cx };
+            fut.as_mut().poll(waker)
+        })
+        .await
+    }
 }
 
 // === impl Returning ===
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.put(sender);
+        if let Some((conn, pool)) = self.back.take() {
+            pool.put(conn);
         }
         self.guards = Guards::default();
     }
@@ -280,6 +507,10 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // The body's bytes come through the connection, which this task drives.
+        if let Some((conn, _)) = self.back.as_mut() {
+            conn.poll_conn(cx);
+        }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &polled {
             // Counted before the guards go with the last frame.

@@ -211,6 +211,7 @@ pub async fn handle(
         labels: &shared.labels,
         slot: slot.as_ref(),
         tries: TryLog::default(),
+        trace: fin.span_parent(),
     };
     if is_connect {
         // A tunnel, not an exchange; it holds its guards for its whole life.

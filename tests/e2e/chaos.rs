@@ -8,6 +8,7 @@
 //! a small table (`cargo test --test e2e chaos -- --nocapture` shows it).
 
 mod endpoint_down;
+mod injected;
 mod redis_down;
 mod refused;
 mod reloads;

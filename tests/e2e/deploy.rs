@@ -6,7 +6,10 @@
 //! Why: an alert on a series that never exists can never fire, and its promtool unit test
 //! passes anyway when it feeds made-up series. Only a scrape of the real binary tells.
 
+mod health;
+mod manifests;
 mod pod;
+mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,8 +24,8 @@ const PENDING: &[(&str, &str)] = &[];
 /// Labels Prometheus adds at scrape time (deploy/prometheus/prometheus.yml), not rampart.
 const TARGET_LABELS: &[&str] = &["job", "app", "instance", "namespace", "pod"];
 
-/// Routes with a per-tenant rate limit, retries, a breaker and load shedding: the policies
-/// that act today.
+/// Routes with a per-tenant rate limit, retries, a breaker, load shedding and a fallback: every
+/// series the alerts and the dashboard use gets a sample.
 const EXERCISED: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
@@ -31,6 +34,7 @@ tenants:
   fallback: anonymous
 upstreams:
   app: { endpoints: [$APP] }
+  dead: { endpoints: [$DEAD] }
 policies:
   guarded:
     timeout: { request: 5s, per_try: 2s }
@@ -44,6 +48,10 @@ policies:
     circuit_breaker: { consecutive_failures: 50, open_for: 10s }
   shedding:
     load_shed: { max_in_flight: 1, queue: { size: 0 }, adaptive: { min: 1, max: 10 } }
+  degraded:
+    fallback:
+      on: [upstream_unavailable]
+      static: { status: 200, content_type: application/json, body: '{"items":[]}' }
 listeners:
   - name: inbound
     direction: inbound
@@ -53,6 +61,10 @@ listeners:
         match: { path_prefix: /slow }
         upstream: app
         policy: shedding
+      - name: degraded
+        match: { path_prefix: /degraded }
+        upstream: dead
+        policy: degraded
       - upstream: app
         policy: guarded
 "#;
@@ -137,12 +149,14 @@ impl Scrape {
     }
 }
 
-/// Starts rampart with [`EXERCISED`], sends one retried request and one that is refused 429,
-/// and returns the `/metrics` text.
-async fn exercised_scrape() -> String {
+/// Starts rampart with [`EXERCISED`] and sends one retried request, one refused 429, one shed
+/// and one answered by a fallback (tenant `acme`); returns the upstream, the proxy (both must
+/// live while it is used) and the `/metrics` text.
+async fn exercised() -> (rampart::sample::Sample, Proxy, String) {
     let app = sample().await;
     let proxy = Proxy::builder(EXERCISED)
         .var("APP", app.addr())
+        .var("DEAD", crate::support::free_addr())
         .spawn()
         .await;
     let addr = proxy.listener("inbound");
@@ -161,10 +175,17 @@ async fn exercised_scrape() -> String {
     let mut statuses = [a.status.as_u16(), b.status.as_u16()];
     statuses.sort();
     assert_eq!(statuses, [200, 503], "one of two must be shed");
+    let rsp = http::get(addr, "/degraded", &acme).await;
+    assert_eq!(rsp.header("x-rampart-degraded"), Some("static"), "{rsp:?}");
     let text = metrics(proxy.admin()).await;
     let retried = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
     assert_eq!(retried, Some(1.0), "one retry must be counted:\n{text}");
-    text
+    (app, proxy, text)
+}
+
+/// [`exercised`], for tests that only need the scrape.
+async fn exercised_scrape() -> String {
+    exercised().await.2
 }
 
 /// Names in `used` that are neither exported nor pending; and pending names now exported.

@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod redis;

@@ -52,13 +52,13 @@ async fn the_kubernetes_policy_validates_without_inert_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
-    // One warning is expected and wanted: the admin port listens on the pod IP so the kubelet
-    // and Prometheus reach it. Any other warning is a key rampart does not act on.
-    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(": warning:")).collect();
+    // The admin listener stays on loopback (the `telemetry` listener fronts the parts probes
+    // and Prometheus need), so not even the admin.listen warning is left.
     assert!(
-        warnings.iter().all(|l| l.contains("admin.listen")),
-        "the shipped policy must use only keys rampart acts on: {text}"
+        !text.contains(": warning:"),
+        "the shipped policy must use only keys rampart acts on, and warn about nothing: {text}"
     );
+    assert!(text.contains(" 0 warning(s)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,5 +169,90 @@ fn the_pod_leaves_rampart_its_whole_drain() {
     assert!(
         probe < delay,
         "readiness every {probe}s must notice a 503 within drain_delay"
+    );
+}
+
+/// [`configmap_policy`] with its fixed addresses turned into the harness's placeholders.
+fn configmap_template() -> String {
+    let policy = configmap_policy();
+    let mut t = policy.clone();
+    for (fixed, var) in [
+        ("127.0.0.1:9901", "$ADMIN"),
+        ("0.0.0.0:8080", "$LISTEN_inbound"),
+        ("127.0.0.1:15001", "$LISTEN_outbound"),
+        ("0.0.0.0:9902", "$LISTEN_telemetry"),
+        ("127.0.0.1:3000", "$APP"),
+        ("payments.payments.svc.cluster.local:8080", "$APP"),
+    ] {
+        assert!(t.contains(fixed), "the pod policy no longer has {fixed}");
+        t = t.replace(fixed, var);
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_policy_shows_probes_and_metrics_only_and_follows_configmap_updates() {
+    let app = sample().await;
+    let template = configmap_template();
+    let mut proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .configmap()
+        .arg("--watch")
+        .spawn()
+        .await;
+    let telemetry = proxy.listener("telemetry");
+    // What the kubelet and Prometheus reach on the pod IP.
+    let rsp = http::get(telemetry, "/metrics", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert!(
+        rsp.text().contains("# TYPE rampart_config_info gauge"),
+        "{}",
+        rsp.text()
+    );
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http::get(telemetry, path, &[]).await.status, 200, "{path}");
+    }
+    // The rest of the admin API stays on loopback.
+    for path in ["/config", "/state"] {
+        http::get(telemetry, path, &[])
+            .await
+            .assert_rampart(404, "no_route");
+    }
+    http::post(telemetry, "/reload", &[], "")
+        .await
+        .assert_rampart(404, "no_route");
+    // Traffic: inbound to the app, and the app's outbound call through HTTP_PROXY.
+    let acme = [("x-tenant-id", "acme")];
+    let rsp = http::get(proxy.listener("inbound"), "/ok", &acme).await;
+    assert_eq!((rsp.status.as_u16(), rsp.text().as_str()), (200, "ok\n"));
+    let outbound = proxy.listener("outbound");
+    let rsp = http::get(
+        outbound,
+        "/ok",
+        &[("host", "payments.payments.svc.cluster.local")],
+    )
+    .await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+
+    // A ConfigMap update (the kubelet's symlink swap) is picked up by --watch.
+    let tighter = template.replace(
+        "per_tenant: { rate: 100/s, burst: 200 }",
+        "per_tenant: { rate: 1/min, burst: 1 }",
+    );
+    assert_ne!(tighter, template);
+    proxy.swap_configmap(&tighter);
+    let admin = proxy.admin();
+    assert_eventually!(
+        crate::support::metrics::reloads(&crate::support::metrics(admin).await, "success") >= 1.0,
+        "the ConfigMap swap must be reloaded"
+    );
+    let inbound = proxy.listener("inbound");
+    let statuses = [
+        http::get(inbound, "/ok", &acme).await.status.as_u16(),
+        http::get(inbound, "/ok", &acme).await.status.as_u16(),
+    ];
+    assert!(
+        statuses.contains(&429),
+        "the new limit must act: {statuses:?}"
     );
 }

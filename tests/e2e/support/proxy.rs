@@ -24,6 +24,7 @@ pub struct ProxyBuilder {
     template: String,
     vars: Vec<(String, String)>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     configmap: bool,
 }
 
@@ -66,6 +67,12 @@ impl ProxyBuilder {
         self.vars.push((format!("${name}"), value.to_string()));
         // Longest first, so `$APP` never eats the start of `$APP2`.
         self.vars.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        self
+    }
+
+    /// Sets an environment variable of the proxy process (e.g. `RAMPART_WORKERS`).
+    pub fn env(mut self, name: &str, value: impl Display) -> Self {
+        self.envs.push((name.to_owned(), value.to_string()));
         self
     }
 
@@ -126,6 +133,7 @@ impl ProxyBuilder {
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env_remove("RAMPART_CONFIG")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file must be clonable"))
             .stderr(log)
@@ -156,6 +164,7 @@ impl Proxy {
             template: template.to_owned(),
             vars: Vec::new(),
             args: Vec::new(),
+            envs: Vec::new(),
             configmap: false,
         }
     }

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Small deterministic HTTP/1.1 clients for the load scripts (full.sh, callgrind.sh).
+
+  client.py requests PORT COUNT [CONNS]
+      COUNT keep-alive `GET /` to 127.0.0.1:PORT, one at a time, spread round-robin over CONNS
+      connections (default 1). Exits 1 when any answer is not 200.
+
+  client.py idle PORT COUNT PID...
+      Opens COUNT keep-alive connections to 127.0.0.1:PORT, one `GET /` on each (so every
+      connection is past its first request and simply idle), then reads the resident memory
+      (VmRSS, summed over the PIDs) before and after, and closes them. Prints
+      `BEFORE_KIB AFTER_KIB OPENED`.
+"""
+
+import http.client
+import resource
+import socket
+import sys
+import time
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def read_answer(sock):
+    """Reads one answer to `GET /` from a raw socket; returns its status code."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before the answer head")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = None
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while not body.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed inside a chunked body")
+            body += chunk
+    elif length is not None:
+        while len(body) < length:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed inside the body")
+            body += chunk
+    return status
+
+
+def idle(port, count, pids):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 64
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    time.sleep(0.5)
+    before = rss_kib(pids)
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(REQUEST)
+            status = read_answer(s)
+            if status != 200:
+                raise RuntimeError(f"answer {status} on connection {len(socks) + 1}")
+            socks.append(s)
+        time.sleep(1.0)  # let the proxy settle (buffers released after the answer)
+        after = rss_kib(pids)
+        # Every connection must still be open: a proxy that closed them saved no memory.
+        alive = 0
+        for s in socks:
+            s.setblocking(False)
+            try:
+                alive += 1 if s.recv(1) else 0
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+        print(before, after, alive)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def requests(port, count, conns):
+    pool = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(conns)]
+    bad = 0
+    for i in range(count):
+        c = pool[i % conns]
+        c.request("GET", "/")
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            bad += 1
+    for c in pool:
+        c.close()
+    if bad:
+        print(f"{bad} of {count} answers were not 200", file=sys.stderr)
+        sys.exit(1)
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode == "requests" and len(sys.argv) in (4, 5):
+        conns = int(sys.argv[4]) if len(sys.argv) == 5 else 1
+        requests(int(sys.argv[2]), int(sys.argv[3]), conns)
+    elif mode == "idle" and len(sys.argv) >= 5:
+        idle(int(sys.argv[2]), int(sys.argv[3]), [int(p) for p in sys.argv[4:]])
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

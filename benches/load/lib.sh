@@ -1,0 +1,209 @@
+# Shared pieces of the load benchmark scripts (run.sh, full.sh, callgrind.sh); sourced, not run.
+#
+# The sourcing script sets LOG_TAG (the prefix of its log lines) before sourcing, then calls
+# `bench_setup` once: it makes the temporary directory $work and installs the trap that stops
+# every process started with `start` (by PID, descendants included), checks none is left and
+# removes $work, however the script ends.
+# shellcheck shell=bash
+
+LOG_TAG=${LOG_TAG:-load}
+log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$LOG_TAG" "$*" >&2; exit 1; }
+
+# install_missing [PROGRAM=PACKAGE]... : wrk, haproxy, curl and nginx, plus the given programs,
+# installed with apt when missing (sudo when not root).
+install_missing() {
+    local -a missing=() pair
+    local spec
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    for spec in "$@"; do
+        IFS='=' read -r -a pair <<<"$spec"
+        command -v "${pair[0]}" >/dev/null 2>&1 || missing+=("${pair[1]}")
+    done
+    if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+        missing+=(nginx-light)
+    fi
+    ((${#missing[@]} == 0)) && return 0
+    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get; install them"
+    local -a sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "need root or sudo to install ${missing[*]}"
+        sudo=(sudo)
+    fi
+    log "installing missing packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -q
+    # nginx-light is gone from newer releases; fall back to plain nginx.
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        missing=("${missing[@]/nginx-light/nginx}")
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# --- processes: started with `start`, killed by PID on exit ----------------------------------
+declare -a pids=()      # every process we started
+declare -A pid_of=()    # name -> PID of its main process
+wrk_pid=
+
+# All descendants of a PID (nginx workers), read from /proc so procps is not needed.
+descendants() {
+    local parent=$1 stat pid ppid rest
+    for stat in /proc/[0-9]*/stat; do
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        pid=${rest%% *}
+        rest=${rest##*) }                 # drop "pid (comm) ", comm may hold spaces
+        ppid=${rest#* }
+        ppid=${ppid%% *}
+        if [[ $ppid == "$parent" ]]; then
+            echo "$pid"
+            descendants "$pid"
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$? pid all=() left=()
+    trap - EXIT INT TERM
+    [[ -n ${wrk_pid:-} ]] && kill -TERM "$wrk_pid" 2>/dev/null
+    for pid in "${pids[@]}"; do
+        all+=("$pid")
+        mapfile -t -O "${#all[@]}" all < <(descendants "$pid")
+    done
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        left=()
+        for pid in "${all[@]}"; do [[ -d /proc/$pid ]] && left+=("$pid"); done
+        ((${#left[@]} == 0)) && break
+        sleep 0.1
+    done
+    for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    left=()
+    for pid in "${all[@]}"; do
+        # A reaped PID may already be reused by another program: compare the start time too
+        # would be exact; the window is tiny, so report and move on.
+        [[ -d /proc/$pid ]] && left+=("$pid")
+    done
+    if ((${#left[@]} > 0)); then
+        log "warning: processes still alive after cleanup: ${left[*]}"
+        rc=1
+    else
+        log "cleanup: ${#all[@]} processes stopped"
+    fi
+    if [[ $rc -ne 0 ]] && compgen -G "$work/*.log" >/dev/null; then
+        log "logs of the failed run (last lines):"
+        tail -n 5 "$work"/*.log >&2 || true
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+
+bench_setup() {
+    work=$(mktemp -d "${TMPDIR:-/tmp}/rampart-$LOG_TAG.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME CMD... : runs CMD in the background, output to $work/NAME.log.
+start() {
+    local name=$1
+    shift
+    "$@" >"$work/$name.log" 2>&1 &
+    pids+=("$!")
+    pid_of[$name]=$!
+}
+
+# stop NAME : stops one started process (and its descendants) by PID, waits until it is gone.
+stop() {
+    local name=$1 main all=() pid
+    main=${pid_of[$name]}
+    all=("$main")
+    mapfile -t -O 1 all < <(descendants "$main")
+    kill -TERM "$main" 2>/dev/null || true
+    for _ in $(seq 300); do
+        [[ -d /proc/$main ]] || break
+        sleep 0.1
+    done
+    for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait "$main" 2>/dev/null || true
+    # Forget it, so the exit trap never signals a PID that may since belong to another program.
+    local -a keep=()
+    for pid in "${pids[@]}"; do [[ $pid == "$main" ]] || keep+=("$pid"); done
+    pids=("${keep[@]}")
+    unset "pid_of[$name]"
+}
+
+# wait_http NAME URL [TRIES] : until URL answers 200 (0.1 s apart), or fail with the log.
+wait_http() {
+    local name=$1 url=$2 tries=${3:-100}
+    for _ in $(seq "$tries"); do
+        curl -kfsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        [[ -d /proc/${pid_of[$name]} ]] || die "$name exited: $(tail -n 5 "$work/$name.log")"
+        sleep 0.1
+    done
+    die "$name did not answer 200 on $url in time: $(tail -n 5 "$work/$name.log")"
+}
+
+# to_ms VALUE : wrk latency ("812.00us", "1.20ms", "2.01s", "1.00m") in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : -1
+        if (f < 0 || v == "") { print "nan"; exit }
+        printf "%.3f", n * f }'
+}
+
+# run_wrk ARGS... : wrk in the background and `wait`, so a signal to the script stops the run
+# at once (bash runs traps only between foreground commands) and cleanup kills wrk too.
+run_wrk() {
+    wrk "$@" &
+    wrk_pid=$!
+    wait "$wrk_pid"
+    wrk_pid=
+}
+
+# proc_pids MAIN : MAIN and its descendants (nginx: master and workers).
+proc_pids() { echo "$1"; descendants "$1"; }
+
+# status_kib FIELD MAIN : a /proc/PID/status field (VmHWM, VmRSS) in KiB, summed over MAIN
+# and its descendants.
+status_kib() {
+    local field=$1 pid kib total=0
+    for pid in $(proc_pids "$2"); do
+        kib=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+# cpu_ticks MAIN : user + system CPU time (clock ticks) of MAIN and its descendants, from
+# fields 14 and 15 of /proc/PID/stat (the whole thread group for a multi-threaded process).
+cpu_ticks() {
+    local pid rest total=0
+    local -a fields
+    for pid in $(proc_pids "$1"); do
+        { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
+        rest=${rest##*) }                 # fields from 3 (state) on
+        read -r -a fields <<<"$rest"
+        total=$((total + fields[11] + fields[12]))  # utime is field 14 = index 11 from field 3
+    done
+    echo "$total"
+}
+
+# render_tmpl TEMPLATE OUT DIR LISTEN ADMIN WORKERS : fills in a plaintext config template
+# (rampart*.yaml, nginx.conf, haproxy.cfg); the upstream is $upstream, set by the caller.
+# shellcheck disable=SC2154
+render_tmpl() {
+    sed -e "s|@DIR@|$3|g" -e "s|@UPSTREAM@|$upstream|g" -e "s|@LISTEN@|$4|g" \
+        -e "s|@ADMIN@|$5|g" -e "s|@WORKERS@|$6|g" -e "s|@TLS_NGINX_LISTEN@||g" \
+        -e "s|@TLS_NGINX@|# plaintext|g" -e "s|@TLS_HAPROXY@||g" -e "s|@TLS_RAMPART@|# plaintext|g" \
+        "$1" >"$2"
+}
+
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Writes benches/RESULTS.md (to stdout) from the raw figures of one full.sh run.
+
+  python3 benches/load/results.py OUT_DIR > benches/RESULTS.md
+
+OUT_DIR holds meta.txt, wrk.tsv, mem.tsv, idle.tsv, policy.tsv and callgrind.tsv as full.sh
+(and callgrind.sh) wrote them. RESULTS_TITLE in the environment, when set, heads the report
+(e.g. to mark a smoke run). Every goal of issue 22 is marked met or not met with its figure.
+"""
+
+import csv
+import os
+import statistics
+import sys
+
+MIB = 1024.0
+
+
+def read_tsv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def read_meta(path):
+    meta = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, sep, value = line.rstrip("\n").partition("=")
+            if sep:
+                meta[key] = value
+    return meta
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def spread(m):
+    """(max - min) / median of req/s over the rounds, in percent: how much the rounds disagree."""
+    if m["rounds"] < 2 or not m["rps"]:
+        return "1 round"
+    return f"±{(m['rps_all'][-1] - m['rps_all'][0]) / m['rps'] * 50:.0f}%"
+
+
+def mark(ok):
+    return "**met**" if ok else "**not met**"
+
+
+class Runs:
+    """Medians over rounds of one (scenario, workers, target, conns)."""
+
+    def __init__(self, rows, clk_tck):
+        self.groups = {}
+        for r in rows:
+            key = (r["scenario"], int(r["workers"]), r["target"], int(r["conns"]))
+            self.groups.setdefault(key, []).append(r)
+        self.clk_tck = clk_tck
+
+    def get(self, scen, w, target, conns):
+        rows = self.groups.get((scen, w, target, conns))
+        if not rows:
+            return None
+        reqs = sum(int(r["requests"]) for r in rows)
+        ticks = sum(int(r["cpu_ticks"]) for r in rows)
+        return {
+            "rps": statistics.median(float(r["rps"]) for r in rows),
+            "p50": statistics.median(float(r["p50_ms"]) for r in rows),
+            "p99": statistics.median(float(r["p99_ms"]) for r in rows),
+            "errors": sum(int(r["errors"]) for r in rows),
+            "rounds": len(rows),
+            # CPU over all rounds: total ticks / total requests (a tick is 1/CLK_TCK s).
+            "cpu_us": ticks / self.clk_tck * 1e6 / reqs if reqs else None,
+            "rps_all": sorted(float(r["rps"]) for r in rows),
+        }
+
+    def targets(self, scen, w):
+        order = ["rampart", "rampart-base", "rampart-policy", "nginx", "haproxy", "direct"]
+        present = {k[2] for k in self.groups if k[0] == scen and k[1] == w}
+        return [t for t in order if t in present] + sorted(present - set(order))
+
+    def workers(self, scen):
+        return sorted({k[1] for k in self.groups if k[0] == scen})
+
+    def conns(self, scen):
+        return sorted({k[3] for k in self.groups if k[0] == scen})
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    out = sys.argv[1]
+    meta = read_meta(os.path.join(out, "meta.txt"))
+    clk = int(meta.get("clk_tck", "100"))
+    runs = Runs(read_tsv(os.path.join(out, "wrk.tsv")), clk)
+    mem = read_tsv(os.path.join(out, "mem.tsv"))
+    idle = read_tsv(os.path.join(out, "idle.tsv"))
+    policy = read_tsv(os.path.join(out, "policy.tsv"))
+    cg = read_tsv(os.path.join(out, "callgrind.tsv"))
+    goals = []  # (goal, figure, ok)
+    p = []
+
+    title = os.environ.get("RESULTS_TITLE", "").strip()
+    p.append("# rampart next to nginx and HAProxy: results (issue 22)")
+    p.append("")
+    if title:
+        p.append(f"> **{title}**")
+        p.append("")
+    p.append("Written by `benches/load/results.py` from one run of `benches/load/full.sh`;")
+    p.append("regenerate with the command below, do not edit by hand.")
+    p.append("")
+    p.append("## Machine and versions")
+    p.append("")
+    for key, label in [
+        ("date", "date"),
+        ("cpu", "CPU"),
+        ("cores", "cores"),
+        ("memory", "memory"),
+        ("os", "OS"),
+        ("kernel", "kernel"),
+        ("rampart", "rampart"),
+        ("rampart_base", "rampart-base"),
+        ("nginx", "nginx"),
+        ("haproxy", "HAProxy"),
+        ("wrk", "wrk"),
+        ("python", "client (idle connections, callgrind)"),
+    ]:
+        if key in meta:
+            p.append(f"- {label}: {meta[key]}")
+    p.append("")
+    p.append("Command:")
+    p.append("")
+    p.append("```sh")
+    p.append(meta.get("command", "bash benches/load/full.sh"))
+    p.append("```")
+    p.append("")
+    secs = meta.get("total_seconds") or meta.get("load_seconds")
+    p.append(
+        f"wrk: {meta.get('threads', '1')} thread(s), {meta.get('rounds', '?')} interleaved rounds of "
+        f"{meta.get('duration', '?')} per target and connection count (order rotated each round), "
+        f"{meta.get('warmup', '?')} warm-up; figures are medians over the rounds, CPU and errors "
+        f"are totals over them. The run took {secs or '?'} s."
+    )
+    p.append("")
+    cores = meta.get("cores", "?")
+    p.append(
+        f"**The machine has {cores} cores, and wrk and the upstream (`rampart sample`) run on the "
+        "same cores as the proxy.** With two proxy workers the proxy competes with wrk and the "
+        "upstream for the cores, so the 2-worker figures and the scaling from 1 to 2 workers "
+        "understate what the proxies do on a machine of their own. Compare ratios within this run, "
+        "not absolute figures between machines."
+    )
+    p.append("")
+    p.append(
+        "CPU per request: user + system CPU time of the proxy's processes (nginx: master and "
+        "workers), read from `/proc/PID/stat` before and after each wrk run, divided by the "
+        "requests wrk counted. Spread: half the range of req/s over the rounds, relative to "
+        "the median (a large spread says the machine was busy; repeat with more ROUNDS). "
+        "\"best other\" is, per figure, the better of nginx and HAProxy "
+        "(higher req/s, lower CPU, lower p99)."
+    )
+    p.append("")
+
+    # --- plain proxy ---------------------------------------------------------------------
+    for w in runs.workers("plain"):
+        p.append(f"## Plain proxy, {w} worker{'s' if w > 1 else ''} each")
+        p.append("")
+        p.append(
+            f"rampart `RAMPART_WORKERS={w}`, nginx `worker_processes {w}`, HAProxy `nbthread {w}`; "
+            "`GET /` answered 200 `ok` by the upstream."
+        )
+        p.append("")
+        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
+        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for c in runs.conns("plain"):
+            for t in runs.targets("plain", w):
+                m = runs.get("plain", w, t, c)
+                if m is None:
+                    continue
+                label = "direct (upstream alone; CPU = upstream's)" if t == "direct" else t
+                err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
+                p.append(
+                    f"| {label} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                    f"{fmt(m['cpu_us'], 1)} | {err} |"
+                )
+        p.append("")
+        p.append("| rampart vs best other | conns | req/s ratio (≥ 1) | CPU ratio (≤ 0.9) | p99 ratio (≤ 1) |")
+        p.append("| --- | ---: | ---: | ---: | ---: |")
+        for c in runs.conns("plain"):
+            ra = runs.get("plain", w, "rampart", c)
+            others = [runs.get("plain", w, o, c) for o in ("nginx", "haproxy")]
+            others = [o for o in others if o is not None]
+            if ra is None or not others:
+                continue
+            best_rps = max(o["rps"] for o in others)
+            best_cpu = min(o["cpu_us"] for o in others if o["cpu_us"] is not None)
+            best_p99 = min(o["p99"] for o in others)
+            r_rps, r_cpu, r_p99 = ratio(ra["rps"], best_rps), ratio(ra["cpu_us"], best_cpu), ratio(ra["p99"], best_p99)
+            clean = ra["errors"] == 0 and all(o["errors"] == 0 for o in others)
+            note = "" if clean else " (run had errors)"
+            p.append(f"| {w} worker(s) | {c} | {fmt(r_rps, 2)} | {fmt(r_cpu, 2)} | {fmt(r_p99, 2)} |")
+            goals.append((
+                f"{w} worker(s), {c} conns: req/s ≥ best other",
+                f"{fmt(ra['rps'])} vs {fmt(best_rps)} ({fmt(r_rps, 2)}×){note}",
+                clean and r_rps is not None and r_rps >= 1.0,
+            ))
+            goals.append((
+                f"{w} worker(s), {c} conns: CPU/request ≤ 0.9 × best other",
+                f"{fmt(ra['cpu_us'], 1)} µs vs {fmt(best_cpu, 1)} µs ({fmt(r_cpu, 2)}×){note}",
+                clean and r_cpu is not None and r_cpu <= 0.9,
+            ))
+            goals.append((
+                f"{w} worker(s), {c} conns: p99 ≤ best other",
+                f"{ra['p99']:.3f} ms vs {best_p99:.3f} ms ({fmt(r_p99, 2)}×){note}",
+                clean and r_p99 is not None and r_p99 <= 1.0,
+            ))
+        p.append("")
+
+    # --- scaling -------------------------------------------------------------------------
+    ws = runs.workers("plain")
+    if len(ws) >= 2:
+        w1, w2 = ws[0], ws[1]
+        p.append(f"## Scaling from {w1} to {w2} workers (req/s at {w2} ÷ req/s at {w1})")
+        p.append("")
+        p.append(f"On {cores} cores shared with wrk and the upstream (see above).")
+        p.append("")
+        p.append("| target | conns | req/s, " + f"{w1} | req/s, {w2} | scaling |")
+        p.append("| --- | ---: | ---: | ---: | ---: |")
+        for c in runs.conns("plain"):
+            for t in runs.targets("plain", w2):
+                a, b = runs.get("plain", w1, t, c), runs.get("plain", w2, t, c)
+                if a is None or b is None:
+                    continue
+                p.append(f"| {t} | {c} | {fmt(a['rps'])} | {fmt(b['rps'])} | {fmt(ratio(b['rps'], a['rps']), 2)} |")
+        p.append("")
+
+    # --- policy --------------------------------------------------------------------------
+    for w in runs.workers("policy"):
+        tenants = meta.get("tenants", "?")
+        p.append(f"## Full policy, {w} worker{'s' if w > 1 else ''}")
+        p.append("")
+        p.append(
+            f"`rampart-policy` (benches/load/rampart-policy.yaml): per-tenant rate limit over "
+            f"{tenants} tenants (wrk script `tenants.lua` rotates `x-tenant-id`), limits far above "
+            "the load so nothing is refused, load_shed with a queue, circuit_breaker, retry with "
+            "budget, request and per-try timeouts. `rampart` is the plain proxy driven by the same "
+            "wrk script."
+        )
+        p.append("")
+        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
+        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for c in runs.conns("policy"):
+            for t in runs.targets("policy", w):
+                m = runs.get("policy", w, t, c)
+                if m is None:
+                    continue
+                err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
+                p.append(
+                    f"| {t} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                    f"{fmt(m['cpu_us'], 1)} | {err} |"
+                )
+        p.append("")
+        for row in policy:
+            if int(row["workers"]) == w:
+                p.append(
+                    f"After the runs rampart-policy held {row['tenants_tracked']} per-tenant "
+                    "state entries (`rampart_tenants_tracked`: rate-limit buckets and load-shed "
+                    f"counters, one each per tenant); `rampart_rate_limited_total` "
+                    f"{row['rate_limited']}, `rampart_shed_total` {row['shed']}."
+                )
+                p.append("")
+        for c in runs.conns("policy"):
+            pol, pl = runs.get("policy", w, "rampart-policy", c), runs.get("policy", w, "rampart", c)
+            if pol is None or pl is None:
+                continue
+            r = ratio(pol["rps"], pl["rps"])
+            clean = pol["errors"] == 0 and pl["errors"] == 0
+            goals.append((
+                f"full policy, {w} worker(s), {c} conns: req/s ≥ 0.9 × rampart plain, no errors",
+                f"{fmt(pol['rps'])} vs {fmt(pl['rps'])} ({fmt(r, 2)}×), errors {pol['errors']}",
+                clean and r is not None and r >= 0.9,
+            ))
+
+    # --- memory --------------------------------------------------------------------------
+    if mem:
+        p.append("## Memory")
+        p.append("")
+        per_conn = {}
+        for row in idle:
+            n = int(row["conns"])
+            alive = int(row["alive"])
+            d = (int(row["after_kib"]) - int(row["before_kib"])) / MIB
+            per_conn[(row["target"], int(row["workers"]))] = (d * 1000.0 / n, n, alive)
+        n_idle = meta.get("idle_conns", "?")
+        p.append(
+            "Idle RSS: `VmRSS` after start and one request, before any load. Peak RSS: `VmHWM` "
+            "after all the wrk runs of that worker count (16 and 128 connections), before the idle "
+            f"connections. Per 1,000 idle connections: RSS growth while {n_idle} keep-alive "
+            "connections, each past one request, are held open (`client.py idle`), scaled to 1,000. "
+            "Summed over the proxy's processes."
+        )
+        p.append("")
+        p.append("| target | workers | idle RSS MiB | peak RSS MiB | MiB per 1,000 idle conns | conns still open |")
+        p.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for row in mem:
+            t, w = row["target"], int(row["workers"])
+            pc = per_conn.get((t, w))
+            p.append(
+                f"| {t} | {w} | {int(row['idle_rss_kib']) / MIB:.1f} | {int(row['peak_rss_kib']) / MIB:.1f} | "
+                f"{fmt(pc[0], 2) if pc else 'n/a'} | {f'{pc[2]} of {pc[1]}' if pc else 'n/a'} |"
+            )
+            if t == "rampart":
+                peak, idle_mib = int(row["peak_rss_kib"]) / MIB, int(row["idle_rss_kib"]) / MIB
+                goals.append((f"{w} worker(s): peak RSS under load ≤ 20 MiB", f"{peak:.1f} MiB", peak <= 20.0))
+                goals.append((f"{w} worker(s): idle RSS ≤ 10 MiB", f"{idle_mib:.1f} MiB", idle_mib <= 10.0))
+        p.append("")
+
+    # --- callgrind -----------------------------------------------------------------------
+    if cg:
+        p.append("## Instructions per request (callgrind)")
+        p.append("")
+        r0 = cg[0]
+        p.append(
+            f"`benches/load/callgrind.sh`: each proxy alone under `valgrind --tool=callgrind` (one "
+            "worker; nginx `master_process off`), keep-alive `GET /` from `client.py`, instructions "
+            f"= (Ir after {r0['large']} requests − Ir after {r0['small']}) ÷ "
+            f"{int(r0['large']) - int(r0['small'])}; start-up and shutdown cancel out. Independent "
+            "of the machine's load."
+        )
+        p.append("")
+        ir = {r["target"]: float(r["ir_per_request"]) for r in cg}
+        p.append("| target | instructions/request | rampart ÷ this |")
+        p.append("| --- | ---: | ---: |")
+        for r in cg:
+            t = r["target"]
+            rr = ratio(ir.get("rampart"), ir[t])
+            p.append(f"| {t} | {fmt(ir[t])} | {fmt(rr, 2)} |")
+        p.append("")
+
+    # --- goals ---------------------------------------------------------------------------
+    p.append("## Goals of issue 22")
+    p.append("")
+    if title:
+        p.append(f"_{title}: the marks below are not the result._")
+        p.append("")
+    p.append("| goal | figure | |")
+    p.append("| --- | --- | --- |")
+    for goal, figure, ok in goals:
+        p.append(f"| {goal} | {figure} | {mark(ok)} |")
+    met = sum(1 for g in goals if g[2])
+    p.append("")
+    p.append(f"{met} of {len(goals)} goals met.")
+    print("\n".join(p))
+
+
+if __name__ == "__main__":
+    main()

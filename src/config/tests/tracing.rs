@@ -1,0 +1,104 @@
+//! `tracing:`: defaults, and every setting this build would not act on refused at its place.
+
+use super::{fails_at, one, spot, BASE};
+use crate::config::file::OtlpProtocol;
+use crate::config::Config;
+
+/// BASE with a `tracing:` section whose `otlp` mapping is `otlp` and extra lines `rest`.
+fn traced(otlp: &str, rest: &str) -> String {
+    format!("{BASE}tracing:\n  otlp: {otlp}\n{rest}")
+}
+
+#[test]
+fn a_minimal_section_takes_the_otlp_defaults() {
+    let cfg = Config::from_str(
+        &traced("{ endpoint: \"http://127.0.0.1:4318\" }", ""),
+        "t.yaml",
+    )
+    .expect("valid");
+    let t = cfg.file.tracing.expect("tracing on");
+    assert_eq!(t.otlp.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(t.sample.0, 1.0, "the SDK default: every new trace");
+    assert_eq!(t.service_name, "rampart");
+    assert_eq!(t.otlp.flush_every.0.as_secs(), 1);
+    assert_eq!(t.otlp.timeout.0.as_secs(), 10);
+    let full = traced(
+        "{ endpoint: \"http://collector.local:4318/base/\", protocol: http/json, flush_every: 200ms, timeout: 2s }",
+        "  sample: 10%\n  service_name: edge\n",
+    );
+    let t = Config::from_str(&full, "t.yaml")
+        .expect("valid")
+        .file
+        .tracing
+        .expect("on");
+    assert_eq!(t.otlp.protocol, OtlpProtocol::HttpJson);
+    assert_eq!(t.sample.0, 0.1);
+    assert!(Config::from_str(BASE, "t.yaml")
+        .expect("valid")
+        .file
+        .tracing
+        .is_none());
+}
+
+#[test]
+fn grpc_is_refused_at_its_value_not_ignored() {
+    let e = one(&traced(
+        "{ endpoint: \"http://127.0.0.1:4317\", protocol: grpc }",
+        "",
+    ));
+    assert_eq!(spot(&e), (15, 56, "tracing.otlp.protocol"));
+    assert!(e.message.contains("grpc is not built"), "{e:?}");
+    assert!(e.message.contains("http/protobuf"), "{e:?}");
+    let e = one(&traced(
+        "{ endpoint: \"http://127.0.0.1:4318\", protocol: http/xml }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.protocol");
+    assert!(
+        e.message
+            .contains("expected one of: http/protobuf, http/json, grpc"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn the_endpoint_is_a_plain_http_base_url() {
+    for (endpoint, says) in [
+        ("https://collector:4318", "https is not built"),
+        ("127.0.0.1:4318", "needs the http:// scheme"),
+        ("http://127.0.0.1:4318/?x=1", "has a query"),
+        ("http://", "invalid URL"),
+        ("not a url", "invalid URL"),
+    ] {
+        let e = one(&traced(&format!("{{ endpoint: \"{endpoint}\" }}"), ""));
+        assert_eq!(spot(&e), (15, 21, "tracing.otlp.endpoint"), "{endpoint}");
+        assert!(e.message.contains(says), "{endpoint}: {e:?}");
+    }
+}
+
+#[test]
+fn other_values_and_keys_are_checked_in_place() {
+    let typo = traced("{ endpont: \"http://127.0.0.1:4318\" }", "");
+    let e = fails_at(&typo, "tracing.otlp.endpont");
+    assert!(e.message.contains("did you mean \"endpoint\""), "{e:?}");
+    let ok = "{ endpoint: \"http://127.0.0.1:4318\" }";
+    let e = one(&traced(ok, "  sample: 150%\n"));
+    assert_eq!(spot(&e), (16, 11, "tracing.sample"));
+    let e = one(&traced(ok, "  service_name: \"\"\n"));
+    assert_eq!(e.path, "tracing.service_name");
+    let e = one(&traced(
+        "{ endpoint: \"http://127.0.0.1:4318\", flush_every: 0s }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.flush_every");
+    let e = one(&traced(
+        "{ endpoint: \"http://127.0.0.1:4318\", timeout: 0s }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.timeout");
+    let e = one(&format!("{BASE}tracing: {{ sample: 10% }}\n"));
+    assert_eq!(e.path, "tracing");
+    assert!(e.message.contains("missing required key \"otlp\""), "{e:?}");
+    let e = one(&traced(ok, "  zipkin: true\n"));
+    assert_eq!(e.path, "tracing.zipkin");
+}

@@ -1,0 +1,240 @@
+//! The OTLP/HTTP exporter: a bounded queue the request path pushes spans into, and one task
+//! that sends them in batches to `{endpoint}/v1/traces`.
+//!
+//! The queue is a fixed-size lock-free array, and the task polls it on a short timer instead
+//! of being woken: a push never wakes a thread (the access log measured what a wake-up per
+//! request costs). The task sends a batch when [`BATCH`] spans are waiting or the oldest has
+//! waited `flush_every`, one export at a time, each bounded by `otlp.timeout`. While the
+//! collector is slow or away the queue fills and new spans are dropped and counted; requests
+//! never wait for the collector. When the last generation using an exporter is gone (a reload
+//! changed the export settings, or shutdown), the task sends what is queued and ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use super::encode;
+use super::span::SpanRecord;
+use super::TraceMetrics;
+use crate::config::file::{Otlp, OtlpProtocol};
+
+/// Spans queued before new ones are dropped.
+pub(super) const QUEUE: usize = 8192;
+/// Most spans in one export request.
+pub(super) const BATCH: usize = 512;
+/// How often the task looks at the queue (at most; `flush_every` if shorter).
+const POLL: Duration = Duration::from_millis(50);
+/// Longest [`Exporter::flush`] waits.
+const FLUSH_MAX: Duration = Duration::from_secs(5);
+/// Most bytes of a collector's answer that are read.
+const ANSWER_LIMIT: usize = 64 * 1024;
+/// Failed exports are logged at most this often (each one is counted).
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// One OTLP destination: the queue into its export task.
+#[derive(Debug)]
+pub struct Exporter {
+    queue: Arc<ArrayQueue<Box<SpanRecord>>>,
+    metrics: TraceMetrics,
+    /// Shared with the task (see [`Flags`]).
+    flags: Arc<Flags>,
+    /// `otlp.timeout`: how long [`Exporter::flush`] waits at most.
+    timeout: Duration,
+}
+
+/// What [`Exporter::flush`] and the task tell each other.
+#[derive(Debug, Default)]
+struct Flags {
+    /// Send what is queued at the next tick, due or not.
+    urgent: AtomicBool,
+    /// The task holds spans it took from the queue and has not finished sending.
+    busy: AtomicBool,
+}
+
+/// What the export task owns.
+struct Task {
+    queue: Arc<ArrayQueue<Box<SpanRecord>>>,
+    owner: Weak<Exporter>,
+    flags: Arc<Flags>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    protocol: OtlpProtocol,
+    service_name: String,
+    flush_every: Duration,
+    timeout: Duration,
+    metrics: TraceMetrics,
+    last_warning: Option<Instant>,
+}
+
+// === impl Exporter ===
+
+impl Exporter {
+    /// Starts exporting to `cfg` as `service_name`. Needs a tokio runtime (it spawns its task).
+    pub fn start(cfg: &Otlp, service_name: &str, metrics: TraceMetrics) -> Arc<Exporter> {
+        let queue = Arc::new(ArrayQueue::new(QUEUE));
+        let flags = Arc::new(Flags::default());
+        let exporter = Arc::new(Exporter {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            flags: flags.clone(),
+            timeout: cfg.timeout.0,
+        });
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.timeout.0));
+        http.set_nodelay(true);
+        let task = Task {
+            queue,
+            owner: Arc::downgrade(&exporter),
+            flags,
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build(http),
+            uri: traces_uri(&cfg.endpoint),
+            protocol: cfg.protocol,
+            service_name: service_name.to_owned(),
+            flush_every: cfg.flush_every.0,
+            timeout: cfg.timeout.0,
+            metrics,
+            last_warning: None,
+        };
+        tokio::spawn(task.run());
+        exporter
+    }
+
+    /// Sends what is queued now and waits until it is sent (or given up), for at most
+    /// `otlp.timeout` and never more than [`FLUSH_MAX`]: at shutdown, so the spans of the
+    /// last requests are not lost with the process.
+    pub async fn flush(&self) {
+        self.flags.urgent.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.timeout.min(FLUSH_MAX);
+        while (!self.queue.is_empty() || self.flags.busy.load(Ordering::Acquire))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Queues `span` without waiting; a full queue drops it (counted).
+    pub(super) fn push(&self, span: Box<SpanRecord>) {
+        if self.queue.push(span).is_err() {
+            self.metrics.dropped_queue_full.inc();
+        }
+    }
+}
+
+/// `{endpoint}/v1/traces`; validation made sure the endpoint is an `http://` URL.
+fn traces_uri(endpoint: &str) -> Uri {
+    let base = endpoint.trim_end_matches('/');
+    format!("{base}/v1/traces")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:4318/v1/traces"))
+}
+
+// === impl Task ===
+
+impl Task {
+    async fn run(mut self) {
+        let tick = POLL.min(self.flush_every);
+        let mut oldest_wait = Instant::now();
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::time::sleep(tick).await;
+            let closing = self.owner.strong_count() == 0;
+            if self.queue.is_empty() {
+                oldest_wait = Instant::now();
+                if closing {
+                    return;
+                }
+                continue;
+            }
+            let urgent = self.flags.urgent.swap(false, Ordering::AcqRel);
+            let due = self.queue.len() >= BATCH || oldest_wait.elapsed() >= self.flush_every;
+            if !due && !closing && !urgent {
+                continue;
+            }
+            // Before the first pop, so a flush never sees an empty queue and an idle task
+            // while spans are on their way.
+            self.flags.busy.store(true, Ordering::Release);
+            while !self.queue.is_empty() {
+                while batch.len() < BATCH {
+                    match self.queue.pop() {
+                        Some(s) => batch.push(s),
+                        None => break,
+                    }
+                }
+                self.export(&batch).await;
+                batch.clear();
+                if batch.capacity() > BATCH {
+                    batch.shrink_to(BATCH);
+                }
+                if self.queue.len() < BATCH && !closing && !urgent {
+                    // Less than a batch left: it waits its turn (or `flush_every`).
+                    break;
+                }
+            }
+            self.flags.busy.store(false, Ordering::Release);
+            oldest_wait = Instant::now();
+            if closing && self.queue.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Sends one batch; counts it exported or dropped.
+    async fn export(&mut self, spans: &[Box<SpanRecord>]) {
+        let msg = encode::request(&self.service_name, spans);
+        let (body, content_type) = encode::body(&msg, self.protocol);
+        let n = spans.len() as u64;
+        let sent = tokio::time::timeout(self.timeout, self.post(body, content_type)).await;
+        let failure = match sent {
+            Ok(Ok(())) => {
+                self.metrics.exported.inc_by(n);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        self.metrics.dropped_export_failed.inc_by(n);
+        let quiet = self.last_warning.is_some_and(|t| t.elapsed() < WARN_EVERY);
+        if !quiet {
+            self.last_warning = Some(Instant::now());
+            tracing::warn!(
+                endpoint = %self.uri, error = %failure, spans = n,
+                "span export failed; the spans are dropped (counted in rampart_trace_spans_dropped_total)"
+            );
+        }
+    }
+
+    async fn post(&self, body: Vec<u8>, content_type: &'static str) -> Result<(), String> {
+        let req = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let rsp = self.client.request(req).await.map_err(|e| {
+            use std::error::Error;
+            match e.source() {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            }
+        })?;
+        let status = rsp.status();
+        // Read the answer (bounded) so the connection can be used again.
+        let _ = http_body_util::Limited::new(rsp.into_body(), ANSWER_LIMIT)
+            .collect()
+            .await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the collector answered {status}"))
+        }
+    }
+}

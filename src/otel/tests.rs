@@ -1,0 +1,220 @@
+//! The trace decision, the `traceparent` written, OTLP encoding and the exporter's bounds.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use super::encode;
+use super::export::QUEUE;
+use super::span::{Event, Kind, SpanRecord, Val};
+use super::{TraceMetrics, TraceParent, Tracer, TRACEPARENT, TRACESTATE};
+use crate::config::file::{Otlp, OtlpProtocol, Tracing};
+use crate::config::units::{Dur, Ratio};
+use crate::metrics::Metrics;
+
+const GIVEN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn cfg(sample: f64, endpoint: &str) -> Tracing {
+    Tracing {
+        otlp: Otlp {
+            endpoint: endpoint.into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            // Long enough that no export happens while a test looks.
+            flush_every: Dur::from_secs(3600),
+            timeout: Dur::from_secs(1),
+        },
+        sample: Ratio(sample),
+        service_name: "svc".into(),
+    }
+}
+
+fn tracer(sample: f64) -> (Tracer, Metrics) {
+    let m = Metrics::register();
+    let t = Tracer::build(
+        &cfg(sample, "http://127.0.0.1:9"),
+        None,
+        &TraceMetrics::new(&m),
+    );
+    (t, m)
+}
+
+fn headers(pairs: &[(&str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            HeaderValue::from_static(v),
+        );
+    }
+    h
+}
+
+#[test]
+fn a_traceparent_is_written_as_it_is_read() {
+    let tp = TraceParent::parse(&HeaderValue::from_static(GIVEN)).expect("valid");
+    assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    assert_eq!(tp.parent_id, 0x00f067aa0ba902b7);
+    assert!(tp.sampled());
+    assert_eq!(tp.to_header(), GIVEN);
+    let small = TraceParent {
+        trace_id: 1,
+        parent_id: 2,
+        flags: 0,
+    };
+    assert_eq!(
+        small.to_header(),
+        "00-00000000000000000000000000000001-0000000000000002-00"
+    );
+}
+
+#[tokio::test]
+async fn a_clients_trace_decides_whatever_the_sample_says() {
+    let (never, _m) = tracer(0.0);
+    let mut h = headers(&[("traceparent", GIVEN), ("tracestate", "v=1")]);
+    let t = never.start(&mut h);
+    assert!(t.sampled, "a sampled parent is followed");
+    assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    assert_eq!(t.remote_parent, Some(0x00f067aa0ba902b7));
+    assert_ne!(t.span_id, 0);
+    assert_eq!(h[TRACEPARENT], GIVEN, "each try writes its own later");
+    assert_eq!(h[TRACESTATE], "v=1");
+
+    let (always, _m) = tracer(1.0);
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let mut h = headers(&[("traceparent", unsampled)]);
+    let t = always.start(&mut h);
+    assert!(!t.sampled, "an unsampled parent is followed too");
+    assert_eq!(h[TRACEPARENT], unsampled, "passed on as it came");
+}
+
+#[tokio::test]
+async fn a_new_trace_is_sampled_as_configured_and_always_propagated() {
+    let (never, _m) = tracer(0.0);
+    let mut h = headers(&[("tracestate", "orphan=1")]);
+    let t = never.start(&mut h);
+    assert!(!t.sampled);
+    assert_eq!(t.remote_parent, None);
+    let sent = TraceParent::parse(&h[TRACEPARENT]).expect("a valid traceparent for the upstream");
+    assert_eq!(
+        (sent.trace_id, sent.parent_id, sent.flags),
+        (t.trace_id, t.span_id, 0)
+    );
+    assert!(h.get(TRACESTATE).is_none(), "restarted without its state");
+
+    let (always, _m) = tracer(1.0);
+    let mut h = headers(&[("traceparent", "00-garbage")]);
+    let t = always.start(&mut h);
+    assert!(t.sampled && t.trace_id != 0);
+    assert!(
+        h.get(TRACEPARENT).is_none(),
+        "an invalid one never reaches the upstream"
+    );
+
+    let (half, _m) = tracer(0.5);
+    let sampled = (0..10_000)
+        .filter(|_| half.start(&mut HeaderMap::new()).sampled)
+        .count();
+    assert!(
+        (4_500..=5_500).contains(&sampled),
+        "{sampled} of 10000 at 50%"
+    );
+}
+
+#[tokio::test]
+async fn the_exporter_is_kept_across_a_reload_while_its_settings_are() {
+    let m = Metrics::register();
+    let tm = TraceMetrics::new(&m);
+    let first = Tracer::build(&cfg(0.1, "http://127.0.0.1:9"), None, &tm);
+    let resampled = Tracer::build(&cfg(0.9, "http://127.0.0.1:9"), Some(&first), &tm);
+    assert!(Arc::ptr_eq(first.exporter(), resampled.exporter()));
+    let moved = Tracer::build(&cfg(0.9, "http://127.0.0.1:10"), Some(&resampled), &tm);
+    assert!(!Arc::ptr_eq(first.exporter(), moved.exporter()));
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    let (t, m) = tracer(1.0);
+    // The export task cannot run until this test yields: nothing is drained meanwhile.
+    for _ in 0..QUEUE + 7 {
+        t.exporter().push(Box::new(record()));
+    }
+    let dropped = m
+        .trace_spans_dropped
+        .with_label_values(&["queue_full"])
+        .get();
+    assert_eq!(dropped, 7);
+}
+
+fn record() -> SpanRecord {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    SpanRecord {
+        trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+        span_id: 0x1122334455667788,
+        parent_id: Some(0x00f067aa0ba902b7),
+        remote_parent: true,
+        kind: Kind::Server,
+        name: "GET app".into(),
+        start,
+        end: start + Duration::from_millis(3),
+        attrs: vec![
+            ("http.request.method", Val::Static("GET")),
+            ("http.response.status_code", Val::Int(429)),
+            ("rampart.tenant", Val::Owned("acme".into())),
+            ("rampart.route", Val::Shared(Arc::from("app"))),
+        ],
+        events: vec![Event {
+            name: "rampart.refused",
+            at: start + Duration::from_millis(1),
+            attrs: vec![("rampart.reason", Val::Static("rate_limited"))],
+        }],
+        error: None,
+    }
+}
+
+#[test]
+fn spans_encode_as_otlp_protobuf() {
+    let msg = encode::request("svc", &[Box::new(record())]);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpProtobuf);
+    assert_eq!(content_type, "application/x-protobuf");
+    let back = ExportTraceServiceRequest::decode(body.as_slice()).expect("decodes");
+    assert_eq!(back, msg);
+    let rs = &back.resource_spans[0];
+    let service = &rs.resource.as_ref().expect("resource").attributes[0];
+    assert_eq!(service.key, "service.name");
+    let span = &rs.scope_spans[0].spans[0];
+    assert_eq!(
+        span.trace_id,
+        0x4bf92f3577b34da6a3ce929d0e0e4736u128.to_be_bytes()
+    );
+    assert_eq!(span.span_id, 0x1122334455667788u64.to_be_bytes());
+    assert_eq!(span.parent_span_id, 0x00f067aa0ba902b7u64.to_be_bytes());
+    assert_eq!(span.flags, 0x301, "sampled, parent known remote");
+    assert_eq!(span.kind, 2, "SERVER");
+    assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_000);
+    assert_eq!(span.end_time_unix_nano, 1_700_000_000_003_000_000);
+    assert_eq!(span.attributes.len(), 4);
+    assert_eq!(span.events[0].name, "rampart.refused");
+    assert_eq!(span.status.as_ref().map(|s| s.code), Some(0), "unset");
+}
+
+#[test]
+fn spans_encode_as_otlp_json() {
+    let mut rec = record();
+    rec.error = Some("upstream_unavailable".into());
+    let msg = encode::request("svc", &[Box::new(rec)]);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpJson);
+    assert_eq!(content_type, "application/json");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    // OTLP/JSON: ids as hex, 64-bit numbers as strings, enums as numbers.
+    assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["spanId"], "1122334455667788");
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(span["startTimeUnixNano"], "1700000000000000000");
+    assert_eq!(span["kind"], 2);
+    assert_eq!(span["status"]["code"], 2);
+    assert_eq!(span["attributes"][1]["value"]["intValue"], "429");
+}

@@ -1,0 +1,175 @@
+//! The upstream pool under stress: connections are driven inside the task of the request
+//! that uses them (and moved into a task of their own by a request with a body), so every
+//! mix of bodiless and uploading requests, large and dripping answers, answers that close
+//! their connection and clients that walk away mid-answer must still come out whole, with
+//! the connection cap held and no connection stuck.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ::http::Method;
+use bytes::Bytes;
+
+use crate::support::capture::Capture;
+use crate::support::{http, metrics, one_route, sample, Proxy};
+
+const TASKS: usize = 48;
+const PER_TASK: usize = 30;
+
+async fn proxy(app: SocketAddr, max_connections: u32, workers: u32) -> Proxy {
+    let cfg = one_route("").replace(
+        "app: { endpoints: [$APP] }",
+        &format!(
+            "app: {{ endpoints: [$APP], max_connections: {max_connections}, pool_max_idle: 8 }}"
+        ),
+    );
+    assert!(cfg.contains("max_connections"), "template changed: {cfg}");
+    Proxy::builder(&cfg)
+        .var("APP", app)
+        .env("RAMPART_WORKERS", workers)
+        .spawn()
+        .await
+}
+
+/// One request of the mix, chosen by `i`; panics naming what went wrong.
+async fn one(client: &http::HttpClient, addr: SocketAddr, i: usize) {
+    match i % 6 {
+        0 | 1 => {
+            let r = http::send(client, addr, Method::GET, "/ok", &[], http::empty()).await;
+            let r = r.unwrap_or_else(|e| panic!("GET /ok #{i}: {e}"));
+            assert_eq!(
+                (r.status.as_u16(), r.text().as_str()),
+                (200, "ok\n"),
+                "#{i}"
+            );
+        }
+        2 => {
+            let r = http::send(
+                client,
+                addr,
+                Method::GET,
+                "/bytes/65536",
+                &[],
+                http::empty(),
+            )
+            .await;
+            let r = r.unwrap_or_else(|e| panic!("GET /bytes #{i}: {e}"));
+            assert_eq!((r.status.as_u16(), r.body.len()), (200, 65536), "#{i}");
+        }
+        3 => {
+            let path = "/drip?chunks=3&ms=1";
+            let r = http::send(client, addr, Method::GET, path, &[], http::empty()).await;
+            let r = r.unwrap_or_else(|e| panic!("GET /drip #{i}: {e}"));
+            assert_eq!(r.status.as_u16(), 200, "#{i}");
+        }
+        4 => {
+            let body = Bytes::from(http::pattern(20_000 + i));
+            let r = http::send(
+                client,
+                addr,
+                Method::POST,
+                "/echo",
+                &[],
+                http::full(body.clone()),
+            );
+            let r = r.await.unwrap_or_else(|e| panic!("POST /echo #{i}: {e}"));
+            assert_eq!(r.status.as_u16(), 200, "#{i}");
+            assert!(r.body == body, "#{i}: the upload must come back unchanged");
+        }
+        _ => {
+            // A client that reads the head of a large answer and walks away.
+            let req = ::http::Request::get(format!("http://{addr}/bytes/2000000"))
+                .body(http::empty())
+                .expect("a valid request");
+            let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
+            let rsp = rsp.unwrap_or_else(|_| panic!("#{i}: no head in 10 s"));
+            let rsp = rsp.unwrap_or_else(|e| panic!("#{i}: {e}"));
+            assert_eq!(rsp.status(), 200, "#{i}");
+            drop(rsp);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_storm_comes_out_whole_within_the_connection_cap() {
+    storm(2).await;
+}
+
+/// One worker runs tokio's current-thread scheduler: the same storm on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_storm_on_one_worker_comes_out_whole() {
+    storm(1).await;
+}
+
+async fn storm(workers: u32) {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), 16, workers).await;
+    let addr = proxy.listener("inbound");
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        tasks.push(tokio::spawn(async move {
+            let client = http::client();
+            for k in 0..PER_TASK {
+                one(&client, addr, t * PER_TASK + k).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a storm task panicked");
+    }
+    let n = TASKS * PER_TASK;
+    let sent = |m: usize| (0..n).filter(|i| i % 6 == m).count() as u64;
+    assert_eq!(app.hits_for("/ok"), sent(0) + sent(1));
+    assert_eq!(app.hits_for("/bytes/65536"), sent(2));
+    assert_eq!(app.hits_for("/drip"), sent(3));
+    assert_eq!(app.hits_for("/echo"), sent(4));
+    assert_eq!(app.hits_for("/bytes/2000000"), sent(5));
+
+    // Afterwards the pool still serves, and nothing was answered by rampart itself.
+    let r = http::get(addr, "/ok", &[]).await;
+    assert_eq!(r.status, 200);
+    let text = metrics::metrics(proxy.admin()).await;
+    let codes = metrics::label_values(&text, "rampart_requests_total", "code");
+    assert_eq!(
+        codes,
+        ["200"],
+        "every request must be answered by the upstream: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_close_their_connection_never_leave_one_stuck() {
+    // Every answer closes its connection (the capture upstream answers once, then closes):
+    // each request needs a new connection, and a closed one must free its place under the cap
+    // at once, or the next request waits forever.
+    let up =
+        Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+            .await;
+    let proxy = proxy(up.addr(), 2, 2).await;
+    let addr = proxy.listener("inbound");
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let client = http::client();
+            for k in 0..25 {
+                let (m, body) = if (t + k) % 2 == 0 {
+                    (Method::GET, http::empty())
+                } else {
+                    (Method::POST, http::full(Bytes::from_static(b"up")))
+                };
+                let r = http::send(&client, addr, m, "/x", &[], body).await;
+                let r = r.unwrap_or_else(|e| panic!("task {t} request {k}: {e}"));
+                assert_eq!(
+                    (r.status.as_u16(), r.text().as_str()),
+                    (200, "ok\n"),
+                    "task {t} request {k}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a task panicked");
+    }
+    assert_eq!(up.hits(), 200);
+}

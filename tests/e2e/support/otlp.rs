@@ -1,0 +1,180 @@
+//! An OTLP/HTTP trace receiver: what a collector on `:4318` does, as far as tests need.
+//!
+//! It accepts `POST /v1/traces`, decodes the body with `opentelemetry-proto`'s types
+//! (protobuf, or JSON when the content type says so) and keeps every span with its resource's
+//! `service.name`. Anything it cannot decode is kept as a failure for the test to see.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::net::TcpListener;
+
+/// A received span and the resource it came with.
+#[derive(Clone, Debug)]
+pub struct Got {
+    pub service_name: String,
+    pub content_type: String,
+    pub span: Span,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    spans: Vec<Got>,
+    failures: Vec<String>,
+    posts: usize,
+}
+
+/// A running receiver; stops accepting when dropped.
+#[derive(Debug)]
+pub struct Collector {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+// === impl Collector ===
+
+impl Collector {
+    /// Listens on a free loopback port.
+    pub async fn start() -> Collector {
+        let tcp = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0 must work");
+        let addr = tcp.local_addr().expect("a bound socket has an address");
+        let state = Arc::new(Mutex::new(State::default()));
+        let task = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = tcp.accept().await {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| receive(req, state.clone()));
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        Collector { addr, state, task }
+    }
+
+    /// Where it listens (the `endpoint` is `http://{addr}`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Got> {
+        let s = self.state.lock();
+        assert!(
+            s.failures.is_empty(),
+            "the receiver could not decode: {:?}",
+            s.failures
+        );
+        s.spans.clone()
+    }
+
+    /// Spans received so far of the trace `trace_id` (32 hex digits).
+    pub fn trace(&self, trace_id: &str) -> Vec<Span> {
+        self.spans()
+            .into_iter()
+            .map(|g| g.span)
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .collect()
+    }
+
+    /// Export requests received so far.
+    pub fn posts(&self) -> usize {
+        self.state.lock().posts
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let path = req.uri().path().to_owned();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = req.into_body().collect().await?.to_bytes();
+    let decoded = if path != "/v1/traces" {
+        Err(format!("posted to {path}, not /v1/traces"))
+    } else if content_type == "application/json" {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
+    } else if content_type == "application/x-protobuf" {
+        ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())
+    } else {
+        Err(format!("unexpected content type {content_type:?}"))
+    };
+    let mut s = state.lock();
+    s.posts += 1;
+    match decoded {
+        Ok(msg) => {
+            for rs in msg.resource_spans {
+                let service_name = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        s.spans.push(Got {
+                            service_name: service_name.clone(),
+                            content_type: content_type.clone(),
+                            span,
+                        });
+                    }
+                }
+            }
+        }
+        Err(e) => s.failures.push(e),
+    }
+    Ok(Response::new(Full::new(Bytes::new())))
+}
+
+/// Lowercase hex of an id.
+pub fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The attribute `key` of `attrs` as text (strings as they are, integers in decimal).
+pub fn attr(
+    attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
+    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    match v.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}

@@ -1,0 +1,439 @@
+//! OpenTelemetry tracing (SPEC §12) through real sockets: a receiver started by the test
+//! decodes what rampart exports over OTLP/HTTP, and the sample service shows the
+//! `traceparent` each try carried.
+//!
+//! Checked: a client's sampled trace is continued (SERVER span under the client's span, CLIENT
+//! span under it, the upstream told the CLIENT span); every try of a retried request has its
+//! span; a refusal is an event with its reason and has no try span; an unsampled trace exports
+//! nothing and still reaches the upstream; http/json; a reload moves the export; a dead or
+//! silent collector never slows or fails a request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::time::Instant;
+
+use crate::support::otlp::{attr, hex, Collector};
+use crate::support::{free_addr, http, metric_value, metrics, sample, Proxy};
+
+/// `$OTLP` is the collector's address, `$SAMPLE` the head sampling ratio.
+const TRACED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tracing:
+  otlp: { endpoint: "http://$OTLP", protocol: $PROTOCOL, flush_every: 20ms, timeout: 300ms }
+  sample: $SAMPLE
+  service_name: edge-proxy
+tenants:
+  from: [ { header: x-tenant-id } ]
+  fallback: anonymous
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  limited:
+    rate_limit:
+      per_tenant: { rate: 1/min, burst: 1 }
+  retrying:
+    retry:
+      attempts: 3
+      on: [503]
+      backoff: { base: 1ms, max: 5ms }
+      budget: { ratio: 100%, min_per_second: 100 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - name: limited
+        match: { path_prefix: /bytes }
+        upstream: app
+        policy: limited
+      - name: flaky
+        match: { path_prefix: /fail-first }
+        upstream: app
+        policy: retrying
+      - upstream: app
+"#;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+struct Traced {
+    proxy: Proxy,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn traced(app: SocketAddr, otlp: SocketAddr, sample: &str, protocol: &str) -> Traced {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let proxy = Proxy::builder(TRACED)
+        .var("APP", app)
+        .var("OTLP", otlp)
+        .var("SAMPLE", sample)
+        .var("PROTOCOL", protocol)
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    Traced {
+        proxy,
+        log,
+        _dir: dir,
+    }
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn kind(s: &Span) -> SpanKind {
+    SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified)
+}
+
+fn one_of(spans: &[Span], k: SpanKind) -> Span {
+    let of: Vec<&Span> = spans.iter().filter(|s| kind(s) == k).collect();
+    assert_eq!(of.len(), 1, "one {k:?} span expected: {spans:#?}");
+    of[0].clone()
+}
+
+/// `(trace id, parent id, flags)` of the `traceparent` the sample service received.
+fn received_traceparent(rsp: &http::Resp) -> (String, String, String) {
+    let tp = rsp.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the upstream got no traceparent: {}", rsp.text()))
+        .to_owned();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_client_trace_is_continued_through_the_try() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let t = traced(app.addr(), otlp.addr(), "0%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let headers = [
+        ("traceparent", tp.as_str()),
+        ("tracestate", "vendor=abc"),
+        ("x-tenant-id", "acme"),
+        ("host", "svc.example:8080"),
+    ];
+    let rsp = http::get(addr, "/headers?x=1", &headers).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eventually!(otlp.trace(TRACE).len() >= 2, "{:#?}", otlp.spans());
+    let spans = otlp.trace(TRACE);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let server = one_of(&spans, SpanKind::Server);
+    let client = one_of(&spans, SpanKind::Client);
+
+    // The SERVER span continues the client's trace under the client's span.
+    assert_eq!(hex(&server.parent_span_id), CLIENT_SPAN);
+    assert_eq!(server.span_id.len(), 8);
+    assert_ne!(hex(&server.span_id), CLIENT_SPAN);
+    assert_eq!(server.flags & 0x301, 0x301, "sampled, remote parent");
+    // The CLIENT span is the server span's child, and the upstream was told it.
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(client.flags & 0x301, 0x101, "sampled, local parent");
+    let (trace, parent, flags) = received_traceparent(&rsp);
+    assert_eq!(trace, TRACE);
+    assert_eq!(parent, hex(&client.span_id));
+    assert_eq!(flags, "01");
+    assert_eq!(
+        rsp.json()["headers"]["tracestate"],
+        "vendor=abc",
+        "tracestate passes with its traceparent"
+    );
+    // Times nest: the try runs inside the request.
+    assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
+    assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
+    assert!(client.start_time_unix_nano < client.end_time_unix_nano);
+
+    // SPEC §12 attributes.
+    let s = |k: &str| attr(&server.attributes, k);
+    assert_eq!(s("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(s("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(s("server.address").as_deref(), Some("svc.example"));
+    assert_eq!(s("server.port").as_deref(), Some("8080"));
+    assert_eq!(s("url.path").as_deref(), Some("/headers"));
+    assert_eq!(s("rampart.tenant").as_deref(), Some("acme"));
+    assert_eq!(s("rampart.route").as_deref(), Some("app"));
+    assert_eq!(s("rampart.upstream").as_deref(), Some("app"));
+    assert_eq!(s("rampart.endpoint"), Some(app.addr().to_string()));
+    assert_eq!(s("rampart.try").as_deref(), Some("1"));
+    assert_eq!(s("rampart.listener").as_deref(), Some("inbound"));
+    assert_eq!(s("rampart.reason"), None);
+    assert_eq!(server.name, "GET app");
+    let c = |k: &str| attr(&client.attributes, k);
+    assert_eq!(c("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(c("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(c("server.address"), Some(app.addr().ip().to_string()));
+    assert_eq!(c("server.port"), Some(app.addr().port().to_string()));
+    assert_eq!(c("rampart.upstream").as_deref(), Some("app"));
+    assert_eq!(c("rampart.endpoint"), Some(app.addr().to_string()));
+    assert_eq!(c("rampart.try").as_deref(), Some("1"));
+    assert_eq!(client.name, "GET app");
+    assert_eq!(otlp.spans()[0].service_name, "edge-proxy");
+    assert_eq!(otlp.spans()[0].content_type, "application/x-protobuf");
+
+    // The access log names the same trace.
+    assert_eventually!(!log_lines(&t.log).is_empty());
+    assert_eq!(log_lines(&t.log)[0]["trace_id"], TRACE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_try_of_a_retried_request_has_its_span() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let t = traced(app.addr(), otlp.addr(), "100%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    let rsp = http::get(addr, "/fail-first/1?key=spans", &[]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    // A trace rampart started: the access log names it.
+    assert_eventually!(!log_lines(&t.log).is_empty());
+    let trace = log_lines(&t.log)[0]["trace_id"]
+        .as_str()
+        .expect("a started trace has an id in the log")
+        .to_owned();
+    assert_eq!(trace.len(), 32);
+    assert_eventually!(otlp.trace(&trace).len() >= 3, "{:#?}", otlp.spans());
+    let spans = otlp.trace(&trace);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let server = one_of(&spans, SpanKind::Server);
+    assert!(server.parent_span_id.is_empty(), "a new trace's root");
+    assert_eq!(
+        attr(&server.attributes, "rampart.try").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        attr(&server.attributes, "rampart.route").as_deref(),
+        Some("flaky")
+    );
+    let mut tries: Vec<&Span> = spans
+        .iter()
+        .filter(|s| kind(s) == SpanKind::Client)
+        .collect();
+    tries.sort_by_key(|s| attr(&s.attributes, "rampart.try"));
+    assert_eq!(tries.len(), 2);
+    for (i, s) in tries.iter().enumerate() {
+        assert_eq!(s.parent_span_id, server.span_id, "try {} is a child", i + 1);
+        assert_eq!(
+            attr(&s.attributes, "rampart.try"),
+            Some((i + 1).to_string())
+        );
+    }
+    let code = |s: &Span| attr(&s.attributes, "http.response.status_code");
+    assert_eq!(code(tries[0]).as_deref(), Some("503"));
+    assert_eq!(
+        attr(&tries[0].attributes, "error.type").as_deref(),
+        Some("503")
+    );
+    assert_eq!(tries[0].status.as_ref().map(|s| s.code), Some(2), "error");
+    assert_eq!(code(tries[1]).as_deref(), Some("200"));
+    assert_ne!(tries[0].span_id, tries[1].span_id);
+    assert!(tries[0].end_time_unix_nano <= tries[1].start_time_unix_nano);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_an_event_with_its_reason_and_no_try() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let t = traced(app.addr(), otlp.addr(), "100%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    let tenant = [("x-tenant-id", "t1")];
+    assert_eq!(http::get(addr, "/bytes/3", &tenant).await.status, 200);
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let refused = http::get(
+        addr,
+        "/bytes/3",
+        &[("x-tenant-id", "t1"), ("traceparent", &tp)],
+    )
+    .await;
+    refused.assert_rampart(429, "rate_limited");
+    assert_eventually!(!otlp.trace(TRACE).is_empty(), "{:#?}", otlp.spans());
+    // Give a stray try span the time to arrive before saying there is none.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let spans = otlp.trace(TRACE);
+    assert_eq!(spans.len(), 1, "no try, no CLIENT span: {spans:#?}");
+    let server = &spans[0];
+    assert_eq!(kind(server), SpanKind::Server);
+    let a = |k: &str| attr(&server.attributes, k);
+    assert_eq!(a("http.response.status_code").as_deref(), Some("429"));
+    assert_eq!(a("rampart.reason").as_deref(), Some("rate_limited"));
+    assert_eq!(a("rampart.limit").as_deref(), Some("burst"));
+    assert_eq!(a("rampart.tenant").as_deref(), Some("t1"));
+    assert_eq!(a("rampart.route").as_deref(), Some("limited"));
+    assert_eq!(a("rampart.try").as_deref(), Some("0"));
+    assert_eq!(server.events.len(), 1, "{server:#?}");
+    let e = &server.events[0];
+    assert_eq!(e.name, "rampart.refused");
+    assert_eq!(
+        attr(&e.attributes, "rampart.reason").as_deref(),
+        Some("rate_limited")
+    );
+    assert_eq!(
+        attr(&e.attributes, "rampart.limit").as_deref(),
+        Some("burst")
+    );
+    assert!(e.time_unix_nano >= server.start_time_unix_nano);
+    assert!(e.time_unix_nano <= server.end_time_unix_nano);
+    // A 4xx is the client's: not an error of the server span.
+    assert_ne!(server.status.as_ref().map(|s| s.code), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_trace_exports_nothing_and_still_reaches_the_upstream() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let t = traced(app.addr(), otlp.addr(), "0%", "http/json").await;
+    let addr = t.proxy.listener("inbound");
+    // A trace rampart starts and does not sample: the upstream gets it with flag 00.
+    let rsp = http::get(addr, "/headers", &[("tracestate", "orphan=1")]).await;
+    let (trace, parent, flags) = received_traceparent(&rsp);
+    assert_eq!(flags, "00");
+    assert_eq!((trace.len(), parent.len()), (32, 16));
+    assert_ne!(trace, "0".repeat(32));
+    assert!(
+        rsp.json()["headers"]["tracestate"].is_null(),
+        "a tracestate without a traceparent goes with the restarted trace: {}",
+        rsp.text()
+    );
+    assert_eventually!(!log_lines(&t.log).is_empty());
+    assert_eq!(log_lines(&t.log)[0]["trace_id"], trace.as_str());
+    // A client's unsampled trace passes through as it came.
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-00");
+    let rsp = http::get(addr, "/headers", &[("traceparent", &tp)]).await;
+    assert_eq!(rsp.json()["headers"]["traceparent"], tp.as_str());
+    // A sampled one is followed whatever `sample` says; it arrives after anything sent
+    // before it, so nothing else having arrived means nothing else was sent.
+    let sampled = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    assert_eq!(
+        http::get(addr, "/ok", &[("traceparent", &sampled)])
+            .await
+            .status,
+        200
+    );
+    assert_eventually!(otlp.trace(TRACE).len() >= 2, "{:#?}", otlp.spans());
+    let all = otlp.spans();
+    assert_eq!(all.len(), 2, "only the sampled trace: {all:#?}");
+    assert!(all.iter().all(|g| g.content_type == "application/json"));
+    let server = one_of(&otlp.trace(TRACE), SpanKind::Server);
+    assert_eq!(
+        hex(&server.parent_span_id),
+        CLIENT_SPAN,
+        "JSON ids decode as hex"
+    );
+    // The collector keeps the spans before it answers; rampart counts them after.
+    let exported = || async {
+        let text = metrics(t.proxy.admin()).await;
+        metric_value(&text, "rampart_trace_spans_exported_total", &[])
+    };
+    assert_eventually!(exported().await == Some(2.0), "{:?}", exported().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_export_to_the_new_collector() {
+    let app = sample().await;
+    let first = Collector::start().await;
+    let second = Collector::start().await;
+    let mut t = traced(app.addr(), first.addr(), "100%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eventually!(first.spans().len() >= 2, "{:#?}", first.spans());
+    let moved = TRACED.replace("$OTLP", &second.addr().to_string());
+    t.proxy.rewrite_config(&moved);
+    let rsp = http::post(t.proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let before = first.spans().len();
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eventually!(second.spans().len() >= 2, "{:#?}", second.spans());
+    assert_eq!(
+        first.spans().len(),
+        before,
+        "nothing more to the old collector"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
+    let app = sample().await;
+    // A port nobody listens on, and one that accepts and never answers.
+    let dead = free_addr();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    for otlp in [dead, silent_addr] {
+        let t = traced(app.addr(), otlp, "100%", "http/protobuf").await;
+        let addr = t.proxy.listener("inbound");
+        let started = Instant::now();
+        for i in 0..200 {
+            let rsp = http::get(addr, &format!("/ok?i={i}"), &[]).await;
+            assert_eq!(rsp.status, 200, "{}", rsp.text());
+        }
+        let took = started.elapsed();
+        // 200 requests over loopback take well under a second here; exports wait 300 ms each.
+        assert!(
+            took < Duration::from_secs(10),
+            "200 requests took {took:?} with the collector at {otlp}"
+        );
+        let failed = || async {
+            let text = metrics(t.proxy.admin()).await;
+            metric_value(
+                &text,
+                "rampart_trace_spans_dropped_total",
+                &[("reason", "export_failed")],
+            )
+            .unwrap_or(0.0)
+        };
+        assert_eventually!(
+            failed().await > 0.0,
+            "exports to {otlp} fail and are counted"
+        );
+        assert!(
+            t.proxy.log().contains("span export failed"),
+            "{}",
+            t.proxy.log()
+        );
+    }
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_shutdown_are_sent_before_exit() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A batch would wait an hour: only the shutdown flush can send it.
+    let mut proxy = Proxy::builder(&TRACED.replace("flush_every: 20ms", "flush_every: 1h"))
+        .var("APP", app.addr())
+        .var("OTLP", otlp.addr())
+        .var("SAMPLE", "100%")
+        .var("PROTOCOL", "http/protobuf")
+        .var("LOG", dir.path().join("access.jsonl").display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(otlp.spans().is_empty(), "nothing is due yet");
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", proxy.log());
+    assert_eq!(otlp.spans().len(), 2, "{:#?}", otlp.spans());
+}
