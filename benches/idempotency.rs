@@ -48,7 +48,14 @@ fn route() -> RouteIdempotency {
         max_entries: 100_000,
     };
     let clock: SharedClock = Arc::new(ManualClock::new());
-    RouteIdempotency::build(&cfg, None, &Arc::from("r"), &Metrics::register(), &clock)
+    RouteIdempotency::build(
+        &cfg,
+        None,
+        &Arc::from("r"),
+        &Metrics::register(),
+        &clock,
+        None,
+    )
 }
 
 fn bench(c: &mut Criterion) {

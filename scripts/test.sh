@@ -5,7 +5,8 @@
 #    promtool and the prometheus server (package prometheus) check the /metrics output and
 #    scrape a running rampart, curl drives the CLI and CONNECT tests, openssl makes the RSA
 #    keys of the JWT tests (ring cannot generate RSA), a C linker (cc), which rustc needs to
-#    link and a bare Debian lacks, and python3 with venv for the PyPI tools below.
+#    link and a bare Debian lacks, python3 with venv for the PyPI tools below, and
+#    redis-server, which the global rate-limit tests start on free loopback ports.
 # 2. Installs kubernetes-validate (PyPI; JSON schemas of the Kubernetes API, offline) into
 #    target/deploy-venv; the deploy tests validate deploy/k8s with it.
 # 3. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
@@ -21,8 +22,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # --- system packages -------------------------------------------------------------------
 # command -> Debian packages that provide it
 declare -A want=( [promtool]=prometheus [prometheus]=prometheus [curl]=curl [cc]="gcc libc6-dev"
-                  [openssl]=openssl [python3]="python3 python3-venv" )
-cmds=(promtool prometheus curl cc openssl python3)
+                  [openssl]=openssl [python3]="python3 python3-venv" [redis-server]=redis-server )
+cmds=(promtool prometheus curl cc openssl python3 redis-server)
 container_test=${RAMPART_CONTAINER_TEST:-0}
 if [[ $container_test == 1 ]]; then
     want+=( [podman]=podman [debootstrap]=debootstrap [runc]=runc )

@@ -202,6 +202,7 @@ fn state(shared: &Shared) -> serde_json::Value {
             .map(|b| b.snapshot())
             .collect::<Vec<_>>(),
         "tenants_tracked": shared.tracked_tenants(),
+        "global_store": gen.store.as_ref().map(|s| serde_json::json!({ "up": s.is_up() })),
     })
 }
 

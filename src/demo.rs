@@ -9,8 +9,11 @@
 //! the binary carries the demo pair too and writes it to a private temp directory, pointing the
 //! policy's paths there, for the life of the demo.
 
+mod redis;
+
 use std::path::{Path, PathBuf};
 
+use self::redis::DemoRedis;
 use crate::config::Config;
 use crate::sample::Sample;
 
@@ -32,11 +35,19 @@ struct DemoTls {
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
+    // Global limits need a Redis: the built-in policy gets one when redis-server is on PATH.
+    let redis = match path {
+        Some(_) => Err("a policy file was given".to_owned()),
+        None => DemoRedis::start(),
+    };
     let (config, _tls) = match &path {
         Some(p) => (Config::load(p).map_err(|e| e.to_string())?, None),
         None => {
             let tls = DemoTls::write()?;
-            let yaml = DEMO_YAML.replace(DEMO_TLS_DIR, &tls.prefix());
+            let mut yaml = DEMO_YAML.replace(DEMO_TLS_DIR, &tls.prefix());
+            if let Ok(r) = &redis {
+                yaml = r.extend(&yaml);
+            }
             let config = Config::from_str(&yaml, "config/demo.yaml").map_err(|e| e.to_string())?;
             (config, Some(tls))
         }
@@ -52,7 +63,7 @@ pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
     let rampart = crate::Rampart::start(config)
         .await
         .map_err(|e| format!("rampart: {e}"))?;
-    println!("{}", guide(&rampart).await);
+    println!("{}", guide(&rampart, &redis).await);
     crate::shutdown::run_until_signalled(rampart, false)
         .await
         .map_err(|e| e.to_string())?;
@@ -60,7 +71,7 @@ pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-async fn guide(r: &crate::Rampart) -> String {
+async fn guide(r: &crate::Rampart, redis: &Result<DemoRedis, String>) -> String {
     let inbound = r.listener_addr("inbound").await;
     let inbound_tls = r.listener_addr("inbound-tls").await;
     let outbound = r.listener_addr("outbound").await;
@@ -73,6 +84,10 @@ async fn guide(r: &crate::Rampart) -> String {
         r.admin_addr()
     );
     out.push_str(&curl_guide(DEMO_YAML));
+    match redis {
+        Ok(r) => out.push_str(&format!("\n{}", r.guide())),
+        Err(why) => out.push_str(&format!("\n  global limits (Redis): skipped, {why}\n")),
+    }
     out.push_str("\nCtrl-C to stop.\n");
     out
 }

@@ -10,6 +10,7 @@
 //! Counterparts are found by stable identity:
 //! - an upstream by its name; its endpoints by address (so a tweak to one upstream key keeps
 //!   warm connections and health);
+//! - the global store by its URL (`GlobalStore::build`: the same URL keeps its connection);
 //! - a route by [`RouteKey`]: its listener's name, its label (`name:` or upstream), and its
 //!   ordinal among the routes of that listener with the same label. Two unnamed routes to one
 //!   upstream are thus told apart by position among themselves, and naming routes makes the
@@ -34,13 +35,14 @@ use crate::policy::fallback::RouteFallback;
 use crate::policy::fault::RouteFault;
 use crate::policy::idempotency::RouteIdempotency;
 use crate::policy::load_shed::RouteLoadShed;
-use crate::policy::rate_limit::RouteRateLimit;
+use crate::policy::rate_limit::{GlobalCtx, RouteRateLimit};
 use crate::policy::retry::RouteRetry;
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::listener::server_builder;
 use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
+use crate::store::GlobalStore;
 use crate::tenant::Identify;
 use crate::tls::TlsFiles;
 
@@ -58,6 +60,8 @@ pub struct Generation {
     pub breakers: BTreeMap<String, Arc<CircuitBreaker>>,
     /// Tenant identification rules.
     pub identify: Identify,
+    /// The global store (`global_store`), its connection kept across reloads of the same URL.
+    pub store: Option<Arc<GlobalStore>>,
     /// OpenTelemetry tracing (`tracing`), if on.
     pub tracer: Option<Arc<Tracer>>,
 }
@@ -187,6 +191,10 @@ impl Generation {
             })
             .collect();
         let breakers = build_breakers(f, prev, shared);
+        let store = f.global_store.as_ref().and_then(|g| {
+            let old = prev.and_then(|p| p.store.as_ref());
+            GlobalStore::build(g, old, &shared.metrics, &shared.clock)
+        });
         let tracer = f.tracing.as_ref().map(|t| {
             let old = prev.and_then(|p| p.tracer.as_deref());
             Arc::new(Tracer::build(t, old, &TraceMetrics::new(&shared.metrics)))
@@ -195,7 +203,8 @@ impl Generation {
             .listeners
             .iter()
             .map(|l| {
-                let mut rt = build_listener(l, f, &upstreams, &breakers, prev, shared);
+                let tables = (&upstreams, &breakers, store.as_ref());
+                let mut rt = build_listener(l, f, tables, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
                 rt.tracer = tracer.clone();
                 (l.listen, Arc::new(rt))
@@ -207,6 +216,7 @@ impl Generation {
             listeners,
             upstreams,
             breakers,
+            store,
             tracer,
             config,
         }
@@ -219,6 +229,7 @@ impl Generation {
             listeners: HashMap::default(),
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            store: None,
             tracer: None,
             config,
         }
@@ -273,11 +284,17 @@ fn build_breakers(
     out
 }
 
+/// What the routes of a listener refer to: upstreams, breakers and the global store.
+type Tables<'a> = (
+    &'a BTreeMap<String, Arc<Upstream>>,
+    &'a BTreeMap<String, Arc<CircuitBreaker>>,
+    Option<&'a Arc<GlobalStore>>,
+);
+
 fn build_listener(
     l: &file::Listener,
     f: &file::File,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
-    breakers: &BTreeMap<String, Arc<CircuitBreaker>>,
+    (upstreams, breakers, store): Tables<'_>,
     prev: Option<&Generation>,
     shared: &Shared,
 ) -> ListenerRt {
@@ -309,11 +326,10 @@ fn build_listener(
                 r.policy.as_deref(),
                 policy_cfg,
                 old_policy,
-                &key,
-                &upstream.name,
+                (&key, &upstream.name, store),
                 shared,
             );
-            policy.build_resilience(policy_cfg, old_policy, &key.label, shared);
+            policy.build_resilience(policy_cfg, old_policy, (&key.label, store), shared);
             let breaker = policy_cfg
                 .and_then(|p| p.circuit_breaker.as_ref())
                 .and_then(|_| breakers.get(&r.upstream).cloned());
@@ -364,8 +380,7 @@ impl RoutePolicy {
         name: Option<&str>,
         cfg: Option<&file::Policy>,
         old: Option<&RoutePolicy>,
-        key: &RouteKey,
-        upstream: &str,
+        (key, upstream, store): (&RouteKey, &str, Option<&Arc<GlobalStore>>),
         shared: &Shared,
     ) -> RoutePolicy {
         let Some(cfg) = cfg else {
@@ -377,7 +392,12 @@ impl RoutePolicy {
         });
         let rate_limit = cfg.rate_limit.as_ref().map(|rl| {
             let old = old.and_then(|o| o.rate_limit.as_ref());
-            RouteRateLimit::build(rl, old, &shared.tracked, &shared.clock)
+            let global = GlobalCtx {
+                store,
+                route: &key.label,
+                metrics: &shared.metrics,
+            };
+            RouteRateLimit::build(rl, old, &shared.tracked, &shared.clock, global)
         });
         let load_shed = cfg.load_shed.as_ref().map(|ls| {
             let old = old.and_then(|o| o.load_shed.as_ref());
@@ -407,7 +427,7 @@ impl RoutePolicy {
         &mut self,
         cfg: Option<&file::Policy>,
         old: Option<&RoutePolicy>,
-        route: &Arc<str>,
+        (route, store): (&Arc<str>, Option<&Arc<GlobalStore>>),
         shared: &Shared,
     ) {
         let Some(cfg) = cfg else { return };
@@ -419,7 +439,7 @@ impl RoutePolicy {
         });
         self.idempotency = cfg.idempotency.as_ref().map(|i| {
             let old = old.and_then(|o| o.idempotency.as_ref());
-            RouteIdempotency::build(i, old, route, m, &shared.clock)
+            RouteIdempotency::build(i, old, route, m, &shared.clock, store)
         });
     }
 }

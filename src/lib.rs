@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod reload;
 pub mod sample;
 pub mod shutdown;
+pub mod store;
 pub mod tenant;
 pub mod tls;
 

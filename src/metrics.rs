@@ -53,6 +53,10 @@ pub struct Metrics {
     pub concurrency_limit: IntGaugeVec,
     /// `rampart_ratelimit_backend_errors_total{backend}`.
     pub ratelimit_backend_errors: IntCounterVec,
+    /// `rampart_global_store_up` (no labels; exported once a store is configured).
+    pub global_store_up: IntGaugeVec,
+    /// `rampart_ratelimit_store_fallbacks_total{route}`.
+    pub store_fallbacks: IntCounterVec,
     /// `rampart_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
     /// `rampart_config_last_reload_success_timestamp_seconds`.
@@ -256,8 +260,18 @@ impl Metrics {
         );
         let ratelimit_backend_errors = counter(
             "rampart_ratelimit_backend_errors_total",
-            "Errors talking to a global rate limit backend.",
+            "Errors talking to a global rate limit backend (failed or timed-out calls, failed connects).",
             &["backend"],
+        );
+        let global_store_up = gauge(
+            "rampart_global_store_up",
+            "1 while the global store answers, 0 while its breaker is open or it is unreachable.",
+            &[],
+        );
+        let store_fallbacks = counter(
+            "rampart_ratelimit_store_fallbacks_total",
+            "Global rate-limit decisions made by on_store_error because the store was down or slow.",
+            &["route"],
         );
         let config_reloads = counter(
             "rampart_config_reloads_total",
@@ -343,6 +357,8 @@ impl Metrics {
             queue_depth,
             concurrency_limit,
             ratelimit_backend_errors,
+            global_store_up,
+            store_fallbacks,
             config_reloads,
             config_last_success,
             config_info,

@@ -47,9 +47,35 @@ pub struct File {
     /// The audit trail of policy changes (SPEC §11).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,
+    /// State shared by every rampart that names the same store (SPEC §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_store: Option<GlobalStore>,
     /// OpenTelemetry tracing (SPEC §12); off unless present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+}
+
+/// `global_store:` (SPEC §9): where limits with `scope: global` keep their buckets.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalStore {
+    /// A Redis server (the only backend).
+    pub redis: RedisStore,
+}
+
+/// `global_store.redis:`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStore {
+    /// `redis://[user:password@]host:port[/db]`; shown (in `/config`) without its password.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: String,
+    /// Put before every key, so several services can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Longest a request waits on the store; past it, `on_store_error` decides.
+    #[serde(default = "default_store_timeout")]
+    pub timeout: Dur,
 }
 
 /// `tracing:`
@@ -470,6 +496,49 @@ pub struct RateLimit {
     /// RateLimit headers on admitted answers too.
     #[serde(default)]
     pub headers: bool,
+    /// `local` (default): buckets per rampart process; `global`: shared through `global_store`.
+    #[serde(default, skip_serializing_if = "LimitScope::is_local")]
+    pub scope: LimitScope,
+    /// With `scope: global`: what decides while the store is down or slow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_error: Option<OnStoreError>,
+    /// With `scope: global`: tokens a rampart takes from the store at once, per tenant, and
+    /// spends locally (absent: a tenth of the smallest capacity, from 1 to 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// With `scope: global`: how long leased tokens stay good before the rest are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<Dur>,
+}
+
+/// `rate_limit.scope:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Each rampart process keeps its own buckets.
+    #[default]
+    Local,
+    /// Buckets live in `global_store`, shared by every rampart that names it.
+    Global,
+}
+
+impl LimitScope {
+    fn is_local(&self) -> bool {
+        *self == LimitScope::Local
+    }
+}
+
+/// `rate_limit.on_store_error:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Enforce the limits per process until the store answers again.
+    #[default]
+    Local,
+    /// Admit every request.
+    Allow,
+    /// Refuse every request (429).
+    Deny,
 }
 
 /// One limit or a list of limits, all of which must admit.
@@ -756,6 +825,32 @@ pub struct Match {
 
 // === defaults ===
 
+/// `url` without its password (for logs and `/config`): `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once("://") {
+            Some((scheme, cred)) => match cred.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://***@{host}"),
+            },
+            None => format!("***@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// Default `global_store.redis.key_prefix`.
+pub const DEFAULT_KEY_PREFIX: &str = "rampart:";
+fn default_key_prefix() -> String {
+    DEFAULT_KEY_PREFIX.into()
+}
+fn default_store_timeout() -> Dur {
+    Dur::from_millis(25)
+}
 fn default_service_name() -> String {
     "rampart".into()
 }

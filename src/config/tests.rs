@@ -1,6 +1,7 @@
 //! Tests of the policy file: serde errors, every semantic check, and the shipped files.
 
 mod checks;
+mod global;
 mod onepass;
 mod plans;
 mod resilience;

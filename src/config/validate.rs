@@ -8,6 +8,7 @@
 //! is about (a bad value) or on its key (a key that is wrong or missing).
 
 mod de;
+mod global;
 mod inert;
 mod listener;
 mod plans;
@@ -150,6 +151,7 @@ fn check(f: &File, r: &mut Report<'_>) {
     }
     listener::check(f, r);
     plans::check(f, r);
+    global::check(f, r);
     if let Some(t) = &f.tracing {
         tracing::check(t, r);
     }

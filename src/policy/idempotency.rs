@@ -13,7 +13,8 @@
 //! Keys are scoped by route and tenant. The state lives behind [`IdempotencyStore`]: `begin`
 //! is asynchronous (a shared store such as Redis answers over the network); `complete` and
 //! `release` are fire-and-forget, as they run where an answer's body ends. The in-memory
-//! backend is [`memory::MemoryStore`]; `global_store` adds another behind the same trait.
+//! backend is [`memory::MemoryStore`]; with `global_store` the keys live in Redis
+//! ([`crate::store::idempotency::RedisIdempotency`]), shared by every replica.
 
 pub mod memory;
 
@@ -28,6 +29,8 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::SharedClock;
 use crate::config::file;
 use crate::metrics::Metrics;
+use crate::store::idempotency::RedisIdempotency;
+use crate::store::GlobalStore;
 
 /// Marks a replayed answer.
 pub const REPLAY_HEADER: &str = "x-rampart-idempotent-replay";
@@ -103,6 +106,8 @@ pub struct RouteIdempotency {
     pub max_body: usize,
     /// Where keys live.
     pub store: Arc<dyn IdempotencyStore>,
+    /// The same store when it is the global one (to tell whether a reload may keep it).
+    remote: Option<Arc<RedisIdempotency>>,
 }
 
 // === impl RouteIdempotency ===
@@ -116,13 +121,27 @@ impl RouteIdempotency {
         route: &Arc<str>,
         metrics: &Metrics,
         clock: &SharedClock,
+        global: Option<&Arc<GlobalStore>>,
     ) -> RouteIdempotency {
-        let store = match old.filter(|o| o.cfg == *cfg) {
-            Some(o) => o.store.clone(),
+        // Kept only while the section and the place the keys live are the same.
+        let same_place = |o: &RouteIdempotency| match (&o.remote, global) {
+            (Some(r), Some(g)) => r.uses(g),
+            (None, None) => true,
+            _ => false,
+        };
+        let kept = old.filter(|o| o.cfg == *cfg && same_place(o));
+        let (store, remote) = match kept {
+            Some(o) => (o.store.clone(), o.remote.clone()),
             None => {
                 let gauge = metrics.idempotency_keys.with_label_values(&[&**route]);
                 let s = memory::MemoryStore::new(clock.clone(), cfg.ttl.0, cfg.max_entries, gauge);
-                Arc::new(s) as Arc<dyn IdempotencyStore>
+                match global {
+                    Some(g) => {
+                        let r = Arc::new(RedisIdempotency::new(g.clone(), s, cfg.ttl.0));
+                        (r.clone() as Arc<dyn IdempotencyStore>, Some(r))
+                    }
+                    None => (Arc::new(s) as Arc<dyn IdempotencyStore>, None),
+                }
             }
         };
         RouteIdempotency {
@@ -133,6 +152,7 @@ impl RouteIdempotency {
             route: route.clone(),
             max_body: usize::try_from(cfg.max_body.0).unwrap_or(usize::MAX),
             store,
+            remote,
         }
     }
 

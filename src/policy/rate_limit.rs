@@ -22,6 +22,7 @@
 mod calendar;
 mod decision;
 mod gcra;
+mod global;
 mod plans;
 mod sketch;
 mod table;
@@ -39,10 +40,11 @@ use self::gcra::{Carry, Gcra};
 use self::sketch::Sketch;
 use self::table::{Entry, Table};
 use crate::clock::{SharedClock, WallClock};
-use crate::config::file::{Limit, RateLimit};
+use crate::config::file::{Limit, LimitScope, RateLimit};
 use crate::tenant::tracked::Sweep;
 
 pub use self::decision::Decision;
+pub use self::global::GlobalLimiter;
 pub use crate::tenant::tracked::TrackedTenants;
 
 use self::decision::{Item, Items, Spec};
@@ -103,8 +105,21 @@ struct Total {
 pub struct RouteRateLimit {
     /// The section as written (to tell whether a reload changed it).
     pub cfg: RateLimit,
-    /// Buckets of every tenant seen on the route.
+    /// Buckets of every tenant seen on the route (with `scope: global`, what decides while
+    /// the store is down and `on_store_error` is `local`).
     pub limiter: RateLimiter,
+    /// With `scope: global`: the buckets shared through the global store.
+    pub global: Option<GlobalLimiter>,
+}
+
+/// What a route needs to build a global limiter.
+pub struct GlobalCtx<'a> {
+    /// The store in force (`None` without `global_store`).
+    pub store: Option<&'a Arc<crate::store::GlobalStore>>,
+    /// The route's label (part of every key).
+    pub route: &'a Arc<str>,
+    /// Where `rampart_ratelimit_store_fallbacks_total{route}` is made.
+    pub metrics: &'a crate::metrics::Metrics,
 }
 
 // === impl RouteRateLimit ===
@@ -118,15 +133,48 @@ impl RouteRateLimit {
         old: Option<&RouteRateLimit>,
         tracked: &Arc<TrackedTenants>,
         clock: &SharedClock,
+        global: GlobalCtx<'_>,
     ) -> Self {
         let limiter = match old {
             Some(o) if o.cfg == *cfg => o.limiter.clone(),
             Some(o) => o.limiter.reconfigure(cfg),
             None => RateLimiter::new(cfg, tracked.clone(), clock.clone()),
         };
+        // Leases carry over only when the limits and the store's connection are the same.
+        let store = global.store.filter(|_| cfg.scope == LimitScope::Global);
+        let global = store.map(|store| {
+            let kept = old
+                .filter(|o| o.cfg == *cfg)
+                .and_then(|o| o.global.as_ref())
+                .filter(|g| g.uses(store));
+            match kept {
+                Some(g) => g.clone(),
+                None => GlobalLimiter::new(
+                    cfg,
+                    global.route,
+                    store.clone(),
+                    tracked.max_tracked(),
+                    clock.clone(),
+                    global
+                        .metrics
+                        .store_fallbacks
+                        .with_label_values(&[&**global.route]),
+                ),
+            }
+        });
         RouteRateLimit {
             cfg: cfg.clone(),
             limiter,
+            global,
+        }
+    }
+
+    /// Decides for one request of `tenant` on `plan`: locally, or through the global store
+    /// (never waiting on it longer than its timeout).
+    pub async fn check(&self, tenant: &str, plan: Option<&str>) -> Decision {
+        match &self.global {
+            Some(g) => g.check(tenant, plan, &self.limiter).await,
+            None => self.limiter.check_plan(tenant, plan),
         }
     }
 }

@@ -124,12 +124,17 @@ pub async fn handle(
     fin.tenant = Some(tenant.clone());
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
-    let limited = route.policy.rate_limit.as_ref().map(|rl| {
-        let plan = gen
-            .identify
-            .plan(&tenant, req.headers(), lst.trust_plan_header);
-        rl.limiter.check_plan(tenant.as_str(), plan)
-    });
+    //    With `scope: global` this may wait on the store, never longer than its timeout, and
+    //    not at all while this rampart holds leased tokens for the tenant.
+    let limited = match route.policy.rate_limit.as_ref() {
+        None => None,
+        Some(rl) => {
+            let plan = gen
+                .identify
+                .plan(&tenant, req.headers(), lst.trust_plan_header);
+            Some(rl.check(tenant.as_str(), plan).await)
+        }
+    };
     if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
         let limit = decision.limit().unwrap_or("");
         tm.rate_limited(limit);

@@ -1,6 +1,6 @@
 //! Chaos scenarios: faults injected into a running proxy's surroundings (an endpoint stopped,
-//! an upstream turned slow, an upstream refusing connections, a storm of reloads, SIGTERM)
-//! while steady load runs, each judged by what the clients saw.
+//! an upstream turned slow, an upstream refusing connections, a storm of reloads, SIGTERM, the
+//! global store killed) while steady load runs, each judged by what the clients saw.
 //!
 //! Why here and not in the per-policy modules: those prove one policy on one request at a
 //! time; these prove that the policies together keep a promise to clients while the fault
@@ -9,6 +9,7 @@
 
 mod endpoint_down;
 mod injected;
+mod redis_down;
 mod refused;
 mod reloads;
 mod sigterm;

@@ -18,6 +18,7 @@ mod connect;
 mod deploy;
 mod edges;
 mod extras;
+mod global;
 mod health;
 mod hostile;
 mod jwt;

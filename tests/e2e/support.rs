@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,137 @@
+//! SPEC §9 keys: `global_store` and `rate_limit.scope`, `on_store_error`, `lease`, `lease_ttl`.
+
+use super::{errors, fails_at, ok, policy, spot, Config, BASE};
+
+const STORE: &str = "global_store:\n  redis: { url: \"redis://127.0.0.1:6379/0\", key_prefix: \"rampart:\", timeout: 25ms }\n";
+
+/// BASE with a store (`store`, a whole section) and policy `p` given `body`.
+fn with(store: &str, body: &str) -> String {
+    format!("{store}{}", policy(body))
+}
+
+fn warnings(text: &str) -> Vec<(usize, usize, String)> {
+    let cfg = Config::from_str(text, "t.yaml").expect("the file must be valid");
+    cfg.warnings
+        .iter()
+        .map(|w| {
+            let (l, c, p) = spot(w);
+            (l, c, p.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_spec_section_is_accepted() {
+    ok(&with(
+        STORE,
+        "{ rate_limit: { per_tenant: { rate: 100/s, burst: 200 }, scope: global, on_store_error: local } }",
+    ));
+    ok(&with(
+        STORE,
+        "{ rate_limit: { per_tenant: { rate: 1/s }, total: { rate: 9/s }, scope: global, on_store_error: deny, lease: 1, lease_ttl: 200ms } }",
+    ));
+    ok(&with(
+        "global_store:\n  redis: { url: \"redis://:secret@redis.internal:6380\" }\n",
+        "{ rate_limit: { per_tenant: { rate: 1/s }, scope: global, on_store_error: allow } }",
+    ));
+}
+
+#[test]
+fn scope_global_without_a_store_is_refused_at_its_scope() {
+    let text = policy("{ rate_limit: { per_tenant: { rate: 1/s }, scope: global } }");
+    let e = fails_at(&text, "policies.p.rate_limit.scope");
+    assert!(e.message.contains("global_store"), "{e:?}");
+    assert_eq!((e.line, e.column), (6, 56), "{e:?}");
+}
+
+#[test]
+fn store_keys_are_checked_at_their_values() {
+    let store = |redis: &str| format!("global_store:\n  redis: {redis}\n");
+    let rl = "{ rate_limit: { per_tenant: { rate: 1/s }, scope: global } }";
+    for (redis, path) in [
+        (
+            "{ url: \"http://127.0.0.1:6379\" }",
+            "global_store.redis.url",
+        ),
+        (
+            "{ url: \"rediss://127.0.0.1:6379\" }",
+            "global_store.redis.url",
+        ),
+        ("{ url: \"redis://\" }", "global_store.redis.url"),
+        ("{ url: \"redis://h:1/zero\" }", "global_store.redis.url"),
+        (
+            "{ url: \"redis://h\", key_prefix: \"a{b}\" }",
+            "global_store.redis.key_prefix",
+        ),
+        (
+            "{ url: \"redis://h\", key_prefix: \"a b\" }",
+            "global_store.redis.key_prefix",
+        ),
+        (
+            "{ url: \"redis://h\", timeout: 0s }",
+            "global_store.redis.timeout",
+        ),
+        (
+            "{ url: \"redis://h\", timeout: 10s }",
+            "global_store.redis.timeout",
+        ),
+    ] {
+        fails_at(&with(&store(redis), rl), path);
+    }
+    let e = fails_at(&with(&store("{ key_prefix: x }"), rl), "global_store.redis");
+    assert!(e.message.contains("url"), "{e:?}");
+    assert!(!errors(&with(&store("{ url: \"redis://h\", colour: blue }"), rl)).is_empty());
+}
+
+#[test]
+fn lease_bounds_are_checked() {
+    let rl = |extra: &str| {
+        format!("{{ rate_limit: {{ per_tenant: {{ rate: 1/s }}, scope: global{extra} }} }}")
+    };
+    fails_at(
+        &with(STORE, &rl(", lease: 0")),
+        "policies.p.rate_limit.lease",
+    );
+    fails_at(
+        &with(STORE, &rl(", lease_ttl: 0s")),
+        "policies.p.rate_limit.lease_ttl",
+    );
+    fails_at(
+        &with(STORE, &rl(", lease_ttl: 2m")),
+        "policies.p.rate_limit.lease_ttl",
+    );
+    fails_at(
+        &with(STORE, &rl(", on_store_error: maybe")),
+        "policies.p.rate_limit.on_store_error",
+    );
+    fails_at(
+        &with(STORE, &rl(", scope: planet")),
+        "policies.p.rate_limit.scope",
+    );
+}
+
+#[test]
+fn global_keys_on_a_local_limit_warn_where_they_stand() {
+    let text = with(
+        STORE,
+        "{ rate_limit: { per_tenant: { rate: 1/s }, lease: 5, on_store_error: allow } }",
+    );
+    let w = warnings(&text);
+    let paths: Vec<&str> = w.iter().map(|(_, _, p)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "global_store",
+            "policies.p.rate_limit.lease",
+            "policies.p.rate_limit.on_store_error"
+        ],
+        "{w:?}"
+    );
+}
+
+#[test]
+fn a_store_nothing_uses_warns_and_none_warns_without_one() {
+    let w = warnings(&format!("{STORE}{BASE}"));
+    assert_eq!(w, [(1, 1, "global_store".to_owned())]);
+    assert!(warnings(BASE).is_empty());
+}

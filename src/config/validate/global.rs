@@ -1,0 +1,145 @@
+//! Checks of `global_store` and of the `rate_limit` keys that use it (SPEC §9).
+//!
+//! A `scope: global` limit without a store would silently be per process, so it is refused at
+//! its `scope`; the keys that only act with `scope: global` (`on_store_error`, `lease`,
+//! `lease_ttl`) warn where they cannot act, and a store that nothing uses warns at its key.
+
+use std::time::Duration;
+
+use super::super::file::{File, LimitScope, RateLimit, RedisStore};
+use super::super::locate::KeyPath;
+use super::Report;
+
+/// Longest `global_store.redis.timeout`: every request of a tenant without leased tokens may
+/// wait this long, so a larger value would trade the latency budget for a remote counter.
+const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `key_prefix`: it is sent with every store call.
+const MAX_PREFIX: usize = 64;
+/// Largest `lease`: beyond it, one replica could hold a whole fleet's budget.
+const MAX_LEASE: u64 = 100_000;
+/// Longest `lease_ttl`: leased tokens spent later than this would stretch the limit's window.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// Checks the store and every policy's global keys.
+pub(super) fn check(f: &File, r: &mut Report<'_>) {
+    let root = KeyPath::default();
+    if let Some(g) = &f.global_store {
+        redis(&g.redis, &root.key("global_store").key("redis"), r);
+    }
+    let mut used = false;
+    for (name, p) in &f.policies {
+        let Some(rl) = &p.rate_limit else {
+            continue;
+        };
+        let rp = root.key("policies").key(name).key("rate_limit");
+        used |= rl.scope == LimitScope::Global;
+        rate_limit(rl, f.global_store.is_some(), &rp, r);
+    }
+    used |= f.policies.values().any(|p| p.idempotency.is_some());
+    if f.global_store.is_some() && !used {
+        r.warn(
+            &root.key("global_store"),
+            "no rate_limit has `scope: global` and no policy has `idempotency`, so nothing uses this store",
+        );
+    }
+}
+
+fn redis(s: &RedisStore, p: &KeyPath, r: &mut Report<'_>) {
+    if let Err(m) = url(&s.url) {
+        r.value(&p.key("url"), m);
+    }
+    let prefix = &s.key_prefix;
+    if prefix.len() > MAX_PREFIX {
+        r.value(
+            &p.key("key_prefix"),
+            format!(
+                "{} bytes is too long: the most is {MAX_PREFIX}",
+                prefix.len()
+            ),
+        );
+    }
+    if !prefix.bytes().all(|b| b.is_ascii_graphic()) || prefix.contains(['{', '}']) {
+        r.value(
+            &p.key("key_prefix"),
+            "use printable ASCII without spaces, `{` or `}` (braces would move keys between Redis Cluster slots)",
+        );
+    }
+    let t = s.timeout.0;
+    r.positive(&p.key("timeout"), t);
+    if t > MAX_STORE_TIMEOUT {
+        r.value(
+            &p.key("timeout"),
+            format!(
+                "{} is too long: a request may wait this long on the store; the most is 5s",
+                s.timeout
+            ),
+        );
+    }
+}
+
+/// `redis://[user[:password]@]host[:port][/db]`; TLS (`rediss://`) and sockets are not built in.
+fn url(u: &str) -> Result<(), String> {
+    let Some(rest) = u.strip_prefix("redis://") else {
+        return Err(format!(
+            "{u:?} is not a redis:// URL (rediss:// and unix sockets are not supported by this build)"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("{u:?} names no host"));
+    }
+    if let Some(db) = rest
+        .split_once('/')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+    {
+        if db.parse::<u16>().is_err() {
+            return Err(format!("{u:?}: the database after `/` must be a number"));
+        }
+    }
+    redis::parse_redis_url(u)
+        .map(|_| ())
+        .ok_or_else(|| format!("{u:?} is not a valid URL"))
+}
+
+fn rate_limit(rl: &RateLimit, has_store: bool, p: &KeyPath, r: &mut Report<'_>) {
+    let global = rl.scope == LimitScope::Global;
+    if global && !has_store {
+        r.value(
+            &p.key("scope"),
+            "`scope: global` needs a `global_store` section (where the shared buckets live)",
+        );
+    }
+    if !global {
+        let inert = [
+            ("on_store_error", rl.on_store_error.is_some()),
+            ("lease", rl.lease.is_some()),
+            ("lease_ttl", rl.lease_ttl.is_some()),
+        ];
+        for (key, _) in inert.iter().filter(|(_, given)| *given) {
+            r.warn(
+                &p.key(key),
+                format!("`{key}` acts only with `scope: global`; here it does nothing"),
+            );
+        }
+        return;
+    }
+    if let Some(n) = rl.lease {
+        if !(1..=MAX_LEASE).contains(&n) {
+            r.value(
+                &p.key("lease"),
+                format!("{n} is out of range: a lease is 1 to {MAX_LEASE} tokens"),
+            );
+        }
+    }
+    if let Some(t) = rl.lease_ttl {
+        r.positive(&p.key("lease_ttl"), t.0);
+        if t.0 > MAX_LEASE_TTL {
+            r.value(
+                &p.key("lease_ttl"),
+                format!("{t} is too long: leased tokens spent that late would stretch the limit; the most is 1m"),
+            );
+        }
+    }
+}

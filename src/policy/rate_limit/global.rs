@@ -1,0 +1,399 @@
+//! `scope: global` (SPEC §9): a tenant's limits hold for the whole fleet of ramparts that share
+//! one store, through leases.
+//!
+//! A rampart takes a small batch of tokens (the *lease*) for a tenant from the store in one
+//! atomic script call (`store/lease.rs`) and spends them locally; only when they run out does a
+//! request of that tenant talk to the store again. The common case is thus a CAS on a local
+//! counter with no await. A refill is single-flight: the first request that finds the lease
+//! empty starts it in a task, and every request of that tenant arriving meanwhile waits for the
+//! same answer (with a deadline of `global_store.redis.timeout`), so a burst makes one store
+//! call, not one per request. A store that says "no token" also says how long until the next;
+//! requests in that time are refused locally, without a call.
+//!
+//! Accuracy, the trade-off `lease` buys (documented in the README):
+//! - Overshoot: tokens are taken from the shared bucket before they are spent, so the fleet
+//!   never admits more than the shared bucket gives out. Spending may lag the taking by up to
+//!   `lease_ttl`, so over any window the fleet admits at most what the limit admits over that
+//!   window plus `lease_ttl` (rate × lease_ttl tokens at the very most, and never more than
+//!   replicas × lease).
+//! - Undershoot: tokens leased by one replica and not spent are lost to the others until they
+//!   expire (`lease_ttl`): at most `replicas × (lease − 1)` tokens per `lease_ttl`. A lease of 1
+//!   is exact and costs a store round trip per admitted request.
+//!
+//! When the store is down (breaker open) or does not answer within the timeout, the decision
+//! follows `on_store_error`: `local` asks the route's per-process limiter, `allow` admits,
+//! `deny` refuses with a 429.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus::IntCounter;
+use tokio::sync::Notify;
+
+use super::decision::{Decision, Item, Items, Spec};
+use super::RateLimiter;
+use crate::clock::SharedClock;
+use crate::config::file::{Limit, OnStoreError, RateLimit};
+use crate::store::lease::{Ask, Grant, StoreLimit};
+use crate::store::GlobalStore;
+
+/// Leased tokens stay good this long unless `lease_ttl` says otherwise.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(1);
+/// With `on_store_error: deny`, the `retry-after` of a refusal.
+const DENY_RETRY: Duration = Duration::from_secs(1);
+
+/// The global limiter of one route: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GlobalLimiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<GlobalStore>,
+    route: Arc<str>,
+    /// `per_tenant` (index 0), then each override's set, then each plan's.
+    sets: Vec<Set>,
+    overrides: HashMap<Box<str>, u32>,
+    plans: HashMap<Box<str>, u32>,
+    total: Vec<StoreLimit>,
+    total_key: Option<String>,
+    lease_ttl: u64,
+    on_error: OnStoreError,
+    leases: DashMap<Box<str>, Arc<Lease>, foldhash::fast::RandomState>,
+    max_leases: usize,
+    clock: SharedClock,
+    headers: bool,
+    fallbacks: IntCounter,
+}
+
+#[derive(Debug)]
+struct Set {
+    limits: Vec<StoreLimit>,
+    spec: Arc<Spec>,
+    /// Tokens asked for at once.
+    lease: u64,
+}
+
+/// One tenant's leased tokens on this rampart.
+#[derive(Debug, Default)]
+struct Lease {
+    /// The set the tokens were leased for (a tenant that changes plan drops them).
+    set: AtomicU32,
+    tokens: AtomicU64,
+    /// Clock nanoseconds after which the tokens are void.
+    expires: AtomicU64,
+    /// The store said no token until then (clock nanoseconds).
+    refused_until: AtomicU64,
+    refilling: AtomicBool,
+    /// The last refill got no answer.
+    failed: AtomicBool,
+    notify: Notify,
+    /// `(remaining in the store, wait in ns, at)` per limit as of the last answer: headers.
+    seen: parking_lot::Mutex<(Vec<(u64, u64)>, u64)>,
+}
+
+// === impl GlobalLimiter ===
+
+impl GlobalLimiter {
+    /// The limiter of `cfg` on the route labelled `route`, sharing buckets through `store`.
+    pub fn new(
+        cfg: &RateLimit,
+        route: &Arc<str>,
+        store: Arc<GlobalStore>,
+        max_leases: u64,
+        clock: SharedClock,
+        fallbacks: IntCounter,
+    ) -> Self {
+        let total_cfg = cfg.total.as_ref().map_or(&[][..], |l| &l.0[..]);
+        let total: Vec<StoreLimit> = total_cfg.iter().map(StoreLimit::new).collect();
+        let with_spec = |limits: &[Limit]| {
+            let limits_s: Vec<StoreLimit> = limits.iter().map(StoreLimit::new).collect();
+            let smallest = limits_s
+                .iter()
+                .chain(&total)
+                .map(|l| l.capacity)
+                .min()
+                .unwrap_or(1);
+            Set {
+                spec: Arc::new(Spec::new(limits, total_cfg)),
+                lease: cfg.lease.unwrap_or((smallest / 10).clamp(1, 10)),
+                limits: limits_s,
+            }
+        };
+        let per_tenant = cfg.per_tenant.as_ref().map_or(&[][..], |l| &l.0[..]);
+        let mut sets = vec![with_spec(per_tenant)];
+        let mut overrides = HashMap::new();
+        for (tenant, l) in &cfg.overrides {
+            sets.push(with_spec(&l.0));
+            overrides.insert(Box::from(tenant.as_str()), (sets.len() - 1) as u32);
+        }
+        let mut plans = HashMap::new();
+        for (plan, l) in &cfg.plans {
+            sets.push(with_spec(&l.0));
+            plans.insert(Box::from(plan.as_str()), (sets.len() - 1) as u32);
+        }
+        let total_key = (!total.is_empty()).then(|| store.total_key(route));
+        let ttl = cfg.lease_ttl.map_or(DEFAULT_LEASE_TTL, |d| d.0);
+        GlobalLimiter {
+            inner: Arc::new(Inner {
+                store,
+                route: route.clone(),
+                sets,
+                overrides,
+                plans,
+                total,
+                total_key,
+                lease_ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
+                on_error: cfg.on_store_error.unwrap_or_default(),
+                leases: DashMap::default(),
+                max_leases: usize::try_from(max_leases).unwrap_or(usize::MAX),
+                clock,
+                headers: cfg.headers,
+                fallbacks,
+            }),
+        }
+    }
+
+    /// Whether this limiter talks to `store` as configured now (same connection, prefix and
+    /// timeout); a reload keeps it only then.
+    pub fn uses(&self, store: &Arc<GlobalStore>) -> bool {
+        Arc::ptr_eq(&self.inner.store, store)
+    }
+
+    /// Decides for one request of `tenant` on `plan`; `local` is the route's per-process
+    /// limiter, which decides while the store is down when `on_store_error: local`.
+    ///
+    /// Never waits longer than the store's timeout; does not wait at all while this rampart
+    /// holds leased tokens for the tenant, or the store said there are none for now.
+    pub async fn check(&self, tenant: &str, plan: Option<&str>, local: &RateLimiter) -> Decision {
+        let inner = &self.inner;
+        let index = inner.set_index(tenant, plan);
+        let set = inner.set(index);
+        if set.limits.is_empty() && inner.total.is_empty() {
+            return admitted_plain();
+        }
+        let lease = inner.lease_of(tenant);
+        let mut deadline = None;
+        loop {
+            let now = inner.clock.now_nanos();
+            if let Some(left) = lease.take(index, now) {
+                return inner.admitted(set, &lease, left, now);
+            }
+            let until = lease.refused_until.load(Ordering::Acquire);
+            if now < until && lease.set.load(Ordering::Acquire) == index {
+                return inner.refused(set, &lease, until - now, now);
+            }
+            if !inner.store.is_up() {
+                return inner.fallback(tenant, plan, local);
+            }
+            let notified = lease.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A refill may have landed between the look above and `enable`.
+            if let Some(left) = lease.take(index, now) {
+                return inner.admitted(set, &lease, left, now);
+            }
+            if !lease.refilling.swap(true, Ordering::AcqRel) {
+                lease.failed.store(false, Ordering::Release);
+                let (inner, lease, tenant) = (inner.clone(), lease.clone(), Box::from(tenant));
+                tokio::spawn(async move { inner.refill(&lease, &tenant, index).await });
+            }
+            let at = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + inner.store.timeout());
+            if tokio::time::timeout_at(at, notified).await.is_err()
+                || lease.failed.load(Ordering::Acquire)
+            {
+                return inner.fallback(tenant, plan, local);
+            }
+        }
+    }
+
+    /// Tenants with a lease on this rampart.
+    pub fn leases(&self) -> usize {
+        self.inner.leases.len()
+    }
+}
+
+fn admitted_plain() -> Decision {
+    Decision {
+        admitted: true,
+        retry_nanos: 0,
+        items: Items::default(),
+        spec: None,
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn set(&self, index: u32) -> &Set {
+        self.sets.get(index as usize).unwrap_or(&self.sets[0])
+    }
+
+    fn set_index(&self, tenant: &str, plan: Option<&str>) -> u32 {
+        match self.overrides.get(tenant) {
+            Some(&o) => o,
+            None => plan.and_then(|p| self.plans.get(p).copied()).unwrap_or(0),
+        }
+    }
+
+    /// The tenant's lease; tenants past `max_leases` share no lease (each of their requests
+    /// asks the store, and what it leases beyond one token is lost: strict, never lenient),
+    /// after idle leases were dropped to make room.
+    fn lease_of(&self, tenant: &str) -> Arc<Lease> {
+        if let Some(l) = self.leases.get(tenant) {
+            return l.clone();
+        }
+        if self.leases.len() >= self.max_leases {
+            let now = self.clock.now_nanos();
+            self.leases.retain(|_, l| !l.is_idle(now));
+            if self.leases.len() >= self.max_leases {
+                return Arc::new(Lease::default());
+            }
+        }
+        self.leases
+            .entry(Box::from(tenant))
+            .or_insert_with(|| Arc::new(Lease::default()))
+            .clone()
+    }
+
+    async fn refill(&self, lease: &Lease, tenant: &str, index: u32) {
+        let set = self.set(index);
+        let key = self.store.tenant_key(&self.route, tenant);
+        let ask = Ask {
+            tenant_key: &key,
+            total_key: self.total_key.as_deref(),
+            tenant: &set.limits,
+            total: &self.total,
+            want: set.lease,
+        };
+        let answer = self.store.lease(&ask).await;
+        let now = self.clock.now_nanos();
+        match answer {
+            Ok(Grant { granted, items }) => {
+                lease.set.store(index, Ordering::Release);
+                let wait = items.iter().map(|&(_, w)| w).max().unwrap_or(0);
+                *lease.seen.lock() = (items, now);
+                if granted > 0 {
+                    lease
+                        .expires
+                        .store(now.saturating_add(self.lease_ttl), Ordering::Release);
+                    lease.tokens.store(granted, Ordering::Release);
+                    lease.refused_until.store(0, Ordering::Release);
+                } else {
+                    let until = now.saturating_add(wait.saturating_mul(1000).max(1_000_000));
+                    lease.refused_until.store(until, Ordering::Release);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, route = %self.route, "lease refill failed");
+                lease.failed.store(true, Ordering::Release);
+            }
+        }
+        lease.refilling.store(false, Ordering::Release);
+        lease.notify.notify_waiters();
+    }
+
+    fn admitted(&self, set: &Set, lease: &Lease, left: u64, now: u64) -> Decision {
+        if !self.headers {
+            return admitted_plain();
+        }
+        Decision {
+            admitted: true,
+            retry_nanos: 0,
+            items: self.items(set, lease, left, now),
+            spec: Some(set.spec.clone()),
+        }
+    }
+
+    fn refused(&self, set: &Set, lease: &Lease, wait: u64, now: u64) -> Decision {
+        Decision {
+            admitted: false,
+            retry_nanos: wait.max(1),
+            items: self.items(set, lease, 0, now),
+            spec: Some(set.spec.clone()),
+        }
+    }
+
+    /// Header items from the store's last answer, aged to `now`, plus what is leased here.
+    fn items(&self, set: &Set, lease: &Lease, left: u64, now: u64) -> Items {
+        let seen = lease.seen.lock();
+        let (store, at) = (&seen.0, seen.1);
+        let elapsed = now.saturating_sub(at);
+        let mut items = Items::default();
+        let count = set.limits.len() + self.total.len();
+        for i in 0..count {
+            let (remaining, wait_us) = store.get(i).copied().unwrap_or((0, 0));
+            let remaining = remaining.saturating_add(left);
+            let reset_nanos = if remaining > 0 {
+                0
+            } else {
+                wait_us.saturating_mul(1000).saturating_sub(elapsed).max(1)
+            };
+            items.push(Item {
+                remaining,
+                reset_nanos,
+            });
+        }
+        items
+    }
+
+    fn fallback(&self, tenant: &str, plan: Option<&str>, local: &RateLimiter) -> Decision {
+        self.fallbacks.inc();
+        match self.on_error {
+            OnStoreError::Local => local.check_plan(tenant, plan),
+            OnStoreError::Allow => admitted_plain(),
+            OnStoreError::Deny => {
+                let set = self.set(self.set_index(tenant, plan));
+                Decision {
+                    admitted: false,
+                    retry_nanos: u64::try_from(DENY_RETRY.as_nanos()).unwrap_or(u64::MAX),
+                    items: Items::default(),
+                    spec: Some(set.spec.clone()),
+                }
+            }
+        }
+    }
+}
+
+// === impl Lease ===
+
+impl Lease {
+    /// Takes one leased token for set `index` at `now`; the tokens left after it.
+    fn take(&self, index: u32, now: u64) -> Option<u64> {
+        let mut tokens = self.tokens.load(Ordering::Acquire);
+        loop {
+            if tokens == 0
+                || now >= self.expires.load(Ordering::Acquire)
+                || self.set.load(Ordering::Acquire) != index
+            {
+                return None;
+            }
+            match self.tokens.compare_exchange_weak(
+                tokens,
+                tokens - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(tokens - 1),
+                Err(seen) => tokens = seen,
+            }
+        }
+    }
+
+    /// Holds nothing worth keeping: no live tokens, no refusal in force, no refill running.
+    fn is_idle(&self, now: u64) -> bool {
+        let live =
+            self.tokens.load(Ordering::Acquire) > 0 && now < self.expires.load(Ordering::Acquire);
+        !live
+            && now >= self.refused_until.load(Ordering::Acquire)
+            && !self.refilling.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,366 @@
+//! The global store (SPEC §9): state shared by every rampart that names the same Redis.
+//!
+//! Why Redis and not a cluster of our own: the fleet already runs one, it decides atomically
+//! (a Lua script runs alone), and keys expire by themselves. The client is the `redis` crate on
+//! tokio, one multiplexed connection per URL (every request of every route pipelines on it).
+//! Its own `ConnectionManager` reconnects on its own schedule and hides whether the link is
+//! up; we keep the link in an `ArcSwapOption` and reconnect from one supervisor task behind a
+//! breaker (`breaker.rs`), so the request path can tell "down" without waiting and
+//! `rampart_global_store_up` says what the breaker says.
+//!
+//! Rules that hold whatever happens to Redis:
+//! - a call never takes longer than the store's `timeout` (a tokio timeout around it);
+//! - while the breaker is open no call is made at all: the caller decides at once;
+//! - the supervisor reconnects with jittered backoff and probes with `PING`; when the probe
+//!   answers, calls resume by themselves;
+//! - `/readyz` never looks here.
+//!
+//! The store outlives reloads: [`GlobalStore::build`] keeps the link when the URL is the same.
+//! Keys (`key_prefix`, route, tenant) are built here, so every user of the store agrees on them.
+
+pub(crate) mod breaker;
+pub mod idempotency;
+pub mod lease;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prometheus::{IntCounter, IntGauge};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use tokio::sync::Notify;
+
+use self::breaker::{Breaker, Failure};
+use crate::clock::SharedClock;
+use crate::config::file::{self, redact_url as redacted};
+use crate::metrics::Metrics;
+
+/// The `backend` label of `rampart_ratelimit_backend_errors_total`.
+const BACKEND: &str = "redis";
+/// Longest a (re)connect may take; it runs in the supervisor, never on a request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an idle supervisor checks that its store still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// One configured store: its link, its key prefix and its timeout.
+#[derive(Debug)]
+pub struct GlobalStore {
+    cfg: file::RedisStore,
+    link: Arc<Link>,
+}
+
+/// Why a store call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The breaker is open or there is no connection: no call was made.
+    #[error("global store is down")]
+    Down,
+    /// No answer within the timeout.
+    #[error("global store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The store answered with an error, or the connection failed.
+    #[error("global store error: {0}")]
+    Failed(#[from] RedisError),
+}
+
+/// The connection to one URL, shared by every generation that names it.
+#[derive(Debug)]
+struct Link {
+    url: String,
+    client: redis::Client,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    /// Mirrors `breaker.is_closed()` for a lock-free look on the request path.
+    up: AtomicBool,
+    /// An outage was logged (once per outage, not per probe).
+    warned: AtomicBool,
+    breaker: parking_lot::Mutex<Breaker>,
+    wake: Arc<Notify>,
+    errors: IntCounter,
+    up_gauge: IntGauge,
+    clock: SharedClock,
+    /// The probe's patience: the timeout of the generation that made the link (a store that
+    /// answers slower than that is down by definition).
+    probe_timeout: Duration,
+}
+
+// === impl GlobalStore ===
+
+impl GlobalStore {
+    /// The store of `cfg`; the link of `old` is kept when its URL is the same, so a reload
+    /// that does not change the URL does not reconnect.
+    ///
+    /// Must run inside a tokio runtime (the supervisor task is spawned here). A URL that the
+    /// client refuses (validation checked it) gives `None`.
+    pub fn build(
+        cfg: &file::GlobalStore,
+        old: Option<&Arc<GlobalStore>>,
+        metrics: &Metrics,
+        clock: &SharedClock,
+    ) -> Option<Arc<GlobalStore>> {
+        let cfg = &cfg.redis;
+        if let Some(o) = old.filter(|o| o.link.url == cfg.url) {
+            if o.cfg == *cfg {
+                return Some(o.clone());
+            }
+            return Some(Arc::new(GlobalStore {
+                cfg: cfg.clone(),
+                link: o.link.clone(),
+            }));
+        }
+        let client = match redis::Client::open(cfg.url.as_str()) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(%error, "global_store.redis.url refused by the client");
+                return None;
+            }
+        };
+        let wake = Arc::new(Notify::new());
+        let link = Arc::new(Link {
+            url: cfg.url.clone(),
+            client,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
+            breaker: parking_lot::Mutex::new(Breaker::new()),
+            wake: wake.clone(),
+            errors: metrics
+                .ratelimit_backend_errors
+                .with_label_values(&[BACKEND]),
+            up_gauge: metrics.global_store_up.with_label_values::<&str>(&[]),
+            clock: clock.clone(),
+            probe_timeout: cfg.timeout.0,
+        });
+        link.up_gauge.set(0);
+        tokio::spawn(supervise(Arc::downgrade(&link), wake));
+        Some(Arc::new(GlobalStore {
+            cfg: cfg.clone(),
+            link,
+        }))
+    }
+
+    /// Longest a request waits on the store.
+    pub fn timeout(&self) -> Duration {
+        self.cfg.timeout.0
+    }
+
+    /// Whether calls go to the store now (breaker closed, connected).
+    pub fn is_up(&self) -> bool {
+        self.link.up.load(Ordering::Acquire)
+    }
+
+    /// The key of `tenant` on the route labelled `route`: `PREFIX{ROUTE}:t:TENANT`.
+    ///
+    /// The hash tag is the route, so the tenant's keys and the route's `total` key sit in one
+    /// Redis Cluster slot and one script may touch both. The route label is escaped so that a
+    /// brace in it can never move the tag.
+    pub fn tenant_key(&self, route: &str, tenant: &str) -> String {
+        let mut k = route_base(&self.cfg.key_prefix, route);
+        k.push_str(":t:");
+        k.push_str(tenant);
+        k
+    }
+
+    /// `PREFIX{ROUTE}`: the start of every key of the route labelled `route`.
+    pub(crate) fn key_base(&self, route: &str) -> String {
+        route_base(&self.cfg.key_prefix, route)
+    }
+
+    /// The key of the route's `total` limits: `PREFIX{ROUTE}:total`.
+    pub fn total_key(&self, route: &str) -> String {
+        let mut k = route_base(&self.cfg.key_prefix, route);
+        k.push_str(":total");
+        k
+    }
+
+    /// Runs `f` on the connection, within the timeout and behind the breaker.
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let link = &*self.link;
+        if !link.up.load(Ordering::Acquire) {
+            return Err(StoreError::Down);
+        }
+        let Some(conn) = link.conn.load_full() else {
+            return Err(StoreError::Down);
+        };
+        let timeout = self.timeout();
+        match tokio::time::timeout(timeout, f((*conn).clone())).await {
+            Ok(Ok(v)) => {
+                link.breaker.lock().success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                link.failed(failure_of(&e));
+                Err(StoreError::Failed(e))
+            }
+            Err(_) => {
+                link.failed(Failure::Soft);
+                Err(StoreError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+// === impl Link ===
+
+impl Link {
+    fn failed(&self, kind: Failure) {
+        self.errors.inc();
+        let now = self.clock.now_nanos();
+        let opened = self.breaker.lock().failure(kind, now, fastrand::f64());
+        if kind == Failure::Broken {
+            self.conn.store(None);
+        }
+        if opened {
+            self.down("calls failed");
+        }
+    }
+
+    fn down(&self, why: &str) {
+        if self.up.swap(false, Ordering::AcqRel) && !self.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(url = %redacted(&self.url), why, "global store down; rate limits follow on_store_error");
+        }
+        self.up_gauge.set(0);
+        self.wake.notify_one();
+    }
+
+    /// Reconnects if needed, then `PING`s; closes the breaker on an answer in time.
+    async fn probe(&self) {
+        let conn = match self.conn.load_full() {
+            Some(c) => (*c).clone(),
+            None => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(None);
+                let connect = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&cfg);
+                match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                    Ok(Ok(c)) => {
+                        self.conn.store(Some(Arc::new(c.clone())));
+                        c
+                    }
+                    Ok(Err(e)) => return self.probe_failed(failure_of(&e)),
+                    Err(_) => return self.probe_failed(Failure::Soft),
+                }
+            }
+        };
+        let mut conn = conn;
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.probe_timeout, ping).await {
+            Ok(Ok(_)) => {
+                self.breaker.lock().close();
+                self.up.store(true, Ordering::Release);
+                self.warned.store(false, Ordering::Release);
+                self.up_gauge.set(1);
+                tracing::info!(url = %redacted(&self.url), "global store up");
+            }
+            Ok(Err(e)) => self.probe_failed(failure_of(&e)),
+            Err(_) => self.probe_failed(Failure::Soft),
+        }
+    }
+
+    fn probe_failed(&self, kind: Failure) {
+        self.errors.inc();
+        if !self.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(url = %redacted(&self.url), "global store unreachable; rate limits follow on_store_error until it answers");
+        }
+        if kind == Failure::Broken {
+            self.conn.store(None);
+        }
+        let now = self.clock.now_nanos();
+        self.breaker.lock().probe_failed(now, fastrand::f64());
+    }
+}
+
+/// The supervisor of one link: probes while the breaker is open, sleeps while it is closed,
+/// and ends when the link is dropped (its URL left the config).
+async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
+    loop {
+        let Some(l) = link.upgrade() else { return };
+        let (closed, retry_at) = {
+            let b = l.breaker.lock();
+            (b.is_closed(), b.retry_at())
+        };
+        let now = l.clock.now_nanos();
+        drop(l);
+        if closed {
+            let _ = tokio::time::timeout(IDLE_CHECK, wake.notified()).await;
+            continue;
+        }
+        let wait = Duration::from_nanos(retry_at.saturating_sub(now)).min(IDLE_CHECK);
+        tokio::time::sleep(wait).await;
+        let Some(l) = link.upgrade() else { return };
+        if l.clock.now_nanos() >= l.breaker.lock().retry_at() {
+            l.probe().await;
+        }
+    }
+}
+
+/// `PREFIX{ROUTE}` with `{`, `}` and `%` of the route percent-escaped.
+fn route_base(prefix: &str, route: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + route.len() + 16);
+    k.push_str(prefix);
+    k.push('{');
+    for c in route.chars() {
+        match c {
+            '{' => k.push_str("%7B"),
+            '}' => k.push_str("%7D"),
+            '%' => k.push_str("%25"),
+            c => k.push(c),
+        }
+    }
+    k.push('}');
+    k
+}
+
+/// A refused, reset or closed connection must be made anew; anything else may pass.
+fn failure_of(e: &RedisError) -> Failure {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        Failure::Broken
+    } else {
+        Failure::Soft
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_prefix_route_tag_and_tenant_and_a_brace_cannot_move_the_tag() {
+        let mut k = route_base("rampart:", "app");
+        k.push_str(":t:acme");
+        assert_eq!(k, "rampart:{app}:t:acme");
+        assert_eq!(route_base("p:", "a{b}%c"), "p:{a%7Bb%7D%25c}");
+        assert_eq!(
+            route_base("p:", "a%7Bb"),
+            "p:{a%257Bb}",
+            "escapes never collide"
+        );
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs_and_config_dumps() {
+        assert_eq!(redacted("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redacted("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redacted("redis://token@h"), "redis://***@h");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        let cfg = file::RedisStore {
+            url: "redis://u:p@ss@h:1".into(),
+            key_prefix: "x:".into(),
+            timeout: crate::config::units::Dur::from_millis(5),
+        };
+        let shown = serde_json::to_string(&cfg).expect("serializable");
+        assert!(
+            shown.contains("redis://u:***@h:1") && !shown.contains("ss@"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! SPEC §9: global limits across replicas. Two `rampart` processes share one tenant limit
+//! through a real `redis-server` that the test starts, kills, restarts and stalls.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::redis::Redis;
+use crate::support::{http, metric_value, metrics, sample, Proxy};
+
+/// `$TIMEOUT` is the store timeout, `$ON_ERROR` the fallback, `$LEASE` the lease.
+const SHARED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+global_store:
+  redis: { url: "$REDIS", key_prefix: "rt:", timeout: $TIMEOUT }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  shared:
+    rate_limit:
+      per_tenant: { rate: $RATE, burst: $BURST }
+      scope: global
+      on_store_error: $ON_ERROR
+      lease: $LEASE
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: shared
+"#;
+
+/// What a policy of [`SHARED`] is started with.
+struct Setup<'a> {
+    timeout: &'a str,
+    on_error: &'a str,
+    lease: u64,
+    rate: &'a str,
+    burst: u64,
+}
+
+async fn spawn(redis: &Redis, app: SocketAddr, s: &Setup<'_>) -> Proxy {
+    let proxy = Proxy::builder(SHARED)
+        .var("REDIS", redis.url())
+        .var("APP", app)
+        .var("TIMEOUT", s.timeout)
+        .var("ON_ERROR", s.on_error)
+        .var("LEASE", s.lease)
+        .var("RATE", s.rate)
+        .var("BURST", s.burst)
+        .spawn()
+        .await;
+    wait_up(&proxy, 1.0).await;
+    proxy
+}
+
+async fn store_up(proxy: &Proxy) -> Option<f64> {
+    metric_value(
+        &metrics(proxy.admin()).await,
+        "rampart_global_store_up",
+        &[],
+    )
+}
+
+async fn wait_up(proxy: &Proxy, want: f64) {
+    assert_eventually!(
+        store_up(proxy).await == Some(want),
+        "rampart_global_store_up must become {want}; log:\n{}",
+        proxy.log()
+    );
+}
+
+/// Sends `n` GETs of `tenant`, alternating between the proxies, `conc` at a time; returns
+/// each answer's status and latency.
+async fn burst(addrs: &[SocketAddr], tenant: &str, n: usize, conc: usize) -> Vec<(u16, Duration)> {
+    let mut out = Vec::with_capacity(n);
+    let mut sent = 0;
+    while sent < n {
+        let wave = conc.min(n - sent);
+        let tasks: Vec<_> = (0..wave)
+            .map(|i| {
+                let addr = addrs[(sent + i) % addrs.len()];
+                let tenant = tenant.to_owned();
+                tokio::spawn(async move {
+                    let at = Instant::now();
+                    let r = http::get(addr, "/ok", &[("x-tenant-id", &tenant)]).await;
+                    (r.status.as_u16(), at.elapsed())
+                })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await.expect("a client task must not panic"));
+        }
+        sent += wave;
+    }
+    out
+}
+
+fn admitted(answers: &[(u16, Duration)]) -> usize {
+    answers.iter().filter(|(s, _)| *s == 200).count()
+}
+
+fn slowest(answers: &[(u16, Duration)]) -> Duration {
+    answers.iter().map(|(_, d)| *d).max().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ramparts_together_admit_one_tenant_limit() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    // No refill during the test (1/m), so the fleet must admit exactly the burst, less what
+    // leases strand: at most 2 × (lease − 1). `deny` on errors, so a hiccup can only admit less.
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 4,
+        rate: "1/m",
+        burst: 40,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let b = spawn(&redis, app.addr(), &setup).await;
+    let addrs = [a.listener("inbound"), b.listener("inbound")];
+
+    let answers = burst(&addrs, "acme", 120, 6).await;
+    let ok = admitted(&answers);
+    println!("two ramparts, shared burst 40, lease 4: {ok} of 120 admitted");
+    assert!(
+        (40 - 2 * 3..=40).contains(&ok),
+        "the two ramparts together admitted {ok} of a shared burst of 40"
+    );
+    assert!(answers.iter().all(|(s, _)| *s == 200 || *s == 429));
+    // Each rampart alone would have admitted 40: both did take part.
+    let by = |addr: SocketAddr| {
+        answers
+            .iter()
+            .enumerate()
+            .filter(|(i, (s, _))| *s == 200 && addrs[i % 2] == addr)
+            .count()
+    };
+    assert!(by(addrs[0]) > 0 && by(addrs[1]) > 0, "both replicas admit");
+    // Leases of 4, shared by concurrent requests (single-flight), and refusals answered
+    // locally once the store said "none until later": far fewer calls than requests.
+    let calls = redis.calls("evalsha").await + redis.calls("eval").await;
+    println!("store calls for 120 requests: {calls}");
+    assert!(calls <= 24, "{calls} script calls for 120 requests");
+
+    // Keys carry the prefix, the route (as the Cluster hash tag) and the tenant, and expire.
+    let keys = redis.keys("rt:*").await;
+    assert_eq!(keys, ["rt:{app}:t:acme"], "keys: {keys:?}");
+    let ttl = redis.int(&["PTTL", "rt:{app}:t:acme"]).await;
+    assert!(ttl > 0, "an idle tenant's key must expire (PTTL {ttl})");
+    let text = metrics(a.admin()).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "rampart_ratelimit_backend_errors_total",
+            &[("backend", "redis")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_falls_back_to_local_limits_and_its_return_restores_them() {
+    let mut redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "50ms",
+        on_error: "local",
+        lease: 2,
+        rate: "1/m",
+        burst: 10,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let b = spawn(&redis, app.addr(), &setup).await;
+    let addrs = [a.listener("inbound"), b.listener("inbound")];
+
+    let before = admitted(&burst(&addrs, "t1", 30, 4).await);
+    assert!(
+        (8..=10).contains(&before),
+        "global: {before} admitted of 10"
+    );
+
+    redis.kill();
+    let down = burst(&addrs, "t2", 40, 4).await;
+    let ok = admitted(&down);
+    println!(
+        "Redis killed: {ok} of 40 admitted (local limits), slowest {:?}; before: {before} of 30",
+        slowest(&down)
+    );
+    // Each process now enforces the limit on its own: up to 10 each.
+    assert!(
+        (11..=20).contains(&ok),
+        "with Redis gone each rampart enforces its own 10: {ok} admitted"
+    );
+    assert!(down.iter().all(|(s, _)| *s == 200 || *s == 429), "{down:?}");
+    // A request never waits on the store past its timeout (50ms; the rest is slack for a
+    // loaded machine).
+    assert!(
+        slowest(&down) < Duration::from_millis(300),
+        "slowest answer with Redis down: {:?}",
+        slowest(&down)
+    );
+    wait_up(&a, 0.0).await;
+    let text = metrics(a.admin()).await;
+    let errors = metric_value(
+        &text,
+        "rampart_ratelimit_backend_errors_total",
+        &[("backend", "redis")],
+    );
+    assert!(errors.unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(
+        metric_value(
+            &text,
+            "rampart_ratelimit_store_fallbacks_total",
+            &[("route", "app")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    // Readiness never depends on the store; /state says it is down.
+    assert_eq!(http::get(a.admin(), "/readyz", &[]).await.status, 200);
+    let state = http::get(a.admin(), "/state", &[]).await.json();
+    assert_eq!(state["global_store"]["up"], false, "{state}");
+
+    redis.restart().await;
+    wait_up(&a, 1.0).await;
+    wait_up(&b, 1.0).await;
+    let after = admitted(&burst(&addrs, "t3", 30, 4).await);
+    println!("Redis back: {after} of 30 admitted (global limit 10)");
+    assert!(
+        (8..=10).contains(&after),
+        "global enforcement must resume by itself: {after} admitted of 10"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_treated_as_down() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "50ms",
+        on_error: "deny",
+        lease: 1,
+        rate: "100/s",
+        burst: 100,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    assert_eq!(admitted(&burst(&addr, "s1", 3, 1).await), 3);
+
+    redis.stall(Duration::from_millis(2500));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let slow = burst(&addr, "s2", 10, 2).await;
+    // `deny`: every decision during the stall is the fallback's 429, each within the timeout.
+    println!("Redis stalled: {slow:?}");
+    assert_eq!(admitted(&slow), 0, "{slow:?}");
+    assert!(
+        slowest(&slow) < Duration::from_millis(300),
+        "slowest answer while Redis stalls: {:?}",
+        slowest(&slow)
+    );
+    wait_up(&a, 0.0).await;
+
+    // Once the stall ends, the probe finds Redis answering and calls resume.
+    wait_up(&a, 1.0).await;
+    assert_eq!(admitted(&burst(&addr, "s3", 3, 1).await), 3);
+}
+
+/// The client connections a Redis server sees, other than the one asking.
+async fn clients(redis: &Redis) -> Vec<String> {
+    let list = redis.text(&["CLIENT", "LIST"]).await;
+    list.lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .filter_map(|l| l.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_connection_unless_the_url_changes() {
+    let first = Redis::start().await;
+    let second = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 2,
+        rate: "1/m",
+        burst: 4,
+    };
+    let mut proxy = spawn(&first, app.addr(), &setup).await;
+    let addr = [proxy.listener("inbound")];
+    assert_eq!(admitted(&burst(&addr, "r1", 6, 1).await), 4);
+    let ids = clients(&first).await;
+    assert_eq!(ids.len(), 1, "one multiplexed connection: {ids:?}");
+
+    // Same URL, other prefix and limit: the connection stays.
+    let changed = SHARED
+        .replace("key_prefix: \"rt:\"", "key_prefix: \"rt2:\"")
+        .replace("burst: $BURST", "burst: 5");
+    proxy.rewrite_config(&changed);
+    proxy.signal("HUP");
+    assert_eventually!(
+        admitted(&burst(&addr, "r1", 1, 1).await) == 1,
+        "the new prefix starts a new bucket"
+    );
+    assert_eq!(
+        clients(&first).await,
+        ids,
+        "an unchanged URL keeps its connection"
+    );
+    assert!(!first.keys("rt2:*").await.is_empty());
+
+    // Another URL: a new connection there, the old one closed.
+    proxy.rewrite_config(&changed.replace("$REDIS", &second.url()));
+    proxy.signal("HUP");
+    assert_eventually!(
+        clients(&second).await.len() == 1,
+        "the new URL must be connected"
+    );
+    assert_eventually!(
+        clients(&first).await.is_empty(),
+        "the old connection must close"
+    );
+    wait_up(&proxy, 1.0).await;
+    assert_eq!(admitted(&burst(&addr, "r2", 7, 1).await), 5);
+    assert!(!second.keys("rt2:*").await.is_empty());
+}
+
+const SETS: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+global_store:
+  redis: { url: "$REDIS", timeout: 250ms }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  sets:
+    rate_limit:
+      per_tenant: [ { rate: 100/s, burst: 50 }, { rate: 6/d, window: calendar, name: quota } ]
+      overrides:
+        vip: { rate: 1/m, burst: 3 }
+      total: { rate: 1/m, burst: 12 }
+      scope: global
+      on_store_error: deny
+      lease: 1
+      headers: true
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: sets
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_of_a_set_and_the_route_total_are_shared() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let proxy = Proxy::builder(SETS)
+        .var("REDIS", redis.url())
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    wait_up(&proxy, 1.0).await;
+    let addr = proxy.listener("inbound");
+    let get = |tenant: &'static str| async move {
+        http::get(addr, "/ok", &[("x-tenant-id", tenant)]).await
+    };
+
+    // The calendar quota (6 a day) refuses first, and says so.
+    let mut ok = 0;
+    for _ in 0..6 {
+        let r = get("a").await;
+        assert_eq!(r.status, 200);
+        ok += 1;
+        let rl = r.header("ratelimit").unwrap_or_default().to_owned();
+        assert!(rl.contains(&format!("\"quota\";r={}", 6 - ok)), "{rl}");
+    }
+    let refused = get("a").await;
+    refused.assert_rampart(429, "rate_limited");
+    let rl = refused.header("ratelimit").unwrap_or_default();
+    assert!(rl.contains("\"quota\";r=0"), "{rl}");
+    let retry: u64 = refused
+        .header("retry-after")
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        (1..=86_400).contains(&retry),
+        "until the UTC day ends: {retry}"
+    );
+
+    // An override replaces the tenant's limits: 3 for `vip`.
+    let vip = admitted_of(get, "vip", 5).await;
+    assert_eq!(vip, 3);
+    // The route's total (12) is shared by every tenant: 6 + 3 spent, 3 left for `b`.
+    assert_eq!(admitted_of(get, "b", 5).await, 3);
+    let keys = redis.keys("rampart:*").await;
+    assert!(keys.contains(&"rampart:{app}:total".to_owned()), "{keys:?}");
+}
+
+async fn admitted_of<F, Fut>(get: F, tenant: &'static str, n: usize) -> usize
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = http::Resp>,
+{
+    let mut ok = 0;
+    for _ in 0..n {
+        if get(tenant).await.status == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+const IDEMPOTENT: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+global_store:
+  redis: { url: "$REDIS", timeout: 250ms }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  pay:
+    idempotency: { ttl: 1h, max_body: 4KiB }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: pay
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_honoured_on_every_replica() {
+    let mut redis = Redis::start().await;
+    let app = sample().await;
+    let spawn = || {
+        Proxy::builder(IDEMPOTENT)
+            .var("REDIS", redis.url())
+            .var("APP", app.addr())
+            .spawn()
+    };
+    let (a, b) = (spawn().await, spawn().await);
+    wait_up(&a, 1.0).await;
+    wait_up(&b, 1.0).await;
+    let (a_addr, b_addr) = (a.listener("inbound"), b.listener("inbound"));
+    let key = [("idempotency-key", "order-1"), ("x-tenant-id", "t")];
+
+    let first = http::post(a_addr, "/echo", &key, "pay 10").await;
+    assert_eq!(first.status, 200);
+    // The answer is kept where the body ends, in the background: give it a moment.
+    assert_eventually!(
+        http::post(b_addr, "/echo", &key, "pay 10")
+            .await
+            .header("x-rampart-idempotent-replay")
+            == Some("true"),
+        "a repeat on the other replica must be replayed"
+    );
+    let again = http::post(b_addr, "/echo", &key, "pay 10").await;
+    assert_eq!((again.status, &again.body), (first.status, &first.body));
+    assert_eq!(again.header("content-type"), first.header("content-type"));
+    assert_eq!(app.hits_for("/echo"), 1, "one request reached the upstream");
+    http::post(b_addr, "/echo", &key, "pay 99")
+        .await
+        .assert_rampart(422, "idempotency_key_reused");
+    let keys = redis.keys("rampart:{app}:i:t:*").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    // Store gone: each replica still protects its own repeats.
+    redis.kill();
+    let k2 = [("idempotency-key", "order-2"), ("x-tenant-id", "t")];
+    assert_eq!(http::post(a_addr, "/echo", &k2, "pay 5").await.status, 200);
+    let repeat = http::post(a_addr, "/echo", &k2, "pay 5").await;
+    assert_eq!(repeat.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/echo"), 2);
+}

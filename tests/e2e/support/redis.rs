@@ -1,0 +1,160 @@
+//! A real `redis-server` for the global-store tests: started on a free loopback port, stopped
+//! (by PID) on drop, and restartable on the same port to play an outage.
+//!
+//! `redis-server` comes from the Debian package `redis-server` (scripts/test.sh installs it);
+//! a test that needs it fails with that name when it is missing, never skips.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::free_addr;
+
+/// How long a fresh server may take to answer PING.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child with no persistence. Killed on drop.
+#[derive(Debug)]
+pub struct Redis {
+    addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+// === impl Redis ===
+
+impl Redis {
+    /// Starts a server on a free port and waits until it answers.
+    pub async fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+        let mut r = Redis {
+            addr: free_addr(),
+            child: None,
+            dir,
+        };
+        r.restart().await;
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    /// Kills the server (SIGKILL, by PID) and reaps it; its port is then refused.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: no persistence).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.addr.port().to_string())
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--enable-debug-command", "local", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis-server is needed for the global rate-limit tests ({e}); install the \
+                     Debian package `redis-server` (scripts/test.sh installs it)"
+                )
+            });
+        self.child = Some(child);
+        let start = tokio::time::Instant::now();
+        while self.query(&["PING"]).await.is_err() {
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "redis-server did not answer on {} within {START_TIMEOUT:?}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs one command and returns its reply.
+    pub async fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await
+    }
+
+    /// A command's reply as text (bulk or status replies).
+    pub async fn text(&self, args: &[&str]) -> String {
+        match self.query(args).await {
+            Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Ok(redis::Value::SimpleString(s)) => s,
+            Ok(v) => format!("{v:?}"),
+            Err(e) => panic!("redis {args:?} failed: {e}"),
+        }
+    }
+
+    /// A command's integer reply.
+    pub async fn int(&self, args: &[&str]) -> i64 {
+        match self.query(args).await {
+            Ok(redis::Value::Int(n)) => n,
+            other => panic!("redis {args:?} gave {other:?}"),
+        }
+    }
+
+    /// Keys matching `pattern`.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        match self.query(&["KEYS", pattern]).await {
+            Ok(redis::Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|v| match v {
+                    redis::Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    _ => None,
+                })
+                .collect(),
+            other => panic!("KEYS {pattern} gave {other:?}"),
+        }
+    }
+
+    /// Calls of `command` (lower case, e.g. `evalsha`) since start, from INFO commandstats.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let info = self.text(&["INFO", "commandstats"]).await;
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Makes the server stall for `d` (`DEBUG SLEEP`), without waiting for it.
+    pub fn stall(&self, d: Duration) {
+        let url = self.url();
+        let secs = format!("{:.3}", d.as_secs_f64());
+        tokio::spawn(async move {
+            let Ok(client) = redis::Client::open(url) else {
+                return;
+            };
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let _: redis::RedisResult<redis::Value> = redis::cmd("DEBUG")
+                    .arg("SLEEP")
+                    .arg(secs)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        });
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
