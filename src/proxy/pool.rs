@@ -188,7 +188,9 @@ impl Pool {
                     _permit: permit,
                     freed: self.freed.clone(),
                 };
-                let mut conn = self.connect(addr, slot).await?;
+                // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and happens once
+                // per connection; inline, every request's future would carry its size.
+                let mut conn = Box::pin(self.connect(addr, slot)).await?;
                 let rsp = conn.send(req).await.map_err(SendError::Reset)?;
                 return Ok(self.returning(rsp, conn));
             }

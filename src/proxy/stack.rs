@@ -216,12 +216,14 @@ pub async fn handle(
     if is_connect {
         // A tunnel, not an exchange; it holds its guards for its whole life.
         let guards = std::mem::take(&mut fin.guards);
-        let rsp = tunnel::open(&ctx, &shared.clock, req, guards).await;
+        let rsp = Box::pin(tunnel::open(&ctx, &shared.clock, req, guards)).await;
         return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
     let mut rsp = match &route.policy.idempotency {
-        Some(idem) => idempotent::run(&ctx, idem, req).await,
-        None => exchange::run(&ctx, req).await,
+        // Boxed: these futures are kilobytes (every try, the pool, the store), and this one
+        // would otherwise be copied whole each time hyper moves the request's future.
+        Some(idem) => Box::pin(idempotent::run(&ctx, idem, req)).await,
+        None => Box::pin(exchange::run(&ctx, req)).await,
     };
     let tries = ctx.tries.take();
     fin.guards.slot = slot;
