@@ -360,26 +360,27 @@ impl AsyncWrite for Stream {
 impl Conn {
     /// Polls the connection, if this task drives it (see [`Drive::poll_conn`]).
     fn poll_conn(&mut self, cx: &mut Context<'_>) {
-        Drive {
-            driven: &mut self.driven,
-            addr: self.addr,
-        }
-        .poll_conn(cx);
+        self.split().1.poll_conn(cx);
     }
 
-    /// Until the connection can take a request (or turns out dead).
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        // Split borrow: the sender's future and the connection are separate fields.
+    /// The sender and, apart from it, the connection that must be driven while it waits.
+    fn split(&mut self) -> (&mut SendRequest<Body>, Drive<'_>) {
         let Conn {
             sender,
             driven,
             addr,
         } = self;
-        let mut me = Drive {
+        let drive = Drive {
             driven,
             addr: *addr,
         };
-        me.run(sender.ready()).await
+        (sender, drive)
+    }
+
+    /// Until the connection can take a request (or turns out dead).
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        let (sender, mut drive) = self.split();
+        drive.run(sender.ready()).await
     }
 
     /// Sends `req`, giving it back if the connection died before sending it.
@@ -388,31 +389,15 @@ impl Conn {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
         self.detach_for(&req);
-        let Conn {
-            sender,
-            driven,
-            addr,
-        } = self;
-        let mut me = Drive {
-            driven,
-            addr: *addr,
-        };
-        me.run(sender.try_send_request(req)).await
+        let (sender, mut drive) = self.split();
+        drive.run(sender.try_send_request(req)).await
     }
 
     /// Sends `req` on a new connection.
     async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
         self.detach_for(&req);
-        let Conn {
-            sender,
-            driven,
-            addr,
-        } = self;
-        let mut me = Drive {
-            driven,
-            addr: *addr,
-        };
-        me.run(sender.send_request(req)).await
+        let (sender, mut drive) = self.split();
+        drive.run(sender.send_request(req)).await
     }
 
     /// A request with a body moves the connection into a task of its own (see the module
@@ -424,12 +409,18 @@ impl Conn {
         if let Some((conn, slot)) = self.driven.take() {
             let addr = self.addr;
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-                }
+                ended(addr, conn.await);
                 drop(slot);
             });
         }
+    }
+}
+
+/// Notes how an upstream connection ended (an error is only worth a debug line: the try that
+/// used it, if any, has its own outcome).
+fn ended(addr: SocketAddr, r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
     }
 }
 
@@ -444,9 +435,7 @@ impl Drive<'_> {
     fn poll_conn(&mut self, cx: &mut Context<'_>) {
         if let Some((conn, _)) = self.driven.as_mut() {
             if let Poll::Ready(r) = Pin::new(conn).poll(cx) {
-                if let Err(e) = r {
-                    tracing::debug!(addr = %self.addr, error = %e, "upstream connection ended with an error");
-                }
+                ended(self.addr, r);
                 *self.driven = None;
             }
         }
