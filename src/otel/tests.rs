@@ -52,6 +52,37 @@ fn headers(pairs: &[(&str, &'static str)]) -> HeaderMap {
     h
 }
 
+/// What a hostile client can put in `traceparent`: each is refused (a new trace is started,
+/// never a panic, never an id taken from garbage), and a later version's extension is read.
+#[test]
+fn a_hostile_traceparent_is_refused_not_trusted() {
+    let refused = [
+        "",
+        "00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0", // 54 bytes
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 must be 55 bytes
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", // uppercase hex
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+        "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01", // no dashes
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", // not hex
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\t", // trailing junk
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", // later version, no dash
+    ];
+    for v in refused {
+        let h = HeaderValue::from_str(v).expect("a valid header value");
+        assert!(TraceParent::parse(&h).is_none(), "{v:?} must be refused");
+    }
+    let long = format!("{GIVEN}{}", "-f".repeat(4000));
+    let h = HeaderValue::from_str(&long.replacen("00", "01", 1)).expect("valid header");
+    let tp = TraceParent::parse(&h).expect("a later version may append fields");
+    assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    // Non-UTF-8 bytes.
+    let h = HeaderValue::from_bytes(&[0xff; 55]).expect("opaque bytes are a header value");
+    assert!(TraceParent::parse(&h).is_none());
+}
+
 #[test]
 fn a_traceparent_is_written_as_it_is_read() {
     let tp = TraceParent::parse(&HeaderValue::from_static(GIVEN)).expect("valid");
