@@ -117,6 +117,11 @@ pub fn replay(kept: &StoredAnswer) -> Response<Body> {
     let mut rsp = Response::new(Body::full(kept.body.clone()));
     *rsp.status_mut() = kept.status;
     *rsp.headers_mut() = kept.headers.clone();
+    // The length is the kept body's, whatever the store says: a stored answer may come from a
+    // shared store that another writer filled, and a stale length would desynchronise the
+    // client's connection.
+    rsp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(kept.body.len()));
     rsp.headers_mut()
         .insert(REPLAY_HEADER, HeaderValue::from_static("true"));
     rsp
@@ -131,6 +136,22 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replayed_answer_states_the_length_of_its_own_body() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let kept = StoredAnswer {
+            status: http::StatusCode::CREATED,
+            headers,
+            body: bytes::Bytes::from_static(b"abc"),
+        };
+        let rsp = replay(&kept);
+        assert_eq!(rsp.status(), http::StatusCode::CREATED);
+        assert_eq!(rsp.headers()[CONTENT_LENGTH], "3");
+        assert_eq!(rsp.headers().get_all(CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(rsp.headers()[REPLAY_HEADER], "true");
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

@@ -246,4 +246,28 @@ mod tests {
         assert_eq!(&a.body[..], b"{\"id\":7}");
         assert!(decode(b"abc", b"", Vec::new()).is_none());
     }
+
+    /// The store is shared: what another writer put there is read as untrusted bytes.
+    #[test]
+    fn junk_in_the_store_decodes_to_nothing_or_to_clean_headers() {
+        for status in [
+            &b""[..],
+            b"99",
+            b"1000",
+            b"65536",
+            b"-1",
+            b"\xff\xfe",
+            b"200 ",
+        ] {
+            assert!(decode(status, b"", Vec::new()).is_none(), "{status:?}");
+        }
+        let junk =
+            b"no-nul-here\n\0value-without-name\nbad name\0v\nok\0\x7f\n\n\0\0\nx-fine\0yes\n";
+        let a = decode(b"200", junk, b"body".to_vec()).expect("a valid status decodes");
+        assert_eq!(a.headers.len(), 1, "{:?}", a.headers);
+        assert_eq!(a.headers["x-fine"], "yes");
+        let huge = vec![b'a'; 1 << 20];
+        let a = decode(b"200", &huge, Vec::new()).expect("a valid status decodes");
+        assert!(a.headers.is_empty());
+    }
 }
