@@ -34,15 +34,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((CG_LARGE > CG_SMALL && CG_SMALL > 0)) || die "need 0 < CG_SMALL < CG_LARGE"
 
-if [[ -n ${RAMPART_BIN:-} ]]; then
-    rampart=$RAMPART_BIN
-else
-    log "cargo build --release"
-    (cd "$repo" && cargo build --release) || die "cargo build --release failed"
-    rampart="${CARGO_TARGET_DIR:-$repo/target}/release/rampart"
-    [[ $rampart == /* ]] || rampart="$repo/$rampart"
-fi
-[[ -x $rampart ]] || die "no rampart binary at $rampart"
+rampart_bin
 nginx_bin=$(command -v nginx)
 haproxy_bin=$(command -v haproxy)
 

@@ -56,15 +56,7 @@ ulimit -n "$hard" || true
 (($(ulimit -n) > IDLE_CONNS + 100)) || die "ulimit -n is $(ulimit -n): too low for IDLE_CONNS=$IDLE_CONNS"
 
 # --- binaries --------------------------------------------------------------------------------
-if [[ -n ${RAMPART_BIN:-} ]]; then
-    rampart=$RAMPART_BIN
-else
-    log "cargo build --release"
-    (cd "$repo" && cargo build --release) || die "cargo build --release failed"
-    rampart="${CARGO_TARGET_DIR:-$repo/target}/release/rampart"
-    [[ $rampart == /* ]] || rampart="$repo/$rampart"
-fi
-[[ -x $rampart ]] || die "no rampart binary at $rampart"
+rampart_bin
 [[ -z ${RAMPART_BASE_BIN:-} || -x $RAMPART_BASE_BIN ]] || die "RAMPART_BASE_BIN=$RAMPART_BASE_BIN is not executable"
 nginx_bin=$(command -v nginx)
 haproxy_bin=$(command -v haproxy)

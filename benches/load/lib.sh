@@ -108,6 +108,21 @@ bench_setup() {
     trap 'exit 143' TERM
 }
 
+# rampart_bin : sets `rampart` to RAMPART_BIN, or builds the release binary of the repo
+# (`repo` must be set) and takes that; dies if there is no executable.
+rampart_bin() {
+    if [[ -n ${RAMPART_BIN:-} ]]; then
+        rampart=$RAMPART_BIN
+    else
+        log "cargo build --release"
+        local repo_dir=${repo:?rampart_bin needs repo}
+        (cd "$repo_dir" && cargo build --release) || die "cargo build --release failed"
+        rampart="${CARGO_TARGET_DIR:-$repo_dir/target}/release/rampart"
+        [[ $rampart == /* ]] || rampart="$repo_dir/$rampart"
+    fi
+    [[ -x $rampart ]] || die "no rampart binary at $rampart"
+}
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start NAME CMD... : runs CMD in the background, output to $work/NAME.log.

@@ -84,15 +84,7 @@ if [[ $BENCH_STANDIN == 1 ]]; then
     render "$here/nginx-standin.conf" "$work/standin.conf" "$upstream"
     start upstream "$nginx_bin" -p "$work" -e "$work/standin-error.log" -c "$work/standin.conf"
 else
-    if [[ -n ${RAMPART_BIN:-} ]]; then
-        rampart=$RAMPART_BIN
-    else
-        log "cargo build --release"
-        (cd "$repo" && cargo build --release) || die "cargo build --release failed"
-        rampart="${CARGO_TARGET_DIR:-$repo/target}/release/rampart"
-        [[ $rampart == /* ]] || rampart="$repo/$rampart"
-    fi
-    [[ -x $rampart ]] || die "no rampart binary at $rampart"
+    rampart_bin
     sample_help=$("$rampart" sample --help 2>&1 || true)
     [[ $sample_help == *--listen* ]] ||
         die "this rampart build has no working 'sample --listen ADDR' subcommand (the built-in" \
