@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::redis::Redis;
+use crate::support::redis::{replicas, wait_up, Redis};
 use crate::support::{http, metric_value, metrics, sample, Proxy};
 
 /// `$TIMEOUT` is the store timeout, `$ON_ERROR` the fallback, `$LEASE` the lease.
@@ -55,22 +55,6 @@ async fn spawn(redis: &Redis, app: SocketAddr, s: &Setup<'_>) -> Proxy {
         .await;
     wait_up(&proxy, 1.0).await;
     proxy
-}
-
-async fn store_up(proxy: &Proxy) -> Option<f64> {
-    metric_value(
-        &metrics(proxy.admin()).await,
-        "rampart_global_store_up",
-        &[],
-    )
-}
-
-async fn wait_up(proxy: &Proxy, want: f64) {
-    assert_eventually!(
-        store_up(proxy).await == Some(want),
-        "rampart_global_store_up must become {want}; log:\n{}",
-        proxy.log()
-    );
 }
 
 /// Sends `n` GETs of `tenant`, alternating between the proxies, `conc` at a time; returns
@@ -443,15 +427,7 @@ listeners:
 async fn an_idempotency_key_is_honoured_on_every_replica() {
     let mut redis = Redis::start().await;
     let app = sample().await;
-    let spawn = || {
-        Proxy::builder(IDEMPOTENT)
-            .var("REDIS", redis.url())
-            .var("APP", app.addr())
-            .spawn()
-    };
-    let (a, b) = (spawn().await, spawn().await);
-    wait_up(&a, 1.0).await;
-    wait_up(&b, 1.0).await;
+    let (a, b) = replicas(IDEMPOTENT, &redis, app.addr()).await;
     let (a_addr, b_addr) = (a.listener("inbound"), b.listener("inbound"));
     let key = [("idempotency-key", "order-1"), ("x-tenant-id", "t")];
 

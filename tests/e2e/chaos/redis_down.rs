@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{ms, table, Load, Tally};
-use crate::support::redis::Redis;
-use crate::support::{metric_value, metrics, sample, Proxy};
+use crate::support::redis::{replicas, store_up, Redis};
+use crate::support::{metric_value, metrics, sample};
 
 /// One tenant (`anonymous`: the load sends no tenant header) limited to 50/s fleet-wide.
 const SHARED: &str = r#"
@@ -36,14 +36,6 @@ listeners:
 
 /// How long each phase (store up, down, back) runs.
 const PHASE: Duration = Duration::from_millis(1500);
-
-async fn store_up(proxy: &Proxy) -> Option<f64> {
-    metric_value(
-        &metrics(proxy.admin()).await,
-        "rampart_global_store_up",
-        &[],
-    )
-}
 
 /// Admitted answers per second among requests sent in `[from, to)`.
 fn admitted_rate(t: &Tally, from: Duration, to: Duration) -> f64 {
@@ -76,16 +68,7 @@ fn slowest(t: &Tally, from: Duration, to: Duration) -> Duration {
 async fn redis_killed_under_load_falls_back_and_its_return_restores_the_shared_limit() {
     let mut redis = Redis::start().await;
     let app = sample().await;
-    let spawn = || {
-        Proxy::builder(SHARED)
-            .var("REDIS", redis.url())
-            .var("APP", app.addr())
-            .spawn()
-    };
-    let (a, b) = (spawn().await, spawn().await);
-    for p in [&a, &b] {
-        assert_eventually!(store_up(p).await == Some(1.0), "the store must come up");
-    }
+    let (a, b) = replicas(SHARED, &redis, app.addr()).await;
     let loads = [
         Load::start(a.listener("inbound"), "/ok", 2),
         Load::start(b.listener("inbound"), "/ok", 2),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::free_addr;
+use super::{free_addr, metric_value, metrics, Proxy};
 
 /// How long a fresh server may take to answer PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,4 +157,37 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `rampart_global_store_up` of `proxy`, if it exports it.
+pub async fn store_up(proxy: &Proxy) -> Option<f64> {
+    metric_value(
+        &metrics(proxy.admin()).await,
+        "rampart_global_store_up",
+        &[],
+    )
+}
+
+/// Waits (bounded) until `proxy` reports its store as `want` (1 up, 0 down).
+pub async fn wait_up(proxy: &Proxy, want: f64) {
+    crate::assert_eventually!(
+        store_up(proxy).await == Some(want),
+        "rampart_global_store_up must become {want}; log:\n{}",
+        proxy.log()
+    );
+}
+
+/// Two ramparts from `template` (its `$REDIS` is `redis`, its `$APP` is `app`), each waited
+/// for until its store is up: two replicas of one service.
+pub async fn replicas(template: &str, redis: &Redis, app: SocketAddr) -> (Proxy, Proxy) {
+    let spawn = || {
+        Proxy::builder(template)
+            .var("REDIS", redis.url())
+            .var("APP", app)
+            .spawn()
+    };
+    let (a, b) = (spawn().await, spawn().await);
+    wait_up(&a, 1.0).await;
+    wait_up(&b, 1.0).await;
+    (a, b)
 }
