@@ -137,9 +137,13 @@ fn raise_open_file_limit() {
 /// work, without the work-stealing machinery (run queues shared with other workers, a parking
 /// thread) that a single worker has no use for.
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("RAMPART_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
+    let workers = std::env::var("RAMPART_WORKERS").ok().and_then(|v| {
+        let n = v.trim().parse::<usize>().ok();
+        if n.is_none() {
+            tracing::warn!(value = %v, "RAMPART_WORKERS is not a number; using one worker per core");
+        }
+        n
+    });
     let mut b = match workers {
         Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {

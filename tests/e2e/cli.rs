@@ -184,3 +184,22 @@ async fn run_logs_one_json_object_per_line() {
         assert!(v.get("level").is_some(), "a level in {line:?}");
     }
 }
+
+/// `RAMPART_WORKERS` that is not a number is not silently ignored: the log says so, and the
+/// proxy serves with its default workers.
+#[tokio::test]
+async fn a_workers_count_that_is_not_a_number_is_named_in_the_log() {
+    let app = crate::support::sample().await;
+    let proxy = Proxy::builder(&crate::support::one_route(""))
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", "two")
+        .spawn()
+        .await;
+    let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    let log = proxy.log();
+    assert!(
+        log.contains("RAMPART_WORKERS is not a number") && log.contains("\"two\""),
+        "{log}"
+    );
+}
