@@ -110,13 +110,18 @@ impl<'a> Finish<'a> {
         tm.count(status);
         tm.duration.observe(self.started.elapsed().as_secs_f64());
         // Every header lookup hashes a custom name: one each, in the common case.
-        if rsp.headers().contains_key(REASON_HEADER) {
+        let own = rsp.headers().contains_key(REASON_HEADER);
+        if own {
             with_request_id(&mut rsp, &self.request_id);
         }
         if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
             v.insert(self.request_id.clone());
         }
-        let reason = rsp.headers().get(REASON_HEADER);
+        let reason = if own {
+            rsp.headers().get(REASON_HEADER)
+        } else {
+            None
+        };
         let route = self.route.map(|r| &r.name);
         if reason.is_some() || status >= 300 {
             self.explain(status, reason, limit, &tries);
