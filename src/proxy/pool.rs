@@ -7,38 +7,58 @@
 //! that the upstream closed is noticed when taken and discarded; a request that a dead pooled
 //! connection did not send goes out on the next one, so keep-alive races never surface.
 //!
-//! A connection is driven inside the task of the request that uses it, not in a task of its
-//! own: the request future polls it while it waits for the answer head, and the answer body
-//! ([`Returning`]) polls it while the body streams. A proxied request then costs no wake-up of
-//! another task and no hand-over through a channel between tasks. One case needs its own task:
-//! a request with a body, because the upstream may answer before the upload ends and the
-//! rest of the upload must still be written while nobody polls the answer (an answer without
-//! a body, say). Such a connection is spawned into a task of its own for the rest of its life.
+//! Why not hyper's HTTP/1.1 client connection either: a request through it goes into a
+//! channel, a dispatcher takes it out, encodes it, parses the answer into a second message
+//! and hands it back through a oneshot; its state machine is polled several times per request.
+//! A proxy's upstream side needs much less: write one head, read one head, pass the body's
+//! bytes on. [`h1`] holds that protocol (no I/O); [`Conn`] here is the socket with one read
+//! buffer and one write buffer.
+//!
+//! A connection is driven by whoever awaits it, in the task of the request that uses it: the
+//! request future writes the request and reads the answer head, and the answer body
+//! ([`Returning`]) reads the rest. No other task, no channel, no wake-up of anyone else. A
+//! request body is written by the same polls: while the request future waits for the answer
+//! head it also pulls the body and writes it, and once the head is in, the answer body's polls
+//! go on with the upload. An upstream that answers before the upload ends is therefore read
+//! while the upload goes on; if its answer ends first, the upload is abandoned and the
+//! connection closed (it is never reused half-written).
+//!
+//! A connection goes back to the pool only when its answer was read to the end with no byte
+//! more, the upload (if any) finished, and neither side asked to close (an HTTP/1.0 answer only
+//! with `keep-alive`). Answer bodies are passed on as they are read: each frame is split off
+//! the read buffer, not copied.
 
-use std::future::Future;
+pub mod h1;
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
-use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
+use self::h1::{BodyKind, Framing, Out};
 use super::body::Body;
 use super::guard::Guards;
+use crate::error::BoxError;
+
+/// The read buffer's first size, and the least a read asks for.
+const READ_START: usize = 8 * 1024;
+/// The most a read asks for (reads that fill the buffer double it up to this).
+const READ_MAX: usize = 64 * 1024;
+/// Below this much free room, the read buffer is grown (or reclaimed) before a read.
+const READ_MIN_ROOM: usize = 1024;
 
 /// Idle connections of one endpoint.
 #[derive(Debug)]
@@ -90,16 +110,62 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// One upstream connection: the handle that sends requests on it, and the connection itself
-/// while this pool drives it in the task that uses it.
+/// One upstream connection, and the exchange in progress on it.
 #[derive(Debug)]
 struct Conn {
-    sender: SendRequest<Body>,
-    /// `Some` while driven in the using task (with the connection's claim on the endpoint's
-    /// `max_connections`); `None` once it runs in a task of its own (which holds the claim) or
-    /// has ended.
-    driven: Option<(Connection<TokioIo<Stream>, Body>, Slot)>,
-    addr: SocketAddr,
+    io: Stream,
+    /// What was read and not yet handed on: an answer head, body bytes.
+    rd: BytesMut,
+    /// How much the next read asks for (grows while reads fill the buffer).
+    read_size: usize,
+    /// Bytes to write: the request head, then a chunk's size line; reused for every request.
+    wr: Vec<u8>,
+    /// How much of `wr` is written.
+    wr_at: usize,
+    /// Body bytes to write after `wr`.
+    wr_data: Bytes,
+    /// Bytes of the current request written so far: while none is, a dead reused
+    /// connection may give the request back for the next one.
+    sent: u64,
+    /// The current request's body.
+    upload: Upload,
+    /// The current answer's body.
+    body: Decoder,
+    /// Whether the connection may carry another request (so far).
+    keep_alive: bool,
+    /// The connection's claim on the endpoint's `max_connections`.
+    _slot: Slot,
+}
+
+/// Where the current request's body is.
+#[derive(Debug)]
+enum Upload {
+    /// Being written: `wr`/`wr_data` first, then the next frame of `body`.
+    Sending {
+        body: Body,
+        out: Out,
+        /// A chunk was written (the next size line starts with the CRLF ending it).
+        chunked: bool,
+        /// The body ended; what is in `wr` is the last of it.
+        ending: bool,
+    },
+    /// All written.
+    Done,
+    /// Writing failed after some bytes went out; the answer may still come.
+    Failed(io::Error),
+}
+
+/// How the rest of the current answer's body is read.
+#[derive(Debug)]
+enum Decoder {
+    /// This many bytes more.
+    Length(u64),
+    /// Chunked.
+    Chunked(h1::Chunked),
+    /// Until the upstream closes.
+    Close,
+    /// Read whole.
+    Done,
 }
 
 /// Why a try got no answer.
@@ -117,7 +183,36 @@ pub enum SendError {
     },
     /// The connection broke before a whole answer head came.
     #[error("connection to upstream lost: {0}")]
-    Reset(#[source] hyper::Error),
+    Reset(#[source] UpstreamError),
+}
+
+/// What went wrong on an upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Reading or writing the socket failed.
+    #[error("upstream connection I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before its answer was whole.
+    #[error("the upstream closed the connection before its answer was complete")]
+    Closed,
+    /// The answer breaks HTTP/1.1.
+    #[error(transparent)]
+    Malformed(#[from] h1::Malformed),
+    /// The request's body failed (the client's upload, usually).
+    #[error("the request body failed: {0}")]
+    RequestBody(#[source] BoxError),
+    /// The request's body was longer or shorter than its `content-length`.
+    #[error("the request body does not match its content-length")]
+    RequestLength,
+}
+
+/// Why an exchange failed, and whether its request may go out on another connection.
+#[derive(Debug)]
+enum Failed {
+    /// Nothing of the request was written; here it is back.
+    Unsent(Box<Request<Body>>, UpstreamError),
+    /// The request (or part of it) went out.
+    Broken(UpstreamError),
 }
 
 /// The settings of one endpoint's pool, from its upstream's section.
@@ -133,11 +228,13 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-/// A response body that gives its connection back to the pool when it ends.
+/// A response body that reads its answer off its connection and gives the connection back
+/// to the pool when it ends.
 #[derive(Debug)]
 pub struct Returning {
-    body: Incoming,
     back: Option<(Box<Conn>, Arc<Pool>)>,
+    /// The body broke (it is then not at its end).
+    failed: bool,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(super) guards: Guards,
 }
@@ -171,16 +268,17 @@ impl Pool {
                     continue;
                 }
                 let mut conn = idle.conn;
-                if conn.ready().await.is_err() {
+                if !conn.alive() {
                     continue;
                 }
-                match conn.try_send(req).await {
-                    Ok(rsp) => return Ok(self.returning(rsp, conn)),
-                    Err(mut e) => match e.take_message() {
-                        // Not sent: the connection died while idle. Use the next one.
-                        Some(unsent) => req = unsent,
-                        None => return Err(SendError::Reset(e.into_error())),
-                    },
+                match conn.exchange(req, true).await {
+                    Ok(head) => return Ok(self.returning(head, conn)),
+                    // Not sent: the connection died while idle. Use the next one.
+                    Err(Failed::Unsent(unsent, e)) => {
+                        tracing::debug!(%addr, error = %e, "idle upstream connection was dead");
+                        req = *unsent;
+                    }
+                    Err(Failed::Broken(e)) => return Err(SendError::Reset(e)),
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -191,8 +289,10 @@ impl Pool {
                 // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and happens once
                 // per connection; inline, every request's future would carry its size.
                 let mut conn = Box::pin(self.connect(addr, slot)).await?;
-                let rsp = conn.send(req).await.map_err(SendError::Reset)?;
-                return Ok(self.returning(rsp, conn));
+                return match conn.exchange(req, false).await {
+                    Ok(head) => Ok(self.returning(head, conn)),
+                    Err(Failed::Unsent(_, e) | Failed::Broken(e)) => Err(SendError::Reset(e)),
+                };
             }
             // At the cap: wait for a connection to go idle or close, then look again.
             let freed = self.freed.notified();
@@ -217,14 +317,14 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => handshake(addr, Stream::Plain(stream), slot).await,
+            None => Ok(Conn::new(Stream::Plain(stream), slot)),
             Some(tls) => {
                 // Never plaintext to an upstream with `tls`: a failed handshake is a failed
                 // connect (502), within the same connect timeout.
                 let cfg = tls.config.load_full();
                 let shake = crate::tls::connect(cfg, &tls.server_name, stream);
                 match tokio::time::timeout_at(deadline, shake).await {
-                    Ok(Ok(s)) => handshake(addr, Stream::Tls(Box::new(s)), slot).await,
+                    Ok(Ok(s)) => Ok(Conn::new(Stream::Tls(Box::new(s)), slot)),
                     Ok(Err(source)) => Err(SendError::Connect {
                         addr,
                         timed_out: false,
@@ -236,30 +336,33 @@ impl Pool {
         }
     }
 
-    fn returning(self: &Arc<Self>, rsp: Response<Incoming>, conn: Box<Conn>) -> Response<Body> {
-        rsp.map(|body| {
-            let mut r = Returning {
-                body,
-                back: Some((conn, self.clone())),
-                guards: Guards::default(),
-            };
-            if http_body::Body::is_end_stream(&r.body) {
-                // Nobody may poll an empty body: hand the connection back now.
-                r.give_back();
-            }
-            Body::Upstream(r)
-        })
+    fn returning(self: &Arc<Self>, head: h1::Head, mut conn: Box<Conn>) -> Response<Body> {
+        conn.body = match head.framing {
+            Framing::Empty => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked(h1::Chunked::new()),
+            Framing::Close => Decoder::Close,
+        };
+        conn.keep_alive &= head.keep_alive;
+        let mut r = Returning {
+            back: Some((conn, self.clone())),
+            failed: false,
+            guards: Guards::default(),
+        };
+        if matches!(head.framing, Framing::Empty) {
+            // Nobody may poll an empty body: hand the connection back now.
+            r.give_back();
+        }
+        head.response.map(|()| Body::Upstream(r))
     }
 
     fn put(&self, conn: Box<Conn>) {
-        if !conn.sender.is_closed() {
-            // A full queue drops the connection: more idle ones than `pool_max_idle` are waste.
-            let _ = self.idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-            self.freed.notify_one();
-        }
+        // A full queue drops the connection: more idle ones than `pool_max_idle` are waste.
+        let _ = self.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        self.freed.notify_one();
     }
 }
 
@@ -270,19 +373,6 @@ fn connect_timed_out(addr: SocketAddr) -> SendError {
         timed_out: true,
         source,
     }
-}
-
-/// Runs the HTTP/1.1 client handshake over `io`; the connection is driven by its users.
-async fn handshake(addr: SocketAddr, io: Stream, slot: Slot) -> Result<Box<Conn>, SendError> {
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(SendError::Reset)?;
-    Ok(Box::new(Conn {
-        sender,
-        driven: Some((conn, slot)),
-        addr,
-    }))
 }
 
 /// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
@@ -358,133 +448,334 @@ impl AsyncWrite for Stream {
 // === impl Conn ===
 
 impl Conn {
-    /// Polls the connection, if this task drives it (see [`Drive::poll_conn`]).
-    fn poll_conn(&mut self, cx: &mut Context<'_>) {
-        self.split().1.poll_conn(cx);
-    }
-
-    /// The sender and, apart from it, the connection that must be driven while it waits.
-    fn split(&mut self) -> (&mut SendRequest<Body>, Drive<'_>) {
-        let Conn {
-            sender,
-            driven,
-            addr,
-        } = self;
-        let drive = Drive {
-            driven,
-            addr: *addr,
-        };
-        (sender, drive)
-    }
-
-    /// Until the connection can take a request (or turns out dead).
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        let (sender, mut drive) = self.split();
-        drive.run(sender.ready()).await
-    }
-
-    /// Sends `req`, giving it back if the connection died before sending it.
-    async fn try_send(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
-        self.detach_for(&req);
-        let (sender, mut drive) = self.split();
-        drive.run(sender.try_send_request(req)).await
-    }
-
-    /// Sends `req` on a new connection.
-    async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
-        self.detach_for(&req);
-        let (sender, mut drive) = self.split();
-        drive.run(sender.send_request(req)).await
-    }
-
-    /// A request with a body moves the connection into a task of its own (see the module
-    /// note): the upload must go on even while nobody polls the answer.
-    fn detach_for(&mut self, req: &Request<Body>) {
-        if http_body::Body::is_end_stream(req.body()) {
-            return;
-        }
-        if let Some((conn, slot)) = self.driven.take() {
-            let addr = self.addr;
-            tokio::spawn(async move {
-                ended(addr, conn.await);
-                drop(slot);
-            });
-        }
-    }
-}
-
-/// Notes how an upstream connection ended (an error is only worth a debug line: the try that
-/// used it, if any, has its own outcome).
-fn ended(addr: SocketAddr, r: Result<(), hyper::Error>) {
-    if let Err(e) = r {
-        tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-    }
-}
-
-/// The connection half of a [`Conn`], borrowed apart from its sender.
-struct Drive<'a> {
-    driven: &'a mut Option<(Connection<TokioIo<Stream>, Body>, Slot)>,
-    addr: SocketAddr,
-}
-
-impl Drive<'_> {
-    /// Polls the connection; an ended one is dropped, which fails whatever waited on it.
-    fn poll_conn(&mut self, cx: &mut Context<'_>) {
-        if let Some((conn, _)) = self.driven.as_mut() {
-            if let Poll::Ready(r) = Pin::new(conn).poll(cx) {
-                ended(self.addr, r);
-                *self.driven = None;
-            }
-        }
-    }
-
-    /// Polls `fut` to its end, driving the connection meanwhile.
-    ///
-    /// While this task drives the connection, `fut` (a request's answer, or the connection's
-    /// readiness) can only progress when the connection is polled here, and it is polled
-    /// right after. So `fut` gets a waker that does nothing: the connection handing over the
-    /// answer head would otherwise wake this task once more for nothing, and each wake-up
-    /// polls the whole client connection again. Likewise the connection is polled with such a
-    /// waker just before `fut` queues the request, so that queueing wakes nobody (not even a
-    /// task that used the connection earlier); the real waker is registered right after.
-    async fn run<T>(&mut self, fut: impl Future<Output = T>) -> T {
-        let mut fut = std::pin::pin!(fut);
-        let mut queued = false;
-        std::future::poll_fn(|cx| {
-            let quiet = &mut Context::from_waker(&NOOP);
-            if !queued {
-                queued = true;
-                if self.driven.is_some() {
-                    self.poll_conn(quiet);
-                }
-                let first = if self.driven.is_some() {
-                    &mut *quiet
-                } else {
-                    &mut *cx
-                };
-                if let Poll::Ready(v) = fut.as_mut().poll(first) {
-                    return Poll::Ready(v);
-                }
-            }
-            self.poll_conn(cx);
-            // An ended connection is dropped by `poll_conn`, and `fut` then fails at once; a
-            // connection driven elsewhere wakes this task through `fut`'s own waker.
-            let waker = if self.driven.is_some() { quiet } else { cx };
-            fut.as_mut().poll(waker)
+    fn new(io: Stream, slot: Slot) -> Box<Conn> {
+        Box::new(Conn {
+            io,
+            rd: BytesMut::with_capacity(READ_START),
+            read_size: READ_START,
+            wr: Vec::with_capacity(1024),
+            wr_at: 0,
+            wr_data: Bytes::new(),
+            sent: 0,
+            upload: Upload::Done,
+            body: Decoder::Done,
+            keep_alive: true,
+            _slot: slot,
         })
-        .await
+    }
+
+    /// Whether an idle connection is still open and quiet: a read that would wait. End of
+    /// stream, an error or bytes nobody asked for (a `408` before closing, say) mean it is
+    /// done. The read costs no system call while the socket has had no event since the last
+    /// read drained it.
+    fn alive(&mut self) -> bool {
+        let mut quiet = Context::from_waker(&NOOP);
+        self.poll_fill(&mut quiet).is_pending()
+    }
+
+    /// Whether the connection can carry another request now.
+    fn reusable(&self) -> bool {
+        self.keep_alive
+            && matches!(self.upload, Upload::Done)
+            && matches!(self.body, Decoder::Done)
+            && self.rd.is_empty()
+    }
+
+    /// Writes `req` and reads the answer head; the answer's body is read later through
+    /// [`Returning`].
+    async fn exchange(&mut self, req: Request<Body>, reused: bool) -> Result<h1::Head, Failed> {
+        let (parts, mut body) = req.into_parts();
+        let kind = if body.is_end_stream() {
+            BodyKind::Empty
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => BodyKind::Exact(n),
+                None => BodyKind::Unknown,
+            }
+        };
+        self.wr.clear();
+        self.wr_at = 0;
+        self.sent = 0;
+        self.body = Decoder::Done;
+        let written = h1::encode_head(&mut self.wr, &parts.method, &parts.uri, &parts.headers, kind);
+        self.keep_alive = !written.close;
+        if let (Out::Length(n), Body::Full(full)) = (written.body, &mut body) {
+            // A body already in memory (a replayed request) goes out with the head, in one write.
+            if full.as_ref().is_some_and(|b| b.len() as u64 == n) {
+                self.wr_data = full.take().unwrap_or_default();
+            }
+        }
+        self.upload = Upload::Sending {
+            body,
+            out: written.body,
+            chunked: false,
+            ending: false,
+        };
+        let head_request = parts.method == Method::HEAD;
+        match std::future::poll_fn(|cx| self.poll_exchange(cx, head_request)).await {
+            Ok(head) => Ok(head),
+            Err(e) if reused && self.sent == 0 => {
+                let body = match std::mem::replace(&mut self.upload, Upload::Done) {
+                    Upload::Sending { body: Body::Full(None), .. } if !self.wr_data.is_empty() => {
+                        Body::Full(Some(std::mem::take(&mut self.wr_data)))
+                    }
+                    Upload::Sending { body, .. } => body,
+                    _ => Body::Empty,
+                };
+                Err(Failed::Unsent(Box::new(Request::from_parts(parts, body)), e))
+            }
+            Err(e) => Err(Failed::Broken(e)),
+        }
+    }
+
+    /// Writes the request (as far as the socket and its body allow) and reads until a whole
+    /// final answer head is in.
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<h1::Head, UpstreamError>> {
+        loop {
+            if let Err(e) = self.drive_upload(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !self.rd.is_empty() {
+                if let Some(head) = h1::parse_head(&mut self.rd, head_request)? {
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(self.closed()));
+            }
+        }
+    }
+
+    /// Moves the upload on, if one is going. A failed write is kept (the answer may still
+    /// come, and then it tells more); if nothing of the request was written it fails the
+    /// exchange at once, so that the request can go out on another connection.
+    fn drive_upload(&mut self, cx: &mut Context<'_>) -> Result<(), UpstreamError> {
+        if !matches!(self.upload, Upload::Sending { .. }) {
+            return Ok(());
+        }
+        match self.poll_upload(cx) {
+            Poll::Ready(Err(UpstreamError::Io(e))) => {
+                if self.sent == 0 {
+                    return Err(UpstreamError::Io(e));
+                }
+                self.keep_alive = false;
+                self.upload = Upload::Failed(e);
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+        }
+    }
+
+    /// The error for a connection the upstream closed mid-answer: the failed write if there
+    /// was one (it says why), or the close itself.
+    fn closed(&mut self) -> UpstreamError {
+        match std::mem::replace(&mut self.upload, Upload::Done) {
+            Upload::Failed(e) => UpstreamError::Io(e),
+            _ => UpstreamError::Closed,
+        }
+    }
+
+    /// Writes the request: what is buffered, then the body's frames as they come, framed.
+    /// Ready(Ok) once all of it is written (and flushed).
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        loop {
+            ready!(self.poll_out(cx))?;
+            let Upload::Sending {
+                body,
+                out,
+                chunked,
+                ending,
+            } = &mut self.upload
+            else {
+                return Poll::Ready(Ok(()));
+            };
+            if *ending || *out == Out::None {
+                self.upload = Upload::Done;
+                return Poll::Ready(Ok(()));
+            }
+            self.wr.clear();
+            self.wr_at = 0;
+            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::RequestBody(e))),
+                None => {
+                    match *out {
+                        Out::Length(0) | Out::None => {}
+                        Out::Length(_) => return Poll::Ready(Err(UpstreamError::RequestLength)),
+                        Out::Chunked => {
+                            if *chunked {
+                                self.wr.extend_from_slice(b"\r\n");
+                            }
+                            self.wr.extend_from_slice(b"0\r\n\r\n");
+                        }
+                    }
+                    *ending = true;
+                    continue;
+                }
+            };
+            match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    match out {
+                        Out::Length(left) => {
+                            *left = left
+                                .checked_sub(data.len() as u64)
+                                .ok_or(UpstreamError::RequestLength)?;
+                        }
+                        Out::Chunked => {
+                            if *chunked {
+                                self.wr.extend_from_slice(b"\r\n");
+                            }
+                            h1::chunk_line(&mut self.wr, data.len());
+                            *chunked = true;
+                        }
+                        Out::None => {}
+                    }
+                    self.wr_data = data;
+                }
+                Err(frame) => {
+                    // Trailers end a chunked body; a body framed by its length has no room
+                    // for them, and they are dropped.
+                    if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *out) {
+                        if *chunked {
+                            self.wr.extend_from_slice(b"\r\n");
+                        }
+                        self.wr.extend_from_slice(b"0\r\n");
+                        for (name, value) in &trailers {
+                            self.wr.extend_from_slice(name.as_str().as_bytes());
+                            self.wr.extend_from_slice(b": ");
+                            self.wr.extend_from_slice(value.as_bytes());
+                            self.wr.extend_from_slice(b"\r\n");
+                        }
+                        self.wr.extend_from_slice(b"\r\n");
+                        *ending = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `wr` (from `wr_at`) and then `wr_data`, and flushes.
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let head = &self.wr[self.wr_at..];
+            let n = match (head.is_empty(), self.wr_data.is_empty()) {
+                (true, true) => break,
+                (false, true) => ready!(Pin::new(&mut self.io).poll_write(cx, head))?,
+                (true, false) => ready!(Pin::new(&mut self.io).poll_write(cx, &self.wr_data))?,
+                (false, false) => {
+                    let bufs = [io::IoSlice::new(head), io::IoSlice::new(&self.wr_data)];
+                    ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &bufs))?
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n as u64;
+            let from_head = n.min(head.len());
+            self.wr_at += from_head;
+            self.wr_data.advance(n - from_head);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Reads more into `rd`; Ready(Ok(0)) is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rd.capacity() - self.rd.len() < READ_MIN_ROOM {
+            // Reclaims the buffer when every frame split off it is gone; else a new one.
+            self.rd.reserve(self.read_size);
+        }
+        let room = self.rd.capacity() - self.rd.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rd
+        ))?;
+        if n == room && self.read_size < READ_MAX {
+            self.read_size *= 2;
+        } else if n < self.read_size / 8 && self.read_size > READ_START {
+            self.read_size /= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// The next piece of the answer's body; None at its end.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, UpstreamError>>> {
+        loop {
+            if let Err(e) = self.drive_upload(cx) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match &mut self.body {
+                Decoder::Done => return Poll::Ready(None),
+                Decoder::Length(left) => {
+                    if !self.rd.is_empty() {
+                        let n = (self.rd.len() as u64).min(*left) as usize;
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.body = Decoder::Done;
+                        }
+                        return Poll::Ready(Some(Ok(self.rd.split_to(n).freeze())));
+                    }
+                }
+                Decoder::Chunked(c) => match c.decode(&mut self.rd) {
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    Ok(h1::Chunk::End) => {
+                        self.body = Decoder::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(h1::Chunk::Data(data)) => {
+                        // Looks past the chunk's end for the body's end, so that the last
+                        // chunk already says so (a framing error here shows on the next poll).
+                        if c.skip_framing(&mut self.rd).is_ok() && c.is_done() {
+                            self.body = Decoder::Done;
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Ok(h1::Chunk::More) => {}
+                },
+                Decoder::Close => {
+                    if !self.rd.is_empty() {
+                        return Poll::Ready(Some(Ok(self.rd.split().freeze())));
+                    }
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if matches!(self.body, Decoder::Close) => {
+                    self.body = Decoder::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(self.closed()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    /// The rest of the answer's body, if its size is known.
+    fn body_hint(&self) -> SizeHint {
+        match self.body {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Chunked(_) | Decoder::Close => SizeHint::new(),
+        }
     }
 }
 
 // === impl Returning ===
 
 impl Returning {
+    /// The answer ended: its connection goes back to the pool if it can carry another request.
     fn give_back(&mut self) {
         if let Some((conn, pool)) = self.back.take() {
-            pool.put(conn);
+            if conn.reusable() {
+                pool.put(conn);
+            }
         }
         self.guards = Guards::default();
     }
@@ -492,41 +783,57 @@ impl Returning {
 
 impl http_body::Body for Returning {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // The body's bytes come through the connection, which this task drives.
-        if let Some((conn, _)) = self.back.as_mut() {
-            conn.poll_conn(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let Some((conn, _)) = self.back.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(conn.poll_body(cx));
+        let ended = matches!(conn.body, Decoder::Done);
+        if ended && matches!(conn.upload, Upload::Sending { .. }) {
+            // The answer is whole: a last chance for the upload to end, else it is abandoned.
+            let _ = conn.drive_upload(cx);
         }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &polled {
-            // Counted before the guards go with the last frame.
-            if let (Some(d), Some(log)) = (f.data_ref(), self.guards.log.as_mut()) {
-                log.sent(d.len());
+        match polled {
+            Some(Ok(data)) => {
+                // Counted before the guards go with the last frame.
+                if let Some(log) = self.guards.log.as_mut() {
+                    log.sent(data.len());
+                }
+                if ended {
+                    self.give_back();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-        }
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
-            // A broken body breaks its connection: drop it, never pool it.
-            Poll::Ready(Some(Err(_))) => {
+            None => {
+                self.give_back();
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                // A broken body breaks its connection: drop it, never pool it.
                 self.back = None;
+                self.failed = true;
                 self.guards = Guards::default();
+                Poll::Ready(Some(Err(e)))
             }
-            _ => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.back {
+            Some((conn, _)) => matches!(conn.body, Decoder::Done),
+            None => !self.failed,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.back {
+            Some((conn, _)) => conn.body_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }

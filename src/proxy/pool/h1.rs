@@ -1,0 +1,576 @@
+//! HTTP/1.1 as spoken on upstream connections, without I/O: the request head written, the
+//! answer head read, and the answer body's framing (RFC 9112).
+//!
+//! The connection (`pool.rs`) reads into one buffer and hands it here: [`parse_head`] takes a
+//! whole answer head off its front (skipping interim 1xx answers) or says more bytes are
+//! needed; [`Chunked`] takes a chunked body off it frame by frame. Body data is split off the
+//! read buffer, never copied. Everything is bounded: the head's size ([`MAX_HEAD`]), its header
+//! count ([`MAX_HEADERS`]), a chunk's size line ([`MAX_CHUNK_LINE`]) and the trailers.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+
+/// The largest answer head accepted (each interim head too), and the most trailer bytes.
+pub const MAX_HEAD: usize = 64 * 1024 - 1;
+/// The most header lines in an answer head.
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk size line, extensions included.
+pub const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// The most interim (1xx) answers before the final one.
+pub const MAX_INTERIM: usize = 32;
+
+/// An upstream's answer that breaks HTTP/1.1; the connection cannot be used any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed answer from the upstream: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// How an answer's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304, or a length of zero).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    Close,
+}
+
+/// A final answer head.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and headers as received (hop-by-hop ones included).
+    pub response: Response<()>,
+    /// How its body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this answer.
+    pub keep_alive: bool,
+}
+
+/// How a request's body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// No body bytes.
+    None,
+    /// Exactly this many bytes, as announced by `content-length`.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+}
+
+/// A request head as written, and what it implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// How the body follows the head.
+    pub body: Out,
+    /// The request itself asked to close the connection (`connection: close`).
+    pub close: bool,
+}
+
+/// What the request's body says about itself before it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No bytes at all.
+    Empty,
+    /// Exactly this many bytes.
+    Exact(u64),
+    /// Unknown size.
+    Unknown,
+}
+
+// === request head ===
+
+/// Writes the head of a request into `dst`: request line (origin-form target), the headers in
+/// the map's order, and the body's framing: an exact size becomes `content-length` (not for a
+/// GET, HEAD or CONNECT of zero bytes), an unknown one `transfer-encoding: chunked`, and a
+/// request without body gets no framing header (a `content-length` it carries is kept). A `content-length` the request already has is
+/// trusted over the body's own size, as hyper did; a `transfer-encoding` it keeps (codings other
+/// than chunked) gets `chunked` added last.
+pub fn encode_head(
+    dst: &mut Vec<u8>,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: BodyKind,
+) -> Written {
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    match uri.path_and_query().map(|p| p.as_str()) {
+        Some(p) if !p.is_empty() => dst.extend_from_slice(p.as_bytes()),
+        _ => dst.push(b'/'),
+    }
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    // Only a request with a body looks at the framing headers it carries.
+    let (te, length) = match body {
+        BodyKind::Empty => (None, None),
+        _ => request_framing(headers),
+    };
+    let mut close = false;
+    for (name, value) in headers {
+        if *name == header::TRANSFER_ENCODING {
+            if body == BodyKind::Empty {
+                // No body, no framing (hyper did the same).
+                continue;
+            }
+        } else if *name == header::CONTENT_LENGTH {
+            if te.is_some() {
+                // RFC 9112 §6.1: never both.
+                continue;
+            }
+        } else if *name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
+            close = true;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    let out = match (body, te, length) {
+        (BodyKind::Empty, _, _) => Out::None,
+        (_, Some(chunked), _) => {
+            if !chunked {
+                dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+            Out::Chunked
+        }
+        (_, None, Some(n)) => Out::Length(n),
+        (BodyKind::Exact(n), None, None) => {
+            if n > 0 || !is_bodyless_method(method) {
+                dst.extend_from_slice(b"content-length: ");
+                dst.extend_from_slice(itoa(n, &mut [0u8; 20]));
+                dst.extend_from_slice(b"\r\n");
+            }
+            Out::Length(n)
+        }
+        (BodyKind::Unknown, None, None) => {
+            dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Out::Chunked
+        }
+    };
+    dst.extend_from_slice(b"\r\n");
+    Written { body: out, close }
+}
+
+/// The framing headers a request with a body carries: whether a `transfer-encoding` is there
+/// (and ends with chunked), and a valid `content-length` (an invalid or conflicting one is
+/// ignored, and the body's own size decides).
+fn request_framing(headers: &HeaderMap) -> (Option<bool>, Option<u64>) {
+    let mut te = None;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        let last = v
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .map(trim)
+            .find(|c| !c.is_empty());
+        if let Some(last) = last {
+            te = Some(last.eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        match (length, parse_length_list(v.as_bytes())) {
+            (_, None) => return (te, None),
+            (Some(old), Some(n)) if old != n => return (te, None),
+            (_, n) => length = n,
+        }
+    }
+    (te, length)
+}
+
+fn is_bodyless_method(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD || *m == Method::CONNECT
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The size line of a chunk of `n` bytes (`"{n:x}\r\n"`) into `dst`.
+pub fn chunk_line(dst: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = n as u64;
+    loop {
+        i -= 1;
+        buf[i] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&buf[i..]);
+    dst.extend_from_slice(b"\r\n");
+}
+
+// === answer head ===
+
+/// Where a header's name and value lie in the head: `[name start, name end, value start,
+/// value end]` (a head is at most [`MAX_HEAD`] bytes, so `u16` holds every offset).
+type Span = [u16; 4];
+
+/// Takes the final answer head off the front of `buf`, skipping (and consuming) interim 1xx
+/// answers. `Ok(None)`: the head is not complete yet. `head_request`: the request was HEAD, so
+/// the answer has no body whatever its headers say.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Malformed> {
+    for _ in 0..=MAX_INTERIM {
+        let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
+        let (len, code, minor, count) = {
+            let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+            let mut rsp = httparse::Response::new(&mut []);
+            let status = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut rsp, buf, &mut slots)
+                .map_err(|e| Malformed(parse_error(e)))?;
+            let httparse::Status::Complete(len) = status else {
+                if buf.len() > MAX_HEAD {
+                    return Err(Malformed("answer head larger than 64 KiB"));
+                }
+                return Ok(None);
+            };
+            if len > MAX_HEAD {
+                return Err(Malformed("answer head larger than 64 KiB"));
+            }
+            let base = buf.as_ptr() as usize;
+            let off = |s: &[u8]| (s.as_ptr() as usize - base) as u16;
+            for (span, h) in spans.iter_mut().zip(rsp.headers.iter()) {
+                let n = off(h.name.as_bytes());
+                let v = off(h.value);
+                *span = [n, n + h.name.len() as u16, v, v + h.value.len() as u16];
+            }
+            let code = rsp.code.unwrap_or(0);
+            let minor = rsp.version.unwrap_or(0);
+            (len, code, minor, rsp.headers.len())
+        };
+        match code {
+            101 => return Err(Malformed("101 Switching Protocols, but no upgrade was asked")),
+            100..=199 => {
+                buf.advance(len);
+                continue;
+            }
+            _ => {}
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status code"))?;
+        let head = buf.split_to(len).freeze();
+        return finish_head(&head, &spans[..count], status, minor, head_request).map(Some);
+    }
+    Err(Malformed("too many interim (1xx) answers"))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "more than 100 header lines",
+        httparse::Error::Version => "not an HTTP/1.x answer",
+    }
+}
+
+/// Builds the answer from a whole head and decides its framing.
+fn finish_head(
+    head: &Bytes,
+    spans: &[Span],
+    status: StatusCode,
+    minor: u8,
+    head_request: bool,
+) -> Result<Head, Malformed> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut length: Option<u64> = None;
+    let mut te: Option<bool> = None; // Some(last coding is chunked)
+    let mut close = false;
+    let mut keep_alive = false;
+    for &[ns, ne, vs, ve] in spans {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| Malformed("invalid header name"))?;
+        let raw = &head[vs as usize..ve as usize];
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length_list(raw).ok_or(Malformed("invalid content-length"))?;
+            if length.is_some_and(|old| old != n) {
+                return Err(Malformed("conflicting content-length values"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            let last = raw
+                .rsplit(|&b| b == b',')
+                .map(trim)
+                .find(|c| !c.is_empty());
+            if let Some(last) = last {
+                te = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if te.is_none() {
+                te = Some(false);
+            }
+        } else if name == header::CONNECTION {
+            close |= has_token(raw, b"close");
+            keep_alive |= has_token(raw, b"keep-alive");
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    if te.is_some() && version == Version::HTTP_10 {
+        // RFC 9112 §6.1: an HTTP/1.0 message with transfer-encoding has faulty framing.
+        return Err(Malformed("transfer-encoding in an HTTP/1.0 answer"));
+    }
+    let bodyless = head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational();
+    let framing = if bodyless {
+        Framing::Empty
+    } else {
+        match (te, length) {
+            (Some(true), _) => Framing::Chunked,
+            // RFC 9112 §6.3: chunked not last in an answer: read until the upstream closes.
+            (Some(false), _) => Framing::Close,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    let keep_alive = !close
+        && (version == Version::HTTP_11 || keep_alive)
+        && framing != Framing::Close
+        // Both framings at once smells of smuggling: answered, never reused.
+        && !(te.is_some() && length.is_some());
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Head {
+        response,
+        framing,
+        keep_alive,
+    })
+}
+
+/// A `content-length` value: digits, or a comma-separated list of equal ones.
+fn parse_length_list(raw: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in raw.split(|&b| b == b',') {
+        let part = trim(part);
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &s[start..end.max(start)]
+}
+
+fn has_token(raw: &[u8], token: &[u8]) -> bool {
+    raw.split(|&b| b == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token))
+}
+
+// === chunked body ===
+
+/// Decodes a chunked body off the front of a read buffer (RFC 9112 §7.1). Extensions are
+/// skipped; trailers are read and dropped.
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: ChunkState,
+    /// The size of the chunk being read, then what is left of its data.
+    size: u64,
+    /// Bytes of the current size line, or of all trailers so far.
+    seen: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// First hex digit of a size line.
+    SizeStart,
+    /// More hex digits.
+    Size,
+    /// Whitespace after the size.
+    SizeSpace,
+    /// A chunk extension, up to the line's end.
+    Ext,
+    /// The LF ending a size line.
+    SizeLf,
+    /// Chunk data.
+    Data,
+    /// The CR after the data.
+    DataCr,
+    /// The LF after the data.
+    DataLf,
+    /// The start of a trailer line, or the empty line ending the body.
+    TrailerStart,
+    /// Inside a trailer line.
+    Trailer,
+    /// The LF ending a trailer line.
+    TrailerLf,
+    /// The LF of the final empty line.
+    EndLf,
+    /// The whole body was read.
+    Done,
+}
+
+/// One step of a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Body bytes.
+    Data(Bytes),
+    /// The buffer ran out; read more.
+    More,
+    /// The body ended (trailers read).
+    End,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chunked {
+    /// A decoder at the start of a body.
+    pub fn new() -> Self {
+        Chunked {
+            state: ChunkState::SizeStart,
+            size: 0,
+            seen: 0,
+        }
+    }
+
+    /// Whether the whole body was read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// The next piece of the body from the front of `buf` (consumed from it).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, Malformed> {
+        self.skip_framing(buf)?;
+        match self.state {
+            ChunkState::Done => Ok(Chunk::End),
+            ChunkState::Data if !buf.is_empty() => {
+                let n = (buf.len() as u64).min(self.size) as usize;
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = ChunkState::DataCr;
+                }
+                Ok(Chunk::Data(buf.split_to(n).freeze()))
+            }
+            _ => Ok(Chunk::More),
+        }
+    }
+
+    /// Consumes framing bytes (size lines, CRLFs, trailers) from the front of `buf` until
+    /// chunk data, the end of the body, or the end of `buf`.
+    pub fn skip_framing(&mut self, buf: &mut BytesMut) -> Result<(), Malformed> {
+        let mut i = 0;
+        let r = self.scan(buf, &mut i);
+        buf.advance(i);
+        r
+    }
+
+    fn scan(&mut self, buf: &[u8], i: &mut usize) -> Result<(), Malformed> {
+        use ChunkState::*;
+        while let Some(&b) = buf.get(*i) {
+            let next = match (self.state, b) {
+                (Data | Done, _) => return Ok(()),
+                (SizeStart | Size, _) if b.is_ascii_hexdigit() => {
+                    if self.size > u64::MAX >> 4 {
+                        return Err(Malformed("chunk size too large"));
+                    }
+                    self.size = self.size << 4 | u64::from(hex_value(b));
+                    Size
+                }
+                (SizeStart, _) => return Err(Malformed("invalid chunk size")),
+                (Size | SizeSpace, b' ' | b'\t') => SizeSpace,
+                (Size | SizeSpace, b';') => Ext,
+                (Size | SizeSpace | Ext, b'\r') => SizeLf,
+                (Size | SizeSpace, _) => return Err(Malformed("invalid chunk size")),
+                (Ext, b'\t') => Ext,
+                (Ext, _) if b < b' ' || b == 0x7f => {
+                    return Err(Malformed("invalid chunk extension"))
+                }
+                (Ext, _) => Ext,
+                (SizeLf, b'\n') => {
+                    self.seen = 0;
+                    if self.size == 0 {
+                        TrailerStart
+                    } else {
+                        Data
+                    }
+                }
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => {
+                    self.size = 0;
+                    SizeStart
+                }
+                (TrailerStart, b'\r') => EndLf,
+                (Trailer, b'\r') => TrailerLf,
+                (TrailerStart | Trailer, _) if b == b'\n' || (b < b' ' && b != b'\t') => {
+                    return Err(Malformed("invalid trailer"))
+                }
+                (TrailerStart | Trailer, _) => Trailer,
+                (TrailerLf, b'\n') => TrailerStart,
+                (EndLf, b'\n') => Done,
+                (SizeLf | DataLf | TrailerLf | EndLf, _) => {
+                    return Err(Malformed("chunked framing: CR without LF"))
+                }
+                (DataCr, _) => return Err(Malformed("chunk data longer than its size")),
+            };
+            *i += 1;
+            self.state = next;
+            self.seen += 1;
+            let limit = if matches!(self.state, Trailer | TrailerStart | TrailerLf | EndLf) {
+                MAX_HEAD
+            } else {
+                MAX_CHUNK_LINE
+            };
+            if self.seen > limit {
+                return Err(Malformed("chunk size line or trailers too long"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+#[cfg(test)]
+mod tests;

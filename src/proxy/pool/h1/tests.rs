@@ -1,0 +1,392 @@
+use super::*;
+
+/// Parses `bytes` fed whole; the head and what is left after it.
+fn head(bytes: &[u8], head_request: bool) -> Result<Option<(Head, Vec<u8>)>, Malformed> {
+    let mut buf = BytesMut::from(bytes);
+    Ok(parse_head(&mut buf, head_request)?.map(|h| (h, buf.to_vec())))
+}
+
+fn whole(bytes: &[u8]) -> Head {
+    match head(bytes, false) {
+        Ok(Some((h, _))) => h,
+        other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+fn malformed(bytes: &[u8]) -> Malformed {
+    match head(bytes, false) {
+        Err(e) => e,
+        other => panic!("{:?} must be refused: {other:?}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// A whole answer (head and body) read the way the connection reads it: a head, then the
+/// body's pieces, from a buffer that receives `step` bytes at a time.
+fn read_answer(bytes: &[u8], step: usize, head_request: bool) -> Result<(Head, Vec<u8>, Vec<u8>), Malformed> {
+    let mut buf = BytesMut::new();
+    let mut input = bytes.chunks(step.max(1));
+    let h = loop {
+        if let Some(h) = parse_head(&mut buf, head_request)? {
+            break h;
+        }
+        match input.next() {
+            Some(c) => buf.extend_from_slice(c),
+            None => return Err(Malformed("test: input ended inside the head")),
+        }
+    };
+    let mut body = Vec::new();
+    match h.framing {
+        Framing::Empty => {}
+        Framing::Length(mut left) => {
+            while left > 0 {
+                if buf.is_empty() {
+                    match input.next() {
+                        Some(c) => buf.extend_from_slice(c),
+                        None => return Err(Malformed("test: input ended inside the body")),
+                    }
+                }
+                let n = (buf.len() as u64).min(left) as usize;
+                body.extend_from_slice(&buf.split_to(n));
+                left -= n as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut c = Chunked::new();
+            loop {
+                match c.decode(&mut buf)? {
+                    Chunk::Data(d) => body.extend_from_slice(&d),
+                    Chunk::End => break,
+                    Chunk::More => match input.next() {
+                        Some(more) => buf.extend_from_slice(more),
+                        None => return Err(Malformed("test: input ended inside the body")),
+                    },
+                }
+            }
+        }
+        Framing::Close => {
+            body.extend_from_slice(&buf.split());
+            for c in input.by_ref() {
+                body.extend_from_slice(c);
+            }
+        }
+    }
+    let mut rest = buf.to_vec();
+    for c in input {
+        rest.extend_from_slice(c);
+    }
+    Ok((h, body, rest))
+}
+
+/// Every split of `bytes` (one byte at a time, and a few other steps) reads the same answer.
+fn every_split(bytes: &[u8]) -> (Head, Vec<u8>, Vec<u8>) {
+    let whole = read_answer(bytes, bytes.len(), false).expect("reads whole");
+    for step in [1, 2, 3, 5, 7, 64] {
+        let (h, body, rest) = read_answer(bytes, step, false).expect("reads in pieces");
+        assert_eq!(h.response.status(), whole.0.response.status(), "step {step}");
+        assert_eq!(h.response.headers(), whole.0.response.headers(), "step {step}");
+        assert_eq!((h.framing, h.keep_alive), (whole.0.framing, whole.0.keep_alive));
+        assert_eq!(body, whole.1, "step {step}");
+        assert_eq!(rest, whole.2, "step {step}");
+    }
+    whole
+}
+
+#[test]
+fn a_content_length_answer_at_every_split() {
+    let (h, body, rest) =
+        every_split(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello");
+    assert_eq!(h.response.status(), 200);
+    assert_eq!(h.response.version(), Version::HTTP_11);
+    assert_eq!(h.framing, Framing::Length(5));
+    assert!(h.keep_alive);
+    let xa: Vec<_> = h.response.headers().get_all("x-a").iter().collect();
+    assert_eq!(xa, ["1", "2"], "repeated headers are kept in order");
+    assert_eq!(body, b"hello");
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn a_chunked_answer_with_extensions_and_trailers_at_every_split() {
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+        5;name=value;x=\"q\"\r\nhello\r\n1 ; ext\r\n \r\n6\r\nworld!\r\n\
+        0;last\r\nx-trailer: t\r\nother: 2\r\n\r\n";
+    let (h, body, rest) = every_split(answer);
+    assert_eq!(h.framing, Framing::Chunked);
+    assert!(h.keep_alive);
+    assert_eq!(body, b"hello world!");
+    assert!(rest.is_empty(), "nothing after the final empty line");
+}
+
+#[test]
+fn a_chunked_answer_without_trailers_and_with_upper_case_sizes() {
+    let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\nA\r\n".to_vec();
+    answer.extend_from_slice(&[b'x'; 10]);
+    answer.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (h, body, _) = every_split(&answer);
+    assert_eq!(h.framing, Framing::Chunked);
+    assert_eq!(body, [b'x'; 10]);
+}
+
+#[test]
+fn the_last_chunk_is_known_to_be_last_when_its_end_is_read() {
+    let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\n"[..]);
+    let mut c = Chunked::new();
+    assert_eq!(c.decode(&mut buf), Ok(Chunk::Data(Bytes::from_static(b"abc"))));
+    c.skip_framing(&mut buf).expect("well-formed");
+    assert!(c.is_done());
+    assert!(buf.is_empty());
+    assert_eq!(c.decode(&mut buf), Ok(Chunk::End));
+}
+
+#[test]
+fn broken_chunked_bodies_are_refused() {
+    for bad in [
+        &b"zz\r\n"[..],
+        b"\r\n",
+        b"5\nhello\r\n",
+        b"5\r\nhelloX\r\n",
+        b"5\r\nhello\rX",
+        b"1 x\r\n",
+        b"11111111111111111\r\n",
+        b"0\r\nbad\ntrailer\r\n\r\n",
+        b"2;a\x01b\r\n",
+    ] {
+        let mut buf = BytesMut::from(bad);
+        let mut c = Chunked::new();
+        let r = (0..8).try_for_each(|_| c.decode(&mut buf).map(|_| ()));
+        assert!(r.is_err(), "{:?} must be refused", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn chunk_size_lines_and_trailers_are_bounded() {
+    let mut line = b"1;".to_vec();
+    line.extend(std::iter::repeat(b'x').take(MAX_CHUNK_LINE));
+    let mut c = Chunked::new();
+    assert!(c.decode(&mut BytesMut::from(&line[..])).is_err());
+    let mut trailers = b"0\r\n".to_vec();
+    for _ in 0..(MAX_HEAD / 10 + 1) {
+        trailers.extend_from_slice(b"x-t: 1234\r\n");
+    }
+    let mut c = Chunked::new();
+    let mut buf = BytesMut::from(&trailers[..]);
+    assert!(c.decode(&mut buf).is_err(), "trailers beyond 64 KiB");
+}
+
+#[test]
+fn a_close_delimited_answer_reads_everything() {
+    let (h, body, _) = every_split(b"HTTP/1.1 200 OK\r\nserver: x\r\n\r\nall of it");
+    assert_eq!(h.framing, Framing::Close);
+    assert!(!h.keep_alive, "a close-delimited answer ends its connection");
+    assert_eq!(body, b"all of it");
+    // Chunked not last: read until close too (RFC 9112 §6.3).
+    let h = whole(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n");
+    assert_eq!(h.framing, Framing::Close);
+    assert!(!h.keep_alive);
+}
+
+#[test]
+fn interim_answers_are_skipped() {
+    let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
+        HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n\
+        HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok";
+    let (h, body, _) = every_split(answer);
+    assert_eq!(h.response.status(), 201);
+    assert!(h.response.headers().get("link").is_none(), "only the final head's headers");
+    assert_eq!(body, b"ok");
+}
+
+#[test]
+fn too_many_interim_answers_are_refused() {
+    let mut answer = Vec::new();
+    for _ in 0..=MAX_INTERIM {
+        answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    assert!(head(&answer, false).is_err());
+}
+
+#[test]
+fn switching_protocols_is_refused() {
+    let e = malformed(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n");
+    assert!(e.0.contains("101"), "{e}");
+}
+
+#[test]
+fn bodyless_answers_have_no_body_whatever_they_say() {
+    for (answer, head_request) in [
+        (&b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"[..], false),
+        (b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n", false),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+    ] {
+        let (h, rest) = head(answer, head_request)
+            .expect("parses")
+            .expect("complete");
+        assert_eq!(h.framing, Framing::Empty, "{:?}", String::from_utf8_lossy(answer));
+        assert!(h.keep_alive);
+        assert!(rest.is_empty());
+    }
+    let (h, _) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", true)
+        .expect("parses")
+        .expect("complete");
+    assert_eq!(h.response.headers()["content-length"], "1000", "a HEAD answer keeps its length");
+}
+
+#[test]
+fn keep_alive_follows_version_and_connection() {
+    let cases: [(&[u8], bool); 6] = [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false),
+        (b"HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\ncontent-length: 0\r\n\r\n", false),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+        (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", true),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        ),
+    ];
+    for (answer, keep) in cases {
+        assert_eq!(whole(answer).keep_alive, keep, "{:?}", String::from_utf8_lossy(answer));
+    }
+    assert_eq!(
+        whole(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
+            .response
+            .version(),
+        Version::HTTP_10
+    );
+}
+
+#[test]
+fn content_length_values_must_agree() {
+    assert_eq!(
+        whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n").framing,
+        Framing::Length(3)
+    );
+    assert_eq!(whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n").framing, Framing::Length(3));
+    malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n");
+    malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n");
+    malformed(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n");
+    malformed(b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n");
+    malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n");
+    malformed(b"HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n");
+}
+
+#[test]
+fn malformed_heads_are_refused() {
+    for bad in [
+        &b"garbage\r\n\r\n"[..],
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 099 Low\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nname : spaced\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx: a\x01b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx: 1\r\n folded\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        malformed(bad);
+    }
+}
+
+#[test]
+fn an_incomplete_head_asks_for_more_until_its_limit() {
+    assert!(head(b"HTTP/1.1 200 OK\r\ncontent-le", false).expect("fine so far").is_none());
+    assert!(head(b"", false).expect("fine so far").is_none());
+    let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+    while big.len() <= MAX_HEAD {
+        big.extend_from_slice(b"x-filler: ");
+        big.extend_from_slice(&[b'v'; 1000]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let e = malformed(&big);
+    assert!(e.0.contains("64 KiB"), "{e}");
+    big.extend_from_slice(b"\r\n");
+    malformed(&big);
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..=MAX_HEADERS {
+        many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(malformed(&many).0, "more than 100 header lines");
+}
+
+#[test]
+fn bytes_after_the_head_stay_in_the_buffer() {
+    let (h, rest) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP", false)
+        .expect("parses")
+        .expect("complete");
+    assert_eq!(h.framing, Framing::Length(2));
+    assert_eq!(rest, b"okHTTP");
+}
+
+fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: BodyKind) -> (String, Written) {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    let uri: http::Uri = uri.parse().expect("uri");
+    let mut dst = Vec::new();
+    let w = encode_head(&mut dst, &method, &uri, &map, body);
+    (String::from_utf8(dst).expect("ascii"), w)
+}
+
+#[test]
+fn request_heads_are_origin_form_with_headers_in_order() {
+    let (text, w) = request(
+        Method::GET,
+        "/a/b?c=1&d",
+        &[("host", "svc:8080"), ("x-b", "1"), ("x-a", "2"), ("x-b", "3")],
+        BodyKind::Empty,
+    );
+    assert_eq!(text, "GET /a/b?c=1&d HTTP/1.1\r\nhost: svc:8080\r\nx-b: 1\r\nx-b: 3\r\nx-a: 2\r\n\r\n");
+    assert_eq!(w, Written { body: Out::None, close: false });
+    let (text, _) = request(Method::OPTIONS, "*", &[], BodyKind::Empty);
+    assert!(text.starts_with("OPTIONS * HTTP/1.1\r\n"), "{text}");
+    let (text, _) = request(Method::GET, "http://h/", &[], BodyKind::Empty);
+    assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
+}
+
+#[test]
+fn request_body_framing_follows_the_body() {
+    let (text, w) = request(Method::POST, "/", &[], BodyKind::Exact(1048576));
+    assert!(text.ends_with("content-length: 1048576\r\n\r\n"), "{text}");
+    assert_eq!(w.body, Out::Length(1048576));
+    let (text, w) = request(Method::POST, "/", &[], BodyKind::Unknown);
+    assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+    assert_eq!(w.body, Out::Chunked);
+    let (text, w) = request(Method::POST, "/", &[("content-length", "0")], BodyKind::Empty);
+    assert_eq!(text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n", "the client's own length is kept");
+    assert_eq!(w.body, Out::None);
+    let (text, w) = request(Method::PUT, "/", &[("content-length", "7")], BodyKind::Exact(7));
+    assert_eq!(text, "PUT / HTTP/1.1\r\ncontent-length: 7\r\n\r\n");
+    assert_eq!(w.body, Out::Length(7));
+    let (text, w) = request(Method::GET, "/", &[], BodyKind::Exact(0));
+    assert_eq!(text, "GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(w.body, Out::Length(0));
+    let (text, w) = request(
+        Method::POST,
+        "/",
+        &[("content-length", "9"), ("transfer-encoding", "gzip")],
+        BodyKind::Unknown,
+    );
+    assert_eq!(text, "POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n");
+    assert_eq!(w.body, Out::Chunked);
+    let (text, _) = request(Method::GET, "/", &[("transfer-encoding", "chunked")], BodyKind::Empty);
+    assert_eq!(text, "GET / HTTP/1.1\r\n\r\n", "no body, no framing");
+    let (_, w) = request(Method::GET, "/", &[("connection", "close")], BodyKind::Empty);
+    assert!(w.close);
+}
+
+#[test]
+fn chunk_lines_are_lower_case_hex() {
+    for (n, line) in [(0, "0\r\n"), (10, "a\r\n"), (255, "ff\r\n"), (65536, "10000\r\n")] {
+        let mut dst = Vec::new();
+        chunk_line(&mut dst, n);
+        assert_eq!(dst, line.as_bytes());
+    }
+}
