@@ -499,15 +499,17 @@ impl Conn {
         self.body = Decoder::Done;
         let written = h1::encode_head(&mut self.wr, &parts.method, &parts.uri, &parts.headers, kind);
         self.keep_alive = !written.close;
-        if let (Out::Length(n), Body::Full(full)) = (written.body, &mut body) {
+        let mut out = written.body;
+        if let (Out::Length(n), Body::Full(full)) = (out, &mut body) {
             // A body already in memory (a replayed request) goes out with the head, in one write.
             if full.as_ref().is_some_and(|b| b.len() as u64 == n) {
                 self.wr_data = full.take().unwrap_or_default();
+                out = Out::Length(0);
             }
         }
         self.upload = Upload::Sending {
             body,
-            out: written.body,
+            out,
             chunked: false,
             ending: false,
         };

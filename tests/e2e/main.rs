@@ -33,3 +33,4 @@ mod shutdown;
 mod tenant;
 mod tls;
 mod tracing;
+mod upstream_h1;

@@ -105,15 +105,24 @@ pub fn encode_head(
     }
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     // Only a request with a body looks at the framing headers it carries.
-    let (te, length) = match body {
-        BodyKind::Empty => (None, None),
+    let (te, te_lines, length) = match body {
+        BodyKind::Empty => (None, 0, None),
         _ => request_framing(headers),
     };
     let mut close = false;
+    let mut te_left = te_lines;
     for (name, value) in headers {
         if *name == header::TRANSFER_ENCODING {
             if body == BodyKind::Empty {
                 // No body, no framing (hyper did the same).
+                continue;
+            }
+            te_left = te_left.saturating_sub(1);
+            if te_left == 0 && te == Some(false) {
+                // The hop's own `chunked` goes last, on the same line (`gzip, chunked`).
+                dst.extend_from_slice(b"transfer-encoding: ");
+                dst.extend_from_slice(value.as_bytes());
+                dst.extend_from_slice(b", chunked\r\n");
                 continue;
             }
         } else if *name == header::CONTENT_LENGTH {
@@ -131,12 +140,7 @@ pub fn encode_head(
     }
     let out = match (body, te, length) {
         (BodyKind::Empty, _, _) => Out::None,
-        (_, Some(chunked), _) => {
-            if !chunked {
-                dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            }
-            Out::Chunked
-        }
+        (_, Some(_), _) => Out::Chunked,
         (_, None, Some(n)) => Out::Length(n),
         (BodyKind::Exact(n), None, None) => {
             if n > 0 || !is_bodyless_method(method) {
@@ -156,29 +160,29 @@ pub fn encode_head(
 }
 
 /// The framing headers a request with a body carries: whether a `transfer-encoding` is there
-/// (and ends with chunked), and a valid `content-length` (an invalid or conflicting one is
-/// ignored, and the body's own size decides).
-fn request_framing(headers: &HeaderMap) -> (Option<bool>, Option<u64>) {
+/// (and ends with chunked) and on how many lines, and a valid `content-length` (an invalid or
+/// conflicting one is ignored, and the body's own size decides).
+fn request_framing(headers: &HeaderMap) -> (Option<bool>, usize, Option<u64>) {
     let mut te = None;
+    let mut lines = 0;
     for v in headers.get_all(header::TRANSFER_ENCODING) {
+        lines += 1;
         let last = v
             .as_bytes()
             .rsplit(|&b| b == b',')
             .map(trim)
             .find(|c| !c.is_empty());
-        if let Some(last) = last {
-            te = Some(last.eq_ignore_ascii_case(b"chunked"));
-        }
+        te = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
     }
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         match (length, parse_length_list(v.as_bytes())) {
-            (_, None) => return (te, None),
-            (Some(old), Some(n)) if old != n => return (te, None),
+            (_, None) => return (te, lines, None),
+            (Some(old), Some(n)) if old != n => return (te, lines, None),
             (_, n) => length = n,
         }
     }
-    (te, length)
+    (te, lines, length)
 }
 
 fn is_bodyless_method(m: &Method) -> bool {

@@ -62,6 +62,14 @@ impl Capture {
             .collect()
     }
 
+    /// The requests received whole so far, as bytes.
+    pub fn requests_raw(&self) -> Vec<Vec<u8>> {
+        self.got
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// How many whole requests arrived.
     pub fn hits(&self) -> usize {
         self.got
@@ -129,7 +137,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize
 
 /// The length of the first whole request in `buf`, if it is all there. Content-length and
 /// chunked bodies (trailers included) are understood; nothing else is needed here.
-fn whole_request(buf: &[u8]) -> Option<usize> {
+pub fn whole_request(buf: &[u8]) -> Option<usize> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let header = |name: &str| {

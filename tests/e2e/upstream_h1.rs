@@ -1,0 +1,339 @@
+//! rampart's own HTTP/1.1 client on upstream connections (`pool.rs`, `pool/h1.rs`), against
+//! a raw upstream that writes exact bytes: answer framings (chunked with extensions and
+//! trailers, close-delimited), interim answers, garbage, and when a connection may be used
+//! again (`connection: close`, an idle connection the upstream closed). Connections are
+//! counted as the upstream accepts them.
+
+// A test harness, off rampart's request path: a plain mutex around the captured bytes is fine.
+#![allow(clippy::disallowed_types)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ::http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::capture::{dechunk, whole_request, Capture};
+use crate::support::{http, one_route, raw, sha256_hex, Proxy};
+
+/// What the upstream does after writing an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// Waits for the next request on the connection.
+    Stay,
+    /// Closes the connection (whatever the answer said).
+    Close,
+}
+
+/// A raw upstream: the n-th request (over all connections) gets `answers[n]` (the last one
+/// repeats), written as exact bytes.
+struct Scripted {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    async fn start(answers: Vec<(&'static [u8], Then)>) -> Scripted {
+        let tcp = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0 must work");
+        let addr = tcp.local_addr().expect("a bound socket has an address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(answers);
+        let task = {
+            let (accepted, closed, got) = (accepted.clone(), closed.clone(), got.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = tcp.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (answers, closed, got) = (answers.clone(), closed.clone(), got.clone());
+                    tokio::spawn(async move {
+                        serve(stream, &answers, &got).await;
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            })
+        };
+        Scripted {
+            addr,
+            accepted,
+            closed,
+            got,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<Vec<u8>> {
+        self.got
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut stream: TcpStream, answers: &[(&'static [u8], Then)], got: &Mutex<Vec<Vec<u8>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let len = loop {
+            if let Some(len) = whole_request(&buf) {
+                break len;
+            }
+            match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        };
+        let n = {
+            let mut got = got.lock().unwrap_or_else(PoisonError::into_inner);
+            got.push(buf.drain(..len).collect());
+            got.len() - 1
+        };
+        let (answer, then) = answers[n.min(answers.len() - 1)];
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        if then == Then::Close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+async fn proxy(app: SocketAddr) -> Proxy {
+    Proxy::builder(&one_route("")).var("APP", app).spawn().await
+}
+
+/// One request from a raw client that asks rampart to close afterwards: every byte it got.
+async fn raw_get(addr: SocketAddr, path: &str) -> raw::RawResp {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    raw::exchange(addr, req.as_bytes(), Duration::from_secs(10)).await
+}
+
+fn body_of(rsp: &raw::RawResp) -> Vec<u8> {
+    let text = rsp.bytes.as_slice();
+    let at = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(text.len(), |p| p + 4);
+    text[at..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_reaches_the_client_whole_and_its_connection_is_reused() {
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n\
+          5;name=value\r\nhello\r\n1\r\n \r\n6 ; x\r\nworld!\r\n0\r\nx-trailer: t\r\n\r\n",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        let rsp = raw_get(addr, "/c").await;
+        assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+        assert_eq!(rsp.header("x-up").as_deref(), Some("1"));
+        assert_eq!(
+            rsp.header("transfer-encoding").as_deref(),
+            Some("chunked"),
+            "{}",
+            rsp.text()
+        );
+        assert_eq!(
+            dechunk(&body_of(&rsp)).as_deref(),
+            Some(&b"hello world!"[..]),
+            "{}",
+            rsp.text()
+        );
+    }
+    assert_eq!(up.accepted(), 1, "a whole chunked answer leaves its connection reusable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_answer_reaches_the_client_and_its_connection_is_not_reused() {
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nx-up: 1\r\n\r\nuntil the end",
+        Then::Close,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..2 {
+        let rsp = http::get(addr, "/close", &[]).await;
+        assert_eq!(rsp.status, 200);
+        assert_eq!(rsp.body, Bytes::from_static(b"until the end"));
+    }
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_connection_close_is_not_reused() {
+    // The upstream says close but keeps the connection open: rampart must not send another
+    // request on it.
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nok\n",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let client = http::client();
+    for _ in 0..3 {
+        let rsp = http::send(&client, addr, Method::GET, "/", &[], http::empty())
+            .await
+            .expect("answered");
+        assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok\n"[..]));
+    }
+    assert_eq!(up.accepted(), 3, "one connection per answer that said close");
+    // An HTTP/1.0 answer without keep-alive is the same.
+    let up10 =
+        Scripted::start(vec![(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", Then::Stay)]).await;
+    let proxy = self::proxy(up10.addr).await;
+    for _ in 0..2 {
+        let rsp = http::get(proxy.listener("inbound"), "/", &[]).await;
+        assert_eq!(rsp.status, 200);
+    }
+    assert_eq!(up10.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_upstream_closed_is_not_used() {
+    // The first answer keeps the connection alive by its headers, and then the upstream closes
+    // it while it is idle in the pool: the next request must go out on a new connection.
+    let up = Scripted::start(vec![
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Then::Close),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2", Then::Stay),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
+    assert_eventually!(up.closed() == 1, "the upstream closes the first connection");
+    // Lets the upstream's FIN reach rampart's reactor (loopback: well within this).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok2"[..]));
+    assert_eq!(up.accepted(), 2);
+    assert_eq!(up.requests().len(), 2, "no request was lost on the closed connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_whole_answer_keep_its_connection_from_reuse() {
+    // The upstream writes a 408 on the idle connection (as servers do before closing one): the
+    // connection must be dropped, and the next request answered on a new one.
+    let up = Scripted::start(vec![
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 408 Request Timeout\r\n\r\n",
+            Then::Stay,
+        ),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2", Then::Stay),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok2"[..]));
+    assert_eq!(up.accepted(), 2, "bytes after a whole answer: the connection is not reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_are_skipped() {
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
+          HTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\nmade",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..2 {
+        let rsp = http::post(addr, "/", &[("expect", "100-continue")], "body").await;
+        assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (201, &b"made"[..]));
+        assert!(rsp.headers.get("link").is_none(), "only the final answer's headers");
+    }
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_sending_garbage_gets_502_and_its_connection_is_dropped() {
+    let up = Scripted::start(vec![
+        (b"this is not http\r\n\r\n", Then::Stay),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Then::Stay),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::get(addr, "/", &[]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    assert_eventually!(up.closed() == 1, "rampart closes the connection that sent garbage");
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
+    assert_eq!(up.accepted(), 2);
+    // A body that breaks its framing mid-way ends the client's answer in error too, and that
+    // connection is not reused either.
+    let broken = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcXX\r\n",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = self::proxy(broken.addr).await;
+    let r = http::try_get(proxy.listener("inbound"), "/", &[]).await;
+    assert!(r.is_err(), "a broken chunked answer must not look whole: {r:?}");
+    assert_eventually!(broken.closed() == 1, "the broken connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_reaches_the_upstream_intact() {
+    const MIB: usize = 1024 * 1024;
+    let up = Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let proxy = proxy(up.addr()).await;
+    let addr = proxy.listener("inbound");
+    let body = http::pattern(MIB);
+    // With a length, then streamed (chunked), on the same upstream connection.
+    let rsp = http::post(addr, "/len", &[], body.clone()).await;
+    assert_eq!(rsp.status, 200);
+    let rsp = http::post_stream(addr, "/chunked", &[], MIB).await;
+    assert_eq!(rsp.status, 200);
+    let got = up.requests();
+    assert_eq!(got.len(), 2);
+    let split = |r: &str| -> (String, Vec<u8>) {
+        let (h, b) = r.split_once("\r\n\r\n").expect("a head");
+        (h.to_ascii_lowercase(), b.as_bytes().to_vec())
+    };
+    // `requests()` is lossy UTF-8: compare the raw bytes through their digest instead.
+    let raw = up.requests_raw();
+    let (head, _) = split(&got[0]);
+    assert!(head.contains("content-length: 1048576"), "{head}");
+    let at = raw[0].windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(sha256_hex(&raw[0][at..]), sha256_hex(&body), "the body with a length");
+    let (head, _) = split(&got[1]);
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let at = raw[1].windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let dechunked = dechunk(&raw[1][at..]).expect("well-formed chunks");
+    assert_eq!(sha256_hex(&dechunked), sha256_hex(&body), "the streamed body");
+}
