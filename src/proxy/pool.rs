@@ -493,11 +493,21 @@ impl Conn {
                 None => BodyKind::Unknown,
             }
         };
+        if self.wr.capacity() > h1::MAX_HEAD {
+            // A huge request head once is no reason to keep its buffer for the connection's life.
+            self.wr = Vec::with_capacity(1024);
+        }
         self.wr.clear();
         self.wr_at = 0;
         self.sent = 0;
         self.body = Decoder::Done;
-        let written = h1::encode_head(&mut self.wr, &parts.method, &parts.uri, &parts.headers, kind);
+        let written = h1::encode_head(
+            &mut self.wr,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            kind,
+        );
         self.keep_alive = !written.close;
         let mut out = written.body;
         if let (Out::Length(n), Body::Full(full)) = (out, &mut body) {
@@ -518,13 +528,19 @@ impl Conn {
             Ok(head) => Ok(head),
             Err(e) if reused && self.sent == 0 => {
                 let body = match std::mem::replace(&mut self.upload, Upload::Done) {
-                    Upload::Sending { body: Body::Full(None), .. } if !self.wr_data.is_empty() => {
+                    Upload::Sending {
+                        body: Body::Full(None),
+                        ..
+                    } if !self.wr_data.is_empty() => {
                         Body::Full(Some(std::mem::take(&mut self.wr_data)))
                     }
                     Upload::Sending { body, .. } => body,
                     _ => Body::Empty,
                 };
-                Err(Failed::Unsent(Box::new(Request::from_parts(parts, body)), e))
+                Err(Failed::Unsent(
+                    Box::new(Request::from_parts(parts, body)),
+                    e,
+                ))
             }
             Err(e) => Err(Failed::Broken(e)),
         }

@@ -1,5 +1,5 @@
 //! The upstream pool under stress: connections are driven inside the task of the request
-//! that uses them (and moved into a task of their own by a request with a body), so every
+//! that uses them (a request's upload by the same polls that read its answer), so every
 //! mix of bodiless and uploading requests, large and dripping answers, answers that close
 //! their connection and clients that walk away mid-answer must still come out whole, with
 //! the connection cap held and no connection stuck.

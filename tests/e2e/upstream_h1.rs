@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use ::http::Method;
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -93,7 +93,11 @@ impl Drop for Scripted {
     }
 }
 
-async fn serve(mut stream: TcpStream, answers: &[(&'static [u8], Then)], got: &Mutex<Vec<Vec<u8>>>) {
+async fn serve(
+    mut stream: TcpStream,
+    answers: &[(&'static [u8], Then)],
+    got: &Mutex<Vec<Vec<u8>>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -168,7 +172,11 @@ async fn a_chunked_answer_reaches_the_client_whole_and_its_connection_is_reused(
             rsp.text()
         );
     }
-    assert_eq!(up.accepted(), 1, "a whole chunked answer leaves its connection reusable");
+    assert_eq!(
+        up.accepted(),
+        1,
+        "a whole chunked answer leaves its connection reusable"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,10 +214,17 @@ async fn an_answer_with_connection_close_is_not_reused() {
             .expect("answered");
         assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok\n"[..]));
     }
-    assert_eq!(up.accepted(), 3, "one connection per answer that said close");
+    assert_eq!(
+        up.accepted(),
+        3,
+        "one connection per answer that said close"
+    );
     // An HTTP/1.0 answer without keep-alive is the same.
-    let up10 =
-        Scripted::start(vec![(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", Then::Stay)]).await;
+    let up10 = Scripted::start(vec![(
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        Then::Stay,
+    )])
+    .await;
     let proxy = self::proxy(up10.addr).await;
     for _ in 0..2 {
         let rsp = http::get(proxy.listener("inbound"), "/", &[]).await;
@@ -223,8 +238,14 @@ async fn an_idle_connection_the_upstream_closed_is_not_used() {
     // The first answer keeps the connection alive by its headers, and then the upstream closes
     // it while it is idle in the pool: the next request must go out on a new connection.
     let up = Scripted::start(vec![
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Then::Close),
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2", Then::Stay),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Close,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2",
+            Then::Stay,
+        ),
     ])
     .await;
     let proxy = proxy(up.addr).await;
@@ -237,28 +258,37 @@ async fn an_idle_connection_the_upstream_closed_is_not_used() {
     let rsp = http::get(addr, "/", &[]).await;
     assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok2"[..]));
     assert_eq!(up.accepted(), 2);
-    assert_eq!(up.requests().len(), 2, "no request was lost on the closed connection");
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "no request was lost on the closed connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_whole_answer_keep_its_connection_from_reuse() {
     // The upstream writes a 408 on the idle connection (as servers do before closing one): the
     // connection must be dropped, and the next request answered on a new one.
-    let up = Scripted::start(vec![
+    let up =
+        Scripted::start(vec![
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 408 Request Timeout\r\n\r\n",
             Then::Stay,
         ),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2", Then::Stay),
     ])
-    .await;
+        .await;
     let proxy = proxy(up.addr).await;
     let addr = proxy.listener("inbound");
     let rsp = http::get(addr, "/", &[]).await;
     assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
     let rsp = http::get(addr, "/", &[]).await;
     assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok2"[..]));
-    assert_eq!(up.accepted(), 2, "bytes after a whole answer: the connection is not reused");
+    assert_eq!(
+        up.accepted(),
+        2,
+        "bytes after a whole answer: the connection is not reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +304,10 @@ async fn interim_answers_are_skipped() {
     for _ in 0..2 {
         let rsp = http::post(addr, "/", &[("expect", "100-continue")], "body").await;
         assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (201, &b"made"[..]));
-        assert!(rsp.headers.get("link").is_none(), "only the final answer's headers");
+        assert!(
+            rsp.headers.get("link").is_none(),
+            "only the final answer's headers"
+        );
     }
     assert_eq!(up.accepted(), 1);
 }
@@ -283,14 +316,20 @@ async fn interim_answers_are_skipped() {
 async fn an_upstream_sending_garbage_gets_502_and_its_connection_is_dropped() {
     let up = Scripted::start(vec![
         (b"this is not http\r\n\r\n", Then::Stay),
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Then::Stay),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Stay,
+        ),
     ])
     .await;
     let proxy = proxy(up.addr).await;
     let addr = proxy.listener("inbound");
     let rsp = http::get(addr, "/", &[]).await;
     rsp.assert_rampart(502, "upstream_unavailable");
-    assert_eventually!(up.closed() == 1, "rampart closes the connection that sent garbage");
+    assert_eventually!(
+        up.closed() == 1,
+        "rampart closes the connection that sent garbage"
+    );
     let rsp = http::get(addr, "/", &[]).await;
     assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
     assert_eq!(up.accepted(), 2);
@@ -303,7 +342,10 @@ async fn an_upstream_sending_garbage_gets_502_and_its_connection_is_dropped() {
     .await;
     let proxy = self::proxy(broken.addr).await;
     let r = http::try_get(proxy.listener("inbound"), "/", &[]).await;
-    assert!(r.is_err(), "a broken chunked answer must not look whole: {r:?}");
+    assert!(
+        r.is_err(),
+        "a broken chunked answer must not look whole: {r:?}"
+    );
     assert_eventually!(broken.closed() == 1, "the broken connection is closed");
 }
 
@@ -329,11 +371,27 @@ async fn a_large_upload_reaches_the_upstream_intact() {
     let raw = up.requests_raw();
     let (head, _) = split(&got[0]);
     assert!(head.contains("content-length: 1048576"), "{head}");
-    let at = raw[0].windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
-    assert_eq!(sha256_hex(&raw[0][at..]), sha256_hex(&body), "the body with a length");
+    let at = raw[0]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert_eq!(
+        sha256_hex(&raw[0][at..]),
+        sha256_hex(&body),
+        "the body with a length"
+    );
     let (head, _) = split(&got[1]);
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    let at = raw[1].windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let at = raw[1]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
     let dechunked = dechunk(&raw[1][at..]).expect("well-formed chunks");
-    assert_eq!(sha256_hex(&dechunked), sha256_hex(&body), "the streamed body");
+    assert_eq!(
+        sha256_hex(&dechunked),
+        sha256_hex(&body),
+        "the streamed body"
+    );
 }

@@ -259,7 +259,11 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             (len, code, minor, rsp.headers.len())
         };
         match code {
-            101 => return Err(Malformed("101 Switching Protocols, but no upgrade was asked")),
+            101 => {
+                return Err(Malformed(
+                    "101 Switching Protocols, but no upgrade was asked",
+                ))
+            }
             100..=199 => {
                 buf.advance(len);
                 continue;
@@ -309,10 +313,7 @@ fn finish_head(
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            let last = raw
-                .rsplit(|&b| b == b',')
-                .map(trim)
-                .find(|c| !c.is_empty());
+            let last = raw.rsplit(|&b| b == b',').map(trim).find(|c| !c.is_empty());
             if let Some(last) = last {
                 te = Some(last.eq_ignore_ascii_case(b"chunked"));
             } else if te.is_none() {
@@ -375,9 +376,7 @@ fn parse_length_list(raw: &[u8]) -> Option<u64> {
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = part
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         if found.is_some_and(|f| f != n) {
             return None;
         }

@@ -16,13 +16,20 @@ fn whole(bytes: &[u8]) -> Head {
 fn malformed(bytes: &[u8]) -> Malformed {
     match head(bytes, false) {
         Err(e) => e,
-        other => panic!("{:?} must be refused: {other:?}", String::from_utf8_lossy(bytes)),
+        other => panic!(
+            "{:?} must be refused: {other:?}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
 }
 
 /// A whole answer (head and body) read the way the connection reads it: a head, then the
 /// body's pieces, from a buffer that receives `step` bytes at a time.
-fn read_answer(bytes: &[u8], step: usize, head_request: bool) -> Result<(Head, Vec<u8>, Vec<u8>), Malformed> {
+fn read_answer(
+    bytes: &[u8],
+    step: usize,
+    head_request: bool,
+) -> Result<(Head, Vec<u8>, Vec<u8>), Malformed> {
     let mut buf = BytesMut::new();
     let mut input = bytes.chunks(step.max(1));
     let h = loop {
@@ -82,9 +89,20 @@ fn every_split(bytes: &[u8]) -> (Head, Vec<u8>, Vec<u8>) {
     let whole = read_answer(bytes, bytes.len(), false).expect("reads whole");
     for step in [1, 2, 3, 5, 7, 64] {
         let (h, body, rest) = read_answer(bytes, step, false).expect("reads in pieces");
-        assert_eq!(h.response.status(), whole.0.response.status(), "step {step}");
-        assert_eq!(h.response.headers(), whole.0.response.headers(), "step {step}");
-        assert_eq!((h.framing, h.keep_alive), (whole.0.framing, whole.0.keep_alive));
+        assert_eq!(
+            h.response.status(),
+            whole.0.response.status(),
+            "step {step}"
+        );
+        assert_eq!(
+            h.response.headers(),
+            whole.0.response.headers(),
+            "step {step}"
+        );
+        assert_eq!(
+            (h.framing, h.keep_alive),
+            (whole.0.framing, whole.0.keep_alive)
+        );
         assert_eq!(body, whole.1, "step {step}");
         assert_eq!(rest, whole.2, "step {step}");
     }
@@ -131,7 +149,10 @@ fn a_chunked_answer_without_trailers_and_with_upper_case_sizes() {
 fn the_last_chunk_is_known_to_be_last_when_its_end_is_read() {
     let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\n"[..]);
     let mut c = Chunked::new();
-    assert_eq!(c.decode(&mut buf), Ok(Chunk::Data(Bytes::from_static(b"abc"))));
+    assert_eq!(
+        c.decode(&mut buf),
+        Ok(Chunk::Data(Bytes::from_static(b"abc")))
+    );
     c.skip_framing(&mut buf).expect("well-formed");
     assert!(c.is_done());
     assert!(buf.is_empty());
@@ -154,7 +175,11 @@ fn broken_chunked_bodies_are_refused() {
         let mut buf = BytesMut::from(bad);
         let mut c = Chunked::new();
         let r = (0..8).try_for_each(|_| c.decode(&mut buf).map(|_| ()));
-        assert!(r.is_err(), "{:?} must be refused", String::from_utf8_lossy(bad));
+        assert!(
+            r.is_err(),
+            "{:?} must be refused",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -177,7 +202,10 @@ fn chunk_size_lines_and_trailers_are_bounded() {
 fn a_close_delimited_answer_reads_everything() {
     let (h, body, _) = every_split(b"HTTP/1.1 200 OK\r\nserver: x\r\n\r\nall of it");
     assert_eq!(h.framing, Framing::Close);
-    assert!(!h.keep_alive, "a close-delimited answer ends its connection");
+    assert!(
+        !h.keep_alive,
+        "a close-delimited answer ends its connection"
+    );
     assert_eq!(body, b"all of it");
     // Chunked not last: read until close too (RFC 9112 §6.3).
     let h = whole(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n");
@@ -192,7 +220,10 @@ fn interim_answers_are_skipped() {
         HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok";
     let (h, body, _) = every_split(answer);
     assert_eq!(h.response.status(), 201);
-    assert!(h.response.headers().get("link").is_none(), "only the final head's headers");
+    assert!(
+        h.response.headers().get("link").is_none(),
+        "only the final head's headers"
+    );
     assert_eq!(body, b"ok");
 }
 
@@ -215,39 +246,68 @@ fn switching_protocols_is_refused() {
 #[test]
 fn bodyless_answers_have_no_body_whatever_they_say() {
     for (answer, head_request) in [
-        (&b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"[..], false),
-        (b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n", false),
+        (
+            &b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"[..],
+            false,
+        ),
+        (
+            b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        ),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", true),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
     ] {
         let (h, rest) = head(answer, head_request)
             .expect("parses")
             .expect("complete");
-        assert_eq!(h.framing, Framing::Empty, "{:?}", String::from_utf8_lossy(answer));
+        assert_eq!(
+            h.framing,
+            Framing::Empty,
+            "{:?}",
+            String::from_utf8_lossy(answer)
+        );
         assert!(h.keep_alive);
         assert!(rest.is_empty());
     }
     let (h, _) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", true)
         .expect("parses")
         .expect("complete");
-    assert_eq!(h.response.headers()["content-length"], "1000", "a HEAD answer keeps its length");
+    assert_eq!(
+        h.response.headers()["content-length"],
+        "1000",
+        "a HEAD answer keeps its length"
+    );
 }
 
 #[test]
 fn keep_alive_follows_version_and_connection() {
     let cases: [(&[u8], bool); 6] = [
         (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true),
-        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false),
-        (b"HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\ncontent-length: 0\r\n\r\n", false),
+        (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\ncontent-length: 0\r\n\r\n",
+            false,
+        ),
         (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
-        (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", true),
+        (
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+            true,
+        ),
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
             false,
         ),
     ];
     for (answer, keep) in cases {
-        assert_eq!(whole(answer).keep_alive, keep, "{:?}", String::from_utf8_lossy(answer));
+        assert_eq!(
+            whole(answer).keep_alive,
+            keep,
+            "{:?}",
+            String::from_utf8_lossy(answer)
+        );
     }
     assert_eq!(
         whole(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
@@ -263,7 +323,10 @@ fn content_length_values_must_agree() {
         whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n").framing,
         Framing::Length(3)
     );
-    assert_eq!(whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n").framing, Framing::Length(3));
+    assert_eq!(
+        whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n").framing,
+        Framing::Length(3)
+    );
     malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n");
     malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n");
     malformed(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n");
@@ -292,7 +355,9 @@ fn malformed_heads_are_refused() {
 
 #[test]
 fn an_incomplete_head_asks_for_more_until_its_limit() {
-    assert!(head(b"HTTP/1.1 200 OK\r\ncontent-le", false).expect("fine so far").is_none());
+    assert!(head(b"HTTP/1.1 200 OK\r\ncontent-le", false)
+        .expect("fine so far")
+        .is_none());
     assert!(head(b"", false).expect("fine so far").is_none());
     let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
     while big.len() <= MAX_HEAD {
@@ -321,7 +386,12 @@ fn bytes_after_the_head_stay_in_the_buffer() {
     assert_eq!(rest, b"okHTTP");
 }
 
-fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: BodyKind) -> (String, Written) {
+fn request(
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: BodyKind,
+) -> (String, Written) {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         map.append(
@@ -340,11 +410,25 @@ fn request_heads_are_origin_form_with_headers_in_order() {
     let (text, w) = request(
         Method::GET,
         "/a/b?c=1&d",
-        &[("host", "svc:8080"), ("x-b", "1"), ("x-a", "2"), ("x-b", "3")],
+        &[
+            ("host", "svc:8080"),
+            ("x-b", "1"),
+            ("x-a", "2"),
+            ("x-b", "3"),
+        ],
         BodyKind::Empty,
     );
-    assert_eq!(text, "GET /a/b?c=1&d HTTP/1.1\r\nhost: svc:8080\r\nx-b: 1\r\nx-b: 3\r\nx-a: 2\r\n\r\n");
-    assert_eq!(w, Written { body: Out::None, close: false });
+    assert_eq!(
+        text,
+        "GET /a/b?c=1&d HTTP/1.1\r\nhost: svc:8080\r\nx-b: 1\r\nx-b: 3\r\nx-a: 2\r\n\r\n"
+    );
+    assert_eq!(
+        w,
+        Written {
+            body: Out::None,
+            close: false
+        }
+    );
     let (text, _) = request(Method::OPTIONS, "*", &[], BodyKind::Empty);
     assert!(text.starts_with("OPTIONS * HTTP/1.1\r\n"), "{text}");
     let (text, _) = request(Method::GET, "http://h/", &[], BodyKind::Empty);
@@ -357,12 +441,28 @@ fn request_body_framing_follows_the_body() {
     assert!(text.ends_with("content-length: 1048576\r\n\r\n"), "{text}");
     assert_eq!(w.body, Out::Length(1048576));
     let (text, w) = request(Method::POST, "/", &[], BodyKind::Unknown);
-    assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+    assert!(
+        text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+        "{text}"
+    );
     assert_eq!(w.body, Out::Chunked);
-    let (text, w) = request(Method::POST, "/", &[("content-length", "0")], BodyKind::Empty);
-    assert_eq!(text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n", "the client's own length is kept");
+    let (text, w) = request(
+        Method::POST,
+        "/",
+        &[("content-length", "0")],
+        BodyKind::Empty,
+    );
+    assert_eq!(
+        text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+        "the client's own length is kept"
+    );
     assert_eq!(w.body, Out::None);
-    let (text, w) = request(Method::PUT, "/", &[("content-length", "7")], BodyKind::Exact(7));
+    let (text, w) = request(
+        Method::PUT,
+        "/",
+        &[("content-length", "7")],
+        BodyKind::Exact(7),
+    );
     assert_eq!(text, "PUT / HTTP/1.1\r\ncontent-length: 7\r\n\r\n");
     assert_eq!(w.body, Out::Length(7));
     let (text, w) = request(Method::GET, "/", &[], BodyKind::Exact(0));
@@ -374,17 +474,35 @@ fn request_body_framing_follows_the_body() {
         &[("content-length", "9"), ("transfer-encoding", "gzip")],
         BodyKind::Unknown,
     );
-    assert_eq!(text, "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
+    assert_eq!(
+        text,
+        "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+    );
     assert_eq!(w.body, Out::Chunked);
-    let (text, _) = request(Method::GET, "/", &[("transfer-encoding", "chunked")], BodyKind::Empty);
+    let (text, _) = request(
+        Method::GET,
+        "/",
+        &[("transfer-encoding", "chunked")],
+        BodyKind::Empty,
+    );
     assert_eq!(text, "GET / HTTP/1.1\r\n\r\n", "no body, no framing");
-    let (_, w) = request(Method::GET, "/", &[("connection", "close")], BodyKind::Empty);
+    let (_, w) = request(
+        Method::GET,
+        "/",
+        &[("connection", "close")],
+        BodyKind::Empty,
+    );
     assert!(w.close);
 }
 
 #[test]
 fn chunk_lines_are_lower_case_hex() {
-    for (n, line) in [(0, "0\r\n"), (10, "a\r\n"), (255, "ff\r\n"), (65536, "10000\r\n")] {
+    for (n, line) in [
+        (0, "0\r\n"),
+        (10, "a\r\n"),
+        (255, "ff\r\n"),
+        (65536, "10000\r\n"),
+    ] {
         let mut dst = Vec::new();
         chunk_line(&mut dst, n);
         assert_eq!(dst, line.as_bytes());
