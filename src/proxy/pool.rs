@@ -20,8 +20,8 @@
 //! request body is written by the same polls: while the request future waits for the answer
 //! head it also pulls the body and writes it, and once the head is in, the answer body's polls
 //! go on with the upload. An upstream that answers before the upload ends is therefore read
-//! while the upload goes on; if its answer ends first, the upload is abandoned and the
-//! connection closed (it is never reused half-written).
+//! while the upload goes on. Only if the answer ends first (and nobody polls it any more) does
+//! the rest of the upload move to a task of its own, which pools the connection afterwards.
 //!
 //! A connection goes back to the pool only when its answer was read to the end with no byte
 //! more, the upload (if any) finished, and neither side asked to close (an HTTP/1.0 answer only
@@ -30,6 +30,7 @@
 
 pub mod h1;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -785,13 +786,41 @@ impl Conn {
     }
 }
 
+/// Writes the rest of an upload whose answer already ended, then pools the connection if it
+/// can carry another request. An upstream that takes no byte of it for `pool_idle_timeout`
+/// loses it (a client that stalls is bounded by its own `body_idle_timeout`).
+async fn finish_upload(mut conn: Box<Conn>, pool: Arc<Pool>) {
+    let stall = pool.idle_timeout;
+    let mut timer = std::pin::pin!(tokio::time::sleep(stall));
+    let mut last = conn.sent;
+    let finished = std::future::poll_fn(|cx| match conn.poll_upload(cx) {
+        Poll::Ready(r) => Poll::Ready(r.is_ok()),
+        Poll::Pending => {
+            if conn.sent != last {
+                last = conn.sent;
+                timer.as_mut().reset(Instant::now() + stall);
+            }
+            timer.as_mut().poll(cx).map(|()| false)
+        }
+    })
+    .await;
+    if finished && conn.reusable() {
+        pool.put(conn);
+    }
+}
+
 // === impl Returning ===
 
 impl Returning {
     /// The answer ended: its connection goes back to the pool if it can carry another request.
+    /// An answer that came whole before the end of its request's upload (an early `413`, say)
+    /// leaves the rest of the upload to a task of its own: the client's connection stays in
+    /// step only if its request body is read to the end, and nobody polls this body any more.
     fn give_back(&mut self) {
         if let Some((conn, pool)) = self.back.take() {
-            if conn.reusable() {
+            if matches!(conn.upload, Upload::Sending { .. }) {
+                tokio::spawn(finish_upload(conn, pool));
+            } else if conn.reusable() {
                 pool.put(conn);
             }
         }
