@@ -28,6 +28,7 @@
 //! with `keep-alive`). Answer bodies are passed on as they are read: each frame is split off
 //! the read buffer, not copied.
 
+mod conn;
 pub mod h1;
 
 use std::future::Future;
@@ -35,31 +36,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http::{Method, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 
-use self::h1::{BodyKind, Framing, Out};
+use self::conn::{Conn, Failed, Stream};
 use super::body::Body;
 use super::guard::Guards;
 use crate::error::BoxError;
-
-/// The read buffer's first size, and the least a read asks for.
-const READ_START: usize = 8 * 1024;
-/// The most a read asks for (reads that fill the buffer double it up to this).
-const READ_MAX: usize = 64 * 1024;
-/// Below this much free room, the read buffer is grown (or reclaimed) before a read.
-const READ_MIN_ROOM: usize = 1024;
 
 /// Idle connections of one endpoint.
 #[derive(Debug)]
@@ -104,71 +96,6 @@ struct Idle {
     since: Instant,
 }
 
-/// The byte stream under one upstream connection.
-#[derive(Debug)]
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// One upstream connection, and the exchange in progress on it.
-#[derive(Debug)]
-struct Conn {
-    io: Stream,
-    /// What was read and not yet handed on: an answer head, body bytes.
-    rd: BytesMut,
-    /// How much the next read asks for (grows while reads fill the buffer).
-    read_size: usize,
-    /// Bytes to write: the request head, then a chunk's size line; reused for every request.
-    wr: Vec<u8>,
-    /// How much of `wr` is written.
-    wr_at: usize,
-    /// Body bytes to write after `wr`.
-    wr_data: Bytes,
-    /// Bytes of the current request written so far: while none is, a dead reused
-    /// connection may give the request back for the next one.
-    sent: u64,
-    /// The current request's body.
-    upload: Upload,
-    /// The current answer's body.
-    body: Decoder,
-    /// Whether the connection may carry another request (so far).
-    keep_alive: bool,
-    /// The connection's claim on the endpoint's `max_connections`.
-    _slot: Slot,
-}
-
-/// Where the current request's body is.
-#[derive(Debug)]
-enum Upload {
-    /// Being written: `wr`/`wr_data` first, then the next frame of `body`.
-    Sending {
-        body: Body,
-        out: Out,
-        /// A chunk was written (the next size line starts with the CRLF ending it).
-        chunked: bool,
-        /// The body ended; what is in `wr` is the last of it.
-        ending: bool,
-    },
-    /// All written.
-    Done,
-    /// Writing failed after some bytes went out; the answer may still come.
-    Failed(io::Error),
-}
-
-/// How the rest of the current answer's body is read.
-#[derive(Debug)]
-enum Decoder {
-    /// This many bytes more.
-    Length(u64),
-    /// Chunked.
-    Chunked(h1::Chunked),
-    /// Until the upstream closes.
-    Close,
-    /// Read whole.
-    Done,
-}
-
 /// Why a try got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -205,15 +132,6 @@ pub enum UpstreamError {
     /// The request's body was longer or shorter than its `content-length`.
     #[error("the request body does not match its content-length")]
     RequestLength,
-}
-
-/// Why an exchange failed, and whether its request may go out on another connection.
-#[derive(Debug)]
-enum Failed {
-    /// Nothing of the request was written; here it is back.
-    Unsent(Box<Request<Body>>, UpstreamError),
-    /// The request (or part of it) went out.
-    Broken(UpstreamError),
 }
 
 /// The settings of one endpoint's pool, from its upstream's section.
@@ -338,19 +256,13 @@ impl Pool {
     }
 
     fn returning(self: &Arc<Self>, head: h1::Head, mut conn: Box<Conn>) -> Response<Body> {
-        conn.body = match head.framing {
-            Framing::Empty => Decoder::Done,
-            Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::Chunked(h1::Chunked::new()),
-            Framing::Close => Decoder::Close,
-        };
-        conn.keep_alive &= head.keep_alive;
+        conn.start_body(head.framing, head.keep_alive);
         let mut r = Returning {
             back: Some((conn, self.clone())),
             failed: false,
             guards: Guards::default(),
         };
-        if matches!(head.framing, Framing::Empty) {
+        if matches!(head.framing, h1::Framing::Empty) {
             // Nobody may poll an empty body: hand the connection back now.
             r.give_back();
         }
@@ -376,428 +288,18 @@ fn connect_timed_out(addr: SocketAddr) -> SendError {
     }
 }
 
-/// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
-struct Noop;
-
-impl std::task::Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-    fn wake_by_ref(self: &Arc<Self>) {}
-}
-
-static NOOP: std::sync::LazyLock<Waker> = std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
-
-// === impl Stream ===
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-// === impl Conn ===
-
-impl Conn {
-    fn new(io: Stream, slot: Slot) -> Box<Conn> {
-        Box::new(Conn {
-            io,
-            rd: BytesMut::with_capacity(READ_START),
-            read_size: READ_START,
-            wr: Vec::with_capacity(1024),
-            wr_at: 0,
-            wr_data: Bytes::new(),
-            sent: 0,
-            upload: Upload::Done,
-            body: Decoder::Done,
-            keep_alive: true,
-            _slot: slot,
-        })
-    }
-
-    /// Whether an idle connection is still open and quiet: a read that would wait. End of
-    /// stream, an error or bytes nobody asked for (a `408` before closing, say) mean it is
-    /// done. The read costs no system call while the socket has had no event since the last
-    /// read drained it.
-    fn alive(&mut self) -> bool {
-        let mut quiet = Context::from_waker(&NOOP);
-        self.poll_fill(&mut quiet).is_pending()
-    }
-
-    /// Whether the connection can carry another request now.
-    fn reusable(&self) -> bool {
-        self.keep_alive
-            && matches!(self.upload, Upload::Done)
-            && matches!(self.body, Decoder::Done)
-            && self.rd.is_empty()
-    }
-
-    /// Writes `req` and reads the answer head; the answer's body is read later through
-    /// [`Returning`].
-    async fn exchange(&mut self, req: Request<Body>, reused: bool) -> Result<h1::Head, Failed> {
-        let (parts, mut body) = req.into_parts();
-        let kind = if body.is_end_stream() {
-            BodyKind::Empty
-        } else {
-            match body.size_hint().exact() {
-                Some(n) => BodyKind::Exact(n),
-                None => BodyKind::Unknown,
-            }
-        };
-        if self.wr.capacity() > h1::MAX_HEAD {
-            // A huge request head once is no reason to keep its buffer for the connection's life.
-            self.wr = Vec::with_capacity(1024);
-        }
-        self.wr.clear();
-        self.wr_at = 0;
-        self.sent = 0;
-        self.body = Decoder::Done;
-        let written = h1::encode_head(
-            &mut self.wr,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            kind,
-        );
-        self.keep_alive = !written.close;
-        let mut out = written.body;
-        if let (Out::Length(n), Body::Full(full)) = (out, &mut body) {
-            // A body already in memory (a replayed request) goes out with the head, in one write.
-            if full.as_ref().is_some_and(|b| b.len() as u64 == n) {
-                self.wr_data = full.take().unwrap_or_default();
-                out = Out::Length(0);
-            }
-        }
-        self.upload = Upload::Sending {
-            body,
-            out,
-            chunked: false,
-            ending: false,
-        };
-        let head_request = parts.method == Method::HEAD;
-        match std::future::poll_fn(|cx| self.poll_exchange(cx, head_request)).await {
-            Ok(head) => Ok(head),
-            Err(e) if reused && self.sent == 0 => {
-                let body = match std::mem::replace(&mut self.upload, Upload::Done) {
-                    Upload::Sending {
-                        body: Body::Full(None),
-                        ..
-                    } if !self.wr_data.is_empty() => {
-                        Body::Full(Some(std::mem::take(&mut self.wr_data)))
-                    }
-                    Upload::Sending { body, .. } => body,
-                    _ => Body::Empty,
-                };
-                Err(Failed::Unsent(
-                    Box::new(Request::from_parts(parts, body)),
-                    e,
-                ))
-            }
-            Err(e) => Err(Failed::Broken(e)),
-        }
-    }
-
-    /// Writes the request (as far as the socket and its body allow) and reads until a whole
-    /// final answer head is in.
-    fn poll_exchange(
-        &mut self,
-        cx: &mut Context<'_>,
-        head_request: bool,
-    ) -> Poll<Result<h1::Head, UpstreamError>> {
-        loop {
-            if let Err(e) = self.drive_upload(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if !self.rd.is_empty() {
-                if let Some(head) = h1::parse_head(&mut self.rd, head_request)? {
-                    return Poll::Ready(Ok(head));
-                }
-            }
-            if ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(self.closed()));
-            }
-        }
-    }
-
-    /// Moves the upload on, if one is going. A failed write is kept (the answer may still
-    /// come, and then it tells more); if nothing of the request was written it fails the
-    /// exchange at once, so that the request can go out on another connection.
-    fn drive_upload(&mut self, cx: &mut Context<'_>) -> Result<(), UpstreamError> {
-        if !matches!(self.upload, Upload::Sending { .. }) {
-            return Ok(());
-        }
-        match self.poll_upload(cx) {
-            Poll::Ready(Err(UpstreamError::Io(e))) => {
-                if self.sent == 0 {
-                    return Err(UpstreamError::Io(e));
-                }
-                self.keep_alive = false;
-                self.upload = Upload::Failed(e);
-                Ok(())
-            }
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
-        }
-    }
-
-    /// The error for a connection the upstream closed mid-answer: the failed write if there
-    /// was one (it says why), or the close itself.
-    fn closed(&mut self) -> UpstreamError {
-        match std::mem::replace(&mut self.upload, Upload::Done) {
-            Upload::Failed(e) => UpstreamError::Io(e),
-            _ => UpstreamError::Closed,
-        }
-    }
-
-    /// Writes the request: what is buffered, then the body's frames as they come, framed.
-    /// Ready(Ok) once all of it is written (and flushed).
-    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        loop {
-            ready!(self.poll_out(cx))?;
-            let Upload::Sending {
-                body,
-                out,
-                chunked,
-                ending,
-            } = &mut self.upload
-            else {
-                return Poll::Ready(Ok(()));
-            };
-            if *ending || *out == Out::None {
-                self.upload = Upload::Done;
-                return Poll::Ready(Ok(()));
-            }
-            self.wr.clear();
-            self.wr_at = 0;
-            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::RequestBody(e))),
-                None => {
-                    match *out {
-                        Out::Length(0) | Out::None => {}
-                        Out::Length(_) => return Poll::Ready(Err(UpstreamError::RequestLength)),
-                        Out::Chunked => {
-                            if *chunked {
-                                self.wr.extend_from_slice(b"\r\n");
-                            }
-                            self.wr.extend_from_slice(b"0\r\n\r\n");
-                        }
-                    }
-                    *ending = true;
-                    continue;
-                }
-            };
-            match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) => {
-                    match out {
-                        Out::Length(left) => {
-                            *left = left
-                                .checked_sub(data.len() as u64)
-                                .ok_or(UpstreamError::RequestLength)?;
-                        }
-                        Out::Chunked => {
-                            if *chunked {
-                                self.wr.extend_from_slice(b"\r\n");
-                            }
-                            h1::chunk_line(&mut self.wr, data.len());
-                            *chunked = true;
-                        }
-                        Out::None => {}
-                    }
-                    self.wr_data = data;
-                }
-                Err(frame) => {
-                    // Trailers end a chunked body; a body framed by its length has no room
-                    // for them, and they are dropped.
-                    if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *out) {
-                        if *chunked {
-                            self.wr.extend_from_slice(b"\r\n");
-                        }
-                        self.wr.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            self.wr.extend_from_slice(name.as_str().as_bytes());
-                            self.wr.extend_from_slice(b": ");
-                            self.wr.extend_from_slice(value.as_bytes());
-                            self.wr.extend_from_slice(b"\r\n");
-                        }
-                        self.wr.extend_from_slice(b"\r\n");
-                        *ending = true;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes `wr` (from `wr_at`) and then `wr_data`, and flushes.
-    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let head = &self.wr[self.wr_at..];
-            let n = match (head.is_empty(), self.wr_data.is_empty()) {
-                (true, true) => break,
-                (false, true) => ready!(Pin::new(&mut self.io).poll_write(cx, head))?,
-                (true, false) => ready!(Pin::new(&mut self.io).poll_write(cx, &self.wr_data))?,
-                (false, false) => {
-                    let bufs = [io::IoSlice::new(head), io::IoSlice::new(&self.wr_data)];
-                    ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &bufs))?
-                }
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n as u64;
-            let from_head = n.min(head.len());
-            self.wr_at += from_head;
-            self.wr_data.advance(n - from_head);
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    /// Reads more into `rd`; Ready(Ok(0)) is the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rd.capacity() - self.rd.len() < READ_MIN_ROOM {
-            // Reclaims the buffer when every frame split off it is gone; else a new one.
-            self.rd.reserve(self.read_size);
-        }
-        let room = self.rd.capacity() - self.rd.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.rd
-        ))?;
-        if n == room && self.read_size < READ_MAX {
-            self.read_size *= 2;
-        } else if n < self.read_size / 8 && self.read_size > READ_START {
-            self.read_size /= 2;
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    /// The next piece of the answer's body; None at its end.
-    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, UpstreamError>>> {
-        loop {
-            if let Err(e) = self.drive_upload(cx) {
-                return Poll::Ready(Some(Err(e)));
-            }
-            match &mut self.body {
-                Decoder::Done => return Poll::Ready(None),
-                Decoder::Length(left) => {
-                    if !self.rd.is_empty() {
-                        let n = (self.rd.len() as u64).min(*left) as usize;
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.body = Decoder::Done;
-                        }
-                        return Poll::Ready(Some(Ok(self.rd.split_to(n).freeze())));
-                    }
-                }
-                Decoder::Chunked(c) => match c.decode(&mut self.rd) {
-                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                    Ok(h1::Chunk::End) => {
-                        self.body = Decoder::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(h1::Chunk::Data(data)) => {
-                        // Looks past the chunk's end for the body's end, so that the last
-                        // chunk already says so (a framing error here shows on the next poll).
-                        if c.skip_framing(&mut self.rd).is_ok() && c.is_done() {
-                            self.body = Decoder::Done;
-                        }
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    Ok(h1::Chunk::More) => {}
-                },
-                Decoder::Close => {
-                    if !self.rd.is_empty() {
-                        return Poll::Ready(Some(Ok(self.rd.split().freeze())));
-                    }
-                }
-            }
-            match ready!(self.poll_fill(cx)) {
-                Ok(0) if matches!(self.body, Decoder::Close) => {
-                    self.body = Decoder::Done;
-                    self.keep_alive = false;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return Poll::Ready(Some(Err(self.closed()))),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
-            }
-        }
-    }
-
-    /// The rest of the answer's body, if its size is known.
-    fn body_hint(&self) -> SizeHint {
-        match self.body {
-            Decoder::Length(n) => SizeHint::with_exact(n),
-            Decoder::Done => SizeHint::with_exact(0),
-            Decoder::Chunked(_) | Decoder::Close => SizeHint::new(),
-        }
-    }
-}
-
 /// Writes the rest of an upload whose answer already ended, then pools the connection if it
 /// can carry another request. An upstream that takes no byte of it for `pool_idle_timeout`
 /// loses it (a client that stalls is bounded by its own `body_idle_timeout`).
 async fn finish_upload(mut conn: Box<Conn>, pool: Arc<Pool>) {
     let stall = pool.idle_timeout;
     let mut timer = std::pin::pin!(tokio::time::sleep(stall));
-    let mut last = conn.sent;
+    let mut last = conn.sent();
     let finished = std::future::poll_fn(|cx| match conn.poll_upload(cx) {
         Poll::Ready(r) => Poll::Ready(r.is_ok()),
         Poll::Pending => {
-            if conn.sent != last {
-                last = conn.sent;
+            if conn.sent() != last {
+                last = conn.sent();
                 timer.as_mut().reset(Instant::now() + stall);
             }
             timer.as_mut().poll(cx).map(|()| false)
@@ -818,7 +320,7 @@ impl Returning {
     /// step only if its request body is read to the end, and nobody polls this body any more.
     fn give_back(&mut self) {
         if let Some((conn, pool)) = self.back.take() {
-            if matches!(conn.upload, Upload::Sending { .. }) {
+            if conn.uploading() {
                 tokio::spawn(finish_upload(conn, pool));
             } else if conn.reusable() {
                 pool.put(conn);
@@ -840,8 +342,8 @@ impl http_body::Body for Returning {
             return Poll::Ready(None);
         };
         let polled = ready!(conn.poll_body(cx));
-        let ended = matches!(conn.body, Decoder::Done);
-        if ended && matches!(conn.upload, Upload::Sending { .. }) {
+        let ended = conn.body_done();
+        if ended && conn.uploading() {
             // The answer is whole: a last chance for the upload to end, else it is abandoned.
             let _ = conn.drive_upload(cx);
         }
@@ -872,7 +374,7 @@ impl http_body::Body for Returning {
 
     fn is_end_stream(&self) -> bool {
         match &self.back {
-            Some((conn, _)) => matches!(conn.body, Decoder::Done),
+            Some((conn, _)) => conn.body_done(),
             None => !self.failed,
         }
     }
