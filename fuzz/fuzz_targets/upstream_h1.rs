@@ -36,6 +36,10 @@ fn read(data: &[u8], step: usize, head_request: bool) -> (Result<Option<(u16, Fr
                     assert!(!d.is_empty());
                     body.extend_from_slice(&d);
                 }
+                Ok(Chunk::Trailers(t)) => {
+                    assert!(!t.is_empty(), "no empty trailers step");
+                    assert!(c.is_done(), "trailers come last");
+                }
                 Ok(Chunk::End) => {
                     assert!(c.is_done());
                     break;
@@ -70,6 +74,7 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..data.len() + 2 {
         match c.decode(&mut buf) {
             Ok(Chunk::Data(d)) => total += d.len(),
+            Ok(Chunk::Trailers(_)) => {}
             Ok(Chunk::More) | Ok(Chunk::End) | Err(_) => break,
         }
     }

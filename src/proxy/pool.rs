@@ -348,15 +348,15 @@ impl http_body::Body for Returning {
             let _ = conn.drive_upload(cx);
         }
         match polled {
-            Some(Ok(data)) => {
+            Some(Ok(frame)) => {
                 // Counted before the guards go with the last frame.
-                if let Some(log) = self.guards.log.as_mut() {
-                    log.sent(data.len());
+                if let (Some(d), Some(log)) = (frame.data_ref(), self.guards.log.as_mut()) {
+                    log.sent(d.len());
                 }
                 if ended {
                     self.give_back();
                 }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+                Poll::Ready(Some(Ok(frame)))
             }
             None => {
                 self.give_back();

@@ -395,3 +395,44 @@ async fn a_large_upload_reaches_the_upstream_intact() {
         "the streamed body"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_of_a_chunked_answer_reach_an_h2_client() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+          4\r\ndata\r\n0\r\nx-checksum: c0ffee\r\ncontent-length: 99\r\n\r\n",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("the listener accepts");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = ::http::Request::get(format!("http://{addr}/t"))
+        .body(http::empty())
+        .expect("a valid request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(rsp.status(), 200);
+    let whole = rsp.into_body().collect().await.expect("a whole body");
+    let trailers = whole
+        .trailers()
+        .cloned()
+        .expect("the trailers came through");
+    assert_eq!(trailers["x-checksum"], "c0ffee");
+    assert!(
+        trailers.get("content-length").is_none(),
+        "framing fields never travel as trailers"
+    );
+    assert_eq!(whole.to_bytes(), Bytes::from_static(b"data"));
+}

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request};
-use http_body::{Body as _, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -476,11 +476,12 @@ impl Conn {
         Poll::Ready(Ok(n))
     }
 
-    /// The next piece of the answer's body; None at its end.
+    /// The next piece of the answer's body (data, or the trailers of a chunked one); None at
+    /// its end.
     pub(super) fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, UpstreamError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         loop {
             if let Err(e) = self.drive_upload(cx) {
                 return Poll::Ready(Some(Err(e)));
@@ -494,7 +495,7 @@ impl Conn {
                         if *left == 0 {
                             self.body = Decoder::Done;
                         }
-                        return Poll::Ready(Some(Ok(self.rd.split_to(n).freeze())));
+                        return Poll::Ready(Some(Ok(Frame::data(self.rd.split_to(n).freeze()))));
                     }
                 }
                 Decoder::Chunked(c) => match c.decode(&mut self.rd) {
@@ -509,13 +510,19 @@ impl Conn {
                         if c.skip_framing(&mut self.rd).is_ok() && c.is_done() {
                             self.body = Decoder::Done;
                         }
-                        return Poll::Ready(Some(Ok(data)));
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(h1::Chunk::Trailers(map)) => {
+                        if c.is_done() {
+                            self.body = Decoder::Done;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(map))));
                     }
                     Ok(h1::Chunk::More) => {}
                 },
                 Decoder::Close => {
                     if !self.rd.is_empty() {
-                        return Poll::Ready(Some(Ok(self.rd.split().freeze())));
+                        return Poll::Ready(Some(Ok(Frame::data(self.rd.split().freeze()))));
                     }
                 }
             }

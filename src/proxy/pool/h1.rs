@@ -405,7 +405,8 @@ fn has_token(raw: &[u8], token: &[u8]) -> bool {
 // === chunked body ===
 
 /// Decodes a chunked body off the front of a read buffer (RFC 9112 §7.1). Extensions are
-/// skipped; trailers are read and dropped.
+/// skipped; trailers are passed on as a header map (those that would frame or route the
+/// message, and malformed ones, are dropped).
 #[derive(Debug, Clone)]
 pub struct Chunked {
     state: ChunkState,
@@ -413,6 +414,8 @@ pub struct Chunked {
     size: u64,
     /// Bytes of the current size line, or of all trailers so far.
     seen: usize,
+    /// The trailer lines read so far (empty, and not allocated, for most bodies).
+    trailers: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,7 +455,9 @@ pub enum Chunk {
     Data(Bytes),
     /// The buffer ran out; read more.
     More,
-    /// The body ended (trailers read).
+    /// The trailers, after the last data and before [`Chunk::End`].
+    Trailers(HeaderMap),
+    /// The body ended.
     End,
 }
 
@@ -469,18 +474,27 @@ impl Chunked {
             state: ChunkState::SizeStart,
             size: 0,
             seen: 0,
+            trailers: Vec::new(),
         }
     }
 
-    /// Whether the whole body was read.
+    /// Whether the whole body was read and handed on (its trailers too).
     pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
+        self.state == ChunkState::Done && self.trailers.is_empty()
     }
 
     /// The next piece of the body from the front of `buf` (consumed from it).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, Malformed> {
         self.skip_framing(buf)?;
         match self.state {
+            ChunkState::Done if !self.trailers.is_empty() => {
+                let map = trailer_map(&std::mem::take(&mut self.trailers));
+                Ok(if map.is_empty() {
+                    Chunk::End
+                } else {
+                    Chunk::Trailers(map)
+                })
+            }
             ChunkState::Done => Ok(Chunk::End),
             ChunkState::Data if !buf.is_empty() => {
                 let n = (buf.len() as u64).min(self.size) as usize;
@@ -543,8 +557,14 @@ impl Chunked {
                 (TrailerStart | Trailer, _) if b == b'\n' || (b < b' ' && b != b'\t') => {
                     return Err(Malformed("invalid trailer"))
                 }
-                (TrailerStart | Trailer, _) => Trailer,
-                (TrailerLf, b'\n') => TrailerStart,
+                (TrailerStart | Trailer, _) => {
+                    self.trailers.push(b);
+                    Trailer
+                }
+                (TrailerLf, b'\n') => {
+                    self.trailers.extend_from_slice(b"\r\n");
+                    TrailerStart
+                }
                 (EndLf, b'\n') => Done,
                 (SizeLf | DataLf | TrailerLf | EndLf, _) => {
                     return Err(Malformed("chunked framing: CR without LF"))
@@ -565,6 +585,42 @@ impl Chunked {
         }
         Ok(())
     }
+}
+
+/// The trailer lines of a chunked body as headers. Fields that frame, route or describe
+/// the connection have no place in trailers (RFC 9110 §6.5.1) and are dropped, as are lines
+/// that do not parse.
+fn trailer_map(lines: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut input = Vec::with_capacity(lines.len() + 2);
+    input.extend_from_slice(lines);
+    input.extend_from_slice(b"\r\n");
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&input, &mut slots)
+    else {
+        return map;
+    };
+    for f in fields {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) else {
+            continue;
+        };
+        let framing = [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+            header::HOST,
+            header::TE,
+            header::TRAILER,
+            header::UPGRADE,
+        ];
+        if !framing.contains(&name) && name.as_str() != "keep-alive" {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 fn hex_value(b: u8) -> u8 {

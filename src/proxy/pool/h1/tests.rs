@@ -62,6 +62,7 @@ fn read_answer(
             loop {
                 match c.decode(&mut buf)? {
                     Chunk::Data(d) => body.extend_from_slice(&d),
+                    Chunk::Trailers(_) => {}
                     Chunk::End => break,
                     Chunk::More => match input.next() {
                         Some(more) => buf.extend_from_slice(more),
@@ -507,4 +508,30 @@ fn chunk_lines_are_lower_case_hex() {
         chunk_line(&mut dst, n);
         assert_eq!(dst, line.as_bytes());
     }
+}
+
+#[test]
+fn trailers_are_passed_on_as_headers_without_framing_fields() {
+    let mut buf = BytesMut::from(
+        &b"2\r\nok\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nx-two: 2\r\n\r\n"[..],
+    );
+    let mut c = Chunked::new();
+    assert_eq!(
+        c.decode(&mut buf),
+        Ok(Chunk::Data(Bytes::from_static(b"ok")))
+    );
+    c.skip_framing(&mut buf).expect("well-formed");
+    assert!(!c.is_done(), "the trailers are still to be handed on");
+    let Ok(Chunk::Trailers(map)) = c.decode(&mut buf) else {
+        panic!("trailers expected");
+    };
+    assert_eq!(map.len(), 2, "{map:?}");
+    assert_eq!(map["x-checksum"], "abc");
+    assert_eq!(map["x-two"], "2");
+    assert!(c.is_done());
+    assert_eq!(c.decode(&mut buf), Ok(Chunk::End));
+    // A body without trailers ends without a trailers step.
+    let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
+    let mut c = Chunked::new();
+    assert_eq!(c.decode(&mut buf), Ok(Chunk::End));
 }
