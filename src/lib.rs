@@ -28,6 +28,7 @@ pub mod shutdown;
 pub mod store;
 pub mod tenant;
 pub mod tls;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,8 +81,18 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigError
 // === impl Rampart ===
 
 impl Rampart {
-    /// Binds the admin and data listeners of `config` and starts serving.
+    /// Binds the admin and data listeners of `config` and starts serving, on the calling
+    /// runtime only.
     pub async fn start(config: Config) -> Result<Rampart, StartError> {
+        Self::start_on(config, workers::Workers::here()).await
+    }
+
+    /// Like [`Rampart::start`], with every worker of `workers` accepting and serving data
+    /// connections (`rampart run` with `RAMPART_WORKERS` above 1).
+    pub async fn start_on(
+        config: Config,
+        workers: workers::Workers,
+    ) -> Result<Rampart, StartError> {
         let clock: SharedClock = Arc::new(MonotonicClock::new());
         let metrics = Metrics::register();
         let audit = audit::AuditLog::new(metrics.audit_write_failures.clone());
@@ -111,6 +122,7 @@ impl Rampart {
             draining: AtomicBool::new(false),
             listeners: tokio::sync::Mutex::new(ListenerSet::new()),
             audit,
+            workers,
         });
         let started = {
             let mut set = shared.listeners.lock().await;

@@ -48,7 +48,8 @@ pub struct ListenerHandle {
     stop: watch::Sender<bool>,
     limit: Arc<Semaphore>,
     capacity: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
+    /// One accept loop per worker (see `workers.rs`).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds `addr` with a large backlog and `SO_REUSEADDR`.
@@ -84,7 +85,9 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Starts serving `tcp`, configured as `addr`.
+/// Starts serving `tcp`, configured as `addr`: every worker runs an accept loop on it, through
+/// its own descriptor of the socket (registered with that worker's I/O driver), so each
+/// connection is served start to end by the worker that accepted it.
 pub fn spawn(
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -95,13 +98,34 @@ pub fn spawn(
     let (stop, stopped) = watch::channel(false);
     let max_conns = (rt.max_connections as usize).max(1);
     let limit = Arc::new(Semaphore::new(max_conns));
-    let task = tokio::spawn(accept_loop(shared, addr, tcp, limit.clone(), stopped));
+    let mut tasks = Vec::with_capacity(shared.workers.handles().len());
+    for (i, worker) in shared.workers.handles().iter().enumerate().skip(1) {
+        let dup = match socket2::SockRef::from(&tcp).try_clone() {
+            Ok(s) => std::net::TcpListener::from(s),
+            Err(e) => {
+                tracing::warn!(%addr, worker = i, error = %e, "cannot share the listening socket with a worker; it serves no connections of this listener");
+                continue;
+            }
+        };
+        let (shared, limit, stopped) = (shared.clone(), limit.clone(), stopped.clone());
+        tasks.push(worker.spawn(async move {
+            // In the worker's runtime: the descriptor registers with its I/O driver.
+            match TcpListener::from_std(dup) {
+                Ok(tcp) => accept_loop(shared, addr, tcp, limit, stopped).await,
+                Err(e) => tracing::warn!(%addr, worker = i, error = %e, "a worker cannot poll the listening socket"),
+            }
+        }));
+    }
+    tasks.insert(
+        0,
+        tokio::spawn(accept_loop(shared, addr, tcp, limit.clone(), stopped)),
+    );
     ListenerHandle {
         local_addr,
         stop,
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
-        task,
+        tasks,
     }
 }
 
@@ -121,12 +145,17 @@ impl ListenerHandle {
 
     /// Waits for the listener to finish draining, at most `grace`.
     pub async fn wait(self, grace: Duration) {
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace + Duration::from_millis(100), self.task)
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace + Duration::from_millis(100), all)
             .await
             .is_err()
         {
-            abort.abort();
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 
