@@ -15,17 +15,20 @@
 //!   answered and after every earlier answer is written, so pipelined requests keep their
 //!   order.
 //!
-//! The connection keeps the listener's guarantees: the watchdog (`conn.rs`) closes silent
-//! and idle connections; a head must be complete within `header_read_timeout` of the moment
-//! the server starts waiting for it (hyper's rule, so an idle keep-alive connection is closed
-//! at the earlier of the two timeouts, as before); a drain lets the answer in flight finish
-//! with `connection: close`, and closes a connection waiting for a head.
+//! The connection keeps the listener's guarantees, with one timer instead of the watchdog
+//! (`conn.rs`, which takes over with hyper): no request within the head timeout of accept
+//! closes it; a later head must be complete within `header_read_timeout` of the moment the
+//! server starts waiting for it (hyper's rule), and a connection waiting with no request in
+//! flight is closed after `idle_timeout` — whichever comes first, both counted from the end
+//! of the answer before. A drain lets the answer in flight finish with `connection: close`,
+//! and closes a connection waiting for a head.
 
 pub mod parse;
 mod rewind;
 pub mod write;
 
 use std::future::{poll_fn, Future};
+use std::time::Duration;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -38,10 +41,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 pub use self::rewind::Rewind;
-use self::parse::Parsed;
+use self::parse::{Parsed, Reuse};
 use self::write::Ask;
-use super::body::ClientIn;
-use super::conn::{Close, ConnState};
+use super::conn::ConnState;
 use super::forward::Peer;
 use super::shared::Shared;
 use crate::generation::ListenerRt;
@@ -71,53 +73,60 @@ pub(super) enum End<I> {
 /// What woke the wait for more of a head.
 enum Wake {
     Read(std::io::Result<usize>),
-    /// Close gracefully: drain or idle.
+    /// Close gracefully: drain, or idle.
     Graceful,
-    /// Drop at once: silent from the start, or the head took too long.
+    /// Drop at once: no request in time, or a head that took too long.
     Drop,
 }
 
-/// Serves `io` until it closes or needs hyper.
-pub(super) async fn serve<I, W>(
+/// Serves `io` until it closes or needs hyper. `first_head` is the time left for the first
+/// request to arrive (the head timeout less the TLS handshake).
+pub(super) async fn serve<I>(
     c: Conn<'_>,
     mut io: I,
-    mut watchdog: Pin<&mut W>,
+    first_head: Duration,
     stopped: &mut watch::Receiver<bool>,
 ) -> End<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    W: Future<Output = Close>,
 {
     let max_head = c.lst.max_head;
-    let head_timeout = c.lst.head_timeout;
+    // Waiting for a later head ends at the earlier of hyper's head timer and the idle
+    // timeout (both start when the answer before ends); only an idle close is graceful.
+    let idle_first = c.lst.idle_timeout <= c.lst.head_timeout;
+    let wait_limit = c.lst.idle_timeout.min(c.lst.head_timeout);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
-    let mut spare = None;
+    let mut reuse = Reuse::default();
+    // The listener's stop: the `changed` future is polled once, to leave the task's waker
+    // with the channel; after that a look at the version is enough (no lock per request).
+    let probe = stopped.clone();
     let mut stop = pin!(stopped.changed());
+    let mut listening = false;
     let mut stopping = false;
-    // The head timer: made on the first wait, re-armed for each head that is waited for.
+    // One timer for every wait: made on the first, re-armed when a wait for a new head starts.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut timing = false;
+    let mut first = Some(Instant::now() + first_head);
     loop {
         if !buf.is_empty() {
-            match parse::parse(&buf, max_head, &mut spare) {
+            match parse::parse(&buf, max_head, &mut reuse) {
                 Parsed::Simple(head) => {
                     buf.advance(head.len);
                     timing = false;
+                    first = None;
                     let mut ask = Ask {
                         head: head.req.method() == Method::HEAD,
                         http10: head.req.version() == http::Version::HTTP_10,
                         keep_alive: head.keep_alive,
                     };
-                    let req = head.req.map(|()| ClientIn::Empty);
                     let active = c.state.begin();
-                    let rsp = super::listener::serve(c.shared, c.addr, req, c.peer, active).await;
-                    if !stopping {
-                        stopping = poll_fn(|cx| Poll::Ready(stop.as_mut().poll(cx).is_ready())).await;
-                    }
+                    let rsp =
+                        super::listener::serve(c.shared, c.addr, head.req, c.peer, active).await;
+                    stopping |= probe.has_changed().unwrap_or(true);
                     ask.keep_alive &= !stopping;
                     let (keep, map) = write::answer(&mut io, &mut out, rsp, ask).await;
-                    spare = map;
+                    reuse.map = map;
                     if !keep {
                         let _ = io.shutdown().await;
                         return End::Closed;
@@ -142,27 +151,36 @@ where
                     return Poll::Ready(Wake::Read(r));
                 }
             }
-            if !stopping && stop.as_mut().poll(cx).is_ready() {
-                stopping = true;
-                return Poll::Ready(Wake::Graceful);
-            }
-            if let Poll::Ready(close) = watchdog.as_mut().poll(cx) {
-                return Poll::Ready(match close {
-                    Close::Silent => Wake::Drop,
-                    Close::Idle => Wake::Graceful,
-                });
-            }
-            if !timing {
-                timing = true;
-                let at = Instant::now() + head_timeout;
-                match timer.as_mut() {
-                    Some(t) => t.as_mut().reset(at),
-                    None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            if !listening {
+                listening = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Graceful);
                 }
             }
-            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Wake::Drop),
-                _ => Poll::Pending,
+            if probe.has_changed().unwrap_or(true) {
+                return Poll::Ready(Wake::Graceful);
+            }
+            // The timer is polled once per wait (that leaves the task's waker with it); a
+            // later wake-up in the same wait only looks whether it fired.
+            let fired = if timing {
+                timer.as_ref().is_some_and(|t| t.is_elapsed())
+            } else {
+                timing = true;
+                let at = first.unwrap_or_else(|| Instant::now() + wait_limit);
+                let t = match timer.as_mut() {
+                    Some(t) => {
+                        t.as_mut().reset(at);
+                        t
+                    }
+                    None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
+                };
+                t.as_mut().poll(cx).is_ready()
+            };
+            match fired {
+                false => Poll::Pending,
+                true if first.is_some() => Poll::Ready(Wake::Drop),
+                true if idle_first => Poll::Ready(Wake::Graceful),
+                true => Poll::Ready(Wake::Drop),
             }
         })
         .await;

@@ -264,8 +264,7 @@ async fn serve_io<I>(
 {
     let state = ConnState::new();
     let client = Arc::new(peer);
-    let watchdog = state.watch(head, lst.idle_timeout);
-    tokio::pin!(watchdog);
+    let started = Instant::now();
     let io = if h2 {
         h1::Rewind::new(bytes::Bytes::new(), io)
     } else {
@@ -276,11 +275,14 @@ async fn serve_io<I>(
             peer: &client,
             state: &state,
         };
-        match h1::serve(conn, io, watchdog.as_mut(), &mut stopped).await {
+        match h1::serve(conn, io, head, &mut stopped).await {
             h1::End::Closed => return,
             h1::End::HandOff(io) => io,
         }
     };
+    // The watchdog counts the head timeout from accept, whoever served the connection so far.
+    let watchdog = state.watch(head.saturating_sub(started.elapsed()), lst.idle_timeout);
+    tokio::pin!(watchdog);
     let draining = *stopped.borrow();
     serve_hyper(shared, addr, lst, io, client, &state, watchdog, stopped, draining).await;
 }

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use crate::proxy::body::ClientIn;
+
 /// Most header lines in a head (hyper's default: more are answered 431 by hyper).
 pub const MAX_HEADERS: usize = 100;
 
@@ -30,6 +32,20 @@ pub enum Parsed {
     Simple(Head),
 }
 
+/// What one connection keeps from head to head so that reading one allocates little.
+#[derive(Debug, Default)]
+pub struct Reuse {
+    /// An empty header map to fill (the previous answer's, emptied).
+    pub map: Option<HeaderMap>,
+    /// The previous head's header names, in order: a client sends the same names in the
+    /// same order on each request, and a name found here is not parsed (or, for a name that
+    /// is not a standard one, allocated) again.
+    pub names: Vec<HeaderName>,
+}
+
+/// How many header names a connection remembers.
+const NAMES_KEPT: usize = 32;
+
 /// A simple request's head.
 #[derive(Debug)]
 pub struct Head {
@@ -38,13 +54,13 @@ pub struct Head {
     /// Whether the client lets the connection live after the answer (HTTP/1.1 unless it
     /// says `close`; HTTP/1.0 only if it says `keep-alive` and not `close`).
     pub keep_alive: bool,
-    /// The request, without a body.
-    pub req: Request<()>,
+    /// The request (it has no body).
+    pub req: Request<ClientIn>,
 }
 
-/// Reads the head at the front of `buf` (at most `max_head` bytes long). `spare` is an empty
-/// header map to fill, kept from the previous answer so a connection reuses its allocation.
-pub fn parse(buf: &[u8], max_head: usize, spare: &mut Option<HeaderMap>) -> Parsed {
+/// Reads the head at the front of `buf` (at most `max_head` bytes long), with what the
+/// connection kept from earlier heads.
+pub fn parse(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut raw = httparse::Request::new(&mut []);
     let cfg = httparse::ParserConfig::default();
@@ -73,22 +89,34 @@ pub fn parse(buf: &[u8], max_head: usize, spare: &mut Option<HeaderMap>) -> Pars
     let Ok(uri) = Uri::from_maybe_shared(at(target.as_bytes())) else {
         return Parsed::HandOff;
     };
-    let mut headers = spare.take().unwrap_or_default();
+    let mut headers = reuse.map.take().unwrap_or_default();
     headers.reserve(raw.headers.len());
     let (mut close, mut keep_alive_token, mut length) = (false, false, false);
-    for h in raw.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return hand_off(headers, spare);
+    for (i, h) in raw.headers.iter().enumerate() {
+        let name = match reuse.names.get(i) {
+            // Kept names are lower case; header names are case-insensitive.
+            Some(n) if n.as_str().as_bytes().eq_ignore_ascii_case(h.name.as_bytes()) => n.clone(),
+            _ => {
+                let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                    return hand_off(headers, &mut reuse.map);
+                };
+                if let Some(slot) = reuse.names.get_mut(i) {
+                    *slot = n.clone();
+                } else if i < NAMES_KEPT {
+                    reuse.names.push(n.clone());
+                }
+                n
+            }
         };
         match name {
             // Body framing (chunked, a length other than 0, or two lengths), protocol
             // switches, `100-continue` and trailers: hyper's business.
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT | header::TE => {
-                return hand_off(headers, spare);
+                return hand_off(headers, &mut reuse.map);
             }
             header::CONTENT_LENGTH => {
                 if length || h.value != b"0" {
-                    return hand_off(headers, spare);
+                    return hand_off(headers, &mut reuse.map);
                 }
                 length = true;
             }
@@ -99,11 +127,11 @@ pub fn parse(buf: &[u8], max_head: usize, spare: &mut Option<HeaderMap>) -> Pars
             _ => {}
         }
         let Ok(value) = HeaderValue::from_maybe_shared(at(h.value)) else {
-            return hand_off(headers, spare);
+            return hand_off(headers, &mut reuse.map);
         };
         headers.append(name, value);
     }
-    let mut req = Request::new(());
+    let mut req = Request::new(ClientIn::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = if http11 {
@@ -144,14 +172,14 @@ mod tests {
     const MAX: usize = 8192;
 
     fn simple(bytes: &[u8]) -> Head {
-        match parse(bytes, MAX, &mut None) {
+        match parse(bytes, MAX, &mut Reuse::default()) {
             Parsed::Simple(h) => h,
             other => panic!("{:?}: wanted a simple head, got {other:?}", bytes.escape_ascii()),
         }
     }
 
     fn decision(bytes: &[u8]) -> &'static str {
-        match parse(bytes, MAX, &mut None) {
+        match parse(bytes, MAX, &mut Reuse::default()) {
             Parsed::Partial => "partial",
             Parsed::HandOff => "hand-off",
             Parsed::Simple(_) => "simple",
@@ -241,14 +269,39 @@ mod tests {
         let cap = map.capacity();
         map.insert("x-old", HeaderValue::from_static("v"));
         map.clear();
-        let mut spare = Some(map);
-        let Parsed::Simple(h) = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", MAX, &mut spare)
+        let mut reuse = Reuse {
+            map: Some(map),
+            names: Vec::new(),
+        };
+        let Parsed::Simple(h) = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", MAX, &mut reuse)
         else {
             panic!("simple");
         };
-        assert!(spare.is_none());
+        assert!(reuse.map.is_none());
         assert_eq!(h.req.headers().capacity(), cap);
         assert_eq!(h.req.headers().len(), 1);
+    }
+
+    #[test]
+    fn kept_names_are_matched_whatever_their_case_and_replaced_when_they_differ() {
+        let mut reuse = Reuse::default();
+        let mut names = |bytes: &[u8]| match parse(bytes, MAX, &mut reuse) {
+            Parsed::Simple(h) => h
+                .req
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let first = names(b"GET / HTTP/1.1\r\nHost: a\r\nX-Tenant-Id: t\r\n\r\n");
+        assert_eq!(first, ["host=a", "x-tenant-id=t"]);
+        let again = names(b"GET / HTTP/1.1\r\nhOST: b\r\nx-tenant-id: u\r\n\r\n");
+        assert_eq!(again, ["host=b", "x-tenant-id=u"]);
+        let other = names(b"GET / HTTP/1.1\r\nX-Tenant-Ie: v\r\nHost: c\r\nAccept: */*\r\n\r\n");
+        assert_eq!(other, ["x-tenant-ie=v", "host=c", "accept=*/*"]);
+        assert_eq!(reuse.names.len(), 3);
+        assert_eq!(reuse.names[0].as_str(), "x-tenant-ie");
     }
 
     #[test]
