@@ -28,11 +28,11 @@ mod rewind;
 pub mod write;
 
 use std::future::{poll_fn, Future};
-use std::time::Duration;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::Method;
@@ -40,8 +40,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-pub use self::rewind::Rewind;
 use self::parse::{Parsed, Reuse};
+pub use self::rewind::Rewind;
 use self::write::Ask;
 use super::conn::ConnState;
 use super::forward::Peer;

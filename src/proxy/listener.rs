@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
-use super::h1;
 use super::forward::Peer;
+use super::h1;
 use super::respond::answer;
 use super::shared::Shared;
 use super::stack;
@@ -284,7 +284,10 @@ async fn serve_io<I>(
     let watchdog = state.watch(head.saturating_sub(started.elapsed()), lst.idle_timeout);
     tokio::pin!(watchdog);
     let draining = *stopped.borrow();
-    serve_hyper(shared, addr, lst, io, client, &state, watchdog, stopped, draining).await;
+    serve_hyper(
+        shared, addr, lst, io, client, &state, watchdog, stopped, draining,
+    )
+    .await;
 }
 
 /// Serves a connection with hyper's HTTP/1 and HTTP/2 servers until it ends, its watchdog

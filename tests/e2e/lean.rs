@@ -233,7 +233,11 @@ async fn a_body_after_bodiless_requests_goes_to_hyper_with_the_bytes_read() {
     let a = c.answer(false).await;
     assert_eq!((a.status, a.text().as_str()), (200, "abc"), "{a:?}");
     c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200, "hyper keeps the connection");
+    assert_eq!(
+        c.answer(false).await.status,
+        200,
+        "hyper keeps the connection"
+    );
     assert_eq!(app.hits_for("/echo"), 2);
 }
 
@@ -296,7 +300,11 @@ async fn a_chunked_upstream_answer_is_chunked_to_the_client() {
     let a = c.answer(false).await;
     assert_eq!(a.body.len(), 200_000, "a large body whole");
     c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.text(), "ok\n", "the connection lives on");
+    assert_eq!(
+        c.answer(false).await.text(),
+        "ok\n",
+        "the connection lives on"
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,9 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
 /// What to do with the bytes at the front of a connection's buffer.
+// Returned once per request and taken apart at once: boxing the large variant would cost an
+// allocation per request to save a few bytes of stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parsed {
     /// No whole head yet, and still under the limit: read more.
@@ -37,10 +40,10 @@ pub enum Parsed {
 pub struct Reuse {
     /// An empty header map to fill (the previous answer's, emptied).
     pub map: Option<HeaderMap>,
-    /// The previous head's header names, in order: a client sends the same names in the
-    /// same order on each request, and a name found here is not parsed (or, for a name that
-    /// is not a standard one, allocated) again.
-    pub names: Vec<HeaderName>,
+    /// The previous head's header names, in order, as sent and as parsed: a client sends
+    /// the same names in the same order on each request, and a name found here is not parsed
+    /// (or, for a name that is not a standard one, allocated) again.
+    pub names: Vec<(Bytes, HeaderName)>,
 }
 
 /// How many header names a connection remembers.
@@ -94,16 +97,17 @@ pub fn parse(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Parsed {
     let (mut close, mut keep_alive_token, mut length) = (false, false, false);
     for (i, h) in raw.headers.iter().enumerate() {
         let name = match reuse.names.get(i) {
-            // Kept names are lower case; header names are case-insensitive.
-            Some(n) if n.as_str().as_bytes().eq_ignore_ascii_case(h.name.as_bytes()) => n.clone(),
+            // The same bytes as the name kept at this place: the same name.
+            Some((raw, n)) if raw.as_ref() == h.name.as_bytes() => n.clone(),
             _ => {
                 let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
                     return hand_off(headers, &mut reuse.map);
                 };
+                let kept = (at(h.name.as_bytes()), n.clone());
                 if let Some(slot) = reuse.names.get_mut(i) {
-                    *slot = n.clone();
+                    *slot = kept;
                 } else if i < NAMES_KEPT {
-                    reuse.names.push(n.clone());
+                    reuse.names.push(kept);
                 }
                 n
             }
@@ -157,7 +161,10 @@ fn hand_off(mut headers: HeaderMap, spare: &mut Option<HeaderMap>) -> Parsed {
 /// Whether the comma-separated list `value` holds `token` (ASCII case-insensitive), read as
 /// hyper reads `Connection`: a value that is not visible ASCII holds nothing.
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
-    if !value.iter().all(|&b| (b' '..0x7f).contains(&b) || b == b'\t') {
+    if !value
+        .iter()
+        .all(|&b| (b' '..0x7f).contains(&b) || b == b'\t')
+    {
         return false;
     }
     value
@@ -174,7 +181,10 @@ mod tests {
     fn simple(bytes: &[u8]) -> Head {
         match parse(bytes, MAX, &mut Reuse::default()) {
             Parsed::Simple(h) => h,
-            other => panic!("{:?}: wanted a simple head, got {other:?}", bytes.escape_ascii()),
+            other => panic!(
+                "{:?}: wanted a simple head, got {other:?}",
+                bytes.escape_ascii()
+            ),
         }
     }
 
@@ -205,15 +215,21 @@ mod tests {
     fn keep_alive_follows_the_version_and_connection() {
         let ka = |b: &[u8]| simple(b).keep_alive;
         assert!(ka(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: foo, CLOSE \r\nHost: a\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nConnection: foo, CLOSE \r\nHost: a\r\n\r\n"
+        ));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
         assert!(!ka(
             b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
         ));
         // A value that is not visible ASCII names no token (as in hyper).
-        assert!(ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\xff\r\n\r\n"));
+        assert!(ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\xff\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -273,8 +289,7 @@ mod tests {
             map: Some(map),
             names: Vec::new(),
         };
-        let Parsed::Simple(h) = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", MAX, &mut reuse)
-        else {
+        let Parsed::Simple(h) = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", MAX, &mut reuse) else {
             panic!("simple");
         };
         assert!(reuse.map.is_none());
@@ -283,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_names_are_matched_whatever_their_case_and_replaced_when_they_differ() {
+    fn kept_names_are_reused_and_replaced_when_they_differ() {
         let mut reuse = Reuse::default();
         let mut names = |bytes: &[u8]| match parse(bytes, MAX, &mut reuse) {
             Parsed::Simple(h) => h
@@ -301,7 +316,8 @@ mod tests {
         let other = names(b"GET / HTTP/1.1\r\nX-Tenant-Ie: v\r\nHost: c\r\nAccept: */*\r\n\r\n");
         assert_eq!(other, ["x-tenant-ie=v", "host=c", "accept=*/*"]);
         assert_eq!(reuse.names.len(), 3);
-        assert_eq!(reuse.names[0].as_str(), "x-tenant-ie");
+        assert_eq!(reuse.names[0].1.as_str(), "x-tenant-ie");
+        assert_eq!(&reuse.names[0].0[..], b"X-Tenant-Ie");
     }
 
     #[test]

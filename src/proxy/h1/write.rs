@@ -128,7 +128,11 @@ pub fn encode_head(
     if !http10_out && status == StatusCode::OK && reason.is_none() {
         dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
-        dst.extend_from_slice(if http10_out { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        dst.extend_from_slice(if http10_out {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
         dst.extend_from_slice(status.as_str().as_bytes());
         dst.push(b' ');
         match reason {

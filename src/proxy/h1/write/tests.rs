@@ -44,7 +44,11 @@ fn a_known_length_is_announced_and_a_date_added() {
 fn a_length_header_is_kept_as_sent_and_the_date_not_doubled() {
     let r = rsp(
         404,
-        &[("content-length", "2"), ("date", "x"), ("content-length", "2")],
+        &[
+            ("content-length", "2"),
+            ("date", "x"),
+            ("content-length", "2"),
+        ],
     );
     let (text, p) = head(r, KEEP, Len::Known(2));
     assert_eq!(
@@ -141,7 +145,10 @@ fn conflicting_lengths_are_not_sent() {
     assert_eq!(head(r, KEEP, Len::Unknown).1, Err(Unsendable));
     let r = rsp(200, &[("content-length", "x")]);
     assert_eq!(head(r, KEEP, Len::Unknown).1, Err(Unsendable));
-    let r = rsp(200, &[("content-length", "2"), ("transfer-encoding", "chunked")]);
+    let r = rsp(
+        200,
+        &[("content-length", "2"), ("transfer-encoding", "chunked")],
+    );
     assert_eq!(head(r, KEEP, Len::Unknown).1, Err(Unsendable));
 }
 
