@@ -2,16 +2,20 @@
 //!
 //! Why this shape: the request path must never wait for a disk or a pipe, and must pay next to
 //! nothing when the log is off. So a listener without `access_log` has no [`AccessLog`] and the
-//! path touches nothing here. With one, the path fills a small [`Entry`] (cheap clones: the
-//! method, the URI's shared bytes, the tenant id, the request id) and hands it, when the answer
-//! ends, to a bounded channel; formatting and writing happen on the destination's writer thread
-//! (`writer.rs`). A full channel drops the line and counts it in
+//! path touches nothing here. With one, the path writes the line's text as it learns it, into
+//! a small buffer reused from request to request on the same thread ([`Entry`]): the method,
+//! path and request id when the request starts, the route, tenant and answer when it is
+//! answered, and the line is completed (duration, byte counts) when the answer ends. Nothing
+//! is cloned or allocated per request, and no record crosses threads: the finished line is
+//! copied into the calling thread's lane of the destination's [`Sink`], which a writer thread
+//! empties every few milliseconds (`writer.rs`). A full lane drops the line and counts it in
 //! `rampart_access_log_dropped_total` instead of blocking.
 //!
-//! When a line is written: an [`Entry`] rides in the request's `Guards` and is sent on drop, so
-//! the line is written when the answer's body has ended (or the client went away), with the
-//! bytes really sent and the whole duration. `sample_ok` thins lines of 2xx/3xx answers from the
-//! upstream only: every answer rampart makes itself, and every 4xx/5xx, is logged.
+//! When a line is written: an [`Entry`] rides in the request's `Guards` and is finished on
+//! drop, so the line is written when the answer's body has ended (or the client went away),
+//! with the bytes really sent and the whole duration. `sample_ok` thins lines of 2xx/3xx
+//! answers from the upstream only: every answer rampart makes itself, and every 4xx/5xx, is
+//! logged.
 
 mod line;
 #[cfg(test)]
@@ -20,11 +24,12 @@ mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Request};
 use tokio::time::Instant;
 
+use self::line::Wall;
 use super::body::FaultCell;
 use crate::config::file;
 use crate::otel::{TraceParent, TRACEPARENT};
@@ -35,44 +40,40 @@ pub use self::writer::{Sink, Sinks};
 /// One listener's access log: where its lines go and how many 2xx/3xx lines are kept.
 #[derive(Debug)]
 pub struct AccessLog {
-    listener: Arc<str>,
+    /// `,"listener":"NAME"`, escaped once.
+    listener: Box<[u8]>,
     sink: Arc<Sink>,
     /// A 2xx/3xx line is kept when a random `u32` is below this; `None`: always.
     keep_ok: Option<u32>,
 }
 
-/// What one request's line says; formatted by the writer thread.
-#[derive(Debug)]
-pub struct Record {
-    time: SystemTime,
-    listener: Arc<str>,
-    route: Option<Arc<str>>,
-    tenant: Option<TenantId>,
-    method: Method,
-    uri: Uri,
-    status: u16,
-    reason: Option<HeaderValue>,
-    limit: Option<Box<str>>,
-    tries: u32,
-    endpoint: Option<SocketAddr>,
-    duration: Duration,
-    upstream: Option<Duration>,
-    bytes_in: u64,
-    bytes_out: u64,
-    request_id: HeaderValue,
-    trace_id: Option<u128>,
-}
-
-/// A request's line being filled; sent to the writer when dropped, once armed.
+/// A request's line being written; finished and handed to the sink when dropped, once armed.
+///
+/// `text` holds the line's JSON pieces (each `,"key":value...`) in the order the request path
+/// learns them, which is not the line's order; [`Cuts`] says where each ends, and
+/// [`Entry::render`] puts them in order.
 #[derive(Debug)]
 pub struct Entry {
-    /// Boxed: the entry rides in every upstream answer's body, and the channel moves a pointer.
-    rec: Option<Box<Record>>,
+    text: Vec<u8>,
+    cuts: Cuts,
+    upstream: Option<Duration>,
+    bytes_out: u64,
     started: Instant,
     received: Option<Arc<FaultCell>>,
     sink: Arc<Sink>,
     keep_ok: Option<u32>,
     armed: bool,
+}
+
+/// Where the pieces of [`Entry::text`] end. `begin` writes `listener`, `request` (method and
+/// path) and `ids` (request and trace id); `fill` writes `who` (route and tenant) and then the
+/// answer (status, reason, limit, tries, endpoint), which runs to the end of the text.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cuts {
+    listener: u32,
+    request: u32,
+    ids: u32,
+    who: u32,
 }
 
 /// What the exchange with the upstream leaves for the line (see `ctx::TryLog`).
@@ -112,8 +113,10 @@ impl AccessLog {
     pub fn new(listener: Arc<str>, cfg: &file::AccessLog, sink: Arc<Sink>) -> Self {
         let ratio = cfg.sample_ok.0.clamp(0.0, 1.0);
         let keep_ok = (ratio < 1.0).then(|| (ratio * f64::from(u32::MAX)) as u32);
+        let mut name = b",\"listener\":".to_vec();
+        line::string(&mut name, &listener);
         AccessLog {
-            listener,
+            listener: name.into(),
             sink,
             keep_ok,
         }
@@ -124,28 +127,38 @@ impl AccessLog {
         self.sink.to()
     }
 
-    /// Starts the line of `req`, whose request id is `request_id`.
-    pub fn begin<B>(&self, req: &Request<B>, request_id: &HeaderValue, started: Instant) -> Entry {
+    /// Starts the line of `req`, whose request id is `request_id`. `trace_id` is the trace
+    /// rampart continued or started (when the listener traces); without one, the line names
+    /// the trace of a valid `traceparent` the client sent.
+    pub fn begin<B>(
+        &self,
+        req: &Request<B>,
+        request_id: &HeaderValue,
+        trace_id: Option<u128>,
+        started: Instant,
+    ) -> Entry {
+        let mut t = line::text();
+        let mut cuts = Cuts::default();
+        t.extend_from_slice(&self.listener);
+        cuts.listener = end(&t);
+        t.extend_from_slice(b",\"method\":");
+        line::string(&mut t, req.method().as_str());
+        t.extend_from_slice(b",\"path\":");
+        line::string(&mut t, req.uri().path());
+        cuts.request = end(&t);
+        t.extend_from_slice(b",\"request_id\":");
+        line::string(&mut t, header_text(request_id));
+        t.extend_from_slice(b",\"trace_id\":");
+        match trace_id.or_else(|| req.headers().get(TRACEPARENT).and_then(self::trace_id)) {
+            Some(id) => line::trace_hex(&mut t, id),
+            None => t.extend_from_slice(b"null"),
+        }
+        cuts.ids = end(&t);
         Entry {
-            rec: Some(Box::new(Record {
-                time: SystemTime::now(),
-                listener: self.listener.clone(),
-                route: None,
-                tenant: None,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                status: 0,
-                reason: None,
-                limit: None,
-                tries: 0,
-                endpoint: None,
-                duration: Duration::ZERO,
-                upstream: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                request_id: request_id.clone(),
-                trace_id: req.headers().get(TRACEPARENT).and_then(trace_id),
-            })),
+            text: t,
+            cuts,
+            upstream: None,
+            bytes_out: 0,
             started,
             received: None,
             sink: self.sink.clone(),
@@ -163,74 +176,88 @@ impl Entry {
     pub fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
         let ok = out.status < 400 && out.reason.is_none();
         self.armed = !ok || self.keep_ok.map_or(true, |k| fastrand::u32(..) < k);
-        let Some(r) = self.rec.as_deref_mut().filter(|_| self.armed) else {
+        if !self.armed {
             return false;
-        };
-        r.route = out.route.cloned();
-        r.tenant = out.tenant.cloned();
-        r.status = out.status;
-        r.reason = out.reason.cloned();
-        r.limit = out.limit.map(Box::from);
-        r.tries = tries.tries;
-        r.endpoint = tries.endpoint;
-        r.upstream = tries.upstream;
-        r.bytes_out = out.bytes_out;
+        }
+        let t = &mut self.text;
+        t.truncate(self.cuts.ids as usize);
+        t.extend_from_slice(b",\"route\":");
+        line::opt_string(t, out.route.map(|r| &**r));
+        t.extend_from_slice(b",\"tenant\":");
+        line::opt_string(t, out.tenant.map(TenantId::as_str));
+        self.cuts.who = end(t);
+        t.extend_from_slice(b",\"status\":");
+        line::uint(t, u64::from(out.status));
+        t.extend_from_slice(b",\"reason\":");
+        line::string(t, out.reason.map_or("", header_text));
+        t.extend_from_slice(b",\"limit\":");
+        line::opt_string(t, out.limit);
+        t.extend_from_slice(b",\"tries\":");
+        line::uint(t, u64::from(tries.tries));
+        t.extend_from_slice(b",\"endpoint\":");
+        match tries.endpoint {
+            Some(e) => line::endpoint(t, e),
+            None => t.extend_from_slice(b"null"),
+        }
+        self.upstream = tries.upstream;
+        self.bytes_out = out.bytes_out;
         self.received = tries.received;
         true
     }
 
-    /// Names the request's trace (the one rampart continued or started, when tracing is on).
-    pub fn trace(&mut self, trace_id: u128) {
-        if let Some(r) = self.rec.as_deref_mut() {
-            r.trace_id = Some(trace_id);
-        }
-    }
-
     /// Counts `n` body bytes sent to the client.
     pub fn sent(&mut self, n: usize) {
-        if let Some(r) = self.rec.as_deref_mut() {
-            r.bytes_out += n as u64;
+        self.bytes_out += n as u64;
+    }
+
+    /// Appends the whole line (ending in `\n`) to `buf`, in SPEC §12's field order, with the
+    /// request's start written through `wall`.
+    fn render(&self, buf: &mut Vec<u8>, wall: &mut Wall, duration: Duration, bytes_in: u64) {
+        let (t, c) = (&self.text, self.cuts);
+        let piece = |from: u32, to: u32| &t[from as usize..to as usize];
+        buf.extend_from_slice(b"{\"time\":\"");
+        wall.write(buf, self.started);
+        buf.push(b'"');
+        buf.extend_from_slice(piece(0, c.listener));
+        buf.extend_from_slice(piece(c.ids, c.who));
+        buf.extend_from_slice(piece(c.listener, c.request));
+        buf.extend_from_slice(&t[c.who as usize..]);
+        buf.extend_from_slice(b",\"duration_ms\":");
+        line::millis(buf, duration);
+        buf.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream {
+            Some(d) => line::millis(buf, d),
+            None => buf.extend_from_slice(b"null"),
         }
+        buf.extend_from_slice(b",\"bytes_in\":");
+        line::uint(buf, bytes_in);
+        buf.extend_from_slice(b",\"bytes_out\":");
+        line::uint(buf, self.bytes_out);
+        buf.extend_from_slice(piece(c.request, c.ids));
+        buf.extend_from_slice(b"}\n");
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let Some(mut rec) = self.rec.take().filter(|_| self.armed) else {
-            return;
-        };
-        rec.duration = self.started.elapsed();
-        rec.bytes_in = self.received.as_ref().map_or(0, |c| c.received());
-        self.sink.send(rec);
+        if self.armed {
+            let duration = self.started.elapsed();
+            let bytes_in = self.received.as_ref().map_or(0, |c| c.received());
+            self.sink
+                .push(|buf, wall| self.render(buf, wall, duration, bytes_in));
+        }
+        line::recycle(std::mem::take(&mut self.text));
     }
 }
 
-// === impl Record ===
+/// Where the text ends now, as a cut. A line's text beyond 4 GiB cannot happen: hyper refuses
+/// request heads far smaller.
+fn end(t: &[u8]) -> u32 {
+    u32::try_from(t.len()).unwrap_or(u32::MAX)
+}
 
-impl Record {
-    /// An empty record (tests fill in what they check).
-    #[cfg(test)]
-    fn placeholder() -> Self {
-        Record {
-            time: SystemTime::UNIX_EPOCH,
-            listener: Arc::from(""),
-            route: None,
-            tenant: None,
-            method: Method::GET,
-            uri: Uri::default(),
-            status: 0,
-            reason: None,
-            limit: None,
-            tries: 0,
-            endpoint: None,
-            duration: Duration::ZERO,
-            upstream: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            request_id: HeaderValue::from_static(""),
-            trace_id: None,
-        }
-    }
+fn header_text(v: &HeaderValue) -> &str {
+    v.to_str().unwrap_or("")
 }
 
 /// The trace id of a valid W3C `traceparent` (see [`TraceParent::parse`]); `None` for
