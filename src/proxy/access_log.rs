@@ -241,10 +241,11 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         if self.armed {
-            let duration = self.started.elapsed();
             let bytes_in = self.received.as_ref().map_or(0, |c| c.received());
-            self.sink
-                .push(|buf, wall| self.render(buf, wall, duration, bytes_in));
+            self.sink.push(|buf, wall, now| {
+                let duration = now.saturating_duration_since(self.started);
+                self.render(buf, wall, duration, bytes_in);
+            });
         }
         line::recycle(std::mem::take(&mut self.text));
     }

@@ -300,6 +300,68 @@ fn driven(lanes: usize, cap: usize) -> (AccessLog, Writer, IntCounter, tempfile:
     (log_to(sink, "inbound", 1.0), writer, dropped, dir)
 }
 
+/// One round of `writer`, begun now.
+fn round(writer: &mut Writer) {
+    writer.round(&Wall::new(NOW, Instant::now()), Instant::now(), false);
+}
+
+fn paths(path: &Path) -> Vec<String> {
+    file_lines(path)
+        .iter()
+        .map(|v| v["path"].as_str().expect("path").to_owned())
+        .collect()
+}
+
+/// Runs `f` on a new thread (which takes the next lane) and waits for it.
+fn on_new_thread(f: impl FnOnce() + Send) {
+    std::thread::scope(|s| {
+        s.spawn(f);
+    });
+}
+
+#[test]
+fn lines_of_different_lanes_keep_the_order_they_were_finished_in() {
+    let (log, mut writer, _dropped, dir) = driven(2, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    // Consecutive threads take consecutive lanes: /1 and /3 share one, /2 and /4 the other.
+    let order = ["/1", "/2", "/3", "/4"];
+    let (a, b) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+    std::thread::scope(|s| {
+        let (a, b, log) = (&a, &b, &log);
+        s.spawn(move || {
+            finish(log, "/1");
+            a.wait();
+            b.wait();
+            finish(log, "/3");
+            a.wait();
+        });
+        s.spawn(move || {
+            a.wait();
+            finish(log, "/2");
+            b.wait();
+            a.wait();
+            finish(log, "/4");
+        });
+    });
+    round(&mut writer);
+    assert_eq!(paths(&path), order);
+}
+
+#[test]
+fn lines_finished_after_a_round_began_wait_for_the_next_one() {
+    let (log, mut writer, _dropped, dir) = driven(2, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    on_new_thread(|| finish(&log, "/before"));
+    let began = Instant::now();
+    on_new_thread(|| finish(&log, "/after-1"));
+    on_new_thread(|| finish(&log, "/after-2"));
+    writer.round(&Wall::new(NOW, began), began, false);
+    assert_eq!(paths(&path), ["/before"]);
+    on_new_thread(|| finish(&log, "/later"));
+    round(&mut writer);
+    assert_eq!(paths(&path), ["/before", "/after-1", "/after-2", "/later"]);
+}
+
 #[test]
 fn a_round_writes_every_line_finished_before_it_whole() {
     let (log, mut writer, dropped, dir) = driven(2, 1 << 20);
@@ -319,12 +381,12 @@ fn a_round_writes_every_line_finished_before_it_whole() {
         t.join().expect("thread");
     }
     assert!(file_lines(&path).is_empty(), "nothing before a round");
-    writer.round(&Wall::new(NOW, Instant::now()), false);
+    round(&mut writer);
     let got = file_lines(&path);
     assert_eq!(got.len(), 400, "every line, each one whole JSON");
     assert!(got.iter().all(|v| v["path"] == "/many"));
     finish(&log, "/next");
-    writer.round(&Wall::new(NOW, Instant::now()), false);
+    round(&mut writer);
     let got = file_lines(&path);
     assert_eq!(got.len(), 401);
     assert_eq!(got[400]["path"], "/next");
@@ -372,10 +434,10 @@ fn a_full_lane_drops_and_counts_lines_without_waiting() {
     }
     let kept = 20 - dropped.get() as usize;
     assert!(kept >= 1 && dropped.get() > 0, "kept {kept}");
-    writer.round(&Wall::new(NOW, Instant::now()), false);
+    round(&mut writer);
     assert_eq!(file_lines(&path).len(), kept);
     finish(&log, "/room-again");
-    writer.round(&Wall::new(NOW, Instant::now()), false);
+    round(&mut writer);
     assert_eq!(
         file_lines(&path).len(),
         kept + 1,
@@ -389,9 +451,9 @@ fn lines_written_after_a_round_take_the_new_anchor() {
     let path = dir.path().join("access.jsonl");
     let at = Instant::now();
     // The anchor says `at` was NOW; lines of requests started after `at` read later.
-    writer.round(&Wall::new(NOW, at), false);
+    writer.round(&Wall::new(NOW, at), Instant::now(), false);
     finish(&log, "/t");
-    writer.round(&Wall::new(NOW, at), false);
+    writer.round(&Wall::new(NOW, at), Instant::now(), false);
     let t = file_lines(&path)[0]["time"]
         .as_str()
         .expect("time")

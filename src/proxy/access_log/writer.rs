@@ -9,6 +9,12 @@
 //! thread and several shared atomics per request, and formatting on the writer thread doubled
 //! the work of touching each field.)
 //!
+//! Lines keep the order in which requests finished, across lanes: each line is marked, under
+//! its lane's lock, with the monotonic instant it was finished, and the writer merges the
+//! lanes by those marks. A round writes the lines finished before the round began; the few
+//! finished while it takes the lanes wait for the next round, so a line can never be
+//! overtaken by one finished after it on another thread.
+//!
 //! The writer never waits on the lanes and the request path never wakes it: a woken thread is
 //! a futex call per request. The writer sleeps [`PAUSE`], takes every lane's lines and writes
 //! them; so a line is written at most one pause (plus the write) after its answer ended. A
@@ -31,6 +37,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::line::Wall;
 use crate::config::file::LogTo;
@@ -69,6 +76,8 @@ pub struct Sinks {
 #[derive(Debug)]
 struct Lanes {
     lanes: Box<[Padded]>,
+    /// What the lines' order marks count from.
+    origin: Instant,
     /// Bytes a lane may hold.
     cap: usize,
     /// Bumped by every reload: the writer opens its file again.
@@ -87,18 +96,36 @@ struct Padded(Mutex<Lane>);
 /// The lines of the threads that use one lane, not yet taken by the writer.
 #[derive(Debug)]
 struct Lane {
-    buf: Vec<u8>,
+    lines: Lines,
     /// The anchor for the lines' times; moved by the writer every round.
     wall: Wall,
     /// The writer has ended: lines are dropped.
     closed: bool,
 }
 
-/// The writer thread's side: the lanes, the destination and the buffer it swaps in.
+/// Lines one after another in `buf`, each with its mark.
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    marks: Vec<Mark>,
+}
+
+/// When a line was finished (nanoseconds after [`Lanes::origin`]) and where in its buffer it
+/// ends.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: u64,
+    end: usize,
+}
+
+/// The writer thread's side: the lanes, the destination, the lines taken from each lane and
+/// not written yet, and the buffers it swaps in and merges into.
 pub(super) struct Writer {
     lanes: Arc<Lanes>,
     out: Out,
-    spare: Vec<u8>,
+    held: Vec<Lines>,
+    spare: Lines,
+    merged: Vec<u8>,
     seen: u64,
 }
 
@@ -143,16 +170,25 @@ impl Sink {
     /// Appends one line with `line` to the calling thread's lane, unless the lane is full (or
     /// the writer has ended): then the line is dropped and counted. Never waits for the
     /// writer beyond its swap of the lane's buffer.
-    pub(super) fn push(&self, line: impl FnOnce(&mut Vec<u8>, &mut Wall)) {
+    ///
+    /// `line` is given the instant the line is finished, read under the lane's lock: that is
+    /// what orders it among the other lanes' lines.
+    pub(super) fn push(&self, line: impl FnOnce(&mut Vec<u8>, &mut Wall, Instant)) {
         let lanes = &self.lanes;
         let mut lane = lanes.lanes[lane_number() % lanes.lanes.len()].0.lock();
-        if lane.closed || lane.buf.len() >= lanes.cap {
+        if lane.closed || lane.lines.buf.len() >= lanes.cap {
             drop(lane);
             self.dropped.inc();
             return;
         }
-        let Lane { buf, wall, .. } = &mut *lane;
-        line(buf, wall);
+        let now = Instant::now();
+        let Lane { lines, wall, .. } = &mut *lane;
+        line(&mut lines.buf, wall, now);
+        let at = lanes.mark(now);
+        lines.marks.push(Mark {
+            at,
+            end: lines.buf.len(),
+        });
     }
 
     /// A sink of `lanes` lanes of `cap` bytes whose writer is not running: the caller drives
@@ -165,12 +201,7 @@ impl Sink {
         dropped: IntCounter,
     ) -> (Arc<Sink>, Writer) {
         let lanes = Arc::new(Lanes::new(lanes, cap));
-        let writer = Writer {
-            lanes: lanes.clone(),
-            out: Out::new(to.clone()),
-            spare: Vec::new(),
-            seen: 0,
-        };
+        let writer = Writer::new(lanes.clone(), Out::new(to.clone()));
         let sink = Sink {
             to,
             lanes,
@@ -229,12 +260,7 @@ impl Sinks {
             self.lanes,
             (QUEUE_BYTES / self.lanes).max(LANE_MIN),
         ));
-        let writer = Writer {
-            lanes: lanes.clone(),
-            out: Out::new(to.clone()),
-            spare: Vec::new(),
-            seen: lanes.reopen.load(Ordering::Relaxed),
-        };
+        let writer = Writer::new(lanes.clone(), Out::new(to.clone()));
         let pause = self.pause;
         let spawned = std::thread::Builder::new()
             .name("rampart-access-log".into())
@@ -293,7 +319,7 @@ impl Lanes {
         let lanes = (0..n)
             .map(|_| {
                 Padded(Mutex::new(Lane {
-                    buf: Vec::new(),
+                    lines: Lines::default(),
                     wall: wall.clone(),
                     closed: false,
                 }))
@@ -301,17 +327,72 @@ impl Lanes {
             .collect();
         Lanes {
             lanes,
+            origin: Instant::now(),
             cap,
             reopen: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             done: watch::Sender::new(false),
         }
     }
+
+    /// `t` as an order mark.
+    fn mark(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+}
+
+// === impl Lines ===
+
+impl Lines {
+    /// Appends `other`'s lines.
+    fn append(&mut self, other: &Lines) {
+        let base = self.buf.len();
+        self.buf.extend_from_slice(&other.buf);
+        self.marks.extend(other.marks.iter().map(|m| Mark {
+            at: m.at,
+            end: base + m.end,
+        }));
+    }
+
+    /// Forgets the first `n` lines (written).
+    fn consume(&mut self, n: usize) {
+        if n == self.marks.len() {
+            self.buf.clear();
+            self.marks.clear();
+            if self.buf.capacity() > KEEP {
+                *self = Lines::default();
+            }
+        } else if n > 0 {
+            let cut = self.marks[n - 1].end;
+            self.buf.drain(..cut);
+            self.marks.drain(..n);
+            for m in &mut self.marks {
+                m.end -= cut;
+            }
+        }
+    }
+
+    /// Where line `i` starts.
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |p| self.marks[p].end)
+    }
 }
 
 // === impl Writer ===
 
 impl Writer {
+    fn new(lanes: Arc<Lanes>, out: Out) -> Self {
+        let seen = lanes.reopen.load(Ordering::Relaxed);
+        Writer {
+            held: lanes.lanes.iter().map(|_| Lines::default()).collect(),
+            lanes,
+            out,
+            spare: Lines::default(),
+            merged: Vec::new(),
+            seen,
+        }
+    }
+
     /// `wait`s (at most [`PAUSE`] in production, less when woken to close), takes every
     /// lane's lines and writes them, and goes again, until told to close: then the lanes are
     /// closed as they are emptied, so no line is left behind, and `done` is set.
@@ -319,7 +400,7 @@ impl Writer {
         loop {
             wait();
             let last = self.lanes.closing.load(Ordering::Acquire);
-            self.round(&Wall::now(), last);
+            self.round(&Wall::now(), Instant::now(), last);
             if last {
                 break;
             }
@@ -327,29 +408,73 @@ impl Writer {
         self.lanes.done.send_replace(true);
     }
 
-    /// One round: each lane's buffer is swapped for the spare one under its lock (the lane's
-    /// time anchor moved to `wall`), and written outside it. `last`: the lanes are closed.
-    pub(super) fn round(&mut self, wall: &Wall, last: bool) {
-        let now = self.lanes.reopen.load(Ordering::Relaxed);
-        if now != self.seen {
-            self.seen = now;
+    /// One round, begun at `now`: takes each lane's lines under its lock (moving its time
+    /// anchor to `wall`), then, outside every lock, writes the lines finished before `now` in
+    /// the order they were finished. Lines finished since wait for the next round. `last`:
+    /// the lanes are closed and everything is written.
+    pub(super) fn round(&mut self, wall: &Wall, now: Instant, last: bool) {
+        let epoch = self.lanes.reopen.load(Ordering::Relaxed);
+        if epoch != self.seen {
+            self.seen = epoch;
             self.out.reopen();
         }
-        for lane in self.lanes.lanes.iter() {
-            {
-                let mut l = lane.0.lock();
-                l.wall.rebase(wall);
-                l.closed = last;
-                if l.buf.is_empty() {
-                    continue;
-                }
-                std::mem::swap(&mut l.buf, &mut self.spare);
+        let cut = if last { u64::MAX } else { self.lanes.mark(now) };
+        for (lane, held) in self.lanes.lanes.iter().zip(&mut self.held) {
+            let mut l = lane.0.lock();
+            l.wall.rebase(wall);
+            l.closed = last;
+            if l.lines.marks.is_empty() {
+                continue;
             }
-            self.out.write(&self.spare);
-            self.spare.clear();
-            if self.spare.capacity() > KEEP {
-                self.spare = Vec::new();
+            if held.marks.is_empty() {
+                std::mem::swap(&mut l.lines, held);
+            } else {
+                std::mem::swap(&mut l.lines, &mut self.spare);
+                drop(l);
+                held.append(&self.spare);
+                self.spare.consume(self.spare.marks.len());
             }
+        }
+        self.write_before(cut);
+    }
+
+    /// Writes the held lines marked before `cut`, merged across lanes by their marks. The
+    /// usual case, one lane with lines, is written straight from its buffer.
+    fn write_before(&mut self, cut: u64) {
+        let due: Vec<usize> = self
+            .held
+            .iter()
+            .map(|h| h.marks.partition_point(|m| m.at < cut))
+            .collect();
+        let busy = due.iter().filter(|n| **n > 0).count();
+        if busy == 1 {
+            if let Some((h, &n)) = self.held.iter_mut().zip(&due).find(|(_, n)| **n > 0) {
+                self.out.write(&h.buf[..h.marks[n - 1].end]);
+                h.consume(n);
+            }
+            return;
+        }
+        if busy == 0 {
+            return;
+        }
+        let mut next = vec![0; self.held.len()];
+        self.merged.clear();
+        loop {
+            let first = (0..self.held.len())
+                .filter(|&i| next[i] < due[i])
+                .min_by_key(|&i| self.held[i].marks[next[i]].at);
+            let Some(i) = first else { break };
+            let h = &self.held[i];
+            self.merged
+                .extend_from_slice(&h.buf[h.start(next[i])..h.marks[next[i]].end]);
+            next[i] += 1;
+        }
+        self.out.write(&self.merged);
+        if self.merged.capacity() > KEEP {
+            self.merged = Vec::new();
+        }
+        for (h, n) in self.held.iter_mut().zip(due) {
+            h.consume(n);
         }
     }
 }
