@@ -22,6 +22,7 @@ mod line;
 mod tests;
 mod writer;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,23 +50,31 @@ pub struct AccessLog {
 
 /// A request's line being written; finished and handed to the sink when dropped, once armed.
 ///
+/// One pointer: an entry rides (twice, as `Option`) in the request path's futures, which are
+/// moved by copying, so its size is paid on every request, logged or not. The [`Draft`] it
+/// points to is reused from request to request on the same thread.
+#[derive(Debug)]
+pub struct Entry(Option<Box<Draft>>);
+
+/// What an [`Entry`] holds.
+///
 /// `text` holds the line's JSON pieces (each `,"key":value...`) in the order the request path
 /// learns them, which is not the line's order; [`Cuts`] says where each ends, and
-/// [`Entry::render`] puts them in order.
+/// [`Draft::render`] puts them in order.
 #[derive(Debug)]
-pub struct Entry {
+struct Draft {
     text: Vec<u8>,
     cuts: Cuts,
     upstream: Option<Duration>,
     bytes_out: u64,
     started: Instant,
     received: Option<Arc<FaultCell>>,
-    sink: Arc<Sink>,
+    sink: Option<Arc<Sink>>,
     keep_ok: Option<u32>,
     armed: bool,
 }
 
-/// Where the pieces of [`Entry::text`] end. `begin` writes `listener`, `request` (method and
+/// Where the pieces of [`Draft::text`] end. `begin` writes `listener`, `request` (method and
 /// path) and `ids` (request and trace id); `fill` writes `who` (route and tenant) and then the
 /// answer (status, reason, limit, tries, endpoint), which runs to the end of the text.
 #[derive(Debug, Default, Clone, Copy)]
@@ -137,34 +146,26 @@ impl AccessLog {
         trace_id: Option<u128>,
         started: Instant,
     ) -> Entry {
-        let mut t = line::text();
-        let mut cuts = Cuts::default();
+        let mut d = Draft::take(started);
+        let t = &mut d.text;
         t.extend_from_slice(&self.listener);
-        cuts.listener = end(&t);
+        d.cuts.listener = end(t);
         t.extend_from_slice(b",\"method\":");
-        line::string(&mut t, req.method().as_str());
+        line::string(t, req.method().as_str());
         t.extend_from_slice(b",\"path\":");
-        line::string(&mut t, req.uri().path());
-        cuts.request = end(&t);
+        line::string(t, req.uri().path());
+        d.cuts.request = end(t);
         t.extend_from_slice(b",\"request_id\":");
-        line::string(&mut t, header_text(request_id));
+        line::string(t, header_text(request_id));
         t.extend_from_slice(b",\"trace_id\":");
         match trace_id.or_else(|| req.headers().get(TRACEPARENT).and_then(self::trace_id)) {
-            Some(id) => line::trace_hex(&mut t, id),
+            Some(id) => line::trace_hex(t, id),
             None => t.extend_from_slice(b"null"),
         }
-        cuts.ids = end(&t);
-        Entry {
-            text: t,
-            cuts,
-            upstream: None,
-            bytes_out: 0,
-            started,
-            received: None,
-            sink: self.sink.clone(),
-            keep_ok: self.keep_ok,
-            armed: false,
-        }
+        d.cuts.ids = end(t);
+        d.sink = Some(self.sink.clone());
+        d.keep_ok = self.keep_ok;
+        Entry(Some(d))
     }
 }
 
@@ -174,6 +175,92 @@ impl Entry {
     /// Fills the line from the answer and arms it if it is to be written: always for rampart's
     /// own answers and for 4xx/5xx, else as `sample_ok` says. Returns whether it is armed.
     pub fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
+        self.0.as_mut().is_some_and(|d| d.fill(out, tries))
+    }
+
+    /// Counts `n` body bytes sent to the client.
+    pub fn sent(&mut self, n: usize) {
+        if let Some(d) = &mut self.0 {
+            d.bytes_out += n as u64;
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let Some(mut d) = self.0.take() else { return };
+        if let Some(sink) = d.sink.take().filter(|_| d.armed) {
+            let bytes_in = d.received.as_ref().map_or(0, |c| c.received());
+            sink.push(|buf, wall, now| {
+                let duration = now.saturating_duration_since(d.started);
+                d.render(buf, wall, duration, bytes_in);
+            });
+        }
+        d.recycle();
+    }
+}
+
+// === impl Draft ===
+
+/// Drafts kept for reuse per thread.
+const SPARES: usize = 256;
+/// Bytes a new draft's text starts with: a typical line's pieces fit.
+const TEXT_CAP: usize = 256;
+/// A draft whose text grew beyond this (a very long path) is freed rather than kept.
+const TEXT_KEEP: usize = 4096;
+
+thread_local! {
+    /// Drafts given back by finished entries, for the next requests on this thread. Boxes:
+    /// the point is to reuse the allocation an [`Entry`] points to.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<Draft>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Draft {
+    /// An empty draft started at `started`: a spare one of this thread's if there is one.
+    fn take(started: Instant) -> Box<Draft> {
+        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        match spare {
+            Some(mut d) => {
+                d.started = started;
+                d
+            }
+            None => Box::new(Draft {
+                text: Vec::with_capacity(TEXT_CAP),
+                cuts: Cuts::default(),
+                upstream: None,
+                bytes_out: 0,
+                started,
+                received: None,
+                sink: None,
+                keep_ok: None,
+                armed: false,
+            }),
+        }
+    }
+
+    /// Empties the draft and keeps it for a later [`Draft::take`] on this thread (unless its
+    /// text grew large or enough are kept).
+    fn recycle(mut self: Box<Self>) {
+        if self.text.capacity() > TEXT_KEEP {
+            return;
+        }
+        self.text.clear();
+        self.cuts = Cuts::default();
+        self.upstream = None;
+        self.bytes_out = 0;
+        self.received = None;
+        self.sink = None;
+        self.armed = false;
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(self);
+            }
+        });
+    }
+
+    fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
         let ok = out.status < 400 && out.reason.is_none();
         self.armed = !ok || self.keep_ok.map_or(true, |k| fastrand::u32(..) < k);
         if !self.armed {
@@ -205,11 +292,6 @@ impl Entry {
         true
     }
 
-    /// Counts `n` body bytes sent to the client.
-    pub fn sent(&mut self, n: usize) {
-        self.bytes_out += n as u64;
-    }
-
     /// Appends the whole line (ending in `\n`) to `buf`, in SPEC §12's field order, with the
     /// request's start written through `wall`.
     fn render(&self, buf: &mut Vec<u8>, wall: &mut Wall, duration: Duration, bytes_in: u64) {
@@ -235,19 +317,6 @@ impl Entry {
         line::uint(buf, self.bytes_out);
         buf.extend_from_slice(piece(c.request, c.ids));
         buf.extend_from_slice(b"}\n");
-    }
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        if self.armed {
-            let bytes_in = self.received.as_ref().map_or(0, |c| c.received());
-            self.sink.push(|buf, wall, now| {
-                let duration = now.saturating_duration_since(self.started);
-                self.render(buf, wall, duration, bytes_in);
-            });
-        }
-        line::recycle(std::mem::take(&mut self.text));
     }
 }
 

@@ -8,45 +8,10 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
-
-/// Bytes a new line buffer starts with: a typical line's pieces fit.
-const TEXT_CAP: usize = 256;
-/// A buffer grown beyond this (a very long path) is freed rather than kept for reuse.
-const TEXT_KEEP: usize = 4096;
-/// Buffers kept for reuse per thread.
-const SPARES: usize = 256;
-
-thread_local! {
-    /// Line buffers given back by finished entries, for the next requests on this thread.
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty buffer for one line's pieces: a spare one of this thread if there is one.
-pub(super) fn text() -> Vec<u8> {
-    SPARE
-        .try_with(|s| s.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Vec::with_capacity(TEXT_CAP))
-}
-
-/// Keeps `buf` for a later [`text`] on this thread (unless it grew large or enough are kept).
-pub(super) fn recycle(mut buf: Vec<u8>) {
-    if buf.capacity() > TEXT_KEEP || buf.capacity() == 0 {
-        return;
-    }
-    buf.clear();
-    let _ = SPARE.try_with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARES {
-            s.push(buf);
-        }
-    });
-}
 
 /// Wall time for lines: an anchor (Unix time at a monotonic instant) and the text of the
 /// last second written.
@@ -162,19 +127,19 @@ fn three_digits(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&[digit(v / 100), digit(v / 10), digit(v)]);
 }
 
-/// `n` in decimal.
+/// `n` in decimal. Digits are pushed last first and turned around: no scratch buffer to copy.
 pub(super) fn uint(buf: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut at = tmp.len();
-    loop {
-        at -= 1;
-        tmp[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    if n < 10 {
+        buf.push(b'0' + n as u8);
+        return;
     }
-    buf.extend_from_slice(&tmp[at..]);
+    let start = buf.len();
+    buf.reserve(20);
+    while n > 0 {
+        buf.push(b'0' + (n % 10) as u8);
+        n /= 10;
+    }
+    buf[start..].reverse();
 }
 
 /// `d` in milliseconds with three decimals (whole microseconds), from integers: float
@@ -188,7 +153,7 @@ pub(super) fn millis(buf: &mut Vec<u8>, d: Duration) {
 
 /// `s` as a JSON string.
 pub(super) fn string(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain(s.as_bytes()) {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
@@ -196,6 +161,28 @@ pub(super) fn string(buf: &mut Vec<u8>, s: &str) {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buf, s);
     }
+}
+
+/// Whether `s` needs no JSON escaping: no control character, quote or backslash. Eight bytes
+/// at a time: most of what is checked (request ids, paths) is longer than that.
+fn plain(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A high bit for a byte of `x` below `n` (n <= 0x80); only set if there is one.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_ne_bytes(b);
+        if below(x, 0x20) | below(x ^ (ONES * 0x22), 1) | below(x ^ (ONES * 0x5c), 1) != 0 {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// `s` as a JSON string, or `null`.
@@ -206,26 +193,52 @@ pub(super) fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// `"127.0.0.1:8080"`: IPv4 digit by digit, IPv6 (rare behind a sidecar) through `Display`.
+/// `"127.0.0.1:8080"`. IPv4 text is kept per thread for the last few endpoints (a sidecar's
+/// upstreams are few, and every line names one); IPv6 (rare behind a sidecar) goes through
+/// `Display`.
 pub(super) fn endpoint(buf: &mut Vec<u8>, addr: SocketAddr) {
-    buf.push(b'"');
-    match addr {
-        SocketAddr::V4(a) => {
-            for (i, octet) in a.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'.');
+    let SocketAddr::V4(a) = addr else {
+        // Writing into a Vec cannot fail.
+        let _ = write!(buf, "\"{addr}\"");
+        return;
+    };
+    let cached = ENDPOINTS.try_with(|c| {
+        let mut c = c.borrow_mut();
+        let at = match c.iter().position(|e| e.0 == a) {
+            Some(at) => at,
+            None => {
+                let mut text = Vec::with_capacity(24);
+                text.push(b'"');
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    uint(&mut text, u64::from(octet));
                 }
-                uint(buf, u64::from(octet));
+                text.push(b':');
+                uint(&mut text, u64::from(a.port()));
+                text.push(b'"');
+                if c.len() == ENDPOINTS_KEPT {
+                    c.pop();
+                }
+                c.insert(0, (a, text.into()));
+                0
             }
-            buf.push(b':');
-            uint(buf, u64::from(a.port()));
-        }
-        SocketAddr::V6(a) => {
-            // Writing into a Vec cannot fail.
-            let _ = write!(buf, "{a}");
-        }
+        };
+        buf.extend_from_slice(&c[at].1);
+    });
+    if cached.is_err() {
+        // This thread is ending (its cache is gone): the slow way.
+        let _ = write!(buf, "\"{addr}\"");
     }
-    buf.push(b'"');
+}
+
+/// Endpoint texts kept per thread.
+const ENDPOINTS_KEPT: usize = 8;
+
+thread_local! {
+    /// The text of the endpoints this thread wrote last, most recent first.
+    static ENDPOINTS: RefCell<Vec<(SocketAddrV4, Box<[u8]>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A trace id as JSON: 32 lowercase hex digits in quotes.
@@ -272,6 +285,15 @@ mod pieces_tests {
             let addr: std::net::SocketAddr = a.parse().expect("addr");
             assert_eq!(text(|b| super::endpoint(b, addr)), format!("\"{a}\""));
         }
+        // More endpoints than the cache keeps, twice over: every text right, hit or miss.
+        for round in 0..2 {
+            for i in 0..20u16 {
+                let a = format!("10.0.{round}.{i}:{}", 8000 + i);
+                let addr: std::net::SocketAddr = a.parse().expect("addr");
+                assert_eq!(text(|b| super::endpoint(b, addr)), format!("\"{a}\""));
+                assert_eq!(text(|b| super::endpoint(b, addr)), format!("\"{a}\""));
+            }
+        }
     }
 
     #[test]
@@ -288,6 +310,28 @@ mod pieces_tests {
             assert_eq!(serde_json::from_str::<String>(&got).expect("json"), s);
         }
         assert_eq!(text(|b| super::opt_string(b, None)), "null");
+        // Long strings are checked eight bytes at a time: a byte to escape at any place, and
+        // every byte value around the ones that need it, is caught.
+        for at in 0..24 {
+            for bad in [0u8, 0x1f, b'"', b'\\', b'\n'] {
+                let mut s = vec![b'a'; 24];
+                s[at] = bad;
+                let s = String::from_utf8(s).expect("ascii");
+                let got = text(|b| super::string(b, &s));
+                assert_eq!(serde_json::from_str::<String>(&got).expect("json"), s);
+                assert!(got.len() > s.len() + 2, "escaped at {at}: {got}");
+            }
+        }
+        let fine: String = (0x20u8..0x7f)
+            .map(char::from)
+            .filter(|c| !"\"\\".contains(*c))
+            .collect();
+        let fine = format!("{fine}ünïcödé");
+        assert_eq!(
+            text(|b| super::string(b, &fine)),
+            format!("\"{fine}\""),
+            "not escaped"
+        );
     }
 
     #[test]

@@ -92,7 +92,8 @@ fn refused() -> (Entry, Instant) {
 fn text(e: &Entry, started: Instant, duration: Duration, bytes_in: u64) -> String {
     let mut buf = Vec::new();
     let mut wall = Wall::new(NOW, started);
-    e.render(&mut buf, &mut wall, duration, bytes_in);
+    let draft = e.0.as_ref().expect("a draft");
+    draft.render(&mut buf, &mut wall, duration, bytes_in);
     assert_eq!(buf.last(), Some(&b'\n'), "one line");
     assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
     String::from_utf8(buf).expect("utf-8")
@@ -104,7 +105,9 @@ fn json(line: &str) -> serde_json::Value {
 
 /// Disarms `e` so that dropping it writes nothing.
 fn quiet(mut e: Entry) {
-    e.armed = false;
+    if let Some(d) = &mut e.0 {
+        d.armed = false;
+    }
 }
 
 #[test]
@@ -196,6 +199,38 @@ fn the_trace_rampart_follows_wins_over_the_header_and_none_is_null() {
     let v = json(&text(&e, started, Duration::ZERO, 0));
     quiet(e);
     assert!(v["trace_id"].is_null());
+}
+
+#[test]
+fn a_thread_reuses_its_drafts_and_a_reused_one_starts_empty() {
+    let log = log(1.0);
+    let started = Instant::now();
+    let req = request(Method::PUT, "/first", &[]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r1"), Some(1), started);
+    let stats = TryStats {
+        tries: 3,
+        endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
+        upstream: Some(Duration::from_millis(7)),
+        received: None,
+    };
+    assert!(e.fill(out(500, None), stats));
+    e.sent(99);
+    let first: *const Draft = &**e.0.as_ref().expect("draft");
+    quiet(e);
+    let req = request(Method::GET, "/second", &[]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r2"), None, started);
+    let again: *const Draft = &**e.0.as_ref().expect("draft");
+    assert_eq!(first, again, "the same draft, not a new allocation");
+    assert!(e.fill(out(200, None), TryStats::default()));
+    let v = json(&text(&e, started, Duration::ZERO, 0));
+    quiet(e);
+    assert_eq!(v["path"], "/second");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["request_id"], "r2");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["tries"], 0);
+    assert_eq!(v["bytes_out"], 0);
+    assert!(v["endpoint"].is_null() && v["upstream_ms"].is_null() && v["trace_id"].is_null());
 }
 
 #[test]
