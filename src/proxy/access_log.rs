@@ -151,12 +151,12 @@ impl AccessLog {
         t.extend_from_slice(&self.listener);
         d.cuts.listener = end(t);
         t.extend_from_slice(b",\"method\":");
-        line::string(t, req.method().as_str());
+        line::token(t, req.method().as_str());
         t.extend_from_slice(b",\"path\":");
         line::string(t, req.uri().path());
         d.cuts.request = end(t);
         t.extend_from_slice(b",\"request_id\":");
-        line::string(t, header_text(request_id));
+        line::header_string(t, request_id);
         t.extend_from_slice(b",\"trace_id\":");
         match trace_id.or_else(|| req.headers().get(TRACEPARENT).and_then(self::trace_id)) {
             Some(id) => line::trace_hex(t, id),
@@ -274,9 +274,14 @@ impl Draft {
         line::opt_string(t, out.tenant.map(TenantId::as_str));
         self.cuts.who = end(t);
         t.extend_from_slice(b",\"status\":");
-        line::uint(t, u64::from(out.status));
-        t.extend_from_slice(b",\"reason\":");
-        line::string(t, out.reason.map_or("", header_text));
+        line::three_digits(t, u32::from(out.status.clamp(100, 999)));
+        match out.reason {
+            Some(r) => {
+                t.extend_from_slice(b",\"reason\":");
+                line::header_string(t, r);
+            }
+            None => t.extend_from_slice(b",\"reason\":\"\""),
+        }
         t.extend_from_slice(b",\"limit\":");
         line::opt_string(t, out.limit);
         t.extend_from_slice(b",\"tries\":");
@@ -324,10 +329,6 @@ impl Draft {
 /// request heads far smaller.
 fn end(t: &[u8]) -> u32 {
     u32::try_from(t.len()).unwrap_or(u32::MAX)
-}
-
-fn header_text(v: &HeaderValue) -> &str {
-    v.to_str().unwrap_or("")
 }
 
 /// The trace id of a valid W3C `traceparent` (see [`TraceParent::parse`]); `None` for

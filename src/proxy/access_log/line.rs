@@ -123,23 +123,29 @@ fn digit(v: u32) -> u8 {
     b'0' + (v % 10) as u8
 }
 
-fn three_digits(buf: &mut Vec<u8>, v: u32) {
+/// `v` (below 1000) as exactly three digits.
+pub(super) fn three_digits(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&[digit(v / 100), digit(v / 10), digit(v)]);
 }
 
-/// `n` in decimal. Digits are pushed last first and turned around: no scratch buffer to copy.
+/// `n` in decimal. Small numbers (the usual byte counts, milliseconds, tries) are written
+/// with fixed-size copies; larger ones digit by digit, last first, then turned around.
 pub(super) fn uint(buf: &mut Vec<u8>, mut n: u64) {
     if n < 10 {
         buf.push(b'0' + n as u8);
-        return;
+    } else if n < 100 {
+        buf.extend_from_slice(&[digit(n as u32 / 10), digit(n as u32)]);
+    } else if n < 1000 {
+        three_digits(buf, n as u32);
+    } else {
+        let start = buf.len();
+        buf.reserve(20);
+        while n > 0 {
+            buf.push(b'0' + (n % 10) as u8);
+            n /= 10;
+        }
+        buf[start..].reverse();
     }
-    let start = buf.len();
-    buf.reserve(20);
-    while n > 0 {
-        buf.push(b'0' + (n % 10) as u8);
-        n /= 10;
-    }
-    buf[start..].reverse();
 }
 
 /// `d` in milliseconds with three decimals (whole microseconds), from integers: float
@@ -153,7 +159,7 @@ pub(super) fn millis(buf: &mut Vec<u8>, d: Duration) {
 
 /// `s` as a JSON string.
 pub(super) fn string(buf: &mut Vec<u8>, s: &str) {
-    if plain(s.as_bytes()) {
+    if plain(s.as_bytes(), false) {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
@@ -163,26 +169,54 @@ pub(super) fn string(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether `s` needs no JSON escaping: no control character, quote or backslash. Eight bytes
-/// at a time: most of what is checked (request ids, paths) is longer than that.
-fn plain(s: &[u8]) -> bool {
+/// Whether `s` needs no JSON escaping: no control character, quote or backslash (and, with
+/// `ascii`, nothing from DEL up). Eight bytes at a time: most of what is checked (request ids,
+/// paths) is longer than that.
+#[inline(always)]
+fn plain(s: &[u8], ascii: bool) -> bool {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     // A high bit for a byte of `x` below `n` (n <= 0x80); only set if there is one.
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let equal = |x: u64, c: u8| below(x ^ (ONES * u64::from(c)), 1);
     let mut words = s.chunks_exact(8);
     for w in &mut words {
         let mut b = [0; 8];
         b.copy_from_slice(w);
         let x = u64::from_ne_bytes(b);
-        if below(x, 0x20) | below(x ^ (ONES * 0x22), 1) | below(x ^ (ONES * 0x5c), 1) != 0 {
+        let mut bad = below(x, 0x20) | equal(x, b'"') | equal(x, b'\\');
+        if ascii {
+            bad |= (x & HIGH) | equal(x, 0x7f);
+        }
+        if bad != 0 {
             return false;
         }
     }
     words
         .remainder()
         .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\' && (!ascii || b < 0x7f))
+}
+
+/// A header value as a JSON string; `""` if it is not visible ASCII (as `to_str` says).
+/// One pass over the bytes for the usual value, which needs no escaping.
+pub(super) fn header_string(buf: &mut Vec<u8>, v: &http::HeaderValue) {
+    let b = v.as_bytes();
+    if plain(b, true) {
+        buf.push(b'"');
+        buf.extend_from_slice(b);
+        buf.push(b'"');
+    } else {
+        string(buf, v.to_str().unwrap_or(""));
+    }
+}
+
+/// A token (an HTTP method: no quote, backslash or control character by its grammar, which
+/// `http` enforces) as a JSON string, unchecked.
+pub(super) fn token(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
 }
 
 /// `s` as a JSON string, or `null`.
@@ -326,6 +360,22 @@ mod pieces_tests {
             .map(char::from)
             .filter(|c| !"\"\\".contains(*c))
             .collect();
+        let header = |v: &[u8]| {
+            let v = http::HeaderValue::from_bytes(v).expect("header value");
+            text(|b| super::header_string(b, &v))
+        };
+        assert_eq!(header(b"0123456789abcdef-id"), "\"0123456789abcdef-id\"");
+        assert_eq!(
+            header(b"id \"quoted\"\tand tab"),
+            r#""id \"quoted\"\tand tab""#
+        );
+        assert_eq!(
+            header(b"long enough to be in words \x80"),
+            "\"\"",
+            "obs-text: empty"
+        );
+        assert_eq!(header(b"\xff"), "\"\"");
+        assert_eq!(text(|b| super::token(b, "PATCH")), "\"PATCH\"");
         let fine = format!("{fine}ünïcödé");
         assert_eq!(
             text(|b| super::string(b, &fine)),

@@ -76,8 +76,6 @@ pub struct Sinks {
 #[derive(Debug)]
 struct Lanes {
     lanes: Box<[Padded]>,
-    /// What the lines' order marks count from.
-    origin: Instant,
     /// Bytes a lane may hold.
     cap: usize,
     /// Bumped by every reload: the writer opens its file again.
@@ -110,11 +108,10 @@ struct Lines {
     marks: Vec<Mark>,
 }
 
-/// When a line was finished (nanoseconds after [`Lanes::origin`]) and where in its buffer it
-/// ends.
+/// When a line was finished and where in its buffer it ends.
 #[derive(Debug, Clone, Copy)]
 struct Mark {
-    at: u64,
+    at: Instant,
     end: usize,
 }
 
@@ -181,10 +178,9 @@ impl Sink {
             self.dropped.inc();
             return;
         }
-        let now = Instant::now();
+        let at = Instant::now();
         let Lane { lines, wall, .. } = &mut *lane;
-        line(&mut lines.buf, wall, now);
-        let at = lanes.mark(now);
+        line(&mut lines.buf, wall, at);
         lines.marks.push(Mark {
             at,
             end: lines.buf.len(),
@@ -327,17 +323,11 @@ impl Lanes {
             .collect();
         Lanes {
             lanes,
-            origin: Instant::now(),
             cap,
             reopen: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             done: watch::Sender::new(false),
         }
-    }
-
-    /// `t` as an order mark.
-    fn mark(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.origin).as_nanos() as u64
     }
 }
 
@@ -418,7 +408,7 @@ impl Writer {
             self.seen = epoch;
             self.out.reopen();
         }
-        let cut = if last { u64::MAX } else { self.lanes.mark(now) };
+        let cut = (!last).then_some(now);
         for (lane, held) in self.lanes.lanes.iter().zip(&mut self.held) {
             let mut l = lane.0.lock();
             l.wall.rebase(wall);
@@ -438,13 +428,14 @@ impl Writer {
         self.write_before(cut);
     }
 
-    /// Writes the held lines marked before `cut`, merged across lanes by their marks. The
-    /// usual case, one lane with lines, is written straight from its buffer.
-    fn write_before(&mut self, cut: u64) {
+    /// Writes the held lines marked before `cut` (all of them: `None`), merged across lanes
+    /// by their marks. The usual case, one lane with lines, is written straight from its
+    /// buffer.
+    fn write_before(&mut self, cut: Option<Instant>) {
         let due: Vec<usize> = self
             .held
             .iter()
-            .map(|h| h.marks.partition_point(|m| m.at < cut))
+            .map(|h| h.marks.partition_point(|m| cut.map_or(true, |c| m.at < c)))
             .collect();
         let busy = due.iter().filter(|n| **n > 0).count();
         if busy == 1 {
