@@ -45,6 +45,9 @@ pub use crate::proxy::shared::Shared;
 use crate::reload::{ListenerSet, ReloadError};
 use crate::tenant::tracked::TrackedTenants;
 
+/// How long exit waits for the access log writers to write the lines still queued.
+const ACCESS_LOG_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running rampart instance.
 #[derive(Debug, Clone)]
 pub struct Rampart {
@@ -221,6 +224,8 @@ impl Rampart {
         if let Some(t) = self.shared.current.load().tracer.clone() {
             t.exporter().flush().await;
         }
+        // The access log lines still queued, bounded in case a destination hangs.
+        self.shared.access_logs.close(ACCESS_LOG_CLOSE).await;
         tracing::info!("drained; exiting");
     }
 }
