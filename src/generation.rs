@@ -38,7 +38,7 @@ use crate::policy::load_shed::RouteLoadShed;
 use crate::policy::rate_limit::{GlobalCtx, RouteRateLimit};
 use crate::policy::retry::RouteRetry;
 use crate::proxy::access_log::AccessLog;
-use crate::proxy::listener::server_builder;
+use crate::proxy::listener::{max_head, server_builder};
 use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
@@ -85,6 +85,9 @@ pub struct ListenerRt {
     pub head_timeout: Duration,
     /// `runtime.idle_timeout`: a connection with no request in flight is closed after it.
     pub idle_timeout: Duration,
+    /// The longest HTTP/1 request head served (`runtime.max_header_bytes`, at least 8 KiB as
+    /// hyper's read buffer); longer ones are answered 431.
+    pub max_head: usize,
     /// `runtime.body_idle_timeout`: longest stall between request body frames.
     pub body_idle_timeout: Duration,
     /// The TLS acceptor of a listener with `tls` (its files as read by this generation).
@@ -357,6 +360,7 @@ fn build_listener(
         server: Arc::new(server_builder(rt)),
         head_timeout: rt.header_read_timeout.0,
         idle_timeout: rt.idle_timeout.0,
+        max_head: max_head(rt),
         body_idle_timeout: rt.body_idle_timeout.0,
         tls: None,
         access_log: l.access_log.as_ref().and_then(|cfg| {

@@ -28,6 +28,7 @@ pub mod shutdown;
 pub mod store;
 pub mod tenant;
 pub mod tls;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ use crate::metrics::Metrics;
 pub use crate::proxy::shared::Shared;
 use crate::reload::{ListenerSet, ReloadError};
 use crate::tenant::tracked::TrackedTenants;
+
+/// How long exit waits for the access log writers to write the lines still queued.
+const ACCESS_LOG_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A running rampart instance.
 #[derive(Debug, Clone)]
@@ -80,8 +84,18 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigError
 // === impl Rampart ===
 
 impl Rampart {
-    /// Binds the admin and data listeners of `config` and starts serving.
+    /// Binds the admin and data listeners of `config` and starts serving, on the calling
+    /// runtime only.
     pub async fn start(config: Config) -> Result<Rampart, StartError> {
+        Self::start_on(config, workers::Workers::here()).await
+    }
+
+    /// Like [`Rampart::start`], with every worker of `workers` accepting and serving data
+    /// connections (`rampart run` with `RAMPART_WORKERS` above 1).
+    pub async fn start_on(
+        config: Config,
+        workers: workers::Workers,
+    ) -> Result<Rampart, StartError> {
         let clock: SharedClock = Arc::new(MonotonicClock::new());
         let metrics = Metrics::register();
         let audit = audit::AuditLog::new(metrics.audit_write_failures.clone());
@@ -111,6 +125,7 @@ impl Rampart {
             draining: AtomicBool::new(false),
             listeners: tokio::sync::Mutex::new(ListenerSet::new()),
             audit,
+            workers,
         });
         let started = {
             let mut set = shared.listeners.lock().await;
@@ -209,6 +224,8 @@ impl Rampart {
         if let Some(t) = self.shared.current.load().tracer.clone() {
             t.exporter().flush().await;
         }
+        // The access log lines still queued, bounded in case a destination hangs.
+        self.shared.access_logs.close(ACCESS_LOG_CLOSE).await;
         tracing::info!("drained; exiting");
     }
 }

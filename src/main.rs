@@ -68,7 +68,9 @@ fn main() -> ExitCode {
 
 async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
     let config = rampart::load_config(&path).map_err(|e| e.to_string())?;
-    let rampart = rampart::Rampart::start(config)
+    let workers = rampart::workers::Workers::start(worker_count())
+        .map_err(|e| format!("rampart: cannot start the worker threads: {e}"))?;
+    let rampart = rampart::Rampart::start_on(config, workers)
         .await
         .map_err(|e| format!("rampart: {e}"))?;
     rampart::shutdown::run_until_signalled(rampart, watch)
@@ -132,28 +134,29 @@ fn raise_open_file_limit() {
     }
 }
 
-/// The runtime: `RAMPART_WORKERS` worker threads (default: one per core). With one worker the
-/// runtime is tokio's current-thread scheduler on the main thread: the same single thread of
-/// work, without the work-stealing machinery (run queues shared with other workers, a parking
-/// thread) that a single worker has no use for.
+/// How many workers serve connections: `RAMPART_WORKERS`, else one per core.
+fn worker_count() -> usize {
+    let cores = || std::thread::available_parallelism().map_or(1, usize::from);
+    match std::env::var("RAMPART_WORKERS") {
+        Err(_) => cores(),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) => n.max(1),
+            Err(_) => {
+                tracing::warn!(value = %v, "RAMPART_WORKERS is not a number; using one worker per core");
+                cores()
+            }
+        },
+    }
+}
+
+/// The main thread's runtime: tokio's current-thread scheduler. It is worker 0; `rampart run`
+/// adds the other workers as threads of their own (`rampart::workers`), each with the same kind
+/// of runtime: thread per core, without the work-stealing machinery (shared run queues,
+/// cross-thread wake-ups) that independent connections have no use for.
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("RAMPART_WORKERS").ok().and_then(|v| {
-        let n = v.trim().parse::<usize>().ok();
-        if n.is_none() {
-            tracing::warn!(value = %v, "RAMPART_WORKERS is not a number; using one worker per core");
-        }
-        n
-    });
-    let mut b = match workers {
-        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    b.enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn init_logging(format: Option<LogFormat>) {

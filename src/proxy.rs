@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod finish;
 pub mod forward;
 pub mod guard;
+pub mod h1;
 pub mod health;
 pub mod idempotent;
 pub mod listener;

@@ -2,29 +2,35 @@
 //!
 //! Why this shape: the request path must never wait for a disk or a pipe, and must pay next to
 //! nothing when the log is off. So a listener without `access_log` has no [`AccessLog`] and the
-//! path touches nothing here. With one, the path fills a small [`Entry`] (cheap clones: the
-//! method, the URI's shared bytes, the tenant id, the request id) and hands it, when the answer
-//! ends, to a bounded channel; formatting and writing happen on the destination's writer thread
-//! (`writer.rs`). A full channel drops the line and counts it in
+//! path touches nothing here. With one, the path writes the line's text as it learns it, into
+//! a small buffer reused from request to request on the same thread ([`Entry`]): the method,
+//! path and request id when the request starts, the route, tenant and answer when it is
+//! answered, and the line is completed (duration, byte counts) when the answer ends. Nothing
+//! is cloned or allocated per request, and no record crosses threads: the finished line is
+//! copied into the calling thread's lane of the destination's [`Sink`], which a writer thread
+//! empties every few milliseconds (`writer.rs`). A full lane drops the line and counts it in
 //! `rampart_access_log_dropped_total` instead of blocking.
 //!
-//! When a line is written: an [`Entry`] rides in the request's `Guards` and is sent on drop, so
-//! the line is written when the answer's body has ended (or the client went away), with the
-//! bytes really sent and the whole duration. `sample_ok` thins lines of 2xx/3xx answers from the
-//! upstream only: every answer rampart makes itself, and every 4xx/5xx, is logged.
+//! When a line is written: an [`Entry`] rides in the request's `Guards` and is finished on
+//! drop, so the line is written when the answer's body has ended (or the client went away),
+//! with the bytes really sent and the whole duration. `sample_ok` thins lines of 2xx/3xx
+//! answers from the upstream only: every answer rampart makes itself, and every 4xx/5xx, is
+//! logged.
 
 mod line;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Request};
 use tokio::time::Instant;
 
+use self::line::Wall;
 use super::body::FaultCell;
 use crate::config::file;
 use crate::otel::{TraceParent, TRACEPARENT};
@@ -35,44 +41,48 @@ pub use self::writer::{Sink, Sinks};
 /// One listener's access log: where its lines go and how many 2xx/3xx lines are kept.
 #[derive(Debug)]
 pub struct AccessLog {
-    listener: Arc<str>,
+    /// `,"listener":"NAME"`, escaped once.
+    listener: Box<[u8]>,
     sink: Arc<Sink>,
     /// A 2xx/3xx line is kept when a random `u32` is below this; `None`: always.
     keep_ok: Option<u32>,
 }
 
-/// What one request's line says; formatted by the writer thread.
+/// A request's line being written; finished and handed to the sink when dropped, once armed.
+///
+/// One pointer: an entry rides (twice, as `Option`) in the request path's futures, which are
+/// moved by copying, so its size is paid on every request, logged or not. The [`Draft`] it
+/// points to is reused from request to request on the same thread.
 #[derive(Debug)]
-pub struct Record {
-    time: SystemTime,
-    listener: Arc<str>,
-    route: Option<Arc<str>>,
-    tenant: Option<TenantId>,
-    method: Method,
-    uri: Uri,
-    status: u16,
-    reason: Option<HeaderValue>,
-    limit: Option<Box<str>>,
-    tries: u32,
-    endpoint: Option<SocketAddr>,
-    duration: Duration,
-    upstream: Option<Duration>,
-    bytes_in: u64,
-    bytes_out: u64,
-    request_id: HeaderValue,
-    trace_id: Option<u128>,
-}
+pub struct Entry(Option<Box<Draft>>);
 
-/// A request's line being filled; sent to the writer when dropped, once armed.
+/// What an [`Entry`] holds.
+///
+/// `text` holds the line's JSON pieces (each `,"key":value...`) in the order the request path
+/// learns them, which is not the line's order; [`Cuts`] says where each ends, and
+/// [`Draft::render`] puts them in order.
 #[derive(Debug)]
-pub struct Entry {
-    /// Boxed: the entry rides in every upstream answer's body, and the channel moves a pointer.
-    rec: Option<Box<Record>>,
+struct Draft {
+    text: Vec<u8>,
+    cuts: Cuts,
+    upstream: Option<Duration>,
+    bytes_out: u64,
     started: Instant,
     received: Option<Arc<FaultCell>>,
-    sink: Arc<Sink>,
+    sink: Option<Arc<Sink>>,
     keep_ok: Option<u32>,
     armed: bool,
+}
+
+/// Where the pieces of [`Draft::text`] end. `begin` writes `listener`, `request` (method and
+/// path) and `ids` (request and trace id); `fill` writes `who` (route and tenant) and then the
+/// answer (status, reason, limit, tries, endpoint), which runs to the end of the text.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cuts {
+    listener: u32,
+    request: u32,
+    ids: u32,
+    who: u32,
 }
 
 /// What the exchange with the upstream leaves for the line (see `ctx::TryLog`).
@@ -112,8 +122,10 @@ impl AccessLog {
     pub fn new(listener: Arc<str>, cfg: &file::AccessLog, sink: Arc<Sink>) -> Self {
         let ratio = cfg.sample_ok.0.clamp(0.0, 1.0);
         let keep_ok = (ratio < 1.0).then(|| (ratio * f64::from(u32::MAX)) as u32);
+        let mut name = b",\"listener\":".to_vec();
+        line::string(&mut name, &listener);
         AccessLog {
-            listener,
+            listener: name.into(),
             sink,
             keep_ok,
         }
@@ -124,34 +136,36 @@ impl AccessLog {
         self.sink.to()
     }
 
-    /// Starts the line of `req`, whose request id is `request_id`.
-    pub fn begin<B>(&self, req: &Request<B>, request_id: &HeaderValue, started: Instant) -> Entry {
-        Entry {
-            rec: Some(Box::new(Record {
-                time: SystemTime::now(),
-                listener: self.listener.clone(),
-                route: None,
-                tenant: None,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                status: 0,
-                reason: None,
-                limit: None,
-                tries: 0,
-                endpoint: None,
-                duration: Duration::ZERO,
-                upstream: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                request_id: request_id.clone(),
-                trace_id: req.headers().get(TRACEPARENT).and_then(trace_id),
-            })),
-            started,
-            received: None,
-            sink: self.sink.clone(),
-            keep_ok: self.keep_ok,
-            armed: false,
+    /// Starts the line of `req`, whose request id is `request_id`. `trace_id` is the trace
+    /// rampart continued or started (when the listener traces); without one, the line names
+    /// the trace of a valid `traceparent` the client sent.
+    pub fn begin<B>(
+        &self,
+        req: &Request<B>,
+        request_id: &HeaderValue,
+        trace_id: Option<u128>,
+        started: Instant,
+    ) -> Entry {
+        let mut d = Draft::take(started);
+        let t = &mut d.text;
+        t.extend_from_slice(&self.listener);
+        d.cuts.listener = end(t);
+        t.extend_from_slice(b",\"method\":");
+        line::token(t, req.method().as_str());
+        t.extend_from_slice(b",\"path\":");
+        line::string(t, req.uri().path());
+        d.cuts.request = end(t);
+        t.extend_from_slice(b",\"request_id\":");
+        line::header_string(t, request_id);
+        t.extend_from_slice(b",\"trace_id\":");
+        match trace_id.or_else(|| req.headers().get(TRACEPARENT).and_then(self::trace_id)) {
+            Some(id) => line::trace_hex(t, id),
+            None => t.extend_from_slice(b"null"),
         }
+        d.cuts.ids = end(t);
+        d.sink = Some(self.sink.clone());
+        d.keep_ok = self.keep_ok;
+        Entry(Some(d))
     }
 }
 
@@ -161,76 +175,160 @@ impl Entry {
     /// Fills the line from the answer and arms it if it is to be written: always for rampart's
     /// own answers and for 4xx/5xx, else as `sample_ok` says. Returns whether it is armed.
     pub fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
-        let ok = out.status < 400 && out.reason.is_none();
-        self.armed = !ok || self.keep_ok.map_or(true, |k| fastrand::u32(..) < k);
-        let Some(r) = self.rec.as_deref_mut().filter(|_| self.armed) else {
-            return false;
-        };
-        r.route = out.route.cloned();
-        r.tenant = out.tenant.cloned();
-        r.status = out.status;
-        r.reason = out.reason.cloned();
-        r.limit = out.limit.map(Box::from);
-        r.tries = tries.tries;
-        r.endpoint = tries.endpoint;
-        r.upstream = tries.upstream;
-        r.bytes_out = out.bytes_out;
-        self.received = tries.received;
-        true
-    }
-
-    /// Names the request's trace (the one rampart continued or started, when tracing is on).
-    pub fn trace(&mut self, trace_id: u128) {
-        if let Some(r) = self.rec.as_deref_mut() {
-            r.trace_id = Some(trace_id);
-        }
+        self.0.as_mut().is_some_and(|d| d.fill(out, tries))
     }
 
     /// Counts `n` body bytes sent to the client.
     pub fn sent(&mut self, n: usize) {
-        if let Some(r) = self.rec.as_deref_mut() {
-            r.bytes_out += n as u64;
+        if let Some(d) = &mut self.0 {
+            d.bytes_out += n as u64;
         }
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let Some(mut rec) = self.rec.take().filter(|_| self.armed) else {
-            return;
-        };
-        rec.duration = self.started.elapsed();
-        rec.bytes_in = self.received.as_ref().map_or(0, |c| c.received());
-        self.sink.send(rec);
+        let Some(mut d) = self.0.take() else { return };
+        if let Some(sink) = d.sink.take().filter(|_| d.armed) {
+            let bytes_in = d.received.as_ref().map_or(0, |c| c.received());
+            sink.push(|buf, wall, now| {
+                let duration = now.saturating_duration_since(d.started);
+                d.render(buf, wall, duration, bytes_in);
+            });
+        }
+        d.recycle();
     }
 }
 
-// === impl Record ===
+// === impl Draft ===
 
-impl Record {
-    /// An empty record (tests fill in what they check).
-    #[cfg(test)]
-    fn placeholder() -> Self {
-        Record {
-            time: SystemTime::UNIX_EPOCH,
-            listener: Arc::from(""),
-            route: None,
-            tenant: None,
-            method: Method::GET,
-            uri: Uri::default(),
-            status: 0,
-            reason: None,
-            limit: None,
-            tries: 0,
-            endpoint: None,
-            duration: Duration::ZERO,
-            upstream: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            request_id: HeaderValue::from_static(""),
-            trace_id: None,
+/// Drafts kept for reuse per thread.
+const SPARES: usize = 256;
+/// Bytes a new draft's text starts with: a typical line's pieces fit.
+const TEXT_CAP: usize = 256;
+/// A draft whose text grew beyond this (a very long path) is freed rather than kept.
+const TEXT_KEEP: usize = 4096;
+
+thread_local! {
+    /// Drafts given back by finished entries, for the next requests on this thread. Boxes:
+    /// the point is to reuse the allocation an [`Entry`] points to.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<Draft>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Draft {
+    /// An empty draft started at `started`: a spare one of this thread's if there is one.
+    fn take(started: Instant) -> Box<Draft> {
+        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        match spare {
+            Some(mut d) => {
+                d.started = started;
+                d
+            }
+            None => Box::new(Draft {
+                text: Vec::with_capacity(TEXT_CAP),
+                cuts: Cuts::default(),
+                upstream: None,
+                bytes_out: 0,
+                started,
+                received: None,
+                sink: None,
+                keep_ok: None,
+                armed: false,
+            }),
         }
     }
+
+    /// Empties the draft and keeps it for a later [`Draft::take`] on this thread (unless its
+    /// text grew large or enough are kept).
+    fn recycle(mut self: Box<Self>) {
+        if self.text.capacity() > TEXT_KEEP {
+            return;
+        }
+        self.text.clear();
+        self.cuts = Cuts::default();
+        self.upstream = None;
+        self.bytes_out = 0;
+        self.received = None;
+        self.sink = None;
+        self.armed = false;
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(self);
+            }
+        });
+    }
+
+    fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
+        let ok = out.status < 400 && out.reason.is_none();
+        self.armed = !ok || self.keep_ok.map_or(true, |k| fastrand::u32(..) < k);
+        if !self.armed {
+            return false;
+        }
+        let t = &mut self.text;
+        t.truncate(self.cuts.ids as usize);
+        t.extend_from_slice(b",\"route\":");
+        line::opt_string(t, out.route.map(|r| &**r));
+        t.extend_from_slice(b",\"tenant\":");
+        line::opt_string(t, out.tenant.map(TenantId::as_str));
+        self.cuts.who = end(t);
+        t.extend_from_slice(b",\"status\":");
+        line::three_digits(t, u32::from(out.status.clamp(100, 999)));
+        match out.reason {
+            Some(r) => {
+                t.extend_from_slice(b",\"reason\":");
+                line::header_string(t, r);
+            }
+            None => t.extend_from_slice(b",\"reason\":\"\""),
+        }
+        t.extend_from_slice(b",\"limit\":");
+        line::opt_string(t, out.limit);
+        t.extend_from_slice(b",\"tries\":");
+        line::uint(t, u64::from(tries.tries));
+        t.extend_from_slice(b",\"endpoint\":");
+        match tries.endpoint {
+            Some(e) => line::endpoint(t, e),
+            None => t.extend_from_slice(b"null"),
+        }
+        self.upstream = tries.upstream;
+        self.bytes_out = out.bytes_out;
+        self.received = tries.received;
+        true
+    }
+
+    /// Appends the whole line (ending in `\n`) to `buf`, in SPEC §12's field order, with the
+    /// request's start written through `wall`.
+    fn render(&self, buf: &mut Vec<u8>, wall: &mut Wall, duration: Duration, bytes_in: u64) {
+        let (t, c) = (&self.text, self.cuts);
+        let piece = |from: u32, to: u32| &t[from as usize..to as usize];
+        buf.extend_from_slice(b"{\"time\":\"");
+        wall.write(buf, self.started);
+        buf.push(b'"');
+        buf.extend_from_slice(piece(0, c.listener));
+        buf.extend_from_slice(piece(c.ids, c.who));
+        buf.extend_from_slice(piece(c.listener, c.request));
+        buf.extend_from_slice(&t[c.who as usize..]);
+        buf.extend_from_slice(b",\"duration_ms\":");
+        line::millis(buf, duration);
+        buf.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream {
+            Some(d) => line::millis(buf, d),
+            None => buf.extend_from_slice(b"null"),
+        }
+        buf.extend_from_slice(b",\"bytes_in\":");
+        line::uint(buf, bytes_in);
+        buf.extend_from_slice(b",\"bytes_out\":");
+        line::uint(buf, self.bytes_out);
+        buf.extend_from_slice(piece(c.request, c.ids));
+        buf.extend_from_slice(b"}\n");
+    }
+}
+
+/// Where the text ends now, as a cut. A line's text beyond 4 GiB cannot happen: hyper refuses
+/// request heads far smaller.
+fn end(t: &[u8]) -> u32 {
+    u32::try_from(t.len()).unwrap_or(u32::MAX)
 }
 
 /// The trace id of a valid W3C `traceparent` (see [`TraceParent::parse`]); `None` for

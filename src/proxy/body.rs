@@ -44,6 +44,17 @@ pub enum Body {
     Teed(Box<super::tee::Tee>),
 }
 
+/// A client's request body as a listener hands it to the request path: hyper's stream, or
+/// none at all (a request the lean HTTP/1.1 server read itself: it only serves those without
+/// a body, see `h1.rs`). `hyper::body::Incoming` cannot be made outside hyper, hence the enum.
+#[derive(Debug)]
+pub enum ClientIn {
+    /// Read by hyper (HTTP/2, and HTTP/1.1 requests with a body or an upgrade).
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
 /// A request body after trying to keep it for replay.
 #[derive(Debug)]
 pub enum Buffered {
@@ -72,7 +83,7 @@ pub struct FaultCell(AtomicU8, AtomicU64);
 #[derive(Debug)]
 pub struct ClientBody {
     prefix: VecDeque<Frame<Bytes>>,
-    rest: Incoming,
+    rest: ClientIn,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     fault: Arc<FaultCell>,
@@ -155,6 +166,43 @@ impl http_body::Body for Body {
     }
 }
 
+// === impl ClientIn ===
+
+impl From<Incoming> for ClientIn {
+    fn from(b: Incoming) -> Self {
+        ClientIn::Hyper(b)
+    }
+}
+
+impl http_body::Body for ClientIn {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientIn::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientIn::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientIn::Hyper(b) => b.is_end_stream(),
+            ClientIn::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientIn::Hyper(b) => b.size_hint(),
+            ClientIn::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 // === impl FaultCell ===
 
 impl FaultCell {
@@ -185,7 +233,7 @@ impl FaultCell {
 
 impl ClientBody {
     /// Watches `body` with `idle` allowed between frames; faults are noted in `fault`.
-    pub fn new(body: Incoming, idle: Duration, fault: Arc<FaultCell>) -> Self {
+    pub fn new(body: ClientIn, idle: Duration, fault: Arc<FaultCell>) -> Self {
         ClientBody {
             prefix: VecDeque::new(),
             rest: body,

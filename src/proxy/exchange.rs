@@ -22,10 +22,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Body, Buffered, ClientBody, ClientFault, FaultCell};
+use super::body::{Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
 use super::ctx::RequestCtx;
 use super::forward;
 use super::pool::SendError;
@@ -52,7 +51,7 @@ pub(super) struct Tried {
 }
 
 /// Steps 5–8 for one request that has passed the route's admission policies.
-pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<Incoming>) -> Response<Body> {
+pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<Body> {
     forward::prepare_request(&mut req, ctx.peer);
     let (parts, incoming) = req.into_parts();
     // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.

@@ -71,13 +71,11 @@ impl<'a> Finish<'a> {
                 (Some(trace), span)
             }
         };
-        let mut entry = lst
+        let trace_id = trace.map(|t| t.trace_id);
+        let entry = lst
             .access_log
             .as_ref()
-            .map(|log| log.begin(req, &request_id, started));
-        if let (Some(e), Some(t)) = (&mut entry, &trace) {
-            e.trace(t.trace_id);
-        }
+            .map(|log| log.begin(req, &request_id, trace_id, started));
         Finish {
             lst,
             started,

@@ -13,9 +13,8 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use super::body::{Body, Buffered, ClientBody, ClientFault, FaultCell};
+use super::body::{Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
 use super::ctx::RequestCtx;
 use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline};
 use super::forward;
@@ -48,7 +47,7 @@ struct ClaimKeeper {
 pub async fn run(
     ctx: &RequestCtx<'_>,
     idem: &RouteIdempotency,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientIn>,
 ) -> Response<Body> {
     let Some(key) = idem.key_of(req.headers(), ctx.tenant.as_str()) else {
         return exchange::run(ctx, req).await;

@@ -27,8 +27,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::body::ClientIn;
 use super::conn::{Close, ConnState};
 use super::forward::Peer;
+use super::h1;
 use super::respond::answer;
 use super::shared::Shared;
 use super::stack;
@@ -48,7 +50,8 @@ pub struct ListenerHandle {
     stop: watch::Sender<bool>,
     limit: Arc<Semaphore>,
     capacity: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
+    /// One accept loop per worker (see `workers.rs`).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds `addr` with a large backlog and `SO_REUSEADDR`.
@@ -64,11 +67,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// The longest HTTP/1 request head served under `rt`: `max_header_bytes`, but at least 8 KiB
+/// (hyper refuses smaller read buffers). Longer heads are answered 431 by hyper.
+pub fn max_head(rt: &file::Runtime) -> usize {
+    (rt.max_header_bytes.0 as usize).max(8192)
+}
+
 /// The HTTP server settings of a listener, from `runtime`.
 pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // hyper refuses read buffers under 8 KiB; heads over the limit are answered 431 by hyper.
-    let max_head = (rt.max_header_bytes.0 as usize).max(8192);
+    let max_head = max_head(rt);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(rt.header_read_timeout.0)
@@ -84,7 +92,9 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Starts serving `tcp`, configured as `addr`.
+/// Starts serving `tcp`, configured as `addr`: every worker runs an accept loop on it, through
+/// its own descriptor of the socket (registered with that worker's I/O driver), so each
+/// connection is served start to end by the worker that accepted it.
 pub fn spawn(
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -95,13 +105,34 @@ pub fn spawn(
     let (stop, stopped) = watch::channel(false);
     let max_conns = (rt.max_connections as usize).max(1);
     let limit = Arc::new(Semaphore::new(max_conns));
-    let task = tokio::spawn(accept_loop(shared, addr, tcp, limit.clone(), stopped));
+    let mut tasks = Vec::with_capacity(shared.workers.handles().len());
+    for (i, worker) in shared.workers.handles().iter().enumerate().skip(1) {
+        let dup = match socket2::SockRef::from(&tcp).try_clone() {
+            Ok(s) => std::net::TcpListener::from(s),
+            Err(e) => {
+                tracing::warn!(%addr, worker = i, error = %e, "cannot share the listening socket with a worker; it serves no connections of this listener");
+                continue;
+            }
+        };
+        let (shared, limit, stopped) = (shared.clone(), limit.clone(), stopped.clone());
+        tasks.push(worker.spawn(async move {
+            // In the worker's runtime: the descriptor registers with its I/O driver.
+            match TcpListener::from_std(dup) {
+                Ok(tcp) => accept_loop(shared, addr, tcp, limit, stopped).await,
+                Err(e) => tracing::warn!(%addr, worker = i, error = %e, "a worker cannot poll the listening socket"),
+            }
+        }));
+    }
+    tasks.insert(
+        0,
+        tokio::spawn(accept_loop(shared, addr, tcp, limit.clone(), stopped)),
+    );
     ListenerHandle {
         local_addr,
         stop,
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
-        task,
+        tasks,
     }
 }
 
@@ -121,12 +152,17 @@ impl ListenerHandle {
 
     /// Waits for the listener to finish draining, at most `grace`.
     pub async fn wait(self, grace: Duration) {
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace + Duration::from_millis(100), self.task)
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace + Duration::from_millis(100), all)
             .await
             .is_err()
         {
-            abort.abort();
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 
@@ -212,8 +248,8 @@ async fn serve_conn(
     };
     drop(gen);
     let Some(tls) = lst.tls.clone() else {
-        let io = TokioIo::new(stream);
-        return serve_io(shared, addr, &lst, io, peer, lst.head_timeout, stopped).await;
+        let head = lst.head_timeout;
+        return serve_io(shared, addr, &lst, stream, peer, head, stopped, false).await;
     };
     let started = Instant::now();
     match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
@@ -225,10 +261,10 @@ async fn serve_conn(
                     uri_san: info.client_uri_san.map(Arc::from),
                 });
             }
-            let io = TokioIo::new(tls_stream);
             // The handshake spent part of the head timeout; the watchdog gets the rest.
             let head = lst.head_timeout.saturating_sub(started.elapsed());
-            serve_io(shared, addr, &lst, io, peer, head, stopped).await;
+            let h2 = info.is_h2;
+            serve_io(shared, addr, &lst, tls_stream, peer, head, stopped, h2).await;
         }
         Err(e) => {
             if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
@@ -239,33 +275,85 @@ async fn serve_conn(
     }
 }
 
+/// Serves one accepted (and, with TLS, handshaken) connection: the lean HTTP/1.1 server
+/// (`h1.rs`) first, hyper for HTTP/2 (ALPN `h2`, or the prior-knowledge preface) and for
+/// whatever the lean server hands over.
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     shared: Arc<Shared>,
     addr: SocketAddr,
     lst: &ListenerRt,
-    io: TokioIo<I>,
+    io: I,
     peer: Peer,
     head: Duration,
     mut stopped: watch::Receiver<bool>,
+    h2: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let peer_addr = peer.addr;
     let state = ConnState::new();
     let client = Arc::new(peer);
+    let started = Instant::now();
+    let io = if h2 {
+        h1::Rewind::new(bytes::Bytes::new(), io)
+    } else {
+        let conn = h1::Conn {
+            shared: &shared,
+            addr,
+            lst,
+            peer: &client,
+            state: &state,
+        };
+        match h1::serve(conn, io, head, &mut stopped).await {
+            h1::End::Closed => return,
+            h1::End::HandOff(io) => io,
+        }
+    };
+    // The watchdog counts the head timeout from accept, whoever served the connection so far.
+    let watchdog = state.watch(head.saturating_sub(started.elapsed()), lst.idle_timeout);
+    tokio::pin!(watchdog);
+    let draining = *stopped.borrow();
+    serve_hyper(
+        shared, addr, lst, io, client, &state, watchdog, stopped, draining,
+    )
+    .await;
+}
+
+/// Serves a connection with hyper's HTTP/1 and HTTP/2 servers until it ends, its watchdog
+/// closes it, or the listener stops (`draining`: it stopped already).
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<I, W>(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    lst: &ListenerRt,
+    io: I,
+    client: Arc<Peer>,
+    state: &Arc<ConnState>,
+    mut watchdog: std::pin::Pin<&mut W>,
+    mut stopped: watch::Receiver<bool>,
+    draining: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    W: std::future::Future<Output = Close>,
+{
+    let peer_addr = client.addr;
     let svc = {
         let state = state.clone();
-        service_fn(move |req| {
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, client) = (shared.clone(), client.clone());
             let active = state.begin();
+            let req = req.map(ClientIn::Hyper);
             async move { Ok::<_, Infallible>(serve(&shared, addr, req, &client, active).await) }
         })
     };
-    let conn = lst.server.serve_connection_with_upgrades(io, svc);
+    let conn = lst
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let watchdog = state.watch(head, lst.idle_timeout);
-    tokio::pin!(watchdog);
-    let mut closing = false;
+    let mut closing = draining;
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -289,10 +377,11 @@ async fn serve_io<I>(
     }
 }
 
-async fn serve(
+/// Serves one request, from either server, under the generation in force now.
+pub(super) async fn serve(
     shared: &Shared,
     addr: SocketAddr,
-    req: http::Request<hyper::body::Incoming>,
+    req: http::Request<ClientIn>,
     peer: &Peer,
     active: super::conn::ConnActive,
 ) -> http::Response<super::body::Body> {

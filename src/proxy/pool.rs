@@ -56,7 +56,10 @@ use crate::error::BoxError;
 /// Idle connections of one endpoint.
 #[derive(Debug)]
 pub struct Pool {
-    idle: ArrayQueue<Idle>,
+    /// One queue per worker (`workers.rs`): a connection goes back to the worker that opened
+    /// it, whose I/O driver watches its socket, and is reused there. `pool_max_idle` is split
+    /// between them (at least one each).
+    idle: Box<[ArrayQueue<Idle>]>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     tls: Option<TlsOrigin>,
@@ -164,7 +167,11 @@ impl Pool {
     /// A pool keeping at most `max_idle` idle connections.
     pub fn new(settings: PoolSettings, tls: Option<TlsOrigin>) -> Arc<Pool> {
         Arc::new(Pool {
-            idle: ArrayQueue::new(settings.max_idle.max(1)),
+            idle: {
+                let n = crate::workers::count();
+                let each = settings.max_idle.div_ceil(n).max(1);
+                (0..n).map(|_| ArrayQueue::new(each)).collect()
+            },
             connect_timeout: settings.connect_timeout,
             idle_timeout: settings.idle_timeout,
             tls,
@@ -182,7 +189,39 @@ impl Pool {
         mut req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         loop {
-            while let Some(idle) = self.idle.pop() {
+            // This worker's idle connections first; then a new one if the cap allows; at the
+            // cap, another worker's idle one (its socket stays with that worker's driver, which
+            // wakes this task: slower, but better than waiting).
+            let mut steal = false;
+            loop {
+                let idle = if steal {
+                    self.idle.iter().find_map(ArrayQueue::pop)
+                } else {
+                    self.own().pop()
+                };
+                let Some(idle) = idle else {
+                    if steal {
+                        break;
+                    }
+                    if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                        let slot = Slot {
+                            _permit: permit,
+                            freed: self.freed.clone(),
+                        };
+                        // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and
+                        // happens once per connection; inline, every request's future would
+                        // carry its size.
+                        let mut conn = Box::pin(self.connect(addr, slot)).await?;
+                        return match conn.exchange(req, false).await {
+                            Ok(head) => Ok(self.returning(head, conn)),
+                            Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
+                                Err(SendError::Reset(e))
+                            }
+                        };
+                    }
+                    steal = true;
+                    continue;
+                };
                 if idle.since.elapsed() > self.idle_timeout {
                     continue;
                 }
@@ -200,25 +239,17 @@ impl Pool {
                     Err(Failed::Broken(e)) => return Err(SendError::Reset(e)),
                 }
             }
-            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                let slot = Slot {
-                    _permit: permit,
-                    freed: self.freed.clone(),
-                };
-                // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and happens once
-                // per connection; inline, every request's future would carry its size.
-                let mut conn = Box::pin(self.connect(addr, slot)).await?;
-                return match conn.exchange(req, false).await {
-                    Ok(head) => Ok(self.returning(head, conn)),
-                    Err(Failed::Unsent(_, e) | Failed::Broken(e)) => Err(SendError::Reset(e)),
-                };
-            }
             // At the cap: wait for a connection to go idle or close, then look again.
             let freed = self.freed.notified();
-            if self.idle.is_empty() {
+            if self.idle.iter().all(ArrayQueue::is_empty) {
                 freed.await;
             }
         }
+    }
+
+    /// The idle queue of the worker running this task.
+    fn own(&self) -> &ArrayQueue<Idle> {
+        &self.idle[crate::workers::index() % self.idle.len()]
     }
 
     async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<Box<Conn>, SendError> {
@@ -271,7 +302,8 @@ impl Pool {
 
     fn put(&self, conn: Box<Conn>) {
         // A full queue drops the connection: more idle ones than `pool_max_idle` are waste.
-        let _ = self.idle.push(Idle {
+        let home = &self.idle[conn.home() % self.idle.len()];
+        let _ = home.push(Idle {
             conn,
             since: Instant::now(),
         });

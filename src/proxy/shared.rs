@@ -41,6 +41,9 @@ pub struct Shared {
     pub listeners: tokio::sync::Mutex<ListenerSet>,
     /// The audit trail of starts, reloads and shutdowns.
     pub audit: crate::audit::AuditLog,
+    /// The runtimes that accept and serve data connections (worker 0: the one rampart
+    /// started on).
+    pub workers: crate::workers::Workers,
 }
 
 // === impl Shared ===

@@ -35,11 +35,10 @@
 //! Anyone who changes this order explains why here.
 
 use http::{HeaderValue, Method, Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::access_log::TryStats;
-use super::body::Body;
+use super::body::{Body, ClientIn};
 use super::conn::ConnActive;
 use super::ctx::{RequestCtx, TryLog};
 use super::degrade;
@@ -62,7 +61,7 @@ pub async fn handle(
     shared: &Shared,
     gen: &Generation,
     lst: &ListenerRt,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientIn>,
     peer: &Peer,
     active: ConnActive,
 ) -> Response<Body> {

@@ -24,14 +24,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use tokio::time::Instant;
 
-use super::body::Body;
+use super::body::{Body, ClientIn};
 use super::ctx::RequestCtx;
 use super::guard::Guards;
 use super::respond::answer;
@@ -47,7 +46,7 @@ use crate::policy::outcome::Outcome;
 pub async fn open(
     ctx: &RequestCtx<'_>,
     clock: &SharedClock,
-    req: Request<Incoming>,
+    req: Request<ClientIn>,
     guards: Guards,
 ) -> Response<Body> {
     let up = &ctx.route.upstream;

@@ -296,3 +296,35 @@ async fn an_override_tenant_keeps_its_label_and_refusals_name_the_limit() {
     assert_eq!(last["limit"], "vip-burst");
     assert_eq!(last["tenant"], "vip");
 }
+
+/// A line finished while rampart drains (its answer's body ends just before exit) is in the
+/// file when the process has exited: exit waits for the writer to write what is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_lines_are_written_before_exit() {
+    use http_body_util::BodyExt;
+
+    let app = sample().await;
+    let mut l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    for i in 0..20 {
+        let path = format!("/ok?n={i}");
+        assert_eq!(http::get(addr, &path, &[]).await.status, 200);
+    }
+    // The head is back and the body still dripping when SIGTERM comes.
+    let req = ::http::Request::get(format!("http://{addr}/drip?chunks=4&ms=50"))
+        .body(http::empty())
+        .expect("request");
+    let rsp = http::client().request(req).await.expect("head");
+    assert_eq!(rsp.status(), 200);
+    l.proxy.signal("TERM");
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let status = l.proxy.wait_exit(std::time::Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", l.proxy.log());
+    // No waiting for the file: the process is gone, so what it wrote is all there is.
+    let got = lines(&l.log);
+    let paths: Vec<&str> = got.iter().filter_map(|v| v["path"].as_str()).collect();
+    assert_eq!(got.len(), 21, "{paths:?}");
+    let last = &got[20];
+    assert_eq!(last["path"], "/drip");
+    assert_eq!(last["bytes_out"], body.len() as u64);
+}

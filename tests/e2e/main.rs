@@ -22,6 +22,7 @@ mod global;
 mod health;
 mod hostile;
 mod jwt;
+mod lean;
 mod load_shed;
 mod pool;
 mod proxy;

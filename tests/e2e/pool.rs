@@ -173,3 +173,61 @@ async fn answers_that_close_their_connection_never_leave_one_stuck() {
     }
     assert_eq!(up.hits(), 200);
 }
+
+/// With `RAMPART_WORKERS=2`, each worker thread accepts and serves connections of its own
+/// (thread per core): after a load spread over many connections, the second worker's thread
+/// has done real work, and every request was answered by the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_serves_connections() {
+    let app = sample().await;
+    let proxy = proxy(app.addr(), 64, 2).await;
+    let addr = proxy.listener("inbound");
+    let before = worker_cpu_ns(proxy.pid());
+    assert_eq!(
+        before.len(),
+        1,
+        "one thread named rampart-wrk-1: {before:?}"
+    );
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        tasks.push(tokio::spawn(async move {
+            let client = http::client();
+            for k in 0..100 {
+                let r = http::send(&client, addr, Method::GET, "/ok", &[], http::empty()).await;
+                let r = r.unwrap_or_else(|e| panic!("connection {t} request {k}: {e}"));
+                assert_eq!(r.status.as_u16(), 200, "connection {t} request {k}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a task panicked");
+    }
+    assert_eq!(app.hits_for("/ok"), 3200);
+    let after = worker_cpu_ns(proxy.pid());
+    let worked = after[0].1.saturating_sub(before[0].1);
+    assert!(
+        worked > 5_000_000,
+        "rampart-wrk-1 ran {worked} ns while serving 3200 requests on 32 connections: it accepts none"
+    );
+}
+
+/// CPU time (ns, from /proc/PID/task/TID/schedstat) of the threads named `rampart-wrk-1`.
+fn worker_cpu_ns(pid: u32) -> Vec<(String, u64)> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let p = e.expect("a task entry").path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim() != "rampart-wrk-1" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+        let ns = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no schedstat: {stat:?}", p.display()));
+        out.push((comm.trim().to_string(), ns));
+    }
+    out
+}

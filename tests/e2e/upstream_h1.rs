@@ -126,8 +126,13 @@ async fn serve(
     }
 }
 
+/// One worker: connections are pooled per worker, and these tests count them.
 async fn proxy(app: SocketAddr) -> Proxy {
-    Proxy::builder(&one_route("")).var("APP", app).spawn().await
+    Proxy::builder(&one_route(""))
+        .var("APP", app)
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await
 }
 
 /// One request from a raw client that asks rampart to close afterwards: every byte it got.

@@ -1,108 +1,107 @@
-//! One access log line as JSON, formatted on the writer thread.
+//! The pieces of an access log line: JSON strings, numbers and the time, written straight
+//! into byte buffers.
 //!
-//! The field names and their order are SPEC §12's. Strings that come from the client (path,
-//! tenant, request id, method) go through serde_json's escaping; everything else is numbers or
-//! text rampart wrote itself.
+//! Why by hand: the request path writes every line, and `write!` (the `fmt` machinery, with
+//! its padding and its dynamic dispatch) cost more than everything else the line does. Strings
+//! that come from the client (path, tenant, request id, method) are escaped as JSON requires;
+//! everything else is numbers or text rampart wrote itself.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderValue;
+use tokio::time::Instant;
 
-use super::Record;
+/// Wall time for lines: an anchor (Unix time at a monotonic instant) and the text of the
+/// last second written.
+///
+/// The request path never reads the system's wall clock: the writer thread re-anchors every
+/// lane each time it takes the lane's lines (every few milliseconds), and a line's time is the
+/// anchor plus or minus the monotonic distance to the request's start. The date part changes
+/// once a second, so its text is kept and only the milliseconds are written per line.
+#[derive(Debug, Clone)]
+pub(super) struct Wall {
+    /// Unix time at `at`, in nanoseconds.
+    unix_nanos: u64,
+    at: Instant,
+    /// The Unix second whose text is in `date` (`u64::MAX`: none yet).
+    second: u64,
+    /// `2026-12-01T06:33:31.` for `second`.
+    date: [u8; 20],
+}
 
-/// Appends `rec` as one JSON line (ending in `\n`) to `buf`.
-pub(super) fn write_line(buf: &mut Vec<u8>, rec: &Record) {
-    buf.extend_from_slice(b"{\"time\":\"");
-    rfc3339_millis(buf, rec.time);
-    buf.extend_from_slice(b"\",\"listener\":");
-    string(buf, &rec.listener);
-    buf.extend_from_slice(b",\"route\":");
-    opt_string(buf, rec.route.as_deref());
-    buf.extend_from_slice(b",\"tenant\":");
-    opt_string(buf, rec.tenant.as_ref().map(|t| t.as_str()));
-    buf.extend_from_slice(b",\"method\":");
-    string(buf, rec.method.as_str());
-    buf.extend_from_slice(b",\"path\":");
-    string(buf, rec.uri.path());
-    let _ = write!(buf, ",\"status\":{},\"reason\":", rec.status);
-    string(buf, rec.reason.as_ref().map_or("", header_text));
-    buf.extend_from_slice(b",\"limit\":");
-    opt_string(buf, rec.limit.as_deref());
-    let _ = write!(buf, ",\"tries\":{},\"endpoint\":", rec.tries);
-    match rec.endpoint {
-        Some(e) => {
-            let _ = write!(buf, "\"{e}\"");
+// === impl Wall ===
+
+impl Wall {
+    /// Anchored at `at`, which is `unix_nanos` after the Unix epoch.
+    pub(super) fn new(unix_nanos: u64, at: Instant) -> Self {
+        Wall {
+            unix_nanos,
+            at,
+            second: u64::MAX,
+            date: [0; 20],
         }
-        None => buf.extend_from_slice(b"null"),
     }
-    buf.extend_from_slice(b",\"duration_ms\":");
-    millis(buf, rec.duration);
-    buf.extend_from_slice(b",\"upstream_ms\":");
-    match rec.upstream {
-        Some(d) => millis(buf, d),
-        None => buf.extend_from_slice(b"null"),
+
+    /// Anchored now, to the system's clock.
+    pub(super) fn now() -> Self {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Wall::new(unix, Instant::now())
     }
-    let _ = write!(
-        buf,
-        ",\"bytes_in\":{},\"bytes_out\":{},\"request_id\":",
-        rec.bytes_in, rec.bytes_out
-    );
-    string(buf, header_text(&rec.request_id));
-    buf.extend_from_slice(b",\"trace_id\":");
-    match rec.trace_id {
-        Some(t) => {
-            let _ = write!(buf, "\"{t:032x}\"");
+
+    /// Moves the anchor to `other`'s, keeping the text of the current second.
+    pub(super) fn rebase(&mut self, other: &Wall) {
+        self.unix_nanos = other.unix_nanos;
+        self.at = other.at;
+    }
+
+    /// Writes `t` as `2026-12-01T06:33:31.123Z` (UTC, milliseconds).
+    pub(super) fn write(&mut self, buf: &mut Vec<u8>, t: Instant) {
+        let nanos = match t.checked_duration_since(self.at) {
+            Some(after) => self.unix_nanos.saturating_add(after.as_nanos() as u64),
+            None => self
+                .unix_nanos
+                .saturating_sub(self.at.duration_since(t).as_nanos() as u64),
+        };
+        // 9999-12-31T23:59:59: four digits of year, always.
+        let millis = (nanos / 1_000_000).min(253_402_300_799_999);
+        let second = millis / 1000;
+        if second != self.second {
+            self.second = second;
+            self.date = date_text(second);
         }
-        None => buf.extend_from_slice(b"null"),
-    }
-    buf.extend_from_slice(b"}\n");
-}
-
-/// `d` in milliseconds with three decimals (whole microseconds), from integers: float
-/// formatting is the dearest part of a line, and the writer formats every request's.
-fn millis(buf: &mut Vec<u8>, d: std::time::Duration) {
-    let micros = d.as_micros();
-    let _ = write!(buf, "{}.{:03}", micros / 1000, micros % 1000);
-}
-
-fn header_text(v: &HeaderValue) -> &str {
-    v.to_str().unwrap_or("")
-}
-
-fn string(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
-    {
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *buf, s);
+        buf.extend_from_slice(&self.date);
+        three_digits(buf, (millis % 1000) as u32);
+        buf.push(b'Z');
     }
 }
 
-fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => string(buf, s),
-        None => buf.extend_from_slice(b"null"),
+/// `YYYY-MM-DDTHH:MM:SS.` of a Unix second.
+fn date_text(second: u64) -> [u8; 20] {
+    let (days, rem) = (second / 86_400, second % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let mut t = *b"0000-00-00T00:00:00.";
+    let y = y.clamp(0, 9999) as u32;
+    t[..4].copy_from_slice(&[
+        digit(y / 1000),
+        digit(y / 100 % 10),
+        digit(y / 10 % 10),
+        digit(y % 10),
+    ]);
+    for (at, v) in [
+        (5, m),
+        (8, d),
+        (11, (rem / 3600) as u32),
+        (14, (rem % 3600 / 60) as u32),
+        (17, (rem % 60) as u32),
+    ] {
+        t[at] = digit(v / 10);
+        t[at + 1] = digit(v % 10);
     }
-}
-
-/// `2026-12-01T06:33:31.123Z`: UTC, millisecond precision.
-fn rfc3339_millis(buf: &mut Vec<u8>, t: SystemTime) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    let _ = write!(
-        buf,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    );
+    t
 }
 
 /// Year, month, day of the `days`-th day after 1970-01-01 (proleptic Gregorian calendar).
@@ -120,21 +119,291 @@ pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+fn digit(v: u32) -> u8 {
+    b'0' + (v % 10) as u8
+}
+
+/// `v` (below 1000) as exactly three digits.
+pub(super) fn three_digits(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&[digit(v / 100), digit(v / 10), digit(v)]);
+}
+
+/// `n` in decimal. Small numbers (the usual byte counts, milliseconds, tries) are written
+/// with fixed-size copies; larger ones digit by digit, last first, then turned around.
+pub(super) fn uint(buf: &mut Vec<u8>, mut n: u64) {
+    if n < 10 {
+        buf.push(b'0' + n as u8);
+    } else if n < 100 {
+        buf.extend_from_slice(&[digit(n as u32 / 10), digit(n as u32)]);
+    } else if n < 1000 {
+        three_digits(buf, n as u32);
+    } else {
+        let start = buf.len();
+        buf.reserve(20);
+        while n > 0 {
+            buf.push(b'0' + (n % 10) as u8);
+            n /= 10;
+        }
+        buf[start..].reverse();
+    }
+}
+
+/// `d` in milliseconds with three decimals (whole microseconds), from integers: float
+/// formatting is the dearest way to write a number.
+pub(super) fn millis(buf: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros() as u64;
+    uint(buf, micros / 1000);
+    buf.push(b'.');
+    three_digits(buf, (micros % 1000) as u32);
+}
+
+/// `s` as a JSON string.
+pub(super) fn string(buf: &mut Vec<u8>, s: &str) {
+    if plain(s.as_bytes(), false) {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    }
+}
+
+/// Whether `s` needs no JSON escaping: no control character, quote or backslash (and, with
+/// `ascii`, nothing from DEL up). Eight bytes at a time: most of what is checked (request ids,
+/// paths) is longer than that.
+#[inline(always)]
+fn plain(s: &[u8], ascii: bool) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A high bit for a byte of `x` below `n` (n <= 0x80); only set if there is one.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let equal = |x: u64, c: u8| below(x ^ (ONES * u64::from(c)), 1);
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_ne_bytes(b);
+        let mut bad = below(x, 0x20) | equal(x, b'"') | equal(x, b'\\');
+        if ascii {
+            bad |= (x & HIGH) | equal(x, 0x7f);
+        }
+        if bad != 0 {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\' && (!ascii || b < 0x7f))
+}
+
+/// A header value as a JSON string; `""` if it is not visible ASCII (as `to_str` says).
+/// One pass over the bytes for the usual value, which needs no escaping.
+pub(super) fn header_string(buf: &mut Vec<u8>, v: &http::HeaderValue) {
+    let b = v.as_bytes();
+    if plain(b, true) {
+        buf.push(b'"');
+        buf.extend_from_slice(b);
+        buf.push(b'"');
+    } else {
+        string(buf, v.to_str().unwrap_or(""));
+    }
+}
+
+/// A token (an HTTP method: no quote, backslash or control character by its grammar, which
+/// `http` enforces) as a JSON string, unchecked.
+pub(super) fn token(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
+}
+
+/// `s` as a JSON string, or `null`.
+pub(super) fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(buf, s),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// `"127.0.0.1:8080"`. IPv4 text is kept per thread for the last few endpoints (a sidecar's
+/// upstreams are few, and every line names one); IPv6 (rare behind a sidecar) goes through
+/// `Display`.
+pub(super) fn endpoint(buf: &mut Vec<u8>, addr: SocketAddr) {
+    let SocketAddr::V4(a) = addr else {
+        // Writing into a Vec cannot fail.
+        let _ = write!(buf, "\"{addr}\"");
+        return;
+    };
+    let cached = ENDPOINTS.try_with(|c| {
+        let mut c = c.borrow_mut();
+        let at = match c.iter().position(|e| e.0 == a) {
+            Some(at) => at,
+            None => {
+                let mut text = Vec::with_capacity(24);
+                text.push(b'"');
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    uint(&mut text, u64::from(octet));
+                }
+                text.push(b':');
+                uint(&mut text, u64::from(a.port()));
+                text.push(b'"');
+                if c.len() == ENDPOINTS_KEPT {
+                    c.pop();
+                }
+                c.insert(0, (a, text.into()));
+                0
+            }
+        };
+        buf.extend_from_slice(&c[at].1);
+    });
+    if cached.is_err() {
+        // This thread is ending (its cache is gone): the slow way.
+        let _ = write!(buf, "\"{addr}\"");
+    }
+}
+
+/// Endpoint texts kept per thread.
+const ENDPOINTS_KEPT: usize = 8;
+
+thread_local! {
+    /// The text of the endpoints this thread wrote last, most recent first.
+    static ENDPOINTS: RefCell<Vec<(SocketAddrV4, Box<[u8]>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A trace id as JSON: 32 lowercase hex digits in quotes.
+pub(super) fn trace_hex(buf: &mut Vec<u8>, id: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [b'"'; 34];
+    for (i, c) in t[1..33].iter_mut().enumerate() {
+        *c = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    buf.extend_from_slice(&t);
+}
+
 #[cfg(test)]
-mod millis_tests {
+mod pieces_tests {
     use std::time::Duration;
 
-    fn text(d: Duration) -> String {
+    use tokio::time::Instant;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
         let mut buf = Vec::new();
-        super::millis(&mut buf, d);
-        String::from_utf8(buf).expect("ascii")
+        f(&mut buf);
+        String::from_utf8(buf).expect("utf-8")
     }
 
     #[test]
     fn milliseconds_have_three_decimals_of_whole_microseconds() {
-        assert_eq!(text(Duration::ZERO), "0.000");
-        assert_eq!(text(Duration::from_nanos(1_234_567)), "1.234");
-        assert_eq!(text(Duration::from_micros(999)), "0.999");
-        assert_eq!(text(Duration::from_secs(61)), "61000.000");
+        let ms = |d| text(|b| super::millis(b, d));
+        assert_eq!(ms(Duration::ZERO), "0.000");
+        assert_eq!(ms(Duration::from_nanos(1_234_567)), "1.234");
+        assert_eq!(ms(Duration::from_micros(999)), "0.999");
+        assert_eq!(ms(Duration::from_secs(61)), "61000.000");
+    }
+
+    #[test]
+    fn integers_are_decimal() {
+        for n in [0, 7, 10, 99, 100, 65_535, 1_234_567_890, u64::MAX] {
+            assert_eq!(text(|b| super::uint(b, n)), n.to_string());
+        }
+    }
+
+    #[test]
+    fn endpoints_read_as_socket_addresses() {
+        for a in ["127.0.0.1:8081", "10.200.3.45:443", "0.0.0.0:0", "[::1]:80"] {
+            let addr: std::net::SocketAddr = a.parse().expect("addr");
+            assert_eq!(text(|b| super::endpoint(b, addr)), format!("\"{a}\""));
+        }
+        // More endpoints than the cache keeps, twice over: every text right, hit or miss.
+        for round in 0..2 {
+            for i in 0..20u16 {
+                let a = format!("10.0.{round}.{i}:{}", 8000 + i);
+                let addr: std::net::SocketAddr = a.parse().expect("addr");
+                assert_eq!(text(|b| super::endpoint(b, addr)), format!("\"{a}\""));
+                assert_eq!(text(|b| super::endpoint(b, addr)), format!("\"{a}\""));
+            }
+        }
+    }
+
+    #[test]
+    fn trace_ids_are_32_hex_digits() {
+        let t = |id| text(|b| super::trace_hex(b, id));
+        assert_eq!(t(0x4bf9_2f35), format!("\"{:032x}\"", 0x4bf9_2f35));
+        assert_eq!(t(u128::MAX), format!("\"{}\"", "f".repeat(32)));
+    }
+
+    #[test]
+    fn strings_are_json() {
+        for s in ["plain", "quote\"back\\slash", "ctl\u{1}\n", "ünï", ""] {
+            let got = text(|b| super::string(b, s));
+            assert_eq!(serde_json::from_str::<String>(&got).expect("json"), s);
+        }
+        assert_eq!(text(|b| super::opt_string(b, None)), "null");
+        // Long strings are checked eight bytes at a time: a byte to escape at any place, and
+        // every byte value around the ones that need it, is caught.
+        for at in 0..24 {
+            for bad in [0u8, 0x1f, b'"', b'\\', b'\n'] {
+                let mut s = vec![b'a'; 24];
+                s[at] = bad;
+                let s = String::from_utf8(s).expect("ascii");
+                let got = text(|b| super::string(b, &s));
+                assert_eq!(serde_json::from_str::<String>(&got).expect("json"), s);
+                assert!(got.len() > s.len() + 2, "escaped at {at}: {got}");
+            }
+        }
+        let fine: String = (0x20u8..0x7f)
+            .map(char::from)
+            .filter(|c| !"\"\\".contains(*c))
+            .collect();
+        let header = |v: &[u8]| {
+            let v = http::HeaderValue::from_bytes(v).expect("header value");
+            text(|b| super::header_string(b, &v))
+        };
+        assert_eq!(header(b"0123456789abcdef-id"), "\"0123456789abcdef-id\"");
+        assert_eq!(
+            header(b"id \"quoted\"\tand tab"),
+            r#""id \"quoted\"\tand tab""#
+        );
+        assert_eq!(
+            header(b"long enough to be in words \x80"),
+            "\"\"",
+            "obs-text: empty"
+        );
+        assert_eq!(header(b"\xff"), "\"\"");
+        assert_eq!(text(|b| super::token(b, "PATCH")), "\"PATCH\"");
+        let fine = format!("{fine}ünïcödé");
+        assert_eq!(
+            text(|b| super::string(b, &fine)),
+            format!("\"{fine}\""),
+            "not escaped"
+        );
+    }
+
+    #[test]
+    fn the_time_is_the_anchor_plus_the_monotonic_distance() {
+        let at = Instant::now();
+        // 2025-12-01T06:33:31.123Z
+        let mut wall = super::Wall::new(1_764_570_811_123_000_000, at);
+        let w = |wall: &mut super::Wall, t| text(|b| wall.write(b, t));
+        assert_eq!(w(&mut wall, at), "2025-12-01T06:33:31.123Z");
+        let later = at + Duration::from_millis(877);
+        assert_eq!(
+            w(&mut wall, later),
+            "2025-12-01T06:33:32.000Z",
+            "next second"
+        );
+        // An instant before the anchor (a request that began before the last re-anchoring).
+        let mut wall = super::Wall::new(1_764_570_811_123_000_000, later);
+        assert_eq!(w(&mut wall, at), "2025-12-01T06:33:30.246Z");
+        // Re-anchored a day on (the clock was stepped): the date text follows.
+        wall.rebase(&super::Wall::new(1_764_657_211_000_000_000, at));
+        assert_eq!(w(&mut wall, at), "2025-12-02T06:33:31.000Z");
+        let mut epoch = super::Wall::new(0, at);
+        assert_eq!(w(&mut epoch, at), "1970-01-01T00:00:00.000Z");
     }
 }

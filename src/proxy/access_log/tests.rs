@@ -1,10 +1,15 @@
-//! The line format, the trace id and the sampling rule, without threads or sockets.
+//! The line format, the trace id, the sampling rule, and the lanes and writer, without
+//! sockets: entries are made from hand-built requests, times come from an anchor the test
+//! sets, and the writer's rounds are driven by the test.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Method};
+use prometheus::IntCounter;
 
-use super::line::{civil_from_days, write_line};
+use super::line::{civil_from_days, Wall};
+use super::writer::Writer;
 use super::*;
 
 const FIELDS: [&str; 17] = [
@@ -27,76 +32,205 @@ const FIELDS: [&str; 17] = [
     "trace_id",
 ];
 
-fn record() -> Record {
-    let mut r = Record::placeholder();
-    r.time = UNIX_EPOCH + Duration::from_millis(1_764_570_811_123);
-    r.listener = Arc::from("inbound");
-    r.route = Some(Arc::from("api"));
-    r.tenant = Some(TenantId::Fallback(Arc::from("acme")));
-    r.method = Method::POST;
-    r.uri = "/a/b?secret=1".parse().expect("uri");
-    r.status = 429;
-    r.reason = Some(HeaderValue::from_static("rate_limited"));
-    r.limit = Some(Box::from("burst"));
-    r.duration = Duration::from_micros(1500);
-    r.request_id = HeaderValue::from_static("id-\"1\"");
-    r.trace_id = Some(0x4bf92f3577b34da6a3ce929d0e0e4736);
-    r
+/// 2025-12-01T06:33:31.123Z, in Unix nanoseconds.
+const NOW: u64 = 1_764_570_811_123_000_000;
+
+fn counter() -> IntCounter {
+    IntCounter::new("d", "d").expect("counter")
 }
 
-fn line(rec: &Record) -> serde_json::Value {
+fn log_to(sink: Arc<Sink>, listener: &str, sample_ok: f64) -> AccessLog {
+    let cfg = file::AccessLog {
+        to: sink.to().clone(),
+        sample_ok: crate::config::units::Ratio(sample_ok),
+    };
+    AccessLog::new(Arc::from(listener), &cfg, sink)
+}
+
+/// A log whose sink's writer is not running (lines stay in the lanes).
+fn log(sample_ok: f64) -> AccessLog {
+    let (sink, _writer) = Sink::detached(file::LogTo::Stdout, 1, 1 << 20, counter());
+    log_to(sink, "l", sample_ok)
+}
+
+fn request(method: Method, uri: &str, headers: &[(&'static str, &'static str)]) -> Request<()> {
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri.parse().expect("uri");
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, HeaderValue::from_static(v));
+    }
+    req
+}
+
+fn refused() -> (Entry, Instant) {
+    let log = log_to(log(1.0).sink, "inbound", 1.0);
+    let started = Instant::now();
+    let req = request(Method::POST, "/a/b?secret=1", &[]);
+    let mut e = log.begin(
+        &req,
+        &HeaderValue::from_static("id-\"1\""),
+        Some(0x4bf92f3577b34da6a3ce929d0e0e4736),
+        started,
+    );
+    let route: Arc<str> = Arc::from("api");
+    let tenant = TenantId::Fallback(Arc::from("acme"));
+    let why = HeaderValue::from_static("rate_limited");
+    let out = Outcome {
+        route: Some(&route),
+        tenant: Some(&tenant),
+        status: 429,
+        reason: Some(&why),
+        limit: Some("burst"),
+        bytes_out: 21,
+    };
+    assert!(e.fill(out, TryStats::default()));
+    (e, started)
+}
+
+/// The line of `e` as text, its time anchored so that `started` reads as [`NOW`].
+fn text(e: &Entry, started: Instant, duration: Duration, bytes_in: u64) -> String {
     let mut buf = Vec::new();
-    write_line(&mut buf, rec);
+    let mut wall = Wall::new(NOW, started);
+    let draft = e.0.as_ref().expect("a draft");
+    draft.render(&mut buf, &mut wall, duration, bytes_in);
     assert_eq!(buf.last(), Some(&b'\n'), "one line");
     assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
-    serde_json::from_slice(&buf).expect("a line is one JSON object")
+    String::from_utf8(buf).expect("utf-8")
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).expect("a line is one JSON object")
+}
+
+/// Disarms `e` so that dropping it writes nothing.
+fn quiet(mut e: Entry) {
+    if let Some(d) = &mut e.0 {
+        d.armed = false;
+    }
 }
 
 #[test]
-fn a_line_has_exactly_the_fields_of_the_spec() {
-    let v = line(&record());
-    let keys: Vec<&str> = v
+fn a_line_has_exactly_the_fields_of_the_spec_in_its_order() {
+    let (e, started) = refused();
+    let line = text(&e, started, Duration::from_micros(1500), 0);
+    quiet(e);
+    let v = json(&line);
+    let mut got: Vec<&str> = v
         .as_object()
         .expect("object")
         .keys()
         .map(String::as_str)
         .collect();
     let mut want = FIELDS.to_vec();
-    want.sort_unstable();
-    let mut got = keys.clone();
     got.sort_unstable();
+    want.sort_unstable();
     assert_eq!(got, want);
+    let at: Vec<usize> = FIELDS
+        .iter()
+        .map(|f| line.find(&format!("\"{f}\":")).expect("field"))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "SPEC order: {line}");
     assert_eq!(v["time"], "2025-12-01T06:33:31.123Z");
+    assert_eq!(v["listener"], "inbound");
+    assert_eq!(v["route"], "api");
     assert_eq!(v["path"], "/a/b", "no query");
     assert_eq!(v["method"], "POST");
     assert_eq!(v["tenant"], "acme");
     assert_eq!(v["status"], 429);
+    assert_eq!(v["reason"], "rate_limited");
     assert_eq!(v["limit"], "burst");
     assert_eq!(v["tries"], 0);
     assert!(v["endpoint"].is_null() && v["upstream_ms"].is_null());
     assert_eq!(v["duration_ms"], 1.5);
+    assert_eq!(v["bytes_in"], 0);
+    assert_eq!(v["bytes_out"], 21);
     assert_eq!(v["request_id"], "id-\"1\"", "escaped");
     assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
 #[test]
 fn an_upstream_answer_names_its_endpoint_and_time() {
-    let mut r = record();
-    r.reason = None;
-    r.limit = None;
-    r.tries = 2;
-    r.endpoint = Some("127.0.0.1:8081".parse().expect("addr"));
-    r.upstream = Some(Duration::from_millis(7));
-    r.route = None;
-    r.tenant = None;
-    r.trace_id = None;
-    let v = line(&r);
+    let log = log(1.0);
+    let started = Instant::now();
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    let req = request(Method::GET, "/caf%C3%A9/a\"b{}", &[("traceparent", tp)]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r"), None, started);
+    let stats = TryStats {
+        tries: 2,
+        endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
+        upstream: Some(Duration::from_millis(7)),
+        received: None,
+    };
+    assert!(e.fill(out(200, None), stats));
+    e.sent(40);
+    e.sent(2);
+    let v = json(&text(&e, started, Duration::from_millis(9), 5));
+    quiet(e);
     assert_eq!(v["reason"], "");
     assert!(v["limit"].is_null() && v["route"].is_null() && v["tenant"].is_null());
+    assert_eq!(v["path"], "/caf%C3%A9/a\"b{}");
     assert_eq!(v["endpoint"], "127.0.0.1:8081");
     assert_eq!(v["upstream_ms"], 7.0);
+    assert_eq!(v["duration_ms"], 9.0);
     assert_eq!(v["tries"], 2);
+    assert_eq!(v["bytes_in"], 5);
+    assert_eq!(v["bytes_out"], 42);
+    assert_eq!(
+        v["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+        "the client's traceparent"
+    );
+}
+
+#[test]
+fn the_trace_rampart_follows_wins_over_the_header_and_none_is_null() {
+    let log = log(1.0);
+    let started = Instant::now();
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    let req = request(Method::GET, "/", &[("traceparent", tp)]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r"), Some(7), started);
+    assert!(e.fill(out(200, None), TryStats::default()));
+    let v = json(&text(&e, started, Duration::ZERO, 0));
+    quiet(e);
+    assert_eq!(v["trace_id"], format!("{:032x}", 7));
+    let req = request(Method::GET, "/", &[("traceparent", "garbage")]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r"), None, started);
+    assert!(e.fill(out(200, None), TryStats::default()));
+    let v = json(&text(&e, started, Duration::ZERO, 0));
+    quiet(e);
     assert!(v["trace_id"].is_null());
+}
+
+#[test]
+fn a_thread_reuses_its_drafts_and_a_reused_one_starts_empty() {
+    let log = log(1.0);
+    let started = Instant::now();
+    let req = request(Method::PUT, "/first", &[]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r1"), Some(1), started);
+    let stats = TryStats {
+        tries: 3,
+        endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
+        upstream: Some(Duration::from_millis(7)),
+        received: None,
+    };
+    assert!(e.fill(out(500, None), stats));
+    e.sent(99);
+    let first: *const Draft = &**e.0.as_ref().expect("draft");
+    quiet(e);
+    let req = request(Method::GET, "/second", &[]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r2"), None, started);
+    let again: *const Draft = &**e.0.as_ref().expect("draft");
+    assert_eq!(first, again, "the same draft, not a new allocation");
+    assert!(e.fill(out(200, None), TryStats::default()));
+    let v = json(&text(&e, started, Duration::ZERO, 0));
+    quiet(e);
+    assert_eq!(v["path"], "/second");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["request_id"], "r2");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["tries"], 0);
+    assert_eq!(v["bytes_out"], 0);
+    assert!(v["endpoint"].is_null() && v["upstream_ms"].is_null() && v["trace_id"].is_null());
 }
 
 #[test]
@@ -134,16 +268,8 @@ fn only_a_valid_traceparent_gives_a_trace_id() {
 }
 
 fn entry(sample_ok: f64) -> Entry {
-    let reg = prometheus::IntCounter::new("d", "d").expect("counter");
-    let sinks = Sinks::new(reg);
-    let cfg = file::AccessLog {
-        to: file::LogTo::Stdout,
-        sample_ok: crate::config::units::Ratio(sample_ok),
-    };
-    let sink = sinks.get(&cfg.to).expect("sink");
-    let log = AccessLog::new(Arc::from("l"), &cfg, sink);
     let req = Request::new(());
-    log.begin(&req, &HeaderValue::from_static("r"), Instant::now())
+    log(sample_ok).begin(&req, &HeaderValue::from_static("r"), None, Instant::now())
 }
 
 fn out(status: u16, reason: Option<&HeaderValue>) -> Outcome<'_> {
@@ -163,23 +289,227 @@ fn sampling_thins_only_successes() {
     for _ in 0..50 {
         let mut e = entry(0.0);
         assert!(!e.fill(out(200, None), TryStats::default()), "2xx thinned");
-        e.armed = false;
         let mut e = entry(0.0);
         assert!(!e.fill(out(304, None), TryStats::default()), "3xx thinned");
         let mut e = entry(0.0);
         assert!(e.fill(out(500, None), TryStats::default()), "5xx kept");
-        e.armed = false;
+        quiet(e);
         let mut e = entry(0.0);
         assert!(
             e.fill(out(504, Some(&why)), TryStats::default()),
             "ours kept"
         );
-        e.armed = false;
+        quiet(e);
         let mut e = entry(1.0);
         assert!(
             e.fill(out(200, None), TryStats::default()),
             "100% keeps all"
         );
-        e.armed = false;
+        quiet(e);
     }
+}
+
+// --- lanes and the writer ---------------------------------------------------------------------
+
+fn file_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(json)
+        .collect()
+}
+
+/// Finishes one armed line for `path` through `log` (written when the entry drops).
+fn finish(log: &AccessLog, path: &'static str) {
+    let req = request(Method::GET, path, &[]);
+    let mut e = log.begin(&req, &HeaderValue::from_static("r"), None, Instant::now());
+    assert!(e.fill(out(200, None), TryStats::default()));
+}
+
+/// A log to a file in a temp dir whose writer the test drives.
+fn driven(lanes: usize, cap: usize) -> (AccessLog, Writer, IntCounter, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let to = file::LogTo::File(dir.path().join("access.jsonl"));
+    let dropped = counter();
+    let (sink, writer) = Sink::detached(to, lanes, cap, dropped.clone());
+    (log_to(sink, "inbound", 1.0), writer, dropped, dir)
+}
+
+/// One round of `writer`, begun now.
+fn round(writer: &mut Writer) {
+    writer.round(&Wall::new(NOW, Instant::now()), Instant::now(), false);
+}
+
+fn paths(path: &Path) -> Vec<String> {
+    file_lines(path)
+        .iter()
+        .map(|v| v["path"].as_str().expect("path").to_owned())
+        .collect()
+}
+
+/// Runs `f` on a new thread (which takes the next lane) and waits for it.
+fn on_new_thread(f: impl FnOnce() + Send) {
+    std::thread::scope(|s| {
+        s.spawn(f);
+    });
+}
+
+#[test]
+fn lines_of_different_lanes_keep_the_order_they_were_finished_in() {
+    let (log, mut writer, _dropped, dir) = driven(2, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    // Consecutive threads take consecutive lanes: /1 and /3 share one, /2 and /4 the other.
+    let order = ["/1", "/2", "/3", "/4"];
+    let (a, b) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+    std::thread::scope(|s| {
+        let (a, b, log) = (&a, &b, &log);
+        s.spawn(move || {
+            finish(log, "/1");
+            a.wait();
+            b.wait();
+            finish(log, "/3");
+            a.wait();
+        });
+        s.spawn(move || {
+            a.wait();
+            finish(log, "/2");
+            b.wait();
+            a.wait();
+            finish(log, "/4");
+        });
+    });
+    round(&mut writer);
+    assert_eq!(paths(&path), order);
+}
+
+#[test]
+fn lines_finished_after_a_round_began_wait_for_the_next_one() {
+    let (log, mut writer, _dropped, dir) = driven(2, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    on_new_thread(|| finish(&log, "/before"));
+    let began = Instant::now();
+    on_new_thread(|| finish(&log, "/after-1"));
+    on_new_thread(|| finish(&log, "/after-2"));
+    writer.round(&Wall::new(NOW, began), began, false);
+    assert_eq!(paths(&path), ["/before"]);
+    on_new_thread(|| finish(&log, "/later"));
+    round(&mut writer);
+    assert_eq!(paths(&path), ["/before", "/after-1", "/after-2", "/later"]);
+}
+
+#[test]
+fn a_round_writes_every_line_finished_before_it_whole() {
+    let (log, mut writer, dropped, dir) = driven(2, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    let log = Arc::new(log);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    finish(&log, "/many");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert!(file_lines(&path).is_empty(), "nothing before a round");
+    round(&mut writer);
+    let got = file_lines(&path);
+    assert_eq!(got.len(), 400, "every line, each one whole JSON");
+    assert!(got.iter().all(|v| v["path"] == "/many"));
+    finish(&log, "/next");
+    round(&mut writer);
+    let got = file_lines(&path);
+    assert_eq!(got.len(), 401);
+    assert_eq!(got[400]["path"], "/next");
+    assert_eq!(dropped.get(), 0);
+}
+
+#[test]
+fn the_writer_writes_between_any_two_waits_and_everything_when_closed() {
+    let (log, writer, dropped, dir) = driven(1, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    let sink = log.sink.clone();
+    let mut waits = 0;
+    // Each wait stands for one pause: the lines finished before it are in the file after it,
+    // so a line waits at most one pause (plus the write).
+    writer.run(|| {
+        let written = file_lines(&path).len();
+        assert_eq!(written, waits, "the lines finished before the last wait");
+        waits += 1;
+        finish(&log, "/during");
+        if waits == 3 {
+            drop(sink.close());
+        }
+    });
+    assert_eq!(
+        file_lines(&path).len(),
+        3,
+        "the last one is written on close"
+    );
+    assert!(*log.sink.close().borrow(), "done is set");
+    finish(&log, "/late");
+    assert_eq!(
+        dropped.get(),
+        1,
+        "after close a line is dropped and counted"
+    );
+    assert_eq!(file_lines(&path).len(), 3);
+}
+
+#[test]
+fn a_full_lane_drops_and_counts_lines_without_waiting() {
+    let (log, mut writer, dropped, dir) = driven(1, 1000);
+    let path = dir.path().join("access.jsonl");
+    for _ in 0..20 {
+        finish(&log, "/full");
+    }
+    let kept = 20 - dropped.get() as usize;
+    assert!(kept >= 1 && dropped.get() > 0, "kept {kept}");
+    round(&mut writer);
+    assert_eq!(file_lines(&path).len(), kept);
+    finish(&log, "/room-again");
+    round(&mut writer);
+    assert_eq!(
+        file_lines(&path).len(),
+        kept + 1,
+        "an emptied lane takes lines again"
+    );
+}
+
+#[test]
+fn lines_written_after_a_round_take_the_new_anchor() {
+    let (log, mut writer, _dropped, dir) = driven(1, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    let at = Instant::now();
+    // The anchor says `at` was NOW; lines of requests started after `at` read later.
+    writer.round(&Wall::new(NOW, at), Instant::now(), false);
+    finish(&log, "/t");
+    writer.round(&Wall::new(NOW, at), Instant::now(), false);
+    let t = file_lines(&path)[0]["time"]
+        .as_str()
+        .expect("time")
+        .to_owned();
+    assert!(t.starts_with("2025-12-01T06:33:"), "{t}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn closing_the_sinks_writes_what_is_queued() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.jsonl");
+    let dropped = counter();
+    // A writer that would sleep for an hour between rounds: only closing writes.
+    let sinks = Sinks::with(dropped.clone(), 2, Duration::from_secs(3600));
+    let sink = sinks.get(&file::LogTo::File(path.clone())).expect("sink");
+    let log = log_to(sink, "inbound", 1.0);
+    for _ in 0..10 {
+        finish(&log, "/last");
+    }
+    sinks.close(Duration::from_secs(30)).await;
+    assert_eq!(file_lines(&path).len(), 10, "queued lines written at close");
+    finish(&log, "/after");
+    assert_eq!(dropped.get(), 1);
 }

@@ -1,39 +1,65 @@
-//! Where access log lines go: one bounded channel and one writer thread per destination.
+//! Where access log lines go: per-thread lanes of finished lines, and one writer thread per
+//! destination that empties them.
 //!
-//! A thread, not a tokio task, because writing a file blocks; the thread owns the file and the
-//! format buffer, so the request path only moves a record into the channel. Listeners that log
-//! to the same destination share its sink ([`Sinks`] hands out one per destination and forgets
-//! it when the last listener using it is gone: the channel closes and the thread ends after
-//! writing what is queued). A file is opened for append, and opened again after every reload
-//! (`reopen`), which is how log rotation by rename works: rename, then SIGHUP or POST /reload.
+//! The request path appends its finished line to a byte buffer, its thread's *lane*: a mutex
+//! that only that thread and, every [`PAUSE`], the writer take, so it is almost never
+//! contended and its cache line stays with the request thread. Handing over a batch of lines
+//! is one swap of buffers under that lock; nothing is allocated or freed per line, and no line
+//! crosses threads on its own. (A channel of boxed records cost an allocation freed on another
+//! thread and several shared atomics per request, and formatting on the writer thread doubled
+//! the work of touching each field.)
+//!
+//! Lines keep the order in which requests finished, across lanes: each line is marked, under
+//! its lane's lock, with the monotonic instant it was finished, and the writer merges the
+//! lanes by those marks. A round writes the lines finished before the round began; the few
+//! finished while it takes the lanes wait for the next round, so a line can never be
+//! overtaken by one finished after it on another thread.
+//!
+//! The writer never waits on the lanes and the request path never wakes it: a woken thread is
+//! a futex call per request. The writer sleeps [`PAUSE`], takes every lane's lines and writes
+//! them; so a line is written at most one pause (plus the write) after its answer ended. A
+//! lane holding its share of [`QUEUE_BYTES`] drops new lines and counts them.
+//!
+//! Listeners that log to the same destination share its sink ([`Sinks`] hands out one per
+//! destination and forgets it when the last listener using it is gone; the writer then writes
+//! what is queued and ends). At exit, [`Sinks::close`] has every writer write what is queued.
+//! A file is opened for append, and opened again after every reload (`reopen`), which is how
+//! log rotation by rename works: rename, then SIGHUP or POST /reload.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus::IntCounter;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::line::write_line;
-use super::Record;
+use super::line::Wall;
 use crate::config::file::LogTo;
 
-/// Lines queued per destination before new ones are dropped.
-const QUEUE: usize = 8192;
-/// Bytes formatted before one write.
-const BATCH: usize = 64 * 1024;
-/// How long the writer sleeps when it finds the queue empty.
-const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+/// Bytes of lines (about 12,000 lines) queued per destination, over all its lanes, before new
+/// ones are dropped.
+const QUEUE_BYTES: usize = 4 << 20;
+/// The least a lane holds, however many lanes there are.
+const LANE_MIN: usize = 256 << 10;
+/// How long the writer sleeps between two rounds of taking the lanes' lines.
+const PAUSE: Duration = Duration::from_millis(5);
+/// A buffer grown beyond this by a burst is freed once written, so the memory goes back.
+const KEEP: usize = 512 << 10;
+/// Most lanes per destination (threads beyond share them).
+const MAX_LANES: usize = 64;
 
-/// One destination: the channel into its writer thread.
+/// One destination: its lanes, and the writer thread that empties them.
 #[derive(Debug)]
 pub struct Sink {
     to: LogTo,
-    tx: mpsc::Sender<Box<Record>>,
-    reopen: Arc<AtomicU64>,
+    lanes: Arc<Lanes>,
+    writer: std::thread::Thread,
     dropped: IntCounter,
 }
 
@@ -42,6 +68,92 @@ pub struct Sink {
 pub struct Sinks {
     open: Mutex<HashMap<LogTo, Weak<Sink>>>,
     dropped: IntCounter,
+    lanes: usize,
+    pause: Duration,
+}
+
+/// What a sink and its writer share.
+#[derive(Debug)]
+struct Lanes {
+    lanes: Box<[Padded]>,
+    /// Bytes a lane may hold.
+    cap: usize,
+    /// Bumped by every reload: the writer opens its file again.
+    reopen: AtomicU64,
+    /// The writer is to write what is queued and end.
+    closing: AtomicBool,
+    /// Set to `true` by the writer when it has ended.
+    done: watch::Sender<bool>,
+}
+
+/// A lane on its own cache lines, so two threads' lanes never share one.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded(Mutex<Lane>);
+
+/// The lines of the threads that use one lane, not yet taken by the writer.
+#[derive(Debug)]
+struct Lane {
+    lines: Lines,
+    /// The anchor for the lines' times; moved by the writer every round.
+    wall: Wall,
+    /// The writer has ended: lines are dropped.
+    closed: bool,
+}
+
+/// Lines one after another in `buf`, each with its mark.
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    marks: Vec<Mark>,
+}
+
+/// When a line was finished and where in its buffer it ends.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Instant,
+    end: usize,
+}
+
+/// The writer thread's side: the lanes, the destination, the lines taken from each lane and
+/// not written yet, and the buffers it swaps in and merges into.
+pub(super) struct Writer {
+    lanes: Arc<Lanes>,
+    out: Out,
+    held: Vec<Lines>,
+    spare: Lines,
+    merged: Vec<u8>,
+    seen: u64,
+}
+
+/// The open destination of a writer thread.
+enum Out {
+    Stdout,
+    File {
+        path: std::path::PathBuf,
+        file: Option<File>,
+    },
+}
+
+thread_local! {
+    /// This thread's lane number (`usize::MAX`: not chosen yet).
+    static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Lane numbers handed to threads, in the order they first log.
+static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+
+/// The calling thread's lane number; every destination uses it modulo its lane count.
+fn lane_number() -> usize {
+    LANE.try_with(|l| {
+        let mut n = l.get();
+        if n == usize::MAX {
+            n = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
+            l.set(n);
+        }
+        n
+    })
+    .unwrap_or(0)
 }
 
 // === impl Sink ===
@@ -52,22 +164,83 @@ impl Sink {
         &self.to
     }
 
-    /// Queues `rec` without waiting; counts it as dropped if the queue is full.
-    pub(super) fn send(&self, rec: Box<Record>) {
-        if self.tx.try_send(rec).is_err() {
+    /// Appends one line with `line` to the calling thread's lane, unless the lane is full (or
+    /// the writer has ended): then the line is dropped and counted. Never waits for the
+    /// writer beyond its swap of the lane's buffer.
+    ///
+    /// `line` is given the instant the line is finished, read under the lane's lock: that is
+    /// what orders it among the other lanes' lines.
+    pub(super) fn push(&self, line: impl FnOnce(&mut Vec<u8>, &mut Wall, Instant)) {
+        let lanes = &self.lanes;
+        let mut lane = lanes.lanes[lane_number() % lanes.lanes.len()].0.lock();
+        if lane.closed || lane.lines.buf.len() >= lanes.cap {
+            drop(lane);
             self.dropped.inc();
+            return;
         }
+        let at = Instant::now();
+        let Lane { lines, wall, .. } = &mut *lane;
+        line(&mut lines.buf, wall, at);
+        lines.marks.push(Mark {
+            at,
+            end: lines.buf.len(),
+        });
+    }
+
+    /// A sink of `lanes` lanes of `cap` bytes whose writer is not running: the caller drives
+    /// it (tests).
+    #[cfg(test)]
+    pub(super) fn detached(
+        to: LogTo,
+        lanes: usize,
+        cap: usize,
+        dropped: IntCounter,
+    ) -> (Arc<Sink>, Writer) {
+        let lanes = Arc::new(Lanes::new(lanes, cap));
+        let writer = Writer::new(lanes.clone(), Out::new(to.clone()));
+        let sink = Sink {
+            to,
+            lanes,
+            writer: std::thread::current(),
+            dropped,
+        };
+        (Arc::new(sink), writer)
+    }
+
+    /// Tells the writer to write what is queued and end; `true` on the returned channel once
+    /// it has.
+    pub(super) fn close(&self) -> watch::Receiver<bool> {
+        let done = self.lanes.done.subscribe();
+        self.lanes.closing.store(true, Ordering::Release);
+        self.writer.unpark();
+        done
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // The last listener using it is gone (and so is every request's entry): write what is
+        // queued and end.
+        drop(self.close());
     }
 }
 
 // === impl Sinks ===
 
 impl Sinks {
-    /// No sinks yet; drops are counted in `dropped`.
+    /// No sinks yet; drops are counted in `dropped`. One lane per core.
     pub fn new(dropped: IntCounter) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with(dropped, cores, PAUSE)
+    }
+
+    /// `lanes` lanes per destination, writers that sleep `pause` between rounds.
+    pub(super) fn with(dropped: IntCounter, lanes: usize, pause: Duration) -> Self {
         Sinks {
             open: Mutex::new(HashMap::new()),
             dropped,
+            lanes: lanes.clamp(1, MAX_LANES),
+            pause,
         }
     }
 
@@ -79,20 +252,26 @@ impl Sinks {
         if let Some(s) = open.get(to).and_then(Weak::upgrade) {
             return Some(s);
         }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let reopen = Arc::new(AtomicU64::new(0));
-        let (dest, epoch) = (to.clone(), reopen.clone());
+        let lanes = Arc::new(Lanes::new(
+            self.lanes,
+            (QUEUE_BYTES / self.lanes).max(LANE_MIN),
+        ));
+        let writer = Writer::new(lanes.clone(), Out::new(to.clone()));
+        let pause = self.pause;
         let spawned = std::thread::Builder::new()
             .name("rampart-access-log".into())
-            .spawn(move || write_loop(dest, rx, epoch));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the access log writer; lines are dropped");
-            return None;
-        }
+            .spawn(move || writer.run(|| std::thread::park_timeout(pause)));
+        let thread = match spawned {
+            Ok(h) => h.thread().clone(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access log writer; lines are dropped");
+                return None;
+            }
+        };
         let sink = Arc::new(Sink {
             to: to.clone(),
-            tx,
-            reopen,
+            lanes,
+            writer: thread,
             dropped: self.dropped.clone(),
         });
         open.insert(to.clone(), Arc::downgrade(&sink));
@@ -102,53 +281,193 @@ impl Sinks {
     /// Asks every file sink to open its file again before its next write (after a reload).
     pub fn reopen(&self) {
         for s in self.open.lock().values().filter_map(Weak::upgrade) {
-            s.reopen.fetch_add(1, Ordering::Relaxed);
+            s.lanes.reopen.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// At exit: has every writer write what is queued and end, waiting up to `within` for
+    /// them. Lines finished after this are dropped (and counted).
+    pub async fn close(&self, within: Duration) {
+        let waits: Vec<_> = {
+            let open = self.open.lock();
+            open.values()
+                .filter_map(Weak::upgrade)
+                .map(|s| s.close())
+                .collect()
+        };
+        let all = async {
+            for mut done in waits {
+                // An error: the writer is gone already.
+                let _ = done.wait_for(|d| *d).await;
+            }
+        };
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!(waited = ?within, "the access log was not fully written before exit");
         }
     }
 }
 
-/// The writer thread: drains the channel in batches until every sender is gone.
-///
-/// It never parks in the channel: it sleeps [`PAUSE`] whenever the channel is empty and looks
-/// again. A parked receiver would make every request's send wake a thread (a futex call on
-/// the request path, measured at a quarter of the throughput); polling costs a line up to
-/// `PAUSE` of delay and the queue holds `QUEUE` lines, far more than a pause's worth.
-fn write_loop(to: LogTo, mut rx: mpsc::Receiver<Box<Record>>, reopen: Arc<AtomicU64>) {
-    let mut out = Out::new(to);
-    let mut seen = reopen.load(Ordering::Relaxed);
-    let mut buf = Vec::with_capacity(BATCH + 1024);
-    loop {
-        let rec = match rx.try_recv() {
-            Ok(rec) => rec,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                std::thread::sleep(PAUSE);
+// === impl Lanes ===
+
+impl Lanes {
+    fn new(n: usize, cap: usize) -> Self {
+        let wall = Wall::now();
+        let lanes = (0..n)
+            .map(|_| {
+                Padded(Mutex::new(Lane {
+                    lines: Lines::default(),
+                    wall: wall.clone(),
+                    closed: false,
+                }))
+            })
+            .collect();
+        Lanes {
+            lanes,
+            cap,
+            reopen: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            done: watch::Sender::new(false),
+        }
+    }
+}
+
+// === impl Lines ===
+
+impl Lines {
+    /// Appends `other`'s lines.
+    fn append(&mut self, other: &Lines) {
+        let base = self.buf.len();
+        self.buf.extend_from_slice(&other.buf);
+        self.marks.extend(other.marks.iter().map(|m| Mark {
+            at: m.at,
+            end: base + m.end,
+        }));
+    }
+
+    /// Forgets the first `n` lines (written).
+    fn consume(&mut self, n: usize) {
+        if n == self.marks.len() {
+            self.buf.clear();
+            self.marks.clear();
+            if self.buf.capacity() > KEEP {
+                *self = Lines::default();
+            }
+        } else if n > 0 {
+            let cut = self.marks[n - 1].end;
+            self.buf.drain(..cut);
+            self.marks.drain(..n);
+            for m in &mut self.marks {
+                m.end -= cut;
+            }
+        }
+    }
+
+    /// Where line `i` starts.
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |p| self.marks[p].end)
+    }
+}
+
+// === impl Writer ===
+
+impl Writer {
+    fn new(lanes: Arc<Lanes>, out: Out) -> Self {
+        let seen = lanes.reopen.load(Ordering::Relaxed);
+        Writer {
+            held: lanes.lanes.iter().map(|_| Lines::default()).collect(),
+            lanes,
+            out,
+            spare: Lines::default(),
+            merged: Vec::new(),
+            seen,
+        }
+    }
+
+    /// `wait`s (at most [`PAUSE`] in production, less when woken to close), takes every
+    /// lane's lines and writes them, and goes again, until told to close: then the lanes are
+    /// closed as they are emptied, so no line is left behind, and `done` is set.
+    pub(super) fn run(mut self, mut wait: impl FnMut()) {
+        loop {
+            wait();
+            let last = self.lanes.closing.load(Ordering::Acquire);
+            self.round(&Wall::now(), Instant::now(), last);
+            if last {
+                break;
+            }
+        }
+        self.lanes.done.send_replace(true);
+    }
+
+    /// One round, begun at `now`: takes each lane's lines under its lock (moving its time
+    /// anchor to `wall`), then, outside every lock, writes the lines finished before `now` in
+    /// the order they were finished. Lines finished since wait for the next round. `last`:
+    /// the lanes are closed and everything is written.
+    pub(super) fn round(&mut self, wall: &Wall, now: Instant, last: bool) {
+        let epoch = self.lanes.reopen.load(Ordering::Relaxed);
+        if epoch != self.seen {
+            self.seen = epoch;
+            self.out.reopen();
+        }
+        let cut = (!last).then_some(now);
+        for (lane, held) in self.lanes.lanes.iter().zip(&mut self.held) {
+            let mut l = lane.0.lock();
+            l.wall.rebase(wall);
+            l.closed = last;
+            if l.lines.marks.is_empty() {
                 continue;
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        buf.clear();
-        write_line(&mut buf, &rec);
-        drop(rec);
-        while buf.len() < BATCH {
-            let Ok(rec) = rx.try_recv() else { break };
-            write_line(&mut buf, &rec);
+            if held.marks.is_empty() {
+                std::mem::swap(&mut l.lines, held);
+            } else {
+                std::mem::swap(&mut l.lines, &mut self.spare);
+                drop(l);
+                held.append(&self.spare);
+                self.spare.consume(self.spare.marks.len());
+            }
         }
-        let now = reopen.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            out.reopen();
-        }
-        out.write(&buf);
+        self.write_before(cut);
     }
-}
 
-/// The open destination of a writer thread.
-enum Out {
-    Stdout,
-    File {
-        path: std::path::PathBuf,
-        file: Option<File>,
-    },
+    /// Writes the held lines marked before `cut` (all of them: `None`), merged across lanes
+    /// by their marks. The usual case, one lane with lines, is written straight from its
+    /// buffer.
+    fn write_before(&mut self, cut: Option<Instant>) {
+        let due: Vec<usize> = self
+            .held
+            .iter()
+            .map(|h| h.marks.partition_point(|m| cut.map_or(true, |c| m.at < c)))
+            .collect();
+        let busy = due.iter().filter(|n| **n > 0).count();
+        if busy == 1 {
+            if let Some((h, &n)) = self.held.iter_mut().zip(&due).find(|(_, n)| **n > 0) {
+                self.out.write(&h.buf[..h.marks[n - 1].end]);
+                h.consume(n);
+            }
+            return;
+        }
+        if busy == 0 {
+            return;
+        }
+        let mut next = vec![0; self.held.len()];
+        self.merged.clear();
+        loop {
+            let first = (0..self.held.len())
+                .filter(|&i| next[i] < due[i])
+                .min_by_key(|&i| self.held[i].marks[next[i]].at);
+            let Some(i) = first else { break };
+            let h = &self.held[i];
+            self.merged
+                .extend_from_slice(&h.buf[h.start(next[i])..h.marks[next[i]].end]);
+            next[i] += 1;
+        }
+        self.out.write(&self.merged);
+        if self.merged.capacity() > KEEP {
+            self.merged = Vec::new();
+        }
+        for (h, n) in self.held.iter_mut().zip(due) {
+            h.consume(n);
+        }
+    }
 }
 
 // === impl Out ===

@@ -57,6 +57,8 @@ pub(super) struct Conn {
     keep_alive: bool,
     /// The connection's claim on the endpoint's `max_connections`.
     _slot: Slot,
+    /// The worker that opened it (whose I/O driver watches its socket).
+    home: usize,
 }
 
 /// Where the current request's body is.
@@ -185,6 +187,7 @@ impl Conn {
             body: Decoder::Done,
             keep_alive: true,
             _slot: slot,
+            home: crate::workers::index(),
         })
     }
 
@@ -216,6 +219,11 @@ impl Conn {
     /// Whether the current request's upload is still going.
     pub(super) fn uploading(&self) -> bool {
         matches!(self.upload, Upload::Sending { .. })
+    }
+
+    /// The worker that opened it.
+    pub(super) fn home(&self) -> usize {
+        self.home
     }
 
     /// Bytes of the current request written so far.
