@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         return health(*admin, config.as_deref(), path, timeout.0);
     }
     raise_open_file_limit();
-    let runtime = match build_runtime() {
+    let runtime = match build_runtime(matches!(cli.command, Command::Run { .. })) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rampart: cannot start the runtime: {e}");
@@ -149,14 +149,22 @@ fn worker_count() -> usize {
     }
 }
 
-/// The main thread's runtime: tokio's current-thread scheduler. It is worker 0; `rampart run`
-/// adds the other workers as threads of their own (`rampart::workers`), each with the same kind
-/// of runtime: thread per core, without the work-stealing machinery (shared run queues,
-/// cross-thread wake-ups) that independent connections have no use for.
-fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+/// The main thread's runtime. For `rampart run` it is tokio's current-thread scheduler and
+/// worker 0; `run` adds the other workers as threads of their own (`rampart::workers`), each
+/// with the same kind of runtime: thread per core, without the work-stealing machinery (shared
+/// run queues, cross-thread wake-ups) that independent connections have no use for. The other
+/// commands (`demo`, `sample`) run on tokio's multi-threaded scheduler with `RAMPART_WORKERS`
+/// threads (current-thread for one).
+fn build_runtime(run: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let n = if run { 1 } else { worker_count() };
+    let mut b = if n <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(n);
+        b
+    };
+    b.enable_all().build()
 }
 
 fn init_logging(format: Option<LogFormat>) {
