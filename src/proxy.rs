@@ -29,3 +29,4 @@ pub mod stack;
 pub mod tee;
 pub mod tunnel;
 pub mod upstream;
+pub mod wire;

@@ -23,6 +23,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::parse::has_token;
 use crate::proxy::body::Body;
+use crate::proxy::wire::{chunk_line, itoa};
 
 /// Data chunks up to this size are copied behind the head (one buffer, one write); larger
 /// ones are written beside it with a vectored write.
@@ -348,20 +349,6 @@ fn digits(b: &[u8]) -> Option<u64> {
     })
 }
 
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 /// The `date` value for now, formatted once a second per thread.
 pub fn date() -> [u8; 29] {
     thread_local! {
@@ -503,8 +490,7 @@ where
         }
         let done = end || (matches!(framing, Framing::Length(_)) && left == 0);
         if chunked && !data.is_empty() {
-            out.extend_from_slice(hex(data.len(), &mut [0; 16]));
-            out.extend_from_slice(b"\r\n");
+            chunk_line(out, data.len());
         }
         let tail: &[u8] = match (chunked, done) {
             (true, true) if data.is_empty() => b"0\r\n\r\n",
@@ -532,21 +518,6 @@ where
             io.flush().await?;
         }
     }
-}
-
-/// `n` in lowercase hex, in `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = DIGITS[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// Writes every byte of `parts`, in order, with vectored writes.

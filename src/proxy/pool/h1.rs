@@ -189,36 +189,8 @@ fn is_bodyless_method(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD || *m == Method::CONNECT
 }
 
-/// `n` in decimal, written at the end of `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
-/// The size line of a chunk of `n` bytes (`"{n:x}\r\n"`) into `dst`.
-pub fn chunk_line(dst: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    let mut i = buf.len();
-    let mut n = n as u64;
-    loop {
-        i -= 1;
-        buf[i] = HEX[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(&buf[i..]);
-    dst.extend_from_slice(b"\r\n");
-}
+pub use crate::proxy::wire::chunk_line;
+use crate::proxy::wire::itoa;
 
 // === answer head ===
 
