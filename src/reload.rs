@@ -115,7 +115,7 @@ pub fn apply(
         if set.contains_key(&l.listen) {
             continue;
         }
-        match listener::bind(l.listen) {
+        match listener::bind_each(l.listen, shared.workers.handles().len()) {
             Ok(tcp) => bound.push((l.listen, tcp)),
             Err(error) => {
                 return Err(ReloadError::Bind {

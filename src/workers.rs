@@ -5,8 +5,8 @@
 //! task shared run queues, atomics and cross-thread wake-ups, and moves a connection's task
 //! between cores (and caches). A proxy's connections are independent and short of work each;
 //! serving each one on the worker that accepted it, start to end, is what nginx and HAProxy do.
-//! Every worker polls the same listening sockets (each through its own descriptor of it), so a
-//! busy worker simply accepts less; the kernel hands each new connection to one of them.
+//! Every worker has a listening socket of its own on each proxy address (`SO_REUSEPORT`, see
+//! `proxy::listener::bind_each`); the kernel spreads new connections over them.
 //!
 //! The worker that starts rampart (the main thread) is worker 0 and also runs everything else:
 //! the admin listener, reloads, health checks, exporters. Workers 1.. are threads spawned here.

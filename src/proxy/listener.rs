@@ -54,7 +54,7 @@ pub struct ListenerHandle {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds `addr` with a large backlog and `SO_REUSEADDR`.
+/// Binds `addr` with a large backlog and `SO_REUSEADDR` (one socket: the admin listener).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -65,6 +65,53 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// A proxy listener's address, bound once per worker.
+#[derive(Debug)]
+pub struct Bound {
+    /// One listening socket per worker, in worker order; all on the same address.
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds `addr` for `workers` workers, each with a listening socket of its own.
+///
+/// With more than one worker the sockets share the address through `SO_REUSEPORT`, so the
+/// kernel spreads new connections over them by a hash of the client's address and port: each
+/// worker gets its share however busy it is. (Polling one shared socket from every worker
+/// instead hands a burst of connections to whichever worker happens to be awake; seen here, a
+/// second worker got none of 32.) `SO_REUSEPORT` would also let the address be shared with
+/// another process of the same user, so a fixed port is first bound without it: if anything
+/// listens there already, the bind fails as it would without `SO_REUSEPORT`.
+pub fn bind_each(addr: SocketAddr, workers: usize) -> std::io::Result<Bound> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |reuse_port: bool| -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        s.set_tcp_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    let workers = workers.max(1);
+    if workers > 1 && addr.port() != 0 {
+        // Fails with "address in use" if another socket listens here, `SO_REUSEPORT` or not.
+        open(false)?.bind(&addr.into())?;
+    }
+    let mut sockets = Vec::with_capacity(workers);
+    let mut at = addr;
+    for _ in 0..workers {
+        let s = open(workers > 1)?;
+        s.bind(&at.into())?;
+        s.listen(1024)?;
+        let tcp = std::net::TcpListener::from(s);
+        // Port 0: the others join the port the first one got.
+        at = tcp.local_addr()?;
+        sockets.push(tcp);
+    }
+    Ok(Bound { sockets })
 }
 
 /// The longest HTTP/1 request head served under `rt`: `max_header_bytes`, but at least 8 KiB
@@ -92,41 +139,34 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Starts serving `tcp`, configured as `addr`: every worker runs an accept loop on it, through
-/// its own descriptor of the socket (registered with that worker's I/O driver), so each
-/// connection is served start to end by the worker that accepted it.
+/// Starts serving `bound`, configured as `addr`: every worker runs an accept loop on its own
+/// socket (registered with that worker's I/O driver), so each connection is served start to
+/// end by the worker that accepted it. Call on worker 0.
 pub fn spawn(
     shared: Arc<Shared>,
     addr: SocketAddr,
-    tcp: TcpListener,
+    bound: Bound,
     rt: &file::Runtime,
 ) -> ListenerHandle {
-    let local_addr = tcp.local_addr().unwrap_or(addr);
     let (stop, stopped) = watch::channel(false);
     let max_conns = (rt.max_connections as usize).max(1);
     let limit = Arc::new(Semaphore::new(max_conns));
-    let mut tasks = Vec::with_capacity(shared.workers.handles().len());
-    for (i, worker) in shared.workers.handles().iter().enumerate().skip(1) {
-        let dup = match socket2::SockRef::from(&tcp).try_clone() {
-            Ok(s) => std::net::TcpListener::from(s),
-            Err(e) => {
-                tracing::warn!(%addr, worker = i, error = %e, "cannot share the listening socket with a worker; it serves no connections of this listener");
-                continue;
-            }
-        };
+    let mut local_addr = addr;
+    let mut tasks = Vec::with_capacity(bound.sockets.len());
+    let workers = shared.workers.handles();
+    for (i, (socket, worker)) in bound.sockets.into_iter().zip(workers).enumerate() {
+        if i == 0 {
+            local_addr = socket.local_addr().unwrap_or(addr);
+        }
         let (shared, limit, stopped) = (shared.clone(), limit.clone(), stopped.clone());
         tasks.push(worker.spawn(async move {
-            // In the worker's runtime: the descriptor registers with its I/O driver.
-            match TcpListener::from_std(dup) {
+            // In the worker's runtime: the socket registers with its I/O driver.
+            match TcpListener::from_std(socket) {
                 Ok(tcp) => accept_loop(shared, addr, tcp, limit, stopped).await,
-                Err(e) => tracing::warn!(%addr, worker = i, error = %e, "a worker cannot poll the listening socket"),
+                Err(e) => tracing::warn!(%addr, worker = i, error = %e, "a worker cannot poll its listening socket; it serves no connections of this listener"),
             }
         }));
     }
-    tasks.insert(
-        0,
-        tokio::spawn(accept_loop(shared, addr, tcp, limit.clone(), stopped)),
-    );
     ListenerHandle {
         local_addr,
         stop,

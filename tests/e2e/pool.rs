@@ -175,8 +175,8 @@ async fn answers_that_close_their_connection_never_leave_one_stuck() {
 }
 
 /// With `RAMPART_WORKERS=2`, each worker thread accepts and serves connections of its own
-/// (thread per core): after a load spread over many connections, the second worker's thread
-/// has done real work, and every request was answered by the upstream.
+/// (thread per core): after a load spread over many connections opened in one burst, the
+/// second worker's thread has done real work, and every request was answered by the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_worker_serves_connections() {
     let app = sample().await;
@@ -208,6 +208,54 @@ async fn every_worker_serves_connections() {
     assert!(
         worked > 5_000_000,
         "rampart-wrk-1 ran {worked} ns while serving 3200 requests on 32 connections: it accepts none"
+    );
+}
+
+/// Each worker listens on a socket of its own (`SO_REUSEPORT`), yet an address another
+/// process listens on is still refused: a second rampart with two workers, given the first
+/// one's address, exits naming the address in use, and the first one keeps every connection.
+#[tokio::test]
+async fn a_second_process_cannot_share_a_listening_address() {
+    let app = sample().await;
+    let first = proxy(app.addr(), 64, 2).await;
+    let addr = first.listener("inbound");
+    let template = one_route("").replace("$LISTEN_inbound", &addr.to_string());
+    let rendered = Proxy::builder(&template).var("APP", app.addr()).render();
+    let child = tokio::process::Command::new(crate::support::proxy::bin())
+        .args(["run", "--config"])
+        .arg(&rendered.path)
+        .env("RAMPART_WORKERS", "2")
+        .env_remove("RAMPART_CONFIG")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the rampart binary must start");
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("the second rampart must exit within 15 s")
+        .expect("its output must be readable");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the second rampart started: {said}");
+    assert!(
+        said.contains(&addr.to_string()) && said.to_lowercase().contains("in use"),
+        "the refusal must name {addr} and the address in use: {said}"
+    );
+    let client = http::client();
+    for k in 0..64 {
+        let r = http::send(&client, addr, Method::GET, "/ok", &[], http::empty()).await;
+        let r = r.unwrap_or_else(|e| panic!("request {k} after the refused start: {e}"));
+        assert_eq!(r.status.as_u16(), 200, "request {k}");
+    }
+    assert_eq!(
+        app.hits_for("/ok"),
+        64,
+        "every request reached the first rampart's upstream"
     );
 }
 
