@@ -118,6 +118,8 @@ pub struct RouteKey {
 pub struct RouteRt {
     /// Metrics label: the route's name, else its upstream's.
     pub name: Arc<str>,
+    /// `name` as a JSON string, for the access log (escaped once, here).
+    pub log_name: Box<[u8]>,
     /// Identity across reloads.
     pub key: RouteKey,
     /// Its `match`.
@@ -340,6 +342,7 @@ fn build_listener(
                 breaker,
                 tunnel_idle: r.tunnel_idle_timeout.unwrap_or(file::TUNNEL_IDLE_TIMEOUT).0,
                 name: key.label.clone(),
+                log_name: crate::proxy::access_log::json_string(&key.label),
                 key,
                 matcher: Matcher::new(r.matches.as_ref()),
                 upstream,

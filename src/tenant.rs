@@ -101,6 +101,20 @@ impl TenantId {
     }
 }
 
+impl TenantId {
+    /// The id's bytes when it was checked against the allowed set (see [`is_valid_id`]): taken
+    /// from a header, the query or a token. `None` for the others (a fallback from the file, a
+    /// certificate's name), which may hold any text.
+    pub fn checked_bytes(&self) -> Option<&[u8]> {
+        match self {
+            TenantId::Header(v) => Some(v.as_bytes()),
+            TenantId::Query(s) => Some(s.as_bytes()),
+            TenantId::Jwt(v) => Some(v.tenant.as_bytes()),
+            TenantId::Fallback(_) | TenantId::Cert(_) => None,
+        }
+    }
+}
+
 /// Whether `id` is a valid tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`.
 pub fn is_valid_id(id: &[u8]) -> bool {
     !id.is_empty()

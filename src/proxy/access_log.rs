@@ -44,9 +44,18 @@ pub struct AccessLog {
     /// `,"listener":"NAME"`, escaped once.
     listener: Box<[u8]>,
     sink: Arc<Sink>,
+    /// What entries hold to reach `sink`, one per lane (see [`SinkRef`]).
+    refs: Box<[Arc<SinkRef>]>,
     /// A 2xx/3xx line is kept when a random `u32` is below this; `None`: always.
     keep_ok: Option<u32>,
 }
+
+/// A reference to a sink, one per lane of it: every entry holds one while its request runs, so
+/// each thread counts its references on a cache line of its own instead of every worker
+/// bouncing the sink's reference count between cores on every request.
+#[derive(Debug)]
+#[repr(align(128))]
+struct SinkRef(Arc<Sink>);
 
 /// A request's line being written; finished and handed to the sink when dropped, once armed.
 ///
@@ -69,7 +78,7 @@ struct Draft {
     bytes_out: u64,
     started: Instant,
     received: Option<Arc<FaultCell>>,
-    sink: Option<Arc<Sink>>,
+    sink: Option<Arc<SinkRef>>,
     keep_ok: Option<u32>,
     armed: bool,
 }
@@ -101,8 +110,8 @@ pub struct TryStats {
 /// What [`Entry::fill`] takes from the end of the request path.
 #[derive(Debug)]
 pub struct Outcome<'a> {
-    /// The route that matched, if any.
-    pub route: Option<&'a Arc<str>>,
+    /// The name of the route that matched, if any, as a JSON string ([`json_string`]).
+    pub route: Option<&'a [u8]>,
     /// The tenant, if known.
     pub tenant: Option<&'a TenantId>,
     /// The answer's status.
@@ -124,8 +133,12 @@ impl AccessLog {
         let keep_ok = (ratio < 1.0).then(|| (ratio * f64::from(u32::MAX)) as u32);
         let mut name = b",\"listener\":".to_vec();
         line::string(&mut name, &listener);
+        let refs = (0..sink.lanes())
+            .map(|_| Arc::new(SinkRef(sink.clone())))
+            .collect();
         AccessLog {
             listener: name.into(),
+            refs,
             sink,
             keep_ok,
         }
@@ -136,13 +149,14 @@ impl AccessLog {
         self.sink.to()
     }
 
-    /// Starts the line of `req`, whose request id is `request_id`. `trace_id` is the trace
-    /// rampart continued or started (when the listener traces); without one, the line names
-    /// the trace of a valid `traceparent` the client sent.
+    /// Starts the line of `req`, whose request id is `request_id` (`made`: made by rampart,
+    /// hex digits that need no check). `trace_id` is the trace rampart continued or started
+    /// (when the listener traces); without one, the line names the trace of a valid
+    /// `traceparent` the client sent.
     pub fn begin<B>(
         &self,
         req: &Request<B>,
-        request_id: &HeaderValue,
+        (request_id, made): (&HeaderValue, bool),
         trace_id: Option<u128>,
         started: Instant,
     ) -> Entry {
@@ -151,19 +165,24 @@ impl AccessLog {
         t.extend_from_slice(&self.listener);
         d.cuts.listener = end(t);
         t.extend_from_slice(b",\"method\":");
-        line::token(t, req.method().as_str());
+        line::token(t, req.method().as_str().as_bytes());
         t.extend_from_slice(b",\"path\":");
         line::string(t, req.uri().path());
         d.cuts.request = end(t);
         t.extend_from_slice(b",\"request_id\":");
-        line::header_string(t, request_id);
+        if made {
+            line::token(t, request_id.as_bytes());
+        } else {
+            line::header_string(t, request_id);
+        }
         t.extend_from_slice(b",\"trace_id\":");
-        match trace_id.or_else(|| req.headers().get(TRACEPARENT).and_then(self::trace_id)) {
+        match trace_id.or_else(|| traceparent(req.headers()).and_then(self::trace_id)) {
             Some(id) => line::trace_hex(t, id),
             None => t.extend_from_slice(b"null"),
         }
         d.cuts.ids = end(t);
-        d.sink = Some(self.sink.clone());
+        let refs = &self.refs;
+        d.sink = Some(refs[writer::lane_number() & (refs.len() - 1)].clone());
         d.keep_ok = self.keep_ok;
         Entry(Some(d))
     }
@@ -191,7 +210,7 @@ impl Drop for Entry {
         let Some(mut d) = self.0.take() else { return };
         if let Some(sink) = d.sink.take().filter(|_| d.armed) {
             let bytes_in = d.received.as_ref().map_or(0, |c| c.received());
-            sink.push(|buf, wall, now| {
+            sink.0.push(|buf, wall, now| {
                 let duration = now.saturating_duration_since(d.started);
                 d.render(buf, wall, duration, bytes_in);
             });
@@ -269,9 +288,19 @@ impl Draft {
         let t = &mut self.text;
         t.truncate(self.cuts.ids as usize);
         t.extend_from_slice(b",\"route\":");
-        line::opt_string(t, out.route.map(|r| &**r));
+        match out.route {
+            Some(r) => t.extend_from_slice(r),
+            None => t.extend_from_slice(b"null"),
+        }
         t.extend_from_slice(b",\"tenant\":");
-        line::opt_string(t, out.tenant.map(TenantId::as_str));
+        match out.tenant {
+            // Ids from the allowed set need no escaping.
+            Some(id) => match id.checked_bytes() {
+                Some(b) => line::token(t, b),
+                None => line::string(t, id.as_str()),
+            },
+            None => t.extend_from_slice(b"null"),
+        }
         self.cuts.who = end(t);
         t.extend_from_slice(b",\"status\":");
         line::three_digits(t, u32::from(out.status.clamp(100, 999)));
@@ -325,10 +354,26 @@ impl Draft {
     }
 }
 
+/// `s` as a JSON string, for names written into every line and escaped once beforehand.
+pub fn json_string(s: &str) -> Box<[u8]> {
+    let mut b = Vec::with_capacity(s.len() + 2);
+    line::string(&mut b, s);
+    b.into()
+}
+
 /// Where the text ends now, as a cut. A line's text beyond 4 GiB cannot happen: hyper refuses
 /// request heads far smaller.
 fn end(t: &[u8]) -> u32 {
     u32::try_from(t.len()).unwrap_or(u32::MAX)
+}
+
+/// The client's `traceparent`. The few headers of a usual request are walked, which costs less
+/// than hashing the name for a lookup; more are looked up.
+fn traceparent(h: &http::HeaderMap) -> Option<&HeaderValue> {
+    if h.len() > 8 {
+        return h.get(TRACEPARENT);
+    }
+    h.iter().find(|(n, _)| *n == TRACEPARENT).map(|(_, v)| v)
 }
 
 /// The trace id of a valid W3C `traceparent` (see [`TraceParent::parse`]); `None` for

@@ -53,12 +53,12 @@ impl<'a> Finish<'a> {
         started: Instant,
         guards: Guards,
     ) -> Self {
-        let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(v) => v.clone(),
+        let (request_id, made) = match req.headers().get(X_REQUEST_ID) {
+            Some(v) => (v.clone(), false),
             None => {
                 let v = new_request_id();
                 req.headers_mut().insert(X_REQUEST_ID, v.clone());
-                v
+                (v, true)
             }
         };
         let (trace, span) = match &lst.tracer {
@@ -75,7 +75,7 @@ impl<'a> Finish<'a> {
         let entry = lst
             .access_log
             .as_ref()
-            .map(|log| log.begin(req, &request_id, trace_id, started));
+            .map(|log| log.begin(req, (&request_id, made), trace_id, started));
         Finish {
             lst,
             started,
@@ -120,7 +120,6 @@ impl<'a> Finish<'a> {
         } else {
             None
         };
-        let route = self.route.map(|r| &r.name);
         if reason.is_some() || status >= 300 {
             self.explain(status, reason, limit, &tries);
         }
@@ -142,7 +141,7 @@ impl<'a> Finish<'a> {
                 b => http_body::Body::size_hint(b).lower(),
             };
             let out = access_log::Outcome {
-                route,
+                route: self.route.map(|r| &*r.log_name),
                 tenant: self.tenant.as_ref(),
                 status,
                 reason,

@@ -69,11 +69,11 @@ fn refused() -> (Entry, Instant) {
     let req = request(Method::POST, "/a/b?secret=1", &[]);
     let mut e = log.begin(
         &req,
-        &HeaderValue::from_static("id-\"1\""),
+        (&HeaderValue::from_static("id-\"1\""), false),
         Some(0x4bf92f3577b34da6a3ce929d0e0e4736),
         started,
     );
-    let route: Arc<str> = Arc::from("api");
+    let route = json_string("api");
     let tenant = TenantId::Fallback(Arc::from("acme"));
     let why = HeaderValue::from_static("rate_limited");
     let out = Outcome {
@@ -155,7 +155,7 @@ fn an_upstream_answer_names_its_endpoint_and_time() {
     let started = Instant::now();
     let tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
     let req = request(Method::GET, "/caf%C3%A9/a\"b{}", &[("traceparent", tp)]);
-    let mut e = log.begin(&req, &HeaderValue::from_static("r"), None, started);
+    let mut e = log.begin(&req, (&HeaderValue::from_static("r"), false), None, started);
     let stats = TryStats {
         tries: 2,
         endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
@@ -188,17 +188,51 @@ fn the_trace_rampart_follows_wins_over_the_header_and_none_is_null() {
     let started = Instant::now();
     let tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
     let req = request(Method::GET, "/", &[("traceparent", tp)]);
-    let mut e = log.begin(&req, &HeaderValue::from_static("r"), Some(7), started);
+    let mut e = log.begin(
+        &req,
+        (&HeaderValue::from_static("r"), false),
+        Some(7),
+        started,
+    );
     assert!(e.fill(out(200, None), TryStats::default()));
     let v = json(&text(&e, started, Duration::ZERO, 0));
     quiet(e);
     assert_eq!(v["trace_id"], format!("{:032x}", 7));
     let req = request(Method::GET, "/", &[("traceparent", "garbage")]);
-    let mut e = log.begin(&req, &HeaderValue::from_static("r"), None, started);
+    let mut e = log.begin(&req, (&HeaderValue::from_static("r"), false), None, started);
     assert!(e.fill(out(200, None), TryStats::default()));
     let v = json(&text(&e, started, Duration::ZERO, 0));
     quiet(e);
     assert!(v["trace_id"].is_null());
+    // Without a trace of rampart's, the client's valid traceparent names it: among a few
+    // headers (walked) and among many (looked up).
+    let many: [(&str, &str); 12] = [
+        ("a", "1"),
+        ("b", "1"),
+        ("c", "1"),
+        ("d", "1"),
+        ("e", "1"),
+        ("f", "1"),
+        ("g", "1"),
+        ("h", "1"),
+        ("i", "1"),
+        ("j", "1"),
+        ("k", "1"),
+        ("traceparent", tp),
+    ];
+    for headers in [&many[10..], &many[..]] {
+        let req = request(Method::GET, "/", headers);
+        let mut e = log.begin(&req, (&HeaderValue::from_static("r"), false), None, started);
+        assert!(e.fill(out(200, None), TryStats::default()));
+        let v = json(&text(&e, started, Duration::ZERO, 0));
+        quiet(e);
+        assert_eq!(
+            v["trace_id"],
+            "0af7651916cd43dd8448eb211c80319c",
+            "{} headers",
+            headers.len()
+        );
+    }
 }
 
 #[test]
@@ -206,7 +240,12 @@ fn a_thread_reuses_its_drafts_and_a_reused_one_starts_empty() {
     let log = log(1.0);
     let started = Instant::now();
     let req = request(Method::PUT, "/first", &[]);
-    let mut e = log.begin(&req, &HeaderValue::from_static("r1"), Some(1), started);
+    let mut e = log.begin(
+        &req,
+        (&HeaderValue::from_static("r1"), false),
+        Some(1),
+        started,
+    );
     let stats = TryStats {
         tries: 3,
         endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
@@ -218,7 +257,12 @@ fn a_thread_reuses_its_drafts_and_a_reused_one_starts_empty() {
     let first: *const Draft = &**e.0.as_ref().expect("draft");
     quiet(e);
     let req = request(Method::GET, "/second", &[]);
-    let mut e = log.begin(&req, &HeaderValue::from_static("r2"), None, started);
+    let mut e = log.begin(
+        &req,
+        (&HeaderValue::from_static("r2"), false),
+        None,
+        started,
+    );
     let again: *const Draft = &**e.0.as_ref().expect("draft");
     assert_eq!(first, again, "the same draft, not a new allocation");
     assert!(e.fill(out(200, None), TryStats::default()));
@@ -269,7 +313,12 @@ fn only_a_valid_traceparent_gives_a_trace_id() {
 
 fn entry(sample_ok: f64) -> Entry {
     let req = Request::new(());
-    log(sample_ok).begin(&req, &HeaderValue::from_static("r"), None, Instant::now())
+    log(sample_ok).begin(
+        &req,
+        (&HeaderValue::from_static("r"), false),
+        None,
+        Instant::now(),
+    )
 }
 
 fn out(status: u16, reason: Option<&HeaderValue>) -> Outcome<'_> {
@@ -322,7 +371,12 @@ fn file_lines(path: &Path) -> Vec<serde_json::Value> {
 /// Finishes one armed line for `path` through `log` (written when the entry drops).
 fn finish(log: &AccessLog, path: &'static str) {
     let req = request(Method::GET, path, &[]);
-    let mut e = log.begin(&req, &HeaderValue::from_static("r"), None, Instant::now());
+    let mut e = log.begin(
+        &req,
+        (&HeaderValue::from_static("r"), false),
+        None,
+        Instant::now(),
+    );
     assert!(e.fill(out(200, None), TryStats::default()));
 }
 
@@ -436,7 +490,7 @@ fn the_writer_writes_between_any_two_waits_and_everything_when_closed() {
     let mut waits = 0;
     // Each wait stands for one pause: the lines finished before it are in the file after it,
     // so a line waits at most one pause (plus the write).
-    writer.run(|| {
+    writer.run(|_| {
         let written = file_lines(&path).len();
         assert_eq!(written, waits, "the lines finished before the last wait");
         waits += 1;
@@ -458,6 +512,32 @@ fn the_writer_writes_between_any_two_waits_and_everything_when_closed() {
         "after close a line is dropped and counted"
     );
     assert_eq!(file_lines(&path).len(), 3);
+}
+
+#[test]
+fn an_idle_writer_sleeps_until_a_line_wakes_it() {
+    let (log, writer, _dropped, dir) = driven(2, 1 << 20);
+    let path = dir.path().join("access.jsonl");
+    let sink = log.sink.clone();
+    let mut seen = Vec::new();
+    writer.run(|idle| {
+        seen.push(idle);
+        match seen.len() {
+            // The first round finds nothing: the next wait is idle, with the flag up.
+            2 => {
+                assert!(idle && sink.asleep(), "{seen:?}");
+                // A line pushed while it sleeps takes the flag down (and unparks the writer).
+                finish(&log, "/wakes");
+                assert!(!sink.asleep(), "the push woke it");
+            }
+            // That round wrote the line: not idle; the one after found nothing again.
+            3 => assert_eq!(file_lines(&path).len(), 1),
+            5 => drop(sink.close()),
+            _ => {}
+        }
+    });
+    assert_eq!(seen, [false, true, false, true, true]);
+    assert_eq!(paths(&path), ["/wakes"]);
 }
 
 #[test]
@@ -512,4 +592,39 @@ async fn closing_the_sinks_writes_what_is_queued() {
     assert_eq!(file_lines(&path).len(), 10, "queued lines written at close");
     finish(&log, "/after");
     assert_eq!(dropped.get(), 1);
+}
+
+#[test]
+fn checked_tenants_and_made_request_ids_are_written_as_they_are_and_the_rest_escaped() {
+    let log = log(1.0);
+    let started = Instant::now();
+    let req = request(Method::GET, "/", &[]);
+    let made = crate::proxy::forward::new_request_id();
+    let cases = [
+        (
+            TenantId::Header(HeaderValue::from_static("acme-1")),
+            "acme-1",
+        ),
+        (TenantId::Query(Arc::from("q.t@x")), "q.t@x"),
+        (
+            TenantId::Cert(Arc::from("spiffe://x/\"odd\"\\name")),
+            "spiffe://x/\"odd\"\\name",
+        ),
+        (TenantId::Fallback(Arc::from("tab\there")), "tab\there"),
+    ];
+    for (tenant, want) in cases {
+        let mut e = log.begin(&req, (&made, true), None, started);
+        let route = json_string("r\"1");
+        let o = Outcome {
+            route: Some(&route),
+            tenant: Some(&tenant),
+            ..out(200, None)
+        };
+        assert!(e.fill(o, TryStats::default()));
+        let v = json(&text(&e, started, Duration::ZERO, 0));
+        quiet(e);
+        assert_eq!(v["tenant"], want);
+        assert_eq!(v["route"], "r\"1");
+        assert_eq!(v["request_id"], made.to_str().expect("ascii"));
+    }
 }

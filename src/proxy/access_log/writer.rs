@@ -15,10 +15,13 @@
 //! finished while it takes the lanes wait for the next round, so a line can never be
 //! overtaken by one finished after it on another thread.
 //!
-//! The writer never waits on the lanes and the request path never wakes it: a woken thread is
-//! a futex call per request. The writer sleeps [`PAUSE`], takes every lane's lines and writes
-//! them; so a line is written at most one pause (plus the write) after its answer ended. A
-//! lane holding its share of [`QUEUE_BYTES`] drops new lines and counts them.
+//! The writer never waits on the lanes, and while lines come the request path never wakes it:
+//! a woken thread is a futex call per request. The writer sleeps [`PAUSE`], takes every lane's
+//! lines and writes them; so a line is written at most one pause (plus the write) after its
+//! answer ended. After a round that found nothing it sleeps up to [`IDLE_PAUSE`] instead, and
+//! says so (`asleep`): the first line pushed then wakes it, so an idle rampart is not woken 200
+//! times a second, and a line is still written within one pause. A lane holding its share of
+//! [`QUEUE_BYTES`] drops new lines and counts them.
 //!
 //! Listeners that log to the same destination share its sink ([`Sinks`] hands out one per
 //! destination and forgets it when the last listener using it is gone; the writer then writes
@@ -49,6 +52,9 @@ const QUEUE_BYTES: usize = 4 << 20;
 const LANE_MIN: usize = 256 << 10;
 /// How long the writer sleeps between two rounds of taking the lanes' lines.
 const PAUSE: Duration = Duration::from_millis(5);
+/// How long it sleeps, unless woken by a line, after a round that found none (it re-anchors
+/// the lanes' wall time when it wakes).
+const IDLE_PAUSE: Duration = Duration::from_secs(1);
 /// A buffer grown beyond this by a burst is freed once written, so the memory goes back.
 const KEEP: usize = 512 << 10;
 /// Most lanes per destination (threads beyond share them).
@@ -82,6 +88,8 @@ struct Lanes {
     reopen: AtomicU64,
     /// The writer is to write what is queued and end.
     closing: AtomicBool,
+    /// The writer sleeps until a line comes (or [`IDLE_PAUSE`]); the first push wakes it.
+    asleep: AtomicBool,
     /// Set to `true` by the writer when it has ended.
     done: watch::Sender<bool>,
 }
@@ -144,7 +152,7 @@ thread_local! {
 static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 
 /// The calling thread's lane number; every destination uses it modulo its lane count.
-fn lane_number() -> usize {
+pub(super) fn lane_number() -> usize {
     LANE.try_with(|l| {
         let mut n = l.get();
         if n == usize::MAX {
@@ -164,6 +172,11 @@ impl Sink {
         &self.to
     }
 
+    /// How many lanes it has (a power of two).
+    pub(super) fn lanes(&self) -> usize {
+        self.lanes.lanes.len()
+    }
+
     /// Appends one line with `line` to the calling thread's lane, unless the lane is full (or
     /// the writer has ended): then the line is dropped and counted. Never waits for the
     /// writer beyond its swap of the lane's buffer.
@@ -172,7 +185,10 @@ impl Sink {
     /// what orders it among the other lanes' lines.
     pub(super) fn push(&self, line: impl FnOnce(&mut Vec<u8>, &mut Wall, Instant)) {
         let lanes = &self.lanes;
-        let mut lane = lanes.lanes[lane_number() % lanes.lanes.len()].0.lock();
+        // A power of two lanes: a mask, not a division.
+        let mut lane = lanes.lanes[lane_number() & (lanes.lanes.len() - 1)]
+            .0
+            .lock();
         if lane.closed || lane.lines.buf.len() >= lanes.cap {
             drop(lane);
             self.dropped.inc();
@@ -185,6 +201,12 @@ impl Sink {
             at,
             end: lines.buf.len(),
         });
+        drop(lane);
+        // A plain load while lines come; the writer set `asleep` before it last looked at this
+        // lane (under its lock), so a line it did not see finds the flag set here.
+        if lanes.asleep.load(Ordering::Relaxed) && lanes.asleep.swap(false, Ordering::Relaxed) {
+            self.writer.unpark();
+        }
     }
 
     /// A sink of `lanes` lanes of `cap` bytes whose writer is not running: the caller drives
@@ -205,6 +227,12 @@ impl Sink {
             dropped,
         };
         (Arc::new(sink), writer)
+    }
+
+    /// Whether the writer sleeps until a line comes.
+    #[cfg(test)]
+    pub(super) fn asleep(&self) -> bool {
+        self.lanes.asleep.load(Ordering::SeqCst)
     }
 
     /// Tells the writer to write what is queued and end; `true` on the returned channel once
@@ -260,7 +288,9 @@ impl Sinks {
         let pause = self.pause;
         let spawned = std::thread::Builder::new()
             .name("rampart-access-log".into())
-            .spawn(move || writer.run(|| std::thread::park_timeout(pause)));
+            .spawn(move || {
+                writer.run(|idle| std::thread::park_timeout(if idle { IDLE_PAUSE } else { pause }));
+            });
         let thread = match spawned {
             Ok(h) => h.thread().clone(),
             Err(e) => {
@@ -310,7 +340,9 @@ impl Sinks {
 // === impl Lanes ===
 
 impl Lanes {
+    /// `n` lanes, rounded up to a power of two (see [`Sink::push`]).
     fn new(n: usize, cap: usize) -> Self {
+        let n = n.max(1).next_power_of_two();
         let wall = Wall::now();
         let lanes = (0..n)
             .map(|_| {
@@ -326,8 +358,18 @@ impl Lanes {
             cap,
             reopen: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
             done: watch::Sender::new(false),
         }
+    }
+}
+
+impl Lanes {
+    /// Whether any lane holds a line.
+    fn any_lines(&self) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| !l.0.lock().lines.marks.is_empty())
     }
 }
 
@@ -386,14 +428,31 @@ impl Writer {
     /// `wait`s (at most [`PAUSE`] in production, less when woken to close), takes every
     /// lane's lines and writes them, and goes again, until told to close: then the lanes are
     /// closed as they are emptied, so no line is left behind, and `done` is set.
-    pub(super) fn run(mut self, mut wait: impl FnMut()) {
+    ///
+    /// `wait` is told whether the writer is idle (the last round found no line and holds
+    /// none): then `asleep` is set for the duration, and a pushed line ends the wait by
+    /// unparking this thread.
+    pub(super) fn run(mut self, mut wait: impl FnMut(bool)) {
+        let mut idle = false;
         loop {
-            wait();
+            if idle {
+                self.lanes.asleep.store(true, Ordering::SeqCst);
+                // A line pushed before the flag was set did not wake us: look once more.
+                if self.lanes.any_lines() {
+                    self.lanes.asleep.store(false, Ordering::Relaxed);
+                    idle = false;
+                }
+            }
+            wait(idle);
+            if idle {
+                self.lanes.asleep.store(false, Ordering::Relaxed);
+            }
             let last = self.lanes.closing.load(Ordering::Acquire);
-            self.round(&Wall::now(), Instant::now(), last);
+            let found = self.round(&Wall::now(), Instant::now(), last);
             if last {
                 break;
             }
+            idle = !found;
         }
         self.lanes.done.send_replace(true);
     }
@@ -401,14 +460,16 @@ impl Writer {
     /// One round, begun at `now`: takes each lane's lines under its lock (moving its time
     /// anchor to `wall`), then, outside every lock, writes the lines finished before `now` in
     /// the order they were finished. Lines finished since wait for the next round. `last`:
-    /// the lanes are closed and everything is written.
-    pub(super) fn round(&mut self, wall: &Wall, now: Instant, last: bool) {
+    /// the lanes are closed and everything is written. Returns whether it found lines (taken
+    /// now, or held from before).
+    pub(super) fn round(&mut self, wall: &Wall, now: Instant, last: bool) -> bool {
         let epoch = self.lanes.reopen.load(Ordering::Relaxed);
         if epoch != self.seen {
             self.seen = epoch;
             self.out.reopen();
         }
         let cut = (!last).then_some(now);
+        let mut found = self.held.iter().any(|h| !h.marks.is_empty());
         for (lane, held) in self.lanes.lanes.iter().zip(&mut self.held) {
             let mut l = lane.0.lock();
             l.wall.rebase(wall);
@@ -416,6 +477,7 @@ impl Writer {
             if l.lines.marks.is_empty() {
                 continue;
             }
+            found = true;
             if held.marks.is_empty() {
                 std::mem::swap(&mut l.lines, held);
             } else {
@@ -426,6 +488,7 @@ impl Writer {
             }
         }
         self.write_before(cut);
+        found
     }
 
     /// Writes the held lines marked before `cut` (all of them: `None`), merged across lanes

@@ -109,7 +109,27 @@ impl ProxyBuilder {
 
     /// Starts `rampart run` and waits (at most 15 s) until admin `/readyz` answers 200;
     /// panics with the proxy's log otherwise.
+    ///
+    /// The ports are picked free (`free_addr`) but only bound by rampart later, so another
+    /// test's connection can take one in between: a start that fails with an address in use
+    /// is tried again, on new ports, twice at most.
     pub async fn spawn(self) -> Proxy {
+        let mut attempt = 1;
+        loop {
+            let mut proxy = self.start();
+            match proxy.wait_ready().await {
+                Ok(()) => return proxy,
+                Err(why) if attempt < 3 && proxy.exited.is_some() && why.contains("in use") => {
+                    eprintln!("a port was taken before rampart bound it; trying again: {why}");
+                    attempt += 1;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    /// Renders the template on fresh ports and starts `rampart run` on it.
+    fn start(&self) -> Proxy {
         let Rendered {
             dir,
             path,
@@ -139,7 +159,7 @@ impl ProxyBuilder {
             .stderr(log)
             .spawn()
             .expect("the rampart binary must start");
-        let mut proxy = Proxy {
+        Proxy {
             child,
             exited: None,
             dir,
@@ -147,11 +167,9 @@ impl ProxyBuilder {
             log_path,
             admin,
             listeners,
-            vars: self.vars,
+            vars: self.vars.clone(),
             configmap,
-        };
-        proxy.wait_ready().await;
-        proxy
+        }
     }
 }
 
@@ -255,26 +273,26 @@ impl Proxy {
         self.exited
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.try_exited() {
-                panic!(
+                return Err(format!(
                     "rampart exited ({status}) before ready; log:\n{}",
                     self.log()
-                );
+                ));
             }
             if let Ok(rsp) = http::try_get(self.admin, "/readyz", &[]).await {
                 if rsp.status == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "rampart not ready on {} within {READY_TIMEOUT:?}; log:\n{}",
                     self.admin,
                     self.log()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
