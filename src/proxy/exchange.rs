@@ -53,21 +53,20 @@ pub(super) struct Tried {
 /// Steps 5–8 for one request that has passed the route's admission policies.
 pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<Body> {
     forward::prepare_request(&mut req, ctx.peer);
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.
     if http_body::Body::is_end_stream(&incoming) {
         let retry = ctx.route.policy.retry.as_ref();
         return match retry.filter(|_| is_idempotent(&parts.method, &parts.headers)) {
             Some(r) => {
                 r.budget.deposit();
-                retry_loop(ctx, r, &parts, Bytes::new(), None).await
+                retry_loop(ctx, r, &mut parts, Bytes::new(), None).await
             }
             None => {
                 if let Some(r) = retry {
                     r.budget.deposit();
                 }
-                let req = Request::from_parts(parts, Body::Empty);
-                try_once(ctx, req, None, None).await.rsp
+                try_once(ctx, &mut parts, Body::Empty, None, None).await.rsp
             }
         };
     }
@@ -80,8 +79,9 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<B
             if let Some(r) = other {
                 r.budget.deposit();
             }
-            let req = Request::from_parts(parts, Body::Client(body));
-            return try_once(ctx, req, None, Some(&fault)).await.rsp;
+            return try_once(ctx, &mut parts, Body::Client(body), None, Some(&fault))
+                .await
+                .rsp;
         }
     };
     retry.budget.deposit();
@@ -92,10 +92,11 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<B
         None => body.buffer(retry.cfg.buffer.0 as usize).await,
     };
     match buffered {
-        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, &parts, b, Some(&fault)).await,
+        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, &mut parts, b, Some(&fault)).await,
         Ok(Buffered::Streaming(body)) => {
-            let req = Request::from_parts(parts, body);
-            try_once(ctx, req, None, Some(&fault)).await.rsp
+            try_once(ctx, &mut parts, body, None, Some(&fault))
+                .await
+                .rsp
         }
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
@@ -109,17 +110,20 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<B
 #[error("the request deadline passed while the request body was being received")]
 pub(super) struct BodyDeadline;
 
+/// Tries the request of head `parts` and (buffered) body `body` as the route's retry policy
+/// allows. Every try sends the same head (each try's own edits undone, see [`try_once`]); the
+/// body is shared, not copied.
 pub(super) async fn retry_loop(
     ctx: &RequestCtx<'_>,
     retry: &RouteRetry,
-    parts: &Parts,
+    parts: &mut Parts,
     body: Bytes,
     fault: Option<&FaultCell>,
 ) -> Response<Body> {
     let mut avoid = None;
     let mut attempt = 1;
     loop {
-        let tried = try_once(ctx, copy_request(parts, body.clone()), avoid, fault).await;
+        let tried = try_once(ctx, parts, Body::full(body.clone()), avoid, fault).await;
         if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
             return tried.rsp;
         }
@@ -151,15 +155,6 @@ pub(super) async fn retry_loop(
     }
 }
 
-fn copy_request(parts: &Parts, body: Bytes) -> Request<Body> {
-    let mut req = Request::new(Body::full(body));
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
-}
-
 /// Which deadline bounds a try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bound {
@@ -167,10 +162,14 @@ enum Bound {
     Request,
 }
 
-/// Steps 7–8: one try against one endpoint, under the earlier of its deadlines.
+/// Steps 7–8: one try of the request of head `parts` and body `body` against one endpoint,
+/// under the earlier of its deadlines. The try may add `host` (for the endpoint) and
+/// `traceparent` (for its span) to `parts`; `host` is taken out again when the try ends, so a
+/// retry to another endpoint names its own.
 pub(super) async fn try_once(
     ctx: &RequestCtx<'_>,
-    mut req: Request<Body>,
+    parts: &mut Parts,
+    body: Body,
     avoid: Option<SocketAddr>,
     fault: Option<&FaultCell>,
 ) -> Tried {
@@ -197,7 +196,7 @@ pub(super) async fn try_once(
             used: None,
         };
     };
-    forward::ensure_host(&mut req, &ep);
+    let added_host = forward::ensure_host(&mut parts.headers, &ep);
     let now = Instant::now();
     let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
         let limit = per_try_timeout(p, &up.latency);
@@ -208,14 +207,17 @@ pub(super) async fn try_once(
         (_, Some(d)) => Some((d, Bound::Request)),
         (p, None) => p,
     };
-    let record = TryRecord::start(ctx, &ep, permit, &mut req);
+    let record = TryRecord::start(ctx, &ep, permit, parts);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
-    let sent = ep.pool.send(ep.addr, req);
+    let sent = ep.pool.send(ep.addr, parts, body);
     let result = match bound {
         Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
         None => Ok(sent.await),
     };
+    if added_host {
+        parts.headers.remove(http::header::HOST);
+    }
     let used = Some(ep.addr);
     match result {
         Ok(Ok(mut rsp)) => {
@@ -341,18 +343,18 @@ struct TryRecord<'a> {
 }
 
 impl<'a> TryRecord<'a> {
-    /// Starts recording the try of `req`; a sampled trace gets the try's span, and `req` the
-    /// `traceparent` that names it.
+    /// Starts recording the try of the request of head `parts`; a sampled trace gets the try's
+    /// span, and `parts` the `traceparent` that names it.
     fn start(
         ctx: &'a RequestCtx<'a>,
         ep: &'a Endpoint,
         permit: Option<BreakerPermit>,
-        req: &mut Request<Body>,
+        parts: &mut Parts,
     ) -> Self {
         let n = ctx.tries.start(ep.addr);
         let span = ctx.trace.map(|p| {
-            let span = ClientSpan::begin(p, req.method(), n);
-            req.headers_mut().insert(TRACEPARENT, span.traceparent());
+            let span = ClientSpan::begin(p, &parts.method, n);
+            parts.headers.insert(TRACEPARENT, span.traceparent());
             span
         });
         TryRecord {

@@ -212,12 +212,18 @@ fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
     }
 }
 
-/// Gives a request without any authority (HTTP/1.0 without `host`) the endpoint's.
-pub fn ensure_host<B>(req: &mut Request<B>, endpoint: &Endpoint) {
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
-            req.headers_mut().insert(header::HOST, v);
+/// Gives a request without any authority (HTTP/1.0 without `host`) the endpoint's; returns
+/// whether it added one.
+pub fn ensure_host(headers: &mut HeaderMap, endpoint: &Endpoint) -> bool {
+    if headers.contains_key(header::HOST) {
+        return false;
+    }
+    match HeaderValue::from_str(endpoint.authority.as_str()) {
+        Ok(v) => {
+            headers.insert(header::HOST, v);
+            true
         }
+        Err(_) => false,
     }
 }
 

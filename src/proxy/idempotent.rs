@@ -94,7 +94,7 @@ pub async fn run(
 /// it); `parts` are prepared for the hop already.
 async fn run_read(
     ctx: &RequestCtx<'_>,
-    parts: Parts,
+    mut parts: Parts,
     body: Buffered,
     fault: &FaultCell,
 ) -> Response<Body> {
@@ -104,15 +104,15 @@ async fn run_read(
     }
     match (retry, body) {
         (Some(r), Buffered::Replayable(b)) if is_idempotent(&parts.method, &parts.headers) => {
-            retry_loop(ctx, r, &parts, b, Some(fault)).await
+            retry_loop(ctx, r, &mut parts, b, Some(fault)).await
         }
         (_, Buffered::Replayable(b)) => {
-            let req = Request::from_parts(parts, Body::full(b));
-            try_once(ctx, req, None, Some(fault)).await.rsp
+            try_once(ctx, &mut parts, Body::full(b), None, Some(fault))
+                .await
+                .rsp
         }
         (_, Buffered::Streaming(body)) => {
-            let req = Request::from_parts(parts, body);
-            try_once(ctx, req, None, Some(fault)).await.rsp
+            try_once(ctx, &mut parts, body, None, Some(fault)).await.rsp
         }
     }
 }

@@ -42,7 +42,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
+use http::request::Parts;
+use http::Response;
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -180,13 +181,15 @@ impl Pool {
         })
     }
 
-    /// Sends `req` to `addr` over an idle connection, or a new one if the endpoint has fewer
-    /// than `max_connections`; otherwise waits until one is free. The caller bounds the wait
-    /// (the try's deadline).
+    /// Sends the request of head `parts` and body `body` to `addr` over an idle connection, or
+    /// a new one if the endpoint has fewer than `max_connections`; otherwise waits until one is
+    /// free. The caller bounds the wait (the try's deadline). The head is only borrowed (it is
+    /// written out, never kept), so a retry sends it again without a copy.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut req: Request<Body>,
+        parts: &Parts,
+        mut body: Body,
     ) -> Result<Response<Body>, SendError> {
         loop {
             // This worker's idle connections first; then a new one if the cap allows; at the
@@ -212,7 +215,7 @@ impl Pool {
                         // happens once per connection; inline, every request's future would
                         // carry its size.
                         let mut conn = Box::pin(self.connect(addr, slot)).await?;
-                        return match conn.exchange(req, false).await {
+                        return match conn.exchange(parts, body, false).await {
                             Ok(head) => Ok(self.returning(head, conn)),
                             Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
                                 Err(SendError::Reset(e))
@@ -229,12 +232,12 @@ impl Pool {
                 if !conn.alive() {
                     continue;
                 }
-                match conn.exchange(req, true).await {
+                match conn.exchange(parts, body, true).await {
                     Ok(head) => return Ok(self.returning(head, conn)),
                     // Not sent: the connection died while idle. Use the next one.
                     Err(Failed::Unsent(unsent, e)) => {
                         tracing::debug!(%addr, error = %e, "idle upstream connection was dead");
-                        req = *unsent;
+                        body = unsent;
                     }
                     Err(Failed::Broken(e)) => return Err(SendError::Reset(e)),
                 }

@@ -304,3 +304,54 @@ async fn gets_see_no_error_when_one_of_two_endpoints_dies() {
     assert!(total > 20, "the stream kept flowing: {total} answers");
     assert!(a.hits() > 0);
 }
+
+/// A retry sends the same head again, not a copy, so what one try added for its endpoint must
+/// not reach the next: an HTTP/1.0 request without `host` gets each endpoint's own authority,
+/// also when its first try failed at the other endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_to_another_endpoint_names_that_endpoint_as_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::support::capture::Capture;
+
+    let failing =
+        Capture::start(b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+    let fine =
+        Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+            .await;
+    let endpoints = format!("{}, {}", failing.addr(), fine.addr());
+    let proxy = retrying(&endpoints, "request: 5s", "100%", 100).await;
+    let addr = proxy.listener("inbound");
+    for i in 0..16 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"GET /h HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let read = c.read_to_end(&mut got);
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.0 200"), "request {i}: {got}");
+        if failing.hits() > 0 && fine.hits() > failing.hits() {
+            break;
+        }
+    }
+    assert!(
+        failing.hits() > 0,
+        "no request was tried at the failing endpoint first"
+    );
+    for (cap, name) in [(&failing, "failing"), (&fine, "fine")] {
+        for i in 0..cap.hits() {
+            assert_eq!(
+                cap.header(i, "host"),
+                [cap.addr().to_string()],
+                "request {i} at the {name} endpoint: {:?}",
+                cap.requests()[i]
+            );
+        }
+    }
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request};
+use http::request::Parts;
+use http::Method;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -95,8 +96,8 @@ enum Decoder {
 /// Why an exchange failed, and whether its request may go out on another connection.
 #[derive(Debug)]
 pub(super) enum Failed {
-    /// Nothing of the request was written; here it is back.
-    Unsent(Box<Request<Body>>, UpstreamError),
+    /// Nothing of the request was written; here is its body back.
+    Unsent(Body, UpstreamError),
     /// The request (or part of it) went out.
     Broken(UpstreamError),
 }
@@ -243,10 +244,10 @@ impl Conn {
     /// [`Returning`].
     pub(super) async fn exchange(
         &mut self,
-        req: Request<Body>,
+        parts: &Parts,
+        mut body: Body,
         reused: bool,
     ) -> Result<h1::Head, Failed> {
-        let (parts, mut body) = req.into_parts();
         let kind = if body.is_end_stream() {
             BodyKind::Empty
         } else {
@@ -299,10 +300,7 @@ impl Conn {
                     Upload::Sending { body, .. } => body,
                     _ => Body::Empty,
                 };
-                Err(Failed::Unsent(
-                    Box::new(Request::from_parts(parts, body)),
-                    e,
-                ))
+                Err(Failed::Unsent(body, e))
             }
             Err(e) => Err(Failed::Broken(e)),
         }
