@@ -3,9 +3,10 @@
 //! A listener task is keyed by the address it was configured with. It looks up the generation
 //! in force for every connection and request, so a reload changes routes, policies and the
 //! `runtime` settings of new connections without touching sockets; only an added or removed
-//! address binds or closes one. `max_connections` is a semaphore taken before `accept`, so
-//! connections beyond it wait in the kernel's accept queue instead of being refused; a reload
-//! resizes it in place.
+//! address binds or closes one. `max_connections` is a semaphore whose permit a connection
+//! needs before it is served, so connections beyond it wait (at most one per worker accepted,
+//! the rest in the kernel's accept queues) instead of being refused; a reload resizes it in
+//! place.
 //!
 //! Each connection runs in its own task beside its watchdog (`conn.rs`), which closes silent and
 //! idle connections, and a stop signal, which closes it gracefully when the listener drains.
@@ -224,6 +225,13 @@ impl ListenerHandle {
     }
 }
 
+/// One worker's accept loop on its own socket of the listener.
+///
+/// A connection is accepted first and served once a `max_connections` permit is in hand: the
+/// workers' sockets are separate queues, and a worker that took a permit before accepting would
+/// hold it while waiting for a connection of its own, keeping it from connections queued at
+/// another worker. So at the cap each worker holds at most one accepted connection until a
+/// permit frees (the semaphore hands them out in order); the rest wait in the kernel's queues.
 async fn accept_loop(
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -234,10 +242,6 @@ async fn accept_loop(
     let conns = TaskTracker::new();
     let mut backoff = Duration::ZERO;
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
                 Ok(s) => s,
@@ -253,6 +257,13 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         };
         backoff = Duration::ZERO;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped.changed() => break,
+            },
+        };
         let _ = stream.set_nodelay(true);
         conns.spawn(serve_conn(
             shared.clone(),

@@ -90,6 +90,35 @@ async fn garbage_gets_400_or_a_close_and_serving_goes_on() {
     assert_eq!(app.hits(), 4, "only the good requests reach the upstream");
 }
 
+/// With two workers, each on its own socket, the cap is shared: as many connections as it
+/// allows are served at once wherever the kernel queued them (a worker waiting for
+/// connections of its own must not hold a permit meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_connections_are_all_served_at_once_across_workers() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&one_route("runtime:\n  max_connections: 4"))
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", 2)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    for round in 0..3 {
+        let started = tokio::time::Instant::now();
+        let calls: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(async move { http::get(addr, "/slow?ms=800", &[]).await.status }))
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.expect("client task must not panic"), 200);
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1500),
+            "round {round}: four requests under a cap of four took {took:?}: some waited for a permit another worker held"
+        );
+    }
+    assert_eq!(app.hits_for("/slow"), 12);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_connections_makes_the_extra_one_wait_not_fail() {
     let app = sample().await;
