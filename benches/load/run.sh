@@ -16,6 +16,8 @@
 #                                              connections and once with a new connection
 #                                              (and handshake) per request
 #   RAMPART_ACCESS_LOG=path                    rampart writes its access log to this file
+#                                              (synced after every run, so its writeback is
+#                                              not charged to the next target)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -148,6 +150,9 @@ measure() {
     local -a hdr=()
     [[ $m == close ]] && hdr=(-H "Connection: close")
     run_wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" --latency "${hdr[@]}" "${url[$t]}" >"$f"
+    # With the access log on, flush its dirty pages now: left to the kernel's writeback, they
+    # would be written during (and cost) the next target's run.
+    if [[ -n ${RAMPART_ACCESS_LOG:-} ]]; then sync; fi
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
