@@ -99,9 +99,7 @@ impl TenantId {
             TenantId::Jwt(v) => &v.tenant,
         }
     }
-}
 
-impl TenantId {
     /// The id's bytes when it was checked against the allowed set (see [`is_valid_id`]): taken
     /// from a header, the query or a token. `None` for the others (a fallback from the file, a
     /// certificate's name), which may hold any text.

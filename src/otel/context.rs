@@ -3,6 +3,8 @@
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::proxy::wire::put_hex;
+
 /// The W3C header naming the trace and the parent span.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The W3C header of vendor trace state, passed on untouched with its `traceparent`.
@@ -18,8 +20,6 @@ pub struct TraceParent {
     /// Trace flags; bit 0 is `sampled`.
     pub flags: u8,
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 // === impl TraceParent ===
 
@@ -77,14 +77,6 @@ fn hex(s: &[u8]) -> Option<u128> {
         n = (n << 4) | u128::from(d);
     }
     Some(n)
-}
-
-/// Writes `n` as lowercase hex into all of `out`, most significant digit first.
-fn put_hex(out: &mut [u8], mut n: u128) {
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
 }
 
 /// A new random trace id (never 0).

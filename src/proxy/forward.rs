@@ -230,26 +230,9 @@ pub fn ensure_host(headers: &mut HeaderMap, endpoint: &Endpoint) -> bool {
 /// A random 128-bit request id, as 32 hex digits.
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
-    for (pair, byte) in buf
-        .chunks_exact_mut(2)
-        .zip(fastrand::u128(..).to_be_bytes())
-    {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-    }
+    super::wire::put_hex(&mut buf, fastrand::u128(..));
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
-
-/// The two lowercase hex digits of every byte: one lookup per byte, not two shifts per digit.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [HEX[i >> 4], HEX[i & 15]];
-        i += 1;
-    }
-    t
-};
 
 #[cfg(test)]
 mod tests {

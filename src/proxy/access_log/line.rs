@@ -277,11 +277,8 @@ thread_local! {
 
 /// A trace id as JSON: 32 lowercase hex digits in quotes.
 pub(super) fn trace_hex(buf: &mut Vec<u8>, id: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut t = [b'"'; 34];
-    for (i, c) in t[1..33].iter_mut().enumerate() {
-        *c = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
-    }
+    crate::proxy::wire::put_hex(&mut t[1..33], id);
     buf.extend_from_slice(&t);
 }
 
