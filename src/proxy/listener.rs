@@ -21,7 +21,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -55,17 +55,10 @@ pub struct ListenerHandle {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds `addr` with a large backlog and `SO_REUSEADDR` (one socket: the admin listener).
+/// Binds `addr` as one socket (the admin listener), as [`bind_each`] does for one worker.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    let Bound { mut sockets } = bind_each(addr, 1)?;
+    TcpListener::from_std(sockets.remove(0))
 }
 
 /// A proxy listener's address, bound once per worker.
@@ -75,7 +68,8 @@ pub struct Bound {
     sockets: Vec<std::net::TcpListener>,
 }
 
-/// Binds `addr` for `workers` workers, each with a listening socket of its own.
+/// Binds `addr` for `workers` workers, each with a listening socket of its own: a large
+/// backlog, `SO_REUSEADDR` and `TCP_NODELAY`.
 ///
 /// With more than one worker the sockets share the address through `SO_REUSEPORT`, so the
 /// kernel spreads new connections over them by a hash of the client's address and port: each
