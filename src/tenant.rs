@@ -209,6 +209,9 @@ impl Identify {
                 return Some(p);
             }
         }
+        if self.assign.is_empty() {
+            return None;
+        }
         self.assign.get(tenant.as_str()).map(|p| &**p)
     }
 

@@ -28,7 +28,7 @@ use crate::error::Reason;
 use crate::metrics::Metrics;
 
 /// Name of the header that marks a fallback answer: `stale` or `static`.
-pub const DEGRADED_HEADER: &str = "x-rampart-degraded";
+pub const DEGRADED_HEADER: http::HeaderName = http::HeaderName::from_static("x-rampart-degraded");
 
 /// The fallback section of one route's policy: its store and metric handles.
 #[derive(Debug)]

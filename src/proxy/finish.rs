@@ -53,12 +53,12 @@ impl<'a> Finish<'a> {
         started: Instant,
         guards: Guards,
     ) -> Self {
-        let (request_id, made) = match req.headers().get(X_REQUEST_ID) {
-            Some(v) => (v.clone(), false),
-            None => {
-                let v = new_request_id();
-                req.headers_mut().insert(X_REQUEST_ID, v.clone());
-                (v, true)
+        let (request_id, made) = match req.headers_mut().entry(X_REQUEST_ID) {
+            http::header::Entry::Occupied(v) => (v.get().clone(), false),
+            http::header::Entry::Vacant(v) => {
+                let id = new_request_id();
+                v.insert(id.clone());
+                (id, true)
             }
         };
         let (trace, span) = match &lst.tracer {
@@ -107,19 +107,16 @@ impl<'a> Finish<'a> {
         let status = rsp.status().as_u16();
         tm.count(status);
         tm.duration.observe(self.started.elapsed().as_secs_f64());
-        // Every header lookup hashes a custom name: one each, in the common case.
-        let own = rsp.headers().contains_key(REASON_HEADER);
-        if own {
+        // Every header lookup hashes a custom name: two, in the common case. (The reason of
+        // rampart's own answer is a static value: its copy costs no allocation.)
+        let own = rsp.headers().get(REASON_HEADER).cloned();
+        if own.is_some() {
             with_request_id(&mut rsp, &self.request_id);
         }
         if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
             v.insert(self.request_id.clone());
         }
-        let reason = if own {
-            rsp.headers().get(REASON_HEADER)
-        } else {
-            None
-        };
+        let reason = own.as_ref();
         if reason.is_some() || status >= 300 {
             self.explain(status, reason, limit, &tries);
         }

@@ -11,8 +11,10 @@
 //! decides the route and is forwarded: an absolute-form target (HTTP/1.1) or `:authority`
 //! (HTTP/2) becomes the upstream's `host`.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
@@ -195,12 +197,15 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer) {
 /// `x-forwarded-for`: the client's list with the peer appended (as nginx's
 /// `$proxy_add_x_forwarded_for`), or the peer alone.
 fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
-    if !h.contains_key(&X_FORWARDED_FOR) {
-        h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
-        return;
-    }
+    let mut given = match h.entry(X_FORWARDED_FOR) {
+        http::header::Entry::Vacant(v) => {
+            v.insert(peer.forwarded_for.clone());
+            return;
+        }
+        http::header::Entry::Occupied(o) => o,
+    };
     let mut list = String::new();
-    for v in h.get_all(&X_FORWARDED_FOR) {
+    for v in given.iter() {
         if let Ok(v) = v.to_str() {
             list.push_str(v);
             list.push_str(", ");
@@ -208,7 +213,7 @@ fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
     }
     list.push_str(&peer.ip);
     if let Ok(v) = HeaderValue::from_str(&list) {
-        h.insert(X_FORWARDED_FOR, v);
+        given.insert(v);
     }
 }
 
@@ -227,11 +232,34 @@ pub fn ensure_host(headers: &mut HeaderMap, endpoint: &Endpoint) -> bool {
     }
 }
 
+/// Request ids cut per block of memory: a block is one allocation, shared by the ids cut from
+/// it and freed when the last of them is.
+const IDS_PER_BLOCK: usize = 32;
+
+thread_local! {
+    /// What is left of this thread's current block of request ids.
+    static ID_BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 /// A random 128-bit request id, as 32 hex digits.
+///
+/// Its bytes are cut from a block shared with the next ids made on this thread: the request
+/// path clones an id twice (into the request and the answer), and a value of its own would cost
+/// an allocation for its bytes and another for its shared count at the first clone.
 pub fn new_request_id() -> HeaderValue {
-    let mut buf = [0u8; 32];
-    super::wire::put_hex(&mut buf, fastrand::u128(..));
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    let mut hex = [0u8; 32];
+    super::wire::put_hex(&mut hex, fastrand::u128(..));
+    let bytes = ID_BLOCK
+        .try_with(|b| {
+            let mut b = b.borrow_mut();
+            if b.capacity() < hex.len() {
+                *b = BytesMut::with_capacity(hex.len() * IDS_PER_BLOCK);
+            }
+            b.extend_from_slice(&hex);
+            b.split().freeze()
+        })
+        .unwrap_or_else(|_| Bytes::copy_from_slice(&hex));
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -252,6 +280,22 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s), "every digit appears: {seen:?}");
+    }
+
+    #[test]
+    fn request_ids_cut_from_shared_blocks_keep_their_bytes() {
+        let kept: Vec<_> = (0..100).map(|_| super::new_request_id()).collect();
+        let text: Vec<_> = kept.iter().map(|v| v.as_bytes().to_vec()).collect();
+        let clones: Vec<_> = kept.iter().map(Clone::clone).collect();
+        drop(kept);
+        let later: Vec<_> = (0..100).map(|_| super::new_request_id()).collect();
+        for (c, t) in clones.iter().zip(&text) {
+            assert_eq!(c.as_bytes(), t.as_slice());
+            assert_eq!(c.len(), 32);
+        }
+        assert!(later
+            .iter()
+            .all(|l| !text.iter().any(|t| l.as_bytes() == t.as_slice())));
     }
 
     #[test]

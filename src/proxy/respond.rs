@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use http::header::{
-    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use http::Response;
 
@@ -19,7 +20,7 @@ use crate::policy::fault::FAULT_HEADER;
 use crate::policy::idempotency::{StoredAnswer, REPLAY_HEADER};
 
 /// Name of the header that says why rampart answered.
-pub const REASON_HEADER: &str = "x-rampart-reason";
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-rampart-reason");
 
 /// Builds the answer for `reason` with a human `message`.
 pub fn answer(reason: Reason, message: &str, retry_after: Option<Duration>) -> Response<Body> {

@@ -119,7 +119,9 @@ pub async fn handle(
             return fin.answer(&tm, answer(reason, msg, None), None, NO_TRY);
         }
     };
-    let tm = route.metrics.tenant(&shared.labels.label(tenant.as_str()));
+    // The id as text, checked once (a header's bytes are checked on every `as_str`).
+    let id = tenant.as_str();
+    let tm = route.metrics.tenant(&shared.labels.label(id));
     fin.tenant = Some(tenant.clone());
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
@@ -131,18 +133,14 @@ pub async fn handle(
             let plan = gen
                 .identify
                 .plan(&tenant, req.headers(), lst.trust_plan_header);
-            Some(rl.check(tenant.as_str(), plan).await)
+            Some(rl.check(id, plan).await)
         }
     };
     if let Some(decision) = limited.as_ref().filter(|d| !d.is_admitted()) {
         let limit = decision.limit().unwrap_or("");
         tm.rate_limited(limit);
         let wait = decision.retry_after();
-        let msg = format!(
-            "rate limit exceeded for tenant {}; retry in {:?}",
-            tenant.as_str(),
-            wait
-        );
+        let msg = format!("rate limit exceeded for tenant {id}; retry in {wait:?}");
         let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
         decision.write_headers(rsp.headers_mut());
         return fin.answer(&tm, rsp, Some(limit), NO_TRY);
@@ -153,7 +151,7 @@ pub async fn handle(
         .policy
         .fallback
         .as_ref()
-        .and_then(|fb| fb.keep_for(tenant.as_str(), req.method(), req.uri()));
+        .and_then(|fb| fb.keep_for(id, req.method(), req.uri()));
 
     // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
     //    body ends.
@@ -161,7 +159,7 @@ pub async fn handle(
         None => None,
         Some(ls) => {
             let priority = ls.priority(req.headers());
-            match ls.shedder.acquire(tenant.as_str(), priority).await {
+            match ls.shedder.acquire(id, priority).await {
                 Ok(slot) => Some(slot),
                 Err(shed) => {
                     tm.shed(shed.reason.as_str());

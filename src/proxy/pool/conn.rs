@@ -60,6 +60,8 @@ pub(super) struct Conn {
     _slot: Slot,
     /// The worker that opened it (whose I/O driver watches its socket).
     home: usize,
+    /// The header names of its last answer.
+    names: h1::Names,
 }
 
 /// Where the current request's body is.
@@ -189,6 +191,7 @@ impl Conn {
             keep_alive: true,
             _slot: slot,
             home: crate::workers::index(),
+            names: h1::Names::default(),
         })
     }
 
@@ -318,7 +321,7 @@ impl Conn {
                 return Poll::Ready(Err(e));
             }
             if !self.rd.is_empty() {
-                if let Some(head) = h1::parse_head(&mut self.rd, head_request)? {
+                if let Some(head) = h1::parse_head(&mut self.rd, head_request, &mut self.names)? {
                     return Poll::Ready(Ok(head));
                 }
             }

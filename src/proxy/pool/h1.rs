@@ -201,7 +201,11 @@ type Span = [u16; 4];
 /// Takes the final answer head off the front of `buf`, skipping (and consuming) interim 1xx
 /// answers. `Ok(None)`: the head is not complete yet. `head_request`: the request was HEAD, so
 /// the answer has no body whatever its headers say.
-pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Malformed> {
+pub fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    names: &mut Names,
+) -> Result<Option<Head>, Malformed> {
     for _ in 0..=MAX_INTERIM {
         let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
         let (len, code, minor, count) = {
@@ -244,9 +248,44 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         }
         let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status code"))?;
         let head = buf.split_to(len).freeze();
-        return finish_head(&head, &spans[..count], status, minor, head_request).map(Some);
+        return finish_head(&head, &spans[..count], status, minor, head_request, names).map(Some);
     }
     Err(Malformed("too many interim (1xx) answers"))
+}
+
+/// The header names of the connection's last answer, by their place in it, each with its bytes
+/// as sent. An upstream sends the same names in the same order answer after answer, so a name
+/// sent again at its place, byte for byte, is cloned (a copy, or a reference count for a name
+/// outside the standard set) instead of being checked, lower-cased and, when not standard,
+/// allocated anew.
+#[derive(Debug, Default)]
+pub struct Names(Vec<(Vec<u8>, HeaderName)>);
+
+/// Names kept per connection: a usual answer's headers fit.
+const NAMES_KEPT: usize = 16;
+/// A longer name is not kept.
+const NAME_KEPT_LEN: usize = 64;
+
+impl Names {
+    /// The name `raw` at place `i` of the head.
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, Malformed> {
+        if let Some((sent, name)) = self.0.get(i) {
+            if sent.as_slice() == raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| Malformed("invalid header name"))?;
+        if raw.len() <= NAME_KEPT_LEN {
+            if let Some((sent, kept)) = self.0.get_mut(i) {
+                sent.clear();
+                sent.extend_from_slice(raw);
+                *kept = name.clone();
+            } else if i == self.0.len() && i < NAMES_KEPT {
+                self.0.push((raw.to_vec(), name.clone()));
+            }
+        }
+        Ok(name)
+    }
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {
@@ -268,15 +307,15 @@ fn finish_head(
     status: StatusCode,
     minor: u8,
     head_request: bool,
+    names: &mut Names,
 ) -> Result<Head, Malformed> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None; // Some(last coding is chunked)
     let mut close = false;
     let mut keep_alive = false;
-    for &[ns, ne, vs, ve] in spans {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| Malformed("invalid header name"))?;
+    for (i, &[ns, ne, vs, ve]) in spans.iter().enumerate() {
+        let name = names.name(i, &head[ns as usize..ne as usize])?;
         let raw = &head[vs as usize..ve as usize];
         if name == header::CONTENT_LENGTH {
             let n = parse_length_list(raw).ok_or(Malformed("invalid content-length"))?;

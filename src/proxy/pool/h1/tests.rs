@@ -3,7 +3,7 @@ use super::*;
 /// Parses `bytes` fed whole; the head and what is left after it.
 fn head(bytes: &[u8], head_request: bool) -> Result<Option<(Head, Vec<u8>)>, Malformed> {
     let mut buf = BytesMut::from(bytes);
-    Ok(parse_head(&mut buf, head_request)?.map(|h| (h, buf.to_vec())))
+    Ok(parse_head(&mut buf, head_request, &mut Names::default())?.map(|h| (h, buf.to_vec())))
 }
 
 fn whole(bytes: &[u8]) -> Head {
@@ -33,7 +33,7 @@ fn read_answer(
     let mut buf = BytesMut::new();
     let mut input = bytes.chunks(step.max(1));
     let h = loop {
-        if let Some(h) = parse_head(&mut buf, head_request)? {
+        if let Some(h) = parse_head(&mut buf, head_request, &mut Names::default())? {
             break h;
         }
         match input.next() {
@@ -534,4 +534,49 @@ fn trailers_are_passed_on_as_headers_without_framing_fields() {
     let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
     let mut c = Chunked::new();
     assert_eq!(c.decode(&mut buf), Ok(Chunk::End));
+}
+
+#[test]
+fn names_kept_from_the_last_answer_are_reused_only_where_they_match() {
+    let mut names = Names::default();
+    let mut parse = |bytes: &[u8]| {
+        let mut buf = BytesMut::from(bytes);
+        let h = parse_head(&mut buf, false, &mut names).unwrap().unwrap();
+        let seen: Vec<(String, Vec<u8>)> = h
+            .response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        (seen, h.framing)
+    };
+    let first = parse(b"HTTP/1.1 200 OK\r\nX-Sample: a\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(first.0[0], ("x-sample".into(), b"a".to_vec()));
+    assert_eq!(first.1, Framing::Empty);
+    // The same names in other cases, then another name at a kept place: each read as sent.
+    let second = parse(b"HTTP/1.1 200 OK\r\nx-SAMPLE: b\r\ncontent-length: 2\r\n\r\nhi");
+    assert_eq!(second.0[0], ("x-sample".into(), b"b".to_vec()));
+    assert_eq!(second.1, Framing::Length(2));
+    let third = parse(
+        b"HTTP/1.1 200 OK\r\nx-other: c\r\nx-sample: d\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(
+        third.0,
+        [
+            ("x-other".into(), b"c".to_vec()),
+            ("x-sample".into(), b"d".to_vec()),
+            ("transfer-encoding".into(), b"chunked".to_vec()),
+        ]
+    );
+    assert_eq!(third.1, Framing::Chunked);
+    // A name one byte off a kept one (at the same place) is not taken for it, nor is a name
+    // that differs in case only: read from its bytes, it is the same name.
+    let again = parse(
+        b"HTTP/1.1 200 OK\r\nX-Other: c\r\nx-sample: d\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(again.0, third.0);
+    let fourth =
+        parse(b"HTTP/1.1 200 OK\r\nx-other2: e\r\nx-samplf: f\r\ncontent-length: 0\r\n\r\n");
+    assert_eq!(fourth.0[0].0, "x-other2");
+    assert_eq!(fourth.0[1].0, "x-samplf");
 }
