@@ -207,7 +207,7 @@ pub(super) async fn try_once(
         (_, Some(d)) => Some((d, Bound::Request)),
         (p, None) => p,
     };
-    let record = TryRecord::start(ctx, &ep, permit, parts);
+    let record = TryRecord::start(ctx, &ep, permit, parts, now);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
     let sent = ep.pool.send(ep.addr, parts, body);
@@ -343,13 +343,14 @@ struct TryRecord<'a> {
 }
 
 impl<'a> TryRecord<'a> {
-    /// Starts recording the try of the request of head `parts`; a sampled trace gets the try's
-    /// span, and `parts` the `traceparent` that names it.
+    /// Starts recording the try of the request of head `parts`, begun `now`; a sampled trace
+    /// gets the try's span, and `parts` the `traceparent` that names it.
     fn start(
         ctx: &'a RequestCtx<'a>,
         ep: &'a Endpoint,
         permit: Option<BreakerPermit>,
         parts: &mut Parts,
+        now: Instant,
     ) -> Self {
         let n = ctx.tries.start(ep.addr);
         let span = ctx.trace.map(|p| {
@@ -360,7 +361,7 @@ impl<'a> TryRecord<'a> {
         TryRecord {
             ctx,
             ep,
-            started: Instant::now(),
+            started: now,
             outcome: None,
             permit,
             span,

@@ -233,7 +233,7 @@ pub fn ensure_host(headers: &mut HeaderMap, endpoint: &Endpoint) -> bool {
 }
 
 /// Request ids cut per block of memory: a block is one allocation, shared by the ids cut from
-/// it and freed when the last of them is.
+/// it and freed when the last of them is (or used again, if this thread still holds it then).
 const IDS_PER_BLOCK: usize = 32;
 
 thread_local! {
@@ -253,7 +253,9 @@ pub fn new_request_id() -> HeaderValue {
         .try_with(|b| {
             let mut b = b.borrow_mut();
             if b.capacity() < hex.len() {
-                *b = BytesMut::with_capacity(hex.len() * IDS_PER_BLOCK);
+                // The block is used up: taken back whole when every id cut from it is gone
+                // (no allocation), else left to them and a new one taken.
+                b.reserve(hex.len() * IDS_PER_BLOCK);
             }
             b.extend_from_slice(&hex);
             b.split().freeze()
@@ -296,6 +298,24 @@ mod tests {
         assert!(later
             .iter()
             .all(|l| !text.iter().any(|t| l.as_bytes() == t.as_slice())));
+    }
+
+    #[test]
+    fn a_used_up_block_whose_ids_are_all_gone_is_used_again() {
+        let first = super::new_request_id();
+        let start = first.as_bytes().as_ptr();
+        drop(first);
+        let again = (0..2 * super::IDS_PER_BLOCK)
+            .any(|_| super::new_request_id().as_bytes().as_ptr() == start);
+        assert!(again, "no id was cut from the first block's start again");
+        // While an id lives, its bytes are never cut over.
+        let held = super::new_request_id();
+        let text = held.as_bytes().to_vec();
+        for _ in 0..2 * super::IDS_PER_BLOCK {
+            let id = super::new_request_id();
+            assert_ne!(id.as_bytes().as_ptr(), held.as_bytes().as_ptr());
+        }
+        assert_eq!(held.as_bytes(), text.as_slice());
     }
 
     #[test]

@@ -283,7 +283,7 @@ async fn serve_conn(
     shared: Arc<Shared>,
     addr: SocketAddr,
     stream: TcpStream,
-    mut peer: Peer,
+    peer: Peer,
     stopped: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -296,6 +296,22 @@ async fn serve_conn(
         let head = lst.head_timeout;
         return serve_io(shared, addr, &lst, stream, peer, head, stopped, false).await;
     };
+    // Boxed: the handshake and a TLS stream make a future about twice a plain connection's,
+    // and inline they would set the size of every connection's task.
+    Box::pin(serve_tls(shared, addr, &lst, tls, stream, peer, stopped)).await;
+}
+
+/// Serves a connection to a TLS listener: the handshake (within the head timeout), then the
+/// connection over it.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    lst: &ListenerRt,
+    tls: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+    mut peer: Peer,
+    stopped: watch::Receiver<bool>,
+) {
     let started = Instant::now();
     match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
         Ok((tls_stream, info)) => {
@@ -309,7 +325,7 @@ async fn serve_conn(
             // The handshake spent part of the head timeout; the watchdog gets the rest.
             let head = lst.head_timeout.saturating_sub(started.elapsed());
             let h2 = info.is_h2;
-            serve_io(shared, addr, &lst, tls_stream, peer, head, stopped, h2).await;
+            serve_io(shared, addr, lst, tls_stream, peer, head, stopped, h2).await;
         }
         Err(e) => {
             if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
