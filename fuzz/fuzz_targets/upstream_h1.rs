@@ -6,15 +6,21 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rampart::proxy::pool::h1::{parse_head, Chunk, Chunked, Framing, MAX_HEADERS};
+use rampart::proxy::pool::h1::{parse_head, Chunk, Chunked, Framing, Names, MAX_HEADERS};
 
 /// What reading `data` in pieces of `step` bytes gives: the status and framing (or the
-/// refusal), and the decoded chunked body when the answer is chunked.
-fn read(data: &[u8], step: usize, head_request: bool) -> (Result<Option<(u16, Framing)>, ()>, Vec<u8>, bool) {
+/// refusal), and the decoded chunked body when the answer is chunked. `names`: the header names
+/// the connection kept from its last answer.
+fn read(
+    data: &[u8],
+    step: usize,
+    head_request: bool,
+    names: &mut Names,
+) -> (Result<Option<(u16, Framing)>, ()>, Vec<u8>, bool) {
     let mut buf = BytesMut::new();
     let mut input = data.chunks(step);
     let head = loop {
-        match parse_head(&mut buf, head_request) {
+        match parse_head(&mut buf, head_request, names) {
             Ok(Some(h)) => break h,
             Ok(None) => match input.next() {
                 Some(c) => buf.extend_from_slice(c),
@@ -64,8 +70,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let step = usize::from(first % 16) + 1;
     let head_request = first & 0x80 != 0;
-    let whole = read(data, data.len().max(1), head_request);
-    let pieces = read(data, step, head_request);
+    // The second read finds the names the first one kept: it must read the same answer.
+    let mut names = Names::default();
+    let whole = read(data, data.len().max(1), head_request, &mut names);
+    let pieces = read(data, step, head_request, &mut names);
     assert_eq!(whole, pieces, "split in pieces of {step}");
     // The chunked decoder alone on the same bytes.
     let mut buf = BytesMut::from(data);
