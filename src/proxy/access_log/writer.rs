@@ -362,9 +362,7 @@ impl Lanes {
             done: watch::Sender::new(false),
         }
     }
-}
 
-impl Lanes {
     /// Whether any lane holds a line.
     fn any_lines(&self) -> bool {
         self.lanes
