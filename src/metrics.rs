@@ -103,7 +103,7 @@ pub struct RouteMetrics {
 pub struct TenantMetrics {
     labels: [Arc<str>; 3],
     requests: IntCounterVec,
-    codes: ArcSwap<Vec<(u16, IntCounter)>>,
+    codes: CodeCounters,
     /// `rampart_request_duration_seconds{listener, route, tenant}`.
     pub duration: Histogram,
     rate_limited: IntCounterVec,
@@ -132,7 +132,7 @@ pub struct UpstreamMetrics {
     client_fault: IntCounter,
     requests: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
-    codes: ArcSwap<Vec<(u16, IntCounter)>>,
+    codes: CodeCounters,
     /// `rampart_upstream_request_duration_seconds{upstream}`.
     pub duration: Histogram,
 }
@@ -456,7 +456,7 @@ impl Metrics {
             name: name.clone(),
             requests: self.upstream_requests.clone(),
             endpoint_healthy: self.endpoint_healthy.clone(),
-            codes: ArcSwap::from_pointee(Vec::new()),
+            codes: CodeCounters::default(),
             duration: self.upstream_duration.with_label_values(&[name]),
         }
     }
@@ -498,7 +498,7 @@ impl RouteMetrics {
             shed_vec: m.shed.clone(),
             shed: Default::default(),
             requests: m.requests.clone(),
-            codes: ArcSwap::from_pointee(Vec::new()),
+            codes: CodeCounters::default(),
             labels,
         });
         self.by_tenant
@@ -592,23 +592,88 @@ impl UpstreamMetrics {
     }
 }
 
+/// Counter handles by status code, made on first sight of each code: the common codes in
+/// slots of their own (found with one atomic load, where a list behind an `ArcSwap` cost a
+/// load of the list and a walk, twice per request), any other in a list.
+#[derive(Debug, Default)]
+struct CodeCounters {
+    common: [std::sync::OnceLock<IntCounter>; COMMON_CODES.len()],
+    other: ArcSwap<Vec<(u16, IntCounter)>>,
+}
+
+/// The codes with a slot of their own in [`CodeCounters`].
+const COMMON_CODES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 206,
+];
+
+/// Where `code` is in [`COMMON_CODES`].
+fn common_slot(code: u16) -> Option<usize> {
+    Some(match code {
+        200 => 0,
+        201 => 1,
+        204 => 2,
+        301 => 3,
+        302 => 4,
+        304 => 5,
+        400 => 6,
+        401 => 7,
+        403 => 8,
+        404 => 9,
+        429 => 10,
+        500 => 11,
+        502 => 12,
+        503 => 13,
+        504 => 14,
+        206 => 15,
+        _ => return None,
+    })
+}
+
 /// Increments the counter of `code`, creating its handle on first sight only.
-fn count_code(
-    cache: &ArcSwap<Vec<(u16, IntCounter)>>,
-    code: u16,
-    make: impl FnOnce() -> IntCounter,
-) {
-    if let Some((_, c)) = cache.load().iter().find(|(k, _)| *k == code) {
+fn count_code(cache: &CodeCounters, code: u16, make: impl FnOnce() -> IntCounter) {
+    if let Some(i) = common_slot(code) {
+        cache.common[i].get_or_init(make).inc();
+        return;
+    }
+    if let Some((_, c)) = cache.other.load().iter().find(|(k, _)| *k == code) {
         c.inc();
         return;
     }
     let c = make();
     c.inc();
-    cache.rcu(|v| {
+    cache.other.rcu(|v| {
         let mut v = Vec::clone(v);
         if !v.iter().any(|(k, _)| *k == code) {
             v.push((code, c.clone()));
         }
         v
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_common_code_has_its_own_slot() {
+        for (i, code) in COMMON_CODES.iter().enumerate() {
+            assert_eq!(common_slot(*code), Some(i), "{code}");
+        }
+        assert_eq!(common_slot(418), None);
+    }
+
+    #[test]
+    fn common_and_rare_codes_are_counted_under_their_own_label() {
+        let m = Metrics::register();
+        let up = m.upstream(&Arc::from("app"));
+        for code in [200, 200, 418, 502, 418, 200] {
+            up.count(code);
+        }
+        let text = m.render();
+        for (code, n) in [(200, 3), (418, 2), (502, 1)] {
+            let line =
+                format!("rampart_upstream_requests_total{{code=\"{code}\",upstream=\"app\"}} {n}");
+            assert!(text.contains(&line), "no `{line}` in:\n{text}");
+        }
+    }
 }

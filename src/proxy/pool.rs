@@ -184,12 +184,15 @@ impl Pool {
     /// Sends the request of head `parts` and body `body` to `addr` over an idle connection, or
     /// a new one if the endpoint has fewer than `max_connections`; otherwise waits until one is
     /// free. The caller bounds the wait (the try's deadline). The head is only borrowed (it is
-    /// written out, never kept), so a retry sends it again without a copy.
+    /// written out, never kept), so a retry sends it again without a copy. `now` is the try's
+    /// start, which idle connections' ages are counted to (the clock is read again after a
+    /// wait for a free connection).
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         parts: &Parts,
         mut body: Body,
+        mut now: Instant,
     ) -> Result<Response<Body>, SendError> {
         loop {
             // This worker's idle connections first; then a new one if the cap allows; at the
@@ -225,7 +228,7 @@ impl Pool {
                     steal = true;
                     continue;
                 };
-                if idle.since.elapsed() > self.idle_timeout {
+                if now.saturating_duration_since(idle.since) > self.idle_timeout {
                     continue;
                 }
                 let mut conn = idle.conn;
@@ -246,6 +249,7 @@ impl Pool {
             let freed = self.freed.notified();
             if self.idle.iter().all(ArrayQueue::is_empty) {
                 freed.await;
+                now = Instant::now();
             }
         }
     }
