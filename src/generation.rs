@@ -23,12 +23,11 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use prometheus::IntGauge;
 
 use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{HeldGauge, RouteMetrics};
 use crate::otel::{TraceMetrics, Tracer};
 use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::fallback::RouteFallback;
@@ -76,7 +75,7 @@ pub struct ListenerRt {
     /// Routes in file order.
     pub routes: Vec<RouteRt>,
     /// `rampart_in_flight_requests{listener}`.
-    pub in_flight: IntGauge,
+    pub in_flight: Arc<HeldGauge>,
     /// Metrics of requests that matched no route.
     pub unrouted: Arc<RouteMetrics>,
     /// The HTTP server settings (from `runtime`) for connections accepted under this generation.

@@ -7,32 +7,28 @@
 //! Each [`crate::Rampart`] owns one `Registry`, so several proxies in one test process keep
 //! their numbers apart.
 
+mod shard;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-/// Latency buckets, seconds: 1ms to 30s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+pub use self::shard::{Counter, Family, Gauge as HeldGauge, Held, Histogram};
 
 /// The metric families of one rampart instance.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    requests: IntCounterVec,
-    request_duration: HistogramVec,
-    upstream_requests: IntCounterVec,
-    upstream_duration: HistogramVec,
+    requests: Family<Counter>,
+    request_duration: Family<Histogram>,
+    upstream_requests: Family<Counter>,
+    upstream_duration: Family<Histogram>,
     upstream_abandoned: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
-    in_flight: IntGaugeVec,
+    in_flight: Family<HeldGauge>,
     rate_limited: IntCounterVec,
     /// `rampart_shed_total{listener, route, tenant, reason}`.
     pub shed: IntCounterVec,
@@ -102,10 +98,10 @@ pub struct RouteMetrics {
 #[derive(Debug)]
 pub struct TenantMetrics {
     labels: [Arc<str>; 3],
-    requests: IntCounterVec,
+    requests: Family<Counter>,
     codes: CodeCounters,
     /// `rampart_request_duration_seconds{listener, route, tenant}`.
-    pub duration: Histogram,
+    pub duration: Arc<Histogram>,
     rate_limited: IntCounterVec,
     /// `rampart_rate_limited_total{listener, route, tenant, limit}` by limit name.
     limits: ArcSwap<Vec<(Box<str>, IntCounter)>>,
@@ -130,11 +126,11 @@ pub struct UpstreamMetrics {
     name: Arc<str>,
     client_gone: IntCounter,
     client_fault: IntCounter,
-    requests: IntCounterVec,
+    requests: Family<Counter>,
     endpoint_healthy: IntGaugeVec,
     codes: CodeCounters,
     /// `rampart_upstream_request_duration_seconds{upstream}`.
-    pub duration: Histogram,
+    pub duration: Arc<Histogram>,
 }
 
 // === impl Metrics ===
@@ -157,15 +153,18 @@ impl Metrics {
                 .expect("unique metric");
             v
         };
+        // The families every request updates: one cell per worker (see `shard.rs`).
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-            let v = HistogramVec::new(opts, labels).expect("valid metric");
-            registry
-                .register(Box::new(v.clone()))
-                .expect("unique metric");
+            let v = Family::<Histogram>::new(name, help, labels).expect("valid metric");
+            registry.register(v.collector()).expect("unique metric");
             v
         };
-        let requests = counter(
+        let per_worker = |name: &str, help: &str, labels: &[&str]| {
+            let v = Family::<Counter>::new(name, help, labels).expect("valid metric");
+            registry.register(v.collector()).expect("unique metric");
+            v
+        };
+        let requests = per_worker(
             "rampart_requests_total",
             "Requests answered, by listener, route, tenant and status code.",
             &["listener", "route", "tenant", "code"],
@@ -175,7 +174,7 @@ impl Metrics {
             "Time from request received to response head sent, seconds.",
             &["listener", "route", "tenant"],
         );
-        let upstream_requests = counter(
+        let upstream_requests = per_worker(
             "rampart_upstream_requests_total",
             "Tries sent to upstreams, by status (failed tries: 502 connect/reset, 504 timeout).",
             &["upstream", "code"],
@@ -195,11 +194,15 @@ impl Metrics {
             "TLS handshakes that failed on a listener, by reason (timeout, no_client_cert, bad_client_cert, protocol, io).",
             &["listener", "reason"],
         );
-        let in_flight = gauge(
+        let in_flight = Family::<HeldGauge>::new(
             "rampart_in_flight_requests",
             "Requests being handled now.",
             &["listener"],
-        );
+        )
+        .expect("valid metric");
+        registry
+            .register(in_flight.collector())
+            .expect("unique metric");
         let rate_limited = counter(
             "rampart_rate_limited_total",
             "Requests refused by a rate limit, by the limit that refused.",
@@ -372,7 +375,7 @@ impl Metrics {
     }
 
     /// The in-flight gauge of a listener.
-    pub fn in_flight(&self, listener: &str) -> IntGauge {
+    pub fn in_flight(&self, listener: &str) -> Arc<HeldGauge> {
         self.in_flight.with_label_values(&[listener])
     }
 
@@ -597,8 +600,8 @@ impl UpstreamMetrics {
 /// load of the list and a walk, twice per request), any other in a list.
 #[derive(Debug, Default)]
 struct CodeCounters {
-    common: [std::sync::OnceLock<IntCounter>; COMMON_CODES.len()],
-    other: ArcSwap<Vec<(u16, IntCounter)>>,
+    common: [std::sync::OnceLock<Arc<Counter>>; COMMON_CODES.len()],
+    other: ArcSwap<Vec<(u16, Arc<Counter>)>>,
 }
 
 /// The codes with a slot of their own in [`CodeCounters`].
@@ -630,7 +633,7 @@ fn common_slot(code: u16) -> Option<usize> {
 }
 
 /// Increments the counter of `code`, creating its handle on first sight only.
-fn count_code(cache: &CodeCounters, code: u16, make: impl FnOnce() -> IntCounter) {
+fn count_code(cache: &CodeCounters, code: u16, make: impl FnOnce() -> Arc<Counter>) {
     if let Some(i) = common_slot(code) {
         cache.common[i].get_or_init(make).inc();
         return;

@@ -413,7 +413,7 @@ fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration
         }
     };
     up.metrics.count(code);
-    up.metrics.duration.observe(took.as_secs_f64());
+    up.metrics.duration.observe(took);
     up.try_ended(ep, outcome, took);
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.

@@ -106,7 +106,7 @@ impl<'a> Finish<'a> {
     ) -> Response<Body> {
         let status = rsp.status().as_u16();
         tm.count(status);
-        tm.duration.observe(self.started.elapsed().as_secs_f64());
+        tm.duration.observe(self.started.elapsed());
         // Every header lookup hashes a custom name: two, in the common case. (The reason of
         // rampart's own answer is a static value: its copy costs no allocation.)
         let own = rsp.headers().get(REASON_HEADER).cloned();

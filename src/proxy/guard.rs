@@ -9,10 +9,9 @@
 //! once) drop them on the spot. Each field releases itself on drop, so there is no path on which
 //! one is forgotten.
 
-use prometheus::IntGauge;
-
 use super::access_log::Entry;
 use super::conn::ConnActive;
+use crate::metrics::Held;
 use crate::otel::ServerSpan;
 use crate::policy::load_shed::ShedSlot;
 
@@ -20,7 +19,7 @@ use crate::policy::load_shed::ShedSlot;
 #[derive(Debug, Default)]
 pub struct Guards {
     /// `rampart_in_flight_requests{listener}`.
-    pub in_flight: Option<GaugeGuard>,
+    pub in_flight: Option<Held>,
     /// The connection's count of requests in progress (its idle timer waits for zero).
     pub conn: Option<ConnActive>,
     /// The route's load-shed slot.
@@ -29,24 +28,4 @@ pub struct Guards {
     pub log: Option<Entry>,
     /// The request's SERVER span (sampled traces), sent when it drops.
     pub span: Option<ServerSpan>,
-}
-
-/// Holds one unit of a gauge; gives it back on drop.
-#[derive(Debug)]
-pub struct GaugeGuard(IntGauge);
-
-// === impl GaugeGuard ===
-
-impl GaugeGuard {
-    /// Adds one to `gauge` until the guard is dropped.
-    pub fn new(gauge: &IntGauge) -> Self {
-        gauge.inc();
-        GaugeGuard(gauge.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }

@@ -45,7 +45,7 @@ use super::degrade;
 use super::exchange;
 use super::finish::Finish;
 use super::forward::{self, Peer};
-use super::guard::{GaugeGuard, Guards};
+use super::guard::Guards;
 use super::idempotent;
 use super::respond::{self, answer};
 use super::route::request_host;
@@ -67,7 +67,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let guards = Guards {
-        in_flight: Some(GaugeGuard::new(&lst.in_flight)),
+        in_flight: Some(lst.in_flight.hold()),
         conn: Some(active),
         ..Guards::default()
     };
