@@ -92,9 +92,16 @@ pub async fn handle(
     }
 
     // 1. Route.
-    let host = request_host(&req);
+    // The authority is read (and its port cut off) only for a route that matches on it.
     let path = req.uri().path();
-    let Some(route) = lst.routes.iter().find(|r| r.matcher.matches(host, path)) else {
+    let mut host = None;
+    let Some(route) = lst.routes.iter().find(|r| {
+        let h = match r.matcher.needs_host() {
+            true => *host.get_or_insert_with(|| request_host(&req)),
+            false => None,
+        };
+        r.matcher.matches(h, path)
+    }) else {
         let rsp = answer(Reason::NoRoute, "no route matches this request", None);
         let tm = lst.unrouted.tenant(&shared.empty_label);
         return fin.answer(&tm, rsp, None, NO_TRY);
