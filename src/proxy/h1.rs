@@ -121,8 +121,16 @@ where
                         keep_alive: head.keep_alive,
                     };
                     let active = c.state.begin();
-                    let rsp =
-                        super::listener::serve(c.shared, c.addr, head.req, c.peer, active).await;
+                    // Under the generation in force now (as `listener::serve` for hyper's).
+                    let gen = c.shared.current.load_full();
+                    let rsp = match gen.listeners.get(&c.addr) {
+                        Some(lst) => {
+                            super::stack::handle(c.shared, &gen, lst, head.req, c.peer, active)
+                                .await
+                        }
+                        None => super::listener::removed(),
+                    };
+                    drop(gen);
                     stopping |= probe.has_changed().unwrap_or(true);
                     ask.keep_alive &= !stopping;
                     let (keep, map) = write::answer(&mut io, &mut out, rsp, ask).await;

@@ -438,8 +438,9 @@ async fn serve_hyper<I, W>(
     }
 }
 
-/// Serves one request, from either server, under the generation in force now.
-pub(super) async fn serve(
+/// Serves one request from hyper's server under the generation in force now. (The lean
+/// server does the same inline: one future fewer to build and copy per request.)
+async fn serve(
     shared: &Shared,
     addr: SocketAddr,
     req: http::Request<ClientIn>,
@@ -449,6 +450,11 @@ pub(super) async fn serve(
     let gen = shared.current.load_full();
     match gen.listeners.get(&addr) {
         Some(lst) => stack::handle(shared, &gen, lst, req, peer, active).await,
-        None => answer(Reason::NoRoute, "this listener is being removed", None),
+        None => removed(),
     }
+}
+
+/// The answer to a request on a listener the generation in force no longer has.
+pub(super) fn removed() -> http::Response<super::body::Body> {
+    answer(Reason::NoRoute, "this listener is being removed", None)
 }
