@@ -224,10 +224,11 @@ pub async fn handle(
         return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
     let mut rsp = match &route.policy.idempotency {
-        // Boxed: these futures are kilobytes (every try, the pool, the store), and this one
-        // would otherwise be copied whole each time hyper moves the request's future.
+        // Boxed: kilobytes (the store's futures too) that the common case should not carry.
         Some(idem) => Box::pin(idempotent::run(&ctx, idem, req)).await,
-        None => Box::pin(exchange::run(&ctx, req)).await,
+        // Inline: this future is built in place once per request (both servers keep the
+        // request's future where it was made), so a box only added an allocation and a copy.
+        None => exchange::run(&ctx, req).await,
     };
     let tries = ctx.tries.take();
     fin.guards.slot = slot;
