@@ -15,7 +15,6 @@ use super::access_log::TryStats;
 use super::body::FaultCell;
 use super::forward::Peer;
 use crate::generation::{ListenerRt, RouteRt};
-use crate::metrics::TenantMetrics;
 use crate::otel::SpanParent;
 use crate::policy::load_shed::ShedSlot;
 use crate::tenant::{Labels, TenantId};
@@ -28,9 +27,7 @@ pub struct RequestCtx<'a> {
     /// The route it matched (its identity is `route.key`).
     pub route: &'a RouteRt,
     /// Who it is for.
-    pub tenant: TenantId,
-    /// Metric handles of (route, tenant label).
-    pub metrics: Arc<TenantMetrics>,
+    pub tenant: &'a TenantId,
     /// When the request timeout fires, if the policy sets one.
     pub deadline: Option<Instant>,
     /// The client end of the connection.

@@ -207,8 +207,7 @@ pub async fn handle(
     let ctx = RequestCtx {
         listener: lst,
         route,
-        tenant,
-        metrics: tm.clone(),
+        tenant: &tenant,
         deadline: route.policy.request_timeout.map(|t| started + t),
         peer,
         body_idle: lst.body_idle_timeout,
