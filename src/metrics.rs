@@ -154,32 +154,26 @@ impl Metrics {
             v
         };
         // The families every request updates: one cell per worker (see `shard.rs`).
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let v = Family::<Histogram>::new(name, help, labels).expect("valid metric");
-            registry.register(v.collector()).expect("unique metric");
-            v
-        };
-        let per_worker = |name: &str, help: &str, labels: &[&str]| {
-            let v = Family::<Counter>::new(name, help, labels).expect("valid metric");
-            registry.register(v.collector()).expect("unique metric");
-            v
-        };
         let requests = per_worker(
+            &registry,
             "rampart_requests_total",
             "Requests answered, by listener, route, tenant and status code.",
             &["listener", "route", "tenant", "code"],
         );
-        let request_duration = histogram(
+        let request_duration = per_worker(
+            &registry,
             "rampart_request_duration_seconds",
             "Time from request received to response head sent, seconds.",
             &["listener", "route", "tenant"],
         );
         let upstream_requests = per_worker(
+            &registry,
             "rampart_upstream_requests_total",
             "Tries sent to upstreams, by status (failed tries: 502 connect/reset, 504 timeout).",
             &["upstream", "code"],
         );
-        let upstream_duration = histogram(
+        let upstream_duration = per_worker(
+            &registry,
             "rampart_upstream_request_duration_seconds",
             "Duration of one try against an upstream, seconds.",
             &["upstream"],
@@ -194,15 +188,12 @@ impl Metrics {
             "TLS handshakes that failed on a listener, by reason (timeout, no_client_cert, bad_client_cert, protocol, io).",
             &["listener", "reason"],
         );
-        let in_flight = Family::<HeldGauge>::new(
+        let in_flight = per_worker(
+            &registry,
             "rampart_in_flight_requests",
             "Requests being handled now.",
             &["listener"],
-        )
-        .expect("valid metric");
-        registry
-            .register(in_flight.collector())
-            .expect("unique metric");
+        );
         let rate_limited = counter(
             "rampart_rate_limited_total",
             "Requests refused by a rate limit, by the limit that refused.",
@@ -604,32 +595,26 @@ struct CodeCounters {
     other: ArcSwap<Vec<(u16, Arc<Counter>)>>,
 }
 
+/// A family of per-worker series (see `shard.rs`), registered in `registry`.
+fn per_worker<S: shard::Series>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Family<S> {
+    let v = Family::new(name, help, labels).expect("valid metric");
+    registry.register(v.collector()).expect("unique metric");
+    v
+}
+
 /// The codes with a slot of their own in [`CodeCounters`].
 const COMMON_CODES: [u16; 16] = [
     200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504, 206,
 ];
 
-/// Where `code` is in [`COMMON_CODES`].
+/// Where `code` is in [`COMMON_CODES`] (the most frequent first, so the walk is short).
 fn common_slot(code: u16) -> Option<usize> {
-    Some(match code {
-        200 => 0,
-        201 => 1,
-        204 => 2,
-        301 => 3,
-        302 => 4,
-        304 => 5,
-        400 => 6,
-        401 => 7,
-        403 => 8,
-        404 => 9,
-        429 => 10,
-        500 => 11,
-        502 => 12,
-        503 => 13,
-        504 => 14,
-        206 => 15,
-        _ => return None,
-    })
+    COMMON_CODES.iter().position(|&c| c == code)
 }
 
 /// Increments the counter of `code`, creating its handle on first sight only.

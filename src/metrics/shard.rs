@@ -38,9 +38,9 @@ const BOUNDS: usize = 14;
 struct Padded<T>(T);
 
 /// One cell per worker this process runs.
-fn cells<T: Default>() -> Box<[Padded<T>]> {
+fn cells<T: Default>() -> Box<[T]> {
     (0..crate::workers::count().max(1))
-        .map(|_| Padded::default())
+        .map(|_| T::default())
         .collect()
 }
 
@@ -91,10 +91,7 @@ pub struct Held(Arc<Padded<AtomicI64>>);
 
 impl Default for Gauge {
     fn default() -> Self {
-        let n = crate::workers::count().max(1);
-        Gauge {
-            cells: (0..n).map(|_| Arc::default()).collect(),
-        }
+        Gauge { cells: cells() }
     }
 }
 
@@ -325,6 +322,8 @@ impl<S: Series> Collector for Family<S> {
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
         let inner = &self.inner;
+        // Copied out, so the lock (which a request's first sight of a tenant takes) is not
+        // held while the scrape reads every cell.
         let series: Vec<(Values, Arc<S>)> = inner
             .series
             .lock()
