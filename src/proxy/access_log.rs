@@ -41,8 +41,6 @@ pub use self::writer::{Sink, Sinks};
 /// One listener's access log: where its lines go and how many 2xx/3xx lines are kept.
 #[derive(Debug)]
 pub struct AccessLog {
-    /// `,"listener":"NAME"`, escaped once.
-    listener: Box<[u8]>,
     sink: Arc<Sink>,
     /// What entries hold to reach `sink`, one per lane (see [`SinkRef`]).
     refs: Box<[Arc<SinkRef>]>,
@@ -50,12 +48,19 @@ pub struct AccessLog {
     keep_ok: Option<u32>,
 }
 
-/// A reference to a sink, one per lane of it: every entry holds one while its request runs, so
-/// each thread counts its references on a cache line of its own instead of every worker
-/// bouncing the sink's reference count between cores on every request.
+/// A listener's reference to a sink, one per lane of it: every entry holds one while its
+/// request runs, so each thread counts its references on a cache line of its own instead of
+/// every worker bouncing the sink's reference count between cores on every request. It also
+/// carries what every line of the listener writes alike, so the entry need not copy it.
 #[derive(Debug)]
 #[repr(align(128))]
-struct SinkRef(Arc<Sink>);
+struct SinkRef {
+    sink: Arc<Sink>,
+    /// The lane of `sink` that lines started on this reference go to.
+    lane: usize,
+    /// `,"listener":"NAME"`, escaped once.
+    listener: Box<[u8]>,
+}
 
 /// A request's line being written; finished and handed to the sink when dropped, once armed.
 ///
@@ -67,13 +72,19 @@ pub struct Entry(Option<Box<Draft>>);
 
 /// What an [`Entry`] holds.
 ///
-/// `text` holds the line's JSON pieces (each `,"key":value...`) in the order the request path
-/// learns them, which is not the line's order; [`Cuts`] says where each ends, and
-/// [`Draft::render`] puts them in order.
+/// `text` holds the line's JSON pieces (each `,"key":value...`). [`AccessLog::begin`] writes
+/// the method and path (ending at `request`), then the request and trace ids (ending at
+/// `ids`). [`Entry::fill`] appends, in the line's order, the route and tenant, a copy of the
+/// method and path, and the answer: from `ids` on, the text is the middle of the line as it is
+/// written. [`Draft::render`] then writes the time and listener, that middle, the figures known
+/// only at the end, and the ids: three copies into the line.
 #[derive(Debug)]
 struct Draft {
     text: Vec<u8>,
-    cuts: Cuts,
+    /// Where the method and path end (they start at 0).
+    request: u32,
+    /// Where the request and trace ids end; the middle of the line starts here.
+    ids: u32,
     upstream: Option<Duration>,
     bytes_out: u64,
     started: Instant,
@@ -81,17 +92,6 @@ struct Draft {
     sink: Option<Arc<SinkRef>>,
     keep_ok: Option<u32>,
     armed: bool,
-}
-
-/// Where the pieces of [`Draft::text`] end. `begin` writes `listener`, `request` (method and
-/// path) and `ids` (request and trace id); `fill` writes `who` (route and tenant) and then the
-/// answer (status, reason, limit, tries, endpoint), which runs to the end of the text.
-#[derive(Debug, Default, Clone, Copy)]
-struct Cuts {
-    listener: u32,
-    request: u32,
-    ids: u32,
-    who: u32,
 }
 
 /// What the exchange with the upstream leaves for the line (see `ctx::TryLog`).
@@ -134,10 +134,15 @@ impl AccessLog {
         let mut name = b",\"listener\":".to_vec();
         line::string(&mut name, &listener);
         let refs = (0..sink.lanes())
-            .map(|_| Arc::new(SinkRef(sink.clone())))
+            .map(|lane| {
+                Arc::new(SinkRef {
+                    sink: sink.clone(),
+                    lane,
+                    listener: name.clone().into(),
+                })
+            })
             .collect();
         AccessLog {
-            listener: name.into(),
             refs,
             sink,
             keep_ok,
@@ -162,13 +167,11 @@ impl AccessLog {
     ) -> Entry {
         let mut d = Draft::take(started);
         let t = &mut d.text;
-        t.extend_from_slice(&self.listener);
-        d.cuts.listener = end(t);
         t.extend_from_slice(b",\"method\":");
         line::token(t, req.method().as_str().as_bytes());
         t.extend_from_slice(b",\"path\":");
         line::string(t, req.uri().path());
-        d.cuts.request = end(t);
+        d.request = end(t);
         t.extend_from_slice(b",\"request_id\":");
         if made {
             line::token(t, request_id.as_bytes());
@@ -180,7 +183,7 @@ impl AccessLog {
             Some(id) => line::trace_hex(t, id),
             None => t.extend_from_slice(b"null"),
         }
-        d.cuts.ids = end(t);
+        d.ids = end(t);
         let refs = &self.refs;
         d.sink = Some(refs[writer::lane_number() & (refs.len() - 1)].clone());
         d.keep_ok = self.keep_ok;
@@ -208,11 +211,11 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         let Some(mut d) = self.0.take() else { return };
-        if let Some(sink) = d.sink.take().filter(|_| d.armed) {
+        if let Some(to) = d.sink.take().filter(|_| d.armed) {
             let bytes_in = d.received.as_ref().map_or(0, |c| c.received());
-            sink.0.push(|buf, wall, now| {
+            to.sink.push(to.lane, |buf, wall, now| {
                 let duration = now.saturating_duration_since(d.started);
-                d.render(buf, wall, duration, bytes_in);
+                d.render(buf, wall, &to.listener, duration, bytes_in);
             });
         }
         d.recycle();
@@ -246,7 +249,8 @@ impl Draft {
             }
             None => Box::new(Draft {
                 text: Vec::with_capacity(TEXT_CAP),
-                cuts: Cuts::default(),
+                request: 0,
+                ids: 0,
                 upstream: None,
                 bytes_out: 0,
                 started,
@@ -265,7 +269,8 @@ impl Draft {
             return;
         }
         self.text.clear();
-        self.cuts = Cuts::default();
+        self.request = 0;
+        self.ids = 0;
         self.upstream = None;
         self.bytes_out = 0;
         self.received = None;
@@ -286,7 +291,7 @@ impl Draft {
             return false;
         }
         let t = &mut self.text;
-        t.truncate(self.cuts.ids as usize);
+        t.truncate(self.ids as usize);
         t.extend_from_slice(b",\"route\":");
         match out.route {
             Some(r) => t.extend_from_slice(r),
@@ -301,7 +306,7 @@ impl Draft {
             },
             None => t.extend_from_slice(b"null"),
         }
-        self.cuts.who = end(t);
+        t.extend_from_within(..self.request as usize);
         t.extend_from_slice(b",\"status\":");
         line::three_digits(t, u32::from(out.status.clamp(100, 999)));
         match out.reason {
@@ -327,17 +332,26 @@ impl Draft {
     }
 
     /// Appends the whole line (ending in `\n`) to `buf`, in SPEC §12's field order, with the
-    /// request's start written through `wall`.
-    fn render(&self, buf: &mut Vec<u8>, wall: &mut Wall, duration: Duration, bytes_in: u64) {
-        let (t, c) = (&self.text, self.cuts);
-        let piece = |from: u32, to: u32| &t[from as usize..to as usize];
+    /// request's start written through `wall`; `listener` is the listener's piece.
+    fn render(
+        &self,
+        buf: &mut Vec<u8>,
+        wall: &mut Wall,
+        listener: &[u8],
+        duration: Duration,
+        bytes_in: u64,
+    ) {
+        let t = &self.text;
+        let (ids, middle) = t.split_at(self.ids as usize);
+        let ids = &ids[self.request as usize..];
+        // Room for the pieces and for the fixed text and the figures at their longest, so the
+        // buffer grows at most once per line.
+        buf.reserve(listener.len() + middle.len() + ids.len() + 192);
         buf.extend_from_slice(b"{\"time\":\"");
         wall.write(buf, self.started);
         buf.push(b'"');
-        buf.extend_from_slice(piece(0, c.listener));
-        buf.extend_from_slice(piece(c.ids, c.who));
-        buf.extend_from_slice(piece(c.listener, c.request));
-        buf.extend_from_slice(&t[c.who as usize..]);
+        buf.extend_from_slice(listener);
+        buf.extend_from_slice(middle);
         buf.extend_from_slice(b",\"duration_ms\":");
         line::millis(buf, duration);
         buf.extend_from_slice(b",\"upstream_ms\":");
@@ -349,7 +363,7 @@ impl Draft {
         line::uint(buf, bytes_in);
         buf.extend_from_slice(b",\"bytes_out\":");
         line::uint(buf, self.bytes_out);
-        buf.extend_from_slice(piece(c.request, c.ids));
+        buf.extend_from_slice(ids);
         buf.extend_from_slice(b"}\n");
     }
 }

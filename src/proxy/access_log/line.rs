@@ -123,35 +123,73 @@ fn digit(v: u32) -> u8 {
     b'0' + (v % 10) as u8
 }
 
-/// `v` (below 1000) as exactly three digits.
-pub(super) fn three_digits(buf: &mut Vec<u8>, v: u32) {
-    buf.extend_from_slice(&[digit(v / 100), digit(v / 10), digit(v)]);
+/// "00" to "99", two bytes each: a number is written two digits per lookup, with one
+/// division by 100 instead of a division by 10 per digit.
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// The two digits of `v` (below 100).
+#[inline(always)]
+fn pair(v: u32) -> [u8; 2] {
+    let at = (v as usize % 100) * 2;
+    [PAIRS[at], PAIRS[at + 1]]
 }
 
-/// `n` in decimal. Small numbers (the usual byte counts, milliseconds, tries) are written
-/// with fixed-size copies; larger ones digit by digit, last first, then turned around.
-pub(super) fn uint(buf: &mut Vec<u8>, mut n: u64) {
+/// `v` (below 1000) as exactly three digits.
+#[inline(always)]
+pub(super) fn three_digits(buf: &mut Vec<u8>, v: u32) {
+    let [a, b] = pair(v % 100);
+    buf.extend_from_slice(&[digit(v / 100), a, b]);
+}
+
+/// `n` in decimal. The usual numbers of a line (byte counts, milliseconds, tries) are below
+/// 1000 and are written in place; larger ones out of line.
+#[inline(always)]
+pub(super) fn uint(buf: &mut Vec<u8>, n: u64) {
     if n < 10 {
         buf.push(b'0' + n as u8);
     } else if n < 100 {
-        buf.extend_from_slice(&[digit(n as u32 / 10), digit(n as u32)]);
+        buf.extend_from_slice(&pair(n as u32));
     } else if n < 1000 {
         three_digits(buf, n as u32);
     } else {
-        let start = buf.len();
-        buf.reserve(20);
-        while n > 0 {
-            buf.push(b'0' + (n % 10) as u8);
-            n /= 10;
-        }
-        buf[start..].reverse();
+        large_uint(buf, n);
     }
+}
+
+/// `n` (at least 1000) in decimal: two digits at a time into a scratch array, from the end.
+#[inline(never)]
+fn large_uint(buf: &mut Vec<u8>, mut n: u64) {
+    let mut t = [0u8; 20];
+    let mut at = t.len();
+    while n >= 100 {
+        at -= 2;
+        t[at..at + 2].copy_from_slice(&pair((n % 100) as u32));
+        n /= 100;
+    }
+    if n >= 10 {
+        at -= 2;
+        t[at..at + 2].copy_from_slice(&pair(n as u32));
+    } else {
+        at -= 1;
+        t[at] = b'0' + n as u8;
+    }
+    buf.extend_from_slice(&t[at..]);
 }
 
 /// `d` in milliseconds with three decimals (whole microseconds), from integers: float
 /// formatting is the dearest way to write a number.
+#[inline(always)]
 pub(super) fn millis(buf: &mut Vec<u8>, d: Duration) {
-    let micros = d.as_micros() as u64;
+    // Beyond u64 microseconds (584,000 years): the most it can say.
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
     uint(buf, micros / 1000);
     buf.push(b'.');
     three_digits(buf, (micros % 1000) as u32);
@@ -301,12 +339,34 @@ mod pieces_tests {
         assert_eq!(ms(Duration::from_nanos(1_234_567)), "1.234");
         assert_eq!(ms(Duration::from_micros(999)), "0.999");
         assert_eq!(ms(Duration::from_secs(61)), "61000.000");
+        assert_eq!(ms(Duration::new(12_345, 678_901_234)), "12345678.901");
+        assert_eq!(ms(Duration::MAX), "18446744073709551.615");
     }
 
     #[test]
     fn integers_are_decimal() {
-        for n in [0, 7, 10, 99, 100, 65_535, 1_234_567_890, u64::MAX] {
+        let mut some = vec![
+            0,
+            7,
+            10,
+            99,
+            100,
+            65_535,
+            1_234_567_890,
+            u64::MAX,
+            u64::MAX - 1,
+        ];
+        // Every power of ten and its neighbours: where the digit count changes.
+        for k in 0..20 {
+            let p = 10u64.pow(k);
+            some.extend([p - 1, p, p + 1]);
+        }
+        some.extend((0..2_000).chain([10_009, 100_010, 99_999_999_999]));
+        for n in some {
             assert_eq!(text(|b| super::uint(b, n)), n.to_string());
+        }
+        for v in 0..1000 {
+            assert_eq!(text(|b| super::three_digits(b, v)), format!("{v:03}"));
         }
     }
 

@@ -93,7 +93,8 @@ fn text(e: &Entry, started: Instant, duration: Duration, bytes_in: u64) -> Strin
     let mut buf = Vec::new();
     let mut wall = Wall::new(NOW, started);
     let draft = e.0.as_ref().expect("a draft");
-    draft.render(&mut buf, &mut wall, duration, bytes_in);
+    let listener = &draft.sink.as_ref().expect("a sink").listener;
+    draft.render(&mut buf, &mut wall, listener, duration, bytes_in);
     assert_eq!(buf.last(), Some(&b'\n'), "one line");
     assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
     String::from_utf8(buf).expect("utf-8")

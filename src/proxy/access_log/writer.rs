@@ -177,18 +177,17 @@ impl Sink {
         self.lanes.lanes.len()
     }
 
-    /// Appends one line with `line` to the calling thread's lane, unless the lane is full (or
-    /// the writer has ended): then the line is dropped and counted. Never waits for the
-    /// writer beyond its swap of the lane's buffer.
+    /// Appends one line with `line` to lane `lane` (the one of the thread that started it;
+    /// taken modulo the lane count), unless the lane is full (or the writer has ended): then
+    /// the line is dropped and counted. Never waits for the writer beyond its swap of the
+    /// lane's buffer.
     ///
     /// `line` is given the instant the line is finished, read under the lane's lock: that is
     /// what orders it among the other lanes' lines.
-    pub(super) fn push(&self, line: impl FnOnce(&mut Vec<u8>, &mut Wall, Instant)) {
+    pub(super) fn push(&self, lane: usize, line: impl FnOnce(&mut Vec<u8>, &mut Wall, Instant)) {
         let lanes = &self.lanes;
         // A power of two lanes: a mask, not a division.
-        let mut lane = lanes.lanes[lane_number() & (lanes.lanes.len() - 1)]
-            .0
-            .lock();
+        let mut lane = lanes.lanes[lane & (lanes.lanes.len() - 1)].0.lock();
         if lane.closed || lane.lines.buf.len() >= lanes.cap {
             drop(lane);
             self.dropped.inc();
