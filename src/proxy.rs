@@ -25,6 +25,7 @@ pub mod pool;
 pub mod respond;
 pub mod route;
 pub mod shared;
+pub mod spare;
 pub mod stack;
 pub mod tee;
 pub mod tunnel;

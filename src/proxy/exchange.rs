@@ -29,6 +29,7 @@ use super::ctx::RequestCtx;
 use super::forward;
 use super::pool::SendError;
 use super::respond::answer;
+use super::spare;
 use super::upstream::Endpoint;
 use crate::config::file;
 use crate::error::Reason;
@@ -53,20 +54,22 @@ pub(super) struct Tried {
 /// Steps 5–8 for one request that has passed the route's admission policies.
 pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<Body> {
     forward::prepare_request(&mut req, ctx.peer);
-    let (mut parts, incoming) = req.into_parts();
+    let (parts, incoming) = req.into_parts();
+    let mut spent = Spent(parts);
+    let parts = &mut spent.0;
     // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.
     if http_body::Body::is_end_stream(&incoming) {
         let retry = ctx.route.policy.retry.as_ref();
         return match retry.filter(|_| is_idempotent(&parts.method, &parts.headers)) {
             Some(r) => {
                 r.budget.deposit();
-                retry_loop(ctx, r, &mut parts, Bytes::new(), None).await
+                retry_loop(ctx, r, parts, Bytes::new(), None).await
             }
             None => {
                 if let Some(r) = retry {
                     r.budget.deposit();
                 }
-                try_once(ctx, &mut parts, Body::Empty, None, None).await.rsp
+                try_once(ctx, parts, Body::Empty, None, None).await.rsp
             }
         };
     }
@@ -79,7 +82,7 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<B
             if let Some(r) = other {
                 r.budget.deposit();
             }
-            return try_once(ctx, &mut parts, Body::Client(body), None, Some(&fault))
+            return try_once(ctx, parts, Body::Client(body), None, Some(&fault))
                 .await
                 .rsp;
         }
@@ -92,16 +95,22 @@ pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<B
         None => body.buffer(retry.cfg.buffer.0 as usize).await,
     };
     match buffered {
-        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, &mut parts, b, Some(&fault)).await,
-        Ok(Buffered::Streaming(body)) => {
-            try_once(ctx, &mut parts, body, None, Some(&fault))
-                .await
-                .rsp
-        }
+        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, parts, b, Some(&fault)).await,
+        Ok(Buffered::Streaming(body)) => try_once(ctx, parts, body, None, Some(&fault)).await.rsp,
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
             client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled))
         }
+    }
+}
+
+/// The request's head while its tries run. When the request is done with it, its header map,
+/// emptied, is kept for the next answer read on this thread (`spare`).
+struct Spent(Parts);
+
+impl Drop for Spent {
+    fn drop(&mut self) {
+        spare::keep(std::mem::take(&mut self.0.headers));
     }
 }
 

@@ -309,7 +309,7 @@ fn finish_head(
     head_request: bool,
     names: &mut Names,
 ) -> Result<Head, Malformed> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = crate::proxy::spare::map(spans.len());
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None; // Some(last coding is chunked)
     let mut close = false;
