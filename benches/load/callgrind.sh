@@ -11,6 +11,7 @@
 # Settings (environment), defaults in brackets:
 #   CG_SMALL [500] CG_LARGE [2500]   request counts of the two runs
 #   CG_CONNS [1]                     keep-alive connections the requests are spread over
+#   CG_LOG [1]                       1: count rampart with its access log on too (rampart-log)
 #   RAMPART_BIN [cargo build --release]   RAMPART_BASE_BIN [unset]: a second build, counted alike
 #   BASE_PORT [18760]                ports from here up on 127.0.0.1
 #   OUT [target/bench-callgrind]     callgrind.tsv goes here (full.sh passes its own OUT)
@@ -19,6 +20,7 @@ set -euo pipefail
 CG_SMALL=${CG_SMALL:-500}
 CG_LARGE=${CG_LARGE:-2500}
 CG_CONNS=${CG_CONNS:-1}
+CG_LOG=${CG_LOG:-1}
 BASE_PORT=${BASE_PORT:-18760}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -61,11 +63,13 @@ count() {
     take_port
     listen=127.0.0.1:$port
     case $target in
-        rampart | rampart-base)
+        rampart | rampart-base | rampart-log)
             [[ $target == rampart-base ]] && bin=$RAMPART_BASE_BIN
             take_port
             admin_port=127.0.0.1:$port
             render_tmpl "$here/rampart.yaml" "$dir/rampart.yaml" "$dir" "$listen" "$admin_port" 1
+            [[ $target == rampart-log ]] &&
+                sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $dir/access.jsonl }|" "$dir/rampart.yaml"
             start "$name" env RAMPART_WORKERS=1 RUST_LOG=warn "${vg[@]}" \
                 --callgrind-out-file="$dir/callgrind.out" \
                 "$bin" run --config "$dir/rampart.yaml" --log-format text
@@ -93,6 +97,7 @@ count() {
 
 targets=(rampart)
 [[ -n ${RAMPART_BASE_BIN:-} ]] && targets+=(rampart-base)
+[[ $CG_LOG == 1 ]] && targets+=(rampart-log)
 targets+=(nginx haproxy)
 
 mkdir -p "$OUT"

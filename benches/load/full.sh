@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole comparison of issue 22 in one run: rampart next to nginx and HAProxy with one and
 # with two workers each, rampart with the full policy, memory (idle, peak, per idle
-# connection), CPU per request, and instructions per request under callgrind (callgrind.sh).
+# connection), CPU per request, rampart with its access log on against off (issue 25), and
+# instructions per request under callgrind (callgrind.sh).
 # Raw figures go to OUT (default target/bench-full); results.py turns them into
 # benches/RESULTS.md. See benches/load/README.md ("The full comparison").
 #
@@ -10,6 +11,8 @@
 #   CONNS_LIST ["16 128"]        wrk connection counts, each measured in every round
 #   WORKERS_LIST ["1 2"]         worker counts: RAMPART_WORKERS, nginx worker_processes, HAProxy nbthread
 #   POLICY_WORKERS ["1"]         worker counts at which rampart with the full policy is measured
+#   LOG_WORKERS ["1"]            worker counts at which rampart with its access log on (every line,
+#                                to a file) is measured against the same build with it off
 #   TENANTS [10000]              tenant ids rotated by tenants.lua
 #   IDLE_CONNS [2000]            idle keep-alive connections opened to each proxy (0: skip)
 #   DIRECT [1]                   1: wrk straight to the upstream too (the ceiling), first worker count only
@@ -28,6 +31,7 @@ THREADS=${THREADS:-1}
 CONNS_LIST=${CONNS_LIST:-16 128}
 WORKERS_LIST=${WORKERS_LIST:-1 2}
 POLICY_WORKERS=${POLICY_WORKERS:-1}
+LOG_WORKERS=${LOG_WORKERS:-1}
 TENANTS=${TENANTS:-10000}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 DIRECT=${DIRECT:-1}
@@ -39,7 +43,7 @@ repo=$(cd "$here/../.." && pwd)
 OUT=${OUT:-$repo/target/bench-full}
 RESULTS_MD=${RESULTS_MD:-$repo/benches/RESULTS.md}
 started=$(date +%s)
-command_line="$(env | grep -E '^(ROUNDS|DURATION|WARMUP|THREADS|CONNS_LIST|WORKERS_LIST|POLICY_WORKERS|TENANTS|IDLE_CONNS|DIRECT|CALLGRIND|CG_SMALL|CG_LARGE|RAMPART_BIN|RAMPART_BASE_BIN|UPSTREAM_WORKERS|BASE_PORT)=' | sort | tr '\n' ' ')bash benches/load/full.sh"
+command_line="$(env | grep -E '^(ROUNDS|DURATION|WARMUP|THREADS|CONNS_LIST|WORKERS_LIST|POLICY_WORKERS|LOG_WORKERS|TENANTS|IDLE_CONNS|DIRECT|CALLGRIND|CG_SMALL|CG_LARGE|RAMPART_BIN|RAMPART_BASE_BIN|UPSTREAM_WORKERS|BASE_PORT)=' | sort | tr '\n' ' ')bash benches/load/full.sh"
 
 LOG_TAG=full
 # shellcheck source=lib.sh source-path=SCRIPTDIR
@@ -62,7 +66,7 @@ nginx_bin=$(command -v nginx)
 haproxy_bin=$(command -v haproxy)
 
 mkdir -p "$OUT"
-rm -f "$OUT"/{meta.txt,wrk.tsv,mem.tsv,idle.tsv,policy.tsv,callgrind.tsv}
+rm -f "$OUT"/{meta.txt,wrk.tsv,mem.tsv,idle.tsv,policy.tsv,log.tsv,callgrind.tsv}
 clk_tck=$(getconf CLK_TCK)
 {
     echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
@@ -85,6 +89,7 @@ clk_tck=$(getconf CLK_TCK)
     echo "conns_list=$CONNS_LIST"
     echo "workers_list=$WORKERS_LIST"
     echo "policy_workers=$POLICY_WORKERS"
+    echo "log_workers=$LOG_WORKERS"
     echo "tenants=$TENANTS"
     echo "idle_conns=$IDLE_CONNS"
     echo "clk_tck=$clk_tck"
@@ -113,13 +118,16 @@ start_proxy() {
     take_port
     listen=127.0.0.1:$port
     case $kind in
-        rampart | rampart-base | rampart-policy)
+        rampart | rampart-base | rampart-policy | rampart-log)
             [[ $kind == rampart-base ]] && bin=$RAMPART_BASE_BIN
             [[ $kind == rampart-policy ]] && tmpl="rampart-policy.yaml"
             admin_port=$listen
             take_port
             admin_port=127.0.0.1:$port
             render_tmpl "$here/$tmpl" "$dir/rampart.yaml" "$dir" "$listen" "$admin_port" "$w"
+            # The access log's cost: every request's line, to a file.
+            [[ $kind == rampart-log ]] &&
+                sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $dir/access.jsonl }|" "$dir/rampart.yaml"
             "$bin" validate --config "$dir/rampart.yaml" >"$dir/validate.log" 2>&1 ||
                 die "$name: rampart refused its config: $(cat "$dir/validate.log")"
             grep -q ' 0 warning(s)' "$dir/validate.log" ||
@@ -190,6 +198,7 @@ sum_metric() { awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {pr
 echo -e "target\tworkers\tidle_rss_kib\tpeak_rss_kib" >"$OUT/mem.tsv"
 echo -e "target\tworkers\tconns\tbefore_kib\tafter_kib\talive" >"$OUT/idle.tsv"
 echo -e "target\tworkers\ttenants_tracked\trate_limited\tshed" >"$OUT/policy.tsv"
+echo -e "target\tworkers\trequests\tlines\tdropped" >"$OUT/log.tsv"
 lua_args=(-s "$here/tenants.lua")
 
 first_w=${WORKERS_LIST%% *}
@@ -199,6 +208,8 @@ for w in $WORKERS_LIST; do
     kinds+=(nginx haproxy)
     with_policy=0
     [[ " $POLICY_WORKERS " == *" $w "* ]] && with_policy=1 && kinds+=(rampart-policy)
+    with_log=0
+    [[ " $LOG_WORKERS " == *" $w "* ]] && with_log=1 && kinds+=(rampart-log)
     names=()
     declare -A idle_rss=()
     for k in "${kinds[@]}"; do
@@ -210,7 +221,7 @@ for w in $WORKERS_LIST; do
     for n in "${names[@]}"; do idle_rss[$n]=$(status_kib VmRSS "${pid_of[$n]}"); done
 
     plain=()
-    for n in "${names[@]}"; do [[ $n == rampart-policy@* ]] || plain+=("$n"); done
+    for n in "${names[@]}"; do [[ $n == rampart-policy@* || $n == rampart-log@* ]] || plain+=("$n"); done
     [[ $DIRECT == 1 && $w == "$first_w" ]] && plain+=(direct)
 
     log "workers $w: warm-up $WARMUP per target and connection count"
@@ -251,6 +262,29 @@ for w in $WORKERS_LIST; do
         metrics=$(curl -fsS --max-time 5 "http://${admin[rampart-policy@$w]}/metrics" || true)
         printf 'rampart-policy\t%s\t%s\t%s\t%s\n' "$w" "$(sum_metric rampart_tenants_tracked)" \
             "$(sum_metric rampart_rate_limited_total)" "$(sum_metric rampart_shed_total)" >>"$OUT/policy.tsv"
+    fi
+
+    if ((with_log)); then
+        # The same build with its access log on and off, interleaved. Every run is followed by
+        # `sync` (both targets alike), so the log's dirty pages are written back before the
+        # next run instead of during it, where they would be charged to whichever target runs
+        # next.
+        log "workers $w: access log on and off, $ROUNDS rounds"
+        sync
+        for ((r = 1; r <= ROUNDS; r++)); do
+            for c in $CONNS_LIST; do
+                while read -r n; do
+                    measure log "$w" "$n" "$c" "$r"
+                    sync
+                done < <(rotate "$r" "rampart@$w" "rampart-log@$w")
+            done
+        done
+        # Every request the log target served must be in its file (or counted as dropped).
+        metrics=$(curl -fsS --max-time 5 "http://${admin[rampart-log@$w]}/metrics" || true)
+        sleep 0.5
+        printf 'rampart-log\t%s\t%s\t%s\t%s\n' "$w" "$(sum_metric rampart_requests_total)" \
+            "$(wc -l <"$work/rampart-log@$w/access.jsonl")" \
+            "$(sum_metric rampart_access_log_dropped_total)" >>"$OUT/log.tsv"
     fi
 
     # Peak memory: the high-water mark after all the load (16 and 128 connections), read

@@ -3,9 +3,10 @@
 
   python3 benches/load/results.py OUT_DIR > benches/RESULTS.md
 
-OUT_DIR holds meta.txt, wrk.tsv, mem.tsv, idle.tsv, policy.tsv and callgrind.tsv as full.sh
-(and callgrind.sh) wrote them. RESULTS_TITLE in the environment, when set, heads the report
-(e.g. to mark a smoke run). Every goal of issue 22 is marked met or not met with its figure.
+OUT_DIR holds meta.txt, wrk.tsv, mem.tsv, idle.tsv, policy.tsv, log.tsv and callgrind.tsv as
+full.sh (and callgrind.sh) wrote them. RESULTS_TITLE in the environment, when set, heads the
+report (e.g. to mark a smoke run). Every goal of issue 22, and the access log's cost goal of
+issue 25, is marked met or not met with its figure.
 """
 
 import csv
@@ -84,7 +85,7 @@ class Runs:
         }
 
     def targets(self, scen, w):
-        order = ["rampart", "rampart-base", "rampart-policy", "nginx", "haproxy", "direct"]
+        order = ["rampart", "rampart-base", "rampart-policy", "rampart-log", "nginx", "haproxy", "direct"]
         present = {k[2] for k in self.groups if k[0] == scen and k[1] == w}
         return [t for t in order if t in present] + sorted(present - set(order))
 
@@ -106,6 +107,7 @@ def main():
     mem = read_tsv(os.path.join(out, "mem.tsv"))
     idle = read_tsv(os.path.join(out, "idle.tsv"))
     policy = read_tsv(os.path.join(out, "policy.tsv"))
+    logged = read_tsv(os.path.join(out, "log.tsv"))
     cg = read_tsv(os.path.join(out, "callgrind.tsv"))
     goals = []  # (goal, figure, ok)
     p = []
@@ -291,6 +293,54 @@ def main():
                 clean and r is not None and r >= 0.9,
             ))
 
+    # --- access log ----------------------------------------------------------------------
+    for w in runs.workers("log"):
+        p.append(f"## Access log on and off, {w} worker{'s' if w > 1 else ''} (issue 25)")
+        p.append("")
+        p.append(
+            "`rampart-log` is the same build as `rampart` with `access_log: { to: FILE }` on its "
+            "listener: one JSON line per request, every request (`sample_ok` 100 %). The two are "
+            "measured in interleaved rounds, each run followed by `sync` so the log's writeback "
+            "is not charged to the next run."
+        )
+        p.append("")
+        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
+        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for c in runs.conns("log"):
+            for t in runs.targets("log", w):
+                m = runs.get("log", w, t, c)
+                if m is None:
+                    continue
+                err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
+                p.append(
+                    f"| {t} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                    f"{fmt(m['cpu_us'], 1)} | {err} |"
+                )
+        p.append("")
+        complete = None
+        for row in logged:
+            if int(row["workers"]) == w:
+                reqs, lines, dropped = int(row["requests"]), int(row["lines"]), int(row["dropped"])
+                complete = lines + dropped == reqs
+                p.append(
+                    f"rampart-log answered {reqs:,} requests in all (`rampart_requests_total`); its "
+                    f"file holds {lines:,} lines and {dropped:,} were dropped "
+                    f"(`rampart_access_log_dropped_total`)."
+                )
+                p.append("")
+        for c in runs.conns("log"):
+            on, off = runs.get("log", w, "rampart-log", c), runs.get("log", w, "rampart", c)
+            if on is None or off is None:
+                continue
+            r = ratio(on["rps"], off["rps"])
+            clean = on["errors"] == 0 and off["errors"] == 0
+            lines_ok = "" if complete else "; lines missing"
+            goals.append((
+                f"access log on, {w} worker(s), {c} conns: req/s ≥ 0.95 × log off (issue 25)",
+                f"{fmt(on['rps'])} vs {fmt(off['rps'])} ({fmt(r, 2)}×), errors {on['errors']}{lines_ok}",
+                clean and bool(complete) and r is not None and r >= 0.95,
+            ))
+
     # --- memory --------------------------------------------------------------------------
     if mem:
         p.append("## Memory")
@@ -346,9 +396,18 @@ def main():
             rr = ratio(ir.get("rampart"), ir[t])
             p.append(f"| {t} | {fmt(ir[t])} | {fmt(rr, 2)} |")
         p.append("")
+        if "rampart-log" in ir and "rampart" in ir:
+            extra = ir["rampart-log"] - ir["rampart"]
+            p.append(
+                f"`rampart-log` is rampart with its access log on (every line, to a file): the log "
+                f"costs {fmt(extra)} instructions per request, {extra / ir['rampart'] * 100:.1f} % of "
+                "rampart's plain path. (With one worker, part of it is the C library's: once the log's "
+                "writer thread exists, every socket call takes glibc's multi-threaded path.)"
+            )
+            p.append("")
 
     # --- goals ---------------------------------------------------------------------------
-    p.append("## Goals of issue 22")
+    p.append("## Goals (issue 22; the access log's, issue 25)")
     p.append("")
     if title:
         p.append(f"_{title}: the marks below are not the result._")
