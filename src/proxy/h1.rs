@@ -104,10 +104,15 @@ where
     let mut stop = pin!(stopped.changed());
     let mut listening = false;
     let mut stopping = false;
-    // One timer for every wait: made on the first, re-armed when a wait for a new head starts.
+    // One timer for every wait, made on the first. Each wait for a new head has its own end
+    // (`due`), later than the one before; the timer is not moved to it on every request (a
+    // reset takes the timer wheel's lock and moves the entry). While it is armed for no later
+    // than `due` it is left alone: when it fires before `due`, it is re-armed for `due` then.
+    // So a busy connection re-arms it about once per `wait_limit`, not once per request.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut timing = false;
     let mut first = Some(Instant::now() + first_head);
+    let mut due = Instant::now();
     loop {
         if !buf.is_empty() {
             match parse::parse(&buf, max_head, &mut reuse) {
@@ -168,21 +173,27 @@ where
             if probe.has_changed().unwrap_or(true) {
                 return Poll::Ready(Wake::Graceful);
             }
-            // The timer is polled once per wait (that leaves the task's waker with it); a
-            // later wake-up in the same wait only looks whether it fired.
-            let fired = if timing {
-                timer.as_ref().is_some_and(|t| t.is_elapsed())
-            } else {
+            // The timer is polled after each time it is armed (that leaves the task's waker
+            // with it, and it stays there until it fires); otherwise a wake-up only looks
+            // whether it fired, and whether the wait's end has come.
+            if !timing {
                 timing = true;
-                let at = first.unwrap_or_else(|| Instant::now() + wait_limit);
-                let t = match timer.as_mut() {
-                    Some(t) => {
-                        t.as_mut().reset(at);
-                        t
-                    }
-                    None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
-                };
-                t.as_mut().poll(cx).is_ready()
+                due = first.unwrap_or_else(|| Instant::now() + wait_limit);
+            }
+            let fired = match timer.as_mut() {
+                None => timer
+                    .insert(Box::pin(tokio::time::sleep_until(due)))
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready(),
+                // Armed, and it will wake the task by `due`.
+                Some(t) if !t.is_elapsed() && t.deadline() <= due => false,
+                Some(t) if t.is_elapsed() && Instant::now() >= due => true,
+                // Fired early (armed for an earlier wait), or armed for later than `due`.
+                Some(t) => {
+                    t.as_mut().reset(due);
+                    t.as_mut().poll(cx).is_ready()
+                }
             };
             match fired {
                 false => Poll::Pending,

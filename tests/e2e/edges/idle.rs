@@ -78,6 +78,62 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert_closed_about_1s(&rsp, "idle keep-alive connection");
 }
 
+/// The idle timer is armed once and moved on only when it fires (not on every request): a
+/// connection whose requests come more often than the idle timeout must outlive the timer's
+/// first firing, and must still be closed one idle timeout after its last answer.
+#[tokio::test]
+async fn a_busy_connection_outlives_the_idle_timeout_and_closes_one_after_its_last_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let mut tcp = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    let started = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    // Five requests 400 ms apart: 1.6 s on one connection, past the timer's first end (1 s).
+    for i in 0..5u32 {
+        tokio::time::sleep_until(started + Duration::from_millis(400) * i).await;
+        tcp.write_all(b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("request {i} at {:?}: {e}", started.elapsed()));
+        let before = got.len();
+        let mut buf = [0u8; 4096];
+        // Each answer ends in its 2-byte body `ok`.
+        while !got[before..].ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed before answer {i}, {:?} in",
+                started.elapsed()
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let last = tokio::time::Instant::now();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 5, "{text}");
+    assert_eq!(app.hits(), 5);
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(6), tcp.read(&mut buf))
+        .await
+        .expect("closed within 6 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing more, then the close");
+    let quiet = last.elapsed();
+    assert!(
+        quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(3),
+        "closed about 1 s after the last answer, took {quiet:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_do_not_lock_out_a_real_client() {
     let app = Capture::start(OK).await;
