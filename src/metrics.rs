@@ -500,6 +500,20 @@ impl RouteMetrics {
             .or_insert(t)
             .clone()
     }
+
+    /// The handles of `tenant`'s requests on this route, its label given by `labels`.
+    ///
+    /// Looked up by the id itself first: the map is keyed by label, a tenant's label is its own
+    /// id unless it is folded, and a label once given stays (`Labels`). So the usual request
+    /// hashes its id once and never touches the label map; a folded tenant's id is not a key
+    /// (ids are never empty, and `_other` as an id has `_other` as its label either way), so it
+    /// goes through `labels` to `_other`.
+    pub fn tenant_of(&self, tenant: &str, labels: &crate::tenant::Labels) -> Arc<TenantMetrics> {
+        if let Some(t) = self.by_tenant.get(tenant) {
+            return t.clone();
+        }
+        self.tenant(&labels.label(tenant))
+    }
 }
 
 // === impl TenantMetrics ===
@@ -648,6 +662,27 @@ mod tests {
             assert_eq!(common_slot(*code), Some(i), "{code}");
         }
         assert_eq!(common_slot(418), None);
+    }
+
+    #[test]
+    fn a_tenant_found_by_its_id_has_the_handles_its_label_gives() {
+        let m = Metrics::register();
+        let (lst, route, up) = (Arc::from("inbound"), Arc::from("api"), Arc::from("app"));
+        let rm = m.route(&lst, &route, &up);
+        let labels = crate::tenant::Labels::new(2);
+        labels.pin(["vip"]);
+        // Under the cap, pinned, folded past the cap, and an id that reads like the fold.
+        for id in ["a", "b", "vip", "c", "d", "_other", "a", "vip", "c"] {
+            let by_id = rm.tenant_of(id, &labels);
+            let by_label = rm.tenant(&labels.label(id));
+            assert!(Arc::ptr_eq(&by_id, &by_label), "{id}");
+        }
+        let folded = rm.tenant_of("c", &labels);
+        assert_eq!(&*folded.labels[2], crate::tenant::OTHER_LABEL);
+        assert!(Arc::ptr_eq(&folded, &rm.tenant_of("d", &labels)));
+        assert_eq!(&*rm.tenant_of("vip", &labels).labels[2], "vip");
+        // One entry per label: a, b, vip and the fold; folded ids add none.
+        assert_eq!(rm.by_tenant.len(), 4);
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub async fn handle(
     };
     // The id as text, checked once (a header's bytes are checked on every `as_str`).
     let id = tenant.as_str();
-    let tm = route.metrics.tenant(&shared.labels.label(id));
+    let tm = route.metrics.tenant_of(id, &shared.labels);
     fin.tenant = Some(tenant.clone());
 
     // 3. Rate limit: refused requests consume from no limit and never reach the upstream.
