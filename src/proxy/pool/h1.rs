@@ -381,19 +381,28 @@ fn finish_head(
 
 /// A `content-length` value: digits, or a comma-separated list of equal ones.
 fn parse_length_list(raw: &[u8]) -> Option<u64> {
+    // The usual value, digits alone, without the list's splitting and trimming.
+    if !raw.is_empty() && raw.len() <= 19 && raw.iter().all(u8::is_ascii_digit) {
+        return Some(digits(raw));
+    }
     let mut found: Option<u64> = None;
     for part in raw.split(|&b| b == b',') {
         let part = trim(part);
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = digits(part);
         if found.is_some_and(|f| f != n) {
             return None;
         }
         found = Some(n);
     }
     found
+}
+
+/// The number of at most 19 decimal digits (which cannot overflow a `u64`).
+fn digits(d: &[u8]) -> u64 {
+    d.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
 }
 
 fn trim(s: &[u8]) -> &[u8] {

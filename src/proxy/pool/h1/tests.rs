@@ -580,3 +580,30 @@ fn names_kept_from_the_last_answer_are_reused_only_where_they_match() {
     assert_eq!(fourth.0[0].0, "x-other2");
     assert_eq!(fourth.0[1].0, "x-samplf");
 }
+
+#[test]
+fn content_length_values_are_digits_or_a_list_of_equal_ones() {
+    for (raw, want) in [
+        ("0", Some(0)),
+        ("42", Some(42)),
+        ("007", Some(7)),
+        ("1234567890123456789", Some(1_234_567_890_123_456_789)),
+        ("5, 5", Some(5)),
+        ("5,5,5", Some(5)),
+        (" 5 ", Some(5)),
+        ("5\t,\t5", Some(5)),
+        // Twenty digits could overflow: refused, as is anything but digits.
+        ("12345678901234567890", None),
+        ("", None),
+        (",", None),
+        ("5,", None),
+        ("5,6", None),
+        ("+5", None),
+        ("-1", None),
+        ("1a", None),
+        ("0x10", None),
+        ("5 5", None),
+    ] {
+        assert_eq!(parse_length_list(raw.as_bytes()), want, "{raw:?}");
+    }
+}
