@@ -5,8 +5,10 @@
 //! wrote (`h1::parse::Reuse`). The request's own map was dropped once its last try ended, and
 //! the upstream side built a new map for the next answer: two allocations and two frees per
 //! request, and a map's entries are too large for the C library's per-thread cache, so each
-//! of those frees took its slow path (about 260 instructions per request in all, callgrind).
+//! of those frees took its slow path (about 250 instructions per request in all, callgrind).
 //! Now the request's map, emptied, waits here for the next answer read on the same thread.
+//! Emptying it costs about 100 of those back (`clear` resets every slot of its index), so the
+//! request path is about 100 instructions cheaper, with no allocation left to it.
 //!
 //! A map is emptied with `clear`, which keeps its capacity. A map that grew beyond
 //! [`KEEP_CAPACITY`] (a client that sent a hundred headers) is freed rather than kept, and at
