@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use super::{free_addr, http};
+use super::http;
 
 /// How long a proxy may take to answer `/readyz` 200 after spawn.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -92,9 +92,16 @@ impl ProxyBuilder {
 
     /// Renders the template into a temp file without starting anything.
     pub fn render(&self) -> Rendered {
-        let admin = free_addr();
+        // The admin port stays bound while the listeners' ports are picked, so the kernel
+        // cannot hand the same free port out twice for one file.
+        let held =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 must work");
+        let admin = held
+            .local_addr()
+            .expect("a bound socket must have an address");
         let mut listeners = BTreeMap::new();
         let text = render(&self.template, &self.vars, admin, &mut listeners);
+        drop(held);
         let dir = tempfile::tempdir().expect("a temp dir must be creatable");
         let path = dir.path().join("rampart.yaml");
         std::fs::write(&path, &text).expect("the policy file must be writable");
@@ -336,6 +343,16 @@ fn render(
         text = text.replace(k.as_str(), v);
     }
     const MARK: &str = "$LISTEN_";
+    // Each new port stays bound until the whole file is rendered: ports picked one after
+    // another and released at once can come back equal (seen: a listener given the admin
+    // port), and rampart refuses such a file.
+    let mut held = Vec::new();
+    let mut pick = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 must work");
+        let addr = l.local_addr().expect("a bound socket must have an address");
+        held.push(l);
+        addr
+    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
     while let Some(at) = rest.find(MARK) {
@@ -345,7 +362,7 @@ fn render(
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
         let name = &tail[..end];
-        let addr = *listeners.entry(name.to_owned()).or_insert_with(free_addr);
+        let addr = *listeners.entry(name.to_owned()).or_insert_with(&mut pick);
         out.push_str(&addr.to_string());
         rest = &tail[end..];
     }
