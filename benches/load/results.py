@@ -96,6 +96,23 @@ class Runs:
         return sorted({k[3] for k in self.groups if k[0] == scen})
 
 
+def run_table(p, runs, scen, w, label=lambda t: t):
+    """Appends the table of every target's figures in scenario `scen` at `w` workers."""
+    p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
+    p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c in runs.conns(scen):
+        for t in runs.targets(scen, w):
+            m = runs.get(scen, w, t, c)
+            if m is None:
+                continue
+            err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
+            p.append(
+                f"| {label(t)} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                f"{fmt(m['cpu_us'], 1)} | {err} |"
+            )
+    p.append("")
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -182,20 +199,10 @@ def main():
             "`GET /` answered 200 `ok` by the upstream."
         )
         p.append("")
-        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
-        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for c in runs.conns("plain"):
-            for t in runs.targets("plain", w):
-                m = runs.get("plain", w, t, c)
-                if m is None:
-                    continue
-                label = "direct (upstream alone; CPU = upstream's)" if t == "direct" else t
-                err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
-                p.append(
-                    f"| {label} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
-                    f"{fmt(m['cpu_us'], 1)} | {err} |"
-                )
-        p.append("")
+        run_table(
+            p, runs, "plain", w,
+            lambda t: "direct (upstream alone; CPU = upstream's)" if t == "direct" else t,
+        )
         p.append("| rampart vs best other | conns | req/s ratio (≥ 1) | CPU ratio (≤ 0.9) | p99 ratio (≤ 1) |")
         p.append("| --- | ---: | ---: | ---: | ---: |")
         for c in runs.conns("plain"):
@@ -259,19 +266,7 @@ def main():
             "wrk script."
         )
         p.append("")
-        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
-        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for c in runs.conns("policy"):
-            for t in runs.targets("policy", w):
-                m = runs.get("policy", w, t, c)
-                if m is None:
-                    continue
-                err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
-                p.append(
-                    f"| {t} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
-                    f"{fmt(m['cpu_us'], 1)} | {err} |"
-                )
-        p.append("")
+        run_table(p, runs, "policy", w)
         for row in policy:
             if int(row["workers"]) == w:
                 p.append(
@@ -304,19 +299,7 @@ def main():
             "is not charged to the next run."
         )
         p.append("")
-        p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
-        p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for c in runs.conns("log"):
-            for t in runs.targets("log", w):
-                m = runs.get("log", w, t, c)
-                if m is None:
-                    continue
-                err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
-                p.append(
-                    f"| {t} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
-                    f"{fmt(m['cpu_us'], 1)} | {err} |"
-                )
-        p.append("")
+        run_table(p, runs, "log", w)
         complete = None
         for row in logged:
             if int(row["workers"]) == w:

@@ -63,14 +63,19 @@ async fn the_admin_port_closes_silent_connections_too() {
     assert_closed_about_1s(&rsp, "silent admin connection");
 }
 
+/// A proxy whose connections are closed after 1 s idle (the head timeout far beyond it).
+async fn idle_1s(app: &Capture) -> Proxy {
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let app = Capture::start(OK).await;
-    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
-    let proxy = Proxy::builder(&one_route(rt))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = idle_1s(&app).await;
     let req = b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n";
     let rsp = raw::exchange(proxy.listener("inbound"), req, Duration::from_secs(6)).await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
@@ -85,11 +90,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
 async fn a_busy_connection_outlives_the_idle_timeout_and_closes_one_after_its_last_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = Capture::start(OK).await;
-    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
-    let proxy = Proxy::builder(&one_route(rt))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = idle_1s(&app).await;
     let mut tcp = TcpStream::connect(proxy.listener("inbound"))
         .await
         .expect("connect");
@@ -191,11 +192,7 @@ async fn an_h2_connection_with_no_stream_is_closed() {
 async fn an_idle_h2_connection_is_closed_after_idle_timeout() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let app = Capture::start(OK).await;
-    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
-    let proxy = Proxy::builder(&one_route(rt))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = idle_1s(&app).await;
     let tcp = TcpStream::connect(proxy.listener("inbound"))
         .await
         .expect("connect");
