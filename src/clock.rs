@@ -12,6 +12,14 @@ use std::time::Duration;
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Nanoseconds since this clock's origin; never decreases.
     fn now_nanos(&self) -> u64;
+
+    /// This clock's reading at `t`, an instant the caller has just read: the request path
+    /// reads the time once and gives it to each policy rather than having each read it again.
+    /// A clock that is not the process's (a test's) ignores `t` and reads itself.
+    fn nanos_at(&self, t: tokio::time::Instant) -> u64 {
+        let _ = t;
+        self.now_nanos()
+    }
 }
 
 /// The process clock: tokio's monotonic `Instant`, counted from when the clock was made.
@@ -50,6 +58,10 @@ impl Clock for MonotonicClock {
     fn now_nanos(&self) -> u64 {
         // Offset by one second so that "zero" never means "now" for state initialised at 0.
         self.origin.elapsed().as_nanos() as u64 + 1_000_000_000
+    }
+
+    fn nanos_at(&self, t: tokio::time::Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_nanos() as u64 + 1_000_000_000
     }
 }
 
@@ -123,5 +135,40 @@ impl WallClock {
     /// The monotonic clock behind it.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Clock, ManualClock, MonotonicClock};
+
+    /// The process clock read at an instant is what reading it then gives: same origin, same
+    /// one-second offset, and later instants read later. (Paused tokio time: exact.)
+    #[tokio::test(start_paused = true)]
+    async fn the_process_clock_at_an_instant_is_its_reading_then() {
+        let clock = MonotonicClock::new();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(clock.nanos_at(t0), clock.now_nanos());
+        assert_eq!(clock.nanos_at(t0), 1_000_000_000);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let t1 = tokio::time::Instant::now();
+        assert_eq!(clock.nanos_at(t1), clock.now_nanos());
+        assert_eq!(clock.nanos_at(t1) - clock.nanos_at(t0), 1_500_000_000);
+        // An instant before the clock's origin reads as the origin, never wraps.
+        let before = t0 - Duration::from_secs(5);
+        assert_eq!(clock.nanos_at(before), 1_000_000_000);
+    }
+
+    /// A test's clock moves only when told to: the instant given is ignored.
+    #[tokio::test(start_paused = true)]
+    async fn a_manual_clock_ignores_the_instant_given() {
+        let clock = ManualClock::new();
+        let later = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert_eq!(clock.nanos_at(later), 1_000_000_000);
+        clock.advance(Duration::from_millis(7));
+        assert_eq!(clock.nanos_at(later), clock.now_nanos());
+        assert_eq!(clock.now_nanos(), 1_007_000_000);
     }
 }

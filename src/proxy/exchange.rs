@@ -194,7 +194,9 @@ pub(super) async fn try_once(
             }
         }
     };
-    let Some(ep) = up.pick(avoid) else {
+    // One reading of the time for the pick and the try's start.
+    let now = Instant::now();
+    let Some(ep) = up.pick(avoid, now) else {
         if let Some(p) = permit {
             p.record(Outcome::ConnectError, Duration::ZERO);
         }
@@ -206,7 +208,6 @@ pub(super) async fn try_once(
         };
     };
     let added_host = forward::ensure_host(&mut parts.headers, &ep);
-    let now = Instant::now();
     let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
         let limit = per_try_timeout(p, &up.latency);
         (now + limit, Bound::PerTry(limit))
@@ -385,7 +386,8 @@ impl<'a> TryRecord<'a> {
 impl Drop for TryRecord<'_> {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        let took = self.started.elapsed();
+        let ended = Instant::now();
+        let took = ended.saturating_duration_since(self.started);
         self.ctx.tries.ended(took);
         if let Some(p) = self.permit.take() {
             p.record(outcome, took);
@@ -403,12 +405,12 @@ impl Drop for TryRecord<'_> {
             };
             span.end(to, outcome, took);
         }
-        observe(self.ctx, self.ep, outcome, took);
+        observe(self.ctx, self.ep, outcome, took, ended);
     }
 }
 
-/// The outcome hook: tells every observer how one try ended.
-fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration) {
+/// The outcome hook: tells every observer how one try ended (at `ended`, after `took`).
+fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration, ended: Instant) {
     let up = &ctx.route.upstream;
     let code = match outcome {
         Outcome::Status(code) => code,
@@ -423,7 +425,7 @@ fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration
     };
     up.metrics.count(code);
     up.metrics.duration.observe(took);
-    up.try_ended(ep, outcome, took);
+    up.try_ended(ep, outcome, took, ended);
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.
         up.latency.record(took);

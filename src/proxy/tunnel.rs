@@ -84,24 +84,26 @@ async fn connect(
     permit: Option<BreakerPermit>,
 ) -> Result<TcpStream, Response<Body>> {
     let up = &route.upstream;
-    let Some(ep) = up.pick(None) else {
+    let started = Instant::now();
+    let Some(ep) = up.pick(None, started) else {
         if let Some(p) = permit {
             p.record(Outcome::ConnectError, Duration::ZERO);
         }
         let msg = format!("upstream {} has no healthy endpoint", up.name);
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
-    let (limit, started) = (up.cfg.connect_timeout.0, Instant::now());
+    let limit = up.cfg.connect_timeout.0;
     let result = tokio::time::timeout(limit, TcpStream::connect(ep.addr)).await;
     let outcome = match &result {
         Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
         _ => Outcome::ConnectError,
     };
-    let took = started.elapsed();
+    let ended = Instant::now();
+    let took = ended.saturating_duration_since(started);
     if let Some(p) = permit {
         p.record(outcome, took);
     }
-    up.try_ended(&ep, outcome, took);
+    up.try_ended(&ep, outcome, took, ended);
     let why = match result {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);

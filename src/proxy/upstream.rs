@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy::outcome::Outcome;
 use crate::policy::timeout::LatencyEstimator;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 /// One upstream of the config in force.
 #[derive(Debug)]
@@ -185,13 +186,14 @@ impl Upstream {
 
     /// Picks an available endpoint: the cheaper of two random ones (`balance: p2c`) or the
     /// next in turn. `avoid` (the endpoint a failed try used) and endpoints that recently
-    /// refused a connection are taken only when nothing else is left.
-    pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+    /// refused a connection are taken only when nothing else is left. `now`: the time the
+    /// caller read just before.
+    pub fn pick(&self, avoid: Option<SocketAddr>, now: Instant) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
         if eps.is_empty() {
             return None;
         }
-        let now = self.clock.now_nanos();
+        let now = self.clock.nanos_at(now);
         let shunned =
             |e: &Arc<Endpoint>| Some(e.addr) == avoid || e.hold_until.load(Ordering::Relaxed) > now;
         if self.cfg.balance == file::Balance::P2c {
@@ -218,9 +220,10 @@ impl Upstream {
     }
 
     /// Tells endpoint health how a try against `ep` ended: the latency EWMA, and outlier
-    /// ejection when configured (logged, and the endpoint's gauge set to 0).
-    pub fn try_ended(&self, ep: &Endpoint, outcome: Outcome, took: Duration) {
-        let now = self.clock.now_nanos();
+    /// ejection when configured (logged, and the endpoint's gauge set to 0). `ended`: when
+    /// the try ended, as the caller read it.
+    pub fn try_ended(&self, ep: &Endpoint, outcome: Outcome, took: Duration, ended: Instant) {
+        let now = self.clock.nanos_at(ended);
         let streak = ep.health.end(outcome, took, now);
         let Some(detector) = &self.outlier else {
             return;
