@@ -13,6 +13,8 @@
 #   POLICY_WORKERS ["1"]         worker counts at which rampart with the full policy is measured
 #   LOG_WORKERS ["1"]            worker counts at which rampart with its access log on (every line,
 #                                to a file) is measured against the same build with it off
+#   LOG_ROUNDS [8] LOG_DURATION [4s]   rounds and wrk run length of that comparison: more, shorter
+#                                pairs of runs, since its goal is the median of the rounds' ratios
 #   TENANTS [10000]              tenant ids rotated by tenants.lua
 #   IDLE_CONNS [2000]            idle keep-alive connections opened to each proxy (0: skip)
 #   DIRECT [1]                   1: wrk straight to the upstream too (the ceiling), first worker count only
@@ -32,6 +34,8 @@ CONNS_LIST=${CONNS_LIST:-16 128}
 WORKERS_LIST=${WORKERS_LIST:-1 2}
 POLICY_WORKERS=${POLICY_WORKERS:-1}
 LOG_WORKERS=${LOG_WORKERS:-1}
+LOG_ROUNDS=${LOG_ROUNDS:-8}
+LOG_DURATION=${LOG_DURATION:-4s}
 TENANTS=${TENANTS:-10000}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 DIRECT=${DIRECT:-1}
@@ -43,7 +47,7 @@ repo=$(cd "$here/../.." && pwd)
 OUT=${OUT:-$repo/target/bench-full}
 RESULTS_MD=${RESULTS_MD:-$repo/benches/RESULTS.md}
 started=$(date +%s)
-command_line="$(env | grep -E '^(ROUNDS|DURATION|WARMUP|THREADS|CONNS_LIST|WORKERS_LIST|POLICY_WORKERS|LOG_WORKERS|TENANTS|IDLE_CONNS|DIRECT|CALLGRIND|CG_SMALL|CG_LARGE|RAMPART_BIN|RAMPART_BASE_BIN|UPSTREAM_WORKERS|BASE_PORT)=' | sort | tr '\n' ' ')bash benches/load/full.sh"
+command_line="$(env | grep -E '^(ROUNDS|DURATION|WARMUP|THREADS|CONNS_LIST|WORKERS_LIST|POLICY_WORKERS|LOG_WORKERS|LOG_ROUNDS|LOG_DURATION|TENANTS|IDLE_CONNS|DIRECT|CALLGRIND|CG_SMALL|CG_LARGE|RAMPART_BIN|RAMPART_BASE_BIN|UPSTREAM_WORKERS|BASE_PORT)=' | sort | tr '\n' ' ')bash benches/load/full.sh"
 
 LOG_TAG=full
 # shellcheck source=lib.sh source-path=SCRIPTDIR
@@ -84,6 +88,8 @@ clk_tck=$(getconf CLK_TCK)
     echo "python=$(python3 --version 2>&1)"
     echo "rounds=$ROUNDS"
     echo "duration=$DURATION"
+    echo "log_rounds=$LOG_ROUNDS"
+    echo "log_duration=$LOG_DURATION"
     echo "warmup=$WARMUP"
     echo "threads=$THREADS"
     echo "conns_list=$CONNS_LIST"
@@ -151,7 +157,8 @@ start_proxy() {
 }
 
 # --- measuring -------------------------------------------------------------------------------
-# measure SCENARIO WORKERS NAME CONNS ROUND [WRK ARGS... URL ...] : one wrk run (by default
+# measure SCENARIO WORKERS NAME CONNS ROUND [WRK ARGS... URL ...] : one wrk run of DUR seconds
+# (default DURATION; set DUR for one call to change it) (by default
 # of the target's URL; else of the given wrk options, URL and script arguments); appends a row
 # to wrk.tsv: scenario workers target conns round rps p50_ms p99_ms errors requests cpu_ticks.
 # cpu_ticks: user+system time the target's processes (nginx: master and workers; direct: the
@@ -165,7 +172,7 @@ measure() {
     f="$work/wrk-$scen-$w-$target-$c-$r.txt"
     (($# > 0)) || set -- "${url[$name]}"
     cpu0=$(cpu_ticks "$pid")
-    run_wrk -t "$THREADS" -c "$c" -d "$DURATION" --latency "$@" >"$f"
+    run_wrk -t "$THREADS" -c "$c" -d "${DUR:-$DURATION}" --latency "$@" >"$f"
     cpu1=$(cpu_ticks "$pid")
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
     reqs=$(awk '/ requests in / {print $1}' "$f")
@@ -269,12 +276,12 @@ for w in $WORKERS_LIST; do
         # `sync` (both targets alike), so the log's dirty pages are written back before the
         # next run instead of during it, where they would be charged to whichever target runs
         # next.
-        log "workers $w: access log on and off, $ROUNDS rounds"
+        log "workers $w: access log on and off, $LOG_ROUNDS rounds x $LOG_DURATION"
         sync
-        for ((r = 1; r <= ROUNDS; r++)); do
+        for ((r = 1; r <= LOG_ROUNDS; r++)); do
             for c in $CONNS_LIST; do
                 while read -r n; do
-                    measure log "$w" "$n" "$c" "$r"
+                    DUR=$LOG_DURATION measure log "$w" "$n" "$c" "$r"
                     sync
                 done < <(rotate "$r" "rampart@$w" "rampart-log@$w")
             done
