@@ -95,6 +95,38 @@ class Runs:
         out = [v[a] / v[b] for v in by_round.values() if a in v and v.get(b)]
         return sorted(out) if len(out) == len(by_round) else []
 
+    def rounds_vs_best(self, scen, w, target, others, conns):
+        """`target` against the best of `others`, round by round (a round runs them all back to
+        back): the medians over rounds of its req/s over the best req/s, its CPU per request
+        over the lowest, and its p99 over the lowest, with the sorted req/s ratios. None when a
+        round lacks a figure."""
+        by_round = {}
+        for t in [target, *others]:
+            for r in self.groups.get((scen, w, t, conns), []):
+                by_round.setdefault(r["round"], {})[t] = r
+        rps, cpu, p99 = [], [], []
+        for rows in by_round.values():
+            mine, theirs = rows.get(target), [rows[o] for o in others if o in rows]
+            if mine is None or not theirs:
+                return None
+            per_req = [self.cpu_us(x) for x in [mine, *theirs]]
+            rps.append(float(mine["rps"]) / max(float(o["rps"]) for o in theirs))
+            p99.append(float(mine["p99_ms"]) / min(float(o["p99_ms"]) for o in theirs))
+            if None not in per_req and min(per_req[1:]) > 0:
+                cpu.append(per_req[0] / min(per_req[1:]))
+        if not rps:
+            return None
+        return {
+            "rps": statistics.median(rps),
+            "cpu": statistics.median(cpu) if len(cpu) == len(rps) else None,
+            "p99": statistics.median(p99),
+            "rps_all": sorted(rps),
+        }
+
+    def cpu_us(self, row):
+        reqs = int(row["requests"])
+        return int(row["cpu_ticks"]) / self.clk_tck * 1e6 / reqs if reqs else None
+
     def targets(self, scen, w):
         order = ["rampart", "rampart-base", "rampart-policy", "rampart-log", "nginx", "haproxy", "direct"]
         present = {k[2] for k in self.groups if k[0] == scen and k[1] == w}
@@ -214,34 +246,42 @@ def main():
             p, runs, "plain", w,
             lambda t: "direct (upstream alone; CPU = upstream's)" if t == "direct" else t,
         )
-        p.append("| rampart vs best other | conns | req/s ratio (≥ 1) | CPU ratio (≤ 0.9) | p99 ratio (≤ 1) |")
-        p.append("| --- | ---: | ---: | ---: | ---: |")
+        p.append(
+            "rampart against the better of nginx and HAProxy in each round (the targets of a round "
+            "run back to back), as the median over the rounds of that round's ratio; the goals "
+            "below are judged on these. The medians of the table above are shown beside them."
+        )
+        p.append("")
+        p.append("| rampart vs best other | conns | req/s ratio (≥ 1) | CPU ratio (≤ 0.9) | p99 ratio (≤ 1) | req/s ratio, each round |")
+        p.append("| --- | ---: | ---: | ---: | ---: | --- |")
         for c in runs.conns("plain"):
             ra = runs.get("plain", w, "rampart", c)
             others = [runs.get("plain", w, o, c) for o in ("nginx", "haproxy")]
             others = [o for o in others if o is not None]
-            if ra is None or not others:
+            per = runs.rounds_vs_best("plain", w, "rampart", ("nginx", "haproxy"), c)
+            if ra is None or not others or per is None:
                 continue
             best_rps = max(o["rps"] for o in others)
             best_cpu = min(o["cpu_us"] for o in others if o["cpu_us"] is not None)
             best_p99 = min(o["p99"] for o in others)
-            r_rps, r_cpu, r_p99 = ratio(ra["rps"], best_rps), ratio(ra["cpu_us"], best_cpu), ratio(ra["p99"], best_p99)
+            r_rps, r_cpu, r_p99 = per["rps"], per["cpu"], per["p99"]
+            each = ", ".join(f"{x:.2f}" for x in per["rps_all"])
             clean = ra["errors"] == 0 and all(o["errors"] == 0 for o in others)
             note = "" if clean else " (run had errors)"
-            p.append(f"| {w} worker(s) | {c} | {fmt(r_rps, 2)} | {fmt(r_cpu, 2)} | {fmt(r_p99, 2)} |")
+            p.append(f"| {w} worker(s) | {c} | {fmt(r_rps, 2)} | {fmt(r_cpu, 2)} | {fmt(r_p99, 2)} | {each} |")
             goals.append((
                 f"{w} worker(s), {c} conns: req/s ≥ best other",
-                f"{fmt(ra['rps'])} vs {fmt(best_rps)} ({fmt(r_rps, 2)}×){note}",
+                f"{fmt(r_rps, 2)}× (medians {fmt(ra['rps'])} vs {fmt(best_rps)}){note}",
                 clean and r_rps is not None and r_rps >= 1.0,
             ))
             goals.append((
                 f"{w} worker(s), {c} conns: CPU/request ≤ 0.9 × best other",
-                f"{fmt(ra['cpu_us'], 1)} µs vs {fmt(best_cpu, 1)} µs ({fmt(r_cpu, 2)}×){note}",
+                f"{fmt(r_cpu, 2)}× ({fmt(ra['cpu_us'], 1)} µs vs {fmt(best_cpu, 1)} µs over all rounds){note}",
                 clean and r_cpu is not None and r_cpu <= 0.9,
             ))
             goals.append((
                 f"{w} worker(s), {c} conns: p99 ≤ best other",
-                f"{ra['p99']:.3f} ms vs {best_p99:.3f} ms ({fmt(r_p99, 2)}×){note}",
+                f"{fmt(r_p99, 2)}× (medians {ra['p99']:.3f} ms vs {best_p99:.3f} ms){note}",
                 clean and r_p99 is not None and r_p99 <= 1.0,
             ))
         p.append("")
