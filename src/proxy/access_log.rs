@@ -22,7 +22,6 @@ mod line;
 mod tests;
 mod writer;
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,7 @@ use tokio::time::Instant;
 
 use self::line::Wall;
 use super::body::FaultCell;
+use super::spare::Shelf;
 use crate::config::file;
 use crate::otel::{TraceParent, TRACEPARENT};
 use crate::tenant::TenantId;
@@ -234,15 +234,13 @@ const TEXT_KEEP: usize = 4096;
 thread_local! {
     /// Drafts given back by finished entries, for the next requests on this thread. Boxes:
     /// the point is to reuse the allocation an [`Entry`] points to.
-    #[allow(clippy::vec_box)]
-    static SPARE: RefCell<Vec<Box<Draft>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Shelf<Box<Draft>> = const { Shelf::new(SPARES) };
 }
 
 impl Draft {
     /// An empty draft started at `started`: a spare one of this thread's if there is one.
     fn take(started: Instant) -> Box<Draft> {
-        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
-        match spare {
+        match Shelf::take(&SPARE) {
             Some(mut d) => {
                 d.started = started;
                 d
@@ -262,25 +260,21 @@ impl Draft {
         }
     }
 
-    /// Empties the draft and keeps it for a later [`Draft::take`] on this thread (unless its
-    /// text grew large or enough are kept).
-    fn recycle(mut self: Box<Self>) {
+    /// Keeps the draft, emptied, for a later [`Draft::take`] on this thread (unless its text
+    /// grew large or enough are kept).
+    fn recycle(self: Box<Self>) {
         if self.text.capacity() > TEXT_KEEP {
             return;
         }
-        self.text.clear();
-        self.request = 0;
-        self.ids = 0;
-        self.upstream = None;
-        self.bytes_out = 0;
-        self.received = None;
-        self.sink = None;
-        self.armed = false;
-        let _ = SPARE.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARES {
-                s.push(self);
-            }
+        Shelf::keep(&SPARE, self, |d| {
+            d.text.clear();
+            d.request = 0;
+            d.ids = 0;
+            d.upstream = None;
+            d.bytes_out = 0;
+            d.received = None;
+            d.sink = None;
+            d.armed = false;
         });
     }
 

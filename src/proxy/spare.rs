@@ -1,22 +1,67 @@
-//! Header maps kept per thread between requests, so a proxied request allocates none.
+//! What the request path keeps per thread between requests, so that it allocates less: a
+//! [`Shelf`] of values given back, and on one, the header maps of finished requests.
 //!
-//! Why: every proxied request has two header maps, the client's request and the upstream's
-//! answer. The lean client side already fills the next request's map from the answer it just
-//! wrote (`h1::parse::Reuse`). The request's own map was dropped once its last try ended, and
-//! the upstream side built a new map for the next answer: two allocations and two frees per
-//! request, and a map's entries are too large for the C library's per-thread cache, so each
-//! of those frees took its slow path (about 250 instructions per request in all, callgrind).
-//! Now the request's map, emptied, waits here for the next answer read on the same thread.
-//! Emptying it costs about 100 of those back (`clear` resets every slot of its index), so the
-//! request path is about 100 instructions cheaper, with no allocation left to it.
+//! Why header maps: every proxied request has two header maps, the client's request and the
+//! upstream's answer. The lean client side already fills the next request's map from the
+//! answer it just wrote (`h1::parse::Reuse`). The request's own map was dropped once its last
+//! try ended, and the upstream side built a new map for the next answer: two allocations and
+//! two frees per request, and a map's entries are too large for the C library's per-thread
+//! cache, so each of those frees took its slow path (about 250 instructions per request in
+//! all, callgrind). Now the request's map, emptied, waits here for the next answer read on the
+//! same thread. Emptying it costs about 100 of those back (`clear` resets every slot of its
+//! index), so the request path is about 100 instructions cheaper, with no allocation left to it.
 //!
 //! A map is emptied with `clear`, which keeps its capacity. A map that grew beyond
 //! [`KEEP_CAPACITY`] (a client that sent a hundred headers) is freed rather than kept, and at
-//! most [`KEPT`] maps wait per thread, so what is kept stays small and bounded.
+//! most [`KEPT`] maps wait per thread, so what is kept stays small and bounded. The access
+//! log keeps its line drafts on a shelf of its own the same way.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use http::HeaderMap;
+
+/// Values kept for reuse on one thread (declared in a `thread_local!`): at most `most`, the
+/// one kept last taken first, so what is taken is likely still in this core's cache.
+#[derive(Debug)]
+pub struct Shelf<T> {
+    kept: RefCell<Vec<T>>,
+    most: usize,
+}
+
+impl<T> Shelf<T> {
+    /// An empty shelf holding at most `most` values.
+    pub const fn new(most: usize) -> Self {
+        Shelf {
+            kept: RefCell::new(Vec::new()),
+            most,
+        }
+    }
+
+    /// The value kept last on this thread's shelf `key`, if any.
+    pub fn take(key: &'static LocalKey<Self>) -> Option<T> {
+        key.try_with(|s| s.kept.borrow_mut().pop()).ok().flatten()
+    }
+
+    /// Keeps `v` on this thread's shelf `key`, once `empty` has readied it for its next use.
+    /// On a full shelf, or while the thread ends, `v` is dropped as it is, and `empty` is not
+    /// called.
+    pub fn keep(key: &'static LocalKey<Self>, mut v: T, empty: impl FnOnce(&mut T)) {
+        let _ = key.try_with(move |s| {
+            let mut kept = s.kept.borrow_mut();
+            if kept.len() < s.most {
+                empty(&mut v);
+                kept.push(v);
+            }
+        });
+    }
+
+    /// How many values this thread's shelf `key` holds.
+    #[cfg(test)]
+    pub fn len(key: &'static LocalKey<Self>) -> usize {
+        key.with(|s| s.kept.borrow().len())
+    }
+}
 
 /// Most maps kept per thread: enough for the requests one worker has in flight at a time on
 /// a busy sidecar; beyond it, maps are freed.
@@ -25,13 +70,12 @@ const KEPT: usize = 64;
 const KEEP_CAPACITY: usize = 64;
 
 thread_local! {
-    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static MAPS: Shelf<HeaderMap> = const { Shelf::new(KEPT) };
 }
 
 /// An empty map with room for at least `entries`: one kept by this thread if there is one.
 pub fn map(entries: usize) -> HeaderMap {
-    let kept = MAPS.try_with(|m| m.borrow_mut().pop()).ok().flatten();
-    match kept {
+    match Shelf::take(&MAPS) {
         Some(mut m) => {
             if m.capacity() < entries {
                 m.reserve(entries);
@@ -44,18 +88,12 @@ pub fn map(entries: usize) -> HeaderMap {
 
 /// Keeps `m`, emptied, for a later [`map`] on this thread (unless it is large, has never
 /// allocated, or enough are kept).
-pub fn keep(mut m: HeaderMap) {
+pub fn keep(m: HeaderMap) {
     let cap = m.capacity();
     if cap == 0 || cap > KEEP_CAPACITY {
         return;
     }
-    let _ = MAPS.try_with(|maps| {
-        let mut maps = maps.borrow_mut();
-        if maps.len() < KEPT {
-            m.clear();
-            maps.push(m);
-        }
-    });
+    Shelf::keep(&MAPS, m, HeaderMap::clear);
 }
 
 #[cfg(test)]
@@ -65,6 +103,39 @@ mod tests {
     /// Runs `f` on a thread of its own, whose kept maps no other test touches.
     fn alone(f: impl FnOnce() + Send + 'static) {
         std::thread::spawn(f).join().expect("the test thread");
+    }
+
+    thread_local! {
+        static NUMBERS: super::Shelf<Vec<u32>> = const { super::Shelf::new(2) };
+    }
+
+    /// A shelf gives back the value kept last, emptied by the keeper's own `empty`, holds at
+    /// most its count, and leaves a value it cannot hold as it was (`empty` not called).
+    #[test]
+    fn a_shelf_keeps_at_most_its_count_and_gives_back_the_last_kept_first() {
+        use super::Shelf;
+        alone(|| {
+            assert_eq!(Shelf::take(&NUMBERS), None, "nothing kept yet");
+            let mut emptied = 0;
+            for v in [vec![1], vec![2, 2], vec![3, 3, 3]] {
+                Shelf::keep(&NUMBERS, v, |v| {
+                    emptied += 1;
+                    v.truncate(1);
+                });
+            }
+            assert_eq!(
+                emptied, 2,
+                "the third did not fit: dropped without being emptied"
+            );
+            assert_eq!(Shelf::len(&NUMBERS), 2);
+            assert_eq!(
+                Shelf::take(&NUMBERS),
+                Some(vec![2]),
+                "the last kept comes first"
+            );
+            assert_eq!(Shelf::take(&NUMBERS), Some(vec![1]));
+            assert_eq!(Shelf::take(&NUMBERS), None);
+        });
     }
 
     #[test]
@@ -100,11 +171,11 @@ mod tests {
             assert!(big.capacity() > super::KEEP_CAPACITY);
             super::keep(big);
             super::keep(HeaderMap::new());
-            assert_eq!(super::MAPS.with(|m| m.borrow().len()), 0);
+            assert_eq!(super::Shelf::len(&super::MAPS), 0);
             for _ in 0..super::KEPT + 10 {
                 super::keep(HeaderMap::with_capacity(8));
             }
-            assert_eq!(super::MAPS.with(|m| m.borrow().len()), super::KEPT);
+            assert_eq!(super::Shelf::len(&super::MAPS), super::KEPT);
         });
     }
 }
