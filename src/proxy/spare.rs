@@ -45,12 +45,15 @@ impl<T> Shelf<T> {
 
     /// Keeps `v` on this thread's shelf `key`, once `empty` has readied it for its next use.
     /// On a full shelf, or while the thread ends, `v` is dropped as it is, and `empty` is not
-    /// called.
+    /// called. `empty` runs with the shelf unborrowed, so what it drops may keep values here.
     pub fn keep(key: &'static LocalKey<Self>, mut v: T, empty: impl FnOnce(&mut T)) {
         let _ = key.try_with(move |s| {
+            if s.kept.borrow().len() >= s.most {
+                return;
+            }
+            empty(&mut v);
             let mut kept = s.kept.borrow_mut();
             if kept.len() < s.most {
-                empty(&mut v);
                 kept.push(v);
             }
         });
@@ -135,6 +138,21 @@ mod tests {
             );
             assert_eq!(Shelf::take(&NUMBERS), Some(vec![1]));
             assert_eq!(Shelf::take(&NUMBERS), None);
+        });
+    }
+
+    /// What `empty` drops may itself keep a value on the same shelf (no double borrow).
+    #[test]
+    fn emptying_a_value_may_keep_another_on_the_same_shelf() {
+        use super::Shelf;
+        alone(|| {
+            Shelf::keep(&NUMBERS, vec![1, 2], |v| {
+                v.clear();
+                Shelf::keep(&NUMBERS, vec![9], |_| {});
+            });
+            assert_eq!(Shelf::len(&NUMBERS), 2);
+            assert_eq!(Shelf::take(&NUMBERS), Some(vec![]));
+            assert_eq!(Shelf::take(&NUMBERS), Some(vec![9]));
         });
     }
 
