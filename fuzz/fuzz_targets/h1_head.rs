@@ -8,6 +8,7 @@
 //!   most one framing header.
 #![no_main]
 
+use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Response, StatusCode};
 use libfuzzer_sys::fuzz_target;
@@ -22,17 +23,23 @@ fuzz_target!(|data: &[u8]| {
     let mut reuse = Reuse::default();
     let mut served = 0;
     while served < 16 {
-        let got = parse(buf, max_head, &mut reuse);
+        let mut read = BytesMut::from(buf);
+        let got = parse(&mut read, max_head, &mut reuse);
         assert!(reuse.names.len() <= 32, "names kept beyond the bound");
         match got {
             Parsed::Partial => {
                 assert!(buf.len() < max_head, "partial beyond the limit");
+                assert_eq!(&read[..], buf, "a partial head stays in the buffer");
                 break;
             }
-            Parsed::HandOff => break,
+            Parsed::HandOff => {
+                assert_eq!(&read[..], buf, "a hand-off finds the buffer as it was");
+                break;
+            }
             Parsed::Simple(head) => {
                 check_simple(buf, max_head, &head);
-                let fresh = match parse(buf, max_head, &mut Reuse::default()) {
+                assert_eq!(&read[..], &buf[head.len..], "only the head is taken");
+                let fresh = match parse(&mut BytesMut::from(buf), max_head, &mut Reuse::default()) {
                     Parsed::Simple(h) => h,
                     other => panic!("a fresh read disagrees: {other:?}"),
                 };

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -115,9 +115,8 @@ where
     let mut due = Instant::now();
     loop {
         if !buf.is_empty() {
-            match parse::parse(&buf, max_head, &mut reuse) {
+            match parse::parse(&mut buf, max_head, &mut reuse) {
                 Parsed::Simple(head) => {
-                    buf.advance(head.len);
                     timing = false;
                     first = None;
                     let mut ask = Ask {

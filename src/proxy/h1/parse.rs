@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
@@ -40,14 +40,22 @@ pub enum Parsed {
 pub struct Reuse {
     /// An empty header map to fill (the previous answer's, emptied).
     pub map: Option<HeaderMap>,
-    /// The previous head's header names, in order, as sent and as parsed: a client sends
-    /// the same names in the same order on each request, and a name found here is not parsed
-    /// (or, for a name that is not a standard one, allocated) again.
-    pub names: Vec<(Bytes, HeaderName)>,
+    /// The previous head's header names, in order: where `spelled` holds each as sent, and
+    /// the name parsed from it. A client sends the same names in the same order on each
+    /// request, and a name found here is not parsed (or, for a name that is not a standard
+    /// one, allocated) again.
+    pub names: Vec<(u32, u32, HeaderName)>,
+    /// The kept names as sent, one after another. A copy of their own: a kept name must not
+    /// hold on to the buffer a head was read into (the connection's read buffer, now).
+    spelled: Vec<u8>,
+    /// Each header line of the head being read: its name, and where its value is in the head.
+    lines: Vec<(HeaderName, u32, u32)>,
 }
 
 /// How many header names a connection remembers.
 const NAMES_KEPT: usize = 32;
+/// Most bytes of kept names a connection holds; past it, new names are not kept.
+const SPELLED_MAX: usize = 2048;
 
 /// A simple request's head.
 #[derive(Debug)]
@@ -62,78 +70,42 @@ pub struct Head {
 }
 
 /// Reads the head at the front of `buf` (at most `max_head` bytes long), with what the
-/// connection kept from earlier heads.
-pub fn parse(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Parsed {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut raw = httparse::Request::new(&mut []);
-    let cfg = httparse::ParserConfig::default();
-    let len = match cfg.parse_request_with_uninit_headers(&mut raw, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
-        // Oversized, malformed, too many headers, HTTP/2's preface: hyper answers them.
-        _ => return Parsed::HandOff,
+/// connection kept from earlier heads. A simple head is taken off the front of `buf`; the
+/// request's target and header values are slices of those bytes, not copies. Otherwise
+/// `buf` is left as it was.
+///
+/// Two passes: the first reads the head in place and decides everything that may hand the
+/// connection off (so a hand-off finds its bytes untouched); only then is the head split off
+/// the buffer, and the second builds the request from slices of it. Once the request is
+/// dropped, the buffer is the connection's alone again and is read into again in place, so
+/// reading a head allocates nothing.
+pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
+    let (len, method, target, http11, keep_alive) = match read(buf, max_head, reuse) {
+        Ok(first) => first,
+        Err(p) => return p,
     };
-    let (Some(method), Some(target), Some(minor)) = (raw.method, raw.path, raw.version) else {
-        return Parsed::HandOff;
-    };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::HandOff;
-    };
-    if method == Method::CONNECT || target.len() > MAX_TARGET {
-        return Parsed::HandOff;
-    }
-    let http11 = minor == 1;
-    // One copy of the head; the target and every header value are slices of it.
-    let head = Bytes::copy_from_slice(&buf[..len]);
-    let at = |s: &[u8]| {
-        let from = s.as_ptr() as usize - buf.as_ptr() as usize;
-        head.slice(from..from + s.len())
-    };
-    let Ok(uri) = Uri::from_maybe_shared(at(target.as_bytes())) else {
-        return Parsed::HandOff;
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize)) else {
+        return put_back(buf, head, reuse);
     };
     let mut headers = reuse.map.take().unwrap_or_default();
-    headers.reserve(raw.headers.len());
-    let (mut close, mut keep_alive_token, mut length) = (false, false, false);
-    for (i, h) in raw.headers.iter().enumerate() {
-        let name = match reuse.names.get(i) {
-            // The same bytes as the name kept at this place: the same name.
-            Some((raw, n)) if raw.as_ref() == h.name.as_bytes() => n.clone(),
-            _ => {
-                let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                    return hand_off(headers, &mut reuse.map);
-                };
-                let kept = (at(h.name.as_bytes()), n.clone());
-                if let Some(slot) = reuse.names.get_mut(i) {
-                    *slot = kept;
-                } else if i < NAMES_KEPT {
-                    reuse.names.push(kept);
-                }
-                n
+    headers.reserve(reuse.lines.len());
+    let mut refused = false;
+    for (name, vs, ve) in reuse.lines.drain(..) {
+        match HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) {
+            Ok(value) => {
+                headers.append(name, value);
             }
-        };
-        match name {
-            // Body framing (chunked, a length other than 0, or two lengths), protocol
-            // switches, `100-continue` and trailers: hyper's business.
-            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT | header::TE => {
-                return hand_off(headers, &mut reuse.map);
+            Err(_) => {
+                refused = true;
+                break;
             }
-            header::CONTENT_LENGTH => {
-                if length || h.value != b"0" {
-                    return hand_off(headers, &mut reuse.map);
-                }
-                length = true;
-            }
-            header::CONNECTION => {
-                close |= has_token(h.value, b"close");
-                keep_alive_token |= has_token(h.value, b"keep-alive");
-            }
-            _ => {}
         }
-        let Ok(value) = HeaderValue::from_maybe_shared(at(h.value)) else {
-            return hand_off(headers, &mut reuse.map);
-        };
-        headers.append(name, value);
+    }
+    if refused {
+        headers.clear();
+        reuse.map = Some(headers);
+        return put_back(buf, head, reuse);
     }
     let mut req = Request::new(ClientIn::Empty);
     *req.method_mut() = method;
@@ -146,15 +118,123 @@ pub fn parse(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Parsed {
     *req.headers_mut() = headers;
     Parsed::Simple(Head {
         len,
-        keep_alive: !close && (http11 || keep_alive_token),
+        keep_alive,
         req,
     })
 }
 
-/// Gives the (emptied) map back for the next head, and says hand off.
-fn hand_off(mut headers: HeaderMap, spare: &mut Option<HeaderMap>) -> Parsed {
-    headers.clear();
-    *spare = Some(headers);
+/// The first pass of [`parse`]: the head's length, method, target (as a range of the head),
+/// version (1.1 or not) and whether it keeps the connection alive, with its header lines in
+/// `reuse.lines`; or what to do instead.
+#[allow(clippy::type_complexity)]
+fn read(
+    buf: &[u8],
+    max_head: usize,
+    reuse: &mut Reuse,
+) -> Result<(usize, Method, (u32, u32), bool, bool), Parsed> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut raw = httparse::Request::new(&mut []);
+    let cfg = httparse::ParserConfig::default();
+    let len = match cfg.parse_request_with_uninit_headers(&mut raw, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Err(Parsed::Partial),
+        // Oversized, malformed, too many headers, HTTP/2's preface: hyper answers them.
+        _ => return Err(Parsed::HandOff),
+    };
+    let (Some(method), Some(target), Some(minor)) = (raw.method, raw.path, raw.version) else {
+        return Err(Parsed::HandOff);
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Err(Parsed::HandOff);
+    };
+    if method == Method::CONNECT || target.len() > MAX_TARGET {
+        return Err(Parsed::HandOff);
+    }
+    // Where a piece of the head is: the head starts the buffer and is under 4 GiB.
+    let at = |s: &[u8]| {
+        let from = (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
+        (from, from + s.len() as u32)
+    };
+    let (mut close, mut keep_alive_token, mut length) = (false, false, false);
+    reuse.lines.clear();
+    for (i, h) in raw.headers.iter().enumerate() {
+        let kept = reuse.names.get(i).filter(|(from, to, _)| {
+            reuse.spelled.get(*from as usize..*to as usize) == Some(h.name.as_bytes())
+        });
+        let name = match kept {
+            // The same bytes as the name kept at this place: the same name.
+            Some((_, _, n)) => n.clone(),
+            None => {
+                let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                    return Err(Parsed::HandOff);
+                };
+                keep_name(reuse, i, h.name.as_bytes(), &n);
+                n
+            }
+        };
+        match name {
+            // Body framing (chunked, a length other than 0, or two lengths), protocol
+            // switches, `100-continue` and trailers: hyper's business.
+            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT | header::TE => {
+                return Err(Parsed::HandOff);
+            }
+            header::CONTENT_LENGTH => {
+                if length || h.value != b"0" {
+                    return Err(Parsed::HandOff);
+                }
+                length = true;
+            }
+            header::CONNECTION => {
+                close |= has_token(h.value, b"close");
+                keep_alive_token |= has_token(h.value, b"keep-alive");
+            }
+            _ => {}
+        }
+        let (vs, ve) = at(h.value);
+        reuse.lines.push((name, vs, ve));
+    }
+    let http11 = minor == 1;
+    let keep_alive = !close && (http11 || keep_alive_token);
+    Ok((len, method, at(target.as_bytes()), http11, keep_alive))
+}
+
+/// Keeps `name`, sent as `spelled`, as the name at place `i` of the next heads (within the
+/// bounds on names and on their bytes).
+fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName) {
+    if i >= NAMES_KEPT || i > reuse.names.len() {
+        return;
+    }
+    if reuse.spelled.len() + spelled.len() > SPELLED_MAX {
+        // Names that keep changing: start over from the ones still kept's bytes only.
+        let mut kept = Vec::with_capacity(SPELLED_MAX);
+        for (from, to, _) in &mut reuse.names {
+            let at = kept.len() as u32;
+            kept.extend_from_slice(&reuse.spelled[*from as usize..*to as usize]);
+            (*from, *to) = (at, kept.len() as u32);
+        }
+        reuse.spelled = kept;
+        if reuse.spelled.len() + spelled.len() > SPELLED_MAX {
+            return;
+        }
+    }
+    let from = reuse.spelled.len() as u32;
+    reuse.spelled.extend_from_slice(spelled);
+    let entry = (from, reuse.spelled.len() as u32, name.clone());
+    match reuse.names.get_mut(i) {
+        Some(slot) => *slot = entry,
+        None => reuse.names.push(entry),
+    }
+}
+
+/// Puts a head that turned out not to be simple (a target or a value hyper's types refuse)
+/// back in front of `buf`, and says hand off: hyper reads it from the start. A copy: this
+/// happens only to malformed heads.
+fn put_back(buf: &mut BytesMut, head: Bytes, reuse: &mut Reuse) -> Parsed {
+    reuse.lines.clear();
+    let mut all = BytesMut::with_capacity(head.len() + buf.len());
+    all.extend_from_slice(&head);
+    all.extend_from_slice(buf);
+    *buf = all;
     Parsed::HandOff
 }
 
@@ -178,9 +258,14 @@ mod tests {
 
     const MAX: usize = 8192;
 
+    /// Reads a simple head off `bytes`; what follows it must stay in the buffer.
     fn simple(bytes: &[u8]) -> Head {
-        match parse(bytes, MAX, &mut Reuse::default()) {
-            Parsed::Simple(h) => h,
+        let mut buf = BytesMut::from(bytes);
+        match parse(&mut buf, MAX, &mut Reuse::default()) {
+            Parsed::Simple(h) => {
+                assert_eq!(&buf[..], &bytes[h.len..], "the bytes after the head stay");
+                h
+            }
             other => panic!(
                 "{:?}: wanted a simple head, got {other:?}",
                 bytes.escape_ascii()
@@ -188,12 +273,17 @@ mod tests {
         }
     }
 
+    /// What `parse` makes of `bytes`; a partial head or a hand-off must leave every byte in
+    /// the buffer, as it was.
     fn decision(bytes: &[u8]) -> &'static str {
-        match parse(bytes, MAX, &mut Reuse::default()) {
+        let mut buf = BytesMut::from(bytes);
+        let d = match parse(&mut buf, MAX, &mut Reuse::default()) {
             Parsed::Partial => "partial",
             Parsed::HandOff => "hand-off",
-            Parsed::Simple(_) => "simple",
-        }
+            Parsed::Simple(_) => return "simple",
+        };
+        assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
+        d
     }
 
     #[test]
@@ -287,9 +377,10 @@ mod tests {
         map.clear();
         let mut reuse = Reuse {
             map: Some(map),
-            names: Vec::new(),
+            ..Reuse::default()
         };
-        let Parsed::Simple(h) = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", MAX, &mut reuse) else {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]);
+        let Parsed::Simple(h) = parse(&mut buf, MAX, &mut reuse) else {
             panic!("simple");
         };
         assert!(reuse.map.is_none());
@@ -300,7 +391,7 @@ mod tests {
     #[test]
     fn kept_names_are_reused_and_replaced_when_they_differ() {
         let mut reuse = Reuse::default();
-        let mut names = |bytes: &[u8]| match parse(bytes, MAX, &mut reuse) {
+        let mut names = |bytes: &[u8]| match parse(&mut BytesMut::from(bytes), MAX, &mut reuse) {
             Parsed::Simple(h) => h
                 .req
                 .headers()
@@ -316,8 +407,85 @@ mod tests {
         let other = names(b"GET / HTTP/1.1\r\nX-Tenant-Ie: v\r\nHost: c\r\nAccept: */*\r\n\r\n");
         assert_eq!(other, ["x-tenant-ie=v", "host=c", "accept=*/*"]);
         assert_eq!(reuse.names.len(), 3);
-        assert_eq!(reuse.names[0].1.as_str(), "x-tenant-ie");
-        assert_eq!(&reuse.names[0].0[..], b"X-Tenant-Ie");
+        let (from, to, name) = &reuse.names[0];
+        assert_eq!(name.as_str(), "x-tenant-ie");
+        assert_eq!(&reuse.spelled[*from as usize..*to as usize], b"X-Tenant-Ie");
+    }
+
+    /// A head is taken off the connection's buffer without a copy, and once the request is
+    /// gone the buffer is the connection's alone: more room is made in the same allocation
+    /// (kept names are copies of their own and hold none of it).
+    #[test]
+    fn a_head_is_a_slice_of_the_buffer_and_the_buffer_is_reused() {
+        let mut reuse = Reuse::default();
+        let mut buf = BytesMut::with_capacity(256);
+        let start = buf.as_ptr();
+        for round in 0..3 {
+            buf.extend_from_slice(b"GET /a?b HTTP/1.1\r\nHost: h\r\nX-Tenant-Id: t1\r\n\r\nGET");
+            let Parsed::Simple(h) = parse(&mut buf, MAX, &mut reuse) else {
+                panic!("simple");
+            };
+            let value = &h.req.headers()["x-tenant-id"];
+            let at = value.as_bytes().as_ptr() as usize - start as usize;
+            assert!(
+                at < 256,
+                "round {round}: the value is read in place, not copied"
+            );
+            assert_eq!(&buf[..], b"GET", "the next head's start stays");
+            drop(h);
+            buf.clear();
+            // More than is left after the head read: only a buffer no head holds is reused.
+            buf.reserve(250);
+            assert_eq!(buf.as_ptr(), start, "round {round}: the same allocation");
+        }
+        assert_eq!(reuse.names.len(), 2);
+    }
+
+    /// A head whose target hyper's `Uri` refuses, found only once the head is split off, is
+    /// put back whole, with what followed it, for hyper.
+    #[test]
+    fn a_head_refused_after_the_split_is_put_back_whole() {
+        for bytes in [
+            &b"GET /a<b HTTP/1.1\r\nHost: a\r\n\r\nrest"[..],
+            b"GET http:// HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a`b HTTP/1.1\r\nX-Tenant-Id: t\r\n\r\nGET / HTTP/1.1\r\n",
+        ] {
+            let mut reuse = Reuse::default();
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(parse(&mut buf, MAX, &mut reuse), Parsed::HandOff),
+                "{}",
+                bytes.escape_ascii()
+            );
+            assert_eq!(&buf[..], bytes);
+            assert!(reuse.lines.is_empty());
+        }
+    }
+
+    /// Names that change on every head keep the kept names' bytes within their bound, and
+    /// every head still reads right.
+    #[test]
+    fn kept_name_bytes_stay_bounded() {
+        let mut reuse = Reuse::default();
+        for i in 0..500 {
+            let head = format!(
+                "GET / HTTP/1.1\r\nX-Name-{i}-{}: v\r\nHost: a\r\n\r\n",
+                "z".repeat(i % 40)
+            );
+            let Parsed::Simple(h) = parse(&mut BytesMut::from(head.as_bytes()), MAX, &mut reuse)
+            else {
+                panic!("simple at {i}");
+            };
+            let name = format!("x-name-{i}-{}", "z".repeat(i % 40));
+            assert_eq!(h.req.headers()[name.as_str()], "v");
+            assert_eq!(h.req.headers()["host"], "a");
+            assert!(
+                reuse.spelled.len() <= SPELLED_MAX,
+                "{} at {i}",
+                reuse.spelled.len()
+            );
+            assert!(reuse.names.len() <= NAMES_KEPT);
+        }
     }
 
     #[test]
