@@ -80,9 +80,16 @@ pub struct Head {
 /// dropped, the buffer is the connection's alone again and is read into again in place, so
 /// reading a head allocates nothing.
 pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
-    let (len, method, target, http11, keep_alive) = match read(buf, max_head, reuse) {
+    let First {
+        len,
+        method,
+        target,
+        http11,
+        keep_alive,
+    } = match read(buf, max_head, reuse) {
         Ok(first) => first,
-        Err(p) => return p,
+        Err(Stop::Partial) => return Parsed::Partial,
+        Err(Stop::HandOff) => return Parsed::HandOff,
     };
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize)) else {
@@ -123,32 +130,42 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
     })
 }
 
-/// The first pass of [`parse`]: the head's length, method, target (as a range of the head),
-/// version (1.1 or not) and whether it keeps the connection alive, with its header lines in
-/// `reuse.lines`; or what to do instead.
-#[allow(clippy::type_complexity)]
-fn read(
-    buf: &[u8],
-    max_head: usize,
-    reuse: &mut Reuse,
-) -> Result<(usize, Method, (u32, u32), bool, bool), Parsed> {
+/// What the first pass of [`parse`] found in a whole head it may serve (its header lines are
+/// in `Reuse::lines`).
+struct First {
+    len: usize,
+    method: Method,
+    /// Where the target is in the head.
+    target: (u32, u32),
+    http11: bool,
+    keep_alive: bool,
+}
+
+/// Why the first pass of [`parse`] stopped.
+enum Stop {
+    Partial,
+    HandOff,
+}
+
+/// The first pass of [`parse`], over the buffer in place.
+fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut raw = httparse::Request::new(&mut []);
     let cfg = httparse::ParserConfig::default();
     let len = match cfg.parse_request_with_uninit_headers(&mut raw, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Partial) if buf.len() < max_head => return Err(Parsed::Partial),
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Err(Stop::Partial),
         // Oversized, malformed, too many headers, HTTP/2's preface: hyper answers them.
-        _ => return Err(Parsed::HandOff),
+        _ => return Err(Stop::HandOff),
     };
     let (Some(method), Some(target), Some(minor)) = (raw.method, raw.path, raw.version) else {
-        return Err(Parsed::HandOff);
+        return Err(Stop::HandOff);
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Err(Parsed::HandOff);
+        return Err(Stop::HandOff);
     };
     if method == Method::CONNECT || target.len() > MAX_TARGET {
-        return Err(Parsed::HandOff);
+        return Err(Stop::HandOff);
     }
     // Where a piece of the head is: the head starts the buffer and is under 4 GiB.
     let at = |s: &[u8]| {
@@ -166,7 +183,7 @@ fn read(
             Some((_, _, n)) => n.clone(),
             None => {
                 let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                    return Err(Parsed::HandOff);
+                    return Err(Stop::HandOff);
                 };
                 keep_name(reuse, i, h.name.as_bytes(), &n);
                 n
@@ -176,11 +193,11 @@ fn read(
             // Body framing (chunked, a length other than 0, or two lengths), protocol
             // switches, `100-continue` and trailers: hyper's business.
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT | header::TE => {
-                return Err(Parsed::HandOff);
+                return Err(Stop::HandOff);
             }
             header::CONTENT_LENGTH => {
                 if length || h.value != b"0" {
-                    return Err(Parsed::HandOff);
+                    return Err(Stop::HandOff);
                 }
                 length = true;
             }
@@ -195,7 +212,13 @@ fn read(
     }
     let http11 = minor == 1;
     let keep_alive = !close && (http11 || keep_alive_token);
-    Ok((len, method, at(target.as_bytes()), http11, keep_alive))
+    Ok(First {
+        len,
+        method,
+        target: at(target.as_bytes()),
+        http11,
+        keep_alive,
+    })
 }
 
 /// Keeps `name`, sent as `spelled`, as the name at place `i` of the next heads (within the
