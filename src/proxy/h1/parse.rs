@@ -228,7 +228,7 @@ fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName) {
         return;
     }
     if reuse.spelled.len() + spelled.len() > SPELLED_MAX {
-        // Names that keep changing: start over from the ones still kept's bytes only.
+        // Names that keep changing: compact the buffer to the bytes of the names kept now.
         let mut kept = Vec::with_capacity(SPELLED_MAX);
         for (from, to, _) in &mut reuse.names {
             let at = kept.len() as u32;
