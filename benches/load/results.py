@@ -80,20 +80,9 @@ class Runs:
             "errors": sum(int(r["errors"]) for r in rows),
             "rounds": len(rows),
             # CPU over all rounds: total ticks / total requests (a tick is 1/CLK_TCK s).
-            "cpu_us": ticks / self.clk_tck * 1e6 / reqs if reqs else None,
+            "cpu_us": self.cpu_us(ticks, reqs),
             "rps_all": sorted(float(r["rps"]) for r in rows),
         }
-
-    def paired(self, scen, w, a, b, conns):
-        """Target `a`'s req/s over `b`'s, round by round (the two ran back to back in each
-        round): a drift of the machine's speed over the run moves both runs of a round alike,
-        so the ratios scatter less than the medians do. Sorted; empty if a round lacks one."""
-        by_round = {}
-        for t in (a, b):
-            for r in self.groups.get((scen, w, t, conns), []):
-                by_round.setdefault(r["round"], {})[t] = float(r["rps"])
-        out = [v[a] / v[b] for v in by_round.values() if a in v and v.get(b)]
-        return sorted(out) if len(out) == len(by_round) else []
 
     def rounds_vs_best(self, scen, w, target, others, conns):
         """`target` against the best of `others`, round by round (a round runs them all back to
@@ -109,7 +98,7 @@ class Runs:
             mine, theirs = rows.get(target), [rows[o] for o in others if o in rows]
             if mine is None or not theirs:
                 return None
-            per_req = [self.cpu_us(x) for x in [mine, *theirs]]
+            per_req = [self.cpu_us(int(x["cpu_ticks"]), int(x["requests"])) for x in [mine, *theirs]]
             rps.append(float(mine["rps"]) / max(float(o["rps"]) for o in theirs))
             p99.append(float(mine["p99_ms"]) / min(float(o["p99_ms"]) for o in theirs))
             if None not in per_req and min(per_req[1:]) > 0:
@@ -123,9 +112,9 @@ class Runs:
             "rps_all": sorted(rps),
         }
 
-    def cpu_us(self, row):
-        reqs = int(row["requests"])
-        return int(row["cpu_ticks"]) / self.clk_tck * 1e6 / reqs if reqs else None
+    def cpu_us(self, ticks, reqs):
+        """CPU µs per request from clock ticks (1/CLK_TCK s) and requests served."""
+        return ticks / self.clk_tck * 1e6 / reqs if reqs else None
 
     def targets(self, scen, w):
         order = ["rampart", "rampart-base", "rampart-policy", "rampart-log", "nginx", "haproxy", "direct"]
@@ -370,8 +359,9 @@ def main():
             on, off = runs.get("log", w, "rampart-log", c), runs.get("log", w, "rampart", c)
             if on is None or off is None:
                 continue
-            pairs = runs.paired("log", w, "rampart-log", "rampart", c)
-            r = statistics.median(pairs) if pairs else None
+            per = runs.rounds_vs_best("log", w, "rampart-log", ("rampart",), c)
+            pairs = per["rps_all"] if per else []
+            r = per["rps"] if per else None
             clean = on["errors"] == 0 and off["errors"] == 0
             lines_ok = "" if complete else "; lines missing"
             each = ", ".join(f"{x:.2f}" for x in pairs)

@@ -99,15 +99,11 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
     headers.reserve(reuse.lines.len());
     let mut refused = false;
     for (name, vs, ve) in reuse.lines.drain(..) {
-        match HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) {
-            Ok(value) => {
-                headers.append(name, value);
-            }
-            Err(_) => {
-                refused = true;
-                break;
-            }
-        }
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
+            refused = true;
+            break;
+        };
+        headers.append(name, value);
     }
     if refused {
         headers.clear();
@@ -224,21 +220,13 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
 /// Keeps `name`, sent as `spelled`, as the name at place `i` of the next heads (within the
 /// bounds on names and on their bytes).
 fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName) {
-    if i >= NAMES_KEPT || i > reuse.names.len() {
-        return;
-    }
     if reuse.spelled.len() + spelled.len() > SPELLED_MAX {
-        // Names that keep changing: compact the buffer to the bytes of the names kept now.
-        let mut kept = Vec::with_capacity(SPELLED_MAX);
-        for (from, to, _) in &mut reuse.names {
-            let at = kept.len() as u32;
-            kept.extend_from_slice(&reuse.spelled[*from as usize..*to as usize]);
-            (*from, *to) = (at, kept.len() as u32);
-        }
-        reuse.spelled = kept;
-        if reuse.spelled.len() + spelled.len() > SPELLED_MAX {
-            return;
-        }
+        // Names that keep changing (a replaced name's bytes stay until now): start again.
+        reuse.names.clear();
+        reuse.spelled.clear();
+    }
+    if i >= NAMES_KEPT || i > reuse.names.len() || spelled.len() > SPELLED_MAX {
+        return;
     }
     let from = reuse.spelled.len() as u32;
     reuse.spelled.extend_from_slice(spelled);
