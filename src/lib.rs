@@ -114,7 +114,9 @@ impl Rampart {
             },
             ..config.clone()
         };
+        let balance = proxy::balance::Balance::new(&metrics, workers.handles().len());
         let shared = Arc::new(Shared {
+            balance,
             access_logs: proxy::access_log::Sinks::new(metrics.access_log_dropped.clone()),
             current: ArcSwap::from_pointee(Generation::empty(Arc::new(empty))),
             metrics,

@@ -29,6 +29,7 @@ pub struct Metrics {
     upstream_abandoned: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     in_flight: Family<HeldGauge>,
+    open_connections: IntGaugeVec,
     rate_limited: IntCounterVec,
     /// `rampart_shed_total{listener, route, tenant, reason}`.
     pub shed: IntCounterVec,
@@ -194,6 +195,11 @@ impl Metrics {
             "Requests being handled now.",
             &["listener"],
         );
+        let open_connections = gauge(
+            "rampart_open_connections",
+            "Client connections open now, by the worker serving them.",
+            &["worker"],
+        );
         let rate_limited = counter(
             "rampart_rate_limited_total",
             "Requests refused by a rate limit, by the limit that refused.",
@@ -339,6 +345,7 @@ impl Metrics {
             upstream_abandoned,
             tls_handshake_failures,
             in_flight,
+            open_connections,
             rate_limited,
             shed,
             breaker_state,
@@ -368,6 +375,12 @@ impl Metrics {
     /// The in-flight gauge of a listener.
     pub fn in_flight(&self, listener: &str) -> Arc<HeldGauge> {
         self.in_flight.with_label_values(&[listener])
+    }
+
+    /// `rampart_open_connections{worker}` of worker `worker` (see `proxy::balance`).
+    pub fn open_connections(&self, worker: usize) -> IntGauge {
+        self.open_connections
+            .with_label_values(&[worker.to_string().as_str()])
     }
 
     /// Handles for one route.

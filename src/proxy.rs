@@ -1,6 +1,8 @@
 //! The data plane. The life of a request, top to bottom:
 //!
-//! 1. `listener.rs` accepts the connection (HTTP/1.1 or h2c) and loads the generation in force;
+//! 1. `listener.rs` accepts the connection (HTTP/1.1 or h2c), hands it to the least busy worker
+//!    if the one that accepted it serves clearly more (`balance.rs`), and loads the generation in
+//!    force;
 //! 2. `stack.rs` runs the request path: route (`route.rs`), tenant, admission policies;
 //!    `exchange.rs` the deadlines and tries;
 //! 3. `forward.rs` rewrites headers for the hop, `upstream.rs` picks an endpoint and sends the
@@ -9,6 +11,7 @@
 //!    `respond.rs` builds rampart's own answer.
 
 pub mod access_log;
+pub mod balance;
 pub mod body;
 pub mod conn;
 pub mod ctx;

@@ -22,12 +22,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::balance::Open;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
 use super::forward::Peer;
@@ -135,8 +136,9 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
 }
 
 /// Starts serving `bound`, configured as `addr`: every worker runs an accept loop on its own
-/// socket (registered with that worker's I/O driver), so each connection is served start to
-/// end by the worker that accepted it. Call on worker 0.
+/// socket (registered with that worker's I/O driver). A worker serves what it accepts, start
+/// to end, unless another worker serves clearly fewer connections: then it hands the
+/// connection to that one (`balance.rs`), through the other's inbox. Call on worker 0.
 pub fn spawn(
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -149,15 +151,25 @@ pub fn spawn(
     let mut local_addr = addr;
     let mut tasks = Vec::with_capacity(bound.sockets.len());
     let workers = shared.workers.handles();
-    for (i, (socket, worker)) in bound.sockets.into_iter().zip(workers).enumerate() {
+    let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..bound.sockets.len())
+        .map(|_| mpsc::unbounded_channel::<Handed>())
+        .unzip();
+    let inboxes: Arc<[Inbox]> = inboxes.into();
+    let each = bound.sockets.into_iter().zip(workers).zip(receivers);
+    for (i, ((socket, worker), inbox)) in each.enumerate() {
         if i == 0 {
             local_addr = socket.local_addr().unwrap_or(addr);
         }
         let (shared, limit, stopped) = (shared.clone(), limit.clone(), stopped.clone());
+        let peers = Peers {
+            me: i,
+            inbox,
+            inboxes: inboxes.clone(),
+        };
         tasks.push(worker.spawn(async move {
             // In the worker's runtime: the socket registers with its I/O driver.
             match TcpListener::from_std(socket) {
-                Ok(tcp) => accept_loop(shared, addr, tcp, limit, stopped).await,
+                Ok(tcp) => accept_loop(shared, addr, tcp, limit, stopped, peers).await,
                 Err(e) => tracing::warn!(%addr, worker = i, error = %e, "a worker cannot poll its listening socket; it serves no connections of this listener"),
             }
         }));
@@ -169,6 +181,27 @@ pub fn spawn(
         capacity: Arc::new(AtomicUsize::new(max_conns)),
         tasks,
     }
+}
+
+/// A connection accepted by one worker and handed to another, with what it holds.
+#[derive(Debug)]
+struct Handed {
+    /// Out of the accepting worker's I/O driver; the serving worker registers it with its own.
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+}
+
+/// Where connections handed to one worker (of one listener) arrive.
+type Inbox = mpsc::UnboundedSender<Handed>;
+
+/// What one worker's accept loop has of the others: its own inbox, and every worker's.
+#[derive(Debug)]
+struct Peers {
+    me: usize,
+    inbox: mpsc::UnboundedReceiver<Handed>,
+    inboxes: Arc<[Inbox]>,
 }
 
 // === impl ListenerHandle ===
@@ -226,16 +259,19 @@ impl ListenerHandle {
 /// hold it while waiting for a connection of its own, keeping it from connections queued at
 /// another worker. So at the cap each worker holds at most one accepted connection until a
 /// permit frees (the semaphore hands them out in order); the rest wait in the kernel's queues.
+/// The loop also serves the connections other workers hand to it (`peers`), and those still
+/// in its inbox when the listener stops.
 async fn accept_loop(
     shared: Arc<Shared>,
     addr: SocketAddr,
     tcp: TcpListener,
     limit: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
+    mut peers: Peers,
 ) {
     let conns = TaskTracker::new();
     let mut backoff = Duration::ZERO;
-    loop {
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
                 Ok(s) => s,
@@ -248,31 +284,120 @@ async fn accept_loop(
                     continue;
                 }
             },
+            Some(h) = peers.inbox.recv() => {
+                serve_handed(&conns, &shared, addr, h, &stopped);
+                continue;
+            }
             _ = stopped.changed() => break,
         };
         backoff = Duration::ZERO;
         let permit = match limit.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stopped.changed() => break,
-            },
+            Err(_) => {
+                // Connections handed here hold permits already: serve them while waiting, or a
+                // worker waiting for a permit would keep one from being used.
+                let acquire = limit.clone().acquire_owned();
+                tokio::pin!(acquire);
+                loop {
+                    tokio::select! {
+                        p = &mut acquire => match p { Ok(p) => break p, Err(_) => break 'accept },
+                        Some(h) = peers.inbox.recv() => serve_handed(&conns, &shared, addr, h, &stopped),
+                        _ = stopped.changed() => break 'accept,
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
+        let to = shared.balance.choose(peers.me);
+        let open = shared.balance.open(to);
+        if to != peers.me {
+            match hand_over(&peers.inboxes[to], stream, peer, permit, open) {
+                Ok(()) => {}
+                // That worker has stopped taking connections: serve it here.
+                Err(mut h) => {
+                    h.open = shared.balance.open(peers.me);
+                    serve_handed(&conns, &shared, addr, h, &stopped);
+                }
+            }
+            continue;
+        }
         conns.spawn(serve_conn(
             shared.clone(),
             addr,
             stream,
             Peer::new(peer, false),
             stopped.clone(),
-            permit,
+            (permit, open),
         ));
     }
     drop(tcp);
+    // Connections handed over before this worker stopped taking them are served all the same.
+    peers.inbox.close();
+    while let Ok(h) = peers.inbox.try_recv() {
+        serve_handed(&conns, &shared, addr, h, &stopped);
+    }
     conns.close();
     let grace = shared.current.load().config.file.runtime.shutdown_grace.0;
     if tokio::time::timeout(grace, conns.wait()).await.is_err() {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
+    }
+}
+
+/// Hands an accepted connection to another worker's inbox; gives it back if that worker no
+/// longer takes connections. A socket that cannot leave this worker's I/O driver (which
+/// takes an `epoll_ctl` failing) is closed.
+fn hand_over(
+    to: &Inbox,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+) -> Result<(), Handed> {
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "could not hand a connection to another worker; closing it");
+            return Ok(());
+        }
+    };
+    to.send(Handed {
+        stream,
+        peer,
+        permit,
+        open,
+    })
+    .map_err(|e| e.0)
+}
+
+/// Serves a handed connection on this worker: registers its socket with this worker's I/O
+/// driver and spawns it into `conns`.
+fn serve_handed(
+    conns: &TaskTracker,
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    h: Handed,
+    stopped: &watch::Receiver<bool>,
+) {
+    let Handed {
+        stream,
+        peer,
+        permit,
+        open,
+    } = h;
+    match TcpStream::from_std(stream) {
+        Ok(stream) => {
+            conns.spawn(serve_conn(
+                shared.clone(),
+                addr,
+                stream,
+                Peer::new(peer, false),
+                stopped.clone(),
+                (permit, open),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "a worker could not take a handed connection; closing it")
+        }
     }
 }
 
@@ -285,7 +410,7 @@ async fn serve_conn(
     stream: TcpStream,
     peer: Peer,
     stopped: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, Open),
 ) {
     let gen = shared.current.load_full();
     let Some(lst) = gen.listeners.get(&addr).cloned() else {

@@ -44,6 +44,8 @@ pub struct Shared {
     /// The runtimes that accept and serve data connections (worker 0: the one rampart
     /// started on).
     pub workers: crate::workers::Workers,
+    /// Open client connections per worker, and which worker serves the next one.
+    pub balance: super::balance::Balance,
 }
 
 // === impl Shared ===

@@ -35,3 +35,4 @@ mod tenant;
 mod tls;
 mod tracing;
 mod upstream_h1;
+mod workers;

@@ -119,10 +119,19 @@ async fn max_connections_are_all_served_at_once_across_workers() {
     assert_eq!(app.hits_for("/slow"), 12);
 }
 
+/// Two workers, so one of the connections is likely handed from one worker to the other
+/// (`src/proxy/balance.rs`) while the other waits for a permit for a connection of its own: it
+/// must serve the handed one meanwhile, since that one holds a permit already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_connections_makes_the_extra_one_wait_not_fail() {
     let app = sample().await;
-    let proxy = proxy(app.addr(), 2).await;
+    let proxy = Proxy::builder(&one_route(
+        "runtime:\n  header_read_timeout: 500ms\n  max_connections: 2",
+    ))
+    .var("APP", app.addr())
+    .env("RAMPART_WORKERS", 2)
+    .spawn()
+    .await;
     let addr = proxy.listener("inbound");
 
     let started = tokio::time::Instant::now();
