@@ -280,7 +280,17 @@ async fn accept_loop(
                     // spinning; log once per back-off step, not once per try.
                     backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                     tracing::warn!(%addr, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
+                    // Connections handed here meanwhile hold permits: serve them, don't let
+                    // them wait out the pause.
+                    let pause = tokio::time::sleep(backoff);
+                    tokio::pin!(pause);
+                    loop {
+                        tokio::select! {
+                            () = &mut pause => break,
+                            Some(h) = peers.inbox.recv() => serve_handed(&conns, &shared, addr, h, &stopped),
+                            _ = stopped.changed() => break 'accept,
+                        }
+                    }
                     continue;
                 }
             },

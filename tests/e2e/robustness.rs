@@ -167,3 +167,62 @@ async fn max_connections_makes_the_extra_one_wait_not_fail() {
         "the third waited: {took:?}"
     );
 }
+
+/// Out of file descriptors, `accept` fails: each worker backs off (10 ms doubling to 1 s)
+/// instead of spinning, serves what it holds and what other workers hand it, and serves new
+/// connections once descriptors are free again. The limit is lowered on the running process
+/// with `prlimit` (Debian package `util-linux`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_descriptors_accept_backs_off_and_serving_resumes() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = sample().await;
+    let proxy = Proxy::builder(&one_route(""))
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", 2)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    let open = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+        .expect("the proxy's descriptors must be listable")
+        .count();
+    let limit = format!("--nofile={}", open + 8);
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &proxy.pid().to_string(), &limit])
+        .status()
+        .expect("prlimit (Debian package util-linux) must be installed");
+    assert!(set.success(), "prlimit {limit} failed");
+
+    // More connections than descriptors left: the kernel completes them all, rampart can
+    // accept only some.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = tcp
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: app.local\r\n\r\n")
+            .await;
+        held.push(tcp);
+    }
+    assert_eventually!(
+        proxy.log().contains("accept failed; backing off"),
+        "a failing accept must be logged: {}",
+        proxy.log()
+    );
+    // Closed by the client, the accepted ones end and give their descriptors back; the ones
+    // still queued are accepted and end too; then new connections are served.
+    drop(held);
+    assert_eventually!(
+        http::try_get(addr, "/ok", &[])
+            .await
+            .is_ok_and(|r| r.status == 200),
+        "serving must resume once descriptors are free: {}",
+        proxy.log()
+    );
+    let warned = proxy.log().matches("accept failed; backing off").count();
+    // A spin would log thousands a second.
+    assert!(
+        warned < 200,
+        "one warning per back-off step, not a spin: {warned} warnings"
+    );
+}
