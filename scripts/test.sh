@@ -22,8 +22,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # --- system packages -------------------------------------------------------------------
 # command -> Debian packages that provide it
 declare -A want=( [promtool]=prometheus [prometheus]=prometheus [curl]=curl [cc]="gcc libc6-dev"
-                  [openssl]=openssl [python3]="python3 python3-venv" [redis-server]=redis-server )
-cmds=(promtool prometheus curl cc openssl python3 redis-server)
+                  [openssl]=openssl [python3]="python3 python3-venv" [redis-server]=redis-server
+                  [prlimit]=util-linux )
+cmds=(promtool prometheus curl cc openssl python3 redis-server prlimit)
 container_test=${RAMPART_CONTAINER_TEST:-0}
 if [[ $container_test == 1 ]]; then
     want+=( [podman]=podman [debootstrap]=debootstrap [runc]=runc )
