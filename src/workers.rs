@@ -6,7 +6,8 @@
 //! between cores (and caches). A proxy's connections are independent and short of work each;
 //! serving each one on the worker that accepted it, start to end, is what nginx and HAProxy do.
 //! Every worker has a listening socket of its own on each proxy address (`SO_REUSEPORT`, see
-//! `proxy::listener::bind_each`); the kernel spreads new connections over them.
+//! `proxy::listener::bind_each`); the kernel spreads new connections over them by a hash, and
+//! a worker that has more than its share hands new ones to the least busy (`proxy::balance`).
 //!
 //! The worker that starts rampart (the main thread) is worker 0 and also runs everything else:
 //! the admin listener, reloads, health checks, exporters. Workers 1.. are threads spawned here.
