@@ -266,90 +266,113 @@ async fn accept_loop(
     addr: SocketAddr,
     tcp: TcpListener,
     limit: Arc<Semaphore>,
-    mut stopped: watch::Receiver<bool>,
-    mut peers: Peers,
+    stopped: watch::Receiver<bool>,
+    peers: Peers,
 ) {
-    let conns = TaskTracker::new();
+    let mut a = Acceptor {
+        conns: TaskTracker::new(),
+        shared,
+        addr,
+        stopped,
+        peers,
+    };
     let mut backoff = Duration::ZERO;
-    'accept: loop {
-        let (stream, peer) = tokio::select! {
-            r = tcp.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, doubling up to 1 s, instead of
-                    // spinning; log once per back-off step, not once per try.
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    tracing::warn!(%addr, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                    // Connections handed here meanwhile hold permits: serve them, don't let
-                    // them wait out the pause.
-                    let pause = tokio::time::sleep(backoff);
-                    tokio::pin!(pause);
-                    loop {
-                        tokio::select! {
-                            () = &mut pause => break,
-                            Some(h) = peers.inbox.recv() => serve_handed(&conns, &shared, addr, h, &stopped),
-                            _ = stopped.changed() => break 'accept,
-                        }
-                    }
-                    continue;
+    loop {
+        let Some(accepted) = a.serving(tcp.accept()).await else {
+            break;
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off, doubling up to 1 s, instead of
+                // spinning; log once per back-off step, not once per try.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(%addr, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                if a.serving(tokio::time::sleep(backoff)).await.is_none() {
+                    break;
                 }
-            },
-            Some(h) = peers.inbox.recv() => {
-                serve_handed(&conns, &shared, addr, h, &stopped);
                 continue;
             }
-            _ = stopped.changed() => break,
         };
         backoff = Duration::ZERO;
         let permit = match limit.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                // Connections handed here hold permits already: serve them while waiting, or a
-                // worker waiting for a permit would keep one from being used.
-                let acquire = limit.clone().acquire_owned();
-                tokio::pin!(acquire);
-                loop {
-                    tokio::select! {
-                        p = &mut acquire => match p { Ok(p) => break p, Err(_) => break 'accept },
-                        Some(h) = peers.inbox.recv() => serve_handed(&conns, &shared, addr, h, &stopped),
-                        _ = stopped.changed() => break 'accept,
-                    }
-                }
-            }
+            Err(_) => match a.serving(limit.clone().acquire_owned()).await {
+                Some(Ok(p)) => p,
+                _ => break,
+            },
         };
         let _ = stream.set_nodelay(true);
-        let to = shared.balance.choose(peers.me);
-        let open = shared.balance.open(to);
-        if to != peers.me {
-            match hand_over(&peers.inboxes[to], stream, peer, permit, open) {
-                Ok(()) => {}
-                // That worker has stopped taking connections: serve it here.
-                Err(mut h) => {
-                    h.open = shared.balance.open(peers.me);
-                    serve_handed(&conns, &shared, addr, h, &stopped);
-                }
-            }
+        let me = a.peers.me;
+        let to = a.shared.balance.choose(me);
+        let open = a.shared.balance.open(to);
+        if to == me {
+            a.serve(stream, peer, (permit, open));
             continue;
         }
-        conns.spawn(serve_conn(
-            shared.clone(),
-            addr,
-            stream,
-            Peer::new(peer, false),
-            stopped.clone(),
-            (permit, open),
-        ));
+        if let Err(mut h) = hand_over(&a.peers.inboxes[to], stream, peer, permit, open) {
+            // That worker has stopped taking connections: serve it here.
+            h.open = a.shared.balance.open(me);
+            a.take(h);
+        }
     }
     drop(tcp);
     // Connections handed over before this worker stopped taking them are served all the same.
-    peers.inbox.close();
-    while let Ok(h) = peers.inbox.try_recv() {
-        serve_handed(&conns, &shared, addr, h, &stopped);
+    a.peers.inbox.close();
+    while let Ok(h) = a.peers.inbox.try_recv() {
+        a.take(h);
     }
-    conns.close();
-    let grace = shared.current.load().config.file.runtime.shutdown_grace.0;
-    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+    a.conns.close();
+    let grace = a.shared.current.load().config.file.runtime.shutdown_grace.0;
+    if tokio::time::timeout(grace, a.conns.wait()).await.is_err() {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
+    }
+}
+
+/// One worker's accept loop's state: what it serves connections with.
+struct Acceptor {
+    conns: TaskTracker,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stopped: watch::Receiver<bool>,
+    peers: Peers,
+}
+
+impl Acceptor {
+    /// Waits for `fut`, serving meanwhile the connections other workers hand this one: they
+    /// hold permits already, so no wait of this worker's (for a connection, a permit, the end
+    /// of a back-off) may keep them waiting. `None` once the listener stops.
+    async fn serving<F: std::future::Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                Some(h) = self.peers.inbox.recv() => self.take(h),
+                _ = self.stopped.changed() => return None,
+            }
+        }
+    }
+
+    /// Serves an accepted connection on this worker.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
+        self.conns.spawn(serve_conn(
+            self.shared.clone(),
+            self.addr,
+            stream,
+            Peer::new(peer, false),
+            self.stopped.clone(),
+            held,
+        ));
+    }
+
+    /// Serves a handed connection: registers its socket with this worker's I/O driver first.
+    fn take(&self, h: Handed) {
+        match TcpStream::from_std(h.stream) {
+            Ok(stream) => self.serve(stream, h.peer, (h.permit, h.open)),
+            Err(e) => {
+                tracing::warn!(peer = %h.peer, error = %e, "a worker could not take a handed connection; closing it")
+            }
+        }
     }
 }
 
@@ -377,38 +400,6 @@ fn hand_over(
         open,
     })
     .map_err(|e| e.0)
-}
-
-/// Serves a handed connection on this worker: registers its socket with this worker's I/O
-/// driver and spawns it into `conns`.
-fn serve_handed(
-    conns: &TaskTracker,
-    shared: &Arc<Shared>,
-    addr: SocketAddr,
-    h: Handed,
-    stopped: &watch::Receiver<bool>,
-) {
-    let Handed {
-        stream,
-        peer,
-        permit,
-        open,
-    } = h;
-    match TcpStream::from_std(stream) {
-        Ok(stream) => {
-            conns.spawn(serve_conn(
-                shared.clone(),
-                addr,
-                stream,
-                Peer::new(peer, false),
-                stopped.clone(),
-                (permit, open),
-            ));
-        }
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "a worker could not take a handed connection; closing it")
-        }
-    }
 }
 
 /// Serves one connection until it ends, its watchdog closes it, or the listener stops. On a
