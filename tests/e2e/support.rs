@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod otlp;

@@ -10,9 +10,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
+use crate::support::conn::Conn;
 use crate::support::metrics::{metric_value, metrics};
 use crate::support::{one_route, sample, Proxy};
 
@@ -34,7 +34,7 @@ async fn open_per_worker(admin: SocketAddr) -> [i64; 2] {
 
 /// A connection to `addr` from source port `port`, or `None` if that port is taken. It closes
 /// with a reset (linger 0), so no TIME_WAIT keeps the port from the next use.
-async fn connect_from(addr: SocketAddr, port: u16) -> Option<TcpStream> {
+async fn connect_from(addr: SocketAddr, port: u16) -> Option<Conn> {
     let s = TcpSocket::new_v4().expect("socket");
     s.set_reuseaddr(true).expect("SO_REUSEADDR");
     s.bind((Ipv4Addr::LOCALHOST, port).into()).ok()?;
@@ -43,37 +43,14 @@ async fn connect_from(addr: SocketAddr, port: u16) -> Option<TcpStream> {
         .ok()?
         .ok()?;
     tcp.set_zero_linger().expect("SO_LINGER");
-    Some(tcp)
+    Some(Conn::over(tcp))
 }
 
-/// Sends `GET /ok` on `tcp` (kept alive) and reads the answer; returns its status.
-async fn get_on(tcp: &mut TcpStream) -> u16 {
-    tcp.write_all(b"GET /ok HTTP/1.1\r\nHost: app.local\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("an answer with a content-length");
-                if buf.len() >= head_end + 4 + len {
-                    return head[9..12].parse().expect("a status code");
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tcp.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "the connection closed before the answer ended");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("an answer in time")
+/// Sends `GET /ok` on `conn` (kept alive) and reads the answer; returns its status.
+async fn get_on(conn: &mut Conn) -> u16 {
+    conn.send(b"GET /ok HTTP/1.1\r\nHost: app.local\r\n\r\n")
+        .await;
+    conn.answer(false).await.status
 }
 
 #[tokio::test]
@@ -137,9 +114,9 @@ async fn connections_the_kernel_queues_at_one_worker_are_spread_over_both() {
         "16 connections queued at worker {busy} must be served 8 and 8: {delta:?}"
     );
     // Served connections stay served, on whichever worker took them.
-    for tcp in &mut conns {
-        assert_eq!(get_on(tcp).await, 200);
-        assert_eq!(get_on(tcp).await, 200);
+    for c in &mut conns {
+        assert_eq!(get_on(c).await, 200);
+        assert_eq!(get_on(c).await, 200);
     }
     drop(conns);
     assert_eventually!(settled().await, "closed connections are no longer counted");
