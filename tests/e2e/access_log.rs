@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::{free_addr, http, metric_value, metrics, sample, Proxy};
+use crate::support::{http, metric_value, metrics, sample, Closed, Proxy};
 
 /// `$LOG` is the access log file, `$SAMPLE` its `sample_ok`, `$DEAD` an address nobody serves.
 const LOGGED: &str = r#"
@@ -56,17 +56,17 @@ listeners:
 struct Logged {
     proxy: Proxy,
     log: PathBuf,
-    dead: SocketAddr,
+    dead: Closed,
     _dir: tempfile::TempDir,
 }
 
 async fn logged(app: SocketAddr, sample_ok: &str) -> Logged {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
-    let dead = free_addr();
+    let dead = Closed::new();
     let proxy = Proxy::builder(LOGGED)
         .var("APP", app)
-        .var("DEAD", dead)
+        .var("DEAD", &dead)
         .var("LOG", log.display())
         .var("SAMPLE", sample_ok)
         .spawn()
@@ -175,7 +175,7 @@ async fn a_line_per_request_says_what_happened() {
     let dead = &wait_lines(&l.log, 5).await[4];
     assert_eq!(dead["status"], 502);
     assert_eq!(dead["reason"], "upstream_unavailable");
-    assert_eq!(dead["endpoint"], l.dead.to_string());
+    assert_eq!(dead["endpoint"], l.dead.addr().to_string());
     assert_eq!(dead["tries"], 1);
 }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::edges::OK;
 use crate::support::capture::Capture;
-use crate::support::{free_addr, raw, Proxy};
+use crate::support::{raw, Proxy};
 
 const BODY: &str = "through the tunnel\n";
 
@@ -172,7 +172,7 @@ async fn setup_with_plain() -> (TlsServer, Capture, Proxy) {
     let plain = Capture::start(OK).await;
     let proxy = Proxy::builder(POLICY)
         .var("TLS", tls.addr)
-        .var("DEAD", free_addr())
+        .closed("DEAD")
         .var("PLAIN", plain.addr())
         .spawn()
         .await;

@@ -156,7 +156,7 @@ async fn exercised() -> (rampart::sample::Sample, Proxy, String) {
     let app = sample().await;
     let proxy = Proxy::builder(EXERCISED)
         .var("APP", app.addr())
-        .var("DEAD", crate::support::free_addr())
+        .closed("DEAD")
         .spawn()
         .await;
     let addr = proxy.listener("inbound");

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{free_addr, http, one_route, raw, sample, Proxy};
+use crate::support::{http, one_route, raw, sample, Proxy};
 
 async fn inbound(app: SocketAddr) -> Proxy {
     Proxy::builder(&one_route("")).var("APP", app).spawn().await
@@ -145,7 +145,7 @@ async fn outbound_routes_by_authority_wildcard_and_path() {
     let proxy = Proxy::builder(OUTBOUND)
         .var("A", a.addr())
         .var("B", b.addr())
-        .var("DEAD", free_addr())
+        .closed("DEAD")
         .spawn()
         .await;
     let out = proxy.listener("outbound");
@@ -188,7 +188,7 @@ async fn upstream_down_is_502_upstream_unavailable() {
     let proxy = Proxy::builder(OUTBOUND)
         .var("A", a.addr())
         .var("B", b.addr())
-        .var("DEAD", free_addr())
+        .closed("DEAD")
         .spawn()
         .await;
     let started = tokio::time::Instant::now();

@@ -32,11 +32,55 @@ pub fn free_port() -> u16 {
     free_addr().port()
 }
 
-/// A free address on 127.0.0.1 (see [`free_port`]). Nobody listens on it until someone binds
-/// it, which also makes it a dead upstream endpoint.
+/// A free address on 127.0.0.1 (see [`free_port`]), for a server about to bind it. For an
+/// address that must refuse connections, take a [`Closed`]: a released port can be bound again
+/// by another test running alongside, or become the source port of a connection to itself.
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 must work");
     l.local_addr().expect("a bound socket must have an address")
+}
+
+/// An address on 127.0.0.1 that refuses every connection for as long as this lives: a dead
+/// upstream endpoint. Its port is bound and never listened on, so no other socket can take it
+/// (neither a server nor the source port of an outgoing connection) and a connect to it is
+/// reset at once.
+#[derive(Debug)]
+pub struct Closed {
+    socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl Closed {
+    pub fn new() -> Closed {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        socket
+            .bind(&any.into())
+            .expect("binding 127.0.0.1:0 must work");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("a bound socket must have an address");
+        Closed { socket, addr }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Lets the port go, for a server that is to come up on it.
+    pub fn release(self) -> SocketAddr {
+        drop(self.socket);
+        self.addr
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
 }
 
 /// A sample service on a free loopback port.

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::time::Instant;
 
 use crate::support::otlp::{attr, hex, Collector};
-use crate::support::{free_addr, http, metric_value, metrics, sample, Proxy};
+use crate::support::{http, metric_value, metrics, sample, Closed, Proxy};
 
 /// `$OTLP` is the collector's address, `$SAMPLE` the head sampling ratio.
 const TRACED: &str = r#"
@@ -367,7 +367,7 @@ async fn a_reload_moves_the_export_to_the_new_collector() {
 async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
     let app = sample().await;
     // A port nobody listens on, and one that accepts and never answers.
-    let dead = free_addr();
+    let dead = Closed::new();
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -378,7 +378,7 @@ async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
             held.push(s);
         }
     });
-    for otlp in [dead, silent_addr] {
+    for otlp in [dead.addr(), silent_addr] {
         let t = traced(app.addr(), otlp, "100%", "http/protobuf").await;
         let addr = t.proxy.listener("inbound");
         let started = Instant::now();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{ms, table, Load};
-use crate::support::{free_addr, metric_value, metrics, Proxy};
+use crate::support::{metric_value, metrics, Closed, Proxy};
 
 const GUARDED: &str = r#"
 version: 1
@@ -39,8 +39,8 @@ fn transitions(text: &str, from: &str, to: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_open_the_breaker_and_its_return_closes_it() {
     // Nobody listens here yet: every connect is refused.
-    let app_addr = free_addr();
-    let proxy = Proxy::builder(GUARDED).var("APP", app_addr).spawn().await;
+    let dead = Closed::new();
+    let proxy = Proxy::builder(GUARDED).var("APP", &dead).spawn().await;
     let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
 
     let load = Load::start(addr, "/ok", 2);
@@ -50,7 +50,7 @@ async fn refused_connections_open_the_breaker_and_its_return_closes_it() {
     );
     load.wait_more(20).await;
     let back = load.now();
-    let app = rampart::sample::Sample::start(app_addr)
+    let app = rampart::sample::Sample::start(dead.release())
         .await
         .expect("the upstream must come back on its address");
     assert_eventually!(

@@ -69,8 +69,8 @@ async fn health_exits_0_on_200_and_1_with_a_reason_otherwise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_fails_fast_on_a_closed_port_and_within_its_timeout_on_a_silent_one() {
-    let closed = crate::support::free_addr().to_string();
-    let (code, text, _) = health(&["--admin", &closed]).await;
+    let closed = crate::support::Closed::new();
+    let (code, text, _) = health(&["--admin", &closed.to_string()]).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("cannot connect"), "{text}");
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use super::http;
+use super::{http, Closed};
 
 /// How long a proxy may take to answer `/readyz` 200 after spawn.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -26,6 +26,7 @@ pub struct ProxyBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     configmap: bool,
+    closed: Vec<Closed>,
 }
 
 /// A running `rampart run` child. Killed (by PID) on drop.
@@ -41,6 +42,8 @@ pub struct Proxy {
     vars: Vec<(String, String)>,
     /// Generation of the ConfigMap-style layout, if the file is mounted that way.
     configmap: Option<u32>,
+    /// Dead addresses the file names, kept closed while the proxy lives.
+    _closed: Vec<Closed>,
 }
 
 /// A policy file rendered into a temp dir, with the addresses its placeholders got.
@@ -67,6 +70,15 @@ impl ProxyBuilder {
         self.vars.push((format!("${name}"), value.to_string()));
         // Longest first, so `$APP` never eats the start of `$APP2`.
         self.vars.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        self
+    }
+
+    /// Replaces `$name` by an address that refuses connections for the life of the proxy (a
+    /// dead upstream endpoint; see [`Closed`]).
+    pub fn closed(mut self, name: &str) -> Self {
+        let dead = Closed::new();
+        self = self.var(name, &dead);
+        self.closed.push(dead);
         self
     }
 
@@ -125,7 +137,10 @@ impl ProxyBuilder {
         loop {
             let mut proxy = self.start();
             match proxy.wait_ready().await {
-                Ok(()) => return proxy,
+                Ok(()) => {
+                    proxy._closed = self.closed;
+                    return proxy;
+                }
                 Err(why) if attempt < 3 && proxy.exited.is_some() && why.contains("in use") => {
                     eprintln!("a port was taken before rampart bound it; trying again: {why}");
                     attempt += 1;
@@ -176,6 +191,7 @@ impl ProxyBuilder {
             listeners,
             vars: self.vars.clone(),
             configmap,
+            _closed: Vec::new(),
         }
     }
 }
@@ -191,6 +207,7 @@ impl Proxy {
             args: Vec::new(),
             envs: Vec::new(),
             configmap: false,
+            closed: Vec::new(),
         }
     }
 
