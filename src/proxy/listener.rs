@@ -500,9 +500,11 @@ async fn serve_io<I>(
     let watchdog = state.watch(head.saturating_sub(started.elapsed()), lst.idle_timeout);
     tokio::pin!(watchdog);
     let draining = *stopped.borrow();
-    serve_hyper(
+    // Boxed: inline, hyper's part set the size of every connection's task (11,360 bytes
+    // instead of 6,048), though a connection the lean server keeps never touches it.
+    Box::pin(serve_hyper(
         shared, addr, lst, io, client, &state, watchdog, stopped, draining,
-    )
+    ))
     .await;
 }
 
