@@ -27,7 +27,6 @@ pub mod parse;
 mod rewind;
 pub mod write;
 
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -47,6 +46,7 @@ use self::write::Ask;
 use super::conn::ConnState;
 use super::forward::Peer;
 use super::shared::Shared;
+use super::spare::Shelf;
 use crate::generation::ListenerRt;
 
 /// The read buffer's first size, and the least free room asked before each read.
@@ -60,7 +60,7 @@ const OUT_KEEP_MAX: usize = 16 * 1024;
 
 thread_local! {
     /// Buffers of waiting connections, a read buffer and a write buffer a pair.
-    static SPARES: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    static SPARES: Shelf<Held> = const { Shelf::new(BUFFERS_KEPT) };
 }
 
 /// One connection's surroundings.
@@ -252,7 +252,7 @@ struct Buffers {
     held: Option<Held>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Held {
     read: BytesMut,
     out: Vec<u8>,
@@ -261,16 +261,8 @@ struct Held {
 impl Buffers {
     /// The buffers, taken back from the shelf (or new) if they were lent.
     fn held(&mut self) -> &mut Held {
-        self.held.get_or_insert_with(|| {
-            SPARES
-                .try_with(|s| s.borrow_mut().pop())
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Held {
-                    read: BytesMut::new(),
-                    out: Vec::new(),
-                })
-        })
+        self.held
+            .get_or_insert_with(|| Shelf::take(&SPARES).unwrap_or_default())
     }
 
     /// The read buffer, if it holds bytes not parsed yet.
@@ -313,13 +305,7 @@ impl Buffers {
         if held.out.capacity() > OUT_KEEP_MAX {
             held.out = Vec::new();
         }
-        held.out.clear();
-        let _ = SPARES.try_with(|s| {
-            let mut kept = s.borrow_mut();
-            if kept.len() < BUFFERS_KEPT {
-                kept.push(held);
-            }
-        });
+        Shelf::keep(&SPARES, held, |h| h.out.clear());
     }
 }
 
@@ -333,7 +319,7 @@ mod tests {
     }
 
     fn kept() -> usize {
-        SPARES.with(|s| s.borrow().len())
+        super::Shelf::len(&SPARES)
     }
 
     #[test]
