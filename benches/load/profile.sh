@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Where a request's CPU time goes, in rampart and in nginx, under the same wrk load: issue 22
+# asks, for every goal not met, for the profile that shows it. This machine has no hardware
+# counters, but the kernel's software clock (`perf record -e cpu-clock`) and its syscall
+# tracepoints work, kernel included, at little cost to the process measured.
+#
+# Starts a one-worker nginx answering a fixed 200 (the upstream), then rampart as a plain proxy
+# (RAMPART_WORKERS=1), rampart with its access log on, and nginx as a proxy (one worker,
+# `master_process off`), all in front of it. For each target in turn: a warm-up, then one wrk
+# run of DURATION while `perf stat` counts its syscalls, and one while `perf record` samples it
+# (4,000 samples a second of CPU time). Prints, per request served:
+#   - syscalls, all and by kind;
+#   - CPU time, split into the kernel, the program itself, the C library and the vDSO (where
+#     clock reads run);
+#   - the program's own symbols that cost most, in nanoseconds (TOP of them).
+# Sample counts are turned into time at 250 µs a sample; the figures of one run move by 10 %
+# with the load's batching (a run that batches more pays fewer syscalls per request), so
+# compare targets within one run.
+#
+# Settings (environment), defaults in brackets:
+#   CONNS [16]  DURATION [5]  (seconds)  TOP [25]  BASE_PORT [18840]
+#   RAMPART_BIN [cargo build --release]  OUT [target/bench-profile]
+set -euo pipefail
+
+CONNS=${CONNS:-16}
+DURATION=${DURATION:-5}
+TOP=${TOP:-25}
+BASE_PORT=${BASE_PORT:-18840}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+OUT=${OUT:-$repo/target/bench-profile}
+
+LOG_TAG=profile
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$here/lib.sh"
+
+install_missing perf=linux-perf
+export PATH="$PATH:/usr/sbin:/sbin"
+bench_setup
+rampart_bin
+nginx_bin=$(command -v nginx)
+perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 ||
+    die "perf cannot count syscall tracepoints here (kernel.perf_event_paranoid, tracefs)"
+
+declare -a pids=()
+declare -A pid_of=()
+next_port=$BASE_PORT
+take_port() {
+    while port_in_use "$next_port"; do next_port=$((next_port + 1)); done
+    port=$next_port
+    next_port=$((next_port + 1))
+}
+
+take_port
+upstream=127.0.0.1:$port
+render_tmpl "$here/nginx-standin.conf" "$work/upstream.conf" "$work" "$upstream" "" 1
+start upstream "$nginx_bin" -p "$work" -e "$work/upstream-error.log" -c "$work/upstream.conf"
+wait_http upstream "http://$upstream/"
+
+declare -A listen=()
+for target in rampart rampart-log; do
+    take_port
+    listen[$target]=127.0.0.1:$port
+    take_port
+    render_tmpl "$here/rampart.yaml" "$work/$target.yaml" "$work" "${listen[$target]}" "127.0.0.1:$port" 1
+    [[ $target == rampart-log ]] &&
+        sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $work/access.jsonl }|" "$work/$target.yaml"
+    start "$target" env RAMPART_WORKERS=1 RUST_LOG=warn "$rampart" run \
+        --config "$work/$target.yaml" --log-format text
+    wait_http "$target" "http://${listen[$target]}/"
+done
+take_port
+listen[nginx]=127.0.0.1:$port
+mkdir -p "$work/nginx"
+render_tmpl "$here/nginx.conf" "$work/nginx/nginx.conf" "$work/nginx" "${listen[nginx]}" "" 1
+start nginx "$nginx_bin" -g "master_process off;" -p "$work/nginx" -e "$work/nginx/error.log" \
+    -c "$work/nginx/nginx.conf"
+wait_http nginx "http://${listen[nginx]}/"
+
+kinds=(recvfrom sendto read write readv writev epoll_wait epoll_ctl futex accept4 close setsockopt getsockopt ioctl)
+events=raw_syscalls:sys_enter
+for k in "${kinds[@]}"; do events+=",syscalls:sys_enter_$k"; done
+
+mkdir -p "$OUT"
+: >"$OUT/profile.md"
+# load TARGET : one wrk run of DURATION; prints the requests it completed.
+load() {
+    local out
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://${listen[$1]}/")
+    grep -qE 'Non-2xx|Socket errors' <<<"$out" && die "$1: wrk saw errors: $out"
+    awk '/requests in/ {print $1}' <<<"$out"
+}
+
+for target in rampart rampart-log nginx; do
+    pid=${pid_of[$target]}
+    log "$target: warm-up, then $DURATION s counted and $DURATION s sampled, $CONNS connections"
+    wrk -t1 -c"$CONNS" -d2s "http://${listen[$target]}/" >/dev/null
+    perf stat -x, -e "$events" -p "$pid" -o "$OUT/$target.stat" -- sleep "$DURATION" &
+    counter=$!
+    served=$(load "$target")
+    wait "$counter"
+    perf record -q -e cpu-clock -p "$pid" -o "$OUT/$target.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    sampler=$!
+    sampled=$(load "$target")
+    wait "$sampler"
+    {
+        echo "## $target ($CONNS connections)"
+        echo
+        awk -F, -v n="$served" '$1 + 0 > 0 {sub(/.*:sys_enter_?/, "", $3); printf "%s %.2f, ", ($3 == "" ? "syscalls" : $3), $1 / n}' \
+            "$OUT/$target.stat" | sed 's/, $//; s/^/syscalls per request: /'
+        echo
+        echo
+        echo "CPU per request ($sampled requests sampled):"
+        echo
+        perf report -i "$OUT/$target.data" --stdio --no-children -n --sort dso 2>/dev/null |
+            awk -v n="$sampled" '!/^#/ && NF >= 3 && ++k <= 6 {printf "- %s: %.2f µs\n", $3, $2 * 250 / n}'
+        echo
+        echo "The program's own top $TOP symbols (ns per request):"
+        echo
+        perf report -i "$OUT/$target.data" --stdio --no-children -n --sort dso,sym 2>/dev/null |
+            awk -v n="$sampled" -v top="$TOP" '!/^#/ && NF >= 5 && $3 !~ /kernel/ && ++k <= top {
+                c = $2; $1 = $2 = $3 = $4 = ""; sub(/^ +/, ""); printf "- %5.0f %s\n", c * 250000 / n, $0}'
+        echo
+    } | tee -a "$OUT/profile.md"
+done
+log "written to $OUT/profile.md"
