@@ -13,7 +13,7 @@
 #   POLICY_WORKERS ["1"]         worker counts at which rampart with the full policy is measured
 #   LOG_WORKERS ["1"]            worker counts at which rampart with its access log on (every line,
 #                                to a file) is measured against the same build with it off
-#   LOG_ROUNDS [8] LOG_DURATION [4s]   rounds and wrk run length of that comparison: more, shorter
+#   LOG_ROUNDS [20] LOG_DURATION [3s]  rounds and wrk run length of that comparison: more, shorter
 #                                pairs of runs, since its goal is the median of the rounds' ratios
 #   TENANTS [10000]              tenant ids rotated by tenants.lua
 #   IDLE_CONNS [2000]            idle keep-alive connections opened to each proxy (0: skip)
@@ -34,8 +34,8 @@ CONNS_LIST=${CONNS_LIST:-16 128}
 WORKERS_LIST=${WORKERS_LIST:-1 2}
 POLICY_WORKERS=${POLICY_WORKERS:-1}
 LOG_WORKERS=${LOG_WORKERS:-1}
-LOG_ROUNDS=${LOG_ROUNDS:-8}
-LOG_DURATION=${LOG_DURATION:-4s}
+LOG_ROUNDS=${LOG_ROUNDS:-20}
+LOG_DURATION=${LOG_DURATION:-3s}
 TENANTS=${TENANTS:-10000}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 DIRECT=${DIRECT:-1}
