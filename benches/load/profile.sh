@@ -12,7 +12,8 @@
 #   - syscalls, all and by kind;
 #   - CPU time, split into the kernel, the program itself, the C library and the vDSO (where
 #     clock reads run);
-#   - the program's own symbols that cost most, in nanoseconds (TOP of them).
+#   - the user-space symbols (the program's, the C library's, the vDSO's) that cost most, in
+#     nanoseconds (TOP of them).
 # Sample counts are turned into time at 250 µs a sample; the figures of one run move by 10 %
 # with the load's batching (a run that batches more pays fewer syscalls per request), so
 # compare targets within one run.
@@ -116,7 +117,7 @@ for target in rampart rampart-log nginx; do
         perf report -i "$OUT/$target.data" --stdio --no-children -n --sort dso 2>/dev/null |
             awk -v n="$sampled" '!/^#/ && NF >= 3 && ++k <= 6 {printf "- %s: %.2f µs\n", $3, $2 * 250 / n}'
         echo
-        echo "The program's own top $TOP symbols (ns per request):"
+        echo "Top $TOP user-space symbols (ns per request):"
         echo
         perf report -i "$OUT/$target.data" --stdio --no-children -n --sort dso,sym 2>/dev/null |
             awk -v n="$sampled" -v top="$TOP" '!/^#/ && NF >= 5 && $3 !~ /kernel/ && ++k <= top {
