@@ -40,12 +40,6 @@ rampart_bin
 nginx_bin=$(command -v nginx)
 haproxy_bin=$(command -v haproxy)
 
-next_port=$BASE_PORT
-take_port() {
-    while port_in_use "$next_port"; do next_port=$((next_port + 1)); done
-    port=$next_port
-    next_port=$((next_port + 1))
-}
 
 take_port
 upstream=127.0.0.1:$port
@@ -69,7 +63,7 @@ count() {
             admin_port=127.0.0.1:$port
             render_tmpl "$here/rampart.yaml" "$dir/rampart.yaml" "$dir" "$listen" "$admin_port" 1
             [[ $target == rampart-log ]] &&
-                sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $dir/access.jsonl }|" "$dir/rampart.yaml"
+                log_to "$dir/access.jsonl" "$dir/rampart.yaml"
             start "$name" env RAMPART_WORKERS=1 RUST_LOG=warn "${vg[@]}" \
                 --callgrind-out-file="$dir/callgrind.out" \
                 "$bin" run --config "$dir/rampart.yaml" --log-format text

@@ -102,12 +102,6 @@ clk_tck=$(getconf CLK_TCK)
 } >"$OUT/meta.txt"
 
 # --- ports and templates ---------------------------------------------------------------------
-next_port=$BASE_PORT
-take_port() { # sets $port to the next free loopback port
-    while port_in_use "$next_port"; do next_port=$((next_port + 1)); done
-    port=$next_port
-    next_port=$((next_port + 1))
-}
 
 take_port
 upstream=127.0.0.1:$port
@@ -133,7 +127,7 @@ start_proxy() {
             render_tmpl "$here/$tmpl" "$dir/rampart.yaml" "$dir" "$listen" "$admin_port" "$w"
             # The access log's cost: every request's line, to a file.
             [[ $kind == rampart-log ]] &&
-                sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $dir/access.jsonl }|" "$dir/rampart.yaml"
+                log_to "$dir/access.jsonl" "$dir/rampart.yaml"
             "$bin" validate --config "$dir/rampart.yaml" >"$dir/validate.log" 2>&1 ||
                 die "$name: rampart refused its config: $(cat "$dir/validate.log")"
             grep -q ' 0 warning(s)' "$dir/validate.log" ||

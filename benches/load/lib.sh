@@ -125,6 +125,22 @@ rampart_bin() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# take_port : sets `port` to the next free loopback port, counting up from BASE_PORT (set by the
+# caller); `next_port` is where the next call starts looking.
+take_port() {
+    next_port=${next_port:-${BASE_PORT:?take_port needs BASE_PORT}}
+    while port_in_use "$next_port"; do next_port=$((next_port + 1)); done
+    # shellcheck disable=SC2034 # read by the caller
+    port=$next_port
+    next_port=$((next_port + 1))
+}
+
+# log_to FILE YAML : turns on the access log of the `inbound` listener of a config rendered from
+# rampart.yaml, every line to FILE.
+log_to() {
+    sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $1 }|" "$2"
+}
+
 # start NAME CMD... : runs CMD in the background, output to $work/NAME.log.
 start() {
     local name=$1

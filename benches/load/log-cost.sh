@@ -39,17 +39,9 @@ bench_setup
 rampart_bin
 nginx_bin=$(command -v nginx)
 
-declare -a pids=()
-declare -A pid_of=()
 # pin CPU : the taskset prefix with PIN=1, nothing otherwise.
 pin() { ((PIN)) && echo "taskset -c $1"; }
 
-next_port=$BASE_PORT
-take_port() {
-    while port_in_use "$next_port"; do next_port=$((next_port + 1)); done
-    port=$next_port
-    next_port=$((next_port + 1))
-}
 
 take_port
 upstream=127.0.0.1:$port
@@ -64,8 +56,7 @@ for target in off on; do
     listen[$target]=127.0.0.1:$port
     take_port
     render_tmpl "$here/rampart.yaml" "$work/$target.yaml" "$work" "${listen[$target]}" "127.0.0.1:$port" 1
-    [[ $target == on ]] &&
-        sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $work/access.jsonl }|" "$work/$target.yaml"
+    [[ $target == on ]] && log_to "$work/access.jsonl" "$work/$target.yaml"
     # shellcheck disable=SC2046
     start "$target" env RAMPART_WORKERS=1 RUST_LOG=warn $(pin 0) "$rampart" run \
         --config "$work/$target.yaml" --log-format text

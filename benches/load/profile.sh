@@ -44,14 +44,6 @@ nginx_bin=$(command -v nginx)
 perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 ||
     die "perf cannot count syscall tracepoints here (kernel.perf_event_paranoid, tracefs)"
 
-declare -a pids=()
-declare -A pid_of=()
-next_port=$BASE_PORT
-take_port() {
-    while port_in_use "$next_port"; do next_port=$((next_port + 1)); done
-    port=$next_port
-    next_port=$((next_port + 1))
-}
 
 take_port
 upstream=127.0.0.1:$port
@@ -65,8 +57,7 @@ for target in rampart rampart-log; do
     listen[$target]=127.0.0.1:$port
     take_port
     render_tmpl "$here/rampart.yaml" "$work/$target.yaml" "$work" "${listen[$target]}" "127.0.0.1:$port" 1
-    [[ $target == rampart-log ]] &&
-        sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $work/access.jsonl }|" "$work/$target.yaml"
+    [[ $target == rampart-log ]] && log_to "$work/access.jsonl" "$work/$target.yaml"
     start "$target" env RAMPART_WORKERS=1 RUST_LOG=warn "$rampart" run \
         --config "$work/$target.yaml" --log-format text
     wait_http "$target" "http://${listen[$target]}/"

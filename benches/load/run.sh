@@ -101,7 +101,7 @@ if [[ $BENCH_STANDIN != 1 ]]; then
     render "$here/rampart.yaml" "$work/rampart.yaml" "127.0.0.1:$p_rampart" "127.0.0.1:$p_admin"
     if [[ -n ${RAMPART_ACCESS_LOG:-} ]]; then
         # The access log's cost: one JSON line per request to this file.
-        sed -i "s|^    direction: inbound\$|&\n    access_log: { to: $RAMPART_ACCESS_LOG }|" "$work/rampart.yaml"
+        log_to "$RAMPART_ACCESS_LOG" "$work/rampart.yaml"
     fi
     "$rampart" validate --config "$work/rampart.yaml" >"$work/validate.log" 2>&1 ||
         die "rampart refused the bench config: $(cat "$work/validate.log")"
