@@ -68,6 +68,7 @@ struct State {
     healthy: AtomicBool,
     open_conns: AtomicU64,
     peak_conns: AtomicU64,
+    accepted: AtomicU64,
     active: AtomicU64,
     peak_active: AtomicU64,
 }
@@ -93,6 +94,7 @@ impl Sample {
             healthy: AtomicBool::new(true),
             open_conns: AtomicU64::new(0),
             peak_conns: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             active: AtomicU64::new(0),
             peak_active: AtomicU64::new(0),
         });
@@ -123,6 +125,11 @@ impl Sample {
     /// The most connections that were open at once since start.
     pub fn peak_connections(&self) -> u64 {
         self.state.peak_conns.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since start (a pooled connection reused counts once).
+    pub fn connections(&self) -> u64 {
+        self.state.accepted.load(Ordering::SeqCst)
     }
 
     /// Requests served for `path` (the path without its query).
@@ -215,6 +222,7 @@ async fn wait_stopped(mut stopped: watch::Receiver<bool>) {
 
 async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    state.accepted.fetch_add(1, Ordering::SeqCst);
     let open = state.open_conns.fetch_add(1, Ordering::SeqCst) + 1;
     state.peak_conns.fetch_max(open, Ordering::SeqCst);
     let counted = state.clone();

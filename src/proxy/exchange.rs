@@ -220,7 +220,7 @@ pub(super) async fn try_once(
     let record = TryRecord::start(ctx, &ep, permit, parts, now);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
-    let sent = ep.pool.send(ep.addr, parts, body, now);
+    let sent = ep.pool.send(ep.addr, parts, body);
     let result = match bound {
         Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
         None => Ok(sent.await),

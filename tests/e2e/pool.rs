@@ -279,3 +279,47 @@ fn worker_cpu_ns(pid: u32) -> Vec<(String, u64)> {
     }
     out
 }
+
+/// `pool_idle_timeout` acts: a connection idle for less is used again, one idle for longer is
+/// not (a new one is opened), and either way the request is answered by the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_reused_within_pool_idle_timeout_and_not_after() {
+    let app = sample().await;
+    let cfg = one_route("").replace(
+        "app: { endpoints: [$APP] }",
+        "app: { endpoints: [$APP], pool_idle_timeout: 400ms }",
+    );
+    assert!(cfg.contains("pool_idle_timeout"), "template changed: {cfg}");
+    let proxy = Proxy::builder(&cfg)
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let ok = |r: http::Resp, what: &str| {
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "ok\n"),
+            "{what}"
+        );
+    };
+    ok(http::get(addr, "/ok", &[]).await, "first");
+    assert_eq!(app.connections(), 1, "the first request opens a connection");
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ok(http::get(addr, "/ok", &[]).await, "within the timeout");
+        assert_eq!(
+            app.connections(),
+            1,
+            "request {i} within the timeout reuses it"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    ok(http::get(addr, "/ok", &[]).await, "after the timeout");
+    assert_eq!(
+        app.connections(),
+        2,
+        "a connection idle beyond pool_idle_timeout is not used again"
+    );
+    assert_eq!(app.hits_for("/ok"), 5);
+}

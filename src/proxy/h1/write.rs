@@ -349,18 +349,18 @@ fn digits(b: &[u8]) -> Option<u64> {
     })
 }
 
-/// The `date` value for now, formatted once a second per thread.
+/// The `date` value for now, formatted once a second per thread. The second comes from the
+/// coarse wall clock (a few milliseconds behind at most; a tenth of the cost of a precise
+/// reading, and a `date` header names whole seconds).
 pub fn date() -> [u8; 29] {
     thread_local! {
         static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
     }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = crate::clock::coarse::unix_secs();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
+            let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
             let text = httpdate::fmt_http_date(now);
             if text.len() == 29 {
                 c.1.copy_from_slice(text.as_bytes());
