@@ -165,6 +165,30 @@ pub mod coarse {
         }
     }
 
+    /// A precise instant and the coarse clock's reading with it: later instants are had from
+    /// the coarse clock alone, within a tick (a few milliseconds) of a precise reading.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Anchor {
+        at: tokio::time::Instant,
+        millis: u64,
+    }
+
+    impl Anchor {
+        /// Anchored at `at`, an instant just read.
+        pub fn new(at: tokio::time::Instant) -> Self {
+            Anchor {
+                at,
+                millis: millis(),
+            }
+        }
+
+        /// About now: the anchor plus the coarse clock's milliseconds since. For deadlines of
+        /// seconds (a keep-alive connection's wait for its next head).
+        pub fn now(&self) -> tokio::time::Instant {
+            self.at + std::time::Duration::from_millis(millis().saturating_sub(self.millis))
+        }
+    }
+
     /// Whole seconds since the Unix epoch (0 before it).
     pub fn unix_secs() -> u64 {
         #[cfg(target_os = "linux")]

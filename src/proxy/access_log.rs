@@ -103,6 +103,8 @@ pub struct TryStats {
     pub endpoint: Option<SocketAddr>,
     /// How long the last try took, to the answer's head.
     pub upstream: Option<Duration>,
+    /// When the last try ended (the clock reading its duration was taken from).
+    pub ended: Option<Instant>,
     /// The client body's cell, which counts the bytes received.
     pub received: Option<Arc<FaultCell>>,
 }

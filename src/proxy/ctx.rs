@@ -65,9 +65,11 @@ impl TryLog {
         s.tries
     }
 
-    /// Notes how long the try took.
-    pub fn ended(&self, took: Duration) {
-        self.0.lock().upstream = Some(took);
+    /// Notes how long the try took, and when it ended.
+    pub fn ended(&self, took: Duration, at: Instant) {
+        let mut s = self.0.lock();
+        s.upstream = Some(took);
+        s.ended = Some(at);
     }
 
     /// What was noted.

@@ -388,7 +388,7 @@ impl Drop for TryRecord<'_> {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
         let ended = Instant::now();
         let took = ended.saturating_duration_since(self.started);
-        self.ctx.tries.ended(took);
+        self.ctx.tries.ended(took, ended);
         if let Some(p) = self.permit.take() {
             p.record(outcome, took);
         }

@@ -97,6 +97,11 @@ impl<'a> Finish<'a> {
 
     /// Ends the request with `rsp`: counts it under `tm`, stamps the request id, logs.
     /// `limit` names the rate limit that refused; `tries` is what the exchange did.
+    ///
+    /// The request's duration ends at `tries.ended` when that is given: the caller vouches
+    /// that nothing was awaited since the last try ended (the exchange answers at once from
+    /// its last try, a retry's backoff is always followed by another try), so that reading
+    /// of the clock serves for both. Otherwise the clock is read here.
     pub fn answer(
         mut self,
         tm: &Arc<TenantMetrics>,
@@ -106,7 +111,9 @@ impl<'a> Finish<'a> {
     ) -> Response<Body> {
         let status = rsp.status().as_u16();
         tm.count(status);
-        tm.duration.observe(self.started.elapsed());
+        let now = tries.ended.unwrap_or_else(Instant::now);
+        tm.duration
+            .observe(now.saturating_duration_since(self.started));
         // Every header lookup hashes a custom name: two, in the common case. (The reason of
         // rampart's own answer is a static value: its copy costs no allocation.)
         let own = rsp.headers().get(REASON_HEADER).cloned();

@@ -47,6 +47,7 @@ use super::conn::ConnState;
 use super::forward::Peer;
 use super::shared::Shared;
 use super::spare::Shelf;
+use crate::clock::coarse;
 use crate::generation::ListenerRt;
 
 /// The read buffer's first size, and the least free room asked before each read.
@@ -122,8 +123,12 @@ where
     // So a busy connection re-arms it about once per `wait_limit`, not once per request.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut timing = false;
-    let mut first = Some(Instant::now() + first_head);
-    let mut due = Instant::now();
+    let opened = Instant::now();
+    let mut first = Some(opened + first_head);
+    let mut due = opened;
+    // Each later wait's end is counted from the coarse clock (a precise reading per request
+    // cost more than its answer's `date`): a few milliseconds either way on a limit of seconds.
+    let clock = coarse::Anchor::new(opened);
     loop {
         if let Some(read) = bufs.unread() {
             match parse::parse(read, max_head, &mut reuse) {
@@ -187,7 +192,7 @@ where
             // whether it fired, and whether the wait's end has come.
             if !timing {
                 timing = true;
-                due = first.unwrap_or_else(|| Instant::now() + wait_limit);
+                due = first.unwrap_or_else(|| clock.now() + wait_limit);
             }
             let fired = match timer.as_mut() {
                 None => timer

@@ -222,14 +222,18 @@ pub async fn handle(
         let rsp = Box::pin(tunnel::open(&ctx, &shared.clock, req, guards)).await;
         return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
-    let mut rsp = match &route.policy.idempotency {
+    let (mut rsp, last_try_ends) = match &route.policy.idempotency {
         // Boxed: kilobytes (the store's futures too) that the common case should not carry.
-        Some(idem) => Box::pin(idempotent::run(&ctx, idem, req)).await,
+        // It may wait on its store after the last try.
+        Some(idem) => (Box::pin(idempotent::run(&ctx, idem, req)).await, false),
         // Inline: this future is built in place once per request (both servers keep the
         // request's future where it was made), so a box only added an allocation and a copy.
-        None => exchange::run(&ctx, req).await,
+        None => (exchange::run(&ctx, req).await, true),
     };
-    let tries = ctx.tries.take();
+    let mut tries = ctx.tries.take();
+    if !last_try_ends {
+        tries.ended = None;
+    }
     fin.guards.slot = slot;
     // 9. Fallback.
     if let Some(fb) = &route.policy.fallback {
@@ -251,5 +255,6 @@ const NO_TRY: TryStats = TryStats {
     tries: 0,
     endpoint: None,
     upstream: None,
+    ended: None,
     received: None,
 };

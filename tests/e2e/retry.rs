@@ -355,3 +355,45 @@ async fn a_retry_to_another_endpoint_names_that_endpoint_as_host() {
         }
     }
 }
+
+/// The request's duration (`rampart_request_duration_seconds`) runs from its arrival to its
+/// answer across every try and backoff, not only the last try: three tries that each time
+/// out after 150 ms make one request of at least 450 ms; a 100 ms answer counts whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_duration_spans_every_try_and_backoff() {
+    let app = sample().await;
+    let proxy = retrying(
+        &app.addr().to_string(),
+        "request: 5s, per_try: 150ms",
+        "100%",
+        100,
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    let admin = proxy.admin();
+    let sum = |text: &str| {
+        metric_value(
+            text,
+            "rampart_request_duration_seconds_sum",
+            &[("listener", "inbound"), ("route", "app")],
+        )
+        .unwrap_or(0.0)
+    };
+    let t0 = Instant::now();
+    let r = http::get(addr, "/slow?ms=2000", &[]).await;
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(app.hits_for("/slow"), 3, "three tries");
+    let first = sum(&metrics(admin).await);
+    assert!(
+        first >= 0.45 && first <= took,
+        "three tries of 150 ms: {first} s recorded, {took} s seen by the client"
+    );
+    let r = http::get(addr, "/slow?ms=100", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = sum(&metrics(admin).await) - first;
+    assert!(
+        (0.1..1.0).contains(&second),
+        "a 100 ms answer: {second} s recorded"
+    );
+}

@@ -161,6 +161,7 @@ fn an_upstream_answer_names_its_endpoint_and_time() {
         tries: 2,
         endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
         upstream: Some(Duration::from_millis(7)),
+        ended: None,
         received: None,
     };
     assert!(e.fill(out(200, None), stats));
@@ -251,6 +252,7 @@ fn a_thread_reuses_its_drafts_and_a_reused_one_starts_empty() {
         tries: 3,
         endpoint: Some("127.0.0.1:8081".parse().expect("addr")),
         upstream: Some(Duration::from_millis(7)),
+        ended: None,
         received: None,
     };
     assert!(e.fill(out(500, None), stats));
