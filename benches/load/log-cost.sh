@@ -11,9 +11,15 @@
 # thread: the log's writer thread included) and of the whole machine (/proc/stat), and reports
 # CPU per request on and off: a second view of the cost, less tied to how wrk is scheduled.
 #
+# For scale, with PEER=1 it measures nginx's own access log the same way, in the same pairs:
+# two one-worker nginx proxies (benches/load/nginx.conf), one writing every request as a JSON
+# line with the fields of rampart's (`escape=json`, `buffer=64k`: nginx's cheapest way to log
+# every request), one not logging.
+#
 # Settings (environment), defaults in brackets:
 #   PAIRS [20]  DURATION [3s]  CONNS ["16 128"]  THREADS [1]
 #   PIN [0]     1: rampart (both threads) on CPU 0, nginx and wrk on CPU 1
+#   PEER [1]    1: also nginx's access log, on and off (the proxies on CPU 0 with PIN=1)
 #   RAMPART_BIN [cargo build --release]  BASE_PORT [18820]  OUT [target/bench-log-cost]
 set -euo pipefail
 
@@ -22,6 +28,7 @@ DURATION=${DURATION:-3s}
 CONNS=${CONNS:-16 128}
 THREADS=${THREADS:-1}
 PIN=${PIN:-0}
+PEER=${PEER:-1}
 BASE_PORT=${BASE_PORT:-18820}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,22 +57,50 @@ render_tmpl "$here/nginx-standin.conf" "$work/upstream.conf" "$work" "$upstream"
 start upstream $(pin 1) "$nginx_bin" -p "$work" -e "$work/upstream-error.log" -c "$work/upstream.conf"
 wait_http upstream "http://$upstream/"
 
+# nginx's line: the fields of rampart's, in its order, from nginx's variables (those nginx has
+# no counterpart for are written as rampart writes them for this route).
+# shellcheck disable=SC2016 # nginx variables, not the shell's
+nginx_line='{"time":"$time_iso8601","listener":"inbound","route":"app","tenant":"anonymous",'\
+'"method":"$request_method","path":"$uri","status":$status,"reason":"","limit":null,'\
+'"tries":1,"endpoint":"$upstream_addr","duration_ms":$request_time,'\
+'"upstream_ms":$upstream_response_time,"bytes_in":$request_length,"bytes_out":$bytes_sent,'\
+'"request_id":"$request_id","trace_id":null}'
+
+proxies=(rampart)
+((PEER)) && proxies+=(nginx)
 declare -A listen=()
-for target in off on; do
-    take_port
-    listen[$target]=127.0.0.1:$port
-    take_port
-    render_tmpl "$here/rampart.yaml" "$work/$target.yaml" "$work" "${listen[$target]}" "127.0.0.1:$port" 1
-    [[ $target == on ]] && log_to "$work/access.jsonl" "$work/$target.yaml"
-    # shellcheck disable=SC2046
-    start "$target" env RAMPART_WORKERS=1 RUST_LOG=warn $(pin 0) "$rampart" run \
-        --config "$work/$target.yaml" --log-format text
-    wait_http "$target" "http://${listen[$target]}/"
+for proxy in "${proxies[@]}"; do
+    for target in "$proxy-off" "$proxy-on"; do
+        take_port
+        listen[$target]=127.0.0.1:$port
+        if [[ $proxy == rampart ]]; then
+            take_port
+            render_tmpl "$here/rampart.yaml" "$work/$target.yaml" "$work" "${listen[$target]}" "127.0.0.1:$port" 1
+            [[ $target == *-on ]] && log_to "$work/$target.jsonl" "$work/$target.yaml"
+            # shellcheck disable=SC2046
+            start "$target" env RAMPART_WORKERS=1 RUST_LOG=warn $(pin 0) "$rampart" run \
+                --config "$work/$target.yaml" --log-format text
+        else
+            mkdir -p "$work/$target"
+            render_tmpl "$here/nginx.conf" "$work/$target/nginx.conf" "$work/$target" "${listen[$target]}" "" 1
+            if [[ $target == *-on ]]; then
+                line=${nginx_line//&/\\&}
+                sed -i "s|^    access_log off;\$|    log_format rampart escape=json '$line';\n    access_log $work/$target.jsonl rampart buffer=64k;|" \
+                    "$work/$target/nginx.conf"
+                grep -q "access_log $work/$target.jsonl" "$work/$target/nginx.conf" ||
+                    die "nginx.conf changed: no http-level 'access_log off;' to replace"
+            fi
+            # shellcheck disable=SC2046
+            start "$target" $(pin 0) "$nginx_bin" -p "$work/$target" -e "$work/$target/error.log" \
+                -c "$work/$target/nginx.conf"
+        fi
+        wait_http "$target" "http://${listen[$target]}/"
+    done
 done
 
 machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
-# measure TARGET CONNS : one wrk run; prints "REQ_PER_S RAMPART_TICKS MACHINE_TICKS".
+# measure TARGET CONNS : one wrk run; prints "REQ_PER_S PROXY_TICKS MACHINE_TICKS".
 measure() {
     local t0 m0 t1 m1 out rps
     t0=$(cpu_ticks "${pid_of[$1]}")
@@ -81,36 +116,43 @@ measure() {
 
 mkdir -p "$OUT"
 tsv="$OUT/log-cost.tsv"
-echo -e "conns\tpair\toff_rps\toff_ticks\toff_machine\ton_rps\ton_ticks\ton_machine" >"$tsv"
+echo -e "proxy\tconns\tpair\toff_rps\toff_ticks\toff_machine\ton_rps\ton_ticks\ton_machine" >"$tsv"
 for c in $CONNS; do
-    log "$c connections: warm-up, then $PAIRS pairs x $DURATION"
-    measure off "$c" >/dev/null
-    measure on "$c" >/dev/null
+    log "$c connections: warm-up, then $PAIRS pairs x $DURATION (${proxies[*]})"
+    for proxy in "${proxies[@]}"; do
+        measure "$proxy-off" "$c" >/dev/null
+        measure "$proxy-on" "$c" >/dev/null
+    done
     for i in $(seq "$PAIRS"); do
-        if ((i % 2)); then
-            off=$(measure off "$c")
-            on=$(measure on "$c")
-        else
-            on=$(measure on "$c")
-            off=$(measure off "$c")
-        fi
-        printf '%s\t%s\t%s\t%s\n' "$c" "$i" "${off// /$'\t'}" "${on// /$'\t'}" >>"$tsv"
+        for proxy in "${proxies[@]}"; do
+            if ((i % 2)); then
+                off=$(measure "$proxy-off" "$c")
+                on=$(measure "$proxy-on" "$c")
+            else
+                on=$(measure "$proxy-on" "$c")
+                off=$(measure "$proxy-off" "$c")
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$c" "$i" "${off// /$'\t'}" "${on// /$'\t'}" >>"$tsv"
+        done
     done
 done
 
-python3 - "$tsv" "$(wc -l <"$work/access.jsonl")" <<'PY'
+for proxy in "${proxies[@]}"; do
+    [[ -s $work/$proxy-on.jsonl ]] || die "$proxy wrote no access log line"
+    log "$proxy: $(wc -l <"$work/$proxy-on.jsonl") access log lines written"
+done
+python3 - "$tsv" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-print(f"access log lines written: {sys.argv[2]}")
-print("| conns | pairs | req/s off | req/s on | median of pair ratios (min-max) | rampart CPU/request on/off | machine CPU/request on/off |")
-print("| ---: | ---: | ---: | ---: | --- | ---: | ---: |")
-for c in dict.fromkeys(r["conns"] for r in rows):
-    rs = [r for r in rows if r["conns"] == c]
+print("| proxy | conns | pairs | req/s off | req/s on | median of pair ratios (min-max) | proxy CPU/request on/off | machine CPU/request on/off |")
+print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+for p, c in dict.fromkeys((r["proxy"], r["conns"]) for r in rows):
+    rs = [r for r in rows if r["proxy"] == p and r["conns"] == c]
     f = lambda k: sum(float(r[k]) for r in rs)
     ratios = sorted(float(r["on_rps"]) / float(r["off_rps"]) for r in rs)
     cpu = (f("on_ticks") / f("on_rps")) / (f("off_ticks") / f("off_rps"))
     machine = (f("on_machine") / f("on_rps")) / (f("off_machine") / f("off_rps"))
-    print(f"| {c} | {len(rs)} | {f('off_rps') / len(rs):,.0f} | {f('on_rps') / len(rs):,.0f} | "
+    print(f"| {p} | {c} | {len(rs)} | {f('off_rps') / len(rs):,.0f} | {f('on_rps') / len(rs):,.0f} | "
           f"{statistics.median(ratios):.3f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) | {cpu:.3f} | {machine:.3f} |")
 PY
 log "pairs in $tsv"
