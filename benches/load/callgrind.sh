@@ -40,7 +40,6 @@ rampart_bin
 nginx_bin=$(command -v nginx)
 haproxy_bin=$(command -v haproxy)
 
-
 take_port
 upstream=127.0.0.1:$port
 start upstream env RUST_LOG=warn "$rampart" sample --listen "$upstream" --log-format text

@@ -102,7 +102,6 @@ clk_tck=$(getconf CLK_TCK)
 } >"$OUT/meta.txt"
 
 # --- ports and templates ---------------------------------------------------------------------
-
 take_port
 upstream=127.0.0.1:$port
 start upstream env ${UPSTREAM_WORKERS:+RAMPART_WORKERS=$UPSTREAM_WORKERS} RUST_LOG=warn \

@@ -135,6 +135,18 @@ take_port() {
     next_port=$((next_port + 1))
 }
 
+# start_standin [PREFIX...] : takes a free port for `upstream` and serves it with the
+# one-worker nginx stand-in (nginx-standin.conf: a fixed 200), started behind PREFIX (taskset).
+# shellcheck disable=SC2154 # `here` is the sourcing script's directory, beside this file
+start_standin() {
+    take_port
+    upstream=127.0.0.1:$port
+    render_tmpl "$here/nginx-standin.conf" "$work/upstream.conf" "$work" "$upstream" "" 1
+    start upstream "$@" "$(command -v nginx)" -p "$work" -e "$work/upstream-error.log" \
+        -c "$work/upstream.conf"
+    wait_http upstream "http://$upstream/"
+}
+
 # log_to FILE YAML : turns on the access log of the `inbound` listener of a config rendered from
 # rampart.yaml, every line to FILE.
 log_to() {

@@ -49,13 +49,8 @@ nginx_bin=$(command -v nginx)
 # pin CPU : the taskset prefix with PIN=1, nothing otherwise.
 pin() { ((PIN)) && echo "taskset -c $1"; }
 
-
-take_port
-upstream=127.0.0.1:$port
-render_tmpl "$here/nginx-standin.conf" "$work/upstream.conf" "$work" "$upstream" "" 1
 # shellcheck disable=SC2046 # the empty prefix must vanish
-start upstream $(pin 1) "$nginx_bin" -p "$work" -e "$work/upstream-error.log" -c "$work/upstream.conf"
-wait_http upstream "http://$upstream/"
+start_standin $(pin 1)
 
 # nginx's line: the fields of rampart's, in its order, from nginx's variables (those nginx has
 # no counterpart for are written as rampart writes them for this route).

@@ -44,12 +44,8 @@ nginx_bin=$(command -v nginx)
 perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 ||
     die "perf cannot count syscall tracepoints here (kernel.perf_event_paranoid, tracefs)"
 
-
-take_port
-upstream=127.0.0.1:$port
-render_tmpl "$here/nginx-standin.conf" "$work/upstream.conf" "$work" "$upstream" "" 1
-start upstream "$nginx_bin" -p "$work" -e "$work/upstream-error.log" -c "$work/upstream.conf"
-wait_http upstream "http://$upstream/"
+# shellcheck disable=SC2119 # no prefix: the stand-in runs unpinned
+start_standin
 
 declare -A listen=()
 for target in rampart rampart-log; do

@@ -98,10 +98,11 @@ impl<'a> Finish<'a> {
     /// Ends the request with `rsp`: counts it under `tm`, stamps the request id, logs.
     /// `limit` names the rate limit that refused; `tries` is what the exchange did.
     ///
-    /// The request's duration ends at `tries.ended` when that is given: the caller vouches
-    /// that nothing was awaited since the last try ended (the exchange answers at once from
-    /// its last try, a retry's backoff is always followed by another try), so that reading
-    /// of the clock serves for both. Otherwise the clock is read here.
+    /// The request's duration ends at `tries.ended` when that is given, so one reading of the
+    /// clock serves the last try and the answer: nothing is awaited between them (the exchange
+    /// answers at once from its last try, and a retry's backoff is always followed by another
+    /// try; the idempotency store is claimed before the tries and written as the body ends).
+    /// Otherwise the clock is read here.
     pub fn answer(
         mut self,
         tm: &Arc<TenantMetrics>,

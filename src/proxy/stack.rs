@@ -222,18 +222,14 @@ pub async fn handle(
         let rsp = Box::pin(tunnel::open(&ctx, &shared.clock, req, guards)).await;
         return fin.answer(&tm, rsp, None, ctx.tries.take());
     }
-    let (mut rsp, last_try_ends) = match &route.policy.idempotency {
+    let mut rsp = match &route.policy.idempotency {
         // Boxed: kilobytes (the store's futures too) that the common case should not carry.
-        // It may wait on its store after the last try.
-        Some(idem) => (Box::pin(idempotent::run(&ctx, idem, req)).await, false),
+        Some(idem) => Box::pin(idempotent::run(&ctx, idem, req)).await,
         // Inline: this future is built in place once per request (both servers keep the
         // request's future where it was made), so a box only added an allocation and a copy.
-        None => (exchange::run(&ctx, req).await, true),
+        None => exchange::run(&ctx, req).await,
     };
-    let mut tries = ctx.tries.take();
-    if !last_try_ends {
-        tries.ended = None;
-    }
+    let tries = ctx.tries.take();
     fin.guards.slot = slot;
     // 9. Fallback.
     if let Some(fb) = &route.policy.fallback {

@@ -17,13 +17,17 @@ const TASKS: usize = 48;
 const PER_TASK: usize = 30;
 
 async fn proxy(app: SocketAddr, max_connections: u32, workers: u32) -> Proxy {
+    let keys = format!("max_connections: {max_connections}, pool_max_idle: 8");
+    proxy_with(app, &keys, workers).await
+}
+
+/// `app` behind one route, its upstream given `keys` too, on `workers` workers.
+async fn proxy_with(app: SocketAddr, keys: &str, workers: u32) -> Proxy {
     let cfg = one_route("").replace(
         "app: { endpoints: [$APP] }",
-        &format!(
-            "app: {{ endpoints: [$APP], max_connections: {max_connections}, pool_max_idle: 8 }}"
-        ),
+        &format!("app: {{ endpoints: [$APP], {keys} }}"),
     );
-    assert!(cfg.contains("max_connections"), "template changed: {cfg}");
+    assert!(cfg.contains(keys), "template changed: {cfg}");
     Proxy::builder(&cfg)
         .var("APP", app)
         .env("RAMPART_WORKERS", workers)
@@ -285,16 +289,7 @@ fn worker_cpu_ns(pid: u32) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_reused_within_pool_idle_timeout_and_not_after() {
     let app = sample().await;
-    let cfg = one_route("").replace(
-        "app: { endpoints: [$APP] }",
-        "app: { endpoints: [$APP], pool_idle_timeout: 400ms }",
-    );
-    assert!(cfg.contains("pool_idle_timeout"), "template changed: {cfg}");
-    let proxy = Proxy::builder(&cfg)
-        .var("APP", app.addr())
-        .env("RAMPART_WORKERS", 1)
-        .spawn()
-        .await;
+    let proxy = proxy_with(app.addr(), "pool_idle_timeout: 400ms", 1).await;
     let addr = proxy.listener("inbound");
     let ok = |r: http::Resp, what: &str| {
         assert_eq!(
