@@ -22,7 +22,9 @@ use http::{Request, Uri, Version};
 use super::upstream::Endpoint;
 use crate::tenant::CertIds;
 
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// The hop-by-hop headers (RFC 9110 §7.6.1) and `upgrade`, in the order of their bits in
+/// [`strip_hop_by_hop`]'s masks (see [`hop_index`]).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -31,7 +33,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+/// Bits of [`HOP_BY_HOP`] entries in a mask.
+const CONNECTION_BIT: u16 = 1 << 0;
+const TRANSFER_ENCODING_BIT: u16 = 1 << 7;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -73,54 +79,90 @@ impl Peer {
 /// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings
 /// other than `chunked`, and drops a `content-length` that a `transfer-encoding` overrides.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than nine hashed removals.
-    let any = headers.keys().any(is_hop_by_hop);
-    if !any {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
+    // One pass over the names finds the hop-by-hop headers present. Most messages carry none,
+    // and most others only `connection` (nginx answers `connection: keep-alive`): only those
+    // present are then removed, each by one hashed lookup, instead of every name in the list.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_index(name.as_str().as_bytes()) {
+            present |= 1 << i;
         }
     }
-    let codings = end_to_end_codings(headers);
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if present == 0 {
+        return;
+    }
+    // Framing first, from the message as it came (a `connection` list naming
+    // `transfer-encoding` does not make a stale length valid again).
+    let mut codings = None;
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        codings = end_to_end_codings(headers);
         // RFC 9112 §6.3: transfer-encoding wins; the length is stale.
         headers.remove(header::CONTENT_LENGTH);
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    if present & CONNECTION_BIT != 0 {
+        // The names `connection` lists go too. Hop-by-hop ones go below with the rest; any
+        // other is looked for among the names first (most lists name only `keep-alive` or
+        // `close`, and no header is called `close`), so nothing is allocated or hashed unless
+        // a listed header is really there.
+        let mut others: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for t in v.split(',').map(str::trim) {
+                if hop_index_any_case(t.as_bytes()).is_some() {
+                    continue;
+                }
+                let here = headers.keys().any(|k| k.as_str().eq_ignore_ascii_case(t));
+                if let (true, Ok(n)) = (here, HeaderName::from_bytes(t.as_bytes())) {
+                    others.push(n);
+                }
+            }
+        }
+        for n in others {
+            headers.remove(n);
+        }
     }
-    headers.remove(header::UPGRADE);
+    remove_marked(headers, present);
     if let Some(v) = codings {
         // The next hop adds its own `chunked` framing after these.
         headers.insert(header::TRANSFER_ENCODING, v);
     }
 }
 
-/// Whether `name` is one of [`HOP_BY_HOP`] or `upgrade`. Called for every header of every
-/// message: a match on the name's text (its length is compared first) is cheaper than nine
-/// `HeaderName` comparisons.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// Removes the [`HOP_BY_HOP`] headers whose bits are set in `mask`.
+fn remove_marked(headers: &mut HeaderMap, mask: u16) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The place in [`HOP_BY_HOP`] of the lower-case header name `name`, if it is one. Called for
+/// every header of every message: a match on the text (its length is compared first) is
+/// cheaper than nine `HeaderName` comparisons.
+fn hop_index(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"connection" => 0,
+        b"keep-alive" => 1,
+        b"proxy-connection" => 2,
+        b"proxy-authenticate" => 3,
+        b"proxy-authorization" => 4,
+        b"te" => 5,
+        b"trailer" => 6,
+        b"transfer-encoding" => 7,
+        b"upgrade" => 8,
+        _ => return None,
+    })
+}
+
+/// [`hop_index`] of a name in any case (a token of a `connection` list: `Keep-Alive`).
+fn hop_index_any_case(token: &[u8]) -> Option<usize> {
+    let mut lower = [0u8; 20]; // the longest hop-by-hop name is 19 bytes
+    let lower = lower.get_mut(..token.len())?;
+    for (l, b) in lower.iter_mut().zip(token) {
+        *l = b.to_ascii_lowercase();
+    }
+    hop_index(lower)
 }
 
 /// The transfer codings other than `chunked` (e.g. `gzip`), which describe the content the
@@ -320,15 +362,28 @@ mod tests {
 
     #[test]
     fn the_fast_check_knows_every_hop_by_hop_name() {
-        for n in super::HOP_BY_HOP.iter().chain([&super::header::UPGRADE]) {
-            assert!(super::is_hop_by_hop(n), "{n}");
+        for (i, n) in super::HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(super::hop_index(n.as_str().as_bytes()), Some(i), "{n}");
+            let upper = n.as_str().to_ascii_uppercase();
+            assert_eq!(super::hop_index_any_case(upper.as_bytes()), Some(i), "{n}");
         }
-        for n in ["x-keep", "content-length", "host", "teapot", "t"] {
-            assert!(
-                !super::is_hop_by_hop(&super::HeaderName::from_static(n)),
-                "{n}"
-            );
+        for n in [
+            "x-keep",
+            "content-length",
+            "host",
+            "teapot",
+            "t",
+            "close",
+            "",
+        ] {
+            assert_eq!(super::hop_index(n.as_bytes()), None, "{n}");
         }
+        assert_eq!(super::hop_index_any_case(&[b'a'; 64]), None);
+        assert_eq!(
+            super::hop_index(b"Connection"),
+            None,
+            "names are lower case"
+        );
     }
 
     use super::*;
@@ -348,6 +403,50 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn names_listed_by_connection_go_in_any_case_and_only_when_present() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Close, X-Secret"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive,,"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-keep", "content-length"]);
+        // Only `connection: keep-alive`, as nginx answers: the rest stays as it was.
+        let mut h = HeaderMap::new();
+        h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
+        assert_eq!(h[header::SERVER], "nginx");
+    }
+
+    #[test]
+    fn a_connection_list_naming_transfer_encoding_does_not_keep_a_stale_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("transfer-encoding"),
+        );
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get(header::CONTENT_LENGTH).is_none());
+        assert_eq!(h[header::TRANSFER_ENCODING], "gzip");
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

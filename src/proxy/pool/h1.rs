@@ -333,6 +333,11 @@ fn finish_head(
         } else if name == header::CONNECTION {
             close |= has_token(raw, b"close");
             keep_alive |= has_token(raw, b"keep-alive");
+            if names_only_this_connection(raw) {
+                // This connection's business alone, read for framing above: never passed on
+                // (`forward::strip_hop_by_hop` would remove it), so not kept.
+                continue;
+            }
         }
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Malformed("invalid header value"))?;
@@ -415,6 +420,15 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |e| e + 1);
     &s[start..end.max(start)]
+}
+
+/// Whether a `connection` value lists only `close` and `keep-alive` (nginx answers
+/// `connection: keep-alive`): it then names no other header to remove on the way through.
+fn names_only_this_connection(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b',').all(|t| {
+        let t = trim(t);
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
 }
 
 fn has_token(raw: &[u8], token: &[u8]) -> bool {

@@ -319,6 +319,25 @@ fn keep_alive_follows_version_and_connection() {
 }
 
 #[test]
+fn a_connection_header_naming_no_other_header_is_read_but_not_kept() {
+    let head = whole(
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert!(head.keep_alive);
+    assert!(head.response.headers().get("connection").is_none());
+    assert_eq!(head.response.headers()["server"], "nginx");
+    let head = whole(b"HTTP/1.1 200 OK\r\nconnection: close, \r\ncontent-length: 0\r\n\r\n");
+    assert!(!head.keep_alive);
+    assert!(head.response.headers().get("connection").is_none());
+    // One that names another header is kept, so the way through removes that header too.
+    let head = whole(
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert!(head.keep_alive);
+    assert_eq!(head.response.headers()["connection"], "keep-alive, x-hop");
+}
+
+#[test]
 fn content_length_values_must_agree() {
     assert_eq!(
         whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n").framing,
