@@ -7,10 +7,13 @@
 # benches/RESULTS.md. See benches/load/README.md ("The full comparison").
 #
 # Settings (environment), defaults in brackets:
-#   ROUNDS [3] DURATION [10s] WARMUP [2s] THREADS [1]   wrk rounds and shape
+#   ROUNDS [6] DURATION [5s] WARMUP [2s] THREADS [1]   wrk rounds and shape (the goals are
+#                                medians of the rounds' ratios: more, shorter rounds)
 #   CONNS_LIST ["16 128"]        wrk connection counts, each measured in every round
 #   WORKERS_LIST ["1 2"]         worker counts: RAMPART_WORKERS, nginx worker_processes, HAProxy nbthread
 #   POLICY_WORKERS ["1"]         worker counts at which rampart with the full policy is measured
+#   POLICY_ROUNDS [20] POLICY_DURATION [3s]  rounds and wrk run length of the full policy against
+#                                rampart plain (its goal, too, is the median of the rounds' ratios)
 #   LOG_WORKERS ["1"]            worker counts at which rampart with its access log on (every line,
 #                                to a file) is measured against the same build with it off
 #   LOG_ROUNDS [20] LOG_DURATION [3s]  rounds and wrk run length of that comparison: more, shorter
@@ -26,14 +29,16 @@
 #   RESULTS_TITLE [unset]        a heading line for the report (e.g. "smoke run - not the result")
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-6}
+DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-1}
 CONNS_LIST=${CONNS_LIST:-16 128}
 WORKERS_LIST=${WORKERS_LIST:-1 2}
 POLICY_WORKERS=${POLICY_WORKERS:-1}
 LOG_WORKERS=${LOG_WORKERS:-1}
+POLICY_ROUNDS=${POLICY_ROUNDS:-20}
+POLICY_DURATION=${POLICY_DURATION:-3s}
 LOG_ROUNDS=${LOG_ROUNDS:-20}
 LOG_DURATION=${LOG_DURATION:-3s}
 TENANTS=${TENANTS:-10000}
@@ -47,7 +52,7 @@ repo=$(cd "$here/../.." && pwd)
 OUT=${OUT:-$repo/target/bench-full}
 RESULTS_MD=${RESULTS_MD:-$repo/benches/RESULTS.md}
 started=$(date +%s)
-command_line="$(env | grep -E '^(ROUNDS|DURATION|WARMUP|THREADS|CONNS_LIST|WORKERS_LIST|POLICY_WORKERS|LOG_WORKERS|LOG_ROUNDS|LOG_DURATION|TENANTS|IDLE_CONNS|DIRECT|CALLGRIND|CG_SMALL|CG_LARGE|RAMPART_BIN|RAMPART_BASE_BIN|UPSTREAM_WORKERS|BASE_PORT)=' | sort | tr '\n' ' ')bash benches/load/full.sh"
+command_line="$(env | grep -E '^(ROUNDS|DURATION|WARMUP|THREADS|CONNS_LIST|WORKERS_LIST|POLICY_WORKERS|POLICY_ROUNDS|POLICY_DURATION|LOG_WORKERS|LOG_ROUNDS|LOG_DURATION|TENANTS|IDLE_CONNS|DIRECT|CALLGRIND|CG_SMALL|CG_LARGE|RAMPART_BIN|RAMPART_BASE_BIN|UPSTREAM_WORKERS|BASE_PORT)=' | sort | tr '\n' ' ')bash benches/load/full.sh"
 
 LOG_TAG=full
 # shellcheck source=lib.sh source-path=SCRIPTDIR
@@ -88,6 +93,8 @@ clk_tck=$(getconf CLK_TCK)
     echo "python=$(python3 --version 2>&1)"
     echo "rounds=$ROUNDS"
     echo "duration=$DURATION"
+    echo "policy_rounds=$POLICY_ROUNDS"
+    echo "policy_duration=$POLICY_DURATION"
     echo "log_rounds=$LOG_ROUNDS"
     echo "log_duration=$LOG_DURATION"
     echo "warmup=$WARMUP"
@@ -250,12 +257,14 @@ for w in $WORKERS_LIST; do
 
     if ((with_policy)); then
         # rampart plain and rampart with the policy, both driven by tenants.lua (the same wrk
-        # cost for both): the ratio is the policy's cost.
-        log "workers $w: full policy, $TENANTS tenants, $ROUNDS rounds"
-        for ((r = 1; r <= ROUNDS; r++)); do
+        # cost for both): the ratio is the policy's cost. Many short rounds, the two runs of
+        # a round back to back, as for the access log below: a round's ratio sees one state of
+        # the machine, and the median of the ratios outlasts a few disturbed rounds.
+        log "workers $w: full policy, $TENANTS tenants, $POLICY_ROUNDS rounds x $POLICY_DURATION"
+        for ((r = 1; r <= POLICY_ROUNDS; r++)); do
             for c in $CONNS_LIST; do
                 while read -r n; do
-                    measure policy "$w" "$n" "$c" "$r" "${lua_args[@]}" "${url[$n]}" -- "$TENANTS"
+                    DUR=$POLICY_DURATION measure policy "$w" "$n" "$c" "$r" "${lua_args[@]}" "${url[$n]}" -- "$TENANTS"
                 done < <(rotate "$r" "rampart@$w" "rampart-policy@$w")
             done
         done
