@@ -331,9 +331,10 @@ fn finish_head(
                 te = Some(false);
             }
         } else if name == header::CONNECTION {
-            close |= has_token(raw, b"close");
-            keep_alive |= has_token(raw, b"keep-alive");
-            if names_only_this_connection(raw) {
+            let tokens = ConnectionTokens::read(raw);
+            close |= tokens.close;
+            keep_alive |= tokens.keep_alive;
+            if !tokens.others {
                 // This connection's business alone, read for framing above: never passed on
                 // (`forward::strip_hop_by_hop` would remove it), so not kept.
                 continue;
@@ -422,13 +423,32 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end.max(start)]
 }
 
-/// Whether a `connection` value lists only `close` and `keep-alive` (nginx answers
-/// `connection: keep-alive`): it then names no other header to remove on the way through.
-fn names_only_this_connection(raw: &[u8]) -> bool {
-    raw.split(|&b| b == b',').all(|t| {
-        let t = trim(t);
-        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-    })
+/// What an answer's `connection` value says, read in one pass (nginx answers
+/// `connection: keep-alive` to every request).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    /// It lists a token other than `close` and `keep-alive`: a header to remove on the way
+    /// through, or an `upgrade`.
+    others: bool,
+}
+
+impl ConnectionTokens {
+    fn read(raw: &[u8]) -> Self {
+        let mut found = Self::default();
+        for t in raw.split(|&b| b == b',') {
+            let t = trim(t);
+            if t.eq_ignore_ascii_case(b"keep-alive") {
+                found.keep_alive = true;
+            } else if t.eq_ignore_ascii_case(b"close") {
+                found.close = true;
+            } else if !t.is_empty() {
+                found.others = true;
+            }
+        }
+        found
+    }
 }
 
 fn has_token(raw: &[u8], token: &[u8]) -> bool {

@@ -338,6 +338,24 @@ fn a_connection_header_naming_no_other_header_is_read_but_not_kept() {
 }
 
 #[test]
+fn a_connection_value_is_read_in_one_pass() {
+    let read = ConnectionTokens::read;
+    let t = |close, keep_alive, others| ConnectionTokens {
+        close,
+        keep_alive,
+        others,
+    };
+    assert_eq!(read(b"keep-alive"), t(false, true, false));
+    assert_eq!(read(b" Close ,, "), t(true, false, false));
+    assert_eq!(read(b"Keep-Alive, close"), t(true, true, false));
+    assert_eq!(read(b"keep-alive, x-hop"), t(false, true, true));
+    assert_eq!(read(b"upgrade"), t(false, false, true));
+    // Near misses are other tokens, never `close` or `keep-alive`.
+    assert_eq!(read(b"closed, keep-alives"), t(false, false, true));
+    assert_eq!(read(b""), t(false, false, false));
+}
+
+#[test]
 fn content_length_values_must_agree() {
     assert_eq!(
         whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n").framing,
