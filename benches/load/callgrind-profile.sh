@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Where rampart's instructions per request go, function by function, counted by callgrind: the
+# profile behind callgrind.sh's single figure (issue 22), steady whatever the machine's load.
+#
+# Starts an upstream (the one-worker nginx stand-in, which answers `connection: keep-alive` as
+# most servers do, or `rampart sample`), then rampart under `valgrind --tool=callgrind` with one
+# worker in front of it; sends WARMUP keep-alive `GET /` from client.py, zeroes the counts
+# (`callgrind_control -z`), sends REQUESTS more and dumps the counts (`callgrind_control -d`), so
+# start-up, warm-up and shutdown are left out. Prints the instructions per request, the
+# functions that cost most (self cost, per request) and the same grouped by kind, and keeps the
+# dump in OUT for callgrind_annotate.
+#
+# Settings (environment), defaults in brackets:
+#   CONFIG [rampart]       rampart: the plain proxy (rampart.yaml); policy: the full policy
+#                          (rampart-policy.yaml, one tenant: client.py sends no tenant id);
+#                          log: the plain proxy with its access log on, every line to a file
+#   UPSTREAM [nginx]       nginx (the stand-in) or sample (`rampart sample`, as callgrind.sh)
+#   WARMUP [500]  REQUESTS [2000]  TOP [25]  BASE_PORT [18800]
+#   RAMPART_BIN [cargo build --release]   OUT [target/bench-callgrind-profile]
+set -euo pipefail
+
+CONFIG=${CONFIG:-rampart}
+UPSTREAM=${UPSTREAM:-nginx}
+WARMUP=${WARMUP:-500}
+REQUESTS=${REQUESTS:-2000}
+TOP=${TOP:-25}
+BASE_PORT=${BASE_PORT:-18800}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+OUT=${OUT:-$repo/target/bench-callgrind-profile}
+
+LOG_TAG=callgrind-profile
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$here/lib.sh"
+
+install_missing valgrind=valgrind python3=python3
+export PATH="$PATH:/usr/sbin:/sbin"
+bench_setup
+((REQUESTS > 0 && WARMUP >= 0)) || die "need REQUESTS > 0 and WARMUP >= 0"
+case $CONFIG in
+    rampart | log) template=$here/rampart.yaml ;;
+    policy) template=$here/rampart-policy.yaml ;;
+    *) die "CONFIG must be rampart, policy or log, not '$CONFIG'" ;;
+esac
+rampart_bin
+
+# shellcheck disable=SC2119 # start_standin with no prefix: the stand-in runs unpinned
+case $UPSTREAM in
+    nginx) start_standin ;;
+    sample)
+        take_port
+        upstream=127.0.0.1:$port
+        start upstream env RUST_LOG=warn "$rampart" sample --listen "$upstream" --log-format text
+        wait_http upstream "http://$upstream/"
+        ;;
+    *) die "UPSTREAM must be nginx or sample, not '$UPSTREAM'" ;;
+esac
+
+take_port
+listen=127.0.0.1:$port
+take_port
+render_tmpl "$template" "$work/rampart.yaml" "$work" "$listen" "127.0.0.1:$port" 1
+[[ $CONFIG == log ]] && log_to "$work/access.jsonl" "$work/rampart.yaml"
+mkdir -p "$OUT"
+dump=$OUT/callgrind.out
+rm -f "$dump" "$dump".*
+start rampart env RAMPART_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --dump-instr=no \
+    --callgrind-out-file="$dump" "$rampart" run --config "$work/rampart.yaml" --log-format text
+# Slow under valgrind: give it up to a minute to answer its first request.
+wait_http rampart "http://$listen/" 600
+vg_pid=${pid_of[rampart]}
+
+client() {
+    python3 "$here/client.py" requests "${listen##*:}" "$1" 1 >>"$work/client.log" 2>&1 ||
+        die "the client got errors: $(tail -n 3 "$work/client.log")"
+}
+((WARMUP > 0)) && client "$WARMUP"
+callgrind_control -z "$vg_pid" >/dev/null
+client "$REQUESTS"
+callgrind_control -d "$vg_pid" >/dev/null
+# The counted requests' dump is the first (`.1`; the old ones were removed above), written by
+# valgrind's own thread: wait until its totals line is there.
+part=$dump.1
+for _ in $(seq 100); do
+    grep -qs '^totals:' "$part" && break
+    sleep 0.1
+done
+grep -qs '^totals:' "$part" || die "callgrind wrote no dump: $(tail -n 5 "$work/rampart.log")"
+stop rampart
+
+log "$CONFIG, upstream $UPSTREAM, $REQUESTS requests after $WARMUP: dump in $part"
+# The report, in Python: callgrind_annotate's self costs per function, per request.
+report=$(
+    cat <<'EOF'
+import re
+import sys
+
+n, top = int(sys.argv[1]), int(sys.argv[2])
+rows, total = [], None
+for line in sys.stdin:
+    m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?) \[(.*)\]\s*$", line)
+    if m:
+        rows.append((int(m.group(1).replace(",", "")), m.group(2), m.group(3)))
+    elif total is None and "PROGRAM TOTALS" in line:
+        total = int(line.split()[0].replace(",", ""))
+if total is None:
+    sys.exit("no PROGRAM TOTALS in callgrind_annotate's output")
+# Self cost: drop the frames every instruction is below (main, the runtime's entry).
+rows = [r for r in rows if r[0] < total * 0.9]
+
+
+def kind(fn, obj):
+    if "httparse" in fn or "h1::parse" in fn:
+        return "HTTP/1 head parsing (httparse, h1::parse)"
+    if "http::header" in fn or "Bucket<http" in fn:
+        return "header maps (http::HeaderMap)"
+    if "memmove" in fn or "memcpy" in fn:
+        return "memcpy (moves of futures, requests, answers)"
+    if any(k in fn for k in ("runtime::time", "Timespec", "clock_gettime", "clock::", "time::sleep")) \
+            or "vdso" in obj:
+        return "clocks and tokio timers"
+    if "tokio" in fn or "mio" in fn:
+        return "tokio I/O and scheduler"
+    if re.search(r"\.so(\.\d+)*$", obj):
+        return "C library and loader (send, recv, malloc, ...)"
+    if "encode_head" in fn or "h1::write" in fn:
+        return "HTTP/1 head writing"
+    if "Conn::exchange" in fn or "proxy::pool" in fn:
+        return "upstream exchange (pool, answer head read into a map)"
+    if "policy::" in fn or "tenant::" in fn:
+        return "policies and tenant (functions not inlined)"
+    if "bytes::" in fn:
+        return "bytes"
+    if "rampart" in fn:
+        return "rampart's request path (serve_io, stack, exchange, finish, forward)"
+    return "other"
+
+
+print(f"instructions per request: {total / n:,.0f}")
+print(f"\nTop {top} functions, self instructions per request:")
+for ir, fn, obj in sorted(rows, reverse=True)[:top]:
+    name = fn.split(":", 1)[1] if fn.startswith("???:") else fn
+    print(f"{ir / n:8,.0f}  {name[:110]}")
+kinds = {}
+for ir, fn, obj in rows:
+    kinds[kind(fn, obj)] = kinds.get(kind(fn, obj), 0) + ir
+print("\nBy kind, instructions per request:")
+for k, ir in sorted(kinds.items(), key=lambda kv: -kv[1]):
+    print(f"{ir / n:8,.0f}  {k}")
+EOF
+)
+callgrind_annotate --inclusive=no --threshold=100 --auto=no "$part" 2>/dev/null |
+    python3 -c "$report" "$REQUESTS" "$TOP"
