@@ -110,30 +110,28 @@ if total is None:
 rows = [r for r in rows if r[0] < total * 0.9]
 
 
+# (kind, substrings of the function's name, pattern of its object file): the first that
+# matches names the kind.
+KINDS = [
+    ("HTTP/1 head parsing (httparse, h1::parse)", ("httparse", "h1::parse"), None),
+    ("header maps (http::HeaderMap)", ("http::header", "Bucket<http"), None),
+    ("memcpy (moves of futures, requests, answers)", ("memmove", "memcpy"), None),
+    ("clocks and tokio timers",
+     ("runtime::time", "Timespec", "clock_gettime", "clock::", "time::sleep"), r"vdso"),
+    ("tokio I/O and scheduler", ("tokio", "mio"), None),
+    ("C library and loader (send, recv, malloc, ...)", (), r"\.so(\.\d+)*$"),
+    ("HTTP/1 head writing", ("encode_head", "h1::write"), None),
+    ("upstream exchange (pool, answer head read into a map)", ("Conn::exchange", "proxy::pool"), None),
+    ("policies and tenant (functions not inlined)", ("policy::", "tenant::"), None),
+    ("bytes", ("bytes::",), None),
+    ("rampart's request path (serve_io, stack, exchange, finish, forward)", ("rampart",), None),
+]
+
+
 def kind(fn, obj):
-    if "httparse" in fn or "h1::parse" in fn:
-        return "HTTP/1 head parsing (httparse, h1::parse)"
-    if "http::header" in fn or "Bucket<http" in fn:
-        return "header maps (http::HeaderMap)"
-    if "memmove" in fn or "memcpy" in fn:
-        return "memcpy (moves of futures, requests, answers)"
-    if any(k in fn for k in ("runtime::time", "Timespec", "clock_gettime", "clock::", "time::sleep")) \
-            or "vdso" in obj:
-        return "clocks and tokio timers"
-    if "tokio" in fn or "mio" in fn:
-        return "tokio I/O and scheduler"
-    if re.search(r"\.so(\.\d+)*$", obj):
-        return "C library and loader (send, recv, malloc, ...)"
-    if "encode_head" in fn or "h1::write" in fn:
-        return "HTTP/1 head writing"
-    if "Conn::exchange" in fn or "proxy::pool" in fn:
-        return "upstream exchange (pool, answer head read into a map)"
-    if "policy::" in fn or "tenant::" in fn:
-        return "policies and tenant (functions not inlined)"
-    if "bytes::" in fn:
-        return "bytes"
-    if "rampart" in fn:
-        return "rampart's request path (serve_io, stack, exchange, finish, forward)"
+    for label, names, objects in KINDS:
+        if any(k in fn for k in names) or (objects and re.search(objects, obj)):
+            return label
     return "other"
 
 
@@ -144,7 +142,8 @@ for ir, fn, obj in sorted(rows, reverse=True)[:top]:
     print(f"{ir / n:8,.0f}  {name[:110]}")
 kinds = {}
 for ir, fn, obj in rows:
-    kinds[kind(fn, obj)] = kinds.get(kind(fn, obj), 0) + ir
+    k = kind(fn, obj)
+    kinds[k] = kinds.get(k, 0) + ir
 print("\nBy kind, instructions per request:")
 for k, ir in sorted(kinds.items(), key=lambda kv: -kv[1]):
     print(f"{ir / n:8,.0f}  {k}")

@@ -130,7 +130,7 @@ pub fn encode_head(
                 // RFC 9112 §6.1: never both.
                 continue;
             }
-        } else if *name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
+        } else if *name == header::CONNECTION && ConnectionTokens::read(value.as_bytes()).close {
             close = true;
         }
         dst.extend_from_slice(name.as_str().as_bytes());
@@ -423,8 +423,8 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end.max(start)]
 }
 
-/// What an answer's `connection` value says, read in one pass (nginx answers
-/// `connection: keep-alive` to every request).
+/// What a `connection` value says, read in one pass: an answer's (nginx answers
+/// `connection: keep-alive` to every request), or a request's on its way out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct ConnectionTokens {
     close: bool,
@@ -449,11 +449,6 @@ impl ConnectionTokens {
         }
         found
     }
-}
-
-fn has_token(raw: &[u8], token: &[u8]) -> bool {
-    raw.split(|&b| b == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
 // === chunked body ===
