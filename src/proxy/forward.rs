@@ -105,14 +105,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // `close`, and no header is called `close`), so nothing is allocated or hashed unless
         // a listed header is really there.
         let mut others: Vec<HeaderName> = Vec::new();
+        // Read as bytes: a line with a byte that is not ASCII still names the others it lists.
         for v in headers.get_all(header::CONNECTION) {
-            let Ok(v) = v.to_str() else { continue };
-            for t in v.split(',').map(str::trim) {
-                if hop_index_any_case(t.as_bytes()).is_some() {
+            for t in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if hop_index_any_case(t).is_some() {
                     continue;
                 }
-                let here = headers.keys().any(|k| k.as_str().eq_ignore_ascii_case(t));
-                if let (true, Ok(n)) = (here, HeaderName::from_bytes(t.as_bytes())) {
+                let here = headers
+                    .keys()
+                    .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(t));
+                if let (true, Ok(n)) = (here, HeaderName::from_bytes(t)) {
                     others.push(n);
                 }
             }
@@ -429,6 +431,20 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(h[header::CONTENT_LENGTH], "3");
         assert_eq!(h[header::SERVER], "nginx");
+    }
+
+    #[test]
+    fn a_connection_line_with_a_byte_that_is_not_ascii_still_names_its_headers() {
+        let mut h = HeaderMap::new();
+        let hostile = HeaderValue::from_bytes(b"x-secret, \xffkeep-alive,, \tX-Other\t")
+            .expect("obs-text is a valid value");
+        h.insert(header::CONNECTION, hostile);
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-keep"]);
     }
 
     #[test]

@@ -239,6 +239,34 @@ async fn an_answer_with_connection_close_is_not_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_connection_list_leaks_no_header_it_names_and_close_counts_in_any_spelling() {
+    // Two `connection` lines: one names a header the client must not see among empty tokens
+    // and a token with a byte that is not ASCII, the other says close in capitals between tabs.
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nconnection: ,, X-Secret ,\xffkeep-alive\r\n\
+          connection: \tCLOSE\t\r\nx-secret: 1\r\nx-kept: 1\r\ncontent-length: 3\r\n\r\nok\n",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let client = http::client();
+    for _ in 0..2 {
+        let rsp = http::send(&client, addr, Method::GET, "/", &[], http::empty())
+            .await
+            .expect("answered");
+        assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok\n"[..]));
+        assert!(rsp.headers.get("x-secret").is_none(), "{:?}", rsp.headers);
+        assert_eq!(rsp.headers["x-kept"], "1", "{:?}", rsp.headers);
+    }
+    assert_eq!(
+        up.accepted(),
+        2,
+        "close, however spelled, keeps it from reuse"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_the_upstream_closed_is_not_used() {
     // The first answer keeps the connection alive by its headers, and then the upstream closes
     // it while it is idle in the pool: the next request must go out on a new connection.
