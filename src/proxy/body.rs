@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::guard::Guards;
+use super::pool::h1::RawLines;
 use crate::error::BoxError;
 
 /// A request or response body.
@@ -116,6 +117,30 @@ impl Body {
             _ => {}
         }
     }
+
+    /// An upstream answer's header lines that are not in its map yet: the lean server writes
+    /// them as they came (see `pool::h1::RawLines`).
+    pub fn raw_lines(&self) -> Option<&RawLines> {
+        match self {
+            Body::Upstream(r) => r.raw(),
+            _ => None,
+        }
+    }
+}
+
+/// Makes the header map of `rsp` whole: an upstream's plain answer keeps its header lines
+/// beside the map until something other than the lean server's writing needs them (see
+/// `pool::h1::RawLines`). Every reader or writer of an answer's headers after the exchange
+/// calls this first; the lines go in after what the map holds.
+pub fn whole_headers(rsp: &mut http::Response<Body>) {
+    if rsp.body().raw_lines().is_none() {
+        return;
+    }
+    let mut body = std::mem::take(rsp.body_mut());
+    if let Body::Upstream(r) = &mut body {
+        r.fill_headers(rsp.headers_mut());
+    }
+    *rsp.body_mut() = body;
 }
 
 impl http_body::Body for Body {

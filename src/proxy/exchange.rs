@@ -24,7 +24,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use tokio::time::Instant;
 
-use super::body::{Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
+use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
 use super::ctx::RequestCtx;
 use super::forward;
 use super::pool::SendError;
@@ -132,10 +132,12 @@ pub(super) async fn retry_loop(
     let mut avoid = None;
     let mut attempt = 1;
     loop {
-        let tried = try_once(ctx, parts, Body::full(body.clone()), avoid, fault).await;
+        let mut tried = try_once(ctx, parts, Body::full(body.clone()), avoid, fault).await;
         if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
             return tried.rsp;
         }
+        // `retry-after` is read below.
+        whole_headers(&mut tried.rsp);
         if breaker_open(ctx) {
             // A retry never goes to an upstream whose breaker is open; the last try's answer
             // says more than a refusal would.

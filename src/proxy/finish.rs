@@ -121,8 +121,12 @@ impl<'a> Finish<'a> {
         if own.is_some() {
             with_request_id(&mut rsp, &self.request_id);
         }
-        if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
-            v.insert(self.request_id.clone());
+        // An upstream's plain answer says beside its map whether it carries an id.
+        let upstream_id = rsp.body().raw_lines().is_some_and(|r| r.request_id);
+        if !upstream_id {
+            if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
+                v.insert(self.request_id.clone());
+            }
         }
         let reason = own.as_ref();
         if reason.is_some() || status >= 300 {

@@ -142,7 +142,7 @@ fn remove_marked(headers: &mut HeaderMap, mask: u16) {
 /// The place in [`HOP_BY_HOP`] of the lower-case header name `name`, if it is one. Called for
 /// every header of every message: a match on the text (its length is compared first) is
 /// cheaper than nine `HeaderName` comparisons.
-fn hop_index(name: &[u8]) -> Option<usize> {
+pub(super) fn hop_index(name: &[u8]) -> Option<usize> {
     Some(match name {
         b"connection" => 0,
         b"keep-alive" => 1,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 
-use super::body::{Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
+use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
 use super::ctx::RequestCtx;
 use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline};
 use super::forward;
@@ -74,7 +74,9 @@ pub async fn run(
         digest,
         done: false,
     };
-    let rsp = run_read(ctx, parts, Buffered::Replayable(read), &fault).await;
+    let mut rsp = run_read(ctx, parts, Buffered::Replayable(read), &fault).await;
+    // The kept answer is replayed with all its headers.
+    whole_headers(&mut rsp);
     let kept = matches!(rsp.body(), Body::Upstream(_)) && !rsp.status().is_server_error();
     if !kept {
         // Dropping the claim releases the key: the client may retry.

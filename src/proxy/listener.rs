@@ -577,7 +577,12 @@ async fn serve(
 ) -> http::Response<super::body::Body> {
     let gen = shared.current.load_full();
     match gen.listeners.get(&addr) {
-        Some(lst) => stack::handle(shared, &gen, lst, req, peer, active).await,
+        Some(lst) => {
+            let mut rsp = stack::handle(shared, &gen, lst, req, peer, active).await;
+            // hyper writes the answer from its map alone.
+            super::body::whole_headers(&mut rsp);
+            rsp
+        }
         None => removed(),
     }
 }

@@ -357,12 +357,27 @@ async fn finish_upload(mut conn: Box<Conn>, pool: Arc<Pool>) {
 // === impl Returning ===
 
 impl Returning {
+    /// The answer's header lines that are not in its map yet (see [`h1::RawLines`]).
+    pub fn raw(&self) -> Option<&h1::RawLines> {
+        let (conn, _) = self.back.as_ref()?;
+        conn.raw.pending().then_some(&conn.raw)
+    }
+
+    /// Moves the answer's header lines that are not in its map yet into `map`.
+    pub fn fill_headers(&mut self, map: &mut http::HeaderMap) {
+        if let Some((conn, _)) = self.back.as_mut() {
+            conn.raw.fill(map);
+        }
+    }
+
     /// The answer ended: its connection goes back to the pool if it can carry another request.
     /// An answer that came whole before the end of its request's upload (an early `413`, say)
     /// leaves the rest of the upload to a task of its own: the client's connection stays in
     /// step only if its request body is read to the end, and nobody polls this body any more.
     fn give_back(&mut self) {
-        if let Some((conn, pool)) = self.back.take() {
+        if let Some((mut conn, pool)) = self.back.take() {
+            // The head is written by now; its lines must not pin the read buffer they are in.
+            conn.raw.release();
             if conn.uploading() {
                 tokio::spawn(finish_upload(conn, pool));
             } else if conn.reusable() {

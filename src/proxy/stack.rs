@@ -38,7 +38,7 @@ use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 
 use super::access_log::TryStats;
-use super::body::{Body, ClientIn};
+use super::body::{whole_headers, Body, ClientIn};
 use super::conn::ConnActive;
 use super::ctx::{RequestCtx, TryLog};
 use super::degrade;
@@ -231,6 +231,11 @@ pub async fn handle(
     };
     let tries = ctx.tries.take();
     fin.guards.slot = slot;
+    let sets_headers = limited.as_ref().is_some_and(|d| d.writes_headers());
+    if route.policy.fallback.is_some() || fault.delay.is_some() || sets_headers {
+        // Each reads or sets the answer's headers below.
+        whole_headers(&mut rsp);
+    }
     // 9. Fallback.
     if let Some(fb) = &route.policy.fallback {
         rsp = degrade::apply(fb, keep, rsp);

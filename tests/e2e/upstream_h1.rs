@@ -469,3 +469,153 @@ async fn trailers_of_a_chunked_answer_reach_an_h2_client() {
     );
     assert_eq!(whole.to_bytes(), Bytes::from_static(b"data"));
 }
+
+/// The header lines of a raw answer's head, each as `name: value` (the status line left out).
+fn head_lines(rsp: &raw::RawResp) -> Vec<String> {
+    let text = String::from_utf8_lossy(&rsp.bytes);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.split("\r\n").skip(1).map(str::to_owned).collect()
+}
+
+/// How many lines of `lines` are headers named `name` (in any case).
+fn named(lines: &[String], name: &str) -> usize {
+    let prefix = format!("{name}:");
+    lines
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
+        .count()
+}
+
+/// A plain answer (a length of digits, nothing hop-by-hop) is written to an HTTP/1.1 client
+/// line for line as the upstream sent it, in its spelling and order, with its own
+/// `x-request-id` and `date` kept and never doubled; only the connection's own header is the
+/// hop's. An h2 client (hyper's side of the listener) gets the same headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_whole() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\
+          X-Request-Id: from-up\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\
+          Set-Cookie: b=2\r\nContent-Length: 3\r\n\r\nok\n",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = raw_get(addr, "/").await;
+    let lines = head_lines(&rsp);
+    assert_eq!(
+        lines,
+        [
+            "Server: up",
+            "Date: Mon, 01 Jan 2024 00:00:00 GMT",
+            "X-Request-Id: from-up",
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+            "Content-Length: 3",
+            "connection: close",
+        ],
+        "{}",
+        String::from_utf8_lossy(&rsp.bytes)
+    );
+    assert_eq!(body_of(&rsp), b"ok\n");
+
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("the listener accepts");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = ::http::Request::get(format!("http://{addr}/h2"))
+        .body(http::empty())
+        .expect("a valid request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    let h = rsp.headers().clone();
+    assert_eq!(h["server"], "up");
+    assert_eq!(h["date"], "Mon, 01 Jan 2024 00:00:00 GMT");
+    let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
+    assert_eq!(ids, ["from-up"]);
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(h.get("connection").is_none());
+    let body = rsp.into_body().collect().await.expect("a whole body");
+    assert_eq!(body.to_bytes(), Bytes::from_static(b"ok\n"));
+}
+
+/// An answer without `x-request-id` or `date` gets rampart's, once each, beside its own lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_answer_without_an_id_or_a_date_gets_rampart_s_once() {
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nx-up: 1\r\ncontent-length: 2\r\n\r\nok",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let rsp = raw_get(proxy.listener("inbound"), "/").await;
+    let lines = head_lines(&rsp);
+    assert_eq!(
+        (named(&lines, "x-up"), named(&lines, "content-length")),
+        (1, 1)
+    );
+    assert_eq!(
+        (named(&lines, "x-request-id"), named(&lines, "date")),
+        (1, 1),
+        "{lines:?}"
+    );
+    let id = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("rampart's id");
+    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(body_of(&rsp), b"ok");
+}
+
+/// A policy that sets answer headers (`rate_limit.headers`) replaces an upstream's header of
+/// the same name: the client never gets both, whichever server writes the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_s_answer_headers_replace_an_upstream_s_of_the_same_name() {
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nRateLimit-Policy: from-up\r\nx-up: 1\r\ncontent-length: 2\r\n\r\nok",
+        Then::Stay,
+    )])
+    .await;
+    let cfg = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  limited:
+    rate_limit:
+      per_tenant: { rate: 100/s, burst: 100 }
+      headers: true
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: limited
+"#;
+    let proxy = Proxy::builder(cfg)
+        .var("APP", up.addr)
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let rsp = raw_get(proxy.listener("inbound"), "/").await;
+    let lines = head_lines(&rsp);
+    assert_eq!(named(&lines, "ratelimit-policy"), 1, "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.ends_with("from-up")),
+        "rampart's value replaces the upstream's: {lines:?}"
+    );
+    assert_eq!(named(&lines, "x-up"), 1, "{lines:?}");
+    assert_eq!(body_of(&rsp), b"ok");
+}

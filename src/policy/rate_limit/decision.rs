@@ -131,6 +131,12 @@ impl Decision {
         names.get(empty.unwrap_or(0)).map(String::as_str)
     }
 
+    /// Whether [`Decision::write_headers`] writes anything (refused requests, and every request
+    /// of a policy with `headers: true`).
+    pub fn writes_headers(&self) -> bool {
+        self.spec.as_ref().is_some_and(|s| s.policy.is_some())
+    }
+
     /// Writes `ratelimit-policy` and `ratelimit` (SPEC §3), one item per limit that applied.
     /// Writes nothing for an admitted request unless the policy has `headers: true`, so the
     /// caller may call it on every answer.

@@ -7,6 +7,11 @@
 //! answer has none, `connection: close` on the last answer of an HTTP/1.1 connection and
 //! `connection: keep-alive` on a kept-alive HTTP/1.0 one. Bodies are streamed frame by frame,
 //! the head riding in the same write as the first frame when that frame is ready.
+//!
+//! One difference from hyper, by design: an upstream's plain answer (see
+//! `pool::h1::RawLines`) has its header lines written as the upstream sent them, names in
+//! its spelling (as nginx passes them on), where hyper writes every name in lower case.
+//! Header names are case-insensitive (RFC 9110 §5.1).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -23,6 +28,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::parse::has_token;
 use crate::proxy::body::Body;
+use crate::proxy::pool::h1::RawLines;
 use crate::proxy::wire::{chunk_line, itoa};
 
 /// Data chunks up to this size are copied behind the head (one buffer, one write); larger
@@ -87,10 +93,13 @@ enum Line {
     Coding(bool),
 }
 
-/// Appends the head of the answer `parts` to `dst`, and says how its body must follow.
+/// Appends the head of the answer `parts` to `dst`, and says how its body must follow. `raw`:
+/// an upstream's header lines that are not in the map, written as they came before the map's
+/// (their `content-length`, if any, is the body's `Len::Known`; see `pool::h1::RawLines`).
 pub fn encode_head(
     dst: &mut Vec<u8>,
     parts: &Parts,
+    raw: Option<&RawLines>,
     ask: Ask,
     body: Len,
     date: &[u8],
@@ -155,6 +164,14 @@ pub fn encode_head(
     let mut length_seen: Option<u64> = None;
     let mut line = Line::None;
     let mut prev: Option<&HeaderName> = None;
+    if let Some(r) = raw {
+        r.write(dst);
+        wrote_date = r.date;
+        if let (true, Len::Known(n)) = (r.length, body) {
+            framing = Framing::Length(n);
+            wrote_len = true;
+        }
+    }
     for (name, value) in parts.headers.iter() {
         // Values of one name come together, under the same name reference.
         let same = prev.is_some_and(|p| std::ptr::eq(p, name));
@@ -390,8 +407,20 @@ where
     } else {
         body.size_hint().exact().map_or(Len::Unknown, Len::Known)
     };
+    // An upstream's lines are written as they came when the body is framed as they say (a
+    // pool's answer always is); otherwise they join the map and are written from it.
+    let fits = body.raw_lines().map(|r| match len {
+        Len::Known(n) => n > 0 && r.length,
+        Len::Unknown => !r.length,
+        Len::Empty => false,
+    });
+    if fits == Some(false) {
+        if let Body::Upstream(r) = &mut body {
+            r.fill_headers(&mut parts.headers);
+        }
+    }
     out.clear();
-    let plan = match encode_head(out, &parts, ask, len, &date()) {
+    let plan = match encode_head(out, &parts, body.raw_lines(), ask, len, &date()) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "answer not sent");

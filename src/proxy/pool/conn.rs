@@ -62,6 +62,8 @@ pub(super) struct Conn {
     home: usize,
     /// The header names of its last answer.
     names: h1::Names,
+    /// The current answer's header lines, while they are not in its map (see `h1::RawLines`).
+    pub(super) raw: h1::RawLines,
 }
 
 /// Where the current request's body is.
@@ -192,6 +194,7 @@ impl Conn {
             _slot: slot,
             home: crate::workers::index(),
             names: h1::Names::default(),
+            raw: h1::RawLines::default(),
         })
     }
 
@@ -321,7 +324,9 @@ impl Conn {
                 return Poll::Ready(Err(e));
             }
             if !self.rd.is_empty() {
-                if let Some(head) = h1::parse_head(&mut self.rd, head_request, &mut self.names)? {
+                if let Some(head) =
+                    h1::parse_head(&mut self.rd, head_request, &mut self.names, &mut self.raw)?
+                {
                     return Poll::Ready(Ok(head));
                 }
             }

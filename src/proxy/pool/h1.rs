@@ -189,6 +189,8 @@ fn is_bodyless_method(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD || *m == Method::CONNECT
 }
 
+use crate::proxy::forward::{hop_index, X_REQUEST_ID};
+use crate::proxy::respond::REASON_HEADER;
 pub use crate::proxy::wire::chunk_line;
 use crate::proxy::wire::itoa;
 
@@ -205,6 +207,7 @@ pub fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
     names: &mut Names,
+    raw: &mut RawLines,
 ) -> Result<Option<Head>, Malformed> {
     for _ in 0..=MAX_INTERIM {
         let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
@@ -248,7 +251,16 @@ pub fn parse_head(
         }
         let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status code"))?;
         let head = buf.split_to(len).freeze();
-        return finish_head(&head, &spans[..count], status, minor, head_request, names).map(Some);
+        let found = finish_head(
+            &head,
+            &spans[..count],
+            status,
+            minor,
+            head_request,
+            names,
+            raw,
+        );
+        return found.map(Some);
     }
     Err(Malformed("too many interim (1xx) answers"))
 }
@@ -288,6 +300,88 @@ impl Names {
     }
 }
 
+/// The header lines of the connection's current answer, kept as they came.
+///
+/// Most answers are plain: a status, a `content-length` of digits and headers that only pass
+/// through. Making each of their lines a `HeaderName` and a `HeaderValue` in a map, for the
+/// lean server to read them back in order and write them out, was the largest cost of a
+/// proxied request (issue 22). So the lines of a plain answer stay here, in the head they
+/// came in (the connection keeps both until the answer's body ends), and the lean server
+/// writes them as they are (names spelled as the upstream spelled them, as nginx passes them
+/// on). The answer's map then holds only what the request path adds (`x-request-id`).
+///
+/// An answer is plain unless it has a `transfer-encoding`, more than one `content-length` (or
+/// one that is not just digits), a hop-by-hop header (or a `connection` naming any header),
+/// or `x-rampart-reason`: those go into the map at once, as before, and so does every answer
+/// without a body (its connection goes back to the pool before the answer is written). Code
+/// that reads or changes an answer's headers other than the lean server's writing makes the
+/// map whole first: [`crate::proxy::body::whole_headers`].
+#[derive(Debug, Default)]
+pub struct RawLines {
+    /// The head the lines are in.
+    head: Bytes,
+    /// The lines passed on, in order (`connection: keep-alive` and the like are not), each
+    /// with its name as read (for [`RawLines::fill`]: a clone, not a second parse).
+    lines: Vec<(HeaderName, Span)>,
+    /// Whether the lines are still here (not yet in the answer's map).
+    pending: bool,
+    /// The lines hold a `content-length` (one, of digits).
+    pub length: bool,
+    /// The lines hold a `date`.
+    pub date: bool,
+    /// The lines hold an `x-request-id`.
+    pub request_id: bool,
+}
+
+impl RawLines {
+    /// Starts keeping the lines of `head`, an answer head being read.
+    fn start(&mut self, head: &Bytes) {
+        self.head = head.clone();
+        self.lines.clear();
+        self.pending = true;
+        self.length = false;
+        self.date = false;
+        self.request_id = false;
+    }
+
+    /// Whether the lines are still here, for the lean server to write.
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Appends the lines, as they came, to a head being written.
+    pub fn write(&self, dst: &mut Vec<u8>) {
+        for &(_, [ns, _, _, ve]) in &self.lines {
+            dst.extend_from_slice(&self.head[ns as usize..ve as usize]);
+            dst.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Lets go of the head: the answer is written, or will not be.
+    pub fn release(&mut self) {
+        self.pending = false;
+        self.lines.clear();
+        self.head = Bytes::new();
+    }
+
+    /// Moves the lines into `map`, in order (after what it holds); they are then no longer here.
+    pub fn fill(&mut self, map: &mut HeaderMap) {
+        if !self.pending {
+            return;
+        }
+        self.pending = false;
+        map.reserve(self.lines.len());
+        for (name, [_, _, vs, ve]) in self.lines.drain(..) {
+            let value = HeaderValue::from_maybe_shared(self.head.slice(vs as usize..ve as usize));
+            // Checked as the head was read (`finish_head`): this cannot fail.
+            if let Ok(value) = value {
+                map.append(name, value);
+            }
+        }
+        self.head = Bytes::new();
+    }
+}
+
 fn parse_error(e: httparse::Error) -> &'static str {
     match e {
         httparse::Error::HeaderName => "invalid header name",
@@ -300,7 +394,9 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// Builds the answer from a whole head and decides its framing.
+/// Builds the answer from a whole head and decides its framing. The header lines to pass on
+/// are kept in `raw`, as they came; they go into the answer's header map here only when the
+/// answer is not a plain one (see [`RawLines`]).
 fn finish_head(
     head: &Bytes,
     spans: &[Span],
@@ -308,30 +404,40 @@ fn finish_head(
     minor: u8,
     head_request: bool,
     names: &mut Names,
+    raw: &mut RawLines,
 ) -> Result<Head, Malformed> {
-    let mut headers = crate::proxy::spare::map(spans.len());
+    raw.start(head);
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None; // Some(last coding is chunked)
     let mut close = false;
     let mut keep_alive = false;
+    // Whether the lines may stay raw: nothing in them that the request path reads or changes.
+    let mut plain = true;
     for (i, &[ns, ne, vs, ve]) in spans.iter().enumerate() {
         let name = names.name(i, &head[ns as usize..ne as usize])?;
-        let raw = &head[vs as usize..ve as usize];
+        let value = &head[vs as usize..ve as usize];
         if name == header::CONTENT_LENGTH {
-            let n = parse_length_list(raw).ok_or(Malformed("invalid content-length"))?;
+            let n = parse_length_list(value).ok_or(Malformed("invalid content-length"))?;
             if length.is_some_and(|old| old != n) {
                 return Err(Malformed("conflicting content-length values"));
             }
+            // Raw only as one line of digits: the lean server then writes it as sent.
+            plain &= length.is_none() && value.iter().all(u8::is_ascii_digit);
+            raw.length = true;
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            let last = raw.rsplit(|&b| b == b',').map(trim).find(|c| !c.is_empty());
+            plain = false;
+            let last = value
+                .rsplit(|&b| b == b',')
+                .map(trim)
+                .find(|c| !c.is_empty());
             if let Some(last) = last {
                 te = Some(last.eq_ignore_ascii_case(b"chunked"));
             } else if te.is_none() {
                 te = Some(false);
             }
         } else if name == header::CONNECTION {
-            let tokens = ConnectionTokens::read(raw);
+            let tokens = ConnectionTokens::read(value);
             close |= tokens.close;
             keep_alive |= tokens.keep_alive;
             if !tokens.others {
@@ -339,10 +445,20 @@ fn finish_head(
                 // (`forward::strip_hop_by_hop` would remove it), so not kept.
                 continue;
             }
+            // It names other headers to remove: `strip_hop_by_hop` reads it from the map.
+            plain = false;
+        } else if name == header::DATE {
+            raw.date = true;
+        } else if name == X_REQUEST_ID {
+            raw.request_id = true;
+        } else if name == REASON_HEADER || hop_index(name.as_str().as_bytes()).is_some() {
+            // rampart's own reason (an upstream's is read as rampart's, as before), or a
+            // hop-by-hop header for `strip_hop_by_hop`.
+            plain = false;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Malformed("invalid header value"))?;
-        headers.append(name, value);
+        // No check of the value's bytes: httparse took exactly those `HeaderValue` takes
+        // (`a_value_is_taken_exactly_when_a_header_value_would_be`).
+        raw.lines.push((name, [ns, ne, vs, ve]));
     }
     let version = if minor == 1 {
         Version::HTTP_11
@@ -377,6 +493,13 @@ fn finish_head(
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
+    // A map to fill now, or later if the request path needs it; the spare one this thread
+    // keeps, so that the answer's map goes on to hold the next request's headers.
+    let mut headers = crate::proxy::spare::map(if plain { 0 } else { raw.lines.len() });
+    // An answer without a body gives its connection (and so its raw lines) back at once.
+    if !plain || framing == Framing::Empty {
+        raw.fill(&mut headers);
+    }
     *response.headers_mut() = headers;
     Ok(Head {
         response,

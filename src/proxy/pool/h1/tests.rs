@@ -1,9 +1,24 @@
 use super::*;
 
+/// Parses a head off `buf` with its map made whole, as the request path sees it once it reads
+/// the answer's headers (`body::whole_headers`).
+fn parse_whole(
+    buf: &mut BytesMut,
+    head_request: bool,
+    names: &mut Names,
+) -> Result<Option<Head>, Malformed> {
+    let mut raw = RawLines::default();
+    let mut h = parse_head(buf, head_request, names, &mut raw)?;
+    if let Some(h) = h.as_mut() {
+        raw.fill(h.response.headers_mut());
+    }
+    Ok(h)
+}
+
 /// Parses `bytes` fed whole; the head and what is left after it.
 fn head(bytes: &[u8], head_request: bool) -> Result<Option<(Head, Vec<u8>)>, Malformed> {
     let mut buf = BytesMut::from(bytes);
-    Ok(parse_head(&mut buf, head_request, &mut Names::default())?.map(|h| (h, buf.to_vec())))
+    Ok(parse_whole(&mut buf, head_request, &mut Names::default())?.map(|h| (h, buf.to_vec())))
 }
 
 fn whole(bytes: &[u8]) -> Head {
@@ -33,7 +48,7 @@ fn read_answer(
     let mut buf = BytesMut::new();
     let mut input = bytes.chunks(step.max(1));
     let h = loop {
-        if let Some(h) = parse_head(&mut buf, head_request, &mut Names::default())? {
+        if let Some(h) = parse_whole(&mut buf, head_request, &mut Names::default())? {
             break h;
         }
         match input.next() {
@@ -578,7 +593,7 @@ fn names_kept_from_the_last_answer_are_reused_only_where_they_match() {
     let mut names = Names::default();
     let mut parse = |bytes: &[u8]| {
         let mut buf = BytesMut::from(bytes);
-        let h = parse_head(&mut buf, false, &mut names).unwrap().unwrap();
+        let h = parse_whole(&mut buf, false, &mut names).unwrap().unwrap();
         let seen: Vec<(String, Vec<u8>)> = h
             .response
             .headers()
@@ -642,5 +657,130 @@ fn content_length_values_are_digits_or_a_list_of_equal_ones() {
         ("5 5", None),
     ] {
         assert_eq!(parse_length_list(raw.as_bytes()), want, "{raw:?}");
+    }
+}
+
+/// Reads `bytes` as the connection does, keeping the lines raw where it may: the head, and its
+/// raw lines as the lean server would write them (`None` when they went into the map).
+fn raw_head(bytes: &[u8]) -> (Head, Option<(String, RawLines)>) {
+    let mut buf = BytesMut::from(bytes);
+    let mut raw = RawLines::default();
+    let h = parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+        .unwrap()
+        .unwrap();
+    if !raw.pending() {
+        return (h, None);
+    }
+    let mut out = Vec::new();
+    raw.write(&mut out);
+    (h, Some((String::from_utf8(out).unwrap(), raw)))
+}
+
+/// A plain answer's lines stay as they came (names spelled as sent), its map stays empty, and
+/// what the lean server needs to know of them is said beside them.
+#[test]
+fn a_plain_answer_keeps_its_lines_as_they_came() {
+    let (h, raw) = raw_head(
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 03 Dec 2026 07:29:02 GMT\r\n\
+          Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\
+          X-Request-Id: up-1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok\n",
+    );
+    assert!(h.response.headers().is_empty());
+    assert_eq!(h.framing, Framing::Length(3));
+    assert!(h.keep_alive);
+    let (lines, raw) = raw.expect("kept raw");
+    assert_eq!(
+        lines,
+        "Server: nginx\r\nDate: Thu, 03 Dec 2026 07:29:02 GMT\r\nContent-Type: text/plain\r\n\
+         Content-Length: 3\r\nX-Request-Id: up-1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+        "every line but the connection's own, in order"
+    );
+    assert!(raw.length && raw.date && raw.request_id);
+    // An answer read until the upstream closes has no length to announce.
+    let (_, raw) = raw_head(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
+    let (lines, raw) = raw.expect("kept raw");
+    assert_eq!(lines, "X-A: 1\r\n");
+    assert!(!raw.length && !raw.date && !raw.request_id);
+}
+
+/// Anything the request path reads or changes in an answer's headers puts them in the map at
+/// once, as the connection reads it: so does an answer without a body (its connection goes
+/// back before the answer is written).
+#[test]
+fn answers_that_are_not_plain_go_into_the_map_whole() {
+    for bytes in [
+        &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2, 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: x-a\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nTrailer: x-b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\n",
+        b"HTTP/1.1 503 No\r\nX-A: 1\r\nContent-Length: 2\r\nX-Rampart-Reason: shed\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nX-A: 1\r\n\r\n",
+    ] {
+        let text = String::from_utf8_lossy(bytes);
+        let (h, raw) = raw_head(bytes);
+        assert!(raw.is_none(), "{text}: lines left raw");
+        assert_eq!(h.response.headers()["x-a"], "1", "{text}");
+    }
+}
+
+/// Lines moved into a map go after what it holds, in the order they came, and only once.
+#[test]
+fn raw_lines_fill_a_map_once_in_order() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nX-B: 1\r\nX-A: 2\r\nx-b: 3\r\nContent-Length: 1\r\n\r\nz"[..],
+    );
+    let mut raw = RawLines::default();
+    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+        .unwrap()
+        .unwrap();
+    let mut map = HeaderMap::new();
+    map.insert("x-request-id", HeaderValue::from_static("mine"));
+    raw.fill(&mut map);
+    raw.fill(&mut map);
+    assert!(!raw.pending());
+    let all: Vec<_> = map
+        .iter()
+        .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "x-request-id=mine",
+            "x-b=1",
+            "x-b=3",
+            "x-a=2",
+            "content-length=1"
+        ]
+    );
+    raw.release();
+    assert!(!raw.pending());
+}
+
+/// The raw lines' values are not checked again: that holds only if httparse refuses exactly the
+/// bytes `HeaderValue` refuses. Every byte, in the middle of a value.
+#[test]
+fn a_value_is_taken_exactly_when_a_header_value_would_be() {
+    for b in 0..=255u8 {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nX-A: a".to_vec();
+        bytes.push(b);
+        bytes.extend_from_slice(b"b\r\nContent-Length: 1\r\n\r\nz");
+        let mut buf = BytesMut::from(&bytes[..]);
+        let parsed = parse_head(
+            &mut buf,
+            false,
+            &mut Names::default(),
+            &mut RawLines::default(),
+        );
+        let valid = HeaderValue::from_bytes(&[b'a', b, b'b']).is_ok();
+        assert_eq!(
+            matches!(parsed, Ok(Some(_))),
+            valid,
+            "byte {b:#04x}: httparse and HeaderValue disagree"
+        );
     }
 }
