@@ -141,6 +141,27 @@ async fn raw_get(addr: SocketAddr, path: &str) -> raw::RawResp {
     raw::exchange(addr, req.as_bytes(), Duration::from_secs(10)).await
 }
 
+/// One `GET path` from an HTTP/2 client (prior knowledge, over plain TCP): hyper's side of the
+/// listener serves it.
+async fn h2_get(addr: SocketAddr, path: &str) -> ::http::Response<hyper::body::Incoming> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("the listener accepts");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = ::http::Request::get(format!("http://{addr}{path}"))
+        .body(http::empty())
+        .expect("a valid request");
+    tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered")
+}
+
 fn body_of(rsp: &raw::RawResp) -> Vec<u8> {
     let text = rsp.bytes.as_slice();
     let at = text
@@ -432,7 +453,6 @@ async fn a_large_upload_reaches_the_upstream_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_of_a_chunked_answer_reach_an_h2_client() {
     use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let up = Scripted::start(vec![(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
           4\r\ndata\r\n0\r\nx-checksum: c0ffee\r\ncontent-length: 99\r\n\r\n",
@@ -441,21 +461,7 @@ async fn trailers_of_a_chunked_answer_reach_an_h2_client() {
     .await;
     let proxy = proxy(up.addr).await;
     let addr = proxy.listener("inbound");
-    let tcp = TcpStream::connect(addr)
-        .await
-        .expect("the listener accepts");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
-    let req = ::http::Request::get(format!("http://{addr}/t"))
-        .body(http::empty())
-        .expect("a valid request");
-    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .expect("answered in time")
-        .expect("answered");
+    let rsp = h2_get(addr, "/t").await;
     assert_eq!(rsp.status(), 200);
     let whole = rsp.into_body().collect().await.expect("a whole body");
     let trailers = whole
@@ -493,7 +499,6 @@ fn named(lines: &[String], name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_whole() {
     use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let up = Scripted::start(vec![(
         b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\
           X-Request-Id: from-up\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\
@@ -522,21 +527,7 @@ async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_w
     );
     assert_eq!(body_of(&rsp), b"ok\n");
 
-    let tcp = TcpStream::connect(addr)
-        .await
-        .expect("the listener accepts");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
-    let req = ::http::Request::get(format!("http://{addr}/h2"))
-        .body(http::empty())
-        .expect("a valid request");
-    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .expect("answered in time")
-        .expect("answered");
+    let rsp = h2_get(addr, "/h2").await;
     let h = rsp.headers().clone();
     assert_eq!(h["server"], "up");
     assert_eq!(h["date"], "Mon, 01 Jan 2024 00:00:00 GMT");
