@@ -225,18 +225,26 @@ status_kib() {
     echo "$total"
 }
 
-# cpu_ticks MAIN : user + system CPU time (clock ticks) of MAIN and its descendants, from
+# user_sys_ticks MAIN : "USER SYSTEM" CPU time (clock ticks) of MAIN and its descendants, from
 # fields 14 and 15 of /proc/PID/stat (the whole thread group for a multi-threaded process).
-cpu_ticks() {
-    local pid rest total=0
+user_sys_ticks() {
+    local pid rest user=0 sys=0
     local -a fields
     for pid in $(proc_pids "$1"); do
         { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
         rest=${rest##*) }                 # fields from 3 (state) on
         read -r -a fields <<<"$rest"
-        total=$((total + fields[11] + fields[12]))  # utime is field 14 = index 11 from field 3
+        user=$((user + fields[11]))       # utime is field 14 = index 11 from field 3
+        sys=$((sys + fields[12]))
     done
-    echo "$total"
+    echo "$user $sys"
+}
+
+# cpu_ticks MAIN : user + system CPU time (clock ticks) of MAIN and its descendants.
+cpu_ticks() {
+    local user sys
+    read -r user sys <<<"$(user_sys_ticks "$1")"
+    echo $((user + sys))
 }
 
 # render_tmpl TEMPLATE OUT DIR LISTEN ADMIN WORKERS : fills in a plaintext config template

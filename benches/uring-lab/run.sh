@@ -85,27 +85,13 @@ for t in "${targets[@]}"; do
     wait_http "$t" "http://${listen[$t]}/"
 done
 
-# user_sys MAIN : "USER SYSTEM" clock ticks of MAIN and its descendants (fields 14 and 15).
-user_sys() {
-    local pid rest u=0 s=0
-    local -a f
-    for pid in $(proc_pids "$1"); do
-        { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
-        rest=${rest##*) }
-        read -r -a f <<<"$rest"
-        u=$((u + f[11]))
-        s=$((s + f[12]))
-    done
-    echo "$u $s"
-}
-
 # measure TARGET CONNS : one wrk run; prints "REQ_PER_S REQUESTS USER_TICKS SYS_TICKS P99_MS".
 measure() {
     local out rps reqs p99
     local -a a b
-    read -r -a a <<<"$(user_sys "${pid_of[$1]}")"
+    read -r -a a <<<"$(user_sys_ticks "${pid_of[$1]}")"
     out=$(wrk -t1 -c"$2" -d"$DURATION" --latency "http://${listen[$1]}/")
-    read -r -a b <<<"$(user_sys "${pid_of[$1]}")"
+    read -r -a b <<<"$(user_sys_ticks "${pid_of[$1]}")"
     grep -qE 'Non-2xx|Socket errors' <<<"$out" && die "$1: wrk saw errors: $out"
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")

@@ -318,13 +318,12 @@ impl Names {
 /// map whole first: [`crate::proxy::body::whole_headers`].
 #[derive(Debug, Default)]
 pub struct RawLines {
-    /// The head the lines are in.
+    /// The head the lines are in; empty once they are in the map or let go (a head is never
+    /// empty: it has its status line), so it also says whether the lines are still here.
     head: Bytes,
     /// The lines passed on, in order (`connection: keep-alive` and the like are not), each
     /// with its name as read (for [`RawLines::fill`]: a clone, not a second parse).
     lines: Vec<(HeaderName, Span)>,
-    /// Whether the lines are still here (not yet in the answer's map).
-    pending: bool,
     /// The lines hold a `content-length` (one, of digits).
     pub length: bool,
     /// The lines hold a `date`.
@@ -338,7 +337,6 @@ impl RawLines {
     fn start(&mut self, head: &Bytes) {
         self.head = head.clone();
         self.lines.clear();
-        self.pending = true;
         self.length = false;
         self.date = false;
         self.request_id = false;
@@ -346,7 +344,7 @@ impl RawLines {
 
     /// Whether the lines are still here, for the lean server to write.
     pub fn pending(&self) -> bool {
-        self.pending
+        !self.head.is_empty()
     }
 
     /// Appends the lines, as they came, to a head being written.
@@ -359,17 +357,15 @@ impl RawLines {
 
     /// Lets go of the head: the answer is written, or will not be.
     pub fn release(&mut self) {
-        self.pending = false;
         self.lines.clear();
         self.head = Bytes::new();
     }
 
     /// Moves the lines into `map`, in order (after what it holds); they are then no longer here.
     pub fn fill(&mut self, map: &mut HeaderMap) {
-        if !self.pending {
+        if !self.pending() {
             return;
         }
-        self.pending = false;
         map.reserve(self.lines.len());
         for (name, [_, _, vs, ve]) in self.lines.drain(..) {
             let value = HeaderValue::from_maybe_shared(self.head.slice(vs as usize..ve as usize));
