@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::access_log::TryStats;
 use super::body::FaultCell;
-use super::forward::Peer;
+use super::forward::{Peer, Sent};
 use crate::generation::{ListenerRt, RouteRt};
 use crate::otel::SpanParent;
 use crate::policy::load_shed::ShedSlot;
@@ -32,6 +33,11 @@ pub struct RequestCtx<'a> {
     pub deadline: Option<Instant>,
     /// The client end of the connection.
     pub peer: &'a Peer,
+    /// Which of the lines rampart sets the client's head carried.
+    pub sent: Sent,
+    /// The request's id (the client's, or the one rampart made), written upstream by the
+    /// writer if the request's map has none.
+    pub request_id: &'a HeaderValue,
     /// Longest stall allowed between request body frames.
     pub body_idle: Duration,
     /// Tenant label folding (for per-tenant breakers' metric series).

@@ -53,7 +53,7 @@ pub(super) struct Tried {
 
 /// Steps 5–8 for one request that has passed the route's admission policies.
 pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<Body> {
-    forward::prepare_request(&mut req, ctx.peer);
+    forward::prepare_request(&mut req, ctx.peer, ctx.sent);
     let (parts, incoming) = req.into_parts();
     let mut spent = Spent(parts);
     let parts = &mut spent.0;
@@ -174,8 +174,8 @@ enum Bound {
 }
 
 /// Steps 7–8: one try of the request of head `parts` and body `body` against one endpoint,
-/// under the earlier of its deadlines. The try may add `host` (for the endpoint) and
-/// `traceparent` (for its span) to `parts`; `host` is taken out again when the try ends, so a
+/// under the earlier of its deadlines. The try may add `traceparent` (for its span) to `parts`;
+/// a request without `host` is sent with this endpoint's (by the writer, not in `parts`), so a
 /// retry to another endpoint names its own.
 pub(super) async fn try_once(
     ctx: &RequestCtx<'_>,
@@ -209,7 +209,6 @@ pub(super) async fn try_once(
             used: None,
         };
     };
-    let added_host = forward::ensure_host(&mut parts.headers, &ep);
     let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
         let limit = per_try_timeout(p, &up.latency);
         (now + limit, Bound::PerTry(limit))
@@ -222,14 +221,13 @@ pub(super) async fn try_once(
     let record = TryRecord::start(ctx, &ep, permit, parts, now);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
-    let sent = ep.pool.send(ep.addr, parts, body);
+    // What the writer adds to the head: a `host` naming this endpoint if the request has none.
+    let added = ctx.peer.added(ep.authority.as_str(), ctx.request_id);
+    let sent = ep.pool.send(ep.addr, parts, &added, body);
     let result = match bound {
         Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
         None => Ok(sent.await),
     };
-    if added_host {
-        parts.headers.remove(http::header::HOST);
-    }
     let used = Some(ep.addr);
     match result {
         Ok(Ok(mut rsp)) => {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::access_log::{self, Entry, TryStats};
 use super::body::Body;
-use super::forward::{new_request_id, X_REQUEST_ID};
+use super::forward::{new_request_id, Sent, X_REQUEST_ID};
 use super::guard::Guards;
 use super::respond::{with_request_id, REASON_HEADER};
 use crate::generation::{ListenerRt, RouteRt};
@@ -27,7 +27,7 @@ use crate::tenant::TenantId;
 pub struct Finish<'a> {
     lst: &'a ListenerRt,
     started: Instant,
-    request_id: HeaderValue,
+    request_id: &'a HeaderValue,
     entry: Option<Entry>,
     /// The request's trace, when the listener traces.
     trace: Option<Trace>,
@@ -43,24 +43,30 @@ pub struct Finish<'a> {
 
 // === impl Finish ===
 
+/// The id of the request whose head holds what `sent` says: the client's `x-request-id`, else a
+/// new one (and `true`: made here). A made id is not put into the request's map: the upstream
+/// writer adds it to the head it sends (`forward::Added`).
+pub fn request_id<B>(req: &Request<B>, sent: Sent) -> (HeaderValue, bool) {
+    match sent
+        .request_id
+        .then(|| req.headers().get(X_REQUEST_ID))
+        .flatten()
+    {
+        Some(v) => (v.clone(), false),
+        None => (new_request_id(), true),
+    }
+}
+
 impl<'a> Finish<'a> {
-    /// Settles the request id of `req` (the client's, else a new one, added to the request so
-    /// the upstream sees it), its trace if `lst` traces, and starts its access log line if
-    /// `lst` logs.
+    /// Starts the end of `req`, whose id is `request_id` (`made` by rampart, see
+    /// [`request_id`]): its trace if `lst` traces, and its access log line if `lst` logs.
     pub fn new<B>(
         lst: &'a ListenerRt,
         req: &mut Request<B>,
+        (request_id, made): (&'a HeaderValue, bool),
         started: Instant,
         guards: Guards,
     ) -> Self {
-        let (request_id, made) = match req.headers_mut().entry(X_REQUEST_ID) {
-            http::header::Entry::Occupied(v) => (v.get().clone(), false),
-            http::header::Entry::Vacant(v) => {
-                let id = new_request_id();
-                v.insert(id.clone());
-                (id, true)
-            }
-        };
         let (trace, span) = match &lst.tracer {
             None => (None, None),
             Some(tracer) => {
@@ -75,7 +81,7 @@ impl<'a> Finish<'a> {
         let entry = lst
             .access_log
             .as_ref()
-            .map(|log| log.begin(req, (&request_id, made), trace_id, started));
+            .map(|log| log.begin(req, (request_id, made), trace_id, started));
         Finish {
             lst,
             started,
@@ -119,7 +125,7 @@ impl<'a> Finish<'a> {
         // rampart's own answer is a static value: its copy costs no allocation.)
         let own = rsp.headers().get(REASON_HEADER).cloned();
         if own.is_some() {
-            with_request_id(&mut rsp, &self.request_id);
+            with_request_id(&mut rsp, self.request_id);
         }
         // An upstream's plain answer says beside its map whether it carries an id.
         let upstream_id = rsp.body().raw_lines().is_some_and(|r| r.request_id);

@@ -10,6 +10,12 @@
 //! is appended to `x-forwarded-for`, and `x-request-id` is added when absent. One authority
 //! decides the route and is forwarded: an absolute-form target (HTTP/1.1) or `:authority`
 //! (HTTP/2) becomes the upstream's `host`.
+//!
+//! What rampart adds is not put into the request's header map: the upstream writer writes it
+//! from [`Added`] after the map's lines (`x-forwarded-proto` always, in place of any the client
+//! sent; `host`, `x-request-id` and `x-forwarded-for` when the map holds none). Only a client's
+//! own `x-forwarded-for` list is extended in the map. Which of these lines the client sent is
+//! noted once, as its head is read ([`Sent`]), so the request path looks none of them up.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -19,7 +25,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
-use super::upstream::Endpoint;
 use crate::tenant::CertIds;
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1) and `upgrade`, in the order of their bits in
@@ -39,8 +44,8 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 const CONNECTION_BIT: u16 = 1 << 0;
 const TRANSFER_ENCODING_BIT: u16 = 1 << 7;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, added when absent.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -71,9 +76,74 @@ impl Peer {
         }
     }
 
-    fn proto(&self) -> HeaderValue {
-        HeaderValue::from_static(if self.tls { "https" } else { "http" })
+    /// What the upstream writer adds to a try's request to `host` (an endpoint's authority,
+    /// for a request without `host`), whose id is `request_id`.
+    pub fn added<'a>(&'a self, host: &'a str, request_id: &'a HeaderValue) -> Added<'a> {
+        Added {
+            host,
+            request_id,
+            forwarded_for: &self.forwarded_for,
+            proto: if self.tls { "https" } else { "http" },
+        }
     }
+}
+
+/// The lines of a client's request head that the request path would otherwise look up by
+/// name: how many `host` lines, and whether it has `x-request-id` and `x-forwarded-for`. The
+/// lean server notes them as it reads the head (a comparison per line, no hashing); a request
+/// from hyper's server has its map read once ([`Sent::of`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// `host` lines, counted up to 2 (two or more are refused alike).
+    pub hosts: u8,
+    /// An `x-request-id` line.
+    pub request_id: bool,
+    /// An `x-forwarded-for` line.
+    pub forwarded_for: bool,
+}
+
+impl Sent {
+    /// What the map `headers` holds.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let hosts = match (hosts.next(), hosts.next()) {
+            (None, _) => 0,
+            (Some(_), None) => 1,
+            _ => 2,
+        };
+        Sent {
+            hosts,
+            request_id: headers.contains_key(X_REQUEST_ID),
+            forwarded_for: headers.contains_key(X_FORWARDED_FOR),
+        }
+    }
+
+    /// Notes a line named `name`.
+    pub fn note(&mut self, name: &HeaderName) {
+        if *name == header::HOST {
+            self.hosts = (self.hosts + 1).min(2);
+        } else if *name == X_REQUEST_ID {
+            self.request_id = true;
+        } else if *name == X_FORWARDED_FOR {
+            self.forwarded_for = true;
+        }
+    }
+}
+
+/// The lines the upstream writer adds to a request head after its map's lines, from what the
+/// request path knows rather than from the map (which would be grown, hashed into and read
+/// back for them on every request).
+#[derive(Debug, Clone, Copy)]
+pub struct Added<'a> {
+    /// `host`, for a request whose map has none (HTTP/1.0): the endpoint's authority.
+    pub host: &'a str,
+    /// `x-request-id`, for a request whose map has none: the id the request path settled.
+    pub request_id: &'a HeaderValue,
+    /// `x-forwarded-for`, for a request whose map has none: the client's address.
+    pub forwarded_for: &'a HeaderValue,
+    /// `x-forwarded-proto`, always: the protocol the client used (a line the client sent is
+    /// not written).
+    pub proto: &'static str,
 }
 
 /// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings
@@ -186,8 +256,9 @@ fn end_to_end_codings(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Why a request's authority is refused (400 `bad_request`), if it is.
-pub fn authority_problem<B>(req: &Request<B>) -> Option<&'static str> {
+/// Why a request's authority is refused (400 `bad_request`), if it is; `sent` says what its
+/// head holds.
+pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str> {
     if req.method() == http::Method::CONNECT {
         // RFC 9110 §9.3.6: the target is exactly `host:port` (no userinfo, no path).
         let a = req.uri().authority();
@@ -200,20 +271,18 @@ pub fn authority_problem<B>(req: &Request<B>) -> Option<&'static str> {
             return Some("a CONNECT target must be host:port");
         }
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
+    if sent.hosts > 1 {
         return Some("the request carries more than one host header");
     }
-    if first.is_none() && req.uri().authority().is_none() && req.version() == Version::HTTP_11 {
+    if sent.hosts == 0 && req.uri().authority().is_none() && req.version() == Version::HTTP_11 {
         return Some("an HTTP/1.1 request must carry a host header");
     }
     None
 }
 
-/// Prepares a client request for the upstream, once, before any try (its request id is
-/// settled already).
-pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer) {
+/// Prepares a client request for the upstream, once, before any try; `sent` says what its head
+/// held. What rampart adds is written beside the map by the upstream writer ([`Added`]).
+pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent) {
     // One authority: the one the route was chosen by. An absolute-form target or h2
     // `:authority` overrides whatever `host` the client also sent.
     if let Some(a) = req.uri().authority() {
@@ -223,9 +292,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer) {
     }
     let h = req.headers_mut();
     strip_hop_by_hop(h);
-    append_forwarded_for(h, peer);
-    h.insert(X_FORWARDED_PROTO, peer.proto());
-    // `x-request-id` is settled before: `finish::Finish::new` gives every request one.
+    if sent.forwarded_for {
+        // The client's list (if a `connection` line did not name it) with the peer appended.
+        append_forwarded_for(h, peer);
+    }
     *req.version_mut() = Version::HTTP_11;
     // Upstream requests are origin-form; the authority travels in `host`.
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -258,21 +328,6 @@ fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
     list.push_str(&peer.ip);
     if let Ok(v) = HeaderValue::from_str(&list) {
         given.insert(v);
-    }
-}
-
-/// Gives a request without any authority (HTTP/1.0 without `host`) the endpoint's; returns
-/// whether it added one.
-pub fn ensure_host(headers: &mut HeaderMap, endpoint: &Endpoint) -> bool {
-    if headers.contains_key(header::HOST) {
-        return false;
-    }
-    match HeaderValue::from_str(endpoint.authority.as_str()) {
-        Ok(v) => {
-            headers.insert(header::HOST, v);
-            true
-        }
-        Err(_) => false,
     }
 }
 
@@ -389,6 +444,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::proxy::pool::h1::{encode_head, BodyKind};
 
     #[test]
     fn strips_hop_by_hop_and_named() {
@@ -465,44 +521,116 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
+    /// The head the upstream writer sends for `req`, prepared for a client at 10.1.2.3 (over
+    /// TLS if `tls`) to an endpoint at `svc:8080`, whose id rampart made as "made".
+    fn upstream_head(mut req: Request<()>, tls: bool) -> String {
+        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), tls);
+        let sent = Sent::of(req.headers());
+        prepare_request(&mut req, &peer, sent);
+        let id = HeaderValue::from_static("made");
+        let added = peer.added("svc:8080", &id);
+        let mut dst = Vec::new();
+        let (m, u, h) = (req.method(), req.uri(), req.headers());
+        encode_head(&mut dst, m, u, h, Some(&added), BodyKind::Empty);
+        String::from_utf8(dst).expect("ascii")
+    }
+
     #[test]
     fn adds_forwarding_headers_when_absent() {
-        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), false);
-        let mut req = Request::builder().uri("/a").body(()).expect("request");
-        req.headers_mut()
-            .insert(X_REQUEST_ID, HeaderValue::from_static("given"));
-        prepare_request(&mut req, &peer);
-        assert_eq!(req.headers()["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(req.headers()["x-forwarded-proto"], "http");
-        assert_eq!(req.headers()["x-request-id"], "given");
-        let mut req = Request::builder()
+        let req = Request::builder()
+            .uri("/a")
+            .header("host", "given.example")
+            .header("x-request-id", "given")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            upstream_head(req, false),
+            "GET /a HTTP/1.1\r\nhost: given.example\r\nx-request-id: given\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        let req = Request::builder()
             .uri("http://svc:81/a?b=1")
             .body(())
             .expect("request");
-        let tls_peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), true);
-        prepare_request(&mut req, &tls_peer);
-        assert_eq!(req.headers()["host"], "svc:81");
-        assert_eq!(req.headers()["x-forwarded-proto"], "https");
+        assert_eq!(
+            upstream_head(req, true),
+            "GET /a?b=1 HTTP/1.1\r\nhost: svc:81\r\nx-request-id: made\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: https\r\n\r\n",
+            "the target's authority is the host; the id made is sent"
+        );
+        let req = Request::builder()
+            .uri("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("request");
+        assert!(
+            upstream_head(req, false).contains("\r\nhost: svc:8080\r\n"),
+            "a request without any authority names the endpoint"
+        );
     }
 
     #[test]
     fn the_truth_of_the_connection_replaces_what_the_client_claims() {
-        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), false);
-        let mut req = Request::builder()
+        let req = Request::builder()
             .uri("http://real.example/x")
             .header("host", "other.example")
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-for", "192.0.2.7")
             .body(())
             .expect("request");
-        prepare_request(&mut req, &peer);
+        let head = upstream_head(req, false);
         assert_eq!(
-            req.headers()["host"],
-            "real.example",
-            "the routed authority is forwarded"
+            head,
+            "GET /x HTTP/1.1\r\nhost: real.example\r\n\
+             x-forwarded-for: 192.0.2.7, 10.1.2.3\r\nx-request-id: made\r\n\
+             x-forwarded-proto: http\r\n\r\n",
+            "the routed authority is forwarded, the list extended, the protocol replaced"
         );
-        assert_eq!(req.headers()["x-forwarded-proto"], "http");
-        assert_eq!(req.headers()["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
+    }
+
+    #[test]
+    fn a_forwarding_line_the_connection_list_names_is_the_peer_s_alone() {
+        // `connection` makes the client's `x-forwarded-for` and `host` hop-by-hop: they go, and
+        // the writer gives the request what it would give one that never had them.
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "given.example")
+            .header("connection", "x-forwarded-for, host")
+            .header("x-forwarded-for", "192.0.2.7")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            upstream_head(req, false),
+            "GET / HTTP/1.1\r\nx-forwarded-for: 10.1.2.3\r\nhost: svc:8080\r\n\
+             x-request-id: made\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn sent_counts_hosts_and_notes_the_forwarding_lines_in_any_spelling() {
+        let mut by_line = Sent::default();
+        for n in ["Host", "X-Request-Id", "user-agent", "HOST", "HOST"] {
+            by_line.note(&HeaderName::from_bytes(n.as_bytes()).expect("name"));
+        }
+        assert_eq!(
+            by_line,
+            Sent {
+                hosts: 2,
+                request_id: true,
+                forwarded_for: false
+            }
+        );
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.7"));
+        assert_eq!(
+            Sent::of(&h),
+            Sent {
+                hosts: 1,
+                request_id: false,
+                forwarded_for: true
+            }
+        );
     }
 
     #[test]
@@ -537,14 +665,18 @@ mod tests {
             .header("host", "b")
             .body(())
             .expect("request");
-        assert!(authority_problem(&two).is_some());
+        assert!(authority_problem(&two, Sent::of(two.headers())).is_some());
         let none = Request::builder().uri("/").body(()).expect("request");
-        assert!(authority_problem(&none).is_some());
+        assert!(authority_problem(&none, Sent::of(none.headers())).is_some());
         let h10 = Request::builder()
             .uri("/")
             .version(Version::HTTP_10)
             .body(())
             .expect("request");
-        assert!(authority_problem(&h10).is_none(), "HTTP/1.0 needs no host");
+        let sent = Sent::of(h10.headers());
+        assert!(
+            authority_problem(&h10, sent).is_none(),
+            "HTTP/1.0 needs no host"
+        );
     }
 }

@@ -145,8 +145,10 @@ where
                     let gen = c.shared.current.load_full();
                     let rsp = match gen.listeners.get(&c.addr) {
                         Some(lst) => {
-                            super::stack::handle(c.shared, &gen, lst, head.req, c.peer, active)
-                                .await
+                            super::stack::handle(
+                                c.shared, &gen, lst, head.req, head.sent, c.peer, active,
+                            )
+                            .await
                         }
                         None => super::listener::removed(),
                     };

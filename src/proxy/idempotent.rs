@@ -52,7 +52,7 @@ pub async fn run(
     let Some(key) = idem.key_of(req.headers(), ctx.tenant.as_str()) else {
         return exchange::run(ctx, req).await;
     };
-    forward::prepare_request(&mut req, ctx.peer);
+    forward::prepare_request(&mut req, ctx.peer, ctx.sent);
     let fault = Arc::new(FaultCell::default());
     let (parts, incoming) = req.into_parts();
     let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());

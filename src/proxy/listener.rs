@@ -578,7 +578,8 @@ async fn serve(
     let gen = shared.current.load_full();
     match gen.listeners.get(&addr) {
         Some(lst) => {
-            let mut rsp = stack::handle(shared, &gen, lst, req, peer, active).await;
+            let sent = super::forward::Sent::of(req.headers());
+            let mut rsp = stack::handle(shared, &gen, lst, req, sent, peer, active).await;
             // hyper writes the answer from its map alone.
             super::body::whole_headers(&mut rsp);
             rsp

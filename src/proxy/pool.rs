@@ -51,6 +51,7 @@ use tokio::time::Instant;
 
 use self::conn::{Conn, Failed, Stream};
 use super::body::Body;
+use super::forward::Added;
 use super::guard::Guards;
 use crate::clock::coarse;
 use crate::error::BoxError;
@@ -185,7 +186,7 @@ impl Pool {
         })
     }
 
-    /// Sends the request of head `parts` and body `body` to `addr` over an idle connection, or
+    /// Sends the request of head `parts` (with the lines `added`) and body `body` to `addr` over an idle connection, or
     /// a new one if the endpoint has fewer than `max_connections`; otherwise waits until one is
     /// free. The caller bounds the wait (the try's deadline). The head is only borrowed (it is
     /// written out, never kept), so a retry sends it again without a copy. Idle connections'
@@ -195,6 +196,7 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         parts: &Parts,
+        added: &Added<'_>,
         mut body: Body,
     ) -> Result<Response<Body>, SendError> {
         let mut now = coarse::millis();
@@ -222,7 +224,7 @@ impl Pool {
                         // happens once per connection; inline, every request's future would
                         // carry its size.
                         let mut conn = Box::pin(self.connect(addr, slot)).await?;
-                        return match conn.exchange(parts, body, false).await {
+                        return match conn.exchange(parts, added, body, false).await {
                             Ok(head) => Ok(self.returning(head, conn)),
                             Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
                                 Err(SendError::Reset(e))
@@ -239,7 +241,7 @@ impl Pool {
                 if !conn.alive() {
                     continue;
                 }
-                match conn.exchange(parts, body, true).await {
+                match conn.exchange(parts, added, body, true).await {
                     Ok(head) => return Ok(self.returning(head, conn)),
                     // Not sent: the connection died while idle. Use the next one.
                     Err(Failed::Unsent(unsent, e)) => {

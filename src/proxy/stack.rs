@@ -43,8 +43,8 @@ use super::conn::ConnActive;
 use super::ctx::{RequestCtx, TryLog};
 use super::degrade;
 use super::exchange;
-use super::finish::Finish;
-use super::forward::{self, Peer};
+use super::finish::{self, Finish};
+use super::forward::{self, Peer, Sent};
 use super::guard::Guards;
 use super::idempotent;
 use super::respond::{self, answer};
@@ -62,6 +62,7 @@ pub async fn handle(
     gen: &Generation,
     lst: &ListenerRt,
     mut req: Request<ClientIn>,
+    sent: Sent,
     peer: &Peer,
     active: ConnActive,
 ) -> Response<Body> {
@@ -72,10 +73,11 @@ pub async fn handle(
         ..Guards::default()
     };
     // Counts, request id, debug line and access log of every answer below.
-    let mut fin = Finish::new(lst, &mut req, started, guards);
+    let (request_id, made) = finish::request_id(&req, sent);
+    let mut fin = Finish::new(lst, &mut req, (&request_id, made), started, guards);
 
     // 0. Authority.
-    if let Some(msg) = forward::authority_problem(&req) {
+    if let Some(msg) = forward::authority_problem(&req, sent) {
         let tm = lst.unrouted.tenant(&shared.empty_label);
         return fin.answer(&tm, answer(Reason::BadRequest, msg, None), None, NO_TRY);
     }
@@ -210,6 +212,8 @@ pub async fn handle(
         tenant: &tenant,
         deadline: route.policy.request_timeout.map(|t| started + t),
         peer,
+        sent,
+        request_id: &request_id,
         body_idle: lst.body_idle_timeout,
         labels: &shared.labels,
         slot: slot.as_ref(),

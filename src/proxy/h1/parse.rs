@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::proxy::body::ClientIn;
+use crate::proxy::forward::Sent;
 
 /// Most header lines in a head (hyper's default: more are answered 431 by hyper).
 pub const MAX_HEADERS: usize = 100;
@@ -67,6 +68,8 @@ pub struct Head {
     pub keep_alive: bool,
     /// The request (it has no body).
     pub req: Request<ClientIn>,
+    /// Which of the lines the request path would look up it holds.
+    pub sent: Sent,
 }
 
 /// Reads the head at the front of `buf` (at most `max_head` bytes long), with what the
@@ -86,6 +89,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         target,
         http11,
         keep_alive,
+        sent,
     } = match read(buf, max_head, reuse) {
         Ok(first) => first,
         Err(Stop::Partial) => return Parsed::Partial,
@@ -123,6 +127,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         len,
         keep_alive,
         req,
+        sent,
     })
 }
 
@@ -135,6 +140,7 @@ struct First {
     target: (u32, u32),
     http11: bool,
     keep_alive: bool,
+    sent: Sent,
 }
 
 /// Why the first pass of [`parse`] stopped.
@@ -169,6 +175,7 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         (from, from + s.len() as u32)
     };
     let (mut close, mut keep_alive_token, mut length) = (false, false, false);
+    let mut sent = Sent::default();
     reuse.lines.clear();
     for (i, h) in raw.headers.iter().enumerate() {
         let kept = reuse.names.get(i).filter(|(from, to, _)| {
@@ -201,7 +208,7 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
                 close |= has_token(h.value, b"close");
                 keep_alive_token |= has_token(h.value, b"keep-alive");
             }
-            _ => {}
+            _ => sent.note(&name),
         }
         let (vs, ve) = at(h.value);
         reuse.lines.push((name, vs, ve));
@@ -214,6 +221,7 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         target: at(target.as_bytes()),
         http11,
         keep_alive,
+        sent,
     })
 }
 

@@ -18,6 +18,7 @@ use tokio_rustls::client::TlsStream;
 use super::h1::{self, BodyKind, Framing, Out};
 use super::{Slot, UpstreamError};
 use crate::proxy::body::Body;
+use crate::proxy::forward::Added;
 
 /// The read buffer's first size, and the least a read asks for.
 const READ_START: usize = 8 * 1024;
@@ -251,6 +252,7 @@ impl Conn {
     pub(super) async fn exchange(
         &mut self,
         parts: &Parts,
+        added: &Added<'_>,
         mut body: Body,
         reused: bool,
     ) -> Result<h1::Head, Failed> {
@@ -275,6 +277,7 @@ impl Conn {
             &parts.method,
             &parts.uri,
             &parts.headers,
+            Some(added),
             kind,
         );
         self.keep_alive = !written.close;

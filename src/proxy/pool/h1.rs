@@ -90,11 +90,16 @@ pub enum BodyKind {
 /// request without body gets no framing header (a `content-length` it carries is kept). A `content-length` the request already has is
 /// trusted over the body's own size, as hyper did; a `transfer-encoding` it keeps (codings other
 /// than chunked) gets `chunked` added last.
+///
+/// What the proxy adds (`added`) follows the map's lines: `x-forwarded-proto` always (a line of
+/// that name in the map is not written), and `host`, `x-request-id` and `x-forwarded-for` when
+/// the map has no line of that name. `None` writes the map alone (the tests of framing).
 pub fn encode_head(
     dst: &mut Vec<u8>,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
+    added: Option<&Added<'_>>,
     body: BodyKind,
 ) -> Written {
     dst.extend_from_slice(method.as_str().as_bytes());
@@ -111,8 +116,21 @@ pub fn encode_head(
     };
     let mut close = false;
     let mut te_left = te_lines;
+    // Which of the lines `added` may give the map has already.
+    let (mut host, mut request_id, mut forwarded_for) = (false, false, false);
     for (name, value) in headers {
-        if *name == header::TRANSFER_ENCODING {
+        if *name == header::HOST {
+            host = true;
+        } else if *name == X_REQUEST_ID {
+            request_id = true;
+        } else if *name == X_FORWARDED_FOR {
+            forwarded_for = true;
+        } else if *name == X_FORWARDED_PROTO {
+            if added.is_some() {
+                // The client's claim: replaced by the truth below.
+                continue;
+            }
+        } else if *name == header::TRANSFER_ENCODING {
             if body == BodyKind::Empty {
                 // No body, no framing (hyper did the same).
                 continue;
@@ -133,10 +151,19 @@ pub fn encode_head(
         } else if *name == header::CONNECTION && ConnectionTokens::read(value.as_bytes()).close {
             close = true;
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(a) = added {
+        if !host {
+            line(dst, b"host", a.host.as_bytes());
+        }
+        if !request_id {
+            line(dst, b"x-request-id", a.request_id.as_bytes());
+        }
+        if !forwarded_for {
+            line(dst, b"x-forwarded-for", a.forwarded_for.as_bytes());
+        }
+        line(dst, b"x-forwarded-proto", a.proto.as_bytes());
     }
     let out = match (body, te, length) {
         (BodyKind::Empty, _, _) => Out::None,
@@ -157,6 +184,14 @@ pub fn encode_head(
     };
     dst.extend_from_slice(b"\r\n");
     Written { body: out, close }
+}
+
+/// Writes the header line `name: value`.
+fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
 }
 
 /// The framing headers a request with a body carries: whether a `transfer-encoding` is there
@@ -189,7 +224,7 @@ fn is_bodyless_method(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD || *m == Method::CONNECT
 }
 
-use crate::proxy::forward::{hop_index, X_REQUEST_ID};
+use crate::proxy::forward::{hop_index, Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::respond::REASON_HEADER;
 pub use crate::proxy::wire::chunk_line;
 use crate::proxy::wire::itoa;

@@ -233,3 +233,39 @@ async fn over_h2_the_authority_pseudo_header_decides_and_is_forwarded() {
     assert_eq!(h2_status(addr, "http://routed.example/x", &two).await, 400);
     assert_eq!(s.routed.hits(), 1, "the refusal reaches no upstream");
 }
+
+/// rampart's forwarding lines are written by the upstream writer after the request's own
+/// lines, not kept in its header map (since the lines were taken out of the map): each
+/// reaches the upstream exactly once, and the id sent up is the one the client is answered
+/// with, whichever server read the request (the lean one: a bodiless HTTP/1.1 request;
+/// hyper's: one with a body, and HTTP/2). A client's own id goes up once, as sent.
+#[tokio::test]
+async fn each_forwarding_line_reaches_the_upstream_once_from_every_server() {
+    let (s, _, _) = setup().await;
+    let lean = "GET /x HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n";
+    let hypers = "POST /x HTTP/1.1\r\nHost: routed.example\r\ncontent-length: 2\r\nConnection: close\r\n\r\nhi";
+    let given = "GET /x HTTP/1.1\r\nHost: routed.example\r\nx-request-id: given-1\r\nConnection: close\r\n\r\n";
+    let mut ids = Vec::new();
+    for (i, req) in [lean, hypers, given].into_iter().enumerate() {
+        let rsp = send(&s, req).await;
+        assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+        let id = rsp.header("x-request-id").expect("answered with an id");
+        assert_eq!(s.routed.header(i, "x-request-id"), [id.clone()], "try {i}");
+        assert_eq!(s.routed.header(i, "host"), ["routed.example"], "try {i}");
+        assert_eq!(s.routed.header(i, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(s.routed.header(i, "x-forwarded-proto"), ["http"]);
+        ids.push(id);
+    }
+    assert_eq!(ids[2], "given-1");
+    assert_ne!(ids[0], ids[1], "each request its own id");
+    let addr = s.proxy.listener("outbound");
+    assert_eq!(h2_status(addr, "http://routed.example/x", &[]).await, 200);
+    for name in [
+        "x-request-id",
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+    ] {
+        assert_eq!(s.routed.header(3, name).len(), 1, "h2: one {name}");
+    }
+}

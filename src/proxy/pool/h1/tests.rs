@@ -454,7 +454,7 @@ fn request(
     }
     let uri: http::Uri = uri.parse().expect("uri");
     let mut dst = Vec::new();
-    let w = encode_head(&mut dst, &method, &uri, &map, body);
+    let w = encode_head(&mut dst, &method, &uri, &map, None, body);
     (String::from_utf8(dst).expect("ascii"), w)
 }
 
