@@ -126,6 +126,14 @@ impl Body {
             _ => None,
         }
     }
+
+    /// [`Body::raw_lines`], to change.
+    pub fn raw_lines_mut(&mut self) -> Option<&mut RawLines> {
+        match self {
+            Body::Upstream(r) => r.raw_mut(),
+            _ => None,
+        }
+    }
 }
 
 /// Makes the header map of `rsp` whole: an upstream's plain answer keeps its header lines

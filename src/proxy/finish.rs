@@ -127,11 +127,18 @@ impl<'a> Finish<'a> {
         if own.is_some() {
             with_request_id(&mut rsp, self.request_id);
         }
-        // An upstream's plain answer says beside its map whether it carries an id.
-        let upstream_id = rsp.body().raw_lines().is_some_and(|r| r.request_id);
-        if !upstream_id {
-            if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
-                v.insert(self.request_id.clone());
+        // An upstream's plain answer keeps its lines beside an empty map, and says whether they
+        // hold an id; if not, the id is kept beside them too (written after them).
+        match rsp.body_mut().raw_lines_mut() {
+            Some(raw) => {
+                if !raw.request_id {
+                    raw.id = Some(self.request_id.clone());
+                }
+            }
+            None => {
+                if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
+                    v.insert(self.request_id.clone());
+                }
             }
         }
         let reason = own.as_ref();

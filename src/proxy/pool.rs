@@ -365,6 +365,12 @@ impl Returning {
         conn.raw.pending().then_some(&conn.raw)
     }
 
+    /// [`Returning::raw`], to change.
+    pub fn raw_mut(&mut self) -> Option<&mut h1::RawLines> {
+        let (conn, _) = self.back.as_mut()?;
+        conn.raw.pending().then_some(&mut conn.raw)
+    }
+
     /// Moves the answer's header lines that are not in its map yet into `map`.
     pub fn fill_headers(&mut self, map: &mut http::HeaderMap) {
         if let Some((conn, _)) = self.back.as_mut() {

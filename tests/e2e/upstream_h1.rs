@@ -540,7 +540,8 @@ async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_w
     assert_eq!(body.to_bytes(), Bytes::from_static(b"ok\n"));
 }
 
-/// An answer without `x-request-id` or `date` gets rampart's, once each, beside its own lines.
+/// An answer without `x-request-id` or `date` gets rampart's, once each, beside its own lines;
+/// an h2 client gets the id once too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_answer_without_an_id_or_a_date_gets_rampart_s_once() {
     let up = Scripted::start(vec![(
@@ -566,6 +567,12 @@ async fn a_plain_answer_without_an_id_or_a_date_gets_rampart_s_once() {
         .expect("rampart's id");
     assert_eq!(id.len(), 32, "{id}");
     assert_eq!(body_of(&rsp), b"ok");
+    // hyper's side of the listener writes from the map: the id kept beside the lines joins it.
+    let rsp = h2_get(proxy.listener("inbound"), "/h2").await;
+    let ids: Vec<_> = rsp.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{:?}", rsp.headers());
+    assert_eq!(ids[0].len(), 32);
+    assert_ne!(ids[0], id, "each request its own id");
 }
 
 /// A policy that sets answer headers (`rate_limit.headers`) replaces an upstream's header of

@@ -343,7 +343,8 @@ impl Names {
 /// proxied request (issue 22). So the lines of a plain answer stay here, in the head they
 /// came in (the connection keeps both until the answer's body ends), and the lean server
 /// writes them as they are (names spelled as the upstream spelled them, as nginx passes them
-/// on). The answer's map then holds only what the request path adds (`x-request-id`).
+/// on). The answer's map stays empty; the request's `x-request-id`, if the lines have none, is kept
+/// beside them (`id`).
 ///
 /// An answer is plain unless it has a `transfer-encoding`, more than one `content-length` (or
 /// one that is not just digits), a hop-by-hop header (or a `connection` naming any header),
@@ -365,6 +366,9 @@ pub struct RawLines {
     pub date: bool,
     /// The lines hold an `x-request-id`.
     pub request_id: bool,
+    /// The request's id, for lines that hold none: written (or moved into the map) after them.
+    /// Kept here rather than put into the empty map, whose first insertion would hash its name.
+    pub id: Option<HeaderValue>,
 }
 
 impl RawLines {
@@ -375,6 +379,7 @@ impl RawLines {
         self.length = false;
         self.date = false;
         self.request_id = false;
+        self.id = None;
     }
 
     /// Whether the lines are still here, for the lean server to write.
@@ -388,12 +393,18 @@ impl RawLines {
             dst.extend_from_slice(&self.head[ns as usize..ve as usize]);
             dst.extend_from_slice(b"\r\n");
         }
+        if let Some(id) = &self.id {
+            dst.extend_from_slice(b"x-request-id: ");
+            dst.extend_from_slice(id.as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        }
     }
 
     /// Lets go of the head: the answer is written, or will not be.
     pub fn release(&mut self) {
         self.lines.clear();
         self.head = Bytes::new();
+        self.id = None;
     }
 
     /// Moves the lines into `map`, in order (after what it holds); they are then no longer here.
@@ -408,6 +419,9 @@ impl RawLines {
             if let Ok(value) = value {
                 map.append(name, value);
             }
+        }
+        if let Some(id) = self.id.take() {
+            map.append(X_REQUEST_ID, id);
         }
         self.head = Bytes::new();
     }

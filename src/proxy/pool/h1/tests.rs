@@ -761,6 +761,47 @@ fn raw_lines_fill_a_map_once_in_order() {
     assert!(!raw.pending());
 }
 
+/// The request's id kept beside lines that hold none follows them, written or moved into a map,
+/// once; a head let go takes it along, so the connection's next answer starts without one.
+#[test]
+fn an_id_kept_beside_the_lines_follows_them_once() {
+    let bytes = &b"HTTP/1.1 200 OK\r\nX-A: 2\r\nContent-Length: 1\r\n\r\nz"[..];
+    let mut raw = RawLines::default();
+    let mut buf = BytesMut::from(bytes);
+    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+        .unwrap()
+        .unwrap();
+    assert!(!raw.request_id);
+    raw.id = Some(HeaderValue::from_static("id-1"));
+    let mut written = Vec::new();
+    raw.write(&mut written);
+    assert_eq!(
+        written,
+        b"X-A: 2\r\nContent-Length: 1\r\nx-request-id: id-1\r\n"
+    );
+    let mut map = HeaderMap::new();
+    raw.fill(&mut map);
+    raw.fill(&mut map);
+    let all: Vec<_> = map
+        .iter()
+        .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+        .collect();
+    assert_eq!(all, ["x-a=2", "content-length=1", "x-request-id=id-1"]);
+    let mut buf = BytesMut::from(bytes);
+    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+        .unwrap()
+        .unwrap();
+    raw.id = Some(HeaderValue::from_static("id-2"));
+    let mut buf = BytesMut::from(bytes);
+    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.id, None, "a new head starts without one");
+    raw.id = Some(HeaderValue::from_static("id-3"));
+    raw.release();
+    assert_eq!(raw.id, None, "let go with its head");
+}
+
 /// The raw lines' values are not checked again: that holds only if httparse refuses exactly the
 /// bytes `HeaderValue` refuses. Every byte, in the middle of a value.
 #[test]
