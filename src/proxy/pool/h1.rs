@@ -306,7 +306,38 @@ pub fn parse_head(
 /// outside the standard set) instead of being checked, lower-cased and, when not standard,
 /// allocated anew.
 #[derive(Debug, Default)]
-pub struct Names(Vec<(Vec<u8>, HeaderName)>);
+pub struct Names(Vec<(Vec<u8>, HeaderName, Kind)>);
+
+/// What reading an answer makes of a header name: decided once per name kept, not per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Date,
+    RequestId,
+    /// rampart's own reason (an upstream's is read as rampart's), or hop-by-hop: the answer
+    /// is not plain.
+    NotPlain,
+    /// Passed on as it is.
+    Other,
+}
+
+impl Kind {
+    fn of(name: &HeaderName) -> Kind {
+        match *name {
+            header::CONTENT_LENGTH => Kind::ContentLength,
+            header::TRANSFER_ENCODING => Kind::TransferEncoding,
+            header::CONNECTION => Kind::Connection,
+            header::DATE => Kind::Date,
+            _ if *name == X_REQUEST_ID => Kind::RequestId,
+            _ if *name == REASON_HEADER || hop_index(name.as_str().as_bytes()).is_some() => {
+                Kind::NotPlain
+            }
+            _ => Kind::Other,
+        }
+    }
+}
 
 /// Names kept per connection: a usual answer's headers fit.
 const NAMES_KEPT: usize = 16;
@@ -314,24 +345,26 @@ const NAMES_KEPT: usize = 16;
 const NAME_KEPT_LEN: usize = 64;
 
 impl Names {
-    /// The name `raw` at place `i` of the head.
-    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, Malformed> {
-        if let Some((sent, name)) = self.0.get(i) {
+    /// The name `raw` at place `i` of the head, and its kind.
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<(HeaderName, Kind), Malformed> {
+        if let Some((sent, name, kind)) = self.0.get(i) {
             if sent.as_slice() == raw {
-                return Ok(name.clone());
+                return Ok((name.clone(), *kind));
             }
         }
         let name = HeaderName::from_bytes(raw).map_err(|_| Malformed("invalid header name"))?;
+        let kind = Kind::of(&name);
         if raw.len() <= NAME_KEPT_LEN {
-            if let Some((sent, kept)) = self.0.get_mut(i) {
+            if let Some((sent, kept, k)) = self.0.get_mut(i) {
                 sent.clear();
                 sent.extend_from_slice(raw);
                 *kept = name.clone();
+                *k = kind;
             } else if i == self.0.len() && i < NAMES_KEPT {
-                self.0.push((raw.to_vec(), name.clone()));
+                self.0.push((raw.to_vec(), name.clone(), kind));
             }
         }
-        Ok(name)
+        Ok((name, kind))
     }
 }
 
@@ -459,9 +492,9 @@ fn finish_head(
     // Whether the lines may stay raw: nothing in them that the request path reads or changes.
     let mut plain = true;
     for (i, &[ns, ne, vs, ve]) in spans.iter().enumerate() {
-        let name = names.name(i, &head[ns as usize..ne as usize])?;
+        let (name, kind) = names.name(i, &head[ns as usize..ne as usize])?;
         let value = &head[vs as usize..ve as usize];
-        if name == header::CONTENT_LENGTH {
+        if kind == Kind::ContentLength {
             let n = parse_length_list(value).ok_or(Malformed("invalid content-length"))?;
             if length.is_some_and(|old| old != n) {
                 return Err(Malformed("conflicting content-length values"));
@@ -470,7 +503,7 @@ fn finish_head(
             plain &= length.is_none() && value.iter().all(u8::is_ascii_digit);
             raw.length = true;
             length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if kind == Kind::TransferEncoding {
             plain = false;
             let last = value
                 .rsplit(|&b| b == b',')
@@ -481,7 +514,7 @@ fn finish_head(
             } else if te.is_none() {
                 te = Some(false);
             }
-        } else if name == header::CONNECTION {
+        } else if kind == Kind::Connection {
             let tokens = ConnectionTokens::read(value);
             close |= tokens.close;
             keep_alive |= tokens.keep_alive;
@@ -492,11 +525,11 @@ fn finish_head(
             }
             // It names other headers to remove: `strip_hop_by_hop` reads it from the map.
             plain = false;
-        } else if name == header::DATE {
+        } else if kind == Kind::Date {
             raw.date = true;
-        } else if name == X_REQUEST_ID {
+        } else if kind == Kind::RequestId {
             raw.request_id = true;
-        } else if name == REASON_HEADER || hop_index(name.as_str().as_bytes()).is_some() {
+        } else if kind == Kind::NotPlain {
             // rampart's own reason (an upstream's is read as rampart's, as before), or a
             // hop-by-hop header for `strip_hop_by_hop`.
             plain = false;

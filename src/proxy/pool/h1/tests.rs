@@ -825,3 +825,26 @@ fn a_value_is_taken_exactly_when_a_header_value_would_be() {
         );
     }
 }
+
+/// What a name means for the answer (framing, plainness) is kept with the name at its place:
+/// a different name there is read for what it is, and the same name again means the same.
+#[test]
+fn a_kept_name_s_meaning_follows_the_name_at_its_place() {
+    let mut names = Names::default();
+    let mut raw = RawLines::default();
+    let mut read = |bytes: &[u8]| {
+        let mut buf = BytesMut::from(bytes);
+        let h = parse_head(&mut buf, false, &mut names, &mut raw)
+            .unwrap()
+            .unwrap();
+        (h.framing, raw.pending(), raw.date, raw.request_id)
+    };
+    let length = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\nok";
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Request-Id: a\r\n\r\n";
+    let hop = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\nok";
+    assert_eq!(read(length), (Framing::Length(2), true, true, false));
+    assert_eq!(read(chunked), (Framing::Chunked, false, false, true));
+    assert_eq!(read(length), (Framing::Length(2), true, true, false));
+    assert_eq!(read(hop), (Framing::Length(2), false, false, false));
+    assert_eq!(read(length), (Framing::Length(2), true, true, false));
+}
