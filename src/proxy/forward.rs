@@ -576,6 +576,7 @@ mod tests {
             .header("host", "other.example")
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-for", "192.0.2.7")
+            .header("X-Forwarded-Proto", "https, wss")
             .body(())
             .expect("request");
         let head = upstream_head(req, false);
@@ -584,7 +585,7 @@ mod tests {
             "GET /x HTTP/1.1\r\nhost: real.example\r\n\
              x-forwarded-for: 192.0.2.7, 10.1.2.3\r\nx-request-id: made\r\n\
              x-forwarded-proto: http\r\n\r\n",
-            "the routed authority is forwarded, the list extended, the protocol replaced"
+            "the routed authority is forwarded, the list extended, every claimed protocol replaced"
         );
     }
 
