@@ -186,12 +186,12 @@ impl Pool {
         })
     }
 
-    /// Sends the request of head `parts` (with the lines `added`) and body `body` to `addr` over an idle connection, or
-    /// a new one if the endpoint has fewer than `max_connections`; otherwise waits until one is
-    /// free. The caller bounds the wait (the try's deadline). The head is only borrowed (it is
-    /// written out, never kept), so a retry sends it again without a copy. Idle connections'
-    /// ages are counted to the coarse clock read once here (and again after a wait for a free
-    /// connection).
+    /// Sends the request of head `parts` (with the lines `added`) and body `body` to `addr`
+    /// over an idle connection, or a new one if the endpoint has fewer than `max_connections`;
+    /// otherwise waits until one is free. The caller bounds the wait (the try's deadline). The
+    /// head is only borrowed (it is written out, never kept), so a retry sends it again without
+    /// a copy. Idle connections' ages are counted to the coarse clock read once here (and again
+    /// after a wait for a free connection).
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,

@@ -376,8 +376,8 @@ impl Names {
 /// proxied request (issue 22). So the lines of a plain answer stay here, in the head they
 /// came in (the connection keeps both until the answer's body ends), and the lean server
 /// writes them as they are (names spelled as the upstream spelled them, as nginx passes them
-/// on). The answer's map stays empty; the request's `x-request-id`, if the lines have none, is kept
-/// beside them (`id`).
+/// on). The answer's map stays empty; the request's `x-request-id`, if the lines have none,
+/// is kept beside them (`id`).
 ///
 /// An answer is plain unless it has a `transfer-encoding`, more than one `content-length` (or
 /// one that is not just digits), a hop-by-hop header (or a `connection` naming any header),
@@ -427,9 +427,7 @@ impl RawLines {
             dst.extend_from_slice(b"\r\n");
         }
         if let Some(id) = &self.id {
-            dst.extend_from_slice(b"x-request-id: ");
-            dst.extend_from_slice(id.as_bytes());
-            dst.extend_from_slice(b"\r\n");
+            line(dst, b"x-request-id", id.as_bytes());
         }
     }
 
