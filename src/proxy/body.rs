@@ -134,6 +134,13 @@ impl Body {
             _ => None,
         }
     }
+
+    /// Moves an upstream answer's header lines that are not in its map yet into `map`.
+    pub fn fill_headers(&mut self, map: &mut http::HeaderMap) {
+        if let Body::Upstream(r) = self {
+            r.fill_headers(map);
+        }
+    }
 }
 
 /// Makes the header map of `rsp` whole: an upstream's plain answer keeps its header lines
@@ -145,9 +152,7 @@ pub fn whole_headers(rsp: &mut http::Response<Body>) {
         return;
     }
     let mut body = std::mem::take(rsp.body_mut());
-    if let Body::Upstream(r) = &mut body {
-        r.fill_headers(rsp.headers_mut());
-    }
+    body.fill_headers(rsp.headers_mut());
     *rsp.body_mut() = body;
 }
 

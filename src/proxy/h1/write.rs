@@ -415,9 +415,7 @@ where
         Len::Empty => false,
     });
     if fits == Some(false) {
-        if let Body::Upstream(r) = &mut body {
-            r.fill_headers(&mut parts.headers);
-        }
+        body.fill_headers(&mut parts.headers);
     }
     out.clear();
     let plan = match encode_head(out, &parts, body.raw_lines(), ask, len, &date()) {
