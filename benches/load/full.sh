@@ -160,20 +160,25 @@ start_proxy() {
 # measure SCENARIO WORKERS NAME CONNS ROUND [WRK ARGS... URL ...] : one wrk run of DUR seconds
 # (default DURATION; set DUR for one call to change it) (by default
 # of the target's URL; else of the given wrk options, URL and script arguments); appends a row
-# to wrk.tsv: scenario workers target conns round rps p50_ms p99_ms errors requests cpu_ticks.
+# to wrk.tsv: scenario workers target conns round rps p50_ms p99_ms errors requests cpu_ticks
+# steal_ticks host_ticks.
 # cpu_ticks: user+system time the target's processes (nginx: master and workers; direct: the
-# upstream) spent during the run, from /proc/PID/stat.
-echo -e "scenario\tworkers\ttarget\tconns\tround\trps\tp50_ms\tp99_ms\terrors\trequests\tcpu_ticks" >"$OUT/wrk.tsv"
+# upstream) spent during the run, from /proc/PID/stat. steal_ticks, host_ticks: the machine's
+# ticks stolen by the hypervisor and in all during the run (host_ticks, lib.sh).
+echo -e "scenario\tworkers\ttarget\tconns\tround\trps\tp50_ms\tp99_ms\terrors\trequests\tcpu_ticks\tsteal_ticks\thost_ticks" >"$OUT/wrk.tsv"
 measure() {
     local scen=$1 w=$2 name=$3 c=$4 r=$5 target pid f cpu0 cpu1 rps p50 p99 errs reqs
+    local steal0 host0 steal1 host1
     shift 5
     target=${name%@*}
     pid=${pid_of[$name]:-${pid_of[upstream]}}
     f="$work/wrk-$scen-$w-$target-$c-$r.txt"
     (($# > 0)) || set -- "${url[$name]}"
     cpu0=$(cpu_ticks "$pid")
+    read -r steal0 host0 <<<"$(host_ticks)"
     run_wrk -t "$THREADS" -c "$c" -d "${DUR:-$DURATION}" --latency "$@" >"$f"
     cpu1=$(cpu_ticks "$pid")
+    read -r steal1 host1 <<<"$(host_ticks)"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
     reqs=$(awk '/ requests in / {print $1}' "$f")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
@@ -183,11 +188,13 @@ measure() {
                 /Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
                 END {print e + 0}' "$f")
     [[ -n $rps && -n $reqs && $p50 != nan && $p99 != nan ]] || die "cannot parse wrk output: $(cat "$f")"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$w" "$target" "$c" "$r" \
-        "$rps" "$p50" "$p99" "$errs" "$reqs" "$((cpu1 - cpu0))" >>"$OUT/wrk.tsv"
-    log "$(printf '%-6s w%s c%-4s round %s %-15s %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %6.1f us CPU/req  errors %s' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$w" "$target" "$c" "$r" \
+        "$rps" "$p50" "$p99" "$errs" "$reqs" "$((cpu1 - cpu0))" \
+        "$((steal1 - steal0))" "$((host1 - host0))" >>"$OUT/wrk.tsv"
+    log "$(printf '%-6s w%s c%-4s round %s %-15s %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %6.1f us CPU/req  steal %4.1f%%  errors %s' \
         "$scen" "$w" "$c" "$r" "$target" "$rps" "$p50" "$p99" \
-        "$(awk -v t="$((cpu1 - cpu0))" -v n="$reqs" -v k="$clk_tck" 'BEGIN {print (n > 0) ? t / k * 1e6 / n : 0}')" "$errs")"
+        "$(awk -v t="$((cpu1 - cpu0))" -v n="$reqs" -v k="$clk_tck" 'BEGIN {print (n > 0) ? t / k * 1e6 / n : 0}')" \
+        "$(awk -v s="$((steal1 - steal0))" -v h="$((host1 - host0))" 'BEGIN {print (h > 0) ? 100 * s / h : 0}')" "$errs")"
 }
 
 # rotate ROUND ITEMS... : prints the items rotated by ROUND-1, so no target always goes first.

@@ -247,6 +247,14 @@ cpu_ticks() {
     echo $((user + sys))
 }
 
+# host_ticks : "STEAL TOTAL", the machine's clock ticks (all CPUs) stolen by the hypervisor and
+# in all, from /proc/stat. A run during which the host took a share of our cores from us is
+# a disturbed run; results.py shows that share beside the figures.
+host_ticks() {
+    # Fields 2-9: user nice system idle iowait irq softirq steal (guest time is inside user).
+    awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t; exit}' /proc/stat
+}
+
 # render_tmpl TEMPLATE OUT DIR LISTEN ADMIN WORKERS : fills in a plaintext config template
 # (rampart*.yaml, nginx.conf, haproxy.cfg); the upstream is $upstream, set by the caller.
 # shellcheck disable=SC2154

@@ -53,6 +53,14 @@ def spread(m):
     return f"±{(m['rps_all'][-1] - m['rps_all'][0]) / m['rps'] * 50:.0f}%"
 
 
+def steal(m):
+    """The hypervisor's share of the machine during the runs: over all rounds, and the worst."""
+    if m["steal"] is None:
+        return "n/a"
+    total, worst = m["steal"]
+    return f"{total:.1f}% (≤{worst:.1f}%)"
+
+
 def mark(ok):
     return "**met**" if ok else "**not met**"
 
@@ -82,7 +90,21 @@ class Runs:
             # CPU over all rounds: total ticks / total requests (a tick is 1/CLK_TCK s).
             "cpu_us": self.cpu_us(ticks, reqs),
             "rps_all": sorted(float(r["rps"]) for r in rows),
+            "steal": self.steal(rows),
         }
+
+    @staticmethod
+    def steal(rows):
+        """The share of the machine's CPU time the hypervisor took during these runs, in percent:
+        over all of them and in the worst one. None for a wrk.tsv written before it was
+        recorded."""
+        if any(not r.get("host_ticks") for r in rows):
+            return None
+        each = [int(r["steal_ticks"]) / int(r["host_ticks"]) * 100 for r in rows if int(r["host_ticks"]) > 0]
+        host = sum(int(r["host_ticks"]) for r in rows)
+        if not each or host == 0:
+            return None
+        return sum(int(r["steal_ticks"]) for r in rows) / host * 100, max(each)
 
     def rounds_vs_best(self, scen, w, target, others, conns):
         """`target` against the best of `others`, round by round (a round runs them all back to
@@ -130,8 +152,8 @@ class Runs:
 
 def run_table(p, runs, scen, w, label=lambda t: t):
     """Appends the table of every target's figures in scenario `scen` at `w` workers."""
-    p.append("| target | conns | req/s | spread | p50 ms | p99 ms | CPU µs/req | errors |")
-    p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    p.append("| target | conns | req/s | spread | steal | p50 ms | p99 ms | CPU µs/req | errors |")
+    p.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in runs.conns(scen):
         for t in runs.targets(scen, w):
             m = runs.get(scen, w, t, c)
@@ -139,7 +161,7 @@ def run_table(p, runs, scen, w, label=lambda t: t):
                 continue
             err = f"**{m['errors']}** ⚠" if m["errors"] else "0"
             p.append(
-                f"| {label(t)} | {c} | {fmt(m['rps'])} | {spread(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
+                f"| {label(t)} | {c} | {fmt(m['rps'])} | {spread(m)} | {steal(m)} | {m['p50']:.3f} | {m['p99']:.3f} | "
                 f"{fmt(m['cpu_us'], 1)} | {err} |"
             )
     p.append("")
@@ -217,6 +239,10 @@ def main():
         "workers), read from `/proc/PID/stat` before and after each wrk run, divided by the "
         "requests wrk counted. Spread: half the range of req/s over the rounds, relative to "
         "the median (a large spread says the machine was busy; repeat with more ROUNDS). "
+        "Steal: the share of the machine's CPU time (all cores) that the hypervisor gave to "
+        "other guests during the runs (`/proc/stat`), over all rounds and in the worst round; "
+        "this machine is a virtual one on a shared host, and rounds with steal are disturbed "
+        "ones. "
         "\"best other\" is, per figure, the better of nginx and HAProxy "
         "(higher req/s, lower CPU, lower p99)."
     )
