@@ -14,6 +14,12 @@
 #     clock reads run);
 #   - the user-space symbols (the program's, the C library's, the vDSO's) that cost most, in
 #     nanoseconds (TOP of them).
+#   - TCP segments sent and received (the machine's, from /proc/net/snmp: wrk's, the proxy's
+#     and the upstream's together; the same load for every target, so they compare) and
+#     segments sent without data (ACKs alone); and the target's context switches (voluntary: it
+#     slept; involuntary: it was preempted), from /proc/PID/task/*/status;
+#   - CPU time per thread, from /proc/PID/task/*/stat (rampart-log: the access log's writer
+#     thread apart from the worker);
 # Sample counts are turned into time at 250 µs a sample; the figures of one run move by 10 %
 # with the load's batching (a run that batches more pays fewer syscalls per request), so
 # compare targets within one run.
@@ -70,6 +76,28 @@ kinds=(recvfrom sendto read write readv writev epoll_wait epoll_ctl futex accept
 events=raw_syscalls:sys_enter
 for k in "${kinds[@]}"; do events+=",syscalls:sys_enter_$k"; done
 
+# tcp_counts : "IN OUT" TCP segments the machine has received and sent (/proc/net/snmp).
+tcp_counts() {
+    awk '$1 == "Tcp:" && !h {for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next}
+         $1 == "Tcp:" {print $col["InSegs"], $col["OutSegs"]}' /proc/net/snmp
+}
+# data_sent : TCP segments the machine has sent with new data (/proc/net/netstat); the others
+# it sent carried only an ACK (or a retransmission, none on loopback).
+data_sent() {
+    awk '$1 == "TcpExt:" && !h {for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next}
+         $1 == "TcpExt:" {print $col["TCPOrigDataSent"]}' /proc/net/netstat
+}
+# threads PID : one line per thread: "TID NAME VOLUNTARY INVOLUNTARY CPU_TICKS".
+threads() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '/^Name:/ {n = $2} /^voluntary_ctxt_switches:/ {v = $2}
+            /^nonvoluntary_ctxt_switches:/ {i = $2} END {printf "%s %s %s %s ", tid, n, v, i}' "$t/status"
+        awk '{sub(/^.*\) /, ""); print $12 + $13}' "$t/stat"
+    done
+}
+clk_tck=$(getconf CLK_TCK)
+
 mkdir -p "$OUT"
 : >"$OUT/profile.md"
 # load TARGET : one wrk run of DURATION; prints the requests it completed.
@@ -86,7 +114,13 @@ for target in rampart rampart-log nginx; do
     wrk -t1 -c"$CONNS" -d2s "http://${listen[$target]}/" >/dev/null
     perf stat -x, -e "$events" -p "$pid" -o "$OUT/$target.stat" -- sleep "$DURATION" &
     counter=$!
+    read -r in0 out0 <<<"$(tcp_counts)"
+    data0=$(data_sent)
+    threads "$pid" | sort >"$OUT/$target.threads0"
     served=$(load "$target")
+    threads "$pid" | sort >"$OUT/$target.threads1"
+    read -r in1 out1 <<<"$(tcp_counts)"
+    data1=$(data_sent)
     wait "$counter"
     perf record -q -e cpu-clock -p "$pid" -o "$OUT/$target.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     sampler=$!
@@ -98,6 +132,15 @@ for target in rampart rampart-log nginx; do
         awk -F, -v n="$served" '$1 + 0 > 0 {sub(/.*:sys_enter_?/, "", $3); printf "%s %.2f, ", ($3 == "" ? "syscalls" : $3), $1 / n}' \
             "$OUT/$target.stat" | sed 's/, $//; s/^/syscalls per request: /'
         echo
+        echo
+        awk -v n="$served" -v i=$((in1 - in0)) -v o=$((out1 - out0)) -v a=$((out1 - out0 - data1 + data0)) \
+            'BEGIN {printf "TCP segments per request (the machine'"'"'s): %.2f in, %.2f out, %.3f ACK only\n", i / n, o / n, a / n}'
+        echo
+        echo "Per thread, per 1,000 requests (context switches) and per request (CPU):"
+        echo
+        join <(cat "$OUT/$target.threads0") <(cat "$OUT/$target.threads1") |
+            awk -v n="$served" -v k="$clk_tck" '{printf "- %s: %.1f voluntary, %.1f involuntary switches; %.2f µs CPU\n",
+                $2, ($7 - $3) * 1000 / n, ($8 - $4) * 1000 / n, ($9 - $5) / k * 1e6 / n}'
         echo
         echo "CPU per request ($sampled requests sampled):"
         echo
