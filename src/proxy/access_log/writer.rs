@@ -67,6 +67,9 @@ const IDLE_PAUSE: Duration = Duration::from_secs(1);
 const KEEP: usize = 2 << 20;
 /// Most lanes per destination (threads beyond share them).
 const MAX_LANES: usize = 64;
+/// Bytes a log file grows by between two requests to the kernel to drop its written pages
+/// from the page cache ([`Dropping`]): at 50,000 lines a second, about four a second.
+const DROP_EVERY: u64 = 4 << 20;
 
 /// One destination: its lanes, and the writer thread that empties them.
 #[derive(Debug)]
@@ -147,8 +150,61 @@ enum Out {
     Stdout,
     File {
         path: std::path::PathBuf,
-        file: Option<File>,
+        file: Option<(File, Dropping)>,
     },
+}
+
+/// What of an open log file the writer has asked the kernel to drop from its page cache.
+///
+/// rampart never reads its log back, and a page it wrote and left in the page cache stays
+/// there until memory runs short, pushing out pages the service beside rampart reads. It also
+/// costs the writer: new pages are taken from free memory, and on a virtual machine whose host
+/// backs a guest's memory on first touch each of them is a fault on the host (here, writes to
+/// a new file ran at 327 MB/s while writes into freed pages ran at 2.7 GB/s, `dd`). So every
+/// [`DROP_EVERY`] bytes the writer calls `posix_fadvise(DONTNEED)`: on a range of dirty pages
+/// the kernel starts their writeback, on clean ones it drops them. Each range is asked twice,
+/// [`DROP_EVERY`] apart: the first call writes it back, the second drops it, so the pages are
+/// freed and the next rounds' lines reuse them. The page holding the file's end is left in
+/// place, so the next append does not read it back from disk. Measured with writes of 400 KiB
+/// every 25 ms: half the CPU time per byte written, writeback included.
+#[derive(Debug, Default)]
+struct Dropping {
+    /// The file's length as the writer knows it: its length when opened plus what it wrote.
+    len: u64,
+    /// Where the next request starts: the end of the range asked the time before last.
+    from: u64,
+    /// The end of the range asked last time.
+    asked: u64,
+    /// A destination that is not a regular file (a pipe, a device) refused the advice once:
+    /// no more requests.
+    off: bool,
+}
+
+impl Dropping {
+    /// The state of a file that is `len` bytes long when opened: its pages from before are
+    /// not the writer's to drop.
+    fn opened(len: u64) -> Self {
+        Dropping {
+            len,
+            from: len,
+            asked: len,
+            off: false,
+        }
+    }
+
+    /// Counts `wrote` more bytes; returns the range `(offset, length)` to advise now, if the
+    /// file grew [`DROP_EVERY`] since the last request. `page`: the page size.
+    fn wrote(&mut self, wrote: usize, page: u64) -> Option<(u64, u64)> {
+        self.len += wrote as u64;
+        if self.off || self.len - self.asked < DROP_EVERY {
+            return None;
+        }
+        let end = self.len / page * page;
+        let range = (self.from, end - self.from);
+        self.from = self.asked;
+        self.asked = end;
+        Some(range)
+    }
 }
 
 thread_local! {
@@ -563,7 +619,19 @@ impl Out {
                 let mut lock = std::io::stdout().lock();
                 lock.write_all(buf).and_then(|()| lock.flush())
             }
-            Out::File { file: Some(f), .. } => f.write_all(buf),
+            Out::File {
+                file: Some((f, dropping)),
+                ..
+            } => f.write_all(buf).map(|()| {
+                let page = rustix::param::page_size() as u64;
+                if let Some((at, len)) = dropping.wrote(buf.len(), page) {
+                    let len = std::num::NonZeroU64::new(len);
+                    let advice = rustix::fs::Advice::DontNeed;
+                    if len.is_some() && rustix::fs::fadvise(&*f, at, len, advice).is_err() {
+                        dropping.off = true;
+                    }
+                }
+            }),
             Out::File { file: None, .. } => Ok(()),
         };
         if let Err(e) = res {
@@ -572,12 +640,139 @@ impl Out {
     }
 }
 
-fn open(path: &std::path::Path) -> Option<File> {
+fn open(path: &std::path::Path) -> Option<(File, Dropping)> {
     match OpenOptions::new().create(true).append(true).open(path) {
-        Ok(f) => Some(f),
+        Ok(f) => {
+            let len = f.metadata().map_or(0, |m| m.len());
+            Some((f, Dropping::opened(len)))
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot open the access log");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+
+    /// Every page the writer wrote is advised twice (writeback, then drop), in order and
+    /// without gaps; the file's length before it opened it, and the page holding the end, never.
+    #[test]
+    fn each_written_page_is_asked_twice_and_the_last_page_never() {
+        let before = 10_000;
+        let mut d = Dropping::opened(before);
+        let mut asked = vec![];
+        let mut written = before;
+        for _ in 0..100 {
+            // Rounds of an odd size, so the end seldom falls on a page boundary.
+            let n = 400 * 1024 + 333;
+            written += n as u64;
+            if let Some(r) = d.wrote(n, PAGE) {
+                asked.push(r);
+            }
+        }
+        assert!(asked.len() >= 8, "{asked:?}");
+        assert_eq!(asked[0].0, before, "starts where the writer began");
+        let mut covered = std::collections::BTreeMap::new();
+        for (at, len) in &asked {
+            assert_eq!((at + len) % PAGE, 0, "a range ends on a page boundary");
+            assert!(
+                at + len <= written / PAGE * PAGE,
+                "the page holding the end is left"
+            );
+            for p in at / PAGE..(at + len).div_ceil(PAGE) {
+                *covered.entry(p).or_insert(0) += 1;
+            }
+        }
+        let last_end = asked.last().map(|(a, l)| a + l).unwrap();
+        let second_last_end = asked[asked.len() - 2].0 + asked[asked.len() - 2].1;
+        for (p, n) in covered {
+            // Pages of the last range were asked once so far; every page before, twice.
+            let want = if p * PAGE >= second_last_end { 1 } else { 2 };
+            assert_eq!(n, want, "page {p} (ends {second_last_end}, {last_end})");
+        }
+        // Between two requests the file grew DROP_EVERY at least.
+        for w in asked.windows(2) {
+            assert!(w[1].0 + w[1].1 - (w[0].0 + w[0].1) >= DROP_EVERY - PAGE);
+        }
+    }
+
+    #[test]
+    fn a_destination_that_refused_the_advice_is_not_asked_again() {
+        let mut d = Dropping::opened(0);
+        assert!(d.wrote(DROP_EVERY as usize, PAGE).is_some());
+        d.off = true;
+        assert_eq!(d.wrote(2 * DROP_EVERY as usize, PAGE), None);
+    }
+
+    /// Through a real file: lines written past several requests to drop pages are all there,
+    /// in order, and the file (a regular one) kept taking the advice.
+    #[test]
+    fn a_log_file_dropped_from_the_page_cache_keeps_every_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.jsonl");
+        std::fs::write(&path, b"from before\n").expect("seed");
+        let mut out = Out::new(LogTo::File(path.clone()));
+        let mut want = b"from before\n".to_vec();
+        let mut round = Vec::new();
+        for r in 0..60 {
+            round.clear();
+            for i in 0..1000 {
+                writeln!(
+                    round,
+                    "{{\"round\":{r},\"line\":{i},\"pad\":\"{:0>200}\"}}",
+                    0
+                )
+                .expect("format");
+            }
+            out.write(&round);
+            want.extend_from_slice(&round);
+        }
+        let Out::File {
+            file: Some((_, dropping)),
+            ..
+        } = &out
+        else {
+            panic!("the file is open");
+        };
+        assert!(!dropping.off, "a regular file takes the advice");
+        assert!(dropping.asked > 2 * DROP_EVERY, "asked {}", dropping.asked);
+        assert_eq!(dropping.len, want.len() as u64);
+        assert_eq!(std::fs::read(&path).expect("read back"), want);
+    }
+
+    /// A pipe refuses `posix_fadvise` (ESPIPE): the writer stops asking and keeps writing.
+    #[test]
+    fn a_pipe_refuses_the_advice_once_and_still_gets_every_byte() {
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        let drain = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut all).expect("drain");
+            all
+        });
+        let file = File::from(std::os::fd::OwnedFd::from(writer));
+        let mut out = Out::File {
+            path: "pipe".into(),
+            file: Some((file, Dropping::opened(0))),
+        };
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..2 * (DROP_EVERY >> 20) + 1 {
+            out.write(&chunk);
+        }
+        let Out::File {
+            file: Some((_, dropping)),
+            ..
+        } = &out
+        else {
+            panic!("the pipe is open");
+        };
+        assert!(dropping.off, "the pipe refused the advice");
+        drop(out);
+        let got = drain.join().expect("drain thread");
+        assert_eq!(got.len() as u64, (2 * (DROP_EVERY >> 20) + 1) << 20);
     }
 }
