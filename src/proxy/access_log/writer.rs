@@ -659,6 +659,16 @@ mod tests {
 
     const PAGE: u64 = 4096;
 
+    /// What the writer asked of the open file `out` writes to.
+    fn dropping_of(out: &Out) -> &Dropping {
+        match out {
+            Out::File {
+                file: Some((_, d)), ..
+            } => d,
+            _ => panic!("the destination is an open file"),
+        }
+    }
+
     /// Every page the writer wrote is advised twice (writeback, then drop), in order and
     /// without gaps; the file's length before it opened it, and the page holding the end, never.
     #[test]
@@ -732,13 +742,7 @@ mod tests {
             out.write(&round);
             want.extend_from_slice(&round);
         }
-        let Out::File {
-            file: Some((_, dropping)),
-            ..
-        } = &out
-        else {
-            panic!("the file is open");
-        };
+        let dropping = dropping_of(&out);
         assert!(!dropping.off, "a regular file takes the advice");
         assert!(dropping.asked > 2 * DROP_EVERY, "asked {}", dropping.asked);
         assert_eq!(dropping.len, want.len() as u64);
@@ -763,13 +767,7 @@ mod tests {
         for _ in 0..2 * (DROP_EVERY >> 20) + 1 {
             out.write(&chunk);
         }
-        let Out::File {
-            file: Some((_, dropping)),
-            ..
-        } = &out
-        else {
-            panic!("the pipe is open");
-        };
+        let dropping = dropping_of(&out);
         assert!(dropping.off, "the pipe refused the advice");
         drop(out);
         let got = drain.join().expect("drain thread");
