@@ -6,7 +6,8 @@
 #    scrape a running rampart, curl drives the CLI and CONNECT tests, openssl makes the RSA
 #    keys of the JWT tests (ring cannot generate RSA), a C linker (cc), which rustc needs to
 #    link and a bare Debian lacks, python3 with venv for the PyPI tools below, and
-#    redis-server, which the global rate-limit tests start on free loopback ports.
+#    redis-server, which the global rate-limit tests start on free loopback ports, and
+#    fincore (util-linux-extra), which counts the access log's pages left in the page cache.
 # 2. Installs kubernetes-validate (PyPI; JSON schemas of the Kubernetes API, offline) into
 #    target/deploy-venv; the deploy tests validate deploy/k8s with it.
 # 3. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
@@ -23,8 +24,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # command -> Debian packages that provide it
 declare -A want=( [promtool]=prometheus [prometheus]=prometheus [curl]=curl [cc]="gcc libc6-dev"
                   [openssl]=openssl [python3]="python3 python3-venv" [redis-server]=redis-server
-                  [prlimit]=util-linux )
-cmds=(promtool prometheus curl cc openssl python3 redis-server prlimit)
+                  [prlimit]=util-linux [fincore]=util-linux-extra )
+cmds=(promtool prometheus curl cc openssl python3 redis-server prlimit fincore)
 container_test=${RAMPART_CONTAINER_TEST:-0}
 if [[ $container_test == 1 ]]; then
     want+=( [podman]=podman [debootstrap]=debootstrap [runc]=runc )

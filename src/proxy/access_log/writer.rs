@@ -749,6 +749,47 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read back"), want);
     }
 
+    /// The pages asked twice really leave the page cache: with each round's pages written back
+    /// before the next (`sync_data`, standing in for the kernel's writeback between two
+    /// requests), a file of 5 × [`DROP_EVERY`] keeps at most its last two requests' worth
+    /// cached, as `fincore` (Debian package `util-linux-extra`) counts. In the repository's
+    /// directory, not /tmp: a tmpfs keeps every page.
+    #[test]
+    fn the_log_s_written_pages_leave_the_page_cache() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir");
+        let path = dir.path().join("access.jsonl");
+        let mut out = Out::new(LogTo::File(path.clone()));
+        let chunk = vec![b'x'; 256 << 10];
+        let rounds = 5 * DROP_EVERY / chunk.len() as u64;
+        for _ in 0..rounds {
+            out.write(&chunk);
+            let Out::File {
+                file: Some((f, _)), ..
+            } = &out
+            else {
+                panic!("the file is open");
+            };
+            f.sync_data().expect("fdatasync");
+        }
+        let page = rustix::param::page_size() as u64;
+        let cached = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(&path)
+            .output()
+            .expect("fincore (Debian package util-linux-extra) must be installed");
+        assert!(cached.status.success(), "fincore failed: {cached:?}");
+        let cached: u64 = String::from_utf8_lossy(&cached.stdout)
+            .trim()
+            .parse()
+            .expect("fincore prints a byte count");
+        let len = std::fs::metadata(&path).expect("metadata").len();
+        assert_eq!(len, rounds * chunk.len() as u64);
+        assert!(
+            cached <= 2 * DROP_EVERY + page,
+            "{cached} bytes of the {len}-byte log still cached"
+        );
+    }
+
     /// A pipe refuses `posix_fadvise` (ESPIPE): the writer stops asking and keeps writing.
     #[test]
     fn a_pipe_refuses_the_advice_once_and_still_gets_every_byte() {
