@@ -138,7 +138,7 @@ for target in rampart rampart-log nginx; do
         echo
         echo "Per thread, per 1,000 requests (context switches) and per request (CPU):"
         echo
-        join <(cat "$OUT/$target.threads0") <(cat "$OUT/$target.threads1") |
+        join "$OUT/$target.threads0" "$OUT/$target.threads1" |
             awk -v n="$served" -v k="$clk_tck" '{printf "- %s: %.1f voluntary, %.1f involuntary switches; %.2f µs CPU\n",
                 $2, ($7 - $3) * 1000 / n, ($8 - $4) * 1000 / n, ($9 - $5) / k * 1e6 / n}'
         echo

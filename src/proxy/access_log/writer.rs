@@ -167,7 +167,7 @@ enum Out {
 /// freed and the next rounds' lines reuse them. The page holding the file's end is left in
 /// place, so the next append does not read it back from disk. Measured with writes of 400 KiB
 /// every 25 ms: half the CPU time per byte written, writeback included.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Dropping {
     /// The file's length as the writer knows it: its length when opened plus what it wrote.
     len: u64,
@@ -204,6 +204,21 @@ impl Dropping {
         self.from = self.asked;
         self.asked = end;
         Some(range)
+    }
+
+    /// Counts `wrote` more bytes written to `file`, and gives the kernel the advice that is
+    /// due ([`Dropping::wrote`]); a refusal turns the advice off for this file.
+    fn advise(&mut self, file: &File, wrote: usize) {
+        let page = rustix::param::page_size() as u64;
+        let Some((at, len)) = self.wrote(wrote, page) else {
+            return;
+        };
+        let len = std::num::NonZeroU64::new(len);
+        if len.is_some()
+            && rustix::fs::fadvise(file, at, len, rustix::fs::Advice::DontNeed).is_err()
+        {
+            self.off = true;
+        }
     }
 }
 
@@ -622,16 +637,7 @@ impl Out {
             Out::File {
                 file: Some((f, dropping)),
                 ..
-            } => f.write_all(buf).map(|()| {
-                let page = rustix::param::page_size() as u64;
-                if let Some((at, len)) = dropping.wrote(buf.len(), page) {
-                    let len = std::num::NonZeroU64::new(len);
-                    let advice = rustix::fs::Advice::DontNeed;
-                    if len.is_some() && rustix::fs::fadvise(&*f, at, len, advice).is_err() {
-                        dropping.off = true;
-                    }
-                }
-            }),
+            } => f.write_all(buf).map(|()| dropping.advise(f, buf.len())),
             Out::File { file: None, .. } => Ok(()),
         };
         if let Err(e) = res {
@@ -659,12 +665,10 @@ mod tests {
 
     const PAGE: u64 = 4096;
 
-    /// What the writer asked of the open file `out` writes to.
-    fn dropping_of(out: &Out) -> &Dropping {
+    /// The open file `out` writes to, and what the writer asked of it.
+    fn open_file(out: &Out) -> &(File, Dropping) {
         match out {
-            Out::File {
-                file: Some((_, d)), ..
-            } => d,
+            Out::File { file: Some(f), .. } => f,
             _ => panic!("the destination is an open file"),
         }
     }
@@ -742,7 +746,7 @@ mod tests {
             out.write(&round);
             want.extend_from_slice(&round);
         }
-        let dropping = dropping_of(&out);
+        let (_, dropping) = open_file(&out);
         assert!(!dropping.off, "a regular file takes the advice");
         assert!(dropping.asked > 2 * DROP_EVERY, "asked {}", dropping.asked);
         assert_eq!(dropping.len, want.len() as u64);
@@ -763,13 +767,7 @@ mod tests {
         let rounds = 5 * DROP_EVERY / chunk.len() as u64;
         for _ in 0..rounds {
             out.write(&chunk);
-            let Out::File {
-                file: Some((f, _)), ..
-            } = &out
-            else {
-                panic!("the file is open");
-            };
-            f.sync_data().expect("fdatasync");
+            open_file(&out).0.sync_data().expect("fdatasync");
         }
         let page = rustix::param::page_size() as u64;
         let cached = std::process::Command::new("fincore")
@@ -808,7 +806,7 @@ mod tests {
         for _ in 0..2 * (DROP_EVERY >> 20) + 1 {
             out.write(&chunk);
         }
-        let dropping = dropping_of(&out);
+        let (_, dropping) = open_file(&out);
         assert!(dropping.off, "the pipe refused the advice");
         drop(out);
         let got = drain.join().expect("drain thread");
