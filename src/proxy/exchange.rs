@@ -15,6 +15,7 @@
 //! permit, so the breaker sees the same outcome; none of them can miss a try or count one twice. A fault of the client (malformed or stalled upload) is
 //! [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream observer.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -51,55 +52,64 @@ pub(super) struct Tried {
     used: Option<SocketAddr>,
 }
 
-/// Steps 5–8 for one request that has passed the route's admission policies.
-pub async fn run(ctx: &RequestCtx<'_>, mut req: Request<ClientIn>) -> Response<Body> {
-    forward::prepare_request(&mut req, ctx.peer, ctx.sent);
-    let (parts, incoming) = req.into_parts();
-    let mut spent = Spent(parts);
-    let parts = &mut spent.0;
-    // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.
-    if http_body::Body::is_end_stream(&incoming) {
-        let retry = ctx.route.policy.retry.as_ref();
-        return match retry.filter(|_| is_idempotent(&parts.method, &parts.headers)) {
-            Some(r) => {
-                r.budget.deposit();
-                retry_loop(ctx, r, parts, Bytes::new(), None).await
-            }
-            None => {
-                if let Some(r) = retry {
+/// Steps 5–8 for one request that has passed the route's admission policies. (Not an `async
+/// fn`, so the request is not copied into a second place in the future: see `stack::handle`.)
+#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+pub fn run<'a>(
+    ctx: &'a RequestCtx<'a>,
+    mut req: Request<ClientIn>,
+) -> impl Future<Output = Response<Body>> + 'a {
+    async move {
+        forward::prepare_request(&mut req, ctx.peer, ctx.sent);
+        let (parts, incoming) = req.into_parts();
+        let mut spent = Spent(parts);
+        let parts = &mut spent.0;
+        // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.
+        if http_body::Body::is_end_stream(&incoming) {
+            let retry = ctx.route.policy.retry.as_ref();
+            return match retry.filter(|_| is_idempotent(&parts.method, &parts.headers)) {
+                Some(r) => {
+                    r.budget.deposit();
+                    retry_loop(ctx, r, parts, Bytes::new(), None).await
+                }
+                None => {
+                    if let Some(r) = retry {
+                        r.budget.deposit();
+                    }
+                    try_once(ctx, parts, Body::Empty, None, None).await.rsp
+                }
+            };
+        }
+        let fault = Arc::new(FaultCell::default());
+        ctx.tries.body(&fault);
+        let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
+        let retry = match &ctx.route.policy.retry {
+            Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
+            other => {
+                if let Some(r) = other {
                     r.budget.deposit();
                 }
-                try_once(ctx, parts, Body::Empty, None, None).await.rsp
+                return try_once(ctx, parts, Body::Client(body), None, Some(&fault))
+                    .await
+                    .rsp;
             }
         };
-    }
-    let fault = Arc::new(FaultCell::default());
-    ctx.tries.body(&fault);
-    let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
-    let retry = match &ctx.route.policy.retry {
-        Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
-        other => {
-            if let Some(r) = other {
-                r.budget.deposit();
-            }
-            return try_once(ctx, parts, Body::Client(body), None, Some(&fault))
+        retry.budget.deposit();
+        let buffered = match ctx.deadline {
+            Some(d) => tokio::time::timeout_at(d, body.buffer(retry.cfg.buffer.0 as usize))
                 .await
-                .rsp;
-        }
-    };
-    retry.budget.deposit();
-    let buffered = match ctx.deadline {
-        Some(d) => tokio::time::timeout_at(d, body.buffer(retry.cfg.buffer.0 as usize))
-            .await
-            .unwrap_or_else(|_| Err(BodyDeadline.into())),
-        None => body.buffer(retry.cfg.buffer.0 as usize).await,
-    };
-    match buffered {
-        Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, parts, b, Some(&fault)).await,
-        Ok(Buffered::Streaming(body)) => try_once(ctx, parts, body, None, Some(&fault)).await.rsp,
-        Err(e) => {
-            tracing::debug!(error = %e, "client request body failed");
-            client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled))
+                .unwrap_or_else(|_| Err(BodyDeadline.into())),
+            None => body.buffer(retry.cfg.buffer.0 as usize).await,
+        };
+        match buffered {
+            Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, parts, b, Some(&fault)).await,
+            Ok(Buffered::Streaming(body)) => {
+                try_once(ctx, parts, body, None, Some(&fault)).await.rsp
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "client request body failed");
+                client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled))
+            }
         }
     }
 }

@@ -14,7 +14,7 @@
 //! Header names are case-insensitive (RFC 9110 §5.1).
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::Poll;
@@ -391,61 +391,65 @@ pub fn date() -> [u8; 29] {
 // === writing ===
 
 /// Writes `rsp` (to a request described by `ask`) on `io`, head then body, using `out` as the
-/// write buffer. Says whether the connection may serve another request.
-pub async fn answer<I>(
-    io: &mut I,
-    out: &mut Vec<u8>,
+/// write buffer. Says whether the connection may serve another request. (Not an `async fn`,
+/// so the answer is not copied into a second place in the future: see `stack::handle`.)
+#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+pub fn answer<'a, I>(
+    io: &'a mut I,
+    out: &'a mut Vec<u8>,
     rsp: Response<Body>,
     ask: Ask,
-) -> (bool, Option<HeaderMap>)
+) -> impl Future<Output = (bool, Option<HeaderMap>)> + 'a
 where
     I: AsyncWrite + Unpin,
 {
-    let (mut parts, mut body) = rsp.into_parts();
-    let len = if body.is_end_stream() {
-        Len::Empty
-    } else {
-        body.size_hint().exact().map_or(Len::Unknown, Len::Known)
-    };
-    // An upstream's lines are written as they came when the body is framed as they say (a
-    // pool's answer always is); otherwise they join the map and are written from it.
-    let fits = body.raw_lines().map(|r| match len {
-        Len::Known(n) => n > 0 && r.length,
-        Len::Unknown => !r.length,
-        Len::Empty => false,
-    });
-    if fits == Some(false) {
-        body.fill_headers(&mut parts.headers);
+    async move {
+        let (mut parts, mut body) = rsp.into_parts();
+        let len = if body.is_end_stream() {
+            Len::Empty
+        } else {
+            body.size_hint().exact().map_or(Len::Unknown, Len::Known)
+        };
+        // An upstream's lines are written as they came when the body is framed as they say (a
+        // pool's answer always is); otherwise they join the map and are written from it.
+        let fits = body.raw_lines().map(|r| match len {
+            Len::Known(n) => n > 0 && r.length,
+            Len::Unknown => !r.length,
+            Len::Empty => false,
+        });
+        if fits == Some(false) {
+            body.fill_headers(&mut parts.headers);
+        }
+        out.clear();
+        let plan = match encode_head(out, &parts, body.raw_lines(), ask, len, &date()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "answer not sent");
+                return (false, None);
+            }
+        };
+        // The answer's map, emptied, holds the next request's headers.
+        parts.headers.clear();
+        let spare = Some(std::mem::take(&mut parts.headers));
+        let sent = match plan.framing {
+            Framing::Length(0) => {
+                // No body to send: drop it (an upstream's connection is dropped with it unless
+                // it was over already, as hyper does).
+                drop(body);
+                write_parts(io, &[out]).await.map(|()| true)
+            }
+            framing => stream(io, out, &mut body, framing).await,
+        };
+        let sent = match sent {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::debug!(error = %e, "answer write failed");
+                false
+            }
+        };
+        let flushed = io.flush().await.is_ok();
+        (sent && flushed && !plan.last, spare)
     }
-    out.clear();
-    let plan = match encode_head(out, &parts, body.raw_lines(), ask, len, &date()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "answer not sent");
-            return (false, None);
-        }
-    };
-    // The answer's map, emptied, holds the next request's headers.
-    parts.headers.clear();
-    let spare = Some(std::mem::take(&mut parts.headers));
-    let sent = match plan.framing {
-        Framing::Length(0) => {
-            // No body to send: drop it (an upstream's connection is dropped with it unless
-            // it was over already, as hyper does).
-            drop(body);
-            write_parts(io, &[out]).await.map(|()| true)
-        }
-        framing => stream(io, out, &mut body, framing).await,
-    };
-    let sent = match sent {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::debug!(error = %e, "answer write failed");
-            false
-        }
-    };
-    let flushed = io.flush().await.is_ok();
-    (sent && flushed && !plan.last, spare)
 }
 
 /// Streams `body` after the head in `out`; says whether the message ended well (the
