@@ -94,148 +94,154 @@ enum Wake {
 
 /// Serves `io` until it closes or needs hyper. `first_head` is the time left for the first
 /// request to arrive (the head timeout less the TLS handshake).
-pub(super) async fn serve<I>(
-    c: Conn<'_>,
+///
+/// Not an `async fn`, so its arguments are not kept twice in every connection's task (see
+/// `stack::handle`).
+#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+pub(super) fn serve<'a, I>(
+    c: Conn<'a>,
     mut io: I,
     first_head: Duration,
-    stopped: &mut watch::Receiver<bool>,
-) -> End<I>
+    stopped: &'a mut watch::Receiver<bool>,
+) -> impl Future<Output = End<I>> + 'a
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + 'a,
 {
-    let max_head = c.lst.max_head;
-    // Waiting for a later head ends at the earlier of hyper's head timer and the idle
-    // timeout (both start when the answer before ends); only an idle close is graceful.
-    let idle_first = c.lst.idle_timeout <= c.lst.head_timeout;
-    let wait_limit = c.lst.idle_timeout.min(c.lst.head_timeout);
-    let mut bufs = Buffers::default();
-    let mut reuse = Reuse::default();
-    // The listener's stop: the `changed` future is polled once, to leave the task's waker
-    // with the channel; after that a look at the version is enough (no lock per request).
-    let probe = stopped.clone();
-    let mut stop = pin!(stopped.changed());
-    let mut listening = false;
-    let mut stopping = false;
-    // One timer for every wait, made on the first. Each wait for a new head has its own end
-    // (`due`), later than the one before; the timer is not moved to it on every request (a
-    // reset takes the timer wheel's lock and moves the entry). While it is armed for no later
-    // than `due` it is left alone: when it fires before `due`, it is re-armed for `due` then.
-    // So a busy connection re-arms it about once per `wait_limit`, not once per request.
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
-    let mut timing = false;
-    let opened = Instant::now();
-    let mut first = Some(opened + first_head);
-    let mut due = opened;
-    // Each later wait's end is counted from the coarse clock (a precise reading per request
-    // cost more than its answer's `date`): a few milliseconds either way on a limit of seconds.
-    let clock = coarse::Anchor::new(opened);
-    loop {
-        if let Some(read) = bufs.unread() {
-            match parse::parse(read, max_head, &mut reuse) {
-                Parsed::Simple(head) => {
-                    timing = false;
-                    first = None;
-                    let mut ask = Ask {
-                        head: head.req.method() == Method::HEAD,
-                        http10: head.req.version() == http::Version::HTTP_10,
-                        keep_alive: head.keep_alive,
-                    };
-                    let active = c.state.begin();
-                    // Under the generation in force now (as `listener::serve` for hyper's).
-                    let gen = c.shared.current.load_full();
-                    let rsp = match gen.listeners.get(&c.addr) {
-                        Some(lst) => {
-                            super::stack::handle(
-                                c.shared, &gen, lst, head.req, head.sent, c.peer, active,
-                            )
-                            .await
+    async move {
+        let max_head = c.lst.max_head;
+        // Waiting for a later head ends at the earlier of hyper's head timer and the idle
+        // timeout (both start when the answer before ends); only an idle close is graceful.
+        let idle_first = c.lst.idle_timeout <= c.lst.head_timeout;
+        let wait_limit = c.lst.idle_timeout.min(c.lst.head_timeout);
+        let mut bufs = Buffers::default();
+        let mut reuse = Reuse::default();
+        // The listener's stop: the `changed` future is polled once, to leave the task's waker
+        // with the channel; after that a look at the version is enough (no lock per request).
+        let probe = stopped.clone();
+        let mut stop = pin!(stopped.changed());
+        let mut listening = false;
+        let mut stopping = false;
+        // One timer for every wait, made on the first. Each wait for a new head has its own end
+        // (`due`), later than the one before; the timer is not moved to it on every request (a
+        // reset takes the timer wheel's lock and moves the entry). While it is armed for no later
+        // than `due` it is left alone: when it fires before `due`, it is re-armed for `due` then.
+        // So a busy connection re-arms it about once per `wait_limit`, not once per request.
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        let mut timing = false;
+        let opened = Instant::now();
+        let mut first = Some(opened + first_head);
+        let mut due = opened;
+        // Each later wait's end is counted from the coarse clock (a precise reading per request
+        // cost more than its answer's `date`): a few milliseconds either way on a limit of seconds.
+        let clock = coarse::Anchor::new(opened);
+        loop {
+            if let Some(read) = bufs.unread() {
+                match parse::parse(read, max_head, &mut reuse) {
+                    Parsed::Simple(head) => {
+                        timing = false;
+                        first = None;
+                        let mut ask = Ask {
+                            head: head.req.method() == Method::HEAD,
+                            http10: head.req.version() == http::Version::HTTP_10,
+                            keep_alive: head.keep_alive,
+                        };
+                        let active = c.state.begin();
+                        // Under the generation in force now (as `listener::serve` for hyper's).
+                        let gen = c.shared.current.load_full();
+                        let rsp = match gen.listeners.get(&c.addr) {
+                            Some(lst) => {
+                                super::stack::handle(
+                                    c.shared, &gen, lst, head.req, head.sent, c.peer, active,
+                                )
+                                .await
+                            }
+                            None => super::listener::removed(),
+                        };
+                        drop(gen);
+                        stopping |= probe.has_changed().unwrap_or(true);
+                        ask.keep_alive &= !stopping;
+                        let (keep, map) = write::answer(&mut io, bufs.out(), rsp, ask).await;
+                        reuse.map = map;
+                        if !keep {
+                            let _ = io.shutdown().await;
+                            return End::Closed;
                         }
-                        None => super::listener::removed(),
-                    };
-                    drop(gen);
-                    stopping |= probe.has_changed().unwrap_or(true);
-                    ask.keep_alive &= !stopping;
-                    let (keep, map) = write::answer(&mut io, bufs.out(), rsp, ask).await;
-                    reuse.map = map;
-                    if !keep {
-                        let _ = io.shutdown().await;
-                        return End::Closed;
+                        continue;
                     }
-                    continue;
-                }
-                Parsed::HandOff => return End::HandOff(Rewind::new(bufs.into_read(), io)),
-                Parsed::Partial => {}
-            }
-        }
-        if stopping {
-            let _ = io.shutdown().await;
-            return End::Closed;
-        }
-        let wake = poll_fn(|cx| {
-            {
-                let read = pin!(io.read_buf(bufs.room()));
-                if let Poll::Ready(r) = read.poll(cx) {
-                    return Poll::Ready(Wake::Read(r));
+                    Parsed::HandOff => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                    Parsed::Partial => {}
                 }
             }
-            // Nothing to read yet: while the connection waits, its buffers serve others.
-            bufs.lend();
-            if !listening {
-                listening = true;
-                if stop.as_mut().poll(cx).is_ready() {
+            if stopping {
+                let _ = io.shutdown().await;
+                return End::Closed;
+            }
+            let wake = poll_fn(|cx| {
+                {
+                    let read = pin!(io.read_buf(bufs.room()));
+                    if let Poll::Ready(r) = read.poll(cx) {
+                        return Poll::Ready(Wake::Read(r));
+                    }
+                }
+                // Nothing to read yet: while the connection waits, its buffers serve others.
+                bufs.lend();
+                if !listening {
+                    listening = true;
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Graceful);
+                    }
+                }
+                if probe.has_changed().unwrap_or(true) {
                     return Poll::Ready(Wake::Graceful);
                 }
-            }
-            if probe.has_changed().unwrap_or(true) {
-                return Poll::Ready(Wake::Graceful);
-            }
-            // The timer is polled after each time it is armed (that leaves the task's waker
-            // with it, and it stays there until it fires); otherwise a wake-up only looks
-            // whether it fired, and whether the wait's end has come.
-            if !timing {
-                timing = true;
-                due = first.unwrap_or_else(|| clock.now() + wait_limit);
-            }
-            let fired = match timer.as_mut() {
-                None => timer
-                    .insert(Box::pin(tokio::time::sleep_until(due)))
-                    .as_mut()
-                    .poll(cx)
-                    .is_ready(),
-                // Armed, and it will wake the task by `due`.
-                Some(t) if !t.is_elapsed() && t.deadline() <= due => false,
-                Some(t) if t.is_elapsed() && Instant::now() >= due => true,
-                // Fired early (armed for an earlier wait), or armed for later than `due`.
-                Some(t) => {
-                    t.as_mut().reset(due);
-                    t.as_mut().poll(cx).is_ready()
+                // The timer is polled after each time it is armed (that leaves the task's waker
+                // with it, and it stays there until it fires); otherwise a wake-up only looks
+                // whether it fired, and whether the wait's end has come.
+                if !timing {
+                    timing = true;
+                    due = first.unwrap_or_else(|| clock.now() + wait_limit);
                 }
-            };
-            match fired {
-                false => Poll::Pending,
-                true if first.is_some() => Poll::Ready(Wake::Drop),
-                true if idle_first => Poll::Ready(Wake::Graceful),
-                true => Poll::Ready(Wake::Drop),
+                let fired = match timer.as_mut() {
+                    None => timer
+                        .insert(Box::pin(tokio::time::sleep_until(due)))
+                        .as_mut()
+                        .poll(cx)
+                        .is_ready(),
+                    // Armed, and it will wake the task by `due`.
+                    Some(t) if !t.is_elapsed() && t.deadline() <= due => false,
+                    Some(t) if t.is_elapsed() && Instant::now() >= due => true,
+                    // Fired early (armed for an earlier wait), or armed for later than `due`.
+                    Some(t) => {
+                        t.as_mut().reset(due);
+                        t.as_mut().poll(cx).is_ready()
+                    }
+                };
+                match fired {
+                    false => Poll::Pending,
+                    true if first.is_some() => Poll::Ready(Wake::Drop),
+                    true if idle_first => Poll::Ready(Wake::Graceful),
+                    true => Poll::Ready(Wake::Drop),
+                }
+            })
+            .await;
+            match wake {
+                Wake::Read(Ok(0)) if bufs.unread().is_none() => {
+                    let _ = io.shutdown().await;
+                    return End::Closed;
+                }
+                // The end of the stream inside a head: hyper says what it says today.
+                Wake::Read(Ok(0)) => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                Wake::Read(Ok(_)) => {}
+                Wake::Read(Err(e)) => {
+                    tracing::debug!(peer = %c.peer.addr, error = %e, "connection read failed");
+                    return End::Closed;
+                }
+                Wake::Graceful => {
+                    let _ = io.shutdown().await;
+                    return End::Closed;
+                }
+                Wake::Drop => return End::Closed,
             }
-        })
-        .await;
-        match wake {
-            Wake::Read(Ok(0)) if bufs.unread().is_none() => {
-                let _ = io.shutdown().await;
-                return End::Closed;
-            }
-            // The end of the stream inside a head: hyper says what it says today.
-            Wake::Read(Ok(0)) => return End::HandOff(Rewind::new(bufs.into_read(), io)),
-            Wake::Read(Ok(_)) => {}
-            Wake::Read(Err(e)) => {
-                tracing::debug!(peer = %c.peer.addr, error = %e, "connection read failed");
-                return End::Closed;
-            }
-            Wake::Graceful => {
-                let _ = io.shutdown().await;
-                return End::Closed;
-            }
-            Wake::Drop => return End::Closed,
         }
     }
 }
