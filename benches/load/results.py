@@ -143,14 +143,7 @@ class Runs:
             p99.append(float(mine["p99_ms"]) / min(float(o["p99_ms"]) for o in theirs))
             if None not in per_req and min(per_req[1:]) > 0:
                 cpu.append(per_req[0] / min(per_req[1:]))
-        if not rps:
-            return None
-        return {
-            "rps": statistics.median(rps),
-            "cpu": statistics.median(cpu) if len(cpu) == len(rps) else None,
-            "p99": statistics.median(p99),
-            "rps_all": sorted(rps),
-        }
+        return self.medians(rps, cpu, p99)
 
     def rounds_vs_peer(self, scen, w, target, others, conns):
         """`target` against the better of `others` over the whole run, figure by figure: the
@@ -168,13 +161,14 @@ class Runs:
         with_cpu = [(o, m) for o, m in peers if m["cpu_us"] is not None]
         by_cpu = min(with_cpu, key=lambda x: x[1]["cpu_us"])[0] if with_cpu else None
         by_p99 = min(peers, key=lambda x: x[1]["p99"])[0]
+        needed = {target, by_rps, by_p99, by_cpu} - {None}
         by_round = {}
-        for t in {target, by_rps, by_p99, by_cpu} - {None}:
+        for t in needed:
             for r in self.groups.get((scen, w, t, conns), []):
                 by_round.setdefault(r["round"], {})[t] = r
         rps, cpu, p99 = [], [], []
         for rows in by_round.values():
-            if any(t not in rows for t in {target, by_rps, by_p99, by_cpu} - {None}):
+            if any(t not in rows for t in needed):
                 return None
             mine = rows[target]
             rps.append(float(mine["rps"]) / float(rows[by_rps]["rps"]))
@@ -184,6 +178,15 @@ class Runs:
                 b = self.cpu_us(int(rows[by_cpu]["cpu_ticks"]), int(rows[by_cpu]["requests"]))
                 if a is not None and b:
                     cpu.append(a / b)
+        m = self.medians(rps, cpu, p99)
+        if m is not None:
+            m["peer"] = {"rps": by_rps, "cpu": by_cpu, "p99": by_p99}
+        return m
+
+    @staticmethod
+    def medians(rps, cpu, p99):
+        """The medians of the rounds' ratios (CPU only when every round had it), with the sorted
+        req/s ratios; None without rounds."""
         if not rps:
             return None
         return {
@@ -191,7 +194,6 @@ class Runs:
             "cpu": statistics.median(cpu) if len(cpu) == len(rps) else None,
             "p99": statistics.median(p99),
             "rps_all": sorted(rps),
-            "peer": {"rps": by_rps, "cpu": by_cpu, "p99": by_p99},
         }
 
     def cpu_us(self, ticks, reqs):
