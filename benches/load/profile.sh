@@ -76,16 +76,19 @@ kinds=(recvfrom sendto read write readv writev epoll_wait epoll_ctl futex accept
 events=raw_syscalls:sys_enter
 for k in "${kinds[@]}"; do events+=",syscalls:sys_enter_$k"; done
 
-# tcp_counts : "IN OUT" TCP segments the machine has received and sent (/proc/net/snmp).
-tcp_counts() {
-    awk '$1 == "Tcp:" && !h {for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next}
-         $1 == "Tcp:" {print $col["InSegs"], $col["OutSegs"]}' /proc/net/snmp
+# counters FILE SECTION NAME... : the machine's counters NAME of SECTION in FILE (a header line
+# of names, then a line of values), space-separated.
+counters() {
+    local file=$1 section=$2
+    shift 2
+    awk -v s="$section:" -v names="$*" '$1 == s && !h {for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next}
+         $1 == s {n = split(names, w, " "); for (j = 1; j <= n; j++) printf "%s%s", $col[w[j]], (j < n ? " " : "\n")}' "$file"
 }
-# data_sent : TCP segments the machine has sent with new data (/proc/net/netstat); the others
-# it sent carried only an ACK (or a retransmission, none on loopback).
-data_sent() {
-    awk '$1 == "TcpExt:" && !h {for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next}
-         $1 == "TcpExt:" {print $col["TCPOrigDataSent"]}' /proc/net/netstat
+# tcp_counts : "IN OUT DATA": TCP segments the machine has received and sent (/proc/net/snmp),
+# and those it sent with new data (/proc/net/netstat); the others it sent carried only an ACK
+# (or a retransmission, none on loopback).
+tcp_counts() {
+    echo "$(counters /proc/net/snmp Tcp InSegs OutSegs) $(counters /proc/net/netstat TcpExt TCPOrigDataSent)"
 }
 # threads PID : one line per thread: "TID NAME VOLUNTARY INVOLUNTARY CPU_TICKS".
 threads() {
@@ -114,13 +117,11 @@ for target in rampart rampart-log nginx; do
     wrk -t1 -c"$CONNS" -d2s "http://${listen[$target]}/" >/dev/null
     perf stat -x, -e "$events" -p "$pid" -o "$OUT/$target.stat" -- sleep "$DURATION" &
     counter=$!
-    read -r in0 out0 <<<"$(tcp_counts)"
-    data0=$(data_sent)
+    read -r in0 out0 data0 <<<"$(tcp_counts)"
     threads "$pid" | sort >"$OUT/$target.threads0"
     served=$(load "$target")
     threads "$pid" | sort >"$OUT/$target.threads1"
-    read -r in1 out1 <<<"$(tcp_counts)"
-    data1=$(data_sent)
+    read -r in1 out1 data1 <<<"$(tcp_counts)"
     wait "$counter"
     perf record -q -e cpu-clock -p "$pid" -o "$OUT/$target.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     sampler=$!

@@ -444,17 +444,17 @@ async fn serve_tls(
     lst: &ListenerRt,
     tls: Arc<rustls::ServerConfig>,
     stream: TcpStream,
-    peer: Arc<Peer>,
+    mut peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
 ) {
-    // The only reference: taken out without a copy, then shared again once complete.
-    let mut peer = Arc::unwrap_or_clone(peer);
     let started = Instant::now();
     match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
         Ok((tls_stream, info)) => {
-            peer.tls = true;
+            // The only reference yet: changed in place, not copied.
+            let p = Arc::make_mut(&mut peer);
+            p.tls = true;
             if info.client_cn.is_some() || info.client_uri_san.is_some() {
-                peer.cert = Some(CertIds {
+                p.cert = Some(CertIds {
                     cn: info.client_cn.map(Arc::from),
                     uri_san: info.client_uri_san.map(Arc::from),
                 });
@@ -462,17 +462,7 @@ async fn serve_tls(
             // The handshake spent part of the head timeout; the watchdog gets the rest.
             let head = lst.head_timeout.saturating_sub(started.elapsed());
             let h2 = info.is_h2;
-            serve_io(
-                shared,
-                addr,
-                lst,
-                tls_stream,
-                Arc::new(peer),
-                head,
-                stopped,
-                h2,
-            )
-            .await;
+            serve_io(shared, addr, lst, tls_stream, peer, head, stopped, h2).await;
         }
         Err(e) => {
             if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
