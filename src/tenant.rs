@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use self::jwt::{Jwt, Verified};
 use crate::clock::{MonotonicClock, WallClock};
@@ -260,9 +260,8 @@ impl Identify {
                     }
                 }
                 Source::Header(name) => {
-                    let mut all = headers.get_all(name).iter();
-                    if let Some(v) = all.next() {
-                        if all.next().is_some() {
+                    if let (Some(v), more) = named(headers, name) {
+                        if more {
                             // Two tenants named: charging either would be a guess.
                             return Err(Reason::InvalidTenant);
                         }
@@ -357,6 +356,27 @@ impl Labels {
     }
 }
 
+/// Heads with at most this many distinct names are searched line by line (see [`named`]).
+const SCAN_NAMES: usize = 8;
+
+/// The first line named `name` in `headers`, and whether there is another. A short head is
+/// searched in order (comparing names costs less than hashing one: most requests carry no
+/// tenant header at all, and this lookup is on every request's path); a longer one is looked
+/// up by hash.
+pub(crate) fn named<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> (Option<&'a HeaderValue>, bool) {
+    if headers.keys_len() <= SCAN_NAMES {
+        let mut all = headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v);
+        let first = all.next();
+        return (first, first.is_some() && all.next().is_some());
+    }
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    (first, first.is_some() && all.next().is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +398,36 @@ mod tests {
             metrics_labels: 2,
             plans: None,
         })
+    }
+
+    /// `named` answers alike whether it searches the lines in order (a short head) or looks
+    /// the name up by hash (a long one).
+    #[test]
+    fn a_named_line_is_found_alike_in_short_and_long_heads() {
+        let name = HeaderName::from_static("x-tenant-id");
+        for extra in [0, 3, SCAN_NAMES, SCAN_NAMES + 5] {
+            let mut h = HeaderMap::new();
+            for i in 0..extra {
+                h.append(
+                    HeaderName::from_bytes(format!("x-other-{i}").as_bytes()).expect("a name"),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            assert_eq!(named(&h, &name), (None, false), "{extra} other names");
+            h.append(name.clone(), HeaderValue::from_static("acme"));
+            h.append("x-last", HeaderValue::from_static("z"));
+            assert_eq!(
+                named(&h, &name),
+                (Some(&HeaderValue::from_static("acme")), false),
+                "{extra} other names"
+            );
+            h.append(name.clone(), HeaderValue::from_static("globex"));
+            assert_eq!(
+                named(&h, &name),
+                (Some(&HeaderValue::from_static("acme")), true),
+                "{extra} other names"
+            );
+        }
     }
 
     fn headers(v: &str) -> HeaderMap {

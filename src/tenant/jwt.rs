@@ -97,9 +97,9 @@ impl Jwt {
     /// The token in `headers`: `None` when there is none (try the next source), else the
     /// verified claims or [`Reason::InvalidToken`].
     pub fn check(&self, headers: &HeaderMap) -> Option<Result<Arc<Verified>, Reason>> {
-        let mut all = headers.get_all(&self.header).iter();
-        let value = all.next()?;
-        if all.next().is_some() {
+        let (value, more) = super::named(headers, &self.header);
+        let value = value?;
+        if more {
             return Some(Err(Reason::InvalidToken));
         }
         let text = value.to_str().ok()?;

@@ -361,6 +361,7 @@ fn a_connection_value_is_read_in_one_pass() {
         others,
     };
     assert_eq!(read(b"keep-alive"), t(false, true, false));
+    assert_eq!(read(b"Keep-Alive"), t(false, true, false));
     assert_eq!(read(b" Close ,, "), t(true, false, false));
     assert_eq!(read(b"Keep-Alive, close"), t(true, true, false));
     assert_eq!(read(b"keep-alive, x-hop"), t(false, true, true));
