@@ -356,21 +356,19 @@ impl Labels {
     }
 }
 
-/// Heads with at most this many distinct names are searched line by line (see [`named`]).
+/// Heads with at most this many distinct names are searched name by name (see [`named`]).
 const SCAN_NAMES: usize = 8;
 
-/// The first line named `name` in `headers`, and whether there is another. A short head is
-/// searched in order (comparing names costs less than hashing one: most requests carry no
-/// tenant header at all, and this lookup is on every request's path); a longer one is looked
-/// up by hash.
+/// The first line named `name` in `headers`, and whether there is another. Most requests
+/// carry no tenant header at all, and this lookup is on every request's path: in a short head,
+/// a name that is not there is found missing by comparing it with each name, which costs less
+/// than hashing it; a name that is there, and any name in a longer head, is looked up by hash.
 pub(crate) fn named<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> (Option<&'a HeaderValue>, bool) {
-    if headers.keys_len() <= SCAN_NAMES {
-        let mut all = headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v);
-        let first = all.next();
-        return (first, first.is_some() && all.next().is_some());
+    if headers.keys_len() <= SCAN_NAMES && !headers.keys().any(|n| n == name) {
+        return (None, false);
     }
     let mut all = headers.get_all(name).iter();
     let first = all.next();
@@ -400,8 +398,8 @@ mod tests {
         })
     }
 
-    /// `named` answers alike whether it searches the lines in order (a short head) or looks
-    /// the name up by hash (a long one).
+    /// `named` answers alike whether it compares the names of a short head or looks the name
+    /// up by hash (a long head).
     #[test]
     fn a_named_line_is_found_alike_in_short_and_long_heads() {
         let name = HeaderName::from_static("x-tenant-id");
