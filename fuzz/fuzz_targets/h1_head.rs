@@ -94,7 +94,7 @@ fn answer_parses_back(headers: &HeaderMap, knob: u8) {
     };
     let mut dst = Vec::new();
     let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
-    if encode_head(&mut dst, &parts, ask, len, date).is_err() {
+    if encode_head(&mut dst, &parts, None, ask, len, date).is_err() {
         // Conflicting lengths: nothing is sent (the caller drops `dst`).
         return;
     }

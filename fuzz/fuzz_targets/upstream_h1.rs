@@ -6,7 +6,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rampart::proxy::pool::h1::{parse_head, Chunk, Chunked, Framing, Names, MAX_HEADERS};
+use rampart::proxy::pool::h1::{
+    parse_head, Chunk, Chunked, Framing, Names, RawLines, MAX_HEADERS,
+};
 
 /// What reading `data` in pieces of `step` bytes gives: the status and framing (or the
 /// refusal), and the decoded chunked body when the answer is chunked. `names`: the header names
@@ -20,7 +22,7 @@ fn read(
     let mut buf = BytesMut::new();
     let mut input = data.chunks(step);
     let head = loop {
-        match parse_head(&mut buf, head_request, names) {
+        match parse_head(&mut buf, head_request, names, &mut RawLines::default()) {
             Ok(Some(h)) => break h,
             Ok(None) => match input.next() {
                 Some(c) => buf.extend_from_slice(c),
