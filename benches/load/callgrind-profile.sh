@@ -99,11 +99,15 @@ import sys
 n, top = int(sys.argv[1]), int(sys.argv[2])
 rows, total = [], None
 for line in sys.stdin:
-    m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?) \[(.*)\]\s*$", line)
+    if "PROGRAM TOTALS" in line:
+        if total is None:
+            total = int(line.split()[0].replace(",", ""))
+        continue
+    # callgrind_annotate names the object file only on a function's first row; the rows of
+    # code inlined into it from other source files come without it, and count as much.
+    m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S.*?)(?: \[(.*)\])?\s*$", line)
     if m:
-        rows.append((int(m.group(1).replace(",", "")), m.group(2), m.group(3)))
-    elif total is None and "PROGRAM TOTALS" in line:
-        total = int(line.split()[0].replace(",", ""))
+        rows.append((int(m.group(1).replace(",", "")), m.group(2), m.group(3) or ""))
 if total is None:
     sys.exit("no PROGRAM TOTALS in callgrind_annotate's output")
 # Self cost: drop the frames every instruction is below (main, the runtime's entry).
