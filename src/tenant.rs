@@ -371,8 +371,7 @@ pub(crate) fn named<'a>(
         return (None, false);
     }
     let mut all = headers.get_all(name).iter();
-    let first = all.next();
-    (first, first.is_some() && all.next().is_some())
+    (all.next(), all.next().is_some())
 }
 
 #[cfg(test)]
