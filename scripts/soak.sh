@@ -92,7 +92,7 @@ end
 LUA
 
 "$bin" sample --listen "127.0.0.1:$app" >"$work/sample.log" 2>&1 & pids+=($!)
-"$bin" run --config "$work/rampart.yaml" >"$work/rampart.log" 2>&1 & rp=$!; pids+=($rp)
+"$bin" run --config "$work/rampart.yaml" >"$work/rampart.log" 2>&1 & rp=$!; pids+=("$rp")
 for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
     sleep 0.1
@@ -110,7 +110,7 @@ wrk -t 2 -c "$conns" -d "${secs}s" -s "$work/mix.lua" "http://127.0.0.1:$proxy" 
 ) & pids+=($!)
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$rp/status"; }
-fds() { ls "/proc/$rp/fd" | wc -l; }
+fds() { find "/proc/$rp/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
 start=$(date +%s)
 peak_rss=0; peak_fd=0; fail=""
