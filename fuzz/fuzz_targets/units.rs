@@ -1,22 +1,9 @@
-//! The unit parsers (`250ms`, `100/s`, `50%`, `64KiB`) on arbitrary text: a value or an error,
-//! never a panic (overflow included).
+//! cargo-fuzz's entry for the check in `fuzz/checks/units.rs`, which says what it checks;
+//! `tests/fuzz_seeds.rs` runs the same check on the seeds in `fuzz/corpus/units/` in every
+//! `cargo test`, so the check keeps building against rampart's API.
 #![no_main]
 
-use std::str::FromStr;
+#[path = "../checks/units.rs"]
+mod check;
 
-use libfuzzer_sys::fuzz_target;
-use rampart::config::units::{Dur, Rate, Ratio, Size};
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = Dur::from_str(text);
-    if let Ok(rate) = Rate::from_str(text) {
-        let _ = rate.interval();
-    }
-    if let Ok(ratio) = Ratio::from_str(text) {
-        assert!(ratio.0.is_finite(), "{text:?} parsed to {}", ratio.0);
-    }
-    let _ = Size::from_str(text);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

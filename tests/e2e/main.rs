@@ -18,6 +18,7 @@ mod connect;
 mod deploy;
 mod edges;
 mod extras;
+mod fuzz_seeds;
 mod global;
 mod health;
 mod hostile;

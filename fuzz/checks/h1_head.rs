@@ -1,0 +1,122 @@
+//! The lean HTTP/1.1 server's head reader and answer writer on arbitrary bytes
+//! (`rampart::proxy::h1`): nothing panics, and
+//! - a head it serves itself is one httparse reads whole at the same length, carries no body
+//!   framing, protocol switch or `Expect`/`TE`, is not CONNECT and fits the limit;
+//! - reading with the names kept from earlier heads gives the very request a fresh read gives;
+//! - pipelined heads are taken one after the other, each from where the last ended;
+//! - an answer head written from any status and headers parses back as one response with at
+//!   most one framing header.
+
+use bytes::BytesMut;
+use http::header::{CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Method, Response, StatusCode};
+use rampart::proxy::h1::parse::{parse, Parsed, Reuse};
+use rampart::proxy::h1::write::{encode_head, Ask, Len};
+
+/// One input; panics on a finding.
+pub fn run(data: &[u8]) {
+    let Some((&knob, mut buf)) = data.split_first() else {
+        return;
+    };
+    let max_head = 32 + usize::from(knob) * 16;
+    let mut reuse = Reuse::default();
+    let mut served = 0;
+    while served < 16 {
+        let mut read = BytesMut::from(buf);
+        let got = parse(&mut read, max_head, &mut reuse);
+        assert!(reuse.names.len() <= 32, "names kept beyond the bound");
+        match got {
+            Parsed::Partial => {
+                assert!(buf.len() < max_head, "partial beyond the limit");
+                assert_eq!(&read[..], buf, "a partial head stays in the buffer");
+                break;
+            }
+            Parsed::HandOff => {
+                assert_eq!(&read[..], buf, "a hand-off finds the buffer as it was");
+                break;
+            }
+            Parsed::Simple(head) => {
+                check_simple(buf, max_head, &head);
+                assert_eq!(&read[..], &buf[head.len..], "only the head is taken");
+                let fresh = match parse(&mut BytesMut::from(buf), max_head, &mut Reuse::default()) {
+                    Parsed::Simple(h) => h,
+                    other => panic!("a fresh read disagrees: {other:?}"),
+                };
+                assert_eq!(fresh.len, head.len);
+                assert_eq!(fresh.keep_alive, head.keep_alive);
+                assert_eq!(fresh.req.method(), head.req.method());
+                assert_eq!(fresh.req.uri(), head.req.uri());
+                assert_eq!(fresh.req.version(), head.req.version());
+                assert_eq!(fresh.req.headers(), head.req.headers());
+                answer_parses_back(head.req.headers(), knob);
+                buf = &buf[head.len..];
+                served += 1;
+            }
+        }
+    }
+}
+
+fn check_simple(buf: &[u8], max_head: usize, head: &rampart::proxy::h1::parse::Head) {
+    assert!(head.len > 0 && head.len <= buf.len() && head.len <= max_head);
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut slots);
+    assert_eq!(
+        req.parse(&buf[..head.len]),
+        Ok(httparse::Status::Complete(head.len)),
+        "the head is whole"
+    );
+    let r = &head.req;
+    assert_ne!(r.method(), Method::CONNECT);
+    for name in [TRANSFER_ENCODING, UPGRADE, EXPECT, TE] {
+        assert!(!r.headers().contains_key(&name), "{name} in a simple head");
+    }
+    let lengths: Vec<_> = r.headers().get_all(CONTENT_LENGTH).iter().collect();
+    assert!(lengths.len() <= 1 && lengths.iter().all(|v| v.as_bytes() == b"0"));
+    assert!(http_body::Body::is_end_stream(r.body()));
+}
+
+/// Writes an answer with `headers` (a request's, as arbitrary input) and reads it back.
+fn answer_parses_back(headers: &HeaderMap, knob: u8) {
+    let mut rsp = Response::new(());
+    *rsp.status_mut() = StatusCode::from_u16(100 + u16::from(knob) * 2).unwrap_or(StatusCode::OK);
+    *rsp.headers_mut() = headers.clone();
+    let (parts, ()) = rsp.into_parts();
+    let ask = Ask {
+        head: knob & 1 == 1,
+        http10: knob & 2 == 2,
+        keep_alive: knob & 4 == 4,
+    };
+    let len = match knob % 3 {
+        0 => Len::Empty,
+        1 => Len::Known(u64::from(knob)),
+        _ => Len::Unknown,
+    };
+    let mut dst = Vec::new();
+    let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
+    if encode_head(&mut dst, &parts, None, ask, len, date).is_err() {
+        // Conflicting lengths: nothing is sent (the caller drops `dst`).
+        return;
+    }
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut back = httparse::Response::new(&mut slots);
+    assert_eq!(
+        back.parse(&dst),
+        Ok(httparse::Status::Complete(dst.len())),
+        "an answer head that does not parse back: {:?}",
+        String::from_utf8_lossy(&dst)
+    );
+    let te = back
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let cl = back
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .count();
+    assert!(
+        !(te && cl > 0),
+        "both framings: {:?}",
+        String::from_utf8_lossy(&dst)
+    );
+}
