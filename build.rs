@@ -1,4 +1,5 @@
-//! Records the git commit for `rampart --version`.
+//! Records the git commit for `rampart --version`, and whether the build is profile-guided
+//! (`scripts/build-pgo.sh`) or the instrumented build it trains, read from the compiler flags.
 use std::process::Command;
 
 fn main() {
@@ -11,6 +12,16 @@ fn main() {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=RAMPART_GIT_COMMIT={commit}");
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let has = |what: &str| flags.split('\x1f').any(|f| f.contains(what));
+    let kind = if has("profile-use") {
+        ", profile-guided"
+    } else if has("profile-generate") {
+        ", instrumented for PGO"
+    } else {
+        ""
+    };
+    println!("cargo:rustc-env=RAMPART_BUILD_KIND={kind}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
 }

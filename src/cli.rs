@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Version line: crate version and git commit.
+/// Version line: crate version, git commit, and the kind of build when it is not a plain one
+/// (", profile-guided": `scripts/build-pgo.sh`).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("RAMPART_GIT_COMMIT"),
+    env!("RAMPART_BUILD_KIND"),
     ")"
 );
 
