@@ -1,6 +1,6 @@
-//! cargo-fuzz's entry for the check in `fuzz/checks/config.rs`, which says what it checks;
-//! `tests/fuzz_seeds.rs` runs the same check on the seeds in `fuzz/corpus/config/` in every
-//! `cargo test`, so the check keeps building against rampart's API.
+//! cargo-fuzz's entry for the check in `fuzz/checks/config.rs`, which says what it
+//! checks. `tests/e2e/fuzz_seeds.rs` runs the same check on the seeds in
+//! `fuzz/corpus/config/` in every `cargo test`, so it keeps building against rampart's API.
 #![no_main]
 
 #[path = "../checks/config.rs"]

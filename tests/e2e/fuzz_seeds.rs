@@ -1,9 +1,9 @@
 //! The fuzz targets' checks (`fuzz/checks/`) on their seed inputs (`fuzz/corpus/*/seed-*`).
 //!
 //! Why here: the fuzz crate needs nightly and cargo-fuzz, so nothing else builds it, and two of
-//! its targets once went on for weeks without compiling after an API change. Compiled into this
-//! test binary, every check builds against rampart's API in each `cargo test` and runs on the
-//! seeds that start each fuzz run, so a seed that stops passing is a failing test here.
+//! its targets did not compile for several sessions after an API change (ca172d1). Compiled
+//! into this test binary, every check builds against rampart's API in each `cargo test` and
+//! runs on the seeds that start each fuzz run, so a seed that stops passing fails a test here.
 
 use std::path::{Path, PathBuf};
 
