@@ -94,12 +94,14 @@ wrk.body = string.rep("x", 2048)
 wrk.headers["content-type"] = "application/octet-stream"
 EOF
 
-# train NAME TEMPLATE [log] : the proxy with TEMPLATE (rampart.yaml or rampart-policy.yaml) under
-# its loads, then stopped.
+# train NAME : the proxy for one kind of traffic (plain, policy, log) under its loads, then
+# stopped.
 train() {
-    local name=$1 tmpl=$2 cfg=$work/$1.yaml
+    local name=$1 cfg=$work/$1.yaml
+    local tmpl=rampart.yaml
+    [[ $name == policy ]] && tmpl="rampart-policy.yaml"
     render_tmpl "$load/$tmpl" "$cfg" "$work" "$listen" "$admin" 1
-    [[ ${3:-} == log ]] && log_to "$work/access.log" "$cfg"
+    [[ $name == log ]] && log_to "$work/access.log" "$cfg"
     start "$name" env LLVM_PROFILE_FILE="$work/counts/$name-%p.profraw" RAMPART_WORKERS=1 \
         RUST_LOG=warn "$instrumented" run --config "$cfg" --log-format text
     wait_http "$name" "$url"
@@ -110,16 +112,16 @@ train() {
         run_wrk -t1 -c16 -d"${TRAIN_SECONDS}s" -s "$work/post.lua" "$url"
         ;;
     policy) run_wrk -t1 -c16 -d"${TRAIN_SECONDS}s" -s "$load/tenants.lua" "$url" -- 10000 ;;
-    *) run_wrk -t1 -c16 -d"${TRAIN_SECONDS}s" "$url" ;;
+    log) run_wrk -t1 -c16 -d"${TRAIN_SECONDS}s" "$url" ;;
     esac
     stop "$name"
     compgen -G "$work/counts/$name-*.profraw" >/dev/null ||
         die "the $name proxy left no counts (did it exit cleanly?): $(tail -n 5 "$work/$name.log")"
     log "trained: $name"
 }
-train plain rampart.yaml
-train policy rampart-policy.yaml
-train log rampart.yaml log
+train plain
+train policy
+train log
 stop upstream
 
 # --- 3. merged, and the build that uses them -------------------------------------------------

@@ -86,12 +86,9 @@ tsv="$OUT/sched.tsv"
 echo -e "proxy\trun\treq_per_s\tp99_ms\trun_us_req\twait_us_req\toncore_per_1000\twait_us_each\tconns" >"$tsv"
 log "$WORKERS worker(s) each, $CONNS connections: warm-up, then $RUNS run(s) x $DURATION per proxy"
 for p in "${proxies[@]}"; do wrk -t1 -c"$CONNS" -d1s "http://${listen[$p]}/" >/dev/null; done
-# Half of DURATION in seconds (wrk's units: s, m, h; a bare number is seconds).
-half=$(awk -v d="$DURATION" 'BEGIN {
-    n = d + 0; u = substr(d, length(n "") + 1)
-    f = (u == "" || u == "s") ? 1 : (u == "m") ? 60 : (u == "h") ? 3600 : -1
-    if (n <= 0 || f < 0) exit 1
-    print n * f / 2 }') || die "DURATION must be a number of s, m or h (wrk's form), not $DURATION"
+# Half of DURATION, in seconds (read by lib.sh's `to_ms`: a number with its unit, s or m).
+half=$(awk -v ms="$(to_ms "$DURATION")" 'BEGIN { if (ms + 0 <= 0) exit 1; print ms / 2000 }') ||
+    die "DURATION must be a number of seconds or minutes with its unit (5s, 1m), not $DURATION"
 for i in $(seq "$RUNS"); do
     for p in "${proxies[@]}"; do
         read -r r0 w0 s0 <<<"$(sched_sums "${pid_of[$p]}")"

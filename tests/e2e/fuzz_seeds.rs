@@ -37,7 +37,7 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
 }
 
-/// The file stems in `dir` (sorted) whose names start with `prefix`.
+/// The names of the files in `dir` (sorted) that start with `prefix`.
 fn names(dir: &Path, prefix: &str) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
