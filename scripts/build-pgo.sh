@@ -113,6 +113,7 @@ train() {
         ;;
     policy) run_wrk -t1 -c16 -d"${TRAIN_SECONDS}s" -s "$load/tenants.lua" "$url" -- 10000 ;;
     log) run_wrk -t1 -c16 -d"${TRAIN_SECONDS}s" "$url" ;;
+    *) die "train: no kind of traffic named $name (plain, policy, log)" ;;
     esac
     stop "$name"
     compgen -G "$work/counts/$name-*.profraw" >/dev/null ||
