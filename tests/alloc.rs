@@ -1,6 +1,6 @@
-//! The plain proxy's request path allocates nothing per request (issue 22: the hot path makes
-//! no allocation it can avoid), checked so that a change which adds one fails here rather than
-//! showing up, months later, as a few per cent in a benchmark.
+//! The request path allocates nothing per request, plain or under the full policy (issue 22:
+//! the hot path makes no allocation it can avoid), checked so that a change which adds one
+//! fails here rather than showing up, months later, as a few per cent in a benchmark.
 //!
 //! Its own test binary: `allocation-counter` becomes the process's global allocator wherever it
 //! is linked, and counts each thread's allocations apart. rampart runs in-process on this test's
@@ -15,6 +15,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use allocation_counter::AllocationInfo;
+
 /// Clients, each on a keep-alive connection of its own (so the pool holds several upstream
 /// connections, and the listener serves several connections in one turn).
 const CLIENTS: usize = 4;
@@ -25,6 +27,93 @@ const COUNTED: usize = 500;
 
 #[test]
 fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
+    let (count, requests, _) = count_allocations("", "", &[]);
+    // Nothing is allocated per request; a few allocations are spread over many: a block of
+    // request ids is one allocation for 32 ids, and a second one for its shared count when the
+    // first id is cut (`forward::new_request_id`; a block still held by a request in flight is
+    // left to it and a new one taken), about 0.06 a request with four connections; a read
+    // buffer whose bytes an answer still holds is replaced rather than reused. One allocation
+    // added to the request path would count `requests` more here, four times this bound.
+    assert_at_most(count, requests / 4, requests, "plain");
+}
+
+#[test]
+fn the_full_policy_allocates_nothing_per_admitted_request() {
+    // The load benchmark's full policy (benches/load/rampart-policy.yaml): per-tenant rate
+    // limit, load shedding with its queue, the breaker, retry with budget, both timeouts;
+    // limits far above the load, so every request is admitted and forwarded.
+    let sections = "
+tenants:
+  from:
+    - header: x-tenant-id
+policies:
+  full:
+    timeout: { request: 15s, per_try: 5s }
+    retry:
+      attempts: 3
+      on: [connect_error, reset, 502, 503, 504]
+      backoff: { base: 25ms, max: 250ms }
+      budget: { ratio: 20%, min_per_second: 10, window: 10s }
+    rate_limit:
+      per_tenant: { rate: 1000000/s, burst: 1000000 }
+      total: { rate: 100000000/s, burst: 100000000 }
+    circuit_breaker:
+      consecutive_failures: 5
+      failure_rate: { threshold: 50%, window: 20, min_calls: 10 }
+      slow_call: { duration: 2s, threshold: 80% }
+      open_for: 10s
+      half_open_probes: 1
+    load_shed:
+      max_in_flight: 512
+      per_tenant_max_in_flight: 64
+      queue: { size: 1024, timeout: 250ms }
+";
+    // Eight tenants, each seen in the warm-up: a tenant's first request makes its buckets and
+    // label handles (and that is its own test); the ones after it must not allocate.
+    const TENANTS: &[&str] = &["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+    let (count, requests, metrics) = count_allocations(sections, "        policy: full\n", TENANTS);
+    assert_at_most(count, requests / 4, requests, "full-policy");
+    // The policy was in force: its breaker and shedder report, and each tenant was counted.
+    for line in [
+        "rampart_circuit_breaker_state{",
+        "rampart_concurrency_limit{",
+        "tenant=\"t7\"",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "no `{line}` in rampart's metrics: was the policy applied?\n{metrics}"
+        );
+    }
+}
+
+/// Fails unless `count` allocations is at most `most` for `requests` requests.
+fn assert_at_most(count: AllocationInfo, most: u64, requests: u64, what: &str) {
+    println!(
+        "{what}: {} allocations ({} bytes) on the proxy's thread for {requests} requests",
+        count.count_total, count.bytes_total
+    );
+    assert!(
+        count.count_total <= most,
+        "the proxy's thread allocated {} times ({} bytes) while serving {requests} {what} \
+         keep-alive requests: more than {most}, so something on the request path allocates per \
+         request. This test's binary under `valgrind --tool=callgrind \
+         '--toggle-collect=allocation_counter::measure*'` names the callers of __rust_alloc",
+        count.count_total,
+        count.bytes_total,
+    );
+}
+
+/// Starts rampart in-process on this thread (the policy file's top-level `sections`, one
+/// inbound route with `route_extra` lines after its `upstream`) in front of the sample service,
+/// sends `WARMUP` then `COUNTED` keep-alive `GET /` on each of `CLIENTS` connections (each
+/// request naming the next of `tenants` in `x-tenant-id`, if any), and returns the allocations
+/// this thread made while the counted ones were served, their number, and rampart's metrics
+/// (the Prometheus text) after them.
+fn count_allocations(
+    sections: &str,
+    route_extra: &str,
+    tenants: &'static [&'static str],
+) -> (AllocationInfo, u64, String) {
     let upstream = start_upstream();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("rampart.yaml");
@@ -33,9 +122,10 @@ fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
         format!(
             "version: 1\n\
              admin: {{ listen: 127.0.0.1:0 }}\n\
+             {sections}\n\
              upstreams:\n  app: {{ endpoints: [{upstream}] }}\n\
              listeners:\n  - name: inbound\n    direction: inbound\n    listen: 127.0.0.1:0\n    \
-             routes:\n      - upstream: app\n"
+             routes:\n      - upstream: app\n{route_extra}"
         ),
     )
     .expect("writing the policy file");
@@ -61,7 +151,7 @@ fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
         go.push(tx);
         let done = done_tx.clone();
         let from = upstream.to_string();
-        std::thread::spawn(move || client(listen, &from, &rx, &done));
+        std::thread::spawn(move || client(listen, &from, tenants, &rx, &done));
     }
     let mut phase = |n: usize| {
         for tx in &go {
@@ -89,30 +179,10 @@ fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
 
     phase(WARMUP);
     let info = allocation_counter::measure(|| phase(COUNTED));
-    let requests = (CLIENTS * COUNTED) as u64;
-
-    // Nothing is allocated per request; a few allocations are spread over many: a block of
-    // request ids is one allocation for 32 ids, and a second one for its shared count when the
-    // first id is cut (`forward::new_request_id`; a block still held by a request in flight is
-    // left to it and a new one taken), about 0.06 a request with four connections; a read
-    // buffer whose bytes an answer still holds is replaced rather than reused. One allocation
-    // added to the request path would count `requests` more here, four times this bound.
-    let most = requests / 4;
-    println!(
-        "{} allocations ({} bytes) on the proxy's thread for {requests} requests",
-        info.count_total, info.bytes_total
-    );
-    assert!(
-        info.count_total <= most,
-        "the proxy's thread allocated {} times ({} bytes) while serving {requests} plain \
-         keep-alive requests: more than {most}, so something on the request path allocates per \
-         request. This test's binary under `valgrind --tool=callgrind \
-         '--toggle-collect=allocation_counter::measure*'` names the callers of __rust_alloc",
-        info.count_total,
-        info.bytes_total,
-    );
     drop(go);
+    let metrics = proxy.shared().metrics.render();
     rt.block_on(proxy.shutdown());
+    (info, (CLIENTS * COUNTED) as u64, metrics)
 }
 
 /// The sample service on a thread and runtime of its own; its address.
@@ -135,11 +205,13 @@ fn start_upstream() -> SocketAddr {
     rx.recv().expect("the upstream's address")
 }
 
-/// One keep-alive connection: for each number received, that many `GET /`, each answered
+/// One keep-alive connection: for each number received, that many `GET /` (naming `tenants`
+/// in turn, if any), each answered
 /// `200` by the upstream at `from` with a body read whole; then a report on `done`.
 fn client(
     listen: SocketAddr,
     from: &str,
+    tenants: &[&str],
     go: &mpsc::Receiver<usize>,
     done: &tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
 ) {
@@ -154,8 +226,8 @@ fn client(
                 conn = Some(BufReader::new(s));
             }
             let c = conn.as_mut().ok_or("no connection")?;
-            for _ in 0..n {
-                get(c, from)?;
+            for i in 0..n {
+                get(c, from, tenants.get(i % tenants.len().max(1)).copied())?;
             }
             Ok(())
         })();
@@ -168,9 +240,13 @@ fn client(
 /// One `GET /` on `c`: the answer must be the upstream's (the sample service names itself in
 /// `x-sample-addr`, so an answer rampart made itself fails), a 200 with a `content-length`,
 /// and leave the connection open.
-fn get(c: &mut BufReader<TcpStream>, from: &str) -> Result<(), String> {
+fn get(c: &mut BufReader<TcpStream>, from: &str, tenant: Option<&str>) -> Result<(), String> {
+    let head = match tenant {
+        Some(t) => format!("GET / HTTP/1.1\r\nhost: app\r\nx-tenant-id: {t}\r\n\r\n"),
+        None => "GET / HTTP/1.1\r\nhost: app\r\n\r\n".to_string(),
+    };
     c.get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+        .write_all(head.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     let mut line = String::new();
     c.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
