@@ -27,14 +27,8 @@ const COUNTED: usize = 500;
 
 #[test]
 fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
-    let (count, requests, _) = count_allocations("", "", &[]);
-    // Nothing is allocated per request; a few allocations are spread over many: a block of
-    // request ids is one allocation for 32 ids, and a second one for its shared count when the
-    // first id is cut (`forward::new_request_id`; a block still held by a request in flight is
-    // left to it and a new one taken), about 0.06 a request with four connections; a read
-    // buffer whose bytes an answer still holds is replaced rather than reused. One allocation
-    // added to the request path would count `requests` more here, four times this bound.
-    assert_at_most(count, requests / 4, requests, "plain");
+    let run = count_allocations("", "", "", &[]);
+    assert_at_most(&run, "plain");
 }
 
 #[test]
@@ -71,8 +65,8 @@ policies:
     // Eight tenants, each seen in the warm-up: a tenant's first request makes its buckets and
     // label handles (and that is its own test); the ones after it must not allocate.
     const TENANTS: &[&str] = &["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
-    let (count, requests, metrics) = count_allocations(sections, "        policy: full\n", TENANTS);
-    assert_at_most(count, requests / 4, requests, "full-policy");
+    let run = count_allocations(sections, "", "        policy: full\n", TENANTS);
+    assert_at_most(&run, "full-policy");
     // The policy was in force: its breaker and shedder report, and each tenant was counted.
     for line in [
         "rampart_circuit_breaker_state{",
@@ -80,14 +74,47 @@ policies:
         "tenant=\"t7\"",
     ] {
         assert!(
-            metrics.contains(line),
-            "no `{line}` in rampart's metrics: was the policy applied?\n{metrics}"
+            run.metrics.contains(line),
+            "no `{line}` in rampart's metrics: was the policy applied?\n{}",
+            run.metrics
         );
     }
 }
 
-/// Fails unless `count` allocations is at most `most` for `requests` requests.
-fn assert_at_most(count: AllocationInfo, most: u64, requests: u64, what: &str) {
+#[test]
+fn the_access_log_allocates_nothing_per_line_on_the_proxys_thread() {
+    // Every answer logged, to a file: the line is rendered on the proxy's thread into a lane
+    // its writer thread takes, and that must not cost an allocation a line either.
+    let run = count_allocations("", "    access_log: { to: $DIR/access.jsonl }\n", "", &[]);
+    assert_at_most(&run, "logged");
+    // Every request was logged: the warm-up's and the counted ones, written by the time
+    // rampart stopped.
+    let all = (CLIENTS * (WARMUP + COUNTED)) as u64;
+    assert_eq!(run.log_lines, all, "access log lines after {all} requests");
+}
+
+/// What [`count_allocations`] saw.
+struct Run {
+    /// The proxy thread's allocations while the counted requests were served.
+    count: AllocationInfo,
+    /// Requests counted.
+    requests: u64,
+    /// rampart's metrics (the Prometheus text) after them.
+    metrics: String,
+    /// Lines in the access log at `$DIR/access.jsonl` after rampart stopped (0 without one).
+    log_lines: u64,
+}
+
+/// Fails if the proxy's thread made more than one allocation per four requests in `run`.
+/// Nothing is allocated per request; a few allocations are spread over many: a block of
+/// request ids is one allocation for 32 ids, and a second one for its shared count when the
+/// first id is cut (`forward::new_request_id`; a block still held by a request in flight is
+/// left to it and a new one taken), about 0.06 a request with four connections; a read buffer
+/// whose bytes an answer still holds is replaced rather than reused. One allocation added to
+/// the request path would count one per request, four times this bound.
+fn assert_at_most(run: &Run, what: &str) {
+    let (count, requests) = (run.count, run.requests);
+    let most = requests / 4;
     println!(
         "{what}: {} allocations ({} bytes) on the proxy's thread for {requests} requests",
         count.count_total, count.bytes_total
@@ -103,17 +130,18 @@ fn assert_at_most(count: AllocationInfo, most: u64, requests: u64, what: &str) {
     );
 }
 
-/// Starts rampart in-process on this thread (the policy file's top-level `sections`, one
-/// inbound route with `route_extra` lines after its `upstream`) in front of the sample service,
-/// sends `WARMUP` then `COUNTED` keep-alive `GET /` on each of `CLIENTS` connections (each
-/// request naming the next of `tenants` in `x-tenant-id`, if any), and returns the allocations
-/// this thread made while the counted ones were served, their number, and rampart's metrics
-/// (the Prometheus text) after them.
+/// Starts rampart in-process on this thread (the policy file's top-level `sections`; one
+/// inbound listener with `listener_extra` lines after its `direction`, `$DIR` in them naming a
+/// temporary directory, and one route with `route_extra` lines after its `upstream`) in front
+/// of the sample service, sends `WARMUP` then `COUNTED` keep-alive `GET /` on each of `CLIENTS`
+/// connections (each request naming the next of `tenants` in `x-tenant-id`, if any), and
+/// stops it.
 fn count_allocations(
     sections: &str,
+    listener_extra: &str,
     route_extra: &str,
     tenants: &'static [&'static str],
-) -> (AllocationInfo, u64, String) {
+) -> Run {
     let upstream = start_upstream();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("rampart.yaml");
@@ -124,8 +152,9 @@ fn count_allocations(
              admin: {{ listen: 127.0.0.1:0 }}\n\
              {sections}\n\
              upstreams:\n  app: {{ endpoints: [{upstream}] }}\n\
-             listeners:\n  - name: inbound\n    direction: inbound\n    listen: 127.0.0.1:0\n    \
-             routes:\n      - upstream: app\n{route_extra}"
+             listeners:\n  - name: inbound\n    direction: inbound\n{listener_extra}    \
+             listen: 127.0.0.1:0\n    routes:\n      - upstream: app\n{route_extra}",
+            listener_extra = listener_extra.replace("$DIR", &dir.path().display().to_string()),
         ),
     )
     .expect("writing the policy file");
@@ -182,7 +211,15 @@ fn count_allocations(
     drop(go);
     let metrics = proxy.shared().metrics.render();
     rt.block_on(proxy.shutdown());
-    (info, (CLIENTS * COUNTED) as u64, metrics)
+    let log_lines = std::fs::read(dir.path().join("access.jsonl"))
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+        .unwrap_or(0);
+    Run {
+        count: info,
+        requests: (CLIENTS * COUNTED) as u64,
+        metrics,
+        log_lines,
+    }
 }
 
 /// The sample service on a thread and runtime of its own; its address.
