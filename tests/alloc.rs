@@ -25,47 +25,25 @@ const WARMUP: usize = 200;
 /// Requests per client while counting.
 const COUNTED: usize = 500;
 
+/// The load benchmark's plain proxy (`benches/load/rampart.yaml`, filled in as its scripts do).
+const PLAIN: &str = include_str!("../benches/load/rampart.yaml");
+/// The load benchmark's full policy (`benches/load/rampart-policy.yaml`): per-tenant rate
+/// limit, load shedding with its queue, the breaker, retry with budget, both timeouts; limits
+/// far above the load, so every request is admitted and forwarded.
+const FULL: &str = include_str!("../benches/load/rampart-policy.yaml");
+
 #[test]
 fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
-    let run = count_allocations("", "", "", &[]);
+    let run = count_allocations(PLAIN, false, &[]);
     assert_at_most(&run, "plain");
 }
 
 #[test]
 fn the_full_policy_allocates_nothing_per_admitted_request() {
-    // The load benchmark's full policy (benches/load/rampart-policy.yaml): per-tenant rate
-    // limit, load shedding with its queue, the breaker, retry with budget, both timeouts;
-    // limits far above the load, so every request is admitted and forwarded.
-    let sections = "
-tenants:
-  from:
-    - header: x-tenant-id
-policies:
-  full:
-    timeout: { request: 15s, per_try: 5s }
-    retry:
-      attempts: 3
-      on: [connect_error, reset, 502, 503, 504]
-      backoff: { base: 25ms, max: 250ms }
-      budget: { ratio: 20%, min_per_second: 10, window: 10s }
-    rate_limit:
-      per_tenant: { rate: 1000000/s, burst: 1000000 }
-      total: { rate: 100000000/s, burst: 100000000 }
-    circuit_breaker:
-      consecutive_failures: 5
-      failure_rate: { threshold: 50%, window: 20, min_calls: 10 }
-      slow_call: { duration: 2s, threshold: 80% }
-      open_for: 10s
-      half_open_probes: 1
-    load_shed:
-      max_in_flight: 512
-      per_tenant_max_in_flight: 64
-      queue: { size: 1024, timeout: 250ms }
-";
     // Eight tenants, each seen in the warm-up: a tenant's first request makes its buckets and
-    // label handles (and that is its own test); the ones after it must not allocate.
+    // label handles; the ones after it must not allocate.
     const TENANTS: &[&str] = &["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
-    let run = count_allocations(sections, "", "        policy: full\n", TENANTS);
+    let run = count_allocations(FULL, false, TENANTS);
     assert_at_most(&run, "full-policy");
     // The policy was in force: its breaker and shedder report, and each tenant was counted.
     for line in [
@@ -85,7 +63,7 @@ policies:
 fn the_access_log_allocates_nothing_per_line_on_the_proxys_thread() {
     // Every answer logged, to a file: the line is rendered on the proxy's thread into a lane
     // its writer thread takes, and that must not cost an allocation a line either.
-    let run = count_allocations("", "    access_log: { to: $DIR/access.jsonl }\n", "", &[]);
+    let run = count_allocations(PLAIN, true, &[]);
     assert_at_most(&run, "logged");
     // Every request was logged: the warm-up's and the counted ones, written by the time
     // rampart stopped.
@@ -130,34 +108,35 @@ fn assert_at_most(run: &Run, what: &str) {
     );
 }
 
-/// Starts rampart in-process on this thread (the policy file's top-level `sections`; one
-/// inbound listener with `listener_extra` lines after its `direction`, `$DIR` in them naming a
-/// temporary directory, and one route with `route_extra` lines after its `upstream`) in front
-/// of the sample service, sends `WARMUP` then `COUNTED` keep-alive `GET /` on each of `CLIENTS`
-/// connections (each request naming the next of `tenants` in `x-tenant-id`, if any), and
-/// stops it.
-fn count_allocations(
-    sections: &str,
-    listener_extra: &str,
-    route_extra: &str,
-    tenants: &'static [&'static str],
-) -> Run {
+/// Starts rampart in-process on this thread with `template` (one of the load benchmark's
+/// policy files, its `@...@` fields filled in as `benches/load/lib.sh` does; with `log`, every
+/// answer logged to a file, as its `log_to`) in front of the sample service, sends `WARMUP`
+/// then `COUNTED` keep-alive `GET /` on each of `CLIENTS` connections (each request naming the
+/// next of `tenants` in `x-tenant-id`, if any), and stops it.
+fn count_allocations(template: &str, log: bool, tenants: &'static [&'static str]) -> Run {
     let upstream = start_upstream();
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut yaml = template
+        .replace("@UPSTREAM@", &upstream.to_string())
+        .replace("@LISTEN@", "127.0.0.1:0")
+        .replace("@ADMIN@", "127.0.0.1:0")
+        .replace("@TLS_RAMPART@", "# plaintext");
+    if log {
+        let to = dir.path().join("access.jsonl");
+        let line = format!("    access_log: {{ to: {} }}\n", to.display());
+        let at = yaml
+            .find("    direction: inbound\n")
+            .expect("the template has an inbound listener");
+        yaml.insert_str(at + "    direction: inbound\n".len(), &line);
+    }
+    // A field is an upper-case name between two `@`s (the comments say `@...@`).
+    let between: Vec<&str> = yaml.split('@').collect();
+    let unfilled = between[1..between.len().saturating_sub(1).max(1)]
+        .iter()
+        .find(|f| !f.is_empty() && f.bytes().all(|c| c.is_ascii_uppercase() || c == b'_'));
+    assert_eq!(unfilled, None, "a field of the template left unfilled");
     let path = dir.path().join("rampart.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "version: 1\n\
-             admin: {{ listen: 127.0.0.1:0 }}\n\
-             {sections}\n\
-             upstreams:\n  app: {{ endpoints: [{upstream}] }}\n\
-             listeners:\n  - name: inbound\n    direction: inbound\n{listener_extra}    \
-             listen: 127.0.0.1:0\n    routes:\n      - upstream: app\n{route_extra}",
-            listener_extra = listener_extra.replace("$DIR", &dir.path().display().to_string()),
-        ),
-    )
-    .expect("writing the policy file");
+    std::fs::write(&path, yaml).expect("writing the policy file");
     let config = rampart::load_config(&path).expect("the policy file must load");
 
     let rt = tokio::runtime::Builder::new_current_thread()
