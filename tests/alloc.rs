@@ -79,7 +79,7 @@ struct Run {
     requests: u64,
     /// rampart's metrics (the Prometheus text) after them.
     metrics: String,
-    /// Lines in the access log at `$DIR/access.jsonl` after rampart stopped (0 without one).
+    /// Lines in the access log file after rampart stopped (0 without one).
     log_lines: u64,
 }
 
@@ -222,8 +222,8 @@ fn start_upstream() -> SocketAddr {
 }
 
 /// One keep-alive connection: for each number received, that many `GET /` (naming `tenants`
-/// in turn, if any), each answered
-/// `200` by the upstream at `from` with a body read whole; then a report on `done`.
+/// in turn, if any), each answered `200` by the upstream at `from` with a body read whole;
+/// then a report on `done`.
 fn client(
     listen: SocketAddr,
     from: &str,
