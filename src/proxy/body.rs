@@ -315,6 +315,12 @@ impl ClientBody {
         Ok(Buffered::Replayable(all.freeze()))
     }
 
+    /// Puts `frame` back in front of the body, to be read again first (an upstream connection
+    /// that took it and died before writing a byte hands it back so, for the next one).
+    pub fn unread(&mut self, frame: Frame<Bytes>) {
+        self.prefix.push_front(frame);
+    }
+
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use http_body::Body as _;
         match Pin::new(&mut self.rest).poll_frame(cx) {

@@ -32,6 +32,9 @@ const READ_MIN_ROOM: usize = 1024;
 pub(super) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// A scripted peer that records each write (unit tests: what goes out in one write).
+    #[cfg(test)]
+    Wire(tests::Wire),
 }
 
 /// One upstream connection, and the exchange in progress on it.
@@ -128,6 +131,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(test)]
+            Stream::Wire(w) => w.read(buf),
         }
     }
 }
@@ -141,6 +146,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(test)]
+            Stream::Wire(w) => w.write(&[io::IoSlice::new(buf)]),
         }
     }
 
@@ -152,6 +159,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(test)]
+            Stream::Wire(w) => w.write(bufs),
         }
     }
 
@@ -159,6 +168,8 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            #[cfg(test)]
+            Stream::Wire(_) => true,
         }
     }
 
@@ -166,6 +177,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(test)]
+            Stream::Wire(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -173,6 +186,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(test)]
+            Stream::Wire(_) => Poll::Ready(Ok(())),
         }
     }
 }
@@ -298,13 +313,28 @@ impl Conn {
         let head_request = parts.method == Method::HEAD;
         match std::future::poll_fn(|cx| self.poll_exchange(cx, head_request)).await {
             Ok(head) => Ok(head),
+            // The request's own body failed, not the connection (a frame read before the first
+            // write, to go with the head, may fail while nothing is written).
+            Err(e @ (UpstreamError::RequestBody(_) | UpstreamError::RequestLength)) => {
+                Err(Failed::Broken(e))
+            }
             Err(e) if reused && self.sent == 0 => {
+                // Given back whole: a frame already taken from the body (to go out with the
+                // head) goes back in front of it.
+                let data = std::mem::take(&mut self.wr_data);
                 let body = match std::mem::replace(&mut self.upload, Upload::Done) {
                     Upload::Sending {
                         body: Body::Full(None),
                         ..
-                    } if !self.wr_data.is_empty() => {
-                        Body::Full(Some(std::mem::take(&mut self.wr_data)))
+                    } if !data.is_empty() => Body::Full(Some(data)),
+                    Upload::Sending {
+                        body: Body::Client(mut body),
+                        ..
+                    } => {
+                        if !data.is_empty() {
+                            body.unread(Frame::data(data));
+                        }
+                        Body::Client(body)
                     }
                     Upload::Sending { body, .. } => body,
                     _ => Body::Empty,
@@ -372,13 +402,13 @@ impl Conn {
     /// Writes the request: what is buffered, then the body's frames as they come, framed.
     /// Ready(Ok) once all of it is written (and flushed).
     pub(super) fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        if self.sent == 0 && self.wr_data.is_empty() {
+            self.gather(cx)?;
+        }
         loop {
             ready!(self.poll_out(cx))?;
             let Upload::Sending {
-                body,
-                out,
-                chunked,
-                ending,
+                body, out, ending, ..
             } = &mut self.upload
             else {
                 return Poll::Ready(Ok(()));
@@ -389,64 +419,113 @@ impl Conn {
             }
             self.wr.clear();
             self.wr_at = 0;
-            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::RequestBody(e))),
-                None => {
-                    match *out {
-                        Out::Length(0) | Out::None => {}
-                        Out::Length(_) => return Poll::Ready(Err(UpstreamError::RequestLength)),
-                        Out::Chunked => {
-                            if *chunked {
-                                self.wr.extend_from_slice(b"\r\n");
-                            }
-                            self.wr.extend_from_slice(b"0\r\n\r\n");
-                        }
-                    }
-                    *ending = true;
-                    continue;
-                }
-            };
-            match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) => {
-                    match out {
-                        Out::Length(left) => {
-                            *left = left
-                                .checked_sub(data.len() as u64)
-                                .ok_or(UpstreamError::RequestLength)?;
-                        }
-                        Out::Chunked => {
-                            if *chunked {
-                                self.wr.extend_from_slice(b"\r\n");
-                            }
-                            h1::chunk_line(&mut self.wr, data.len());
-                            *chunked = true;
-                        }
-                        Out::None => {}
-                    }
-                    self.wr_data = data;
-                }
-                Err(frame) => {
-                    // Trailers end a chunked body; a body framed by its length has no room
-                    // for them, and they are dropped.
-                    if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *out) {
+            let frame = ready!(Pin::new(body).poll_frame(cx));
+            self.frame_out(frame)?;
+        }
+    }
+
+    /// Before the first write of a client's streamed upload: a data frame already here (a
+    /// small upload's whole body, often) goes out with the head, in one write. One system call
+    /// less, and an upstream that answers before reading the body then finds the body with the
+    /// head and can drain it and keep the connection; one that sees the head alone, answers and
+    /// closes costs a new connection for every such request. Nothing here yet: the head goes
+    /// alone. Trailers first are put back, to follow the head as usual.
+    fn gather(&mut self, cx: &mut Context<'_>) -> Result<(), UpstreamError> {
+        let Upload::Sending {
+            body: Body::Client(body),
+            out,
+            ending: false,
+            ..
+        } = &mut self.upload
+        else {
+            return Ok(());
+        };
+        if *out == Out::None {
+            return Ok(());
+        }
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Some(Ok(frame))) if !frame.is_data() => {
+                body.unread(frame);
+                Ok(())
+            }
+            Poll::Ready(frame) => self.frame_out(frame),
+        }
+    }
+
+    /// Frames the body's next piece into `wr` (after what is there) and `wr_data`; `None` is
+    /// the body's end.
+    fn frame_out(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, crate::error::BoxError>>,
+    ) -> Result<(), UpstreamError> {
+        let Upload::Sending {
+            out,
+            chunked,
+            ending,
+            ..
+        } = &mut self.upload
+        else {
+            return Ok(());
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(UpstreamError::RequestBody(e)),
+            None => {
+                match *out {
+                    Out::Length(0) | Out::None => {}
+                    Out::Length(_) => return Err(UpstreamError::RequestLength),
+                    Out::Chunked => {
                         if *chunked {
                             self.wr.extend_from_slice(b"\r\n");
                         }
-                        self.wr.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            self.wr.extend_from_slice(name.as_str().as_bytes());
-                            self.wr.extend_from_slice(b": ");
-                            self.wr.extend_from_slice(value.as_bytes());
+                        self.wr.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                *ending = true;
+                return Ok(());
+            }
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => {
+                match out {
+                    Out::Length(left) => {
+                        *left = left
+                            .checked_sub(data.len() as u64)
+                            .ok_or(UpstreamError::RequestLength)?;
+                    }
+                    Out::Chunked => {
+                        if *chunked {
                             self.wr.extend_from_slice(b"\r\n");
                         }
-                        self.wr.extend_from_slice(b"\r\n");
-                        *ending = true;
+                        h1::chunk_line(&mut self.wr, data.len());
+                        *chunked = true;
                     }
+                    Out::None => {}
+                }
+                self.wr_data = data;
+            }
+            Err(frame) => {
+                // Trailers end a chunked body; a body framed by its length has no room for
+                // them, and they are dropped.
+                if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *out) {
+                    if *chunked {
+                        self.wr.extend_from_slice(b"\r\n");
+                    }
+                    self.wr.extend_from_slice(b"0\r\n");
+                    for (name, value) in &trailers {
+                        self.wr.extend_from_slice(name.as_str().as_bytes());
+                        self.wr.extend_from_slice(b": ");
+                        self.wr.extend_from_slice(value.as_bytes());
+                        self.wr.extend_from_slice(b"\r\n");
+                    }
+                    self.wr.extend_from_slice(b"\r\n");
+                    *ending = true;
                 }
             }
         }
+        Ok(())
     }
 
     /// Writes `wr` (from `wr_at`) and then `wr_data`, and flushes.
@@ -563,5 +642,182 @@ impl Conn {
             Decoder::Done => SizeHint::with_exact(0),
             Decoder::Chunked(_) | Decoder::Close => SizeHint::new(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_types)] // a scripted test peer's state, off the request path
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use http::{HeaderValue, Request};
+    use http_body_util::BodyExt;
+    use tokio::sync::{Notify, Semaphore};
+
+    use super::*;
+    use crate::proxy::body::{ClientBody, ClientIn, FaultCell};
+
+    /// A peer that answers with `answer` (then waits) and records every write it is given; or,
+    /// `dead`, fails every write as a peer that closed would.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct Wire {
+        answer: Arc<Mutex<VecDeque<u8>>>,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        dead: bool,
+    }
+
+    impl Wire {
+        pub(crate) fn read(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let mut answer = self.answer.lock().unwrap();
+            if answer.is_empty() {
+                return Poll::Pending;
+            }
+            let n = answer.len().min(buf.remaining());
+            let bytes: Vec<u8> = answer.drain(..n).collect();
+            buf.put_slice(&bytes);
+            Poll::Ready(Ok(()))
+        }
+
+        pub(crate) fn write(&mut self, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            if self.dead {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len();
+            self.writes.lock().unwrap().push(all);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn over(wire: &Wire) -> Box<Conn> {
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Slot {
+            _permit: permit,
+            freed: Arc::new(Notify::new()),
+        };
+        Conn::new(Stream::Wire(wire.clone()), slot)
+    }
+
+    fn answering(answer: &[u8]) -> Wire {
+        let wire = Wire::default();
+        wire.answer.lock().unwrap().extend(answer);
+        wire
+    }
+
+    /// A client's upload whose frames `chunks` are all here already.
+    fn upload(chunks: &[&'static str]) -> Body {
+        let fault = Arc::new(FaultCell::default());
+        let mut body = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
+        for chunk in chunks.iter().rev() {
+            body.unread(Frame::data(Bytes::from_static(chunk.as_bytes())));
+        }
+        Body::Client(body)
+    }
+
+    async fn exchange(conn: &mut Conn, body: Body, reused: bool) -> Result<h1::Head, Failed> {
+        let (parts, ()) = Request::post("http://up/").body(()).unwrap().into_parts();
+        let (id, ff) = (
+            HeaderValue::from_static("id"),
+            HeaderValue::from_static("::1"),
+        );
+        let added = Added {
+            host: "up",
+            request_id: &id,
+            forwarded_for: &ff,
+            proto: "http",
+        };
+        conn.exchange(&parts, &added, body, reused).await
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+    #[tokio::test]
+    async fn an_upload_already_here_goes_out_with_the_head_in_one_write() {
+        let wire = answering(OK);
+        let mut conn = over(&wire);
+        let head = exchange(&mut conn, upload(&["hello"]), false)
+            .await
+            .unwrap();
+        assert_eq!(head.response.status(), 200);
+        let writes = wire.writes.lock().unwrap();
+        assert_eq!(writes.len(), 1, "head and body in one write: {writes:?}");
+        let sent = String::from_utf8_lossy(&writes[0]);
+        assert!(sent.starts_with("POST / HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("\r\ncontent-length: 5\r\n"), "{sent}");
+        assert!(sent.ends_with("\r\n\r\nhello"), "{sent}");
+        assert!(
+            conn.reusable(),
+            "the whole upload is written and the answer read"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_first_frame_joins_the_head_and_the_rest_follow_in_order() {
+        let wire = answering(OK);
+        let mut conn = over(&wire);
+        exchange(&mut conn, upload(&["one,", "two,", "three"]), false)
+            .await
+            .unwrap();
+        let writes = wire.writes.lock().unwrap();
+        let writes: Vec<_> = writes.iter().map(|w| String::from_utf8_lossy(w)).collect();
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        assert!(
+            writes[0].contains("\r\ncontent-length: 13\r\n"),
+            "{writes:?}"
+        );
+        assert!(writes[0].ends_with("\r\n\r\none,"), "{writes:?}");
+        assert_eq!((&*writes[1], &*writes[2]), ("two,", "three"));
+    }
+
+    #[tokio::test]
+    async fn a_dead_reused_connection_gives_the_frame_it_took_back_in_front_of_the_body() {
+        let dead = Wire {
+            dead: true,
+            ..Wire::default()
+        };
+        let mut conn = over(&dead);
+        let unsent = match exchange(&mut conn, upload(&["hello, ", "world"]), true).await {
+            Err(Failed::Unsent(body, UpstreamError::Io(_))) => body,
+            other => panic!("expected the request back, unsent: {other:?}"),
+        };
+        assert_eq!(unsent.size_hint().exact(), Some(12));
+        // The next connection sends all of it, the head and the first frame in one write.
+        let wire = answering(OK);
+        let mut next = over(&wire);
+        exchange(&mut next, unsent, true).await.unwrap();
+        let writes = wire.writes.lock().unwrap();
+        let sent: Vec<u8> = writes.concat();
+        let sent = String::from_utf8_lossy(&sent);
+        assert!(sent.contains("\r\ncontent-length: 12\r\n"), "{sent}");
+        assert!(sent.ends_with("\r\n\r\nhello, world"), "{sent}");
+        assert_eq!(writes.len(), 2, "{writes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_already_in_memory_goes_out_with_the_head_and_comes_back_whole() {
+        let dead = Wire {
+            dead: true,
+            ..Wire::default()
+        };
+        let mut conn = over(&dead);
+        let unsent = match exchange(&mut conn, Body::full("replayed"), true).await {
+            Err(Failed::Unsent(body, _)) => body,
+            other => panic!("expected the request back, unsent: {other:?}"),
+        };
+        let back = unsent.collect().await.unwrap().to_bytes();
+        assert_eq!(&back[..], b"replayed");
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_that_fails_its_first_write_is_broken_not_handed_back() {
+        let dead = Wire {
+            dead: true,
+            ..Wire::default()
+        };
+        let mut conn = over(&dead);
+        let failed = exchange(&mut conn, upload(&["hello"]), false).await;
+        assert!(matches!(failed, Err(Failed::Broken(_))), "{failed:?}");
     }
 }
