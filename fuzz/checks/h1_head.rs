@@ -1,16 +1,20 @@
 //! The lean HTTP/1.1 server's head reader and answer writer on arbitrary bytes
 //! (`rampart::proxy::h1`): nothing panics, and
-//! - a head it serves itself is one httparse reads whole at the same length, carries no body
-//!   framing, protocol switch or `Expect`/`TE`, is not CONNECT and fits the limit;
+//! - a head it serves itself is one httparse reads whole at the same length, carries no
+//!   `Transfer-Encoding`, protocol switch or `Expect`/`TE`, is not CONNECT and fits the limit;
+//!   its body is exactly the bytes after it that its one `content-length` (plain digits, at
+//!   most `WHOLE_BODY_MAX`) counts, or none without one;
 //! - reading with the names kept from earlier heads gives the very request a fresh read gives;
-//! - pipelined heads are taken one after the other, each from where the last ended;
+//! - pipelined requests are taken one after the other, each from where the last one's body
+//!   ended;
 //! - an answer head written from any status and headers parses back as one response with at
 //!   most one framing header.
 
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Response, StatusCode};
-use rampart::proxy::h1::parse::{parse, Parsed, Reuse};
+use rampart::proxy::body::ClientIn;
+use rampart::proxy::h1::parse::{parse, Parsed, Reuse, WHOLE_BODY_MAX};
 use rampart::proxy::h1::write::{encode_head, Ask, Len};
 
 /// One input; panics on a finding.
@@ -36,8 +40,12 @@ pub fn run(data: &[u8]) {
                 break;
             }
             Parsed::Simple(head) => {
-                check_simple(buf, max_head, &head);
-                assert_eq!(&read[..], &buf[head.len..], "only the head is taken");
+                let taken = head.len + check_simple(buf, max_head, &head);
+                assert_eq!(
+                    &read[..],
+                    &buf[taken..],
+                    "only the head and its body are taken"
+                );
                 let fresh = match parse(&mut BytesMut::from(buf), max_head, &mut Reuse::default()) {
                     Parsed::Simple(h) => h,
                     other => panic!("a fresh read disagrees: {other:?}"),
@@ -48,15 +56,20 @@ pub fn run(data: &[u8]) {
                 assert_eq!(fresh.req.uri(), head.req.uri());
                 assert_eq!(fresh.req.version(), head.req.version());
                 assert_eq!(fresh.req.headers(), head.req.headers());
+                assert_eq!(
+                    format!("{:?}", fresh.req.body()),
+                    format!("{:?}", head.req.body())
+                );
                 answer_parses_back(head.req.headers(), knob);
-                buf = &buf[head.len..];
+                buf = &buf[taken..];
                 served += 1;
             }
         }
     }
 }
 
-fn check_simple(buf: &[u8], max_head: usize, head: &rampart::proxy::h1::parse::Head) {
+/// Checks a head served lean; returns the length of its body.
+fn check_simple(buf: &[u8], max_head: usize, head: &rampart::proxy::h1::parse::Head) -> usize {
     assert!(head.len > 0 && head.len <= buf.len() && head.len <= max_head);
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut slots);
@@ -71,8 +84,34 @@ fn check_simple(buf: &[u8], max_head: usize, head: &rampart::proxy::h1::parse::H
         assert!(!r.headers().contains_key(&name), "{name} in a simple head");
     }
     let lengths: Vec<_> = r.headers().get_all(CONTENT_LENGTH).iter().collect();
-    assert!(lengths.len() <= 1 && lengths.iter().all(|v| v.as_bytes() == b"0"));
-    assert!(http_body::Body::is_end_stream(r.body()));
+    assert!(lengths.len() <= 1, "two lengths in a simple head");
+    let length = match lengths.first() {
+        None => 0,
+        Some(v) => {
+            let v = v.as_bytes();
+            assert!(
+                v == b"0" || (v[0] != b'0' && v.iter().all(u8::is_ascii_digit)),
+                "a length that is not plain digits: {}",
+                v.escape_ascii()
+            );
+            let n: usize = std::str::from_utf8(v).unwrap().parse().unwrap();
+            assert!(n <= WHOLE_BODY_MAX, "a body over the most taken whole");
+            n
+        }
+    };
+    match r.body() {
+        ClientIn::Empty => assert_eq!(length, 0, "a length and no body"),
+        ClientIn::Whole(Some(b)) => {
+            assert!(length > 0, "a body of nothing");
+            assert_eq!(
+                &b[..],
+                &buf[head.len..head.len + length],
+                "the body is the bytes after the head"
+            );
+        }
+        other => panic!("a body the lean server does not make: {other:?}"),
+    }
+    length
 }
 
 /// Writes an answer with `headers` (a request's, as arbitrary input) and reads it back.

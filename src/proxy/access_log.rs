@@ -89,6 +89,8 @@ struct Draft {
     bytes_out: u64,
     started: Instant,
     received: Option<Arc<FaultCell>>,
+    /// Bytes of a body read whole with its head (no cell counts those).
+    whole: u64,
     sink: Option<Arc<SinkRef>>,
     keep_ok: Option<u32>,
     armed: bool,
@@ -107,6 +109,8 @@ pub struct TryStats {
     pub ended: Option<Instant>,
     /// The client body's cell, which counts the bytes received.
     pub received: Option<Arc<FaultCell>>,
+    /// The length of a body the lean server read whole with its head (it has no cell).
+    pub whole: u64,
 }
 
 /// What [`Entry::fill`] takes from the end of the request path.
@@ -214,7 +218,7 @@ impl Drop for Entry {
     fn drop(&mut self) {
         let Some(mut d) = self.0.take() else { return };
         if let Some(to) = d.sink.take().filter(|_| d.armed) {
-            let bytes_in = d.received.as_ref().map_or(0, |c| c.received());
+            let bytes_in = d.received.as_ref().map_or(d.whole, |c| c.received());
             to.sink.push(to.lane, |buf, wall, now| {
                 let duration = now.saturating_duration_since(d.started);
                 d.render(buf, wall, &to.listener, duration, bytes_in);
@@ -255,6 +259,7 @@ impl Draft {
                 bytes_out: 0,
                 started,
                 received: None,
+                whole: 0,
                 sink: None,
                 keep_ok: None,
                 armed: false,
@@ -275,6 +280,7 @@ impl Draft {
             d.upstream = None;
             d.bytes_out = 0;
             d.received = None;
+            d.whole = 0;
             d.sink = None;
             d.armed = false;
         });
@@ -324,6 +330,7 @@ impl Draft {
         self.upstream = tries.upstream;
         self.bytes_out = out.bytes_out;
         self.received = tries.received;
+        self.whole = tries.whole;
         true
     }
 

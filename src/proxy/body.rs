@@ -46,12 +46,15 @@ pub enum Body {
 }
 
 /// A client's request body as a listener hands it to the request path: hyper's stream, or
-/// none at all (a request the lean HTTP/1.1 server read itself: it only serves those without
-/// a body, see `h1.rs`). `hyper::body::Incoming` cannot be made outside hyper, hence the enum.
+/// one the lean HTTP/1.1 server read whole with its head (or none at all; see `h1.rs`).
+/// `hyper::body::Incoming` cannot be made outside hyper, hence the enum.
 #[derive(Debug)]
 pub enum ClientIn {
-    /// Read by hyper (HTTP/2, and HTTP/1.1 requests with a body or an upgrade).
+    /// Read by hyper (HTTP/2, and HTTP/1.1 requests whose body did not come whole with the
+    /// head, or with an upgrade).
     Hyper(Incoming),
+    /// Read whole, by its `content-length`, with the head (the lean server); taken once.
+    Whole(Option<Bytes>),
     /// No body.
     Empty,
 }
@@ -222,6 +225,7 @@ impl http_body::Body for ClientIn {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ClientIn::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientIn::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ClientIn::Empty => Poll::Ready(None),
         }
     }
@@ -229,6 +233,7 @@ impl http_body::Body for ClientIn {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientIn::Hyper(b) => b.is_end_stream(),
+            ClientIn::Whole(b) => b.is_none(),
             ClientIn::Empty => true,
         }
     }
@@ -236,6 +241,7 @@ impl http_body::Body for ClientIn {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientIn::Hyper(b) => b.size_hint(),
+            ClientIn::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ClientIn::Empty => SizeHint::with_exact(0),
         }
     }

@@ -63,6 +63,11 @@ impl TryLog {
         self.0.lock().received = Some(cell.clone());
     }
 
+    /// Notes the length of a body read whole with its head (received, all of it).
+    pub fn whole(&self, len: u64) {
+        self.0.lock().whole = len;
+    }
+
     /// Notes a try sent to `endpoint`; returns its number (from 1).
     pub fn start(&self, endpoint: SocketAddr) -> u32 {
         let mut s = self.0.lock();

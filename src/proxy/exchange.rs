@@ -80,6 +80,32 @@ pub fn run<'a>(
                 }
             };
         }
+        // A body the lean server read whole with its head: in memory already, so nothing to
+        // watch or buffer, and no fault of the client's left to find (nor a cell allocated to
+        // note one). Replayed on a retry if the retry buffer would have kept it.
+        let incoming = match incoming {
+            ClientIn::Whole(whole) => {
+                let bytes = whole.unwrap_or_default();
+                ctx.tries.whole(bytes.len() as u64);
+                let retry = ctx.route.policy.retry.as_ref();
+                if let Some(r) = retry {
+                    r.budget.deposit();
+                }
+                let replay = retry.filter(|r| {
+                    is_idempotent(&parts.method, &parts.headers)
+                        && bytes.len() as u64 <= r.cfg.buffer.0
+                });
+                return match replay {
+                    Some(r) => retry_loop(ctx, r, parts, bytes, None).await,
+                    None => {
+                        try_once(ctx, parts, Body::full(bytes), None, None)
+                            .await
+                            .rsp
+                    }
+                };
+            }
+            streamed => streamed,
+        };
         let fault = Arc::new(FaultCell::default());
         ctx.tries.body(&fault);
         let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());

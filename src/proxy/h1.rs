@@ -3,17 +3,19 @@
 //! Why: hyper's HTTP/1 dispatch (version sniffing, dispatcher state machine, per-request
 //! timers and header maps) cost about as much per proxied request as all of rampart's own
 //! request path (issue 22). Most traffic a sidecar sees is plain keep-alive requests without a
-//! body, so this loop serves exactly those and nothing else:
+//! body or with a small one, so this loop serves exactly those and nothing else:
 //!
 //! - it reads into its own buffer and parses each head (`parse.rs`); a head that is whole,
-//!   within `max_head`, without body framing, `Upgrade`, `Expect` or `TE`, and not CONNECT,
-//!   goes through the same request path as every request (`stack::handle`, via
-//!   `listener::serve`), and its answer is written here (`write.rs`) with hyper's framing;
-//! - anything else — a head with a body, a malformed or oversized head, an HTTP/2 preface, a
-//!   half head then end of stream — hands the connection to hyper for good, with the bytes
-//!   already read replayed first ([`Rewind`]). The hand-off comes before that request is
-//!   answered and after every earlier answer is written, so pipelined requests keep their
-//!   order.
+//!   within `max_head`, without `Upgrade`, `Expect` or `TE`, not CONNECT, and with no body or
+//!   one `content-length` body (up to `parse::WHOLE_BODY_MAX`) already all in the buffer
+//!   behind it, goes through the same request path as every request (`stack::handle`, via
+//!   `listener::serve`) with that body as one frame, and its answer is written here
+//!   (`write.rs`) with hyper's framing;
+//! - anything else — a chunked body, a body not all here or larger, a malformed or oversized
+//!   head, an HTTP/2 preface, a half head then end of stream — hands the connection to hyper
+//!   for good, with the bytes already read replayed first ([`Rewind`]). The hand-off comes
+//!   before that request is answered and after every earlier answer is written, so pipelined
+//!   requests keep their order.
 //!
 //! The connection keeps the listener's guarantees, with one timer instead of the watchdog
 //! (`conn.rs`, which takes over with hyper): no request within the head timeout of accept

@@ -274,4 +274,5 @@ const NO_TRY: TryStats = TryStats {
     upstream: None,
     ended: None,
     received: None,
+    whole: 0,
 };

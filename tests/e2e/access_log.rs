@@ -328,3 +328,30 @@ async fn the_last_lines_are_written_before_exit() {
     assert_eq!(last["path"], "/drip");
     assert_eq!(last["bytes_out"], body.len() as u64);
 }
+
+/// `bytes_in` counts a request body however it came: whole with its head (the lean server
+/// takes it with the head, and no cell counts it as it streams) or after it (hyper streams it).
+#[tokio::test]
+async fn bytes_in_counts_a_body_taken_with_its_head_and_one_streamed_after_it() {
+    use crate::support::conn::Conn;
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    let head = "POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 11\r\n\r\n";
+    let mut c = Conn::open(addr).await;
+    c.send(format!("{head}hello world").as_bytes()).await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.text().as_str()), (200, "hello world"));
+    let mut c = Conn::open(addr).await;
+    c.send(head.as_bytes()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    c.send(b"hello there").await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.text().as_str()), (200, "hello there"));
+    let lines = wait_lines(&l.log, 2).await;
+    for line in &lines {
+        assert_eq!(line["method"], "POST", "{line}");
+        assert_eq!(line["bytes_in"], 11, "{line}");
+        assert_eq!(line["bytes_out"], 11, "{line}");
+    }
+}

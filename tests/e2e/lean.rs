@@ -1,7 +1,8 @@
 //! The lean HTTP/1.1 server (`src/proxy/h1.rs`, issue 22) through real sockets: what it
-//! serves itself (bodiless keep-alive requests, pipelined or not, HEAD, HTTP/1.0, close) and
-//! what it hands to hyper mid-connection with the bytes it read (a request with a body after
-//! bodiless ones; HTTP/2 prior knowledge), in front of the sample service.
+//! serves itself (keep-alive requests without a body or with a small one that came with its
+//! head, pipelined or not, HEAD, HTTP/1.0, close) and what it hands to hyper mid-connection
+//! with the bytes it read (a body not all here, chunked or large; ambiguous framing; HTTP/2
+//! prior knowledge), in front of the sample service.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,13 +67,18 @@ async fn one_connection_serves_many_requests() {
 }
 
 #[tokio::test]
-async fn a_body_after_bodiless_requests_goes_to_hyper_with_the_bytes_read() {
+async fn small_bodies_that_come_with_their_heads_are_served_in_order() {
     let (app, _proxy, addr) = setup().await;
-    // All at once: the lean server reads the POST's head, its body and the GET after it
-    // before it hands the connection over.
+    // All at once: each body is in the buffer behind its head, so the lean server takes it
+    // whole, and the next head starts where the body ends.
     let mut c = Conn::open(addr).await;
-    let post = "POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhello";
-    let all = format!("{}{post}{}", get("/ok"), get("/headers?after=post"));
+    let all = format!(
+        "{}{}{}{}",
+        get("/ok"),
+        "POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhello",
+        get("/headers?after=post"),
+        "PUT /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 15\r\n\r\nGET /x HTTP/1.1",
+    );
     c.send(all.as_bytes()).await;
     let a = c.answer(false).await;
     assert_eq!((a.status, a.text().as_str()), (200, "ok\n"));
@@ -81,8 +87,48 @@ async fn a_body_after_bodiless_requests_goes_to_hyper_with_the_bytes_read() {
     let a = c.answer(false).await;
     assert_eq!(a.status, 200);
     assert!(a.text().contains("after=post"), "{}", a.text());
+    let a = c.answer(false).await;
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (200, "GET /x HTTP/1.1"),
+        "a body that looks like a head is a body"
+    );
+    // One at a time, on the same connection: still served, still in step.
+    for i in 0..50 {
+        let body = format!("upload {i}");
+        let req = format!(
+            "POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.send(req.as_bytes()).await;
+        let a = c.answer(false).await;
+        assert_eq!((a.status, a.text()), (200, body), "{a:?}");
+    }
+    assert_eq!(app.hits_for("/echo"), 52);
+    assert_eq!(app.hits_for("/headers"), 1);
+}
 
-    // One by one, the body arriving after its head.
+#[tokio::test]
+async fn bodies_not_all_here_or_chunked_or_large_go_to_hyper_with_the_bytes_read() {
+    let (app, _proxy, addr) = setup().await;
+    // The body arriving after its head: hyper reads it, and keeps the connection.
+    let mut c = Conn::open(addr).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(b"llo").await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.text().as_str()), (200, "hello"), "{a:?}");
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(
+        c.answer(false).await.status,
+        200,
+        "hyper keeps the connection"
+    );
+
+    // Chunked.
     let mut c = Conn::open(addr).await;
     c.send(get("/ok").as_bytes()).await;
     assert_eq!(c.answer(false).await.status, 200);
@@ -92,13 +138,41 @@ async fn a_body_after_bodiless_requests_goes_to_hyper_with_the_bytes_read() {
     c.send(b"3\r\nabc\r\n0\r\n\r\n").await;
     let a = c.answer(false).await;
     assert_eq!((a.status, a.text().as_str()), (200, "abc"), "{a:?}");
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(
-        c.answer(false).await.status,
-        200,
-        "hyper keeps the connection"
+
+    // Larger than the lean server takes whole (64 KiB), sent with its head all at once.
+    let big = "b".repeat(64 * 1024 + 1);
+    let mut c = Conn::open(addr).await;
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
     );
-    assert_eq!(app.hits_for("/echo"), 2);
+    c.send(req.as_bytes()).await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), big, "the whole body back");
+    assert_eq!(app.hits_for("/echo"), 3);
+}
+
+#[tokio::test]
+async fn two_lengths_are_refused_by_hyper_and_reach_no_upstream() {
+    let (app, _proxy, addr) = setup().await;
+    for framing in [
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: 5, 6",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+    ] {
+        let mut c = Conn::open(addr).await;
+        let req =
+            format!("POST /echo HTTP/1.1\r\nHost: app.local\r\n{framing}\r\n\r\nhello0\r\n\r\n");
+        c.send(req.as_bytes()).await;
+        let a = c.answer(false).await;
+        assert_eq!(a.status, 400, "{framing}: {a:?}");
+    }
+    assert_eq!(
+        app.hits_for("/echo"),
+        0,
+        "no ambiguous request reached the upstream"
+    );
 }
 
 #[tokio::test]

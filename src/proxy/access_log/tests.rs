@@ -163,6 +163,7 @@ fn an_upstream_answer_names_its_endpoint_and_time() {
         upstream: Some(Duration::from_millis(7)),
         ended: None,
         received: None,
+        whole: 0,
     };
     assert!(e.fill(out(200, None), stats));
     e.sent(40);
@@ -254,6 +255,7 @@ fn a_thread_reuses_its_drafts_and_a_reused_one_starts_empty() {
         upstream: Some(Duration::from_millis(7)),
         ended: None,
         received: None,
+        whole: 0,
     };
     assert!(e.fill(out(500, None), stats));
     e.sent(99);

@@ -1,11 +1,13 @@
 //! Reading one HTTP/1 request head, and deciding whether the lean server may serve it.
 //!
 //! The decision is deliberately narrow: a head that parses whole (with the same `httparse`
-//! settings hyper uses), within the head limit, that carries no body and asks for nothing
-//! special. Everything else — a malformed or oversized head, body framing of any kind,
-//! `Upgrade`, `Expect`, `TE`, CONNECT, an HTTP/2 preface — is [`Parsed::HandOff`]: the
-//! connection goes to hyper with these bytes replayed, so refusals (400, 431, 414...) and
-//! body framing stay exactly hyper's.
+//! settings hyper uses), within the head limit, that asks for nothing special and carries no
+//! body, or one `content-length` of at most [`WHOLE_BODY_MAX`] bytes, all of which are already
+//! in the buffer behind the head (a small upload usually comes in the same read). Everything
+//! else — a malformed or oversized head, chunked or repeated or odd body framing, a body not
+//! all here, `Upgrade`, `Expect`, `TE`, CONNECT, an HTTP/2 preface — is [`Parsed::HandOff`]:
+//! the connection goes to hyper with these bytes replayed, so refusals (400, 431, 414...),
+//! streamed bodies and their timeouts stay exactly hyper's.
 
 use std::mem::MaybeUninit;
 
@@ -21,6 +23,9 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Longest request target hyper accepts (longer ones are answered 414 by hyper).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
+
+/// Largest request body the lean server takes with its head (a larger one streams, by hyper).
+pub const WHOLE_BODY_MAX: usize = 64 * 1024;
 
 /// What to do with the bytes at the front of a connection's buffer.
 // Returned once per request and taken apart at once: boxing the large variant would cost an
@@ -61,21 +66,22 @@ const SPELLED_MAX: usize = 2048;
 /// A simple request's head.
 #[derive(Debug)]
 pub struct Head {
-    /// Bytes of the buffer it took (request line, header lines and the empty line).
+    /// Bytes of the head (request line, header lines and the empty line); the buffer gave
+    /// these and then the body's (`content-length`) bytes.
     pub len: usize,
     /// Whether the client lets the connection live after the answer (HTTP/1.1 unless it
     /// says `close`; HTTP/1.0 only if it says `keep-alive` and not `close`).
     pub keep_alive: bool,
-    /// The request (it has no body).
+    /// The request, with its body if it has one ([`ClientIn::Whole`]).
     pub req: Request<ClientIn>,
     /// Which of the lines the request path would look up it holds.
     pub sent: Sent,
 }
 
 /// Reads the head at the front of `buf` (at most `max_head` bytes long), with what the
-/// connection kept from earlier heads. A simple head is taken off the front of `buf`; the
-/// request's target and header values are slices of those bytes, not copies. Otherwise
-/// `buf` is left as it was.
+/// connection kept from earlier heads. A simple head, and its body, are taken off the front of
+/// `buf`; the request's target, header values and body are slices of those bytes, not copies.
+/// Otherwise `buf` is left as it was.
 ///
 /// Two passes: the first reads the head in place and decides everything that may hand the
 /// connection off (so a hand-off finds its bytes untouched); only then is the head split off
@@ -90,6 +96,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         http11,
         keep_alive,
         sent,
+        body,
     } = match read(buf, max_head, reuse) {
         Ok(first) => first,
         Err(Stop::Partial) => return Parsed::Partial,
@@ -114,7 +121,11 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         reuse.map = Some(headers);
         return put_back(buf, head, reuse);
     }
-    let mut req = Request::new(ClientIn::Empty);
+    let body = match body {
+        0 => ClientIn::Empty,
+        n => ClientIn::Whole(Some(buf.split_to(n).freeze())),
+    };
+    let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = if http11 {
@@ -141,6 +152,8 @@ struct First {
     http11: bool,
     keep_alive: bool,
     sent: Sent,
+    /// Bytes of body after the head (its `content-length`), all of them in the buffer.
+    body: usize,
 }
 
 /// Why the first pass of [`parse`] stopped.
@@ -174,7 +187,8 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         let from = (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
         (from, from + s.len() as u32)
     };
-    let (mut close, mut keep_alive_token, mut length) = (false, false, false);
+    let (mut close, mut keep_alive_token) = (false, false);
+    let mut length: Option<usize> = None;
     let mut sent = Sent::default();
     reuse.lines.clear();
     for (i, h) in raw.headers.iter().enumerate() {
@@ -193,17 +207,15 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
             }
         };
         match name {
-            // Body framing (chunked, a length other than 0, or two lengths), protocol
-            // switches, `100-continue` and trailers: hyper's business.
+            // Chunked bodies, protocol switches, `100-continue` and trailers: hyper's business.
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT | header::TE => {
                 return Err(Stop::HandOff);
             }
-            header::CONTENT_LENGTH => {
-                if length || h.value != b"0" {
-                    return Err(Stop::HandOff);
-                }
-                length = true;
-            }
+            // One plain length, small enough; two, or any other spelling: hyper's.
+            header::CONTENT_LENGTH => match (length, body_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Err(Stop::HandOff),
+            },
             header::CONNECTION => {
                 close |= has_token(h.value, b"close");
                 keep_alive_token |= has_token(h.value, b"keep-alive");
@@ -212,6 +224,11 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         }
         let (vs, ve) = at(h.value);
         reuse.lines.push((name, vs, ve));
+    }
+    let body = length.unwrap_or(0);
+    if buf.len() - len < body {
+        // Not all here: hyper streams it, under the body's own timeout.
+        return Err(Stop::HandOff);
     }
     let http11 = minor == 1;
     let keep_alive = !close && (http11 || keep_alive_token);
@@ -222,7 +239,23 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         http11,
         keep_alive,
         sent,
+        body,
     })
+}
+
+/// A `content-length` value the lean server takes: decimal digits without a leading zero (or
+/// `0` itself), at most [`WHOLE_BODY_MAX`].
+fn body_length(value: &[u8]) -> Option<usize> {
+    match value {
+        b"0" => Some(0),
+        [b'1'..=b'9', rest @ ..] if rest.len() < 6 && rest.iter().all(u8::is_ascii_digit) => {
+            let n = value
+                .iter()
+                .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+            (n <= WHOLE_BODY_MAX).then_some(n)
+        }
+        _ => None,
+    }
 }
 
 /// Keeps `name`, sent as `spelled`, as the name at place `i` of the next heads (within the
@@ -342,12 +375,82 @@ mod tests {
     }
 
     #[test]
-    fn heads_with_a_body_or_a_protocol_switch_go_to_hyper() {
+    fn a_small_body_all_here_is_taken_with_its_head() {
+        let mut buf = BytesMut::from(
+            &b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n"[..],
+        );
+        let Parsed::Simple(h) = parse(&mut buf, MAX, &mut Reuse::default()) else {
+            panic!("simple");
+        };
+        assert_eq!(h.len, 48, "the head alone");
+        assert!(matches!(h.req.body(), ClientIn::Whole(Some(b)) if &b[..] == b"abc"));
+        assert_eq!(h.req.headers()["content-length"], "3");
+        assert_eq!(
+            &buf[..],
+            b"GET / HTTP/1.1\r\n",
+            "the next head starts the buffer"
+        );
+        let most = WHOLE_BODY_MAX.to_string();
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {most}\r\n\r\n{}",
+            "x".repeat(WHOLE_BODY_MAX)
+        );
+        let Parsed::Simple(h) = parse(
+            &mut BytesMut::from(big.as_bytes()),
+            MAX,
+            &mut Reuse::default(),
+        ) else {
+            panic!("a body of the most bytes taken");
+        };
+        assert_eq!(
+            http_body::Body::size_hint(h.req.body()).exact(),
+            Some(WHOLE_BODY_MAX as u64)
+        );
+    }
+
+    #[test]
+    fn content_lengths_the_lean_server_takes() {
+        assert_eq!(body_length(b"0"), Some(0));
+        assert_eq!(body_length(b"7"), Some(7));
+        assert_eq!(body_length(b"65536"), Some(WHOLE_BODY_MAX));
+        for refused in [
+            &b""[..],
+            b"00",
+            b"007",
+            b"+7",
+            b"-1",
+            b"7 ",
+            b" 7",
+            b"7,7",
+            b"0x10",
+            b"65537",
+            b"100000",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(body_length(refused), None, "{}", refused.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn heads_with_other_bodies_or_a_protocol_switch_go_to_hyper() {
+        let over = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+            WHOLE_BODY_MAX + 1,
+            "x".repeat(WHOLE_BODY_MAX + 1)
+        );
         for bytes in [
-            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"[..],
+            // The body not all here yet (hyper streams it, under its own timeout).
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+            over.as_bytes(),
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",

@@ -547,7 +547,13 @@ impl Conn {
             self.sent += n as u64;
             let from_head = n.min(head.len());
             self.wr_at += from_head;
-            self.wr_data.advance(n - from_head);
+            if n - from_head == self.wr_data.len() {
+                // Written: let go of it (it may be a slice of the client's read buffer, which
+                // is then that connection's alone again, to be read into in place).
+                self.wr_data = Bytes::new();
+            } else {
+                self.wr_data.advance(n - from_head);
+            }
         }
         Pin::new(&mut self.io).poll_flush(cx)
     }
