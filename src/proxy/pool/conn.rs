@@ -706,6 +706,14 @@ mod tests {
         Conn::new(Stream::Wire(wire.clone()), slot)
     }
 
+    /// A peer that closed: every write fails.
+    fn dead() -> Wire {
+        Wire {
+            dead: true,
+            ..Wire::default()
+        }
+    }
+
     fn answering(answer: &[u8]) -> Wire {
         let wire = Wire::default();
         wire.answer.lock().unwrap().extend(answer);
@@ -779,10 +787,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_reused_connection_gives_the_frame_it_took_back_in_front_of_the_body() {
-        let dead = Wire {
-            dead: true,
-            ..Wire::default()
-        };
+        let dead = dead();
         let mut conn = over(&dead);
         let unsent = match exchange(&mut conn, upload(&["hello, ", "world"]), true).await {
             Err(Failed::Unsent(body, UpstreamError::Io(_))) => body,
@@ -803,10 +808,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_already_in_memory_goes_out_with_the_head_and_comes_back_whole() {
-        let dead = Wire {
-            dead: true,
-            ..Wire::default()
-        };
+        let dead = dead();
         let mut conn = over(&dead);
         let unsent = match exchange(&mut conn, Body::full("replayed"), true).await {
             Err(Failed::Unsent(body, _)) => body,
@@ -818,10 +820,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_connection_that_fails_its_first_write_is_broken_not_handed_back() {
-        let dead = Wire {
-            dead: true,
-            ..Wire::default()
-        };
+        let dead = dead();
         let mut conn = over(&dead);
         let failed = exchange(&mut conn, upload(&["hello"]), false).await;
         assert!(matches!(failed, Err(Failed::Broken(_))), "{failed:?}");
