@@ -4,6 +4,8 @@
 //!   `Transfer-Encoding`, protocol switch or `Expect`/`TE`, is not CONNECT and fits the limit;
 //!   its body is exactly the bytes after it that its one `content-length` (plain digits, at
 //!   most `WHOLE_BODY_MAX`) counts, or none without one;
+//! - a head whose body is not all here asks for exactly the bytes that make it whole, leaves
+//!   the buffer as it was, and with those bytes is served (or handed off, never asked again);
 //! - reading with the names kept from earlier heads gives the very request a fresh read gives;
 //! - pipelined requests are taken one after the other, each from where the last one's body
 //!   ended;
@@ -39,6 +41,11 @@ pub fn run(data: &[u8]) {
                 assert_eq!(&read[..], buf, "a hand-off finds the buffer as it was");
                 break;
             }
+            Parsed::Body(need) => {
+                assert_eq!(&read[..], buf, "a body wait finds the buffer as it was");
+                check_body_wait(buf, max_head, need);
+                break;
+            }
             Parsed::Simple(head) => {
                 let taken = head.len + check_simple(buf, max_head, &head);
                 assert_eq!(
@@ -65,6 +72,36 @@ pub fn run(data: &[u8]) {
                 served += 1;
             }
         }
+    }
+}
+
+/// Checks a head whose body is not all here: `need` is its head and its `content-length`,
+/// and with that many bytes the same head is served whole.
+fn check_body_wait(buf: &[u8], max_head: usize, need: usize) {
+    assert!(
+        need > buf.len(),
+        "asked for {need} bytes with {} here",
+        buf.len()
+    );
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut slots);
+    let Ok(httparse::Status::Complete(len)) = req.parse(buf) else {
+        panic!("a body wait without a whole head");
+    };
+    assert!(len <= max_head && need - len <= WHOLE_BODY_MAX);
+    let mut whole = buf.to_vec();
+    whole.resize(need, b'x');
+    match parse(
+        &mut BytesMut::from(&whole[..]),
+        max_head,
+        &mut Reuse::default(),
+    ) {
+        Parsed::Simple(head) => {
+            assert_eq!(head.len, len);
+            assert_eq!(head.len + check_simple(&whole, max_head, &head), need);
+        }
+        Parsed::HandOff => {}
+        other => panic!("the body whole, and still {other:?}"),
     }
 }
 

@@ -7,15 +7,19 @@
 //!
 //! - it reads into its own buffer and parses each head (`parse.rs`); a head that is whole,
 //!   within `max_head`, without `Upgrade`, `Expect` or `TE`, not CONNECT, and with no body or
-//!   one `content-length` body (up to `parse::WHOLE_BODY_MAX`) already all in the buffer
-//!   behind it, goes through the same request path as every request (`stack::handle`, via
-//!   `listener::serve`) with that body as one frame, and its answer is written here
-//!   (`write.rs`) with hyper's framing;
-//! - anything else — a chunked body, a body not all here or larger, a malformed or oversized
-//!   head, an HTTP/2 preface, a half head then end of stream — hands the connection to hyper
-//!   for good, with the bytes already read replayed first ([`Rewind`]). The hand-off comes
-//!   before that request is answered and after every earlier answer is written, so pipelined
-//!   requests keep their order.
+//!   one `content-length` body (up to `parse::WHOLE_BODY_MAX`), goes through the same request
+//!   path as every request (`stack::handle`, via `listener::serve`) with that body as one
+//!   frame, and its answer is written here (`write.rs`) with hyper's framing. A body that
+//!   comes after its head, in later reads, is read into the buffer first, as long as each of
+//!   those reads comes within [`BODY_GAP`] (and `body_idle_timeout`) of the one before;
+//! - anything else — a chunked body, a larger body, a body whose rest is slower to come than
+//!   that, a malformed or oversized head, an HTTP/2 preface, a half head or body then end of
+//!   stream — hands the connection to hyper for good, with the bytes already read replayed
+//!   first ([`Rewind`]). The hand-off comes before that request is answered and after every
+//!   earlier answer is written, so pipelined requests keep their order. A body handed off
+//!   after a gap is hyper's from then on: its stall answer (408 after `body_idle_timeout`)
+//!   counts from the hand-off, so it comes at most [`BODY_GAP`] later than the stall began
+//!   plus that timeout.
 //!
 //! The connection keeps the listener's guarantees, with one timer instead of the watchdog
 //! (`conn.rs`, which takes over with hyper): no request within the head timeout of accept
@@ -60,6 +64,14 @@ const OUT_SIZE: usize = 1024;
 const BUFFERS_KEPT: usize = 256;
 /// A write buffer grown beyond this (a very large head) is freed, not kept.
 const OUT_KEEP_MAX: usize = 16 * 1024;
+/// A read buffer grown beyond this (a body read whole) is freed, not kept, when the
+/// connection waits.
+const READ_KEEP_MAX: usize = 16 * 1024;
+/// Longest wait between two reads of a body's rest (or `body_idle_timeout`, if shorter);
+/// past it, the connection goes to hyper, which streams the body to the upstream as it comes.
+/// A body that straddles reads on a live connection comes within a round trip; a client that
+/// stalls is hyper's, whose stall answer is counted from the hand-off.
+pub const BODY_GAP: Duration = Duration::from_millis(200);
 
 thread_local! {
     /// Buffers of waiting connections, a read buffer and a write buffer a pair.
@@ -92,6 +104,8 @@ enum Wake {
     Graceful,
     /// Drop at once: no request in time, or a head that took too long.
     Drop,
+    /// The rest of a body did not come within the gap.
+    Slow,
 }
 
 /// Serves `io` until it closes or needs hyper. `first_head` is the time left for the first
@@ -115,6 +129,10 @@ where
         // timeout (both start when the answer before ends); only an idle close is graceful.
         let idle_first = c.lst.idle_timeout <= c.lst.head_timeout;
         let wait_limit = c.lst.idle_timeout.min(c.lst.head_timeout);
+        let body_gap = c.lst.body_idle_timeout.min(BODY_GAP);
+        // Bytes the buffer must hold before the next parse: a head's and its body's, while the
+        // body's rest is read (0: parse after every read).
+        let mut want = 0;
         let mut bufs = Buffers::default();
         let mut reuse = Reuse::default();
         // The listener's stop: the `changed` future is polled once, to leave the task's waker
@@ -137,11 +155,12 @@ where
         // cost more than its answer's `date`): a few milliseconds either way on a limit of seconds.
         let clock = coarse::Anchor::new(opened);
         loop {
-            if let Some(read) = bufs.unread() {
+            if let Some(read) = bufs.unread().filter(|r| r.len() >= want) {
                 match parse::parse(read, max_head, &mut reuse) {
                     Parsed::Simple(head) => {
                         timing = false;
                         first = None;
+                        want = 0;
                         let mut ask = Ask {
                             head: head.req.method() == Method::HEAD,
                             http10: head.req.version() == http::Version::HTTP_10,
@@ -172,6 +191,12 @@ where
                     }
                     Parsed::HandOff => return End::HandOff(Rewind::new(bufs.into_read(), io)),
                     Parsed::Partial => {}
+                    Parsed::Body(need) => {
+                        // The gap is timed from here (and again after each read of the body).
+                        timing = false;
+                        want = need;
+                        read.reserve(need - read.len());
+                    }
                 }
             }
             if stopping {
@@ -201,7 +226,10 @@ where
                 // whether it fired, and whether the wait's end has come.
                 if !timing {
                     timing = true;
-                    due = first.unwrap_or_else(|| clock.now() + wait_limit);
+                    due = match want {
+                        0 => first.unwrap_or_else(|| clock.now() + wait_limit),
+                        _ => clock.now() + body_gap,
+                    };
                 }
                 let fired = match timer.as_mut() {
                     None => timer
@@ -220,12 +248,27 @@ where
                 };
                 match fired {
                     false => Poll::Pending,
+                    true if want > 0 => Poll::Ready(Wake::Slow),
                     true if first.is_some() => Poll::Ready(Wake::Drop),
                     true if idle_first => Poll::Ready(Wake::Graceful),
                     true => Poll::Ready(Wake::Drop),
                 }
             })
             .await;
+            if want > 0 {
+                match wake {
+                    // More of the body: the next gap counts from this read.
+                    Wake::Read(Ok(n)) if n > 0 => timing = false,
+                    Wake::Read(Err(e)) => {
+                        tracing::debug!(peer = %c.peer.addr, error = %e, "connection read failed");
+                        return End::Closed;
+                    }
+                    // The rest is slow to come, the stream ended inside the body, or the
+                    // listener stops: hyper takes the request as it is (and answers, or drains).
+                    _ => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                }
+                continue;
+            }
             match wake {
                 Wake::Read(Ok(0)) if bufs.unread().is_none() => {
                     let _ = io.shutdown().await;
@@ -242,7 +285,8 @@ where
                     let _ = io.shutdown().await;
                     return End::Closed;
                 }
-                Wake::Drop => return End::Closed,
+                // (`Slow` only while a body is read, above.)
+                Wake::Drop | Wake::Slow => return End::Closed,
             }
         }
     }
@@ -312,13 +356,17 @@ impl Buffers {
     }
 
     /// Lends both buffers while the connection waits for bytes, unless the read buffer holds
-    /// part of a head. A write buffer grown past [`OUT_KEEP_MAX`] is freed instead.
+    /// part of a head. A write buffer grown past [`OUT_KEEP_MAX`], or a read buffer past
+    /// [`READ_KEEP_MAX`], is freed instead.
     fn lend(&mut self) {
         let Some(mut held) = self.held.take_if(|h| h.read.is_empty()) else {
             return;
         };
         if held.out.capacity() > OUT_KEEP_MAX {
             held.out = Vec::new();
+        }
+        if held.read.capacity() > READ_KEEP_MAX {
+            held.read = BytesMut::new();
         }
         Shelf::keep(&SPARES, held, |h| h.out.clear());
     }

@@ -1,8 +1,8 @@
 //! The lean HTTP/1.1 server (`src/proxy/h1.rs`, issue 22) through real sockets: what it
-//! serves itself (keep-alive requests without a body or with a small one that came with its
-//! head, pipelined or not, HEAD, HTTP/1.0, close) and what it hands to hyper mid-connection
-//! with the bytes it read (a body not all here, chunked or large; ambiguous framing; HTTP/2
-//! prior knowledge), in front of the sample service.
+//! serves itself (keep-alive requests without a body or with a small one, with its head or
+//! after it, pipelined or not, HEAD, HTTP/1.0, close) and what it hands to hyper
+//! mid-connection with the bytes it read (a body whose rest is slow, chunked or large;
+//! ambiguous framing; HTTP/2 prior knowledge), in front of the sample service.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -108,16 +108,74 @@ async fn small_bodies_that_come_with_their_heads_are_served_in_order() {
     assert_eq!(app.hits_for("/headers"), 1);
 }
 
+/// A body that comes after its head, in later reads, is read whole by the lean server before
+/// the request goes on: the upstream sees nothing of it until then (hyper would have sent the
+/// head on at once and streamed the body).
 #[tokio::test]
-async fn bodies_not_all_here_or_chunked_or_large_go_to_hyper_with_the_bytes_read() {
+async fn a_body_after_its_head_is_read_whole_before_the_upstream_sees_it() {
     let (app, _proxy, addr) = setup().await;
-    // The body arriving after its head: hyper reads it, and keeps the connection.
     let mut c = Conn::open(addr).await;
     c.send(get("/ok").as_bytes()).await;
     assert_eq!(c.answer(false).await.status, 200);
     c.send(b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
         .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Well within the gap the lean server waits for the rest (200 ms).
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(app.hits_for("/echo"), 0, "held until the body is whole");
+    c.send(b"llo").await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status, a.text().as_str()), (200, "hello"), "{a:?}");
+    assert_eq!(app.hits_for("/echo"), 1);
+
+    // The most it reads whole (64 KiB), the head alone first and the body in four pieces,
+    // then part of the next request behind the last piece.
+    let body: String = (0..64 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    c.send(
+        format!(
+            "PUT /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    for piece in body.as_bytes().chunks(16 * 1024) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.send(piece).await;
+    }
+    c.send(b"GET /headers?after=put HTTP/1.1\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), body, "the whole body back, in order");
+    c.send(b"Host: app.local\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200);
+    assert!(a.text().contains("after=put"), "{}", a.text());
+    assert_eq!(app.hits_for("/echo"), 2);
+}
+
+#[tokio::test]
+async fn slow_or_chunked_or_large_bodies_go_to_hyper_with_the_bytes_read() {
+    let (app, _proxy, addr) = setup().await;
+    // The rest of a body slower than the lean server's gap (200 ms): hyper takes the request,
+    // sends it on with what came (the upstream sees it before the rest), streams the rest,
+    // and keeps the connection.
+    let mut c = Conn::open(addr).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
+        .await;
+    let waited = tokio::time::Instant::now();
+    while app.hits_for("/echo") == 0 && waited.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.hits_for("/echo"), 1, "sent on before the body is whole");
+    assert!(
+        waited.elapsed() >= Duration::from_millis(150),
+        "handed off after the gap, not at once ({:?})",
+        waited.elapsed()
+    );
     c.send(b"llo").await;
     let a = c.answer(false).await;
     assert_eq!((a.status, a.text().as_str()), (200, "hello"), "{a:?}");
@@ -151,6 +209,7 @@ async fn bodies_not_all_here_or_chunked_or_large_go_to_hyper_with_the_bytes_read
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), big, "the whole body back");
     assert_eq!(app.hits_for("/echo"), 3);
+    assert_eq!(app.hits_for("/ok"), 3);
 }
 
 #[tokio::test]

@@ -2,10 +2,11 @@
 //!
 //! The decision is deliberately narrow: a head that parses whole (with the same `httparse`
 //! settings hyper uses), within the head limit, that asks for nothing special and carries no
-//! body, or one `content-length` of at most [`WHOLE_BODY_MAX`] bytes, all of which are already
-//! in the buffer behind the head (a small upload usually comes in the same read). Everything
-//! else — a malformed or oversized head, chunked or repeated or odd body framing, a body not
-//! all here, `Upgrade`, `Expect`, `TE`, CONNECT, an HTTP/2 preface — is [`Parsed::HandOff`]:
+//! body, or one `content-length` of at most [`WHOLE_BODY_MAX`] bytes, all of which are in the
+//! buffer behind the head (a small upload usually comes in the same read; one that does not
+//! is [`Parsed::Body`]: the server reads on until it is). Everything
+//! else — a malformed or oversized head, chunked or repeated or odd body framing, a larger
+//! body, `Upgrade`, `Expect`, `TE`, CONNECT, an HTTP/2 preface — is [`Parsed::HandOff`]:
 //! the connection goes to hyper with these bytes replayed, so refusals (400, 431, 414...),
 //! streamed bodies and their timeouts stay exactly hyper's.
 
@@ -37,6 +38,10 @@ pub enum Parsed {
     Partial,
     /// Not for the lean server: hand the connection, these bytes first, to hyper.
     HandOff,
+    /// A head the lean server may serve, whose body is not all here yet: read on until the
+    /// buffer holds this many bytes (the head and its body), then parse again. The buffer is
+    /// left as it was.
+    Body(usize),
     /// A simple request, ready for the request path.
     Simple(Head),
 }
@@ -101,6 +106,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         Ok(first) => first,
         Err(Stop::Partial) => return Parsed::Partial,
         Err(Stop::HandOff) => return Parsed::HandOff,
+        Err(Stop::Body(need)) => return Parsed::Body(need),
     };
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize)) else {
@@ -160,6 +166,8 @@ struct First {
 enum Stop {
     Partial,
     HandOff,
+    /// The head is one to serve, but its body is not all here: the bytes needed in all.
+    Body(usize),
 }
 
 /// The first pass of [`parse`], over the buffer in place.
@@ -227,8 +235,8 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
     }
     let body = length.unwrap_or(0);
     if buf.len() - len < body {
-        // Not all here: hyper streams it, under the body's own timeout.
-        return Err(Stop::HandOff);
+        // Not all here: the server reads on (and hands off if the rest is slow to come).
+        return Err(Stop::Body(len + body));
     }
     let http11 = minor == 1;
     let keep_alive = !close && (http11 || keep_alive_token);
@@ -325,13 +333,21 @@ mod tests {
         }
     }
 
-    /// What `parse` makes of `bytes`; a partial head or a hand-off must leave every byte in
-    /// the buffer, as it was.
+    /// What `parse` makes of `bytes`; a partial head, a body not all here or a hand-off must
+    /// leave every byte in the buffer, as it was.
     fn decision(bytes: &[u8]) -> &'static str {
         let mut buf = BytesMut::from(bytes);
         let d = match parse(&mut buf, MAX, &mut Reuse::default()) {
             Parsed::Partial => "partial",
             Parsed::HandOff => "hand-off",
+            Parsed::Body(need) => {
+                assert!(
+                    need > bytes.len(),
+                    "{need} bytes needed, {} here",
+                    bytes.len()
+                );
+                "body"
+            }
             Parsed::Simple(_) => return "simple",
         };
         assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
@@ -439,9 +455,6 @@ mod tests {
             "x".repeat(WHOLE_BODY_MAX + 1)
         );
         for bytes in [
-            // The body not all here yet (hyper streams it, under its own timeout).
-            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabc"[..],
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
             over.as_bytes(),
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
@@ -461,6 +474,50 @@ mod tests {
         }
         let zero = simple(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(zero.req.headers()["content-length"], "0");
+    }
+
+    /// A body not all here yet: the server is told how many bytes make the request whole,
+    /// and the same bytes with the rest behind them are a simple request.
+    #[test]
+    fn a_body_not_all_here_asks_for_the_rest() {
+        let most =
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {WHOLE_BODY_MAX}\r\n\r\n");
+        for (head, body) in [
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n",
+                "abcd".to_string(),
+            ),
+            (
+                "PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+                "z".to_string(),
+            ),
+            (most.as_str(), "y".repeat(WHOLE_BODY_MAX)),
+        ] {
+            let whole = format!("{head}{body}");
+            for cut in [head.len(), head.len() + body.len() / 2, whole.len() - 1] {
+                let mut buf = BytesMut::from(&whole.as_bytes()[..cut]);
+                match parse(&mut buf, MAX, &mut Reuse::default()) {
+                    Parsed::Body(need) => assert_eq!(need, whole.len(), "{head:?} cut at {cut}"),
+                    other => panic!("{head:?} cut at {cut}: {other:?}"),
+                }
+                assert_eq!(&buf[..], &whole.as_bytes()[..cut], "the buffer as it was");
+            }
+            let mut buf = BytesMut::from(whole.as_bytes());
+            let Parsed::Simple(h) = parse(&mut buf, MAX, &mut Reuse::default()) else {
+                panic!("{head:?} whole: simple");
+            };
+            assert!(matches!(h.req.body(), ClientIn::Whole(Some(b)) if b == body.as_bytes()));
+            assert!(buf.is_empty());
+        }
+        // Part of the next request behind a whole body does not make it wait.
+        let mut two = BytesMut::from(
+            &b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nokPOST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nab"[..],
+        );
+        assert!(matches!(
+            parse(&mut two, MAX, &mut Reuse::default()),
+            Parsed::Simple(_)
+        ));
+        assert_eq!(decision(&two[..]), "body");
     }
 
     #[test]
