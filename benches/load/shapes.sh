@@ -4,8 +4,11 @@
 #   close     GET /up with `connection: close`: a new client connection for every request
 #   get64k    GET of a 64 KiB file
 #   get1m     GET of a 1 MiB file
+#   post16k   POST of 16 KiB, which the upstream reads and discards: more than one read of
+#             rampart's 8 KiB buffer, within what its lean server reads whole (64 KiB)
 #   post256k  POST of 256 KiB, which the upstream reads and discards
-#             (the upstream for these four: one nginx worker, nginx-files.conf)
+#   mix16k    GET /up, and every tenth request a POST of 16 KiB, on the same connections
+#             (the upstream for these six: one nginx worker, nginx-files.conf)
 #   post2k    POST of 2 KiB to `rampart sample`'s `/`, which answers before reading the body
 #             (as hyper serves any handler that ignores it): a proxy that sends the head
 #             alone loses the upstream connection with each request
@@ -14,11 +17,11 @@
 # req/s and CPU per request as ratios to the better peer's.
 #
 # Settings (environment), defaults in brackets:
-#   SHAPES ["close get64k get1m post256k post2k"]  ROUNDS [3]  DURATION [5s]  CONNS [16]
+#   SHAPES ["close get64k get1m post16k post256k mix16k post2k"]  ROUNDS [3]  DURATION [5s]  CONNS [16]
 #   RAMPART_BIN [cargo build --release]  BASE_PORT [18900]
 set -euo pipefail
 
-SHAPES=${SHAPES:-close get64k get1m post256k post2k}
+SHAPES=${SHAPES:-close get64k get1m post16k post256k mix16k post2k}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-16}
@@ -40,9 +43,22 @@ mkdir -p "$work/www"
 chmod 755 "$work" "$work/www"
 head -c 65536 /dev/urandom >"$work/www/64k.bin"
 head -c 1048576 /dev/urandom >"$work/www/1m.bin"
-for size in 2048 262144; do
+for size in 2048 16384 262144; do
     printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n' "$size" >"$work/post$size.lua"
 done
+# The requests are made in init(), once wrk has set the target's path and host.
+cat >"$work/mix16k.lua" <<'EOF'
+local n, get, post = 0, nil, nil
+init = function()
+    get = wrk.format("GET")
+    post = wrk.format("POST", nil, nil, string.rep("x", 16384))
+end
+request = function()
+    n = n + 1
+    if n % 10 == 0 then return post end
+    return get
+end
+EOF
 
 targets=(nginx haproxy rampart)
 declare -A listen=()
@@ -91,9 +107,11 @@ for shape in $SHAPES; do
         close) want=$files args=(-H "Connection: close") path=/up ;;
         get64k) want=$files args=() path=/64k.bin ;;
         get1m) want=$files args=() path=/1m.bin ;;
+        post16k) want=$files args=(-s "$work/post16384.lua") path=/up ;;
         post256k) want=$files args=(-s "$work/post262144.lua") path=/up ;;
+        mix16k) want=$files args=(-s "$work/mix16k.lua") path=/up ;;
         post2k) want=$sample args=(-s "$work/post2048.lua") path=/ ;;
-        *) die "unknown shape $shape (close get64k get1m post256k post2k)" ;;
+        *) die "unknown shape $shape (close get64k get1m post16k post256k mix16k post2k)" ;;
     esac
     if [[ $behind != "$want" ]]; then
         if [[ $want == "$files" ]]; then proxies "$want" /up; else proxies "$want" /; fi
