@@ -112,7 +112,11 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize)) else {
         return put_back(buf, head, reuse);
     };
-    let mut headers = reuse.map.take().unwrap_or_default();
+    // The previous answer's map, else one the thread kept (a new connection's first head).
+    let mut headers = reuse
+        .map
+        .take()
+        .unwrap_or_else(|| crate::proxy::spare::map(0));
     headers.reserve(reuse.lines.len());
     let mut refused = false;
     for (name, vs, ve) in reuse.lines.drain(..) {
