@@ -108,17 +108,24 @@ async fn small_bodies_that_come_with_their_heads_are_served_in_order() {
     assert_eq!(app.hits_for("/headers"), 1);
 }
 
+/// A connection past one `GET /ok`, then the head of a `POST /echo` of `hello` and its first
+/// two bytes.
+async fn half_an_upload(addr: SocketAddr) -> Conn {
+    let mut c = Conn::open(addr).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
+        .await;
+    c
+}
+
 /// A body that comes after its head, in later reads, is read whole by the lean server before
 /// the request goes on: the upstream sees nothing of it until then (hyper would have sent the
 /// head on at once and streamed the body).
 #[tokio::test]
 async fn a_body_after_its_head_is_read_whole_before_the_upstream_sees_it() {
     let (app, _proxy, addr) = setup().await;
-    let mut c = Conn::open(addr).await;
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    c.send(b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
-        .await;
+    let mut c = half_an_upload(addr).await;
     // Well within the gap the lean server waits for the rest (200 ms).
     tokio::time::sleep(Duration::from_millis(40)).await;
     assert_eq!(app.hits_for("/echo"), 0, "held until the body is whole");
@@ -161,11 +168,7 @@ async fn slow_or_chunked_or_large_bodies_go_to_hyper_with_the_bytes_read() {
     // The rest of a body slower than the lean server's gap (200 ms): hyper takes the request,
     // sends it on with what came (the upstream sees it before the rest), streams the rest,
     // and keeps the connection.
-    let mut c = Conn::open(addr).await;
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    c.send(b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
-        .await;
+    let mut c = half_an_upload(addr).await;
     let waited = tokio::time::Instant::now();
     while app.hits_for("/echo") == 0 && waited.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
