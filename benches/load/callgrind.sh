@@ -10,7 +10,9 @@
 #
 # Settings (environment), defaults in brackets:
 #   CG_SMALL [500] CG_LARGE [2500]   request counts of the two runs
-#   CG_CONNS [1]                     keep-alive connections the requests are spread over
+#   CG_CONNS [1]                     keep-alive connections the requests are spread over;
+#                                    0: a new connection for each request (`Connection: close`),
+#                                    so the figure is what a connection costs
 #   CG_LOG [1]                       1: count rampart with its access log on too (rampart-log)
 #   RAMPART_BIN [cargo build --release]   RAMPART_BASE_BIN [unset]: a second build, counted alike
 #   BASE_PORT [18760]                ports from here up on 127.0.0.1

@@ -3,7 +3,8 @@
 
   client.py requests PORT COUNT [CONNS]
       COUNT keep-alive `GET /` to 127.0.0.1:PORT, one at a time, spread round-robin over CONNS
-      connections (default 1). Exits 1 when any answer is not 200.
+      connections (default 1); with CONNS 0, each on a new connection with `Connection:
+      close`. Exits 1 when any answer is not 200.
 
   client.py idle PORT COUNT PID...
       Opens COUNT keep-alive connections to 127.0.0.1:PORT, one `GET /` on each (so every
@@ -107,12 +108,18 @@ def requests(port, count, conns):
     pool = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(conns)]
     bad = 0
     for i in range(count):
-        c = pool[i % conns]
-        c.request("GET", "/")
+        if conns == 0:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c.request("GET", "/", headers={"Connection": "close"})
+        else:
+            c = pool[i % conns]
+            c.request("GET", "/")
         r = c.getresponse()
         r.read()
         if r.status != 200:
             bad += 1
+        if conns == 0:
+            c.close()
     for c in pool:
         c.close()
     if bad:
