@@ -18,9 +18,14 @@ use std::time::Duration;
 
 use allocation_counter::AllocationInfo;
 
-/// An `upload` for [`count_allocations`] that means: no body, and each request on a new
-/// connection, with `connection: close`.
-const FRESH: usize = usize::MAX;
+/// What each client sends.
+#[derive(Clone, Copy)]
+enum Load {
+    /// Requests on one keep-alive connection: `GET /`, or `POST /` of this many bytes if not 0.
+    KeepAlive(usize),
+    /// `GET /`, each on a new connection, with `connection: close`.
+    Fresh,
+}
 
 /// Clients, each on a keep-alive connection of its own (so the pool holds several upstream
 /// connections, and the listener serves several connections in one turn).
@@ -39,7 +44,7 @@ const FULL: &str = include_str!("../benches/load/rampart-policy.yaml");
 
 #[test]
 fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
-    let run = count_allocations(PLAIN, false, &[], 0);
+    let run = count_allocations(PLAIN, false, &[], Load::KeepAlive(0));
     assert_at_most(&run, "plain");
 }
 
@@ -51,7 +56,7 @@ fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
 /// their buffers and parser to the next.
 #[test]
 fn a_new_connection_allocates_little_on_the_proxys_thread() {
-    let run = count_allocations(PLAIN, false, &[], FRESH);
+    let run = count_allocations(PLAIN, false, &[], Load::Fresh);
     let (count, requests) = (run.count.count_total, run.requests);
     println!(
         "a connection a request: {count} allocations ({} bytes) on the proxy's thread for \
@@ -71,7 +76,7 @@ fn a_small_upload_allocates_nothing_on_the_proxys_thread() {
     // slice of its read buffer, and the pool writes it out with the upstream request's head.
     // (Through hyper's server, which served every request with a body before, each one cost
     // a dozen allocations and more.)
-    let run = count_allocations(PLAIN, false, &[], 2048);
+    let run = count_allocations(PLAIN, false, &[], Load::KeepAlive(2048));
     assert_at_most(&run, "2 KiB upload");
 }
 
@@ -80,7 +85,7 @@ fn the_full_policy_allocates_nothing_per_admitted_request() {
     // Eight tenants, each seen in the warm-up: a tenant's first request makes its buckets and
     // label handles; the ones after it must not allocate.
     const TENANTS: &[&str] = &["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
-    let run = count_allocations(FULL, false, TENANTS, 0);
+    let run = count_allocations(FULL, false, TENANTS, Load::KeepAlive(0));
     assert_at_most(&run, "full-policy");
     // The policy was in force: its breaker and shedder report, and each tenant was counted.
     for line in [
@@ -100,7 +105,7 @@ fn the_full_policy_allocates_nothing_per_admitted_request() {
 fn the_access_log_allocates_nothing_per_line_on_the_proxys_thread() {
     // Every answer logged, to a file: the line is rendered on the proxy's thread into a lane
     // its writer thread takes, and that must not cost an allocation a line either.
-    let run = count_allocations(PLAIN, true, &[], 0);
+    let run = count_allocations(PLAIN, true, &[], Load::KeepAlive(0));
     assert_at_most(&run, "logged");
     // Every request was logged: the warm-up's and the counted ones, written by the time
     // rampart stopped.
@@ -151,12 +156,13 @@ fn assert_at_most(run: &Run, what: &str) {
 /// failing to load; with `log`, every answer logged to a file, as its `log_to`) in front of the
 /// sample service, sends `WARMUP` then `COUNTED` keep-alive `GET /` on each of `CLIENTS`
 /// connections (each request naming the next of `tenants` in `x-tenant-id`, if any; a `POST /`
-/// of `upload` bytes instead if that is not 0), and stops it.
+/// of `upload` bytes instead, for `Load::KeepAlive(upload)` not 0; a new connection for each
+/// request, for `Load::Fresh`), and stops it.
 fn count_allocations(
     template: &str,
     log: bool,
     tenants: &'static [&'static str],
-    upload: usize,
+    load: Load,
 ) -> Run {
     let upstream = start_upstream().to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -198,7 +204,7 @@ fn count_allocations(
         go.push(tx);
         let done = done_tx.clone();
         let from = upstream.clone();
-        std::thread::spawn(move || client(listen, &from, tenants, upload, &rx, &done));
+        std::thread::spawn(move || client(listen, &from, tenants, load, &rx, &done));
     }
     let mut phase = |n: usize| {
         for tx in &go {
@@ -260,20 +266,25 @@ fn start_upstream() -> SocketAddr {
     rx.recv().expect("the upstream's address")
 }
 
-/// One keep-alive connection: for each number received, that many `GET /` (naming `tenants`
-/// in turn, if any; or `POST /` of `upload` bytes), each answered `200` by the upstream at
-/// `from` with a body read whole; then a report on `done`.
+/// One keep-alive connection (or, for `Load::Fresh`, one for each request): for each number
+/// received, that many `GET /` (naming `tenants` in turn, if any; or `POST /` of the load's
+/// bytes), each answered `200` by the upstream at `from` with a body read whole; then a report
+/// on `done`.
 fn client(
     listen: SocketAddr,
     from: &str,
     tenants: &[&str],
-    upload: usize,
+    load: Load,
     go: &mpsc::Receiver<usize>,
     done: &tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
 ) {
     let mut conn: Option<BufReader<TcpStream>> = None;
     while let Ok(n) = go.recv() {
         let r = (|| -> Result<(), String> {
+            let upload = match load {
+                Load::KeepAlive(upload) => upload,
+                Load::Fresh => return (0..n).try_for_each(|_| fresh_get(listen, from)),
+            };
             if conn.is_none() {
                 let s = TcpStream::connect(listen).map_err(|e| format!("connect: {e}"))?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -281,12 +292,8 @@ fn client(
                     .map_err(|e| e.to_string())?;
                 conn = Some(BufReader::new(s));
             }
+            let c = conn.as_mut().ok_or("no connection")?;
             for i in 0..n {
-                if upload == FRESH {
-                    fresh_get(listen, from)?;
-                    continue;
-                }
-                let c = conn.as_mut().ok_or("no connection")?;
                 get(
                     c,
                     from,

@@ -339,10 +339,7 @@ impl Buffers {
 
     /// The read buffer, if it holds bytes not parsed yet.
     fn unread(&mut self) -> Option<&mut BytesMut> {
-        self.held
-            .as_mut()
-            .map(|h| &mut h.read)
-            .filter(|r| !r.is_empty())
+        self.parsing().map(|(read, _)| read)
     }
 
     /// The read buffer, with room for a read.
