@@ -162,6 +162,37 @@ async fn a_body_after_its_head_is_read_whole_before_the_upstream_sees_it() {
     assert_eq!(app.hits_for("/echo"), 2);
 }
 
+/// A client that resets its connection while the lean server reads its body's rest: nothing
+/// of the request reaches the upstream, and the proxy serves the next connection.
+#[tokio::test]
+async fn a_reset_inside_a_held_body_reaches_no_upstream() {
+    let (app, _proxy, addr) = setup().await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: app.local\r\nContent-Length: 4096\r\n\r\nfirst bytes",
+    )
+    .await
+    .expect("write");
+    // Within the gap: the lean server holds the request, waiting for the rest.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    // Linger 0: the close is a reset. (Set through socket2: tokio's setter is deprecated
+    // because it can block on drop, which it cannot with no time to linger.)
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0");
+    drop(tcp);
+    // Past the gap, when a held request would have gone on to hyper and the upstream.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        app.hits_for("/echo"),
+        0,
+        "a reset upload reaches no upstream"
+    );
+    let mut c = Conn::open(addr).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200, "the proxy serves on");
+}
+
 #[tokio::test]
 async fn slow_or_chunked_or_large_bodies_go_to_hyper_with_the_bytes_read() {
     let (app, _proxy, addr) = setup().await;
