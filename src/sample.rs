@@ -19,6 +19,7 @@
 //! | `/bytes/N` | N bytes, in 64 KiB chunks |
 //! | `/drip?chunks=K&ms=N` | K chunks, N ms apart |
 //! | `/abort` | the connection is dropped without an answer |
+//! | `/conn` | 200, the number of the connection it came on (1 for the first accepted) |
 //! | `/healthz` | 200, or 503 after `set_healthy(false)` |
 //! | `/hits` | JSON `{total, by_path}` |
 
@@ -132,6 +133,11 @@ impl Sample {
         self.state.accepted.load(Ordering::SeqCst)
     }
 
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.state.open_conns.load(Ordering::SeqCst)
+    }
+
     /// Requests served for `path` (the path without its query).
     pub fn hits_for(&self, path: &str) -> u64 {
         self.state
@@ -222,7 +228,7 @@ async fn wait_stopped(mut stopped: watch::Receiver<bool>) {
 
 async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
-    state.accepted.fetch_add(1, Ordering::SeqCst);
+    let number = state.accepted.fetch_add(1, Ordering::SeqCst) + 1;
     let open = state.open_conns.fetch_add(1, Ordering::SeqCst) + 1;
     state.peak_conns.fetch_max(open, Ordering::SeqCst);
     let counted = state.clone();
@@ -233,7 +239,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiv
             let now = state.active.fetch_add(1, Ordering::SeqCst) + 1;
             state.peak_active.fetch_max(now, Ordering::SeqCst);
             let counted = state.clone();
-            let rsp: Result<Response<SampleBody>, Aborted> = handle(state, req).await;
+            let rsp: Result<Response<SampleBody>, Aborted> = handle(state, req, number).await;
             counted.active.fetch_sub(1, Ordering::SeqCst);
             rsp.map(|mut rsp| {
                 rsp.headers_mut().insert(ADDR_HEADER, addr);
@@ -251,9 +257,11 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stopped: watch::Receiv
     counted.open_conns.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Answers `req`, the request that came on connection `number`.
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
+    number: u64,
 ) -> Result<Response<SampleBody>, Aborted> {
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri().query());
@@ -297,6 +305,7 @@ async fn handle(
         },
         ["drip"] => drip(num("chunks").unwrap_or(5), num("ms").unwrap_or(100)),
         ["abort"] => return Err(Aborted),
+        ["conn"] => text_owned(StatusCode::OK, format!("{number}\n")),
         ["healthz"] if state.healthy.load(Ordering::SeqCst) => text(StatusCode::OK, "ok\n"),
         ["healthz"] => text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n"),
         ["hits"] if req.method() == Method::GET => json(StatusCode::OK, &hits_json(&state)),
@@ -390,9 +399,13 @@ fn hits_json(state: &State) -> serde_json::Value {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<SampleBody> {
+    text_owned(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text_owned(status: StatusCode, body: impl Into<Bytes>) -> Response<SampleBody> {
     let mut rsp = with_body(
         status,
-        Full::new(Bytes::from_static(body.as_bytes())).map_err(|e: Infallible| match e {}),
+        Full::new(body.into()).map_err(|e: Infallible| match e {}),
     );
     rsp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -282,10 +282,11 @@ pub struct Upstream {
     /// Passive outlier ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier: Option<Outlier>,
-    /// Idle pooled connections kept per endpoint.
+    /// Idle pooled connections kept per endpoint (0: none); the one idle the shortest time is
+    /// reused first.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: u32,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle pooled connection is kept; it is closed after that.
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: Dur,
     /// Connections open at once to one endpoint; further requests wait for a free one.

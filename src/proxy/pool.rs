@@ -1,9 +1,10 @@
-//! Upstream connections: keep-alive HTTP/1.1 connections per endpoint, reused in turn.
+//! Upstream connections: keep-alive HTTP/1.1 connections per endpoint, the one idle the
+//! shortest time reused first, and closed after `pool_idle_timeout` unused ([`idle`]).
 //!
 //! Why not hyper-util's pooled client: it spawns a task per request to hand the connection
 //! back, clones the URI and pool key per request, and its pool is behind a mutex. Here a
-//! connection goes back to its endpoint's lock-free queue when the response body ends (see
-//! [`Returning`]), so the hot path has no spawn, no lock and no extra allocation. A connection
+//! connection goes back to its worker's idle stack when the response body ends (see
+//! [`Returning`]), so the hot path has no spawn, no contended lock and no extra allocation. A connection
 //! that the upstream closed is noticed when taken and discarded; a request that a dead pooled
 //! connection did not send goes out on the next one, so keep-alive races never surface.
 //!
@@ -30,18 +31,19 @@
 
 mod conn;
 pub mod h1;
+mod idle;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http::request::Parts;
 use http::Response;
 use http_body::{Frame, SizeHint};
@@ -50,6 +52,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Failed, Stream};
+use self::idle::Stack;
 use super::body::Body;
 use super::forward::Added;
 use super::guard::Guards;
@@ -59,12 +62,17 @@ use crate::error::BoxError;
 /// Idle connections of one endpoint.
 #[derive(Debug)]
 pub struct Pool {
-    /// One queue per worker (`workers.rs`): a connection goes back to the worker that opened
+    /// One stack per worker (`workers.rs`): a connection goes back to the worker that opened
     /// it, whose I/O driver watches its socket, and is reused there. `pool_max_idle` is split
-    /// between them (at least one each).
-    idle: Box<[ArrayQueue<Idle>]>,
+    /// between them.
+    idle: Box<[Stack<Box<Conn>>]>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// `idle_timeout` in milliseconds, as the stacks count age.
+    idle_ms: u64,
+    /// Whether the task that closes connections idle too long ([`sweep`]) is running; it
+    /// starts when the first connection goes idle.
+    sweeping: AtomicBool,
     tls: Option<TlsOrigin>,
     /// One permit per connection this endpoint may have open (`max_connections`); a permit
     /// lives as long as its connection.
@@ -94,15 +102,6 @@ pub struct TlsOrigin {
     pub config: Arc<ArcSwap<rustls::ClientConfig>>,
     /// SNI and verification name.
     pub server_name: Arc<str>,
-}
-
-#[derive(Debug)]
-struct Idle {
-    conn: Box<Conn>,
-    /// When it went idle, in milliseconds of the coarse monotonic clock: an age is compared
-    /// with `pool_idle_timeout` (seconds), so a reading a tick old does, at a tenth of the
-    /// cost of a precise one.
-    since: u64,
 }
 
 /// Why a try got no answer.
@@ -175,11 +174,13 @@ impl Pool {
         Arc::new(Pool {
             idle: {
                 let n = crate::workers::count();
-                let each = settings.max_idle.div_ceil(n).max(1);
-                (0..n).map(|_| ArrayQueue::new(each)).collect()
+                let each = settings.max_idle.div_ceil(n);
+                (0..n).map(|_| Stack::new(each)).collect()
             },
             connect_timeout: settings.connect_timeout,
             idle_timeout: settings.idle_timeout,
+            idle_ms: u64::try_from(settings.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            sweeping: AtomicBool::new(false),
             tls,
             slots: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             freed: Arc::new(Notify::new()),
@@ -191,7 +192,8 @@ impl Pool {
     /// otherwise waits until one is free. The caller bounds the wait (the try's deadline). The
     /// head is only borrowed (it is written out, never kept), so a retry sends it again without
     /// a copy. Idle connections' ages are counted to the coarse clock read once here (and again
-    /// after a wait for a free connection).
+    /// after a wait for a free connection): an age is compared with `pool_idle_timeout`
+    /// (seconds), so a reading a tick old does, at a tenth of the cost of a precise one.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -206,12 +208,7 @@ impl Pool {
             // wakes this task: slower, but better than waiting).
             let mut steal = false;
             loop {
-                let idle = if steal {
-                    self.idle.iter().find_map(ArrayQueue::pop)
-                } else {
-                    self.own().pop()
-                };
-                let Some(idle) = idle else {
+                let Some(mut conn) = self.take_idle(now, steal) else {
                     if steal {
                         break;
                     }
@@ -234,10 +231,6 @@ impl Pool {
                     steal = true;
                     continue;
                 };
-                if Duration::from_millis(now.saturating_sub(idle.since)) > self.idle_timeout {
-                    continue;
-                }
-                let mut conn = idle.conn;
                 if !conn.alive() {
                     continue;
                 }
@@ -253,16 +246,28 @@ impl Pool {
             }
             // At the cap: wait for a connection to go idle or close, then look again.
             let freed = self.freed.notified();
-            if self.idle.iter().all(ArrayQueue::is_empty) {
+            if self.idle.iter().all(Stack::is_empty) {
                 freed.await;
                 now = coarse::millis();
             }
         }
     }
 
-    /// The idle queue of the worker running this task.
-    fn own(&self) -> &ArrayQueue<Idle> {
-        &self.idle[crate::workers::index() % self.idle.len()]
+    /// The newest connection idle for at most `pool_idle_timeout` at `now`: this worker's,
+    /// or with `steal` any worker's. Those found idle too long are closed.
+    fn take_idle(&self, now: u64, steal: bool) -> Option<Box<Conn>> {
+        let mut expired = Vec::new();
+        let got = if steal {
+            self.idle
+                .iter()
+                .find_map(|s| s.pop(now, self.idle_ms, &mut expired))
+        } else {
+            let own = &self.idle[crate::workers::index() % self.idle.len()];
+            own.pop(now, self.idle_ms, &mut expired)
+        };
+        // Closed here, with no stack locked.
+        drop(expired);
+        got
     }
 
     async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<Box<Conn>, SendError> {
@@ -313,14 +318,44 @@ impl Pool {
         head.response.map(|()| Body::Upstream(r))
     }
 
-    fn put(&self, conn: Box<Conn>) {
-        // A full queue drops the connection: more idle ones than `pool_max_idle` are waste.
+    fn put(self: &Arc<Self>, conn: Box<Conn>) {
+        // A full stack gives back its oldest, closed here: more idle connections than
+        // `pool_max_idle` are waste.
         let home = &self.idle[conn.home() % self.idle.len()];
-        let _ = home.push(Idle {
-            conn,
-            since: coarse::millis(),
-        });
+        drop(home.push(conn, coarse::millis()));
+        if !self.sweeping.load(Ordering::Relaxed) && !self.sweeping.swap(true, Ordering::Relaxed) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout))),
+                Err(_) => self.sweeping.store(false, Ordering::Relaxed),
+            }
+        }
         self.freed.notify_one();
+    }
+
+    /// Closes every connection idle for more than `pool_idle_timeout` at `now`.
+    fn expire(&self, now: u64) {
+        let mut expired = Vec::new();
+        for stack in &*self.idle {
+            stack.expire(now, self.idle_ms, &mut expired);
+        }
+        if !expired.is_empty() {
+            tracing::debug!(closed = expired.len(), "closing idle upstream connections");
+        }
+    }
+}
+
+/// Closes a pool's connections once they have been idle for `idle_timeout`, a quarter of it
+/// late at most (between 10 ms and 5 s late), until the pool is dropped (a reload that changes
+/// the endpoint, say). Without it an unused connection would stay open, held by the
+/// upstream's idle timeout or nobody's, until a request took it and found it too old.
+async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
+    let period = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.expire(coarse::millis());
     }
 }
 

@@ -362,3 +362,76 @@ async fn uploads_answered_before_their_body_is_read_reuse_the_connections() {
         CLIENTS * EACH
     );
 }
+
+/// Idle connections are taken newest first, and `pool_idle_timeout` closes those left unused:
+/// after a burst that opened three, requests one at a time all go over the connection used
+/// last (taken in turn, the three would serve them in rotation and none would ever be idle
+/// long enough to close); the other two are closed at the timeout while that one is kept
+/// busy, and it is closed in turn once the requests stop. Nothing is reopened meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_reused_newest_first_and_closed_after_pool_idle_timeout() {
+    let app = sample().await;
+    let proxy = proxy_with(app.addr(), "pool_idle_timeout: 600ms", 1).await;
+    let addr = proxy.listener("inbound");
+    let burst = (0..3).map(|_| tokio::spawn(http::get(addr, "/slow?ms=200", &[])));
+    for r in burst.collect::<Vec<_>>() {
+        assert_eq!(r.await.unwrap().status.as_u16(), 200, "the burst");
+    }
+    assert_eq!(app.connections(), 3, "three requests at once open three");
+    assert_eq!(app.open_connections(), 3);
+    let conn = || async {
+        let r = http::get(addr, "/conn", &[]).await;
+        assert_eq!(r.status.as_u16(), 200, "GET /conn");
+        r.text()
+    };
+    let newest = conn().await;
+    for i in 0..6 {
+        assert_eq!(
+            conn().await,
+            newest,
+            "request {i} one at a time goes over the connection used last"
+        );
+    }
+    crate::assert_eventually!(
+        {
+            assert_eq!(conn().await, newest, "the busy connection stays in use");
+            app.open_connections() == 1
+        },
+        "the two connections idle since the burst are closed after pool_idle_timeout; \
+         {} open",
+        app.open_connections()
+    );
+    assert_eq!(app.open_connections(), 1, "the busy one is still open");
+    crate::assert_eventually!(
+        app.open_connections() == 0,
+        "left alone, the last connection is closed too; {} open",
+        app.open_connections()
+    );
+    assert_eq!(
+        app.connections(),
+        3,
+        "no connection was opened after the burst"
+    );
+}
+
+/// `pool_max_idle: 0` keeps no idle connection: each request opens its own, and each is closed
+/// when its answer ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_max_idle_of_zero_keeps_no_connection() {
+    let app = sample().await;
+    let proxy = proxy_with(app.addr(), "pool_max_idle: 0", 2).await;
+    let addr = proxy.listener("inbound");
+    for i in 1..=4 {
+        let r = http::get(addr, "/conn", &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, format!("{i}\n")),
+            "request {i} comes on a connection of its own"
+        );
+    }
+    crate::assert_eventually!(
+        app.open_connections() == 0,
+        "no connection is kept; {} open",
+        app.open_connections()
+    );
+}
