@@ -193,6 +193,32 @@ async fn a_reset_inside_a_held_body_reaches_no_upstream() {
     assert_eq!(c.answer(false).await.status, 200, "the proxy serves on");
 }
 
+/// A `body_idle_timeout` shorter than the lean server's gap (200 ms) bounds its wait too: a
+/// body's rest that stalls longer than the timeout is answered 408, as by hyper. With 30 ms,
+/// the lean server hands the request to hyper after 30 ms, whose 408 comes 30 ms later; the
+/// rest, sent 160 ms after the first bytes, comes too late. (Had the lean server waited its whole gap, the rest
+/// would have come inside it and been served.)
+#[tokio::test]
+async fn a_short_body_idle_timeout_bounds_the_lean_servers_wait_for_a_body() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&one_route("runtime: { body_idle_timeout: 30ms }"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let mut c = Conn::open(proxy.listener("inbound")).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    // `/fail-first/0` reads the whole upload before it answers (`/echo` would answer at once,
+    // and a stall would cut its answer short rather than draw a 408).
+    c.send(b"POST /fail-first/0 HTTP/1.1\r\nHost: app.local\r\nContent-Length: 5\r\n\r\nhe")
+        .await;
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    c.send(b"llo").await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 408, "a stall past body_idle_timeout: {a:?}");
+    assert_eq!(app.hits_for("/ok"), 1);
+}
+
 #[tokio::test]
 async fn slow_or_chunked_or_large_bodies_go_to_hyper_with_the_bytes_read() {
     let (app, _proxy, addr) = setup().await;
