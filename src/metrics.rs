@@ -42,6 +42,8 @@ pub struct Metrics {
     timeouts: IntCounterVec,
     /// `rampart_upstream_endpoint_healthy{upstream, endpoint}`.
     pub endpoint_healthy: IntGaugeVec,
+    /// `rampart_upstream_connections{upstream, endpoint}` (not in SPEC §5: added).
+    pub upstream_connections: IntGaugeVec,
     /// `rampart_tenants_tracked`.
     pub tenants_tracked: IntGauge,
     /// `rampart_queue_depth{listener, route}`.
@@ -129,6 +131,7 @@ pub struct UpstreamMetrics {
     client_fault: IntCounter,
     requests: Family<Counter>,
     endpoint_healthy: IntGaugeVec,
+    connections: IntGaugeVec,
     codes: CodeCounters,
     /// `rampart_upstream_request_duration_seconds{upstream}`.
     pub duration: Arc<Histogram>,
@@ -238,6 +241,11 @@ impl Metrics {
         let endpoint_healthy = gauge(
             "rampart_upstream_endpoint_healthy",
             "1 when the endpoint is healthy, 0 when not.",
+            &["upstream", "endpoint"],
+        );
+        let upstream_connections = gauge(
+            "rampart_upstream_connections",
+            "Connections open (or being opened) to an endpoint, in use or idle in its pool.",
             &["upstream", "endpoint"],
         );
         let tenants_tracked = IntGauge::new(
@@ -354,6 +362,7 @@ impl Metrics {
             retry_budget_exhausted,
             timeouts,
             endpoint_healthy,
+            upstream_connections,
             tenants_tracked,
             queue_depth,
             concurrency_limit,
@@ -463,6 +472,7 @@ impl Metrics {
             name: name.clone(),
             requests: self.upstream_requests.clone(),
             endpoint_healthy: self.endpoint_healthy.clone(),
+            connections: self.upstream_connections.clone(),
             codes: CodeCounters::default(),
             duration: self.upstream_duration.with_label_values(&[name]),
         }
@@ -596,10 +606,19 @@ impl UpstreamMetrics {
         }
     }
 
+    /// `rampart_upstream_connections{upstream, endpoint}`, for the endpoint's pool to count
+    /// its connections on (made once per endpoint, not on the request path).
+    pub fn connections(&self, endpoint: &str) -> IntGauge {
+        self.connections.with_label_values(&[&*self.name, endpoint])
+    }
+
     /// Drops the series of an endpoint that left the upstream.
     pub fn remove_endpoint(&self, endpoint: &str) {
         let _ = self
             .endpoint_healthy
+            .remove_label_values(&[&*self.name, endpoint]);
+        let _ = self
+            .connections
             .remove_label_values(&[&*self.name, endpoint]);
     }
 

@@ -47,6 +47,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Response;
 use http_body::{Frame, SizeHint};
+use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -79,17 +80,33 @@ pub struct Pool {
     slots: Arc<Semaphore>,
     /// Woken when a connection goes idle or closes: a request waiting for one may go on.
     freed: Arc<Notify>,
+    /// `rampart_upstream_connections` of this endpoint: one per [`Slot`].
+    open: IntGauge,
 }
 
-/// An open connection's claim on one of its endpoint's `max_connections`.
+/// An open connection's claim on one of its endpoint's `max_connections`, counted in
+/// `rampart_upstream_connections` while it lasts (from the connect on).
 #[derive(Debug)]
 struct Slot {
     _permit: OwnedSemaphorePermit,
     freed: Arc<Notify>,
+    open: IntGauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, pool: &Pool) -> Slot {
+        pool.open.inc();
+        Slot {
+            _permit: permit,
+            freed: pool.freed.clone(),
+            open: pool.open.clone(),
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.open.dec();
         self.freed.notify_one();
     }
 }
@@ -169,8 +186,8 @@ pub struct Returning {
 // === impl Pool ===
 
 impl Pool {
-    /// A pool keeping at most `max_idle` idle connections.
-    pub fn new(settings: PoolSettings, tls: Option<TlsOrigin>) -> Arc<Pool> {
+    /// A pool keeping at most `max_idle` idle connections, counting those open on `open`.
+    pub fn new(settings: PoolSettings, tls: Option<TlsOrigin>, open: IntGauge) -> Arc<Pool> {
         Arc::new(Pool {
             idle: {
                 let n = crate::workers::count();
@@ -184,6 +201,7 @@ impl Pool {
             tls,
             slots: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             freed: Arc::new(Notify::new()),
+            open,
         })
     }
 
@@ -213,10 +231,7 @@ impl Pool {
                         break;
                     }
                     if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                        let slot = Slot {
-                            _permit: permit,
-                            freed: self.freed.clone(),
-                        };
+                        let slot = Slot::new(permit, self);
                         // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and
                         // happens once per connection; inline, every request's future would
                         // carry its size.

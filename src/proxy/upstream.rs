@@ -103,8 +103,9 @@ impl Upstream {
         let name: Arc<str> = Arc::from(name);
         let metrics = metrics.upstream(&name);
         let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
-        let make =
-            |addr: SocketAddr, host: Option<Arc<str>>| Endpoint::new(addr, host, cfg, tls.as_ref());
+        let make = |addr: SocketAddr, host: Option<Arc<str>>| {
+            Endpoint::new(addr, host, cfg, tls.as_ref(), &metrics)
+        };
         let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
         let carried: Vec<Arc<Endpoint>> = old
             .filter(|o| same_transport(&o.cfg, cfg))
@@ -290,7 +291,7 @@ impl Upstream {
                     .find(|e| e.addr == a && e.host == host)
                     .cloned()
                     .unwrap_or_else(|| {
-                        let e = Endpoint::new(a, host, &self.cfg, self.tls.as_ref());
+                        let e = Endpoint::new(a, host, &self.cfg, self.tls.as_ref(), &self.metrics);
                         self.metrics.set_endpoint_healthy(&e.label, true);
                         e
                     })
@@ -359,6 +360,7 @@ impl Endpoint {
         host: Option<Arc<str>>,
         cfg: &file::Upstream,
         tls: Option<&Arc<ArcSwap<ClientConfig>>>,
+        metrics: &UpstreamMetrics,
     ) -> Arc<Endpoint> {
         let label: Arc<str> = Arc::from(addr.to_string());
         let tls = tls.map(|config| TlsOrigin {
@@ -375,6 +377,7 @@ impl Endpoint {
         });
         let authority =
             Authority::try_from(&*label).unwrap_or_else(|_| Authority::from_static("invalid"));
+        let open = metrics.connections(&label);
         Arc::new(Endpoint {
             addr,
             host,
@@ -390,6 +393,7 @@ impl Endpoint {
                     idle_timeout: cfg.pool_idle_timeout.0,
                 },
                 tls,
+                open,
             ),
         })
     }

@@ -367,18 +367,26 @@ async fn uploads_answered_before_their_body_is_read_reuse_the_connections() {
 /// after a burst that opened three, requests one at a time all go over the connection used
 /// last (taken in turn, the three would serve them in rotation and none would ever be idle
 /// long enough to close); the other two are closed at the timeout while that one is kept
-/// busy, and it is closed in turn once the requests stop. Nothing is reopened meanwhile.
+/// busy, and it is closed in turn once the requests stop. Nothing is reopened meanwhile, and
+/// `rampart_upstream_connections` follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_reused_newest_first_and_closed_after_pool_idle_timeout() {
     let app = sample().await;
     let proxy = proxy_with(app.addr(), "pool_idle_timeout: 600ms", 1).await;
     let addr = proxy.listener("inbound");
+    let endpoint = app.addr().to_string();
+    let open = || async {
+        let text = metrics::metrics(proxy.admin()).await;
+        let labels = [("upstream", "app"), ("endpoint", endpoint.as_str())];
+        metrics::metric_value(&text, "rampart_upstream_connections", &labels)
+    };
     let burst = (0..3).map(|_| tokio::spawn(http::get(addr, "/slow?ms=200", &[])));
     for r in burst.collect::<Vec<_>>() {
         assert_eq!(r.await.unwrap().status.as_u16(), 200, "the burst");
     }
     assert_eq!(app.connections(), 3, "three requests at once open three");
     assert_eq!(app.open_connections(), 3);
+    assert_eq!(open().await, Some(3.0), "rampart_upstream_connections");
     let conn = || async {
         let r = http::get(addr, "/conn", &[]).await;
         assert_eq!(r.status.as_u16(), 200, "GET /conn");
@@ -402,6 +410,7 @@ async fn idle_connections_are_reused_newest_first_and_closed_after_pool_idle_tim
         app.open_connections()
     );
     assert_eq!(app.open_connections(), 1, "the busy one is still open");
+    assert_eq!(open().await, Some(1.0), "rampart_upstream_connections");
     crate::assert_eventually!(
         app.open_connections() == 0,
         "left alone, the last connection is closed too; {} open",
@@ -412,6 +421,7 @@ async fn idle_connections_are_reused_newest_first_and_closed_after_pool_idle_tim
         3,
         "no connection was opened after the burst"
     );
+    assert_eq!(open().await, Some(0.0), "rampart_upstream_connections");
 }
 
 /// `pool_max_idle: 0` keeps no idle connection: each request opens its own, and each is closed

@@ -702,6 +702,7 @@ mod tests {
         let slot = Slot {
             _permit: permit,
             freed: Arc::new(Notify::new()),
+            open: prometheus::IntGauge::new("open", "test").unwrap(),
         };
         Conn::new(Stream::Wire(wire.clone()), slot)
     }
