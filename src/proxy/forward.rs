@@ -18,7 +18,7 @@
 //! noted once, as its head is read ([`Sent`]), so the request path looks none of them up.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -49,6 +49,37 @@ pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 /// The request id header, added when absent.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// `ip` as text. Made for every connection: an IPv4 address is written digit by digit on the
+/// stack and copied once into the value (through `Display` and a `String`, it cost a tenth
+/// more per connection, counted by callgrind).
+fn ip_text(ip: IpAddr) -> HeaderValue {
+    let made = match ip {
+        IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            HeaderValue::from_bytes(&text[..n])
+        }
+        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
+    };
+    made.unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// The client end of a connection, with its forwarding values made once per connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -58,21 +89,18 @@ pub struct Peer {
     pub tls: bool,
     /// What the client's verified certificate says (mTLS listeners).
     pub cert: Option<CertIds>,
-    ip: String,
+    /// The client's IP address as text, for `x-forwarded-for`.
     forwarded_for: HeaderValue,
 }
 
 impl Peer {
     /// The peer at `addr`; `tls` says whether its connection is TLS.
     pub fn new(addr: SocketAddr, tls: bool) -> Self {
-        let ip = addr.ip().to_string();
         Peer {
             addr,
             tls,
             cert: None,
-            forwarded_for: HeaderValue::from_str(&ip)
-                .unwrap_or(HeaderValue::from_static("unknown")),
-            ip,
+            forwarded_for: ip_text(addr.ip()),
         }
     }
 
@@ -325,7 +353,7 @@ fn append_forwarded_for(h: &mut HeaderMap, peer: &Peer) {
             list.push_str(", ");
         }
     }
-    list.push_str(&peer.ip);
+    list.push_str(peer.forwarded_for.to_str().unwrap_or("unknown"));
     if let Ok(v) = HeaderValue::from_str(&list) {
         given.insert(v);
     }
@@ -519,6 +547,25 @@ mod tests {
         assert!(h.get(header::CONTENT_LENGTH).is_none());
         assert_eq!(h[header::TRANSFER_ENCODING], "gzip");
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_peer_s_address_is_written_as_the_standard_library_writes_it() {
+        for addr in [
+            "10.1.2.3:5555",
+            "255.255.255.255:1",
+            "0.0.0.0:2",
+            "100.10.99.9:3",
+            "127.0.0.1:4",
+            "[::1]:80",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:443",
+            "[::ffff:255.255.255.255]:8080",
+            "[fe80::1:2:3:4]:9",
+        ] {
+            let addr: SocketAddr = addr.parse().expect("addr");
+            let peer = Peer::new(addr, false);
+            assert_eq!(peer.forwarded_for, addr.ip().to_string(), "{addr}");
+        }
     }
 
     /// The head the upstream writer sends for `req`, prepared for a client at 10.1.2.3 (over
