@@ -7,7 +7,9 @@
 # RUNS rounds, one wrk run per proxy; around each, the kernel's scheduler counts of every
 # thread of the proxy (/proc/PID/task/TID/schedstat: time on a core, time waiting for one,
 # times put on one), summed. Prints per request: run and wait µs, and the times put on a core
-# per 1,000 requests and the wait each time; with wrk's p99. Half way into each run it
+# per 1,000 requests and the wait each time; the times it went to sleep itself (voluntary
+# context switches: it had nothing to do) per 1,000 requests, and the share of the machine's
+# time no thread used (idle, from /proc/stat); with wrk's p99. Half way into each run it
 # counts wrk's connections per process of the proxy (`ss -tnp`; nginx's workers are
 # processes, rampart's and HAProxy's are threads of one, shown as one).
 #
@@ -75,6 +77,19 @@ sched_sums() {
     echo "$r $w $s"
 }
 
+# sleeps MAIN : voluntary context switches of every thread of MAIN and its descendants.
+sleeps() {
+    local pid n=0 v
+    for pid in $(proc_pids "$1"); do
+        v=$(awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}' /proc/"$pid"/task/*/status 2>/dev/null) || continue
+        n=$((n + v))
+    done
+    echo "$n"
+}
+
+# idle_total : "IDLE TOTAL" ticks of the whole machine (/proc/stat; idle includes iowait).
+idle_total() { awk '$1 == "cpu" {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat; }
+
 # owners PORT : how many established connections to PORT each process holds, largest first.
 owners() {
     ss -Htnp state established "( sport = :$1 )" | grep -o 'pid=[0-9]*' | sort | uniq -c |
@@ -83,7 +98,7 @@ owners() {
 
 mkdir -p "$OUT"
 tsv="$OUT/sched.tsv"
-echo -e "proxy\trun\treq_per_s\tp99_ms\trun_us_req\twait_us_req\toncore_per_1000\twait_us_each\tconns" >"$tsv"
+echo -e "proxy\trun\treq_per_s\tp99_ms\trun_us_req\twait_us_req\toncore_per_1000\twait_us_each\tsleeps_per_1000\tidle_pct\tconns" >"$tsv"
 log "$WORKERS worker(s) each, $CONNS connections: warm-up, then $RUNS run(s) x $DURATION per proxy"
 for p in "${proxies[@]}"; do wrk -t1 -c"$CONNS" -d1s "http://${listen[$p]}/" >/dev/null; done
 # Half of DURATION, in seconds (read by lib.sh's `to_ms`: a number with its unit, s or m).
@@ -92,6 +107,8 @@ half=$(awk -v ms="$(to_ms "$DURATION")" 'BEGIN { if (ms + 0 <= 0) exit 1; print 
 for i in $(seq "$RUNS"); do
     for p in "${proxies[@]}"; do
         read -r r0 w0 s0 <<<"$(sched_sums "${pid_of[$p]}")"
+        v0=$(sleeps "${pid_of[$p]}")
+        read -r i0 t0 <<<"$(idle_total)"
         wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://${listen[$p]}/" >"$work/wrk.out" &
         wrk_pid=$!
         sleep "$half"
@@ -99,24 +116,28 @@ for i in $(seq "$RUNS"); do
         wait "$wrk_pid"
         wrk_pid=
         read -r r1 w1 s1 <<<"$(sched_sums "${pid_of[$p]}")"
+        v1=$(sleeps "${pid_of[$p]}")
+        read -r i1 t1 <<<"$(idle_total)"
         grep -qE 'Non-2xx|Socket errors' "$work/wrk.out" && die "$p: wrk saw errors: $(cat "$work/wrk.out")"
         requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
         rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.out")
         p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/wrk.out")")
         awk -v p="$p" -v i="$i" -v rps="$rps" -v p99="$p99" -v n="$requests" -v conns="$split" \
-            -v r=$((r1 - r0)) -v w=$((w1 - w0)) -v s=$((s1 - s0)) 'BEGIN {
-            printf "%s\t%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%.1f\t%s\n", p, i, rps, p99,
-                r / n / 1000, w / n / 1000, s * 1000 / n, s ? w / s / 1000 : 0, conns }' >>"$tsv"
+            -v r=$((r1 - r0)) -v w=$((w1 - w0)) -v s=$((s1 - s0)) -v v=$((v1 - v0)) \
+            -v idle=$((i1 - i0)) -v total=$((t1 - t0)) 'BEGIN {
+            printf "%s\t%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.1f\t%s\n", p, i, rps, p99,
+                r / n / 1000, w / n / 1000, s * 1000 / n, s ? w / s / 1000 : 0, v * 1000 / n,
+                total ? 100 * idle / total : 0, conns }' >>"$tsv"
     done
 done
 
 {
     echo
-    printf '%-8s %3s %10s %8s %12s %13s %16s %12s  %s\n' proxy run req/s p99_ms \
-        run_us/req wait_us/req on_core/1000req wait_us/each "conns per process"
-    tail -n +2 "$tsv" | while IFS=$'\t' read -r p i rps p99 run wait on each split; do
-        printf '%-8s %3s %10s %8s %12s %13s %16s %12s  %s\n' "$p" "$i" "$rps" "$p99" "$run" \
-            "$wait" "$on" "$each" "$split"
+    printf '%-8s %3s %10s %8s %12s %13s %16s %12s %16s %7s  %s\n' proxy run req/s p99_ms \
+        run_us/req wait_us/req on_core/1000req wait_us/each sleeps/1000req idle% "conns per process"
+    tail -n +2 "$tsv" | while IFS=$'\t' read -r p i rps p99 run wait on each slept idle split; do
+        printf '%-8s %3s %10s %8s %12s %13s %16s %12s %16s %7s  %s\n' "$p" "$i" "$rps" "$p99" "$run" \
+            "$wait" "$on" "$each" "$slept" "$idle" "$split"
     done
 } >&2
 log "figures in $tsv"

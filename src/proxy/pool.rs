@@ -2,11 +2,12 @@
 //! shortest time reused first, and closed after `pool_idle_timeout` unused ([`idle`]).
 //!
 //! Why not hyper-util's pooled client: it spawns a task per request to hand the connection
-//! back, clones the URI and pool key per request, and its pool is behind a mutex. Here a
+//! back, clones the URI and pool key per request, and its pool is behind one mutex. Here a
 //! connection goes back to its worker's idle stack when the response body ends (see
-//! [`Returning`]), so the hot path has no spawn, no contended lock and no extra allocation. A connection
-//! that the upstream closed is noticed when taken and discarded; a request that a dead pooled
-//! connection did not send goes out on the next one, so keep-alive races never surface.
+//! [`Returning`]), so the hot path has no spawn, no contended lock and no extra allocation.
+//! A connection that the upstream closed is noticed when taken and discarded; a request that
+//! a dead pooled connection did not send goes out on the next one, so keep-alive races never
+//! surface.
 //!
 //! Why not hyper's HTTP/1.1 client connection either: a request through it goes into a
 //! channel, a dispatcher takes it out, encodes it, parses the answer into a second message

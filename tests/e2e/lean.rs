@@ -196,8 +196,8 @@ async fn a_reset_inside_a_held_body_reaches_no_upstream() {
 /// A `body_idle_timeout` shorter than the lean server's gap (200 ms) bounds its wait too: a
 /// body's rest that stalls longer than the timeout is answered 408, as by hyper. With 30 ms,
 /// the lean server hands the request to hyper after 30 ms, whose 408 comes 30 ms later; the
-/// rest, sent 160 ms after the first bytes, comes too late. (Had the lean server waited its whole gap, the rest
-/// would have come inside it and been served.)
+/// rest, sent 160 ms after the first bytes, comes too late. (Had the lean server waited its
+/// whole gap, the rest would have come inside it and been served.)
 #[tokio::test]
 async fn a_short_body_idle_timeout_bounds_the_lean_servers_wait_for_a_body() {
     let app = sample().await;
