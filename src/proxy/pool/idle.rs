@@ -7,8 +7,10 @@
 //! until `pool_idle_timeout` closes them; taken in turn, every connection would look busy and
 //! none would ever be closed.
 //!
-//! The stack is ordered by age (each one pushed is the newest), so what has been idle too long
-//! is always a run at the bottom: [`Stack::expire`] takes it off without looking at the rest.
+//! The stack is ordered by age (each one pushed is the newest; two threads pushing at once
+//! may put them a clock tick out of order, which moves a timeout by that tick), so what has
+//! been idle too long is a run at the bottom: [`Stack::expire`] takes it off without looking
+//! at the rest.
 //!
 //! Why a mutex on the request path, where the rest of it keeps to atomics: a bounded stack
 //! that many threads may push and pop is not lock-free without `unsafe` (the queue it
