@@ -21,14 +21,19 @@ async fn proxy(app: SocketAddr, max_connections: u32, workers: u32) -> Proxy {
     proxy_with(app, &keys, workers).await
 }
 
-/// `app` behind one route, its upstream given `keys` too, on `workers` workers.
-async fn proxy_with(app: SocketAddr, keys: &str, workers: u32) -> Proxy {
+/// One route to upstream `app` at `$APP`, the upstream given `keys` too.
+fn with_keys(keys: &str) -> String {
     let cfg = one_route("").replace(
         "app: { endpoints: [$APP] }",
         &format!("app: {{ endpoints: [$APP], {keys} }}"),
     );
     assert!(cfg.contains(keys), "template changed: {cfg}");
-    Proxy::builder(&cfg)
+    cfg
+}
+
+/// `app` behind one route, its upstream given `keys` too, on `workers` workers.
+async fn proxy_with(app: SocketAddr, keys: &str, workers: u32) -> Proxy {
+    Proxy::builder(&with_keys(keys))
         .var("APP", app)
         .env("RAMPART_WORKERS", workers)
         .spawn()
@@ -443,5 +448,43 @@ async fn a_pool_max_idle_of_zero_keeps_no_connection() {
         app.open_connections() == 0,
         "no connection is kept; {} open",
         app.open_connections()
+    );
+}
+
+/// A reload that changes how an upstream's connections are made (here `pool_idle_timeout`)
+/// gives its endpoints new pools: the old pool's idle connection is closed, not left open
+/// beside the new pool's, and `rampart_upstream_connections` counts the new one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_replaces_a_pool_closes_the_old_pools_connections() {
+    let app = sample().await;
+    let mut proxy = proxy_with(app.addr(), "pool_idle_timeout: 60s", 1).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eq!(app.open_connections(), 1);
+
+    proxy.rewrite_config(&with_keys("pool_idle_timeout: 30s"));
+    proxy.signal("HUP");
+    crate::assert_eventually!(
+        metrics::reloads(&metrics::metrics(admin).await, "success") == 1.0,
+        "the reload must be applied"
+    );
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eq!(
+        app.connections(),
+        2,
+        "the new pool opens a connection of its own"
+    );
+    crate::assert_eventually!(
+        app.open_connections() == 1,
+        "the old pool's idle connection is closed; {} open",
+        app.open_connections()
+    );
+    let text = metrics::metrics(admin).await;
+    let endpoint = app.addr().to_string();
+    let labels = [("upstream", "app"), ("endpoint", endpoint.as_str())];
+    assert_eq!(
+        metrics::metric_value(&text, "rampart_upstream_connections", &labels),
+        Some(1.0),
+        "rampart_upstream_connections"
     );
 }
