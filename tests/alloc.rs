@@ -51,9 +51,10 @@ fn a_plain_keep_alive_request_allocates_nothing_on_the_proxys_thread() {
 /// A request on a connection of its own (`connection: close`) pays what a connection sets up:
 /// its task and the connection's future (boxed in it), the peer and connection state, the
 /// head timer, the socket's registration. Buffers, the parser's vectors and the first
-/// request's header map come from those the thread's earlier connections left. 9.6
+/// request's header map come from those the thread's earlier connections left. 7.7
 /// allocations a connection (rustc 1.95, release), where it was 17.6 before connections left
-/// their buffers and parser to the next.
+/// their buffers and parser to the next, and 9.6 at 654315a (before the peer's address text
+/// went straight into its header value, without a `String`, and the pool became a stack).
 #[test]
 fn a_new_connection_allocates_little_on_the_proxys_thread() {
     let run = count_allocations(PLAIN, false, &[], Load::Fresh);
@@ -64,8 +65,8 @@ fn a_new_connection_allocates_little_on_the_proxys_thread() {
         run.count.bytes_total
     );
     assert!(
-        count <= requests * 12,
-        "{count} allocations for {requests} connections, over 12 a connection: see this test's \
+        count <= requests * 10,
+        "{count} allocations for {requests} connections, over 10 a connection: see this test's \
          doc, and `tests/alloc.rs`'s other tests for how to find the callers"
     );
 }
