@@ -43,6 +43,22 @@ pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// `ip` in dotted decimal (`"10.1.2.3"`), written into `buf`; returns the text.
+pub fn ipv4(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        let mut d = [0u8; 20];
+        let digits = itoa(u64::from(octet), &mut d);
+        buf[n..n + digits.len()].copy_from_slice(digits);
+        n += digits.len();
+    }
+    &buf[..n]
+}
+
 /// The size line of a chunk of `n` bytes (`"{n:x}\r\n"`) into `dst`.
 pub fn chunk_line(dst: &mut Vec<u8>, n: usize) {
     let mut buf = [0u8; 16];
@@ -63,6 +79,20 @@ pub fn chunk_line(dst: &mut Vec<u8>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_address_is_written_as_the_standard_library_writes_it() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "100.10.99.9",
+            "127.0.0.1",
+            "255.255.255.255",
+        ] {
+            let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ipv4(addr, &mut [0; 15]), ip.as_bytes());
+        }
+    }
 
     #[test]
     fn numbers_are_written_as_http_reads_them() {

@@ -281,12 +281,7 @@ pub(super) fn endpoint(buf: &mut Vec<u8>, addr: SocketAddr) {
             None => {
                 let mut text = Vec::with_capacity(24);
                 text.push(b'"');
-                for (i, octet) in a.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    uint(&mut text, u64::from(octet));
-                }
+                text.extend_from_slice(crate::proxy::wire::ipv4(*a.ip(), &mut [0; 15]));
                 text.push(b':');
                 uint(&mut text, u64::from(a.port()));
                 text.push(b'"');
