@@ -383,3 +383,66 @@ async fn a_whole_request_then_fin_is_answered_by_the_lean_server() {
     assert_eq!(c.answer(false).await.status, 201);
     assert!(c.closes().await);
 }
+
+/// A connection that ends leaves its buffers and the parser's kept state (header names, an
+/// emptied map) to the next connection on its worker. Nothing a client sent may reach
+/// another's request that way: one client sends a whole request whose header names the parser
+/// keeps, another half a head and resets, and the next client's request, whose one header has a
+/// name of the same length, reaches the upstream with its own lines alone.
+#[tokio::test]
+async fn a_connection_s_leftovers_never_reach_the_next_connection_s_request() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&one_route(""))
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let mut a = Conn::open(addr).await;
+    a.send(b"GET /headers HTTP/1.1\r\nHost: app.local\r\nX-Secret-A: from-a\r\n\r\n")
+        .await;
+    let first = a.answer(false).await;
+    assert_eq!(first.status, 200);
+    assert!(first.text().contains("from-a"), "{}", first.text());
+    drop(a);
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /headers HTTP/1.1\r\nHost: app.local\r\nX-Left-Behind: half")
+        .await
+        .expect("write");
+    // Then a reset, not an end of stream (which hands the bytes to hyper): the connection ends
+    // with half a head in its read buffer.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0");
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(40)).await;
+
+    let mut b = Conn::open(addr).await;
+    b.send(b"GET /headers HTTP/1.1\r\nHost: app.local\r\nX-Secret-B: from-b\r\n\r\n")
+        .await;
+    let seen = b.answer(false).await;
+    assert_eq!(seen.status, 200);
+    let text = seen.text().to_ascii_lowercase();
+    assert!(text.contains("\"x-secret-b\""), "B's own header: {text}");
+    // Nor anything of A's answer (`x-sample-addr`).
+    for leaked in [
+        "x-secret-a",
+        "from-a",
+        "x-left-behind",
+        "half",
+        "x-sample-addr",
+    ] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} reached B's request: {text}"
+        );
+    }
+    assert_eq!(
+        app.hits_for("/headers"),
+        2,
+        "the half head reached no upstream"
+    );
+}
