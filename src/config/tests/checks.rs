@@ -174,6 +174,14 @@ fn upstream_health_outlier_and_tls() {
         &upstream("{ endpoints: [127.0.0.1:1], connect_timeout: 0ms }"),
         "upstreams.app.connect_timeout",
     );
+    let e = fails_at(
+        &upstream("{ endpoints: [127.0.0.1:1], pool_idle_timeout: 0s }"),
+        "upstreams.app.pool_idle_timeout",
+    );
+    assert!(e.message.contains("pool_max_idle: 0"), "{e:?}");
+    ok(&upstream(
+        "{ endpoints: [127.0.0.1:1], pool_idle_timeout: 1ms, pool_max_idle: 0 }",
+    ));
     let tls = upstream(
         "{ endpoints: [127.0.0.1:1], tls: { server_name: \"bad name\", ca: /nonexistent/ca.pem } }",
     );

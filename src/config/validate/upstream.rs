@@ -20,6 +20,14 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     r.positive(&p.key("connect_timeout"), up.connect_timeout.0);
     r.at_least_1(&p.key("max_connections"), up.max_connections.into());
     r.positive(&p.key("resolve_every"), up.resolve_every.0);
+    if up.pool_idle_timeout.0.is_zero() {
+        // 0s could be read as "never close" or as "never keep"; neither is what the pool
+        // would do (reuse within the clock's tick), so it is refused with the key that keeps none.
+        r.value(
+            &p.key("pool_idle_timeout"),
+            "must be longer than 0s (to keep no idle connections, set pool_max_idle: 0)",
+        );
+    }
     if let Some(hc) = &up.health_check {
         let hp = p.key("health_check");
         if !hc.path.starts_with('/') {
