@@ -114,6 +114,88 @@ fn the_access_log_allocates_nothing_per_line_on_the_proxys_thread() {
     assert_eq!(run.log_lines, all, "access log lines after {all} requests");
 }
 
+/// Connections held open, idle, by [`an_idle_connection_holds_little_of_the_heap`].
+const IDLE: usize = 200;
+
+/// A keep-alive connection waiting for its next request holds little: once it has waited
+/// `h1::PARK_AFTER` (250 ms), the future that serves its requests (about 5 KiB) is freed, and
+/// what is left is its task, a small wait for its socket, and what it shares. Measured as the
+/// heap the proxy's thread still holds for `IDLE` connections, each past one request, after
+/// 700 ms: 1,683 bytes a connection (rustc 1.95, release); 6,194 before connections were parked
+/// (then the benchmark's 5.36 MiB of RSS per 1,000 idle connections). Then each connection
+/// serves a second request: a parked connection is taken up again.
+#[test]
+fn an_idle_connection_holds_little_of_the_heap() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (rt, proxy, listen, upstream) = start(PLAIN, false, &dir);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    let (go, rx) = mpsc::channel::<()>();
+    let from = upstream.clone();
+    std::thread::spawn(move || {
+        let upstream = from;
+        let mut conns = Vec::new();
+        let round = |conns: &mut Vec<BufReader<TcpStream>>| -> Result<(), String> {
+            if conns.is_empty() {
+                for _ in 0..IDLE {
+                    let s = TcpStream::connect(listen).map_err(|e| format!("connect: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(30)))
+                        .map_err(|e| e.to_string())?;
+                    conns.push(BufReader::new(s));
+                }
+            }
+            conns
+                .iter_mut()
+                .try_for_each(|c| get(c, &upstream, None, 0))
+        };
+        while rx.recv().is_ok() {
+            if done_tx.send(round(&mut conns)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut round = || {
+        go.send(()).expect("the client thread ended early");
+        rt.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(e))) => panic!("the client failed: {e}"),
+                Ok(None) => panic!("the client is gone"),
+                Err(_) => panic!("the client did not finish within 60 s"),
+            }
+        });
+    };
+    assert_counting();
+    // One connection first, so that what the first of any connections sets up (the upstream
+    // connection, the thread's spare buffers, label handles) is not counted.
+    let from = upstream.clone();
+    let warm = std::thread::spawn(move || fresh_get(listen, &from));
+    rt.block_on(async {
+        while !warm.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    warm.join()
+        .expect("the warm-up's thread")
+        .expect("the warm-up request");
+    let info = allocation_counter::measure(|| {
+        round();
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(700)).await });
+    });
+    // Each parked connection serves its next request.
+    round();
+    rt.block_on(proxy.shutdown());
+    let each = info.bytes_current / IDLE as i64;
+    println!(
+        "{IDLE} idle connections: {} bytes held on the proxy's thread, {each} a connection",
+        info.bytes_current
+    );
+    assert!(
+        each <= 2_048,
+        "an idle connection holds {each} bytes of the proxy thread's heap, over 2,048: is the \
+         connection's future still held while it waits (`h1::End::Park`)?"
+    );
+}
+
 /// What [`count_allocations`] saw.
 struct Run {
     /// The proxy thread's allocations while the counted requests were served.
@@ -165,36 +247,8 @@ fn count_allocations(
     tenants: &'static [&'static str],
     load: Load,
 ) -> Run {
-    let upstream = start_upstream().to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut yaml = template
-        .replace("@UPSTREAM@", &upstream)
-        .replace("@LISTEN@", "127.0.0.1:0")
-        .replace("@ADMIN@", "127.0.0.1:0")
-        .replace("@TLS_RAMPART@", "# plaintext");
-    if log {
-        let to = dir.path().join("access.jsonl");
-        let line = format!("    access_log: {{ to: {} }}\n", to.display());
-        let at = yaml
-            .find("    direction: inbound\n")
-            .expect("the template has an inbound listener");
-        yaml.insert_str(at + "    direction: inbound\n".len(), &line);
-    }
-    let path = dir.path().join("rampart.yaml");
-    std::fs::write(&path, yaml).expect("writing the policy file");
-    // A field left unfilled is refused here: YAML allows no `@` at the start of a value.
-    let config = rampart::load_config(&path).expect("the policy file must load");
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime");
-    let proxy = rt
-        .block_on(rampart::Rampart::start(config))
-        .expect("rampart must start");
-    let listen = rt
-        .block_on(proxy.listener_addr("inbound"))
-        .expect("the inbound listener's address");
+    let (rt, proxy, listen, upstream) = start(template, log, &dir);
 
     // Each client waits for a number of requests to send, sends them, and reports back; the
     // proxy's tasks run only while this thread is inside `block_on`.
@@ -224,13 +278,7 @@ fn count_allocations(
         });
     };
 
-    // The counter counts: a measurement of nothing must not pass vacuously.
-    let one = allocation_counter::measure(|| drop(std::hint::black_box(Box::new(1u64))));
-    assert_eq!(
-        one.count_total, 1,
-        "allocation-counter is not the global allocator"
-    );
-
+    assert_counting();
     phase(WARMUP);
     let info = allocation_counter::measure(|| phase(COUNTED));
     drop(go);
@@ -245,6 +293,61 @@ fn count_allocations(
         metrics,
         log_lines,
     }
+}
+
+/// The counter counts: a measurement of nothing must not pass vacuously.
+fn assert_counting() {
+    let one = allocation_counter::measure(|| drop(std::hint::black_box(Box::new(1u64))));
+    assert_eq!(
+        one.count_total, 1,
+        "allocation-counter is not the global allocator"
+    );
+}
+
+/// Starts the sample service on a thread of its own, and rampart in-process on this thread
+/// with `template` (its `@...@` fields filled in as `benches/load/lib.sh` does, one left
+/// unfilled failing to load; with `log`, an access log in `dir`) in front of it: the runtime
+/// to run rampart's tasks on, rampart, its inbound listener's address, and the upstream's.
+fn start(
+    template: &str,
+    log: bool,
+    dir: &tempfile::TempDir,
+) -> (
+    tokio::runtime::Runtime,
+    rampart::Rampart,
+    SocketAddr,
+    String,
+) {
+    let upstream = start_upstream().to_string();
+    let mut yaml = template
+        .replace("@UPSTREAM@", &upstream)
+        .replace("@LISTEN@", "127.0.0.1:0")
+        .replace("@ADMIN@", "127.0.0.1:0")
+        .replace("@TLS_RAMPART@", "# plaintext");
+    if log {
+        let to = dir.path().join("access.jsonl");
+        let line = format!("    access_log: {{ to: {} }}\n", to.display());
+        let at = yaml
+            .find("    direction: inbound\n")
+            .expect("the template has an inbound listener");
+        yaml.insert_str(at + "    direction: inbound\n".len(), &line);
+    }
+    let path = dir.path().join("rampart.yaml");
+    std::fs::write(&path, yaml).expect("writing the policy file");
+    // A field left unfilled is refused here: YAML allows no `@` at the start of a value.
+    let config = rampart::load_config(&path).expect("the policy file must load");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let proxy = rt
+        .block_on(rampart::Rampart::start(config))
+        .expect("rampart must start");
+    let listen = rt
+        .block_on(proxy.listener_addr("inbound"))
+        .expect("the inbound listener's address");
+    (rt, proxy, listen, upstream)
 }
 
 /// The sample service on a thread and runtime of its own; its address.

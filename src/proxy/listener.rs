@@ -361,12 +361,16 @@ impl Acceptor {
     /// the task's cell, and by each change of the task's stage), 4,000 instructions of
     /// `memcpy` a connection; boxed, it is written once, and the task's cell is small enough
     /// for the C library's per-thread cache.
+    ///
+    /// A plain connection that waits for a head long enough is parked (`h1::End::Park`): its
+    /// boxed future ends and is freed, the task waits for the socket with what the connection
+    /// needs to be served again ([`Parked`], a few hundred bytes), and boxes a new future when
+    /// the socket wakes.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
         let peer = Arc::new(Peer::new(peer, false));
-        self.conns.spawn(async move {
-            Box::pin(serve_conn(shared, addr, stream, peer, stopped, held)).await
-        });
+        self.conns
+            .spawn(conn_task(shared, addr, stream, peer, stopped, held));
     }
 
     /// Serves a handed connection: registers its socket with this worker's I/O driver first.
@@ -406,9 +410,32 @@ fn hand_over(
     .map_err(|e| e.0)
 }
 
-/// Serves one connection until it ends, its watchdog closes it, or the listener stops. On a
-/// TLS listener the handshake runs here, in the connection's own task, within the head
-/// timeout, so a slow handshake never holds the accept loop.
+/// A connection's task: [`serve_conn`], boxed, and after each time it parks, the wait for the
+/// socket and [`serve_io`] again, each boxed in turn.
+#[allow(clippy::manual_async_fn)] // not `async fn`: see serve_conn
+fn conn_task(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stream: TcpStream,
+    peer: Arc<Peer>,
+    stopped: watch::Receiver<bool>,
+    held: (OwnedSemaphorePermit, Open),
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        // Held until the connection ends.
+        let _held = held;
+        let mut parked = Box::pin(serve_conn(shared, addr, stream, peer, stopped)).await;
+        while let Some(p) = parked {
+            // Boxed too: inline, the wait's futures would grow every connection's task.
+            let p = Box::pin(p.wake()).await;
+            parked = Box::pin(serve_io(p.conn, h1::Start::Resumed(p.wait), false)).await;
+        }
+    }
+}
+
+/// Serves one connection until it ends, its watchdog closes it, the listener stops, or (plain
+/// TCP) it is parked. On a TLS listener the handshake runs here, in the connection's own task,
+/// within the head timeout, so a slow handshake never holds the accept loop.
 ///
 /// This and [`serve_io`] are plain `fn`s returning `async move` blocks, as `stack::handle` is:
 /// an `async fn` keeps a second copy of its arguments, and these futures set the size of every
@@ -420,23 +447,67 @@ fn serve_conn(
     stream: TcpStream,
     peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
-    held: (OwnedSemaphorePermit, Open),
-) -> impl std::future::Future<Output = ()> {
+) -> impl std::future::Future<Output = Option<Parked>> {
     async move {
-        // Held until the connection ends (a reference: moving it would keep a second copy).
-        let _held = &held;
         let gen = shared.current.load_full();
-        let Some(lst) = gen.listeners.get(&addr).cloned() else {
-            return;
-        };
+        let lst = gen.listeners.get(&addr).cloned()?;
         drop(gen);
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
-            return serve_io(shared, addr, &lst, stream, peer, head, stopped, false).await;
+            let conn = Served {
+                shared,
+                addr,
+                lst,
+                io: stream,
+                peer,
+                state: ConnState::new(),
+                stopped,
+            };
+            return serve_io(conn, h1::Start::Accepted(head), false).await;
         };
         // Boxed: the handshake and a TLS stream make a future about twice a plain connection's,
         // and inline they would set the size of every connection's task.
-        Box::pin(serve_tls(shared, addr, &lst, tls, stream, peer, stopped)).await;
+        Box::pin(serve_tls(shared, addr, lst, tls, stream, peer, stopped)).await;
+        None
+    }
+}
+
+/// A connection and what serving it takes, from accept (or its handshake) to its end.
+struct Served<I> {
+    shared: Arc<Shared>,
+    /// The listener's configured address (its key in each generation).
+    addr: SocketAddr,
+    /// The listener as configured when the connection was accepted.
+    lst: Arc<ListenerRt>,
+    io: I,
+    peer: Arc<Peer>,
+    /// What the watchdog knows (kept while parked: hyper's watchdog reads it after a hand-off).
+    state: Arc<ConnState>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// A plain connection parked while it waits for a head (`h1::End::Park`).
+struct Parked {
+    conn: Served<TcpStream>,
+    wait: h1::Wait,
+}
+
+impl Parked {
+    /// Resolves when the socket has something to read (or is closed or broken), when the wait
+    /// for the head ends, or when the listener stops: in each case the lean server, resumed,
+    /// does what it would have done in the wait (serve, close, drain).
+    async fn wake(self) -> Parked {
+        {
+            // A clone: waiting on it leaves the stop unseen by the connection's own receiver,
+            // which the resumed server then sees.
+            let mut stop = self.conn.stopped.clone();
+            tokio::select! {
+                _ = self.conn.io.readable() => {}
+                _ = tokio::time::sleep_until(self.wait.due) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        self
     }
 }
 
@@ -445,7 +516,7 @@ fn serve_conn(
 async fn serve_tls(
     shared: Arc<Shared>,
     addr: SocketAddr,
-    lst: &ListenerRt,
+    lst: Arc<ListenerRt>,
     tls: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     mut peer: Arc<Peer>,
@@ -463,10 +534,20 @@ async fn serve_tls(
                     uri_san: info.client_uri_san.map(Arc::from),
                 });
             }
-            // The handshake spent part of the head timeout; the watchdog gets the rest.
+            // The handshake spent part of the head timeout; the rest is the first head's.
             let head = lst.head_timeout.saturating_sub(started.elapsed());
             let h2 = info.is_h2;
-            serve_io(shared, addr, lst, tls_stream, peer, head, stopped, h2).await;
+            let conn = Served {
+                shared,
+                addr,
+                lst,
+                io: tls_stream,
+                peer,
+                state: ConnState::new(),
+                stopped,
+            };
+            // Never parked: waiting for a TLS stream's bytes is more than waiting for its socket.
+            let _ = serve_io(conn, h1::Start::Accepted(head), h2).await;
         }
         Err(e) => {
             if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
@@ -479,49 +560,94 @@ async fn serve_tls(
 
 /// Serves one accepted (and, with TLS, handshaken) connection: the lean HTTP/1.1 server
 /// (`h1.rs`) first, hyper for HTTP/2 (ALPN `h2`, or the prior-knowledge preface) and for
-/// whatever the lean server hands over.
-#[allow(clippy::too_many_arguments, clippy::manual_async_fn)] // not `async fn`: see serve_conn
+/// whatever the lean server hands over. A plain connection the lean server parks comes back
+/// as [`Parked`] (the lean server is asked to park only plain TCP connections).
+#[allow(clippy::manual_async_fn)] // not `async fn`: see serve_conn
 fn serve_io<I>(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    lst: &ListenerRt,
-    io: I,
-    client: Arc<Peer>,
-    head: Duration,
-    mut stopped: watch::Receiver<bool>,
+    // Taken apart here, not in the block: a local the block moved from keeps its room.
+    Served {
+        shared,
+        addr,
+        lst,
+        io,
+        peer: client,
+        state,
+        mut stopped,
+    }: Served<I>,
+    start: h1::Start,
     h2: bool,
-) -> impl std::future::Future<Output = ()> + '_
+) -> impl std::future::Future<Output = Option<Parked>>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static + Park,
 {
     async move {
-        let state = ConnState::new();
-        let started = Instant::now();
+        // Where the first head's wait ends: the watchdog keeps to it if hyper takes over.
+        let head_end = match start {
+            h1::Start::Accepted(head) => Instant::now() + head,
+            h1::Start::Resumed(w) => w.due,
+        };
         let io = if h2 {
             h1::Rewind::new(bytes::Bytes::new(), io)
         } else {
             let conn = h1::Conn {
                 shared: &shared,
                 addr,
-                lst,
+                lst: &lst,
                 peer: &client,
                 state: &state,
+                park: I::PARKS,
             };
-            match h1::serve(conn, io, head, &mut stopped).await {
-                h1::End::Closed => return,
+            match h1::serve(conn, io, start, &mut stopped).await {
+                h1::End::Closed => return None,
                 h1::End::HandOff(io) => io,
+                h1::End::Park(io, wait) => {
+                    let conn = Served {
+                        shared,
+                        addr,
+                        lst,
+                        io,
+                        peer: client,
+                        state,
+                        stopped,
+                    };
+                    return I::parked(conn, wait);
+                }
             }
         };
         // The watchdog counts the head timeout from accept, whoever served the connection so far.
-        let watchdog = state.watch(head.saturating_sub(started.elapsed()), lst.idle_timeout);
+        let left = head_end.saturating_duration_since(Instant::now());
+        let watchdog = state.watch(left, lst.idle_timeout);
         tokio::pin!(watchdog);
         let draining = *stopped.borrow();
         // Boxed: inline, hyper's part set the size of every connection's task (11,360 bytes
         // instead of 6,048), though a connection the lean server keeps never touches it.
         Box::pin(serve_hyper(
-            shared, addr, lst, io, client, &state, watchdog, stopped, draining,
+            shared, addr, &lst, io, client, &state, watchdog, stopped, draining,
         ))
         .await;
+        None
+    }
+}
+
+/// Whether a connection's stream can be parked: waited for by its socket alone.
+trait Park: Sized {
+    /// The lean server may park it.
+    const PARKS: bool;
+    /// The parked connection (`None` for a stream that is never parked).
+    fn parked(conn: Served<Self>, wait: h1::Wait) -> Option<Parked>;
+}
+
+impl Park for TcpStream {
+    const PARKS: bool = true;
+    fn parked(conn: Served<Self>, wait: h1::Wait) -> Option<Parked> {
+        Some(Parked { conn, wait })
+    }
+}
+
+impl<S> Park for tokio_rustls::server::TlsStream<S> {
+    const PARKS: bool = false;
+    fn parked(_: Served<Self>, _: h1::Wait) -> Option<Parked> {
+        None
     }
 }
 
@@ -617,6 +743,13 @@ mod tests {
     /// The size of what `f` returns, read from its type: no argument is made.
     fn output_size<F, R>(_: F) -> usize
     where
+        F: FnOnce(Arc<Shared>, SocketAddr, TcpStream, Arc<Peer>, watch::Receiver<bool>) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    fn task_size<F, R>(_: F) -> usize
+    where
         F: FnOnce(
             Arc<Shared>,
             SocketAddr,
@@ -629,18 +762,32 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// Every idle keep-alive connection holds its task's future, whose size is that of the
-    /// request path's futures inline: 5,024 bytes in a release build of rustc 1.95, 5,056 in a
-    /// test build (6,128 and 6,144 before the path's `async fn`s became `fn`s returning
-    /// `async move` blocks). An `async fn` taking the request or the peer by value adds their
-    /// size again.
+    fn wake_size<F: FnOnce(Parked) -> R, R>(_: F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A connection serving requests holds the request path's futures inline: 5,168 bytes in
+    /// a test build of rustc 1.95 (6,144 before the path's `async fn`s became `fn`s returning
+    /// `async move` blocks, 5,056 before parking added its state). An `async fn` taking the
+    /// request or the peer by value adds their size again.
     #[test]
-    fn a_plain_connections_task_stays_small() {
+    fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);
         assert!(
             size <= 5_200,
-            "a plain connection's task is {size} bytes, over 5,200: see stack::handle's doc, and \
-             `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
+            "a plain connection's future is {size} bytes, over 5,200: see stack::handle's doc, \
+             and `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
         );
+    }
+
+    /// What stays of a parked connection is its task's own future (which boxes the rest) and
+    /// the boxed wait for its socket: 312 and 712 bytes in a test build, a fifth of the future
+    /// dropped, and the task within the C library's per-thread cache (1,032 bytes).
+    #[test]
+    fn a_parked_connection_keeps_little() {
+        let task = task_size(conn_task);
+        let wait = wake_size(Parked::wake);
+        assert!(task <= 512, "a connection's task is {task} bytes");
+        assert!(wait <= 1_024, "a parked connection's wait is {wait} bytes");
     }
 }

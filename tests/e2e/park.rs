@@ -1,0 +1,119 @@
+//! Parked connections (`h1::End::Park`, issue 22's memory per idle connection): a plain
+//! keep-alive connection that waits 250 ms for a head, with nothing of one read, drops the
+//! future that serves its requests and waits for its socket with a small one. Parked, it must
+//! still do all a waiting connection does: serve its next requests in order, keep a head begun
+//! before the pause, give up its `max_connections` slot when the client goes, and close at
+//! once when the listener drains. (Its head and idle timeouts: `edges/idle.rs`, whose
+//! timeouts of 1 s park every connection it times.)
+
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+
+use crate::support::conn::Conn;
+use crate::support::{one_route, sample, Proxy};
+
+/// Longer than the wait before a connection is parked (250 ms).
+const PAUSE: Duration = Duration::from_millis(400);
+
+async fn proxy_with(rt: &str, app: &rampart::sample::Sample) -> Proxy {
+    Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: app.local\r\n\r\n")
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_its_next_requests_in_order() {
+    let app = sample().await;
+    let proxy = proxy_with("", &app).await;
+    let mut c = Conn::open(proxy.listener("inbound")).await;
+    for i in 0..3 {
+        c.send(get(&format!("/headers?i={i}")).as_bytes()).await;
+        let a = c.answer(false).await;
+        assert_eq!(a.status, 200, "request {i}: {a:?}");
+        assert!(a.text().contains(&format!("i={i}")), "{}", a.text());
+        sleep(PAUSE).await;
+    }
+    // Two requests in one write, after the pause: both answered, in order.
+    c.send(format!("{}{}", get("/headers?n=a"), get("/status/404")).as_bytes())
+        .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.text().contains("n=a"), "{}", a.text());
+    assert_eq!(c.answer(false).await.status, 404);
+    assert_eq!(app.hits_for("/headers"), 4);
+}
+
+/// A head begun before the pause keeps its bytes: a connection with part of a head in its
+/// buffer is never parked (parking drops the buffer's place in the connection's future).
+#[tokio::test]
+async fn a_head_begun_before_a_pause_is_served_whole() {
+    let app = sample().await;
+    let proxy = proxy_with("", &app).await;
+    let mut c = Conn::open(proxy.listener("inbound")).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    c.send(b"GET /headers?part=1 HT").await;
+    sleep(PAUSE).await;
+    c.send(b"TP/1.1\r\nHost: app.local\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.text().contains("part=1"), "{}", a.text());
+}
+
+/// A client that goes while its connection is parked frees its slot at once: with
+/// `max_connections: 1`, the next client is served, not held until the idle timeout (60 s).
+#[tokio::test]
+async fn a_client_that_goes_while_parked_frees_its_slot() {
+    let app = sample().await;
+    let proxy = proxy_with("runtime: { max_connections: 1 }", &app).await;
+    let addr = proxy.listener("inbound");
+    let mut first = Conn::open(addr).await;
+    first.send(get("/ok").as_bytes()).await;
+    assert_eq!(first.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    drop(first);
+    let started = Instant::now();
+    let mut next = Conn::open(addr).await;
+    next.send(get("/ok").as_bytes()).await;
+    let a = tokio::time::timeout(Duration::from_secs(3), next.answer(false))
+        .await
+        .expect("the next client is served once the parked one has gone");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A drain closes a parked connection at once, and the process exits without waiting for
+/// the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_a_parked_connection_at_once() {
+    let app = sample().await;
+    let mut proxy = proxy_with("runtime: { shutdown_grace: 10s }", &app).await;
+    let mut c = Conn::open(proxy.listener("inbound")).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    assert!(
+        c.closes().await,
+        "the parked connection is closed by the drain"
+    );
+    let status = proxy.wait_exit(Duration::from_secs(12)).await;
+    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the drain waited for the parked connection: {:?}",
+        signalled.elapsed()
+    );
+}
