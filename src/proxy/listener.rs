@@ -428,7 +428,8 @@ fn conn_task(
         while let Some(p) = parked {
             // Boxed too: inline, the wait's futures would grow every connection's task.
             let p = Box::pin(p.wake()).await;
-            parked = Box::pin(serve_io(p.conn, h1::Start::Resumed(p.wait), false)).await;
+            let start = h1::Start::Resumed(p.wait);
+            parked = Box::pin(serve_io(p.conn, p.io, start, false)).await;
         }
     }
 }
@@ -454,16 +455,8 @@ fn serve_conn(
         drop(gen);
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
-            let conn = Served {
-                shared,
-                addr,
-                lst,
-                io: stream,
-                peer,
-                state: ConnState::new(),
-                stopped,
-            };
-            return serve_io(conn, h1::Start::Accepted(head), false).await;
+            let conn = Served::new(shared, addr, lst, peer, stopped);
+            return serve_io(conn, stream, h1::Start::Accepted(head), false).await;
         };
         // Boxed: the handshake and a TLS stream make a future about twice a plain connection's,
         // and inline they would set the size of every connection's task.
@@ -472,23 +465,45 @@ fn serve_conn(
     }
 }
 
-/// A connection and what serving it takes, from accept (or its handshake) to its end.
-struct Served<I> {
+/// What serving a connection takes besides its stream, from accept (or its handshake) to its
+/// end.
+struct Served {
     shared: Arc<Shared>,
     /// The listener's configured address (its key in each generation).
     addr: SocketAddr,
     /// The listener as configured when the connection was accepted.
     lst: Arc<ListenerRt>,
-    io: I,
     peer: Arc<Peer>,
     /// What the watchdog knows (kept while parked: hyper's watchdog reads it after a hand-off).
     state: Arc<ConnState>,
     stopped: watch::Receiver<bool>,
 }
 
+impl Served {
+    /// A connection accepted now (a new watchdog state).
+    fn new(
+        shared: Arc<Shared>,
+        addr: SocketAddr,
+        lst: Arc<ListenerRt>,
+        peer: Arc<Peer>,
+        stopped: watch::Receiver<bool>,
+    ) -> Served {
+        let state = ConnState::new();
+        Served {
+            shared,
+            addr,
+            lst,
+            peer,
+            state,
+            stopped,
+        }
+    }
+}
+
 /// A plain connection parked while it waits for a head (`h1::End::Park`).
 struct Parked {
-    conn: Served<TcpStream>,
+    conn: Served,
+    io: TcpStream,
     wait: h1::Wait,
 }
 
@@ -502,7 +517,7 @@ impl Parked {
             // which the resumed server then sees.
             let mut stop = self.conn.stopped.clone();
             tokio::select! {
-                _ = self.conn.io.readable() => {}
+                _ = self.io.readable() => {}
                 _ = tokio::time::sleep_until(self.wait.due) => {}
                 _ = stop.changed() => {}
             }
@@ -537,17 +552,9 @@ async fn serve_tls(
             // The handshake spent part of the head timeout; the rest is the first head's.
             let head = lst.head_timeout.saturating_sub(started.elapsed());
             let h2 = info.is_h2;
-            let conn = Served {
-                shared,
-                addr,
-                lst,
-                io: tls_stream,
-                peer,
-                state: ConnState::new(),
-                stopped,
-            };
+            let conn = Served::new(shared, addr, lst, peer, stopped);
             // Never parked: waiting for a TLS stream's bytes is more than waiting for its socket.
-            let _ = serve_io(conn, h1::Start::Accepted(head), h2).await;
+            let _ = serve_io(conn, tls_stream, h1::Start::Accepted(head), h2).await;
         }
         Err(e) => {
             if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
@@ -564,16 +571,8 @@ async fn serve_tls(
 /// as [`Parked`] (the lean server is asked to park only plain TCP connections).
 #[allow(clippy::manual_async_fn)] // not `async fn`: see serve_conn
 fn serve_io<I>(
-    // Taken apart here, not in the block: a local the block moved from keeps its room.
-    Served {
-        shared,
-        addr,
-        lst,
-        io,
-        peer: client,
-        state,
-        mut stopped,
-    }: Served<I>,
+    mut conn: Served,
+    io: I,
     start: h1::Start,
     h2: bool,
 ) -> impl std::future::Future<Output = Option<Parked>>
@@ -589,31 +588,28 @@ where
         let io = if h2 {
             h1::Rewind::new(bytes::Bytes::new(), io)
         } else {
-            let conn = h1::Conn {
-                shared: &shared,
-                addr,
-                lst: &lst,
-                peer: &client,
-                state: &state,
+            let c = h1::Conn {
+                shared: &conn.shared,
+                addr: conn.addr,
+                lst: &conn.lst,
+                peer: &conn.peer,
+                state: &conn.state,
                 park: I::PARKS,
             };
-            match h1::serve(conn, io, start, &mut stopped).await {
+            match h1::serve(c, io, start, &mut conn.stopped).await {
                 h1::End::Closed => return None,
                 h1::End::HandOff(io) => io,
-                h1::End::Park(io, wait) => {
-                    let conn = Served {
-                        shared,
-                        addr,
-                        lst,
-                        io,
-                        peer: client,
-                        state,
-                        stopped,
-                    };
-                    return I::parked(conn, wait);
-                }
+                h1::End::Park(io, wait) => return I::parked(conn, io, wait),
             }
         };
+        let Served {
+            shared,
+            addr,
+            lst,
+            peer: client,
+            state,
+            stopped,
+        } = conn;
         // The watchdog counts the head timeout from accept, whoever served the connection so far.
         let left = head_end.saturating_duration_since(Instant::now());
         let watchdog = state.watch(left, lst.idle_timeout);
@@ -634,19 +630,19 @@ trait Park: Sized {
     /// The lean server may park it.
     const PARKS: bool;
     /// The parked connection (`None` for a stream that is never parked).
-    fn parked(conn: Served<Self>, wait: h1::Wait) -> Option<Parked>;
+    fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked>;
 }
 
 impl Park for TcpStream {
     const PARKS: bool = true;
-    fn parked(conn: Served<Self>, wait: h1::Wait) -> Option<Parked> {
-        Some(Parked { conn, wait })
+    fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked> {
+        Some(Parked { conn, io, wait })
     }
 }
 
 impl<S> Park for tokio_rustls::server::TlsStream<S> {
     const PARKS: bool = false;
-    fn parked(_: Served<Self>, _: h1::Wait) -> Option<Parked> {
+    fn parked(_: Served, _: Self, _: h1::Wait) -> Option<Parked> {
         None
     }
 }
