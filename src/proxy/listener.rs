@@ -364,8 +364,8 @@ impl Acceptor {
     ///
     /// A plain connection that waits for a head long enough is parked (`h1::End::Park`): its
     /// boxed future ends and is freed, the task waits for the socket with what the connection
-    /// needs to be served again ([`Parked`]; with the task, about 1 KiB), and boxes a new future when
-    /// the socket wakes.
+    /// needs to be served again ([`Parked`]; with the task, about 1 KiB), and boxes a new
+    /// future when the socket wakes.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
         let peer = Arc::new(Peer::new(peer, false));
