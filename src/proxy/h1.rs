@@ -190,11 +190,11 @@ where
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         let mut timing = false;
         let opened = Instant::now();
-        // The end of the first head's wait (`Drop` at it), or of a resumed wait for a later one.
-        let (mut first, mut resumed) = match start {
-            Start::Accepted(head) => (Some(opened + head), None),
-            Start::Resumed(w) if w.first => (Some(w.due), None),
-            Start::Resumed(w) => (None, Some(w.due)),
+        // The end given for the wait under way (the first head's, or a resumed wait's) until a
+        // head is read; and whether that wait is for the first head (`Drop` at its end).
+        let (mut given, mut first) = match start {
+            Start::Accepted(head) => (Some(opened + head), true),
+            Start::Resumed(w) => (Some(w.due), w.first),
         };
         let mut due = opened;
         // Whether a wait for a head with nothing of one read is parked, and when.
@@ -208,8 +208,8 @@ where
                 match parse::parse(read, max_head, reuse) {
                     Parsed::Simple(head) => {
                         timing = false;
-                        first = None;
-                        resumed = None;
+                        given = None;
+                        first = false;
                         want = 0;
                         let mut ask = Ask {
                             head: head.req.method() == Method::HEAD,
@@ -278,7 +278,7 @@ where
                     timing = true;
                     let now = clock.now();
                     due = match want {
-                        0 => first.or(resumed).unwrap_or_else(|| now + wait_limit),
+                        0 => given.unwrap_or_else(|| now + wait_limit),
                         _ => now + body_gap,
                     };
                     park_at = (parks && want == 0).then(|| now + PARK_AFTER);
@@ -306,7 +306,7 @@ where
                     false => Poll::Pending,
                     true if parking.is_some() => Poll::Ready(Wake::Park),
                     true if want > 0 => Poll::Ready(Wake::Slow),
-                    true if first.is_some() => Poll::Ready(Wake::Drop),
+                    true if first => Poll::Ready(Wake::Drop),
                     true if idle_first => Poll::Ready(Wake::Graceful),
                     true => Poll::Ready(Wake::Drop),
                 }
@@ -344,10 +344,7 @@ where
                 }
                 // (`Slow` only while a body is read, above.)
                 Wake::Drop | Wake::Slow => return End::Closed,
-                Wake::Park => {
-                    let first = first.is_some();
-                    return End::Park(io, Wait { due, first });
-                }
+                Wake::Park => return End::Park(io, Wait { due, first }),
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::support::conn::Conn;
+use crate::support::conn::{reset, Conn};
 use crate::support::{http, one_route, sample, Proxy};
 
 async fn setup() -> (rampart::sample::Sample, Proxy, SocketAddr) {
@@ -175,12 +175,7 @@ async fn a_reset_inside_a_held_body_reaches_no_upstream() {
     .expect("write");
     // Within the gap: the lean server holds the request, waiting for the rest.
     tokio::time::sleep(Duration::from_millis(40)).await;
-    // Linger 0: the close is a reset. (Set through socket2: tokio's setter is deprecated
-    // because it can block on drop, which it cannot with no time to linger.)
-    socket2::SockRef::from(&tcp)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger 0");
-    drop(tcp);
+    reset(tcp);
     // Past the gap, when a held request would have gone on to hyper and the upstream.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
@@ -414,10 +409,7 @@ async fn a_connection_s_leftovers_never_reach_the_next_connection_s_request() {
     // Then a reset, not an end of stream (which hands the bytes to hyper): the connection ends
     // with half a head in its read buffer.
     tokio::time::sleep(Duration::from_millis(40)).await;
-    socket2::SockRef::from(&tcp)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger 0");
-    drop(tcp);
+    reset(tcp);
     tokio::time::sleep(Duration::from_millis(40)).await;
 
     let mut b = Conn::open(addr).await;

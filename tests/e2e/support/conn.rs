@@ -34,6 +34,16 @@ impl Answer {
     }
 }
 
+/// Closes `tcp` with a reset rather than an end of stream (linger 0). Set through socket2:
+/// tokio's setter is deprecated because it can block on drop, which it cannot with no time to
+/// linger.
+pub fn reset(tcp: TcpStream) {
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0");
+    drop(tcp);
+}
+
 /// A client connection reading answers one by one, framed by their heads.
 pub struct Conn {
     /// The socket, for what the helpers do not cover (a half-close, say).
