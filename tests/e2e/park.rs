@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::{sleep, Instant};
 
-use crate::support::conn::Conn;
+use crate::support::conn::{reset, Conn};
 use crate::support::{one_route, sample, Proxy};
 
 /// Longer than the wait before a connection is parked (250 ms).
@@ -90,6 +90,26 @@ async fn a_client_that_goes_while_parked_frees_its_slot() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The same for a client that resets its parked connection (an error on the socket, not an
+/// end of stream).
+#[tokio::test]
+async fn a_client_that_resets_while_parked_frees_its_slot() {
+    let app = sample().await;
+    let proxy = proxy_with("runtime: { max_connections: 1 }", &app).await;
+    let addr = proxy.listener("inbound");
+    let mut first = Conn::open(addr).await;
+    first.send(get("/ok").as_bytes()).await;
+    assert_eq!(first.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    reset(first.tcp);
+    let mut next = Conn::open(addr).await;
+    next.send(get("/ok").as_bytes()).await;
+    let a = tokio::time::timeout(Duration::from_secs(3), next.answer(false))
+        .await
+        .expect("the next client is served once the parked one was reset");
+    assert_eq!(a.status, 200, "{a:?}");
 }
 
 /// A drain closes a parked connection at once, and the process exits without waiting for
