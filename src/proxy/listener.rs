@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -362,10 +363,10 @@ impl Acceptor {
     /// `memcpy` a connection; boxed, it is written once, and the task's cell is small enough
     /// for the C library's per-thread cache.
     ///
-    /// A plain connection that waits for a head long enough is parked (`h1::End::Park`): its
-    /// boxed future ends and is freed, the task waits for the socket with what the connection
-    /// needs to be served again ([`Parked`]; with the task, about 1 KiB), and boxes a new
-    /// future when the socket wakes.
+    /// An HTTP/1.1 connection that waits for a head long enough is parked (`h1::End::Park`):
+    /// its boxed future ends and is freed, the task waits for the socket with what the
+    /// connection needs to be served again ([`Parked`]; with the task, about 1 KiB, and a TLS
+    /// connection's session), and boxes a new future when the socket wakes.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
         let peer = Arc::new(Peer::new(peer, false));
@@ -429,13 +430,16 @@ fn conn_task(
             // Boxed too: inline, the wait's futures would grow every connection's task.
             let p = Box::pin(p.wake()).await;
             let start = h1::Start::Resumed(p.wait);
-            parked = Box::pin(serve_io(p.conn, p.io, start, false)).await;
+            parked = match p.io {
+                ParkedIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
+                ParkedIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+            };
         }
     }
 }
 
-/// Serves one connection until it ends, its watchdog closes it, the listener stops, or (plain
-/// TCP) it is parked. On a TLS listener the handshake runs here, in the connection's own task,
+/// Serves one connection until it ends, its watchdog closes it, the listener stops, or it is
+/// parked (HTTP/1.1 only). On a TLS listener the handshake runs here, in the connection's own task,
 /// within the head timeout, so a slow handshake never holds the accept loop.
 ///
 /// This and [`serve_io`] are plain `fn`s returning `async move` blocks, as `stack::handle` is:
@@ -460,8 +464,7 @@ fn serve_conn(
         };
         // Boxed: the handshake and a TLS stream make a future about twice a plain connection's,
         // and inline they would set the size of every connection's task.
-        Box::pin(serve_tls(shared, addr, lst, tls, stream, peer, stopped)).await;
-        None
+        Box::pin(serve_tls(shared, addr, lst, tls, stream, peer, stopped)).await
     }
 }
 
@@ -500,11 +503,29 @@ impl Served {
     }
 }
 
-/// A plain connection parked while it waits for a head (`h1::End::Park`).
+/// A connection parked while it waits for a head (`h1::End::Park`).
 struct Parked {
     conn: Served,
-    io: TcpStream,
+    io: ParkedIo,
     wait: h1::Wait,
+}
+
+/// A parked connection's stream.
+enum ParkedIo {
+    Plain(TcpStream),
+    /// Boxed: a TLS session is over a kilobyte, and inline it would grow every connection's
+    /// task, plain ones too.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ParkedIo {
+    /// The socket under the stream.
+    fn socket(&self) -> &TcpStream {
+        match self {
+            ParkedIo::Plain(io) => io,
+            ParkedIo::Tls(io) => io.get_ref().0,
+        }
+    }
 }
 
 impl Parked {
@@ -517,7 +538,7 @@ impl Parked {
             // which the resumed server then sees.
             let mut stop = self.conn.stopped.clone();
             tokio::select! {
-                _ = self.io.readable() => {}
+                _ = self.io.socket().readable() => {}
                 _ = tokio::time::sleep_until(self.wait.due) => {}
                 _ = stop.changed() => {}
             }
@@ -527,7 +548,7 @@ impl Parked {
 }
 
 /// Serves a connection to a TLS listener: the handshake (within the head timeout), then the
-/// connection over it.
+/// connection over it until it ends or is parked.
 async fn serve_tls(
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -536,7 +557,7 @@ async fn serve_tls(
     stream: TcpStream,
     mut peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
-) {
+) -> Option<Parked> {
     let started = Instant::now();
     match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
         Ok((tls_stream, info)) => {
@@ -553,22 +574,22 @@ async fn serve_tls(
             let head = lst.head_timeout.saturating_sub(started.elapsed());
             let h2 = info.is_h2;
             let conn = Served::new(shared, addr, lst, peer, stopped);
-            // Never parked: waiting for a TLS stream's bytes is more than waiting for its socket.
-            let _ = serve_io(conn, tls_stream, h1::Start::Accepted(head), h2).await;
+            serve_io(conn, tls_stream, h1::Start::Accepted(head), h2).await
         }
         Err(e) => {
             if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
                 c.inc();
             }
             tracing::debug!(peer = %peer.addr, error = %e, "tls handshake failed");
+            None
         }
     }
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection: the lean HTTP/1.1 server
 /// (`h1.rs`) first, hyper for HTTP/2 (ALPN `h2`, or the prior-knowledge preface) and for
-/// whatever the lean server hands over. A plain connection the lean server parks comes back
-/// as [`Parked`] (the lean server is asked to park only plain TCP connections).
+/// whatever the lean server hands over. A connection the lean server parks comes back as
+/// [`Parked`].
 #[allow(clippy::manual_async_fn)] // not `async fn`: see serve_conn
 fn serve_io<I>(
     mut conn: Served,
@@ -636,14 +657,20 @@ trait Park: Sized {
 impl Park for TcpStream {
     const PARKS: bool = true;
     fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked> {
+        let io = ParkedIo::Plain(io);
         Some(Parked { conn, io, wait })
     }
 }
 
-impl<S> Park for tokio_rustls::server::TlsStream<S> {
-    const PARKS: bool = false;
-    fn parked(_: Served, _: Self, _: h1::Wait) -> Option<Parked> {
-        None
+/// A TLS stream is parked only where its socket alone says when it has more: the lean server
+/// parks after a read that returned `Pending`, and tokio-rustls says that only when its
+/// session holds no plaintext and the socket has nothing left to read. A part of a record
+/// read before stays in the session and is completed when the socket wakes.
+impl Park for TlsStream<TcpStream> {
+    const PARKS: bool = true;
+    fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked> {
+        let io = ParkedIo::Tls(Box::new(io));
+        Some(Parked { conn, io, wait })
     }
 }
 

@@ -373,7 +373,7 @@ async fn a_whole_request_then_fin_is_answered_by_the_lean_server() {
     let mut c = Conn::open(addr).await;
     let two = format!("{}{}", get("/ok"), get("/status/201"));
     c.send(two.as_bytes()).await;
-    c.tcp.shutdown().await.expect("half-close");
+    c.io.shutdown().await.expect("half-close");
     assert_eq!(c.answer(false).await.status, 200);
     assert_eq!(c.answer(false).await.status, 201);
     assert!(c.closes().await);

@@ -103,7 +103,7 @@ async fn a_client_that_resets_while_parked_frees_its_slot() {
     first.send(get("/ok").as_bytes()).await;
     assert_eq!(first.answer(false).await.status, 200);
     sleep(PAUSE).await;
-    reset(first.tcp);
+    reset(first.io);
     let mut next = Conn::open(addr).await;
     next.send(get("/ok").as_bytes()).await;
     let a = tokio::time::timeout(Duration::from_secs(3), next.answer(false))

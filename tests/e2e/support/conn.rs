@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a raw exchange waits for its answers.
@@ -44,10 +44,11 @@ pub fn reset(tcp: TcpStream) {
     drop(tcp);
 }
 
-/// A client connection reading answers one by one, framed by their heads.
-pub struct Conn {
-    /// The socket, for what the helpers do not cover (a half-close, say).
-    pub tcp: TcpStream,
+/// A client connection reading answers one by one, framed by their heads: over TCP, or over
+/// a TLS stream.
+pub struct Conn<S = TcpStream> {
+    /// The stream, for what the helpers do not cover (a half-close, say).
+    pub io: S,
     buf: Vec<u8>,
 }
 
@@ -56,23 +57,27 @@ impl Conn {
     pub async fn open(addr: SocketAddr) -> Conn {
         Conn::over(TcpStream::connect(addr).await.expect("connect"))
     }
+}
 
-    /// A client connection over `tcp`, connected already.
-    pub fn over(tcp: TcpStream) -> Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// A client connection over `io`, connected (and with TLS, handshaken) already.
+    pub fn over(io: S) -> Conn<S> {
         Conn {
-            tcp,
+            io,
             buf: Vec::new(),
         }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.tcp.write_all(bytes).await.expect("write");
+        self.io.write_all(bytes).await.expect("write");
+        // A TLS stream sends what it has taken only when flushed.
+        self.io.flush().await.expect("flush");
     }
 
     /// Reads more; false at the end of the stream.
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+        let n = tokio::time::timeout(WAIT, self.io.read(&mut chunk))
             .await
             .expect("an answer must come within the wait")
             .unwrap_or(0);
@@ -153,7 +158,7 @@ impl Conn {
     pub async fn closes(&mut self) -> bool {
         let mut chunk = [0u8; 1024];
         matches!(
-            tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await,
+            tokio::time::timeout(WAIT, self.io.read(&mut chunk)).await,
             Ok(Ok(0)) | Ok(Err(_))
         )
     }

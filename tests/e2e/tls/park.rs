@@ -1,0 +1,179 @@
+//! Parked TLS connections (`h1::End::Park` over TLS): a keep-alive TLS connection that waits
+//! 250 ms for a head, with nothing of one read, drops the futures of its handshake and its
+//! requests and waits for its socket, keeping only its session. Parked, it must do all a
+//! waiting TLS connection does: serve its next requests, complete a record begun before the
+//! pause, close at its idle timeout, give up its `max_connections` slot when the client goes,
+//! and close at once when the listener drains. (Plain connections: `park.rs`.)
+
+use std::io::Write;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::time::{sleep, Instant};
+
+use super::{pki, tls_proxy};
+use crate::support::conn::Conn;
+use crate::support::sample;
+use crate::support::tls::{self, H1Conn};
+
+/// Longer than the wait before a connection is parked (250 ms).
+const PAUSE: Duration = Duration::from_millis(400);
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+}
+
+#[tokio::test]
+async fn a_parked_tls_connection_serves_its_next_requests() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let mut c = H1Conn::open(proxy.listener("inbound"), cfg)
+        .await
+        .expect("a TLS connection");
+    for i in 0..3 {
+        let path = format!("/headers?i={i}");
+        let rsp = c.get(&path, &[]).await.expect("an answer after a pause");
+        assert_eq!(rsp.status, 200, "request {i}: {}", rsp.text());
+        assert!(rsp.text().contains(&format!("i={i}")), "{}", rsp.text());
+        sleep(PAUSE).await;
+    }
+    assert_eq!(app.hits_for("/headers"), 3);
+}
+
+/// A TLS record of which the proxy has read a part when the connection parks is kept in the
+/// session, completed when the rest comes, and its request served. Then two requests in one
+/// record after a pause: both answered, in order.
+#[tokio::test]
+async fn a_record_begun_before_a_pause_is_served_whole() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let stream = tls::connect(proxy.listener("inbound"), cfg)
+        .await
+        .expect("a TLS connection");
+    let mut c = Conn::over(stream);
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    // The record of the next request, sealed by the client's session, sent in two parts.
+    let (tcp, session) = c.io.get_mut();
+    session
+        .writer()
+        .write_all(get("/headers?split=1").as_bytes())
+        .expect("plaintext taken");
+    let mut record = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut record).expect("the record");
+    }
+    let half = record.len() / 2;
+    tcp.write_all(&record[..half])
+        .await
+        .expect("the first part");
+    sleep(PAUSE).await;
+    tcp.write_all(&record[half..]).await.expect("the rest");
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.text().contains("split=1"), "{}", a.text());
+    sleep(PAUSE).await;
+    c.send(format!("{}{}", get("/headers?n=a"), get("/status/404")).as_bytes())
+        .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.text().contains("n=a"), "{}", a.text());
+    assert_eq!(c.answer(false).await.status, 404);
+    assert_eq!(app.hits_for("/headers"), 2);
+}
+
+/// The idle timeout still closes a parked TLS connection, at its time.
+#[tokio::test]
+async fn a_parked_tls_connection_closes_at_its_idle_timeout() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    let proxy = tls_proxy(app.addr(), &pki, false, rt).await;
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let stream = tls::connect(proxy.listener("inbound"), cfg)
+        .await
+        .expect("a TLS connection");
+    let mut c = Conn::over(stream);
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    let answered = Instant::now();
+    assert!(c.closes().await, "the idle connection is closed");
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed {after:?} after its answer, not at the idle timeout (1s)"
+    );
+}
+
+/// A client that closes its TLS session (close_notify, then the end of its stream) while its
+/// connection is parked frees its slot at once: with `max_connections: 1`, the next client is
+/// served, not held until the idle timeout (60 s).
+#[tokio::test]
+async fn a_tls_client_that_goes_while_parked_frees_its_slot() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let rt = "runtime: { max_connections: 1 }";
+    let proxy = tls_proxy(app.addr(), &pki, false, rt).await;
+    let addr = proxy.listener("inbound");
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let stream = tls::connect(addr, cfg.clone())
+        .await
+        .expect("a TLS connection");
+    let mut first = Conn::over(stream);
+    first.send(get("/ok").as_bytes()).await;
+    assert_eq!(first.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    first.io.shutdown().await.expect("close_notify");
+    drop(first);
+    let started = Instant::now();
+    let mut next = H1Conn::open(addr, cfg)
+        .await
+        .expect("the next TLS connection");
+    let rsp = tokio::time::timeout(Duration::from_secs(3), next.get("/ok", &[]))
+        .await
+        .expect("the next client is served once the parked one has gone")
+        .expect("an answer");
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A drain closes a parked TLS connection at once, and the process exits without waiting for
+/// the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_a_parked_tls_connection_at_once() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let rt = "runtime: { shutdown_grace: 10s }";
+    let mut proxy = tls_proxy(app.addr(), &pki, false, rt).await;
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let stream = tls::connect(proxy.listener("inbound"), cfg)
+        .await
+        .expect("a TLS connection");
+    let mut c = Conn::over(stream);
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    assert!(
+        c.closes().await,
+        "the parked TLS connection is closed by the drain"
+    );
+    let status = proxy.wait_exit(Duration::from_secs(12)).await;
+    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the drain waited for the parked connection: {:?}",
+        signalled.elapsed()
+    );
+}
