@@ -11,11 +11,16 @@
       connection is past its first request and simply idle), then reads the resident memory
       (VmRSS, summed over the PIDs) before and after, and closes them. Prints
       `BEFORE_KIB AFTER_KIB OPENED`.
+
+  client.py idle-tls PORT COUNT CERT PID...
+      The same over TLS (HTTP/1.1 by ALPN), verifying the proxy's certificate against CERT
+      (PEM; the benchmark's own, for 127.0.0.1).
 """
 
 import http.client
 import resource
 import socket
+import ssl
 import sys
 import time
 
@@ -70,7 +75,7 @@ def read_answer(sock):
     return status
 
 
-def idle(port, count, pids):
+def idle(port, count, pids, cert=None):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = count + 64
     if soft < want:
@@ -78,9 +83,15 @@ def idle(port, count, pids):
     time.sleep(0.5)
     before = rss_kib(pids)
     socks = []
+    ctx = None
+    if cert is not None:
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.set_alpn_protocols(["http/1.1"])
     try:
         for _ in range(count):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if ctx is not None:
+                s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
             s.sendall(REQUEST)
             status = read_answer(s)
             if status != 200:
@@ -94,7 +105,7 @@ def idle(port, count, pids):
             s.setblocking(False)
             try:
                 alive += 1 if s.recv(1) else 0
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError):
                 alive += 1
             except OSError:
                 pass
@@ -134,6 +145,9 @@ def main():
         requests(int(sys.argv[2]), int(sys.argv[3]), conns)
     elif mode == "idle" and len(sys.argv) >= 5:
         idle(int(sys.argv[2]), int(sys.argv[3]), [int(p) for p in sys.argv[4:]])
+    elif mode == "idle-tls" and len(sys.argv) >= 6:
+        pids = [int(p) for p in sys.argv[5:]]
+        idle(int(sys.argv[2]), int(sys.argv[3]), pids, cert=sys.argv[4])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

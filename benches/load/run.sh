@@ -15,6 +15,9 @@
 #                                              certificate; wrk over https, once on keep-alive
 #                                              connections and once with a new connection
 #                                              (and handshake) per request
+#   IDLE_CONNS=2000                            with TLS=1: idle TLS keep-alive connections
+#                                              opened to each proxy after the runs, for its
+#                                              RSS per 1,000 of them (0: skip)
 #   RAMPART_ACCESS_LOG=path                    rampart writes its access log to this file
 #                                              (synced after every run, so its writeback is
 #                                              not charged to the next target)
@@ -28,6 +31,7 @@ WARMUP=${WARMUP:-3s}
 BASE_PORT=${BASE_PORT:-18700}
 BENCH_STANDIN=${BENCH_STANDIN:-0}
 TLS=${TLS:-0}
+IDLE_CONNS=${IDLE_CONNS:-2000}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -191,6 +195,22 @@ for t in "${targets[@]}"; do
     if [[ $t == direct ]]; then rss[$t]=$(peak_rss_mib "${pid_of[upstream]}"); else rss[$t]=$(peak_rss_mib "${pid_of[$t]}"); fi
 done
 
+# With TLS: each proxy's RSS per 1,000 idle TLS connections, each past one request (after the
+# peak above, which they must not raise), summed over its processes.
+declare -A idle_tls=()
+if [[ $TLS == 1 ]] && ((IDLE_CONNS > 0)); then
+    for t in "${targets[@]}"; do
+        [[ $t == direct ]] && continue
+        mapfile -t ps < <(proc_pids "${pid_of[$t]}")
+        read -r before after alive < <(python3 "$here/client.py" idle-tls "${port[$t]}" \
+            "$IDLE_CONNS" "$work/cert.pem" "${ps[@]}") || die "$t: the idle TLS client failed"
+        idle_tls[$t]="$(awk -v b="$before" -v a="$after" -v n="$IDLE_CONNS" \
+            'BEGIN {printf "%.2f", (a - b) / 1024 * 1000 / n}') $alive"
+        log "$(printf 'idle TLS %-8s %d connections: RSS %s -> %s MiB (%s still open)' \
+            "$t" "$IDLE_CONNS" "$(mib "$before")" "$(mib "$after")" "$alive")"
+    done
+fi
+
 # median COLUMN TARGET MODE : median over rounds of a results column (4 rps, 5 p50, 6 p99).
 median() {
     awk -v c="$1" -v t="$2" -v m="$3" '$1 == t && $2 == m {print $c}' "$work/results" | sort -g |
@@ -264,6 +284,21 @@ table() {
         echo "### A new connection per request (\`Connection: close\`: a TLS handshake per request)"
         echo
         table close
+        if ((${#idle_tls[@]} > 0)); then
+            echo
+            echo "### Idle TLS connections"
+            echo
+            echo "RSS growth while $IDLE_CONNS TLS keep-alive connections, each past one request, are"
+            echo "held open (\`client.py idle-tls\`), scaled to 1,000; summed over the proxy's processes."
+            echo
+            echo "| target | MiB per 1,000 idle TLS conns | conns still open |"
+            echo "| --- | ---: | ---: |"
+            for t in "${targets[@]}"; do
+                [[ -n ${idle_tls[$t]:-} ]] || continue
+                read -r per alive <<<"${idle_tls[$t]}"
+                printf '| %s | %s | %s of %s |\n' "$t" "$per" "$alive" "$IDLE_CONNS"
+            done
+        fi
     else
         echo
         table keepalive
