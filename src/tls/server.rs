@@ -43,8 +43,9 @@ pub struct ReloadableAcceptor {
     config: ArcSwap<ServerConfig>,
 }
 
-/// Builds a listener's TLS config from PEM files: ALPN `h2` then `http/1.1`; with `client_ca`,
-/// every client must present a certificate that chains to it (mTLS).
+/// Builds a listener's TLS config from PEM files: ALPN `h2` then `http/1.1`, AES-128-GCM
+/// preferred (`tls::server_provider`); with `client_ca`, every client must present a
+/// certificate that chains to it (mTLS).
 ///
 /// Fails, naming the file, when a file is missing or unreadable, holds no certificate or key,
 /// the key does not match, the leaf certificate is expired or not yet valid, or the CA bundle
@@ -55,7 +56,7 @@ pub fn server_config(
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsFileError> {
     let pair = CertPair::load(cert, key)?;
-    let provider = super::provider();
+    let provider = super::server_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsFileError::invalid(cert, e))?;
@@ -72,6 +73,9 @@ pub fn server_config(
         .with_single_cert(pair.chain, pair.key)
         .map_err(|e| TlsFileError::invalid(key, e))?;
     config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+    // The server's order of suites (`tls::server_provider`: AES-128-GCM first), not the
+    // client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

@@ -126,6 +126,74 @@ async fn alpn_picks_h2_when_offered_and_http1_otherwise() {
     );
 }
 
+/// A client trusting the CA in `ca` that offers ring's cipher suites that `keep` keeps, in
+/// ring's order (AES-256-GCM first); only TLS 1.2 if those are all TLS 1.2 suites.
+fn offering(
+    ca: &std::path::Path,
+    keep: fn(&rustls::SupportedCipherSuite) -> bool,
+) -> Arc<ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(keep);
+    let tls12 = provider
+        .cipher_suites
+        .iter()
+        .all(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)));
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls12 {
+        true => &[&rustls::version::TLS12],
+        false => rustls::DEFAULT_VERSIONS,
+    };
+    let roots = crate::tls::pem::load_roots(ca).expect("the CA file");
+    let cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("the versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+/// The server picks AES-128-GCM by its own order (cheaper keys on most CPUs: see
+/// `tls::server_provider`) where the client would rather have AES-256, over TLS 1.3 and 1.2,
+/// and still serves a client that offers AES-256 alone.
+#[tokio::test]
+async fn the_server_prefers_aes_128_gcm_and_serves_a_client_that_offers_only_aes_256() {
+    use rustls::{CipherSuite as S, SupportedCipherSuite as Suite};
+    let s = setup(None);
+    let (addr, mut rx) = serve(s.acceptor.clone()).await;
+    let ca = s.files.ca("ca", &s.ca);
+    let cases: [(&str, fn(&Suite) -> bool, S); 4] = [
+        ("every suite", |_| true, S::TLS13_AES_128_GCM_SHA256),
+        (
+            "TLS 1.2's suites",
+            |s| matches!(s, Suite::Tls12(_)),
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "AES-256 alone",
+            |s| s.suite() == S::TLS13_AES_256_GCM_SHA384,
+            S::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS 1.2's AES-256 alone",
+            |s| s.suite() == S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (offered, keep, expected) in cases {
+        let cfg = offering(&ca, keep);
+        let mut conn = dial(addr, cfg, "localhost")
+            .await
+            .unwrap_or_else(|e| panic!("a client offering {offered} connects: {e}"));
+        ping(&mut conn).await.expect("the session works");
+        next(&mut rx).await.expect("handshake ok");
+        let got = conn
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite());
+        assert_eq!(got, Some(expected), "offered {offered}");
+    }
+}
+
 #[tokio::test]
 async fn mtls_refuses_a_client_without_a_certificate() {
     let client_ca = Ca::new("client ca");
