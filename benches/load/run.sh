@@ -153,10 +153,14 @@ declare -a modes=(keepalive)
 # measure TARGET MODE ROUND : one wrk run; appends "target mode round rps p50 p99 errors" to
 # results. MODE close sends `Connection: close`, so every request opens a new connection.
 measure() {
-    local t=$1 m=$2 r=$3 f="$work/wrk-$1-$2-$3.txt" rps p50 p99 errs
+    local t=$1 m=$2 r=$3 f="$work/wrk-$1-$2-$3.txt" rps p50 p99 errs reqs cpu0 cpu1 who=$1
     local -a hdr=()
     [[ $m == close ]] && hdr=(-H "Connection: close")
+    [[ $t == direct ]] && who=upstream
+    cpu0=$(cpu_ticks "${pid_of[$who]}")
     run_wrk -t "$THREADS" -c "$CONNS" -d "$DURATION" --latency "${hdr[@]}" "${url[$t]}" >"$f"
+    cpu1=$(cpu_ticks "${pid_of[$who]}")
+    reqs=$(awk '/requests in/ {print $1; exit}' "$f")
     # With the access log on, flush its dirty pages now: left to the kernel's writeback, they
     # would be written during (and cost) the next target's run.
     if [[ -n ${RAMPART_ACCESS_LOG:-} ]]; then sync; fi
@@ -167,8 +171,9 @@ measure() {
     errs=$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
                 /Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
                 END {print e + 0}' "$f")
-    [[ -n $rps && $p50 != nan && $p99 != nan ]] || die "cannot parse wrk output: $(cat "$f")"
-    printf '%s %s %s %s %s %s %s\n' "$t" "$m" "$r" "$rps" "$p50" "$p99" "$errs" >>"$work/results"
+    [[ -n $rps && -n $reqs && $p50 != nan && $p99 != nan ]] || die "cannot parse wrk output: $(cat "$f")"
+    printf '%s %s %s %s %s %s %s %s %s\n' "$t" "$m" "$r" "$rps" "$p50" "$p99" "$errs" "$reqs" \
+        "$((cpu1 - cpu0))" >>"$work/results"
     log "$(printf 'round %s %-8s %-9s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %s' \
         "$r" "$t" "$m" "$rps" "$p50" "$p99" "$errs")"
 }
@@ -223,6 +228,12 @@ median() {
             print m }'
 }
 errors_of() { awk -v t="$1" -v m="$2" '$1 == t && $2 == m {e += $7} END {print e + 0}' "$work/results"; }
+# cpu_of TARGET MODE : CPU µs per request over all rounds (the upstream's for direct).
+clk_tck=$(getconf CLK_TCK)
+cpu_of() {
+    awk -v t="$1" -v m="$2" -v k="$clk_tck" '$1 == t && $2 == m {n += $8; c += $9}
+        END {if (n > 0) printf "%.1f", c / k * 1e6 / n; else print "nan"}' "$work/results"
+}
 
 # Medians keyed "target mode".
 declare -A med_rps=() med_p50=() med_p99=()
@@ -239,24 +250,26 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else pri
 # table MODE : the rows and ratios of one connection mode.
 table() {
     local m=$1 t o label
-    echo "| target | req/s | p50 ms | p99 ms | peak RSS MiB | errors |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for t in "${targets[@]}"; do
         label=$t
-        [[ $t == direct ]] && label="direct (upstream only)"
-        [[ $t == direct && $TLS == 1 ]] && label="direct (upstream only, plaintext)"
-        printf '| %s | %.0f | %.3f | %.3f | %s | %s |\n' "$label" "${med_rps[$t $m]}" \
-            "${med_p50[$t $m]}" "${med_p99[$t $m]}" "${rss[$t]}" "$(errors_of "$t" "$m")"
+        [[ $t == direct ]] && label="direct (upstream only; CPU = upstream's)"
+        [[ $t == direct && $TLS == 1 ]] && label="direct (upstream only, plaintext; CPU = upstream's)"
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s | %s |\n' "$label" "${med_rps[$t $m]}" \
+            "${med_p50[$t $m]}" "${med_p99[$t $m]}" "$(cpu_of "$t" "$m")" "${rss[$t]}" \
+            "$(errors_of "$t" "$m")"
     done
     echo
     if [[ -n ${med_rps[rampart $m]:-} ]]; then
-        echo "| rampart vs | req/s (>1 better) | p50 (<1 better) | p99 (<1 better) | peak RSS (<1 better) |"
-        echo "| --- | ---: | ---: | ---: | ---: |"
+        echo "| rampart vs | req/s (>1 better) | p50 (<1 better) | p99 (<1 better) | CPU/req (<1 better) | peak RSS (<1 better) |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: |"
         for o in nginx haproxy; do
-            printf '| %s | %s | %s | %s | %s |\n' "$o" \
+            printf '| %s | %s | %s | %s | %s | %s |\n' "$o" \
                 "$(ratio "${med_rps[rampart $m]}" "${med_rps[$o $m]}")" \
                 "$(ratio "${med_p50[rampart $m]}" "${med_p50[$o $m]}")" \
                 "$(ratio "${med_p99[rampart $m]}" "${med_p99[$o $m]}")" \
+                "$(ratio "$(cpu_of rampart "$m")" "$(cpu_of "$o" "$m")")" \
                 "$(ratio "${rss[rampart]}" "${rss[$o]}")"
         done
     else
