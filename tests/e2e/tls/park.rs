@@ -2,8 +2,9 @@
 //! 250 ms for a head, with nothing of one read, drops the futures of its handshake and its
 //! requests and waits for its socket, keeping only its session. Parked, it must do all a
 //! waiting TLS connection does: serve its next requests, complete a record begun before the
-//! pause, close at its idle timeout, give up its `max_connections` slot when the client goes,
-//! and close at once when the listener drains. (Plain connections: `park.rs`.)
+//! pause, close at its idle timeout, give up its `max_connections` slot when the client goes
+//! (close_notify or reset), close when bytes that are no TLS record come, and close at once
+//! when the listener drains. (Plain connections: `park.rs`.)
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep, Instant};
 
 use super::{pki, tls_proxy};
-use crate::support::conn::Conn;
+use crate::support::conn::{reset, Conn};
 use crate::support::sample;
 use crate::support::tls::{self, H1Conn};
 
@@ -110,9 +111,9 @@ async fn a_parked_tls_connection_closes_at_its_idle_timeout() {
     );
 }
 
-/// A client that closes its TLS session (close_notify, then the end of its stream) while its
-/// connection is parked frees its slot at once: with `max_connections: 1`, the next client is
-/// served, not held until the idle timeout (60 s).
+/// A client that goes while its connection is parked frees its slot at once, whether it closes
+/// its TLS session (close_notify, then the end of its stream) or resets the socket under it:
+/// with `max_connections: 1`, the next client is served, not held until the idle timeout (60 s).
 #[tokio::test]
 async fn a_tls_client_that_goes_while_parked_frees_its_slot() {
     let app = sample().await;
@@ -121,29 +122,67 @@ async fn a_tls_client_that_goes_while_parked_frees_its_slot() {
     let proxy = tls_proxy(app.addr(), &pki, false, rt).await;
     let addr = proxy.listener("inbound");
     let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    for close_notify in [true, false] {
+        let stream = tls::connect(addr, cfg.clone())
+            .await
+            .expect("a TLS connection");
+        let mut first = Conn::over(stream);
+        first.send(get("/ok").as_bytes()).await;
+        assert_eq!(first.answer(false).await.status, 200);
+        sleep(PAUSE).await;
+        if close_notify {
+            first.io.shutdown().await.expect("close_notify");
+            drop(first);
+        } else {
+            reset(first.io.into_inner().0);
+        }
+        let started = Instant::now();
+        let mut next = H1Conn::open(addr, cfg.clone())
+            .await
+            .expect("the next TLS connection");
+        let rsp = tokio::time::timeout(Duration::from_secs(3), next.get("/ok", &[]))
+            .await
+            .unwrap_or_else(|_| panic!("close_notify {close_notify}: the next client waited"))
+            .expect("an answer");
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "close_notify {close_notify}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Bytes that are no TLS record, sent to a parked TLS connection, close it (rustls refuses
+/// them), and the listener serves the next connection.
+#[tokio::test]
+async fn garbage_on_a_parked_tls_connection_closes_it() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let addr = proxy.listener("inbound");
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
     let stream = tls::connect(addr, cfg.clone())
         .await
         .expect("a TLS connection");
-    let mut first = Conn::over(stream);
-    first.send(get("/ok").as_bytes()).await;
-    assert_eq!(first.answer(false).await.status, 200);
+    let mut c = Conn::over(stream);
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
     sleep(PAUSE).await;
-    first.io.shutdown().await.expect("close_notify");
-    drop(first);
-    let started = Instant::now();
+    let (tcp, _) = c.io.get_mut();
+    tcp.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("plaintext bytes");
+    assert!(
+        c.closes().await,
+        "a connection that sent no TLS record is closed"
+    );
     let mut next = H1Conn::open(addr, cfg)
         .await
         .expect("the next TLS connection");
-    let rsp = tokio::time::timeout(Duration::from_secs(3), next.get("/ok", &[]))
-        .await
-        .expect("the next client is served once the parked one has gone")
-        .expect("an answer");
+    let rsp = next.get("/ok", &[]).await.expect("an answer");
     assert_eq!(rsp.status, 200, "{}", rsp.text());
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(app.hits_for("/ok"), 2);
 }
 
 /// A drain closes a parked TLS connection at once, and the process exits without waiting for
