@@ -160,7 +160,9 @@ async fn the_server_prefers_aes_128_gcm_and_serves_a_client_that_offers_only_aes
     let s = setup(None);
     let (addr, mut rx) = serve(s.acceptor.clone()).await;
     let ca = s.files.ca("ca", &s.ca);
-    let cases: [(&str, fn(&Suite) -> bool, S); 4] = [
+    // What the client offers: its name, which of ring's suites, and the suite it must get.
+    type Case = (&'static str, fn(&Suite) -> bool, S);
+    let cases: [Case; 4] = [
         ("every suite", |_| true, S::TLS13_AES_128_GCM_SHA256),
         (
             "TLS 1.2's suites",
