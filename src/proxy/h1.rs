@@ -94,9 +94,6 @@ pub(super) struct Conn<'a> {
     pub lst: &'a ListenerRt,
     pub peer: &'a Peer,
     pub state: &'a Arc<ConnState>,
-    /// Whether the connection may be parked (`End::Park`): the caller can wait for its
-    /// socket alone (`listener::Park`).
-    pub park: bool,
 }
 
 /// How the lean server left a connection.
@@ -107,7 +104,7 @@ pub(super) enum End<I> {
     HandOff(Rewind<I>),
     /// Waiting for a head, with nothing of one read, for [`PARK_AFTER`]: the caller drops
     /// this future (the request path's, about 5 KiB) and waits for the socket with a small
-    /// one, then serves it again from [`Start::Resumed`]. Only when [`Conn::park`] allows.
+    /// one, then serves it again from [`Start::Resumed`].
     Park(I, Wait),
 }
 
@@ -199,7 +196,7 @@ where
         };
         let mut due = opened;
         // Whether a wait for a head with nothing of one read is parked, and when.
-        let parks = c.park && PARK_AFTER < wait_limit;
+        let parks = PARK_AFTER < wait_limit;
         let mut park_at = None;
         // Each later wait's end is counted from the coarse clock (a precise reading per request
         // cost more than its answer's `date`): a few milliseconds either way on a limit of seconds.

@@ -615,12 +615,14 @@ where
                 lst: &conn.lst,
                 peer: &conn.peer,
                 state: &conn.state,
-                park: I::PARKS,
             };
             match h1::serve(c, io, start, &mut conn.stopped).await {
                 h1::End::Closed => return None,
                 h1::End::HandOff(io) => io,
-                h1::End::Park(io, wait) => return I::parked(conn, io, wait),
+                h1::End::Park(io, wait) => {
+                    let io = io.parked();
+                    return Some(Parked { conn, io, wait });
+                }
             }
         };
         let Served {
@@ -646,31 +648,24 @@ where
     }
 }
 
-/// Whether a connection's stream can be parked: waited for by its socket alone.
-trait Park: Sized {
-    /// The lean server may park it.
-    const PARKS: bool;
-    /// The parked connection (`None` for a stream that is never parked).
-    fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked>;
+/// A stream the lean server can park: what the task keeps of it while it waits for the socket.
+trait Park {
+    fn parked(self) -> ParkedIo;
 }
 
 impl Park for TcpStream {
-    const PARKS: bool = true;
-    fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked> {
-        let io = ParkedIo::Plain(io);
-        Some(Parked { conn, io, wait })
+    fn parked(self) -> ParkedIo {
+        ParkedIo::Plain(self)
     }
 }
 
-/// A TLS stream is parked only where its socket alone says when it has more: the lean server
-/// parks after a read that returned `Pending`, and tokio-rustls says that only when its
-/// session holds no plaintext and the socket has nothing left to read. A part of a record
-/// read before stays in the session and is completed when the socket wakes.
+/// A TLS stream's socket alone says when it has more, where the lean server parks: after a
+/// read that returned `Pending`, which tokio-rustls says only when its session holds no
+/// plaintext and the socket has nothing left to read. A part of a record read before stays in
+/// the session and is completed when the socket wakes.
 impl Park for TlsStream<TcpStream> {
-    const PARKS: bool = true;
-    fn parked(conn: Served, io: Self, wait: h1::Wait) -> Option<Parked> {
-        let io = ParkedIo::Tls(Box::new(io));
-        Some(Parked { conn, io, wait })
+    fn parked(self) -> ParkedIo {
+        ParkedIo::Tls(Box::new(self))
     }
 }
 
