@@ -202,7 +202,7 @@ fn connect(listen: SocketAddr, tls: Option<&Tls>) -> Result<Box<dyn Stream>, Str
 fn idle_heap(tls: Option<Tls>) -> i64 {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let line = tls.as_ref().map(|t| t.listener.as_str());
-    let (rt, proxy, listen, upstream) = start_with(PLAIN, false, line, &dir);
+    let (rt, proxy, listen, upstream) = start(PLAIN, false, line, &dir);
     // Over TLS, enough connections first to fill the session cache (below).
     let warm = if tls.is_some() { 160 } else { 1 };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
@@ -320,7 +320,7 @@ fn count_allocations(
     load: Load,
 ) -> Run {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (rt, proxy, listen, upstream) = start(template, log, &dir);
+    let (rt, proxy, listen, upstream) = start(template, log, None, &dir);
 
     // Each client waits for a number of requests to send, sends them, and reports back; the
     // proxy's tasks run only while this thread is inside `block_on`.
@@ -378,23 +378,10 @@ fn assert_counting() {
 
 /// Starts the sample service on a thread of its own, and rampart in-process on this thread
 /// with `template` (its `@...@` fields filled in as `benches/load/lib.sh` does, one left
-/// unfilled failing to load; with `log`, an access log in `dir`) in front of it: the runtime
-/// to run rampart's tasks on, rampart, its inbound listener's address, and the upstream's.
+/// unfilled failing to load; with `log`, an access log in `dir`; with `tls`, that `tls` line on
+/// the inbound listener) in front of it: the runtime to run rampart's tasks on, rampart, its
+/// inbound listener's address, and the upstream's.
 fn start(
-    template: &str,
-    log: bool,
-    dir: &tempfile::TempDir,
-) -> (
-    tokio::runtime::Runtime,
-    rampart::Rampart,
-    SocketAddr,
-    String,
-) {
-    start_with(template, log, None, dir)
-}
-
-/// [`start`], with `tls` (a listener's `tls` line) on the inbound listener if given.
-fn start_with(
     template: &str,
     log: bool,
     tls: Option<&str>,

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant};
 
 use crate::support::conn::{reset, Conn};
@@ -122,6 +123,15 @@ async fn a_drain_closes_a_parked_connection_at_once() {
     c.send(get("/ok").as_bytes()).await;
     assert_eq!(c.answer(false).await.status, 200);
     sleep(PAUSE).await;
+    drain_closes_at_once(&mut proxy, &mut c).await;
+}
+
+/// Signals `proxy` (whose `shutdown_grace` is 10 s) to drain: `c`, parked, must be closed at
+/// once, and the process exit 0 within 3 s, without waiting for the grace.
+pub async fn drain_closes_at_once<S: AsyncRead + AsyncWrite + Unpin>(
+    proxy: &mut Proxy,
+    c: &mut Conn<S>,
+) {
     let signalled = Instant::now();
     proxy.signal("TERM");
     assert!(

@@ -7,15 +7,20 @@
 //! when the listener drains. (Plain connections: `park.rs`.)
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
+use tokio_rustls::client::TlsStream;
 
 use super::{pki, tls_proxy};
+use crate::park::drain_closes_at_once;
 use crate::support::conn::{reset, Conn};
-use crate::support::sample;
-use crate::support::tls::{self, H1Conn};
+use crate::support::tls::{self, H1Conn, Pki};
+use crate::support::{sample, Proxy};
 
 /// Longer than the wait before a connection is parked (250 ms).
 const PAUSE: Duration = Duration::from_millis(400);
@@ -24,13 +29,47 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
 }
 
+/// The sample service behind a TLS listener with `runtime` settings, and a client config
+/// (HTTP/1.1) that trusts it.
+struct Setup {
+    app: rampart::sample::Sample,
+    proxy: Proxy,
+    cfg: Arc<ClientConfig>,
+    _pki: Pki,
+}
+
+impl Setup {
+    async fn new(runtime: &str) -> Setup {
+        let app = sample().await;
+        let (ca, pki) = pki();
+        let proxy = tls_proxy(app.addr(), &pki, false, runtime).await;
+        let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+        Setup {
+            app,
+            proxy,
+            cfg,
+            _pki: pki,
+        }
+    }
+
+    /// A TLS connection past one request (`GET /ok`, answered 200), then idle for [`PAUSE`]:
+    /// parked.
+    async fn parked(&self) -> Conn<TlsStream<TcpStream>> {
+        let stream = tls::connect(self.proxy.listener("inbound"), self.cfg.clone())
+            .await
+            .expect("a TLS connection");
+        let mut c = Conn::over(stream);
+        c.send(get("/ok").as_bytes()).await;
+        assert_eq!(c.answer(false).await.status, 200);
+        sleep(PAUSE).await;
+        c
+    }
+}
+
 #[tokio::test]
 async fn a_parked_tls_connection_serves_its_next_requests() {
-    let app = sample().await;
-    let (ca, pki) = pki();
-    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
-    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
-    let mut c = H1Conn::open(proxy.listener("inbound"), cfg)
+    let s = Setup::new("").await;
+    let mut c = H1Conn::open(s.proxy.listener("inbound"), s.cfg.clone())
         .await
         .expect("a TLS connection");
     for i in 0..3 {
@@ -40,7 +79,7 @@ async fn a_parked_tls_connection_serves_its_next_requests() {
         assert!(rsp.text().contains(&format!("i={i}")), "{}", rsp.text());
         sleep(PAUSE).await;
     }
-    assert_eq!(app.hits_for("/headers"), 3);
+    assert_eq!(s.app.hits_for("/headers"), 3);
 }
 
 /// A TLS record of which the proxy has read a part when the connection parks is kept in the
@@ -48,17 +87,8 @@ async fn a_parked_tls_connection_serves_its_next_requests() {
 /// record after a pause: both answered, in order.
 #[tokio::test]
 async fn a_record_begun_before_a_pause_is_served_whole() {
-    let app = sample().await;
-    let (ca, pki) = pki();
-    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
-    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
-    let stream = tls::connect(proxy.listener("inbound"), cfg)
-        .await
-        .expect("a TLS connection");
-    let mut c = Conn::over(stream);
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    sleep(PAUSE).await;
+    let s = Setup::new("").await;
+    let mut c = s.parked().await;
     // The record of the next request, sealed by the client's session, sent in two parts.
     let (tcp, session) = c.io.get_mut();
     session
@@ -85,26 +115,18 @@ async fn a_record_begun_before_a_pause_is_served_whole() {
     assert_eq!(a.status, 200, "{a:?}");
     assert!(a.text().contains("n=a"), "{}", a.text());
     assert_eq!(c.answer(false).await.status, 404);
-    assert_eq!(app.hits_for("/headers"), 2);
+    assert_eq!(s.app.hits_for("/headers"), 2);
 }
 
-/// The idle timeout still closes a parked TLS connection, at its time.
+/// The idle timeout still closes a parked TLS connection, at its time (counted from the end of
+/// the answer before, so from [`PAUSE`] before the connection comes back).
 #[tokio::test]
 async fn a_parked_tls_connection_closes_at_its_idle_timeout() {
-    let app = sample().await;
-    let (ca, pki) = pki();
-    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
-    let proxy = tls_proxy(app.addr(), &pki, false, rt).await;
-    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
-    let stream = tls::connect(proxy.listener("inbound"), cfg)
-        .await
-        .expect("a TLS connection");
-    let mut c = Conn::over(stream);
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    let answered = Instant::now();
+    let s = Setup::new("runtime: { header_read_timeout: 20s, idle_timeout: 1s }").await;
+    let mut c = s.parked().await;
+    let paused = Instant::now();
     assert!(c.closes().await, "the idle connection is closed");
-    let after = answered.elapsed();
+    let after = paused.elapsed() + PAUSE;
     assert!(
         after >= Duration::from_millis(900) && after < Duration::from_secs(3),
         "closed {after:?} after its answer, not at the idle timeout (1s)"
@@ -116,20 +138,10 @@ async fn a_parked_tls_connection_closes_at_its_idle_timeout() {
 /// with `max_connections: 1`, the next client is served, not held until the idle timeout (60 s).
 #[tokio::test]
 async fn a_tls_client_that_goes_while_parked_frees_its_slot() {
-    let app = sample().await;
-    let (ca, pki) = pki();
-    let rt = "runtime: { max_connections: 1 }";
-    let proxy = tls_proxy(app.addr(), &pki, false, rt).await;
-    let addr = proxy.listener("inbound");
-    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let s = Setup::new("runtime: { max_connections: 1 }").await;
+    let addr = s.proxy.listener("inbound");
     for close_notify in [true, false] {
-        let stream = tls::connect(addr, cfg.clone())
-            .await
-            .expect("a TLS connection");
-        let mut first = Conn::over(stream);
-        first.send(get("/ok").as_bytes()).await;
-        assert_eq!(first.answer(false).await.status, 200);
-        sleep(PAUSE).await;
+        let mut first = s.parked().await;
         if close_notify {
             first.io.shutdown().await.expect("close_notify");
             drop(first);
@@ -137,7 +149,7 @@ async fn a_tls_client_that_goes_while_parked_frees_its_slot() {
             reset(first.io.into_inner().0);
         }
         let started = Instant::now();
-        let mut next = H1Conn::open(addr, cfg.clone())
+        let mut next = H1Conn::open(addr, s.cfg.clone())
             .await
             .expect("the next TLS connection");
         let rsp = tokio::time::timeout(Duration::from_secs(3), next.get("/ok", &[]))
@@ -157,18 +169,8 @@ async fn a_tls_client_that_goes_while_parked_frees_its_slot() {
 /// them), and the listener serves the next connection.
 #[tokio::test]
 async fn garbage_on_a_parked_tls_connection_closes_it() {
-    let app = sample().await;
-    let (ca, pki) = pki();
-    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
-    let addr = proxy.listener("inbound");
-    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
-    let stream = tls::connect(addr, cfg.clone())
-        .await
-        .expect("a TLS connection");
-    let mut c = Conn::over(stream);
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    sleep(PAUSE).await;
+    let s = Setup::new("").await;
+    let mut c = s.parked().await;
     let (tcp, _) = c.io.get_mut();
     tcp.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -177,42 +179,19 @@ async fn garbage_on_a_parked_tls_connection_closes_it() {
         c.closes().await,
         "a connection that sent no TLS record is closed"
     );
-    let mut next = H1Conn::open(addr, cfg)
+    let mut next = H1Conn::open(s.proxy.listener("inbound"), s.cfg.clone())
         .await
         .expect("the next TLS connection");
     let rsp = next.get("/ok", &[]).await.expect("an answer");
     assert_eq!(rsp.status, 200, "{}", rsp.text());
-    assert_eq!(app.hits_for("/ok"), 2);
+    assert_eq!(s.app.hits_for("/ok"), 2);
 }
 
 /// A drain closes a parked TLS connection at once, and the process exits without waiting for
 /// the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_closes_a_parked_tls_connection_at_once() {
-    let app = sample().await;
-    let (ca, pki) = pki();
-    let rt = "runtime: { shutdown_grace: 10s }";
-    let mut proxy = tls_proxy(app.addr(), &pki, false, rt).await;
-    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
-    let stream = tls::connect(proxy.listener("inbound"), cfg)
-        .await
-        .expect("a TLS connection");
-    let mut c = Conn::over(stream);
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    sleep(PAUSE).await;
-    let signalled = Instant::now();
-    proxy.signal("TERM");
-    assert!(
-        c.closes().await,
-        "the parked TLS connection is closed by the drain"
-    );
-    let status = proxy.wait_exit(Duration::from_secs(12)).await;
-    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
-    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
-    assert!(
-        signalled.elapsed() < Duration::from_secs(3),
-        "the drain waited for the parked connection: {:?}",
-        signalled.elapsed()
-    );
+    let mut s = Setup::new("runtime: { shutdown_grace: 10s }").await;
+    let mut c = s.parked().await;
+    drain_closes_at_once(&mut s.proxy, &mut c).await;
 }
