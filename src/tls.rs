@@ -72,7 +72,7 @@ fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 /// a client that offers only AES-256 gets it.
 fn server_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     use rustls::CipherSuite as S;
-    let mut p = rustls::crypto::ring::default_provider();
+    let mut p = std::sync::Arc::unwrap_or_clone(provider());
     // A stable sort: within each rank, ring's own order.
     p.cipher_suites.sort_by_key(|s| match s.suite() {
         S::TLS13_AES_128_GCM_SHA256 => 0,

@@ -439,8 +439,8 @@ fn conn_task(
 }
 
 /// Serves one connection until it ends, its watchdog closes it, the listener stops, or it is
-/// parked (HTTP/1.1 only). On a TLS listener the handshake runs here, in the connection's own task,
-/// within the head timeout, so a slow handshake never holds the accept loop.
+/// parked (HTTP/1.1 only). On a TLS listener the handshake runs here, in the connection's own
+/// task, within the head timeout, so a slow handshake never holds the accept loop.
 ///
 /// This and [`serve_io`] are plain `fn`s returning `async move` blocks, as `stack::handle` is:
 /// an `async fn` keeps a second copy of its arguments, and these futures set the size of every
