@@ -113,6 +113,67 @@ async fn a_client_that_resets_while_parked_frees_its_slot() {
     assert_eq!(a.status, 200, "{a:?}");
 }
 
+/// Many connections pausing for about the park point (200 to 320 ms, so some park and some
+/// are about to when their next request comes), some sending a head in two parts across the
+/// pause: every request is answered, in order, on its own connection.
+#[tokio::test]
+async fn connections_pausing_around_the_park_point_are_all_served() {
+    let app = sample().await;
+    let proxy = proxy_with("", &app).await;
+    let addr = proxy.listener("inbound");
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(Conn::open(addr).await);
+    }
+    pause_around_the_park_point(conns).await;
+    assert_eq!(app.hits_for("/headers"), (CONNS * ROUNDS) as u64);
+}
+
+/// Connections and requests of [`pause_around_the_park_point`].
+pub const CONNS: usize = 12;
+pub const ROUNDS: usize = 6;
+
+/// Sends [`ROUNDS`] requests for `/headers?c=C&r=R` on each of `conns` at once, each after a
+/// pause of 200 to 320 ms (spread over the connections and rounds), every third one's head in
+/// two parts with a pause of the same kind between them; each answer must be 200 and echo its
+/// own request.
+pub async fn pause_around_the_park_point<S>(conns: Vec<Conn<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, mut conn) in conns.into_iter().enumerate() {
+        tasks.spawn(async move {
+            for r in 0..ROUNDS {
+                // 200..=320 ms in steps of 10, a different sequence on each connection.
+                let pause =
+                    |k: usize| Duration::from_millis(200 + ((c * 7 + r * 5 + k) % 13) as u64 * 10);
+                sleep(pause(0)).await;
+                let req = get(&format!("/headers?c={c}&r={r}"));
+                if (c + r) % 3 == 0 {
+                    let (first, rest) = req.as_bytes().split_at(10);
+                    conn.send(first).await;
+                    sleep(pause(3)).await;
+                    conn.send(rest).await;
+                } else {
+                    conn.send(req.as_bytes()).await;
+                }
+                let a = conn.answer(false).await;
+                assert_eq!(a.status, 200, "connection {c}, request {r}: {a:?}");
+                let echo = format!("c={c}&r={r}");
+                assert!(
+                    a.text().contains(&echo),
+                    "connection {c}, request {r}: {}",
+                    a.text()
+                );
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a client task");
+    }
+}
+
 /// A drain closes a parked connection at once, and the process exits without waiting for
 /// the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

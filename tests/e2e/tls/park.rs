@@ -17,7 +17,7 @@ use tokio::time::{sleep, Instant};
 use tokio_rustls::client::TlsStream;
 
 use super::{pki, tls_proxy};
-use crate::park::drain_closes_at_once;
+use crate::park::{drain_closes_at_once, pause_around_the_park_point, CONNS, ROUNDS};
 use crate::support::conn::{reset, Conn};
 use crate::support::tls::{self, H1Conn, Pki};
 use crate::support::{sample, Proxy};
@@ -185,6 +185,23 @@ async fn garbage_on_a_parked_tls_connection_closes_it() {
     let rsp = next.get("/ok", &[]).await.expect("an answer");
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     assert_eq!(s.app.hits_for("/ok"), 2);
+}
+
+/// Many TLS connections pausing for about the park point, some with a head in two records
+/// across the pause: every request is answered, in order, on its own connection
+/// (`park::pause_around_the_park_point`).
+#[tokio::test]
+async fn tls_connections_pausing_around_the_park_point_are_all_served() {
+    let s = Setup::new("").await;
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        let stream = tls::connect(s.proxy.listener("inbound"), s.cfg.clone())
+            .await
+            .expect("a TLS connection");
+        conns.push(Conn::over(stream));
+    }
+    pause_around_the_park_point(conns).await;
+    assert_eq!(s.app.hits_for("/headers"), (CONNS * ROUNDS) as u64);
 }
 
 /// A drain closes a parked TLS connection at once, and the process exits without waiting for
