@@ -119,9 +119,9 @@ const IDLE: usize = 200;
 
 /// A keep-alive connection waiting for its next request holds little: once it has waited
 /// `h1::PARK_AFTER` (250 ms), the future that serves its requests (about 5 KiB) is freed, and
-/// what is left is its task, a small wait for its socket, and what it shares: 1,683 bytes a
-/// connection (rustc 1.95, release); 6,194 before connections were parked (then the
-/// benchmark's 5.36 MiB of RSS per 1,000 idle connections).
+/// what is left is its task, a small wait for its socket, and what it shares: 1,683 to 1,780
+/// bytes a connection over runs (rustc 1.95, release); 6,194 before connections were parked
+/// (then the benchmark's 5.36 MiB of RSS per 1,000 idle connections).
 #[test]
 fn an_idle_connection_holds_little_of_the_heap() {
     let each = idle_heap(None);
@@ -134,8 +134,8 @@ fn an_idle_connection_holds_little_of_the_heap() {
 
 /// The same over TLS: parked, a TLS connection keeps its session (1,224 bytes, boxed; its keys;
 /// and its read buffer, where rustls keeps 4 KiB for the next record) and frees the futures of
-/// its handshake and its requests: 9,395 bytes a connection (rustc 1.95, release); 21,488
-/// before TLS connections were parked.
+/// its handshake and its requests: 9,273 to 9,395 bytes a connection over runs (rustc 1.95,
+/// release); 21,488 before TLS connections were parked.
 #[test]
 fn an_idle_tls_connection_holds_little_of_the_heap() {
     let dir = tempfile::tempdir().expect("a temporary directory");
