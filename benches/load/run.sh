@@ -31,6 +31,7 @@ WARMUP=${WARMUP:-3s}
 BASE_PORT=${BASE_PORT:-18700}
 BENCH_STANDIN=${BENCH_STANDIN:-0}
 TLS=${TLS:-0}
+IDLE_CONNS_SET=${IDLE_CONNS:+1}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,6 +41,9 @@ out_md="$repo/target/load-bench.md"
 LOG_TAG=load
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$here/lib.sh"
+if [[ -n $IDLE_CONNS_SET && $TLS != 1 ]]; then
+    log "IDLE_CONNS is measured only with TLS=1 (full.sh measures plain idle connections); ignored"
+fi
 
 # --- system packages -------------------------------------------------------------------------
 if [[ $TLS == 1 ]]; then install_missing openssl=openssl; else install_missing; fi

@@ -6,6 +6,7 @@
 //! once when the listener drains. (Its head and idle timeouts: `edges/idle.rs`, whose
 //! timeouts of 1 s park every connection it times.)
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,12 +42,7 @@ async fn a_parked_connection_serves_its_next_requests_in_order() {
         sleep(PAUSE).await;
     }
     // Two requests in one write, after the pause: both answered, in order.
-    c.send(format!("{}{}", get("/headers?n=a"), get("/status/404")).as_bytes())
-        .await;
-    let a = c.answer(false).await;
-    assert_eq!(a.status, 200, "{a:?}");
-    assert!(a.text().contains("n=a"), "{}", a.text());
-    assert_eq!(c.answer(false).await.status, 404);
+    two_in_one_write(&mut c).await;
     assert_eq!(app.hits_for("/headers"), 4);
 }
 
@@ -74,23 +70,14 @@ async fn a_client_that_goes_while_parked_frees_its_slot() {
     let app = sample().await;
     let proxy = proxy_with("runtime: { max_connections: 1 }", &app).await;
     let addr = proxy.listener("inbound");
-    let mut first = Conn::open(addr).await;
-    first.send(get("/ok").as_bytes()).await;
-    assert_eq!(first.answer(false).await.status, 200);
-    sleep(PAUSE).await;
+    let first = parked(addr).await;
     drop(first);
-    let started = Instant::now();
-    let mut next = Conn::open(addr).await;
-    next.send(get("/ok").as_bytes()).await;
-    let a = tokio::time::timeout(Duration::from_secs(3), next.answer(false))
-        .await
-        .expect("the next client is served once the parked one has gone");
-    assert_eq!(a.status, 200, "{a:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = next_is_served(
+        next_get(addr),
+        "the next client is served once the parked one has gone",
+    )
+    .await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 /// The same for a client that resets its parked connection (an error on the socket, not an
@@ -100,17 +87,53 @@ async fn a_client_that_resets_while_parked_frees_its_slot() {
     let app = sample().await;
     let proxy = proxy_with("runtime: { max_connections: 1 }", &app).await;
     let addr = proxy.listener("inbound");
-    let mut first = Conn::open(addr).await;
-    first.send(get("/ok").as_bytes()).await;
-    assert_eq!(first.answer(false).await.status, 200);
-    sleep(PAUSE).await;
+    let first = parked(addr).await;
     reset(first.io);
+    next_is_served(
+        next_get(addr),
+        "the next client is served once the parked one was reset",
+    )
+    .await;
+}
+
+/// Two requests in one write, `GET /headers?n=a` and `GET /status/404`: both answered, in
+/// order.
+pub async fn two_in_one_write<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Conn<S>) {
+    c.send(format!("{}{}", get("/headers?n=a"), get("/status/404")).as_bytes())
+        .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.text().contains("n=a"), "{}", a.text());
+    assert_eq!(c.answer(false).await.status, 404);
+}
+
+/// A connection to `addr` past one request (`GET /ok`, answered 200), then idle for [`PAUSE`]:
+/// parked.
+async fn parked(addr: std::net::SocketAddr) -> Conn {
+    let mut c = Conn::open(addr).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    sleep(PAUSE).await;
+    c
+}
+
+/// A `GET /ok` on a new connection to `addr`: its status, and the answer for a failure's message.
+async fn next_get(addr: std::net::SocketAddr) -> (u16, String) {
     let mut next = Conn::open(addr).await;
     next.send(get("/ok").as_bytes()).await;
-    let a = tokio::time::timeout(Duration::from_secs(3), next.answer(false))
+    let a = next.answer(false).await;
+    (a.status, format!("{a:?}"))
+}
+
+/// Waits up to 3 s for `next` (the next client: it connects, asks and reads its answer), whose
+/// status must be 200 (`what` says what the wait is for); how long it took.
+pub async fn next_is_served(next: impl Future<Output = (u16, String)>, what: &str) -> Duration {
+    let started = Instant::now();
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(3), next)
         .await
-        .expect("the next client is served once the parked one was reset");
-    assert_eq!(a.status, 200, "{a:?}");
+        .unwrap_or_else(|_| panic!("{what}"));
+    assert_eq!(status, 200, "{answer}");
+    started.elapsed()
 }
 
 /// Many connections pausing for about the park point (200 to 320 ms, so some park and some
@@ -180,10 +203,7 @@ where
 async fn a_drain_closes_a_parked_connection_at_once() {
     let app = sample().await;
     let mut proxy = proxy_with("runtime: { shutdown_grace: 10s }", &app).await;
-    let mut c = Conn::open(proxy.listener("inbound")).await;
-    c.send(get("/ok").as_bytes()).await;
-    assert_eq!(c.answer(false).await.status, 200);
-    sleep(PAUSE).await;
+    let mut c = parked(proxy.listener("inbound")).await;
     drain_closes_at_once(&mut proxy, &mut c).await;
 }
 
