@@ -418,11 +418,21 @@ impl Buffers {
     }
 
     /// What was read and not parsed, for hyper.
+    ///
+    /// Copied out when it is small, as it is for an HTTP/2 preface or a head hyper answers:
+    /// the pair goes back to the shelf rather than staying with a connection that may live
+    /// for hours under hyper. A larger one (a body's first bytes) is handed over as it is.
     fn into_read(mut self) -> bytes::Bytes {
-        self.held
-            .take()
-            .map(|h| h.read.freeze())
-            .unwrap_or_default()
+        let Some(mut held) = self.held.take() else {
+            return bytes::Bytes::new();
+        };
+        if held.read.len() > READ_KEEP_MAX {
+            return held.read.freeze();
+        }
+        let read = bytes::Bytes::copy_from_slice(&held.read);
+        held.read.clear();
+        shelve(held);
+        read
     }
 
     /// Lends both buffers while the connection waits for bytes, unless the read buffer holds
@@ -461,7 +471,7 @@ fn shelve(mut held: Held) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Buffers, BUFFERS_KEPT, OUT_KEEP_MAX, READ_SIZE, SPARES};
+    use super::{Buffers, BUFFERS_KEPT, OUT_KEEP_MAX, READ_KEEP_MAX, READ_SIZE, SPARES};
 
     /// Runs `f` on a thread of its own, whose shelf no other test touches.
     fn alone(f: impl FnOnce() + Send + 'static) {
@@ -503,6 +513,35 @@ mod tests {
             assert_eq!(kept(), 0);
             assert_eq!(c.unread().map(|r| &r[..]), Some(&b"GET / HT"[..]));
             assert_eq!(&c.into_read()[..], b"GET / HT");
+        });
+    }
+
+    #[test]
+    fn a_hand_off_copies_what_was_read_and_leaves_the_pair_to_the_thread() {
+        alone(|| {
+            let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let mut c = Buffers::default();
+            c.room().extend_from_slice(preface);
+            let read = c.into_read();
+            assert_eq!(&read[..], preface);
+            assert_eq!(
+                kept(),
+                1,
+                "the pair is on the shelf, not with hyper's connection"
+            );
+            let mut d = Buffers::default();
+            assert!(
+                d.unread().is_none(),
+                "the next connection's read buffer comes empty"
+            );
+            assert!(d.room().capacity() >= READ_SIZE / 2);
+
+            // A large one (a body's first bytes) goes as it is, the pair with it.
+            let mut e = Buffers::default();
+            e.room().extend_from_slice(&vec![b'x'; READ_KEEP_MAX + 1]);
+            let read = e.into_read();
+            assert_eq!(read.len(), READ_KEEP_MAX + 1);
+            assert_eq!(kept(), 0);
         });
     }
 

@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -412,7 +414,9 @@ fn hand_over(
 }
 
 /// A connection's task: [`serve_conn`], boxed, and after each time it parks, the wait for the
-/// socket and [`serve_io`] again, each boxed in turn.
+/// socket and [`serve_io`] again, each boxed in turn; hyper's server, boxed, once the lean
+/// server hands the connection over (or for HTTP/2 from the start), the lean server's future
+/// dropped first.
 #[allow(clippy::manual_async_fn)] // not `async fn`: see serve_conn
 fn conn_task(
     shared: Arc<Shared>,
@@ -425,14 +429,20 @@ fn conn_task(
     async move {
         // Held until the connection ends.
         let _held = held;
-        let mut parked = Box::pin(serve_conn(shared, addr, stream, peer, stopped)).await;
-        while let Some(p) = parked {
-            // Boxed too: inline, the wait's futures would grow every connection's task.
-            let p = Box::pin(p.wake()).await;
-            let start = h1::Start::Resumed(p.wait);
-            parked = match p.io {
-                ParkedIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
-                ParkedIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+        let mut next = Box::pin(serve_conn(shared, addr, stream, peer, stopped)).await;
+        loop {
+            next = match next {
+                Next::Closed => return,
+                Next::Park(p) => {
+                    // Boxed too: inline, the wait's futures would grow every connection's task.
+                    let p = Box::pin(p.wake()).await;
+                    let start = h1::Start::Resumed(p.wait);
+                    match p.io {
+                        ParkedIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
+                        ParkedIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+                    }
+                }
+                Next::Hyper(h) => return h.serve().await,
             };
         }
     }
@@ -452,10 +462,12 @@ fn serve_conn(
     stream: TcpStream,
     peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = Option<Parked>> {
+) -> impl std::future::Future<Output = Next> {
     async move {
         let gen = shared.current.load_full();
-        let lst = gen.listeners.get(&addr).cloned()?;
+        let Some(lst) = gen.listeners.get(&addr).cloned() else {
+            return Next::Closed;
+        };
         drop(gen);
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
@@ -501,6 +513,43 @@ impl Served {
             stopped,
         }
     }
+}
+
+/// What a connection's task does next, when the future serving it so far has ended (and is
+/// dropped: each of them sized for the request path's futures, or for a TLS handshake).
+enum Next {
+    Closed,
+    /// Waits for its socket, then the lean server again.
+    Park(Parked),
+    /// hyper serves it from here on.
+    Hyper(ToHyper),
+}
+
+/// A connection for hyper's servers: HTTP/2, or what the lean server hands over.
+struct ToHyper {
+    conn: Served,
+    io: HyperIo,
+    /// Where the first head's wait ends: the watchdog keeps to it.
+    head_end: Instant,
+}
+
+impl ToHyper {
+    /// Serves it with [`serve_hyper`], boxed: inline, hyper's part would set the size of every
+    /// connection's task, though a connection the lean server keeps never touches it.
+    fn serve(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let ToHyper { conn, io, head_end } = self;
+        match io {
+            HyperIo::Plain(io) => Box::pin(serve_hyper(conn, io, head_end)),
+            HyperIo::Tls(io) => Box::pin(serve_hyper(conn, io, head_end)),
+        }
+    }
+}
+
+/// The stream of a connection for hyper, with the bytes the lean server read first.
+/// Both boxed (once per connection): inline they would grow every connection's task.
+enum HyperIo {
+    Plain(Box<h1::Rewind<TcpStream>>),
+    Tls(Box<h1::Rewind<TlsStream<TcpStream>>>),
 }
 
 /// A connection parked while it waits for a head (`h1::End::Park`).
@@ -557,7 +606,7 @@ async fn serve_tls(
     stream: TcpStream,
     mut peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
-) -> Option<Parked> {
+) -> Next {
     let started = Instant::now();
     match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
         Ok((tls_stream, info)) => {
@@ -581,24 +630,24 @@ async fn serve_tls(
                 c.inc();
             }
             tracing::debug!(peer = %peer.addr, error = %e, "tls handshake failed");
-            None
+            Next::Closed
         }
     }
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection: the lean HTTP/1.1 server
 /// (`h1.rs`) first, hyper for HTTP/2 (ALPN `h2`, or the prior-knowledge preface) and for
-/// whatever the lean server hands over. A connection the lean server parks comes back as
-/// [`Parked`].
+/// whatever the lean server hands over, in the connection's task once this future is dropped
+/// ([`Next::Hyper`]). A connection the lean server parks comes back as [`Next::Park`].
 #[allow(clippy::manual_async_fn)] // not `async fn`: see serve_conn
 fn serve_io<I>(
     mut conn: Served,
     io: I,
     start: h1::Start,
     h2: bool,
-) -> impl std::future::Future<Output = Option<Parked>>
+) -> impl std::future::Future<Output = Next>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static + Park,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static + TaskIo,
 {
     async move {
         // Where the first head's wait ends: the watchdog keeps to it if hyper takes over.
@@ -617,45 +666,33 @@ where
                 state: &conn.state,
             };
             match h1::serve(c, io, start, &mut conn.stopped).await {
-                h1::End::Closed => return None,
+                h1::End::Closed => return Next::Closed,
                 h1::End::HandOff(io) => io,
                 h1::End::Park(io, wait) => {
                     let io = io.parked();
-                    return Some(Parked { conn, io, wait });
+                    return Next::Park(Parked { conn, io, wait });
                 }
             }
         };
-        let Served {
-            shared,
-            addr,
-            lst,
-            peer: client,
-            state,
-            stopped,
-        } = conn;
-        // The watchdog counts the head timeout from accept, whoever served the connection so far.
-        let left = head_end.saturating_duration_since(Instant::now());
-        let watchdog = state.watch(left, lst.idle_timeout);
-        tokio::pin!(watchdog);
-        let draining = *stopped.borrow();
-        // Boxed: inline, hyper's part set the size of every connection's task (11,360 bytes
-        // instead of 6,048), though a connection the lean server keeps never touches it.
-        Box::pin(serve_hyper(
-            shared, addr, &lst, io, client, &state, watchdog, stopped, draining,
-        ))
-        .await;
-        None
+        let io = I::for_hyper(io);
+        Next::Hyper(ToHyper { conn, io, head_end })
     }
 }
 
-/// A stream the lean server can park: what the task keeps of it while it waits for the socket.
-trait Park {
+/// What a connection's task keeps of its stream between the futures that serve it: while it
+/// waits for the socket, parked, or for hyper.
+trait TaskIo: Sized {
     fn parked(self) -> ParkedIo;
+    fn for_hyper(io: h1::Rewind<Self>) -> HyperIo;
 }
 
-impl Park for TcpStream {
+impl TaskIo for TcpStream {
     fn parked(self) -> ParkedIo {
         ParkedIo::Plain(self)
+    }
+
+    fn for_hyper(io: h1::Rewind<Self>) -> HyperIo {
+        HyperIo::Plain(Box::new(io))
     }
 }
 
@@ -663,29 +700,35 @@ impl Park for TcpStream {
 /// read that returned `Pending`, which tokio-rustls says only when its session holds no
 /// plaintext and the socket has nothing left to read. A part of a record read before stays in
 /// the session and is completed when the socket wakes.
-impl Park for TlsStream<TcpStream> {
+impl TaskIo for TlsStream<TcpStream> {
     fn parked(self) -> ParkedIo {
         ParkedIo::Tls(Box::new(self))
+    }
+
+    fn for_hyper(io: h1::Rewind<Self>) -> HyperIo {
+        HyperIo::Tls(Box::new(io))
     }
 }
 
 /// Serves a connection with hyper's HTTP/1 and HTTP/2 servers until it ends, its watchdog
-/// closes it, or the listener stops (`draining`: it stopped already).
-#[allow(clippy::too_many_arguments)]
-async fn serve_hyper<I, W>(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    lst: &ListenerRt,
-    io: I,
-    client: Arc<Peer>,
-    state: &Arc<ConnState>,
-    mut watchdog: std::pin::Pin<&mut W>,
-    mut stopped: watch::Receiver<bool>,
-    draining: bool,
-) where
+/// closes it, or the listener stops (or had stopped already). The watchdog counts the head
+/// timeout to `head_end`, from accept, whoever served the connection so far.
+async fn serve_hyper<I>(conn: Served, io: I, head_end: Instant)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    W: std::future::Future<Output = Close>,
 {
+    let Served {
+        shared,
+        addr,
+        lst,
+        peer: client,
+        state,
+        mut stopped,
+    } = conn;
+    let left = head_end.saturating_duration_since(Instant::now());
+    let watchdog = state.watch(left, lst.idle_timeout);
+    tokio::pin!(watchdog);
+    let draining = *stopped.borrow();
     let peer_addr = client.addr;
     let svc = {
         let state = state.clone();
@@ -784,9 +827,10 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: 5,168 bytes in
+    /// A connection serving requests holds the request path's futures inline: 5,136 bytes in
     /// a test build of rustc 1.95 (6,144 before the path's `async fn`s became `fn`s returning
-    /// `async move` blocks, 5,056 before parking added its state). An `async fn` taking the
+    /// `async move` blocks, 5,056 before parking added its state, 5,152 before hyper's part
+    /// moved out to the connection's task). An `async fn` taking the
     /// request or the peer by value adds their size again.
     #[test]
     fn a_plain_connections_future_stays_small() {
@@ -799,8 +843,9 @@ mod tests {
     }
 
     /// What stays of a parked connection is its task's own future (which boxes the rest) and
-    /// the boxed wait for its socket: 312 and 712 bytes in a test build, a fifth of the future
-    /// dropped, and the task within the C library's per-thread cache (1,032 bytes).
+    /// the boxed wait for its socket: 464 and 712 bytes in a test build of rustc 1.95, a
+    /// fifth of the future dropped, and the task within the C library's per-thread cache
+    /// (1,032 bytes).
     #[test]
     fn a_parked_connection_keeps_little() {
         let task = task_size(conn_task);

@@ -36,6 +36,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
         this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            // An empty `Bytes` still holds what it was cut from (the lean server's read
+            // buffer, when a large one was handed over); the connection may live for hours
+            // under hyper (HTTP/2).
+            this.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -77,16 +83,18 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_prefix_is_read_before_the_stream() {
+    async fn the_prefix_is_read_before_the_stream_and_then_let_go() {
         let (mut far, near) = tokio::io::duplex(64);
         far.write_all(b" world").await.expect("write");
         drop(far);
-        let mut io = Rewind::new(Bytes::from_static(b"hello"), near);
+        let mut io = Rewind::new(Bytes::from(b"hello".to_vec()), near);
         let mut small = [0u8; 3];
         let n = io.read(&mut small).await.expect("read");
         assert_eq!(&small[..n], b"hel");
         let mut rest = Vec::new();
         io.read_to_end(&mut rest).await.expect("read");
         assert_eq!(rest, b"lo world");
+        // Read through, the prefix holds no buffer.
+        assert!(io.prefix.is_empty() && io.prefix.as_ptr() == Bytes::new().as_ptr());
     }
 }
