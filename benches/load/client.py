@@ -15,16 +15,65 @@
   client.py idle-tls PORT COUNT CERT PID...
       The same over TLS (HTTP/1.1 by ALPN), verifying the proxy's certificate against CERT
       (PEM; the benchmark's own, for 127.0.0.1).
+
+  client.py idle-h2-tls PORT COUNT CERT PID...
+      The same over HTTP/2 (ALPN h2): each connection sends the preface, its SETTINGS and one
+      `GET /` on stream 1, and is idle once that answer has ended (its SETTINGS acknowledged).
 """
 
 import http.client
 import resource
 import socket
 import ssl
+import struct
 import sys
 import time
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def h2_frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+# HPACK, static table only: :method GET (2), :path / (4), :scheme https (7), and :authority
+# (name 1) as a literal without indexing.
+H2_AUTHORITY = b"127.0.0.1"
+H2_REQUEST = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    + h2_frame(0x4, 0, 0, b"")
+    + h2_frame(0x1, 0x5, 1, bytes([0x82, 0x84, 0x87, 0x01, len(H2_AUTHORITY)]) + H2_AUTHORITY)
+)
+
+
+def h2_answer(sock):
+    """Reads frames until stream 1's answer has ended; acknowledges the server's SETTINGS.
+    Returns the answer's status code (from an indexed :status, else 0)."""
+    buf = b""
+    status = 0
+    while True:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            kind, flags = buf[3], buf[4]
+            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            payload, buf = buf[9 : 9 + n], buf[9 + n :]
+            if kind == 0x4 and not flags & 0x1:
+                sock.sendall(h2_frame(0x4, 0x1, 0, b""))
+            elif kind == 0x7:
+                raise ConnectionError("GOAWAY before the answer")
+            elif kind == 0x3 and stream == 1:
+                raise ConnectionError("the request was reset")
+            elif kind == 0x1 and stream == 1 and payload and payload[0] & 0x80:
+                # :status 200 is static entry 8, the others indexed 9-14 or literal.
+                status = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}.get(
+                    payload[0] & 0x7F, 0
+                )
+            if stream == 1 and kind in (0x0, 0x1) and flags & 0x1:
+                return status
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the answer ended")
+        buf += chunk
 
 
 def rss_kib(pids):
@@ -75,7 +124,7 @@ def read_answer(sock):
     return status
 
 
-def idle(port, count, pids, cert=None):
+def idle(port, count, pids, cert=None, h2=False):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = count + 64
     if soft < want:
@@ -86,14 +135,20 @@ def idle(port, count, pids, cert=None):
     ctx = None
     if cert is not None:
         ctx = ssl.create_default_context(cafile=cert)
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
     try:
         for _ in range(count):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
             if ctx is not None:
                 s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
-            s.sendall(REQUEST)
-            status = read_answer(s)
+            if h2:
+                if s.selected_alpn_protocol() != "h2":
+                    raise RuntimeError(f"ALPN chose {s.selected_alpn_protocol()}, not h2")
+                s.sendall(H2_REQUEST)
+                status = h2_answer(s)
+            else:
+                s.sendall(REQUEST)
+                status = read_answer(s)
             if status != 200:
                 raise RuntimeError(f"answer {status} on connection {len(socks) + 1}")
             socks.append(s)
@@ -148,6 +203,9 @@ def main():
     elif mode == "idle-tls" and len(sys.argv) >= 6:
         pids = [int(p) for p in sys.argv[5:]]
         idle(int(sys.argv[2]), int(sys.argv[3]), pids, cert=sys.argv[4])
+    elif mode == "idle-h2-tls" and len(sys.argv) >= 6:
+        pids = [int(p) for p in sys.argv[5:]]
+        idle(int(sys.argv[2]), int(sys.argv[3]), pids, cert=sys.argv[4], h2=True)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -46,6 +46,7 @@ install_missing() {
 # --- processes: started with `start`, killed by PID on exit ----------------------------------
 declare -a pids=()      # every process we started
 declare -A pid_of=()    # name -> PID of its main process
+declare -A cmd_of=()    # name -> its command line, quoted (for restart)
 wrk_pid=
 
 # All descendants of a PID (nginx workers), read from /proc so procps is not needed.
@@ -157,9 +158,19 @@ log_to() {
 start() {
     local name=$1
     shift
-    "$@" >"$work/$name.log" 2>&1 &
+    "$@" >>"$work/$name.log" 2>&1 &
     pids+=("$!")
     pid_of[$name]=$!
+    cmd_of[$name]=$(printf '%q ' "$@")
+}
+
+# restart NAME URL : stops NAME and starts it again with the same command, fresh (its memory
+# as at start), then waits until URL answers 200.
+restart() {
+    local name=$1 url=$2 cmd=${cmd_of[$1]}
+    stop "$name"
+    eval "start \"\$name\" $cmd"
+    wait_http "$name" "$url"
 }
 
 # stop NAME : stops one started process (and its descendants) by PID, waits until it is gone.

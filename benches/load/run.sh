@@ -17,7 +17,8 @@
 #                                              (and handshake) per request
 #   IDLE_CONNS=2000                            with TLS=1: idle TLS keep-alive connections
 #                                              opened to each proxy after the runs, for its
-#                                              RSS per 1,000 of them (0: skip)
+#                                              RSS per 1,000 of them, HTTP/1.1 and then (the
+#                                              proxy restarted) HTTP/2 (0: skip)
 #   RAMPART_ACCESS_LOG=path                    rampart writes its access log to this file
 #                                              (synced after every run, so its writeback is
 #                                              not charged to the next target)
@@ -63,7 +64,9 @@ if [[ $TLS == 1 ]]; then
         die "openssl could not make the certificate: $(cat "$work/openssl.log")"
     cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
     scheme=https
-    tls_nginx_listen=" ssl"
+    # http2: ALPN offers h2 too (the idle HTTP/2 connections below); wrk asks for no
+    # protocol and is served HTTP/1.1, as by the others.
+    tls_nginx_listen=" ssl http2"
     # TLS 1.3 named: Debian's nginx 1.22 offers only up to TLS 1.2 by default (its default
     # gained 1.3 in 1.23.4), and its resumed TLS 1.2 sessions skip the key exchange the others'
     # resumed TLS 1.3 sessions make.
@@ -208,18 +211,26 @@ for t in "${targets[@]}"; do
 done
 
 # With TLS: each proxy's RSS per 1,000 idle TLS connections, each past one request (after the
-# peak above, which they must not raise), summed over its processes.
-declare -A idle_tls=()
+# peak above, which they must not raise), summed over its processes: HTTP/1.1 first, then
+# HTTP/2 in the proxy started afresh, so that those do not reuse what the first ones freed.
+declare -A idle_tls=() idle_h2=()
+# idle_per_1000 TARGET MODE : "MiB_PER_1000 ALIVE" for client.py's MODE on TARGET.
+idle_per_1000() {
+    local t=$1 mode=$2 before after alive ps
+    mapfile -t ps < <(proc_pids "${pid_of[$t]}")
+    read -r before after alive < <(python3 "$here/client.py" "$mode" "${port[$t]}" \
+        "$IDLE_CONNS" "$work/cert.pem" "${ps[@]}") || die "$t: client.py $mode failed"
+    log "$(printf '%s %-8s %d connections: RSS %s -> %s MiB (%s still open)' \
+        "$mode" "$t" "$IDLE_CONNS" "$(mib "$before")" "$(mib "$after")" "$alive")"
+    echo "$(awk -v b="$before" -v a="$after" -v n="$IDLE_CONNS" \
+        'BEGIN {printf "%.2f", (a - b) / 1024 * 1000 / n}') $alive"
+}
 if [[ $TLS == 1 ]] && ((IDLE_CONNS > 0)); then
     for t in "${targets[@]}"; do
         [[ $t == direct ]] && continue
-        mapfile -t ps < <(proc_pids "${pid_of[$t]}")
-        read -r before after alive < <(python3 "$here/client.py" idle-tls "${port[$t]}" \
-            "$IDLE_CONNS" "$work/cert.pem" "${ps[@]}") || die "$t: the idle TLS client failed"
-        idle_tls[$t]="$(awk -v b="$before" -v a="$after" -v n="$IDLE_CONNS" \
-            'BEGIN {printf "%.2f", (a - b) / 1024 * 1000 / n}') $alive"
-        log "$(printf 'idle TLS %-8s %d connections: RSS %s -> %s MiB (%s still open)' \
-            "$t" "$IDLE_CONNS" "$(mib "$before")" "$(mib "$after")" "$alive")"
+        idle_tls[$t]=$(idle_per_1000 "$t" idle-tls)
+        restart "$t" "${url[$t]}"
+        idle_h2[$t]=$(idle_per_1000 "$t" idle-h2-tls)
     done
 fi
 
@@ -308,15 +319,19 @@ table() {
             echo
             echo "### Idle TLS connections"
             echo
-            echo "RSS growth while $IDLE_CONNS TLS keep-alive connections, each past one request, are"
-            echo "held open (\`client.py idle-tls\`), scaled to 1,000; summed over the proxy's processes."
+            echo "RSS growth while $IDLE_CONNS TLS connections, each past one request, are held open,"
+            echo "scaled to 1,000; summed over the proxy's processes. HTTP/1.1 keep-alive connections"
+            echo "(\`client.py idle-tls\`), then, in the proxy restarted, HTTP/2 ones (ALPN h2,"
+            echo "\`client.py idle-h2-tls\`)."
             echo
-            echo "| target | MiB per 1,000 idle TLS conns | conns still open |"
-            echo "| --- | ---: | ---: |"
+            echo "| target | MiB per 1,000 idle TLS conns, HTTP/1.1 | still open | HTTP/2 | still open |"
+            echo "| --- | ---: | ---: | ---: | ---: |"
             for t in "${targets[@]}"; do
                 [[ -n ${idle_tls[$t]:-} ]] || continue
                 read -r per alive <<<"${idle_tls[$t]}"
-                printf '| %s | %s | %s of %s |\n' "$t" "$per" "$alive" "$IDLE_CONNS"
+                read -r per2 alive2 <<<"${idle_h2[$t]}"
+                printf '| %s | %s | %s of %s | %s | %s of %s |\n' "$t" "$per" "$alive" \
+                    "$IDLE_CONNS" "$per2" "$alive2" "$IDLE_CONNS"
             done
         fi
     else
