@@ -14,6 +14,10 @@
 #                                    0: a new connection for each request (`Connection: close`),
 #                                    so the figure is what a connection costs
 #   CG_LOG [1]                       1: count rampart with its access log on too (rampart-log)
+#   CG_H2 [0]                        1: the requests over HTTP/2 with prior knowledge (h2c),
+#                                    from h2load (nghttp2-client), 10 streams at a time on each
+#                                    of CG_CONNS connections; nginx `listen ... http2`, HAProxy
+#                                    `bind ... proto h2`
 #   RAMPART_BIN [cargo build --release]   RAMPART_BASE_BIN [unset]: a second build, counted alike
 #   BASE_PORT [18760]                ports from here up on 127.0.0.1
 #   OUT [target/bench-callgrind]     callgrind.tsv goes here (full.sh passes its own OUT)
@@ -23,6 +27,7 @@ CG_SMALL=${CG_SMALL:-500}
 CG_LARGE=${CG_LARGE:-2500}
 CG_CONNS=${CG_CONNS:-1}
 CG_LOG=${CG_LOG:-1}
+CG_H2=${CG_H2:-0}
 BASE_PORT=${BASE_PORT:-18760}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,10 +38,15 @@ LOG_TAG=callgrind
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$here/lib.sh"
 
-install_missing valgrind=valgrind python3=python3
+install_missing valgrind=valgrind python3=python3 h2load=nghttp2-client
 export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((CG_LARGE > CG_SMALL && CG_SMALL > 0)) || die "need 0 < CG_SMALL < CG_LARGE"
+if [[ $CG_H2 == 1 ]]; then
+    ((CG_CONNS > 0)) || die "CG_H2=1 needs CG_CONNS > 0: HTTP/2 connections carry many requests"
+    # The readiness checks speak HTTP/2 too: nginx's and HAProxy's h2c listeners speak nothing else.
+    wait_curl=(--http2-prior-knowledge)
+fi
 
 rampart_bin
 nginx_bin=$(command -v nginx)
@@ -71,19 +81,27 @@ count() {
             ;;
         nginx)
             render_tmpl "$here/nginx.conf" "$dir/nginx.conf" "$dir" "$listen" "" 1
+            [[ $CG_H2 == 1 ]] && sed -i "s|listen $listen;|listen $listen http2;|" "$dir/nginx.conf"
             start "$name" "${vg[@]}" --callgrind-out-file="$dir/callgrind.out" \
                 "$nginx_bin" -g "master_process off;" -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf"
             ;;
         haproxy)
             render_tmpl "$here/haproxy.cfg" "$dir/haproxy.cfg" "$dir" "$listen" "" 1
+            [[ $CG_H2 == 1 ]] && sed -i "s|bind $listen\$|bind $listen proto h2|" "$dir/haproxy.cfg"
             start "$name" "${vg[@]}" --callgrind-out-file="$dir/callgrind.out" \
                 "$haproxy_bin" -db -f "$dir/haproxy.cfg"
             ;;
     esac
     # Slow under valgrind: give it up to a minute to answer its first request.
     wait_http "$name" "http://$listen/" 600
-    python3 "$here/client.py" requests "${listen##*:}" "$n" "$CG_CONNS" >>"$work/$name.log" 2>&1 ||
-        die "$target: the client got errors: $(tail -n 3 "$work/$name.log")"
+    if [[ $CG_H2 == 1 ]]; then
+        h2load -c "$CG_CONNS" -m 10 -n "$n" "http://$listen/" >"$work/$name.h2load" 2>&1 || true
+        grep -q "requests: $n total, $n started, $n done, $n succeeded" "$work/$name.h2load" ||
+            die "$target: h2load got errors: $(grep -E '^requests:|status codes:' "$work/$name.h2load")"
+    else
+        python3 "$here/client.py" requests "${listen##*:}" "$n" "$CG_CONNS" >>"$work/$name.log" 2>&1 ||
+            die "$target: the client got errors: $(tail -n 3 "$work/$name.log")"
+    fi
     stop "$name"
     # callgrind writes its totals when the program exits; "totals:" (or "summary:") holds Ir.
     ir=$(awk '/^totals:/ {t = $2} /^summary:/ {s = $2} END {print (t != "") ? t : s}' "$dir/callgrind.out" 2>/dev/null || true)

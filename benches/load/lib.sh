@@ -193,11 +193,13 @@ stop() {
     unset "pid_of[$name]"
 }
 
-# wait_http NAME URL [TRIES] : until URL answers 200 (0.1 s apart), or fail with the log.
+# wait_http NAME URL [TRIES] : until URL answers 200 (0.1 s apart), or fail with the log. curl
+# gets the options in `wait_curl` too (e.g. --http2-prior-knowledge).
+declare -a wait_curl=()
 wait_http() {
     local name=$1 url=$2 tries=${3:-100}
     for _ in $(seq "$tries"); do
-        curl -kfsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        curl -kfsS "${wait_curl[@]}" -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
         [[ -d /proc/${pid_of[$name]} ]] || die "$name exited: $(tail -n 5 "$work/$name.log")"
         sleep 0.1
     done
