@@ -46,15 +46,21 @@ pub struct Finish<'a> {
 /// The id of the request whose head holds what `sent` says: the client's `x-request-id`, else a
 /// new one (and `true`: made here). A made id is not put into the request's map: the upstream
 /// writer adds it to the head it sends (`forward::Added`).
+///
+/// Marked sensitive, which only HPACK reads: an id differs from request to request, so HTTP/2
+/// sends it as a literal never indexed instead of adding it to the connection's header table,
+/// where it would only push out the names and values that do repeat.
 pub fn request_id<B>(req: &Request<B>, sent: Sent) -> (HeaderValue, bool) {
-    match sent
+    let (mut id, made) = match sent
         .request_id
         .then(|| req.headers().get(X_REQUEST_ID))
         .flatten()
     {
         Some(v) => (v.clone(), false),
         None => (new_request_id(), true),
-    }
+    };
+    id.set_sensitive(true);
+    (id, made)
 }
 
 impl<'a> Finish<'a> {
@@ -207,5 +213,27 @@ impl<'a> Finish<'a> {
                 "the upstream answered with a non-2xx status"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HPACK reads the mark: an id is sent as a literal never indexed, made here or the
+    /// client's, and keeps its bytes.
+    #[test]
+    fn a_request_id_is_marked_never_to_be_indexed() {
+        let req = Request::new(());
+        let (made, is_new) = request_id(&req, Sent::default());
+        assert!(is_new && made.is_sensitive() && made.len() == 32);
+
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(X_REQUEST_ID, HeaderValue::from_static("client-7"));
+        let sent = Sent::of(req.headers());
+        let (theirs, is_new) = request_id(&req, sent);
+        assert!(!is_new && theirs.is_sensitive());
+        assert_eq!(theirs, "client-7");
     }
 }
