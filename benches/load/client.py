@@ -19,6 +19,9 @@
   client.py idle-h2-tls PORT COUNT CERT PID...
       The same over HTTP/2 (ALPN h2): each connection sends the preface, its SETTINGS and one
       `GET /` on stream 1, and is idle once that answer has ended (its SETTINGS acknowledged).
+
+  client.py idle-h2 PORT COUNT PID...
+      The same over h2c (HTTP/2 with prior knowledge, no TLS).
 """
 
 import http.client
@@ -36,14 +39,18 @@ def h2_frame(kind, flags, stream, payload):
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
 
-# HPACK, static table only: :method GET (2), :path / (4), :scheme https (7), and :authority
-# (name 1) as a literal without indexing.
+# HPACK, static table only: :method GET (2), :path / (4), :scheme http (6) or https (7), and
+# :authority (name 1) as a literal without indexing.
 H2_AUTHORITY = b"127.0.0.1"
-H2_REQUEST = (
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-    + h2_frame(0x4, 0, 0, b"")
-    + h2_frame(0x1, 0x5, 1, bytes([0x82, 0x84, 0x87, 0x01, len(H2_AUTHORITY)]) + H2_AUTHORITY)
-)
+
+
+def h2_request(tls):
+    scheme = 0x87 if tls else 0x86
+    return (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + h2_frame(0x4, 0, 0, b"")
+        + h2_frame(0x1, 0x5, 1, bytes([0x82, 0x84, scheme, 0x01, len(H2_AUTHORITY)]) + H2_AUTHORITY)
+    )
 
 
 def h2_answer(sock):
@@ -142,9 +149,9 @@ def idle(port, count, pids, cert=None, h2=False):
             if ctx is not None:
                 s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
             if h2:
-                if s.selected_alpn_protocol() != "h2":
+                if ctx is not None and s.selected_alpn_protocol() != "h2":
                     raise RuntimeError(f"ALPN chose {s.selected_alpn_protocol()}, not h2")
-                s.sendall(H2_REQUEST)
+                s.sendall(h2_request(ctx is not None))
                 status = h2_answer(s)
             else:
                 s.sendall(REQUEST)
@@ -203,6 +210,8 @@ def main():
     elif mode == "idle-tls" and len(sys.argv) >= 6:
         pids = [int(p) for p in sys.argv[5:]]
         idle(int(sys.argv[2]), int(sys.argv[3]), pids, cert=sys.argv[4])
+    elif mode == "idle-h2" and len(sys.argv) >= 5:
+        idle(int(sys.argv[2]), int(sys.argv[3]), [int(p) for p in sys.argv[4:]], h2=True)
     elif mode == "idle-h2-tls" and len(sys.argv) >= 6:
         pids = [int(p) for p in sys.argv[5:]]
         idle(int(sys.argv[2]), int(sys.argv[3]), pids, cert=sys.argv[4], h2=True)
