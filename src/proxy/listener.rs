@@ -448,8 +448,9 @@ fn conn_task(
     }
 }
 
-/// Serves one connection until it ends, its watchdog closes it, the listener stops, or it is
-/// parked (HTTP/1.1 only). On a TLS listener the handshake runs here, in the connection's own
+/// Serves one connection with the lean server until it ends, its watchdog closes it, the
+/// listener stops, it is parked (HTTP/1.1 only), or it is for hyper (HTTP/2, or handed over):
+/// [`Next`] says which. On a TLS listener the handshake runs here, in the connection's own
 /// task, within the head timeout, so a slow handshake never holds the accept loop.
 ///
 /// This and [`serve_io`] are plain `fn`s returning `async move` blocks, as `stack::handle` is:
