@@ -81,13 +81,13 @@ count() {
             ;;
         nginx)
             render_tmpl "$here/nginx.conf" "$dir/nginx.conf" "$dir" "$listen" "" 1
-            [[ $CG_H2 == 1 ]] && sed -i "s|listen $listen;|listen $listen http2;|" "$dir/nginx.conf"
+            [[ $CG_H2 == 1 ]] && h2c_only "$dir/nginx.conf" "$listen"
             start "$name" "${vg[@]}" --callgrind-out-file="$dir/callgrind.out" \
                 "$nginx_bin" -g "master_process off;" -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf"
             ;;
         haproxy)
             render_tmpl "$here/haproxy.cfg" "$dir/haproxy.cfg" "$dir" "$listen" "" 1
-            [[ $CG_H2 == 1 ]] && sed -i "s|bind $listen\$|bind $listen proto h2|" "$dir/haproxy.cfg"
+            [[ $CG_H2 == 1 ]] && h2c_only "$dir/haproxy.cfg" "$listen"
             start "$name" "${vg[@]}" --callgrind-out-file="$dir/callgrind.out" \
                 "$haproxy_bin" -db -f "$dir/haproxy.cfg"
             ;;

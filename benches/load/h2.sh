@@ -58,12 +58,12 @@ for t in "${targets[@]}"; do
             ;;
         nginx)
             render_tmpl "$here/nginx.conf" "$dir/nginx.conf" "$dir" "${listen[$t]}" "" 1
-            sed -i "s|listen ${listen[$t]};|listen ${listen[$t]} http2;|" "$dir/nginx.conf"
+            h2c_only "$dir/nginx.conf" "${listen[$t]}"
             start "$t" "$(command -v nginx)" -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf"
             ;;
         haproxy)
             render_tmpl "$here/haproxy.cfg" "$dir/haproxy.cfg" "$dir" "${listen[$t]}" "" 1
-            sed -i "s|bind ${listen[$t]}\$|bind ${listen[$t]} proto h2|" "$dir/haproxy.cfg"
+            h2c_only "$dir/haproxy.cfg" "${listen[$t]}"
             start "$t" haproxy -db -f "$dir/haproxy.cfg"
             ;;
     esac
@@ -94,11 +94,9 @@ declare -A idle=()
 if ((IDLE_CONNS > 0)); then
     for t in "${targets[@]}"; do
         restart "$t" "http://${listen[$t]}/"
-        mapfile -t ps < <(proc_pids "${pid_of[$t]}")
-        read -r before after alive < <(python3 "$here/client.py" idle-h2 "${listen[$t]##*:}" \
-            "$IDLE_CONNS" "${ps[@]}") || die "$t: client.py idle-h2 failed"
-        idle[$t]=$(awk -v b="$before" -v a="$after" -v n="$IDLE_CONNS" 'BEGIN {printf "%.2f", (a - b) / 1024 * 1000 / n}')
-        log "idle h2c $t: RSS $(mib "$before") -> $(mib "$after") MiB, $alive of $IDLE_CONNS still open"
+        read -r per alive < <(idle_per_1000 "$t" "${listen[$t]##*:}" "$IDLE_CONNS" idle-h2) ||
+            die "$t: the idle h2c client failed"
+        idle[$t]=$per
         ((alive == IDLE_CONNS)) || die "$t closed $((IDLE_CONNS - alive)) of the idle connections"
     done
 fi

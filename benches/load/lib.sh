@@ -279,3 +279,27 @@ render_tmpl() {
 }
 
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+
+# h2c_only CONF LISTEN : makes the listener on LISTEN of a rendered nginx.conf or haproxy.cfg
+# speak HTTP/2 with prior knowledge (h2c), and nothing else.
+h2c_only() {
+    sed -i -e "s|listen $2;|listen $2 http2;|" -e "s|bind $2\$|bind $2 proto h2|" "$1"
+}
+
+# idle_per_1000 NAME PORT COUNT MODE [CERT] : holds COUNT idle connections to 127.0.0.1:PORT,
+# each past one request (`client.py MODE`: idle, idle-tls, idle-h2 or idle-h2-tls, CERT for the
+# TLS ones); logs NAME's RSS (summed over its processes) before and after, and prints
+# "MIB_PER_1000 STILL_OPEN".
+# shellcheck disable=SC2154 # `here` is the sourcing script's directory, beside this file
+idle_per_1000() {
+    local name=$1 port=$2 count=$3 mode=$4 before after alive
+    local -a ps cert=()
+    [[ -n ${5:-} ]] && cert=("$5")
+    mapfile -t ps < <(proc_pids "${pid_of[$name]}")
+    read -r before after alive < <(python3 "$here/client.py" "$mode" "$port" "$count" \
+        "${cert[@]}" "${ps[@]}") || die "$name: client.py $mode failed"
+    log "$(printf '%s %-8s %d connections: RSS %s -> %s MiB (%s still open)' \
+        "$mode" "$name" "$count" "$(mib "$before")" "$(mib "$after")" "$alive")"
+    echo "$(awk -v b="$before" -v a="$after" -v n="$count" \
+        'BEGIN {printf "%.2f", (a - b) / 1024 * 1000 / n}') $alive"
+}

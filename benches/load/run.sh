@@ -214,23 +214,12 @@ done
 # peak above, which they must not raise), summed over its processes: HTTP/1.1 first, then
 # HTTP/2 in the proxy started afresh, so that those do not reuse what the first ones freed.
 declare -A idle_tls=() idle_h2=()
-# idle_per_1000 TARGET MODE : "MiB_PER_1000 ALIVE" for client.py's MODE on TARGET.
-idle_per_1000() {
-    local t=$1 mode=$2 before after alive ps
-    mapfile -t ps < <(proc_pids "${pid_of[$t]}")
-    read -r before after alive < <(python3 "$here/client.py" "$mode" "${port[$t]}" \
-        "$IDLE_CONNS" "$work/cert.pem" "${ps[@]}") || die "$t: client.py $mode failed"
-    log "$(printf '%s %-8s %d connections: RSS %s -> %s MiB (%s still open)' \
-        "$mode" "$t" "$IDLE_CONNS" "$(mib "$before")" "$(mib "$after")" "$alive")"
-    echo "$(awk -v b="$before" -v a="$after" -v n="$IDLE_CONNS" \
-        'BEGIN {printf "%.2f", (a - b) / 1024 * 1000 / n}') $alive"
-}
 if [[ $TLS == 1 ]] && ((IDLE_CONNS > 0)); then
     for t in "${targets[@]}"; do
         [[ $t == direct ]] && continue
-        idle_tls[$t]=$(idle_per_1000 "$t" idle-tls)
+        idle_tls[$t]=$(idle_per_1000 "$t" "${port[$t]}" "$IDLE_CONNS" idle-tls "$work/cert.pem")
         restart "$t" "${url[$t]}"
-        idle_h2[$t]=$(idle_per_1000 "$t" idle-h2-tls)
+        idle_h2[$t]=$(idle_per_1000 "$t" "${port[$t]}" "$IDLE_CONNS" idle-h2-tls "$work/cert.pem")
     done
 fi
 

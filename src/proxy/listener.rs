@@ -438,8 +438,8 @@ fn conn_task(
                     let p = Box::pin(p.wake()).await;
                     let start = h1::Start::Resumed(p.wait);
                     match p.io {
-                        ParkedIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
-                        ParkedIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+                        KeptIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
+                        KeptIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
                     }
                 }
                 Next::Hyper(h) => return h.serve().await,
@@ -529,7 +529,9 @@ enum Next {
 /// A connection for hyper's servers: HTTP/2, or what the lean server hands over.
 struct ToHyper {
     conn: Served,
-    io: HyperIo,
+    io: KeptIo,
+    /// What the lean server read and did not serve: hyper reads it first.
+    read: bytes::Bytes,
     /// Where the first head's wait ends: the watchdog keeps to it.
     head_end: Instant,
 }
@@ -538,42 +540,42 @@ impl ToHyper {
     /// Serves it with [`serve_hyper`], boxed: inline, hyper's part would set the size of every
     /// connection's task, though a connection the lean server keeps never touches it.
     fn serve(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let ToHyper { conn, io, head_end } = self;
+        let ToHyper {
+            conn,
+            io,
+            read,
+            head_end,
+        } = self;
         match io {
-            HyperIo::Plain(io) => Box::pin(serve_hyper(conn, io, head_end)),
-            HyperIo::Tls(io) => Box::pin(serve_hyper(conn, io, head_end)),
+            KeptIo::Plain(io) => Box::pin(serve_hyper(conn, h1::Rewind::new(read, io), head_end)),
+            // The session stays boxed: inline, serve_hyper's future would hold it twice.
+            KeptIo::Tls(io) => Box::pin(serve_hyper(conn, h1::Rewind::new(read, io), head_end)),
         }
     }
-}
-
-/// The stream of a connection for hyper, with the bytes the lean server read first.
-/// Both boxed (once per connection): inline they would grow every connection's task.
-enum HyperIo {
-    Plain(Box<h1::Rewind<TcpStream>>),
-    Tls(Box<h1::Rewind<TlsStream<TcpStream>>>),
 }
 
 /// A connection parked while it waits for a head (`h1::End::Park`).
 struct Parked {
     conn: Served,
-    io: ParkedIo,
+    io: KeptIo,
     wait: h1::Wait,
 }
 
-/// A parked connection's stream.
-enum ParkedIo {
+/// A connection's stream while its task holds it between the futures that serve it: parked,
+/// or on its way to hyper.
+enum KeptIo {
     Plain(TcpStream),
     /// Boxed: a TLS session is over a kilobyte, and inline it would grow every connection's
     /// task, plain ones too.
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl ParkedIo {
+impl KeptIo {
     /// The socket under the stream.
     fn socket(&self) -> &TcpStream {
         match self {
-            ParkedIo::Plain(io) => io,
-            ParkedIo::Tls(io) => io.get_ref().0,
+            KeptIo::Plain(io) => io,
+            KeptIo::Tls(io) => io.get_ref().0,
         }
     }
 }
@@ -656,8 +658,8 @@ where
             h1::Start::Accepted(head) => Instant::now() + head,
             h1::Start::Resumed(w) => w.due,
         };
-        let io = if h2 {
-            h1::Rewind::new(bytes::Bytes::new(), io)
+        let (read, io) = if h2 {
+            (bytes::Bytes::new(), io)
         } else {
             let c = h1::Conn {
                 shared: &conn.shared,
@@ -668,32 +670,31 @@ where
             };
             match h1::serve(c, io, start, &mut conn.stopped).await {
                 h1::End::Closed => return Next::Closed,
-                h1::End::HandOff(io) => io,
+                h1::End::HandOff(io) => io.into_parts(),
                 h1::End::Park(io, wait) => {
-                    let io = io.parked();
+                    let io = io.kept();
                     return Next::Park(Parked { conn, io, wait });
                 }
             }
         };
-        let io = I::for_hyper(io);
-        Next::Hyper(ToHyper { conn, io, head_end })
+        let io = io.kept();
+        Next::Hyper(ToHyper {
+            conn,
+            io,
+            read,
+            head_end,
+        })
     }
 }
 
-/// What a connection's task keeps of its stream between the futures that serve it: while it
-/// waits for the socket, parked, or for hyper.
-trait TaskIo: Sized {
-    fn parked(self) -> ParkedIo;
-    fn for_hyper(io: h1::Rewind<Self>) -> HyperIo;
+/// A stream a connection's task can keep between the futures that serve it.
+trait TaskIo {
+    fn kept(self) -> KeptIo;
 }
 
 impl TaskIo for TcpStream {
-    fn parked(self) -> ParkedIo {
-        ParkedIo::Plain(self)
-    }
-
-    fn for_hyper(io: h1::Rewind<Self>) -> HyperIo {
-        HyperIo::Plain(Box::new(io))
+    fn kept(self) -> KeptIo {
+        KeptIo::Plain(self)
     }
 }
 
@@ -702,12 +703,8 @@ impl TaskIo for TcpStream {
 /// plaintext and the socket has nothing left to read. A part of a record read before stays in
 /// the session and is completed when the socket wakes.
 impl TaskIo for TlsStream<TcpStream> {
-    fn parked(self) -> ParkedIo {
-        ParkedIo::Tls(Box::new(self))
-    }
-
-    fn for_hyper(io: h1::Rewind<Self>) -> HyperIo {
-        HyperIo::Tls(Box::new(io))
+    fn kept(self) -> KeptIo {
+        KeptIo::Tls(Box::new(self))
     }
 }
 
@@ -849,7 +846,7 @@ mod tests {
     }
 
     /// What stays of a parked connection is its task's own future (which boxes the rest) and
-    /// the boxed wait for its socket: 464 and 712 bytes in a test build of rustc 1.95, a
+    /// the boxed wait for its socket: 488 and 712 bytes in a test build of rustc 1.95, a
     /// fifth of the future dropped, and the task within the C library's per-thread cache
     /// (1,032 bytes).
     #[test]
