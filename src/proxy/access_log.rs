@@ -288,7 +288,7 @@ impl Draft {
 
     fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
         let ok = out.status < 400 && out.reason.is_none();
-        self.armed = !ok || self.keep_ok.map_or(true, |k| fastrand::u32(..) < k);
+        self.armed = !ok || self.keep_ok.is_none_or(|k| fastrand::u32(..) < k);
         if !self.armed {
             return false;
         }

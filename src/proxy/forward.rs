@@ -274,7 +274,7 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
             && req
                 .uri()
                 .path_and_query()
-                .map_or(true, |p| p.as_str() == "/" || p.as_str().is_empty());
+                .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty());
         if !well_formed {
             return Some("a CONNECT target must be host:port");
         }

@@ -47,7 +47,7 @@ pub(super) fn check(r: &mut Report<'_>) {
             .doc
             .glob(inert.path)
             .into_iter()
-            .map(|(path, text)| (path, inert.value.map_or(true, |v| text == Some(v))))
+            .map(|(path, text)| (path, inert.value.is_none_or(|v| text == Some(v))))
             .collect();
         for (path, _) in found.into_iter().filter(|(_, hit)| *hit) {
             let (message, warning) = match inert.verdict {

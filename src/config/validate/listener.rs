@@ -115,7 +115,7 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                 );
             }
         }
-        if host.is_none() && prefix.map_or(true, |pp| pp == "/") && catch_all.is_none() {
+        if host.is_none() && prefix.is_none_or(|pp| pp == "/") && catch_all.is_none() {
             catch_all = Some(j);
         }
         if let Some(name) = &route.name {

@@ -49,7 +49,7 @@ pub(super) fn endpoint(text: &str) -> Result<(), String> {
             ))
         }
     }
-    if uri.host().map_or(true, str::is_empty) {
+    if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{text:?} names no host"));
     }
     if uri.query().is_some() {

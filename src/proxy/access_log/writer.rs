@@ -574,7 +574,7 @@ impl Writer {
         let due: Vec<usize> = self
             .held
             .iter()
-            .map(|h| h.marks.partition_point(|m| cut.map_or(true, |c| m.at < c)))
+            .map(|h| h.marks.partition_point(|m| cut.is_none_or(|c| m.at < c)))
             .collect();
         let busy = due.iter().filter(|n| **n > 0).count();
         if busy == 1 {

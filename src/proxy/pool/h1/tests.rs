@@ -202,7 +202,7 @@ fn broken_chunked_bodies_are_refused() {
 #[test]
 fn chunk_size_lines_and_trailers_are_bounded() {
     let mut line = b"1;".to_vec();
-    line.extend(std::iter::repeat(b'x').take(MAX_CHUNK_LINE));
+    line.extend(std::iter::repeat_n(b'x', MAX_CHUNK_LINE));
     let mut c = Chunked::new();
     assert!(c.decode(&mut BytesMut::from(&line[..])).is_err());
     let mut trailers = b"0\r\n".to_vec();
