@@ -429,17 +429,21 @@ fn conn_task(
     async move {
         // Held until the connection ends.
         let _held = held;
-        let mut next = Box::pin(serve_conn(shared, addr, stream, peer, stopped)).await;
+        let mut next = super::boxed(|| serve_conn(shared, addr, stream, peer, stopped)).await;
         loop {
             next = match next {
                 Next::Closed => return,
                 Next::Park(p) => {
                     // Boxed too: inline, the wait's futures would grow every connection's task.
-                    let p = Box::pin(p.wake()).await;
+                    let p = super::boxed(|| p.wake()).await;
                     let start = h1::Start::Resumed(p.wait);
                     match p.io {
-                        KeptIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
-                        KeptIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+                        KeptIo::Plain(io) => {
+                            super::boxed(|| serve_io(p.conn, io, start, false)).await
+                        }
+                        KeptIo::Tls(io) => {
+                            super::boxed(|| serve_io(p.conn, *io, start, false)).await
+                        }
                     }
                 }
                 Next::Hyper(h) => return h.serve().await,
@@ -477,7 +481,7 @@ fn serve_conn(
         };
         // Boxed: the handshake and a TLS stream make a future about twice a plain connection's,
         // and inline they would set the size of every connection's task.
-        Box::pin(serve_tls(shared, addr, lst, tls, stream, peer, stopped)).await
+        super::boxed(|| serve_tls(shared, addr, lst, tls, stream, peer, stopped)).await
     }
 }
 
@@ -547,9 +551,13 @@ impl ToHyper {
             head_end,
         } = self;
         match io {
-            KeptIo::Plain(io) => Box::pin(serve_hyper(conn, h1::Rewind::new(read, io), head_end)),
+            KeptIo::Plain(io) => {
+                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end))
+            }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
-            KeptIo::Tls(io) => Box::pin(serve_hyper(conn, h1::Rewind::new(read, io), head_end)),
+            KeptIo::Tls(io) => {
+                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end))
+            }
         }
     }
 }
@@ -737,9 +745,7 @@ where
             // Boxed: the request path's future is about 5 KiB, and hyper moves what this
             // returns about ten times on its way into an HTTP/2 stream's task and out again
             // (4,700 instructions of `memcpy` a request, against one allocation).
-            Box::pin(async move {
-                Ok::<_, Infallible>(serve(&shared, addr, req, &client, active).await)
-            })
+            super::boxed(|| serve(shared, addr, req, client, active))
         })
     };
     let conn = lst
@@ -774,24 +780,30 @@ where
 }
 
 /// Serves one request from hyper's server under the generation in force now. (The lean
-/// server does the same inline: one future fewer to build and copy per request.)
-async fn serve(
-    shared: &Shared,
+/// server does the same inline: one future fewer to build and copy per request.) A `fn`
+/// returning an `async move` block, as on the lean path: the request path's future is then
+/// built in place in this one's state, where an `async fn` taking the request built it
+/// aside and copied it in (3,904 bytes a request).
+#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+fn serve(
+    shared: Arc<Shared>,
     addr: SocketAddr,
     req: http::Request<ClientIn>,
-    peer: &Peer,
+    peer: Arc<Peer>,
     active: super::conn::ConnActive,
-) -> http::Response<super::body::Body> {
-    let gen = shared.current.load_full();
-    match gen.listeners.get(&addr) {
-        Some(lst) => {
-            let sent = super::forward::Sent::of(req.headers());
-            let mut rsp = stack::handle(shared, &gen, lst, req, sent, peer, active).await;
-            // hyper writes the answer from its map alone.
-            super::body::whole_headers(&mut rsp);
-            rsp
-        }
-        None => removed(),
+) -> impl Future<Output = Result<http::Response<super::body::Body>, Infallible>> {
+    async move {
+        let gen = shared.current.load_full();
+        Ok(match gen.listeners.get(&addr) {
+            Some(lst) => {
+                let sent = super::forward::Sent::of(req.headers());
+                let mut rsp = stack::handle(&shared, &gen, lst, req, sent, &peer, active).await;
+                // hyper writes the answer from its map alone.
+                super::body::whole_headers(&mut rsp);
+                rsp
+            }
+            None => removed(),
+        })
     }
 }
 

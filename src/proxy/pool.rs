@@ -236,7 +236,7 @@ impl Pool {
                         // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and
                         // happens once per connection; inline, every request's future would
                         // carry its size.
-                        let mut conn = Box::pin(self.connect(addr, slot)).await?;
+                        let mut conn = super::boxed(|| self.connect(addr, slot)).await?;
                         return match conn.exchange(parts, added, body, false).await {
                             Ok(head) => Ok(self.returning(head, conn)),
                             Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
