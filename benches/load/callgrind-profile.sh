@@ -15,6 +15,9 @@
 #                          (rampart-policy.yaml, one tenant: client.py sends no tenant id);
 #                          log: the plain proxy with its access log on, every line to a file
 #   UPSTREAM [nginx]       nginx (the stand-in) or sample (`rampart sample`, as callgrind.sh)
+#   H2 [0]                 1: the requests over HTTP/2 with prior knowledge (h2c), from h2load
+#                          (nghttp2-client) on 4 connections, 10 streams at a time on each (each
+#                          h2load run opens its 4 connections: their set-up is in the count)
 #   WARMUP [500]  REQUESTS [2000]  TOP [25]  BASE_PORT [18800]
 #   RAMPART_BIN [cargo build --release]   OUT [target/bench-callgrind-profile]
 #   CACHE_SIM [0]          1: also run callgrind's cache model (32 KiB 8-way level-1 caches
@@ -30,6 +33,7 @@ REQUESTS=${REQUESTS:-2000}
 TOP=${TOP:-25}
 BASE_PORT=${BASE_PORT:-18800}
 CACHE_SIM=${CACHE_SIM:-0}
+H2=${H2:-0}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -40,6 +44,11 @@ LOG_TAG=callgrind-profile
 . "$here/lib.sh"
 
 install_missing valgrind=valgrind python3=python3
+case $H2 in
+    0) ;;
+    1) install_missing h2load=nghttp2-client ;;
+    *) die "H2 must be 0 or 1, not '$H2'" ;;
+esac
 export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((REQUESTS > 0 && WARMUP >= 0)) || die "need REQUESTS > 0 and WARMUP >= 0"
@@ -83,6 +92,12 @@ wait_http rampart "http://$listen/" 600
 vg_pid=${pid_of[rampart]}
 
 client() {
+    if [[ $H2 == 1 ]]; then
+        h2load -c 4 -m 10 -n "$1" "http://$listen/" >>"$work/client.log" 2>&1 || true
+        grep -q "requests: $1 total, $1 started, $1 done, $1 succeeded" "$work/client.log" ||
+            die "h2load got errors: $(grep -E '^requests:|status codes:' "$work/client.log" | tail -n 2)"
+        return
+    fi
     python3 "$here/client.py" requests "${listen##*:}" "$1" 1 >>"$work/client.log" 2>&1 ||
         die "the client got errors: $(tail -n 3 "$work/client.log")"
 }
@@ -100,7 +115,7 @@ done
 grep -qs '^totals:' "$part" || die "callgrind wrote no dump: $(tail -n 5 "$work/rampart.log")"
 stop rampart
 
-log "$CONFIG, upstream $UPSTREAM, $REQUESTS requests after $WARMUP: dump in $part"
+log "$CONFIG, upstream $UPSTREAM$([[ $H2 == 1 ]] && echo ", over h2c"), $REQUESTS requests after $WARMUP: dump in $part"
 # The report, in Python: callgrind_annotate's self costs per function, per request.
 report=$(
     cat <<'EOF'
