@@ -93,9 +93,7 @@ vg_pid=${pid_of[rampart]}
 
 client() {
     if [[ $H2 == 1 ]]; then
-        h2load -c 4 -m 10 -n "$1" "http://$listen/" >>"$work/client.log" 2>&1 || true
-        grep -q "requests: $1 total, $1 started, $1 done, $1 succeeded" "$work/client.log" ||
-            die "h2load got errors: $(grep -E '^requests:|status codes:' "$work/client.log" | tail -n 2)"
+        h2load_n "http://$listen/" "$1" 4 "$work/h2load.out"
         return
     fi
     python3 "$here/client.py" requests "${listen##*:}" "$1" 1 >>"$work/client.log" 2>&1 ||

@@ -95,9 +95,7 @@ count() {
     # Slow under valgrind: give it up to a minute to answer its first request.
     wait_http "$name" "http://$listen/" 600
     if [[ $CG_H2 == 1 ]]; then
-        h2load -c "$CG_CONNS" -m 10 -n "$n" "http://$listen/" >"$work/$name.h2load" 2>&1 || true
-        grep -q "requests: $n total, $n started, $n done, $n succeeded" "$work/$name.h2load" ||
-            die "$target: h2load got errors: $(grep -E '^requests:|status codes:' "$work/$name.h2load")"
+        h2load_n "http://$listen/" "$n" "$CG_CONNS" "$work/$name.h2load"
     else
         python3 "$here/client.py" requests "${listen##*:}" "$n" "$CG_CONNS" >>"$work/$name.log" 2>&1 ||
             die "$target: the client got errors: $(tail -n 3 "$work/$name.log")"
