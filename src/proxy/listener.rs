@@ -656,7 +656,7 @@ fn serve_io<I>(
     h2: bool,
 ) -> impl std::future::Future<Output = Next>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static + TaskIo,
+    I: tokio::io::AsyncRead + h1::Close + Send + 'static + TaskIo,
 {
     async move {
         // Where the first head's wait ends: the watchdog keeps to it if hyper takes over.

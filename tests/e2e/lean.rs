@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::conn::{reset, Conn};
 use crate::support::{http, one_route, sample, Proxy};
@@ -377,6 +377,38 @@ async fn a_whole_request_then_fin_is_answered_by_the_lean_server() {
     assert_eq!(c.answer(false).await.status, 200);
     assert_eq!(c.answer(false).await.status, 201);
     assert!(c.closes().await);
+}
+
+/// A `connection: close` request is answered whole and the connection then ends in order: the
+/// client reads the answer and then the end of the stream, not a reset (the lean server closes
+/// a plain socket without shutting it down first: its close sends the FIN).
+#[tokio::test]
+async fn a_close_request_gets_its_whole_answer_then_the_end_of_the_stream() {
+    let (app, _proxy, addr) = setup().await;
+    for path in ["/ok", "/bytes/100000"] {
+        let mut c = Conn::open(addr).await;
+        c.send(
+            format!("GET {path} HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), c.io.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "{path}: the stream must end with a FIN after the answer, got {read:?} after {} bytes",
+            got.len()
+        );
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text:.200}");
+        assert!(text.contains("connection: close"), "{path}: {text:.300}");
+        let body = &got[text.find("\r\n\r\n").expect("a head") + 4..];
+        match path {
+            "/ok" => assert_eq!(body, b"ok\n"),
+            _ => assert_eq!(body.len(), 100_000, "{path}: the whole body"),
+        }
+    }
+    assert_eq!(app.hits(), 2);
 }
 
 /// A connection that ends leaves its buffers and the parser's kept state (header names, an

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::support::metrics::reloads;
 use crate::support::tls::{self, Ca, H1Conn, Pki};
 use crate::support::{http, metric_value, metrics, proxy::bin, raw, sample, Proxy};
@@ -98,6 +100,33 @@ async fn h1_and_h2_over_tls_reach_the_upstream_as_https() {
     let seen = rsp.json();
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
     assert_eq!(app.hits_for("/headers"), 2);
+}
+
+/// A `connection: close` request over TLS ends with the session's `close_notify` after the
+/// answer: a plain socket is closed without a shutdown, a TLS stream never is (a client reading
+/// to the end would take a bare FIN for a truncation attack, `UnexpectedEof`).
+#[tokio::test]
+async fn a_close_request_over_tls_ends_with_close_notify() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let mut s = tls::connect(proxy.listener("inbound"), cfg)
+        .await
+        .expect("a TLS connection");
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request sent");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the session must end with close_notify after the answer, got {read:?} after {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok\n"), "{text}");
+    assert_eq!(app.hits_for("/ok"), 1);
 }
 
 #[tokio::test]
