@@ -136,11 +136,11 @@ pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// How a stream the lean server closes ends, once what it owes is written.
 pub(super) trait Close: AsyncWrite + Unpin {
-    /// Whether the stream is shut down before it is dropped. TLS must be (its `close_notify`);
-    /// a TCP socket's close sends the same FIN a shutdown would, after everything written,
-    /// so a plain connection makes one syscall fewer (and as with a shutdown, a client's
-    /// unread bytes still turn the close into a reset: the lean server reads what a client
-    /// sent whole before it answers).
+    /// Whether the stream is shut down before it is dropped. TLS must be (its `close_notify`
+    /// tells the client the answer was not cut short); a TCP socket's close sends the same FIN
+    /// a shutdown would, after everything written, so a plain connection makes one syscall
+    /// fewer. (Bytes of the client's still unread turn the close into a reset, as they did
+    /// after a shutdown.)
     const SHUT_DOWN: bool;
 }
 
