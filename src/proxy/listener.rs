@@ -656,7 +656,7 @@ fn serve_io<I>(
     h2: bool,
 ) -> impl std::future::Future<Output = Next>
 where
-    I: tokio::io::AsyncRead + h1::Close + Send + 'static + TaskIo,
+    I: tokio::io::AsyncRead + Send + 'static + TaskIo,
 {
     async move {
         // Where the first head's wait ends: the watchdog keeps to it if hyper takes over.
@@ -693,8 +693,9 @@ where
     }
 }
 
-/// A stream a connection's task can keep between the futures that serve it.
-trait TaskIo {
+/// A stream a connection's task can keep between the futures that serve it (and that the lean
+/// server knows how to close).
+trait TaskIo: h1::Close {
     fn kept(self) -> KeptIo;
 }
 

@@ -10,8 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+use crate::support::conn::Conn;
 use crate::support::metrics::reloads;
 use crate::support::tls::{self, Ca, H1Conn, Pki};
 use crate::support::{http, metric_value, metrics, proxy::bin, raw, sample, Proxy};
@@ -111,18 +110,17 @@ async fn a_close_request_over_tls_ends_with_close_notify() {
     let (ca, pki) = pki();
     let proxy = tls_proxy(app.addr(), &pki, false, "").await;
     let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
-    let mut s = tls::connect(proxy.listener("inbound"), cfg)
+    let stream = tls::connect(proxy.listener("inbound"), cfg)
         .await
         .expect("a TLS connection");
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request sent");
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let mut c = Conn::over(stream);
+    c.send(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let (got, end) = c.read_to_end().await;
     let text = String::from_utf8_lossy(&got);
     assert!(
-        matches!(read, Ok(Ok(_))),
-        "the session must end with close_notify after the answer, got {read:?} after {text:?}"
+        end.is_ok(),
+        "the session must end with close_notify after the answer, got {end:?} after {text:?}"
     );
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("\r\n\r\nok\n"), "{text}");

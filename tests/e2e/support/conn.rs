@@ -154,6 +154,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Reads to the end of the stream: what is not yet read as an answer, then all that comes.
+    /// `Err` says how the stream did not end in order within the wait (a reset, a TLS stream
+    /// cut without its `close_notify`, no end in time), beside the bytes read. Unlike
+    /// [`closes`](Self::closes), an error is not an end here.
+    pub async fn read_to_end(&mut self) -> (Vec<u8>, Result<(), String>) {
+        let mut got = std::mem::take(&mut self.buf);
+        let end = match tokio::time::timeout(WAIT, self.io.read_to_end(&mut got)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:?}")),
+            Err(_) => Err(format!("no end within {WAIT:?}")),
+        };
+        (got, end)
+    }
+
     /// Whether the server closes the connection (nothing more comes) within the wait.
     pub async fn closes(&mut self) -> bool {
         let mut chunk = [0u8; 1024];
