@@ -231,10 +231,14 @@ impl EndpointHealth {
 
     /// Peak-EWMA update. The stamp swap and the value CAS are two steps: two tries ending at
     /// once each decay by their own share of the elapsed time, which is the same total decay.
+    ///
+    /// Every try ends here: the sample goes to `f64` from 64 bits (not through `u128`), and the
+    /// decay's `exp` is computed only when the sample is the lower one and so blends.
     fn observe(&self, elapsed: Duration, failed: bool, now: u64) {
-        let sample = (elapsed.as_nanos() as f64).max(1.0);
+        let sample = (nanos(elapsed) as f64).max(1.0);
         let prev = self.ewma_stamp.swap(now, Ordering::Relaxed);
-        let w = decay_weight(now.saturating_sub(prev));
+        let idle = now.saturating_sub(prev);
+        let mut weight = None;
         let mut cur = self.ewma_bits.load(Ordering::Relaxed);
         loop {
             let old = f64::from_bits(cur);
@@ -242,6 +246,7 @@ impl EndpointHealth {
             let new = if old == 0.0 || sample >= old {
                 sample
             } else {
+                let w = *weight.get_or_insert_with(|| decay_weight(idle));
                 old * w + sample * (1.0 - w)
             };
             match self.ewma_bits.compare_exchange_weak(
