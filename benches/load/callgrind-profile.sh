@@ -18,6 +18,9 @@
 #   H2 [0]                 1: the requests over HTTP/2 with prior knowledge (h2c), from h2load
 #                          (nghttp2-client) on 4 connections, 10 streams at a time on each (each
 #                          h2load run opens its 4 connections: their set-up is in the count)
+#   CONNS [1]              HTTP/1.1 only: the keep-alive connections the requests are spread
+#                          over; 0: each request on a connection of its own (`Connection:
+#                          close`), so a connection's accept, set-up and close are in the count
 #   WARMUP [500]  REQUESTS [2000]  TOP [25]  BASE_PORT [18800]
 #   RAMPART_BIN [cargo build --release]   OUT [target/bench-callgrind-profile]
 #   CACHE_SIM [0]          1: also run callgrind's cache model (32 KiB 8-way level-1 caches
@@ -34,6 +37,7 @@ TOP=${TOP:-25}
 BASE_PORT=${BASE_PORT:-18800}
 CACHE_SIM=${CACHE_SIM:-0}
 H2=${H2:-0}
+CONNS=${CONNS:-1}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -52,6 +56,7 @@ esac
 export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((REQUESTS > 0 && WARMUP >= 0)) || die "need REQUESTS > 0 and WARMUP >= 0"
+[[ $CONNS =~ ^[0-9]+$ ]] || die "CONNS must be a whole number, not '$CONNS'"
 case $CONFIG in
     rampart | log) template=$here/rampart.yaml ;;
     policy) template=$here/rampart-policy.yaml ;;
@@ -96,7 +101,7 @@ client() {
         h2load_n "http://$listen/" "$1" 4 "$work/h2load.out"
         return
     fi
-    python3 "$here/client.py" requests "${listen##*:}" "$1" 1 >>"$work/client.log" 2>&1 ||
+    python3 "$here/client.py" requests "${listen##*:}" "$1" "$CONNS" >>"$work/client.log" 2>&1 ||
         die "the client got errors: $(tail -n 3 "$work/client.log")"
 }
 ((WARMUP > 0)) && client "$WARMUP"
