@@ -115,7 +115,7 @@ impl Sent {
     /// (a request's few lines cost less to compare than three hashed lookups).
     pub fn of(headers: &HeaderMap) -> Self {
         let mut sent = Sent::default();
-        for name in headers.iter().map(|(name, _)| name) {
+        for (name, _) in headers {
             sent.note(name);
         }
         sent
