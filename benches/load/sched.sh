@@ -9,7 +9,10 @@
 # times put on one), summed. Prints per request: run and wait µs, and the times put on a core
 # per 1,000 requests and the wait each time; the times it went to sleep itself (voluntary
 # context switches: it had nothing to do) per 1,000 requests, and the share of the machine's
-# time no thread used (idle, from /proc/stat); with wrk's p99. Half way into each run it
+# time no thread used (idle, from /proc/stat); with wrk's p99. The same run time and sleeps are
+# read for the upstream, and wrk's CPU time (`/usr/bin/time`), per request: a proxy's pace
+# shows in what the other two spend (benches/PROFILE.md, "What a proxy leaves to the others").
+# Half way into each run it
 # counts wrk's connections per process of the proxy (`ss -tnp`; nginx's workers are
 # processes, rampart's and HAProxy's are threads of one, shown as one).
 #
@@ -33,7 +36,7 @@ LOG_TAG=sched
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$here/lib.sh"
 
-install_missing ss=iproute2
+install_missing ss=iproute2 /usr/bin/time=time
 export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((RUNS > 0)) || die "RUNS must be at least 1"
@@ -98,7 +101,7 @@ owners() {
 
 mkdir -p "$OUT"
 tsv="$OUT/sched.tsv"
-echo -e "proxy\trun\treq_per_s\tp99_ms\trun_us_req\twait_us_req\toncore_per_1000\twait_us_each\tsleeps_per_1000\tidle_pct\tconns" >"$tsv"
+echo -e "proxy\trun\treq_per_s\tp99_ms\trun_us_req\twait_us_req\toncore_per_1000\twait_us_each\tsleeps_per_1000\tidle_pct\tconns\tupstream_run_us_req\tupstream_sleeps_per_1000\twrk_cpu_us_req" >"$tsv"
 log "$WORKERS worker(s) each, $CONNS connections: warm-up, then $RUNS run(s) x $DURATION per proxy"
 for p in "${proxies[@]}"; do wrk -t1 -c"$CONNS" -d1s "http://${listen[$p]}/" >/dev/null; done
 # Half of DURATION, in seconds (read by lib.sh's `to_ms`: a number with its unit, s or m).
@@ -108,8 +111,11 @@ for i in $(seq "$RUNS"); do
     for p in "${proxies[@]}"; do
         read -r r0 w0 s0 <<<"$(sched_sums "${pid_of[$p]}")"
         v0=$(sleeps "${pid_of[$p]}")
+        read -r ur0 _ _ <<<"$(sched_sums "${pid_of[upstream]}")"
+        uv0=$(sleeps "${pid_of[upstream]}")
         read -r i0 t0 <<<"$(idle_total)"
-        wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://${listen[$p]}/" >"$work/wrk.out" &
+        /usr/bin/time -f '%U %S' -o "$work/wrk.time" \
+            wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://${listen[$p]}/" >"$work/wrk.out" &
         wrk_pid=$!
         sleep "$half"
         split=$(owners "${listen[$p]##*:}")
@@ -117,6 +123,9 @@ for i in $(seq "$RUNS"); do
         wrk_pid=
         read -r r1 w1 s1 <<<"$(sched_sums "${pid_of[$p]}")"
         v1=$(sleeps "${pid_of[$p]}")
+        read -r ur1 _ _ <<<"$(sched_sums "${pid_of[upstream]}")"
+        uv1=$(sleeps "${pid_of[upstream]}")
+        read -r wrk_user wrk_sys <"$work/wrk.time"
         read -r i1 t1 <<<"$(idle_total)"
         grep -qE 'Non-2xx|Socket errors' "$work/wrk.out" && die "$p: wrk saw errors: $(cat "$work/wrk.out")"
         requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
@@ -124,20 +133,23 @@ for i in $(seq "$RUNS"); do
         p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/wrk.out")")
         awk -v p="$p" -v i="$i" -v rps="$rps" -v p99="$p99" -v n="$requests" -v conns="$split" \
             -v r=$((r1 - r0)) -v w=$((w1 - w0)) -v s=$((s1 - s0)) -v v=$((v1 - v0)) \
-            -v idle=$((i1 - i0)) -v total=$((t1 - t0)) 'BEGIN {
-            printf "%s\t%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.1f\t%s\n", p, i, rps, p99,
-                r / n / 1000, w / n / 1000, s * 1000 / n, s ? w / s / 1000 : 0, v * 1000 / n,
-                total ? 100 * idle / total : 0, conns }' >>"$tsv"
+            -v idle=$((i1 - i0)) -v total=$((t1 - t0)) -v ur=$((ur1 - ur0)) -v uv=$((uv1 - uv0)) \
+            -v wu="$wrk_user" -v ws="$wrk_sys" 'BEGIN {
+            printf "%s\t%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.1f\t%s\t%.2f\t%.1f\t%.2f\n", p, i, rps,
+                p99, r / n / 1000, w / n / 1000, s * 1000 / n, s ? w / s / 1000 : 0, v * 1000 / n,
+                total ? 100 * idle / total : 0, conns, ur / n / 1000, uv * 1000 / n,
+                (wu + ws) * 1e6 / n }' >>"$tsv"
     done
 done
 
 {
     echo
-    printf '%-8s %3s %10s %8s %12s %13s %16s %12s %16s %7s  %s\n' proxy run req/s p99_ms \
-        run_us/req wait_us/req on_core/1000req wait_us/each sleeps/1000req idle% "conns per process"
-    tail -n +2 "$tsv" | while IFS=$'\t' read -r p i rps p99 run wait on each slept idle split; do
-        printf '%-8s %3s %10s %8s %12s %13s %16s %12s %16s %7s  %s\n' "$p" "$i" "$rps" "$p99" "$run" \
-            "$wait" "$on" "$each" "$slept" "$idle" "$split"
+    printf '%-8s %3s %10s %8s %12s %13s %16s %12s %16s %7s %14s %18s %12s  %s\n' proxy run req/s \
+        p99_ms run_us/req wait_us/req on_core/1000req wait_us/each sleeps/1000req idle% \
+        up_run_us/req up_sleeps/1000req wrk_us/req "conns per process"
+    tail -n +2 "$tsv" | while IFS=$'\t' read -r p i rps p99 run wait on each slept idle split urun uslept wcpu; do
+        printf '%-8s %3s %10s %8s %12s %13s %16s %12s %16s %7s %14s %18s %12s  %s\n' "$p" "$i" \
+            "$rps" "$p99" "$run" "$wait" "$on" "$each" "$slept" "$idle" "$urun" "$uslept" "$wcpu" "$split"
     done
 } >&2
 log "figures in $tsv"
