@@ -57,6 +57,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((REQUESTS > 0 && WARMUP >= 0)) || die "need REQUESTS > 0 and WARMUP >= 0"
 [[ $CONNS =~ ^[0-9]+$ ]] || die "CONNS must be a whole number, not '$CONNS'"
+[[ $H2 == 0 || $CONNS == 1 ]] || die "CONNS is for HTTP/1.1; with H2=1 h2load always opens 4 connections"
 case $CONFIG in
     rampart | log) template=$here/rampart.yaml ;;
     policy) template=$here/rampart-policy.yaml ;;

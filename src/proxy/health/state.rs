@@ -238,7 +238,6 @@ impl EndpointHealth {
         let sample = (nanos(elapsed) as f64).max(1.0);
         let prev = self.ewma_stamp.swap(now, Ordering::Relaxed);
         let idle = now.saturating_sub(prev);
-        let mut weight = None;
         let mut cur = self.ewma_bits.load(Ordering::Relaxed);
         loop {
             let old = f64::from_bits(cur);
@@ -246,7 +245,8 @@ impl EndpointHealth {
             let new = if old == 0.0 || sample >= old {
                 sample
             } else {
-                let w = *weight.get_or_insert_with(|| decay_weight(idle));
+                // Computed again only if the swap below loses a race: rare.
+                let w = decay_weight(idle);
                 old * w + sample * (1.0 - w)
             };
             match self.ewma_bits.compare_exchange_weak(
