@@ -10,8 +10,9 @@
 # SOAK_WARMUP (60 s: the bounds are taken from the largest values seen by then),
 # SOAK_RSS_FACTOR (2: RSS may not exceed twice the warm-up peak), SOAK_RSS_SLACK_KB (20480),
 # SOAK_FD_SLACK (128: open fds may not exceed the warm-up peak by more), SOAK_CONNECTIONS (32),
-# SOAK_RELOAD (0: seconds between reloads; with N > 0 the policy file is rewritten every N
-# seconds, its per-tenant rate and breaker pause alternating, and reloaded with `POST /reload`:
+# SOAK_RELOAD (0: seconds between reloads; with N > 0 the policy file is rewritten at the first
+# sample N seconds after the last reload, its per-tenant rate and breaker pause alternating, and
+# reloaded with `POST /reload`:
 # every reload must succeed, and the RSS and fd bounds then also catch what a generation leaves
 # behind).
 # Load: wrk (keep-alive, a mix of fast, slow, flaky, large, failing and rate-limited requests
@@ -34,8 +35,11 @@ for cmd in wrk curl python3; do
     command -v "$cmd" >/dev/null || { echo "soak: $cmd is required" >&2; exit 2; }
 done
 [ -x "$bin" ] || { echo "soak: no binary at $bin (cargo build --release, or set RAMPART_BIN)" >&2; exit 2; }
-for knob in secs interval warmup rss_factor rss_slack fd_slack conns reload_every; do
-    [[ ${!knob} =~ ^[0-9]+$ ]] || { echo "soak: $knob must be a whole number, not '${!knob}'" >&2; exit 2; }
+for knob in SECONDS:secs INTERVAL:interval WARMUP:warmup RSS_FACTOR:rss_factor \
+    RSS_SLACK_KB:rss_slack FD_SLACK:fd_slack CONNECTIONS:conns RELOAD:reload_every; do
+    name=${knob#*:}
+    value=${!name}
+    [[ $value =~ ^[0-9]+$ ]] || { echo "soak: SOAK_${knob%%:*} must be a whole number, not '$value'" >&2; exit 2; }
 done
 
 work="$(mktemp -d)"

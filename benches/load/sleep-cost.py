@@ -72,7 +72,7 @@ def run(messages, k, gap):
         parent.close()
         os.waitpid(pid, 0)
     n = (messages // k) * k
-    return cpu / n * 1e6, sleeps / n, wall / n * 1e6
+    return cpu / n * 1e6, sleeps / n, wall / n * 1e6, cpu
 
 
 def main():
@@ -83,13 +83,21 @@ def main():
     a = ap.parse_args()
     if a.messages <= 0 or any(k <= 0 for k in a.k) or a.gap < 0:
         sys.exit("sleep-cost.py: MESSAGES and K must be positive, --gap not negative")
+    if any(k > a.messages for k in a.k):
+        sys.exit("sleep-cost.py: each K must be at most MESSAGES")
     rows = []
+    coarse = False
     for k in a.k:
-        cpu, sleeps, wall = run(a.messages, k, a.gap / 1e6)
+        cpu, sleeps, wall, total = run(a.messages, k, a.gap / 1e6)
         rows.append((k, cpu, sleeps))
+        # /proc counts CPU time in clock ticks (10 ms here): too short a run reads as nothing.
+        coarse |= total < 0.2
         print(f"K={k:<3} gap={a.gap:g} us: child CPU {cpu:6.2f} us a message, "
               f"{sleeps:.3f} sleeps a message, {wall:6.2f} us wall a message")
-    if len(rows) >= 2:
+    if coarse:
+        print("the child used under 0.2 s of CPU in a run: too little for /proc's clock ticks; "
+              "give more MESSAGES (200000 takes about 10 s)")
+    elif len(rows) >= 2:
         (_, c0, s0), (_, c1, s1) = rows[0], rows[-1]
         if s0 - s1 > 0.05:
             print(f"one sleep costs the sleeper about {(c0 - c1) / (s0 - s1):.1f} us of CPU "
