@@ -68,7 +68,13 @@ descendants() {
 cleanup() {
     local rc=$? pid all=() left=()
     trap - EXIT INT TERM
-    [[ -n ${wrk_pid:-} ]] && kill -TERM "$wrk_pid" 2>/dev/null
+    # The load generator, and what runs under it (sched.sh starts wrk under /usr/bin/time,
+    # which would leave wrk running if only it were killed).
+    if [[ -n ${wrk_pid:-} ]]; then
+        mapfile -t all < <(descendants "$wrk_pid")
+        kill -TERM "$wrk_pid" "${all[@]}" 2>/dev/null || true
+        all=()
+    fi
     for pid in "${pids[@]}"; do
         all+=("$pid")
         mapfile -t -O "${#all[@]}" all < <(descendants "$pid")
