@@ -163,6 +163,27 @@ async fn malformed_heads_are_refused_and_never_reach_the_upstream() {
     assert_only(&app, &["GET /ok HTTP/1.1"]);
 }
 
+/// Once a connection's chunked upload has taken it to hyper's server, its later heads are read
+/// by hyper, and their `host` lines counted from hyper's map (`forward::Sent::of`), not by the
+/// lean parser: two `host` lines there are refused all the same, and never go upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_after_a_hand_off_to_hyper_are_refused() {
+    let (app, proxy) = setup().await;
+    let pipelined = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      3\r\nabc\r\n0\r\n\r\n\
+                      GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n";
+    let rsp = raw::exchange(proxy.listener("inbound"), pipelined, WAIT).await;
+    let text = rsp.text();
+    // The first answer's body (`ok`) runs into the second's status line.
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert_still_serving(&proxy, "two hosts after a hand-off").await;
+    assert_only(&app, &["POST /up HTTP/1.1", "GET /ok HTTP/1.1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_framing_smuggles_nothing() {
     let (app, proxy) = setup().await;
