@@ -27,7 +27,7 @@ use hyper_util::server::conn::auto;
 use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
-use crate::metrics::{HeldGauge, RouteMetrics};
+use crate::metrics::{HeldGauge, LiveSeries, Metrics, RouteMetrics};
 use crate::otel::{TraceMetrics, Tracer};
 use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::fallback::RouteFallback;
@@ -84,8 +84,8 @@ pub struct ListenerRt {
     pub head_timeout: Duration,
     /// `runtime.idle_timeout`: a connection with no request in flight is closed after it.
     pub idle_timeout: Duration,
-    /// The longest HTTP/1 request head served (`runtime.max_header_bytes`, at least 8 KiB as
-    /// hyper's read buffer); longer ones are answered 431.
+    /// The longest HTTP/1 request head served (`runtime.max_header_bytes`, which `validate`
+    /// keeps at 8 KiB or more, hyper's least read buffer); longer ones are answered 431.
     pub max_head: usize,
     /// `runtime.body_idle_timeout`: longest stall between request body frames.
     pub body_idle_timeout: Duration,
@@ -246,6 +246,58 @@ impl Generation {
             .filter(|l| l.direction == Direction::Inbound)
             .flat_map(|l| l.routes.iter())
             .all(|r| r.upstream.has_healthy())
+    }
+
+    /// Lets go of what `old` had and this generation has not, now that this one is in force:
+    /// the health checks of upstreams it removed stop (an upstream kept by name stopped its
+    /// predecessor's when it was built), and the gauges of removed breakers, endpoints,
+    /// shedders and store are dropped from `metrics`. Requests still in flight under `old`
+    /// finish as they began.
+    pub fn retire(&self, old: &Generation, metrics: &Metrics) {
+        for (name, up) in &old.upstreams {
+            if !self.upstreams.contains_key(name) {
+                up.stop_checks();
+            }
+        }
+        metrics.retain_live(&self.live_series());
+    }
+
+    /// What this generation exports gauges for.
+    fn live_series(&self) -> LiveSeries {
+        let breakers = self
+            .breakers
+            .values()
+            .map(|b| {
+                let tenant = b.cfg().scope == file::BreakerScope::Tenant;
+                (Arc::from(b.upstream()), tenant)
+            })
+            .collect();
+        let endpoints = self
+            .upstreams
+            .values()
+            .flat_map(|u| {
+                let eps = u.endpoints();
+                eps.iter()
+                    .map(|e| (u.name.clone(), e.label.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let shed_routes = self
+            .listeners
+            .values()
+            .flat_map(|l| l.routes.iter())
+            .filter(|r| r.policy.load_shed.is_some())
+            .map(|r| {
+                let k = &r.key;
+                (k.listener.clone(), k.label.clone(), r.upstream.name.clone())
+            })
+            .collect();
+        LiveSeries {
+            breakers,
+            endpoints,
+            shed_routes,
+            store: self.store.is_some(),
+        }
     }
 
     fn route(&self, key: &RouteKey) -> Option<&RouteRt> {

@@ -9,6 +9,7 @@
 
 mod shard;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -484,12 +485,77 @@ impl Metrics {
         self.config_info.with_label_values(&[sha256]).set(1);
     }
 
+    /// Drops the gauge series of what a reload took away: a breaker, an endpoint or an
+    /// upstream, a route's shedder, the global store. Left behind, such a series keeps its last
+    /// value for ever (a breaker's `open` at 1 fires its alert after the breaker is gone; a
+    /// removed endpoint reads healthy). Counters stay: their totals are history. Called after
+    /// the new generation is in force, never on the request path.
+    pub fn retain_live(&self, live: &LiveSeries) {
+        retain(&self.breaker_state, |l| {
+            // Scope tenant has a set of series per tenant label, scope upstream one with "".
+            let per_tenant = l.get("tenant").is_some_and(|t| !t.is_empty());
+            let upstream = l.get("upstream").copied().unwrap_or_default();
+            live.breakers.get(upstream) == Some(&per_tenant)
+        });
+        let endpoint = |l: &HashMap<&str, &str>| {
+            let key = (l.get("upstream").copied(), l.get("endpoint").copied());
+            live.endpoints
+                .iter()
+                .any(|(u, e)| key == (Some(&**u), Some(&**e)))
+        };
+        retain(&self.endpoint_healthy, endpoint);
+        retain(&self.upstream_connections, endpoint);
+        retain(&self.queue_depth, |l| {
+            let key = (l.get("listener").copied(), l.get("route").copied());
+            live.shed_routes
+                .iter()
+                .any(|(li, r, _)| key == (Some(&**li), Some(&**r)))
+        });
+        retain(&self.concurrency_limit, |l| {
+            let key = (l.get("route").copied(), l.get("upstream").copied());
+            live.shed_routes
+                .iter()
+                .any(|(_, r, u)| key == (Some(&**r), Some(&**u)))
+        });
+        retain(&self.global_store_up, |_| live.store);
+    }
+
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_default()
+    }
+}
+
+/// What a generation in force has gauges for (see [`Metrics::retain_live`]).
+#[derive(Debug, Default)]
+pub struct LiveSeries {
+    /// Upstreams with a breaker, and whether its scope is `tenant`.
+    pub breakers: HashMap<Arc<str>, bool>,
+    /// `(upstream, endpoint)` of every endpoint.
+    pub endpoints: Vec<(Arc<str>, Arc<str>)>,
+    /// `(listener, route, upstream)` of every route with `load_shed`.
+    pub shed_routes: Vec<(Arc<str>, Arc<str>, Arc<str>)>,
+    /// Whether a global store is configured.
+    pub store: bool,
+}
+
+/// Removes the series of `vec` whose labels (name to value) `keep` refuses.
+fn retain(vec: &IntGaugeVec, keep: impl Fn(&HashMap<&str, &str>) -> bool) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if !keep(&labels) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -137,7 +137,9 @@ pub fn apply(
     for h in set.values() {
         h.set_max_connections(cfg.file.runtime.max_connections);
     }
-    shared.current.store(Arc::new(gen));
+    let gen = Arc::new(gen);
+    shared.current.store(gen.clone());
+    gen.retire(&old, &shared.metrics);
     // Log rotation: a renamed access log file is let go, and its path opened anew.
     shared.access_logs.reopen();
     for (addr, tcp) in bound {

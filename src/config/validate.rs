@@ -29,8 +29,10 @@ use super::{ConfigError, ConfigErrors};
 
 /// The only schema version.
 const VERSION: u32 = 1;
-/// Bounds of `runtime.max_header_bytes`.
-const HEADER_BYTES: (u64, u64) = (1 << 10, 1 << 20);
+/// Bounds of `runtime.max_header_bytes`. HTTP/1's server (hyper) reads a head in a buffer of
+/// at least 8 KiB and cannot refuse a shorter head, so a smaller limit would be a promise
+/// HTTP/1.1 does not keep.
+const HEADER_BYTES: (u64, u64) = (8 << 10, 1 << 20);
 /// Most per-tenant entries `tenants.max_tracked` may ask for.
 const MAX_TRACKED: u64 = 100_000_000;
 
@@ -175,7 +177,7 @@ fn check_runtime(f: &File, r: &mut Report<'_>) {
         r.value(
             &p.key("max_header_bytes"),
             format!(
-                "{} is out of range: it must be between 1KiB and 1MiB",
+                "{} is out of range: it must be between 8KiB (the least HTTP/1.1 can enforce) and 1MiB",
                 rt.max_header_bytes
             ),
         );

@@ -113,8 +113,8 @@ pub fn bind_each(addr: SocketAddr, workers: usize) -> std::io::Result<Bound> {
     Ok(Bound { sockets })
 }
 
-/// The longest HTTP/1 request head served under `rt`: `max_header_bytes`, but at least 8 KiB
-/// (hyper refuses smaller read buffers). Longer heads are answered 431 by hyper.
+/// The longest HTTP/1 request head served under `rt`: `max_header_bytes`, which `validate` keeps
+/// at 8 KiB or more (hyper refuses smaller read buffers). Longer heads are answered 431.
 pub fn max_head(rt: &file::Runtime) -> usize {
     (rt.max_header_bytes.0 as usize).max(8192)
 }

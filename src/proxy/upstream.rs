@@ -270,7 +270,8 @@ impl Upstream {
         serde_json::Value::Array(eps)
     }
 
-    fn stop_checks(&self) {
+    /// Stops the active health checks (a reload replaced or removed this upstream).
+    pub(crate) fn stop_checks(&self) {
         if let Some(c) = &self.checker {
             c.abort();
         }

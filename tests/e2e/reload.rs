@@ -237,3 +237,102 @@ async fn watch_follows_configmap_symlink_swaps() {
     );
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
 }
+
+/// `$UPS`: the upstream's endpoints; `$POLICY`: the route's policy body.
+const GAUGES: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$UPS] }
+policies:
+  p: { $POLICY }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: p
+"#;
+
+fn gauges(ups: &str, policy: &str) -> String {
+    GAUGES.replace("$UPS", ups).replace("$POLICY", policy)
+}
+
+/// A reload that takes away a breaker, an endpoint and a shedder takes their gauges with it: a
+/// breaker's `open` left at 1 would keep its alert firing for ever, a removed endpoint would
+/// still read healthy.
+#[tokio::test]
+async fn gauges_of_what_a_reload_removes_go_with_it() {
+    let (app, other) = (sample().await, sample().await);
+    let both = format!("{}, {}", app.addr(), other.addr());
+    let guarded = "circuit_breaker: { consecutive_failures: 1, open_for: 60s }, load_shed: { max_in_flight: 10 }";
+    let mut proxy = Proxy::builder(&gauges(&both, guarded)).spawn().await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let (app_ep, other_ep) = (app.addr().to_string(), other.addr().to_string());
+    // One failure opens the breaker (whichever endpoint served it).
+    assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    http::get(addr, "/ok", &[])
+        .await
+        .assert_rampart(503, "circuit_open");
+    let open = [("upstream", "app"), ("tenant", ""), ("state", "open")];
+    let healthy = |ep| [("upstream", "app"), ("endpoint", ep)];
+    let shed = [("listener", "inbound"), ("route", "app")];
+    let text = metrics(admin).await;
+    assert_eq!(
+        metrics::metric_value(&text, "rampart_circuit_breaker_state", &open),
+        Some(1.0),
+        "{text}"
+    );
+    let other_healthy = healthy(&other_ep);
+    assert_eq!(
+        metrics::metric_value(&text, "rampart_upstream_endpoint_healthy", &other_healthy),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metrics::metric_value(&text, "rampart_queue_depth", &shed).is_some(),
+        "{text}"
+    );
+
+    proxy.rewrite_config(&gauges(&app_ep, "timeout: { request: 5s }"));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    let text = metrics(admin).await;
+    for gone in [
+        "rampart_circuit_breaker_state",
+        "rampart_queue_depth",
+        "rampart_concurrency_limit",
+    ] {
+        assert_eq!(
+            metrics::metric_value(&text, gone, &[]),
+            None,
+            "{gone}: {text}"
+        );
+    }
+    assert_eq!(
+        metrics::metric_value(&text, "rampart_upstream_endpoint_healthy", &other_healthy),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        metrics::metric_value(
+            &text,
+            "rampart_upstream_endpoint_healthy",
+            &healthy(&app_ep)
+        ),
+        Some(1.0),
+        "the endpoint that stays keeps its series: {text}"
+    );
+    // The transition counters are history and stay.
+    assert!(
+        metrics::metric_value(
+            &text,
+            "rampart_circuit_breaker_transitions_total",
+            &[("upstream", "app")]
+        )
+        .is_some(),
+        "{text}"
+    );
+}
