@@ -79,6 +79,14 @@ fn upstream(body: &str) -> String {
     )
 }
 
+/// The warnings of `text`, which must be valid.
+fn warnings(text: &str) -> Vec<ConfigError> {
+    match Config::from_str(text, "t.yaml") {
+        Ok(c) => c.warnings,
+        Err(e) => panic!("expected a valid file, got:\n{e}"),
+    }
+}
+
 fn spot(e: &ConfigError) -> (usize, usize, &str) {
     (e.line, e.column, e.path.as_str())
 }

@@ -316,6 +316,11 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// True when a value is written at `path` (not left to its default).
+    pub(super) fn is_written(&self, path: &KeyPath) -> bool {
+        self.doc.scalar(&self.doc.written(path)).is_some()
+    }
+
     /// True when `path` is written as a list in the text.
     pub(super) fn doc_has_index(&self, path: &KeyPath) -> bool {
         self.doc.is_seq(&self.doc.written(path))

@@ -1,6 +1,6 @@
 //! SPEC §9 keys: `global_store` and `rate_limit.scope`, `on_store_error`, `lease`, `lease_ttl`.
 
-use super::{errors, fails_at, ok, policy, spot, Config, BASE};
+use super::{errors, fails_at, ok, policy, spot, BASE};
 
 const STORE: &str = "global_store:\n  redis: { url: \"redis://127.0.0.1:6379/0\", key_prefix: \"rampart:\", timeout: 25ms }\n";
 
@@ -10,8 +10,7 @@ fn with(store: &str, body: &str) -> String {
 }
 
 fn warnings(text: &str) -> Vec<(usize, usize, String)> {
-    let cfg = Config::from_str(text, "t.yaml").expect("the file must be valid");
-    cfg.warnings
+    super::warnings(text)
         .iter()
         .map(|w| {
             let (l, c, p) = spot(w);

@@ -5,14 +5,7 @@ use std::path::Path;
 
 use super::super::file::{ClientCertField, TUNNEL_IDLE_TIMEOUT};
 use super::super::{Config, ConfigError, Dur};
-use super::{errors, fails_at, ok, one, policy, spot, upstream, BASE};
-
-fn warnings(text: &str) -> Vec<ConfigError> {
-    match Config::from_str(text, "t.yaml") {
-        Ok(c) => c.warnings,
-        Err(e) => panic!("expected a valid file, got:\n{e}"),
-    }
-}
+use super::{errors, fails_at, ok, one, policy, spot, upstream, warnings, BASE};
 
 fn top(extra: &str) -> String {
     format!("{BASE}{extra}\n")
@@ -360,4 +353,63 @@ fn keys_that_can_never_act_where_they_stand_warn_at_their_key() {
         warnings(&trusted).is_empty(),
         "a trusting listener reads it"
     );
+}
+
+#[test]
+fn policy_sections_that_cannot_act_warn_at_their_key() {
+    // (policy body, where the warning stands, what it says)
+    let cases = [
+        (
+            "{ circuit_breaker: { open_for: 5s, half_open_probes: 2 } }",
+            "policies.p.circuit_breaker",
+            "never opens",
+        ),
+        (
+            "{ circuit_breaker: { scope: tenant } }",
+            "policies.p.circuit_breaker",
+            "never opens",
+        ),
+        (
+            "{ load_shed: { queue: { size: 10, timeout: 1s } } }",
+            "policies.p.load_shed",
+            "nothing is ever queued or shed",
+        ),
+        (
+            "{ load_shed: { priority: { header: x-priority } } }",
+            "policies.p.load_shed",
+            "nothing is ever queued or shed",
+        ),
+        (
+            "{ load_shed: { max_in_flight: 5, queue: { size: 0, timeout: 5s } } }",
+            "policies.p.load_shed.queue.timeout",
+            "holds no request",
+        ),
+        (
+            "{ rate_limit: { headers: true } }",
+            "policies.p.rate_limit",
+            "admits everything",
+        ),
+        (
+            "{ retry: { attempts: 1, on: [503] } }",
+            "policies.p.retry.attempts",
+            "makes no retry",
+        ),
+    ];
+    for (body, path, says) in cases {
+        let w = warnings(&policy(body));
+        assert_eq!(w.len(), 1, "{body}: {w:#?}");
+        assert_eq!(w[0].path, path, "{body}");
+        assert!(w[0].message.contains(says), "{body}: {}", w[0].message);
+    }
+    // The same sections with what makes them act draw nothing.
+    for body in [
+        "{ circuit_breaker: { consecutive_failures: 5 } }",
+        "{ circuit_breaker: { slow_call: { duration: 1s, threshold: 50% } } }",
+        "{ load_shed: { per_tenant_max_in_flight: 2, queue: { size: 10 }, priority: { header: x-priority } } }",
+        "{ load_shed: { max_in_flight: 5, queue: { size: 0 } } }",
+        "{ rate_limit: { total: { rate: 5/s }, headers: true } }",
+        "{ retry: { attempts: 2, on: [503] } }",
+    ] {
+        assert!(warnings(&policy(body)).is_empty(), "{body}");
+    }
 }

@@ -72,6 +72,12 @@ fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn retry(rt: &Retry, p: &KeyPath, r: &mut Report<'_>) {
+    if rt.attempts == 1 {
+        r.warn(
+            &p.key("attempts"),
+            "attempts counts every try, the first included: 1 makes no retry, so this retry section does nothing",
+        );
+    }
     if !(1..=MAX_ATTEMPTS).contains(&rt.attempts) {
         r.value(
             &p.key("attempts"),
@@ -111,6 +117,16 @@ fn retry(rt: &Retry, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn rate_limit(rl: &RateLimit, p: &KeyPath, r: &mut Report<'_>) {
+    if rl.per_tenant.is_none()
+        && rl.overrides.is_empty()
+        && rl.total.is_none()
+        && rl.plans.is_empty()
+    {
+        r.warn(
+            p,
+            "no limit is given (per_tenant, overrides, total or plans): this rate_limit admits everything and does nothing",
+        );
+    }
     if let Some(l) = &rl.per_tenant {
         limits(l, &p.key("per_tenant"), r);
     }
@@ -171,6 +187,13 @@ fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
+    if cb.consecutive_failures.is_none() && cb.failure_rate.is_none() && cb.slow_call.is_none() {
+        // Legal (a rule left out is off, SPEC §2), but then the breaker guards nothing.
+        r.warn(
+            p,
+            "no rule is given (consecutive_failures, failure_rate or slow_call): this breaker never opens and does nothing",
+        );
+    }
     if let Some(n) = cb.consecutive_failures {
         r.at_least_1(&p.key("consecutive_failures"), n.into());
     }
@@ -219,6 +242,25 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
+    let limited = ls.max_in_flight.is_some()
+        || ls.per_tenant_max_in_flight.is_some()
+        || ls.adaptive.is_some();
+    if !limited {
+        // Nothing waits or is shed without a limit: the queue and the priorities never act.
+        r.warn(
+            p,
+            "no limit is given (max_in_flight, per_tenant_max_in_flight or adaptive): nothing is ever queued or shed, so this load_shed does nothing",
+        );
+    }
+    if let Some(q) = &ls.queue {
+        let tp = p.key("queue").key("timeout");
+        if q.size == 0 && r.is_written(&tp) {
+            r.warn(
+                &tp,
+                "a queue of size 0 holds no request, so its timeout never applies",
+            );
+        }
+    }
     if let Some(n) = ls.max_in_flight {
         r.at_least_1(&p.key("max_in_flight"), n.into());
     }
