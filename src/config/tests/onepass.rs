@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::super::file::{ClientCertField, TUNNEL_IDLE_TIMEOUT};
-use super::super::{Config, ConfigError, Dur};
+use super::super::{Config, Dur};
 use super::{errors, fails_at, ok, one, policy, spot, upstream, warnings, BASE};
 
 fn top(extra: &str) -> String {
