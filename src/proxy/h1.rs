@@ -23,11 +23,11 @@
 //!
 //! The connection keeps the listener's guarantees, with one timer instead of the watchdog
 //! (`conn.rs`, which takes over with hyper): no request within the head timeout of accept
-//! closes it; a later head must be complete within `header_read_timeout` of the moment the
-//! server starts waiting for it (hyper's rule), and a connection waiting with no request in
-//! flight is closed after `idle_timeout` — whichever comes first, both counted from the end
-//! of the answer before. A drain lets the answer in flight finish with `connection: close`,
-//! and closes a connection waiting for a head.
+//! closes it; after an answer, a connection waiting for its next request (with nothing or a
+//! part of its head read) is closed gracefully `idle_timeout` after the end of that answer
+//! (SPEC §14: `header_read_timeout` is for a connection that has sent nothing; a trickled
+//! later head holds no more than an idle connection may). A drain lets the answer in flight
+//! finish with `connection: close`, and closes a connection waiting for a head.
 //!
 //! A connection (plain or TLS) that has waited [`PARK_AFTER`] for a head, with nothing of one
 //! read, is parked: this future returns it ([`End::Park`]) with where its wait ends, the caller
@@ -190,10 +190,9 @@ where
 {
     async move {
         let max_head = c.lst.max_head;
-        // Waiting for a later head ends at the earlier of hyper's head timer and the idle
-        // timeout (both start when the answer before ends); only an idle close is graceful.
-        let idle_first = c.lst.idle_timeout <= c.lst.head_timeout;
-        let wait_limit = c.lst.idle_timeout.min(c.lst.head_timeout);
+        // Waiting for a later head ends at the idle timeout, counted from the end of the answer
+        // before, with a graceful close.
+        let wait_limit = c.lst.idle_timeout;
         let body_gap = c.lst.body_idle_timeout.min(BODY_GAP);
         // Bytes the buffer must hold before the next parse: a head's and its body's, while the
         // body's rest is read (0: parse after every read).
@@ -330,8 +329,7 @@ where
                     true if parking.is_some() => Poll::Ready(Wake::Park),
                     true if want > 0 => Poll::Ready(Wake::Slow),
                     true if first => Poll::Ready(Wake::Drop),
-                    true if idle_first => Poll::Ready(Wake::Graceful),
-                    true => Poll::Ready(Wake::Drop),
+                    true => Poll::Ready(Wake::Graceful),
                 }
             })
             .await;

@@ -123,9 +123,14 @@ pub fn max_head(rt: &file::Runtime) -> usize {
 pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let max_head = max_head(rt);
+    // hyper's head timer runs from the moment it waits for a head, the next one included, so
+    // at `header_read_timeout` alone it would close an idle keep-alive connection then. The
+    // first head is timed from accept by the watchdog (`conn.rs`); a later one may take as
+    // long as a connection may idle (SPEC §14).
+    let head_timer = rt.header_read_timeout.0.max(rt.idle_timeout.0);
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(rt.header_read_timeout.0)
+        .header_read_timeout(head_timer)
         .max_buf_size(max_head)
         // A client may shut its write side once the request is sent (`nc -N`, one-shot
         // scripts); without this hyper drops such a connection unanswered on the read EOF.

@@ -250,3 +250,65 @@ async fn the_admin_port_has_a_connection_cap_that_silent_sockets_cannot_hold() {
     );
     drop(silent);
 }
+
+/// Sends `request` on `tcp` and reads its answer (which ends in the body `ok`).
+async fn one_answer(tcp: &mut TcpStream, request: &[u8], what: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(request)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer in time"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(n > 0, "{what}: closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{what}: {}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// `header_read_timeout` is for a connection that has sent nothing (SPEC §14): between requests
+/// a keep-alive connection waits `idle_timeout`, however much shorter the head timeout is; on
+/// the lean server (a GET first) and on hyper's (a chunked upload first hands the connection
+/// to hyper for good). Before the fix both closed it at the head timeout.
+#[tokio::test]
+async fn between_requests_a_connection_waits_idle_timeout_not_the_head_timeout() {
+    use tokio::io::AsyncReadExt;
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 400ms, idle_timeout: 2s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let get = b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n";
+    let chunked: &[u8] = b"POST /x HTTP/1.1\r\nHost: app.local\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+    for (first, server) in [(&get[..], "lean"), (chunked, "hyper")] {
+        let mut tcp = TcpStream::connect(proxy.listener("inbound"))
+            .await
+            .expect("connect");
+        one_answer(&mut tcp, first, server).await;
+        // Three head timeouts later the connection still serves.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        one_answer(&mut tcp, get, server).await;
+        // And it closes about one idle timeout after that answer.
+        let since = tokio::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(6), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{server}: not closed after the idle timeout"));
+        assert!(matches!(n, Ok(0) | Err(_)), "{server}: {n:?}");
+        let waited = since.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1800) && waited < Duration::from_millis(4500),
+            "{server}: closed {waited:?} after its last answer, the idle timeout is 2s"
+        );
+    }
+    assert_eq!(app.hits(), 4);
+}
