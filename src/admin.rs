@@ -88,7 +88,13 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
 }
 
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
+    // HEAD is GET without the body (hyper leaves the body out of a HEAD answer), as probes and
+    // monitors expect of any GET endpoint (RFC 9110 §9.3.2).
+    let method = match req.method() {
+        &Method::HEAD => &Method::GET,
+        m => m,
+    };
+    match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => {
             shared
                 .metrics
@@ -133,10 +139,19 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                 ),
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/state" | "/reload") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method not allowed"}),
-        ),
+        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/config" | "/state" | "/reload")) => {
+            let allow = match path {
+                "/reload" => "POST",
+                _ => "GET, HEAD",
+            };
+            let mut rsp = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method not allowed", "allow": allow}),
+            );
+            rsp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+            rsp
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not found"}),

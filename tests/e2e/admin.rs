@@ -25,6 +25,36 @@ async fn healthz_and_readyz_answer_200() {
     assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
 }
 
+/// Probes and monitors that use HEAD get the GET endpoints' status without a body; a method an
+/// endpoint does not take is 405 with the methods it does take in `allow` (RFC 9110 §15.5.6).
+#[tokio::test]
+async fn head_is_served_where_get_is_and_a_405_says_what_is_allowed() {
+    use hyper::Method;
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let admin = proxy.admin();
+    let client = http::client();
+    for path in ["/healthz", "/readyz", "/metrics", "/config", "/state"] {
+        let rsp = http::send(&client, admin, Method::HEAD, path, &[], http::empty())
+            .await
+            .expect("HEAD must be answered");
+        assert_eq!(rsp.status, 200, "HEAD {path}");
+        assert!(rsp.body.is_empty(), "HEAD {path} has no body");
+    }
+    let cases = [
+        (Method::GET, "/reload", "POST"),
+        (Method::DELETE, "/metrics", "GET, HEAD"),
+        (Method::POST, "/healthz", "GET, HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let rsp = http::send(&client, admin, method.clone(), path, &[], http::empty())
+            .await
+            .expect("answered");
+        assert_eq!(rsp.status, 405, "{method} {path}");
+        assert_eq!(rsp.header("allow"), Some(allow), "{method} {path}");
+    }
+}
+
 #[tokio::test]
 async fn config_shows_the_file_in_force() {
     let app = sample().await;
