@@ -160,7 +160,13 @@ pub fn handle<'a>(
             let limit = decision.limit().unwrap_or("");
             tm.rate_limited(limit);
             let wait = decision.retry_after();
-            let msg = format!("rate limit exceeded for tenant {id}; retry in {wait:?}");
+            let msg = match decision.refused_by_total() {
+                true => format!(
+                    "the route's total rate limit is exceeded; retry in {}",
+                    ms(wait)
+                ),
+                false => format!("rate limit exceeded for tenant {id}; retry in {}", ms(wait)),
+            };
             let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
             decision.write_headers(rsp.headers_mut());
             return fin.answer(&tm, rsp, Some(limit), NO_TRY);
@@ -183,7 +189,11 @@ pub fn handle<'a>(
                     Ok(slot) => Some(slot),
                     Err(shed) => {
                         tm.shed(shed.reason.as_str());
-                        let msg = format!("load shed ({}): {shed}", shed.reason.as_str());
+                        let msg = format!(
+                            "load shed ({}); retry in {}",
+                            shed.reason.as_str(),
+                            ms(shed.retry_after)
+                        );
                         let mut rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
                         // A CONNECT must never get a fallback: a 2xx would read as an open tunnel.
                         let fb = route.policy.fallback.as_ref();
@@ -276,3 +286,8 @@ const NO_TRY: TryStats = TryStats {
     received: None,
     whole: 0,
 };
+
+/// `wait` as a client reads it in a message: whole milliseconds (`480ms`), not nanoseconds.
+fn ms(wait: std::time::Duration) -> String {
+    format!("{}ms", wait.as_millis())
+}

@@ -33,6 +33,8 @@ pub struct Decision {
 pub(super) struct Spec {
     pub(super) names: Vec<String>,
     pub(super) policy: Option<HeaderValue>,
+    /// How many of the items are the tenant's limits (the rest are the route's totals).
+    pub(super) tenant_items: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,7 +88,11 @@ impl Spec {
         let policy = (!names.is_empty())
             .then(|| HeaderValue::from_str(&policy).ok())
             .flatten();
-        Spec { names, policy }
+        Spec {
+            names,
+            policy,
+            tenant_items: limits.len(),
+        }
     }
 }
 
@@ -123,12 +129,26 @@ impl Decision {
     /// The name of the limit that refused (as in the RateLimit headers: `burst`, `quota`,
     /// `total` or its `name:`): the first one without a token now. `None` if admitted.
     pub fn limit(&self) -> Option<&str> {
+        let names = &self.spec.as_ref()?.names;
+        names.get(self.refusing()?).map(String::as_str)
+    }
+
+    /// Whether the limit that refused is the route's `total` (whatever the tenant), not one
+    /// of the tenant's own.
+    pub fn refused_by_total(&self) -> bool {
+        match (&self.spec, self.refusing()) {
+            (Some(spec), Some(i)) => i >= spec.tenant_items,
+            _ => false,
+        }
+    }
+
+    /// Where the refusing limit is among the items: the first one without a token now.
+    fn refusing(&self) -> Option<usize> {
         if self.admitted {
             return None;
         }
-        let names = &self.spec.as_ref()?.names;
         let empty = self.items.iter().position(|i| i.reset_nanos > 0);
-        names.get(empty.unwrap_or(0)).map(String::as_str)
+        Some(empty.unwrap_or(0))
     }
 
     /// Whether [`Decision::write_headers`] writes anything (refused requests, and every request

@@ -142,6 +142,10 @@ fn quota_exhaustion_refuses_even_with_burst_tokens() {
         Some("quota"),
         "the limit without a token refused"
     );
+    assert!(
+        !refused.refused_by_total(),
+        "the tenant's own quota refused"
+    );
     assert_eq!(
         l.check("other").limit(),
         None,
@@ -181,9 +185,12 @@ fn total_is_shared_by_all_tenants() {
         .map(|t| admitted(&l, t, 1))
         .sum();
     assert_eq!(ok, 3);
-    assert_eq!(
-        l.check("e").retry_after(),
-        Duration::from_nanos(333_333_333)
+    let refused = l.check("e");
+    assert_eq!(refused.retry_after(), Duration::from_nanos(333_333_333));
+    assert_eq!(refused.limit(), Some("total"));
+    assert!(
+        refused.refused_by_total(),
+        "the route's limit refused, not e's"
     );
     clock.advance(SEC);
     assert_eq!(
