@@ -114,7 +114,9 @@ impl Jwt {
     pub fn verify(&self, token: &str) -> Result<Arc<Verified>, Reason> {
         let now = self.wall.clock().now_nanos();
         let key = TokenCache::key(token);
-        if let Some(v) = self.cache.get(&key, now) {
+        // Read before verifying: a verdict reached with keys replaced meanwhile is not kept.
+        let epoch = self.keys.epoch();
+        if let Some(v) = self.cache.get(&key, now, epoch) {
             return Ok(v);
         }
         let (verified, exp) = self.verify_uncached(token).map_err(|why| {
@@ -124,7 +126,8 @@ impl Jwt {
         let verified = Arc::new(verified);
         let left = (exp + LEEWAY_SECS).saturating_sub(self.wall.unix_secs());
         let until = now + CACHE_TTL_NANOS.min(left.saturating_mul(1_000_000_000));
-        self.cache.insert(key, verified.clone(), until, now);
+        self.cache
+            .insert(key, verified.clone(), (until, epoch), now);
         Ok(verified)
     }
 

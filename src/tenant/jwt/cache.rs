@@ -3,8 +3,9 @@
 //!
 //! Keyed by the token's SHA-256 (a cache hit must be the same token, not a colliding one), and
 //! bounded: at most `cap` entries, each valid until the earlier of the token's `exp` and
-//! [`CACHE_TTL`] after it was verified, so a key removed from the JWKS stops being trusted
-//! within a minute. When the map is full, expired entries are swept (at most once a second, so
+//! [`CACHE_TTL_NANOS`] after it was verified, and only while the keys it was verified with are
+//! in force: a key removed from the JWKS stops being trusted as soon as the JWKS is read without
+//! it (each entry holds the key store's epoch, which a changed key set bumps). When the map is full, expired entries are swept (at most once a second, so
 //! a flood of distinct tokens cannot make every insert walk the map); if it is still full the
 //! new token is simply not cached.
 
@@ -24,7 +25,8 @@ const SWEEP_EVERY_NANOS: u64 = 1_000_000_000;
 /// Verified tokens by their hash.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    map: DashMap<[u8; 32], (Arc<Verified>, u64), foldhash::fast::RandomState>,
+    /// Claims, valid until (clock nanoseconds), the key store's epoch they were verified in.
+    map: DashMap<[u8; 32], (Arc<Verified>, u64, u64), foldhash::fast::RandomState>,
     cap: usize,
     last_sweep: AtomicU64,
 }
@@ -46,20 +48,29 @@ impl TokenCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    /// The verified claims of `key`, if cached and still valid at `now`.
-    pub(crate) fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<Verified>> {
+    /// The verified claims of `key`, if cached, still valid at `now` and verified with the keys
+    /// of `epoch`.
+    pub(crate) fn get(&self, key: &[u8; 32], now: u64, epoch: u64) -> Option<Arc<Verified>> {
         let hit = self.map.get(key)?;
-        let (v, until) = &*hit;
-        if *until > now {
+        let (v, until, at) = &*hit;
+        if *until > now && *at == epoch {
             return Some(v.clone());
         }
         drop(hit);
-        self.map.remove_if(key, |_, (_, until)| *until <= now);
+        self.map
+            .remove_if(key, |_, (_, until, at)| *until <= now || *at != epoch);
         None
     }
 
-    /// Remembers `v` for `key` until `until` (clock nanoseconds).
-    pub(crate) fn insert(&self, key: [u8; 32], v: Arc<Verified>, until: u64, now: u64) {
+    /// Remembers `v` for `key` until `until` (clock nanoseconds), verified with the keys of
+    /// `epoch`.
+    pub(crate) fn insert(
+        &self,
+        key: [u8; 32],
+        v: Arc<Verified>,
+        (until, epoch): (u64, u64),
+        now: u64,
+    ) {
         if self.map.len() >= self.cap {
             let last = self.last_sweep.load(Ordering::Relaxed);
             if now.saturating_sub(last) < SWEEP_EVERY_NANOS
@@ -70,12 +81,12 @@ impl TokenCache {
             {
                 return;
             }
-            self.map.retain(|_, (_, u)| *u > now);
+            self.map.retain(|_, (_, u, _)| *u > now);
             if self.map.len() >= self.cap {
                 return;
             }
         }
-        self.map.insert(key, (v, until));
+        self.map.insert(key, (v, until, epoch));
     }
 
     /// Tokens cached now.

@@ -5,7 +5,7 @@
 //! (`oct`) keys and encryption keys are never loaded, so a token can neither pick `none` nor
 //! verify an HMAC over a public key as if it were a shared secret.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -20,6 +20,8 @@ pub(crate) struct Key {
     pub(crate) algs: Vec<Algorithm>,
     /// The key itself, parsed once.
     pub(crate) key: DecodingKey,
+    /// Its JWK as the JWKS gave it, to tell a changed key set from the same one read again.
+    pub(crate) jwk: String,
 }
 
 /// The keys in force for one `jwt` source, swapped whole when the JWKS is read again.
@@ -27,6 +29,9 @@ pub(crate) struct KeyStore {
     keys: ArcSwap<Vec<Key>>,
     /// Whether a read or fetch has succeeded once (`/readyz` waits for a URL's first).
     loaded: AtomicBool,
+    /// Bumped whenever the keys in force change: a verdict cached under another epoch was
+    /// reached with keys that may be gone (`cache.rs`).
+    epoch: AtomicU64,
 }
 
 const RSA_ALGS: [Algorithm; 6] = [
@@ -46,6 +51,7 @@ impl KeyStore {
         KeyStore {
             keys: ArcSwap::from_pointee(Vec::new()),
             loaded: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -54,10 +60,19 @@ impl KeyStore {
         self.keys.load_full()
     }
 
-    /// Puts `keys` in force.
+    /// Puts `keys` in force; a set that differs from the one before starts a new epoch.
     pub(crate) fn set(&self, keys: Vec<Key>) {
-        self.keys.store(Arc::new(keys));
+        let old = self.keys.swap(Arc::new(keys));
+        let now = self.keys.load();
+        if !old.iter().map(|k| &k.jwk).eq(now.iter().map(|k| &k.jwk)) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.loaded.store(true, Ordering::Release);
+    }
+
+    /// The epoch of the keys in force (see [`KeyStore::set`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Whether keys were loaded at least once.
@@ -86,8 +101,11 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, String> {
     let keys: Vec<Key> = doc
         .keys
         .into_iter()
-        .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
-        .filter_map(|jwk| usable(&jwk))
+        .filter_map(|v| {
+            let text = v.to_string();
+            let jwk = serde_json::from_value::<Jwk>(v).ok()?;
+            usable(&jwk, text)
+        })
         .collect();
     if keys.is_empty() {
         return Err(
@@ -97,7 +115,7 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
-fn usable(jwk: &Jwk) -> Option<Key> {
+fn usable(jwk: &Jwk, text: String) -> Option<Key> {
     if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
         return None;
     }
@@ -125,6 +143,7 @@ fn usable(jwk: &Jwk) -> Option<Key> {
         kid: jwk.common.key_id.clone(),
         algs,
         key,
+        jwk: text,
     })
 }
 

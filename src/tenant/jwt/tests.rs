@@ -168,17 +168,24 @@ fn the_cache_serves_hits_until_ttl_or_exp() {
     let token = sign(&ec, "k1", &claims("acme"));
     j.verify(&token).expect("valid");
     assert_eq!(j.cached(), 1);
-    // Keys rotated away: the cached verdict holds for at most a minute.
-    let other = ec_signer("k2");
-    let doc = json!({ "keys": [other.jwk] }).to_string();
-    store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
+    // The same keys read again: the cached verdict holds, for at most a minute.
+    let same = json!({ "keys": [ec.jwk] }).to_string();
+    store.set(parse_jwks(same.as_bytes()).expect("jwks"));
     clock.advance(Duration::from_secs(59));
     assert!(j.verify(&token).is_ok(), "cached");
     clock.advance(Duration::from_secs(2));
-    assert_eq!(j.verify(&token), Err(Reason::InvalidToken));
-    // A token about to expire is cached only until exp + leeway.
-    let doc = json!({ "keys": [ec.jwk] }).to_string();
+    assert!(j.verify(&token).is_ok(), "verified again, and cached anew");
+    // Keys rotated away: the cached verdict goes with them at once.
+    let other = ec_signer("k2");
+    let doc = json!({ "keys": [other.jwk] }).to_string();
     store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
+    assert_eq!(
+        j.verify(&token),
+        Err(Reason::InvalidToken),
+        "its key is gone"
+    );
+    // A token about to expire is cached only until exp + leeway.
+    store.set(parse_jwks(same.as_bytes()).expect("jwks"));
     let mut c = claims("acme");
     // The wall clock is at NOW + 61: expired 10 s ago, 50 s of leeway left.
     c["exp"] = json!(NOW + 51);
@@ -199,15 +206,17 @@ fn the_cache_is_bounded() {
     let c = TokenCache::new(2);
     let s = 1_000_000_000;
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
-        c.insert(TokenCache::key(t), v.clone(), 10 * s, s + i as u64);
+        c.insert(TokenCache::key(t), v.clone(), (10 * s, 0), s + i as u64);
     }
     assert_eq!(c.len(), 2);
-    assert!(c.get(&TokenCache::key("c"), s).is_none());
+    assert!(c.get(&TokenCache::key("c"), s, 0).is_none());
     // Once entries expired, a sweep (at most once a second) makes room.
-    c.insert(TokenCache::key("d"), v.clone(), 20 * s, 11 * s);
+    c.insert(TokenCache::key("d"), v.clone(), (20 * s, 0), 11 * s);
     assert_eq!(c.len(), 1);
-    assert!(c.get(&TokenCache::key("d"), 11 * s).is_some());
-    assert!(c.get(&TokenCache::key("d"), 20 * s).is_none());
+    assert!(c.get(&TokenCache::key("d"), 11 * s, 0).is_some());
+    // Verified with keys no longer in force: a miss, and the entry goes.
+    assert!(c.get(&TokenCache::key("d"), 11 * s, 1).is_none());
+    assert_eq!(c.len(), 0);
 }
 
 #[test]
