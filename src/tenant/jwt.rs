@@ -123,6 +123,11 @@ impl Jwt {
             tracing::debug!(%why, "bearer token refused");
             Reason::InvalidToken
         })?;
+        // A good token whose tenant is not a valid id: a new token would not help the client,
+        // so the answer is the one a bad id in a header gets (not cached: it is rare).
+        if !super::is_valid_id(verified.tenant.as_bytes()) {
+            return Err(Reason::InvalidTenant);
+        }
         let verified = Arc::new(verified);
         let left = (exp + LEEWAY_SECS).saturating_sub(self.wall.unix_secs());
         let until = now + CACHE_TTL_NANOS.min(left.saturating_mul(1_000_000_000));
@@ -131,7 +136,8 @@ impl Jwt {
         Ok(verified)
     }
 
-    /// Full verification; the claims and `exp`, or why not.
+    /// Full verification; the claims (the tenant's id not yet checked as one) and `exp`, or
+    /// why not.
     pub fn verify_uncached(&self, token: &str) -> Result<(Verified, u64), String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
         let alg = header.alg;
@@ -159,9 +165,8 @@ impl Jwt {
             }
         };
         let exp = self.check_times(&claims)?;
-        let tenant = claim_str(&claims, &self.claim)
-            .filter(|t| super::is_valid_id(t.as_bytes()))
-            .ok_or("the tenant claim is missing or not a valid tenant id")?;
+        // Checked as a tenant id by `verify`: a token can be good and its tenant id not.
+        let tenant = claim_str(&claims, &self.claim).ok_or("the tenant claim is missing")?;
         let plan = self
             .plan_claim
             .as_ref()

@@ -108,7 +108,7 @@ fn refused_tokens() {
         ("not yet", with("nbf", json!(NOW + 61))),
         ("issuer", with("iss", json!("https://evil.test/"))),
         ("audience", with("aud", json!("billing"))),
-        ("tenant", with("org", json!({"id": "a b"}))),
+        ("no tenant", with("org", json!({}))),
         ("signature", sign(&other, "k1", &claims("acme"))),
         ("unknown kid", sign(&ec, "k9", &claims("acme"))),
         ("garbage", "not.a.token".to_owned()),
@@ -116,6 +116,13 @@ fn refused_tokens() {
     for (what, token) in bad {
         assert_eq!(j.verify(&token), Err(Reason::InvalidToken), "{what}");
     }
+    // A good token naming a tenant that is not a valid id: the id is refused, not the token
+    // (a new token would not help), and nothing is cached.
+    for id in [json!("a b"), json!("x".repeat(129))] {
+        let token = with("org", json!({ "id": id }));
+        assert_eq!(j.verify(&token), Err(Reason::InvalidTenant), "{id}");
+    }
+    assert_eq!(j.cached(), 0);
     let mut no_aud = claims("acme");
     no_aud.as_object_mut().expect("object").remove("aud");
     assert!(j.verify(&sign(&ec, "k1", &no_aud)).is_err(), "missing aud");
