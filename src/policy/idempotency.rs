@@ -35,6 +35,10 @@ use crate::store::GlobalStore;
 /// Marks a replayed answer.
 pub const REPLAY_HEADER: &str = "x-rampart-idempotent-replay";
 
+/// Marks the answer to a request that carried a key but ran unprotected, its body being larger
+/// than `max_body` (value `body-too-large`): the client learns its repeat will run again.
+pub const UNPROTECTED_HEADER: &str = "x-rampart-idempotency";
+
 /// sha256 of the request's method, target and body.
 pub type Digest = [u8; 32];
 

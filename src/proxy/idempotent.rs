@@ -7,7 +7,8 @@
 //! upstream answer below 500 has been read to its end (teed as it streams, see `tee.rs`),
 //! completed as too large, or released (5xx, rampart's own refusal, an answer body that broke
 //! or was abandoned) so the client may retry. A request body too large to digest (over
-//! `max_body`) runs unprotected, as if it had no key.
+//! `max_body`) runs unprotected, as if it had no key, and its answer says so
+//! (`x-rampart-idempotency: body-too-large`), so the client knows a repeat would run again.
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use super::tee::{Ending, Keeper, Tee};
 use crate::error::{BoxError, Reason};
 use crate::policy::idempotency::{
     digest, Begin, Digest, IdempotencyStore, RouteIdempotency, StoreKey, StoredAnswer,
+    UNPROTECTED_HEADER,
 };
 use crate::policy::retry::is_idempotent;
 
@@ -58,7 +60,19 @@ pub async fn run(
     let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
     let read = match read_ahead(ctx, body, idem.max_body).await {
         Ok(Buffered::Replayable(b)) => b,
-        Ok(streaming) => return run_read(ctx, parts, streaming, &fault).await,
+        Ok(streaming) => {
+            tracing::debug!(
+                max_body = idem.max_body,
+                "idempotency key not applied: the request body is larger than max_body"
+            );
+            let mut rsp = run_read(ctx, parts, streaming, &fault).await;
+            whole_headers(&mut rsp);
+            rsp.headers_mut().insert(
+                UNPROTECTED_HEADER,
+                http::HeaderValue::from_static("body-too-large"),
+            );
+            return rsp;
+        }
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
             return client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled));

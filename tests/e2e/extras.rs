@@ -295,6 +295,39 @@ async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
     assert_eq!(app.hits_for("/echo"), 4);
 }
 
+/// A request body larger than `max_body` cannot be digested: the request runs without the
+/// key's protection, and each answer says so, so the client knows a repeat runs again.
+#[tokio::test]
+async fn a_body_over_max_body_runs_unprotected_and_the_answer_says_so() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "large")];
+    let body = "x".repeat(4096 + 1);
+    for _ in 0..2 {
+        let rsp = http::post(addr, "/echo", &key, body.clone()).await;
+        assert_eq!(rsp.status, 200);
+        assert_eq!(rsp.header("x-rampart-idempotency"), Some("body-too-large"));
+        assert_eq!(rsp.header("x-rampart-idempotent-replay"), None);
+    }
+    assert_eq!(
+        app.hits_for("/echo"),
+        2,
+        "unprotected: both reach the upstream"
+    );
+    // At max_body it is protected, and unmarked.
+    let key = [("idempotency-key", "fits")];
+    let body = "x".repeat(4096);
+    let first = http::post(addr, "/echo", &key, body.clone()).await;
+    assert_eq!(first.header("x-rampart-idempotency"), None);
+    let again = http::post(addr, "/echo", &key, body).await;
+    assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/echo"), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable() {
     let app = sample().await;
