@@ -459,3 +459,28 @@ async fn an_idempotency_key_is_honoured_on_every_replica() {
     assert_eq!(repeat.header("x-rampart-idempotent-replay"), Some("true"));
     assert_eq!(app.hits_for("/echo"), 2);
 }
+
+/// With the store down and `on_store_error: deny`, a refusal still carries a RateLimit item
+/// for every limit of the set, each empty until the retry: never a `ratelimit` header with an
+/// empty value, which is no structured-field list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_while_the_store_is_down_names_every_limit() {
+    let mut redis = Redis::start().await;
+    let app = sample().await;
+    let proxy = Proxy::builder(SETS)
+        .var("REDIS", redis.url())
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    wait_up(&proxy, 1.0).await;
+    let addr = proxy.listener("inbound");
+    redis.kill();
+    let refused = http::get(addr, "/ok", &[("x-tenant-id", "d")]).await;
+    refused.assert_rampart(429, "rate_limited");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        refused.header("ratelimit"),
+        Some("\"burst\";r=0;t=1, \"quota\";r=0;t=1, \"total\";r=0;t=1"),
+    );
+    assert!(refused.header("ratelimit-policy").is_some());
+}

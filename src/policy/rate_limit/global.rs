@@ -349,10 +349,20 @@ impl Inner {
             OnStoreError::Allow => admitted_plain(),
             OnStoreError::Deny => {
                 let set = self.set(self.set_index(tenant, plan));
+                let wait = u64::try_from(DENY_RETRY.as_nanos()).unwrap_or(u64::MAX);
+                // Nothing is known of the buckets: each limit reads as empty until the retry,
+                // so the `ratelimit` header has an item per limit (never an empty value).
+                let mut items = Items::default();
+                for _ in &set.spec.names {
+                    items.push(Item {
+                        remaining: 0,
+                        reset_nanos: wait,
+                    });
+                }
                 Decision {
                     admitted: false,
-                    retry_nanos: u64::try_from(DENY_RETRY.as_nanos()).unwrap_or(u64::MAX),
-                    items: Items::default(),
+                    retry_nanos: wait,
+                    items,
                     spec: Some(set.spec.clone()),
                 }
             }
