@@ -25,8 +25,10 @@ pub enum Reason {
     TenantRequired,
     /// 400: tenant id too long or with characters outside `[A-Za-z0-9._:@-]`, or repeated.
     InvalidTenant,
-    /// 400: malformed request body, duplicate or missing `host`.
+    /// 400: malformed request head or body, duplicate or missing `host`.
     BadRequest,
+    /// 431: a request head over `runtime.max_header_bytes`, or with too many header lines.
+    HeadTooLarge,
     /// 408: the request body stalled past `body_idle_timeout`.
     ClientTimeout,
     /// 405: CONNECT on an inbound listener.
@@ -59,6 +61,7 @@ impl Reason {
             Reason::TenantRequired => "tenant_required",
             Reason::InvalidTenant => "invalid_tenant",
             Reason::BadRequest => "bad_request",
+            Reason::HeadTooLarge => "head_too_large",
             Reason::ClientTimeout => "client_timeout",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::FaultInjected => "fault_injected",
@@ -81,6 +84,7 @@ impl Reason {
             Reason::TenantRequired | Reason::InvalidToken => S::UNAUTHORIZED,
             Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
             Reason::ClientTimeout => S::REQUEST_TIMEOUT,
+            Reason::HeadTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             Reason::IdempotencyInFlight => S::CONFLICT,
             Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => {

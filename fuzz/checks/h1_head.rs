@@ -9,6 +9,9 @@
 //! - reading with the names kept from earlier heads gives the very request a fresh read gives;
 //! - pipelined requests are taken one after the other, each from where the last one's body
 //!   ended;
+//! - a head it refuses (answered by rampart itself) is one httparse refuses (400) or one past
+//!   the limit or with more lines than `MAX_HEADERS` (431), never an HTTP/2 preface, and the
+//!   buffer is left as it was;
 //! - an answer head written from any status and headers parses back as one response with at
 //!   most one framing header.
 
@@ -16,7 +19,7 @@ use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Response, StatusCode};
 use rampart::proxy::body::ClientIn;
-use rampart::proxy::h1::parse::{parse, Parsed, Reuse, WHOLE_BODY_MAX};
+use rampart::proxy::h1::parse::{parse, Parsed, Refusal, Reuse, MAX_HEADERS, WHOLE_BODY_MAX};
 use rampart::proxy::h1::write::{encode_head, Ask, Len};
 
 /// One input; panics on a finding.
@@ -39,6 +42,11 @@ pub fn run(data: &[u8]) {
             }
             Parsed::HandOff => {
                 assert_eq!(&read[..], buf, "a hand-off finds the buffer as it was");
+                break;
+            }
+            Parsed::Refuse(refusal) => {
+                assert_eq!(&read[..], buf, "a refusal leaves the buffer as it was");
+                check_refusal(buf, max_head, refusal);
                 break;
             }
             Parsed::Body(need) => {
@@ -72,6 +80,27 @@ pub fn run(data: &[u8]) {
                 served += 1;
             }
         }
+    }
+}
+
+/// Checks a refused head against httparse, which hyper reads with: 431 for one past the limit
+/// or with too many lines, 400 for one it refuses otherwise; an HTTP/2 preface never.
+fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
+    assert!(
+        !buf.starts_with(b"PRI * HTTP/2"),
+        "an HTTP/2 preface refused"
+    );
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let got = req.parse(buf);
+    let too_large = match got {
+        Ok(httparse::Status::Complete(len)) => len > max_head,
+        Ok(httparse::Status::Partial) => buf.len() >= max_head,
+        Err(e) => e == httparse::Error::TooManyHeaders,
+    };
+    match refusal {
+        Refusal::TooLarge => assert!(too_large, "431 for {got:?}"),
+        Refusal::Malformed => assert!(got.is_err() && !too_large, "400 for {got:?}"),
     }
 }
 

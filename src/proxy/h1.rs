@@ -159,6 +159,32 @@ async fn close<I: Close>(io: &mut I) {
     }
 }
 
+/// Most time and bytes [`linger`] waits for and reads.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes a connection whose head was refused so that the client can read the answer: its
+/// write side is shut (FIN), and what the client still sends (the rest of an oversized head,
+/// a body) is read and dropped until it closes too, for at most [`LINGER`] and
+/// [`LINGER_BYTES`]. Closing with the client's bytes unread would reset the connection, and a
+/// reset can discard the answer before the client reads it.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// What woke the wait for more of a head.
 enum Wake {
     Read(std::io::Result<usize>),
@@ -262,6 +288,26 @@ where
                         continue;
                     }
                     Parsed::HandOff => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                    Parsed::Refuse(refusal) => {
+                        let req = parse::refused_line(read);
+                        let active = c.state.begin();
+                        let gen = c.shared.current.load_full();
+                        let rsp = match gen.listeners.get(&c.addr) {
+                            Some(lst) => {
+                                super::stack::refuse_head(c.shared, lst, req, refusal, active)
+                            }
+                            None => super::listener::removed(),
+                        };
+                        drop(gen);
+                        let ask = Ask {
+                            head: false,
+                            http10: false,
+                            keep_alive: false,
+                        };
+                        let _ = write::answer(&mut io, bufs.out(), rsp, ask).await;
+                        linger(&mut io).await;
+                        return End::Closed;
+                    }
                     Parsed::Partial => {}
                     Parsed::Body(need) => {
                         // The gap is timed from here (and again after each read of the body).

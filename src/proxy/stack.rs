@@ -48,6 +48,7 @@ use super::exchange;
 use super::finish::{self, Finish};
 use super::forward::{self, Peer, Sent};
 use super::guard::Guards;
+use super::h1::parse::Refusal;
 use super::idempotent;
 use super::respond::{self, answer};
 use super::route::request_host;
@@ -57,6 +58,33 @@ use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
 use crate::policy::fault::FAULT_HEADER;
+
+/// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`
+/// or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
+/// answer rampart makes is. `req` holds what its request line says, as far as it was read.
+pub fn refuse_head(
+    shared: &Shared,
+    lst: &ListenerRt,
+    mut req: Request<()>,
+    refusal: Refusal,
+    active: ConnActive,
+) -> Response<Body> {
+    let guards = Guards {
+        conn: Some(active),
+        ..Guards::default()
+    };
+    let (request_id, made) = finish::request_id(&req, Sent::default());
+    let fin = Finish::new(lst, &mut req, (&request_id, made), Instant::now(), guards);
+    let (reason, msg) = match refusal {
+        Refusal::Malformed => (Reason::BadRequest, "the request head is not valid HTTP/1.1"),
+        Refusal::TooLarge => (
+            Reason::HeadTooLarge,
+            "the request head is longer than runtime.max_header_bytes or has too many lines",
+        ),
+    };
+    let tm = lst.unrouted.tenant(&shared.empty_label);
+    fin.answer(&tm, answer(reason, msg, None), None, NO_TRY)
+}
 
 /// Serves one request on listener `lst` of generation `gen`.
 ///

@@ -355,3 +355,67 @@ async fn bytes_in_counts_a_body_taken_with_its_head_and_one_streamed_after_it() 
         assert_eq!(line["bytes_out"], 11, "{line}");
     }
 }
+
+/// A head rampart cannot read (not HTTP/1.1 as hyper's parser reads it, or longer than
+/// `max_header_bytes`) is answered by rampart like any refusal: its reason, an id, a JSON body,
+/// a line in the access log and a count; and the connection closes. Before, hyper answered
+/// them with a bare 400 or 431 that nothing counted or logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_cannot_be_read_is_answered_counted_and_logged() {
+    use std::time::Duration;
+
+    use crate::support::raw;
+
+    let app = sample().await;
+    let l = logged(app.addr(), "0%").await;
+    let addr = l.proxy.listener("inbound");
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    let cases: [(&[u8], u16, &str, &str); 3] = [
+        (
+            b"GET /fold HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n",
+            400,
+            "bad_request",
+            "/fold",
+        ),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+            400,
+            "bad_request",
+            "*",
+        ),
+        (big.as_bytes(), 431, "head_too_large", "/big"),
+    ];
+    let mut ids = Vec::new();
+    for (bytes, status, reason, _) in cases {
+        let rsp = raw::exchange(addr, bytes, Duration::from_secs(4)).await;
+        assert_eq!(rsp.status(), Some(status), "{}", rsp.text());
+        assert!(rsp.closed, "the connection closes after it");
+        assert_eq!(rsp.header("x-rampart-reason").as_deref(), Some(reason));
+        let id = rsp.header("x-request-id").expect("an id");
+        let text = rsp.text();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(json["error"], reason, "{json}");
+        assert_eq!(json["request_id"].as_str(), Some(id.as_str()), "{json}");
+        ids.push(id);
+    }
+    let got = wait_lines(&l.log, cases.len()).await;
+    for ((_, status, reason, path), id) in cases.iter().zip(&ids) {
+        let line = got
+            .iter()
+            .find(|v| v["request_id"].as_str() == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("no line for {id}: {got:?}"));
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["reason"], *reason, "{line}");
+        assert_eq!(line["path"], *path, "{line}");
+        assert_eq!(line["tries"], 0, "{line}");
+    }
+    let text = metrics(l.proxy.admin()).await;
+    let count = |code| metric_value(&text, "rampart_requests_total", &[("code", code)]);
+    assert_eq!(count("400"), Some(2.0), "{text}");
+    assert_eq!(count("431"), Some(1.0), "{text}");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200, "serving on");
+}

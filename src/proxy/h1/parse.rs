@@ -5,10 +5,13 @@
 //! body, or one `content-length` of at most [`WHOLE_BODY_MAX`] bytes, all of which are in the
 //! buffer behind the head (a small upload usually comes in the same read; one that does not
 //! is [`Parsed::Body`]: the server reads on until it is). Everything
-//! else — a malformed or oversized head, chunked or repeated or odd body framing, a larger
-//! body, `Upgrade`, `Expect`, `TE`, CONNECT, an HTTP/2 preface — is [`Parsed::HandOff`]:
-//! the connection goes to hyper with these bytes replayed, so refusals (400, 431, 414...),
-//! streamed bodies and their timeouts stay exactly hyper's.
+//! else — chunked or repeated or odd body framing, a larger body, `Upgrade`, `Expect`, `TE`,
+//! CONNECT, an HTTP/2 preface — is [`Parsed::HandOff`]: the connection goes to hyper with these
+//! bytes replayed, so streamed bodies, their timeouts and refusals of framing (400, 414...)
+//! stay exactly hyper's. A head that no server could read — one `httparse` refuses (hyper
+//! reads with the same settings, and answers 400), too long or with too many lines (hyper:
+//! 431) — is [`Parsed::Refuse`]: rampart answers it itself, with the same status, so the
+//! answer carries its reason and request id and is counted and logged like any other.
 
 use std::mem::MaybeUninit;
 
@@ -44,7 +47,21 @@ pub enum Parsed {
     Body(usize),
     /// A simple request, ready for the request path.
     Simple(Head),
+    /// A head no server reads: answer this and close the connection.
+    Refuse(Refusal),
 }
+
+/// Why a head is refused before it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not HTTP/1 as `httparse` reads it (400).
+    Malformed,
+    /// Longer than the head limit, or more than [`MAX_HEADERS`] lines (431).
+    TooLarge,
+}
+
+/// How an HTTP/2 connection starts (its preface): hyper's to serve, not a malformed head.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
 /// What one connection keeps from head to head so that reading one allocates little.
 #[derive(Debug, Default)]
@@ -107,6 +124,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         Err(Stop::Partial) => return Parsed::Partial,
         Err(Stop::HandOff) => return Parsed::HandOff,
         Err(Stop::Body(need)) => return Parsed::Body(need),
+        Err(Stop::Refuse(r)) => return Parsed::Refuse(r),
     };
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize)) else {
@@ -152,6 +170,19 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
     })
 }
 
+/// What the request line of a refused head says, as far as it can be read, for the access log
+/// and the trace: its method (else `-`) and its target (else `*`). Only on the refusal path.
+pub fn refused_line(buf: &[u8]) -> Request<()> {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.trim_ascii().split(|&b| b == b' ');
+    let method = words.next().and_then(|m| Method::from_bytes(m).ok());
+    let uri = words.next().and_then(|t| Uri::try_from(t).ok());
+    let mut req = Request::new(());
+    *req.method_mut() = method.unwrap_or_else(|| Method::from_bytes(b"-").unwrap_or_default());
+    *req.uri_mut() = uri.unwrap_or_else(|| Uri::from_static("*"));
+    req
+}
+
 /// What the first pass of [`parse`] found in a whole head it may serve (its header lines are
 /// in `Reuse::lines`).
 struct First {
@@ -170,6 +201,7 @@ struct First {
 enum Stop {
     Partial,
     HandOff,
+    Refuse(Refusal),
     /// The head is one to serve, but its body is not all here: the bytes needed in all.
     Body(usize),
 }
@@ -182,8 +214,12 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
     let len = match cfg.parse_request_with_uninit_headers(&mut raw, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Err(Stop::Partial),
-        // Oversized, malformed, too many headers, HTTP/2's preface: hyper answers them.
-        _ => return Err(Stop::HandOff),
+        _ if buf.starts_with(H2_PREFACE_START) => return Err(Stop::HandOff),
+        // Whole or not, longer than the limit.
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(Stop::Refuse(Refusal::TooLarge))
+        }
+        Err(_) => return Err(Stop::Refuse(Refusal::Malformed)),
     };
     let (Some(method), Some(target), Some(minor)) = (raw.method, raw.path, raw.version) else {
         return Err(Stop::HandOff);
@@ -353,6 +389,8 @@ mod tests {
                 "body"
             }
             Parsed::Simple(_) => return "simple",
+            Parsed::Refuse(Refusal::Malformed) => "malformed",
+            Parsed::Refuse(Refusal::TooLarge) => "too large",
         };
         assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
         d
@@ -524,8 +562,10 @@ mod tests {
         assert_eq!(decision(&two[..]), "body");
     }
 
+    /// What httparse refuses, hyper (which reads with the same settings) would answer 400:
+    /// rampart answers it itself.
     #[test]
-    fn malformed_heads_go_to_hyper_for_its_answer() {
+    fn malformed_heads_are_refused() {
         for bytes in [
             &b"GET /o k HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
@@ -533,23 +573,35 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
         ] {
-            assert_eq!(decision(bytes), "hand-off", "{}", bytes.escape_ascii());
+            assert_eq!(decision(bytes), "malformed", "{}", bytes.escape_ascii());
         }
+        // What the access log is told of them.
+        let req = refused_line(b"GET /o k HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", "/o"));
+        let req = refused_line(b"\x16\x03\x01\x02\x00\r\n\r\n");
+        assert_eq!(
+            (req.method().as_str(), req.uri().to_string().as_str()),
+            ("-", "*")
+        );
     }
 
     #[test]
     fn partial_heads_wait_until_the_limit() {
         assert_eq!(decision(b""), "partial");
         assert_eq!(decision(b"GET / HTTP/1.1\r\nHo"), "partial");
+        // An HTTP/2 preface, or its start, is hyper's to serve.
         assert_eq!(decision(b"PRI * HTTP/2.0\r\n"), "hand-off");
+        assert_eq!(decision(b"PRI * HTTP/2"), "hand-off");
+        // Past the limit, whole or not, or with more lines than hyper takes: 431.
         let long = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(MAX));
-        assert_eq!(decision(long.as_bytes()), "hand-off");
+        assert_eq!(decision(long.as_bytes()), "too large");
         let whole = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX));
-        assert_eq!(decision(whole.as_bytes()), "hand-off");
+        assert_eq!(decision(whole.as_bytes()), "too large");
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(decision(many.as_bytes()), "hand-off");
+        assert_eq!(decision(many.as_bytes()), "too large");
     }
 
     #[test]
