@@ -13,6 +13,7 @@
 pub mod jwt;
 pub mod tracked;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -289,7 +290,7 @@ impl Identify {
                     }
                 }
                 Source::Query(key) => {
-                    if let Some(v) = query_param(uri, key) {
+                    if let Some(v) = query_param(uri, key)? {
                         return if is_valid_id(v.as_bytes()) {
                             Ok(Some(TenantId::Query(Arc::from(v))))
                         } else {
@@ -303,11 +304,30 @@ impl Identify {
     }
 }
 
-fn query_param<'a>(uri: &'a Uri, key: &str) -> Option<&'a str> {
-    uri.query()?.split('&').find_map(|pair| {
+/// The value of the query parameter `key`, percent-decoded (`?tenant=a%40b` names `a@b`), if
+/// it is given and not empty. Given twice, two tenants are named and charging either would be a
+/// guess, as with a repeated header: refused, as is a value that decodes to no UTF-8.
+fn query_param<'a>(uri: &'a Uri, key: &str) -> Result<Option<Cow<'a, str>>, Reason> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key && !v.is_empty()).then_some(v)
-    })
+        if k != key || v.is_empty() {
+            continue;
+        }
+        if found.replace(v).is_some() {
+            return Err(Reason::InvalidTenant);
+        }
+    }
+    found
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map_err(|_| Reason::InvalidTenant)
+        })
+        .transpose()
 }
 
 // === impl Labels ===
@@ -459,6 +479,30 @@ mod tests {
                 .as_str(),
             "anonymous"
         );
+    }
+
+    /// A query id is percent-decoded, as a URL carries it; naming two tenants is refused, as a
+    /// repeated header is.
+    #[test]
+    fn query_ids_are_decoded_and_a_repeated_one_is_refused() {
+        let r = rules("anonymous");
+        let id = |q: &str| {
+            let uri: Uri = format!("/x?{q}").parse().expect("uri");
+            r.identify(&HeaderMap::new(), &uri, None)
+                .map(|t| t.as_str().to_owned())
+        };
+        assert_eq!(id("tenant=a%40b").as_deref(), Ok("a@b"));
+        assert_eq!(id("x=1&tenant=acme&y=2").as_deref(), Ok("acme"));
+        assert_eq!(id("tenant=&other=1").as_deref(), Ok("anonymous"));
+        for bad in [
+            "tenant=a&tenant=b",
+            "tenant=a&tenant=a",
+            "tenant=a%20b",
+            "tenant=%ff",
+            "tenant=a%2",
+        ] {
+            assert_eq!(id(bad), Err(Reason::InvalidTenant), "{bad}");
+        }
     }
 
     #[test]
