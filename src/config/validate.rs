@@ -143,6 +143,9 @@ fn check(f: &File, r: &mut Report<'_>) {
         );
     }
     check_admin(f, r);
+    if let Some(a) = &f.audit {
+        listener::check_log_dir(&root.key("audit").key("file"), &a.file, r);
+    }
     check_runtime(f, r);
     check_tenants(f, r);
     for (name, up) in &f.upstreams {

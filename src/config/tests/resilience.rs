@@ -16,6 +16,16 @@ fn the_spec_sections_are_accepted() {
 }
 
 #[test]
+fn an_audit_file_whose_directory_is_missing_is_refused() {
+    let e = fails_at(
+        &format!("{BASE}audit: {{ file: /nonexistent/rampart/audit.jsonl }}\n"),
+        "audit.file",
+    );
+    assert!(e.message.contains("does not exist"), "{e}");
+    fails_at(&format!("{BASE}audit: {{ file: /tmp/ }}\n"), "audit.file");
+}
+
+#[test]
 fn fault_bounds_are_checked_at_their_keys() {
     let e = fails_at(
         &policy("{ fault: { abort: { percent: 5%, status: 600 } } }"),

@@ -43,13 +43,14 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
     check_breakers(f, r);
 }
 
-/// An access log file is created on demand, but its directory must exist.
-fn check_log_dir(p: &KeyPath, path: &Path, r: &mut Report<'_>) {
+/// A log file (an access log, the audit trail) is created on demand, but its directory must
+/// exist: a path that can never be written would leave the log empty without a word.
+pub(super) fn check_log_dir(p: &KeyPath, path: &Path, r: &mut Report<'_>) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if path.file_name().is_none() {
+    if path.file_name().is_none() || path.is_dir() {
         r.value(p, format!("{} names no file", path.display()));
     } else if !dir.is_dir() {
         r.value(p, format!("the directory {} does not exist", dir.display()));
