@@ -5,7 +5,11 @@
 //! the last computation, weighted by `1 - exp(-elapsed / TAU)` so irregular sampling weighs
 //! each stretch of time by its length. A refused request would be served after the `waiting`
 //! requests ahead of it and itself: `retry_after = (waiting + 1) / rate`, at most
-//! [`MAX_RETRY_AFTER`]; when nothing has been freed (rate 0) it is that maximum.
+//! [`MAX_RETRY_AFTER`]. While nothing is being freed (rate 0: just after a start or a reload,
+//! or with every slot held by slow requests) the wait is as long as nothing has been freed so
+//! far (at most that maximum): a route that freed nothing for 200 ms is told to come back
+//! soon (the answer's `retry-after` is whole seconds, at least 1), one stuck for 20 s to wait
+//! about as long again.
 
 use std::time::Duration;
 
@@ -23,6 +27,8 @@ pub(super) struct DrainRate {
     last_released: u64,
     per_sec: f64,
     measured: bool,
+    /// When a release was last seen (at a measurement), or counting started.
+    freed_nanos: u64,
 }
 
 // === impl DrainRate ===
@@ -35,6 +41,7 @@ impl DrainRate {
             last_released: 0,
             per_sec: 0.0,
             measured: false,
+            freed_nanos: now,
         }
     }
 
@@ -52,10 +59,13 @@ impl DrainRate {
             };
             self.per_sec += weight * (sample - self.per_sec);
             self.measured = true;
+            if released > self.last_released {
+                self.freed_nanos = now;
+            }
             self.last_nanos = now;
             self.last_released = released;
         }
-        self.wait(ahead)
+        self.wait(ahead, now)
     }
 
     /// Slots freed per second, as last measured.
@@ -64,9 +74,10 @@ impl DrainRate {
         self.per_sec
     }
 
-    fn wait(&self, ahead: u32) -> Duration {
+    fn wait(&self, ahead: u32, now: u64) -> Duration {
         if self.per_sec <= 0.0 {
-            return MAX_RETRY_AFTER;
+            let stuck = Duration::from_nanos(now.saturating_sub(self.freed_nanos));
+            return stuck.min(MAX_RETRY_AFTER);
         }
         let secs = (f64::from(ahead) + 1.0) / self.per_sec;
         Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER))
@@ -84,8 +95,8 @@ mod tests {
         let mut d = DrainRate::new(SEC);
         assert_eq!(
             d.retry_after(SEC, 0, 0),
-            MAX_RETRY_AFTER,
-            "nothing freed yet"
+            Duration::ZERO,
+            "nothing freed yet, and nothing stuck: come back soon"
         );
         // 100 releases in one second: 100/s.
         let w = d.retry_after(2 * SEC, 100, 9);
@@ -96,5 +107,17 @@ mod tests {
             d.retry_after(s * SEC, 100 + (s - 2) * 50, 0);
         }
         assert!((d.per_sec() - 50.0).abs() < 1.0, "rate {}", d.per_sec());
+    }
+
+    /// While nothing is freed, the wait grows with the time nothing has been, up to the most.
+    #[test]
+    fn with_nothing_freed_the_wait_is_as_long_as_the_stall() {
+        let mut d = DrainRate::new(0);
+        assert_eq!(d.retry_after(SEC / 5, 0, 3), Duration::from_millis(200));
+        assert_eq!(d.retry_after(20 * SEC, 0, 0), Duration::from_secs(20));
+        assert_eq!(d.retry_after(100 * SEC, 0, 0), MAX_RETRY_AFTER);
+        // Slots freed again: the measured rate decides, and the stall counts from then.
+        let w = d.retry_after(101 * SEC, 50, 0);
+        assert!(w < Duration::from_secs(1), "{w:?}");
     }
 }

@@ -203,10 +203,10 @@ async fn size_zero_sheds_at_once_with_retry_after_from_the_drain_rate() {
         .expect_err("no slot, no waiting");
     assert_eq!(before, tokio::time::Instant::now(), "shed without waiting");
     assert_eq!(shed.reason, ShedReason::MaxInFlight);
-    assert_eq!(
-        shed.retry_after,
-        drain::MAX_RETRY_AFTER,
-        "nothing drained yet: the longest wait"
+    assert!(
+        shed.retry_after < Duration::from_secs(1),
+        "nothing drained yet, and nothing stuck for long: come back soon ({:?})",
+        shed.retry_after
     );
     drop(b);
     for _ in 0..20 {
