@@ -68,6 +68,15 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A key of the policy file named by what holds it, for errors found after validation.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyAt<'a> {
+    /// A key of `listeners[i]`.
+    Listener(usize, &'a str),
+    /// A key of `upstreams.NAME`.
+    Upstream(&'a str, &'a str),
+}
+
 /// Every problem found in one policy file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -103,6 +112,40 @@ impl Config {
             loaded_at: SystemTime::now(),
             warnings,
         })
+    }
+
+    /// An error found after validation (a TLS file that cannot be used), placed at the key `at`
+    /// as written in the file this config was read from, read again for it (only on this
+    /// error path); without a place when there is no file or it cannot be read now.
+    pub fn error_at(&self, at: KeyAt<'_>, message: String) -> ConfigError {
+        let path = match at {
+            KeyAt::Listener(i, key) => locate::KeyPath::default().key("listeners").idx(i).key(key),
+            KeyAt::Upstream(name, key) => locate::KeyPath::default()
+                .key("upstreams")
+                .key(name)
+                .key(key),
+        };
+        let text = self
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let (line, column) = match &text {
+            Some(text) => {
+                let doc = locate::Doc::parse(text);
+                doc.locate(&doc.written(&path), locate::Target::Key)
+            }
+            None => (0, 0),
+        };
+        ConfigError {
+            origin: self
+                .path
+                .as_ref()
+                .map_or_else(|| "<config>".into(), |p| p.display().to_string()),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+        }
     }
 
     /// A one-line summary for `rampart validate`.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::{Entry, Event, Source};
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigErrors, KeyAt};
 use crate::generation::Generation;
 use crate::proxy::listener;
 use crate::proxy::shared::Shared;
-use crate::tls::{TlsFileProblem, TlsFiles};
+use crate::tls::{TlsFileProblem, TlsFiles, TlsSite};
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -185,20 +185,15 @@ fn named_tenants(f: &crate::config::File) -> impl Iterator<Item = &str> {
 
 /// The TLS file problems of `cfg` as config errors (each names its file).
 pub fn tls_errors(cfg: &Config, problems: Vec<TlsFileProblem>) -> ConfigErrors {
-    let origin = cfg
-        .path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<config>".into());
     ConfigErrors(
         problems
             .into_iter()
-            .map(|p| ConfigError {
-                origin: origin.clone(),
-                line: 0,
-                column: 0,
-                path: p.path,
-                message: p.error.to_string(),
+            .map(|p| {
+                let at = match &p.site {
+                    TlsSite::Listener(i) => KeyAt::Listener(*i, "tls"),
+                    TlsSite::Upstream(name) => KeyAt::Upstream(name, "tls"),
+                };
+                cfg.error_at(at, p.error.to_string())
             })
             .collect(),
     )

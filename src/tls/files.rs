@@ -22,13 +22,22 @@ pub struct TlsFiles {
     pub upstreams: HashMap<String, Arc<ClientConfig>>,
 }
 
-/// One unusable file, with the key path of the section that names it.
+/// One unusable file, with the `tls` section that names it.
 #[derive(Debug)]
 pub struct TlsFileProblem {
-    /// Dotted key path, e.g. `listeners.0.tls` or `upstreams.payments.tls`.
-    pub path: String,
+    /// Whose `tls` section.
+    pub site: TlsSite,
     /// What is wrong (the message names the file).
     pub error: TlsFileError,
+}
+
+/// A `tls` section of the policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSite {
+    /// `listeners[i].tls`.
+    Listener(usize),
+    /// `upstreams.NAME.tls`.
+    Upstream(String),
 }
 
 // === impl TlsFiles ===
@@ -45,7 +54,7 @@ impl TlsFiles {
                     out.listeners.insert(l.name.clone(), c);
                 }
                 Err(error) => problems.push(TlsFileProblem {
-                    path: format!("listeners.{i}.tls"),
+                    site: TlsSite::Listener(i),
                     error,
                 }),
             }
@@ -57,7 +66,7 @@ impl TlsFiles {
                     out.upstreams.insert(name.clone(), c);
                 }
                 Err(error) => problems.push(TlsFileProblem {
-                    path: format!("upstreams.{name}.tls"),
+                    site: TlsSite::Upstream(name.clone()),
                     error,
                 }),
             }

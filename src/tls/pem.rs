@@ -89,11 +89,22 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileEr
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
     let bytes = read(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        // An encrypted key is a key all the same: say why it cannot be used.
+        pem::Error::NoItemsFound if contains(&bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") => {
+            TlsFileError::invalid(
+                path,
+                "the private key is encrypted; rampart reads unencrypted keys only (decrypt it, e.g. `openssl pkey -in KEY -out KEY.plain`)",
+            )
+        }
         pem::Error::NoItemsFound => TlsFileError::NoKey {
             path: path.to_path_buf(),
         },
         e => malformed(path, e),
     })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A CA bundle as trust anchors. Every certificate in it must be usable as one: a bundle

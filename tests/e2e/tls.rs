@@ -287,6 +287,23 @@ async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
         text.contains(&key.display().to_string()),
         "names the key: {text}"
     );
+    // Placed like every config error: FILE:LINE:COLUMN: key.path: message.
+    let line = text
+        .lines()
+        .find(|l| l.contains(": listeners[0].tls: "))
+        .unwrap_or_else(|| panic!("no error at listeners[0].tls: {text}"));
+    let place = line
+        .strip_prefix(&format!("{}:", proxy.config_path().display()))
+        .and_then(|rest| rest.split(": ").next())
+        .unwrap_or_default();
+    let numbers: Vec<&str> = place.split(':').collect();
+    assert!(
+        numbers.len() == 2
+            && numbers
+                .iter()
+                .all(|n| n.parse::<usize>().is_ok_and(|n| n > 0)),
+        "LINE:COLUMN in {line}"
+    );
 
     let rsp = http::post(admin, "/reload", &[], "").await;
     assert_eq!(rsp.status, 400, "{}", rsp.text());

@@ -92,6 +92,19 @@ fn missing_empty_and_swapped_files_say_what_is_wrong() {
         "{err}"
     );
 
+    // An encrypted key is named as one, not as no key at all.
+    let encrypted = files.write(
+        "enc.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let err = check_server(&cert, &encrypted, None).expect_err("an encrypted key");
+    assert!(
+        matches!(err, TlsFileError::Invalid { .. })
+            && names(&err, &encrypted)
+            && err.to_string().contains("encrypted"),
+        "{err}"
+    );
+
     let junk = files.write("junk.pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
     let err = check_server(&junk, &key, None).expect_err("junk");
     assert!(
