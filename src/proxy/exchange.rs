@@ -289,6 +289,10 @@ pub(super) async fn try_once(
                     }
                     Outcome::ConnectError
                 }
+                SendError::Handshake { .. } => {
+                    up.connect_failed(&ep);
+                    Outcome::ConnectError
+                }
                 SendError::Reset(_) => Outcome::Reset,
             };
             record.finish(outcome);
@@ -296,8 +300,9 @@ pub(super) async fn try_once(
                 tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
                 endpoint = %ep.addr, error = ?e, "upstream try failed"
             );
-            let what = match outcome {
-                Outcome::ConnectError => "cannot connect to",
+            let what = match (&e, outcome) {
+                (SendError::Handshake { .. }, _) => "TLS handshake failed with",
+                (_, Outcome::ConnectError) => "cannot connect to",
                 _ => "connection lost to",
             };
             let msg = format!("{what} upstream {} ({})", up.name, ep.addr);

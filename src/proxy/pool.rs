@@ -38,7 +38,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -83,7 +83,14 @@ pub struct Pool {
     freed: Arc<Notify>,
     /// `rampart_upstream_connections` of this endpoint: one per [`Slot`].
     open: IntGauge,
+    /// When (coarse milliseconds) a failed TLS handshake was last logged at `warn`.
+    tls_warned: AtomicU64,
 }
+
+/// Least time between two `warn` lines about failed TLS handshakes with one endpoint: each
+/// says what is wrong (an untrusted CA, a wrong `server_name`), and a steady stream of them
+/// would say nothing more.
+const TLS_WARN_EVERY_MS: u64 = 10_000;
 
 /// An open connection's claim on one of its endpoint's `max_connections`, counted in
 /// `rampart_upstream_connections` while it lasts (from the connect on).
@@ -133,6 +140,14 @@ pub enum SendError {
         /// True when `connect_timeout` ran out.
         timed_out: bool,
         /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS handshake of a new connection failed (never plaintext instead).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What the handshake said.
         source: std::io::Error,
     },
     /// The connection broke before a whole answer head came.
@@ -203,6 +218,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             freed: Arc::new(Notify::new()),
             open,
+            tls_warned: AtomicU64::new(0),
         })
     }
 
@@ -309,14 +325,28 @@ impl Pool {
                 let shake = crate::tls::connect(cfg, &tls.server_name, stream);
                 match tokio::time::timeout_at(deadline, shake).await {
                     Ok(Ok(s)) => Ok(Conn::new(Stream::Tls(Box::new(s)), slot)),
-                    Ok(Err(source)) => Err(SendError::Connect {
-                        addr,
-                        timed_out: false,
-                        source,
-                    }),
+                    Ok(Err(source)) => {
+                        self.warn_tls(addr, &source);
+                        Err(SendError::Handshake { addr, source })
+                    }
                     Err(_) => Err(connect_timed_out(addr)),
                 }
             }
+        }
+    }
+
+    /// A failed TLS handshake is a setting to fix (trust, name) more often than an endpoint
+    /// down: said at `warn`, with the cause, once per [`TLS_WARN_EVERY_MS`] per endpoint.
+    fn warn_tls(&self, addr: SocketAddr, error: &std::io::Error) {
+        let now = coarse::millis();
+        let last = self.tls_warned.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= TLS_WARN_EVERY_MS)
+            && self
+                .tls_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(endpoint = %addr, %error, "TLS handshake with an upstream failed");
         }
     }
 

@@ -62,10 +62,29 @@ async fn private_ca_verifies_the_upstream_and_a_wrong_ca_is_502() {
     let hits = up.hits();
     let wrong = format!("ca: {}, server_name: localhost", other.display());
     let proxy = outbound(up.addr, wrong).await;
+    let rsp = call(&proxy).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    assert!(
+        rsp.text().contains("TLS handshake failed"),
+        "{}",
+        rsp.text()
+    );
+    assert_eq!(up.hits(), hits, "an unverified upstream gets no request");
+    // The operator is told why, at warn (once per endpoint and 10 s, however many tries).
     call(&proxy)
         .await
         .assert_rampart(502, "upstream_unavailable");
-    assert_eq!(up.hits(), hits, "an unverified upstream gets no request");
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("TLS handshake with an upstream failed"),
+        "a warn line names the failed handshake"
+    );
+    let warned = proxy
+        .log()
+        .matches("TLS handshake with an upstream failed")
+        .count();
+    assert_eq!(warned, 1, "{}", proxy.log());
 }
 
 #[tokio::test]
