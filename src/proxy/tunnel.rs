@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{Body, ClientIn};
-use super::ctx::RequestCtx;
+use super::ctx::{RequestCtx, TryLog};
 use super::guard::Guards;
 use super::respond::answer;
 use crate::clock::SharedClock;
@@ -55,7 +55,7 @@ pub async fn open(
         Ok(p) => p,
         Err(rsp) => return *rsp,
     };
-    let stream = match connect(ctx.route, permit).await {
+    let stream = match connect(ctx.route, permit, &ctx.tries).await {
         Ok(s) => s,
         Err(rsp) => return rsp,
     };
@@ -78,10 +78,12 @@ pub async fn open(
 }
 
 /// Connects to an endpoint of `route`'s upstream within its `connect_timeout`, telling the
-/// breaker and endpoint health how it went; a failure is the 502 to answer.
+/// breaker, endpoint health and the access log (`tries`: the connect is the tunnel's one try)
+/// how it went; a failure is the 502 to answer.
 async fn connect(
     route: &RouteRt,
     permit: Option<BreakerPermit>,
+    tries: &TryLog,
 ) -> Result<TcpStream, Response<Body>> {
     let up = &route.upstream;
     let started = Instant::now();
@@ -93,6 +95,7 @@ async fn connect(
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
     let limit = up.cfg.connect_timeout.0;
+    tries.start(ep.addr);
     let result = tokio::time::timeout(limit, TcpStream::connect(ep.addr)).await;
     let outcome = match &result {
         Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
@@ -100,6 +103,7 @@ async fn connect(
     };
     let ended = Instant::now();
     let took = ended.saturating_duration_since(started);
+    tries.ended(took, ended);
     if let Some(p) = permit {
         p.record(outcome, took);
     }

@@ -319,3 +319,72 @@ async fn malformed_connect_targets_are_refused_and_leave_the_proxy_serving() {
     assert_eq!(ok.status(), Some(200), "{}", ok.text());
     assert!(!proxy.log().contains("panicked"));
 }
+
+/// A tunnel's access log line names its one try: the connect, to which endpoint, how long it
+/// took; a failed connect too (before, both said `tries: 0` and `endpoint: null`).
+#[tokio::test]
+async fn a_tunnels_access_log_line_names_its_connect() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let plain = Capture::start(OK).await;
+    let config = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  plain: { endpoints: [$PLAIN] }
+  dead: { endpoints: [$DEAD], connect_timeout: 1s }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    access_log: { to: $LOG }
+    routes:
+      - { match: { host: plain.example }, upstream: plain }
+      - { match: { host: dead.example }, upstream: dead }
+"#;
+    let proxy = Proxy::builder(config)
+        .var("PLAIN", plain.addr())
+        .closed("DEAD")
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    let outbound = proxy.listener("outbound");
+    assert_eq!(
+        connect(outbound, "plain.example:80").await.status(),
+        Some(200)
+    );
+    let failed = connect(outbound, "dead.example:443").await;
+    assert_refused(&failed, 502, "upstream_unavailable");
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert_eventually!(read().len() >= 2, "two lines: {:?}", read());
+    let lines = read();
+    let by_route = |route: &str| {
+        lines
+            .iter()
+            .find(|l| l["route"] == route)
+            .unwrap_or_else(|| panic!("no {route} line: {lines:?}"))
+            .clone()
+    };
+    let open = by_route("plain");
+    assert_eq!(
+        (open["method"].as_str(), open["status"].as_u64()),
+        (Some("CONNECT"), Some(200)),
+        "{open}"
+    );
+    assert_eq!(open["tries"], 1, "{open}");
+    assert_eq!(open["endpoint"], plain.addr().to_string(), "{open}");
+    assert!(open["upstream_ms"].is_number(), "{open}");
+    let dead = by_route("dead");
+    assert_eq!(
+        (dead["status"].as_u64(), dead["tries"].as_u64()),
+        (Some(502), Some(1)),
+        "{dead}"
+    );
+    assert!(dead["endpoint"].is_string(), "{dead}");
+}
