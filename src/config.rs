@@ -68,6 +68,17 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The `audit.file` a policy text names, read leniently: for a start refused because the text
+/// is not a valid config, whose audit section may still be (SPEC §11: every start attempt
+/// leaves a line). `None` when it names none, or the text cannot be read as YAML.
+pub fn audit_file_of(text: &str) -> Option<PathBuf> {
+    let doc = locate::Doc::parse(text);
+    let path = locate::KeyPath::default().key("audit").key("file");
+    doc.scalar(&path)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}
+
 /// A key of the policy file named by what holds it, for errors found after validation.
 #[derive(Clone, Copy, Debug)]
 pub enum KeyAt<'a> {

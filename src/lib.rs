@@ -81,6 +81,28 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigError
     }
 }
 
+/// Records in the audit trail a start refused because the policy file at `path` is invalid
+/// (`errors`), when the file names an audit file all the same: a refused start is a start
+/// attempt (SPEC §11). A failure to write is logged and changes nothing.
+pub fn audit_refused_start(path: &std::path::Path, errors: &config::ConfigErrors) {
+    let Ok(text) = std::fs::read(path) else {
+        return;
+    };
+    let Some(file) = config::audit_file_of(&String::from_utf8_lossy(&text)) else {
+        return;
+    };
+    let entry = audit::Entry {
+        event: audit::Event::Start,
+        source: audit::Source::Start,
+        sha256: Some(audit::sha256_hex(&text)),
+        errors: errors.0.iter().map(|e| e.to_string()).collect(),
+    };
+    let failures = prometheus::IntCounter::new("unused", "a refused start exports no metrics");
+    if let Ok(failures) = failures {
+        audit::AuditLog::new(failures).record(Some(&file), &entry);
+    }
+}
+
 // === impl Rampart ===
 
 impl Rampart {

@@ -67,7 +67,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
-    let config = rampart::load_config(&path).map_err(|e| e.to_string())?;
+    let config = rampart::load_config(&path).map_err(|e| {
+        rampart::audit_refused_start(&path, &e);
+        e.to_string()
+    })?;
     let workers = rampart::workers::Workers::start(worker_count())
         .map_err(|e| format!("rampart: cannot start the worker threads: {e}"))?;
     let rampart = rampart::Rampart::start_on(config, workers)

@@ -101,6 +101,55 @@ async fn audit_trail_of_start_reloads_and_shutdown_verifies_and_catches_an_edit(
     assert!(out.contains("line 2"), "{out}");
 }
 
+/// A start refused because the policy file is invalid is a start attempt all the same: when
+/// the file's audit section names a trail, the refusal is appended to it (with the errors and
+/// the refused text's sha), and the chain still verifies.
+#[test]
+fn a_start_refused_for_an_invalid_file_is_in_the_trail() {
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let config = dir.path().join("rampart.yaml");
+    let text = format!(
+        "version: 1\naudit: {{ file: \"{}\" }}\nupstreams:\n  app: {{ endpoints: [127.0.0.1:9] }}\nlisteners:\n  - {{ name: i, direction: inbound, listen: 127.0.0.1:0, routes: [ {{ upstream: app, policy: nope }} ] }}\n",
+        trail.display()
+    );
+    std::fs::write(&config, &text).expect("the config must be writable");
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RAMPART_CONFIG")
+        .output()
+        .expect("the rampart binary must run");
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("no policy named \"nope\""), "{said}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trail)
+        .unwrap_or_else(|e| {
+            panic!("the refused start must be in the trail ({e}); rampart said {said}")
+        })
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(
+        (line["event"].as_str(), line["result"].as_str()),
+        (Some("start"), Some("error")),
+        "{line}"
+    );
+    assert!(
+        line["errors"][0].as_str().unwrap_or("").contains("nope"),
+        "{line}"
+    );
+    assert_eq!(
+        line["sha256"].as_str(),
+        Some(crate::support::sha256_hex(text.as_bytes()).as_str()),
+        "{line}"
+    );
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(0), "{out}");
+}
+
 /// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
 fn with_policy(policy: &str) -> String {
     format!(
