@@ -163,6 +163,21 @@ async fn close<I: Close>(io: &mut I) {
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// Writes the answer to a refused head, then closes the connection with [`linger`].
+async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    rsp: http::Response<super::body::Body>,
+) {
+    let ask = Ask {
+        head: false,
+        http10: false,
+        keep_alive: false,
+    };
+    let _ = write::answer(io, out, rsp, ask).await;
+    linger(io).await;
+}
+
 /// Closes a connection whose head was refused so that the client can read the answer: its
 /// write side is shut (FIN), and what the client still sends (the rest of an oversized head,
 /// a body) is read and dropped until it closes too, for at most [`LINGER`] and
@@ -299,13 +314,9 @@ where
                             None => super::listener::removed(),
                         };
                         drop(gen);
-                        let ask = Ask {
-                            head: false,
-                            http10: false,
-                            keep_alive: false,
-                        };
-                        let _ = write::answer(&mut io, bufs.out(), rsp, ask).await;
-                        linger(&mut io).await;
+                        // Boxed: a rare path keeps its futures (and the drain's buffer) out
+                        // of every connection's.
+                        Box::pin(refuse(&mut io, bufs.out(), rsp)).await;
                         return End::Closed;
                     }
                     Parsed::Partial => {}
