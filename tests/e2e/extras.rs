@@ -307,13 +307,18 @@ async fn a_stale_answer_while_the_upstream_is_down_else_the_static_one() {
 
 const IDEM: &str = "{ idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 5 } }";
 
+/// A proxy in front of `app` under [`IDEM`].
+async fn idem_proxy(app: &rampart::sample::Sample) -> Proxy {
+    Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
     let app = sample().await;
-    let proxy = Proxy::builder(&with_policy(IDEM))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = idem_proxy(&app).await;
     let addr = proxy.listener("inbound");
     let key = [("idempotency-key", "k1"), ("x-tenant-id", "a")];
 
@@ -349,10 +354,7 @@ async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
 #[tokio::test]
 async fn a_body_over_max_body_runs_unprotected_and_the_answer_says_so() {
     let app = sample().await;
-    let proxy = Proxy::builder(&with_policy(IDEM))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = idem_proxy(&app).await;
     let addr = proxy.listener("inbound");
     let key = [("idempotency-key", "large")];
     let body = "x".repeat(4096 + 1);
@@ -380,10 +382,7 @@ async fn a_body_over_max_body_runs_unprotected_and_the_answer_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable() {
     let app = sample().await;
-    let proxy = Proxy::builder(&with_policy(IDEM))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = idem_proxy(&app).await;
     let addr = proxy.listener("inbound");
 
     let slow = [("idempotency-key", "slow")];

@@ -343,16 +343,22 @@ listeners:
         policy: sets
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_limit_of_a_set_and_the_route_total_are_shared() {
-    let redis = Redis::start().await;
-    let app = sample().await;
+/// A proxy in front of `app` under [`SETS`], its store found up.
+async fn sets_proxy(redis: &Redis, app: &rampart::sample::Sample) -> Proxy {
     let proxy = Proxy::builder(SETS)
         .var("REDIS", redis.url())
         .var("APP", app.addr())
         .spawn()
         .await;
     wait_up(&proxy, 1.0).await;
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_of_a_set_and_the_route_total_are_shared() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let proxy = sets_proxy(&redis, &app).await;
     let addr = proxy.listener("inbound");
     let get = |tenant: &'static str| async move {
         http::get(addr, "/ok", &[("x-tenant-id", tenant)]).await
@@ -467,12 +473,7 @@ async fn an_idempotency_key_is_honoured_on_every_replica() {
 async fn a_refusal_while_the_store_is_down_names_every_limit() {
     let mut redis = Redis::start().await;
     let app = sample().await;
-    let proxy = Proxy::builder(SETS)
-        .var("REDIS", redis.url())
-        .var("APP", app.addr())
-        .spawn()
-        .await;
-    wait_up(&proxy, 1.0).await;
+    let proxy = sets_proxy(&redis, &app).await;
     let addr = proxy.listener("inbound");
     redis.kill();
     let refused = http::get(addr, "/ok", &[("x-tenant-id", "d")]).await;
