@@ -159,6 +159,21 @@ async fn malformed_heads_are_refused_and_never_reach_the_upstream() {
         seen.push(format!("{case}: {got}"));
         assert_still_serving(&proxy, case).await;
     }
+    // Each is rampart's own answer (reason, id, JSON body), not the HTTP library's bare one.
+    for (case, bytes) in MALFORMED {
+        let rsp = raw::exchange(addr, bytes, WAIT).await;
+        assert_eq!(
+            rsp.header("x-rampart-reason").as_deref(),
+            Some("bad_request"),
+            "{case}: {}",
+            rsp.text()
+        );
+        assert!(
+            rsp.header("x-request-id").is_some(),
+            "{case}: {}",
+            rsp.text()
+        );
+    }
     println!("hostile heads:\n  {}", seen.join("\n  "));
     assert_only(&app, &["GET /ok HTTP/1.1"]);
 }
@@ -240,6 +255,16 @@ async fn oversized_heads_get_431() {
     refused(addr, "many small headers", many.as_bytes(), &[431]).await;
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(16 * 1024));
     refused(addr, "long target", long_target.as_bytes(), &[414, 431]).await;
+    // rampart's own 431: its reason and an id, the connection closed after it.
+    for bytes in [&big, &many, &long_target] {
+        let rsp = raw::exchange(addr, bytes.as_bytes(), WAIT).await;
+        assert_eq!(rsp.status(), Some(431), "{}", rsp.text());
+        assert_eq!(
+            rsp.header("x-rampart-reason").as_deref(),
+            Some("head_too_large")
+        );
+        assert!(rsp.closed);
+    }
     assert_still_serving(&proxy, "oversized heads").await;
     assert_only(&app, &["GET /ok HTTP/1.1"]);
 }

@@ -235,9 +235,13 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         let from = (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
         (from, from + s.len() as u32)
     };
+    let http11 = minor == 1;
     let (mut close, mut keep_alive_token) = (false, false);
     let mut length: Option<usize> = None;
     let mut sent = Sent::default();
+    // Not for the lean server, but read to its end: its framing may be one hyper refuses.
+    let mut hand_off = false;
+    let mut framing = Framing::default();
     reuse.lines.clear();
     for (i, h) in raw.headers.iter().enumerate() {
         let kept = reuse.names.get(i).filter(|(from, to, _)| {
@@ -255,15 +259,22 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
             }
         };
         match name {
-            // Chunked bodies, protocol switches, `100-continue` and trailers: hyper's business.
-            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT | header::TE => {
-                return Err(Stop::HandOff);
+            // Chunked bodies: hyper's business, unless their framing is one it refuses.
+            header::TRANSFER_ENCODING => {
+                framing.transfer_encoding(h.value, http11)?;
+                hand_off = true;
             }
-            // One plain length, small enough; two, or any other spelling: hyper's.
-            header::CONTENT_LENGTH => match (length, body_length(h.value)) {
-                (None, Some(n)) => length = Some(n),
-                _ => return Err(Stop::HandOff),
-            },
+            // Protocol switches, `100-continue` and trailers: hyper's business.
+            header::UPGRADE | header::EXPECT | header::TE => hand_off = true,
+            // One plain length, small enough; two, or any other spelling: hyper's (or refused
+            // as hyper refuses them).
+            header::CONTENT_LENGTH => {
+                framing.content_length(h.value)?;
+                match (length, body_length(h.value)) {
+                    (None, Some(n)) => length = Some(n),
+                    _ => hand_off = true,
+                }
+            }
             header::CONNECTION => {
                 close |= has_token(h.value, b"close");
                 keep_alive_token |= has_token(h.value, b"keep-alive");
@@ -273,12 +284,15 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         let (vs, ve) = at(h.value);
         reuse.lines.push((name, vs, ve));
     }
+    framing.end()?;
+    if hand_off {
+        return Err(Stop::HandOff);
+    }
     let body = length.unwrap_or(0);
     if buf.len() - len < body {
         // Not all here: the server reads on (and hands off if the rest is slow to come).
         return Err(Stop::Body(len + body));
     }
-    let http11 = minor == 1;
     let keep_alive = !close && (http11 || keep_alive_token);
     Ok(First {
         len,
@@ -289,6 +303,73 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         sent,
         body,
     })
+}
+
+/// A request's body framing read as hyper reads it (RFC 9112 §6.3), line by line, to refuse
+/// what hyper would refuse (400, as hyper answers) instead of handing it to hyper: a
+/// `transfer-encoding` on HTTP/1.0 or whose last coding is not `chunked`, a `content-length`
+/// that is not digits, or two that differ (a `content-length` after a `transfer-encoding` is
+/// ignored, one before it dropped). The smuggling attempts, answered and logged like any
+/// refusal. hyper's own checks stay behind it for the connections it serves.
+#[derive(Debug, Default)]
+struct Framing {
+    length: Option<u64>,
+    seen_length: bool,
+    te: bool,
+    chunked: bool,
+}
+
+impl Framing {
+    fn transfer_encoding(&mut self, value: &[u8], http11: bool) -> Result<(), Stop> {
+        if !http11 {
+            return Err(Stop::Refuse(Refusal::Malformed));
+        }
+        self.te = true;
+        if self.seen_length {
+            self.length = None;
+        }
+        // `chunked` must be the last coding; a value that is not visible ASCII names none.
+        self.chunked = value
+            .iter()
+            .all(|&b| (b' '..0x7f).contains(&b) || b == b'\t')
+            && value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        Ok(())
+    }
+
+    fn content_length(&mut self, value: &[u8]) -> Result<(), Stop> {
+        self.seen_length = true;
+        if self.te {
+            return Ok(());
+        }
+        let digits = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+        let n = value.iter().try_fold(0u64, |n, d| {
+            n.checked_mul(10)?
+                .checked_add(u64::from(d.wrapping_sub(b'0')))
+        });
+        let Some(n) = n.filter(|_| digits) else {
+            return Err(Stop::Refuse(Refusal::Malformed));
+        };
+        match self.length {
+            Some(before) if before != n => Err(Stop::Refuse(Refusal::Malformed)),
+            Some(_) => Ok(()),
+            // hyper's largest length is two short of u64::MAX; past it, "too large".
+            None if n > u64::MAX - 2 => Err(Stop::Refuse(Refusal::TooLarge)),
+            None => {
+                self.length = Some(n);
+                Ok(())
+            }
+        }
+    }
+
+    fn end(&self) -> Result<(), Stop> {
+        match self.te && !self.chunked {
+            true => Err(Stop::Refuse(Refusal::Malformed)),
+            false => Ok(()),
+        }
+    }
 }
 
 /// A `content-length` value the lean server takes: decimal digits without a leading zero (or
@@ -503,9 +584,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
@@ -585,6 +666,33 @@ mod tests {
             (req.method().as_str(), req.uri().to_string().as_str()),
             ("-", "*")
         );
+    }
+
+    /// Framing hyper refuses (400; 431 for a length past its largest) is refused here as
+    /// hyper would, so the smuggling attempts are answered and logged like any refusal.
+    #[test]
+    fn framing_hyper_refuses_is_refused() {
+        for bytes in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(decision(bytes), "malformed", "{}", bytes.escape_ascii());
+        }
+        let huge = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551614\r\n\r\n";
+        assert_eq!(decision(huge), "too large");
+        // A length after a transfer-encoding is not read (hyper ignores it), one before it is
+        // dropped: chunked wins, and hyper serves it.
+        let te_first =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n0\r\n\r\n";
+        assert_eq!(decision(te_first), "hand-off");
     }
 
     #[test]
