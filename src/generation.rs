@@ -282,14 +282,15 @@ impl Generation {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // The labels each shedder writes (a carried one keeps those it was made with).
         let shed_routes = self
             .listeners
             .values()
             .flat_map(|l| l.routes.iter())
-            .filter(|r| r.policy.load_shed.is_some())
-            .map(|r| {
-                let k = &r.key;
-                (k.listener.clone(), k.label.clone(), r.upstream.name.clone())
+            .filter_map(|r| r.policy.load_shed.as_ref())
+            .map(|ls| {
+                let [l, r, u] = &*ls.series;
+                (l.clone(), r.clone(), u.clone())
             })
             .collect();
         LiveSeries {
@@ -466,7 +467,9 @@ impl RoutePolicy {
                 m.concurrency_limit
                     .with_label_values(&[&*key.label, upstream]),
             );
-            RouteLoadShed::build(ls, old, &shared.tracked, &shared.clock, gauges)
+            let series = [key.listener.clone(), key.label.clone(), Arc::from(upstream)];
+            let at = (gauges, series);
+            RouteLoadShed::build(ls, old, &shared.tracked, &shared.clock, at)
         });
         RoutePolicy {
             name: name.map(Arc::from),

@@ -167,6 +167,10 @@ pub struct RouteLoadShed {
     pub shedder: Arc<LoadShedder>,
     /// `priority.header`, if priorities are read.
     pub priority_header: Option<http::HeaderName>,
+    /// The labels (listener, route, upstream) of the gauges the shedder writes: those it was
+    /// made with, kept when it is carried over (a route that changed upstream keeps its
+    /// shedder, and its series).
+    pub series: Arc<[Arc<str>; 3]>,
 }
 
 // === impl RouteLoadShed ===
@@ -180,14 +184,17 @@ impl RouteLoadShed {
         old: Option<&RouteLoadShed>,
         tracked: &Arc<TrackedTenants>,
         clock: &SharedClock,
-        gauges: (IntGauge, IntGauge),
+        (gauges, series): ((IntGauge, IntGauge), [Arc<str>; 3]),
     ) -> Self {
-        let shedder = match old {
+        let (shedder, series) = match old {
             Some(o) => {
                 o.shedder.reconfigure(cfg);
-                o.shedder.clone()
+                (o.shedder.clone(), o.series.clone())
             }
-            None => LoadShedder::new(cfg, tracked, clock.clone(), gauges.0, Some(gauges.1)),
+            None => {
+                let made = LoadShedder::new(cfg, tracked, clock.clone(), gauges.0, Some(gauges.1));
+                (made, Arc::new(series))
+            }
         };
         let priority_header = cfg
             .priority
@@ -196,6 +203,7 @@ impl RouteLoadShed {
         RouteLoadShed {
             shedder,
             priority_header,
+            series,
         }
     }
 

@@ -336,3 +336,62 @@ async fn gauges_of_what_a_reload_removes_go_with_it() {
         "{text}"
     );
 }
+
+/// `$UP`: the upstream the route named `api` sends to.
+const NAMED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+  other: { endpoints: [$OTHER] }
+policies:
+  p: { load_shed: { adaptive: { min: 8, max: 64 } } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { name: api, upstream: $UP, policy: p }
+"#;
+
+/// A named route that moves to another upstream keeps its shedder (and its requests in
+/// flight): the series that shedder writes stays, the one the reload made and nobody writes
+/// goes (a live adaptive limit must not read 0).
+#[tokio::test]
+async fn a_route_that_moves_upstream_keeps_the_series_its_shedder_writes() {
+    let (app, other) = (sample().await, sample().await);
+    let mut proxy = Proxy::builder(&NAMED.replace("$UP", "app"))
+        .var("APP", app.addr())
+        .var("OTHER", other.addr())
+        .spawn()
+        .await;
+    let admin = proxy.admin();
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+    let limit = |text: &str, up: &str| {
+        metrics::metric_value(
+            text,
+            "rampart_concurrency_limit",
+            &[("route", "api"), ("upstream", up)],
+        )
+    };
+    let before = limit(&metrics(admin).await, "app");
+    assert!(before.is_some_and(|v| v >= 8.0), "{before:?}");
+
+    proxy.rewrite_config(&NAMED.replace("$UP", "other"));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+    let text = metrics(admin).await;
+    assert!(limit(&text, "app").is_some_and(|v| v >= 8.0), "{text}");
+    assert_eq!(limit(&text, "other"), None, "{text}");
+}
