@@ -23,11 +23,11 @@
 //!
 //! The connection keeps the listener's guarantees, with one timer instead of the watchdog
 //! (`conn.rs`, which takes over with hyper): no request within the head timeout of accept
-//! closes it; after an answer, a connection waiting for its next request (with nothing or a
-//! part of its head read) is closed gracefully `idle_timeout` after the end of that answer
-//! (SPEC §14: `header_read_timeout` is for a connection that has sent nothing; a trickled
-//! later head holds no more than an idle connection may). A drain lets the answer in flight
-//! finish with `connection: close`, and closes a connection waiting for a head.
+//! closes it; after an answer, a connection waiting for its next request with nothing of it
+//! read is closed gracefully `idle_timeout` after the end of that answer (SPEC §14), and once
+//! the first bytes of that head come, the head must be whole within `header_read_timeout` of
+//! them (SPEC §2), or the connection is dropped. A drain lets the answer in flight finish
+//! with `connection: close`, and closes a connection waiting for a head.
 //!
 //! A connection (plain or TLS) that has waited [`PARK_AFTER`] for a head, with nothing of one
 //! read, is parked: this future returns it ([`End::Park`]) with where its wait ends, the caller
@@ -111,8 +111,8 @@ pub(super) enum End<I> {
 /// Where a parked connection's wait for a head ends, kept while it is parked.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Wait {
-    /// When the wait ends: the head timeout of accept for the first head, else the earlier of
-    /// the head and idle timeouts counted from the answer before.
+    /// When the wait ends: the head timeout of accept for the first head, else the idle
+    /// timeout counted from the answer before (a parked connection has read nothing of a head).
     pub due: Instant,
     /// The wait is for the connection's first head (its end drops the connection).
     pub first: bool,
@@ -232,8 +232,10 @@ where
     async move {
         let max_head = c.lst.max_head;
         // Waiting for a later head ends at the idle timeout, counted from the end of the answer
-        // before, with a graceful close.
+        // before, with a graceful close; once bytes of it have come, at the head timeout
+        // counted from the first of them (`head_started`), with a drop.
         let wait_limit = c.lst.idle_timeout;
+        let mut head_started = false;
         let body_gap = c.lst.body_idle_timeout.min(BODY_GAP);
         // Bytes the buffer must hold before the next parse: a head's and its body's, while the
         // body's rest is read (0: parse after every read).
@@ -273,6 +275,7 @@ where
                         timing = false;
                         given = None;
                         first = false;
+                        head_started = false;
                         want = 0;
                         let mut ask = Ask {
                             head: head.req.method() == Method::HEAD,
@@ -318,6 +321,13 @@ where
                         // of every connection's.
                         Box::pin(refuse(&mut io, bufs.out(), rsp)).await;
                         return End::Closed;
+                    }
+                    // Part of a later head: from its first bytes it must be whole within the
+                    // head timeout (a head read whole in one go never comes here).
+                    Parsed::Partial if !first && !head_started => {
+                        head_started = true;
+                        given = Some(clock.now() + c.lst.head_timeout);
+                        timing = false;
                     }
                     Parsed::Partial => {}
                     Parsed::Body(need) => {
@@ -385,7 +395,7 @@ where
                     false => Poll::Pending,
                     true if parking.is_some() => Poll::Ready(Wake::Park),
                     true if want > 0 => Poll::Ready(Wake::Slow),
-                    true if first => Poll::Ready(Wake::Drop),
+                    true if first || head_started => Poll::Ready(Wake::Drop),
                     true => Poll::Ready(Wake::Graceful),
                 }
             })

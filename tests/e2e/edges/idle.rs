@@ -312,3 +312,42 @@ async fn between_requests_a_connection_waits_idle_timeout_not_the_head_timeout()
     }
     assert_eq!(app.hits(), 4);
 }
+
+/// Once the first bytes of a later head come, the head must be whole within
+/// `header_read_timeout` of them (SPEC §2), however long the connection may idle before it.
+#[tokio::test]
+async fn a_later_head_must_be_whole_within_the_head_timeout_of_its_first_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Capture::start(OK).await;
+    let rt = "runtime: { header_read_timeout: 400ms, idle_timeout: 5s }";
+    let proxy = Proxy::builder(&one_route(rt))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let mut tcp = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    one_answer(
+        &mut tcp,
+        b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n",
+        "first",
+    )
+    .await;
+    // Idle past the head timeout: still open (the idle timeout is 5 s).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: app")
+        .await
+        .expect("part of a head");
+    let since = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut buf))
+        .await
+        .expect("closed before the idle timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let waited = since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        "closed {waited:?} after the head's first bytes; the head timeout is 400ms"
+    );
+    assert_eq!(app.hits(), 1);
+}
