@@ -306,7 +306,8 @@ impl Identify {
 
 /// The value of the query parameter `key`, percent-decoded (`?tenant=a%40b` names `a@b`), if
 /// it is given and not empty. Given twice, two tenants are named and charging either would be a
-/// guess, as with a repeated header: refused, as is a value that decodes to no UTF-8.
+/// guess, as with a repeated header: refused, as is a value that decodes to no UTF-8. Names are
+/// compared decoded too, as the service's framework reads them: `ten%61nt` is `tenant`.
 fn query_param<'a>(uri: &'a Uri, key: &str) -> Result<Option<Cow<'a, str>>, Reason> {
     let Some(query) = uri.query() else {
         return Ok(None);
@@ -314,7 +315,12 @@ fn query_param<'a>(uri: &'a Uri, key: &str) -> Result<Option<Cow<'a, str>>, Reas
     let mut found = None;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k != key || v.is_empty() {
+        let named = k == key
+            || (k.contains('%')
+                && percent_encoding::percent_decode_str(k)
+                    .decode_utf8()
+                    .is_ok_and(|k| k == key));
+        if !named || v.is_empty() {
             continue;
         }
         if found.replace(v).is_some() {
@@ -494,9 +500,11 @@ mod tests {
         assert_eq!(id("tenant=a%40b").as_deref(), Ok("a@b"));
         assert_eq!(id("x=1&tenant=acme&y=2").as_deref(), Ok("acme"));
         assert_eq!(id("tenant=&other=1").as_deref(), Ok("anonymous"));
+        assert_eq!(id("ten%61nt=acme").as_deref(), Ok("acme"));
         for bad in [
             "tenant=a&tenant=b",
             "tenant=a&tenant=a",
+            "ten%61nt=victim&tenant=attacker",
             "tenant=a%20b",
             "tenant=%ff",
             "tenant=a%2",
