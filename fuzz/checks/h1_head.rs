@@ -10,9 +10,9 @@
 //! - pipelined requests are taken one after the other, each from where the last one's body
 //!   ended;
 //! - a head it refuses (answered by rampart itself) is one httparse refuses (400), one past
-//!   the limit or with more lines than `MAX_HEADERS` (431), or a whole one whose framing lines
-//!   (`content-length`, `transfer-encoding`) hyper refuses; never an HTTP/2 preface, and the
-//!   buffer is left as it was;
+//!   the limit or with more lines than `MAX_HEADERS` (431), or a whole one whose target
+//!   `http::Uri` refuses or whose framing lines (`content-length`, `transfer-encoding`) hyper
+//!   refuses; never an HTTP/2 preface, and the buffer is left as it was;
 //! - an answer head written from any status and headers parses back as one response with at
 //!   most one framing header.
 
@@ -100,14 +100,19 @@ fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
         Ok(httparse::Status::Partial) => buf.len() >= max_head,
         Err(e) => e == httparse::Error::TooManyHeaders,
     };
-    let framing = matches!(got, Ok(httparse::Status::Complete(_)))
+    let whole = matches!(got, Ok(httparse::Status::Complete(_)));
+    let framing = whole
         && req.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("content-length")
                 || h.name.eq_ignore_ascii_case("transfer-encoding")
         });
+    let bad_target = whole && req.path.is_some_and(|p| http::Uri::try_from(p).is_err());
     match refusal {
         Refusal::TooLarge => assert!(too_large || framing, "431 for {got:?}"),
-        Refusal::Malformed => assert!(!too_large && (got.is_err() || framing), "400 for {got:?}"),
+        Refusal::Malformed => assert!(
+            !too_large && (got.is_err() || framing || bad_target),
+            "400 for {got:?}"
+        ),
     }
 }
 

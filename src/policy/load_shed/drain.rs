@@ -6,10 +6,11 @@
 //! each stretch of time by its length. A refused request would be served after the `waiting`
 //! requests ahead of it and itself: `retry_after = (waiting + 1) / rate`, at most
 //! [`MAX_RETRY_AFTER`]. While nothing is being freed (rate 0: just after a start or a reload,
-//! or with every slot held by slow requests) the wait is as long as nothing has been freed so
-//! far (at most that maximum): a route that freed nothing for 200 ms is told to come back
-//! soon (the answer's `retry-after` is whole seconds, at least 1), one stuck for 20 s to wait
-//! about as long again.
+//! or with every slot held by slow requests) the wait is as long as the stall has lasted so far
+//! (at most that maximum), counted from the first refusal with nothing freed since (an idle
+//! route is not stalled): a route full for 200 ms tells clients to come back soon (the
+//! answer's `retry-after` is whole seconds, at least 1), one stuck for 20 s to wait about as
+//! long again.
 
 use std::time::Duration;
 
@@ -27,8 +28,8 @@ pub(super) struct DrainRate {
     last_released: u64,
     per_sec: f64,
     measured: bool,
-    /// When a release was last seen (at a measurement), or counting started.
-    freed_nanos: u64,
+    /// The stall under way: the releases counted when it began (at a refusal), and when.
+    stall: Option<(u64, u64)>,
 }
 
 // === impl DrainRate ===
@@ -41,7 +42,7 @@ impl DrainRate {
             last_released: 0,
             per_sec: 0.0,
             measured: false,
-            freed_nanos: now,
+            stall: None,
         }
     }
 
@@ -59,13 +60,18 @@ impl DrainRate {
             };
             self.per_sec += weight * (sample - self.per_sec);
             self.measured = true;
-            if released > self.last_released {
-                self.freed_nanos = now;
-            }
             self.last_nanos = now;
             self.last_released = released;
         }
-        self.wait(ahead, now)
+        // A slot freed since the stall began ends it; this refusal begins the next one.
+        let since = match self.stall {
+            Some((at, since)) if at == released => since,
+            _ => {
+                self.stall = Some((released, now));
+                now
+            }
+        };
+        self.wait(ahead, now.saturating_sub(since))
     }
 
     /// Slots freed per second, as last measured.
@@ -74,10 +80,10 @@ impl DrainRate {
         self.per_sec
     }
 
-    fn wait(&self, ahead: u32, now: u64) -> Duration {
+    /// The wait for `ahead` waiters and this request, the stall having lasted `stalled` ns.
+    fn wait(&self, ahead: u32, stalled: u64) -> Duration {
         if self.per_sec <= 0.0 {
-            let stuck = Duration::from_nanos(now.saturating_sub(self.freed_nanos));
-            return stuck.min(MAX_RETRY_AFTER);
+            return Duration::from_nanos(stalled).min(MAX_RETRY_AFTER);
         }
         let secs = (f64::from(ahead) + 1.0) / self.per_sec;
         Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER))
@@ -109,15 +115,19 @@ mod tests {
         assert!((d.per_sec() - 50.0).abs() < 1.0, "rate {}", d.per_sec());
     }
 
-    /// While nothing is freed, the wait grows with the time nothing has been, up to the most.
+    /// While nothing is freed, the wait grows with the stall, from its first refusal (an idle
+    /// hour before it is no stall), up to the most.
     #[test]
     fn with_nothing_freed_the_wait_is_as_long_as_the_stall() {
         let mut d = DrainRate::new(0);
-        assert_eq!(d.retry_after(SEC / 5, 0, 3), Duration::from_millis(200));
-        assert_eq!(d.retry_after(20 * SEC, 0, 0), Duration::from_secs(20));
-        assert_eq!(d.retry_after(100 * SEC, 0, 0), MAX_RETRY_AFTER);
-        // Slots freed again: the measured rate decides, and the stall counts from then.
-        let w = d.retry_after(101 * SEC, 50, 0);
+        let start = 3600 * SEC;
+        assert_eq!(d.retry_after(start, 0, 3), Duration::ZERO, "idle until now");
+        let at = |s: u64| start + s;
+        assert_eq!(d.retry_after(at(SEC / 5), 0, 3), Duration::from_millis(200));
+        assert_eq!(d.retry_after(at(20 * SEC), 0, 0), Duration::from_secs(20));
+        assert_eq!(d.retry_after(at(100 * SEC), 0, 0), MAX_RETRY_AFTER);
+        // Slots freed again: the measured rate decides, and a new stall counts from its start.
+        let w = d.retry_after(at(101 * SEC), 50, 0);
         assert!(w < Duration::from_secs(1), "{w:?}");
     }
 }

@@ -127,8 +127,10 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         Err(Stop::Refuse(r)) => return Parsed::Refuse(r),
     };
     let head = buf.split_to(len).freeze();
+    // A target hyper's `Uri` refuses is refused as hyper refuses it (400).
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize)) else {
-        return put_back(buf, head, reuse);
+        put_back(buf, head, reuse);
+        return Parsed::Refuse(Refusal::Malformed);
     };
     // The previous answer's map, else one the thread kept (a new connection's first head).
     let mut headers = reuse
@@ -147,7 +149,8 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
     if refused {
         headers.clear();
         reuse.map = Some(headers);
-        return put_back(buf, head, reuse);
+        put_back(buf, head, reuse);
+        return Parsed::HandOff;
     }
     let body = match body {
         0 => ClientIn::Empty,
@@ -306,7 +309,8 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
 }
 
 /// A request's body framing read as hyper reads it (RFC 9112 §6.3), line by line, to refuse
-/// what hyper would refuse (400, as hyper answers) instead of handing it to hyper: a
+/// what hyper would refuse (400, as hyper answers but for a length past its largest, which
+/// hyper answers 431) instead of handing it to hyper: a
 /// `transfer-encoding` on HTTP/1.0 or whose last coding is not `chunked`, a `content-length`
 /// that is not digits, or two that differ (a `content-length` after a `transfer-encoding` is
 /// ignored, one before it dropped). The smuggling attempts, answered and logged like any
@@ -355,8 +359,9 @@ impl Framing {
         match self.length {
             Some(before) if before != n => Err(Stop::Refuse(Refusal::Malformed)),
             Some(_) => Ok(()),
-            // hyper's largest length is two short of u64::MAX; past it, "too large".
-            None if n > u64::MAX - 2 => Err(Stop::Refuse(Refusal::TooLarge)),
+            // hyper's largest length is two short of u64::MAX (past it hyper answers 431 "head
+            // too large", which would blame the head): a length no body can have, 400.
+            None if n > u64::MAX - 2 => Err(Stop::Refuse(Refusal::Malformed)),
             None => {
                 self.length = Some(n);
                 Ok(())
@@ -407,16 +412,15 @@ fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName) {
     }
 }
 
-/// Puts a head that turned out not to be simple (a target or a value hyper's types refuse)
-/// back in front of `buf`, and says hand off: hyper reads it from the start. A copy: this
-/// happens only to malformed heads.
-fn put_back(buf: &mut BytesMut, head: Bytes, reuse: &mut Reuse) -> Parsed {
+/// Puts a head that turned out not to be simple (a target `Uri` refuses, to be refused; a value
+/// `HeaderValue` refuses, which hyper reads unchecked, to hand off) back in front of `buf`, as
+/// it was. A copy: this happens only to malformed heads.
+fn put_back(buf: &mut BytesMut, head: Bytes, reuse: &mut Reuse) {
     reuse.lines.clear();
     let mut all = BytesMut::with_capacity(head.len() + buf.len());
     all.extend_from_slice(&head);
     all.extend_from_slice(buf);
     *buf = all;
-    Parsed::HandOff
 }
 
 /// Whether the comma-separated list `value` holds `token` (ASCII case-insensitive), read as
@@ -668,8 +672,8 @@ mod tests {
         );
     }
 
-    /// Framing hyper refuses (400; 431 for a length past its largest) is refused here as
-    /// hyper would, so the smuggling attempts are answered and logged like any refusal.
+    /// Framing hyper refuses (400; 431 for a length past its largest, 400 here) is refused
+    /// as hyper would, so the smuggling attempts are answered and logged like any refusal.
     #[test]
     fn framing_hyper_refuses_is_refused() {
         for bytes in [
@@ -687,7 +691,7 @@ mod tests {
             assert_eq!(decision(bytes), "malformed", "{}", bytes.escape_ascii());
         }
         let huge = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551614\r\n\r\n";
-        assert_eq!(decision(huge), "too large");
+        assert_eq!(decision(huge), "malformed");
         // A length after a transfer-encoding is not read (hyper ignores it), one before it is
         // dropped: chunked wins, and hyper serves it.
         let te_first =
@@ -785,7 +789,7 @@ mod tests {
     }
 
     /// A head whose target hyper's `Uri` refuses, found only once the head is split off, is
-    /// put back whole, with what followed it, for hyper.
+    /// put back whole, with what followed it, and refused (hyper answers it 400).
     #[test]
     fn a_head_refused_after_the_split_is_put_back_whole() {
         for bytes in [
@@ -796,7 +800,10 @@ mod tests {
             let mut reuse = Reuse::default();
             let mut buf = BytesMut::from(bytes);
             assert!(
-                matches!(parse(&mut buf, MAX, &mut reuse), Parsed::HandOff),
+                matches!(
+                    parse(&mut buf, MAX, &mut reuse),
+                    Parsed::Refuse(Refusal::Malformed)
+                ),
                 "{}",
                 bytes.escape_ascii()
             );
