@@ -249,14 +249,18 @@ impl Generation {
     }
 
     /// Lets go of what `old` had and this generation has not, now that this one is in force:
-    /// the health checks of upstreams it removed stop (an upstream kept by name stopped its
-    /// predecessor's when it was built), and the gauges of removed breakers, endpoints,
-    /// shedders and store are dropped from `metrics`. Requests still in flight under `old`
-    /// finish as they began.
+    /// the upstreams it replaced or removed are retired (their health checks stop, and what
+    /// their requests still in flight learn no longer reaches the metrics), and the gauges of
+    /// removed breakers, endpoints, shedders and store are dropped from `metrics`. Requests
+    /// still in flight under `old` finish as they began.
     pub fn retire(&self, old: &Generation, metrics: &Metrics) {
         for (name, up) in &old.upstreams {
-            if !self.upstreams.contains_key(name) {
-                up.stop_checks();
+            if !self
+                .upstreams
+                .get(name)
+                .is_some_and(|now| Arc::ptr_eq(now, up))
+            {
+                up.retire();
             }
         }
         metrics.retain_live(&self.live_series());

@@ -8,7 +8,7 @@
 //! goes on (Kubernetes Services appear after the pod).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ pub struct Upstream {
     outlier: Option<OutlierDetector>,
     /// The active health checker (`health_check`); stopped when the upstream is replaced.
     checker: Option<AbortHandle>,
+    /// Set when a reload replaced or removed it: what its requests still in flight learn is
+    /// no longer written to the metrics, whose series are the new generation's.
+    retired: AtomicBool,
 }
 
 /// Window of try latencies behind `per_try: auto`.
@@ -153,6 +156,7 @@ impl Upstream {
                 .health_check
                 .as_ref()
                 .map(|hc| start_checks(weak.clone(), hc.clone())),
+            retired: AtomicBool::new(false),
         });
         if targets.iter().any(|t| matches!(t, Target::Name(_))) {
             tokio::spawn(resolve_loop(
@@ -238,7 +242,7 @@ impl Upstream {
         let all: Vec<Arc<EndpointHealth>> = eps.iter().map(|e| e.health.clone()).collect();
         if detector.eject_if_allowed(&ep.health, &all, now) {
             tracing::warn!(upstream = %self.name, endpoint = %ep.addr, "endpoint ejected by outlier detection");
-            self.metrics.set_endpoint_healthy(&ep.label, false);
+            self.gauge_healthy(&ep.label, false);
         }
     }
 
@@ -247,8 +251,15 @@ impl Upstream {
     pub fn refresh_health_gauges(&self) {
         let now = self.clock.now_nanos();
         for e in self.endpoints.load().iter() {
-            self.metrics
-                .set_endpoint_healthy(&e.label, e.health.available(now));
+            self.gauge_healthy(&e.label, e.health.available(now));
+        }
+    }
+
+    /// Sets an endpoint's `rampart_upstream_endpoint_healthy`, unless a reload retired this
+    /// upstream (its series were dropped, or are the new generation's to write).
+    fn gauge_healthy(&self, label: &str, healthy: bool) {
+        if !self.retired.load(Ordering::Relaxed) {
+            self.metrics.set_endpoint_healthy(label, healthy);
         }
     }
 
@@ -271,10 +282,17 @@ impl Upstream {
     }
 
     /// Stops the active health checks (a reload replaced or removed this upstream).
-    pub(crate) fn stop_checks(&self) {
+    fn stop_checks(&self) {
         if let Some(c) = &self.checker {
             c.abort();
         }
+    }
+
+    /// A reload put another upstream in its place, or none: its checks stop, and nothing its
+    /// requests still in flight learn is written to the metrics any more.
+    pub(crate) fn retire(&self) {
+        self.stop_checks();
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Notes that `ep` refused a connection: pass it over for a moment while others serve.
@@ -293,7 +311,7 @@ impl Upstream {
                     .cloned()
                     .unwrap_or_else(|| {
                         let e = Endpoint::new(a, host, &self.cfg, self.tls.as_ref(), &self.metrics);
-                        self.metrics.set_endpoint_healthy(&e.label, true);
+                        self.gauge_healthy(&e.label, true);
                         e
                     })
             })

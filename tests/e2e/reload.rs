@@ -395,3 +395,73 @@ async fn a_route_that_moves_upstream_keeps_the_series_its_shedder_writes() {
     assert!(limit(&text, "app").is_some_and(|v| v >= 8.0), "{text}");
     assert_eq!(limit(&text, "other"), None, "{text}");
 }
+
+/// `$OLD_ROUTE`: the route to the upstream `old`, or nothing once a reload removed it.
+const RETIRED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+  $OLD_UPSTREAM
+policies:
+  p: { timeout: { request: 600ms } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      $OLD_ROUTE
+      - { upstream: app }
+"#;
+
+/// A request still in flight under the generation a reload replaced may still eject an
+/// endpoint of an upstream the reload removed: the ejection is not written back into the
+/// metrics the reload cleaned (an alert on an upstream that no longer exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_under_a_removed_upstream_writes_no_series_back() {
+    let (app, a, b) = (sample().await, sample().await, sample().await);
+    let old = format!(
+        "old: {{ endpoints: [{}, {}], outlier: {{ consecutive_failures: 1 }} }}",
+        a.addr(),
+        b.addr()
+    );
+    let with_old = RETIRED.replace("$OLD_UPSTREAM", &old).replace(
+        "$OLD_ROUTE",
+        "- { match: { path_prefix: /slow }, upstream: old, policy: p }",
+    );
+    let without = RETIRED
+        .replace("$OLD_UPSTREAM", "")
+        .replace("$OLD_ROUTE", "");
+    let mut proxy = Proxy::builder(&with_old)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    // Times out (a failure) 600 ms in, after the reload below.
+    let slow = tokio::spawn(async move { http::get(addr, "/slow?ms=3000", &[]).await });
+    assert_eventually!(
+        a.hits() + b.hits() == 1,
+        "the slow request must be in flight"
+    );
+    proxy.rewrite_config(&without);
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let text = metrics(admin).await;
+    assert!(
+        metrics::label_values(&text, "rampart_upstream_endpoint_healthy", "upstream") == ["app"],
+        "{text}"
+    );
+    slow.await.expect("no panic").assert_rampart(504, "timeout");
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("endpoint ejected by outlier detection"),
+        "the late failure ejects its endpoint"
+    );
+    let text = metrics(admin).await;
+    assert_eq!(
+        metrics::label_values(&text, "rampart_upstream_endpoint_healthy", "upstream"),
+        ["app"],
+        "{text}"
+    );
+}
