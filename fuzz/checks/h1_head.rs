@@ -5,7 +5,8 @@
 //!   its body is exactly the bytes after it that its one `content-length` (plain digits, at
 //!   most `WHOLE_BODY_MAX`) counts, or none without one;
 //! - a head whose body is not all here asks for exactly the bytes that make it whole, leaves
-//!   the buffer as it was, and with those bytes is served (or handed off, never asked again);
+//!   the buffer as it was, and with those bytes is served (or handed off, or refused for its
+//!   target, never asked again);
 //! - reading with the names kept from earlier heads gives the very request a fresh read gives;
 //! - pipelined requests are taken one after the other, each from where the last one's body
 //!   ended;
@@ -142,6 +143,9 @@ fn check_body_wait(buf: &[u8], max_head: usize, need: usize) {
             assert_eq!(head.len + check_simple(&whole, max_head, &head), need);
         }
         Parsed::HandOff => {}
+        // A target `http::Uri` refuses is found once the body is here, and refused.
+        Parsed::Refuse(Refusal::Malformed)
+            if req.path.is_some_and(|p| http::Uri::try_from(p).is_err()) => {}
         other => panic!("the body whole, and still {other:?}"),
     }
 }
