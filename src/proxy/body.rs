@@ -111,6 +111,16 @@ impl Body {
         }
     }
 
+    /// Whether the body counts the bytes it sends in the access log line its guards hold (an
+    /// upstream's answer, teed or not); any other is counted whole when the answer starts.
+    pub fn counts_sent(&self) -> bool {
+        match self {
+            Body::Upstream(_) => true,
+            Body::Teed(t) => t.inner().counts_sent(),
+            _ => false,
+        }
+    }
+
     /// Attaches `guards` to an upstream's answer so they live as long as its body; any other
     /// body is complete already, so the guards are dropped now.
     pub fn hold(&mut self, guards: Guards) {

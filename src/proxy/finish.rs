@@ -164,9 +164,11 @@ impl<'a> Finish<'a> {
             self.guards.span = self.span.take();
         }
         if let Some(mut entry) = self.entry.take() {
-            let bytes_out = match rsp.body() {
-                Body::Upstream(_) => 0,
-                b => http_body::Body::size_hint(b).lower(),
+            // An upstream's answer (teed or not) counts its bytes as they go.
+            let b = rsp.body();
+            let bytes_out = match b.counts_sent() {
+                true => 0,
+                false => http_body::Body::size_hint(b).lower(),
             };
             let out = access_log::Outcome {
                 route: self.route.map(|r| &*r.log_name),

@@ -56,6 +56,8 @@ pub async fn run(
     };
     forward::prepare_request(&mut req, ctx.peer, ctx.sent);
     let fault = Arc::new(FaultCell::default());
+    // The access log's `bytes_in`: the cell counts what the body read ahead takes in.
+    ctx.tries.body(&fault);
     let (parts, incoming) = req.into_parts();
     let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
     let read = match read_ahead(ctx, body, idem.max_body).await {

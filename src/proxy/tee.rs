@@ -62,6 +62,11 @@ impl Tee {
         &mut self.inner
     }
 
+    /// The body it wraps.
+    pub fn inner(&self) -> &Body {
+        &self.inner
+    }
+
     fn keep(&mut self, data: &Bytes) {
         if self.keeper.is_none() {
             return;

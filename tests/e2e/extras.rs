@@ -379,6 +379,44 @@ async fn a_body_over_max_body_runs_unprotected_and_the_answer_says_so() {
     assert_eq!(app.hits_for("/echo"), 3);
 }
 
+/// The access log counts a keyed request's bytes like any other's: its body read ahead for the
+/// digest is `bytes_in`, and its answer, teed to be kept, is counted once in `bytes_out`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_requests_bytes_are_logged_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let app = sample().await;
+    let config = with_policy(IDEM).replace(
+        "    listen: $LISTEN_inbound\n",
+        "    listen: $LISTEN_inbound\n    access_log: { to: $LOG }\n",
+    );
+    let proxy = Proxy::builder(&config)
+        .var("APP", app.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "counted")];
+    let first = http::post(addr, "/echo", &key, "pay 10").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(&first.body[..], b"pay 10");
+    let again = http::post(addr, "/echo", &key, "pay 10").await;
+    assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert_eventually!(read().len() >= 2, "two lines: {:?}", read());
+    let lines = read();
+    for line in &lines {
+        assert_eq!(line["bytes_in"], 6, "{line}");
+        assert_eq!(line["bytes_out"], 6, "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable() {
     let app = sample().await;
