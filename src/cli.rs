@@ -72,7 +72,7 @@ pub enum Command {
         #[arg(long, default_value = "/healthz")]
         path: String,
         /// The whole probe's budget (connect, send, status line), e.g. 2s or 500ms.
-        #[arg(long, default_value = "2s")]
+        #[arg(long, default_value = "2s", value_parser = positive_duration)]
         timeout: crate::config::Dur,
     },
     /// Work with the audit trail of policy changes (SPEC §11).
@@ -101,4 +101,14 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A duration for a flag that must be longer than zero (`0s` would make the probe fail as if
+/// nothing answered).
+fn positive_duration(s: &str) -> Result<crate::config::Dur, String> {
+    let d: crate::config::Dur = s.parse().map_err(|e| format!("{e}"))?;
+    if d.0.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(d)
 }

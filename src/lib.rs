@@ -123,10 +123,24 @@ impl Rampart {
         let audit = audit::AuditLog::new(metrics.audit_write_failures.clone());
         let labels = tenant::Labels::new(config.file.tenants.metrics_labels as usize);
         let admin_listen = config.file.admin.listen;
-        let admin_tcp = proxy::listener::bind(admin_listen).map_err(|error| StartError::Admin {
-            addr: admin_listen,
-            error,
-        })?;
+        let admin_tcp = match proxy::listener::bind(admin_listen) {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                let failed = StartError::Admin {
+                    addr: admin_listen,
+                    error,
+                };
+                // A start attempt all the same (SPEC §11), as one whose listener cannot bind.
+                let entry = audit::Entry {
+                    event: audit::Event::Start,
+                    source: audit::Source::Start,
+                    sha256: Some(config.sha256.clone()),
+                    errors: vec![failed.to_string()],
+                };
+                audit.record(audit_path(&config), &entry);
+                return Err(failed);
+            }
+        };
         let admin_addr = admin_tcp.local_addr().unwrap_or(admin_listen);
         // An empty generation first; `apply` builds the real one and binds its listeners.
         let empty = Config {

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             Command::Demo { config } => rampart::demo::run(config).await,
             Command::Sample { listen } => rampart::sample::serve_forever(listen)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("rampart sample: cannot serve on {listen}: {e}")),
             Command::Validate { .. } | Command::Audit { .. } | Command::Health { .. } => Ok(()),
         }
     });
@@ -138,11 +138,23 @@ fn raise_open_file_limit() {
 }
 
 /// How many workers serve connections: `RAMPART_WORKERS`, else one per core.
+/// Most worker threads `RAMPART_WORKERS` may ask for: far past any core count, short of what
+/// would run the process out of threads or descriptors before it serves.
+const MAX_WORKERS: usize = 256;
+
 fn worker_count() -> usize {
     let cores = || std::thread::available_parallelism().map_or(1, usize::from);
     match std::env::var("RAMPART_WORKERS") {
         Err(_) => cores(),
         Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > MAX_WORKERS => {
+                tracing::warn!(
+                    value = n,
+                    most = MAX_WORKERS,
+                    "RAMPART_WORKERS is above the most; using the most"
+                );
+                MAX_WORKERS
+            }
             Ok(n) => n.max(1),
             Err(_) => {
                 tracing::warn!(value = %v, "RAMPART_WORKERS is not a number; using one worker per core");

@@ -203,3 +203,66 @@ async fn a_workers_count_that_is_not_a_number_is_named_in_the_log() {
         "{log}"
     );
 }
+
+/// A `RAMPART_WORKERS` far past any core count is capped, and the log says so (it made
+/// thousands of threads, then ran out of descriptors).
+#[tokio::test]
+async fn a_workers_count_past_the_most_is_capped_and_named_in_the_log() {
+    let app = crate::support::sample().await;
+    let proxy = Proxy::builder(&crate::support::one_route(""))
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", "100000")
+        .spawn()
+        .await;
+    let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    let log = proxy.log();
+    assert!(
+        log.contains("RAMPART_WORKERS is above the most") && log.contains("256"),
+        "{log}"
+    );
+}
+
+/// `health --timeout 0s` is refused as a bad argument, not tried and reported as a dead admin.
+#[tokio::test]
+async fn health_refuses_a_zero_timeout() {
+    let out = rampart(&["health", "--admin", "127.0.0.1:9", "--timeout", "0s"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(
+        both(&out).contains("must be longer than 0s"),
+        "{}",
+        both(&out)
+    );
+}
+
+/// A start that cannot bind its admin port is recorded in the audit trail, as one that cannot
+/// bind a listener is (SPEC §11: every start attempt).
+#[tokio::test]
+async fn a_start_whose_admin_port_is_taken_is_in_the_trail() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trail = dir.path().join("audit.jsonl");
+    let config = dir.path().join("rampart.yaml");
+    let text = format!(
+        "version: 1\nadmin: {{ listen: {admin} }}\naudit: {{ file: \"{}\" }}\nupstreams:\n  app: {{ endpoints: [127.0.0.1:9] }}\nlisteners:\n  - {{ name: i, direction: inbound, listen: 127.0.0.1:0, routes: [ {{ upstream: app }} ] }}\n",
+        trail.display()
+    );
+    std::fs::write(&config, text).expect("write");
+    let out = rampart(&["run", "--config", &config.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&trail)
+            .expect("the refused start is in the trail")
+            .lines()
+            .next()
+            .expect("one line"),
+    )
+    .expect("JSON");
+    assert_eq!(line["result"], "error", "{line}");
+    assert!(
+        line["errors"][0].as_str().unwrap_or("").contains("admin"),
+        "{line}"
+    );
+    drop(taken);
+}
