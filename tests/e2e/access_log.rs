@@ -3,11 +3,12 @@
 //! name the tenant and the limit.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 use crate::support::{http, metric_value, metrics, sample, Closed, Proxy};
+use crate::support::{log_lines as lines, wait_log_lines as wait_lines};
 
 /// `$LOG` is the access log file, `$SAMPLE` its `sample_ok`, `$DEAD` an address nobody serves.
 const LOGGED: &str = r#"
@@ -77,20 +78,6 @@ async fn logged(app: SocketAddr, sample_ok: &str) -> Logged {
         dead,
         _dir: dir,
     }
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// Waits until `path` holds `n` lines, and returns them.
-async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
-    assert_eventually!(lines(path).len() >= n, "{n} lines: {:?}", lines(path));
-    lines(path)
 }
 
 const FIELDS: [&str; 17] = [

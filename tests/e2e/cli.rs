@@ -189,34 +189,31 @@ async fn run_logs_one_json_object_per_line() {
 /// proxy serves with its default workers.
 #[tokio::test]
 async fn a_workers_count_that_is_not_a_number_is_named_in_the_log() {
-    let app = crate::support::sample().await;
-    let proxy = Proxy::builder(&crate::support::one_route(""))
-        .var("APP", app.addr())
-        .env("RAMPART_WORKERS", "two")
-        .spawn()
-        .await;
-    let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
-    assert_eq!(rsp.status, 200);
-    let log = proxy.log();
+    let log = serving_with_workers("two").await;
     assert!(
         log.contains("RAMPART_WORKERS is not a number") && log.contains("\"two\""),
         "{log}"
     );
 }
 
-/// A `RAMPART_WORKERS` far past any core count is capped, and the log says so (it made
-/// thousands of threads, then ran out of descriptors).
-#[tokio::test]
-async fn a_workers_count_past_the_most_is_capped_and_named_in_the_log() {
+/// The log of a proxy started with `RAMPART_WORKERS=workers`, once it has served a request.
+async fn serving_with_workers(workers: &str) -> String {
     let app = crate::support::sample().await;
     let proxy = Proxy::builder(&crate::support::one_route(""))
         .var("APP", app.addr())
-        .env("RAMPART_WORKERS", "100000")
+        .env("RAMPART_WORKERS", workers)
         .spawn()
         .await;
     let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
     assert_eq!(rsp.status, 200);
-    let log = proxy.log();
+    proxy.log()
+}
+
+/// A `RAMPART_WORKERS` far past any core count is capped, and the log says so (it made
+/// thousands of threads, then ran out of descriptors).
+#[tokio::test]
+async fn a_workers_count_past_the_most_is_capped_and_named_in_the_log() {
+    let log = serving_with_workers("100000").await;
     assert!(
         log.contains("RAMPART_WORKERS is above the most") && log.contains("256"),
         "{log}"

@@ -355,15 +355,7 @@ listeners:
     );
     let failed = connect(outbound, "dead.example:443").await;
     assert_refused(&failed, 502, "upstream_unavailable");
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
-    assert_eventually!(read().len() >= 2, "two lines: {:?}", read());
-    let lines = read();
+    let lines = crate::support::wait_log_lines(&log, 2).await;
     let by_route = |route: &str| {
         lines
             .iter()

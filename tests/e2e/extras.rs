@@ -402,15 +402,7 @@ async fn a_keyed_requests_bytes_are_logged_once() {
     assert_eq!(&first.body[..], b"pay 10");
     let again = http::post(addr, "/echo", &key, "pay 10").await;
     assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
-    assert_eventually!(read().len() >= 2, "two lines: {:?}", read());
-    let lines = read();
+    let lines = crate::support::wait_log_lines(&log, 2).await;
     for line in &lines {
         assert_eq!(line["bytes_in"], 6, "{line}");
         assert_eq!(line["bytes_out"], 6, "{line}");

@@ -153,3 +153,22 @@ macro_rules! assert_eventually {
         }
     }};
 }
+
+/// The lines of the access log at `path` (JSON objects); panics on a line that is not one.
+pub fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits until the access log at `path` holds `n` lines, and returns them.
+pub async fn wait_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    assert_eventually!(
+        log_lines(path).len() >= n,
+        "{n} lines: {:?}",
+        log_lines(path)
+    );
+    log_lines(path)
+}
