@@ -76,6 +76,20 @@ pub struct Entry {
     pub errors: Vec<String>,
 }
 
+// === impl Entry ===
+
+impl Entry {
+    /// A start that failed (`errors`), with the sha256 of the config text it tried.
+    pub fn failed_start(sha256: String, errors: Vec<String>) -> Entry {
+        Entry {
+            event: Event::Start,
+            source: Source::Start,
+            sha256: Some(sha256),
+            errors,
+        }
+    }
+}
+
 /// The serialised form; field order is the line's order.
 #[derive(Serialize)]
 struct Line<'a> {

@@ -79,13 +79,14 @@ pub fn audit_file_of(text: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// A key of the policy file named by what holds it, for errors found after validation.
-#[derive(Clone, Copy, Debug)]
-pub enum KeyAt<'a> {
-    /// A key of `listeners[i]`.
-    Listener(usize, &'a str),
-    /// A key of `upstreams.NAME`.
-    Upstream(&'a str, &'a str),
+/// A listener or an upstream of the policy file, for errors about its keys found after
+/// validation (its TLS files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// `listeners[i]`.
+    Listener(usize),
+    /// `upstreams.NAME`.
+    Upstream(String),
 }
 
 /// Every problem found in one policy file.
@@ -125,17 +126,16 @@ impl Config {
         })
     }
 
-    /// An error found after validation (a TLS file that cannot be used), placed at the key `at`
-    /// as written in the file this config was read from, read again for it (only on this
+    /// An error found after validation (a TLS file that cannot be used), placed at `key` of
+    /// `at` as written in the file this config was read from, read again for it (only on this
     /// error path); without a place when there is no file or it cannot be read now.
-    pub fn error_at(&self, at: KeyAt<'_>, message: String) -> ConfigError {
+    pub fn error_at(&self, at: &Section, key: &str, message: String) -> ConfigError {
+        let root = locate::KeyPath::default();
         let path = match at {
-            KeyAt::Listener(i, key) => locate::KeyPath::default().key("listeners").idx(i).key(key),
-            KeyAt::Upstream(name, key) => locate::KeyPath::default()
-                .key("upstreams")
-                .key(name)
-                .key(key),
-        };
+            Section::Listener(i) => root.key("listeners").idx(*i),
+            Section::Upstream(name) => root.key("upstreams").key(name),
+        }
+        .key(key);
         let text = self
             .path
             .as_ref()

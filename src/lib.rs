@@ -91,12 +91,8 @@ pub fn audit_refused_start(path: &std::path::Path, errors: &config::ConfigErrors
     let Some(file) = config::audit_file_of(&String::from_utf8_lossy(&text)) else {
         return;
     };
-    let entry = audit::Entry {
-        event: audit::Event::Start,
-        source: audit::Source::Start,
-        sha256: Some(audit::sha256_hex(&text)),
-        errors: errors.0.iter().map(|e| e.to_string()).collect(),
-    };
+    let errors = errors.0.iter().map(|e| e.to_string()).collect();
+    let entry = audit::Entry::failed_start(audit::sha256_hex(&text), errors);
     let failures = prometheus::IntCounter::new("unused", "a refused start exports no metrics");
     if let Ok(failures) = failures {
         audit::AuditLog::new(failures).record(Some(&file), &entry);
@@ -131,12 +127,8 @@ impl Rampart {
                     error,
                 };
                 // A start attempt all the same (SPEC §11), as one whose listener cannot bind.
-                let entry = audit::Entry {
-                    event: audit::Event::Start,
-                    source: audit::Source::Start,
-                    sha256: Some(config.sha256.clone()),
-                    errors: vec![failed.to_string()],
-                };
+                let entry =
+                    audit::Entry::failed_start(config.sha256.clone(), vec![failed.to_string()]);
                 audit.record(audit_path(&config), &entry);
                 return Err(failed);
             }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::{Entry, Event, Source};
-use crate::config::{Config, ConfigErrors, KeyAt};
+use crate::config::{Config, ConfigErrors};
 use crate::generation::Generation;
 use crate::proxy::listener;
 use crate::proxy::shared::Shared;
-use crate::tls::{TlsFileProblem, TlsFiles, TlsSite};
+use crate::tls::{TlsFileProblem, TlsFiles};
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -188,13 +188,7 @@ pub fn tls_errors(cfg: &Config, problems: Vec<TlsFileProblem>) -> ConfigErrors {
     ConfigErrors(
         problems
             .into_iter()
-            .map(|p| {
-                let at = match &p.site {
-                    TlsSite::Listener(i) => KeyAt::Listener(*i, "tls"),
-                    TlsSite::Upstream(name) => KeyAt::Upstream(name, "tls"),
-                };
-                cfg.error_at(at, p.error.to_string())
-            })
+            .map(|p| cfg.error_at(&p.site, "tls", p.error.to_string()))
             .collect(),
     )
 }

@@ -38,7 +38,7 @@ pub mod server;
 
 pub use client::{check_client, client_config, connect};
 pub use error::{HandshakeError, TlsFileError};
-pub use files::{TlsFileProblem, TlsFiles, TlsSite};
+pub use files::{TlsFileProblem, TlsFiles};
 pub use server::{accept, check_server, server_config, ConnInfo, ReloadableAcceptor};
 
 /// The longest tenant id taken from a client certificate, in bytes. 2048 is the longest URI a

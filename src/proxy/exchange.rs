@@ -282,15 +282,17 @@ pub(super) async fn try_once(
                 };
             }
             let outcome = match &e {
-                SendError::Connect { timed_out, .. } => {
+                SendError::Connect { .. } | SendError::Handshake { .. } => {
                     up.connect_failed(&ep);
-                    if *timed_out {
+                    if matches!(
+                        e,
+                        SendError::Connect {
+                            timed_out: true,
+                            ..
+                        }
+                    ) {
                         ctx.route.metrics.timeout_connect.inc();
                     }
-                    Outcome::ConnectError
-                }
-                SendError::Handshake { .. } => {
-                    up.connect_failed(&ep);
                     Outcome::ConnectError
                 }
                 SendError::Reset(_) => Outcome::Reset,

@@ -12,6 +12,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use super::{client_config, server_config, TlsFileError};
 use crate::config::file::File;
+use crate::config::Section;
 
 /// The TLS configs of one policy file: per listener name and per upstream name.
 #[derive(Debug, Default)]
@@ -26,18 +27,9 @@ pub struct TlsFiles {
 #[derive(Debug)]
 pub struct TlsFileProblem {
     /// Whose `tls` section.
-    pub site: TlsSite,
+    pub site: Section,
     /// What is wrong (the message names the file).
     pub error: TlsFileError,
-}
-
-/// A `tls` section of the policy file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TlsSite {
-    /// `listeners[i].tls`.
-    Listener(usize),
-    /// `upstreams.NAME.tls`.
-    Upstream(String),
 }
 
 // === impl TlsFiles ===
@@ -54,7 +46,7 @@ impl TlsFiles {
                     out.listeners.insert(l.name.clone(), c);
                 }
                 Err(error) => problems.push(TlsFileProblem {
-                    site: TlsSite::Listener(i),
+                    site: Section::Listener(i),
                     error,
                 }),
             }
@@ -66,7 +58,7 @@ impl TlsFiles {
                     out.upstreams.insert(name.clone(), c);
                 }
                 Err(error) => problems.push(TlsFileProblem {
-                    site: TlsSite::Upstream(name.clone()),
+                    site: Section::Upstream(name.clone()),
                     error,
                 }),
             }

@@ -82,3 +82,26 @@ fn idempotency_bounds_are_checked() {
         "policies.p.idempotency.ttl",
     );
 }
+
+/// What a refused start reads of its file, leniently: only a written `audit.file` scalar, and
+/// nothing from text that is no YAML, a list, an empty value or a file that names none.
+#[test]
+fn the_audit_file_of_a_refused_text_is_read_leniently() {
+    use super::super::audit_file_of;
+    use std::path::PathBuf;
+    let named = "version: 1\naudit: { file: /tmp/a.jsonl }\nbogus: [\n";
+    assert_eq!(audit_file_of(named), None, "unreadable YAML names nothing");
+    let named = "version: 1\naudit: { file: \"/tmp/a b.jsonl\" }\nlisteners: 7\n";
+    assert_eq!(audit_file_of(named), Some(PathBuf::from("/tmp/a b.jsonl")));
+    for text in [
+        "",
+        "\u{0}\u{1}garbage",
+        "audit: [ /tmp/a.jsonl ]",
+        "audit: { file: [ /tmp/a.jsonl ] }",
+        "audit: { file: \"\" }",
+        "audit:\n  other: /tmp/a.jsonl",
+        "version: 1",
+    ] {
+        assert_eq!(audit_file_of(text), None, "{text:?}");
+    }
+}

@@ -62,9 +62,9 @@ impl KeyStore {
 
     /// Puts `keys` in force; a set that differs from the one before starts a new epoch.
     pub(crate) fn set(&self, keys: Vec<Key>) {
-        let old = self.keys.swap(Arc::new(keys));
-        let now = self.keys.load();
-        if !old.iter().map(|k| &k.jwk).eq(now.iter().map(|k| &k.jwk)) {
+        let keys = Arc::new(keys);
+        let old = self.keys.swap(keys.clone());
+        if !old.iter().map(|k| &k.jwk).eq(keys.iter().map(|k| &k.jwk)) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.loaded.store(true, Ordering::Release);
