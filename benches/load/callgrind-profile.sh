@@ -22,6 +22,8 @@
 #                          over; 0: each request on a connection of its own (`Connection:
 #                          close`), so a connection's accept, set-up and close are in the count
 #   WARMUP [500]  REQUESTS [2000]  TOP [25]  BASE_PORT [18800]
+#   DUMP_INSTR [no]        yes: the dump counts each instruction (callgrind's --dump-instr), so
+#                          the calls of a function (memcpy) can be told apart by call site
 #   RAMPART_BIN [cargo build --release]   OUT [target/bench-callgrind-profile]
 #   CACHE_SIM [0]          1: also run callgrind's cache model (32 KiB 8-way level-1 caches
 #                          with 64-byte lines, a 32 MiB last level: this machine's, given
@@ -90,7 +92,7 @@ render_tmpl "$template" "$work/rampart.yaml" "$work" "$listen" "127.0.0.1:$port"
 mkdir -p "$OUT"
 dump=$OUT/callgrind.out
 rm -f "$dump" "$dump".*
-start rampart env RAMPART_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --dump-instr=no \
+start rampart env RAMPART_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --dump-instr=${DUMP_INSTR:-no} \
     "${cache_args[@]}" --callgrind-out-file="$dump" \
     "$rampart" run --config "$work/rampart.yaml" --log-format text
 # Slow under valgrind: give it up to a minute to answer its first request.
