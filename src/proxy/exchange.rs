@@ -61,9 +61,10 @@ pub fn run<'a>(
 ) -> impl Future<Output = Response<Body>> + 'a {
     async move {
         forward::prepare_request(&mut req, ctx.peer, ctx.sent);
-        let (parts, incoming) = req.into_parts();
-        let mut spent = Spent(parts);
-        let parts = &mut spent.0;
+        let (mut parts, incoming) = req.into_parts();
+        // A guard on the head where it lies: moving it into one cost a copy of its 224 bytes.
+        let spent = Spent(&mut parts);
+        let parts = &mut *spent.0;
         // Most requests carry no body: nothing to watch, buffer or blame, and nothing allocated.
         if http_body::Body::is_end_stream(&incoming) {
             let retry = ctx.route.policy.retry.as_ref();
@@ -142,9 +143,9 @@ pub fn run<'a>(
 
 /// The request's head while its tries run. When the request is done with it, its header map,
 /// emptied, is kept for the next answer read on this thread (`spare`).
-struct Spent(Parts);
+struct Spent<'a>(&'a mut Parts);
 
-impl Drop for Spent {
+impl Drop for Spent<'_> {
     fn drop(&mut self) {
         spare::keep(std::mem::take(&mut self.0.headers));
     }
