@@ -43,13 +43,23 @@ use crate::policy::timeout::per_try_timeout;
 /// Longest wait before a retry when the policy sets no request deadline.
 const MAX_WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// What one try left behind.
+/// What one try left behind besides its answer (which [`try_once`] returns: an answer moved
+/// inside a larger value is copied once more on its way out, and most requests need only it).
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Tried {
     outcome: Outcome,
-    /// The answer to give if this try is the last.
-    pub(super) rsp: Response<Body>,
     /// The endpoint it went to.
     used: Option<SocketAddr>,
+}
+
+impl Tried {
+    /// Before a try has ended (and what a request that needs only the answer passes).
+    pub(super) const fn new() -> Tried {
+        Tried {
+            outcome: Outcome::Cancelled,
+            used: None,
+        }
+    }
 }
 
 /// Steps 5–8 for one request that has passed the route's admission policies. (Not an `async
@@ -77,7 +87,7 @@ pub fn run<'a>(
                     if let Some(r) = retry {
                         r.budget.deposit();
                     }
-                    try_once(ctx, parts, Body::Empty, None, None).await.rsp
+                    try_once(ctx, parts, Body::Empty, None, None, &mut Tried::new()).await
                 }
             };
         }
@@ -99,9 +109,7 @@ pub fn run<'a>(
                 return match replay {
                     Some(r) => retry_loop(ctx, r, parts, bytes, None).await,
                     None => {
-                        try_once(ctx, parts, Body::full(bytes), None, None)
-                            .await
-                            .rsp
+                        try_once(ctx, parts, Body::full(bytes), None, None, &mut Tried::new()).await
                     }
                 };
             }
@@ -116,9 +124,15 @@ pub fn run<'a>(
                 if let Some(r) = other {
                     r.budget.deposit();
                 }
-                return try_once(ctx, parts, Body::Client(body), None, Some(&fault))
-                    .await
-                    .rsp;
+                return try_once(
+                    ctx,
+                    parts,
+                    Body::Client(body),
+                    None,
+                    Some(&fault),
+                    &mut Tried::new(),
+                )
+                .await;
             }
         };
         retry.budget.deposit();
@@ -131,7 +145,7 @@ pub fn run<'a>(
         match buffered {
             Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, parts, b, Some(&fault)).await,
             Ok(Buffered::Streaming(body)) => {
-                try_once(ctx, parts, body, None, Some(&fault)).await.rsp
+                try_once(ctx, parts, body, None, Some(&fault), &mut Tried::new()).await
             }
             Err(e) => {
                 tracing::debug!(error = %e, "client request body failed");
@@ -169,32 +183,34 @@ pub(super) async fn retry_loop(
     let mut avoid = None;
     let mut attempt = 1;
     loop {
-        let mut tried = try_once(ctx, parts, Body::full(body.clone()), avoid, fault).await;
+        let mut tried = Tried::new();
+        let replay = Body::full(body.clone());
+        let mut rsp = try_once(ctx, parts, replay, avoid, fault, &mut tried).await;
         if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
-            return tried.rsp;
+            return rsp;
         }
         // `retry-after` is read below.
-        whole_headers(&mut tried.rsp);
+        whole_headers(&mut rsp);
         if breaker_open(ctx) {
             // A retry never goes to an upstream whose breaker is open; the last try's answer
             // says more than a refusal would.
-            return tried.rsp;
+            return rsp;
         }
         let remaining = match ctx.deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => MAX_WAIT_WITHOUT_DEADLINE,
         };
-        let asked = parse_retry_after(tried.rsp.headers(), SystemTime::now());
+        let asked = parse_retry_after(rsp.headers(), SystemTime::now());
         let Some(wait) = wait_before_retry(retry.backoff.random_delay(attempt), asked, remaining)
         else {
-            return tried.rsp;
+            return rsp;
         };
         if !retry.budget.try_withdraw() {
             ctx.route.metrics.retry_budget_exhausted.inc();
-            return tried.rsp;
+            return rsp;
         }
         ctx.route.metrics.retries.inc();
-        drop(tried.rsp);
+        drop(rsp);
         avoid = tried.used;
         attempt += 1;
         if !wait.is_zero() {
@@ -213,24 +229,26 @@ enum Bound {
 /// Steps 7–8: one try of the request of head `parts` and body `body` against one endpoint,
 /// under the earlier of its deadlines. The try may add `traceparent` (for its span) to `parts`;
 /// a request without `host` is sent with this endpoint's (by the writer, not in `parts`), so a
-/// retry to another endpoint names its own.
+/// retry to another endpoint names its own. Returns the answer; how the try ended, and where
+/// it went, are left in `tried`.
 pub(super) async fn try_once(
     ctx: &RequestCtx<'_>,
     parts: &mut Parts,
     body: Body,
     avoid: Option<SocketAddr>,
     fault: Option<&FaultCell>,
-) -> Tried {
+    tried: &mut Tried,
+) -> Response<Body> {
     let up = &ctx.route.upstream;
     // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
     let permit = match admit(ctx) {
         Ok(p) => p,
         Err(rsp) => {
-            return Tried {
+            *tried = Tried {
                 outcome: Outcome::Cancelled,
-                rsp: *rsp,
                 used: None,
-            }
+            };
+            return *rsp;
         }
     };
     // One reading of the time for the pick and the try's start.
@@ -240,11 +258,11 @@ pub(super) async fn try_once(
             p.record(Outcome::ConnectError, Duration::ZERO);
         }
         let msg = format!("upstream {} has no healthy endpoint", up.name);
-        return Tried {
+        *tried = Tried {
             outcome: Outcome::ConnectError,
-            rsp: answer(Reason::UpstreamUnavailable, &msg, None),
             used: None,
         };
+        return answer(Reason::UpstreamUnavailable, &msg, None);
     };
     let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
         let limit = per_try_timeout(p, &up.latency);
@@ -271,16 +289,17 @@ pub(super) async fn try_once(
             let outcome = Outcome::Status(rsp.status().as_u16());
             record.finish(outcome);
             forward::strip_hop_by_hop(rsp.headers_mut());
-            Tried { outcome, rsp, used }
+            *tried = Tried { outcome, used };
+            rsp
         }
         Ok(Err(e)) => {
             if let Some(f) = fault.and_then(FaultCell::get) {
                 record.finish(Outcome::ClientFault);
-                return Tried {
+                *tried = Tried {
                     outcome: Outcome::ClientFault,
-                    rsp: client_fault_answer(f),
                     used,
                 };
+                return client_fault_answer(f);
             }
             let outcome = match &e {
                 SendError::Connect { .. } | SendError::Handshake { .. } => {
@@ -309,8 +328,8 @@ pub(super) async fn try_once(
                 _ => "connection lost to",
             };
             let msg = format!("{what} upstream {} ({})", up.name, ep.addr);
-            let rsp = answer(Reason::UpstreamUnavailable, &msg, None);
-            Tried { outcome, rsp, used }
+            *tried = Tried { outcome, used };
+            answer(Reason::UpstreamUnavailable, &msg, None)
         }
         Err(bound) => {
             record.finish(Outcome::Timeout);
@@ -332,12 +351,11 @@ pub(super) async fn try_once(
                 "no answer from upstream {} ({}) within {:?}",
                 up.name, ep.addr, limit
             );
-            let rsp = answer(Reason::Timeout, &msg, None);
-            Tried {
+            *tried = Tried {
                 outcome: Outcome::Timeout,
-                rsp,
                 used,
-            }
+            };
+            answer(Reason::Timeout, &msg, None)
         }
     }
 }

@@ -17,7 +17,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 
 use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
 use super::ctx::RequestCtx;
-use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline};
+use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline, Tried};
 use super::forward;
 use super::respond::{self, answer};
 use super::tee::{Ending, Keeper, Tee};
@@ -125,12 +125,18 @@ async fn run_read(
             retry_loop(ctx, r, &mut parts, b, Some(fault)).await
         }
         (_, Buffered::Replayable(b)) => {
-            try_once(ctx, &mut parts, Body::full(b), None, Some(fault))
-                .await
-                .rsp
+            try_once(
+                ctx,
+                &mut parts,
+                Body::full(b),
+                None,
+                Some(fault),
+                &mut Tried::new(),
+            )
+            .await
         }
         (_, Buffered::Streaming(body)) => {
-            try_once(ctx, &mut parts, body, None, Some(fault)).await.rsp
+            try_once(ctx, &mut parts, body, None, Some(fault), &mut Tried::new()).await
         }
     }
 }
