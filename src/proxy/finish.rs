@@ -116,12 +116,25 @@ impl<'a> Finish<'a> {
     /// try; the idempotency store is claimed before the tries and written as the body ends).
     /// Otherwise the clock is read here.
     pub fn answer(
-        mut self,
+        self,
         tm: &Arc<TenantMetrics>,
         mut rsp: Response<Body>,
         limit: Option<&str>,
         tries: TryStats,
     ) -> Response<Body> {
+        self.answer_in_place(tm, &mut rsp, limit, tries);
+        rsp
+    }
+
+    /// [`Finish::answer`] on an answer where it lies: the exchange's answer, on every request
+    /// that reaches the upstream, is not copied into this call and back out of it.
+    pub fn answer_in_place(
+        mut self,
+        tm: &Arc<TenantMetrics>,
+        rsp: &mut Response<Body>,
+        limit: Option<&str>,
+        tries: TryStats,
+    ) {
         let status = rsp.status().as_u16();
         tm.count(status);
         let now = tries.ended.unwrap_or_else(Instant::now);
@@ -131,7 +144,7 @@ impl<'a> Finish<'a> {
         // rampart's own answer is a static value: its copy costs no allocation.)
         let own = rsp.headers().get(REASON_HEADER).cloned();
         if own.is_some() {
-            with_request_id(&mut rsp, self.request_id);
+            with_request_id(rsp, self.request_id);
         }
         // An upstream's plain answer keeps its lines beside an empty map, and says whether they
         // hold an id; if not, the id is kept beside them too (written after them).
@@ -183,7 +196,6 @@ impl<'a> Finish<'a> {
             }
         }
         rsp.body_mut().hold(self.guards);
-        rsp
     }
 
     /// The debug line that explains a non-2xx answer: rampart's own (with its reason and the

@@ -301,7 +301,8 @@ pub fn handle<'a>(
             // With `headers: true`, admitted answers say how much is left too.
             decision.write_headers(rsp.headers_mut());
         }
-        fin.answer(&tm, rsp, None, tries)
+        fin.answer_in_place(&tm, &mut rsp, None, tries);
+        rsp
     }
 }
 

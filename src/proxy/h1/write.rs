@@ -21,7 +21,6 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::response::Parts;
 use http::{Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -93,18 +92,18 @@ enum Line {
     Coding(bool),
 }
 
-/// Appends the head of the answer `parts` to `dst`, and says how its body must follow. `raw`:
+/// Appends the head of the answer `parts` (its body is not read) to `dst`, and says how its body must follow. `raw`:
 /// an upstream's header lines that are not in the map, written as they came before the map's
 /// (their `content-length`, if any, is the body's `Len::Known`; see `pool::h1::RawLines`).
-pub fn encode_head(
+pub fn encode_head<B>(
     dst: &mut Vec<u8>,
-    parts: &Parts,
+    parts: &Response<B>,
     raw: Option<&RawLines>,
     ask: Ask,
     body: Len,
     date: &[u8],
 ) -> Result<Plan, Unsendable> {
-    let status = parts.status;
+    let status = parts.status();
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         // hyper cannot send a 1xx as a final answer: it sends a bare 500 and closes.
         dst.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n");
@@ -119,8 +118,8 @@ pub fn encode_head(
     // to an HTTP/1.1 client it leaves.
     let mut add: Option<&'static [u8]> = None;
     let http10_out = if ask.http10 {
-        if !any_token(&parts.headers, b"keep-alive") {
-            match parts.version {
+        if !any_token(&parts.headers(), b"keep-alive") {
+            match parts.version() {
                 Version::HTTP_10 => keep_alive = false,
                 Version::HTTP_11 if keep_alive => add = Some(b"keep-alive"),
                 _ => {}
@@ -128,13 +127,13 @@ pub fn encode_head(
         }
         true
     } else {
-        if !keep_alive && !any_token(&parts.headers, b"close") {
+        if !keep_alive && !any_token(&parts.headers(), b"close") {
             add = Some(b"close");
         }
-        parts.version == Version::HTTP_10
+        parts.version() == Version::HTTP_10
     };
     let mut last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
-    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    let reason = parts.extensions().get::<hyper::ext::ReasonPhrase>();
     if !http10_out && status == StatusCode::OK && reason.is_none() {
         dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -172,7 +171,7 @@ pub fn encode_head(
             wrote_len = true;
         }
     }
-    for (name, value) in parts.headers.iter() {
+    for (name, value) in parts.headers().iter() {
         // Values of one name come together, under the same name reference.
         let same = prev.is_some_and(|p| std::ptr::eq(p, name));
         if !same {
@@ -397,14 +396,16 @@ pub fn date() -> [u8; 29] {
 pub fn answer<'a, I>(
     io: &'a mut I,
     out: &'a mut Vec<u8>,
-    rsp: Response<Body>,
+    mut rsp: Response<Body>,
     ask: Ask,
 ) -> impl Future<Output = (bool, Option<HeaderMap>)> + 'a
 where
     I: AsyncWrite + Unpin,
 {
     async move {
-        let (mut parts, mut body) = rsp.into_parts();
+        // Its body, taken out (what it holds, the request's guards among them, goes when this
+        // ends); the rest is read where it lies, not moved out of it.
+        let mut body = std::mem::take(rsp.body_mut());
         let len = if body.is_end_stream() {
             Len::Empty
         } else {
@@ -418,10 +419,10 @@ where
             Len::Empty => false,
         });
         if fits == Some(false) {
-            body.fill_headers(&mut parts.headers);
+            body.fill_headers(rsp.headers_mut());
         }
         out.clear();
-        let plan = match encode_head(out, &parts, body.raw_lines(), ask, len, &date()) {
+        let plan = match encode_head(out, &rsp, body.raw_lines(), ask, len, &date()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "answer not sent");
@@ -429,8 +430,8 @@ where
             }
         };
         // The answer's map, emptied, holds the next request's headers.
-        parts.headers.clear();
-        let spare = Some(std::mem::take(&mut parts.headers));
+        rsp.headers_mut().clear();
+        let spare = Some(std::mem::take(rsp.headers_mut()));
         let sent = match plan.framing {
             Framing::Length(0) => {
                 // No body to send: drop it (an upstream's connection is dropped with it unless

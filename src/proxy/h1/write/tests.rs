@@ -11,9 +11,8 @@ const KEEP: Ask = Ask {
 };
 
 fn head(rsp: Response<()>, ask: Ask, len: Len) -> (String, Result<Plan, Unsendable>) {
-    let (parts, ()) = rsp.into_parts();
     let mut dst = Vec::new();
-    let plan = encode_head(&mut dst, &parts, None, ask, len, DATE_NOW);
+    let plan = encode_head(&mut dst, &rsp, None, ask, len, DATE_NOW);
     (String::from_utf8_lossy(&dst).into_owned(), plan)
 }
 
