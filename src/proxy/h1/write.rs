@@ -92,18 +92,18 @@ enum Line {
     Coding(bool),
 }
 
-/// Appends the head of the answer `parts` (its body is not read) to `dst`, and says how its body must follow. `raw`:
+/// Appends the head of the answer `rsp` (its body is not read) to `dst`, and says how its body must follow. `raw`:
 /// an upstream's header lines that are not in the map, written as they came before the map's
 /// (their `content-length`, if any, is the body's `Len::Known`; see `pool::h1::RawLines`).
 pub fn encode_head<B>(
     dst: &mut Vec<u8>,
-    parts: &Response<B>,
+    rsp: &Response<B>,
     raw: Option<&RawLines>,
     ask: Ask,
     body: Len,
     date: &[u8],
 ) -> Result<Plan, Unsendable> {
-    let status = parts.status();
+    let status = rsp.status();
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         // hyper cannot send a 1xx as a final answer: it sends a bare 500 and closes.
         dst.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n");
@@ -118,8 +118,8 @@ pub fn encode_head<B>(
     // to an HTTP/1.1 client it leaves.
     let mut add: Option<&'static [u8]> = None;
     let http10_out = if ask.http10 {
-        if !any_token(&parts.headers(), b"keep-alive") {
-            match parts.version() {
+        if !any_token(rsp.headers(), b"keep-alive") {
+            match rsp.version() {
                 Version::HTTP_10 => keep_alive = false,
                 Version::HTTP_11 if keep_alive => add = Some(b"keep-alive"),
                 _ => {}
@@ -127,13 +127,13 @@ pub fn encode_head<B>(
         }
         true
     } else {
-        if !keep_alive && !any_token(&parts.headers(), b"close") {
+        if !keep_alive && !any_token(rsp.headers(), b"close") {
             add = Some(b"close");
         }
-        parts.version() == Version::HTTP_10
+        rsp.version() == Version::HTTP_10
     };
     let mut last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
-    let reason = parts.extensions().get::<hyper::ext::ReasonPhrase>();
+    let reason = rsp.extensions().get::<hyper::ext::ReasonPhrase>();
     if !http10_out && status == StatusCode::OK && reason.is_none() {
         dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -171,7 +171,7 @@ pub fn encode_head<B>(
             wrote_len = true;
         }
     }
-    for (name, value) in parts.headers().iter() {
+    for (name, value) in rsp.headers().iter() {
         // Values of one name come together, under the same name reference.
         let same = prev.is_some_and(|p| std::ptr::eq(p, name));
         if !same {
