@@ -92,9 +92,10 @@ enum Line {
     Coding(bool),
 }
 
-/// Appends the head of the answer `rsp` (its body is not read) to `dst`, and says how its body must follow. `raw`:
-/// an upstream's header lines that are not in the map, written as they came before the map's
-/// (their `content-length`, if any, is the body's `Len::Known`; see `pool::h1::RawLines`).
+/// Appends the head of the answer `rsp` (its body is not read) to `dst`, and says how its body
+/// must follow. `raw`: an upstream's header lines that are not in the map, written as they came
+/// before the map's (their `content-length`, if any, is the body's `Len::Known`; see
+/// `pool::h1::RawLines`).
 pub fn encode_head<B>(
     dst: &mut Vec<u8>,
     rsp: &Response<B>,
