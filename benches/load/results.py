@@ -559,7 +559,8 @@ def main():
     p.append("## Goals (issue 22; the access log's, issue 25)")
     p.append("")
     if title:
-        p.append(f"_{title}: the marks below are not the result._")
+        # The heading again beside the marks (a smoke run's says they are not the result).
+        p.append(f"_{title}_")
         p.append("")
     p.append("| goal | figure | |")
     p.append("| --- | --- | --- |")
