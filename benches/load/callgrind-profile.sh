@@ -92,7 +92,7 @@ render_tmpl "$template" "$work/rampart.yaml" "$work" "$listen" "127.0.0.1:$port"
 mkdir -p "$OUT"
 dump=$OUT/callgrind.out
 rm -f "$dump" "$dump".*
-start rampart env RAMPART_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --dump-instr=${DUMP_INSTR:-no} \
+start rampart env RAMPART_WORKERS=1 RUST_LOG=warn valgrind --tool=callgrind --dump-instr="${DUMP_INSTR:-no}" \
     "${cache_args[@]}" --callgrind-out-file="$dump" \
     "$rampart" run --config "$work/rampart.yaml" --log-format text
 # Slow under valgrind: give it up to a minute to answer its first request.
