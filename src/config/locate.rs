@@ -38,8 +38,9 @@ pub(super) struct Doc {
     pub(super) root: Option<Node>,
     /// Where the text first nests deeper than [`MAX_DEPTH`], if it does.
     pub(super) too_deep: Option<Pos>,
-    /// The text is not YAML: where and why.
-    pub(super) syntax: Option<(Pos, String)>,
+    /// The text is not YAML: where, under which key (the collections the parser had open when
+    /// it stopped), and why.
+    pub(super) syntax: Option<(Pos, KeyPath, String)>,
     /// Where a second document starts (`---` after content), if there is one.
     pub(super) second_document: Option<Pos>,
 }

@@ -225,8 +225,18 @@ fn syntax_errors_and_empty_files() {
     let e = one("version: 1\nlisteners: [\n");
     assert!(e.line >= 2 && e.column >= 1, "{e:?}");
     assert!(!e.message.is_empty());
+    // Named under the key the parser was reading when it stopped.
+    assert_eq!(e.path, "listeners[0]", "{e:?}");
+    let e = one(&BASE.replace("upstream: app", "upstream: [app"));
+    assert!(e.message.starts_with("invalid YAML: "), "{e:?}");
+    assert!(
+        e.path.starts_with("listeners[0].routes[0].upstream"),
+        "{e:?}"
+    );
     let e = one("version: 1\n\tbad: 2\n");
     assert_eq!((e.line, e.column), (2, 1));
+    // A tab is looked for past where the parser stopped: no key is named for it.
+    assert_eq!(e.path, "", "{e:?}");
     for empty in ["", "\n\n", "# only a comment\n", "---\n"] {
         let e = one(empty);
         assert!(e.message.starts_with("the policy file is empty"), "{e:?}");

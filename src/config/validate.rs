@@ -87,8 +87,14 @@ fn read(text: &str, origin: &str) -> Result<Doc, ConfigErrors> {
         let m = format!("the file nests deeper than {MAX_DEPTH} levels");
         return whole(origin, at, m);
     }
-    if let Some((at, m)) = doc.syntax.take() {
-        return whole(origin, at, m);
+    if let Some(((line, column), path, message)) = doc.syntax.take() {
+        return Err(ConfigErrors(vec![ConfigError {
+            origin: origin.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+        }]));
     }
     if let Some((line, _)) = doc.second_document {
         let m = "the file holds more than one YAML document (a second `---`); rampart reads one";

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, SpannedEventReceiver};
 
-use super::{Doc, Entry, Node, Pos, MAX_DEPTH};
+use super::{Doc, Entry, KeyPath, Node, Pos, MAX_DEPTH};
 
 /// Most nodes one file may expand to, aliases included.
 const MAX_NODES: usize = 100_000;
@@ -56,20 +56,21 @@ pub(super) fn parse(text: &str) -> Doc {
         Err(e) if e.info().contains("recursion limit") => {
             doc.too_deep = doc.too_deep.or(Some(pos(*e.marker())));
         }
-        Err(e) => doc.syntax = Some(syntax_error(text, &e)),
+        Err(e) => doc.syntax = Some(syntax_error(text, &e, b.open_path())),
         Ok(()) if b.too_big.is_some() => {
             let at = b.too_big.unwrap_or((1, 1));
             let m = format!("the file expands to more than {MAX_NODES} values through aliases");
-            doc.syntax = Some((at, m));
+            doc.syntax = Some((at, KeyPath::default(), m));
         }
         Ok(()) => doc.root = b.root,
     }
     doc
 }
 
-/// The parser's complaint, with tabs named for what they are: the parser notices a tab
-/// where it ends the token before it, so the tab itself is looked for from there on.
-fn syntax_error(text: &str, e: &ScanError) -> (Pos, String) {
+/// The parser's complaint, under the key it was reading (`open`), with tabs named for what
+/// they are: the parser notices a tab where it ends the token before it, so the tab itself is
+/// looked for from there on (and the key it was reading is not the tab's: none is named).
+fn syntax_error(text: &str, e: &ScanError, open: KeyPath) -> (Pos, KeyPath, String) {
     let (line, col) = pos(*e.marker());
     if e.info().contains("tab") {
         let lines = text.lines().enumerate().skip(line.saturating_sub(1));
@@ -77,20 +78,34 @@ fn syntax_error(text: &str, e: &ScanError) -> (Pos, String) {
             let indent = &l[..l.len() - l.trim_start().len()];
             if let Some(t) = indent.find('\t') {
                 let m = "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces";
-                return ((i + 1, t + 1), m.into());
+                return ((i + 1, t + 1), KeyPath::default(), m.into());
             }
             if let Some(t) = l.find('\t') {
                 let m = "a tab where YAML allows none (it indents and separates with spaces); replace the tab with spaces";
-                return ((i + 1, t + 1), m.into());
+                return ((i + 1, t + 1), KeyPath::default(), m.into());
             }
         }
     }
-    ((line, col), format!("invalid YAML: {}", e.info()))
+    ((line, col), open, format!("invalid YAML: {}", e.info()))
 }
 
 // === impl Builder ===
 
 impl Builder {
+    /// Where the parser stood when it stopped: the key or item each collection still open was
+    /// reading. A mapping between two entries ends the path (nothing below it is open).
+    fn open_path(&self) -> KeyPath {
+        let mut path = KeyPath::default();
+        for open in &self.stack {
+            path = match open {
+                Open::Seq(_, _, items) => path.idx(items.len()),
+                Open::Map(_, _, _, Some((key, _))) => path.key(key),
+                Open::Map(_, _, _, None) => break,
+            };
+        }
+        path
+    }
+
     /// Places a finished node in the collection that is open, or makes it the root.
     fn push(&mut self, node: Node, at: Pos, key_text: Option<String>) {
         match self.stack.last_mut() {
