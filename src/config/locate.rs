@@ -8,6 +8,7 @@
 
 mod build;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -134,12 +135,22 @@ impl KeyPath {
     }
 }
 
+/// A key of the file as an error message shows it: as written, unless it holds control
+/// characters (an escape sequence, a line break), which are escaped (`\u{1b}`, `\n`), so that
+/// a file's text cannot recolour a terminal or forge a log line through an error about it.
+pub(in crate::config) fn printable(key: &str) -> Cow<'_, str> {
+    match key.chars().any(char::is_control) {
+        true => Cow::Owned(key.escape_debug().to_string()),
+        false => Cow::Borrowed(key),
+    }
+}
+
 impl fmt::Display for KeyPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, s) in self.0.iter().enumerate() {
             match s {
-                Seg::Key(k) if i == 0 => f.write_str(k)?,
-                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Key(k) if i == 0 => f.write_str(&printable(k))?,
+                Seg::Key(k) => write!(f, ".{}", printable(k))?,
                 Seg::Index(n) => write!(f, "[{n}]")?,
             }
         }

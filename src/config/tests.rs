@@ -248,6 +248,52 @@ fn syntax_errors_and_empty_files() {
     );
 }
 
+/// A key holding an escape sequence or a line break is shown escaped wherever an error names
+/// it (its path, an unknown key, the names a reference could have meant, a syntax error under
+/// it): a file cannot recolour the terminal or forge a log line through `validate` or a reload.
+#[test]
+fn control_characters_in_keys_are_escaped_in_errors() {
+    let hostile = "\"x\\e[31m\\nfake: line\"";
+    let texts = [
+        // An unknown key at the top.
+        format!("{BASE}{hostile}: 1\n"),
+        // A bad value under it.
+        BASE.replace(
+            "  app:\n",
+            &format!("  app:\n  {hostile}: {{endpoints: 5}}\n"),
+        ),
+        // A reference to a name that is not there, whose known names include it.
+        BASE.replace(
+            "  app:\n",
+            &format!("  {hostile}:\n    endpoints: [127.0.0.1:1]\n  app:\n"),
+        )
+        .replace("upstream: app", "upstream: ap"),
+        // A syntax error under it.
+        BASE.replace("  app:\n", &format!("  {hostile}: [\n")),
+    ];
+    for text in &texts {
+        let all = errors(text);
+        assert!(!all.is_empty(), "no error for:\n{text}");
+        for e in all {
+            let shown = e.to_string();
+            assert!(
+                !shown.chars().any(char::is_control),
+                "a raw control character in: {shown:?}"
+            );
+            if shown.contains("x\\u{1b}") {
+                assert!(shown.contains("x\\u{1b}[31m\\nfake: line"), "{shown:?}");
+            }
+        }
+    }
+    let e = one(&format!("{BASE}{hostile}: 1\n"));
+    assert_eq!(e.path, "x\\u{1b}[31m\\nfake: line");
+    assert!(
+        e.message
+            .starts_with("unknown key \"x\\u{1b}[31m\\nfake: line\""),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn duplicate_keys_are_refused() {
     let e = one(&BASE.replace(

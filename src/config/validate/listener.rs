@@ -219,7 +219,7 @@ fn check_breakers(f: &File, r: &mut Report<'_>) {
 
 /// `known: a, b` or `none are defined`, for messages about a dangling reference.
 fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let all: Vec<&str> = names.map(String::as_str).collect();
+    let all: Vec<_> = names.map(|n| crate::config::locate::printable(n)).collect();
     if all.is_empty() {
         "none are defined".into()
     } else {

@@ -25,16 +25,17 @@ pub(super) fn expected(exp: &str) -> String {
 
 /// `unknown key "x"; did you mean "y"?`, or the list of what is allowed.
 pub(super) fn unknown(what: &str, name: &str, expected: &[&str]) -> String {
+    let shown = crate::config::locate::printable(name);
     let close = expected
         .iter()
         .map(|e| (edit_distance(name, e), e))
         .filter(|(d, e)| *d <= 2.max(e.len() / 4))
         .min_by_key(|(d, _)| *d);
     match close {
-        Some((_, e)) => format!("unknown {what} \"{name}\"; did you mean \"{e}\"?"),
-        None if expected.is_empty() => format!("unknown {what} \"{name}\": none is allowed here"),
+        Some((_, e)) => format!("unknown {what} \"{shown}\"; did you mean \"{e}\"?"),
+        None if expected.is_empty() => format!("unknown {what} \"{shown}\": none is allowed here"),
         None => format!(
-            "unknown {what} \"{name}\"; expected one of: {}",
+            "unknown {what} \"{shown}\"; expected one of: {}",
             expected.join(", ")
         ),
     }
