@@ -137,11 +137,12 @@ fn raise_open_file_limit() {
     }
 }
 
-/// How many workers serve connections: `RAMPART_WORKERS`, else one per core.
 /// Most worker threads `RAMPART_WORKERS` may ask for: far past any core count, short of what
 /// would run the process out of threads or descriptors before it serves.
 const MAX_WORKERS: usize = 256;
 
+/// How many workers serve connections: `RAMPART_WORKERS` (at most [`MAX_WORKERS`]), else one
+/// per core.
 fn worker_count() -> usize {
     let cores = || std::thread::available_parallelism().map_or(1, usize::from);
     match std::env::var("RAMPART_WORKERS") {

@@ -304,13 +304,10 @@ pub(super) async fn try_once(
             let outcome = match &e {
                 SendError::Connect { .. } | SendError::Handshake { .. } => {
                     up.connect_failed(&ep);
-                    if matches!(
-                        e,
-                        SendError::Connect {
-                            timed_out: true,
-                            ..
-                        }
-                    ) {
+                    if let SendError::Connect {
+                        timed_out: true, ..
+                    } = e
+                    {
                         ctx.route.metrics.timeout_connect.inc();
                     }
                     Outcome::ConnectError

@@ -865,10 +865,10 @@ mod tests {
     }
 
     /// A connection serving requests holds the request path's futures inline: 4,928 bytes in
-    /// a test build of rustc 1.95 (5,136 before its buffers were boxed, 6,144 before the path's `async fn`s became `fn`s returning
-    /// `async move` blocks, 5,056 before parking added its state, 5,152 before hyper's part
-    /// moved out to the connection's task). An `async fn` taking the
-    /// request or the peer by value adds their size again.
+    /// a test build of rustc 1.95 (5,136 before its buffers were boxed, 6,144 before the path's
+    /// `async fn`s became `fn`s returning `async move` blocks, 5,056 before parking added its
+    /// state, 5,152 before hyper's part moved out to the connection's task). An `async fn`
+    /// taking the request or the peer by value adds their size again.
     #[test]
     fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);

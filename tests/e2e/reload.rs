@@ -295,9 +295,7 @@ async fn gauges_of_what_a_reload_removes_go_with_it() {
         "{text}"
     );
 
-    proxy.rewrite_config(&gauges(&app_ep, "timeout: { request: 5s }"));
-    let rsp = http::post(admin, "/reload", &[], "").await;
-    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    reload_to(&mut proxy, &gauges(&app_ep, "timeout: { request: 5s }")).await;
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
     let text = metrics(admin).await;
     for gone in [
@@ -382,9 +380,7 @@ async fn a_route_that_moves_upstream_keeps_the_series_its_shedder_writes() {
     let before = limit(&metrics(admin).await, "app");
     assert!(before.is_some_and(|v| v >= 8.0), "{before:?}");
 
-    proxy.rewrite_config(&NAMED.replace("$UP", "other"));
-    let rsp = http::post(admin, "/reload", &[], "").await;
-    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    reload_to(&mut proxy, &NAMED.replace("$UP", "other")).await;
     assert_eq!(
         http::get(proxy.listener("inbound"), "/ok", &[])
             .await
@@ -443,9 +439,7 @@ async fn a_request_in_flight_under_a_removed_upstream_writes_no_series_back() {
         a.hits() + b.hits() == 1,
         "the slow request must be in flight"
     );
-    proxy.rewrite_config(&without);
-    let rsp = http::post(admin, "/reload", &[], "").await;
-    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    reload_to(&mut proxy, &without).await;
     let text = metrics(admin).await;
     assert!(
         metrics::label_values(&text, "rampart_upstream_endpoint_healthy", "upstream") == ["app"],
@@ -464,4 +458,12 @@ async fn a_request_in_flight_under_a_removed_upstream_writes_no_series_back() {
         ["app"],
         "{text}"
     );
+}
+
+/// Puts `text` in the proxy's policy file and reloads it through the admin API, which must
+/// take it.
+async fn reload_to(proxy: &mut Proxy, text: &str) {
+    proxy.rewrite_config(text);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
 }

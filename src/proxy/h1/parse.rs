@@ -332,14 +332,8 @@ impl Framing {
         if self.seen_length {
             self.length = None;
         }
-        // `chunked` must be the last coding; a value that is not visible ASCII names none.
-        self.chunked = value
-            .iter()
-            .all(|&b| (b' '..0x7f).contains(&b) || b == b'\t')
-            && value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // `chunked` must be the last coding.
+        self.chunked = super::write::chunked_last(value);
         Ok(())
     }
 
@@ -348,12 +342,7 @@ impl Framing {
         if self.te {
             return Ok(());
         }
-        let digits = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
-        let n = value.iter().try_fold(0u64, |n, d| {
-            n.checked_mul(10)?
-                .checked_add(u64::from(d.wrapping_sub(b'0')))
-        });
-        let Some(n) = n.filter(|_| digits) else {
+        let Some(n) = super::write::digits(value) else {
             return Err(Stop::Refuse(Refusal::Malformed));
         };
         match self.length {

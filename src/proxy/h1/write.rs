@@ -223,7 +223,7 @@ pub fn encode_head<B>(
                     continue;
                 }
                 wrote_len = true;
-                let chunked_last = is_chunked(value);
+                let chunked_last = chunked_last(value.as_bytes());
                 if line == Line::None {
                     framing = Framing::Chunked;
                     open_line(dst, b"transfer-encoding: ", value);
@@ -345,18 +345,20 @@ fn any_token(headers: &HeaderMap, token: &[u8]) -> bool {
         .any(|v| has_token(v.as_bytes(), token))
 }
 
-/// Whether the last coding of a `transfer-encoding` value is `chunked` (as hyper reads it).
-fn is_chunked(value: &HeaderValue) -> bool {
-    let Ok(s) = value.to_str() else {
-        return false;
-    };
-    s.rsplit(',')
-        .next()
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+/// Whether the last coding of a `transfer-encoding` value is `chunked` (as hyper reads it: a
+/// value that is not visible ASCII names none).
+pub(super) fn chunked_last(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b' '..0x7f).contains(&b) || b == b'\t')
+        && value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A length of decimal digits only (no sign, no list), as hyper reads one.
-fn digits(b: &[u8]) -> Option<u64> {
+pub(super) fn digits(b: &[u8]) -> Option<u64> {
     if b.is_empty() {
         return None;
     }

@@ -26,10 +26,7 @@ fn assert_closed_about_1s(rsp: &raw::RawResp, what: &str) {
 async fn head_1s(app: &Capture) -> Proxy {
     // No `idle_timeout` (default 60s), so the file also loads on the code before the fix.
     let rt = "runtime: { header_read_timeout: 1s, max_connections: 5 }";
-    Proxy::builder(&one_route(rt))
-        .var("APP", app.addr())
-        .spawn()
-        .await
+    with_runtime(app, rt).await
 }
 
 #[tokio::test]
@@ -63,13 +60,18 @@ async fn the_admin_port_closes_silent_connections_too() {
     assert_closed_about_1s(&rsp, "silent admin connection");
 }
 
-/// A proxy whose connections are closed after 1 s idle (the head timeout far beyond it).
-async fn idle_1s(app: &Capture) -> Proxy {
-    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+/// A proxy of one route to `app`, with the `runtime` section `rt`.
+async fn with_runtime(app: &Capture, rt: &str) -> Proxy {
     Proxy::builder(&one_route(rt))
         .var("APP", app.addr())
         .spawn()
         .await
+}
+
+/// A proxy whose connections are closed after 1 s idle (the head timeout far beyond it).
+async fn idle_1s(app: &Capture) -> Proxy {
+    let rt = "runtime: { header_read_timeout: 20s, idle_timeout: 1s }";
+    with_runtime(app, rt).await
 }
 
 #[tokio::test]
@@ -283,10 +285,7 @@ async fn between_requests_a_connection_waits_idle_timeout_not_the_head_timeout()
     use tokio::io::AsyncReadExt;
     let app = Capture::start(OK).await;
     let rt = "runtime: { header_read_timeout: 400ms, idle_timeout: 2s }";
-    let proxy = Proxy::builder(&one_route(rt))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = with_runtime(&app, rt).await;
     let get = b"GET /x HTTP/1.1\r\nHost: app.local\r\n\r\n";
     let chunked: &[u8] = b"POST /x HTTP/1.1\r\nHost: app.local\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
     for (first, server) in [(&get[..], "lean"), (chunked, "hyper")] {
@@ -320,10 +319,7 @@ async fn a_later_head_must_be_whole_within_the_head_timeout_of_its_first_bytes()
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = Capture::start(OK).await;
     let rt = "runtime: { header_read_timeout: 400ms, idle_timeout: 5s }";
-    let proxy = Proxy::builder(&one_route(rt))
-        .var("APP", app.addr())
-        .spawn()
-        .await;
+    let proxy = with_runtime(&app, rt).await;
     let mut tcp = TcpStream::connect(proxy.listener("inbound"))
         .await
         .expect("connect");
