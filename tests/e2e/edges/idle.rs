@@ -276,13 +276,24 @@ async fn one_answer(tcp: &mut TcpStream, request: &[u8], what: &str) {
     );
 }
 
+/// How long `tcp` stays open (reading nothing) before it is closed; fails past `limit`.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration, what: &str) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let since = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(limit, tcp.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not closed within {limit:?}"));
+    assert!(matches!(n, Ok(0) | Err(_)), "{what}: {n:?}");
+    since.elapsed()
+}
+
 /// `header_read_timeout` is for a connection that has sent nothing (SPEC §14): between requests
 /// a keep-alive connection waits `idle_timeout`, however much shorter the head timeout is; on
 /// the lean server (a GET first) and on hyper's (a chunked upload first hands the connection
 /// to hyper for good). Before the fix both closed it at the head timeout.
 #[tokio::test]
 async fn between_requests_a_connection_waits_idle_timeout_not_the_head_timeout() {
-    use tokio::io::AsyncReadExt;
     let app = Capture::start(OK).await;
     let rt = "runtime: { header_read_timeout: 400ms, idle_timeout: 2s }";
     let proxy = with_runtime(&app, rt).await;
@@ -297,13 +308,7 @@ async fn between_requests_a_connection_waits_idle_timeout_not_the_head_timeout()
         tokio::time::sleep(Duration::from_millis(1200)).await;
         one_answer(&mut tcp, get, server).await;
         // And it closes about one idle timeout after that answer.
-        let since = tokio::time::Instant::now();
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(6), tcp.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("{server}: not closed after the idle timeout"));
-        assert!(matches!(n, Ok(0) | Err(_)), "{server}: {n:?}");
-        let waited = since.elapsed();
+        let waited = closed_within(&mut tcp, Duration::from_secs(6), server).await;
         assert!(
             waited >= Duration::from_millis(1800) && waited < Duration::from_millis(4500),
             "{server}: closed {waited:?} after its last answer, the idle timeout is 2s"
@@ -316,7 +321,7 @@ async fn between_requests_a_connection_waits_idle_timeout_not_the_head_timeout()
 /// `header_read_timeout` of them (SPEC §2), however long the connection may idle before it.
 #[tokio::test]
 async fn a_later_head_must_be_whole_within_the_head_timeout_of_its_first_bytes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = Capture::start(OK).await;
     let rt = "runtime: { header_read_timeout: 400ms, idle_timeout: 5s }";
     let proxy = with_runtime(&app, rt).await;
@@ -334,13 +339,7 @@ async fn a_later_head_must_be_whole_within_the_head_timeout_of_its_first_bytes()
     tcp.write_all(b"GET /x HTTP/1.1\r\nHost: app")
         .await
         .expect("part of a head");
-    let since = tokio::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut buf))
-        .await
-        .expect("closed before the idle timeout");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-    let waited = since.elapsed();
+    let waited = closed_within(&mut tcp, Duration::from_secs(4), "a started head").await;
     assert!(
         waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
         "closed {waited:?} after the head's first bytes; the head timeout is 400ms"
