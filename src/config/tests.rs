@@ -294,6 +294,65 @@ fn control_characters_in_keys_are_escaped_in_errors() {
     );
 }
 
+/// The names that label metrics and log lines (listeners, routes, upstreams, policies) are
+/// refused when empty or holding a control character, each at its own place; a name with
+/// spaces or other printable characters is still a name.
+#[test]
+fn names_that_label_metrics_must_be_printable() {
+    let cases = [
+        (
+            BASE.replace("name: inbound", "name: \"in\\nbound\""),
+            "listeners[0].name",
+            "invalid listener name \"in\\nbound\": '\\n' is a control character",
+        ),
+        (
+            BASE.replace(
+                "      - upstream: app\n",
+                "      - upstream: app\n        name: \"r\\e[31m\"\n",
+            ),
+            "listeners[0].routes[0].name",
+            "invalid route name \"r\\u{1b}[31m\": '\\u{1b}' is a control character",
+        ),
+        (
+            BASE.replace("  app:\n", "  \"a\\tpp\":\n")
+                .replace("upstream: app", "upstream: \"a\\tpp\""),
+            "upstreams.a\\tpp",
+            "invalid upstream name \"a\\tpp\": '\\t' is a control character",
+        ),
+        (
+            BASE.replace("  p: {}", "  \"p\\r\": {}")
+                .replace("policy: p", "policy: \"p\\r\""),
+            "policies.p\\r",
+            "invalid policy name \"p\\r\": '\\r' is a control character",
+        ),
+        (
+            BASE.replace("  p: {}", "  \" \": {}")
+                .replace("policy: p", "policy: \" \""),
+            "policies. ",
+            "the policy name is empty",
+        ),
+        (
+            BASE.replace("name: inbound", "name: \" \""),
+            "listeners[0].name",
+            "the listener name is empty",
+        ),
+    ];
+    for (text, path, message) in &cases {
+        let e = one(text);
+        assert_eq!(e.path, *path, "{e:?}");
+        assert!(e.message.starts_with(message), "{e:?}");
+        let shown = e.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    }
+    // The error for a key points at the key: line 3 is `"a\tpp":` under `upstreams:`.
+    let e = one(&cases[2].0);
+    assert_eq!((e.line, e.column), (3, 3), "{e:?}");
+    ok(&BASE
+        .replace("name: inbound", "name: \"in bound é\"")
+        .replace("  app:\n", "  \"app v2\":\n")
+        .replace("upstream: app", "upstream: \"app v2\""));
+}
+
 #[test]
 fn duplicate_keys_are_refused() {
     let e = one(&BASE.replace(

@@ -155,10 +155,18 @@ fn check(f: &File, r: &mut Report<'_>) {
     check_runtime(f, r);
     check_tenants(f, r);
     for (name, up) in &f.upstreams {
-        upstream::check(up, &root.key("upstreams").key(name), r);
+        let p = root.key("upstreams").key(name);
+        if let Err(m) = syntax::name("upstream", name) {
+            r.key(&p, m);
+        }
+        upstream::check(up, &p, r);
     }
-    for (name, p) in &f.policies {
-        policy::check(p, &root.key("policies").key(name), r);
+    for (name, pol) in &f.policies {
+        let p = root.key("policies").key(name);
+        if let Err(m) = syntax::name("policy", name) {
+            r.key(&p, m);
+        }
+        policy::check(pol, &p, r);
     }
     listener::check(f, r);
     plans::check(f, r);

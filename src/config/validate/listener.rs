@@ -18,8 +18,8 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
     let mut names = HashSet::new();
     for (i, l) in f.listeners.iter().enumerate() {
         let p = lp.idx(i);
-        if l.name.trim().is_empty() {
-            r.value(&p.key("name"), "the listener name is empty");
+        if let Err(m) = syntax::name("listener", &l.name) {
+            r.value(&p.key("name"), m);
         } else if !names.insert(l.name.as_str()) {
             r.value(
                 &p.key("name"),
@@ -145,8 +145,8 @@ fn route_name<'a>(
     r: &mut Report<'_>,
 ) {
     let p = lp.key("routes").idx(j).key("name");
-    if name.trim().is_empty() {
-        r.value(&p, "the route name is empty");
+    if let Err(m) = syntax::name("route", name) {
+        r.value(&p, m);
     } else if let Some(k) = names.get(name) {
         let first = r.place(&lp.key("routes").idx(*k).key("name"));
         r.value(

@@ -27,6 +27,21 @@ pub(super) fn tenant_id(s: &str) -> Result<(), String> {
     }
 }
 
+/// The name of a listener, route, upstream or policy (`what`): it labels metrics and log
+/// lines, so it must hold more than spaces and no control characters (a line break or an
+/// escape sequence in a name would reach every scrape and log reader as it is).
+pub(super) fn name(what: &str, s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err(format!("the {what} name is empty"));
+    }
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "invalid {what} name {s:?}: {c:?} is a control character; names label metrics and log lines, so they must be printable"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An HTTP header name (an RFC 9110 token).
 pub(super) fn header_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
