@@ -156,6 +156,7 @@ impl Rampart {
             listeners: tokio::sync::Mutex::new(ListenerSet::new()),
             audit,
             workers,
+            tunnels: proxy::tunnel::Tunnels::default(),
         });
         let started = {
             let mut set = shared.listeners.lock().await;
@@ -236,6 +237,7 @@ impl Rampart {
             tracing::info!(drain_delay = ?delay, "not ready; still serving until the drain delay ends");
             tokio::time::sleep(delay).await;
         }
+        let until = tokio::time::Instant::now() + grace;
         let handles: Vec<_> = self
             .shared
             .listeners
@@ -250,6 +252,8 @@ impl Rampart {
         for h in handles {
             h.wait(grace).await;
         }
+        // Tunnels are not connections the listeners track: the same grace, then cut.
+        self.shared.tunnels.drain(until).await;
         // The spans of the last requests, bounded by the exporter's timeout.
         if let Some(t) = self.shared.current.load().tracer.clone() {
             t.exporter().flush().await;

@@ -206,6 +206,16 @@ impl Entry {
         self.0.as_mut().is_some_and(|d| d.fill(out, tries))
     }
 
+    /// The bytes a CONNECT tunnel delivered, client to upstream (`bytes_in`) and upstream to
+    /// client (`bytes_out`): set as the tunnel ends, just before the line is written.
+    pub fn tunnelled(&mut self, up: u64, down: u64) {
+        if let Some(d) = &mut self.0 {
+            d.received = None;
+            d.whole = up;
+            d.bytes_out = down;
+        }
+    }
+
     /// Counts `n` body bytes sent to the client.
     pub fn sent(&mut self, n: usize) {
         if let Some(d) = &mut self.0 {

@@ -129,12 +129,37 @@ impl<'a> Finish<'a> {
     /// [`Finish::answer`] on an answer where it lies: the exchange's answer, on every request
     /// that reaches the upstream, is not copied into this call and back out of it.
     pub fn answer_in_place(
-        mut self,
+        self,
         tm: &Arc<TenantMetrics>,
         rsp: &mut Response<Body>,
         limit: Option<&str>,
         tries: TryStats,
     ) {
+        let guards = self.settle(tm, rsp, limit, tries);
+        rsp.body_mut().hold(guards);
+    }
+
+    /// [`Finish::answer_in_place`] for the 200 that opens a tunnel: the request's guards (its
+    /// access log line and span among them) are given back to be held for the tunnel's life
+    /// instead of being dropped with the answer's empty body.
+    pub fn answer_tunnel(
+        self,
+        tm: &Arc<TenantMetrics>,
+        rsp: &mut Response<Body>,
+        tries: TryStats,
+    ) -> Guards {
+        self.settle(tm, rsp, None, tries)
+    }
+
+    /// Counts `rsp`, stamps the request id, explains it, fills the log line and the span;
+    /// returns the guards that hold them.
+    fn settle(
+        mut self,
+        tm: &Arc<TenantMetrics>,
+        rsp: &mut Response<Body>,
+        limit: Option<&str>,
+        tries: TryStats,
+    ) -> Guards {
         let status = rsp.status().as_u16();
         tm.count(status);
         let now = tries.ended.unwrap_or_else(Instant::now);
@@ -195,7 +220,7 @@ impl<'a> Finish<'a> {
                 self.guards.log = Some(entry);
             }
         }
-        rsp.body_mut().hold(self.guards);
+        self.guards
     }
 
     /// The debug line that explains a non-2xx answer: rampart's own (with its reason and the

@@ -46,6 +46,8 @@ pub struct Shared {
     pub workers: crate::workers::Workers,
     /// Open client connections per worker, and which worker serves the next one.
     pub balance: super::balance::Balance,
+    /// Open CONNECT tunnels, which a drain waits for and then cuts.
+    pub tunnels: super::tunnel::Tunnels,
 }
 
 // === impl Shared ===

@@ -270,10 +270,16 @@ pub fn handle<'a>(
             trace: fin.span_parent(),
         };
         if is_connect {
-            // A tunnel, not an exchange; it holds its guards for its whole life.
-            let guards = std::mem::take(&mut fin.guards);
-            let rsp = Box::pin(tunnel::open(&ctx, &shared.clock, req, guards)).await;
-            return fin.answer(&tm, rsp, None, ctx.tries.take());
+            // A tunnel, not an exchange; it holds its guards (its log line among them) for its
+            // whole life.
+            let stream = match Box::pin(tunnel::open(&ctx)).await {
+                Ok(stream) => stream,
+                Err(rsp) => return fin.answer(&tm, rsp, None, ctx.tries.take()),
+            };
+            let mut rsp = tunnel::established();
+            let guards = fin.answer_tunnel(&tm, &mut rsp, ctx.tries.take());
+            tunnel::spawn(req, stream, route, shared, guards);
+            return rsp;
         }
         let mut rsp = match &route.policy.idempotency {
             // Boxed: kilobytes (the store's futures too) that the common case should not carry.

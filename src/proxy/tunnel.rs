@@ -13,9 +13,12 @@
 //!
 //! The route's breaker judges the connect (the tunnel's only upstream outcome): an open breaker
 //! answers 503 `circuit_open` without connecting. A load-shed slot taken at step 4 rides in the
-//! [`Guards`] the tunnel holds for its life, so `max_in_flight` counts open tunnels once load
-//! shedding lands.
+//! [`Guards`] the tunnel holds for its life, so `max_in_flight` counts open tunnels. So does the
+//! request's access log line: it is written when the tunnel ends (however it ends: a drain that
+//! runs out of time drops the tunnel mid-copy), with the bytes the tunnel carried each way and
+//! the tunnel's life as its duration.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,8 @@ use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use tokio::time::Instant;
 
@@ -34,47 +39,120 @@ use super::body::{Body, ClientIn};
 use super::ctx::{RequestCtx, TryLog};
 use super::guard::Guards;
 use super::respond::answer;
+use super::shared::Shared;
 use crate::clock::SharedClock;
 use crate::error::Reason;
 use crate::generation::RouteRt;
 use crate::policy::circuit_breaker::BreakerPermit;
 use crate::policy::outcome::Outcome;
 
-/// Opens a tunnel for an admitted CONNECT: connects to an endpoint of the route's upstream
-/// (if its breaker admits it), answers 200 and copies bytes in the background; or answers 503
-/// `circuit_open` / 502 `upstream_unavailable`. `guards` are held for the tunnel's life.
-pub async fn open(
-    ctx: &RequestCtx<'_>,
-    clock: &SharedClock,
-    req: Request<ClientIn>,
-    guards: Guards,
-) -> Response<Body> {
-    let up = &ctx.route.upstream;
+/// Connects an admitted CONNECT to an endpoint of the route's upstream, if its breaker admits
+/// it: the stream to [`spawn`] the tunnel on once the 200 is settled, or the answer to give
+/// instead (503 `circuit_open`, 502 `upstream_unavailable`).
+pub async fn open(ctx: &RequestCtx<'_>) -> Result<TcpStream, Response<Body>> {
     // The breaker judges the connect: it is the tunnel's only upstream outcome.
-    let permit = match super::exchange::admit(ctx) {
-        Ok(p) => p,
-        Err(rsp) => return *rsp,
+    let permit = super::exchange::admit(ctx).map_err(|rsp| *rsp)?;
+    connect(ctx.route, permit, &ctx.tries).await
+}
+
+/// The answer that opens a tunnel.
+pub fn established() -> Response<Body> {
+    let mut rsp = Response::new(Body::Empty);
+    *rsp.status_mut() = StatusCode::OK;
+    rsp
+}
+
+/// Copies bytes between the client (once hyper hands over its connection after the 200) and
+/// `stream`, in the background, until the tunnel ends. `guards` are held for the tunnel's life;
+/// its access log line among them is written when it ends, with the bytes that went each way
+/// (`bytes_in`: client to upstream) and the tunnel's whole life as its duration.
+pub fn spawn(
+    req: Request<ClientIn>,
+    stream: TcpStream,
+    route: &RouteRt,
+    shared: &Shared,
+    guards: Guards,
+) {
+    let idle = route.tunnel_idle;
+    let (clock, name) = (shared.clock.clone(), route.upstream.name.clone());
+    let carried = Arc::new(Carried::default());
+    let held = TunnelGuards {
+        guards,
+        carried: carried.clone(),
     };
-    let stream = match connect(ctx.route, permit, &ctx.tries).await {
-        Ok(s) => s,
-        Err(rsp) => return rsp,
-    };
-    let idle = ctx.route.tunnel_idle;
-    let (clock, name) = (clock.clone(), up.name.clone());
-    tokio::spawn(async move {
-        let _guards = guards;
+    shared.tunnels.spawn(async move {
+        let _held = held;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
-                let why = pipe(client, stream, idle, clock).await;
-                tracing::debug!(upstream = %name, ended = ?why, "tunnel closed");
+                let why = pipe(client, stream, idle, clock, &carried).await;
+                tracing::debug!(upstream = %name, ended = ?why, carried = ?carried, "tunnel closed");
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel upgrade failed"),
         }
     });
-    let mut rsp = Response::new(Body::Empty);
-    *rsp.status_mut() = StatusCode::OK;
-    rsp
+}
+
+/// The open tunnels of a rampart: a drain waits for them as for connections, and cuts those
+/// still open when its grace runs out (each writes its access log line as it ends).
+#[derive(Debug)]
+pub struct Tunnels {
+    tasks: TaskTracker,
+    cut: watch::Sender<bool>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels {
+            tasks: TaskTracker::new(),
+            cut: watch::channel(false).0,
+        }
+    }
+}
+
+impl Tunnels {
+    /// Runs `tunnel` until it ends or the drain cuts it.
+    fn spawn(&self, tunnel: impl Future<Output = ()> + Send + 'static) {
+        let mut cut = self.cut.subscribe();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tunnel => {}
+                _ = cut.wait_for(|c| *c) => {}
+            }
+        });
+    }
+
+    /// Waits until `until` for the open tunnels to end, then cuts the rest and waits (briefly)
+    /// for them to write their lines.
+    pub async fn drain(&self, until: Instant) {
+        self.tasks.close();
+        if tokio::time::timeout_at(until, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tasks.len(),
+                "tunnels still open after the shutdown grace; closing them"
+            );
+            let _ = self.cut.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        }
+    }
+}
+
+/// A tunnel's guards, and what it carried: the counts go into its log line as the guards drop.
+struct TunnelGuards {
+    guards: Guards,
+    carried: Arc<Carried>,
+}
+
+impl Drop for TunnelGuards {
+    fn drop(&mut self) {
+        if let Some(log) = &mut self.guards.log {
+            let c = &self.carried;
+            log.tunnelled(c.up.load(Ordering::Relaxed), c.down.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// Connects to an endpoint of `route`'s upstream within its `connect_timeout`, telling the
@@ -131,16 +209,26 @@ async fn connect(
 /// How a tunnel ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// Both sides closed; bytes copied (client to upstream, upstream to client).
-    Closed(u64, u64),
+    /// Both sides closed.
+    Closed,
     /// An I/O error on either side.
     Failed(io::Error),
     /// No byte moved either way for the idle timeout.
     Idle,
 }
 
-/// Copies bytes between `a` and `b` until both close, one fails, or nothing moves for `idle`.
-pub async fn pipe<A, B>(a: A, b: B, idle: Duration, clock: SharedClock) -> Ended
+/// The bytes a tunnel has delivered each way, counted as they are written.
+#[derive(Debug, Default)]
+pub struct Carried {
+    /// Client to upstream.
+    pub up: AtomicU64,
+    /// Upstream to client.
+    pub down: AtomicU64,
+}
+
+/// Copies bytes between `a` (the client) and `b` (the upstream) until both close, one fails,
+/// or nothing moves for `idle`, counting into `carried` what it writes each way.
+pub async fn pipe<A, B>(a: A, b: B, idle: Duration, clock: SharedClock, carried: &Carried) -> Ended
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -150,15 +238,17 @@ where
         inner: a,
         last: last.clone(),
         clock: clock.clone(),
+        written: &carried.down,
     };
     let mut b = Watched {
         inner: b,
         last: last.clone(),
         clock: clock.clone(),
+        written: &carried.up,
     };
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
-            Ok((up, down)) => Ended::Closed(up, down),
+            Ok(_) => Ended::Closed,
             Err(e) => Ended::Failed(e),
         },
         () = quiet_for(&last, idle, &clock) => Ended::Idle,
@@ -179,16 +269,18 @@ async fn quiet_for(last: &AtomicU64, idle: Duration, clock: &SharedClock) {
     }
 }
 
-/// A stream that notes the time of every read that returned bytes.
-struct Watched<S> {
+/// A stream that notes the time of every read that returned bytes, and counts the bytes
+/// written to it.
+struct Watched<'c, S> {
     inner: S,
     last: Arc<AtomicU64>,
     clock: SharedClock,
+    written: &'c AtomicU64,
 }
 
 // === impl Watched ===
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -204,13 +296,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -228,13 +325,20 @@ mod tests {
     use crate::clock::MonotonicClock;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn counts(c: &Carried) -> (u64, u64) {
+        (c.up.load(Ordering::Relaxed), c.down.load(Ordering::Relaxed))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_copies_both_ways_and_closes_when_quiet() {
         let clock: SharedClock = Arc::new(MonotonicClock::new());
         let (mut client, a) = tokio::io::duplex(64);
         let (mut upstream, b) = tokio::io::duplex(64);
         let t0 = tokio::time::Instant::now();
-        let tunnel = tokio::spawn(pipe(a, b, Duration::from_secs(10), clock));
+        let carried = Arc::new(Carried::default());
+        let c = carried.clone();
+        let tunnel =
+            tokio::spawn(async move { pipe(a, b, Duration::from_secs(10), clock, &c).await });
         client.write_all(b"ping").await.expect("write");
         let mut got = [0u8; 4];
         upstream.read_exact(&mut got).await.expect("read");
@@ -246,6 +350,8 @@ mod tests {
         assert_eq!(&got, b"pong");
         let ended = tunnel.await.expect("the tunnel task must not panic");
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
+        // Counted however the tunnel ended.
+        assert_eq!(counts(&carried), (4, 4));
         assert_eq!(
             t0.elapsed(),
             Duration::from_secs(18),
@@ -254,14 +360,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_tunnel_ends_when_both_sides_close() {
+    async fn a_tunnel_ends_when_both_sides_close_and_counts_each_way() {
         let clock: SharedClock = Arc::new(MonotonicClock::new());
         let (client, a) = tokio::io::duplex(64);
         let (upstream, b) = tokio::io::duplex(64);
-        let tunnel = tokio::spawn(pipe(a, b, Duration::from_secs(10), clock));
+        let carried = Arc::new(Carried::default());
+        let c = carried.clone();
+        let tunnel =
+            tokio::spawn(async move { pipe(a, b, Duration::from_secs(10), clock, &c).await });
+        let (mut client, mut upstream) = (client, upstream);
+        client.write_all(b"abc").await.expect("write");
+        let mut got = [0u8; 3];
+        upstream.read_exact(&mut got).await.expect("read");
+        upstream.write_all(b"hello").await.expect("write");
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.expect("read");
         drop(client);
         drop(upstream);
         let ended = tunnel.await.expect("the tunnel task must not panic");
-        assert!(matches!(ended, Ended::Closed(0, 0)), "{ended:?}");
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        assert_eq!(counts(&carried), (3, 5));
     }
 }

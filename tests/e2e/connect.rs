@@ -320,14 +320,7 @@ async fn malformed_connect_targets_are_refused_and_leave_the_proxy_serving() {
     assert!(!proxy.log().contains("panicked"));
 }
 
-/// A tunnel's access log line names its one try: the connect, to which endpoint, how long it
-/// took; a failed connect too (before, both said `tries: 0` and `endpoint: null`).
-#[tokio::test]
-async fn a_tunnels_access_log_line_names_its_connect() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("access.jsonl");
-    let plain = Capture::start(OK).await;
-    let config = r#"
+const LOGGED: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
 upstreams:
@@ -342,12 +335,26 @@ listeners:
       - { match: { host: plain.example }, upstream: plain }
       - { match: { host: dead.example }, upstream: dead }
 "#;
-    let proxy = Proxy::builder(config)
+
+/// An outbound listener with an access log at `log`: `plain.example` routed to `plain`,
+/// `dead.example` to a closed port.
+async fn logged_proxy(log: &Path, plain: &Capture) -> Proxy {
+    Proxy::builder(LOGGED)
         .var("PLAIN", plain.addr())
         .closed("DEAD")
         .var("LOG", log.display())
         .spawn()
-        .await;
+        .await
+}
+
+/// A tunnel's access log line names its one try: the connect, to which endpoint, how long it
+/// took; a failed connect too (before, both said `tries: 0` and `endpoint: null`).
+#[tokio::test]
+async fn a_tunnels_access_log_line_names_its_connect() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let plain = Capture::start(OK).await;
+    let proxy = logged_proxy(&log, &plain).await;
     let outbound = proxy.listener("outbound");
     assert_eq!(
         connect(outbound, "plain.example:80").await.status(),
@@ -379,4 +386,146 @@ listeners:
         "{dead}"
     );
     assert!(dead["endpoint"].is_string(), "{dead}");
+}
+
+/// A tunnel's line is written when the tunnel ends, not when its 200 goes out: its
+/// `bytes_in` and `bytes_out` are what went through it each way, and its duration is its life
+/// (before, the line came with the 200 and said 0 bytes both ways).
+#[tokio::test]
+async fn a_tunnels_line_is_written_when_it_ends_with_the_bytes_it_carried() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let plain = Capture::start(OK).await;
+    let proxy = logged_proxy(&log, &plain).await;
+    let outbound = proxy.listener("outbound");
+
+    let mut tcp = tokio::net::TcpStream::connect(outbound)
+        .await
+        .expect("connect");
+    tcp.write_all(b"CONNECT plain.example:80 HTTP/1.1\r\nHost: plain.example:80\r\n\r\n")
+        .await
+        .expect("write the CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("the 200 in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 200: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+
+    // A request that ends while the tunnel is open has its line; the tunnel has none yet.
+    assert_refused(
+        &connect(outbound, "unknown.example:443").await,
+        404,
+        "no_route",
+    );
+    let lines = crate::support::wait_log_lines(&log, 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], 404, "{lines:?}");
+
+    let inside = b"GET /inside HTTP/1.1\r\nHost: plain.example\r\n\r\n";
+    tcp.write_all(inside).await.expect("write into the tunnel");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the upstream closes (connection: close)")
+        .expect("read from the tunnel");
+    assert_eq!(answer, OK, "{}", String::from_utf8_lossy(&answer));
+    drop(tcp);
+
+    let lines = crate::support::wait_log_lines(&log, 2).await;
+    let tunnel = &lines[1];
+    assert_eq!(
+        (tunnel["method"].as_str(), tunnel["status"].as_u64()),
+        (Some("CONNECT"), Some(200)),
+        "{tunnel}"
+    );
+    assert_eq!(tunnel["bytes_in"], inside.len(), "{tunnel}");
+    assert_eq!(tunnel["bytes_out"], OK.len(), "{tunnel}");
+    assert_eq!(tunnel["tries"], 1, "{tunnel}");
+    assert_eq!(plain.hits(), 1);
+}
+
+/// A tunnel still open when rampart drains is cut when `shutdown_grace` runs out; its line is
+/// in the file when the process has exited, with what the tunnel carried until then.
+#[tokio::test]
+async fn a_tunnel_cut_by_the_drain_still_writes_its_line() {
+    // An upstream that echoes what it reads and never closes first.
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let echo_addr = echo.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let config = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 1s }
+upstreams:
+  echo: { endpoints: [$ECHO] }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    access_log: { to: $LOG }
+    routes:
+      - { match: { host: echo.example }, upstream: echo }
+"#;
+    let mut proxy = Proxy::builder(config)
+        .var("ECHO", echo_addr)
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.listener("outbound"))
+        .await
+        .expect("connect");
+    tcp.write_all(b"CONNECT echo.example:7 HTTP/1.1\r\nHost: echo.example:7\r\n\r\n")
+        .await
+        .expect("write the CONNECT");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let sent = b"hello through the tunnel";
+    while !got.ends_with(sent) {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("the 200, then the echo, in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if got.ends_with(b"\r\n\r\n") {
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+            tcp.write_all(sent).await.expect("write into the tunnel");
+        }
+    }
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", proxy.log());
+    server.abort();
+    // No waiting for the file: the process is gone, so what it wrote is all there is.
+    let lines = crate::support::log_lines(&log);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let tunnel = &lines[0];
+    assert_eq!(
+        (tunnel["method"].as_str(), tunnel["status"].as_u64()),
+        (Some("CONNECT"), Some(200)),
+        "{tunnel}"
+    );
+    assert_eq!(tunnel["bytes_in"], sent.len(), "{tunnel}");
+    assert_eq!(tunnel["bytes_out"], sent.len(), "{tunnel}");
+    assert!(
+        tunnel["duration_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 1000.0),
+        "the tunnel lived through the grace: {tunnel}"
+    );
 }
