@@ -61,9 +61,16 @@ pub(super) fn body(
             // Serializing plain data into a Vec cannot fail; an empty body would be refused.
             Err(_) => (Vec::new(), "application/json"),
         },
-        // Validation refuses grpc; protobuf is the OTLP default.
-        OtlpProtocol::HttpProtobuf | OtlpProtocol::Grpc => {
-            (req.encode_to_vec(), "application/x-protobuf")
+        OtlpProtocol::HttpProtobuf => (req.encode_to_vec(), "application/x-protobuf"),
+        // One gRPC message: a flag byte (0: not compressed), the length (4 bytes, big-endian),
+        // then the protobuf bytes.
+        OtlpProtocol::Grpc => {
+            let len = req.encoded_len();
+            let mut b = Vec::with_capacity(5 + len);
+            b.push(0);
+            b.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+            req.encode(&mut b).ok();
+            (b, "application/grpc")
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The OTLP/HTTP exporter: a bounded queue the request path pushes spans into, and one task
-//! that sends them in batches to `{endpoint}/v1/traces`.
+//! The OTLP exporter: a bounded queue the request path pushes spans into, and one task that
+//! sends them in batches: over HTTP to `{endpoint}/v1/traces` (protobuf or JSON), or over gRPC
+//! (HTTP/2 without TLS, the collector's `:4317`) to the trace service's `Export` method.
 //!
 //! The queue is a fixed-size lock-free array, and the task polls it on a short timer instead
 //! of being woken: a push never wakes a thread (the access log measured what a wake-up per
@@ -39,6 +40,8 @@ const FLUSH_MAX: Duration = Duration::from_secs(5);
 const ANSWER_LIMIT: usize = 64 * 1024;
 /// Failed exports are logged at most this often (each one is counted).
 const WARN_EVERY: Duration = Duration::from_secs(30);
+/// The gRPC method spans are exported to (OTLP's `TraceService.Export`).
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// One OTLP destination: the queue into its export task.
 #[derive(Debug)]
@@ -97,8 +100,10 @@ impl Exporter {
             flags,
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
+                // gRPC is HTTP/2 only; without TLS, spoken from the first byte.
+                .http2_only(cfg.protocol == OtlpProtocol::Grpc)
                 .build(http),
-            uri: traces_uri(&cfg.endpoint),
+            uri: traces_uri(&cfg.endpoint, cfg.protocol),
             protocol: cfg.protocol,
             service_name: service_name.to_owned(),
             flush_every: cfg.flush_every.0,
@@ -131,10 +136,15 @@ impl Exporter {
     }
 }
 
-/// `{endpoint}/v1/traces`; validation made sure the endpoint is an `http://` URL.
-fn traces_uri(endpoint: &str) -> Uri {
+/// `{endpoint}/v1/traces`, or the gRPC method under the endpoint; validation made sure the
+/// endpoint is an `http://` URL (with no path, for gRPC).
+fn traces_uri(endpoint: &str, protocol: OtlpProtocol) -> Uri {
     let base = endpoint.trim_end_matches('/');
-    format!("{base}/v1/traces")
+    let path = match protocol {
+        OtlpProtocol::Grpc => GRPC_EXPORT,
+        OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => "/v1/traces",
+    };
+    format!("{base}{path}")
         .parse()
         .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:4318/v1/traces"))
 }
@@ -215,10 +225,15 @@ impl Task {
     }
 
     async fn post(&self, body: Vec<u8>, content_type: &'static str) -> Result<(), String> {
-        let req = Request::post(self.uri.clone())
+        let grpc = self.protocol == OtlpProtocol::Grpc;
+        let mut req = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
+        if grpc {
+            req.headers_mut()
+                .insert(header::TE, header::HeaderValue::from_static("trailers"));
+        }
         let rsp = self.client.request(req).await.map_err(|e| {
             use std::error::Error;
             match e.source() {
@@ -227,14 +242,33 @@ impl Task {
             }
         })?;
         let status = rsp.status();
+        let (parts, body) = rsp.into_parts();
         // Read the answer (bounded) so the connection can be used again.
-        let _ = http_body_util::Limited::new(rsp.into_body(), ANSWER_LIMIT)
+        let read = http_body_util::Limited::new(body, ANSWER_LIMIT)
             .collect()
             .await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the collector answered {status}"))
+        if !status.is_success() {
+            return Err(format!("the collector answered {status}"));
         }
+        if !grpc {
+            return Ok(());
+        }
+        // gRPC's outcome is `grpc-status`: in the trailers, or in the head of an answer that
+        // has no body ("trailers-only").
+        let trailers = read.ok().and_then(|c| c.trailers().cloned());
+        grpc_outcome(trailers.as_ref().unwrap_or(&parts.headers))
+    }
+}
+
+/// `Ok` when `fields` say the gRPC call succeeded (`grpc-status: 0`), else why it did not.
+pub(super) fn grpc_outcome(fields: &header::HeaderMap) -> Result<(), String> {
+    let text = |name: &str| fields.get(name).and_then(|v| v.to_str().ok());
+    match text("grpc-status") {
+        Some("0") => Ok(()),
+        Some(code) => Err(format!(
+            "the collector answered grpc-status {code}: {}",
+            text("grpc-message").unwrap_or("(no message)")
+        )),
+        None => Err("the collector's answer has no grpc-status".to_owned()),
     }
 }

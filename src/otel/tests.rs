@@ -249,3 +249,36 @@ fn spans_encode_as_otlp_json() {
     assert_eq!(span["status"]["code"], 2);
     assert_eq!(span["attributes"][1]["value"]["intValue"], "429");
 }
+
+#[test]
+fn spans_encode_as_one_grpc_message() {
+    let msg = encode::request("svc", &[Box::new(record())]);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::Grpc);
+    assert_eq!(content_type, "application/grpc");
+    let proto = msg.encode_to_vec();
+    // Not compressed, then the length big-endian, then the message.
+    assert_eq!(body[0], 0);
+    assert_eq!(body[1..5], (proto.len() as u32).to_be_bytes());
+    assert_eq!(body[5..], proto[..]);
+}
+
+#[test]
+fn a_grpc_export_succeeds_only_on_status_0() {
+    use super::export::grpc_outcome;
+    assert_eq!(grpc_outcome(&headers(&[("grpc-status", "0")])), Ok(()));
+    let refused = grpc_outcome(&headers(&[
+        ("grpc-status", "3"),
+        ("grpc-message", "bad spans"),
+    ]));
+    assert_eq!(
+        refused,
+        Err("the collector answered grpc-status 3: bad spans".to_owned())
+    );
+    let bare = grpc_outcome(&headers(&[("grpc-status", "14")]));
+    assert_eq!(
+        bare,
+        Err("the collector answered grpc-status 14: (no message)".to_owned())
+    );
+    // An answer that says nothing of its status is not a success.
+    assert!(grpc_outcome(&headers(&[("content-type", "application/grpc")])).is_err());
+}

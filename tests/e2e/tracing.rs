@@ -340,6 +340,52 @@ async fn an_unsampled_trace_exports_nothing_and_still_reaches_the_upstream() {
     assert_eventually!(exported().await == Some(2.0), "{:?}", exported().await);
 }
 
+/// OTLP over gRPC (`protocol: grpc`, the collector's `:4317`): the spans arrive as one
+/// length-prefixed message of the trace service's `Export` over HTTP/2, are counted exported
+/// when the collector's trailers say `grpc-status: 0`, and dropped (counted, logged) when they
+/// name an error, even though the HTTP status is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_grpc_and_its_status_decides_the_count() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let t = traced(app.addr(), otlp.addr(), "100%", "grpc").await;
+    let addr = t.proxy.listener("inbound");
+    let count = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let admin = t.proxy.admin();
+        async move { metric_value(&metrics(admin).await, name, labels).unwrap_or(0.0) }
+    };
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eventually!(otlp.spans().len() >= 2, "{:#?}", otlp.spans());
+    let got = otlp.spans();
+    assert!(
+        got.iter()
+            .all(|g| g.content_type == "application/grpc" && g.service_name == "edge-proxy"),
+        "{got:#?}"
+    );
+    let server = one_of(
+        &got.iter().map(|g| g.span.clone()).collect::<Vec<_>>(),
+        SpanKind::Server,
+    );
+    assert_eq!(
+        attr(&server.attributes, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert!(otlp.grpc_te() >= 1, "gRPC asks for te: trailers");
+    assert_eventually!(count("rampart_trace_spans_exported_total", &[]).await == 2.0);
+
+    // The collector refuses (grpc-status 14 in its trailers, HTTP 200): dropped, not exported.
+    otlp.answer_grpc_status(14);
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    let failed = &[("reason", "export_failed")];
+    assert_eventually!(count("rampart_trace_spans_dropped_total", failed).await == 2.0);
+    assert_eq!(count("rampart_trace_spans_exported_total", &[]).await, 2.0);
+    assert!(
+        t.proxy.log().contains("grpc-status 14: test says no"),
+        "{}",
+        t.proxy.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_the_export_to_the_new_collector() {
     let app = sample().await;

@@ -41,14 +41,26 @@ fn a_minimal_section_takes_the_otlp_defaults() {
 }
 
 #[test]
-fn grpc_is_refused_at_its_value_not_ignored() {
+fn grpc_is_taken_on_an_endpoint_without_a_path() {
+    for endpoint in ["http://127.0.0.1:4317", "http://collector.local:4317/"] {
+        let text = traced(
+            &format!("{{ endpoint: \"{endpoint}\", protocol: grpc }}"),
+            "",
+        );
+        let t = Config::from_str(&text, "t.yaml")
+            .unwrap_or_else(|e| panic!("{endpoint}: {e}"))
+            .file
+            .tracing
+            .expect("on");
+        assert_eq!(t.otlp.protocol, OtlpProtocol::Grpc);
+    }
+    // A path would be dropped (gRPC's path is the method's): refused, not ignored.
     let e = one(&traced(
-        "{ endpoint: \"http://127.0.0.1:4317\", protocol: grpc }",
+        "{ endpoint: \"http://127.0.0.1:4317/otlp\", protocol: grpc }",
         "",
     ));
-    assert_eq!(spot(&e), (15, 56, "tracing.otlp.protocol"));
-    assert!(e.message.contains("grpc is not built"), "{e:?}");
-    assert!(e.message.contains("http/protobuf"), "{e:?}");
+    assert_eq!(e.path, "tracing.otlp.endpoint");
+    assert!(e.message.contains("a gRPC endpoint has no path"), "{e:?}");
     let e = one(&traced(
         "{ endpoint: \"http://127.0.0.1:4318\", protocol: http/xml }",
         "",

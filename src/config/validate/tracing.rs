@@ -1,9 +1,10 @@
-//! Checks of `tracing`: an OTLP endpoint this build can send to, and a protocol it speaks.
+//! Checks of `tracing`: an OTLP endpoint this build can send to.
 //!
 //! A setting that would be accepted and then quietly do nothing is refused here instead: this
-//! build exports over HTTP (protobuf or JSON) to a plain `http://` collector, the usual shape of
-//! a sidecar beside a node-local OpenTelemetry Collector; `grpc` and `https://` are named as
-//! not built rather than accepted.
+//! build exports over HTTP (protobuf or JSON) or gRPC to a plain `http://` collector, the usual
+//! shape of a sidecar beside a node-local OpenTelemetry Collector; `https://` is named as not
+//! built rather than accepted, and so is a path under a gRPC endpoint (gRPC's path is the
+//! method's).
 
 use http::Uri;
 
@@ -15,14 +16,18 @@ use super::Report;
 pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
     let p = KeyPath::default().key("tracing");
     let op = p.key("otlp");
-    if let Err(m) = endpoint(&t.otlp.endpoint) {
-        r.value(&op.key("endpoint"), m);
-    }
-    if t.otlp.protocol == OtlpProtocol::Grpc {
-        r.value(
-            &op.key("protocol"),
-            "grpc is not built into rampart: use http/protobuf (collector port 4318) or http/json",
-        );
+    match endpoint(&t.otlp.endpoint) {
+        Err(m) => r.value(&op.key("endpoint"), m),
+        Ok(path) if t.otlp.protocol == OtlpProtocol::Grpc && path != "/" && !path.is_empty() => {
+            r.value(
+                &op.key("endpoint"),
+                format!(
+                    "{:?}: a gRPC endpoint has no path (spans go to the trace service's method under it); write it like http://127.0.0.1:4317",
+                    t.otlp.endpoint
+                ),
+            );
+        }
+        Ok(_) => {}
     }
     r.positive(&op.key("flush_every"), t.otlp.flush_every.0);
     r.positive(&op.key("timeout"), t.otlp.timeout.0);
@@ -31,8 +36,8 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
     }
 }
 
-/// Why `text` is not a base URL spans can be posted under, if it is not.
-pub(super) fn endpoint(text: &str) -> Result<(), String> {
+/// Why `text` is not a base URL spans can be posted under, if it is not; else its path.
+pub(super) fn endpoint(text: &str) -> Result<String, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("invalid URL {text:?}: {e}; expected like http://127.0.0.1:4318"))?;
@@ -57,5 +62,5 @@ pub(super) fn endpoint(text: &str) -> Result<(), String> {
             "{text:?} has a query; the endpoint is a base URL (spans go to {{endpoint}}/v1/traces)"
         ));
     }
-    Ok(())
+    Ok(uri.path().to_owned())
 }

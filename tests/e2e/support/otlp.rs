@@ -1,8 +1,11 @@
-//! An OTLP/HTTP trace receiver: what a collector on `:4318` does, as far as tests need.
+//! An OTLP trace receiver: what a collector on `:4318` (HTTP) and `:4317` (gRPC) does, as far
+//! as tests need.
 //!
 //! It accepts `POST /v1/traces`, decodes the body with `opentelemetry-proto`'s types
 //! (protobuf, or JSON when the content type says so) and keeps every span with its resource's
-//! `service.name`. Anything it cannot decode is kept as a failure for the test to see.
+//! `service.name`. It takes gRPC's `TraceService/Export` too (HTTP/2, one length-prefixed
+//! message) and answers it with a gRPC status in trailers: 0, or the one a test sets. Anything
+//! it cannot decode is kept as a failure for the test to see.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +37,17 @@ struct State {
     spans: Vec<Got>,
     failures: Vec<String>,
     posts: usize,
+    /// The `grpc-status` gRPC exports are answered with (0 unless a test sets it).
+    grpc_status: u32,
+    /// gRPC exports received with the `te: trailers` gRPC asks for.
+    grpc_te: usize,
 }
+
+/// The gRPC method OTLP exports spans to.
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// What the receiver answers: a body, and trailers for gRPC.
+type Answer = Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>;
 
 /// A running receiver; stops accepting when dropped.
 #[derive(Debug)]
@@ -100,6 +113,16 @@ impl Collector {
     pub fn posts(&self) -> usize {
         self.state.lock().posts
     }
+
+    /// gRPC exports received so far with `te: trailers`.
+    pub fn grpc_te(&self) -> usize {
+        self.state.lock().grpc_te
+    }
+
+    /// Answers gRPC exports from now on with `grpc-status: code` (14: unavailable).
+    pub fn answer_grpc_status(&self, code: u32) {
+        self.state.lock().grpc_status = code;
+    }
 }
 
 impl Drop for Collector {
@@ -108,11 +131,9 @@ impl Drop for Collector {
     }
 }
 
-async fn receive(
-    req: Request<Incoming>,
-    state: Arc<Mutex<State>>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Answer, hyper::Error> {
     let path = req.uri().path().to_owned();
+    let te = req.headers().get("te").is_some_and(|v| v == "trailers");
     let content_type = req
         .headers()
         .get("content-type")
@@ -120,7 +141,15 @@ async fn receive(
         .unwrap_or("")
         .to_owned();
     let body = req.into_body().collect().await?.to_bytes();
-    let decoded = if path != "/v1/traces" {
+    let grpc = content_type == "application/grpc";
+    let decoded = if grpc {
+        if path != GRPC_EXPORT {
+            Err(format!("gRPC call to {path}, not {GRPC_EXPORT}"))
+        } else {
+            grpc_message(&body)
+                .and_then(|m| ExportTraceServiceRequest::decode(m).map_err(|e| e.to_string()))
+        }
+    } else if path != "/v1/traces" {
         Err(format!("posted to {path}, not /v1/traces"))
     } else if content_type == "application/json" {
         serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
@@ -158,7 +187,44 @@ async fn receive(
         }
         Err(e) => s.failures.push(e),
     }
-    Ok(Response::new(Full::new(Bytes::new())))
+    if !grpc {
+        return Ok(Response::new(Full::new(Bytes::new()).boxed()));
+    }
+    s.grpc_te += usize::from(te);
+    // An empty ExportTraceServiceResponse, then the status in trailers.
+    let mut trailers = ::http::HeaderMap::new();
+    trailers.insert("grpc-status", s.grpc_status.into());
+    if s.grpc_status != 0 {
+        trailers.insert(
+            "grpc-message",
+            ::http::HeaderValue::from_static("test says no"),
+        );
+    }
+    let body = Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed();
+    let mut rsp = Response::new(body);
+    rsp.headers_mut().insert(
+        "content-type",
+        ::http::HeaderValue::from_static("application/grpc"),
+    );
+    Ok(rsp)
+}
+
+/// The one message of a gRPC request body: a flag byte (0, not compressed), a 4-byte length,
+/// and that many bytes.
+fn grpc_message(body: &[u8]) -> Result<&[u8], String> {
+    let [flag, a, b, c, d, rest @ ..] = body else {
+        return Err(format!("a gRPC body of {} bytes", body.len()));
+    };
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if *flag != 0 || rest.len() != len {
+        return Err(format!(
+            "gRPC frame: flag {flag}, length {len}, {} bytes follow",
+            rest.len()
+        ));
+    }
+    Ok(rest)
 }
 
 /// Lowercase hex of an id.
