@@ -87,6 +87,8 @@ pub enum Section {
     Listener(usize),
     /// `upstreams.NAME`.
     Upstream(String),
+    /// `tracing.otlp`.
+    Tracing,
 }
 
 /// Every problem found in one policy file.
@@ -134,6 +136,7 @@ impl Config {
         let path = match at {
             Section::Listener(i) => root.key("listeners").idx(*i),
             Section::Upstream(name) => root.key("upstreams").key(name),
+            Section::Tracing => root.key("tracing").key("otlp"),
         }
         .key(key);
         let text = self

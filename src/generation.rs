@@ -201,7 +201,8 @@ impl Generation {
         });
         let tracer = f.tracing.as_ref().map(|t| {
             let old = prev.and_then(|p| p.tracer.as_deref());
-            Arc::new(Tracer::build(t, old, &TraceMetrics::new(&shared.metrics)))
+            let metrics = TraceMetrics::new(&shared.metrics);
+            Arc::new(Tracer::build(t, old, &metrics, tls.tracing.as_deref()))
         });
         let listeners = f
             .listeners

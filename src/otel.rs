@@ -92,12 +92,24 @@ impl Tracer {
     /// The tracer of `cfg`. The exporter of `old` (the generation before) is kept when the
     /// export settings are unchanged, so a reload that changes `sample` loses no queued span;
     /// otherwise a new exporter starts and the old one flushes what it holds and ends.
-    pub fn build(cfg: &file::Tracing, old: Option<&Tracer>, metrics: &TraceMetrics) -> Tracer {
+    /// `tls` verifies an `https://` collector; an exporter that uses it is started anew on
+    /// every reload, so its `ca` is read again as other TLS files are (the old one sends what
+    /// it holds and ends).
+    pub fn build(
+        cfg: &file::Tracing,
+        old: Option<&Tracer>,
+        metrics: &TraceMetrics,
+        tls: Option<&rustls::ClientConfig>,
+    ) -> Tracer {
         let exporter = match old {
-            Some(o) if o.cfg.otlp == cfg.otlp && o.cfg.service_name == cfg.service_name => {
+            Some(o)
+                if tls.is_none()
+                    && o.cfg.otlp == cfg.otlp
+                    && o.cfg.service_name == cfg.service_name =>
+            {
                 o.exporter.clone()
             }
-            _ => Exporter::start(&cfg.otlp, &cfg.service_name, metrics.clone()),
+            _ => Exporter::start(&cfg.otlp, &cfg.service_name, metrics.clone(), tls),
         };
         Tracer {
             cfg: cfg.clone(),

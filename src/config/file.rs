@@ -107,6 +107,10 @@ pub struct Otlp {
     /// Longest one export may take (connect included) before it is given up.
     #[serde(default = "default_otlp_timeout")]
     pub timeout: Dur,
+    /// PEM bundle of the roots an `https://` collector is verified against; the compiled-in
+    /// web roots if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `tracing.otlp.protocol:`

@@ -18,9 +18,11 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::ClientConfig;
 use tokio::time::Instant;
 
 use super::encode;
@@ -68,7 +70,7 @@ struct Task {
     queue: Arc<ArrayQueue<Box<SpanRecord>>>,
     owner: Weak<Exporter>,
     flags: Arc<Flags>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     protocol: OtlpProtocol,
     service_name: String,
@@ -81,8 +83,14 @@ struct Task {
 // === impl Exporter ===
 
 impl Exporter {
-    /// Starts exporting to `cfg` as `service_name`. Needs a tokio runtime (it spawns its task).
-    pub fn start(cfg: &Otlp, service_name: &str, metrics: TraceMetrics) -> Arc<Exporter> {
+    /// Starts exporting to `cfg` as `service_name`; `tls` verifies an `https://` collector
+    /// (from `TlsFiles`). Needs a tokio runtime (it spawns its task).
+    pub fn start(
+        cfg: &Otlp,
+        service_name: &str,
+        metrics: TraceMetrics,
+        tls: Option<&ClientConfig>,
+    ) -> Arc<Exporter> {
         let queue = Arc::new(ArrayQueue::new(QUEUE));
         let flags = Arc::new(Flags::default());
         let exporter = Arc::new(Exporter {
@@ -94,6 +102,9 @@ impl Exporter {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.timeout.0));
         http.set_nodelay(true);
+        http.enforce_http(false);
+        let grpc = cfg.protocol == OtlpProtocol::Grpc;
+        let connector = connector(http, tls, cfg.endpoint.starts_with("https://"), grpc);
         let task = Task {
             queue,
             owner: Arc::downgrade(&exporter),
@@ -101,8 +112,8 @@ impl Exporter {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1)
                 // gRPC is HTTP/2 only; without TLS, spoken from the first byte.
-                .http2_only(cfg.protocol == OtlpProtocol::Grpc)
-                .build(http),
+                .http2_only(grpc)
+                .build(connector),
             uri: traces_uri(&cfg.endpoint, cfg.protocol),
             protocol: cfg.protocol,
             service_name: service_name.to_owned(),
@@ -133,6 +144,43 @@ impl Exporter {
         if self.queue.push(span).is_err() {
             self.metrics.dropped_queue_full.inc();
         }
+    }
+}
+
+/// The exporter's connector: TLS (verified by `tls`, ALPN `h2` for gRPC, `http/1.1` else) when
+/// the endpoint is `https://`, and never a plain connection then; plain TCP for `http://`.
+fn connector(
+    http: HttpConnector,
+    tls: Option<&ClientConfig>,
+    https: bool,
+    grpc: bool,
+) -> HttpsConnector<HttpConnector> {
+    // The builder sets ALPN itself and refuses a config that has it set already. Without a
+    // verified config (an http:// endpoint), an empty root store: nothing could be trusted.
+    let mut config = tls.cloned().unwrap_or_else(|| {
+        ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|_| {
+                ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+    });
+    config.alpn_protocols.clear();
+    let builder = HttpsConnectorBuilder::new().with_tls_config(config);
+    let builder = if https {
+        builder.https_only()
+    } else {
+        builder.https_or_http()
+    };
+    if grpc {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
     }
 }
 

@@ -25,6 +25,7 @@ fn cfg(sample: f64, endpoint: &str) -> Tracing {
             // Long enough that no export happens while a test looks.
             flush_every: Dur::from_secs(3600),
             timeout: Dur::from_secs(1),
+            ca: None,
         },
         sample: Ratio(sample),
         service_name: "svc".into(),
@@ -37,6 +38,7 @@ fn tracer(sample: f64) -> (Tracer, Metrics) {
         &cfg(sample, "http://127.0.0.1:9"),
         None,
         &TraceMetrics::new(&m),
+        None,
     );
     (t, m)
 }
@@ -158,11 +160,22 @@ async fn a_new_trace_is_sampled_as_configured_and_always_propagated() {
 async fn the_exporter_is_kept_across_a_reload_while_its_settings_are() {
     let m = Metrics::register();
     let tm = TraceMetrics::new(&m);
-    let first = Tracer::build(&cfg(0.1, "http://127.0.0.1:9"), None, &tm);
-    let resampled = Tracer::build(&cfg(0.9, "http://127.0.0.1:9"), Some(&first), &tm);
+    let first = Tracer::build(&cfg(0.1, "http://127.0.0.1:9"), None, &tm, None);
+    let resampled = Tracer::build(&cfg(0.9, "http://127.0.0.1:9"), Some(&first), &tm, None);
     assert!(Arc::ptr_eq(first.exporter(), resampled.exporter()));
-    let moved = Tracer::build(&cfg(0.9, "http://127.0.0.1:10"), Some(&resampled), &tm);
+    let moved = Tracer::build(
+        &cfg(0.9, "http://127.0.0.1:10"),
+        Some(&resampled),
+        &tm,
+        None,
+    );
     assert!(!Arc::ptr_eq(first.exporter(), moved.exporter()));
+    // An https collector's exporter is started anew, so its ca is read again.
+    let tls = crate::tls::client_config(None, None, None).expect("web roots");
+    let secure = cfg(0.9, "https://127.0.0.1:10");
+    let a = Tracer::build(&secure, Some(&moved), &tm, Some(&tls));
+    let b = Tracer::build(&secure, Some(&a), &tm, Some(&tls));
+    assert!(!Arc::ptr_eq(a.exporter(), b.exporter()));
 }
 
 #[tokio::test]

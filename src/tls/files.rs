@@ -21,6 +21,8 @@ pub struct TlsFiles {
     pub listeners: HashMap<String, Arc<ServerConfig>>,
     /// Client configs of upstreams with `tls`.
     pub upstreams: HashMap<String, Arc<ClientConfig>>,
+    /// The client config of an `https://` OTLP collector.
+    pub tracing: Option<Arc<ClientConfig>>,
 }
 
 /// One unusable file, with the `tls` section that names it.
@@ -61,6 +63,17 @@ impl TlsFiles {
                     site: Section::Upstream(name.clone()),
                     error,
                 }),
+            }
+        }
+        if let Some(otlp) = file.tracing.as_ref().map(|t| &t.otlp) {
+            if otlp.endpoint.starts_with("https://") {
+                match client_config(otlp.ca.as_deref(), None, None) {
+                    Ok(c) => out.tracing = Some(c),
+                    Err(error) => problems.push(TlsFileProblem {
+                        site: Section::Tracing,
+                        error,
+                    }),
+                }
             }
         }
         if problems.is_empty() {

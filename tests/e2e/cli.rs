@@ -88,6 +88,21 @@ async fn validate_unknown_key_points_at_the_key() {
     assert_error_at(&out, &path, 7, 5, "policies.std", "retyr");
 }
 
+/// A collector `ca` that holds no certificate refuses the file at the `ca` key (the TLS file
+/// checks run in `validate` as at start and reload), not at the first export.
+#[tokio::test]
+async fn validate_reads_the_collector_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let bad = format!(
+        "{GOOD}tracing:\n  otlp:\n    endpoint: https://collector.example:4318\n    ca: {}\n",
+        not_pem.display()
+    );
+    let (_dir, path, out) = validate(&bad).await;
+    assert_error_at(&out, &path, 18, 5, "tracing.otlp.ca", "no certificate");
+}
+
 #[tokio::test]
 async fn validate_bad_duration_points_at_the_value() {
     // `15x` starts at line 8, column 16.

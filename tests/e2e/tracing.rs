@@ -68,9 +68,20 @@ struct Traced {
 }
 
 async fn traced(app: SocketAddr, otlp: SocketAddr, sample: &str, protocol: &str) -> Traced {
+    traced_by(TRACED, app, otlp, sample, protocol).await
+}
+
+/// [`traced`] with `config` in place of [`TRACED`].
+async fn traced_by(
+    config: &str,
+    app: SocketAddr,
+    otlp: SocketAddr,
+    sample: &str,
+    protocol: &str,
+) -> Traced {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
-    let proxy = Proxy::builder(TRACED)
+    let proxy = Proxy::builder(config)
         .var("APP", app)
         .var("OTLP", otlp)
         .var("SAMPLE", sample)
@@ -384,6 +395,64 @@ async fn spans_go_over_grpc_and_its_status_decides_the_count() {
         "{}",
         t.proxy.log()
     );
+}
+
+/// An `https://` collector, over HTTP/1.1 and over gRPC (ALPN h2): verified against `ca`, the
+/// spans arrive. Without the `ca` (the web roots cannot vouch for a self-signed certificate),
+/// nothing is sent in clear instead: every export fails and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_is_verified_against_its_ca() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (otlp, ca) = Collector::start_tls(dir.path()).await;
+    let https = format!("endpoint: \"https://localhost:{}\"", otlp.addr().port());
+    let trusted = TRACED.replace(
+        "endpoint: \"http://$OTLP\"",
+        &format!("{https}, ca: {}", ca.display()),
+    );
+    for (protocol, content_type) in [
+        ("http/protobuf", "application/x-protobuf"),
+        ("grpc", "application/grpc"),
+    ] {
+        let before = otlp.spans().len();
+        let t = traced_by(&trusted, app.addr(), otlp.addr(), "100%", protocol).await;
+        let addr = t.proxy.listener("inbound");
+        assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+        assert_eventually!(
+            otlp.spans().len() >= before + 2,
+            "{protocol}: {:#?}",
+            otlp.spans()
+        );
+        assert!(
+            otlp.spans()[before..]
+                .iter()
+                .all(|g| g.content_type == content_type),
+            "{protocol}"
+        );
+    }
+    let untrusted = TRACED.replace("endpoint: \"http://$OTLP\"", &https);
+    let t = traced_by(&untrusted, app.addr(), otlp.addr(), "100%", "http/protobuf").await;
+    let before = otlp.posts();
+    assert_eq!(
+        http::get(t.proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+    let failed = || async {
+        let text = metrics(t.proxy.admin()).await;
+        metric_value(
+            &text,
+            "rampart_trace_spans_dropped_total",
+            &[("reason", "export_failed")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eventually!(
+        failed().await >= 2.0,
+        "an unverified collector gets nothing"
+    );
+    assert_eq!(otlp.posts(), before, "nothing reached it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,10 +74,13 @@ fn grpc_is_taken_on_an_endpoint_without_a_path() {
 }
 
 #[test]
-fn the_endpoint_is_a_plain_http_base_url() {
+fn the_endpoint_is_an_http_or_https_base_url() {
     for (endpoint, says) in [
-        ("https://collector:4318", "https is not built"),
-        ("127.0.0.1:4318", "needs the http:// scheme"),
+        (
+            "ftp://collector:4318",
+            "needs the http:// or https:// scheme",
+        ),
+        ("127.0.0.1:4318", "needs the http:// or https:// scheme"),
         ("http://127.0.0.1:4318/?x=1", "has a query"),
         ("http://", "invalid URL"),
         ("not a url", "invalid URL"),
@@ -86,6 +89,28 @@ fn the_endpoint_is_a_plain_http_base_url() {
         assert_eq!(spot(&e), (15, 21, "tracing.otlp.endpoint"), "{endpoint}");
         assert!(e.message.contains(says), "{endpoint}: {e:?}");
     }
+    // https is verified against `ca` (or the web roots); a `ca` an http endpoint would never
+    // read is refused, and so is one that is not there.
+    Config::from_str(
+        &traced("{ endpoint: \"https://collector.example:4318\" }", ""),
+        "t.yaml",
+    )
+    .expect("https with the web roots");
+    let e = one(&traced(
+        "{ endpoint: \"http://127.0.0.1:4318\", ca: /etc/hosts }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.ca");
+    assert!(e.message.contains("only applies to an https://"), "{e:?}");
+    let e = one(&traced(
+        "{ endpoint: \"https://collector.example:4318\", ca: /no/such/ca.pem }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.ca");
+    assert!(
+        e.message.contains("cannot read collector ca bundle"),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Checks of `tracing`: an OTLP endpoint this build can send to.
 //!
 //! A setting that would be accepted and then quietly do nothing is refused here instead: this
-//! build exports over HTTP (protobuf or JSON) or gRPC to a plain `http://` collector, the usual
-//! shape of a sidecar beside a node-local OpenTelemetry Collector; `https://` is named as not
-//! built rather than accepted, and so is a path under a gRPC endpoint (gRPC's path is the
-//! method's).
+//! build exports over HTTP (protobuf or JSON) or gRPC, to an `http://` collector (the usual
+//! shape of a sidecar beside a node-local OpenTelemetry Collector) or an `https://` one verified
+//! against `ca` or the compiled-in web roots; a path under a gRPC endpoint is refused (gRPC's
+//! path is the method's), and so is a `ca` for an `http://` endpoint, which would never be read.
 
 use http::Uri;
 
@@ -29,6 +29,13 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
         }
         Ok(_) => {}
     }
+    if let Some(ca) = &t.otlp.ca {
+        if t.otlp.endpoint.starts_with("https://") {
+            r.readable(&op.key("ca"), ca, "collector ca bundle");
+        } else {
+            r.value(&op.key("ca"), "ca only applies to an https:// endpoint");
+        }
+    }
     r.positive(&op.key("flush_every"), t.otlp.flush_every.0);
     r.positive(&op.key("timeout"), t.otlp.timeout.0);
     if t.service_name.trim().is_empty() {
@@ -42,15 +49,10 @@ pub(super) fn endpoint(text: &str) -> Result<String, String> {
         .parse()
         .map_err(|e| format!("invalid URL {text:?}: {e}; expected like http://127.0.0.1:4318"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?}: https is not built into rampart's exporter; send to a collector over http (e.g. a node-local OpenTelemetry Collector on :4318)"
-            ))
-        }
+        Some("http" | "https") => {}
         _ => {
             return Err(format!(
-                "{text:?} needs the http:// scheme, like http://127.0.0.1:4318"
+                "{text:?} needs the http:// or https:// scheme, like http://127.0.0.1:4318"
             ))
         }
     }

@@ -62,6 +62,32 @@ pub struct Collector {
 impl Collector {
     /// Listens on a free loopback port.
     pub async fn start() -> Collector {
+        Collector::listen(None).await
+    }
+
+    /// Listens on a free loopback port behind TLS, with a self-signed certificate for
+    /// `localhost` (ALPN h2 and http/1.1), written as a PEM file into `dir`; returns that
+    /// file too (the `ca` to trust).
+    pub async fn start_tls(dir: &std::path::Path) -> (Collector, std::path::PathBuf) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a self-signed certificate");
+        let ca = dir.join("collector.pem");
+        std::fs::write(&ca, ck.cert.pem()).expect("the certificate must be writable");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .expect("a server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Collector::listen(Some(acceptor)).await, ca)
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> Collector {
         let tcp = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0 must work");
@@ -71,12 +97,17 @@ impl Collector {
             let state = state.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = tcp.accept().await {
-                    let state = state.clone();
+                    let (state, tls) = (state.clone(), tls.clone());
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| receive(req, state.clone()));
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                        let server = auto::Builder::new(TokioExecutor::new());
+                        let _ = match tls {
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(io) => server.serve_connection(TokioIo::new(io), svc).await,
+                                Err(_) => return,
+                            },
+                            None => server.serve_connection(TokioIo::new(stream), svc).await,
+                        };
                     });
                 }
             })
