@@ -57,7 +57,7 @@ pub fn is_valid_cert_tenant(id: &str) -> bool {
 }
 
 /// The crypto provider every rampart TLS config uses (see the module doc for why `ring`).
-pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -1,6 +1,7 @@
 //! The OTLP exporter: a bounded queue the request path pushes spans into, and one task that
 //! sends them in batches: over HTTP to `{endpoint}/v1/traces` (protobuf or JSON), or over gRPC
-//! (HTTP/2 without TLS, the collector's `:4317`) to the trace service's `Export` method.
+//! (HTTP/2, the collector's `:4317`) to the trace service's `Export` method; in clear to an
+//! `http://` endpoint, over TLS (never in clear) to an `https://` one.
 //!
 //! The queue is a fixed-size lock-free array, and the task polls it on a short timer instead
 //! of being woken: a push never wakes a thread (the access log measured what a wake-up per
@@ -70,7 +71,7 @@ struct Task {
     queue: Arc<ArrayQueue<Box<SpanRecord>>>,
     owner: Weak<Exporter>,
     flags: Arc<Flags>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Exporting,
     uri: Uri,
     protocol: OtlpProtocol,
     service_name: String,
@@ -78,6 +79,25 @@ struct Task {
     timeout: Duration,
     metrics: TraceMetrics,
     last_warning: Option<Instant>,
+}
+
+/// The exporter's HTTP client: plain TCP to an `http://` collector, TLS to an `https://` one
+/// (the connector then refuses any other scheme, so nothing goes in clear).
+enum Exporting {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl Exporting {
+    async fn request(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Exporting::Plain(c) => c.request(req).await,
+            Exporting::Tls(c) => c.request(req).await,
+        }
+    }
 }
 
 // === impl Exporter ===
@@ -102,18 +122,19 @@ impl Exporter {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.timeout.0));
         http.set_nodelay(true);
-        http.enforce_http(false);
         let grpc = cfg.protocol == OtlpProtocol::Grpc;
-        let connector = connector(http, tls, cfg.endpoint.starts_with("https://"), grpc);
+        let mut builder = Client::builder(TokioExecutor::new());
+        // gRPC is HTTP/2 only (in clear, spoken from the first byte; over TLS, chosen by ALPN).
+        builder.pool_max_idle_per_host(1).http2_only(grpc);
+        let client = match tls {
+            Some(tls) => Exporting::Tls(builder.build(tls_connector(http, tls, grpc))),
+            None => Exporting::Plain(builder.build(http)),
+        };
         let task = Task {
             queue,
             owner: Arc::downgrade(&exporter),
             flags,
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1)
-                // gRPC is HTTP/2 only; without TLS, spoken from the first byte.
-                .http2_only(grpc)
-                .build(connector),
+            client,
             uri: traces_uri(&cfg.endpoint, cfg.protocol),
             protocol: cfg.protocol,
             service_name: service_name.to_owned(),
@@ -147,36 +168,20 @@ impl Exporter {
     }
 }
 
-/// The exporter's connector: TLS (verified by `tls`, ALPN `h2` for gRPC, `http/1.1` else) when
-/// the endpoint is `https://`, and never a plain connection then; plain TCP for `http://`.
-fn connector(
-    http: HttpConnector,
-    tls: Option<&ClientConfig>,
-    https: bool,
+/// The TLS connector to an `https://` collector, verified by `tls`, offering ALPN `h2` for gRPC
+/// and `http/1.1` else; it connects to `https://` URLs only.
+fn tls_connector(
+    mut http: HttpConnector,
+    tls: &ClientConfig,
     grpc: bool,
 ) -> HttpsConnector<HttpConnector> {
-    // The builder sets ALPN itself and refuses a config that has it set already. Without a
-    // verified config (an http:// endpoint), an empty root store: nothing could be trusted.
-    let mut config = tls.cloned().unwrap_or_else(|| {
-        ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| {
-                ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-    });
+    http.enforce_http(false);
+    let mut config = tls.clone();
+    // The builder sets ALPN itself, and refuses a config that has it set already.
     config.alpn_protocols.clear();
-    let builder = HttpsConnectorBuilder::new().with_tls_config(config);
-    let builder = if https {
-        builder.https_only()
-    } else {
-        builder.https_or_http()
-    };
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
     if grpc {
         builder.enable_http2().wrap_connector(http)
     } else {
@@ -185,7 +190,7 @@ fn connector(
 }
 
 /// `{endpoint}/v1/traces`, or the gRPC method under the endpoint; validation made sure the
-/// endpoint is an `http://` URL (with no path, for gRPC).
+/// endpoint is an `http://` or `https://` URL (with no path, for gRPC).
 fn traces_uri(endpoint: &str, protocol: OtlpProtocol) -> Uri {
     let base = endpoint.trim_end_matches('/');
     let path = match protocol {

@@ -388,6 +388,18 @@ async fn a_tunnels_access_log_line_names_its_connect() {
     assert!(dead["endpoint"].is_string(), "{dead}");
 }
 
+/// `line` is an opened tunnel's (a CONNECT answered 200) that carried `up` bytes to the
+/// upstream and `down` to the client.
+fn assert_tunnel_line(line: &serde_json::Value, up: usize, down: usize) {
+    assert_eq!(
+        (line["method"].as_str(), line["status"].as_u64()),
+        (Some("CONNECT"), Some(200)),
+        "{line}"
+    );
+    assert_eq!(line["bytes_in"], up, "{line}");
+    assert_eq!(line["bytes_out"], down, "{line}");
+}
+
 /// A tunnel's line is written when the tunnel ends, not when its 200 goes out: its
 /// `bytes_in` and `bytes_out` are what went through it each way, and its duration is its life
 /// (before, the line came with the 200 and said 0 bytes both ways).
@@ -439,13 +451,7 @@ async fn a_tunnels_line_is_written_when_it_ends_with_the_bytes_it_carried() {
 
     let lines = crate::support::wait_log_lines(&log, 2).await;
     let tunnel = &lines[1];
-    assert_eq!(
-        (tunnel["method"].as_str(), tunnel["status"].as_u64()),
-        (Some("CONNECT"), Some(200)),
-        "{tunnel}"
-    );
-    assert_eq!(tunnel["bytes_in"], inside.len(), "{tunnel}");
-    assert_eq!(tunnel["bytes_out"], OK.len(), "{tunnel}");
+    assert_tunnel_line(tunnel, inside.len(), OK.len());
     assert_eq!(tunnel["tries"], 1, "{tunnel}");
     assert_eq!(plain.hits(), 1);
 }
@@ -515,13 +521,7 @@ listeners:
     let lines = crate::support::log_lines(&log);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let tunnel = &lines[0];
-    assert_eq!(
-        (tunnel["method"].as_str(), tunnel["status"].as_u64()),
-        (Some("CONNECT"), Some(200)),
-        "{tunnel}"
-    );
-    assert_eq!(tunnel["bytes_in"], sent.len(), "{tunnel}");
-    assert_eq!(tunnel["bytes_out"], sent.len(), "{tunnel}");
+    assert_tunnel_line(tunnel, sent.len(), sent.len());
     assert!(
         tunnel["duration_ms"]
             .as_f64()

@@ -104,6 +104,19 @@ fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `rampart_trace_spans_exported_total` of the proxy whose admin listener is `admin`.
+async fn exported(admin: SocketAddr) -> f64 {
+    let text = metrics(admin).await;
+    metric_value(&text, "rampart_trace_spans_exported_total", &[]).unwrap_or(0.0)
+}
+
+/// `rampart_trace_spans_dropped_total{reason="export_failed"}` of that proxy.
+async fn export_failed(admin: SocketAddr) -> f64 {
+    let text = metrics(admin).await;
+    let labels = [("reason", "export_failed")];
+    metric_value(&text, "rampart_trace_spans_dropped_total", &labels).unwrap_or(0.0)
+}
+
 fn kind(s: &Span) -> SpanKind {
     SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified)
 }
@@ -344,11 +357,8 @@ async fn an_unsampled_trace_exports_nothing_and_still_reaches_the_upstream() {
         "JSON ids decode as hex"
     );
     // The collector keeps the spans before it answers; rampart counts them after.
-    let exported = || async {
-        let text = metrics(t.proxy.admin()).await;
-        metric_value(&text, "rampart_trace_spans_exported_total", &[])
-    };
-    assert_eventually!(exported().await == Some(2.0), "{:?}", exported().await);
+    let admin = t.proxy.admin();
+    assert_eventually!(exported(admin).await == 2.0, "{}", exported(admin).await);
 }
 
 /// OTLP over gRPC (`protocol: grpc`, the collector's `:4317`): the spans arrive as one
@@ -361,10 +371,7 @@ async fn spans_go_over_grpc_and_its_status_decides_the_count() {
     let otlp = Collector::start().await;
     let t = traced(app.addr(), otlp.addr(), "100%", "grpc").await;
     let addr = t.proxy.listener("inbound");
-    let count = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
-        let admin = t.proxy.admin();
-        async move { metric_value(&metrics(admin).await, name, labels).unwrap_or(0.0) }
-    };
+    let admin = t.proxy.admin();
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
     assert_eventually!(otlp.spans().len() >= 2, "{:#?}", otlp.spans());
     let got = otlp.spans();
@@ -382,14 +389,13 @@ async fn spans_go_over_grpc_and_its_status_decides_the_count() {
         Some("200")
     );
     assert!(otlp.grpc_te() >= 1, "gRPC asks for te: trailers");
-    assert_eventually!(count("rampart_trace_spans_exported_total", &[]).await == 2.0);
+    assert_eventually!(exported(admin).await == 2.0);
 
     // The collector refuses (grpc-status 14 in its trailers, HTTP 200): dropped, not exported.
     otlp.answer_grpc_status(14);
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
-    let failed = &[("reason", "export_failed")];
-    assert_eventually!(count("rampart_trace_spans_dropped_total", failed).await == 2.0);
-    assert_eq!(count("rampart_trace_spans_exported_total", &[]).await, 2.0);
+    assert_eventually!(export_failed(admin).await == 2.0);
+    assert_eq!(exported(admin).await, 2.0);
     assert!(
         t.proxy.log().contains("grpc-status 14: test says no"),
         "{}",
@@ -439,17 +445,8 @@ async fn an_https_collector_is_verified_against_its_ca() {
             .status,
         200
     );
-    let failed = || async {
-        let text = metrics(t.proxy.admin()).await;
-        metric_value(
-            &text,
-            "rampart_trace_spans_dropped_total",
-            &[("reason", "export_failed")],
-        )
-        .unwrap_or(0.0)
-    };
     assert_eventually!(
-        failed().await >= 2.0,
+        export_failed(t.proxy.admin()).await >= 2.0,
         "an unverified collector gets nothing"
     );
     assert_eq!(otlp.posts(), before, "nothing reached it");
@@ -507,17 +504,8 @@ async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
             took < Duration::from_secs(10),
             "200 requests took {took:?} with the collector at {otlp}"
         );
-        let failed = || async {
-            let text = metrics(t.proxy.admin()).await;
-            metric_value(
-                &text,
-                "rampart_trace_spans_dropped_total",
-                &[("reason", "export_failed")],
-            )
-            .unwrap_or(0.0)
-        };
         assert_eventually!(
-            failed().await > 0.0,
+            export_failed(t.proxy.admin()).await > 0.0,
             "exports to {otlp} fail and are counted"
         );
         assert!(
