@@ -111,6 +111,14 @@ pub struct Otlp {
     /// web roots if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// Header lines sent with every export (a vendor's API key, say); their values are shown
+    /// as `***` on `/config`.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "serialize_redacted_values"
+    )]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `tracing.otlp.protocol:`
@@ -846,6 +854,19 @@ pub fn redact_url(url: &str) -> String {
 
 fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url))
+}
+
+/// A map's keys with every value shown as `***` (credentials, for `/config`).
+fn serialize_redacted_values<S: serde::Serializer>(
+    map: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(map.len()))?;
+    for k in map.keys() {
+        m.serialize_entry(k, "***")?;
+    }
+    m.end()
 }
 
 /// Default `global_store.redis.key_prefix`.

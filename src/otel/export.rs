@@ -72,6 +72,9 @@ struct Task {
     owner: Weak<Exporter>,
     flags: Arc<Flags>,
     client: Exporting,
+    /// `otlp.headers`, sent with every export (values marked sensitive: HPACK never indexes
+    /// them).
+    headers: header::HeaderMap,
     uri: Uri,
     protocol: OtlpProtocol,
     service_name: String,
@@ -135,6 +138,7 @@ impl Exporter {
             owner: Arc::downgrade(&exporter),
             flags,
             client,
+            headers: extra_headers(&cfg.headers),
             uri: traces_uri(&cfg.endpoint, cfg.protocol),
             protocol: cfg.protocol,
             service_name: service_name.to_owned(),
@@ -166,6 +170,22 @@ impl Exporter {
             self.metrics.dropped_queue_full.inc();
         }
     }
+}
+
+/// `otlp.headers` as header lines (validation refused names and values that are not).
+fn extra_headers(headers: &std::collections::BTreeMap<String, String>) -> header::HeaderMap {
+    let mut map = header::HeaderMap::new();
+    for (name, value) in headers {
+        let (Ok(name), Ok(mut value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        value.set_sensitive(true);
+        map.append(name, value);
+    }
+    map
 }
 
 /// The TLS connector to an `https://` collector, verified by `tls`, offering ALPN `h2` for gRPC
@@ -286,6 +306,9 @@ impl Task {
         if grpc {
             req.headers_mut()
                 .insert(header::TE, header::HeaderValue::from_static("trailers"));
+        }
+        for (name, value) in &self.headers {
+            req.headers_mut().append(name, value.clone());
         }
         let rsp = self.client.request(req).await.map_err(|e| {
             use std::error::Error;

@@ -26,6 +26,7 @@ fn cfg(sample: f64, endpoint: &str) -> Tracing {
             flush_every: Dur::from_secs(3600),
             timeout: Dur::from_secs(1),
             ca: None,
+            headers: Default::default(),
         },
         sample: Ratio(sample),
         service_name: "svc".into(),

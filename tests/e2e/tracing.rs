@@ -452,6 +452,39 @@ async fn an_https_collector_is_verified_against_its_ca() {
     assert_eq!(otlp.posts(), before, "nothing reached it");
 }
 
+/// `otlp.headers` go with every export, over HTTP and over gRPC; `/config` names them and
+/// hides their values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_headers_go_with_every_export_and_stay_off_config() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let keyed = TRACED.replace(
+        "timeout: 300ms }",
+        "timeout: 300ms, headers: { Authorization: \"Bearer s3cret\" } }",
+    );
+    for protocol in ["http/protobuf", "grpc"] {
+        let before = otlp.posts();
+        let t = traced_by(&keyed, app.addr(), otlp.addr(), "100%", protocol).await;
+        assert_eq!(
+            http::get(t.proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
+        assert_eventually!(otlp.posts() > before, "{protocol}");
+        let seen = otlp.authorization();
+        assert!(
+            seen[before..]
+                .iter()
+                .all(|a| a.as_deref() == Some("Bearer s3cret")),
+            "{protocol}: {seen:?}"
+        );
+        let shown = http::get(t.proxy.admin(), "/config", &[]).await.text();
+        assert!(shown.contains("\"Authorization\":\"***\""), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_the_export_to_the_new_collector() {
     let app = sample().await;

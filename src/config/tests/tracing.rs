@@ -139,3 +139,69 @@ fn other_values_and_keys_are_checked_in_place() {
     let e = one(&traced(ok, "  zipkin: true\n"));
     assert_eq!(e.path, "tracing.zipkin");
 }
+
+/// `otlp.headers`: any header line a collector may want (a vendor's key), none the exporter
+/// writes itself, each checked at its place; in clear off this machine they draw a warning;
+/// `/config` shows their names, never their values.
+#[test]
+fn export_headers_are_checked_warned_in_clear_and_redacted() {
+    let with = |endpoint: &str, headers: &str| {
+        traced(
+            &format!("{{ endpoint: \"{endpoint}\", headers: {headers} }}"),
+            "",
+        )
+    };
+    let good = with(
+        "http://127.0.0.1:4318",
+        "{ authorization: \"Bearer s3cret\", x-scope: edge }",
+    );
+    let cfg = Config::from_str(&good, "t.yaml").expect("valid");
+    assert!(cfg.warnings.is_empty(), "loopback: {:?}", cfg.warnings);
+    let shown = serde_json::to_string(&cfg.file).expect("serializes");
+    assert!(shown.contains("\"authorization\":\"***\""), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let far = with(
+        "http://collector.example:4318",
+        "{ authorization: \"Bearer s3cret\" }",
+    );
+    let w = super::warnings(&far);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "tracing.otlp.headers");
+    assert!(w[0].message.contains("go in clear"), "{w:?}");
+    assert!(super::warnings(&with(
+        "https://collector.example:4318",
+        "{ authorization: \"Bearer s3cret\" }"
+    ))
+    .is_empty());
+    for (headers, path, says) in [
+        (
+            "{ \"bad name\": x }",
+            "tracing.otlp.headers.bad name",
+            "invalid header name",
+        ),
+        (
+            "{ content-type: text/plain }",
+            "tracing.otlp.headers.content-type",
+            "set by the exporter",
+        ),
+        (
+            "{ TE: trailers }",
+            "tracing.otlp.headers.TE",
+            "set by the exporter",
+        ),
+        (
+            "{ x-key: \"a\\nb\" }",
+            "tracing.otlp.headers.x-key",
+            "invalid header value",
+        ),
+        (
+            "{ X-Key: a, x-key: b }",
+            "tracing.otlp.headers.x-key",
+            "given twice",
+        ),
+    ] {
+        let e = one(&with("http://127.0.0.1:4318", headers));
+        assert_eq!(e.path, path, "{headers}: {e:?}");
+        assert!(e.message.contains(says), "{headers}: {e:?}");
+    }
+}

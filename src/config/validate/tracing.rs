@@ -10,7 +10,7 @@ use http::Uri;
 
 use super::super::file::{OtlpProtocol, Tracing};
 use super::super::locate::KeyPath;
-use super::Report;
+use super::{syntax, Report};
 
 /// Checks `tracing`, if present.
 pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
@@ -29,6 +29,7 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
         }
         Ok(_) => {}
     }
+    headers(t, &op.key("headers"), r);
     if let Some(ca) = &t.otlp.ca {
         if t.otlp.endpoint.starts_with("https://") {
             r.readable(&op.key("ca"), ca, "collector ca bundle");
@@ -41,6 +42,63 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
     if t.service_name.trim().is_empty() {
         r.value(&p.key("service_name"), "the service name is empty");
     }
+}
+
+/// Header lines the exporter writes itself, or that would change how the export is framed.
+const EXPORTER_OWN: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "host",
+    "connection",
+    "upgrade",
+];
+
+/// `otlp.headers`: names and values an HTTP header line can carry, none the exporter sets
+/// itself; sent in clear to a collector off this machine, they draw a warning.
+fn headers(t: &Tracing, p: &KeyPath, r: &mut Report<'_>) {
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in &t.otlp.headers {
+        let hp = p.key(name);
+        let lower = name.to_ascii_lowercase();
+        if let Err(m) = syntax::header_name(name) {
+            r.key(&hp, m);
+        } else if EXPORTER_OWN.contains(&lower.as_str()) {
+            r.key(&hp, format!("{name} is set by the exporter itself"));
+        } else if !seen.insert(lower) {
+            r.key(
+                &hp,
+                format!("{name} is given twice (header names are not case-sensitive)"),
+            );
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            r.value(
+                &hp,
+                "invalid header value: use visible ASCII characters, spaces and tabs (no line breaks)",
+            );
+        }
+    }
+    let clear = t.otlp.endpoint.starts_with("http://") && !is_loopback(&t.otlp.endpoint);
+    if clear && !t.otlp.headers.is_empty() {
+        r.warn(
+            p,
+            "these header lines (credentials, often) go in clear to a collector off this machine; use an https:// endpoint",
+        );
+    }
+}
+
+/// Whether `endpoint`'s host is this machine (a loopback address or `localhost`).
+fn is_loopback(endpoint: &str) -> bool {
+    let Ok(uri) = endpoint.parse::<Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why `text` is not a base URL spans can be posted under, if it is not; else its path.

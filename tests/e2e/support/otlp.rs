@@ -41,6 +41,8 @@ struct State {
     grpc_status: u32,
     /// gRPC exports received with the `te: trailers` gRPC asks for.
     grpc_te: usize,
+    /// Every export's `authorization` header, if it had one.
+    authorization: Vec<Option<String>>,
 }
 
 /// The gRPC method OTLP exports spans to.
@@ -145,6 +147,11 @@ impl Collector {
         self.state.lock().posts
     }
 
+    /// The `authorization` header of every export received so far (`None`: it had none).
+    pub fn authorization(&self) -> Vec<Option<String>> {
+        self.state.lock().authorization.clone()
+    }
+
     /// gRPC exports received so far with `te: trailers`.
     pub fn grpc_te(&self) -> usize {
         self.state.lock().grpc_te
@@ -165,6 +172,11 @@ impl Drop for Collector {
 async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Answer, hyper::Error> {
     let path = req.uri().path().to_owned();
     let te = req.headers().get("te").is_some_and(|v| v == "trailers");
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let content_type = req
         .headers()
         .get("content-type")
@@ -191,6 +203,7 @@ async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Ans
     };
     let mut s = state.lock();
     s.posts += 1;
+    s.authorization.push(authorization);
     match decoded {
         Ok(msg) => {
             for rs in msg.resource_spans {
