@@ -388,6 +388,28 @@ async fn a_tunnels_access_log_line_names_its_connect() {
     assert!(dead["endpoint"].is_string(), "{dead}");
 }
 
+/// A connection to `addr` that sent `CONNECT target` and read the 200's head (byte by byte, so
+/// nothing after it is taken): the tunnel, open.
+async fn open_tunnel(addr: SocketAddr, target: &str) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    tcp.write_all(req.as_bytes())
+        .await
+        .expect("write the CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("the 200 in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 200: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    tcp
+}
+
 /// `line` is an opened tunnel's (a CONNECT answered 200) that carried `up` bytes to the
 /// upstream and `down` to the client.
 fn assert_tunnel_line(line: &serde_json::Value, up: usize, down: usize) {
@@ -411,23 +433,7 @@ async fn a_tunnels_line_is_written_when_it_ends_with_the_bytes_it_carried() {
     let proxy = logged_proxy(&log, &plain).await;
     let outbound = proxy.listener("outbound");
 
-    let mut tcp = tokio::net::TcpStream::connect(outbound)
-        .await
-        .expect("connect");
-    tcp.write_all(b"CONNECT plain.example:80 HTTP/1.1\r\nHost: plain.example:80\r\n\r\n")
-        .await
-        .expect("write the CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
-            .await
-            .expect("the 200 in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed before the 200: {head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let mut tcp = open_tunnel(outbound, "plain.example:80").await;
 
     // A request that ends while the tunnel is open has its line; the tunnel has none yet.
     assert_refused(
@@ -492,27 +498,15 @@ listeners:
         .var("LOG", log.display())
         .spawn()
         .await;
-    let mut tcp = tokio::net::TcpStream::connect(proxy.listener("outbound"))
-        .await
-        .expect("connect");
-    tcp.write_all(b"CONNECT echo.example:7 HTTP/1.1\r\nHost: echo.example:7\r\n\r\n")
-        .await
-        .expect("write the CONNECT");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
+    let mut tcp = open_tunnel(proxy.listener("outbound"), "echo.example:7").await;
     let sent = b"hello through the tunnel";
-    while !got.ends_with(sent) {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-            .await
-            .expect("the 200, then the echo, in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-        if got.ends_with(b"\r\n\r\n") {
-            assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
-            tcp.write_all(sent).await.expect("write into the tunnel");
-        }
-    }
+    tcp.write_all(sent).await.expect("write into the tunnel");
+    let mut echoed = vec![0u8; sent.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+        .await
+        .expect("the echo in time")
+        .expect("read the echo");
+    assert_eq!(echoed, sent);
     proxy.signal("TERM");
     let status = proxy.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", proxy.log());
