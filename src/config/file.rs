@@ -111,6 +111,9 @@ pub struct Otlp {
     /// web roots if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// Whether exports are compressed.
+    #[serde(default)]
+    pub compression: OtlpCompression,
     /// Header lines sent with every export (a vendor's API key, say); their values are shown
     /// as `***` on `/config`.
     #[serde(
@@ -119,6 +122,17 @@ pub struct Otlp {
         serialize_with = "serialize_redacted_values"
     )]
     pub headers: BTreeMap<String, String>,
+}
+
+/// `tracing.otlp.compression:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpCompression {
+    /// Sent as encoded (the OTLP default).
+    #[default]
+    None,
+    /// gzip: the body over HTTP (`content-encoding`), the message over gRPC (`grpc-encoding`).
+    Gzip,
 }
 
 /// `tracing.otlp.protocol:`

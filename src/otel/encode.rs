@@ -50,29 +50,45 @@ pub(super) fn request(service_name: &str, spans: &[Box<SpanRecord>]) -> ExportTr
     }
 }
 
-/// The body of an export of `req` over `protocol`, and its content type.
+/// The body of an export of `req` over `protocol`, and its content type; `gzip`: compressed
+/// (the whole body over HTTP, sent with `content-encoding: gzip`; the message over gRPC, with
+/// its flag set and `grpc-encoding: gzip`).
 pub(super) fn body(
     req: &ExportTraceServiceRequest,
     protocol: OtlpProtocol,
+    gzip: bool,
 ) -> (Vec<u8>, &'static str) {
+    let squeeze = |b: Vec<u8>| if gzip { compress(&b) } else { b };
     match protocol {
-        OtlpProtocol::HttpJson => match serde_json::to_vec(req) {
-            Ok(b) => (b, "application/json"),
+        OtlpProtocol::HttpJson => {
             // Serializing plain data into a Vec cannot fail; an empty body would be refused.
-            Err(_) => (Vec::new(), "application/json"),
-        },
-        OtlpProtocol::HttpProtobuf => (req.encode_to_vec(), "application/x-protobuf"),
-        // One gRPC message: a flag byte (0: not compressed), the length (4 bytes, big-endian),
-        // then the protobuf bytes.
+            let b = serde_json::to_vec(req).unwrap_or_default();
+            (squeeze(b), "application/json")
+        }
+        OtlpProtocol::HttpProtobuf => (squeeze(req.encode_to_vec()), "application/x-protobuf"),
+        // One gRPC message: a flag byte (1: compressed), the length (4 bytes, big-endian), then
+        // the (compressed) protobuf bytes.
         OtlpProtocol::Grpc => {
-            let len = req.encoded_len();
-            let mut b = Vec::with_capacity(5 + len);
-            b.push(0);
-            b.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-            req.encode(&mut b).ok();
+            let msg = squeeze(req.encode_to_vec());
+            let mut b = Vec::with_capacity(5 + msg.len());
+            b.push(u8::from(gzip));
+            b.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+            b.extend_from_slice(&msg);
             (b, "application/grpc")
         }
     }
+}
+
+/// `bytes` gzipped.
+fn compress(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(bytes);
+    gz.finish().unwrap_or_default()
 }
 
 fn to_span(s: &SpanRecord) -> Span {

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::encode;
 use super::span::SpanRecord;
 use super::TraceMetrics;
-use crate::config::file::{Otlp, OtlpProtocol};
+use crate::config::file::{Otlp, OtlpCompression, OtlpProtocol};
 
 /// Spans queued before new ones are dropped.
 pub(super) const QUEUE: usize = 8192;
@@ -77,6 +77,8 @@ struct Task {
     headers: header::HeaderMap,
     uri: Uri,
     protocol: OtlpProtocol,
+    /// `compression: gzip`.
+    gzip: bool,
     service_name: String,
     flush_every: Duration,
     timeout: Duration,
@@ -141,6 +143,7 @@ impl Exporter {
             headers: extra_headers(&cfg.headers),
             uri: traces_uri(&cfg.endpoint, cfg.protocol),
             protocol: cfg.protocol,
+            gzip: cfg.compression == OtlpCompression::Gzip,
             service_name: service_name.to_owned(),
             flush_every: cfg.flush_every.0,
             timeout: cfg.timeout.0,
@@ -275,7 +278,7 @@ impl Task {
     /// Sends one batch; counts it exported or dropped.
     async fn export(&mut self, spans: &[Box<SpanRecord>]) {
         let msg = encode::request(&self.service_name, spans);
-        let (body, content_type) = encode::body(&msg, self.protocol);
+        let (body, content_type) = encode::body(&msg, self.protocol, self.gzip);
         let n = spans.len() as u64;
         let sent = tokio::time::timeout(self.timeout, self.post(body, content_type)).await;
         let failure = match sent {
@@ -303,9 +306,15 @@ impl Task {
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
+        let gzip = header::HeaderValue::from_static("gzip");
         if grpc {
             req.headers_mut()
                 .insert(header::TE, header::HeaderValue::from_static("trailers"));
+            if self.gzip {
+                req.headers_mut().insert("grpc-encoding", gzip);
+            }
+        } else if self.gzip {
+            req.headers_mut().insert(header::CONTENT_ENCODING, gzip);
         }
         for (name, value) in &self.headers {
             req.headers_mut().append(name, value.clone());

@@ -26,6 +26,7 @@ fn cfg(sample: f64, endpoint: &str) -> Tracing {
             flush_every: Dur::from_secs(3600),
             timeout: Dur::from_secs(1),
             ca: None,
+            compression: Default::default(),
             headers: Default::default(),
         },
         sample: Ratio(sample),
@@ -222,7 +223,7 @@ fn record() -> SpanRecord {
 #[test]
 fn spans_encode_as_otlp_protobuf() {
     let msg = encode::request("svc", &[Box::new(record())]);
-    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpProtobuf);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpProtobuf, false);
     assert_eq!(content_type, "application/x-protobuf");
     let back = ExportTraceServiceRequest::decode(body.as_slice()).expect("decodes");
     assert_eq!(back, msg);
@@ -250,7 +251,7 @@ fn spans_encode_as_otlp_json() {
     let mut rec = record();
     rec.error = Some("upstream_unavailable".into());
     let msg = encode::request("svc", &[Box::new(rec)]);
-    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpJson);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpJson, false);
     assert_eq!(content_type, "application/json");
     let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
@@ -267,7 +268,7 @@ fn spans_encode_as_otlp_json() {
 #[test]
 fn spans_encode_as_one_grpc_message() {
     let msg = encode::request("svc", &[Box::new(record())]);
-    let (body, content_type) = encode::body(&msg, OtlpProtocol::Grpc);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::Grpc, false);
     assert_eq!(content_type, "application/grpc");
     let proto = msg.encode_to_vec();
     // Not compressed, then the length big-endian, then the message.
@@ -295,4 +296,30 @@ fn a_grpc_export_succeeds_only_on_status_0() {
     );
     // An answer that says nothing of its status is not a success.
     assert!(grpc_outcome(&headers(&[("content-type", "application/grpc")])).is_err());
+}
+
+#[test]
+fn a_gzip_export_is_the_same_request_compressed() {
+    use std::io::Read;
+    let gunzip = |b: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .expect("gzip");
+        out
+    };
+    let msg = encode::request("svc", &[Box::new(record())]);
+    let (body, content_type) = encode::body(&msg, OtlpProtocol::HttpProtobuf, true);
+    assert_eq!(content_type, "application/x-protobuf");
+    assert_eq!(gunzip(&body), msg.encode_to_vec());
+    let (body, _) = encode::body(&msg, OtlpProtocol::HttpJson, true);
+    let back: ExportTraceServiceRequest =
+        serde_json::from_slice(&gunzip(&body)).expect("JSON inside");
+    assert_eq!(back, msg);
+    // gRPC: the message compressed, its flag set, its length that of the compressed bytes.
+    let (body, _) = encode::body(&msg, OtlpProtocol::Grpc, true);
+    assert_eq!(body[0], 1);
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert_eq!(len, body.len() - 5);
+    assert_eq!(gunzip(&body[5..]), msg.encode_to_vec());
 }

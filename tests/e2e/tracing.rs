@@ -485,6 +485,33 @@ async fn export_headers_go_with_every_export_and_stay_off_config() {
     }
 }
 
+/// `compression: gzip` over HTTP (the body, `content-encoding`) and over gRPC (the message,
+/// `grpc-encoding` and its flag): the collector decodes the same spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_exports_decode_to_the_same_spans() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let gzipped = TRACED.replace("timeout: 300ms }", "timeout: 300ms, compression: gzip }");
+    for protocol in ["http/protobuf", "http/json", "grpc"] {
+        let (posts, spans) = (otlp.posts(), otlp.spans().len());
+        let t = traced_by(&gzipped, app.addr(), otlp.addr(), "100%", protocol).await;
+        assert_eq!(
+            http::get(t.proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
+        assert_eventually!(otlp.spans().len() >= spans + 2, "{protocol}");
+        assert_eq!(
+            otlp.gzipped(),
+            otlp.posts(),
+            "{protocol}: every export gzipped"
+        );
+        assert!(otlp.posts() > posts);
+        assert_eventually!(exported(t.proxy.admin()).await == 2.0, "{protocol}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_the_export_to_the_new_collector() {
     let app = sample().await;

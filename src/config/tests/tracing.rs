@@ -1,7 +1,7 @@
 //! `tracing:`: defaults, and every setting this build would not act on refused at its place.
 
 use super::{fails_at, one, spot, BASE};
-use crate::config::file::OtlpProtocol;
+use crate::config::file::{OtlpCompression, OtlpProtocol};
 use crate::config::Config;
 
 /// BASE with a `tracing:` section whose `otlp` mapping is `otlp` and extra lines `rest`.
@@ -32,7 +32,24 @@ fn a_minimal_section_takes_the_otlp_defaults() {
         .tracing
         .expect("on");
     assert_eq!(t.otlp.protocol, OtlpProtocol::HttpJson);
+    assert_eq!(t.otlp.compression, OtlpCompression::None);
     assert_eq!(t.sample.0, 0.1);
+    let gz = traced(
+        "{ endpoint: \"http://127.0.0.1:4317\", protocol: grpc, compression: gzip }",
+        "",
+    );
+    let t = Config::from_str(&gz, "t.yaml")
+        .expect("valid")
+        .file
+        .tracing
+        .expect("on");
+    assert_eq!(t.otlp.compression, OtlpCompression::Gzip);
+    let e = one(&traced(
+        "{ endpoint: \"http://127.0.0.1:4318\", compression: zstd }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.compression");
+    assert!(e.message.contains("none, gzip"), "{e:?}");
     assert!(Config::from_str(BASE, "t.yaml")
         .expect("valid")
         .file

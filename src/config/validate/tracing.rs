@@ -45,8 +45,10 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
 }
 
 /// Header lines the exporter writes itself, or that would change how the export is framed.
-const EXPORTER_OWN: [&str; 7] = [
+const EXPORTER_OWN: [&str; 9] = [
     "content-type",
+    "content-encoding",
+    "grpc-encoding",
     "content-length",
     "transfer-encoding",
     "te",

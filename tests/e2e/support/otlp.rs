@@ -43,6 +43,8 @@ struct State {
     grpc_te: usize,
     /// Every export's `authorization` header, if it had one.
     authorization: Vec<Option<String>>,
+    /// Exports received gzipped (`content-encoding`, or `grpc-encoding` with the flag set).
+    gzipped: usize,
 }
 
 /// The gRPC method OTLP exports spans to.
@@ -147,6 +149,11 @@ impl Collector {
         self.state.lock().posts
     }
 
+    /// Exports received gzipped so far.
+    pub fn gzipped(&self) -> usize {
+        self.state.lock().gzipped
+    }
+
     /// The `authorization` header of every export received so far (`None`: it had none).
     pub fn authorization(&self) -> Vec<Option<String>> {
         self.state.lock().authorization.clone()
@@ -172,6 +179,8 @@ impl Drop for Collector {
 async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Answer, hyper::Error> {
     let path = req.uri().path().to_owned();
     let te = req.headers().get("te").is_some_and(|v| v == "trailers");
+    let encoding = |name: &str| req.headers().get(name).is_some_and(|v| v == "gzip");
+    let gzip = encoding("content-encoding") || encoding("grpc-encoding");
     let authorization = req
         .headers()
         .get("authorization")
@@ -184,13 +193,20 @@ async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Ans
         .unwrap_or("")
         .to_owned();
     let body = req.into_body().collect().await?.to_bytes();
+    // Over HTTP the whole body is gzipped; over gRPC, the message (see `grpc_message`).
+    let body = if gzip && content_type != "application/grpc" {
+        Bytes::from(gunzip(&body))
+    } else {
+        body
+    };
     let grpc = content_type == "application/grpc";
     let decoded = if grpc {
         if path != GRPC_EXPORT {
             Err(format!("gRPC call to {path}, not {GRPC_EXPORT}"))
         } else {
-            grpc_message(&body)
-                .and_then(|m| ExportTraceServiceRequest::decode(m).map_err(|e| e.to_string()))
+            grpc_message(&body, gzip).and_then(|m| {
+                ExportTraceServiceRequest::decode(m.as_slice()).map_err(|e| e.to_string())
+            })
         }
     } else if path != "/v1/traces" {
         Err(format!("posted to {path}, not /v1/traces"))
@@ -204,6 +220,7 @@ async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Ans
     let mut s = state.lock();
     s.posts += 1;
     s.authorization.push(authorization);
+    s.gzipped += usize::from(gzip);
     match decoded {
         Ok(msg) => {
             for rs in msg.resource_spans {
@@ -255,20 +272,28 @@ async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Ans
     Ok(rsp)
 }
 
-/// The one message of a gRPC request body: a flag byte (0, not compressed), a 4-byte length,
-/// and that many bytes.
-fn grpc_message(body: &[u8]) -> Result<&[u8], String> {
+/// The one message of a gRPC request body: a flag byte (1: compressed, as `grpc-encoding`
+/// says, `gzip` here), a 4-byte length, and that many bytes.
+fn grpc_message(body: &[u8], gzip: bool) -> Result<Vec<u8>, String> {
     let [flag, a, b, c, d, rest @ ..] = body else {
         return Err(format!("a gRPC body of {} bytes", body.len()));
     };
     let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-    if *flag != 0 || rest.len() != len {
+    if *flag != u8::from(gzip) || rest.len() != len {
         return Err(format!(
-            "gRPC frame: flag {flag}, length {len}, {} bytes follow",
+            "gRPC frame: flag {flag} (gzip: {gzip}), length {len}, {} bytes follow",
             rest.len()
         ));
     }
-    Ok(rest)
+    Ok(if gzip { gunzip(rest) } else { rest.to_vec() })
+}
+
+/// `bytes` gunzipped (empty when they are not gzip: the decode then fails, and says so).
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let _ = flate2::read::GzDecoder::new(bytes).read_to_end(&mut out);
+    out
 }
 
 /// Lowercase hex of an id.
