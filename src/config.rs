@@ -128,17 +128,18 @@ impl Config {
         })
     }
 
-    /// An error found after validation (a TLS file that cannot be used), placed at `key` of
-    /// `at` as written in the file this config was read from, read again for it (only on this
-    /// error path); without a place when there is no file or it cannot be read now.
-    pub fn error_at(&self, at: &Section, key: &str, message: String) -> ConfigError {
+    /// An error found after validation (a TLS file that cannot be used), placed at the key of
+    /// `at` that names the file (`tls`, or the collector's `ca`) as written in the file this
+    /// config was read from, read again for it (only on this error path); without a place when
+    /// there is no file or it cannot be read now. A key left unwritten (the collector's `ca`
+    /// when the web roots failed) places it at the section.
+    pub fn error_at(&self, at: &Section, message: String) -> ConfigError {
         let root = locate::KeyPath::default();
         let path = match at {
-            Section::Listener(i) => root.key("listeners").idx(*i),
-            Section::Upstream(name) => root.key("upstreams").key(name),
-            Section::Tracing => root.key("tracing").key("otlp"),
-        }
-        .key(key);
+            Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
+            Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
+            Section::Tracing => root.key("tracing").key("otlp").key("ca"),
+        };
         let text = self
             .path
             .as_ref()

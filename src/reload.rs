@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::{Entry, Event, Source};
-use crate::config::{Config, ConfigErrors, Section};
+use crate::config::{Config, ConfigErrors};
 use crate::generation::Generation;
 use crate::proxy::listener;
 use crate::proxy::shared::Shared;
@@ -188,15 +188,7 @@ pub fn tls_errors(cfg: &Config, problems: Vec<TlsFileProblem>) -> ConfigErrors {
     ConfigErrors(
         problems
             .into_iter()
-            .map(|p| {
-                // The key that names the file: an upstream's or listener's `tls`, the
-                // collector's `ca` (its place falls back to `otlp` when the web roots failed).
-                let key = match p.site {
-                    Section::Tracing => "ca",
-                    _ => "tls",
-                };
-                cfg.error_at(&p.site, key, p.error.to_string())
-            })
+            .map(|p| cfg.error_at(&p.site, p.error.to_string()))
             .collect(),
     )
 }

@@ -124,6 +124,15 @@ pub struct Otlp {
     pub headers: BTreeMap<String, String>,
 }
 
+impl Otlp {
+    /// Whether the collector is reached over TLS (an `https://` endpoint, in any case).
+    pub fn is_https(&self) -> bool {
+        self.endpoint
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
+}
+
 /// `tracing.otlp.compression:`
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

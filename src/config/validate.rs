@@ -87,14 +87,8 @@ fn read(text: &str, origin: &str) -> Result<Doc, ConfigErrors> {
         let m = format!("the file nests deeper than {MAX_DEPTH} levels");
         return whole(origin, at, m);
     }
-    if let Some(((line, column), path, message)) = doc.syntax.take() {
-        return Err(ConfigErrors(vec![ConfigError {
-            origin: origin.to_string(),
-            line,
-            column,
-            path: path.to_string(),
-            message,
-        }]));
+    if let Some((at, path, m)) = doc.syntax.take() {
+        return whole_at(origin, at, &path, m);
     }
     if let Some((line, _)) = doc.second_document {
         let m = "the file holds more than one YAML document (a second `---`); rampart reads one";
@@ -116,16 +110,22 @@ fn read(text: &str, origin: &str) -> Result<Doc, ConfigErrors> {
 }
 
 /// The single error of a file that cannot be read further.
-fn whole<T>(
+fn whole<T>(origin: &str, at: (usize, usize), message: String) -> Result<T, ConfigErrors> {
+    whole_at(origin, at, &KeyPath::default(), message)
+}
+
+/// [`whole`], under the key `path` (where the parser stood).
+fn whole_at<T>(
     origin: &str,
     (line, column): (usize, usize),
+    path: &KeyPath,
     message: String,
 ) -> Result<T, ConfigErrors> {
     Err(ConfigErrors(vec![ConfigError {
         origin: origin.to_string(),
         line,
         column,
-        path: String::new(),
+        path: path.to_string(),
         message,
     }]))
 }

@@ -66,7 +66,7 @@ impl TlsFiles {
             }
         }
         if let Some(otlp) = file.tracing.as_ref().map(|t| &t.otlp) {
-            if otlp.endpoint.starts_with("https://") {
+            if otlp.is_https() {
                 match client_config(otlp.ca.as_deref(), None, None) {
                     Ok(c) => out.tracing = Some(c),
                     Err(error) => problems.push(TlsFileProblem {

@@ -323,6 +323,7 @@ async fn malformed_connect_targets_are_refused_and_leave_the_proxy_serving() {
 const LOGGED: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 1s }
 upstreams:
   plain: { endpoints: [$PLAIN] }
   dead: { endpoints: [$DEAD], connect_timeout: 1s }
@@ -337,10 +338,10 @@ listeners:
 "#;
 
 /// An outbound listener with an access log at `log`: `plain.example` routed to `plain`,
-/// `dead.example` to a closed port.
-async fn logged_proxy(log: &Path, plain: &Capture) -> Proxy {
+/// `dead.example` to a closed port; a drain waits 1 s.
+async fn logged_proxy(log: &Path, plain: SocketAddr) -> Proxy {
     Proxy::builder(LOGGED)
-        .var("PLAIN", plain.addr())
+        .var("PLAIN", plain)
         .closed("DEAD")
         .var("LOG", log.display())
         .spawn()
@@ -354,7 +355,7 @@ async fn a_tunnels_access_log_line_names_its_connect() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
     let plain = Capture::start(OK).await;
-    let proxy = logged_proxy(&log, &plain).await;
+    let proxy = logged_proxy(&log, plain.addr()).await;
     let outbound = proxy.listener("outbound");
     assert_eq!(
         connect(outbound, "plain.example:80").await.status(),
@@ -430,7 +431,7 @@ async fn a_tunnels_line_is_written_when_it_ends_with_the_bytes_it_carried() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
     let plain = Capture::start(OK).await;
-    let proxy = logged_proxy(&log, &plain).await;
+    let proxy = logged_proxy(&log, plain.addr()).await;
     let outbound = proxy.listener("outbound");
 
     let mut tcp = open_tunnel(outbound, "plain.example:80").await;
@@ -479,26 +480,8 @@ async fn a_tunnel_cut_by_the_drain_still_writes_its_line() {
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
-    let config = r#"
-version: 1
-admin: { listen: $ADMIN }
-runtime: { shutdown_grace: 1s }
-upstreams:
-  echo: { endpoints: [$ECHO] }
-listeners:
-  - name: outbound
-    direction: outbound
-    listen: $LISTEN_outbound
-    access_log: { to: $LOG }
-    routes:
-      - { match: { host: echo.example }, upstream: echo }
-"#;
-    let mut proxy = Proxy::builder(config)
-        .var("ECHO", echo_addr)
-        .var("LOG", log.display())
-        .spawn()
-        .await;
-    let mut tcp = open_tunnel(proxy.listener("outbound"), "echo.example:7").await;
+    let mut proxy = logged_proxy(&log, echo_addr).await;
+    let mut tcp = open_tunnel(proxy.listener("outbound"), "plain.example:80").await;
     let sent = b"hello through the tunnel";
     tcp.write_all(sent).await.expect("write into the tunnel");
     let mut echoed = vec![0u8; sent.len()];

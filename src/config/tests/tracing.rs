@@ -9,6 +9,13 @@ fn traced(otlp: &str, rest: &str) -> String {
     format!("{BASE}tracing:\n  otlp: {otlp}\n{rest}")
 }
 
+/// BASE with `otlp` as the `otlp` mapping must fail once, at `path`, saying `says`.
+fn refused(otlp: &str, path: &str, says: &str) {
+    let e = one(&traced(otlp, ""));
+    assert_eq!(e.path, path, "{otlp}: {e:?}");
+    assert!(e.message.contains(says), "{otlp}: {e:?}");
+}
+
 #[test]
 fn a_minimal_section_takes_the_otlp_defaults() {
     let cfg = Config::from_str(
@@ -44,12 +51,11 @@ fn a_minimal_section_takes_the_otlp_defaults() {
         .tracing
         .expect("on");
     assert_eq!(t.otlp.compression, OtlpCompression::Gzip);
-    let e = one(&traced(
+    refused(
         "{ endpoint: \"http://127.0.0.1:4318\", compression: zstd }",
-        "",
-    ));
-    assert_eq!(e.path, "tracing.otlp.compression");
-    assert!(e.message.contains("none, gzip"), "{e:?}");
+        "tracing.otlp.compression",
+        "none, gzip",
+    );
     assert!(Config::from_str(BASE, "t.yaml")
         .expect("valid")
         .file
@@ -72,21 +78,15 @@ fn grpc_is_taken_on_an_endpoint_without_a_path() {
         assert_eq!(t.otlp.protocol, OtlpProtocol::Grpc);
     }
     // A path would be dropped (gRPC's path is the method's): refused, not ignored.
-    let e = one(&traced(
+    refused(
         "{ endpoint: \"http://127.0.0.1:4317/otlp\", protocol: grpc }",
-        "",
-    ));
-    assert_eq!(e.path, "tracing.otlp.endpoint");
-    assert!(e.message.contains("a gRPC endpoint has no path"), "{e:?}");
-    let e = one(&traced(
+        "tracing.otlp.endpoint",
+        "a gRPC endpoint has no path",
+    );
+    refused(
         "{ endpoint: \"http://127.0.0.1:4318\", protocol: http/xml }",
-        "",
-    ));
-    assert_eq!(e.path, "tracing.otlp.protocol");
-    assert!(
-        e.message
-            .contains("expected one of: http/protobuf, http/json, grpc"),
-        "{e:?}"
+        "tracing.otlp.protocol",
+        "expected one of: http/protobuf, http/json, grpc",
     );
 }
 
@@ -113,20 +113,15 @@ fn the_endpoint_is_an_http_or_https_base_url() {
         "t.yaml",
     )
     .expect("https with the web roots");
-    let e = one(&traced(
+    refused(
         "{ endpoint: \"http://127.0.0.1:4318\", ca: /etc/hosts }",
-        "",
-    ));
-    assert_eq!(e.path, "tracing.otlp.ca");
-    assert!(e.message.contains("only applies to an https://"), "{e:?}");
-    let e = one(&traced(
+        "tracing.otlp.ca",
+        "only applies to an https://",
+    );
+    refused(
         "{ endpoint: \"https://collector.example:4318\", ca: /no/such/ca.pem }",
-        "",
-    ));
-    assert_eq!(e.path, "tracing.otlp.ca");
-    assert!(
-        e.message.contains("cannot read collector ca bundle"),
-        "{e:?}"
+        "tracing.otlp.ca",
+        "cannot read collector ca bundle",
     );
 }
 

@@ -16,22 +16,26 @@ use super::{syntax, Report};
 pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
     let p = KeyPath::default().key("tracing");
     let op = p.key("otlp");
-    match endpoint(&t.otlp.endpoint) {
-        Err(m) => r.value(&op.key("endpoint"), m),
-        Ok(path) if t.otlp.protocol == OtlpProtocol::Grpc && path != "/" && !path.is_empty() => {
-            r.value(
-                &op.key("endpoint"),
-                format!(
-                    "{:?}: a gRPC endpoint has no path (spans go to the trace service's method under it); write it like http://127.0.0.1:4317",
-                    t.otlp.endpoint
-                ),
-            );
+    let uri = match endpoint(&t.otlp.endpoint) {
+        Err(m) => {
+            r.value(&op.key("endpoint"), m);
+            None
         }
-        Ok(_) => {}
+        Ok(uri) => Some(uri),
+    };
+    let path = uri.as_ref().map_or("/", Uri::path);
+    if t.otlp.protocol == OtlpProtocol::Grpc && !path.is_empty() && path != "/" {
+        r.value(
+            &op.key("endpoint"),
+            format!(
+                "{:?}: a gRPC endpoint has no path (spans go to the trace service's method under it); write it like http://127.0.0.1:4317",
+                t.otlp.endpoint
+            ),
+        );
     }
-    headers(t, &op.key("headers"), r);
+    headers(t, uri.as_ref(), &op.key("headers"), r);
     if let Some(ca) = &t.otlp.ca {
-        if t.otlp.endpoint.starts_with("https://") {
+        if t.otlp.is_https() {
             r.readable(&op.key("ca"), ca, "collector ca bundle");
         } else {
             r.value(&op.key("ca"), "ca only applies to an https:// endpoint");
@@ -58,8 +62,9 @@ const EXPORTER_OWN: [&str; 9] = [
 ];
 
 /// `otlp.headers`: names and values an HTTP header line can carry, none the exporter sets
-/// itself; sent in clear to a collector off this machine, they draw a warning.
-fn headers(t: &Tracing, p: &KeyPath, r: &mut Report<'_>) {
+/// itself; sent in clear to a collector off this machine (`uri`, the endpoint when it is
+/// valid), they draw a warning.
+fn headers(t: &Tracing, uri: Option<&Uri>, p: &KeyPath, r: &mut Report<'_>) {
     let mut seen = std::collections::HashSet::new();
     for (name, value) in &t.otlp.headers {
         let hp = p.key(name);
@@ -81,7 +86,7 @@ fn headers(t: &Tracing, p: &KeyPath, r: &mut Report<'_>) {
             );
         }
     }
-    let clear = t.otlp.endpoint.starts_with("http://") && !is_loopback(&t.otlp.endpoint);
+    let clear = uri.is_some_and(|u| !t.otlp.is_https() && !is_loopback(u));
     if clear && !t.otlp.headers.is_empty() {
         r.warn(
             p,
@@ -90,11 +95,8 @@ fn headers(t: &Tracing, p: &KeyPath, r: &mut Report<'_>) {
     }
 }
 
-/// Whether `endpoint`'s host is this machine (a loopback address or `localhost`).
-fn is_loopback(endpoint: &str) -> bool {
-    let Ok(uri) = endpoint.parse::<Uri>() else {
-        return false;
-    };
+/// Whether `uri`'s host is this machine (a loopback address or `localhost`).
+fn is_loopback(uri: &Uri) -> bool {
     let host = uri.host().unwrap_or("");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
@@ -103,8 +105,8 @@ fn is_loopback(endpoint: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Why `text` is not a base URL spans can be posted under, if it is not; else its path.
-pub(super) fn endpoint(text: &str) -> Result<String, String> {
+/// Why `text` is not a base URL spans can be posted under, if it is not; else the URL.
+pub(super) fn endpoint(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("invalid URL {text:?}: {e}; expected like http://127.0.0.1:4318"))?;
@@ -124,5 +126,5 @@ pub(super) fn endpoint(text: &str) -> Result<String, String> {
             "{text:?} has a query; the endpoint is a base URL (spans go to {{endpoint}}/v1/traces)"
         ));
     }
-    Ok(uri.path().to_owned())
+    Ok(uri)
 }
