@@ -392,7 +392,7 @@ async fn spans_go_over_grpc_and_its_status_decides_the_count() {
     assert_eventually!(exported(admin).await == 2.0);
 
     // The collector refuses (grpc-status 14 in its trailers, HTTP 200): dropped, not exported.
-    otlp.answer_grpc_status(14);
+    otlp.answer_grpc_status(Some(14));
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
     assert_eventually!(export_failed(admin).await == 2.0);
     assert_eq!(exported(admin).await, 2.0);
@@ -401,6 +401,12 @@ async fn spans_go_over_grpc_and_its_status_decides_the_count() {
         "{}",
         t.proxy.log()
     );
+    // A collector that says nothing of the outcome (HTTP 200, no grpc-status anywhere) has not
+    // accepted the spans either.
+    otlp.answer_grpc_status(None);
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eventually!(export_failed(admin).await == 4.0);
+    assert_eq!(exported(admin).await, 2.0);
 }
 
 /// An `https://` collector, over HTTP/1.1 and over gRPC (ALPN h2): verified against `ca`, the

@@ -37,8 +37,9 @@ struct State {
     spans: Vec<Got>,
     failures: Vec<String>,
     posts: usize,
-    /// The `grpc-status` gRPC exports are answered with (0 unless a test sets it).
-    grpc_status: u32,
+    /// The `grpc-status` gRPC exports are answered with (0 unless a test sets it; `None`: no
+    /// status at all).
+    grpc_status: Option<u32>,
     /// gRPC exports received with the `te: trailers` gRPC asks for.
     grpc_te: usize,
     /// Every export's `authorization` header, if it had one.
@@ -96,7 +97,10 @@ impl Collector {
             .await
             .expect("binding 127.0.0.1:0 must work");
         let addr = tcp.local_addr().expect("a bound socket has an address");
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            grpc_status: Some(0),
+            ..State::default()
+        }));
         let task = {
             let state = state.clone();
             tokio::spawn(async move {
@@ -164,8 +168,9 @@ impl Collector {
         self.state.lock().grpc_te
     }
 
-    /// Answers gRPC exports from now on with `grpc-status: code` (14: unavailable).
-    pub fn answer_grpc_status(&self, code: u32) {
+    /// Answers gRPC exports from now on with `grpc-status: code` (14: unavailable), or with
+    /// no status at all (`None`: a broken or hostile collector).
+    pub fn answer_grpc_status(&self, code: Option<u32>) {
         self.state.lock().grpc_status = code;
     }
 }
@@ -254,8 +259,10 @@ async fn receive(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Ans
     s.grpc_te += usize::from(te);
     // An empty ExportTraceServiceResponse, then the status in trailers.
     let mut trailers = ::http::HeaderMap::new();
-    trailers.insert("grpc-status", s.grpc_status.into());
-    if s.grpc_status != 0 {
+    if let Some(code) = s.grpc_status {
+        trailers.insert("grpc-status", code.into());
+    }
+    if s.grpc_status.is_some_and(|c| c != 0) {
         trailers.insert(
             "grpc-message",
             ::http::HeaderValue::from_static("test says no"),
