@@ -113,6 +113,15 @@ fn the_endpoint_is_an_http_or_https_base_url() {
         "t.yaml",
     )
     .expect("https with the web roots");
+    // The scheme in any case, as the URL parser reads it: a `ca` beside HTTPS:// is read.
+    Config::from_str(
+        &traced(
+            "{ endpoint: \"HTTPS://collector.example:4318\", ca: /etc/hosts }",
+            "",
+        ),
+        "t.yaml",
+    )
+    .expect("an upper-case https scheme takes its ca");
     refused(
         "{ endpoint: \"http://127.0.0.1:4318\", ca: /etc/hosts }",
         "tracing.otlp.ca",
