@@ -16,14 +16,18 @@ fn refused(otlp: &str, path: &str, says: &str) {
     assert!(e.message.contains(says), "{otlp}: {e:?}");
 }
 
+/// The `tracing` section of `text`, which must be valid.
+fn tracing_of(text: &str) -> crate::config::file::Tracing {
+    Config::from_str(text, "t.yaml")
+        .unwrap_or_else(|e| panic!("{text}\n{e}"))
+        .file
+        .tracing
+        .expect("tracing on")
+}
+
 #[test]
 fn a_minimal_section_takes_the_otlp_defaults() {
-    let cfg = Config::from_str(
-        &traced("{ endpoint: \"http://127.0.0.1:4318\" }", ""),
-        "t.yaml",
-    )
-    .expect("valid");
-    let t = cfg.file.tracing.expect("tracing on");
+    let t = tracing_of(&traced("{ endpoint: \"http://127.0.0.1:4318\" }", ""));
     assert_eq!(t.otlp.protocol, OtlpProtocol::HttpProtobuf);
     assert_eq!(t.sample.0, 1.0, "the SDK default: every new trace");
     assert_eq!(t.service_name, "rampart");
@@ -33,11 +37,7 @@ fn a_minimal_section_takes_the_otlp_defaults() {
         "{ endpoint: \"http://collector.local:4318/base/\", protocol: http/json, flush_every: 200ms, timeout: 2s }",
         "  sample: 10%\n  service_name: edge\n",
     );
-    let t = Config::from_str(&full, "t.yaml")
-        .expect("valid")
-        .file
-        .tracing
-        .expect("on");
+    let t = tracing_of(&full);
     assert_eq!(t.otlp.protocol, OtlpProtocol::HttpJson);
     assert_eq!(t.otlp.compression, OtlpCompression::None);
     assert_eq!(t.sample.0, 0.1);
@@ -45,11 +45,7 @@ fn a_minimal_section_takes_the_otlp_defaults() {
         "{ endpoint: \"http://127.0.0.1:4317\", protocol: grpc, compression: gzip }",
         "",
     );
-    let t = Config::from_str(&gz, "t.yaml")
-        .expect("valid")
-        .file
-        .tracing
-        .expect("on");
+    let t = tracing_of(&gz);
     assert_eq!(t.otlp.compression, OtlpCompression::Gzip);
     refused(
         "{ endpoint: \"http://127.0.0.1:4318\", compression: zstd }",
@@ -70,11 +66,7 @@ fn grpc_is_taken_on_an_endpoint_without_a_path() {
             &format!("{{ endpoint: \"{endpoint}\", protocol: grpc }}"),
             "",
         );
-        let t = Config::from_str(&text, "t.yaml")
-            .unwrap_or_else(|e| panic!("{endpoint}: {e}"))
-            .file
-            .tracing
-            .expect("on");
+        let t = tracing_of(&text);
         assert_eq!(t.otlp.protocol, OtlpProtocol::Grpc);
     }
     // A path would be dropped (gRPC's path is the method's): refused, not ignored.
