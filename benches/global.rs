@@ -76,9 +76,10 @@ async fn run(port: u16) {
             url: url.clone(),
             key_prefix: "bench:".into(),
             timeout: Dur(Duration::from_millis(25)),
+            tls: None,
         },
     };
-    let store = GlobalStore::build(&cfg, None, &metrics, &clock).expect("a valid URL");
+    let store = GlobalStore::build(&cfg, None, None, &metrics, &clock).expect("a valid URL");
     let start = Instant::now();
     while !store.is_up() {
         assert!(

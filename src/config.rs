@@ -89,6 +89,8 @@ pub enum Section {
     Upstream(String),
     /// `tracing.otlp`.
     Tracing,
+    /// `global_store.redis`.
+    Store,
 }
 
 /// Every problem found in one policy file.
@@ -139,6 +141,7 @@ impl Config {
             Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
             Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
             Section::Tracing => root.key("tracing").key("otlp").key("ca"),
+            Section::Store => root.key("global_store").key("redis").key("tls"),
         };
         let text = self
             .path

@@ -197,7 +197,7 @@ impl Generation {
         let breakers = build_breakers(f, prev, shared);
         let store = f.global_store.as_ref().and_then(|g| {
             let old = prev.and_then(|p| p.store.as_ref());
-            GlobalStore::build(g, old, &shared.metrics, &shared.clock)
+            GlobalStore::build(g, old, tls.store.clone(), &shared.metrics, &shared.clock)
         });
         let tracer = f.tracing.as_ref().map(|t| {
             let old = prev.and_then(|p| p.tracer.as_deref());

@@ -30,7 +30,9 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use redis::{AsyncConnectionConfig, ConnectionAddr, RedisError, RedisResult};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use self::breaker::{Breaker, Failure};
@@ -70,7 +72,11 @@ pub enum StoreError {
 #[derive(Debug)]
 struct Link {
     url: String,
+    /// The client of the URL (a `rediss://` one's in its `redis://` form: the TLS is ours).
     client: redis::Client,
+    /// How a `rediss://` store's connections are made secure, as the config in force says
+    /// (a reload swaps it in; the next connection uses it, an open one goes on).
+    tls: ArcSwapOption<Secure>,
     conn: ArcSwapOption<MultiplexedConnection>,
     /// Mirrors `breaker.is_closed()` for a lock-free look on the request path.
     up: AtomicBool,
@@ -86,22 +92,40 @@ struct Link {
     probe_timeout: Duration,
 }
 
+/// A `rediss://` store's TLS: the client config (verified against `tls.ca` or the web roots,
+/// with the client certificate if given) and the name the store's certificate must carry.
+#[derive(Debug)]
+struct Secure {
+    config: Arc<ClientConfig>,
+    server_name: String,
+}
+
 // === impl GlobalStore ===
 
 impl GlobalStore {
     /// The store of `cfg`; the link of `old` is kept when its URL is the same, so a reload
-    /// that does not change the URL does not reconnect.
+    /// that does not change the URL does not reconnect. `tls` is the client config of a
+    /// `rediss://` URL (`TlsFiles::store`); a kept link takes it for its next connection.
     ///
     /// Must run inside a tokio runtime (the supervisor task is spawned here). A URL that the
-    /// client refuses (validation checked it) gives `None`.
+    /// client refuses (validation checked it), or a `rediss://` one without `tls`, gives `None`.
     pub fn build(
         cfg: &file::GlobalStore,
         old: Option<&Arc<GlobalStore>>,
+        tls: Option<Arc<ClientConfig>>,
         metrics: &Metrics,
         clock: &SharedClock,
     ) -> Option<Arc<GlobalStore>> {
         let cfg = &cfg.redis;
+        let (client, secure) = match client_of(cfg, tls) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(%error, "global_store.redis refused by the client");
+                return None;
+            }
+        };
         if let Some(o) = old.filter(|o| o.link.url == cfg.url) {
+            o.link.tls.store(secure);
             if o.cfg == *cfg {
                 return Some(o.clone());
             }
@@ -110,17 +134,11 @@ impl GlobalStore {
                 link: o.link.clone(),
             }));
         }
-        let client = match redis::Client::open(cfg.url.as_str()) {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::error!(%error, "global_store.redis.url refused by the client");
-                return None;
-            }
-        };
         let wake = Arc::new(Notify::new());
         let link = Arc::new(Link {
             url: cfg.url.clone(),
             client,
+            tls: ArcSwapOption::new(secure),
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             warned: AtomicBool::new(false),
@@ -237,16 +255,13 @@ impl Link {
                 let cfg = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(None);
-                let connect = self
-                    .client
-                    .get_multiplexed_async_connection_with_config(&cfg);
-                match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&cfg)).await {
                     Ok(Ok(c)) => {
                         self.conn.store(Some(Arc::new(c.clone())));
                         c
                     }
-                    Ok(Err(e)) => return self.probe_failed(failure_of(&e)),
-                    Err(_) => return self.probe_failed(Failure::Soft),
+                    Ok(Err(e)) => return self.probe_failed(failure_of(&e), &e),
+                    Err(_) => return self.probe_failed(Failure::Soft, &"connect timed out"),
                 }
             }
         };
@@ -261,15 +276,44 @@ impl Link {
                 self.up_gauge.set(1);
                 tracing::info!(url = %redacted(&self.url), "global store up");
             }
-            Ok(Err(e)) => self.probe_failed(failure_of(&e)),
-            Err(_) => self.probe_failed(Failure::Soft),
+            Ok(Err(e)) => self.probe_failed(failure_of(&e), &e),
+            Err(_) => self.probe_failed(Failure::Soft, &"PING timed out"),
         }
     }
 
-    fn probe_failed(&self, kind: Failure) {
+    /// A new connection: the client's own for `redis://`; for `rediss://`, TCP and then our
+    /// TLS handshake (the store's certificate verified for its name), over which the client
+    /// then speaks (`AUTH`, `SELECT` as the URL says).
+    async fn connect(&self, cfg: &AsyncConnectionConfig) -> RedisResult<MultiplexedConnection> {
+        let Some(secure) = self.tls.load_full() else {
+            return self
+                .client
+                .get_multiplexed_async_connection_with_config(cfg)
+                .await;
+        };
+        let info = self.client.get_connection_info();
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(RedisError::from(std::io::Error::other(
+                "a rediss:// store must be a host and port",
+            )));
+        };
+        let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream =
+            crate::tls::client::connect(secure.config.clone(), &secure.server_name, tcp).await?;
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(info.redis_settings(), stream, cfg.clone())
+                .await?;
+        tokio::spawn(driver);
+        Ok(conn)
+    }
+
+    /// A probe got no answer; the first of an outage is logged with why (a refused connect,
+    /// a certificate that does not verify, a wrong password).
+    fn probe_failed(&self, kind: Failure, why: &dyn std::fmt::Display) {
         self.errors.inc();
         if !self.warned.swap(true, Ordering::AcqRel) {
-            tracing::warn!(url = %redacted(&self.url), "global store unreachable; rate limits follow on_store_error until it answers");
+            tracing::warn!(url = %redacted(&self.url), error = %why, "global store unreachable; rate limits follow on_store_error until it answers");
         }
         if kind == Failure::Broken {
             self.conn.store(None);
@@ -301,6 +345,44 @@ async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
             l.probe().await;
         }
     }
+}
+
+/// The client of `cfg`'s URL and, for `rediss://`, how its connections are made secure: the
+/// client gets the URL in its `redis://` form (host, port, credentials, database), and the
+/// handshake is ours, on `tls` (which start and reload read for every `rediss://` store). The
+/// certificate's name is `tls.server_name`, else the URL's host (an IPv6 one without brackets,
+/// as the client gives it).
+fn client_of(
+    cfg: &file::RedisStore,
+    tls: Option<Arc<ClientConfig>>,
+) -> RedisResult<(redis::Client, Option<Arc<Secure>>)> {
+    if !cfg.is_tls() {
+        return Ok((redis::Client::open(cfg.url.as_str())?, None));
+    }
+    let Some(config) = tls else {
+        return Err(RedisError::from(std::io::Error::other(
+            "a rediss:// store has no TLS config",
+        )));
+    };
+    let plain = format!("redis://{}", &cfg.url["rediss://".len()..]);
+    let client = redis::Client::open(plain.as_str())?;
+    let ConnectionAddr::Tcp(host, _) = client.get_connection_info().addr() else {
+        return Err(RedisError::from(std::io::Error::other(
+            "a rediss:// store must be a host and port",
+        )));
+    };
+    let server_name = cfg
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| host.clone());
+    Ok((
+        client,
+        Some(Arc::new(Secure {
+            config,
+            server_name,
+        })),
+    ))
 }
 
 /// `PREFIX{ROUTE}` with `{`, `}` and `%` of the route percent-escaped.
@@ -356,6 +438,7 @@ mod tests {
             url: "redis://u:p@ss@h:1".into(),
             key_prefix: "x:".into(),
             timeout: crate::config::units::Dur::from_millis(5),
+            tls: None,
         };
         let shown = serde_json::to_string(&cfg).expect("serializable");
         assert!(

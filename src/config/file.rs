@@ -67,7 +67,8 @@ pub struct GlobalStore {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStore {
-    /// `redis://[user:password@]host:port[/db]`; shown (in `/config`) without its password.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS; shown (in `/config`)
+    /// without its password.
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Put before every key, so several services can share one Redis.
@@ -76,6 +77,22 @@ pub struct RedisStore {
     /// Longest a request waits on the store; past it, `on_store_error` decides.
     #[serde(default = "default_store_timeout")]
     pub timeout: Dur,
+    /// How a `rediss://` store is verified (and the client certificate it is shown); the
+    /// compiled-in web roots and no client certificate if absent. Refused beside `redis://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// Whether the store is spoken to over TLS (`rediss://`, in any case, as URL parsers read
+    /// a scheme).
+    pub fn is_tls(&self) -> bool {
+        self.url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+    }
 }
 
 /// `tracing:`
@@ -154,7 +171,7 @@ pub enum OtlpProtocol {
     /// JSON over HTTP (`application/json`).
     #[serde(rename = "http/json")]
     HttpJson,
-    /// gRPC; named so that validation can refuse it with a reason (not built).
+    /// gRPC (`TraceService/Export` over HTTP/2, the status in `grpc-status`).
     #[serde(rename = "grpc")]
     Grpc,
 }
@@ -349,7 +366,7 @@ pub struct HealthCheck {
     pub healthy_after: u32,
 }
 
-/// `upstreams.NAME.tls:`
+/// `upstreams.NAME.tls:`, and `global_store.redis.tls:`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {

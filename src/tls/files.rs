@@ -23,6 +23,8 @@ pub struct TlsFiles {
     pub upstreams: HashMap<String, Arc<ClientConfig>>,
     /// The client config of an `https://` OTLP collector.
     pub tracing: Option<Arc<ClientConfig>>,
+    /// The client config of a `rediss://` global store (no ALPN: Redis names no protocol).
+    pub store: Option<Arc<ClientConfig>>,
 }
 
 /// One unusable file, with the `tls` section that names it.
@@ -71,6 +73,27 @@ impl TlsFiles {
                     Ok(c) => out.tracing = Some(c),
                     Err(error) => problems.push(TlsFileProblem {
                         site: Section::Tracing,
+                        error,
+                    }),
+                }
+            }
+        }
+        if let Some(redis) = file.global_store.as_ref().map(|g| &g.redis) {
+            if redis.is_tls() {
+                let t = redis.tls.as_ref();
+                let (ca, cert, key) = (
+                    t.and_then(|t| t.ca.as_deref()),
+                    t.and_then(|t| t.cert.as_deref()),
+                    t.and_then(|t| t.key.as_deref()),
+                );
+                match client_config(ca, cert, key) {
+                    Ok(c) => {
+                        let mut c = Arc::unwrap_or_clone(c);
+                        c.alpn_protocols.clear();
+                        out.store = Some(Arc::new(c));
+                    }
+                    Err(error) => problems.push(TlsFileProblem {
+                        site: Section::Store,
                         error,
                     }),
                 }

@@ -103,6 +103,28 @@ async fn validate_reads_the_collector_ca() {
     assert_error_at(&out, &path, 18, 5, "tracing.otlp.ca", "no certificate");
 }
 
+/// The same for a `rediss://` store: its `tls` files are read by `validate`, and a `ca` that
+/// holds no certificate refuses the file at the store's `tls`.
+#[tokio::test]
+async fn validate_reads_the_store_tls_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let bad = format!(
+        "{GOOD}global_store:\n  redis:\n    url: rediss://redis.internal:6380/0\n    tls: {{ ca: {} }}\n",
+        not_pem.display()
+    );
+    let (_dir, path, out) = validate(&bad).await;
+    assert_error_at(
+        &out,
+        &path,
+        18,
+        5,
+        "global_store.redis.tls",
+        "no certificate",
+    );
+}
+
 #[tokio::test]
 async fn validate_bad_duration_points_at_the_value() {
     // `15x` starts at line 8, column 16.

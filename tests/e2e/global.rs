@@ -485,3 +485,145 @@ async fn a_refusal_while_the_store_is_down_names_every_limit() {
     );
     assert!(refused.header("ratelimit-policy").is_some());
 }
+
+/// [`SHARED`] with its store over TLS: `$TLS` is the store's `tls` mapping.
+fn over_tls() -> String {
+    SHARED.replace(
+        "redis: { url: \"$REDIS\", key_prefix: \"rt:\", timeout: $TIMEOUT }",
+        "redis: { url: \"$REDIS\", key_prefix: \"rt:\", timeout: $TIMEOUT, tls: $TLS }",
+    )
+}
+
+/// `rampart_ratelimit_backend_errors_total{backend="redis"}` of `proxy`.
+async fn store_errors(proxy: &Proxy) -> f64 {
+    let text = metrics(proxy.admin()).await;
+    metric_value(
+        &text,
+        "rampart_ratelimit_backend_errors_total",
+        &[("backend", "redis")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits (bounded) until `proxy` has failed `n` more store calls or probes than `from`, and
+/// asserts the store is still down: failures are counted while nothing gets through.
+async fn stays_down(proxy: &Proxy, from: f64, n: f64, why: &str) -> f64 {
+    assert_eventually!(
+        store_errors(proxy).await >= from + n,
+        "{why}: the probes must go on failing; log:\n{}",
+        proxy.log()
+    );
+    assert_eq!(
+        crate::support::redis::store_up(proxy).await,
+        Some(0.0),
+        "{why}: the store must stay down; log:\n{}",
+        proxy.log()
+    );
+    store_errors(proxy).await
+}
+
+/// Rewrites `proxy`'s policy to `text`, sends SIGHUP and waits (bounded) until the reload
+/// succeeded.
+async fn reload(proxy: &mut Proxy, text: &str) {
+    use crate::support::metrics::reloads;
+    let before = reloads(&metrics(proxy.admin()).await, "success");
+    proxy.rewrite_config(text);
+    proxy.signal("HUP");
+    assert_eventually!(
+        reloads(&metrics(proxy.admin()).await, "success") > before,
+        "the reload must succeed; log:\n{}",
+        proxy.log()
+    );
+}
+
+/// A `rediss://` store is spoken to over TLS only, and only when its certificate verifies: a
+/// store whose certificate chains to another CA stays down (the reason logged), as does one that
+/// asks for a client certificate when none is configured; each reload's files are taken for the
+/// next connection (same URL, so the link is kept), and with the right CA and a client
+/// certificate the store comes up and the limit is shared through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rediss_store_is_verified_and_shown_a_client_certificate() {
+    use crate::support::redis::TlsPort;
+    use crate::support::tls::{Ca, Pki};
+
+    let pki = Pki::new();
+    let ca = Ca::new("redis ca");
+    let stranger = Ca::new("another ca");
+    let (server_cert, server_key) = pki.pair("redis", &ca.server(7));
+    let (client_cert, client_key) = pki.pair("rampart", &ca.client("rampart", None));
+    let ca_path = pki.ca("ca", &ca);
+    let stranger_path = pki.ca("stranger", &stranger);
+    let redis = Redis::start_tls(TlsPort {
+        addr: crate::support::free_addr(),
+        cert: server_cert,
+        key: server_key,
+        ca: ca_path.clone(),
+        auth_clients: true,
+    })
+    .await;
+    let app = sample().await;
+    let template = over_tls();
+    let with_tls = |tls: String| {
+        template
+            .replace("$TLS", &tls)
+            .replace("$REDIS", &redis.tls_url())
+            .replace("$APP", &app.addr().to_string())
+            .replace("$TIMEOUT", "250ms")
+            .replace("$ON_ERROR", "deny")
+            .replace("$LEASE", "1")
+            .replace("$RATE", "1/m")
+            .replace("$BURST", "3")
+    };
+
+    // Another CA: the handshake fails on our side, nothing reaches the store.
+    let mut proxy = Proxy::builder(&with_tls(format!("{{ ca: {} }}", stranger_path.display())))
+        .spawn()
+        .await;
+    let errors = stays_down(&proxy, 0.0, 2.0, "a certificate of another CA").await;
+    assert!(
+        proxy.log().contains("global store unreachable") && proxy.log().contains("certificate"),
+        "the first failure is logged with its reason:\n{}",
+        proxy.log()
+    );
+    let addr = [proxy.listener("inbound")];
+    let refused = burst(&addr, "tls", 2, 1).await;
+    assert!(
+        refused.iter().all(|(s, _)| *s == 429),
+        "on_store_error: deny while the store is down: {refused:?}"
+    );
+    assert_eq!(redis.clients_by_port().await, (0, 0), "no connection stays");
+
+    // The right CA, but the store asks for a client certificate and none is configured.
+    reload(
+        &mut proxy,
+        &with_tls(format!("{{ ca: {} }}", ca_path.display())),
+    )
+    .await;
+    let errors = store_errors(&proxy).await.max(errors);
+    stays_down(&proxy, errors, 2.0, "no client certificate").await;
+
+    // The right CA, the store's name, and a client certificate of the store's CA.
+    let good = format!(
+        "{{ ca: {}, server_name: localhost, cert: {}, key: {} }}",
+        ca_path.display(),
+        client_cert.display(),
+        client_key.display()
+    );
+    reload(&mut proxy, &with_tls(good)).await;
+    wait_up(&proxy, 1.0).await;
+    assert_eq!(
+        redis.clients_by_port().await,
+        (1, 1),
+        "one multiplexed connection, over the TLS port"
+    );
+    let answers = burst(&addr, "tls", 5, 1).await;
+    assert_eq!(
+        admitted(&answers),
+        3,
+        "the burst of 3, from Redis: {answers:?}"
+    );
+    assert!(
+        !redis.keys("rt:*").await.is_empty(),
+        "the buckets live in the store"
+    );
+}

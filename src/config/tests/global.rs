@@ -53,7 +53,11 @@ fn store_keys_are_checked_at_their_values() {
             "global_store.redis.url",
         ),
         (
-            "{ url: \"rediss://127.0.0.1:6379\" }",
+            "{ url: \"rediss://127.0.0.1:6379#insecure\" }",
+            "global_store.redis.url",
+        ),
+        (
+            "{ url: \"unix:///run/redis.sock\" }",
             "global_store.redis.url",
         ),
         ("{ url: \"redis://\" }", "global_store.redis.url"),
@@ -133,4 +137,51 @@ fn a_store_nothing_uses_warns_and_none_warns_without_one() {
     let w = warnings(&format!("{STORE}{BASE}"));
     assert_eq!(w, [(1, 1, "global_store".to_owned())]);
     assert!(warnings(BASE).is_empty());
+}
+
+/// `rediss://` (in any case) is accepted with or without `tls`; `tls` is refused beside
+/// `redis://` (the store would be spoken to in clear text), and its keys are checked where they
+/// stand, as an upstream's are.
+#[test]
+fn a_rediss_store_takes_tls_and_a_redis_one_refuses_it() {
+    let store = |redis: &str| format!("global_store:\n  redis: {redis}\n");
+    let rl = "{ rate_limit: { per_tenant: { rate: 1/s }, scope: global } }";
+    for redis in [
+        "{ url: \"rediss://redis.internal:6380/0\" }",
+        "{ url: \"REDISS://:pw@redis.internal\" }",
+        "{ url: \"rediss://10.0.0.7:6380\", tls: { ca: /etc/hosts, server_name: redis.internal } }",
+        "{ url: \"rediss://h\", tls: { ca: /etc/hosts, cert: /etc/hosts, key: /etc/hosts } }",
+    ] {
+        ok(&with(&store(redis), rl));
+    }
+    for (redis, path, says) in [
+        (
+            "{ url: \"redis://h\", tls: { ca: /etc/hosts } }",
+            "global_store.redis.tls",
+            "needs a rediss:// url",
+        ),
+        (
+            "{ url: \"rediss://h\", tls: { ca: /no/such/ca.pem } }",
+            "global_store.redis.tls.ca",
+            "cannot read",
+        ),
+        (
+            "{ url: \"rediss://h\", tls: { cert: /etc/hosts } }",
+            "global_store.redis.tls.cert",
+            "needs its `key` too",
+        ),
+        (
+            "{ url: \"rediss://h\", tls: { server_name: \"bad name\" } }",
+            "global_store.redis.tls.server_name",
+            "",
+        ),
+        (
+            "{ url: \"rediss://h\", tls: { verify: false } }",
+            "global_store.redis.tls.verify",
+            "unknown key",
+        ),
+    ] {
+        let e = fails_at(&with(&store(redis), rl), path);
+        assert!(e.message.contains(says), "{redis}: {e:?}");
+    }
 }

@@ -48,6 +48,18 @@ fn redis(s: &RedisStore, p: &KeyPath, r: &mut Report<'_>) {
     if let Err(m) = url(&s.url) {
         r.value(&p.key("url"), m);
     }
+    if let Some(tls) = &s.tls {
+        if s.is_tls() {
+            super::upstream::client_tls(tls, &p.key("tls"), r);
+        } else {
+            // A TLS setting is never ignored: with `redis://` the store (and the URL's
+            // password) would be spoken to in clear text.
+            r.value(
+                &p.key("tls"),
+                "`tls` needs a rediss:// url: with redis:// the store is spoken to in clear text",
+            );
+        }
+    }
     let prefix = &s.key_prefix;
     if prefix.len() > MAX_PREFIX {
         r.value(
@@ -77,13 +89,26 @@ fn redis(s: &RedisStore, p: &KeyPath, r: &mut Report<'_>) {
     }
 }
 
-/// `redis://[user[:password]@]host[:port][/db]`; TLS (`rediss://`) and sockets are not built in.
+/// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` (TLS, verified); sockets are
+/// not built in, nor is a way to skip verification (the client's `#insecure`).
 fn url(u: &str) -> Result<(), String> {
-    let Some(rest) = u.strip_prefix("redis://") else {
-        return Err(format!(
-            "{u:?} is not a redis:// URL (rediss:// and unix sockets are not supported by this build)"
-        ));
+    let rest = match u.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss") =>
+        {
+            rest
+        }
+        _ => {
+            return Err(format!(
+                "{u:?} is not a redis:// or rediss:// URL (unix sockets are not supported by this build)"
+            ))
+        }
     };
+    if rest.contains('#') {
+        return Err(format!(
+            "{u:?}: a fragment is not taken (TLS is always verified; its settings go under `tls`)"
+        ));
+    }
     let authority = rest.split('/').next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
     if host.is_empty() || host.starts_with(':') {

@@ -1,6 +1,6 @@
 //! Checks of one `upstreams.NAME` entry.
 
-use super::super::file::Upstream;
+use super::super::file::{Upstream, UpstreamTls};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
@@ -42,24 +42,7 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
         r.at_least_1(&hp.key("unhealthy_after"), hc.unhealthy_after.into());
     }
     if let Some(tls) = &up.tls {
-        let tp = p.key("tls");
-        if let Some(name) = &tls.server_name {
-            if let Err(m) = syntax::host_name(name) {
-                r.value(&tp.key("server_name"), m);
-            }
-        }
-        if let Some(ca) = &tls.ca {
-            r.readable(&tp.key("ca"), ca, "ca bundle");
-        }
-        match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => {
-                r.readable(&tp.key("cert"), cert, "client certificate");
-                r.readable(&tp.key("key"), key, "client private key");
-            }
-            (Some(_), None) => r.key(&tp.key("cert"), "a client certificate needs its `key` too"),
-            (None, Some(_)) => r.key(&tp.key("key"), "a client key needs its `cert` too"),
-            (None, None) => {}
-        }
+        client_tls(tls, &p.key("tls"), r);
     }
     if let Some(o) = &up.outlier {
         r.at_least_1(
@@ -67,5 +50,27 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
             o.consecutive_failures.into(),
         );
         r.positive(&p.key("outlier").key("eject_for"), o.eject_for.0);
+    }
+}
+
+/// The keys of a client's `tls` section (an upstream's, the global store's), at `tp`: a
+/// `server_name` that is a host name, readable files, and a client certificate with its key.
+pub(super) fn client_tls(tls: &UpstreamTls, tp: &KeyPath, r: &mut Report<'_>) {
+    if let Some(name) = &tls.server_name {
+        if let Err(m) = syntax::host_name(name) {
+            r.value(&tp.key("server_name"), m);
+        }
+    }
+    if let Some(ca) = &tls.ca {
+        r.readable(&tp.key("ca"), ca, "ca bundle");
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            r.readable(&tp.key("cert"), cert, "client certificate");
+            r.readable(&tp.key("key"), key, "client private key");
+        }
+        (Some(_), None) => r.key(&tp.key("cert"), "a client certificate needs its `key` too"),
+        (None, Some(_)) => r.key(&tp.key("key"), "a client key needs its `cert` too"),
+        (None, None) => {}
     }
 }

@@ -5,6 +5,7 @@
 //! a test that needs it fails with that name when it is missing, never skips.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,6 +20,21 @@ pub struct Redis {
     addr: SocketAddr,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    tls: Option<TlsPort>,
+}
+
+/// A TLS port beside the plain one (which the test's own queries use).
+#[derive(Debug, Clone)]
+pub struct TlsPort {
+    /// Where the TLS port listens.
+    pub addr: SocketAddr,
+    /// The server's certificate chain and key, PEM files.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// Whether a client must show a certificate (`tls-auth-clients yes`).
+    pub auth_clients: bool,
 }
 
 // === impl Redis ===
@@ -31,9 +47,46 @@ impl Redis {
             addr: free_addr(),
             child: None,
             dir,
+            tls: None,
         };
         r.restart().await;
         r
+    }
+
+    /// Starts a server that also listens on `tls.addr` over TLS (Debian's `redis-server` is
+    /// built with TLS), and waits until its plain port answers.
+    pub async fn start_tls(tls: TlsPort) -> Redis {
+        let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+        let mut r = Redis {
+            addr: free_addr(),
+            child: None,
+            dir,
+            tls: Some(tls),
+        };
+        r.restart().await;
+        r
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/0`, for a server started with [`Redis::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("a server started with a TLS port");
+        format!("rediss://{}/0", tls.addr)
+    }
+
+    /// The clients connected now, and how many of them came in over TLS (`CLIENT LIST`, whose
+    /// `laddr` is the port each came to), without the query's own.
+    pub async fn clients_by_port(&self) -> (usize, usize) {
+        let list = self.text(&["CLIENT", "LIST"]).await;
+        let tls_port = self
+            .tls
+            .as_ref()
+            .map(|t| format!("laddr=127.0.0.1:{} ", t.addr.port()));
+        let lines: Vec<&str> = list
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .collect();
+        let over_tls = tls_port.map_or(0, |p| lines.iter().filter(|l| l.contains(&p)).count());
+        (lines.len(), over_tls)
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -59,6 +112,7 @@ impl Redis {
             .args(["--enable-debug-command", "local", "--loglevel", "warning"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.tls.as_ref().map(tls_args).unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -151,6 +205,18 @@ impl Redis {
             }
         });
     }
+}
+
+/// The arguments that open `t`'s TLS port.
+fn tls_args(t: &TlsPort) -> Vec<std::ffi::OsString> {
+    let auth = if t.auth_clients { "yes" } else { "no" };
+    let mut a: Vec<std::ffi::OsString> = Vec::new();
+    a.extend(["--tls-port".into(), t.addr.port().to_string().into()]);
+    a.extend(["--tls-cert-file".into(), t.cert.clone().into()]);
+    a.extend(["--tls-key-file".into(), t.key.clone().into()]);
+    a.extend(["--tls-ca-cert-file".into(), t.ca.clone().into()]);
+    a.extend(["--tls-auth-clients".into(), auth.into()]);
+    a
 }
 
 impl Drop for Redis {
