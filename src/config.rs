@@ -87,8 +87,8 @@ pub enum Section {
     Listener(usize),
     /// `upstreams.NAME`.
     Upstream(String),
-    /// `tracing.otlp`.
-    Tracing,
+    /// `tracing.otlp`, and which of its file keys (`ca`, `cert`, `key`).
+    Tracing(&'static str),
     /// `global_store.redis`.
     Store,
 }
@@ -131,7 +131,7 @@ impl Config {
     }
 
     /// An error found after validation (a TLS file that cannot be used), placed at the key of
-    /// `at` that names the file (`tls`, or the collector's `ca`) as written in the file this
+    /// `at` that names the file (`tls`, or the collector's `ca`, `cert` or `key`) as written in the file this
     /// config was read from, read again for it (only on this error path); without a place when
     /// there is no file or it cannot be read now. A key left unwritten (the collector's `ca`
     /// when the web roots failed) places it at the section.
@@ -140,7 +140,7 @@ impl Config {
         let path = match at {
             Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
             Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
-            Section::Tracing => root.key("tracing").key("otlp").key("ca"),
+            Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
             Section::Store => root.key("global_store").key("redis").key("tls"),
         };
         let text = self

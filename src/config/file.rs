@@ -128,6 +128,13 @@ pub struct Otlp {
     /// web roots if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// PEM client certificate chain shown to an `https://` collector that asks for one
+    /// (mutual TLS); given with `key` or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
     /// Whether exports are compressed.
     #[serde(default)]
     pub compression: OtlpCompression,

@@ -26,6 +26,8 @@ fn cfg(sample: f64, endpoint: &str) -> Tracing {
             flush_every: Dur::from_secs(3600),
             timeout: Dur::from_secs(1),
             ca: None,
+            cert: None,
+            key: None,
             compression: Default::default(),
             headers: Default::default(),
         },

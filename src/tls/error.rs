@@ -107,6 +107,23 @@ pub enum HandshakeError {
 // === impl TlsFileError ===
 
 impl TlsFileError {
+    /// The file the error is about (for a key that does not match: the key; for a pair given
+    /// half: the half given).
+    pub fn file(&self) -> &Path {
+        match self {
+            TlsFileError::Missing { path }
+            | TlsFileError::Unreadable { path, .. }
+            | TlsFileError::Malformed { path, .. }
+            | TlsFileError::NoCertificate { path }
+            | TlsFileError::NoKey { path }
+            | TlsFileError::Expired { path, .. }
+            | TlsFileError::NotYetValid { path, .. }
+            | TlsFileError::Invalid { path, .. } => path,
+            TlsFileError::KeyMismatch { key, .. } => key,
+            TlsFileError::Incomplete { given, .. } => given,
+        }
+    }
+
     /// A file whose content was refused, with the reason.
     pub(crate) fn invalid(path: &Path, detail: impl std::fmt::Display) -> Self {
         TlsFileError::Invalid {

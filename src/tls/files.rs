@@ -69,12 +69,24 @@ impl TlsFiles {
         }
         if let Some(otlp) = file.tracing.as_ref().map(|t| &t.otlp) {
             if otlp.is_https() {
-                match client_config(otlp.ca.as_deref(), None, None) {
+                let (cert, key) = (otlp.cert.as_deref(), otlp.key.as_deref());
+                match client_config(otlp.ca.as_deref(), cert, key) {
                     Ok(c) => out.tracing = Some(c),
-                    Err(error) => problems.push(TlsFileProblem {
-                        site: Section::Tracing,
-                        error,
-                    }),
+                    Err(error) => {
+                        // The error names one file: placed at the key that names it.
+                        let file = error.file();
+                        let at = if Some(file) == cert {
+                            "cert"
+                        } else if Some(file) == key {
+                            "key"
+                        } else {
+                            "ca"
+                        };
+                        problems.push(TlsFileProblem {
+                            site: Section::Tracing(at),
+                            error,
+                        });
+                    }
                 }
             }
         }

@@ -103,6 +103,25 @@ async fn validate_reads_the_collector_ca() {
     assert_error_at(&out, &path, 18, 5, "tracing.otlp.ca", "no certificate");
 }
 
+/// A collector client key that holds no key refuses the file at `tracing.otlp.key` (the key that
+/// names the file), not at the collector's `ca`.
+#[tokio::test]
+async fn validate_places_a_collector_key_error_at_its_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("client.key");
+    std::fs::write(&not_pem, "not a key\n").expect("write");
+    let cert = dir.path().join("client.pem");
+    let issued = rcgen::generate_simple_self_signed(vec!["rampart".to_owned()]).expect("cert");
+    std::fs::write(&cert, issued.cert.pem()).expect("write");
+    let bad = format!(
+        "{GOOD}tracing:\n  otlp:\n    endpoint: https://collector.example:4318\n    cert: {}\n    key: {}\n",
+        cert.display(),
+        not_pem.display()
+    );
+    let (_dir, path, out) = validate(&bad).await;
+    assert_error_at(&out, &path, 19, 5, "tracing.otlp.key", "no private key");
+}
+
 /// The same for a `rediss://` store: its `tls` files are read by `validate`, and a `ca` that
 /// holds no certificate refuses the file at the store's `tls`.
 #[tokio::test]

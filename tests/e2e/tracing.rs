@@ -458,6 +458,60 @@ async fn an_https_collector_is_verified_against_its_ca() {
     assert_eq!(otlp.posts(), before, "nothing reached it");
 }
 
+/// A collector that asks for a client certificate (mutual TLS) gets nothing from an exporter
+/// without one, and every export from one configured with `otlp.cert` and `otlp.key`, over
+/// HTTP and over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_asks_for_a_client_certificate_is_shown_ours() {
+    use crate::support::tls::{Ca, Pki};
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clients = Ca::new("collector clients");
+    let pki = Pki::new();
+    let (cert, key) = pki.pair("exporter", &clients.client("rampart", None));
+    let (otlp, ca) = Collector::start_tls_asking(dir.path(), Some(&clients.pem)).await;
+    let https = format!(
+        "endpoint: \"https://localhost:{}\", ca: {}",
+        otlp.addr().port(),
+        ca.display()
+    );
+    let anonymous = TRACED.replace("endpoint: \"http://$OTLP\"", &https);
+    let t = traced_by(&anonymous, app.addr(), otlp.addr(), "100%", "http/protobuf").await;
+    assert_eq!(
+        http::get(t.proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+    assert_eventually!(
+        export_failed(t.proxy.admin()).await >= 2.0,
+        "an exporter without a certificate is refused"
+    );
+    assert_eq!(otlp.posts(), 0, "nothing reached the collector");
+    drop(t);
+
+    let shown = TRACED.replace(
+        "endpoint: \"http://$OTLP\"",
+        &format!("{https}, cert: {}, key: {}", cert.display(), key.display()),
+    );
+    for protocol in ["http/protobuf", "grpc"] {
+        let before = otlp.spans().len();
+        let t = traced_by(&shown, app.addr(), otlp.addr(), "100%", protocol).await;
+        assert_eq!(
+            http::get(t.proxy.listener("inbound"), "/ok", &[])
+                .await
+                .status,
+            200
+        );
+        assert_eventually!(
+            otlp.spans().len() >= before + 2,
+            "{protocol}: the spans arrive over mutual TLS; log:\n{}",
+            t.proxy.log()
+        );
+        assert_eq!(export_failed(t.proxy.admin()).await, 0.0, "{protocol}");
+    }
+}
+
 /// `otlp.headers` go with every export, over HTTP and over gRPC; `/config` names them and
 /// hides their values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

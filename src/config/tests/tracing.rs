@@ -124,6 +124,30 @@ fn the_endpoint_is_an_http_or_https_base_url() {
         "tracing.otlp.ca",
         "cannot read collector ca bundle",
     );
+    // A client certificate (mutual TLS): https only, with its key.
+    Config::from_str(
+        &traced(
+            "{ endpoint: \"https://collector.example:4318\", cert: /etc/hosts, key: /etc/hosts }",
+            "",
+        ),
+        "t.yaml",
+    )
+    .expect("a client certificate for an https collector");
+    refused(
+        "{ endpoint: \"http://127.0.0.1:4318\", key: /etc/hosts }",
+        "tracing.otlp.key",
+        "only applies to an https://",
+    );
+    refused(
+        "{ endpoint: \"https://collector.example:4318\", cert: /etc/hosts }",
+        "tracing.otlp.cert",
+        "needs its `key` too",
+    );
+    refused(
+        "{ endpoint: \"https://collector.example:4318\", cert: /no/such.pem, key: /etc/hosts }",
+        "tracing.otlp.cert",
+        "cannot read client certificate",
+    );
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! A setting that would be accepted and then quietly do nothing is refused here instead: this
 //! build exports over HTTP (protobuf or JSON) or gRPC, to an `http://` collector (the usual
 //! shape of a sidecar beside a node-local OpenTelemetry Collector) or an `https://` one verified
-//! against `ca` or the compiled-in web roots; a path under a gRPC endpoint is refused (gRPC's
-//! path is the method's), and so is a `ca` for an `http://` endpoint, which would never be read.
+//! against `ca` or the compiled-in web roots (showing `cert` if the collector asks for one); a path under a gRPC endpoint is refused (gRPC's
+//! path is the method's), and so is a `ca` (or a client `cert` and `key`) for an `http://`
+//! endpoint, which would never be read.
 
 use http::Uri;
 
@@ -39,6 +40,19 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
             r.readable(&op.key("ca"), ca, "collector ca bundle");
         } else {
             r.value(&op.key("ca"), "ca only applies to an https:// endpoint");
+        }
+    }
+    let (cert, key) = (t.otlp.cert.as_deref(), t.otlp.key.as_deref());
+    if t.otlp.is_https() {
+        super::upstream::client_pair(cert, key, &op, r);
+    } else {
+        for (name, given) in [("cert", cert.is_some()), ("key", key.is_some())] {
+            if given {
+                r.value(
+                    &op.key(name),
+                    format!("{name} only applies to an https:// endpoint"),
+                );
+            }
         }
     }
     r.positive(&op.key("flush_every"), t.otlp.flush_every.0);

@@ -1,5 +1,7 @@
 //! Checks of one `upstreams.NAME` entry.
 
+use std::path::Path;
+
 use super::super::file::{Upstream, UpstreamTls};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
@@ -64,7 +66,18 @@ pub(super) fn client_tls(tls: &UpstreamTls, tp: &KeyPath, r: &mut Report<'_>) {
     if let Some(ca) = &tls.ca {
         r.readable(&tp.key("ca"), ca, "ca bundle");
     }
-    match (&tls.cert, &tls.key) {
+    client_pair(tls.cert.as_deref(), tls.key.as_deref(), tp, r);
+}
+
+/// A client certificate and its key, the keys `cert` and `key` under `tp`: both readable, or
+/// neither given.
+pub(super) fn client_pair(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    tp: &KeyPath,
+    r: &mut Report<'_>,
+) {
+    match (cert, key) {
         (Some(cert), Some(key)) => {
             r.readable(&tp.key("cert"), cert, "client certificate");
             r.readable(&tp.key("key"), key, "client private key");
