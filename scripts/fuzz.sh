@@ -4,13 +4,23 @@
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 60) each
 #   FUZZ_SECONDS=600 scripts/fuzz.sh config units
 #
-# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Each target starts
+# Needs a nightly toolchain; cargo-fuzz is installed (`cargo install --locked cargo-fuzz`, from
+# crates.io) when missing. Each target starts
 # from its seeds in fuzz/corpus/<target>/ (the new inputs libFuzzer finds stay there, git-ignored);
 # a crash leaves its input in fuzz/artifacts/<target>/ and makes this script exit 1. Replay one
 # with `cargo +nightly fuzz run <target> fuzz/artifacts/<target>/crash-...`.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
+
+if ! rustc +nightly -V >/dev/null 2>&1; then
+    echo "fuzz.sh: needs a nightly toolchain (rustup toolchain install nightly)" >&2
+    exit 2
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "fuzz.sh: cargo-fuzz is missing; installing it (cargo install --locked cargo-fuzz)"
+    cargo install --locked cargo-fuzz
+fi
 
 seconds="${FUZZ_SECONDS:-60}"
 if [ "$#" -gt 0 ]; then

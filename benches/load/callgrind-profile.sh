@@ -21,6 +21,13 @@
 #   CONNS [1]              HTTP/1.1 only: the keep-alive connections the requests are spread
 #                          over; 0: each request on a connection of its own (`Connection:
 #                          close`), so a connection's accept, set-up and close are in the count
+#   LOAD_CONNS [0]         HTTP/1.1 only: >0 sends the counted requests with wrk (1 thread, this
+#                          many keep-alive connections, LOAD_SECONDS [10] long) instead of
+#                          client.py's one at a time, and divides by the requests wrk completed:
+#                          under valgrind rampart is the slowest part, so its worker finds
+#                          several requests ready at each wake-up, as under a real load, and the
+#                          scheduler's cost per wake-up is shared by them (with client.py each
+#                          request wakes the worker twice)
 #   WARMUP [500]  REQUESTS [2000]  TOP [25]  BASE_PORT [18800]
 #   DUMP_INSTR [no]        yes: the dump counts each instruction (callgrind's --dump-instr), so
 #                          the calls of a function (memcpy) can be told apart by call site
@@ -40,6 +47,8 @@ BASE_PORT=${BASE_PORT:-18800}
 CACHE_SIM=${CACHE_SIM:-0}
 H2=${H2:-0}
 CONNS=${CONNS:-1}
+LOAD_CONNS=${LOAD_CONNS:-0}
+LOAD_SECONDS=${LOAD_SECONDS:-10}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -60,6 +69,9 @@ bench_setup
 ((REQUESTS > 0 && WARMUP >= 0)) || die "need REQUESTS > 0 and WARMUP >= 0"
 [[ $CONNS =~ ^[0-9]+$ ]] || die "CONNS must be a whole number, not '$CONNS'"
 [[ $H2 == 0 || $CONNS == 1 ]] || die "CONNS is for HTTP/1.1; with H2=1 h2load always opens 4 connections"
+[[ $LOAD_CONNS =~ ^[0-9]+$ && $LOAD_SECONDS =~ ^[1-9][0-9]*$ ]] ||
+    die "LOAD_CONNS must be a whole number and LOAD_SECONDS a positive one"
+[[ $H2 == 0 || $LOAD_CONNS == 0 ]] || die "LOAD_CONNS is for HTTP/1.1"
 case $CONFIG in
     rampart | log) template=$here/rampart.yaml ;;
     policy) template=$here/rampart-policy.yaml ;;
@@ -109,7 +121,17 @@ client() {
 }
 ((WARMUP > 0)) && client "$WARMUP"
 callgrind_control -z "$vg_pid" >/dev/null
-client "$REQUESTS"
+if ((LOAD_CONNS > 0)); then
+    run_wrk -t1 -c"$LOAD_CONNS" -d"${LOAD_SECONDS}s" "http://$listen/" >"$work/wrk.out" 2>&1
+    # Requests still in flight when wrk stops are in the count too: at most LOAD_CONNS of them.
+    REQUESTS=$(awk '/requests in/ {print $1}' "$work/wrk.out")
+    if ! [[ $REQUESTS =~ ^[1-9][0-9]*$ ]]; then
+        die "wrk completed no request: $(cat "$work/wrk.out")"
+    fi
+    grep -q 'Non-2xx\|Socket errors' "$work/wrk.out" && die "wrk saw errors: $(cat "$work/wrk.out")"
+else
+    client "$REQUESTS"
+fi
 callgrind_control -d "$vg_pid" >/dev/null
 # The counted requests' dump is the first (`.1`; the old ones were removed above), written by
 # valgrind's own thread: wait until its totals line is there.
@@ -121,7 +143,7 @@ done
 grep -qs '^totals:' "$part" || die "callgrind wrote no dump: $(tail -n 5 "$work/rampart.log")"
 stop rampart
 
-log "$CONFIG, upstream $UPSTREAM$([[ $H2 == 1 ]] && echo ", over h2c"), $REQUESTS requests after $WARMUP: dump in $part"
+log "$CONFIG, upstream $UPSTREAM$([[ $H2 == 1 ]] && echo ", over h2c")$( ((LOAD_CONNS > 0)) && echo ", wrk on $LOAD_CONNS connections"), $REQUESTS requests after $WARMUP: dump in $part"
 # The report, in Python: callgrind_annotate's self costs per function, per request.
 report=$(
     cat <<'EOF'

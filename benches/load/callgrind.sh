@@ -13,6 +13,12 @@
 #   CG_CONNS [1]                     keep-alive connections the requests are spread over;
 #                                    0: a new connection for each request (`Connection: close`),
 #                                    so the figure is what a connection costs
+#   CG_AT_ONCE [0]                   HTTP/1.1: >0 sends the requests with h2load --h1 on this
+#                                    many connections at once (one request at a time on each)
+#                                    instead of client.py's one after another: under valgrind
+#                                    the proxy is the slowest part, so it finds several requests
+#                                    ready at each wake-up, as under a real load, and what a
+#                                    wake-up costs is shared by them (CG_CONNS is then unused)
 #   CG_LOG [1]                       1: count rampart with its access log on too (rampart-log)
 #   CG_H2 [0]                        1: the requests over HTTP/2 with prior knowledge (h2c),
 #                                    from h2load (nghttp2-client), 10 streams at a time on each
@@ -28,6 +34,7 @@ CG_LARGE=${CG_LARGE:-2500}
 CG_CONNS=${CG_CONNS:-1}
 CG_LOG=${CG_LOG:-1}
 CG_H2=${CG_H2:-0}
+CG_AT_ONCE=${CG_AT_ONCE:-0}
 BASE_PORT=${BASE_PORT:-18760}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,6 +49,8 @@ install_missing valgrind=valgrind python3=python3 h2load=nghttp2-client
 export PATH="$PATH:/usr/sbin:/sbin"
 bench_setup
 ((CG_LARGE > CG_SMALL && CG_SMALL > 0)) || die "need 0 < CG_SMALL < CG_LARGE"
+[[ $CG_AT_ONCE =~ ^[0-9]+$ ]] || die "CG_AT_ONCE must be a whole number, not '$CG_AT_ONCE'"
+[[ $CG_H2 == 0 || $CG_AT_ONCE == 0 ]] || die "CG_AT_ONCE is for HTTP/1.1 (CG_H2=1 runs 10 streams at a time already)"
 if [[ $CG_H2 == 1 ]]; then
     ((CG_CONNS > 0)) || die "CG_H2=1 needs CG_CONNS > 0: HTTP/2 connections carry many requests"
     # The readiness checks speak HTTP/2 too: nginx's and HAProxy's h2c listeners speak nothing else.
@@ -96,6 +105,8 @@ count() {
     wait_http "$name" "http://$listen/" 600
     if [[ $CG_H2 == 1 ]]; then
         h2load_n "http://$listen/" "$n" "$CG_CONNS" "$work/$name.h2load"
+    elif ((CG_AT_ONCE > 0)); then
+        h2load_n "http://$listen/" "$n" "$CG_AT_ONCE" "$work/$name.h2load" --h1 -m 1
     else
         python3 "$here/client.py" requests "${listen##*:}" "$n" "$CG_CONNS" >>"$work/$name.log" 2>&1 ||
             die "$target: the client got errors: $(tail -n 3 "$work/$name.log")"

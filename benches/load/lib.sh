@@ -292,12 +292,14 @@ h2c_only() {
     sed -i -e "s|listen $2;|listen $2 http2;|" -e "s|bind $2\$|bind $2 proto h2|" "$1"
 }
 
-# h2load_n URL N CONNS OUT : N requests `GET URL` over h2c from h2load, CONNS connections of 10
-# streams at a time each; its report goes to OUT. Fails with h2load's counts unless all N
-# succeeded.
+# h2load_n URL N CONNS OUT [ARGS...] : N requests `GET URL` over h2c from h2load, CONNS
+# connections of 10 streams at a time each (ARGS go to h2load after those: `--h1 -m 1` for
+# HTTP/1.1, one request at a time on each connection); its report goes to OUT. Fails with
+# h2load's counts unless all N succeeded.
 h2load_n() {
     local url=$1 n=$2 conns=$3 out=$4
-    h2load -c "$conns" -m 10 -n "$n" "$url" >"$out" 2>&1 || true
+    shift 4
+    h2load -c "$conns" -m 10 -n "$n" "$@" "$url" >"$out" 2>&1 || true
     grep -q "requests: $n total, $n started, $n done, $n succeeded" "$out" ||
         die "h2load to $url: $(grep -E '^requests:|status codes:' "$out")"
 }
