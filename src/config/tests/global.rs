@@ -185,3 +185,36 @@ fn a_rediss_store_takes_tls_and_a_redis_one_refuses_it() {
         assert!(e.message.contains(says), "{redis}: {e:?}");
     }
 }
+
+/// A password in a `redis://` URL to a host off this machine travels in clear: a warning at the
+/// URL. On loopback, or over `rediss://`, or without credentials, none.
+#[test]
+fn a_password_sent_in_clear_off_this_machine_warns() {
+    let rl = "{ rate_limit: { per_tenant: { rate: 1/s }, scope: global } }";
+    let warned = |url: &str| {
+        let text = with(
+            &format!("global_store:\n  redis: {{ url: \"{url}\" }}\n"),
+            rl,
+        );
+        warnings(&text)
+            .into_iter()
+            .map(|(_, _, p)| p)
+            .collect::<Vec<_>>()
+    };
+    for url in [
+        "redis://:pw@redis.internal:6379",
+        "redis://app:pw@10.0.0.7/1",
+        "redis://token@redis.internal",
+    ] {
+        assert_eq!(warned(url), ["global_store.redis.url"], "{url}");
+    }
+    for url in [
+        "redis://:pw@127.0.0.1:6379",
+        "redis://:pw@localhost",
+        "redis://:pw@[::1]:6379",
+        "rediss://:pw@redis.internal",
+        "redis://redis.internal:6379/0",
+    ] {
+        assert!(warned(url).is_empty(), "{url}: {:?}", warned(url));
+    }
+}

@@ -45,8 +45,18 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
 }
 
 fn redis(s: &RedisStore, p: &KeyPath, r: &mut Report<'_>) {
-    if let Err(m) = url(&s.url) {
-        r.value(&p.key("url"), m);
+    match url(&s.url) {
+        Err(m) => r.value(&p.key("url"), m),
+        Ok(u) => {
+            let credentials = !u.username().is_empty() || u.password().is_some();
+            let host = u.host_str().unwrap_or_default();
+            if credentials && !s.is_tls() && !super::syntax::is_loopback_host(host) {
+                r.warn(
+                    &p.key("url"),
+                    "the password goes in clear text to a store off this machine; use rediss://",
+                );
+            }
+        }
     }
     if let Some(tls) = &s.tls {
         if s.is_tls() {
@@ -91,7 +101,7 @@ fn redis(s: &RedisStore, p: &KeyPath, r: &mut Report<'_>) {
 
 /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` (TLS, verified); sockets are
 /// not built in, nor is a way to skip verification (the client's `#insecure`).
-fn url(u: &str) -> Result<(), String> {
+fn url(u: &str) -> Result<url::Url, String> {
     let rest = match u.split_once("://") {
         Some((scheme, rest))
             if scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss") =>
@@ -123,9 +133,7 @@ fn url(u: &str) -> Result<(), String> {
             return Err(format!("{u:?}: the database after `/` must be a number"));
         }
     }
-    redis::parse_redis_url(u)
-        .map(|_| ())
-        .ok_or_else(|| format!("{u:?} is not a valid URL"))
+    redis::parse_redis_url(u).ok_or_else(|| format!("{u:?} is not a valid URL"))
 }
 
 fn rate_limit(rl: &RateLimit, has_store: bool, p: &KeyPath, r: &mut Report<'_>) {

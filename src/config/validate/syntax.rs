@@ -105,6 +105,16 @@ pub(super) fn endpoint(s: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `host` is this machine: `localhost` or a loopback address (an IPv6 one with or
+/// without its brackets).
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// An IPv4 address or a DNS name (letters, digits, `-` and `_`, labels of 1 to 63 bytes).
 pub(super) fn host_name(h: &str) -> Result<(), String> {
     if h.parse::<Ipv4Addr>().is_ok() {

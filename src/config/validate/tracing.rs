@@ -100,23 +100,14 @@ fn headers(t: &Tracing, uri: Option<&Uri>, p: &KeyPath, r: &mut Report<'_>) {
             );
         }
     }
-    let clear = uri.is_some_and(|u| !t.otlp.is_https() && !is_loopback(u));
+    let clear = uri
+        .is_some_and(|u| !t.otlp.is_https() && !syntax::is_loopback_host(u.host().unwrap_or("")));
     if clear && !t.otlp.headers.is_empty() {
         r.warn(
             p,
             "these header lines (credentials, often) go in clear to a collector off this machine; use an https:// endpoint",
         );
     }
-}
-
-/// Whether `uri`'s host is this machine (a loopback address or `localhost`).
-fn is_loopback(uri: &Uri) -> bool {
-    let host = uri.host().unwrap_or("");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why `text` is not a base URL spans can be posted under, if it is not; else the URL.
