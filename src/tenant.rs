@@ -1,7 +1,7 @@
 //! Who a request is for: tenant identification (SPEC `tenants`) and bounded metric labels.
 //!
-//! A tenant id comes from the first configured source that yields a value (a header or a query
-//! parameter); requests without one get the fallback tenant, or are refused with 401 when the
+//! A tenant id comes from the first configured source that yields a value (a header, a query
+//! parameter, the client certificate, a verified token or the client's address); requests without one get the fallback tenant, or are refused with 401 when the
 //! fallback is `reject`. Ids are checked against `[A-Za-z0-9._:@-]{1,128}` before they reach any
 //! table or label, so a client cannot inject label syntax or grow memory with giant keys.
 //!
@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use self::jwt::{Jwt, Verified};
 use crate::clock::{MonotonicClock, WallClock};
-use crate::config::file::{ClientCertField, TenantSource, Tenants, NO_TENANT};
+use crate::config::file::{ClientCertField, ClientIpFrom, TenantSource, Tenants, NO_TENANT};
 use crate::error::Reason;
 
 /// Longest tenant id accepted, in bytes.
@@ -46,6 +46,9 @@ pub enum TenantId {
     Cert(Arc<str>),
     /// Taken from a verified bearer token, with the plan it names.
     Jwt(Arc<Verified>),
+    /// The client's IP address as text (the connection's, shared; or the one a proxy in front
+    /// forwarded).
+    Ip(HeaderValue),
 }
 
 /// What a verified client certificate says about its holder (SPEC §8).
@@ -76,6 +79,7 @@ enum Source {
     Query(String),
     Cert(ClientCertField),
     Jwt(Box<Jwt>),
+    ClientIp(ClientIpFrom),
 }
 
 /// Tenant label folding, shared across reloads so a label, once given, stays stable.
@@ -95,7 +99,7 @@ impl TenantId {
     /// The id as text (validated: ASCII from the allowed set).
     pub fn as_str(&self) -> &str {
         match self {
-            TenantId::Header(v) => v.to_str().unwrap_or(""),
+            TenantId::Header(v) | TenantId::Ip(v) => v.to_str().unwrap_or(""),
             TenantId::Query(s) | TenantId::Fallback(s) | TenantId::Cert(s) => s,
             TenantId::Jwt(v) => &v.tenant,
         }
@@ -106,7 +110,7 @@ impl TenantId {
     /// certificate's name), which may hold any text.
     pub fn checked_bytes(&self) -> Option<&[u8]> {
         match self {
-            TenantId::Header(v) => Some(v.as_bytes()),
+            TenantId::Header(v) | TenantId::Ip(v) => Some(v.as_bytes()),
             TenantId::Query(s) => Some(s.as_bytes()),
             TenantId::Jwt(v) => Some(v.tenant.as_bytes()),
             TenantId::Fallback(_) | TenantId::Cert(_) => None,
@@ -157,6 +161,8 @@ impl Identify {
                         .map(Source::Header)
                 } else if let Some(f) = s.client_cert {
                     Some(Source::Cert(f))
+                } else if let Some(from) = s.client_ip {
+                    Some(Source::ClientIp(from))
                 } else {
                     s.query.clone().map(Source::Query)
                 }
@@ -222,10 +228,10 @@ impl Identify {
         &self,
         headers: &HeaderMap,
         uri: &Uri,
-        cert: Option<&CertIds>,
+        conn: Conn<'_>,
         optional: bool,
     ) -> Result<TenantId, Reason> {
-        match self.find(headers, uri, cert)? {
+        match self.find(headers, uri, conn)? {
             Some(t) => Ok(t),
             None if optional => Ok(TenantId::Fallback(self.none.clone())),
             None => match &self.fallback {
@@ -235,15 +241,15 @@ impl Identify {
         }
     }
 
-    /// The tenant of a request, or the reason to refuse it. `cert` is what the connection's
-    /// verified client certificate says, if it has one.
+    /// The tenant of a request, or the reason to refuse it; `conn` is what its connection says
+    /// (the verified client certificate, if any, and the peer's address).
     pub fn identify(
         &self,
         headers: &HeaderMap,
         uri: &Uri,
-        cert: Option<&CertIds>,
+        conn: Conn<'_>,
     ) -> Result<TenantId, Reason> {
-        self.identify_for(headers, uri, cert, false)
+        self.identify_for(headers, uri, conn, false)
     }
 
     /// The first source's tenant, `None` when no source names one.
@@ -251,10 +257,21 @@ impl Identify {
         &self,
         headers: &HeaderMap,
         uri: &Uri,
-        cert: Option<&CertIds>,
+        conn: Conn<'_>,
     ) -> Result<Option<TenantId>, Reason> {
+        let cert = conn.cert;
         for source in &self.sources {
             match source {
+                Source::ClientIp(ClientIpFrom::Peer) => {
+                    if let Some(ip) = conn.ip {
+                        return Ok(Some(TenantId::Ip(ip.clone())));
+                    }
+                }
+                Source::ClientIp(ClientIpFrom::XForwardedFor) => {
+                    if let Some(ip) = forwarded_ip(headers) {
+                        return Ok(Some(TenantId::Ip(ip)));
+                    }
+                }
                 Source::Jwt(j) => {
                     if let Some(v) = j.check(headers) {
                         return v.map(|v| Some(TenantId::Jwt(v)));
@@ -303,6 +320,29 @@ impl Identify {
         Ok(None)
     }
 }
+
+/// What a request's connection says about who sent it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Conn<'a> {
+    /// What its verified client certificate says, if it has one.
+    pub cert: Option<&'a CertIds>,
+    /// The peer's IP address as text (made once per connection; IPv4 dotted, IPv6 as Rust
+    /// writes it, an IPv4-mapped one as IPv4).
+    pub ip: Option<&'a HeaderValue>,
+}
+
+/// The address the proxy in front appended: the last entry of the last `x-forwarded-for`
+/// line, if it is an IP address (written back canonically: `::ffff:1.2.3.4` as `1.2.3.4`, a
+/// zone or port refused). Anything else (no line, `unknown`, a name) names no one.
+fn forwarded_ip(headers: &HeaderMap) -> Option<HeaderValue> {
+    let line = headers.get_all(X_FORWARDED_FOR).iter().next_back()?;
+    let last = line.to_str().ok()?.rsplit(',').next()?.trim();
+    let ip: std::net::IpAddr = last.parse().ok()?;
+    HeaderValue::from_str(&ip.to_canonical().to_string()).ok()
+}
+
+/// `x-forwarded-for`.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The value of the query parameter `key`, percent-decoded (`?tenant=a%40b` names `a@b`), if
 /// it is given and not empty. Given twice, two tenants are named and charging either would be a
@@ -467,20 +507,20 @@ mod tests {
         let r = rules("anonymous");
         let uri: Uri = "/x?tenant=q1".parse().expect("uri");
         assert_eq!(
-            r.identify(&headers("acme"), &uri, None)
+            r.identify(&headers("acme"), &uri, Conn::default())
                 .expect("header")
                 .as_str(),
             "acme"
         );
         assert_eq!(
-            r.identify(&HeaderMap::new(), &uri, None)
+            r.identify(&HeaderMap::new(), &uri, Conn::default())
                 .expect("query")
                 .as_str(),
             "q1"
         );
         let bare: Uri = "/x".parse().expect("uri");
         assert_eq!(
-            r.identify(&HeaderMap::new(), &bare, None)
+            r.identify(&HeaderMap::new(), &bare, Conn::default())
                 .expect("fallback")
                 .as_str(),
             "anonymous"
@@ -494,7 +534,7 @@ mod tests {
         let r = rules("anonymous");
         let id = |q: &str| {
             let uri: Uri = format!("/x?{q}").parse().expect("uri");
-            r.identify(&HeaderMap::new(), &uri, None)
+            r.identify(&HeaderMap::new(), &uri, Conn::default())
                 .map(|t| t.as_str().to_owned())
         };
         assert_eq!(id("tenant=a%40b").as_deref(), Ok("a@b"));
@@ -518,26 +558,30 @@ mod tests {
         let r = rules("reject");
         let bare: Uri = "/".parse().expect("uri");
         assert_eq!(
-            r.identify(&HeaderMap::new(), &bare, None).unwrap_err(),
+            r.identify(&HeaderMap::new(), &bare, Conn::default())
+                .unwrap_err(),
             Reason::TenantRequired
         );
         let long = "a".repeat(129);
         assert_eq!(
-            r.identify(&headers(&long), &bare, None).unwrap_err(),
+            r.identify(&headers(&long), &bare, Conn::default())
+                .unwrap_err(),
             Reason::InvalidTenant
         );
         assert_eq!(
-            r.identify(&headers("a b"), &bare, None).unwrap_err(),
+            r.identify(&headers("a b"), &bare, Conn::default())
+                .unwrap_err(),
             Reason::InvalidTenant
         );
         assert_eq!(
-            r.identify(&headers("a/b"), &bare, None).unwrap_err(),
+            r.identify(&headers("a/b"), &bare, Conn::default())
+                .unwrap_err(),
             Reason::InvalidTenant
         );
         let ok = "a".repeat(128);
-        assert!(r.identify(&headers(&ok), &bare, None).is_ok());
+        assert!(r.identify(&headers(&ok), &bare, Conn::default()).is_ok());
         assert!(r
-            .identify(&headers("user@acme.io:eu-1_x"), &bare, None)
+            .identify(&headers("user@acme.io:eu-1_x"), &bare, Conn::default())
             .is_ok());
     }
 
@@ -547,7 +591,9 @@ mod tests {
         h.append("x-tenant-id", HeaderValue::from_static("globex"));
         let uri: Uri = "/".parse().expect("uri");
         assert_eq!(
-            rules("anonymous").identify(&h, &uri, None).unwrap_err(),
+            rules("anonymous")
+                .identify(&h, &uri, Conn::default())
+                .unwrap_err(),
             Reason::InvalidTenant
         );
     }
@@ -581,5 +627,77 @@ mod tests {
             "a pinned label takes no place under the cap"
         );
         assert_eq!(&*l.label("b"), OTHER_LABEL);
+    }
+
+    /// `client_ip`: the peer's address as the connection gives it, or the last entry of the
+    /// last `x-forwarded-for` line when it is an address (written canonically); anything else
+    /// names no one. A source before it still wins.
+    #[test]
+    fn client_ip_sources_name_the_address() {
+        let by = |from: ClientIpFrom| {
+            Identify::new(&Tenants {
+                from: vec![
+                    TenantSource {
+                        header: Some("x-tenant-id".into()),
+                        ..TenantSource::default()
+                    },
+                    TenantSource {
+                        client_ip: Some(from),
+                        ..TenantSource::default()
+                    },
+                ],
+                fallback: "anonymous".into(),
+                max_tracked: 10,
+                metrics_labels: 2,
+                plans: None,
+            })
+        };
+        let uri: Uri = "/".parse().expect("uri");
+        let peer = HeaderValue::from_static("192.0.2.1");
+        let conn = Conn {
+            cert: None,
+            ip: Some(&peer),
+        };
+        let r = by(ClientIpFrom::Peer);
+        let id = |h: &HeaderMap, c: Conn<'_>| r.identify(h, &uri, c).map(|t| t.as_str().to_owned());
+        assert_eq!(id(&HeaderMap::new(), conn).as_deref(), Ok("192.0.2.1"));
+        assert_eq!(id(&headers("acme"), conn).as_deref(), Ok("acme"));
+        assert_eq!(
+            id(&HeaderMap::new(), Conn::default()).as_deref(),
+            Ok("anonymous")
+        );
+
+        let r = by(ClientIpFrom::XForwardedFor);
+        let forwarded = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append("x-forwarded-for", HeaderValue::from_str(l).expect("value"));
+            }
+            let t = r.identify(&h, &uri, conn).expect("never refused");
+            assert!(
+                matches!(t, TenantId::Ip(_) | TenantId::Fallback(_)),
+                "{t:?}"
+            );
+            t.as_str().to_owned()
+        };
+        assert_eq!(forwarded(&["198.51.100.1"]), "198.51.100.1");
+        assert_eq!(forwarded(&["203.0.113.5, 198.51.100.1"]), "198.51.100.1");
+        assert_eq!(
+            forwarded(&["203.0.113.5", "10.0.0.1 ,  198.51.100.2 "]),
+            "198.51.100.2"
+        );
+        assert_eq!(forwarded(&["::ffff:198.51.100.3"]), "198.51.100.3");
+        assert_eq!(forwarded(&["2001:DB8:0::7"]), "2001:db8::7");
+        for none in [
+            &[][..],
+            &["unknown"],
+            &["198.51.100.1:8080"],
+            &["fe80::1%eth0"],
+            &["198.51.100.1, "],
+            &["[2001:db8::1]"],
+            &["evil.example"],
+        ] {
+            assert_eq!(forwarded(none), "anonymous", "{none:?}");
+        }
     }
 }

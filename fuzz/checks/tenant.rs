@@ -1,10 +1,11 @@
 //! Tenant identification on arbitrary header values and query strings: an accepted id is
-//! always a valid one, and nothing panics.
+//! always a valid one, an address read from `x-forwarded-for` is an IP address, and nothing
+//! panics.
 
 use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use rampart::tenant::{is_valid_id, Identify, TenantId};
+use rampart::tenant::{is_valid_id, Conn, Identify, TenantId};
 
 const POLICY: &str = r#"
 version: 1
@@ -31,6 +32,19 @@ fn rules() -> &'static Identify {
     })
 }
 
+/// Rules that read only the address a proxy in front forwarded.
+fn forwarded() -> &'static Identify {
+    static RULES: OnceLock<Identify> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let policy = POLICY.replace(
+            "    - header: x-tenant-id\n    - query: tenant\n",
+            "    - client_ip: x-forwarded-for\n",
+        );
+        let cfg = rampart::config::Config::from_str(&policy, "fuzz").expect("the policy is valid");
+        Identify::new(&cfg.file.tenants)
+    })
+}
+
 /// One input; panics on a finding.
 pub fn run(data: &[u8]) {
     let _ = is_valid_id(data);
@@ -43,14 +57,27 @@ pub fn run(data: &[u8]) {
     let mut headers = HeaderMap::new();
     for v in head.split(|&b| b == b'\n') {
         if let Ok(v) = HeaderValue::from_bytes(v) {
-            headers.append("x-tenant-id", v);
+            headers.append("x-tenant-id", v.clone());
+            headers.append("x-forwarded-for", v);
         }
+    }
+    match forwarded().identify(&headers, &Uri::from_static("/"), Conn::default()) {
+        Ok(TenantId::Ip(ip)) => {
+            let text = ip.to_str().expect("an address is ASCII");
+            assert!(is_valid_id(text.as_bytes()), "accepted {text:?}");
+            assert!(
+                text.parse::<std::net::IpAddr>().is_ok(),
+                "accepted {text:?}"
+            );
+        }
+        Ok(TenantId::Fallback(_)) => {}
+        other => panic!("only an address or the fallback: {other:?}"),
     }
     let uri = std::str::from_utf8(query)
         .ok()
         .and_then(|q| format!("/p?{q}").parse::<Uri>().ok())
         .unwrap_or_else(|| Uri::from_static("/"));
-    if let Ok(id) = rules().identify(&headers, &uri, None) {
+    if let Ok(id) = rules().identify(&headers, &uri, Conn::default()) {
         match id {
             TenantId::Fallback(_) => assert_eq!(id.as_str(), "anonymous"),
             _ => assert!(

@@ -277,6 +277,23 @@ pub struct TenantSource {
     /// A claim of a verified JSON Web Token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSource>,
+    /// The client's IP address: limits per client address, for traffic that names no tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpFrom>,
+}
+
+/// `tenants.from[i].client_ip:` where the client's address is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ClientIpFrom {
+    /// The connection's peer: cannot be forged, and is the client's own address when nothing
+    /// stands between it and rampart.
+    #[serde(rename = "peer")]
+    Peer,
+    /// The last address of the last `x-forwarded-for` line: the one the proxy in front of
+    /// rampart (a load balancer) appended. Only for listeners that every request reaches
+    /// through that proxy: a client that reaches rampart directly can write the line itself.
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
 }
 
 /// `tenants.from[i].jwt:` the tenant is a claim of a bearer token verified against a JWKS.

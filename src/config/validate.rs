@@ -254,16 +254,17 @@ fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
         src.query.is_some(),
         src.client_cert.is_some(),
         src.jwt.is_some(),
+        src.client_ip.is_some(),
     ];
     match given.iter().filter(|g| **g).count() {
         0 => r.value(
             sp,
-            "a source needs one of `header: NAME`, `query: NAME`, `client_cert: cn | uri_san` or `jwt: {...}`",
+            "a source needs one of `header: NAME`, `query: NAME`, `client_cert: cn | uri_san`, `jwt: {...}` or `client_ip: peer | x-forwarded-for`",
         ),
         1 => {}
         _ => r.value(
             sp,
-            "a source has exactly one of `header`, `query`, `client_cert` or `jwt`, not several",
+            "a source has exactly one of `header`, `query`, `client_cert`, `jwt` or `client_ip`, not several",
         ),
     }
     if let Some(j) = &src.jwt {

@@ -80,7 +80,17 @@ impl Peer {
             addr,
             tls,
             cert: None,
-            forwarded_for: ip_text(addr.ip()),
+            // An IPv4 client of a dual-stack listener comes as `::ffff:a.b.c.d`: written as
+            // the IPv4 address it is.
+            forwarded_for: ip_text(addr.ip().to_canonical()),
+        }
+    }
+
+    /// What the connection says about its client, for tenant identification.
+    pub fn conn(&self) -> crate::tenant::Conn<'_> {
+        crate::tenant::Conn {
+            cert: self.cert.as_ref(),
+            ip: Some(&self.forwarded_for),
         }
     }
 
@@ -524,6 +534,8 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
+    /// The peer's address as `x-forwarded-for` and `client_ip: peer` read it: as the standard
+    /// library writes it, an IPv4 client of a dual-stack listener (`::ffff:a.b.c.d`) as IPv4.
     #[test]
     fn a_peer_s_address_is_written_as_the_standard_library_writes_it() {
         for addr in [
@@ -539,8 +551,15 @@ mod tests {
         ] {
             let addr: SocketAddr = addr.parse().expect("addr");
             let peer = Peer::new(addr, false);
-            assert_eq!(peer.forwarded_for, addr.ip().to_string(), "{addr}");
+            assert_eq!(
+                peer.forwarded_for,
+                addr.ip().to_canonical().to_string(),
+                "{addr}"
+            );
+            assert_eq!(peer.conn().ip, Some(&peer.forwarded_for));
         }
+        let mapped = Peer::new("[::ffff:198.51.100.1]:1".parse().expect("addr"), false);
+        assert_eq!(mapped.forwarded_for, "198.51.100.1");
     }
 
     /// The head the upstream writer sends for `req`, prepared for a client at 10.1.2.3 (over

@@ -153,7 +153,7 @@ pub fn handle<'a>(
         let tenant = match gen.identify.identify_for(
             req.headers(),
             req.uri(),
-            peer.cert.as_ref(),
+            peer.conn(),
             route.tenant_optional,
         ) {
             Ok(t) => t,

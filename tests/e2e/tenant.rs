@@ -126,3 +126,94 @@ async fn metrics_labels_cap_puts_extra_tenants_in_other() {
         ["_other", "t1", "t2"]
     );
 }
+
+const PER_ADDRESS: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from: [ { header: x-tenant-id }, { client_ip: $FROM } ]
+  fallback: nobody
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  per_address:
+    rate_limit:
+      per_tenant: { rate: 1/m, burst: 2 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: per_address
+"#;
+
+/// The statuses of `n` GETs to `addr` with `headers`.
+async fn statuses(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<u16> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(http::get(addr, "/ok", headers).await.status.as_u16());
+    }
+    out
+}
+
+/// `client_ip: peer`: a request that names no tenant is limited per client address (the
+/// connection's, here 127.0.0.1), which is its tenant in the metrics; a named tenant still
+/// comes first (the sources' order).
+#[tokio::test]
+async fn a_client_without_a_tenant_is_limited_by_its_address() {
+    let app = sample().await;
+    let proxy = Proxy::builder(PER_ADDRESS)
+        .var("FROM", "peer")
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(statuses(addr, 3, &[]).await, [200, 200, 429]);
+    // A forged x-forwarded-for does not move a peer's bucket.
+    assert_eq!(
+        statuses(addr, 1, &[("x-forwarded-for", "198.51.100.9")]).await,
+        [429]
+    );
+    assert_eq!(
+        statuses(addr, 3, &[("x-tenant-id", "acme")]).await,
+        [200, 200, 429]
+    );
+    assert_eq!(app.hits_for("/ok"), 4);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(requests(&text, "127.0.0.1", "200"), Some(2.0), "{text}");
+    assert_eq!(requests(&text, "127.0.0.1", "429"), Some(2.0), "{text}");
+    assert_eq!(requests(&text, "nobody", "200"), None, "{text}");
+}
+
+/// `client_ip: x-forwarded-for`: the address the proxy in front appended (the last one) is the
+/// tenant, whatever a client wrote before it; a line whose last entry is not an address names
+/// no one (the fallback).
+#[tokio::test]
+async fn behind_a_proxy_the_forwarded_address_is_limited() {
+    let app = sample().await;
+    let proxy = Proxy::builder(PER_ADDRESS)
+        .var("FROM", "x-forwarded-for")
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let one = [("x-forwarded-for", "198.51.100.1")];
+    assert_eq!(statuses(addr, 2, &one).await, [200, 200]);
+    // The client's own entries come first; the proxy's is last.
+    let spoofed = [("x-forwarded-for", "203.0.113.5, 198.51.100.1")];
+    assert_eq!(statuses(addr, 1, &spoofed).await, [429]);
+    let other = [("x-forwarded-for", "2001:db8::7")];
+    assert_eq!(statuses(addr, 2, &other).await, [200, 200]);
+    let junk = [("x-forwarded-for", "unknown")];
+    assert_eq!(statuses(addr, 3, &junk).await, [200, 200, 429]);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(requests(&text, "198.51.100.1", "429"), Some(1.0), "{text}");
+    assert_eq!(requests(&text, "2001:db8::7", "200"), Some(2.0), "{text}");
+    assert_eq!(requests(&text, "nobody", "429"), Some(1.0), "{text}");
+    assert_eq!(
+        requests(&text, "203.0.113.5", "429"),
+        None,
+        "a client's own entry is no one's bucket: {text}"
+    );
+}

@@ -207,6 +207,20 @@ fn tenants_sources_fallback_and_bounds() {
         "tenants.from[0]",
     );
     fails_at(&top("tenants: { from: [ {} ] }"), "tenants.from[0]");
+    ok(&top(
+        "tenants: { from: [ { header: x-tenant-id }, { client_ip: peer } ], fallback: reject }",
+    ));
+    ok(&top("tenants: { from: [ { client_ip: x-forwarded-for } ] }"));
+    let e = fails_at(
+        &top("tenants: { from: [ { client_ip: forwarded } ] }"),
+        "tenants.from[0].client_ip",
+    );
+    assert!(e.message.contains("x-forwarded-for"), "{e:?}");
+    let e = fails_at(
+        &top("tenants: { from: [ { header: x-a, client_ip: peer } ] }"),
+        "tenants.from[0]",
+    );
+    assert!(e.message.contains("`client_ip`"), "{e:?}");
     fails_at(
         &top("tenants: { from: [ { header: \"x tenant\" } ] }"),
         "tenants.from[0].header",
