@@ -15,6 +15,7 @@ pub mod tracked;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -25,7 +26,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use self::jwt::{Jwt, Verified};
 use crate::clock::{MonotonicClock, WallClock};
-use crate::config::file::{ClientCertField, ClientIpFrom, TenantSource, Tenants, NO_TENANT};
+use crate::config::file::{
+    ClientCertField, ClientIp, ClientIpFrom, TenantSource, Tenants, NO_TENANT,
+};
 use crate::error::Reason;
 
 /// Longest tenant id accepted, in bytes.
@@ -79,7 +82,13 @@ enum Source {
     Query(String),
     Cert(ClientCertField),
     Jwt(Box<Jwt>),
-    ClientIp(ClientIpFrom),
+    ClientIp {
+        from: ClientIpFrom,
+        /// `trusted_hops`: the client is this many entries from the end of x-forwarded-for.
+        hops: usize,
+        /// `ipv6_prefix`: the bits of an IPv6 address that name its client.
+        v6_bits: u8,
+    },
 }
 
 /// Tenant label folding, shared across reloads so a label, once given, stays stable.
@@ -161,8 +170,17 @@ impl Identify {
                         .map(Source::Header)
                 } else if let Some(f) = s.client_cert {
                     Some(Source::Cert(f))
-                } else if let Some(from) = s.client_ip {
-                    Some(Source::ClientIp(from))
+                } else if let Some(ClientIp {
+                    from,
+                    trusted_hops,
+                    ipv6_prefix,
+                }) = s.client_ip
+                {
+                    Some(Source::ClientIp {
+                        from,
+                        hops: usize::from(trusted_hops.unwrap_or(1).max(1)),
+                        v6_bits: ipv6_prefix.unwrap_or(128).clamp(1, 128),
+                    })
                 } else {
                     s.query.clone().map(Source::Query)
                 }
@@ -262,14 +280,28 @@ impl Identify {
         let cert = conn.cert;
         for source in &self.sources {
             match source {
-                Source::ClientIp(ClientIpFrom::Peer) => {
-                    if let Some(ip) = conn.ip {
-                        return Ok(Some(TenantId::Ip(ip.clone())));
+                Source::ClientIp {
+                    from: ClientIpFrom::Peer,
+                    v6_bits,
+                    ..
+                } => match conn.addr {
+                    // The connection's own text, shared: no allocation a request.
+                    Some(IpAddr::V6(v6)) if *v6_bits < 128 => {
+                        return Ok(Some(TenantId::Ip(ip_text(IpAddr::V6(v6), *v6_bits))));
                     }
-                }
-                Source::ClientIp(ClientIpFrom::XForwardedFor) => {
-                    if let Some(ip) = forwarded_ip(headers) {
-                        return Ok(Some(TenantId::Ip(ip)));
+                    _ => {
+                        if let Some(ip) = conn.ip {
+                            return Ok(Some(TenantId::Ip(ip.clone())));
+                        }
+                    }
+                },
+                Source::ClientIp {
+                    from: ClientIpFrom::XForwardedFor,
+                    hops,
+                    v6_bits,
+                } => {
+                    if let Some(ip) = forwarded_ip(headers, *hops) {
+                        return Ok(Some(TenantId::Ip(ip_text(ip, *v6_bits))));
                     }
                 }
                 Source::Jwt(j) => {
@@ -329,16 +361,39 @@ pub struct Conn<'a> {
     /// The peer's IP address as text (made once per connection; IPv4 dotted, IPv6 as Rust
     /// writes it, an IPv4-mapped one as IPv4).
     pub ip: Option<&'a HeaderValue>,
+    /// The same address (canonical: an IPv4-mapped one as IPv4).
+    pub addr: Option<IpAddr>,
 }
 
-/// The address the proxy in front appended: the last entry of the last `x-forwarded-for`
-/// line, if it is an IP address (written back canonically: `::ffff:1.2.3.4` as `1.2.3.4`, a
-/// zone or port refused). Anything else (no line, `unknown`, a name) names no one.
-fn forwarded_ip(headers: &HeaderMap) -> Option<HeaderValue> {
-    let line = headers.get_all(X_FORWARDED_FOR).iter().next_back()?;
-    let last = line.to_str().ok()?.rsplit(',').next()?.trim();
-    let ip: std::net::IpAddr = last.parse().ok()?;
-    HeaderValue::from_str(&ip.to_canonical().to_string()).ok()
+/// The client's address as a proxy in front forwarded it: the entry `hops` from the end of
+/// `x-forwarded-for` (its lines read as one list, as each proxy appends), if it is an IP
+/// address (canonical: `::ffff:1.2.3.4` is `1.2.3.4`; a zone, a port or a name is not one).
+/// Fewer entries than `hops`, or anything else there, names no one.
+fn forwarded_ip(headers: &HeaderMap, hops: usize) -> Option<IpAddr> {
+    let entry = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|line| line.to_str().unwrap_or("").rsplit(','))
+        .nth(hops.checked_sub(1)?)?;
+    entry
+        .trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// `ip` as a tenant id: an IPv6 address cut to its first `v6_bits` bits (the rest zero), as
+/// Rust writes addresses (within the id's character set: digits, letters, `.` and `:`).
+fn ip_text(ip: IpAddr, v6_bits: u8) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) if v6_bits < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6_bits)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        ip => ip,
+    };
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// `x-forwarded-for`.
@@ -629,65 +684,114 @@ mod tests {
         assert_eq!(&*l.label("b"), OTHER_LABEL);
     }
 
-    /// `client_ip`: the peer's address as the connection gives it, or the last entry of the
-    /// last `x-forwarded-for` line when it is an address (written canonically); anything else
-    /// names no one. A source before it still wins.
+    /// Rules that read the tenant from `x-tenant-id`, else from `client_ip` as given.
+    fn by_ip(ip: ClientIp) -> Identify {
+        Identify::new(&Tenants {
+            from: vec![
+                TenantSource {
+                    header: Some("x-tenant-id".into()),
+                    ..TenantSource::default()
+                },
+                TenantSource {
+                    client_ip: Some(ip),
+                    ..TenantSource::default()
+                },
+            ],
+            fallback: "anonymous".into(),
+            max_tracked: 10,
+            metrics_labels: 2,
+            plans: None,
+        })
+    }
+
+    fn ip_of(from: ClientIpFrom, hops: Option<u8>, v6: Option<u8>) -> ClientIp {
+        ClientIp {
+            from,
+            trusted_hops: hops,
+            ipv6_prefix: v6,
+        }
+    }
+
+    /// `client_ip: peer`: the peer's address as the connection gives it (an IPv6 one cut to
+    /// `ipv6_prefix`); a source before it still wins; no address names no one.
     #[test]
-    fn client_ip_sources_name_the_address() {
-        let by = |from: ClientIpFrom| {
-            Identify::new(&Tenants {
-                from: vec![
-                    TenantSource {
-                        header: Some("x-tenant-id".into()),
-                        ..TenantSource::default()
-                    },
-                    TenantSource {
-                        client_ip: Some(from),
-                        ..TenantSource::default()
-                    },
-                ],
-                fallback: "anonymous".into(),
-                max_tracked: 10,
-                metrics_labels: 2,
-                plans: None,
-            })
-        };
+    fn client_ip_peer_names_the_connections_address() {
         let uri: Uri = "/".parse().expect("uri");
-        let peer = HeaderValue::from_static("192.0.2.1");
-        let conn = Conn {
-            cert: None,
-            ip: Some(&peer),
+        let id = |r: &Identify, h: &HeaderMap, c: Conn<'_>| {
+            r.identify(h, &uri, c).map(|t| t.as_str().to_owned())
         };
-        let r = by(ClientIpFrom::Peer);
-        let id = |h: &HeaderMap, c: Conn<'_>| r.identify(h, &uri, c).map(|t| t.as_str().to_owned());
-        assert_eq!(id(&HeaderMap::new(), conn).as_deref(), Ok("192.0.2.1"));
-        assert_eq!(id(&headers("acme"), conn).as_deref(), Ok("acme"));
+        let v4 = HeaderValue::from_static("192.0.2.1");
+        let v4_conn = Conn {
+            cert: None,
+            ip: Some(&v4),
+            addr: Some("192.0.2.1".parse().expect("ip")),
+        };
+        let v6 = HeaderValue::from_static("2001:db8:1:2:3:4:5:6");
+        let v6_conn = Conn {
+            cert: None,
+            ip: Some(&v6),
+            addr: Some("2001:db8:1:2:3:4:5:6".parse().expect("ip")),
+        };
+        let whole = by_ip(ip_of(ClientIpFrom::Peer, None, None));
         assert_eq!(
-            id(&HeaderMap::new(), Conn::default()).as_deref(),
+            id(&whole, &HeaderMap::new(), v4_conn).as_deref(),
+            Ok("192.0.2.1")
+        );
+        assert_eq!(id(&whole, &headers("acme"), v4_conn).as_deref(), Ok("acme"));
+        assert_eq!(
+            id(&whole, &HeaderMap::new(), v6_conn).as_deref(),
+            Ok("2001:db8:1:2:3:4:5:6")
+        );
+        assert_eq!(
+            id(&whole, &HeaderMap::new(), Conn::default()).as_deref(),
             Ok("anonymous")
         );
+        let by_64 = by_ip(ip_of(ClientIpFrom::Peer, None, Some(64)));
+        assert_eq!(
+            id(&by_64, &HeaderMap::new(), v6_conn).as_deref(),
+            Ok("2001:db8:1:2::")
+        );
+        assert_eq!(
+            id(&by_64, &HeaderMap::new(), v4_conn).as_deref(),
+            Ok("192.0.2.1")
+        );
+        let by_1 = by_ip(ip_of(ClientIpFrom::Peer, None, Some(1)));
+        assert_eq!(id(&by_1, &HeaderMap::new(), v6_conn).as_deref(), Ok("::"));
+    }
 
-        let r = by(ClientIpFrom::XForwardedFor);
-        let forwarded = |lines: &[&str]| {
+    /// `client_ip: x-forwarded-for`: the entry `trusted_hops` from the end of the header (its
+    /// lines as one list), when it is an address (written canonically, an IPv6 one cut to
+    /// `ipv6_prefix`); anything else names no one, and it is never refused.
+    #[test]
+    fn client_ip_forwarded_names_the_entry_the_trusted_proxies_wrote() {
+        let uri: Uri = "/".parse().expect("uri");
+        let forwarded = |r: &Identify, lines: &[&str]| {
             let mut h = HeaderMap::new();
             for l in lines {
                 h.append("x-forwarded-for", HeaderValue::from_str(l).expect("value"));
             }
-            let t = r.identify(&h, &uri, conn).expect("never refused");
+            let t = r
+                .identify(&h, &uri, Conn::default())
+                .expect("never refused");
             assert!(
                 matches!(t, TenantId::Ip(_) | TenantId::Fallback(_)),
                 "{t:?}"
             );
+            assert!(t.checked_bytes().is_some_and(is_valid_id) || t.as_str() == "anonymous");
             t.as_str().to_owned()
         };
-        assert_eq!(forwarded(&["198.51.100.1"]), "198.51.100.1");
-        assert_eq!(forwarded(&["203.0.113.5, 198.51.100.1"]), "198.51.100.1");
+        let one = by_ip(ip_of(ClientIpFrom::XForwardedFor, None, None));
+        assert_eq!(forwarded(&one, &["198.51.100.1"]), "198.51.100.1");
         assert_eq!(
-            forwarded(&["203.0.113.5", "10.0.0.1 ,  198.51.100.2 "]),
+            forwarded(&one, &["203.0.113.5, 198.51.100.1"]),
+            "198.51.100.1"
+        );
+        assert_eq!(
+            forwarded(&one, &["203.0.113.5", "10.0.0.1 ,  198.51.100.2 "]),
             "198.51.100.2"
         );
-        assert_eq!(forwarded(&["::ffff:198.51.100.3"]), "198.51.100.3");
-        assert_eq!(forwarded(&["2001:DB8:0::7"]), "2001:db8::7");
+        assert_eq!(forwarded(&one, &["::ffff:198.51.100.3"]), "198.51.100.3");
+        assert_eq!(forwarded(&one, &["2001:DB8:0::7"]), "2001:db8::7");
         for none in [
             &[][..],
             &["unknown"],
@@ -697,7 +801,27 @@ mod tests {
             &["[2001:db8::1]"],
             &["evil.example"],
         ] {
-            assert_eq!(forwarded(none), "anonymous", "{none:?}");
+            assert_eq!(forwarded(&one, none), "anonymous", "{none:?}");
         }
+        // Two proxies in front (a CDN, then a balancer): the client is second from the end,
+        // whichever line each wrote to.
+        let two = by_ip(ip_of(ClientIpFrom::XForwardedFor, Some(2), Some(64)));
+        assert_eq!(
+            forwarded(&two, &["6.6.6.6, 198.51.100.4, 10.0.0.9"]),
+            "198.51.100.4"
+        );
+        assert_eq!(
+            forwarded(&two, &["6.6.6.6, 198.51.100.4", "10.0.0.9"]),
+            "198.51.100.4"
+        );
+        assert_eq!(
+            forwarded(&two, &["2001:db8:a:b:c::1, 10.0.0.9"]),
+            "2001:db8:a:b::"
+        );
+        assert_eq!(
+            forwarded(&two, &["10.0.0.9"]),
+            "anonymous",
+            "one entry: no client"
+        );
     }
 }

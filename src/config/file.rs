@@ -279,10 +279,27 @@ pub struct TenantSource {
     pub jwt: Option<JwtSource>,
     /// The client's IP address: limits per client address, for traffic that names no tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ip: Option<ClientIpFrom>,
+    pub client_ip: Option<ClientIp>,
 }
 
-/// `tenants.from[i].client_ip:` where the client's address is read.
+/// `tenants.from[i].client_ip:` `peer`, `x-forwarded-for`, or
+/// `{ from, trusted_hops, ipv6_prefix }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientIp {
+    /// Where the address is read.
+    pub from: ClientIpFrom,
+    /// `x-forwarded-for` only: how many proxies in front of rampart append to that header; the
+    /// client is the address this many entries from its end (1 if absent: the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_hops: Option<u8>,
+    /// An IPv6 client counts by the first this many bits of its address (64: the block a
+    /// subscriber is usually given, so it cannot step around its limit by changing address);
+    /// 128 if absent. IPv4 addresses count whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<u8>,
+}
+
+/// `tenants.from[i].client_ip.from:` where the client's address is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ClientIpFrom {
     /// The connection's peer: cannot be forged, and is the client's own address when nothing
@@ -1233,6 +1250,47 @@ impl Serialize for PerTry {
                 m.end()
             }
         }
+    }
+}
+
+// === impl ClientIp: a word or a map ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientIpMap {
+    from: ClientIpFrom,
+    #[serde(default)]
+    trusted_hops: Option<u8>,
+    #[serde(default)]
+    ipv6_prefix: Option<u8>,
+}
+
+impl<'de> Deserialize<'de> for ClientIp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ClientIp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`peer`, `x-forwarded-for`, or { from, trusted_hops, ipv6_prefix }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ClientIp, E> {
+                let from = ClientIpFrom::deserialize(de::value::StrDeserializer::<E>::new(v))?;
+                Ok(ClientIp {
+                    from,
+                    trusted_hops: None,
+                    ipv6_prefix: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ClientIp, A::Error> {
+                let m = ClientIpMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ClientIp {
+                    from: m.from,
+                    trusted_hops: m.trusted_hops,
+                    ipv6_prefix: m.ipv6_prefix,
+                })
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -22,7 +22,7 @@ mod words;
 
 use std::path::Path;
 
-use super::file::{File, TenantSource};
+use super::file::{ClientIp, ClientIpFrom, File, TenantSource};
 use super::locate::{Doc, KeyPath, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors};
@@ -248,6 +248,37 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
     }
 }
 
+/// Most proxies in front that `client_ip.trusted_hops` counts: a longer chain is a mistake.
+const MAX_TRUSTED_HOPS: u8 = 10;
+
+/// `client_ip`: `trusted_hops` only where it is read (x-forwarded-for), 1 to
+/// [`MAX_TRUSTED_HOPS`]; `ipv6_prefix` 1 to 128.
+fn client_ip(ip: &ClientIp, p: &KeyPath, r: &mut Report<'_>) {
+    if let Some(hops) = ip.trusted_hops {
+        if ip.from != ClientIpFrom::XForwardedFor {
+            r.key(
+                &p.key("trusted_hops"),
+                "trusted_hops only applies to `from: x-forwarded-for` (a peer's address is its own)",
+            );
+        } else if !(1..=MAX_TRUSTED_HOPS).contains(&hops) {
+            r.value(
+                &p.key("trusted_hops"),
+                format!("{hops} is out of range: 1 (one proxy in front) to {MAX_TRUSTED_HOPS}"),
+            );
+        }
+    }
+    if let Some(bits) = ip.ipv6_prefix {
+        if !(1..=128).contains(&bits) {
+            r.value(
+                &p.key("ipv6_prefix"),
+                format!(
+                    "{bits} is out of range: 1 to 128 bits (64 counts an IPv6 client by its /64)"
+                ),
+            );
+        }
+    }
+}
+
 fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
     let given = [
         src.header.is_some(),
@@ -269,6 +300,9 @@ fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
     }
     if let Some(j) = &src.jwt {
         plans::jwt_source(j, &sp.key("jwt"), r);
+    }
+    if let Some(ip) = &src.client_ip {
+        client_ip(ip, &sp.key("client_ip"), r);
     }
     if let Some(h) = &src.header {
         if let Err(m) = syntax::header_name(h) {

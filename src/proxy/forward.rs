@@ -91,6 +91,7 @@ impl Peer {
         crate::tenant::Conn {
             cert: self.cert.as_ref(),
             ip: Some(&self.forwarded_for),
+            addr: Some(self.addr.ip().to_canonical()),
         }
     }
 

@@ -217,3 +217,36 @@ async fn behind_a_proxy_the_forwarded_address_is_limited() {
         "a client's own entry is no one's bucket: {text}"
     );
 }
+
+/// Two proxies in front (`trusted_hops: 2`) and IPv6 clients counted by their /64
+/// (`ipv6_prefix: 64`): two addresses of one /64 share a bucket, another /64 has its own.
+#[tokio::test]
+async fn two_proxies_in_front_and_ipv6_clients_by_their_block() {
+    let app = sample().await;
+    let proxy = Proxy::builder(PER_ADDRESS)
+        .var(
+            "FROM",
+            "{ from: x-forwarded-for, trusted_hops: 2, ipv6_prefix: 64 }",
+        )
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let a = [("x-forwarded-for", "2001:db8:1:2::5, 10.0.0.9")];
+    let b = [("x-forwarded-for", "6.6.6.6, 2001:db8:1:2:ffff::6, 10.0.0.9")];
+    let c = [("x-forwarded-for", "2001:db8:1:3::5, 10.0.0.9")];
+    assert_eq!(statuses(addr, 2, &a).await, [200, 200]);
+    assert_eq!(statuses(addr, 1, &b).await, [429], "the same /64");
+    assert_eq!(statuses(addr, 1, &c).await, [200], "another /64");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        requests(&text, "2001:db8:1:2::", "429"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests(&text, "2001:db8:1:3::", "200"),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -210,7 +210,9 @@ fn tenants_sources_fallback_and_bounds() {
     ok(&top(
         "tenants: { from: [ { header: x-tenant-id }, { client_ip: peer } ], fallback: reject }",
     ));
-    ok(&top("tenants: { from: [ { client_ip: x-forwarded-for } ] }"));
+    ok(&top(
+        "tenants: { from: [ { client_ip: x-forwarded-for } ] }",
+    ));
     let e = fails_at(
         &top("tenants: { from: [ { client_ip: forwarded } ] }"),
         "tenants.from[0].client_ip",
@@ -221,6 +223,53 @@ fn tenants_sources_fallback_and_bounds() {
         "tenants.from[0]",
     );
     assert!(e.message.contains("`client_ip`"), "{e:?}");
+    ok(&top(
+        "tenants: { from: [ { client_ip: { from: x-forwarded-for, trusted_hops: 2, ipv6_prefix: 64 } } ] }",
+    ));
+    ok(&top(
+        "tenants: { from: [ { client_ip: { from: peer, ipv6_prefix: 56 } } ] }",
+    ));
+    for (source, path, says) in [
+        (
+            "{ from: peer, trusted_hops: 1 }",
+            "tenants.from[0].client_ip.trusted_hops",
+            "only applies",
+        ),
+        (
+            "{ from: x-forwarded-for, trusted_hops: 0 }",
+            "tenants.from[0].client_ip.trusted_hops",
+            "out of range",
+        ),
+        (
+            "{ from: x-forwarded-for, trusted_hops: 11 }",
+            "tenants.from[0].client_ip.trusted_hops",
+            "out of range",
+        ),
+        (
+            "{ from: peer, ipv6_prefix: 0 }",
+            "tenants.from[0].client_ip.ipv6_prefix",
+            "out of range",
+        ),
+        (
+            "{ from: peer, ipv6_prefix: 129 }",
+            "tenants.from[0].client_ip.ipv6_prefix",
+            "out of range",
+        ),
+        (
+            "{ from: peer, depth: 2 }",
+            "tenants.from[0].client_ip.depth",
+            "unknown",
+        ),
+        ("{ ipv6_prefix: 64 }", "tenants.from[0].client_ip", "from"),
+    ] {
+        let e = fails_at(
+            &top(&format!(
+                "tenants: {{ from: [ {{ client_ip: {source} }} ] }}"
+            )),
+            path,
+        );
+        assert!(e.message.contains(says), "{source}: {e:?}");
+    }
     fails_at(
         &top("tenants: { from: [ { header: \"x tenant\" } ] }"),
         "tenants.from[0].header",
