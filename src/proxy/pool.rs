@@ -285,6 +285,12 @@ impl Pool {
         }
     }
 
+    /// How this endpoint's connections are made secure, if its upstream has `tls` (health
+    /// checks connect the same way).
+    pub fn tls(&self) -> Option<&TlsOrigin> {
+        self.tls.as_ref()
+    }
+
     /// The newest connection idle for at most `pool_idle_timeout` at `now`: this worker's,
     /// or with `steal` any worker's. Those found idle too long are closed.
     fn take_idle(&self, now: u64, steal: bool) -> Option<Box<Conn>> {

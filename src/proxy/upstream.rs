@@ -341,7 +341,7 @@ fn start_checks(weak: Weak<Upstream>, cfg: file::HealthCheck) -> AbortHandle {
             .endpoints
             .load()
             .iter()
-            .map(|e| (e.addr, e.health.clone()))
+            .map(|e| (e.addr, e.health.clone(), e.pool.tls().cloned()))
             .collect();
         Some(list)
     });

@@ -7,7 +7,8 @@
 //! `[0, interval)` before its first round and each round lasts `interval ± 10%`.
 //! Each probe uses a fresh HTTP/1.1 connection (never the request pool) so that a probe
 //! measures whether the endpoint accepts and answers now, and a stuck pooled connection cannot
-//! mask a dead endpoint.
+//! mask a dead endpoint. An upstream with `tls` is probed over TLS as its requests are
+//! (verified against its `ca`, for its `server_name`): never in clear (SPEC §8).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +22,14 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::EndpointHealth;
 use crate::config::file;
+use crate::proxy::pool::TlsOrigin;
 
 /// What the checker probes: the upstream's endpoints now, or `None` once the upstream is gone
 /// (the task then ends). Typically a closure over a `Weak` of the upstream.
-pub type Targets = Arc<dyn Fn() -> Option<Vec<(SocketAddr, Arc<EndpointHealth>)>> + Send + Sync>;
+pub type Targets = Arc<dyn Fn() -> Option<Vec<Target>> + Send + Sync>;
+
+/// One endpoint to probe: its address, its health, and its TLS if its upstream has `tls`.
+pub type Target = (SocketAddr, Arc<EndpointHealth>, Option<TlsOrigin>);
 
 /// Called with an endpoint's address and its new verdict each time a check flips it.
 pub type OnChange = Arc<dyn Fn(SocketAddr, bool) + Send + Sync>;
@@ -49,10 +54,10 @@ async fn run(cfg: Arc<file::HealthCheck>, targets: Targets, on_change: OnChange)
         let Some(list) = targets() else { return };
         next = tokio::time::Instant::now() + interval.mul_f64(0.9 + 0.2 * rng.f64());
         let mut round = JoinSet::new();
-        for (addr, health) in list {
+        for (addr, health, tls) in list {
             let (cfg, on_change) = (Arc::clone(&cfg), Arc::clone(&on_change));
             round.spawn(async move {
-                let ok = probe(addr, &cfg.path, cfg.timeout.0).await;
+                let ok = probe(addr, tls.as_ref(), &cfg.path, cfg.timeout.0).await;
                 if let Some(now_healthy) = health.record_check(ok, &cfg) {
                     on_change(addr, now_healthy);
                 }
@@ -62,9 +67,15 @@ async fn run(cfg: Arc<file::HealthCheck>, targets: Targets, on_change: OnChange)
     }
 }
 
-/// One probe: true when `GET path` answers 2xx within `timeout`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    match tokio::time::timeout(timeout, probe_once(addr, path)).await {
+/// One probe: true when `GET path` answers 2xx within `timeout` (the TLS handshake, if `tls`,
+/// included).
+pub async fn probe(
+    addr: SocketAddr,
+    tls: Option<&TlsOrigin>,
+    path: &str,
+    timeout: Duration,
+) -> bool {
+    match tokio::time::timeout(timeout, probe_once(addr, tls, path)).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "health check failed");
@@ -77,14 +88,32 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
     }
 }
 
-async fn probe_once(addr: SocketAddr, path: &str) -> Result<bool, crate::error::BoxError> {
+async fn probe_once(
+    addr: SocketAddr,
+    tls: Option<&TlsOrigin>,
+    path: &str,
+) -> Result<bool, crate::error::BoxError> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    let (mut sender, conn, host) = match tls {
+        None => {
+            let (sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+            (sender, AbortOnDrop(tokio::spawn(conn)), addr.to_string())
+        }
+        Some(tls) => {
+            let cfg = tls.config.load_full();
+            let stream = crate::tls::connect(cfg, &tls.server_name, stream).await?;
+            let (sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+            (
+                sender,
+                AbortOnDrop(tokio::spawn(conn)),
+                tls.server_name.to_string(),
+            )
+        }
+    };
     // The connection task dies with the probe (timeout included): aborted on every exit.
-    let conn = AbortOnDrop(tokio::spawn(conn));
     let req = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, host)
         .header(http::header::CONNECTION, "close")
         .header(http::header::USER_AGENT, "rampart-health-check")
         .body(Empty::new())?;

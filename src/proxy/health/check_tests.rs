@@ -86,7 +86,8 @@ fn start(
     let alive = Arc::new(());
     let weak = Arc::downgrade(&alive);
     let (addr, h) = (f.addr, Arc::clone(h));
-    let targets: Targets = Arc::new(move || weak.upgrade().map(|_| vec![(addr, Arc::clone(&h))]));
+    let targets: Targets =
+        Arc::new(move || weak.upgrade().map(|_| vec![(addr, Arc::clone(&h), None)]));
     let (tx, rx) = mpsc::unbounded_channel();
     let (ok, bad) = (Arc::clone(&f.ok), Arc::clone(&f.bad));
     let on_change: OnChange = Arc::new(move |a, up| {
@@ -148,8 +149,8 @@ async fn a_stopped_or_silent_endpoint_turns_unhealthy() {
 #[tokio::test]
 async fn probe_reads_the_status() {
     let f = fake(200, true).await;
-    assert!(probe(f.addr, "/healthz", Duration::from_secs(1)).await);
+    assert!(probe(f.addr, None, "/healthz", Duration::from_secs(1)).await);
     f.status.store(503, Ordering::SeqCst);
-    assert!(!probe(f.addr, "/healthz", Duration::from_secs(1)).await);
+    assert!(!probe(f.addr, None, "/healthz", Duration::from_secs(1)).await);
     f.task.abort();
 }

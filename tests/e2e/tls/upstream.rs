@@ -158,3 +158,42 @@ async fn plaintext_server_behind_tls_gets_a_client_hello_not_a_request() {
         }
     }
 }
+
+/// Health checks of an upstream with `tls` go over TLS, as its requests do (verified against
+/// its `ca`, for its `server_name`): never in clear, and an endpoint that only speaks TLS stays
+/// healthy and keeps being served. Before, probes went in clear, every one failed, and the
+/// endpoint was marked unhealthy after `unhealthy_after` of them.
+#[tokio::test]
+async fn health_checks_of_a_tls_upstream_go_over_tls() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let up = TlsUpstream::start(&ca.server(1)).await;
+    let checked = OUTBOUND.replace(
+        "    tls: { $UPTLS }\n",
+        "    tls: { $UPTLS }\n    health_check: { path: /healthz, interval: 50ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1 }\n",
+    );
+    let proxy = Proxy::builder(&checked)
+        .var(
+            "UPTLS",
+            format!("ca: {}, server_name: localhost", ca_path.display()),
+        )
+        .var("UP", up.addr)
+        .spawn()
+        .await;
+    assert_eventually!(
+        up.hits() >= 3,
+        "the probes arrive over TLS; log:\n{}",
+        proxy.log()
+    );
+    let text = crate::support::metrics(proxy.admin()).await;
+    let label = up.addr.to_string();
+    let healthy = crate::support::metric_value(
+        &text,
+        "rampart_upstream_endpoint_healthy",
+        &[("upstream", "payments"), ("endpoint", &label)],
+    );
+    assert_eq!(healthy, Some(1.0), "{text}");
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.text(), "localhost");
+}
