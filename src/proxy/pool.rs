@@ -93,9 +93,10 @@ pub struct Pool {
 const TLS_WARN_EVERY_MS: u64 = 10_000;
 
 /// An open connection's claim on one of its endpoint's `max_connections`, counted in
-/// `rampart_upstream_connections` while it lasts (from the connect on).
+/// `rampart_upstream_connections` while it lasts (from the connect on): a pooled connection's,
+/// or a CONNECT tunnel's ([`Pool::tunnel_slot`]).
 #[derive(Debug)]
-struct Slot {
+pub(super) struct Slot {
     _permit: OwnedSemaphorePermit,
     freed: Arc<Notify>,
     open: IntGauge,
@@ -282,6 +283,25 @@ impl Pool {
                 freed.await;
                 now = coarse::millis();
             }
+        }
+    }
+
+    /// A slot of this endpoint's `max_connections` for a CONNECT tunnel, which is a connection
+    /// rampart opens to it like a pooled one. At the cap an idle pooled connection is closed to
+    /// make room; with none idle, the tunnel waits for a connection to close until `deadline`
+    /// (`None` then).
+    pub(super) async fn tunnel_slot(&self, deadline: Instant) -> Option<Slot> {
+        loop {
+            let freed = self.freed.notified();
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return Some(Slot::new(permit, self));
+            }
+            if let Some(idle) = self.take_idle(coarse::millis(), true) {
+                // Closed: its slot is free now.
+                drop(idle);
+                continue;
+            }
+            tokio::time::timeout_at(deadline, freed).await.ok()?;
         }
     }
 

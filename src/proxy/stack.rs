@@ -272,13 +272,13 @@ pub fn handle<'a>(
         if is_connect {
             // A tunnel, not an exchange; it holds its guards (its log line among them) for its
             // whole life.
-            let stream = match Box::pin(tunnel::open(&ctx)).await {
-                Ok(stream) => stream,
+            let opened = match Box::pin(tunnel::open(&ctx)).await {
+                Ok(opened) => opened,
                 Err(rsp) => return fin.answer(&tm, rsp, None, ctx.tries.take()),
             };
             let mut rsp = tunnel::established();
             let guards = fin.answer_tunnel(&tm, &mut rsp, ctx.tries.take());
-            tunnel::spawn(req, stream, route, shared, guards);
+            tunnel::spawn(req, opened, route, shared, guards);
             return rsp;
         }
         let mut rsp = match &route.policy.idempotency {

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use super::body::{Body, ClientIn};
 use super::ctx::{RequestCtx, TryLog};
 use super::guard::Guards;
+use super::pool::Slot;
 use super::respond::answer;
 use super::shared::Shared;
 use crate::clock::SharedClock;
@@ -49,10 +50,18 @@ use crate::policy::outcome::Outcome;
 /// Connects an admitted CONNECT to an endpoint of the route's upstream, if its breaker admits
 /// it: the stream to [`spawn`] the tunnel on once the 200 is settled, or the answer to give
 /// instead (503 `circuit_open`, 502 `upstream_unavailable`).
-pub async fn open(ctx: &RequestCtx<'_>) -> Result<TcpStream, Response<Body>> {
+pub async fn open(ctx: &RequestCtx<'_>) -> Result<Opened, Response<Body>> {
     // The breaker judges the connect: it is the tunnel's only upstream outcome.
     let permit = super::exchange::admit(ctx).map_err(|rsp| *rsp)?;
     connect(ctx.route, permit, &ctx.tries).await
+}
+
+/// A tunnel's connection to its endpoint, with its place among the endpoint's
+/// `max_connections` (held until the tunnel ends).
+#[derive(Debug)]
+pub struct Opened {
+    stream: TcpStream,
+    slot: Slot,
 }
 
 /// The answer that opens a tunnel.
@@ -68,11 +77,12 @@ pub fn established() -> Response<Body> {
 /// (`bytes_in`: client to upstream) and the tunnel's whole life as its duration.
 pub fn spawn(
     req: Request<ClientIn>,
-    stream: TcpStream,
+    opened: Opened,
     route: &RouteRt,
     shared: &Shared,
     guards: Guards,
 ) {
+    let Opened { stream, slot } = opened;
     let idle = route.tunnel_idle;
     let (clock, name) = (shared.clock.clone(), route.upstream.name.clone());
     let carried = Arc::new(Carried::default());
@@ -81,7 +91,7 @@ pub fn spawn(
         carried: carried.clone(),
     };
     shared.tunnels.spawn(async move {
-        let _held = held;
+        let _held = (held, slot);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
@@ -162,7 +172,7 @@ async fn connect(
     route: &RouteRt,
     permit: Option<BreakerPermit>,
     tries: &TryLog,
-) -> Result<TcpStream, Response<Body>> {
+) -> Result<Opened, Response<Body>> {
     let up = &route.upstream;
     let started = Instant::now();
     let Some(ep) = up.pick(None, started) else {
@@ -174,7 +184,24 @@ async fn connect(
     };
     let limit = up.cfg.connect_timeout.0;
     tries.start(ep.addr);
-    let result = tokio::time::timeout(limit, TcpStream::connect(ep.addr)).await;
+    // A tunnel is a connection to the endpoint: it counts against `max_connections` and in
+    // `rampart_upstream_connections` for its whole life, and waits for room within the
+    // connect timeout.
+    let deadline = started + limit;
+    let Some(slot) = ep.pool.tunnel_slot(deadline).await else {
+        let ended = Instant::now();
+        tries.ended(ended.saturating_duration_since(started), ended);
+        if let Some(p) = permit {
+            // The endpoint is busy, not failing: no evidence for the breaker.
+            p.record(Outcome::Cancelled, Duration::ZERO);
+        }
+        let msg = format!(
+            "upstream {} ({}) has max_connections connections open; none closed within {limit:?}",
+            up.name, ep.addr
+        );
+        return Err(answer(Reason::UpstreamUnavailable, &msg, None));
+    };
+    let result = tokio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await;
     let outcome = match &result {
         Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
         _ => Outcome::ConnectError,
@@ -189,7 +216,7 @@ async fn connect(
     let why = match result {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            return Ok(stream);
+            return Ok(Opened { stream, slot });
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => {

@@ -506,3 +506,94 @@ async fn a_tunnel_cut_by_the_drain_still_writes_its_line() {
         "the tunnel lived through the grace: {tunnel}"
     );
 }
+
+/// A tunnel is a connection rampart opens to the endpoint: it counts against the upstream's
+/// `max_connections` and in `rampart_upstream_connections` for its whole life. At the cap an
+/// idle pooled connection is closed to make room; with none, the next CONNECT waits up to the
+/// connect timeout and is answered 502, without counting against the endpoint's health or
+/// breaker; when a tunnel ends its room is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_against_max_connections() {
+    // An upstream that answers `GET`s 200 on a kept-alive connection and echoes anything else:
+    // a tunnel stays open until its client leaves.
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let echo_addr = echo.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let reply: &[u8] = if buf.starts_with(b"GET ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    } else {
+                        &buf[..n]
+                    };
+                    if s.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    const CAPPED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  plain: { endpoints: [$PLAIN], max_connections: 1, connect_timeout: 300ms }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - { match: { host: plain.example }, upstream: plain }
+"#;
+    let proxy = Proxy::builder(CAPPED).var("PLAIN", echo_addr).spawn().await;
+    let addr = proxy.listener("outbound");
+    let open = || async {
+        let text = crate::support::metrics(proxy.admin()).await;
+        let label = echo_addr.to_string();
+        crate::support::metric_value(
+            &text,
+            "rampart_upstream_connections",
+            &[("upstream", "plain"), ("endpoint", &label)],
+        )
+    };
+    // A request leaves its connection idle in the pool, holding the one room.
+    let get = b"GET http://plain.example/ HTTP/1.1\r\nHost: plain.example\r\n\r\n";
+    let rsp = raw::exchange(addr, get, Duration::from_millis(500)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(open().await, Some(1.0), "the pooled connection is counted");
+    // The tunnel takes its room: the idle connection is closed for it.
+    let mut first = open_tunnel(addr, "plain.example:80").await;
+    first.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    first.read_exact(&mut back).await.expect("the echo");
+    assert_eq!(&back, b"ping");
+    assert_eq!(
+        open().await,
+        Some(1.0),
+        "the tunnel is counted, the idle one gone"
+    );
+    let started = tokio::time::Instant::now();
+    let refused = connect(addr, "plain.example:80").await;
+    assert_eq!(refused.status(), Some(502), "{}", refused.text());
+    assert!(
+        refused.text().contains("max_connections"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it waited for room first: {:?}",
+        started.elapsed()
+    );
+    drop(first);
+    assert_eventually!(open().await == Some(0.0), "the ended tunnel's room is free");
+    let second = open_tunnel(addr, "plain.example:80").await;
+    assert_eq!(open().await, Some(1.0));
+    drop(second);
+    server.abort();
+}
