@@ -369,6 +369,10 @@ pub struct Upstream {
     /// TLS towards the upstream (rustls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// What the upstream speaks: HTTP/1.1 (pooled connections) or HTTP/2 (one multiplexed
+    /// connection per endpoint: gRPC services).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// Endpoint selection.
     #[serde(default)]
     pub balance: Balance,
@@ -423,6 +427,19 @@ pub struct UpstreamTls {
     /// PEM private key of `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+}
+
+/// `upstreams.NAME.protocol:`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, keep-alive connections pooled per endpoint.
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    /// HTTP/2: h2c (prior knowledge) in clear, ALPN `h2` over `tls`; one connection per
+    /// endpoint carries every request at once, trailers included (gRPC).
+    #[serde(rename = "http2")]
+    Http2,
 }
 
 /// `upstreams.NAME.balance:`

@@ -41,6 +41,8 @@ pub enum Body {
     Client(ClientBody),
     /// An upstream's answer, whose connection goes back to the pool when it ends.
     Upstream(super::pool::Returning),
+    /// An HTTP/2 upstream's answer (`protocol: http2`), boxed: rare, and larger.
+    Upstream2(Box<super::pool::h2::H2Answer>),
     /// An answer whose copy is kept for `fallback.stale` (`degrade.rs`).
     Teed(Box<super::tee::Tee>),
 }
@@ -111,11 +113,16 @@ impl Body {
         }
     }
 
+    /// Whether this is an upstream's answer (over HTTP/1.1 or HTTP/2), not rampart's own.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Body::Upstream(_) | Body::Upstream2(_))
+    }
+
     /// Whether the body counts the bytes it sends in the access log line its guards hold (an
     /// upstream's answer, teed or not); any other is counted whole when the answer starts.
     pub fn counts_sent(&self) -> bool {
         match self {
-            Body::Upstream(_) => true,
+            Body::Upstream(_) | Body::Upstream2(_) => true,
             Body::Teed(t) => t.inner().counts_sent(),
             _ => false,
         }
@@ -126,6 +133,7 @@ impl Body {
     pub fn hold(&mut self, guards: Guards) {
         match self {
             Body::Upstream(r) => r.guards = guards,
+            Body::Upstream2(r) => r.guards = guards,
             Body::Teed(t) => t.inner_mut().hold(guards),
             _ => {}
         }
@@ -182,6 +190,7 @@ impl http_body::Body for Body {
             Body::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
             Body::Client(inner) => Pin::new(inner).poll_frame(cx),
             Body::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Body::Upstream2(inner) => Pin::new(&mut **inner).poll_frame(cx).map_err(Into::into),
             Body::Teed(inner) => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
@@ -192,6 +201,7 @@ impl http_body::Body for Body {
             Body::Full(chunk) => chunk.is_none(),
             Body::Client(inner) => http_body::Body::is_end_stream(inner),
             Body::Upstream(inner) => inner.is_end_stream(),
+            Body::Upstream2(inner) => http_body::Body::is_end_stream(&**inner),
             Body::Teed(inner) => inner.is_end_stream(),
         }
     }
@@ -212,6 +222,7 @@ impl http_body::Body for Body {
                 prefixed_hint(inner.rest.size_hint(), buffered)
             }
             Body::Upstream(inner) => inner.size_hint(),
+            Body::Upstream2(inner) => http_body::Body::size_hint(&**inner),
             Body::Teed(inner) => inner.size_hint(),
         }
     }

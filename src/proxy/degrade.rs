@@ -34,7 +34,7 @@ pub fn apply(
     keep: Option<(Key, Arc<StaleStore>)>,
     rsp: Response<Body>,
 ) -> Response<Body> {
-    if !matches!(rsp.body(), Body::Upstream(_)) {
+    if !rsp.body().is_upstream() {
         // rampart's own answer: the reason header names why (an upstream's is never trusted).
         let Some(reason) = rsp.headers().get(REASON_HEADER) else {
             return rsp;

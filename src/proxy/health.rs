@@ -21,7 +21,7 @@ mod outlier;
 mod p2c;
 mod state;
 
-pub use check::{probe, spawn_checks, OnChange, Target, Targets};
+pub use check::{probe, spawn_checks, CheckTarget, OnChange, Targets};
 pub use outlier::OutlierDetector;
 pub use p2c::p2c;
 pub use state::{EndpointHealth, InFlight, EJECT_GROWTH_CAP, EWMA_DECAY};

@@ -93,7 +93,7 @@ pub async fn run(
     let mut rsp = run_read(ctx, parts, Buffered::Replayable(read), &fault).await;
     // The kept answer is replayed with all its headers.
     whole_headers(&mut rsp);
-    let kept = matches!(rsp.body(), Body::Upstream(_)) && !rsp.status().is_server_error();
+    let kept = rsp.body().is_upstream() && !rsp.status().is_server_error();
     if !kept {
         // Dropping the claim releases the key: the client may retry.
         return rsp;

@@ -32,6 +32,7 @@
 
 mod conn;
 pub mod h1;
+pub(super) mod h2;
 mod idle;
 
 use std::future::Future;
@@ -85,6 +86,8 @@ pub struct Pool {
     open: IntGauge,
     /// When (coarse milliseconds) a failed TLS handshake was last logged at `warn`.
     tls_warned: AtomicU64,
+    /// With `protocol: http2`, the endpoint's one connection (the idle stacks stay empty).
+    h2: Option<h2::H2>,
 }
 
 /// Least time between two `warn` lines about failed TLS handshakes with one endpoint: each
@@ -174,6 +177,9 @@ pub enum UpstreamError {
     /// The request's body was longer or shorter than its `content-length`.
     #[error("the request body does not match its content-length")]
     RequestLength,
+    /// The HTTP/2 connection or stream failed (`protocol: http2`).
+    #[error("HTTP/2: {0}")]
+    Http2(#[source] hyper::Error),
 }
 
 /// The settings of one endpoint's pool, from its upstream's section.
@@ -187,6 +193,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// `pool_idle_timeout`.
     pub idle_timeout: Duration,
+    /// `protocol: http2`: one multiplexed connection instead of a pool ([`h2`]).
+    pub http2: bool,
 }
 
 /// A response body that reads its answer off its connection and gives the connection back
@@ -220,6 +228,7 @@ impl Pool {
             freed: Arc::new(Notify::new()),
             open,
             tls_warned: AtomicU64::new(0),
+            h2: settings.http2.then(h2::H2::default),
         })
     }
 
@@ -237,6 +246,10 @@ impl Pool {
         added: &Added<'_>,
         mut body: Body,
     ) -> Result<Response<Body>, SendError> {
+        if let Some(h2) = &self.h2 {
+            // Boxed: the HTTP/1.1 path's future should not carry this one's size.
+            return Box::pin(self.send_h2(h2, addr, parts, added, body)).await;
+        }
         let mut now = coarse::millis();
         loop {
             // This worker's idle connections first; then a new one if the cap allows; at the
@@ -330,6 +343,12 @@ impl Pool {
 
     async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<Box<Conn>, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
+        let stream = self.dial(addr, deadline).await?;
+        Ok(Conn::new(stream, slot))
+    }
+
+    /// A new byte stream to `addr` by `deadline`: TCP, then TLS if the upstream has `tls`.
+    async fn dial(&self, addr: SocketAddr, deadline: Instant) -> Result<Stream, SendError> {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
@@ -343,14 +362,14 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => Ok(Conn::new(Stream::Plain(stream), slot)),
+            None => Ok(Stream::Plain(stream)),
             Some(tls) => {
                 // Never plaintext to an upstream with `tls`: a failed handshake is a failed
                 // connect (502), within the same connect timeout.
                 let cfg = tls.config.load_full();
                 let shake = crate::tls::connect(cfg, &tls.server_name, stream);
                 match tokio::time::timeout_at(deadline, shake).await {
-                    Ok(Ok(s)) => Ok(Conn::new(Stream::Tls(Box::new(s)), slot)),
+                    Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
                     Ok(Err(source)) => {
                         self.warn_tls(addr, &source);
                         Err(SendError::Handshake { addr, source })

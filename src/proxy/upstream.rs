@@ -17,7 +17,9 @@ use http::uri::Authority;
 
 use rustls::ClientConfig;
 
-use super::health::{p2c, spawn_checks, EndpointHealth, OnChange, OutlierDetector, Targets};
+use super::health::{
+    p2c, spawn_checks, CheckTarget, EndpointHealth, OnChange, OutlierDetector, Targets,
+};
 use super::pool::{Pool, PoolSettings, TlsOrigin};
 use crate::clock::SharedClock;
 use crate::config::file;
@@ -337,11 +339,17 @@ fn start_checks(weak: Weak<Upstream>, cfg: file::HealthCheck) -> AbortHandle {
     let targets_of = weak.clone();
     let targets: Targets = Arc::new(move || {
         let up = targets_of.upgrade()?;
+        let http2 = up.cfg.protocol == file::UpstreamProtocol::Http2;
         let list = up
             .endpoints
             .load()
             .iter()
-            .map(|e| (e.addr, e.health.clone(), e.pool.tls().cloned()))
+            .map(|e| CheckTarget {
+                addr: e.addr,
+                health: e.health.clone(),
+                tls: e.pool.tls().cloned(),
+                http2,
+            })
             .collect();
         Some(list)
     });
@@ -364,6 +372,7 @@ fn same_transport(a: &file::Upstream, b: &file::Upstream) -> bool {
         && a.pool_idle_timeout == b.pool_idle_timeout
         && a.max_connections == b.max_connections
         && a.tls == b.tls
+        && a.protocol == b.protocol
 }
 
 /// The host part of a `host:port` endpoint.
@@ -410,6 +419,7 @@ impl Endpoint {
                     max_connections: cfg.max_connections as usize,
                     connect_timeout: cfg.connect_timeout.0,
                     idle_timeout: cfg.pool_idle_timeout.0,
+                    http2: cfg.protocol == file::UpstreamProtocol::Http2,
                 },
                 tls,
                 open,

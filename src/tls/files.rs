@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::{client_config, server_config, TlsFileError};
-use crate::config::file::File;
+use crate::config::file::{File, UpstreamProtocol};
 use crate::config::Section;
 
 /// The TLS configs of one policy file: per listener name and per upstream name.
@@ -58,6 +58,13 @@ impl TlsFiles {
         for (name, u) in &file.upstreams {
             let Some(t) = &u.tls else { continue };
             match client_config(t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref()) {
+                Ok(c) if u.protocol == UpstreamProtocol::Http2 => {
+                    // An HTTP/2 upstream is offered `h2` only: a server that picked HTTP/1.1
+                    // would be spoken to in the wrong protocol.
+                    let mut c = Arc::unwrap_or_clone(c);
+                    c.alpn_protocols = vec![b"h2".to_vec()];
+                    out.upstreams.insert(name.clone(), Arc::new(c));
+                }
                 Ok(c) => {
                     out.upstreams.insert(name.clone(), c);
                 }

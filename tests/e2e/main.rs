@@ -37,4 +37,5 @@ mod tenant;
 mod tls;
 mod tracing;
 mod upstream_h1;
+mod upstream_h2;
 mod workers;

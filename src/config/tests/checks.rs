@@ -1,6 +1,6 @@
 //! One failing case (at least) for every semantic check, and the edge cases that must pass.
 
-use super::{errors, fails_at, ok, one, policy, upstream, BASE};
+use super::{errors, fails_at, ok, one, policy, upstream, warnings, BASE};
 
 fn top(extra: &str) -> String {
     format!("{BASE}{extra}\n")
@@ -540,4 +540,38 @@ fn mutated_files_never_panic() {
         }
         let _ = errors(&c.into_iter().collect::<String>());
     }
+}
+
+/// `protocol: http2` is taken; the pool's keys, which one multiplexed connection per endpoint
+/// leaves nothing to act on, draw a warning where they are written; another protocol is
+/// refused.
+#[test]
+fn an_http2_upstream_warns_at_the_pool_keys_it_does_not_use() {
+    ok(&upstream(
+        "{ endpoints: [127.0.0.1:3000], protocol: http2 }",
+    ));
+    ok(&upstream(
+        "{ endpoints: [127.0.0.1:3000], protocol: http1, pool_max_idle: 4 }",
+    ));
+    assert!(warnings(&upstream(
+        "{ endpoints: [127.0.0.1:3000], protocol: http2 }"
+    ))
+    .is_empty());
+    let w = warnings(&upstream(
+        "{ endpoints: [127.0.0.1:3000], protocol: http2, pool_max_idle: 4, max_connections: 9 }",
+    ));
+    let at: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        at,
+        [
+            "upstreams.app.pool_max_idle",
+            "upstreams.app.max_connections"
+        ],
+        "{w:?}"
+    );
+    assert!(w[0].message.contains("does nothing"), "{w:?}");
+    fails_at(
+        &upstream("{ endpoints: [127.0.0.1:3000], protocol: http3 }"),
+        "upstreams.app.protocol",
+    );
 }

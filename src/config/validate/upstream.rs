@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::super::file::{Upstream, UpstreamTls};
+use super::super::file::{Upstream, UpstreamProtocol, UpstreamTls};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
@@ -45,6 +45,18 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     }
     if let Some(tls) = &up.tls {
         client_tls(tls, &p.key("tls"), r);
+    }
+    if up.protocol == UpstreamProtocol::Http2 {
+        // One multiplexed connection per endpoint: the pool's keys have nothing to act on.
+        for key in ["pool_max_idle", "pool_idle_timeout", "max_connections"] {
+            let kp = p.key(key);
+            if r.is_written(&kp) {
+                r.warn(
+                    &kp,
+                    format!("with `protocol: http2` each endpoint has one multiplexed connection; `{key}` does nothing"),
+                );
+            }
+        }
     }
     if let Some(o) = &up.outlier {
         r.at_least_1(

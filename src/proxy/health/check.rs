@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::EndpointHealth;
@@ -26,10 +26,20 @@ use crate::proxy::pool::TlsOrigin;
 
 /// What the checker probes: the upstream's endpoints now, or `None` once the upstream is gone
 /// (the task then ends). Typically a closure over a `Weak` of the upstream.
-pub type Targets = Arc<dyn Fn() -> Option<Vec<Target>> + Send + Sync>;
+pub type Targets = Arc<dyn Fn() -> Option<Vec<CheckTarget>> + Send + Sync>;
 
-/// One endpoint to probe: its address, its health, and its TLS if its upstream has `tls`.
-pub type Target = (SocketAddr, Arc<EndpointHealth>, Option<TlsOrigin>);
+/// One endpoint to probe.
+#[derive(Debug, Clone)]
+pub struct CheckTarget {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its health, which the probes feed.
+    pub health: Arc<EndpointHealth>,
+    /// Its TLS, if its upstream has `tls`.
+    pub tls: Option<TlsOrigin>,
+    /// Whether its upstream speaks HTTP/2 (`protocol: http2`): probed in it.
+    pub http2: bool,
+}
 
 /// Called with an endpoint's address and its new verdict each time a check flips it.
 pub type OnChange = Arc<dyn Fn(SocketAddr, bool) + Send + Sync>;
@@ -54,12 +64,12 @@ async fn run(cfg: Arc<file::HealthCheck>, targets: Targets, on_change: OnChange)
         let Some(list) = targets() else { return };
         next = tokio::time::Instant::now() + interval.mul_f64(0.9 + 0.2 * rng.f64());
         let mut round = JoinSet::new();
-        for (addr, health, tls) in list {
+        for t in list {
             let (cfg, on_change) = (Arc::clone(&cfg), Arc::clone(&on_change));
             round.spawn(async move {
-                let ok = probe(addr, tls.as_ref(), &cfg.path, cfg.timeout.0).await;
-                if let Some(now_healthy) = health.record_check(ok, &cfg) {
-                    on_change(addr, now_healthy);
+                let ok = probe(&t, &cfg.path, cfg.timeout.0).await;
+                if let Some(now_healthy) = t.health.record_check(ok, &cfg) {
+                    on_change(t.addr, now_healthy);
                 }
             });
         }
@@ -67,15 +77,11 @@ async fn run(cfg: Arc<file::HealthCheck>, targets: Targets, on_change: OnChange)
     }
 }
 
-/// One probe: true when `GET path` answers 2xx within `timeout` (the TLS handshake, if `tls`,
-/// included).
-pub async fn probe(
-    addr: SocketAddr,
-    tls: Option<&TlsOrigin>,
-    path: &str,
-    timeout: Duration,
-) -> bool {
-    match tokio::time::timeout(timeout, probe_once(addr, tls, path)).await {
+/// One probe of `t`: true when `GET path` answers 2xx within `timeout` (the TLS handshake, if
+/// its upstream has `tls`, included).
+pub async fn probe(t: &CheckTarget, path: &str, timeout: Duration) -> bool {
+    let addr = t.addr;
+    match tokio::time::timeout(timeout, probe_once(t, path)).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "health check failed");
@@ -88,37 +94,59 @@ pub async fn probe(
     }
 }
 
-async fn probe_once(
-    addr: SocketAddr,
-    tls: Option<&TlsOrigin>,
-    path: &str,
-) -> Result<bool, crate::error::BoxError> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+async fn probe_once(t: &CheckTarget, path: &str) -> Result<bool, crate::error::BoxError> {
+    let stream = tokio::net::TcpStream::connect(t.addr).await?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn, host) = match tls {
-        None => {
-            let (sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-            (sender, AbortOnDrop(tokio::spawn(conn)), addr.to_string())
-        }
+    match &t.tls {
+        None => ask(TokioIo::new(stream), t.http2, t.addr.to_string(), path).await,
         Some(tls) => {
             let cfg = tls.config.load_full();
             let stream = crate::tls::connect(cfg, &tls.server_name, stream).await?;
-            let (sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-            (
-                sender,
-                AbortOnDrop(tokio::spawn(conn)),
+            ask(
+                TokioIo::new(stream),
+                t.http2,
                 tls.server_name.to_string(),
+                path,
             )
+            .await
         }
-    };
+    }
+}
+
+/// `GET path` of `host` on `io`, in HTTP/2 or HTTP/1.1; true on a 2xx answer.
+async fn ask<T>(
+    io: T,
+    http2: bool,
+    host: String,
+    path: &str,
+) -> Result<bool, crate::error::BoxError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let req = http::Request::get(path).header(http::header::USER_AGENT, "rampart-health-check");
     // The connection task dies with the probe (timeout included): aborted on every exit.
-    let req = http::Request::get(path)
-        .header(http::header::HOST, host)
-        .header(http::header::CONNECTION, "close")
-        .header(http::header::USER_AGENT, "rampart-health-check")
-        .body(Empty::new())?;
-    let rsp = sender.send_request(req).await?;
-    drop(conn);
+    let rsp = if http2 {
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(host)
+            .path_and_query(path)
+            .build()?;
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Empty<Bytes>>(io)
+            .await?;
+        let _conn = AbortOnDrop(tokio::spawn(conn));
+        sender
+            .send_request(req.uri(uri).body(Empty::new())?)
+            .await?
+    } else {
+        let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(io).await?;
+        let _conn = AbortOnDrop(tokio::spawn(conn));
+        let req = req
+            .header(http::header::HOST, host)
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::new())?;
+        sender.send_request(req).await?
+    };
     Ok(rsp.status().is_success())
 }
 

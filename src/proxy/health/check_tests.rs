@@ -86,8 +86,16 @@ fn start(
     let alive = Arc::new(());
     let weak = Arc::downgrade(&alive);
     let (addr, h) = (f.addr, Arc::clone(h));
-    let targets: Targets =
-        Arc::new(move || weak.upgrade().map(|_| vec![(addr, Arc::clone(&h), None)]));
+    let targets: Targets = Arc::new(move || {
+        weak.upgrade().map(|_| {
+            vec![CheckTarget {
+                addr,
+                health: Arc::clone(&h),
+                tls: None,
+                http2: false,
+            }]
+        })
+    });
     let (tx, rx) = mpsc::unbounded_channel();
     let (ok, bad) = (Arc::clone(&f.ok), Arc::clone(&f.bad));
     let on_change: OnChange = Arc::new(move |a, up| {
@@ -149,8 +157,14 @@ async fn a_stopped_or_silent_endpoint_turns_unhealthy() {
 #[tokio::test]
 async fn probe_reads_the_status() {
     let f = fake(200, true).await;
-    assert!(probe(f.addr, None, "/healthz", Duration::from_secs(1)).await);
+    let t = CheckTarget {
+        addr: f.addr,
+        health: Arc::new(EndpointHealth::new()),
+        tls: None,
+        http2: false,
+    };
+    assert!(probe(&t, "/healthz", Duration::from_secs(1)).await);
     f.status.store(503, Ordering::SeqCst);
-    assert!(!probe(f.addr, None, "/healthz", Duration::from_secs(1)).await);
+    assert!(!probe(&t, "/healthz", Duration::from_secs(1)).await);
     f.task.abort();
 }

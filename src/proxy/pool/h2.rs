@@ -1,0 +1,209 @@
+//! HTTP/2 to an upstream (`protocol: http2`): what a gRPC service speaks.
+//!
+//! One connection per endpoint carries every request at once, as Envoy's and Linkerd's do:
+//! h2c with prior knowledge in clear, ALPN `h2` over `tls`. The protocol (streams, flow
+//! control, trailers, `GOAWAY`) is hyper's client; what is rampart's is small: the connection
+//! is made on the first request (and again after it closed), counted in
+//! `rampart_upstream_connections` and against `max_connections` while it lasts, and each
+//! request goes out with the lines rampart adds ([`Added`]) and `te: trailers`, its answer's
+//! trailers passed on to the client.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, TE};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use super::{connect_timed_out, Pool, SendError, Slot, UpstreamError};
+use crate::proxy::body::Body;
+use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::proxy::guard::Guards;
+
+/// An endpoint's HTTP/2 connection, made when first needed.
+#[derive(Debug, Default)]
+pub(crate) struct H2 {
+    /// The connection's request handle; `None` before the first connect.
+    sender: parking_lot::Mutex<Option<SendRequest<Body>>>,
+    /// Held while a connection is made, so concurrent requests wait for that one.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// An HTTP/2 upstream's answer body: hyper's stream, counted into the access log line its
+/// guards hold, which go when it ends.
+#[derive(Debug)]
+pub struct H2Answer {
+    body: Incoming,
+    /// What the request holds until this body ends (see `guard.rs`).
+    pub(crate) guards: Guards,
+}
+
+// === impl H2 ===
+
+impl H2 {
+    /// The connection's handle, unless there is none or it has closed.
+    fn live(&self) -> Option<SendRequest<Body>> {
+        let held = self.sender.lock();
+        held.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Sends a request over the endpoint's HTTP/2 connection (made first if there is none
+    /// open). `added`, `parts` and `body` as for [`Pool::send`].
+    pub(super) async fn send_h2(
+        &self,
+        h2: &H2,
+        addr: SocketAddr,
+        parts: &Parts,
+        added: &Added<'_>,
+        body: Body,
+    ) -> Result<Response<Body>, SendError> {
+        let reset = |e| SendError::Reset(UpstreamError::Http2(e));
+        let mut sender = match h2.live() {
+            Some(s) => s,
+            None => self.connect_h2(h2, addr).await?,
+        };
+        if sender.ready().await.is_err() {
+            // It closed between the look and now (`GOAWAY`, the upstream gone): once more on
+            // a new connection, the request not sent yet.
+            sender = self.connect_h2(h2, addr).await?;
+            sender.ready().await.map_err(reset)?;
+        }
+        let req = request(parts, added, body, self.tls.is_some())
+            .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
+        let rsp = sender.send_request(req).await.map_err(reset)?;
+        let (mut head, body) = rsp.into_parts();
+        // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
+        head.version = Version::HTTP_11;
+        let answer = H2Answer {
+            body,
+            guards: Guards::default(),
+        };
+        Ok(Response::from_parts(
+            head,
+            Body::Upstream2(Box::new(answer)),
+        ))
+    }
+
+    /// Makes the endpoint's connection, unless another request made one meanwhile. Its
+    /// `max_connections` slot is held as long as it is open.
+    async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+        let _one = h2.connecting.lock().await;
+        if let Some(s) = h2.live() {
+            return Ok(s);
+        }
+        let deadline = Instant::now() + self.connect_timeout;
+        // The connection before it may still be closing with its slot: waited for, within
+        // the connect timeout.
+        let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| connect_timed_out(addr))?
+            .map_err(|_| connect_timed_out(addr))?;
+        let slot = Slot::new(permit, self);
+        let stream = self.dial(addr, deadline).await?;
+        let shake = Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, Body>(TokioIo::new(stream));
+        let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
+            Ok(Ok(made)) => made,
+            Ok(Err(e)) => return Err(SendError::Reset(UpstreamError::Http2(e))),
+            Err(_) => return Err(connect_timed_out(addr)),
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(error) = conn.await {
+                tracing::debug!(endpoint = %addr, %error, "HTTP/2 upstream connection ended");
+            }
+        });
+        *h2.sender.lock() = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// The HTTP/2 request of head `parts`: its authority (the `host` it came with, else the
+/// endpoint's) and scheme in the URI, as `:authority` and `:scheme`; the lines rampart adds;
+/// `te: trailers`, which gRPC servers ask for (what rampart reads answers with).
+fn request(
+    parts: &Parts,
+    added: &Added<'_>,
+    body: Body,
+    tls: bool,
+) -> std::io::Result<Request<Body>> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+    };
+    let mut headers = parts.headers.clone();
+    let host = headers.remove(HOST);
+    let authority = match host.as_ref().and_then(|h| h.to_str().ok()) {
+        Some(h) => Authority::try_from(h).map_err(|e| invalid(&e))?,
+        None => Authority::try_from(added.host).map_err(|e| invalid(&e))?,
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| invalid(&e))?;
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, added.request_id.clone());
+    }
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, added.forwarded_for.clone());
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(added.proto));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+// === impl H2Answer ===
+
+impl http_body::Body for H2Answer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled {
+            // Counted before the guards go with the last frame.
+            if let (Some(d), Some(log)) = (frame.data_ref(), self.guards.log.as_mut()) {
+                log.sent(d.len());
+            }
+        }
+        if !matches!(polled, Some(Ok(_))) || self.body.is_end_stream() {
+            self.guards = Guards::default();
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,387 @@
+//! Upstreams that speak HTTP/2 (`protocol: http2`): gRPC services behind rampart. A real h2
+//! server (hyper's, h2c with prior knowledge or TLS with ALPN `h2`) answers with trailers;
+//! clients reach it through rampart over HTTP/2 and HTTP/1.1.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use std::task::{Context, Poll};
+
+use ::http::{HeaderMap, Request, Response, StatusCode, Version};
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use rustls::pki_types::pem::PemObject;
+
+use crate::support::tls::{Ca, Pki};
+use crate::support::{http, metric_value, metrics, Proxy};
+
+/// What the server saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    version: Version,
+    authority: Option<String>,
+    path: String,
+    headers: HeaderMap,
+}
+
+/// A hyper HTTP/2 server on 127.0.0.1: `/grpc` answers `hello` with the trailers
+/// `grpc-status: 0`, `/echo` its request body, `/status/503` a 503, anything else 200 `ok`.
+struct H2Server {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A body of frames given in advance (data, then trailers).
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Frames> {
+    let (parts, body) = req.into_parts();
+    seen.lock().push(Seen {
+        version: parts.version,
+        authority: parts.uri.authority().map(|a| a.to_string()),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers.clone(),
+    });
+    let data = |b: &'static str| Frame::data(Bytes::from_static(b.as_bytes()));
+    let (status, frames) = match parts.uri.path() {
+        "/grpc" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().expect("value"));
+            trailers.insert("grpc-message", "fine".parse().expect("value"));
+            (
+                StatusCode::OK,
+                vec![data("hello"), Frame::trailers(trailers)],
+            )
+        }
+        "/echo" => {
+            let got = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (StatusCode::OK, vec![Frame::data(got)])
+        }
+        "/status/503" => (StatusCode::SERVICE_UNAVAILABLE, vec![data("busy")]),
+        _ => (StatusCode::OK, vec![data("ok")]),
+    };
+    let mut rsp = Response::new(Frames(frames.into()));
+    *rsp.status_mut() = status;
+    if parts.uri.path() == "/grpc" {
+        rsp.headers_mut()
+            .insert("content-type", "application/grpc".parse().expect("value"));
+    }
+    rsp
+}
+
+impl H2Server {
+    /// h2c with prior knowledge, or over TLS (`acceptor`, ALPN `h2`).
+    async fn start(acceptor: Option<tokio_rustls::TlsAcceptor>) -> H2Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (seen, connections) = (seen.clone(), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let (seen, acceptor) = (seen.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let seen = seen.clone();
+                            async move { Ok::<_, Infallible>(answer(req, seen).await) }
+                        });
+                        let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                        let _ = match acceptor {
+                            None => server.serve_connection(TokioIo::new(tcp), svc).await,
+                            Some(a) => match a.accept(tcp).await {
+                                Ok(tls) => server.serve_connection(TokioIo::new(tls), svc).await,
+                                Err(_) => return,
+                            },
+                        };
+                    });
+                }
+            })
+        };
+        H2Server {
+            addr,
+            seen,
+            connections,
+            task,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+}
+
+const POLICY: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
+policies:
+  again:
+    retry: { attempts: 2, on: [503], backoff: { base: 1ms, max: 2ms }, budget: { ratio: 100%, min_per_second: 100 } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { match: { path_prefix: /status }, upstream: grpc, policy: again }
+      - { upstream: grpc }
+"#;
+
+/// A rampart in front of `up`, with its access log in a directory of its own.
+struct Fronted {
+    proxy: Proxy,
+    log: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fronted {
+    type Target = Proxy;
+    fn deref(&self) -> &Proxy {
+        &self.proxy
+    }
+}
+
+async fn proxy(up: SocketAddr, extra: &str) -> Fronted {
+    let log = tempfile::tempdir().expect("a temp dir");
+    let proxy = Proxy::builder(POLICY)
+        .var("UP", up)
+        .var("EXTRA", extra)
+        .var("LOG", log.path().join("access.jsonl").display())
+        .spawn()
+        .await;
+    Fronted { proxy, log }
+}
+
+/// The access log lines of `proxy` for `path`, waited for (bounded) until there are `n`.
+async fn logged(proxy: &Fronted, path: &str, n: usize) -> Vec<serde_json::Value> {
+    let file = proxy.log.path().join("access.jsonl");
+    let of = || -> Vec<serde_json::Value> {
+        crate::support::log_lines(&file)
+            .into_iter()
+            .filter(|l| l["path"] == path)
+            .collect()
+    };
+    crate::assert_eventually!(of().len() >= n, "{n} lines for {path}: {:?}", of());
+    of()
+}
+
+/// A response over h2c, its trailers collected.
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+/// `n` GETs of `path` at once on one h2c connection to `addr`.
+async fn h2_calls(addr: SocketAddr, path: &str, n: usize) -> Vec<Answer> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let calls = (0..n).map(|_| {
+        let mut send = send.clone();
+        let req = Request::builder()
+            .uri(format!("http://grpc.internal{path}"))
+            .header("content-type", "application/grpc")
+            .body(http::empty())
+            .expect("request");
+        tokio::spawn(async move {
+            let rsp = send.send_request(req).await.expect("an answer");
+            let status = rsp.status();
+            let collected = rsp.into_body().collect().await.expect("the body");
+            let trailers = collected.trailers().cloned();
+            Answer {
+                status,
+                body: collected.to_bytes(),
+                trailers,
+            }
+        })
+    });
+    let mut out = Vec::with_capacity(n);
+    for c in calls.collect::<Vec<_>>() {
+        out.push(c.await.expect("a call task"));
+    }
+    out
+}
+
+/// `rampart_upstream_connections` of the `grpc` upstream's endpoint `up`.
+async fn connections(proxy: &Fronted, up: SocketAddr) -> Option<f64> {
+    let text = metrics(proxy.admin()).await;
+    let label = up.to_string();
+    metric_value(
+        &text,
+        "rampart_upstream_connections",
+        &[("upstream", "grpc"), ("endpoint", &label)],
+    )
+}
+
+/// gRPC through rampart: an h2 client's calls reach an h2c upstream over one connection, the
+/// answers' trailers (`grpc-status`) come back, and the upstream sees HTTP/2, the client's
+/// authority, `te: trailers` and the lines rampart adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_reach_an_h2c_upstream_with_their_trailers_on_one_connection() {
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let answers = h2_calls(proxy.listener("inbound"), "/grpc", 20).await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, "hello");
+        let t = a.trailers.as_ref().expect("the trailers come back");
+        assert_eq!(t["grpc-status"], "0");
+        assert_eq!(t["grpc-message"], "fine");
+    }
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
+    assert_eq!(connections(&proxy, up.addr).await, Some(1.0));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 20);
+    for s in &seen {
+        assert_eq!(s.version, Version::HTTP_2);
+        assert_eq!(s.authority.as_deref(), Some("grpc.internal"));
+        assert_eq!(s.path, "/grpc");
+        assert_eq!(s.headers["te"], "trailers");
+        assert_eq!(s.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(s.headers["x-forwarded-proto"], "http");
+        assert_eq!(s.headers["content-type"], "application/grpc");
+        assert!(s.headers.contains_key("x-request-id"), "{:?}", s.headers);
+        assert!(!s.headers.contains_key("host"), "{:?}", s.headers);
+    }
+}
+
+/// An HTTP/1.1 client reaches the HTTP/2 upstream too (bodies both ways), retries go out on
+/// it, and a dead HTTP/2 endpoint is a 502 like any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_clients_retries_and_a_dead_endpoint_over_http2() {
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::get(addr, "/plain", &[("host", "app.internal")]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "ok");
+    let rsp = http::post(addr, "/echo", &[], "a body to echo").await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "a body to echo");
+    // The answer's bytes are counted as they go, and its line written when it ends.
+    let line = &logged(&proxy, "/echo", 1).await[0];
+    assert_eq!(
+        (line["status"].as_u64(), line["bytes_out"].as_u64()),
+        (Some(200), Some(14)),
+        "{line}"
+    );
+    assert_eq!(line["bytes_in"], 14, "{line}");
+    let before = up.seen().len();
+    let rsp = http::get(addr, "/status/503", &[]).await;
+    assert_eq!(rsp.status, 503);
+    assert_eq!(
+        up.seen().len(),
+        before + 2,
+        "the retry went out over HTTP/2 too"
+    );
+    let seen = up.seen();
+    assert_eq!(seen[0].authority.as_deref(), Some("app.internal"));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+
+    let dead = crate::support::free_addr();
+    let proxy = self::proxy(dead, "").await;
+    http::get(proxy.listener("inbound"), "/x", &[])
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+}
+
+/// Over `tls` an HTTP/2 upstream is offered ALPN `h2` only and verified as any; its health
+/// checks go over the same (TLS, HTTP/2) and keep it healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstream_over_tls_is_served_and_health_checked() {
+    let (ca, pki) = (Ca::new("grpc ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let issued = ca.server(3);
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let up = H2Server::start(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    let extra = format!(
+        ", tls: {{ ca: {}, server_name: localhost }}, health_check: {{ path: /healthz, interval: 50ms, unhealthy_after: 1, healthy_after: 1 }}",
+        ca_path.display()
+    );
+    let proxy = proxy(up.addr, &extra).await;
+    crate::assert_eventually!(
+        up.seen().iter().filter(|s| s.path == "/healthz").count() >= 3,
+        "the probes arrive over TLS and HTTP/2; log:\n{}",
+        proxy.log()
+    );
+    let answers = h2_calls(proxy.listener("inbound"), "/grpc", 3).await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.trailers.as_ref().map(|t| t["grpc-status"].clone()),
+            Some("0".parse().expect("value"))
+        );
+    }
+    let calls: Vec<Seen> = up
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/grpc")
+        .collect();
+    assert_eq!(calls.len(), 3);
+    assert!(calls
+        .iter()
+        .all(|s| s.headers["x-forwarded-proto"] == "http"));
+    let text = metrics(proxy.admin()).await;
+    let label = up.addr.to_string();
+    let healthy = metric_value(
+        &text,
+        "rampart_upstream_endpoint_healthy",
+        &[("upstream", "grpc"), ("endpoint", &label)],
+    );
+    assert_eq!(healthy, Some(1.0), "{text}");
+}
