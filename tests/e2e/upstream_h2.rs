@@ -96,6 +96,11 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
     };
     let mut rsp = Response::new(Frames(frames.into()));
     *rsp.status_mut() = status;
+    if parts.uri.path() == "/huge" {
+        let big = "h".repeat(100 * 1024);
+        rsp.headers_mut()
+            .insert("x-huge", big.parse().expect("value"));
+    }
     if parts.uri.path() == "/grpc" {
         rsp.headers_mut()
             .insert("content-type", "application/grpc".parse().expect("value"));
@@ -290,7 +295,8 @@ async fn grpc_calls_reach_an_h2c_upstream_with_their_trailers_on_one_connection(
 }
 
 /// An HTTP/1.1 client reaches the HTTP/2 upstream too (bodies both ways), retries go out on
-/// it, and a dead HTTP/2 endpoint is a 502 like any.
+/// it, an answer with headers past the bound is a 502, and a dead HTTP/2 endpoint is a 502
+/// like any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_clients_retries_and_a_dead_endpoint_over_http2() {
     let up = H2Server::start(None).await;
@@ -321,6 +327,13 @@ async fn http1_clients_retries_and_a_dead_endpoint_over_http2() {
     let seen = up.seen();
     assert_eq!(seen[0].authority.as_deref(), Some("app.internal"));
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+
+    // An answer whose headers are past the bound (64 KiB, as an HTTP/1.1 head) is refused as a
+    // broken one, and the connection serves the next request.
+    http::get(addr, "/huge", &[])
+        .await
+        .assert_rampart(502, "upstream_unavailable");
+    assert_eq!(http::get(addr, "/plain", &[]).await.status, 200);
 
     let dead = crate::support::free_addr();
     let proxy = self::proxy(dead, "").await;

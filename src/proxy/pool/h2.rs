@@ -114,6 +114,9 @@ impl Pool {
         let stream = self.dial(addr, deadline).await?;
         let shake = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
+            // answer's headers and trailers.
+            .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
             .handshake::<_, Body>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
