@@ -499,23 +499,29 @@ pub(crate) fn named<'a>(
 mod tests {
     use super::*;
 
-    fn rules(fallback: &str) -> Identify {
+    /// Rules that read `x-tenant-id`, then `then`, else `fallback`.
+    fn header_then(then: TenantSource, fallback: &str) -> Identify {
         Identify::new(&Tenants {
             from: vec![
                 TenantSource {
                     header: Some("x-tenant-id".into()),
                     ..TenantSource::default()
                 },
-                TenantSource {
-                    query: Some("tenant".into()),
-                    ..TenantSource::default()
-                },
+                then,
             ],
             fallback: fallback.into(),
             max_tracked: 10,
             metrics_labels: 2,
             plans: None,
         })
+    }
+
+    fn rules(fallback: &str) -> Identify {
+        let query = TenantSource {
+            query: Some("tenant".into()),
+            ..TenantSource::default()
+        };
+        header_then(query, fallback)
     }
 
     /// `named` answers alike whether it compares the names of a short head or looks the name
@@ -686,22 +692,11 @@ mod tests {
 
     /// Rules that read the tenant from `x-tenant-id`, else from `client_ip` as given.
     fn by_ip(ip: ClientIp) -> Identify {
-        Identify::new(&Tenants {
-            from: vec![
-                TenantSource {
-                    header: Some("x-tenant-id".into()),
-                    ..TenantSource::default()
-                },
-                TenantSource {
-                    client_ip: Some(ip),
-                    ..TenantSource::default()
-                },
-            ],
-            fallback: "anonymous".into(),
-            max_tracked: 10,
-            metrics_labels: 2,
-            plans: None,
-        })
+        let source = TenantSource {
+            client_ip: Some(ip),
+            ..TenantSource::default()
+        };
+        header_then(source, "anonymous")
     }
 
     fn ip_of(from: ClientIpFrom, hops: Option<u8>, v6: Option<u8>) -> ClientIp {

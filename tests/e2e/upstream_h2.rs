@@ -2,15 +2,12 @@
 //! server (hyper's, h2c with prior knowledge or TLS with ALPN `h2`) answers with trailers;
 //! clients reach it through rampart over HTTP/2 and HTTP/1.1.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::task::{Context, Poll};
 
 use ::http::{HeaderMap, Request, Response, StatusCode, Version};
 use bytes::Bytes;
@@ -20,9 +17,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use rustls::pki_types::pem::PemObject;
-
-use crate::support::tls::{Ca, Pki};
+use crate::support::http::Frames;
+use crate::support::tls::{certs, key, server_config, Ca, Pki};
 use crate::support::{http, metric_value, metrics, Proxy};
 
 /// What the server saw of one request.
@@ -46,21 +42,6 @@ struct H2Server {
 impl Drop for H2Server {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A body of frames given in advance (data, then trailers).
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
     }
 }
 
@@ -349,18 +330,7 @@ async fn an_h2_upstream_over_tls_is_served_and_health_checked() {
     let (ca, pki) = (Ca::new("grpc ca"), Pki::new());
     let ca_path = pki.ca("ca", &ca);
     let issued = ca.server(3);
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("certs");
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).expect("key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("config");
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = server_config(certs(&issued.cert), key(&issued.key), None, &[b"h2"]);
     let up = H2Server::start(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
     let extra = format!(
         ", tls: {{ ca: {}, server_name: localhost }}, health_check: {{ path: /healthz, interval: 50ms, unhealthy_after: 1, healthy_after: 1 }}",

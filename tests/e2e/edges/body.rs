@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{assert_no_panic, upstream_tries, OK};
 use crate::support::capture::Capture;
+use crate::support::http::Frames;
 use crate::support::{metric_value, metrics, raw, Proxy};
 
 const ROUTES: &str = r#"
@@ -49,21 +50,6 @@ async fn setup(stall: bool) -> (Capture, Proxy) {
         .spawn()
         .await;
     (app, proxy)
-}
-
-/// A request body of fixed frames: data, then a trailer.
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
-    }
 }
 
 /// Before 2464352 the replay body's size hint set its lower bound above its upper, and hyper's

@@ -1,6 +1,7 @@
 //! HTTP clients for tests: HTTP/1.1 through hyper-util's legacy client, HTTP/2 with prior
 //! knowledge (h2c) through hyper's connection API. Every call is bounded in time.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -214,5 +215,21 @@ impl Body for PatternBody {
             .collect();
         self.sent += n;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+}
+
+/// A body of frames given in advance (data, then trailers, say): a request body for a client,
+/// or an answer body for a test server.
+pub struct Frames(pub VecDeque<Frame<Bytes>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
     }
 }

@@ -83,36 +83,18 @@ impl Collector {
         dir: &std::path::Path,
         client_ca: Option<&str>,
     ) -> (Collector, std::path::PathBuf) {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("a self-signed certificate");
         let ca = dir.join("collector.pem");
         std::fs::write(&ca, ck.cert.pem()).expect("the certificate must be writable");
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions");
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("a CA in PEM");
-                roots.add(der).expect("a usable CA");
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .expect("a client verifier");
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .expect("a server config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = super::tls::server_config(
+            vec![ck.cert.der().clone()],
+            key,
+            client_ca,
+            &[b"h2", b"http/1.1"],
+        );
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         (Collector::listen(Some(acceptor)).await, ca)
     }

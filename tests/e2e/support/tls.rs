@@ -287,14 +287,51 @@ impl H1Conn {
     }
 }
 
-fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+/// A test server's TLS config: `chain` and `key` as its identity, ALPN `alpn`, and with
+/// `client_ca_pem` every client must show a certificate that CA signed (mutual TLS).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca_pem: Option<&str>,
+    alpn: &[&[u8]],
+) -> rustls::ServerConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("default versions");
+    let builder = match client_ca_pem {
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certs(pem) {
+                roots.add(cert).expect("the client CA is usable");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("a client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("the server identity is usable");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// The certificates of `pem`.
+pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("PEM certificates")
 }
 
-fn key(pem: &str) -> PrivateKeyDer<'static> {
+/// The private key of `pem`.
+pub fn key(pem: &str) -> PrivateKeyDer<'static> {
     use rustls::pki_types::pem::PemObject;
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a PEM private key")
 }

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use rustls::{RootCertStore, ServerConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -52,30 +51,12 @@ impl TlsUpstream {
     }
 
     async fn serve(identity: &Issued, client_ca_pem: Option<&str>) -> TlsUpstream {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("default versions");
-        let builder = match client_ca_pem {
-            Some(pem) => {
-                let mut roots = RootCertStore::empty();
-                for cert in certs(pem) {
-                    roots.add(cert).expect("the client CA is usable");
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .expect("a client verifier");
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let mut config = builder
-            .with_single_cert(certs(&identity.cert), key(&identity.key))
-            .expect("the upstream identity is usable");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = super::server_config(
+            certs(&identity.cert),
+            key(&identity.key),
+            client_ca_pem,
+            &[b"http/1.1"],
+        );
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
