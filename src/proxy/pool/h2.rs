@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, TE};
@@ -27,6 +28,11 @@ use super::{connect_timed_out, Pool, SendError, Slot, UpstreamError};
 use crate::proxy::body::Body;
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::guard::Guards;
+
+/// How often an HTTP/2 upstream connection is pinged (idle or not).
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is given up.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An endpoint's HTTP/2 connection, made when first needed.
 #[derive(Debug, Default)]
@@ -114,6 +120,11 @@ impl Pool {
         let stream = self.dial(addr, deadline).await?;
         let shake = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // A connection the network lost without a word (a NAT's timeout, a host gone) is
+            // found by its unanswered PING and made anew, not by the next requests' timeouts.
+            .keep_alive_interval(KEEP_ALIVE_EVERY)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
             // answer's headers and trailers.
             .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
