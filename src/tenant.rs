@@ -1,9 +1,10 @@
 //! Who a request is for: tenant identification (SPEC `tenants`) and bounded metric labels.
 //!
 //! A tenant id comes from the first configured source that yields a value (a header, a query
-//! parameter, the client certificate, a verified token or the client's address); requests without one get the fallback tenant, or are refused with 401 when the
-//! fallback is `reject`. Ids are checked against `[A-Za-z0-9._:@-]{1,128}` before they reach any
-//! table or label, so a client cannot inject label syntax or grow memory with giant keys.
+//! parameter, the client certificate, a verified token or the client's address); requests
+//! without one get the fallback tenant, or are refused with 401 when the fallback is `reject`.
+//! Ids are checked against `[A-Za-z0-9._:@-]{1,128}` before they reach any table or label, so a
+//! client cannot inject label syntax or grow memory with giant keys.
 //!
 //! Labels are bounded separately: the first `metrics_labels` distinct tenants seen get their
 //! own `tenant` label value, every later one is counted as `_other`. Tenants the policy names
@@ -371,7 +372,7 @@ pub struct Conn<'a> {
 /// Fewer entries than `hops`, or anything else there, names no one.
 fn forwarded_ip(headers: &HeaderMap, hops: usize) -> Option<IpAddr> {
     let entry = headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(crate::proxy::forward::X_FORWARDED_FOR)
         .iter()
         .rev()
         .flat_map(|line| line.to_str().unwrap_or("").rsplit(','))
@@ -383,8 +384,9 @@ fn forwarded_ip(headers: &HeaderMap, hops: usize) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
-/// `ip` as a tenant id: an IPv6 address cut to its first `v6_bits` bits (the rest zero), as
-/// Rust writes addresses (within the id's character set: digits, letters, `.` and `:`).
+/// `ip` as a tenant id: an IPv6 address cut to its first `v6_bits` bits (the rest zero),
+/// written as `x-forwarded-for` writes addresses (within the id's character set: digits,
+/// letters, `.` and `:`).
 fn ip_text(ip: IpAddr, v6_bits: u8) -> HeaderValue {
     let ip = match ip {
         IpAddr::V6(v6) if v6_bits < 128 => {
@@ -393,11 +395,8 @@ fn ip_text(ip: IpAddr, v6_bits: u8) -> HeaderValue {
         }
         ip => ip,
     };
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+    crate::proxy::forward::ip_text(ip)
 }
-
-/// `x-forwarded-for`.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The value of the query parameter `key`, percent-decoded (`?tenant=a%40b` names `a@b`), if
 /// it is given and not empty. Given twice, two tenants are named and charging either would be a

@@ -36,7 +36,7 @@ pub mod files;
 pub mod pem;
 pub mod server;
 
-pub use client::{check_client, client_config, connect};
+pub use client::{check_client, client_config, client_config_offering, connect};
 pub use error::{HandshakeError, TlsFileError};
 pub use files::{TlsFileProblem, TlsFiles};
 pub use server::{accept, check_server, server_config, ConnInfo, ReloadableAcceptor};

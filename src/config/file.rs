@@ -412,7 +412,7 @@ pub struct HealthCheck {
 }
 
 /// `upstreams.NAME.tls:`, and `global_store.redis.tls:`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// SNI and certificate name; the endpoint host if absent.

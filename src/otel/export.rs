@@ -199,11 +199,10 @@ fn tls_connector(
     grpc: bool,
 ) -> HttpsConnector<HttpConnector> {
     http.enforce_http(false);
-    let mut config = tls.clone();
-    // The builder sets ALPN itself, and refuses a config that has it set already.
-    config.alpn_protocols.clear();
+    // The builder sets ALPN itself, and refuses a config that has it set already: `tls` offers
+    // none (`TlsFiles::tracing`).
     let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(tls.clone())
         .https_only();
     if grpc {
         builder.enable_http2().wrap_connector(http)

@@ -44,7 +44,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 const CONNECTION_BIT: u16 = 1 << 0;
 const TRANSFER_ENCODING_BIT: u16 = 1 << 7;
 
-pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, added when absent.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -52,7 +52,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `ip` as text. Made for every connection: an IPv4 address is written on the stack
 /// ([`wire::ipv4`](super::wire::ipv4)) and copied once into the value (through `Display` and
 /// a `String`, it cost a tenth more per connection, counted by callgrind).
-fn ip_text(ip: IpAddr) -> HeaderValue {
+pub(crate) fn ip_text(ip: IpAddr) -> HeaderValue {
     let made = match ip {
         IpAddr::V4(v4) => HeaderValue::from_bytes(super::wire::ipv4(v4, &mut [0; 15])),
         IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),

@@ -54,7 +54,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use self::conn::{Conn, Failed, Stream};
+pub(crate) use self::conn::Stream;
+use self::conn::{Conn, Failed};
 use self::idle::Stack;
 use super::body::Body;
 use super::forward::Added;
@@ -299,11 +300,11 @@ impl Pool {
         }
     }
 
-    /// A slot of this endpoint's `max_connections` for a CONNECT tunnel, which is a connection
-    /// rampart opens to it like a pooled one. At the cap an idle pooled connection is closed to
-    /// make room; with none idle, the tunnel waits for a connection to close until `deadline`
+    /// A slot of this endpoint's `max_connections` for a connection that is not pooled: a
+    /// CONNECT tunnel's, an HTTP/2 one's. At the cap an idle pooled connection is closed to
+    /// make room; with none idle, this waits for a connection to close until `deadline`
     /// (`None` then).
-    pub(super) async fn tunnel_slot(&self, deadline: Instant) -> Option<Slot> {
+    pub(super) async fn slot_by(&self, deadline: Instant) -> Option<Slot> {
         loop {
             let freed = self.freed.notified();
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -318,10 +319,14 @@ impl Pool {
         }
     }
 
-    /// How this endpoint's connections are made secure, if its upstream has `tls` (health
-    /// checks connect the same way).
+    /// How this endpoint's connections are made secure, if its upstream has `tls`.
     pub fn tls(&self) -> Option<&TlsOrigin> {
         self.tls.as_ref()
+    }
+
+    /// Whether the endpoint is spoken to in HTTP/2 (`protocol: http2`).
+    pub fn is_http2(&self) -> bool {
+        self.h2.is_some()
     }
 
     /// The newest connection idle for at most `pool_idle_timeout` at `now`: this worker's,
@@ -343,12 +348,27 @@ impl Pool {
 
     async fn connect(&self, addr: SocketAddr, slot: Slot) -> Result<Box<Conn>, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
-        let stream = self.dial(addr, deadline).await?;
+        let stream = self.dial_warned(addr, deadline).await?;
         Ok(Conn::new(stream, slot))
     }
 
-    /// A new byte stream to `addr` by `deadline`: TCP, then TLS if the upstream has `tls`.
-    async fn dial(&self, addr: SocketAddr, deadline: Instant) -> Result<Stream, SendError> {
+    /// [`Pool::dial`] for a request's connection: a failed TLS handshake is also said at
+    /// `warn` ([`Pool::warn_tls`]).
+    async fn dial_warned(&self, addr: SocketAddr, deadline: Instant) -> Result<Stream, SendError> {
+        let dialed = self.dial(addr, deadline).await;
+        if let Err(SendError::Handshake { source, .. }) = &dialed {
+            self.warn_tls(addr, source);
+        }
+        dialed
+    }
+
+    /// A new byte stream to `addr` by `deadline`: TCP, then TLS if the upstream has `tls` (as
+    /// every connection to the endpoint is made: a request's, an HTTP/2 one, a health probe).
+    pub(crate) async fn dial(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Stream, SendError> {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
@@ -370,10 +390,7 @@ impl Pool {
                 let shake = crate::tls::connect(cfg, &tls.server_name, stream);
                 match tokio::time::timeout_at(deadline, shake).await {
                     Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
-                    Ok(Err(source)) => {
-                        self.warn_tls(addr, &source);
-                        Err(SendError::Handshake { addr, source })
-                    }
+                    Ok(Err(source)) => Err(SendError::Handshake { addr, source }),
                     Err(_) => Err(connect_timed_out(addr)),
                 }
             }

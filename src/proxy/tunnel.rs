@@ -188,7 +188,7 @@ async fn connect(
     // `rampart_upstream_connections` for its whole life, and waits for room within the
     // connect timeout.
     let deadline = started + limit;
-    let Some(slot) = ep.pool.tunnel_slot(deadline).await else {
+    let Some(slot) = ep.pool.slot_by(deadline).await else {
         let ended = Instant::now();
         tries.ended(ended.saturating_duration_since(started), ended);
         if let Some(p) = permit {

@@ -339,7 +339,6 @@ fn start_checks(weak: Weak<Upstream>, cfg: file::HealthCheck) -> AbortHandle {
     let targets_of = weak.clone();
     let targets: Targets = Arc::new(move || {
         let up = targets_of.upgrade()?;
-        let http2 = up.cfg.protocol == file::UpstreamProtocol::Http2;
         let list = up
             .endpoints
             .load()
@@ -347,8 +346,7 @@ fn start_checks(weak: Weak<Upstream>, cfg: file::HealthCheck) -> AbortHandle {
             .map(|e| CheckTarget {
                 addr: e.addr,
                 health: e.health.clone(),
-                tls: e.pool.tls().cloned(),
-                http2,
+                pool: e.pool.clone(),
             })
             .collect();
         Some(list)

@@ -24,7 +24,8 @@ use super::TlsFileError;
 pub const CLIENT_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
 /// Builds an upstream's TLS config: trust `ca` (or the compiled-in web roots when `None`),
-/// present `cert`+`key` as a client certificate when both are given.
+/// present `cert`+`key` as a client certificate when both are given, offer ALPN
+/// [`CLIENT_ALPN`].
 ///
 /// Fails, naming the file, for the same reasons as [`super::server_config`], and when only one
 /// of `cert` and `key` is given.
@@ -32,6 +33,17 @@ pub fn client_config(
     ca: Option<&Path>,
     cert: Option<&Path>,
     key: Option<&Path>,
+) -> Result<Arc<ClientConfig>, TlsFileError> {
+    client_config_offering(ca, cert, key, &CLIENT_ALPN)
+}
+
+/// [`client_config`], offering the ALPN protocols `alpn` (none when empty: a Redis store, or a
+/// connector that sets its own, as the OTLP exporter's does).
+pub fn client_config_offering(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsFileError> {
     let roots = match ca {
         Some(ca) => load_roots(ca)?,
@@ -55,7 +67,7 @@ pub fn client_config(
             .map_err(|e| TlsFileError::invalid(key, e))?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = CLIENT_ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

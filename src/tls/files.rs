@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, ServerConfig};
 
-use super::{client_config, server_config, TlsFileError};
+use super::client::CLIENT_ALPN;
+use super::{client_config_offering, server_config, TlsFileError};
 use crate::config::file::{File, UpstreamProtocol};
 use crate::config::Section;
 
@@ -57,14 +58,14 @@ impl TlsFiles {
         }
         for (name, u) in &file.upstreams {
             let Some(t) = &u.tls else { continue };
-            match client_config(t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref()) {
-                Ok(c) if u.protocol == UpstreamProtocol::Http2 => {
-                    // An HTTP/2 upstream is offered `h2` only: a server that picked HTTP/1.1
-                    // would be spoken to in the wrong protocol.
-                    let mut c = Arc::unwrap_or_clone(c);
-                    c.alpn_protocols = vec![b"h2".to_vec()];
-                    out.upstreams.insert(name.clone(), Arc::new(c));
-                }
+            // An HTTP/2 upstream is offered `h2` only: a server that picked HTTP/1.1 would be
+            // spoken to in the wrong protocol.
+            let alpn: &[&[u8]] = match u.protocol {
+                UpstreamProtocol::Http1 => &CLIENT_ALPN,
+                UpstreamProtocol::Http2 => &[b"h2"],
+            };
+            match client_config_offering(t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref(), alpn)
+            {
                 Ok(c) => {
                     out.upstreams.insert(name.clone(), c);
                 }
@@ -77,7 +78,8 @@ impl TlsFiles {
         if let Some(otlp) = file.tracing.as_ref().map(|t| &t.otlp) {
             if otlp.is_https() {
                 let (cert, key) = (otlp.cert.as_deref(), otlp.key.as_deref());
-                match client_config(otlp.ca.as_deref(), cert, key) {
+                // No ALPN here: the exporter's connector offers its own.
+                match client_config_offering(otlp.ca.as_deref(), cert, key, &[]) {
                     Ok(c) => out.tracing = Some(c),
                     Err(error) => {
                         // The error names one file: placed at the key that names it.
@@ -99,18 +101,15 @@ impl TlsFiles {
         }
         if let Some(redis) = file.global_store.as_ref().map(|g| &g.redis) {
             if redis.is_tls() {
-                let t = redis.tls.as_ref();
-                let (ca, cert, key) = (
-                    t.and_then(|t| t.ca.as_deref()),
-                    t.and_then(|t| t.cert.as_deref()),
-                    t.and_then(|t| t.key.as_deref()),
-                );
-                match client_config(ca, cert, key) {
-                    Ok(c) => {
-                        let mut c = Arc::unwrap_or_clone(c);
-                        c.alpn_protocols.clear();
-                        out.store = Some(Arc::new(c));
-                    }
+                let t = redis.tls.clone().unwrap_or_default();
+                // No ALPN: Redis names no protocol.
+                match client_config_offering(
+                    t.ca.as_deref(),
+                    t.cert.as_deref(),
+                    t.key.as_deref(),
+                    &[],
+                ) {
+                    Ok(c) => out.store = Some(c),
                     Err(error) => problems.push(TlsFileProblem {
                         site: Section::Store,
                         error,

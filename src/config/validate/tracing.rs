@@ -35,24 +35,25 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
         );
     }
     headers(t, uri.as_ref(), &op.key("headers"), r);
-    if let Some(ca) = &t.otlp.ca {
-        if t.otlp.is_https() {
+    let o = &t.otlp;
+    let (cert, key) = (o.cert.as_deref(), o.key.as_deref());
+    if o.is_https() {
+        if let Some(ca) = &o.ca {
             r.readable(&op.key("ca"), ca, "collector ca bundle");
-        } else {
-            r.value(&op.key("ca"), "ca only applies to an https:// endpoint");
         }
-    }
-    let (cert, key) = (t.otlp.cert.as_deref(), t.otlp.key.as_deref());
-    if t.otlp.is_https() {
         super::upstream::client_pair(cert, key, &op, r);
     } else {
-        for (name, given) in [("cert", cert.is_some()), ("key", key.is_some())] {
-            if given {
-                r.value(
-                    &op.key(name),
-                    format!("{name} only applies to an https:// endpoint"),
-                );
-            }
+        // TLS files an `http://` endpoint would never read.
+        let given = [
+            ("ca", o.ca.is_some()),
+            ("cert", cert.is_some()),
+            ("key", key.is_some()),
+        ];
+        for (name, _) in given.iter().filter(|(_, given)| *given) {
+            r.value(
+                &op.key(name),
+                format!("{name} only applies to an https:// endpoint"),
+            );
         }
     }
     r.positive(&op.key("flush_every"), t.otlp.flush_every.0);

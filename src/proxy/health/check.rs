@@ -22,7 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::EndpointHealth;
 use crate::config::file;
-use crate::proxy::pool::TlsOrigin;
+use crate::proxy::pool::Pool;
 
 /// What the checker probes: the upstream's endpoints now, or `None` once the upstream is gone
 /// (the task then ends). Typically a closure over a `Weak` of the upstream.
@@ -35,10 +35,9 @@ pub struct CheckTarget {
     pub addr: SocketAddr,
     /// Its health, which the probes feed.
     pub health: Arc<EndpointHealth>,
-    /// Its TLS, if its upstream has `tls`.
-    pub tls: Option<TlsOrigin>,
-    /// Whether its upstream speaks HTTP/2 (`protocol: http2`): probed in it.
-    pub http2: bool,
+    /// Its connections: a probe is dialed as they are (TLS if the upstream has `tls`) and
+    /// speaks their protocol (HTTP/2 with `protocol: http2`).
+    pub pool: Arc<Pool>,
 }
 
 /// Called with an endpoint's address and its new verdict each time a check flips it.
@@ -81,7 +80,8 @@ async fn run(cfg: Arc<file::HealthCheck>, targets: Targets, on_change: OnChange)
 /// its upstream has `tls`, included).
 pub async fn probe(t: &CheckTarget, path: &str, timeout: Duration) -> bool {
     let addr = t.addr;
-    match tokio::time::timeout(timeout, probe_once(t, path)).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, probe_once(t, path, deadline)).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "health check failed");
@@ -94,23 +94,17 @@ pub async fn probe(t: &CheckTarget, path: &str, timeout: Duration) -> bool {
     }
 }
 
-async fn probe_once(t: &CheckTarget, path: &str) -> Result<bool, crate::error::BoxError> {
-    let stream = tokio::net::TcpStream::connect(t.addr).await?;
-    let _ = stream.set_nodelay(true);
-    match &t.tls {
-        None => ask(TokioIo::new(stream), t.http2, t.addr.to_string(), path).await,
-        Some(tls) => {
-            let cfg = tls.config.load_full();
-            let stream = crate::tls::connect(cfg, &tls.server_name, stream).await?;
-            ask(
-                TokioIo::new(stream),
-                t.http2,
-                tls.server_name.to_string(),
-                path,
-            )
-            .await
-        }
-    }
+async fn probe_once(
+    t: &CheckTarget,
+    path: &str,
+    deadline: tokio::time::Instant,
+) -> Result<bool, crate::error::BoxError> {
+    let stream = t.pool.dial(t.addr, deadline).await?;
+    let host = match t.pool.tls() {
+        Some(tls) => tls.server_name.to_string(),
+        None => t.addr.to_string(),
+    };
+    ask(TokioIo::new(stream), t.pool.is_http2(), host, path).await
 }
 
 /// `GET path` of `host` on `io`, in HTTP/2 or HTTP/1.1; true on a 2xx answer.

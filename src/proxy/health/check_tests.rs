@@ -91,8 +91,7 @@ fn start(
             vec![CheckTarget {
                 addr,
                 health: Arc::clone(&h),
-                tls: None,
-                http2: false,
+                pool: plain_pool(),
             }]
         })
     });
@@ -160,11 +159,24 @@ async fn probe_reads_the_status() {
     let t = CheckTarget {
         addr: f.addr,
         health: Arc::new(EndpointHealth::new()),
-        tls: None,
-        http2: false,
+        pool: plain_pool(),
     };
     assert!(probe(&t, "/healthz", Duration::from_secs(1)).await);
     f.status.store(503, Ordering::SeqCst);
     assert!(!probe(&t, "/healthz", Duration::from_secs(1)).await);
     f.task.abort();
+}
+
+/// The connections of a plain HTTP/1.1 endpoint, as probes dial them.
+fn plain_pool() -> Arc<crate::proxy::pool::Pool> {
+    use crate::proxy::pool::{Pool, PoolSettings};
+    let settings = PoolSettings {
+        max_idle: 1,
+        max_connections: 1,
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        http2: false,
+    };
+    let open = prometheus::IntGauge::new("probe_test_open", "test").expect("a gauge");
+    Pool::new(settings, None, open)
 }

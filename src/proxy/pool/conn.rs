@@ -29,7 +29,7 @@ const READ_MIN_ROOM: usize = 1024;
 
 /// The byte stream under one upstream connection.
 #[derive(Debug)]
-pub(super) enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     /// A scripted peer that records each write (unit tests: what goes out in one write).

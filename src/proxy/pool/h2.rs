@@ -24,7 +24,7 @@ use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::{connect_timed_out, Pool, SendError, Slot, UpstreamError};
+use super::{connect_timed_out, Pool, SendError, UpstreamError};
 use crate::proxy::body::Body;
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::guard::Guards;
@@ -112,12 +112,11 @@ impl Pool {
         let deadline = Instant::now() + self.connect_timeout;
         // The connection before it may still be closing with its slot: waited for, within
         // the connect timeout.
-        let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+        let slot = self
+            .slot_by(deadline)
             .await
-            .map_err(|_| connect_timed_out(addr))?
-            .map_err(|_| connect_timed_out(addr))?;
-        let slot = Slot::new(permit, self);
-        let stream = self.dial(addr, deadline).await?;
+            .ok_or_else(|| connect_timed_out(addr))?;
+        let stream = self.dial_warned(addr, deadline).await?;
         let shake = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // A connection the network lost without a word (a NAT's timeout, a host gone) is
