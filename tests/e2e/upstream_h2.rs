@@ -368,3 +368,60 @@ async fn an_h2_upstream_over_tls_is_served_and_health_checked() {
     );
     assert_eq!(healthy, Some(1.0), "{text}");
 }
+
+/// A server on 127.0.0.1 that answers whatever comes with `reply` and closes: an HTTP/1.1-only
+/// server (or garbage) behind `protocol: http2`.
+async fn replies(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(reply).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// What a hostile or mistaken upstream can send an HTTP/2 connection: an HTTP/1.1 answer to
+/// the preface, bytes that are no frame, or nothing before it closes. Each is a 502
+/// `upstream_unavailable` in time, and rampart serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_speak_http2_is_a_502() {
+    let good = H2Server::start(None).await;
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+        &b"\x00\x00\x04\xff\xff\xff\xff\xff\xffgarbage"[..],
+        &b""[..],
+    ] {
+        let (addr, task) = replies(reply).await;
+        let proxy = proxy(addr, "").await;
+        let listener = proxy.listener("inbound");
+        let started = tokio::time::Instant::now();
+        http::get(listener, "/grpc", &[])
+            .await
+            .assert_rampart(502, "upstream_unavailable");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{reply:?}: answered in {:?}",
+            started.elapsed()
+        );
+        assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+        task.abort();
+        // The same process serves a sound upstream next (a reload to it).
+        let mut proxy = proxy;
+        proxy
+            .proxy
+            .rewrite_config(&POLICY.replace("$UP", &good.addr.to_string()));
+        proxy.proxy.signal("HUP");
+        crate::assert_eventually!(
+            http::get(listener, "/plain", &[]).await.status == 200,
+            "{reply:?}: serving on after the reload; log:\n{}",
+            proxy.log()
+        );
+    }
+}
