@@ -28,6 +28,7 @@ pub mod pool;
 pub mod respond;
 pub mod route;
 pub mod shared;
+pub mod sock;
 pub mod spare;
 pub mod stack;
 pub mod tee;

@@ -144,7 +144,7 @@ pub(super) trait Close: AsyncWrite + Unpin {
     const SHUT_DOWN: bool;
 }
 
-impl Close for tokio::net::TcpStream {
+impl Close for super::sock::Sock {
     const SHUT_DOWN: bool = false;
 }
 

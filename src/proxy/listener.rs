@@ -38,6 +38,7 @@ use super::forward::Peer;
 use super::h1;
 use super::respond::answer;
 use super::shared::Shared;
+use super::sock::Sock;
 use super::stack;
 use crate::config::file;
 use crate::error::Reason;
@@ -448,7 +449,9 @@ fn conn_task(
                     // `Box::pin`, copied in: built in its box, the lean server's future left
                     // the task 32 bytes larger in a test build (520 bytes).
                     match p.io {
-                        KeptIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
+                        KeptIo::Plain(io) => {
+                            Box::pin(serve_io(p.conn, Sock(io), start, false)).await
+                        }
                         KeptIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
                     }
                 }
@@ -483,7 +486,7 @@ fn serve_conn(
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
             let conn = Served::new(shared, addr, lst, peer, stopped);
-            return serve_io(conn, stream, h1::Start::Accepted(head), false).await;
+            return serve_io(conn, Sock(stream), h1::Start::Accepted(head), false).await;
         };
         // Boxed: the handshake and a TLS stream make a future about twice a plain connection's,
         // and inline they would set the size of every connection's task.
@@ -558,7 +561,7 @@ impl ToHyper {
         } = self;
         match io {
             KeptIo::Plain(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end))
+                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, Sock(io)), head_end))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
@@ -707,9 +710,9 @@ trait TaskIo: h1::Close {
     fn kept(self) -> KeptIo;
 }
 
-impl TaskIo for TcpStream {
+impl TaskIo for Sock {
     fn kept(self) -> KeptIo {
-        KeptIo::Plain(self)
+        KeptIo::Plain(self.0)
     }
 }
 

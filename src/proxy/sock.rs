@@ -1,0 +1,284 @@
+//! Reads and writes of plain TCP sockets made with the kernel's calls directly (through rustix),
+//! not through the C library.
+//!
+//! Why: once a process has a second thread (a second worker, the access log's writer, the
+//! OTLP exporter), glibc treats it as multi-threaded for good, and wraps every `recv`, `send`
+//! and `writev` as a cancellation point: two atomic updates of the calling thread's
+//! cancellation state around each call. rampart never cancels a thread, so that is pure cost,
+//! four times a proxied request (a read and a write on each side). rustix makes the same
+//! system calls without the wrappers. What tokio's own `TcpStream` does around the call is
+//! kept: wait for readiness, and take a short read or write as the end of what the socket has
+//! (or has room for), so that the next attempt waits for the kernel's word instead of making a
+//! call that would find nothing.
+//!
+//! [`Sock`] is a `TcpStream` that reads and writes this way; [`poll_read`], [`poll_write`] and
+//! [`poll_write_vectored`] do it for a `TcpStream` held elsewhere (the upstream pool's).
+
+// The crate's only `unsafe`: a read fills the unfilled part of tokio's `ReadBuf` (memory it
+// may not have initialised) and says how much it filled, as tokio's own `TcpStream` does. A
+// safe read would zero the 4-8 KiB of room before every call, which costs more than the
+// wrappers this module exists to skip.
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use rustix::net::{RecvFlags, SendFlags};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Forgets the readiness `interest` of `s` that tokio last saw, as a call that would block
+/// does: what the caller just read or wrote fell short, so the socket has nothing more (or no
+/// more room) until the kernel says otherwise. Makes no system call.
+fn spent(s: &TcpStream, interest: Interest) {
+    let _ = s.try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+}
+
+/// Reads what `s` has into the unfilled part of `buf`, as `AsyncRead::poll_read` does.
+pub fn poll_read(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        // SAFETY: `recv` only writes bytes into the slice (it never de-initialises any), and
+        // `assume_init` below covers exactly the bytes it returned as written.
+        let room = unsafe { buf.unfilled_mut() };
+        let len = room.len();
+        let got = s.try_io(Interest::READABLE, || {
+            rustix::net::recv(s, &mut *room, RecvFlags::empty())
+                .map(|((read, _), _)| read.len())
+                .map_err(io::Error::from)
+        });
+        match got {
+            Ok(n) => {
+                if 0 < n && n < len {
+                    spent(s, Interest::READABLE);
+                }
+                // SAFETY: the first `n` bytes of the unfilled part were written by `recv`.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_read_ready(cx))?,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Writes what it can of `data` to `s`, as `AsyncWrite::poll_write` does.
+pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        let sent = s.try_io(Interest::WRITABLE, || {
+            rustix::net::send(s, data, SendFlags::NOSIGNAL).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(n) => {
+                if 0 < n && n < data.len() {
+                    spent(s, Interest::WRITABLE);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_write_ready(cx))?,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Writes what it can of `bufs` to `s`, as `AsyncWrite::poll_write_vectored` does.
+pub fn poll_write_vectored(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        let sent = s.try_io(Interest::WRITABLE, || {
+            rustix::io::writev(s, bufs).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_write_ready(cx))?,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// A client's plain TCP connection, read and written with the kernel's calls directly.
+#[derive(Debug)]
+pub struct Sock(pub TcpStream);
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read(&self.0, cx, buf)
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write(&self.0, cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_vectored(&self.0, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// A connected pair on 127.0.0.1: the accepted end as a [`Sock`], and its peer.
+    async fn pair() -> (Sock, TcpStream) {
+        let lst = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = TcpStream::connect(lst.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (accepted, _) = lst.accept().await.expect("accept");
+        (Sock(accepted), peer)
+    }
+
+    /// Whether a read of `sock` would wait now (polled once, nothing taken).
+    async fn waits(sock: &mut Sock) -> bool {
+        let mut buf = [0u8; 8];
+        tokio::select! {
+            biased;
+            r = sock.read(&mut buf) => panic!("read {r:?} with nothing sent"),
+            () = std::future::ready(()) => true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_read_waits_for_the_next_bytes_and_a_full_one_reads_on() {
+        let (mut sock, mut peer) = pair().await;
+        let mut buf = [0u8; 16];
+
+        // Fewer bytes than the buffer holds: all of them, then a wait that still wakes.
+        peer.write_all(b"abc").await.expect("write");
+        let n = timeout(BOUND, sock.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(&buf[..n], b"abc");
+        assert!(waits(&mut sock).await);
+        peer.write_all(b"de").await.expect("write");
+        let n = timeout(BOUND, sock.read(&mut buf))
+            .await
+            .expect("woken")
+            .expect("read");
+        assert_eq!(&buf[..n], b"de");
+
+        // More than the buffer holds: each full read leaves the socket readable, so the rest
+        // is read without any new word from the kernel.
+        let sent: Vec<u8> = (0..40u8).collect();
+        peer.write_all(&sent).await.expect("write");
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let n = timeout(BOUND, sock.read(&mut buf))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert!(n > 0, "end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, sent);
+        assert!(waits(&mut sock).await);
+
+        // The peer's end: a read of nothing.
+        drop(peer);
+        let n = timeout(BOUND, sock.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn writes_larger_than_the_socket_holds_wait_for_room_and_arrive_whole() {
+        let (mut sock, mut peer) = pair().await;
+        // 8 MiB, more than loopback's socket buffers: writes fall short and then wait.
+        let a: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let b: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 241) as u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let written = timeout(BOUND, async {
+            // Vectored first, then what is left of `b` plainly.
+            let mut done = 0;
+            while done < a.len() {
+                let slices = [IoSlice::new(&a[done..]), IoSlice::new(&b)];
+                done += sock.write_vectored(&slices).await.expect("writev");
+            }
+            let rest = done - a.len();
+            sock.write_all(&b[rest..]).await.expect("write");
+            sock.shutdown().await.expect("shutdown");
+        })
+        .await;
+        assert!(written.is_ok(), "the writes did not finish in time");
+        let got = timeout(BOUND, reader)
+            .await
+            .expect("in time")
+            .expect("reader");
+        assert_eq!(got.len(), a.len() + b.len());
+        assert!(got[..a.len()] == a[..] && got[a.len()..] == b[..]);
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_an_error_to_read_and_to_write() {
+        let (mut sock, peer) = pair().await;
+        peer.set_zero_linger().expect("linger");
+        drop(peer);
+        let mut buf = [0u8; 8];
+        let err = timeout(BOUND, sock.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect_err("read after a reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        let err = timeout(BOUND, sock.write_all(b"late"))
+            .await
+            .expect("in time")
+            .expect_err("write after a reset");
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            "{err:?}"
+        );
+    }
+}
