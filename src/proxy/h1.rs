@@ -148,7 +148,7 @@ impl Close for super::sock::Sock {
     const SHUT_DOWN: bool = false;
 }
 
-impl Close for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+impl Close for tokio_rustls::server::TlsStream<super::sock::Sock> {
     const SHUT_DOWN: bool = true;
 }
 

@@ -584,7 +584,7 @@ enum KeptIo {
     Plain(TcpStream),
     /// Boxed: a TLS session is over a kilobyte, and inline it would grow every connection's
     /// task, plain ones too.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Sock>>),
 }
 
 impl KeptIo {
@@ -592,7 +592,7 @@ impl KeptIo {
     fn socket(&self) -> &TcpStream {
         match self {
             KeptIo::Plain(io) => io,
-            KeptIo::Tls(io) => io.get_ref().0,
+            KeptIo::Tls(io) => &io.get_ref().0 .0,
         }
     }
 }
@@ -628,7 +628,7 @@ async fn serve_tls(
     stopped: watch::Receiver<bool>,
 ) -> Next {
     let started = Instant::now();
-    match crate::tls::accept(TlsAcceptor::from(tls), stream, lst.head_timeout).await {
+    match crate::tls::accept(TlsAcceptor::from(tls), Sock(stream), lst.head_timeout).await {
         Ok((tls_stream, info)) => {
             // The only reference yet: changed in place, not copied.
             let p = Arc::make_mut(&mut peer);
@@ -720,7 +720,7 @@ impl TaskIo for Sock {
 /// read that returned `Pending`, which tokio-rustls says only when its session holds no
 /// plaintext and the socket has nothing left to read. A part of a record read before stays in
 /// the session and is completed when the socket wakes.
-impl TaskIo for TlsStream<TcpStream> {
+impl TaskIo for TlsStream<Sock> {
     fn kept(self) -> KeptIo {
         KeptIo::Tls(Box::new(self))
     }

@@ -387,7 +387,7 @@ impl Pool {
                 // Never plaintext to an upstream with `tls`: a failed handshake is a failed
                 // connect (502), within the same connect timeout.
                 let cfg = tls.config.load_full();
-                let shake = crate::tls::connect(cfg, &tls.server_name, stream);
+                let shake = crate::tls::connect(cfg, &tls.server_name, super::sock::Sock(stream));
                 match tokio::time::timeout_at(deadline, shake).await {
                     Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
                     Ok(Err(source)) => Err(SendError::Handshake { addr, source }),

@@ -29,11 +29,38 @@ use rustix::net::{RecvFlags, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Forgets the readiness `interest` of `s` that tokio last saw, as a call that would block
-/// does: what the caller just read or wrote fell short, so the socket has nothing more (or no
-/// more room) until the kernel says otherwise. Makes no system call.
-fn spent(s: &TcpStream, interest: Interest) {
-    let _ = s.try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+/// One call on `s` that moves bytes, made as tokio's own `TcpStream` makes it: only while tokio
+/// has seen the socket ready for `interest` (else the task waits for it, through `ready`), and
+/// a call that would block forgets that readiness. So does a call that moved fewer bytes than
+/// it could (`call` returns how many it moved and how many it could have): the socket has no
+/// more (or no more room) until the kernel says so again, and the next attempt waits for that
+/// instead of making a call that would find nothing. Both forget the readiness as it was before
+/// the call: a word from the kernel that came during it (another thread may run the driver)
+/// is kept.
+fn attempt(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    interest: Interest,
+    ready: fn(&TcpStream, &mut Context<'_>) -> Poll<io::Result<()>>,
+    mut call: impl FnMut() -> io::Result<(usize, usize)>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        let mut short = None;
+        let moved = s.try_io(interest, || {
+            let (n, could) = call()?;
+            if 0 < n && n < could {
+                // Reported as a call that would block, so that tokio forgets the readiness.
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (moved, short) {
+            (_, Some(n)) | (Ok(n), None) => return Poll::Ready(Ok(n)),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => ready!(ready(s, cx))?,
+            (Err(e), None) => return Poll::Ready(Err(e)),
+        }
+    }
 }
 
 /// Reads what `s` has into the unfilled part of `buf`, as `AsyncRead::poll_read` does.
@@ -42,49 +69,35 @@ pub fn poll_read(
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    loop {
-        // SAFETY: `recv` only writes bytes into the slice (it never de-initialises any), and
-        // `assume_init` below covers exactly the bytes it returned as written.
-        let room = unsafe { buf.unfilled_mut() };
-        let len = room.len();
-        let got = s.try_io(Interest::READABLE, || {
-            rustix::net::recv(s, &mut *room, RecvFlags::empty())
-                .map(|((read, _), _)| read.len())
-                .map_err(io::Error::from)
-        });
-        match got {
-            Ok(n) => {
-                if 0 < n && n < len {
-                    spent(s, Interest::READABLE);
-                }
-                // SAFETY: the first `n` bytes of the unfilled part were written by `recv`.
-                unsafe { buf.assume_init(n) };
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_read_ready(cx))?,
-            Err(e) => return Poll::Ready(Err(e)),
+    // SAFETY: `recv` only writes bytes into the slice (it never de-initialises any), and
+    // `assume_init` below covers exactly the bytes it returned as written.
+    let room = unsafe { buf.unfilled_mut() };
+    let len = room.len();
+    let n = ready!(attempt(
+        s,
+        cx,
+        Interest::READABLE,
+        TcpStream::poll_read_ready,
+        || {
+            let ((read, _), _) = rustix::net::recv(s, &mut *room, RecvFlags::empty())?;
+            Ok((read.len(), len))
         }
-    }
+    ))?;
+    // SAFETY: the first `n` bytes of the unfilled part were written by `recv`.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Poll::Ready(Ok(()))
 }
 
 /// Writes what it can of `data` to `s`, as `AsyncWrite::poll_write` does.
 pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-    loop {
-        let sent = s.try_io(Interest::WRITABLE, || {
-            rustix::net::send(s, data, SendFlags::NOSIGNAL).map_err(io::Error::from)
-        });
-        match sent {
-            Ok(n) => {
-                if 0 < n && n < data.len() {
-                    spent(s, Interest::WRITABLE);
-                }
-                return Poll::Ready(Ok(n));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_write_ready(cx))?,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+    attempt(
+        s,
+        cx,
+        Interest::WRITABLE,
+        TcpStream::poll_write_ready,
+        || Ok((rustix::net::send(s, data, SendFlags::NOSIGNAL)?, data.len())),
+    )
 }
 
 /// Writes what it can of `bufs` to `s`, as `AsyncWrite::poll_write_vectored` does.
@@ -93,16 +106,16 @@ pub fn poll_write_vectored(
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
-    loop {
-        let sent = s.try_io(Interest::WRITABLE, || {
-            rustix::io::writev(s, bufs).map_err(io::Error::from)
-        });
-        match sent {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_write_ready(cx))?,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+    attempt(
+        s,
+        cx,
+        Interest::WRITABLE,
+        TcpStream::poll_write_ready,
+        || {
+            let n = rustix::io::writev(s, bufs)?;
+            Ok((n, bufs.iter().map(|b| b.len()).sum()))
+        },
+    )
 }
 
 /// A client's plain TCP connection, read and written with the kernel's calls directly.
@@ -168,6 +181,9 @@ mod tests {
             .await
             .expect("connect");
         let (accepted, _) = lst.accept().await.expect("accept");
+        // Small writes go out at once, not held back for the last one's ACK.
+        peer.set_nodelay(true).expect("nodelay");
+        accepted.set_nodelay(true).expect("nodelay");
         (Sock(accepted), peer)
     }
 

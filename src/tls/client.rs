@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -83,11 +83,14 @@ pub fn check_client(
 /// Runs a client handshake on `tcp`, sending `server_name` as SNI and verifying the server's
 /// certificate for that name. An IP address is accepted and checked against IP SANs (no SNI
 /// is sent for it). The caller bounds the time (the upstream connect timeout).
-pub async fn connect(
+pub async fn connect<IO>(
     cfg: Arc<ClientConfig>,
     server_name: &str,
-    tcp: TcpStream,
-) -> Result<TlsStream<TcpStream>, io::Error> {
+    tcp: IO,
+) -> Result<TlsStream<IO>, io::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ServerConfig, ServerConnection};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
@@ -88,11 +88,14 @@ pub fn check_server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result
 ///
 /// The caller spawns this inside the connection's task; the timeout is the listener's
 /// `header_read_timeout`, since the handshake is part of waiting for the first request.
-pub async fn accept(
+pub async fn accept<IO>(
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
+    tcp: IO,
     timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, ConnInfo), HandshakeError> {
+) -> Result<(TlsStream<IO>, ConnInfo), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Err(_elapsed) => return Err(HandshakeError::Timeout(timeout)),
         Ok(done) => done.map_err(HandshakeError::from_io)?,

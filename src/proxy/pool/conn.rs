@@ -31,7 +31,7 @@ const READ_MIN_ROOM: usize = 1024;
 #[derive(Debug)]
 pub(crate) enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<crate::proxy::sock::Sock>>),
     /// A scripted peer that records each write (unit tests: what goes out in one write).
     #[cfg(test)]
     Wire(tests::Wire),
