@@ -5,10 +5,11 @@
 # tracepoints work, kernel included, at little cost to the process measured.
 #
 # Starts a one-worker nginx answering a fixed 200 (the upstream), then rampart as a plain proxy
-# (RAMPART_WORKERS=1), rampart with its access log on, and nginx as a proxy (one worker,
-# `master_process off`), all in front of it. For each target in turn: a warm-up, then one wrk
-# run of DURATION while `perf stat` counts its syscalls, and one while `perf record` samples it
-# (4,000 samples a second of CPU time). Prints, per request served:
+# (RAMPART_WORKERS=WORKERS, 1 by default), rampart with its access log on, and nginx as a
+# proxy (one worker, `master_process off`; with WORKERS > 1, that many under a master), all in
+# front of it. For each target in turn: a warm-up, then one wrk run of DURATION while `perf
+# stat` counts its syscalls, and one while `perf record` samples it (4,000 samples a second of
+# CPU time). Prints, per request served:
 #   - syscalls, all and by kind;
 #   - CPU time, split into the kernel, the program itself, the C library and the vDSO (where
 #     clock reads run);
@@ -26,6 +27,8 @@
 #
 # Settings (environment), defaults in brackets:
 #   CONNS [16]  DURATION [5]  (seconds)  TOP [25]  BASE_PORT [18840]
+#   WORKERS [1]  rampart's RAMPART_WORKERS and nginx's worker_processes (with more than one,
+#                nginx runs its master process too, and every process of it is counted)
 #   RAMPART_BIN [cargo build --release]  OUT [target/bench-profile]
 set -euo pipefail
 
@@ -33,6 +36,7 @@ CONNS=${CONNS:-16}
 DURATION=${DURATION:-5}
 TOP=${TOP:-25}
 BASE_PORT=${BASE_PORT:-18840}
+WORKERS=${WORKERS:-1}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -60,15 +64,18 @@ for target in rampart rampart-log; do
     take_port
     render_tmpl "$here/rampart.yaml" "$work/$target.yaml" "$work" "${listen[$target]}" "127.0.0.1:$port" 1
     [[ $target == rampart-log ]] && log_to "$work/access.jsonl" "$work/$target.yaml"
-    start "$target" env RAMPART_WORKERS=1 RUST_LOG=warn "$rampart" run \
+    start "$target" env RAMPART_WORKERS="$WORKERS" RUST_LOG=warn "$rampart" run \
         --config "$work/$target.yaml" --log-format text
     wait_http "$target" "http://${listen[$target]}/"
 done
 take_port
 listen[nginx]=127.0.0.1:$port
 mkdir -p "$work/nginx"
-render_tmpl "$here/nginx.conf" "$work/nginx/nginx.conf" "$work/nginx" "${listen[nginx]}" "" 1
-start nginx "$nginx_bin" -g "master_process off;" -p "$work/nginx" -e "$work/nginx/error.log" \
+render_tmpl "$here/nginx.conf" "$work/nginx/nginx.conf" "$work/nginx" "${listen[nginx]}" "" "$WORKERS"
+# One worker: no master process (it would only wait); more: the master starts them.
+nginx_master=()
+((WORKERS == 1)) && nginx_master=(-g "master_process off;")
+start nginx "$nginx_bin" "${nginx_master[@]}" -p "$work/nginx" -e "$work/nginx/error.log" \
     -c "$work/nginx/nginx.conf"
 wait_http nginx "http://${listen[nginx]}/"
 
@@ -90,14 +97,15 @@ counters() {
 tcp_counts() {
     echo "$(counters /proc/net/snmp Tcp InSegs OutSegs) $(counters /proc/net/netstat TcpExt TCPOrigDataSent)"
 }
-# threads PID : one line per thread: "TID NAME VOLUNTARY INVOLUNTARY CPU_TICKS".
+# threads PID : one line per thread of PID and of its descendants (nginx's workers):
+# "TID NAME VOLUNTARY INVOLUNTARY CPU_TICKS".
 threads() {
-    local t
-    for t in /proc/"$1"/task/*; do
+    local t p
+    for p in $(proc_pids "$1"); do for t in /proc/"$p"/task/*; do
         awk -v tid="${t##*/}" '/^Name:/ {n = $2} /^voluntary_ctxt_switches:/ {v = $2}
             /^nonvoluntary_ctxt_switches:/ {i = $2} END {printf "%s %s %s %s ", tid, n, v, i}' "$t/status"
         awk '{sub(/^.*\) /, ""); print $12 + $13}' "$t/stat"
-    done
+    done; done
 }
 clk_tck=$(getconf CLK_TCK)
 
@@ -113,9 +121,11 @@ load() {
 
 for target in rampart rampart-log nginx; do
     pid=${pid_of[$target]}
-    log "$target: warm-up, then $DURATION s counted and $DURATION s sampled, $CONNS connections"
+    # Every process of the target (nginx's master and workers), for perf's -p.
+    pid_list=$(proc_pids "$pid" | paste -sd, -)
+    log "$target: warm-up, then $DURATION s counted and $DURATION s sampled, $CONNS connections, $WORKERS worker(s)"
     wrk -t1 -c"$CONNS" -d2s "http://${listen[$target]}/" >/dev/null
-    perf stat -x, -e "$events" -p "$pid" -o "$OUT/$target.stat" -- sleep "$DURATION" &
+    perf stat -x, -e "$events" -p "$pid_list" -o "$OUT/$target.stat" -- sleep "$DURATION" &
     counter=$!
     read -r in0 out0 data0 <<<"$(tcp_counts)"
     threads "$pid" | sort >"$OUT/$target.threads0"
@@ -123,12 +133,12 @@ for target in rampart rampart-log nginx; do
     threads "$pid" | sort >"$OUT/$target.threads1"
     read -r in1 out1 data1 <<<"$(tcp_counts)"
     wait "$counter"
-    perf record -q -e cpu-clock -p "$pid" -o "$OUT/$target.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf record -q -e cpu-clock -p "$pid_list" -o "$OUT/$target.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     sampler=$!
     sampled=$(load "$target")
     wait "$sampler"
     {
-        echo "## $target ($CONNS connections)"
+        echo "## $target ($CONNS connections, $WORKERS worker(s))"
         echo
         awk -F, -v n="$served" '$1 + 0 > 0 {sub(/.*:sys_enter_?/, "", $3); printf "%s %.2f, ", ($3 == "" ? "syscalls" : $3), $1 / n}' \
             "$OUT/$target.stat" | sed 's/, $//; s/^/syscalls per request: /'

@@ -16,7 +16,7 @@ use super::access_log::{self, Entry, TryStats};
 use super::body::Body;
 use super::forward::{new_request_id, Sent, X_REQUEST_ID};
 use super::guard::Guards;
-use super::respond::{with_request_id, REASON_HEADER};
+use super::respond::{is_grpc, to_grpc, with_request_id, REASON_HEADER};
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
 use crate::otel::{Answered, ServerSpan, SpanParent, Trace};
@@ -39,6 +39,9 @@ pub struct Finish<'a> {
     pub route: Option<&'a RouteRt>,
     /// The tenant, once known.
     pub tenant: Option<TenantId>,
+    /// Whether the request is a gRPC call: rampart's own answer to it is then in gRPC's form
+    /// (`respond::to_grpc`).
+    grpc: bool,
 }
 
 // === impl Finish ===
@@ -98,6 +101,8 @@ impl<'a> Finish<'a> {
             guards,
             route: None,
             tenant: None,
+            // gRPC calls are POSTs: any other request is told apart by its method alone.
+            grpc: req.method() == http::Method::POST && is_grpc(req.headers()),
         }
     }
 
@@ -160,17 +165,22 @@ impl<'a> Finish<'a> {
         limit: Option<&str>,
         tries: TryStats,
     ) -> Guards {
+        // Every header lookup hashes a custom name: two, in the common case. (The reason of
+        // rampart's own answer is a static value: its copy costs no allocation.)
+        let own = rsp.headers().get(REASON_HEADER).cloned();
+        if own.is_some() {
+            if self.grpc {
+                // Counted and logged as sent: a 200 whose `grpc-status` says what happened.
+                to_grpc(rsp);
+            } else {
+                with_request_id(rsp, self.request_id);
+            }
+        }
         let status = rsp.status().as_u16();
         tm.count(status);
         let now = tries.ended.unwrap_or_else(Instant::now);
         tm.duration
             .observe(now.saturating_duration_since(self.started));
-        // Every header lookup hashes a custom name: two, in the common case. (The reason of
-        // rampart's own answer is a static value: its copy costs no allocation.)
-        let own = rsp.headers().get(REASON_HEADER).cloned();
-        if own.is_some() {
-            with_request_id(rsp, self.request_id);
-        }
         // An upstream's plain answer keeps its lines beside an empty map, and says whether they
         // hold an id; if not, the id is kept beside them too (written after them).
         match rsp.body_mut().raw_lines_mut() {

@@ -3,7 +3,9 @@
 //! Each carries `x-rampart-reason` and a JSON body `{"error", "message"}`; refusals that can be
 //! retried later carry `retry-after` in whole seconds (at least 1), computed by the policy that
 //! refused, never a constant. The request id is added to the body at the end of the request
-//! path ([`with_request_id`]), so the many places that refuse need not carry it.
+//! path ([`with_request_id`]), so the many places that refuse need not carry it. To a gRPC call
+//! the same answer goes in gRPC's form instead ([`to_grpc`]): a 200 whose `grpc-status` says
+//! what happened, with no body.
 
 use std::time::Duration;
 
@@ -69,6 +71,87 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
         *len = HeaderValue::from(out.len());
     }
     *rsp.body_mut() = Body::full(out);
+}
+
+/// Whether a request with these headers is a gRPC call: a `content-type` of `application/grpc`,
+/// alone or with a `+format` or parameters (not gRPC-Web's `application/grpc-web`, whose
+/// clients read an HTTP status and a body).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(CONTENT_TYPE) else {
+        return false;
+    };
+    let ct = ct.as_bytes();
+    let Some(rest) = ct
+        .get(..16)
+        .filter(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+        .map(|_| &ct[16..])
+    else {
+        return false;
+    };
+    matches!(rest.first(), None | Some(b'+' | b';' | b' '))
+}
+
+/// rampart's own answer `rsp` (it carries `x-rampart-reason`) in the form a gRPC client reads:
+/// HTTP 200, no body, `content-type: application/grpc`, and the outcome in `grpc-status` (the
+/// code for the reason, [`Reason::grpc_status`]) and `grpc-message` (the JSON body's message,
+/// percent-encoded as gRPC asks). Over HTTP/2 that is a "Trailers-Only" answer: one HEADERS
+/// frame that ends the stream. `retry-after` stays and is given to gRPC's retry policy too, as
+/// `grpc-retry-pushback-ms`; every other header stays. A fallback answer (`x-rampart-degraded`)
+/// is the operator's chosen answer and is left as it is.
+pub fn to_grpc(rsp: &mut Response<Body>) {
+    let h = rsp.headers();
+    if h.contains_key(DEGRADED_HEADER) {
+        return;
+    }
+    let Some(reason) = h
+        .get(REASON_HEADER)
+        .and_then(|r| Reason::from_text(r.as_bytes()))
+    else {
+        return;
+    };
+    let code = reason.grpc_status(rsp.status());
+    let pushback = h
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|secs| secs.saturating_mul(1000));
+    let message = match rsp.body() {
+        Body::Full(Some(body)) => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(grpc_message)),
+        _ => None,
+    };
+    *rsp.status_mut() = http::StatusCode::OK;
+    *rsp.body_mut() = Body::Empty;
+    let h = rsp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.remove(CONTENT_LENGTH);
+    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    if let Some(m) = message.and_then(|m| HeaderValue::from_str(&m).ok()) {
+        h.insert(GRPC_MESSAGE, m);
+    }
+    if let Some(ms) = pushback {
+        h.insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(ms));
+    }
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// `text` percent-encoded as `grpc-message` wants it: every byte outside printable ASCII, and
+/// `%` itself, as `%XX` (upper-case hex).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
 }
 
 /// An injected abort (`fault.abort`): `fault_injected` with the configured `status`, marked
@@ -152,6 +235,89 @@ mod tests {
         assert_eq!(rsp.headers()[CONTENT_LENGTH], "3");
         assert_eq!(rsp.headers().get_all(CONTENT_LENGTH).iter().count(), 1);
         assert_eq!(rsp.headers()[REPLAY_HEADER], "true");
+    }
+
+    #[test]
+    fn grpc_calls_are_told_by_their_content_type() {
+        let with = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_str(ct).expect("value"));
+            is_grpc(&h)
+        };
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;charset=x",
+        ] {
+            assert!(with(yes), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/grpcx",
+            "application/json",
+            "grpc",
+        ] {
+            assert!(!with(no), "{no}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_refusal_for_a_grpc_call_is_a_trailers_only_answer() {
+        let mut rsp = answer(
+            Reason::RateLimited,
+            "rate limit \"burst\" for tenant é: 100%",
+            Some(Duration::from_millis(1500)),
+        );
+        to_grpc(&mut rsp);
+        assert_eq!(rsp.status(), http::StatusCode::OK);
+        assert!(matches!(rsp.body(), Body::Empty));
+        let h = rsp.headers();
+        assert_eq!(h[CONTENT_TYPE], "application/grpc");
+        assert_eq!(h[GRPC_STATUS], "8");
+        assert_eq!(
+            h[GRPC_MESSAGE],
+            "rate limit \"burst\" for tenant %C3%A9: 100%25"
+        );
+        assert_eq!(h[RETRY_AFTER], "2");
+        assert_eq!(h[GRPC_RETRY_PUSHBACK_MS], "2000");
+        assert_eq!(h[REASON_HEADER], "rate_limited");
+        assert!(h.get(CONTENT_LENGTH).is_none());
+
+        // Each reason has its code; an injected abort maps its configured status.
+        let code = |mut rsp: Response<Body>| {
+            to_grpc(&mut rsp);
+            rsp.headers()[GRPC_STATUS]
+                .to_str()
+                .expect("text")
+                .to_owned()
+        };
+        assert_eq!(code(answer(Reason::Timeout, "t", None)), "4");
+        assert_eq!(code(answer(Reason::CircuitOpen, "c", None)), "14");
+        assert_eq!(code(answer(Reason::NoRoute, "n", None)), "12");
+        assert_eq!(code(answer(Reason::TenantRequired, "t", None)), "16");
+        assert_eq!(code(fault_abort(http::StatusCode::FORBIDDEN)), "7");
+        assert_eq!(code(fault_abort(http::StatusCode::IM_A_TEAPOT)), "2");
+
+        // A fallback answer is the operator's: left alone.
+        let kept =
+            crate::policy::fallback::Replacement::Static(crate::policy::fallback::StaticParts {
+                status: http::StatusCode::OK,
+                content_type: HeaderValue::from_static("text/plain"),
+                body: bytes::Bytes::from_static(b"cached"),
+            });
+        let mut rsp = degraded(Reason::Shed, kept);
+        to_grpc(&mut rsp);
+        assert!(rsp.headers().get(GRPC_STATUS).is_none());
+        assert_eq!(rsp.headers()[CONTENT_TYPE], "text/plain");
+    }
+
+    #[test]
+    fn every_reason_is_read_back_from_its_text() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_text(r.as_str().as_bytes()), Some(r));
+        }
+        assert_eq!(Reason::from_text(b"nope"), None);
     }
 
     #[test]

@@ -425,3 +425,153 @@ async fn an_upstream_that_does_not_speak_http2_is_a_502() {
         );
     }
 }
+
+/// Routes for [`rampart_answers_grpc_calls_in_grpc_form`]: `/limited` takes one call a minute,
+/// `/grpc` any; every other path is rampart's `no_route`.
+const GRPC_ROUTES: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 }
+policies:
+  limited:
+    rate_limit: { per_tenant: { rate: 1/min, burst: 1 } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { match: { path_prefix: /limited }, upstream: grpc, policy: limited }
+      - { match: { path_prefix: /grpc }, upstream: grpc }
+"#;
+
+/// One answer over h2c, as a gRPC client reads it.
+struct Called {
+    status: StatusCode,
+    headers: HeaderMap,
+    /// Whether the answer's HEADERS frame ended the stream (gRPC's "Trailers-Only").
+    ended_at_head: bool,
+    body: Bytes,
+}
+
+/// One POST of `path` with `content-type: ct` on a new h2c connection to `addr`.
+async fn h2_post(addr: SocketAddr, path: &str, ct: &str) -> Called {
+    use http_body::Body as _;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://grpc.internal{path}"))
+        .header("content-type", ct)
+        .header("te", "trailers")
+        .body(http::full(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request");
+    let rsp = send.send_request(req).await.expect("an answer");
+    let status = rsp.status();
+    let headers = rsp.headers().clone();
+    let ended_at_head = rsp.body().is_end_stream();
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .expect("the body")
+        .to_bytes();
+    Called {
+        status,
+        headers,
+        ended_at_head,
+        body,
+    }
+}
+
+/// rampart's own answers to a gRPC call (`content-type: application/grpc`, a POST) are in the
+/// form gRPC clients read: HTTP 200, one HEADERS frame that ends the stream, the outcome in
+/// `grpc-status` and `grpc-message`, `retry-after` also as `grpc-retry-pushback-ms`, and
+/// `x-rampart-reason` as ever. The upstream's answers, and rampart's to other requests
+/// (gRPC-Web's among them), are as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rampart_answers_grpc_calls_in_grpc_form() {
+    let up = H2Server::start(None).await;
+    let log = tempfile::tempdir().expect("a temp dir");
+    let proxy = Fronted {
+        proxy: Proxy::builder(GRPC_ROUTES)
+            .var("UP", up.addr)
+            .var("LOG", log.path().join("access.jsonl").display())
+            .spawn()
+            .await,
+        log,
+    };
+    let addr = proxy.listener("inbound");
+
+    let first = h2_post(addr, "/limited", "application/grpc").await;
+    assert_eq!(
+        (first.status, first.body.as_ref()),
+        (StatusCode::OK, &b"ok"[..])
+    );
+    assert!(
+        first.headers.get("grpc-status").is_none(),
+        "the upstream's answer, untouched"
+    );
+
+    let refused = h2_post(addr, "/limited", "application/grpc+proto").await;
+    assert_eq!(refused.status, StatusCode::OK);
+    assert!(
+        refused.ended_at_head,
+        "a Trailers-Only answer: the HEADERS frame ends the stream"
+    );
+    assert!(refused.body.is_empty());
+    let h = &refused.headers;
+    assert_eq!(h["grpc-status"], "8", "RESOURCE_EXHAUSTED: {h:?}");
+    assert!(
+        h["grpc-message"]
+            .to_str()
+            .expect("text")
+            .contains("rate limit"),
+        "{h:?}"
+    );
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(h["x-rampart-reason"], "rate_limited");
+    let secs: u64 = h["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!(secs >= 1, "{h:?}");
+    assert_eq!(
+        h["grpc-retry-pushback-ms"],
+        (secs * 1000).to_string().as_str()
+    );
+    assert!(
+        h.contains_key("x-request-id") && h.contains_key("ratelimit"),
+        "{h:?}"
+    );
+
+    let unrouted = h2_post(addr, "/nowhere", "application/grpc").await;
+    assert_eq!(unrouted.status, StatusCode::OK);
+    assert_eq!(unrouted.headers["grpc-status"], "12", "UNIMPLEMENTED");
+    assert_eq!(unrouted.headers["x-rampart-reason"], "no_route");
+
+    // Not gRPC: the JSON answers of SPEC §3.
+    for ct in ["application/json", "application/grpc-web"] {
+        let plain = h2_post(addr, "/limited", ct).await;
+        assert_eq!(plain.status, StatusCode::TOO_MANY_REQUESTS, "{ct}");
+        assert!(plain.headers.get("grpc-status").is_none(), "{ct}");
+        let body: serde_json::Value = serde_json::from_slice(&plain.body).expect("json");
+        assert_eq!(body["error"], "rate_limited", "{ct}");
+    }
+
+    // The access log says what was sent, and why.
+    let lines = logged(&proxy, "/limited", 4).await;
+    let grpc_refusal = lines
+        .iter()
+        .find(|l| l["status"] == 200 && l["reason"] == "rate_limited");
+    assert!(grpc_refusal.is_some(), "{lines:?}");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the first call reached the upstream"
+    );
+}
