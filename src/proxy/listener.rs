@@ -449,9 +449,7 @@ fn conn_task(
                     // `Box::pin`, copied in: built in its box, the lean server's future left
                     // the task 32 bytes larger in a test build (520 bytes).
                     match p.io {
-                        KeptIo::Plain(io) => {
-                            Box::pin(serve_io(p.conn, Sock(io), start, false)).await
-                        }
+                        KeptIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
                         KeptIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
                     }
                 }
@@ -561,7 +559,7 @@ impl ToHyper {
         } = self;
         match io {
             KeptIo::Plain(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, Sock(io)), head_end))
+                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
@@ -581,7 +579,7 @@ struct Parked {
 /// A connection's stream while its task holds it between the futures that serve it: parked,
 /// or on its way to hyper.
 enum KeptIo {
-    Plain(TcpStream),
+    Plain(Sock),
     /// Boxed: a TLS session is over a kilobyte, and inline it would grow every connection's
     /// task, plain ones too.
     Tls(Box<TlsStream<Sock>>),
@@ -591,7 +589,7 @@ impl KeptIo {
     /// The socket under the stream.
     fn socket(&self) -> &TcpStream {
         match self {
-            KeptIo::Plain(io) => io,
+            KeptIo::Plain(io) => &io.0,
             KeptIo::Tls(io) => &io.get_ref().0 .0,
         }
     }
@@ -712,7 +710,7 @@ trait TaskIo: h1::Close {
 
 impl TaskIo for Sock {
     fn kept(self) -> KeptIo {
-        KeptIo::Plain(self.0)
+        KeptIo::Plain(self)
     }
 }
 
