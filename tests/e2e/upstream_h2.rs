@@ -196,12 +196,7 @@ struct Answer {
 
 /// `n` GETs of `path` at once on one h2c connection to `addr`.
 async fn h2_calls(addr: SocketAddr, path: &str, n: usize) -> Vec<Answer> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let send = http::h2c(addr).await;
     let calls = (0..n).map(|_| {
         let mut send = send.clone();
         let req = Request::builder()
@@ -458,12 +453,7 @@ struct Called {
 /// One POST of `path` with `content-type: ct` on a new h2c connection to `addr`.
 async fn h2_post(addr: SocketAddr, path: &str, ct: &str) -> Called {
     use http_body::Body as _;
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut send = http::h2c(addr).await;
     let req = Request::post(format!("http://grpc.internal{path}"))
         .header("content-type", ct)
         .header("te", "trailers")

@@ -129,6 +129,17 @@ pub async fn post_stream(
         .unwrap_or_else(|e| panic!("POST http://{addr}{path} must be answered: {e}"))
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c) to `addr`, driven by a task of its own.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ReqBody> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
 /// GET over HTTP/2 with prior knowledge (h2c) on a fresh connection.
 pub async fn h2_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
     let call = async {
