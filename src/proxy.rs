@@ -19,6 +19,7 @@ pub mod degrade;
 pub mod exchange;
 pub mod finish;
 pub mod forward;
+pub mod grpc;
 pub mod guard;
 pub mod h1;
 pub mod health;

@@ -29,8 +29,11 @@ pub struct RequestCtx<'a> {
     pub route: &'a RouteRt,
     /// Who it is for.
     pub tenant: &'a TenantId,
-    /// When the request timeout fires, if the policy sets one.
+    /// When the request timeout fires: the policy's, or a gRPC call's own deadline
+    /// (`grpc-timeout`) when that is sooner.
     pub deadline: Option<Instant>,
+    /// The request timeout `deadline` keeps (named in the timeout's answer).
+    pub limit: Option<Duration>,
     /// The client end of the connection.
     pub peer: &'a Peer,
     /// Which of the lines rampart sets the client's head carried.

@@ -341,7 +341,7 @@ pub(super) async fn try_once(
                 }
                 Bound::Request => {
                     ctx.route.metrics.timeout_request.inc();
-                    ctx.route.policy.request_timeout.unwrap_or_default()
+                    ctx.limit.unwrap_or_default()
                 }
             };
             let msg = format!(

@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use super::access_log::{self, Entry, TryStats};
 use super::body::Body;
 use super::forward::{new_request_id, Sent, X_REQUEST_ID};
+use super::grpc::is_grpc;
 use super::guard::Guards;
-use super::respond::{is_grpc, to_grpc, with_request_id, REASON_HEADER};
+use super::respond::{to_grpc, with_request_id, REASON_HEADER};
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
 use crate::otel::{Answered, ServerSpan, SpanParent, Trace};
@@ -110,6 +111,11 @@ impl<'a> Finish<'a> {
     pub fn span_parent(&self) -> Option<SpanParent<'a>> {
         let exporter = self.lst.tracer.as_ref()?.exporter();
         self.span.as_ref()?.parent(exporter)
+    }
+
+    /// Whether the request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     /// Ends the request with `rsp`: counts it under `tm`, stamps the request id, logs.

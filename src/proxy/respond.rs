@@ -73,24 +73,6 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
     *rsp.body_mut() = Body::full(out);
 }
 
-/// Whether a request with these headers is a gRPC call: a `content-type` of `application/grpc`,
-/// alone or with a `+format` or parameters (not gRPC-Web's `application/grpc-web`, whose
-/// clients read an HTTP status and a body).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    let Some(ct) = headers.get(CONTENT_TYPE) else {
-        return false;
-    };
-    let ct = ct.as_bytes();
-    let Some(rest) = ct
-        .get(..16)
-        .filter(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-        .map(|_| &ct[16..])
-    else {
-        return false;
-    };
-    matches!(rest.first(), None | Some(b'+' | b';' | b' '))
-}
-
 /// rampart's own answer `rsp` (it carries `x-rampart-reason`) in the form a gRPC client reads:
 /// HTTP 200, no body, `content-type: application/grpc`, and the outcome in `grpc-status` (the
 /// code for the reason, [`Reason::grpc_status`]) and `grpc-message` (the JSON body's message,
@@ -235,31 +217,6 @@ mod tests {
         assert_eq!(rsp.headers()[CONTENT_LENGTH], "3");
         assert_eq!(rsp.headers().get_all(CONTENT_LENGTH).iter().count(), 1);
         assert_eq!(rsp.headers()[REPLAY_HEADER], "true");
-    }
-
-    #[test]
-    fn grpc_calls_are_told_by_their_content_type() {
-        let with = |ct: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert(CONTENT_TYPE, HeaderValue::from_str(ct).expect("value"));
-            is_grpc(&h)
-        };
-        for yes in [
-            "application/grpc",
-            "application/grpc+proto",
-            "Application/GRPC;charset=x",
-        ] {
-            assert!(with(yes), "{yes}");
-        }
-        for no in [
-            "application/grpc-web",
-            "application/grpcx",
-            "application/json",
-            "grpc",
-        ] {
-            assert!(!with(no), "{no}");
-        }
-        assert!(!is_grpc(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -47,6 +47,7 @@ use super::degrade;
 use super::exchange;
 use super::finish::{self, Finish};
 use super::forward::{self, Peer, Sent};
+use super::grpc;
 use super::guard::Guards;
 use super::h1::parse::Refusal;
 use super::idempotent;
@@ -254,12 +255,21 @@ pub fn handle<'a>(
             return fin.answer(&tm, respond::fault_abort(status), None, NO_TRY);
         }
 
-        // 5–8. Deadline, tries, the upstream.
+        // 5–8. Deadline, tries, the upstream. A gRPC call's own deadline bounds it too.
+        let own = fin
+            .is_grpc()
+            .then(|| grpc::timeout(req.headers()))
+            .flatten();
+        let limit = match (route.policy.request_timeout, own) {
+            (Some(policy), Some(own)) => Some(policy.min(own)),
+            (policy, own) => policy.or(own),
+        };
         let ctx = RequestCtx {
             listener: lst,
             route,
             tenant: &tenant,
-            deadline: route.policy.request_timeout.map(|t| started + t),
+            deadline: limit.map(|t| started + t),
+            limit,
             peer,
             sent,
             request_id: &request_id,

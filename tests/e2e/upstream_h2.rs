@@ -31,7 +31,8 @@ struct Seen {
 }
 
 /// A hyper HTTP/2 server on 127.0.0.1: `/grpc` answers `hello` with the trailers
-/// `grpc-status: 0`, `/echo` its request body, `/status/503` a 503, anything else 200 `ok`.
+/// `grpc-status: 0`, `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
+/// second, anything else 200 `ok`.
 struct H2Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -73,6 +74,10 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
             (StatusCode::OK, vec![Frame::data(got)])
         }
         "/status/503" => (StatusCode::SERVICE_UNAVAILABLE, vec![data("busy")]),
+        "/slow" => {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            (StatusCode::OK, vec![data("slow")])
+        }
         _ => (StatusCode::OK, vec![data("ok")]),
     };
     let mut rsp = Response::new(Frames(frames.into()));
@@ -439,6 +444,7 @@ listeners:
     routes:
       - { match: { path_prefix: /limited }, upstream: grpc, policy: limited }
       - { match: { path_prefix: /grpc }, upstream: grpc }
+      - { match: { path_prefix: /slow }, upstream: grpc }
 "#;
 
 /// One answer over h2c, as a gRPC client reads it.
@@ -452,11 +458,18 @@ struct Called {
 
 /// One POST of `path` with `content-type: ct` on a new h2c connection to `addr`.
 async fn h2_post(addr: SocketAddr, path: &str, ct: &str) -> Called {
+    h2_post_with(addr, path, &[("content-type", ct)]).await
+}
+
+/// One POST of `path` with `headers` on a new h2c connection to `addr`.
+async fn h2_post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Called {
     use http_body::Body as _;
     let mut send = http::h2c(addr).await;
-    let req = Request::post(format!("http://grpc.internal{path}"))
-        .header("content-type", ct)
-        .header("te", "trailers")
+    let mut req = Request::post(format!("http://grpc.internal{path}")).header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(http::full(Bytes::from_static(b"\0\0\0\0\0")))
         .expect("request");
     let rsp = send.send_request(req).await.expect("an answer");
@@ -563,5 +576,66 @@ async fn rampart_answers_grpc_calls_in_grpc_form() {
         up.seen().len(),
         1,
         "only the first call reached the upstream"
+    );
+}
+
+/// A gRPC call's own deadline (`grpc-timeout`) bounds its request timeout: past it rampart
+/// answers DEADLINE_EXCEEDED, the upstream's answer not waited for. A request that is not a
+/// gRPC call keeps to the policy (here none), whatever it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
+    let up = H2Server::start(None).await;
+    let log = tempfile::tempdir().expect("a temp dir");
+    let proxy = Proxy::builder(GRPC_ROUTES)
+        .var("UP", up.addr)
+        .var("LOG", log.path().join("access.jsonl").display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let started = tokio::time::Instant::now();
+    let grpc = [
+        ("content-type", "application/grpc"),
+        ("grpc-timeout", "150m"),
+    ];
+    let late = h2_post_with(addr, "/slow", &grpc).await;
+    let waited = started.elapsed();
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(
+        late.headers["grpc-status"], "4",
+        "DEADLINE_EXCEEDED: {:?}",
+        late.headers
+    );
+    assert_eq!(late.headers["x-rampart-reason"], "timeout");
+    assert!(
+        late.headers["grpc-message"]
+            .to_str()
+            .expect("text")
+            .contains("150ms"),
+        "{:?}",
+        late.headers
+    );
+    assert!(
+        waited < std::time::Duration::from_millis(900),
+        "answered at the call's deadline, not the upstream's second: {waited:?}"
+    );
+
+    // Within its deadline a call is answered by the upstream.
+    let grpc = [("content-type", "application/grpc"), ("grpc-timeout", "5S")];
+    let fine = h2_post_with(addr, "/grpc", &grpc).await;
+    assert_eq!(
+        (fine.status, fine.body.as_ref()),
+        (StatusCode::OK, &b"hello"[..])
+    );
+
+    // Not a gRPC call: the header bounds nothing.
+    let plain = [
+        ("content-type", "application/json"),
+        ("grpc-timeout", "150m"),
+    ];
+    let waited_for = h2_post_with(addr, "/slow", &plain).await;
+    assert_eq!(
+        (waited_for.status, waited_for.body.as_ref()),
+        (StatusCode::OK, &b"slow"[..])
     );
 }
