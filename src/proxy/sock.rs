@@ -2,7 +2,7 @@
 //! not through the C library.
 //!
 //! Why: once a process has a second thread (a second worker, the access log's writer, the
-//! OTLP exporter), glibc treats it as multi-threaded for good, and wraps every `recv`, `send`
+//! blocking thread a reload reads its file on), glibc treats it as multi-threaded for good, and wraps every `recv`, `send`
 //! and `writev` as a cancellation point: two atomic updates of the calling thread's
 //! cancellation state around each call. rampart never cancels a thread, so that is pure cost,
 //! four times a proxied request (a read and a write on each side). rustix makes the same
