@@ -169,8 +169,13 @@ impl std::ops::Deref for Fronted {
 }
 
 async fn proxy(up: SocketAddr, extra: &str) -> Fronted {
+    fronted(POLICY, up, extra).await
+}
+
+/// A rampart of `policy` (its `$UP`, `$EXTRA` and `$LOG` filled in) in front of `up`.
+async fn fronted(policy: &str, up: SocketAddr, extra: &str) -> Fronted {
     let log = tempfile::tempdir().expect("a temp dir");
-    let proxy = Proxy::builder(POLICY)
+    let proxy = Proxy::builder(policy)
         .var("UP", up)
         .var("EXTRA", extra)
         .var("LOG", log.path().join("access.jsonl").display())
@@ -432,7 +437,7 @@ const GRPC_ROUTES: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
 upstreams:
-  grpc: { endpoints: [$UP], protocol: http2 }
+  grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
 policies:
   limited:
     rate_limit: { per_tenant: { rate: 1/min, burst: 1 } }
@@ -498,15 +503,7 @@ async fn h2_post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rampart_answers_grpc_calls_in_grpc_form() {
     let up = H2Server::start(None).await;
-    let log = tempfile::tempdir().expect("a temp dir");
-    let proxy = Fronted {
-        proxy: Proxy::builder(GRPC_ROUTES)
-            .var("UP", up.addr)
-            .var("LOG", log.path().join("access.jsonl").display())
-            .spawn()
-            .await,
-        log,
-    };
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
     let addr = proxy.listener("inbound");
 
     let first = h2_post(addr, "/limited", "application/grpc").await;
@@ -585,12 +582,7 @@ async fn rampart_answers_grpc_calls_in_grpc_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
     let up = H2Server::start(None).await;
-    let log = tempfile::tempdir().expect("a temp dir");
-    let proxy = Proxy::builder(GRPC_ROUTES)
-        .var("UP", up.addr)
-        .var("LOG", log.path().join("access.jsonl").display())
-        .spawn()
-        .await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
     let addr = proxy.listener("inbound");
 
     let started = tokio::time::Instant::now();
