@@ -34,6 +34,8 @@ pub struct RequestCtx<'a> {
     pub deadline: Option<Instant>,
     /// The request timeout `deadline` keeps (named in the timeout's answer).
     pub limit: Option<Duration>,
+    /// Whether the request is a gRPC call (its tries' outcomes read `grpc-status`).
+    pub grpc: bool,
     /// The client end of the connection.
     pub peer: &'a Peer,
     /// Which of the lines rampart sets the client's head carried.

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
 use super::ctx::RequestCtx;
 use super::forward;
+use super::grpc;
 use super::pool::SendError;
 use super::respond::answer;
 use super::spare;
@@ -286,7 +287,10 @@ pub(super) async fn try_once(
     let used = Some(ep.addr);
     match result {
         Ok(Ok(mut rsp)) => {
-            let outcome = Outcome::Status(rsp.status().as_u16());
+            let outcome = Outcome::Status(match ctx.grpc {
+                false => rsp.status().as_u16(),
+                true => grpc::answer_status(rsp.status(), rsp.headers()),
+            });
             record.finish(outcome);
             forward::strip_hop_by_hop(rsp.headers_mut());
             *tried = Tried { outcome, used };

@@ -12,6 +12,10 @@ use http::HeaderMap;
 /// The header in which a gRPC client states its deadline.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// The header that carries a gRPC call's outcome (in the trailers, or in the headers of a
+/// Trailers-Only answer).
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The longest `grpc-timeout` taken: a longer one (gRPC allows up to 99,999,999 hours) bounds
 /// nothing a proxy would wait for, and is left to the policy.
 const LONGEST: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -59,6 +63,37 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     (d <= LONGEST).then_some(d)
 }
 
+/// The HTTP status that an upstream's answer to a gRPC call stands for, for the try's outcome
+/// (breakers, outlier detection, `retry.on`, the upstream's metrics): its own status, unless it
+/// is a 200 whose headers carry a `grpc-status` (a Trailers-Only answer, how gRPC servers send
+/// an error with no message before it), which maps as Envoy and gRPC's gateway map it:
+/// UNAVAILABLE is a 503, INTERNAL a 500, DEADLINE_EXCEEDED a 504, RESOURCE_EXHAUSTED a 429,
+/// NOT_FOUND a 404, CANCELLED a 499 (the client's doing), and so on. The answer itself goes to
+/// the client unchanged. A status in the trailers is not waited for: the try has ended by then.
+pub fn answer_status(status: http::StatusCode, headers: &HeaderMap) -> u16 {
+    if status != http::StatusCode::OK {
+        return status.as_u16();
+    }
+    let Some(code) = headers.get(GRPC_STATUS) else {
+        return 200;
+    };
+    match code.as_bytes() {
+        b"0" => 200,
+        b"1" => 499,
+        b"3" | b"9" | b"11" => 400,
+        b"4" => 504,
+        b"5" => 404,
+        b"6" | b"10" => 409,
+        b"7" => 403,
+        b"8" => 429,
+        b"12" => 501,
+        b"14" => 503,
+        b"16" => 401,
+        // UNKNOWN, INTERNAL, DATA_LOSS, and any code gRPC does not define.
+        _ => 500,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -88,6 +123,36 @@ mod tests {
             assert!(!with(no), "{no}");
         }
         assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_trailers_only_answer_stands_for_its_grpc_status() {
+        let with = |status: http::StatusCode, code: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(c) = code {
+                h.insert(GRPC_STATUS, HeaderValue::from_str(c).expect("value"));
+            }
+            answer_status(status, &h)
+        };
+        let ok = http::StatusCode::OK;
+        assert_eq!(
+            with(ok, None),
+            200,
+            "an answer with a body: its status is in the trailers"
+        );
+        assert_eq!(with(ok, Some("0")), 200);
+        assert_eq!(with(ok, Some("14")), 503);
+        assert_eq!(with(ok, Some("13")), 500);
+        assert_eq!(with(ok, Some("4")), 504);
+        assert_eq!(with(ok, Some("8")), 429);
+        assert_eq!(with(ok, Some("5")), 404);
+        assert_eq!(with(ok, Some("1")), 499);
+        assert_eq!(with(ok, Some("12")), 501);
+        assert_eq!(with(ok, Some("16")), 401);
+        assert_eq!(with(ok, Some("99")), 500);
+        assert_eq!(with(ok, Some("x")), 500);
+        // An HTTP error is what it says, whatever else it carries.
+        assert_eq!(with(http::StatusCode::BAD_GATEWAY, Some("0")), 502);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use http::header::{
 use http::Response;
 
 use super::body::Body;
+use super::grpc::GRPC_STATUS;
 use crate::error::Reason;
 use crate::policy::fallback::{Replacement, DEGRADED_HEADER};
 use crate::policy::fault::FAULT_HEADER;
@@ -116,7 +117,6 @@ pub fn to_grpc(rsp: &mut Response<Body>) {
     }
 }
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 

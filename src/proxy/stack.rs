@@ -270,6 +270,7 @@ pub fn handle<'a>(
             tenant: &tenant,
             deadline: limit.map(|t| started + t),
             limit,
+            grpc: fin.is_grpc(),
             peer,
             sent,
             request_id: &request_id,

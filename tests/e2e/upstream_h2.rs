@@ -32,7 +32,7 @@ struct Seen {
 
 /// A hyper HTTP/2 server on 127.0.0.1: `/grpc` answers `hello` with the trailers
 /// `grpc-status: 0`, `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
-/// second, anything else 200 `ok`.
+/// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), anything else 200 `ok`.
 struct H2Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -74,6 +74,7 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
             (StatusCode::OK, vec![Frame::data(got)])
         }
         "/status/503" => (StatusCode::SERVICE_UNAVAILABLE, vec![data("busy")]),
+        "/unavailable" => (StatusCode::OK, Vec::new()),
         "/slow" => {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             (StatusCode::OK, vec![data("slow")])
@@ -90,6 +91,13 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
     if parts.uri.path() == "/grpc" {
         rsp.headers_mut()
             .insert("content-type", "application/grpc".parse().expect("value"));
+    }
+    if parts.uri.path() == "/unavailable" {
+        // A gRPC error as servers send it: Trailers-Only, the status in the headers.
+        let h = rsp.headers_mut();
+        h.insert("content-type", "application/grpc".parse().expect("value"));
+        h.insert("grpc-status", "14".parse().expect("value"));
+        h.insert("grpc-message", "overloaded".parse().expect("value"));
     }
     rsp
 }
@@ -431,8 +439,9 @@ async fn an_upstream_that_does_not_speak_http2_is_a_502() {
     }
 }
 
-/// Routes for [`rampart_answers_grpc_calls_in_grpc_form`]: `/limited` takes one call a minute,
-/// `/grpc` any; every other path is rampart's `no_route`.
+/// Routes for the gRPC calls' tests: `/limited` takes one call a minute, `/unavailable` is
+/// behind a breaker that opens after two failures, `/grpc` and `/slow` take any; every other
+/// path is rampart's `no_route`.
 const GRPC_ROUTES: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
@@ -441,6 +450,8 @@ upstreams:
 policies:
   limited:
     rate_limit: { per_tenant: { rate: 1/min, burst: 1 } }
+  guarded:
+    circuit_breaker: { consecutive_failures: 2, open_for: 10s }
 listeners:
   - name: inbound
     direction: inbound
@@ -450,6 +461,7 @@ listeners:
       - { match: { path_prefix: /limited }, upstream: grpc, policy: limited }
       - { match: { path_prefix: /grpc }, upstream: grpc }
       - { match: { path_prefix: /slow }, upstream: grpc }
+      - { match: { path_prefix: /unavailable }, upstream: grpc, policy: guarded }
 "#;
 
 /// One answer over h2c, as a gRPC client reads it.
@@ -630,4 +642,55 @@ async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
         (waited_for.status, waited_for.body.as_ref()),
         (StatusCode::OK, &b"slow"[..])
     );
+}
+
+/// An upstream's gRPC error (UNAVAILABLE, Trailers-Only: HTTP 200 with `grpc-status: 14`) is a
+/// failed try for the breaker, as a 503 would be: after two the breaker opens and rampart
+/// answers the third call itself (`circuit_open`, in gRPC's form). The upstream's own errors
+/// reach the client as they came. A plain request to the same path is not a gRPC call: its
+/// 200s are successes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_grpc_errors_open_the_breaker() {
+    let up = H2Server::start(None).await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    // Not gRPC calls: three 200s, no failure counted.
+    for _ in 0..3 {
+        let plain = h2_post(addr, "/unavailable", "application/json").await;
+        assert_eq!(plain.status, StatusCode::OK);
+        assert!(plain.headers.get("x-rampart-reason").is_none());
+    }
+    for _ in 0..2 {
+        let call = h2_post(addr, "/unavailable", "application/grpc").await;
+        assert_eq!(call.status, StatusCode::OK);
+        assert_eq!(call.headers["grpc-status"], "14");
+        assert_eq!(
+            call.headers["grpc-message"], "overloaded",
+            "the upstream's own answer"
+        );
+        assert!(call.headers.get("x-rampart-reason").is_none());
+    }
+    let refused = h2_post(addr, "/unavailable", "application/grpc").await;
+    assert_eq!(
+        refused.headers["x-rampart-reason"], "circuit_open",
+        "{:?}",
+        refused.headers
+    );
+    assert_eq!(refused.headers["grpc-status"], "14");
+    assert!(refused.headers.contains_key("grpc-retry-pushback-ms"));
+    assert_eq!(
+        up.seen().len(),
+        5,
+        "the open breaker kept the third call from the upstream"
+    );
+
+    // The upstream's metrics count the calls' failures as the 503s they stand for.
+    let text = metrics(proxy.admin()).await;
+    let failed = metric_value(
+        &text,
+        "rampart_upstream_requests_total",
+        &[("upstream", "grpc"), ("code", "503")],
+    );
+    assert_eq!(failed, Some(2.0), "{text}");
 }
