@@ -60,6 +60,7 @@ use self::idle::Stack;
 use super::body::Body;
 use super::forward::Added;
 use super::guard::Guards;
+use super::sock::Sock;
 use crate::clock::coarse;
 use crate::error::BoxError;
 
@@ -382,12 +383,12 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => Ok(Stream::Plain(stream)),
+            None => Ok(Stream::Plain(Sock(stream))),
             Some(tls) => {
                 // Never plaintext to an upstream with `tls`: a failed handshake is a failed
                 // connect (502), within the same connect timeout.
                 let cfg = tls.config.load_full();
-                let shake = crate::tls::connect(cfg, &tls.server_name, super::sock::Sock(stream));
+                let shake = crate::tls::connect(cfg, &tls.server_name, Sock(stream));
                 match tokio::time::timeout_at(deadline, shake).await {
                     Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
                     Ok(Err(source)) => Err(SendError::Handshake { addr, source }),

@@ -11,8 +11,8 @@
 //! (or has room for), so that the next attempt waits for the kernel's word instead of making a
 //! call that would find nothing.
 //!
-//! [`Sock`] is a `TcpStream` that reads and writes this way; [`poll_read`], [`poll_write`] and
-//! [`poll_write_vectored`] do it for a `TcpStream` held elsewhere (the upstream pool's).
+//! [`Sock`] is a `TcpStream` that reads and writes this way: the client's connections and the
+//! upstream pool's, plain or under TLS.
 
 // The crate's only `unsafe`: a read fills the unfilled part of tokio's `ReadBuf` (memory it
 // may not have initialised) and says how much it filled, as tokio's own `TcpStream` does. A
@@ -64,11 +64,7 @@ fn attempt(
 }
 
 /// Reads what `s` has into the unfilled part of `buf`, as `AsyncRead::poll_read` does.
-pub fn poll_read(
-    s: &TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-) -> Poll<io::Result<()>> {
+fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
     // SAFETY: `recv` only writes bytes into the slice (it never de-initialises any), and
     // `assume_init` below covers exactly the bytes it returned as written.
     let room = unsafe { buf.unfilled_mut() };
@@ -90,7 +86,7 @@ pub fn poll_read(
 }
 
 /// Writes what it can of `data` to `s`, as `AsyncWrite::poll_write` does.
-pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+fn poll_write(s: &TcpStream, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
     attempt(
         s,
         cx,
@@ -101,7 +97,7 @@ pub fn poll_write(s: &TcpStream, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::
 }
 
 /// Writes what it can of `bufs` to `s`, as `AsyncWrite::poll_write_vectored` does.
-pub fn poll_write_vectored(
+fn poll_write_vectored(
     s: &TcpStream,
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],
@@ -118,7 +114,7 @@ pub fn poll_write_vectored(
     )
 }
 
-/// A client's plain TCP connection, read and written with the kernel's calls directly.
+/// A TCP connection read and written with the kernel's calls directly.
 #[derive(Debug)]
 pub struct Sock(pub TcpStream);
 

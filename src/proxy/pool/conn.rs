@@ -7,12 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
+use crate::proxy::sock::Sock;
 use bytes::{Buf, Bytes, BytesMut};
 use http::request::Parts;
 use http::Method;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::h1::{self, BodyKind, Framing, Out};
@@ -30,8 +30,8 @@ const READ_MIN_ROOM: usize = 1024;
 /// The byte stream under one upstream connection.
 #[derive(Debug)]
 pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<crate::proxy::sock::Sock>>),
+    Plain(Sock),
+    Tls(Box<TlsStream<Sock>>),
     /// A scripted peer that records each write (unit tests: what goes out in one write).
     #[cfg(test)]
     Wire(tests::Wire),
@@ -129,7 +129,7 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => crate::proxy::sock::poll_read(s, cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             #[cfg(test)]
             Stream::Wire(w) => w.read(buf),
@@ -144,7 +144,7 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => crate::proxy::sock::poll_write(s, cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             #[cfg(test)]
             Stream::Wire(w) => w.write(&[io::IoSlice::new(buf)]),
@@ -157,7 +157,7 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => crate::proxy::sock::poll_write_vectored(s, cx, bufs),
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             #[cfg(test)]
             Stream::Wire(w) => w.write(bufs),
@@ -166,7 +166,7 @@ impl AsyncWrite for Stream {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Plain(_) => true,
+            Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
             #[cfg(test)]
             Stream::Wire(_) => true,
