@@ -122,42 +122,6 @@ impl Reason {
             .into_iter()
             .find(|r| r.as_str().as_bytes() == text)
     }
-
-    /// The gRPC status code that says the same to a gRPC client (its `grpc-status`), for an
-    /// answer of HTTP `status` (which only an injected abort chooses: it maps as gRPC maps
-    /// an HTTP status it did not expect).
-    pub fn grpc_status(self, status: http::StatusCode) -> u8 {
-        // The codes of grpc/doc/statuscodes.md.
-        const INVALID_ARGUMENT: u8 = 3;
-        const DEADLINE_EXCEEDED: u8 = 4;
-        const RESOURCE_EXHAUSTED: u8 = 8;
-        const FAILED_PRECONDITION: u8 = 9;
-        const ABORTED: u8 = 10;
-        const UNIMPLEMENTED: u8 = 12;
-        const INTERNAL: u8 = 13;
-        const UNAVAILABLE: u8 = 14;
-        const UNAUTHENTICATED: u8 = 16;
-        match self {
-            Reason::RateLimited | Reason::HeadTooLarge => RESOURCE_EXHAUSTED,
-            Reason::Shed | Reason::CircuitOpen | Reason::UpstreamUnavailable => UNAVAILABLE,
-            Reason::Timeout | Reason::ClientTimeout => DEADLINE_EXCEEDED,
-            Reason::NoRoute | Reason::MethodNotAllowed => UNIMPLEMENTED,
-            Reason::TenantRequired | Reason::InvalidToken => UNAUTHENTICATED,
-            Reason::InvalidTenant => INVALID_ARGUMENT,
-            Reason::BadRequest => INTERNAL,
-            Reason::IdempotencyInFlight => ABORTED,
-            Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => FAILED_PRECONDITION,
-            // gRPC's own table for HTTP statuses (grpc/doc/http-grpc-status-mapping.md).
-            Reason::FaultInjected => match status.as_u16() {
-                400 => INTERNAL,
-                401 => UNAUTHENTICATED,
-                403 => 7, // PERMISSION_DENIED
-                404 => UNIMPLEMENTED,
-                429 | 502 | 503 | 504 => UNAVAILABLE,
-                _ => 2, // UNKNOWN
-            },
-        }
-    }
 }
 
 impl std::fmt::Display for Reason {

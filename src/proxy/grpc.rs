@@ -7,7 +7,27 @@
 use std::time::Duration;
 
 use http::header::{HeaderName, CONTENT_TYPE};
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
+
+use crate::error::Reason;
+
+// The status codes of gRPC (grpc/doc/statuscodes.md) that rampart reads or writes.
+const OK: u8 = 0;
+const CANCELLED: u8 = 1;
+const UNKNOWN: u8 = 2;
+const INVALID_ARGUMENT: u8 = 3;
+const DEADLINE_EXCEEDED: u8 = 4;
+const NOT_FOUND: u8 = 5;
+const ALREADY_EXISTS: u8 = 6;
+const PERMISSION_DENIED: u8 = 7;
+const RESOURCE_EXHAUSTED: u8 = 8;
+const FAILED_PRECONDITION: u8 = 9;
+const ABORTED: u8 = 10;
+const OUT_OF_RANGE: u8 = 11;
+const UNIMPLEMENTED: u8 = 12;
+const INTERNAL: u8 = 13;
+const UNAVAILABLE: u8 = 14;
+const UNAUTHENTICATED: u8 = 16;
 
 /// The header in which a gRPC client states its deadline.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -70,27 +90,58 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 /// UNAVAILABLE is a 503, INTERNAL a 500, DEADLINE_EXCEEDED a 504, RESOURCE_EXHAUSTED a 429,
 /// NOT_FOUND a 404, CANCELLED a 499 (the client's doing), and so on. The answer itself goes to
 /// the client unchanged. A status in the trailers is not waited for: the try has ended by then.
-pub fn answer_status(status: http::StatusCode, headers: &HeaderMap) -> u16 {
-    if status != http::StatusCode::OK {
+pub fn answer_status(status: StatusCode, headers: &HeaderMap) -> u16 {
+    if status != StatusCode::OK {
         return status.as_u16();
     }
     let Some(code) = headers.get(GRPC_STATUS) else {
         return 200;
     };
-    match code.as_bytes() {
-        b"0" => 200,
-        b"1" => 499,
-        b"3" | b"9" | b"11" => 400,
-        b"4" => 504,
-        b"5" => 404,
-        b"6" | b"10" => 409,
-        b"7" => 403,
-        b"8" => 429,
-        b"12" => 501,
-        b"14" => 503,
-        b"16" => 401,
+    // As gRPC writes a code: one or two digits, no sign and no leading zero.
+    let code = match *code.as_bytes() {
+        [d @ b'0'..=b'9'] => Some(d - b'0'),
+        [t @ b'1'..=b'9', u @ b'0'..=b'9'] => Some((t - b'0') * 10 + (u - b'0')),
+        _ => None,
+    };
+    match code {
+        Some(OK) => 200,
+        Some(CANCELLED) => 499,
+        Some(INVALID_ARGUMENT | FAILED_PRECONDITION | OUT_OF_RANGE) => 400,
+        Some(DEADLINE_EXCEEDED) => 504,
+        Some(NOT_FOUND) => 404,
+        Some(ALREADY_EXISTS | ABORTED) => 409,
+        Some(PERMISSION_DENIED) => 403,
+        Some(RESOURCE_EXHAUSTED) => 429,
+        Some(UNIMPLEMENTED) => 501,
+        Some(UNAVAILABLE) => 503,
+        Some(UNAUTHENTICATED) => 401,
         // UNKNOWN, INTERNAL, DATA_LOSS, and any code gRPC does not define.
         _ => 500,
+    }
+}
+
+/// The gRPC status code that tells a gRPC client what rampart's own answer for `reason` says
+/// (its `grpc-status`), for an answer of HTTP `status` (which only an injected abort chooses:
+/// it maps as gRPC maps an HTTP status it did not expect, grpc/doc/http-grpc-status-mapping.md).
+pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
+    match reason {
+        Reason::RateLimited | Reason::HeadTooLarge => RESOURCE_EXHAUSTED,
+        Reason::Shed | Reason::CircuitOpen | Reason::UpstreamUnavailable => UNAVAILABLE,
+        Reason::Timeout | Reason::ClientTimeout => DEADLINE_EXCEEDED,
+        Reason::NoRoute | Reason::MethodNotAllowed => UNIMPLEMENTED,
+        Reason::TenantRequired | Reason::InvalidToken => UNAUTHENTICATED,
+        Reason::InvalidTenant => INVALID_ARGUMENT,
+        Reason::BadRequest => INTERNAL,
+        Reason::IdempotencyInFlight => ABORTED,
+        Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => FAILED_PRECONDITION,
+        Reason::FaultInjected => match status.as_u16() {
+            400 => INTERNAL,
+            401 => UNAUTHENTICATED,
+            403 => PERMISSION_DENIED,
+            404 => UNIMPLEMENTED,
+            429 | 502 | 503 | 504 => UNAVAILABLE,
+            _ => UNKNOWN,
+        },
     }
 }
 
@@ -127,14 +178,14 @@ mod tests {
 
     #[test]
     fn a_trailers_only_answer_stands_for_its_grpc_status() {
-        let with = |status: http::StatusCode, code: Option<&str>| {
+        let with = |status: StatusCode, code: Option<&str>| {
             let mut h = HeaderMap::new();
             if let Some(c) = code {
                 h.insert(GRPC_STATUS, HeaderValue::from_str(c).expect("value"));
             }
             answer_status(status, &h)
         };
-        let ok = http::StatusCode::OK;
+        let ok = StatusCode::OK;
         assert_eq!(
             with(ok, None),
             200,
@@ -152,7 +203,7 @@ mod tests {
         assert_eq!(with(ok, Some("99")), 500);
         assert_eq!(with(ok, Some("x")), 500);
         // An HTTP error is what it says, whatever else it carries.
-        assert_eq!(with(http::StatusCode::BAD_GATEWAY, Some("0")), 502);
+        assert_eq!(with(StatusCode::BAD_GATEWAY, Some("0")), 502);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use http::header::{
 use http::Response;
 
 use super::body::Body;
-use super::grpc::GRPC_STATUS;
+use super::grpc::{self, GRPC_STATUS};
 use crate::error::Reason;
 use crate::policy::fallback::{Replacement, DEGRADED_HEADER};
 use crate::policy::fault::FAULT_HEADER;
@@ -76,7 +76,7 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
 
 /// rampart's own answer `rsp` (it carries `x-rampart-reason`) in the form a gRPC client reads:
 /// HTTP 200, no body, `content-type: application/grpc`, and the outcome in `grpc-status` (the
-/// code for the reason, [`Reason::grpc_status`]) and `grpc-message` (the JSON body's message,
+/// code for the reason, [`grpc::code_for`]) and `grpc-message` (the JSON body's message,
 /// percent-encoded as gRPC asks). Over HTTP/2 that is a "Trailers-Only" answer: one HEADERS
 /// frame that ends the stream. `retry-after` stays and is given to gRPC's retry policy too, as
 /// `grpc-retry-pushback-ms`; every other header stays. A fallback answer (`x-rampart-degraded`)
@@ -92,7 +92,7 @@ pub fn to_grpc(rsp: &mut Response<Body>) {
     else {
         return;
     };
-    let code = reason.grpc_status(rsp.status());
+    let code = grpc::code_for(reason, rsp.status());
     let pushback = h
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
