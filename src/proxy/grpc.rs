@@ -202,6 +202,10 @@ mod tests {
         assert_eq!(with(ok, Some("16")), 401);
         assert_eq!(with(ok, Some("99")), 500);
         assert_eq!(with(ok, Some("x")), 500);
+        // What a hostile upstream may write is no code gRPC writes: a failure, never an OK.
+        for odd in ["+14", "014", "00", "-0", " 0", "0 ", "140", ""] {
+            assert_eq!(with(ok, Some(odd)), 500, "{odd:?}");
+        }
         // An HTTP error is what it says, whatever else it carries.
         assert_eq!(with(StatusCode::BAD_GATEWAY, Some("0")), 502);
     }

@@ -694,3 +694,43 @@ async fn an_upstreams_grpc_errors_open_the_breaker() {
     );
     assert_eq!(failed, Some(2.0), "{text}");
 }
+
+/// What a hostile client can put in `grpc-timeout`: a deadline of nothing is met at once; one
+/// past 30 days, a sign, a fraction, nine digits, bytes outside ASCII or no unit bound nothing
+/// (the call is answered by the upstream), and none of them breaks the connection or rampart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_grpc_timeouts_bound_nothing_or_end_the_call_at_once() {
+    let up = H2Server::start(None).await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let now = [("content-type", "application/grpc"), ("grpc-timeout", "0n")];
+    let at_once = h2_post_with(addr, "/slow", &now).await;
+    assert_eq!(at_once.headers["grpc-status"], "4", "{:?}", at_once.headers);
+    assert_eq!(at_once.headers["x-rampart-reason"], "timeout");
+
+    for bad in [
+        "99999999H",
+        "721H",
+        "-1S",
+        "1.5S",
+        "123456789m",
+        "10",
+        "S",
+        "1s",
+        "\u{e9}1S",
+    ] {
+        let calls = [("content-type", "application/grpc"), ("grpc-timeout", bad)];
+        let answered = h2_post_with(addr, "/grpc", &calls).await;
+        assert_eq!(
+            (answered.status, answered.body.as_ref()),
+            (StatusCode::OK, &b"hello"[..]),
+            "grpc-timeout {bad:?}: {:?}",
+            answered.headers
+        );
+        assert!(
+            answered.headers.get("x-rampart-reason").is_none(),
+            "{bad:?}"
+        );
+    }
+}
