@@ -274,6 +274,17 @@ pub(super) async fn try_once(
         (_, Some(d)) => Some((d, Bound::Request)),
         (p, None) => p,
     };
+    if ctx.grpc {
+        // The upstream learns the try's deadline as gRPC states one, so it stops the call's
+        // work when rampart stops waiting for it (the client's own `grpc-timeout` is the
+        // request deadline's part of it, and a try may have less left).
+        if let Some((at, _)) = bound {
+            let left = at.saturating_duration_since(now);
+            parts
+                .headers
+                .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
+        }
+    }
     let record = TryRecord::start(ctx, &ep, permit, parts, now);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();

@@ -2,12 +2,13 @@
 //!
 //! rampart answers a gRPC call in gRPC's form (`respond::to_grpc`), and a call's own deadline
 //! (`grpc-timeout`) bounds its request timeout (`stack::handle`): past it the client has given
-//! up, and further tries would be work nobody waits for.
+//! up, and further tries would be work nobody waits for. Each try states its own deadline to
+//! the upstream in the same header (`exchange::try_once`, [`timeout_value`]).
 
 use std::time::Duration;
 
 use http::header::{HeaderName, CONTENT_TYPE};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::error::Reason;
 
@@ -83,6 +84,32 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     (d <= LONGEST).then_some(d)
 }
 
+/// `grpc-timeout`'s value for a deadline `left` away, as gRPC's own libraries write it: the
+/// finest unit (nanoseconds to hours) in which it fits the header's 8 digits, rounded up, so the
+/// upstream's deadline is never before rampart's (at most one unit after it). A deadline already
+/// passed is written as one nanosecond: the upstream ends the call at once.
+pub fn timeout_value(left: Duration) -> HeaderValue {
+    const MOST: u128 = 99_999_999;
+    let nanos = left.as_nanos().max(1);
+    let units: [(u128, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
+    ];
+    let (n, unit) = units
+        .iter()
+        .map(|&(per, unit)| (nanos.div_ceil(per), unit))
+        .find(|&(n, _)| n <= MOST)
+        // Past 99,999,999 hours (11,000 years): the longest gRPC can state.
+        .unwrap_or((MOST, b'H'));
+    let mut text = n.to_string();
+    text.push(char::from(unit));
+    HeaderValue::try_from(text).expect("digits and a letter")
+}
+
 /// The HTTP status that an upstream's answer to a gRPC call stands for, for the try's outcome
 /// (breakers, outlier detection, `retry.on`, the upstream's metrics): its own status, unless it
 /// is a 200 whose headers carry a `grpc-status` (a Trailers-Only answer, how gRPC servers send
@@ -147,8 +174,6 @@ pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     #[test]
@@ -239,5 +264,43 @@ mod tests {
             assert_eq!(of(bad), None, "{bad:?}");
         }
         assert_eq!(timeout(&HeaderMap::new()), None);
+    }
+
+    /// What is written reads back (by rampart's own reader, as gRPC's servers read it) as the
+    /// same deadline or at most one unit later, and never earlier.
+    #[test]
+    fn a_tries_deadline_is_written_in_the_finest_unit_that_fits_rounded_up() {
+        let text = |d: Duration| timeout_value(d).to_str().expect("ascii").to_owned();
+        assert_eq!(text(Duration::from_nanos(1)), "1n");
+        assert_eq!(text(Duration::from_nanos(99_999_999)), "99999999n");
+        assert_eq!(text(Duration::from_millis(100)), "100000u");
+        assert_eq!(
+            text(Duration::from_nanos(100_000_001)),
+            "100001u",
+            "rounded up"
+        );
+        assert_eq!(text(Duration::from_secs(99)), "99000000u");
+        assert_eq!(text(Duration::from_secs(100)), "100000m");
+        assert_eq!(text(Duration::from_secs(30 * 24 * 3600)), "2592000S");
+        assert_eq!(text(Duration::from_secs(99_999_999 * 3600)), "99999999H");
+        assert_eq!(text(Duration::MAX), "99999999H", "the longest gRPC states");
+        assert_eq!(text(Duration::ZERO), "1n", "already passed: ends at once");
+        for left in [
+            Duration::from_nanos(7),
+            Duration::from_micros(123_456_789),
+            Duration::from_millis(1_500),
+            Duration::new(4_000, 1),
+            Duration::from_secs(29 * 24 * 3600 + 1),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_TIMEOUT, timeout_value(left));
+            let read = timeout(&h).expect("reads back");
+            assert!(read >= left, "{left:?} written as {:?}", h[GRPC_TIMEOUT]);
+            assert!(
+                read - left < Duration::from_secs(60),
+                "{left:?} written as {:?}",
+                h[GRPC_TIMEOUT]
+            );
+        }
     }
 }

@@ -452,6 +452,10 @@ policies:
     rate_limit: { per_tenant: { rate: 1/min, burst: 1 } }
   guarded:
     circuit_breaker: { consecutive_failures: 2, open_for: 10s }
+  per_try:
+    timeout: { request: 5s, per_try: 700ms }
+  bounded:
+    timeout: { request: 2s }
 listeners:
   - name: inbound
     direction: inbound
@@ -462,6 +466,8 @@ listeners:
       - { match: { path_prefix: /grpc }, upstream: grpc }
       - { match: { path_prefix: /slow }, upstream: grpc }
       - { match: { path_prefix: /unavailable }, upstream: grpc, policy: guarded }
+      - { match: { path_prefix: /per-try }, upstream: grpc, policy: per_try }
+      - { match: { path_prefix: /bounded }, upstream: grpc, policy: bounded }
 "#;
 
 /// One answer over h2c, as a gRPC client reads it.
@@ -642,6 +648,64 @@ async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
         (waited_for.status, waited_for.body.as_ref()),
         (StatusCode::OK, &b"slow"[..])
     );
+}
+
+/// Each try of a gRPC call tells the upstream its deadline in `grpc-timeout`: the time the try
+/// has left, whichever bounds it (the per-try timeout, the route's request timeout, the client's
+/// own `grpc-timeout`), so a gRPC server stops the call's work when rampart stops waiting. A
+/// call rampart does not bound keeps what it sent (here nothing); a request that is not a gRPC
+/// call is passed on as it came, its `grpc-timeout` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_try_of_a_grpc_call_tells_the_upstream_its_deadline() {
+    use std::time::Duration;
+    let up = H2Server::start(None).await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    // What the upstream saw of the last request to `path`: its grpc-timeout, read as gRPC reads it.
+    let told = |path: &str| -> (Option<String>, Option<Duration>) {
+        let seen = up.seen();
+        let last = seen.iter().rev().find(|s| s.path == path).expect("seen");
+        let text = last
+            .headers
+            .get("grpc-timeout")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        (text, rampart::proxy::grpc::timeout(&last.headers))
+    };
+    let within = |got: Option<Duration>, most: u64, least: u64| {
+        let got = got.expect("a deadline");
+        assert!(
+            got <= Duration::from_millis(most) && got > Duration::from_millis(least),
+            "{got:?} not in ({least}ms, {most}ms]"
+        );
+    };
+    let grpc = ("content-type", "application/grpc");
+
+    // Bound by the per-try timeout (700ms), though the client allows 10 s and the route 5 s.
+    let call = h2_post_with(addr, "/per-try", &[grpc, ("grpc-timeout", "10S")]).await;
+    assert_eq!(call.status, StatusCode::OK);
+    within(told("/per-try").1, 700, 500);
+    // The same with no deadline of the client's own.
+    h2_post_with(addr, "/per-try", &[grpc]).await;
+    within(told("/per-try").1, 700, 500);
+    // Bound by the route's request timeout (2 s), the client allowing 10 s...
+    h2_post_with(addr, "/bounded", &[grpc, ("grpc-timeout", "10S")]).await;
+    within(told("/bounded").1, 2_000, 1_800);
+    // ...or by the client's own 500 ms, which is sooner.
+    h2_post_with(addr, "/bounded", &[grpc, ("grpc-timeout", "500m")]).await;
+    within(told("/bounded").1, 500, 300);
+    // No policy: the client's deadline alone, less the time already spent.
+    h2_post_with(addr, "/grpc", &[grpc, ("grpc-timeout", "3S")]).await;
+    let (text, read) = told("/grpc");
+    assert_ne!(text.as_deref(), Some("3S"), "rewritten to what is left");
+    within(read, 3_000, 2_800);
+    // Nothing bounds the call: nothing is added.
+    h2_post_with(addr, "/grpc", &[grpc]).await;
+    assert_eq!(told("/grpc"), (None, None));
+    // Not a gRPC call: its headers go as they came.
+    let json = ("content-type", "application/json");
+    h2_post_with(addr, "/per-try", &[json, ("grpc-timeout", "10S")]).await;
+    assert_eq!(told("/per-try").0.as_deref(), Some("10S"));
 }
 
 /// An upstream's gRPC error (UNAVAILABLE, Trailers-Only: HTTP 200 with `grpc-status: 14`) is a
