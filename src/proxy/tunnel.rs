@@ -41,6 +41,7 @@ use super::guard::Guards;
 use super::pool::Slot;
 use super::respond::answer;
 use super::shared::Shared;
+use super::sock::Sock;
 use crate::clock::SharedClock;
 use crate::error::Reason;
 use crate::generation::RouteRt;
@@ -60,7 +61,7 @@ pub async fn open(ctx: &RequestCtx<'_>) -> Result<Opened, Response<Body>> {
 /// `max_connections` (held until the tunnel ends).
 #[derive(Debug)]
 pub struct Opened {
-    stream: TcpStream,
+    stream: Sock,
     slot: Slot,
 }
 
@@ -216,7 +217,10 @@ async fn connect(
     let why = match result {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            return Ok(Opened { stream, slot });
+            return Ok(Opened {
+                stream: Sock(stream),
+                slot,
+            });
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => {
