@@ -18,7 +18,8 @@
 pub enum Outcome {
     /// No connection could be established.
     ConnectError,
-    /// The connection broke before a full answer head arrived.
+    /// The connection broke before a full answer head arrived (or, for a gRPC call's answer
+    /// that streams, before the status in its trailers).
     Reset,
     /// A deadline (per-try or the request's) passed without an answer.
     Timeout,

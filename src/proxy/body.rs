@@ -128,6 +128,15 @@ impl Body {
         }
     }
 
+    /// An HTTP/2 upstream's answer whose stream has not ended (a gRPC call's outcome is then
+    /// in its trailers, `grpc::Trailed`); `None` for any other body.
+    pub fn streaming_h2(&mut self) -> Option<&mut super::pool::h2::H2Answer> {
+        match self {
+            Body::Upstream2(a) if !http_body::Body::is_end_stream(&**a) => Some(a),
+            _ => None,
+        }
+    }
+
     /// Attaches `guards` to an upstream's answer so they live as long as its body; any other
     /// body is complete already, so the guards are dropped now.
     pub fn hold(&mut self, guards: Guards) {

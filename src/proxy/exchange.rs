@@ -12,7 +12,9 @@
 //! is dropped (the client went away), on drop as [`Outcome::Cancelled`]. [`observe`] is the one
 //! place that tells every upstream observer — metrics, the adaptive per-try estimator, and
 //! outlier detection and balancing as they land — and the guard also carries the try's breaker
-//! permit, so the breaker sees the same outcome; none of them can miss a try or count one twice. A fault of the client (malformed or stalled upload) is
+//! permit, so the breaker sees the same outcome; none of them can miss a try or count one twice.
+//! A gRPC call's answer that streams hands its permit and its endpoint's health to its body,
+//! which tells them at the trailers ([`grpc::Trailed`]). A fault of the client (malformed or stalled upload) is
 //! [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream observer.
 
 use std::future::Future;
@@ -285,7 +287,7 @@ pub(super) async fn try_once(
                 .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
         }
     }
-    let record = TryRecord::start(ctx, &ep, permit, parts, now);
+    let mut record = TryRecord::start(ctx, &ep, permit, parts, now);
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
     // What the writer adds to the head: a `host` naming this endpoint if the request has none.
@@ -302,6 +304,12 @@ pub(super) async fn try_once(
                 false => rsp.status().as_u16(),
                 true => grpc::answer_status(rsp.status(), rsp.headers()),
             });
+            if ctx.grpc && outcome == Outcome::Status(200) {
+                // A gRPC answer that streams: its status comes in the trailers.
+                if let Some(stream) = rsp.body_mut().streaming_h2() {
+                    stream.trailed = Some(record.trail(&ep));
+                }
+            }
             record.finish(outcome);
             forward::strip_hop_by_hop(rsp.headers_mut());
             *tried = Tried { outcome, used };
@@ -424,6 +432,9 @@ struct TryRecord<'a> {
     permit: Option<BreakerPermit>,
     /// The try's CLIENT span, when the request's trace is sampled.
     span: Option<ClientSpan<'a>>,
+    /// The breaker and the endpoint's health wait for the answer's trailers (a gRPC stream):
+    /// [`TryRecord::trail`].
+    trailed: bool,
 }
 
 impl<'a> TryRecord<'a> {
@@ -449,11 +460,26 @@ impl<'a> TryRecord<'a> {
             outcome: None,
             permit,
             span,
+            trailed: false,
         }
     }
 
     fn finish(mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
+    }
+
+    /// Hands the try's breaker permit, and the telling of its endpoint's health, to the
+    /// answer's body, which ends them at its trailers (a gRPC call's answer that streams); the
+    /// metrics, the access log and the span keep the head's outcome.
+    fn trail(&mut self, ep: &Arc<Endpoint>) -> grpc::Trailed {
+        self.trailed = true;
+        let took = Instant::now().saturating_duration_since(self.started);
+        grpc::Trailed::new(
+            self.ctx.route.upstream.clone(),
+            ep.clone(),
+            self.permit.take(),
+            took,
+        )
     }
 }
 
@@ -479,12 +505,21 @@ impl Drop for TryRecord<'_> {
             };
             span.end(to, outcome, took);
         }
-        observe(self.ctx, self.ep, outcome, took, ended);
+        observe(self.ctx, self.ep, outcome, took, ended, !self.trailed);
     }
 }
 
-/// The outcome hook: tells every observer how one try ended (at `ended`, after `took`).
-fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration, ended: Instant) {
+/// The outcome hook: tells every observer how one try ended (at `ended`, after `took`); the
+/// endpoint's health (outlier detection, balancing) only with `health` (else it is told at the
+/// answer's trailers, [`grpc::Trailed`]).
+fn observe(
+    ctx: &RequestCtx<'_>,
+    ep: &Endpoint,
+    outcome: Outcome,
+    took: Duration,
+    ended: Instant,
+    health: bool,
+) {
     let up = &ctx.route.upstream;
     let code = match outcome {
         Outcome::Status(code) => code,
@@ -499,7 +534,9 @@ fn observe(ctx: &RequestCtx<'_>, ep: &Endpoint, outcome: Outcome, took: Duration
     };
     up.metrics.count(code);
     up.metrics.duration.observe(took);
-    up.try_ended(ep, outcome, took, ended);
+    if health {
+        up.try_ended(ep, outcome, took, ended);
+    }
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.
         up.latency.record(took);

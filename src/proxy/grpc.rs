@@ -5,12 +5,17 @@
 //! up, and further tries would be work nobody waits for. Each try states its own deadline to
 //! the upstream in the same header (`exchange::try_once`, [`timeout_value`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::time::Instant;
 
+use super::upstream::{Endpoint, Upstream};
 use crate::error::Reason;
+use crate::policy::circuit_breaker::BreakerPermit;
+use crate::policy::outcome::Outcome;
 
 // The status codes of gRPC (grpc/doc/statuscodes.md) that rampart reads or writes.
 const OK: u8 = 0;
@@ -84,6 +89,70 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     (d <= LONGEST).then_some(d)
 }
 
+/// How the stream of a gRPC answer ended.
+#[derive(Clone, Copy, Debug)]
+pub enum StreamEnd<'a> {
+    /// With trailers (gRPC's status is among them).
+    Trailers(&'a HeaderMap),
+    /// With no trailers: no status at all.
+    NoTrailers,
+    /// The stream broke (reset, the connection lost) before its end.
+    Broke,
+}
+
+/// A try of a gRPC call whose answer streams (HTTP 200 and no `grpc-status` in its head: the
+/// status comes in the trailers, after the messages). Its breaker permit and the endpoint's
+/// health (outlier detection, the balancer's failure count) wait for the trailers instead of
+/// taking the head's 200 as a success: the answer's body holds this and ends it
+/// (`pool::h2::H2Answer`). Dropped before the stream ends (the client went away), the try is
+/// cancelled: its permit says so, and the endpoint's health is not told.
+#[derive(Debug)]
+pub struct Trailed {
+    up: Arc<Upstream>,
+    ep: Arc<Endpoint>,
+    permit: Option<BreakerPermit>,
+    /// The try's time to its answer's head: what the slow-call rule and the endpoint's
+    /// latency figures read (a stream's length is the call's business).
+    took: Duration,
+}
+
+impl Trailed {
+    /// A try to `ep` of `up` whose answer's head came after `took`, admitted by `permit`.
+    pub fn new(
+        up: Arc<Upstream>,
+        ep: Arc<Endpoint>,
+        permit: Option<BreakerPermit>,
+        took: Duration,
+    ) -> Self {
+        Trailed {
+            up,
+            ep,
+            permit,
+            took,
+        }
+    }
+
+    /// The answer's stream ended as `end` says: the try's outcome, at last, to its breaker and
+    /// its endpoint's health.
+    pub fn end(self, end: StreamEnd<'_>) {
+        let outcome = match end {
+            StreamEnd::Trailers(t) => Outcome::Status(trailers_status(t)),
+            StreamEnd::NoTrailers => Outcome::Status(500),
+            StreamEnd::Broke => Outcome::Reset,
+        };
+        let Trailed {
+            up,
+            ep,
+            permit,
+            took,
+        } = self;
+        if let Some(p) = permit {
+            p.record(outcome, took);
+        }
+        up.try_ended(&ep, outcome, took, Instant::now());
+    }
+}
+
 /// `grpc-timeout`'s value for a deadline `left` away, as gRPC's own libraries write it: the
 /// finest unit (nanoseconds to hours) in which it fits the header's 8 digits, rounded up, so the
 /// upstream's deadline is never before rampart's (at most one unit after it). A deadline already
@@ -116,14 +185,25 @@ pub fn timeout_value(left: Duration) -> HeaderValue {
 /// an error with no message before it), which maps as Envoy and gRPC's gateway map it:
 /// UNAVAILABLE is a 503, INTERNAL a 500, DEADLINE_EXCEEDED a 504, RESOURCE_EXHAUSTED a 429,
 /// NOT_FOUND a 404, CANCELLED a 499 (the client's doing), and so on. The answer itself goes to
-/// the client unchanged. A status in the trailers is not waited for: the try has ended by then.
+/// the client unchanged. A 200 without one streams, and its status comes in the trailers: the
+/// try's metrics and access log take the head's 200, its breaker and endpoint health the
+/// trailers' ([`Trailed`]).
 pub fn answer_status(status: StatusCode, headers: &HeaderMap) -> u16 {
     if status != StatusCode::OK {
         return status.as_u16();
     }
-    let Some(code) = headers.get(GRPC_STATUS) else {
-        return 200;
-    };
+    headers.get(GRPC_STATUS).map_or(200, status_of)
+}
+
+/// The HTTP status that the trailers ending a gRPC answer's stream stand for: their
+/// `grpc-status` mapped as [`answer_status`] maps one, and none at all a 500 (a gRPC client
+/// reports a stream that ends without a status as an error).
+pub fn trailers_status(trailers: &HeaderMap) -> u16 {
+    trailers.get(GRPC_STATUS).map_or(500, status_of)
+}
+
+/// The HTTP status a `grpc-status` value stands for (see [`answer_status`]).
+fn status_of(code: &HeaderValue) -> u16 {
     // As gRPC writes a code: one or two digits, no sign and no leading zero.
     let code = match *code.as_bytes() {
         [d @ b'0'..=b'9'] => Some(d - b'0'),
@@ -233,6 +313,27 @@ mod tests {
         }
         // An HTTP error is what it says, whatever else it carries.
         assert_eq!(with(StatusCode::BAD_GATEWAY, Some("0")), 502);
+    }
+
+    #[test]
+    fn a_streams_trailers_stand_for_their_grpc_status_and_none_is_an_error() {
+        let of = |code: Option<&str>| {
+            let mut t = HeaderMap::new();
+            if let Some(c) = code {
+                t.insert(GRPC_STATUS, HeaderValue::from_str(c).expect("value"));
+            }
+            trailers_status(&t)
+        };
+        assert_eq!(of(Some("0")), 200);
+        assert_eq!(of(Some("14")), 503);
+        assert_eq!(of(Some("4")), 504);
+        assert_eq!(
+            of(Some("8")),
+            429,
+            "RESOURCE_EXHAUSTED: not the upstream's failure"
+        );
+        assert_eq!(of(Some("014")), 500);
+        assert_eq!(of(None), 500, "trailers without a status");
     }
 
     #[test]

@@ -73,6 +73,18 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
                 .unwrap_or_default();
             (StatusCode::OK, vec![Frame::data(got)])
         }
+        // gRPC answers that stream: a message, then the status in the trailers (OK,
+        // UNAVAILABLE), or no trailers at all.
+        path @ ("/trailed/ok" | "/trailed/unavailable") => {
+            let code = if path.ends_with("ok") { "0" } else { "14" };
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().expect("value"));
+            (
+                StatusCode::OK,
+                vec![data("message"), Frame::trailers(trailers)],
+            )
+        }
+        "/trailed/none" => (StatusCode::OK, vec![data("message")]),
         "/status/503" => (StatusCode::SERVICE_UNAVAILABLE, vec![data("busy")]),
         "/unavailable" => (StatusCode::OK, Vec::new()),
         "/slow" => {
@@ -88,7 +100,7 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
         rsp.headers_mut()
             .insert("x-huge", big.parse().expect("value"));
     }
-    if parts.uri.path() == "/grpc" {
+    if parts.uri.path() == "/grpc" || parts.uri.path().starts_with("/trailed/") {
         rsp.headers_mut()
             .insert("content-type", "application/grpc".parse().expect("value"));
     }
@@ -466,6 +478,7 @@ listeners:
       - { match: { path_prefix: /grpc }, upstream: grpc }
       - { match: { path_prefix: /slow }, upstream: grpc }
       - { match: { path_prefix: /unavailable }, upstream: grpc, policy: guarded }
+      - { match: { path_prefix: /trailed }, upstream: grpc, policy: guarded }
       - { match: { path_prefix: /per-try }, upstream: grpc, policy: per_try }
       - { match: { path_prefix: /bounded }, upstream: grpc, policy: bounded }
 "#;
@@ -757,6 +770,107 @@ async fn an_upstreams_grpc_errors_open_the_breaker() {
         &[("upstream", "grpc"), ("code", "503")],
     );
     assert_eq!(failed, Some(2.0), "{text}");
+}
+
+/// A gRPC answer that streams (HTTP 200, a message, then `grpc-status` in the trailers) ends its
+/// try for the breaker when its trailers come: a failing status there (UNAVAILABLE), or none at
+/// all, is a failure, and an OK status a success. Failures that alternate with successes open
+/// nothing; two in a row open the breaker. The head's 200 is what the metrics and the client see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_streams_trailing_status_is_its_tries_outcome() {
+    let up = H2Server::start(None).await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let grpc = "application/grpc";
+
+    for _ in 0..3 {
+        let failed = h2_post(addr, "/trailed/unavailable", grpc).await;
+        assert_eq!(
+            (failed.status, failed.body.as_ref()),
+            (StatusCode::OK, &b"message"[..])
+        );
+        assert!(failed.headers.get("x-rampart-reason").is_none());
+        let fine = h2_post(addr, "/trailed/ok", grpc).await;
+        assert!(fine.headers.get("x-rampart-reason").is_none());
+    }
+    // A stream with no status, then a failing one: two failures in a row.
+    let bare = h2_post(addr, "/trailed/none", grpc).await;
+    assert_eq!(bare.body.as_ref(), b"message");
+    h2_post(addr, "/trailed/unavailable", grpc).await;
+    let refused = h2_post(addr, "/trailed/ok", grpc).await;
+    assert_eq!(
+        refused.headers["x-rampart-reason"], "circuit_open",
+        "{:?}",
+        refused.headers
+    );
+    assert_eq!(up.seen().len(), 8, "the open breaker kept the call away");
+    let text = metrics(proxy.admin()).await;
+    let heads = metric_value(
+        &text,
+        "rampart_upstream_requests_total",
+        &[("upstream", "grpc"), ("code", "200")],
+    );
+    assert_eq!(heads, Some(8.0), "{text}");
+}
+
+/// Outlier detection reads a gRPC stream's trailers too. Two endpoints, taken in turn: each gets
+/// a failing stream, then an OK one (which ends its streak), then a failing one; the first then
+/// gets one with no status, its second failure in a row, and is ejected; the other is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_reads_a_grpc_streams_trailers() {
+    let (a, b) = (H2Server::start(None).await, H2Server::start(None).await);
+    let policy = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc:
+    endpoints: [$A, $B]
+    protocol: http2
+    outlier: { consecutive_failures: 2, eject_for: 30s, max_ejected: 50% }
+listeners:
+  - { name: inbound, direction: inbound, listen: $LISTEN_inbound, routes: [{ upstream: grpc }] }
+"#;
+    let proxy = Proxy::builder(policy)
+        .var("A", a.addr)
+        .var("B", b.addr)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let healthy = |text: &str, up: &H2Server| {
+        metric_value(
+            text,
+            "rampart_upstream_endpoint_healthy",
+            &[("upstream", "grpc"), ("endpoint", &up.addr.to_string())],
+        )
+    };
+    // One call to each endpoint per path, in turn.
+    for path in [
+        "/trailed/unavailable",
+        "/trailed/ok",
+        "/trailed/unavailable",
+    ] {
+        for _ in 0..2 {
+            let call = h2_post(addr, path, "application/grpc").await;
+            assert_eq!(call.status, StatusCode::OK);
+        }
+    }
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        (healthy(&text, &a), healthy(&text, &b)),
+        (Some(1.0), Some(1.0)),
+        "an OK stream ended each streak: {text}"
+    );
+    // Round robin takes the endpoints in their order: the seventh call goes to the first, its
+    // second failure in a row.
+    let next = h2_post(addr, "/trailed/none", "application/grpc").await;
+    assert_eq!(next.body.as_ref(), b"message");
+    assert_eq!((a.seen().len(), b.seen().len()), (4, 3), "turns alternate");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        (healthy(&text, &a), healthy(&text, &b)),
+        (Some(0.0), Some(1.0)),
+        "ejected: {text}"
+    );
 }
 
 /// What a hostile client can put in `grpc-timeout`: a deadline of nothing is met at once; one

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::{connect_timed_out, Pool, SendError, UpstreamError};
 use crate::proxy::body::Body;
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::proxy::grpc::{StreamEnd, Trailed};
 use crate::proxy::guard::Guards;
 
 /// How often an HTTP/2 upstream connection is pinged (idle or not).
@@ -50,6 +51,8 @@ pub struct H2Answer {
     body: Incoming,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(crate) guards: Guards,
+    /// A gRPC call's try whose outcome is in this stream's trailers.
+    pub(crate) trailed: Option<Trailed>,
 }
 
 // === impl H2 ===
@@ -95,6 +98,7 @@ impl Pool {
         let answer = H2Answer {
             body,
             guards: Guards::default(),
+            trailed: None,
         };
         Ok(Response::from_parts(
             head,
@@ -196,18 +200,33 @@ impl http_body::Body for H2Answer {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let this = self.get_mut();
+        let polled = ready!(Pin::new(&mut this.body).poll_frame(cx));
         if let Some(Ok(frame)) = &polled {
             // Counted before the guards go with the last frame.
-            if let (Some(d), Some(log)) = (frame.data_ref(), self.guards.log.as_mut()) {
+            if let (Some(d), Some(log)) = (frame.data_ref(), this.guards.log.as_mut()) {
                 log.sent(d.len());
             }
         }
-        if !matches!(polled, Some(Ok(_))) || self.body.is_end_stream() {
-            self.guards = Guards::default();
+        // Trailers end a stream; so do an error and the end of the frames.
+        let ended = match &polled {
+            Some(Ok(frame)) => frame.is_trailers() || this.body.is_end_stream(),
+            _ => true,
+        };
+        if let Some(trailed) = this.trailed.take_if(|_| ended) {
+            trailed.end(match &polled {
+                Some(Ok(frame)) => frame
+                    .trailers_ref()
+                    .map_or(StreamEnd::NoTrailers, StreamEnd::Trailers),
+                Some(Err(_)) => StreamEnd::Broke,
+                None => StreamEnd::NoTrailers,
+            });
+        }
+        if ended {
+            this.guards = Guards::default();
         }
         Poll::Ready(polled)
     }
