@@ -14,8 +14,9 @@
 //! outlier detection and balancing as they land — and the guard also carries the try's breaker
 //! permit, so the breaker sees the same outcome; none of them can miss a try or count one twice.
 //! A gRPC call's answer that streams hands its permit and its endpoint's health to its body,
-//! which tells them at the trailers ([`grpc::Trailed`]). A fault of the client (malformed or stalled upload) is
-//! [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream observer.
+//! which tells them at the trailers ([`grpc::Trailed`]). A fault of the client (malformed or
+//! stalled upload) is [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream
+//! observer.
 
 use std::future::Future;
 use std::net::SocketAddr;
