@@ -3,7 +3,9 @@
 //! clients reach it through rampart over HTTP/2 and HTTP/1.1.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,7 +39,60 @@ struct H2Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicU64>,
+    /// `/trailed/hang` answers dropped before their end (rampart let the stream go).
+    let_go: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The body of one of the test server's answers.
+enum Served {
+    /// Frames given in advance.
+    Frames(Frames),
+    /// A message, then nothing: the stream never ends by itself. Counts into the server's
+    /// `let_go` when dropped.
+    Hang { sent: bool, let_go: Arc<AtomicU64> },
+    /// A message, then, a little later (so that the head and the message are read before
+    /// it), an error: hyper resets the stream (no trailers, no status).
+    Broken {
+        sent: bool,
+        later: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Served::Hang { let_go, .. } = self {
+            let_go.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl http_body::Body for Served {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let message = || Frame::data(Bytes::from_static(b"message"));
+        match self.get_mut() {
+            Served::Frames(f) => Pin::new(f).poll_frame(cx).map_err(|e| match e {}),
+            Served::Hang { sent, .. } | Served::Broken { sent, .. } if !*sent => {
+                *sent = true;
+                Poll::Ready(Some(Ok(message())))
+            }
+            Served::Hang { .. } => Poll::Pending,
+            Served::Broken { later, .. } => {
+                let later = later.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100)))
+                });
+                std::task::ready!(later.as_mut().poll(cx));
+                Poll::Ready(Some(Err(std::io::Error::other("the stream breaks"))))
+            }
+        }
+    }
 }
 
 impl Drop for H2Server {
@@ -46,7 +101,11 @@ impl Drop for H2Server {
     }
 }
 
-async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Frames> {
+async fn answer(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    let_go: Arc<AtomicU64>,
+) -> Response<Served> {
     let (parts, body) = req.into_parts();
     seen.lock().push(Seen {
         version: parts.version,
@@ -93,7 +152,18 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
         }
         _ => (StatusCode::OK, vec![data("ok")]),
     };
-    let mut rsp = Response::new(Frames(frames.into()));
+    let body = match parts.uri.path() {
+        "/trailed/hang" => Served::Hang {
+            sent: false,
+            let_go,
+        },
+        "/trailed/broken" => Served::Broken {
+            sent: false,
+            later: None,
+        },
+        _ => Served::Frames(Frames(frames.into())),
+    };
+    let mut rsp = Response::new(body);
     *rsp.status_mut() = status;
     if parts.uri.path() == "/huge" {
         let big = "h".repeat(100 * 1024);
@@ -121,16 +191,17 @@ impl H2Server {
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU64::new(0));
+        let let_go = Arc::new(AtomicU64::new(0));
         let task = {
-            let (seen, connections) = (seen.clone(), connections.clone());
+            let (seen, connections, let_go) = (seen.clone(), connections.clone(), let_go.clone());
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     connections.fetch_add(1, Ordering::SeqCst);
-                    let (seen, acceptor) = (seen.clone(), acceptor.clone());
+                    let (seen, acceptor, let_go) = (seen.clone(), acceptor.clone(), let_go.clone());
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| {
-                            let seen = seen.clone();
-                            async move { Ok::<_, Infallible>(answer(req, seen).await) }
+                            let (seen, let_go) = (seen.clone(), let_go.clone());
+                            async move { Ok::<_, Infallible>(answer(req, seen, let_go).await) }
                         });
                         let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                         let _ = match acceptor {
@@ -148,6 +219,7 @@ impl H2Server {
             addr,
             seen,
             connections,
+            let_go,
             task,
         }
     }
@@ -811,6 +883,68 @@ async fn a_grpc_streams_trailing_status_is_its_tries_outcome() {
         &[("upstream", "grpc"), ("code", "200")],
     );
     assert_eq!(heads, Some(8.0), "{text}");
+}
+
+/// A gRPC stream's try that ends without its trailers: abandoned by the client (it read the
+/// head and a message, then reset the stream) it is cancelled, neither a failure nor a
+/// success, so two in a row open nothing; broken by the upstream (its stream reset after a
+/// message) it is a failure, and two in a row open the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_abandoned_is_cancelled_and_one_broken_is_a_failure() {
+    use http_body_util::BodyExt as _;
+    let up = H2Server::start(None).await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    // The head and the first frame of a call to `path`, on a connection of its own, then the
+    // stream and the connection dropped; the second value is how the body went on.
+    let call = |path: &'static str| async move {
+        let mut send = http::h2c(addr).await;
+        let req = Request::post(format!("http://grpc.internal{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http::full(Bytes::from_static(b"\0\0\0\0\0")))
+            .expect("request");
+        let rsp = send.send_request(req).await.expect("an answer");
+        let (head, mut body) = rsp.into_parts();
+        let first = body
+            .frame()
+            .await
+            .unwrap_or_else(|| panic!("a frame: {head:?}"))
+            .expect("a message");
+        assert_eq!(first.into_data().expect("data").as_ref(), b"message");
+        (head, body)
+    };
+
+    for n in 1..=2u64 {
+        let (head, body) = call("/trailed/hang").await;
+        assert!(head.headers.get("x-rampart-reason").is_none());
+        drop(body);
+        // rampart lets the upstream's stream go when the client's goes (bounded wait).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while up.let_go.load(Ordering::SeqCst) < n {
+            assert!(tokio::time::Instant::now() < deadline, "stream {n} kept");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    let fine = h2_post(addr, "/trailed/ok", "application/grpc").await;
+    assert!(
+        fine.headers.get("x-rampart-reason").is_none(),
+        "two abandoned streams are no failures: {:?}",
+        fine.headers
+    );
+
+    for _ in 0..2 {
+        let (_, mut body) = call("/trailed/broken").await;
+        // The upstream's reset reaches the client as an error, never as an end with trailers.
+        let rest = body.frame().await;
+        assert!(!matches!(&rest, Some(Ok(f)) if f.is_trailers()), "{rest:?}");
+    }
+    let refused = h2_post(addr, "/trailed/ok", "application/grpc").await;
+    assert_eq!(
+        refused.headers["x-rampart-reason"], "circuit_open",
+        "{:?}",
+        refused.headers
+    );
 }
 
 /// Outlier detection reads a gRPC stream's trailers too. Two endpoints, taken in turn: each gets
