@@ -94,6 +94,7 @@ struct Draft {
     sink: Option<Arc<SinkRef>>,
     keep_ok: Option<u32>,
     armed: bool,
+    grpc: Grpc,
 }
 
 /// What the exchange with the upstream leaves for the line (see `ctx::TryLog`).
@@ -128,6 +129,21 @@ pub struct Outcome<'a> {
     pub limit: Option<&'a str>,
     /// Body bytes known already (synthetic answers); upstream bodies are counted as they go.
     pub bytes_out: u64,
+    /// Whether the request is a gRPC call, and the status its answer's head gave.
+    pub grpc: Grpc,
+}
+
+/// The `grpc_status` of a line: only gRPC calls' lines have one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Grpc {
+    /// Not a gRPC call: the line has no `grpc_status`.
+    #[default]
+    NotACall,
+    /// A gRPC call with no status (yet: an answer that streams gives it in its trailers;
+    /// `null` if none comes).
+    NoStatus,
+    /// A gRPC call's status code.
+    Status(u8),
 }
 
 // === impl AccessLog ===
@@ -201,9 +217,25 @@ impl AccessLog {
 
 impl Entry {
     /// Fills the line from the answer and arms it if it is to be written: always for rampart's
-    /// own answers and for 4xx/5xx, else as `sample_ok` says. Returns whether it is armed.
+    /// own answers, for 4xx/5xx and for a gRPC status other than OK, else as `sample_ok` says.
+    /// Returns whether the entry is to be kept: armed, or a gRPC call's, which its answer's
+    /// trailers may arm yet ([`Entry::grpc_ended`]).
     pub fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
         self.0.as_mut().is_some_and(|d| d.fill(out, tries))
+    }
+
+    /// A gRPC call's answer ended with the status `code` in its trailers, or with none (`None`:
+    /// no trailers, no status in them, or a stream broken before them); the line is then
+    /// written whatever `sample_ok` says unless the status is OK. Nothing for other lines.
+    pub fn grpc_ended(&mut self, code: Option<u8>) {
+        let Some(d) = &mut self.0 else { return };
+        if d.grpc == Grpc::NotACall {
+            return;
+        }
+        if let Some(c) = code {
+            d.grpc = Grpc::Status(c);
+        }
+        d.armed |= code != Some(0);
     }
 
     /// The bytes a CONNECT tunnel delivered, client to upstream (`bytes_in`) and upstream to
@@ -273,6 +305,7 @@ impl Draft {
                 sink: None,
                 keep_ok: None,
                 armed: false,
+                grpc: Grpc::NotACall,
             }),
         }
     }
@@ -293,13 +326,17 @@ impl Draft {
             d.whole = 0;
             d.sink = None;
             d.armed = false;
+            d.grpc = Grpc::NotACall;
         });
     }
 
     fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
-        let ok = out.status < 400 && out.reason.is_none();
+        let grpc_failed = matches!(out.grpc, Grpc::Status(c) if c != 0);
+        let ok = out.status < 400 && out.reason.is_none() && !grpc_failed;
         self.armed = !ok || self.keep_ok.is_none_or(|k| fastrand::u32(..) < k);
-        if !self.armed {
+        self.grpc = out.grpc;
+        // A gRPC call's line is filled even when sampled out: its trailers may arm it.
+        if !self.armed && out.grpc == Grpc::NotACall {
             return false;
         }
         let t = &mut self.text;
@@ -359,7 +396,7 @@ impl Draft {
         let ids = &ids[self.request as usize..];
         // Room for the pieces and for the fixed text and the figures at their longest, so the
         // buffer grows at most once per line.
-        buf.reserve(listener.len() + middle.len() + ids.len() + 192);
+        buf.reserve(listener.len() + middle.len() + ids.len() + 224);
         buf.extend_from_slice(b"{\"time\":\"");
         wall.write(buf, self.started);
         buf.push(b'"');
@@ -376,6 +413,14 @@ impl Draft {
         line::uint(buf, bytes_in);
         buf.extend_from_slice(b",\"bytes_out\":");
         line::uint(buf, self.bytes_out);
+        match self.grpc {
+            Grpc::NotACall => {}
+            Grpc::NoStatus => buf.extend_from_slice(b",\"grpc_status\":null"),
+            Grpc::Status(c) => {
+                buf.extend_from_slice(b",\"grpc_status\":");
+                line::uint(buf, u64::from(c));
+            }
+        }
         buf.extend_from_slice(ids);
         buf.extend_from_slice(b"}\n");
     }

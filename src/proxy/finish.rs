@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::access_log::{self, Entry, TryStats};
 use super::body::Body;
 use super::forward::{new_request_id, Sent, X_REQUEST_ID};
-use super::grpc::is_grpc;
+use super::grpc::{self, is_grpc, GRPC_STATUS};
 use super::guard::Guards;
 use super::respond::{to_grpc, with_request_id, REASON_HEADER};
 use crate::generation::{ListenerRt, RouteRt};
@@ -224,6 +224,14 @@ impl<'a> Finish<'a> {
                 true => 0,
                 false => http_body::Body::size_hint(b).lower(),
             };
+            let grpc = match self.grpc {
+                false => access_log::Grpc::NotACall,
+                // rampart's own status, or an upstream's Trailers-Only one; else the trailers'.
+                true => match rsp.headers().get(GRPC_STATUS).and_then(grpc::code) {
+                    Some(c) => access_log::Grpc::Status(c),
+                    None => access_log::Grpc::NoStatus,
+                },
+            };
             let out = access_log::Outcome {
                 route: self.route.map(|r| &*r.log_name),
                 tenant: self.tenant.as_ref(),
@@ -231,6 +239,7 @@ impl<'a> Finish<'a> {
                 reason,
                 limit,
                 bytes_out,
+                grpc,
             };
             if entry.fill(out, tries) {
                 self.guards.log = Some(entry);

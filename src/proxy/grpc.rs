@@ -202,15 +202,19 @@ pub fn trailers_status(trailers: &HeaderMap) -> u16 {
     trailers.get(GRPC_STATUS).map_or(500, status_of)
 }
 
-/// The HTTP status a `grpc-status` value stands for (see [`answer_status`]).
-fn status_of(code: &HeaderValue) -> u16 {
-    // As gRPC writes a code: one or two digits, no sign and no leading zero.
-    let code = match *code.as_bytes() {
+/// The code a `grpc-status` value gives, as gRPC writes one: one or two digits, no sign and no
+/// leading zero (anything else is no code).
+pub fn code(v: &HeaderValue) -> Option<u8> {
+    match *v.as_bytes() {
         [d @ b'0'..=b'9'] => Some(d - b'0'),
         [t @ b'1'..=b'9', u @ b'0'..=b'9'] => Some((t - b'0') * 10 + (u - b'0')),
         _ => None,
-    };
-    match code {
+    }
+}
+
+/// The HTTP status a `grpc-status` value stands for (see [`answer_status`]).
+fn status_of(v: &HeaderValue) -> u16 {
+    match code(v) {
         Some(OK) => 200,
         Some(CANCELLED) => 499,
         Some(INVALID_ARGUMENT | FAILED_PRECONDITION | OUT_OF_RANGE) => 400,

@@ -883,6 +883,23 @@ async fn a_grpc_streams_trailing_status_is_its_tries_outcome() {
         &[("upstream", "grpc"), ("code", "200")],
     );
     assert_eq!(heads, Some(8.0), "{text}");
+
+    // The access log: every line a 200, its gRPC status beside it (the trailers', or rampart's
+    // own), `null` where none came.
+    let status = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .inspect(|l| assert_eq!(l["status"], 200, "{l}"))
+            .map(|l| l["grpc_status"].clone())
+            .collect()
+    };
+    let failed = status(logged(&proxy, "/trailed/unavailable", 4).await);
+    assert_eq!(failed, vec![serde_json::json!(14); 4]);
+    let ok = status(logged(&proxy, "/trailed/ok", 4).await);
+    assert_eq!(ok[..3], vec![serde_json::json!(0); 3], "{ok:?}");
+    assert_eq!(ok[3], 14, "rampart's own circuit_open: UNAVAILABLE");
+    let none = status(logged(&proxy, "/trailed/none", 1).await);
+    assert!(none[0].is_null(), "{none:?}");
 }
 
 /// A gRPC stream's try that ends without its trailers: abandoned by the client (it read the

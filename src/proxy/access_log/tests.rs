@@ -83,6 +83,7 @@ fn refused() -> (Entry, Instant) {
         reason: Some(&why),
         limit: Some("burst"),
         bytes_out: 21,
+        grpc: Grpc::NotACall,
     };
     assert!(e.fill(out, TryStats::default()));
     (e, started)
@@ -334,7 +335,57 @@ fn out(status: u16, reason: Option<&HeaderValue>) -> Outcome<'_> {
         reason,
         limit: None,
         bytes_out: 0,
+        grpc: Grpc::NotACall,
     }
+}
+
+/// A gRPC call's line carries `grpc_status` (its head's, or its trailers'), `null` when none
+/// came; a status other than OK, or none at all, writes the line whatever `sample_ok` says, as
+/// an HTTP error would; other lines have no such field.
+#[test]
+fn a_grpc_calls_line_carries_its_status_and_a_failed_one_is_never_thinned() {
+    let grpc = |g: Grpc| Outcome {
+        grpc: g,
+        ..out(200, None)
+    };
+    let line = |e: &Entry| json(&text(e, Instant::now(), Duration::ZERO, 0));
+    for _ in 0..20 {
+        // Sampled out entirely: kept (its trailers may arm it) but not armed.
+        let mut e = entry(0.0);
+        assert!(e.fill(grpc(Grpc::NoStatus), TryStats::default()), "kept");
+        assert!(!e.0.as_ref().expect("draft").armed);
+        e.grpc_ended(Some(0));
+        assert!(!e.0.as_ref().expect("draft").armed, "OK: thinned");
+        assert_eq!(line(&e)["grpc_status"], 0);
+        // UNAVAILABLE in the trailers: written.
+        let mut e = entry(0.0);
+        e.fill(grpc(Grpc::NoStatus), TryStats::default());
+        e.grpc_ended(Some(14));
+        assert!(e.0.as_ref().expect("draft").armed);
+        assert_eq!(line(&e)["grpc_status"], 14);
+        quiet(e);
+        // No status at all (a broken stream): written, with a null status.
+        let mut e = entry(0.0);
+        e.fill(grpc(Grpc::NoStatus), TryStats::default());
+        e.grpc_ended(None);
+        assert!(e.0.as_ref().expect("draft").armed);
+        let v = line(&e);
+        assert!(v["grpc_status"].is_null(), "{v}");
+        quiet(e);
+        // A Trailers-Only failure: armed at once.
+        let mut e = entry(0.0);
+        assert!(e.fill(grpc(Grpc::Status(8)), TryStats::default()));
+        assert!(e.0.as_ref().expect("draft").armed);
+        assert_eq!(line(&e)["grpc_status"], 8);
+        quiet(e);
+    }
+    // Not a gRPC call: no field, and the trailers' news is ignored.
+    let mut e = entry(1.0);
+    assert!(e.fill(out(200, None), TryStats::default()));
+    e.grpc_ended(Some(14));
+    let v = line(&e);
+    assert!(v.get("grpc_status").is_none(), "{v}");
+    quiet(e);
 }
 
 #[test]

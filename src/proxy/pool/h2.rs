@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::{connect_timed_out, Pool, SendError, UpstreamError};
 use crate::proxy::body::Body;
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
-use crate::proxy::grpc::{StreamEnd, Trailed};
+use crate::proxy::grpc::{self, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
 
 /// How often an HTTP/2 upstream connection is pinged (idle or not).
@@ -216,16 +216,24 @@ impl http_body::Body for H2Answer {
             Some(Ok(frame)) => frame.is_trailers() || this.body.is_end_stream(),
             _ => true,
         };
-        if let Some(trailed) = this.trailed.take_if(|_| ended) {
-            trailed.end(match &polled {
+        if ended {
+            let end = match &polled {
                 Some(Ok(frame)) => frame
                     .trailers_ref()
                     .map_or(StreamEnd::NoTrailers, StreamEnd::Trailers),
                 Some(Err(_)) => StreamEnd::Broke,
                 None => StreamEnd::NoTrailers,
-            });
-        }
-        if ended {
+            };
+            if let Some(log) = this.guards.log.as_mut() {
+                // A gRPC call's line (any other ignores it) takes the trailers' status.
+                log.grpc_ended(match end {
+                    StreamEnd::Trailers(t) => t.get(GRPC_STATUS).and_then(grpc::code),
+                    _ => None,
+                });
+            }
+            if let Some(trailed) = this.trailed.take() {
+                trailed.end(end);
+            }
             this.guards = Guards::default();
         }
         Poll::Ready(polled)
