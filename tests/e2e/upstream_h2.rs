@@ -569,18 +569,24 @@ async fn h2_post(addr: SocketAddr, path: &str, ct: &str) -> Called {
     h2_post_with(addr, path, &[("content-type", ct)]).await
 }
 
-/// One POST of `path` with `headers` on a new h2c connection to `addr`.
-async fn h2_post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Called {
-    use http_body::Body as _;
-    let mut send = http::h2c(addr).await;
+/// A POST of `path` with `headers` and `te: trailers`, its body one empty gRPC message.
+fn post(path: &str, headers: &[(&str, &str)]) -> Request<http::ReqBody> {
     let mut req = Request::post(format!("http://grpc.internal{path}")).header("te", "trailers");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .body(http::full(Bytes::from_static(b"\0\0\0\0\0")))
-        .expect("request");
-    let rsp = send.send_request(req).await.expect("an answer");
+    req.body(http::full(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request")
+}
+
+/// One POST of `path` with `headers` on a new h2c connection to `addr`.
+async fn h2_post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Called {
+    use http_body::Body as _;
+    let mut send = http::h2c(addr).await;
+    let rsp = send
+        .send_request(post(path, headers))
+        .await
+        .expect("an answer");
     let status = rsp.status();
     let headers = rsp.headers().clone();
     let ended_at_head = rsp.body().is_end_stream();
@@ -916,11 +922,7 @@ async fn a_grpc_stream_abandoned_is_cancelled_and_one_broken_is_a_failure() {
     // stream and the connection dropped; the second value is how the body went on.
     let call = |path: &'static str| async move {
         let mut send = http::h2c(addr).await;
-        let req = Request::post(format!("http://grpc.internal{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(http::full(Bytes::from_static(b"\0\0\0\0\0")))
-            .expect("request");
+        let req = post(path, &[("content-type", "application/grpc")]);
         let rsp = send.send_request(req).await.expect("an answer");
         let (head, mut body) = rsp.into_parts();
         let first = body
