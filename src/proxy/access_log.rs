@@ -226,16 +226,18 @@ impl Entry {
 
     /// A gRPC call's answer ended with the status `code` in its trailers, or with none (`None`:
     /// no trailers, no status in them, or a stream broken before them); the line is then
-    /// written whatever `sample_ok` says unless the status is OK. Nothing for other lines.
+    /// written whatever `sample_ok` says unless the status is OK. A status the answer's head
+    /// gave (Trailers-Only) stands when its empty body ends; other lines ignore this.
     pub fn grpc_ended(&mut self, code: Option<u8>) {
         let Some(d) = &mut self.0 else { return };
-        if d.grpc == Grpc::NotACall {
-            return;
+        match (d.grpc, code) {
+            (Grpc::NotACall, _) | (Grpc::Status(_), None) => {}
+            (_, Some(c)) => {
+                d.grpc = Grpc::Status(c);
+                d.armed |= c != 0;
+            }
+            (Grpc::NoStatus, None) => d.armed = true,
         }
-        if let Some(c) = code {
-            d.grpc = Grpc::Status(c);
-        }
-        d.armed |= code != Some(0);
     }
 
     /// The bytes a CONNECT tunnel delivered, client to upstream (`bytes_in`) and upstream to

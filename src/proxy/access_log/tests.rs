@@ -378,6 +378,12 @@ fn a_grpc_calls_line_carries_its_status_and_a_failed_one_is_never_thinned() {
         assert!(e.0.as_ref().expect("draft").armed);
         assert_eq!(line(&e)["grpc_status"], 8);
         quiet(e);
+        // A Trailers-Only OK whose empty body then ends: its status stands, still thinned.
+        let mut e = entry(0.0);
+        e.fill(grpc(Grpc::Status(0)), TryStats::default());
+        e.grpc_ended(None);
+        assert!(!e.0.as_ref().expect("draft").armed);
+        assert_eq!(line(&e)["grpc_status"], 0);
     }
     // Not a gRPC call: no field, and the trailers' news is ignored.
     let mut e = entry(1.0);
