@@ -240,6 +240,26 @@ impl ServerSpan {
     }
 }
 
+impl ServerSpan {
+    /// The gRPC status a gRPC call's answer gave (its head's, or its trailers' once the stream
+    /// ends): `rpc.grpc.status_code`, once, and the span's status Error for the codes
+    /// OpenTelemetry's gRPC conventions count as a server's errors (UNKNOWN, DEADLINE_EXCEEDED,
+    /// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+    pub fn grpc_status(&mut self, code: u8) {
+        const KEY: &str = "rpc.grpc.status_code";
+        let Some(r) = self.0.rec.as_deref_mut() else {
+            return;
+        };
+        if r.attrs.iter().any(|(k, _)| *k == KEY) {
+            return;
+        }
+        r.attrs.push((KEY, Val::Int(i64::from(code))));
+        if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) && r.error.is_none() {
+            r.error = Some(format!("grpc-status {code}"));
+        }
+    }
+}
+
 impl Drop for ServerSpan {
     fn drop(&mut self) {
         let live = &mut *self.0;

@@ -305,10 +305,13 @@ pub(super) async fn try_once(
                 false => rsp.status().as_u16(),
                 true => grpc::answer_status(rsp.status(), rsp.headers()),
             });
-            if ctx.grpc && outcome == Outcome::Status(200) {
-                // A gRPC answer that streams: its status comes in the trailers.
+            if ctx.grpc {
                 if let Some(stream) = rsp.body_mut().streaming_h2() {
-                    stream.trailed = Some(record.trail(&ep));
+                    stream.grpc = true;
+                    if outcome == Outcome::Status(200) {
+                        // A gRPC answer that streams: its status comes in the trailers.
+                        stream.trailed = Some(record.trail(&ep));
+                    }
                 }
             }
             record.finish(outcome);

@@ -205,7 +205,16 @@ impl<'a> Finish<'a> {
         if reason.is_some() || status >= 300 {
             self.explain(status, reason, limit, &tries);
         }
+        // A gRPC call's status: rampart's own, or an upstream's Trailers-Only one (an answer
+        // that streams gives it in its trailers, `pool::h2::H2Answer`).
+        let grpc_code = self
+            .grpc
+            .then(|| rsp.headers().get(GRPC_STATUS).and_then(grpc::code))
+            .flatten();
         if let Some(span) = &mut self.span {
+            if let Some(c) = grpc_code {
+                span.grpc_status(c);
+            }
             span.answered(Answered {
                 status,
                 route: self.route.map(|r| (&r.name, &r.upstream.name)),
@@ -224,13 +233,10 @@ impl<'a> Finish<'a> {
                 true => 0,
                 false => http_body::Body::size_hint(b).lower(),
             };
-            let grpc = match self.grpc {
-                false => access_log::Grpc::NotACall,
-                // rampart's own status, or an upstream's Trailers-Only one; else the trailers'.
-                true => match rsp.headers().get(GRPC_STATUS).and_then(grpc::code) {
-                    Some(c) => access_log::Grpc::Status(c),
-                    None => access_log::Grpc::NoStatus,
-                },
+            let grpc = match (self.grpc, grpc_code) {
+                (false, _) => access_log::Grpc::NotACall,
+                (true, Some(c)) => access_log::Grpc::Status(c),
+                (true, None) => access_log::Grpc::NoStatus,
             };
             let out = access_log::Outcome {
                 route: self.route.map(|r| &*r.log_name),

@@ -966,6 +966,69 @@ async fn a_grpc_stream_abandoned_is_cancelled_and_one_broken_is_a_failure() {
     );
 }
 
+/// A traced gRPC call's SERVER span carries `rpc.grpc.status_code`: the trailers' of an answer
+/// that streams, or a Trailers-Only head's, and its status is Error for a server's error
+/// (UNAVAILABLE) and not for OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_calls_span_carries_its_status() {
+    use crate::support::otlp::{attr, Collector};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let up = H2Server::start(None).await;
+    let otlp = Collector::start().await;
+    let policy = r#"
+version: 1
+admin: { listen: $ADMIN }
+tracing:
+  otlp: { endpoint: "http://$OTLP", protocol: http/protobuf, flush_every: 20ms, timeout: 300ms }
+  sample: 0%
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 }
+listeners:
+  - { name: inbound, direction: inbound, listen: $LISTEN_inbound, routes: [{ upstream: grpc }] }
+"#;
+    let proxy = Proxy::builder(policy)
+        .var("UP", up.addr)
+        .var("OTLP", otlp.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    for (n, path, code, error) in [
+        (1, "/trailed/unavailable", "14", true),
+        (2, "/trailed/ok", "0", false),
+        (3, "/unavailable", "14", true),
+    ] {
+        // A sampled trace of the client's, so the call is traced (`sample: 0%` otherwise).
+        let trace = format!("{n:032x}");
+        let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+        let call = h2_post_with(
+            addr,
+            path,
+            &[("content-type", "application/grpc"), ("traceparent", &tp)],
+        )
+        .await;
+        assert_eq!(call.status, StatusCode::OK);
+        crate::assert_eventually!(
+            otlp.trace(&trace)
+                .iter()
+                .any(|s| s.kind == SpanKind::Server as i32),
+            "{:#?}",
+            otlp.spans()
+        );
+        let spans = otlp.trace(&trace);
+        let server = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Server as i32)
+            .expect("the SERVER span");
+        assert_eq!(
+            attr(&server.attributes, "rpc.grpc.status_code").as_deref(),
+            Some(code),
+            "{path}: {server:#?}"
+        );
+        let is_error = server.status.as_ref().map(|s| s.code) == Some(2);
+        assert_eq!(is_error, error, "{path}: {server:#?}");
+    }
+}
+
 /// Outlier detection reads a gRPC stream's trailers too. Two endpoints, taken in turn: each gets
 /// a failing stream, then an OK one (which ends its streak), then a failing one; the first then
 /// gets one with no status, its second failure in a row, and is ejected; the other is not.

@@ -53,6 +53,8 @@ pub struct H2Answer {
     pub(crate) guards: Guards,
     /// A gRPC call's try whose outcome is in this stream's trailers.
     pub(crate) trailed: Option<Trailed>,
+    /// Whether this answers a gRPC call (its trailers' status goes to the request's span).
+    pub(crate) grpc: bool,
 }
 
 // === impl H2 ===
@@ -99,6 +101,7 @@ impl Pool {
             body,
             guards: Guards::default(),
             trailed: None,
+            grpc: false,
         };
         Ok(Response::from_parts(
             head,
@@ -224,12 +227,16 @@ impl http_body::Body for H2Answer {
                 Some(Err(_)) => StreamEnd::Broke,
                 None => StreamEnd::NoTrailers,
             };
+            let code = match end {
+                StreamEnd::Trailers(t) => t.get(GRPC_STATUS).and_then(grpc::code),
+                _ => None,
+            };
             if let Some(log) = this.guards.log.as_mut() {
                 // A gRPC call's line (any other ignores it) takes the trailers' status.
-                log.grpc_ended(match end {
-                    StreamEnd::Trailers(t) => t.get(GRPC_STATUS).and_then(grpc::code),
-                    _ => None,
-                });
+                log.grpc_ended(code);
+            }
+            if let (true, Some(c), Some(span)) = (this.grpc, code, this.guards.span.as_mut()) {
+                span.grpc_status(c);
             }
             if let Some(trailed) = this.trailed.take() {
                 trailed.end(end);
