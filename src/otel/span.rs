@@ -238,9 +238,7 @@ impl ServerSpan {
             r.error = Some(reason.unwrap_or("server error").to_owned());
         }
     }
-}
 
-impl ServerSpan {
     /// The gRPC status a gRPC call's answer gave (its head's, or its trailers' once the stream
     /// ends): `rpc.grpc.status_code`, once, and the span's status Error for the codes
     /// OpenTelemetry's gRPC conventions count as a server's errors (UNKNOWN, DEADLINE_EXCEEDED,
