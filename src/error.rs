@@ -92,9 +92,7 @@ impl Reason {
             }
         }
     }
-}
 
-impl Reason {
     /// Every reason, for reading one back from its `x-rampart-reason` value.
     pub const ALL: [Reason; 17] = [
         Reason::RateLimited,

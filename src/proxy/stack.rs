@@ -260,10 +260,10 @@ pub fn handle<'a>(
             .is_grpc()
             .then(|| grpc::timeout(req.headers()))
             .flatten();
-        let limit = match (route.policy.request_timeout, own) {
-            (Some(policy), Some(own)) => Some(policy.min(own)),
-            (policy, own) => policy.or(own),
-        };
+        let limit = [route.policy.request_timeout, own]
+            .into_iter()
+            .flatten()
+            .min();
         let ctx = RequestCtx {
             listener: lst,
             route,

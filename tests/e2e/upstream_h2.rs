@@ -276,6 +276,14 @@ async fn fronted(policy: &str, up: SocketAddr, extra: &str) -> Fronted {
     Fronted { proxy, log }
 }
 
+/// An h2c test server, a rampart of [`GRPC_ROUTES`] in front of it, and its listener.
+async fn grpc_routes() -> (H2Server, Fronted, SocketAddr) {
+    let up = H2Server::start(None).await;
+    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    (up, proxy, addr)
+}
+
 /// The access log lines of `proxy` for `path`, waited for (bounded) until there are `n`.
 async fn logged(proxy: &Fronted, path: &str, n: usize) -> Vec<serde_json::Value> {
     let file = proxy.log.path().join("access.jsonl");
@@ -611,9 +619,7 @@ async fn h2_post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
 /// (gRPC-Web's among them), are as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rampart_answers_grpc_calls_in_grpc_form() {
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (up, proxy, addr) = grpc_routes().await;
 
     let first = h2_post(addr, "/limited", "application/grpc").await;
     assert_eq!(
@@ -690,9 +696,7 @@ async fn rampart_answers_grpc_calls_in_grpc_form() {
 /// gRPC call keeps to the policy (here none), whatever it sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (_up, _proxy, addr) = grpc_routes().await;
 
     let started = tokio::time::Instant::now();
     let grpc = [
@@ -749,9 +753,7 @@ async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_try_of_a_grpc_call_tells_the_upstream_its_deadline() {
     use std::time::Duration;
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (up, _proxy, addr) = grpc_routes().await;
 
     // What the upstream saw of the last request to `path`: its grpc-timeout, read as gRPC reads it.
     let told = |path: &str| -> (Option<String>, Option<Duration>) {
@@ -806,9 +808,7 @@ async fn each_try_of_a_grpc_call_tells_the_upstream_its_deadline() {
 /// 200s are successes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_grpc_errors_open_the_breaker() {
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (up, proxy, addr) = grpc_routes().await;
 
     // Not gRPC calls: three 200s, no failure counted.
     for _ in 0..3 {
@@ -856,9 +856,7 @@ async fn an_upstreams_grpc_errors_open_the_breaker() {
 /// nothing; two in a row open the breaker. The head's 200 is what the metrics and the client see.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_streams_trailing_status_is_its_tries_outcome() {
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (up, proxy, addr) = grpc_routes().await;
     let grpc = "application/grpc";
 
     for _ in 0..3 {
@@ -915,9 +913,7 @@ async fn a_grpc_streams_trailing_status_is_its_tries_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_stream_abandoned_is_cancelled_and_one_broken_is_a_failure() {
     use http_body_util::BodyExt as _;
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (up, _proxy, addr) = grpc_routes().await;
     // The head and the first frame of a call to `path`, on a connection of its own, then the
     // stream and the connection dropped; the second value is how the body went on.
     let call = |path: &'static str| async move {
@@ -1094,9 +1090,7 @@ listeners:
 /// (the call is answered by the upstream), and none of them breaks the connection or rampart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_grpc_timeouts_bound_nothing_or_end_the_call_at_once() {
-    let up = H2Server::start(None).await;
-    let proxy = fronted(GRPC_ROUTES, up.addr, "").await;
-    let addr = proxy.listener("inbound");
+    let (_up, _proxy, addr) = grpc_routes().await;
 
     let now = [("content-type", "application/grpc"), ("grpc-timeout", "0n")];
     let at_once = h2_post_with(addr, "/slow", &now).await;
