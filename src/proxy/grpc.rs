@@ -319,6 +319,31 @@ mod tests {
         assert_eq!(with(StatusCode::BAD_GATEWAY, Some("0")), 502);
     }
 
+    /// What a hostile upstream can write in `grpc-status` (head or trailers) that no gRPC
+    /// server writes is no code at all: never read as OK, nor as another code.
+    #[test]
+    fn only_a_code_as_grpc_writes_one_is_read() {
+        let of = |v: &[u8]| code(&HeaderValue::from_bytes(v).expect("value"));
+        assert_eq!(of(b"0"), Some(0));
+        assert_eq!(of(b"14"), Some(14));
+        assert_eq!(of(b"99"), Some(99));
+        for odd in [
+            &b"014"[..],
+            b"00",
+            b"+0",
+            b"-1",
+            b" 0",
+            b"0 ",
+            b"140",
+            b"1e1",
+            b"\xff",
+            b"",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(of(odd), None, "{:?}", String::from_utf8_lossy(odd));
+        }
+    }
+
     #[test]
     fn a_streams_trailers_stand_for_their_grpc_status_and_none_is_an_error() {
         let of = |code: Option<&str>| {

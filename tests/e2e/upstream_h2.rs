@@ -134,8 +134,13 @@ async fn answer(
         }
         // gRPC answers that stream: a message, then the status in the trailers (OK,
         // UNAVAILABLE), or no trailers at all.
-        path @ ("/trailed/ok" | "/trailed/unavailable") => {
-            let code = if path.ends_with("ok") { "0" } else { "14" };
+        path @ ("/trailed/ok" | "/trailed/unavailable" | "/trailed/odd") => {
+            // `/trailed/odd`: a status no gRPC server writes (a leading zero).
+            let code = match path {
+                "/trailed/ok" => "0",
+                "/trailed/odd" => "00",
+                _ => "14",
+            };
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", code.parse().expect("value"));
             (
@@ -904,6 +909,35 @@ async fn a_grpc_streams_trailing_status_is_its_tries_outcome() {
     assert_eq!(ok[3], 14, "rampart's own circuit_open: UNAVAILABLE");
     let none = status(logged(&proxy, "/trailed/none", 1).await);
     assert!(none[0].is_null(), "{none:?}");
+}
+
+/// What a hostile upstream can put in a stream's trailers: a `grpc-status` no gRPC server
+/// writes (`00`) is no status, so never an OK: a failure for the breaker (two open it) and a
+/// line whose `grpc_status` is `null`, written though nothing else would arm it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_status_in_a_streams_trailers_is_a_failure_never_an_ok() {
+    let (up, proxy, addr) = grpc_routes().await;
+    for _ in 0..2 {
+        let odd = h2_post(addr, "/trailed/odd", "application/grpc").await;
+        assert_eq!(
+            (odd.status, odd.body.as_ref()),
+            (StatusCode::OK, &b"message"[..]),
+            "passed on as it came"
+        );
+        assert!(odd.headers.get("x-rampart-reason").is_none());
+    }
+    let refused = h2_post(addr, "/trailed/ok", "application/grpc").await;
+    assert_eq!(
+        refused.headers["x-rampart-reason"], "circuit_open",
+        "{:?}",
+        refused.headers
+    );
+    assert_eq!(up.seen().len(), 2);
+    let lines = logged(&proxy, "/trailed/odd", 2).await;
+    assert!(
+        lines.iter().all(|l| l["grpc_status"].is_null()),
+        "{lines:?}"
+    );
 }
 
 /// A gRPC stream's try that ends without its trailers: abandoned by the client (it read the
