@@ -187,18 +187,14 @@ impl<'a> Finish<'a> {
         let now = tries.ended.unwrap_or_else(Instant::now);
         tm.duration
             .observe(now.saturating_duration_since(self.started));
-        // An upstream's plain answer keeps its lines beside an empty map, and says whether they
-        // hold an id; if not, the id is kept beside them too (written after them).
+        // The answer carries the request's id, the one its log line holds, in place of any
+        // an upstream gave. An upstream's plain answer keeps its lines (never its id) beside
+        // an empty map, and the id beside them (written after them).
         match rsp.body_mut().raw_lines_mut() {
-            Some(raw) => {
-                if !raw.request_id {
-                    raw.id = Some(self.request_id.clone());
-                }
-            }
+            Some(raw) => raw.id = Some(self.request_id.clone()),
             None => {
-                if let http::header::Entry::Vacant(v) = rsp.headers_mut().entry(X_REQUEST_ID) {
-                    v.insert(self.request_id.clone());
-                }
+                rsp.headers_mut()
+                    .insert(X_REQUEST_ID, self.request_id.clone());
             }
         }
         let reason = own.as_ref();

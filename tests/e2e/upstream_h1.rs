@@ -493,9 +493,10 @@ fn named(lines: &[String], name: &str) -> usize {
 }
 
 /// A plain answer (a length of digits, nothing hop-by-hop) is written to an HTTP/1.1 client
-/// line for line as the upstream sent it, in its spelling and order, with its own
-/// `x-request-id` and `date` kept and never doubled; only the connection's own header is the
-/// hop's. An h2 client (hyper's side of the listener) gets the same headers.
+/// line for line as the upstream sent it, in its spelling and order, with its own `date` kept
+/// and never doubled; only the connection's own header is the hop's, and the `x-request-id` is
+/// the request's (the one its log line holds), never the upstream's. An h2 client (hyper's
+/// side of the listener) gets the same headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_whole() {
     use http_body_util::BodyExt;
@@ -511,15 +512,20 @@ async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_w
 
     let rsp = raw_get(addr, "/").await;
     let lines = head_lines(&rsp);
+    let id = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("the request's id");
+    assert_eq!(id.len(), 32, "rampart's id, not the upstream's: {id}");
     assert_eq!(
         lines,
         [
             "Server: up",
             "Date: Mon, 01 Jan 2024 00:00:00 GMT",
-            "X-Request-Id: from-up",
             "Set-Cookie: a=1",
             "Set-Cookie: b=2",
             "Content-Length: 3",
+            &format!("x-request-id: {id}"),
             "connection: close",
         ],
         "{}",
@@ -532,7 +538,13 @@ async fn a_plain_answer_reaches_an_http1_client_line_for_line_and_an_h2_client_w
     assert_eq!(h["server"], "up");
     assert_eq!(h["date"], "Mon, 01 Jan 2024 00:00:00 GMT");
     let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
-    assert_eq!(ids, ["from-up"]);
+    assert_eq!(ids.len(), 1, "{h:?}");
+    assert_eq!(
+        ids[0].len(),
+        32,
+        "rampart's id, not the upstream's: {:?}",
+        ids[0]
+    );
     let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
     assert!(h.get("connection").is_none());
@@ -573,6 +585,46 @@ async fn a_plain_answer_without_an_id_or_a_date_gets_rampart_s_once() {
     assert_eq!(ids.len(), 1, "{:?}", rsp.headers());
     assert_eq!(ids[0].len(), 32);
     assert_ne!(ids[0], id, "each request its own id");
+}
+
+/// An answer carries its request's `x-request-id` (the client's own here), never one the
+/// upstream wrote, whether its lines pass as they came (a length) or go through the map
+/// (chunked): the id a client reads is the one the access log holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_s_request_id_never_replaces_the_request_s() {
+    let up = Scripted::start(vec![
+        (
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: from-up\r\nContent-Length: 2\r\n\r\nok",
+            Then::Stay,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nx-request-id: from-up\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+            Then::Stay,
+        ),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    for (answer, body) in [("plain", &b"ok"[..]), ("chunked", b"2\r\nok\r\n0\r\n\r\n")] {
+        let rsp = raw::exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nhost: app\r\nx-request-id: client-7\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )
+        .await;
+        let lines = head_lines(&rsp);
+        let ids: Vec<_> = lines
+            .iter()
+            .filter_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                    .map(|(_, v)| v.trim())
+            })
+            .collect();
+        assert_eq!(ids, ["client-7"], "{answer}: {lines:?}");
+        assert_eq!(body_of(&rsp), body, "{answer}");
+    }
 }
 
 /// A policy that sets answer headers (`rate_limit.headers`) replaces an upstream's header of

@@ -400,10 +400,9 @@ pub struct RawLines {
     pub length: bool,
     /// The lines hold a `date`.
     pub date: bool,
-    /// The lines hold an `x-request-id`.
-    pub request_id: bool,
-    /// The request's id, for lines that hold none: written (or moved into the map) after them.
-    /// Kept here rather than put into the empty map, whose first insertion would hash its name.
+    /// The request's id (the lines never hold an upstream's): written (or moved into the map)
+    /// after them. Kept here rather than put into the empty map, whose first insertion would
+    /// hash its name.
     pub id: Option<HeaderValue>,
 }
 
@@ -414,7 +413,6 @@ impl RawLines {
         self.lines.clear();
         self.length = false;
         self.date = false;
-        self.request_id = false;
         self.id = None;
     }
 
@@ -529,7 +527,10 @@ fn finish_head(
         } else if kind == Kind::Date {
             raw.date = true;
         } else if kind == Kind::RequestId {
-            raw.request_id = true;
+            // The answer carries the request's id (the client's, or the one rampart made: the
+            // one its access log line holds), written after the lines; an upstream's is not
+            // passed on.
+            continue;
         } else if kind == Kind::NotPlain {
             // rampart's own reason (an upstream's is read as rampart's, as before), or a
             // hop-by-hop header for `strip_hop_by_hop`.
