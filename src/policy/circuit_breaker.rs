@@ -20,9 +20,9 @@
 //! `half_open_probes` tries; all succeeding closes, any failing reopens.
 //!
 //! Outcomes that are not verdicts ([`Outcome::Cancelled`], [`Outcome::ClientFault`]) count for
-//! nothing in the closed state. A half-open probe that ends cancelled (or whose permit is
-//! dropped unrecorded) counts as a failed probe: recovery was not confirmed. A probe that ends
-//! in `ClientFault` gives its permit back so another request can probe.
+//! nothing. A half-open probe that ends so (its client went away, its permit dropped
+//! unrecorded, or the client broke the exchange) gives its permit back so another request can
+//! probe: a client's doing never reopens a breaker or lengthens its `open_for` (SPEC §14).
 //!
 //! When `scope: tenant` finds `max_tracked` reached with every tracked entry in use, the try
 //! goes through without a breaker (a pass-through permit): the breaker must never be the
@@ -84,8 +84,8 @@ pub struct CircuitOpen {
 
 /// Leave to send one try; report how it ended with [`record`](Self::record).
 ///
-/// Dropping it without a record counts as [`Outcome::Cancelled`] (a probe permit is then a
-/// failed probe and its slot is freed).
+/// Dropping it without a record counts as [`Outcome::Cancelled`] (no verdict; a probe permit
+/// goes back for another request to probe with).
 #[must_use = "a permit dropped unrecorded counts as a cancelled try"]
 pub struct BreakerPermit {
     /// None: a pass-through permit (no breaker applied).

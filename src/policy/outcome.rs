@@ -7,9 +7,9 @@
 //!
 //! Two outcomes are not verdicts on the upstream:
 //! - [`Outcome::Cancelled`]: the try was abandoned before its answer because the client went
-//!   away. It is no evidence either way, so it trips nothing; but a half-open breaker probe that
-//!   ends this way still frees its permit and counts as a failed probe (the breaker could not
-//!   confirm recovery), and in-flight counts are released.
+//!   away. It is no evidence either way, so it trips nothing: a half-open breaker probe that
+//!   ends this way gives its permit back for another request to probe with, and in-flight
+//!   counts are released.
 //! - [`Outcome::ClientFault`]: the client broke the exchange (malformed or stalled request
 //!   body). SPEC §14: never an upstream failure, never in upstream metrics.
 

@@ -229,18 +229,16 @@ impl Breaker {
         }
     }
 
-    /// Half-open: any failed (or cancelled) probe reopens; once every probe succeeded, the
-    /// breaker closes unless the slow ones reach the slow-call threshold.
+    /// Half-open: any failed probe reopens; once every probe succeeded, the breaker closes
+    /// unless the slow ones reach the slow-call threshold.
     fn judge_probe(&self, inner: &mut Inner, word: u64, outcome: Outcome, slow: bool) {
         let now = self.clock.now_nanos();
         match outcome {
-            // The client broke the exchange: no verdict, and the permit goes back.
-            Outcome::ClientFault => {
+            // The client broke the exchange or went away: no verdict on the upstream (SPEC §14:
+            // a client's faults never trip a breaker), and the permit goes back for another
+            // request to probe with.
+            Outcome::ClientFault | Outcome::Cancelled => {
                 inner.probes_granted = inner.probes_granted.saturating_sub(1);
-            }
-            // Recovery not confirmed: abandoned probes count as failed ones.
-            Outcome::Cancelled => {
-                self.transition(inner, word, State::Open, now);
             }
             _ if outcome.is_failure() => {
                 inner.failures += 1;

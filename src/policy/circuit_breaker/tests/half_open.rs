@@ -112,8 +112,11 @@ fn exactly_n_probes_are_granted_under_concurrent_admits() {
     assert_eq!(w.state(), State::Closed, "all three probes succeeded");
 }
 
+/// SPEC §14: a client that goes away never trips a breaker. A probe whose client left (its
+/// permit dropped unrecorded, or recorded as cancelled) is no verdict: the breaker stays half
+/// open, its `open_for` does not grow, and the permit goes back for another request to probe.
 #[test]
-fn a_dropped_probe_is_a_failed_probe_and_frees_its_slot() {
+fn a_probe_whose_client_left_gives_its_permit_back_and_reopens_nothing() {
     let w = world(&file::CircuitBreaker {
         half_open_probes: 2,
         open_for_max: Some(Dur::from_secs(60)),
@@ -123,19 +126,20 @@ fn a_dropped_probe_is_a_failed_probe_and_frees_its_slot() {
     assert_eq!(probes.len(), 2);
     // The client went away: the permit is dropped unrecorded.
     drop(probes.pop());
-    assert_eq!(w.state(), State::Open, "an abandoned probe reopens");
-    assert_eq!(w.refused_for(), 20 * SEC, "with the longer open_for");
-    // The other probe of that round answers late: it belongs to a round that is over.
+    assert_eq!(w.state(), State::HalfOpen, "an abandoned probe is no verdict");
+    assert_eq!(w.transitions("half_open", "open"), 0);
+    // Its place went back: one more probe is admitted, and no more than two at once.
+    let mut again = w.admit("t").expect("the freed probe slot");
+    assert!(w.admit("t").is_err(), "still two probes at most");
+    // A probe recorded as Cancelled gives its place back too.
+    again.record(Outcome::Cancelled, MS);
+    assert_eq!(w.state(), State::HalfOpen);
+    again = w.admit("t").expect("the slot again");
+    // Both probes that stayed succeed: the breaker closes.
     probes.pop().expect("second probe").record(OK, MS);
-    assert_eq!(w.state(), State::Open, "a stale probe changes nothing");
-    // Next round: both slots are free again; a probe recorded as Cancelled also fails.
-    w.clock.advance(20 * SEC);
-    let again: Vec<_> = std::iter::from_fn(|| w.admit("t").ok()).collect();
-    assert_eq!(again.len(), 2, "the slots were freed");
-    let mut again = again.into_iter();
-    again.next().expect("probe").record(Outcome::Cancelled, MS);
-    assert_eq!(w.state(), State::Open);
-    assert_eq!(w.transitions("half_open", "open"), 2);
+    again.record(OK, MS);
+    assert_eq!(w.state(), State::Closed);
+    assert_eq!(w.transitions("half_open", "open"), 0);
 }
 
 #[test]
