@@ -432,7 +432,7 @@ struct TryRecord<'a> {
     started: Instant,
     outcome: Option<Outcome>,
     /// The breaker's admission of this try; recorded with the outcome (a probe that ends
-    /// cancelled frees its place and counts as a failed probe).
+    /// cancelled is no verdict: its place goes back for another probe).
     permit: Option<BreakerPermit>,
     /// The try's CLIENT span, when the request's trace is sampled.
     span: Option<ClientSpan<'a>>,
