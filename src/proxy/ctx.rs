@@ -51,7 +51,7 @@ pub struct RequestCtx<'a> {
     /// from every try).
     pub slot: Option<&'a ShedSlot>,
     /// What the tries did, for the access log.
-    pub tries: TryLog,
+    pub tries: &'a TryLog,
     /// The SERVER span, when the request's trace is sampled: each try gets a child span.
     pub trace: Option<SpanParent<'a>>,
 }

@@ -14,18 +14,26 @@ use tokio::time::Instant;
 
 use super::access_log::{self, Entry, TryStats};
 use super::body::Body;
+use super::ctx::TryLog;
 use super::forward::{new_request_id, Sent, X_REQUEST_ID};
 use super::grpc::{self, is_grpc, GRPC_STATUS};
 use super::guard::Guards;
 use super::respond::{to_grpc, with_request_id, REASON_HEADER};
+use super::shared::Shared;
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
 use crate::otel::{Answered, ServerSpan, SpanParent, Trace};
 use crate::tenant::TenantId;
 
 /// What the end of the request path needs to know about one request.
+///
+/// A request whose future is dropped before it is answered (its client went away: an HTTP/2
+/// stream reset, an HTTP/1.1 connection closed while it waited) still ends here, as a 499 (the
+/// status nginx logs for it, "client closed request"; no answer is sent): counted, logged and
+/// its span ended with the route, the tenant and the tries it had ([`Drop`]).
 #[derive(Debug)]
 pub struct Finish<'a> {
+    shared: &'a Shared,
     lst: &'a ListenerRt,
     started: Instant,
     request_id: &'a HeaderValue,
@@ -43,7 +51,18 @@ pub struct Finish<'a> {
     /// Whether the request is a gRPC call: rampart's own answer to it is then in gRPC's form
     /// (`respond::to_grpc`).
     grpc: bool,
+    /// What the request's tries did, once the exchange is under way: a request dropped
+    /// before its answer logs them.
+    tries: Option<&'a TryLog>,
+    /// Answered (or ended as a client's going away): nothing is left for [`Drop`].
+    settled: bool,
+    /// Dropped unanswered: its client went away.
+    gone: bool,
 }
+
+/// The status a request whose client went away before its answer is counted and logged
+/// with (nginx's 499, "client closed request"); never sent.
+pub const CLIENT_CLOSED: u16 = 499;
 
 // === impl Finish ===
 
@@ -71,6 +90,7 @@ impl<'a> Finish<'a> {
     /// Starts the end of `req`, whose id is `request_id` (`made` by rampart, see
     /// [`request_id`]): its trace if `lst` traces, and its access log line if `lst` logs.
     pub fn new<B>(
+        shared: &'a Shared,
         lst: &'a ListenerRt,
         req: &mut Request<B>,
         (request_id, made): (&'a HeaderValue, bool),
@@ -93,6 +113,7 @@ impl<'a> Finish<'a> {
             .as_ref()
             .map(|log| log.begin(req, (request_id, made), trace_id, started));
         Finish {
+            shared,
             lst,
             started,
             request_id,
@@ -104,7 +125,15 @@ impl<'a> Finish<'a> {
             tenant: None,
             // gRPC calls are POSTs: any other request is told apart by its method alone.
             grpc: req.method() == http::Method::POST && is_grpc(req.headers()),
+            tries: None,
+            settled: false,
+            gone: false,
         }
+    }
+
+    /// The request's tries are noted in `tries` from here on (read if it is dropped unanswered).
+    pub fn trying(&mut self, tries: &'a TryLog) {
+        self.tries = Some(tries);
     }
 
     /// The parent of the request's try spans, when its trace is sampled.
@@ -140,7 +169,7 @@ impl<'a> Finish<'a> {
     /// [`Finish::answer`] on an answer where it lies: the exchange's answer, on every request
     /// that reaches the upstream, is not copied into this call and back out of it.
     pub fn answer_in_place(
-        self,
+        mut self,
         tm: &Arc<TenantMetrics>,
         rsp: &mut Response<Body>,
         limit: Option<&str>,
@@ -154,7 +183,7 @@ impl<'a> Finish<'a> {
     /// access log line and span among them) are given back to be held for the tunnel's life
     /// instead of being dropped with the answer's empty body.
     pub fn answer_tunnel(
-        self,
+        mut self,
         tm: &Arc<TenantMetrics>,
         rsp: &mut Response<Body>,
         tries: TryStats,
@@ -165,12 +194,13 @@ impl<'a> Finish<'a> {
     /// Counts `rsp`, stamps the request id, explains it, fills the log line and the span;
     /// returns the guards that hold them.
     fn settle(
-        mut self,
+        &mut self,
         tm: &Arc<TenantMetrics>,
         rsp: &mut Response<Body>,
         limit: Option<&str>,
         tries: TryStats,
     ) -> Guards {
+        self.settled = true;
         // Every header lookup hashes a custom name: two, in the common case. (The reason of
         // rampart's own answer is a static value: its copy costs no allocation.)
         let own = rsp.headers().get(REASON_HEADER).cloned();
@@ -247,7 +277,7 @@ impl<'a> Finish<'a> {
                 self.guards.log = Some(entry);
             }
         }
-        self.guards
+        std::mem::take(&mut self.guards)
     }
 
     /// The debug line that explains a non-2xx answer: rampart's own (with its reason and the
@@ -273,12 +303,40 @@ impl<'a> Finish<'a> {
                 endpoint = tries.endpoint.map(tracing::field::display), request_id, trace_id,
                 "answered by rampart"
             ),
+            None if self.gone => tracing::debug!(
+                listener = %self.lst.name, route, tenant, tries = tries.tries,
+                endpoint = tries.endpoint.map(tracing::field::display), request_id, trace_id,
+                "the client went away before its answer"
+            ),
             None => tracing::debug!(
                 listener = %self.lst.name, route, tenant, status, tries = tries.tries,
                 endpoint = tries.endpoint.map(tracing::field::display), request_id, trace_id,
                 "the upstream answered with a non-2xx status"
             ),
         }
+    }
+}
+
+/// A request dropped before its answer: its client went away. Counted under its route and
+/// tenant (as far as they were known) as a [`CLIENT_CLOSED`], with its duration; its log line
+/// and span end with what it had done (its tries among it), at once, since no body follows.
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let shared = self.shared;
+        let tm = match (self.route, &self.tenant) {
+            (Some(r), Some(t)) => r.metrics.tenant_of(t.as_str(), &shared.labels),
+            (Some(r), None) => r.metrics.tenant(&shared.empty_label),
+            (None, _) => self.lst.unrouted.tenant(&shared.empty_label),
+        };
+        self.gone = true;
+        let tries = self.tries.map(TryLog::take).unwrap_or_default();
+        let mut rsp = Response::new(Body::Empty);
+        *rsp.status_mut() =
+            http::StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code");
+        drop(self.settle(&tm, &mut rsp, None, tries));
     }
 }
 

@@ -200,6 +200,72 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
+/// How long after a request's answer begins to be awaited the client's end of its stream
+/// (FIN) still reads as a half-close: a client that sends its request and shuts its write side
+/// at once (`nc -N`, a one-shot script) waits for the answer. One that ends its stream later,
+/// while the answer is awaited, has given up (its timeout ran out, it was closed): the request
+/// is abandoned, as nginx and Envoy abandon it.
+const HALF_CLOSE_GRACE_MS: u64 = 50;
+
+/// Bytes read at a time from a client whose answer is awaited (of its later requests,
+/// pipelined); past [`READ_KEEP_MAX`] of them in the buffer, the client is no longer watched
+/// until the answer is written (its bytes wait in the socket).
+const WATCH_READ: usize = 1024;
+
+/// Awaits `handling`, the request's answer, while watching the client's side of the stream: a
+/// client that resets the connection, or ends its stream more than [`HALF_CLOSE_GRACE_MS`]
+/// after the wait began, has gone, and `None` says so (the caller drops the request, which
+/// cancels its try and frees its slot; `finish.rs` counts and logs it as a 499). Bytes of
+/// later requests read meanwhile are kept in `read`.
+///
+/// The watch costs a look at the socket's readiness when the answer is not ready at once: the
+/// read that brought the head was short, so tokio knows the socket has nothing more and no
+/// call is made until the kernel says otherwise.
+///
+/// Not an `async fn`: the request's future stays where the caller pinned it (an `async fn`
+/// would keep a second copy of it in every connection's future).
+fn answer_unless_gone<'a, I, F>(
+    io: &'a mut I,
+    read: &'a mut BytesMut,
+    mut handling: Pin<&'a mut F>,
+) -> impl Future<Output = Option<F::Output>> + 'a
+where
+    I: AsyncRead + Unpin,
+    F: Future,
+{
+    let mut watching = true;
+    // When the answer was first found not ready (0: not yet), by the coarse clock.
+    let mut began = 0;
+    poll_fn(move |cx| {
+        if let Poll::Ready(rsp) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(rsp));
+        }
+        if began == 0 {
+            began = coarse::millis().max(1);
+        }
+        while watching {
+            let mut room = [std::mem::MaybeUninit::<u8>::uninit(); WATCH_READ];
+            let mut buf = tokio::io::ReadBuf::uninit(&mut room);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    if coarse::millis().saturating_sub(began) > HALF_CLOSE_GRACE_MS {
+                        return Poll::Ready(None);
+                    }
+                    // Shut with the request: a half-close; the answer is still wanted.
+                    watching = false;
+                }
+                Poll::Ready(Ok(())) => {
+                    read.extend_from_slice(buf.filled());
+                    watching = read.len() < READ_KEEP_MAX;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+            }
+        }
+        Poll::Pending
+    })
+}
+
 /// What woke the wait for more of a head.
 enum Wake {
     Read(std::io::Result<usize>),
@@ -287,10 +353,16 @@ where
                         let gen = c.shared.current.load_full();
                         let rsp = match gen.listeners.get(&c.addr) {
                             Some(lst) => {
-                                super::stack::handle(
+                                let handling = pin!(super::stack::handle(
                                     c.shared, &gen, lst, head.req, head.sent, c.peer, active,
-                                )
-                                .await
+                                ));
+                                let read = &mut bufs.held().read;
+                                match answer_unless_gone(&mut io, read, handling).await {
+                                    Some(rsp) => rsp,
+                                    // The request's future is dropped: its try is cancelled,
+                                    // and it is counted and logged as a 499 (`finish.rs`).
+                                    None => return End::Closed,
+                                }
                             }
                             None => super::listener::removed(),
                         };

@@ -865,8 +865,10 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: 4,928 bytes in
-    /// a test build of rustc 1.95 (5,136 before its buffers were boxed, 6,144 before the path's
+    /// A connection serving requests holds the request path's futures inline: 5,056 bytes in
+    /// a test build of rustc 1.95 (4,928 before an awaited answer watched for its client's
+    /// going and a request dropped unanswered kept what its 499 needs; 5,136 before its
+    /// buffers were boxed, 6,144 before the path's
     /// `async fn`s became `fn`s returning `async move` blocks, 5,056 before parking added its
     /// state, 5,152 before hyper's part moved out to the connection's task). An `async fn`
     /// taking the request or the peer by value adds their size again.
@@ -874,8 +876,8 @@ mod tests {
     fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);
         assert!(
-            size <= 5_000,
-            "a plain connection's future is {size} bytes, over 5,000: see stack::handle's doc, \
+            size <= 5_100,
+            "a plain connection's future is {size} bytes, over 5,100: see stack::handle's doc, \
              and `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
         );
     }

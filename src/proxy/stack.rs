@@ -75,7 +75,14 @@ pub fn refuse_head(
         ..Guards::default()
     };
     let (request_id, made) = finish::request_id(&req, Sent::default());
-    let fin = Finish::new(lst, &mut req, (&request_id, made), Instant::now(), guards);
+    let fin = Finish::new(
+        shared,
+        lst,
+        &mut req,
+        (&request_id, made),
+        Instant::now(),
+        guards,
+    );
     let (reason, msg) = match refusal {
         Refusal::Malformed => (Reason::BadRequest, "the request head is not valid HTTP/1.1"),
         Refusal::TooLarge => (
@@ -112,9 +119,14 @@ pub fn handle<'a>(
             conn: Some(active),
             ..Guards::default()
         };
-        // Counts, request id, debug line and access log of every answer below.
+        // What the tries do; declared before `fin`, which reads it if the request is dropped
+        // before its answer (its client gone).
+        let tries = TryLog::default();
+        // Counts, request id, debug line and access log of every answer below (and of a
+        // request dropped before it).
         let (request_id, made) = finish::request_id(&req, sent);
-        let mut fin = Finish::new(lst, &mut req, (&request_id, made), started, guards);
+        let mut fin = Finish::new(shared, lst, &mut req, (&request_id, made), started, guards);
+        fin.trying(&tries);
 
         // 0. Authority.
         if let Some(msg) = forward::authority_problem(&req, sent) {
@@ -277,7 +289,7 @@ pub fn handle<'a>(
             body_idle: lst.body_idle_timeout,
             labels: &shared.labels,
             slot: slot.as_ref(),
-            tries: TryLog::default(),
+            tries: &tries,
             trace: fin.span_parent(),
         };
         if is_connect {

@@ -54,7 +54,7 @@ use crate::policy::outcome::Outcome;
 pub async fn open(ctx: &RequestCtx<'_>) -> Result<Opened, Response<Body>> {
     // The breaker judges the connect: it is the tunnel's only upstream outcome.
     let permit = super::exchange::admit(ctx).map_err(|rsp| *rsp)?;
-    connect(ctx.route, permit, &ctx.tries).await
+    connect(ctx.route, permit, ctx.tries).await
 }
 
 /// A tunnel's connection to its endpoint, with its place among the endpoint's

@@ -406,3 +406,100 @@ async fn a_head_that_cannot_be_read_is_answered_counted_and_logged() {
     assert_eq!(count("431"), Some(1.0), "{text}");
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200, "serving on");
 }
+
+/// A client that goes away while its answer is awaited (an HTTP/1.1 client that closes its
+/// connection, one that resets it, an HTTP/2 client that resets its stream) ends its request
+/// there: the try is cancelled (the upstream's connection let go), and the request is counted
+/// and logged as a 499 (nginx's "client closed request") with its route and its try, at once,
+/// not when the upstream would have answered. Before, an HTTP/1.1 client's going was not
+/// noticed (the request ran on, held its slot, and was logged as the upstream's 200 seconds
+/// later), and an HTTP/2 one left no line and no count at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_before_its_answer_is_a_499_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let (addr, admin) = (l.proxy.listener("inbound"), l.proxy.admin());
+    let slow = "/slow?ms=4000";
+    let started = tokio::time::Instant::now();
+
+    for (id, reset) in [("gone-fin", false), ("gone-rst", true)] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {slow} HTTP/1.1\r\nHost: a\r\nx-request-id: {id}\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if reset {
+            socket2::SockRef::from(&tcp)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .expect("SO_LINGER 0: the close resets");
+        }
+        drop(tcp);
+    }
+    // HTTP/2: the stream is reset when the client drops its request.
+    let mut h2 = http::h2c(addr).await;
+    let req = ::http::Request::builder()
+        .uri(format!("http://{addr}{slow}"))
+        .header("x-request-id", "gone-h2")
+        .body(http::empty())
+        .expect("request");
+    let call = h2.send_request(req);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), call)
+            .await
+            .is_err(),
+        "the upstream is slower than the client's patience"
+    );
+
+    let got = wait_lines(&l.log, 3).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(3000),
+        "ended when the client went, not when the upstream answered"
+    );
+    for id in ["gone-fin", "gone-rst", "gone-h2"] {
+        let line = got
+            .iter()
+            .find(|v| v["request_id"] == id)
+            .unwrap_or_else(|| panic!("a line for {id}: {got:?}"));
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["route"], "app", "{line}");
+        assert_eq!(line["tries"], 1, "{line}");
+        assert_eq!(line["bytes_out"], 0, "{line}");
+        assert!(line["duration_ms"].as_f64().expect("a duration") < 3000.0);
+    }
+    let text = metrics(admin).await;
+    let count = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(
+        count("rampart_requests_total", &[("code", "499")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "client_gone")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        count("rampart_upstream_requests_total", &[]),
+        None,
+        "no try is the upstream's to answer for"
+    );
+    assert_eq!(
+        count("rampart_in_flight_requests", &[("listener", "inbound")]),
+        Some(0.0)
+    );
+    // The listener serves on, and a client that shuts its side with its request still gets
+    // its answer (a half-close, not a going away).
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    tcp.shutdown().await.expect("half-close");
+    let mut got = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut got)
+        .await
+        .expect("read");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

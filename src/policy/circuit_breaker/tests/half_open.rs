@@ -126,7 +126,11 @@ fn a_probe_whose_client_left_gives_its_permit_back_and_reopens_nothing() {
     assert_eq!(probes.len(), 2);
     // The client went away: the permit is dropped unrecorded.
     drop(probes.pop());
-    assert_eq!(w.state(), State::HalfOpen, "an abandoned probe is no verdict");
+    assert_eq!(
+        w.state(),
+        State::HalfOpen,
+        "an abandoned probe is no verdict"
+    );
     assert_eq!(w.transitions("half_open", "open"), 0);
     // Its place went back: one more probe is admitted, and no more than two at once.
     let mut again = w.admit("t").expect("the freed probe slot");
