@@ -260,14 +260,8 @@ pub fn handle<'a>(
             .as_ref()
             .map(|f| f.decide(req.headers(), fastrand::f64))
             .unwrap_or_default();
-        if let Some(d) = fault.delay {
-            tokio::time::sleep(d).await;
-        }
-        if let Some(status) = fault.abort {
-            return fin.answer(&tm, respond::fault_abort(status), None, NO_TRY);
-        }
-
-        // 5–8. Deadline, tries, the upstream. A gRPC call's own deadline bounds it too.
+        // The request's time limit (5., below): an injected delay counts against it too. A
+        // gRPC call's own deadline bounds it as well.
         let own = fin
             .is_grpc()
             .then(|| grpc::timeout(req.headers()))
@@ -276,6 +270,31 @@ pub fn handle<'a>(
             .into_iter()
             .flatten()
             .min();
+        if let Some(d) = fault.delay {
+            let delayed = Instant::now() + d;
+            match limit.map(|l| started + l).filter(|end| *end < delayed) {
+                None => tokio::time::sleep_until(delayed).await,
+                // The delay outlasts the request's time: it ends at the deadline, as a slow
+                // network would, with the request timeout's answer (no try was made).
+                Some(end) => {
+                    tokio::time::sleep_until(end).await;
+                    route.metrics.timeout_request.inc();
+                    let msg = format!(
+                        "the request timeout ({:?}) ran out during an injected delay",
+                        limit.unwrap_or_default()
+                    );
+                    let mut rsp = answer(Reason::Timeout, &msg, None);
+                    rsp.headers_mut()
+                        .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
+                    return fin.answer(&tm, rsp, None, NO_TRY);
+                }
+            }
+        }
+        if let Some(status) = fault.abort {
+            return fin.answer(&tm, respond::fault_abort(status), None, NO_TRY);
+        }
+
+        // 5–8. Deadline, tries, the upstream.
         let ctx = RequestCtx {
             listener: lst,
             route,

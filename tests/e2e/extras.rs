@@ -241,6 +241,43 @@ async fn an_injected_delay_shows_in_latency() {
     assert_eq!(app.hits_for("/ok"), 2);
 }
 
+/// An injected delay longer than the request timeout ends at the deadline, with the request
+/// timeout's 504 (no try made, the timeout counted), not after the whole delay. Before, the
+/// delay ran in full and the 504 then came late, blaming the upstream by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_delay_is_cut_at_the_request_timeout() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ timeout: { request: 500ms }, fault: { header: x-chaos, delay: { percent: 100%, duration: 3s } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    let t = tokio::time::Instant::now();
+    let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+    let took = t.elapsed();
+    rsp.assert_rampart(504, "timeout");
+    assert_eq!(rsp.header("x-rampart-fault"), Some("delay"));
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    assert!(rsp.text().contains("injected delay"), "{}", rsp.text());
+    assert_eq!(app.hits(), 0, "no try was made");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "rampart_timeouts_total",
+            &[("route", "app"), ("kind", "request")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_answer_while_the_upstream_is_down_else_the_static_one() {
     let app = sample().await;
