@@ -137,6 +137,17 @@ impl Body {
         }
     }
 
+    /// An HTTP/1.1 upstream's answer whose body is still coming must end by `at`, the request's
+    /// deadline (`pool::Returning::end_by`); `counted` counts it if it does not. (An HTTP/2
+    /// upstream's answer is not bound yet.)
+    pub fn end_by(&mut self, at: tokio::time::Instant, counted: &prometheus::IntCounter) {
+        match self {
+            Body::Upstream(r) => r.end_by(at, counted),
+            Body::Teed(t) => t.inner_mut().end_by(at, counted),
+            _ => {}
+        }
+    }
+
     /// Attaches `guards` to an upstream's answer so they live as long as its body; any other
     /// body is complete already, so the guards are dropped now.
     pub fn hold(&mut self, guards: Guards) {

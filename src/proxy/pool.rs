@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -182,6 +182,9 @@ pub enum UpstreamError {
     /// The HTTP/2 connection or stream failed (`protocol: http2`).
     #[error("HTTP/2: {0}")]
     Http2(#[source] hyper::Error),
+    /// The request's time ran out while the answer's body was still coming.
+    #[error("the request timeout ran out before the answer's body was whole")]
+    Deadline,
 }
 
 /// The settings of one endpoint's pool, from its upstream's section.
@@ -208,6 +211,18 @@ pub struct Returning {
     failed: bool,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(super) guards: Guards,
+    /// The request's deadline, which its answer's body must end by ([`Returning::end_by`]).
+    end_by: Option<Box<EndBy>>,
+}
+
+/// The deadline an answer's body must end by; its timer is made the first time the body has
+/// nothing to give (a body read whole with its head never makes one).
+#[derive(Debug)]
+struct EndBy {
+    at: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `rampart_timeouts_total{kind="request"}` of the request's route.
+    counted: prometheus::IntCounter,
 }
 
 // === impl Pool ===
@@ -419,6 +434,7 @@ impl Pool {
             back: Some((conn, self.clone())),
             failed: false,
             guards: Guards::default(),
+            end_by: None,
         };
         if matches!(head.framing, h1::Framing::Empty) {
             // Nobody may poll an empty body: hand the connection back now.
@@ -503,6 +519,40 @@ async fn finish_upload(mut conn: Box<Conn>, pool: Arc<Pool>) {
 // === impl Returning ===
 
 impl Returning {
+    /// The answer's body must end by `at`, the request's deadline (its timeout covers the
+    /// whole exchange, as Envoy's route timeout does): past it, the body breaks off (the client
+    /// sees it cut short) and `counted` is counted. Only a body not yet at its end keeps it.
+    pub fn end_by(&mut self, at: Instant, counted: &prometheus::IntCounter) {
+        if self.back.is_some() && !self.is_end_stream_now() {
+            self.end_by = Some(Box::new(EndBy {
+                at,
+                timer: None,
+                counted: counted.clone(),
+            }));
+        }
+    }
+
+    fn is_end_stream_now(&self) -> bool {
+        self.back.as_ref().is_none_or(|(conn, _)| conn.body_done())
+    }
+
+    /// Whether the body's deadline has passed (its timer then counts the timeout); a body
+    /// waiting for bytes leaves its task's waker with the timer.
+    fn past_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(e) = self.end_by.as_mut() else {
+            return false;
+        };
+        let at = e.at;
+        let timer = e
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        e.counted.inc();
+        true
+    }
+
     /// The answer's header lines that are not in its map yet (see [`h1::RawLines`]).
     pub fn raw(&self) -> Option<&h1::RawLines> {
         let (conn, _) = self.back.as_ref()?;
@@ -551,7 +601,17 @@ impl http_body::Body for Returning {
         let Some((conn, _)) = self.back.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = ready!(conn.poll_body(cx));
+        let polled = match conn.poll_body(cx) {
+            Poll::Ready(p) => p,
+            Poll::Pending if self.past_deadline(cx) => {
+                // Cut short: the connection is dropped, never pooled.
+                self.back = None;
+                self.failed = true;
+                self.guards = Guards::default();
+                return Poll::Ready(Some(Err(UpstreamError::Deadline)));
+            }
+            Poll::Pending => return Poll::Pending,
+        };
         let ended = conn.body_done();
         if ended && conn.uploading() {
             // The answer is whole: a last chance for the upload to end, else it is abandoned.

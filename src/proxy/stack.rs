@@ -330,6 +330,10 @@ pub fn handle<'a>(
             // request's future where it was made), so a box only added an allocation and a copy.
             None => exchange::run(&ctx, req).await,
         };
+        if let Some(at) = ctx.deadline {
+            // The request's timeout covers the whole exchange: the answer's body too.
+            rsp.body_mut().end_by(at, &route.metrics.timeout_request);
+        }
         let tries = ctx.tries.take();
         fin.guards.slot = slot;
         let sets_headers = limited.as_ref().is_some_and(|d| d.writes_headers());

@@ -233,6 +233,52 @@ async fn the_request_deadline_is_never_overrun() {
     assert_eq!(request, Some(1.0), "{text}");
 }
 
+/// The request timeout covers the whole exchange, the answer's body too (as Envoy's route
+/// timeout does): an answer whose body is still coming at the deadline is cut off there (the
+/// client sees it end short, its connection closed) and the timeout counted; a body that ends
+/// in time passes whole. Before, a body that stalled after its head held the request (and its
+/// slot) as long as the upstream kept the connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_covers_the_answer_s_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = sample().await;
+    let proxy = retrying(&app.addr().to_string(), "request: 600ms", "100%", 100).await;
+    let addr = proxy.listener("inbound");
+    // 10 chunks 300 ms apart: the head comes at once, the body would take 3 s.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /drip?chunks=10&ms=300 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    let took = t0.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection ends"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "cut short, never a whole chunked body: {text:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1500),
+        "ended at the deadline: {took:?}"
+    );
+    // A body that ends in time passes whole.
+    let rsp = http::get(addr, "/drip?chunks=3&ms=50", &[]).await;
+    assert_eq!(rsp.status, 200);
+    let text = metrics(proxy.admin()).await;
+    let request = metric_value(
+        &text,
+        "rampart_timeouts_total",
+        &[("route", "app"), ("kind", "request")],
+    );
+    assert_eq!(request, Some(1.0), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_retry_after_is_honoured_only_when_it_fits() {
     let app = sample().await;
