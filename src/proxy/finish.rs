@@ -70,20 +70,39 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// new one (and `true`: made here). A made id is not put into the request's map: the upstream
 /// writer adds it to the head it sends (`forward::Added`).
 ///
+/// A client's id is taken only when it is one a log and a header carry unchanged: 1 to
+/// [`ID_MAX`] bytes of visible ASCII. Any other (empty, spaces, control or non-ASCII bytes,
+/// longer) is taken out of the request and replaced by one made here, so the upstream, the
+/// answer, the error body and the access log all carry the same id.
+///
 /// Marked sensitive, which only HPACK reads: an id differs from request to request, so HTTP/2
 /// sends it as a literal never indexed instead of adding it to the connection's header table,
 /// where it would only push out the names and values that do repeat.
-pub fn request_id<B>(req: &Request<B>, sent: Sent) -> (HeaderValue, bool) {
-    let (mut id, made) = match sent
-        .request_id
-        .then(|| req.headers().get(X_REQUEST_ID))
-        .flatten()
-    {
-        Some(v) => (v.clone(), false),
+pub fn request_id<B>(req: &mut Request<B>, sent: Sent) -> (HeaderValue, bool) {
+    let theirs = match sent.request_id {
+        false => None,
+        true => match req.headers().get(X_REQUEST_ID) {
+            Some(v) if usable_id(v.as_bytes()) => Some(v.clone()),
+            _ => {
+                req.headers_mut().remove(X_REQUEST_ID);
+                None
+            }
+        },
+    };
+    let (mut id, made) = match theirs {
+        Some(v) => (v, false),
         None => (new_request_id(), true),
     };
     id.set_sensitive(true);
     (id, made)
+}
+
+/// The longest client's `x-request-id` taken as it is.
+pub const ID_MAX: usize = 128;
+
+/// Whether `id` is 1 to [`ID_MAX`] bytes of visible ASCII (`!` to `~`).
+fn usable_id(id: &[u8]) -> bool {
+    (1..=ID_MAX).contains(&id.len()) && id.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
 impl<'a> Finish<'a> {
@@ -348,16 +367,54 @@ mod tests {
     /// client's, and keeps its bytes.
     #[test]
     fn a_request_id_is_marked_never_to_be_indexed() {
-        let req = Request::new(());
-        let (made, is_new) = request_id(&req, Sent::default());
+        let mut req = Request::new(());
+        let (made, is_new) = request_id(&mut req, Sent::default());
         assert!(is_new && made.is_sensitive() && made.len() == 32);
 
         let mut req = Request::new(());
         req.headers_mut()
             .insert(X_REQUEST_ID, HeaderValue::from_static("client-7"));
         let sent = Sent::of(req.headers());
-        let (theirs, is_new) = request_id(&req, sent);
+        let (theirs, is_new) = request_id(&mut req, sent);
         assert!(!is_new && theirs.is_sensitive());
         assert_eq!(theirs, "client-7");
+    }
+
+    /// A client's id that a log line or a header would not carry unchanged is replaced: taken
+    /// out of the request (so the upstream gets the one made here) and a new one made.
+    #[test]
+    fn a_client_s_unusable_id_is_replaced_by_one_made_here() {
+        let long = "a".repeat(ID_MAX + 1);
+        let edge = "b".repeat(ID_MAX);
+        let bad: [&[u8]; 5] = [
+            b"",
+            b"two words",
+            b"caf\xc3\xa9",
+            b"tab\there",
+            long.as_bytes(),
+        ];
+        for id in bad {
+            let mut req = Request::new(());
+            req.headers_mut().insert(
+                X_REQUEST_ID,
+                HeaderValue::from_bytes(id).expect("a header value"),
+            );
+            let sent = Sent::of(req.headers());
+            let (made, is_new) = request_id(&mut req, sent);
+            assert!(is_new && made.len() == 32, "{id:?}");
+            assert!(req.headers().get(X_REQUEST_ID).is_none(), "{id:?}");
+        }
+        for id in ["x", "req-1:2/3@4", edge.as_str(), "!~"] {
+            let mut req = Request::new(());
+            req.headers_mut().insert(
+                X_REQUEST_ID,
+                HeaderValue::from_str(id).expect("a header value"),
+            );
+            let sent = Sent::of(req.headers());
+            let (theirs, is_new) = request_id(&mut req, sent);
+            assert!(!is_new, "{id}");
+            assert_eq!(theirs, id);
+            assert_eq!(req.headers()[X_REQUEST_ID], id);
+        }
     }
 }

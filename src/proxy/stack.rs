@@ -74,7 +74,7 @@ pub fn refuse_head(
         conn: Some(active),
         ..Guards::default()
     };
-    let (request_id, made) = finish::request_id(&req, Sent::default());
+    let (request_id, made) = finish::request_id(&mut req, Sent::default());
     let fin = Finish::new(
         shared,
         lst,
@@ -124,7 +124,7 @@ pub fn handle<'a>(
         let tries = TryLog::default();
         // Counts, request id, debug line and access log of every answer below (and of a
         // request dropped before it).
-        let (request_id, made) = finish::request_id(&req, sent);
+        let (request_id, made) = finish::request_id(&mut req, sent);
         let mut fin = Finish::new(shared, lst, &mut req, (&request_id, made), started, guards);
         fin.trying(&tries);
 

@@ -196,6 +196,13 @@ async fn the_request_id_goes_round_trip() {
     let rsp = http::get(addr, "/dead", &[("x-request-id", "mine")]).await;
     assert_eq!(rsp.header("x-request-id"), Some("mine"));
     assert_eq!(rsp.json()["request_id"], "mine");
+    // An id no log line would carry as it came (here, with a space) is replaced by one made
+    // here, the same on the upstream's copy, the answer and the line.
+    let rsp = http::get(addr, "/headers", &[("x-request-id", "two words")]).await;
+    let made = rsp.header("x-request-id").expect("a request id").to_owned();
+    assert_eq!(made.len(), 32, "{made}");
+    assert_eq!(rsp.json()["headers"]["x-request-id"], made.as_str());
+    assert_eq!(wait_lines(&l.log, 5).await[4]["request_id"], made.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
