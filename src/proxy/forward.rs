@@ -192,7 +192,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // Read as bytes: a line with a byte that is not ASCII still names the others it lists.
         for v in headers.get_all(header::CONNECTION) {
             for t in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if hop_index_any_case(t).is_some() {
+                if hop_index_any_case(t).is_some() || never_hop(t) {
                     continue;
                 }
                 let here = headers
@@ -212,6 +212,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // The next hop adds its own `chunked` framing after these.
         headers.insert(header::TRANSFER_ENCODING, v);
     }
+}
+
+/// Whether `token`, named by a `connection` list, is a header no list may remove: `host` is
+/// the message's authority, which chose the route and which the upstream must receive (SPEC
+/// §14; RFC 9110 §7.2: it names the target, not the hop), and `content-length` its framing
+/// (a HEAD answer's length is the resource's). Neither describes a connection, so such a
+/// token is ignored rather than the request refused: a client gains nothing by it, and the
+/// rest of its list is honoured.
+fn never_hop(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"host") || token.eq_ignore_ascii_case(b"content-length")
 }
 
 /// Removes the [`HOP_BY_HOP`] headers whose bits are set in `mask`.
@@ -633,20 +643,45 @@ mod tests {
 
     #[test]
     fn a_forwarding_line_the_connection_list_names_is_the_peer_s_alone() {
-        // `connection` makes the client's `x-forwarded-for` and `host` hop-by-hop: they go, and
-        // the writer gives the request what it would give one that never had them.
+        // `connection` makes the client's `x-forwarded-for` hop-by-hop: it goes, and the writer
+        // gives the request what it would give one that never had it. `host` it cannot name:
+        // the routed authority stays (before, the endpoint's address replaced it).
         let req = Request::builder()
             .uri("/")
             .header("host", "given.example")
-            .header("connection", "x-forwarded-for, host")
+            .header("connection", "x-forwarded-for, Host")
             .header("x-forwarded-for", "192.0.2.7")
             .body(())
             .expect("request");
         assert_eq!(
             upstream_head(req, false),
-            "GET / HTTP/1.1\r\nx-forwarded-for: 10.1.2.3\r\nhost: svc:8080\r\n\
+            "GET / HTTP/1.1\r\nhost: given.example\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-request-id: made\r\nx-forwarded-proto: http\r\n\r\n"
         );
+        let req = Request::builder()
+            .uri("http://routed.example/x")
+            .header("connection", "host")
+            .body(())
+            .expect("request");
+        assert!(
+            upstream_head(req, false).contains("\r\nhost: routed.example\r\n"),
+            "the absolute-form target's authority stays"
+        );
+    }
+
+    #[test]
+    fn a_connection_list_naming_host_or_content_length_leaves_them() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("HOST, Content-Length, x-other"),
+        );
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "content-length"]);
     }
 
     #[test]

@@ -273,3 +273,49 @@ async fn each_forwarding_line_reaches_the_upstream_once_from_every_server() {
         assert_eq!(s.routed.header(3, name).len(), 1, "h2: one {name}");
     }
 }
+
+/// A `connection` list cannot take away the authority or the framing. Before, `Connection:
+/// host` made `host` hop-by-hop: the route came from the client's authority, but the upstream
+/// got the endpoint's address as `host` (on the lean path, absolute-form too, and after a
+/// hand-off to hyper). A `content-length` it names stays too: an upstream's HEAD answer kept
+/// its length, an upload its framing.
+#[tokio::test]
+async fn a_connection_list_never_removes_the_authority_or_the_length() {
+    let (s, _, _) = setup().await;
+    let lean = "GET /x HTTP/1.1\r\nHost: routed.example\r\nConnection: host\r\nConnection: close\r\n\r\n";
+    let absolute = "GET http://routed.example/x HTTP/1.1\r\nConnection: Host, close\r\n\r\n";
+    let hypers = "POST /x HTTP/1.1\r\nHost: routed.example\r\nConnection: HOST, close\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+    let length = "POST /x HTTP/1.1\r\nHost: routed.example\r\nConnection: content-length, close\r\n\
+                  Content-Length: 5\r\n\r\nhello";
+    for (i, req) in [lean, absolute, hypers, length].into_iter().enumerate() {
+        let rsp = send(&s, req).await;
+        assert_eq!(rsp.status(), Some(200), "{req:?}: {}", rsp.text());
+        assert_eq!(s.routed.header(i, "host"), ["routed.example"], "{req:?}");
+    }
+    assert_eq!(s.routed.header(3, "content-length"), ["5"]);
+    assert!(s.routed.requests()[3].ends_with("\r\n\r\nhello"));
+    assert_eq!(s.other.hits(), 0);
+
+    // An upstream's HEAD answer whose `connection` names its length keeps it.
+    let head = Capture::start(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: content-length, close\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::builder(OUTBOUND)
+        .var("ROUTED", head.addr())
+        .var("OTHER", s.other.addr())
+        .var("BOTH", s.other.addr())
+        .var("GZIP", s.other.addr())
+        .spawn()
+        .await;
+    let req = b"HEAD /x HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n";
+    let rsp = raw::exchange(proxy.listener("outbound"), req, Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(
+        rsp.header("content-length").as_deref(),
+        Some("7"),
+        "{}",
+        rsp.text()
+    );
+}
