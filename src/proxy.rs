@@ -11,6 +11,7 @@
 //!    `respond.rs` builds rampart's own answer.
 
 pub mod access_log;
+pub mod authority;
 pub mod balance;
 pub mod body;
 pub mod conn;

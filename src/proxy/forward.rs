@@ -25,6 +25,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
+use super::authority;
 use crate::tenant::CertIds;
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1) and `upgrade`, in the order of their bits in
@@ -108,13 +109,16 @@ impl Peer {
 }
 
 /// The lines of a client's request head that the request path would otherwise look up by
-/// name: how many `host` lines, and whether it has `x-request-id` and `x-forwarded-for`. The
-/// lean server notes them as it reads the head (a comparison per line, no hashing); a request
-/// from hyper's server has its map read once ([`Sent::of`]).
+/// name: how many `host` lines and whether one is not `host[:port]`, and whether it has
+/// `x-request-id` and `x-forwarded-for`. The lean server notes them as it reads the head (a
+/// comparison per line, no hashing); a request from hyper's server has its map read once
+/// ([`Sent::of`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
     /// `host` lines, counted up to 2 (two or more are refused alike).
     pub hosts: u8,
+    /// A `host` line whose value is not `uri-host [":" port]` ([`authority::valid`]).
+    pub bad_host: bool,
     /// An `x-request-id` line.
     pub request_id: bool,
     /// An `x-forwarded-for` line.
@@ -126,16 +130,17 @@ impl Sent {
     /// (a request's few lines cost less to compare than three hashed lookups).
     pub fn of(headers: &HeaderMap) -> Self {
         let mut sent = Sent::default();
-        for (name, _) in headers {
-            sent.note(name);
+        for (name, value) in headers {
+            sent.note(name, value.as_bytes());
         }
         sent
     }
 
-    /// Notes a line named `name`.
-    pub fn note(&mut self, name: &HeaderName) {
+    /// Notes a line named `name` whose value is `value` (read only for `host`).
+    pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::HOST {
             self.hosts = (self.hosts + 1).min(2);
+            self.bad_host |= !authority::valid(value);
         } else if *name == X_REQUEST_ID {
             self.request_id = true;
         } else if *name == X_FORWARDED_FOR {
@@ -281,19 +286,36 @@ fn end_to_end_codings(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Why a request's authority is refused (400 `bad_request`), if it is; `sent` says what its
-/// head holds.
+/// head holds. Both servers' requests (and HTTP/2's) come through here.
+///
+/// The target's authority (absolute-form, CONNECT's, HTTP/2's `:authority`) and every `host`
+/// line must be `host[:port]` ([`authority::valid`], RFC 9112 §3.2), the authority without
+/// userinfo: what is not would be routed one way and read another by the upstream.
 pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str> {
+    let uri = req.uri();
     if req.method() == http::Method::CONNECT {
         // RFC 9110 §9.3.6: the target is exactly `host:port` (no userinfo, no path).
-        let a = req.uri().authority();
-        let well_formed = a.is_some_and(|a| !a.as_str().contains('@') && a.port_u16().is_some())
-            && req
-                .uri()
+        let a = uri.authority();
+        let well_formed = a
+            .is_some_and(|a| authority::valid(a.as_str().as_bytes()) && a.port_u16().is_some())
+            && uri
                 .path_and_query()
                 .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty());
         if !well_formed {
             return Some("a CONNECT target must be host:port");
         }
+    } else if let Some(a) = uri.authority() {
+        if a.as_str().contains('@') {
+            // RFC 9110 §4.2.4 (RFC 9113 §8.3.1 for `:authority`): userinfo is deprecated, and
+            // would reach the upstream in `host`, credentials and all.
+            return Some("the target's authority must not carry userinfo (user:password@)");
+        }
+        if !authority::valid(a.as_str().as_bytes()) {
+            return Some("the target's authority is not host[:port]");
+        }
+    }
+    if sent.bad_host {
+        return Some("the host header is not host[:port]");
     }
     if sent.hosts > 1 {
         return Some("the request carries more than one host header");
@@ -688,12 +710,13 @@ mod tests {
     fn sent_counts_hosts_and_notes_the_forwarding_lines_in_any_spelling() {
         let mut by_line = Sent::default();
         for n in ["Host", "X-Request-Id", "user-agent", "HOST", "HOST"] {
-            by_line.note(&HeaderName::from_bytes(n.as_bytes()).expect("name"));
+            by_line.note(&HeaderName::from_bytes(n.as_bytes()).expect("name"), b"a:1");
         }
         assert_eq!(
             by_line,
             Sent {
                 hosts: 2,
+                bad_host: false,
                 request_id: true,
                 forwarded_for: false
             }
@@ -705,6 +728,7 @@ mod tests {
             Sent::of(&h),
             Sent {
                 hosts: 1,
+                bad_host: false,
                 request_id: false,
                 forwarded_for: true
             }
@@ -716,6 +740,7 @@ mod tests {
             Sent::of(&h),
             Sent {
                 hosts: 2,
+                bad_host: false,
                 request_id: true,
                 forwarded_for: true
             }
@@ -744,6 +769,45 @@ mod tests {
             h.is_empty(),
             "chunked is the hop's own framing; the length is stale"
         );
+    }
+
+    #[test]
+    fn a_host_or_target_authority_that_is_not_host_and_port_is_refused() {
+        let with_host = |host: &'static str| {
+            let req = Request::builder()
+                .uri("/")
+                .header("host", host)
+                .body(())
+                .expect("request");
+            authority_problem(&req, Sent::of(req.headers()))
+        };
+        assert_eq!(with_host("a.example:80"), None);
+        for bad in ["evil.com/x?@a.example", "a b", "a, b", "a:abc", "a:99999999"] {
+            assert_eq!(
+                with_host(bad),
+                Some("the host header is not host[:port]"),
+                "{bad}"
+            );
+        }
+        let target = |uri: &'static str| {
+            let req = Request::builder().uri(uri).body(()).expect("request");
+            authority_problem(&req, Sent::of(req.headers()))
+        };
+        assert_eq!(target("http://a.example:8080/x"), None);
+        assert!(target("http://user:pw@a.example/x").is_some_and(|m| m.contains("userinfo")));
+        assert!(target("http://u@a.example/x").is_some_and(|m| m.contains("userinfo")));
+        assert!(target("http://a.example:abc/x").is_some());
+        let connect = |uri: &'static str| {
+            let req = Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(uri)
+                .body(())
+                .expect("request");
+            authority_problem(&req, Sent::of(req.headers()))
+        };
+        assert_eq!(connect("a.example:443"), None);
+        assert!(connect("a.example:99999").is_some());
+        assert!(connect("u@a.example:443").is_some());
     }
 
     #[test]

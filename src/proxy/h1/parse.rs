@@ -282,7 +282,7 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
                 close |= has_token(h.value, b"close");
                 keep_alive_token |= has_token(h.value, b"keep-alive");
             }
-            _ => sent.note(&name),
+            _ => sent.note(&name, h.value),
         }
         let (vs, ve) = at(h.value);
         reuse.lines.push((name, vs, ve));

@@ -319,3 +319,69 @@ async fn a_connection_list_never_removes_the_authority_or_the_length() {
         rsp.text()
     );
 }
+
+/// A `host` must be `uri-host [":" port]` (RFC 9112 §3.2: 400 otherwise), and so must an
+/// absolute-form target's authority, without userinfo. Before, `evil.com/x?@routed.example`
+/// was routed by what follows its `@` and forwarded whole; spaces, lists, a port that is no
+/// port were forwarded verbatim, and `user:pw@` went to the upstream in `host`.
+#[tokio::test]
+async fn a_host_that_is_not_host_and_port_is_refused() {
+    let (s, _, _) = setup().await;
+    for host in [
+        "evil.com/x?@routed.example",
+        "a@routed.example",
+        "routed.example b",
+        "routed.example, other.example",
+        "routed.example:abc",
+        "routed.example:99999999",
+        "routed.example:65536",
+        "routed.example:8080:80",
+        "routed%g1.example",
+        "[::1",
+        "[not-v6]:80",
+        "routed.example\\x",
+    ] {
+        let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let rsp = send(&s, &req).await;
+        assert_refused(&rsp, 400, "bad_request");
+        // After a hand-off to hyper too.
+        let req = format!(
+            "POST /x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n0\r\n\r\n"
+        );
+        assert_refused(&send(&s, &req).await, 400, "bad_request");
+    }
+    for target in [
+        "http://user:pw@routed.example/x",
+        "http://user@routed.example/x",
+        "http://routed.example:abc/x",
+        "http://routed.example:70000/x",
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n");
+        assert_refused(&send(&s, &req).await, 400, "bad_request");
+    }
+    assert_eq!(s.routed.hits() + s.other.hits(), 0, "refusals reach no upstream");
+
+    // Hosts as RFC 3986 writes them pass, as sent.
+    for (i, host) in [
+        "ROUTED.example:65535",
+        "routed.example:",
+        "routed.example",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let rsp = send(&s, &req).await;
+        assert_eq!(rsp.status(), Some(200), "{host}: {}", rsp.text());
+        assert_eq!(s.routed.header(i, "host"), [host]);
+    }
+    for host in ["[::1]:80", "[v7.a:b]", "127.0.0.1:1", "a-b_c~d.!$&'()*+;=%41"] {
+        let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_refused(&send(&s, &req).await, 404, "no_route");
+    }
+    // Over HTTP/2, `:authority` with userinfo is refused alike (RFC 9113 §8.3.1).
+    let addr = s.proxy.listener("outbound");
+    assert_eq!(h2_status(addr, "http://u:p@routed.example/x", &[]).await, 400);
+    assert_eq!(s.routed.hits(), 3);
+}
