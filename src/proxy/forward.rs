@@ -285,8 +285,14 @@ fn end_to_end_codings(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Why a request's authority is refused (400 `bad_request`), if it is; `sent` says what its
-/// head holds. Both servers' requests (and HTTP/2's) come through here.
+/// Why a request's target or authority is refused (400 `bad_request`), if it is; `sent` says
+/// what its head holds. Both servers' requests (and HTTP/2's) come through here.
+///
+/// The target is origin-form (`/path`) or absolute-form (`http://host/path`, as every HTTP/2
+/// request with `:authority` is); authority-form (`host:port`) is CONNECT's alone and `*`
+/// OPTIONS' alone (RFC 9112 §3.2). `http::Uri` reads `echo` and `host:80` as authority-form,
+/// which would otherwise be routed by it and forwarded as `GET /`. An origin-form request
+/// costs a look at its path's first byte.
 ///
 /// The target's authority (absolute-form, CONNECT's, HTTP/2's `:authority`) and every `host`
 /// line must be `host[:port]` ([`authority::valid`], RFC 9112 §3.2), the authority without
@@ -305,6 +311,9 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
             return Some("a CONNECT target must be host:port");
         }
     } else if let Some(a) = uri.authority() {
+        if uri.scheme().is_none() {
+            return Some("a host:port target is for CONNECT only: send a path or an absolute URI");
+        }
         if a.as_str().contains('@') {
             // RFC 9110 §4.2.4 (RFC 9113 §8.3.1 for `:authority`): userinfo is deprecated, and
             // would reach the upstream in `host`, credentials and all.
@@ -313,6 +322,11 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
         if !authority::valid(a.as_str().as_bytes()) {
             return Some("the target's authority is not host[:port]");
         }
+    } else if uri.path().as_bytes().first() != Some(&b'/')
+        && req.method() != http::Method::OPTIONS
+    {
+        // `*`, the one target without an authority that is no path, is OPTIONS' alone.
+        return Some("the request target must be a path (/...) or an absolute URI");
     }
     if sent.bad_host {
         return Some("the host header is not host[:port]");
@@ -808,6 +822,41 @@ mod tests {
         assert_eq!(connect("a.example:443"), None);
         assert!(connect("a.example:99999").is_some());
         assert!(connect("u@a.example:443").is_some());
+    }
+
+    #[test]
+    fn a_target_is_a_path_or_an_absolute_uri_and_the_other_forms_have_their_methods() {
+        let problem = |method: &str, target: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(target)
+                .header("host", "a.example")
+                .body(())
+                .expect("request");
+            authority_problem(&req, Sent::of(req.headers()))
+        };
+        for (method, target) in [
+            ("GET", "/"),
+            ("GET", "/x?y"),
+            ("GET", "http://a.example/x"),
+            ("GET", "http://a.example"),
+            ("OPTIONS", "*"),
+            ("OPTIONS", "/x"),
+            ("CONNECT", "a.example:443"),
+        ] {
+            assert_eq!(problem(method, target), None, "{method} {target}");
+        }
+        for (method, target) in [
+            ("GET", "echo"),
+            ("GET", "a.example:80"),
+            ("OPTIONS", "a.example:80"),
+            ("GET", "*"),
+            ("POST", "*"),
+            ("CONNECT", "*"),
+            ("CONNECT", "/x"),
+        ] {
+            assert!(problem(method, target).is_some(), "{method} {target}");
+        }
     }
 
     #[test]

@@ -385,3 +385,27 @@ async fn a_host_that_is_not_host_and_port_is_refused() {
     assert_eq!(h2_status(addr, "http://u:p@routed.example/x", &[]).await, 400);
     assert_eq!(s.routed.hits(), 3);
 }
+
+/// A request target is origin-form or absolute-form; authority-form is CONNECT's and `*`
+/// OPTIONS' alone (RFC 9112 §3.2). Before, `GET echo` went up as `GET /` with host `echo`,
+/// `GET routed.example:80` was routed by it over its `host`, and `GET *` was forwarded.
+#[tokio::test]
+async fn a_target_that_is_no_path_or_absolute_uri_is_refused() {
+    let (s, _, _) = setup().await;
+    for req in [
+        "GET echo HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n",
+        "GET routed.example:80 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n",
+        "POST routed.example HTTP/1.1\r\nHost: routed.example\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n0\r\n\r\n",
+        "POST * HTTP/1.1\r\nHost: routed.example\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n0\r\n\r\n",
+    ] {
+        assert_refused(&send(&s, req).await, 400, "bad_request");
+    }
+    assert_eq!(s.routed.hits() + s.other.hits(), 0, "refusals reach no upstream");
+    let star = "OPTIONS * HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n";
+    let rsp = send(&s, star).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert!(s.routed.requests()[0].starts_with("OPTIONS * HTTP/1.1\r\n"));
+}
