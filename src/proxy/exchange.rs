@@ -316,6 +316,11 @@ pub(super) async fn try_once(
             }
             record.finish(outcome);
             forward::strip_hop_by_hop(rsp.headers_mut());
+            // The upstream's version was its connection's (HTTP/1.0, or HTTP/2): the client's
+            // is rampart's to write (RFC 9110 §6.2), and both servers frame for the client's
+            // version from this one (chunked to an HTTP/1.1 client for a body of no length;
+            // to an HTTP/1.0 client, they write HTTP/1.0 and close-delimit it).
+            *rsp.version_mut() = http::Version::HTTP_11;
             *tried = Tried { outcome, used };
             rsp
         }

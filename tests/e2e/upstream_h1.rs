@@ -669,3 +669,66 @@ listeners:
     assert_eq!(named(&lines, "x-up"), 1, "{lines:?}");
     assert_eq!(body_of(&rsp), b"ok");
 }
+
+/// An HTTP/1.0 upstream's answer goes to the client in the client's version, framed for it
+/// (RFC 9110 §6.2: a proxy sends its own version). Before, an HTTP/1.1 client got `HTTP/1.0
+/// 200 OK`; one without a length was cut at the close, and the requests pipelined behind it
+/// were never answered, where an HTTP/1.1 upstream's was sent on chunked. Both servers: the
+/// lean one, and hyper's after a chunked upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_answer_is_sent_in_the_client_s_version() {
+    use crate::support::conn::Conn;
+    const UNTIL_CLOSE: &[u8] = b"HTTP/1.0 200 OK\r\nx-up: 1\r\n\r\nuntil the end";
+    const LENGTH: &[u8] = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let up = Scripted::start(vec![
+        (UNTIL_CLOSE, Then::Close),
+        (LENGTH, Then::Close),
+        (LENGTH, Then::Close),
+        (UNTIL_CLOSE, Then::Close),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+
+    // An HTTP/1.1 client, two requests pipelined.
+    let mut c = Conn::open(addr).await;
+    c.send(b"GET /a HTTP/1.1\r\nhost: app\r\n\r\nGET /b HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.line, "HTTP/1.1 200 OK", "{a:?}");
+    assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{a:?}");
+    assert_eq!((a.body.as_slice(), a.header("x-up")), (&b"until the end"[..], Some("1")));
+    let b = c.answer(false).await;
+    assert_eq!(b.line, "HTTP/1.1 200 OK", "{b:?}");
+    assert_eq!((b.header("content-length"), b.body.as_slice()), (Some("2"), &b"ok"[..]));
+    assert_eq!(b.header("connection"), None, "kept alive: {b:?}");
+
+    // An HTTP/1.0 client: HTTP/1.0, kept alive as it asks while the length is known, then
+    // close-delimited.
+    let mut c = Conn::open(addr).await;
+    c.send(b"GET /c HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(a.line, "HTTP/1.0 200 OK", "{a:?}");
+    assert_eq!(a.header("connection"), Some("keep-alive"), "{a:?}");
+    assert_eq!(a.body, b"ok");
+    c.send(b"GET /d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    let b = c.answer(false).await;
+    assert_eq!(b.line, "HTTP/1.0 200 OK", "{b:?}");
+    assert_eq!(b.header("transfer-encoding"), None, "{b:?}");
+    assert_eq!(b.body, b"until the end");
+
+    // hyper's server, after a chunked upload.
+    let mut c = Conn::open(addr).await;
+    c.send(
+        b"POST /e HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+          GET /f HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    for _ in 0..2 {
+        let a = c.answer(false).await;
+        assert_eq!(a.line, "HTTP/1.1 200 OK", "{a:?}");
+        assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{a:?}");
+        assert_eq!(a.body, b"until the end");
+    }
+    assert_eq!(up.requests().len(), 6);
+}
