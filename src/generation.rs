@@ -37,7 +37,7 @@ use crate::policy::load_shed::RouteLoadShed;
 use crate::policy::rate_limit::{GlobalCtx, RouteRateLimit};
 use crate::policy::retry::RouteRetry;
 use crate::proxy::access_log::AccessLog;
-use crate::proxy::listener::{max_head, server_builder};
+use crate::proxy::listener::{h1_server_builder, max_head, server_builder};
 use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
@@ -80,6 +80,8 @@ pub struct ListenerRt {
     pub unrouted: Arc<RouteMetrics>,
     /// The HTTP server settings (from `runtime`) for connections accepted under this generation.
     pub server: Arc<auto::Builder<TokioExecutor>>,
+    /// The HTTP/1 server settings for what the lean server hands over (not HTTP/2).
+    pub h1_server: Arc<hyper::server::conn::http1::Builder>,
     /// `runtime.header_read_timeout`: a new connection must start a request within it.
     pub head_timeout: Duration,
     /// `runtime.idle_timeout`: a connection with no request in flight is closed after it.
@@ -418,6 +420,7 @@ fn build_listener(
         direction: l.direction,
         routes,
         server: Arc::new(server_builder(rt)),
+        h1_server: Arc::new(h1_server_builder(rt)),
         head_timeout: rt.header_read_timeout.0,
         idle_timeout: rt.idle_timeout.0,
         max_head: max_head(rt),

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::server::conn::http1;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -120,15 +121,40 @@ pub fn max_head(rt: &file::Runtime) -> usize {
     (rt.max_header_bytes.0 as usize).max(8192)
 }
 
-/// The HTTP server settings of a listener, from `runtime`.
+/// hyper's head timer for a listener under `rt`. It runs from the moment hyper waits for a
+/// head, the next one included, so at `header_read_timeout` alone it would close an idle
+/// keep-alive connection then. The first head is timed from accept by the watchdog
+/// (`conn.rs`); a later one may take as long as a connection may idle (SPEC §14), where the
+/// lean server gives it `header_read_timeout` from its first byte.
+fn head_timer(rt: &file::Runtime) -> Duration {
+    rt.header_read_timeout.0.max(rt.idle_timeout.0)
+}
+
+/// The HTTP/1 server settings of a listener, from `runtime`, for what the lean server hands
+/// over. hyper's own HTTP/1 server, not the auto one's: only it takes `max_header_size`, which
+/// holds every head to `max_header_bytes` to the byte as the lean server does. `max_buf_size`
+/// alone (all the auto server takes) refuses a head only while it is partial and the read
+/// buffer has reached the limit, so a longer head read whole went through.
+pub fn h1_server_builder(rt: &file::Runtime) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    let max_head = max_head(rt);
+    b.timer(TokioTimer::new())
+        .header_read_timeout(head_timer(rt))
+        .max_buf_size(max_head)
+        .max_header_size(max_head)
+        // A client may shut its write side once the request is sent (`nc -N`, one-shot
+        // scripts); without this hyper drops such a connection unanswered on the read EOF.
+        .half_close(true)
+        .keep_alive(true);
+    b
+}
+
+/// The HTTP server settings of a listener, from `runtime`, for HTTP/2 (ALPN `h2`, or the
+/// prior-knowledge preface), which it tells from HTTP/1 by the first bytes.
 pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let max_head = max_head(rt);
-    // hyper's head timer runs from the moment it waits for a head, the next one included, so
-    // at `header_read_timeout` alone it would close an idle keep-alive connection then. The
-    // first head is timed from accept by the watchdog (`conn.rs`); a later one may take as
-    // long as a connection may idle (SPEC §14).
-    let head_timer = rt.header_read_timeout.0.max(rt.idle_timeout.0);
+    let head_timer = head_timer(rt);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timer)
@@ -545,6 +571,8 @@ struct ToHyper {
     read: bytes::Bytes,
     /// Where the first head's wait ends: the watchdog keeps to it.
     head_end: Instant,
+    /// HTTP/1 for sure: handed over by the lean server, no HTTP/2 preface in `read`.
+    h1: bool,
 }
 
 impl ToHyper {
@@ -556,14 +584,15 @@ impl ToHyper {
             io,
             read,
             head_end,
+            h1,
         } = self;
         match io {
             KeptIo::Plain(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end))
+                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end, h1))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end))
+                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end, h1))
             }
         }
     }
@@ -693,11 +722,13 @@ where
             }
         };
         let io = io.kept();
+        let h1 = !h2 && !h1::parse::h2_preface(&read);
         Next::Hyper(ToHyper {
             conn,
             io,
             read,
             head_end,
+            h1,
         })
     }
 }
@@ -727,7 +758,9 @@ impl TaskIo for TlsStream<Sock> {
 /// Serves a connection with hyper's HTTP/1 and HTTP/2 servers until it ends, its watchdog
 /// closes it, or the listener stops (or had stopped already). The watchdog counts the head
 /// timeout to `head_end`, from accept, whoever served the connection so far.
-async fn serve_hyper<I>(conn: Served, io: I, head_end: Instant)
+/// `h1`: the lean server handed it over, with no HTTP/2 preface read: hyper's HTTP/1 server
+/// serves it ([`h1_server_builder`]), else the auto server.
+async fn serve_hyper<I>(conn: Served, io: I, head_end: Instant, h1: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -756,31 +789,67 @@ where
             super::boxed(|| serve(shared, addr, req, client, active))
         })
     };
-    let conn = lst
-        .server
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let io = TokioIo::new(io);
+    let ends = Ends {
+        watchdog: watchdog.as_mut(),
+        stopped: &mut stopped,
+        draining,
+        peer: peer_addr,
+    };
+    if h1 {
+        let conn = lst.h1_server.serve_connection(io, svc).with_upgrades();
+        drive(conn, |c| c.graceful_shutdown(), ends).await;
+    } else {
+        let conn = lst.server.serve_connection_with_upgrades(io, svc);
+        drive(conn, |c| c.graceful_shutdown(), ends).await;
+    }
+}
+
+/// What ends a connection hyper serves, besides the connection itself.
+struct Ends<'a, W> {
+    watchdog: Pin<&'a mut W>,
+    stopped: &'a mut watch::Receiver<bool>,
+    /// The listener was stopping already.
+    draining: bool,
+    peer: SocketAddr,
+}
+
+/// Drives `conn` (one of hyper's connections, `shut` its graceful shutdown) until it ends, its
+/// watchdog closes it, or the listener stops.
+async fn drive<C, E, W>(conn: C, shut: fn(Pin<&mut C>), ends: Ends<'_, W>)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    W: Future<Output = Close>,
+{
+    let Ends {
+        mut watchdog,
+        stopped,
+        draining,
+        peer,
+    } = ends;
     tokio::pin!(conn);
     let mut closing = draining;
     if closing {
-        conn.as_mut().graceful_shutdown();
+        shut(conn.as_mut());
     }
     loop {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            close = &mut watchdog, if !closing => match close {
+            close = watchdog.as_mut(), if !closing => match close {
                 Close::Silent => return,
                 Close::Idle => {
-                    conn.as_mut().graceful_shutdown();
+                    shut(conn.as_mut());
                     closing = true;
                 }
             },
             _ = stopped.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
+                shut(conn.as_mut());
                 closing = true;
             }
         }

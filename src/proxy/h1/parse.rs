@@ -63,6 +63,13 @@ pub enum Refusal {
 /// How an HTTP/2 connection starts (its preface): hyper's to serve, not a malformed head.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
+/// Whether `read`, bytes the lean server hands over, starts an HTTP/2 preface (or all of it
+/// is the start of one): for hyper's auto server, which tells the two apart.
+pub fn h2_preface(read: &[u8]) -> bool {
+    let n = read.len().min(H2_PREFACE_START.len());
+    read[..n] == H2_PREFACE_START[..n]
+}
+
 /// What one connection keeps from head to head so that reading one allocates little.
 #[derive(Debug, Default)]
 pub struct Reuse {
