@@ -18,8 +18,12 @@ static REG_NAME: [bool; 256] = {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
-            || matches!(c, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',')
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~')
+            || matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b','
+            )
             || matches!(c, b';' | b'=');
         b += 1;
     }
@@ -45,7 +49,10 @@ pub fn valid(a: &[u8]) -> bool {
             let b = a[i];
             if REG_NAME[usize::from(b)] {
                 i += 1;
-            } else if b == b'%' && a.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            } else if b == b'%'
+                && a.get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+            {
                 i += 3;
             } else {
                 break;

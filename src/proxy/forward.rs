@@ -322,8 +322,7 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
         if !authority::valid(a.as_str().as_bytes()) {
             return Some("the target's authority is not host[:port]");
         }
-    } else if uri.path().as_bytes().first() != Some(&b'/')
-        && req.method() != http::Method::OPTIONS
+    } else if uri.path().as_bytes().first() != Some(&b'/') && req.method() != http::Method::OPTIONS
     {
         // `*`, the one target without an authority that is no path, is OPTIONS' alone.
         return Some("the request target must be a path (/...) or an absolute URI");
@@ -796,7 +795,13 @@ mod tests {
             authority_problem(&req, Sent::of(req.headers()))
         };
         assert_eq!(with_host("a.example:80"), None);
-        for bad in ["evil.com/x?@a.example", "a b", "a, b", "a:abc", "a:99999999"] {
+        for bad in [
+            "evil.com/x?@a.example",
+            "a b",
+            "a, b",
+            "a:abc",
+            "a:99999999",
+        ] {
             assert_eq!(
                 with_host(bad),
                 Some("the host header is not host[:port]"),

@@ -384,7 +384,8 @@ fn statuses(text: &str) -> Vec<&str> {
 async fn after_a_hand_off_to_hyper_a_head_keeps_its_limit() {
     let (app, proxy) = setup().await;
     let addr = proxy.listener("inbound");
-    let upload = "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let upload =
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
     // A head of `len` bytes.
     let head = |len: usize| {
         let start = "GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: ";
@@ -394,7 +395,12 @@ async fn after_a_hand_off_to_hyper_a_head_keeps_its_limit() {
     for (len, want) in [(16 * 1024, "431"), (8 * 1024 + 1, "431")] {
         let req = format!("{upload}{}", head(len));
         let rsp = raw::exchange(addr, req.as_bytes(), WAIT).await;
-        assert_eq!(statuses(&rsp.text()), ["200", want], "{len}: {}", rsp.text());
+        assert_eq!(
+            statuses(&rsp.text()),
+            ["200", want],
+            "{len}: {}",
+            rsp.text()
+        );
     }
     let req = format!("{upload}{}", head(8 * 1024));
     let rsp = raw::exchange(addr, req.as_bytes(), WAIT).await;
@@ -409,7 +415,12 @@ async fn after_a_hand_off_to_hyper_a_head_keeps_its_limit() {
     ] {
         let req = format!("{upload}{bad}");
         let rsp = raw::exchange(addr, req.as_bytes(), WAIT).await;
-        assert_eq!(statuses(&rsp.text()), ["200", "400"], "{bad:?}: {}", rsp.text());
+        assert_eq!(
+            statuses(&rsp.text()),
+            ["200", "400"],
+            "{bad:?}: {}",
+            rsp.text()
+        );
     }
     assert_still_serving(&proxy, "heads after a hand-off").await;
     assert_only(

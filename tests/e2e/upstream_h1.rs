@@ -697,21 +697,29 @@ async fn an_http10_answer_is_sent_in_the_client_s_version() {
     let a = c.answer(false).await;
     assert_eq!(a.line, "HTTP/1.1 200 OK", "{a:?}");
     assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{a:?}");
-    assert_eq!((a.body.as_slice(), a.header("x-up")), (&b"until the end"[..], Some("1")));
+    assert_eq!(
+        (a.body.as_slice(), a.header("x-up")),
+        (&b"until the end"[..], Some("1"))
+    );
     let b = c.answer(false).await;
     assert_eq!(b.line, "HTTP/1.1 200 OK", "{b:?}");
-    assert_eq!((b.header("content-length"), b.body.as_slice()), (Some("2"), &b"ok"[..]));
+    assert_eq!(
+        (b.header("content-length"), b.body.as_slice()),
+        (Some("2"), &b"ok"[..])
+    );
     assert_eq!(b.header("connection"), None, "kept alive: {b:?}");
 
     // An HTTP/1.0 client: HTTP/1.0, kept alive as it asks while the length is known, then
     // close-delimited.
     let mut c = Conn::open(addr).await;
-    c.send(b"GET /c HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    c.send(b"GET /c HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
     let a = c.answer(false).await;
     assert_eq!(a.line, "HTTP/1.0 200 OK", "{a:?}");
     assert_eq!(a.header("connection"), Some("keep-alive"), "{a:?}");
     assert_eq!(a.body, b"ok");
-    c.send(b"GET /d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    c.send(b"GET /d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
     let b = c.answer(false).await;
     assert_eq!(b.line, "HTTP/1.0 200 OK", "{b:?}");
     assert_eq!(b.header("transfer-encoding"), None, "{b:?}");

@@ -282,11 +282,13 @@ async fn each_forwarding_line_reaches_the_upstream_once_from_every_server() {
 #[tokio::test]
 async fn a_connection_list_never_removes_the_authority_or_the_length() {
     let (s, _, _) = setup().await;
-    let lean = "GET /x HTTP/1.1\r\nHost: routed.example\r\nConnection: host\r\nConnection: close\r\n\r\n";
+    let lean =
+        "GET /x HTTP/1.1\r\nHost: routed.example\r\nConnection: host\r\nConnection: close\r\n\r\n";
     let absolute = "GET http://routed.example/x HTTP/1.1\r\nConnection: Host, close\r\n\r\n";
     let hypers = "POST /x HTTP/1.1\r\nHost: routed.example\r\nConnection: HOST, close\r\n\
                   Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
-    let length = "POST /x HTTP/1.1\r\nHost: routed.example\r\nConnection: content-length, close\r\n\
+    let length =
+        "POST /x HTTP/1.1\r\nHost: routed.example\r\nConnection: content-length, close\r\n\
                   Content-Length: 5\r\n\r\nhello";
     for (i, req) in [lean, absolute, hypers, length].into_iter().enumerate() {
         let rsp = send(&s, req).await;
@@ -357,32 +359,41 @@ async fn a_host_that_is_not_host_and_port_is_refused() {
         "http://routed.example:abc/x",
         "http://routed.example:70000/x",
     ] {
-        let req = format!("GET {target} HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {target} HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n");
         assert_refused(&send(&s, &req).await, 400, "bad_request");
     }
-    assert_eq!(s.routed.hits() + s.other.hits(), 0, "refusals reach no upstream");
+    assert_eq!(
+        s.routed.hits() + s.other.hits(),
+        0,
+        "refusals reach no upstream"
+    );
 
     // Hosts as RFC 3986 writes them pass, as sent.
-    for (i, host) in [
-        "ROUTED.example:65535",
-        "routed.example:",
-        "routed.example",
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, host) in ["ROUTED.example:65535", "routed.example:", "routed.example"]
+        .into_iter()
+        .enumerate()
     {
         let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let rsp = send(&s, &req).await;
         assert_eq!(rsp.status(), Some(200), "{host}: {}", rsp.text());
         assert_eq!(s.routed.header(i, "host"), [host]);
     }
-    for host in ["[::1]:80", "[v7.a:b]", "127.0.0.1:1", "a-b_c~d.!$&'()*+;=%41"] {
+    for host in [
+        "[::1]:80",
+        "[v7.a:b]",
+        "127.0.0.1:1",
+        "a-b_c~d.!$&'()*+;=%41",
+    ] {
         let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         assert_refused(&send(&s, &req).await, 404, "no_route");
     }
     // Over HTTP/2, `:authority` with userinfo is refused alike (RFC 9113 §8.3.1).
     let addr = s.proxy.listener("outbound");
-    assert_eq!(h2_status(addr, "http://u:p@routed.example/x", &[]).await, 400);
+    assert_eq!(
+        h2_status(addr, "http://u:p@routed.example/x", &[]).await,
+        400
+    );
     assert_eq!(s.routed.hits(), 3);
 }
 
@@ -403,7 +414,11 @@ async fn a_target_that_is_no_path_or_absolute_uri_is_refused() {
     ] {
         assert_refused(&send(&s, req).await, 400, "bad_request");
     }
-    assert_eq!(s.routed.hits() + s.other.hits(), 0, "refusals reach no upstream");
+    assert_eq!(
+        s.routed.hits() + s.other.hits(),
+        0,
+        "refusals reach no upstream"
+    );
     let star = "OPTIONS * HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n";
     let rsp = send(&s, star).await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
