@@ -127,8 +127,13 @@ impl Tracer {
     /// now; a sampled trace gets one per try (each try's span is the parent). A client's
     /// unsampled `traceparent` passes through unchanged, and so does its `tracestate`; a
     /// `tracestate` without a valid `traceparent` is dropped with it (W3C: the trace restarts).
+    /// Two `traceparent` lines are no valid one (W3C's test suite: the trace restarts).
     pub fn start(&self, headers: &mut HeaderMap) -> Trace {
-        let incoming = headers.get(TRACEPARENT).and_then(TraceParent::parse);
+        let mut given = headers.get_all(TRACEPARENT).iter();
+        let incoming = match (given.next(), given.next()) {
+            (Some(one), None) => TraceParent::parse(one),
+            _ => None,
+        };
         match incoming {
             Some(tp) => Trace {
                 trace_id: tp.trace_id,

@@ -127,6 +127,25 @@ async fn a_clients_trace_decides_whatever_the_sample_says() {
     assert_eq!(h[TRACEPARENT], unsampled, "passed on as it came");
 }
 
+/// W3C trace context: a request with two `traceparent` lines has no valid parent, even when
+/// each line alone would be one; the trace restarts, and neither line nor the `tracestate`
+/// reaches the upstream.
+#[tokio::test]
+async fn two_traceparents_restart_the_trace() {
+    let (never, _m) = tracer(0.0);
+    let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut h = headers(&[("traceparent", GIVEN), ("tracestate", "v=1")]);
+    h.append(TRACEPARENT, HeaderValue::from_static(other));
+    let t = never.start(&mut h);
+    assert_eq!(t.remote_parent, None, "neither line is followed");
+    assert_ne!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    let sent: Vec<_> = h.get_all(TRACEPARENT).iter().collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let sent = TraceParent::parse(sent[0]).expect("rampart's own");
+    assert_eq!(sent.trace_id, t.trace_id);
+    assert!(h.get(TRACESTATE).is_none());
+}
+
 #[tokio::test]
 async fn a_new_trace_is_sampled_as_configured_and_always_propagated() {
     let (never, _m) = tracer(0.0);
