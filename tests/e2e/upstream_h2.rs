@@ -34,7 +34,8 @@ struct Seen {
 
 /// A hyper HTTP/2 server on 127.0.0.1: `/grpc` answers `hello` with the trailers
 /// `grpc-status: 0`, `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
-/// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), anything else 200 `ok`.
+/// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), `/bytes/N` N bytes (as fast as
+/// flow control lets them go), anything else 200 `ok`.
 struct H2Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -57,7 +58,12 @@ enum Served {
         sent: bool,
         later: Option<Pin<Box<tokio::time::Sleep>>>,
     },
+    /// This many bytes more, in chunks of [`CHUNK`].
+    Many(usize),
 }
+
+/// What [`Served::Many`] sends, a chunk at a time.
+static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
 
 impl Drop for Served {
     fn drop(&mut self) {
@@ -84,6 +90,12 @@ impl http_body::Body for Served {
                 Poll::Ready(Some(Ok(message())))
             }
             Served::Hang { .. } => Poll::Pending,
+            Served::Many(0) => Poll::Ready(None),
+            Served::Many(left) => {
+                let n = (*left).min(CHUNK.len());
+                *left -= n;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+            }
             Served::Broken { later, .. } => {
                 let later = later.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100)))
@@ -166,6 +178,9 @@ async fn answer(
             sent: false,
             later: None,
         },
+        path if path.starts_with("/bytes/") => {
+            Served::Many(path["/bytes/".len()..].parse().expect("/bytes/N"))
+        }
         _ => Served::Frames(Frames(frames.into())),
     };
     let mut rsp = Response::new(body);
@@ -1155,4 +1170,62 @@ async fn hostile_grpc_timeouts_bound_nothing_or_end_the_call_at_once() {
             "{bad:?}"
         );
     }
+}
+
+/// A client that asks for `path` over HTTP/1.1, reads the answer's first bytes and then no
+/// more: its receive buffer kept small, so that what rampart holds for it is soon all it may.
+async fn slow_reader(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut tcp = socket.connect(addr).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nhost: grpc.internal\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("the request");
+    let mut first = [0u8; 64];
+    let n = tcp.read(&mut first).await.expect("the answer begins");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+    tcp
+}
+
+/// Answers their clients do not read never stall the other requests on the HTTP/2 upstream
+/// connection they share: three HTTP/1.1 clients and one h2c client that read nothing of their
+/// large answers (before, hyper's default windows, 2 MiB a stream and 5 MiB the connection,
+/// gave three such streams the whole connection window: every other request got its head and
+/// then no byte), and another request on the same connection still gets its whole answer, in
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_never_stall_the_others_on_the_connection() {
+    const LARGE: &str = "/bytes/268435456"; // 256 MiB: far more than any buffer on the way
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(slow_reader(addr, LARGE).await);
+    }
+    // A gRPC-like client that never sends a WINDOW_UPDATE: its answer's body is never polled.
+    let mut h2 = http::h2c(addr).await;
+    let req = Request::get(format!("http://grpc.internal{LARGE}"))
+        .body(http::empty())
+        .expect("request");
+    let unread = h2.send_request(req).await.expect("a head");
+    assert_eq!(unread.status(), StatusCode::OK);
+    // Time for the unread answers to fill every buffer and window on their way.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http::get(addr, "/bytes/4194304", &[]),
+    )
+    .await
+    .expect("the other request must get its whole answer while the unread ones wait");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.len(), 4 * 1024 * 1024);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one connection carried them all"
+    );
+    drop((held, unread));
 }

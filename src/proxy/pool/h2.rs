@@ -7,9 +7,22 @@
 //! `rampart_upstream_connections` and against `max_connections` while it lasts, and each
 //! request goes out with the lines rampart adds ([`Added`]) and `te: trailers`, its answer's
 //! trailers passed on to the client.
+//!
+//! **Flow control.** Every stream of a connection shares its connection window, and an answer
+//! nobody reads (a client that stops reading, a gRPC stream whose client sends no
+//! `WINDOW_UPDATE`) holds its part of it until it ends. hyper's defaults (2 MiB a stream, 5 MiB
+//! the connection) let three such answers take the whole connection window, and every other
+//! request on the connection then got its head and no byte of its body. So each stream gets
+//! [`STREAM_WINDOW`] (what one unread answer can make rampart hold), the connection the most
+//! HTTP/2 allows ([`CONNECTION_WINDOW`]), and no more streams are open at once than
+//! [`MAX_STREAMS`], which that window holds at their full stream window: answers nobody reads
+//! can never take it all. (An nghttp2-based proxy can hand back a connection's window as data
+//! arrives and hold back only the stream's; h2 hands both back as the answer is read, hence
+//! these sizes.)
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +35,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{connect_timed_out, Pool, SendError, UpstreamError};
@@ -34,14 +48,28 @@ use crate::proxy::guard::Guards;
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is given up.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each stream's receive window: the most of one answer rampart holds while its client does
+/// not read it (256 KiB: at a 1 ms round trip, 256 MB/s for one stream).
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's receive window: the most HTTP/2 allows (2^31 - 1, RFC 9113 §6.9.1).
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// Streams open at once to one endpoint: as many as [`CONNECTION_WINDOW`] holds at their full
+/// [`STREAM_WINDOW`] (8191), so that streams nobody reads can never exhaust it. More requests
+/// wait for a stream to end (within their try's deadline), as they would at an upstream's own
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+const MAX_STREAMS: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
+const _: () = assert!(MAX_STREAMS as u64 * STREAM_WINDOW as u64 <= CONNECTION_WINDOW as u64);
 
 /// An endpoint's HTTP/2 connection, made when first needed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct H2 {
     /// The connection's request handle; `None` before the first connect.
     sender: parking_lot::Mutex<Option<SendRequest<Body>>>,
     /// Held while a connection is made, so concurrent requests wait for that one.
     connecting: tokio::sync::Mutex<()>,
+    /// One permit per stream that may be open at once ([`MAX_STREAMS`]), held from the send
+    /// to the end (or drop) of its answer.
+    streams: Arc<Semaphore>,
 }
 
 /// An HTTP/2 upstream's answer body: hyper's stream, counted into the access log line its
@@ -49,6 +77,8 @@ pub(crate) struct H2 {
 #[derive(Debug)]
 pub struct H2Answer {
     body: Incoming,
+    /// The stream's place among [`MAX_STREAMS`], freed when the answer ends or is dropped.
+    stream: Option<OwnedSemaphorePermit>,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(crate) guards: Guards,
     /// A gRPC call's try whose outcome is in this stream's trailers.
@@ -58,6 +88,16 @@ pub struct H2Answer {
 }
 
 // === impl H2 ===
+
+impl Default for H2 {
+    fn default() -> Self {
+        H2 {
+            sender: parking_lot::Mutex::default(),
+            connecting: tokio::sync::Mutex::default(),
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        }
+    }
+}
 
 impl H2 {
     /// The connection's handle, unless there is none or it has closed.
@@ -81,6 +121,9 @@ impl Pool {
         body: Body,
     ) -> Result<Response<Body>, SendError> {
         let reset = |e| SendError::Reset(UpstreamError::Http2(e));
+        // Never closed, so never refused: waited for (the caller bounds the wait) only when
+        // `MAX_STREAMS` answers are open.
+        let stream = h2.streams.clone().acquire_owned().await.ok();
         let mut sender = match h2.live() {
             Some(s) => s,
             None => self.connect_h2(h2, addr).await?,
@@ -99,6 +142,7 @@ impl Pool {
         head.version = Version::HTTP_11;
         let answer = H2Answer {
             body,
+            stream,
             guards: Guards::default(),
             trailed: None,
             grpc: false,
@@ -131,6 +175,9 @@ impl Pool {
             .keep_alive_interval(KEEP_ALIVE_EVERY)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
+            // See the module's doc: unread answers never block the others.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
             // answer's headers and trailers.
             .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
@@ -241,6 +288,7 @@ impl http_body::Body for H2Answer {
             if let Some(trailed) = this.trailed.take() {
                 trailed.end(end);
             }
+            this.stream = None;
             this.guards = Guards::default();
         }
         Poll::Ready(polled)
