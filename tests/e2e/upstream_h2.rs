@@ -1229,3 +1229,212 @@ async fn answers_nobody_reads_never_stall_the_others_on_the_connection() {
     );
     drop((held, unread));
 }
+
+/// How [`GoingAway`]'s first connection says `GOAWAY(NO_ERROR, last stream 1)` while its
+/// stream 1 is held (unanswered until [`GoingAway::release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Away {
+    /// As soon as stream 1 has come.
+    AtOnce,
+    /// When the next stream comes, which it thereby refuses (it is above the last).
+    OnTheNext,
+}
+
+/// A raw HTTP/2 server on 127.0.0.1, frame by frame, for what hyper's server does not do: its
+/// first connection goes away ([`Away`]) with stream 1 in flight; every later connection
+/// answers each request 200 with the body `conn N` (N counted from 1).
+struct GoingAway {
+    addr: SocketAddr,
+    /// `(connection, stream)` of every request's HEADERS, in order.
+    streams: Arc<Mutex<Vec<(u64, u32)>>>,
+    release: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GoingAway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a small frame");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A 200 answer with `body` on `stream`: HEADERS (`:status: 200`, HPACK's static entry 8)
+/// and one DATA frame that ends the stream.
+fn h2_ok(stream: u32, body: &str) -> Vec<u8> {
+    let mut out = h2_frame(0x1, 0x4, stream, &[0x88]);
+    out.extend(h2_frame(0x0, 0x1, stream, body.as_bytes()));
+    out
+}
+
+impl GoingAway {
+    async fn start(away: Away) -> GoingAway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (streams, release) = (streams.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while let Ok((tcp, _)) = listener.accept().await {
+                    n += 1;
+                    let (streams, release) = (streams.clone(), release.clone());
+                    tokio::spawn(Self::serve(tcp, n, away, streams, release));
+                }
+            })
+        };
+        GoingAway {
+            addr,
+            streams,
+            release,
+            task,
+        }
+    }
+
+    /// Lets the first connection answer its stream 1.
+    fn release(&self) {
+        self.release.notify_one();
+    }
+
+    fn streams(&self) -> Vec<(u64, u32)> {
+        self.streams.lock().clone()
+    }
+
+    async fn serve(
+        tcp: tokio::net::TcpStream,
+        n: u64,
+        away: Away,
+        streams: Arc<Mutex<Vec<(u64, u32)>>>,
+        release: Arc<tokio::sync::Notify>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut rd, wr) = tcp.into_split();
+        let wr = Arc::new(tokio::sync::Mutex::new(wr));
+        let send = |bytes: Vec<u8>| {
+            let wr = wr.clone();
+            async move {
+                let _ = wr.lock().await.write_all(&bytes).await;
+            }
+        };
+        let mut preface = [0u8; 24];
+        if rd.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        send(h2_frame(0x4, 0, 0, &[])).await;
+        let goaway = || {
+            let mut last_and_code = 1u32.to_be_bytes().to_vec();
+            last_and_code.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+            h2_frame(0x7, 0, 0, &last_and_code)
+        };
+        let mut gone = false;
+        loop {
+            let mut head = [0u8; 9];
+            if rd.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match kind {
+                // SETTINGS and PING are acknowledged.
+                0x4 if flags & 0x1 == 0 => send(h2_frame(0x4, 0x1, 0, &[])).await,
+                0x6 if flags & 0x1 == 0 => send(h2_frame(0x6, 0x1, 0, &payload)).await,
+                0x1 => streams.lock().push((n, stream)),
+                _ => {}
+            }
+            let ends = matches!(kind, 0x0 | 0x1) && flags & 0x1 != 0;
+            if n > 1 {
+                if ends {
+                    send(h2_ok(stream, &format!("conn {n}"))).await;
+                }
+                continue;
+            }
+            // The first connection: stream 1 held, then GOAWAY; nothing above it answered.
+            match (kind, stream) {
+                (0x1, 1) => {
+                    if away == Away::AtOnce {
+                        gone = true;
+                        send(goaway()).await;
+                    }
+                    let release = release.clone();
+                    let answer = send(h2_ok(1, "conn 1"));
+                    tokio::spawn(async move {
+                        release.notified().await;
+                        answer.await;
+                    });
+                }
+                (0x1, _) if !gone => {
+                    gone = true;
+                    send(goaway()).await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// An upstream's graceful `GOAWAY` (as gRPC servers rotate connections at
+/// `max_connection_age`) costs no request: rampart sends nothing more on that connection, a
+/// request the connection did not process goes again on a new one whatever its method (here
+/// a POST, on a route without retries), and neither counts as an upstream failure. Before, the
+/// next request was handed to the going connection and answered 502 (hyper's "connection
+/// closed") without reaching the upstream, and a stream above the `GOAWAY`'s last was a 502
+/// too, each counted against the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_connection() {
+    for away in [Away::AtOnce, Away::OnTheNext] {
+        let up = GoingAway::start(away).await;
+        let proxy = proxy(up.addr, "").await;
+        let addr = proxy.listener("inbound");
+        // Stream 1, held by the upstream through its GOAWAY.
+        let held = tokio::spawn(async move { http::get(addr, "/held", &[]).await });
+        crate::assert_eventually!(up.streams().len() == 1, "{away:?}: {:?}", up.streams());
+        if away == Away::AtOnce {
+            // The GOAWAY reaches rampart before the next request does.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let rsp = http::post(addr, "/next", &[], "not idempotent").await;
+        assert_eq!(
+            (rsp.status, rsp.text()),
+            (StatusCode::OK, "conn 2".to_owned()),
+            "{away:?}: {}",
+            proxy.log()
+        );
+        let streams = up.streams();
+        match away {
+            // Nothing more went on the going connection.
+            Away::AtOnce => assert_eq!(streams, [(1, 1), (2, 1)], "{away:?}"),
+            // Stream 3 came before the GOAWAY did, which refused it.
+            Away::OnTheNext => assert_eq!(streams, [(1, 1), (1, 3), (2, 1)], "{away:?}"),
+        }
+        up.release();
+        let rsp = held.await.expect("the held request");
+        assert_eq!(
+            (rsp.status, rsp.text()),
+            (StatusCode::OK, "conn 1".to_owned())
+        );
+        let text = metrics(proxy.admin()).await;
+        let codes =
+            crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
+        assert_eq!(codes, ["200"], "{away:?}: no failure counted");
+        let total = &[("upstream", "grpc"), ("code", "200")];
+        assert_eq!(
+            metric_value(&text, "rampart_upstream_requests_total", total),
+            Some(2.0),
+            "{away:?}: one try each"
+        );
+    }
+}

@@ -8,6 +8,10 @@
 //! request goes out with the lines rampart adds ([`Added`]) and `te: trailers`, its answer's
 //! trailers passed on to the client.
 //!
+//! **Going away.** A connection that got a `GOAWAY` takes no new stream ([`H2::retire`]), and a
+//! request the upstream certainly did not process ([`Refusal`]) is sent again on the newest
+//! connection, within the same try: whatever its method, since it was never processed.
+//!
 //! **Flow control.** Every stream of a connection shares its connection window, and an answer
 //! nobody reads (a client that stops reading, a gRPC stream whose client sends no
 //! `WINDOW_UPDATE`) holds its part of it until it ends. hyper's defaults (2 MiB a stream, 5 MiB
@@ -22,6 +26,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -63,8 +68,11 @@ const _: () = assert!(MAX_STREAMS as u64 * STREAM_WINDOW as u64 <= CONNECTION_WI
 /// An endpoint's HTTP/2 connection, made when first needed.
 #[derive(Debug)]
 pub(crate) struct H2 {
-    /// The connection's request handle; `None` before the first connect.
-    sender: parking_lot::Mutex<Option<SendRequest<Body>>>,
+    /// The connection's number (see [`H2::retire`]) and request handle; `None` before the
+    /// first connect, and after the connection is let go.
+    sender: parking_lot::Mutex<Option<(u64, SendRequest<Body>)>>,
+    /// The number of the next connection.
+    made: AtomicU64,
     /// Held while a connection is made, so concurrent requests wait for that one.
     connecting: tokio::sync::Mutex<()>,
     /// One permit per stream that may be open at once ([`MAX_STREAMS`]), held from the send
@@ -94,16 +102,73 @@ impl Default for H2 {
         H2 {
             sender: parking_lot::Mutex::default(),
             connecting: tokio::sync::Mutex::default(),
+            made: AtomicU64::new(0),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         }
     }
 }
 
 impl H2 {
-    /// The connection's handle, unless there is none or it has closed.
-    fn live(&self) -> Option<SendRequest<Body>> {
+    /// The connection's number and handle, unless there is none or it has closed.
+    fn live(&self) -> Option<(u64, SendRequest<Body>)> {
         let held = self.sender.lock();
-        held.as_ref().filter(|s| !s.is_closed()).cloned()
+        held.as_ref()
+            .filter(|(_, s)| !s.is_closed())
+            .map(|(id, s)| (*id, s.clone()))
+    }
+
+    /// Lets connection `id` go (if it is still the endpoint's): it takes no new stream, and
+    /// ends once its open streams have.
+    fn retire(&self, id: u64) {
+        let mut held = self.sender.lock();
+        if held.as_ref().is_some_and(|(i, _)| *i == id) {
+            *held = None;
+        }
+    }
+}
+
+/// Why an upstream did not process a request, so that it can be sent again whatever its
+/// method (RFC 9113 §8.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The connection is going away (a `GOAWAY`, or closed): the request was never sent, or
+    /// its stream is above the `GOAWAY`'s last stream id.
+    GoingAway,
+    /// The upstream reset the stream with `REFUSED_STREAM`.
+    Refused,
+}
+
+/// How many times one try's request is sent again after [`Refusal`]s (each time on the
+/// endpoint's newest connection), before the last refusal is its answer.
+const MAX_REFUSED: u32 = 2;
+
+/// Whether `error`, what hyper says of a request it handed to the connection, means the
+/// upstream certainly did not process it: h2 gives a stream above a `GOAWAY`'s last stream id
+/// (and a request on a connection that already had one) the `GOAWAY` as its error, and
+/// `REFUSED_STREAM` says so (RFC 9113 §6.8, §8.7). Anything else may have reached the upstream.
+/// (One gap is hyper's: a stream it opens in the instant a `GOAWAY` comes, between two of its
+/// calls, is given up with the `GOAWAY` as its error even if its id is not above the last;
+/// such a request is sent again too.)
+fn refusal(error: &hyper::Error) -> Option<Refusal> {
+    let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        Some(Refusal::GoingAway)
+    } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(Refusal::Refused)
+    } else {
+        None
+    }
+}
+
+/// A copy of `body` to send again, if it is in memory (no copy of its bytes).
+fn again(body: &Body) -> Option<Body> {
+    match body {
+        Body::Empty | Body::Full(None) => Some(Body::Empty),
+        Body::Full(Some(b)) => Some(Body::Full(Some(b.clone()))),
+        _ => None,
     }
 }
 
@@ -120,23 +185,50 @@ impl Pool {
         added: &Added<'_>,
         body: Body,
     ) -> Result<Response<Body>, SendError> {
-        let reset = |e| SendError::Reset(UpstreamError::Http2(e));
         // Never closed, so never refused: waited for (the caller bounds the wait) only when
         // `MAX_STREAMS` answers are open.
         let stream = h2.streams.clone().acquire_owned().await.ok();
-        let mut sender = match h2.live() {
-            Some(s) => s,
-            None => self.connect_h2(h2, addr).await?,
+        let mut body = body;
+        let mut refused = 0;
+        let rsp = loop {
+            let (id, mut sender) = match h2.live() {
+                Some(live) => live,
+                None => self.connect_h2(h2, addr).await?,
+            };
+            // A body in memory is kept (a count on its bytes) to be sent again should this
+            // stream be refused unprocessed; a streamed one can go again only unsent.
+            let kept = again(&body);
+            let req = request(parts, added, body, self.tls.is_some())
+                .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
+            let mut e = match sender.try_send_request(req).await {
+                Ok(rsp) => break rsp,
+                Err(e) => e,
+            };
+            let (unsent, error) = (e.take_message(), e.into_error());
+            let why = match unsent {
+                // hyper never handed it to the connection (closed, or closing after a GOAWAY).
+                Some(_) => Some(Refusal::GoingAway),
+                None => refusal(&error),
+            };
+            if why == Some(Refusal::GoingAway) {
+                // A connection going away takes no new stream: the next goes on a new one.
+                h2.retire(id);
+            }
+            let resend = match (why, unsent) {
+                (None, _) => None,
+                (Some(_), Some(req)) => Some(req.into_body()),
+                (Some(_), None) => kept,
+            };
+            match resend {
+                Some(b) if refused < MAX_REFUSED => {
+                    let what = "an HTTP/2 upstream did not process a request: sent again";
+                    tracing::debug!(endpoint = %addr, %error, "{what}");
+                    refused += 1;
+                    body = b;
+                }
+                _ => return Err(SendError::Reset(UpstreamError::Http2(error))),
+            }
         };
-        if sender.ready().await.is_err() {
-            // It closed between the look and now (`GOAWAY`, the upstream gone): once more on
-            // a new connection, the request not sent yet.
-            sender = self.connect_h2(h2, addr).await?;
-            sender.ready().await.map_err(reset)?;
-        }
-        let req = request(parts, added, body, self.tls.is_some())
-            .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
-        let rsp = sender.send_request(req).await.map_err(reset)?;
         let (mut head, body) = rsp.into_parts();
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
@@ -155,7 +247,11 @@ impl Pool {
 
     /// Makes the endpoint's connection, unless another request made one meanwhile. Its
     /// `max_connections` slot is held as long as it is open.
-    async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+    async fn connect_h2(
+        &self,
+        h2: &H2,
+        addr: SocketAddr,
+    ) -> Result<(u64, SendRequest<Body>), SendError> {
         let _one = h2.connecting.lock().await;
         if let Some(s) = h2.live() {
             return Ok(s);
@@ -193,8 +289,9 @@ impl Pool {
                 tracing::debug!(endpoint = %addr, %error, "HTTP/2 upstream connection ended");
             }
         });
-        *h2.sender.lock() = Some(sender.clone());
-        Ok(sender)
+        let id = h2.made.fetch_add(1, Ordering::Relaxed);
+        *h2.sender.lock() = Some((id, sender.clone()));
+        Ok((id, sender))
     }
 }
 
