@@ -740,3 +740,34 @@ async fn an_http10_answer_is_sent_in_the_client_s_version() {
     }
     assert_eq!(up.requests().len(), 6);
 }
+
+/// Cookies an HTTP/2 client split into several fields (as HPACK wants them) reach an
+/// HTTP/1.1 upstream on one `cookie` line, joined with "; " (RFC 9113 §8.2.3); an HTTP/1.1
+/// client's several lines are joined too, and one cookie goes as it came. Before, the
+/// upstream got a `cookie` line per field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_split_over_http2_reach_an_http1_upstream_on_one_line() {
+    let app =
+        Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+    let proxy = Proxy::builder(&one_route(""))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let cookies = [("cookie", "a=1"), ("x-between", "x"), ("cookie", "b=2")];
+    assert_eq!(http::h2_get(addr, "/h2", &cookies).await.status, 200);
+    assert_eq!(http::get(addr, "/h1", &cookies).await.status, 200);
+    assert_eq!(
+        http::get(addr, "/one", &[("cookie", "c=3")]).await.status,
+        200
+    );
+    let got = app.requests();
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (i, req) in got.iter().enumerate().take(2) {
+        assert_eq!(app.header(i, "cookie"), ["a=1; b=2"], "{req}");
+        assert!(req.contains("\r\ncookie: a=1; b=2\r\n"), "{req}");
+        assert_eq!(app.header(i, "x-between"), ["x"], "{req}");
+    }
+    assert_eq!(app.header(2, "cookie"), ["c=3"], "{}", got[2]);
+}

@@ -94,6 +94,11 @@ pub enum BodyKind {
 /// What the proxy adds (`added`) follows the map's lines: `x-forwarded-proto` always (a line of
 /// that name in the map is not written), and `host`, `x-request-id` and `x-forwarded-for` when
 /// the map has no line of that name. `None` writes the map alone (the tests of framing).
+///
+/// Several `cookie` fields (HTTP/2 clients split them, for HPACK) become one line, joined with
+/// "; " as RFC 9113 §8.2.3 requires before HTTP/1.1; so do an HTTP/1.1 client's several lines
+/// (RFC 6265 §5.4 has it send one). A map yields a name's values one after the other, so the
+/// line is extended in place: one cookie, or none, costs a comparison.
 pub fn encode_head(
     dst: &mut Vec<u8>,
     method: &Method,
@@ -118,6 +123,8 @@ pub fn encode_head(
     let mut te_left = te_lines;
     // Which of the lines `added` may give the map has already.
     let (mut host, mut request_id, mut forwarded_for) = (false, false, false);
+    // Where the last `cookie` line written ends (0: none yet; the request line comes first).
+    let mut cookie_end = 0;
     for (name, value) in headers {
         if *name == header::HOST {
             host = true;
@@ -148,6 +155,18 @@ pub fn encode_head(
                 // RFC 9112 §6.1: never both.
                 continue;
             }
+        } else if *name == header::COOKIE {
+            if cookie_end == dst.len() {
+                // The line just written is a `cookie` one: this value joins it.
+                dst.truncate(cookie_end - 2);
+                dst.extend_from_slice(b"; ");
+                dst.extend_from_slice(value.as_bytes());
+                dst.extend_from_slice(b"\r\n");
+            } else {
+                line(dst, b"cookie", value.as_bytes());
+            }
+            cookie_end = dst.len();
+            continue;
         } else if *name == header::CONNECTION && ConnectionTokens::read(value.as_bytes()).close {
             close = true;
         }

@@ -489,6 +489,30 @@ fn request_heads_are_origin_form_with_headers_in_order() {
     assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
 }
 
+/// Several `cookie` fields go out as one line, joined with "; " where the first was
+/// (RFC 9113 §8.2.3); one goes as it is.
+#[test]
+fn cookies_go_out_on_one_line() {
+    let (text, _) = request(
+        Method::GET,
+        "/",
+        &[
+            ("cookie", "a=1"),
+            ("x-a", "1"),
+            ("cookie", "b=2"),
+            ("cookie", "c=3"),
+            ("x-b", "2"),
+        ],
+        BodyKind::Empty,
+    );
+    assert_eq!(
+        text,
+        "GET / HTTP/1.1\r\ncookie: a=1; b=2; c=3\r\nx-a: 1\r\nx-b: 2\r\n\r\n"
+    );
+    let (text, _) = request(Method::GET, "/", &[("cookie", "a=1")], BodyKind::Empty);
+    assert_eq!(text, "GET / HTTP/1.1\r\ncookie: a=1\r\n\r\n");
+}
+
 #[test]
 fn request_body_framing_follows_the_body() {
     let (text, w) = request(Method::POST, "/", &[], BodyKind::Exact(1048576));
