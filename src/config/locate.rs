@@ -102,6 +102,22 @@ impl KeyPath {
         self.0.starts_with(&other.0)
     }
 
+    /// The key the path starts with, if it starts with one.
+    pub(super) fn first_key(&self) -> Option<&str> {
+        match self.0.first() {
+            Some(Seg::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The key the path ends with, if it ends with one.
+    pub(super) fn last_key(&self) -> Option<&str> {
+        match self.0.last() {
+            Some(Seg::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
+
     /// True for the path of the whole file.
     pub(super) fn is_root(&self) -> bool {
         self.0.is_empty()

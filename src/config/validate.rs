@@ -11,6 +11,7 @@ mod de;
 mod global;
 mod inert;
 mod listener;
+mod nulls;
 mod plans;
 mod policy;
 mod resilience;
@@ -52,7 +53,12 @@ pub(super) type Parsed = (File, Vec<ConfigError>);
 /// Parses `text` into the file model and validates it.
 pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     let mut doc = read(text, origin)?;
-    let (file, mut errors, removed) = shape::deserialize(&mut doc, origin);
+    let shape::Shape {
+        file,
+        mut errors,
+        removed,
+        ..
+    } = shape::deserialize(&mut doc, origin);
     if file.is_none() && errors.is_empty() {
         let m = "the policy file holds no mapping: it needs at least `version: 1` and one listener";
         return whole(origin, (1, 1), m.into());
@@ -67,6 +73,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     if let Some(f) = &file {
         check(f, &mut r);
     }
+    nulls::check(&mut r);
     r.errors.sort_by_key(|e| (e.line, e.column));
     r.warnings.sort_by_key(|e| (e.line, e.column));
     match file {

@@ -28,6 +28,9 @@ pub(super) struct DeError {
     pub(super) missing: Option<String>,
     /// True for a key that is not allowed; taking it out loses nothing.
     pub(super) unknown_key: bool,
+    /// True when the value is of the wrong kind (a mapping where text is wanted, say): how
+    /// `nulls.rs` tells a key that holds a section from one that holds a value.
+    pub(super) mistyped: bool,
     located: bool,
 }
 
@@ -36,6 +39,9 @@ pub(super) struct De<'a> {
     pub(super) node: &'a Node,
     pub(super) path: KeyPath,
 }
+
+/// A null value as messages name it (serde's own word, "unit value", is Rust's).
+const NULL: &str = "empty (null)";
 
 /// What a plain scalar means: YAML 1.2's core schema.
 enum Plain {
@@ -59,8 +65,15 @@ impl DeError {
             message,
             missing: None,
             unknown_key: false,
+            mistyped: false,
             located: false,
         }
+    }
+
+    fn mistyped(message: String) -> Self {
+        let mut e = DeError::new(message);
+        e.mistyped = true;
+        e
     }
 
     /// Stamps the place on an error that has none yet.
@@ -92,8 +105,13 @@ impl de::Error for DeError {
     }
 
     fn invalid_type(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        // A YAML value that serde calls a unit (a visitor's own `visit_unit`) is a null.
+        let unexp = match unexp {
+            Unexpected::Unit => Unexpected::Other(NULL),
+            other => other,
+        };
         let exp = words::expected(&exp.to_string());
-        DeError::new(format!("invalid type: {unexp}, expected {exp}"))
+        DeError::mistyped(format!("invalid type: {unexp}, expected {exp}"))
     }
 
     fn invalid_value(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
@@ -124,9 +142,16 @@ impl de::Error for DeError {
 
 // === impl De ===
 
+/// True for the plain scalars YAML's core schema reads as null (an empty value among them).
+pub(super) fn is_null(text: &str) -> bool {
+    matches!(text, "" | "~" | "null" | "Null" | "NULL")
+}
+
 fn resolve(text: &str) -> Plain {
+    if is_null(text) {
+        return Plain::Null;
+    }
     match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Plain::Null,
         "true" | "True" | "TRUE" => return Plain::Bool(true),
         "false" | "False" | "FALSE" => return Plain::Bool(false),
         ".inf" | "+.inf" | ".Inf" | "+.Inf" | ".INF" => return Plain::Float(f64::INFINITY),
@@ -172,12 +197,12 @@ impl<'a> De<'a> {
         match self.node {
             Node::Map { .. } => Unexpected::Map,
             Node::Seq { .. } => Unexpected::Seq,
-            Node::Gone(_) => Unexpected::Unit,
+            Node::Gone(_) => Unexpected::Other(NULL),
             Node::Scalar {
                 text, plain: false, ..
             } => Unexpected::Str(text),
             Node::Scalar { text, .. } => match resolve(text) {
-                Plain::Null => Unexpected::Unit,
+                Plain::Null => Unexpected::Other(NULL),
                 Plain::Bool(b) => Unexpected::Bool(b),
                 Plain::Unsigned(n) => Unexpected::Unsigned(n),
                 Plain::Signed(n) => Unexpected::Signed(n),
@@ -214,12 +239,12 @@ impl<'a> De<'a> {
                 Plain::Signed(_) | Plain::TooLarge => Err(DeError::new(format!(
                     "invalid value: {text}, expected {words}"
                 ))),
-                _ => Err(DeError::new(format!(
+                _ => Err(DeError::mistyped(format!(
                     "invalid type: {}, expected {words}",
                     self.unexpected()
                 ))),
             },
-            _ => Err(DeError::new(format!(
+            _ => Err(DeError::mistyped(format!(
                 "invalid type: {}, expected {words}",
                 self.unexpected()
             ))),

@@ -17,14 +17,29 @@ use super::de::{De, DeError};
 /// Most shape errors reported for one file; past this the file is mostly wrong anyway.
 const MAX_ROUNDS: usize = 200;
 
-/// Deserializes `doc`, taking out what does not fit. Returns the file (if the root itself
-/// fitted), every shape error, and the written paths of the values taken out.
-pub(super) fn deserialize(
-    doc: &mut Doc,
-    origin: &str,
-) -> (Option<File>, Vec<ConfigError>, Vec<KeyPath>) {
+/// What the shape pass made of a tree.
+pub(super) struct Shape {
+    /// The file, if the root itself fitted.
+    pub(super) file: Option<File>,
+    /// Every shape error.
+    pub(super) errors: Vec<ConfigError>,
+    /// The written paths of the values taken out, unknown keys aside.
+    pub(super) removed: Vec<KeyPath>,
+    /// The written paths of the values taken out for being of the wrong kind.
+    pub(super) mistyped: Vec<KeyPath>,
+}
+
+/// Deserializes `doc`, taking out what does not fit.
+pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
     let mut errors = Vec::new();
     let mut removed: Vec<KeyPath> = Vec::new();
+    let mut mistyped = Vec::new();
+    let done = |file, errors, removed, mistyped| Shape {
+        file,
+        errors,
+        removed,
+        mistyped,
+    };
     for _ in 0..MAX_ROUNDS {
         let Some(root) = doc.root.as_ref() else {
             break;
@@ -33,7 +48,7 @@ pub(super) fn deserialize(
             node: root,
             path: KeyPath::default(),
         }) {
-            Ok(file) => return (Some(file), errors, removed),
+            Ok(file) => return done(Some(file), errors, removed, mistyped),
             Err(e) => e,
         };
         // A key left unset because its value was taken out is not missing a second time.
@@ -52,11 +67,14 @@ pub(super) fn deserialize(
         if e.path.is_root() || !doc.remove(&e.path) {
             break;
         }
+        if e.mistyped {
+            mistyped.push(e.path.clone());
+        }
         if !e.unknown_key {
             removed.push(e.path);
         }
     }
-    (None, errors, removed)
+    done(None, errors, removed, mistyped)
 }
 
 fn place(e: &DeError, doc: &Doc, origin: &str) -> ConfigError {

@@ -1,0 +1,169 @@
+//! Keys written empty (null): never silently dropped (`validate/nulls.rs`).
+
+use super::{errors, fails_at, one, policy, spot, upstream, warnings, BASE};
+
+/// BASE with `tls:` on its listener, its keys commented out.
+fn listener_tls_commented_out() -> String {
+    BASE.replace(
+        "    routes:\n",
+        "    tls:\n      # cert: /etc/rampart/tls/cert.pem\n      # key: /etc/rampart/tls/key.pem\n    routes:\n",
+    )
+}
+
+#[test]
+fn a_null_tls_is_an_error_that_says_what_it_needs() {
+    let e = one(&listener_tls_commented_out());
+    assert_eq!(spot(&e), (11, 5, "listeners[0].tls"), "{e:?}");
+    assert!(e.message.starts_with("is empty (null)"), "{e:?}");
+    assert!(e.message.contains("would serve plaintext"), "{e:?}");
+    assert!(e.message.contains("it needs `cert` and `key`"), "{e:?}");
+    // Every way YAML writes a null.
+    for null in ["~", "null", "Null", "NULL", ""] {
+        let text = upstream(&format!("{{ endpoints: [127.0.0.1:1], tls: {null} }}"));
+        let e = one(&text);
+        assert_eq!(e.path, "upstreams.app.tls", "{null:?}: {e:?}");
+        assert!(e.message.contains("`tls: {}`"), "{e:?}");
+        assert!(e.message.contains("in plaintext"), "{e:?}");
+    }
+    // `tls: {}` on an upstream is TLS with the defaults, and stays valid.
+    assert!(warnings(&upstream("{ endpoints: [127.0.0.1:1], tls: {} }")).is_empty());
+    let store = format!(
+        "{BASE}global_store: {{ redis: {{ url: \"rediss://127.0.0.1:6380/0\", tls: ~ }} }}\n"
+    );
+    fails_at(&store, "global_store.redis.tls");
+}
+
+#[test]
+fn a_null_section_whose_empty_form_is_an_error_is_an_error() {
+    let cases = [
+        (format!("{BASE}audit:\n"), "audit", "\"file\""),
+        (format!("{BASE}tracing: ~\n"), "tracing", "\"otlp\""),
+        (
+            format!("{BASE}global_store:\n"),
+            "global_store",
+            "\"redis\"",
+        ),
+        (
+            upstream("{ endpoints: [127.0.0.1:1], health_check: ~ }"),
+            "upstreams.app.health_check",
+            "\"path\"",
+        ),
+        (
+            upstream("{ endpoints: [127.0.0.1:1], outlier: ~ }"),
+            "upstreams.app.outlier",
+            "\"consecutive_failures\"",
+        ),
+        (policy("{ retry: ~ }"), "policies.p.retry", "\"attempts\""),
+        (policy("{ fallback: ~ }"), "policies.p.fallback", "\"on\""),
+        // Refused by a semantic check, not by its shape, when written `{}`.
+        (
+            policy("{ fault: ~ }"),
+            "policies.p.fault",
+            "injects nothing",
+        ),
+    ];
+    for (text, path, needs) in cases {
+        let e = one(&text);
+        assert_eq!(e.path, path, "{e:?}");
+        assert!(
+            e.message.starts_with("the section is empty (null): ") && e.message.contains(needs),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_null_section_whose_empty_form_is_accepted_draws_a_warning() {
+    let cases = [
+        (
+            policy("{ rate_limit: ~ }"),
+            "policies.p.rate_limit",
+            "admits everything",
+        ),
+        (
+            policy("{ circuit_breaker: ~ }"),
+            "policies.p.circuit_breaker",
+            "never opens",
+        ),
+        (
+            policy("{ load_shed: ~ }"),
+            "policies.p.load_shed",
+            "does nothing",
+        ),
+        (
+            policy("{ timeout: ~ }"),
+            "policies.p.timeout",
+            "does nothing",
+        ),
+        (
+            policy("{ idempotency: ~ }"),
+            "policies.p.idempotency",
+            "does nothing",
+        ),
+        (
+            BASE.replace(
+                "      - upstream: app\n",
+                "      - match:\n        upstream: app\n",
+            ),
+            "listeners[0].routes[0].match",
+            "does nothing",
+        ),
+    ];
+    for (text, path, says) in cases {
+        let w = warnings(&text);
+        assert_eq!(w.len(), 1, "{text}\n{w:#?}");
+        assert_eq!(w[0].path, path, "{w:?}");
+        assert!(
+            w[0].message.contains("the section is empty (null)"),
+            "{w:?}"
+        );
+        assert!(w[0].message.contains(says), "{w:?}");
+    }
+    // Placed on the key, as other warnings are.
+    let text = policy("\n    timeout:\n    retry: { attempts: 2 }");
+    let w = warnings(&text);
+    assert_eq!(spot(&w[0]), (7, 5, "policies.p.timeout"), "{w:?}");
+}
+
+#[test]
+fn a_null_value_draws_a_warning_and_its_default_applies() {
+    let text = policy("{ rate_limit: { per_tenant: { rate: 5/s, burst: } } }");
+    let w = warnings(&text);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].path, "policies.p.rate_limit.per_tenant.burst");
+    assert!(
+        w[0].message
+            .starts_with("is empty (null), so it is read as if it were not written"),
+        "{w:?}"
+    );
+    let cfg = super::super::Config::from_str(&text, "t.yaml").expect("valid");
+    let limits = cfg.file.policies["p"]
+        .rate_limit
+        .as_ref()
+        .expect("a rate_limit");
+    assert_eq!(
+        limits.per_tenant.as_ref().expect("per_tenant").0[0].burst,
+        None
+    );
+}
+
+#[test]
+fn every_null_of_a_file_is_reported_in_one_pass() {
+    let text = BASE.replace("  p: {}", "  p:\n    retry:\n    circuit_breaker: ~") + "audit:\n";
+    let all = errors(&text);
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["policies.p.retry", "audit"], "{all:#?}");
+}
+
+#[test]
+fn a_null_where_a_mapping_is_required_says_empty_not_unit() {
+    let e = one(&BASE.replace("  p: {}", "  p:"));
+    assert_eq!(e.path, "policies.p");
+    assert_eq!(e.message, "invalid type: empty (null), expected a mapping");
+    let e = one(&BASE.replace("    routes:\n", "    access_log:\n    routes:\n"));
+    assert!(
+        e.message
+            .starts_with("invalid type: empty (null), expected true, false"),
+        "{e:?}"
+    );
+}
