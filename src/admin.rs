@@ -114,7 +114,8 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
         (&Method::GET, "/config") => config(shared),
         (&Method::GET, "/state") => json(StatusCode::OK, state(shared)),
         (&Method::POST, "/reload") => {
-            if !peer.ip().is_loopback() {
+            // A dual-stack (`[::]`) admin listener sees an IPv4 client as `::ffff:a.b.c.d`.
+            if !peer.ip().to_canonical().is_loopback() {
                 let msg = "reload is allowed from loopback peers only";
                 return json(
                     StatusCode::FORBIDDEN,

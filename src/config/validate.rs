@@ -185,7 +185,7 @@ fn check(f: &File, r: &mut Report<'_>) {
 
 fn check_admin(f: &File, r: &mut Report<'_>) {
     let listen = f.admin.listen;
-    if !listen.ip().is_loopback() {
+    if !listen.ip().to_canonical().is_loopback() {
         r.warn(
             &KeyPath::default().key("admin").key("listen"),
             format!("{listen} is not a loopback address: /config, /state and /metrics are open to the network (POST /reload still answers loopback peers only)"),

@@ -101,6 +101,34 @@ async fn post_reload_succeeds_and_is_counted() {
     );
 }
 
+/// An admin listener bound dual-stack (`[::]`) sees a client of 127.0.0.1 as
+/// `::ffff:127.0.0.1`: a loopback peer still, whose `POST /reload` is allowed (SPEC §7).
+#[tokio::test]
+async fn post_reload_from_ipv4_loopback_to_a_dual_stack_admin_succeeds() {
+    if let Err(e) = std::net::TcpListener::bind("[::]:0") {
+        eprintln!("skipped: this test needs IPv6, and binding [::]:0 failed: {e}");
+        return;
+    }
+    let app = sample().await;
+    let template = one_route("").replace(
+        "admin: { listen: $ADMIN }",
+        "admin: { listen: \"[::]:$ADMIN_PORT\" }",
+    );
+    let proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let admin = proxy.admin();
+    assert!(admin.is_ipv4() && admin.ip().is_loopback(), "{admin}");
+    let cfg = http::get(admin, "/config", &[]).await.json();
+    let listen = format!("[::]:{}", admin.port());
+    assert_eq!(cfg["config"]["admin"]["listen"], listen, "{cfg}");
+
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.json()["result"], "success");
+}
+
 #[tokio::test]
 async fn post_reload_of_an_invalid_file_is_400_with_the_errors() {
     let app = sample().await;

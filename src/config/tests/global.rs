@@ -212,6 +212,7 @@ fn a_password_sent_in_clear_off_this_machine_warns() {
         "redis://:pw@127.0.0.1:6379",
         "redis://:pw@localhost",
         "redis://:pw@[::1]:6379",
+        "redis://:pw@[::ffff:127.0.0.1]:6379",
         "rediss://:pw@redis.internal",
         "redis://redis.internal:6379/0",
     ] {

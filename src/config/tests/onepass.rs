@@ -292,6 +292,15 @@ fn inert_keys_warn_at_their_key() {
     assert!(w[0].message.contains("not a loopback address"), "{w:#?}");
 }
 
+/// An IPv4-mapped loopback address (`::ffff:127.0.0.1`) is loopback; `[::]` is every address.
+#[test]
+fn an_ipv4_mapped_loopback_admin_draws_no_warning() {
+    assert!(warnings(&top("admin: { listen: \"[::ffff:127.0.0.1]:9901\" }")).is_empty());
+    assert!(warnings(&top("admin: { listen: \"[::1]:9901\" }")).is_empty());
+    let w = warnings(&top("admin: { listen: \"[::]:9901\" }"));
+    assert_eq!(w[0].path, "admin.listen", "{w:#?}");
+}
+
 #[test]
 fn the_reference_file_uses_only_keys_that_act() {
     // Every key of the reference file acts in this build: no inert-key warning. A key added to

@@ -106,13 +106,13 @@ pub(super) fn endpoint(s: &str) -> Result<(), String> {
 }
 
 /// Whether `host` is this machine: `localhost` or a loopback address (an IPv6 one with or
-/// without its brackets).
+/// without its brackets, an IPv4-mapped one such as `::ffff:127.0.0.1` too).
 pub(super) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// An IPv4 address or a DNS name (letters, digits, `-` and `_`, labels of 1 to 63 bytes).

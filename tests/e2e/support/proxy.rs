@@ -1,7 +1,8 @@
 //! Runs the `rampart` binary on a rendered policy file and waits until it is ready.
 //!
 //! Policy templates name their addresses with placeholders instead of `format!` braces (YAML
-//! uses braces itself): `$ADMIN` is the admin address, `$LISTEN_<name>` a free address for a
+//! uses braces itself): `$ADMIN` is the admin address (`$ADMIN_PORT` its port alone, for an
+//! admin bound to another address of this machine, such as `[::]`), `$LISTEN_<name>` a free address for a
 //! listener (the same name always gets the same address for the life of the proxy), and any
 //! `$NAME` given with [`ProxyBuilder::var`] is replaced by its value.
 
@@ -355,7 +356,9 @@ fn render(
     admin: SocketAddr,
     listeners: &mut BTreeMap<String, SocketAddr>,
 ) -> String {
-    let mut text = template.replace("$ADMIN", &admin.to_string());
+    let mut text = template
+        .replace("$ADMIN_PORT", &admin.port().to_string())
+        .replace("$ADMIN", &admin.to_string());
     for (k, v) in vars {
         text = text.replace(k.as_str(), v);
     }
