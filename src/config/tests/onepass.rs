@@ -186,6 +186,22 @@ fn sane_bounds_name_the_bound() {
         &top("runtime: { idle_timeout: 0s }"),
         "runtime.idle_timeout",
     );
+    // A burst is bounded as a rate's count is, and refilled by its rate within 100 years.
+    let burst = |rate: &str, b: &str| {
+        policy(&format!(
+            "{{ rate_limit: {{ overrides: {{ acme: {{ rate: {rate}, burst: {b} }} }} }} }}"
+        ))
+    };
+    ok(&burst("1/d", "36500"));
+    let e = one(&burst("1/d", "1000000"));
+    assert_eq!(e.path, "policies.p.rate_limit.overrides.acme.burst");
+    assert!(
+        e.message.contains("at most 36500 days (100 years)")
+            && e.message.ends_with("the burst may be at most 36500"),
+        "{e:?}"
+    );
+    let e = one(&burst("100/s", "18446744073709551615"));
+    assert!(e.message.contains("the most is 4294967295"), "{e:?}");
 }
 
 // === new keys ===

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::super::file::{
-    CircuitBreaker, Limits, LoadShed, PerTry, Policy, RateLimit, Retry, RetryOn, Timeout,
+    CircuitBreaker, Limit, Limits, LoadShed, PerTry, Policy, RateLimit, Retry, RetryOn, Timeout,
 };
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
@@ -12,6 +12,16 @@ use super::{syntax, Report};
 const MAX_ATTEMPTS: u32 = 10;
 /// Largest `retry.buffer`: every request in flight may hold this much for replay.
 const MAX_RETRY_BUFFER: u64 = 16 << 20;
+
+/// Largest `burst`: the bound of a rate's own count. It keeps a bucket's capacity (the
+/// RateLimit headers' `q`) a 10-digit number, well within a structured field's 15.
+const MAX_BURST: u64 = u32::MAX as u64;
+/// Longest a bucket may take to refill its whole burst (`burst` ÷ rate), in days: 100 years.
+/// A bucket counts its debt in nanoseconds on a `u64` (584 years) from the process's start, and
+/// the global store in microseconds in a Lua double, exact below 2^53 (285 years after 1970);
+/// past this the capacity would silently saturate. It also keeps the `w` of the RateLimit
+/// headers a 10-digit number of seconds.
+const MAX_REFILL_DAYS: u64 = 36_500;
 
 /// Checks every section of the policy at `p`.
 pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
@@ -169,9 +179,7 @@ fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
                 ),
             );
         }
-        if l.burst == Some(0) {
-            r.value(&lp.key("burst"), "burst 0 admits nothing: it must be at least 1 (leave it out to use the rate's count)");
-        }
+        burst(l, &lp.key("burst"), r);
         super::plans::calendar_limit(l, &lp, r);
         if let Some(name) = &l.name {
             if let Err(m) = syntax::limit_name(name) {
@@ -183,6 +191,42 @@ fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
                 );
             }
         }
+    }
+}
+
+/// `burst`: at least 1, at most [`MAX_BURST`], and refilled by its rate within
+/// [`MAX_REFILL_DAYS`].
+fn burst(l: &Limit, p: &KeyPath, r: &mut Report<'_>) {
+    let Some(b) = l.burst else { return };
+    if b == 0 {
+        r.value(
+            p,
+            "burst 0 admits nothing: it must be at least 1 (leave it out to use the rate's count)",
+        );
+        return;
+    }
+    if b > MAX_BURST {
+        r.value(
+            p,
+            format!("burst {b} is too large: the most is {MAX_BURST}, as for a rate's count"),
+        );
+        return;
+    }
+    // burst × per / count, in nanoseconds (u128: no overflow for any u32 burst and count).
+    let (count, per) = (u128::from(l.rate.count.max(1)), l.rate.per.as_nanos());
+    let day = 86_400 * 1_000_000_000_u128;
+    let refill = u128::from(b) * per / count;
+    let most = u128::from(MAX_REFILL_DAYS) * day;
+    if refill > most {
+        let max_burst = most * count / per.max(1);
+        r.value(
+            p,
+            format!(
+                "burst {b} at {} takes {} days to refill: a bucket refills its burst in at most {MAX_REFILL_DAYS} days (100 years), so at this rate the burst may be at most {max_burst}",
+                l.rate,
+                refill.div_ceil(day),
+            ),
+        );
     }
 }
 

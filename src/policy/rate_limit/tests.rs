@@ -536,3 +536,65 @@ fn racing_refusals_by_the_total_give_tenant_tokens_back() {
         );
     }
 }
+
+/// The largest burst validation accepts at every rate makes a bucket that holds it all (no
+/// saturation: `r` counts down from `q`), and RateLimit headers whose integers stay within the
+/// 15 digits of a structured field (RFC 8941 §3.3.1); one more is refused at its key.
+#[test]
+fn the_largest_accepted_bursts_fit_the_bucket_and_the_headers() {
+    let text = |rate: &str, burst: u64| {
+        format!(
+            "version: 1\nupstreams: {{ app: {{ endpoints: [127.0.0.1:1] }} }}\npolicies: {{ p: {{ rate_limit: {{ per_tenant: {{ rate: {rate}, burst: {burst}, name: b }}, headers: true }} }} }}\nlisteners: [ {{ name: i, direction: inbound, listen: 127.0.0.1:1, routes: [ {{ upstream: app, policy: p }} ] }} ]\n"
+        )
+    };
+    let cases = [
+        ("1/d", 36_500),
+        ("7/d", 255_500),
+        ("1/h", 876_000),
+        ("1/s", 3_153_600_000),
+        ("117670/d", 4_294_955_000),
+        ("4294967295/d", 4_294_967_295),
+        ("4294967295/s", 4_294_967_295),
+    ];
+    for (rate, most) in cases {
+        let cfg = crate::config::Config::from_str(&text(rate, most), "t.yaml")
+            .unwrap_or_else(|e| panic!("{rate} burst {most} must be accepted: {e}"));
+        if most < u64::from(u32::MAX) {
+            let e = crate::config::Config::from_str(&text(rate, most + 1), "t.yaml")
+                .expect_err("one more than the largest burst must be refused");
+            assert!(
+                e.0[0].message.contains("at most 36500 days (100 years)"),
+                "{e}"
+            );
+        }
+        let rl = cfg.file.policies["p"]
+            .rate_limit
+            .clone()
+            .expect("a rate_limit");
+        let (l, _) = limiter(&rl);
+        let (policy, now) = headers(&l, "t");
+        assert_eq!(
+            now,
+            format!("\"b\";r={};t=0", most - 1),
+            "{rate}: the bucket holds the whole burst"
+        );
+        assert!(
+            policy.starts_with(&format!("\"b\";q={most};w=")),
+            "{policy}"
+        );
+        for n in policy
+            .split([';', '=', ','])
+            .chain(now.split([';', '=', ',']))
+        {
+            if n.bytes().all(|b| b.is_ascii_digit()) {
+                assert!(
+                    n.len() <= 15,
+                    "{rate}: {n} has more than 15 digits: {policy} {now}"
+                );
+            }
+        }
+    }
+    let e = crate::config::Config::from_str(&text("1/s", u64::MAX), "t.yaml")
+        .expect_err("a burst past the rate's bound must be refused");
+    assert!(e.0[0].message.contains("the most is 4294967295"), "{e}");
+}
