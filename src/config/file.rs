@@ -113,7 +113,9 @@ pub struct Tracing {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Otlp {
-    /// Base URL of the collector; spans go to `{endpoint}/v1/traces`.
+    /// Base URL of the collector; spans go to `{endpoint}/v1/traces`. Shown (in `/config`)
+    /// without a password.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub endpoint: String,
     /// How spans are encoded on the wire.
     #[serde(default)]
@@ -322,7 +324,9 @@ pub struct JwtSource {
     pub header: String,
     /// Claim naming the tenant; a dotted path (`org.id`) walks nested objects.
     pub claim: String,
-    /// A JWKS file path, or an `http://` / `https://` URL.
+    /// A JWKS file path, or an `http://` / `https://` URL (shown in `/config` without a
+    /// password).
+    #[serde(serialize_with = "serialize_redacted_url_or_path")]
     pub jwks: String,
     /// How often the JWKS is read again (last good keys are kept on failure).
     #[serde(default = "default_jwks_refresh")]
@@ -936,7 +940,10 @@ pub struct Match {
 
 // === defaults ===
 
-/// `url` without its password (for logs and `/config`): `redis://user:***@host`.
+/// `url` without its password (for logs, error messages and `/config`):
+/// `redis://user:***@host`. Everything before the last `@` is taken for credentials, so a
+/// password holding `/`, `?` or `@` is hidden whole, even in a URL that does not parse (an `@`
+/// further on, in a path, hides too much rather than too little).
 pub fn redact_url(url: &str) -> String {
     match url.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once("://") {
@@ -950,8 +957,23 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `text` as it may be shown: a URL ([`redact_url`]) without its password, a path as it is.
+pub fn redact_url_or_path(text: &str) -> String {
+    match text.contains("://") {
+        true => redact_url(text),
+        false => text.to_owned(),
+    }
+}
+
 fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url))
+}
+
+fn serialize_redacted_url_or_path<S: serde::Serializer>(
+    text: &str,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url_or_path(text))
 }
 
 /// A map's keys with every value shown as `***` (credentials, for `/config`).

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::encode;
 use super::span::SpanRecord;
 use super::TraceMetrics;
-use crate::config::file::{Otlp, OtlpCompression, OtlpProtocol};
+use crate::config::file::{redact_url, Otlp, OtlpCompression, OtlpProtocol};
 
 /// Spans queued before new ones are dropped.
 pub(super) const QUEUE: usize = 8192;
@@ -293,7 +293,7 @@ impl Task {
         if !quiet {
             self.last_warning = Some(Instant::now());
             tracing::warn!(
-                endpoint = %self.uri, error = %failure, spans = n,
+                endpoint = %redact_url(&self.uri.to_string()), error = %failure, spans = n,
                 "span export failed; the spans are dropped (counted in rampart_trace_spans_dropped_total)"
             );
         }

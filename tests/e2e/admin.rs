@@ -129,6 +129,63 @@ async fn post_reload_from_ipv4_loopback_to_a_dual_stack_admin_succeeds() {
     assert_eq!(rsp.json()["result"], "success");
 }
 
+/// A password in a URL of the policy (the OTLP endpoint, the Redis URL) is shown nowhere: not
+/// on `/config`, not in the errors of a refused reload, not in the audit trail, not in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_urls_are_shown_nowhere() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let template = one_route(
+        "audit: { file: $AUDIT }\ntracing: { otlp: { endpoint: \"http://user:otlppass@$DEAD\", flush_every: 50ms } }",
+    );
+    let mut proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .var("AUDIT", trail.display())
+        .closed("DEAD")
+        .spawn()
+        .await;
+    let admin = proxy.admin();
+
+    let shown = http::get(admin, "/config", &[]).await.text();
+    let endpoint = serde_json::from_str::<serde_json::Value>(&shown).expect("JSON")["config"]
+        ["tracing"]["otlp"]["endpoint"]
+        .clone();
+    assert!(
+        endpoint
+            .as_str()
+            .is_some_and(|e| e.starts_with("http://user:***@")),
+        "{shown}"
+    );
+    assert!(!shown.contains("otlppass"), "{shown}");
+    // A traced request whose spans cannot be sent: the export's warning names the endpoint.
+    http::get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eventually!(
+        proxy.log().contains("span export failed"),
+        "the export must fail and say so: {}",
+        proxy.log()
+    );
+
+    proxy.rewrite_config(&format!(
+        "{template}global_store: {{ redis: {{ url: \"redis://user:redispass@127.0.0.1:notaport/0\" }} }}\n"
+    ));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(
+        rsp.text().contains("redis://user:***@127.0.0.1:notaport/0"),
+        "{}",
+        rsp.text()
+    );
+    let trail = std::fs::read_to_string(&trail).expect("the trail must exist");
+    assert!(trail.contains("redis://user:***@"), "{trail}");
+    let log = proxy.log();
+    for (what, text) in [("answer", rsp.text()), ("trail", trail), ("log", log)] {
+        for secret in ["otlppass", "redispass"] {
+            assert!(!text.contains(secret), "{secret} in the {what}: {text}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn post_reload_of_an_invalid_file_is_400_with_the_errors() {
     let app = sample().await;

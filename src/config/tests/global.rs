@@ -219,3 +219,45 @@ fn a_password_sent_in_clear_off_this_machine_warns() {
         assert!(warned(url).is_empty(), "{url}: {:?}", warned(url));
     }
 }
+
+/// A store URL that is refused is echoed without its password (the error goes to the log, to
+/// `POST /reload`'s answer and to the audit trail); `/config` shows it as `***` too.
+#[test]
+fn a_refused_url_is_echoed_without_its_password() {
+    let rl = "{ rate_limit: { per_tenant: { rate: 1/s }, scope: global } }";
+    for (url, shown) in [
+        (
+            "redis://user:pw@127.0.0.1:notaport/0",
+            "\"redis://user:***@127.0.0.1:notaport/0\" is not a valid URL",
+        ),
+        (
+            "redis://user:pw@127.0.0.1/x",
+            "\"redis://user:***@127.0.0.1/x\": the database",
+        ),
+        ("http://:pw@h:1", "\"http://:***@h:1\" is not a redis://"),
+        ("user:pw@h:1", "\"***@h:1\" is not a redis://"),
+        ("redis://u:pa/ss@h", "\"redis://u:***@h\""),
+    ] {
+        let text = with(
+            &format!("global_store:\n  redis: {{ url: \"{url}\" }}\n"),
+            rl,
+        );
+        let e = fails_at(&text, "global_store.redis.url");
+        assert!(e.message.contains(shown), "{url}: {e:?}");
+        assert!(
+            !e.message.contains("pw") && !e.message.contains("pa/ss"),
+            "{url}: {e:?}"
+        );
+    }
+    let cfg = crate::config::Config::from_str(
+        &with(
+            "global_store:\n  redis: { url: \"redis://u:s3cret@127.0.0.1:6379/0\" }\n",
+            rl,
+        ),
+        "t.yaml",
+    )
+    .expect("valid");
+    let shown = serde_json::to_string(&cfg.file).expect("serializes");
+    assert!(shown.contains("redis://u:***@127.0.0.1:6379/0"), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}

@@ -28,6 +28,25 @@ fn jwt_sources_are_checked() {
         rl,
     ));
     ok(&with(&jwt("", "https://issuer.test/jwks.json"), rl));
+    // A URL's password is shown nowhere: not in an error, not on `/config`.
+    let e = fails_at(
+        &with(&jwt("", "\"https://u:jwkspass@/jwks.json\""), rl),
+        "tenants.from[0].jwt.jwks",
+    );
+    assert!(e.message.contains("\"https://u:***@/jwks.json\""), "{e:?}");
+    let text = with(&jwt("", "\"https://u:jwkspass@issuer.test/jwks.json\""), rl);
+    let cfg = crate::config::Config::from_str(&text, "t.yaml").expect("valid");
+    let shown = serde_json::to_string(&cfg.file).expect("serializes");
+    assert!(
+        shown.contains("https://u:***@issuer.test/jwks.json"),
+        "{shown}"
+    );
+    assert!(!shown.contains("jwkspass"), "{shown}");
+    assert_eq!(
+        crate::config::file::redact_url_or_path("/etc/a@b/jwks.json"),
+        "/etc/a@b/jwks.json",
+        "a path is shown as it is"
+    );
     fails_at(
         &with(&jwt("", "/nonexistent/jwks.json"), rl),
         "tenants.from[0].jwt.jwks",

@@ -242,3 +242,42 @@ fn export_headers_are_checked_warned_in_clear_and_redacted() {
         assert!(e.message.contains(says), "{headers}: {e:?}");
     }
 }
+
+/// The endpoint's password (userinfo) is shown nowhere: `/config` shows `***`, and an error
+/// about the endpoint echoes it without.
+#[test]
+fn the_endpoints_password_is_shown_nowhere() {
+    let cfg = Config::from_str(
+        &traced("{ endpoint: \"http://user:otlppass@127.0.0.1:4318\" }", ""),
+        "t.yaml",
+    )
+    .expect("valid");
+    let shown = serde_json::to_string(&cfg.file).expect("serializes");
+    assert!(
+        shown.contains("\"http://user:***@127.0.0.1:4318\""),
+        "{shown}"
+    );
+    assert!(!shown.contains("otlppass"), "{shown}");
+    for (otlp, says) in [
+        (
+            "{ endpoint: \"ftp://user:otlppass@127.0.0.1:4318\" }",
+            "\"ftp://user:***@127.0.0.1:4318\" needs the http:// or https:// scheme",
+        ),
+        (
+            "{ endpoint: \"http://user:otlppass@127.0.0.1:4318/?a=1\" }",
+            "\"http://user:***@127.0.0.1:4318/?a=1\" has a query",
+        ),
+        (
+            "{ endpoint: \"http://user:otlppass@127.0.0.1:4317/x\", protocol: grpc }",
+            "\"http://user:***@127.0.0.1:4317/x\": a gRPC endpoint has no path",
+        ),
+        (
+            "{ endpoint: \"http://user:otlp pass@127.0.0.1:4318\" }",
+            "invalid URL \"http://user:***@127.0.0.1:4318\"",
+        ),
+    ] {
+        let e = one(&traced(otlp, ""));
+        assert!(e.message.contains(says), "{otlp}: {e:?}");
+        assert!(!e.message.contains("otlp"), "{otlp}: {e:?}");
+    }
+}

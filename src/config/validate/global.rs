@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::super::file::{File, LimitScope, RateLimit, RedisStore};
+use super::super::file::{redact_url, File, LimitScope, RateLimit, RedisStore};
 use super::super::locate::KeyPath;
 use super::Report;
 
@@ -100,8 +100,10 @@ fn redis(s: &RedisStore, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` (TLS, verified); sockets are
-/// not built in, nor is a way to skip verification (the client's `#insecure`).
+/// not built in, nor is a way to skip verification (the client's `#insecure`). A message
+/// shows the URL without its password.
 fn url(u: &str) -> Result<url::Url, String> {
+    let shown = redact_url(u);
     let rest = match u.split_once("://") {
         Some((scheme, rest))
             if scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss") =>
@@ -110,19 +112,19 @@ fn url(u: &str) -> Result<url::Url, String> {
         }
         _ => {
             return Err(format!(
-                "{u:?} is not a redis:// or rediss:// URL (unix sockets are not supported by this build)"
+                "{shown:?} is not a redis:// or rediss:// URL (unix sockets are not supported by this build)"
             ))
         }
     };
     if rest.contains('#') {
         return Err(format!(
-            "{u:?}: a fragment is not taken (TLS is always verified; its settings go under `tls`)"
+            "{shown:?}: a fragment is not taken (TLS is always verified; its settings go under `tls`)"
         ));
     }
     let authority = rest.split('/').next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
     if host.is_empty() || host.starts_with(':') {
-        return Err(format!("{u:?} names no host"));
+        return Err(format!("{shown:?} names no host"));
     }
     if let Some(db) = rest
         .split_once('/')
@@ -130,10 +132,12 @@ fn url(u: &str) -> Result<url::Url, String> {
         .filter(|d| !d.is_empty())
     {
         if db.parse::<u16>().is_err() {
-            return Err(format!("{u:?}: the database after `/` must be a number"));
+            return Err(format!(
+                "{shown:?}: the database after `/` must be a number"
+            ));
         }
     }
-    redis::parse_redis_url(u).ok_or_else(|| format!("{u:?} is not a valid URL"))
+    redis::parse_redis_url(u).ok_or_else(|| format!("{shown:?} is not a valid URL"))
 }
 
 fn rate_limit(rl: &RateLimit, has_store: bool, p: &KeyPath, r: &mut Report<'_>) {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use super::super::file::{File, JwtSource, Limit, LimitWindow};
+use super::super::file::{redact_url, File, JwtSource, Limit, LimitWindow};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 use crate::tenant::jwt;
@@ -27,7 +27,7 @@ pub(super) fn jwt_source(j: &JwtSource, p: &KeyPath, r: &mut Report<'_>) {
     if jwt::is_url(&j.jwks) {
         match j.jwks.parse::<http::Uri>() {
             Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {}
-            _ => r.value(&jp, format!("invalid JWKS url {:?}", j.jwks)),
+            _ => r.value(&jp, format!("invalid JWKS url {:?}", redact_url(&j.jwks))),
         }
     } else if j.jwks.contains("://") {
         r.value(&jp, "a JWKS url must be http:// or https://");

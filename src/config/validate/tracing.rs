@@ -9,7 +9,7 @@
 
 use http::Uri;
 
-use super::super::file::{OtlpProtocol, Tracing};
+use super::super::file::{redact_url, OtlpProtocol, Tracing};
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
@@ -30,7 +30,7 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
             &op.key("endpoint"),
             format!(
                 "{:?}: a gRPC endpoint has no path (spans go to the trace service's method under it); write it like http://127.0.0.1:4317",
-                t.otlp.endpoint
+                redact_url(&t.otlp.endpoint)
             ),
         );
     }
@@ -111,25 +111,27 @@ fn headers(t: &Tracing, uri: Option<&Uri>, p: &KeyPath, r: &mut Report<'_>) {
     }
 }
 
-/// Why `text` is not a base URL spans can be posted under, if it is not; else the URL.
+/// Why `text` is not a base URL spans can be posted under, if it is not (shown without its
+/// password); else the URL.
 pub(super) fn endpoint(text: &str) -> Result<Uri, String> {
+    let shown = redact_url(text);
     let uri: Uri = text
         .parse()
-        .map_err(|e| format!("invalid URL {text:?}: {e}; expected like http://127.0.0.1:4318"))?;
+        .map_err(|e| format!("invalid URL {shown:?}: {e}; expected like http://127.0.0.1:4318"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => {
             return Err(format!(
-                "{text:?} needs the http:// or https:// scheme, like http://127.0.0.1:4318"
+                "{shown:?} needs the http:// or https:// scheme, like http://127.0.0.1:4318"
             ))
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{text:?} names no host"));
+        return Err(format!("{shown:?} names no host"));
     }
     if uri.query().is_some() {
         return Err(format!(
-            "{text:?} has a query; the endpoint is a base URL (spans go to {{endpoint}}/v1/traces)"
+            "{shown:?} has a query; the endpoint is a base URL (spans go to {{endpoint}}/v1/traces)"
         ));
     }
     Ok(uri)

@@ -17,7 +17,7 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
 use super::keys::{parse_jwks, KeyStore};
-use crate::config::file::JwtSource;
+use crate::config::file::{redact_url_or_path, JwtSource};
 
 /// First retry delay of a failed fetch.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -39,14 +39,16 @@ pub(super) fn start(cfg: &JwtSource) -> Arc<KeyStore> {
     if !url {
         match read_file(Path::new(&cfg.jwks)) {
             Ok(keys) => store.set(keys),
-            Err(e) => tracing::warn!(jwks = %cfg.jwks, error = %e, "cannot read the JWKS"),
+            Err(e) => {
+                tracing::warn!(jwks = %redact_url_or_path(&cfg.jwks), error = %e, "cannot read the JWKS")
+            }
         }
     }
     let tls = match (url, cfg.jwks.starts_with("https://")) {
         (true, true) => match crate::tls::client_config(cfg.jwks_ca.as_deref(), None, None) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(jwks = %cfg.jwks, error = %e, "cannot build the JWKS TLS client");
+                tracing::warn!(jwks = %redact_url_or_path(&cfg.jwks), error = %e, "cannot build the JWKS TLS client");
                 return store;
             }
         },
@@ -89,7 +91,7 @@ async fn run(
                 wait = every;
             }
             Err(e) => {
-                tracing::warn!(%jwks, error = %e, "JWKS refresh failed; keeping the last good keys");
+                tracing::warn!(jwks = %redact_url_or_path(&jwks), error = %e, "JWKS refresh failed; keeping the last good keys");
                 wait = backoff;
                 backoff = (backoff * 2).min(every);
             }
