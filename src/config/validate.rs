@@ -53,6 +53,11 @@ pub(super) type Parsed = (File, Vec<ConfigError>);
 /// Parses `text` into the file model and validates it.
 pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     let mut doc = read(text, origin)?;
+    // The tree as written, before the shape pass takes anything out (`listener::check_taken_out`).
+    let written = Doc {
+        root: doc.root.clone(),
+        ..Doc::default()
+    };
     let shape::Shape {
         file,
         mut errors,
@@ -72,6 +77,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     inert::check(&mut r);
     if let Some(f) = &file {
         check(f, &mut r);
+        listener::check_taken_out(f, &written, &mut r);
     }
     nulls::check(&mut r);
     r.errors.sort_by_key(|e| (e.line, e.column));

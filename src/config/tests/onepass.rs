@@ -70,6 +70,50 @@ fn a_bad_required_value_does_not_also_report_it_missing() {
     );
 }
 
+/// A listener taken out for a required key of its own (missing or bad) does not hide what its
+/// routes refer to: a dangling upstream or policy shows in the same pass, at its place.
+#[test]
+fn a_listener_taken_out_does_not_hide_its_routes_references() {
+    let dangling = BASE.replace(
+        "      - upstream: app\n        policy: p\n",
+        "      - upstream: nope\n        policy: nopol\n",
+    );
+    for (from, to, first) in [
+        (
+            "direction: inbound",
+            "direction: sideways",
+            "listeners[0].direction",
+        ),
+        ("    direction: inbound\n", "", "listeners[0]"),
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: nohost",
+            "listeners[0].listen",
+        ),
+    ] {
+        let text = dangling.replace(from, to);
+        let all = errors(&text);
+        let got: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+        let routes = "listeners[0].routes[0]";
+        let want = [
+            first,
+            &format!("{routes}.upstream"),
+            &format!("{routes}.policy"),
+        ];
+        assert_eq!(got, want, "{to:?}: {all:#?}");
+        assert!(
+            all[1].message.starts_with("no upstream named \"nope\""),
+            "{all:#?}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.contains("upstream: nope"))
+            .expect("a line")
+            + 1;
+        assert_eq!((all[1].line, all[1].column), (line, 19), "{all:#?}");
+    }
+}
+
 #[test]
 fn a_missing_or_bad_version_does_not_hide_the_rest() {
     let text = BASE.replace("version: 1\n", "") + "tenants: { max_tracked: 0 }\n";

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::super::file::{Direction, File, Listener, LogTo};
-use super::super::locate::KeyPath;
+use super::super::locate::{Doc, KeyPath, Target};
+use super::super::ConfigError;
 use super::{syntax, Report};
 
 /// Checks every listener and its routes.
@@ -159,22 +160,65 @@ fn route_name<'a>(
 }
 
 fn check_refs(f: &File, route: &super::super::file::Route, p: &KeyPath, r: &mut Report<'_>) {
-    let root = KeyPath::default();
-    let up = &route.upstream;
-    if !f.upstreams.contains_key(up) && !r.was_removed(&root.key("upstreams").key(up)) {
-        let known = known(f.upstreams.keys());
-        r.value(
-            &p.key("upstream"),
-            format!("no upstream named {up:?} ({known})"),
-        );
+    for (key, m) in dangling(f, Some(&route.upstream), route.policy.as_deref(), r) {
+        r.value(&p.key(key), m);
     }
-    if let Some(pol) = &route.policy {
+}
+
+/// The names a route refers to that nothing defines: the key, and what is wrong.
+fn dangling(
+    f: &File,
+    up: Option<&str>,
+    pol: Option<&str>,
+    r: &Report<'_>,
+) -> Vec<(&'static str, String)> {
+    let root = KeyPath::default();
+    let mut out = Vec::new();
+    if let Some(up) = up {
+        if !f.upstreams.contains_key(up) && !r.was_removed(&root.key("upstreams").key(up)) {
+            let known = known(f.upstreams.keys());
+            out.push(("upstream", format!("no upstream named {up:?} ({known})")));
+        }
+    }
+    if let Some(pol) = pol {
         if !f.policies.contains_key(pol) && !r.was_removed(&root.key("policies").key(pol)) {
             let known = known(f.policies.keys());
-            r.value(
-                &p.key("policy"),
-                format!("no policy named {pol:?} ({known})"),
-            );
+            out.push(("policy", format!("no policy named {pol:?} ({known})")));
+        }
+    }
+    out
+}
+
+/// A listener the shape pass took out (a required key of its own missing or bad: `direction:
+/// sideways`, `listen: nohost`) takes its routes with it; their references are still read
+/// from the text as written (`whole`, the tree before anything was taken out) and checked, so
+/// that a dangling `upstream` or `policy` shows in the same pass (SPEC §14) rather than after
+/// the listener is mended.
+pub(super) fn check_taken_out(f: &File, whole: &Doc, r: &mut Report<'_>) {
+    let taken: Vec<KeyPath> = whole
+        .glob("listeners.[]")
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| r.was_removed(p))
+        .collect();
+    if taken.is_empty() {
+        return;
+    }
+    for (rp, _) in whole.glob("listeners.[].routes.[]") {
+        if !taken.iter().any(|l| rp.starts_with(l)) {
+            continue;
+        }
+        let text = |k: &str| whole.scalar(&rp.key(k)).filter(|t| !t.is_empty());
+        for (key, message) in dangling(f, text("upstream"), text("policy"), r) {
+            let path = rp.key(key);
+            let (line, column) = whole.locate(&path, Target::Value);
+            r.errors.push(ConfigError {
+                origin: r.origin.to_string(),
+                line,
+                column,
+                path: path.to_string(),
+                message,
+            });
         }
     }
 }
