@@ -112,6 +112,14 @@ async fn fetch(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Vec<super::k
     parse_jwks(&body)
 }
 
+/// The `host` a GET of `uri` sends: its authority without any userinfo (`user:pw@`), which
+/// belongs in no header; `host` when it has none.
+fn host_header<'u>(uri: &'u http::Uri, host: &'u str) -> &'u str {
+    uri.authority().map_or(host, |a| {
+        a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h)
+    })
+}
+
 async fn get(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Bytes, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
     let host = uri.host().ok_or("the url has no host")?;
@@ -122,7 +130,7 @@ async fn get(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Bytes, String>
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| e.to_string())?;
-    let authority = uri.authority().map_or(host, |a| a.as_str()).to_owned();
+    let authority = host_header(&uri, host).to_owned();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let req = http::Request::get(path)
         .header(http::header::HOST, authority)
@@ -157,4 +165,25 @@ where
         .await
         .map_err(|e| e.to_string())?;
     Ok(body.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_header;
+
+    /// A JWKS URL's user and password never reach the `host` header (where they would be
+    /// sent in clear to the key server's virtual hosting, and logged by it).
+    #[test]
+    fn the_host_header_of_a_fetch_has_no_userinfo() {
+        for (url, host) in [
+            ("https://keys.example:8443/jwks.json", "keys.example:8443"),
+            ("https://user:pw@keys.example/jwks.json", "keys.example"),
+            ("http://u@127.0.0.1:9000/k", "127.0.0.1:9000"),
+            ("http://[::1]:9000/k", "[::1]:9000"),
+        ] {
+            let uri: http::Uri = url.parse().expect("a url");
+            let h = uri.host().expect("a host");
+            assert_eq!(host_header(&uri, h), host, "{url}");
+        }
+    }
 }
