@@ -13,14 +13,17 @@
 //! A write failure is logged and counted in `rampart_audit_write_failures_total`, and never
 //! stops the proxy: losing an audit line is bad, refusing traffic over it is worse.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use crate::logfile::Use;
 
 mod verify;
 
@@ -191,10 +194,13 @@ pub fn chain_line(entry: &Entry, prev: &str, now: SystemTime) -> String {
 // === impl Open ===
 
 impl Open {
-    /// Opens `path` for append (creating it) and finds the hash of its last line.
+    /// Opens `path` for append (creating it) and finds the hash of its last line. Never waits
+    /// and never reads past [`TAIL_READ`] bytes: a FIFO or a device in the file's place is
+    /// refused (`crate::logfile`), so a FIFO cannot hold the start and `/dev/zero` cannot be read
+    /// for ever.
     fn at(path: &Path) -> std::io::Result<Open> {
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-        let (last, newline_missing) = last_line_hash(path)?;
+        let mut file = crate::logfile::open(path, Use::ReadAppend, true)?;
+        let (last, newline_missing) = last_line_hash(&file)?;
         if newline_missing {
             // A torn last line (a crash mid-write): end it, so the next entry starts a line; the
             // torn line stays visible to `verify`.
@@ -208,14 +214,22 @@ impl Open {
     }
 }
 
-/// The sha256 of the last non-empty line of `path` ([`GENESIS`] if none), and whether the file
-/// lacks its final newline.
-fn last_line_hash(path: &Path) -> std::io::Result<(String, bool)> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_READ)))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
+/// The sha256 of the last non-empty line of `file` ([`GENESIS`] if none), and whether the file
+/// lacks its final newline. Reads at most its last [`TAIL_READ`] bytes.
+fn last_line_hash(file: &File) -> std::io::Result<(String, bool)> {
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(TAIL_READ);
+    let mut tail = vec![0; (len - from) as usize];
+    let mut got = 0;
+    while got < tail.len() {
+        match file.read_at(&mut tail[got..], from + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    tail.truncate(got);
     let newline_missing = !tail.is_empty() && !tail.ends_with(b"\n");
     let last = tail
         .split(|b| *b == b'\n')

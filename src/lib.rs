@@ -20,6 +20,7 @@ pub mod demo;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod logfile;
 pub mod metrics;
 pub mod otel;
 pub mod policy;

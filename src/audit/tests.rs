@@ -140,3 +140,56 @@ fn lines_that_are_not_entries_are_named_not_panicked_on() {
         assert_eq!(broken.line, 2, "{junk:?}: {broken}");
     }
 }
+
+/// Runs `f` on a thread of its own; fails the test if it has not returned within 5 s.
+fn within_5s(f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("recording must return at once, never wait or read for ever");
+}
+
+/// A FIFO in the trail's place (nobody reading it) and a device that never ends (`/dev/zero`,
+/// read to continue the chain; `/dev/full`) are refused and counted as a failed write: the
+/// record returns at once instead of holding the start for ever or reading without end.
+#[test]
+fn a_fifo_or_a_device_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let fifo = dir.path().join("audit.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+    let log = std::sync::Arc::new(AuditLog::new(
+        IntCounter::new("t", "t").expect("valid counter"),
+    ));
+    for path in [fifo, PathBuf::from("/dev/zero"), PathBuf::from("/dev/full")] {
+        let (trail, before) = (log.clone(), log.failures.get());
+        let p = path.clone();
+        within_5s(move || trail.record(Some(&p), &entry(Event::Start, Source::Start, &[])));
+        assert_eq!(log.failures.get(), before + 1, "{}", path.display());
+    }
+}
+
+/// Only the file's last [`TAIL_READ`] bytes are read to find the line to chain to.
+#[test]
+fn only_the_tail_of_a_long_trail_is_read() {
+    let (_dir, path, _) = trail();
+    let before = lines(&path);
+    // A long run of junk before the real lines: the chain continues from the last line.
+    let mut text = "x".repeat(3 * TAIL_READ as usize);
+    text.push('\n');
+    text.push_str(&(before.join("\n") + "\n"));
+    std::fs::write(&path, &text).expect("rewrite");
+    let file = File::open(&path).expect("open");
+    let (last, torn) = last_line_hash(&file).expect("read the tail");
+    assert_eq!(last, sha256_hex(before[3].as_bytes()));
+    assert!(!torn);
+}

@@ -2,6 +2,7 @@
 
 mod checks;
 mod global;
+mod logs;
 mod nulls;
 mod onepass;
 mod plans;

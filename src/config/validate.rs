@@ -163,7 +163,12 @@ fn check(f: &File, r: &mut Report<'_>) {
     }
     check_admin(f, r);
     if let Some(a) = &f.audit {
-        listener::check_log_dir(&root.key("audit").key("file"), &a.file, r);
+        listener::check_log_file(
+            &root.key("audit").key("file"),
+            &a.file,
+            listener::Log::Audit,
+            r,
+        );
     }
     check_runtime(f, r);
     check_tenants(f, r);
@@ -410,7 +415,13 @@ impl<'a> Report<'a> {
     /// The file at `file` must exist and be readable; reading it is allowed, binding is not.
     pub(super) fn readable(&mut self, path: &KeyPath, file: &Path, what: &str) {
         let shown = file.display();
-        match std::fs::File::open(file).and_then(|f| f.metadata()) {
+        // Looked at before it is opened: opening a FIFO waits for a writer (for ever, in
+        // `validate`).
+        let meta = std::fs::metadata(file).and_then(|m| match m.is_file() {
+            true => std::fs::File::open(file).map(|_| m),
+            false => Ok(m),
+        });
+        match meta {
             Ok(m) if m.is_file() => {}
             Ok(_) => self.value(
                 path,

@@ -25,6 +25,7 @@ mod hostile;
 mod jwt;
 mod lean;
 mod load_shed;
+mod log_io;
 mod park;
 mod pool;
 mod proxy;

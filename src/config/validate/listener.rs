@@ -37,16 +37,28 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
             }
         }
         if let Some(LogTo::File(path)) = l.access_log.as_ref().map(|a| &a.to) {
-            check_log_dir(&p.key("access_log").key("to"), path, r);
+            check_log_file(&p.key("access_log").key("to"), path, Log::Access, r);
         }
         check_routes(f, l, &p, r);
     }
     check_breakers(f, r);
 }
 
+/// Which log a file is for, for the words of its errors.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Log {
+    /// `listeners[i].access_log.to`.
+    Access,
+    /// `audit.file`.
+    Audit,
+}
+
 /// A log file (an access log, the audit trail) is created on demand, but its directory must
-/// exist: a path that can never be written would leave the log empty without a word.
-pub(super) fn check_log_dir(p: &KeyPath, path: &Path, r: &mut Report<'_>) {
+/// exist: a path that can never be written would leave the log empty without a word. What is
+/// there already must be a regular file: opening a FIFO for writing waits for a reader (the
+/// file is opened without waiting, so the log would lose every line), a device fails or never
+/// ends (`/dev/full`).
+pub(super) fn check_log_file(p: &KeyPath, path: &Path, log: Log, r: &mut Report<'_>) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -55,6 +67,16 @@ pub(super) fn check_log_dir(p: &KeyPath, path: &Path, r: &mut Report<'_>) {
         r.value(p, format!("{} names no file", path.display()));
     } else if !dir.is_dir() {
         r.value(p, format!("the directory {} does not exist", dir.display()));
+    } else if let Err(e) = crate::logfile::check(path) {
+        let why = match log {
+            Log::Access => {
+                "rampart appends its access log to regular files only; to feed a pipe or a collector, use `to: stdout`"
+            }
+            Log::Audit => {
+                "the audit trail must be a regular file, whose last line the next entry chains to"
+            }
+        };
+        r.value(p, format!("{} {e}: {why}", path.display()));
     }
 }
 

@@ -27,11 +27,13 @@
 //! destination and forgets it when the last listener using it is gone; the writer then writes
 //! what is queued and ends). At exit, [`Sinks::close`] has every writer write what is queued.
 //! A file is opened for append, and opened again after every reload (`reopen`), which is how
-//! log rotation by rename works: rename, then SIGHUP or POST /reload.
+//! log rotation by rename works: rename, then SIGHUP or POST /reload. It is opened without
+//! waiting, and only if it is a regular file (`crate::logfile`): the open runs where the
+//! generation is built, on a runtime thread, and a FIFO nobody reads would hold it there.
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -646,8 +648,10 @@ impl Out {
     }
 }
 
+/// Opens the log file at `path` to append to, never waiting: a FIFO or a device in its place
+/// is refused (`crate::logfile`).
 fn open(path: &std::path::Path) -> Option<(File, Dropping)> {
-    match OpenOptions::new().create(true).append(true).open(path) {
+    match crate::logfile::open(path, crate::logfile::Use::Append, true) {
         Ok(f) => {
             let len = f.metadata().map_or(0, |m| m.len());
             Some((f, Dropping::opened(len)))
@@ -786,6 +790,35 @@ mod tests {
             cached <= 2 * DROP_EVERY + page,
             "{cached} bytes of the {len}-byte log still cached"
         );
+    }
+
+    /// A FIFO (nobody reading it) or a device put where the log file was is not opened, and
+    /// the open returns at once: it runs on a runtime thread, which a FIFO would hold until a
+    /// reader came.
+    #[test]
+    fn a_fifo_or_a_device_in_the_log_s_place_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("access.fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        for path in [fifo, "/dev/full".into()] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let out = Out::new(LogTo::File(p));
+                let _ = tx.send(matches!(out, Out::File { file: None, .. }));
+            });
+            let refused = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("opening the log must never wait");
+            assert!(refused, "{} must not be opened", path.display());
+        }
     }
 
     /// A pipe refuses `posix_fadvise` (ESPIPE): the writer stops asking and keeps writing.

@@ -1,0 +1,115 @@
+//! Log paths (`listeners[].access_log.to`, `audit.file`) and TLS files: what may stand at the
+//! path. A FIFO or a device is refused with its place, never opened (opening a FIFO waits for
+//! its other end, for ever in `validate`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{errors, fails_at, ok, BASE, SPEC_EXAMPLE};
+use crate::config::ConfigError;
+
+/// BASE whose listener logs to `to`.
+fn logging_to(to: &Path) -> String {
+    BASE.replace(
+        "    listen: 127.0.0.1:8080\n",
+        &format!(
+            "    listen: 127.0.0.1:8080\n    access_log: {{ to: {} }}\n",
+            to.display()
+        ),
+    )
+}
+
+/// BASE with its audit trail in `file`.
+fn auditing_to(file: &Path) -> String {
+    format!("{BASE}audit: {{ file: {} }}\n", file.display())
+}
+
+/// A FIFO in a new temp dir, nobody reading it.
+fn fifo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+    (dir, path)
+}
+
+/// The errors of `text`, or a failure if validating it has not returned within 5 s.
+fn errors_within_5s(text: String) -> Vec<ConfigError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(errors(&text));
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("validating must never wait on a file")
+}
+
+#[test]
+fn an_access_log_that_is_a_fifo_or_a_device_is_refused_with_stdout_suggested() {
+    let (_dir, fifo) = fifo();
+    for (path, kind) in [
+        (fifo.clone(), "a FIFO"),
+        (PathBuf::from("/dev/full"), "a character device"),
+    ] {
+        let all = errors_within_5s(logging_to(&path));
+        let e = all
+            .iter()
+            .find(|e| e.path == "listeners[0].access_log.to")
+            .unwrap_or_else(|| panic!("{}: {all:#?}", path.display()));
+        assert_eq!((e.line, e.column), (11, 23), "{e}");
+        assert!(
+            e.message.starts_with(&format!(
+                "{} is not a regular file but {kind}",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert!(e.message.contains("use `to: stdout`"), "{e}");
+    }
+    ok(&logging_to(&fifo.with_file_name("access.jsonl")));
+}
+
+#[test]
+fn an_audit_trail_that_is_a_fifo_or_a_device_is_refused() {
+    let (_dir, fifo) = fifo();
+    for (path, kind) in [
+        (fifo.clone(), "a FIFO"),
+        (PathBuf::from("/dev/full"), "a character device"),
+        (PathBuf::from("/dev/zero"), "a character device"),
+    ] {
+        let text = auditing_to(&path);
+        let all = errors_within_5s(text.clone());
+        assert_eq!(all.len(), 1, "{all:#?}");
+        let e = fails_at(&text, "audit.file");
+        assert!(
+            e.message.starts_with(&format!(
+                "{} is not a regular file but {kind}",
+                path.display()
+            )),
+            "{e}"
+        );
+    }
+}
+
+/// A TLS file that is a FIFO is named "not a regular file", and looking at it never waits.
+#[test]
+fn a_tls_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+    let (_dir, fifo) = fifo();
+    let text = SPEC_EXAMPLE
+        .replace(
+            "    tls: { server_name: payments.internal, ca: /etc/rampart/ca.pem }",
+            "",
+        )
+        .replace("/etc/rampart/tls/cert.pem", &fifo.display().to_string());
+    let all = errors_within_5s(text);
+    let e = all
+        .iter()
+        .find(|e| e.path == "listeners[0].tls.cert")
+        .unwrap_or_else(|| panic!("{all:#?}"));
+    assert!(e.message.contains("is not a regular file"), "{e}");
+}
