@@ -7,7 +7,8 @@
 #    keys of the JWT tests (ring cannot generate RSA), a C linker (cc), which rustc needs to
 #    link and a bare Debian lacks, python3 with venv for the PyPI tools below, and
 #    redis-server, which the global rate-limit tests start on free loopback ports, and
-#    fincore (util-linux-extra), which counts the access log's pages left in the page cache.
+#    fincore (util-linux-extra), which counts the access log's pages left in the page cache,
+#    and unshare (util-linux), in whose mount namespace a test gives rampart a full tmpfs.
 # 2. Installs kubernetes-validate (PyPI; JSON schemas of the Kubernetes API, offline) into
 #    target/deploy-venv; the deploy tests validate deploy/k8s with it.
 # 3. Checks the shipped Prometheus alert rules (deploy/prometheus) with promtool.
@@ -24,8 +25,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # command -> Debian packages that provide it
 declare -A want=( [promtool]=prometheus [prometheus]=prometheus [curl]=curl [cc]="gcc libc6-dev"
                   [openssl]=openssl [python3]="python3 python3-venv" [redis-server]=redis-server
-                  [prlimit]=util-linux [fincore]=util-linux-extra )
-cmds=(promtool prometheus curl cc openssl python3 redis-server prlimit fincore)
+                  [prlimit]=util-linux [unshare]=util-linux [fincore]=util-linux-extra )
+cmds=(promtool prometheus curl cc openssl python3 redis-server prlimit unshare fincore)
 container_test=${RAMPART_CONTAINER_TEST:-0}
 if [[ $container_test == 1 ]]; then
     want+=( [podman]=podman [debootstrap]=debootstrap [runc]=runc )

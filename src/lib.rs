@@ -30,6 +30,7 @@ pub mod sample;
 pub mod shutdown;
 pub mod store;
 pub mod tenant;
+pub mod throttle;
 pub mod tls;
 pub mod workers;
 

@@ -13,9 +13,9 @@
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{Access, AtFlags, Mode, OFlags};
 
 /// How a log file is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,18 @@ pub enum Unfit {
     /// Something other than a regular file is there (`a FIFO`, `a character device`…).
     #[error("is not a regular file but {0}")]
     NotRegular(&'static str),
+    /// The file is there but cannot be opened as the log needs (permissions, a read-only
+    /// file system).
+    #[error("cannot be opened for appending: {0}")]
+    Unopenable(io::Error),
+    /// No file is there and none can be made in its directory.
+    #[error("cannot be created in {}: {error}", dir.display())]
+    Uncreatable {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said of writing in it.
+        error: io::Error,
+    },
 }
 
 /// Opens `path` to append to (and read, with [`Use::ReadAppend`]), creating it if `create`,
@@ -67,12 +79,28 @@ pub fn open(path: &Path, how: Use, create: bool) -> io::Result<File> {
     Ok(file)
 }
 
-/// Whether `path`, if something is there, is a regular file (a FIFO or a device would make
-/// [`open`] fail, or a log of it block or never end). For `validate`; never opens the path.
-pub fn check(path: &Path) -> Result<(), Unfit> {
+/// Whether [`open`] of `path` for `how` would succeed, without creating anything: what is
+/// there must be a regular file that opens; if nothing is, its directory must let this process
+/// create the file (`faccessat` with the effective ids: permissions, a read-only file system).
+/// For `validate`, which checks first that the directory exists.
+pub fn check(path: &Path, how: Use) -> Result<(), Unfit> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => Err(Unfit::NotRegular(kind(&m))),
-        _ => Ok(()),
+        Ok(_) => open(path, how, false).map(drop).map_err(unfit),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let access = Access::WRITE_OK | Access::EXEC_OK;
+            rustix::fs::accessat(rustix::fs::CWD, dir, access, AtFlags::EACCESS).map_err(|e| {
+                Unfit::Uncreatable {
+                    dir: dir.to_path_buf(),
+                    error: e.into(),
+                }
+            })
+        }
+        Err(e) => Err(Unfit::Unopenable(e)),
     }
 }
 
@@ -98,6 +126,14 @@ pub fn kind(meta: &Metadata) -> &'static str {
 
 fn not_regular(meta: &Metadata) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, Unfit::NotRegular(kind(meta)))
+}
+
+/// The [`Unfit`] an error of [`open`] stands for.
+fn unfit(e: io::Error) -> Unfit {
+    match e.get_ref().and_then(|i| i.downcast_ref::<Unfit>()) {
+        Some(Unfit::NotRegular(k)) => Unfit::NotRegular(k),
+        _ => Unfit::Unopenable(e),
+    }
 }
 
 #[cfg(test)]

@@ -306,7 +306,7 @@ impl Metrics {
         );
         let access_log_dropped = IntCounter::new(
             "rampart_access_log_dropped_total",
-            "Access log lines dropped because the writer fell behind.",
+            "Access log lines that did not reach their destination: dropped while the writer fell behind, or lost to a failed write or a log file that could not be opened.",
         )
         .expect("valid metric");
         registry

@@ -43,7 +43,10 @@ fn a_fifo_nobody_reads_is_refused_at_once() {
         let e = within_5s(move || open(&p, how, true)).expect_err("a FIFO is no log file");
         assert_eq!(refused_as(&e), "is not a regular file but a FIFO");
     }
-    assert!(matches!(check(&path), Err(Unfit::NotRegular("a FIFO"))));
+    assert!(matches!(
+        check(&path, Use::Append),
+        Err(Unfit::NotRegular("a FIFO"))
+    ));
 }
 
 #[test]
@@ -65,12 +68,12 @@ fn devices_and_directories_are_refused() {
         "is not a regular file but a character device"
     );
     assert!(matches!(
-        check(Path::new("/dev/null")),
+        check(Path::new("/dev/null"), Use::Append),
         Err(Unfit::NotRegular("a character device"))
     ));
     let dir = tempfile::tempdir().expect("temp dir");
     assert!(matches!(
-        check(dir.path()),
+        check(dir.path(), Use::ReadAppend),
         Err(Unfit::NotRegular("a directory"))
     ));
 }
@@ -79,9 +82,12 @@ fn devices_and_directories_are_refused() {
 fn a_regular_file_is_opened_for_append_and_left_blocking() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("log");
-    assert!(check(&path).is_ok(), "nothing there yet is fine");
+    assert!(
+        check(&path, Use::Append).is_ok(),
+        "nothing there yet is fine"
+    );
     std::fs::write(&path, b"first\n").expect("seed");
-    assert!(check(&path).is_ok());
+    assert!(check(&path, Use::ReadAppend).is_ok());
     let mut f = open(&path, Use::ReadAppend, true).expect("a regular file opens");
     let flags = rustix::fs::fcntl_getfl(&f).expect("flags");
     assert!(!flags.contains(OFlags::NONBLOCK), "{flags:?}");
@@ -95,4 +101,23 @@ fn a_regular_file_is_opened_for_append_and_left_blocking() {
     open(&made, Use::Append, true).expect("created");
     assert!(made.is_file());
     assert!(open(&dir.path().join("absent"), Use::Append, false).is_err());
+}
+
+/// What cannot be opened, or created, is named as such: for every user, root included, a
+/// read-only sysctl cannot be opened for writing and nothing can be created among them.
+#[test]
+fn a_file_that_cannot_be_opened_or_created_is_named() {
+    let e = check(Path::new("/proc/sys/kernel/ostype"), Use::Append).expect_err("read-only");
+    assert!(matches!(&e, Unfit::Unopenable(io) if io.kind() == io::ErrorKind::PermissionDenied));
+    assert!(
+        e.to_string()
+            .starts_with("cannot be opened for appending: Permission denied"),
+        "{e}"
+    );
+    let e = check(Path::new("/proc/sys/kernel/rampart.log"), Use::Append).expect_err("no room");
+    assert!(
+        e.to_string()
+            .starts_with("cannot be created in /proc/sys/kernel: Permission denied"),
+        "{e}"
+    );
 }

@@ -30,6 +30,7 @@ use super::encode;
 use super::span::SpanRecord;
 use super::TraceMetrics;
 use crate::config::file::{redact_url, Otlp, OtlpCompression, OtlpProtocol};
+use crate::throttle::{Throttle, WARN_EVERY};
 
 /// Spans queued before new ones are dropped.
 pub(super) const QUEUE: usize = 8192;
@@ -41,8 +42,6 @@ const POLL: Duration = Duration::from_millis(50);
 const FLUSH_MAX: Duration = Duration::from_secs(5);
 /// Most bytes of a collector's answer that are read.
 const ANSWER_LIMIT: usize = 64 * 1024;
-/// Failed exports are logged at most this often (each one is counted).
-const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The gRPC method spans are exported to (OTLP's `TraceService.Export`).
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -83,7 +82,8 @@ struct Task {
     flush_every: Duration,
     timeout: Duration,
     metrics: TraceMetrics,
-    last_warning: Option<Instant>,
+    /// Failed exports are logged at most every [`WARN_EVERY`] (each one is counted).
+    warn: Throttle,
 }
 
 /// The exporter's HTTP client: plain TCP to an `http://` collector, TLS to an `https://` one
@@ -148,7 +148,7 @@ impl Exporter {
             flush_every: cfg.flush_every.0,
             timeout: cfg.timeout.0,
             metrics,
-            last_warning: None,
+            warn: Throttle::new(WARN_EVERY),
         };
         tokio::spawn(task.run());
         exporter
@@ -289,11 +289,10 @@ impl Task {
             Err(_) => format!("no answer within {:?}", self.timeout),
         };
         self.metrics.dropped_export_failed.inc_by(n);
-        let quiet = self.last_warning.is_some_and(|t| t.elapsed() < WARN_EVERY);
-        if !quiet {
-            self.last_warning = Some(Instant::now());
+        if let Some(since) = self.warn.note(n, Instant::now()) {
             tracing::warn!(
                 endpoint = %redact_url(&self.uri.to_string()), error = %failure, spans = n,
+                dropped_since_last_warning = since,
                 "span export failed; the spans are dropped (counted in rampart_trace_spans_dropped_total)"
             );
         }

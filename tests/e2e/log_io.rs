@@ -1,11 +1,12 @@
 //! Logs that cannot take their lines, through the real process: a FIFO or a device named as a
-//! log file (refused, never opened, so nothing waits on it).
+//! log file (refused, never opened, so nothing waits on it); a log file that cannot be opened
+//! (refused) or written (a full file system: every lost line counted, one warning).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::{http, one_route, proxy::bin, sample, Proxy};
+use crate::support::{http, metric_value, metrics, one_route, proxy::bin, sample, Proxy};
 
 /// How long an answer may take here: every one is immediate unless a thread is stuck.
 const PROMPT: Duration = Duration::from_secs(3);
@@ -119,4 +120,136 @@ async fn an_audit_trail_that_is_a_fifo_or_a_device_is_refused_at_start_and_by_va
             );
         }
     }
+}
+
+/// `one_route` whose listener logs to `$LOG`.
+fn logging_to_log() -> String {
+    one_route("").replace(
+        "    listen: $LISTEN_inbound\n",
+        "    listen: $LISTEN_inbound\n    access_log: { to: $LOG }\n",
+    )
+}
+
+/// An access log this process cannot open for appending (a read-only sysctl: for root too) is
+/// refused: `validate` and `run` exit 1 naming its key, and a reload naming it is refused while
+/// the config in force, and its log, go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_log_that_cannot_be_opened_is_refused_at_start_and_on_reload() {
+    let app = sample().await;
+    let unopenable = "/proc/sys/kernel/ostype";
+    let rendered = Proxy::builder(&logging_to_log())
+        .var("APP", app.addr())
+        .var("LOG", unopenable)
+        .render();
+    let config = rendered.path.display().to_string();
+    for command in ["validate", "run"] {
+        let out = rampart(&[command, "--config", &config]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "listeners[0].access_log.to: {unopenable} cannot be opened for appending: Permission denied"
+            )),
+            "{command}: {stderr}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let proxy = Proxy::builder(&logging_to_log())
+        .var("APP", app.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(prompt_get(addr, "/ok?n=1").await.status, 200);
+    crate::support::wait_log_lines(&log, 1).await;
+    let mut proxy = proxy;
+    proxy.rewrite_config(&logging_to_log().replace("$LOG", unopenable));
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(
+        rsp.text().contains("cannot be opened for appending"),
+        "{}",
+        rsp.text()
+    );
+    assert_eq!(prompt_get(addr, "/ok?n=2").await.status, 200);
+    let lines = crate::support::wait_log_lines(&log, 2).await;
+    assert_eq!(
+        lines[1]["path"], "/ok",
+        "the log in force still takes the lines"
+    );
+}
+
+/// The access log on a full file system (a 64 KiB tmpfs, mounted in a mount namespace of the
+/// proxy's own, so nothing stays mounted after it): every line that does not reach the file is
+/// counted in `rampart_access_log_dropped_total` (the file's whole lines and the count add up
+/// to the requests), and the failure is warned about once, not once per 25 ms round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_lost_to_a_full_disk_are_counted_and_warned_about_once() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let log = mnt.join("access.jsonl");
+    let mnt_arg = mnt.display().to_string();
+    let proxy = Proxy::builder(&logging_to_log())
+        .var("APP", app.addr())
+        .var("LOG", log.display())
+        .launcher(&[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o size=64k tmpfs "$0" && exec "$@""#,
+            &mnt_arg,
+        ])
+        .spawn()
+        .await;
+    // The file as the proxy sees it, through its own mount namespace.
+    let seen = PathBuf::from(format!("/proc/{}/root{}", proxy.pid(), log.display()));
+    let client = http::client();
+    let addr = proxy.listener("inbound");
+    // About 600 × 300 bytes of lines: a few times what the file system holds, over many rounds.
+    let sent = 600;
+    for i in 0..sent {
+        let path = format!("/ok?n={i}");
+        let rsp = http::send(
+            &client,
+            addr,
+            ::http::Method::GET,
+            &path,
+            &[],
+            http::empty(),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(rsp.status, 200);
+    }
+    let whole = || {
+        std::fs::read(&seen)
+            .expect("the log, through /proc/PID/root")
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+    };
+    let dropped = || async {
+        let text = metrics(proxy.admin()).await;
+        metric_value(&text, "rampart_access_log_dropped_total", &[]).unwrap_or(0.0) as usize
+    };
+    assert_eventually!(
+        dropped().await + whole() == sent,
+        "{} dropped + {} whole lines != {sent}",
+        dropped().await,
+        whole()
+    );
+    let dropped = dropped().await;
+    assert!(dropped > 0, "the file system is full: lines were lost");
+    let warnings = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("writing the access log failed"))
+        .count();
+    assert_eq!(warnings, 1, "{}", proxy.log());
 }

@@ -113,3 +113,35 @@ fn a_tls_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
         .unwrap_or_else(|| panic!("{all:#?}"));
     assert!(e.message.contains("is not a regular file"), "{e}");
 }
+
+/// A log file this process cannot open for appending, or cannot create, is refused at its key
+/// (for root too: a read-only sysctl, and the sysctl directory).
+#[test]
+fn a_log_file_that_cannot_be_opened_or_created_is_refused() {
+    let ostype = Path::new("/proc/sys/kernel/ostype");
+    let absent = Path::new("/proc/sys/kernel/rampart.jsonl");
+    for (text, at) in [
+        (logging_to(ostype), "listeners[0].access_log.to"),
+        (auditing_to(ostype), "audit.file"),
+    ] {
+        let e = fails_at(&text, at);
+        assert!(
+            e.message.starts_with(
+                "/proc/sys/kernel/ostype cannot be opened for appending: Permission denied"
+            ),
+            "{e}"
+        );
+    }
+    for (text, at) in [
+        (logging_to(absent), "listeners[0].access_log.to"),
+        (auditing_to(absent), "audit.file"),
+    ] {
+        let e = fails_at(&text, at);
+        assert!(
+            e.message.starts_with(
+                "/proc/sys/kernel/rampart.jsonl cannot be created in /proc/sys/kernel: Permission denied"
+            ),
+            "{e}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use super::super::file::{Direction, File, Listener, LogTo};
 use super::super::locate::{Doc, KeyPath, Target};
 use super::super::ConfigError;
 use super::{syntax, Report};
+use crate::logfile::{Unfit, Use};
 
 /// Checks every listener and its routes.
 pub(super) fn check(f: &File, r: &mut Report<'_>) {
@@ -57,8 +58,13 @@ pub(super) enum Log {
 /// exist: a path that can never be written would leave the log empty without a word. What is
 /// there already must be a regular file: opening a FIFO for writing waits for a reader (the
 /// file is opened without waiting, so the log would lose every line), a device fails or never
-/// ends (`/dev/full`).
+/// ends (`/dev/full`). And this process must be able to open it (or create it) as the log
+/// does: a start or reload is refused rather than run with a log that takes nothing.
 pub(super) fn check_log_file(p: &KeyPath, path: &Path, log: Log, r: &mut Report<'_>) {
+    let how = match log {
+        Log::Access => Use::Append,
+        Log::Audit => Use::ReadAppend,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -67,16 +73,17 @@ pub(super) fn check_log_file(p: &KeyPath, path: &Path, log: Log, r: &mut Report<
         r.value(p, format!("{} names no file", path.display()));
     } else if !dir.is_dir() {
         r.value(p, format!("the directory {} does not exist", dir.display()));
-    } else if let Err(e) = crate::logfile::check(path) {
-        let why = match log {
-            Log::Access => {
-                "rampart appends its access log to regular files only; to feed a pipe or a collector, use `to: stdout`"
+    } else if let Err(e) = crate::logfile::check(path, how) {
+        let why = match (&e, log) {
+            (Unfit::NotRegular(_), Log::Access) => {
+                ": rampart appends its access log to regular files only; to feed a pipe or a collector, use `to: stdout`"
             }
-            Log::Audit => {
-                "the audit trail must be a regular file, whose last line the next entry chains to"
+            (Unfit::NotRegular(_), Log::Audit) => {
+                ": the audit trail must be a regular file, whose last line the next entry chains to"
             }
+            _ => "",
         };
-        r.value(p, format!("{} {e}: {why}", path.display()));
+        r.value(p, format!("{} {e}{why}", path.display()));
     }
 }
 

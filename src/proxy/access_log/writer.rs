@@ -21,7 +21,9 @@
 //! answer ended. After a round that found nothing it sleeps up to [`IDLE_PAUSE`] instead, and
 //! says so (`asleep`): the first line pushed then wakes it, so an idle rampart is not woken 200
 //! times a second, and a line is still written within one pause. A lane holding its share of
-//! [`QUEUE_BYTES`] drops new lines and counts them.
+//! [`QUEUE_BYTES`] drops new lines and counts them. So does the writer with every line that does
+//! not reach the destination (a failed write, no file open), warning at most every
+//! [`WARN_EVERY`]; a file that could not be opened is tried again [`REOPEN_AFTER`] later.
 //!
 //! Listeners that log to the same destination share its sink ([`Sinks`] hands out one per
 //! destination and forgets it when the last listener using it is gone; the writer then writes
@@ -46,6 +48,7 @@ use tokio::time::Instant;
 
 use super::line::Wall;
 use crate::config::file::LogTo;
+use crate::throttle::{Throttle, WARN_EVERY};
 
 /// Bytes of lines (about 25,000 lines) queued per destination, over all its lanes, before new
 /// ones are dropped.
@@ -69,6 +72,9 @@ const IDLE_PAUSE: Duration = Duration::from_secs(1);
 const KEEP: usize = 2 << 20;
 /// Most lanes per destination (threads beyond share them).
 const MAX_LANES: usize = 64;
+/// How long after a failed open the writer tries to open its file again (at its next round
+/// with lines after that): logging resumes by itself once the cause is fixed.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// Bytes a log file grows by between two requests to the kernel to drop its written pages
 /// from the page cache ([`Dropping`]): at 50,000 lines a second, about four a second.
 const DROP_EVERY: u64 = 4 << 20;
@@ -144,16 +150,46 @@ pub(super) struct Writer {
     held: Vec<Lines>,
     spare: Lines,
     merged: Vec<u8>,
+    /// Where each line of `merged` ends.
+    merged_ends: Vec<usize>,
     seen: u64,
+    lost: Lost,
 }
 
-/// The open destination of a writer thread.
+/// Lines that did not reach the destination: counted, and warned about at most every
+/// [`WARN_EVERY`].
+struct Lost {
+    dropped: IntCounter,
+    warn: Throttle,
+}
+
+/// The destination of a writer thread.
 enum Out {
     Stdout,
     File {
         path: std::path::PathBuf,
-        file: Option<(File, Dropping)>,
+        /// The open file, or why it could not be opened and when to try again.
+        file: Result<(File, Dropping), Closed>,
+        /// The last write stopped inside a line: the next one starts on a new line, so the torn
+        /// line does not swallow the next.
+        torn: bool,
     },
+}
+
+/// A log file that could not be opened.
+#[derive(Debug)]
+struct Closed {
+    why: std::io::Error,
+    /// When to try opening it again.
+    retry: Instant,
+}
+
+/// A write that did not reach the destination whole: the bytes it did write, and why not
+/// the rest.
+#[derive(Debug)]
+struct Failed {
+    written: usize,
+    error: std::io::Error,
 }
 
 /// What of an open log file the writer has asked the kernel to drop from its page cache.
@@ -299,7 +335,7 @@ impl Sink {
         dropped: IntCounter,
     ) -> (Arc<Sink>, Writer) {
         let lanes = Arc::new(Lanes::new(lanes, cap));
-        let writer = Writer::new(lanes.clone(), Out::new(to.clone()));
+        let writer = Writer::new(lanes.clone(), Out::new(to.clone()), dropped.clone());
         let sink = Sink {
             to,
             lanes,
@@ -364,7 +400,7 @@ impl Sinks {
             self.lanes,
             (QUEUE_BYTES / self.lanes).max(LANE_MIN),
         ));
-        let writer = Writer::new(lanes.clone(), Out::new(to.clone()));
+        let writer = Writer::new(lanes.clone(), Out::new(to.clone()), self.dropped.clone());
         let pause = self.pause;
         let spawned = std::thread::Builder::new()
             .name("rampart-access-log".into())
@@ -491,7 +527,7 @@ impl Lines {
 // === impl Writer ===
 
 impl Writer {
-    fn new(lanes: Arc<Lanes>, out: Out) -> Self {
+    fn new(lanes: Arc<Lanes>, out: Out, dropped: IntCounter) -> Self {
         let seen = lanes.reopen.load(Ordering::Relaxed);
         Writer {
             held: lanes.lanes.iter().map(|_| Lines::default()).collect(),
@@ -499,7 +535,12 @@ impl Writer {
             out,
             spare: Lines::default(),
             merged: Vec::new(),
+            merged_ends: Vec::new(),
             seen,
+            lost: Lost {
+                dropped,
+                warn: Throttle::new(WARN_EVERY),
+            },
         }
     }
 
@@ -544,7 +585,7 @@ impl Writer {
         let epoch = self.lanes.reopen.load(Ordering::Relaxed);
         if epoch != self.seen {
             self.seen = epoch;
-            self.out.reopen();
+            self.out.reopen(now);
         }
         let cut = (!last).then_some(now);
         let mut found = self.held.iter().any(|h| !h.marks.is_empty());
@@ -565,14 +606,14 @@ impl Writer {
                 self.spare.consume(self.spare.marks.len());
             }
         }
-        self.write_before(cut);
+        self.write_before(cut, now);
         found
     }
 
     /// Writes the held lines marked before `cut` (all of them: `None`), merged across lanes
     /// by their marks. The usual case, one lane with lines, is written straight from its
-    /// buffer.
-    fn write_before(&mut self, cut: Option<Instant>) {
+    /// buffer. Lines that do not reach the destination are counted lost.
+    fn write_before(&mut self, cut: Option<Instant>, now: Instant) {
         let due: Vec<usize> = self
             .held
             .iter()
@@ -581,7 +622,10 @@ impl Writer {
         let busy = due.iter().filter(|n| **n > 0).count();
         if busy == 1 {
             if let Some((h, &n)) = self.held.iter_mut().zip(&due).find(|(_, n)| **n > 0) {
-                self.out.write(&h.buf[..h.marks[n - 1].end]);
+                if let Err(f) = self.out.write(&h.buf[..h.marks[n - 1].end], now) {
+                    let kept = h.marks[..n].partition_point(|m| m.end <= f.written);
+                    self.lost.count((n - kept) as u64, &f.error, &self.out, now);
+                }
                 h.consume(n);
             }
             return;
@@ -591,6 +635,7 @@ impl Writer {
         }
         let mut next = vec![0; self.held.len()];
         self.merged.clear();
+        self.merged_ends.clear();
         loop {
             let first = (0..self.held.len())
                 .filter(|&i| next[i] < due[i])
@@ -599,14 +644,36 @@ impl Writer {
             let h = &self.held[i];
             self.merged
                 .extend_from_slice(&h.buf[h.start(next[i])..h.marks[next[i]].end]);
+            self.merged_ends.push(self.merged.len());
             next[i] += 1;
         }
-        self.out.write(&self.merged);
+        if let Err(f) = self.out.write(&self.merged, now) {
+            let kept = self.merged_ends.partition_point(|end| *end <= f.written);
+            let lost = self.merged_ends.len() - kept;
+            self.lost.count(lost as u64, &f.error, &self.out, now);
+        }
         if self.merged.capacity() > KEEP {
             self.merged = Vec::new();
+            self.merged_ends = Vec::new();
         }
         for (h, n) in self.held.iter_mut().zip(due) {
             h.consume(n);
+        }
+    }
+}
+
+// === impl Lost ===
+
+impl Lost {
+    /// Counts `lines` that did not reach `out` because of `error`, and warns when a warning
+    /// is due (the first, then at most every [`WARN_EVERY`], with the lines lost since).
+    fn count(&mut self, lines: u64, error: &std::io::Error, out: &Out, now: Instant) {
+        self.dropped.inc_by(lines);
+        if let Some(since) = self.warn.note(lines, now) {
+            tracing::warn!(
+                to = %out, error = %error, lines_lost_since_last_warning = since,
+                "writing the access log failed; its lines are lost (counted in rampart_access_log_dropped_total)"
+            );
         }
     }
 }
@@ -618,48 +685,109 @@ impl Out {
         match to {
             LogTo::Stdout => Out::Stdout,
             LogTo::File(path) => {
-                let file = open(&path);
-                Out::File { path, file }
+                let file = open(&path, Instant::now());
+                if let Err(c) = &file {
+                    tracing::warn!(path = %path.display(), error = %c.why, "cannot open the access log; trying again as lines come");
+                }
+                Out::File {
+                    path,
+                    file,
+                    torn: false,
+                }
             }
         }
     }
 
-    fn reopen(&mut self) {
-        if let Out::File { path, file } = self {
-            *file = open(path);
+    /// Opens the file again (after a reload: a renamed file is let go).
+    fn reopen(&mut self, now: Instant) {
+        if let Out::File { path, file, torn } = self {
+            *file = open(path, now);
+            *torn = false;
+            if let Err(c) = file {
+                tracing::warn!(path = %path.display(), error = %c.why, "cannot open the access log again; trying again as lines come");
+            }
         }
     }
 
-    fn write(&mut self, buf: &[u8]) {
-        let res = match self {
-            Out::Stdout => {
-                let mut lock = std::io::stdout().lock();
-                lock.write_all(buf).and_then(|()| lock.flush())
+    /// Writes `buf` (whole lines) at `now`; a file that could not be opened is tried again
+    /// once [`REOPEN_AFTER`] has passed. Says how much was written when not all of it was.
+    fn write(&mut self, buf: &[u8], now: Instant) -> Result<(), Failed> {
+        match self {
+            Out::Stdout => write_all(&mut std::io::stdout().lock(), buf),
+            Out::File { path, file, torn } => {
+                if let Err(closed) = file {
+                    if now < closed.retry {
+                        return Err(Failed {
+                            written: 0,
+                            error: std::io::Error::new(closed.why.kind(), closed.why.to_string()),
+                        });
+                    }
+                    *file = open(path, now);
+                }
+                let (f, dropping) = match file {
+                    Ok(open) => open,
+                    Err(closed) => {
+                        return Err(Failed {
+                            written: 0,
+                            error: std::io::Error::new(closed.why.kind(), closed.why.to_string()),
+                        })
+                    }
+                };
+                if *torn {
+                    write_all(f, b"\n")?;
+                    dropping.advise(f, 1);
+                    *torn = false;
+                }
+                let res = write_all(f, buf);
+                let written = res.as_ref().map_or_else(|e| e.written, |()| buf.len());
+                *torn = res.is_err() && written > 0 && buf[written - 1] != b'\n';
+                dropping.advise(f, written);
+                res
             }
-            Out::File {
-                file: Some((f, dropping)),
-                ..
-            } => f.write_all(buf).map(|()| dropping.advise(f, buf.len())),
-            Out::File { file: None, .. } => Ok(()),
-        };
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "writing the access log failed");
         }
     }
 }
 
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::Stdout => f.write_str("stdout"),
+            Out::File { path, .. } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// `write_all` that says how many bytes it wrote when it fails.
+fn write_all(w: &mut impl Write, buf: &[u8]) -> Result<(), Failed> {
+    let mut written = 0;
+    while written < buf.len() {
+        match w.write(&buf[written..]) {
+            Ok(0) => {
+                return Err(Failed {
+                    written,
+                    error: std::io::ErrorKind::WriteZero.into(),
+                })
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(Failed { written, error }),
+        }
+    }
+    w.flush().map_err(|error| Failed { written, error })
+}
+
 /// Opens the log file at `path` to append to, never waiting: a FIFO or a device in its place
-/// is refused (`crate::logfile`).
-fn open(path: &std::path::Path) -> Option<(File, Dropping)> {
+/// is refused (`crate::logfile`). A failure says when to try again.
+fn open(path: &std::path::Path, now: Instant) -> Result<(File, Dropping), Closed> {
     match crate::logfile::open(path, crate::logfile::Use::Append, true) {
         Ok(f) => {
             let len = f.metadata().map_or(0, |m| m.len());
-            Some((f, Dropping::opened(len)))
+            Ok((f, Dropping::opened(len)))
         }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot open the access log");
-            None
-        }
+        Err(why) => Err(Closed {
+            why,
+            retry: now + REOPEN_AFTER,
+        }),
     }
 }
 
@@ -672,7 +800,7 @@ mod tests {
     /// The open file `out` writes to, and what the writer asked of it.
     fn open_file(out: &Out) -> &(File, Dropping) {
         match out {
-            Out::File { file: Some(f), .. } => f,
+            Out::File { file: Ok(f), .. } => f,
             _ => panic!("the destination is an open file"),
         }
     }
@@ -747,7 +875,7 @@ mod tests {
                 )
                 .expect("format");
             }
-            out.write(&round);
+            out.write(&round, Instant::now()).expect("written");
             want.extend_from_slice(&round);
         }
         let (_, dropping) = open_file(&out);
@@ -770,7 +898,7 @@ mod tests {
         let chunk = vec![b'x'; 256 << 10];
         let rounds = 5 * DROP_EVERY / chunk.len() as u64;
         for _ in 0..rounds {
-            out.write(&chunk);
+            out.write(&chunk, Instant::now()).expect("written");
             open_file(&out).0.sync_data().expect("fdatasync");
         }
         let page = rustix::param::page_size() as u64;
@@ -812,7 +940,7 @@ mod tests {
             let p = path.clone();
             std::thread::spawn(move || {
                 let out = Out::new(LogTo::File(p));
-                let _ = tx.send(matches!(out, Out::File { file: None, .. }));
+                let _ = tx.send(matches!(out, Out::File { file: Err(_), .. }));
             });
             let refused = rx
                 .recv_timeout(Duration::from_secs(5))
@@ -833,16 +961,182 @@ mod tests {
         let file = File::from(std::os::fd::OwnedFd::from(writer));
         let mut out = Out::File {
             path: "pipe".into(),
-            file: Some((file, Dropping::opened(0))),
+            file: Ok((file, Dropping::opened(0))),
+            torn: false,
         };
         let chunk = vec![b'x'; 1 << 20];
         for _ in 0..2 * (DROP_EVERY >> 20) + 1 {
-            out.write(&chunk);
+            out.write(&chunk, Instant::now()).expect("written");
         }
         let (_, dropping) = open_file(&out);
         assert!(dropping.off, "the pipe refused the advice");
         drop(out);
         let got = drain.join().expect("drain thread");
         assert_eq!(got.len() as u64, (2 * (DROP_EVERY >> 20) + 1) << 20);
+    }
+
+    // --- lines that do not reach the destination ---------------------------------------------
+
+    /// A sink whose writer writes to `out`, driven by the test; its drops counted in the
+    /// returned counter.
+    fn writing_to(out: Out) -> (Sink, Writer, IntCounter) {
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let lanes = Arc::new(Lanes::new(1, 1 << 20));
+        let writer = Writer::new(lanes.clone(), out, dropped.clone());
+        let sink = Sink {
+            to: LogTo::Stdout,
+            lanes,
+            writer: std::thread::current(),
+            dropped: dropped.clone(),
+        };
+        (sink, writer, dropped)
+    }
+
+    /// Pushes `n` lines of `len` bytes each (newline included), numbered from `first`.
+    fn push(sink: &Sink, first: usize, n: usize, len: usize) {
+        for i in first..first + n {
+            sink.push(0, |buf, _, _| {
+                let start = buf.len();
+                write!(buf, "{i:08}").expect("format");
+                buf.resize(start + len - 1, b'.');
+                buf.push(b'\n');
+            });
+        }
+    }
+
+    /// One round at `now`, writing every line pushed before it.
+    fn round_at(writer: &mut Writer, now: Instant) {
+        writer.round(&Wall::now(), now, false);
+    }
+
+    /// A pipe whose writing end never waits (a full pipe: `EAGAIN`), as a log file.
+    fn pipe_out() -> (std::io::PipeReader, Out) {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        let file = File::from(std::os::fd::OwnedFd::from(writer));
+        let flags = rustix::fs::fcntl_getfl(&file).expect("flags");
+        rustix::fs::fcntl_setfl(&file, flags | rustix::fs::OFlags::NONBLOCK).expect("nonblock");
+        rustix::fs::fcntl_setfl(&reader, rustix::fs::OFlags::NONBLOCK).expect("nonblock");
+        let out = Out::File {
+            path: "pipe".into(),
+            file: Ok((file, Dropping::opened(0))),
+            torn: false,
+        };
+        (reader, out)
+    }
+
+    /// Everything the pipe holds now.
+    fn drain(reader: &mut std::io::PipeReader) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0; 1 << 16];
+        loop {
+            match std::io::Read::read(reader, &mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return got,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// A write that stops inside a batch (the pipe filled) loses the lines it did not finish,
+    /// the torn one included, and counts exactly those; the next batch starts on a line of its
+    /// own, so the torn line swallows no other.
+    #[test]
+    fn a_write_that_stops_mid_batch_counts_the_lines_it_did_not_finish() {
+        let (mut reader, out) = pipe_out();
+        let (sink, mut writer, dropped) = writing_to(out);
+        // 300 lines of 1000 bytes: more than a pipe holds (64 KiB by default).
+        push(&sink, 0, 300, 1000);
+        round_at(&mut writer, Instant::now());
+        let got = drain(&mut reader);
+        let whole = got.iter().filter(|b| **b == b'\n').count();
+        assert!(whole > 0 && whole < 300, "{whole} whole lines went through");
+        assert_eq!(
+            dropped.get() as usize,
+            300 - whole,
+            "every line not written is counted"
+        );
+        assert!(!got.ends_with(b"\n"), "the pipe took part of a line");
+        push(&sink, 300, 2, 1000);
+        round_at(&mut writer, Instant::now());
+        let next = drain(&mut reader);
+        assert_eq!(next.len(), 1 + 2 * 1000, "a newline, then the two lines");
+        assert!(next.starts_with(b"\n00000300"), "{:?}", &next[..12]);
+        assert_eq!(dropped.get() as usize, 300 - whole);
+    }
+
+    /// While the log file cannot be opened, every line is counted lost, and the file is tried
+    /// again at the first round [`REOPEN_AFTER`] after the failure: logging resumes by itself.
+    #[test]
+    fn lines_with_no_file_open_are_counted_and_the_file_is_opened_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sub = dir.path().join("gone");
+        let path = sub.join("access.jsonl");
+        let (sink, mut writer, dropped) = writing_to(Out::new(LogTo::File(path.clone())));
+        push(&sink, 0, 3, 100);
+        let t0 = Instant::now();
+        round_at(&mut writer, t0);
+        assert_eq!(dropped.get(), 3, "no file: every line is lost and counted");
+        std::fs::create_dir(&sub).expect("mkdir");
+        push(&sink, 3, 2, 100);
+        round_at(&mut writer, t0 + REOPEN_AFTER / 2);
+        assert_eq!(dropped.get(), 5, "not tried again before the pause is over");
+        assert!(!path.exists());
+        push(&sink, 5, 2, 100);
+        round_at(&mut writer, t0 + REOPEN_AFTER);
+        assert_eq!(dropped.get(), 5, "opened again: nothing lost");
+        let text = std::fs::read_to_string(&path).expect("the log was opened again");
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.starts_with("00000005"), "{text}");
+    }
+
+    /// A destination that fails every round warns once, then once per [`WARN_EVERY`] with the
+    /// lines lost since; every lost line is counted.
+    #[test]
+    fn a_failing_destination_warns_once_per_period_and_counts_every_line() {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mut reader, out) = pipe_out();
+        let (sink, mut writer, dropped) = writing_to(out);
+        let captured = Captured::default();
+        let logs = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || logs.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // Fill the pipe, then 40 rounds 25 ms apart that each lose their 10 lines.
+            push(&sink, 0, 100, 1000);
+            let t0 = Instant::now();
+            round_at(&mut writer, t0);
+            for r in 1..=40u32 {
+                push(&sink, 0, 10, 1000);
+                round_at(&mut writer, t0 + PAUSE * r);
+            }
+            push(&sink, 0, 10, 1000);
+            round_at(&mut writer, t0 + WARN_EVERY);
+        });
+        let text = String::from_utf8(captured.0.lock().clone()).expect("utf-8");
+        let warnings: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("writing the access log failed"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{text}");
+        let whole = drain(&mut reader).iter().filter(|b| **b == b'\n').count();
+        assert_eq!(dropped.get() as usize, 100 + 400 + 10 - whole);
+        assert!(
+            warnings[1].contains("lines_lost_since_last_warning=410"),
+            "{}",
+            warnings[1]
+        );
     }
 }

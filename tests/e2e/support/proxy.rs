@@ -28,6 +28,7 @@ pub struct ProxyBuilder {
     envs: Vec<(String, String)>,
     configmap: bool,
     closed: Vec<Closed>,
+    launcher: Vec<String>,
 }
 
 /// A running `rampart run` child. Killed (by PID) on drop.
@@ -92,6 +93,14 @@ impl ProxyBuilder {
     /// Adds a command-line argument after `run --config FILE --log-format json`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Runs the binary through `launcher` (a command and its arguments, given the binary and
+    /// its arguments after them), which must `exec` it, so the child's PID stays rampart's:
+    /// e.g. `unshare --mount sh -c '...; exec "$@"' sh`.
+    pub fn launcher(mut self, launcher: &[&str]) -> Self {
+        self.launcher = launcher.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -168,7 +177,15 @@ impl ProxyBuilder {
         });
         let log_path = dir.path().join("rampart.log");
         let log = File::create(&log_path).expect("the log file must be creatable");
-        let child = Command::new(bin())
+        let mut command = match self.launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&path)
@@ -209,6 +226,7 @@ impl Proxy {
             envs: Vec::new(),
             configmap: false,
             closed: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 
