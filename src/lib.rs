@@ -21,6 +21,7 @@ pub mod error;
 pub mod generation;
 pub mod health;
 pub mod logfile;
+pub mod logging;
 pub mod metrics;
 pub mod otel;
 pub mod policy;

@@ -1,14 +1,14 @@
 //! The `rampart` binary: command line, logging, runtime, exit codes. Nothing else.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rampart::cli::{AuditCommand, Cli, Command, LogFormat};
+use rampart::cli::{AuditCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Kept to the end of `main`: dropping it writes the log lines still queued (bounded).
+    let _logging = rampart::logging::init(cli.log_format);
     if let Command::Validate { config } = &cli.command {
         return match rampart::load_config(config) {
             Ok(c) => {
@@ -181,25 +181,4 @@ fn build_runtime(run: bool) -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     b.enable_all().build()
-}
-
-fn init_logging(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let terminal = std::io::stdout().is_terminal();
-    let json = match format {
-        Some(f) => f == LogFormat::Json,
-        None => !terminal,
-    };
-    // Colour codes are for people at a terminal; in a pipe or a file they are noise that
-    // log collectors store verbatim.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(terminal)
-        .with_writer(std::io::stdout);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -10,6 +10,7 @@
 mod shard;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -67,6 +68,11 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// `rampart_audit_write_failures_total`.
     pub audit_write_failures: IntCounter,
+    /// `rampart_log_lines_dropped_total`: kept up with `crate::logging::dropped_lines` at
+    /// every render.
+    log_lines_dropped: IntCounter,
+    /// What of `dropped_lines` `log_lines_dropped` holds.
+    log_lines_synced: Arc<AtomicU64>,
     /// `rampart_trace_spans_exported_total`.
     pub trace_spans_exported: IntCounter,
     /// `rampart_trace_spans_dropped_total{reason}`.
@@ -312,6 +318,14 @@ impl Metrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .expect("unique metric");
+        let log_lines_dropped = IntCounter::new(
+            "rampart_log_lines_dropped_total",
+            "rampart's own log lines dropped because stdout did not take them in time (its queue was full).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(log_lines_dropped.clone()))
+            .expect("unique metric");
         let audit_write_failures = counter(
             "rampart_audit_write_failures_total",
             "Audit trail entries that could not be written (the proxy serves on).",
@@ -374,6 +388,8 @@ impl Metrics {
             config_last_success,
             config_info,
             audit_write_failures,
+            log_lines_dropped,
+            log_lines_synced: Arc::default(),
             trace_spans_exported,
             trace_spans_dropped,
             faults_injected,
@@ -522,10 +538,24 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.sync_log_lines_dropped(crate::logging::dropped_lines());
         let families = self.registry.gather();
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_default()
+    }
+}
+
+// === impl Metrics: the process's log ===
+
+impl Metrics {
+    /// Brings `rampart_log_lines_dropped_total` up to `dropped` (the log's own count, which
+    /// only grows); two renders at once add each line once.
+    fn sync_log_lines_dropped(&self, dropped: u64) {
+        let before = self.log_lines_synced.fetch_max(dropped, Ordering::Relaxed);
+        if dropped > before {
+            self.log_lines_dropped.inc_by(dropped - before);
+        }
     }
 }
 
@@ -796,5 +826,20 @@ mod tests {
                 format!("rampart_upstream_requests_total{{code=\"{code}\",upstream=\"app\"}} {n}");
             assert!(text.contains(&line), "no `{line}` in:\n{text}");
         }
+    }
+
+    /// The log's own drop count is followed, each line once, however many renders (or clones
+    /// of the metrics) see it.
+    #[test]
+    fn log_lines_dropped_follow_the_log_s_count() {
+        let m = Metrics::register();
+        let other = m.clone();
+        m.sync_log_lines_dropped(3);
+        other.sync_log_lines_dropped(3);
+        m.sync_log_lines_dropped(2);
+        assert_eq!(m.log_lines_dropped.get(), 3);
+        other.sync_log_lines_dropped(10);
+        assert_eq!(m.log_lines_dropped.get(), 10);
+        assert!(m.render().contains("rampart_log_lines_dropped_total 10"));
     }
 }

@@ -1,6 +1,7 @@
 //! Logs that cannot take their lines, through the real process: a FIFO or a device named as a
 //! log file (refused, never opened, so nothing waits on it); a log file that cannot be opened
-//! (refused) or written (a full file system: every lost line counted, one warning).
+//! (refused) or written (a full file system: every lost line counted, one warning); a stdout
+//! nobody reads (nothing waits on it: not a request, not the admin, not SIGTERM).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -252,4 +253,83 @@ async fn lines_lost_to_a_full_disk_are_counted_and_warned_about_once() {
         .filter(|l| l.contains("writing the access log failed"))
         .count();
     assert_eq!(warnings, 1, "{}", proxy.log());
+}
+
+/// With the access log and rampart's own log on a stdout that nobody reads (a stalled log
+/// collector), once the pipe is full: a SIGHUP (whose "reloading" and "reloaded" lines go to
+/// stdout) is applied, the admin endpoints and every request answer at once, and SIGTERM exits
+/// 0 in a bounded time. Before, the thread that logged a line blocked on the pipe: the main
+/// thread (admin, reloads, signals) at the SIGHUP, and with it a worker's share of requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_nobody_reads_never_holds_a_request_the_admin_or_sigterm() {
+    use std::os::fd::AsFd;
+    let app = sample().await;
+    let template = logging_to_log().replace("$LOG", "stdout");
+    let mut proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .env("RAMPART_WORKERS", 2)
+        .stdout_unread()
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let client = http::client();
+    // Requests until the pipe is full: it holds up to 64 KiB and each request writes a line
+    // of ~300 bytes; full is when a batch of lines (and two writer rounds) leaves it as it was.
+    let queued = || {
+        let pipe = proxy.stdout_pipe().expect("stdout is a pipe");
+        rustix::io::ioctl_fionread(pipe.as_fd()).expect("FIONREAD")
+    };
+    let mut sent = 0;
+    let mut last = 0;
+    loop {
+        assert!(sent < 5_000, "the pipe never filled: {} bytes", queued());
+        for _ in 0..50 {
+            let rsp = tokio::time::timeout(
+                PROMPT,
+                http::send(
+                    &client,
+                    addr,
+                    ::http::Method::GET,
+                    "/ok",
+                    &[],
+                    http::empty(),
+                ),
+            )
+            .await
+            .expect("answered while the pipe fills")
+            .expect("answered");
+            assert_eq!(rsp.status, 200);
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let now = queued();
+        if now >= 32 * 1024 && now == last {
+            break;
+        }
+        last = now;
+    }
+    let reloads = || async {
+        let text = tokio::time::timeout(PROMPT, metrics(proxy.admin()))
+            .await
+            .expect("/metrics must answer at once");
+        crate::support::metrics::reloads(&text, "success")
+    };
+    let before = reloads().await;
+    proxy.signal("HUP");
+    assert_eventually!(
+        reloads().await > before,
+        "the SIGHUP reload must be applied"
+    );
+    assert_eq!(prompt_get(proxy.admin(), "/healthz").await.status, 200);
+    // Fresh connections, so both workers get some.
+    for i in 0..20 {
+        assert_eq!(prompt_get(addr, &format!("/ok?n={i}")).await.status, 200);
+    }
+    assert_eq!(queued(), last, "the pipe stayed full, nobody read it");
+    proxy.signal("TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("rampart must exit within 10 s of SIGTERM though stdout is full");
+    assert!(status.success(), "{status}");
 }

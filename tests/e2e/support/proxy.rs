@@ -29,6 +29,7 @@ pub struct ProxyBuilder {
     configmap: bool,
     closed: Vec<Closed>,
     launcher: Vec<String>,
+    stdout_unread: bool,
 }
 
 /// A running `rampart run` child. Killed (by PID) on drop.
@@ -46,6 +47,8 @@ pub struct Proxy {
     configmap: Option<u32>,
     /// Dead addresses the file names, kept closed while the proxy lives.
     _closed: Vec<Closed>,
+    /// The reading end of stdout, with [`ProxyBuilder::stdout_unread`]: held, never read.
+    stdout: Option<std::process::ChildStdout>,
 }
 
 /// A policy file rendered into a temp dir, with the addresses its placeholders got.
@@ -101,6 +104,13 @@ impl ProxyBuilder {
     /// e.g. `unshare --mount sh -c '...; exec "$@"' sh`.
     pub fn launcher(mut self, launcher: &[&str]) -> Self {
         self.launcher = launcher.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Connects the proxy's stdout to a pipe that nobody reads (as a stalled log collector):
+    /// once the pipe is full, every write to stdout would wait. See [`Proxy::stdout_pipe`].
+    pub fn stdout_unread(mut self) -> Self {
+        self.stdout_unread = true;
         self
     }
 
@@ -185,7 +195,7 @@ impl ProxyBuilder {
             }
             None => Command::new(bin()),
         };
-        let child = command
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&path)
@@ -195,10 +205,15 @@ impl ProxyBuilder {
             .env_remove("RAMPART_CONFIG")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("the log file must be clonable"))
+            .stdout(if self.stdout_unread {
+                Stdio::piped()
+            } else {
+                Stdio::from(log.try_clone().expect("the log file must be clonable"))
+            })
             .stderr(log)
             .spawn()
             .expect("the rampart binary must start");
+        let stdout = child.stdout.take();
         Proxy {
             child,
             exited: None,
@@ -210,6 +225,7 @@ impl ProxyBuilder {
             vars: self.vars.clone(),
             configmap,
             _closed: Vec::new(),
+            stdout,
         }
     }
 }
@@ -227,6 +243,7 @@ impl Proxy {
             configmap: false,
             closed: Vec::new(),
             launcher: Vec::new(),
+            stdout_unread: false,
         }
     }
 
@@ -248,6 +265,11 @@ impl Proxy {
         self.child.id()
     }
 
+    /// The reading end of the proxy's stdout, with [`ProxyBuilder::stdout_unread`].
+    pub fn stdout_pipe(&self) -> Option<&std::process::ChildStdout> {
+        self.stdout.as_ref()
+    }
+
     /// The policy file the proxy runs on.
     pub fn config_path(&self) -> &Path {
         &self.config_path
@@ -258,7 +280,8 @@ impl Proxy {
         self.dir.path()
     }
 
-    /// Everything the proxy wrote to stdout and stderr so far.
+    /// Everything the proxy wrote to stdout and stderr so far (stderr only with
+    /// [`ProxyBuilder::stdout_unread`]).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
