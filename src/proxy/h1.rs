@@ -352,6 +352,11 @@ where
                         // Under the generation in force now (as `listener::serve` for hyper's).
                         let gen = c.shared.current.load_full();
                         let rsp = match gen.listeners.get(&c.addr) {
+                            // A reload gave this plaintext connection's listener `tls`.
+                            Some(lst) if lst.tls.is_some() && !c.peer.tls => {
+                                ask.keep_alive = false;
+                                super::listener::tls_required()
+                            }
                             Some(lst) => {
                                 let handling = pin!(super::stack::handle(
                                     c.shared, &gen, lst, head.req, head.sent, c.peer, active,

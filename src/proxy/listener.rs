@@ -872,6 +872,15 @@ fn serve(
     async move {
         let gen = shared.current.load_full();
         Ok(match gen.listeners.get(&addr) {
+            // A reload gave this plaintext connection's listener `tls`.
+            Some(lst) if lst.tls.is_some() && !peer.tls => {
+                let mut rsp = tls_required();
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                rsp
+            }
             Some(lst) => {
                 let sent = super::forward::Sent::of(req.headers());
                 let mut rsp = stack::handle(&shared, &gen, lst, req, sent, &peer, active).await;
@@ -887,6 +896,14 @@ fn serve(
 /// The answer to a request on a listener the generation in force no longer has.
 pub(super) fn removed() -> http::Response<super::body::Body> {
     answer(Reason::NoRoute, "this listener is being removed", None)
+}
+
+/// The answer to a request on a plaintext connection whose listener a reload gave `tls`: it
+/// is never served in plaintext (SPEC §8), and the connection closes after this answer (an
+/// HTTP/2 one is refused request by request until it idles out).
+pub(super) fn tls_required() -> http::Response<super::body::Body> {
+    let msg = "this listener serves TLS only since the last reload: connect again with TLS";
+    answer(Reason::BadRequest, msg, None)
 }
 
 #[cfg(test)]

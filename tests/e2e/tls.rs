@@ -269,6 +269,75 @@ async fn rotation_on_reload_serves_the_new_cert_and_keeps_open_connections() {
     assert_eq!(rsp.status, 200);
 }
 
+/// SPEC §8: a listener that has `tls` never serves plaintext, even to a connection accepted
+/// before a reload gave it `tls`: that connection's next request is refused (400, the
+/// connection closed; an HTTP/2 one's requests each refused) and never reaches the upstream,
+/// while new connections take TLS. Before, such keep-alive connections went on being served
+/// in plaintext after the reload.
+#[tokio::test]
+async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let plain = TLS_INBOUND.replace("    tls: { $TLS }\n", "");
+    let mut proxy = Proxy::builder(&plain)
+        .var("SECTIONS", "")
+        .var("POLICY", "")
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let mut h1 = Conn::open(addr).await;
+    h1.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(h1.answer(false).await.status, 200);
+    let mut h2 = http::h2c(addr).await;
+    let get = |path: &str| {
+        ::http::Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .body(http::empty())
+            .expect("request")
+    };
+    let rsp = h2.send_request(get("/ok")).await.expect("h2c before");
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(app.hits_for("/ok"), 2);
+
+    let tls_keys = format!(
+        "cert: {}, key: {}",
+        pki.path("server.pem").display(),
+        pki.path("server-key.pem").display()
+    );
+    proxy.rewrite_config(
+        &TLS_INBOUND
+            .replace("$SECTIONS", "")
+            .replace("$POLICY", "")
+            .replace("$TLS", &tls_keys),
+    );
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+
+    h1.send(b"GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let a = h1.answer(false).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert!(h1.closes().await, "the plaintext connection ends");
+    let rsp = h2
+        .send_request(get("/status/201"))
+        .await
+        .expect("h2c after");
+    assert_eq!(rsp.status(), 400);
+    assert_eq!(
+        app.hits_for("/status/201"),
+        0,
+        "nothing served in plaintext"
+    );
+
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let rsp = tls::get(addr, cfg, "/status/201", &[])
+        .await
+        .expect("over TLS");
+    assert_eq!(rsp.status, 201, "{}", rsp.text());
+    assert_eq!(app.hits_for("/status/201"), 1);
+}
+
 #[tokio::test]
 async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
     let app = sample().await;
