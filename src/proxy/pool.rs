@@ -212,6 +212,8 @@ pub struct Returning {
     /// What the request holds until this body ends (see `guard.rs`).
     pub(super) guards: Guards,
     /// The request's deadline, which its answer's body must end by ([`Returning::end_by`]).
+    /// Boxed (every answer carries the field), and made only for a body not already read
+    /// whole with its head.
     end_by: Option<Box<EndBy>>,
 }
 
@@ -532,8 +534,12 @@ impl Returning {
         }
     }
 
+    /// Whether the body is whole already: read, or in the buffer with its head (the usual
+    /// small answer), so nothing can keep it waiting.
     fn is_end_stream_now(&self) -> bool {
-        self.back.as_ref().is_none_or(|(conn, _)| conn.body_done())
+        self.back
+            .as_ref()
+            .is_none_or(|(conn, _)| conn.body_done() || conn.body_buffered())
     }
 
     /// Whether the body's deadline has passed (its timer then counts the timeout); a body

@@ -239,6 +239,16 @@ impl Conn {
         matches!(self.body, Decoder::Done)
     }
 
+    /// Whether the rest of the current answer's body is in the read buffer already (a body of
+    /// known length read with its head).
+    pub(super) fn body_buffered(&self) -> bool {
+        match self.body {
+            Decoder::Done => true,
+            Decoder::Length(n) => self.rd.len() as u64 >= n,
+            Decoder::Chunked(_) | Decoder::Close => false,
+        }
+    }
+
     /// Whether the current request's upload is still going.
     pub(super) fn uploading(&self) -> bool {
         matches!(self.upload, Upload::Sending { .. })
