@@ -137,4 +137,4 @@ fn unfit(e: io::Error) -> Unfit {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

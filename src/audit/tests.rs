@@ -158,15 +158,7 @@ fn within_5s(f: impl FnOnce() + Send + 'static) {
 #[test]
 fn a_fifo_or_a_device_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("a temp dir must be creatable");
-    let fifo = dir.path().join("audit.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .expect("mkfifo");
+    let fifo = crate::logfile::tests::fifo(dir.path(), "audit.fifo");
     let log = std::sync::Arc::new(AuditLog::new(
         IntCounter::new("t", "t").expect("valid counter"),
     ));

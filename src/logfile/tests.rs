@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::*;
 
-/// A FIFO at `dir/name`.
-fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
+/// A FIFO at `dir/name`, nobody reading it (the tests of every log's opening use it).
+pub(crate) fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     rustix::fs::mknodat(
         rustix::fs::CWD,

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::{free_addr, proxy::bin, Proxy};
+use crate::support::proxy::run as rampart;
+use crate::support::{free_addr, Proxy};
 
 const GOOD: &str = r#"version: 1
 admin: { listen: $ADMIN }
@@ -22,24 +23,6 @@ listeners:
       - upstream: app
         policy: std
 "#;
-
-/// Runs the binary with `args`, bounded to 15 s (the child is killed if it overruns).
-async fn rampart(args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("RAMPART_CONFIG")
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the rampart binary must start");
-    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("rampart must exit within 15 s")
-        .expect("rampart's output must be readable")
-}
 
 fn both(out: &Output) -> String {
     format!(

@@ -4,10 +4,10 @@
 //! nobody reads (nothing waits on it: not a request, not the admin, not SIGTERM).
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
-use crate::support::{http, metric_value, metrics, one_route, proxy::bin, sample, Proxy};
+use crate::support::proxy::run as rampart;
+use crate::support::{http, metric_value, metrics, one_route, sample, Proxy};
 
 /// How long an answer may take here: every one is immediate unless a thread is stuck.
 const PROMPT: Duration = Duration::from_secs(3);
@@ -28,24 +28,6 @@ async fn prompt_get(addr: std::net::SocketAddr, path: &str) -> http::Resp {
     tokio::time::timeout(PROMPT, http::get(addr, path, &[]))
         .await
         .unwrap_or_else(|_| panic!("GET {addr}{path} must be answered within {PROMPT:?}"))
-}
-
-/// `rampart ARGS`, which must exit within 15 s (the child is killed, by its PID, if not).
-async fn rampart(args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("RAMPART_CONFIG")
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the rampart binary must start");
-    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("rampart must exit within 15 s")
-        .expect("rampart's output must be readable")
 }
 
 /// A reload that adds an access log to a FIFO is refused at its key, with `to: stdout`

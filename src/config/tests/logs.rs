@@ -27,15 +27,7 @@ fn auditing_to(file: &Path) -> String {
 /// A FIFO in a new temp dir, nobody reading it.
 fn fifo() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &path,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .expect("mkfifo");
+    let path = crate::logfile::tests::fifo(dir.path(), "fifo");
     (dir, path)
 }
 

@@ -926,15 +926,7 @@ mod tests {
     #[test]
     fn a_fifo_or_a_device_in_the_log_s_place_is_refused_at_once() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let fifo = dir.path().join("access.fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("mkfifo");
+        let fifo = crate::logfile::tests::fifo(dir.path(), "access.fifo");
         for path in [fifo, "/dev/full".into()] {
             let (tx, rx) = std::sync::mpsc::channel();
             let p = path.clone();

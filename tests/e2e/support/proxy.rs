@@ -67,6 +67,25 @@ pub fn bin() -> String {
     std::env::var("RAMPART_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rampart").to_owned())
 }
 
+/// Runs the binary with `args` (a one-shot command: `validate`, `health`, a start that must
+/// fail), bounded to 15 s (the child is killed if it overruns).
+pub async fn run(args: &[&str]) -> std::process::Output {
+    let child = tokio::process::Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("RAMPART_CONFIG")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the rampart binary must start");
+    tokio::time::timeout(std::time::Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("rampart must exit within 15 s")
+        .expect("rampart's output must be readable")
+}
+
 // === impl ProxyBuilder ===
 
 impl ProxyBuilder {
