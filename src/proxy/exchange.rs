@@ -257,6 +257,20 @@ pub(super) async fn try_once(
     };
     // One reading of the time for the pick and the try's start.
     let now = Instant::now();
+    if ctx.deadline.is_some_and(|d| d <= now) {
+        // The request's time is up before this try could go (a gRPC call whose own deadline
+        // had passed, `grpc-timeout: 0n`): no try, no verdict on the upstream.
+        if let Some(p) = permit {
+            p.record(Outcome::Cancelled, Duration::ZERO);
+        }
+        ctx.route.metrics.timeout_request.inc();
+        *tried = Tried {
+            outcome: Outcome::Cancelled,
+            used: None,
+        };
+        let msg = "the request's deadline passed before a try could be sent";
+        return answer(Reason::Timeout, msg, None);
+    }
     let Some(ep) = up.pick(avoid, now) else {
         if let Some(p) = permit {
             p.record(Outcome::ConnectError, Duration::ZERO);

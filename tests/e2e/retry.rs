@@ -279,6 +279,41 @@ async fn the_request_deadline_covers_the_answer_s_body() {
     assert_eq!(request, Some(1.0), "{text}");
 }
 
+/// A gRPC call whose own deadline has passed when it comes (`grpc-timeout: 0n`, or 1n) is
+/// answered DEADLINE_EXCEEDED without a try: the upstream never gets work nobody waits for.
+/// Before, it was sent with `grpc-timeout: 1n` and cut at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_already_past_its_deadline_is_never_tried() {
+    let app = sample().await;
+    let proxy = plain(app.addr()).await;
+    let addr = proxy.listener("inbound");
+    for timeout in ["0n", "1n"] {
+        let rsp = http::post(
+            addr,
+            "/ok",
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", timeout),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(rsp.status, 200, "{timeout}: gRPC's own answer");
+        assert_eq!(
+            rsp.header("grpc-status"),
+            Some("4"),
+            "{timeout}: DEADLINE_EXCEEDED"
+        );
+    }
+    assert_eq!(app.hits(), 0, "never tried");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_upstream_requests_total", &[]),
+        None,
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_retry_after_is_honoured_only_when_it_fits() {
     let app = sample().await;
