@@ -136,6 +136,11 @@ impl Sent {
         sent
     }
 
+    /// Notes a `host` line whose value is known to be `host[:port]` (checked before).
+    pub fn note_valid_host(&mut self) {
+        self.hosts = (self.hosts + 1).min(2);
+    }
+
     /// Notes a line named `name` whose value is `value` (read only for `host`).
     pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::HOST {
