@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::conn::Conn;
 use crate::support::metrics::reloads;
 use crate::support::tls::{self, Ca, H1Conn, Pki};
-use crate::support::{http, metric_value, metrics, proxy::bin, raw, sample, Proxy};
+use crate::support::{http, metric_value, metrics, raw, sample, Proxy};
 
 /// One inbound TLS listener in front of `$APP`; `$TLS` is the body of its `tls` map and
 /// `$SECTIONS` adds top-level sections.
@@ -386,21 +386,8 @@ async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
 
 /// `rampart validate --config PATH`, bounded to 15 s.
 async fn validate(path: &Path) -> Output {
-    let child = tokio::process::Command::new(bin())
-        .arg("validate")
-        .arg("--config")
-        .arg(path)
-        .env_remove("RAMPART_CONFIG")
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the rampart binary must start");
-    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("validate must exit within 15 s")
-        .expect("validate's output must be readable")
+    let path = path.to_str().expect("a UTF-8 temp path");
+    crate::support::proxy::run(&["validate", "--config", path]).await
 }
 
 fn both(out: &Output) -> String {
