@@ -27,6 +27,8 @@ enum Then {
     Stay,
     /// Closes the connection (whatever the answer said).
     Close,
+    /// Writes nothing and closes: a server whose idle timer fired as the request came.
+    HangUp,
 }
 
 /// A raw upstream: the n-th request (over all connections) gets `answers[n]` (the last one
@@ -116,6 +118,9 @@ async fn serve(
             got.len() - 1
         };
         let (answer, then) = answers[n.min(answers.len() - 1)];
+        if then == Then::HangUp {
+            return;
+        }
         if stream.write_all(answer).await.is_err() {
             return;
         }
@@ -316,6 +321,48 @@ async fn an_idle_connection_the_upstream_closed_is_not_used() {
         up.requests().len(),
         2,
         "no request was lost on the closed connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_kept_connection_closed_unanswered_goes_out_again_and_a_post_does_not() {
+    // The upstream closes a kept connection as the next request arrives on it, unanswered (a
+    // server's keep-alive timer firing just then; one that closes after so many requests). A
+    // GET, which the upstream cannot have acted on, is sent again on a new connection and is
+    // not a failed try; a POST may have been acted on, so it is not.
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    const OK2: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2";
+    let up = Scripted::start(vec![
+        (OK, Then::Stay),
+        (b"", Then::HangUp),
+        (OK2, Then::Stay),
+        (b"", Then::HangUp),
+        (OK, Then::Stay),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
+    let rsp = http::get(addr, "/", &[]).await;
+    assert_eq!(
+        (rsp.status.as_u16(), &rsp.body[..]),
+        (200, &b"ok2"[..]),
+        "the GET went out again on a new connection"
+    );
+    assert_eq!((up.requests().len(), up.accepted()), (3, 2));
+    let rsp = http::post(addr, "/", &[], Bytes::new()).await;
+    assert_eq!(rsp.status.as_u16(), 502, "the POST is not sent again");
+    assert_eq!(up.requests().len(), 4, "the POST reached the upstream once");
+    let text = crate::support::metrics(proxy.admin()).await;
+    let tries = |code: &str| {
+        crate::support::metric_value(&text, "rampart_upstream_requests_total", &[("code", code)])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (tries("200"), tries("502")),
+        (2.0, 1.0),
+        "the GET's lost send is no try of its own"
     );
 }
 

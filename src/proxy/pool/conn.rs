@@ -110,6 +110,22 @@ pub(super) enum Failed {
     Broken(UpstreamError),
 }
 
+/// Whether `e` is the upstream's close of the connection: its FIN, its reset, or a write into
+/// a connection it closed.
+fn closed_by_peer(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Closed => true,
+        UpstreamError::Io(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// A waker that does nothing (`Waker::noop` is newer than this crate's minimum Rust).
 struct Noop;
 
@@ -327,6 +343,21 @@ impl Conn {
             // write, to go with the head, may fail while nothing is written).
             Err(e @ (UpstreamError::RequestBody(_) | UpstreamError::RequestLength)) => {
                 Err(Failed::Broken(e))
+            }
+            // Written whole to a kept connection that the upstream had closed (it closes idle
+            // connections, or after so many requests, without saying so): nothing of an answer
+            // came, so the request was not processed, and one whose resending is harmless
+            // (RFC 9112 §9.3.1: idempotent, and nothing of a body to lose) goes out on another.
+            // Not a try: nginx and hyper's pool resend such a request too.
+            Err(e)
+                if reused
+                    && kind == BodyKind::Empty
+                    && self.rd.is_empty()
+                    && crate::policy::retry::is_idempotent(&parts.method, &parts.headers)
+                    && closed_by_peer(&e) =>
+            {
+                self.upload = Upload::Done;
+                Err(Failed::Unsent(Body::Empty, e))
             }
             Err(e) if reused && self.sent == 0 => {
                 // Given back whole: a frame already taken from the body (to go out with the
@@ -682,13 +713,19 @@ mod tests {
         answer: Arc<Mutex<VecDeque<u8>>>,
         writes: Arc<Mutex<Vec<Vec<u8>>>>,
         dead: bool,
+        /// Once its answer is read, the peer's end of stream (else it waits).
+        hung_up: bool,
     }
 
     impl Wire {
         pub(crate) fn read(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
             let mut answer = self.answer.lock().unwrap();
             if answer.is_empty() {
-                return Poll::Pending;
+                return if self.hung_up {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
             }
             let n = answer.len().min(buf.remaining());
             let bytes: Vec<u8> = answer.drain(..n).collect();
@@ -742,7 +779,21 @@ mod tests {
     }
 
     async fn exchange(conn: &mut Conn, body: Body, reused: bool) -> Result<h1::Head, Failed> {
-        let (parts, ()) = Request::post("http://up/").body(()).unwrap().into_parts();
+        exchange_as(conn, Method::POST, body, reused).await
+    }
+
+    async fn exchange_as(
+        conn: &mut Conn,
+        method: Method,
+        body: Body,
+        reused: bool,
+    ) -> Result<h1::Head, Failed> {
+        let (parts, ()) = Request::builder()
+            .method(method)
+            .uri("http://up/")
+            .body(())
+            .unwrap()
+            .into_parts();
         let (id, ff) = (
             HeaderValue::from_static("id"),
             HeaderValue::from_static("::1"),
@@ -827,6 +878,56 @@ mod tests {
         };
         let back = unsent.collect().await.unwrap().to_bytes();
         assert_eq!(&back[..], b"replayed");
+    }
+
+    /// A peer that takes the request whole, then sends `answer` (maybe nothing) and closes: a
+    /// kept connection the upstream had closed unseen.
+    fn hanging_up(answer: &[u8]) -> Wire {
+        let wire = Wire {
+            hung_up: true,
+            ..Wire::default()
+        };
+        wire.answer.lock().unwrap().extend(answer);
+        wire
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_bodiless_request_written_to_a_kept_connection_closed_unanswered_goes_back(
+    ) {
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            let wire = hanging_up(b"");
+            let mut conn = over(&wire);
+            let failed = exchange_as(&mut conn, method.clone(), Body::Empty, true).await;
+            assert!(
+                matches!(
+                    failed,
+                    Err(Failed::Unsent(Body::Empty, UpstreamError::Closed))
+                ),
+                "{method}: {failed:?}"
+            );
+            assert_eq!(wire.writes.lock().unwrap().len(), 1, "it was written");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_the_closed_connection_may_have_processed_is_not_sent_again() {
+        // Not idempotent; a new connection (its close is the upstream's answer to this
+        // request); a body; a part of an answer already come.
+        let cases: [(Method, Body, bool, &[u8]); 4] = [
+            (Method::POST, Body::Empty, true, b""),
+            (Method::GET, Body::Empty, false, b""),
+            (Method::PUT, upload(&["x"]), true, b""),
+            (Method::GET, Body::Empty, true, b"HTTP/1.1 200 OK\r\n"),
+        ];
+        for (method, body, reused, answer) in cases {
+            let wire = hanging_up(answer);
+            let mut conn = over(&wire);
+            let failed = exchange_as(&mut conn, method.clone(), body, reused).await;
+            assert!(
+                matches!(failed, Err(Failed::Broken(_))),
+                "{method} reused {reused} answer {answer:?}: {failed:?}"
+            );
+        }
     }
 
     #[tokio::test]
