@@ -73,7 +73,8 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// A client's id is taken only when it is one a log and a header carry unchanged: 1 to
 /// [`ID_MAX`] bytes of visible ASCII. Any other (empty, spaces, control or non-ASCII bytes,
 /// longer) is taken out of the request and replaced by one made here, so the upstream, the
-/// answer, the error body and the access log all carry the same id.
+/// answer, the error body and the access log all carry the same id. Of two or more ids the
+/// first is the request's, and the others are taken out.
 ///
 /// Marked sensitive, which only HPACK reads: an id differs from request to request, so HTTP/2
 /// sends it as a literal never indexed instead of adding it to the connection's header table,
@@ -81,13 +82,23 @@ pub const CLIENT_CLOSED: u16 = 499;
 pub fn request_id<B>(req: &mut Request<B>, sent: Sent) -> (HeaderValue, bool) {
     let theirs = match sent.request_id {
         false => None,
-        true => match req.headers().get(X_REQUEST_ID) {
-            Some(v) if usable_id(v.as_bytes()) => Some(v.clone()),
-            _ => {
-                req.headers_mut().remove(X_REQUEST_ID);
-                None
+        true => {
+            let mut all = req.headers().get_all(X_REQUEST_ID).iter();
+            match (all.next(), all.next().is_some()) {
+                (Some(v), more) if usable_id(v.as_bytes()) => {
+                    let v = v.clone();
+                    if more {
+                        // Two ids: the first is the request's, and the only one sent on.
+                        req.headers_mut().insert(X_REQUEST_ID, v.clone());
+                    }
+                    Some(v)
+                }
+                _ => {
+                    req.headers_mut().remove(X_REQUEST_ID);
+                    None
+                }
             }
-        },
+        }
     };
     let (mut id, made) = match theirs {
         Some(v) => (v, false),

@@ -674,6 +674,58 @@ async fn an_upstream_s_request_id_never_replaces_the_request_s() {
     }
 }
 
+/// Of a client's two `x-request-id`s the first is the request's: the upstream, the answer and
+/// the log hold it alone, whichever server took the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_request_ids_the_first_alone_goes_on() {
+    let up = Scripted::start(vec![(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        Then::Stay,
+    )])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let ids_in = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .collect()
+    };
+    let rsp = raw::exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: app\r\nx-request-id: abc\r\nx-request-id: def\r\n\
+          connection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(ids_in(&head_lines(&rsp)), ["abc"]);
+    // Over HTTP/2 (hyper's side of the listener) the same.
+    let mut h2 = http::h2c(addr).await;
+    let mut req = ::http::Request::get(format!("http://{addr}/"))
+        .body(http::empty())
+        .expect("a valid request");
+    for id in ["ghi", "jkl"] {
+        req.headers_mut()
+            .append("x-request-id", id.parse().expect("a header value"));
+    }
+    let rsp = h2.send_request(req).await.expect("answered");
+    assert_eq!(rsp.headers().get_all("x-request-id").iter().count(), 1);
+    assert_eq!(rsp.headers()["x-request-id"], "ghi");
+    let sent: Vec<Vec<String>> = up
+        .requests()
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(r).into_owned();
+            ids_in(&text.split("\r\n").map(str::to_owned).collect::<Vec<_>>())
+        })
+        .collect();
+    assert_eq!(sent, [vec!["abc"], vec!["ghi"]], "what the upstream got");
+}
+
 /// A policy that sets answer headers (`rate_limit.headers`) replaces an upstream's header of
 /// the same name: the client never gets both, whichever server writes the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
