@@ -52,6 +52,10 @@ pub struct Generation {
     pub config: Arc<Config>,
     /// Listeners by their configured address.
     pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, foldhash::fast::RandomState>,
+    /// Where a listener a reload moved (same name, new address) went: from each address it had
+    /// before to its address now. Connections the old socket accepted, still open or still
+    /// queued while it drains, are served as the listener is configured now ([`Self::listener`]).
+    pub moved: HashMap<SocketAddr, SocketAddr>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream and every route
@@ -220,6 +224,7 @@ impl Generation {
         let wall = WallClock::system(shared.clock.clone());
         Generation {
             identify: Identify::build(&f.tenants, prev.map(|p| &p.identify), &wall),
+            moved: prev.map(|p| moves(p, f)).unwrap_or_default(),
             listeners,
             upstreams,
             breakers,
@@ -234,11 +239,21 @@ impl Generation {
         Generation {
             identify: Identify::new(&config.file.tenants),
             listeners: HashMap::default(),
+            moved: HashMap::new(),
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
             store: None,
             tracer: None,
             config,
+        }
+    }
+
+    /// The listener a connection accepted at `addr` is served by: the one configured there, or
+    /// the one a reload moved from there.
+    pub fn listener(&self, addr: &SocketAddr) -> Option<&Arc<ListenerRt>> {
+        match self.listeners.get(addr) {
+            Some(l) => Some(l),
+            None => self.listeners.get(self.moved.get(addr)?),
         }
     }
 
@@ -346,6 +361,22 @@ fn build_breakers(
         });
     }
     out
+}
+
+/// The moves from `prev` to `f`: each address `prev` served (its listeners' and those moved
+/// to them) that `f` has no listener on, whose listener `f` names at another address.
+fn moves(prev: &Generation, f: &crate::config::File) -> HashMap<SocketAddr, SocketAddr> {
+    let now = |name: &str| {
+        f.listeners
+            .iter()
+            .find(|l| *l.name == *name)
+            .map(|l| l.listen)
+    };
+    let served = prev.listeners.keys().chain(prev.moved.keys());
+    served
+        .filter(|from| !f.listeners.iter().any(|l| l.listen == **from))
+        .filter_map(|&from| Some((from, now(&prev.listener(&from)?.name)?)))
+        .collect()
 }
 
 /// What the routes of a listener refer to: upstreams, breakers and the global store.

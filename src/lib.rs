@@ -35,6 +35,7 @@ pub mod throttle;
 pub mod tls;
 pub mod workers;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,6 +225,16 @@ impl Rampart {
 
     /// [`Rampart::shutdown`], recording `source` in the audit trail as shutdown begins.
     pub async fn shutdown_from(&self, source: audit::Source) {
+        self.shutdown_unless(source, std::future::pending()).await
+    }
+
+    /// [`Rampart::shutdown_from`], unless `hurry` ends first (a second SIGTERM or SIGINT):
+    /// then it stops waiting, for the drain delay, requests in flight and tunnels alike, and
+    /// returns once the spans and access log lines already queued are written (at most
+    /// 2 s each). Requests still in flight then end with the process,
+    /// unanswered and unlogged; the audit trail has the shutdown already (each entry is
+    /// fsynced as it is written).
+    pub async fn shutdown_unless(&self, source: audit::Source, hurry: impl Future<Output = ()>) {
         self.shared.draining.store(true, Ordering::SeqCst);
         let gen = self.shared.current.load_full();
         let entry = audit::Entry {
@@ -233,6 +244,31 @@ impl Rampart {
             errors: Vec::new(),
         };
         self.shared.audit.record(audit_path(&gen.config), &entry);
+        let hurried = tokio::select! {
+            () = self.drain() => false,
+            () = hurry => true,
+        };
+        // The spans of the last requests, bounded by the exporter's timeout (and hurried, by
+        // the access log's bound).
+        if let Some(t) = self.shared.current.load().tracer.clone() {
+            let flush = t.exporter().flush();
+            if hurried {
+                let _ = tokio::time::timeout(ACCESS_LOG_CLOSE, flush).await;
+            } else {
+                flush.await;
+            }
+        }
+        // The access log lines still queued, bounded in case a destination hangs.
+        self.shared.access_logs.close(ACCESS_LOG_CLOSE).await;
+        if hurried {
+            tracing::warn!("exiting before requests in flight finished");
+        } else {
+            tracing::info!("drained; exiting");
+        }
+    }
+
+    /// The drain delay, then the listeners' drain and the tunnels', within `shutdown_grace`.
+    async fn drain(&self) {
         let (grace, delay) = {
             let gen = self.shared.current.load();
             let rt = &gen.config.file.runtime;
@@ -259,13 +295,6 @@ impl Rampart {
         }
         // Tunnels are not connections the listeners track: the same grace, then cut.
         self.shared.tunnels.drain(until).await;
-        // The spans of the last requests, bounded by the exporter's timeout.
-        if let Some(t) = self.shared.current.load().tracer.clone() {
-            t.exporter().flush().await;
-        }
-        // The access log lines still queued, bounded in case a destination hangs.
-        self.shared.access_logs.close(ACCESS_LOG_CLOSE).await;
-        tracing::info!("drained; exiting");
     }
 }
 

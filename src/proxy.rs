@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod authority;
 pub mod balance;
+pub mod bind;
 pub mod body;
 pub mod conn;
 pub mod ctx;

@@ -111,11 +111,14 @@ pub fn apply(
     // Certificates and keys are read now, at every reload: a bad file refuses the whole config.
     let tls = TlsFiles::load(&cfg.file).map_err(|p| ReloadError::Invalid(tls_errors(&cfg, p)))?;
     let mut bound = Vec::new();
+    // A listener may move to an address overlapping one rampart listens on now (`127.0.0.1:P`
+    // to `0.0.0.0:P`): the new socket binds beside the old, which drains after the swap.
+    let own: Vec<u64> = set.values().flat_map(|h| h.inodes()).copied().collect();
     for l in &cfg.file.listeners {
         if set.contains_key(&l.listen) {
             continue;
         }
-        match listener::bind_each(l.listen, shared.workers.handles().len()) {
+        match listener::bind_each(l.listen, shared.workers.handles().len(), &own) {
             Ok(tcp) => bound.push((l.listen, tcp)),
             Err(error) => {
                 return Err(ReloadError::Bind {

@@ -1,7 +1,9 @@
 //! Signals: SIGHUP reloads; SIGTERM and SIGINT drain and exit.
 //!
 //! On SIGTERM `/readyz` turns 503 at once, so the orchestrator stops sending new work; every
-//! listener stops accepting; requests in flight finish, up to `runtime.shutdown_grace`.
+//! listener stops accepting; requests in flight finish, up to `runtime.shutdown_grace`. A
+//! second SIGTERM or SIGINT during the drain ends the wait: what is queued for the access log
+//! and the trace exporter is written, and rampart exits (0, as a drain that ran out of grace).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -38,7 +40,18 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break Source::Sigint; }
         }
     };
-    rampart.shutdown_from(source).await;
+    // A second SIGTERM or SIGINT during the drain: exit now (an operator's second Ctrl-C).
+    let again = async move {
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(
+            signal,
+            "second signal while draining: not waiting for requests in flight"
+        );
+    };
+    rampart.shutdown_unless(source, again).await;
     Ok(())
 }
 

@@ -135,13 +135,19 @@ impl Exporter {
             Some(tls) => Exporting::Tls(builder.build(tls_connector(http, tls, grpc))),
             None => Exporting::Plain(builder.build(http)),
         };
+        // The endpoint's `user:password@` is sent as HTTP Basic credentials, on every export.
+        let (uri, basic) = basic_auth(traces_uri(&cfg.endpoint, cfg.protocol));
+        let mut headers = extra_headers(&cfg.headers);
+        if let Some(basic) = basic {
+            headers.insert(header::AUTHORIZATION, basic);
+        }
         let task = Task {
             queue,
             owner: Arc::downgrade(&exporter),
             flags,
             client,
-            headers: extra_headers(&cfg.headers),
-            uri: traces_uri(&cfg.endpoint, cfg.protocol),
+            headers,
+            uri,
             protocol: cfg.protocol,
             gzip: cfg.compression == OtlpCompression::Gzip,
             service_name: service_name.to_owned(),
@@ -189,6 +195,31 @@ fn extra_headers(headers: &std::collections::BTreeMap<String, String>) -> header
         map.append(name, value);
     }
     map
+}
+
+/// `uri` without its userinfo, and the userinfo as an HTTP Basic `authorization` value
+/// (percent-decoded, then base64; marked sensitive), if it has one. The client never sends a
+/// URL's userinfo itself, and it is no part of the request line or `host`.
+pub(super) fn basic_auth(uri: Uri) -> (Uri, Option<header::HeaderValue>) {
+    use base64::Engine;
+    let Some((userinfo, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return (uri, None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut pair: Vec<u8> = percent_encoding::percent_decode_str(user).collect();
+    pair.push(b':');
+    pair.extend(percent_encoding::percent_decode_str(password));
+    let token = base64::engine::general_purpose::STANDARD.encode(&pair);
+    let value = header::HeaderValue::from_str(&format!("Basic {token}"));
+    let mut parts = uri.clone().into_parts();
+    parts.authority = host.parse().ok();
+    match (value, Uri::from_parts(parts)) {
+        (Ok(mut value), Ok(bare)) => {
+            value.set_sensitive(true);
+            (bare, Some(value))
+        }
+        _ => (uri, None),
+    }
 }
 
 /// The TLS connector to an `https://` collector, verified by `tls`, offering ALPN `h2` for gRPC

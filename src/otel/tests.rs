@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::encode;
-use super::export::QUEUE;
+use super::export::{basic_auth, QUEUE};
 use super::span::{Event, Kind, SpanRecord, Val};
 use super::{TraceMetrics, TraceParent, Tracer, TRACEPARENT, TRACESTATE};
 use crate::config::file::{Otlp, OtlpProtocol, Tracing};
@@ -343,4 +343,21 @@ fn a_gzip_export_is_the_same_request_compressed() {
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     assert_eq!(len, body.len() - 5);
     assert_eq!(gunzip(&body[5..]), msg.encode_to_vec());
+}
+
+/// An endpoint's `user:password@` leaves the URL the client sends to and becomes the HTTP
+/// Basic credentials, percent-decoded first; a user alone has an empty password; an endpoint
+/// without userinfo is left as it is.
+#[test]
+fn an_endpoints_userinfo_becomes_basic_credentials() {
+    let uri = |s: &str| s.parse::<http::Uri>().expect("uri");
+    let (bare, auth) = basic_auth(uri("http://user:p%40ss@127.0.0.1:4318/v1/traces"));
+    assert_eq!(bare, uri("http://127.0.0.1:4318/v1/traces"));
+    let auth = auth.expect("credentials");
+    assert_eq!(auth, "Basic dXNlcjpwQHNz");
+    assert!(auth.is_sensitive(), "never indexed by HPACK");
+    let (_, auth) = basic_auth(uri("https://token@collector.example/v1/traces"));
+    assert_eq!(auth.expect("credentials"), "Basic dG9rZW46");
+    let plain = uri("http://127.0.0.1:4318/v1/traces");
+    assert_eq!(basic_auth(plain.clone()), (plain, None));
 }

@@ -351,7 +351,7 @@ where
                         let active = c.state.begin();
                         // Under the generation in force now (as `listener::serve` for hyper's).
                         let gen = c.shared.current.load_full();
-                        let rsp = match gen.listeners.get(&c.addr) {
+                        let rsp = match gen.listener(&c.addr) {
                             // A reload gave this plaintext connection's listener `tls`.
                             Some(lst) if lst.tls.is_some() && !c.peer.tls => {
                                 ask.keep_alive = false;
@@ -387,7 +387,7 @@ where
                         let req = parse::refused_line(read);
                         let active = c.state.begin();
                         let gen = c.shared.current.load_full();
-                        let rsp = match gen.listeners.get(&c.addr) {
+                        let rsp = match gen.listener(&c.addr) {
                             Some(lst) => {
                                 super::stack::refuse_head(c.shared, lst, req, refusal, active)
                             }

@@ -59,61 +59,11 @@ pub struct ListenerHandle {
     capacity: Arc<AtomicUsize>,
     /// One accept loop per worker (see `workers.rs`).
     tasks: Vec<JoinHandle<()>>,
+    /// Its sockets' inodes: a reload may bind an overlapping address beside them (`bind.rs`).
+    inodes: Vec<u64>,
 }
 
-/// Binds `addr` as one socket (the admin listener), as [`bind_each`] does for one worker.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let Bound { mut sockets } = bind_each(addr, 1)?;
-    TcpListener::from_std(sockets.remove(0))
-}
-
-/// A proxy listener's address, bound once per worker.
-#[derive(Debug)]
-pub struct Bound {
-    /// One listening socket per worker, in worker order; all on the same address.
-    sockets: Vec<std::net::TcpListener>,
-}
-
-/// Binds `addr` for `workers` workers, each with a listening socket of its own: a large
-/// backlog, `SO_REUSEADDR` and `TCP_NODELAY` (which the sockets it accepts inherit on Linux).
-///
-/// With more than one worker the sockets share the address through `SO_REUSEPORT`, so the
-/// kernel spreads new connections over them by a hash of the client's address and port: each
-/// worker gets its share however busy it is. (Polling one shared socket from every worker
-/// instead hands a burst of connections to whichever worker happens to be awake; seen here, a
-/// second worker got none of 32.) `SO_REUSEPORT` would also let the address be shared with
-/// another process of the same user, so a fixed port is first bound without it: if anything
-/// listens there already, the bind fails as it would without `SO_REUSEPORT`.
-pub fn bind_each(addr: SocketAddr, workers: usize) -> std::io::Result<Bound> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let open = |reuse_port: bool| -> std::io::Result<Socket> {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_reuse_address(true)?;
-        if reuse_port {
-            s.set_reuse_port(true)?;
-        }
-        s.set_tcp_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        Ok(s)
-    };
-    let workers = workers.max(1);
-    if workers > 1 && addr.port() != 0 {
-        // Fails with "address in use" if another socket listens here, `SO_REUSEPORT` or not.
-        open(false)?.bind(&addr.into())?;
-    }
-    let mut sockets = Vec::with_capacity(workers);
-    let mut at = addr;
-    for _ in 0..workers {
-        let s = open(workers > 1)?;
-        s.bind(&at.into())?;
-        s.listen(1024)?;
-        let tcp = std::net::TcpListener::from(s);
-        // Port 0: the others join the port the first one got.
-        at = tcp.local_addr()?;
-        sockets.push(tcp);
-    }
-    Ok(Bound { sockets })
-}
+pub use super::bind::{bind, bind_each, Bound};
 
 /// The longest HTTP/1 request head served under `rt`: `max_header_bytes`, which `validate` keeps
 /// at 8 KiB or more (hyper refuses smaller read buffers). Longer heads are answered 431.
@@ -185,6 +135,7 @@ pub fn spawn(
     let limit = Arc::new(Semaphore::new(max_conns));
     let mut local_addr = addr;
     let mut tasks = Vec::with_capacity(bound.sockets.len());
+    let inodes = bound.inodes;
     let workers = shared.workers.handles();
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..bound.sockets.len())
         .map(|_| mpsc::unbounded_channel::<Handed>())
@@ -215,6 +166,7 @@ pub fn spawn(
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
         tasks,
+        inodes,
     }
 }
 
@@ -242,6 +194,11 @@ struct Peers {
 // === impl ListenerHandle ===
 
 impl ListenerHandle {
+    /// The inodes of its listening sockets (Linux; empty elsewhere).
+    pub fn inodes(&self) -> &[u64] {
+        &self.inodes
+    }
+
     /// Stops accepting, lets open connections finish (up to `grace`), then returns.
     pub async fn drain(self, grace: Duration) {
         self.begin_drain();
@@ -310,8 +267,11 @@ async fn accept_loop(
         addr,
         stopped,
         peers,
+        late: None,
     };
     let mut backoff = Duration::ZERO;
+    // A connection accepted but still waiting for a permit when the listener stopped.
+    let mut waiting = None;
     loop {
         let Some(accepted) = a.serving(tcp.accept()).await else {
             break;
@@ -334,7 +294,10 @@ async fn accept_loop(
             Ok(p) => p,
             Err(_) => match a.serving(limit.clone().acquire_owned()).await {
                 Some(Ok(p)) => p,
-                _ => break,
+                _ => {
+                    waiting = Some((stream, peer));
+                    break;
+                }
             },
         };
         // On Linux an accepted socket inherits `TCP_NODELAY` from its listener ([`bind_each`]
@@ -354,17 +317,68 @@ async fn accept_loop(
             a.take(h);
         }
     }
-    drop(tcp);
+    // Connections served from now on see the stop at once: each gets one answer and closes.
+    a.stopped.mark_changed();
+    a.late = Some(
+        a.shared
+            .current
+            .load()
+            .config
+            .file
+            .runtime
+            .header_read_timeout
+            .0,
+    );
     // Connections handed over before this worker stopped taking them are served all the same.
     a.peers.inbox.close();
     while let Ok(h) = a.peers.inbox.try_recv() {
         a.take(h);
     }
-    a.conns.close();
+    // So are those it accepted, or the kernel queued at its socket, and had not served yet:
+    // closing the socket would reset them. A reload that moves or removes a listener drops
+    // none that reached it; only one whose handshake completes between the last accept and
+    // the close is reset. They wait for permits as before, within the grace.
     let grace = a.shared.current.load().config.file.runtime.shutdown_grace.0;
+    let until = Instant::now() + grace;
+    for (stream, peer) in waiting.into_iter().chain(queued(tcp, addr)) {
+        match tokio::time::timeout_at(until, limit.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                let open = a.shared.balance.open(a.peers.me);
+                a.serve(stream, peer, (permit, open));
+            }
+            _ => {
+                tracing::warn!(%addr, %peer, "no room for a queued connection within the shutdown grace; closing it")
+            }
+        }
+    }
+    a.conns.close();
     if tokio::time::timeout(grace, a.conns.wait()).await.is_err() {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
     }
+}
+
+/// What the kernel has queued at a stopping listener's socket, accepted (at most its backlog);
+/// the socket closes after.
+fn queued(tcp: TcpListener, addr: SocketAddr) -> Vec<(TcpStream, SocketAddr)> {
+    // Out of tokio, still non-blocking: `accept` ends at the first `WouldBlock`.
+    let Ok(tcp) = tcp.into_std() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while out.len() < 1024 {
+        let Ok((s, peer)) = tcp.accept() else { break };
+        // An accepted socket does not inherit `O_NONBLOCK`; tokio needs it.
+        match s
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(s))
+        {
+            Ok(s) => out.push((s, peer)),
+            Err(e) => {
+                tracing::warn!(%addr, %peer, error = %e, "a queued connection could not be served; closing it")
+            }
+        }
+    }
+    out
 }
 
 /// One worker's accept loop's state: what it serves connections with.
@@ -374,6 +388,9 @@ struct Acceptor {
     addr: SocketAddr,
     stopped: watch::Receiver<bool>,
     peers: Peers,
+    /// Once the listener has stopped: how long a connection served from then on may take to
+    /// send its request (`header_read_timeout`).
+    late: Option<Duration>,
 }
 
 impl Acceptor {
@@ -407,8 +424,19 @@ impl Acceptor {
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
         let peer = Arc::new(Peer::new(peer, false));
-        self.conns
-            .spawn(conn_task(shared, addr, stream, peer, stopped, held));
+        let Some(head) = self.late else {
+            self.conns
+                .spawn(conn_task(shared, addr, stream, peer, stopped, held));
+            return;
+        };
+        // The listener has stopped, so the connection closes as soon as it waits for a request:
+        // it is served once its request has come (the first read of a socket just registered
+        // with tokio waits for the I/O driver's word even when bytes are there).
+        self.conns.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(head, stream.readable()).await {
+                conn_task(shared, addr, stream, peer, stopped, held).await;
+            }
+        });
     }
 
     /// Serves a handed connection: registers its socket with this worker's I/O driver first.
@@ -503,7 +531,7 @@ fn serve_conn(
 ) -> impl std::future::Future<Output = Next> {
     async move {
         let gen = shared.current.load_full();
-        let Some(lst) = gen.listeners.get(&addr).cloned() else {
+        let Some(lst) = gen.listener(&addr).cloned() else {
             return Next::Closed;
         };
         drop(gen);
@@ -871,7 +899,7 @@ fn serve(
 ) -> impl Future<Output = Result<http::Response<super::body::Body>, Infallible>> {
     async move {
         let gen = shared.current.load_full();
-        Ok(match gen.listeners.get(&addr) {
+        Ok(match gen.listener(&addr) {
             // A reload gave this plaintext connection's listener `tls`.
             Some(lst) if lst.tls.is_some() && !peer.tls => {
                 let mut rsp = tls_required();
@@ -938,7 +966,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn accepted_sockets_inherit_nodelay_from_their_listener() {
-        let Bound { sockets } = bind_each("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
+        let Bound { sockets, .. } =
+            bind_each("127.0.0.1:0".parse().expect("addr"), 1, &[]).expect("bind");
         let listener = &sockets[0];
         listener.set_nonblocking(false).expect("blocking");
         let _client =

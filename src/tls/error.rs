@@ -49,19 +49,23 @@ pub enum TlsFileError {
         /// The certificate file.
         cert: PathBuf,
     },
-    /// The leaf certificate's notAfter is in the past.
-    #[error("{}: certificate expired at {not_after}", path.display())]
+    /// A certificate of the chain (the leaf or an intermediate) has its notAfter in the past.
+    #[error("{}: {which} expired at {not_after}", path.display())]
     Expired {
         /// The certificate file.
         path: PathBuf,
+        /// Which certificate of the file: its place in the chain, its role and subject.
+        which: String,
         /// notAfter, as written in the certificate (RFC 2822-like text).
         not_after: String,
     },
-    /// The leaf certificate's notBefore is in the future.
-    #[error("{}: certificate not valid before {not_before}", path.display())]
+    /// A certificate of the chain has its notBefore in the future.
+    #[error("{}: {which} not valid before {not_before}", path.display())]
     NotYetValid {
         /// The certificate file.
         path: PathBuf,
+        /// Which certificate of the file (as for [`TlsFileError::Expired`]).
+        which: String,
         /// notBefore, as written in the certificate.
         not_before: String,
     },

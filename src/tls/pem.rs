@@ -27,8 +27,8 @@ pub struct CertPair {
 // === impl CertPair ===
 
 impl CertPair {
-    /// Loads `cert` and `key` and checks them: the leaf is valid now (not expired, not before
-    /// its notBefore) and the key matches the leaf's public key.
+    /// Loads `cert` and `key` and checks them: every certificate of the chain is valid now
+    /// (not expired, not before its notBefore) and the key matches the leaf's public key.
     pub fn load(cert: &Path, key: &Path) -> Result<CertPair, TlsFileError> {
         Self::load_at(cert, key, SystemTime::now())
     }
@@ -36,7 +36,7 @@ impl CertPair {
     /// [`CertPair::load`] with "now" given, so the validity check can be tested at a boundary.
     pub fn load_at(cert: &Path, key: &Path, now: SystemTime) -> Result<CertPair, TlsFileError> {
         let chain = load_certs(cert)?;
-        check_validity(cert, &chain[0], now)?;
+        check_validity(cert, &chain, now)?;
         let pair = CertPair {
             chain,
             key: load_key(key)?,
@@ -119,32 +119,59 @@ pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsFileError> {
     Ok(Arc::new(roots))
 }
 
-/// Refuses a leaf certificate that is expired or not yet valid at `now`.
+/// Refuses a chain (leaf first, then intermediates, as in the file at `path`) with a
+/// certificate that is expired or not yet valid at `now`, naming which one: a peer refuses a
+/// chain whose intermediate has expired as surely as one whose leaf has.
+///
+/// CA bundles (`client_ca`, `ca`) are not checked: rustls takes a trust anchor's name and key
+/// only, never its validity, so an expired CA certificate there still verifies.
 fn check_validity(
     path: &Path,
-    leaf: &CertificateDer<'_>,
+    chain: &[CertificateDer<'_>],
     now: SystemTime,
 ) -> Result<(), TlsFileError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| TlsFileError::invalid(path, format!("not an X.509 certificate: {e}")))?;
     let now = match now.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(_) => 0,
     };
-    let validity = cert.validity();
-    if validity.not_after.timestamp() < now {
-        return Err(TlsFileError::Expired {
-            path: path.to_path_buf(),
-            not_after: validity.not_after.to_string(),
-        });
-    }
-    if validity.not_before.timestamp() > now {
-        return Err(TlsFileError::NotYetValid {
-            path: path.to_path_buf(),
-            not_before: validity.not_before.to_string(),
-        });
+    for (i, der) in chain.iter().enumerate() {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| TlsFileError::invalid(path, format!("not an X.509 certificate: {e}")))?;
+        let which = || which(i, chain.len(), &cert.subject().to_string());
+        let validity = cert.validity();
+        if validity.not_after.timestamp() < now {
+            return Err(TlsFileError::Expired {
+                path: path.to_path_buf(),
+                which: which(),
+                not_after: validity.not_after.to_string(),
+            });
+        }
+        if validity.not_before.timestamp() > now {
+            return Err(TlsFileError::NotYetValid {
+                path: path.to_path_buf(),
+                which: which(),
+                not_before: validity.not_before.to_string(),
+            });
+        }
     }
     Ok(())
+}
+
+/// Certificate `i` (from 0) of a chain of `n`, for an error: "certificate 2 of 3 (an
+/// intermediate, subject CN=Issuing CA)"; a lone certificate is "certificate".
+fn which(i: usize, n: usize, subject: &str) -> String {
+    if n == 1 {
+        return "certificate".to_owned();
+    }
+    let role = if i == 0 {
+        "the leaf"
+    } else {
+        "an intermediate"
+    };
+    match subject {
+        "" => format!("certificate {} of {n} ({role})", i + 1),
+        s => format!("certificate {} of {n} ({role}, subject {s})", i + 1),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {

@@ -467,3 +467,160 @@ async fn reload_to(proxy: &mut Proxy, text: &str) {
     let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
 }
+
+/// One listener on `$HOST:$PORT` (a fixed port, so a reload can move it to another address of
+/// that port); `$RUNTIME` may add a `runtime` section.
+const MOVABLE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+$RUNTIME
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $HOST:$PORT
+    routes:
+      - upstream: app
+"#;
+
+fn movable(host: &str, runtime: &str) -> String {
+    MOVABLE.replace("$HOST", host).replace("$RUNTIME", runtime)
+}
+
+/// Whether `addr` answers `GET /ok` with 200 now.
+async fn serves(addr: std::net::SocketAddr) -> bool {
+    http::try_get(addr, "/ok", &[])
+        .await
+        .is_ok_and(|r| r.status == 200)
+}
+
+/// Moves the listener from `from:P` to `to:P` by a reload, with `workers` workers, while a
+/// keep-alive connection to the old one has a request in flight (a slow upstream): the reload
+/// binds (the old socket still holds the port), that request is answered, and the port serves
+/// from the new address: `127.0.0.2` reaches only a `0.0.0.0` listener.
+async fn move_listener(from: &str, to: &str, workers: usize) {
+    let app = sample().await;
+    let port = crate::support::free_port();
+    let mut proxy = Proxy::builder(&movable(from, ""))
+        .var("APP", app.addr())
+        .var("PORT", port)
+        .env("RAMPART_WORKERS", workers)
+        .spawn()
+        .await;
+    let lo: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let other: std::net::SocketAddr = ([127, 0, 0, 2], port).into();
+    let wide = |host: &str| host == "0.0.0.0";
+    assert!(serves(lo).await);
+    assert_eq!(
+        serves(other).await,
+        wide(from),
+        "{from} reaches 127.0.0.2 or not"
+    );
+
+    let mut kept = crate::support::conn::Conn::open(lo).await;
+    kept.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    assert_eq!(kept.answer(false).await.status, 200);
+    kept.send(b"GET /slow?ms=700 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await;
+    assert_eventually!(app.hits_for("/slow") == 1, "the slow request is upstream");
+
+    reload_to(&mut proxy, &movable(to, "")).await;
+    assert_eq!(
+        kept.answer(false).await.status,
+        200,
+        "the old listener's request in flight must be answered"
+    );
+    assert_eventually!(
+        serves(other).await == wide(to),
+        "127.0.0.2:{port} must follow the move to {to}"
+    );
+    assert!(serves(lo).await, "{to}:{port} must serve 127.0.0.1");
+    let log = proxy.log();
+    assert!(!log.contains("reload failed"), "{log}");
+}
+
+#[tokio::test]
+async fn a_reload_moves_a_listener_from_loopback_to_every_address_of_its_port() {
+    move_listener("127.0.0.1", "0.0.0.0", 1).await;
+}
+
+#[tokio::test]
+async fn a_reload_moves_a_listener_from_every_address_to_loopback_on_its_port() {
+    move_listener("0.0.0.0", "127.0.0.1", 1).await;
+}
+
+#[tokio::test]
+async fn a_reload_moves_a_listener_of_two_workers_both_ways() {
+    move_listener("127.0.0.1", "0.0.0.0", 2).await;
+    move_listener("0.0.0.0", "127.0.0.1", 2).await;
+}
+
+/// With one worker, `max_connections: 1` and one connection served, a second is accepted and
+/// waits for a permit, a third waits in the kernel's queue. A reload moves the listener: the old one stops
+/// and closes its socket, but serves both (the idle one that held the permit is closed), where
+/// before the waiting one was closed unanswered and the queued one reset.
+#[tokio::test]
+async fn connections_waiting_at_a_listener_that_moves_are_served() {
+    let app = sample().await;
+    let port = crate::support::free_port();
+    let runtime = "runtime: { max_connections: 1 }";
+    let mut proxy = Proxy::builder(&movable("127.0.0.1", runtime))
+        .var("APP", app.addr())
+        .var("PORT", port)
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let lo: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut held = crate::support::conn::Conn::open(lo).await;
+    held.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    assert_eq!(held.answer(false).await.status, 200);
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let mut c = crate::support::conn::Conn::open(lo).await;
+        c.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
+        waiting.push(c);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(app.hits_for("/ok"), 1, "the cap holds the others back");
+
+    reload_to(&mut proxy, &movable("0.0.0.0", runtime)).await;
+    for c in &mut waiting {
+        assert_eq!(c.answer(false).await.status, 200);
+    }
+    assert!(
+        held.closes().await,
+        "the idle connection closes with its listener"
+    );
+}
+
+/// Another process of the same user listening on the port with `SO_REUSEPORT` (this test's
+/// socket on `127.0.0.2:P` stands for it) could share a move's new address unseen: the reload
+/// that moves the listener to `0.0.0.0:P` is refused, naming the cause, and the old listener
+/// serves on.
+#[tokio::test]
+async fn a_move_onto_a_port_another_process_shares_is_refused() {
+    let app = sample().await;
+    let port = crate::support::free_port();
+    let mut proxy = Proxy::builder(&movable("127.0.0.1", ""))
+        .var("APP", app.addr())
+        .var("PORT", port)
+        .spawn()
+        .await;
+    let stranger = tokio::net::TcpSocket::new_v4().expect("socket");
+    stranger.set_reuseport(true).expect("SO_REUSEPORT");
+    stranger
+        .bind(([127, 0, 0, 2], port).into())
+        .expect("a reuse-port socket beside rampart's");
+    let _stranger = stranger.listen(8).expect("listen");
+
+    proxy.rewrite_config(&movable("0.0.0.0", ""));
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(
+        rsp.text().contains("another process listens on 127.0.0.2"),
+        "{}",
+        rsp.text()
+    );
+    assert!(serves(([127, 0, 0, 1], port).into()).await);
+}

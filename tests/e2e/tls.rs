@@ -384,6 +384,47 @@ async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
     assert_eq!(conn.serial, 1, "the old certificate stays in force");
 }
 
+/// A chain file whose leaf is fresh and whose intermediate has expired: `validate` refuses it
+/// at `listeners[0].tls` (FILE:LINE:COL), naming the file and which certificate, and a reload
+/// to it is refused with the old certificate kept. Before, only the leaf was checked.
+#[tokio::test]
+async fn an_expired_intermediate_fails_validate_and_reload() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+
+    let issuing = ca.lapsed_intermediate("lapsed issuing ca");
+    let leaf = issuing.server(2);
+    let cert = pki.write("server.pem", &format!("{}{}", leaf.cert, issuing.pem));
+    pki.write("server-key.pem", &leaf.key);
+    let out = validate(proxy.config_path()).await;
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(": listeners[0].tls: "))
+        .unwrap_or_else(|| panic!("no error at listeners[0].tls: {text}"));
+    assert!(
+        line.starts_with(&format!("{}:", proxy.config_path().display())),
+        "{line}"
+    );
+    assert!(line.contains(&cert.display().to_string()), "{line}");
+    assert!(
+        line.contains(
+            "certificate 2 of 2 (an intermediate, subject CN=lapsed issuing ca) expired at"
+        ),
+        "{line}"
+    );
+
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(rsp.text().contains("certificate 2 of 2"), "{}", rsp.text());
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let conn = H1Conn::open(addr, cfg).await.expect("still serving");
+    assert_eq!(conn.serial, 1, "the old certificate stays in force");
+}
+
 /// `rampart validate --config PATH`, bounded to 15 s.
 async fn validate(path: &Path) -> Output {
     let path = path.to_str().expect("a UTF-8 temp path");

@@ -653,3 +653,44 @@ async fn spans_queued_at_shutdown_are_sent_before_exit() {
     assert!(status.is_some_and(|s| s.success()), "{}", proxy.log());
     assert_eq!(otlp.spans().len(), 2, "{:#?}", otlp.spans());
 }
+
+/// The endpoint's `user:password@` goes with every export as HTTP Basic `authorization`, over
+/// HTTP and gRPC (before, it was dropped unsent); the password is in no log line, no error and
+/// not in `/config`, even when an export fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_userinfo_is_sent_as_basic_credentials() {
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let keyed = TRACED.replace("http://$OTLP", "http://edge:otlp%21pass@$OTLP");
+    for protocol in ["http/protobuf", "grpc"] {
+        let before = otlp.posts();
+        let t = traced_by(&keyed, app.addr(), otlp.addr(), "100%", protocol).await;
+        let addr = t.proxy.listener("inbound");
+        assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+        assert_eventually!(otlp.posts() > before, "{protocol}");
+        let seen = otlp.authorization();
+        // base64("edge:otlp!pass")
+        let basic = "Basic ZWRnZTpvdGxwIXBhc3M=";
+        assert!(
+            seen[before..].iter().all(|a| a.as_deref() == Some(basic)),
+            "{protocol}: {seen:?}"
+        );
+        // A failing export: its warning names the endpoint, without the password.
+        otlp.answer_grpc_status(Some(7));
+        let failed = export_failed(t.proxy.admin()).await;
+        assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+        if protocol == "grpc" {
+            assert_eventually!(export_failed(t.proxy.admin()).await > failed, "{protocol}");
+        }
+        otlp.answer_grpc_status(Some(0));
+        let shown = http::get(t.proxy.admin(), "/config", &[]).await.text();
+        assert!(shown.contains("edge:***@"), "{shown}");
+        for text in [shown, t.proxy.log()] {
+            assert!(
+                !text.contains("otlp%21pass") && !text.contains("otlp!pass"),
+                "{text}"
+            );
+            assert!(!text.contains("ZWRnZTpvdGxwIXBhc3M"), "{text}");
+        }
+    }
+}

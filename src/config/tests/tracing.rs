@@ -281,3 +281,35 @@ fn the_endpoints_password_is_shown_nowhere() {
         assert!(!e.message.contains("otlp"), "{otlp}: {e:?}");
     }
 }
+
+/// The endpoint's `user:password@` is sent as HTTP Basic `authorization`: beside an
+/// `authorization` of `headers` it is refused at that header's place (FILE:LINE:COL), and in
+/// clear to a collector off this machine it draws a warning at the endpoint.
+#[test]
+fn the_endpoints_userinfo_is_one_authorization_and_warned_in_clear() {
+    let both = traced(
+        "{ endpoint: \"http://user:otlppass@127.0.0.1:4318\", headers: { Authorization: \"Bearer x\" } }",
+        "",
+    );
+    let e = one(&both);
+    assert_eq!(e.path, "tracing.otlp.headers.Authorization", "{e:?}");
+    assert!(e.message.contains("user:password too"), "{e:?}");
+    assert!(!e.message.contains("otlppass"), "{e:?}");
+    assert!(e.line > 0 && e.column > 0, "{e:?}");
+    let near = traced("{ endpoint: \"http://user:otlppass@127.0.0.1:4318\" }", "");
+    assert!(super::warnings(&near).is_empty());
+    let far = traced(
+        "{ endpoint: \"http://user:otlppass@collector.example:4318\" }",
+        "",
+    );
+    let w = super::warnings(&far);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "tracing.otlp.endpoint");
+    assert!(w[0].message.contains("in clear"), "{w:?}");
+    assert!(!w[0].message.contains("otlppass"), "{w:?}");
+    let tls = traced(
+        "{ endpoint: \"https://user:otlppass@collector.example:4318\" }",
+        "",
+    );
+    assert!(super::warnings(&tls).is_empty());
+}

@@ -35,6 +35,7 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
         );
     }
     headers(t, uri.as_ref(), &op.key("headers"), r);
+    userinfo(t, uri.as_ref(), &op, r);
     let o = &t.otlp;
     let (cert, key) = (o.cert.as_deref(), o.key.as_deref());
     if o.is_https() {
@@ -107,6 +108,31 @@ fn headers(t: &Tracing, uri: Option<&Uri>, p: &KeyPath, r: &mut Report<'_>) {
         r.warn(
             p,
             "these header lines (credentials, often) go in clear to a collector off this machine; use an https:// endpoint",
+        );
+    }
+}
+
+/// The endpoint's `user:password@`, which the exporter sends as `authorization` (HTTP Basic)
+/// on every export: refused beside an `authorization` of `otlp.headers` (one would be lost),
+/// and, in clear to a collector off this machine, warned about as `headers` are.
+fn userinfo(t: &Tracing, uri: Option<&Uri>, op: &KeyPath, r: &mut Report<'_>) {
+    let Some(uri) = uri.filter(|u| u.authority().is_some_and(|a| a.as_str().contains('@'))) else {
+        return;
+    };
+    let given = t.otlp.headers.keys();
+    if let Some(name) = given
+        .into_iter()
+        .find(|n| n.eq_ignore_ascii_case("authorization"))
+    {
+        r.key(
+            &op.key("headers").key(name),
+            format!("{name} is given by the endpoint's user:password too (sent as HTTP Basic); keep one"),
+        );
+    }
+    if !t.otlp.is_https() && !syntax::is_loopback_host(uri.host().unwrap_or("")) {
+        r.warn(
+            &op.key("endpoint"),
+            "the endpoint's user:password goes in clear (HTTP Basic) to a collector off this machine; use an https:// endpoint",
         );
     }
 }

@@ -180,3 +180,41 @@ fn cert_tenant_ids_allow_spiffe_and_refuse_spaces_and_controls() {
     assert!(!is_valid_cert_tenant("tab\there"));
     assert!(!is_valid_cert_tenant("caf\u{e9}"));
 }
+
+/// Every certificate of a chain file is checked, not the leaf alone: an expired (or not yet
+/// valid) intermediate after a fresh leaf is refused, on a listener's `cert` and on an
+/// upstream's client `cert`, naming the file, the certificate's place and its subject.
+#[test]
+fn an_intermediate_out_of_its_validity_is_refused_naming_it() {
+    let (root, files) = (Ca::new("test root"), Files::new());
+    for (name, from, to, says) in [
+        ("lapsed", (2019, 1, 1), (2020, 1, 1), "expired at"),
+        ("early", (3000, 1, 1), (3001, 1, 1), "not valid before"),
+    ] {
+        let issuing = root.intermediate(&format!("{name} issuing ca"), from, to);
+        let leaf = issuing.server(1);
+        let chain = format!("{}{}", leaf.cert, issuing.pem);
+        let cert = files.write(&format!("{name}-chain.pem"), &chain);
+        let key = files.write(&format!("{name}-key.pem"), &leaf.key);
+        for err in [
+            check_server(&cert, &key, None).expect_err("listener cert"),
+            check_client(None, Some(&cert), Some(&key)).expect_err("upstream client cert"),
+        ] {
+            assert!(names(&err, &cert), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(says), "{text}");
+            assert!(
+                text.contains(&format!(
+                    "certificate 2 of 2 (an intermediate, subject CN={name} issuing ca)"
+                )),
+                "{text}"
+            );
+        }
+    }
+    // The same chain with a valid intermediate passes: the leaf alone was never the problem.
+    let issuing = root.intermediate("good issuing ca", (2020, 1, 1), (3000, 1, 1));
+    let leaf = issuing.server(1);
+    let cert = files.write("good-chain.pem", &format!("{}{}", leaf.cert, issuing.pem));
+    let key = files.write("good-key.pem", &leaf.key);
+    check_server(&cert, &key, None).expect("a chain valid throughout passes");
+}

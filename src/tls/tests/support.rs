@@ -84,6 +84,30 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA named `name`, signed by this one, valid from `not_before` to
+    /// `not_after`: its leaves' chain files carry its certificate after theirs.
+    pub(super) fn intermediate(
+        &self,
+        name: &str,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = KeyPair::generate().expect("intermediate key");
+        let pem = params
+            .signed_by(&key, &self.issuer)
+            .expect("ca signs")
+            .pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
     /// A server leaf for `localhost` and 127.0.0.1.
     pub(super) fn server(&self, serial: u64) -> Issued {
         self.issue(Leaf {

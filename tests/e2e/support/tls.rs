@@ -87,6 +87,24 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA called `name`, signed by this one, that expired on 2020-01-01.
+    pub fn lapsed_intermediate(&self, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let key = KeyPair::generate().expect("intermediate key");
+        let pem = params
+            .signed_by(&key, &self.issuer)
+            .expect("ca signs")
+            .pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
     /// A leaf signed by this CA.
     pub fn issue(&self, leaf: Leaf) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
