@@ -1446,6 +1446,9 @@ enum Serve {
     /// stalls until the stream is reset: `/framed` sends one whole gRPC message, any other path
     /// bytes that end inside one ([`STALL_PARTIAL`]).
     Stall,
+    /// Resets with `REFUSED_STREAM` the first stream of each path; answers a later one 200
+    /// `served: ` and the request's body.
+    RefuseFirst,
 }
 
 /// One gRPC message, `hi`: what `/framed` sends before it stalls.
@@ -1454,7 +1457,7 @@ const STALL_FRAMED: &[u8] = b"\0\0\0\0\x02hi";
 const STALL_PARTIAL: &[u8] = b"\0\0\0\0\x64abc";
 
 /// An HTTP/2 server of the h2 crate on 127.0.0.1 (h2c), for what hyper's server does not show
-/// or do: the reset a stream gets.
+/// or do: the reset a stream gets, a stream refused.
 struct H2Crate {
     addr: SocketAddr,
     /// `(method, path)` of every stream, in order.
@@ -1516,7 +1519,10 @@ impl H2Crate {
         resets: Arc<Mutex<Vec<h2::Reason>>>,
     ) {
         let (parts, mut body) = req.into_parts();
-        let _ = (serve, first);
+        if serve == Serve::RefuseFirst && first {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            return;
+        }
         let mut got = Vec::new();
         while let Some(Ok(d)) = body.data().await {
             let _ = body.flow_control().release_capacity(d.len());
@@ -1529,7 +1535,12 @@ impl H2Crate {
         let Ok(mut send) = respond.send_response(head, false) else {
             return;
         };
-        let _ = got;
+        if serve == Serve::RefuseFirst {
+            let mut answer = b"served: ".to_vec();
+            answer.extend_from_slice(&got);
+            let _ = send.send_data(answer.into(), true);
+            return;
+        }
         let first = match parts.uri.path() {
             "/framed" => STALL_FRAMED,
             _ => STALL_PARTIAL,
@@ -1704,5 +1715,52 @@ async fn a_grpc_stream_at_its_deadline_ends_with_deadline_exceeded() {
         metric_value(&text, "rampart_timeouts_total", &[("kind", "request")]),
         Some(2.0),
         "{text}"
+    );
+}
+
+/// A stream the upstream resets with `REFUSED_STREAM` was not processed (RFC 9113 §8.7): rampart
+/// sends the request again, whatever its method (a POST too, its body with it), on a route
+/// without `retry`, and the client gets the answer; nothing counts it as a failure. Before
+/// only `GOAWAY`'s refusals had a test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_upstream_refused_goes_again() {
+    let up = H2Crate::start(Serve::RefuseFirst).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = http::get(addr, "/first", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "served: ".to_owned())
+    );
+    let rsp = http::post(addr, "/second", &[], "not idempotent").await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "served: not idempotent".to_owned())
+    );
+    let streams = up.streams();
+    let seen: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|(m, p)| (m.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET", "/first"),
+            ("GET", "/first"),
+            ("POST", "/second"),
+            ("POST", "/second"),
+        ],
+        "each refused stream went again once"
+    );
+    let text = metrics(proxy.admin()).await;
+    let codes =
+        crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
+    assert_eq!(codes, ["200"], "no failure counted");
+    let total = &[("upstream", "grpc"), ("code", "200")];
+    assert_eq!(
+        metric_value(&text, "rampart_upstream_requests_total", total),
+        Some(2.0),
+        "one try each"
     );
 }
