@@ -1699,12 +1699,38 @@ async fn a_grpc_stream_at_its_deadline_ends_with_deadline_exceeded() {
         broken.map(|b| b.trailers().cloned())
     );
 
+    // An HTTP/1.1 client that did not say `te: trailers` would read trailers it never gets as
+    // a whole answer: its connection is closed without the last chunk instead.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(
+            b"POST /framed HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\n\
+              content-length: 5\r\n\r\n\0\0\0\0\0",
+        )
+        .await
+        .expect("write");
+        let t0 = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut got))
+                .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "the connection ends: {text:?}");
+        at_the_deadline(t0, "HTTP/1.1 without te");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            !text.ends_with("0\r\n\r\n") && !text.contains("grpc-status"),
+            "cut short, never a whole answer: {text:?}"
+        );
+    }
+
     crate::assert_eventually!(
-        up.resets() == [h2::Reason::CANCEL; 2],
+        up.resets() == [h2::Reason::CANCEL; 3],
         "the upstream's streams were reset: {:?}",
         up.resets()
     );
-    let line = &logged(&proxy, "/framed", 1).await[0];
+    let line = &logged(&proxy, "/framed", 2).await[0];
     assert_eq!(
         (line["status"].as_u64(), line["grpc_status"].as_u64()),
         (Some(200), Some(4)),
@@ -1713,7 +1739,7 @@ async fn a_grpc_stream_at_its_deadline_ends_with_deadline_exceeded() {
     let text = metrics(proxy.admin()).await;
     assert_eq!(
         metric_value(&text, "rampart_timeouts_total", &[("kind", "request")]),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
 }
