@@ -137,13 +137,20 @@ impl Body {
         }
     }
 
-    /// An HTTP/1.1 upstream's answer whose body is still coming must end by `at`, the request's
-    /// deadline (`pool::Returning::end_by`); `counted` counts it if it does not. (An HTTP/2
-    /// upstream's answer is not bound yet.)
-    pub fn end_by(&mut self, at: tokio::time::Instant, counted: &prometheus::IntCounter) {
+    /// An upstream's answer whose body is still coming must end by `at`, the request's deadline
+    /// (`pool::Returning::end_by`, `pool::h2::H2Answer::end_by`); `counted` counts it if it does
+    /// not. `trailers`: the request is a gRPC call whose client reads trailers (an HTTP/2
+    /// answer cut between two messages then ends with DEADLINE_EXCEEDED).
+    pub fn end_by(
+        &mut self,
+        at: tokio::time::Instant,
+        counted: &prometheus::IntCounter,
+        trailers: bool,
+    ) {
         match self {
             Body::Upstream(r) => r.end_by(at, counted),
-            Body::Teed(t) => t.inner_mut().end_by(at, counted),
+            Body::Upstream2(a) => a.end_by(at, counted, trailers),
+            Body::Teed(t) => t.inner_mut().end_by(at, counted, trailers),
             _ => {}
         }
     }

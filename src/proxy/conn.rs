@@ -12,23 +12,48 @@
 //! The request path tells it what happens through [`ConnActive`], held in the request's guards
 //! until its answer ends.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::coarse;
+
 /// What the watchdog knows of one connection.
 ///
-/// Two counters and no wake-ups: the request path only counts (no timer, no clock read, no
-/// notification per request), and the watchdog looks at the counts when its own timer fires.
-/// The price is precision: an idle connection is closed between one and two `idle_timeout`s
-/// after its last answer ended.
-#[derive(Debug, Default)]
+/// Counters and no wake-ups: the request path only counts (no timer, no notification per
+/// request), and the watchdog looks at the counts when its own timer fires. On a connection
+/// it watches (hyper's, [`ConnState::watch`]) each answer's end is stamped with the coarse
+/// clock (a few nanoseconds), so the watchdog, finding the connection idle, sleeps until one
+/// `idle_timeout` after that end: the connection is closed then, within a clock tick. (Before
+/// the stamp it slept a whole period from each look, and closed a connection between one and
+/// two `idle_timeout`s after its last answer.) The lean HTTP/1.1 server times its own
+/// keep-alive wait, and pays for no stamp.
+#[derive(Debug)]
 pub struct ConnState {
     active: AtomicU32,
     /// Requests begun plus answers ended so far (non-zero: a request has started).
     events: AtomicU64,
+    /// The clock's reading (milliseconds) when the last answer ended; 0 before one did.
+    ended: AtomicU64,
+    /// Whether answers' ends are stamped in `ended` (a watchdog reads them).
+    stamps: AtomicBool,
+    /// Milliseconds of a monotonic clock: the coarse clock, or a test's.
+    millis: fn() -> u64,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState {
+            active: AtomicU32::new(0),
+            events: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            stamps: AtomicBool::new(false),
+            millis: coarse::millis,
+        }
+    }
 }
 
 /// One request in progress on a connection; dropped when its answer ends.
@@ -59,38 +84,58 @@ impl ConnState {
         ConnActive(self.clone())
     }
 
-    /// Resolves when the connection should be closed, and says how.
-    pub async fn watch(&self, head_timeout: Duration, idle_timeout: Duration) -> Close {
-        // Until a request starts: look every idle period (or at the head deadline, if sooner).
-        let head_deadline = Instant::now() + head_timeout;
-        let mut seen = loop {
-            let at = (Instant::now() + idle_timeout).min(head_deadline);
-            tokio::time::sleep_until(at).await;
-            let events = self.events.load(Ordering::Acquire);
-            if events > 0 {
-                break events;
+    /// Resolves when the connection should be closed, and says how. From this call on (before
+    /// the future is first polled) answers' ends are stamped.
+    pub fn watch(
+        &self,
+        head_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> impl Future<Output = Close> + '_ {
+        self.stamps.store(true, Ordering::Release);
+        async move {
+            // Until a request starts: look every idle period (or at the head deadline, if
+            // sooner).
+            let head_deadline = Instant::now() + head_timeout;
+            loop {
+                let at = (Instant::now() + idle_timeout).min(head_deadline);
+                tokio::time::sleep_until(at).await;
+                if self.events.load(Ordering::Acquire) > 0 {
+                    break;
+                }
+                if at >= head_deadline {
+                    return Close::Silent;
+                }
             }
-            if at >= head_deadline {
-                return Close::Silent;
+            let idle = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+            loop {
+                // In use: looked at again a period on. Idle: closed one period after the last
+                // answer's end (an end before the stamps, at once).
+                let wait = match self.active.load(Ordering::Acquire) {
+                    0 => {
+                        let ended = self.ended.load(Ordering::Acquire);
+                        let since = (self.millis)().saturating_sub(ended);
+                        match idle.checked_sub(since) {
+                            Some(left) if left > 0 => Duration::from_millis(left),
+                            _ => return Close::Idle,
+                        }
+                    }
+                    _ => idle_timeout,
+                };
+                tokio::time::sleep(wait).await;
             }
-        };
-        loop {
-            tokio::time::sleep(idle_timeout).await;
-            let now = self.events.load(Ordering::Acquire);
-            // Idle for a whole period: nothing in flight now, and nothing begun or ended since
-            // the last look.
-            if self.active.load(Ordering::Acquire) == 0 && now == seen {
-                return Close::Idle;
-            }
-            seen = now;
         }
     }
 }
 
 impl Drop for ConnActive {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.events.fetch_add(1, Ordering::AcqRel);
+        let s = &self.0;
+        if s.stamps.load(Ordering::Relaxed) {
+            // Before the count goes down: a watchdog that finds none in flight finds the stamp.
+            s.ended.fetch_max((s.millis)(), Ordering::AcqRel);
+        }
+        s.active.fetch_sub(1, Ordering::AcqRel);
+        s.events.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -98,9 +143,23 @@ impl Drop for ConnActive {
 mod tests {
     use super::*;
 
+    /// Milliseconds of tokio's clock (paused in these tests), from the thread's first reading.
+    fn paused_millis() -> u64 {
+        thread_local!(static ORIGIN: Instant = Instant::now());
+        ORIGIN.with(|o| u64::try_from(o.elapsed().as_millis()).unwrap_or(u64::MAX)) + 1
+    }
+
+    /// A connection's state on tokio's (paused) clock.
+    fn on_paused_clock() -> Arc<ConnState> {
+        Arc::new(ConnState {
+            millis: paused_millis,
+            ..ConnState::default()
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_closed_at_the_head_timeout() {
-        let s = ConnState::new();
+        let s = on_paused_clock();
         let t0 = Instant::now();
         let close = s
             .watch(Duration::from_secs(10), Duration::from_secs(60))
@@ -111,7 +170,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_time_counts_from_the_end_of_the_last_answer() {
-        let s = ConnState::new();
+        let s = on_paused_clock();
         let req = s.begin();
         let watcher = {
             let s = s.clone();
@@ -128,10 +187,37 @@ mod tests {
         drop(req);
         let (close, took) = watcher.await.expect("the watcher must not panic");
         assert_eq!(close, Close::Idle);
-        // Closed between one and two idle periods after the answer's end (at 30 s).
-        assert!(
-            took >= Duration::from_secs(35) && took <= Duration::from_secs(40),
-            "idle must count from the answer's end: {took:?}"
+        // Closed one idle period after the answer's end (at 30 s).
+        assert_eq!(
+            took,
+            Duration::from_secs(35),
+            "idle must count from the answer's end"
         );
+    }
+
+    /// Answers that end between the watchdog's looks move the close to one idle period after
+    /// the last of them, not to a period after the next look: here the first look (1 s, the
+    /// idle period) finds the last answer ended at 0.6 s, and the close comes at 1.6 s.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_one_period_after_its_last_answer() {
+        let s = on_paused_clock();
+        let t0 = Instant::now();
+        let watcher = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let close = s
+                    .watch(Duration::from_secs(20), Duration::from_secs(1))
+                    .await;
+                (close, t0.elapsed())
+            })
+        };
+        tokio::task::yield_now().await;
+        for at in [100, 300, 600] {
+            tokio::time::sleep_until(t0 + Duration::from_millis(at)).await;
+            drop(s.begin());
+        }
+        let (close, took) = watcher.await.expect("the watcher must not panic");
+        assert_eq!(close, Close::Idle);
+        assert_eq!(took, Duration::from_millis(1600));
     }
 }

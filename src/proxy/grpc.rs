@@ -98,6 +98,77 @@ pub enum StreamEnd<'a> {
     NoTrailers,
     /// The stream broke (reset, the connection lost) before its end.
     Broke,
+    /// The request's deadline passed before its end: rampart cut it (`pool::h2::H2Answer`).
+    Deadline,
+}
+
+/// Where a gRPC answer's stream of messages stands, read from its bytes as they pass: each
+/// message is a 5-byte prefix (a flag, then its length in 4 bytes, big-endian) and that many
+/// bytes. Whether the bytes passed so far end on a message's end tells whether the stream can
+/// still end with a status in trailers: one cut inside a message cannot (a gRPC client would
+/// read the message as broken, whatever status followed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Messages {
+    /// The current message's prefix bytes read so far (0 to 4).
+    prefix: [u8; 5],
+    have: u8,
+    /// The current message's bytes still to come after its prefix.
+    left: u64,
+}
+
+impl Messages {
+    /// Reads `data`, the next bytes of the stream.
+    pub fn read(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let have = usize::from(self.have);
+            let n = data.len().min(5 - have);
+            self.prefix[have..have + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            if have + n == 5 {
+                let [_, a, b, c, d] = self.prefix;
+                self.left = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.have = 0;
+            } else {
+                self.have = (have + n) as u8;
+            }
+        }
+    }
+
+    /// Whether the bytes read so far end on a message's end (or there were none).
+    pub fn at_message_end(&self) -> bool {
+        self.have == 0 && self.left == 0
+    }
+}
+
+/// The trailers that end a gRPC answer's stream cut at the request's deadline: the status
+/// (DEADLINE_EXCEEDED) and message rampart's own answer gives a call whose deadline passed
+/// before the answer's head (`respond::to_grpc`).
+pub fn deadline_trailers() -> HeaderMap {
+    let mut t = HeaderMap::with_capacity(2);
+    t.insert(GRPC_STATUS, HeaderValue::from(u16::from(DEADLINE_EXCEEDED)));
+    t.insert(
+        HeaderName::from_static("grpc-message"),
+        HeaderValue::from_static("the request timeout ran out before the answer was whole"),
+    );
+    t
+}
+
+/// Whether a request's `te` says its client reads trailers (gRPC's clients send
+/// `te: trailers`, RFC 9110 §10.1.4); one that does not (an HTTP/1.1 client without it) never
+/// gets them.
+pub fn reads_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| super::h1::parse::has_token(v.as_bytes(), b"trailers"))
 }
 
 /// A try of a gRPC call whose answer streams (HTTP 200 and no `grpc-status` in its head: the
@@ -139,6 +210,8 @@ impl Trailed {
             StreamEnd::Trailers(t) => Outcome::Status(trailers_status(t)),
             StreamEnd::NoTrailers => Outcome::Status(500),
             StreamEnd::Broke => Outcome::Reset,
+            // As a deadline that passes before the answer's head counts (`exchange::try_once`).
+            StreamEnd::Deadline => Outcome::Timeout,
         };
         let Trailed {
             up,
@@ -259,6 +332,52 @@ pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream is at a message's end only between messages, however its bytes are split
+    /// into frames: never inside a prefix or a message's bytes.
+    #[test]
+    fn a_streams_message_ends_are_found_across_frames() {
+        let mut m = Messages::default();
+        assert!(m.at_message_end(), "nothing yet");
+        m.read(&[0, 0, 0, 0, 3, b'a', b'b', b'c']);
+        assert!(m.at_message_end(), "one whole message");
+        m.read(&[0, 0, 0]);
+        assert!(!m.at_message_end(), "inside a prefix");
+        m.read(&[0, 2, b'x']);
+        assert!(!m.at_message_end(), "inside a message");
+        m.read(&[b'y', 0, 0, 0, 0, 0]);
+        assert!(m.at_message_end(), "an empty message after one");
+        m.read(&[1, 0, 1, 0, 0]);
+        assert!(!m.at_message_end(), "65536 bytes to come");
+        for _ in 0..64 {
+            m.read(&[7; 1024]);
+        }
+        assert!(m.at_message_end(), "they came");
+        // Byte by byte as well.
+        let mut m = Messages::default();
+        for (i, b) in [0u8, 0, 0, 0, 1, b'z'].into_iter().enumerate() {
+            assert_eq!(m.at_message_end(), i == 0, "{i}");
+            m.read(&[b]);
+        }
+        assert!(m.at_message_end());
+        // A length that is no message gRPC sends is only bytes to wait for.
+        m.read(&[0, 0xff, 0xff, 0xff, 0xff, 1]);
+        assert!(!m.at_message_end());
+    }
+
+    #[test]
+    fn a_client_reads_trailers_when_its_te_says_so() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::TE, HeaderValue::from_str(v).expect("value"));
+            reads_trailers(&h)
+        };
+        assert!(with("trailers"));
+        assert!(with("gzip, Trailers"));
+        assert!(!with("gzip"));
+        assert!(!with("trailersx"));
+        assert!(!reads_trailers(&HeaderMap::new()));
+    }
 
     #[test]
     fn grpc_calls_are_told_by_their_content_type() {

@@ -218,9 +218,10 @@ pub struct Returning {
 }
 
 /// The deadline an answer's body must end by; its timer is made the first time the body has
-/// nothing to give (a body read whole with its head never makes one).
+/// nothing to give (a body read whole with its head never makes one). An HTTP/1.1 answer
+/// ([`Returning`]) and an HTTP/2 one (`h2::H2Answer`) keep it alike.
 #[derive(Debug)]
-struct EndBy {
+pub(super) struct EndBy {
     at: Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `rampart_timeouts_total{kind="request"}` of the request's route.
@@ -518,6 +519,33 @@ async fn finish_upload(mut conn: Box<Conn>, pool: Arc<Pool>) {
     }
 }
 
+// === impl EndBy ===
+
+impl EndBy {
+    /// A body's deadline `at`, counted in `counted` when it passes.
+    pub(super) fn new(at: Instant, counted: &prometheus::IntCounter) -> EndBy {
+        EndBy {
+            at,
+            timer: None,
+            counted: counted.clone(),
+        }
+    }
+
+    /// Whether the deadline has passed (then counted); called when the body has nothing to
+    /// give, so a body waiting for bytes leaves its task's waker with the timer.
+    pub(super) fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let at = self.at;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.counted.inc();
+        true
+    }
+}
+
 // === impl Returning ===
 
 impl Returning {
@@ -526,11 +554,7 @@ impl Returning {
     /// sees it cut short) and `counted` is counted. Only a body not yet at its end keeps it.
     pub fn end_by(&mut self, at: Instant, counted: &prometheus::IntCounter) {
         if self.back.is_some() && !self.is_end_stream_now() {
-            self.end_by = Some(Box::new(EndBy {
-                at,
-                timer: None,
-                counted: counted.clone(),
-            }));
+            self.end_by = Some(Box::new(EndBy::new(at, counted)));
         }
     }
 
@@ -545,18 +569,7 @@ impl Returning {
     /// Whether the body's deadline has passed (its timer then counts the timeout); a body
     /// waiting for bytes leaves its task's waker with the timer.
     fn past_deadline(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(e) = self.end_by.as_mut() else {
-            return false;
-        };
-        let at = e.at;
-        let timer = e
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        if timer.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        e.counted.inc();
-        true
+        self.end_by.as_mut().is_some_and(|e| e.passed(cx))
     }
 
     /// The answer's header lines that are not in its map yet (see [`h1::RawLines`]).

@@ -323,6 +323,8 @@ pub fn handle<'a>(
             tunnel::spawn(req, opened, route, shared, guards);
             return rsp;
         }
+        // A gRPC call whose client reads trailers can be told DEADLINE_EXCEEDED mid-stream.
+        let reads_trailers = ctx.grpc && grpc::reads_trailers(req.headers());
         let mut rsp = match &route.policy.idempotency {
             // Boxed: kilobytes (the store's futures too) that the common case should not carry.
             Some(idem) => Box::pin(idempotent::run(&ctx, idem, req)).await,
@@ -332,7 +334,8 @@ pub fn handle<'a>(
         };
         if let Some(at) = ctx.deadline {
             // The request's timeout covers the whole exchange: the answer's body too.
-            rsp.body_mut().end_by(at, &route.metrics.timeout_request);
+            rsp.body_mut()
+                .end_by(at, &route.metrics.timeout_request, reads_trailers);
         }
         let tries = ctx.tries.take();
         fin.guards.slot = slot;

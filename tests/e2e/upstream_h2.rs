@@ -1438,3 +1438,355 @@ async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_conne
         );
     }
 }
+
+/// What [`H2Crate`] does with each stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Serve {
+    /// Answers 200 (`content-type: application/grpc`) and the first bytes of a body, then
+    /// stalls until the stream is reset: `/framed` sends one whole gRPC message, any other path
+    /// bytes that end inside one ([`STALL_PARTIAL`]).
+    Stall,
+    /// Resets with `REFUSED_STREAM` the first stream of each path; answers a later one 200
+    /// `served: ` and the request's body.
+    RefuseFirst,
+}
+
+/// One gRPC message, `hi`: what `/framed` sends before it stalls.
+const STALL_FRAMED: &[u8] = b"\0\0\0\0\x02hi";
+/// The prefix of a 100-byte gRPC message and 3 of its bytes: what other paths send.
+const STALL_PARTIAL: &[u8] = b"\0\0\0\0\x64abc";
+
+/// An HTTP/2 server of the h2 crate on 127.0.0.1 (h2c), for what hyper's server does not show
+/// or do: the reset a stream gets, a stream refused.
+struct H2Crate {
+    addr: SocketAddr,
+    /// `(method, path)` of every stream, in order.
+    streams: Arc<Mutex<Vec<(String, String)>>>,
+    /// The reset each stalled stream got.
+    resets: Arc<Mutex<Vec<h2::Reason>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Crate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Crate {
+    async fn start(serve: Serve) -> H2Crate {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let resets = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let (streams, resets) = (streams.clone(), resets.clone());
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (streams, resets) = (streams.clone(), resets.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                            return;
+                        };
+                        while let Some(Ok((req, respond))) = conn.accept().await {
+                            let (method, path) = (req.method().to_string(), req.uri().path());
+                            let first = {
+                                let mut s = streams.lock();
+                                let first = !s.iter().any(|(_, p)| p == path);
+                                s.push((method, path.to_owned()));
+                                first
+                            };
+                            let resets = resets.clone();
+                            tokio::spawn(Self::stream(serve, first, req, respond, resets));
+                        }
+                    });
+                }
+            })
+        };
+        H2Crate {
+            addr,
+            streams,
+            resets,
+            task,
+        }
+    }
+
+    async fn stream(
+        serve: Serve,
+        first: bool,
+        req: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        resets: Arc<Mutex<Vec<h2::Reason>>>,
+    ) {
+        let (parts, mut body) = req.into_parts();
+        if serve == Serve::RefuseFirst && first {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            return;
+        }
+        let mut got = Vec::new();
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+            got.extend_from_slice(&d);
+        }
+        let head = Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("head");
+        let Ok(mut send) = respond.send_response(head, false) else {
+            return;
+        };
+        if serve == Serve::RefuseFirst {
+            let mut answer = b"served: ".to_vec();
+            answer.extend_from_slice(&got);
+            let _ = send.send_data(answer.into(), true);
+            return;
+        }
+        let first = match parts.uri.path() {
+            "/framed" => STALL_FRAMED,
+            _ => STALL_PARTIAL,
+        };
+        let _ = send.send_data(Bytes::from_static(first), false);
+        if let Ok(reason) = std::future::poll_fn(|cx| send.poll_reset(cx)).await {
+            resets.lock().push(reason);
+        }
+    }
+
+    fn streams(&self) -> Vec<(String, String)> {
+        self.streams.lock().clone()
+    }
+
+    fn resets(&self) -> Vec<h2::Reason> {
+        self.resets.lock().clone()
+    }
+}
+
+/// A route whose requests have 500 ms (`timeout.request`) to the HTTP/2 upstream.
+const BOUNDED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
+policies:
+  bounded:
+    timeout: { request: 500ms }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { upstream: grpc, policy: bounded }
+"#;
+
+/// How long after `t0` an answer cut at the 500 ms deadline may end.
+fn at_the_deadline(t0: tokio::time::Instant, what: &str) {
+    let took = t0.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(450)
+            && took < std::time::Duration::from_millis(1500),
+        "{what}: ended at the deadline, not the upstream's stall: {took:?}"
+    );
+}
+
+/// The request timeout covers an HTTP/2 upstream's answer body as it covers an HTTP/1.1
+/// one's: a stream that stalls after its head and some bytes is let go at the deadline (the
+/// upstream sees it reset with CANCEL, and stops), the client's answer is cut short there (an
+/// HTTP/1.1 client's connection closed without the last chunk, an HTTP/2 client's stream
+/// reset), and the timeout is counted and logged (the answer's status, the bytes sent). Before,
+/// it held the client (and the request's slot) for as long as the upstream stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_cuts_an_h2_upstreams_stalled_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = H2Crate::start(Serve::Stall).await;
+    let proxy = fronted(BOUNDED, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let t0 = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the connection ends: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    at_the_deadline(t0, "HTTP/1.1");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("abc"), "the bytes that came passed: {text:?}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "cut short, never a whole chunked body: {text:?}"
+    );
+
+    let mut send = http::h2c(addr).await;
+    let req = Request::get("http://grpc.internal/stall")
+        .body(http::empty())
+        .expect("request");
+    let t0 = tokio::time::Instant::now();
+    let rsp = send.send_request(req).await.expect("an answer");
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), rsp.into_body().collect())
+        .await
+        .expect("the stream ends");
+    assert!(
+        body.is_err(),
+        "reset, never an end: {:?}",
+        body.map(|b| b.to_bytes())
+    );
+    at_the_deadline(t0, "HTTP/2");
+
+    crate::assert_eventually!(
+        up.resets() == [h2::Reason::CANCEL; 2],
+        "the upstream's streams were reset: {:?}",
+        up.resets()
+    );
+    assert_eq!(up.streams().len(), 2, "a cut answer is never asked again");
+    let text = metrics(proxy.admin()).await;
+    let request = [("kind", "request")];
+    assert_eq!(
+        metric_value(&text, "rampart_timeouts_total", &request),
+        Some(2.0),
+        "{text}"
+    );
+    for line in logged(&proxy, "/stall", 2).await {
+        assert_eq!(
+            (line["status"].as_u64(), line["bytes_out"].as_u64()),
+            (Some(200), Some(STALL_PARTIAL.len() as u64)),
+            "{line}"
+        );
+    }
+}
+
+/// A gRPC call's answer still streaming at its deadline ends as rampart ends a call whose
+/// deadline passes before the head: `grpc-status` DEADLINE_EXCEEDED, here in trailers after
+/// the messages that came whole; its line has that status, and the upstream's stream is reset.
+/// One cut inside a message cannot end with a status a client would read (the message is
+/// broken): its stream is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_at_its_deadline_ends_with_deadline_exceeded() {
+    let up = H2Crate::start(Serve::Stall).await;
+    let proxy = fronted(BOUNDED, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let call = |path: &'static str| async move {
+        let mut send = http::h2c(addr).await;
+        let req = post(path, &[("content-type", "application/grpc")]);
+        let t0 = tokio::time::Instant::now();
+        let rsp = send.send_request(req).await.expect("an answer");
+        assert_eq!(rsp.status(), StatusCode::OK);
+        let body =
+            tokio::time::timeout(std::time::Duration::from_secs(5), rsp.into_body().collect())
+                .await
+                .expect("the stream ends");
+        at_the_deadline(t0, path);
+        body
+    };
+
+    let whole = call("/framed").await.expect("an end with trailers");
+    let trailers = whole.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "4", "{trailers:?}");
+    assert!(trailers.contains_key("grpc-message"), "{trailers:?}");
+    assert_eq!(whole.to_bytes().as_ref(), STALL_FRAMED);
+
+    let broken = call("/partial").await;
+    assert!(
+        broken.is_err(),
+        "reset: {:?}",
+        broken.map(|b| b.trailers().cloned())
+    );
+
+    // An HTTP/1.1 client that did not say `te: trailers` would read trailers it never gets as
+    // a whole answer: its connection is closed without the last chunk instead.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(
+            b"POST /framed HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\n\
+              content-length: 5\r\n\r\n\0\0\0\0\0",
+        )
+        .await
+        .expect("write");
+        let t0 = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut got))
+                .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "the connection ends: {text:?}");
+        at_the_deadline(t0, "HTTP/1.1 without te");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            !text.ends_with("0\r\n\r\n") && !text.contains("grpc-status"),
+            "cut short, never a whole answer: {text:?}"
+        );
+    }
+
+    crate::assert_eventually!(
+        up.resets() == [h2::Reason::CANCEL; 3],
+        "the upstream's streams were reset: {:?}",
+        up.resets()
+    );
+    let line = &logged(&proxy, "/framed", 2).await[0];
+    assert_eq!(
+        (line["status"].as_u64(), line["grpc_status"].as_u64()),
+        (Some(200), Some(4)),
+        "{line}"
+    );
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_timeouts_total", &[("kind", "request")]),
+        Some(3.0),
+        "{text}"
+    );
+}
+
+/// A stream the upstream resets with `REFUSED_STREAM` was not processed (RFC 9113 §8.7): rampart
+/// sends the request again, whatever its method (a POST too, its body with it), on a route
+/// without `retry`, and the client gets the answer; nothing counts it as a failure. Before
+/// only `GOAWAY`'s refusals had a test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_upstream_refused_goes_again() {
+    let up = H2Crate::start(Serve::RefuseFirst).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = http::get(addr, "/first", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "served: ".to_owned())
+    );
+    let rsp = http::post(addr, "/second", &[], "not idempotent").await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "served: not idempotent".to_owned())
+    );
+    let streams = up.streams();
+    let seen: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|(m, p)| (m.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET", "/first"),
+            ("GET", "/first"),
+            ("POST", "/second"),
+            ("POST", "/second"),
+        ],
+        "each refused stream went again once"
+    );
+    let text = metrics(proxy.admin()).await;
+    let codes =
+        crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
+    assert_eq!(codes, ["200"], "no failure counted");
+    let total = &[("upstream", "grpc"), ("code", "200")];
+    assert_eq!(
+        metric_value(&text, "rampart_upstream_requests_total", total),
+        Some(2.0),
+        "one try each"
+    );
+}

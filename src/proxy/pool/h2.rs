@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,10 +43,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::{connect_timed_out, Pool, SendError, UpstreamError};
+use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
 use crate::proxy::body::Body;
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
-use crate::proxy::grpc::{self, StreamEnd, Trailed, GRPC_STATUS};
+use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
 
 /// How often an HTTP/2 upstream connection is pinged (idle or not).
@@ -82,9 +82,19 @@ pub(crate) struct H2 {
 
 /// An HTTP/2 upstream's answer body: hyper's stream, counted into the access log line its
 /// guards hold, which go when it ends.
+///
+/// **The request's deadline** ([`H2Answer::end_by`]) bounds it as it bounds an HTTP/1.1
+/// answer's (`Returning::end_by`): a stream still coming then is let go (h2 resets a stream
+/// whose every handle is dropped before its end: `RST_STREAM(CANCEL)`, so the upstream stops
+/// its work) and the timeout counted. The client sees its answer cut short (an error of the
+/// body: its HTTP/1.1 connection closed without the last chunk, its HTTP/2 stream reset),
+/// unless it is a gRPC call whose client reads trailers and whose messages so far are whole:
+/// its stream then ends with `grpc-status` DEADLINE_EXCEEDED in trailers, as rampart answers a
+/// call whose deadline passes before the head.
 #[derive(Debug)]
 pub struct H2Answer {
-    body: Incoming,
+    /// `None` once cut at the deadline.
+    body: Option<Incoming>,
     /// The stream's place among [`MAX_STREAMS`], freed when the answer ends or is dropped.
     stream: Option<OwnedSemaphorePermit>,
     /// What the request holds until this body ends (see `guard.rs`).
@@ -93,6 +103,12 @@ pub struct H2Answer {
     pub(crate) trailed: Option<Trailed>,
     /// Whether this answers a gRPC call (its trailers' status goes to the request's span).
     pub(crate) grpc: bool,
+    /// The request's deadline, set by [`H2Answer::end_by`] (inline: the answer is boxed
+    /// already; its timer is made only when the stream waits).
+    end_by: Option<EndBy>,
+    /// A gRPC call's messages so far, read only when its client reads trailers and a deadline
+    /// bounds it: whether a cut can end it with a status.
+    messages: Option<Messages>,
 }
 
 // === impl H2 ===
@@ -233,11 +249,13 @@ impl Pool {
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
         let answer = H2Answer {
-            body,
+            body: Some(body),
             stream,
             guards: Guards::default(),
             trailed: None,
             grpc: false,
+            end_by: None,
+            messages: None,
         };
         Ok(Response::from_parts(
             head,
@@ -342,25 +360,93 @@ fn request(
 
 // === impl H2Answer ===
 
+impl H2Answer {
+    /// The answer's stream must end by `at`, the request's deadline; `counted` counts it if it
+    /// does not. `trailers`: the request is a gRPC call whose client reads trailers, so a stream
+    /// cut between two messages ends with DEADLINE_EXCEEDED (see the type's doc). A stream
+    /// already at its end keeps nothing.
+    pub(crate) fn end_by(&mut self, at: Instant, counted: &prometheus::IntCounter, trailers: bool) {
+        if self
+            .body
+            .as_ref()
+            .is_some_and(|b| !http_body::Body::is_end_stream(b))
+        {
+            self.end_by = Some(EndBy::new(at, counted));
+            self.messages = (trailers && self.grpc).then(Messages::default);
+        }
+    }
+
+    /// The stream's end: its status to the log line and span, its try's outcome to `Trailed`,
+    /// its place among [`MAX_STREAMS`] and its guards let go.
+    /// `code`: the gRPC status the client reads at the end, if any.
+    fn ended(&mut self, end: StreamEnd<'_>, code: Option<u8>) {
+        if let Some(log) = self.guards.log.as_mut() {
+            // A gRPC call's line (any other ignores it) takes the trailers' status.
+            log.grpc_ended(code);
+        }
+        if let (true, Some(c), Some(span)) = (self.grpc, code, self.guards.span.as_mut()) {
+            span.grpc_status(c);
+        }
+        if let Some(trailed) = self.trailed.take() {
+            trailed.end(end);
+        }
+        self.stream = None;
+        self.guards = Guards::default();
+    }
+
+    /// The deadline passed with the stream still coming: it is let go (its upstream sees it
+    /// reset), and the answer ends with DEADLINE_EXCEEDED in trailers where it can, else
+    /// breaks off.
+    fn cut(&mut self) -> Result<Frame<Bytes>, UpstreamError> {
+        self.body = None;
+        self.end_by = None;
+        let whole = self.messages.take().is_some_and(|m| m.at_message_end());
+        if !whole {
+            self.ended(StreamEnd::Deadline, None);
+            return Err(UpstreamError::Deadline);
+        }
+        let trailers = grpc::deadline_trailers();
+        self.ended(
+            StreamEnd::Deadline,
+            trailers.get(GRPC_STATUS).and_then(grpc::code),
+        );
+        Ok(Frame::trailers(trailers))
+    }
+}
+
 impl http_body::Body for H2Answer {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        let polled = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(p) => p,
+            Poll::Pending if this.end_by.as_mut().is_some_and(|e| e.passed(cx)) => {
+                return Poll::Ready(Some(this.cut()));
+            }
+            Poll::Pending => return Poll::Pending,
+        };
         if let Some(Ok(frame)) = &polled {
-            // Counted before the guards go with the last frame.
-            if let (Some(d), Some(log)) = (frame.data_ref(), this.guards.log.as_mut()) {
-                log.sent(d.len());
+            if let Some(d) = frame.data_ref() {
+                // Counted before the guards go with the last frame.
+                if let Some(log) = this.guards.log.as_mut() {
+                    log.sent(d.len());
+                }
+                if let Some(m) = this.messages.as_mut() {
+                    m.read(d);
+                }
             }
         }
         // Trailers end a stream; so do an error and the end of the frames.
         let ended = match &polled {
-            Some(Ok(frame)) => frame.is_trailers() || this.body.is_end_stream(),
+            Some(Ok(frame)) => frame.is_trailers() || body.is_end_stream(),
             _ => true,
         };
         if ended {
@@ -375,27 +461,19 @@ impl http_body::Body for H2Answer {
                 StreamEnd::Trailers(t) => t.get(GRPC_STATUS).and_then(grpc::code),
                 _ => None,
             };
-            if let Some(log) = this.guards.log.as_mut() {
-                // A gRPC call's line (any other ignores it) takes the trailers' status.
-                log.grpc_ended(code);
-            }
-            if let (true, Some(c), Some(span)) = (this.grpc, code, this.guards.span.as_mut()) {
-                span.grpc_status(c);
-            }
-            if let Some(trailed) = this.trailed.take() {
-                trailed.end(end);
-            }
-            this.stream = None;
-            this.guards = Guards::default();
+            this.ended(end, code);
+            this.end_by = None;
         }
-        Poll::Ready(polled)
+        Poll::Ready(polled.map(|p| p.map_err(UpstreamError::Http2)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
