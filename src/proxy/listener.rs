@@ -144,6 +144,8 @@ pub fn h1_server_builder(rt: &file::Runtime) -> http1::Builder {
         .max_header_size(max_head)
         // A client may shut its write side once the request is sent (`nc -N`, one-shot
         // scripts); without this hyper drops such a connection unanswered on the read EOF.
+        // (Nor does hyper then read a connection whose answer it awaits: a client that goes
+        // away meanwhile is seen by `h1/gone.rs`.)
         .half_close(true)
         .keep_alive(true);
     b
@@ -586,13 +588,22 @@ impl ToHyper {
             head_end,
             h1,
         } = self;
+        // hyper's HTTP/1 server does not watch the client while an answer is awaited: this
+        // does (`h1/gone.rs`). HTTP/2 has its own word for it (a stream's reset).
+        let watch = if h1 {
+            Some(h1::gone::Watch::new(io.socket()))
+        } else {
+            None
+        };
         match io {
             KeptIo::Plain(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end, h1))
+                let io = h1::Rewind::new(read, io);
+                super::boxed(|| serve_hyper(conn, io, head_end, watch))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end, h1))
+                let io = h1::Rewind::new(read, io);
+                super::boxed(|| serve_hyper(conn, io, head_end, watch))
             }
         }
     }
@@ -759,9 +770,14 @@ impl TaskIo for TlsStream<Sock> {
 /// closes it, or the listener stops (or had stopped already). The watchdog counts the head
 /// timeout to `head_end`, from accept, whoever served the connection so far.
 /// `h1`: the lean server handed it over, with no HTTP/2 preface read: hyper's HTTP/1 server
-/// serves it ([`h1_server_builder`]), else the auto server.
-async fn serve_hyper<I>(conn: Served, io: I, head_end: Instant, h1: bool)
-where
+/// serves it ([`h1_server_builder`]), with the client watched while an answer is awaited
+/// (`h1/gone.rs`; `Some(None)` if the watch could not be made), else the auto server.
+async fn serve_hyper<I>(
+    conn: Served,
+    io: I,
+    head_end: Instant,
+    h1: Option<Option<Arc<h1::gone::Watch>>>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Served {
@@ -777,7 +793,7 @@ where
     tokio::pin!(watchdog);
     let draining = *stopped.borrow();
     let peer_addr = client.addr;
-    let svc = {
+    let svc = |watch: Option<Arc<h1::gone::Watch>>| {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, client) = (shared.clone(), client.clone());
@@ -786,22 +802,34 @@ where
             // Boxed: the request path's future is about 5 KiB, and hyper moves what this
             // returns about ten times on its way into an HTTP/2 stream's task and out again
             // (4,700 instructions of `memcpy` a request, against one allocation).
-            super::boxed(|| serve(shared, addr, req, client, active))
+            let handling = super::boxed(|| serve(shared, addr, req, client, active));
+            h1::gone::unless_gone(handling, watch.clone())
         })
     };
-    let io = TokioIo::new(io);
     let ends = Ends {
         watchdog: watchdog.as_mut(),
         stopped: &mut stopped,
         draining,
         peer: peer_addr,
     };
-    if h1 {
-        let conn = lst.h1_server.serve_connection(io, svc).with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), ends).await;
-    } else {
-        let conn = lst.server.serve_connection_with_upgrades(io, svc);
-        drive(conn, |c| c.graceful_shutdown(), ends).await;
+    match h1 {
+        Some(watch) => {
+            let io = TokioIo::new(h1::gone::Watched {
+                io,
+                watch: watch.clone(),
+            });
+            let conn = lst
+                .h1_server
+                .serve_connection(io, svc(watch))
+                .with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), ends).await;
+        }
+        None => {
+            let conn = lst
+                .server
+                .serve_connection_with_upgrades(TokioIo::new(io), svc(None));
+            drive(conn, |c| c.graceful_shutdown(), ends).await;
+        }
     }
 }
 
