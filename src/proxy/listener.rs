@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::balance::Open;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
+use super::finish::Cut;
 use super::forward::Peer;
 use super::h1;
 use super::respond::answer;
@@ -308,6 +309,7 @@ async fn accept_loop(
 ) {
     let mut a = Acceptor {
         conns: TaskTracker::new(),
+        cuts: parking_lot::Mutex::new(Vec::new()),
         shared,
         addr,
         stopped,
@@ -366,12 +368,26 @@ async fn accept_loop(
     let grace = a.shared.current.load().config.file.runtime.shutdown_grace.0;
     if tokio::time::timeout(grace, a.conns.wait()).await.is_err() {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
+        // Dropped here, not when the process exits: the requests among them are counted and
+        // logged (as cut, `finish::CUT`) while the access log still takes lines.
+        for t in a.cuts.lock().drain(..) {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(CUT_WAIT, a.conns.wait()).await;
     }
 }
+
+/// Longest wait for the connection tasks aborted at the end of a drain's grace to be dropped
+/// (they run on this worker: a turn of its scheduler). Within the 100 ms `ListenerHandle::wait`
+/// gives the accept loop past the grace.
+const CUT_WAIT: Duration = Duration::from_millis(50);
 
 /// One worker's accept loop's state: what it serves connections with.
 struct Acceptor {
     conns: TaskTracker,
+    /// Its connections' tasks, to be aborted if they outlast a drain's grace (finished ones
+    /// are let go when the vector would grow). Locked once per connection, by this loop only.
+    cuts: parking_lot::Mutex<Vec<tokio::task::AbortHandle>>,
     shared: Arc<Shared>,
     addr: SocketAddr,
     stopped: watch::Receiver<bool>,
@@ -409,8 +425,14 @@ impl Acceptor {
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
         let peer = Arc::new(Peer::new(peer, false));
-        self.conns
+        let task = self
+            .conns
             .spawn(conn_task(shared, addr, stream, peer, stopped, held));
+        let mut cuts = self.cuts.lock();
+        if cuts.len() == cuts.capacity() {
+            cuts.retain(|t| !t.is_finished());
+        }
+        cuts.push(task.abort_handle());
     }
 
     /// Serves a handed connection: registers its socket with this worker's I/O driver first.
@@ -466,7 +488,12 @@ fn conn_task(
     async move {
         // Held until the connection ends.
         let _held = held;
-        let mut next = super::boxed(|| serve_conn(shared, addr, stream, peer, stopped)).await;
+        // Each future is awaited as a `Cut`: dropped unfinished (the task aborted at the end
+        // of a drain's grace), its requests are logged as cut by rampart, not as 499s.
+        let mut next = Cut::new(super::boxed(|| {
+            serve_conn(shared, addr, stream, peer, stopped)
+        }))
+        .await;
         loop {
             next = match next {
                 Next::Closed => return,
@@ -477,11 +504,15 @@ fn conn_task(
                     // `Box::pin`, copied in: built in its box, the lean server's future left
                     // the task 32 bytes larger in a test build (520 bytes).
                     match p.io {
-                        KeptIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
-                        KeptIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+                        KeptIo::Plain(io) => {
+                            Cut::new(Box::pin(serve_io(p.conn, io, start, false))).await
+                        }
+                        KeptIo::Tls(io) => {
+                            Cut::new(Box::pin(serve_io(p.conn, *io, start, false))).await
+                        }
                     }
                 }
-                Next::Hyper(h) => return h.serve().await,
+                Next::Hyper(h) => return Cut::new(h.serve()).await,
             };
         }
     }
