@@ -385,8 +385,10 @@ const CUT_WAIT: Duration = Duration::from_millis(50);
 /// One worker's accept loop's state: what it serves connections with.
 struct Acceptor {
     conns: TaskTracker,
-    /// Its connections' tasks, to be aborted if they outlast a drain's grace (finished ones
-    /// are let go when the vector would grow). Locked once per connection, by this loop only.
+    /// Its connections' tasks, to be aborted if they outlast a drain's grace. Finished ones are
+    /// let go when the vector would grow; until then each keeps its task's cell (the size of
+    /// a connection's task), so at most about twice as many cells as the most connections
+    /// open at once. Locked once per connection, by this loop only.
     cuts: parking_lot::Mutex<Vec<tokio::task::AbortHandle>>,
     shared: Arc<Shared>,
     addr: SocketAddr,
