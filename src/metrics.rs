@@ -136,6 +136,8 @@ pub struct UpstreamMetrics {
     name: Arc<str>,
     client_gone: IntCounter,
     client_fault: IntCounter,
+    /// The family, for `cause="shutdown"`, made when a try is first cut (rare).
+    abandoned: IntCounterVec,
     requests: Family<Counter>,
     endpoint_healthy: IntGaugeVec,
     connections: IntGaugeVec,
@@ -191,7 +193,7 @@ impl Metrics {
         );
         let upstream_abandoned = counter(
             "rampart_upstream_tries_abandoned_total",
-            "Tries ended by the client, not the upstream (cause: client_gone, client_fault); kept out of rampart_upstream_requests_total.",
+            "Tries ended by the client, not the upstream (cause: client_gone, client_fault), or cut by rampart's drain (cause: shutdown); kept out of rampart_upstream_requests_total.",
             &["upstream", "cause"],
         );
         let tls_handshake_failures = counter(
@@ -486,6 +488,7 @@ impl Metrics {
             client_fault: self
                 .upstream_abandoned
                 .with_label_values(&[name, "client_fault"]),
+            abandoned: self.upstream_abandoned.clone(),
             name: name.clone(),
             requests: self.upstream_requests.clone(),
             endpoint_healthy: self.endpoint_healthy.clone(),
@@ -694,10 +697,15 @@ impl UpstreamMetrics {
             .set(i64::from(healthy));
     }
 
-    /// Counts a try the client ended (gone, or a broken upload).
+    /// Counts a try the client ended (gone, or a broken upload), or rampart cut (its
+    /// connection's task dropped unfinished at the end of a drain's grace: `finish::Cut`).
     pub fn abandoned(&self, outcome: crate::policy::outcome::Outcome) {
         match outcome {
             crate::policy::outcome::Outcome::ClientFault => self.client_fault.inc(),
+            _ if crate::proxy::finish::cutting() => self
+                .abandoned
+                .with_label_values(&[&*self.name, "shutdown"])
+                .inc(),
             _ => self.client_gone.inc(),
         }
     }

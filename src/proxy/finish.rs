@@ -64,6 +64,68 @@ pub struct Finish<'a> {
 /// with (nginx's 499, "client closed request"); never sent.
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// The status and reason a request rampart cut is counted and logged with (never sent): one
+/// still in flight when a drain's grace ran out (`listener::accept_loop`), or when the process
+/// exits. Not a 499: its client did not give up on it.
+pub const CUT: (u16, HeaderValue) = (503, HeaderValue::from_static("shutdown"));
+
+thread_local! {
+    /// Set while a connection's task is dropped unfinished ([`Cut`]): a request dropped then
+    /// was cut by rampart. (A client that goes away has its request dropped inside the task,
+    /// while it runs.)
+    static CUTTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a connection's task is being dropped unfinished on this thread ([`Cut`]): what is
+/// dropped now was cut by rampart.
+pub fn cutting() -> bool {
+    CUTTING.get()
+}
+
+/// One of a connection task's futures, whose requests, if it is dropped before it ends, are
+/// counted and logged as cut by rampart ([`CUT`]), not as gone clients' 499s.
+#[derive(Debug)]
+pub struct Cut<F> {
+    // Dropped in this order, after `Drop::drop` marks the thread: the future (its requests'
+    // `Finish` see the mark), then the mark's end.
+    fut: F,
+    _end: CutEnd,
+}
+
+impl<F> Cut<F> {
+    /// `fut`, whose unfinished requests are cut if it is dropped before it ends.
+    pub fn new(fut: F) -> Cut<F> {
+        Cut { fut, _end: CutEnd }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Cut<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        std::pin::Pin::new(&mut self.fut).poll(cx)
+    }
+}
+
+impl<F> Drop for Cut<F> {
+    fn drop(&mut self) {
+        CUTTING.set(true);
+    }
+}
+
+/// Ends [`CUTTING`]'s mark, dropped after the future it was set for.
+#[derive(Debug)]
+struct CutEnd;
+
+impl Drop for CutEnd {
+    fn drop(&mut self) {
+        CUTTING.set(false);
+    }
+}
+
 // === impl Finish ===
 
 /// The id of the request whose head holds what `sent` says: the client's `x-request-id`, else a
@@ -350,6 +412,8 @@ impl<'a> Finish<'a> {
 /// A request dropped before its answer: its client went away. Counted under its route and
 /// tenant (as far as they were known) as a [`CLIENT_CLOSED`], with its duration; its log line
 /// and span end with what it had done (its tries among it), at once, since no body follows.
+/// One rampart cut (its connection's task dropped unfinished, [`Cut`]) is counted and logged
+/// as [`CUT`] instead.
 impl Drop for Finish<'_> {
     fn drop(&mut self) {
         if self.settled {
@@ -361,11 +425,16 @@ impl Drop for Finish<'_> {
             (Some(r), None) => r.metrics.tenant(&shared.empty_label),
             (None, _) => self.lst.unrouted.tenant(&shared.empty_label),
         };
-        self.gone = true;
         let tries = self.tries.map(TryLog::take).unwrap_or_default();
         let mut rsp = Response::new(Body::Empty);
-        *rsp.status_mut() =
-            http::StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code");
+        if cutting() {
+            *rsp.status_mut() = http::StatusCode::from_u16(CUT.0).expect("a valid status code");
+            rsp.headers_mut().insert(REASON_HEADER, CUT.1);
+        } else {
+            self.gone = true;
+            *rsp.status_mut() =
+                http::StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code");
+        }
         drop(self.settle(&tm, &mut rsp, None, tries));
     }
 }
@@ -373,6 +442,32 @@ impl Drop for Finish<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a future dropped inside a [`Cut`] sees: the thread marked while it is dropped, and
+    /// not before or after.
+    #[test]
+    fn a_cut_marks_the_thread_while_its_future_is_dropped() {
+        struct Sees(Arc<parking_lot::Mutex<Option<bool>>>);
+        impl Drop for Sees {
+            fn drop(&mut self) {
+                *self.0.lock() = Some(cutting());
+            }
+        }
+        let seen = Arc::new(parking_lot::Mutex::new(None));
+        let held = Sees(seen.clone());
+        let fut = Box::pin(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        let cut = Cut::new(fut);
+        assert!(!cutting());
+        drop(cut);
+        assert_eq!(*seen.lock(), Some(true), "marked while dropped");
+        assert!(!cutting(), "and no longer after");
+        // Dropped elsewhere, a request is a client's going.
+        drop(Sees(seen.clone()));
+        assert_eq!(*seen.lock(), Some(false));
+    }
 
     /// HPACK reads the mark: an id is sent as a literal never indexed, made here or the
     /// client's, and keeps its bytes.

@@ -36,6 +36,7 @@
 //! the listener's stop with a small one, then serves it again from [`Start::Resumed`]. An idle
 //! plain connection costs about a quarter of what it did.
 
+pub mod gone;
 pub mod parse;
 mod rewind;
 pub mod write;
@@ -207,6 +208,14 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
 /// is abandoned, as nginx and Envoy abandon it.
 const HALF_CLOSE_GRACE_MS: u64 = 50;
 
+/// Whether a client whose stream ended at `now` has gone, its answer awaited since `began`
+/// (coarse milliseconds): past [`HALF_CLOSE_GRACE_MS`], else it half-closed. The lean path's
+/// rule, and the one for connections hyper serves (`gone.rs`).
+#[inline]
+fn gone_after(began: u64, now: u64) -> bool {
+    now.saturating_sub(began) > HALF_CLOSE_GRACE_MS
+}
+
 /// Bytes read at a time from a client whose answer is awaited (of its later requests,
 /// pipelined); past [`READ_KEEP_MAX`] of them in the buffer, the client is no longer watched
 /// until the answer is written (its bytes wait in the socket).
@@ -249,7 +258,7 @@ where
             match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    if coarse::millis().saturating_sub(began) > HALF_CLOSE_GRACE_MS {
+                    if gone_after(began, coarse::millis()) {
                         return Poll::Ready(None);
                     }
                     // Shut with the request: a half-close; the answer is still wanted.

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use super::balance::Open;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
+use super::finish::Cut;
 use super::forward::Peer;
 use super::h1;
 use super::respond::answer;
@@ -94,6 +95,8 @@ pub fn h1_server_builder(rt: &file::Runtime) -> http1::Builder {
         .max_header_size(max_head)
         // A client may shut its write side once the request is sent (`nc -N`, one-shot
         // scripts); without this hyper drops such a connection unanswered on the read EOF.
+        // (Nor does hyper then read a connection whose answer it awaits: a client that goes
+        // away meanwhile is seen by `h1/gone.rs`.)
         .half_close(true)
         .keep_alive(true);
     b
@@ -263,6 +266,7 @@ async fn accept_loop(
 ) {
     let mut a = Acceptor {
         conns: TaskTracker::new(),
+        cuts: parking_lot::Mutex::new(Vec::new()),
         shared,
         addr,
         stopped,
@@ -354,6 +358,12 @@ async fn accept_loop(
     a.conns.close();
     if tokio::time::timeout(grace, a.conns.wait()).await.is_err() {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
+        // Dropped here, not when the process exits: the requests among them are counted and
+        // logged (as cut, `finish::CUT`) while the access log still takes lines.
+        for t in a.cuts.lock().drain(..) {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(CUT_WAIT, a.conns.wait()).await;
     }
 }
 
@@ -381,9 +391,19 @@ fn queued(tcp: TcpListener, addr: SocketAddr) -> Vec<(TcpStream, SocketAddr)> {
     out
 }
 
+/// Longest wait for the connection tasks aborted at the end of a drain's grace to be dropped
+/// (they run on this worker: a turn of its scheduler). Within the 100 ms `ListenerHandle::wait`
+/// gives the accept loop past the grace.
+const CUT_WAIT: Duration = Duration::from_millis(50);
+
 /// One worker's accept loop's state: what it serves connections with.
 struct Acceptor {
     conns: TaskTracker,
+    /// Its connections' tasks, to be aborted if they outlast a drain's grace. Finished ones are
+    /// let go when the vector would grow; until then each keeps its task's cell (the size of
+    /// a connection's task), so at most about twice as many cells as the most connections
+    /// open at once. Locked once per connection, by this loop only.
+    cuts: parking_lot::Mutex<Vec<tokio::task::AbortHandle>>,
     shared: Arc<Shared>,
     addr: SocketAddr,
     stopped: watch::Receiver<bool>,
@@ -424,19 +444,24 @@ impl Acceptor {
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
         let peer = Arc::new(Peer::new(peer, false));
-        let Some(head) = self.late else {
-            self.conns
-                .spawn(conn_task(shared, addr, stream, peer, stopped, held));
-            return;
+        let task = match self.late {
+            None => self
+                .conns
+                .spawn(conn_task(shared, addr, stream, peer, stopped, held)),
+            // The listener has stopped, so the connection closes as soon as it waits for a
+            // request: it is served once its request has come (the first read of a socket just
+            // registered with tokio waits for the I/O driver's word even when bytes are there).
+            Some(head) => self.conns.spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(head, stream.readable()).await {
+                    conn_task(shared, addr, stream, peer, stopped, held).await;
+                }
+            }),
         };
-        // The listener has stopped, so the connection closes as soon as it waits for a request:
-        // it is served once its request has come (the first read of a socket just registered
-        // with tokio waits for the I/O driver's word even when bytes are there).
-        self.conns.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(head, stream.readable()).await {
-                conn_task(shared, addr, stream, peer, stopped, held).await;
-            }
-        });
+        let mut cuts = self.cuts.lock();
+        if cuts.len() == cuts.capacity() {
+            cuts.retain(|t| !t.is_finished());
+        }
+        cuts.push(task.abort_handle());
     }
 
     /// Serves a handed connection: registers its socket with this worker's I/O driver first.
@@ -492,7 +517,12 @@ fn conn_task(
     async move {
         // Held until the connection ends.
         let _held = held;
-        let mut next = super::boxed(|| serve_conn(shared, addr, stream, peer, stopped)).await;
+        // Each future is awaited as a `Cut`: dropped unfinished (the task aborted at the end
+        // of a drain's grace), its requests are logged as cut by rampart, not as 499s.
+        let mut next = Cut::new(super::boxed(|| {
+            serve_conn(shared, addr, stream, peer, stopped)
+        }))
+        .await;
         loop {
             next = match next {
                 Next::Closed => return,
@@ -503,11 +533,15 @@ fn conn_task(
                     // `Box::pin`, copied in: built in its box, the lean server's future left
                     // the task 32 bytes larger in a test build (520 bytes).
                     match p.io {
-                        KeptIo::Plain(io) => Box::pin(serve_io(p.conn, io, start, false)).await,
-                        KeptIo::Tls(io) => Box::pin(serve_io(p.conn, *io, start, false)).await,
+                        KeptIo::Plain(io) => {
+                            Cut::new(Box::pin(serve_io(p.conn, io, start, false))).await
+                        }
+                        KeptIo::Tls(io) => {
+                            Cut::new(Box::pin(serve_io(p.conn, *io, start, false))).await
+                        }
                     }
                 }
-                Next::Hyper(h) => return h.serve().await,
+                Next::Hyper(h) => return Cut::new(h.serve()).await,
             };
         }
     }
@@ -614,13 +648,22 @@ impl ToHyper {
             head_end,
             h1,
         } = self;
+        // hyper's HTTP/1 server does not watch the client while an answer is awaited: this
+        // does (`h1/gone.rs`). HTTP/2 has its own word for it (a stream's reset).
+        let watch = if h1 {
+            Some(h1::gone::Watch::new(io.socket()))
+        } else {
+            None
+        };
         match io {
             KeptIo::Plain(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end, h1))
+                let io = h1::Rewind::new(read, io);
+                super::boxed(|| serve_hyper(conn, io, head_end, watch))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
-                super::boxed(|| serve_hyper(conn, h1::Rewind::new(read, io), head_end, h1))
+                let io = h1::Rewind::new(read, io);
+                super::boxed(|| serve_hyper(conn, io, head_end, watch))
             }
         }
     }
@@ -787,9 +830,14 @@ impl TaskIo for TlsStream<Sock> {
 /// closes it, or the listener stops (or had stopped already). The watchdog counts the head
 /// timeout to `head_end`, from accept, whoever served the connection so far.
 /// `h1`: the lean server handed it over, with no HTTP/2 preface read: hyper's HTTP/1 server
-/// serves it ([`h1_server_builder`]), else the auto server.
-async fn serve_hyper<I>(conn: Served, io: I, head_end: Instant, h1: bool)
-where
+/// serves it ([`h1_server_builder`]), with the client watched while an answer is awaited
+/// (`h1/gone.rs`; `Some(None)` if the watch could not be made), else the auto server.
+async fn serve_hyper<I>(
+    conn: Served,
+    io: I,
+    head_end: Instant,
+    h1: Option<Option<Arc<h1::gone::Watch>>>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Served {
@@ -805,7 +853,7 @@ where
     tokio::pin!(watchdog);
     let draining = *stopped.borrow();
     let peer_addr = client.addr;
-    let svc = {
+    let svc = |watch: Option<Arc<h1::gone::Watch>>| {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, client) = (shared.clone(), client.clone());
@@ -814,22 +862,34 @@ where
             // Boxed: the request path's future is about 5 KiB, and hyper moves what this
             // returns about ten times on its way into an HTTP/2 stream's task and out again
             // (4,700 instructions of `memcpy` a request, against one allocation).
-            super::boxed(|| serve(shared, addr, req, client, active))
+            let handling = super::boxed(|| serve(shared, addr, req, client, active));
+            h1::gone::unless_gone(handling, watch.clone())
         })
     };
-    let io = TokioIo::new(io);
     let ends = Ends {
         watchdog: watchdog.as_mut(),
         stopped: &mut stopped,
         draining,
         peer: peer_addr,
     };
-    if h1 {
-        let conn = lst.h1_server.serve_connection(io, svc).with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), ends).await;
-    } else {
-        let conn = lst.server.serve_connection_with_upgrades(io, svc);
-        drive(conn, |c| c.graceful_shutdown(), ends).await;
+    match h1 {
+        Some(watch) => {
+            let io = TokioIo::new(h1::gone::Watched {
+                io,
+                watch: watch.clone(),
+            });
+            let conn = lst
+                .h1_server
+                .serve_connection(io, svc(watch))
+                .with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), ends).await;
+        }
+        None => {
+            let conn = lst
+                .server
+                .serve_connection_with_upgrades(TokioIo::new(io), svc(None));
+            drive(conn, |c| c.graceful_shutdown(), ends).await;
+        }
     }
 }
 

@@ -510,3 +510,191 @@ async fn a_client_that_goes_away_before_its_answer_is_a_499_at_once() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+/// An upstream that reads each request to the end of its chunked body and answers `200 ok` a
+/// while later, unless rampart closes the connection first: the upstream's own view of whether
+/// a try was cancelled.
+struct Held {
+    addr: SocketAddr,
+    /// Requests read whole.
+    got: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections rampart closed before their answer was due.
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Held {
+    async fn start(answer_after: std::time::Duration) -> Held {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        let (got, cancelled) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (g, c) = (got.clone(), cancelled.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let (g, c) = (g.clone(), c.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(5).any(|w| w == b"0\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    g.fetch_add(1, Ordering::SeqCst);
+                    let closed = async {
+                        loop {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        }
+                    };
+                    if tokio::time::timeout(answer_after, closed).await.is_ok() {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                        .await;
+                });
+            }
+        });
+        Held {
+            addr,
+            got,
+            cancelled,
+        }
+    }
+
+    fn got(&self) -> usize {
+        self.got.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn cancelled(&self) -> usize {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The same for a connection the lean server hands to hyper (a chunked upload, one sent after
+/// `Expect: 100-continue`): a client that resets or closes its
+/// connection once its upload is sent, while the upstream is slow, ends its request at once. The upstream sees
+/// its connection closed (the try is cancelled), and the request is counted and logged once as
+/// a 499. A client that shuts its side with its upload (a half-close) still gets its answer.
+/// Before, hyper (which rampart runs with `half_close`, so does not read a connection whose
+/// answer it awaits) noticed nothing: the upstream answered 2 s later and the line said 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_after_a_chunked_upload_is_a_499_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let up = Held::start(std::time::Duration::from_millis(2000)).await;
+    let l = logged(up.addr, "100%").await;
+    let (addr, admin) = (l.proxy.listener("inbound"), l.proxy.admin());
+    let upload = |id: &str| {
+        format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nx-request-id: {id}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+
+    let cases = [
+        ("gone-rst", true, false),
+        ("gone-fin", false, false),
+        ("gone-expect", true, true),
+    ];
+    for (n, (id, reset, expect)) in cases.into_iter().enumerate() {
+        let started = tokio::time::Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if expect {
+            // The body goes once hyper asks for it.
+            let (head, body) = upload(id)
+                .split_once("\r\n\r\n")
+                .map(|(h, b)| (format!("{h}\r\nExpect: 100-continue\r\n\r\n"), b.to_owned()))
+                .expect("a head");
+            tcp.write_all(head.as_bytes()).await.expect("write");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 256];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)
+                    .await
+                    .expect("read");
+                assert!(
+                    n > 0,
+                    "a 100 Continue: {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+                seen.extend_from_slice(&buf[..n]);
+            }
+            assert!(
+                seen.starts_with(b"HTTP/1.1 100"),
+                "{:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            tcp.write_all(body.as_bytes()).await.expect("write");
+        } else {
+            tcp.write_all(upload(id).as_bytes()).await.expect("write");
+        }
+        crate::assert_eventually!(up.got() == n + 1, "the upstream has the upload");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if reset {
+            crate::support::conn::reset(tcp);
+        } else {
+            drop(tcp);
+        }
+        crate::assert_eventually!(up.cancelled() == n + 1, "the upstream's connection closed");
+        let got = wait_lines(&l.log, n + 1).await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "ended when the client went, not when the upstream answered"
+        );
+        assert_eq!(got[n]["request_id"], id, "{got:?}");
+        assert_eq!(got[n]["status"], 499, "{got:?}");
+        assert_eq!(got[n]["tries"], 1, "{got:?}");
+    }
+    let text = metrics(admin).await;
+    let count = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(
+        count("rampart_requests_total", &[("code", "499")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "client_gone")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        count("rampart_in_flight_requests", &[("listener", "inbound")]),
+        Some(0.0)
+    );
+
+    // A half-close with the upload: answered when the upstream answers.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(upload("half-closed").as_bytes())
+        .await
+        .expect("write");
+    tcp.shutdown().await.expect("half-close");
+    let mut got = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut got)
+        .await
+        .expect("read");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        up.cancelled(),
+        3,
+        "the half-closed client's try ran to its answer"
+    );
+    let text = metrics(admin).await;
+    assert_eq!(
+        metric_value(&text, "rampart_requests_total", &[("code", "499")]),
+        Some(3.0),
+        "{text}"
+    );
+}

@@ -163,3 +163,136 @@ async fn a_second_sigterm_while_draining_exits_at_once() {
 async fn a_sigint_after_sigterm_exits_at_once() {
     a_second_signal_ends_the_drain("INT").await;
 }
+
+/// A request still in flight when `shutdown_grace` ends is cut by rampart, not by its client:
+/// its access log line says so (503, reason `shutdown`), not 499 ("client closed request"),
+/// and the process exits 0 at the end of the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_the_end_of_the_grace_is_not_logged_as_the_clients_499() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let cfg = format!(
+        r#"
+version: 1
+admin: {{ listen: $ADMIN }}
+runtime: {{ shutdown_grace: 300ms }}
+upstreams:
+  app: {{ endpoints: [$APP] }}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: {{ to: {} }}
+    routes:
+      - upstream: app
+"#,
+        log.display()
+    );
+    let mut proxy = Proxy::builder(&cfg).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    let in_flight = tokio::spawn(async move {
+        http::try_get(addr, "/slow?ms=5000", &[("x-request-id", "cut-at-grace")]).await
+    });
+    assert_eventually!(app.hits_for("/slow") == 1, "the slow request is in flight");
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(3)).await;
+    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    assert!(
+        in_flight.await.expect("no panic").is_err(),
+        "the client's connection was closed without an answer"
+    );
+    let lines = crate::support::log_lines(&log);
+    let line = lines
+        .iter()
+        .find(|l| l["request_id"] == "cut-at-grace")
+        .unwrap_or_else(|| panic!("a line for the cut request: {lines:?}\n{}", proxy.log()));
+    assert_eq!(line["status"], 503, "{line}");
+    assert_eq!(line["reason"], "shutdown", "{line}");
+    assert_eq!(line["tries"], 1, "{line}");
+}
+
+/// The same for a listener a reload removes: a request still in flight on it when the grace
+/// ends is cut, logged as 503 `shutdown`, counted under that code (not 499), and its try
+/// counted as abandoned with cause `shutdown`, not `client_gone`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_when_a_removed_listener_drains_is_counted_as_rampart_s_cut() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let base = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 300ms }
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+    let extra = format!(
+        "  - name: extra\n    direction: inbound\n    listen: $LISTEN_extra\n    \
+         access_log: {{ to: {} }}\n    routes:\n      - upstream: app\n",
+        log.display()
+    );
+    let mut proxy = Proxy::builder(&format!("{base}{extra}"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("extra"), proxy.admin());
+    let in_flight = tokio::spawn(async move {
+        http::try_get(addr, "/slow?ms=5000", &[("x-request-id", "cut-by-reload")]).await
+    });
+    assert_eventually!(app.hits_for("/slow") == 1, "the slow request is in flight");
+    proxy.rewrite_config(base);
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), in_flight)
+            .await
+            .expect("cut within the grace")
+            .expect("no panic")
+            .is_err(),
+        "the client's connection was closed without an answer"
+    );
+    let lines = crate::support::wait_log_lines(&log, 1).await;
+    assert_eq!(lines[0]["request_id"], "cut-by-reload", "{lines:?}");
+    assert_eq!(lines[0]["status"], 503, "{lines:?}");
+    assert_eq!(lines[0]["reason"], "shutdown", "{lines:?}");
+    let text = crate::support::metrics(admin).await;
+    let count =
+        |name: &str, labels: &[(&str, &str)]| crate::support::metric_value(&text, name, labels);
+    assert_eq!(
+        count(
+            "rampart_requests_total",
+            &[("listener", "extra"), ("code", "503")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count("rampart_requests_total", &[("code", "499")]),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "shutdown")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "client_gone")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}

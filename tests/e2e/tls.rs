@@ -438,3 +438,54 @@ fn both(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A TLS client of a connection handed to hyper (a chunked upload) that closes its session
+/// (`close_notify`, then its end of stream) while its answer is awaited ends its request at
+/// once, counted as a 499, as over plain TCP (`access_log::a_client_that_goes_away_after_a_
+/// chunked_upload_is_a_499_at_once`): the watch looks at the socket under the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_closes_after_a_chunked_upload_is_a_499_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let mut stream = tls::connect(proxy.listener("inbound"), cfg)
+        .await
+        .expect("a TLS connection");
+    let started = tokio::time::Instant::now();
+    stream
+        .write_all(
+            b"POST /slow?ms=3000 HTTP/1.1\r\nHost: localhost\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    assert_eventually!(app.hits_for("/slow") == 1, "the upload is upstream");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.shutdown().await.expect("close_notify");
+    drop(stream);
+    let admin = proxy.admin();
+    assert_eventually!(
+        metric_value(
+            &metrics(admin).await,
+            "rampart_requests_total",
+            &[("code", "499")]
+        ) == Some(1.0),
+        "a 499 counted"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "ended when the client went, not when the upstream answered"
+    );
+    let text = metrics(admin).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "rampart_in_flight_requests",
+            &[("listener", "inbound")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}

@@ -25,7 +25,10 @@ const END_HEADERS: u8 = 0x4;
 struct Seen {
     headers: usize,
     resets: usize,
+    /// A GOAWAY's last stream id.
     goaway: Option<u32>,
+    /// Its error code.
+    goaway_code: Option<u32>,
     closed: bool,
 }
 
@@ -110,7 +113,12 @@ async fn flood(tcp: TcpStream, bytes: Vec<u8>, wait: Duration) -> Seen {
                 HEADERS => seen.headers += 1,
                 RST_STREAM => seen.resets += 1,
                 GOAWAY if len >= 8 => {
-                    seen.goaway = Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]))
+                    // The payload: the last stream id (high bit reserved), the error code.
+                    let word = |at: usize| {
+                        u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+                    };
+                    seen.goaway = Some(word(9) & 0x7fff_ffff);
+                    seen.goaway_code = Some(word(13));
                 }
                 _ => {}
             }
@@ -204,4 +212,42 @@ async fn streams_beyond_max_concurrent_are_refused_not_queued_forever() {
     assert!(!log.contains("panicked"), "{log}");
     let rsp = crate::support::http::get(addr, "/ok", &[]).await;
     assert_eq!(rsp.status, 200);
+}
+
+/// RFC 9113 §8.2.1: a field name with uppercase letters makes the request malformed, which
+/// §8.1.1 makes a stream error (PROTOCOL_ERROR) for that stream alone. The h2 crate (0.4.20)
+/// treats it as a connection error instead: its HPACK decoder parses the name with
+/// `HeaderName::from_lowercase`, and the failure aborts the header block's decoding
+/// (`hpack::Header::new`, `Decoder::decode`), which `codec/framed_read.rs` answers with
+/// GOAWAY(PROTOCOL_ERROR): every stream of the connection ends, those in flight too. This
+/// pins what rampart does today (README, known limits); it fails, telling README to change,
+/// once h2 resets only the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uppercase_field_name_ends_the_whole_h2_connection_a_known_limit_of_h2() {
+    let (_app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let tcp = open(addr).await;
+    let mut upper = get_block("/ok");
+    literal(&mut upper, "X-Upper", "1");
+    let mut bytes = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/slow?ms=300"),
+    );
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &upper));
+    bytes.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        5,
+        &get_block("/ok"),
+    ));
+    let seen = flood(tcp, bytes, Duration::from_secs(2)).await;
+    println!("uppercase field name on stream 3: {seen:?}");
+    assert!(
+        seen.goaway_code == Some(1) && seen.closed,
+        "h2 ends the connection with GOAWAY(PROTOCOL_ERROR): {seen:?}"
+    );
+    assert_eq!(seen.headers, 0, "no stream is answered: {seen:?}");
+    assert_still_serving(&proxy, "uppercase field name").await;
 }

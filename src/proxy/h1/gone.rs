@@ -1,0 +1,216 @@
+//! The client-gone watch for a connection the lean server handed to hyper's HTTP/1 server.
+//!
+//! Why: the lean server watches the client while an answer is awaited (`answer_unless_gone`),
+//! but hyper's HTTP/1 server, run with `half_close` (a client may shut its side once its
+//! request is sent), reads nothing of a connection whose answer it awaits. A client that sent
+//! a chunked upload (or `Expect: 100-continue`, or anything else handed over) and then reset
+//! or closed its connection went unnoticed: the try ran on, held its slot, and the request was
+//! logged as the upstream's answer when it came.
+//!
+//! So each request hyper's HTTP/1 server hands to rampart's service is awaited through
+//! [`unless_gone`], with the same rule as the lean path ([`super::gone_after`]): a reset, or an
+//! end of stream more than `HALF_CLOSE_GRACE_MS` after the client's last bytes were read, ends
+//! the request (its future is dropped: the try cancelled, its slot freed, a 499 counted and
+//! logged by `finish.rs`), and the connection with it (the service's error closes it, with no
+//! answer). An end of stream sooner than that is a half-close, and the answer is written.
+//!
+//! hyper owns the stream, so the watch looks at the socket through a second descriptor of its
+//! own ([`Watch`], made once per handed-off connection: one more descriptor while hyper serves
+//! it), and reads nothing from it: it waits for the socket to be readable and asks the kernel,
+//! with a zero-timeout `poll`, whether the client reset it or shut its side. A TLS client's
+//! `close_notify` before its end of stream is seen the same way (the end of stream is the
+//! socket's). When hyper last read bytes of the client's is kept by [`Watched`], the stream
+//! given to hyper. The lean path pays nothing for any of this.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustix::event::{PollFd, PollFlags};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::clock::coarse;
+
+/// A second look at the client's socket of a connection hyper's HTTP/1 server serves, and
+/// when hyper last read bytes from it.
+#[derive(Debug)]
+pub struct Watch {
+    /// The same socket through a descriptor of its own, registered with the I/O driver apart
+    /// from hyper's: nothing is ever read from it.
+    sock: TcpStream,
+    /// When hyper last read bytes from the client (coarse milliseconds).
+    last_read: AtomicU64,
+}
+
+impl Watch {
+    /// A watch on `sock`, or `None` if its descriptor could not be duplicated or registered
+    /// (the connection is then served unwatched, as before).
+    pub fn new(sock: &TcpStream) -> Option<Arc<Watch>> {
+        let made = rustix::io::fcntl_dupfd_cloexec(sock, 0)
+            .map_err(io::Error::from)
+            .and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
+        match made {
+            Ok(sock) => Some(Arc::new(Watch {
+                sock,
+                last_read: AtomicU64::new(coarse::millis()),
+            })),
+            Err(e) => {
+                tracing::debug!(error = %e, "no client-gone watch for a handed-off connection");
+                None
+            }
+        }
+    }
+
+    /// Whether the client has gone: `Ready(true)` if it reset the connection or ended its
+    /// stream past the grace, `Ready(false)` if it ended it within the grace (a half-close: no
+    /// need to look again), `Pending` while it has done neither (the task is woken when the
+    /// socket changes).
+    fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            match self.sock.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(true),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut fds = [PollFd::new(&self.sock, PollFlags::IN | PollFlags::RDHUP)];
+            let polled = rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default()));
+            let seen = fds[0].revents();
+            if polled.is_err() || seen.intersects(PollFlags::ERR | PollFlags::HUP) {
+                return Poll::Ready(true);
+            }
+            if seen.contains(PollFlags::RDHUP) {
+                let began = self.last_read.load(Ordering::Relaxed);
+                return Poll::Ready(super::gone_after(began, coarse::millis()));
+            }
+            // Bytes hyper has not read (the rest of a body, a pipelined request): not an end.
+            // The readiness is forgotten, and the next change of the socket wakes the task.
+            let _ = self.sock.try_io(Interest::READABLE, || -> io::Result<()> {
+                Err(io::ErrorKind::WouldBlock.into())
+            });
+        }
+    }
+}
+
+/// The client gave up on its request while its answer was awaited: the service's error, which
+/// has hyper close the connection without an answer.
+#[derive(Debug)]
+pub struct ClientGone;
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client went away while its answer was awaited")
+    }
+}
+
+impl std::error::Error for ClientGone {}
+
+/// `handling`, a request's answer, awaited while `watch` (if any) watches the client: when the
+/// client has gone, `handling` is dropped (its try cancelled, a 499 counted and logged) and
+/// the answer is [`ClientGone`].
+pub fn unless_gone<F, R>(handling: Pin<Box<F>>, watch: Option<Arc<Watch>>) -> UnlessGone<F>
+where
+    F: std::future::Future<Output = R>,
+{
+    UnlessGone {
+        handling: Some(handling),
+        watch,
+    }
+}
+
+/// See [`unless_gone`].
+pub struct UnlessGone<F> {
+    handling: Option<Pin<Box<F>>>,
+    /// `None` for an unwatched connection, and once a half-close was seen.
+    watch: Option<Arc<Watch>>,
+}
+
+impl<F, T, E> std::future::Future for UnlessGone<F>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, ClientGone>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(handling) = this.handling.as_mut() else {
+            return Poll::Ready(Err(ClientGone));
+        };
+        if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(|_| ClientGone));
+        }
+        if let Some(watch) = &this.watch {
+            match watch.poll_gone(cx) {
+                Poll::Ready(true) => {
+                    // Dropped here, before hyper closes the connection: counted and logged
+                    // as a 499 by `finish.rs`.
+                    this.handling = None;
+                    return Poll::Ready(Err(ClientGone));
+                }
+                Poll::Ready(false) => this.watch = None,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The stream given to hyper's HTTP/1 server, which notes when hyper last read bytes of the
+/// client's ([`Watch`]).
+#[derive(Debug)]
+pub struct Watched<I> {
+    /// The stream.
+    pub io: I,
+    /// The connection's watch, if it has one.
+    pub watch: Option<Arc<Watch>>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let (Some(w), Poll::Ready(Ok(()))) = (&this.watch, &read) {
+            if buf.filled().len() > before {
+                w.last_read.store(coarse::millis(), Ordering::Relaxed);
+            }
+        }
+        read
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
