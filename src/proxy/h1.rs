@@ -346,16 +346,23 @@ where
         loop {
             if let Some((read, reuse)) = bufs.parsing().filter(|(r, _)| r.len() >= want) {
                 match parse::parse(read, max_head, reuse) {
-                    Parsed::Simple(head) => {
+                    // Taken apart at once: every field moved out, neither the parse's value nor
+                    // the head keeps a place in this future while the request is served.
+                    Parsed::Simple(parse::Head {
+                        req,
+                        sent,
+                        keep_alive,
+                        len: _,
+                    }) => {
                         timing = false;
                         given = None;
                         first = false;
                         head_started = false;
                         want = 0;
                         let mut ask = Ask {
-                            head: head.req.method() == Method::HEAD,
-                            http10: head.req.version() == http::Version::HTTP_10,
-                            keep_alive: head.keep_alive,
+                            head: req.method() == Method::HEAD,
+                            http10: req.version() == http::Version::HTTP_10,
+                            keep_alive,
                         };
                         let active = c.state.begin();
                         // Under the generation in force now (as `listener::serve` for hyper's).
@@ -368,7 +375,7 @@ where
                             }
                             Some(lst) => {
                                 let handling = pin!(super::stack::handle(
-                                    c.shared, &gen, lst, head.req, head.sent, c.peer, active,
+                                    c.shared, &gen, lst, req, sent, c.peer, active,
                                 ));
                                 let read = &mut bufs.held().read;
                                 match answer_unless_gone(&mut io, read, handling).await {

@@ -1040,8 +1040,10 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: 5,056 bytes in
-    /// a test build of rustc 1.95 (4,928 before an awaited answer watched for its client's
+    /// A connection serving requests holds the request path's futures inline: 5,104 bytes in
+    /// a test build of rustc 1.95 (5,056 before a moved listener's connections looked up its
+    /// new address and an HTTP/2 answer's body got the request's deadline, 32 bytes each; the
+    /// lean server's parsed head, taken apart at once, gave 16 back; 4,928 before an awaited answer watched for its client's
     /// going and a request dropped unanswered kept what its 499 needs; 5,136 before its
     /// buffers were boxed, 6,144 before the path's
     /// `async fn`s became `fn`s returning `async move` blocks, 5,056 before parking added its
@@ -1051,8 +1053,8 @@ mod tests {
     fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);
         assert!(
-            size <= 5_100,
-            "a plain connection's future is {size} bytes, over 5,100: see stack::handle's doc, \
+            size <= 5_120,
+            "a plain connection's future is {size} bytes, over 5,120: see stack::handle's doc, \
              and `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
         );
     }
