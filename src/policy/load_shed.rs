@@ -31,7 +31,8 @@
 //!
 //! # Refusals
 //! A [`Shed`] carries its reason and a `retry_after` from the measured drain rate
-//! ([`drain`]): `(waiting + 1) / slots freed per second`, at most 30 s.
+//! ([`drain`]): `(waiting + 1) / slots freed per second`, at most 30 s; slots freed per
+//! second are counted, or, where more, found from the slots held and the upstream's latency.
 //!
 //! # Adaptive concurrency ([`adaptive`])
 //! With `adaptive: { min, max }` the route limit is `min(max_in_flight, adaptive limit)`, and a
@@ -48,7 +49,7 @@ mod drain;
 mod queue;
 mod slot;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -116,6 +117,10 @@ pub struct LoadShedder {
     waiting: AtomicU32,
     /// Route slots ever released, for the drain rate.
     released: AtomicU64,
+    /// Upstream latencies recorded since the last refusal (nanoseconds summed, and how many),
+    /// for the drain rate of a route that was idle before it filled.
+    latency_nanos: AtomicU64,
+    latencies: AtomicU64,
     queue: Mutex<queue::FairQueue<Waiter>>,
     tenants: Arc<TenantMap<TenantSlots>>,
     adaptive: adaptive::Gradient,
@@ -239,6 +244,8 @@ impl LoadShedder {
             queue_timeout_nanos: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
             released: AtomicU64::new(0),
+            latency_nanos: AtomicU64::new(0),
+            latencies: AtomicU64::new(0),
             queue: Mutex::new(queue::FairQueue::default()),
             tenants: TenantMap::new(tracked, clock.clone()),
             adaptive: adaptive::Gradient::new(now),
@@ -396,15 +403,26 @@ impl LoadShedder {
         let now = self.clock.now_nanos();
         let released = self.released.load(SeqCst);
         let ahead = self.waiting.load(SeqCst);
-        let retry_after = self.drain.lock().retry_after(now, released, ahead);
+        let held = self.in_flight.load(SeqCst);
+        let latencies = (
+            self.latency_nanos.swap(0, Relaxed),
+            self.latencies.swap(0, Relaxed),
+        );
+        let retry_after =
+            self.drain
+                .lock()
+                .retry_after(now, released, ahead, drain::Held { held, latencies });
         Shed {
             reason,
             retry_after,
         }
     }
 
-    /// Feeds one upstream latency to the adaptive limit.
+    /// Feeds one upstream latency to the drain rate and the adaptive limit.
     fn record(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_nanos.fetch_add(nanos, Relaxed);
+        self.latencies.fetch_add(1, Relaxed);
         let now = self.clock.now_nanos();
         let in_flight = self.in_flight.load(SeqCst);
         if self.adaptive.record(elapsed, now, in_flight) {

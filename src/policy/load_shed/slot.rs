@@ -76,8 +76,8 @@ impl ShedSlot {
         }
     }
 
-    /// Feeds the latency of the upstream exchange to the adaptive limit (no-op when adaptive
-    /// is off; `Cancelled` and `ClientFault` are skipped, they say nothing about the upstream).
+    /// Feeds the latency of the upstream exchange to the drain rate and the adaptive limit
+    /// (`Cancelled` and `ClientFault` are skipped, they say nothing about the upstream).
     pub fn record(&self, outcome: Outcome, elapsed: Duration) {
         if outcome.is_verdict() {
             self.shedder.record(elapsed);

@@ -564,3 +564,27 @@ async fn a_release_between_the_last_look_and_the_publication_still_wakes_the_wai
         "the freed slot must reach the waiter that published itself after the release"
     );
 }
+
+/// A route idle for 20 s fills: the request refused then is told the wait until the one in
+/// flight ends (the upstream answers in 500 ms), not the 20 s that one slot freed in the 20 s
+/// before would say (a black-box test saw `retry-after` grow with the idle time before a
+/// burst, to 30 s where the real wait was 0.4 s).
+#[tokio::test(start_paused = true)]
+async fn a_refusal_after_an_idle_stretch_is_told_the_real_wait() {
+    let (s, clock) = shedder_with(
+        &limits(Some(1), None, Some((0, 1_000))),
+        &TrackedTenants::new(100),
+    );
+    let first = s.acquire("t", Priority::Normal).await.expect("a slot");
+    clock.advance(Duration::from_millis(500));
+    first.record(Outcome::Status(200), Duration::from_millis(500));
+    drop(first);
+    clock.advance(Duration::from_secs(20));
+    let _slow = s.acquire("t", Priority::Normal).await.expect("the slot");
+    clock.advance(Duration::from_millis(100));
+    let shed = s
+        .acquire("t", Priority::Normal)
+        .await
+        .expect_err("one slot, no queue");
+    assert_eq!(shed.retry_after, Duration::from_millis(500), "{shed:?}");
+}
