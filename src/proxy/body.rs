@@ -137,6 +137,18 @@ impl Body {
         }
     }
 
+    /// Where the try's outcome waits for the end of an upstream's answer whose body is still
+    /// coming (`grpc::Trailed::plain`): an HTTP/1.1 answer not read whole with its head, or an
+    /// HTTP/2 one whose stream has not ended; `None` for any other body.
+    pub fn trail(&mut self) -> Option<&mut Option<super::grpc::Trailed>> {
+        match self {
+            Body::Upstream(r) => r.trail(),
+            Body::Upstream2(a) if !http_body::Body::is_end_stream(&**a) => Some(&mut a.trailed),
+            Body::Teed(t) => t.inner_mut().trail(),
+            _ => None,
+        }
+    }
+
     /// An upstream's answer whose body is still coming must end by `at`, the request's deadline
     /// (`pool::Returning::end_by`, `pool::h2::H2Answer::end_by`); `counted` counts it if it does
     /// not. `trailers`: the request is a gRPC call whose client reads trailers (an HTTP/2

@@ -185,6 +185,9 @@ pub struct Trailed {
     /// The try's time to its answer's head: what the slow-call rule and the endpoint's
     /// latency figures read (a stream's length is the call's business).
     took: Duration,
+    /// A plain HTTP answer's status ([`Trailed::plain`]): its try's outcome if its body ends
+    /// whole, whatever trailers say.
+    plain: Option<u16>,
 }
 
 impl Trailed {
@@ -200,24 +203,36 @@ impl Trailed {
             ep,
             permit,
             took,
+            plain: None,
         }
+    }
+
+    /// The same for a plain HTTP answer of status `code` whose body streams: the try is
+    /// `code` if the body ends whole, a reset if it breaks first, a timeout if the request's
+    /// deadline cuts it (an upstream that sends a head and then drops its connection
+    /// mid-body fails, as Envoy's outlier detection counts a reset after the headers).
+    pub fn plain(mut self, code: u16) -> Self {
+        self.plain = Some(code);
+        self
     }
 
     /// The answer's stream ended as `end` says: the try's outcome, at last, to its breaker and
     /// its endpoint's health.
     pub fn end(self, end: StreamEnd<'_>) {
-        let outcome = match end {
-            StreamEnd::Trailers(t) => Outcome::Status(trailers_status(t)),
-            StreamEnd::NoTrailers => Outcome::Status(500),
-            StreamEnd::Broke => Outcome::Reset,
+        let outcome = match (end, self.plain) {
+            (StreamEnd::Broke, _) => Outcome::Reset,
             // As a deadline that passes before the answer's head counts (`exchange::try_once`).
-            StreamEnd::Deadline => Outcome::Timeout,
+            (StreamEnd::Deadline, _) => Outcome::Timeout,
+            (_, Some(code)) => Outcome::Status(code),
+            (StreamEnd::Trailers(t), None) => Outcome::Status(trailers_status(t)),
+            (StreamEnd::NoTrailers, None) => Outcome::Status(500),
         };
         let Trailed {
             up,
             ep,
             permit,
             took,
+            plain: _,
         } = self;
         if let Some(p) = permit {
             p.record(outcome, took);

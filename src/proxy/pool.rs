@@ -59,6 +59,7 @@ use self::conn::{Conn, Failed};
 use self::idle::Stack;
 use super::body::Body;
 use super::forward::Added;
+use super::grpc::{StreamEnd, Trailed};
 use super::guard::Guards;
 use super::sock::Sock;
 use crate::clock::coarse;
@@ -211,10 +212,17 @@ pub struct Returning {
     failed: bool,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(super) guards: Guards,
-    /// The request's deadline, which its answer's body must end by ([`Returning::end_by`]).
-    /// Boxed (every answer carries the field), and made only for a body not already read
-    /// whole with its head.
-    end_by: Option<Box<EndBy>>,
+    /// What waits for the end of a body not already read whole with its head: the request's
+    /// deadline ([`Returning::end_by`]) and the try's outcome ([`Returning::trail`]). Boxed
+    /// (every answer carries the field), and made only for such a body.
+    late: Option<Box<Late>>,
+}
+
+/// See [`Returning::late`].
+#[derive(Debug, Default)]
+struct Late {
+    end_by: Option<EndBy>,
+    trailed: Option<Trailed>,
 }
 
 /// The deadline an answer's body must end by; its timer is made the first time the body has
@@ -437,7 +445,7 @@ impl Pool {
             back: Some((conn, self.clone())),
             failed: false,
             guards: Guards::default(),
-            end_by: None,
+            late: None,
         };
         if matches!(head.framing, h1::Framing::Empty) {
             // Nobody may poll an empty body: hand the connection back now.
@@ -553,8 +561,37 @@ impl Returning {
     /// whole exchange, as Envoy's route timeout does): past it, the body breaks off (the client
     /// sees it cut short) and `counted` is counted. Only a body not yet at its end keeps it.
     pub fn end_by(&mut self, at: Instant, counted: &prometheus::IntCounter) {
-        if self.back.is_some() && !self.is_end_stream_now() {
-            self.end_by = Some(Box::new(EndBy::new(at, counted)));
+        if let Some(late) = self.late() {
+            late.end_by = Some(EndBy::new(at, counted));
+        }
+    }
+
+    /// Where the try's outcome waits for the body's end, if the body is still to come (see
+    /// [`Trailed::plain`]); `None` for a body read whole with its head.
+    pub fn trail(&mut self) -> Option<&mut Option<Trailed>> {
+        Some(&mut self.late()?.trailed)
+    }
+
+    /// What waits for the body's end, made on first need; `None` if the body is whole.
+    fn late(&mut self) -> Option<&mut Late> {
+        if self.back.is_none() || self.is_end_stream_now() {
+            return None;
+        }
+        Some(self.late.get_or_insert_with(Box::default))
+    }
+
+    /// The body broke (`deadline`: cut at the request's deadline): its connection is dropped,
+    /// never pooled, and its try ends as a failure.
+    fn broke(&mut self, deadline: bool) {
+        self.back = None;
+        self.failed = true;
+        self.guards = Guards::default();
+        if let Some(t) = self.late.as_mut().and_then(|l| l.trailed.take()) {
+            t.end(if deadline {
+                StreamEnd::Deadline
+            } else {
+                StreamEnd::Broke
+            });
         }
     }
 
@@ -569,7 +606,10 @@ impl Returning {
     /// Whether the body's deadline has passed (its timer then counts the timeout); a body
     /// waiting for bytes leaves its task's waker with the timer.
     fn past_deadline(&mut self, cx: &mut Context<'_>) -> bool {
-        self.end_by.as_mut().is_some_and(|e| e.passed(cx))
+        self.late
+            .as_mut()
+            .and_then(|l| l.end_by.as_mut())
+            .is_some_and(|e| e.passed(cx))
     }
 
     /// The answer's header lines that are not in its map yet (see [`h1::RawLines`]).
@@ -606,6 +646,9 @@ impl Returning {
             }
         }
         self.guards = Guards::default();
+        if let Some(t) = self.late.as_mut().and_then(|l| l.trailed.take()) {
+            t.end(StreamEnd::NoTrailers);
+        }
     }
 }
 
@@ -624,9 +667,7 @@ impl http_body::Body for Returning {
             Poll::Ready(p) => p,
             Poll::Pending if self.past_deadline(cx) => {
                 // Cut short: the connection is dropped, never pooled.
-                self.back = None;
-                self.failed = true;
-                self.guards = Guards::default();
+                self.broke(true);
                 return Poll::Ready(Some(Err(UpstreamError::Deadline)));
             }
             Poll::Pending => return Poll::Pending,
@@ -653,9 +694,7 @@ impl http_body::Body for Returning {
             }
             Some(Err(e)) => {
                 // A broken body breaks its connection: drop it, never pool it.
-                self.back = None;
-                self.failed = true;
-                self.guards = Guards::default();
+                self.broke(matches!(e, UpstreamError::Deadline));
                 Poll::Ready(Some(Err(e)))
             }
         }

@@ -870,3 +870,57 @@ async fn cookies_split_over_http2_reach_an_http1_upstream_on_one_line() {
     }
     assert_eq!(app.header(2, "cookie"), ["c=3"], "{}", got[2]);
 }
+
+/// An answer whose body breaks (the upstream closes before its `content-length`) fails its
+/// try for the breaker, though its head said 200; a body that streams and ends whole is a
+/// success. Here a streak of three failures opens the breaker: two broken bodies, a whole one
+/// (the streak starts again), three broken ones, and the next request is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_fails_its_try_and_one_that_ends_whole_does_not() {
+    const BROKEN: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+    // Too long to come with its head: its body streams.
+    let whole: &'static [u8] = {
+        let body = vec![b'w'; 1 << 20];
+        let mut a =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        a.extend_from_slice(&body);
+        Box::leak(a.into_boxed_slice())
+    };
+    let (b, w) = ((BROKEN, Then::Close), (whole, Then::Close));
+    let up = Scripted::start(vec![b, b, w, b, b, b, w]).await;
+    let cfg = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  guarded:
+    circuit_breaker: { consecutive_failures: 3, open_for: 30s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: guarded
+"#;
+    let proxy = Proxy::builder(cfg)
+        .var("APP", up.addr)
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    for (i, want) in [10, 10, 1 << 20, 10, 10, 10].into_iter().enumerate() {
+        let rsp = raw_get(addr, "/").await;
+        assert!(rsp.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "request {i}");
+        let body = body_of(&rsp);
+        assert_eq!(body.len(), want, "request {i}: what came of its body");
+    }
+    let rsp = http::get(addr, "/", &[]).await;
+    rsp.assert_rampart(503, "circuit_open");
+    assert_eq!(
+        up.requests().len(),
+        6,
+        "the seventh never reached the upstream"
+    );
+}
