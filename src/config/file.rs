@@ -940,11 +940,38 @@ pub struct Match {
 
 // === defaults ===
 
-/// `url` without its password (for logs, error messages and `/config`):
-/// `redis://user:***@host`. Everything before the last `@` is taken for credentials, so a
-/// password holding `/`, `?` or `@` is hidden whole, even in a URL that does not parse (an `@`
-/// further on, in a path, hides too much rather than too little).
+/// `url` without its password or its query's values (for logs, error messages and
+/// `/config`): `redis://user:***@host`, `https://idp/jwks?token=***`. Everything before the
+/// last `@` is taken for credentials, so a password holding `/`, `?` or `@` is hidden whole,
+/// even in a URL that does not parse (an `@` further on, in a path, hides too much rather than
+/// too little). A query's names stay, its values (tokens, keys) are hidden, and so is a
+/// fragment.
 pub fn redact_url(url: &str) -> String {
+    let shown = redact_userinfo(url);
+    let Some((base, query)) = shown.split_once('?') else {
+        return shown;
+    };
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let mut out = String::with_capacity(shown.len());
+    out.push_str(base);
+    for (i, pair) in query.split('&').enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        match pair.split_once('=') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push_str("=***");
+            }
+            None => out.push_str(pair),
+        }
+    }
+    if shown.contains('#') {
+        out.push_str("#***");
+    }
+    out
+}
+
+/// `url` without its password ([`redact_url`]'s first half).
+fn redact_userinfo(url: &str) -> String {
     match url.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once("://") {
             Some((scheme, cred)) => match cred.split_once(':') {

@@ -42,6 +42,38 @@ fn jwt_sources_are_checked() {
         "{shown}"
     );
     assert!(!shown.contains("jwkspass"), "{shown}");
+    // A token in the query is a secret as a password is.
+    let text = with(
+        &jwt(
+            "",
+            "\"https://issuer.test/jwks.json?token=QSECRET&v=2#frag\"",
+        ),
+        rl,
+    );
+    let cfg = crate::config::Config::from_str(&text, "t.yaml").expect("valid");
+    let shown = serde_json::to_string(&cfg.file).expect("serializes");
+    assert!(
+        shown.contains("https://issuer.test/jwks.json?token=***&v=***#***"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("QSECRET") && !shown.contains("frag"),
+        "{shown}"
+    );
+    for (url, want) in [
+        (
+            "https://u:p@h/x?a=1&b&c=",
+            "https://u:***@h/x?a=***&b&c=***",
+        ),
+        ("https://h/x?", "https://h/x?"),
+        ("https://h/x", "https://h/x"),
+        (
+            "redis://:pw@h:6379/0?password=pw2",
+            "redis://:***@h:6379/0?password=***",
+        ),
+    ] {
+        assert_eq!(crate::config::file::redact_url(url), want, "{url}");
+    }
     assert_eq!(
         crate::config::file::redact_url_or_path("/etc/a@b/jwks.json"),
         "/etc/a@b/jwks.json",

@@ -265,7 +265,7 @@ fn the_endpoints_password_is_shown_nowhere() {
         ),
         (
             "{ endpoint: \"http://user:otlppass@127.0.0.1:4318/?a=1\" }",
-            "\"http://user:***@127.0.0.1:4318/?a=1\" has a query",
+            "\"http://user:***@127.0.0.1:4318/?a=***\" has a query",
         ),
         (
             "{ endpoint: \"http://user:otlppass@127.0.0.1:4317/x\", protocol: grpc }",
