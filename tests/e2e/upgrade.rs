@@ -1,0 +1,333 @@
+//! HTTP/1.1 upgrades (WebSocket) through rampart: the upgrade request reaches the upstream with
+//! `Upgrade` and `connection: upgrade`, its 101 reaches the client with the upstream's headers,
+//! and bytes then go both ways until either side closes; an upstream that does not switch
+//! answers as usual and the connection stays HTTP.
+//!
+//! Before, rampart removed `Upgrade` and `Connection` on the way in, refused the upstream's 101
+//! as malformed (502), and read the client's frames as requests (400): every test here fails
+//! on that code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::metrics::{metric_value, metrics};
+use crate::support::Proxy;
+
+const POLICY: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  ws: { endpoints: [$WS] }
+policies:
+  one_at_a_time: { load_shed: { max_in_flight: 1, queue: { size: 0 } } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { upstream: ws, policy: one_at_a_time }
+"#;
+
+/// RFC 6455 §1.3's example key, and the accept value it yields.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+/// What the upstream sends in the same write as its 101: the new protocol's first bytes.
+const WELCOME: &[u8] = b"welcome";
+/// What the upstream sends once the client has half-closed, before closing itself.
+const BYE: &[u8] = b"bye";
+
+/// A raw upstream: a request for `/chat` is answered `101` with `Sec-WebSocket-Accept` (and
+/// [`WELCOME`] in the same write), then every byte is echoed until the client's end of stream,
+/// answered with [`BYE`] and a close; any other request gets `200` with its path as the body,
+/// on a kept connection. Every head it reads is kept.
+struct Upstream {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = tcp.accept().await {
+                tokio::spawn(serve(conn, kept.clone()));
+            }
+        });
+        Upstream { addr, heads, task }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().clone()
+    }
+}
+
+async fn serve(mut conn: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    loop {
+        let Some(head) = read_head(&mut conn).await else {
+            return;
+        };
+        heads.lock().push(head.clone());
+        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+        if path != "/chat" {
+            let rsp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                path.len()
+            );
+            if conn.write_all(rsp.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut rsp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {ACCEPT}\r\nX-Upstream: yes\r\n\r\n"
+        )
+        .into_bytes();
+        rsp.extend_from_slice(WELCOME);
+        if conn.write_all(&rsp).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = conn.write_all(BYE).await;
+                    let _ = conn.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Reads one head off `conn`, a byte at a time (nothing after it is taken); `None` at the end
+/// of the stream.
+async fn read_head(conn: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut byte))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// `name`'s value in `head`, in any case.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// A WebSocket handshake for `path` as a browser sends it (its `connection` list with
+/// `keep-alive`, and a `keep-alive` header: hop-by-hop ones that must not reach the upstream).
+fn handshake(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\n\
+         Connection: keep-alive, Upgrade\r\nKeep-Alive: timeout=5\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+async fn read_exact(conn: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    got
+}
+
+async fn setup() -> (Upstream, Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder(POLICY)
+        .var("WS", up.addr)
+        .var("LOG", dir.path().join("access.jsonl").display())
+        .spawn()
+        .await;
+    (up, proxy, dir)
+}
+
+/// The whole life of a WebSocket through rampart: handshake, 101 with the upstream's headers,
+/// the bytes the upstream sent with its 101, several round trips, the client's half-close
+/// passed on and the upstream's last bytes and close passed back. The request's access log
+/// line (status 101) and its count come once, at the 101, while the socket is still open; and
+/// the socket holds no load-shed slot (`max_in_flight: 1`), so a plain request still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_switches_and_carries_bytes_both_ways_until_closed() {
+    let (up, proxy, dir) = setup().await;
+    let mut ws = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    ws.write_all(handshake("/chat").as_bytes())
+        .await
+        .expect("write the handshake");
+    let head = read_head(&mut ws).await.expect("an answer head");
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "upgrade").as_deref(),
+        Some("websocket"),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "connection")
+            .map(|c| c.to_ascii_lowercase())
+            .as_deref(),
+        Some("upgrade"),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "sec-websocket-accept").as_deref(),
+        Some(ACCEPT),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "x-upstream").as_deref(),
+        Some("yes"),
+        "{head}"
+    );
+    assert!(header(&head, "x-request-id").is_some(), "{head}");
+
+    // What the upstream saw: the upgrade, and no other hop-by-hop header.
+    let seen = up.heads();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("GET /chat HTTP/1.1\r\n"), "{}", seen[0]);
+    assert_eq!(
+        header(&seen[0], "upgrade").as_deref(),
+        Some("websocket"),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(
+        header(&seen[0], "connection").as_deref(),
+        Some("upgrade"),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(
+        header(&seen[0], "sec-websocket-key").as_deref(),
+        Some(KEY),
+        "{}",
+        seen[0]
+    );
+    assert!(header(&seen[0], "keep-alive").is_none(), "{}", seen[0]);
+
+    assert_eq!(read_exact(&mut ws, WELCOME.len()).await, WELCOME);
+    for i in 0..5 {
+        let msg = format!("frame {i} {}", "x".repeat(i * 1000));
+        ws.write_all(msg.as_bytes()).await.expect("write");
+        assert_eq!(
+            read_exact(&mut ws, msg.len()).await,
+            msg.as_bytes(),
+            "round trip {i}"
+        );
+    }
+
+    // Logged and counted at the 101, once, while the socket is open.
+    let log = dir.path().join("access.jsonl");
+    let lines = crate::support::wait_log_lines(&log, 1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], 101, "{}", lines[0]);
+    assert_eq!(lines[0]["path"], "/chat", "{}", lines[0]);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_requests_total", &[("code", "101")]),
+        Some(1.0),
+        "{text}"
+    );
+    // Its load-shed slot was freed at the 101: a request passes beside the open socket.
+    let plain = crate::support::raw::exchange(
+        proxy.listener("inbound"),
+        b"GET /beside HTTP/1.1\r\nHost: ws.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(plain.status(), Some(200), "{}", plain.text());
+
+    // The client's half-close reaches the upstream, which says its last and closes.
+    ws.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read to the end");
+    assert_eq!(rest, BYE);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_requests_total", &[("code", "101")]),
+        Some(1.0),
+        "counted once: {text}"
+    );
+    assert_eq!(
+        crate::support::log_lines(&log)
+            .iter()
+            .filter(|l| l["status"] == 101)
+            .count(),
+        1
+    );
+}
+
+/// An upstream that does not switch answers the upgrade request as any other: the client gets
+/// its 200, and the connection stays HTTP (the next request on it is answered).
+#[tokio::test]
+async fn an_upgrade_the_upstream_declines_is_an_ordinary_answer() {
+    let (up, proxy, _dir) = setup().await;
+    let mut conn = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    conn.write_all(handshake("/declined").as_bytes())
+        .await
+        .expect("write the handshake");
+    let head = read_head(&mut conn).await.expect("an answer head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(header(&head, "upgrade").is_none(), "{head}");
+    assert_eq!(read_exact(&mut conn, "/declined".len()).await, b"/declined");
+    assert_eq!(
+        header(&up.heads()[0], "upgrade").as_deref(),
+        Some("websocket"),
+        "the upgrade was asked"
+    );
+
+    conn.write_all(b"GET /next HTTP/1.1\r\nHost: ws.example\r\n\r\n")
+        .await
+        .expect("write the next request");
+    let head = read_head(&mut conn).await.expect("the next answer head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_exact(&mut conn, "/next".len()).await, b"/next");
+    assert_eq!(up.heads().len(), 2);
+}
