@@ -270,6 +270,21 @@ async fn a_websocket_switches_and_carries_bytes_both_ways_until_closed() {
         Some(1.0),
         "{text}"
     );
+    // It holds no place among the requests in flight, but its upstream connection is open.
+    assert_eq!(
+        metric_value(
+            &text,
+            "rampart_in_flight_requests",
+            &[("listener", "inbound")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "rampart_upstream_connections", &[("upstream", "ws")]),
+        Some(1.0),
+        "{text}"
+    );
     // Its load-shed slot was freed at the 101: a request passes beside the open socket.
     let plain = crate::support::raw::exchange(
         proxy.listener("inbound"),
@@ -287,6 +302,14 @@ async fn a_websocket_switches_and_carries_bytes_both_ways_until_closed() {
         .expect("closed in time")
         .expect("read to the end");
     assert_eq!(rest, BYE);
+    // The switched connection closed, never pooled: only the plain request's stays, idle.
+    let admin = proxy.admin();
+    let upstream_open = || async {
+        let text = metrics(admin).await;
+        metric_value(&text, "rampart_upstream_connections", &[("upstream", "ws")])
+    };
+    assert_eventually!(upstream_open().await == Some(1.0));
+    assert_eq!(up.heads().len(), 2, "{:?}", up.heads());
     let text = metrics(proxy.admin()).await;
     assert_eq!(
         metric_value(&text, "rampart_requests_total", &[("code", "101")]),
