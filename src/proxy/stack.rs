@@ -332,6 +332,19 @@ pub fn handle<'a>(
             // guards (its log line, its load-shed slot) end here, at the 101.
             let (mut rsp, switched) = Box::pin(upgrade::run(&ctx, req, protocols)).await;
             let tries = ctx.tries.take();
+            // What an answer says of admission goes on this one too; a fallback never does:
+            // a stand-in answer would read as a refused switch, or as an open socket.
+            let sets_headers = limited.as_ref().is_some_and(|d| d.writes_headers());
+            if fault.delay.is_some() || sets_headers {
+                whole_headers(&mut rsp);
+            }
+            if fault.delay.is_some() {
+                rsp.headers_mut()
+                    .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
+            }
+            if let Some(decision) = &limited {
+                decision.write_headers(rsp.headers_mut());
+            }
             match switched {
                 Some(up) => {
                     fin.answer_in_place(&tm, &mut rsp, None, tries);

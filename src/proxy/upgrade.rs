@@ -19,6 +19,10 @@
 //!   endpoint connection's place among `max_connections` while it lives.
 //! - Any other answer is a normal answer, and the client's connection stays HTTP.
 //!
+//! Its answer (the 101 or another) carries the rate limit's headers and the fault delay's mark
+//! as any answer does; a route's `fallback` never replaces it (a stand-in would read as a
+//! refused switch, or as an open socket), and `idempotency` does not apply (one try, no replay).
+//!
 //! Not upgraded (the upgrade headers are dropped and the request sent plain, as before, so the
 //! upstream's answer is what the client gets; RFC 9110 §7.8 lets a server ignore `Upgrade`):
 //! a request to a `protocol: http2` upstream (HTTP/2 has no `Upgrade`; RFC 8441's extended

@@ -424,3 +424,57 @@ async fn an_upgrade_to_an_http2_upstream_is_sent_plain() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     task.abort();
 }
+
+const LIMITED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  ws: { endpoints: [$WS] }
+policies:
+  once:
+    rate_limit:
+      per_tenant: { rate: 1/h, burst: 1 }
+      headers: true
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: ws, policy: once }
+"#;
+
+/// The route's rate limit applies to the upgrade request: the first is admitted (its 101
+/// carries the RateLimit headers, as every admitted answer does with `headers: true`), the
+/// second refused 429 without reaching the upstream.
+#[tokio::test]
+async fn the_rate_limit_admits_and_refuses_upgrades_like_any_request() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder(LIMITED).var("WS", up.addr).spawn().await;
+    let mut ws = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    ws.write_all(handshake("/chat").as_bytes())
+        .await
+        .expect("write the handshake");
+    let head = read_head(&mut ws).await.expect("an answer head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        header(&head, "ratelimit").as_deref(),
+        Some("\"quota\";r=0;t=3600"),
+        "{head}"
+    );
+    assert_eq!(read_exact(&mut ws, WELCOME.len()).await, WELCOME);
+
+    let refused = crate::support::raw::exchange(
+        proxy.listener("inbound"),
+        handshake("/chat").as_bytes(),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(refused.status(), Some(429), "{}", refused.text());
+    assert_eq!(
+        refused.header("x-rampart-reason").as_deref(),
+        Some("rate_limited")
+    );
+    assert_eq!(up.heads().len(), 1, "{:?}", up.heads());
+}
