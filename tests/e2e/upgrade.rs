@@ -478,3 +478,49 @@ async fn the_rate_limit_admits_and_refuses_upgrades_like_any_request() {
     );
     assert_eq!(up.heads().len(), 1, "{:?}", up.heads());
 }
+
+const DRAINED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 1s }
+upstreams:
+  ws: { endpoints: [$WS] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: ws }
+"#;
+
+/// A drain waits for an open WebSocket as for a CONNECT tunnel: it still carries bytes after
+/// SIGTERM, is cut when `shutdown_grace` runs out, and rampart then exits 0.
+#[tokio::test]
+async fn a_drain_waits_for_an_open_websocket_then_cuts_it() {
+    let up = Upstream::start().await;
+    let mut proxy = Proxy::builder(DRAINED).var("WS", up.addr).spawn().await;
+    let mut ws = TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    ws.write_all(handshake("/chat").as_bytes())
+        .await
+        .expect("write the handshake");
+    let head = read_head(&mut ws).await.expect("an answer head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(read_exact(&mut ws, WELCOME.len()).await, WELCOME);
+    let began = tokio::time::Instant::now();
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws.write_all(b"after TERM").await.expect("write");
+    assert_eq!(read_exact(&mut ws, 10).await, b"after TERM", "still open");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", proxy.log());
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "the drain waited for the socket: {:?}",
+        began.elapsed()
+    );
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the socket was closed when rampart exited");
+}
