@@ -135,7 +135,8 @@ pub struct RouteRt {
     pub policy: RoutePolicy,
     /// Its upstream's breaker, when its policy has `circuit_breaker`.
     pub breaker: Option<Arc<CircuitBreaker>>,
-    /// `tunnel_idle_timeout`: a CONNECT tunnel with no bytes either way for this long closes.
+    /// `tunnel_idle_timeout`: a tunnel (CONNECT, or an upgraded connection) with no bytes
+    /// either way for this long closes.
     pub tunnel_idle: Duration,
     /// Cached metric handles.
     pub metrics: Arc<RouteMetrics>,

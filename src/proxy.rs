@@ -36,6 +36,7 @@ pub mod spare;
 pub mod stack;
 pub mod tee;
 pub mod tunnel;
+pub mod upgrade;
 pub mod upstream;
 pub mod wire;
 

@@ -894,8 +894,8 @@ pub struct Route {
     /// Policy name; a route without one is a plain proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// A CONNECT tunnel silent this long is closed ([`TUNNEL_IDLE_TIMEOUT`] when absent);
-    /// only outbound listeners tunnel.
+    /// A tunnel silent this long is closed ([`TUNNEL_IDLE_TIMEOUT`] when absent): a CONNECT
+    /// tunnel (outbound listeners only) or an upgraded connection (WebSocket, any listener).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_idle_timeout: Option<Dur>,
     /// Whether a request here needs a tenant (`tenants.fallback` applies) or not.

@@ -337,7 +337,17 @@ pub(super) async fn try_once(
                 }
             }
             record.finish(outcome);
-            forward::strip_hop_by_hop(rsp.headers_mut());
+            if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // Only an upgrade request's try takes a 101 (`upgrade.rs`): the client gets
+                // the protocols the upstream switched to, and nothing else of its connection's.
+                let protocols = rsp.headers().get(http::header::UPGRADE).cloned();
+                forward::strip_hop_by_hop(rsp.headers_mut());
+                if let Some(p) = protocols {
+                    forward::keep_upgrade(rsp.headers_mut(), p);
+                }
+            } else {
+                forward::strip_hop_by_hop(rsp.headers_mut());
+            }
             // The upstream's version was its connection's (HTTP/1.0, or HTTP/2): the client's
             // is rampart's to write (RFC 9110 §6.2), and both servers frame for the client's
             // version from this one (chunked to an HTTP/1.1 client for a body of no length;

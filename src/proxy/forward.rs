@@ -224,6 +224,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Gives a message whose hop-by-hop headers were removed the two that carry an upgrade
+/// (`proxy::upgrade`) across this hop: `upgrade` with `protocols`, and `connection: upgrade`.
+pub fn keep_upgrade(headers: &mut HeaderMap, protocols: HeaderValue) {
+    headers.insert(header::UPGRADE, protocols);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// Whether `token`, named by a `connection` list, is a header no list may remove: `host` is
 /// the message's authority, which chose the route and which the upstream must receive (SPEC
 /// §14; RFC 9110 §7.2: it names the target, not the hop), and `content-length` its framing

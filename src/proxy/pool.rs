@@ -447,8 +447,11 @@ impl Pool {
             guards: Guards::default(),
             late: None,
         };
-        if matches!(head.framing, h1::Framing::Empty) {
-            // Nobody may poll an empty body: hand the connection back now.
+        if matches!(head.framing, h1::Framing::Empty)
+            && head.response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            // Nobody may poll an empty body: hand the connection back now. (After a 101 the
+            // connection is the new protocol's: [`Returning::take_upgraded`] takes it.)
             r.give_back();
         }
         head.response.map(|()| Body::Upstream(r))
@@ -556,7 +559,27 @@ impl EndBy {
 
 // === impl Returning ===
 
+/// An upstream connection that switched protocols (`101`), taken out of the pool for good.
+#[derive(Debug)]
+pub struct Switched {
+    /// The connection's byte stream, from the byte after the 101's head.
+    pub(super) stream: Stream,
+    /// What was read after the 101's head: the first bytes of the new protocol.
+    pub(super) read: Bytes,
+    /// Its claim on the endpoint's `max_connections`, held while it is open.
+    pub(super) slot: Slot,
+}
+
 impl Returning {
+    /// The connection of a `101 Switching Protocols` answer (the caller knows the status),
+    /// which never goes back to the pool; `None` if already taken, or if its request's body is
+    /// still going out (an upgrade request carries none).
+    pub(super) fn take_upgraded(&mut self) -> Option<Switched> {
+        let (conn, _) = self.back.take_if(|(c, _)| !c.uploading())?;
+        let (stream, read, slot) = conn.into_upgraded();
+        Some(Switched { stream, read, slot })
+    }
+
     /// The answer's body must end by `at`, the request's deadline (its timeout covers the
     /// whole exchange, as Envoy's route timeout does): past it, the body breaks off (the client
     /// sees it cut short) and `counted` is counted. Only a body not yet at its end keeps it.

@@ -10,6 +10,9 @@
 //!    so a retry never spends a tenant's tokens.
 //!    A CONNECT (outbound listeners only; 405 on inbound) goes through 0–3 like any request,
 //!    then becomes a tunnel (`tunnel.rs`) instead of an exchange: it is never forwarded.
+//!    An HTTP/1.1 `Upgrade` (WebSocket) goes through 0–4a, then makes one try (`upgrade.rs`):
+//!    a 101 joins the two connections as a tunnel, and ends the request's guards (its
+//!    load-shed slot among them) at the 101.
 //! 4. **load shed** (`policy::load_shed`) — holds a slot for the whole exchange, until the
 //!    answer's body ends (its guard rides in [`Guards`]).
 //!
@@ -55,6 +58,7 @@ use super::respond::{self, answer};
 use super::route::request_host;
 use super::shared::Shared;
 use super::tunnel;
+use super::upgrade;
 use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
@@ -321,6 +325,40 @@ pub fn handle<'a>(
             let mut rsp = tunnel::established();
             let guards = fin.answer_tunnel(&tm, &mut rsp, ctx.tries.take());
             tunnel::spawn(req, opened, route, shared, guards);
+            return rsp;
+        }
+        if let Some(protocols) = upgrade::asked(&req, route.upstream.cfg.protocol) {
+            // One try, never retried; with a 101, the connections are joined and the request's
+            // guards (its log line, its load-shed slot) end here, at the 101.
+            let (mut rsp, switched) = Box::pin(upgrade::run(&ctx, req, protocols)).await;
+            let tries = ctx.tries.take();
+            // What an answer says of admission goes on this one too; a fallback never does:
+            // a stand-in answer would read as a refused switch, or as an open socket.
+            let sets_headers = limited.as_ref().is_some_and(|d| d.writes_headers());
+            if fault.delay.is_some() || sets_headers {
+                whole_headers(&mut rsp);
+            }
+            if fault.delay.is_some() {
+                rsp.headers_mut()
+                    .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
+            }
+            if let Some(decision) = &limited {
+                decision.write_headers(rsp.headers_mut());
+            }
+            match switched {
+                Some(up) => {
+                    fin.answer_in_place(&tm, &mut rsp, None, tries);
+                    tunnel::spawn_upgraded(up, route, shared);
+                }
+                None => {
+                    if let Some(at) = ctx.deadline {
+                        rsp.body_mut()
+                            .end_by(at, &route.metrics.timeout_request, false);
+                    }
+                    fin.guards.slot = slot;
+                    fin.answer_in_place(&tm, &mut rsp, None, tries);
+                }
+            }
             return rsp;
         }
         // A gRPC call whose client reads trailers can be told DEADLINE_EXCEEDED mid-stream.

@@ -27,6 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -38,10 +39,12 @@ use tokio::time::Instant;
 use super::body::{Body, ClientIn};
 use super::ctx::{RequestCtx, TryLog};
 use super::guard::Guards;
-use super::pool::Slot;
+use super::h1::Rewind;
+use super::pool::{Slot, Switched};
 use super::respond::answer;
 use super::shared::Shared;
 use super::sock::Sock;
+use super::upgrade::Upgrade;
 use crate::clock::SharedClock;
 use crate::error::Reason;
 use crate::generation::RouteRt;
@@ -84,16 +87,50 @@ pub fn spawn(
     guards: Guards,
 ) {
     let Opened { stream, slot } = opened;
-    let idle = route.tunnel_idle;
-    let (clock, name) = (shared.clock.clone(), route.upstream.name.clone());
     let carried = Arc::new(Carried::default());
     let held = TunnelGuards {
         guards,
         carried: carried.clone(),
     };
+    carry(
+        hyper::upgrade::on(req),
+        stream,
+        route,
+        shared,
+        carried,
+        (held, slot),
+    );
+}
+
+/// Joins the client's connection and the upstream's after a `101 Switching Protocols`
+/// (`upgrade.rs`), as a CONNECT tunnel joins them: the bytes the upstream sent after its 101
+/// go to the client first. The request's guards ended at the 101; what is held for the
+/// tunnel's life is the upstream connection's place among its endpoint's `max_connections`.
+pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared) {
+    let Upgrade { client, upstream } = up;
+    let Switched { stream, read, slot } = upstream;
+    let stream = Rewind::new(read, stream);
+    carry(client, stream, route, shared, Arc::default(), slot);
+}
+
+/// Copies bytes between the client (once hyper hands over its connection, `client`) and
+/// `stream` in the background until the tunnel ends, holding `held` until then.
+fn carry<S, H>(
+    client: OnUpgrade,
+    stream: S,
+    route: &RouteRt,
+    shared: &Shared,
+    carried: Arc<Carried>,
+    held: H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Send + 'static,
+{
+    let idle = route.tunnel_idle;
+    let (clock, name) = (shared.clock.clone(), route.upstream.name.clone());
     shared.tunnels.spawn(async move {
-        let _held = (held, slot);
-        match hyper::upgrade::on(req).await {
+        let _held = held;
+        match client.await {
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
                 let why = pipe(client, stream, idle, clock, &carried).await;

@@ -37,6 +37,7 @@ mod shutdown;
 mod tenant;
 mod tls;
 mod tracing;
+mod upgrade;
 mod upstream_h1;
 mod upstream_h2;
 mod workers;

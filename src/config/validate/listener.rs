@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::super::file::{Direction, File, Listener, LogTo};
+use super::super::file::{File, Listener, LogTo};
 use super::super::locate::{Doc, KeyPath, Target};
 use super::super::ConfigError;
 use super::{syntax, Report};
@@ -153,13 +153,8 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
             route_name(name, j, &mut names, lp, r);
         }
         if let Some(t) = route.tunnel_idle_timeout {
+            // It acts on every listener: an upgraded connection (WebSocket) is a tunnel too.
             r.positive(&p.key("tunnel_idle_timeout"), t.0);
-            if l.direction == Direction::Inbound {
-                r.warn(
-                    &p.key("tunnel_idle_timeout"),
-                    "inbound listeners refuse CONNECT (405), so no tunnel ever uses this; it does nothing here",
-                );
-            }
         }
         check_refs(f, route, &p, r);
     }

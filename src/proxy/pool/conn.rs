@@ -60,6 +60,8 @@ pub(super) struct Conn {
     body: Decoder,
     /// Whether the connection may carry another request (so far).
     keep_alive: bool,
+    /// Whether the current request asked to switch protocols (a 101 may answer it).
+    upgrade: bool,
     /// The connection's claim on the endpoint's `max_connections`.
     _slot: Slot,
     /// The worker that opened it (whose I/O driver watches its socket).
@@ -223,11 +225,20 @@ impl Conn {
             upload: Upload::Done,
             body: Decoder::Done,
             keep_alive: true,
+            upgrade: false,
             _slot: slot,
             home: crate::workers::index(),
             names: h1::Names::default(),
             raw: h1::RawLines::default(),
         })
+    }
+
+    /// The connection's byte stream after a `101 Switching Protocols` (it speaks the new
+    /// protocol from here on, and is never pooled), with what was read after the 101's head
+    /// (the first bytes of that protocol) and its claim on the endpoint's `max_connections`.
+    pub(super) fn into_upgraded(self: Box<Self>) -> (Stream, Bytes, Slot) {
+        let Conn { io, rd, _slot, .. } = *self;
+        (io, rd.freeze(), _slot)
     }
 
     /// Whether an idle connection is still open and quiet: a read that would wait. End of
@@ -336,6 +347,8 @@ impl Conn {
             chunked: false,
             ending: false,
         };
+        // Kept in the connection, not in this future (every request's future would grow).
+        self.upgrade = written.upgrade;
         let head_request = parts.method == Method::HEAD;
         match std::future::poll_fn(|cx| self.poll_exchange(cx, head_request)).await {
             Ok(head) => Ok(head),
@@ -398,9 +411,13 @@ impl Conn {
                 return Poll::Ready(Err(e));
             }
             if !self.rd.is_empty() {
-                if let Some(head) =
-                    h1::parse_head(&mut self.rd, head_request, &mut self.names, &mut self.raw)?
-                {
+                if let Some(head) = h1::parse_answer(
+                    &mut self.rd,
+                    head_request,
+                    self.upgrade,
+                    &mut self.names,
+                    &mut self.raw,
+                )? {
                     return Poll::Ready(Ok(head));
                 }
             }

@@ -69,6 +69,9 @@ pub struct Written {
     pub body: Out,
     /// The request itself asked to close the connection (`connection: close`).
     pub close: bool,
+    /// The request asks the upstream to switch protocols (`connection: upgrade`, kept only on
+    /// a client's upgrade request: `forward::keep_upgrade`): a `101` may answer it.
+    pub upgrade: bool,
 }
 
 /// What the request's body says about itself before it is read.
@@ -120,6 +123,7 @@ pub fn encode_head(
         _ => request_framing(headers),
     };
     let mut close = false;
+    let mut upgrade = false;
     let mut te_left = te_lines;
     // Which of the lines `added` may give the map has already.
     let (mut host, mut request_id, mut forwarded_for) = (false, false, false);
@@ -167,8 +171,12 @@ pub fn encode_head(
             }
             cookie_end = dst.len();
             continue;
-        } else if *name == header::CONNECTION && ConnectionTokens::read(value.as_bytes()).close {
-            close = true;
+        } else if *name == header::CONNECTION {
+            // Only a client's upgrade request still has one here (`forward::prepare_request`
+            // removes the rest), so most requests never read it.
+            let tokens = ConnectionTokens::read(value.as_bytes());
+            close |= tokens.close;
+            upgrade |= tokens.upgrade;
         }
         line(dst, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -202,7 +210,11 @@ pub fn encode_head(
         }
     };
     dst.extend_from_slice(b"\r\n");
-    Written { body: out, close }
+    Written {
+        body: out,
+        close,
+        upgrade,
+    }
 }
 
 /// Writes the header line `name: value`. Inlined: most names are constants, whose copies
@@ -266,6 +278,20 @@ pub fn parse_head(
     names: &mut Names,
     raw: &mut RawLines,
 ) -> Result<Option<Head>, Malformed> {
+    parse_answer(buf, head_request, false, names, raw)
+}
+
+/// [`parse_head`] for a request that may have asked to switch protocols (`upgrade`): then a
+/// `101 Switching Protocols` is its final answer, without a body, and the connection is the
+/// new protocol's from the byte after it (never reused for HTTP: `keep_alive` is false).
+/// Without `upgrade`, a `101` is malformed.
+pub fn parse_answer(
+    buf: &mut BytesMut,
+    head_request: bool,
+    upgrade: bool,
+    names: &mut Names,
+    raw: &mut RawLines,
+) -> Result<Option<Head>, Malformed> {
     for _ in 0..=MAX_INTERIM {
         let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
         let (len, code, minor, count) = {
@@ -295,6 +321,15 @@ pub fn parse_head(
             (len, code, minor, rsp.headers.len())
         };
         match code {
+            101 if upgrade => {
+                let head = buf.split_to(len).freeze();
+                let status = StatusCode::SWITCHING_PROTOCOLS;
+                let mut found =
+                    finish_head(&head, &spans[..count], status, minor, true, names, raw)?;
+                found.framing = Framing::Empty;
+                found.keep_alive = false;
+                return Ok(Some(found));
+            }
             101 => {
                 return Err(Malformed(
                     "101 Switching Protocols, but no upgrade was asked",
@@ -654,6 +689,8 @@ struct ConnectionTokens {
     /// It lists a token other than `close` and `keep-alive`: a header to remove on the way
     /// through, or an `upgrade`.
     others: bool,
+    /// It lists `upgrade`.
+    upgrade: bool,
 }
 
 impl ConnectionTokens {
@@ -672,6 +709,7 @@ impl ConnectionTokens {
                 found.close = true;
             } else if !t.is_empty() {
                 found.others = true;
+                found.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
             }
         }
         found

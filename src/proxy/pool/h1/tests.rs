@@ -259,6 +259,55 @@ fn switching_protocols_is_refused() {
     assert!(e.0.contains("101"), "{e}");
 }
 
+/// A request that asked to switch (`connection: upgrade`) takes a 101 as its final answer:
+/// no body, never reused, its headers in the map, and the bytes after its head (the new
+/// protocol's) left in the buffer; an interim 100 before it is skipped as usual.
+#[test]
+fn switching_protocols_answers_a_request_that_asked_to_upgrade() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+           Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x05hello"[..],
+    );
+    let mut raw = RawLines::default();
+    let h = parse_answer(&mut buf, false, true, &mut Names::default(), &mut raw)
+        .expect("well formed")
+        .expect("whole");
+    assert_eq!(h.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(h.framing, Framing::Empty);
+    assert!(!h.keep_alive, "the connection is the new protocol's");
+    let map = h.response.headers();
+    assert_eq!(map[header::UPGRADE], "websocket");
+    assert_eq!(map["sec-websocket-accept"], "abc");
+    assert_eq!(&buf[..], b"\x81\x05hello");
+    // Asked or not, any other status is a normal answer.
+    let mut buf =
+        BytesMut::from(&b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n"[..]);
+    let h = parse_answer(&mut buf, false, true, &mut Names::default(), &mut raw)
+        .expect("well formed")
+        .expect("whole");
+    assert_eq!(h.response.status(), StatusCode::UPGRADE_REQUIRED);
+    assert!(h.keep_alive);
+}
+
+/// A request head with `connection: upgrade` says it asked to switch; one without does not.
+#[test]
+fn a_request_head_with_connection_upgrade_asks_to_switch() {
+    let (_, w) = request(
+        Method::GET,
+        "/chat",
+        &[("upgrade", "websocket"), ("connection", "Upgrade")],
+        BodyKind::Empty,
+    );
+    assert!(w.upgrade && !w.close, "{w:?}");
+    let (_, w) = request(
+        Method::GET,
+        "/",
+        &[("upgrade", "websocket")],
+        BodyKind::Empty,
+    );
+    assert!(!w.upgrade, "{w:?}");
+}
+
 #[test]
 fn bodyless_answers_have_no_body_whatever_they_say() {
     for (answer, head_request) in [
@@ -359,13 +408,26 @@ fn a_connection_value_is_read_in_one_pass() {
         close,
         keep_alive,
         others,
+        upgrade: false,
     };
     assert_eq!(read(b"keep-alive"), t(false, true, false));
     assert_eq!(read(b"Keep-Alive"), t(false, true, false));
     assert_eq!(read(b" Close ,, "), t(true, false, false));
     assert_eq!(read(b"Keep-Alive, close"), t(true, true, false));
     assert_eq!(read(b"keep-alive, x-hop"), t(false, true, true));
-    assert_eq!(read(b"upgrade"), t(false, false, true));
+    let upgrade = ConnectionTokens {
+        upgrade: true,
+        ..t(false, false, true)
+    };
+    assert_eq!(read(b"upgrade"), upgrade);
+    assert_eq!(
+        read(b"Keep-Alive, Upgrade"),
+        ConnectionTokens {
+            keep_alive: true,
+            ..upgrade
+        }
+    );
+    assert_eq!(read(b"upgrades"), t(false, false, true));
     // Near misses are other tokens, never `close` or `keep-alive`.
     assert_eq!(read(b"closed, keep-alives"), t(false, false, true));
     assert_eq!(read(b""), t(false, false, false));
@@ -480,7 +542,8 @@ fn request_heads_are_origin_form_with_headers_in_order() {
         w,
         Written {
             body: Out::None,
-            close: false
+            close: false,
+            upgrade: false
         }
     );
     let (text, _) = request(Method::OPTIONS, "*", &[], BodyKind::Empty);
