@@ -327,7 +327,7 @@ pub(super) async fn try_once(
                         stream.trailed = Some(record.trail(&ep));
                     }
                 }
-            } else if let Outcome::Status(code @ 100..=399) = outcome {
+            } else if let Outcome::Status(code @ 200..=399) = outcome {
                 // A plain answer whose body streams: its try succeeds only if the body ends
                 // whole (an upstream that drops its connection mid-body fails the try). Only a
                 // success waits: a failing status is the try's verdict already, and may be
