@@ -334,17 +334,7 @@ pub fn handle<'a>(
             let tries = ctx.tries.take();
             // What an answer says of admission goes on this one too; a fallback never does:
             // a stand-in answer would read as a refused switch, or as an open socket.
-            let sets_headers = limited.as_ref().is_some_and(|d| d.writes_headers());
-            if fault.delay.is_some() || sets_headers {
-                whole_headers(&mut rsp);
-            }
-            if fault.delay.is_some() {
-                rsp.headers_mut()
-                    .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
-            }
-            if let Some(decision) = &limited {
-                decision.write_headers(rsp.headers_mut());
-            }
+            mark_admitted(&mut rsp, fault.delay.is_some(), limited.as_ref());
             match switched {
                 Some(up) => {
                     fin.answer_in_place(&tm, &mut rsp, None, tries);
@@ -377,25 +367,36 @@ pub fn handle<'a>(
         }
         let tries = ctx.tries.take();
         fin.guards.slot = slot;
-        let sets_headers = limited.as_ref().is_some_and(|d| d.writes_headers());
-        if route.policy.fallback.is_some() || fault.delay.is_some() || sets_headers {
-            // Each reads or sets the answer's headers below.
-            whole_headers(&mut rsp);
-        }
         // 9. Fallback.
         if let Some(fb) = &route.policy.fallback {
+            // It reads the answer's headers.
+            whole_headers(&mut rsp);
             rsp = degrade::apply(fb, keep, rsp);
         }
-        if fault.delay.is_some() {
-            rsp.headers_mut()
-                .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
-        }
-        if let Some(decision) = &limited {
-            // With `headers: true`, admitted answers say how much is left too.
-            decision.write_headers(rsp.headers_mut());
-        }
+        mark_admitted(&mut rsp, fault.delay.is_some(), limited.as_ref());
         fin.answer_in_place(&tm, &mut rsp, None, tries);
         rsp
+    }
+}
+
+/// Marks an admitted request's answer with what its admission says: the fault delay's mark
+/// (`delayed`), and the rate limit's headers (`limited`; with `headers: true`, admitted answers
+/// say how much is left too). The answer's header lines go into its map first when either
+/// sets a header.
+fn mark_admitted(
+    rsp: &mut Response<Body>,
+    delayed: bool,
+    limited: Option<&crate::policy::rate_limit::Decision>,
+) {
+    if delayed || limited.is_some_and(|d| d.writes_headers()) {
+        whole_headers(rsp);
+    }
+    if delayed {
+        rsp.headers_mut()
+            .insert(FAULT_HEADER, HeaderValue::from_static("delay"));
+    }
+    if let Some(decision) = limited {
+        decision.write_headers(rsp.headers_mut());
     }
 }
 
