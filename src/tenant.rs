@@ -208,6 +208,12 @@ impl Identify {
         }
     }
 
+    /// Whether a `jwt` source names tenants: a request naming none is then challenged for a
+    /// bearer token.
+    pub fn takes_tokens(&self) -> bool {
+        self.sources.iter().any(|s| matches!(s, Source::Jwt(_)))
+    }
+
     /// Whether every `jwt` source has keys (a JWKS URL is fetched in the background).
     pub fn is_ready(&self) -> bool {
         self.sources.iter().all(|s| match s {
@@ -279,7 +285,13 @@ impl Identify {
         conn: Conn<'_>,
     ) -> Result<Option<TenantId>, Reason> {
         let cert = conn.cert;
+        // A token the first `jwt` source refused: the later `jwt` sources may verify it (two
+        // issuers on one header); the other sources never stand in for a bad token.
+        let mut refused = false;
         for source in &self.sources {
+            if refused && !matches!(source, Source::Jwt(_)) {
+                continue;
+            }
             match source {
                 Source::ClientIp {
                     from: ClientIpFrom::Peer,
@@ -305,11 +317,11 @@ impl Identify {
                         return Ok(Some(TenantId::Ip(ip_text(ip, *v6_bits))));
                     }
                 }
-                Source::Jwt(j) => {
-                    if let Some(v) = j.check(headers) {
-                        return v.map(|v| Some(TenantId::Jwt(v)));
-                    }
-                }
+                Source::Jwt(j) => match j.check(headers) {
+                    Some(Err(Reason::InvalidToken)) => refused = true,
+                    Some(v) => return v.map(|v| Some(TenantId::Jwt(v))),
+                    None => {}
+                },
                 Source::Header(name) => {
                     if let (Some(v), more) = named(headers, name) {
                         if more {
@@ -349,6 +361,9 @@ impl Identify {
                     }
                 }
             }
+        }
+        if refused {
+            return Err(Reason::InvalidToken);
         }
         Ok(None)
     }

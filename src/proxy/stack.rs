@@ -39,6 +39,7 @@
 
 use std::future::Future;
 
+use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 
@@ -180,8 +181,15 @@ pub fn handle<'a>(
                     Reason::InvalidToken => "the bearer token failed verification",
                     _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
                 };
+                let mut rsp = answer(reason, msg, None);
+                if reason == Reason::TenantRequired && gen.identify.takes_tokens() {
+                    // RFC 9110 §15.5.2: a 401 names how to authenticate (RFC 6750 §3: a
+                    // bare challenge when the request carried no token).
+                    rsp.headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
                 let tm = route.metrics.tenant(&shared.empty_label);
-                return fin.answer(&tm, answer(reason, msg, None), None, NO_TRY);
+                return fin.answer(&tm, rsp, None, NO_TRY);
             }
         };
         // The id as text, checked once (a header's bytes are checked on every `as_str`).

@@ -203,14 +203,85 @@ async fn an_optional_route_serves_requests_without_a_tenant() {
     for _ in 0..3 {
         assert_eq!(http::get(addr, "/healthz", &[]).await.status, 200);
     }
-    http::get(addr, "/ok", &[])
-        .await
-        .assert_rampart(401, "tenant_required");
+    let rsp = http::get(addr, "/ok", &[]).await;
+    rsp.assert_rampart(401, "tenant_required");
+    // RFC 9110 §15.5.2, RFC 6750 §3: the 401 says a bearer token is how to get in.
+    assert_eq!(rsp.header("www-authenticate"), Some("Bearer"), "{rsp:?}");
     // A bad token is still refused there.
     let h = [("authorization", "Bearer a.b.c")];
     http::get(addr, "/healthz", &h)
         .await
         .assert_rampart(401, "invalid_token");
+}
+
+/// Two identity providers' tokens on one header: each `jwt` source verifies its own.
+const TWO_ISSUERS: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from:
+    - jwt: { claim: org.id, jwks: $JWKS_A, issuers: [https://issuer.test/], audiences: [orders] }
+    - jwt: { claim: org.id, jwks: $JWKS_B, issuers: [https://other.test/], audiences: [orders] }
+    - header: x-tenant-id
+  fallback: reject
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  api:
+    rate_limit: { per_tenant: { rate: 1/h, burst: 1 } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: app, policy: api }
+"#;
+
+#[tokio::test]
+async fn a_second_jwt_source_verifies_the_tokens_of_its_own_issuer() {
+    let app = sample().await;
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (a, b) = (rsa("a1"), ec("b1"));
+    let proxy = Proxy::builder(TWO_ISSUERS)
+        .var("APP", app.addr())
+        .var("JWKS_A", write_jwks(da.path(), &jwks(&[&a])))
+        .var("JWKS_B", write_jwks(db.path(), &jwks(&[&b])))
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let of_b = |tenant: &str| {
+        let mut c = claims(tenant, None);
+        c["iss"] = "https://other.test/".into();
+        bearer(&token(&b, &c))
+    };
+    // The second provider's token names its tenant (its bucket of 1: the next is refused).
+    let tb = of_b("umbrella");
+    let h = [("authorization", tb.as_str()), ("x-tenant-id", "x1")];
+    assert_eq!(admitted(addr, &h, 2).await, 1);
+    // The first provider's token still works, in a bucket of its own.
+    let ta = bearer(&token(&a, &claims("initech", None)));
+    assert_eq!(admitted(addr, &[("authorization", &ta)], 1).await, 1);
+    // A token neither verifies is refused, never passed to the header source behind them:
+    // the second provider's key under the first's issuer, and a key neither knows.
+    let mut forged = claims("umbrella2", None);
+    forged["iss"] = keys::ISS.into();
+    let stranger = rsa("a1");
+    let before = app.hits();
+    for t in [token(&b, &forged), token(&stranger, &claims("x2", None))] {
+        let t = bearer(&t);
+        let h = [("authorization", t.as_str()), ("x-tenant-id", "x3")];
+        http::get(addr, "/ok", &h)
+            .await
+            .assert_rampart(401, "invalid_token");
+    }
+    assert_eq!(
+        app.hits(),
+        before,
+        "refused tokens never reach the upstream"
+    );
 }
 
 #[tokio::test]

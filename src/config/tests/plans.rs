@@ -1,7 +1,7 @@
 //! SPEC §13 keys: `jwt` sources, `tenants.plans`, `rate_limit.plans`, `trust_plan_header`,
 //! `tenant: optional`.
 
-use super::{fails_at, ok, BASE};
+use super::{fails_at, ok, warnings, BASE};
 
 const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
 
@@ -200,5 +200,36 @@ fn calendar_windows_count_per_minute_hour_or_day() {
     fails_at(
         &p("{ rate: 10/d, window: weekly }"),
         "policies.p.rate_limit.per_tenant.window",
+    );
+}
+
+#[test]
+fn a_plan_no_tenant_can_be_on_draws_a_warning() {
+    let rl = "{ per_tenant: { rate: 1/s }, plans: { pro: { rate: 5/s } } }";
+    let paths = |text: &str| -> Vec<String> {
+        warnings(text)
+            .iter()
+            .filter(|w| w.message.contains("no tenant can be on plan"))
+            .map(|w| w.path.clone())
+            .collect()
+    };
+    // Nothing names a plan: `pro` does nothing.
+    assert_eq!(
+        paths(&with("  fallback: reject", rl)),
+        ["policies.p.rate_limit.plans.pro"]
+    );
+    // Listed in `assign`, named by a header, or by a token's claim: it acts.
+    let assign = "  plans: { assign: { pro: [acme] } }";
+    assert!(paths(&with(assign, rl)).is_empty());
+    let header = "  plans: { plan_header: x-plan }";
+    assert!(paths(&with(header, rl)).is_empty());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("jwks.json");
+    std::fs::write(&good, JWKS).expect("write");
+    let good = good.display().to_string();
+    assert!(paths(&with(&jwt(", plan_claim: plan", &good), rl)).is_empty());
+    assert_eq!(
+        paths(&with(&jwt("", &good), rl)),
+        ["policies.p.rate_limit.plans.pro"]
     );
 }

@@ -120,12 +120,25 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
             );
         }
     }
+    // A plan a token or a header can name may be any; else only `assign` puts tenants on one.
+    let named = header
+        || f.tenants
+            .from
+            .iter()
+            .any(|s| s.jwt.as_ref().is_some_and(|j| j.plan_claim.is_some()));
+    let assigned = |plan: &str| plans.is_some_and(|p| p.assign.contains_key(plan));
     for (name, p) in &f.policies {
         let Some(rl) = &p.rate_limit else { continue };
         for plan in rl.plans.keys() {
+            let pp = KeyPath::default().key("policies").key(name);
+            let at = pp.key("rate_limit").key("plans").key(plan);
             if let Err(m) = syntax::limit_name(plan) {
-                let pp = KeyPath::default().key("policies").key(name);
-                r.key(&pp.key("rate_limit").key("plans").key(plan), m);
+                r.key(&at, m);
+            } else if !named && !assigned(plan) {
+                r.warn(
+                    &at,
+                    format!("no tenant can be on plan {plan:?}: no jwt source has a plan_claim, there is no tenants.plans.plan_header, and tenants.plans.assign does not list it; it does nothing"),
+                );
             }
         }
     }
