@@ -32,7 +32,7 @@ use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, Client
 use super::ctx::RequestCtx;
 use super::forward;
 use super::grpc;
-use super::pool::SendError;
+use super::pool::{SendError, UpstreamError};
 use super::respond::answer;
 use super::spare;
 use super::upstream::Endpoint;
@@ -386,9 +386,17 @@ pub(super) async fn try_once(
             let what = match (&e, outcome) {
                 (SendError::Handshake { .. }, _) => "TLS handshake failed with",
                 (_, Outcome::ConnectError) => "cannot connect to",
+                // The upstream answered, with a head no HTTP/1.1 reader takes (or one over
+                // the answer head limit): say what was wrong with it, not that it was lost.
+                (SendError::Reset(UpstreamError::Malformed(_)), _) => "malformed answer from",
                 _ => "connection lost to",
             };
-            let msg = format!("{what} upstream {} ({})", up.name, ep.addr);
+            let msg = match &e {
+                SendError::Reset(UpstreamError::Malformed(m)) => {
+                    format!("{what} upstream {} ({}): {}", up.name, ep.addr, m.0)
+                }
+                _ => format!("{what} upstream {} ({})", up.name, ep.addr),
+            };
             *tried = Tried { outcome, used };
             answer(Reason::UpstreamUnavailable, &msg, None)
         }

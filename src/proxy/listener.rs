@@ -93,6 +93,7 @@ pub fn h1_server_builder(rt: &file::Runtime) -> http1::Builder {
         .header_read_timeout(head_timer(rt))
         .max_buf_size(max_head)
         .max_header_size(max_head)
+        .max_headers(h1::parse::MAX_HEADERS)
         // A client may shut its write side once the request is sent (`nc -N`, one-shot
         // scripts); without this hyper drops such a connection unanswered on the read EOF.
         // (Nor does hyper then read a connection whose answer it awaits: a client that goes
@@ -112,6 +113,7 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(head_timer)
         .max_buf_size(max_head)
+        .max_headers(h1::parse::MAX_HEADERS)
         // A client may shut its write side once the request is sent (`nc -N`, one-shot
         // scripts); without this hyper drops such a connection unanswered on the read EOF.
         .half_close(true)
@@ -968,6 +970,16 @@ fn serve(
                     http::HeaderValue::from_static("close"),
                 );
                 rsp
+            }
+            // More fields than an HTTP/1.1 head may have lines: refused as the lean server
+            // refuses such a head (hyper's HTTP/1 server answers those itself).
+            Some(lst)
+                if req.version() == http::Version::HTTP_2
+                    && h1::parse::too_many_fields(req.headers()) =>
+            {
+                let (parts, _) = req.into_parts();
+                let head = http::Request::from_parts(parts, ());
+                stack::refuse_head(&shared, lst, head, h1::parse::Refusal::TooLarge, active)
             }
             Some(lst) => {
                 let sent = super::forward::Sent::of(req.headers());

@@ -68,6 +68,8 @@ use crate::policy::fault::FAULT_HEADER;
 /// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`
 /// or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
 /// answer rampart makes is. `req` holds what its request line says, as far as it was read.
+/// (An HTTP/2 request of more fields than [`MAX_HEADERS`](super::h1::parse::MAX_HEADERS) lines
+/// is refused here too, `TooLarge`, whole.)
 pub fn refuse_head(
     shared: &Shared,
     lst: &ListenerRt,
@@ -92,7 +94,7 @@ pub fn refuse_head(
         Refusal::Malformed => (Reason::BadRequest, "the request head is not valid HTTP/1.1"),
         Refusal::TooLarge => (
             Reason::HeadTooLarge,
-            "the request head is longer than runtime.max_header_bytes or has too many lines",
+            "the request head is longer than runtime.max_header_bytes or has more than 100 header lines",
         ),
     };
     let tm = lst.unrouted.tenant(&shared.empty_label);

@@ -269,6 +269,76 @@ async fn oversized_heads_get_431() {
     assert_only(&app, &["GET /ok HTTP/1.1"]);
 }
 
+/// One count of header lines for every way a request comes in (README, `head_too_large`): at
+/// most 100 besides the request line, over HTTP/1.1 to the lean server or to hyper's (after a
+/// chunked upload handed the connection over), and over HTTP/2, where the pseudo-header fields
+/// (the request line's parts) are not counted and `cookie` crumbs count as the one line they
+/// make over HTTP/1.1. Before, HTTP/2 took as many fields as fit `max_header_bytes` (about 200
+/// such small ones under this 8 KiB limit), HTTP/1.1 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_header_lines_pass_and_101_get_431_over_http1_and_http2() {
+    let (app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let fields = |n: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("x-h-{i}"), format!("{i}")))
+            .collect()
+    };
+    // `host` and `connection` are two of the lines.
+    let h1 = |path: &str, n: usize| {
+        let lines: String = fields(n - 2)
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{lines}\r\n")
+    };
+    let rsp = raw::exchange(addr, h1("/ok", 100).as_bytes(), WAIT).await;
+    assert_eq!(rsp.status(), Some(200), "100 lines: {}", rsp.text());
+    let rsp = raw::exchange(addr, h1("/many", 101).as_bytes(), WAIT).await;
+    assert_eq!(rsp.status(), Some(431), "101 lines: {}", rsp.text());
+    assert_eq!(
+        rsp.header("x-rampart-reason").as_deref(),
+        Some("head_too_large")
+    );
+
+    // hyper's HTTP/1.1 server, after a chunked upload: the same count (its answer is its own).
+    let upload =
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    for (n, path, want) in [(100, "/ok", "200"), (101, "/many", "431")] {
+        let req = format!("{upload}{}", h1(path, n));
+        let rsp = raw::exchange(addr, req.as_bytes(), WAIT).await;
+        assert_eq!(statuses(&rsp.text()), ["200", want], "{n}: {}", rsp.text());
+    }
+
+    // HTTP/2: 100 fields besides the pseudo-header ones pass, 101 are rampart's 431.
+    let h2 = |f: &[(String, String)], path: &'static str| {
+        let f = f.to_vec();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            http::h2_get(addr, path, &headers).await
+        }
+    };
+    let rsp = h2(&fields(100), "/ok").await;
+    assert_eq!(rsp.status, 200, "100 fields: {}", rsp.text());
+    let rsp = h2(&fields(101), "/many").await;
+    rsp.assert_rampart(431, "head_too_large");
+    assert!(rsp.header("x-request-id").is_some(), "{rsp:?}");
+    // Forty cookie crumbs and 99 other fields: 100 lines as HTTP/1.1 would carry them.
+    let mut crumbs = fields(99);
+    crumbs.extend((0..40).map(|i| ("cookie".to_owned(), format!("c{i}=v"))));
+    let rsp = h2(&crumbs, "/ok").await;
+    assert_eq!(rsp.status, 200, "99 fields and 40 crumbs: {}", rsp.text());
+    let mut crumbs = fields(100);
+    crumbs.extend((0..2).map(|i| ("cookie".to_owned(), format!("c{i}=v"))));
+    h2(&crumbs, "/many")
+        .await
+        .assert_rampart(431, "head_too_large");
+
+    assert_still_serving(&proxy, "101 header lines").await;
+    assert_only(&app, &["GET /ok HTTP/1.1", "POST /up HTTP/1.1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_heads_and_bodies_is_cut_off() {
     let (app, proxy) = setup().await;

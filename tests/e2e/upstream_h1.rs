@@ -450,6 +450,71 @@ async fn an_upstream_sending_garbage_gets_502_and_its_connection_is_dropped() {
     assert_eventually!(broken.closed() == 1, "the broken connection is closed");
 }
 
+/// An answer head of 120 header lines, well within the 64 KiB an answer head may take,
+/// reaches the client whole: an HTTP/1.1 one (the lean server writes the lines as they came)
+/// and an HTTP/2 one (hyper's side of the listener, from the answer's map). Before, more than
+/// 100 lines were a malformed answer, and the client got a 502 that said the connection to the
+/// upstream was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_120_header_lines_reaches_http1_and_h2_clients_whole() {
+    use http_body_util::BodyExt;
+    let lines: Vec<String> = (0..119).map(|i| format!("X-Up-{i}: v{i}")).collect();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\n{}\r\nContent-Length: 2\r\n\r\nok",
+        lines.join("\r\n")
+    );
+    let answer: &'static [u8] = Box::leak(answer.into_bytes().into_boxed_slice());
+    let up = Scripted::start(vec![(answer, Then::Stay)]).await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = raw_get(addr, "/").await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let got = head_lines(&rsp);
+    assert_eq!(got[..119], lines[..], "{}", rsp.text());
+    assert_eq!(got[119], "Content-Length: 2");
+    assert_eq!(body_of(&rsp), b"ok");
+
+    let rsp = h2_get(addr, "/h2").await;
+    assert_eq!(rsp.status(), 200);
+    let h = rsp.headers().clone();
+    for i in 0..119 {
+        assert_eq!(
+            h.get(format!("x-up-{i}")).and_then(|v| v.to_str().ok()),
+            Some(format!("v{i}").as_str()),
+            "{h:?}"
+        );
+    }
+    let body = rsp.into_body().collect().await.expect("a whole body");
+    assert_eq!(body.to_bytes(), Bytes::from_static(b"ok"));
+    // Both answers came on one connection: the long head did not cost it.
+    assert_eq!(up.accepted(), 1);
+}
+
+/// An answer head longer than the 64 KiB rampart takes is refused 502, and its message says
+/// so, not that the connection was lost (the upstream did answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_head_over_64_kib_gets_502_saying_so() {
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "a".repeat(70 * 1024)
+    );
+    let answer: &'static [u8] = Box::leak(answer.into_bytes().into_boxed_slice());
+    let up = Scripted::start(vec![(answer, Then::Stay)]).await;
+    let proxy = proxy(up.addr).await;
+    let rsp = http::get(proxy.listener("inbound"), "/", &[]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    let msg = rsp.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        msg.contains("malformed answer") && msg.contains("larger than 64 KiB"),
+        "{msg}"
+    );
+    assert!(!msg.contains("connection lost"), "{msg}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_reaches_the_upstream_intact() {
     const MIB: usize = 1024 * 1024;

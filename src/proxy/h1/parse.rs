@@ -22,8 +22,28 @@ use http::{Method, Request, Uri, Version};
 use crate::proxy::body::ClientIn;
 use crate::proxy::forward::Sent;
 
-/// Most header lines in a head (hyper's default: more are answered 431 by hyper).
+/// Most header lines in a request head, over either protocol (README, `head_too_large`; the
+/// count Apache's `LimitRequestFields` allows by default): more are answered 431. The lean
+/// server reads a head with this many slots, hyper's HTTP/1 server is given it
+/// (`listener::h1_server_builder`, its default too), and an HTTP/2 request is held to it by
+/// [`too_many_fields`].
 pub const MAX_HEADERS: usize = 100;
+// README and `stack::refuse_head`'s message name the number.
+const _: () = assert!(MAX_HEADERS == 100);
+
+/// Whether an HTTP/2 request's fields (the pseudo-header ones, its request line, are not in
+/// `headers`) are more than [`MAX_HEADERS`] lines as HTTP/1.1 would carry them: its `cookie`
+/// fields, which a client may send split into crumbs (RFC 9113 §8.2.3), count as the one line
+/// they are joined into. (The h2 layer holds the block to `max_header_bytes` first, each
+/// field counted as its name, its value and 32 bytes.) One comparison for any request of up
+/// to 100 fields.
+pub fn too_many_fields(headers: &HeaderMap) -> bool {
+    let fields = headers.len();
+    fields > MAX_HEADERS && {
+        let crumbs = headers.get_all(header::COOKIE).iter().count();
+        fields - crumbs.saturating_sub(1) > MAX_HEADERS
+    }
+}
 
 /// Longest request target hyper accepts (longer ones are answered 414 by hyper).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
@@ -872,6 +892,36 @@ mod tests {
             );
             assert!(reuse.names.len() <= NAMES_KEPT);
         }
+    }
+
+    /// An HTTP/2 request is held to the lean server's count of lines: its `cookie` crumbs as
+    /// the one line they make over HTTP/1.1.
+    #[test]
+    fn an_h2_request_s_fields_are_counted_as_http1_lines() {
+        let fields = |n: usize, crumbs: usize| {
+            let mut map = HeaderMap::new();
+            for i in 0..n {
+                map.append(
+                    HeaderName::from_bytes(format!("x-{i}").as_bytes()).expect("a name"),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            for _ in 0..crumbs {
+                map.append(header::COOKIE, HeaderValue::from_static("a=b"));
+            }
+            map
+        };
+        assert!(!too_many_fields(&fields(MAX_HEADERS, 0)));
+        assert!(too_many_fields(&fields(MAX_HEADERS + 1, 0)));
+        assert!(!too_many_fields(&fields(MAX_HEADERS - 1, 1)));
+        assert!(!too_many_fields(&fields(MAX_HEADERS - 1, 500)));
+        assert!(too_many_fields(&fields(MAX_HEADERS, 2)));
+        // The same name repeated is a line each (only cookies are joined).
+        let mut same = HeaderMap::new();
+        for _ in 0..=MAX_HEADERS {
+            same.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        assert!(too_many_fields(&same));
     }
 
     #[test]

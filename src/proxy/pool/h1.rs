@@ -4,8 +4,8 @@
 //! The connection (`pool.rs`) reads into one buffer and hands it here: [`parse_head`] takes a
 //! whole answer head off its front (skipping interim 1xx answers) or says more bytes are
 //! needed; [`Chunked`] takes a chunked body off it frame by frame. Body data is split off the
-//! read buffer, never copied. Everything is bounded: the head's size ([`MAX_HEAD`]), its header
-//! count ([`MAX_HEADERS`]), a chunk's size line ([`MAX_CHUNK_LINE`]) and the trailers.
+//! read buffer, never copied. Everything is bounded: the head's size ([`MAX_HEAD`], which bounds
+//! its header lines too), a chunk's size line ([`MAX_CHUNK_LINE`]) and the trailers.
 
 use std::mem::MaybeUninit;
 
@@ -15,7 +15,9 @@ use http::{Method, Response, StatusCode, Version};
 
 /// The largest answer head accepted (each interim head too), and the most trailer bytes.
 pub const MAX_HEAD: usize = 64 * 1024 - 1;
-/// The most header lines in an answer head.
+/// The header lines an answer head is read with, on the stack. A head of more (within
+/// [`MAX_HEAD`]: nginx too takes as many as fit its buffer) is read again with room for as many
+/// lines as its bytes end, allocated for it alone.
 pub const MAX_HEADERS: usize = 100;
 /// The longest chunk size line, extensions included.
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -294,38 +296,38 @@ pub fn parse_answer(
 ) -> Result<Option<Head>, Malformed> {
     for _ in 0..=MAX_INTERIM {
         let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
-        let (len, code, minor, count) = {
-            let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
-            let mut rsp = httparse::Response::new(&mut []);
-            let status = httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut rsp, buf, &mut slots)
-                .map_err(|e| Malformed(parse_error(e)))?;
-            let httparse::Status::Complete(len) = status else {
-                if buf.len() > MAX_HEAD {
-                    return Err(Malformed("answer head larger than 64 KiB"));
-                }
-                return Ok(None);
-            };
-            if len > MAX_HEAD {
-                return Err(Malformed("answer head larger than 64 KiB"));
-            }
-            let base = buf.as_ptr() as usize;
-            let off = |s: &[u8]| (s.as_ptr() as usize - base) as u16;
-            for (span, h) in spans.iter_mut().zip(rsp.headers.iter()) {
-                let n = off(h.name.as_bytes());
-                let v = off(h.value);
-                *span = [n, n + h.name.len() as u16, v, v + h.value.len() as u16];
-            }
-            let code = rsp.code.unwrap_or(0);
-            let minor = rsp.version.unwrap_or(0);
-            (len, code, minor, rsp.headers.len())
+        // The spans of a head of more lines than `spans` holds; empty (not allocated) for
+        // every other head.
+        let mut long: Vec<Span> = Vec::new();
+        let mut scanned = scan_head(buf, &mut [MaybeUninit::uninit(); MAX_HEADERS], &mut spans)?;
+        if let Scanned::TooMany = scanned {
+            // Read again with a slot for every line the bytes the head may take hold, each
+            // line ending in a `\n` (the status line's too: one slot to spare).
+            let lines = newlines(&buf[..buf.len().min(MAX_HEAD + 1)]);
+            long = vec![[0; 4]; lines];
+            scanned = scan_head(buf, &mut vec![MaybeUninit::uninit(); lines], &mut long)?;
+        }
+        let (len, code, minor, count) = match scanned {
+            Scanned::Whole {
+                len,
+                code,
+                minor,
+                count,
+            } => (len, code, minor, count),
+            Scanned::Partial => return Ok(None),
+            // With that many slots, only a head longer than it may be has more lines.
+            Scanned::TooMany => return Err(Malformed(HEAD_TOO_LARGE)),
+        };
+        let spans = if long.is_empty() {
+            &spans[..count]
+        } else {
+            &long[..count]
         };
         match code {
             101 if upgrade => {
                 let head = buf.split_to(len).freeze();
                 let status = StatusCode::SWITCHING_PROTOCOLS;
-                let mut found =
-                    finish_head(&head, &spans[..count], status, minor, true, names, raw)?;
+                let mut found = finish_head(&head, spans, status, minor, true, names, raw)?;
                 found.framing = Framing::Empty;
                 found.keep_alive = false;
                 return Ok(Some(found));
@@ -343,18 +345,74 @@ pub fn parse_answer(
         }
         let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status code"))?;
         let head = buf.split_to(len).freeze();
-        let found = finish_head(
-            &head,
-            &spans[..count],
-            status,
-            minor,
-            head_request,
-            names,
-            raw,
-        );
+        let found = finish_head(&head, spans, status, minor, head_request, names, raw);
         return found.map(Some);
     }
     Err(Malformed("too many interim (1xx) answers"))
+}
+
+/// What [`scan_head`] found at the front of the buffer.
+enum Scanned {
+    /// Not a whole head yet (and not over [`MAX_HEAD`] so far).
+    Partial,
+    /// A whole head of `len` bytes, with its status code, minor version and `count` header
+    /// lines, whose spans are the first `count` of those given.
+    Whole {
+        len: usize,
+        code: u16,
+        minor: u8,
+        count: usize,
+    },
+    /// More header lines than the slots given.
+    TooMany,
+}
+
+/// The message of an answer head over [`MAX_HEAD`].
+const HEAD_TOO_LARGE: &str = "answer head larger than 64 KiB";
+
+/// Reads the answer head at the front of `buf` with `slots`, and writes where each header
+/// line's name and value are into `spans` (as many as `slots`).
+#[inline]
+fn scan_head<'b>(
+    buf: &'b [u8],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    spans: &mut [Span],
+) -> Result<Scanned, Malformed> {
+    let mut rsp = httparse::Response::new(&mut []);
+    let status = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut rsp, buf, slots)
+    {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => return Ok(Scanned::TooMany),
+        Err(e) => return Err(Malformed(parse_error(e))),
+    };
+    let httparse::Status::Complete(len) = status else {
+        if buf.len() > MAX_HEAD {
+            return Err(Malformed(HEAD_TOO_LARGE));
+        }
+        return Ok(Scanned::Partial);
+    };
+    if len > MAX_HEAD {
+        return Err(Malformed(HEAD_TOO_LARGE));
+    }
+    let base = buf.as_ptr() as usize;
+    let off = |s: &[u8]| (s.as_ptr() as usize - base) as u16;
+    for (span, h) in spans.iter_mut().zip(rsp.headers.iter()) {
+        let n = off(h.name.as_bytes());
+        let v = off(h.value);
+        *span = [n, n + h.name.len() as u16, v, v + h.value.len() as u16];
+    }
+    Ok(Scanned::Whole {
+        len,
+        code: rsp.code.unwrap_or(0),
+        minor: rsp.version.unwrap_or(0),
+        count: rsp.headers.len(),
+    })
+}
+
+/// How many `\n` `bytes` holds: at least as many as the lines they end.
+fn newlines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// The header names of the connection's last answer, by their place in it, each with its bytes
@@ -520,7 +578,8 @@ fn parse_error(e: httparse::Error) -> &'static str {
         httparse::Error::NewLine => "invalid line ending",
         httparse::Error::Status => "invalid status line",
         httparse::Error::Token => "invalid token",
-        httparse::Error::TooManyHeaders => "more than 100 header lines",
+        // `scan_head` tells this one apart: never here.
+        httparse::Error::TooManyHeaders => HEAD_TOO_LARGE,
         httparse::Error::Version => "not an HTTP/1.x answer",
     }
 }
@@ -907,12 +966,21 @@ impl Chunked {
 fn trailer_map(lines: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Room for every line of trailers of more lines than `slots` holds.
+    let mut long;
     let mut input = Vec::with_capacity(lines.len() + 2);
     input.extend_from_slice(lines);
     input.extend_from_slice(b"\r\n");
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&input, &mut slots)
-    else {
-        return map;
+    let fields = match httparse::parse_headers(&input, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        Err(httparse::Error::TooManyHeaders) => {
+            long = vec![httparse::EMPTY_HEADER; newlines(&input)];
+            match httparse::parse_headers(&input, &mut long) {
+                Ok(httparse::Status::Complete((_, fields))) => fields,
+                _ => return map,
+            }
+        }
+        _ => return map,
     };
     for f in fields {
         let (Ok(name), Ok(value)) = (

@@ -485,12 +485,86 @@ fn an_incomplete_head_asks_for_more_until_its_limit() {
     assert!(e.0.contains("64 KiB"), "{e}");
     big.extend_from_slice(b"\r\n");
     malformed(&big);
+    // Lines as short as they come: the head is refused for its length, not its count.
     let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
-    for i in 0..=MAX_HEADERS {
-        many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+    while many.len() <= MAX_HEAD {
+        many.extend_from_slice(b"a:\n");
     }
     many.extend_from_slice(b"\r\n");
-    assert_eq!(malformed(&many).0, "more than 100 header lines");
+    assert_eq!(malformed(&many).0, "answer head larger than 64 KiB");
+    assert_eq!(
+        malformed(&many[..MAX_HEAD + 1]).0,
+        "answer head larger than 64 KiB"
+    );
+}
+
+/// A head of more lines than the stack's slots (`MAX_HEADERS`) is read whole, in pieces or
+/// not, its lines in order; up to the most that fit `MAX_HEAD` (its shortest lines).
+#[test]
+fn an_answer_of_more_header_lines_than_the_stack_holds_is_read_whole() {
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..=2 * MAX_HEADERS {
+        many.extend_from_slice(format!("x-{i}: v{i}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"content-length: 2\r\n\r\nok");
+    let (h, body, rest) = every_split(&many);
+    let seen: Vec<(String, String)> = h
+        .response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    assert_eq!(seen.len(), 2 * MAX_HEADERS + 2);
+    for (i, (n, v)) in seen.iter().take(2 * MAX_HEADERS + 1).enumerate() {
+        assert_eq!(
+            (n.as_str(), v.as_str()),
+            (&*format!("x-{i}"), &*format!("v{i}"))
+        );
+    }
+    assert_eq!(
+        (h.framing, &body[..], &rest[..]),
+        (Framing::Length(2), &b"ok"[..], &b""[..])
+    );
+
+    // As many of the shortest lines as fit the limit.
+    let mut most = b"HTTP/1.1 204 No Content\r\n".to_vec();
+    while most.len() + 5 <= MAX_HEAD {
+        most.extend_from_slice(b"a:\r\n");
+    }
+    most.extend_from_slice(b"\r\n");
+    let h = whole(&most);
+    assert_eq!(h.response.headers().len(), (most.len() - 27) / 4);
+    // An interim answer of many lines is skipped as one of few is.
+    let mut interim = b"HTTP/1.1 103 Early Hints\r\n".to_vec();
+    for i in 0..150 {
+        interim.extend_from_slice(format!("link: </{i}>\r\n").as_bytes());
+    }
+    interim.extend_from_slice(b"\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    let h = whole(&interim);
+    assert_eq!(h.response.status(), 200);
+    assert!(h.response.headers().get("link").is_none());
+}
+
+/// Trailers of more lines than the stack's slots are all passed on.
+#[test]
+fn trailers_of_many_lines_are_passed_on() {
+    let mut body = b"2\r\nok\r\n0\r\n".to_vec();
+    for i in 0..150 {
+        body.extend_from_slice(format!("x-t{i}: {i}\r\n").as_bytes());
+    }
+    body.extend_from_slice(b"\r\n");
+    let mut buf = BytesMut::from(&body[..]);
+    let mut c = Chunked::new();
+    assert_eq!(
+        c.decode(&mut buf),
+        Ok(Chunk::Data(Bytes::from_static(b"ok")))
+    );
+    c.skip_framing(&mut buf).expect("well-formed");
+    let Ok(Chunk::Trailers(map)) = c.decode(&mut buf) else {
+        panic!("trailers expected");
+    };
+    assert_eq!(map.len(), 150, "{map:?}");
+    assert_eq!(map["x-t149"], "149");
 }
 
 #[test]
