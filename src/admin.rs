@@ -134,6 +134,10 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -
                         serde_json::json!({"result": "failure", "errors": list}),
                     )
                 }
+                Err(e @ ReloadError::Draining) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"result": "failure", "errors": [e.to_string()]}),
+                ),
                 Err(e) => json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({"result": "failure", "errors": [e.to_string()]}),

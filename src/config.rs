@@ -119,7 +119,7 @@ impl Config {
 
     /// Parses and validates `text`; `origin` names it in error messages.
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let (file, warnings) = validate::parse(text, origin)?;
+        let (file, warnings) = validate::parse(locate::without_bom(text), origin)?;
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
         Ok(Config {
             file,

@@ -6,6 +6,7 @@
 //! Requests in flight finish under the generation they started with.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,6 +39,9 @@ pub enum ReloadError {
     /// No file to reload from (the config was given as text).
     #[error("no config file to reload from")]
     NoFile,
+    /// Shutdown has begun: the listeners are draining, and none is bound again.
+    #[error("rampart is shutting down; the configuration is not reloaded")]
+    Draining,
 }
 
 pub use crate::proxy::listener::ListenerSet;
@@ -46,6 +50,11 @@ pub use crate::proxy::listener::ListenerSet;
 /// result, is recorded in the audit trail with `source`.
 pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, ReloadError> {
     let result = reload_inner(shared).await;
+    if let Err(ReloadError::Draining) = result {
+        // Not an attempt at a policy change: the trail ends with the shutdown.
+        tracing::warn!("reload asked for while shutting down; refused");
+        return result;
+    }
     // After a success the new config names the trail; after a failure, the one still in force.
     let cfg = shared.current.load_full().config.clone();
     let mut entry = audit_entry(Event::Reload, source, &result);
@@ -76,6 +85,11 @@ pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, Relo
 
 async fn reload_inner(shared: &Arc<Shared>) -> Result<String, ReloadError> {
     let mut set = shared.listeners.lock().await;
+    // Shutdown marks this before it takes the listeners (under this lock): a reload after
+    // it would bind them again, to be cut when the process exits.
+    if shared.draining.load(Ordering::SeqCst) {
+        return Err(ReloadError::Draining);
+    }
     let path = shared
         .current
         .load()

@@ -179,7 +179,7 @@ impl fmt::Display for KeyPath {
 impl Doc {
     /// Reads `text`'s first document; an unreadable text gives an empty tree and its error.
     pub(super) fn parse(text: &str) -> Doc {
-        build::parse(text)
+        build::parse(without_bom(text))
     }
 
     /// Where `path` is written: its value or its key, else its nearest written ancestor.
@@ -415,4 +415,10 @@ impl Node {
             }
         }
     }
+}
+
+/// `text` without the byte order mark an editor may have put before it (YAML 1.2 §5.2 allows
+/// one at the start of a stream; Windows editors write it).
+pub(super) fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }

@@ -101,6 +101,18 @@ fn base_is_valid() {
 }
 
 #[test]
+fn a_byte_order_mark_before_the_text_is_passed_over() {
+    // YAML 1.2 §5.2; it was read as part of the first key (`\u{feff}version`).
+    ok(&format!("\u{feff}{BASE}"));
+    let e = one(&format!(
+        "\u{feff}{}",
+        BASE.replace("[127.0.0.1:3000]", "[nohost]")
+    ));
+    assert_eq!(e.path, "upstreams.app.endpoints[0]", "{e:?}");
+    assert_eq!((e.line, e.column), (4, 17), "{e:?}");
+}
+
+#[test]
 fn spec_example_parses_and_only_its_tls_files_are_missing() {
     // The example names TLS files under /etc/rampart, which this machine does not have.
     let all = errors(SPEC_EXAMPLE);

@@ -296,3 +296,36 @@ listeners:
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_asked_for_while_draining_is_refused_and_binds_nothing() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&one_route("runtime: { shutdown_grace: 5s }"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let in_flight = tokio::spawn(async move { http::get(addr, "/slow?ms=1500", &[]).await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the slow request in flight");
+    proxy.signal("TERM");
+    assert_eventually!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener must stop accepting"
+    );
+    // Before the fix the reload bound the listener again, to be cut at exit.
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 503, "{rsp:?}");
+    assert!(rsp.text().contains("shutting down"), "{rsp:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no listener is bound again while draining"
+    );
+    assert_eq!(in_flight.await.expect("client task").status, 200);
+    let status = proxy.wait_exit(GRACE + Duration::from_secs(2)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "log:\n{}",
+        proxy.log()
+    );
+}

@@ -433,6 +433,13 @@ fn circuit_breakers() {
         &fr("{ threshold: 50%, window: 5, min_calls: 10 }"),
         "policies.p.circuit_breaker.failure_rate.window",
     );
+    // A breaker keeps a byte per call of its window: 4294967295 would take 4 GiB each.
+    ok(&fr("{ threshold: 50%, window: 10000 }"));
+    let e = fails_at(
+        &fr("{ threshold: 50%, window: 4294967295 }"),
+        "policies.p.circuit_breaker.failure_rate.window",
+    );
+    assert!(e.message.contains("at most 10000"), "{e:?}");
     fails_at(
         &fr("{ threshold: 50%, window: 5, min_calls: 0 }"),
         "policies.p.circuit_breaker.failure_rate.min_calls",

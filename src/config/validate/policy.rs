@@ -8,6 +8,9 @@ use super::super::file::{
 use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
+/// The most calls `failure_rate.window` may count: a breaker keeps a byte per call.
+const MAX_RATE_WINDOW: u32 = 10_000;
+
 /// Most tries a retry policy may ask for, the first included.
 const MAX_ATTEMPTS: u32 = 10;
 /// Largest `retry.buffer`: every request in flight may hold this much for replay.
@@ -250,7 +253,16 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
             );
         }
         r.at_least_1(&fp.key("min_calls"), fr.min_calls.into());
-        if fr.window < fr.min_calls {
+        if fr.window > MAX_RATE_WINDOW {
+            // Each breaker keeps a slot per call of its window (`scope: tenant`: per tenant).
+            r.value(
+                &fp.key("window"),
+                format!(
+                    "window {} is more calls than a breaker keeps: at most {MAX_RATE_WINDOW}",
+                    fr.window
+                ),
+            );
+        } else if fr.window < fr.min_calls {
             r.value(
                 &fp.key("window"),
                 format!(

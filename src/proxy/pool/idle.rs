@@ -40,7 +40,8 @@ impl<T> Stack<T> {
     #[allow(clippy::disallowed_types)] // see the module doc
     pub(super) fn new(cap: usize) -> Stack<T> {
         Stack {
-            items: Mutex::new(VecDeque::with_capacity(cap)),
+            // Grown as connections go idle: `cap` may be far more than ever are.
+            items: Mutex::new(VecDeque::with_capacity(cap.min(16))),
             cap,
         }
     }
@@ -104,6 +105,16 @@ impl<T> Stack<T> {
 #[cfg(test)]
 mod tests {
     use super::Stack;
+
+    #[test]
+    fn a_huge_cap_takes_no_room_up_front() {
+        // `pool_max_idle: 4294967295` once asked for 64 GiB at start, and aborted.
+        let s = Stack::new(u32::MAX as usize);
+        for i in 0..100 {
+            assert!(s.push(i, 0).is_none());
+        }
+        assert_eq!(s.lock().len(), 100);
+    }
 
     fn pop(
         s: &Stack<&'static str>,
