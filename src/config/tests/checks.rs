@@ -582,3 +582,17 @@ fn an_http2_upstream_warns_at_the_pool_keys_it_does_not_use() {
         "upstreams.app.protocol",
     );
 }
+
+#[test]
+fn a_route_to_its_own_listener_is_refused() {
+    // Before: accepted, and each request came back through the listener some 700 times.
+    let own = BASE.replace("127.0.0.1:3000", "127.0.0.1:8080");
+    let e = one(&own);
+    assert_eq!(e.path, "listeners[0].routes[0].upstream", "{e:?}");
+    assert!(e.message.contains("this listener's own address"), "{e:?}");
+    let any = own.replace("listen: 127.0.0.1:8080", "listen: 0.0.0.0:8080");
+    assert_eq!(one(&any).path, "listeners[0].routes[0].upstream");
+    // Another port, or another host's address, is not this listener.
+    ok(&BASE.replace("127.0.0.1:3000", "127.0.0.1:8081"));
+    ok(&BASE.replace("127.0.0.1:3000", "10.0.0.9:8080"));
+}

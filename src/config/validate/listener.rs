@@ -157,7 +157,28 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
             r.positive(&p.key("tunnel_idle_timeout"), t.0);
         }
         check_refs(f, route, &p, r);
+        if let Some(e) = f
+            .upstreams
+            .get(&route.upstream)
+            .and_then(|u| u.endpoints.iter().find(|e| is_own(l.listen, e)))
+        {
+            r.value(
+                &p.key("upstream"),
+                format!("upstream {:?} has endpoint {e}, this listener's own address: its requests would come back here without end", route.upstream),
+            );
+        }
     }
+}
+
+/// Whether `endpoint` is `listen` itself: the same port, and the same IP address, or a
+/// loopback one where the listener takes every address of the host.
+fn is_own(listen: SocketAddr, endpoint: &str) -> bool {
+    let Ok(e) = endpoint.parse::<SocketAddr>() else {
+        return false; // a DNS name: not judged here
+    };
+    let (lip, eip) = (listen.ip().to_canonical(), e.ip().to_canonical());
+    e.port() == listen.port()
+        && (lip == eip || (lip.is_unspecified() && (eip.is_loopback() || eip.is_unspecified())))
 }
 
 /// A route's `name:` names it in metrics and messages, so it is unique within its
