@@ -19,8 +19,7 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let path = rampart.config_path();
-    let mut seen = path.as_deref().and_then(fingerprint);
+    let mut seen = watched(&rampart);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let source = loop {
         tokio::select! {
@@ -29,11 +28,15 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
                 let _ = rampart.reload_from(Source::Sighup).await;
             }
             _ = tick.tick(), if watch => {
-                let now = path.as_deref().and_then(fingerprint);
-                if now.is_some() && now != seen {
-                    seen = now;
-                    tracing::info!("config file changed: reloading");
+                let now = watched(&rampart);
+                if now.first().is_some_and(Option::is_some) && now != seen {
+                    tracing::info!("config file or a TLS file it names changed: reloading");
                     let _ = rampart.reload_from(Source::Watch).await;
+                    // The files of the config in force now (a refused one's are not watched);
+                    // the config file as it was read, so a save during the reload is seen.
+                    let mut after = watched(&rampart);
+                    after[0] = now[0].clone();
+                    seen = after;
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break Source::Sigterm; }
@@ -53,6 +56,19 @@ pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Resu
     };
     rampart.shutdown_unless(source, again).await;
     Ok(())
+}
+
+/// The versions of the files `--watch` looks at: the config file first (`None` while it
+/// cannot be read, as during an editor's save: no reload then), then every certificate, key
+/// and CA file the config in force names, so a rotation (cert-manager swaps a Secret's files
+/// by a symlink) is taken as a change of the config is.
+fn watched(rampart: &Rampart) -> Vec<Option<(PathBuf, SystemTime, u64)>> {
+    let gen = rampart.shared().current.load();
+    let config = &gen.config;
+    let tls = crate::tls::TlsFiles::paths(&config.file);
+    std::iter::once(config.path.as_deref().and_then(fingerprint))
+        .chain(tls.into_iter().map(fingerprint))
+        .collect()
 }
 
 /// What identifies a version of the file: the resolved target (ConfigMap symlink swaps change

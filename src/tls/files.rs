@@ -6,6 +6,7 @@
 //! paths did not change (certificate rotation in place).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::{ClientConfig, ServerConfig};
@@ -40,6 +41,38 @@ pub struct TlsFileProblem {
 // === impl TlsFiles ===
 
 impl TlsFiles {
+    /// Every certificate, key and CA file `file` names (those [`TlsFiles::load`] reads), for
+    /// `--watch` to notice when one is replaced.
+    pub fn paths(file: &File) -> Vec<&Path> {
+        let mut out: Vec<&Path> = Vec::new();
+        for t in file.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            out.extend([t.cert.as_path(), t.key.as_path()]);
+            out.extend(t.client_ca.as_deref());
+        }
+        let client = file.upstreams.values().filter_map(|u| u.tls.as_ref());
+        let store = file.global_store.as_ref().map(|g| &g.redis);
+        for t in client.chain(store.filter(|r| r.is_tls()).and_then(|r| r.tls.as_ref())) {
+            out.extend(
+                [t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref()]
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        if let Some(o) = file
+            .tracing
+            .as_ref()
+            .map(|t| &t.otlp)
+            .filter(|o| o.is_https())
+        {
+            out.extend(
+                [o.ca.as_deref(), o.cert.as_deref(), o.key.as_deref()]
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        out
+    }
+
     /// Reads every certificate, key and CA file `file` names; every problem is reported.
     pub fn load(file: &File) -> Result<TlsFiles, Vec<TlsFileProblem>> {
         let mut out = TlsFiles::default();

@@ -269,6 +269,39 @@ async fn rotation_on_reload_serves_the_new_cert_and_keeps_open_connections() {
     assert_eq!(rsp.status, 200);
 }
 
+/// `--watch` takes a replaced certificate as it takes a changed policy file (cert-manager
+/// rotates a Secret's files with nothing to tell rampart); before, only the policy file was
+/// looked at, and the old certificate was served until a SIGHUP.
+#[tokio::test]
+async fn watch_serves_a_rotated_certificate_without_a_signal() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let tls = format!(
+        "cert: {}, key: {}",
+        pki.path("server.pem").display(),
+        pki.path("server-key.pem").display()
+    );
+    let proxy = Proxy::builder(TLS_INBOUND)
+        .var("SECTIONS", "")
+        .var("TLS", tls)
+        .var("POLICY", "")
+        .var("APP", app.addr())
+        .arg("--watch")
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let first = H1Conn::open(addr, cfg.clone()).await.expect("connect");
+    assert_eq!(first.serial, 1);
+    pki.pair("server", &ca.server(2));
+    assert_eventually!(
+        H1Conn::open(addr, cfg.clone())
+            .await
+            .is_ok_and(|c| c.serial == 2),
+        "--watch must serve the rotated certificate"
+    );
+}
+
 /// SPEC §8: a listener that has `tls` never serves plaintext, even to a connection accepted
 /// before a reload gave it `tls`: that connection's next request is refused (400, the
 /// connection closed; an HTTP/2 one's requests each refused) and never reaches the upstream,
