@@ -91,6 +91,8 @@ pub enum Section {
     Tracing(&'static str),
     /// `global_store.redis`.
     Store,
+    /// `listeners[i].listen`.
+    Listen(usize),
 }
 
 /// Every problem found in one policy file.
@@ -142,6 +144,7 @@ impl Config {
             Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
             Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
             Section::Store => root.key("global_store").key("redis").key("tls"),
+            Section::Listen(i) => root.key("listeners").idx(*i).key("listen"),
         };
         let text = self
             .path

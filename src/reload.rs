@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::{Entry, Event, Source};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, Section};
 use crate::generation::Generation;
 use crate::proxy::listener;
 use crate::proxy::shared::Shared;
@@ -24,8 +24,10 @@ pub enum ReloadError {
     #[error("{0}")]
     Invalid(ConfigErrors),
     /// A new listener address could not be bound.
-    #[error("cannot bind listener {name} on {addr}: {error}")]
+    #[error("{at}: cannot bind listener {name} on {addr}: {error}")]
     Bind {
+        /// Where the file gives the address (`FILE:LINE:COL: listeners[i].listen`).
+        at: String,
         /// Listener name.
         name: String,
         /// Address.
@@ -128,18 +130,20 @@ pub fn apply(
     // A listener may move to an address overlapping one rampart listens on now (`127.0.0.1:P`
     // to `0.0.0.0:P`): the new socket binds beside the old, which drains after the swap.
     let own: Vec<u64> = set.values().flat_map(|h| h.inodes()).copied().collect();
-    for l in &cfg.file.listeners {
+    for (i, l) in cfg.file.listeners.iter().enumerate() {
         if set.contains_key(&l.listen) {
             continue;
         }
         match listener::bind_each(l.listen, shared.workers.handles().len(), &own) {
             Ok(tcp) => bound.push((l.listen, tcp)),
             Err(error) => {
+                let at = cfg.error_at(&Section::Listen(i), String::new()).to_string();
                 return Err(ReloadError::Bind {
+                    at: at.trim_end_matches([' ', ':']).to_owned(),
                     name: l.name.clone(),
                     addr: l.listen,
                     error,
-                })
+                });
             }
         }
     }

@@ -201,6 +201,29 @@ async fn validate_never_binds() {
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 }
 
+/// A start that cannot bind a listener says where the file gives its address, as every other
+/// refusal of the file does (before: the name and address only).
+#[tokio::test]
+async fn a_listen_address_that_is_taken_is_placed_in_the_file() {
+    let taken = std::net::TcpListener::bind(free_addr()).expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let rendered = Proxy::builder(&GOOD.replace("$LISTEN_inbound", &addr.to_string())).render();
+    let path = rendered.path.display().to_string();
+    let out = rampart(&["run", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let line = GOOD
+        .lines()
+        .position(|l| l.contains("$LISTEN_inbound"))
+        .expect("the listen line")
+        + 1;
+    let want = format!("{path}:{line}:");
+    let text = both(&out);
+    assert!(
+        text.contains(&want) && text.contains("listeners[0].listen: cannot bind listener"),
+        "want {want:?} in:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn run_logs_one_json_object_per_line() {
     let app = crate::support::sample().await;
