@@ -524,3 +524,71 @@ async fn a_drain_waits_for_an_open_websocket_then_cuts_it() {
     let end = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the socket was closed when rampart exited");
 }
+
+const CAPPED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { max_connections: 2 }
+upstreams:
+  ws: { endpoints: [$WS] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: ws }
+"#;
+
+/// A WebSocket through rampart, switched: the 101 and the upstream's first bytes read.
+async fn open_websocket(addr: SocketAddr) -> TcpStream {
+    let mut ws = TcpStream::connect(addr).await.expect("connect");
+    ws.write_all(handshake("/chat").as_bytes())
+        .await
+        .expect("write the handshake");
+    let head = read_head(&mut ws).await.expect("an answer head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(read_exact(&mut ws, WELCOME.len()).await, WELCOME);
+    ws
+}
+
+/// An upgraded connection keeps its place among the listener's `max_connections` while its
+/// socket is open: with a cap of 2 and two WebSockets open, a third client waits (SPEC §14:
+/// in the accept queue) and is served once one of them closes. Before, the place was given
+/// back at the 101, with the connection's task, so any number of sockets could be opened past
+/// the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_counts_against_max_connections() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder(CAPPED).var("WS", up.addr).spawn().await;
+    let addr = proxy.listener("inbound");
+    let mut first = open_websocket(addr).await;
+    let mut second = open_websocket(addr).await;
+
+    // The third client is accepted by the kernel, but not served while both sockets are open.
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: ws.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut byte = [0u8; 1];
+    let held = tokio::time::timeout(Duration::from_millis(700), third.read(&mut byte)).await;
+    assert!(held.is_err(), "served past the cap: {held:?}");
+    // Both sockets still carry bytes meanwhile.
+    second.write_all(b"still").await.expect("write");
+    assert_eq!(read_exact(&mut second, 5).await, b"still");
+
+    // One socket closes (the client's half-close, the upstream's last bytes and close): its
+    // place goes to the third client, whose request is answered.
+    first.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read to the end");
+    assert_eq!(rest, BYE);
+    let head = read_head(&mut third)
+        .await
+        .expect("the third client is served");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_exact(&mut third, "/third".len()).await, b"/third");
+}
