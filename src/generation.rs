@@ -45,6 +45,10 @@ use crate::store::GlobalStore;
 use crate::tenant::Identify;
 use crate::tls::TlsFiles;
 
+mod moves;
+
+pub use moves::{Draining, Drains, Moved};
+
 /// The runtime of one config.
 #[derive(Debug)]
 pub struct Generation {
@@ -55,7 +59,8 @@ pub struct Generation {
     /// Where a listener a reload moved (same name, new address) went: from each address it had
     /// before to its address now. Connections the old socket accepted, still open or still
     /// queued while it drains, are served as the listener is configured now ([`Self::listener`]).
-    pub moved: HashMap<SocketAddr, SocketAddr>,
+    /// A move is carried to the next generation only while that drain runs (`moves.rs`).
+    pub moved: Moved,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream and every route
@@ -225,7 +230,12 @@ impl Generation {
         let wall = WallClock::system(shared.clock.clone());
         Generation {
             identify: Identify::build(&f.tenants, prev.map(|p| &p.identify), &wall),
-            moved: prev.map(|p| moves(p, f)).unwrap_or_default(),
+            moved: prev
+                .map(|p| {
+                    let live = p.listeners.iter().map(|(a, l)| (*a, &*l.name));
+                    moves::moves(live, &p.moved, &f.listeners, |a| shared.drains.at(a))
+                })
+                .unwrap_or_default(),
             listeners,
             upstreams,
             breakers,
@@ -240,7 +250,7 @@ impl Generation {
         Generation {
             identify: Identify::new(&config.file.tenants),
             listeners: HashMap::default(),
-            moved: HashMap::new(),
+            moved: Moved::new(),
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
             store: None,
@@ -362,22 +372,6 @@ fn build_breakers(
         });
     }
     out
-}
-
-/// The moves from `prev` to `f`: each address `prev` served (its listeners' and those moved
-/// to them) that `f` has no listener on, whose listener `f` names at another address.
-fn moves(prev: &Generation, f: &crate::config::File) -> HashMap<SocketAddr, SocketAddr> {
-    let now = |name: &str| {
-        f.listeners
-            .iter()
-            .find(|l| *l.name == *name)
-            .map(|l| l.listen)
-    };
-    let served = prev.listeners.keys().chain(prev.moved.keys());
-    served
-        .filter(|from| !f.listeners.iter().any(|l| l.listen == **from))
-        .filter_map(|&from| Some((from, now(&prev.listener(&from)?.name)?)))
-        .collect()
 }
 
 /// What the routes of a listener refer to: upstreams, breakers and the global store.

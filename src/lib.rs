@@ -163,6 +163,7 @@ impl Rampart {
             audit,
             workers,
             tunnels: proxy::tunnel::Tunnels::default(),
+            drains: generation::Drains::default(),
         });
         let started = {
             let mut set = shared.listeners.lock().await;

@@ -204,7 +204,7 @@ impl Metrics {
         let in_flight = per_worker(
             &registry,
             "rampart_in_flight_requests",
-            "Requests being handled now.",
+            "Requests being handled now, from arrival to the end of their answer, those waiting in a load-shed queue included.",
             &["listener"],
         );
         let open_connections = gauge(

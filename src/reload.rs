@@ -177,7 +177,13 @@ pub fn apply(
     for addr in removed {
         if let Some(h) = set.remove(&addr) {
             tracing::info!(listen = %h.local_addr, "listener removed; draining");
-            tokio::spawn(h.drain(grace));
+            // Counted from now, before the next reload can look: that reload remembers a
+            // move from this address only while this drain runs.
+            let draining = shared.drains.begin(addr);
+            tokio::spawn(async move {
+                h.drain(grace).await;
+                drop(draining);
+            });
         }
     }
     for w in &cfg.warnings {

@@ -26,6 +26,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
 use super::authority;
+use super::listener::Held;
 use crate::tenant::CertIds;
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1) and `upgrade`, in the order of their bits in
@@ -62,7 +63,13 @@ pub(crate) fn ip_text(ip: IpAddr) -> HeaderValue {
 }
 
 /// The client end of a connection, with its forwarding values made once per connection.
-#[derive(Debug, Clone)]
+///
+/// Shared (in an `Arc`) by everything that serves the connection: its task, its requests, and
+/// the tunnel it may become (a CONNECT, or an upgrade after its 101), each of which outlives
+/// the others in some case. What it holds for the listener ([`Held`]) is given back when the
+/// last of them is done, so when the client's socket closes. Not `Clone`: there is one per
+/// connection.
+#[derive(Debug)]
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
@@ -72,6 +79,9 @@ pub struct Peer {
     pub cert: Option<CertIds>,
     /// The client's IP address as text, for `x-forwarded-for`.
     forwarded_for: HeaderValue,
+    /// The connection's place among its listener's `max_connections`, and its count for the
+    /// worker serving it; `None` outside a listener (tests).
+    _held: Option<Held>,
 }
 
 impl Peer {
@@ -84,6 +94,15 @@ impl Peer {
             // An IPv4 client of a dual-stack listener comes as `::ffff:a.b.c.d`: written as
             // the IPv4 address it is.
             forwarded_for: ip_text(addr.ip().to_canonical()),
+            _held: None,
+        }
+    }
+
+    /// The peer of a connection accepted at `addr`, holding `held` for as long as it lives.
+    pub(super) fn holding(addr: SocketAddr, held: Held) -> Self {
+        Peer {
+            _held: Some(held),
+            ..Peer::new(addr, false)
         }
     }
 

@@ -93,7 +93,7 @@ pub(super) struct Conn<'a> {
     pub addr: SocketAddr,
     /// The listener as configured when the connection was accepted (limits and timeouts).
     pub lst: &'a ListenerRt,
-    pub peer: &'a Peer,
+    pub peer: &'a Arc<Peer>,
     pub state: &'a Arc<ConnState>,
 }
 

@@ -4,9 +4,10 @@
 //! in force for every connection and request, so a reload changes routes, policies and the
 //! `runtime` settings of new connections without touching sockets; only an added or removed
 //! address binds or closes one. `max_connections` is a semaphore whose permit a connection
-//! needs before it is served, so connections beyond it wait (at most one per worker accepted,
-//! the rest in the kernel's accept queues) instead of being refused; a reload resizes it in
-//! place.
+//! needs before it is served, and holds until its socket closes (a tunnel it became, CONNECT or
+//! upgrade, included: [`Held`]), so connections beyond it wait (at most one per worker
+//! accepted, the rest in the kernel's accept queues) instead of being refused; a reload
+//! resizes it in place.
 //!
 //! Each connection runs in its own task beside its watchdog (`conn.rs`), which closes silent and
 //! idle connections, and a stop signal, which closes it gracefully when the listener drains.
@@ -183,6 +184,17 @@ struct Handed {
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     open: Open,
+}
+
+/// What an accepted connection holds while it is open, tunnel or not: its place among the
+/// listener's `max_connections` (a permit) and its count for the worker serving it. It rides
+/// in the connection's [`Peer`], so it is given back when the last of what serves the
+/// connection is done: its task, or the tunnel it became (a CONNECT, or an upgrade after its
+/// 101), which outlives the task.
+#[derive(Debug)]
+pub(super) struct Held {
+    _permit: OwnedSemaphorePermit,
+    _open: Open,
 }
 
 /// Where connections handed to one worker (of one listener) arrive.
@@ -445,17 +457,18 @@ impl Acceptor {
     /// connection's session), and boxes a new future when the socket wakes.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, held: (OwnedSemaphorePermit, Open)) {
         let (shared, addr, stopped) = (self.shared.clone(), self.addr, self.stopped.clone());
-        let peer = Arc::new(Peer::new(peer, false));
+        let (_permit, _open) = held;
+        let peer = Arc::new(Peer::holding(peer, Held { _permit, _open }));
         let task = match self.late {
             None => self
                 .conns
-                .spawn(conn_task(shared, addr, stream, peer, stopped, held)),
+                .spawn(conn_task(shared, addr, stream, peer, stopped)),
             // The listener has stopped, so the connection closes as soon as it waits for a
             // request: it is served once its request has come (the first read of a socket just
             // registered with tokio waits for the I/O driver's word even when bytes are there).
             Some(head) => self.conns.spawn(async move {
                 if let Ok(Ok(())) = tokio::time::timeout(head, stream.readable()).await {
-                    conn_task(shared, addr, stream, peer, stopped, held).await;
+                    conn_task(shared, addr, stream, peer, stopped).await;
                 }
             }),
         };
@@ -514,11 +527,8 @@ fn conn_task(
     stream: TcpStream,
     peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
-    held: (OwnedSemaphorePermit, Open),
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        // Held until the connection ends.
-        let _held = held;
         // Each future is awaited as a `Cut`: dropped unfinished (the task aborted at the end
         // of a drain's grace), its requests are logged as cut by rampart, not as 499s.
         let mut next = Cut::new(super::boxed(|| {
@@ -730,14 +740,19 @@ async fn serve_tls(
     let started = Instant::now();
     match crate::tls::accept(TlsAcceptor::from(tls), Sock(stream), lst.head_timeout).await {
         Ok((tls_stream, info)) => {
-            // The only reference yet: changed in place, not copied.
-            let p = Arc::make_mut(&mut peer);
-            p.tls = true;
-            if info.client_cn.is_some() || info.client_uri_san.is_some() {
-                p.cert = Some(CertIds {
-                    cn: info.client_cn.map(Arc::from),
-                    uri_san: info.client_uri_san.map(Arc::from),
-                });
+            // The only reference yet (one peer a connection, made at accept and moved here):
+            // changed in place.
+            if let Some(p) = Arc::get_mut(&mut peer) {
+                p.tls = true;
+                if info.client_cn.is_some() || info.client_uri_san.is_some() {
+                    p.cert = Some(CertIds {
+                        cn: info.client_cn.map(Arc::from),
+                        uri_san: info.client_uri_san.map(Arc::from),
+                    });
+                }
+            } else {
+                tracing::error!(peer = %peer.addr, "a TLS connection's peer was shared before its handshake; closing it");
+                return Next::Closed;
             }
             // The handshake spent part of the head timeout; the rest is the first head's.
             let head = lst.head_timeout.saturating_sub(started.elapsed());
@@ -1020,14 +1035,7 @@ mod tests {
 
     fn task_size<F, R>(_: F) -> usize
     where
-        F: FnOnce(
-            Arc<Shared>,
-            SocketAddr,
-            TcpStream,
-            Arc<Peer>,
-            watch::Receiver<bool>,
-            (OwnedSemaphorePermit, Open),
-        ) -> R,
+        F: FnOnce(Arc<Shared>, SocketAddr, TcpStream, Arc<Peer>, watch::Receiver<bool>) -> R,
     {
         std::mem::size_of::<R>()
     }

@@ -48,6 +48,9 @@ pub struct Shared {
     pub balance: super::balance::Balance,
     /// Open CONNECT tunnels, which a drain waits for and then cuts.
     pub tunnels: super::tunnel::Tunnels,
+    /// The addresses of listeners a reload took away that still drain (a move from there is
+    /// remembered until its drain is over: `Generation::moved`).
+    pub drains: crate::generation::Drains,
 }
 
 // === impl Shared ===

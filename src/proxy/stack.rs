@@ -38,6 +38,7 @@
 //! Anyone who changes this order explains why here.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Method, Request, Response};
@@ -116,7 +117,7 @@ pub fn handle<'a>(
     lst: &'a ListenerRt,
     mut req: Request<ClientIn>,
     sent: Sent,
-    peer: &'a Peer,
+    peer: &'a Arc<Peer>,
     active: ConnActive,
 ) -> impl Future<Output = Response<Body>> + 'a {
     async move {
@@ -334,7 +335,7 @@ pub fn handle<'a>(
             };
             let mut rsp = tunnel::established();
             let guards = fin.answer_tunnel(&tm, &mut rsp, ctx.tries.take());
-            tunnel::spawn(req, opened, route, shared, guards);
+            tunnel::spawn(req, opened, route, shared, guards, peer.clone());
             return rsp;
         }
         if let Some(protocols) = upgrade::asked(&req, route.upstream.cfg.protocol) {
@@ -348,7 +349,7 @@ pub fn handle<'a>(
             match switched {
                 Some(up) => {
                     fin.answer_in_place(&tm, &mut rsp, None, tries);
-                    tunnel::spawn_upgraded(up, route, shared);
+                    tunnel::spawn_upgraded(up, route, shared, peer.clone());
                 }
                 None => {
                     if let Some(at) = ctx.deadline {

@@ -16,7 +16,9 @@
 //! [`Guards`] the tunnel holds for its life, so `max_in_flight` counts open tunnels. So does the
 //! request's access log line: it is written when the tunnel ends (however it ends: a drain that
 //! runs out of time drops the tunnel mid-copy), with the bytes the tunnel carried each way and
-//! the tunnel's life as its duration.
+//! the tunnel's life as its duration. The client's connection keeps its place among its
+//! listener's `runtime.max_connections` until the tunnel ends (its `Peer` rides with it): the
+//! connection's task ends when hyper hands the socket over, not when the socket closes.
 
 use std::future::Future;
 use std::io;
@@ -38,6 +40,7 @@ use tokio::time::Instant;
 
 use super::body::{Body, ClientIn};
 use super::ctx::{RequestCtx, TryLog};
+use super::forward::Peer;
 use super::guard::Guards;
 use super::h1::Rewind;
 use super::pool::{Slot, Switched};
@@ -78,13 +81,17 @@ pub fn established() -> Response<Body> {
 /// Copies bytes between the client (once hyper hands over its connection after the 200) and
 /// `stream`, in the background, until the tunnel ends. `guards` are held for the tunnel's life;
 /// its access log line among them is written when it ends, with the bytes that went each way
-/// (`bytes_in`: client to upstream) and the tunnel's whole life as its duration.
+/// (`bytes_in`: client to upstream) and the tunnel's whole life as its duration. So is `peer`,
+/// the client's connection, with its place among the listener's `max_connections`: the
+/// connection's task ends when hyper hands the socket over, the socket is open until the
+/// tunnel ends.
 pub fn spawn(
     req: Request<ClientIn>,
     opened: Opened,
     route: &RouteRt,
     shared: &Shared,
     guards: Guards,
+    peer: Arc<Peer>,
 ) {
     let Opened { stream, slot } = opened;
     let carried = Arc::new(Carried::default());
@@ -98,19 +105,20 @@ pub fn spawn(
         route,
         shared,
         carried,
-        (held, slot),
+        (held, slot, peer),
     );
 }
 
 /// Joins the client's connection and the upstream's after a `101 Switching Protocols`
 /// (`upgrade.rs`), as a CONNECT tunnel joins them: the bytes the upstream sent after its 101
 /// go to the client first. The request's guards ended at the 101; what is held for the
-/// tunnel's life is the upstream connection's place among its endpoint's `max_connections`.
-pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared) {
+/// tunnel's life is the upstream connection's place among its endpoint's `max_connections`,
+/// and the client's connection (`peer`) with its place among the listener's.
+pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<Peer>) {
     let Upgrade { client, upstream } = up;
     let Switched { stream, read, slot } = upstream;
     let stream = Rewind::new(read, stream);
-    carry(client, stream, route, shared, Arc::default(), slot);
+    carry(client, stream, route, shared, Arc::default(), (slot, peer));
 }
 
 /// Copies bytes between the client (once hyper hands over its connection, `client`) and

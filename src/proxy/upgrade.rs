@@ -16,7 +16,8 @@
 //!   `tunnel_idle_timeout`, cut by a drain whose grace runs out. The request's access log
 //!   line, its metrics, its load-shed slot and its place in the listener's in-flight count end
 //!   at the 101: a socket open for hours must not hold `max_in_flight` room. It keeps its
-//!   endpoint connection's place among `max_connections` while it lives.
+//!   endpoint connection's place among `max_connections` while it lives, and the client
+//!   connection's place among its listener's `runtime.max_connections` (in its `Peer`).
 //! - Any other answer is a normal answer, and the client's connection stays HTTP.
 //!
 //! Its answer (the 101 or another) carries the rate limit's headers and the fault delay's mark

@@ -597,3 +597,47 @@ listeners:
     drop(second);
     server.abort();
 }
+
+/// A CONNECT tunnel keeps its client connection's place among the listener's
+/// `max_connections` while it is open (SPEC §14: further connections wait in the accept
+/// queue): with a cap of 1 and a tunnel open, the next client's CONNECT is not answered until
+/// the tunnel's client goes. Before, the place was given back when hyper handed the socket to
+/// the tunnel, so tunnels could be opened past the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_counts_against_the_listeners_max_connections() {
+    const ONE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { max_connections: 1 }
+upstreams:
+  plain: { endpoints: [$PLAIN] }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - { match: { host: plain.example }, upstream: plain }
+"#;
+    let plain = Capture::start(OK).await;
+    let proxy = Proxy::builder(ONE).var("PLAIN", plain.addr()).spawn().await;
+    let addr = proxy.listener("outbound");
+    let first = open_tunnel(addr, "plain.example:80").await;
+    let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    next.write_all(b"CONNECT plain.example:80 HTTP/1.1\r\nHost: plain.example:80\r\n\r\n")
+        .await
+        .expect("write the CONNECT");
+    let mut byte = [0u8; 1];
+    let held = tokio::time::timeout(Duration::from_millis(700), next.read(&mut byte)).await;
+    assert!(held.is_err(), "served past the cap: {held:?}");
+    drop(first);
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), next.read(&mut byte))
+            .await
+            .expect("served once the first tunnel closed")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 200: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+}

@@ -277,3 +277,44 @@ async fn a_tenant_far_over_its_rate_limit_does_not_delay_another() {
         "the probe tenant's median must stay within 3x the 50 ms service time: {p50:?}"
     );
 }
+
+/// `rampart_in_flight_requests{listener}` counts the requests the listener is handling, from
+/// arrival to the end of their answer (SPEC §6's "requests in flight", which a drain waits
+/// for), so a request waiting in the load-shed queue is among them; `rampart_queue_depth`
+/// tells how many of them wait. (`max_in_flight` is the route's limit on admitted requests, a
+/// different count.) Pinned here: one admitted and one queued read as 2 in flight, 1 queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_is_in_flight_and_in_the_queue_depth() {
+    let app = sample().await;
+    let proxy = shedding(
+        app.addr(),
+        "      max_in_flight: 1\n      queue: { size: 4, timeout: 10s }",
+    )
+    .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let gauges = || async {
+        let text = metrics(admin).await;
+        let in_flight = metric_value(
+            &text,
+            "rampart_in_flight_requests",
+            &[("listener", "inbound")],
+        );
+        let queued = metric_value(
+            &text,
+            "rampart_queue_depth",
+            &[("listener", "inbound"), ("route", "app")],
+        );
+        (in_flight, queued)
+    };
+    let first = tokio::spawn(async move { http::get(addr, "/slow?ms=1500", &[]).await.status });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first request is admitted");
+    let second = tokio::spawn(async move { http::get(addr, "/ok", &[]).await.status });
+    assert_eventually!(
+        gauges().await.1 == Some(1.0),
+        "the second request waits in the queue"
+    );
+    assert_eq!(gauges().await, (Some(2.0), Some(1.0)));
+    assert_eq!(first.await.expect("first"), 200);
+    assert_eq!(second.await.expect("second"), 200);
+    assert_eventually!(gauges().await == (Some(0.0), Some(0.0)), "all done");
+}

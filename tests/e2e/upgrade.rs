@@ -45,7 +45,7 @@ const BYE: &[u8] = b"bye";
 /// A raw upstream: a request for `/chat` is answered `101` with `Sec-WebSocket-Accept` (and
 /// [`WELCOME`] in the same write), then every byte is echoed until the client's end of stream,
 /// answered with [`BYE`] and a close; any other request gets `200` with its path as the body,
-/// on a kept connection. Every head it reads is kept.
+/// on a kept connection (`/fail` gets `500`). Every head it reads is kept.
 struct Upstream {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
@@ -85,8 +85,12 @@ async fn serve(mut conn: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         heads.lock().push(head.clone());
         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
         if path != "/chat" {
+            let status = match path.as_str() {
+                "/fail" => "500 Internal Server Error",
+                _ => "200 OK",
+            };
             let rsp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{path}",
                 path.len()
             );
             if conn.write_all(rsp.as_bytes()).await.is_err() {
@@ -523,4 +527,163 @@ async fn a_drain_waits_for_an_open_websocket_then_cuts_it() {
     let mut rest = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the socket was closed when rampart exited");
+}
+
+const CAPPED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { max_connections: 2 }
+upstreams:
+  ws: { endpoints: [$WS] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: ws }
+"#;
+
+/// A WebSocket through rampart, switched: the 101 and the upstream's first bytes read.
+async fn open_websocket(addr: SocketAddr) -> TcpStream {
+    let mut ws = TcpStream::connect(addr).await.expect("connect");
+    ws.write_all(handshake("/chat").as_bytes())
+        .await
+        .expect("write the handshake");
+    let head = read_head(&mut ws).await.expect("an answer head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(read_exact(&mut ws, WELCOME.len()).await, WELCOME);
+    ws
+}
+
+/// An upgraded connection keeps its place among the listener's `max_connections` while its
+/// socket is open: with a cap of 2 and two WebSockets open, a third client waits (SPEC §14:
+/// in the accept queue) and is served once one of them closes. Before, the place was given
+/// back at the 101, with the connection's task, so any number of sockets could be opened past
+/// the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_counts_against_max_connections() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder(CAPPED).var("WS", up.addr).spawn().await;
+    let addr = proxy.listener("inbound");
+    let mut first = open_websocket(addr).await;
+    let mut second = open_websocket(addr).await;
+
+    // The third client is accepted by the kernel, but not served while both sockets are open.
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: ws.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut byte = [0u8; 1];
+    let held = tokio::time::timeout(Duration::from_millis(700), third.read(&mut byte)).await;
+    assert!(held.is_err(), "served past the cap: {held:?}");
+    // Both sockets still carry bytes meanwhile.
+    second.write_all(b"still").await.expect("write");
+    assert_eq!(read_exact(&mut second, 5).await, b"still");
+
+    // One socket closes (the client's half-close, the upstream's last bytes and close): its
+    // place goes to the third client, whose request is answered.
+    first.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("read to the end");
+    assert_eq!(rest, BYE);
+    let head = read_head(&mut third)
+        .await
+        .expect("the third client is served");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_exact(&mut third, "/third".len()).await, b"/third");
+}
+
+const BREAKER: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  ws: { endpoints: [$WS] }
+policies:
+  fragile:
+    circuit_breaker: { consecutive_failures: 2, open_for: 500ms, half_open_probes: 1 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: ws, policy: fragile }
+"#;
+
+/// `rampart_circuit_breaker_state` of upstream `ws` for `state`.
+fn breaker_state(text: &str, state: &str) -> Option<f64> {
+    metric_value(
+        text,
+        "rampart_circuit_breaker_state",
+        &[("upstream", "ws"), ("tenant", ""), ("state", state)],
+    )
+}
+
+/// A plain `GET path` on a connection of its own: its status.
+async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: ws.example\r\nConnection: close\r\n\r\n");
+    let rsp = crate::support::raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+    rsp.status()
+}
+
+/// An upgrade's 101 ends its try for the breaker: the try is a success at the head (the
+/// switched connection has no body to wait for). A half-open breaker whose one probe is a
+/// WebSocket answered 101 closes, at once: counted as a failure it would reopen, and never
+/// counted (its permit dropped unrecorded, or left to a body that never ends, as a 2xx's
+/// is) it would stay half-open with the probe given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_closes_a_half_open_breaker() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder(BREAKER).var("WS", up.addr).spawn().await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..2 {
+        assert_eq!(get_status(addr, "/fail").await, Some(500));
+    }
+    let opened = tokio::time::Instant::now();
+    let refused = crate::support::raw::exchange(
+        addr,
+        b"GET /refused HTTP/1.1\r\nHost: ws.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(refused.status(), Some(503), "{}", refused.text());
+    assert_eq!(
+        refused.header("x-rampart-reason").as_deref(),
+        Some("circuit_open")
+    );
+    assert_eq!(up.heads().len(), 2, "open: refused without the upstream");
+
+    // Past `open_for`, the WebSocket is the half-open breaker's one probe.
+    tokio::time::sleep_until(opened + Duration::from_millis(650)).await;
+    let mut ws = open_websocket(addr).await;
+    let admin = proxy.admin();
+    let closed = || async { breaker_state(&metrics(admin).await, "closed") };
+    assert_eventually!(
+        closed().await == Some(1.0),
+        "the 101 closed the breaker: {:?}",
+        {
+            let text = metrics(admin).await;
+            ["open", "half_open", "closed"].map(|st| (st, breaker_state(&text, st)))
+        }
+    );
+    let text = metrics(admin).await;
+    assert_eq!(breaker_state(&text, "half_open"), Some(0.0), "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "rampart_circuit_breaker_transitions_total",
+            &[("upstream", "ws"), ("from", "half_open"), ("to", "closed")],
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Closed: plain requests reach the upstream again, beside the open socket.
+    for _ in 0..3 {
+        assert_eq!(get_status(addr, "/after").await, Some(200));
+    }
+    ws.write_all(b"still").await.expect("write");
+    assert_eq!(read_exact(&mut ws, 5).await, b"still");
 }

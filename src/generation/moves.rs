@@ -1,0 +1,188 @@
+//! Where the listeners a reload moved went, and for how long that is remembered.
+//!
+//! A listener a reload moves (same name, new address: `127.0.0.1:P` to `0.0.0.0:P`) keeps
+//! serving, as configured now, the connections its old socket accepted, still open or still
+//! queued while it drains: they look up their old address, which [`Generation::moved`] maps
+//! to the new one. Once the old socket's drain is over, no connection asks for that address
+//! again, so a reload carries a move over only while the drain from that address runs. Without
+//! that, every address a listener ever moved from stayed in every later generation.
+//!
+//! [`Generation::moved`]: super::Generation::moved
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::file;
+
+/// From each address a moved listener had to its address now.
+pub type Moved = HashMap<SocketAddr, SocketAddr>;
+
+/// The moves of a reload to the listeners `now`, from the generation before: `live`, its
+/// listeners (address and name), and `moved`, its own moves. An address of `live` that `now`
+/// has no listener on, whose listener `now` names at another address, is a move; so is one of
+/// `moved` whose listener moves on (or stays), while `draining` says its drain still runs.
+pub(crate) fn moves<'a, L>(
+    live: L,
+    moved: &Moved,
+    now: &[file::Listener],
+    draining: impl Fn(&SocketAddr) -> bool,
+) -> Moved
+where
+    L: Iterator<Item = (SocketAddr, &'a str)> + Clone,
+{
+    let name_at = |addr: &SocketAddr| live.clone().find(|(a, _)| a == addr).map(|(_, n)| n);
+    let still = moved
+        .iter()
+        .filter(|(from, _)| draining(from))
+        .filter_map(|(from, to)| Some((*from, name_at(to)?)));
+    live.clone()
+        .chain(still)
+        .filter(|(from, _)| !now.iter().any(|l| l.listen == *from))
+        .filter_map(|(from, name)| {
+            let to = now.iter().find(|l| l.name == name)?.listen;
+            Some((from, to))
+        })
+        .collect()
+}
+
+/// The addresses whose listener a reload took away and that still drain, counted (a listener
+/// put back at an address and taken away again may drain there twice at once).
+#[derive(Debug, Default, Clone)]
+pub struct Drains(Arc<parking_lot::Mutex<HashMap<SocketAddr, u32>>>);
+
+/// One drain under way at an address, until dropped.
+#[derive(Debug)]
+#[must_use = "the drain counts as over when this is dropped"]
+pub struct Draining {
+    drains: Drains,
+    addr: SocketAddr,
+}
+
+// === impl Drains ===
+
+impl Drains {
+    /// Counts a drain at `addr` until the result is dropped.
+    pub fn begin(&self, addr: SocketAddr) -> Draining {
+        *self.0.lock().entry(addr).or_insert(0) += 1;
+        Draining {
+            drains: self.clone(),
+            addr,
+        }
+    }
+
+    /// Whether a drain at `addr` runs now.
+    pub fn at(&self, addr: &SocketAddr) -> bool {
+        self.0.lock().contains_key(addr)
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        let mut by = self.drains.0.lock();
+        if let Some(n) = by.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                by.remove(&self.addr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("an address")
+    }
+
+    fn listener(name: &str, listen: &str) -> file::Listener {
+        file::Listener {
+            name: name.to_owned(),
+            direction: file::Direction::Inbound,
+            listen: addr(listen),
+            tls: None,
+            access_log: None,
+            trust_plan_header: false,
+            routes: Vec::new(),
+        }
+    }
+
+    /// One reload from a generation with `live` listeners and `moved` to `now`.
+    fn reload(
+        live: &[(&str, &str)],
+        moved: &Moved,
+        now: &[file::Listener],
+        drains: &Drains,
+    ) -> Moved {
+        let live: Vec<(SocketAddr, &str)> = live.iter().map(|(n, a)| (addr(a), *n)).collect();
+        moves(live.iter().copied(), moved, now, |a| drains.at(a))
+    }
+
+    #[test]
+    fn a_move_is_remembered_while_its_old_address_drains_then_forgotten() {
+        let drains = Drains::default();
+        let now = [listener("in", "0.0.0.0:8080")];
+        let first = reload(&[("in", "127.0.0.1:8080")], &Moved::new(), &now, &drains);
+        assert_eq!(
+            first,
+            Moved::from([(addr("127.0.0.1:8080"), addr("0.0.0.0:8080"))])
+        );
+        // The old socket drains (reload::apply begins it): a reload meanwhile keeps the move.
+        let draining = drains.begin(addr("127.0.0.1:8080"));
+        let live = [("in", "0.0.0.0:8080")];
+        assert_eq!(reload(&live, &first, &now, &drains), first);
+        // Its drain over, the next reload forgets it.
+        drop(draining);
+        assert!(!drains.at(&addr("127.0.0.1:8080")));
+        assert_eq!(reload(&live, &first, &now, &drains), Moved::new());
+    }
+
+    #[test]
+    fn a_move_still_draining_follows_its_listener_to_its_next_address() {
+        let drains = Drains::default();
+        let _a = drains.begin(addr("127.0.0.1:1"));
+        let moved = Moved::from([(addr("127.0.0.1:1"), addr("127.0.0.1:2"))]);
+        let now = [listener("in", "127.0.0.1:3")];
+        let next = reload(&[("in", "127.0.0.1:2")], &moved, &now, &drains);
+        assert_eq!(
+            next,
+            Moved::from([
+                (addr("127.0.0.1:1"), addr("127.0.0.1:3")),
+                (addr("127.0.0.1:2"), addr("127.0.0.1:3")),
+            ])
+        );
+        // A listener taken out entirely takes its moves with it.
+        assert_eq!(
+            reload(&[("in", "127.0.0.1:3")], &next, &[], &drains),
+            Moved::new()
+        );
+    }
+
+    /// A listener moved to a new port at every reload, each drain over before the next: the
+    /// map holds the last move only, not one entry per port it ever had.
+    #[test]
+    fn moves_stay_bounded_by_the_drains_under_way() {
+        let drains = Drains::default();
+        let mut moved = Moved::new();
+        for port in 1..50u16 {
+            let (was, now) = (
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{}", port + 1),
+            );
+            moved = reload(&[("in", &was)], &moved, &[listener("in", &now)], &drains);
+            assert_eq!(moved.len(), 1, "after the move to {now}: {moved:?}");
+            drop(drains.begin(addr(&was)));
+        }
+        // Two drains at one address: it drains until both are over.
+        let (one, two) = (
+            drains.begin(addr("127.0.0.1:9")),
+            drains.begin(addr("127.0.0.1:9")),
+        );
+        drop(one);
+        assert!(drains.at(&addr("127.0.0.1:9")));
+        drop(two);
+        assert!(!drains.at(&addr("127.0.0.1:9")));
+    }
+}
