@@ -6,6 +6,7 @@
 //! the request id and the trace, and starts the log line and the span while the request is
 //! still whole) and learns the route and the tenant as the path finds them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -123,6 +124,117 @@ struct CutEnd;
 impl Drop for CutEnd {
     fn drop(&mut self) {
         CUTTING.set(false);
+    }
+}
+
+/// Whether a connection whose requests run in tasks of their own (hyper's HTTP/2 streams) was
+/// cut: marked as the connection's task is dropped unfinished ([`MarksCut`]), read as each of
+/// its requests' futures is dropped ([`CutAlong`]). Such a request is not dropped inside the
+/// connection's [`Cut`], but in its own task, when the connection's end wakes it.
+#[derive(Debug, Default)]
+pub struct ConnCut(AtomicBool);
+
+/// A connection's future (`None`: one whose requests all run inside it) that marks its
+/// [`ConnCut`] when dropped inside a [`Cut`], before any of it is dropped: the tasks of its
+/// requests, which its end wakes, see the mark whichever thread they run on.
+#[derive(Debug)]
+pub struct MarksCut<F> {
+    fut: F,
+    conn: Option<Arc<ConnCut>>,
+}
+
+/// A request's future that runs in a task of its own (an HTTP/2 stream's): dropped once its
+/// connection was cut, the request is counted and logged as cut by rampart ([`CUT`]), as one
+/// dropped inside a [`Cut`] is, not as a gone client's 499.
+#[derive(Debug)]
+pub struct CutAlong<F> {
+    // Dropped in this order, after `Drop::drop` marks the thread if the connection was cut:
+    // the future, then the mark's end.
+    fut: F,
+    end: AlongEnd,
+}
+
+/// Ends the mark a [`CutAlong`] set, if it set one.
+#[derive(Debug)]
+struct AlongEnd {
+    conn: Option<Arc<ConnCut>>,
+    marked: bool,
+}
+
+// === impl MarksCut ===
+
+impl<F> MarksCut<F> {
+    /// `fut`, a connection's future, marking `conn` if it is cut.
+    pub fn new(fut: F, conn: Option<Arc<ConnCut>>) -> MarksCut<F> {
+        MarksCut { fut, conn }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for MarksCut<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        std::pin::Pin::new(&mut self.fut).poll(cx)
+    }
+}
+
+impl<F> Drop for MarksCut<F> {
+    fn drop(&mut self) {
+        if let (Some(conn), true) = (&self.conn, cutting()) {
+            conn.0.store(true, Ordering::Release);
+        }
+    }
+}
+
+// === impl CutAlong ===
+
+impl<F> CutAlong<F> {
+    /// `fut`, a request's future on connection `conn` (`None`: one that runs inside its
+    /// connection's task, which a [`Cut`] covers).
+    pub fn new(fut: F, conn: Option<Arc<ConnCut>>) -> CutAlong<F> {
+        CutAlong {
+            fut,
+            end: AlongEnd {
+                conn,
+                marked: false,
+            },
+        }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for CutAlong<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        std::pin::Pin::new(&mut self.fut).poll(cx)
+    }
+}
+
+impl<F> Drop for CutAlong<F> {
+    fn drop(&mut self) {
+        let cut = self
+            .end
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.0.load(Ordering::Acquire));
+        if cut && !cutting() {
+            CUTTING.set(true);
+            self.end.marked = true;
+        }
+    }
+}
+
+impl Drop for AlongEnd {
+    fn drop(&mut self) {
+        if self.marked {
+            CUTTING.set(false);
+        }
     }
 }
 
@@ -466,6 +578,61 @@ mod tests {
         assert!(!cutting(), "and no longer after");
         // Dropped elsewhere, a request is a client's going.
         drop(Sees(seen.clone()));
+        assert_eq!(*seen.lock(), Some(false));
+    }
+
+    /// A request's future in a task of its own ([`CutAlong`]) is dropped as cut only once its
+    /// connection's future was dropped inside a [`Cut`] ([`MarksCut`]); before, or after the
+    /// connection ended otherwise, its drop is a client's going.
+    #[test]
+    fn a_request_in_its_own_task_is_cut_with_its_connection() {
+        struct Sees(Arc<parking_lot::Mutex<Option<bool>>>);
+        impl Drop for Sees {
+            fn drop(&mut self) {
+                *self.0.lock() = Some(cutting());
+            }
+        }
+        let request = |conn: &Arc<ConnCut>, seen: &Arc<parking_lot::Mutex<Option<bool>>>| {
+            let held = Sees(seen.clone());
+            let fut = Box::pin(async move {
+                let _held = held;
+                std::future::pending::<()>().await;
+            });
+            CutAlong::new(fut, Some(conn.clone()))
+        };
+        let connection = |conn: &Arc<ConnCut>| {
+            MarksCut::new(Box::pin(std::future::pending::<()>()), Some(conn.clone()))
+        };
+        let seen = Arc::new(parking_lot::Mutex::new(None));
+
+        // The connection ended by itself (its client went away): not cut.
+        let conn = Arc::new(ConnCut::default());
+        let req = request(&conn, &seen);
+        drop(connection(&conn));
+        drop(req);
+        assert_eq!(*seen.lock(), Some(false), "a client's going");
+
+        // The connection's task cut: its request, dropped after, on any thread, is cut.
+        let conn = Arc::new(ConnCut::default());
+        let req = request(&conn, &seen);
+        drop(Cut::new(connection(&conn)));
+        assert!(!cutting());
+        let after = std::thread::spawn(move || {
+            drop(req);
+            cutting()
+        })
+        .join()
+        .expect("no panic");
+        assert_eq!(*seen.lock(), Some(true), "cut with its connection");
+        assert!(!after, "and the mark ends with it");
+
+        // A request that runs inside its connection's task is left to the task's `Cut`.
+        let held = Sees(seen.clone());
+        let fut = Box::pin(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        drop(CutAlong::new(fut, None));
         assert_eq!(*seen.lock(), Some(false));
     }
 

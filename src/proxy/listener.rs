@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use super::balance::Open;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
-use super::finish::Cut;
+use super::finish::{ConnCut, Cut, CutAlong, MarksCut};
 use super::forward::Peer;
 use super::h1;
 use super::respond::answer;
@@ -651,8 +651,10 @@ struct ToHyper {
 
 impl ToHyper {
     /// Serves it with [`serve_hyper`], boxed: inline, hyper's part would set the size of every
-    /// connection's task, though a connection the lean server keeps never touches it.
-    fn serve(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    /// connection's task, though a connection the lean server keeps never touches it. One
+    /// that may be HTTP/2 runs its requests in tasks of their own, which learn from a
+    /// [`ConnCut`] whether it was cut (at the end of a drain's grace).
+    fn serve(self) -> MarksCut<Pin<Box<dyn Future<Output = ()> + Send>>> {
         let ToHyper {
             conn,
             io,
@@ -667,17 +669,20 @@ impl ToHyper {
         } else {
             None
         };
-        match io {
+        let cut = (!h1).then(|| Arc::new(ConnCut::default()));
+        let streams = cut.clone();
+        let fut: Pin<Box<dyn Future<Output = ()> + Send>> = match io {
             KeptIo::Plain(io) => {
                 let io = h1::Rewind::new(read, io);
-                super::boxed(|| serve_hyper(conn, io, head_end, watch))
+                super::boxed(|| serve_hyper(conn, io, head_end, watch, streams))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
                 let io = h1::Rewind::new(read, io);
-                super::boxed(|| serve_hyper(conn, io, head_end, watch))
+                super::boxed(|| serve_hyper(conn, io, head_end, watch, streams))
             }
-        }
+        };
+        MarksCut::new(fut, cut)
     }
 }
 
@@ -848,12 +853,15 @@ impl TaskIo for TlsStream<Sock> {
 /// timeout to `head_end`, from accept, whoever served the connection so far.
 /// `h1`: the lean server handed it over, with no HTTP/2 preface read: hyper's HTTP/1 server
 /// serves it ([`h1_server_builder`]), with the client watched while an answer is awaited
-/// (`h1/gone.rs`; `Some(None)` if the watch could not be made), else the auto server.
+/// (`h1/gone.rs`; `Some(None)` if the watch could not be made), else the auto server, whose
+/// HTTP/2 requests each run in a task of their own and are cut with the connection by
+/// `streams` ([`CutAlong`]).
 async fn serve_hyper<I>(
     conn: Served,
     io: I,
     head_end: Instant,
     h1: Option<Option<Arc<h1::gone::Watch>>>,
+    streams: Option<Arc<ConnCut>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -870,7 +878,7 @@ async fn serve_hyper<I>(
     tokio::pin!(watchdog);
     let draining = *stopped.borrow();
     let peer_addr = client.addr;
-    let svc = |watch: Option<Arc<h1::gone::Watch>>| {
+    let svc = |watch: Option<Arc<h1::gone::Watch>>, cut: Option<Arc<ConnCut>>| {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, client) = (shared.clone(), client.clone());
@@ -880,7 +888,7 @@ async fn serve_hyper<I>(
             // returns about ten times on its way into an HTTP/2 stream's task and out again
             // (4,700 instructions of `memcpy` a request, against one allocation).
             let handling = super::boxed(|| serve(shared, addr, req, client, active));
-            h1::gone::unless_gone(handling, watch.clone())
+            CutAlong::new(h1::gone::unless_gone(handling, watch.clone()), cut.clone())
         })
     };
     let ends = Ends {
@@ -897,14 +905,14 @@ async fn serve_hyper<I>(
             });
             let conn = lst
                 .h1_server
-                .serve_connection(io, svc(watch))
+                .serve_connection(io, svc(watch, None))
                 .with_upgrades();
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }
         None => {
             let conn = lst
                 .server
-                .serve_connection_with_upgrades(TokioIo::new(io), svc(None));
+                .serve_connection_with_upgrades(TokioIo::new(io), svc(None, streams));
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }
     }

@@ -225,9 +225,11 @@ struct Late {
     trailed: Option<Trailed>,
 }
 
-/// The deadline an answer's body must end by; its timer is made the first time the body has
-/// nothing to give (a body read whole with its head never makes one). An HTTP/1.1 answer
-/// ([`Returning`]) and an HTTP/2 one (`h2::H2Answer`) keep it alike.
+/// The deadline an answer's body must end by. A body that keeps coming is held to it before
+/// each frame, by the clock ([`EndBy::over`]); one that waits for bytes by a timer, made the
+/// first time it has nothing to give ([`EndBy::passed`]). A body read whole with its head keeps
+/// none, so it reads no clock and makes no timer. An HTTP/1.1 answer ([`Returning`]) and an
+/// HTTP/2 one (`h2::H2Answer`) keep it alike.
 #[derive(Debug)]
 pub(super) struct EndBy {
     at: Instant,
@@ -542,6 +544,17 @@ impl EndBy {
         }
     }
 
+    /// Whether the deadline has passed (then counted), by the clock; called before each frame,
+    /// so that a body whose bytes never stop coming (it never waits, so never reaches
+    /// [`EndBy::passed`]) is cut on time too, not at its next pause, or never.
+    pub(super) fn over(&mut self) -> bool {
+        if Instant::now() < self.at {
+            return false;
+        }
+        self.counted.inc();
+        true
+    }
+
     /// Whether the deadline has passed (then counted); called when the body has nothing to
     /// give, so a body waiting for bytes leaves its task's waker with the timer.
     pub(super) fn passed(&mut self, cx: &mut Context<'_>) -> bool {
@@ -609,7 +622,8 @@ impl Returning {
         self.back = None;
         self.failed = true;
         self.guards = Guards::default();
-        if let Some(t) = self.late.as_mut().and_then(|l| l.trailed.take()) {
+        // Its deadline goes too: a body at its end is never cut (nor counted) again.
+        if let Some(t) = self.late.take().and_then(|l| l.trailed) {
             t.end(if deadline {
                 StreamEnd::Deadline
             } else {
@@ -624,6 +638,15 @@ impl Returning {
         self.back
             .as_ref()
             .is_none_or(|(conn, _)| conn.body_done() || conn.body_buffered())
+    }
+
+    /// Whether the body's deadline has passed, by the clock (then counted); looked at before
+    /// each frame (see [`EndBy::over`]).
+    fn over_deadline(&mut self) -> bool {
+        self.late
+            .as_mut()
+            .and_then(|l| l.end_by.as_mut())
+            .is_some_and(EndBy::over)
     }
 
     /// Whether the body's deadline has passed (its timer then counts the timeout); a body
@@ -669,7 +692,7 @@ impl Returning {
             }
         }
         self.guards = Guards::default();
-        if let Some(t) = self.late.as_mut().and_then(|l| l.trailed.take()) {
+        if let Some(t) = self.late.take().and_then(|l| l.trailed) {
             t.end(StreamEnd::NoTrailers);
         }
     }
@@ -683,6 +706,11 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        if self.over_deadline() {
+            // Cut short before the next frame: the connection is dropped, never pooled.
+            self.broke(true);
+            return Poll::Ready(Some(Err(UpstreamError::Deadline)));
+        }
         let Some((conn, _)) = self.back.as_mut() else {
             return Poll::Ready(None);
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ::http::Method;
 use tokio::time::Instant;
 
-use crate::support::{http, metric_value, metrics, sample, Proxy};
+use crate::support::{http, metric_value, metrics, raw, sample, Proxy};
 
 /// `$APP` (one or more endpoints) behind a retrying policy; `$EXTRA` adds policy keys.
 const RETRYING: &str = r#"
@@ -277,6 +277,215 @@ async fn the_request_deadline_covers_the_answer_s_body() {
         &[("route", "app"), ("kind", "request")],
     );
     assert_eq!(request, Some(1.0), "{text}");
+}
+
+/// A route of 500 ms (`timeout.request`) to `$APP`, its lines in the access log at `$LOG`.
+const BOUNDED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  bounded:
+    timeout: { request: 500ms }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { upstream: app, policy: bounded }
+"#;
+
+/// An HTTP/1.1 upstream that answers each request 200 with a chunked body written as fast as
+/// the socket takes it (16 KiB chunks, 64 to a write), never pausing, for `lasting` (then
+/// ends it whole).
+async fn flooding(lasting: Duration) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // 64 chunks to a write, so the socket is never empty for long.
+                let mut chunks = Vec::new();
+                for _ in 0..64 {
+                    chunks.extend_from_slice(b"4000\r\n");
+                    chunks.extend_from_slice(&[b'x'; 16 * 1024]);
+                    chunks.extend_from_slice(b"\r\n");
+                }
+                let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if conn.write_all(start).await.is_err() {
+                    return;
+                }
+                let t0 = Instant::now();
+                while t0.elapsed() < lasting {
+                    if conn.write_all(&chunks).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// That an answer cut at the 500 ms deadline ended for its client `took` after it was asked
+/// for: soon after the deadline (what was on its way already, read a millisecond at a time,
+/// comes after it), not at the upstream's end 3 s on. Its access log line says when rampart
+/// cut it, to the millisecond.
+fn at_the_deadline(took: Duration, what: &str) {
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2000),
+        "{what}: ended at the deadline: {took:?}"
+    );
+}
+
+/// The request deadline cuts an answer body that keeps coming without a pause, on time (the
+/// clients read slower than the upstream writes, so rampart always has bytes waiting): it is
+/// cut within a few milliseconds of the 500 ms deadline (its line's duration), the client's
+/// answer then ends short (HTTP/1.1: its connection closed without the last chunk; HTTP/2: its
+/// stream reset), and the timeout is counted and the line logged as for any other body cut at
+/// the deadline. Before, the deadline was looked at only when the body had nothing to give: a
+/// body that never paused ran to its end (3 s here), or for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_cuts_an_answer_body_that_never_pauses() {
+    use tokio::io::AsyncWriteExt;
+    let (up, _task) = flooding(Duration::from_secs(3)).await;
+    let log = tempfile::tempdir().expect("a temp dir");
+    let file = log.path().join("access.jsonl");
+    let proxy = Proxy::builder(BOUNDED)
+        .var("APP", up)
+        .var("LOG", file.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /flood HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let got = raw::drain_slowly(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("the connection ends, not still streaming 5 s on");
+    assert!(got.start.starts_with("HTTP/1.1 200"), "{}", got.start);
+    assert!(
+        got.count > 16 * 1024,
+        "the body streamed: {} bytes",
+        got.count
+    );
+    assert!(
+        !got.end.ends_with(b"0\r\n\r\n"),
+        "cut short, never a whole chunked body"
+    );
+    at_the_deadline(got.took, "HTTP/1.1");
+
+    let mut send = http::h2c(addr).await;
+    let req = ::http::Request::get(format!("http://{addr}/flood"))
+        .body(http::empty())
+        .expect("request");
+    let t0 = Instant::now();
+    let rsp = send.send_request(req).await.expect("an answer");
+    assert_eq!(rsp.status(), 200);
+    let ended = http::frames_slowly(rsp.into_body(), Duration::from_secs(5))
+        .await
+        .expect("the stream ends, not still streaming 5 s on");
+    assert!(ended.is_err(), "reset, never an end");
+    at_the_deadline(t0.elapsed(), "HTTP/2");
+
+    let text = metrics(proxy.admin()).await;
+    let request = [("route", "app"), ("kind", "request")];
+    assert_eq!(
+        metric_value(&text, "rampart_timeouts_total", &request),
+        Some(2.0),
+        "{text}"
+    );
+    let lines = crate::support::wait_log_lines(&file, 2).await;
+    for line in &lines {
+        assert_eq!(line["status"].as_u64(), Some(200), "{line}");
+        assert!(
+            line["bytes_out"].as_u64().is_some_and(|b| b > 16 * 1024),
+            "{line}"
+        );
+        let ms = line["duration_ms"].as_f64().expect("a duration");
+        assert!((450.0..800.0).contains(&ms), "cut at the deadline: {line}");
+    }
+}
+
+/// The request deadline bounds a client's upload that never pauses as it bounds any other
+/// request: streamed to an upstream that takes every byte and never answers, it is answered
+/// 504 `timeout` at the 500 ms deadline, while the client is still sending. (A regression
+/// guard: the try's deadline is a timer beside the upload, so this held before the answer
+/// body's deadline was looked at before each frame; an upload whose answer has begun is cut
+/// with the answer's body, above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_bounds_an_upload_that_never_pauses() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reads for ever and never answers.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = sink.local_addr().expect("addr");
+    let _sink = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(1..) = conn.read(&mut buf).await {}
+            });
+        }
+    });
+    let log = tempfile::tempdir().expect("a temp dir");
+    let proxy = Proxy::builder(BOUNDED)
+        .var("APP", up)
+        .var("LOG", log.path().join("access.jsonl").display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let t0 = Instant::now();
+    let _upload = tokio::spawn(async move {
+        let mut chunks = Vec::new();
+        for _ in 0..64 {
+            chunks.extend_from_slice(b"4000\r\n");
+            chunks.extend_from_slice(&[b'x'; 16 * 1024]);
+            chunks.extend_from_slice(b"\r\n");
+        }
+        let head = b"POST /sink HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut sending = wr.write_all(head).await;
+        while sending.is_ok() {
+            sending = wr.write_all(&chunks).await;
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "answered, not still uploading 5 s on");
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("x-rampart-reason: timeout"), "{text}");
+    at_the_deadline(took, "the upload");
 }
 
 /// A gRPC call whose own deadline has passed when it comes (`grpc-timeout: 0n`, or 1n) is

@@ -213,6 +213,77 @@ listeners:
     assert_eq!(line["tries"], 1, "{line}");
 }
 
+/// The same for HTTP/2 requests, which hyper serves each in a task of its own: both streams
+/// of an h2c connection still waiting for their upstream when the grace ends are cut (their
+/// client sees them fail, never an answer), logged as 503 `shutdown` with their try, and the
+/// process exits 0 at the end of the grace. Before, the connection's task was cut but its
+/// streams' tasks ran on, to the upstream's answer or the process's exit, and left no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_cut_at_the_end_of_the_grace_are_logged_as_cut() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let cfg = format!(
+        r#"
+version: 1
+admin: {{ listen: $ADMIN }}
+runtime: {{ shutdown_grace: 300ms }}
+upstreams:
+  app: {{ endpoints: [$APP] }}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: {{ to: {} }}
+    routes:
+      - upstream: app
+"#,
+        log.display()
+    );
+    let mut proxy = Proxy::builder(&cfg).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    let send = http::h2c(addr).await;
+    let calls: Vec<_> = ["h2-cut-1", "h2-cut-2"]
+        .into_iter()
+        .map(|id| {
+            let mut send = send.clone();
+            let req = ::http::Request::get(format!("http://{addr}/slow?ms=5000"))
+                .header("x-request-id", id)
+                .body(http::empty())
+                .expect("request");
+            tokio::spawn(async move { send.send_request(req).await })
+        })
+        .collect();
+    assert_eventually!(app.hits_for("/slow") == 2, "both requests are in flight");
+    let signalled = tokio::time::Instant::now();
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(3)).await;
+    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "exited at the grace's end: {took:?}"
+    );
+    for call in calls {
+        let got = tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .expect("the stream ended with the grace")
+            .expect("no panic");
+        assert!(got.is_err(), "cut, never answered: {got:?}");
+    }
+    let lines = crate::support::log_lines(&log);
+    for id in ["h2-cut-1", "h2-cut-2"] {
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("a line for {id}: {lines:?}\n{}", proxy.log()));
+        assert_eq!(line["status"], 503, "{line}");
+        assert_eq!(line["reason"], "shutdown", "{line}");
+        assert_eq!(line["tries"], 1, "{line}");
+    }
+}
+
 /// The same for a listener a reload removes: a request still in flight on it when the grace
 /// ends is cut, logged as 503 `shutdown`, counted under that code (not 499), and its try
 /// counted as abandoned with cause `shutdown`, not `client_gone`.
@@ -327,5 +398,74 @@ async fn a_reload_asked_for_while_draining_is_refused_and_binds_nothing() {
         Some(0),
         "log:\n{}",
         proxy.log()
+    );
+}
+
+/// The same for HTTP/2 requests on a listener a reload removes: a stream still waiting for
+/// its upstream when the grace ends is cut (its client never answered), counted under 503 and
+/// not 499, and its try counted as abandoned with cause `shutdown`. Before, hyper's stream
+/// task dropped it after its connection as a client's going: a 499, cause `client_gone`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_cut_when_a_removed_listener_drains_is_counted_as_rampart_s_cut() {
+    let app = sample().await;
+    let base = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 300ms }
+upstreams:
+  app: { endpoints: [$APP] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+"#;
+    let extra = "  - name: extra\n    direction: inbound\n    listen: $LISTEN_extra\n    \
+                 routes:\n      - upstream: app\n";
+    let mut proxy = Proxy::builder(&format!("{base}{extra}"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("extra"), proxy.admin());
+    let mut send = http::h2c(addr).await;
+    let req = ::http::Request::get(format!("http://{addr}/slow?ms=5000"))
+        .body(http::empty())
+        .expect("request");
+    let in_flight = tokio::spawn(async move { send.send_request(req).await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the slow request is in flight");
+    proxy.rewrite_config(base);
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let got = tokio::time::timeout(Duration::from_secs(2), in_flight)
+        .await
+        .expect("cut within the grace")
+        .expect("no panic");
+    assert!(got.is_err(), "cut, never answered: {got:?}");
+    let count = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        crate::support::metric_value(text, name, labels)
+    };
+    assert_eventually!(
+        count(
+            &crate::support::metrics(admin).await,
+            "rampart_requests_total",
+            &[("listener", "extra"), ("code", "503")]
+        ) == Some(1.0),
+        "the cut request is counted as 503"
+    );
+    let text = crate::support::metrics(admin).await;
+    assert_eq!(
+        count(&text, "rampart_requests_total", &[("code", "499")]),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "shutdown")]
+        ),
+        Some(1.0),
+        "{text}"
     );
 }

@@ -1662,6 +1662,51 @@ async fn the_request_deadline_cuts_an_h2_upstreams_stalled_answer() {
     }
 }
 
+/// The request deadline cuts an HTTP/2 upstream's answer whose frames never stop coming on
+/// time, as it cuts one that stalls: the upstream sends as fast as flow control lets it, and
+/// the client (HTTP/2, its stream window 64 KiB, a frame read a millisecond) lets rampart
+/// take less at a time than its own window for the upstream holds, so a frame is always
+/// waiting. The client's stream is reset within a few milliseconds of the 500 ms deadline,
+/// the upstream's stream too, the timeout counted and the line logged. Before, the deadline
+/// was looked at only when the stream had nothing to give, so this one ran on (for the 10 GB
+/// it was asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_cuts_an_h2_upstreams_answer_that_never_pauses() {
+    const ENDLESS: &str = "/bytes/10000000000";
+    let up = H2Server::start(None).await;
+    let proxy = fronted(BOUNDED, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let mut send = http::h2c_window(addr, 64 * 1024).await;
+    let req = Request::get(format!("http://grpc.internal{ENDLESS}"))
+        .body(http::empty())
+        .expect("request");
+    let t0 = tokio::time::Instant::now();
+    let rsp = send.send_request(req).await.expect("an answer");
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let ended = http::frames_slowly(rsp.into_body(), std::time::Duration::from_secs(5))
+        .await
+        .expect("the stream ends, not still streaming 5 s on");
+    assert!(ended.is_err(), "reset, never an end: {ended:?}");
+    at_the_deadline(t0, "HTTP/2");
+
+    let text = metrics(proxy.admin()).await;
+    let request = [("kind", "request")];
+    assert_eq!(
+        metric_value(&text, "rampart_timeouts_total", &request),
+        Some(1.0),
+        "{text}"
+    );
+    let line = &logged(&proxy, ENDLESS, 1).await[0];
+    assert_eq!(line["status"].as_u64(), Some(200), "{line}");
+    let ms = line["duration_ms"].as_f64().expect("a duration");
+    assert!((450.0..800.0).contains(&ms), "cut at the deadline: {line}");
+    assert!(
+        line["bytes_out"].as_u64().is_some_and(|b| b > 64 * 1024),
+        "{line}"
+    );
+}
+
 /// A gRPC call's answer still streaming at its deadline ends as rampart ends a call whose
 /// deadline passes before the head: `grpc-status` DEADLINE_EXCEEDED, here in trailers after
 /// the messages that came whole; its line has that status, and the upstream's stream is reset.

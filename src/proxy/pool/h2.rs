@@ -104,7 +104,7 @@ pub struct H2Answer {
     /// Whether this answers a gRPC call (its trailers' status goes to the request's span).
     pub(crate) grpc: bool,
     /// The request's deadline, set by [`H2Answer::end_by`] (inline: the answer is boxed
-    /// already; its timer is made only when the stream waits).
+    /// already; held to before each frame, its timer made only when the stream waits).
     end_by: Option<EndBy>,
     /// A gRPC call's messages so far, read only when its client reads trailers and a deadline
     /// bounds it: whether a cut can end it with a status.
@@ -423,6 +423,10 @@ impl http_body::Body for H2Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
+        if this.end_by.as_mut().is_some_and(EndBy::over) {
+            // Before the next frame: a stream whose frames never stop coming is cut on time.
+            return Poll::Ready(Some(this.cut()));
+        }
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };

@@ -140,6 +140,40 @@ pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Re
     send
 }
 
+/// Reads an answer's body to its end, a frame a millisecond (see `raw::drain_slowly`): how
+/// it ended (the bytes it had, or the error it broke with); `None` if it has not ended
+/// within `wait`.
+pub async fn frames_slowly(
+    mut body: hyper::body::Incoming,
+    wait: Duration,
+) -> Option<Result<usize, hyper::Error>> {
+    let read = async {
+        let mut count = 0;
+        while let Some(frame) = body.frame().await {
+            count += frame?.data_ref().map_or(0, Bytes::len);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(count)
+    };
+    tokio::time::timeout(wait, read).await.ok()
+}
+
+/// [`h2c`] with a stream receive window of `window` bytes (hyper's default is 2 MiB): the
+/// client lets rampart send only that much of an answer ahead of what it has read.
+pub async fn h2c_window(
+    addr: SocketAddr,
+    window: u32,
+) -> hyper::client::conn::http2::SendRequest<ReqBody> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
 /// GET over HTTP/2 with prior knowledge (h2c) on a fresh connection.
 pub async fn h2_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
     let call = async {

@@ -83,3 +83,44 @@ impl RawResp {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
 }
+
+/// What [`drain_slowly`] kept of a long answer.
+#[derive(Debug)]
+pub struct Drained {
+    /// Its first bytes (the head's start), as text.
+    pub start: String,
+    /// How many bytes came.
+    pub count: usize,
+    /// Its last 16 bytes.
+    pub end: Vec<u8>,
+    /// Time from the call to the end.
+    pub took: Duration,
+}
+
+/// Reads `tcp` to its end, a read (of up to 64 KiB) a millisecond: slower than a peer that
+/// writes as fast as it can, so that what rampart reads from such a peer never runs dry.
+/// Keeps only the first bytes and the last; `None` if it has not ended within `wait`.
+pub async fn drain_slowly(tcp: &mut TcpStream, wait: Duration) -> Option<Drained> {
+    let t0 = tokio::time::Instant::now();
+    let (mut start, mut count, mut end) = (Vec::new(), 0, Vec::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = async {
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            count += n;
+            if start.len() < 64 {
+                start.extend_from_slice(&buf[..n.min(64)]);
+            }
+            end.extend_from_slice(&buf[..n]);
+            let over = end.len().saturating_sub(16);
+            end.drain(..over);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(wait, read).await.ok()?;
+    Some(Drained {
+        start: String::from_utf8_lossy(&start).into_owned(),
+        count,
+        end,
+        took: t0.elapsed(),
+    })
+}
