@@ -492,3 +492,115 @@ async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable()
     let held = metric_value(&text, "rampart_idempotency_keys", &[("route", "app")]);
     assert_eq!(held, Some(5.0), "{text}");
 }
+
+/// An upstream that answers 200 to every request, with a header line for each `h=NAME:VALUE`
+/// of its query, and a body naming the request's `authorization`; it closes each connection
+/// after its answer, so it is down for good once the returned task is aborted.
+async fn header_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind must work");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    let who = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let body = format!("private to {who}\n");
+                    let mut rsp =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    let h = rsp.headers_mut();
+                    let query = req.uri().query().unwrap_or("");
+                    for (name, value) in query
+                        .split('&')
+                        .filter_map(|p| p.strip_prefix("h="))
+                        .filter_map(|p| p.split_once(':'))
+                    {
+                        h.append(
+                            hyper::header::HeaderName::from_bytes(name.as_bytes())
+                                .expect("a test header name"),
+                            value.parse().expect("a test header value"),
+                        );
+                    }
+                    h.insert("connection", "close".parse().expect("a header value"));
+                    Ok::<_, std::convert::Infallible>(rsp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The stale store is shared by every client of a tenant, so it keeps only what a shared
+/// cache may (RFC 9111 §3, §3.5): user A's private answer, one that sets A's cookie, and one
+/// to A's `authorization` that does not say it may be shared are never given to user B when
+/// the upstream is down (B gets the static answer); a public answer, and one to an
+/// authenticated request that says `public`, still are. Before, B got A's body and cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_answer_is_never_kept_for_another_client() {
+    let (app, server) = header_server().await;
+    let proxy = Proxy::builder(&with_policy(
+        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: text/plain, body: 'static' } } }"#,
+    ))
+    .var("APP", app)
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let a = [("x-tenant-id", "acme"), ("authorization", "Bearer userA")];
+    let b = [("x-tenant-id", "acme"), ("authorization", "Bearer userB")];
+    let anon = [("x-tenant-id", "acme")];
+    let private = "/me?h=cache-control:private,no-store&h=set-cookie:sid=AAA";
+    let cookie = "/cookie?h=set-cookie:sid=AAA";
+    let no_cache = "/nc?h=cache-control:no-cache";
+    let authed = "/authed?h=cache-control:max-age=60";
+    let authed_public = "/shared?h=cache-control:public,max-age=60";
+    let public = "/public";
+    let who: [(&str, &[(&str, &str)]); 6] = [
+        (private, &a),
+        (cookie, &anon),
+        (no_cache, &anon),
+        (authed, &a),
+        (authed_public, &a),
+        (public, &anon),
+    ];
+    for (path, who) in who {
+        let rsp = http::get(addr, path, who).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(rsp.header("x-rampart-degraded"), None, "{path}");
+    }
+    server.abort();
+    assert_eventually!(
+        http::get(addr, public, &b)
+            .await
+            .header("x-rampart-degraded")
+            == Some("stale"),
+        "the public answer must be served stale once the upstream is down"
+    );
+    for path in [private, cookie, no_cache, authed] {
+        let rsp = http::get(addr, path, &b).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(
+            rsp.header("x-rampart-degraded"),
+            Some("static"),
+            "{path}: {:?}",
+            rsp.text()
+        );
+        assert_eq!(rsp.text(), "static", "{path}");
+        assert_eq!(rsp.header("set-cookie"), None, "{path}");
+    }
+    let shared = http::get(addr, authed_public, &b).await;
+    assert_eq!(shared.header("x-rampart-degraded"), Some("stale"));
+    assert_eq!(
+        shared.text(),
+        "private to Bearer userA\n",
+        "public: may be shared"
+    );
+}
