@@ -604,3 +604,45 @@ async fn a_private_answer_is_never_kept_for_another_client() {
         "public: may be shared"
     );
 }
+
+/// A client that leaves after its keyed request was sent upstream does not free the key: the
+/// upstream may still be working on it, so a retry with the same key is 409 until the request's
+/// deadline (`timeout.request`), and runs only after it. Before, the claim was released when
+/// the client left (logged 499), and the retry ran the request a second time (a double charge)
+/// while the first still ran at the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_after_its_keyed_request_was_sent_leaves_the_key_in_flight() {
+    use crate::support::conn::Conn;
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ timeout: { request: 2s }, idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 5 } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "pay-R1")];
+    let mut conn = Conn::open(addr).await;
+    let sent = tokio::time::Instant::now();
+    conn.send(
+        b"POST /slow?ms=1000 HTTP/1.1\r\nhost: app\r\nidempotency-key: pay-R1\r\ncontent-length: 3\r\n\r\npay",
+    )
+    .await;
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be sent");
+    // It gives up (as `curl -m 0.3` does): later than a half-close right after the request.
+    tokio::time::sleep_until(sent + Duration::from_millis(250)).await;
+    drop(conn);
+    // The client's retry, while the upstream still works on the first, and after it is done.
+    for at in [Duration::from_millis(400), Duration::from_millis(1300)] {
+        tokio::time::sleep_until(sent + at).await;
+        http::post(addr, "/slow?ms=1000", &key, "pay")
+            .await
+            .assert_rampart(409, "idempotency_in_flight");
+    }
+    assert_eq!(app.hits_for("/slow"), 1, "the request must not run twice");
+    // After the deadline nothing of the first can still be running: the key is free.
+    tokio::time::sleep_until(sent + Duration::from_millis(2200)).await;
+    let again = http::post(addr, "/slow?ms=1000", &key, "pay").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(app.hits_for("/slow"), 2);
+}

@@ -2,7 +2,8 @@
 //!
 //! A `parking_lot` mutex guards a map and an insertion-order queue; it is held for a map
 //! operation only, never across an await. Entries expire `ttl` after they were claimed or
-//! finished; an expired entry is treated as absent and dropped when met. The number of keys
+//! finished, a held claim at the end of its hold; an expired entry is treated as absent and
+//! dropped when met. The number of keys
 //! held is kept in a gauge.
 
 use std::collections::{HashMap, VecDeque};
@@ -35,7 +36,8 @@ struct Inner {
 struct Slot {
     digest: Digest,
     state: State,
-    at: u64,
+    /// When it is gone (clock nanos): `ttl` after its claim or answer, or the end of a hold.
+    expires: u64,
     seq: u64,
 }
 
@@ -65,7 +67,7 @@ impl MemoryStore {
         let now = self.clock.now_nanos();
         let mut g = self.inner.lock();
         if let Some(slot) = g.map.get(key) {
-            if now.saturating_sub(slot.at) <= self.ttl {
+            if now <= slot.expires {
                 return match (&slot.state, slot.digest == digest) {
                     (_, false) => Begin::Reused,
                     (State::InFlight, true) => Begin::InFlight,
@@ -79,7 +81,7 @@ impl MemoryStore {
         let slot = Slot {
             digest,
             state: State::InFlight,
-            at: now,
+            expires: now.saturating_add(self.ttl),
             seq,
         };
         g.map.insert(key.clone(), slot);
@@ -105,7 +107,7 @@ impl IdempotencyStore for MemoryStore {
                     Some(a) => State::Done(Arc::new(a)),
                     None => State::TooLarge,
                 };
-                slot.at = now;
+                slot.expires = now.saturating_add(self.ttl);
             }
         }
     }
@@ -120,6 +122,17 @@ impl IdempotencyStore for MemoryStore {
             g.map.remove(key);
         }
         self.gauge.set(g.map.len() as i64);
+    }
+
+    fn hold(&self, key: &StoreKey, digest: Digest, hold: Duration) {
+        let now = self.clock.now_nanos();
+        let until = now.saturating_add(u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX));
+        let mut g = self.inner.lock();
+        if let Some(slot) = g.map.get_mut(key) {
+            if slot.digest == digest && matches!(slot.state, State::InFlight) {
+                slot.expires = until;
+            }
+        }
     }
 
     fn len(&self) -> usize {

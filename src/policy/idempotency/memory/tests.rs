@@ -107,3 +107,22 @@ fn a_huge_key_costs_no_more_memory_than_a_short_one() {
         "distinct keys stay distinct"
     );
 }
+
+#[test]
+fn a_held_claim_stays_in_flight_until_its_hold_ends_then_is_free() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    s.hold(&key("a"), [1; 32], Duration::from_secs(2));
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::InFlight));
+    clock.advance(Duration::from_millis(1));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    // A hold of another request's claim, or of a finished one, changes nothing.
+    s.hold(&key("a"), [2; 32], Duration::ZERO);
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::InFlight));
+    s.complete(&key("a"), [1; 32], Some(answer()));
+    s.hold(&key("a"), [1; 32], Duration::ZERO);
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Replay(_)));
+}
