@@ -83,6 +83,9 @@ pub enum Begin {
     Replay(Arc<StoredAnswer>),
     /// The first answer was too large to keep.
     NotReplayable,
+    /// The key was free, but every entry the store may hold (`max_entries`) is a claim in
+    /// flight, which is never evicted: the request is refused (503), not run unprotected.
+    Full,
 }
 
 /// The state of idempotency keys; one per route, or shared by replicas.

@@ -35,6 +35,9 @@ use crate::policy::idempotency::{
 };
 use crate::policy::retry::is_idempotent;
 
+/// The `retry-after` of `idempotency_table_full`: a claim in flight ends with its request.
+const TABLE_FULL_RETRY: Duration = Duration::from_secs(1);
+
 /// A request's hold on its key; on drop, unless completed, released, or held a while when the
 /// upstream may still be working on the request (`sent`).
 #[derive(Debug)]
@@ -190,6 +193,15 @@ fn refusal(begin: Begin) -> Option<Response<Body>> {
             Reason::IdempotencyNotReplayable,
             "the first answer for this idempotency key was too large to keep",
         ),
+        Begin::Full => {
+            let msg = "too many requests with idempotency keys are in flight on this route \
+                       (idempotency.max_entries); the request did not run";
+            return Some(answer(
+                Reason::IdempotencyTableFull,
+                msg,
+                Some(TABLE_FULL_RETRY),
+            ));
+        }
     };
     Some(answer(reason, msg, None))
 }

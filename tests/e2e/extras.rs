@@ -646,3 +646,46 @@ async fn a_client_gone_after_its_keyed_request_was_sent_leaves_the_key_in_flight
     assert_eq!(again.status, 200);
     assert_eq!(app.hits_for("/slow"), 2);
 }
+
+/// Evicting at `max_entries` never drops a claim in flight (its repeat would run the request
+/// again): with the table full of claims in flight, a new key is refused 503
+/// `idempotency_table_full` before it reaches the upstream, and a repeat of a claimed key is
+/// still 409. Once they finish, their answers can make room. Before, t4 evicted t1's claim
+/// and t1's repeat ran a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_table_of_claims_in_flight_is_never_evicted() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 3 } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let mut first = Vec::new();
+    for k in ["t1", "t2", "t3"] {
+        first.push(tokio::spawn(async move {
+            http::post(addr, "/slow?ms=1000", &[("idempotency-key", k)], "pay").await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eventually!(app.hits_for("/slow") == 3, "three must be in flight");
+    let full = http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t4")], "pay").await;
+    full.assert_rampart(503, "idempotency_table_full");
+    assert_eq!(full.header("retry-after"), Some("1"));
+    http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t1")], "pay")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    assert_eq!(app.hits_for("/slow"), 3, "neither reached the upstream");
+    for f in first {
+        assert_eq!(f.await.expect("no panic").status, 200);
+    }
+    // Finished answers may go: t4 runs now, and t1's answer is replayed or (if evicted for
+    // t4) runs again, never while in flight.
+    let t4 = http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t4")], "pay").await;
+    assert_eq!(t4.status, 200);
+    assert_eq!(app.hits_for("/slow"), 4);
+    let t3 = http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t3")], "pay").await;
+    assert_eq!(t3.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/slow"), 4);
+}
