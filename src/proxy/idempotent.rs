@@ -9,11 +9,14 @@
 //! held: when the request ends without its answer after a try was started (its client left
 //! before the answer, or during its body; or the answer's body broke), the upstream may still
 //! be working on it, so the key stays in flight (a repeat is 409) until the request's deadline
-//! (`timeout.request`), or for `ttl` up to 60 s without one, and is free after that. Letting the
-//! try run on without its client and keeping its answer would be better for the client, but
-//! the tries borrow the request's context, which lives in the client's connection task. A request body too large to digest (over
-//! `max_body`) runs unprotected, as if it had no key, and its answer says so
-//! (`x-rampart-idempotency: body-too-large`), so the client knows a repeat would run again.
+//! (`timeout.request`), or for `ttl` up to 60 s without one, and is free after that. Letting
+//! the try run on without its client and keeping its answer would be better for the client,
+//! but the tries borrow the request's context, which lives in the client's connection task.
+//!
+//! A request body too large to digest (over `max_body`) runs unprotected, as if it had no key,
+//! and its answer says so (`x-rampart-idempotency: body-too-large`), so the client knows a
+//! repeat would run again. A new key while the route's table is full of claims in flight is
+//! refused 503 `idempotency_table_full` (`Begin::Full`) before it runs.
 
 use std::sync::Arc;
 use std::time::Duration;
