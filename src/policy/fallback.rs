@@ -8,7 +8,9 @@
 //! stale|static`, with `x-rampart-reason` still naming the error it replaced.
 //!
 //! The stale answer is the last 2xx answer to the same tenant, method (GET or HEAD) and target
-//! (path and query), no older than `stale`. Keeping it costs a copy of small bodies as they
+//! (path and query), no older than `stale`, and only if a shared cache could keep it
+//! ([`may_keep`]: not private, not setting a cookie, not for an authorized request unless it
+//! says it may be shared), since it is given to any client of the tenant. Keeping it costs a copy of small bodies as they
 //! stream to the client (`proxy/tee.rs`); the bounds are in [`store`]. This module decides;
 //! `proxy/degrade.rs` applies it on the request path and `proxy/respond.rs` builds the answer.
 
