@@ -42,6 +42,8 @@ pub enum Reason {
     IdempotencyKeyReused,
     /// 422: the first answer for this idempotency key was too large to keep.
     IdempotencyNotReplayable,
+    /// 503: the route's idempotency table (`max_entries`) is full of requests in flight.
+    IdempotencyTableFull,
     /// 401: a bearer token was sent and failed verification (SPEC §13).
     InvalidToken,
 }
@@ -68,6 +70,7 @@ impl Reason {
             Reason::IdempotencyInFlight => "idempotency_in_flight",
             Reason::IdempotencyKeyReused => "idempotency_key_reused",
             Reason::IdempotencyNotReplayable => "idempotency_not_replayable",
+            Reason::IdempotencyTableFull => "idempotency_table_full",
             Reason::InvalidToken => "invalid_token",
         }
     }
@@ -77,7 +80,10 @@ impl Reason {
         use http::StatusCode as S;
         match self {
             Reason::RateLimited => S::TOO_MANY_REQUESTS,
-            Reason::Shed | Reason::CircuitOpen | Reason::FaultInjected => S::SERVICE_UNAVAILABLE,
+            Reason::Shed
+            | Reason::CircuitOpen
+            | Reason::FaultInjected
+            | Reason::IdempotencyTableFull => S::SERVICE_UNAVAILABLE,
             Reason::Timeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,
@@ -94,7 +100,7 @@ impl Reason {
     }
 
     /// Every reason, for reading one back from its `x-rampart-reason` value.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::RateLimited,
         Reason::Shed,
         Reason::CircuitOpen,
@@ -111,6 +117,7 @@ impl Reason {
         Reason::IdempotencyInFlight,
         Reason::IdempotencyKeyReused,
         Reason::IdempotencyNotReplayable,
+        Reason::IdempotencyTableFull,
         Reason::InvalidToken,
     ];
 

@@ -8,7 +8,9 @@
 //! stale|static`, with `x-rampart-reason` still naming the error it replaced.
 //!
 //! The stale answer is the last 2xx answer to the same tenant, method (GET or HEAD) and target
-//! (path and query), no older than `stale`. Keeping it costs a copy of small bodies as they
+//! (path and query), no older than `stale`, and only if a shared cache could keep it
+//! ([`may_keep`]: not private, not setting a cookie, not for an authorized request unless it
+//! says it may be shared), since it is given to any client of the tenant. Keeping it costs a copy of small bodies as they
 //! stream to the client (`proxy/tee.rs`); the bounds are in [`store`]. This module decides;
 //! `proxy/degrade.rs` applies it on the request path and `proxy/respond.rs` builds the answer.
 
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, Uri};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use prometheus::IntCounter;
 
 use self::store::{Kept, Key, StaleStore};
@@ -49,6 +52,17 @@ pub struct StaticParts {
     pub content_type: HeaderValue,
     /// Body.
     pub body: Bytes,
+}
+
+/// Where one request's good answer would be kept ([`RouteFallback::keep_for`]).
+#[derive(Debug)]
+pub struct Keep {
+    /// Its key in the store (also the key a replacement for this request is looked up by).
+    pub key: Key,
+    /// The route's store.
+    pub store: Arc<StaleStore>,
+    /// Whether the request carried `authorization`.
+    pub authorized: bool,
 }
 
 /// What to answer instead of a refusal.
@@ -112,13 +126,16 @@ impl RouteFallback {
     }
 
     /// Where a 2xx answer to this request would be kept, and under which key; `None` when the
-    /// policy keeps nothing for it (no `stale`, or not GET/HEAD).
+    /// policy keeps nothing for it (no `stale`, or not GET/HEAD). `headers` are the request's:
+    /// whether it carried `authorization` decides, with the answer's own headers, whether its
+    /// answer may be kept (see [`may_keep`]).
     pub fn keep_for(
         &self,
         tenant: &str,
         method: &Method,
         uri: &Uri,
-    ) -> Option<(Key, Arc<StaleStore>)> {
+        headers: &HeaderMap,
+    ) -> Option<Keep> {
         let (_, store) = self.stale.as_ref()?;
         if method != Method::GET && method != Method::HEAD {
             return None;
@@ -129,7 +146,11 @@ impl RouteFallback {
             method: method.clone(),
             target: target.to_string(),
         };
-        Some((key, store.clone()))
+        Some(Keep {
+            key,
+            store: store.clone(),
+            authorized: headers.contains_key(AUTHORIZATION),
+        })
     }
 
     /// What to answer instead of a refusal whose `x-rampart-reason` is `reason_text`, if this
@@ -153,6 +174,53 @@ impl RouteFallback {
         static_count.inc();
         Some((*r, Replacement::Static(s)))
     }
+}
+
+/// Whether an answer with `headers` to a request that carried `authorization` or not
+/// (`authorized`) may be kept as the last good answer, and so be given to anyone of the tenant
+/// later. The stale store is a cache shared by every client of a tenant, so it keeps only what
+/// a shared cache may (RFC 9111 §3): not an answer whose `cache-control` says `no-store`
+/// (§5.2.2.5), `private` (§5.2.2.7; with or without a field list) or `no-cache` (§5.2.2.4: it
+/// must not be reused without asking the origin, and a fallback is given exactly when the
+/// origin cannot be asked); not one that sets a cookie (`set-cookie`: one client's session);
+/// not one whose `vary` is `*` or names `cookie` or `authorization` (it says it differs per
+/// client, and the store keeps one answer per target); and, for a request that carried
+/// `authorization`, only one that says `public`, `s-maxage` or `must-revalidate` (§3.5).
+///
+/// Cheap: a pass over these few header lines, only for a 2xx answer on a route that keeps
+/// stale answers. Directive names are matched without regard to case; a directive inside a
+/// quoted value may be misread as one of its own, which errs towards not keeping.
+pub fn may_keep(headers: &HeaderMap, authorized: bool) -> bool {
+    if headers.contains_key(SET_COOKIE) {
+        return false;
+    }
+    let per_client = headers.get_all(VARY).iter().any(|v| {
+        items(v.as_bytes()).any(|f| {
+            f == b"*"
+                || f.eq_ignore_ascii_case(b"cookie")
+                || f.eq_ignore_ascii_case(b"authorization")
+        })
+    });
+    if per_client {
+        return false;
+    }
+    let mut shared = false;
+    for v in headers.get_all(CACHE_CONTROL) {
+        for d in items(v.as_bytes()) {
+            let name = d.split(|b| *b == b'=').next().unwrap_or(d).trim_ascii();
+            let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+            if is(b"no-store") || is(b"private") || is(b"no-cache") {
+                return false;
+            }
+            shared |= is(b"public") || is(b"s-maxage") || is(b"must-revalidate");
+        }
+    }
+    !authorized || shared
+}
+
+/// The comma-separated items of a header value, trimmed.
+fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// The reason a `fallback.on` entry names.

@@ -21,6 +21,7 @@ pub mod memory;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
@@ -29,7 +30,7 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::SharedClock;
 use crate::config::file;
 use crate::metrics::Metrics;
-use crate::store::idempotency::RedisIdempotency;
+use crate::store::idempotency::{RedisIdempotency, IN_FLIGHT_MAX};
 use crate::store::GlobalStore;
 
 /// Marks a replayed answer.
@@ -82,6 +83,9 @@ pub enum Begin {
     Replay(Arc<StoredAnswer>),
     /// The first answer was too large to keep.
     NotReplayable,
+    /// The key was free, but every entry the store may hold (`max_entries`) is a claim in
+    /// flight, which is never evicted: the request is refused (503), not run unprotected.
+    Full,
 }
 
 /// The state of idempotency keys; one per route, or shared by replicas.
@@ -92,6 +96,10 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     fn complete(&self, key: &StoreKey, digest: Digest, answer: Option<StoredAnswer>);
     /// The claimed request ended without an answer worth keeping; the key is free again.
     fn release(&self, key: &StoreKey, digest: Digest);
+    /// The claimed request ended without an answer, but the upstream may still be working on
+    /// it (it was sent, and its client left): the key stays in flight for `hold` more (a
+    /// repeat is 409), then is free.
+    fn hold(&self, key: &StoreKey, digest: Digest, hold: Duration);
     /// Keys held now.
     fn len(&self) -> usize;
     /// Whether no key is held.
@@ -158,6 +166,13 @@ impl RouteIdempotency {
             store,
             remote,
         }
+    }
+
+    /// How long a claim is held when its request ends with its outcome unknown and no request
+    /// deadline bounds it: `ttl`, at most [`IN_FLIGHT_MAX`] (a claim's life in the global
+    /// store).
+    pub fn hold_without_deadline(&self) -> Duration {
+        self.cfg.ttl.0.min(IN_FLIGHT_MAX)
     }
 
     /// The store key of a request with `headers` from `tenant`; `None` without the header

@@ -6,6 +6,7 @@
 //! added: a new policy reads what it needs here instead of growing every function's arguments.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ pub struct RequestCtx<'a> {
 
 /// What the tries of one request did: filled by `exchange.rs`, read once at the end.
 #[derive(Debug, Default)]
-pub struct TryLog(parking_lot::Mutex<TryStats>);
+pub struct TryLog(parking_lot::Mutex<TryStats>, AtomicBool);
 
 // === impl TryLog ===
 
@@ -75,10 +76,18 @@ impl TryLog {
 
     /// Notes a try sent to `endpoint`; returns its number (from 1).
     pub fn start(&self, endpoint: SocketAddr) -> u32 {
+        self.1.store(true, Ordering::Relaxed);
         let mut s = self.0.lock();
         s.tries += 1;
         s.endpoint = Some(endpoint);
         s.tries
+    }
+
+    /// Whether a try has been started (it may have sent bytes upstream).
+    /// Not reset by [`TryLog::take`]: a request dropped unanswered has its tries taken for
+    /// its log line, maybe before the idempotency claim asks.
+    pub fn started(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Notes how long the try took, and when it ended.

@@ -15,7 +15,7 @@ use super::body::Body;
 use super::respond::{self, REASON_HEADER};
 use super::tee::{Ending, Keeper, Tee};
 use crate::policy::fallback::store::{Key, StaleStore, MAX_BODY};
-use crate::policy::fallback::RouteFallback;
+use crate::policy::fallback::{may_keep, Keep, RouteFallback};
 
 /// Keeps a finished 2xx body in the stale store.
 #[derive(Debug)]
@@ -28,24 +28,24 @@ struct StaleKeeper {
 
 /// Applies `fb` to the answer of one request: a refusal it replaces becomes the fallback
 /// answer; a 2xx upstream answer to a request it keeps (`keep`, from
-/// [`RouteFallback::keep_for`]) gets its body teed into the store.
-pub fn apply(
-    fb: &RouteFallback,
-    keep: Option<(Key, Arc<StaleStore>)>,
-    rsp: Response<Body>,
-) -> Response<Body> {
+/// [`RouteFallback::keep_for`]) gets its body teed into the store, unless a shared cache
+/// could not keep it ([`may_keep`]: private, uncacheable, setting a cookie, or answering a
+/// request that carried `authorization`).
+pub fn apply(fb: &RouteFallback, keep: Option<Keep>, rsp: Response<Body>) -> Response<Body> {
     if !rsp.body().is_upstream() {
         // rampart's own answer: the reason header names why (an upstream's is never trusted).
         let Some(reason) = rsp.headers().get(REASON_HEADER) else {
             return rsp;
         };
-        return match fb.replacement(reason.as_bytes(), keep.as_ref().map(|(k, _)| k)) {
+        return match fb.replacement(reason.as_bytes(), keep.as_ref().map(|k| &k.key)) {
             Some((reason, with)) => respond::degraded(reason, with),
             None => rsp,
         };
     }
     match keep {
-        Some((key, store)) if rsp.status().is_success() => tee(rsp, key, store),
+        Some(k) if rsp.status().is_success() && may_keep(rsp.headers(), k.authorized) => {
+            tee(rsp, k.key, k.store)
+        }
         _ => rsp,
     }
 }

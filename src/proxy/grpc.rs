@@ -325,7 +325,10 @@ fn status_of(v: &HeaderValue) -> u16 {
 pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
     match reason {
         Reason::RateLimited | Reason::HeadTooLarge => RESOURCE_EXHAUSTED,
-        Reason::Shed | Reason::CircuitOpen | Reason::UpstreamUnavailable => UNAVAILABLE,
+        Reason::Shed
+        | Reason::CircuitOpen
+        | Reason::UpstreamUnavailable
+        | Reason::IdempotencyTableFull => UNAVAILABLE,
         Reason::Timeout | Reason::ClientTimeout => DEADLINE_EXCEEDED,
         Reason::NoRoute | Reason::MethodNotAllowed => UNIMPLEMENTED,
         Reason::TenantRequired | Reason::InvalidToken => UNAUTHENTICATED,

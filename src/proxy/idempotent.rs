@@ -5,18 +5,28 @@
 //! about the key, and either a refusal or the kept answer is given at once, or the request
 //! runs holding a [`Claim`]. The claim ends exactly once: completed with the answer when an
 //! upstream answer below 500 has been read to its end (teed as it streams, see `tee.rs`),
-//! completed as too large, or released (5xx, rampart's own refusal, an answer body that broke
-//! or was abandoned) so the client may retry. A request body too large to digest (over
-//! `max_body`) runs unprotected, as if it had no key, and its answer says so
-//! (`x-rampart-idempotency: body-too-large`), so the client knows a repeat would run again.
+//! completed as too large, released (5xx, rampart's own refusal) so the client may retry, or
+//! held: when the request ends without its answer after a try was started (its client left
+//! before the answer, or during its body; or the answer's body broke), the upstream may still
+//! be working on it, so the key stays in flight (a repeat is 409) until the request's deadline
+//! (`timeout.request`), or for `ttl` up to 60 s without one, and is free after that. Letting
+//! the try run on without its client and keeping its answer would be better for the client,
+//! but the tries borrow the request's context, which lives in the client's connection task.
+//!
+//! A request body too large to digest (over `max_body`) runs unprotected, as if it had no key,
+//! and its answer says so (`x-rampart-idempotency: body-too-large`), so the client knows a
+//! repeat would run again. A new key while the route's table is full of claims in flight is
+//! refused 503 `idempotency_table_full` (`Begin::Full`) before it runs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
+use tokio::time::Instant;
 
 use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
-use super::ctx::RequestCtx;
+use super::ctx::{RequestCtx, TryLog};
 use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline, Tried};
 use super::forward;
 use super::respond::{self, answer};
@@ -28,13 +38,31 @@ use crate::policy::idempotency::{
 };
 use crate::policy::retry::is_idempotent;
 
-/// A request's hold on its key; released on drop unless completed.
+/// The `retry-after` of `idempotency_table_full`: a claim in flight ends with its request.
+const TABLE_FULL_RETRY: Duration = Duration::from_secs(1);
+
+/// A request's hold on its key; on drop, unless completed, released, or held a while when the
+/// upstream may still be working on the request (`sent`).
 #[derive(Debug)]
 struct Claim {
     store: Arc<dyn IdempotencyStore>,
     key: StoreKey,
     digest: Digest,
     done: bool,
+    /// Set when the request ends without its answer after a try was started: its outcome at
+    /// the upstream is unknown.
+    sent: bool,
+    /// The request's deadline: the longest the upstream's work for it is waited for.
+    deadline: Option<Instant>,
+    /// How long to hold the key without a deadline.
+    hold_max: Duration,
+}
+
+/// The claim while the tries run: if the request is dropped there (its client left) after a
+/// try was started, the claim is held, not released.
+struct Running<'a> {
+    claim: Option<Claim>,
+    tries: &'a TryLog,
 }
 
 /// Completes the claim with the answer once its body has been read.
@@ -89,8 +117,18 @@ pub async fn run(
         key,
         digest,
         done: false,
+        sent: false,
+        deadline: ctx.deadline,
+        hold_max: idem.hold_without_deadline(),
+    };
+    let mut running = Running {
+        claim: Some(claim),
+        tries: ctx.tries,
     };
     let mut rsp = run_read(ctx, parts, Buffered::Replayable(read), &fault).await;
+    let Some(claim) = running.claim.take() else {
+        return rsp;
+    };
     // The kept answer is replayed with all its headers.
     whole_headers(&mut rsp);
     let kept = rsp.body().is_upstream() && !rsp.status().is_server_error();
@@ -158,6 +196,15 @@ fn refusal(begin: Begin) -> Option<Response<Body>> {
             Reason::IdempotencyNotReplayable,
             "the first answer for this idempotency key was too large to keep",
         ),
+        Begin::Full => {
+            let msg = "too many requests with idempotency keys are in flight on this route \
+                       (idempotency.max_entries); the request did not run";
+            return Some(answer(
+                Reason::IdempotencyTableFull,
+                msg,
+                Some(TABLE_FULL_RETRY),
+            ));
+        }
     };
     Some(answer(reason, msg, None))
 }
@@ -180,8 +227,27 @@ async fn read_ahead(
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if !self.done {
-            self.store.release(&self.key, self.digest);
+        if self.done {
+            return;
+        }
+        let hold = match (self.sent, self.deadline) {
+            (false, _) => Duration::ZERO,
+            (true, Some(d)) => d.saturating_duration_since(Instant::now()),
+            (true, None) => self.hold_max,
+        };
+        match hold.is_zero() {
+            true => self.store.release(&self.key, self.digest),
+            false => self.store.hold(&self.key, self.digest, hold),
+        }
+    }
+}
+
+// === impl Running ===
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.claim.as_mut() {
+            c.sent = self.tries.started();
         }
     }
 }
@@ -197,8 +263,13 @@ impl Keeper for ClaimKeeper {
                 body,
             }),
             Ending::TooLarge => None,
-            // Like a 5xx: the answer never arrived whole, so the client may try again.
-            Ending::Broken => return,
+            // The upstream answered, but the answer never arrived whole (its client left, or
+            // its body broke): the key is held until the request's deadline, as for a request
+            // whose client left before the answer.
+            Ending::Broken => {
+                self.claim.sent = true;
+                return;
+            }
         };
         let c = &mut self.claim;
         c.store.complete(&c.key, c.digest, answer);

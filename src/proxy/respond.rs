@@ -331,6 +331,7 @@ mod tests {
             (Reason::IdempotencyInFlight, 409),
             (Reason::IdempotencyKeyReused, 422),
             (Reason::IdempotencyNotReplayable, 422),
+            (Reason::IdempotencyTableFull, 503),
             (Reason::FaultInjected, 503),
             (Reason::InvalidToken, 401),
         ] {

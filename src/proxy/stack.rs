@@ -233,7 +233,7 @@ pub fn handle<'a>(
             .policy
             .fallback
             .as_ref()
-            .and_then(|fb| fb.keep_for(id, req.method(), req.uri()));
+            .and_then(|fb| fb.keep_for(id, req.method(), req.uri(), req.headers()));
 
         // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
         //    body ends.

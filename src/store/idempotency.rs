@@ -4,8 +4,9 @@
 //! One Redis hash per key, `PREFIX{ROUTE}:i:TENANT:HEX(sha256 of the key)`, with fields `d`
 //! (the request digest), `s` (`f` in flight, `a` answered, `x` too large to keep) and, once
 //! answered, `st`, `h`, `b` (status, headers, body). Claiming is one script (read and write
-//! under Redis's single thread, so two replicas cannot both claim); completing and releasing
-//! are scripts that act only if the entry is still this request's claim. An answered entry
+//! under Redis's single thread, so two replicas cannot both claim); completing, releasing and
+//! holding (a claim whose client left after it was sent: its expiry is set to the hold) are
+//! scripts that act only if the entry is still this request's claim. An answered entry
 //! expires `ttl` after the answer, as in memory. A claim expires after `ttl` or
 //! [`IN_FLIGHT_MAX`], whichever is shorter: in memory a claim dies with its process, here it
 //! would outlive a replica that crashed mid-request and answer 409 for the whole `ttl`. The
@@ -59,6 +60,13 @@ return 1
 const RELEASE: &str = r"
 if redis.call('HGET', KEYS[1], 'd') == ARGV[1] and redis.call('HGET', KEYS[1], 's') == 'f' then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+const HOLD: &str = r"
+if redis.call('HGET', KEYS[1], 'd') == ARGV[1] and redis.call('HGET', KEYS[1], 's') == 'f' then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
@@ -190,6 +198,14 @@ impl IdempotencyStore for RedisIdempotency {
         static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         self.spawn(&SCRIPT, RELEASE, key, vec![digest.to_vec()]);
         self.local.release(key, digest);
+    }
+
+    fn hold(&self, key: &StoreKey, digest: Digest, hold: Duration) {
+        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let args = vec![digest.to_vec(), ms.to_string().into_bytes()];
+        self.spawn(&SCRIPT, HOLD, key, args);
+        self.local.hold(key, digest, hold);
     }
 
     /// Keys held in this process's fallback (the store's own are not counted).

@@ -492,3 +492,200 @@ async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable()
     let held = metric_value(&text, "rampart_idempotency_keys", &[("route", "app")]);
     assert_eq!(held, Some(5.0), "{text}");
 }
+
+/// An upstream that answers 200 to every request, with a header line for each `h=NAME:VALUE`
+/// of its query, and a body naming the request's `authorization`; it closes each connection
+/// after its answer, so it is down for good once the returned task is aborted.
+async fn header_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind must work");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    let who = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let body = format!("private to {who}\n");
+                    let mut rsp =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    let h = rsp.headers_mut();
+                    let query = req.uri().query().unwrap_or("");
+                    for (name, value) in query
+                        .split('&')
+                        .filter_map(|p| p.strip_prefix("h="))
+                        .filter_map(|p| p.split_once(':'))
+                    {
+                        h.append(
+                            hyper::header::HeaderName::from_bytes(name.as_bytes())
+                                .expect("a test header name"),
+                            value.parse().expect("a test header value"),
+                        );
+                    }
+                    h.insert("connection", "close".parse().expect("a header value"));
+                    Ok::<_, std::convert::Infallible>(rsp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The stale store is shared by every client of a tenant, so it keeps only what a shared
+/// cache may (RFC 9111 §3, §3.5): user A's private answer, one that sets A's cookie, and one
+/// to A's `authorization` that does not say it may be shared are never given to user B when
+/// the upstream is down (B gets the static answer); a public answer, and one to an
+/// authenticated request that says `public`, still are. Before, B got A's body and cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_answer_is_never_kept_for_another_client() {
+    let (app, server) = header_server().await;
+    let proxy = Proxy::builder(&with_policy(
+        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: text/plain, body: 'static' } } }"#,
+    ))
+    .var("APP", app)
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let a = [("x-tenant-id", "acme"), ("authorization", "Bearer userA")];
+    let b = [("x-tenant-id", "acme"), ("authorization", "Bearer userB")];
+    let anon = [("x-tenant-id", "acme")];
+    let private = "/me?h=cache-control:private,no-store&h=set-cookie:sid=AAA";
+    let cookie = "/cookie?h=set-cookie:sid=AAA";
+    let no_cache = "/nc?h=cache-control:no-cache";
+    let authed = "/authed?h=cache-control:max-age=60";
+    let authed_public = "/shared?h=cache-control:public,max-age=60";
+    let public = "/public";
+    let who: [(&str, &[(&str, &str)]); 6] = [
+        (private, &a),
+        (cookie, &anon),
+        (no_cache, &anon),
+        (authed, &a),
+        (authed_public, &a),
+        (public, &anon),
+    ];
+    for (path, who) in who {
+        let rsp = http::get(addr, path, who).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(rsp.header("x-rampart-degraded"), None, "{path}");
+    }
+    server.abort();
+    assert_eventually!(
+        http::get(addr, public, &b)
+            .await
+            .header("x-rampart-degraded")
+            == Some("stale"),
+        "the public answer must be served stale once the upstream is down"
+    );
+    for path in [private, cookie, no_cache, authed] {
+        let rsp = http::get(addr, path, &b).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(
+            rsp.header("x-rampart-degraded"),
+            Some("static"),
+            "{path}: {:?}",
+            rsp.text()
+        );
+        assert_eq!(rsp.text(), "static", "{path}");
+        assert_eq!(rsp.header("set-cookie"), None, "{path}");
+    }
+    let shared = http::get(addr, authed_public, &b).await;
+    assert_eq!(shared.header("x-rampart-degraded"), Some("stale"));
+    assert_eq!(
+        shared.text(),
+        "private to Bearer userA\n",
+        "public: may be shared"
+    );
+}
+
+/// A client that leaves after its keyed request was sent upstream does not free the key: the
+/// upstream may still be working on it, so a retry with the same key is 409 until the request's
+/// deadline (`timeout.request`), and runs only after it. Before, the claim was released when
+/// the client left (logged 499), and the retry ran the request a second time (a double charge)
+/// while the first still ran at the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_after_its_keyed_request_was_sent_leaves_the_key_in_flight() {
+    use crate::support::conn::Conn;
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ timeout: { request: 2s }, idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 5 } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "pay-R1")];
+    let mut conn = Conn::open(addr).await;
+    let sent = tokio::time::Instant::now();
+    conn.send(
+        b"POST /slow?ms=1000 HTTP/1.1\r\nhost: app\r\nidempotency-key: pay-R1\r\ncontent-length: 3\r\n\r\npay",
+    )
+    .await;
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be sent");
+    // It gives up (as `curl -m 0.3` does): later than a half-close right after the request.
+    tokio::time::sleep_until(sent + Duration::from_millis(250)).await;
+    drop(conn);
+    // The client's retry, while the upstream still works on the first, and after it is done.
+    for at in [Duration::from_millis(400), Duration::from_millis(1300)] {
+        tokio::time::sleep_until(sent + at).await;
+        http::post(addr, "/slow?ms=1000", &key, "pay")
+            .await
+            .assert_rampart(409, "idempotency_in_flight");
+    }
+    assert_eq!(app.hits_for("/slow"), 1, "the request must not run twice");
+    // After the deadline nothing of the first can still be running: the key is free.
+    tokio::time::sleep_until(sent + Duration::from_millis(2200)).await;
+    let again = http::post(addr, "/slow?ms=1000", &key, "pay").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(app.hits_for("/slow"), 2);
+}
+
+/// Evicting at `max_entries` never drops a claim in flight (its repeat would run the request
+/// again): with the table full of claims in flight, a new key is refused 503
+/// `idempotency_table_full` before it reaches the upstream, and a repeat of a claimed key is
+/// still 409. Once they finish, their answers can make room. Before, t4 evicted t1's claim
+/// and t1's repeat ran a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_table_of_claims_in_flight_is_never_evicted() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 3 } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let mut first = Vec::new();
+    for k in ["t1", "t2", "t3"] {
+        first.push(tokio::spawn(async move {
+            http::post(addr, "/slow?ms=1000", &[("idempotency-key", k)], "pay").await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eventually!(app.hits_for("/slow") == 3, "three must be in flight");
+    let full = http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t4")], "pay").await;
+    full.assert_rampart(503, "idempotency_table_full");
+    assert_eq!(full.header("retry-after"), Some("1"));
+    http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t1")], "pay")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    assert_eq!(app.hits_for("/slow"), 3, "neither reached the upstream");
+    for f in first {
+        assert_eq!(f.await.expect("no panic").status, 200);
+    }
+    // Finished answers may go: t4 runs now, and t1's answer is replayed or (if evicted for
+    // t4) runs again, never while in flight.
+    let t4 = http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t4")], "pay").await;
+    assert_eq!(t4.status, 200);
+    assert_eq!(app.hits_for("/slow"), 4);
+    let t3 = http::post(addr, "/slow?ms=1000", &[("idempotency-key", "t3")], "pay").await;
+    assert_eq!(t3.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/slow"), 4);
+}

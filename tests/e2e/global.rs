@@ -466,6 +466,47 @@ async fn an_idempotency_key_is_honoured_on_every_replica() {
     assert_eq!(app.hits_for("/echo"), 2);
 }
 
+/// With the keys in the store, a client that leaves after its keyed request was sent holds the
+/// key on every replica until the request's deadline: its retry on the other replica is 409,
+/// not a second run. Before, the claim was released in the store when the client left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_after_sending_holds_its_key_in_the_store() {
+    use crate::support::conn::Conn;
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let config = IDEMPOTENT.replace(
+        "    idempotency: {",
+        "    timeout: { request: 2s }\n    idempotency: {",
+    );
+    let (a, b) = replicas(&config, &redis, app.addr()).await;
+    let (a_addr, b_addr) = (a.listener("inbound"), b.listener("inbound"));
+    let key = [("idempotency-key", "pay-R1"), ("x-tenant-id", "t")];
+    let mut conn = Conn::open(a_addr).await;
+    let sent = Instant::now();
+    conn.send(
+        b"POST /slow?ms=1000 HTTP/1.1\r\nhost: app\r\nx-tenant-id: t\r\nidempotency-key: pay-R1\r\ncontent-length: 3\r\n\r\npay",
+    )
+    .await;
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be sent");
+    tokio::time::sleep_until(sent + Duration::from_millis(250)).await;
+    drop(conn);
+    for at in [Duration::from_millis(500), Duration::from_millis(1300)] {
+        tokio::time::sleep_until(sent + at).await;
+        http::post(b_addr, "/slow?ms=1000", &key, "pay")
+            .await
+            .assert_rampart(409, "idempotency_in_flight");
+    }
+    assert_eq!(app.hits_for("/slow"), 1, "the request must not run twice");
+    tokio::time::sleep_until(sent + Duration::from_millis(2300)).await;
+    assert_eq!(
+        http::post(b_addr, "/slow?ms=1000", &key, "pay")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.hits_for("/slow"), 2);
+}
+
 /// With the store down and `on_store_error: deny`, a refusal still carries a RateLimit item
 /// for every limit of the set, each empty until the retry: never a `ratelimit` header with an
 /// empty value, which is no structured-field list.

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 use super::*;
 use crate::clock::ManualClock;
@@ -32,18 +32,28 @@ fn uri(s: &str) -> Uri {
 fn only_get_and_head_are_kept() {
     let clock = ManualClock::new();
     let (fb, _) = build(&cfg(true, true), &clock);
-    assert!(fb.keep_for("t", &Method::GET, &uri("/a?x=1")).is_some());
-    assert!(fb.keep_for("t", &Method::HEAD, &uri("/a")).is_some());
-    assert!(fb.keep_for("t", &Method::POST, &uri("/a")).is_none());
+    assert!(fb
+        .keep_for("t", &Method::GET, &uri("/a?x=1"), &HeaderMap::new())
+        .is_some());
+    assert!(fb
+        .keep_for("t", &Method::HEAD, &uri("/a"), &HeaderMap::new())
+        .is_some());
+    assert!(fb
+        .keep_for("t", &Method::POST, &uri("/a"), &HeaderMap::new())
+        .is_none());
     let (no_stale, _) = build(&cfg(false, true), &clock);
-    assert!(no_stale.keep_for("t", &Method::GET, &uri("/a")).is_none());
+    assert!(no_stale
+        .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
+        .is_none());
 }
 
 #[test]
 fn stale_first_then_static_and_only_for_listed_reasons() {
     let clock = ManualClock::new();
     let (fb, m) = build(&cfg(true, true), &clock);
-    let (key, store) = fb.keep_for("t", &Method::GET, &uri("/a")).expect("kept");
+    let Keep { key, store, .. } = fb
+        .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
+        .expect("kept");
     assert!(matches!(
         fb.replacement(b"upstream_unavailable", Some(&key)),
         Some((Reason::UpstreamUnavailable, Replacement::Static(_)))
@@ -78,7 +88,9 @@ fn stale_first_then_static_and_only_for_listed_reasons() {
 fn without_static_and_nothing_kept_the_refusal_stays() {
     let clock = ManualClock::new();
     let (fb, _) = build(&cfg(true, false), &clock);
-    let (key, _) = fb.keep_for("t", &Method::GET, &uri("/a")).expect("kept");
+    let Keep { key, .. } = fb
+        .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
+        .expect("kept");
     assert!(fb.replacement(b"timeout", Some(&key)).is_none());
 }
 
@@ -86,7 +98,9 @@ fn without_static_and_nothing_kept_the_refusal_stays() {
 fn a_reload_keeps_the_store() {
     let clock = ManualClock::new();
     let (fb, m) = build(&cfg(true, true), &clock);
-    let (key, store) = fb.keep_for("t", &Method::GET, &uri("/a")).expect("kept");
+    let Keep { key, store, .. } = fb
+        .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
+        .expect("kept");
     store.insert(
         key.clone(),
         StatusCode::OK,
@@ -99,4 +113,62 @@ fn a_reload_keeps_the_store() {
         again.replacement(b"timeout", Some(&key)),
         Some((_, Replacement::Stale(..)))
     ));
+}
+
+fn answer_with(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in lines {
+        h.append(*n, HeaderValue::from_static(v));
+    }
+    h
+}
+
+#[test]
+fn only_what_a_shared_cache_may_keep_is_kept() {
+    let plain = answer_with(&[("content-type", "application/json")]);
+    assert!(may_keep(&plain, false));
+    // Never kept, whoever asked.
+    for never in [
+        answer_with(&[("cache-control", "private, no-store")]),
+        answer_with(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "No-Store"),
+        ]),
+        answer_with(&[("cache-control", r#"private="x-user""#)]),
+        answer_with(&[("cache-control", "public, no-cache")]),
+        answer_with(&[("set-cookie", "sid=AAA")]),
+        answer_with(&[("cache-control", "public"), ("set-cookie", "sid=AAA")]),
+        answer_with(&[("vary", "accept-encoding, Cookie")]),
+        answer_with(&[("vary", "*")]),
+    ] {
+        assert!(!may_keep(&never, false), "{never:?}");
+        assert!(!may_keep(&never, true), "{never:?}");
+    }
+    // An answer to a request with `authorization`: only when the answer says it may be shared.
+    assert!(!may_keep(&plain, true));
+    assert!(!may_keep(
+        &answer_with(&[("cache-control", "max-age=60")]),
+        true
+    ));
+    for shared in ["public", "max-age=0, S-MAXAGE=60", "must-revalidate"] {
+        let h = answer_with(&[("cache-control", shared)]);
+        assert!(may_keep(&h, true), "{shared}");
+        assert!(may_keep(&h, false), "{shared}");
+    }
+    // Other variants are the same answer to the store.
+    assert!(may_keep(
+        &answer_with(&[("vary", "accept-encoding, origin")]),
+        false
+    ));
+}
+
+#[test]
+fn keep_for_notes_a_request_with_authorization() {
+    let clock = ManualClock::new();
+    let (fb, _) = build(&cfg(true, true), &clock);
+    let anon = fb.keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new());
+    assert!(!anon.expect("kept").authorized);
+    let authed = answer_with(&[("authorization", "Bearer userA")]);
+    let k = fb.keep_for("t", &Method::GET, &uri("/a"), &authed);
+    assert!(k.expect("kept").authorized);
 }

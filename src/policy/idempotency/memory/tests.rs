@@ -107,3 +107,82 @@ fn a_huge_key_costs_no_more_memory_than_a_short_one() {
         "distinct keys stay distinct"
     );
 }
+
+#[test]
+fn a_held_claim_stays_in_flight_until_its_hold_ends_then_is_free() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    s.hold(&key("a"), [1; 32], Duration::from_secs(2));
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::InFlight));
+    clock.advance(Duration::from_millis(1));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Claimed));
+    // A hold of another request's claim, or of a finished one, changes nothing.
+    s.hold(&key("a"), [2; 32], Duration::ZERO);
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::InFlight));
+    s.complete(&key("a"), [1; 32], Some(answer()));
+    s.hold(&key("a"), [1; 32], Duration::ZERO);
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::Replay(_)));
+}
+
+#[test]
+fn claims_in_flight_are_never_evicted_and_a_full_table_refuses_new_keys() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 3);
+    for k in ["t1", "t2", "t3"] {
+        assert!(matches!(s.begin_now(&key(k), [1; 32]), Begin::Claimed));
+    }
+    assert!(matches!(s.begin_now(&key("t4"), [1; 32]), Begin::Full));
+    assert!(matches!(s.begin_now(&key("t1"), [1; 32]), Begin::InFlight));
+    assert_eq!(s.len(), 3);
+    // A finished answer makes room: it goes, the claims in flight stay, oldest or not.
+    s.complete(&key("t2"), [1; 32], Some(answer()));
+    assert!(matches!(s.begin_now(&key("t4"), [1; 32]), Begin::Claimed));
+    for k in ["t1", "t3", "t4"] {
+        assert!(
+            matches!(s.begin_now(&key(k), [1; 32]), Begin::InFlight),
+            "{k}"
+        );
+    }
+    assert!(matches!(s.begin_now(&key("t2"), [1; 32]), Begin::Full));
+    // A released claim frees its place.
+    s.release(&key("t3"), [1; 32]);
+    assert!(matches!(s.begin_now(&key("t5"), [1; 32]), Begin::Claimed));
+    assert_eq!(s.len(), 3);
+}
+
+#[test]
+fn the_oldest_finished_answer_goes_first_past_older_claims_in_flight() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 3);
+    s.begin_now(&key("a"), [1; 32]);
+    for k in ["b", "c"] {
+        s.begin_now(&key(k), [1; 32]);
+        s.complete(&key(k), [1; 32], Some(answer()));
+    }
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Claimed));
+    assert!(matches!(s.begin_now(&key("a"), [1; 32]), Begin::InFlight));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Replay(_)));
+    assert_eq!(s.len(), 3, "b went");
+}
+
+#[test]
+fn an_expired_hold_frees_room_in_a_full_table() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 2);
+    s.begin_now(&key("a"), [1; 32]);
+    s.begin_now(&key("b"), [1; 32]);
+    s.hold(&key("a"), [1; 32], Duration::from_secs(1));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Full));
+    clock.advance(Duration::from_millis(1001));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Claimed));
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Full));
+    // Its request's late release finds nothing of its own to free.
+    s.release(&key("a"), [1; 32]);
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Full));
+    s.complete(&key("b"), [1; 32], None);
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Claimed));
+    assert_eq!(s.len(), 2);
+}
