@@ -46,6 +46,9 @@ pub enum Reason {
     IdempotencyTableFull,
     /// 401: a bearer token was sent and failed verification (SPEC §13).
     InvalidToken,
+    /// 503: a bearer token was sent before its `jwt` source's keys were first loaded, so it
+    /// cannot be judged yet.
+    JwksUnavailable,
 }
 
 // === impl Reason ===
@@ -72,6 +75,7 @@ impl Reason {
             Reason::IdempotencyNotReplayable => "idempotency_not_replayable",
             Reason::IdempotencyTableFull => "idempotency_table_full",
             Reason::InvalidToken => "invalid_token",
+            Reason::JwksUnavailable => "jwks_unavailable",
         }
     }
 
@@ -83,7 +87,8 @@ impl Reason {
             Reason::Shed
             | Reason::CircuitOpen
             | Reason::FaultInjected
-            | Reason::IdempotencyTableFull => S::SERVICE_UNAVAILABLE,
+            | Reason::IdempotencyTableFull
+            | Reason::JwksUnavailable => S::SERVICE_UNAVAILABLE,
             Reason::Timeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamUnavailable => S::BAD_GATEWAY,
             Reason::NoRoute => S::NOT_FOUND,
@@ -100,7 +105,7 @@ impl Reason {
     }
 
     /// Every reason, for reading one back from its `x-rampart-reason` value.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::RateLimited,
         Reason::Shed,
         Reason::CircuitOpen,
@@ -119,6 +124,7 @@ impl Reason {
         Reason::IdempotencyNotReplayable,
         Reason::IdempotencyTableFull,
         Reason::InvalidToken,
+        Reason::JwksUnavailable,
     ];
 
     /// The reason whose [`Reason::as_str`] is `text`.

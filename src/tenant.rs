@@ -285,11 +285,12 @@ impl Identify {
         conn: Conn<'_>,
     ) -> Result<Option<TenantId>, Reason> {
         let cert = conn.cert;
-        // A token the first `jwt` source refused: the later `jwt` sources may verify it (two
-        // issuers on one header); the other sources never stand in for a bad token.
-        let mut refused = false;
+        // A token the first `jwt` source refused, or could not judge yet (its keys not yet
+        // loaded): the later `jwt` sources may verify it (two issuers on one header); the
+        // other sources never stand in for a bad token. Unjudged outranks refused.
+        let mut refused: Option<Reason> = None;
         for source in &self.sources {
-            if refused && !matches!(source, Source::Jwt(_)) {
+            if refused.is_some() && !matches!(source, Source::Jwt(_)) {
                 continue;
             }
             match source {
@@ -318,7 +319,11 @@ impl Identify {
                     }
                 }
                 Source::Jwt(j) => match j.check(headers) {
-                    Some(Err(Reason::InvalidToken)) => refused = true,
+                    Some(Err(r @ (Reason::InvalidToken | Reason::JwksUnavailable))) => {
+                        if refused != Some(Reason::JwksUnavailable) {
+                            refused = Some(r);
+                        }
+                    }
                     Some(v) => return v.map(|v| Some(TenantId::Jwt(v))),
                     None => {}
                 },
@@ -362,10 +367,10 @@ impl Identify {
                 }
             }
         }
-        if refused {
-            return Err(Reason::InvalidToken);
+        match refused {
+            Some(r) => Err(r),
+            None => Ok(None),
         }
-        Ok(None)
     }
 }
 

@@ -328,7 +328,8 @@ pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
         Reason::Shed
         | Reason::CircuitOpen
         | Reason::UpstreamUnavailable
-        | Reason::IdempotencyTableFull => UNAVAILABLE,
+        | Reason::IdempotencyTableFull
+        | Reason::JwksUnavailable => UNAVAILABLE,
         Reason::Timeout | Reason::ClientTimeout => DEADLINE_EXCEEDED,
         Reason::NoRoute | Reason::MethodNotAllowed => UNIMPLEMENTED,
         Reason::TenantRequired | Reason::InvalidToken => UNAUTHENTICATED,

@@ -334,6 +334,7 @@ mod tests {
             (Reason::IdempotencyTableFull, 503),
             (Reason::FaultInjected, 503),
             (Reason::InvalidToken, 401),
+            (Reason::JwksUnavailable, 503),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

@@ -182,9 +182,15 @@ pub fn handle<'a>(
                 let msg = match reason {
                     Reason::TenantRequired => "this route requires a tenant id",
                     Reason::InvalidToken => "the bearer token failed verification",
+                    Reason::JwksUnavailable => {
+                        "the keys that verify bearer tokens are not loaded yet; try again shortly"
+                    }
                     _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
                 };
-                let mut rsp = answer(reason, msg, None);
+                // The first fetch of a JWKS URL is retried within a second or so.
+                let wait = (reason == Reason::JwksUnavailable)
+                    .then_some(std::time::Duration::from_secs(1));
+                let mut rsp = answer(reason, msg, wait);
                 if reason == Reason::TenantRequired && gen.identify.takes_tokens() {
                     // RFC 9110 §15.5.2: a 401 names how to authenticate (RFC 6750 §3: a
                     // bare challenge when the request carried no token).

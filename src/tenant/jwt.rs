@@ -112,6 +112,11 @@ impl Jwt {
 
     /// Verifies `token`, from the cache when it was verified lately.
     pub fn verify(&self, token: &str) -> Result<Arc<Verified>, Reason> {
+        if !self.keys.is_loaded() {
+            // Not judged: a 401 would tell the client its token is bad (and many clients
+            // then throw it away); its keys (a JWKS URL's first fetch) are still to come.
+            return Err(Reason::JwksUnavailable);
+        }
         let now = self.wall.clock().now_nanos();
         let key = TokenCache::key(token);
         // Read before verifying: a verdict reached with keys replaced meanwhile is not kept.

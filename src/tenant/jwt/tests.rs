@@ -94,6 +94,25 @@ fn a_valid_token_names_its_tenant_and_plan() {
 }
 
 #[test]
+fn a_token_before_the_keys_are_loaded_is_not_judged() {
+    // A JWKS URL not yet fetched: a good token was answered 401 invalid_token, and clients
+    // threw it away.
+    let ec = ec_signer("k1");
+    let clock: SharedClock = Arc::new(ManualClock::new());
+    let wall = WallClock::anchored(clock, NOW * 1_000_000_000);
+    let store = Arc::new(KeyStore::empty());
+    let j = Jwt::with_keys(&cfg(), store.clone(), wall, 10);
+    let token = sign(&ec, "k1", &claims("acme"));
+    assert_eq!(j.verify(&token), Err(Reason::JwksUnavailable));
+    let doc = json!({ "keys": [&ec.jwk] }).to_string();
+    store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
+    assert_eq!(
+        &*j.verify(&token).expect("valid once loaded").tenant,
+        "acme"
+    );
+}
+
+#[test]
 fn refused_tokens() {
     let ec = ec_signer("k1");
     let other = ec_signer("k1");
