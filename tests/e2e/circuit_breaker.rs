@@ -293,3 +293,23 @@ async fn failures_on_a_route_without_a_breaker_policy_count_toward_the_upstreams
         .assert_rampart(503, "circuit_open");
     assert_eq!(app.hits_for("/status/500"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_on_circuit_open_acts_on_a_route_guarded_by_another_policys_breaker() {
+    let app = sample().await;
+    let config = SHARED.replace(
+        "    timeout: { request: 5s }",
+        "    timeout: { request: 5s }\n    fallback: { on: [circuit_open], static: { status: 200, body: degraded } }",
+    );
+    let proxy = Proxy::builder(&config).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    }
+    // Route b's policy has no breaker of its own; the upstream's open breaker refuses its
+    // request, and its fallback replaces that refusal.
+    let rsp = http::get(addr, "/status/502", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.header("x-rampart-degraded"), Some("static"));
+    assert_eq!(app.hits_for("/status/502"), 0);
+}
