@@ -63,8 +63,8 @@ pub struct Generation {
     pub moved: Moved,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
-    /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream and every route
-    /// whose policy has `circuit_breaker` and sends there shares it).
+    /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream, and every route
+    /// that sends there shares it, whether or not its own policy has `circuit_breaker`).
     pub breakers: BTreeMap<String, Arc<CircuitBreaker>>,
     /// Tenant identification rules.
     pub identify: Identify,
@@ -138,7 +138,9 @@ pub struct RouteRt {
     pub upstream: Arc<Upstream>,
     /// The policy it applies (an empty policy for a plain proxy).
     pub policy: RoutePolicy,
-    /// Its upstream's breaker, when its policy has `circuit_breaker`.
+    /// Its upstream's breaker, when a policy of any route to that upstream has
+    /// `circuit_breaker` (SPEC §2: the breaker guards the upstream, so this route's tries are
+    /// admitted by it and counted in it even if its own policy has no breaker).
     pub breaker: Option<Arc<CircuitBreaker>>,
     /// `tunnel_idle_timeout`: a tunnel (CONNECT, or an upgraded connection) with no bytes
     /// either way for this long closes.
@@ -344,7 +346,7 @@ impl Generation {
 }
 
 /// One breaker per upstream that a policy with `circuit_breaker` sends to (validation makes all
-/// such policies agree); a breaker whose settings are unchanged carries over whole, state and
+/// such policies agree), guarding every route to that upstream; a breaker whose settings are unchanged carries over whole, state and
 /// counters included (SPEC §6).
 fn build_breakers(
     f: &file::File,
@@ -420,9 +422,9 @@ fn build_listener(
                 shared,
             );
             policy.build_resilience(policy_cfg, old_policy, (&key.label, store), shared);
-            let breaker = policy_cfg
-                .and_then(|p| p.circuit_breaker.as_ref())
-                .and_then(|_| breakers.get(&r.upstream).cloned());
+            // SPEC §2: a breaker guards an upstream, so every route to it is guarded, whatever
+            // its own policy (none, or one without `circuit_breaker`) says.
+            let breaker = breakers.get(&r.upstream).cloned();
             Some(RouteRt {
                 breaker,
                 tunnel_idle: r.tunnel_idle_timeout.unwrap_or(file::TUNNEL_IDLE_TIMEOUT).0,

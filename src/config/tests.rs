@@ -3,6 +3,7 @@
 mod checks;
 mod global;
 mod logs;
+mod never;
 mod nulls;
 mod onepass;
 mod plans;

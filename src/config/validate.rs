@@ -11,6 +11,7 @@ mod de;
 mod global;
 mod inert;
 mod listener;
+mod never;
 mod nulls;
 mod plans;
 mod policy;
@@ -189,6 +190,7 @@ fn check(f: &File, r: &mut Report<'_>) {
     listener::check(f, r);
     plans::check(f, r);
     global::check(f, r);
+    never::check(f, r);
     if let Some(t) = &f.tracing {
         tracing::check(t, r);
     }

@@ -217,3 +217,99 @@ async fn a_retry_never_goes_to_an_upstream_whose_breaker_is_open() {
     let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
     assert_eq!(retries.unwrap_or(0.0), 0.0);
 }
+
+/// SPEC §2: a breaker guards an upstream. Routes to `app` through a policy without a breaker,
+/// or through no policy, share the breaker of the route whose policy has one: an open breaker
+/// refuses them too, and their failures count toward it.
+const SHARED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  guarded:
+    circuit_breaker: { consecutive_failures: 3, open_for: 30s }
+  timed:
+    timeout: { request: 5s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - name: a
+        match: { path_prefix: /status/500 }
+        upstream: app
+        policy: guarded
+      - name: b
+        match: { path_prefix: /status/502 }
+        upstream: app
+        policy: timed
+      - name: c
+        upstream: app
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_to_an_upstream_is_guarded_by_its_breaker() {
+    let app = sample().await;
+    let proxy = Proxy::builder(SHARED).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    }
+    http::get(addr, "/status/500", &[])
+        .await
+        .assert_rampart(503, "circuit_open");
+    // The route whose policy has no breaker, and the route with no policy, are refused too.
+    http::get(addr, "/status/502", &[])
+        .await
+        .assert_rampart(503, "circuit_open");
+    http::get(addr, "/status/504", &[])
+        .await
+        .assert_rampart(503, "circuit_open");
+    assert_eq!(app.hits_for("/status/500"), 3);
+    assert_eq!(
+        app.hits_for("/status/502"),
+        0,
+        "an open breaker guards every route"
+    );
+    assert_eq!(
+        app.hits_for("/status/504"),
+        0,
+        "an open breaker guards every route"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_on_a_route_without_a_breaker_policy_count_toward_the_upstreams_breaker() {
+    let app = sample().await;
+    let proxy = Proxy::builder(SHARED).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/status/502", &[]).await.status, 502);
+    assert_eq!(http::get(addr, "/status/504", &[]).await.status, 504);
+    assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    // Three failures in a row, over three routes: the breaker is open for all of them.
+    http::get(addr, "/status/500", &[])
+        .await
+        .assert_rampart(503, "circuit_open");
+    assert_eq!(app.hits_for("/status/500"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_on_circuit_open_acts_on_a_route_guarded_by_another_policys_breaker() {
+    let app = sample().await;
+    let config = SHARED.replace(
+        "    timeout: { request: 5s }",
+        "    timeout: { request: 5s }\n    fallback: { on: [circuit_open], static: { status: 200, body: degraded } }",
+    );
+    let proxy = Proxy::builder(&config).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    }
+    // Route b's policy has no breaker of its own; the upstream's open breaker refuses its
+    // request, and its fallback replaces that refusal.
+    let rsp = http::get(addr, "/status/502", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.header("x-rampart-degraded"), Some("static"));
+    assert_eq!(app.hits_for("/status/502"), 0);
+}

@@ -553,12 +553,15 @@ async fn an_upstream_that_does_not_speak_http2_is_a_502() {
 
 /// Routes for the gRPC calls' tests: `/limited` takes one call a minute, `/unavailable` is
 /// behind a breaker that opens after two failures, `/grpc` and `/slow` take any; every other
-/// path is rampart's `no_route`.
+/// path is rampart's `no_route`. A breaker guards every route to its upstream (SPEC §2), so
+/// the routes without `guarded` go to the same server under another upstream name, `free`:
+/// their calls (answers without a `grpc-status` are failed calls) must not open it.
 const GRPC_ROUTES: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
 upstreams:
   grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
+  free: { endpoints: [$UP], protocol: http2 $EXTRA }
 policies:
   limited:
     rate_limit: { per_tenant: { rate: 1/min, burst: 1 } }
@@ -574,13 +577,13 @@ listeners:
     listen: $LISTEN_inbound
     access_log: { to: $LOG }
     routes:
-      - { match: { path_prefix: /limited }, upstream: grpc, policy: limited }
-      - { match: { path_prefix: /grpc }, upstream: grpc }
-      - { match: { path_prefix: /slow }, upstream: grpc }
+      - { match: { path_prefix: /limited }, upstream: free, policy: limited }
+      - { match: { path_prefix: /grpc }, upstream: free }
+      - { match: { path_prefix: /slow }, upstream: free }
       - { match: { path_prefix: /unavailable }, upstream: grpc, policy: guarded }
       - { match: { path_prefix: /trailed }, upstream: grpc, policy: guarded }
-      - { match: { path_prefix: /per-try }, upstream: grpc, policy: per_try }
-      - { match: { path_prefix: /bounded }, upstream: grpc, policy: bounded }
+      - { match: { path_prefix: /per-try }, upstream: free, policy: per_try }
+      - { match: { path_prefix: /bounded }, upstream: free, policy: bounded }
 "#;
 
 /// One answer over h2c, as a gRPC client reads it.

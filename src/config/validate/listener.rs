@@ -270,7 +270,7 @@ pub(super) fn check_taken_out(f: &File, whole: &Doc, r: &mut Report<'_>) {
 
 /// SPEC §2: a breaker guards an upstream, so every policy with a `circuit_breaker` that
 /// reaches one upstream must carry the same section. A policy without one adds no breaker
-/// rules, so it conflicts with none.
+/// rules, so it conflicts with none (its routes are still guarded by the upstream's breaker).
 fn check_breakers(f: &File, r: &mut Report<'_>) {
     // upstream → (policy, the route's path) of the first route that reaches it.
     let mut first: BTreeMap<&str, (&str, KeyPath)> = BTreeMap::new();
