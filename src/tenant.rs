@@ -319,11 +319,12 @@ impl Identify {
                     }
                 }
                 Source::Jwt(j) => match j.check(headers) {
-                    Some(Err(r @ (Reason::InvalidToken | Reason::JwksUnavailable))) => {
-                        if refused != Some(Reason::JwksUnavailable) {
-                            refused = Some(r);
-                        }
+                    Some(Err(r @ (Reason::InvalidToken | Reason::JwksUnavailable)))
+                        if refused != Some(Reason::JwksUnavailable) =>
+                    {
+                        refused = Some(r);
                     }
+                    Some(Err(Reason::InvalidToken | Reason::JwksUnavailable)) => {}
                     Some(v) => return v.map(|v| Some(TenantId::Jwt(v))),
                     None => {}
                 },
