@@ -181,6 +181,7 @@ impl GlobalLimiter {
         loop {
             let now = inner.clock.now_nanos();
             if let Some(left) = lease.take(index, now) {
+                inner.count_locally(tenant, plan, local);
                 return inner.admitted(set, &lease, left, now);
             }
             let until = lease.refused_until.load(Ordering::Acquire);
@@ -195,6 +196,7 @@ impl GlobalLimiter {
             notified.as_mut().enable();
             // A refill may have landed between the look above and `enable`.
             if let Some(left) = lease.take(index, now) {
+                inner.count_locally(tenant, plan, local);
                 return inner.admitted(set, &lease, left, now);
             }
             if !lease.refilling.swap(true, Ordering::AcqRel) {
@@ -340,6 +342,16 @@ impl Inner {
             });
         }
         items
+    }
+
+    /// With `on_store_error: local`, an admission through the store is counted in the
+    /// per-process limiter too: when the store stops answering, that limiter decides from
+    /// what this process has admitted in the window, not from a full bucket (a stall of a
+    /// moment would otherwise hand every tenant a second burst on every replica).
+    fn count_locally(&self, tenant: &str, plan: Option<&str>, local: &RateLimiter) {
+        if self.on_error == OnStoreError::Local {
+            local.debit_plan(tenant, plan);
+        }
     }
 
     fn fallback(&self, tenant: &str, plan: Option<&str>, local: &RateLimiter) -> Decision {
