@@ -59,7 +59,7 @@ use self::decision::{Item, Items, Spec};
 /// sketch is sized (see `sketch.rs`) so that, below that scale, a full collision is rare.
 const RECORD_AT: u64 = 1;
 
-/// What is done to a tenant's buckets (`Inner::decide`, `Inner::debit`): the set, the tenant's
+/// What is done to a tenant's buckets (`Inner::decide`, `Inner::refusal`): the set, the tenant's
 /// cells of it, and now.
 type Act<R> = fn(&Inner, &Set, &[AtomicU64], u64) -> R;
 
@@ -350,13 +350,14 @@ impl Inner {
         act(self, set, entry.cells(), now)
     }
 
-    /// Takes a token from each of these buckets (the tenant's, then the route's `total`) that
-    /// has one: an admission decided elsewhere, counted here.
-    fn debit(&self, set: &Set, cells: &[AtomicU64], now: u64) {
+    /// The refusal of these buckets (the tenant's, then the route's `total`) if one of them
+    /// has no token now; nothing is taken.
+    fn refusal(&self, set: &Set, cells: &[AtomicU64], now: u64) -> Option<Decision> {
         let tenant = set.limits.iter().zip(cells);
-        for (g, c) in tenant.chain(self.total.limits.iter().zip(self.total.cells.iter())) {
-            let _ = g.acquire(c, now);
-        }
+        let mut limits = tenant.chain(self.total.limits.iter().zip(self.total.cells.iter()));
+        limits
+            .any(|(g, c)| g.decide(c.load(Ordering::Acquire), now).is_err())
+            .then(|| self.refused(set, cells, now, 0))
     }
 
     fn decide(&self, set: &Set, cells: &[AtomicU64], now: u64) -> Decision {

@@ -26,14 +26,11 @@ impl RateLimiter {
         self.with_buckets(tenant, plan, Inner::decide)
     }
 
-    /// Counts one admission of `tenant` on `plan` that the global store decided, so that this
-    /// limiter, which decides for the process when the store cannot (`on_store_error: local`),
-    /// starts from what the process has admitted. Every bucket of the tenant's set and of the
-    /// route's `total` gives a token if it has one; an empty bucket stays empty (the admission
-    /// was not this limiter's to refuse). The same work as an admitted [`Self::check_plan`]:
-    /// no allocation for a tenant already tracked.
-    pub fn debit_plan(&self, tenant: &str, plan: Option<&str>) {
-        self.with_buckets(tenant, plan, Inner::debit);
+    /// The refusal [`Self::check_plan`] would give `tenant` on `plan` now, without taking
+    /// anything; `None` if it would admit. The same lookup as a check: no allocation for a
+    /// tenant already tracked.
+    pub fn refusal(&self, tenant: &str, plan: Option<&str>) -> Option<Decision> {
+        self.with_buckets(tenant, plan, Inner::refusal)
     }
 
     /// Runs `act` on the buckets of `tenant` in the set of `plan` (tracking the tenant if it

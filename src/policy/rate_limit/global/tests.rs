@@ -59,7 +59,8 @@ fn unreachable_store(clock: &SharedClock) -> Arc<GlobalStore> {
 
 /// `on_store_error: local` enforces the per-process limit from where this process stands:
 /// what it admitted through the store counts against the local bucket, so a store that stops
-/// answering for a moment does not hand the tenant a second full burst on this process.
+/// answering for a moment does not hand the tenant a second full burst on this process, and
+/// the process admits at most the limit whoever decides.
 #[tokio::test]
 async fn admissions_through_the_store_count_against_the_local_fallback() {
     use crate::clock::ManualClock;
@@ -109,19 +110,40 @@ async fn admissions_through_the_store_count_against_the_local_fallback() {
     for _ in 0..40 {
         during += usize::from(g.check("acme", None, &local).await.is_admitted());
     }
-    assert_eq!(fallbacks.get(), 40);
     assert_eq!(
         during, 15,
         "5 through the store + 15 locally = the burst of 20"
     );
+    assert_eq!(
+        fallbacks.get(),
+        15,
+        "the 25 its own buckets refused did not wait for the store"
+    );
 
-    // And the local bucket refills at the limit's rate from there.
+    // The store answers again, with tokens to spare (it never learnt of the 15): this
+    // process has admitted its 20 this minute, so it refuses, without spending a leased token.
+    lease.tokens.store(10, Ordering::Release);
+    let refused = g.check("acme", None, &local).await;
+    assert!(
+        !refused.is_admitted(),
+        "one process never admits more than the limit"
+    );
+    assert_eq!(
+        lease.tokens.load(Ordering::Acquire),
+        10,
+        "the store's tokens are kept"
+    );
+    assert_eq!(fallbacks.get(), 15, "a refusal of its own is no fallback");
+
+    // A minute later (1/m) one more is admitted, through the store and counted here.
     clock.advance(Duration::from_secs(60));
     let mut later = 0;
     for _ in 0..5 {
         later += usize::from(g.check("acme", None, &local).await.is_admitted());
     }
     assert_eq!(later, 1, "1/m: one more a minute later");
+    assert_eq!(lease.tokens.load(Ordering::Acquire), 9);
+    assert_eq!(fallbacks.get(), 15);
 
     // The other fallbacks do not touch the local limiter at all.
     let allow = RateLimit {
