@@ -203,7 +203,7 @@ impl GlobalLimiter {
             if now < until && lease.set.load(Ordering::Acquire) == index {
                 return inner.refused(set, &lease, until - now, now);
             }
-            if !inner.store.is_up() {
+            if !inner.store.may_answer() {
                 return inner.fallback(tenant, plan, local);
             }
             let notified = lease.notify.notified();
