@@ -13,6 +13,15 @@
 //! - while the breaker is open no call is made at all: the caller decides at once;
 //! - the supervisor reconnects with jittered backoff and probes with `PING`; when the probe
 //!   answers, calls resume by themselves;
+//! - a connection that ends (Redis restarted or killed, an idle timeout, a reset) is noticed
+//!   when it ends, with no call in flight: we drive each connection's reader ourselves, and its
+//!   end marks the store down and wakes the supervisor, which reconnects at once, so
+//!   `rampart_global_store_up` never reads 1 over a dead link;
+//! - for one `timeout` after a connection is lost, while that immediate reconnect runs, a call
+//!   waits for it (within its own timeout) instead of deciding by `on_store_error`, and a call
+//!   that finds its connection broken under it tries once more on the new one: a Redis that
+//!   dropped the link but answers (a restart, its idle `timeout`, a proxy in between) costs a
+//!   connect, not refusals;
 //! - `/readyz` never looks here.
 //!
 //! The store outlives reloads: [`GlobalStore::build`] keeps the link when the URL is the same.
@@ -23,7 +32,7 @@ pub mod idempotency;
 pub mod lease;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -77,7 +86,14 @@ struct Link {
     /// How a `rediss://` store's connections are made secure, as the config in force says
     /// (a reload swaps it in; the next connection uses it, an open one goes on).
     tls: ArcSwapOption<Secure>,
-    conn: ArcSwapOption<MultiplexedConnection>,
+    conn: ArcSwapOption<Conn>,
+    /// The id of the next connection.
+    next_id: AtomicU64,
+    /// Woken when a probe ends (a call waiting for the reconnect after a lost connection).
+    probed: Notify,
+    /// Clock nanoseconds until which a reconnect started by a lost connection is awaited by
+    /// calls (0: none).
+    reconnect_until: AtomicU64,
     /// Mirrors `breaker.is_closed()` for a lock-free look on the request path.
     up: AtomicBool,
     /// An outage was logged (once per outage, not per probe).
@@ -90,6 +106,13 @@ struct Link {
     /// The probe's patience: the timeout of the generation that made the link (a store that
     /// answers slower than that is down by definition).
     probe_timeout: Duration,
+}
+
+/// One connection, with an id that tells it from the connection that replaced it.
+#[derive(Debug)]
+struct Conn {
+    conn: MultiplexedConnection,
+    id: u64,
 }
 
 /// A `rediss://` store's TLS: the client config (verified against `tls.ca` or the web roots,
@@ -140,6 +163,9 @@ impl GlobalStore {
             client,
             tls: ArcSwapOption::new(secure),
             conn: ArcSwapOption::empty(),
+            next_id: AtomicU64::new(0),
+            probed: Notify::new(),
+            reconnect_until: AtomicU64::new(0),
             up: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             breaker: parking_lot::Mutex::new(Breaker::new()),
@@ -169,6 +195,12 @@ impl GlobalStore {
         self.link.up.load(Ordering::Acquire)
     }
 
+    /// Whether a call would go to the store: it is up, or its connection was just lost and
+    /// the immediate reconnect is running (a call waits for it within the timeout).
+    pub fn may_answer(&self) -> bool {
+        self.is_up() || self.link.reconnecting()
+    }
+
     /// The key of `tenant` on the route labelled `route`: `PREFIX{ROUTE}:t:TENANT`.
     ///
     /// The hash tag is the route, so the tenant's keys and the route's `total` key sit in one
@@ -194,31 +226,43 @@ impl GlobalStore {
     }
 
     /// Runs `f` on the connection, within the timeout and behind the breaker.
+    ///
+    /// A connection found broken by the call is replaced at once (the supervisor reconnects
+    /// with no wait); the call waits for that within its timeout and runs `f` once more on the
+    /// new connection.
     pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let link = &*self.link;
-        if !link.up.load(Ordering::Acquire) {
+        let timeout = self.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !link.up.load(Ordering::Acquire) && !link.reconnected_by(deadline).await {
             return Err(StoreError::Down);
         }
-        let Some(conn) = link.conn.load_full() else {
-            return Err(StoreError::Down);
-        };
-        let timeout = self.timeout();
-        match tokio::time::timeout(timeout, f((*conn).clone())).await {
-            Ok(Ok(v)) => {
-                link.breaker.lock().success();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                link.failed(failure_of(&e));
-                Err(StoreError::Failed(e))
-            }
-            Err(_) => {
-                link.failed(Failure::Soft);
-                Err(StoreError::Timeout(timeout))
+        let mut retried = false;
+        loop {
+            let Some(conn) = link.conn.load_full() else {
+                return Err(StoreError::Down);
+            };
+            match tokio::time::timeout_at(deadline, f(conn.conn.clone())).await {
+                Ok(Ok(v)) => {
+                    link.breaker.lock().success();
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    let kind = failure_of(&e);
+                    link.failed(kind, conn.id);
+                    if kind == Failure::Soft || retried || !link.reconnected_by(deadline).await {
+                        return Err(StoreError::Failed(e));
+                    }
+                    retried = true;
+                }
+                Err(_) => {
+                    link.failed(Failure::Soft, conn.id);
+                    return Err(StoreError::Timeout(timeout));
+                }
             }
         }
     }
@@ -227,16 +271,72 @@ impl GlobalStore {
 // === impl Link ===
 
 impl Link {
-    fn failed(&self, kind: Failure) {
+    /// A call on connection `id` failed. A broken connection counts once, by whoever saw it
+    /// first (a call, or its reader ending): a late report of a connection already replaced
+    /// must not open the breaker over the new one.
+    fn failed(&self, kind: Failure, id: u64) {
+        if kind == Failure::Broken {
+            self.lost(id, "the connection broke under a call");
+            return;
+        }
         self.errors.inc();
         let now = self.clock.now_nanos();
-        let opened = self.breaker.lock().failure(kind, now, fastrand::f64());
-        if kind == Failure::Broken {
-            self.conn.store(None);
-        }
-        if opened {
+        if self.breaker.lock().failure(kind, now, fastrand::f64()) {
             self.down("calls failed");
         }
+    }
+
+    /// Connection `id` is gone (its reader ended, or a call found it broken): if it is still
+    /// the one in use, drop it, open the breaker and wake the supervisor to reconnect at once.
+    fn lost(&self, id: u64, why: &str) {
+        let current = self.conn.load();
+        if current.as_ref().is_none_or(|c| c.id != id) {
+            return;
+        }
+        let prev = self.conn.compare_and_swap(&*current, None);
+        if !same(&prev, &current) {
+            return;
+        }
+        self.errors.inc();
+        let now = self.clock.now_nanos();
+        let opened = self
+            .breaker
+            .lock()
+            .failure(Failure::Broken, now, fastrand::f64());
+        if opened {
+            self.reconnect_until.store(
+                now.saturating_add(self.probe_timeout_nanos()),
+                Ordering::Release,
+            );
+            self.down(why);
+        } else {
+            self.wake.notify_one();
+        }
+    }
+
+    fn probe_timeout_nanos(&self) -> u64 {
+        u64::try_from(self.probe_timeout.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A lost connection's immediate reconnect is running and may still be waited for.
+    fn reconnecting(&self) -> bool {
+        self.clock.now_nanos() < self.reconnect_until.load(Ordering::Acquire)
+    }
+
+    /// Whether the store is up, waiting (at most until `deadline`) for the reconnect of a
+    /// connection just lost when one is running; an outage does not wait.
+    async fn reconnected_by(&self, deadline: tokio::time::Instant) -> bool {
+        let probed = self.probed.notified();
+        tokio::pin!(probed);
+        probed.as_mut().enable();
+        if self.up.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self.reconnecting() {
+            return false;
+        }
+        let _ = tokio::time::timeout_at(deadline, probed).await;
+        self.up.load(Ordering::Acquire)
     }
 
     fn down(&self, why: &str) {
@@ -248,17 +348,18 @@ impl Link {
     }
 
     /// Reconnects if needed, then `PING`s; closes the breaker on an answer in time.
-    async fn probe(&self) {
+    async fn probe(self: &Arc<Self>) {
         let conn = match self.conn.load_full() {
-            Some(c) => (*c).clone(),
+            Some(c) => c.conn.clone(),
             None => {
                 let cfg = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(None);
                 match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&cfg)).await {
                     Ok(Ok(c)) => {
-                        self.conn.store(Some(Arc::new(c.clone())));
-                        c
+                        let conn = c.conn.clone();
+                        self.conn.store(Some(c));
+                        conn
                     }
                     Ok(Err(e)) => return self.probe_failed(failure_of(&e), &e),
                     Err(_) => return self.probe_failed(Failure::Soft, &"connect timed out"),
@@ -274,6 +375,8 @@ impl Link {
                 self.up.store(true, Ordering::Release);
                 self.warned.store(false, Ordering::Release);
                 self.up_gauge.set(1);
+                self.reconnect_until.store(0, Ordering::Release);
+                self.probed.notify_waiters();
                 tracing::info!(url = %redacted(&self.url), "global store up");
             }
             Ok(Err(e)) => self.probe_failed(failure_of(&e), &e),
@@ -281,31 +384,49 @@ impl Link {
         }
     }
 
-    /// A new connection: the client's own for `redis://`; for `rediss://`, TCP and then our
-    /// TLS handshake (the store's certificate verified for its name), over which the client
-    /// then speaks (`AUTH`, `SELECT` as the URL says).
-    async fn connect(&self, cfg: &AsyncConnectionConfig) -> RedisResult<MultiplexedConnection> {
-        let Some(secure) = self.tls.load_full() else {
-            return self
-                .client
-                .get_multiplexed_async_connection_with_config(cfg)
-                .await;
-        };
+    /// A new connection: TCP, for `rediss://` then our TLS handshake (the store's certificate
+    /// verified for its name), over which the client speaks (`AUTH`, `SELECT` as the URL says).
+    ///
+    /// The connection's driver (its reader and writer) is our task, not the client's: when it
+    /// ends, the connection is closed (Redis went away, or every handle of it was dropped), and
+    /// [`Link::lost`] hears of it at once, whether or not a call was in flight.
+    async fn connect(self: &Arc<Self>, cfg: &AsyncConnectionConfig) -> RedisResult<Arc<Conn>> {
         let info = self.client.get_connection_info();
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Err(RedisError::from(std::io::Error::other(
-                "a rediss:// store must be a host and port",
+                "the store must be a host and port",
             )));
         };
         let tcp = TcpStream::connect((host.as_str(), *port)).await?;
         tcp.set_nodelay(true)?;
+        let settings = info.redis_settings();
+        let Some(secure) = self.tls.load_full() else {
+            let (conn, driver) =
+                MultiplexedConnection::new_with_config(settings, tcp, cfg.clone()).await?;
+            return Ok(self.drive(conn, driver));
+        };
         let stream =
             crate::tls::client::connect(secure.config.clone(), &secure.server_name, tcp).await?;
         let (conn, driver) =
-            MultiplexedConnection::new_with_config(info.redis_settings(), stream, cfg.clone())
-                .await?;
-        tokio::spawn(driver);
-        Ok(conn)
+            MultiplexedConnection::new_with_config(settings, stream, cfg.clone()).await?;
+        Ok(self.drive(conn, driver))
+    }
+
+    /// Runs a new connection's `driver` in a task that reports its end to [`Link::lost`].
+    fn drive(
+        self: &Arc<Self>,
+        conn: MultiplexedConnection,
+        driver: impl Future<Output = ()> + Send + 'static,
+    ) -> Arc<Conn> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::downgrade(self);
+        tokio::spawn(async move {
+            driver.await;
+            if let Some(link) = link.upgrade() {
+                link.lost(id, "the connection closed");
+            }
+        });
+        Arc::new(Conn { conn, id })
     }
 
     /// A probe got no answer; the first of an outage is logged with why (a refused connect,
@@ -320,6 +441,8 @@ impl Link {
         }
         let now = self.clock.now_nanos();
         self.breaker.lock().probe_failed(now, fastrand::f64());
+        self.reconnect_until.store(0, Ordering::Release);
+        self.probed.notify_waiters();
     }
 }
 
@@ -400,6 +523,15 @@ fn route_base(prefix: &str, route: &str) -> String {
     }
     k.push('}');
     k
+}
+
+/// Whether two loads of the connection slot hold the same connection.
+fn same(a: &Option<Arc<Conn>>, b: &Option<Arc<Conn>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// A refused, reset or closed connection must be made anew; anything else may pass.

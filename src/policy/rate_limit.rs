@@ -59,6 +59,10 @@ use self::decision::{Item, Items, Spec};
 /// sketch is sized (see `sketch.rs`) so that, below that scale, a full collision is rare.
 const RECORD_AT: u64 = 1;
 
+/// What is done to a tenant's buckets (`Inner::decide`, `Inner::refusal`): the set, the tenant's
+/// cells of it, and now.
+type Act<R> = fn(&Inner, &Set, &[AtomicU64], u64) -> R;
+
 /// The rate limiter of one route's policy: shared by every request of that route.
 ///
 /// Cheap to clone (one `Arc`). Dropping the last clone gives its entries back to the
@@ -319,9 +323,15 @@ impl Inner {
 
     /// As `check_new`, in set `index`.
     fn check_new_in(&self, tenant: &str, index: u32, now: u64) -> Decision {
+        self.new_entry_in(tenant, index, now, Inner::decide)
+    }
+
+    /// `act` on the buckets of a tenant without an entry, in set `index`: they start from what
+    /// the sketch remembers of it, and the tenant is tracked.
+    fn new_entry_in<R>(&self, tenant: &str, index: u32, now: u64, act: Act<R>) -> R {
         let set = self.set(index as usize);
         if set.limits.is_empty() {
-            return self.decide(set, &[], now);
+            return act(self, set, &[], now);
         }
         let hash = self.hasher.hash_one(tenant);
         let remembered = |i: usize| set.sketches.get(i).map_or(0, |s| s.lookup(hash));
@@ -329,15 +339,25 @@ impl Inner {
         if !self.tracked.reserve() {
             // Only when every entry of every table is being inserted at this very moment:
             // decide on the remembered state and remember the outcome, without an entry.
-            let decision = self.decide(set, entry.cells(), now);
+            let done = act(self, set, entry.cells(), now);
             set.record(&entry, hash, now, 0);
-            return decision;
+            return done;
         }
         let (entry, inserted) = self.table.insert(tenant, entry);
         if !inserted {
             self.tracked.release(1);
         }
-        self.decide(set, entry.cells(), now)
+        act(self, set, entry.cells(), now)
+    }
+
+    /// The refusal of these buckets (the tenant's, then the route's `total`) if one of them
+    /// has no token now; nothing is taken.
+    fn refusal(&self, set: &Set, cells: &[AtomicU64], now: u64) -> Option<Decision> {
+        let tenant = set.limits.iter().zip(cells);
+        let mut limits = tenant.chain(self.total.limits.iter().zip(self.total.cells.iter()));
+        limits
+            .any(|(g, c)| g.decide(c.load(Ordering::Acquire), now).is_err())
+            .then(|| self.refused(set, cells, now, 0))
     }
 
     fn decide(&self, set: &Set, cells: &[AtomicU64], now: u64) -> Decision {

@@ -1,8 +1,11 @@
 //! The breaker on the store connection: a pure state machine on an injected time.
 //!
-//! Closed, every call goes to the store. A broken connection (refused, reset) opens it at once;
-//! slow or failed answers open it after [`THRESHOLD`] in a row. Open, no request calls the store:
-//! each decides by `on_store_error` at once, without waiting. One background task probes (it
+//! Closed, every call goes to the store. A broken connection (closed, reset; seen by a call or
+//! by the connection's own reader the moment it ends) opens it at once and the first reconnect
+//! is due at once: a store that merely dropped the link (a restart, an idle timeout, a proxy in
+//! between) is back within a connect. Slow or failed answers open it after [`THRESHOLD`] in a
+//! row, with the first probe after [`BASE_BACKOFF`]. Open, no request calls the store: each
+//! decides by `on_store_error` at once, without waiting. One background task probes (it
 //! reconnects if needed, then sends `PING`) when the backoff ends; a good answer closes the
 //! breaker, a bad one doubles the backoff up to [`MAX_BACKOFF`]. Each wait is jittered (a random
 //! point in its upper half) so a fleet of ramparts does not reconnect in step after an outage.
@@ -68,7 +71,13 @@ impl Breaker {
             return false;
         }
         self.failures = self.failures.saturating_add(1);
-        if kind == Failure::Broken || self.failures >= THRESHOLD {
+        if kind == Failure::Broken {
+            self.open = true;
+            self.backoff = nanos(BASE_BACKOFF);
+            self.retry_at = now;
+            return true;
+        }
+        if self.failures >= THRESHOLD {
             self.open = true;
             self.backoff = nanos(BASE_BACKOFF);
             self.retry_at = now.saturating_add(jittered(self.backoff, jitter));
@@ -127,10 +136,17 @@ mod tests {
             b.failure(Failure::Broken, 10 * MS, 0.0),
             "a broken link must open at once"
         );
+        assert_eq!(b.retry_at(), 10 * MS, "and reconnect at once");
+        assert!(!b.failure(Failure::Broken, 11 * MS, 0.0), "already open");
+        assert_eq!(b.retry_at(), 10 * MS);
+        b.close();
+        for _ in 0..THRESHOLD {
+            b.failure(Failure::Soft, 20 * MS, 0.0);
+        }
         assert_eq!(
             b.retry_at(),
-            10 * MS + 25 * MS,
-            "first wait: half of 50ms with no jitter"
+            20 * MS + 25 * MS,
+            "slow answers: first wait half of 50ms with no jitter"
         );
     }
 
@@ -153,9 +169,11 @@ mod tests {
         b.close();
         assert!(b.is_closed());
         b.failure(Failure::Broken, 0, 1.0);
+        assert_eq!(b.retry_at(), 0, "a lost link reconnects at once");
+        b.probe_failed(0, 1.0);
         assert_eq!(
             b.retry_at() / MS,
-            50,
+            100,
             "after a recovery the backoff starts over"
         );
     }

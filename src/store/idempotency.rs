@@ -120,7 +120,10 @@ impl RedisIdempotency {
         inv.key(self.key(key)).arg(&digest[..]).arg(self.claim_ms);
         let reply: Vec<Vec<u8>> = self
             .store
-            .call(|mut conn| async move { inv.invoke_async(&mut conn).await })
+            .call(|mut conn| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut conn).await }
+            })
             .await
             .ok()?;
         let mut it = reply.into_iter();
@@ -160,7 +163,10 @@ impl RedisIdempotency {
                 inv.arg(&a[..]);
             }
             let _: Result<i64, _> = store
-                .call(|mut conn| async move { inv.invoke_async(&mut conn).await })
+                .call(|mut conn| {
+                    let inv = &inv;
+                    async move { inv.invoke_async(&mut conn).await }
+                })
                 .await;
         });
     }

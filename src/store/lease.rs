@@ -183,7 +183,10 @@ impl GlobalStore {
             inv.arg(&l.field).arg(l.kind).arg(l.a).arg(l.c);
         }
         let reply: Vec<i64> = self
-            .call(|mut conn| async move { inv.invoke_async(&mut conn).await })
+            .call(|mut conn| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut conn).await }
+            })
             .await?;
         let mut it = reply.into_iter().map(|v| u64::try_from(v).unwrap_or(0));
         let granted = it.next().unwrap_or(0);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::redis::{replicas, wait_up, Redis};
+use crate::support::redis::{replicas, store_up, wait_up, Redis};
 use crate::support::{http, metric_value, metrics, sample, Proxy};
 
 /// `$TIMEOUT` is the store timeout, `$ON_ERROR` the fallback, `$LEASE` the lease.
@@ -256,6 +256,155 @@ async fn a_slow_redis_is_treated_as_down() {
     assert_eq!(admitted(&burst(&addr, "s3", 3, 1).await), 3);
 }
 
+/// `rampart_ratelimit_store_fallbacks_total{route="app"}` of `proxy`.
+async fn fallbacks(proxy: &Proxy) -> f64 {
+    let text = metrics(proxy.admin()).await;
+    metric_value(
+        &text,
+        "rampart_ratelimit_store_fallbacks_total",
+        &[("route", "app")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Polls `proxy`'s `rampart_global_store_up` (the admin port only: no request goes through
+/// the proxy) until it reads `want`; how long that took. Fails past `within`.
+async fn store_reads(proxy: &Proxy, want: f64, within: Duration, why: &str) -> Duration {
+    let start = Instant::now();
+    while store_up(proxy).await != Some(want) {
+        assert!(
+            start.elapsed() < within,
+            "{why}: rampart_global_store_up must read {want} within {within:?}; log:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// A connection Redis drops is noticed when it drops, with no request in flight, and the store
+/// is connected again once Redis is back, before any request needs it. (It used to read as up
+/// until a request failed on the dead link; the first requests after Redis's return were
+/// refused by `deny`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_noticed_at_once_and_replaced_without_traffic() {
+    let mut redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "25ms",
+        on_error: "deny",
+        lease: 1,
+        rate: "1/m",
+        burst: 20,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    assert_eq!(admitted(&burst(&addr, "warm", 2, 1).await), 2);
+
+    // From here until the end of the outage no request goes through the proxy.
+    redis.kill();
+    let noticed = store_reads(&a, 0.0, Duration::from_secs(1), "Redis killed").await;
+    let state = http::get(a.admin(), "/state", &[]).await.json();
+    assert_eq!(state["global_store"]["up"], false, "{state}");
+    // Down long enough for the probes to back off.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store_up(&a).await, Some(0.0));
+    let before = fallbacks(&a).await;
+
+    redis.restart().await;
+    // The longest wait between probes is 2 s (jittered within its upper half), then a connect.
+    let back = store_reads(&a, 1.0, Duration::from_millis(2500), "Redis restarted").await;
+    println!(
+        "Redis killed: store down after {noticed:?}; restarted: up after {back:?}, no traffic"
+    );
+
+    let fresh = burst(&addr, "fresh", 3, 1).await;
+    assert_eq!(admitted(&fresh), 3, "after the store's return: {fresh:?}");
+    assert_eq!(
+        fallbacks(&a).await,
+        before,
+        "decided by the store, not by on_store_error"
+    );
+    assert_eq!(redis.keys("rt:*").await, ["rt:{app}:t:fresh"]);
+}
+
+/// A Redis that closes a connection but answers (a restart, its idle `timeout`, `CLIENT KILL`,
+/// a proxy in between) costs a reconnect, not a refusal: requests that arrive meanwhile wait
+/// for the immediate reconnect (within the store timeout), and one whose call the close broke
+/// tries once more on the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_a_live_redis_refuses_no_request() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 1,
+        rate: "100/s",
+        burst: 100,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    assert_eq!(admitted(&burst(&addr, "k", 2, 1).await), 2);
+    let errors = store_errors(&a).await;
+    for round in 0..5 {
+        let killed = redis
+            .int(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .await;
+        assert_eq!(killed, 1, "round {round}: rampart's one connection");
+        let answers = burst(&addr, "k", 4, 4).await;
+        assert_eq!(admitted(&answers), 4, "round {round}: {answers:?}");
+    }
+    assert_eq!(
+        fallbacks(&a).await,
+        0.0,
+        "no decision fell to on_store_error"
+    );
+    let lost = store_errors(&a).await - errors;
+    assert!(
+        (1.0..=5.0).contains(&lost),
+        "each closed connection is one store error: {lost}"
+    );
+    wait_up(&a, 1.0).await;
+}
+
+/// `on_store_error: local` holds the limit per process from where the process stands: a short
+/// stall of the store does not hand a tenant a second burst (it used to: 35 admitted within a
+/// second for a limit of 20/min).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_stall_gives_no_tenant_a_second_burst() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "25ms",
+        on_error: "local",
+        lease: 1,
+        rate: "1/m",
+        burst: 20,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    let first = admitted(&burst(&addr, "s", 5, 1).await);
+    assert_eq!(first, 5);
+
+    redis.stall(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let during = admitted(&burst(&addr, "s", 40, 40).await);
+    assert!(
+        fallbacks(&a).await > 0.0,
+        "the stall must have been met by the fallback"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_up(&a, 1.0).await;
+    let after = admitted(&burst(&addr, "s", 10, 1).await);
+    println!("stall: {first} before, {during} of 40 during, {after} of 10 after (limit 20/min)");
+    assert_eq!(
+        first + during + after,
+        20,
+        "one process admits the limit, whoever decides"
+    );
+}
+
 /// The client connections a Redis server sees, other than the one asking.
 async fn clients(redis: &Redis) -> Vec<String> {
     let list = redis.text(&["CLIENT", "LIST"]).await;
@@ -464,6 +613,27 @@ async fn an_idempotency_key_is_honoured_on_every_replica() {
     let repeat = http::post(a_addr, "/echo", &k2, "pay 5").await;
     assert_eq!(repeat.header("x-rampart-idempotent-replay"), Some("true"));
     assert_eq!(app.hits_for("/echo"), 2);
+
+    // Store back: both replicas reconnect by themselves (b sent nothing while it was down),
+    // and a key is shared again from its first request. (Before, b's first keyed request
+    // after the return failed on its dead link and fell back to memory: the key ran twice.)
+    redis.restart().await;
+    wait_up(&a, 1.0).await;
+    wait_up(&b, 1.0).await;
+    let k3 = [("idempotency-key", "order-3"), ("x-tenant-id", "t")];
+    assert_eq!(http::post(a_addr, "/echo", &k3, "pay 7").await.status, 200);
+    assert_eventually!(
+        http::post(b_addr, "/echo", &k3, "pay 7")
+            .await
+            .header("x-rampart-idempotent-replay")
+            == Some("true"),
+        "after the store's return a repeat on the other replica must be replayed"
+    );
+    assert_eq!(
+        app.hits_for("/echo"),
+        3,
+        "order-3 reached the upstream once"
+    );
 }
 
 /// With the keys in the store, a client that leaves after its keyed request was sent holds the

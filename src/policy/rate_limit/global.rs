@@ -23,6 +23,12 @@
 //! When the store is down (breaker open) or does not answer within the timeout, the decision
 //! follows `on_store_error`: `local` asks the route's per-process limiter, `allow` admits,
 //! `deny` refuses with a 429.
+//!
+//! With `local`, that per-process limiter also bounds what the process admits while the store
+//! is up: a request it would refuse is refused before the store is asked (it costs the shared
+//! bucket nothing), and a request the store admits is taken from it too. So it always holds
+//! what this process has admitted, whoever decided, and a store that stops answering for a
+//! moment hands no tenant a second burst; one process never admits more than the limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -176,18 +182,28 @@ impl GlobalLimiter {
         if set.limits.is_empty() && inner.total.is_empty() {
             return admitted_plain();
         }
+        // `local`: the process's own buckets bound what it admits, store or not; a request they
+        // refuse costs the shared bucket nothing.
+        if inner.on_error == OnStoreError::Local {
+            if let Some(refused) = local.refusal(tenant, plan) {
+                return refused;
+            }
+        }
         let lease = inner.lease_of(tenant);
         let mut deadline = None;
         loop {
             let now = inner.clock.now_nanos();
             if let Some(left) = lease.take(index, now) {
+                if let Some(refused) = inner.take_own(tenant, plan, local) {
+                    return refused;
+                }
                 return inner.admitted(set, &lease, left, now);
             }
             let until = lease.refused_until.load(Ordering::Acquire);
             if now < until && lease.set.load(Ordering::Acquire) == index {
                 return inner.refused(set, &lease, until - now, now);
             }
-            if !inner.store.is_up() {
+            if !inner.store.may_answer() {
                 return inner.fallback(tenant, plan, local);
             }
             let notified = lease.notify.notified();
@@ -195,6 +211,9 @@ impl GlobalLimiter {
             notified.as_mut().enable();
             // A refill may have landed between the look above and `enable`.
             if let Some(left) = lease.take(index, now) {
+                if let Some(refused) = inner.take_own(tenant, plan, local) {
+                    return refused;
+                }
                 return inner.admitted(set, &lease, left, now);
             }
             if !lease.refilling.swap(true, Ordering::AcqRel) {
@@ -296,6 +315,19 @@ impl Inner {
         }
         lease.refilling.store(false, Ordering::Release);
         lease.notify.notify_waiters();
+    }
+
+    /// The store admitted (a leased token was spent): with `on_store_error: local` the request
+    /// is also taken from the process's own buckets, so that they count what this process
+    /// admitted whoever decided. Their refusal, should a concurrent request have emptied them
+    /// since the look at the start of `check`, stands (the spent token is lost: the strict
+    /// side).
+    fn take_own(&self, tenant: &str, plan: Option<&str>, local: &RateLimiter) -> Option<Decision> {
+        if self.on_error != OnStoreError::Local {
+            return None;
+        }
+        let own = local.check_plan(tenant, plan);
+        (!own.is_admitted()).then_some(own)
     }
 
     fn admitted(&self, set: &Set, lease: &Lease, left: u64, now: u64) -> Decision {

@@ -20,10 +20,23 @@ impl RateLimiter {
     /// Decides for one request of `tenant` on `plan` (`None`, or a plan this policy does not
     /// list: `per_tenant`). A refused request consumes from no limit.
     pub fn check_plan(&self, tenant: &str, plan: Option<&str>) -> Decision {
-        let inner = &*self.inner;
-        if inner.plans.is_empty() {
+        if self.inner.plans.is_empty() {
             return self.check(tenant);
         }
+        self.with_buckets(tenant, plan, Inner::decide)
+    }
+
+    /// The refusal [`Self::check_plan`] would give `tenant` on `plan` now, without taking
+    /// anything; `None` if it would admit. The same lookup as a check: no allocation for a
+    /// tenant already tracked.
+    pub fn refusal(&self, tenant: &str, plan: Option<&str>) -> Option<Decision> {
+        self.with_buckets(tenant, plan, Inner::refusal)
+    }
+
+    /// Runs `act` on the buckets of `tenant` in the set of `plan` (tracking the tenant if it
+    /// is new, moving it if its plan changed).
+    fn with_buckets<R>(&self, tenant: &str, plan: Option<&str>, act: super::Act<R>) -> R {
+        let inner = &*self.inner;
         let now = inner.clock.now_nanos();
         let want = match inner.overrides.get(tenant) {
             Some(&o) => o,
@@ -31,15 +44,15 @@ impl RateLimiter {
         };
         if let Some(entry) = inner.table.get(tenant) {
             if entry.set() == want as usize {
-                return inner.decide(inner.set(entry.set()), entry.cells(), now);
+                return act(inner, inner.set(entry.set()), entry.cells(), now);
             }
             drop(entry);
             inner.move_to(tenant, want, now);
             if let Some(entry) = inner.table.get(tenant) {
-                return inner.decide(inner.set(entry.set()), entry.cells(), now);
+                return act(inner, inner.set(entry.set()), entry.cells(), now);
             }
         }
-        inner.check_new_in(tenant, want, now)
+        inner.new_entry_in(tenant, want, now, act)
     }
 }
 

@@ -41,3 +41,127 @@ fn a_refusal_in_force_or_a_refill_running_keeps_the_lease() {
     l.refilling.store(true, Ordering::Relaxed);
     assert!(!l.is_idle(3 * S));
 }
+
+/// A store that never answers (its port refuses), as a stalled or dead Redis looks to a
+/// request: every decision without leased tokens is the fallback's.
+fn unreachable_store(clock: &SharedClock) -> Arc<GlobalStore> {
+    let cfg = crate::config::file::GlobalStore {
+        redis: crate::config::file::RedisStore {
+            url: "redis://127.0.0.1:1/0".into(),
+            key_prefix: "t:".into(),
+            timeout: crate::config::units::Dur::from_millis(25),
+            tls: None,
+        },
+    };
+    let metrics = crate::metrics::Metrics::register();
+    GlobalStore::build(&cfg, None, None, &metrics, clock).expect("a valid URL")
+}
+
+/// `on_store_error: local` enforces the per-process limit from where this process stands:
+/// what it admitted through the store counts against the local bucket, so a store that stops
+/// answering for a moment does not hand the tenant a second full burst on this process, and
+/// the process admits at most the limit whoever decides.
+#[tokio::test]
+async fn admissions_through_the_store_count_against_the_local_fallback() {
+    use crate::clock::ManualClock;
+    use crate::config::file::{LimitScope, Limits};
+    use crate::config::units::Rate;
+    use crate::policy::rate_limit::TrackedTenants;
+
+    let clock = ManualClock::new();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let cfg = RateLimit {
+        per_tenant: Some(Limits(vec![Limit {
+            rate: Rate {
+                count: 1,
+                per: Duration::from_secs(60),
+            },
+            burst: Some(20),
+            name: None,
+            window: Default::default(),
+        }])),
+        scope: LimitScope::Global,
+        on_store_error: Some(OnStoreError::Local),
+        lease: Some(1),
+        ..RateLimit::default()
+    };
+    let local = RateLimiter::new(&cfg, TrackedTenants::new(1000), shared.clone());
+    let fallbacks = IntCounter::new("fallbacks", "decisions by on_store_error").expect("valid");
+    let route: Arc<str> = Arc::from("app");
+    let g = GlobalLimiter::new(
+        &cfg,
+        &route,
+        unreachable_store(&shared),
+        1000,
+        shared.clone(),
+        fallbacks.clone(),
+    );
+    // Five admissions through the store: tokens as a store's answers leave them.
+    let lease = g.inner.lease_of("acme");
+    lease.expires.store(u64::MAX, Ordering::Release);
+    lease.tokens.store(5, Ordering::Release);
+    for _ in 0..5 {
+        assert!(g.check("acme", None, &local).await.is_admitted());
+    }
+    assert_eq!(fallbacks.get(), 0, "the store decided those");
+
+    // The store stops answering: this process has 15 of its 20 left, not a fresh 20.
+    let mut during = 0;
+    for _ in 0..40 {
+        during += usize::from(g.check("acme", None, &local).await.is_admitted());
+    }
+    assert_eq!(
+        during, 15,
+        "5 through the store + 15 locally = the burst of 20"
+    );
+    assert_eq!(
+        fallbacks.get(),
+        15,
+        "the 25 its own buckets refused did not wait for the store"
+    );
+
+    // The store answers again, with tokens to spare (it never learnt of the 15): this
+    // process has admitted its 20 this minute, so it refuses, without spending a leased token.
+    lease.tokens.store(10, Ordering::Release);
+    let refused = g.check("acme", None, &local).await;
+    assert!(
+        !refused.is_admitted(),
+        "one process never admits more than the limit"
+    );
+    assert_eq!(
+        lease.tokens.load(Ordering::Acquire),
+        10,
+        "the store's tokens are kept"
+    );
+    assert_eq!(fallbacks.get(), 15, "a refusal of its own is no fallback");
+
+    // A minute later (1/m) one more is admitted, through the store and counted here.
+    clock.advance(Duration::from_secs(60));
+    let mut later = 0;
+    for _ in 0..5 {
+        later += usize::from(g.check("acme", None, &local).await.is_admitted());
+    }
+    assert_eq!(later, 1, "1/m: one more a minute later");
+    assert_eq!(lease.tokens.load(Ordering::Acquire), 9);
+    assert_eq!(fallbacks.get(), 15);
+
+    // The other fallbacks do not touch the local limiter at all.
+    let allow = RateLimit {
+        on_store_error: Some(OnStoreError::Allow),
+        ..cfg.clone()
+    };
+    let local = RateLimiter::new(&allow, TrackedTenants::new(1000), shared.clone());
+    let g = GlobalLimiter::new(
+        &allow,
+        &route,
+        unreachable_store(&shared),
+        1000,
+        shared.clone(),
+        fallbacks,
+    );
+    let lease = g.inner.lease_of("acme");
+    lease.expires.store(u64::MAX, Ordering::Release);
+    lease.tokens.store(1, Ordering::Release);
+    assert!(g.check("acme", None, &local).await.is_admitted());
+    assert_eq!(local.tracked(), 0, "allow: nothing counted locally");
+}
