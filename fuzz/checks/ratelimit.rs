@@ -16,7 +16,7 @@ const UNITS: [&str; 4] = ["s", "min", "h", "d"];
 fn policy(count: u32, unit: &str, burst: u32, total: bool) -> String {
     let section = if total { "total" } else { "per_tenant" };
     format!(
-        "version: 1\nupstreams:\n  app: {{ endpoints: [127.0.0.1:9] }}\npolicies:\n  p:\n    \
+        "version: 1\nupstreams:\n  app: {{ endpoints: [127.0.0.1:10] }}\npolicies:\n  p:\n    \
          rate_limit:\n      {section}: {{ rate: {count}/{unit}, burst: {burst} }}\n      \
          headers: true\nlisteners:\n  - name: i\n    direction: inbound\n    listen: \
          127.0.0.1:9\n    routes:\n      - upstream: app\n        policy: p\n"

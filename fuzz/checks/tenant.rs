@@ -15,7 +15,7 @@ tenants:
     - query: tenant
   fallback: anonymous
 upstreams:
-  app: { endpoints: [127.0.0.1:9] }
+  app: { endpoints: [127.0.0.1:10] }
 listeners:
   - name: inbound
     direction: inbound

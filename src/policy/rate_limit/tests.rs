@@ -544,7 +544,7 @@ fn racing_refusals_by_the_total_give_tenant_tokens_back() {
 fn the_largest_accepted_bursts_fit_the_bucket_and_the_headers() {
     let text = |rate: &str, burst: u64| {
         format!(
-            "version: 1\nupstreams: {{ app: {{ endpoints: [127.0.0.1:1] }} }}\npolicies: {{ p: {{ rate_limit: {{ per_tenant: {{ rate: {rate}, burst: {burst}, name: b }}, headers: true }} }} }}\nlisteners: [ {{ name: i, direction: inbound, listen: 127.0.0.1:1, routes: [ {{ upstream: app, policy: p }} ] }} ]\n"
+            "version: 1\nupstreams: {{ app: {{ endpoints: [127.0.0.1:2] }} }}\npolicies: {{ p: {{ rate_limit: {{ per_tenant: {{ rate: {rate}, burst: {burst}, name: b }}, headers: true }} }} }}\nlisteners: [ {{ name: i, direction: inbound, listen: 127.0.0.1:1, routes: [ {{ upstream: app, policy: p }} ] }} ]\n"
         )
     };
     let cases = [
