@@ -72,9 +72,19 @@ fn open(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> 
         s.set_reuse_port(true)?;
     }
     s.set_tcp_nodelay(true)?;
+    // Inherited by every accepted socket (no `setsockopt` per connection), as `TCP_NODELAY`.
+    s.set_tcp_user_timeout(Some(SEND_STALL))?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
+
+/// How long a client may leave what rampart sent it untaken (its receive window shut, or
+/// nothing acknowledged) before the kernel aborts its connection (`TCP_USER_TIMEOUT`, which
+/// Linux applies to a window held shut since 5.11). Without it a client that stops reading
+/// held its connection, the answer's upstream connection and its `max_connections` place
+/// for ever: no deadline is looked at while a write waits for room. nginx's `send_timeout`
+/// is the same 60 s.
+pub const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Fails with "address in use" if a socket that is not one of `own` listens on an address
 /// overlapping `addr`, `SO_REUSEPORT` or not. A probe without `SO_REUSEPORT` fails if

@@ -1062,6 +1062,12 @@ mod tests {
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (accepted, _) = listener.accept().expect("accept");
         assert!(accepted.nodelay().expect("TCP_NODELAY"), "not inherited");
+        // A client that takes none of its answer is aborted by the kernel after this long.
+        let stall = socket2::SockRef::from(&accepted).tcp_user_timeout();
+        assert_eq!(
+            stall.expect("TCP_USER_TIMEOUT"),
+            Some(super::super::bind::SEND_STALL)
+        );
     }
 
     fn wake_size<F: FnOnce(Parked) -> R, R>(_: F) -> usize {
