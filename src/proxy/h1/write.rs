@@ -148,7 +148,9 @@ pub fn encode_head<B>(
         match reason {
             Some(r) => dst.extend_from_slice(r.as_bytes()),
             None => {
-                let canonical = status.canonical_reason().unwrap_or("<none>");
+                // A code without a canonical phrase (599, 999) gets an empty one (RFC 9112
+                // §4 allows it), never text that was not sent.
+                let canonical = status.canonical_reason().unwrap_or("");
                 dst.extend_from_slice(canonical.as_bytes());
             }
         }

@@ -603,6 +603,9 @@ fn finish_head(
     let mut keep_alive = false;
     // Whether the lines may stay raw: nothing in them that the request path reads or changes.
     let mut plain = true;
+    // RFC 9110 §8.6: no `content-length` in a 1xx or 204 answer (an HTTP/2 client resets a
+    // stream that has one). Read for its framing, never passed on.
+    let lengthless = status == StatusCode::NO_CONTENT || status.is_informational();
     for (i, &[ns, ne, vs, ve]) in spans.iter().enumerate() {
         let (name, kind) = names.name(i, &head[ns as usize..ne as usize])?;
         let value = &head[vs as usize..ve as usize];
@@ -610,6 +613,10 @@ fn finish_head(
             let n = parse_length_list(value).ok_or(Malformed("invalid content-length"))?;
             if length.is_some_and(|old| old != n) {
                 return Err(Malformed("conflicting content-length values"));
+            }
+            if lengthless {
+                length = Some(n);
+                continue;
             }
             // Raw only as one line of digits: the lean server then writes it as sent.
             plain &= length.is_none() && value.iter().all(u8::is_ascii_digit);

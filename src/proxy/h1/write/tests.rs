@@ -158,6 +158,9 @@ fn an_upstream_reason_and_an_interim_status() {
         .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Really"));
     let (text, _) = head(r, KEEP, Len::Empty);
     assert!(text.starts_with("HTTP/1.1 299 Fine Really\r\n"), "{text}");
+    // No phrase of its own and none canonical: an empty one (it was the text `<none>`).
+    let (text, _) = head(rsp(999, &[]), KEEP, Len::Empty);
+    assert!(text.starts_with("HTTP/1.1 999 \r\n"), "{text}");
     let (text, p) = head(rsp(103, &[("link", "x")]), KEEP, Len::Empty);
     assert!(
         text.starts_with("HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n"),
