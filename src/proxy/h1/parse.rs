@@ -364,6 +364,8 @@ struct Framing {
     seen_length: bool,
     te: bool,
     chunked: bool,
+    /// `chunked` codings named so far, on all the lines.
+    chunkings: u8,
 }
 
 impl Framing {
@@ -375,8 +377,17 @@ impl Framing {
         if self.seen_length {
             self.length = None;
         }
-        // `chunked` must be the last coding.
+        // `chunked` must be the last coding, and applied once (RFC 9112 §6.1): `chunked,
+        // chunked` is refused, as nginx and HAProxy refuse it, not read as one.
         self.chunked = super::write::chunked_last(value);
+        let named = value
+            .split(|&b| b == b',')
+            .filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            .count();
+        self.chunkings = self.chunkings.saturating_add(named.min(2) as u8);
+        if self.chunkings > 1 {
+            return Err(Stop::Refuse(Refusal::Malformed));
+        }
         Ok(())
     }
 
@@ -705,7 +716,8 @@ mod tests {
     }
 
     /// Framing hyper refuses (400; 431 for a length past its largest, 400 here) is refused
-    /// as hyper would, so the smuggling attempts are answered and logged like any refusal.
+    /// as hyper would, so the smuggling attempts are answered and logged like any refusal;
+    /// so is `chunked` applied twice, which hyper reads as once (nginx and HAProxy refuse it).
     #[test]
     fn framing_hyper_refuses_is_refused() {
         for bytes in [
@@ -717,6 +729,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ] {
