@@ -73,12 +73,15 @@ impl Matcher {
 }
 
 /// The host a request is for, without port: from the URI authority, else the `host` header.
+/// A fully qualified name's trailing dot (`app.internal.`) is cut too: it names the same host
+/// (nginx matches it the same way).
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
     };
-    Some(strip_port(raw))
+    let host = strip_port(raw);
+    Some(host.strip_suffix('.').unwrap_or(host))
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -144,6 +147,13 @@ mod tests {
             .body(())
             .expect("req");
         assert_eq!(request_host(&req), Some("::1"));
+        // A trailing dot names the same host.
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "app.internal.:80")
+            .body(())
+            .expect("req");
+        assert_eq!(request_host(&req), Some("app.internal"));
     }
 
     #[test]
