@@ -386,6 +386,41 @@ async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
     assert_eq!(app.hits_for("/echo"), 4);
 }
 
+/// A malformed key (empty, over 255 bytes, or two `idempotency-key` lines that differ) is
+/// refused 400 `bad_request` before it reaches the upstream. Before, an empty or 5000-byte key
+/// was taken as a key and a second line ignored: the client thought itself protected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_idempotency_key_is_refused_before_the_upstream() {
+    let app = sample().await;
+    let proxy = idem_proxy(&app).await;
+    let addr = proxy.listener("inbound");
+    let long = "k".repeat(256);
+    let malformed: [&[(&str, &str)]; 3] = [
+        &[("idempotency-key", "")],
+        &[("idempotency-key", &long)],
+        &[("idempotency-key", "a1"), ("idempotency-key", "b2")],
+    ];
+    for headers in malformed {
+        http::post(addr, "/echo", headers, "pay")
+            .await
+            .assert_rampart(400, "bad_request");
+    }
+    assert_eq!(app.hits_for("/echo"), 0, "a malformed key must not run");
+
+    // At the bound, and the same key twice, it is a key.
+    let at_bound = "k".repeat(255);
+    for headers in [
+        &[("idempotency-key", at_bound.as_str())][..],
+        &[("idempotency-key", "same"), ("idempotency-key", "same")][..],
+    ] {
+        let first = http::post(addr, "/echo", headers, "pay").await;
+        assert_eq!(first.status, 200);
+        let again = http::post(addr, "/echo", headers, "pay").await;
+        assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    }
+    assert_eq!(app.hits_for("/echo"), 2);
+}
+
 /// A request body larger than `max_body` cannot be digested: the request runs without the
 /// key's protection, and each answer says so, so the client knows a repeat runs again.
 #[tokio::test]
