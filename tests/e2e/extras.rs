@@ -215,6 +215,34 @@ async fn an_abort_at_100_percent_never_reaches_the_upstream_and_spares_other_req
     assert_eq!(injected("delay"), Some(0.0), "{text}");
 }
 
+/// A request both delayed and aborted is marked with both faults, as both are counted. Before,
+/// the answer said only `abort` while `rampart_faults_injected_total` counted the delay too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_then_aborted_answer_is_marked_with_both_faults() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ fault: { header: x-chaos, delay: { percent: 100%, duration: 50ms }, abort: { percent: 100%, status: 503 } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+    rsp.assert_rampart(503, "fault_injected");
+    assert_eq!(rsp.header("x-rampart-fault"), Some("delay, abort"));
+    assert_eq!(app.hits_for("/ok"), 0);
+    let text = metrics(proxy.admin()).await;
+    for kind in ["delay", "abort"] {
+        let n = metric_value(
+            &text,
+            "rampart_faults_injected_total",
+            &[("route", "app"), ("kind", kind)],
+        );
+        assert_eq!(n, Some(1.0), "{kind}: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_delay_shows_in_latency() {
     let app = sample().await;
