@@ -17,7 +17,8 @@ use prometheus::IntCounter;
 use crate::config::file;
 use crate::metrics::Metrics;
 
-/// Name of the header that marks an injected fault: `delay` or `abort`.
+/// Name of the header that marks an injected fault: `delay`, `abort`, or `delay, abort` when
+/// both were injected into one request.
 pub const FAULT_HEADER: &str = "x-rampart-fault";
 
 /// The fault section of one route's policy, with its metric handles.

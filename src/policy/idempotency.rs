@@ -40,6 +40,11 @@ pub const REPLAY_HEADER: &str = "x-rampart-idempotent-replay";
 /// than `max_body` (value `body-too-large`): the client learns its repeat will run again.
 pub const UNPROTECTED_HEADER: &str = "x-rampart-idempotency";
 
+/// The longest idempotency key accepted, in bytes; a longer one is refused 400 `bad_request`.
+/// Keys are UUIDs or similar tokens in practice (the IETF draft recommends a UUID); a bound
+/// keeps a client from making rampart digest, and the upstream receive, a key of any length.
+pub const MAX_KEY_LEN: usize = 255;
+
 /// sha256 of the request's method, target and body.
 pub type Digest = [u8; 32];
 
@@ -175,15 +180,34 @@ impl RouteIdempotency {
         self.cfg.ttl.0.min(IN_FLIGHT_MAX)
     }
 
-    /// The store key of a request with `headers` from `tenant`; `None` without the header
-    /// (such requests are not touched).
-    pub fn key_of(&self, headers: &HeaderMap, tenant: &str) -> Option<StoreKey> {
-        let v = headers.get(&self.header)?;
-        Some(StoreKey {
+    /// The store key of a request with `headers` from `tenant`: `Ok(None)` without the header
+    /// (such requests are not touched), `Err` with what is wrong when the key is malformed
+    /// (empty, over [`MAX_KEY_LEN`] bytes, or two header lines with different values): such a
+    /// request is refused, as the IETF httpapi idempotency-key draft says, rather than run
+    /// without the protection its client asked for.
+    pub fn key_of(
+        &self,
+        headers: &HeaderMap,
+        tenant: &str,
+    ) -> Result<Option<StoreKey>, &'static str> {
+        let mut all = headers.get_all(&self.header).iter();
+        let Some(v) = all.next() else {
+            return Ok(None);
+        };
+        if v.is_empty() {
+            return Err("the idempotency key is empty");
+        }
+        if v.len() > MAX_KEY_LEN {
+            return Err("the idempotency key is longer than 255 bytes");
+        }
+        if all.any(|other| other != v) {
+            return Err("the request carries two different idempotency keys");
+        }
+        Ok(Some(StoreKey {
             route: self.route.clone(),
             tenant: tenant.to_string(),
             key: key_digest(v.as_bytes()),
-        })
+        }))
     }
 }
 

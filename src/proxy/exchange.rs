@@ -306,7 +306,10 @@ pub(super) async fn try_once(
     // The endpoint's in-flight count (p2c's load), for the length of the try.
     let _load = ep.health.start();
     // What the writer adds to the head: a `host` naming this endpoint if the request has none.
-    let added = ctx.peer.added(ep.authority.as_str(), ctx.request_id);
+    let added = forward::Added {
+        deadline: ctx.deadline.as_ref(),
+        ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
+    };
     let sent = ep.pool.send(ep.addr, parts, &added, body);
     let result = match bound {
         Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),

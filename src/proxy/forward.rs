@@ -122,7 +122,8 @@ impl Peer {
             host,
             request_id,
             forwarded_for: &self.forwarded_for,
-            proto: if self.tls { "https" } else { "http" },
+            https: self.tls,
+            deadline: None,
         }
     }
 }
@@ -184,9 +185,24 @@ pub struct Added<'a> {
     pub request_id: &'a HeaderValue,
     /// `x-forwarded-for`, for a request whose map has none: the client's address.
     pub forwarded_for: &'a HeaderValue,
-    /// `x-forwarded-proto`, always: the protocol the client used (a line the client sent is
-    /// not written).
-    pub proto: &'static str,
+    /// `x-forwarded-proto`, always: whether the client used `https` (else `http`; a line the
+    /// client sent is not written). A flag, not the word: with [`Added::deadline`] a
+    /// reference, the try's future keeps its size.
+    pub https: bool,
+    /// The request's deadline, if it has one: not a line of the request, but the bound on
+    /// writing the rest of its upload once its answer has ended (see `pool::finish_upload`).
+    pub deadline: Option<&'a tokio::time::Instant>,
+}
+
+impl Added<'_> {
+    /// The value of `x-forwarded-proto`.
+    pub fn proto(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings

@@ -13,6 +13,10 @@
 //! the try run on without its client and keeping its answer would be better for the client,
 //! but the tries borrow the request's context, which lives in the client's connection task.
 //!
+//! A malformed key (empty, over 255 bytes, two header lines that differ) is refused 400
+//! `bad_request` before anything runs: running it unprotected would let the client believe
+//! its retry is safe.
+//!
 //! A request body too large to digest (over `max_body`) runs unprotected, as if it had no key,
 //! and its answer says so (`x-rampart-idempotency: body-too-large`), so the client knows a
 //! repeat would run again. A new key while the route's table is full of claims in flight is
@@ -79,8 +83,10 @@ pub async fn run(
     idem: &RouteIdempotency,
     mut req: Request<ClientIn>,
 ) -> Response<Body> {
-    let Some(key) = idem.key_of(req.headers(), ctx.tenant.as_str()) else {
-        return exchange::run(ctx, req).await;
+    let key = match idem.key_of(req.headers(), ctx.tenant.as_str()) {
+        Ok(Some(key)) => key,
+        Ok(None) => return exchange::run(ctx, req).await,
+        Err(msg) => return answer(Reason::BadRequest, msg, None),
     };
     forward::prepare_request(&mut req, ctx.peer, ctx.sent);
     let fault = Arc::new(FaultCell::default());

@@ -511,17 +511,21 @@ fn connect_timed_out(addr: SocketAddr) -> SendError {
 
 /// Writes the rest of an upload whose answer already ended, then pools the connection if it
 /// can carry another request. An upstream that takes no byte of it for `pool_idle_timeout`
-/// loses it (a client that stalls is bounded by its own `body_idle_timeout`).
+/// loses it (a client that stalls is bounded by its own `body_idle_timeout`), and so does one
+/// whose upload is not done by the request's deadline (`timeout.request`, the whole exchange's
+/// bound): the connection is then closed, not reused.
 async fn finish_upload(mut conn: Box<Conn>, pool: Arc<Pool>) {
     let stall = pool.idle_timeout;
-    let mut timer = std::pin::pin!(tokio::time::sleep(stall));
+    let by = conn.upload_by;
+    let next = move |now: Instant| by.map_or(now + stall, |at| at.min(now + stall));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(next(Instant::now())));
     let mut last = conn.sent();
     let finished = std::future::poll_fn(|cx| match conn.poll_upload(cx) {
         Poll::Ready(r) => Poll::Ready(r.is_ok()),
         Poll::Pending => {
             if conn.sent() != last {
                 last = conn.sent();
-                timer.as_mut().reset(Instant::now() + stall);
+                timer.as_mut().reset(next(Instant::now()));
             }
             timer.as_mut().poll(cx).map(|()| false)
         }

@@ -137,16 +137,18 @@ fn grpc_message(text: &str) -> String {
 }
 
 /// An injected abort (`fault.abort`): `fault_injected` with the configured `status`, marked
-/// `x-rampart-fault: abort`.
-pub fn fault_abort(status: http::StatusCode) -> Response<Body> {
+/// `x-rampart-fault: abort`, or `delay, abort` when an injected delay came before it (both
+/// were injected and both counted).
+pub fn fault_abort(status: http::StatusCode, delayed: bool) -> Response<Body> {
     let mut rsp = answer(
         Reason::FaultInjected,
         "fault injected by policy (fault.abort); the upstream was not called",
         None,
     );
     *rsp.status_mut() = status;
+    let mark = if delayed { "delay, abort" } else { "abort" };
     rsp.headers_mut()
-        .insert(FAULT_HEADER, HeaderValue::from_static("abort"));
+        .insert(FAULT_HEADER, HeaderValue::from_static(mark));
     rsp
 }
 
@@ -253,8 +255,8 @@ mod tests {
         assert_eq!(code(answer(Reason::CircuitOpen, "c", None)), "14");
         assert_eq!(code(answer(Reason::NoRoute, "n", None)), "12");
         assert_eq!(code(answer(Reason::TenantRequired, "t", None)), "16");
-        assert_eq!(code(fault_abort(http::StatusCode::FORBIDDEN)), "7");
-        assert_eq!(code(fault_abort(http::StatusCode::IM_A_TEAPOT)), "2");
+        assert_eq!(code(fault_abort(http::StatusCode::FORBIDDEN, false)), "7");
+        assert_eq!(code(fault_abort(http::StatusCode::IM_A_TEAPOT, false)), "2");
 
         // A fallback answer is the operator's: left alone.
         let kept =

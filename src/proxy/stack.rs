@@ -312,7 +312,12 @@ pub fn handle<'a>(
             }
         }
         if let Some(status) = fault.abort {
-            return fin.answer(&tm, respond::fault_abort(status), None, NO_TRY);
+            return fin.answer(
+                &tm,
+                respond::fault_abort(status, fault.delay.is_some()),
+                None,
+                NO_TRY,
+            );
         }
 
         // 5–8. Deadline, tries, the upstream.

@@ -215,6 +215,34 @@ async fn an_abort_at_100_percent_never_reaches_the_upstream_and_spares_other_req
     assert_eq!(injected("delay"), Some(0.0), "{text}");
 }
 
+/// A request both delayed and aborted is marked with both faults, as both are counted. Before,
+/// the answer said only `abort` while `rampart_faults_injected_total` counted the delay too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_then_aborted_answer_is_marked_with_both_faults() {
+    let app = sample().await;
+    let proxy = Proxy::builder(&with_policy(
+        "{ fault: { header: x-chaos, delay: { percent: 100%, duration: 50ms }, abort: { percent: 100%, status: 503 } } }",
+    ))
+    .var("APP", app.addr())
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = http::get(addr, "/ok", &[("x-chaos", "1")]).await;
+    rsp.assert_rampart(503, "fault_injected");
+    assert_eq!(rsp.header("x-rampart-fault"), Some("delay, abort"));
+    assert_eq!(app.hits_for("/ok"), 0);
+    let text = metrics(proxy.admin()).await;
+    for kind in ["delay", "abort"] {
+        let n = metric_value(
+            &text,
+            "rampart_faults_injected_total",
+            &[("route", "app"), ("kind", kind)],
+        );
+        assert_eq!(n, Some(1.0), "{kind}: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_delay_shows_in_latency() {
     let app = sample().await;
@@ -384,6 +412,41 @@ async fn a_repeated_post_reaches_the_upstream_once_and_replays_byte_for_byte() {
     http::post(addr, "/echo", &[], "pay 10").await;
     http::post(addr, "/echo", &[], "pay 10").await;
     assert_eq!(app.hits_for("/echo"), 4);
+}
+
+/// A malformed key (empty, over 255 bytes, or two `idempotency-key` lines that differ) is
+/// refused 400 `bad_request` before it reaches the upstream. Before, an empty or 5000-byte key
+/// was taken as a key and a second line ignored: the client thought itself protected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_idempotency_key_is_refused_before_the_upstream() {
+    let app = sample().await;
+    let proxy = idem_proxy(&app).await;
+    let addr = proxy.listener("inbound");
+    let long = "k".repeat(256);
+    let malformed: [&[(&str, &str)]; 3] = [
+        &[("idempotency-key", "")],
+        &[("idempotency-key", &long)],
+        &[("idempotency-key", "a1"), ("idempotency-key", "b2")],
+    ];
+    for headers in malformed {
+        http::post(addr, "/echo", headers, "pay")
+            .await
+            .assert_rampart(400, "bad_request");
+    }
+    assert_eq!(app.hits_for("/echo"), 0, "a malformed key must not run");
+
+    // At the bound, and the same key twice, it is a key.
+    let at_bound = "k".repeat(255);
+    for headers in [
+        &[("idempotency-key", at_bound.as_str())][..],
+        &[("idempotency-key", "same"), ("idempotency-key", "same")][..],
+    ] {
+        let first = http::post(addr, "/echo", headers, "pay").await;
+        assert_eq!(first.status, 200);
+        let again = http::post(addr, "/echo", headers, "pay").await;
+        assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    }
+    assert_eq!(app.hits_for("/echo"), 2);
 }
 
 /// A request body larger than `max_body` cannot be digested: the request runs without the

@@ -371,6 +371,74 @@ async fn an_answer_before_the_whole_upload_leaves_both_connections_usable() {
     }
 }
 
+/// After an answer that came whole before the client's upload ended, the rest of the upload
+/// is written only until the request's deadline (`timeout.request`, 1 s here): then the
+/// upstream connection is closed, not kept writing. Before, only `pool_idle_timeout` (90 s by
+/// default) of no progress bounded it, so an upstream that read slowly took an endless upload
+/// long after the request's time was up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_an_upload_after_its_answer_ends_at_the_request_deadline() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    // Answers at once, takes no byte of the body for 1.5 s, then reads what comes: the number
+    // of seconds until the connection ends (None: it did not end within 6 s of reading).
+    let ended = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.expect("head");
+            assert!(n > 0, "the head must come");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+            .await
+            .expect("answer");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let t = tokio::time::Instant::now();
+        let drain = async { while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {} };
+        tokio::time::timeout(Duration::from_secs(6), drain)
+            .await
+            .ok()
+            .map(|()| t.elapsed())
+    });
+    let config = one_route("policies:\n  p: { timeout: { request: 1s } }").replace(
+        "      - upstream: app\n",
+        "      - upstream: app\n        policy: p\n",
+    );
+    let proxy = Proxy::builder(&config).var("APP", upstream).spawn().await;
+    let addr = proxy.listener("inbound");
+
+    // An upload that never ends, sent as fast as it is taken.
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 100000000000\r\n\r\n")
+        .await
+        .expect("head");
+    let (mut rd, mut wr) = client.into_split();
+    let writer = tokio::spawn(async move {
+        let block = vec![b'x'; 64 * 1024];
+        while wr.write_all(&block).await.is_ok() {}
+    });
+    let mut head = [0u8; 64];
+    let n = rd.read(&mut head).await.expect("the answer must come");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    let took = ended.await.expect("upstream task");
+    writer.abort();
+    assert!(
+        took.is_some(),
+        "the upload must stop at the request deadline, not run on while the upstream reads"
+    );
+}
+
 /// SPEC §14: `upstreams.*.max_connections` caps the connections to one endpoint; requests
 /// beyond it wait for a free connection instead of opening more. Before the cap, one h2 client
 /// with 40 streams opened 40 upstream connections.

@@ -114,6 +114,52 @@ fn routes_check_match_and_order() {
     assert!(e.message.contains("never used"), "{e:?}");
 }
 
+/// Two routes with the same match (hosts compared without case, no prefix being `/`): the
+/// second can never be chosen, and is refused as a route behind a catch-all is. Before, an
+/// outbound `Deps.Internal` then `deps.internal` was accepted in silence.
+#[test]
+fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
+    let routes = |a: &str, b: &str| {
+        format!(
+            "{BASE}  - name: outbound\n    direction: outbound\n    listen: 127.0.0.1:8081\n    routes:\n      - match: {a}\n        upstream: app\n      - match: {b}\n        upstream: app\n"
+        )
+    };
+    let text = routes(
+        "{ host: Deps.Internal, path_prefix: /v1 }",
+        "{ host: deps.internal, path_prefix: /v1 }",
+    );
+    let e = one(&text);
+    assert_eq!(
+        (e.path.as_str(), e.line, e.column),
+        ("listeners[1].routes[1]", 20, 9),
+        "{e:?}"
+    );
+    assert!(e.message.contains("never used: routes[0]"), "{e:?}");
+    // No prefix is `/`; wildcards compare without case too.
+    one(&routes(
+        "{ host: a.example }",
+        "{ host: A.example, path_prefix: / }",
+    ));
+    one(&routes(
+        "{ host: \"*.Example\" }",
+        "{ host: \"*.example\" }",
+    ));
+    // Another prefix, another host, or a host against none: both can be chosen.
+    for (a, b) in [
+        (
+            "{ host: deps.internal, path_prefix: /v1 }",
+            "{ host: deps.internal, path_prefix: /v2 }",
+        ),
+        ("{ host: deps.internal }", "{ host: deps.internal2 }"),
+        (
+            "{ path_prefix: /v1 }",
+            "{ host: deps.internal, path_prefix: /v1 }",
+        ),
+    ] {
+        ok(&routes(a, b));
+    }
+}
+
 #[test]
 fn endpoints_are_host_port() {
     for good in [

@@ -1,6 +1,6 @@
 //! `fault`, `fallback`, `idempotency` and `audit`: accepted shapes, bounds with their places.
 
-use super::{errors, fails_at, ok, policy, BASE};
+use super::{errors, fails_at, ok, policy, spot, warnings, BASE};
 
 #[test]
 fn the_spec_sections_are_accepted() {
@@ -103,5 +103,42 @@ fn the_audit_file_of_a_refused_text_is_read_leniently() {
         "version: 1",
     ] {
         assert_eq!(audit_file_of(text), None, "{text:?}");
+    }
+}
+
+/// An abort with a status below 400 acts, but is almost surely a typo (200 for 500): it is
+/// accepted with a warning at its line and column. An error status draws none.
+#[test]
+fn an_abort_with_a_success_status_draws_a_warning_at_its_place() {
+    let text = policy("{ fault: { abort: { percent: 5%, status: 200 } } }");
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, col, path) = spot(&all[0]);
+    assert_eq!(path, "policies.p.fault.abort.status");
+    let at = text
+        .lines()
+        .position(|l| l.contains("status: 200"))
+        .expect("the line");
+    assert_eq!(line, at + 1, "{}", all[0]);
+    let expected_col = text
+        .lines()
+        .nth(at)
+        .and_then(|l| l.find("status: 200"))
+        .expect("col")
+        + 1;
+    assert_eq!(col, expected_col, "{}", all[0]);
+    assert!(all[0].message.contains("not an error status"), "{}", all[0]);
+    for status in [302, 100] {
+        let text = policy(&format!(
+            "{{ fault: {{ abort: {{ percent: 5%, status: {status} }} }} }}"
+        ));
+        assert_eq!(warnings(&text).len(), 1, "{status}");
+    }
+    for status in [400, 503] {
+        let text = policy(&format!(
+            "{{ fault: {{ abort: {{ percent: 5%, status: {status} }} }} }}"
+        ));
+        let all = warnings(&text);
+        assert!(all.is_empty(), "{status}: {all:#?}");
     }
 }

@@ -116,12 +116,18 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// What a route's `match` matches: its host lowercased, its path prefix (`/` as none).
+type MatchKey<'a> = (Option<String>, Option<&'a str>);
+
 fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
     if l.routes.is_empty() {
         r.value(&lp.key("routes"), "needs at least one route");
     }
     let mut catch_all: Option<usize> = None;
     let mut names: HashMap<&str, usize> = HashMap::new();
+    // The first route with each match (host lowercased, path prefix): a later one with the
+    // same match is never used.
+    let mut seen: Vec<(usize, MatchKey<'_>)> = Vec::new();
     for (j, route) in l.routes.iter().enumerate() {
         let p = lp.key("routes").idx(j);
         if let Some(k) = catch_all {
@@ -145,6 +151,19 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                     format!("path prefix {pp:?} must start with /"),
                 );
             }
+        }
+        // Hosts match without regard to case, and no prefix is `/`, as for the catch-all.
+        let key = (
+            host.map(str::to_ascii_lowercase),
+            prefix.filter(|pp| *pp != "/"),
+        );
+        match seen.iter().find(|(_, k)| *k == key) {
+            Some((k, _)) if catch_all.is_none() => r.key(
+                &p,
+                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case)"),
+            ),
+            Some(_) => {}
+            None => seen.push((j, key)),
         }
         if host.is_none() && prefix.is_none_or(|pp| pp == "/") && catch_all.is_none() {
             catch_all = Some(j);

@@ -40,6 +40,16 @@ pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
                 &p.key("abort").key("status"),
                 format!("{} is not an HTTP status: use 100 to 599", a.status),
             );
+        } else if a.status < 400 {
+            // Acts (the answer is that status, marked `fault_injected`), but a drill's abort
+            // with a success or redirect status is almost surely a typo (200 for 500).
+            r.warn(
+                &p.key("abort").key("status"),
+                format!(
+                    "{} is not an error status: an injected abort answers it as if the request had succeeded (or been redirected) without reaching the upstream; use 400 to 599",
+                    a.status
+                ),
+            );
         }
     }
 }

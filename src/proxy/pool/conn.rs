@@ -56,6 +56,9 @@ pub(super) struct Conn {
     sent: u64,
     /// The current request's body.
     upload: Upload,
+    /// The current request's deadline (`Added::deadline`): the rest of an upload whose answer
+    /// already ended is not written past it (see `finish_upload`).
+    pub(super) upload_by: Option<tokio::time::Instant>,
     /// The current answer's body.
     body: Decoder,
     /// Whether the connection may carry another request (so far).
@@ -223,6 +226,7 @@ impl Conn {
             wr_data: Bytes::new(),
             sent: 0,
             upload: Upload::Done,
+            upload_by: None,
             body: Decoder::Done,
             keep_alive: true,
             upgrade: false,
@@ -347,6 +351,7 @@ impl Conn {
             chunked: false,
             ending: false,
         };
+        self.upload_by = added.deadline.copied();
         // Kept in the connection, not in this future (every request's future would grow).
         self.upgrade = written.upgrade;
         let head_request = parts.method == Method::HEAD;
@@ -819,7 +824,8 @@ mod tests {
             host: "up",
             request_id: &id,
             forwarded_for: &ff,
-            proto: "http",
+            https: false,
+            deadline: None,
         };
         conn.exchange(&parts, &added, body, reused).await
     }

@@ -192,7 +192,7 @@ pub fn encode_head(
         if !forwarded_for {
             line(dst, b"x-forwarded-for", a.forwarded_for.as_bytes());
         }
-        line(dst, b"x-forwarded-proto", a.proto.as_bytes());
+        line(dst, b"x-forwarded-proto", a.proto().as_bytes());
     }
     let out = match (body, te, length) {
         (BodyKind::Empty, _, _) => Out::None,

@@ -348,7 +348,7 @@ fn request(
     if !headers.contains_key(X_FORWARDED_FOR) {
         headers.insert(X_FORWARDED_FOR, added.forwarded_for.clone());
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(added.proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(added.proto()));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
