@@ -75,12 +75,15 @@ impl From<&[file::RetryOn]> for RetryOn {
 }
 
 /// Whether a request may be sent more than once: its method is GET, HEAD, OPTIONS, PUT or
-/// DELETE, or it carries an `idempotency-key` header.
+/// DELETE, or it carries an `idempotency-key` header with a value (an empty one names no key:
+/// the upstream cannot tell two sends apart by it).
 pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
     matches!(
         method.as_str(),
         "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
-    ) || headers.contains_key(IDEMPOTENCY_KEY)
+    ) || headers
+        .get(IDEMPOTENCY_KEY)
+        .is_some_and(|k| !k.as_bytes().trim_ascii().is_empty())
 }
 
 /// The wait an upstream asks for in its `Retry-After` header, measured from `now`.

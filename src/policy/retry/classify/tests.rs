@@ -133,6 +133,11 @@ fn idempotency() {
         "a key must make POST retryable"
     );
     assert!(is_idempotent(&Method::PATCH, &keyed));
+    // An empty key names nothing the upstream could tell two sends apart by.
+    for empty in ["", "  "] {
+        keyed.insert("Idempotency-Key", HeaderValue::from_static(empty));
+        assert!(!is_idempotent(&Method::POST, &keyed), "{empty:?}");
+    }
 }
 
 fn with_retry_after(v: &'static str) -> HeaderMap {
