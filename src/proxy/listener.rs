@@ -896,6 +896,7 @@ async fn serve_hyper<I>(
         stopped: &mut stopped,
         draining,
         peer: peer_addr,
+        state: &state,
     };
     match h1 {
         Some(watch) => {
@@ -925,10 +926,21 @@ struct Ends<'a, W> {
     /// The listener was stopping already.
     draining: bool,
     peer: SocketAddr,
+    /// What its requests in flight are ([`ConnState::quiet`]).
+    state: &'a ConnState,
 }
 
+/// How long a connection whose graceful close has begun (idle, or a drain) may go on with no
+/// request in flight before it is dropped. hyper's HTTP/2 graceful close sends GOAWAY and a
+/// PING, and ends only once the PING is answered: a client that never answers it would keep
+/// the connection, and its `max_connections` place, for ever, and hold a drain for its whole
+/// `shutdown_grace`. Requests in flight keep their grace; a connection is dropped only after a
+/// whole period in which none was (two readings of [`ConnState::quiet`] a period apart).
+pub const CLOSING_QUIET: Duration = Duration::from_secs(2);
+
 /// Drives `conn` (one of hyper's connections, `shut` its graceful shutdown) until it ends, its
-/// watchdog closes it, or the listener stops.
+/// watchdog closes it, or the listener stops. Once closing, it is dropped after a
+/// [`CLOSING_QUIET`] with no request in flight.
 async fn drive<C, E, W>(conn: C, shut: fn(Pin<&mut C>), ends: Ends<'_, W>)
 where
     C: Future<Output = Result<(), E>>,
@@ -940,9 +952,13 @@ where
         stopped,
         draining,
         peer,
+        state,
     } = ends;
     tokio::pin!(conn);
     let mut closing = draining;
+    // Where the next look at a closing connection is, and the events it must still find.
+    let mut look = Instant::now() + CLOSING_QUIET;
+    let mut seen = state.quiet().1;
     if closing {
         shut(conn.as_mut());
     }
@@ -959,11 +975,21 @@ where
                 Close::Idle => {
                     shut(conn.as_mut());
                     closing = true;
+                    (look, seen) = (Instant::now() + CLOSING_QUIET, state.quiet().1);
                 }
             },
             _ = stopped.changed(), if !closing => {
                 shut(conn.as_mut());
                 closing = true;
+                (look, seen) = (Instant::now() + CLOSING_QUIET, state.quiet().1);
+            }
+            _ = tokio::time::sleep_until(look), if closing => {
+                let (active, events) = state.quiet();
+                if active == 0 && events == seen {
+                    tracing::debug!(peer = %peer, "closing connection quiet too long: dropped");
+                    return;
+                }
+                (look, seen) = (look + CLOSING_QUIET, events);
             }
         }
     }

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{assert_only, assert_still_serving, setup};
+use crate::support::capture::Capture;
 use crate::support::{sample, Proxy};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -250,4 +251,150 @@ async fn an_uppercase_field_name_ends_the_whole_h2_connection_a_known_limit_of_h
     );
     assert_eq!(seen.headers, 0, "no stream is answered: {seen:?}");
     assert_still_serving(&proxy, "uppercase field name").await;
+}
+
+const PING: u8 = 6;
+const ACK: u8 = 0x1;
+
+/// One step of a [`session`]: bytes to send, after a pause.
+struct Step {
+    pause: Duration,
+    bytes: Vec<u8>,
+}
+
+/// What a [`session`] saw: the frames, and when the server closed (from the session's start).
+#[derive(Debug, Default)]
+struct Session {
+    seen: Seen,
+    pings: usize,
+    closed_after: Option<Duration>,
+}
+
+/// Runs `steps` on `tcp` (a connection [`open`]ed) while reading everything the server sends,
+/// until it closes or `wait` (from the start) runs out. The server's SETTINGS are
+/// acknowledged; its PINGs never are.
+async fn session(mut tcp: TcpStream, steps: Vec<Step>, wait: Duration) -> Session {
+    let start = tokio::time::Instant::now();
+    let deadline = start + wait;
+    let mut out = Session::default();
+    let mut steps = steps.into_iter();
+    let mut step = steps.next();
+    let mut next_at = start + step.as_ref().map_or(Duration::ZERO, |s| s.pause);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            r = tcp.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => {
+                    out.seen.closed = true;
+                    out.closed_after = Some(start.elapsed());
+                    return out;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            () = tokio::time::sleep_until(next_at), if step.is_some() => {
+                let s = step.take().expect("a step");
+                if tcp.write_all(&s.bytes).await.is_err() {
+                    continue;
+                }
+                step = steps.next();
+                next_at = tokio::time::Instant::now()
+                    + step.as_ref().map_or(Duration::ZERO, |s| s.pause);
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => return out,
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let word =
+                |at: usize| u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            match kind {
+                HEADERS => out.seen.headers += 1,
+                RST_STREAM => out.seen.resets += 1,
+                GOAWAY if len >= 8 => {
+                    out.seen.goaway = Some(word(9) & 0x7fff_ffff);
+                    out.seen.goaway_code = Some(word(13));
+                }
+                SETTINGS if flags & ACK == 0 => {
+                    let _ = tcp.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+                }
+                PING if flags & ACK == 0 => out.pings += 1,
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+    }
+}
+
+/// A policy of one route to `app` with the `runtime` section `rt`.
+async fn proxy_with(app: SocketAddr, rt: &str) -> Proxy {
+    Proxy::builder(&crate::support::one_route(rt))
+        .var("APP", app)
+        .spawn()
+        .await
+}
+
+/// An HTTP/2 client that never answers the server's PING is closed after `idle_timeout` all
+/// the same. hyper's graceful close (GOAWAY, then a PING, and the last GOAWAY only once that
+/// is answered) waited for ever for it: the connection and its `max_connections` place were
+/// held for good (the black-box tester's `h2noack2.py`). Now a closing connection with no
+/// request in flight is dropped after `listener::CLOSING_QUIET` (2 s): here closed about 3 s
+/// in (1 s idle, 2 s quiet), where before it was still open at 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_never_acks_ping_is_closed_after_idle_timeout() {
+    let app = Capture::start(super::OK).await;
+    let proxy = proxy_with(app.addr(), "runtime: { idle_timeout: 1s }").await;
+    let tcp = open(proxy.listener("inbound")).await;
+    let get = frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block("/ok"));
+    let steps = vec![Step {
+        pause: Duration::ZERO,
+        bytes: get,
+    }];
+    let out = session(tcp, steps, Duration::from_secs(10)).await;
+    println!("idle h2 client that never acks PING: {out:?}");
+    assert_eq!(out.seen.headers, 1, "its request is answered: {out:?}");
+    assert!(out.seen.goaway.is_some(), "a GOAWAY first: {out:?}");
+    assert!(out.pings >= 1, "hyper's graceful close pings: {out:?}");
+    let closed = out.closed_after.expect("closed within 10 s");
+    assert!(
+        closed >= Duration::from_millis(2_900) && closed < Duration::from_millis(4_500),
+        "closed about 1 s idle + 2 s quiet after its answer: {closed:?}"
+    );
+    assert_still_serving(&proxy, "h2 client never acking PING").await;
+}
+
+/// At SIGTERM, an idle HTTP/2 connection whose client never answers PING does not hold the
+/// exit for the whole `shutdown_grace` (30 s here): no request is in flight, so it is dropped
+/// `CLOSING_QUIET` (2 s) after the drain's GOAWAY. Before, rampart exited only at the grace's
+/// end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_the_grace_for_an_idle_h2_client_that_never_acks_ping() {
+    let app = Capture::start(super::OK).await;
+    let mut proxy = proxy_with(app.addr(), "runtime: { shutdown_grace: 30s }").await;
+    let tcp = open(proxy.listener("inbound")).await;
+    let get = frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block("/ok"));
+    let steps = vec![Step {
+        pause: Duration::ZERO,
+        bytes: get,
+    }];
+    let client = tokio::spawn(session(tcp, steps, Duration::from_secs(40)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.hits(), 1, "the request reached the upstream");
+    let started = tokio::time::Instant::now();
+    proxy.signal("TERM");
+    let exited = proxy.wait_exit(Duration::from_secs(35)).await;
+    let took = started.elapsed();
+    let out = client.await.expect("the client must not panic");
+    println!("SIGTERM with an idle h2 client never acking PING: exit after {took:?}, {out:?}");
+    assert!(exited.is_some_and(|s| s.success()), "exits 0: {exited:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exits about 2 s after SIGTERM, not at the 30 s grace: {took:?}"
+    );
+    assert_eq!(out.seen.headers, 1, "its request was answered: {out:?}");
+    assert!(out.seen.closed, "and it was closed: {out:?}");
 }
