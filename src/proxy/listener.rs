@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use super::balance::Open;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
-use super::finish::{ConnCut, Cut, CutAlong, MarksCut};
+use super::finish::{ConnCut, Cut, CutAlong, MarksCut, PREMATURE_RESETS};
 use super::forward::Peer;
 use super::h1;
 use super::respond::answer;
@@ -897,6 +897,7 @@ async fn serve_hyper<I>(
         draining,
         peer: peer_addr,
         state: &state,
+        streams: streams.as_deref(),
     };
     match h1 {
         Some(watch) => {
@@ -913,7 +914,7 @@ async fn serve_hyper<I>(
         None => {
             let conn = lst
                 .server
-                .serve_connection_with_upgrades(TokioIo::new(io), svc(None, streams));
+                .serve_connection_with_upgrades(TokioIo::new(io), svc(None, streams.clone()));
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }
     }
@@ -928,6 +929,8 @@ struct Ends<'a, W> {
     peer: SocketAddr,
     /// What its requests in flight are ([`ConnState::quiet`]).
     state: &'a ConnState,
+    /// What its HTTP/2 requests share with it: a storm of premature resets closes it.
+    streams: Option<&'a ConnCut>,
 }
 
 /// How long a connection whose graceful close has begun (idle, or a drain) may go on with no
@@ -940,7 +943,8 @@ pub const CLOSING_QUIET: Duration = Duration::from_secs(2);
 
 /// Drives `conn` (one of hyper's connections, `shut` its graceful shutdown) until it ends, its
 /// watchdog closes it, or the listener stops. Once closing, it is dropped after a
-/// [`CLOSING_QUIET`] with no request in flight.
+/// [`CLOSING_QUIET`] with no request in flight; an HTTP/2 connection whose client resets most
+/// of its requests before their answers is dropped at once ([`ConnCut::reset_storm`]).
 async fn drive<C, E, W>(conn: C, shut: fn(Pin<&mut C>), ends: Ends<'_, W>)
 where
     C: Future<Output = Result<(), E>>,
@@ -953,6 +957,7 @@ where
         draining,
         peer,
         state,
+        streams,
     } = ends;
     tokio::pin!(conn);
     let mut closing = draining;
@@ -962,6 +967,13 @@ where
     if closing {
         shut(conn.as_mut());
     }
+    let storm = async {
+        match streams {
+            Some(s) => s.reset_storm().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(storm);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -990,6 +1002,14 @@ where
                     return;
                 }
                 (look, seen) = (look + CLOSING_QUIET, events);
+            }
+            () = storm.as_mut() => {
+                tracing::info!(
+                    peer = %peer,
+                    bound = PREMATURE_RESETS,
+                    "HTTP/2 client reset most of its requests before their answers: connection closed"
+                );
+                return;
             }
         }
     }

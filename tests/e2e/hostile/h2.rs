@@ -398,3 +398,121 @@ async fn sigterm_does_not_wait_the_grace_for_an_idle_h2_client_that_never_acks_p
     assert_eq!(out.seen.headers, 1, "its request was answered: {out:?}");
     assert!(out.seen.closed, "and it was closed: {out:?}");
 }
+
+/// `n` GET streams to `path` from stream id `first` on, and their RST_STREAM(CANCEL)s.
+fn opened_and_reset(first: u32, n: u32, path: &str) -> (Vec<u8>, Vec<u8>) {
+    let block = get_block(path);
+    let (mut open, mut reset) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = first + 2 * i;
+        open.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        reset.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    (open, reset)
+}
+
+/// Rapid reset of streams already taken up (CVE-2023-44487 as the black-box tester's
+/// `rr2.py` sent it): batches of 50 GETs to a slow path, each reset once its requests have
+/// reached the upstream (the tester waited 30 ms; waiting for the upstream keeps h2's own
+/// guard, which counts resets of streams not yet accepted, out of it on a loaded machine).
+/// Before, all 2,000 streams reached the upstream (each on a connection of its own, closed
+/// when its try was cancelled) and the connection stayed open. Now it is closed once more
+/// than `PREMATURE_RESETS` (100) of its requests, and most of them, were reset before their
+/// answers: the upstream sees the first three batches (150 requests), a fourth at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_of_accepted_streams_closes_the_connection() {
+    let app = sample().await;
+    let proxy = proxy_with(app.addr(), "").await;
+    let tcp = open(proxy.listener("inbound")).await;
+    let (mut rd, mut wr) = tcp.into_split();
+    let reader = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    seen.closed = true;
+                    return seen;
+                }
+                // Frames are not parsed: only the close matters here.
+                Ok(_) => {}
+            }
+        }
+    });
+    const BATCH: u32 = 50;
+    for b in 0..40 {
+        let (open, reset) = opened_and_reset(1 + 2 * BATCH * b, BATCH, "/slow?ms=5000");
+        if reader.is_finished() || wr.write_all(&open).await.is_err() {
+            break;
+        }
+        let want = u64::from((b + 1) * BATCH);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while app.hits_for("/slow") < want
+            && !reader.is_finished()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if wr.write_all(&reset).await.is_err() {
+            break;
+        }
+    }
+    let seen = match tokio::time::timeout(Duration::from_secs(2), reader).await {
+        Ok(seen) => seen.expect("the reader must not panic"),
+        Err(_) => Seen::default(),
+    };
+    let hits = app.hits_for("/slow");
+    println!("rapid reset of 40 x 50 accepted streams: {seen:?}, upstream got {hits}");
+    assert!(seen.closed, "the connection must be closed: {seen:?}");
+    assert!(
+        hits <= 200,
+        "about the bound's worth of requests reached the upstream, not 2000: {hits}"
+    );
+    assert!(
+        proxy.log().contains("reset most of its requests"),
+        "the close is logged"
+    );
+    drop(wr);
+    assert_still_serving(&proxy, "rapid reset of accepted streams").await;
+}
+
+/// A client that cancels some of its requests, even more than the bound's number, while most
+/// are answered, keeps its connection: 60 rounds of 3 answered GETs and 2 slow ones reset
+/// (120 resets of 300 requests), then one more GET is answered on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
+    let app = sample().await;
+    let proxy = proxy_with(app.addr(), "").await;
+    let tcp = open(proxy.listener("inbound")).await;
+    let ok = get_block("/ok");
+    let mut steps = Vec::new();
+    let mut id = 1;
+    for _ in 0..60 {
+        let mut bytes = Vec::new();
+        for _ in 0..3 {
+            bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &ok));
+            id += 2;
+        }
+        let (open, reset) = opened_and_reset(id, 2, "/slow?ms=3000");
+        id += 4;
+        bytes.extend(open);
+        steps.push(Step {
+            pause: Duration::from_millis(5),
+            bytes,
+        });
+        steps.push(Step {
+            pause: Duration::from_millis(30),
+            bytes: reset,
+        });
+    }
+    steps.push(Step {
+        pause: Duration::from_millis(300),
+        bytes: frame(HEADERS, END_HEADERS | END_STREAM, id, &ok),
+    });
+    let out = session(tcp, steps, Duration::from_secs(6)).await;
+    println!("120 of 300 streams reset: {out:?}");
+    assert!(!out.seen.closed, "the connection stays open: {out:?}");
+    assert_eq!(out.seen.goaway, None, "no GOAWAY: {out:?}");
+    assert_eq!(out.seen.headers, 181, "every GET is answered: {out:?}");
+    assert!(!proxy.log().contains("reset most of its requests"));
+}
