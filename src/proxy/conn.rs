@@ -77,6 +77,16 @@ impl ConnState {
         Arc::new(ConnState::default())
     }
 
+    /// What has happened so far: requests in flight now, and requests begun plus answers
+    /// ended. Two readings with the same events and none in flight mean no request was in
+    /// flight at any time between them.
+    pub fn quiet(&self) -> (u32, u64) {
+        (
+            self.active.load(Ordering::Acquire),
+            self.events.load(Ordering::Acquire),
+        )
+    }
+
     /// Notes that a request started; hold the result until its answer ends.
     pub fn begin(self: &Arc<Self>) -> ConnActive {
         self.active.fetch_add(1, Ordering::AcqRel);

@@ -6,7 +6,7 @@
 //! the request id and the trace, and starts the log line and the span while the request is
 //! still whole) and learns the route and the tenant as the path finds them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -127,12 +127,38 @@ impl Drop for CutEnd {
     }
 }
 
-/// Whether a connection whose requests run in tasks of their own (hyper's HTTP/2 streams) was
-/// cut: marked as the connection's task is dropped unfinished ([`MarksCut`]), read as each of
-/// its requests' futures is dropped ([`CutAlong`]). Such a request is not dropped inside the
-/// connection's [`Cut`], but in its own task, when the connection's end wakes it.
+/// What the requests of a connection whose requests run in tasks of their own (hyper's HTTP/2
+/// streams) share with it.
+///
+/// Whether it was cut: marked as the connection's task is dropped unfinished ([`MarksCut`]),
+/// read as each of its requests' futures is dropped ([`CutAlong`]). Such a request is not
+/// dropped inside the connection's [`Cut`], but in its own task, when the connection's end
+/// wakes it.
+///
+/// And how many of its requests its client reset before their answers (premature resets, the
+/// "rapid reset" of CVE-2023-44487 once the streams are taken up: each such request may have
+/// cost an upstream call, and h2's own guard counts only streams reset before they are
+/// accepted). Past [`PREMATURE_RESETS`], when they are also most of its requests, the
+/// connection is told to close ([`ConnCut::reset_storm`]). Counters and one wake-up: nothing
+/// locked or allocated per request.
 #[derive(Debug, Default)]
-pub struct ConnCut(AtomicBool);
+pub struct ConnCut {
+    cut: AtomicBool,
+    /// Requests begun.
+    begun: AtomicU32,
+    /// Requests whose futures were dropped unanswered, not cut by rampart: their client reset
+    /// them (or went away).
+    reset: AtomicU32,
+    /// Woken once the resets pass the bound.
+    storm: tokio::sync::Notify,
+}
+
+/// How many requests of one HTTP/2 connection its client may reset before their answers:
+/// one more, when they are also more than half of its requests, and the connection is closed
+/// (as Envoy closes a connection for "premature resets"). A client that cancels now and then
+/// (a browser leaving a page) is far below it; a rapid-reset flood of taken-up streams passes
+/// it within a few batches.
+pub const PREMATURE_RESETS: u32 = 100;
 
 /// A connection's future (`None`: one whose requests all run inside it) that marks its
 /// [`ConnCut`] when dropped inside a [`Cut`], before any of it is dropped: the tasks of its
@@ -159,6 +185,32 @@ pub struct CutAlong<F> {
 struct AlongEnd {
     conn: Option<Arc<ConnCut>>,
     marked: bool,
+    /// The future gave its answer.
+    answered: bool,
+}
+
+// === impl ConnCut ===
+
+impl ConnCut {
+    /// Resolves once the connection's client has reset more than [`PREMATURE_RESETS`] of its
+    /// requests before their answers, and more than half of them: the connection should be
+    /// closed.
+    pub async fn reset_storm(&self) {
+        self.storm.notified().await;
+    }
+
+    /// Counts a request its client reset before its answer; wakes [`ConnCut::reset_storm`]
+    /// past the bound.
+    fn premature_reset(&self) {
+        let reset = self.reset.fetch_add(1, Ordering::AcqRel) + 1;
+        if reset > PREMATURE_RESETS
+            && u64::from(reset) * 2 > u64::from(self.begun.load(Ordering::Acquire))
+        {
+            // No waiter yet: a permit is kept for it. (Called again after the close: no
+            // waiter, one permit at most, no lock taken.)
+            self.storm.notify_one();
+        }
+    }
 }
 
 // === impl MarksCut ===
@@ -184,7 +236,7 @@ impl<F: std::future::Future + Unpin> std::future::Future for MarksCut<F> {
 impl<F> Drop for MarksCut<F> {
     fn drop(&mut self) {
         if let (Some(conn), true) = (&self.conn, cutting()) {
-            conn.0.store(true, Ordering::Release);
+            conn.cut.store(true, Ordering::Release);
         }
     }
 }
@@ -195,11 +247,15 @@ impl<F> CutAlong<F> {
     /// `fut`, a request's future on connection `conn` (`None`: one that runs inside its
     /// connection's task, which a [`Cut`] covers).
     pub fn new(fut: F, conn: Option<Arc<ConnCut>>) -> CutAlong<F> {
+        if let Some(c) = &conn {
+            c.begun.fetch_add(1, Ordering::AcqRel);
+        }
         CutAlong {
             fut,
             end: AlongEnd {
                 conn,
                 marked: false,
+                answered: false,
             },
         }
     }
@@ -212,20 +268,26 @@ impl<F: std::future::Future + Unpin> std::future::Future for CutAlong<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        std::pin::Pin::new(&mut self.fut).poll(cx)
+        let out = std::pin::Pin::new(&mut self.fut).poll(cx);
+        if out.is_ready() {
+            self.end.answered = true;
+        }
+        out
     }
 }
 
 impl<F> Drop for CutAlong<F> {
     fn drop(&mut self) {
-        let cut = self
-            .end
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.0.load(Ordering::Acquire));
-        if cut && !cutting() {
-            CUTTING.set(true);
-            self.end.marked = true;
+        let Some(conn) = &self.end.conn else {
+            return;
+        };
+        if conn.cut.load(Ordering::Acquire) {
+            if !cutting() {
+                CUTTING.set(true);
+                self.end.marked = true;
+            }
+        } else if !self.end.answered && !cutting() {
+            conn.premature_reset();
         }
     }
 }
@@ -634,6 +696,64 @@ mod tests {
         });
         drop(CutAlong::new(fut, None));
         assert_eq!(*seen.lock(), Some(false));
+    }
+
+    /// A request's future dropped before its answer, not cut, counts as a premature reset of
+    /// its connection; one answered, or cut with its connection, does not. The connection is
+    /// told to close once more than [`PREMATURE_RESETS`] of them are also more than half of
+    /// its requests.
+    #[tokio::test]
+    async fn premature_resets_past_the_bound_and_most_requests_close_the_connection() {
+        let storm = |conn: &Arc<ConnCut>| {
+            let conn = conn.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::ZERO, conn.reset_storm())
+                    .await
+                    .is_ok()
+            }
+        };
+        let pending = || Box::pin(std::future::pending::<()>());
+        let answered = |conn: &Arc<ConnCut>| {
+            let mut req = CutAlong::new(Box::pin(std::future::ready(())), Some(conn.clone()));
+            let waker = std::task::Waker::noop();
+            let ready = std::future::Future::poll(
+                std::pin::Pin::new(&mut req),
+                &mut std::task::Context::from_waker(waker),
+            );
+            assert!(ready.is_ready());
+        };
+
+        // Answered requests and resets, the resets a minority: 150 of 400, no close.
+        let conn = Arc::new(ConnCut::default());
+        for _ in 0..250 {
+            answered(&conn);
+        }
+        for _ in 0..150 {
+            drop(CutAlong::new(pending(), Some(conn.clone())));
+        }
+        assert!(
+            !storm(&conn).await,
+            "a minority of resets keeps the connection"
+        );
+
+        // Resets that are most of its requests, but not over the bound: no close, until one
+        // more.
+        let conn = Arc::new(ConnCut::default());
+        for _ in 0..PREMATURE_RESETS {
+            drop(CutAlong::new(pending(), Some(conn.clone())));
+        }
+        assert!(!storm(&conn).await, "the bound itself is allowed");
+        drop(CutAlong::new(pending(), Some(conn.clone())));
+        assert!(storm(&conn).await, "one past the bound closes it");
+
+        // Requests cut with their connection are rampart's doing, not the client's.
+        let conn = Arc::new(ConnCut::default());
+        let reqs: Vec<_> = (0..200)
+            .map(|_| CutAlong::new(pending(), Some(conn.clone())))
+            .collect();
+        drop(Cut::new(MarksCut::new(pending(), Some(conn.clone()))));
+        drop(reqs);
+        assert!(!storm(&conn).await, "cut requests are not resets");
     }
 
     /// HPACK reads the mark: an id is sent as a literal never indexed, made here or the

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use super::balance::Open;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
-use super::finish::{ConnCut, Cut, CutAlong, MarksCut};
+use super::finish::{ConnCut, Cut, CutAlong, MarksCut, PREMATURE_RESETS};
 use super::forward::Peer;
 use super::h1;
 use super::respond::answer;
@@ -896,6 +896,8 @@ async fn serve_hyper<I>(
         stopped: &mut stopped,
         draining,
         peer: peer_addr,
+        state: &state,
+        streams: streams.as_deref(),
     };
     match h1 {
         Some(watch) => {
@@ -912,7 +914,7 @@ async fn serve_hyper<I>(
         None => {
             let conn = lst
                 .server
-                .serve_connection_with_upgrades(TokioIo::new(io), svc(None, streams));
+                .serve_connection_with_upgrades(TokioIo::new(io), svc(None, streams.clone()));
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }
     }
@@ -925,10 +927,24 @@ struct Ends<'a, W> {
     /// The listener was stopping already.
     draining: bool,
     peer: SocketAddr,
+    /// What its requests in flight are ([`ConnState::quiet`]).
+    state: &'a ConnState,
+    /// What its HTTP/2 requests share with it: a storm of premature resets closes it.
+    streams: Option<&'a ConnCut>,
 }
 
+/// How long a connection whose graceful close has begun (idle, or a drain) may go on with no
+/// request in flight before it is dropped. hyper's HTTP/2 graceful close sends GOAWAY and a
+/// PING, and ends only once the PING is answered: a client that never answers it would keep
+/// the connection, and its `max_connections` place, for ever, and hold a drain for its whole
+/// `shutdown_grace`. Requests in flight keep their grace; a connection is dropped only after a
+/// whole period in which none was (two readings of [`ConnState::quiet`] a period apart).
+pub const CLOSING_QUIET: Duration = Duration::from_secs(2);
+
 /// Drives `conn` (one of hyper's connections, `shut` its graceful shutdown) until it ends, its
-/// watchdog closes it, or the listener stops.
+/// watchdog closes it, or the listener stops. Once closing, it is dropped after a
+/// [`CLOSING_QUIET`] with no request in flight; an HTTP/2 connection whose client resets most
+/// of its requests before their answers is dropped at once ([`ConnCut::reset_storm`]).
 async fn drive<C, E, W>(conn: C, shut: fn(Pin<&mut C>), ends: Ends<'_, W>)
 where
     C: Future<Output = Result<(), E>>,
@@ -940,12 +956,24 @@ where
         stopped,
         draining,
         peer,
+        state,
+        streams,
     } = ends;
     tokio::pin!(conn);
     let mut closing = draining;
+    // Where the next look at a closing connection is, and the events it must still find.
+    let mut look = Instant::now() + CLOSING_QUIET;
+    let mut seen = state.quiet().1;
     if closing {
         shut(conn.as_mut());
     }
+    let storm = async {
+        match streams {
+            Some(s) => s.reset_storm().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(storm);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -959,11 +987,29 @@ where
                 Close::Idle => {
                     shut(conn.as_mut());
                     closing = true;
+                    (look, seen) = (Instant::now() + CLOSING_QUIET, state.quiet().1);
                 }
             },
             _ = stopped.changed(), if !closing => {
                 shut(conn.as_mut());
                 closing = true;
+                (look, seen) = (Instant::now() + CLOSING_QUIET, state.quiet().1);
+            }
+            _ = tokio::time::sleep_until(look), if closing => {
+                let (active, events) = state.quiet();
+                if active == 0 && events == seen {
+                    tracing::debug!(peer = %peer, "closing connection quiet too long: dropped");
+                    return;
+                }
+                (look, seen) = (look + CLOSING_QUIET, events);
+            }
+            () = storm.as_mut() => {
+                tracing::info!(
+                    peer = %peer,
+                    bound = PREMATURE_RESETS,
+                    "HTTP/2 client reset most of its requests before their answers: connection closed"
+                );
+                return;
             }
         }
     }

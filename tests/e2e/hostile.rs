@@ -17,7 +17,7 @@ use crate::support::capture::Capture;
 use crate::support::{http, raw, Proxy};
 
 /// A fixed upstream answer that closes its connection.
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
 
 /// `$APP` behind one route with tight client timeouts, so slow clients finish fast.
 const POLICY: &str = r#"
