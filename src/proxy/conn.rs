@@ -110,13 +110,10 @@ impl ConnState {
             self.ended.fetch_max((self.millis)(), Ordering::AcqRel);
         }
         async move {
-            // Until a request starts (or the client opened the connection): look every idle
-            // period (or at the head deadline, if sooner).
+            // Until a request starts: look every idle period (or at the head deadline, if
+            // sooner).
             let head_deadline = Instant::now() + head_timeout;
-            loop {
-                if opened {
-                    break;
-                }
+            while !opened {
                 let at = (Instant::now() + idle_timeout).min(head_deadline);
                 tokio::time::sleep_until(at).await;
                 if self.events.load(Ordering::Acquire) > 0 {
