@@ -74,7 +74,7 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
-                    close = state.watch(head, idle, false) => {
+                    close = state.watch(head, idle) => {
                         if close == Close::Idle {
                             conn.as_mut().graceful_shutdown();
                             let _ = tokio::time::timeout(head, conn).await;

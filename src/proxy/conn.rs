@@ -95,25 +95,18 @@ impl ConnState {
     }
 
     /// Resolves when the connection should be closed, and says how. From this call on (before
-    /// the future is first polled) answers' ends are stamped. `opened`: the client has opened
-    /// the connection already (an HTTP/2 one, by its preface or ALPN `h2`): it is idle from
-    /// now, and the head timeout, for connections that sent nothing, no longer applies (SPEC
-    /// §14; a gRPC channel connects first and stays idle until its first call).
+    /// the future is first polled) answers' ends are stamped.
     pub fn watch(
         &self,
         head_timeout: Duration,
         idle_timeout: Duration,
-        opened: bool,
     ) -> impl Future<Output = Close> + '_ {
         self.stamps.store(true, Ordering::Release);
-        if opened {
-            self.ended.fetch_max((self.millis)(), Ordering::AcqRel);
-        }
         async move {
             // Until a request starts: look every idle period (or at the head deadline, if
             // sooner).
             let head_deadline = Instant::now() + head_timeout;
-            while !opened {
+            loop {
                 let at = (Instant::now() + idle_timeout).min(head_deadline);
                 tokio::time::sleep_until(at).await;
                 if self.events.load(Ordering::Acquire) > 0 {
@@ -179,24 +172,10 @@ mod tests {
         let s = on_paused_clock();
         let t0 = Instant::now();
         let close = s
-            .watch(Duration::from_secs(10), Duration::from_secs(60), false)
+            .watch(Duration::from_secs(10), Duration::from_secs(60))
             .await;
         assert_eq!(close, Close::Silent);
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
-    }
-
-    /// An HTTP/2 connection opened by its preface and then silent is an idle one: closed at the
-    /// idle timeout, not at the head timeout (SPEC §14: the head timeout is for connections
-    /// that sent nothing, not even a preface). It was closed at the head timeout.
-    #[tokio::test(start_paused = true)]
-    async fn an_opened_connection_without_a_request_is_idle_not_silent() {
-        let s = on_paused_clock();
-        let t0 = Instant::now();
-        let close = s
-            .watch(Duration::from_secs(3), Duration::from_secs(20), true)
-            .await;
-        assert_eq!(close, Close::Idle);
-        assert_eq!(t0.elapsed(), Duration::from_secs(20));
     }
 
     #[tokio::test(start_paused = true)]
@@ -208,7 +187,7 @@ mod tests {
             tokio::spawn(async move {
                 let t0 = Instant::now();
                 let close = s
-                    .watch(Duration::from_secs(1), Duration::from_secs(5), false)
+                    .watch(Duration::from_secs(1), Duration::from_secs(5))
                     .await;
                 (close, t0.elapsed())
             })
@@ -237,7 +216,7 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move {
                 let close = s
-                    .watch(Duration::from_secs(20), Duration::from_secs(1), false)
+                    .watch(Duration::from_secs(20), Duration::from_secs(1))
                     .await;
                 (close, t0.elapsed())
             })

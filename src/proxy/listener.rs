@@ -874,7 +874,7 @@ async fn serve_hyper<I>(
         mut stopped,
     } = conn;
     let left = head_end.saturating_duration_since(Instant::now());
-    let watchdog = state.watch(left, lst.idle_timeout, h1.is_none());
+    let watchdog = state.watch(left, lst.idle_timeout);
     tokio::pin!(watchdog);
     let draining = *stopped.borrow();
     let peer_addr = client.addr;

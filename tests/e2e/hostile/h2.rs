@@ -516,21 +516,3 @@ async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
     assert_eq!(out.seen.headers, 181, "every GET is answered: {out:?}");
     assert!(!proxy.log().contains("reset most of its requests"));
 }
-
-/// An h2c connection that sends its preface and no request (a gRPC channel connects first) is
-/// an idle connection, not a silent one (SPEC §14): closed after `idle_timeout`, not at
-/// `header_read_timeout`. It was closed at the head timeout (the black-box tester's
-/// `h2idle.py`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_connection_opened_by_its_preface_waits_the_idle_timeout_not_the_head_timeout() {
-    let app = Capture::start(super::OK).await;
-    let rt = "runtime: { header_read_timeout: 1s, idle_timeout: 3s }";
-    let proxy = proxy_with(app.addr(), rt).await;
-    let tcp = open(proxy.listener("inbound")).await;
-    let out = session(tcp, Vec::new(), Duration::from_secs(10)).await;
-    let closed = out.closed_after.expect("closed within 10 s");
-    assert!(
-        closed >= Duration::from_millis(2_900) && closed < Duration::from_millis(6_500),
-        "closed after the 3 s idle timeout (and the closing quiet), not the 1 s head timeout: {closed:?} {out:?}"
-    );
-}
