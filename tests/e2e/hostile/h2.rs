@@ -468,7 +468,8 @@ async fn rapid_reset_of_accepted_streams_closes_the_connection() {
         hits <= 200,
         "about the bound's worth of requests reached the upstream, not 2000: {hits}"
     );
-    assert!(
+    // The log is written by a thread of its own: the line may come a moment after the close.
+    crate::assert_eventually!(
         proxy.log().contains("reset most of its requests"),
         "the close is logged"
     );
