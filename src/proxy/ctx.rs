@@ -59,25 +59,29 @@ pub struct RequestCtx<'a> {
 
 /// What the tries of one request did: filled by `exchange.rs`, read once at the end.
 #[derive(Debug, Default)]
-pub struct TryLog(parking_lot::Mutex<TryStats>, AtomicBool);
+pub struct TryLog {
+    stats: parking_lot::Mutex<TryStats>,
+    /// A try has been started (never reset: see [`TryLog::started`]).
+    started: AtomicBool,
+}
 
 // === impl TryLog ===
 
 impl TryLog {
     /// Notes the client body's cell (which counts the bytes received).
     pub fn body(&self, cell: &Arc<FaultCell>) {
-        self.0.lock().received = Some(cell.clone());
+        self.stats.lock().received = Some(cell.clone());
     }
 
     /// Notes the length of a body read whole with its head (received, all of it).
     pub fn whole(&self, len: u64) {
-        self.0.lock().whole = len;
+        self.stats.lock().whole = len;
     }
 
     /// Notes a try sent to `endpoint`; returns its number (from 1).
     pub fn start(&self, endpoint: SocketAddr) -> u32 {
-        self.1.store(true, Ordering::Relaxed);
-        let mut s = self.0.lock();
+        self.started.store(true, Ordering::Relaxed);
+        let mut s = self.stats.lock();
         s.tries += 1;
         s.endpoint = Some(endpoint);
         s.tries
@@ -87,18 +91,18 @@ impl TryLog {
     /// Not reset by [`TryLog::take`]: a request dropped unanswered has its tries taken for
     /// its log line, maybe before the idempotency claim asks.
     pub fn started(&self) -> bool {
-        self.1.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Notes how long the try took, and when it ended.
     pub fn ended(&self, took: Duration, at: Instant) {
-        let mut s = self.0.lock();
+        let mut s = self.stats.lock();
         s.upstream = Some(took);
         s.ended = Some(at);
     }
 
     /// What was noted.
     pub fn take(&self) -> TryStats {
-        std::mem::take(&mut *self.0.lock())
+        std::mem::take(&mut *self.stats.lock())
     }
 }
