@@ -22,6 +22,11 @@
 //!   that finds its connection broken under it tries once more on the new one: a Redis that
 //!   dropped the link but answers (a restart, its idle `timeout`, a proxy in between) costs a
 //!   connect, not refusals;
+//! - a link that goes quiet without closing (a Redis stopped by SIGSTOP or stuck in a long
+//!   script, a host gone silent, a proxy in between that holds the socket) is noticed with no
+//!   traffic too: a connection that has answered nothing for [`KEEPALIVE`] is sent a `PING`, and
+//!   one left unanswered for [`KEEPALIVE_PATIENCE`] (or the store's `timeout`, if longer) is
+//!   dropped as lost;
 //! - `/readyz` never looks here.
 //!
 //! The store outlives reloads: [`GlobalStore::build`] keeps the link when the URL is the same.
@@ -55,6 +60,11 @@ const BACKEND: &str = "redis";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an idle supervisor checks that its store still exists.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long a connection may answer nothing before the supervisor sends it a `PING`.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long that `PING` may go unanswered before the connection is dropped as lost. Longer
+/// than a call's usual timeout: one slow answer from a busy Redis must not cost a reconnect.
+const KEEPALIVE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// One configured store: its link, its key prefix and its timeout.
 #[derive(Debug)]
@@ -94,6 +104,8 @@ struct Link {
     /// Clock nanoseconds until which a reconnect started by a lost connection is awaited by
     /// calls (0: none).
     reconnect_until: AtomicU64,
+    /// Clock nanoseconds of the last answer the store gave (a call's or a `PING`'s).
+    answered: AtomicU64,
     /// Mirrors `breaker.is_closed()` for a lock-free look on the request path.
     up: AtomicBool,
     /// An outage was logged (once per outage, not per probe).
@@ -166,6 +178,7 @@ impl GlobalStore {
             next_id: AtomicU64::new(0),
             probed: Notify::new(),
             reconnect_until: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             up: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             breaker: parking_lot::Mutex::new(Breaker::new()),
@@ -249,6 +262,8 @@ impl GlobalStore {
             match tokio::time::timeout_at(deadline, f(conn.conn.clone())).await {
                 Ok(Ok(v)) => {
                     link.breaker.lock().success();
+                    link.answered
+                        .store(link.clock.now_nanos(), Ordering::Relaxed);
                     return Ok(v);
                 }
                 Ok(Err(e)) => {
@@ -315,7 +330,7 @@ impl Link {
     }
 
     fn probe_timeout_nanos(&self) -> u64 {
-        u64::try_from(self.probe_timeout.as_nanos()).unwrap_or(u64::MAX)
+        nanos_of(self.probe_timeout)
     }
 
     /// A lost connection's immediate reconnect is running and may still be waited for.
@@ -371,6 +386,8 @@ impl Link {
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(self.probe_timeout, ping).await {
             Ok(Ok(_)) => {
+                self.answered
+                    .store(self.clock.now_nanos(), Ordering::Relaxed);
                 self.breaker.lock().close();
                 self.up.store(true, Ordering::Release);
                 self.warned.store(false, Ordering::Release);
@@ -381,6 +398,30 @@ impl Link {
             }
             Ok(Err(e)) => self.probe_failed(failure_of(&e), &e),
             Err(_) => self.probe_failed(Failure::Soft, &"PING timed out"),
+        }
+    }
+
+    /// The keepalive of an up link whose connection has answered nothing for [`KEEPALIVE`]: a
+    /// `PING`; no answer within its patience drops the connection as lost (the breaker opens,
+    /// the supervisor reconnects and probes), an error answer counts as a call's failure.
+    async fn keepalive(&self) {
+        let now = self.clock.now_nanos();
+        let quiet = now.saturating_sub(self.answered.load(Ordering::Relaxed));
+        if !self.up.load(Ordering::Acquire) || quiet < nanos_of(KEEPALIVE) {
+            return;
+        }
+        let Some(conn) = self.conn.load_full() else {
+            return;
+        };
+        let mut c = conn.conn.clone();
+        let cmd = redis::cmd("PING");
+        let patience = self.probe_timeout.max(KEEPALIVE_PATIENCE);
+        match tokio::time::timeout(patience, cmd.query_async::<String>(&mut c)).await {
+            Ok(Ok(_)) => self
+                .answered
+                .store(self.clock.now_nanos(), Ordering::Relaxed),
+            Ok(Err(e)) => self.failed(failure_of(&e), conn.id),
+            Err(_) => self.lost(conn.id, "the connection went quiet (a PING unanswered)"),
         }
     }
 
@@ -458,7 +499,11 @@ async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
         let now = l.clock.now_nanos();
         drop(l);
         if closed {
-            let _ = tokio::time::timeout(IDLE_CHECK, wake.notified()).await;
+            let woken = tokio::time::timeout(IDLE_CHECK, wake.notified()).await;
+            if woken.is_err() {
+                let Some(l) = link.upgrade() else { return };
+                l.keepalive().await;
+            }
             continue;
         }
         let wait = Duration::from_nanos(retry_at.saturating_sub(now)).min(IDLE_CHECK);
@@ -526,6 +571,10 @@ fn route_base(prefix: &str, route: &str) -> String {
 }
 
 /// Whether two loads of the connection slot hold the same connection.
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn same(a: &Option<Arc<Conn>>, b: &Option<Arc<Conn>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -256,6 +256,35 @@ async fn a_slow_redis_is_treated_as_down() {
     assert_eq!(admitted(&burst(&addr, "s3", 3, 1).await), 3);
 }
 
+/// A Redis that goes quiet without closing its connections (stopped, stuck in a long script, a
+/// silent host) is noticed with no traffic at all: the idle link's keepalive `PING` goes
+/// unanswered, the store is marked down, and it comes back by itself when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_gone_quiet_is_noticed_without_traffic() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "50ms",
+        on_error: "deny",
+        lease: 1,
+        rate: "100/s",
+        burst: 100,
+    };
+    let a = spawn(&redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    assert_eq!(admitted(&burst(&addr, "q1", 2, 1).await), 2);
+
+    // From here until the store is back no request goes through the proxy. The connection
+    // stays open; Redis answers nothing for 7 s.
+    redis.stall(Duration::from_secs(7));
+    let noticed = store_reads(&a, 0.0, Duration::from_secs(5), "Redis gone quiet").await;
+    let state = http::get(a.admin(), "/state", &[]).await.json();
+    assert_eq!(state["global_store"]["up"], false, "{state}");
+    let back = store_reads(&a, 1.0, Duration::from_secs(10), "Redis answering again").await;
+    println!("Redis quiet for 7 s: down after {noticed:?}, up again {back:?} later, no traffic");
+    assert_eq!(admitted(&burst(&addr, "q2", 3, 1).await), 3);
+}
+
 /// `rampart_ratelimit_store_fallbacks_total{route="app"}` of `proxy`.
 async fn fallbacks(proxy: &Proxy) -> f64 {
     let text = metrics(proxy.admin()).await;
