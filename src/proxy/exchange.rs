@@ -300,6 +300,8 @@ pub(super) async fn try_once(
             parts
                 .headers
                 .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
+        } else if grpc::malformed_timeout(&parts.headers) {
+            parts.headers.remove(grpc::GRPC_TIMEOUT);
         }
     }
     let mut record = TryRecord::start(ctx, &ep, permit, parts, now);

@@ -69,7 +69,24 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// then goes on under the policy's timeout alone, as a gRPC server would treat it) or over 30
 /// days.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(GRPC_TIMEOUT)?.as_bytes();
+    parse_timeout(headers.get(GRPC_TIMEOUT)?.as_bytes()).filter(|d| *d <= LONGEST)
+}
+
+/// Whether `headers` carry a `grpc-timeout` that is not one gRPC can read: not 1 to 8 digits
+/// and a unit, or more than one line. Such a header is dropped before the upstream rather than
+/// passed on: a gRPC server that fails to parse it may fail the call, and some (gRPC C-core)
+/// then fail every later call on that HTTP/2 connection, other clients' too.
+pub fn malformed_timeout(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(GRPC_TIMEOUT).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => false,
+        (Some(v), None) => parse_timeout(v.as_bytes()).is_none(),
+        (Some(_), Some(_)) => true,
+    }
+}
+
+/// A `grpc-timeout` value's duration, whatever its length; `None` when it is malformed.
+fn parse_timeout(v: &[u8]) -> Option<Duration> {
     let (&unit, digits) = v.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -86,7 +103,7 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     };
-    (d <= LONGEST).then_some(d)
+    Some(d)
 }
 
 /// How the stream of a gRPC answer ended.
@@ -532,6 +549,27 @@ mod tests {
             assert_eq!(of(bad), None, "{bad:?}");
         }
         assert_eq!(timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_grpc_timeout_grpc_cannot_read_is_malformed_and_a_long_one_is_not() {
+        let of = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in lines {
+                h.append(GRPC_TIMEOUT, HeaderValue::from_str(v).expect("value"));
+            }
+            malformed_timeout(&h)
+        };
+        assert!(!of(&[]), "no header");
+        assert!(!of(&["5S"]));
+        assert!(
+            !of(&["721H"]),
+            "over 30 days: taken as no deadline, but gRPC reads it"
+        );
+        for bad in ["abc", "10", "123456789S", "1.5S", " 1S", "S"] {
+            assert!(of(&[bad]), "{bad:?}");
+        }
+        assert!(of(&["5S", "5S"]), "two lines");
     }
 
     /// What is written reads back (by rampart's own reader, as gRPC's servers read it) as the

@@ -241,13 +241,48 @@ pub fn handle<'a>(
             .as_ref()
             .and_then(|fb| fb.keep_for(id, req.method(), req.uri(), req.headers()));
 
+        // The request's time limit (5., below), from its arrival: the route's timeout, and a
+        // gRPC call's own deadline too. A wait in the load-shed queue and an injected delay
+        // count against it.
+        let own = fin
+            .is_grpc()
+            .then(|| grpc::timeout(req.headers()))
+            .flatten();
+        let limit = [route.policy.request_timeout, own]
+            .into_iter()
+            .flatten()
+            .min();
+
         // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
-        //    body ends.
+        //    body ends. A waiter whose deadline passes leaves the queue then (dropping the wait
+        //    takes it out) and is answered as the request timeout's.
         let mut slot = match &route.policy.load_shed {
             None => None,
             Some(ls) => {
                 let priority = ls.priority(req.headers());
-                match ls.shedder.acquire(id, priority).await {
+                let acquired = match limit {
+                    None => ls.shedder.acquire(id, priority).await,
+                    Some(l) => {
+                        let wait = ls.shedder.acquire(id, priority);
+                        match tokio::time::timeout_at(started + l, wait).await {
+                            Ok(acquired) => acquired,
+                            Err(_elapsed) => {
+                                route.metrics.timeout_request.inc();
+                                let msg = format!(
+                                    "the request timeout ({l:?}) ran out while it waited in the \
+                                     load-shed queue"
+                                );
+                                let mut rsp = answer(Reason::Timeout, &msg, None);
+                                let fb = route.policy.fallback.as_ref();
+                                if let Some(fb) = fb.filter(|_| req.method() != Method::CONNECT) {
+                                    rsp = degrade::apply(fb, keep, rsp);
+                                }
+                                return fin.answer(&tm, rsp, None, NO_TRY);
+                            }
+                        }
+                    }
+                };
+                match acquired {
                     Ok(slot) => Some(slot),
                     Err(shed) => {
                         tm.shed(shed.reason.as_str());
@@ -281,16 +316,6 @@ pub fn handle<'a>(
             .as_ref()
             .map(|f| f.decide(req.headers(), fastrand::f64))
             .unwrap_or_default();
-        // The request's time limit (5., below): an injected delay counts against it too. A
-        // gRPC call's own deadline bounds it as well.
-        let own = fin
-            .is_grpc()
-            .then(|| grpc::timeout(req.headers()))
-            .flatten();
-        let limit = [route.policy.request_timeout, own]
-            .into_iter()
-            .flatten()
-            .min();
         if let Some(d) = fault.delay {
             let delayed = Instant::now() + d;
             match limit.map(|l| started + l).filter(|end| *end < delayed) {

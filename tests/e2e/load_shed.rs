@@ -318,3 +318,41 @@ async fn a_queued_request_is_in_flight_and_in_the_queue_depth() {
     assert_eq!(second.await.expect("second"), 200);
     assert_eventually!(gauges().await == (Some(0.0), Some(0.0)), "all done");
 }
+
+/// A request's deadline holds while it waits in the queue (README: the request timeout covers
+/// the whole exchange; a gRPC call's `grpc-timeout` bounds it as `timeout.request` does): a
+/// waiter is answered `timeout` when its deadline passes, not when a slot frees, and its queue
+/// place is freed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_answered_at_its_deadline_not_when_a_slot_frees() {
+    let app = sample().await;
+    let proxy = shedding(
+        app.addr(),
+        "      max_in_flight: 1\n      queue: { size: 5, timeout: 5s }",
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    let holder = tokio::spawn(async move { http::get(addr, "/slow?ms=1500", &[]).await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let call = [
+        ("content-type", "application/grpc"),
+        ("grpc-timeout", "200m"),
+        ("x-tenant-id", "w"),
+    ];
+    let waiter = http::post(addr, "/ok", &call, &b""[..]).await;
+    let waited = t0.elapsed();
+    assert_eq!(waiter.header("x-rampart-reason"), Some("timeout"));
+    assert_eq!(waiter.header("grpc-status"), Some("4"), "DEADLINE_EXCEEDED");
+    assert!(
+        waited < Duration::from_millis(700),
+        "answered {waited:?} after it arrived; its deadline was 200 ms, the slot freed at 1.4 s"
+    );
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_queue_depth", &[("route", "app")]),
+        Some(0.0),
+        "the waiter left the queue at its deadline"
+    );
+    assert_eq!(holder.await.expect("task"), 200);
+}

@@ -818,6 +818,15 @@ async fn each_try_of_a_grpc_call_tells_the_upstream_its_deadline() {
     // Nothing bounds the call: nothing is added.
     h2_post_with(addr, "/grpc", &[grpc]).await;
     assert_eq!(told("/grpc"), (None, None));
+    // A deadline gRPC cannot read is ignored and not passed on (a gRPC C-core server that
+    // fails to parse one fails later calls on the same connection, other clients' too); one
+    // longer than rampart takes (over 30 days) is readable, and goes as it came.
+    for bad in ["abc", "10", "123456789S", "1.5S"] {
+        h2_post_with(addr, "/grpc", &[grpc, ("grpc-timeout", bad)]).await;
+        assert_eq!(told("/grpc"), (None, None), "{bad:?}");
+    }
+    h2_post_with(addr, "/grpc", &[grpc, ("grpc-timeout", "721H")]).await;
+    assert_eq!(told("/grpc").0.as_deref(), Some("721H"));
     // Not a gRPC call: its headers go as they came.
     let json = ("content-type", "application/json");
     h2_post_with(addr, "/per-try", &[json, ("grpc-timeout", "10S")]).await;
