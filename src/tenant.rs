@@ -6,6 +6,11 @@
 //! Ids are checked against `[A-Za-z0-9._:@-]{1,128}` before they reach any table or label, so a
 //! client cannot inject label syntax or grow memory with giant keys.
 //!
+//! What the upstream reads about who is calling must be what rampart used (SPEC §13,
+//! [`Identify::vouch`]): when a verified token named the tenant, the `header` sources' lines
+//! are set to it, so a client's own `x-tenant-id` cannot claim another tenant downstream; and a
+//! plan header is passed on only where the listener believes it, or set to the token's plan.
+//!
 //! Labels are bounded separately: the first `metrics_labels` distinct tenants seen get their
 //! own `tenant` label value, every later one is counted as `_other`. Tenants the policy names
 //! (`rate_limit.overrides`) are pinned: they always keep their own label and take no place
@@ -71,6 +76,12 @@ pub struct Identify {
     fallback: Option<Arc<str>>,
     /// `tenants.plans.plan_header`.
     plan_header: Option<http::HeaderName>,
+    /// The `header` sources' names, set to the tenant a verified token named before a request
+    /// goes upstream. Empty without a `jwt` source; never a token's own header.
+    vouched: Box<[HeaderName]>,
+    /// Whether [`Identify::vouch`] has anything to do (names in `vouched`, or a
+    /// `plan_header`): settled once per generation, so a request costs one test without them.
+    rewrites: bool,
     /// `tenants.plans.assign`, by tenant.
     assign: HashMap<Box<str>, Arc<str>>,
     /// The tenant of requests on `tenant: optional` routes that name none.
@@ -155,7 +166,7 @@ impl Identify {
                 _ => None,
             })
         };
-        let sources = cfg
+        let sources: Vec<Source> = cfg
             .from
             .iter()
             .filter_map(|s: &TenantSource| {
@@ -187,6 +198,7 @@ impl Identify {
                 }
             })
             .collect();
+        let vouched = vouched(&sources);
         let fallback = (cfg.fallback != "reject").then(|| Arc::from(cfg.fallback.as_str()));
         let plans = cfg.plans.as_ref();
         let plan_header = plans
@@ -200,6 +212,8 @@ impl Identify {
             }
         }
         Identify {
+            rewrites: !vouched.is_empty() || plan_header.is_some(),
+            vouched,
             sources,
             fallback,
             plan_header,
@@ -245,6 +259,61 @@ impl Identify {
             return None;
         }
         self.assign.get(tenant.as_str()).map(|p| &**p)
+    }
+
+    /// Makes the identity lines of a request about to go upstream say what rampart used, so
+    /// the upstream is not told what the client claimed (SPEC §13). `tenant` is the request's,
+    /// `trust_header` its listener's `trust_plan_header`.
+    ///
+    /// - A tenant a verified token named: each `header` source's name gets one line, the
+    ///   verified tenant (the client's lines of that name go).
+    /// - A plan the token's `plan_claim` named: `plan_header` gets one line, that plan (the
+    ///   claim outranks the header even where it is trusted, so the client's line goes).
+    /// - Otherwise, on a listener that does not trust `plan_header`: the client's lines of it
+    ///   go, since rampart did not believe them.
+    ///
+    /// A tenant from any other source, and a plan header the listener trusts, pass as sent.
+    /// Without a `jwt` source beside a `header` source and without a `plan_header`, this is
+    /// one test of a flag: no line is looked up.
+    pub fn vouch(&self, tenant: &TenantId, headers: &mut HeaderMap, trust_header: bool) {
+        if !self.rewrites {
+            return;
+        }
+        let verified = match tenant {
+            TenantId::Jwt(v) => Some(&**v),
+            _ => None,
+        };
+        if let Some(v) = verified {
+            for name in &*self.vouched {
+                // The value was made once, with the token's verdict; a clone shares its bytes.
+                match &v.tenant_value {
+                    Some(value) => {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                    None => {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+        let Some(name) = &self.plan_header else {
+            return;
+        };
+        match verified.filter(|v| v.plan.is_some()) {
+            Some(v) => match &v.plan_value {
+                Some(value) => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                // A claimed plan no header line can carry: the client's line still goes.
+                None => {
+                    headers.remove(name);
+                }
+            },
+            None if !trust_header => {
+                headers.remove(name);
+            }
+            None => {}
+        }
     }
 
     /// As [`Identify::identify`], for a route whose `tenant` is `optional` when `optional`:
@@ -373,6 +442,31 @@ impl Identify {
             None => Ok(None),
         }
     }
+}
+
+/// The names read by the `header` sources among `sources`, which [`Identify::vouch`] sets to a
+/// verified tenant: none without a `jwt` source, each once, and never the header a `jwt` source reads
+/// its token from (the upstream may need the token itself).
+fn vouched(sources: &[Source]) -> Box<[HeaderName]> {
+    let tokens: Vec<&HeaderName> = sources
+        .iter()
+        .filter_map(|s| match s {
+            Source::Jwt(j) => Some(j.header()),
+            _ => None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        return Box::default();
+    }
+    let mut names: Vec<HeaderName> = Vec::new();
+    for s in sources {
+        if let Source::Header(n) = s {
+            if !tokens.contains(&n) && !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    names.into_boxed_slice()
 }
 
 /// What a request's connection says about who sent it.
@@ -708,6 +802,169 @@ mod tests {
             "a pinned label takes no place under the cap"
         );
         assert_eq!(&*l.label("b"), OTHER_LABEL);
+    }
+
+    /// The `header` sources of [`with_token`]'s usual rules: a name twice, and the token's own.
+    const HEADERS: &[&str] = &["x-tenant-id", "x-org", "x-tenant-id", "authorization"];
+
+    /// Rules with a `jwt` source (its keys are never read: the tests make its verdicts by
+    /// hand), then a `header` source for each of `headers`; with `plan_header: x-tenant-plan`
+    /// when `plan_header`.
+    fn with_token(headers: &[&str], plan_header: bool) -> Identify {
+        let header = |h: &str| TenantSource {
+            header: Some(h.into()),
+            ..TenantSource::default()
+        };
+        let jwt = TenantSource {
+            jwt: Some(crate::config::file::JwtSource {
+                header: "authorization".into(),
+                claim: "tenant".into(),
+                jwks: "/nonexistent/jwks.json".into(),
+                jwks_refresh: crate::config::units::Dur::from_secs(60),
+                issuers: Vec::new(),
+                audiences: Vec::new(),
+                jwks_ca: None,
+                plan_claim: Some("plan".into()),
+            }),
+            ..TenantSource::default()
+        };
+        Identify::new(&Tenants {
+            from: std::iter::once(jwt)
+                .chain(headers.iter().map(|h| header(h)))
+                .collect(),
+            fallback: "anonymous".into(),
+            max_tracked: 10,
+            metrics_labels: 2,
+            plans: plan_header.then(|| crate::config::file::TenantPlans {
+                plan_header: Some("x-tenant-plan".into()),
+                assign: Default::default(),
+            }),
+        })
+    }
+
+    /// What a token verified for `tenant` (with `plan`) names.
+    fn verified(tenant: &str, plan: Option<&str>) -> TenantId {
+        TenantId::Jwt(Arc::new(Verified::new(tenant, plan)))
+    }
+
+    /// A request's header map holding `lines`, in order.
+    fn sent(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in lines {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("a name"),
+                HeaderValue::from_str(v).expect("a value"),
+            );
+        }
+        h
+    }
+
+    /// The values of `name` in `h`, in order.
+    fn lines<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect()
+    }
+
+    /// A tenant a token named is what each `header` source's name says upstream: one line,
+    /// the client's own gone; the token's own header is left as sent. A tenant the header
+    /// named passes as sent.
+    #[test]
+    fn a_verified_tenant_replaces_the_header_sources_lines() {
+        let r = with_token(HEADERS, false);
+        assert_eq!(
+            &*r.vouched,
+            ["x-tenant-id", "x-org"],
+            "each once, no token header"
+        );
+        let mut h = sent(&[
+            ("x-tenant-id", "mallory"),
+            ("authorization", "Bearer t"),
+            ("x-tenant-id", "eve"),
+            ("x-other", "1"),
+        ]);
+        r.vouch(&verified("acme", None), &mut h, false);
+        assert_eq!(lines(&h, "x-tenant-id"), ["acme"]);
+        assert_eq!(
+            lines(&h, "x-org"),
+            ["acme"],
+            "set where the client sent none"
+        );
+        assert_eq!(lines(&h, "authorization"), ["Bearer t"]);
+        assert_eq!(lines(&h, "x-other"), ["1"]);
+
+        let uri: Uri = "/".parse().expect("uri");
+        let mut h = sent(&[("x-tenant-id", "mallory"), ("x-org", "other")]);
+        let t = r.identify(&h, &uri, Conn::default()).expect("a tenant");
+        assert!(matches!(t, TenantId::Header(_)), "{t:?}");
+        let before = h.clone();
+        r.vouch(&t, &mut h, false);
+        assert_eq!(h, before);
+    }
+
+    /// The plan header says the plan a token claimed (on any listener); else it passes only
+    /// where the listener trusts it, and goes where it does not.
+    #[test]
+    fn the_plan_header_says_the_claimed_plan_or_only_what_was_trusted() {
+        let r = with_token(HEADERS, true);
+        let header_tenant = TenantId::Header(HeaderValue::from_static("hooli"));
+        let plan_of = |t: &TenantId, client: &[&str], trust: bool| {
+            let mut h = sent(
+                &client
+                    .iter()
+                    .map(|p| ("x-tenant-plan", *p))
+                    .collect::<Vec<_>>(),
+            );
+            r.vouch(t, &mut h, trust);
+            lines(&h, "x-tenant-plan")
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        // A header's tenant, or a token without a plan claim: trusted or gone.
+        for t in [&header_tenant, &verified("acme", None)] {
+            assert_eq!(plan_of(t, &["pro", "gold"], true), ["pro", "gold"], "{t:?}");
+            assert!(plan_of(t, &["pro", "gold"], false).is_empty(), "{t:?}");
+            assert!(plan_of(t, &[], false).is_empty(), "{t:?}");
+        }
+        // A claimed plan: that plan, whatever the client sent and wherever.
+        let claimed = verified("acme", Some("enterprise"));
+        for trust in [true, false] {
+            assert_eq!(plan_of(&claimed, &["pro", "gold"], trust), ["enterprise"]);
+            assert_eq!(plan_of(&claimed, &[], trust), ["enterprise"]);
+        }
+        // A claimed plan no header line can hold: the client's line goes all the same.
+        let odd = verified(
+            "acme",
+            Some(
+                "pro
+x-evil: 1",
+            ),
+        );
+        assert!(plan_of(&odd, &["gold"], true).is_empty());
+    }
+
+    /// Without a `jwt` source beside a `header` source, and without a `plan_header`, there is
+    /// nothing to do: one flag says so, and no map is touched.
+    #[test]
+    fn nothing_is_rewritten_without_a_token_source_or_a_plan_header() {
+        let plain = rules("anonymous");
+        assert!(!plain.rewrites);
+        let mut h = sent(&[("x-tenant-id", "mallory"), ("x-tenant-plan", "pro")]);
+        let before = h.clone();
+        for t in [
+            TenantId::Header(HeaderValue::from_static("mallory")),
+            verified("acme", Some("pro")),
+        ] {
+            plain.vouch(&t, &mut h, false);
+            assert_eq!(h, before);
+        }
+        // A token source alone, or with only its own header as a `header` source.
+        assert!(!with_token(&[], false).rewrites);
+        assert!(!with_token(&["authorization"], false).rewrites);
+        assert!(with_token(&[], true).rewrites);
+        assert!(with_token(HEADERS, false).rewrites);
     }
 
     /// Rules that read the tenant from `x-tenant-id`, else from `client_ip` as given.

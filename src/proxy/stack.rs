@@ -8,6 +8,10 @@
 //!    they cost anything.
 //! 3. **rate limit** (`policy::rate_limit`) — cheapest refusal first; it sits outside retries
 //!    so a retry never spends a tenant's tokens.
+//!    Then the identity lines the upstream reads are made to say what rampart used
+//!    (`Identify::vouch`: a verified token's tenant and plan, no plan header an untrusting
+//!    listener ignored): after the rate limit, which reads a trusted plan header as sent and
+//!    whose refusals never go upstream; before anything below forwards the request.
 //!    A CONNECT (outbound listeners only; 405 on inbound) goes through 0–3 like any request,
 //!    then becomes a tunnel (`tunnel.rs`) instead of an exchange: it is never forwarded.
 //!    An HTTP/1.1 `Upgrade` (WebSocket) goes through 0–4a, then makes one try (`upgrade.rs`):
@@ -233,6 +237,10 @@ pub fn handle<'a>(
             decision.write_headers(rsp.headers_mut());
             return fin.answer(&tm, rsp, Some(limit), NO_TRY);
         }
+
+        // What the upstream reads of the tenant and its plan is what was used above.
+        gen.identify
+            .vouch(&tenant, req.headers_mut(), lst.trust_plan_header);
 
         // Where fallback (step 9) keeps this request's good answer; also read by a shed refusal.
         let keep = route

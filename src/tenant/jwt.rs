@@ -16,7 +16,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
@@ -40,6 +40,26 @@ pub struct Verified {
     pub tenant: Arc<str>,
     /// The plan (from `plan_claim`), if configured and present.
     pub plan: Option<Arc<str>>,
+    /// `tenant` as a header value (`None` only for an id that is no valid one, which
+    /// [`Jwt::verify`] refuses): made once per verified token, not per request, for the header
+    /// lines that tell the upstream the verified tenant (`Identify::vouch`).
+    pub(crate) tenant_value: Option<HeaderValue>,
+    /// `plan` as a header value, when it can be one.
+    pub(crate) plan_value: Option<HeaderValue>,
+}
+
+// === impl Verified ===
+
+impl Verified {
+    /// What a token naming `tenant`, and `plan` if any, says.
+    pub fn new(tenant: &str, plan: Option<&str>) -> Self {
+        Verified {
+            tenant: Arc::from(tenant),
+            plan: plan.map(Arc::from),
+            tenant_value: HeaderValue::from_str(tenant).ok(),
+            plan_value: plan.and_then(|p| HeaderValue::from_str(p).ok()),
+        }
+    }
 }
 
 /// One configured `jwt` source with its keys and cache.
@@ -87,6 +107,11 @@ impl Jwt {
     /// The settings it was built from.
     pub fn config(&self) -> &JwtSource {
         &self.cfg
+    }
+
+    /// The header its token is read from.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
     }
 
     /// Whether the keys were read or fetched once (`/readyz`).
@@ -172,18 +197,8 @@ impl Jwt {
         let exp = self.check_times(&claims)?;
         // Checked as a tenant id by `verify`: a token can be good and its tenant id not.
         let tenant = claim_str(&claims, &self.claim).ok_or("the tenant claim is missing")?;
-        let plan = self
-            .plan_claim
-            .as_ref()
-            .and_then(|p| claim_str(&claims, p))
-            .map(Arc::from);
-        Ok((
-            Verified {
-                tenant: Arc::from(tenant.as_str()),
-                plan,
-            },
-            exp,
-        ))
+        let plan = self.plan_claim.as_ref().and_then(|p| claim_str(&claims, p));
+        Ok((Verified::new(&tenant, plan.as_deref()), exp))
     }
 
     /// `exp` (required) and `nbf` against the wall clock, with leeway; returns `exp`.

@@ -1,5 +1,6 @@
 //! SPEC §13: tenants from verified JWTs, plans, and routes that need no tenant.
 
+mod identity;
 mod keys;
 
 use std::net::SocketAddr;

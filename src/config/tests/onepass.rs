@@ -409,7 +409,7 @@ fn keys_that_can_never_act_where_they_stand_warn_at_their_key() {
     assert_eq!(w.len(), 1, "{w:#?}");
     assert_eq!(w[0].path, "tenants.from[0].client_cert");
 
-    // A plan header that no listener trusts is never read.
+    // A plan header that no listener trusts never names a plan (it is only removed).
     let w = warnings(&top("tenants:\n  plans: { plan_header: x-tenant-plan }"));
     assert_eq!(w.len(), 1, "{w:#?}");
     assert_eq!(w[0].path, "tenants.plans.plan_header");

@@ -106,7 +106,7 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
     if header && !f.listeners.iter().any(|l| l.trust_plan_header) {
         r.warn(
             &tp.key("plan_header"),
-            "no listener has `trust_plan_header: true`, so this header is never read; it does nothing",
+            "no listener has `trust_plan_header: true`, so this header never names a plan: a client's lines of it are only removed before the upstream (or set to a token's plan_claim)",
         );
     }
     for (i, l) in f.listeners.iter().enumerate() {

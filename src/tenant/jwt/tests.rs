@@ -225,10 +225,7 @@ fn the_cache_serves_hits_until_ttl_or_exp() {
 
 #[test]
 fn the_cache_is_bounded() {
-    let v = Arc::new(Verified {
-        tenant: Arc::from("t"),
-        plan: None,
-    });
+    let v = Arc::new(Verified::new("t", None));
     let c = TokenCache::new(2);
     let s = 1_000_000_000;
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
