@@ -15,16 +15,19 @@
 //! without a tenant slot (the route limit still holds) rather than refused.
 //!
 //! # Waiting ([`queue`])
-//! Waiters sit in per-tenant FIFOs inside three priority classes (critical, normal, sheddable),
-//! as Kubernetes API Priority and Fairness does: classes are served strictly in order, tenants
-//! within a class round robin (deficit round robin with every request costing one slot and a
-//! quantum of one, which is exactly round robin). When the queue is full an arrival displaces
-//! the newest waiter of the longest tenant queue of the lowest class below it (that waiter is
-//! shed `priority` at once); failing that, within its own class, the newest waiter of a tenant
-//! whose queue is at least two longer than the arrival's (shed `queue_full`, as fair queueing
-//! drops from the fattest flow). Otherwise the arrival is shed `queue_full`. So sheddable goes
-//! first, critical only when nothing lower is left, and a flood cannot fill the room against a
-//! tenant with one request. No lost wake-ups: a waiter publishes itself (`waiting`, SeqCst) and
+//! Waiters sit in per-tenant FIFOs served round robin (deficit round robin with every request
+//! costing one slot and a quantum of one, which is exactly round robin), in two tiers:
+//! `critical` and `normal` above, `sheddable` below, served only when nobody waits above. The
+//! priority is a header the client sets, so within the upper tier it orders only a tenant's
+//! own waiters (critical first): a tenant that marks every request critical gets its turn and
+//! no more. When the queue is full an arrival above sheddable displaces the newest waiter of
+//! the longest sheddable FIFO (that waiter is shed `priority` at once); failing that, a
+//! critical arrival displaces its own tenant's newest normal waiter (`priority`); failing
+//! that, in its own tier, the newest waiter of a tenant whose FIFO is at least two longer than
+//! the arrival's (shed `queue_full`, as fair queueing drops from the fattest flow). Otherwise
+//! the arrival is shed `queue_full`. So a flood, whatever priority it claims, cannot fill the
+//! room against a tenant with one request. No lost wake-ups: a waiter publishes itself
+//! (`waiting`, SeqCst) and
 //! then re-tries the limit, while a release lowers `in_flight` (SeqCst) and then reads
 //! `waiting`; one of the two always sees the other. A grant is a [`ShedSlot`] sent to the
 //! waiter, so a grant to a waiter that is gone is dropped and thereby passed on.
@@ -142,10 +145,6 @@ impl Priority {
             Some(t) if t.eq_ignore_ascii_case("sheddable") => Priority::Sheddable,
             _ => Priority::Normal,
         }
-    }
-
-    fn class(self) -> usize {
-        self as usize
     }
 }
 

@@ -1,30 +1,45 @@
-//! The waiting room: per-tenant FIFOs inside three priority classes, served round robin.
+//! The waiting room: per-tenant FIFOs, served round robin over tenants, in two tiers.
 //!
 //! Pure data, no time and no locks: the shedder holds it under its mutex. Every request costs
 //! one slot, so deficit round robin with a quantum of one is plain round robin over the tenants
 //! that have waiters (`ring`); a tenant with 1,000 waiters gets one turn per round like a tenant
 //! with one. Memory is bounded by `queue.size` (a tenant's FIFO exists only while it has a
 //! waiter), so these FIFOs need no `max_tracked` accounting.
+//!
+//! Priorities come from a header the client sets, so they may only order a tenant's own
+//! requests, or lower a request below other tenants', never raise it above them: `critical` and
+//! `normal` share the upper tier, whose tenants are served round robin, a tenant's critical
+//! waiters before its normal ones; `sheddable` waiters are the lower tier, served only when the
+//! upper one is empty and displaced first. So a tenant that marks everything `critical` gets
+//! its fair turn and no more (in Kubernetes API Priority and Fairness the levels are the
+//! operator's to assign; a client header cannot be trusted with more than this).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::{Priority, ShedReason};
 
-/// Number of priority classes.
-const CLASSES: usize = 3;
-
-/// Per-tenant FIFOs of `T` in priority classes; see the module doc.
+/// Per-tenant FIFOs of `T` in two tiers; see the module doc.
 pub(super) struct FairQueue<T> {
-    classes: [Class<T>; CLASSES],
+    /// `critical` and `normal` waiters.
+    upper: Tier<T>,
+    /// `sheddable` waiters.
+    lower: Tier<T>,
     len: usize,
     next_seq: u64,
 }
 
-struct Class<T> {
-    flows: HashMap<Arc<str>, VecDeque<(u64, T)>, foldhash::fast::RandomState>,
+struct Tier<T> {
+    flows: HashMap<Arc<str>, Flow<T>, foldhash::fast::RandomState>,
     /// Tenants with waiters, in serving order; each appears once.
     ring: VecDeque<Arc<str>>,
+}
+
+/// One tenant's waiters in a tier, each FIFO sorted by ticket. The lower tier uses `normal`
+/// only.
+struct Flow<T> {
+    critical: VecDeque<(u64, T)>,
+    normal: VecDeque<(u64, T)>,
 }
 
 // === impl FairQueue ===
@@ -32,7 +47,8 @@ struct Class<T> {
 impl<T> Default for FairQueue<T> {
     fn default() -> Self {
         FairQueue {
-            classes: [Class::default(), Class::default(), Class::default()],
+            upper: Tier::default(),
+            lower: Tier::default(),
             len: 0,
             next_seq: 0,
         }
@@ -40,7 +56,7 @@ impl<T> Default for FairQueue<T> {
 }
 
 impl<T> FairQueue<T> {
-    /// Waiters in all classes.
+    /// Waiters in both tiers.
     pub(super) fn len(&self) -> usize {
         self.len
     }
@@ -50,36 +66,49 @@ impl<T> FairQueue<T> {
         self.len == 0
     }
 
-    /// Appends `item` to `tenant`'s FIFO in `priority`'s class; returns its ticket for
+    fn tier(&mut self, priority: Priority) -> &mut Tier<T> {
+        match priority {
+            Priority::Sheddable => &mut self.lower,
+            Priority::Critical | Priority::Normal => &mut self.upper,
+        }
+    }
+
+    /// Appends `item` to `tenant`'s FIFO for `priority`; returns its ticket for
     /// [`remove`](Self::remove).
     pub(super) fn push(&mut self, priority: Priority, tenant: &str, item: T) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let class = &mut self.classes[priority.class()];
-        match class.flows.get_mut(tenant) {
-            Some(flow) => flow.push_back((seq, item)),
+        let tier = self.tier(priority);
+        let flow = match tier.flows.get_mut(tenant) {
+            Some(flow) => flow,
             None => {
                 let key: Arc<str> = Arc::from(tenant);
-                class
-                    .flows
-                    .insert(key.clone(), VecDeque::from([(seq, item)]));
-                class.ring.push_back(key);
+                tier.ring.push_back(key.clone());
+                tier.flows.entry(key).or_default()
             }
-        }
+        };
+        flow.fifo(priority).push_back((seq, item));
         self.len += 1;
         seq
     }
 
-    /// The next waiter to serve: the highest class with waiters, its tenants round robin.
+    /// The next waiter to serve: the upper tier if it has waiters, its tenants round robin (a
+    /// tenant's critical waiters first), else the lower tier's next tenant.
     pub(super) fn pop(&mut self) -> Option<T> {
-        let class = self.classes.iter_mut().find(|c| !c.ring.is_empty())?;
-        let key = class.ring.pop_front()?;
-        let flow = class.flows.get_mut(&key)?;
-        let (_, item) = flow.pop_front()?;
+        let tier = match self.upper.ring.is_empty() {
+            false => &mut self.upper,
+            true => &mut self.lower,
+        };
+        let key = tier.ring.pop_front()?;
+        let flow = tier.flows.get_mut(&key)?;
+        let (_, item) = match flow.critical.pop_front() {
+            Some(w) => w,
+            None => flow.normal.pop_front()?,
+        };
         if flow.is_empty() {
-            class.flows.remove(&key);
+            tier.flows.remove(&key);
         } else {
-            class.ring.push_back(key);
+            tier.ring.push_back(key);
         }
         self.len -= 1;
         Some(item)
@@ -88,39 +117,69 @@ impl<T> FairQueue<T> {
     /// Takes out the waiter with ticket `seq` (cancelled or timed out); `None` if it already
     /// left (granted or displaced).
     pub(super) fn remove(&mut self, priority: Priority, tenant: &str, seq: u64) -> Option<T> {
-        let class = &mut self.classes[priority.class()];
-        let flow = class.flows.get_mut(tenant)?;
+        let tier = self.tier(priority);
+        let flow = tier.flows.get_mut(tenant)?;
+        let fifo = flow.fifo(priority);
         // Tickets grow, so each FIFO is sorted by ticket.
-        let at = flow.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
-        let (_, item) = flow.remove(at)?;
+        let at = fifo.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        let (_, item) = fifo.remove(at)?;
         if flow.is_empty() {
-            class.flows.remove(tenant);
-            class.ring.retain(|k| &**k != tenant);
+            tier.flows.remove(tenant);
+            tier.ring.retain(|k| &**k != tenant);
         }
         self.len -= 1;
         Some(item)
     }
 
-    /// Makes room for an arrival of `tenant` at `priority` to a full queue: takes out the newest
-    /// waiter of the longest tenant FIFO in the lowest class below `priority` (reason
-    /// `Priority`), else in `priority`'s own class the newest waiter of a tenant whose FIFO is
-    /// at least two longer than `tenant`'s (reason `QueueFull`). `None`: the arrival is refused.
+    /// Makes room for an arrival of `tenant` at `priority` to a full queue, and says who goes:
+    /// - an arrival above `sheddable`: the newest waiter of the longest sheddable FIFO
+    ///   (reason `Priority`);
+    /// - a `critical` arrival: else the newest `normal` waiter of its own tenant (`Priority`);
+    /// - else, in the arrival's tier, the newest waiter (a normal one before a critical one) of
+    ///   a tenant with at least two more waiters there than the arrival's (`QueueFull`, as fair
+    ///   queueing drops from the fattest flow).
+    ///
+    /// `None`: the arrival is refused. No arrival displaces another tenant's waiter of the
+    /// upper tier unless that tenant holds more of the room than the arrival's.
     pub(super) fn displace(&mut self, priority: Priority, tenant: &str) -> Option<(T, ShedReason)> {
-        let own = priority.class();
-        for c in (own + 1..CLASSES).rev() {
-            if let Some(item) = self.pop_longest(c, 0) {
+        if priority != Priority::Sheddable {
+            if let Some(item) = self.lower.pop_longest(0) {
+                self.len -= 1;
                 return Some((item, ShedReason::Priority));
             }
         }
-        let mine = self.classes[own].flows.get(tenant).map_or(0, VecDeque::len);
-        let item = self.pop_longest(own, mine + 2)?;
+        let tier = self.tier(priority);
+        if priority == Priority::Critical {
+            let own = tier.flows.get_mut(tenant).and_then(|f| f.normal.pop_back());
+            if let Some((_, item)) = own {
+                tier.drop_if_empty(tenant);
+                self.len -= 1;
+                return Some((item, ShedReason::Priority));
+            }
+        }
+        let mine = tier.flows.get(tenant).map_or(0, Flow::len);
+        let item = tier.pop_longest(mine + 2)?;
+        self.len -= 1;
         Some((item, ShedReason::QueueFull))
     }
+}
 
-    /// Newest waiter of the longest FIFO in class `c`, if that FIFO has at least `at_least`.
-    fn pop_longest(&mut self, c: usize, at_least: usize) -> Option<T> {
-        let class = &mut self.classes[c];
-        let (key, len) = class
+// === impl Tier ===
+
+impl<T> Default for Tier<T> {
+    fn default() -> Self {
+        Tier {
+            flows: HashMap::default(),
+            ring: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Tier<T> {
+    /// Newest waiter (normal before critical) of the longest flow, if that flow has at least
+    /// `at_least` (and one); the caller counts it out of the queue's length.
+    fn pop_longest(&mut self, at_least: usize) -> Option<T> {
+        let (key, len) = self
             .flows
             .iter()
             .map(|(k, f)| (k.clone(), f.len()))
@@ -128,24 +187,49 @@ impl<T> FairQueue<T> {
         if len == 0 || len < at_least {
             return None;
         }
-        let flow = class.flows.get_mut(&key)?;
-        let (_, item) = flow.pop_back()?;
-        if flow.is_empty() {
-            class.flows.remove(&key);
-            class.ring.retain(|k| *k != key);
-        }
-        self.len -= 1;
+        let flow = self.flows.get_mut(&key)?;
+        let (_, item) = match flow.normal.pop_back() {
+            Some(w) => w,
+            None => flow.critical.pop_back()?,
+        };
+        self.drop_if_empty(&key);
         Some(item)
+    }
+
+    /// Forgets `tenant`'s flow once it has no waiter left.
+    fn drop_if_empty(&mut self, tenant: &str) {
+        if self.flows.get(tenant).is_some_and(Flow::is_empty) {
+            self.flows.remove(tenant);
+            self.ring.retain(|k| &**k != tenant);
+        }
     }
 }
 
-// === impl Class ===
+// === impl Flow ===
 
-impl<T> Default for Class<T> {
+impl<T> Default for Flow<T> {
     fn default() -> Self {
-        Class {
-            flows: HashMap::default(),
-            ring: VecDeque::new(),
+        Flow {
+            critical: VecDeque::new(),
+            normal: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Flow<T> {
+    fn len(&self) -> usize {
+        self.critical.len() + self.normal.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.critical.is_empty() && self.normal.is_empty()
+    }
+
+    /// The FIFO a waiter of `priority` joins (the lower tier's flows use `normal`).
+    fn fifo(&mut self, priority: Priority) -> &mut VecDeque<(u64, T)> {
+        match priority {
+            Priority::Critical => &mut self.critical,
+            Priority::Normal | Priority::Sheddable => &mut self.normal,
         }
     }
 }

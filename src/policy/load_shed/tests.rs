@@ -147,6 +147,77 @@ async fn higher_priority_displaces_the_lowest_and_critical_goes_first() {
     assert!(slot.is_ok());
 }
 
+/// The priority header is the client's to set, so `critical` orders only its own tenant's
+/// waiters: a tenant that marks everything critical is served round robin with a quiet tenant's
+/// normal requests, cannot displace the quiet tenant's waiter from a full queue, and gives up
+/// its own newest waiter when the quiet one arrives to a full queue.
+#[tokio::test(start_paused = true)]
+async fn a_critical_flood_gets_its_turn_and_no_more() {
+    let s = shedder(&limits(Some(1), None, Some((4, 60_000))));
+    let first = s
+        .acquire("noisy", Priority::Critical)
+        .await
+        .expect("a free slot");
+    let (log, mut rx) = mpsc::unbounded_channel();
+    spawn(&s, "quiet", Priority::Normal, "q0", &log);
+    for i in 0..3 {
+        spawn(&s, "noisy", Priority::Critical, &format!("n{i}"), &log);
+    }
+    settle().await;
+    // Full: a critical arrival of the noisy tenant finds no sheddable waiter, none of its own
+    // normal ones, and holds more of the room than the quiet tenant: refused.
+    spawn(&s, "noisy", Priority::Critical, "n3", &log);
+    let (label, r) = next(&mut rx).await;
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("n3", Some(ShedReason::QueueFull)),
+        "a critical flood never displaces another tenant's normal waiter"
+    );
+    // The quiet tenant's second request makes room: the noisy tenant holds 3 to its 1.
+    spawn(&s, "quiet", Priority::Normal, "q1", &log);
+    let (label, r) = next(&mut rx).await;
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("n2", Some(ShedReason::QueueFull)),
+        "the fattest flow's newest goes, critical or not"
+    );
+    // Served round robin across the two tenants, not the critical ones first.
+    drop(first);
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let (label, slot) = next(&mut rx).await;
+        order.push(label);
+        drop(slot);
+    }
+    assert_eq!(order, ["q0", "n0", "q1", "n1"]);
+}
+
+/// Within one tenant, critical goes before normal, and a critical arrival to a full queue
+/// takes the place of its own tenant's newest normal waiter.
+#[tokio::test(start_paused = true)]
+async fn critical_orders_its_own_tenants_waiters() {
+    let s = shedder(&limits(Some(1), None, Some((2, 60_000))));
+    let first = s.acquire("t", Priority::Normal).await.expect("a free slot");
+    let (log, mut rx) = mpsc::unbounded_channel();
+    spawn(&s, "t", Priority::Normal, "n0", &log);
+    spawn(&s, "u", Priority::Normal, "u0", &log);
+    settle().await;
+    spawn(&s, "t", Priority::Critical, "c0", &log);
+    let (label, r) = next(&mut rx).await;
+    assert_eq!(
+        (label.as_str(), reason(&r)),
+        ("n0", Some(ShedReason::Priority)),
+        "its own normal waiter, never u's"
+    );
+    drop(first);
+    let (label, slot) = next(&mut rx).await;
+    assert_eq!(label, "u0", "u joined the round first");
+    drop(slot);
+    let (label, slot) = next(&mut rx).await;
+    assert_eq!(label, "c0");
+    assert!(slot.is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_makes_room_for_a_tenant_with_fewer_waiters() {
     let s = shedder(&limits(Some(1), None, Some((4, 60_000))));
