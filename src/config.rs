@@ -93,6 +93,8 @@ pub enum Section {
     Store,
     /// `listeners[i].listen`.
     Listen(usize),
+    /// `admin.listen`.
+    AdminListen,
 }
 
 /// Every problem found in one policy file.
@@ -132,11 +134,13 @@ impl Config {
         })
     }
 
-    /// An error found after validation (a TLS file that cannot be used), placed at the key of
-    /// `at` that names the file (`tls`, or the collector's `ca`, `cert` or `key`) as written in the file this
-    /// config was read from, read again for it (only on this error path); without a place when
-    /// there is no file or it cannot be read now. A key left unwritten (the collector's `ca`
-    /// when the web roots failed) places it at the section.
+    /// An error found after validation (a TLS file that cannot be used, an address that
+    /// cannot be bound), placed at the key of `at` that names the file (`tls`, or the
+    /// collector's `ca`, `cert` or `key`), or at the address (a listener's or the admin
+    /// listener's `listen` value), as written in the file this config was read from, read again
+    /// for it (only on this error path); without a place when there is no file or it cannot be
+    /// read now. A key left unwritten (the collector's `ca` when the web roots failed, the
+    /// default `admin.listen`) places it at the section, else where the file starts.
     pub fn error_at(&self, at: &Section, message: String) -> ConfigError {
         let root = locate::KeyPath::default();
         let path = match at {
@@ -145,6 +149,11 @@ impl Config {
             Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
             Section::Store => root.key("global_store").key("redis").key("tls"),
             Section::Listen(i) => root.key("listeners").idx(*i).key("listen"),
+            Section::AdminListen => root.key("admin").key("listen"),
+        };
+        let target = match at {
+            Section::Listen(_) | Section::AdminListen => locate::Target::Value,
+            _ => locate::Target::Key,
         };
         let text = self
             .path
@@ -153,7 +162,7 @@ impl Config {
         let (line, column) = match &text {
             Some(text) => {
                 let doc = locate::Doc::parse(text);
-                doc.locate(&doc.written(&path), locate::Target::Key)
+                doc.locate(&doc.written(&path), target)
             }
             None => (0, 0),
         };
@@ -167,6 +176,13 @@ impl Config {
             path: path.to_string(),
             message,
         }
+    }
+
+    /// `FILE:LINE:COL: key.path` of `at` ([`Config::error_at`]), to put before a message that
+    /// is not a [`ConfigError`] of its own.
+    pub fn place(&self, at: &Section) -> String {
+        let at = self.error_at(at, String::new()).to_string();
+        at.trim_end_matches([' ', ':']).to_owned()
     }
 
     /// A one-line summary for `rampart validate`.

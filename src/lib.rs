@@ -65,8 +65,10 @@ pub struct Rampart {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The admin address could not be bound.
-    #[error("cannot bind the admin listener on {addr}: {error}")]
+    #[error("{at}: cannot bind the admin listener on {addr}: {error}")]
     Admin {
+        /// Where the file gives the address (`FILE:LINE:COL: admin.listen`).
+        at: String,
         /// Address.
         addr: SocketAddr,
         /// What the OS said.
@@ -129,6 +131,7 @@ impl Rampart {
             Ok(tcp) => tcp,
             Err(error) => {
                 let failed = StartError::Admin {
+                    at: config.place(&config::Section::AdminListen),
                     addr: admin_listen,
                     error,
                 };

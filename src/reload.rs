@@ -137,9 +137,8 @@ pub fn apply(
         match listener::bind_each(l.listen, shared.workers.handles().len(), &own) {
             Ok(tcp) => bound.push((l.listen, tcp)),
             Err(error) => {
-                let at = cfg.error_at(&Section::Listen(i), String::new()).to_string();
                 return Err(ReloadError::Bind {
-                    at: at.trim_end_matches([' ', ':']).to_owned(),
+                    at: cfg.place(&Section::Listen(i)),
                     name: l.name.clone(),
                     addr: l.listen,
                     error,
@@ -220,14 +219,16 @@ pub fn tls_errors(cfg: &Config, problems: Vec<TlsFileProblem>) -> ConfigErrors {
     )
 }
 
-/// Refuses a reload that changes what only a restart can change, saying so; nothing is ignored
+/// Refuses a reload that changes what only a restart can change, saying so, at the place of
+/// the new value in the file (`FILE:LINE:COL: admin.listen: changed ...`); nothing is ignored
 /// silently. `admin.listen` is the only such key: the admin socket is where the reload came
 /// from, and operators' probes point at it.
 fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let (was, now) = (old.file.admin.listen, new.file.admin.listen);
     if was != now {
         return Err(ReloadError::RestartNeeded(format!(
-            "admin.listen changed from {was} to {now}: a restart is needed to move the admin listener; nothing was reloaded"
+            "{}: changed from {was} to {now}: a restart is needed to move the admin listener; nothing was reloaded",
+            new.place(&Section::AdminListen)
         )));
     }
     Ok(())

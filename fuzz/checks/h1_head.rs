@@ -114,6 +114,8 @@ fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
             !too_large && (got.is_err() || framing || bad_target),
             "400 for {got:?}"
         ),
+        // HTTP/2's alone (`listener::serve`): the HTTP/1.1 parser never gives it.
+        Refusal::PaddedValue => panic!("an HTTP/2 refusal for an HTTP/1.1 head {got:?}"),
     }
 }
 

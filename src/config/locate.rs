@@ -9,7 +9,8 @@
 mod build;
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::hash_map::Entry as Seen;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// A 1-based line and column.
@@ -300,8 +301,9 @@ impl Doc {
         found
     }
 
-    /// Keys written twice in one mapping: the path of the repeat and where it is.
-    pub(super) fn duplicate_keys(&self) -> Vec<(KeyPath, Pos)> {
+    /// Keys written twice in one mapping: the path of the repeat, where it is, and where the
+    /// key is first written in that mapping.
+    pub(super) fn duplicate_keys(&self) -> Vec<(KeyPath, Pos, Pos)> {
         let mut out = Vec::new();
         if let Some(root) = &self.root {
             root.duplicates(&KeyPath::default(), &mut out);
@@ -395,7 +397,7 @@ impl Node {
         }
     }
 
-    fn duplicates(&self, path: &KeyPath, out: &mut Vec<(KeyPath, Pos)>) {
+    fn duplicates(&self, path: &KeyPath, out: &mut Vec<(KeyPath, Pos, Pos)>) {
         match self {
             Node::Scalar { .. } | Node::Gone(_) => {}
             Node::Seq { items, .. } => {
@@ -404,11 +406,14 @@ impl Node {
                 }
             }
             Node::Map { entries, .. } => {
-                let mut seen = HashSet::new();
+                let mut seen = HashMap::new();
                 for e in entries {
                     let here = path.key(&e.key);
-                    if !seen.insert(e.key.as_str()) {
-                        out.push((here.clone(), e.at));
+                    match seen.entry(e.key.as_str()) {
+                        Seen::Occupied(first) => out.push((here.clone(), e.at, *first.get())),
+                        Seen::Vacant(v) => {
+                            v.insert(e.at);
+                        }
                     }
                     e.value.duplicates(&here, out);
                 }

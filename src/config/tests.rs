@@ -375,8 +375,32 @@ fn duplicate_keys_are_refused() {
         "  app:\n    endpoints: [127.0.0.1:3001]\npolicies:\n",
     ));
     assert_eq!(spot(&e), (5, 3, "upstreams.app"));
+    assert!(e.message.contains("first at 3:3"), "{e:?}");
     let e = one(&format!("{BASE}version: 1\n"));
     assert_eq!(spot(&e), (14, 1, "version"));
+    assert!(e.message.contains("first at 1:1"), "{e:?}");
+    // The first copy is not read (its error here goes unseen), so the repeat is refused,
+    // naming where the first is.
+    let e = one(&BASE.replace(
+        "policies:\n",
+        "    connect_timeout: 5x\n  app:\n    endpoints: [127.0.0.1:3001]\npolicies:\n",
+    ));
+    assert_eq!(spot(&e), (6, 3, "upstreams.app"));
+    assert!(e.message.contains("first at 3:3"), "{e:?}");
+    // A repeat whose own value is refused: both errors show. (Before, taking the refused
+    // value out took every copy of the key, and the repeat went unreported.)
+    let all = errors(&policy("{ timeout: { request: 2s }, timeout: 5 }"));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let again = all
+        .iter()
+        .find(|e| e.message.contains("given twice"))
+        .unwrap_or_else(|| panic!("the repeat must be refused: {all:#?}"));
+    assert_eq!(spot(again), (6, 34, "policies.p.timeout"));
+    assert!(again.message.contains("first at 6:8"), "{again:?}");
+    assert!(
+        all.iter().any(|e| e.message.contains("invalid type")),
+        "{all:#?}"
+    );
 }
 
 // === references and several errors ===

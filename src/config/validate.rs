@@ -71,9 +71,18 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     }
     let mut r = Report::new(origin, &doc, removed);
     r.errors.append(&mut errors);
-    for (path, _) in doc.duplicate_keys() {
-        let m = "this key is given twice in the same mapping; the last one would win";
-        r.written_key(&path, m.into(), false);
+    // Looked for in the tree as written: the shape pass takes out every copy of a key whose
+    // last copy it refused, and with them the sign that there were two.
+    for (path, (line, column), (l, c)) in written.duplicate_keys() {
+        r.errors.push(ConfigError {
+            origin: origin.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message: format!(
+                "this key is given twice in the same mapping (first at {l}:{c}); only the last would count, and the first is not checked: keep one"
+            ),
+        });
     }
     inert::check(&mut r);
     if let Some(f) = &file {

@@ -9,10 +9,11 @@
 //!
 //! The stale answer is the last 2xx answer to the same tenant, method (GET or HEAD) and target
 //! (path and query), no older than `stale`, and only if a shared cache could keep it
-//! ([`may_keep`]: not private, not setting a cookie, not for an authorized request unless it
-//! says it may be shared), since it is given to any client of the tenant. Keeping it costs a copy of small bodies as they
-//! stream to the client (`proxy/tee.rs`); the bounds are in [`store`]. This module decides;
-//! `proxy/degrade.rs` applies it on the request path and `proxy/respond.rs` builds the answer.
+//! ([`may_keep`]: not private, not setting a cookie, not one that forbids being served stale,
+//! not for an authorized request unless it says `public`), since it is given to any client of
+//! the tenant. Keeping it costs a copy of small bodies as they stream to the client
+//! (`proxy/tee.rs`); the bounds are in [`store`]. This module decides; `proxy/degrade.rs`
+//! applies it on the request path and `proxy/respond.rs` builds the answer.
 
 pub mod store;
 
@@ -184,8 +185,12 @@ impl RouteFallback {
 /// must not be reused without asking the origin, and a fallback is given exactly when the
 /// origin cannot be asked); not one that sets a cookie (`set-cookie`: one client's session);
 /// not one whose `vary` is `*` or names `cookie` or `authorization` (it says it differs per
-/// client, and the store keeps one answer per target); and, for a request that carried
-/// `authorization`, only one that says `public`, `s-maxage` or `must-revalidate` (§3.5).
+/// client, and the store keeps one answer per target); not one that says `must-revalidate`,
+/// `proxy-revalidate` or `s-maxage` (§4.2.4: a cache must not serve it stale, and a shared
+/// cache must not when it carries `s-maxage`; a fallback is given only when the upstream
+/// cannot be asked, stale or not); and, for a request that carried `authorization`, only one
+/// that says `public` (§3.5: `must-revalidate` and `s-maxage` would allow it too, but they
+/// forbid what a fallback does).
 ///
 /// Cheap: a pass over these few header lines, only for a 2xx answer on a route that keeps
 /// stale answers. Directive names are matched without regard to case; a directive inside a
@@ -212,7 +217,10 @@ pub fn may_keep(headers: &HeaderMap, authorized: bool) -> bool {
             if is(b"no-store") || is(b"private") || is(b"no-cache") {
                 return false;
             }
-            shared |= is(b"public") || is(b"s-maxage") || is(b"must-revalidate");
+            if is(b"must-revalidate") || is(b"proxy-revalidate") || is(b"s-maxage") {
+                return false;
+            }
+            shared |= is(b"public");
         }
     }
     !authorized || shared

@@ -284,7 +284,17 @@ impl http_body::Body for ClientIn {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ClientIn::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientIn::Hyper(b) => {
+                let mut polled = Pin::new(b).poll_frame(cx);
+                // A client's trailers (chunked HTTP/1.1, or HTTP/2) go to the upstream without
+                // the fields that have no place there.
+                if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+                    if let Some(trailers) = frame.trailers_mut() {
+                        super::forward::strip_trailers(trailers);
+                    }
+                }
+                polled
+            }
             ClientIn::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ClientIn::Empty => Poll::Ready(None),
         }

@@ -205,6 +205,65 @@ impl Added<'_> {
     }
 }
 
+/// Whether a field named `name` has no place in trailers (RFC 9110 §6.5.1): one a recipient
+/// needs before the content, or that describes the connection, as RFC 7230 §4.1.2 listed them:
+/// framing (`content-length`, `transfer-encoding`, `trailer`), routing (`host`), the hop
+/// (`connection`, `keep-alive`, `proxy-connection`, `te`, `upgrade`), request modifiers
+/// (controls and conditionals), authentication, response controls and content format. No
+/// definition of these permits them in trailers, and a recipient that merged one into the head
+/// (RFC 9110 §6.5.2 forbids it, some do) would read the message another way than rampart did.
+pub fn forbidden_in_trailers(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "trailer"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "upgrade"
+            | "cache-control"
+            | "expect"
+            | "max-forwards"
+            | "pragma"
+            | "range"
+            | "if-match"
+            | "if-none-match"
+            | "if-modified-since"
+            | "if-unmodified-since"
+            | "if-range"
+            | "authorization"
+            | "proxy-authorization"
+            | "www-authenticate"
+            | "proxy-authenticate"
+            | "cookie"
+            | "set-cookie"
+            | "age"
+            | "date"
+            | "expires"
+            | "location"
+            | "retry-after"
+            | "vary"
+            | "warning"
+            | "content-encoding"
+            | "content-type"
+            | "content-range"
+    )
+}
+
+/// Takes the fields that have no place in trailers ([`forbidden_in_trailers`]) out of
+/// `trailers`, a message's trailer section, whichever way it goes (a client's upload's
+/// trailers to the upstream, an upstream's answer's to the client). Called only for a body's
+/// trailers, so a message without trailers costs nothing; one pass over their names when none
+/// is forbidden.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    while let Some(name) = trailers.keys().find(|n| forbidden_in_trailers(n)).cloned() {
+        trailers.remove(&name);
+    }
+}
+
 /// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings
 /// other than `chunked`, and drops a `content-length` that a `transfer-encoding` overrides.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -74,7 +74,8 @@ use crate::policy::fault::FAULT_HEADER;
 /// or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
 /// answer rampart makes is. `req` holds what its request line says, as far as it was read.
 /// (An HTTP/2 request of more fields than [`MAX_HEADERS`](super::h1::parse::MAX_HEADERS) lines
-/// is refused here too, `TooLarge`, whole.)
+/// is refused here too, `TooLarge`, whole, and one with a field value padded with a space or a
+/// tab, `PaddedValue`.)
 pub fn refuse_head(
     shared: &Shared,
     lst: &ListenerRt,
@@ -100,6 +101,10 @@ pub fn refuse_head(
         Refusal::TooLarge => (
             Reason::HeadTooLarge,
             "the request head is longer than runtime.max_header_bytes or has more than 100 header lines",
+        ),
+        Refusal::PaddedValue => (
+            Reason::BadRequest,
+            "a header field value starts or ends with a space or a tab, which HTTP/2 does not allow (RFC 9113 section 8.2.1)",
         ),
     };
     let tm = lst.unrouted.tenant(&shared.empty_label);

@@ -224,6 +224,22 @@ async fn a_listen_address_that_is_taken_is_placed_in_the_file() {
     );
 }
 
+/// A start that cannot bind the admin listener says where the file gives its address, at the
+/// `admin.listen` value (line 2, column 18 of `GOOD`), as a listener's bind failure does.
+/// Before, it named the address alone.
+#[tokio::test]
+async fn an_admin_address_that_is_taken_is_placed_in_the_file() {
+    let taken = std::net::TcpListener::bind(free_addr()).expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let rendered = Proxy::builder(&GOOD.replace("$ADMIN", &addr.to_string())).render();
+    let path = rendered.path.display().to_string();
+    let out = rampart(&["run", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let want = format!("{path}:2:18: admin.listen: cannot bind the admin listener on {addr}");
+    let text = both(&out);
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+}
+
 #[tokio::test]
 async fn run_logs_one_json_object_per_line() {
     let app = crate::support::sample().await;

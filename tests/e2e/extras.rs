@@ -668,6 +668,71 @@ async fn a_private_answer_is_never_kept_for_another_client() {
     );
 }
 
+/// RFC 9111 §4.2.4: an answer that says `must-revalidate`, `proxy-revalidate` or (to a shared
+/// cache, which the stale store is) `s-maxage` must not be served stale. Such answers are not
+/// kept for the fallback, so once the upstream is down the static answer is given instead; a
+/// plain answer is still served stale. Before, all of them were kept and served stale
+/// (`x-rampart-degraded: stale`), and `s-maxage` or `must-revalidate` even let an answer to
+/// user A's `authorization` go to user B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_must_revalidate_is_never_served_stale() {
+    let (app, server) = header_server().await;
+    let proxy = Proxy::builder(&with_policy(
+        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: text/plain, body: 'static' } } }"#,
+    ))
+    .var("APP", app)
+    .spawn()
+    .await;
+    let addr = proxy.listener("inbound");
+    let a = [("x-tenant-id", "acme"), ("authorization", "Bearer userA")];
+    let b = [("x-tenant-id", "acme"), ("authorization", "Bearer userB")];
+    let anon = [("x-tenant-id", "acme")];
+    let plain = "/plain?h=cache-control:max-age=60";
+    let must = "/must?h=cache-control:max-age=60,must-revalidate";
+    let proxy_rv = "/proxy?h=cache-control:public,max-age=60,proxy-revalidate";
+    let shared_age = "/smax?h=cache-control:max-age=0,s-maxage=60";
+    let must_authed = "/must-authed?h=cache-control:must-revalidate";
+    let smax_authed = "/smax-authed?h=cache-control:s-maxage=60";
+    let who: [(&str, &[(&str, &str)]); 6] = [
+        (plain, &anon),
+        (must, &anon),
+        (proxy_rv, &anon),
+        (shared_age, &anon),
+        (must_authed, &a),
+        (smax_authed, &a),
+    ];
+    for (path, who) in who {
+        let rsp = http::get(addr, path, who).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(rsp.header("x-rampart-degraded"), None, "{path}");
+    }
+    server.abort();
+    assert_eventually!(
+        http::get(addr, plain, &anon)
+            .await
+            .header("x-rampart-degraded")
+            == Some("stale"),
+        "the plain answer must be served stale once the upstream is down"
+    );
+    for (path, who) in [
+        (must, &anon[..]),
+        (proxy_rv, &anon[..]),
+        (shared_age, &anon[..]),
+        (must_authed, &b[..]),
+        (smax_authed, &b[..]),
+    ] {
+        let rsp = http::get(addr, path, who).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(
+            rsp.header("x-rampart-degraded"),
+            Some("static"),
+            "{path}: {:?}",
+            rsp.text()
+        );
+        assert_eq!(rsp.text(), "static", "{path}");
+    }
+}
+
 /// A client that leaves after its keyed request was sent upstream does not free the key: the
 /// upstream may still be working on it, so a retry with the same key is 409 until the request's
 /// deadline (`timeout.request`), and runs only after it. Before, the claim was released when

@@ -161,6 +161,19 @@ async fn answer(
             )
         }
         "/trailed/none" => (StatusCode::OK, vec![data("message")]),
+        // Trailers with fields that have no place there (RFC 9110 §6.5.1) beside two that do.
+        "/forbidden-trailers" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().expect("value"));
+            trailers.insert("x-checksum", "c0ffee".parse().expect("value"));
+            for (n, v) in FORBIDDEN_TRAILERS {
+                trailers.insert(n, v.parse().expect("value"));
+            }
+            (
+                StatusCode::OK,
+                vec![data("message"), Frame::trailers(trailers)],
+            )
+        }
         "/status/503" => (StatusCode::SERVICE_UNAVAILABLE, vec![data("busy")]),
         "/unavailable" => (StatusCode::OK, Vec::new()),
         "/slow" => {
@@ -248,6 +261,16 @@ impl H2Server {
         self.seen.lock().clone()
     }
 }
+
+/// Trailer fields `/forbidden-trailers` sends that no trailer may carry.
+const FORBIDDEN_TRAILERS: [(&str, &str); 6] = [
+    ("content-length", "99"),
+    ("host", "evil.example"),
+    ("set-cookie", "sid=1"),
+    ("content-type", "text/html"),
+    ("location", "/elsewhere"),
+    ("www-authenticate", "Basic"),
+];
 
 const POLICY: &str = r#"
 version: 1
@@ -397,6 +420,29 @@ async fn grpc_calls_reach_an_h2c_upstream_with_their_trailers_on_one_connection(
         assert_eq!(s.headers["content-type"], "application/grpc");
         assert!(s.headers.contains_key("x-request-id"), "{:?}", s.headers);
         assert!(!s.headers.contains_key("host"), "{:?}", s.headers);
+    }
+}
+
+/// An HTTP/2 upstream's trailers reach the client without the fields that have no place in
+/// trailers (RFC 9110 §6.5.1: framing, routing, cookies, content format, response controls);
+/// `grpc-status` and the others pass. Before, hyper's HTTP/2 server sent them on as given
+/// (`content-length: 99`, `host`, `set-cookie` in the client's trailers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstreams_trailers_reach_the_client_without_forbidden_fields() {
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let answers = h2_calls(proxy.listener("inbound"), "/forbidden-trailers", 1).await;
+    let a = &answers[0];
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, "message");
+    let t = a.trailers.as_ref().expect("the trailers come back");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["x-checksum"], "c0ffee");
+    for (name, _) in FORBIDDEN_TRAILERS {
+        assert!(
+            !t.contains_key(name),
+            "{name} passed in the trailers: {t:?}"
+        );
     }
 }
 

@@ -3,9 +3,9 @@
 //! One read of the text yields every node with its place, its text and whether it was
 //! quoted; the serde mirror is then deserialized from this tree (`validate/de.rs`), so values
 //! and positions can never disagree. Aliases are expanded here, within a node budget, so a
-//! small file cannot grow into a huge tree.
+//! small file cannot grow into a huge tree, and so are merge keys (`<<: *defaults`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, SpannedEventReceiver};
 
@@ -28,13 +28,29 @@ struct Builder {
     anchors: HashMap<usize, Node>,
     nodes: usize,
     too_big: Option<Pos>,
+    /// The first merge key (`<<`) whose value is not a mapping nor a list of mappings: where
+    /// that value is, and the key's path.
+    bad_merge: Option<(Pos, KeyPath)>,
 }
 
 enum Open {
     Seq(Pos, usize, Vec<Node>),
-    /// A mapping, with the key read and waiting for its value, if any.
-    Map(Pos, usize, Vec<Entry>, Option<(String, Pos)>),
+    /// A mapping: its entries, the key read and waiting for its value if any (and whether it
+    /// is a merge key), and which of its entries are merge keys.
+    Map(Pos, usize, Vec<Entry>, Option<Pending>, Vec<usize>),
 }
+
+/// A mapping's key waiting for its value.
+struct Pending {
+    key: String,
+    at: Pos,
+    /// The key is `<<` written plain: YAML's merge key, not a key of the policy.
+    merge: bool,
+}
+
+/// What a merge key takes, as the error names it.
+const MERGE_WANTS: &str =
+    "a merge key (`<<`) takes a mapping or a list of mappings, such as `<<: *defaults`";
 
 pub(super) fn pos(m: Marker) -> Pos {
     (m.line().max(1), m.col() + 1)
@@ -62,7 +78,10 @@ pub(super) fn parse(text: &str) -> Doc {
             let m = format!("the file expands to more than {MAX_NODES} values through aliases");
             doc.syntax = Some((at, KeyPath::default(), m));
         }
-        Ok(()) => doc.root = b.root,
+        Ok(()) => match b.bad_merge {
+            Some((at, path)) => doc.syntax = Some((at, path, MERGE_WANTS.into())),
+            None => doc.root = b.root,
+        },
     }
     doc
 }
@@ -99,8 +118,8 @@ impl Builder {
         for open in &self.stack {
             path = match open {
                 Open::Seq(_, _, items) => path.idx(items.len()),
-                Open::Map(_, _, _, Some((key, _))) => path.key(key),
-                Open::Map(_, _, _, None) => break,
+                Open::Map(_, _, _, Some(p), _) => path.key(&p.key),
+                Open::Map(_, _, _, None, _) => break,
             };
         }
         path
@@ -115,14 +134,24 @@ impl Builder {
                 }
             }
             Some(Open::Seq(_, _, items)) => items.push(node),
-            Some(Open::Map(_, _, entries, pending)) => match pending.take() {
-                Some((key, key_at)) => entries.push(Entry {
-                    key,
-                    at: key_at,
-                    value: node,
-                }),
+            Some(Open::Map(_, _, entries, pending, merges)) => match pending.take() {
+                Some(Pending { key, at, merge }) => {
+                    if merge {
+                        merges.push(entries.len());
+                    }
+                    entries.push(Entry {
+                        key,
+                        at,
+                        value: node,
+                    });
+                }
                 // A key: scalars keep their text; a collection used as a key gets none.
-                None => *pending = Some((key_text.unwrap_or_default(), at)),
+                None => {
+                    let merge =
+                        matches!(&node, Node::Scalar { text, plain: true, .. } if text == "<<");
+                    let key = key_text.unwrap_or_default();
+                    *pending = Some(Pending { key, at, merge });
+                }
             },
         }
     }
@@ -190,12 +219,23 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(at, anchor, Vec::new())),
             Event::MappingStart(anchor, _) => {
-                self.stack.push(Open::Map(at, anchor, Vec::new(), None));
+                self.stack
+                    .push(Open::Map(at, anchor, Vec::new(), None, Vec::new()));
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
                     Some(Open::Seq(at, a, items)) => (Node::Seq { at, items }, a),
-                    Some(Open::Map(at, a, entries, _)) => (Node::Map { at, entries }, a),
+                    Some(Open::Map(at, a, entries, _, merges)) => {
+                        let entries = match merged(entries, &merges) {
+                            Ok(entries) => entries,
+                            Err((bad, entries)) => {
+                                let path = self.open_path().key("<<");
+                                self.bad_merge.get_or_insert((bad, path));
+                                entries
+                            }
+                        };
+                        (Node::Map { at, entries }, a)
+                    }
                     None => return,
                 };
                 if self.count(1, at) {
@@ -204,5 +244,64 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             }
             _ => {}
         }
+    }
+}
+
+/// A mapping's `entries` with its merge keys (`merges`, their indices) applied, as YAML's merge
+/// key type has it: every entry of each mapping merged in whose key the mapping does not write
+/// itself, an earlier mapping winning over a later one (`<<: [*a, *b]`: `a`'s). The merged
+/// entries follow the mapping's own, so the mapping's place is still its first own key; each
+/// keeps where it is written (in the anchored mapping), where an error in it is then shown.
+/// `Err`: where a merge key's value is not a mapping nor a list of mappings, with the entries
+/// the others gave.
+fn merged(entries: Vec<Entry>, merges: &[usize]) -> Result<Vec<Entry>, (Pos, Vec<Entry>)> {
+    if merges.is_empty() {
+        return Ok(entries);
+    }
+    let own: HashSet<String> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !merges.contains(i))
+        .map(|(_, e)| e.key.clone())
+        .collect();
+    let mut out = Vec::with_capacity(entries.len());
+    let mut from_merges = Vec::new();
+    let mut taken = HashSet::new();
+    let mut bad = None;
+    for (i, e) in entries.into_iter().enumerate() {
+        if !merges.contains(&i) {
+            out.push(e);
+            continue;
+        }
+        let sources = match e.value {
+            Node::Map { entries, .. } => vec![entries],
+            Node::Seq { items, .. } => items
+                .into_iter()
+                .filter_map(|n| match n {
+                    Node::Map { entries, .. } => Some(entries),
+                    Node::Gone(_) => None,
+                    other => {
+                        bad.get_or_insert(other.pos());
+                        None
+                    }
+                })
+                .collect(),
+            // Too deep (reported as such), or an alias to nothing.
+            Node::Gone(_) => Vec::new(),
+            Node::Scalar { at, .. } => {
+                bad.get_or_insert(at);
+                Vec::new()
+            }
+        };
+        for m in sources.into_iter().flatten() {
+            if !own.contains(&m.key) && taken.insert(m.key.clone()) {
+                from_merges.push(m);
+            }
+        }
+    }
+    out.append(&mut from_merges);
+    match bad {
+        None => Ok(out),
+        Some(at) => Err((at, out)),
     }
 }

@@ -392,6 +392,99 @@ fn anchors_and_aliases_are_expanded() {
     );
 }
 
+/// A file whose policy `q` merges `p`'s keys (`<<: *std`, YAML's merge key, as Kubernetes-style
+/// files use it) and writes one of its own: line 10 is the merge, line 11 `q`'s own `retry`.
+const MERGED: &str = "\
+version: 1
+upstreams:
+  app:
+    endpoints: [127.0.0.1:3000]
+policies:
+  p: &std
+    timeout: { request: 2s }
+    retry: { attempts: 2 }
+  q:
+    <<: *std
+    retry: { attempts: 3 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: 127.0.0.1:8080
+    routes:
+      - upstream: app
+        policy: q
+";
+
+/// `text` with policy `q` written out in full, as `MERGED`'s merge means it.
+fn merged_out(text: &str, q: &str) -> String {
+    let start = text.find("  q:\n").expect("q");
+    let end = text.find("listeners:").expect("listeners");
+    format!("{}  q: {q}\n{}", &text[..start], &text[end..])
+}
+
+#[test]
+fn merge_keys_take_the_keys_a_mapping_does_not_write() {
+    let f = Config::from_str(MERGED, "t.yaml").expect("valid").file;
+    let want = Config::from_str(
+        &merged_out(
+            MERGED,
+            "{ timeout: { request: 2s }, retry: { attempts: 3 } }",
+        ),
+        "t.yaml",
+    )
+    .expect("valid")
+    .file;
+    assert_eq!(f.policies["q"], want.policies["q"]);
+    assert_ne!(f.policies["q"], f.policies["p"], "q's own retry wins");
+    // A list of mappings: the earlier one wins a key both give.
+    let listed = MERGED
+        .replace(
+            "  p: &std\n",
+            "  r: &long { timeout: { request: 9s }, load_shed: { max_in_flight: 5 } }\n  p: &std\n",
+        )
+        .replace("<<: *std", "<<: [ *std, *long ]");
+    let f = Config::from_str(&listed, "t.yaml").expect("valid").file;
+    let want = Config::from_str(
+        &merged_out(
+            &listed,
+            "{ timeout: { request: 2s }, retry: { attempts: 3 }, load_shed: { max_in_flight: 5 } }",
+        ),
+        "t.yaml",
+    )
+    .expect("valid")
+    .file;
+    assert_eq!(f.policies["q"], want.policies["q"]);
+}
+
+#[test]
+fn errors_beside_and_inside_merged_keys_are_placed_where_written() {
+    // Outside the merged part: where it is written, as in a file without a merge.
+    let e = one(&MERGED.replace("attempts: 3", "attempts: 0"));
+    assert_eq!((e.line, e.path.as_str()), (11, "policies.q.retry.attempts"));
+    assert_eq!(e.column, 24, "{e:?}");
+    // Inside it: at the anchored text it came from, under each path that took it.
+    let all = errors(&MERGED.replace("request: 2s", "request: 2x"));
+    let paths: Vec<(usize, &str)> = all.iter().map(|e| (e.line, e.path.as_str())).collect();
+    assert_eq!(
+        paths,
+        [
+            (7, "policies.p.timeout.request"),
+            (7, "policies.q.timeout.request")
+        ],
+        "{all:#?}"
+    );
+    // A key of the mapping that is not a merge key stays an unknown key: `"<<"` quoted.
+    let e = fails_at(&MERGED.replace("<<: *std", "\"<<\": *std"), "policies.q.<<");
+    assert!(e.message.contains("unknown key"), "{e:?}");
+    assert_eq!((e.line, e.column), (10, 5));
+    // A merge of something that is not a mapping.
+    for bad in ["<<: 5", "<<: [ *std, 5 ]"] {
+        let e = one(&MERGED.replace("<<: *std", bad));
+        assert_eq!((e.line, e.path.as_str()), (10, "policies.q.<<"), "{bad}");
+        assert!(e.message.contains("merge key"), "{bad}: {e:?}");
+    }
+}
+
 #[test]
 fn keys_that_can_never_act_where_they_stand_warn_at_their_key() {
     // A tunnel timeout on an inbound listener acts: inbound refuses CONNECT, but an upgraded

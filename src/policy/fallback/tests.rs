@@ -150,11 +150,27 @@ fn only_what_a_shared_cache_may_keep_is_kept() {
         &answer_with(&[("cache-control", "max-age=60")]),
         true
     ));
-    for shared in ["public", "max-age=0, S-MAXAGE=60", "must-revalidate"] {
-        let h = answer_with(&[("cache-control", shared)]);
-        assert!(may_keep(&h, true), "{shared}");
-        assert!(may_keep(&h, false), "{shared}");
+    let public = answer_with(&[("cache-control", "public, max-age=60")]);
+    assert!(may_keep(&public, true));
+    assert!(may_keep(&public, false));
+    // Never served stale (RFC 9111 §4.2.4), so never kept for a fallback, whoever asked and
+    // even with `public`.
+    for revalidate in [
+        "must-revalidate",
+        "max-age=60, Must-Revalidate",
+        "public, proxy-revalidate",
+        "max-age=0, S-MAXAGE=60",
+        "public, s-maxage=60",
+    ] {
+        let h = answer_with(&[("cache-control", revalidate)]);
+        assert!(!may_keep(&h, true), "{revalidate}");
+        assert!(!may_keep(&h, false), "{revalidate}");
     }
+    let split = answer_with(&[
+        ("cache-control", "public"),
+        ("cache-control", "proxy-revalidate"),
+    ]);
+    assert!(!may_keep(&split, false));
     // Other variants are the same answer to the store.
     assert!(may_keep(
         &answer_with(&[("vary", "accept-encoding, origin")]),

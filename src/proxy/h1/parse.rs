@@ -45,6 +45,20 @@ pub fn too_many_fields(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether an HTTP/2 request has a field value that starts or ends with a space or a tab,
+/// which RFC 9113 §8.2.1 makes malformed. HTTP/1.1's parser takes such whitespace off (it is
+/// the OWS around a value, RFC 9112 §5); HTTP/2 has no such step, and the h2 library passes the
+/// value on as sent, so `content-type: "application/json "` or `x-tenant-id: "acme "` would
+/// reach the upstream (or be matched by rampart) as a value no HTTP/1.1 peer can send. A look
+/// at each value's two ends; HTTP/2 only.
+pub fn padded_value(headers: &HeaderMap) -> bool {
+    let pad = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    headers.values().any(|v| {
+        let b = v.as_bytes();
+        pad(b.first()) || pad(b.last())
+    })
+}
+
 /// Longest request target hyper accepts (longer ones are answered 414 by hyper).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -78,6 +92,9 @@ pub enum Refusal {
     Malformed,
     /// Longer than the head limit, or more than [`MAX_HEADERS`] lines (431).
     TooLarge,
+    /// An HTTP/2 request with a field value that starts or ends with a space or a tab (400):
+    /// malformed (RFC 9113 §8.2.1), and read differently by different servers ([`padded_value`]).
+    PaddedValue,
 }
 
 /// How an HTTP/2 connection starts (its preface): hyper's to serve, not a malformed head.
@@ -519,6 +536,7 @@ mod tests {
             Parsed::Simple(_) => return "simple",
             Parsed::Refuse(Refusal::Malformed) => "malformed",
             Parsed::Refuse(Refusal::TooLarge) => "too large",
+            Parsed::Refuse(Refusal::PaddedValue) => "padded",
         };
         assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
         d

@@ -967,9 +967,10 @@ impl Chunked {
     }
 }
 
-/// The trailer lines of a chunked body as headers. Fields that frame, route or describe
-/// the connection have no place in trailers (RFC 9110 §6.5.1) and are dropped, as are lines
-/// that do not parse.
+/// The trailer lines of a chunked body as headers. Fields that frame, route, describe the
+/// connection or otherwise have no place in trailers (RFC 9110 §6.5.1,
+/// [`forbidden_in_trailers`](crate::proxy::forward::forbidden_in_trailers)) are dropped, as
+/// are lines that do not parse.
 fn trailer_map(lines: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -996,16 +997,7 @@ fn trailer_map(lines: &[u8]) -> HeaderMap {
         ) else {
             continue;
         };
-        let framing = [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::CONNECTION,
-            header::HOST,
-            header::TE,
-            header::TRAILER,
-            header::UPGRADE,
-        ];
-        if !framing.contains(&name) && name.as_str() != "keep-alive" {
+        if !crate::proxy::forward::forbidden_in_trailers(&name) {
             map.append(name, value);
         }
     }

@@ -430,14 +430,19 @@ impl http_body::Body for H2Answer {
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = match Pin::new(&mut *body).poll_frame(cx) {
+        let mut polled = match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(p) => p,
             Poll::Pending if this.end_by.as_mut().is_some_and(|e| e.passed(cx)) => {
                 return Poll::Ready(Some(this.cut()));
             }
             Poll::Pending => return Poll::Pending,
         };
-        if let Some(Ok(frame)) = &polled {
+        if let Some(Ok(frame)) = &mut polled {
+            // The answer's trailers go to the client without the fields that have no place
+            // there (hyper's HTTP/2 server sends them as given).
+            if let Some(trailers) = frame.trailers_mut() {
+                crate::proxy::forward::strip_trailers(trailers);
+            }
             if let Some(d) = frame.data_ref() {
                 // Counted before the guards go with the last frame.
                 if let Some(log) = this.guards.log.as_mut() {

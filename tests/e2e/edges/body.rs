@@ -90,6 +90,82 @@ async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() 
     assert_no_panic(&proxy);
 }
 
+/// The trailer section of a chunked request as the upstream got it: what follows its last
+/// chunk (`0`), lowercased.
+fn trailer_section(request: &str) -> String {
+    let at = request.rfind("\r\n0\r\n").expect("a chunked body") + 5;
+    request[at..].to_ascii_lowercase()
+}
+
+/// Trailers that name framing, routing, authentication or other fields a trailer may not
+/// carry (RFC 9110 §6.5.1) are dropped on their way to the upstream, from an HTTP/1.1 client's
+/// chunked upload and an HTTP/2 client's alike; other trailers pass. Before, they were written
+/// into the upstream's chunked trailer section as sent (`content-length: 5`, `host:
+/// evil.example`, `authorization`, ...), for the upstream to merge into the head or misread.
+#[tokio::test]
+async fn trailer_fields_that_have_no_place_there_never_reach_the_upstream() {
+    let (app, proxy) = setup(false).await;
+    let addr = proxy.listener("inbound");
+    let forbidden = [
+        ("content-length", "5"),
+        ("host", "evil.example"),
+        ("authorization", "Bearer x"),
+        ("content-type", "text/html"),
+        ("set-cookie", "a=b"),
+    ];
+    // HTTP/1.1, chunked (`connection` too: HTTP/2 cannot carry it at all).
+    let mut req = String::from(
+        "POST /s/h1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\nconnection: close\r\ntransfer-encoding: chunked\r\n",
+    );
+    for (n, v) in forbidden {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    // HTTP/2 without a length: chunked to the upstream, trailers and all.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().expect("value"));
+    for (n, v) in forbidden {
+        trailers.insert(n, v.parse().expect("value"));
+    }
+    let body = Frames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"hello")),
+        Frame::trailers(trailers),
+    ]));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/s/h2"))
+        .body(body)
+        .expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(app.hits(), 2);
+    for got in app.requests() {
+        let trailers = trailer_section(&got);
+        assert!(trailers.contains("x-checksum: abc"), "{got}");
+        for name in ["connection", "transfer-encoding"]
+            .into_iter()
+            .chain(forbidden.iter().map(|(n, _)| *n))
+        {
+            assert!(
+                !trailers.contains(&format!("{name}:")),
+                "{name} reached the upstream in the trailers:\n{got}"
+            );
+        }
+    }
+    assert_no_panic(&proxy);
+}
+
 /// Before 2464352 there was no body idle timeout: a stalled upload held its slot until the
 /// request timeout and was then answered 504 as an upstream timeout (with retry) or held for
 /// ever (without). Fails on the old code (the probe; no `body_idle_timeout` key).

@@ -151,6 +151,17 @@ async fn a_changed_admin_listen_is_refused_saying_a_restart_is_needed() {
         "the refusal must say a restart is needed: {}",
         rsp.text()
     );
+    // Placed at the new value, as every refusal of the file is: line 3 (the template starts
+    // with an empty line), column 18.
+    let want = format!(
+        "{}:3:18: admin.listen: changed from {admin} to ",
+        proxy.config_path().display()
+    );
+    assert!(
+        rsp.text().contains(&want),
+        "want {want:?} in {}",
+        rsp.text()
+    );
     assert_eq!(config_sha(admin).await, sha, "the old config stays");
     let after = metrics(admin).await;
     assert_eq!(

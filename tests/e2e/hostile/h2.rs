@@ -517,3 +517,59 @@ async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
     assert_eq!(out.seen.headers, 181, "every GET is answered: {out:?}");
     assert!(!proxy.log().contains("reset most of its requests"));
 }
+
+/// RFC 9113 §8.2.1: a field value that starts or ends with a space or a tab is malformed over
+/// HTTP/2. The h2 library passes such a value on as sent (HTTP/1.1's parser takes that
+/// whitespace off, so no HTTP/1.1 client can send it), and rampart forwarded it to the
+/// upstream. Now it is refused 400 `bad_request` and reaches no upstream; a value with a
+/// space inside is well-formed and served, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_field_value_padded_with_a_space_or_tab_is_refused() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let cases = [
+        (" lead", 400),
+        ("trail ", 400),
+        ("\ttab", 400),
+        ("tab\t", 400),
+        ("in side", 200),
+    ];
+    for (value, want) in cases {
+        let req = http::Request::get(format!("http://{addr}/ok"))
+            .header(
+                "x-padded",
+                http::HeaderValue::from_str(value).expect("a value"),
+            )
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        let rsp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        let status = rsp.status().as_u16();
+        let reason = rsp.headers().get("x-rampart-reason").cloned();
+        let body = rsp.into_body().collect().await.expect("a body").to_bytes();
+        assert_eq!(status, want, "{value:?}: {body:?}");
+        if want == 400 {
+            assert_eq!(
+                reason.as_ref().map(|r| r.as_bytes()),
+                Some(&b"bad_request"[..]),
+                "{value:?}"
+            );
+        }
+    }
+    assert_eq!(
+        app.hits(),
+        1,
+        "only the well-formed request reaches the upstream"
+    );
+    assert_still_serving(&proxy, "padded h2 field value").await;
+}

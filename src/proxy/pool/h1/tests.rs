@@ -737,7 +737,7 @@ fn chunk_lines_are_lower_case_hex() {
 #[test]
 fn trailers_are_passed_on_as_headers_without_framing_fields() {
     let mut buf = BytesMut::from(
-        &b"2\r\nok\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nx-two: 2\r\n\r\n"[..],
+        &b"2\r\nok\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nx-two: 2\r\nSet-Cookie: a=b\r\n\r\n"[..],
     );
     let mut c = Chunked::new();
     assert_eq!(
