@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 
 use crate::clock::WallClock;
@@ -88,7 +87,7 @@ pub struct ListenerRt {
     /// Metrics of requests that matched no route.
     pub unrouted: Arc<RouteMetrics>,
     /// The HTTP server settings (from `runtime`) for connections accepted under this generation.
-    pub server: Arc<auto::Builder<TokioExecutor>>,
+    pub server: Arc<auto::Builder<crate::proxy::stall::Exec>>,
     /// The HTTP/1 server settings for what the lean server hands over (not HTTP/2).
     pub h1_server: Arc<hyper::server::conn::http1::Builder>,
     /// `runtime.header_read_timeout`: a new connection must start a request within it.

@@ -34,6 +34,7 @@ pub mod shared;
 pub mod sock;
 pub mod spare;
 pub mod stack;
+pub mod stall;
 pub mod tee;
 pub mod tunnel;
 pub mod upgrade;

@@ -83,7 +83,8 @@ fn open(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> 
 /// Linux applies to a window held shut since 5.11). Without it a client that stops reading
 /// held its connection, the answer's upstream connection and its `max_connections` place
 /// for ever: no deadline is looked at while a write waits for room. nginx's `send_timeout`
-/// is the same 60 s.
+/// is the same 60 s. An HTTP/2 stream whose own window the client keeps shut (the connection
+/// moving on) is held to the same bound by `stall.rs`.
 pub const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Fails with "address in use" if a socket that is not one of `own` listens on an address

@@ -167,6 +167,29 @@ impl Body {
         }
     }
 
+    /// The deadline an upstream's answer whose body is still coming must end by
+    /// ([`Body::end_by`]), if its request has one.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Body::Upstream(r) => r.deadline(),
+            Body::Upstream2(a) => a.deadline(),
+            Body::Teed(t) => t.inner().deadline(),
+            _ => None,
+        }
+    }
+
+    /// Counts the request's timeout if the deadline of its answer's body has passed: the body
+    /// is being dropped unfinished, and would have been cut at its next poll (an HTTP/2 answer
+    /// that waited for its client's window until then, `stall.rs`).
+    pub fn count_if_late(&mut self) {
+        match self {
+            Body::Upstream(r) => r.count_if_late(),
+            Body::Upstream2(a) => a.count_if_late(),
+            Body::Teed(t) => t.inner_mut().count_if_late(),
+            _ => {}
+        }
+    }
+
     /// Attaches `guards` to an upstream's answer so they live as long as its body; any other
     /// body is complete already, so the guards are dropped now.
     pub fn hold(&mut self, guards: Guards) {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -43,6 +43,7 @@ use super::respond::answer;
 use super::shared::Shared;
 use super::sock::Sock;
 use super::stack;
+use super::stall::{Answering, Exec};
 use crate::config::file;
 use crate::error::Reason;
 use crate::generation::ListenerRt;
@@ -105,9 +106,11 @@ pub fn h1_server_builder(rt: &file::Runtime) -> http1::Builder {
 }
 
 /// The HTTP server settings of a listener, from `runtime`, for HTTP/2 (ALPN `h2`, or the
-/// prior-knowledge preface), which it tells from HTTP/1 by the first bytes.
-pub fn server_builder(rt: &file::Runtime) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// prior-knowledge preface), which it tells from HTTP/1 by the first bytes. Its executor runs
+/// each HTTP/2 stream under a bound on how long its answer may wait for the client's window
+/// (`stall.rs`).
+pub fn server_builder(rt: &file::Runtime) -> auto::Builder<Exec> {
+    let mut b = auto::Builder::new(Exec);
     let max_head = max_head(rt);
     let head_timer = head_timer(rt);
     b.http1()
@@ -854,8 +857,9 @@ impl TaskIo for TlsStream<Sock> {
 /// `h1`: the lean server handed it over, with no HTTP/2 preface read: hyper's HTTP/1 server
 /// serves it ([`h1_server_builder`]), with the client watched while an answer is awaited
 /// (`h1/gone.rs`; `Some(None)` if the watch could not be made), else the auto server, whose
-/// HTTP/2 requests each run in a task of their own and are cut with the connection by
-/// `streams` ([`CutAlong`]).
+/// HTTP/2 requests each run in a task of their own, are cut with the connection by
+/// `streams` ([`CutAlong`]), and are reset when their answers wait too long for the client's
+/// window (`stall.rs`: their bodies are [`Answering`]'s).
 async fn serve_hyper<I>(
     conn: Served,
     io: I,
@@ -912,9 +916,14 @@ async fn serve_hyper<I>(
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }
         None => {
+            // Its answers' bodies tell each stream's watch when they wait for the window.
+            let each = svc(None, streams.clone());
+            let answering = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                Answering(hyper::service::Service::call(&each, req))
+            });
             let conn = lst
                 .server
-                .serve_connection_with_upgrades(TokioIo::new(io), svc(None, streams.clone()));
+                .serve_connection_with_upgrades(TokioIo::new(io), answering);
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }
     }

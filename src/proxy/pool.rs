@@ -548,6 +548,11 @@ impl EndBy {
         }
     }
 
+    /// The deadline.
+    pub(super) fn at(&self) -> Instant {
+        self.at
+    }
+
     /// Whether the deadline has passed (then counted), by the clock; called before each frame,
     /// so that a body whose bytes never stop coming (it never waits, so never reaches
     /// [`EndBy::passed`]) is cut on time too, not at its next pause, or never.
@@ -642,6 +647,17 @@ impl Returning {
         self.back
             .as_ref()
             .is_none_or(|(conn, _)| conn.body_done() || conn.body_buffered())
+    }
+
+    /// The deadline the body must end by, if it keeps one (see [`Returning::end_by`]).
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.late.as_ref()?.end_by.as_ref().map(EndBy::at)
+    }
+
+    /// Counts the request's timeout if the body's deadline has passed (see
+    /// `Body::count_if_late`).
+    pub(super) fn count_if_late(&mut self) {
+        let _ = self.over_deadline();
     }
 
     /// Whether the body's deadline has passed, by the clock (then counted); looked at before

@@ -7,6 +7,7 @@
 //! the test meant to send). HTTP/2 cases live in `hostile/h2.rs`.
 
 mod h2;
+mod h2_window;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -376,6 +376,17 @@ impl H2Answer {
         }
     }
 
+    /// The deadline the stream must end by, if it keeps one (see [`H2Answer::end_by`]).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.end_by.as_ref().map(EndBy::at)
+    }
+
+    /// Counts the request's timeout if the stream's deadline has passed (see
+    /// `Body::count_if_late`).
+    pub(crate) fn count_if_late(&mut self) {
+        let _ = self.end_by.as_mut().is_some_and(EndBy::over);
+    }
+
     /// The stream's end: its status to the log line and span, its try's outcome to `Trailed`,
     /// its place among [`MAX_STREAMS`] and its guards let go.
     /// `code`: the gRPC status the client reads at the end, if any.
