@@ -52,7 +52,7 @@ mod drain;
 mod queue;
 mod slot;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -129,8 +129,14 @@ pub struct LoadShedder {
     adaptive: adaptive::Gradient,
     drain: Mutex<drain::DrainRate>,
     clock: SharedClock,
+    /// `rampart_queue_depth` of the route's labels. Routes may share labels (two unnamed
+    /// routes to one upstream are both labelled with its name), so each shedder adds its own
+    /// changes to the series rather than setting it: the series is their sum.
     queue_depth: IntGauge,
+    /// `rampart_concurrency_limit`, written the same way; `limit_shown` is this shedder's
+    /// part of it.
     concurrency_limit: Option<IntGauge>,
+    limit_shown: AtomicI64,
 }
 
 // === impl Priority ===
@@ -224,7 +230,8 @@ impl RouteLoadShed {
 
 impl LoadShedder {
     /// A shedder for one route. `queue_depth` is its `rampart_queue_depth`; `concurrency_limit`
-    /// its `rampart_concurrency_limit` (set to the adaptive limit in force, 0 when off).
+    /// its `rampart_concurrency_limit`: the route limit in force (`max_in_flight`, or the
+    /// adaptive limit when lower), 0 for a route with neither.
     pub fn new(
         cfg: &file::LoadShed,
         tracked: &Arc<TrackedTenants>,
@@ -252,6 +259,7 @@ impl LoadShedder {
             clock,
             queue_depth,
             concurrency_limit,
+            limit_shown: AtomicI64::new(0),
         });
         shedder.reconfigure(cfg);
         shedder
@@ -366,11 +374,14 @@ impl LoadShedder {
         self.sync_waiting(q);
     }
 
-    /// Publishes the queue length to the fast paths and the gauge.
+    /// Publishes the queue length to the fast paths and the gauge (its change: see
+    /// `queue_depth`).
     fn sync_waiting(&self, q: &queue::FairQueue<Waiter>) {
         let len = u32::try_from(q.len()).unwrap_or(u32::MAX);
-        self.waiting.store(len, SeqCst);
-        self.queue_depth.set(i64::from(len));
+        let was = self.waiting.swap(len, SeqCst);
+        if was != len {
+            self.queue_depth.add(i64::from(len) - i64::from(was));
+        }
     }
 
     /// Recomputes the effective limit and wakes waiters it makes room for.
@@ -381,7 +392,15 @@ impl LoadShedder {
             .min(self.max_in_flight.load(SeqCst));
         self.limit.store(limit, SeqCst);
         if let Some(g) = &self.concurrency_limit {
-            g.set(adaptive.map_or(0, i64::from));
+            let shown = if limit == u32::MAX {
+                0
+            } else {
+                i64::from(limit)
+            };
+            let was = self.limit_shown.swap(shown, SeqCst);
+            if was != shown {
+                g.add(shown - was);
+            }
         }
         if self.waiting.load(SeqCst) > 0 {
             let mut q = self.queue.lock();
@@ -427,6 +446,17 @@ impl LoadShedder {
         if self.adaptive.record(elapsed, now, in_flight) {
             self.refresh_limit();
         }
+    }
+}
+
+impl Drop for LoadShedder {
+    /// Takes this shedder's part out of the series it shares (a route gone in a reload whose
+    /// labels another route still has).
+    fn drop(&mut self) {
+        if let Some(g) = &self.concurrency_limit {
+            g.sub(self.limit_shown.load(SeqCst));
+        }
+        self.queue_depth.sub(i64::from(self.waiting.load(SeqCst)));
     }
 }
 

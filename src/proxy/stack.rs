@@ -299,10 +299,12 @@ pub fn handle<'a>(
                     Ok(slot) => Some(slot),
                     Err(shed) => {
                         tm.shed(shed.reason.as_str());
+                        // The wait said is the one `retry-after` says (whole seconds, at least
+                        // one), not the estimate before rounding.
                         let msg = format!(
-                            "load shed ({}); retry in {}",
+                            "load shed ({}); retry in {}s",
                             shed.reason.as_str(),
-                            ms(shed.retry_after)
+                            respond::retry_after_secs(shed.retry_after)
                         );
                         let mut rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
                         // A CONNECT must never get a fallback: a 2xx would read as an open tunnel.

@@ -546,6 +546,16 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
             "holds no request",
         ),
         (
+            "{ load_shed: { max_in_flight: 1, priority: { header: x-priority } } }",
+            "policies.p.load_shed.priority",
+            "act only among requests waiting in the queue",
+        ),
+        (
+            "{ load_shed: { per_tenant_max_in_flight: 1, queue: { size: 10, timeout: 2s } } }",
+            "policies.p.load_shed.queue",
+            "nothing ever waits here",
+        ),
+        (
             "{ rate_limit: { headers: true } }",
             "policies.p.rate_limit",
             "admits everything",
@@ -566,7 +576,7 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
     for body in [
         "{ circuit_breaker: { consecutive_failures: 5 } }",
         "{ circuit_breaker: { slow_call: { duration: 1s, threshold: 50% } } }",
-        "{ load_shed: { per_tenant_max_in_flight: 2, queue: { size: 10 }, priority: { header: x-priority } } }",
+        "{ load_shed: { max_in_flight: 20, per_tenant_max_in_flight: 2, queue: { size: 10 }, priority: { header: x-priority } } }",
         "{ load_shed: { max_in_flight: 5, queue: { size: 0 } } }",
         "{ rate_limit: { total: { rate: 5/s }, headers: true } }",
         "{ retry: { attempts: 2, on: [503] } }",

@@ -308,6 +308,10 @@ fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
             "no limit is given (max_in_flight, per_tenant_max_in_flight or adaptive): nothing is ever queued or shed, so this load_shed does nothing",
         );
     }
+    // The queue waits for the route's limit only (max_in_flight or adaptive): a tenant at its
+    // per-tenant cap is shed at once, never queued. Priorities act only in the queue.
+    let route_limited = ls.max_in_flight.is_some() || ls.adaptive.is_some();
+    let queues = ls.queue.as_ref().is_some_and(|q| q.size > 0);
     if let Some(q) = &ls.queue {
         let tp = p.key("queue").key("timeout");
         if q.size == 0 && r.is_written(&tp) {
@@ -316,6 +320,18 @@ fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
                 "a queue of size 0 holds no request, so its timeout never applies",
             );
         }
+        if limited && !route_limited && q.size > 0 {
+            r.warn(
+                &p.key("queue"),
+                "the queue waits for max_in_flight or adaptive, and neither is given: a tenant at per_tenant_max_in_flight is shed at once, so nothing ever waits here",
+            );
+        }
+    }
+    if ls.priority.is_some() && limited && !(queues && route_limited) {
+        r.warn(
+            &p.key("priority"),
+            "priorities act only among requests waiting in the queue, and this load_shed has no queue that anything waits in (queue with size above 0, and max_in_flight or adaptive): a request that finds no free slot is shed whatever its priority",
+        );
     }
     if let Some(n) = ls.max_in_flight {
         r.at_least_1(&p.key("max_in_flight"), n.into());

@@ -659,3 +659,53 @@ async fn a_refusal_after_an_idle_stretch_is_told_the_real_wait() {
         .expect_err("one slot, no queue");
     assert_eq!(shed.retry_after, Duration::from_millis(500), "{shed:?}");
 }
+
+/// Two routes may share their gauges' labels (two unnamed routes to one upstream): each
+/// shedder adds its part, so the series is their sum, and a shedder dropped in a reload takes
+/// its part out. `rampart_concurrency_limit` shows the limit in force, `max_in_flight` for a
+/// route without `adaptive`.
+#[tokio::test(start_paused = true)]
+async fn shedders_that_share_a_series_add_up_and_a_fixed_limit_is_shown() {
+    let tracked = TrackedTenants::new(100);
+    let clock: SharedClock = Arc::new(ManualClock::new());
+    let depth = IntGauge::new("queue_depth", "test").expect("a valid gauge");
+    let limit = IntGauge::new("concurrency_limit", "test").expect("a valid gauge");
+    let make = |max| {
+        LoadShedder::new(
+            &limits(Some(max), None, Some((5, 60_000))),
+            &tracked,
+            clock.clone(),
+            depth.clone(),
+            Some(limit.clone()),
+        )
+    };
+    let (a, b) = (make(1), make(2));
+    assert_eq!(limit.get(), 3, "1 + 2");
+    let (log, mut rx) = mpsc::unbounded_channel();
+    let held_a = a.acquire("t", Priority::Normal).await.expect("a's slot");
+    let held_b: Vec<ShedSlot> = vec![
+        b.acquire("t", Priority::Normal).await.expect("b's slot"),
+        b.acquire("t", Priority::Normal).await.expect("b's slot"),
+    ];
+    for i in 0..3 {
+        spawn(&a, "t", Priority::Normal, &format!("a{i}"), &log);
+    }
+    spawn(&b, "t", Priority::Normal, "b0", &log);
+    settle().await;
+    assert_eq!(depth.get(), 4, "3 wait on a, 1 on b");
+    drop(held_b);
+    let (label, slot) = next(&mut rx).await;
+    assert_eq!(label, "b0");
+    assert_eq!(depth.get(), 3, "b's waiter served: a's 3 still counted");
+    drop(slot);
+    b.reconfigure(&limits(Some(7), None, Some((5, 60_000))));
+    assert_eq!(limit.get(), 8);
+    drop(b);
+    assert_eq!(limit.get(), 1, "b gone: a's part is left");
+    drop(held_a);
+    for _ in 0..3 {
+        let (_, slot) = next(&mut rx).await;
+        drop(slot);
+    }
+    assert_eq!(depth.get(), 0);
+}
