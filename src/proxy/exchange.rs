@@ -234,202 +234,206 @@ enum Bound {
 /// under the earlier of its deadlines. The try may add `traceparent` (for its span) to `parts`;
 /// a request without `host` is sent with this endpoint's (by the writer, not in `parts`), so a
 /// retry to another endpoint names its own. Returns the answer; how the try ended, and where
-/// it went, are left in `tried`.
-pub(super) async fn try_once(
-    ctx: &RequestCtx<'_>,
-    parts: &mut Parts,
+/// it went, are left in `tried`. (Not an `async fn`, so its arguments, the body among them, are
+/// not kept twice in every request's future: see [`run`].)
+#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+pub(super) fn try_once<'a>(
+    ctx: &'a RequestCtx<'a>,
+    parts: &'a mut Parts,
     body: Body,
     avoid: Option<SocketAddr>,
-    fault: Option<&FaultCell>,
-    tried: &mut Tried,
-) -> Response<Body> {
-    let up = &ctx.route.upstream;
-    // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
-    let permit = match admit(ctx) {
-        Ok(p) => p,
-        Err(rsp) => {
+    fault: Option<&'a FaultCell>,
+    tried: &'a mut Tried,
+) -> impl Future<Output = Response<Body>> + 'a {
+    async move {
+        let up = &ctx.route.upstream;
+        // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
+        let permit = match admit(ctx) {
+            Ok(p) => p,
+            Err(rsp) => {
+                *tried = Tried {
+                    outcome: Outcome::Cancelled,
+                    used: None,
+                };
+                return *rsp;
+            }
+        };
+        // One reading of the time for the pick and the try's start.
+        let now = Instant::now();
+        if ctx.deadline.is_some_and(|d| d <= now) {
+            // The request's time is up before this try could go (a gRPC call whose own deadline
+            // had passed, `grpc-timeout: 0n`): no try, no verdict on the upstream.
+            if let Some(p) = permit {
+                p.record(Outcome::Cancelled, Duration::ZERO);
+            }
+            ctx.route.metrics.timeout_request.inc();
             *tried = Tried {
                 outcome: Outcome::Cancelled,
                 used: None,
             };
-            return *rsp;
+            let msg = "the request's deadline passed before a try could be sent";
+            return answer(Reason::Timeout, msg, None);
         }
-    };
-    // One reading of the time for the pick and the try's start.
-    let now = Instant::now();
-    if ctx.deadline.is_some_and(|d| d <= now) {
-        // The request's time is up before this try could go (a gRPC call whose own deadline
-        // had passed, `grpc-timeout: 0n`): no try, no verdict on the upstream.
-        if let Some(p) = permit {
-            p.record(Outcome::Cancelled, Duration::ZERO);
-        }
-        ctx.route.metrics.timeout_request.inc();
-        *tried = Tried {
-            outcome: Outcome::Cancelled,
-            used: None,
+        let Some(ep) = up.pick(avoid, now) else {
+            if let Some(p) = permit {
+                p.record(Outcome::ConnectError, Duration::ZERO);
+            }
+            let msg = format!("upstream {} has no healthy endpoint", up.name);
+            *tried = Tried {
+                outcome: Outcome::ConnectError,
+                used: None,
+            };
+            return answer(Reason::UpstreamUnavailable, &msg, None);
         };
-        let msg = "the request's deadline passed before a try could be sent";
-        return answer(Reason::Timeout, msg, None);
-    }
-    let Some(ep) = up.pick(avoid, now) else {
-        if let Some(p) = permit {
-            p.record(Outcome::ConnectError, Duration::ZERO);
-        }
-        let msg = format!("upstream {} has no healthy endpoint", up.name);
-        *tried = Tried {
-            outcome: Outcome::ConnectError,
-            used: None,
+        let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
+            let limit = per_try_timeout(p, &up.latency);
+            (now + limit, Bound::PerTry(limit))
+        });
+        let bound = match (per_try, ctx.deadline) {
+            (Some((t, b)), Some(d)) if t < d => Some((t, b)),
+            (_, Some(d)) => Some((d, Bound::Request)),
+            (p, None) => p,
         };
-        return answer(Reason::UpstreamUnavailable, &msg, None);
-    };
-    let per_try = ctx.route.policy.per_try.as_ref().map(|p| {
-        let limit = per_try_timeout(p, &up.latency);
-        (now + limit, Bound::PerTry(limit))
-    });
-    let bound = match (per_try, ctx.deadline) {
-        (Some((t, b)), Some(d)) if t < d => Some((t, b)),
-        (_, Some(d)) => Some((d, Bound::Request)),
-        (p, None) => p,
-    };
-    if ctx.grpc {
-        // The upstream learns the try's deadline as gRPC states one, so it stops the call's
-        // work when rampart stops waiting for it (the client's own `grpc-timeout` is the
-        // request deadline's part of it, and a try may have less left).
-        if let Some((at, _)) = bound {
-            let left = at.saturating_duration_since(now);
-            parts
-                .headers
-                .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
-        } else if grpc::malformed_timeout(&parts.headers) {
-            parts.headers.remove(grpc::GRPC_TIMEOUT);
+        if ctx.grpc {
+            // The upstream learns the try's deadline as gRPC states one, so it stops the call's
+            // work when rampart stops waiting for it (the client's own `grpc-timeout` is the
+            // request deadline's part of it, and a try may have less left).
+            if let Some((at, _)) = bound {
+                let left = at.saturating_duration_since(now);
+                parts
+                    .headers
+                    .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
+            } else if grpc::malformed_timeout(&parts.headers) {
+                parts.headers.remove(grpc::GRPC_TIMEOUT);
+            }
         }
-    }
-    let mut record = TryRecord::start(ctx, &ep, permit, parts, now);
-    // The endpoint's in-flight count (p2c's load), for the length of the try.
-    let _load = ep.health.start();
-    // What the writer adds to the head: a `host` naming this endpoint if the request has none.
-    let added = forward::Added {
-        deadline: ctx.deadline.as_ref(),
-        ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
-    };
-    let sent = ep.pool.send(ep.addr, parts, &added, body);
-    let result = match bound {
-        Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
-        None => Ok(sent.await),
-    };
-    let used = Some(ep.addr);
-    match result {
-        Ok(Ok(mut rsp)) => {
-            let outcome = Outcome::Status(match ctx.grpc {
-                false => rsp.status().as_u16(),
-                true => grpc::answer_status(rsp.status(), rsp.headers()),
-            });
-            if ctx.grpc {
-                if let Some(stream) = rsp.body_mut().streaming_h2() {
-                    stream.grpc = true;
-                    if outcome == Outcome::Status(200) {
-                        // A gRPC answer that streams: its status comes in the trailers.
-                        stream.trailed = Some(record.trail(&ep));
+        let mut record = TryRecord::start(ctx, &ep, permit, parts, now);
+        // The endpoint's in-flight count (p2c's load), for the length of the try.
+        let _load = ep.health.start();
+        // What the writer adds to the head: a `host` naming this endpoint if the request has none.
+        let added = forward::Added {
+            deadline: ctx.deadline.as_ref(),
+            ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
+        };
+        let sent = ep.pool.send(ep.addr, parts, &added, body);
+        let result = match bound {
+            Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
+            None => Ok(sent.await),
+        };
+        let used = Some(ep.addr);
+        match result {
+            Ok(Ok(mut rsp)) => {
+                let outcome = Outcome::Status(match ctx.grpc {
+                    false => rsp.status().as_u16(),
+                    true => grpc::answer_status(rsp.status(), rsp.headers()),
+                });
+                if ctx.grpc {
+                    if let Some(stream) = rsp.body_mut().streaming_h2() {
+                        stream.grpc = true;
+                        if outcome == Outcome::Status(200) {
+                            // A gRPC answer that streams: its status comes in the trailers.
+                            stream.trailed = Some(record.trail(&ep));
+                        }
+                    }
+                } else if let Outcome::Status(code @ 200..=399) = outcome {
+                    // A plain answer whose body streams: its try succeeds only if the body ends
+                    // whole (an upstream that drops its connection mid-body fails the try). Only a
+                    // success waits: a failing status is the try's verdict already, and may be
+                    // retried, which drops this body.
+                    if let Some(slot) = rsp.body_mut().trail() {
+                        *slot = Some(record.trail(&ep).plain(code));
                     }
                 }
-            } else if let Outcome::Status(code @ 200..=399) = outcome {
-                // A plain answer whose body streams: its try succeeds only if the body ends
-                // whole (an upstream that drops its connection mid-body fails the try). Only a
-                // success waits: a failing status is the try's verdict already, and may be
-                // retried, which drops this body.
-                if let Some(slot) = rsp.body_mut().trail() {
-                    *slot = Some(record.trail(&ep).plain(code));
+                record.finish(outcome);
+                if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // Only an upgrade request's try takes a 101 (`upgrade.rs`): the client gets
+                    // the protocols the upstream switched to, and nothing else of its connection's.
+                    let protocols = rsp.headers().get(http::header::UPGRADE).cloned();
+                    forward::strip_hop_by_hop(rsp.headers_mut());
+                    if let Some(p) = protocols {
+                        forward::keep_upgrade(rsp.headers_mut(), p);
+                    }
+                } else {
+                    forward::strip_hop_by_hop(rsp.headers_mut());
                 }
+                // The upstream's version was its connection's (HTTP/1.0, or HTTP/2): the client's
+                // is rampart's to write (RFC 9110 §6.2), and both servers frame for the client's
+                // version from this one (chunked to an HTTP/1.1 client for a body of no length;
+                // to an HTTP/1.0 client, they write HTTP/1.0 and close-delimit it).
+                *rsp.version_mut() = http::Version::HTTP_11;
+                *tried = Tried { outcome, used };
+                rsp
             }
-            record.finish(outcome);
-            if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                // Only an upgrade request's try takes a 101 (`upgrade.rs`): the client gets
-                // the protocols the upstream switched to, and nothing else of its connection's.
-                let protocols = rsp.headers().get(http::header::UPGRADE).cloned();
-                forward::strip_hop_by_hop(rsp.headers_mut());
-                if let Some(p) = protocols {
-                    forward::keep_upgrade(rsp.headers_mut(), p);
+            Ok(Err(e)) => {
+                if let Some(f) = fault.and_then(FaultCell::get) {
+                    record.finish(Outcome::ClientFault);
+                    *tried = Tried {
+                        outcome: Outcome::ClientFault,
+                        used,
+                    };
+                    return client_fault_answer(f);
                 }
-            } else {
-                forward::strip_hop_by_hop(rsp.headers_mut());
+                let outcome = match &e {
+                    SendError::Connect { .. } | SendError::Handshake { .. } => {
+                        up.connect_failed(&ep);
+                        if let SendError::Connect {
+                            timed_out: true, ..
+                        } = e
+                        {
+                            ctx.route.metrics.timeout_connect.inc();
+                        }
+                        Outcome::ConnectError
+                    }
+                    SendError::Reset(_) => Outcome::Reset,
+                };
+                record.finish(outcome);
+                tracing::debug!(
+                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                    endpoint = %ep.addr, error = ?e, "upstream try failed"
+                );
+                let what = match (&e, outcome) {
+                    (SendError::Handshake { .. }, _) => "TLS handshake failed with",
+                    (_, Outcome::ConnectError) => "cannot connect to",
+                    // The upstream answered, with a head no HTTP/1.1 reader takes (or one over
+                    // the answer head limit): say what was wrong with it, not that it was lost.
+                    (SendError::Reset(UpstreamError::Malformed(_)), _) => "malformed answer from",
+                    _ => "connection lost to",
+                };
+                let msg = match &e {
+                    SendError::Reset(UpstreamError::Malformed(m)) => {
+                        format!("{what} upstream {} ({}): {}", up.name, ep.addr, m.0)
+                    }
+                    _ => format!("{what} upstream {} ({})", up.name, ep.addr),
+                };
+                *tried = Tried { outcome, used };
+                answer(Reason::UpstreamUnavailable, &msg, None)
             }
-            // The upstream's version was its connection's (HTTP/1.0, or HTTP/2): the client's
-            // is rampart's to write (RFC 9110 §6.2), and both servers frame for the client's
-            // version from this one (chunked to an HTTP/1.1 client for a body of no length;
-            // to an HTTP/1.0 client, they write HTTP/1.0 and close-delimit it).
-            *rsp.version_mut() = http::Version::HTTP_11;
-            *tried = Tried { outcome, used };
-            rsp
-        }
-        Ok(Err(e)) => {
-            if let Some(f) = fault.and_then(FaultCell::get) {
-                record.finish(Outcome::ClientFault);
+            Err(bound) => {
+                record.finish(Outcome::Timeout);
+                tracing::debug!(
+                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                    endpoint = %ep.addr, bound = ?bound, "upstream try timed out"
+                );
+                let limit = match bound {
+                    Bound::PerTry(limit) => {
+                        ctx.route.metrics.timeout_per_try.inc();
+                        limit
+                    }
+                    Bound::Request => {
+                        ctx.route.metrics.timeout_request.inc();
+                        ctx.limit.unwrap_or_default()
+                    }
+                };
+                let msg = format!(
+                    "no answer from upstream {} ({}) within {:?}",
+                    up.name, ep.addr, limit
+                );
                 *tried = Tried {
-                    outcome: Outcome::ClientFault,
+                    outcome: Outcome::Timeout,
                     used,
                 };
-                return client_fault_answer(f);
+                answer(Reason::Timeout, &msg, None)
             }
-            let outcome = match &e {
-                SendError::Connect { .. } | SendError::Handshake { .. } => {
-                    up.connect_failed(&ep);
-                    if let SendError::Connect {
-                        timed_out: true, ..
-                    } = e
-                    {
-                        ctx.route.metrics.timeout_connect.inc();
-                    }
-                    Outcome::ConnectError
-                }
-                SendError::Reset(_) => Outcome::Reset,
-            };
-            record.finish(outcome);
-            tracing::debug!(
-                tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
-                endpoint = %ep.addr, error = ?e, "upstream try failed"
-            );
-            let what = match (&e, outcome) {
-                (SendError::Handshake { .. }, _) => "TLS handshake failed with",
-                (_, Outcome::ConnectError) => "cannot connect to",
-                // The upstream answered, with a head no HTTP/1.1 reader takes (or one over
-                // the answer head limit): say what was wrong with it, not that it was lost.
-                (SendError::Reset(UpstreamError::Malformed(_)), _) => "malformed answer from",
-                _ => "connection lost to",
-            };
-            let msg = match &e {
-                SendError::Reset(UpstreamError::Malformed(m)) => {
-                    format!("{what} upstream {} ({}): {}", up.name, ep.addr, m.0)
-                }
-                _ => format!("{what} upstream {} ({})", up.name, ep.addr),
-            };
-            *tried = Tried { outcome, used };
-            answer(Reason::UpstreamUnavailable, &msg, None)
-        }
-        Err(bound) => {
-            record.finish(Outcome::Timeout);
-            tracing::debug!(
-                tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
-                endpoint = %ep.addr, bound = ?bound, "upstream try timed out"
-            );
-            let limit = match bound {
-                Bound::PerTry(limit) => {
-                    ctx.route.metrics.timeout_per_try.inc();
-                    limit
-                }
-                Bound::Request => {
-                    ctx.route.metrics.timeout_request.inc();
-                    ctx.limit.unwrap_or_default()
-                }
-            };
-            let msg = format!(
-                "no answer from upstream {} ({}) within {:?}",
-                up.name, ep.addr, limit
-            );
-            *tried = Tried {
-                outcome: Outcome::Timeout,
-                used,
-            };
-            answer(Reason::Timeout, &msg, None)
         }
     }
 }

@@ -269,62 +269,68 @@ impl Pool {
     /// a copy. Idle connections' ages are counted to the coarse clock read once here (and again
     /// after a wait for a free connection): an age is compared with `pool_idle_timeout`
     /// (seconds), so a reading a tick old does, at a tenth of the cost of a precise one.
-    pub async fn send(
-        self: &Arc<Self>,
+    ///
+    /// Not an `async fn`, so its arguments (the body among them) are not kept twice in every
+    /// request's future (see `stack::handle`).
+    #[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         addr: SocketAddr,
-        parts: &Parts,
-        added: &Added<'_>,
+        parts: &'a Parts,
+        added: &'a Added<'a>,
         mut body: Body,
-    ) -> Result<Response<Body>, SendError> {
-        if let Some(h2) = &self.h2 {
-            // Boxed: the HTTP/1.1 path's future should not carry this one's size.
-            return Box::pin(self.send_h2(h2, addr, parts, added, body)).await;
-        }
-        let mut now = coarse::millis();
-        loop {
-            // This worker's idle connections first; then a new one if the cap allows; at the
-            // cap, another worker's idle one (its socket stays with that worker's driver, which
-            // wakes this task: slower, but better than waiting).
-            let mut steal = false;
-            loop {
-                let Some(mut conn) = self.take_idle(now, steal) else {
-                    if steal {
-                        break;
-                    }
-                    if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                        let slot = Slot::new(permit, self);
-                        // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and
-                        // happens once per connection; inline, every request's future would
-                        // carry its size.
-                        let mut conn = super::boxed(|| self.connect(addr, slot)).await?;
-                        return match conn.exchange(parts, added, body, false).await {
-                            Ok(head) => Ok(self.returning(head, conn)),
-                            Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
-                                Err(SendError::Reset(e))
-                            }
-                        };
-                    }
-                    steal = true;
-                    continue;
-                };
-                if !conn.alive() {
-                    continue;
-                }
-                match conn.exchange(parts, added, body, true).await {
-                    Ok(head) => return Ok(self.returning(head, conn)),
-                    // Not sent: the connection died while idle. Use the next one.
-                    Err(Failed::Unsent(unsent, e)) => {
-                        tracing::debug!(%addr, error = %e, "idle upstream connection was dead");
-                        body = unsent;
-                    }
-                    Err(Failed::Broken(e)) => return Err(SendError::Reset(e)),
-                }
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + 'a {
+        async move {
+            if let Some(h2) = &self.h2 {
+                // Boxed: the HTTP/1.1 path's future should not carry this one's size.
+                return Box::pin(self.send_h2(h2, addr, parts, added, body)).await;
             }
-            // At the cap: wait for a connection to go idle or close, then look again.
-            let freed = self.freed.notified();
-            if self.idle.iter().all(Stack::is_empty) {
-                freed.await;
-                now = coarse::millis();
+            let mut now = coarse::millis();
+            loop {
+                // This worker's idle connections first; then a new one if the cap allows; at the
+                // cap, another worker's idle one (its socket stays with that worker's driver, which
+                // wakes this task: slower, but better than waiting).
+                let mut steal = false;
+                loop {
+                    let Some(mut conn) = self.take_idle(now, steal) else {
+                        if steal {
+                            break;
+                        }
+                        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                            let slot = Slot::new(permit, self);
+                            // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and
+                            // happens once per connection; inline, every request's future would
+                            // carry its size.
+                            let mut conn = super::boxed(|| self.connect(addr, slot)).await?;
+                            return match conn.exchange(parts, added, body, false).await {
+                                Ok(head) => Ok(self.returning(head, conn)),
+                                Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
+                                    Err(SendError::Reset(e))
+                                }
+                            };
+                        }
+                        steal = true;
+                        continue;
+                    };
+                    if !conn.alive() {
+                        continue;
+                    }
+                    match conn.exchange(parts, added, body, true).await {
+                        Ok(head) => return Ok(self.returning(head, conn)),
+                        // Not sent: the connection died while idle. Use the next one.
+                        Err(Failed::Unsent(unsent, e)) => {
+                            tracing::debug!(%addr, error = %e, "idle upstream connection was dead");
+                            body = unsent;
+                        }
+                        Err(Failed::Broken(e)) => return Err(SendError::Reset(e)),
+                    }
+                }
+                // At the cap: wait for a connection to go idle or close, then look again.
+                let freed = self.freed.notified();
+                if self.idle.iter().all(Stack::is_empty) {
+                    freed.await;
+                    now = coarse::millis();
+                }
             }
         }
     }

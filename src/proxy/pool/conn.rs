@@ -2,6 +2,7 @@
 //! exchange in progress on it (see the parent module's note). Driven only by polls of whoever
 //! uses it; the protocol itself is in `h1.rs`.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -304,103 +305,107 @@ impl Conn {
     }
 
     /// Writes `req` and reads the answer head; the answer's body is read later through
-    /// [`Returning`].
-    pub(super) async fn exchange(
-        &mut self,
-        parts: &Parts,
-        added: &Added<'_>,
+    /// [`Returning`]. (Not an `async fn`, so its arguments are not kept twice in every
+    /// request's future: see `stack::handle`.)
+    #[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+    pub(super) fn exchange<'a>(
+        &'a mut self,
+        parts: &'a Parts,
+        added: &'a Added<'a>,
         mut body: Body,
         reused: bool,
-    ) -> Result<h1::Head, Failed> {
-        let kind = if body.is_end_stream() {
-            BodyKind::Empty
-        } else {
-            match body.size_hint().exact() {
-                Some(n) => BodyKind::Exact(n),
-                None => BodyKind::Unknown,
+    ) -> impl Future<Output = Result<h1::Head, Failed>> + 'a {
+        async move {
+            let kind = if body.is_end_stream() {
+                BodyKind::Empty
+            } else {
+                match body.size_hint().exact() {
+                    Some(n) => BodyKind::Exact(n),
+                    None => BodyKind::Unknown,
+                }
+            };
+            if self.wr.capacity() > h1::MAX_HEAD {
+                // A huge request head once is no reason to keep its buffer for the connection's life.
+                self.wr = Vec::with_capacity(1024);
             }
-        };
-        if self.wr.capacity() > h1::MAX_HEAD {
-            // A huge request head once is no reason to keep its buffer for the connection's life.
-            self.wr = Vec::with_capacity(1024);
-        }
-        self.wr.clear();
-        self.wr_at = 0;
-        self.sent = 0;
-        self.body = Decoder::Done;
-        let written = h1::encode_head(
-            &mut self.wr,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            Some(added),
-            kind,
-        );
-        self.keep_alive = !written.close;
-        let mut out = written.body;
-        if let (Out::Length(n), Body::Full(full)) = (out, &mut body) {
-            // A body already in memory (a replayed request) goes out with the head, in one write.
-            if full.as_ref().is_some_and(|b| b.len() as u64 == n) {
-                self.wr_data = full.take().unwrap_or_default();
-                out = Out::Length(0);
+            self.wr.clear();
+            self.wr_at = 0;
+            self.sent = 0;
+            self.body = Decoder::Done;
+            let written = h1::encode_head(
+                &mut self.wr,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                Some(added),
+                kind,
+            );
+            self.keep_alive = !written.close;
+            let mut out = written.body;
+            if let (Out::Length(n), Body::Full(full)) = (out, &mut body) {
+                // A body already in memory (a replayed request) goes out with the head, in one write.
+                if full.as_ref().is_some_and(|b| b.len() as u64 == n) {
+                    self.wr_data = full.take().unwrap_or_default();
+                    out = Out::Length(0);
+                }
             }
-        }
-        self.upload = Upload::Sending {
-            body,
-            out,
-            chunked: false,
-            ending: false,
-        };
-        self.upload_by = added.deadline.copied();
-        // Kept in the connection, not in this future (every request's future would grow).
-        self.upgrade = written.upgrade;
-        let head_request = parts.method == Method::HEAD;
-        match std::future::poll_fn(|cx| self.poll_exchange(cx, head_request)).await {
-            Ok(head) => Ok(head),
-            // The request's own body failed, not the connection (a frame read before the first
-            // write, to go with the head, may fail while nothing is written).
-            Err(e @ (UpstreamError::RequestBody(_) | UpstreamError::RequestLength)) => {
-                Err(Failed::Broken(e))
-            }
-            // Written whole to a kept connection that the upstream had closed (it closes idle
-            // connections, or after so many requests, without saying so): nothing of an answer
-            // came, so the request was not processed, and one whose resending is harmless
-            // (RFC 9112 §9.3.1: idempotent, and nothing of a body to lose) goes out on another.
-            // Not a try: nginx and hyper's pool resend such a request too.
-            Err(e)
-                if reused
-                    && kind == BodyKind::Empty
-                    && self.rd.is_empty()
-                    && crate::policy::retry::is_idempotent(&parts.method, &parts.headers)
-                    && closed_by_peer(&e) =>
-            {
-                self.upload = Upload::Done;
-                Err(Failed::Unsent(Body::Empty, e))
-            }
-            Err(e) if reused && self.sent == 0 => {
-                // Given back whole: a frame already taken from the body (to go out with the
-                // head) goes back in front of it.
-                let data = std::mem::take(&mut self.wr_data);
-                let body = match std::mem::replace(&mut self.upload, Upload::Done) {
-                    Upload::Sending {
-                        body: Body::Full(None),
-                        ..
-                    } if !data.is_empty() => Body::Full(Some(data)),
-                    Upload::Sending {
-                        body: Body::Client(mut body),
-                        ..
-                    } => {
-                        if !data.is_empty() {
-                            body.unread(Frame::data(data));
+            self.upload = Upload::Sending {
+                body,
+                out,
+                chunked: false,
+                ending: false,
+            };
+            self.upload_by = added.deadline.copied();
+            // Kept in the connection, not in this future (every request's future would grow).
+            self.upgrade = written.upgrade;
+            let head_request = parts.method == Method::HEAD;
+            match std::future::poll_fn(|cx| self.poll_exchange(cx, head_request)).await {
+                Ok(head) => Ok(head),
+                // The request's own body failed, not the connection (a frame read before the first
+                // write, to go with the head, may fail while nothing is written).
+                Err(e @ (UpstreamError::RequestBody(_) | UpstreamError::RequestLength)) => {
+                    Err(Failed::Broken(e))
+                }
+                // Written whole to a kept connection that the upstream had closed (it closes idle
+                // connections, or after so many requests, without saying so): nothing of an answer
+                // came, so the request was not processed, and one whose resending is harmless
+                // (RFC 9112 §9.3.1: idempotent, and nothing of a body to lose) goes out on another.
+                // Not a try: nginx and hyper's pool resend such a request too.
+                Err(e)
+                    if reused
+                        && kind == BodyKind::Empty
+                        && self.rd.is_empty()
+                        && crate::policy::retry::is_idempotent(&parts.method, &parts.headers)
+                        && closed_by_peer(&e) =>
+                {
+                    self.upload = Upload::Done;
+                    Err(Failed::Unsent(Body::Empty, e))
+                }
+                Err(e) if reused && self.sent == 0 => {
+                    // Given back whole: a frame already taken from the body (to go out with the
+                    // head) goes back in front of it.
+                    let data = std::mem::take(&mut self.wr_data);
+                    let body = match std::mem::replace(&mut self.upload, Upload::Done) {
+                        Upload::Sending {
+                            body: Body::Full(None),
+                            ..
+                        } if !data.is_empty() => Body::Full(Some(data)),
+                        Upload::Sending {
+                            body: Body::Client(mut body),
+                            ..
+                        } => {
+                            if !data.is_empty() {
+                                body.unread(Frame::data(data));
+                            }
+                            Body::Client(body)
                         }
-                        Body::Client(body)
-                    }
-                    Upload::Sending { body, .. } => body,
-                    _ => Body::Empty,
-                };
-                Err(Failed::Unsent(body, e))
+                        Upload::Sending { body, .. } => body,
+                        _ => Body::Empty,
+                    };
+                    Err(Failed::Unsent(body, e))
+                }
+                Err(e) => Err(Failed::Broken(e)),
             }
-            Err(e) => Err(Failed::Broken(e)),
         }
     }
 
