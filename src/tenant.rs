@@ -283,6 +283,11 @@ impl Identify {
             TenantId::Jwt(v) => Some(&**v),
             _ => None,
         };
+        if verified.is_some() && headers.contains_key(http::header::CONNECTION) {
+            // The lines written below are rampart's, not the client's hop-by-hop ones: a
+            // `connection` list naming them must not take them away before the upstream.
+            self.unlist(headers);
+        }
         if let Some(v) = verified {
             for name in &*self.vouched {
                 // The value was made once, with the token's verdict; a clone shares its bytes.
@@ -313,6 +318,41 @@ impl Identify {
                 headers.remove(name);
             }
             None => {}
+        }
+    }
+
+    /// Takes the names [`Identify::vouch`] writes out of the request's `connection` lists
+    /// (RFC 9110 §7.6.1: the names listed there are removed before forwarding, which would
+    /// remove the verified lines with the client's). Allocates only when a list names one.
+    fn unlist(&self, headers: &mut HeaderMap) {
+        let ours = |t: &[u8]| {
+            self.vouched
+                .iter()
+                .chain(self.plan_header.iter())
+                .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(t))
+        };
+        let connection = http::header::CONNECTION;
+        let named = headers.get_all(&connection).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| ours(t.trim_ascii()))
+        });
+        if !named {
+            return;
+        }
+        let kept: Vec<Vec<u8>> = headers
+            .get_all(&connection)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty() && !ours(t))
+            .map(<[u8]>::to_vec)
+            .collect();
+        headers.remove(&connection);
+        if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b", "[..])) {
+            if !kept.is_empty() {
+                headers.insert(connection, v);
+            }
         }
     }
 

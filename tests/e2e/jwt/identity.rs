@@ -75,6 +75,22 @@ async fn a_verified_tenant_replaces_the_clients_tenant_header() {
         "a refused request never reaches the upstream"
     );
 
+    // A `connection` list naming the tenant header (a hop-by-hop claim, RFC 9110 §7.6.1)
+    // cannot take the verified line away; the other names it lists still go.
+    let t = bearer(&token(&key, &claims("umbrella", None)));
+    let sent = [
+        ("authorization", t.as_str()),
+        ("connection", "keep-alive, X-Tenant-Id, x-gone"),
+        ("x-tenant-id", "mallory"),
+        ("x-gone", "1"),
+    ];
+    admitted(addr, &sent).await;
+    assert_eq!(last(&app, "x-tenant-id"), ["umbrella"]);
+    assert!(
+        last(&app, "x-gone").is_empty(),
+        "a listed header still goes"
+    );
+
     // A token and no header: the upstream is told the tenant all the same.
     let t = bearer(&token(&key, &claims("initech", None)));
     admitted(addr, &[("authorization", &t)]).await;
