@@ -588,6 +588,32 @@ async fn trailers_of_a_chunked_answer_reach_an_h2_client() {
     assert_eq!(whole.to_bytes(), Bytes::from_static(b"data"));
 }
 
+/// An HTTP/1.1 client that asks for trailers (`TE: trailers`) gets a chunked answer's trailers
+/// as HTTP/2 clients do, the fields the answer's `trailer` announces, without those that have
+/// no place in trailers; one that does not ask gets the body alone.
+#[tokio::test]
+async fn trailers_of_a_chunked_answer_reach_an_h1_client_that_asks() {
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+          4\r\ndata\r\n0\r\nx-checksum: c0ffee\r\ncontent-length: 99\r\n\r\n";
+    let up = Scripted::start(vec![(answer, Then::Stay), (answer, Then::Stay)]).await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let asks = b"GET /t HTTP/1.1\r\nhost: a\r\nte: trailers\r\nconnection: close\r\n\r\n";
+    let rsp = raw::exchange(addr, asks, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.status(), Some(200), "{text}");
+    assert!(
+        text.contains("\r\n0\r\nx-checksum: c0ffee\r\n\r\n"),
+        "the trailer section: {text:?}"
+    );
+    assert!(!text.contains("content-length: 99"), "{text:?}");
+    let plain = b"GET /t HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    let rsp = raw::exchange(addr, plain, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.status(), Some(200), "{text}");
+    assert!(text.ends_with("4\r\ndata\r\n0\r\n\r\n"), "{text:?}");
+}
+
 /// The header lines of a raw answer's head, each as `name: value` (the status line left out).
 fn head_lines(rsp: &raw::RawResp) -> Vec<String> {
     let text = String::from_utf8_lossy(&rsp.bytes);

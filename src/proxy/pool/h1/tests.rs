@@ -887,7 +887,6 @@ fn answers_that_are_not_plain_go_into_the_map_whole() {
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2, 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: x-a\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nTrailer: x-b\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\n",
         b"HTTP/1.1 503 No\r\nX-A: 1\r\nContent-Length: 2\r\nX-Rampart-Reason: shed\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
@@ -899,6 +898,16 @@ fn answers_that_are_not_plain_go_into_the_map_whole() {
         assert!(raw.is_none(), "{text}: lines left raw");
         assert_eq!(h.response.headers()["x-a"], "1", "{text}");
     }
+}
+
+/// `trailer` announces trailer fields end to end (RFC 9110 §6.6.2): not hop-by-hop, so an
+/// answer that carries it stays plain, its lines passed on as they came.
+#[test]
+fn a_trailer_announcement_is_passed_on_as_it_came() {
+    let (_, raw) =
+        raw_head(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nTrailer: x-b\r\n\r\n");
+    let (lines, _) = raw.expect("kept raw");
+    assert_eq!(lines, "X-A: 1\r\nContent-Length: 2\r\nTrailer: x-b\r\n");
 }
 
 /// Lines moved into a map go after what it holds, in the order they came, and only once.
