@@ -45,6 +45,10 @@ pub(super) struct Doc {
     pub(super) syntax: Option<(Pos, KeyPath, String)>,
     /// Where a second document starts (`---` after content), if there is one.
     pub(super) second_document: Option<Pos>,
+    /// The first merge key (`<<`) whose value is not a mapping nor a list of mappings: where
+    /// that value is, the key's path, and why. The tree is read without that merge, so the
+    /// file's other errors are reported beside it.
+    pub(super) bad_merge: Option<(Pos, KeyPath, String)>,
 }
 
 /// One node of the tree.

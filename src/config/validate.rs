@@ -69,8 +69,19 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         let m = "the policy file holds no mapping: it needs at least `version: 1` and one listener";
         return whole(origin, (1, 1), m.into());
     }
+    let bad_merge = doc.bad_merge.take();
     let mut r = Report::new(origin, &doc, removed);
     r.errors.append(&mut errors);
+    if let Some(((line, column), path, message)) = bad_merge {
+        // The tree was read without that merge: the rest of the file is judged all the same.
+        r.errors.push(ConfigError {
+            origin: origin.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+        });
+    }
     // Looked for in the tree as written: the shape pass takes out every copy of a key whose
     // last copy it refused, and with them the sign that there were two.
     for (path, (line, column), (l, c)) in written.duplicate_keys() {

@@ -66,6 +66,7 @@ pub(super) fn parse(text: &str) -> Doc {
         too_deep: b.too_deep,
         syntax: None,
         second_document: b.second,
+        bad_merge: None,
     };
     match result {
         // The scanner gives up on very deep flow nesting before the builder sees it.
@@ -78,10 +79,10 @@ pub(super) fn parse(text: &str) -> Doc {
             let m = format!("the file expands to more than {MAX_NODES} values through aliases");
             doc.syntax = Some((at, KeyPath::default(), m));
         }
-        Ok(()) => match b.bad_merge {
-            Some((at, path)) => doc.syntax = Some((at, path, MERGE_WANTS.into())),
-            None => doc.root = b.root,
-        },
+        Ok(()) => {
+            doc.bad_merge = b.bad_merge.map(|(at, path)| (at, path, MERGE_WANTS.into()));
+            doc.root = b.root;
+        }
     }
     doc
 }

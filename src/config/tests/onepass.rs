@@ -483,6 +483,29 @@ fn errors_beside_and_inside_merged_keys_are_placed_where_written() {
         assert_eq!((e.line, e.path.as_str()), (10, "policies.q.<<"), "{bad}");
         assert!(e.message.contains("merge key"), "{bad}: {e:?}");
     }
+    // It does not hide the file's other errors (SPEC §14: every error in one pass): the tree
+    // is judged without that merge.
+    for bad in ["<<: [1]", "<<: 5", "<<: null"] {
+        let text = MERGED
+            .replace("<<: *std", bad)
+            .replace(
+                "endpoints: [127.0.0.1:3000]",
+                "endpoints: [127.0.0.1:3000]\n    bogus_key: 1",
+            )
+            .replace("policy: q", "policy: nope");
+        let all = errors(&text);
+        let at: Vec<(usize, &str)> = all.iter().map(|e| (e.line, e.path.as_str())).collect();
+        assert_eq!(at.len(), 3, "{bad}: {all:#?}");
+        assert!(
+            at.contains(&(5, "upstreams.app.bogus_key")),
+            "{bad}: {at:?}"
+        );
+        assert!(at.contains(&(11, "policies.q.<<")), "{bad}: {at:?}");
+        assert!(
+            at.iter().any(|(_, p)| p.ends_with("policy")),
+            "{bad}: {at:?}"
+        );
+    }
 }
 
 #[test]
