@@ -79,6 +79,11 @@ pub struct Identify {
     /// The `header` sources' names, set to the tenant a verified token named before a request
     /// goes upstream. Empty without a `jwt` source; never a token's own header.
     vouched: Box<[HeaderName]>,
+    /// The same names, and `plan_header`'s, with `_` for `-` (`x_tenant_id`): removed where
+    /// [`Identify::vouch`] rewrites or removes the name itself, since CGI-style upstreams
+    /// (`HTTP_X_TENANT_ID`) read the two as one header.
+    underscored: Box<[HeaderName]>,
+    plan_underscored: Option<HeaderName>,
     /// Whether [`Identify::vouch`] has anything to do (names in `vouched`, or a
     /// `plan_header`): settled once per generation, so a request costs one test without them.
     rewrites: bool,
@@ -213,6 +218,8 @@ impl Identify {
         }
         Identify {
             rewrites: !vouched.is_empty() || plan_header.is_some(),
+            underscored: vouched.iter().filter_map(underscored).collect(),
+            plan_underscored: plan_header.as_ref().and_then(underscored),
             vouched,
             sources,
             fallback,
@@ -289,6 +296,9 @@ impl Identify {
             self.unlist(headers);
         }
         if let Some(v) = verified {
+            for name in &*self.underscored {
+                headers.remove(name);
+            }
             for name in &*self.vouched {
                 // The value was made once, with the token's verdict; a clone shares its bytes.
                 match &v.tenant_value {
@@ -304,7 +314,13 @@ impl Identify {
         let Some(name) = &self.plan_header else {
             return;
         };
-        match verified.filter(|v| v.plan.is_some()) {
+        let claimed = verified.filter(|v| v.plan.is_some());
+        if claimed.is_some() || !trust_header {
+            if let Some(other) = &self.plan_underscored {
+                headers.remove(other);
+            }
+        }
+        match claimed {
             Some(v) => match &v.plan_value {
                 Some(value) => {
                     headers.insert(name.clone(), value.clone());
@@ -507,6 +523,14 @@ fn vouched(sources: &[Source]) -> Box<[HeaderName]> {
         }
     }
     names.into_boxed_slice()
+}
+
+/// `name` with `_` for each `-`, if it has one (`x-tenant-id` → `x_tenant_id`).
+fn underscored(name: &HeaderName) -> Option<HeaderName> {
+    let text = name.as_str();
+    text.contains('-')
+        .then(|| HeaderName::from_bytes(text.replace('-', "_").as_bytes()).ok())
+        .flatten()
 }
 
 /// What a request's connection says about who sent it.

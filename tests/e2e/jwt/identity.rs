@@ -82,10 +82,15 @@ async fn a_verified_tenant_replaces_the_clients_tenant_header() {
         ("authorization", t.as_str()),
         ("connection", "keep-alive, X-Tenant-Id, x-gone"),
         ("x-tenant-id", "mallory"),
+        ("x_tenant_id", "mallory"),
         ("x-gone", "1"),
     ];
     admitted(addr, &sent).await;
     assert_eq!(last(&app, "x-tenant-id"), ["umbrella"]);
+    assert!(
+        last(&app, "x_tenant_id").is_empty(),
+        "CGI-style upstreams read x_tenant_id as x-tenant-id"
+    );
     assert!(
         last(&app, "x-gone").is_empty(),
         "a listed header still goes"
@@ -135,9 +140,15 @@ async fn a_plan_header_reaches_the_upstream_only_from_a_trusting_listener() {
         ("x-tenant-id", "umbrella"),
         ("x-tenant-plan", "pro"),
         ("x-tenant-plan", "gold"),
+        ("x_tenant_plan", "pro"),
     ];
     admitted(other, &sent).await;
     assert_eq!(last(&app, "x-tenant-plan"), Vec::<String>::new());
+    assert_eq!(
+        last(&app, "x_tenant_plan"),
+        Vec::<String>::new(),
+        "CGI-style upstreams read it as x-tenant-plan"
+    );
     assert_eq!(last(&app, "x-tenant-id"), ["umbrella"]);
     // A token without a plan claim: the client's plan header goes all the same.
     let t = bearer(&token(&key, &claims("soylent", None)));
