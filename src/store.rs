@@ -330,7 +330,7 @@ impl Link {
     }
 
     fn probe_timeout_nanos(&self) -> u64 {
-        nanos_of(self.probe_timeout)
+        breaker::nanos(self.probe_timeout)
     }
 
     /// A lost connection's immediate reconnect is running and may still be waited for.
@@ -407,7 +407,7 @@ impl Link {
     async fn keepalive(&self) {
         let now = self.clock.now_nanos();
         let quiet = now.saturating_sub(self.answered.load(Ordering::Relaxed));
-        if !self.up.load(Ordering::Acquire) || quiet < nanos_of(KEEPALIVE) {
+        if !self.up.load(Ordering::Acquire) || quiet < breaker::nanos(KEEPALIVE) {
             return;
         }
         let Some(conn) = self.conn.load_full() else {
@@ -571,10 +571,6 @@ fn route_base(prefix: &str, route: &str) -> String {
 }
 
 /// Whether two loads of the connection slot hold the same connection.
-fn nanos_of(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 fn same(a: &Option<Arc<Conn>>, b: &Option<Arc<Conn>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),

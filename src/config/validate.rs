@@ -72,28 +72,17 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     let bad_merge = doc.bad_merge.take();
     let mut r = Report::new(origin, &doc, removed);
     r.errors.append(&mut errors);
-    if let Some(((line, column), path, message)) = bad_merge {
+    if let Some((at, path, message)) = bad_merge {
         // The tree was read without that merge: the rest of the file is judged all the same.
-        r.errors.push(ConfigError {
-            origin: origin.to_string(),
-            line,
-            column,
-            path: path.to_string(),
-            message,
-        });
+        r.errors.push(error_at(origin, at, &path, message));
     }
     // Looked for in the tree as written: the shape pass takes out every copy of a key whose
     // last copy it refused, and with them the sign that there were two.
-    for (path, (line, column), (l, c)) in written.duplicate_keys() {
-        r.errors.push(ConfigError {
-            origin: origin.to_string(),
-            line,
-            column,
-            path: path.to_string(),
-            message: format!(
-                "this key is given twice in the same mapping (first at {l}:{c}); only the last would count, and the first is not checked: keep one"
-            ),
-        });
+    for (path, at, (l, c)) in written.duplicate_keys() {
+        let m = format!(
+            "this key is given twice in the same mapping (first at {l}:{c}); only the last would count, and the first is not checked: keep one"
+        );
+        r.errors.push(error_at(origin, at, &path, m));
     }
     inert::check(&mut r);
     if let Some(f) = &file {
@@ -151,17 +140,27 @@ fn whole<T>(origin: &str, at: (usize, usize), message: String) -> Result<T, Conf
 /// [`whole`], under the key `path` (where the parser stood).
 fn whole_at<T>(
     origin: &str,
-    (line, column): (usize, usize),
+    at: (usize, usize),
     path: &KeyPath,
     message: String,
 ) -> Result<T, ConfigErrors> {
-    Err(ConfigErrors(vec![ConfigError {
+    Err(ConfigErrors(vec![error_at(origin, at, path, message)]))
+}
+
+/// An error placed where the text says (`at`), not looked up in the tree by its path.
+fn error_at(
+    origin: &str,
+    (line, column): (usize, usize),
+    path: &KeyPath,
+    message: String,
+) -> ConfigError {
+    ConfigError {
         origin: origin.to_string(),
         line,
         column,
         path: path.to_string(),
         message,
-    }]))
+    }
 }
 
 /// No content at all: only blank lines, comments and document markers.

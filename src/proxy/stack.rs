@@ -68,7 +68,9 @@ use super::upgrade;
 use crate::config::file::Direction;
 use crate::error::Reason;
 use crate::generation::{Generation, ListenerRt};
+use crate::metrics::TenantMetrics;
 use crate::policy::fault::FAULT_HEADER;
+use crate::policy::load_shed::Shed;
 
 /// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`
 /// or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
@@ -273,40 +275,24 @@ pub fn handle<'a>(
             None => None,
             Some(ls) => {
                 let priority = ls.priority(req.headers());
+                let acquire = ls.shedder.acquire(id, priority);
                 let acquired = match limit {
-                    None => ls.shedder.acquire(id, priority).await,
-                    Some(l) => {
-                        let wait = ls.shedder.acquire(id, priority);
-                        match tokio::time::timeout_at(started + l, wait).await {
-                            Ok(acquired) => acquired,
-                            Err(_elapsed) => {
-                                route.metrics.timeout_request.inc();
-                                let msg = format!(
-                                    "the request timeout ({l:?}) ran out while it waited in the \
-                                     load-shed queue"
-                                );
-                                let mut rsp = answer(Reason::Timeout, &msg, None);
-                                let fb = route.policy.fallback.as_ref();
-                                if let Some(fb) = fb.filter(|_| req.method() != Method::CONNECT) {
-                                    rsp = degrade::apply(fb, keep, rsp);
-                                }
-                                return fin.answer(&tm, rsp, None, NO_TRY);
-                            }
+                    None => acquire.await.map_err(|shed| shed_answer(&tm, shed)),
+                    Some(l) => match tokio::time::timeout_at(started + l, acquire).await {
+                        Ok(acquired) => acquired.map_err(|shed| shed_answer(&tm, shed)),
+                        Err(_elapsed) => {
+                            route.metrics.timeout_request.inc();
+                            let msg = format!(
+                                "the request timeout ({l:?}) ran out while it waited in the \
+                                 load-shed queue"
+                            );
+                            Err(answer(Reason::Timeout, &msg, None))
                         }
-                    }
+                    },
                 };
                 match acquired {
                     Ok(slot) => Some(slot),
-                    Err(shed) => {
-                        tm.shed(shed.reason.as_str());
-                        // The wait said is the one `retry-after` says (whole seconds, at least
-                        // one), not the estimate before rounding.
-                        let msg = format!(
-                            "load shed ({}); retry in {}s",
-                            shed.reason.as_str(),
-                            respond::retry_after_secs(shed.retry_after)
-                        );
-                        let mut rsp = answer(Reason::Shed, &msg, Some(shed.retry_after));
+                    Err(mut rsp) => {
                         // A CONNECT must never get a fallback: a 2xx would read as an open tunnel.
                         let fb = route.policy.fallback.as_ref();
                         if let Some(fb) = fb.filter(|_| req.method() != Method::CONNECT) {
@@ -439,6 +425,19 @@ pub fn handle<'a>(
         fin.answer_in_place(&tm, &mut rsp, None, tries);
         rsp
     }
+}
+
+/// The 503 `shed` of a request the load shedder refused, counted under `tm`; the wait it says
+/// is the one `retry-after` says (whole seconds, at least one), not the estimate before
+/// rounding.
+fn shed_answer(tm: &TenantMetrics, shed: Shed) -> Response<Body> {
+    tm.shed(shed.reason.as_str());
+    let msg = format!(
+        "load shed ({}); retry in {}s",
+        shed.reason.as_str(),
+        respond::retry_after_secs(shed.retry_after)
+    );
+    answer(Reason::Shed, &msg, Some(shed.retry_after))
 }
 
 /// Marks an admitted request's answer with what its admission says: the fault delay's mark

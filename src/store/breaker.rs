@@ -107,7 +107,8 @@ fn jittered(backoff: u64, jitter: f64) -> u64 {
     half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64
 }
 
-fn nanos(d: Duration) -> u64 {
+/// `d` in nanoseconds, the clock's unit (saturating).
+pub(super) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

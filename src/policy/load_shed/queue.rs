@@ -123,10 +123,7 @@ impl<T> FairQueue<T> {
         // Tickets grow, so each FIFO is sorted by ticket.
         let at = fifo.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
         let (_, item) = fifo.remove(at)?;
-        if flow.is_empty() {
-            tier.flows.remove(tenant);
-            tier.ring.retain(|k| &**k != tenant);
-        }
+        tier.drop_if_empty(tenant);
         self.len -= 1;
         Some(item)
     }
