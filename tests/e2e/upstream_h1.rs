@@ -614,6 +614,26 @@ async fn trailers_of_a_chunked_answer_reach_an_h1_client_that_asks() {
     assert!(text.ends_with("4\r\ndata\r\n0\r\n\r\n"), "{text:?}");
 }
 
+/// An upstream that announces framing fields among its trailers (`trailer: content-length,
+/// set-cookie`) and sends them there cannot get them to an HTTP/1.1 client that asks for
+/// trailers: they are taken out before the client's server writes what was announced.
+#[tokio::test]
+async fn an_upstream_announcing_forbidden_trailers_gets_none_to_an_h1_client() {
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+          trailer: x-checksum, content-length, location, retry-after\r\n\r\n\
+          4\r\ndata\r\n0\r\nx-checksum: c0ffee\r\ncontent-length: 99\r\n\
+          location: /elsewhere\r\nretry-after: 5\r\n\r\n";
+    let up = Scripted::start(vec![(answer, Then::Stay)]).await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let asks = b"GET /t HTTP/1.1\r\nhost: a\r\nte: trailers\r\nconnection: close\r\n\r\n";
+    let rsp = raw::exchange(addr, asks, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.status(), Some(200), "{text}");
+    let section = text.split("\r\n0\r\n").nth(1).expect("a last chunk");
+    assert_eq!(section, "x-checksum: c0ffee\r\n\r\n", "{text:?}");
+}
+
 /// The header lines of a raw answer's head, each as `name: value` (the status line left out).
 fn head_lines(rsp: &raw::RawResp) -> Vec<String> {
     let text = String::from_utf8_lossy(&rsp.bytes);

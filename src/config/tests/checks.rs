@@ -642,3 +642,32 @@ fn a_route_to_its_own_listener_is_refused() {
     ok(&BASE.replace("127.0.0.1:3000", "127.0.0.1:8081"));
     ok(&BASE.replace("127.0.0.1:3000", "10.0.0.9:8080"));
 }
+
+/// A few lines that alias (or merge, `<<: *x`) a node ten times over, level upon level, would
+/// grow into millions of values: such a file is refused at the node budget, whichever way it
+/// multiplies, before any of it is judged.
+#[test]
+fn aliases_and_merge_keys_cannot_grow_a_small_file_without_bound() {
+    let bomb = |merge: bool| {
+        let mut text = String::from("version: 1\nl0: &l0 { k: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1] }\n");
+        for i in 1..8 {
+            let p = i - 1;
+            let ten = vec![format!("*l{p}"); 10].join(", ");
+            if merge {
+                text.push_str(&format!("l{i}: &l{i} {{ <<: *l{p}, m: [{ten}] }}\n"));
+            } else {
+                text.push_str(&format!("l{i}: &l{i} [{ten}]\n"));
+            }
+        }
+        text
+    };
+    for merge in [false, true] {
+        let text = bomb(merge);
+        assert!(text.len() < 2_000, "a small file: {} bytes", text.len());
+        let e = one(&text);
+        assert!(
+            e.message.contains("expands to more than 100000 values"),
+            "merge {merge}: {e:?}"
+        );
+    }
+}
