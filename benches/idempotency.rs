@@ -76,6 +76,7 @@ fn bench(c: &mut Criterion) {
         status: StatusCode::CREATED,
         headers: HeaderMap::new(),
         body: Bytes::from_static(b"created"),
+        trailers: None,
     };
     idem.store.complete(&key, d, Some(kept));
 

@@ -2,13 +2,17 @@
 //!
 //! Why in the sidecar: every service that takes payments or orders re-implements this, often
 //! with races between the first request and its repeat. Here the first request with a key
-//! claims it; its finished answer (status, headers, body up to `max_body`) is kept for `ttl`;
+//! claims it; its finished answer (status, headers, body up to `max_body`, trailers) is kept for
+//! `ttl`;
 //! a repeat gets that answer back, marked `x-rampart-idempotent-replay: true`, and never
 //! reaches the upstream. A repeat while the first is in flight is 409 `idempotency_in_flight`;
 //! the same key on a different request (method, path and query, body digest) is 422
 //! `idempotency_key_reused`; a key whose answer was too large to keep is 422
 //! `idempotency_not_replayable`. 5xx answers and rampart's own refusals are not kept: the
-//! claim is released, so the client may retry.
+//! claim is released, so the client may retry. A gRPC answer is judged by the status it
+//! stands for (its `grpc-status`, in its head or its trailers, mapped as `proxy::grpc` maps it
+//! for the breaker): a failed call (INTERNAL, UNAVAILABLE, ..., or a stream that ends without a
+//! status) is not kept either.
 //!
 //! Keys are scoped by route and tenant. The state lives behind [`IdempotencyStore`]: `begin`
 //! is asynchronous (a shared store such as Redis answers over the network); `complete` and
@@ -73,6 +77,8 @@ pub struct StoredAnswer {
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
+    /// The trailers the body ended with (a gRPC call's status), replayed after it.
+    pub trailers: Option<HeaderMap>,
 }
 
 /// What a store says about a key when a request with it arrives.

@@ -45,6 +45,16 @@ pub enum Body {
     Upstream2(Box<super::pool::h2::H2Answer>),
     /// An answer whose copy is kept for `fallback.stale` (`degrade.rs`).
     Teed(Box<super::tee::Tee>),
+    /// A body in memory that ends with trailers (a replayed answer kept with its trailers, a
+    /// request sent again with its own), boxed: rare.
+    Trailed(Box<Trailed>),
+}
+
+/// The parts of a [`Body::Trailed`]: one chunk, then the trailers.
+#[derive(Clone, Debug)]
+pub struct Trailed {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
 }
 
 /// A client's request body as a listener hands it to the request path: hyper's stream, or
@@ -64,9 +74,10 @@ pub enum ClientIn {
 /// A request body after trying to keep it for replay.
 #[derive(Debug)]
 pub enum Buffered {
-    /// The whole body, small enough to send again on a retry.
-    Replayable(Bytes),
-    /// Too large (or with trailers): it streams once and the request is not retried.
+    /// The whole body, small enough to send again on a retry, and the trailers it ended with
+    /// (boxed: rare), sent again after it.
+    Replayable(Bytes, Option<Box<http::HeaderMap>>),
+    /// Too large: it streams once and the request is not retried.
     Streaming(Body),
 }
 
@@ -81,8 +92,12 @@ pub enum ClientFault {
 
 /// Shared between a [`ClientBody`] and the request path: what went wrong with the upload, and
 /// how many body bytes came in (for the access log).
+///
+/// It also holds the names the request's identity is read from (the tenant's `header`
+/// sources, `plan_header`): the client's trailers lose them, as rampart read them from the
+/// head, and the upstream should read no other value.
 #[derive(Debug, Default)]
-pub struct FaultCell(AtomicU8, AtomicU64);
+pub struct FaultCell(AtomicU8, AtomicU64, Option<Arc<[http::HeaderName]>>);
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
 /// with a deadline between frames.
@@ -110,6 +125,17 @@ impl Body {
             Body::Empty
         } else {
             Body::Full(Some(b))
+        }
+    }
+
+    /// `data`, then `trailers` when there are some (else a plain [`Body::full`]).
+    pub fn with_trailers(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
+        match trailers {
+            Some(t) => Body::Trailed(Box::new(Trailed {
+                data: Some(data).filter(|d| !d.is_empty()),
+                trailers: Some(t),
+            })),
+            None => Body::full(data),
         }
     }
 
@@ -254,6 +280,10 @@ impl http_body::Body for Body {
             Body::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             Body::Upstream2(inner) => Pin::new(&mut **inner).poll_frame(cx).map_err(Into::into),
             Body::Teed(inner) => Pin::new(&mut **inner).poll_frame(cx),
+            Body::Trailed(t) => Poll::Ready(match t.data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => t.trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
         }
     }
 
@@ -265,6 +295,7 @@ impl http_body::Body for Body {
             Body::Upstream(inner) => inner.is_end_stream(),
             Body::Upstream2(inner) => http_body::Body::is_end_stream(&**inner),
             Body::Teed(inner) => inner.is_end_stream(),
+            Body::Trailed(t) => t.data.is_none() && t.trailers.is_none(),
         }
     }
 
@@ -286,6 +317,13 @@ impl http_body::Body for Body {
             Body::Upstream(inner) => inner.size_hint(),
             Body::Upstream2(inner) => http_body::Body::size_hint(&**inner),
             Body::Teed(inner) => inner.size_hint(),
+            // Not exact: hyper's HTTP/1.1 server would frame an exact size by its length, which
+            // has no room for the trailers.
+            Body::Trailed(t) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(t.data.as_ref().map_or(0, |b| b.len() as u64));
+                hint
+            }
         }
     }
 }
@@ -310,10 +348,10 @@ impl http_body::Body for ClientIn {
             ClientIn::Hyper(b) => {
                 let mut polled = Pin::new(b).poll_frame(cx);
                 // A client's trailers (chunked HTTP/1.1, or HTTP/2) go to the upstream without
-                // the fields that have no place there.
+                // the fields that have no place there, nor the forwarding lines rampart writes.
                 if let Poll::Ready(Some(Ok(frame))) = &mut polled {
                     if let Some(trailers) = frame.trailers_mut() {
-                        super::forward::strip_trailers(trailers);
+                        super::forward::strip_request_trailers(trailers);
                     }
                 }
                 polled
@@ -343,6 +381,11 @@ impl http_body::Body for ClientIn {
 // === impl FaultCell ===
 
 impl FaultCell {
+    /// A cell for a request whose trailers lose `identity`'s names.
+    pub fn with_identity(identity: Option<&Arc<[http::HeaderName]>>) -> Self {
+        FaultCell(AtomicU8::new(0), AtomicU64::new(0), identity.cloned())
+    }
+
     /// The fault noted, if any.
     pub fn get(&self) -> Option<ClientFault> {
         match self.0.load(Ordering::Acquire) {
@@ -381,26 +424,42 @@ impl ClientBody {
     }
 
     /// Reads the body into memory if it is at most `limit` bytes, so that a retry can send it
-    /// again. A body announced (or found) larger than `limit` is not kept: what was read so far
-    /// stays in front of the rest, and the body streams once. Bodies with trailers are not kept
-    /// either. An error is the client's fault, noted in the fault cell.
+    /// again, with the trailers it ends with (not counted in `limit`: the servers bound a
+    /// field section). A body announced (or found) larger than `limit`
+    /// is not kept: what was read so far stays in front of the rest, and the body streams once.
+    /// An error is the client's fault, noted in the fault cell.
     pub async fn buffer(mut self, limit: usize) -> Result<Buffered, BoxError> {
         use http_body::Body as _;
         use http_body_util::BodyExt;
         if self.rest.is_end_stream() {
-            return Ok(Buffered::Replayable(Bytes::new()));
+            return Ok(Buffered::Replayable(Bytes::new(), None));
         }
         if self.rest.size_hint().lower() > limit as u64 {
             return Ok(Buffered::Streaming(Body::Client(self)));
         }
         let mut size = 0usize;
         let mut frames = VecDeque::new();
+        let mut trailers = None;
         while let Some(frame) = self.frame().await {
-            let frame = frame?;
+            let frame = match frame?.into_trailers() {
+                // The last frame of a body (HTTP/1.1 and HTTP/2 alike).
+                Ok(t) if trailers.is_none() => {
+                    trailers = Some(Box::new(t));
+                    continue;
+                }
+                Ok(t) => Frame::trailers(t),
+                Err(frame) => frame,
+            };
             let is_data = frame.is_data();
             size += frame.data_ref().map_or(0, |d| d.len());
             frames.push_back(frame);
-            if size > limit || !is_data {
+            if size > limit || !is_data || trailers.is_some() {
+                // Too large, or a frame that is neither data nor trailers, or one after the
+                // trailers: streamed once as it came.
+                if let Some(t) = trailers.take() {
+                    let at = frames.len() - 1;
+                    frames.insert(at, Frame::trailers(*t));
+                }
                 self.prefix = frames;
                 return Ok(Buffered::Streaming(Body::Client(self)));
             }
@@ -411,7 +470,7 @@ impl ClientBody {
                 all.extend_from_slice(&d);
             }
         }
-        Ok(Buffered::Replayable(all.freeze()))
+        Ok(Buffered::Replayable(all.freeze(), trailers))
     }
 
     /// Puts `frame` back in front of the body, to be read again first (an upstream connection
@@ -423,7 +482,12 @@ impl ClientBody {
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use http_body::Body as _;
         match Pin::new(&mut self.rest).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
+            Poll::Ready(Some(Ok(mut f))) => {
+                if let (Some(t), Some(names)) = (f.trailers_mut(), &self.fault.2) {
+                    for name in names.iter() {
+                        t.remove(name);
+                    }
+                }
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
                 self.fault.1.fetch_add(n, Ordering::Relaxed);
                 if let Some(t) = self.timer.as_mut() {

@@ -19,7 +19,7 @@ use super::forward::{Peer, Sent};
 use crate::generation::{ListenerRt, RouteRt};
 use crate::otel::SpanParent;
 use crate::policy::load_shed::ShedSlot;
-use crate::tenant::{Labels, TenantId};
+use crate::tenant::{Labels, TenantId, Written};
 
 /// What one request carries down the path after admission.
 #[derive(Debug)]
@@ -37,10 +37,16 @@ pub struct RequestCtx<'a> {
     pub limit: Option<Duration>,
     /// Whether the request is a gRPC call (its tries' outcomes read `grpc-status`).
     pub grpc: bool,
+    /// Whether the request is an HTTP/2 one whose head announces trailers (`trailer`): an
+    /// HTTP/1.1 upstream gets its body chunked, whatever its length, so they can follow it.
+    pub sends_trailers: bool,
     /// The client end of the connection.
     pub peer: &'a Peer,
     /// Which of the lines rampart sets the client's head carried.
     pub sent: Sent,
+    /// The names of the lines rampart wrote into the request (the identity a verified token
+    /// gave, `Identify::vouch`): the hop-by-hop removal spares them. Empty for most requests.
+    pub spare: &'a Written,
     /// The request's id (the client's, or the one rampart made), written upstream by the
     /// writer if the request's map has none.
     pub request_id: &'a HeaderValue,

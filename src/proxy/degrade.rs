@@ -69,7 +69,7 @@ fn tee(rsp: Response<Body>, key: Key, store: Arc<StaleStore>) -> Response<Body> 
 
 impl Keeper for StaleKeeper {
     fn kept(self: Box<Self>, ending: Ending) {
-        if let Ending::Whole(body) = ending {
+        if let Ending::Whole(body, _) = ending {
             self.store.insert(self.key, self.status, self.headers, body);
         }
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 
 use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
@@ -74,7 +74,7 @@ pub fn run<'a>(
     mut req: Request<ClientIn>,
 ) -> impl Future<Output = Response<Body>> + 'a {
     async move {
-        forward::prepare_request(&mut req, ctx.peer, ctx.sent);
+        forward::prepare_request(&mut req, ctx.peer, ctx.sent, ctx.spare.names());
         let (mut parts, incoming) = req.into_parts();
         // A guard on the head where it lies: moving it into one cost a copy of its 224 bytes.
         let spent = Spent(&mut parts);
@@ -85,7 +85,7 @@ pub fn run<'a>(
             return match retry.filter(|_| is_idempotent(&parts.method, &parts.headers)) {
                 Some(r) => {
                     r.budget.deposit();
-                    retry_loop(ctx, r, parts, Bytes::new(), None).await
+                    retry_loop(ctx, r, parts, Bytes::new(), None, None).await
                 }
                 None => {
                     if let Some(r) = retry {
@@ -111,7 +111,7 @@ pub fn run<'a>(
                         && bytes.len() as u64 <= r.cfg.buffer.0
                 });
                 return match replay {
-                    Some(r) => retry_loop(ctx, r, parts, bytes, None).await,
+                    Some(r) => retry_loop(ctx, r, parts, bytes, None, None).await,
                     None => {
                         try_once(ctx, parts, Body::full(bytes), None, None, &mut Tried::new()).await
                     }
@@ -119,7 +119,7 @@ pub fn run<'a>(
             }
             streamed => streamed,
         };
-        let fault = Arc::new(FaultCell::default());
+        let fault = Arc::new(FaultCell::with_identity(ctx.spare.identity()));
         ctx.tries.body(&fault);
         let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
         let retry = match &ctx.route.policy.retry {
@@ -147,7 +147,9 @@ pub fn run<'a>(
             None => body.buffer(retry.cfg.buffer.0 as usize).await,
         };
         match buffered {
-            Ok(Buffered::Replayable(b)) => retry_loop(ctx, retry, parts, b, Some(&fault)).await,
+            Ok(Buffered::Replayable(b, t)) => {
+                retry_loop(ctx, retry, parts, b, t, Some(&fault)).await
+            }
             Ok(Buffered::Streaming(body)) => {
                 try_once(ctx, parts, body, None, Some(&fault), &mut Tried::new()).await
             }
@@ -176,19 +178,23 @@ pub(super) struct BodyDeadline;
 
 /// Tries the request of head `parts` and (buffered) body `body` as the route's retry policy
 /// allows. Every try sends the same head (each try's own edits undone, see [`try_once`]); the
-/// body is shared, not copied.
+/// body is shared, not copied, and ends with the request's `trailers` when it had some.
 pub(super) async fn retry_loop(
     ctx: &RequestCtx<'_>,
     retry: &RouteRetry,
     parts: &mut Parts,
     body: Bytes,
+    trailers: Option<Box<HeaderMap>>,
     fault: Option<&FaultCell>,
 ) -> Response<Body> {
     let mut avoid = None;
     let mut attempt = 1;
     loop {
         let mut tried = Tried::new();
-        let replay = Body::full(body.clone());
+        let replay = match &trailers {
+            None => Body::full(body.clone()),
+            Some(t) => Body::with_trailers(body.clone(), Some((**t).clone())),
+        };
         let mut rsp = try_once(ctx, parts, replay, avoid, fault, &mut tried).await;
         if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
             return rsp;
@@ -213,13 +219,15 @@ pub(super) async fn retry_loop(
             ctx.route.metrics.retry_budget_exhausted.inc();
             return rsp;
         }
-        ctx.route.metrics.retries.inc();
         drop(rsp);
         avoid = tried.used;
         attempt += 1;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        // Counted as it goes: a client that leaves during the wait takes its retry with it
+        // (the budget keeps the share it granted, as for a retry sent).
+        ctx.route.metrics.retries.inc();
     }
 }
 
@@ -313,6 +321,7 @@ pub(super) fn try_once<'a>(
         // What the writer adds to the head: a `host` naming this endpoint if the request has none.
         let added = forward::Added {
             deadline: ctx.deadline.as_ref(),
+            trailers: ctx.sends_trailers,
             ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
         };
         let sent = ep.pool.send(ep.addr, parts, &added, body);

@@ -125,6 +125,7 @@ impl Peer {
             request_id,
             forwarded_for: &self.forwarded_for,
             https: self.tls,
+            trailers: false,
             deadline: None,
         }
     }
@@ -191,6 +192,10 @@ pub struct Added<'a> {
     /// client sent is not written). A flag, not the word: with [`Added::deadline`] a
     /// reference, the try's future keeps its size.
     pub https: bool,
+    /// The request may end in trailers that an HTTP/1.1 upstream would lose to a
+    /// `content-length` (an HTTP/2 request whose head announces them in `trailer`): its body
+    /// goes chunked whatever its length (`pool::h1::BodyKind::Trailed`).
+    pub trailers: bool,
     /// The request's deadline, if it has one: not a line of the request, but the bound on
     /// writing the rest of its upload once its answer has ended (see `pool::finish_upload`).
     pub deadline: Option<&'a tokio::time::Instant>,
@@ -266,9 +271,46 @@ pub fn strip_trailers(trailers: &mut HeaderMap) {
     }
 }
 
+/// [`strip_trailers`] for a client's request, which also loses the forwarding lines rampart
+/// writes in its head (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`): in the
+/// trailers, the client's own would reach the upstream beside rampart's, for one that merges
+/// trailers into the head to read as the client's address, protocol or id.
+pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+    strip_trailers(trailers);
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+        trailers.remove(name);
+    }
+}
+
+/// Makes a repeated `content-length` one field. A sender may repeat it with the same value
+/// (RFC 9110 §8.6), and the h2 library takes such an HTTP/2 message (it refuses values that
+/// differ, or that are not digits); passed on as it came, an HTTP/1.1 upstream (nginx) reads
+/// two `Content-Length` lines as a malformed request and an HTTP/2 client resets the stream.
+/// hyper's HTTP/1.1 server already keeps one of them, so this is for what comes over HTTP/2
+/// (a client's request, an HTTP/2 upstream's answer): one lookup when the field is not
+/// repeated, nothing allocated.
+pub fn one_length(headers: &mut HeaderMap) {
+    let first = {
+        let mut all = headers.get_all(header::CONTENT_LENGTH).iter();
+        match (all.next(), all.next()) {
+            (Some(first), Some(_)) => first.clone(),
+            _ => return,
+        }
+    };
+    headers.insert(header::CONTENT_LENGTH, first);
+}
+
 /// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings
 /// other than `chunked`, and drops a `content-length` that a `transfer-encoding` overrides.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_sparing(headers, &[]);
+}
+
+/// As [`strip_hop_by_hop`], but a `connection` list naming one of `spare` does not remove its
+/// lines: they are rampart's own (the identity `tenant::Identify::vouch` wrote), not the
+/// client's hop-by-hop ones. An empty `spare` costs nothing; a full one is looked at only for
+/// a listed name that is not hop-by-hop already.
+fn strip_sparing(headers: &mut HeaderMap, spare: &[HeaderName]) {
     // One pass over the names finds the hop-by-hop headers present. Most messages carry none,
     // and most others only `connection` (nginx answers `connection: keep-alive`): only those
     // present are then removed, each by one hashed lookup, instead of every name in the list.
@@ -298,7 +340,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // Read as bytes: a line with a byte that is not ASCII still names the others it lists.
         for v in headers.get_all(header::CONNECTION) {
             for t in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if hop_index_any_case(t).is_some() || never_hop(t) {
+                if hop_index_any_case(t).is_some() || never_hop(t) || spared(spare, t) {
                     continue;
                 }
                 let here = headers
@@ -325,6 +367,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn keep_upgrade(headers: &mut HeaderMap, protocols: HeaderValue) {
     headers.insert(header::UPGRADE, protocols);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// Whether `token`, named by a `connection` list, is one of the names `spare` (any case).
+fn spared(spare: &[HeaderName], token: &[u8]) -> bool {
+    spare
+        .iter()
+        .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(token))
 }
 
 /// Whether `token`, named by a `connection` list, is a header no list may remove: `host` is
@@ -447,8 +496,10 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
 }
 
 /// Prepares a client request for the upstream, once, before any try; `sent` says what its head
-/// held. What rampart adds is written beside the map by the upstream writer ([`Added`]).
-pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent) {
+/// held, `spare` the names of the lines rampart wrote into it (`RequestCtx::spare`), which a
+/// `connection` list does not remove. What rampart adds is written beside the map by the
+/// upstream writer ([`Added`]).
+pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent, spare: &[HeaderName]) {
     // One authority: the one the route was chosen by. An absolute-form target or h2
     // `:authority` overrides whatever `host` the client also sent.
     if let Some(a) = req.uri().authority() {
@@ -457,7 +508,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent) {
         }
     }
     let h = req.headers_mut();
-    strip_hop_by_hop(h);
+    strip_sparing(h, spare);
     if sent.forwarded_for {
         // The client's list (if a `connection` line did not name it) with the peer appended.
         append_forwarded_for(h, peer);
@@ -655,6 +706,63 @@ mod tests {
         assert_eq!(h[header::SERVER], "nginx");
     }
 
+    /// The lines rampart wrote (a verified tenant, its plan) are spared by a `connection` list
+    /// naming them, in any case; the list's other names still go, and without `spare` the same
+    /// list removes them all.
+    #[test]
+    fn a_connection_list_does_not_remove_the_lines_rampart_wrote() {
+        let spare = [
+            HeaderName::from_static("x-tenant-id"),
+            HeaderName::from_static("x-tenant-plan"),
+        ];
+        let head = || {
+            let mut req = Request::new(());
+            let h = req.headers_mut();
+            h.insert(header::HOST, HeaderValue::from_static("svc"));
+            let list = "keep-alive, X-Tenant-Id, x-gone,X-TENANT-PLAN";
+            h.insert(header::CONNECTION, HeaderValue::from_static(list));
+            h.insert("x-tenant-id", HeaderValue::from_static("acme"));
+            h.insert("x-tenant-plan", HeaderValue::from_static("gold"));
+            h.insert("x-gone", HeaderValue::from_static("1"));
+            req
+        };
+        let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), false);
+        let mut req = head();
+        let sent = Sent::of(req.headers());
+        prepare_request(&mut req, &peer, sent, &spare);
+        let mut left: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-tenant-id", "x-tenant-plan"]);
+        assert_eq!(req.headers()["x-tenant-id"], "acme");
+        let mut req = head();
+        let sent = Sent::of(req.headers());
+        prepare_request(&mut req, &peer, sent, &[]);
+        let left: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host"], "nothing to spare");
+    }
+
+    #[test]
+    fn a_repeated_content_length_becomes_one_field() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        one_length(&mut h);
+        let lengths: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["5"]);
+        assert_eq!(h.len(), 2);
+        // One, or none: nothing changes.
+        for n in [0, 1] {
+            let mut h = HeaderMap::new();
+            if n == 1 {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+            }
+            let before = h.clone();
+            one_length(&mut h);
+            assert_eq!(h, before);
+        }
+    }
+
     #[test]
     fn a_connection_line_with_a_byte_that_is_not_ascii_still_names_its_headers() {
         let mut h = HeaderMap::new();
@@ -720,7 +828,7 @@ mod tests {
     fn upstream_head(mut req: Request<()>, tls: bool) -> String {
         let peer = Peer::new("10.1.2.3:5555".parse().expect("addr"), tls);
         let sent = Sent::of(req.headers());
-        prepare_request(&mut req, &peer, sent);
+        prepare_request(&mut req, &peer, sent, &[]);
         let id = HeaderValue::from_static("made");
         let added = peer.added("svc:8080", &id);
         let mut dst = Vec::new();

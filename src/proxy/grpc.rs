@@ -188,6 +188,46 @@ pub fn reads_trailers(headers: &HeaderMap) -> bool {
         .any(|v| super::h1::parse::has_token(v.as_bytes(), b"trailers"))
 }
 
+/// The trailer fields a gRPC server ends an answer's stream with (gRPC over HTTP/2's
+/// `Trailers`: the status, its message, and its details).
+const GRPC_TRAILER_FIELDS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
+
+/// Readies a gRPC answer still streaming from an HTTP/2 upstream for an HTTP/1.1 client that
+/// reads trailers (`te: trailers`). gRPC servers announce no trailers (HTTP/2 needs no
+/// announcement), and hyper's HTTP/1.1 server writes only the trailer fields the answer's
+/// `trailer` names: so the head names gRPC's, unless its `trailer` names `grpc-status`
+/// already. An answer that stated its length goes chunked (its `content-length` out, its size
+/// untold), as a body framed by its length has no room for trailers; so does a replayed answer
+/// kept with its trailers (idempotency). Any other answer (not
+/// gRPC, over, or from HTTP/1.1) is left as it is. The fields that have no place in trailers
+/// are taken out of them as before (`pool::h2::H2Answer`), and none is named here.
+pub fn announce_trailers(rsp: &mut http::Response<super::body::Body>) {
+    if !is_grpc(rsp.headers()) {
+        return;
+    }
+    let sized = rsp.headers().contains_key(http::header::CONTENT_LENGTH);
+    match rsp.body_mut() {
+        // A kept answer replayed with its trailers (`respond::replay`): it states no length.
+        super::body::Body::Trailed(_) => {}
+        body => match body.streaming_h2() {
+            Some(stream) => stream.size_untold |= sized,
+            None => return,
+        },
+    }
+    let headers = rsp.headers_mut();
+    headers.remove(http::header::CONTENT_LENGTH);
+    let named = headers
+        .get_all(http::header::TRAILER)
+        .iter()
+        .any(|v| super::h1::parse::has_token(v.as_bytes(), GRPC_STATUS.as_str().as_bytes()));
+    if !named {
+        headers.append(
+            http::header::TRAILER,
+            HeaderValue::from_static(GRPC_TRAILER_FIELDS),
+        );
+    }
+}
+
 /// A try of a gRPC call whose answer streams (HTTP 200 and no `grpc-status` in its head: the
 /// status comes in the trailers, after the messages). Its breaker permit and the endpoint's
 /// health (outlier detection, the balancer's failure count) wait for the trailers instead of

@@ -371,7 +371,9 @@ where
                             // A reload gave this plaintext connection's listener `tls`.
                             Some(lst) if lst.tls.is_some() && !c.peer.tls => {
                                 ask.keep_alive = false;
-                                super::listener::tls_required()
+                                let (parts, _) = req.into_parts();
+                                let head = http::Request::from_parts(parts, ());
+                                super::stack::refuse_plaintext(c.shared, lst, head, active)
                             }
                             Some(lst) => {
                                 let handling = pin!(super::stack::handle(

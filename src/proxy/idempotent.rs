@@ -33,6 +33,7 @@ use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, Client
 use super::ctx::{RequestCtx, TryLog};
 use super::exchange::{self, client_fault_answer, retry_loop, try_once, BodyDeadline, Tried};
 use super::forward;
+use super::grpc;
 use super::respond::{self, answer};
 use super::tee::{Ending, Keeper, Tee};
 use crate::error::{BoxError, Reason};
@@ -75,6 +76,8 @@ struct ClaimKeeper {
     claim: Claim,
     status: StatusCode,
     headers: HeaderMap,
+    /// A gRPC answer whose status comes in its trailers: kept only if they say it did not fail.
+    trailed_grpc: bool,
 }
 
 /// Steps 5–8 under the route's idempotency policy.
@@ -88,14 +91,14 @@ pub async fn run(
         Ok(None) => return exchange::run(ctx, req).await,
         Err(msg) => return answer(Reason::BadRequest, msg, None),
     };
-    forward::prepare_request(&mut req, ctx.peer, ctx.sent);
-    let fault = Arc::new(FaultCell::default());
+    forward::prepare_request(&mut req, ctx.peer, ctx.sent, ctx.spare.names());
+    let fault = Arc::new(FaultCell::with_identity(ctx.spare.identity()));
     // The access log's `bytes_in`: the cell counts what the body read ahead takes in.
     ctx.tries.body(&fault);
     let (parts, incoming) = req.into_parts();
     let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
     let read = match read_ahead(ctx, body, idem.max_body).await {
-        Ok(Buffered::Replayable(b)) => b,
+        Ok(Buffered::Replayable(b, t)) => (b, t),
         Ok(streaming) => {
             tracing::debug!(
                 max_body = idem.max_body,
@@ -114,6 +117,7 @@ pub async fn run(
             return client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled));
         }
     };
+    let (read, trailers) = read;
     let digest = digest(&parts.method, &parts.uri, &read);
     if let Some(rsp) = refusal(idem.store.begin(&key, digest).await) {
         return rsp;
@@ -131,13 +135,25 @@ pub async fn run(
         claim: Some(claim),
         tries: ctx.tries,
     };
-    let mut rsp = run_read(ctx, parts, Buffered::Replayable(read), &fault).await;
+    let mut rsp = run_read(ctx, parts, Buffered::Replayable(read, trailers), &fault).await;
     let Some(claim) = running.claim.take() else {
         return rsp;
     };
     // The kept answer is replayed with all its headers.
     whole_headers(&mut rsp);
-    let kept = rsp.body().is_upstream() && !rsp.status().is_server_error();
+    // A gRPC answer stands for the status its `grpc-status` maps to (a failed call is an HTTP
+    // 200): one in its head (Trailers-Only) is judged now, one in its trailers at its end.
+    let grpc = grpc::is_grpc(rsp.headers());
+    let stands_for = match grpc {
+        true => grpc::answer_status(rsp.status(), rsp.headers()),
+        false => rsp.status().as_u16(),
+    };
+    // An answer with a transfer coding (`transfer-encoding: gzip`, from an HTTP/1.1 upstream's
+    // `gzip, chunked`) is not kept either: its replay, whole in memory, would be framed by its
+    // length beside a coding that needs the chunked framing, which no client can read.
+    let kept = rsp.body().is_upstream()
+        && stands_for < 500
+        && !rsp.headers().contains_key(http::header::TRANSFER_ENCODING);
     if !kept {
         // Dropping the claim releases the key: the client may retry.
         return rsp;
@@ -147,6 +163,7 @@ pub async fn run(
         claim,
         status: head.status,
         headers: head.headers.clone(),
+        trailed_grpc: grpc && !head.headers.contains_key(grpc::GRPC_STATUS),
     };
     let body = Tee::new(inner, idem.max_body, Box::new(keeper));
     Response::from_parts(head, Body::Teed(Box::new(body)))
@@ -165,14 +182,14 @@ async fn run_read(
         r.budget.deposit();
     }
     match (retry, body) {
-        (Some(r), Buffered::Replayable(b)) if is_idempotent(&parts.method, &parts.headers) => {
-            retry_loop(ctx, r, &mut parts, b, Some(fault)).await
+        (Some(r), Buffered::Replayable(b, t)) if is_idempotent(&parts.method, &parts.headers) => {
+            retry_loop(ctx, r, &mut parts, b, t, Some(fault)).await
         }
-        (_, Buffered::Replayable(b)) => {
+        (_, Buffered::Replayable(b, t)) => {
             try_once(
                 ctx,
                 &mut parts,
-                Body::full(b),
+                Body::with_trailers(b, t.map(|t| *t)),
                 None,
                 Some(fault),
                 &mut Tried::new(),
@@ -263,10 +280,20 @@ impl Drop for Running<'_> {
 impl Keeper for ClaimKeeper {
     fn kept(mut self: Box<Self>, ending: Ending) {
         let answer = match ending {
-            Ending::Whole(body) => Some(StoredAnswer {
+            // A failed gRPC call (its trailers' status maps to a 5xx, or it has none): released
+            // on drop, as a 5xx is, so the client may retry.
+            Ending::Whole(_, trailers)
+                if self.trailed_grpc
+                    && grpc::trailers_status(trailers.as_ref().unwrap_or(&HeaderMap::new()))
+                        >= 500 =>
+            {
+                return;
+            }
+            Ending::Whole(body, trailers) => Some(StoredAnswer {
                 status: self.status,
                 headers: std::mem::take(&mut self.headers),
                 body,
+                trailers,
             }),
             Ending::TooLarge => None,
             // The upstream answered, but the answer never arrived whole (its client left, or

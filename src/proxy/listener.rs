@@ -1033,7 +1033,7 @@ where
 fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
-    req: http::Request<ClientIn>,
+    mut req: http::Request<ClientIn>,
     peer: Arc<Peer>,
     active: super::conn::ConnActive,
 ) -> impl Future<Output = Result<http::Response<super::body::Body>, Infallible>> {
@@ -1042,7 +1042,9 @@ fn serve(
         Ok(match gen.listener(&addr) {
             // A reload gave this plaintext connection's listener `tls`.
             Some(lst) if lst.tls.is_some() && !peer.tls => {
-                let mut rsp = tls_required();
+                let (parts, _) = req.into_parts();
+                let head = http::Request::from_parts(parts, ());
+                let mut rsp = stack::refuse_plaintext(&shared, lst, head, active);
                 rsp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -1072,6 +1074,10 @@ fn serve(
                 stack::refuse_head(&shared, lst, head, h1::parse::Refusal::PaddedValue, active)
             }
             Some(lst) => {
+                if req.version() == http::Version::HTTP_2 {
+                    // `content-length: 5` twice: one line upstream, as from an HTTP/1.1 client.
+                    super::forward::one_length(req.headers_mut());
+                }
                 let sent = super::forward::Sent::of(req.headers());
                 let mut rsp = stack::handle(&shared, &gen, lst, req, sent, &peer, active).await;
                 // hyper writes the answer from its map alone.
@@ -1086,14 +1092,6 @@ fn serve(
 /// The answer to a request on a listener the generation in force no longer has.
 pub(super) fn removed() -> http::Response<super::body::Body> {
     answer(Reason::NoRoute, "this listener is being removed", None)
-}
-
-/// The answer to a request on a plaintext connection whose listener a reload gave `tls`: it
-/// is never served in plaintext (SPEC §8), and the connection closes after this answer (an
-/// HTTP/2 one is refused request by request until it idles out).
-pub(super) fn tls_required() -> http::Response<super::body::Body> {
-    let msg = "this listener serves TLS only since the last reload: connect again with TLS";
-    answer(Reason::BadRequest, msg, None)
 }
 
 #[cfg(test)]

@@ -182,14 +182,20 @@ pub fn degraded(replaced: Reason, with: Replacement) -> Response<Body> {
 /// A kept answer replayed for a repeated idempotency key, byte for byte, marked
 /// `x-rampart-idempotent-replay: true`.
 pub fn replay(kept: &StoredAnswer) -> Response<Body> {
-    let mut rsp = Response::new(Body::full(kept.body.clone()));
+    let body = Body::with_trailers(kept.body.clone(), kept.trailers.clone());
+    let mut rsp = Response::new(body);
     *rsp.status_mut() = kept.status;
     *rsp.headers_mut() = kept.headers.clone();
     // The length is the kept body's, whatever the store says: a stored answer may come from a
     // shared store that another writer filled, and a stale length would desynchronise the
-    // client's connection.
-    rsp.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(kept.body.len()));
+    // client's connection. One with trailers states none: an HTTP/1.1 client then gets it
+    // chunked, which has room for them (`grpc::announce_trailers` names gRPC's).
+    match kept.trailers {
+        None => rsp
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(kept.body.len())),
+        Some(_) => rsp.headers_mut().remove(CONTENT_LENGTH),
+    };
     rsp.headers_mut()
         .insert(REPLAY_HEADER, HeaderValue::from_static("true"));
     rsp
@@ -213,6 +219,7 @@ mod tests {
             status: http::StatusCode::CREATED,
             headers,
             body: bytes::Bytes::from_static(b"abc"),
+            trailers: None,
         };
         let rsp = replay(&kept);
         assert_eq!(rsp.status(), http::StatusCode::CREATED);

@@ -44,8 +44,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use http::header::WWW_AUTHENTICATE;
-use http::{HeaderValue, Method, Request, Response};
+use http::header::{ALLOW, TRAILER, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, Version};
 use tokio::time::Instant;
 
 use super::access_log::TryStats;
@@ -81,9 +81,47 @@ use crate::policy::load_shed::Shed;
 pub fn refuse_head(
     shared: &Shared,
     lst: &ListenerRt,
-    mut req: Request<()>,
+    req: Request<()>,
     refusal: Refusal,
     active: ConnActive,
+) -> Response<Body> {
+    let (reason, msg) = match refusal {
+        Refusal::Malformed => (Reason::BadRequest, "the request head is not valid HTTP/1.1"),
+        Refusal::TooLarge => (
+            Reason::HeadTooLarge,
+            "the request head is longer than runtime.max_header_bytes or has more than 100 header lines",
+        ),
+        Refusal::PaddedValue => (
+            Reason::BadRequest,
+            "a header field value starts or ends with a space or a tab, which HTTP/2 does not allow (RFC 9113 section 8.2.1)",
+        ),
+    };
+    refuse_unrouted(shared, lst, req, active, reason, msg)
+}
+
+/// Answers a request on a plaintext connection whose listener a reload gave `tls`: 400
+/// `bad_request`, never served in plaintext (SPEC §8). Counted, logged and given an id as
+/// [`refuse_head`]'s answers are; the caller closes the connection after it (an HTTP/2 one
+/// is refused request by request until it idles out).
+pub fn refuse_plaintext(
+    shared: &Shared,
+    lst: &ListenerRt,
+    req: Request<()>,
+    active: ConnActive,
+) -> Response<Body> {
+    let msg = "this listener serves TLS only since the last reload: connect again with TLS";
+    refuse_unrouted(shared, lst, req, active, Reason::BadRequest, msg)
+}
+
+/// rampart's answer `reason` to a request refused before routing, counted and logged as
+/// unrouted with an id of its own.
+fn refuse_unrouted(
+    shared: &Shared,
+    lst: &ListenerRt,
+    mut req: Request<()>,
+    active: ConnActive,
+    reason: Reason,
+    msg: &'static str,
 ) -> Response<Body> {
     let guards = Guards {
         conn: Some(active),
@@ -98,20 +136,13 @@ pub fn refuse_head(
         Instant::now(),
         guards,
     );
-    let (reason, msg) = match refusal {
-        Refusal::Malformed => (Reason::BadRequest, "the request head is not valid HTTP/1.1"),
-        Refusal::TooLarge => (
-            Reason::HeadTooLarge,
-            "the request head is longer than runtime.max_header_bytes or has more than 100 header lines",
-        ),
-        Refusal::PaddedValue => (
-            Reason::BadRequest,
-            "a header field value starts or ends with a space or a tab, which HTTP/2 does not allow (RFC 9113 section 8.2.1)",
-        ),
-    };
     let tm = lst.unrouted.tenant(&shared.empty_label);
     fin.answer(&tm, answer(reason, msg, None), None, NO_TRY)
 }
+
+/// The `allow` of the 405 an inbound listener answers to CONNECT: the methods of RFC 9110
+/// and RFC 5789 it serves, which are all of them but CONNECT.
+pub const INBOUND_ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// Serves one request on listener `lst` of generation `gen`.
 ///
@@ -156,12 +187,12 @@ pub fn handle<'a>(
         if req.method() == Method::CONNECT && lst.direction == Direction::Inbound {
             let tm = lst.unrouted.tenant(&shared.empty_label);
             let msg = "CONNECT tunnels are served on outbound listeners only";
-            return fin.answer(
-                &tm,
-                answer(Reason::MethodNotAllowed, msg, None),
-                None,
-                NO_TRY,
-            );
+            let mut rsp = answer(Reason::MethodNotAllowed, msg, None);
+            // A 405 says what is served (RFC 9110 §15.5.6): every method but CONNECT, of
+            // which the standard ones are named (any other is forwarded as well).
+            let allow = HeaderValue::from_static(INBOUND_ALLOW);
+            rsp.headers_mut().insert(ALLOW, allow);
+            return fin.answer(&tm, rsp, None, NO_TRY);
         }
 
         // 1. Route.
@@ -233,12 +264,11 @@ pub fn handle<'a>(
             let limit = decision.limit().unwrap_or("");
             tm.rate_limited(limit);
             let wait = decision.retry_after();
+            // The wait said is the one `retry-after` says (whole seconds, at least one).
+            let secs = respond::retry_after_secs(wait);
             let msg = match decision.refused_by_total() {
-                true => format!(
-                    "the route's total rate limit is exceeded; retry in {}",
-                    ms(wait)
-                ),
-                false => format!("rate limit exceeded for tenant {id}; retry in {}", ms(wait)),
+                true => format!("the route's total rate limit is exceeded; retry in {secs}s"),
+                false => format!("rate limit exceeded for tenant {id}; retry in {secs}s"),
             };
             let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
             decision.write_headers(rsp.headers_mut());
@@ -246,7 +276,9 @@ pub fn handle<'a>(
         }
 
         // What the upstream reads of the tenant and its plan is what was used above.
-        gen.identify
+        // Its lines are rampart's: a `connection` list naming them does not remove them.
+        let spare = gen
+            .identify
             .vouch(&tenant, req.headers_mut(), lst.trust_plan_header);
 
         // Where fallback (step 9) keeps this request's good answer; also read by a shed refusal.
@@ -354,8 +386,11 @@ pub fn handle<'a>(
             deadline: limit.map(|t| started + t),
             limit,
             grpc: fin.is_grpc(),
+            // Only HTTP/2 asks: an HTTP/1.1 request with trailers is chunked already.
+            sends_trailers: req.version() == Version::HTTP_2 && req.headers().contains_key(TRAILER),
             peer,
             sent,
+            spare,
             request_id: &request_id,
             body_idle: lst.body_idle_timeout,
             labels: &shared.labels,
@@ -401,6 +436,10 @@ pub fn handle<'a>(
         }
         // A gRPC call whose client reads trailers can be told DEADLINE_EXCEEDED mid-stream.
         let reads_trailers = ctx.grpc && grpc::reads_trailers(req.headers());
+        // An HTTP/1.1 client gets only the trailers its answer's head announces (an HTTP/1.0
+        // one none at all: its answer keeps its length).
+        let announce = reads_trailers && req.version() == Version::HTTP_11;
+        let codings_carried = req.version() == Version::HTTP_11;
         let mut rsp = match &route.policy.idempotency {
             // Boxed: kilobytes (the store's futures too) that the common case should not carry.
             Some(idem) => Box::pin(idempotent::run(&ctx, idem, req)).await,
@@ -408,6 +447,12 @@ pub fn handle<'a>(
             // request's future where it was made), so a box only added an allocation and a copy.
             None => exchange::run(&ctx, req).await,
         };
+        if !codings_carried && rsp.headers().contains_key(TRANSFER_ENCODING) {
+            rsp = uncodable();
+        }
+        if announce {
+            grpc::announce_trailers(&mut rsp);
+        }
         if let Some(at) = ctx.deadline {
             // The request's timeout covers the whole exchange: the answer's body too.
             rsp.body_mut()
@@ -425,6 +470,17 @@ pub fn handle<'a>(
         fin.answer_in_place(&tm, &mut rsp, None, tries);
         rsp
     }
+}
+
+/// The answer in place of one whose content has a transfer coding (an HTTP/1.1 upstream's
+/// `gzip, chunked`, passed on as `transfer-encoding: gzip` for the next hop to decode) when the
+/// client cannot be given it: HTTP/2 has no transfer codings and HTTP/1.0 none at all, so the
+/// body would reach it still coded and unlabelled. A 502, as nginx refuses a coding it does not
+/// know. (An answer with a `transfer-encoding` is never one whose lines stay raw, so the map
+/// holds it.)
+fn uncodable() -> Response<Body> {
+    let msg = "the upstream's answer carries a transfer coding (transfer-encoding) that the client's HTTP version cannot be given";
+    answer(Reason::UpstreamUnavailable, msg, None)
 }
 
 /// The 503 `shed` of a request the load shedder refused, counted under `tm`; the wait it says
@@ -470,8 +526,3 @@ const NO_TRY: TryStats = TryStats {
     received: None,
     whole: 0,
 };
-
-/// `wait` as a client reads it in a message: whole milliseconds (`480ms`), not nanoseconds.
-fn ms(wait: std::time::Duration) -> String {
-    format!("{}ms", wait.as_millis())
-}

@@ -3,7 +3,8 @@
 //!
 //! The copy never delays the client: each data frame is passed on as it comes, and what is kept
 //! is a reference-counted handle to the same bytes, not a copy, until the body ends; only then
-//! are the frames joined and handed to the [`Keeper`]. A body over the cap is handed over as
+//! are the frames joined and handed to the [`Keeper`], with the trailers the body ended with,
+//! if any (a gRPC answer's status is there). A body over the cap is handed over as
 //! [`Ending::TooLarge`]; one that ends in an error, or is dropped before its end (the client
 //! went away), as [`Ending::Broken`].
 
@@ -11,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 
 use super::body::Body;
@@ -19,8 +21,8 @@ use crate::error::BoxError;
 /// How a teed body ended.
 #[derive(Debug)]
 pub enum Ending {
-    /// Read to its end; the whole body.
-    Whole(Bytes),
+    /// Read to its end; the whole body, and the trailers it ended with.
+    Whole(Bytes, Option<HeaderMap>),
     /// Larger than the cap.
     TooLarge,
     /// Failed, or dropped before its end.
@@ -38,6 +40,7 @@ pub trait Keeper: Send + Sync + std::fmt::Debug + 'static {
 pub struct Tee {
     inner: Body,
     frames: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
     len: usize,
     cap: usize,
     keeper: Option<Box<dyn Keeper>>,
@@ -51,6 +54,7 @@ impl Tee {
         Tee {
             inner,
             frames: Vec::new(),
+            trailers: None,
             len: 0,
             cap,
             keeper: Some(keeper),
@@ -102,7 +106,7 @@ impl Tee {
                 all.freeze()
             }
         };
-        keeper.kept(Ending::Whole(body));
+        keeper.kept(Ending::Whole(body, self.trailers.take()));
     }
 }
 
@@ -120,6 +124,10 @@ impl http_body::Body for Tee {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.keep(data);
+                } else if let Some(t) = frame.trailers_ref() {
+                    if this.keeper.is_some() {
+                        this.trailers = Some(t.clone());
+                    }
                 }
                 // The server stops polling once the body says it has ended, so a known length
                 // ends here, not with a last `None`.

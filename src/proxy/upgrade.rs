@@ -90,7 +90,7 @@ pub async fn run(
     protocols: HeaderValue,
 ) -> (Response<Body>, Option<Upgrade>) {
     let client = hyper::upgrade::on(&mut req);
-    forward::prepare_request(&mut req, ctx.peer, ctx.sent);
+    forward::prepare_request(&mut req, ctx.peer, ctx.sent, ctx.spare.names());
     forward::keep_upgrade(req.headers_mut(), protocols);
     let (mut parts, _) = req.into_parts();
     let mut rsp = try_once(ctx, &mut parts, Body::Empty, None, None, &mut Tried::new()).await;

@@ -3,7 +3,7 @@
 //!
 //! One Redis hash per key, `PREFIX{ROUTE}:i:TENANT:HEX(sha256 of the key)`, with fields `d`
 //! (the request digest), `s` (`f` in flight, `a` answered, `x` too large to keep) and, once
-//! answered, `st`, `h`, `b` (status, headers, body). Claiming is one script (read and write
+//! answered, `st`, `h`, `b`, `t` (status, headers, body, trailers: empty when it had none). Claiming is one script (read and write
 //! under Redis's single thread, so two replicas cannot both claim); completing, releasing and
 //! holding (a claim whose client left after it was sent: its expiry is set to the hold) are
 //! scripts that act only if the entry is still this request's claim. An answered entry
@@ -41,7 +41,7 @@ if d ~= ARGV[1] then return {'reused'} end
 local s = redis.call('HGET', KEYS[1], 's')
 if s == 'f' then return {'inflight'} end
 if s == 'x' then return {'toolarge'} end
-return {'answer', redis.call('HGET', KEYS[1], 'st'), redis.call('HGET', KEYS[1], 'h'), redis.call('HGET', KEYS[1], 'b')}
+return {'answer', redis.call('HGET', KEYS[1], 'st'), redis.call('HGET', KEYS[1], 'h'), redis.call('HGET', KEYS[1], 'b'), redis.call('HGET', KEYS[1], 't') or ''}
 ";
 
 const COMPLETE: &str = r"
@@ -51,7 +51,7 @@ end
 if ARGV[3] == 'x' then
   redis.call('HSET', KEYS[1], 's', 'x')
 else
-  redis.call('HSET', KEYS[1], 's', 'a', 'st', ARGV[4], 'h', ARGV[5], 'b', ARGV[6])
+  redis.call('HSET', KEYS[1], 's', 'a', 'st', ARGV[4], 'h', ARGV[5], 'b', ARGV[6], 't', ARGV[7])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -136,7 +136,8 @@ impl RedisIdempotency {
                 let status = it.next().unwrap_or_default();
                 let headers = it.next().unwrap_or_default();
                 let body = it.next().unwrap_or_default();
-                Begin::Replay(Arc::new(decode(&status, &headers, body)?))
+                let trailers = it.next().unwrap_or_default();
+                Begin::Replay(Arc::new(decode(&status, &headers, body, &trailers)?))
             }
             _ => return None,
         };
@@ -193,6 +194,7 @@ impl IdempotencyStore for RedisIdempotency {
                 a.status.as_u16().to_string().into_bytes(),
                 encode_headers(&a.headers),
                 a.body.to_vec(),
+                a.trailers.as_ref().map(encode_headers).unwrap_or_default(),
             ],
             None => vec![digest.to_vec(), ttl, b"x".to_vec()],
         };
@@ -232,8 +234,21 @@ fn encode_headers(h: &HeaderMap) -> Vec<u8> {
     out
 }
 
-fn decode(status: &[u8], headers: &[u8], body: Vec<u8>) -> Option<StoredAnswer> {
+/// An answer as the store keeps it; `trailers` empty: it had none (or was stored by a version
+/// that did not keep them).
+fn decode(status: &[u8], headers: &[u8], body: Vec<u8>, trailers: &[u8]) -> Option<StoredAnswer> {
     let status = std::str::from_utf8(status).ok()?.parse::<u16>().ok()?;
+    let trailers = decode_headers(trailers);
+    Some(StoredAnswer {
+        status: StatusCode::from_u16(status).ok()?,
+        headers: decode_headers(headers),
+        body: Bytes::from(body),
+        trailers: Some(trailers).filter(|t| !t.is_empty()),
+    })
+}
+
+/// The lines of [`encode_headers`]; malformed ones are skipped.
+fn decode_headers(headers: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for line in headers.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let mut parts = line.splitn(2, |b| *b == 0);
@@ -244,11 +259,7 @@ fn decode(status: &[u8], headers: &[u8], body: Vec<u8>) -> Option<StoredAnswer> 
             map.append(n, v);
         }
     }
-    Some(StoredAnswer {
-        status: StatusCode::from_u16(status).ok()?,
-        headers: map,
-        body: Bytes::from(body),
-    })
+    map
 }
 
 #[cfg(test)]
@@ -261,12 +272,18 @@ mod tests {
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.append("set-cookie", HeaderValue::from_static("a=1"));
         h.append("set-cookie", HeaderValue::from_static("b=2; Path=/"));
-        let a = decode(b"201", &encode_headers(&h), b"{\"id\":7}".to_vec())
+        let a = decode(b"201", &encode_headers(&h), b"{\"id\":7}".to_vec(), b"")
             .expect("a stored answer must decode");
         assert_eq!(a.status, StatusCode::CREATED);
         assert_eq!(a.headers, h);
         assert_eq!(&a.body[..], b"{\"id\":7}");
-        assert!(decode(b"abc", b"", Vec::new()).is_none());
+        assert!(a.trailers.is_none(), "none stored: none replayed");
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        t.insert("grpc-message", HeaderValue::from_static("fine"));
+        let a = decode(b"200", b"", b"msg".to_vec(), &encode_headers(&t)).expect("decodes");
+        assert_eq!(a.trailers, Some(t));
+        assert!(decode(b"abc", b"", Vec::new(), b"").is_none());
     }
 
     /// The store is shared: what another writer put there is read as untrusted bytes.
@@ -281,15 +298,17 @@ mod tests {
             b"\xff\xfe",
             b"200 ",
         ] {
-            assert!(decode(status, b"", Vec::new()).is_none(), "{status:?}");
+            assert!(decode(status, b"", Vec::new(), b"").is_none(), "{status:?}");
         }
         let junk =
             b"no-nul-here\n\0value-without-name\nbad name\0v\nok\0\x7f\n\n\0\0\nx-fine\0yes\n";
-        let a = decode(b"200", junk, b"body".to_vec()).expect("a valid status decodes");
+        let a = decode(b"200", junk, b"body".to_vec(), junk).expect("a valid status decodes");
         assert_eq!(a.headers.len(), 1, "{:?}", a.headers);
         assert_eq!(a.headers["x-fine"], "yes");
+        assert_eq!(a.trailers, Some(a.headers.clone()));
         let huge = vec![b'a'; 1 << 20];
-        let a = decode(b"200", &huge, Vec::new()).expect("a valid status decodes");
+        let a = decode(b"200", &huge, Vec::new(), &huge).expect("a valid status decodes");
         assert!(a.headers.is_empty());
+        assert!(a.trailers.is_none());
     }
 }

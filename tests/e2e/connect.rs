@@ -208,10 +208,14 @@ async fn connect_is_refused_without_a_route_on_inbound_to_a_dead_upstream_and_by
         404,
         "no_route",
     );
-    assert_refused(
-        &connect(proxy.listener("inbound"), "secure.example:443").await,
-        405,
-        "method_not_allowed",
+    // A 405 names what is served (RFC 9110 §15.5.6): every method but CONNECT.
+    let inbound = connect(proxy.listener("inbound"), "secure.example:443").await;
+    assert_refused(&inbound, 405, "method_not_allowed");
+    assert_eq!(
+        inbound.header("allow").as_deref(),
+        Some("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
+        "{}",
+        inbound.text()
     );
     assert_refused(
         &connect(outbound, "dead.example:443").await,

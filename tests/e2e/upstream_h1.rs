@@ -7,6 +7,8 @@
 // A test harness, off rampart's request path: a plain mutex around the captured bytes is fine.
 #![allow(clippy::disallowed_types)]
 
+mod framing;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -632,6 +634,73 @@ async fn an_upstream_announcing_forbidden_trailers_gets_none_to_an_h1_client() {
     assert_eq!(rsp.status(), Some(200), "{text}");
     let section = text.split("\r\n0\r\n").nth(1).expect("a last chunk");
     assert_eq!(section, "x-checksum: c0ffee\r\n\r\n", "{text:?}");
+}
+
+/// An HTTP/2 client's upload with a `content-length` and trailers it announces (`trailer`)
+/// reaches an HTTP/1.1 upstream chunked, the length left out, its trailers in the chunked
+/// trailer section (without the fields that have no place there). Before, it went by its
+/// length and the trailers were dropped. The same upload announcing none still goes by its
+/// length, as upstreams that need one expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_uploads_announced_trailers_reach_an_h1_upstream_despite_its_length() {
+    use ::http::{HeaderMap, Request};
+    use http_body::Frame;
+    use http_body_util::combinators::UnsyncBoxBody;
+    let up = Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let proxy = proxy(up.addr()).await;
+    let mut send = http::h2c(proxy.listener("inbound")).await;
+    let upload = |announce: bool| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "c0ffee".parse().expect("value"));
+        trailers.insert("set-cookie", "sid=1".parse().expect("value"));
+        let frames = http::Frames(
+            [
+                Frame::data(Bytes::from_static(b"hello ")),
+                Frame::data(Bytes::from_static(b"world")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
+        );
+        let mut req = Request::post("http://app.internal/up").header("content-length", "11");
+        if announce {
+            req = req.header("trailer", "x-checksum");
+        }
+        req.body(UnsyncBoxBody::new(frames)).expect("a request")
+    };
+    for announce in [true, false] {
+        let rsp =
+            tokio::time::timeout(Duration::from_secs(10), send.send_request(upload(announce)))
+                .await
+                .expect("answered in time")
+                .expect("answered");
+        assert_eq!(rsp.status(), 200, "announced: {announce}");
+    }
+    let raw = up.requests_raw();
+    assert_eq!(raw.len(), 2);
+    let split = |r: &[u8]| -> (String, Vec<u8>) {
+        let at = r.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        (
+            String::from_utf8_lossy(&r[..at]).to_ascii_lowercase(),
+            r[at..].to_vec(),
+        )
+    };
+    let (head, body) = split(&raw[0]);
+    assert!(
+        head.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(head.contains("\r\ntrailer: x-checksum\r\n"), "{head}");
+    assert_eq!(dechunk(&body).as_deref(), Some(&b"hello world"[..]));
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.ends_with("\r\n0\r\nx-checksum: c0ffee\r\n\r\n"),
+        "the trailer section, without set-cookie: {body:?}"
+    );
+    let (head, body) = split(&raw[1]);
+    assert!(head.contains("\r\ncontent-length: 11\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(body, b"hello world");
 }
 
 /// The header lines of a raw answer's head, each as `name: value` (the status line left out).

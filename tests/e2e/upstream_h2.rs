@@ -33,7 +33,8 @@ struct Seen {
 }
 
 /// A hyper HTTP/2 server on 127.0.0.1: `/grpc` answers `hello` with the trailers
-/// `grpc-status: 0`, `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
+/// `grpc-status: 0` (`/grpc/sized` too, with a `content-length`; `/grpc/announced` with
+/// `trailer: grpc-status`), `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
 /// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), `/bytes/N` N bytes (as fast as
 /// flow control lets them go), anything else 200 `ok`.
 struct H2Server {
@@ -127,7 +128,7 @@ async fn answer(
     });
     let data = |b: &'static str| Frame::data(Bytes::from_static(b.as_bytes()));
     let (status, frames) = match parts.uri.path() {
-        "/grpc" => {
+        "/grpc" | "/grpc/sized" | "/grpc/announced" => {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().expect("value"));
             trailers.insert("grpc-message", "fine".parse().expect("value"));
@@ -203,9 +204,19 @@ async fn answer(
         rsp.headers_mut()
             .insert("x-huge", big.parse().expect("value"));
     }
-    if parts.uri.path() == "/grpc" || parts.uri.path().starts_with("/trailed/") {
+    if parts.uri.path().starts_with("/grpc") || parts.uri.path().starts_with("/trailed/") {
         rsp.headers_mut()
             .insert("content-type", "application/grpc".parse().expect("value"));
+    }
+    if parts.uri.path() == "/grpc/sized" {
+        // What `/grpc` sends, its length stated.
+        rsp.headers_mut()
+            .insert("content-length", "5".parse().expect("value"));
+    }
+    if parts.uri.path() == "/grpc/announced" {
+        // What `/grpc` sends, one of its trailers announced.
+        rsp.headers_mut()
+            .insert("trailer", "grpc-status".parse().expect("value"));
     }
     if parts.uri.path() == "/unavailable" {
         // A gRPC error as servers send it: Trailers-Only, the status in the headers.
@@ -446,6 +457,75 @@ async fn an_h2_upstreams_trailers_reach_the_client_without_forbidden_fields() {
     }
 }
 
+/// An HTTP/1.1 client that asks for trailers (`TE: trailers`) gets a gRPC answer's status
+/// from an HTTP/2 upstream that announced none (gRPC servers never do): the answer's head
+/// announces gRPC's trailer fields, as hyper's HTTP/1.1 server sends only those announced, and
+/// an answer that stated its length goes chunked, which alone has room for them. Before,
+/// HTTP/2 clients alone got them. A client that does not ask gets neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h1_client_that_asks_gets_an_h2_upstreams_unannounced_grpc_trailers() {
+    use std::time::Duration;
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    for path in ["/grpc", "/grpc/sized"] {
+        let asks = format!(
+            "POST {path} HTTP/1.1\r\nhost: grpc.internal\r\ncontent-type: application/grpc\r\n\
+             te: trailers\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let rsp =
+            crate::support::raw::exchange(addr, asks.as_bytes(), Duration::from_secs(10)).await;
+        let text = rsp.text();
+        assert_eq!(rsp.status(), Some(200), "{text}");
+        assert_eq!(
+            rsp.header("trailer").as_deref(),
+            Some("grpc-status, grpc-message, grpc-status-details-bin"),
+            "{text}"
+        );
+        assert_eq!(
+            rsp.header("transfer-encoding").as_deref(),
+            Some("chunked"),
+            "{text}"
+        );
+        assert_eq!(rsp.header("content-length"), None, "{text}");
+        assert!(
+            text.ends_with(
+                "\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n"
+            ),
+            "{path}: {text:?}"
+        );
+    }
+    // An upstream's own announcement is the one the client gets.
+    let asks = b"POST /grpc/announced HTTP/1.1\r\nhost: grpc.internal\r\n\
+                 content-type: application/grpc\r\nte: trailers\r\ncontent-length: 0\r\n\
+                 connection: close\r\n\r\n";
+    let rsp = crate::support::raw::exchange(addr, asks, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(
+        rsp.header("trailer").as_deref(),
+        Some("grpc-status"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n0\r\ngrpc-status: 0\r\n\r\n"),
+        "{text:?}"
+    );
+    // HTTP/1.0 has no chunked coding, hence no trailers: a sized answer keeps its length.
+    let old = b"POST /grpc/sized HTTP/1.0\r\nhost: grpc.internal\r\n\
+                content-type: application/grpc\r\nte: trailers\r\ncontent-length: 0\r\n\r\n";
+    let rsp = crate::support::raw::exchange(addr, old, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.header("content-length").as_deref(), Some("5"), "{text}");
+    assert_eq!(rsp.header("trailer"), None, "{text}");
+    let plain = b"POST /grpc HTTP/1.1\r\nhost: grpc.internal\r\ncontent-type: application/grpc\r\n\
+                  content-length: 0\r\nconnection: close\r\n\r\n";
+    let rsp = crate::support::raw::exchange(addr, plain, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.status(), Some(200), "{text}");
+    assert_eq!(rsp.header("trailer"), None, "{text}");
+    assert!(!text.contains("grpc-status"), "{text:?}");
+}
+
 /// An HTTP/1.1 client reaches the HTTP/2 upstream too (bodies both ways), retries go out on
 /// it, an answer with headers past the bound is a 502, and a dead HTTP/2 endpoint is a 502
 /// like any.
@@ -639,6 +719,7 @@ struct Called {
     /// Whether the answer's HEADERS frame ended the stream (gRPC's "Trailers-Only").
     ended_at_head: bool,
     body: Bytes,
+    trailers: Option<HeaderMap>,
 }
 
 /// One POST of `path` with `content-type: ct` on a new h2c connection to `addr`.
@@ -667,17 +748,14 @@ async fn h2_post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
     let status = rsp.status();
     let headers = rsp.headers().clone();
     let ended_at_head = rsp.body().is_end_stream();
-    let body = rsp
-        .into_body()
-        .collect()
-        .await
-        .expect("the body")
-        .to_bytes();
+    let collected = rsp.into_body().collect().await.expect("the body");
+    let trailers = collected.trailers().cloned();
     Called {
         status,
         headers,
         ended_at_head,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     }
 }
 
@@ -1507,6 +1585,8 @@ enum Serve {
     /// Resets with `REFUSED_STREAM` the first stream of each path; answers a later one 200
     /// `served: ` and the request's body.
     RefuseFirst,
+    /// Answers 200 `hello` with `content-length: 5` given twice (the h2 library sends it).
+    TwoLengths,
 }
 
 /// One gRPC message, `hi`: what `/framed` sends before it stalls.
@@ -1585,6 +1665,17 @@ impl H2Crate {
         while let Some(Ok(d)) = body.data().await {
             let _ = body.flow_control().release_capacity(d.len());
             got.extend_from_slice(&d);
+        }
+        if serve == Serve::TwoLengths {
+            let head = Response::builder()
+                .header("content-length", "5")
+                .header("content-length", "5")
+                .body(())
+                .expect("head");
+            if let Ok(mut send) = respond.send_response(head, false) {
+                let _ = send.send_data(Bytes::from_static(b"hello"), true);
+            }
+            return;
         }
         let head = Response::builder()
             .header("content-type", "application/grpc")
@@ -1892,4 +1983,133 @@ async fn a_stream_the_upstream_refused_goes_again() {
         Some(2.0),
         "one try each"
     );
+}
+
+/// An HTTP/2 upstream's answer with `content-length: 5` given twice (the h2 library takes
+/// equal values) reaches an HTTP/2 client with one `content-length`, as an HTTP/1.1 upstream's
+/// does; an HTTP/1.1 client gets one line too. Before, hyper's side of the listener passed both
+/// fields on, and an HTTP/2 client other than the h2 library's (python-h2, browsers) resets
+/// such a stream as malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstreams_repeated_content_length_reaches_clients_as_one() {
+    let up = H2Crate::start(Serve::TwoLengths).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::h2_get(addr, "/two", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "hello".to_owned())
+    );
+    let lengths: Vec<_> = rsp.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["5"], "{:?}", rsp.headers);
+    let rsp = http::get(addr, "/two", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "hello".to_owned())
+    );
+    let lengths: Vec<_> = rsp.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["5"], "{:?}", rsp.headers);
+}
+
+/// A route whose calls carry idempotency keys, in front of the h2c test server.
+const KEYED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
+policies:
+  keyed:
+    idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 100 }
+    circuit_breaker: { consecutive_failures: 100, open_for: 1s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { upstream: grpc, policy: keyed }
+"#;
+
+/// A keyed gRPC call whose answer streams is kept with its trailers, and its repeat gets them
+/// back after the message (`grpc-status: 0`), over HTTP/2 and to an HTTP/1.1 client that asks
+/// for trailers (chunked, the trailers announced), without reaching the upstream again. Before,
+/// the repeat ended with the message alone: "stream ended without status" for a gRPC client.
+/// A failed call is not kept, so its repeat runs again: a failing status in the trailers
+/// (UNAVAILABLE), none at all, or one in a Trailers-Only head, all HTTP 200s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_grpc_call_is_replayed_with_its_trailers_and_a_failed_one_is_not_kept() {
+    use std::time::Duration;
+    let up = H2Server::start(None).await;
+    let proxy = fronted(KEYED, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let grpc = |key: &'static str| {
+        [
+            ("content-type", "application/grpc"),
+            ("idempotency-key", key),
+        ]
+    };
+    let calls = |path: &str| up.seen().iter().filter(|s| s.path == path).count();
+
+    let first = h2_post_with(addr, "/trailed/ok", &grpc("ok-1")).await;
+    assert_eq!(first.body.as_ref(), b"message");
+    assert_eq!(
+        first.trailers.as_ref().map(|t| &t["grpc-status"]),
+        Some(&"0".parse().expect("value"))
+    );
+    assert!(first.headers.get("x-rampart-idempotent-replay").is_none());
+    let again = h2_post_with(addr, "/trailed/ok", &grpc("ok-1")).await;
+    assert_eq!(again.headers["x-rampart-idempotent-replay"], "true");
+    assert_eq!(
+        (again.status, again.body.as_ref()),
+        (StatusCode::OK, &b"message"[..])
+    );
+    let t = again
+        .trailers
+        .expect("the replay ends with the kept trailers");
+    assert_eq!(t["grpc-status"], "0", "{t:?}");
+    assert_eq!(calls("/trailed/ok"), 1, "the repeat was replayed");
+
+    // The same repeat from an HTTP/1.1 client that reads trailers.
+    let asks =
+        b"POST /trailed/ok HTTP/1.1\r\nhost: grpc.internal\r\ncontent-type: application/grpc\r\n\
+                 idempotency-key: ok-1\r\nte: trailers\r\ncontent-length: 5\r\n\
+                 connection: close\r\n\r\n\0\0\0\0\0";
+    let rsp = crate::support::raw::exchange(addr, asks, Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(
+        rsp.header("x-rampart-idempotent-replay").as_deref(),
+        Some("true"),
+        "{text}"
+    );
+    assert_eq!(
+        rsp.header("transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{text}"
+    );
+    assert_eq!(rsp.header("content-length"), None, "{text}");
+    assert!(
+        text.ends_with("\r\n0\r\ngrpc-status: 0\r\n\r\n"),
+        "{text:?}"
+    );
+    assert_eq!(calls("/trailed/ok"), 1);
+
+    for (path, key) in [
+        ("/trailed/unavailable", "failed-1"),
+        ("/trailed/none", "bare-1"),
+        ("/unavailable", "head-1"),
+    ] {
+        for n in 1..=2 {
+            let rsp = h2_post_with(addr, path, &grpc(key)).await;
+            assert_eq!(rsp.status, StatusCode::OK, "{path}");
+            assert!(
+                rsp.headers.get("x-rampart-idempotent-replay").is_none(),
+                "{path} #{n}"
+            );
+            assert_eq!(
+                calls(path),
+                n,
+                "{path}: a failed call is not kept, its repeat runs"
+            );
+        }
+    }
 }

@@ -318,6 +318,8 @@ impl Conn {
         async move {
             let kind = if body.is_end_stream() {
                 BodyKind::Empty
+            } else if added.trailers {
+                BodyKind::Trailed
             } else {
                 match body.size_hint().exact() {
                     Some(n) => BodyKind::Exact(n),
@@ -542,8 +544,10 @@ impl Conn {
             None => {
                 match *out {
                     Out::Length(0) | Out::None => {}
-                    Out::Length(_) => return Err(UpstreamError::RequestLength),
-                    Out::Chunked => {
+                    Out::Length(_) | Out::ChunkedExact(1..) => {
+                        return Err(UpstreamError::RequestLength)
+                    }
+                    Out::Chunked | Out::ChunkedExact(0) => {
                         if *chunked {
                             self.wr.extend_from_slice(b"\r\n");
                         }
@@ -563,7 +567,12 @@ impl Conn {
                             .checked_sub(data.len() as u64)
                             .ok_or(UpstreamError::RequestLength)?;
                     }
-                    Out::Chunked => {
+                    Out::Chunked | Out::ChunkedExact(_) => {
+                        if let Out::ChunkedExact(left) = out {
+                            *left = left
+                                .checked_sub(data.len() as u64)
+                                .ok_or(UpstreamError::RequestLength)?;
+                        }
                         if *chunked {
                             self.wr.extend_from_slice(b"\r\n");
                         }
@@ -575,9 +584,15 @@ impl Conn {
                 self.wr_data = data;
             }
             Err(frame) => {
-                // Trailers end a chunked body; a body framed by its length has no room for
-                // them, and they are dropped.
-                if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *out) {
+                // Trailers end a chunked body (held to its length, if it had one, as its end
+                // is); a body framed by its length has no room for them, and they are dropped.
+                let Ok(trailers) = frame.into_trailers() else {
+                    return Ok(());
+                };
+                if let Out::ChunkedExact(1..) = *out {
+                    return Err(UpstreamError::RequestLength);
+                }
+                if let Out::Chunked | Out::ChunkedExact(_) = *out {
                     if *chunked {
                         self.wr.extend_from_slice(b"\r\n");
                     }
@@ -821,21 +836,105 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let (id, ff) = (
+        let (id, ff) = ids();
+        conn.exchange(&parts, &added(&id, &ff, false), body, reused)
+            .await
+    }
+
+    /// The request id and `x-forwarded-for` a test request is sent with.
+    fn ids() -> (HeaderValue, HeaderValue) {
+        (
             HeaderValue::from_static("id"),
             HeaderValue::from_static("::1"),
-        );
-        let added = Added {
+        )
+    }
+
+    /// What the writer adds to a test request; `trailers`: it may end in them.
+    fn added<'a>(id: &'a HeaderValue, ff: &'a HeaderValue, trailers: bool) -> Added<'a> {
+        Added {
             host: "up",
-            request_id: &id,
-            forwarded_for: &ff,
+            request_id: id,
+            forwarded_for: ff,
             https: false,
+            trailers,
             deadline: None,
-        };
-        conn.exchange(&parts, &added, body, reused).await
+        }
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+    /// A client's upload of `chunks`, then trailers (`x-checksum`) if `trailers`, all here.
+    fn trailed_upload(chunks: &[&'static str], trailers: bool) -> Body {
+        let fault = Arc::new(FaultCell::default());
+        let mut body = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
+        // Each frame put back goes in front of the others: the last first.
+        if trailers {
+            let mut map = http::HeaderMap::new();
+            map.insert("x-checksum", HeaderValue::from_static("c0ffee"));
+            body.unread(Frame::trailers(map));
+        }
+        for chunk in chunks.iter().rev() {
+            body.unread(Frame::data(Bytes::from_static(chunk.as_bytes())));
+        }
+        Body::Client(body)
+    }
+
+    /// A POST of `content-length: length` that may end in trailers (an HTTP/2 client's that
+    /// announced them): what the writer wrote, or how the exchange failed.
+    async fn trailed_exchange(length: &str, body: Body) -> Result<String, Failed> {
+        let wire = answering(OK);
+        let mut conn = over(&wire);
+        let (parts, ()) = Request::post("http://up/")
+            .header("content-length", length)
+            .header("trailer", "x-checksum")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let (id, ff) = ids();
+        conn.exchange(&parts, &added(&id, &ff, true), body, false)
+            .await?;
+        let sent = wire.writes.lock().unwrap().concat();
+        Ok(String::from_utf8(sent).unwrap())
+    }
+
+    /// A request that may end in trailers goes chunked, its `content-length` left out (RFC
+    /// 9112 §6.1), so that the trailers have a place to go; it is held to that length all the
+    /// same: a body longer or shorter than it said fails as one framed by it does.
+    #[tokio::test]
+    async fn an_upload_that_may_end_in_trailers_goes_chunked_held_to_its_length() {
+        let sent = trailed_exchange("11", trailed_upload(&["hello ", "world"], true))
+            .await
+            .unwrap();
+        let (head, body) = sent.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        assert!(head.contains("\r\ntrailer: x-checksum"), "{head}");
+        assert_eq!(
+            body,
+            "6\r\nhello \r\n5\r\nworld\r\n0\r\nx-checksum: c0ffee\r\n\r\n"
+        );
+        // No trailers after all: the last chunk ends it.
+        let sent = trailed_exchange("5", trailed_upload(&["hello"], false))
+            .await
+            .unwrap();
+        assert!(
+            sent.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "{sent:?}"
+        );
+        // Longer or shorter than its length, ended by trailers or not.
+        for (length, chunks, trailers) in [
+            ("4", &["hello"][..], false),
+            ("4", &["hello"][..], true),
+            ("6", &["hello"][..], false),
+            ("6", &["hello"][..], true),
+        ] {
+            let failed = trailed_exchange(length, trailed_upload(chunks, trailers)).await;
+            assert!(
+                matches!(failed, Err(Failed::Broken(UpstreamError::RequestLength))),
+                "length {length}, trailers {trailers}: {failed:?}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn an_upload_already_here_goes_out_with_the_head_in_one_write() {

@@ -62,6 +62,10 @@ pub enum Out {
     Length(u64),
     /// Chunked.
     Chunked,
+    /// Chunked, and exactly this many bytes in all, as the request's `content-length` said: a
+    /// request that may end in trailers ([`BodyKind::Trailed`]), its length left out of the
+    /// head (RFC 9112 §6.1: never both) and its body still held to it.
+    ChunkedExact(u64),
 }
 
 /// A request head as written, and what it implies.
@@ -85,6 +89,9 @@ pub enum BodyKind {
     Exact(u64),
     /// Unknown size.
     Unknown,
+    /// Whatever its size, a body that may end in trailers (an HTTP/2 request that announces
+    /// them): sent chunked, which alone has room for them, and held to its `content-length`.
+    Trailed,
 }
 
 // === request head ===
@@ -94,7 +101,8 @@ pub enum BodyKind {
 /// GET, HEAD or CONNECT of zero bytes), an unknown one `transfer-encoding: chunked`, and a
 /// request without body gets no framing header (a `content-length` it carries is kept). A `content-length` the request already has is
 /// trusted over the body's own size, as hyper did; a `transfer-encoding` it keeps (codings other
-/// than chunked) gets `chunked` added last.
+/// than chunked) gets `chunked` added last. A [`BodyKind::Trailed`] body goes chunked, its
+/// `content-length` left out and counted against it instead ([`Out::ChunkedExact`]).
 ///
 /// What the proxy adds (`added`) follows the map's lines: `x-forwarded-proto` always (a line of
 /// that name in the map is not written), and `host`, `x-request-id` and `x-forwarded-for` when
@@ -157,7 +165,7 @@ pub fn encode_head(
                 continue;
             }
         } else if *name == header::CONTENT_LENGTH {
-            if te.is_some() {
+            if te.is_some() || body == BodyKind::Trailed {
                 // RFC 9112 §6.1: never both.
                 continue;
             }
@@ -197,6 +205,10 @@ pub fn encode_head(
     let out = match (body, te, length) {
         (BodyKind::Empty, _, _) => Out::None,
         (_, Some(_), _) => Out::Chunked,
+        (BodyKind::Trailed, None, length) => {
+            dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            length.map_or(Out::Chunked, Out::ChunkedExact)
+        }
         (_, None, Some(n)) => Out::Length(n),
         (BodyKind::Exact(n), None, None) => {
             if n > 0 || !is_bodyless_method(method) {
@@ -494,12 +506,13 @@ impl Names {
 /// on). The answer's map stays empty; the request's `x-request-id`, if the lines have none,
 /// is kept beside them (`id`).
 ///
-/// An answer is plain unless it has a `transfer-encoding`, more than one `content-length` (or
-/// one that is not just digits), a hop-by-hop header (or a `connection` naming any header),
-/// or `x-rampart-reason`: those go into the map at once, as before, and so does every answer
-/// without a body (its connection goes back to the pool before the answer is written). Code
-/// that reads or changes an answer's headers other than the lean server's writing makes the
-/// map whole first: [`crate::proxy::body::whole_headers`].
+/// An answer is plain unless it has a `transfer-encoding`, a hop-by-hop header (or a
+/// `connection` naming any header), or `x-rampart-reason`: those go into the map at once, as
+/// before, and so does every answer without a body (its connection goes back to the pool
+/// before the answer is written). Code that reads or changes an answer's headers other than
+/// the lean server's writing makes the map whole first: [`crate::proxy::body::whole_headers`].
+/// Its `content-length` is one line of digits however it came (repeated, or a list of one
+/// value: `finish_head` keeps the first line's first member).
 #[derive(Debug, Default)]
 pub struct RawLines {
     /// The head the lines are in; empty once they are in the map or let go (a head is never
@@ -598,7 +611,14 @@ fn finish_head(
 ) -> Result<Head, Malformed> {
     raw.start(head);
     let mut length: Option<u64> = None;
-    let mut te: Option<bool> = None; // Some(last coding is chunked)
+    // Every `transfer-encoding` line read: how many times they list `chunked`, and whether it
+    // is the last coding.
+    let (mut te_seen, mut chunked, mut chunked_last) = (false, 0u32, false);
+    // RFC 9112 §6.3: these end at their head, whatever it says of a body.
+    let bodyless = head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational();
     let mut close = false;
     let mut keep_alive = false;
     // Whether the lines may stay raw: nothing in them that the request path reads or changes.
@@ -614,25 +634,37 @@ fn finish_head(
             if length.is_some_and(|old| old != n) {
                 return Err(Malformed("conflicting content-length values"));
             }
-            if lengthless {
-                length = Some(n);
+            let repeated = length.is_some();
+            length = Some(n);
+            if lengthless || repeated {
                 continue;
             }
-            // Raw only as one line of digits: the lean server then writes it as sent.
-            plain &= length.is_none() && value.iter().all(u8::is_ascii_digit);
+            // One line of digits goes on, whatever the upstream sent: a repeated line of the
+            // same value is dropped above, and a list of one value (`5, 5`, which an HTTP/2
+            // client resets as malformed) is cut to its first member. RFC 9110 §8.6 lets a
+            // recipient take either as the one value; nginx passes on one line too. The value
+            // starts with a digit (httparse takes the whitespace around it off), and its
+            // first member's digits are all that `parse_length_list` found in it.
+            let digits = value.iter().take_while(|b| b.is_ascii_digit()).count() as u16;
             raw.length = true;
-            length = Some(n);
+            raw.lines.push((name, [ns, ne, vs, vs + digits]));
+            continue;
         } else if kind == Kind::TransferEncoding {
-            plain = false;
-            let last = value
-                .rsplit(|&b| b == b',')
+            te_seen = true;
+            for c in value
+                .split(|&b| b == b',')
                 .map(trim)
-                .find(|c| !c.is_empty());
-            if let Some(last) = last {
-                te = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else if te.is_none() {
-                te = Some(false);
+                .filter(|c| !c.is_empty())
+            {
+                chunked_last = c.eq_ignore_ascii_case(b"chunked");
+                chunked += u32::from(chunked_last);
             }
+            if bodyless {
+                // Framing of a body that is not there: not passed on (RFC 9112 §6.1: no
+                // `transfer-encoding` in a 1xx or 204 answer).
+                continue;
+            }
+            plain = false;
         } else if kind == Kind::Connection {
             let tokens = ConnectionTokens::read(value);
             close |= tokens.close;
@@ -665,21 +697,28 @@ fn finish_head(
     } else {
         Version::HTTP_10
     };
+    // Some(`chunked` is the last coding, and listed once).
+    let te = te_seen.then_some(chunked == 1 && chunked_last);
     if te.is_some() && version == Version::HTTP_10 {
         // RFC 9112 §6.1: an HTTP/1.0 message with transfer-encoding has faulty framing.
         return Err(Malformed("transfer-encoding in an HTTP/1.0 answer"));
     }
-    let bodyless = head_request
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status.is_informational();
+    if te == Some(false) && !bodyless {
+        // Not last (`identity`, `chunked, gzip`), RFC 9112 §6.3 would read the body until the
+        // upstream closes, which one that keeps its connection never does; and chunked twice is
+        // forbidden (RFC 9112 §7). Refused, a 502 as for any other malformed answer. (A coding
+        // before the last `chunked`, `gzip, chunked`, is the content's: an HTTP/1.1 client is
+        // given it, `stack::uncodable` refuses it to a client that cannot be.)
+        return Err(Malformed(
+            "transfer-encoding whose last coding is not chunked, or chunked twice",
+        ));
+    }
     let framing = if bodyless {
         Framing::Empty
     } else {
         match (te, length) {
-            (Some(true), _) => Framing::Chunked,
-            // RFC 9112 §6.3: chunked not last in an answer: read until the upstream closes.
-            (Some(false), _) => Framing::Close,
+            // Only `chunked` alone gets here (see above).
+            (Some(_), _) => Framing::Chunked,
             (None, Some(0)) => Framing::Empty,
             (None, Some(n)) => Framing::Length(n),
             (None, None) => Framing::Close,

@@ -109,6 +109,10 @@ pub struct H2Answer {
     /// A gRPC call's messages so far, read only when its client reads trailers and a deadline
     /// bounds it: whether a cut can end it with a status.
     messages: Option<Messages>,
+    /// Its size is not told ([`H2Answer::size_hint`] is unknown) though the upstream stated
+    /// it: an answer whose `content-length` was taken out so that an HTTP/1.1 client gets it
+    /// chunked, with its trailers (`grpc::announce_trailers`).
+    pub(crate) size_untold: bool,
 }
 
 // === impl H2 ===
@@ -184,6 +188,7 @@ fn again(body: &Body) -> Option<Body> {
     match body {
         Body::Empty | Body::Full(None) => Some(Body::Empty),
         Body::Full(Some(b)) => Some(Body::Full(Some(b.clone()))),
+        Body::Trailed(t) => Some(Body::Trailed(t.clone())),
         _ => None,
     }
 }
@@ -248,6 +253,9 @@ impl Pool {
         let (mut head, body) = rsp.into_parts();
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
+        // The h2 library takes `content-length` repeated with one value; an HTTP/2 client given
+        // both resets the stream, so one goes on (as from an HTTP/1.1 upstream).
+        crate::proxy::forward::one_length(&mut head.headers);
         let answer = H2Answer {
             body: Some(body),
             stream,
@@ -256,6 +264,7 @@ impl Pool {
             grpc: false,
             end_by: None,
             messages: None,
+            size_untold: false,
         };
         Ok(Response::from_parts(
             head,
@@ -492,8 +501,10 @@ impl http_body::Body for H2Answer {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+        match &self.body {
+            None => SizeHint::with_exact(0),
+            Some(_) if self.size_untold => SizeHint::new(),
+            Some(b) => b.size_hint(),
+        }
     }
 }

@@ -52,13 +52,14 @@ async fn setup(stall: bool) -> (Capture, Proxy) {
     (app, proxy)
 }
 
-/// Before 2464352 the replay body's size hint set its lower bound above its upper, and hyper's
-/// h1 client panicked on it (`size_hint.rs`): 502 and "panicked" in the log. Fails on the old
-/// code (the issue's reproduction, reasoned from `body.rs` at 8024b07).
-#[tokio::test]
-async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() {
-    let (app, proxy) = setup(false).await;
-    let addr = proxy.listener("inbound");
+/// An HTTP/2 PUT of `data` (with `content-length` if given) ending in the trailer
+/// `x-checksum: abc`, over a connection of its own: its answer.
+async fn h2_put_with_trailer(
+    addr: std::net::SocketAddr,
+    path: &str,
+    data: &'static [u8],
+    length: Option<&str>,
+) -> http::Response<hyper::body::Incoming> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -68,25 +69,104 @@ async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() 
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().expect("value"));
     let body = Frames(VecDeque::from([
-        Frame::data(Bytes::from_static(b"hello world")),
+        Frame::data(Bytes::from_static(data)),
         Frame::trailers(trailers),
     ]));
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::PUT)
-        .uri(format!("http://{addr}/r/put"))
-        .header("content-length", "11")
-        .body(body)
-        .expect("request");
-    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .uri(format!("http://{addr}{path}"));
+    if let Some(n) = length {
+        req = req.header("content-length", n);
+    }
+    let req = req.body(body).expect("request");
+    tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
         .await
         .expect("answered in time")
-        .expect("answered");
+        .expect("answered")
+}
+
+/// Before 2464352 the replay body's size hint set its lower bound above its upper, and hyper's
+/// h1 client panicked on it (`size_hint.rs`): 502 and "panicked" in the log. Fails on the old
+/// code (the issue's reproduction, reasoned from `body.rs` at 8024b07).
+#[tokio::test]
+async fn an_h2_put_with_a_length_and_a_trailer_on_a_retried_route_is_answered() {
+    let (app, proxy) = setup(false).await;
+    let addr = proxy.listener("inbound");
+    let rsp = h2_put_with_trailer(addr, "/r/put", b"hello world", Some("11")).await;
     let status = rsp.status();
     let text = rsp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&text));
     assert_eq!(&text[..], b"ok");
     assert_eq!(app.hits(), 1);
     assert!(app.requests()[0].contains("hello world"));
+    assert_no_panic(&proxy);
+}
+
+/// A request whose body ends in trailers is retried like one without (SPEC §2: the body fits
+/// `retry.buffer`): each try sends the body and then its trailers. An HTTP/2 PUT and an
+/// HTTP/1.1 chunked PUT to a route with two attempts, the upstream answering 503 (which `retry`
+/// retries by default): each reaches it twice, whole. Before, a body with trailers streamed
+/// once and its request was never retried.
+#[tokio::test]
+async fn a_request_whose_body_ends_in_trailers_is_retried_with_them() {
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy";
+    let app = Capture::start(BUSY).await;
+    let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", ""))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let req =
+        b"PUT /r/h1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+                5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n";
+    let rsp = raw::exchange(addr, req, Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(503), "{}", rsp.text());
+    let rsp = h2_put_with_trailer(addr, "/r/h2", b"hello", None).await;
+    assert_eq!(rsp.status(), 503);
+    let got = app.requests();
+    for path in ["/r/h1", "/r/h2"] {
+        let tries: Vec<&String> = got.iter().filter(|r| r.contains(path)).collect();
+        assert_eq!(tries.len(), 2, "{path} tried twice: {got:#?}");
+        for t in tries {
+            assert!(t.contains("\r\n5\r\nhello\r\n"), "{t}");
+            assert!(trailer_section(t).contains("x-checksum: abc"), "{t}");
+        }
+    }
+    assert_no_panic(&proxy);
+}
+
+/// A client's request trailers lose the names rampart reads its identity from, the tenant's
+/// `header` source and `tenants.plans.plan_header`: the upstream reads them in the head,
+/// where rampart put what it used, and must not find the client's other value in the
+/// trailers. Other trailers pass. Before, `x-tenant-id: other` reached it there.
+#[tokio::test]
+async fn request_trailers_lose_the_tenant_and_plan_header_names() {
+    let app = Capture::start(OK).await;
+    let tenants =
+        "tenants: { from: [ { header: x-tenant-id } ], plans: { plan_header: x-tenant-plan } }";
+    let proxy = Proxy::builder(&ROUTES.replace("$RUNTIME", tenants))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    for path in ["/s/plain", "/r/retried"] {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nx-tenant-id: acme\r\nConnection: close\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\
+             x-tenant-id: other\r\nX-Tenant-Plan: free\r\n\r\n"
+        );
+        let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    }
+    let got = app.requests();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    for r in &got {
+        let trailers = trailer_section(r);
+        assert!(trailers.contains("x-checksum: abc"), "{r}");
+        assert!(!trailers.contains("x-tenant-id"), "{r}");
+        assert!(!trailers.contains("x-tenant-plan"), "{r}");
+    }
     assert_no_panic(&proxy);
 }
 
@@ -112,6 +192,10 @@ async fn trailer_fields_that_have_no_place_there_never_reach_the_upstream() {
         ("authorization", "Bearer x"),
         ("content-type", "text/html"),
         ("set-cookie", "a=b"),
+        // rampart's own forwarding lines, rewritten in the head.
+        ("x-forwarded-for", "10.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "forged"),
     ];
     // HTTP/1.1, chunked (`connection` too: HTTP/2 cannot carry it at all).
     let mut req = String::from(

@@ -169,6 +169,19 @@ async fn get(
     (parts.status, body)
 }
 
+/// The `BOUNDED` proxy before `app`, its access log in a directory of its own: the proxy, the
+/// directory (kept for the test's length) and the log file.
+async fn bounded(app: std::net::SocketAddr) -> (Proxy, tempfile::TempDir, std::path::PathBuf) {
+    let log = tempfile::tempdir().expect("a temp dir");
+    let file = log.path().join("access.jsonl");
+    let proxy = Proxy::builder(BOUNDED)
+        .var("APP", app)
+        .var("LOG", file.display())
+        .spawn()
+        .await;
+    (proxy, log, file)
+}
+
 /// A client keeps one stream's window shut (1 KiB, never opened: it reads what came but
 /// releases none of it) while its connection moves (PINGs every 100 ms), on a route of 3 s,
 /// behind which the upstream streams without end. At the deadline the stream is reset
@@ -181,13 +194,7 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_window_stays_shut_is_reset_and_its_upstream_closed() {
     let up = upstream().await;
-    let log = tempfile::tempdir().expect("a temp dir");
-    let file = log.path().join("access.jsonl");
-    let proxy = Proxy::builder(BOUNDED)
-        .var("APP", up.addr)
-        .var("LOG", file.display())
-        .spawn()
-        .await;
+    let (proxy, _log, file) = bounded(up.addr).await;
     let addr = proxy.listener("inbound");
 
     let send = h2_client(addr, 1024).await;
@@ -266,13 +273,7 @@ async fn a_stream_whose_window_stays_shut_is_reset_and_its_upstream_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_whose_window_keeps_opening_is_not_cut() {
     let up = upstream().await;
-    let log = tempfile::tempdir().expect("a temp dir");
-    let file = log.path().join("access.jsonl");
-    let proxy = Proxy::builder(BOUNDED)
-        .var("APP", up.addr)
-        .var("LOG", file.display())
-        .spawn()
-        .await;
+    let (proxy, _log, file) = bounded(up.addr).await;
     let addr = proxy.listener("inbound");
 
     let send = h2_client(addr, 16 * 1024).await;

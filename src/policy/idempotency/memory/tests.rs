@@ -22,6 +22,7 @@ fn answer() -> StoredAnswer {
         status: StatusCode::CREATED,
         headers: HeaderMap::new(),
         body: Bytes::from_static(b"made"),
+        trailers: None,
     }
 }
 

@@ -223,10 +223,62 @@ fn a_close_delimited_answer_reads_everything() {
         "a close-delimited answer ends its connection"
     );
     assert_eq!(body, b"all of it");
-    // Chunked not last: read until close too (RFC 9112 §6.3).
-    let h = whole(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n");
-    assert_eq!(h.framing, Framing::Close);
-    assert!(!h.keep_alive);
+}
+
+/// A `transfer-encoding` whose last coding is not `chunked` is refused, not read until the
+/// upstream closes (one that keeps its connection open never ends such a body), and so is one
+/// that lists `chunked` twice. An answer without a body (to HEAD, 1xx, 204, 304) ends at its
+/// head whatever it says, and its `transfer-encoding` is not passed on.
+#[test]
+fn a_transfer_encoding_not_ending_in_one_chunked_is_malformed() {
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        let e = malformed(bad);
+        assert_eq!(
+            e.0,
+            "transfer-encoding whose last coding is not chunked, or chunked twice"
+        );
+    }
+    for good in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        assert_eq!(whole(good).framing, Framing::Chunked);
+    }
+    // No body: the head is the whole answer, and the coding goes nowhere.
+    for (bytes, head_request) in [
+        (
+            &b"HTTP/1.1 204 No Content\r\ntransfer-encoding: identity\r\n\r\n"[..],
+            false,
+        ),
+        (
+            b"HTTP/1.1 304 Not Modified\r\netag: \"a\"\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\n",
+            true,
+        ),
+    ] {
+        let (h, rest) = head(bytes, head_request)
+            .expect("parses")
+            .expect("complete");
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(rest.is_empty());
+        assert!(
+            !h.response.headers().contains_key("transfer-encoding"),
+            "{:?}",
+            h.response.headers()
+        );
+    }
 }
 
 #[test]
@@ -453,6 +505,26 @@ fn content_length_values_must_agree() {
         whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n").framing,
         Framing::Length(3)
     );
+    // Passed on as one line of the value, to any client (plain: the lines stay raw).
+    for repeated in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\nx-a: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3 ,003\r\nx-a: 1\r\n\r\n",
+    ] {
+        let mut raw = RawLines::default();
+        let mut buf = BytesMut::from(repeated);
+        let h = parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+            .expect("parses")
+            .expect("complete");
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(h.response.headers().is_empty(), "plain: the lines stay raw");
+        let mut written = Vec::new();
+        raw.write(&mut written);
+        assert_eq!(written, b"content-length: 3\r\nx-a: 1\r\n");
+        let map = whole(repeated).response.headers().clone();
+        let lengths: Vec<_> = map.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["3"], "{}", String::from_utf8_lossy(repeated));
+    }
     malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n");
     malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n");
     malformed(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n");
@@ -658,6 +730,29 @@ fn cookies_go_out_on_one_line() {
     );
     let (text, _) = request(Method::GET, "/", &[("cookie", "a=1")], BodyKind::Empty);
     assert_eq!(text, "GET / HTTP/1.1\r\ncookie: a=1\r\n\r\n");
+}
+
+/// A body that may end in trailers goes chunked, its `content-length` left out (never both)
+/// and kept as what the body is held to.
+#[test]
+fn a_body_that_may_end_in_trailers_goes_chunked_whatever_its_length() {
+    let (text, w) = request(
+        Method::POST,
+        "/",
+        &[("content-length", "7"), ("trailer", "x-sum")],
+        BodyKind::Trailed,
+    );
+    assert_eq!(
+        text,
+        "POST / HTTP/1.1\r\ntrailer: x-sum\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert_eq!(w.body, Out::ChunkedExact(7));
+    let (text, w) = request(Method::POST, "/", &[], BodyKind::Trailed);
+    assert_eq!(
+        text,
+        "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert_eq!(w.body, Out::Chunked);
 }
 
 #[test]
@@ -878,13 +973,12 @@ fn a_plain_answer_keeps_its_lines_as_they_came() {
 
 /// Anything the request path reads or changes in an answer's headers puts them in the map at
 /// once, as the connection reads it: so does an answer without a body (its connection goes
-/// back before the answer is written).
+/// back before the answer is written). A repeated `content-length` no longer does: it is kept
+/// raw as one line (`content_length_values_must_agree`).
 #[test]
 fn answers_that_are_not_plain_go_into_the_map_whole() {
     for bytes in [
         &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
-        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2, 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: x-a\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\n",
