@@ -76,7 +76,12 @@ fn verifier(dir: &std::path::Path, jwk: &Value) -> Jwt {
         plan_claim: Some("plan".into()),
     };
     let clock: SharedClock = Arc::new(MonotonicClock::new());
-    Jwt::new(&cfg, None, WallClock::system(clock))
+    Jwt::new(
+        &cfg,
+        Arc::from([Box::from("pro")]),
+        None,
+        WallClock::system(clock),
+    )
 }
 
 fn token(enc: &EncodingKey, alg: Algorithm) -> String {

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use rampart::tenant::{is_valid_id, Conn, Identify, TenantId};
+use rampart::tenant::{configured_plans, is_valid_id, Conn, Identify, TenantId};
 
 const POLICY: &str = r#"
 version: 1
@@ -28,7 +28,7 @@ fn rules() -> &'static Identify {
     static RULES: OnceLock<Identify> = OnceLock::new();
     RULES.get_or_init(|| {
         let cfg = rampart::config::Config::from_str(POLICY, "fuzz").expect("the policy is valid");
-        Identify::new(&cfg.file.tenants)
+        Identify::new(&cfg.file.tenants, &configured_plans(&cfg.file))
     })
 }
 
@@ -41,7 +41,7 @@ fn forwarded() -> &'static Identify {
             "    - client_ip: x-forwarded-for\n",
         );
         let cfg = rampart::config::Config::from_str(&policy, "fuzz").expect("the policy is valid");
-        Identify::new(&cfg.file.tenants)
+        Identify::new(&cfg.file.tenants, &configured_plans(&cfg.file))
     })
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, Validation};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use self::cache::{TokenCache, CACHE_TTL_NANOS};
@@ -25,6 +26,7 @@ use self::keys::KeyStore;
 use crate::clock::WallClock;
 use crate::config::file::JwtSource;
 use crate::error::Reason;
+use crate::throttle::{Throttle, WARN_EVERY};
 
 pub use self::refresh::is_url;
 
@@ -32,13 +34,16 @@ pub use self::refresh::is_url;
 pub const LEEWAY_SECS: u64 = 60;
 /// Verified tokens cached per source.
 pub const CACHE_CAP: usize = 10_000;
+/// Most characters of a refused plan claim a warning shows.
+const SHOWN_CLAIM: usize = 40;
 
 /// What a verified token says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
     /// The tenant (from `claim`), a valid tenant id.
     pub tenant: Arc<str>,
-    /// The plan (from `plan_claim`), if configured and present.
+    /// The plan (from `plan_claim`), if configured and naming a configured plan (see
+    /// [`Jwt::verify_uncached`]).
     pub plan: Option<Arc<str>>,
     /// `tenant` as a header value (`None` only for an id that is no valid one, which
     /// [`Jwt::verify`] refuses): made once per verified token, not per request, for the header
@@ -69,6 +74,12 @@ pub struct Jwt {
     header: HeaderName,
     claim: Vec<String>,
     plan_claim: Option<Vec<String>>,
+    /// The plans some policy gives limits to (`rate_limit.plans`): the only ones a token may
+    /// name. Shared by the generation's `jwt` sources.
+    plans: Arc<[Box<str>]>,
+    /// A claim naming none of `plans` is warned about at most every [`WARN_EVERY`]; taken only
+    /// when such a token is verified (once a minute per token, by the cache).
+    unplanned: Mutex<Throttle>,
     validations: Vec<(Algorithm, Validation)>,
     keys: Arc<KeyStore>,
     cache: TokenCache,
@@ -78,17 +89,29 @@ pub struct Jwt {
 // === impl Jwt ===
 
 impl Jwt {
-    /// The source for `cfg`; the keys (and their refresh task) of `prev` are kept when it has
-    /// the same settings, so a reload neither re-reads nor waits for a JWKS URL again.
-    pub fn new(cfg: &JwtSource, prev: Option<&Jwt>, wall: WallClock) -> Self {
+    /// The source for `cfg`, whose tokens may name the plans `plans`; the keys (and their
+    /// refresh task) of `prev` are kept when it has the same settings, so a reload neither
+    /// re-reads nor waits for a JWKS URL again.
+    pub fn new(
+        cfg: &JwtSource,
+        plans: Arc<[Box<str>]>,
+        prev: Option<&Jwt>,
+        wall: WallClock,
+    ) -> Self {
         let keys = match prev.filter(|p| p.cfg == *cfg) {
             Some(p) => p.keys.clone(),
             None => refresh::start(cfg),
         };
-        Self::with_keys(cfg, keys, wall, CACHE_CAP)
+        Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)
     }
 
-    fn with_keys(cfg: &JwtSource, keys: Arc<KeyStore>, wall: WallClock, cap: usize) -> Self {
+    fn with_keys(
+        cfg: &JwtSource,
+        plans: Arc<[Box<str>]>,
+        keys: Arc<KeyStore>,
+        wall: WallClock,
+        cap: usize,
+    ) -> Self {
         let header =
             HeaderName::from_bytes(cfg.header.as_bytes()).unwrap_or(http::header::AUTHORIZATION);
         let validations = ALGS.iter().map(|&a| (a, validation(cfg, a))).collect();
@@ -96,6 +119,8 @@ impl Jwt {
             header,
             claim: path(&cfg.claim),
             plan_claim: cfg.plan_claim.as_deref().map(path),
+            plans,
+            unplanned: Mutex::new(Throttle::new(WARN_EVERY)),
             validations,
             keys,
             cache: TokenCache::new(cap),
@@ -197,8 +222,33 @@ impl Jwt {
         let exp = self.check_times(&claims)?;
         // Checked as a tenant id by `verify`: a token can be good and its tenant id not.
         let tenant = claim_str(&claims, &self.claim).ok_or("the tenant claim is missing")?;
-        let plan = self.plan_claim.as_ref().and_then(|p| claim_str(&claims, p));
-        Ok((Verified::new(&tenant, plan.as_deref()), exp))
+        let plan = self.plan_claim.as_ref().and_then(|p| self.plan(&claims, p));
+        Ok((Verified::new(&tenant, plan), exp))
+    }
+
+    /// The plan the claim at `path` names, when it is a string naming a configured plan
+    /// exactly (`" gold"` and `"Gold"` are not `gold`: an issuer that sends them is told so
+    /// by the warning, not guessed at). Any other claim (empty, not a string, a plan no
+    /// policy gives limits to) names no plan: the tenant's plan comes from the next source
+    /// (a trusted `plan_header`, `assign`), and the upstream is not told the claim.
+    fn plan<'c>(&self, claims: &'c Value, path: &[String]) -> Option<&'c str> {
+        let v = path.iter().try_fold(claims, |v, step| v.get(step))?;
+        if let Some(p) = v.as_str().filter(|p| self.plans.iter().any(|k| **k == **p)) {
+            return Some(p);
+        }
+        let since = self.unplanned.lock().note(1, tokio::time::Instant::now());
+        if let Some(n) = since {
+            let shown: String = match v.as_str() {
+                Some(p) => format!("{:?}", p.chars().take(SHOWN_CLAIM).collect::<String>()),
+                None => format!("a JSON {}", kind(v)),
+            };
+            tracing::warn!(
+                claim = %shown,
+                tokens = n,
+                "a verified token's plan_claim names no plan of rate_limit.plans; its tenant's plan comes from the next source (tokens: how many since the last warning)"
+            );
+        }
+        None
     }
 
     /// `exp` (required) and `nbf` against the wall clock, with leeway; returns `exp`.
@@ -265,6 +315,18 @@ pub fn check_jwks(bytes: &[u8]) -> Result<(), String> {
 /// A dotted claim path (`org.id`) as its steps.
 pub fn path(dotted: &str) -> Vec<String> {
     dotted.split('.').map(str::to_owned).collect()
+}
+
+/// What kind of JSON value `v` is, for a warning.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
 
 /// The claim at `path` as text: a string, or a whole number written out.

@@ -62,6 +62,11 @@ fn cfg() -> JwtSource {
     }
 }
 
+/// The plans some policy gives limits to.
+fn plans() -> Arc<[Box<str>]> {
+    Arc::from([Box::from("pro"), Box::from("gold")])
+}
+
 fn claims(tenant: &str) -> Value {
     json!({"org": {"id": tenant}, "plan": "pro", "iss": "https://issuer.test/",
            "aud": "orders", "exp": NOW + 600, "nbf": NOW - 10})
@@ -75,7 +80,7 @@ fn verifier(jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
     let doc = json!({ "keys": jwks }).to_string();
     store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
     (
-        Jwt::with_keys(&cfg(), store.clone(), wall, cap),
+        Jwt::with_keys(&cfg(), plans(), store.clone(), wall, cap),
         clock,
         store,
     )
@@ -93,6 +98,46 @@ fn a_valid_token_names_its_tenant_and_plan() {
     }
 }
 
+/// A plan claim names a plan only when it is, exactly, one some policy gives limits to; any
+/// other claim names none (the tenant is still the token's), so its plan comes from the next
+/// source and the upstream is never told it. Before, every claim was taken as sent.
+#[test]
+fn a_plan_claim_names_only_a_configured_plan() {
+    let ec = ec_signer("k1");
+    let (j, _, _) = verifier(&[&ec.jwk], 0);
+    let with_plan = |plan: Option<Value>| {
+        let mut c = claims("acme");
+        match plan {
+            Some(p) => c["plan"] = p,
+            None => drop(c.as_object_mut().expect("object").remove("plan")),
+        }
+        j.verify(&sign(&ec, "k1", &c)).expect("a good token")
+    };
+    let v = with_plan(Some(json!("gold")));
+    assert_eq!(v.plan.as_deref(), Some("gold"));
+    assert_eq!(
+        v.plan_value.as_ref().map(|h| h.as_bytes()),
+        Some(&b"gold"[..])
+    );
+    for (what, claim) in [
+        ("absent", None),
+        ("not configured", Some(json!("platinum"))),
+        ("empty", Some(json!(""))),
+        ("padded", Some(json!(" gold "))),
+        ("another case", Some(json!("Gold"))),
+        ("20 KB", Some(json!("g".repeat(20 * 1024)))),
+        ("a number", Some(json!(7))),
+        ("null", Some(Value::Null)),
+        ("an array", Some(json!(["gold"]))),
+        ("an object", Some(json!({"name": "gold"}))),
+    ] {
+        let v = with_plan(claim);
+        assert_eq!(&*v.tenant, "acme", "{what}");
+        assert_eq!(v.plan, None, "{what}");
+        assert_eq!(v.plan_value, None, "{what}");
+    }
+}
+
 #[test]
 fn a_token_before_the_keys_are_loaded_is_not_judged() {
     // A JWKS URL not yet fetched: a good token was answered 401 invalid_token, and clients
@@ -101,7 +146,7 @@ fn a_token_before_the_keys_are_loaded_is_not_judged() {
     let clock: SharedClock = Arc::new(ManualClock::new());
     let wall = WallClock::anchored(clock, NOW * 1_000_000_000);
     let store = Arc::new(KeyStore::empty());
-    let j = Jwt::with_keys(&cfg(), store.clone(), wall, 10);
+    let j = Jwt::with_keys(&cfg(), plans(), store.clone(), wall, 10);
     let token = sign(&ec, "k1", &claims("acme"));
     assert_eq!(j.verify(&token), Err(Reason::JwksUnavailable));
     let doc = json!({ "keys": [&ec.jwk] }).to_string();

@@ -180,3 +180,158 @@ async fn a_claimed_plan_is_what_the_upstream_reads_in_the_plan_header() {
     admitted(other, &[("authorization", &t)]).await;
     assert_eq!(last(&app, "x-tenant-plan"), ["pro"]);
 }
+
+/// A token's plan claim counts only when it names, exactly, a plan some policy gives limits
+/// to (`gold`): then the tenant gets that plan's limits and the upstream reads it. A claim of
+/// an unconfigured plan, an empty one, a padded one or one of 20 KB names no plan: the tenant
+/// is still the token's, its plan comes from the next source (`assign`, or the plan header on
+/// the trusting listener) and the upstream never reads the claim. Before, each was taken as
+/// the plan and sent upstream as it came.
+#[tokio::test]
+async fn a_plan_claim_counts_only_when_it_names_a_configured_plan() {
+    let app = Capture::start(OK).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ec("e1");
+    let proxy = start(&app, &key, &dir).await;
+    let (trusting, other) = (proxy.listener("inbound"), proxy.listener("other"));
+    // How many of 4 requests from `tenant` with a token claiming `plan` (and the client's
+    // own `x-tenant-plan: pro`) are admitted, and the plan lines the upstream last read.
+    let run = |addr: SocketAddr, tenant: &'static str, plan: String| {
+        let app = &app;
+        let t = bearer(&token(&key, &claims(tenant, Some(&plan))));
+        async move {
+            let before = app.hits();
+            let mut ok = 0;
+            for _ in 0..4 {
+                let sent = [("authorization", t.as_str()), ("x-tenant-plan", "pro")];
+                let rsp = http::get(addr, "/ok", &sent).await;
+                assert!(rsp.status == 200 || rsp.status == 429, "{rsp:?}");
+                ok += usize::from(rsp.status == 200);
+            }
+            assert_eq!(app.hits() - before, ok);
+            (ok, last(app, "x-tenant-plan"))
+        }
+    };
+    // gold (2 an hour), told upstream in place of the client's pro.
+    assert_eq!(
+        run(other, "globex", "gold".into()).await,
+        (2, vec!["gold".into()])
+    );
+    let long = "g".repeat(20 * 1024);
+    let cases = [
+        ("platinum", "platinum".into()),
+        ("empty", String::new()),
+        ("padded", " gold ".into()),
+        ("20 KB", long),
+    ];
+    // The listener that does not trust the header: the default (1 an hour), and no plan
+    // line upstream, neither the claim nor the client's.
+    for (tenant, (what, plan)) in ["t1", "t2", "t3", "t4"].into_iter().zip(cases.clone()) {
+        assert_eq!(run(other, tenant, plan).await, (1, vec![]), "{what}");
+    }
+    // initech is on gold by `assign`.
+    assert_eq!(run(other, "initech", "platinum".into()).await, (2, vec![]));
+    // The trusting listener: the client's header names the plan (pro, 3 an hour), and passes.
+    for (tenant, (what, plan)) in ["t5", "t6", "t7", "t8"].into_iter().zip(cases) {
+        assert_eq!(
+            run(trusting, tenant, plan).await,
+            (3, vec!["pro".into()]),
+            "{what}"
+        );
+    }
+}
+
+/// Writes `head` (and its body) on a new connection to `addr` and reads until the upstream's
+/// `ok` has come back; the bytes read.
+async fn raw(addr: SocketAddr, head: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("answered");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    got
+}
+
+/// An upgrade request (its one try goes by `proxy::upgrade`, not the exchange) whose
+/// `connection` list names the tenant header: the verified line still reaches the upstream,
+/// with `connection: upgrade` and nothing the client listed.
+#[tokio::test]
+async fn an_upgrade_requests_connection_list_cannot_remove_the_verified_tenant() {
+    let app = Capture::start(OK).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ec("e1");
+    let proxy = start(&app, &key, &dir).await;
+    let t = bearer(&token(&key, &claims("umbrella", None)));
+    let head = format!(
+        "GET /chat HTTP/1.1\r\nhost: svc\r\nauthorization: {t}\r\n\
+         upgrade: websocket\r\nconnection: Upgrade, X-Tenant-Id, x-gone\r\n\
+         x-tenant-id: mallory\r\nx-gone: 1\r\n\r\n"
+    );
+    raw(proxy.listener("other"), &head).await;
+    assert_eq!(last(&app, "x-tenant-id"), ["umbrella"]);
+    assert_eq!(
+        last(&app, "upgrade"),
+        ["websocket"],
+        "it went as an upgrade"
+    );
+    assert_eq!(last(&app, "connection"), ["upgrade"]);
+    assert!(
+        last(&app, "x-gone").is_empty(),
+        "a listed header still goes"
+    );
+}
+
+/// The same for a request with an idempotency key (its body read ahead by
+/// `proxy::idempotent`, the third path to the upstream).
+#[tokio::test]
+async fn an_idempotent_requests_connection_list_cannot_remove_the_verified_tenant() {
+    let app = Capture::start(OK).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ec("e1");
+    let policy = TEMPLATE.replace(
+        "  api:\n",
+        "  api:\n    idempotency: { ttl: 1h, max_body: 4KiB }\n",
+    );
+    assert_ne!(policy, TEMPLATE);
+    let proxy = Proxy::builder(&policy)
+        .var("APP", app.addr())
+        .var("JWKS", write_jwks(dir.path(), &jwks(&[&key])))
+        .var("REFRESH", "5m")
+        .spawn()
+        .await;
+    let t = bearer(&token(&key, &claims("umbrella", Some("gold"))));
+    let head = format!(
+        "POST /pay HTTP/1.1\r\nhost: svc\r\nauthorization: {t}\r\n\
+         idempotency-key: k1\r\ncontent-length: 2\r\n\
+         connection: keep-alive, X-Tenant-Id, x-tenant-plan, x-gone\r\n\
+         x-tenant-id: mallory\r\nx-tenant-plan: pro\r\nx-gone: 1\r\n\r\nhi"
+    );
+    raw(proxy.listener("other"), &head).await;
+    assert!(
+        app.requests()[0].starts_with("POST /pay"),
+        "{:?}",
+        app.requests()
+    );
+    assert_eq!(last(&app, "x-tenant-id"), ["umbrella"]);
+    assert_eq!(last(&app, "x-tenant-plan"), ["gold"]);
+    assert!(
+        last(&app, "x-gone").is_empty(),
+        "a listed header still goes"
+    );
+}
