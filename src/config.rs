@@ -79,6 +79,54 @@ pub fn audit_file_of(text: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// [`Config::error_at`] over `text` (`None`: no place), named `origin`.
+fn error_in(text: Option<&str>, origin: String, at: &Section, message: String) -> ConfigError {
+    let root = locate::KeyPath::default();
+    let path = match at {
+        Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
+        Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
+        Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
+        Section::Store => root.key("global_store").key("redis").key("tls"),
+        Section::Listen(i) => root.key("listeners").idx(*i).key("listen"),
+        Section::AdminListen => root.key("admin").key("listen"),
+    };
+    let target = match at {
+        Section::Listen(_) | Section::AdminListen => locate::Target::Value,
+        _ => locate::Target::Key,
+    };
+    let (line, column) = match text {
+        Some(text) => {
+            let doc = locate::Doc::parse(text);
+            doc.locate(&doc.written(&path), target)
+        }
+        None => (0, 0),
+    };
+    ConfigError {
+        origin,
+        line,
+        column,
+        path: path.to_string(),
+        message,
+    }
+}
+
+/// `FILE:LINE:COL: key.path` of `at` in the policy `text` named `origin` (as
+/// [`Config::place`] for a config read from a file): for a policy that is not the file a
+/// config was read from, such as the demo's built-in one.
+pub fn place_in(text: &str, origin: &str, at: &Section) -> String {
+    let at = error_in(Some(text), origin.to_owned(), at, String::new()).to_string();
+    at.trim_end_matches([' ', ':']).to_owned()
+}
+
+/// The index in `listeners` of the listener named `name` in the policy `text`; `None` when
+/// the text has none of that name.
+pub fn listener_index(text: &str, name: &str) -> Option<usize> {
+    // Every listener is named (a validated policy's are), so the names come one per item.
+    let doc = locate::Doc::parse(text);
+    let names = doc.glob("listeners.[].name");
+    names.iter().position(|(_, n)| *n == Some(name))
+}
+
 /// A listener or an upstream of the policy file, for errors about its keys found after
 /// validation (its TLS files).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,40 +190,15 @@ impl Config {
     /// read now. A key left unwritten (the collector's `ca` when the web roots failed, the
     /// default `admin.listen`) places it at the section, else where the file starts.
     pub fn error_at(&self, at: &Section, message: String) -> ConfigError {
-        let root = locate::KeyPath::default();
-        let path = match at {
-            Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
-            Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
-            Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
-            Section::Store => root.key("global_store").key("redis").key("tls"),
-            Section::Listen(i) => root.key("listeners").idx(*i).key("listen"),
-            Section::AdminListen => root.key("admin").key("listen"),
-        };
-        let target = match at {
-            Section::Listen(_) | Section::AdminListen => locate::Target::Value,
-            _ => locate::Target::Key,
-        };
         let text = self
             .path
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok());
-        let (line, column) = match &text {
-            Some(text) => {
-                let doc = locate::Doc::parse(text);
-                doc.locate(&doc.written(&path), target)
-            }
-            None => (0, 0),
-        };
-        ConfigError {
-            origin: self
-                .path
-                .as_ref()
-                .map_or_else(|| "<config>".into(), |p| p.display().to_string()),
-            line,
-            column,
-            path: path.to_string(),
-            message,
-        }
+        let origin = self
+            .path
+            .as_ref()
+            .map_or_else(|| "<config>".into(), |p| p.display().to_string());
+        error_in(text.as_deref(), origin, at, message)
     }
 
     /// `FILE:LINE:COL: key.path` of `at` ([`Config::error_at`]), to put before a message that

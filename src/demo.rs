@@ -60,9 +60,13 @@ pub async fn run(path: Option<PathBuf>) -> Result<(), String> {
             .map_err(|e| format!("cannot start the sample service on {addr}: {e}"))?;
         samples.push(s);
     }
+    let builtin = path.is_none();
     let rampart = crate::Rampart::start(config)
         .await
-        .map_err(|e| format!("rampart: {e}"))?;
+        .map_err(|e| match builtin {
+            true => format!("rampart: {}", builtin_start_error(e)),
+            false => format!("rampart: {e}"),
+        })?;
     println!("{}", guide(&rampart, &redis).await);
     crate::shutdown::run_until_signalled(rampart, false)
         .await
@@ -90,6 +94,39 @@ async fn guide(r: &crate::Rampart, redis: &Result<DemoRedis, String>) -> String 
     }
     out.push_str("\nCtrl-C to stop.\n");
     out
+}
+
+/// Where the built-in policy is kept in the repository: its places are given in this file.
+const DEMO_ORIGIN: &str = "config/demo.yaml";
+
+/// A start of the built-in policy that could not bind an address, placed in
+/// `config/demo.yaml` as the file's own errors are. The policy run is that file with a listener
+/// of the demo's own put first when Redis runs (and its TLS paths moved), and is read from no
+/// file: the start's own place would say `<config>`, without a line, and count the added
+/// listener. The demo's own listener is named plainly.
+fn builtin_start_error(e: crate::StartError) -> String {
+    use crate::config::{listener_index, place_in, Section};
+    use crate::reload::ReloadError;
+    use crate::StartError;
+    match e {
+        StartError::Admin { addr, error, .. } => {
+            let at = place_in(DEMO_YAML, DEMO_ORIGIN, &Section::AdminListen);
+            format!("{at}: cannot bind the admin listener on {addr}: {error}")
+        }
+        StartError::Listener(ReloadError::Bind {
+            name, addr, error, ..
+        }) => match listener_index(DEMO_YAML, &name) {
+            Some(i) => {
+                let at = place_in(DEMO_YAML, DEMO_ORIGIN, &Section::Listen(i));
+                format!("{at}: cannot bind listener {name} on {addr}: {error}")
+            }
+            None => format!(
+                "cannot bind the demo's own listener {name} (global limits, added to \
+                 {DEMO_ORIGIN} when redis-server is on PATH) on {addr}: {error}"
+            ),
+        },
+        other => other.to_string(),
+    }
 }
 
 /// The "What to curl" block of the demo policy's header comment: one source for the file and
@@ -151,6 +188,63 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 1-based line and column of the value of the first `listen: addr` of DEMO_YAML.
+    fn place_of(addr: &str) -> (usize, usize) {
+        let needle = format!("listen: {addr}");
+        let (i, line) = DEMO_YAML
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains(&needle) && !l.trim_start().starts_with('#'))
+            .expect("the line");
+        (i + 1, line.find(addr).expect("on it") + 1)
+    }
+
+    fn bind(name: &str, addr: &str) -> crate::StartError {
+        crate::StartError::Listener(crate::reload::ReloadError::Bind {
+            at: "<config>: listeners[1].listen".into(),
+            name: name.into(),
+            addr: addr.parse().expect("addr"),
+            error: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        })
+    }
+
+    /// A listener of the built-in policy that cannot bind is placed where config/demo.yaml
+    /// gives its address, at its index in that file, whatever the demo put before it.
+    #[test]
+    fn a_bind_failure_of_the_built_in_policy_is_placed_in_config_demo_yaml() {
+        let (line, col) = place_of("127.0.0.1:8080");
+        let got = builtin_start_error(bind("inbound", "127.0.0.1:8080"));
+        let want = format!(
+            "config/demo.yaml:{line}:{col}: listeners[0].listen: cannot bind listener inbound on 127.0.0.1:8080"
+        );
+        assert!(got.starts_with(&want), "want {want:?}, got {got:?}");
+        let (line, col) = place_of("127.0.0.1:15001");
+        let got = builtin_start_error(bind("outbound", "127.0.0.1:15001"));
+        let want = format!("config/demo.yaml:{line}:{col}: listeners[2].listen: cannot bind");
+        assert!(got.starts_with(&want), "want {want:?}, got {got:?}");
+        let (line, col) = place_of("127.0.0.1:9901");
+        let admin = crate::StartError::Admin {
+            at: "<config>: admin.listen".into(),
+            addr: "127.0.0.1:9901".parse().expect("addr"),
+            error: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let want = format!("config/demo.yaml:{line}:{col}: admin.listen: cannot bind the admin");
+        let got = builtin_start_error(admin);
+        assert!(got.starts_with(&want), "want {want:?}, got {got:?}");
+    }
+
+    /// The listener the demo adds (global limits) is in no file: named plainly, no place.
+    #[test]
+    fn a_bind_failure_of_the_demos_own_listener_names_it() {
+        let got = builtin_start_error(bind("inbound-global", "127.0.0.1:8081"));
+        assert!(
+            got.starts_with("cannot bind the demo's own listener inbound-global (global limits"),
+            "{got}"
+        );
+        assert!(got.contains("127.0.0.1:8081"), "{got}");
+        assert!(!got.contains("listeners["), "{got}");
+    }
 
     #[test]
     fn the_guide_lists_a_curl_for_each_policy() {

@@ -41,7 +41,7 @@ use crate::proxy::route::Matcher;
 use crate::proxy::shared::Shared;
 use crate::proxy::upstream::Upstream;
 use crate::store::GlobalStore;
-use crate::tenant::Identify;
+use crate::tenant::{configured_plans, Identify};
 use crate::tls::TlsFiles;
 
 mod moves;
@@ -230,7 +230,12 @@ impl Generation {
             .collect();
         let wall = WallClock::system(shared.clock.clone());
         Generation {
-            identify: Identify::build(&f.tenants, prev.map(|p| &p.identify), &wall),
+            identify: Identify::build(
+                &f.tenants,
+                &configured_plans(f),
+                prev.map(|p| &p.identify),
+                &wall,
+            ),
             moved: prev
                 .map(|p| {
                     let live = p.listeners.iter().map(|(a, l)| (*a, &*l.name));
@@ -249,7 +254,7 @@ impl Generation {
     /// A generation with no listeners and no upstreams (before the first config is applied).
     pub fn empty(config: Arc<Config>) -> Generation {
         Generation {
-            identify: Identify::new(&config.file.tenants),
+            identify: Identify::new(&config.file.tenants, &configured_plans(&config.file)),
             listeners: HashMap::default(),
             moved: Moved::new(),
             upstreams: BTreeMap::new(),

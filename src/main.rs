@@ -142,7 +142,7 @@ fn raise_open_file_limit() {
 const MAX_WORKERS: usize = 256;
 
 /// How many workers serve connections: `RAMPART_WORKERS` (at most [`MAX_WORKERS`]), else one
-/// per core.
+/// per core (also, with a warning, for a value that is not a number or is 0).
 fn worker_count() -> usize {
     let cores = || std::thread::available_parallelism().map_or(1, usize::from);
     match std::env::var("RAMPART_WORKERS") {
@@ -156,7 +156,13 @@ fn worker_count() -> usize {
                 );
                 MAX_WORKERS
             }
-            Ok(n) => n.max(1),
+            // No worker cannot serve: not a count, warned about as a value that is not a
+            // number is (before, it ran one worker without a word).
+            Ok(0) => {
+                tracing::warn!(value = %v, "RAMPART_WORKERS is 0, not a count of workers; using one worker per core");
+                cores()
+            }
+            Ok(n) => n,
             Err(_) => {
                 tracing::warn!(value = %v, "RAMPART_WORKERS is not a number; using one worker per core");
                 cores()

@@ -49,6 +49,9 @@ pub(super) struct Doc {
     /// that value is, the key's path, and why. The tree is read without that merge, so the
     /// file's other errors are reported beside it.
     pub(super) bad_merge: Option<(Pos, KeyPath, String)>,
+    /// Merge keys (`<<`) written a second time in one mapping: the path, where the repeat is,
+    /// and where the first is. The merged tree no longer holds them, so they are found here.
+    pub(super) repeated_merges: Vec<(KeyPath, Pos, Pos)>,
 }
 
 /// One node of the tree.

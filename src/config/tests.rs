@@ -218,6 +218,37 @@ fn unknown_top_level_key() {
     );
 }
 
+/// Top-level keys starting with `x-` are extension fields, as in docker-compose files: they
+/// hold anchors that the file merges elsewhere, and are otherwise ignored, without a warning.
+/// Any other unknown top-level key stays an error, as does an `x-` key below the top.
+#[test]
+fn top_level_x_keys_hold_anchors_and_are_ignored() {
+    let text = BASE
+        .replace(
+            "version: 1\n",
+            "version: 1\nx-common: &common\n  timeout: { request: 2s }\nx-note: anything at all\n",
+        )
+        .replace("  p: {}", "  p: { <<: *common, retry: { attempts: 2 } }");
+    let f = Config::from_str(&text, "t.yaml").expect("valid").file;
+    let want = Config::from_str(
+        &policy("{ timeout: { request: 2s }, retry: { attempts: 2 } }"),
+        "t.yaml",
+    )
+    .expect("valid")
+    .file;
+    assert_eq!(f.policies["p"], want.policies["p"]);
+    assert!(warnings(&text).is_empty(), "{:#?}", warnings(&text));
+    // An error inside the anchored text is placed where it is written, under the key merged.
+    let e = one(&text.replace("request: 2s", "request: 2x"));
+    assert_eq!(
+        (e.line, e.path.as_str()),
+        (3, "policies.p.timeout.request"),
+        "{e:?}"
+    );
+    // Only at the top: below it an `x-` key is an unknown key like any other.
+    fails_at(&policy("{ x-mine: 1 }"), "policies.p.x-mine");
+}
+
 #[test]
 fn bad_duration_is_placed_on_the_value() {
     let e = one(&policy("{ timeout: { request: 5 sec } }"));

@@ -25,7 +25,7 @@ mod words;
 use std::path::Path;
 
 use super::file::{ClientIp, ClientIpFrom, File, TenantSource};
-use super::locate::{Doc, KeyPath, Target, MAX_DEPTH};
+use super::locate::{Doc, KeyPath, Node, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors};
 
@@ -59,6 +59,12 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         root: doc.root.clone(),
         ..Doc::default()
     };
+    // Top-level keys that start with `x-` are extension fields, as in docker-compose files: a
+    // place for anchors (`x-common: &common {...}`, then `<<: *common`). Their aliases were
+    // expanded as the tree was read; the keys themselves mean nothing to rampart and go.
+    if let Some(Node::Map { entries, .. }) = &mut doc.root {
+        entries.retain(|e| !e.key.starts_with("x-"));
+    }
     let shape::Shape {
         file,
         mut errors,
@@ -70,11 +76,20 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         return whole(origin, (1, 1), m.into());
     }
     let bad_merge = doc.bad_merge.take();
+    let repeated_merges = std::mem::take(&mut doc.repeated_merges);
     let mut r = Report::new(origin, &doc, removed);
     r.errors.append(&mut errors);
     if let Some((at, path, message)) = bad_merge {
         // The tree was read without that merge: the rest of the file is judged all the same.
         r.errors.push(error_at(origin, at, &path, message));
+    }
+    // YAML 1.1's merge key is one key of its mapping; the tree merged them, so the builder
+    // noted a second one.
+    for (path, at, (l, c)) in repeated_merges {
+        let m = format!(
+            "a second merge key (`<<`) in the same mapping (first at {l}:{c}); a mapping has one: list what it merges in that one, `<<: [*a, *b]`"
+        );
+        r.errors.push(error_at(origin, at, &path, m));
     }
     // Looked for in the tree as written: the shape pass takes out every copy of a key whose
     // last copy it refused, and with them the sign that there were two.

@@ -274,8 +274,27 @@ async fn a_workers_count_that_is_not_a_number_is_named_in_the_log() {
     );
 }
 
+/// `RAMPART_WORKERS=0` is no count of workers: warned about as a value that is not a number
+/// is, and served with one worker per core (before: one worker, without a word).
+#[tokio::test]
+async fn a_workers_count_of_zero_is_named_in_the_log_and_one_per_core_serve() {
+    let (log, workers) = serving_with_workers_counted("0").await;
+    assert!(
+        log.contains("RAMPART_WORKERS is 0") && log.contains("one worker per core"),
+        "{log}"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(workers, cores, "{log}");
+}
+
 /// The log of a proxy started with `RAMPART_WORKERS=workers`, once it has served a request.
 async fn serving_with_workers(workers: &str) -> String {
+    serving_with_workers_counted(workers).await.0
+}
+
+/// [`serving_with_workers`], and how many workers `/metrics` shows
+/// (`rampart_open_connections{worker}`).
+async fn serving_with_workers_counted(workers: &str) -> (String, usize) {
     let app = crate::support::sample().await;
     let proxy = Proxy::builder(&crate::support::one_route(""))
         .var("APP", app.addr())
@@ -284,7 +303,9 @@ async fn serving_with_workers(workers: &str) -> String {
         .await;
     let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
     assert_eq!(rsp.status, 200);
-    proxy.log()
+    let text = crate::support::metrics(proxy.admin()).await;
+    let label = crate::support::metrics::label_values(&text, "rampart_open_connections", "worker");
+    (proxy.log(), label.len())
 }
 
 /// A `RAMPART_WORKERS` far past any core count is capped, and the log says so (it made

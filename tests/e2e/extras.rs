@@ -602,6 +602,38 @@ async fn header_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) 
     (addr, task)
 }
 
+/// A proxy before `app` whose route falls back, when the upstream is unavailable, to the last
+/// good answer (`stale`) or else the static `static`.
+async fn stale_fallback(app: std::net::SocketAddr) -> Proxy {
+    Proxy::builder(&with_policy(
+        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: text/plain, body: 'static' } } }"#,
+    ))
+    .var("APP", app)
+    .spawn()
+    .await
+}
+
+/// Each `(path, headers)` is answered 200 by the upstream itself, not by the fallback.
+async fn answered_live(addr: std::net::SocketAddr, who: &[(&str, &[(&str, &str)])]) {
+    for &(path, who) in who {
+        let rsp = http::get(addr, path, who).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(rsp.header("x-rampart-degraded"), None, "{path}");
+    }
+}
+
+/// `rsp`, to `path`, is the fallback's static answer, not a stale one.
+fn assert_static(rsp: &http::Resp, path: &str) {
+    assert_eq!(rsp.status, 200, "{path}");
+    assert_eq!(
+        rsp.header("x-rampart-degraded"),
+        Some("static"),
+        "{path}: {:?}",
+        rsp.text()
+    );
+    assert_eq!(rsp.text(), "static", "{path}");
+}
+
 /// The stale store is shared by every client of a tenant, so it keeps only what a shared
 /// cache may (RFC 9111 §3, §3.5): user A's private answer, one that sets A's cookie, and one
 /// to A's `authorization` that does not say it may be shared are never given to user B when
@@ -610,12 +642,7 @@ async fn header_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_answer_is_never_kept_for_another_client() {
     let (app, server) = header_server().await;
-    let proxy = Proxy::builder(&with_policy(
-        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: text/plain, body: 'static' } } }"#,
-    ))
-    .var("APP", app)
-    .spawn()
-    .await;
+    let proxy = stale_fallback(app).await;
     let addr = proxy.listener("inbound");
     let a = [("x-tenant-id", "acme"), ("authorization", "Bearer userA")];
     let b = [("x-tenant-id", "acme"), ("authorization", "Bearer userB")];
@@ -634,11 +661,7 @@ async fn a_private_answer_is_never_kept_for_another_client() {
         (authed_public, &a),
         (public, &anon),
     ];
-    for (path, who) in who {
-        let rsp = http::get(addr, path, who).await;
-        assert_eq!(rsp.status, 200, "{path}");
-        assert_eq!(rsp.header("x-rampart-degraded"), None, "{path}");
-    }
+    answered_live(addr, &who).await;
     server.abort();
     assert_eventually!(
         http::get(addr, public, &b)
@@ -649,14 +672,7 @@ async fn a_private_answer_is_never_kept_for_another_client() {
     );
     for path in [private, cookie, no_cache, authed] {
         let rsp = http::get(addr, path, &b).await;
-        assert_eq!(rsp.status, 200, "{path}");
-        assert_eq!(
-            rsp.header("x-rampart-degraded"),
-            Some("static"),
-            "{path}: {:?}",
-            rsp.text()
-        );
-        assert_eq!(rsp.text(), "static", "{path}");
+        assert_static(&rsp, path);
         assert_eq!(rsp.header("set-cookie"), None, "{path}");
     }
     let shared = http::get(addr, authed_public, &b).await;
@@ -677,12 +693,7 @@ async fn a_private_answer_is_never_kept_for_another_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_must_revalidate_is_never_served_stale() {
     let (app, server) = header_server().await;
-    let proxy = Proxy::builder(&with_policy(
-        r#"{ fallback: { on: [upstream_unavailable], stale: 5m, static: { status: 200, content_type: text/plain, body: 'static' } } }"#,
-    ))
-    .var("APP", app)
-    .spawn()
-    .await;
+    let proxy = stale_fallback(app).await;
     let addr = proxy.listener("inbound");
     let a = [("x-tenant-id", "acme"), ("authorization", "Bearer userA")];
     let b = [("x-tenant-id", "acme"), ("authorization", "Bearer userB")];
@@ -701,11 +712,7 @@ async fn an_answer_that_must_revalidate_is_never_served_stale() {
         (must_authed, &a),
         (smax_authed, &a),
     ];
-    for (path, who) in who {
-        let rsp = http::get(addr, path, who).await;
-        assert_eq!(rsp.status, 200, "{path}");
-        assert_eq!(rsp.header("x-rampart-degraded"), None, "{path}");
-    }
+    answered_live(addr, &who).await;
     server.abort();
     assert_eventually!(
         http::get(addr, plain, &anon)
@@ -722,14 +729,7 @@ async fn an_answer_that_must_revalidate_is_never_served_stale() {
         (smax_authed, &b[..]),
     ] {
         let rsp = http::get(addr, path, who).await;
-        assert_eq!(rsp.status, 200, "{path}");
-        assert_eq!(
-            rsp.header("x-rampart-degraded"),
-            Some("static"),
-            "{path}: {:?}",
-            rsp.text()
-        );
-        assert_eq!(rsp.text(), "static", "{path}");
+        assert_static(&rsp, path);
     }
 }
 

@@ -356,3 +356,62 @@ async fn a_waiter_is_answered_at_its_deadline_not_when_a_slot_frees() {
     );
     assert_eq!(holder.await.expect("task"), 200);
 }
+
+/// Holders and waiters of a route with `max_in_flight: 2` and a queue, then a reload to
+/// `reloaded` (its `load_shed` body) and more requests: the requests in flight keep counting
+/// against the route's limit, beside those that arrive after the reload, and the waiters keep
+/// waiting, to be served under the new limit (SPEC §6: a reload drops no request; the route's
+/// shedder is reconfigured in place). Returns the statuses and the upstream's peak of requests
+/// at once.
+async fn reload_under_waiters(reloaded: &str) -> (Vec<u16>, u64) {
+    let app = sample().await;
+    let first = "      max_in_flight: 2\n      queue: { size: 10, timeout: 20s }";
+    let template = SHEDDING.replace("$SHED", first);
+    let mut proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let send = move || tokio::spawn(async move { http::get(addr, "/slow?ms=800", &[]).await });
+    let mut tasks: Vec<_> = (0..8).map(|_| send()).collect();
+    let admin = proxy.admin();
+    let depth = || async move {
+        let text = metrics(admin).await;
+        metric_value(&text, "rampart_queue_depth", &[("route", "app")])
+    };
+    assert_eventually!(
+        depth().await == Some(6.0) && app.hits_for("/slow") == 2,
+        "two holders at the upstream, six waiting"
+    );
+    proxy.rewrite_config(&SHEDDING.replace("$SHED", reloaded));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    // Arrivals under the new config meet the same count of slots held.
+    tasks.extend((0..4).map(|_| send()));
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let rsp = t.await.expect("client task must not panic");
+        statuses.push(rsp.status.as_u16());
+    }
+    assert_eq!(depth().await, Some(0.0), "nobody is left waiting");
+    (statuses, app.peak_in_flight())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_the_limit_keeps_holders_counted_and_waiters_served() {
+    let raised = "      max_in_flight: 3\n      queue: { size: 10, timeout: 20s }";
+    let (statuses, peak) = reload_under_waiters(raised).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        peak, 3,
+        "the upstream saw {peak} at once; the limit is 3 now"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_queue_keeps_holders_counted_and_waiters_served() {
+    let requeued = "      max_in_flight: 2\n      queue: { size: 20, timeout: 30s }";
+    let (statuses, peak) = reload_under_waiters(requeued).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(peak <= 2, "the upstream saw {peak} at once; the limit is 2");
+}

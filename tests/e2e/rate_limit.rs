@@ -85,6 +85,12 @@ async fn a_tenant_gets_exactly_its_burst_then_429s_with_the_contract() {
         (55..=60).contains(&retry_after),
         "one token of 1/min takes up to 60 s: {retry_after}"
     );
+    // The message says the wait `retry-after` says, in the same whole seconds.
+    assert_eq!(
+        body["message"],
+        format!("rate limit exceeded for tenant tenant-a; retry in {retry_after}s"),
+        "{body}"
+    );
     assert_eq!(rsp.header("ratelimit-policy"), Some("\"burst\";q=5;w=300"));
     let rl = rsp.header("ratelimit").expect("ratelimit header");
     assert_eq!(
@@ -180,6 +186,11 @@ async fn the_route_total_caps_all_tenants_together() {
         .header("ratelimit-policy")
         .expect("policy header")
         .contains("\"total\";q=8"));
+    let retry_after = rsp.header("retry-after").expect("retry-after");
+    assert_eq!(
+        rsp.json()["message"],
+        format!("the route's total rate limit is exceeded; retry in {retry_after}s"),
+    );
     assert_eq!(app.hits_for("/ok"), 8);
 }
 

@@ -687,3 +687,43 @@ async fn the_request_duration_spans_every_try_and_backoff() {
         "a 100 ms answer: {second} s recorded"
     );
 }
+
+/// A retry waiting out the upstream's `retry-after` is not counted as sent when its client
+/// leaves first: `rampart_retries_total` says "retries sent", and none went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_client_leaves_during_its_wait_is_not_counted() {
+    use tokio::io::AsyncWriteExt;
+    let app = sample().await;
+    let proxy = retrying(&app.addr().to_string(), "request: 10s", "100%", 100).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.listener("inbound"))
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /status/503?retry_after=5 HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .expect("write");
+    let until = Instant::now() + crate::support::patience();
+    while app.hits_for("/status/503") == 0 {
+        assert!(
+            Instant::now() < until,
+            "the first try never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first try's 503 is back and the retry is waiting its 5 s: the client leaves.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tcp);
+    let until = Instant::now() + crate::support::patience();
+    loop {
+        let text = metrics(proxy.admin()).await;
+        if metric_value(&text, "rampart_requests_total", &[("code", "499")]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the request never ended as 499: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.hits_for("/status/503"), 1, "no retry was sent");
+    assert_eq!(retries(proxy.admin()).await, 0.0, "and none is counted");
+}

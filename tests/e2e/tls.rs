@@ -311,7 +311,9 @@ async fn watch_serves_a_rotated_certificate_without_a_signal() {
 async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
     let app = sample().await;
     let (ca, pki) = pki();
-    let plain = TLS_INBOUND.replace("    tls: { $TLS }\n", "");
+    // Logged as every answer is: the refusal's line is looked for below.
+    let logged = TLS_INBOUND.replace("    routes:", "    access_log: true\n    routes:");
+    let plain = logged.replace("    tls: { $TLS }\n", "");
     let mut proxy = Proxy::builder(&plain)
         .var("SECTIONS", "")
         .var("POLICY", "")
@@ -339,7 +341,7 @@ async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
         pki.path("server-key.pem").display()
     );
     proxy.rewrite_config(
-        &TLS_INBOUND
+        &logged
             .replace("$SECTIONS", "")
             .replace("$POLICY", "")
             .replace("$TLS", &tls_keys),
@@ -352,11 +354,26 @@ async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
     let a = h1.answer(false).await;
     assert_eq!(a.status, 400, "{a:?}");
     assert!(h1.closes().await, "the plaintext connection ends");
+    // The same shape as every other refusal before routing: an id in the header and the
+    // body, counted unrouted, access-logged.
+    let id = a.header("x-request-id").expect("x-request-id").to_owned();
+    let body: serde_json::Value = serde_json::from_str(&a.text()).expect("a JSON body");
+    assert_eq!(body["request_id"], id.as_str(), "{body}");
+    assert_eq!(body["error"], "bad_request", "{body}");
     let rsp = h2
         .send_request(get("/status/201"))
         .await
         .expect("h2c after");
     assert_eq!(rsp.status(), 400);
+    assert!(rsp.headers().contains_key("x-request-id"), "{rsp:?}");
+    let text = metrics(admin).await;
+    let refused = [("code", "400"), ("route", ""), ("listener", "inbound")];
+    assert_eq!(
+        metric_value(&text, "rampart_requests_total", &refused),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eventually!(proxy.log().contains(&id), "the refusal is access-logged");
     assert_eq!(
         app.hits_for("/status/201"),
         0,

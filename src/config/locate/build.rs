@@ -31,6 +31,9 @@ struct Builder {
     /// The first merge key (`<<`) whose value is not a mapping nor a list of mappings: where
     /// that value is, and the key's path.
     bad_merge: Option<(Pos, KeyPath)>,
+    /// Merge keys written again in a mapping that has one: the path, where the repeat is, and
+    /// where the mapping's first `<<` is.
+    repeated_merges: Vec<(KeyPath, Pos, Pos)>,
 }
 
 enum Open {
@@ -67,6 +70,7 @@ pub(super) fn parse(text: &str) -> Doc {
         syntax: None,
         second_document: b.second,
         bad_merge: None,
+        repeated_merges: Vec::new(),
     };
     match result {
         // The scanner gives up on very deep flow nesting before the builder sees it.
@@ -81,6 +85,7 @@ pub(super) fn parse(text: &str) -> Doc {
         }
         Ok(()) => {
             doc.bad_merge = b.bad_merge.map(|(at, path)| (at, path, MERGE_WANTS.into()));
+            doc.repeated_merges = b.repeated_merges;
             doc.root = b.root;
         }
     }
@@ -227,6 +232,15 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 let (node, anchor) = match self.stack.pop() {
                     Some(Open::Seq(at, a, items)) => (Node::Seq { at, items }, a),
                     Some(Open::Map(at, a, entries, _, merges)) => {
+                        // YAML 1.1's merge type has one `<<` a mapping (its value may list
+                        // several mappings): a second is a key given twice.
+                        if let Some((first, rest)) = merges.split_first() {
+                            let path = self.open_path().key("<<");
+                            for &i in rest {
+                                let dup = (path.clone(), entries[i].at, entries[*first].at);
+                                self.repeated_merges.push(dup);
+                            }
+                        }
                         let entries = match merged(entries, &merges) {
                             Ok(entries) => entries,
                             Err((bad, entries)) => {

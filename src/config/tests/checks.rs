@@ -424,6 +424,10 @@ fn retries() {
         &policy("{ retry: { attempts: 3, on: [200, 700] } }"),
         "policies.p.retry.on[1]",
     );
+    fails_at(
+        &policy("{ retry: { attempts: 3, on: [timeout, 503, timeout] } }"),
+        "policies.p.retry.on[2]",
+    );
 }
 
 #[test]

@@ -128,3 +128,89 @@ fn a_fallback_for_an_answer_its_routes_never_give_draws_a_warning() {
     // A timeout can always come: a gRPC call's grpc-timeout sets a deadline on any route.
     assert_eq!(warned(&fb("timeout", "")), none);
 }
+
+#[test]
+fn a_retry_entry_or_budget_that_can_never_act_draws_a_warning() {
+    let retry = |more: &str, on: &str, budget: &str| {
+        policy(&format!(
+            "{{ {more}retry: {{ attempts: 3, on: [{on}]{budget} }} }}"
+        ))
+    };
+    let none: Vec<String> = Vec::new();
+    // `timeout` retries only a try cut by per_try.
+    assert_eq!(
+        warned(&retry("timeout: { request: 1s }, ", "503, timeout", "")),
+        ["policies.p.retry.on[1]"]
+    );
+    assert_eq!(
+        warned(&retry("", "timeout", "")),
+        ["policies.p.retry.on[0]"]
+    );
+    // A per-try limit as long as the request's never cuts a try first.
+    assert_eq!(
+        warned(&retry(
+            "timeout: { request: 1s, per_try: 1s }, ",
+            "timeout",
+            ""
+        )),
+        ["policies.p.retry.on[0]"]
+    );
+    assert_eq!(
+        warned(&retry(
+            "timeout: { request: 1s, per_try: { auto: { min: 1s, max: 2s } } }, ",
+            "timeout",
+            ""
+        )),
+        ["policies.p.retry.on[0]"]
+    );
+    assert_eq!(
+        warned(&retry(
+            "timeout: { request: 1s, per_try: 999ms }, ",
+            "timeout",
+            ""
+        )),
+        none
+    );
+    assert_eq!(
+        warned(&retry("timeout: { per_try: 200ms }, ", "timeout", "")),
+        none
+    );
+    assert_eq!(
+        warned(&retry("timeout: { per_try: auto }, ", "timeout", "")),
+        none
+    );
+    // A budget under one retry per window rounds down to none.
+    let all = warnings(&retry(
+        "",
+        "503",
+        ", budget: { ratio: 0%, min_per_second: 1, window: 500ms }",
+    ));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(spot(&all[0]).2, "policies.p.retry.budget");
+    assert!(all[0].message.contains("rounds down"), "{}", all[0].message);
+    assert_eq!(
+        warned(&retry(
+            "",
+            "503",
+            ", budget: { ratio: 0%, min_per_second: 0 }"
+        )),
+        ["policies.p.retry.budget"]
+    );
+    // One retry per window, or any ratio: it can act.
+    assert_eq!(
+        warned(&retry(
+            "",
+            "503",
+            ", budget: { ratio: 0%, min_per_second: 2, window: 500ms }"
+        )),
+        none
+    );
+    assert_eq!(
+        warned(&retry(
+            "",
+            "503",
+            ", budget: { ratio: 1%, min_per_second: 0 }"
+        )),
+        none
+    );
+}

@@ -508,6 +508,33 @@ fn errors_beside_and_inside_merged_keys_are_placed_where_written() {
     }
 }
 
+/// YAML 1.1's merge key is one key of its mapping (its value may list several mappings): a
+/// second `<<` in one mapping is a key given twice, refused naming both places as any other
+/// repeated key is. One `<<` listing two mappings stays valid.
+#[test]
+fn a_merge_key_given_twice_in_one_mapping_is_refused_naming_both() {
+    let two = MERGED
+        .replace(
+            "  p: &std\n",
+            "  r: &long { load_shed: { max_in_flight: 5 } }\n  p: &std\n",
+        )
+        .replace("<<: *std\n", "<<: *std\n    <<: *long\n");
+    let e = one(&two);
+    assert_eq!(spot(&e), (12, 5, "policies.q.<<"), "{e:?}");
+    assert!(e.message.contains("a second merge key"), "{e:?}");
+    assert!(e.message.contains("first at 11:5"), "{e:?}");
+    // In a flow mapping, and in an anchored mapping merged elsewhere (reported once, where
+    // written).
+    let flow = MERGED.replace(
+        "  q:\n    <<: *std\n",
+        "  r: &long { <<: *std, <<: *std }\n  q:\n    <<: *long\n",
+    );
+    let e = one(&flow);
+    assert_eq!(spot(&e), (9, 24, "policies.r.<<"), "{e:?}");
+    assert!(e.message.contains("first at 9:14"), "{e:?}");
+    ok(&MERGED.replace("<<: *std\n", "<<: [ *std ]\n"));
+}
+
 #[test]
 fn keys_that_can_never_act_where_they_stand_warn_at_their_key() {
     // A tunnel timeout on an inbound listener acts: inbound refuses CONNECT, but an upgraded

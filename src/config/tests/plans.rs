@@ -233,3 +233,28 @@ fn a_plan_no_tenant_can_be_on_draws_a_warning() {
         ["policies.p.rate_limit.plans.pro"]
     );
 }
+
+/// A token's plan claim names a plan only when a policy gives it limits: with no
+/// `rate_limit.plans` anywhere it can name none, and is warned about at its place.
+#[test]
+fn a_plan_claim_with_no_plan_to_name_draws_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("jwks.json");
+    std::fs::write(&good, JWKS).expect("write");
+    let good = good.display().to_string();
+    let claim = jwt(", plan_claim: plan", &good);
+    let at = |text: &str| -> Vec<String> {
+        warnings(text)
+            .iter()
+            .filter(|w| w.message.contains("never names one"))
+            .map(|w| w.path.clone())
+            .collect()
+    };
+    assert_eq!(
+        at(&with(&claim, "{ per_tenant: { rate: 1/s } }")),
+        ["tenants.from[0].jwt.plan_claim"]
+    );
+    let rl = "{ per_tenant: { rate: 1/s }, plans: { pro: { rate: 5/s } } }";
+    assert!(at(&with(&claim, rl)).is_empty());
+    assert!(at(&with(&jwt("", &good), "{ per_tenant: { rate: 1/s } }")).is_empty());
+}

@@ -11,12 +11,18 @@
 //! - `fallback.on: [shed]` in a policy without `load_shed`, and `fallback.on: [circuit_open]`
 //!   on routes that no breaker guards. (`timeout` always can fire: a gRPC call's own
 //!   `grpc-timeout` sets a deadline on any route.)
+//! - `retry.on: [timeout]` in a policy whose `timeout.per_try` never cuts a try before the
+//!   request's deadline (none, or as long as `timeout.request`): only a per-try timeout is
+//!   retried (the request's deadline ends the request, a connect timeout is a
+//!   `connect_error`).
+//! - A `retry.budget` that grants no retry: `ratio: 0%` with `min_per_second × window` under
+//!   one retry.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::super::file::{Direction, FallbackOn, File, PerTry, Policy, Upstream};
+use super::super::file::{Direction, FallbackOn, File, PerTry, Policy, RetryOn, Upstream};
 use super::super::locate::KeyPath;
 use super::Report;
 
@@ -30,6 +36,45 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
         let p = root.key("policies").key(name);
         slow_call(f, name, pol, &p, r);
         fallback(f, name, pol, &p, r);
+        retry(pol, &p, r);
+    }
+}
+
+fn retry(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
+    let Some(rt) = &pol.retry else { return };
+    let rp = p.key("retry");
+    // The shortest per-try limit, if a try can be cut by it before the request's deadline.
+    let per_try_cuts = pol.timeout.as_ref().is_some_and(|t| {
+        let shortest = match t.per_try {
+            Some(PerTry::Fixed(d)) => d.0,
+            Some(PerTry::Auto { min, .. }) => min.0,
+            None => return false,
+        };
+        t.request.is_none_or(|req| shortest < req.0)
+    });
+    if let Some(i) = rt.on.iter().position(|o| matches!(o, RetryOn::Timeout)) {
+        if !per_try_cuts {
+            r.warn(
+                &rp.key("on").idx(i),
+                "timeout retries a try cut by timeout.per_try, and in this policy none is (no per_try, or one no shorter than the request timeout: the request's deadline ends the request, and a connect timeout is a connect_error): this entry never acts",
+            );
+        }
+    }
+    let b = &rt.budget;
+    // The same rounding as `policy::retry::budget`: whole retries per window.
+    let floor = u128::from(b.min_per_second) * b.window.0.as_micros();
+    if b.ratio.0 <= 0.0 && floor < 1_000_000 {
+        let bp = rp.key("budget");
+        let msg = if b.min_per_second == 0 {
+            "ratio 0% and min_per_second 0 grant no retry: this retry section never retries"
+                .to_string()
+        } else {
+            format!(
+                "ratio 0% and min_per_second {} over a {} window grant under one retry per window, which rounds down to none: this retry section never retries",
+                b.min_per_second, b.window
+            )
+        };
+        r.warn(&bp, msg);
     }
 }
 

@@ -5,7 +5,7 @@
 //! tenants, a policy gives it limits); a name in `assign` that no policy gives limits to is a
 //! typo that would silently leave those tenants on `per_tenant`, so it is an error.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::super::file::{redact_url, File, JwtSource, Limit, LimitWindow};
@@ -70,12 +70,19 @@ fn claim_path(path: &str, p: &KeyPath, r: &mut Report<'_>) {
 /// Checks `tenants.plans` against the policies' `rate_limit.plans`, and `trust_plan_header`.
 pub(super) fn check(f: &File, r: &mut Report<'_>) {
     let tp = KeyPath::default().key("tenants").key("plans");
-    let defined: BTreeSet<&str> = f
-        .policies
-        .values()
-        .filter_map(|p| p.rate_limit.as_ref())
-        .flat_map(|rl| rl.plans.keys().map(String::as_str))
-        .collect();
+    let defined = crate::tenant::configured_plans(f);
+    if defined.is_empty() {
+        // A claim names a plan only when a policy gives it limits (`tenant::jwt`).
+        for (i, s) in f.tenants.from.iter().enumerate() {
+            if s.jwt.as_ref().is_some_and(|j| j.plan_claim.is_some()) {
+                let at = KeyPath::default().key("tenants").key("from").idx(i);
+                r.warn(
+                    &at.key("jwt").key("plan_claim"),
+                    "no policy has rate_limit.plans, and a token's claim names a plan only when a policy gives it limits: this claim never names one, and does nothing",
+                );
+            }
+        }
+    }
     let plans = f.tenants.plans.as_ref();
     if let Some(h) = plans.and_then(|p| p.plan_header.as_deref()) {
         if let Err(m) = syntax::header_name(h) {

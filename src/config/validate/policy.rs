@@ -103,7 +103,12 @@ fn retry(rt: &Retry, p: &KeyPath, r: &mut Report<'_>) {
             "an empty list retries nothing; remove the retry section instead",
         );
     }
+    let mut seen = HashSet::new();
     for (i, on) in rt.on.iter().enumerate() {
+        if !seen.insert(on) {
+            // As `fallback.on`: a repeat is a slip, whatever it was meant to be.
+            r.value(&p.key("on").idx(i), "listed twice");
+        }
         if let RetryOn::Status(code @ 100..=499) = on {
             if *code != 408 && *code != 429 {
                 r.value(
