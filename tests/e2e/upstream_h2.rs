@@ -1587,6 +1587,8 @@ enum Serve {
     RefuseFirst,
     /// Answers 200 `hello` with `content-length: 5` given twice (the h2 library sends it).
     TwoLengths,
+    /// Resets every stream with `REFUSED_STREAM`.
+    RefuseAll,
 }
 
 /// One gRPC message, `hi`: what `/framed` sends before it stalls.
@@ -1657,7 +1659,7 @@ impl H2Crate {
         resets: Arc<Mutex<Vec<h2::Reason>>>,
     ) {
         let (parts, mut body) = req.into_parts();
-        if serve == Serve::RefuseFirst && first {
+        if serve == Serve::RefuseAll || (serve == Serve::RefuseFirst && first) {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             return;
         }
@@ -1982,6 +1984,35 @@ async fn a_stream_the_upstream_refused_goes_again() {
         metric_value(&text, "rampart_upstream_requests_total", total),
         Some(2.0),
         "one try each"
+    );
+}
+
+/// A stream the upstream refuses every time it goes (`REFUSED_STREAM`: it went again twice,
+/// then the refusal is the try's) is a 502 that says so, to a GET and to a POST alike: the
+/// upstream did not take the request, its connection was not lost. Before, the message said
+/// "connection lost to upstream", which sent operators looking for a network fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_upstream_keeps_refusing_is_a_502_that_says_so() {
+    let up = H2Crate::start(Serve::RefuseAll).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let get = http::get(addr, "/get", &[]).await;
+    let post = http::post(addr, "/post", &[], "not idempotent").await;
+    for rsp in [get, post] {
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let text = rsp.text();
+        assert!(
+            text.contains(&format!("upstream grpc ({}) refused the stream", up.addr)),
+            "{text}"
+        );
+        assert!(!text.contains("connection lost"), "{text}");
+    }
+    let streams = up.streams();
+    let paths: Vec<&str> = streams.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/get", "/get", "/get", "/post", "/post", "/post"],
+        "each went again twice before its refusal was the answer"
     );
 }
 

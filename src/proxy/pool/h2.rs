@@ -150,7 +150,7 @@ impl H2 {
 /// Why an upstream did not process a request, so that it can be sent again whatever its
 /// method (RFC 9113 §8.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
+pub(super) enum Refusal {
     /// The connection is going away (a `GOAWAY`, or closed): the request was never sent, or
     /// its stream is above the `GOAWAY`'s last stream id.
     GoingAway,
@@ -169,7 +169,7 @@ const MAX_REFUSED: u32 = 2;
 /// (One gap is hyper's: a stream it opens in the instant a `GOAWAY` comes, between two of its
 /// calls, is given up with the `GOAWAY` as its error even if its id is not above the last;
 /// such a request is sent again too.)
-fn refusal(error: &hyper::Error) -> Option<Refusal> {
+pub(super) fn refusal(error: &hyper::Error) -> Option<Refusal> {
     let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
     if !h2.is_remote() {
         return None;
