@@ -1589,6 +1589,8 @@ enum Serve {
     TwoLengths,
     /// Resets every stream with `REFUSED_STREAM`.
     RefuseAll,
+    /// Answers 204 with `content-length: 5` (which RFC 9110 §8.6 forbids) and `x-up: 1`.
+    NoContent,
 }
 
 /// One gRPC message, `hi`: what `/framed` sends before it stalls.
@@ -1661,6 +1663,16 @@ impl H2Crate {
         let (parts, mut body) = req.into_parts();
         if serve == Serve::RefuseAll || (serve == Serve::RefuseFirst && first) {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
+            return;
+        }
+        if serve == Serve::NoContent {
+            let head = Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .header("content-length", "5")
+                .header("x-up", "1")
+                .body(())
+                .expect("head");
+            let _ = respond.send_response(head, true);
             return;
         }
         let mut got = Vec::new();
@@ -2014,6 +2026,32 @@ async fn a_stream_the_upstream_keeps_refusing_is_a_502_that_says_so() {
         ["/get", "/get", "/get", "/post", "/post", "/post"],
         "each went again twice before its refusal was the answer"
     );
+}
+
+/// An HTTP/2 upstream's 204 with a `content-length` reaches an HTTP/2 client and an HTTP/1.1
+/// one without it (RFC 9110 §8.6: a server must not send one in a 204), its other headers
+/// kept, as an HTTP/1.1 upstream's 204 does (`upstream_h1/framing.rs`). Before, both clients
+/// got `content-length: 5`: an HTTP/2 client other than the h2 library's may reset such a
+/// stream, and an HTTP/1.1 one may wait for 5 bytes that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstreams_204_reaches_clients_without_its_content_length() {
+    let up = H2Crate::start(Serve::NoContent).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::h2_get(addr, "/204", &[]).await;
+    assert_eq!(rsp.status, StatusCode::NO_CONTENT);
+    assert!(
+        rsp.headers.get("content-length").is_none(),
+        "{:?}",
+        rsp.headers
+    );
+    assert_eq!(rsp.header("x-up"), Some("1"), "{:?}", rsp.headers);
+    let req = b"GET /204 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    let rsp = crate::support::raw::exchange(addr, req, std::time::Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.status(), Some(204), "{text}");
+    assert!(rsp.header("content-length").is_none(), "{text}");
+    assert_eq!(rsp.header("x-up").as_deref(), Some("1"), "{text}");
 }
 
 /// An HTTP/2 upstream's answer with `content-length: 5` given twice (the h2 library takes

@@ -623,9 +623,9 @@ fn finish_head(
     let mut keep_alive = false;
     // Whether the lines may stay raw: nothing in them that the request path reads or changes.
     let mut plain = true;
-    // RFC 9110 §8.6: no `content-length` in a 1xx or 204 answer (an HTTP/2 client resets a
-    // stream that has one). Read for its framing, never passed on.
-    let lengthless = status == StatusCode::NO_CONTENT || status.is_informational();
+    // No `content-length` in a 1xx or 204 answer (`forward::lengthless`, the rule an HTTP/2
+    // upstream's answer follows too). Read for its framing, never passed on.
+    let lengthless = crate::proxy::forward::lengthless(status);
     for (i, &[ns, ne, vs, ve]) in spans.iter().enumerate() {
         let (name, kind) = names.name(i, &head[ns as usize..ne as usize])?;
         let value = &head[vs as usize..ve as usize];

@@ -253,9 +253,10 @@ impl Pool {
         let (mut head, body) = rsp.into_parts();
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
-        // The h2 library takes `content-length` repeated with one value; an HTTP/2 client given
-        // both resets the stream, so one goes on (as from an HTTP/1.1 upstream).
-        crate::proxy::forward::one_length(&mut head.headers);
+        // The h2 library takes `content-length` repeated with one value (an HTTP/2 client given
+        // both resets the stream), and one in a 204: one goes on, or none in a 204 (as from an
+        // HTTP/1.1 upstream).
+        crate::proxy::forward::answer_length(head.status, &mut head.headers);
         let answer = H2Answer {
             body: Some(body),
             stream,

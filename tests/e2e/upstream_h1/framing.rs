@@ -187,6 +187,28 @@ async fn an_answer_without_a_body_is_passed_on_whatever_its_transfer_encoding() 
     assert!(rsp.header("transfer-encoding").is_none(), "{}", rsp.text());
 }
 
+/// A 204 goes to every client without `content-length` (RFC 9110 §8.6), whatever its
+/// HTTP/1.1 upstream said: the rule an HTTP/2 upstream's 204 follows too (`upstream_h2.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_reaches_every_client_without_its_content_length() {
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nx-up: 1\r\n\r\n";
+    let up = Scripted::start(vec![(NO_CONTENT, Then::Stay)]).await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let rsp = raw_get(addr, "/204").await;
+    assert_eq!(rsp.status(), Some(204), "{}", rsp.text());
+    let lines = head_lines(&rsp);
+    assert_eq!(named(&lines, "content-length"), 0, "{lines:?}");
+    assert_eq!(named(&lines, "x-up"), 1, "{lines:?}");
+    let rsp = h2_get(addr, "/204").await;
+    assert_eq!(rsp.status(), 204);
+    assert!(
+        rsp.headers().get("content-length").is_none(),
+        "{:?}",
+        rsp.headers()
+    );
+}
+
 /// A coding before the last `chunked` (`gzip, chunked`) is the content's: an HTTP/1.1 client is
 /// given it (`transfer-encoding: gzip` over rampart's own chunked), but HTTP/2 has no transfer
 /// codings and HTTP/1.0 none at all, so such a client would get the body still coded and
