@@ -632,10 +632,17 @@ fn finish_head(
         if kind == Kind::ContentLength {
             let n = parse_length_list(value).ok_or(Malformed("invalid content-length"))?;
             if length.is_some_and(|old| old != n) {
-                return Err(Malformed("conflicting content-length values"));
+                if !bodyless {
+                    return Err(Malformed("conflicting content-length values"));
+                }
+                // RFC 9112 §6.3: the lines frame no body here (a 304, or an answer to HEAD,
+                // says the length of one it does not send), so values that differ are no
+                // framing error: the first goes on, as nginx passes it. The connection is
+                // not used again, though: a peer that says two lengths may send either.
+                close = true;
             }
             let repeated = length.is_some();
-            length = Some(n);
+            length = length.or(Some(n));
             if lengthless || repeated {
                 continue;
             }
