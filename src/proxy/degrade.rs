@@ -69,8 +69,9 @@ fn tee(rsp: Response<Body>, key: Key, store: Arc<StaleStore>) -> Response<Body> 
 
 impl Keeper for StaleKeeper {
     fn kept(self: Box<Self>, ending: Ending) {
-        if let Ending::Whole(body, _) = ending {
-            self.store.insert(self.key, self.status, self.headers, body);
+        if let Ending::Whole(body, trailers) = ending {
+            self.store
+                .insert_trailed(self.key, self.status, self.headers, body, trailers);
         }
     }
 }

@@ -400,19 +400,25 @@ pub(super) fn try_once<'a>(
                     tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
                     endpoint = %ep.addr, error = ?e, "upstream try failed"
                 );
-                let what = match (&e, outcome) {
-                    (SendError::Handshake { .. }, _) => "TLS handshake failed with",
-                    (_, Outcome::ConnectError) => "cannot connect to",
+                let (name, addr) = (&up.name, ep.addr);
+                let msg = match (&e, outcome) {
+                    (SendError::Handshake { .. }, _) => {
+                        format!("TLS handshake failed with upstream {name} ({addr})")
+                    }
+                    (_, Outcome::ConnectError) => {
+                        format!("cannot connect to upstream {name} ({addr})")
+                    }
                     // The upstream answered, with a head no HTTP/1.1 reader takes (or one over
                     // the answer head limit): say what was wrong with it, not that it was lost.
-                    (SendError::Reset(UpstreamError::Malformed(_)), _) => "malformed answer from",
-                    _ => "connection lost to",
-                };
-                let msg = match &e {
-                    SendError::Reset(UpstreamError::Malformed(m)) => {
-                        format!("{what} upstream {} ({}): {}", up.name, ep.addr, m.0)
+                    (SendError::Reset(UpstreamError::Malformed(m)), _) => {
+                        format!("malformed answer from upstream {name} ({addr}): {}", m.0)
                     }
-                    _ => format!("{what} upstream {} ({})", up.name, ep.addr),
+                    // An HTTP/2 upstream that refused the stream (still, after it went again):
+                    // nothing was lost, it did not take the request.
+                    (SendError::Reset(r), _) if r.refused() => {
+                        format!("upstream {name} ({addr}) refused the stream")
+                    }
+                    _ => format!("connection lost to upstream {name} ({addr})"),
                 };
                 *tried = Tried { outcome, used };
                 answer(Reason::UpstreamUnavailable, &msg, None)

@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Uri, Version};
+use http::{Request, StatusCode, Uri, Version};
 
 use super::authority;
 use super::listener::Held;
@@ -279,6 +279,25 @@ pub fn strip_request_trailers(trailers: &mut HeaderMap) {
     strip_trailers(trailers);
     for name in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
         trailers.remove(name);
+    }
+}
+
+/// Whether an answer of `status` goes to the client without `content-length`, whatever its
+/// upstream said: RFC 9110 §8.6, a server must not send one in a 1xx or 204 answer (an HTTP/2
+/// client may reset a stream that has one). The one rule for both upstream protocols: the
+/// HTTP/1.1 reader never keeps the line (`pool::h1`), [`answer_length`] takes it out of an
+/// HTTP/2 upstream's answer.
+pub fn lengthless(status: StatusCode) -> bool {
+    status == StatusCode::NO_CONTENT || status.is_informational()
+}
+
+/// An HTTP/2 upstream's `content-length` as a client gets it: none in an answer that must not
+/// have one ([`lengthless`]), else one field ([`one_length`]), as from an HTTP/1.1 upstream.
+pub fn answer_length(status: StatusCode, headers: &mut HeaderMap) {
+    if lengthless(status) {
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        one_length(headers);
     }
 }
 

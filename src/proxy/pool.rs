@@ -238,6 +238,17 @@ pub(super) struct EndBy {
     counted: prometheus::IntCounter,
 }
 
+// === impl UpstreamError ===
+
+impl UpstreamError {
+    /// Whether an HTTP/2 upstream refused the request without processing it: reset its stream
+    /// with `REFUSED_STREAM`, or went away (`GOAWAY`) before it (RFC 9113 §8.7). Such a
+    /// request is sent again on the spot ([`h2`]); this is the refusal that outlasted that.
+    pub fn refused(&self) -> bool {
+        matches!(self, UpstreamError::Http2(e) if h2::refusal(e).is_some())
+    }
+}
+
 // === impl Pool ===
 
 impl Pool {

@@ -157,9 +157,16 @@ pub fn fault_abort(status: http::StatusCode, delayed: bool) -> Response<Body> {
 pub fn degraded(replaced: Reason, with: Replacement) -> Response<Body> {
     let (mut rsp, kind) = match with {
         Replacement::Stale(kept, age) => {
-            let mut rsp = Response::new(Body::full(kept.body));
+            // Served as it was kept, with the trailers its body ended with. One with trailers
+            // states no length, as a replay's (see `replay`): an HTTP/1.1 client that asked
+            // for them gets it chunked, which has room for them.
+            let trailed = kept.trailers.is_some();
+            let mut rsp = Response::new(Body::with_trailers(kept.body, kept.trailers));
             *rsp.status_mut() = kept.status;
             *rsp.headers_mut() = kept.headers;
+            if trailed {
+                rsp.headers_mut().remove(CONTENT_LENGTH);
+            }
             rsp.headers_mut()
                 .insert(AGE, HeaderValue::from(age.as_secs()));
             (rsp, "stale")

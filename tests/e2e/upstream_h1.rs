@@ -616,6 +616,56 @@ async fn trailers_of_a_chunked_answer_reach_an_h1_client_that_asks() {
     assert!(text.ends_with("4\r\ndata\r\n0\r\n\r\n"), "{text:?}");
 }
 
+/// A chunked answer's trailers are kept with it for `fallback.stale`, and the stale answer
+/// served once the upstream fails carries them: to an HTTP/1.1 client that asks for trailers
+/// (chunked, the trailer section after the last chunk) and to an HTTP/2 one. Before, the
+/// stale answer was its body alone, framed by its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_carries_the_trailers_its_body_ended_with() {
+    let answer: &'static [u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+          trailer: x-checksum\r\n\r\n4\r\ndata\r\n0\r\nx-checksum: c0ffee\r\n\r\n";
+    // The first request is answered; every later one finds the upstream hanging up.
+    let up = Scripted::start(vec![(answer, Then::Stay), (b"", Then::HangUp)]).await;
+    let policy = "policies:\n  p: { fallback: { on: [upstream_unavailable], stale: 5m } }\n";
+    let text = one_route(policy).replace(
+        "      - upstream: app\n",
+        "      - upstream: app\n        policy: p\n",
+    );
+    let proxy = Proxy::builder(&text).var("APP", up.addr).spawn().await;
+    let addr = proxy.listener("inbound");
+    let asks = b"GET /t HTTP/1.1\r\nhost: a\r\nte: trailers\r\nconnection: close\r\n\r\n";
+    let live = raw::exchange(addr, asks, Duration::from_secs(10)).await;
+    assert_eq!(live.status(), Some(200), "{}", live.text());
+    assert!(
+        live.header("x-rampart-degraded").is_none(),
+        "{}",
+        live.text()
+    );
+
+    let stale = raw::exchange(addr, asks, Duration::from_secs(10)).await;
+    let text = stale.text();
+    assert_eq!(stale.status(), Some(200), "{text}");
+    assert_eq!(
+        stale.header("x-rampart-degraded").as_deref(),
+        Some("stale"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n4\r\ndata\r\n0\r\nx-checksum: c0ffee\r\n\r\n"),
+        "the body and its trailer section: {text:?}"
+    );
+    assert!(stale.header("content-length").is_none(), "{text}");
+
+    use http_body_util::BodyExt;
+    let rsp = h2_get(addr, "/t").await;
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers()["x-rampart-degraded"], "stale");
+    let whole = rsp.into_body().collect().await.expect("a whole body");
+    let trailers = whole.trailers().cloned().expect("the trailers");
+    assert_eq!(trailers["x-checksum"], "c0ffee");
+    assert_eq!(whole.to_bytes(), Bytes::from_static(b"data"));
+}
+
 /// An upstream that announces framing fields among its trailers (`trailer: content-length,
 /// set-cookie`) and sends them there cannot get them to an HTTP/1.1 client that asks for
 /// trailers: they are taken out before the client's server writes what was announced.

@@ -1587,6 +1587,10 @@ enum Serve {
     RefuseFirst,
     /// Answers 200 `hello` with `content-length: 5` given twice (the h2 library sends it).
     TwoLengths,
+    /// Resets every stream with `REFUSED_STREAM`.
+    RefuseAll,
+    /// Answers 204 with `content-length: 5` (which RFC 9110 §8.6 forbids) and `x-up: 1`.
+    NoContent,
 }
 
 /// One gRPC message, `hi`: what `/framed` sends before it stalls.
@@ -1657,8 +1661,18 @@ impl H2Crate {
         resets: Arc<Mutex<Vec<h2::Reason>>>,
     ) {
         let (parts, mut body) = req.into_parts();
-        if serve == Serve::RefuseFirst && first {
+        if serve == Serve::RefuseAll || (serve == Serve::RefuseFirst && first) {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
+            return;
+        }
+        if serve == Serve::NoContent {
+            let head = Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .header("content-length", "5")
+                .header("x-up", "1")
+                .body(())
+                .expect("head");
+            let _ = respond.send_response(head, true);
             return;
         }
         let mut got = Vec::new();
@@ -1983,6 +1997,61 @@ async fn a_stream_the_upstream_refused_goes_again() {
         Some(2.0),
         "one try each"
     );
+}
+
+/// A stream the upstream refuses every time it goes (`REFUSED_STREAM`: it went again twice,
+/// then the refusal is the try's) is a 502 that says so, to a GET and to a POST alike: the
+/// upstream did not take the request, its connection was not lost. Before, the message said
+/// "connection lost to upstream", which sent operators looking for a network fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_upstream_keeps_refusing_is_a_502_that_says_so() {
+    let up = H2Crate::start(Serve::RefuseAll).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let get = http::get(addr, "/get", &[]).await;
+    let post = http::post(addr, "/post", &[], "not idempotent").await;
+    for rsp in [get, post] {
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let text = rsp.text();
+        assert!(
+            text.contains(&format!("upstream grpc ({}) refused the stream", up.addr)),
+            "{text}"
+        );
+        assert!(!text.contains("connection lost"), "{text}");
+    }
+    let streams = up.streams();
+    let paths: Vec<&str> = streams.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/get", "/get", "/get", "/post", "/post", "/post"],
+        "each went again twice before its refusal was the answer"
+    );
+}
+
+/// An HTTP/2 upstream's 204 with a `content-length` reaches an HTTP/2 client and an HTTP/1.1
+/// one without it (RFC 9110 §8.6: a server must not send one in a 204), its other headers
+/// kept, as an HTTP/1.1 upstream's 204 does (`upstream_h1/framing.rs`). Before, both clients
+/// got `content-length: 5`: an HTTP/2 client other than the h2 library's may reset such a
+/// stream, and an HTTP/1.1 one may wait for 5 bytes that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstreams_204_reaches_clients_without_its_content_length() {
+    let up = H2Crate::start(Serve::NoContent).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let rsp = http::h2_get(addr, "/204", &[]).await;
+    assert_eq!(rsp.status, StatusCode::NO_CONTENT);
+    assert!(
+        rsp.headers.get("content-length").is_none(),
+        "{:?}",
+        rsp.headers
+    );
+    assert_eq!(rsp.header("x-up"), Some("1"), "{:?}", rsp.headers);
+    let req = b"GET /204 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    let rsp = crate::support::raw::exchange(addr, req, std::time::Duration::from_secs(10)).await;
+    let text = rsp.text();
+    assert_eq!(rsp.status(), Some(204), "{text}");
+    assert!(rsp.header("content-length").is_none(), "{text}");
+    assert_eq!(rsp.header("x-up").as_deref(), Some("1"), "{text}");
 }
 
 /// An HTTP/2 upstream's answer with `content-length: 5` given twice (the h2 library takes

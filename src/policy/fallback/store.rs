@@ -43,6 +43,8 @@ pub struct Kept {
     pub headers: HeaderMap,
     /// Its whole body.
     pub body: Bytes,
+    /// The trailers its body ended with (a chunked answer's, an HTTP/2 one's), served with it.
+    pub trailers: Option<HeaderMap>,
     at: u64,
     seq: u64,
     /// What the entry holds in memory: body, headers and its key (the client chooses the
@@ -88,17 +90,33 @@ impl StaleStore {
 
     /// Keeps `body` as the answer for `key`, replacing the previous one.
     pub fn insert(&self, key: Key, status: StatusCode, headers: HeaderMap, body: Bytes) {
+        self.insert_trailed(key, status, headers, body, None);
+    }
+
+    /// Keeps `body` and the `trailers` it ended with as the answer for `key`, replacing the
+    /// previous one.
+    pub fn insert_trailed(
+        &self,
+        key: Key,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+    ) {
         if body.len() > MAX_BODY {
             return;
         }
         let at = self.clock.now_nanos();
+        let fields = |h: &HeaderMap| {
+            h.iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>()
+        };
         let size = body.len()
             + key.tenant.len()
             + key.target.len()
-            + headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len())
-                .sum::<usize>();
+            + fields(&headers)
+            + trailers.as_ref().map_or(0, fields);
         let mut g = self.inner.lock();
         g.seq += 1;
         let seq = g.seq;
@@ -108,6 +126,7 @@ impl StaleStore {
             status,
             headers,
             body,
+            trailers,
             at,
             seq,
             size,
@@ -242,6 +261,24 @@ mod tests {
         }
         assert!(s.inner.lock().order.len() < 100);
         assert_eq!(s.len(), 1.max(s.len()));
+    }
+
+    #[test]
+    fn trailers_are_kept_with_their_body_and_counted() {
+        let s = StaleStore::new(Arc::new(ManualClock::new()));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("c0ffee"));
+        let body = Bytes::from_static(b"data");
+        s.insert_trailed(
+            key("/t"),
+            StatusCode::OK,
+            HeaderMap::new(),
+            body,
+            Some(trailers),
+        );
+        let (kept, _) = s.get(&key("/t"), Duration::MAX).expect("kept");
+        assert_eq!(kept.trailers.expect("trailers")["x-checksum"], "c0ffee");
+        assert_eq!(s.bytes(), 4 + 1 + 2 + "x-checksum".len() + "c0ffee".len());
     }
 
     #[test]

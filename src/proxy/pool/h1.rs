@@ -623,19 +623,26 @@ fn finish_head(
     let mut keep_alive = false;
     // Whether the lines may stay raw: nothing in them that the request path reads or changes.
     let mut plain = true;
-    // RFC 9110 §8.6: no `content-length` in a 1xx or 204 answer (an HTTP/2 client resets a
-    // stream that has one). Read for its framing, never passed on.
-    let lengthless = status == StatusCode::NO_CONTENT || status.is_informational();
+    // No `content-length` in a 1xx or 204 answer (`forward::lengthless`, the rule an HTTP/2
+    // upstream's answer follows too). Read for its framing, never passed on.
+    let lengthless = crate::proxy::forward::lengthless(status);
     for (i, &[ns, ne, vs, ve]) in spans.iter().enumerate() {
         let (name, kind) = names.name(i, &head[ns as usize..ne as usize])?;
         let value = &head[vs as usize..ve as usize];
         if kind == Kind::ContentLength {
             let n = parse_length_list(value).ok_or(Malformed("invalid content-length"))?;
             if length.is_some_and(|old| old != n) {
-                return Err(Malformed("conflicting content-length values"));
+                if !bodyless {
+                    return Err(Malformed("conflicting content-length values"));
+                }
+                // RFC 9112 §6.3: the lines frame no body here (a 304, or an answer to HEAD,
+                // says the length of one it does not send), so values that differ are no
+                // framing error: the first goes on, as nginx passes it. The connection is
+                // not used again, though: a peer that says two lengths may send either.
+                close = true;
             }
             let repeated = length.is_some();
-            length = Some(n);
+            length = length.or(Some(n));
             if lengthless || repeated {
                 continue;
             }

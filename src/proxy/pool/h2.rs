@@ -150,7 +150,7 @@ impl H2 {
 /// Why an upstream did not process a request, so that it can be sent again whatever its
 /// method (RFC 9113 §8.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
+pub(super) enum Refusal {
     /// The connection is going away (a `GOAWAY`, or closed): the request was never sent, or
     /// its stream is above the `GOAWAY`'s last stream id.
     GoingAway,
@@ -169,7 +169,7 @@ const MAX_REFUSED: u32 = 2;
 /// (One gap is hyper's: a stream it opens in the instant a `GOAWAY` comes, between two of its
 /// calls, is given up with the `GOAWAY` as its error even if its id is not above the last;
 /// such a request is sent again too.)
-fn refusal(error: &hyper::Error) -> Option<Refusal> {
+pub(super) fn refusal(error: &hyper::Error) -> Option<Refusal> {
     let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
     if !h2.is_remote() {
         return None;
@@ -253,9 +253,10 @@ impl Pool {
         let (mut head, body) = rsp.into_parts();
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
-        // The h2 library takes `content-length` repeated with one value; an HTTP/2 client given
-        // both resets the stream, so one goes on (as from an HTTP/1.1 upstream).
-        crate::proxy::forward::one_length(&mut head.headers);
+        // The h2 library takes `content-length` repeated with one value (an HTTP/2 client given
+        // both resets the stream), and one in a 204: one goes on, or none in a 204 (as from an
+        // HTTP/1.1 upstream).
+        crate::proxy::forward::answer_length(head.status, &mut head.headers);
         let answer = H2Answer {
             body: Some(body),
             stream,

@@ -187,6 +187,91 @@ async fn an_answer_without_a_body_is_passed_on_whatever_its_transfer_encoding() 
     assert!(rsp.header("transfer-encoding").is_none(), "{}", rsp.text());
 }
 
+/// A 304, and an answer to HEAD, have no body whatever their `content-length` says (RFC 9110
+/// §15.4.5, RFC 9112 §6.3), so two lines that differ frame nothing and are no framing error:
+/// the answer reaches an HTTP/1.1 client and an HTTP/2 one with the first value alone, as
+/// nginx passes it on. Before, both were a 502. The same lines on an answer with a body stay
+/// a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differing_lengths_on_an_answer_without_a_body_are_no_framing_error() {
+    const NOT_MODIFIED: &[u8] = b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\n\
+        Content-Length: 5\r\nContent-Length: 6\r\n\r\n";
+    const TO_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n";
+    const WITH_BODY: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let answers: Vec<(&'static [u8], Then)> = vec![
+        (NOT_MODIFIED, Then::Stay),
+        (NOT_MODIFIED, Then::Stay),
+        (TO_HEAD, Then::Stay),
+        (TO_HEAD, Then::Stay),
+        (WITH_BODY, Then::Stay),
+        (WITH_BODY, Then::Stay),
+    ];
+    let up = Scripted::start(answers).await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+
+    let rsp = raw_get(addr, "/304").await;
+    assert_eq!(rsp.status(), Some(304), "{}", rsp.text());
+    let lines = head_lines(&rsp);
+    // The HTTP/1.1 server writes no length on a 304 (RFC 9110 §8.6 lets it), one value or two.
+    assert_eq!(named(&lines, "content-length"), 0, "{lines:?}");
+    assert_eq!(rsp.header("etag").as_deref(), Some("\"a\""), "{lines:?}");
+    let rsp = h2_get(addr, "/304").await;
+    assert_eq!(rsp.status(), 304);
+    let lengths: Vec<_> = rsp.headers().get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["5"], "{:?}", rsp.headers());
+
+    let head = "HEAD /head HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
+    let rsp = crate::support::raw::exchange(addr, head.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let lines = head_lines(&rsp);
+    assert_eq!(named(&lines, "content-length"), 1, "{lines:?}");
+    assert_eq!(
+        rsp.header("content-length").as_deref(),
+        Some("7"),
+        "{lines:?}"
+    );
+    let mut send = http::h2c(addr).await;
+    let req = ::http::Request::head(format!("http://{addr}/head"))
+        .body(http::empty())
+        .expect("a valid request");
+    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(rsp.status(), 200);
+    let lengths: Vec<_> = rsp.headers().get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["7"], "{:?}", rsp.headers());
+
+    let rsp = http::get(addr, "/body", &[]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    let rsp = h2_get(addr, "/body").await;
+    assert_eq!(rsp.status(), 502);
+}
+
+/// A 204 goes to every client without `content-length` (RFC 9110 §8.6), whatever its
+/// HTTP/1.1 upstream said: the rule an HTTP/2 upstream's 204 follows too (`upstream_h2.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_reaches_every_client_without_its_content_length() {
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nx-up: 1\r\n\r\n";
+    let up = Scripted::start(vec![(NO_CONTENT, Then::Stay)]).await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let rsp = raw_get(addr, "/204").await;
+    assert_eq!(rsp.status(), Some(204), "{}", rsp.text());
+    let lines = head_lines(&rsp);
+    assert_eq!(named(&lines, "content-length"), 0, "{lines:?}");
+    assert_eq!(named(&lines, "x-up"), 1, "{lines:?}");
+    let rsp = h2_get(addr, "/204").await;
+    assert_eq!(rsp.status(), 204);
+    assert!(
+        rsp.headers().get("content-length").is_none(),
+        "{:?}",
+        rsp.headers()
+    );
+}
+
 /// A coding before the last `chunked` (`gzip, chunked`) is the content's: an HTTP/1.1 client is
 /// given it (`transfer-encoding: gzip` over rampart's own chunked), but HTTP/2 has no transfer
 /// codings and HTTP/1.0 none at all, so such a client would get the body still coded and

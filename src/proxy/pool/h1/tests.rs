@@ -281,6 +281,39 @@ fn a_transfer_encoding_not_ending_in_one_chunked_is_malformed() {
     }
 }
 
+/// `content-length` lines that differ frame no body on a 304 or an answer to HEAD (RFC 9112
+/// §6.3): the first value is kept, one line, and the connection is not used again; on an
+/// answer with a body they stay malformed.
+#[test]
+fn differing_lengths_are_malformed_only_where_they_frame_a_body() {
+    for (bytes, head_request) in [
+        (
+            &b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            true,
+        ),
+    ] {
+        let (h, rest) = head(bytes, head_request)
+            .expect("parses")
+            .expect("complete");
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(rest.is_empty());
+        assert!(!h.keep_alive, "a connection that said two lengths goes");
+        let lengths: Vec<_> = h
+            .response
+            .headers()
+            .get_all("content-length")
+            .iter()
+            .collect();
+        assert_eq!(lengths, ["5"], "{:?}", h.response.headers());
+    }
+    let e = malformed(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n");
+    assert_eq!(e.0, "conflicting content-length values");
+}
+
 #[test]
 fn interim_answers_are_skipped() {
     let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
