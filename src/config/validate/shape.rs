@@ -87,7 +87,10 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
 /// Still refused: a key accepted must act, warn or be refused, and YAML keys are
 /// case-sensitive everywhere else in the file.
 fn capital_x(e: &DeError) -> Option<String> {
-    let key = e.path.last_key().filter(|_| e.unknown_key && e.path.depth() == 1)?;
+    let key = e
+        .path
+        .last_key()
+        .filter(|_| e.unknown_key && e.path.depth() == 1)?;
     let rest = key.strip_prefix("X-")?;
     let shown = crate::config::locate::printable(key);
     let lower = crate::config::locate::printable(rest);
