@@ -100,8 +100,8 @@ pub struct Identify {
 /// does not remove. Handed down behind one thin reference: a slice's two words in the
 /// request's context made a plain connection's future 32 bytes larger (4,848 against 4,816 in a
 /// test build of rustc 1.95); this, none.
-/// It also carries the identity's names (every `header` source's, and `plan_header`), which a
-/// client's request trailers lose (`body::ClientBody`).
+/// It also carries the identity's names (every `header` source's, and `plan_header`, each
+/// also with `_` for `-`), which a client's request trailers lose (`body::ClientBody`).
 #[derive(Debug, Default)]
 pub struct Written(Box<[HeaderName]>, Option<Arc<[HeaderName]>>);
 
@@ -111,8 +111,8 @@ impl Written {
         &self.0
     }
 
-    /// The names the identity is read from (the `header` sources', `plan_header`): `None`
-    /// without any.
+    /// The names the identity is read from (the `header` sources', `plan_header`), and their
+    /// spellings with `_` for `-` (`x_tenant_id`): `None` without any.
     pub fn identity(&self) -> Option<&Arc<[HeaderName]>> {
         self.1.as_ref()
     }
@@ -268,8 +268,12 @@ impl Identify {
             })
             .chain(plan_header.iter())
         {
-            if !identity.contains(name) {
-                identity.push(name.clone());
+            // The name, and its spelling with `_` for `-`: CGI-style upstreams read both as
+            // one (`HTTP_X_TENANT_ID`), so a trailer of either would stand beside the head's.
+            for n in std::iter::once(name.clone()).chain(underscored(name)) {
+                if !identity.contains(&n) {
+                    identity.push(n);
+                }
             }
         }
         let identity: Option<Arc<[HeaderName]>> =
