@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use parking_lot::Mutex;
 
 use self::jwt::{Jwt, Verified};
 use crate::clock::{MonotonicClock, WallClock};
@@ -36,11 +37,14 @@ use crate::config::file::{
     ClientCertField, ClientIp, ClientIpFrom, File, TenantSource, Tenants, NO_TENANT,
 };
 use crate::error::Reason;
+use crate::throttle::{Throttle, WARN_EVERY};
 
 /// Longest tenant id accepted, in bytes.
 pub const MAX_TENANT_LEN: usize = 128;
 /// The label of tenants past the `metrics_labels` cap.
 pub const OTHER_LABEL: &str = "_other";
+/// Most bytes of a refused plan header a warning shows.
+const SHOWN_PLAN: usize = 40;
 
 /// A request's tenant, borrowed from the request where possible (no allocation).
 #[derive(Clone, Debug)]
@@ -76,6 +80,13 @@ pub struct Identify {
     fallback: Option<Arc<str>>,
     /// `tenants.plans.plan_header`.
     plan_header: Option<http::HeaderName>,
+    /// The plans some policy gives limits to ([`configured_plans`]), in byte order: the only
+    /// ones a trusted `plan_header` (or a token's `plan_claim`) may name. The same list the
+    /// `jwt` sources share.
+    plans: Arc<[Box<str>]>,
+    /// A trusted `plan_header` naming none of `plans` is warned about at most every
+    /// [`WARN_EVERY`]; taken only for such a request.
+    unplanned: Mutex<Throttle>,
     /// The `header` sources' names, set to the tenant a verified token named before a request
     /// goes upstream. Empty without a `jwt` source; never a token's own header.
     vouched: Box<[HeaderName]>,
@@ -100,8 +111,8 @@ pub struct Identify {
 /// does not remove. Handed down behind one thin reference: a slice's two words in the
 /// request's context made a plain connection's future 32 bytes larger (4,848 against 4,816 in a
 /// test build of rustc 1.95); this, none.
-/// It also carries the identity's names (every `header` source's, and `plan_header`), which a
-/// client's request trailers lose (`body::ClientBody`).
+/// It also carries the identity's names (every `header` source's, and `plan_header`, each
+/// also with `_` for `-`), which a client's request trailers lose (`body::ClientBody`).
 #[derive(Debug, Default)]
 pub struct Written(Box<[HeaderName]>, Option<Arc<[HeaderName]>>);
 
@@ -111,8 +122,8 @@ impl Written {
         &self.0
     }
 
-    /// The names the identity is read from (the `header` sources', `plan_header`): `None`
-    /// without any.
+    /// The names the identity is read from (the `header` sources', `plan_header`), and their
+    /// spellings with `_` for `-` (`x_tenant_id`): `None` without any.
     pub fn identity(&self) -> Option<&Arc<[HeaderName]>> {
         self.1.as_ref()
     }
@@ -206,6 +217,7 @@ impl Identify {
         prev: Option<&Identify>,
         wall: &WallClock,
     ) -> Self {
+        // In byte order (a `BTreeSet` of `str`), for `Identify::named_plan`'s binary search.
         let known: Arc<[Box<str>]> = plans.iter().map(|&p| Box::from(p)).collect();
         let prev_jwt = |c| {
             prev?.sources.iter().find_map(|s| match s {
@@ -268,8 +280,12 @@ impl Identify {
             })
             .chain(plan_header.iter())
         {
-            if !identity.contains(name) {
-                identity.push(name.clone());
+            // The name, and its spelling with `_` for `-`: CGI-style upstreams read both as
+            // one (`HTTP_X_TENANT_ID`), so a trailer of either would stand beside the head's.
+            for n in std::iter::once(name.clone()).chain(underscored(name)) {
+                if !identity.contains(&n) {
+                    identity.push(n);
+                }
             }
         }
         let identity: Option<Arc<[HeaderName]>> =
@@ -290,6 +306,8 @@ impl Identify {
             sources,
             fallback,
             plan_header,
+            plans: known,
+            unplanned: Mutex::new(Throttle::new(WARN_EVERY)),
             assign,
             none: Arc::from(NO_TENANT),
         }
@@ -311,6 +329,13 @@ impl Identify {
 
     /// The plan of `tenant` (SPEC §13): the token's `plan_claim`, else `plan_header` when the
     /// listener trusts it, else `tenants.plans.assign`.
+    ///
+    /// A trusted `plan_header` names a plan only as a token's claim does: when its value is,
+    /// byte for byte, a plan some policy gives limits to. Any other value (`platinum` that no
+    /// policy has, `Gold`, ` gold`, empty) names none, the plan comes from `assign`, and
+    /// rampart warns at most every [`WARN_EVERY`] with how many requests since. The test is a
+    /// binary search of the generation's plans; the header's line itself is left to
+    /// [`Identify::vouch`] (a trusted one passes as sent).
     pub fn plan<'a>(
         &'a self,
         tenant: &'a TenantId,
@@ -324,14 +349,40 @@ impl Identify {
         }
         let header = self.plan_header.as_ref().filter(|_| trust_header);
         if let Some(v) = header.and_then(|h| headers.get(h)) {
-            if let Ok(p) = v.to_str() {
-                return Some(p);
+            match self.named_plan(v.as_bytes()) {
+                Some(p) => return Some(p),
+                None => self.unplanned(v),
             }
         }
         if self.assign.is_empty() {
             return None;
         }
         self.assign.get(tenant.as_str()).map(|p| &**p)
+    }
+
+    /// The configured plan `value` is, exactly.
+    fn named_plan(&self, value: &[u8]) -> Option<&str> {
+        let at = self
+            .plans
+            .binary_search_by(|p| p.as_bytes().cmp(value))
+            .ok()?;
+        Some(&self.plans[at])
+    }
+
+    /// Notes a trusted plan header that names no configured plan, and warns when due.
+    #[cold]
+    fn unplanned(&self, value: &HeaderValue) {
+        let since = self.unplanned.lock().note(1, tokio::time::Instant::now());
+        if let Some(n) = since {
+            let bytes = value.as_bytes();
+            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN_PLAN)]);
+            tracing::warn!(
+                header = self.plan_header.as_ref().map_or("", HeaderName::as_str),
+                plan = ?shown,
+                requests = n,
+                "a trusted plan_header names no plan of rate_limit.plans; the tenant's plan comes from tenants.plans.assign (requests: how many since the last warning)"
+            );
+        }
     }
 
     /// Makes the identity lines of a request about to go upstream say what rampart used, so
@@ -345,7 +396,9 @@ impl Identify {
     /// - Otherwise, on a listener that does not trust `plan_header`: the client's lines of it
     ///   go, since rampart did not believe them.
     ///
-    /// A tenant from any other source, and a plan header the listener trusts, pass as sent.
+    /// A tenant from any other source, and a plan header the listener trusts, pass as sent:
+    /// that one even when it names no configured plan and [`Identify::plan`] did not use it, as
+    /// whoever the listener trusts to send it may mean a plan rampart sets no limits for.
     /// Without a `jwt` source beside a `header` source and without a `plan_header`, this is
     /// one test of a flag: no line is looked up.
     ///
@@ -1112,6 +1165,65 @@ x-evil: 1",
         assert!(!with_token(&["authorization"], false).rewrites);
         assert!(with_token(&[], true).rewrites);
         assert!(with_token(HEADERS, false).rewrites);
+    }
+
+    /// A trusted plan header names a plan only when its value is, byte for byte, one some
+    /// policy gives limits to; any other value names none and the plan comes from `assign`
+    /// (then none), as for a token's `plan_claim`. An untrusted one is never read. Before, any
+    /// text in a trusted header was the plan, and a plan no policy has meant the default limits.
+    #[test]
+    fn a_trusted_plan_header_names_only_a_configured_plan() {
+        let r = Identify::new(
+            &Tenants {
+                from: vec![TenantSource {
+                    header: Some("x-tenant-id".into()),
+                    ..TenantSource::default()
+                }],
+                fallback: "anonymous".into(),
+                max_tracked: 10,
+                metrics_labels: 2,
+                plans: Some(crate::config::file::TenantPlans {
+                    plan_header: Some("x-tenant-plan".into()),
+                    assign: [("gold".to_owned(), vec!["initech".to_owned()])].into(),
+                }),
+            },
+            &BTreeSet::from(["pro", "gold", "a"]),
+        );
+        let plan = |tenant: &str, line: Option<&str>, trust: bool| {
+            let t = TenantId::Header(HeaderValue::from_str(tenant).expect("a value"));
+            let h = sent(
+                &line
+                    .map(|p| ("x-tenant-plan", p))
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            );
+            r.plan(&t, &h, trust).map(str::to_owned)
+        };
+        for known in ["pro", "gold", "a"] {
+            assert_eq!(plan("hooli", Some(known), true).as_deref(), Some(known));
+            assert_eq!(plan("initech", Some(known), true).as_deref(), Some(known));
+        }
+        for unknown in ["platinum", "Pro", " pro", "pro ", "", "gol", "golden", "b"] {
+            assert_eq!(plan("hooli", Some(unknown), true), None, "{unknown:?}");
+            assert_eq!(
+                plan("initech", Some(unknown), true).as_deref(),
+                Some("gold"),
+                "{unknown:?}: assign's"
+            );
+        }
+        // Many in a row: each falls through alike (the warning is said once per period).
+        for _ in 0..100 {
+            assert_eq!(plan("hooli", Some("platinum"), true), None);
+        }
+        assert_eq!(plan("hooli", Some("pro"), false), None, "untrusted");
+        assert_eq!(plan("initech", Some("pro"), false).as_deref(), Some("gold"));
+        assert_eq!(plan("initech", None, true).as_deref(), Some("gold"));
+        // A token's tenant without a plan claim: the same rule.
+        let t = verified("acme", None);
+        let h = sent(&[("x-tenant-plan", "platinum")]);
+        assert_eq!(r.plan(&t, &h, true), None);
+        let h = sent(&[("x-tenant-plan", "pro")]);
+        assert_eq!(r.plan(&t, &h, true), Some("pro"));
     }
 
     /// Rules that read the tenant from `x-tenant-id`, else from `client_ip` as given.

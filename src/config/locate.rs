@@ -126,6 +126,11 @@ impl KeyPath {
         }
     }
 
+    /// How many steps the path has (0 for the whole file, 1 for a top-level key).
+    pub(super) fn depth(&self) -> usize {
+        self.0.len()
+    }
+
     /// True for the path of the whole file.
     pub(super) fn is_root(&self) -> bool {
         self.0.is_empty()

@@ -249,6 +249,23 @@ fn top_level_x_keys_hold_anchors_and_are_ignored() {
     fails_at(&policy("{ x-mine: 1 }"), "policies.p.x-mine");
 }
 
+/// A top-level `X-` key is no extension field (only lowercase `x-` is, as keys are
+/// case-sensitive): it stays refused, and the message says which spelling is ignored, where it
+/// used to list only the keys rampart knows. An `X-` key below the top gets the plain message.
+#[test]
+fn a_capital_x_top_level_key_is_refused_with_the_lowercase_spelling_named() {
+    let text = BASE.replace("version: 1\n", "version: 1\nX-common: &common { a: 1 }\n");
+    let e = one(&text);
+    assert_eq!(spot(&e), (2, 1, "X-common"));
+    assert_eq!(
+        e.message,
+        "unknown key \"X-common\"; top-level keys starting with `x-` (lowercase) are ignored, for anchors: did you mean \"x-common\"?"
+    );
+    let e = one(&policy("{ X-mine: 1 }"));
+    assert_eq!(e.path, "policies.p.X-mine");
+    assert!(!e.message.contains("lowercase"), "{e:?}");
+}
+
 #[test]
 fn bad_duration_is_placed_on_the_value() {
     let e = one(&policy("{ timeout: { request: 5 sec } }"));

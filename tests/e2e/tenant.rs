@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::support::capture::Capture;
 use crate::support::{
     http, metric_value, metrics, metrics::label_values, one_route, sample, Proxy,
 };
@@ -249,4 +250,102 @@ async fn two_proxies_in_front_and_ipv6_clients_by_their_block() {
         Some(1.0),
         "{text}"
     );
+}
+
+/// A listener that trusts `x-tenant-plan`, plans `tight` (1 an hour) and `pro` (3), `tight`
+/// assigned to initech, umbrella and cyberdyne, 10 an hour for the rest; answers carry the RateLimit
+/// headers.
+const TRUSTED_PLANS: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from: [ { header: x-tenant-id } ]
+  plans:
+    plan_header: x-tenant-plan
+    assign: { tight: [initech, umbrella, cyberdyne] }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  api:
+    rate_limit:
+      headers: true
+      per_tenant: { rate: 10/h, burst: 10 }
+      plans:
+        tight: { rate: 1/h, burst: 1 }
+        pro: { rate: 3/h, burst: 3 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    trust_plan_header: true
+    routes:
+      - { upstream: app, policy: api }
+"#;
+
+/// A trusted plan header names a plan only when it is, exactly, one some policy gives limits
+/// to (as a token's `plan_claim`): `platinum`, which none has, and `Pro` name none, and the
+/// tenant gets its `assign`ed plan's limits (`tight`: 1), or without one the default (10);
+/// `pro` gets its own (3). The header still reaches the upstream as sent, and rampart warns
+/// once a period, not once a request. Before, any text
+/// was the plan, and a plan without limits meant the default ones: initech, assigned `tight`,
+/// got 10 an hour by saying `platinum`.
+#[tokio::test]
+async fn a_trusted_plan_header_naming_no_configured_plan_falls_to_assign() {
+    let app = Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let proxy = Proxy::builder(TRUSTED_PLANS)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let policy = |tenant: &'static str, plan: &'static str| async move {
+        let rsp = http::get(
+            addr,
+            "/ok",
+            &[("x-tenant-id", tenant), ("x-tenant-plan", plan)],
+        )
+        .await;
+        (
+            rsp.status.as_u16(),
+            rsp.header("ratelimit-policy")
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    // Assigned `tight`: one request an hour, whatever unknown plan the header says.
+    let (status, first) = policy("initech", "platinum").await;
+    assert_eq!(status, 200);
+    assert!(first.contains(";q=1;"), "{first}");
+    let plat = [("x-tenant-id", "initech"), ("x-tenant-plan", "platinum")];
+    assert_eq!(statuses(addr, 2, &plat).await, [429, 429]);
+    let (status, first) = policy("umbrella", "Pro").await;
+    assert_eq!(status, 200);
+    assert!(first.contains(";q=1;"), "{first}");
+    // A known plan is its own: cyberdyne is `tight` by assign, `pro` by the header.
+    let (status, first) = policy("cyberdyne", "pro").await;
+    assert_eq!(status, 200);
+    assert!(first.contains(";q=3;"), "{first}");
+    let pro = [("x-tenant-id", "cyberdyne"), ("x-tenant-plan", "pro")];
+    assert_eq!(statuses(addr, 3, &pro).await, [200, 200, 429]);
+    // No plan assigned: the default limits.
+    let (status, first) = policy("hooli", "platinum").await;
+    assert_eq!(status, 200);
+    assert!(first.contains(";q=10;"), "{first}");
+    assert_eq!(
+        app.header(app.hits() - 1, "x-tenant-plan"),
+        ["platinum"],
+        "passed as sent"
+    );
+    // Five requests named no plan: one warning (the next is due in 30 s), naming the first.
+    let warned = || {
+        proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("a trusted plan_header names no plan"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eventually!(!warned().is_empty(), "log:\n{}", proxy.log());
+    let lines = warned();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("platinum"), "{lines:#?}");
 }

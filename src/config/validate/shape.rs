@@ -57,7 +57,11 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
             .as_ref()
             .is_some_and(|k| removed.contains(&e.path.key(k)));
         if !echo {
-            errors.push(place(&e, doc, origin));
+            let mut placed = place(&e, doc, origin);
+            if let Some(m) = capital_x(&e) {
+                placed.message = m;
+            }
+            errors.push(placed);
         }
         if e.path.is_root() && e.missing.as_deref() == Some("version") {
             // The one required key of the root: assume the only version, and read on.
@@ -75,6 +79,24 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
         }
     }
     done(None, errors, removed, mistyped)
+}
+
+/// The message for an unknown top-level key spelled `X-...` (any case but the lowercase one,
+/// which `validate::parse` took out before this pass): it reads like an extension field, so
+/// the message says which spelling is one, rather than only listing the keys rampart knows.
+/// Still refused: a key accepted must act, warn or be refused, and YAML keys are
+/// case-sensitive everywhere else in the file.
+fn capital_x(e: &DeError) -> Option<String> {
+    let key = e
+        .path
+        .last_key()
+        .filter(|_| e.unknown_key && e.path.depth() == 1)?;
+    let rest = key.strip_prefix("X-")?;
+    let shown = crate::config::locate::printable(key);
+    let lower = crate::config::locate::printable(rest);
+    Some(format!(
+        "unknown key \"{shown}\"; top-level keys starting with `x-` (lowercase) are ignored, for anchors: did you mean \"x-{lower}\"?"
+    ))
 }
 
 fn place(e: &DeError, doc: &Doc, origin: &str) -> ConfigError {

@@ -139,7 +139,9 @@ async fn a_request_whose_body_ends_in_trailers_is_retried_with_them() {
 /// A client's request trailers lose the names rampart reads its identity from, the tenant's
 /// `header` source and `tenants.plans.plan_header`: the upstream reads them in the head,
 /// where rampart put what it used, and must not find the client's other value in the
-/// trailers. Other trailers pass. Before, `x-tenant-id: other` reached it there.
+/// trailers, nor under their spellings with `_` for `-` (`x_tenant_id`, `X_Tenant_Plan`),
+/// which CGI-style upstreams read as the same headers (`HTTP_X_TENANT_ID`). Other trailers
+/// pass. Before, `x-tenant-id: other` reached it there; later, `x_tenant_id` still did.
 #[tokio::test]
 async fn request_trailers_lose_the_tenant_and_plan_header_names() {
     let app = Capture::start(OK).await;
@@ -154,7 +156,8 @@ async fn request_trailers_lose_the_tenant_and_plan_header_names() {
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: a\r\nx-tenant-id: acme\r\nConnection: close\r\n\
              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\
-             x-tenant-id: other\r\nX-Tenant-Plan: free\r\n\r\n"
+             x-tenant-id: other\r\nX-Tenant-Plan: free\r\nx_tenant_id: other2\r\n\
+             X_Tenant_Plan: gold\r\nx_checksum: def\r\n\r\n"
         );
         let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
         assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
@@ -166,6 +169,9 @@ async fn request_trailers_lose_the_tenant_and_plan_header_names() {
         assert!(trailers.contains("x-checksum: abc"), "{r}");
         assert!(!trailers.contains("x-tenant-id"), "{r}");
         assert!(!trailers.contains("x-tenant-plan"), "{r}");
+        assert!(!trailers.contains("x_tenant_id"), "{r}");
+        assert!(!trailers.contains("x_tenant_plan"), "{r}");
+        assert!(trailers.contains("x_checksum: def"), "{r}");
     }
     assert_no_panic(&proxy);
 }
