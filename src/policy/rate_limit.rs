@@ -15,8 +15,8 @@
 //! one load and one CAS per limit. No allocation unless headers are rendered.
 //!
 //! Memory (measured in `benches/policy.rs`): about 117 bytes per tracked tenant including a
-//! 14-byte id, 8 of them the TAT of each limit; plus a fixed sketch per per-tenant limit (at most
-//! 768 KiB). Entries are capped process-wide by [`TrackedTenants`]; see `table.rs` for eviction
+//! 14-byte id, 8 of them the TAT of each limit; plus a fixed sketch per per-tenant limit (960 KiB
+//! to 3.75 MiB, by `max_tracked`). Entries are capped process-wide by [`TrackedTenants`]; see `table.rs` for eviction
 //! and `sketch.rs` for why an evicted tenant never comes back with a fresh bucket.
 
 mod calendar;
@@ -52,8 +52,8 @@ use self::decision::{Item, Items, Spec};
 /// Every evicted bucket that is not full is remembered in the sketch: the point of the sketch
 /// is that eviction never hands a tenant a fresher bucket than it had.
 ///
-/// The price is on the strict side only. A newcomer whose sketch cells all collide with
-/// evicted tenants inherits the smallest of their debts; in a flood of distinct tenants far
+/// The price is on the strict side only. A newcomer whose sketch cells all hold the debts of
+/// more than one evicted tenant each inherits the smallest of them; in a flood of distinct tenants far
 /// larger than the sketch, those debts can ratchet up (a newcomer inherits a debt, adds its own,
 /// is evicted again) until newcomers are refused while tenants already tracked are not. The
 /// sketch is sized (see `sketch.rs`) so that, below that scale, a full collision is rare.
@@ -554,7 +554,7 @@ impl Set {
         for ((g, sketch), cell) in cells {
             let tat = cell.load(Ordering::Acquire);
             if g.used(tat, now) >= min_used.max(1) {
-                sketch.record(hash, tat);
+                sketch.record(hash, tat, |v| g.used(v, now) == 0);
             }
         }
     }
@@ -572,7 +572,7 @@ impl Set {
             };
             let f = |tat: u64| g.rescale_from(old_g, tat, now);
             match hash {
-                Some(h) => sketch.record(h, f(from.lookup(h))),
+                Some(h) => sketch.record(h, f(from.lookup(h)), |v| g.used(v, now) == 0),
                 None => sketch.carry_from(from, f),
             }
         }
