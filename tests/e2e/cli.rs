@@ -592,7 +592,7 @@ async fn a_sighup_during_the_start_does_not_end_it() {
         .render();
     let mut text = rendered.text.clone();
     let comment = format!("# {}\n", "x".repeat(1022));
-    while text.len() < 3 << 20 {
+    while text.len() + comment.len() < 4 << 20 {
         text.push_str(&comment);
     }
     std::fs::write(&rendered.path, &text).expect("write");
@@ -605,8 +605,13 @@ async fn a_sighup_during_the_start_does_not_end_it() {
         .kill_on_drop(true)
         .spawn()
         .expect("rampart must start");
-    tokio::time::sleep(Duration::from_millis(40)).await;
     let pid = child.id().expect("running").to_string();
+    // Sent once rampart catches SIGHUP, or 80 ms after exec (well before a 4 MiB policy is
+    // read, when it catches it only once started), whichever comes first.
+    let sent_by = tokio::time::Instant::now() + Duration::from_millis(80);
+    while !catches_sighup(&pid) && tokio::time::Instant::now() < sent_by {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let status = std::process::Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -626,4 +631,14 @@ async fn a_sighup_during_the_start_does_not_end_it() {
         assert!(tokio::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// True when process `pid` catches SIGHUP (bit 0 of `SigCgt` in /proc/PID/status).
+fn catches_sighup(pid: &str) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
 }
