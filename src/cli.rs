@@ -36,7 +36,8 @@ pub enum Command {
         /// The policy file.
         #[arg(long, env = "RAMPART_CONFIG")]
         config: PathBuf,
-        /// Reload when the file changes (ConfigMap symlink swaps included).
+        /// Reload when the file changes (ConfigMap symlink swaps included), or any certificate,
+        /// key or CA file it names (looked at once a second).
         #[arg(long)]
         watch: bool,
     },
@@ -65,13 +66,15 @@ pub enum Command {
         /// named, else 127.0.0.1:9901. `0.0.0.0`/`::` are probed on loopback.
         #[arg(long)]
         admin: Option<SocketAddr>,
-        /// The policy file to take `admin.listen` from.
+        /// The policy file to take `admin.listen` from (that key alone is read; a file that
+        /// cannot be read leaves 127.0.0.1:9901, with a warning).
         #[arg(long, env = "RAMPART_CONFIG")]
         config: Option<PathBuf>,
         /// Admin path to ask for: /healthz (serving) or /readyz (ready for traffic).
         #[arg(long, default_value = "/healthz")]
         path: String,
-        /// The whole probe's budget (connect, send, status line), e.g. 2s or 500ms.
+        /// The whole run's budget (reading the file, connect, send, status line), e.g. 2s or
+        /// 500ms.
         #[arg(long, default_value = "2s", value_parser = positive_duration)]
         timeout: crate::config::Dur,
     },

@@ -68,6 +68,109 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Largest policy file rampart reads: 4 MiB, far past any real policy (the demo's is 12 KiB) and
+/// about what the parser's budget of 100,000 values takes to write out. A larger file, or
+/// something that is not a file (`/dev/zero`, a FIFO that never ends), would otherwise be read
+/// without bound (SPEC §7).
+pub const MAX_POLICY_BYTES: u64 = 4 << 20;
+
+/// The bytes of the policy file at `path`: a regular file (symbolic links followed, as a
+/// ConfigMap mount's are) of at most [`MAX_POLICY_BYTES`]. What it is is looked at before it
+/// is opened (opening a FIFO waits for a writer), and at most one byte past the cap is read
+/// (a file that grows, or one whose size the kernel does not tell). The error is a sentence
+/// about the policy file, to follow its name.
+pub fn read_policy(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read the policy file: {e}");
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the policy file is {}, not a regular file",
+            kind_of(&meta.file_type())
+        ));
+    }
+    let too_big = || {
+        format!(
+            "the policy file is larger than {} MiB, the most rampart reads",
+            MAX_POLICY_BYTES >> 20
+        )
+    };
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// What a path that is not a regular file is, in words.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something other than a file"
+    }
+}
+
+/// The `admin.listen` a policy text gives, read leniently (`rampart health`): only that key
+/// is looked at, so a file that fails validation (a typo a reload refused, while rampart
+/// serves the policy before it) still tells where the admin listener is. `Ok(None)` when the
+/// text gives none (the default applies); `Err` when the text cannot be read as YAML even
+/// around its `admin:` section, or the value is not an address.
+pub fn admin_listen_of(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let path = locate::KeyPath::default().key("admin").key("listen");
+    let mut doc = locate::Doc::parse(text);
+    if let Some((at, _, m)) = &doc.syntax {
+        // The rest of the file may be broken where `admin:` is not: read that section alone
+        // (from a line `admin:` to the next line at the left margin).
+        let section = admin_section(text);
+        let alone = locate::Doc::parse(&section);
+        if section.is_empty() || alone.syntax.is_some() {
+            return Err(format!("line {}: {m}", at.0));
+        }
+        doc = alone;
+    }
+    match doc.scalar(&path) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("admin.listen {v:?} is not an IP:PORT address")),
+    }
+}
+
+/// The lines of `text` from one that starts `admin:` up to the next that starts at the left
+/// margin (a comment or a blank line aside); empty when there is none.
+fn admin_section(text: &str) -> String {
+    let mut lines = locate::without_bom(text).lines();
+    let Some(first) = lines.by_ref().find(|l| l.starts_with("admin:")) else {
+        return String::new();
+    };
+    let mut section = format!("{first}\n");
+    for l in lines {
+        let margin = !l.is_empty() && !l.starts_with([' ', '\t', '#']);
+        if margin {
+            break;
+        }
+        section.push_str(l);
+        section.push('\n');
+    }
+    section
+}
+
 /// The `audit.file` a policy text names, read leniently: for a start refused because the text
 /// is not a valid config, whose audit section may still be (SPEC §11: every start attempt
 /// leaves a line). `None` when it names none, or the text cannot be read as YAML.
@@ -155,15 +258,18 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let whole = |message| {
             ConfigErrors(vec![ConfigError {
                 origin: origin.clone(),
                 line: 0,
                 column: 0,
                 path: String::new(),
-                message: format!("cannot read the policy file: {e}"),
+                message,
             }])
-        })?;
+        };
+        let bytes = read_policy(path).map_err(whole)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| whole("cannot read the policy file: it is not UTF-8 text".to_owned()))?;
         let mut cfg = Config::from_str(&text, &origin)?;
         cfg.path = Some(path.to_path_buf());
         Ok(cfg)
@@ -193,7 +299,8 @@ impl Config {
         let text = self
             .path
             .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
+            .and_then(|p| read_policy(p).ok())
+            .and_then(|b| String::from_utf8(b).ok());
         let origin = self
             .path
             .as_ref()

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::Config;
-
 /// Where the admin listener is when neither `--admin` nor a policy file says.
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 
@@ -35,15 +33,27 @@ pub enum ProbeError {
         /// What the OS said.
         error: std::io::Error,
     },
-    /// The connection broke or stalled before a status line arrived.
-    #[error("no answer from {addr} within {timeout:?}: {error}")]
-    Io {
+    /// Connected, but no status line came within the whole budget.
+    #[error("no answer from {addr} within {timeout:?} (timed out)")]
+    Silent {
         /// Address probed.
         addr: SocketAddr,
-        /// The probe's whole budget.
+        /// The run's whole budget.
         timeout: Duration,
+    },
+    /// The connection broke (reset, ...) before a status line arrived.
+    #[error("the connection to {addr} broke before an answer: {error}")]
+    Broken {
+        /// Address probed.
+        addr: SocketAddr,
         /// What the OS said.
         error: std::io::Error,
+    },
+    /// The peer closed the connection without a byte of answer.
+    #[error("{addr} closed the connection without answering")]
+    Closed {
+        /// Address probed.
+        addr: SocketAddr,
     },
     /// Something answered, but not with an HTTP status line.
     #[error("{addr} did not answer HTTP: {line:?}")]
@@ -66,25 +76,34 @@ pub enum ProbeError {
 }
 
 /// The admin address to probe: `admin` when given, else the policy file's `admin.listen`, else
-/// [`DEFAULT_ADMIN`]. An unspecified address (`0.0.0.0`, `::`) is probed on loopback.
-pub fn admin_addr(admin: Option<SocketAddr>, config: Option<&Path>) -> Result<SocketAddr, String> {
-    let addr = match (admin, config) {
-        (Some(a), _) => a,
+/// [`DEFAULT_ADMIN`]; an unspecified address (`0.0.0.0`, `::`) is probed on loopback. Only
+/// `admin.listen` is read from the file, leniently (a policy that fails validation, as one a
+/// reload refused while rampart serves the one before, still gives it). A file that cannot be
+/// read, or whose `admin.listen` cannot, leaves [`DEFAULT_ADMIN`] and a warning saying why
+/// (the second value): health reports on the process, and the probe tells whether it answers.
+pub fn admin_addr(
+    admin: Option<SocketAddr>,
+    config: Option<&Path>,
+) -> (SocketAddr, Option<String>) {
+    let (addr, warning) = match (admin, config) {
+        (Some(a), _) => (a, None),
         (None, Some(path)) => {
-            Config::load(path)
-                .map_err(|e| {
-                    format!(
-                        "cannot take admin.listen from {}: {e}\n(pass --admin ADDR to probe without reading it)",
+            let listen = crate::config::read_policy(path)
+                .and_then(|bytes| crate::config::admin_listen_of(&String::from_utf8_lossy(&bytes)));
+            match listen {
+                Ok(a) => (a.unwrap_or(DEFAULT_ADMIN), None),
+                Err(e) => (
+                    DEFAULT_ADMIN,
+                    Some(format!(
+                        "warning: cannot take admin.listen from {}: {e}; probing the default {DEFAULT_ADMIN} (pass --admin ADDR to name it)",
                         path.display()
-                    )
-                })?
-                .file
-                .admin
-                .listen
+                    )),
+                ),
+            }
         }
-        (None, None) => DEFAULT_ADMIN,
+        (None, None) => (DEFAULT_ADMIN, None),
     };
-    Ok(reachable(addr))
+    (reachable(addr), warning)
 }
 
 /// `0.0.0.0:p` → `127.0.0.1:p`, `[::]:p` → `[::1]:p`; other addresses as they are.
@@ -103,25 +122,37 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 /// Sends `GET path` to `addr` and returns the status when it is 200; everything (connect,
 /// write, read) finishes within `timeout` or fails.
 pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, ProbeError> {
+    probe_until(addr, path, Instant::now() + timeout, timeout)
+}
+
+/// [`probe`], finished by `deadline`, the end of the run's whole `budget` (named in errors).
+pub fn probe_until(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Instant,
+    budget: Duration,
+) -> Result<u16, ProbeError> {
     if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(ProbeError::BadPath(path.to_owned()));
     }
-    let deadline = Instant::now() + timeout;
-    let io = |error| ProbeError::Io {
+    let silent = || ProbeError::Silent {
         addr,
-        timeout,
-        error,
+        timeout: budget,
     };
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|error| ProbeError::Connect { addr, error })?;
-    let left = |now: Instant| {
+    // A read or write timeout shows as WouldBlock (EAGAIN) on Unix: it means the time ran out.
+    let io = |error: std::io::Error| match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => silent(),
+        _ => ProbeError::Broken { addr, error },
+    };
+    let left = || {
         deadline
-            .checked_duration_since(now)
+            .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
     };
+    let mut stream = TcpStream::connect_timeout(&addr, left().ok_or_else(silent)?)
+        .map_err(|error| ProbeError::Connect { addr, error })?;
     stream
-        .set_write_timeout(Some(left(Instant::now()).map_err(io)?))
+        .set_write_timeout(Some(left().ok_or_else(silent)?))
         .map_err(io)?;
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: rampart-health\r\nConnection: close\r\n\r\n");
@@ -130,12 +161,15 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, Pro
     let mut buf = [0u8; 512];
     while !head.contains(&b'\n') && head.len() < MAX_HEAD {
         stream
-            .set_read_timeout(Some(left(Instant::now()).map_err(io)?))
+            .set_read_timeout(Some(left().ok_or_else(silent)?))
             .map_err(io)?;
         match stream.read(&mut buf).map_err(io)? {
             0 => break,
             n => head.extend_from_slice(&buf[..n]),
         }
+    }
+    if head.is_empty() {
+        return Err(ProbeError::Closed { addr });
     }
     let line = String::from_utf8_lossy(&head);
     let line = line.lines().next().unwrap_or("").trim_end().to_owned();
@@ -190,10 +224,10 @@ mod tests {
         assert_eq!(reachable(v4), "127.0.0.1:9901".parse().unwrap());
         assert_eq!(reachable(v6), "[::1]:9902".parse().unwrap());
         assert_eq!(reachable(other), other);
-        assert_eq!(admin_addr(None, None), Ok(DEFAULT_ADMIN));
+        assert_eq!(admin_addr(None, None), (DEFAULT_ADMIN, None));
         assert_eq!(
             admin_addr(Some(v4), None),
-            Ok("127.0.0.1:9901".parse().unwrap())
+            ("127.0.0.1:9901".parse().unwrap(), None)
         );
     }
 }

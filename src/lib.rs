@@ -93,7 +93,7 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigError
 /// (`errors`), when the file names an audit file all the same: a refused start is a start
 /// attempt (SPEC §11). A failure to write is logged and changes nothing.
 pub fn audit_refused_start(path: &std::path::Path, errors: &config::ConfigErrors) {
-    let Ok(text) = std::fs::read(path) else {
+    let Ok(text) = config::read_policy(path) else {
         return;
     };
     let Some(file) = config::audit_file_of(&String::from_utf8_lossy(&text)) else {

@@ -43,8 +43,10 @@ pub fn init(format: Option<LogFormat>) -> Logging {
         .thread_name("rampart-log")
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, bad) = filter_from(std::env::var_os("RUST_LOG"));
+    if let Some(why) = bad {
+        eprintln!("rampart: {why}; logging at the default level, info");
+    }
     let terminal = std::io::stdout().is_terminal();
     let json = match format {
         Some(f) => f == LogFormat::Json,
@@ -62,6 +64,32 @@ pub fn init(format: Option<LogFormat>) -> Logging {
         builder.init();
     }
     Logging { guard: Some(guard) }
+}
+
+/// The filter `RUST_LOG` (`value`) asks for: `info` when it is unset or empty (as an env file's
+/// `RUST_LOG=` sets it; taken as it is, it would silence every line), and also, with a reason
+/// to warn about naming it, when it is not a filter.
+fn filter_from(
+    value: Option<std::ffi::OsString>,
+) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    let default = || tracing_subscriber::EnvFilter::new("info");
+    let Some(value) = value else {
+        return (default(), None);
+    };
+    let Some(text) = value.to_str() else {
+        let why = format!("RUST_LOG={:?} is not UTF-8", value.to_string_lossy());
+        return (default(), Some(why));
+    };
+    if text.trim().is_empty() {
+        return (default(), None);
+    }
+    match tracing_subscriber::EnvFilter::try_new(text) {
+        Ok(f) => (f, None),
+        Err(e) => (
+            default(),
+            Some(format!("RUST_LOG={text:?} is not a log filter ({e})")),
+        ),
+    }
 }
 
 /// Lines of the process's log dropped so far because the queue to stdout was full (0 before
@@ -100,6 +128,23 @@ mod tests {
 
     /// A guard whose drop never returns (a flush stuck on a full stdout) holds the caller for
     /// `within`, no longer.
+    #[test]
+    fn an_empty_or_bad_rust_log_means_info() {
+        let level = |v: Option<&str>| {
+            let (f, bad) = filter_from(v.map(Into::into));
+            (f.max_level_hint(), bad.is_some())
+        };
+        let info = Some(tracing::level_filters::LevelFilter::INFO);
+        assert_eq!(level(None), (info, false));
+        assert_eq!(level(Some("")), (info, false));
+        assert_eq!(level(Some("  ")), (info, false));
+        assert_eq!(level(Some("bogus=[")), (info, true));
+        assert_eq!(
+            level(Some("debug")),
+            (Some(tracing::level_filters::LevelFilter::DEBUG), false)
+        );
+    }
+
     #[test]
     fn a_flush_stuck_on_stdout_is_given_up_after_its_bound() {
         struct Stuck;

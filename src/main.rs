@@ -6,7 +6,7 @@ use clap::Parser;
 use rampart::cli::{AuditCommand, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     // Kept to the end of `main`: dropping it writes the log lines still queued (bounded).
     let _logging = rampart::logging::init(cli.log_format);
     if let Command::Validate { config } = &cli.command {
@@ -66,7 +66,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, with `RAMPART_CONFIG` set but empty (an env file's `RAMPART_CONFIG=`)
+/// taken as unset and named when a file is then missing: clap would say "a value is required
+/// for '--config'" to someone who passed no `--config`.
+fn parse_command_line() -> Cli {
+    let empty = std::env::var_os("RAMPART_CONFIG").is_some_and(|v| v.is_empty());
+    if empty {
+        // Before any thread starts: the environment is read only here.
+        std::env::remove_var("RAMPART_CONFIG");
+    }
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if empty && e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
+            let _ = e.print();
+            eprintln!("note: RAMPART_CONFIG is set but empty, so it names no policy file");
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
+    // First: reading the policy and binding take a while, and a SIGHUP (or SIGTERM) in that
+    // time must not end the process the way the default action does.
+    let signals = rampart::shutdown::Signals::catch()
+        .map_err(|e| format!("rampart: cannot catch signals: {e}"))?;
     let config = rampart::load_config(&path).map_err(|e| {
         rampart::audit_refused_start(&path, &e);
         e.to_string()
@@ -76,7 +100,7 @@ async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
     let rampart = rampart::Rampart::start_on(config, workers)
         .await
         .map_err(|e| format!("rampart: {e}"))?;
-    rampart::shutdown::run_until_signalled(rampart, watch)
+    rampart::shutdown::run_with(rampart, watch, signals)
         .await
         .map_err(|e| e.to_string())
 }
@@ -102,21 +126,34 @@ fn audit_verify(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `rampart health`: 0 and one line when the admin path answers 200, else 1 and why.
+/// `rampart health`: 0 and one line when the admin path answers 200, else 1 and why; all of
+/// it, reading the policy file for `admin.listen` included, within `timeout`.
 fn health(
     admin: Option<std::net::SocketAddr>,
     config: Option<&std::path::Path>,
     path: &str,
     timeout: std::time::Duration,
 ) -> ExitCode {
-    let addr = match rampart::health::admin_addr(admin, config) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("rampart health: {e}");
-            return ExitCode::FAILURE;
-        }
+    let deadline = tokio::time::Instant::now() + timeout;
+    // On a thread of its own, so that a file that does not answer (a stalled network mount)
+    // cannot hold the probe past its budget: `main` returning ends the process, thread and all.
+    let (done, wait) = std::sync::mpsc::channel();
+    let owned = config.map(std::path::Path::to_path_buf);
+    let spawned = std::thread::Builder::new()
+        .name("rampart-health-config".into())
+        .spawn(move || {
+            let _ = done.send(rampart::health::admin_addr(admin, owned.as_deref()));
+        });
+    let found = spawned.ok().and_then(|_| wait.recv_timeout(timeout).ok());
+    let Some((addr, warning)) = found else {
+        let file = config.map_or_else(String::new, |p| p.display().to_string());
+        eprintln!("rampart health: cannot read admin.listen from {file} within {timeout:?}");
+        return ExitCode::FAILURE;
     };
-    match rampart::health::probe(addr, path, timeout) {
+    if let Some(w) = warning {
+        eprintln!("rampart health: {w}");
+    }
+    match rampart::health::probe_until(addr, path, deadline, timeout) {
         Ok(status) => {
             println!("{addr}{path}: {status}");
             ExitCode::SUCCESS

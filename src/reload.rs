@@ -250,9 +250,10 @@ pub fn audit_entry(event: Event, source: Source, result: &Result<String, ReloadE
     }
 }
 
-/// The sha256 of the file at `path` as it is now (a refused config's text).
+/// The sha256 of the file at `path` as it is now (a refused config's text); none for one that
+/// cannot be read as a policy file is (not a regular file, too large).
 fn file_sha256(path: &std::path::Path) -> Option<String> {
-    std::fs::read(path)
+    crate::config::read_policy(path)
         .ok()
         .map(|b| crate::audit::sha256_hex(&b))
 }

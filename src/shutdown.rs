@@ -13,12 +13,41 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::audit::Source;
 use crate::Rampart;
 
+/// SIGHUP, SIGTERM and SIGINT, caught from [`Signals::catch`] on: one that arrives before
+/// rampart has started waits for it (a SIGHUP reloads then, a SIGTERM drains) instead of
+/// ending the process as the default action would (exit 129 for a SIGHUP sent just after
+/// exec, while the policy is read and the listeners bound).
+#[derive(Debug)]
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Catches the three signals from now on; within a runtime with its I/O driver.
+    pub fn catch() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP (and on file change with `watch`), then
 /// drains.
 pub async fn run_until_signalled(rampart: Rampart, watch: bool) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    run_with(rampart, watch, Signals::catch()?).await
+}
+
+/// [`run_until_signalled`] with signals caught before (at the start of `rampart run`).
+pub async fn run_with(rampart: Rampart, watch: bool, signals: Signals) -> std::io::Result<()> {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     let mut seen = watched(&rampart);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let source = loop {

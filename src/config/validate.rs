@@ -69,6 +69,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         file,
         mut errors,
         removed,
+        stopped,
         ..
     } = shape::deserialize(&mut doc, origin);
     if file.is_none() && errors.is_empty() {
@@ -107,6 +108,16 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
     nulls::check(&mut r);
     r.errors.sort_by_key(|e| (e.line, e.column));
     r.warnings.sort_by_key(|e| (e.line, e.column));
+    if stopped {
+        // Last, after the errors it follows, and without a place: said wherever the list is
+        // (validate, the reload's log line, POST /reload, the audit entry).
+        let m = format!(
+            "... and more errors: rampart stopped checking after these {}; fix them and validate again",
+            r.errors.len()
+        );
+        r.errors
+            .push(error_at(origin, (0, 0), &KeyPath::default(), m));
+    }
     match file {
         Some(f) if r.errors.is_empty() => Ok((f, r.warnings)),
         _ => Err(ConfigErrors(r.errors)),

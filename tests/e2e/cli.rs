@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::proxy::run as rampart;
+use crate::support::proxy::{run as rampart, run_env};
 use crate::support::{free_addr, Proxy};
 
 const GOOD: &str = r#"version: 1
@@ -361,4 +361,284 @@ async fn a_start_whose_admin_port_is_taken_is_in_the_trail() {
         "{line}"
     );
     drop(taken);
+}
+
+/// `rampart health` with `RAMPART_CONFIG` naming `path`, the container's HEALTHCHECK.
+async fn health_of(path: &Path) -> Output {
+    let path = path.display().to_string();
+    run_env(&["health", "--timeout", "2s"], &[("RAMPART_CONFIG", &path)]).await
+}
+
+/// A policy on disk that fails validation (a typo a reload refused, while the policy before it
+/// serves) still tells `health` where the admin listener is: it reads `admin.listen` alone,
+/// and answers 0 while rampart serves. Also with a YAML syntax error elsewhere in the file.
+/// Before, health validated the whole file and said 1 ("cannot take admin.listen").
+#[tokio::test]
+async fn health_reads_admin_listen_alone_from_a_file_that_does_not_validate() {
+    let app = crate::support::sample().await;
+    let template = "version: 1\nadmin:\n  listen: $ADMIN   # the admin\nupstreams:\n  app: { endpoints: [$APP] }\nlisteners:\n  - { name: inbound, direction: inbound, listen: $LISTEN_inbound, routes: [ { upstream: app } ] }\n";
+    let proxy = Proxy::builder(template)
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let path = proxy.config_path().to_path_buf();
+    let good = std::fs::read_to_string(&path).expect("the policy");
+    let out = health_of(&path).await;
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    for broken in [
+        format!("{good}bogus: 1\n"),
+        format!("{good}x: [\n"),
+        good.replace("upstreams:", "upstreams: {\n"),
+    ] {
+        std::fs::write(&path, &broken).expect("write");
+        let out = health_of(&path).await;
+        assert_eq!(out.status.code(), Some(0), "{broken}\n{}", both(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&proxy.admin().to_string()),
+            "{}",
+            both(&out)
+        );
+    }
+}
+
+/// A policy file that is not one (a FIFO nobody writes) neither holds `health` past its
+/// `--timeout` nor fails it unexplained: it warns and probes the default admin address.
+/// Before, `health --config FIFO --timeout 1s` waited for a writer for ever.
+#[tokio::test]
+async fn health_within_its_timeout_whatever_the_config_path_is() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = crate::support::fifo(dir.path());
+    let began = tokio::time::Instant::now();
+    let fifo = fifo.display().to_string();
+    let out = rampart(&["health", "--config", &fifo, "--timeout", "1s"]).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: cannot take admin.listen") && err.contains("FIFO"),
+        "{err}"
+    );
+    assert!(err.contains("127.0.0.1:9901"), "{err}");
+}
+
+/// A connection reset says so, and a silent admin says "timed out", not "Resource temporarily
+/// unavailable" (EAGAIN) nor "within 2s" for a reset that came at once.
+#[tokio::test]
+async fn health_says_what_happened_to_the_probe() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let out = rampart(&["health", "--admin", &addr, "--timeout", "300ms"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("timed out") && !err.contains("os error 11"),
+        "{err}"
+    );
+
+    let resets = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = resets.local_addr().expect("addr").to_string();
+    let reset = std::thread::spawn(move || {
+        let (conn, _) = resets.accept().expect("accept");
+        // SO_LINGER 0: close sends a reset.
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(conn);
+    });
+    let out = rampart(&["health", "--admin", &addr, "--timeout", "2s"]).await;
+    reset.join().expect("the reset");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("broke before an answer") && !err.contains("within"),
+        "{err}"
+    );
+}
+
+/// A policy path that is not a regular file is refused, naming what it is, without being
+/// read: a FIFO (before: `validate` waited for a writer for ever) and a device (before,
+/// `/dev/null` read as an empty file, and `/dev/zero` grew without bound).
+#[tokio::test]
+async fn validate_refuses_a_policy_path_that_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = crate::support::fifo(dir.path()).display().to_string();
+    for (path, what) in [(fifo.as_str(), "a FIFO"), ("/dev/null", "a device")] {
+        let out = rampart(&["validate", "--config", path]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("{path}: the policy file is {what}")),
+            "{err}"
+        );
+    }
+}
+
+/// A policy file past 4 MiB is refused, saying the cap (before: read whole, however large).
+#[tokio::test]
+async fn validate_refuses_a_policy_file_past_the_cap() {
+    let rendered = Proxy::builder(GOOD).render();
+    let mut text = rendered.text.clone();
+    let comment = format!("# {}\n", "x".repeat(1022));
+    while text.len() <= 4 << 20 {
+        text.push_str(&comment);
+    }
+    std::fs::write(&rendered.path, &text).expect("write");
+    let path = rendered.path.display().to_string();
+    let out = rampart(&["validate", "--config", &path]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("larger than 4 MiB"), "{err}");
+}
+
+/// A reload of a policy path that became a FIFO is refused at once and the policy in force
+/// stays (before, the reload waited on the FIFO for ever, and every reload after it).
+#[tokio::test]
+async fn a_reload_of_a_fifo_is_refused_and_the_policy_stays() {
+    let app = crate::support::sample().await;
+    let proxy = Proxy::builder(&crate::support::one_route(""))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    std::fs::remove_file(proxy.config_path()).expect("remove");
+    let fifo = crate::support::fifo(proxy.dir());
+    std::fs::rename(&fifo, proxy.config_path()).expect("rename");
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::http::post(proxy.admin(), "/reload", &[], ""),
+    )
+    .await
+    .expect("POST /reload must be answered at once");
+    assert_eq!(rsp.status, 400, "{}", proxy.log());
+    assert!(rsp.text().contains("FIFO"), "{}", rsp.text());
+    let rsp = crate::support::http::get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+}
+
+/// Every error of a file shows (SPEC §14): 1,000 unknown keys give 1,000 lines (before: 200,
+/// and nothing said the rest was left out). Past the work the check may take, the list ends
+/// saying there are more.
+#[tokio::test]
+async fn validate_shows_every_error_or_says_some_were_left_out() {
+    let keys = |n: usize| {
+        let mut t = GOOD.to_owned();
+        for i in 0..n {
+            t.push_str(&format!("bogus{i}: 1\n"));
+        }
+        t
+    };
+    let (_dir, _path, out) = validate(&keys(1000)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines = err.lines().filter(|l| l.contains("unknown key")).count();
+    assert_eq!(lines, 1000, "{err}");
+    assert!(!err.contains("and more errors"), "{err}");
+
+    let (_dir, path, out) = validate(&keys(4000)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(&format!("{path}: ... and more errors")),
+        "{last}"
+    );
+}
+
+/// `RUST_LOG=` (set, empty: an env file's line) logs at the default, info (before: nothing at
+/// all, "reload refused" included); a `RUST_LOG` that is no filter is named on stderr.
+#[tokio::test]
+async fn an_empty_rust_log_logs_at_info_and_a_bad_one_is_named() {
+    let app = crate::support::sample().await;
+    let proxy = Proxy::builder(&crate::support::one_route(""))
+        .var("APP", app.addr())
+        .env("RUST_LOG", "")
+        .spawn()
+        .await;
+    assert!(proxy.log().contains("rampart started"), "{}", proxy.log());
+    let out = run_env(&["--version"], &[("RUST_LOG", "bogus=[")]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "--version logs nothing: {err}");
+    let (_dir, path, _) = validate(GOOD).await;
+    let out = run_env(&["validate", "--config", &path], &[("RUST_LOG", "bogus=[")]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        err.matches("RUST_LOG=\"bogus=[\" is not a log filter")
+            .count(),
+        1,
+        "{err}"
+    );
+}
+
+/// `RAMPART_CONFIG=` (empty) is named when no policy file is given otherwise, instead of
+/// clap's "a value is required for '--config'" about a flag nobody passed.
+#[tokio::test]
+async fn an_empty_rampart_config_is_named() {
+    let out = run_env(&["validate"], &[("RAMPART_CONFIG", "")]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("RAMPART_CONFIG is set but empty"), "{err}");
+    assert!(!err.contains("a value is required"), "{err}");
+}
+
+/// A SIGHUP while rampart still reads its policy (a large one: tens of milliseconds) waits
+/// for the start and reloads, instead of ending the process (before: exit 129).
+#[tokio::test]
+async fn a_sighup_during_the_start_does_not_end_it() {
+    let app = crate::support::sample().await;
+    let rendered = Proxy::builder(&crate::support::one_route(""))
+        .var("APP", app.addr())
+        .render();
+    let mut text = rendered.text.clone();
+    let comment = format!("# {}\n", "x".repeat(1022));
+    while text.len() + comment.len() < 4 << 20 {
+        text.push_str(&comment);
+    }
+    std::fs::write(&rendered.path, &text).expect("write");
+    let mut child = tokio::process::Command::new(crate::support::proxy::bin())
+        .args(["run", "--config"])
+        .arg(&rendered.path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rampart must start");
+    let pid = child.id().expect("running").to_string();
+    // Sent once rampart catches SIGHUP, or 80 ms after exec (well before a 4 MiB policy is
+    // read, when it catches it only once started), whichever comes first.
+    let sent_by = tokio::time::Instant::now() + Duration::from_millis(80);
+    while !catches_sighup(&pid) && tokio::time::Instant::now() < sent_by {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            panic!("rampart ended on a SIGHUP during its start: {exit}");
+        }
+        if crate::support::http::try_get(rendered.admin, "/healthz", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True when process `pid` catches SIGHUP (bit 0 of `SigCgt` in /proc/PID/status).
+fn catches_sighup(pid: &str) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
 }

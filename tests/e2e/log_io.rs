@@ -7,21 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::proxy::run as rampart;
-use crate::support::{http, metric_value, metrics, one_route, sample, Proxy};
+use crate::support::{fifo, http, metric_value, metrics, one_route, sample, Proxy};
 
 /// How long an answer may take here: every one is immediate unless a thread is stuck.
 const PROMPT: Duration = Duration::from_secs(3);
-
-/// A FIFO in `dir`, nobody reading it.
-fn fifo(dir: &Path) -> PathBuf {
-    let path = dir.join("fifo");
-    let status = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .expect("`mkfifo` must run");
-    assert!(status.success(), "mkfifo {}", path.display());
-    path
-}
 
 /// GET `path` on `addr`, which must be answered within [`PROMPT`].
 async fn prompt_get(addr: std::net::SocketAddr, path: &str) -> http::Resp {

@@ -90,6 +90,17 @@ pub async fn sample() -> rampart::sample::Sample {
         .expect("the sample service must start")
 }
 
+/// A FIFO at `dir/fifo`, nobody reading or writing it.
+pub fn fifo(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("`mkfifo` must run");
+    assert!(status.success(), "mkfifo {}", path.display());
+    path
+}
+
 /// A policy with one inbound listener whose one route sends everything to upstream `app` at
 /// `$APP`, with no policy; `sections` adds top-level sections (e.g. `runtime:`) before it.
 pub fn one_route(sections: &str) -> String {

@@ -634,3 +634,24 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
         assert!(warnings(&policy(body)).is_empty(), "{body}");
     }
 }
+
+/// `rampart health`'s lenient read: `admin.listen` alone, whatever else the file holds, and
+/// the default (none) when it gives none.
+#[test]
+fn admin_listen_is_read_alone_leniently() {
+    use super::super::admin_listen_of;
+    let at = |t: &str| admin_listen_of(t).map(|a| a.map(|a| a.to_string()));
+    let want = Ok(Some("127.0.0.1:9911".to_owned()));
+    assert_eq!(
+        at("version: 1\nadmin: { listen: 127.0.0.1:9911 }\nbogus: 1\n"),
+        want
+    );
+    assert_eq!(
+        at("admin:\n  # the admin\n  listen: 127.0.0.1:9911\nx: [\n"),
+        want
+    );
+    assert_eq!(at("x: [\nadmin:\n\n  listen: 127.0.0.1:9911\ny: 1\n"), want);
+    assert_eq!(at("version: 1\nlisteners: []\n"), Ok(None));
+    assert!(at("admin: { listen: localhost:9901 }\n").is_err());
+    assert!(at("x: [\n").is_err());
+}

@@ -14,8 +14,15 @@ use super::super::locate::{Doc, KeyPath};
 use super::super::ConfigError;
 use super::de::{De, DeError};
 
-/// Most shape errors reported for one file; past this the file is mostly wrong anyway.
-const MAX_ROUNDS: usize = 200;
+/// How much deserializing one file may cost, in nodes visited over all rounds: each round
+/// deserializes the tree again, so a file with as many errors as values would otherwise cost
+/// the square of its size. 200 rounds of the largest tree the reader builds (100,000 values);
+/// a policy of a few thousand values gets thousands of rounds, so every error of a real file
+/// shows (SPEC §14).
+const WORK: usize = 200 * 100_000;
+/// Fewest and most rounds, whatever the tree's size (the most also bounds the time spent
+/// looking through the paths already taken out).
+const ROUNDS: (usize, usize) = (200, 5_000);
 
 /// What the shape pass made of a tree.
 pub(super) struct Shape {
@@ -27,6 +34,9 @@ pub(super) struct Shape {
     pub(super) removed: Vec<KeyPath>,
     /// The written paths of the values taken out for being of the wrong kind.
     pub(super) mistyped: Vec<KeyPath>,
+    /// True when the rounds ran out with the file still not fitting: there are more errors
+    /// than [`Shape::errors`] holds.
+    pub(super) stopped: bool,
 }
 
 /// Deserializes `doc`, taking out what does not fit.
@@ -34,21 +44,24 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
     let mut errors = Vec::new();
     let mut removed: Vec<KeyPath> = Vec::new();
     let mut mistyped = Vec::new();
-    let done = |file, errors, removed, mistyped| Shape {
+    let done = |file, errors, removed, mistyped, stopped| Shape {
         file,
         errors,
         removed,
         mistyped,
+        stopped,
     };
-    for _ in 0..MAX_ROUNDS {
+    let size = doc.root.as_ref().map_or(1, |r| r.size()).max(1);
+    let rounds = (WORK / size).clamp(ROUNDS.0, ROUNDS.1);
+    for _ in 0..rounds {
         let Some(root) = doc.root.as_ref() else {
-            break;
+            return done(None, errors, removed, mistyped, false);
         };
         let e = match File::deserialize(De {
             node: root,
             path: KeyPath::default(),
         }) {
-            Ok(file) => return done(Some(file), errors, removed, mistyped),
+            Ok(file) => return done(Some(file), errors, removed, mistyped, false),
             Err(e) => e,
         };
         // A key left unset because its value was taken out is not missing a second time.
@@ -69,7 +82,7 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
             continue;
         }
         if e.path.is_root() || !doc.remove(&e.path) {
-            break;
+            return done(None, errors, removed, mistyped, false);
         }
         if e.mistyped {
             mistyped.push(e.path.clone());
@@ -78,7 +91,17 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
             removed.push(e.path);
         }
     }
-    done(None, errors, removed, mistyped)
+    // The rounds ran out: the file may fit now that the last bad node is out.
+    let last = doc.root.as_ref().map(|root| {
+        File::deserialize(De {
+            node: root,
+            path: KeyPath::default(),
+        })
+    });
+    match last {
+        Some(Ok(file)) => done(Some(file), errors, removed, mistyped, false),
+        _ => done(None, errors, removed, mistyped, true),
+    }
 }
 
 /// The message for an unknown top-level key spelled `X-...` (any case but the lowercase one,

@@ -70,10 +70,17 @@ pub fn bin() -> String {
 /// Runs the binary with `args` (a one-shot command: `validate`, `health`, a start that must
 /// fail), bounded to 15 s (the child is killed if it overruns).
 pub async fn run(args: &[&str]) -> std::process::Output {
+    run_env(args, &[]).await
+}
+
+/// [`run`] with the environment variables `env` set (after `RUST_LOG=info`, which one of them
+/// may replace).
+pub async fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let child = tokio::process::Command::new(bin())
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("RAMPART_CONFIG")
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
