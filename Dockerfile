@@ -63,6 +63,9 @@ WORKDIR /etc/rampart
 # follows its admin.listen.
 ENV RAMPART_CONFIG=/etc/rampart/rampart.yaml
 USER 65532:65532
+# The ports of the shipped demo policy. It listens on 127.0.0.1 (a sidecar shares its pod's
+# network namespace), so from outside that namespace they answer only under a policy of yours
+# that listens on 0.0.0.0 (or with --network host).
 EXPOSE 8080 15001 9901
 
 # The admin listener must be reachable on loopback inside the container (any admin.listen on
