@@ -223,6 +223,9 @@ fn state(shared: &Shared) -> serde_json::Value {
             .collect::<Vec<_>>(),
         "tenants_tracked": shared.tracked_tenants(),
         "global_store": gen.store.as_ref().map(|s| serde_json::json!({ "up": s.is_up() })),
+        // The audit file written last, its head (sha256 of its last line) and its number of
+        // entries: what to record elsewhere for `rampart audit verify --expect-head`.
+        "audit": shared.audit.head(),
     })
 }
 
