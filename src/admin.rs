@@ -29,10 +29,18 @@ use crate::reload::{self, ReloadError};
 /// scraper need a handful; the cap keeps idle sockets from piling up on an exposed admin port.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// How long an admin connection may wait for its first request, or sit between requests,
+/// before it is closed (at most; the config's `header_read_timeout` and `idle_timeout` when
+/// shorter). Admin clients (probes, scrapers, curl) send at once; idle holders are shed well
+/// within `rampart health`'s default 2 s budget, so [`ADMIN_MAX_CONNECTIONS`] idle sockets
+/// cannot keep a probe waiting past it.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Serves the admin endpoints on `tcp` until the process ends.
 ///
-/// Connections get the data listeners' head and idle timeouts (from the config in force) and
-/// at most [`ADMIN_MAX_CONNECTIONS`] are served at once (SPEC §14).
+/// Connections get the data listeners' head and idle timeouts (from the config in force),
+/// capped at [`ADMIN_IDLE_TIMEOUT`], and at most [`ADMIN_MAX_CONNECTIONS`] are served at once
+/// (SPEC §14).
 pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -55,7 +63,10 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
                 let (head, idle) = {
                     let gen = shared.current.load();
                     let rt = &gen.config.file.runtime;
-                    (rt.header_read_timeout.0, rt.idle_timeout.0)
+                    (
+                        rt.header_read_timeout.0.min(ADMIN_IDLE_TIMEOUT),
+                        rt.idle_timeout.0.min(ADMIN_IDLE_TIMEOUT),
+                    )
                 };
                 let state = ConnState::new();
                 let svc = {
@@ -223,6 +234,9 @@ fn state(shared: &Shared) -> serde_json::Value {
             .collect::<Vec<_>>(),
         "tenants_tracked": shared.tracked_tenants(),
         "global_store": gen.store.as_ref().map(|s| serde_json::json!({ "up": s.is_up() })),
+        // The audit file written last, its head (sha256 of its last line) and its number of
+        // entries: what to record elsewhere for `rampart audit verify --expect-head`.
+        "audit": shared.audit.head(),
     })
 }
 

@@ -12,10 +12,24 @@
 //! The file is opened for append only and each entry is written with one `write` and fsynced.
 //! A write failure is logged and counted in `rampart_audit_write_failures_total`, and never
 //! stops the proxy: losing an audit line is bad, refusing traffic over it is worse.
+//!
+//! One trail may span files. Before each entry the path is looked at again: when it no longer
+//! names the file written last (renamed for rotation, removed, cut short, replaced), it is
+//! opened anew. A file found empty then continues the trail: its first line's `prev` is the
+//! hash of the last entry this process wrote (elsewhere) and `prev_file` names the path that
+//! entry went to, so `rampart audit verify --file OLD --file NEW` checks both as one sequence.
+//! A reload that moves the trail to another `audit.file` records itself in the old file first
+//! (with `next_file`), one that removes `audit:` records itself in the file it leaves (with
+//! `auditing: "off"`): no change goes unrecorded in the trail in force before it.
+//!
+//! A hash chain cannot show lines cut from its end. Each entry written is therefore logged
+//! with the file's head (the sha256 of its last line, what the next `prev` will be) and its
+//! number of entries, and `/state` shows them ([`AuditLog::head`]); recorded elsewhere, they are
+//! what `rampart audit verify --expect-head` checks the file against.
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,7 +41,7 @@ use crate::logfile::Use;
 
 mod verify;
 
-pub use verify::{verify, Broken};
+pub use verify::{check, verify, Broken, Checked};
 
 /// `prev` of the first line: the sha256 of the empty string.
 pub const GENESIS: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -103,6 +117,40 @@ struct Line<'a> {
     result: &'static str,
     errors: &'a [String],
     prev: &'a str,
+    /// On a file's first line whose `prev` is the last entry of another file (or of the file
+    /// this path named before a rotation): the path that entry was written to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_file: Option<&'a str>,
+    /// On the last entry of a file a reload moved the trail away from: the new `audit.file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_file: Option<&'a str>,
+    /// `"off"` on the entry of the reload that removed `audit:` (the trail's last until
+    /// auditing comes back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auditing: Option<&'static str>,
+}
+
+/// Where an entry's neighbours are, when not in its own file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Links<'a> {
+    /// On a file's first line: the path of the entry its `prev` names, written elsewhere.
+    pub prev_file: Option<&'a str>,
+    /// The `audit.file` the trail moves to after this entry.
+    pub next_file: Option<&'a str>,
+    /// The entry turns auditing off.
+    pub off: bool,
+}
+
+/// The head of a trail file: what an operator records outside it to check later that no entry
+/// was cut from its end (`rampart audit verify --expect-head HASH --expect-count N`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Head {
+    /// The file last written.
+    pub file: PathBuf,
+    /// sha256 of its last line (the `prev` of the entry after it).
+    pub head: String,
+    /// Lines in it.
+    pub entries: u64,
 }
 
 /// The audit trail of one rampart instance; the file follows `audit.file` of the config in
@@ -110,16 +158,30 @@ struct Line<'a> {
 #[derive(Debug)]
 pub struct AuditLog {
     // A cold path (start, reload, shutdown), never the request path; file I/O under it is fine.
-    open: parking_lot::Mutex<Option<Open>>,
+    state: parking_lot::Mutex<State>,
     failures: IntCounter,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: Option<Open>,
+    /// The last entry this process wrote, wherever.
+    written: Option<Head>,
 }
 
 #[derive(Debug)]
 struct Open {
     path: PathBuf,
     file: File,
-    /// sha256 of the last line written or found.
-    last: String,
+    /// Device and inode of `file`, to tell whether `path` still names it.
+    id: (u64, u64),
+    /// Its length after the last write (or when opened); another length means someone else
+    /// wrote or cut it.
+    end: u64,
+    /// sha256 of the last line written or found; `None` for an empty file.
+    last: Option<String>,
+    /// Lines in it.
+    entries: u64,
 }
 
 // === impl AuditLog ===
@@ -128,7 +190,7 @@ impl AuditLog {
     /// A trail that counts write failures in `failures`.
     pub fn new(failures: IntCounter) -> Self {
         AuditLog {
-            open: Default::default(),
+            state: Default::default(),
             failures,
         }
     }
@@ -137,39 +199,108 @@ impl AuditLog {
     /// logged and counted.
     pub fn record(&self, path: Option<&Path>, entry: &Entry) {
         let Some(path) = path else { return };
-        let mut open = self.open.lock();
-        if let Err(e) = append(&mut open, path, entry, SystemTime::now()) {
-            *open = None;
-            self.failures.inc();
-            tracing::error!(file = %path.display(), error = %e, "cannot write the audit entry; serving on");
+        self.write(path, entry, Links::default());
+    }
+
+    /// Records `entry`, a change of config that moved the trail from `from` (the `audit.file`
+    /// in force before) to `to` (the new one's): in `from` first, naming `to` (`next_file`) or
+    /// saying auditing stops (`auditing: "off"`), then in `to`. When both are the same file it
+    /// is [`AuditLog::record`].
+    pub fn record_change(&self, from: Option<&Path>, to: Option<&Path>, entry: &Entry) {
+        if let Some(from) = from.filter(|f| Some(*f) != to) {
+            let next = to.map(|t| t.to_string_lossy());
+            let links = Links {
+                next_file: next.as_deref(),
+                off: to.is_none(),
+                ..Links::default()
+            };
+            self.write(from, entry, links);
+        }
+        self.record(to, entry);
+    }
+
+    /// The file last written, its head and its number of entries; `None` before the first
+    /// entry.
+    pub fn head(&self) -> Option<Head> {
+        self.state.lock().written.clone()
+    }
+
+    fn write(&self, path: &Path, entry: &Entry, links: Links<'_>) {
+        let mut state = self.state.lock();
+        match append(&mut state, path, entry, links, SystemTime::now()) {
+            Ok(head) => tracing::info!(
+                file = %path.display(),
+                head = %head.head,
+                entries = head.entries,
+                "audit entry written"
+            ),
+            Err(e) => {
+                state.open = None;
+                self.failures.inc();
+                tracing::error!(file = %path.display(), error = %e, "cannot write the audit entry; serving on");
+            }
         }
     }
 }
 
 fn append(
-    open: &mut Option<Open>,
+    state: &mut State,
     path: &Path,
     entry: &Entry,
+    links: Links<'_>,
     now: SystemTime,
-) -> std::io::Result<()> {
-    if open.as_ref().map(|o| o.path.as_path()) != Some(path) {
-        *open = Some(Open::at(path)?);
+) -> std::io::Result<Head> {
+    let current = state
+        .open
+        .as_ref()
+        .is_some_and(|o| o.path == path && o.still_at_path());
+    if !current {
+        state.open = None;
+        state.open = Some(Open::at(path, state.written.as_ref())?);
     }
-    let Some(o) = open.as_mut() else {
-        return Ok(());
+    let Some(o) = state.open.as_mut() else {
+        return Err(std::io::Error::other("no audit file open"));
     };
-    let line = chain_line(entry, &o.last, now);
+    // An empty file continues the trail this process wrote last, if any (a rotation, a new
+    // `audit.file`): its first `prev` is that entry's hash, and `prev_file` says where it is.
+    // A file at the same path that does not end with the entry written last to it was cut
+    // or replaced: the next `prev` still names that entry, so `verify` shows the break there.
+    let (prev, prev_file) = match (&o.last, &state.written) {
+        (Some(_), Some(w)) if w.file == path => (w.head.clone(), None),
+        (Some(last), _) => (last.clone(), None),
+        (None, Some(w)) => (w.head.clone(), Some(w.file.to_string_lossy().into_owned())),
+        (None, None) => (GENESIS.to_string(), None),
+    };
+    let links = Links {
+        prev_file: prev_file.as_deref(),
+        ..links
+    };
+    let line = chain_line_linked(entry, &prev, links, now);
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
     o.file.write_all(&bytes)?;
     o.file.sync_data()?;
-    o.last = sha256_hex(line.as_bytes());
-    Ok(())
+    let hash = sha256_hex(line.as_bytes());
+    o.end += bytes.len() as u64;
+    o.entries += 1;
+    o.last = Some(hash.clone());
+    let head = Head {
+        file: path.to_path_buf(),
+        head: hash,
+        entries: o.entries,
+    };
+    state.written = Some(head.clone());
+    Ok(head)
 }
 
 /// The line for `entry` after the line hashed `prev`, with its own `hash` last.
 pub fn chain_line(entry: &Entry, prev: &str, now: SystemTime) -> String {
+    chain_line_linked(entry, prev, Links::default(), now)
+}
+
+/// [`chain_line`] with the links to other files of `links`.
+pub fn chain_line_linked(entry: &Entry, prev: &str, links: Links<'_>, now: SystemTime) -> String {
     let body = Line {
         time: rfc3339(now),
         event: entry.event,
@@ -182,6 +313,9 @@ pub fn chain_line(entry: &Entry, prev: &str, now: SystemTime) -> String {
         },
         errors: &entry.errors,
         prev,
+        prev_file: links.prev_file,
+        next_file: links.next_file,
+        auditing: links.off.then_some("off"),
     };
     // Serialising plain strings and enums cannot fail; an empty object would break the chain
     // visibly rather than silently.
@@ -194,49 +328,124 @@ pub fn chain_line(entry: &Entry, prev: &str, now: SystemTime) -> String {
 // === impl Open ===
 
 impl Open {
-    /// Opens `path` for append (creating it) and finds the hash of its last line. Never waits
-    /// and never reads past [`TAIL_READ`] bytes: a FIFO or a device in the file's place is
-    /// refused (`crate::logfile`), so a FIFO cannot hold the start and `/dev/zero` cannot be read
-    /// for ever.
-    fn at(path: &Path) -> std::io::Result<Open> {
+    /// Opens `path` for append (creating it), counts its lines and finds the hash of its last
+    /// one. Never waits: a FIFO or a device in the file's place is refused
+    /// (`crate::logfile`), so a FIFO cannot hold the start and `/dev/zero` cannot be read for
+    /// ever. `written` is the last entry this process wrote, to say how the file continues it.
+    fn at(path: &Path, written: Option<&Head>) -> std::io::Result<Open> {
         let mut file = crate::logfile::open(path, Use::ReadAppend, true)?;
-        let (last, newline_missing) = last_line_hash(&file)?;
-        if newline_missing {
+        let meta = file.metadata()?;
+        let tail = read_tail(&file, meta.len())?;
+        let mut end = meta.len();
+        if let Some(torn) = tail.torn_at {
             // A torn last line (a crash mid-write): end it, so the next entry starts a line; the
             // torn line stays visible to `verify`.
+            tracing::warn!(
+                file = %path.display(),
+                offset = torn,
+                length = end - torn,
+                "the audit trail's last line is incomplete (a write cut short?): ending it with a newline; the next entry starts a line of its own, and `rampart audit verify` names the torn line"
+            );
             file.write_all(b"\n")?;
+            end += 1;
+        }
+        let entries = count_lines(&file, end)?;
+        match (written, &tail.last) {
+            (Some(w), None) => tracing::info!(
+                file = %path.display(),
+                prev_file = %w.file.display(),
+                prev = %w.head,
+                "the audit file is empty: its first entry continues the trail last written to prev_file"
+            ),
+            (Some(w), Some(last)) if w.file == path && *last != w.head => tracing::warn!(
+                file = %path.display(),
+                expected = %w.head,
+                found = %last,
+                "the audit file does not end with the entry rampart wrote last to it: entries were cut or the file replaced; the next entry's prev still names that entry, and `rampart audit verify` shows the break there"
+            ),
+            _ => {}
         }
         Ok(Open {
             path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+            end,
+            last: tail.last,
+            entries,
             file,
-            last,
         })
     }
+
+    /// Whether `self.path` still names the file open, at the length last written.
+    fn still_at_path(&self) -> bool {
+        std::fs::metadata(&self.path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.id && m.len() == self.end)
+    }
+}
+
+/// What the end of a trail file holds.
+struct Tail {
+    /// sha256 of its last non-empty line; `None` if it has none.
+    last: Option<String>,
+    /// Where its last line starts, when that line lacks its newline.
+    torn_at: Option<u64>,
+}
+
+/// Reads at most the last [`TAIL_READ`] bytes of `file` (`len` long).
+fn read_tail(file: &File, len: u64) -> std::io::Result<Tail> {
+    let from = len.saturating_sub(TAIL_READ);
+    let mut tail = vec![0; (len - from) as usize];
+    let got = read_full(file, &mut tail, from)?;
+    tail.truncate(got);
+    let torn_at = (!tail.is_empty() && !tail.ends_with(b"\n")).then(|| {
+        let start = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        from + start as u64
+    });
+    let last = tail
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .map(sha256_hex);
+    Ok(Tail { last, torn_at })
 }
 
 /// The sha256 of the last non-empty line of `file` ([`GENESIS`] if none), and whether the file
 /// lacks its final newline. Reads at most its last [`TAIL_READ`] bytes.
+#[cfg(test)]
 fn last_line_hash(file: &File) -> std::io::Result<(String, bool)> {
-    let len = file.metadata()?.len();
-    let from = len.saturating_sub(TAIL_READ);
-    let mut tail = vec![0; (len - from) as usize];
+    let tail = read_tail(file, file.metadata()?.len())?;
+    Ok((
+        tail.last.unwrap_or_else(|| GENESIS.to_string()),
+        tail.torn_at.is_some(),
+    ))
+}
+
+/// Newlines in the first `len` bytes of `file`: its entries, for [`Head::entries`].
+fn count_lines(file: &File, len: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0; TAIL_READ as usize];
+    let (mut at, mut n) = (0, 0);
+    while at < len {
+        let want = (len - at).min(TAIL_READ) as usize;
+        let got = read_full(file, &mut buf[..want], at)?;
+        if got == 0 {
+            break;
+        }
+        n += buf[..got].iter().filter(|b| **b == b'\n').count() as u64;
+        at += got as u64;
+    }
+    Ok(n)
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut got = 0;
-    while got < tail.len() {
-        match file.read_at(&mut tail[got..], from + got as u64) {
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    tail.truncate(got);
-    let newline_missing = !tail.is_empty() && !tail.ends_with(b"\n");
-    let last = tail
-        .split(|b| *b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .map(sha256_hex)
-        .unwrap_or_else(|| GENESIS.to_string());
-    Ok((last, newline_missing))
+    Ok(got)
 }
 
 /// Lowercase hex sha256 of `bytes`.

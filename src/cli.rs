@@ -89,11 +89,21 @@ pub enum Command {
 /// `rampart audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain: exit 0 with the number of entries, or 1 naming the first broken line.
+    /// Check the hash chain: exit 0 with the number of entries and the head, or 1 naming the
+    /// first broken line (or the head or count that differs from the one expected).
     Verify {
-        /// The audit file.
-        #[arg(long)]
-        file: PathBuf,
+        /// The audit file. Repeat it, oldest first, to check files of one trail (a rotated
+        /// file, then the one after it) as one sequence.
+        #[arg(long, required = true)]
+        file: Vec<PathBuf>,
+        /// The sha256 the last line must have: the `head` recorded from `/state` or the
+        /// "audit entry written" log line. Catches entries cut from the end, which the chain
+        /// alone cannot show.
+        #[arg(long, value_name = "SHA256")]
+        expect_head: Option<String>,
+        /// The number of entries there must be (the last file's, as `/state` counts them).
+        #[arg(long, value_name = "N")]
+        expect_count: Option<u64>,
     },
 }
 

@@ -51,7 +51,11 @@ pub use crate::proxy::listener::ListenerSet;
 /// Reloads from the file in force's path; returns the new sha256. The attempt, whatever its
 /// result, is recorded in the audit trail with `source`.
 pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, ReloadError> {
-    let result = reload_inner(shared).await;
+    let mut set = shared.listeners.lock().await;
+    // The trail in force before the attempt: a reload that moves the trail away from it (or
+    // turns auditing off) is recorded there too, so no change leaves it unrecorded.
+    let before = shared.current.load_full().config.clone();
+    let result = reload_inner(shared, &mut set).await;
     if let Err(ReloadError::Draining) = result {
         // Not an attempt at a policy change: the trail ends with the shutdown.
         tracing::warn!("reload asked for while shutting down; refused");
@@ -64,7 +68,10 @@ pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, Relo
         entry.sha256 = cfg.path.as_deref().and_then(file_sha256);
     }
     let path = cfg.file.audit.as_ref().map(|a| a.file.as_path());
-    shared.audit.record(path, &entry);
+    let was = before.file.audit.as_ref().map(|a| a.file.as_path());
+    // Still under the listeners' lock: entries go to the trail in the order reloads applied.
+    shared.audit.record_change(was, path, &entry);
+    drop(set);
     let m = &shared.metrics;
     match &result {
         Ok(sha) => {
@@ -85,8 +92,7 @@ pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, Relo
     result
 }
 
-async fn reload_inner(shared: &Arc<Shared>) -> Result<String, ReloadError> {
-    let mut set = shared.listeners.lock().await;
+async fn reload_inner(shared: &Arc<Shared>, set: &mut ListenerSet) -> Result<String, ReloadError> {
     // Shutdown marks this before it takes the listeners (under this lock): a reload after
     // it would bind them again, to be cut when the process exits.
     if shared.draining.load(Ordering::SeqCst) {
@@ -112,7 +118,7 @@ async fn reload_inner(shared: &Arc<Shared>) -> Result<String, ReloadError> {
             }]))
         })
         .map_err(ReloadError::Invalid)?;
-    apply(shared, &mut set, cfg)
+    apply(shared, set, cfg)
 }
 
 /// Swaps in `cfg`: binds new listeners, swaps the generation, drains removed listeners.

@@ -185,3 +185,70 @@ fn only_the_tail_of_a_long_trail_is_read() {
     assert_eq!(last, sha256_hex(before[3].as_bytes()));
     assert!(!torn);
 }
+
+/// A reload that moves the trail writes its entry to the old file naming the new one, then to
+/// the new file, whose first line continues the old file's head; one that turns auditing off
+/// writes to the file it leaves, and [`AuditLog::head`] follows the file written last.
+#[test]
+fn a_change_of_file_is_recorded_in_both_and_links_them() {
+    let (dir, a, log) = trail();
+    let b = dir.path().join("b.jsonl");
+    let e = entry(Event::Reload, Source::Sighup, &[]);
+    log.record_change(Some(&a), Some(&b), &e);
+    let (la, lb) = (lines(&a), lines(&b));
+    let moved: serde_json::Value = serde_json::from_str(&la[4]).expect("json");
+    assert_eq!(moved["next_file"], b.display().to_string());
+    let first: serde_json::Value = serde_json::from_str(&lb[0]).expect("json");
+    assert_eq!(first["prev"], sha256_hex(la[4].as_bytes()));
+    assert_eq!(first["prev_file"], a.display().to_string());
+    let checked = check(&(lb.join("\n") + "\n")).expect("a continuation verifies");
+    assert_eq!(
+        checked.continues,
+        Some((sha256_hex(la[4].as_bytes()), a.display().to_string()))
+    );
+    log.record_change(Some(&b), None, &e);
+    let off: serde_json::Value = serde_json::from_str(&lines(&b)[1]).expect("json");
+    assert_eq!(off["auditing"], "off");
+    assert!(off.get("next_file").is_none(), "{off}");
+    let head = log.head().expect("written");
+    assert_eq!((head.file, head.entries), (b.clone(), 2));
+    assert_eq!(head.head, sha256_hex(lines(&b)[1].as_bytes()));
+    // The same file before and after: one entry, no links.
+    log.record_change(Some(&b), Some(&b), &e);
+    let plain: serde_json::Value = serde_json::from_str(&lines(&b)[2]).expect("json");
+    assert!(plain.get("next_file").is_none() && plain.get("prev_file").is_none());
+    assert_eq!(log.failures.get(), 0);
+}
+
+/// A first line that does not start at genesis verifies only if it names the file it
+/// continues: removing a file's first lines stays detectable.
+#[test]
+fn a_first_line_past_genesis_needs_a_prev_file() {
+    let (_dir, path, _) = trail();
+    let ls = lines(&path);
+    let cut = ls[1..].join("\n") + "\n";
+    let broken = verify(&cut).expect_err("lines cut from the start");
+    assert_eq!(broken.line, 1);
+    assert!(broken.problem.contains("removed"), "{broken}");
+    assert_eq!(check("").map(|c| c.head), Ok(GENESIS.to_string()));
+    let whole = check(&(ls.join("\n") + "\n")).expect("intact");
+    assert_eq!(whole.head, sha256_hex(ls[3].as_bytes()));
+    assert_eq!(whole.hashes.len(), 4);
+    assert_eq!(whole.continues, None);
+}
+
+/// A file cut in place (same inode, shorter) while rampart runs is opened again before the
+/// next entry, whose `prev` still names the entry written last: `verify` shows the cut there,
+/// and the count follows the file.
+#[test]
+fn a_file_cut_in_place_is_read_again_and_the_cut_stays_visible() {
+    let (_dir, path, log) = trail();
+    let ls = lines(&path);
+    std::fs::write(&path, ls[..2].join("\n") + "\n").expect("cut");
+    log.record(Some(&path), &entry(Event::Reload, Source::Sighup, &[]));
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let next: serde_json::Value = serde_json::from_str(&lines(&path)[2]).expect("json");
+    assert_eq!(next["prev"], sha256_hex(ls[3].as_bytes()));
+    assert_eq!(verify(&text).map_err(|b| b.line), Err(3));
+    assert_eq!(log.head().map(|h| h.entries), Some(3));
+}

@@ -292,3 +292,50 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The admin listener serves 64 connections at once; idle ones are shed after at most a second
+/// (no first request yet, or none since the last answer), so 64 sockets held open and silent
+/// cannot make `rampart health` (2 s budget) time out for longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_probe_passes_while_64_idle_admin_connections_are_held() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let admin = proxy.admin();
+    // One idle keep-alive connection: a request answered, then nothing; and silent ones up to
+    // the cap.
+    let client = http::client();
+    let rsp = http::send(
+        &client,
+        admin,
+        hyper::Method::GET,
+        "/healthz",
+        &[],
+        http::empty(),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(rsp.status, 200);
+    let mut held = Vec::new();
+    for _ in 1..rampart::admin::ADMIN_MAX_CONNECTIONS {
+        held.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(rampart::admin::ADMIN_IDLE_TIMEOUT + std::time::Duration::from_millis(500))
+        .await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(crate::support::proxy::bin())
+            .args(["health", "--admin", &admin.to_string(), "--timeout", "2s"])
+            .env_remove("RAMPART_CONFIG")
+            .output()
+            .expect("the rampart binary must run")
+    })
+    .await
+    .expect("join");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    drop(held);
+}

@@ -150,6 +150,250 @@ fn a_start_refused_for_an_invalid_file_is_in_the_trail() {
     assert_eq!(code, Some(0), "{out}");
 }
 
+/// Runs `rampart audit verify` with `args` after `verify`: (exit code, stdout + stderr).
+fn verify_with(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["audit", "verify"])
+        .args(args)
+        .output()
+        .expect("the rampart binary must run");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// The entries of the trail at `path`, as JSON.
+fn entries(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect()
+}
+
+/// The sha256 of the last line of the trail at `path`: the next entry's `prev`.
+fn last_line_sha(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).expect("the trail must be readable");
+    let last = text.lines().last().expect("the trail must have a line");
+    crate::support::sha256_hex(last.as_bytes())
+}
+
+/// Sends SIGHUP and waits until the `n`th successful reload is counted.
+async fn reload_to(proxy: &Proxy, n: f64) {
+    proxy.signal("HUP");
+    assert_eventually!(
+        reloads(&metrics(proxy.admin()).await, "success") >= n,
+        "reload {n} must be applied; log:\n{}",
+        proxy.log()
+    );
+}
+
+/// No change of policy leaves the trail unrecorded: a reload that removes `audit:` writes its
+/// entry (`auditing: "off"`) to the trail it leaves, so auditing coming back shows the gap; a
+/// reload that moves `audit.file` writes its entry to the old file (`next_file`) and then to
+/// the new one, whose first line continues the old file's chain (`prev_file`, `prev` = the old
+/// head), and the two verify as one sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_auditing_off_or_moving_its_file_is_recorded_in_the_trail_it_leaves() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let audited = one_route("audit: { file: $AUDIT }");
+    let mut proxy = Proxy::builder(&audited)
+        .var("APP", app.addr())
+        .var("AUDIT", a.display())
+        .var("AUDIT_B", b.display())
+        .spawn()
+        .await;
+    proxy.rewrite_config(&one_route(""));
+    reload_to(&proxy, 1.0).await;
+    proxy.rewrite_config(&audited);
+    reload_to(&proxy, 2.0).await;
+    let lines = entries(&a);
+    assert_eq!(
+        lines.len(),
+        3,
+        "start, auditing off, auditing on: {lines:#?}"
+    );
+    assert_eq!(lines[1]["event"], "reload", "{lines:#?}");
+    assert_eq!(lines[1]["auditing"], "off", "{lines:#?}");
+    assert!(lines[2].get("auditing").is_none(), "{lines:#?}");
+    assert_ne!(
+        lines[1]["sha256"], lines[0]["sha256"],
+        "the file without audit:"
+    );
+
+    proxy.rewrite_config(&one_route("audit: { file: $AUDIT_B }"));
+    reload_to(&proxy, 3.0).await;
+    let (old, new) = (entries(&a), entries(&b));
+    assert_eq!(old.len(), 4, "{old:#?}");
+    assert_eq!(old[3]["next_file"], b.display().to_string(), "{old:#?}");
+    assert_eq!(new.len(), 1, "{new:#?}");
+    assert_eq!(new[0]["prev_file"], a.display().to_string(), "{new:#?}");
+    assert_eq!(new[0]["prev"], last_line_sha(&a), "{new:#?}");
+    assert_eq!(
+        new[0]["sha256"], old[3]["sha256"],
+        "one reload, two entries"
+    );
+
+    let (code, out) = verify_with(&[
+        "--file".as_ref(),
+        a.as_os_str(),
+        "--file".as_ref(),
+        b.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = verify_with(&["--file".as_ref(), b.as_os_str()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("continues the trail last written to"), "{out}");
+    // The files out of order do not verify as one trail.
+    let (code, out) = verify_with(&[
+        "--file".as_ref(),
+        b.as_os_str(),
+        "--file".as_ref(),
+        a.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+}
+
+/// `mv audit.jsonl audit.rot` and a reload: the entry goes to a new `audit.jsonl`, as the
+/// access log's lines do, not to the renamed file; its first line continues the rotated file's
+/// chain, so `verify --file audit.rot --file audit.jsonl` checks both as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_trail_is_reopened_by_path_on_reload_and_continues_its_chain() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let (trail, rotated) = (dir.path().join("audit.jsonl"), dir.path().join("audit.rot"));
+    let mut proxy = Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+        .var("APP", app.addr())
+        .var("AUDIT", trail.display())
+        .spawn()
+        .await;
+    std::fs::rename(&trail, &rotated).expect("rename");
+    reload_to(&proxy, 1.0).await;
+    assert_eq!(
+        entries(&rotated).len(),
+        1,
+        "the rotated file keeps its start only"
+    );
+    let fresh = entries(&trail);
+    assert_eq!(fresh.len(), 1, "{fresh:#?}");
+    assert_eq!(fresh[0]["event"], "reload");
+    assert_eq!(fresh[0]["prev"], last_line_sha(&rotated));
+    assert_eq!(fresh[0]["prev_file"], trail.display().to_string());
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        entries(&trail).len(),
+        2,
+        "the shutdown follows in the new file"
+    );
+    let (code, out) = verify_with(&[
+        "--file".as_ref(),
+        rotated.as_os_str(),
+        "--file".as_ref(),
+        trail.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 entries"), "{out}");
+}
+
+/// The chain cannot show entries cut from its end; the head and count rampart shows in
+/// `/state` (and logs per entry) can: `verify --expect-head/--expect-count` fails on a file
+/// cut short or emptied, which verifies on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_cut_at_its_end_fails_against_the_head_state_shows() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let mut proxy = Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+        .var("APP", app.addr())
+        .var("AUDIT", trail.display())
+        .spawn()
+        .await;
+    reload_to(&proxy, 1.0).await;
+    let state = http::get(proxy.admin(), "/state", &[]).await.json();
+    let audit = &state["audit"];
+    assert_eq!(audit["file"], trail.display().to_string(), "{state}");
+    assert_eq!(audit["entries"], 2, "{state}");
+    let head = audit["head"].as_str().expect("a head").to_owned();
+    assert_eq!(head, last_line_sha(&trail));
+    assert!(
+        proxy.log().contains(&head),
+        "each entry written is logged with the head"
+    );
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+
+    // The trail as it was when the head was read: entries 1 and 2 of 3.
+    let text = std::fs::read_to_string(&trail).expect("the trail");
+    let kept: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&trail, &kept).expect("rewrite");
+    let expect = |head: &str, n: &str| {
+        verify_with(&[
+            "--file".as_ref(),
+            trail.as_os_str(),
+            "--expect-head".as_ref(),
+            head.as_ref(),
+            "--expect-count".as_ref(),
+            n.as_ref(),
+        ])
+    };
+    let (code, out) = expect(&head, "2");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("head {head}")), "{out}");
+    // One entry cut from the end: intact on its own, not against the head.
+    let one: String = text.lines().take(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&trail, one).expect("rewrite");
+    assert_eq!(verify(&trail).0, Some(0));
+    let (code, out) = expect(&head, "2");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cut"), "{out}");
+    // Emptied.
+    std::fs::write(&trail, "").expect("empty");
+    let (code, out) = expect(&head, "2");
+    assert_eq!(code, Some(1), "{out}");
+    // Entries added since the head was read: named as such.
+    std::fs::write(&trail, &text).expect("rewrite");
+    let (code, out) = expect(&head, "2");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("1 entries follow it"), "{out}");
+}
+
+/// A trail whose last line was cut mid-write is continued with a warning naming the file and
+/// where the torn line starts, and the next entry starts a line of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_line_is_warned_of_and_the_next_entry_starts_its_own_line() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let torn = "{\"time\":\"2026-12-01T00:00:00.000Z\",\"event\":\"sta";
+    std::fs::write(&trail, format!("junk\n{torn}")).expect("write");
+    let mut proxy = Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+        .var("APP", app.addr())
+        .var("AUDIT", trail.display())
+        .spawn()
+        .await;
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let log = proxy.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("last line is incomplete"))
+        .unwrap_or_else(|| panic!("no warning of the torn line; log:\n{log}"));
+    let w: serde_json::Value = serde_json::from_str(warning).expect("a JSON log line");
+    assert_eq!(w["level"], "WARN", "{warning}");
+    assert!(warning.contains(&trail.display().to_string()), "{warning}");
+    assert!(warning.contains("\"offset\":5"), "{warning}");
+    let text = std::fs::read_to_string(&trail).expect("the trail");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[1], torn, "{text}");
+    let next: serde_json::Value = serde_json::from_str(lines[2]).expect("a whole entry");
+    assert_eq!(next["event"], "start", "{text}");
+}
+
 /// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
 fn with_policy(policy: &str) -> String {
     format!(

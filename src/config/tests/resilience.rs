@@ -25,6 +25,15 @@ fn an_audit_file_whose_directory_is_missing_is_refused() {
     fails_at(&format!("{BASE}audit: {{ file: /tmp/ }}\n"), "audit.file");
 }
 
+/// A directory where the trail should be is called what it is.
+#[test]
+fn an_audit_file_that_is_a_directory_says_so() {
+    for dir in ["/tmp", "/tmp/"] {
+        let e = fails_at(&format!("{BASE}audit: {{ file: {dir} }}\n"), "audit.file");
+        assert!(e.message.ends_with("is a directory"), "{e}");
+    }
+}
+
 #[test]
 fn fault_bounds_are_checked_at_their_keys() {
     let e = fails_at(

@@ -69,7 +69,9 @@ pub(super) fn check_log_file(p: &KeyPath, path: &Path, log: Log, r: &mut Report<
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if path.file_name().is_none() || path.is_dir() {
+    if path.is_dir() {
+        r.value(p, format!("{} is a directory", path.display()));
+    } else if path.file_name().is_none() {
         r.value(p, format!("{} names no file", path.display()));
     } else if !dir.is_dir() {
         r.value(p, format!("the directory {} does not exist", dir.display()));
