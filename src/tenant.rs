@@ -728,6 +728,12 @@ impl Labels {
             .store(Arc::new(tenants.into_iter().map(Box::from).collect()));
     }
 
+    /// Whether `label` (from [`label`](Self::label)) is the series shared by tenants past the
+    /// cap. A tenant named `_other` shares it too, so it is counted as they are.
+    pub fn is_other(&self, label: &str) -> bool {
+        label == &*self.other
+    }
+
     /// The metric label of `tenant`: its own id while under the cap or pinned, else `_other`.
     pub fn label(&self, tenant: &str) -> Arc<str> {
         if let Some(l) = self.given.get(tenant) {

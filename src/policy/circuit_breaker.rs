@@ -40,7 +40,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::metrics::BreakerMetrics;
+use self::metrics::{BreakerMetrics, Kind};
 use self::rules::Rules;
 use self::state::{Breaker, Ticket};
 use crate::clock::SharedClock;
@@ -110,7 +110,7 @@ impl CircuitBreaker {
         let metrics = BreakerMetrics::new(upstream, metrics);
         let scope = match cfg.scope {
             BreakerScope::Upstream => {
-                let gauges = metrics.gauges("", false);
+                let gauges = metrics.gauges("", Kind::Upstream);
                 Scope::Upstream(Arc::new(Breaker::new(rules, clock, gauges, metrics)))
             }
             BreakerScope::Tenant => Scope::Tenant {
@@ -140,7 +140,13 @@ impl CircuitBreaker {
             } => {
                 let made = map.get(tenant).or_else(|| {
                     map.get_or_insert_with(tenant, || {
-                        let gauges = metrics.gauges(&labels.label(tenant), true);
+                        let label = labels.label(tenant);
+                        let kind = if labels.is_other(&label) {
+                            Kind::Folded
+                        } else {
+                            Kind::Own
+                        };
+                        let gauges = metrics.gauges(&label, kind);
                         Breaker::new(rules.clone(), clock.clone(), gauges, metrics.clone())
                     })
                 });
