@@ -14,6 +14,11 @@
 //!   series of its state and moves that 1 on every transition; eviction takes it away. The
 //!   series count how many folded breakers are in each state: `{state="open"} 3` means three
 //!   of them are open. Alerts on `> 0` work for every series.
+//!
+//! A breaker that a reload replaces (its settings changed) is reset to closed at the reload:
+//! the reset is counted as a transition (`open` or `half_open` to `closed`) and moves its
+//! gauges; from then on the retired breaker (which requests of the old generation still in
+//! flight may use) touches neither, and the series belong to its successor.
 
 use std::sync::Arc;
 
@@ -23,19 +28,21 @@ use super::state::State;
 use crate::metrics::Metrics;
 
 const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
-/// The four transitions a breaker can make, in the order of `BreakerMetrics::transitions`.
-const TRANSITIONS: [(State, State); 4] = [
+/// The transitions a breaker can make, in the order of `BreakerMetrics::transitions`; the last
+/// happens only when a reload that changed its settings resets an open breaker.
+const TRANSITIONS: [(State, State); 5] = [
     (State::Closed, State::Open),
     (State::Open, State::HalfOpen),
     (State::HalfOpen, State::Open),
     (State::HalfOpen, State::Closed),
+    (State::Open, State::Closed),
 ];
 
 /// One upstream's breaker metrics: its transition counters and the state-gauge family.
 pub(crate) struct BreakerMetrics {
     upstream: Arc<str>,
     state: IntGaugeVec,
-    transitions: [IntCounter; 4],
+    transitions: [IntCounter; 5],
 }
 
 /// The three state gauges of one breaker.
