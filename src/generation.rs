@@ -301,6 +301,23 @@ impl Generation {
         metrics.retain_live(&self.live_series());
     }
 
+    /// Resets the breakers of `old` that this generation replaced with new settings (scope
+    /// included) to closed, counting each reset transition (see [`CircuitBreaker::retire`]);
+    /// called before the swap so that no breaker of this generation has moved yet. A breaker
+    /// this generation no longer has is left alone: its gauges go with
+    /// [`retire`](Self::retire).
+    pub fn reset_replaced_breakers(&self, old: &Generation) {
+        for (upstream, b) in &old.breakers {
+            if self
+                .breakers
+                .get(upstream)
+                .is_some_and(|now| !Arc::ptr_eq(now, b))
+            {
+                b.retire();
+            }
+        }
+    }
+
     /// What this generation exports gauges for.
     fn live_series(&self) -> LiveSeries {
         let breakers = self

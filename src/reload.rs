@@ -163,6 +163,8 @@ pub fn apply(
     for h in set.values() {
         h.set_max_connections(cfg.file.runtime.max_connections);
     }
+    // Nothing can fail the reload from here: breakers replaced with new settings are reset.
+    gen.reset_replaced_breakers(&old);
     let gen = Arc::new(gen);
     shared.current.store(gen.clone());
     gen.retire(&old, &shared.metrics);

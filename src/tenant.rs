@@ -148,7 +148,8 @@ enum Source {
 #[derive(Debug)]
 pub struct Labels {
     cap: AtomicUsize,
-    /// Labels given under the cap (pinned ones not counted).
+    /// Places under the cap taken: labels given (pinned ones not counted) and those being
+    /// given now ([`Labels::take_place`]).
     counted: AtomicUsize,
     given: DashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
     pinned: ArcSwap<HashSet<Box<str>, foldhash::fast::RandomState>>,
@@ -728,25 +729,69 @@ impl Labels {
             .store(Arc::new(tenants.into_iter().map(Box::from).collect()));
     }
 
+    /// Whether `label` (from [`label`](Self::label)) is the series shared by tenants past the
+    /// cap. A tenant named `_other` shares it too, so it is counted as they are.
+    pub fn is_other(&self, label: &str) -> bool {
+        label == &*self.other
+    }
+
     /// The metric label of `tenant`: its own id while under the cap or pinned, else `_other`.
     pub fn label(&self, tenant: &str) -> Arc<str> {
         if let Some(l) = self.given.get(tenant) {
             return l.clone();
         }
-        let pinned = self.pinned.load().contains(tenant);
-        if !pinned && self.counted.load(Ordering::Relaxed) >= self.cap.load(Ordering::Relaxed) {
+        let place = self.take_place(tenant);
+        self.give(tenant, place)
+    }
+
+    /// First step for a tenant without a label: takes a place for its own label, if the cap
+    /// leaves one (a pinned tenant needs none). The place is counted here, by one
+    /// compare-and-swap, before the label is inserted: two workers meeting new tenants at
+    /// the cap at once cannot both see the last place free.
+    fn take_place(&self, tenant: &str) -> Place {
+        if self.pinned.load().contains(tenant) {
+            return Place::Pinned;
+        }
+        let cap = self.cap.load(Ordering::Relaxed);
+        let took = self
+            .counted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            });
+        if took.is_ok() {
+            Place::Counted
+        } else {
+            Place::None
+        }
+    }
+
+    /// Second step: the label `place` allows. A place taken for a tenant another worker has
+    /// labelled meanwhile is given back.
+    fn give(&self, tenant: &str, place: Place) -> Arc<str> {
+        if place == Place::None {
             return self.other.clone();
         }
         match self.given.entry(Box::from(tenant)) {
-            Entry::Occupied(e) => e.get().clone(),
-            Entry::Vacant(e) => {
-                if !pinned {
-                    self.counted.fetch_add(1, Ordering::Relaxed);
+            Entry::Occupied(e) => {
+                if place == Place::Counted {
+                    self.counted.fetch_sub(1, Ordering::AcqRel);
                 }
-                e.insert(Arc::from(tenant)).clone()
+                e.get().clone()
             }
+            Entry::Vacant(e) => e.insert(Arc::from(tenant)).clone(),
         }
     }
+}
+
+/// What [`Labels::take_place`] found for a new tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Pinned: its own label, outside the cap.
+    Pinned,
+    /// One of the `metrics_labels` places.
+    Counted,
+    /// No place left: `_other`.
+    None,
 }
 
 /// Heads with at most this many distinct names are searched name by name (see [`named`]).
@@ -941,6 +986,49 @@ mod tests {
         assert_eq!(&*l.label("b"), "b");
         assert_eq!(&*l.label("c"), OTHER_LABEL);
         assert_eq!(&*l.label("a"), "a");
+    }
+
+    /// Two workers each meet a new tenant with one place left, and both take their first
+    /// step before either inserts: only one may get its own label.
+    #[test]
+    fn a_new_label_holds_its_place_before_it_is_inserted() {
+        let l = Labels::new(1);
+        let (a, b) = (l.take_place("a"), l.take_place("b"));
+        let given = [l.give("a", a), l.give("b", b)];
+        let own = given.iter().filter(|g| ***g != *OTHER_LABEL).count();
+        assert_eq!(own, 1, "one place, one own label: {given:?}");
+        assert_eq!(&*l.label("c"), OTHER_LABEL);
+        // The same new tenant twice at once: the second place is given back.
+        let l = Labels::new(2);
+        let (x1, x2) = (l.take_place("x"), l.take_place("x"));
+        assert_eq!((&*l.give("x", x1), &*l.give("x", x2)), ("x", "x"));
+        assert_eq!(&*l.label("y"), "y", "x holds one place, not two");
+        assert_eq!(&*l.label("z"), OTHER_LABEL);
+    }
+
+    /// Workers racing new tenants at the boundary never give more own labels than the cap.
+    #[test]
+    fn racing_workers_never_overshoot_the_label_cap() {
+        const CAP: usize = 2;
+        const WORKERS: usize = 8;
+        for round in 0..200 {
+            let l = Labels::new(CAP);
+            let start = std::sync::Barrier::new(WORKERS);
+            std::thread::scope(|s| {
+                for w in 0..WORKERS {
+                    let (l, start) = (&l, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        for i in 0..4 {
+                            let _ = l.label(&format!("t{w}-{i}"));
+                        }
+                    });
+                }
+            });
+            let own = l.given.len();
+            assert!(own <= CAP, "round {round}: {own} own labels, cap {CAP}");
+            assert_eq!(l.counted.load(Ordering::Relaxed), own, "round {round}");
+        }
     }
 
     #[test]

@@ -37,10 +37,11 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::metrics::BreakerMetrics;
+use self::metrics::{BreakerMetrics, Kind};
 use self::rules::Rules;
 use self::state::{Breaker, Ticket};
 use crate::clock::SharedClock;
@@ -61,6 +62,8 @@ pub struct CircuitBreaker {
     upstream: Arc<str>,
     cfg: file::CircuitBreaker,
     scope: Scope,
+    /// Set by [`retire`](Self::retire): tenant breakers made from then on stay off the metrics.
+    retired: AtomicBool,
 }
 
 enum Scope {
@@ -110,8 +113,8 @@ impl CircuitBreaker {
         let metrics = BreakerMetrics::new(upstream, metrics);
         let scope = match cfg.scope {
             BreakerScope::Upstream => {
-                let gauges = metrics.gauges("", false);
-                Scope::Upstream(Arc::new(Breaker::new(rules, clock, gauges, metrics)))
+                let gauges = metrics.gauges("", Kind::Upstream);
+                Scope::Upstream(Arc::new(Breaker::new(rules, clock, gauges, metrics, false)))
             }
             BreakerScope::Tenant => Scope::Tenant {
                 map: TenantMap::new(tracked, clock.clone()),
@@ -124,6 +127,7 @@ impl CircuitBreaker {
             upstream: Arc::from(upstream),
             cfg: cfg.clone(),
             scope,
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -140,8 +144,18 @@ impl CircuitBreaker {
             } => {
                 let made = map.get(tenant).or_else(|| {
                     map.get_or_insert_with(tenant, || {
-                        let gauges = metrics.gauges(&labels.label(tenant), true);
-                        Breaker::new(rules.clone(), clock.clone(), gauges, metrics.clone())
+                        let label = labels.label(tenant);
+                        let kind = if labels.is_other(&label) {
+                            Kind::Folded
+                        } else {
+                            Kind::Own
+                        };
+                        let gauges = metrics.gauges(&label, kind);
+                        // Read under the map's shard lock, as `retire` walks it: a breaker
+                        // made before `retire` set the flag is one the walk finds.
+                        let retired = self.retired.load(Ordering::SeqCst);
+                        let (r, c, m) = (rules.clone(), clock.clone(), metrics.clone());
+                        Breaker::new(r, c, gauges, m, retired)
                     })
                 });
                 match made {
@@ -161,6 +175,19 @@ impl CircuitBreaker {
     /// keeps this breaker (and its state).
     pub fn cfg(&self) -> &file::CircuitBreaker {
         &self.cfg
+    }
+
+    /// A reload replaced this breaker with one of other settings: every breaker it holds is
+    /// reset to closed now, each reset of an open (or half-open) one counted in
+    /// `rampart_circuit_breaker_transitions_total` and its state gauge moved to closed; from
+    /// then on it (still serving requests of the old generation in flight) reports nothing.
+    /// Called before the new generation is in force, once nothing can fail the reload.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        match &self.scope {
+            Scope::Upstream(b) => b.retire(),
+            Scope::Tenant { map, .. } => map.for_each(|_, b| b.retire()),
+        }
     }
 
     /// The upstream it guards.

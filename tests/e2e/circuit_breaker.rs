@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::reload::reload_to;
 use crate::support::{http, metric_value, metrics, sample, Proxy};
 
 /// `$BREAKER` is the body of the policy's `circuit_breaker` section.
@@ -198,6 +199,53 @@ async fn tenant_scope_keeps_one_tenants_failures_from_the_others() {
     let text = metrics(proxy.admin()).await;
     assert_eq!(state_gauge(&text, "noisy", "open"), Some(1.0));
     assert_eq!(state_gauge(&text, "quiet", "closed"), Some(1.0));
+}
+
+/// Trips the breaker (`scope` upstream, or tenant for `tenant`) and reloads it with other
+/// settings: the reset to closed is counted as an open→closed transition at the reload, the
+/// state gauge reads closed, and the upstream is reached again.
+async fn a_reload_that_resets_an_open_breaker(scope: &str, tenant: &str) {
+    let app = sample().await;
+    let breaker = |n: u32| {
+        format!("      scope: {scope}\n      consecutive_failures: {n}\n      open_for: 10s")
+    };
+    let mut proxy = guarded(app.addr(), &breaker(2)).await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..2 {
+        assert_eq!(get_as(addr, "/status/503", tenant).await.status, 503);
+    }
+    get_as(addr, "/ok", tenant)
+        .await
+        .assert_rampart(503, "circuit_open");
+    let label = if scope == "tenant" { tenant } else { "" };
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(state_gauge(&text, label, "open"), Some(1.0), "{text}");
+
+    reload_to(&mut proxy, &GUARDED.replace("$BREAKER", &breaker(3))).await;
+    let text = metrics(proxy.admin()).await;
+    let reset = metric_value(
+        &text,
+        "rampart_circuit_breaker_transitions_total",
+        &[("upstream", "app"), ("from", "open"), ("to", "closed")],
+    );
+    assert_eq!(reset, Some(1.0), "the reset must be counted: {text}");
+    assert_eq!(state_gauge(&text, label, "closed"), Some(1.0), "{text}");
+    assert_eq!(state_gauge(&text, label, "open"), Some(0.0), "{text}");
+    assert_eq!(
+        get_as(addr, "/ok", tenant).await.status,
+        200,
+        "reset: closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_new_settings_counts_the_reset_of_an_open_breaker() {
+    a_reload_that_resets_an_open_breaker("upstream", "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_new_settings_counts_the_reset_of_an_open_tenant_breaker() {
+    a_reload_that_resets_an_open_breaker("tenant", "noisy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -462,7 +462,7 @@ async fn a_request_in_flight_under_a_removed_upstream_writes_no_series_back() {
 
 /// Puts `text` in the proxy's policy file and reloads it through the admin API, which must
 /// take it.
-async fn reload_to(proxy: &mut Proxy, text: &str) {
+pub(crate) async fn reload_to(proxy: &mut Proxy, text: &str) {
     proxy.rewrite_config(text);
     let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());

@@ -3,15 +3,22 @@
 //! Why cached: a transition must not format label sets. The transition counters are looked up
 //! once per upstream, the state gauges once per breaker (per tenant breaker, when it is made).
 //!
-//! Gauge meaning (`rampart_circuit_breaker_state{upstream, tenant, state}`):
-//! - `scope: upstream` (tenant ""): the gauge is *set*, 1 for the state in force and 0 for the
-//!   two others, from the moment the breaker is built.
-//! - `scope: tenant`: each tenant breaker *adds* 1 to the series of its state and moves that 1
-//!   on every transition; eviction takes it away. For a tenant with its own label that reads
-//!   exactly as above (1 for its state, 0 for the others) while the tenant is tracked, and all
-//!   zero once evicted. For `_other` (tenants past `tenants.metrics_labels`) the series count
-//!   how many folded breakers are in each state: `{state="open"} 3` means three of them are
-//!   open. Alerts on `> 0` work for both.
+//! Gauge meaning (`rampart_circuit_breaker_state{upstream, tenant, state}`), SPEC §5: 1 for the
+//! state in force, 0 for the two others.
+//! - `scope: upstream` (tenant "") and `scope: tenant` for a tenant with its own label: the
+//!   gauge is *set*, from the moment the breaker is made. A tenant's breaker that is evicted
+//!   (`tenants.max_tracked`) leaves its series at closed=1: a fresh closed breaker is what
+//!   judges that tenant when it comes back, so closed is the state in force (all three at 0
+//!   would fire an alert on `{state="closed"} == 0` for a tenant that is fine).
+//! - `_other` (tenants past `tenants.metrics_labels`): each folded breaker *adds* 1 to the
+//!   series of its state and moves that 1 on every transition; eviction takes it away. The
+//!   series count how many folded breakers are in each state: `{state="open"} 3` means three
+//!   of them are open. Alerts on `> 0` work for every series.
+//!
+//! A breaker that a reload replaces (its settings changed) is reset to closed at the reload:
+//! the reset is counted as a transition (`open` or `half_open` to `closed`) and moves its
+//! gauges; from then on the retired breaker (which requests of the old generation still in
+//! flight may use) touches neither, and the series belong to its successor.
 
 use std::sync::Arc;
 
@@ -21,26 +28,39 @@ use super::state::State;
 use crate::metrics::Metrics;
 
 const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
-/// The four transitions a breaker can make, in the order of `BreakerMetrics::transitions`.
-const TRANSITIONS: [(State, State); 4] = [
+/// The transitions a breaker can make, in the order of `BreakerMetrics::transitions`; the last
+/// happens only when a reload that changed its settings resets an open breaker.
+const TRANSITIONS: [(State, State); 5] = [
     (State::Closed, State::Open),
     (State::Open, State::HalfOpen),
     (State::HalfOpen, State::Open),
     (State::HalfOpen, State::Closed),
+    (State::Open, State::Closed),
 ];
 
 /// One upstream's breaker metrics: its transition counters and the state-gauge family.
 pub(crate) struct BreakerMetrics {
     upstream: Arc<str>,
     state: IntGaugeVec,
-    transitions: [IntCounter; 4],
+    transitions: [IntCounter; 5],
 }
 
 /// The three state gauges of one breaker.
 pub(crate) struct StateGauges {
     by_state: [IntGauge; 3],
-    /// Count breakers (scope tenant) instead of setting 0/1 (scope upstream).
-    counting: bool,
+    kind: Kind,
+}
+
+/// Whose series a breaker's gauges are, which decides how they move (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `scope: upstream`, tenant "": set; the series outlives the breaker (its successor after
+    /// a reload owns it, or the reload removes it).
+    Upstream,
+    /// A tenant with its own label: set; back to closed when the breaker is evicted.
+    Own,
+    /// `_other`: counts the folded breakers in each state.
+    Folded,
 }
 
 fn index(state: State) -> usize {
@@ -77,13 +97,13 @@ impl BreakerMetrics {
     }
 
     /// The state gauges of the breaker labelled `tenant` ("" for scope upstream).
-    pub(crate) fn gauges(&self, tenant: &str, counting: bool) -> StateGauges {
+    pub(crate) fn gauges(&self, tenant: &str, kind: Kind) -> StateGauges {
         StateGauges {
             by_state: STATES.map(|s| {
                 self.state
                     .with_label_values(&[&self.upstream, tenant, s.as_str()])
             }),
-            counting,
+            kind,
         }
     }
 }
@@ -93,7 +113,7 @@ impl BreakerMetrics {
 impl StateGauges {
     /// Moves the gauges from `from` (None: the breaker is new) to `to`.
     pub(crate) fn enter(&self, from: Option<State>, to: State) {
-        if self.counting {
+        if self.kind == Kind::Folded {
             if let Some(from) = from {
                 self.by_state[index(from)].dec();
             }
@@ -105,11 +125,15 @@ impl StateGauges {
         }
     }
 
-    /// The breaker is gone (evicted): a counting gauge gives its 1 back. A set gauge keeps
-    /// its value: the next breaker of that upstream (a reload with new settings) owns it.
+    /// The breaker is gone (evicted, or retired by a reload) while in `state`: a folded one
+    /// gives its 1 back; a tenant's own series read closed, the state of the fresh breaker
+    /// that judges the tenant from now on. The upstream series keeps its value: the next
+    /// breaker of that upstream (a reload with new settings) owns it.
     pub(crate) fn leave(&self, state: State) {
-        if self.counting {
-            self.by_state[index(state)].dec();
+        match self.kind {
+            Kind::Folded => self.by_state[index(state)].dec(),
+            Kind::Own => self.enter(Some(state), State::Closed),
+            Kind::Upstream => {}
         }
     }
 }

@@ -70,6 +70,9 @@ struct Inner {
     probes_slow: u32,
     successes: u64,
     failures: u64,
+    /// Reset by a reload that replaced it ([`Breaker::retire`]): its transitions no longer
+    /// reach the metrics, whose series belong to its successor.
+    retired: bool,
 }
 
 fn state_of(word: u64) -> State {
@@ -104,14 +107,18 @@ impl State {
 // === impl Breaker ===
 
 impl Breaker {
-    /// A closed breaker; its gauges already read closed.
+    /// A closed breaker; its gauges already read closed. A `retired` one (made for a request
+    /// of a generation a reload replaced) never touches the metrics.
     pub(super) fn new(
         rules: Arc<Rules>,
         clock: SharedClock,
         gauges: StateGauges,
         metrics: Arc<BreakerMetrics>,
+        retired: bool,
     ) -> Self {
-        gauges.enter(None, State::Closed);
+        if !retired {
+            gauges.enter(None, State::Closed);
+        }
         Breaker {
             word: AtomicU64::new(code(State::Closed)),
             open_until: AtomicU64::new(0),
@@ -126,6 +133,7 @@ impl Breaker {
                 probes_slow: 0,
                 successes: 0,
                 failures: 0,
+                retired,
             }),
             rules,
             clock,
@@ -284,9 +292,29 @@ impl Breaker {
         }
         let next = ((word & !3).wrapping_add(4)) | code(to);
         self.word.store(next, Ordering::Release);
-        self.gauges.enter(Some(from), to);
-        self.metrics.transition(from, to);
+        if !inner.retired {
+            self.gauges.enter(Some(from), to);
+            self.metrics.transition(from, to);
+        }
         next
+    }
+
+    /// A reload replaced this breaker (its settings changed): resets it to closed, counting
+    /// that transition (`open` or `half_open` to `closed`) and moving the gauges, then gives
+    /// its gauges up. Tries admitted before are ignored (the epoch moved); requests of the old
+    /// generation still in flight may go on using it, unseen by the metrics.
+    pub(super) fn retire(&self) {
+        let mut inner = self.inner.lock();
+        if inner.retired {
+            return;
+        }
+        let word = self.word.load(Ordering::Acquire);
+        if state_of(word) != State::Closed {
+            let now = self.clock.now_nanos();
+            self.transition(&mut inner, word, State::Closed, now);
+        }
+        self.gauges.leave(State::Closed);
+        inner.retired = true;
     }
 
     /// Operator view for `GET /state`.
@@ -327,7 +355,9 @@ impl Breaker {
 
 impl Drop for Breaker {
     fn drop(&mut self) {
-        self.gauges.leave(self.state());
+        if !self.inner.get_mut().retired {
+            self.gauges.leave(self.state());
+        }
     }
 }
 

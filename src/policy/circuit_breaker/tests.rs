@@ -288,6 +288,77 @@ fn metrics_exist_at_build_and_follow_every_transition() {
 }
 
 #[test]
+fn a_reload_reset_is_counted_and_the_retired_breaker_reports_nothing_after() {
+    let w = world(&consecutive(1));
+    assert!(w.call(FAIL));
+    assert_eq!(w.state(), State::Open);
+    w.cb.retire();
+    assert_eq!(w.state(), State::Closed, "reset by the reload");
+    assert_eq!(w.transitions("open", "closed"), 1, "the reset is counted");
+    assert_eq!((w.gauge("", "closed"), w.gauge("", "open")), (1, 0));
+    w.cb.retire();
+    assert_eq!(w.transitions("open", "closed"), 1, "once");
+    // Requests of the old generation still in flight may trip it again: the series belong to
+    // the breaker that replaced it now.
+    assert!(w.call(FAIL));
+    assert_eq!(w.state(), State::Open);
+    assert_eq!(w.transitions("closed", "open"), 1, "only the first trip");
+    assert_eq!((w.gauge("", "closed"), w.gauge("", "open")), (1, 0));
+}
+
+#[test]
+fn a_reload_reset_of_tenant_breakers_moves_their_series_and_leaves_them_to_the_successor() {
+    let w = world_with(
+        &file::CircuitBreaker {
+            scope: BreakerScope::Tenant,
+            ..consecutive(1)
+        },
+        100,
+        1,
+    );
+    // "a" has its own label and is half-open; "b" and "c" fold into `_other`, b open.
+    assert!(w.call_as("a", FAIL, MS));
+    w.clock.advance(10 * SEC);
+    let probe = w.admit("a").expect("a half-opens");
+    assert!(w.call_as("b", FAIL, MS) && w.call_as("c", OK, MS));
+    assert_eq!(
+        (w.gauge("_other", "closed"), w.gauge("_other", "open")),
+        (1, 1)
+    );
+    w.cb.retire();
+    assert_eq!(w.transitions("half_open", "closed"), 1);
+    assert_eq!(w.transitions("open", "closed"), 1);
+    let a = (w.gauge("a", "closed"), w.gauge("a", "half_open"));
+    assert_eq!(a, (1, 0), "a's next breaker is a fresh closed one");
+    let other = (w.gauge("_other", "closed"), w.gauge("_other", "open"));
+    assert_eq!(other, (0, 0), "the retired breakers are no longer counted");
+    // The probe's verdict and a breaker made by a late request reach no series.
+    probe.record(FAIL, MS);
+    assert!(w.call_as("d", FAIL, MS));
+    assert_eq!(w.gauge("a", "open"), 0);
+    assert_eq!(
+        (w.gauge("_other", "closed"), w.gauge("_other", "open")),
+        (0, 0)
+    );
+    assert_eq!(
+        w.transitions("closed", "open"),
+        2,
+        "a and b, before the reload"
+    );
+    // Dropped with the old generation, the retired breakers give back nothing they no longer
+    // hold.
+    let World { cb, metrics, .. } = w;
+    drop(cb);
+    let other = |s: &str| {
+        metrics
+            .breaker_state
+            .with_label_values(&["app", "_other", s])
+            .get()
+    };
+    assert_eq!((other("closed"), other("open")), (0, 0));
+}
+
+#[test]
 fn circuit_open_says_when_it_half_opens() {
     let e = CircuitOpen {
         retry_after: Duration::from_millis(2500),

@@ -84,6 +84,39 @@ fn tenant_series_are_bounded_and_other_counts_breakers_per_state() {
 }
 
 #[test]
+fn an_evicted_tenant_breaker_leaves_its_own_series_at_closed() {
+    // Room for one tenant breaker; "a" and "b" have their own labels, "c" is folded.
+    let w = world_with(&per_tenant(consecutive(1)), 1, 2);
+    let own = |t: &str| {
+        (
+            w.gauge(t, "closed"),
+            w.gauge(t, "open"),
+            w.gauge(t, "half_open"),
+        )
+    };
+    assert!(w.call_as("a", OK, MS));
+    assert_eq!(own("a"), (1, 0, 0));
+    // "b" evicts "a" (closed, idle): a comes back with a fresh closed breaker, so closed is
+    // the state in force for it, not nothing.
+    assert!(w.call_as("b", FAIL, MS), "trips b");
+    assert_eq!(w.cb.state("a"), None, "a was evicted");
+    assert_eq!(own("a"), (1, 0, 0), "an evicted tenant reads closed");
+    assert_eq!(own("b"), (0, 1, 0));
+    // Every entry open: the sweep takes b anyway; its series reads closed, as b's next
+    // breaker will be.
+    assert!(w.call_as("a", OK, MS));
+    assert_eq!(w.cb.state("b"), None, "b was evicted");
+    assert_eq!(own("b"), (1, 0, 0), "an evicted open breaker reads closed");
+    assert_eq!(own("a"), (1, 0, 0), "a's new breaker is one closed breaker");
+    // `_other` still counts breakers: one folded breaker, then none once it is evicted.
+    assert!(w.call_as("c", OK, MS));
+    assert_eq!(w.gauge("_other", "closed"), 1);
+    assert!(w.call_as("a", OK, MS));
+    assert_eq!(w.gauge("_other", "closed"), 0, "no folded breaker is left");
+    assert_eq!(own("a"), (1, 0, 0));
+}
+
+#[test]
 fn the_snapshot_lists_open_tenants_first_and_stays_bounded() {
     let w = world_with(&per_tenant(consecutive(1)), 1000, 10);
     for i in 0..150 {
