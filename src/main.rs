@@ -220,19 +220,16 @@ fn health(
     timeout: std::time::Duration,
 ) -> ExitCode {
     let deadline = tokio::time::Instant::now() + timeout;
-    // On a thread of its own, so that a file that does not answer (a stalled network mount)
-    // cannot hold the probe past its budget: `main` returning ends the process, thread and all.
-    let (done, wait) = std::sync::mpsc::channel();
-    let owned = config.map(std::path::Path::to_path_buf);
-    let spawned = std::thread::Builder::new()
-        .name("rampart-health-config".into())
-        .spawn(move || {
-            let _ = done.send(rampart::health::admin_addr(admin, owned.as_deref()));
-        });
-    let found = spawned.ok().and_then(|_| wait.recv_timeout(timeout).ok());
+    let found = match (admin, config) {
+        // Nothing to read: no thread, whose start a loaded machine may delay.
+        (Some(_), _) | (None, None) => Some(rampart::health::admin_addr(admin, None)),
+        (None, Some(file)) => admin_from_file_within(file, timeout),
+    };
     let Some((addr, warning)) = found else {
         let file = config.map_or_else(String::new, |p| p.display().to_string());
-        eprintln!("rampart health: cannot read admin.listen from {file} within {timeout:?}");
+        eprintln!(
+            "rampart health: timed out reading admin.listen from {file} (--timeout {timeout:?})"
+        );
         return ExitCode::FAILURE;
     };
     if let Some(w) = warning {
@@ -248,6 +245,25 @@ fn health(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The admin address `rampart health` takes from the policy file `file`, read on a thread of
+/// its own, so that a file that does not answer (a stalled network mount) cannot hold the probe
+/// past its budget: `main` returning ends the process, thread and all. `None` when the read
+/// did not end within `timeout`.
+fn admin_from_file_within(
+    file: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Option<(std::net::SocketAddr, Option<String>)> {
+    let (done, wait) = std::sync::mpsc::channel();
+    let owned = file.to_path_buf();
+    std::thread::Builder::new()
+        .name("rampart-health-config".into())
+        .spawn(move || {
+            let _ = done.send(rampart::health::admin_addr(None, Some(&owned)));
+        })
+        .ok()?;
+    wait.recv_timeout(timeout).ok()
 }
 
 /// Raises the open-file soft limit to the hard limit (SPEC §14): a proxy holds two descriptors
