@@ -29,17 +29,24 @@ use crate::reload::{self, ReloadError};
 /// scraper need a handful; the cap keeps idle sockets from piling up on an exposed admin port.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-/// How long an admin connection may wait for its first request, or sit between requests,
-/// before it is closed (at most; the config's `header_read_timeout` and `idle_timeout` when
-/// shorter). Admin clients (probes, scrapers, curl) send at once; idle holders are shed well
-/// within `rampart health`'s default 2 s budget, so [`ADMIN_MAX_CONNECTIONS`] idle sockets
-/// cannot keep a probe waiting past it.
-pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an admin connection may wait for its first request's head before it is closed (at
+/// most; the config's `header_read_timeout` when shorter). Admin clients (probes, scrapers,
+/// curl) send at once; silent holders are shed well within `rampart health`'s default 2 s
+/// budget, so [`ADMIN_MAX_CONNECTIONS`] sockets opened and left silent cannot keep a probe
+/// waiting past it.
+pub const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long an admin connection may sit between an answer and its next request (at most; the
+/// config's `idle_timeout` when shorter). Longer than [`ADMIN_HEAD_TIMEOUT`]: a client that
+/// reuses its connection a second or more later (a scraper every few seconds) must not race
+/// the close, which a client that does not retry a reused connection (Python's `http.client`)
+/// sees as a failed request. Idle holders are still shed within this.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin endpoints on `tcp` until the process ends.
 ///
 /// Connections get the data listeners' head and idle timeouts (from the config in force),
-/// capped at [`ADMIN_IDLE_TIMEOUT`], and at most [`ADMIN_MAX_CONNECTIONS`] are served at once
+/// capped at [`ADMIN_HEAD_TIMEOUT`] and [`ADMIN_IDLE_TIMEOUT`], and at most [`ADMIN_MAX_CONNECTIONS`] are served at once
 /// (SPEC §14).
 pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -64,7 +71,7 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
                     let gen = shared.current.load();
                     let rt = &gen.config.file.runtime;
                     (
-                        rt.header_read_timeout.0.min(ADMIN_IDLE_TIMEOUT),
+                        rt.header_read_timeout.0.min(ADMIN_HEAD_TIMEOUT),
                         rt.idle_timeout.0.min(ADMIN_IDLE_TIMEOUT),
                     )
                 };
