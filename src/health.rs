@@ -149,8 +149,14 @@ pub fn probe_until(
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
     };
-    let mut stream = TcpStream::connect_timeout(&addr, left().ok_or_else(silent)?)
-        .map_err(|error| ProbeError::Connect { addr, error })?;
+    // A reset that comes before the connect is looked at (the peer accepted, then reset at
+    // once) is reported by it: the connection was made, and broke.
+    let mut stream = TcpStream::connect_timeout(&addr, left().ok_or_else(silent)?).map_err(
+        |error| match error.kind() {
+            std::io::ErrorKind::ConnectionReset => ProbeError::Broken { addr, error },
+            _ => ProbeError::Connect { addr, error },
+        },
+    )?;
     stream
         .set_write_timeout(Some(left().ok_or_else(silent)?))
         .map_err(io)?;
