@@ -82,13 +82,10 @@ pub const MAX_POLICY_BYTES: u64 = 4 << 20;
 pub fn read_policy(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read the policy file: {e}");
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
-        return Err(format!(
-            "the policy file is {}, not a regular file",
-            kind_of(&meta.file_type())
-        ));
-    }
+    let meta = regular_file(path).map_err(|e| match e {
+        NotAFile::Unreadable(e) => cannot(e),
+        NotAFile::Is(kind) => format!("the policy file is {kind}, not a regular file"),
+    })?;
     let too_big = || {
         format!(
             "the policy file is larger than {} MiB, the most rampart reads",
@@ -107,6 +104,28 @@ pub fn read_policy(path: &Path) -> Result<Vec<u8>, String> {
         return Err(too_big());
     }
     Ok(bytes)
+}
+
+/// Why a path is not a file to read.
+#[derive(Debug)]
+pub enum NotAFile {
+    /// Nothing can be learned of it (missing, no permission).
+    Unreadable(std::io::Error),
+    /// Something other than a regular file is there: what, in words ("a FIFO (named pipe)").
+    Is(&'static str),
+}
+
+/// What is at `path` (symbolic links followed), when it is a regular file: a FIFO, a device,
+/// a socket or a directory is refused without being opened (opening a FIFO waits for a
+/// writer, and reading a device may never end). For every file rampart reads whole: the
+/// policy file, and the audit files `rampart audit verify` checks.
+pub fn regular_file(path: &Path) -> Result<std::fs::Metadata, NotAFile> {
+    let meta = std::fs::metadata(path).map_err(NotAFile::Unreadable)?;
+    if meta.is_file() {
+        Ok(meta)
+    } else {
+        Err(NotAFile::Is(kind_of(&meta.file_type())))
+    }
 }
 
 /// What a path that is not a regular file is, in words.
