@@ -148,10 +148,16 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
 /// is looked at, so a file that fails validation (a typo a reload refused, while rampart
 /// serves the policy before it) still tells where the admin listener is. `Ok(None)` when the
 /// text gives none (the default applies); `Err` when the text cannot be read as YAML even
-/// around its `admin:` section, or the value is not an address.
+/// around its `admin:` section, holds more than one document (which one rampart serves, if
+/// any, cannot be told: it refuses such a file), or the value is not an address.
 pub fn admin_listen_of(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
     let path = locate::KeyPath::default().key("admin").key("listen");
     let mut doc = locate::Doc::parse(text);
+    if let Some((line, _)) = doc.second_document {
+        return Err(format!(
+            "line {line}: the file holds more than one YAML document (a second `---`); rampart reads one"
+        ));
+    }
     if let Some((at, _, m)) = &doc.syntax {
         // The rest of the file may be broken where `admin:` is not: read that section alone
         // (from a line `admin:` to the next line at the left margin).
