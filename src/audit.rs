@@ -204,10 +204,11 @@ impl AuditLog {
 
     /// Records `entry`, a change of config that moved the trail from `from` (the `audit.file`
     /// in force before) to `to` (the new one's): in `from` first, naming `to` (`next_file`) or
-    /// saying auditing stops (`auditing: "off"`), then in `to`. When both are the same file it
-    /// is [`AuditLog::record`].
+    /// saying auditing stops (`auditing: "off"`), then in `to`. When both name the same file
+    /// (the same path, or another spelling of it: relative, through a symlink) it is
+    /// [`AuditLog::record`].
     pub fn record_change(&self, from: Option<&Path>, to: Option<&Path>, entry: &Entry) {
-        if let Some(from) = from.filter(|f| Some(*f) != to) {
+        if let Some(from) = from.filter(|f| !to.is_some_and(|t| same_file(f, t))) {
             let next = to.map(|t| t.to_string_lossy());
             let links = Links {
                 next_file: next.as_deref(),
@@ -241,6 +242,16 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Whether `a` and `b` name one file: the same path, or two that exist with the same device
+/// and inode. A path that does not exist names no file yet, so it is not the same as another.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    id(a).is_some_and(|a| Some(a) == id(b))
 }
 
 fn append(

@@ -67,7 +67,8 @@ pub enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
         /// The policy file to take `admin.listen` from (that key alone is read; a file that
-        /// cannot be read leaves 127.0.0.1:9901, with a warning).
+        /// cannot be read, or holds more than one YAML document, leaves 127.0.0.1:9901, with a
+        /// warning).
         #[arg(long, env = "RAMPART_CONFIG")]
         config: Option<PathBuf>,
         /// Admin path to ask for: /healthz (serving) or /readyz (ready for traffic).

@@ -82,13 +82,10 @@ pub const MAX_POLICY_BYTES: u64 = 4 << 20;
 pub fn read_policy(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read the policy file: {e}");
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
-        return Err(format!(
-            "the policy file is {}, not a regular file",
-            kind_of(&meta.file_type())
-        ));
-    }
+    let meta = regular_file(path).map_err(|e| match e {
+        NotAFile::Unreadable(e) => cannot(e),
+        NotAFile::Is(kind) => format!("the policy file is {kind}, not a regular file"),
+    })?;
     let too_big = || {
         format!(
             "the policy file is larger than {} MiB, the most rampart reads",
@@ -107,6 +104,28 @@ pub fn read_policy(path: &Path) -> Result<Vec<u8>, String> {
         return Err(too_big());
     }
     Ok(bytes)
+}
+
+/// Why a path is not a file to read.
+#[derive(Debug)]
+pub enum NotAFile {
+    /// Nothing can be learned of it (missing, no permission).
+    Unreadable(std::io::Error),
+    /// Something other than a regular file is there: what, in words ("a FIFO (named pipe)").
+    Is(&'static str),
+}
+
+/// What is at `path` (symbolic links followed), when it is a regular file: a FIFO, a device,
+/// a socket or a directory is refused without being opened (opening a FIFO waits for a
+/// writer, and reading a device may never end). For every file rampart reads whole: the
+/// policy file, and the audit files `rampart audit verify` checks.
+pub fn regular_file(path: &Path) -> Result<std::fs::Metadata, NotAFile> {
+    let meta = std::fs::metadata(path).map_err(NotAFile::Unreadable)?;
+    if meta.is_file() {
+        Ok(meta)
+    } else {
+        Err(NotAFile::Is(kind_of(&meta.file_type())))
+    }
 }
 
 /// What a path that is not a regular file is, in words.
@@ -129,10 +148,16 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
 /// is looked at, so a file that fails validation (a typo a reload refused, while rampart
 /// serves the policy before it) still tells where the admin listener is. `Ok(None)` when the
 /// text gives none (the default applies); `Err` when the text cannot be read as YAML even
-/// around its `admin:` section, or the value is not an address.
+/// around its `admin:` section, holds more than one document (which one rampart serves, if
+/// any, cannot be told: it refuses such a file), or the value is not an address.
 pub fn admin_listen_of(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
     let path = locate::KeyPath::default().key("admin").key("listen");
     let mut doc = locate::Doc::parse(text);
+    if let Some((line, _)) = doc.second_document {
+        return Err(format!(
+            "line {line}: the file holds more than one YAML document (a second `---`); rampart reads one"
+        ));
+    }
     if let Some((at, _, m)) = &doc.syntax {
         // The rest of the file may be broken where `admin:` is not: read that section alone
         // (from a line `admin:` to the next line at the left margin).

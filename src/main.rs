@@ -121,6 +121,14 @@ fn audit_verify(
     let mut before: Option<(&std::path::Path, String)> = None;
     let mut last = None;
     for file in files {
+        // A FIFO would hold the read until a writer came, a device might never end it.
+        if let Err(rampart::config::NotAFile::Is(kind)) = rampart::config::regular_file(file) {
+            eprintln!(
+                "{}: is {kind}, not a regular file: an audit trail is a file rampart appended to",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {

@@ -220,6 +220,32 @@ fn a_change_of_file_is_recorded_in_both_and_links_them() {
     assert_eq!(log.failures.get(), 0);
 }
 
+/// A reload that names the trail's file by another spelling (a longer path, a symlink to it)
+/// does not move the trail: one entry, no `next_file` naming the file itself.
+#[test]
+fn another_spelling_of_the_same_file_is_no_move() {
+    let (dir, a, log) = trail();
+    std::fs::create_dir(dir.path().join("sub")).expect("a subdirectory");
+    let longer = dir.path().join("sub/../audit.jsonl");
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&a, &link).expect("a symlink");
+    let e = entry(Event::Reload, Source::Sighup, &[]);
+    log.record_change(Some(&a), Some(&longer), &e);
+    log.record_change(Some(&longer), Some(&link), &e);
+    let ls = lines(&a);
+    assert_eq!(ls.len(), 6, "one entry per reload: {ls:#?}");
+    for line in &ls[4..] {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(
+            v.get("next_file").is_none() && v.get("prev_file").is_none(),
+            "{v}"
+        );
+    }
+    assert_eq!(verify(&(ls.join("\n") + "\n")), Ok(6));
+    assert_eq!(log.head().map(|h| h.entries), Some(6));
+    assert_eq!(log.failures.get(), 0);
+}
+
 /// A first line that does not start at genesis verifies only if it names the file it
 /// continues: removing a file's first lines stays detectable.
 #[test]

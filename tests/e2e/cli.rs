@@ -424,6 +424,26 @@ async fn health_within_its_timeout_whatever_the_config_path_is() {
     assert!(err.contains("127.0.0.1:9901"), "{err}");
 }
 
+/// A policy file of two YAML documents (rampart refuses it) gives no `admin.listen` to trust:
+/// `health` warns, naming the second document, and probes the default. Before, it probed the
+/// default silently.
+#[tokio::test]
+async fn health_warns_of_a_policy_file_of_two_documents() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("two.yaml");
+    let text = format!("version: 1\n---\nadmin: {{ listen: {} }}\n", free_addr());
+    std::fs::write(&path, text).expect("write");
+    let path = path.display().to_string();
+    let out = rampart(&["health", "--config", &path, "--timeout", "300ms"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("warning: cannot take admin.listen from {path}"))
+            && err.contains("more than one YAML document"),
+        "{err}"
+    );
+    assert!(err.contains("127.0.0.1:9901"), "{err}");
+}
+
 /// A connection reset says so, and a silent admin says "timed out", not "Resource temporarily
 /// unavailable" (EAGAIN) nor "within 2s" for a reset that came at once.
 #[tokio::test]

@@ -150,6 +150,23 @@ fn a_start_refused_for_an_invalid_file_is_in_the_trail() {
     assert_eq!(code, Some(0), "{out}");
 }
 
+/// A path that is not a regular file is refused at once, saying what it is: a FIFO (before,
+/// `audit verify --file FIFO` waited for a writer for ever) and a device.
+#[tokio::test]
+async fn audit_verify_refuses_a_path_that_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = crate::support::fifo(dir.path()).display().to_string();
+    for (path, what) in [(fifo.as_str(), "a FIFO"), ("/dev/zero", "a device")] {
+        let out = crate::support::proxy::run(&["audit", "verify", "--file", path]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("{path}: is {what}")) && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+}
+
 /// Runs `rampart audit verify` with `args` after `verify`: (exit code, stdout + stderr).
 fn verify_with(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
     let out = Command::new(bin())

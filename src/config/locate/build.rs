@@ -27,6 +27,8 @@ struct Builder {
     too_deep: Option<Pos>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Of `nodes`, those that aliases added (an alias counts the whole node it repeats).
+    aliased: usize,
     too_big: Option<Pos>,
     /// The first merge key (`<<`) whose value is not a mapping nor a list of mappings: where
     /// that value is, and the key's path.
@@ -80,7 +82,13 @@ pub(super) fn parse(text: &str) -> Doc {
         Err(e) => doc.syntax = Some(syntax_error(text, &e, b.open_path())),
         Ok(()) if b.too_big.is_some() => {
             let at = b.too_big.unwrap_or((1, 1));
-            let m = format!("the file expands to more than {MAX_NODES} values through aliases");
+            // Only aliases can make a small file big; a file over the budget on its own
+            // values is told so, not that it expands.
+            let m = if b.aliased == 0 {
+                format!("the file has more than {MAX_NODES} values, the most rampart takes in one policy file")
+            } else {
+                format!("the file expands to more than {MAX_NODES} values through aliases")
+            };
             doc.syntax = Some((at, KeyPath::default(), m));
         }
         Ok(()) => {
@@ -219,6 +227,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
             }
             Event::Alias(id) => {
                 let node = self.anchors.get(&id).cloned().unwrap_or(Node::Gone(at));
+                self.aliased = self.aliased.saturating_add(node.size());
                 if self.count(node.size(), at) {
                     self.finish(node, 0);
                 }

@@ -647,6 +647,20 @@ fn a_route_to_its_own_listener_is_refused() {
     ok(&BASE.replace("127.0.0.1:3000", "10.0.0.9:8080"));
 }
 
+/// A plain file of more values than rampart takes is told it has too many, not that it
+/// expands through aliases it does not have.
+#[test]
+fn a_plain_file_over_the_value_budget_is_told_so_without_aliases() {
+    let tenants: Vec<String> = (0..100_500).map(|i| format!("t{i}")).collect();
+    let text = format!(
+        "version: 1\ntenants:\n  from: [ {{ header: x-tenant-id }} ]\n  plans:\n    plan_header: x-tenant-plan\n    assign: {{ pro: [{}] }}\n",
+        tenants.join(", ")
+    );
+    let e = one(&text);
+    assert!(e.message.contains("has more than 100000 values"), "{e:?}");
+    assert!(!e.message.contains("alias"), "{e:?}");
+}
+
 /// A few lines that alias (or merge, `<<: *x`) a node ten times over, level upon level, would
 /// grow into millions of values: such a file is refused at the node budget, whichever way it
 /// multiplies, before any of it is judged.

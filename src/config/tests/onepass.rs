@@ -654,4 +654,15 @@ fn admin_listen_is_read_alone_leniently() {
     assert_eq!(at("version: 1\nlisteners: []\n"), Ok(None));
     assert!(at("admin: { listen: localhost:9901 }\n").is_err());
     assert!(at("x: [\n").is_err());
+    // Two documents: which one gives the address cannot be told (rampart refuses the file).
+    for two in [
+        "version: 1\n---\nadmin: { listen: 127.0.0.1:9911 }\n",
+        "admin: { listen: 127.0.0.1:9911 }\n---\nversion: 1\n",
+    ] {
+        let e = at(two).expect_err(two);
+        assert!(
+            e.contains("line 2") && e.contains("more than one YAML document"),
+            "{e}"
+        );
+    }
 }
