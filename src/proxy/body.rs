@@ -266,6 +266,27 @@ pub fn whole_headers(rsp: &mut http::Response<Body>) {
     *rsp.body_mut() = body;
 }
 
+/// The answer to a HEAD request as it goes out: its headers as a GET's would be, no content
+/// (RFC 9110 §9.3.2). rampart's own body (an answer it made, a replayed or kept one) is
+/// dropped for an empty one, its size first written as `content-length` when the answer
+/// says none and the size is known, as the server would frame it for a GET. An upstream's
+/// answer is left as it is: the upstream clients read no content for HEAD (the HTTP/1.1 one
+/// ends the answer at its head, h2's refuses data), and dropping its body unfinished would
+/// cut its try. Only for HTTP/2: the lean server and hyper's HTTP/1 server send no body to
+/// HEAD themselves.
+pub fn for_head(rsp: &mut http::Response<Body>) {
+    let body = rsp.body();
+    if http_body::Body::is_end_stream(body) || body.counts_sent() {
+        return;
+    }
+    if let Some(len) = http_body::Body::size_hint(body).exact() {
+        rsp.headers_mut()
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(len));
+    }
+    *rsp.body_mut() = Body::Empty;
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
@@ -566,5 +587,30 @@ mod tests {
         assert_eq!((hint.lower(), hint.upper()), (16, Some(16)));
         let open = prefixed_hint(SizeHint::new(), 3);
         assert_eq!((open.lower(), open.upper()), (3, None));
+    }
+
+    /// A HEAD answer of rampart's own loses its content, keeps its headers and says the
+    /// length a GET's would; one that states its length keeps that; an empty one is as it was.
+    #[test]
+    fn a_head_answer_keeps_its_headers_and_its_length_not_its_content() {
+        let mut rsp = http::Response::new(Body::full(&b"{\"error\":\"x\"}"[..]));
+        rsp.headers_mut()
+            .insert("x-rampart-reason", http::HeaderValue::from_static("x"));
+        for_head(&mut rsp);
+        assert!(matches!(rsp.body(), Body::Empty));
+        assert_eq!(rsp.headers()["content-length"], "13");
+        assert_eq!(rsp.headers()["x-rampart-reason"], "x");
+
+        let mut stated = http::Response::new(Body::full(&b"abc"[..]));
+        stated
+            .headers_mut()
+            .insert("content-length", http::HeaderValue::from_static("3"));
+        for_head(&mut stated);
+        assert!(matches!(stated.body(), Body::Empty));
+        assert_eq!(stated.headers().get_all("content-length").iter().count(), 1);
+
+        let mut empty = http::Response::new(Body::Empty);
+        for_head(&mut empty);
+        assert!(empty.headers().get("content-length").is_none());
     }
 }

@@ -919,7 +919,11 @@ async fn serve_hyper<I>(
             // Its answers' bodies tell each stream's watch when they wait for the window.
             let each = svc(None, streams.clone());
             let answering = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                Answering(hyper::service::Service::call(&each, req))
+                let head = req.method() == http::Method::HEAD;
+                Answering {
+                    call: hyper::service::Service::call(&each, req),
+                    head,
+                }
             });
             let conn = lst
                 .server

@@ -49,7 +49,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 pub use super::bind::SEND_STALL;
-use super::body::Body;
+use super::body::{for_head, Body};
 use crate::error::BoxError;
 
 /// What an [`Answer`]'s last poll on this thread gave (see the module doc).
@@ -201,8 +201,15 @@ impl Drop for Answer {
 }
 
 /// A request's future on rampart's HTTP/2 server, its answer given an [`Answer`] body.
+/// `head`: the request is HEAD, whose answer goes without its content ([`for_head`]): hyper's
+/// HTTP/2 server, unlike its HTTP/1 one and the lean server, sends whatever body it is given.
 #[derive(Debug)]
-pub struct Answering<F>(pub F);
+pub struct Answering<F> {
+    /// The request path's future.
+    pub call: F,
+    /// The request is HEAD.
+    pub head: bool,
+}
 
 impl<F, E> Future for Answering<F>
 where
@@ -211,9 +218,15 @@ where
     type Output = Result<http::Response<Answer>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.map(|rsp| rsp.map(Answer)))
+        let head = self.head;
+        Pin::new(&mut self.call).poll(cx).map(|r| {
+            r.map(|mut rsp| {
+                if head {
+                    for_head(&mut rsp);
+                }
+                rsp.map(Answer)
+            })
+        })
     }
 }
 

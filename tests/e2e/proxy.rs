@@ -48,6 +48,83 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(app.hits_for("/ok"), 1);
 }
 
+/// Routes for [`head_over_h2_is_answered_without_content`]: one rate limited (one request an
+/// hour), one to a dead endpoint, one to the sample; any other path has no route.
+const HEAD_ROUTES: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+  dead: { endpoints: [$DEAD] }
+policies:
+  limited:
+    rate_limit:
+      total: { rate: 1/h, burst: 1 }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { match: { path_prefix: /ok }, upstream: app, policy: limited }
+      - { match: { path_prefix: /dead }, upstream: dead }
+      - { match: { path_prefix: /bytes }, upstream: app }
+"#;
+
+/// An answer to HEAD over HTTP/2 has no content (RFC 9110 §9.3.2): rampart's own (429, 502,
+/// 404) end the stream with their HEADERS, which still say the length a GET's body would
+/// have; an HTTP/2 client (h2, nghttp2) resets a stream that carries data and sees no status.
+/// An upstream's answer to HEAD keeps the upstream's length.
+#[tokio::test]
+async fn head_over_h2_is_answered_without_content() {
+    let app = sample().await;
+    let dead = crate::support::Closed::new();
+    let proxy = Proxy::builder(HEAD_ROUTES)
+        .var("APP", app.addr())
+        .var("DEAD", dead.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    let fine = http::h2_head(addr, "/bytes/1000", &[]).await;
+    assert_eq!(fine.status, 200, "{fine:?}");
+    assert_eq!(fine.headers["content-length"], "1000", "{fine:?}");
+    assert!(fine.ended_at_head, "{fine:?}");
+    assert!(fine.body.as_ref().is_ok_and(|b| b.is_empty()), "{fine:?}");
+
+    let first = http::h2_head(addr, "/ok", &[]).await;
+    assert_eq!(first.status, 200, "the burst's one request: {first:?}");
+    for (path, status, reason) in [
+        ("/ok", 429, "rate_limited"),
+        ("/dead", 502, "upstream_unavailable"),
+        ("/nowhere", 404, "no_route"),
+    ] {
+        let own = http::h2_head(addr, path, &[]).await;
+        assert_eq!(own.status, status, "{path}: {own:?}");
+        assert_eq!(own.headers["x-rampart-reason"], reason, "{path}: {own:?}");
+        let len: u64 = own.headers["content-length"]
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: a GET's length: {own:?}"));
+        assert!(
+            len > 0,
+            "{path}: the length of the JSON a GET gets: {own:?}"
+        );
+        assert!(own.ended_at_head, "{path}: HEADERS end the stream: {own:?}");
+        assert!(
+            own.body.as_ref().is_ok_and(|b| b.is_empty()),
+            "{path}: no content, no stream error: {own:?}"
+        );
+    }
+    // The length a HEAD is told is the one a GET gets.
+    let got = http::h2_get(addr, "/nowhere", &[]).await;
+    let told = http::h2_head(addr, "/nowhere", &[]).await;
+    assert_eq!(
+        got.headers.get("content-length"),
+        told.headers.get("content-length")
+    );
+}
+
 #[tokio::test]
 async fn forwarding_headers_added_when_absent_request_id_kept() {
     let app = sample().await;

@@ -36,7 +36,9 @@ struct Seen {
 /// `grpc-status: 0` (`/grpc/sized` too, with a `content-length`; `/grpc/announced` with
 /// `trailer: grpc-status`), `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
 /// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), `/bytes/N` N bytes (as fast as
-/// flow control lets them go), anything else 200 `ok`.
+/// flow control lets them go), anything else 200 `ok`. HEAD of `/bytes/N` gets the length N and
+/// no content (its stream ended by an empty DATA frame, as hyper ends a body it cannot tell
+/// is empty).
 struct H2Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -184,6 +186,13 @@ async fn answer(
         _ => (StatusCode::OK, vec![data("ok")]),
     };
     let body = match parts.uri.path() {
+        path if parts.method == ::http::Method::HEAD && path.starts_with("/bytes/") => {
+            let mut rsp = Response::new(Served::Frames(Frames(Default::default())));
+            let len = &path["/bytes/".len()..];
+            rsp.headers_mut()
+                .insert("content-length", len.parse().expect("/bytes/N"));
+            return rsp;
+        }
         "/trailed/hang" => Served::Hang {
             sent: false,
             let_go,
@@ -432,6 +441,21 @@ async fn grpc_calls_reach_an_h2c_upstream_with_their_trailers_on_one_connection(
         assert!(s.headers.contains_key("x-request-id"), "{:?}", s.headers);
         assert!(!s.headers.contains_key("host"), "{:?}", s.headers);
     }
+}
+
+/// An HTTP/2 upstream's answer to HEAD reaches an HTTP/2 client as the upstream gave it: its
+/// length, no content, no stream error (rampart empties only the bodies of its own answers
+/// to HEAD, `body::for_head`).
+#[tokio::test]
+async fn an_h2_upstreams_answer_to_head_keeps_its_length() {
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let rsp = http::h2_head(proxy.listener("inbound"), "/bytes/5000", &[]).await;
+    assert_eq!(rsp.status, StatusCode::OK, "{rsp:?}");
+    assert_eq!(rsp.headers["content-length"], "5000", "{rsp:?}");
+    assert!(rsp.headers.get("x-rampart-reason").is_none(), "{rsp:?}");
+    assert!(rsp.body.as_ref().is_ok_and(|b| b.is_empty()), "{rsp:?}");
+    assert_eq!(up.seen().len(), 1);
 }
 
 /// An HTTP/2 upstream's trailers reach the client without the fields that have no place in

@@ -202,6 +202,44 @@ pub async fn h2_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> R
         .unwrap_or_else(|e| panic!("h2c GET http://{addr}{path} must be answered: {e}"))
 }
 
+/// An answer to HEAD over h2c, as an HTTP/2 client reads it.
+#[derive(Debug)]
+pub struct Headed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// Whether its HEADERS frame ended the stream.
+    pub ended_at_head: bool,
+    /// Its body read to the end: the bytes, or the error the client's stream broke with
+    /// (h2 refuses any data on an answer to HEAD).
+    pub body: Result<Bytes, hyper::Error>,
+}
+
+/// HEAD over HTTP/2 with prior knowledge (h2c) on a fresh connection.
+pub async fn h2_head(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Headed {
+    let call = async {
+        let mut send = h2c(addr).await;
+        let mut req = Request::head(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let rsp = send.send_request(req.body(empty())?).await?;
+        let ended_at_head = rsp.body().is_end_stream();
+        let (parts, body) = rsp.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes());
+        Ok::<_, BoxError>(Headed {
+            status: parts.status,
+            headers: parts.headers,
+            ended_at_head,
+            body,
+        })
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(BoxError::from)
+        .and_then(|r| r)
+        .unwrap_or_else(|e| panic!("h2c HEAD http://{addr}{path} must be answered: {e}"))
+}
+
 // === impl Resp ===
 
 impl Resp {
