@@ -349,10 +349,16 @@ impl Identify {
             }
         }
         let header = self.plan_header.as_ref().filter(|_| trust_header);
-        if let Some(v) = header.and_then(|h| headers.get(h)) {
-            match self.named_plan(v.as_bytes()) {
-                Some(p) => return Some(p),
-                None => self.unplanned(v),
+        if let Some(h) = header {
+            let mut lines = headers.get_all(h).iter();
+            if let Some(v) = lines.next() {
+                // Lines that disagree name no plan: which one the sender meant is not known
+                // (as two tenant lines are refused). The same value repeated names it.
+                let agreed = lines.all(|o| o == v);
+                match self.named_plan(v.as_bytes()).filter(|_| agreed) {
+                    Some(p) => return Some(p),
+                    None => self.unplanned(v),
+                }
             }
         }
         if self.assign.is_empty() {
@@ -381,7 +387,7 @@ impl Identify {
                 header = self.plan_header.as_ref().map_or("", HeaderName::as_str),
                 plan = ?shown,
                 requests = n,
-                "a trusted plan_header names no plan of rate_limit.plans; the tenant's plan comes from tenants.plans.assign (requests: how many since the last warning)"
+                "a trusted plan_header names no plan of rate_limit.plans (or its lines disagree); the tenant's plan comes from tenants.plans.assign (requests: how many since the last warning)"
             );
         }
     }
@@ -1299,6 +1305,12 @@ x-evil: 1",
                 "{unknown:?}: assign's"
             );
         }
+        // Two lines that disagree name no plan; the same plan twice names it.
+        let t = TenantId::Header(HeaderValue::from_static("initech"));
+        let h = sent(&[("x-tenant-plan", "pro"), ("x-tenant-plan", "a")]);
+        assert_eq!(r.plan(&t, &h, true), Some("gold"), "assign's");
+        let h = sent(&[("x-tenant-plan", "pro"), ("x-tenant-plan", "pro")]);
+        assert_eq!(r.plan(&t, &h, true), Some("pro"));
         // Many in a row: each falls through alike (the warning is said once per period).
         for _ in 0..100 {
             assert_eq!(plan("hooli", Some("platinum"), true), None);
