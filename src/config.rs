@@ -124,23 +124,7 @@ pub fn regular_file(path: &Path) -> Result<std::fs::Metadata, NotAFile> {
     if meta.is_file() {
         Ok(meta)
     } else {
-        Err(NotAFile::Is(kind_of(&meta.file_type())))
-    }
-}
-
-/// What a path that is not a regular file is, in words.
-fn kind_of(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "something other than a file"
+        Err(NotAFile::Is(crate::logfile::kind(&meta)))
     }
 }
 

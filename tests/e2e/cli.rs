@@ -485,7 +485,10 @@ async fn health_says_what_happened_to_the_probe() {
 async fn validate_refuses_a_policy_path_that_is_not_a_regular_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fifo = crate::support::fifo(dir.path()).display().to_string();
-    for (path, what) in [(fifo.as_str(), "a FIFO"), ("/dev/null", "a device")] {
+    for (path, what) in [
+        (fifo.as_str(), "a FIFO"),
+        ("/dev/null", "a character device"),
+    ] {
         let out = rampart(&["validate", "--config", path]).await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");

@@ -156,7 +156,10 @@ fn a_start_refused_for_an_invalid_file_is_in_the_trail() {
 async fn audit_verify_refuses_a_path_that_is_not_a_regular_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fifo = crate::support::fifo(dir.path()).display().to_string();
-    for (path, what) in [(fifo.as_str(), "a FIFO"), ("/dev/zero", "a device")] {
+    for (path, what) in [
+        (fifo.as_str(), "a FIFO"),
+        ("/dev/zero", "a character device"),
+    ] {
         let out = crate::support::proxy::run(&["audit", "verify", "--file", path]).await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
