@@ -418,17 +418,6 @@ fn read_tail(file: &File, len: u64) -> std::io::Result<Tail> {
     Ok(Tail { last, torn_at })
 }
 
-/// The sha256 of the last non-empty line of `file` ([`GENESIS`] if none), and whether the file
-/// lacks its final newline. Reads at most its last [`TAIL_READ`] bytes.
-#[cfg(test)]
-fn last_line_hash(file: &File) -> std::io::Result<(String, bool)> {
-    let tail = read_tail(file, file.metadata()?.len())?;
-    Ok((
-        tail.last.unwrap_or_else(|| GENESIS.to_string()),
-        tail.torn_at.is_some(),
-    ))
-}
-
 /// Newlines in the first `len` bytes of `file`: its entries, for [`Head::entries`].
 fn count_lines(file: &File, len: u64) -> std::io::Result<u64> {
     let mut buf = vec![0; TAIL_READ as usize];

@@ -46,6 +46,13 @@ pub const OTHER_LABEL: &str = "_other";
 /// Most bytes of a refused plan header a warning shows.
 const SHOWN_PLAN: usize = 40;
 
+/// The plan of `plans` (those some policy gives limits to) that `value` is, byte for byte: the
+/// one test of what a token's `plan_claim` and a trusted `plan_header` may name. A few plans
+/// at most, so a scan.
+pub(crate) fn configured_plan<'a>(plans: &'a [Box<str>], value: &[u8]) -> Option<&'a str> {
+    plans.iter().map(|p| &**p).find(|p| p.as_bytes() == value)
+}
+
 /// A request's tenant, borrowed from the request where possible (no allocation).
 #[derive(Clone, Debug)]
 pub enum TenantId {
@@ -80,7 +87,7 @@ pub struct Identify {
     fallback: Option<Arc<str>>,
     /// `tenants.plans.plan_header`.
     plan_header: Option<http::HeaderName>,
-    /// The plans some policy gives limits to ([`configured_plans`]), in byte order: the only
+    /// The plans some policy gives limits to ([`configured_plans`]): the only
     /// ones a trusted `plan_header` (or a token's `plan_claim`) may name. The same list the
     /// `jwt` sources share.
     plans: Arc<[Box<str>]>,
@@ -218,7 +225,6 @@ impl Identify {
         prev: Option<&Identify>,
         wall: &WallClock,
     ) -> Self {
-        // In byte order (a `BTreeSet` of `str`), for `Identify::named_plan`'s binary search.
         let known: Arc<[Box<str>]> = plans.iter().map(|&p| Box::from(p)).collect();
         let prev_jwt = |c| {
             prev?.sources.iter().find_map(|s| match s {
@@ -335,7 +341,7 @@ impl Identify {
     /// byte for byte, a plan some policy gives limits to. Any other value (`platinum` that no
     /// policy has, `Gold`, ` gold`, empty) names none, the plan comes from `assign`, and
     /// rampart warns at most every [`WARN_EVERY`] with how many requests since. The test is a
-    /// binary search of the generation's plans; the header's line itself is left to
+    /// look-up in the generation's plans ([`configured_plan`], as a token's claim); the header's line itself is left to
     /// [`Identify::vouch`] (a trusted one passes as sent).
     pub fn plan<'a>(
         &'a self,
@@ -355,7 +361,7 @@ impl Identify {
                 // Lines that disagree name no plan: which one the sender meant is not known
                 // (as two tenant lines are refused). The same value repeated names it.
                 let agreed = lines.all(|o| o == v);
-                match self.named_plan(v.as_bytes()).filter(|_| agreed) {
+                match configured_plan(&self.plans, v.as_bytes()).filter(|_| agreed) {
                     Some(p) => return Some(p),
                     None => self.unplanned(v),
                 }
@@ -365,15 +371,6 @@ impl Identify {
             return None;
         }
         self.assign.get(tenant.as_str()).map(|p| &**p)
-    }
-
-    /// The configured plan `value` is, exactly.
-    fn named_plan(&self, value: &[u8]) -> Option<&str> {
-        let at = self
-            .plans
-            .binary_search_by(|p| p.as_bytes().cmp(value))
-            .ok()?;
-        Some(&self.plans[at])
     }
 
     /// Notes a trusted plan header that names no configured plan, and warns when due.

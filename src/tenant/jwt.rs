@@ -233,7 +233,10 @@ impl Jwt {
     /// (a trusted `plan_header`, `assign`), and the upstream is not told the claim.
     fn plan<'c>(&self, claims: &'c Value, path: &[String]) -> Option<&'c str> {
         let v = path.iter().try_fold(claims, |v, step| v.get(step))?;
-        if let Some(p) = v.as_str().filter(|p| self.plans.iter().any(|k| **k == **p)) {
+        if let Some(p) = v
+            .as_str()
+            .filter(|p| super::configured_plan(&self.plans, p.as_bytes()).is_some())
+        {
             return Some(p);
         }
         let since = self.unplanned.lock().note(1, tokio::time::Instant::now());
