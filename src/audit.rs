@@ -41,7 +41,7 @@ use crate::logfile::Use;
 
 mod verify;
 
-pub use verify::{check, verify, Broken, Checked};
+pub use verify::{check, verify, verify_files, Broken, Checked};
 
 /// `prev` of the first line: the sha256 of the empty string.
 pub const GENESIS: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

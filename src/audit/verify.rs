@@ -1,5 +1,8 @@
 //! `rampart audit verify`: walks the chain and names the first broken line.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use super::{sha256_hex, GENESIS};
 
 /// The suffix every line ends with: `,"hash":"` + 64 hex digits + `"}`.
@@ -76,6 +79,157 @@ pub fn check(text: &str) -> Result<Checked, Broken> {
         checked.entries += 1;
     }
     Ok(checked)
+}
+
+/// `rampart audit verify`: checks `files`, oldest first, as one trail, then the last one's
+/// count and head against `expect_count` and `expect_head`. Says what it found on `out` (the
+/// count and head of each file) and what does not hold on `err`. `true` when all holds (exit
+/// 0); `false` at the first broken line, the first link between two files that does not
+/// hold, or an expected head or count that differs (exit 1).
+pub fn verify_files(
+    files: &[PathBuf],
+    expect_head: Option<&str>,
+    expect_count: Option<u64>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> bool {
+    // The head of the file before, to check the next file's first line against.
+    let mut before: Option<(&Path, String)> = None;
+    let mut last = None;
+    for file in files {
+        let Some(checked) = check_file(file, out, err) else {
+            return false;
+        };
+        if !links_to(file, &checked, before.as_ref(), out, err) {
+            return false;
+        }
+        if checked.entries > 0 || before.is_none() {
+            before = Some((file.as_path(), checked.head.clone()));
+        }
+        last = Some((file.as_path(), checked));
+    }
+    let Some((file, checked)) = last else {
+        return false;
+    };
+    // Both are said when both differ.
+    let count = count_is(file, &checked, expect_count, err);
+    let head = head_is(file, &checked, expect_head, err);
+    count && head
+}
+
+/// Reads and checks one file; says its count and head, or why it is not a trail.
+fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<Checked> {
+    // A FIFO would hold the read until a writer came, a device might never end it.
+    if let Err(crate::config::NotAFile::Is(kind)) = crate::config::regular_file(file) {
+        let _ = writeln!(
+            err,
+            "{}: is {kind}, not a regular file: an audit trail is a file rampart appended to",
+            file.display()
+        );
+        return None;
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(err, "{}: cannot read: {e}", file.display());
+            return None;
+        }
+    };
+    let checked = match check(&text) {
+        Ok(c) => c,
+        Err(broken) => {
+            let _ = writeln!(err, "{}: chain broken at {broken}", file.display());
+            return None;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "{}: ok, {} entries, chain intact, head {}",
+        file.display(),
+        checked.entries,
+        checked.head
+    );
+    Some(checked)
+}
+
+/// Whether `file`'s first line continues `before` (the path and head of the file given before
+/// it, if any); with none, says which head the file continues, when it continues one.
+fn links_to(
+    file: &Path,
+    checked: &Checked,
+    before: Option<&(&Path, String)>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> bool {
+    if let Some((prev_file, head)) = before {
+        let first = match &checked.continues {
+            Some((prev, _)) => prev.as_str(),
+            None if checked.entries == 0 => head.as_str(),
+            None => GENESIS,
+        };
+        if first != head {
+            let _ = writeln!(
+                err,
+                "{}: line 1 does not continue {} (its prev is {first}, that file's head is {head}): entries between them are missing, or the files are not of one trail",
+                file.display(),
+                prev_file.display()
+            );
+            return false;
+        }
+    } else if let Some((prev, prev_file)) = &checked.continues {
+        let _ = writeln!(
+            out,
+            "{}: line 1 continues the trail last written to {prev_file}, whose head was {prev}; give that file first (--file OLD --file {}) to check the link",
+            file.display(),
+            file.display()
+        );
+    }
+    true
+}
+
+/// Whether the last file holds `want` entries (when given); says why not.
+fn count_is(file: &Path, checked: &Checked, want: Option<u64>, err: &mut dyn Write) -> bool {
+    let Some(want) = want else { return true };
+    let n = checked.entries as u64;
+    if n == want {
+        return true;
+    }
+    let why = if n < want {
+        "entries were cut from its end (or it is another file)"
+    } else {
+        "entries were added since the count was recorded"
+    };
+    let _ = writeln!(
+        err,
+        "{}: {} entries, {want} expected: {why}",
+        file.display(),
+        checked.entries
+    );
+    false
+}
+
+/// Whether the last file's head is `want` (when given); says where `want` is if not last.
+fn head_is(file: &Path, checked: &Checked, want: Option<&str>, err: &mut dyn Write) -> bool {
+    let Some(want) = want else { return true };
+    let lower = want.to_ascii_lowercase();
+    if checked.head == lower {
+        return true;
+    }
+    let why = match checked.hashes.iter().position(|h| *h == lower) {
+        Some(i) => format!(
+            "the expected head is line {}, and {} entries follow it (written since it was recorded)",
+            i + 1,
+            checked.entries - i - 1
+        ),
+        None => "the expected head is not in the file: entries were cut from its end, or it is another trail".into(),
+    };
+    let _ = writeln!(
+        err,
+        "{}: head is {}, {want} expected: {why}",
+        file.display(),
+        checked.head
+    );
+    false
 }
 
 /// What a line says of the line before it.
