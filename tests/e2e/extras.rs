@@ -414,6 +414,52 @@ async fn a_torn_last_line_is_warned_of_and_the_next_entry_starts_its_own_line() 
     assert_eq!(next["event"], "start", "{text}");
 }
 
+/// A crash mid-write, then a restart: the torn line the crash left is chained to by the next
+/// entry (its `prev` is the torn line's hash), so `verify` accepts the trail, warning of the
+/// torn line by number, and `/state` counts it apart from the entries. The same trail with the
+/// torn line's bytes changed afterwards (or put there by hand) does not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_line_the_next_entry_chains_to_verifies_with_a_warning_and_counts_apart() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let start = || {
+        Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+            .var("APP", app.addr())
+            .var("AUDIT", trail.display())
+            .spawn()
+    };
+    let mut proxy = start().await;
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let torn = "{\"time\":\"2026-12-01T00:00:00.000Z\",\"event\":\"rel";
+    let mut text = std::fs::read_to_string(&trail).expect("the trail");
+    text.push_str(torn);
+    std::fs::write(&trail, &text).expect("append the torn line");
+
+    let mut proxy = start().await;
+    let state = http::get(proxy.admin(), "/state", &[]).await.json();
+    assert_eq!(
+        (&state["audit"]["entries"], &state["audit"]["torn"]),
+        (&3.into(), &1.into()),
+        "{state}"
+    );
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok, 4 entries and 1 torn line"), "{out}");
+    assert!(out.contains("warning: line 3 is torn"), "{out}");
+
+    let text = std::fs::read_to_string(&trail).expect("the trail");
+    let tampered = text.replacen(&format!("{torn}\n"), &format!("{torn}x\n"), 1);
+    assert_ne!(tampered, text);
+    std::fs::write(&trail, tampered).expect("rewrite");
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("chain broken at line 3"), "{out}");
+}
+
 /// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
 fn with_policy(policy: &str) -> String {
     format!(
