@@ -207,14 +207,15 @@ impl AuditLog {
     /// logged and counted.
     pub fn record(&self, path: Option<&Path>, entry: &Entry) {
         let Some(path) = path else { return };
-        self.write(path, entry, Links::default());
+        self.write(path, entry, Links::default(), true);
     }
 
     /// Records `entry`, a change of config that moved the trail from `from` (the `audit.file`
     /// in force before) to `to` (the new one's): in `from` first, naming `to` (`next_file`) or
     /// saying auditing stops (`auditing: "off"`), then in `to`. When both name the same file
     /// (the same path, or another spelling of it: relative, through a symlink) it is
-    /// [`AuditLog::record`].
+    /// [`AuditLog::record`]. A `from` that no longer exists (removed since) is not made again
+    /// for its closing entry: that is warned of, and the entry goes to `to` only.
     pub fn record_change(&self, from: Option<&Path>, to: Option<&Path>, entry: &Entry) {
         if let Some(from) = from.filter(|f| !to.is_some_and(|t| same_file(f, t))) {
             let next = to.map(|t| t.to_string_lossy());
@@ -223,7 +224,7 @@ impl AuditLog {
                 off: to.is_none(),
                 ..Links::default()
             };
-            self.write(from, entry, links);
+            self.write(from, entry, links, false);
         }
         self.record(to, entry);
     }
@@ -234,9 +235,10 @@ impl AuditLog {
         self.state.lock().written.clone()
     }
 
-    fn write(&self, path: &Path, entry: &Entry, links: Links<'_>) {
+    /// Appends `entry` to `path`, creating the file if `create`.
+    fn write(&self, path: &Path, entry: &Entry, links: Links<'_>, create: bool) {
         let mut state = self.state.lock();
-        match append(&mut state, path, entry, links, SystemTime::now()) {
+        match append(&mut state, path, entry, links, create, SystemTime::now()) {
             Ok(head) => tracing::info!(
                 file = %path.display(),
                 head = %head.head,
@@ -244,6 +246,17 @@ impl AuditLog {
                 torn = head.torn,
                 "audit entry written"
             ),
+            // The trail leaves a file someone removed: making an empty one only to close it
+            // would leave a file that continues nothing and that nothing continues.
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => {
+                state.open = None;
+                tracing::warn!(
+                    file = %path.display(),
+                    next_file = links.next_file.unwrap_or_default(),
+                    auditing_off = links.off,
+                    "the audit file the trail leaves is gone (removed since it was written): its closing entry is not written and the file is not made again"
+                );
+            }
             Err(e) => {
                 state.open = None;
                 self.failures.inc();
@@ -268,6 +281,7 @@ fn append(
     path: &Path,
     entry: &Entry,
     links: Links<'_>,
+    create: bool,
     now: SystemTime,
 ) -> std::io::Result<Head> {
     let current = state
@@ -276,7 +290,7 @@ fn append(
         .is_some_and(|o| o.path == path && o.still_at_path());
     if !current {
         state.open = None;
-        state.open = Some(Open::at(path, state.written.as_ref())?);
+        state.open = Some(Open::at(path, state.written.as_ref(), create)?);
     }
     let Some(o) = state.open.as_mut() else {
         return Err(std::io::Error::other("no audit file open"));
@@ -352,12 +366,12 @@ pub fn chain_line_linked(entry: &Entry, prev: &str, links: Links<'_>, now: Syste
 // === impl Open ===
 
 impl Open {
-    /// Opens `path` for append (creating it), counts its entries and torn lines and finds the
+    /// Opens `path` for append (creating it if `create`), counts its entries and torn lines and finds the
     /// hash of its last line. Never waits: a FIFO or a device in the file's place is refused
     /// (`crate::logfile`), so a FIFO cannot hold the start and `/dev/zero` cannot be read for
     /// ever. `written` is the last entry this process wrote, to say how the file continues it.
-    fn at(path: &Path, written: Option<&Head>) -> std::io::Result<Open> {
-        let mut file = crate::logfile::open(path, Use::ReadAppend, true)?;
+    fn at(path: &Path, written: Option<&Head>, create: bool) -> std::io::Result<Open> {
+        let mut file = crate::logfile::open(path, Use::ReadAppend, create)?;
         let meta = file.metadata()?;
         let tail = read_tail(&file, meta.len())?;
         let mut end = meta.len();

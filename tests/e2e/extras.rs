@@ -278,6 +278,50 @@ async fn turning_auditing_off_or_moving_its_file_is_recorded_in_the_trail_it_lea
     proxy.wait_exit(Duration::from_secs(10)).await;
 }
 
+/// A reload that moves the trail away from a file someone removed meanwhile does not make the
+/// old file again to write its closing entry there: it warns, writes the entry to the new
+/// file only (which still names the removed file as `prev_file`), and counts no write
+/// failure; so too a reload that turns auditing off after its file was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_a_removed_audit_file_does_not_make_it_again() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let mut proxy = Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+        .var("APP", app.addr())
+        .var("AUDIT", a.display())
+        .var("AUDIT_B", b.display())
+        .spawn()
+        .await;
+    std::fs::remove_file(&a).expect("remove the trail");
+    proxy.rewrite_config(&one_route("audit: { file: $AUDIT_B }"));
+    reload_to(&proxy, 1.0).await;
+    assert!(!a.exists(), "the removed file must not be made again");
+    let new = entries(&b);
+    assert_eq!(new.len(), 1, "{new:#?}");
+    assert_eq!(new[0]["event"], "reload", "{new:#?}");
+    assert_eq!(new[0]["prev_file"], a.display().to_string(), "{new:#?}");
+
+    std::fs::remove_file(&b).expect("remove the second trail");
+    proxy.rewrite_config(&one_route(""));
+    reload_to(&proxy, 2.0).await;
+    assert!(!b.exists(), "the removed file must not be made again");
+    let warned = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("the audit file the trail leaves is gone") && l.contains("WARN"))
+        .count();
+    assert_eq!(warned, 2, "log:\n{}", proxy.log());
+    let failures = metric_value(
+        &metrics(proxy.admin()).await,
+        "rampart_audit_write_failures_total",
+        &[],
+    );
+    assert_eq!(failures, Some(0.0));
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+}
+
 /// `mv audit.jsonl audit.rot` and a reload: the entry goes to a new `audit.jsonl`, as the
 /// access log's lines do, not to the renamed file; its first line continues the rotated file's
 /// chain, so `verify --file audit.rot --file audit.jsonl` checks both as one.
