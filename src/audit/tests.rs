@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use std::io::Write as _;
 
-use super::verify::check_bytes;
+use super::verify::{check_bytes, check_reader};
 use super::*;
 
 fn entry(event: Event, source: Source, errors: &[&str]) -> Entry {
@@ -192,6 +192,35 @@ fn only_the_tail_of_a_long_trail_is_read() {
         Some(sha256_hex(before[3].as_bytes()).as_str())
     );
     assert!(!torn);
+    // Counted in blocks, the junk line across three of them: four entries, one torn line.
+    assert_eq!(count_lines(&file, len).expect("count"), (4, 1));
+}
+
+/// `verify` reads a line at a time: read through a buffer far shorter than a line, with torn
+/// lines, a line cut inside a character and a file without its last newline, it finds what
+/// it finds in the whole text; and a lone newline is no line.
+#[test]
+fn verify_read_a_line_at_a_time_finds_what_it_finds_in_the_whole_text() {
+    let (_dir, path, log) = trail();
+    tear(&path, Cut::InACharacter);
+    log.record(Some(&path), &entry(Event::Reload, Source::Sighup, &[]));
+    tear(&path, Cut::AfterPrev);
+    log.record(Some(&path), &entry(Event::Shutdown, Source::Sigterm, &[]));
+    let whole = std::fs::read(&path).expect("readable");
+    let small = |bytes: &[u8]| {
+        check_reader(std::io::BufReader::with_capacity(7, bytes)).expect("a slice reads")
+    };
+    let checked = small(&whole).expect("intact");
+    assert_eq!((checked.entries, &checked.torn), (6, &vec![5, 7]));
+    assert_eq!(Ok(checked), check_bytes(&whole));
+    let unended = &whole[..whole.len() - 1];
+    assert_eq!(small(unended), check_bytes(&whole));
+    let mut ls: Vec<&[u8]> = whole.split(|b| *b == b'\n').collect();
+    ls.remove(2);
+    let cut = ls.join(&b'\n');
+    assert_eq!(small(&cut).map_err(|b| b.line), Err(3));
+    assert_eq!(small(b"\n").map(|c| c.entries), Ok(0));
+    assert_eq!(small(b"\n\n").map_err(|b| b.line), Err(1));
 }
 
 /// A reload that moves the trail writes its entry to the old file naming the new one, then to
@@ -304,7 +333,13 @@ fn tear(path: &Path, cut: Cut) -> String {
             Source::Sighup,
             &["ünïcode: cut inside a character?"],
         ),
-        &sha256_hex(lines(path).last().expect("a last line").as_bytes()),
+        &sha256_hex(
+            std::fs::read(path)
+                .expect("the trail must be readable")
+                .split(|b| *b == b'\n')
+                .rfind(|l| !l.is_empty())
+                .expect("a last line"),
+        ),
         SystemTime::now(),
     );
     let prev = whole.find(",\"prev\":\"").expect("a prev member");

@@ -1,6 +1,6 @@
 //! `rampart audit verify`: walks the chain and names the first broken line.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use super::{sha256_hex, GENESIS};
@@ -70,14 +70,38 @@ pub fn check(text: &str) -> Result<Checked, Broken> {
 
 /// [`check`] on bytes: a torn line may end inside a character.
 pub(super) fn check_bytes(bytes: &[u8]) -> Result<Checked, Broken> {
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    match check_reader(bytes) {
+        Ok(checked) => checked,
+        // Reading a slice cannot fail.
+        Err(e) => Err(Broken {
+            line: 0,
+            problem: e.to_string(),
+        }),
+    }
+}
+
+/// [`check`] on what `r` reads, a line at a time: memory holds one line, not the file.
+pub(super) fn check_reader(mut r: impl BufRead) -> std::io::Result<Result<Checked, Broken>> {
     let mut walk = Walk::default();
-    if !body.is_empty() {
-        for line in body.split(|b| *b == b'\n') {
-            walk.line(line)?;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let ended = line.last() == Some(&b'\n');
+        if ended {
+            line.pop();
+        }
+        // A file that is one newline holds no line, as an empty one holds none.
+        if walk.lines == 0 && ended && line.is_empty() && r.fill_buf()?.is_empty() {
+            break;
+        }
+        if let Err(broken) = walk.line(&line) {
+            return Ok(Err(broken));
         }
     }
-    walk.end()
+    Ok(walk.end())
 }
 
 /// The chain walked so far: [`check`] one line at a time.
@@ -233,16 +257,14 @@ fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<C
         );
         return None;
     }
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
+    let read = std::fs::File::open(file).and_then(|f| check_reader(std::io::BufReader::new(f)));
+    let checked = match read {
+        Ok(Ok(c)) => c,
         Err(e) => {
             let _ = writeln!(err, "{}: cannot read: {e}", file.display());
             return None;
         }
-    };
-    let checked = match check_bytes(&bytes) {
-        Ok(c) => c,
-        Err(broken) => {
+        Ok(Err(broken)) => {
             let _ = writeln!(err, "{}: chain broken at {broken}", file.display());
             return None;
         }
