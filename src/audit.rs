@@ -41,7 +41,7 @@ use crate::logfile::Use;
 
 mod verify;
 
-pub use verify::{check, verify, Broken, Checked};
+pub use verify::{check, verify, verify_files, Broken, Checked};
 
 /// `prev` of the first line: the sha256 of the empty string.
 pub const GENESIS: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -149,8 +149,10 @@ pub struct Head {
     pub file: PathBuf,
     /// sha256 of its last line (the `prev` of the entry after it).
     pub head: String,
-    /// Lines in it.
+    /// Entries in it (torn lines not counted).
     pub entries: u64,
+    /// Torn lines in it: lines that are not whole entries, left by writes cut short.
+    pub torn: u64,
 }
 
 /// The audit trail of one rampart instance; the file follows `audit.file` of the config in
@@ -180,8 +182,14 @@ struct Open {
     end: u64,
     /// sha256 of the last line written or found; `None` for an empty file.
     last: Option<String>,
-    /// Lines in it.
+    /// Entries in it.
     entries: u64,
+    /// Torn lines in it.
+    torn: u64,
+    /// The file was found ending with a torn line right after the entry this process wrote
+    /// last to it (its own write cut short): the next entry chains to the torn line, as one
+    /// written after a restart would, so that `verify` sees the torn line named.
+    torn_after_written: bool,
 }
 
 // === impl AuditLog ===
@@ -199,14 +207,15 @@ impl AuditLog {
     /// logged and counted.
     pub fn record(&self, path: Option<&Path>, entry: &Entry) {
         let Some(path) = path else { return };
-        self.write(path, entry, Links::default());
+        self.write(path, entry, Links::default(), true);
     }
 
     /// Records `entry`, a change of config that moved the trail from `from` (the `audit.file`
     /// in force before) to `to` (the new one's): in `from` first, naming `to` (`next_file`) or
     /// saying auditing stops (`auditing: "off"`), then in `to`. When both name the same file
     /// (the same path, or another spelling of it: relative, through a symlink) it is
-    /// [`AuditLog::record`].
+    /// [`AuditLog::record`]. A `from` that no longer exists (removed since) is not made again
+    /// for its closing entry: that is warned of, and the entry goes to `to` only.
     pub fn record_change(&self, from: Option<&Path>, to: Option<&Path>, entry: &Entry) {
         if let Some(from) = from.filter(|f| !to.is_some_and(|t| same_file(f, t))) {
             let next = to.map(|t| t.to_string_lossy());
@@ -215,7 +224,7 @@ impl AuditLog {
                 off: to.is_none(),
                 ..Links::default()
             };
-            self.write(from, entry, links);
+            self.write(from, entry, links, false);
         }
         self.record(to, entry);
     }
@@ -226,15 +235,28 @@ impl AuditLog {
         self.state.lock().written.clone()
     }
 
-    fn write(&self, path: &Path, entry: &Entry, links: Links<'_>) {
+    /// Appends `entry` to `path`, creating the file if `create`.
+    fn write(&self, path: &Path, entry: &Entry, links: Links<'_>, create: bool) {
         let mut state = self.state.lock();
-        match append(&mut state, path, entry, links, SystemTime::now()) {
+        match append(&mut state, path, entry, links, create, SystemTime::now()) {
             Ok(head) => tracing::info!(
                 file = %path.display(),
                 head = %head.head,
                 entries = head.entries,
+                torn = head.torn,
                 "audit entry written"
             ),
+            // The trail leaves a file someone removed: making an empty one only to close it
+            // would leave a file that continues nothing and that nothing continues.
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => {
+                state.open = None;
+                tracing::warn!(
+                    file = %path.display(),
+                    next_file = links.next_file.unwrap_or_default(),
+                    auditing_off = links.off,
+                    "the audit file the trail leaves is gone (removed since it was written): its closing entry is not written and the file is not made again"
+                );
+            }
             Err(e) => {
                 state.open = None;
                 self.failures.inc();
@@ -259,6 +281,7 @@ fn append(
     path: &Path,
     entry: &Entry,
     links: Links<'_>,
+    create: bool,
     now: SystemTime,
 ) -> std::io::Result<Head> {
     let current = state
@@ -267,7 +290,7 @@ fn append(
         .is_some_and(|o| o.path == path && o.still_at_path());
     if !current {
         state.open = None;
-        state.open = Some(Open::at(path, state.written.as_ref())?);
+        state.open = Some(Open::at(path, state.written.as_ref(), create)?);
     }
     let Some(o) = state.open.as_mut() else {
         return Err(std::io::Error::other("no audit file open"));
@@ -276,8 +299,10 @@ fn append(
     // `audit.file`): its first `prev` is that entry's hash, and `prev_file` says where it is.
     // A file at the same path that does not end with the entry written last to it was cut
     // or replaced: the next `prev` still names that entry, so `verify` shows the break there.
+    // A torn line left by this process's own write cut short is chained to (its bytes are
+    // the next `prev`), as after a restart.
     let (prev, prev_file) = match (&o.last, &state.written) {
-        (Some(_), Some(w)) if w.file == path => (w.head.clone(), None),
+        (Some(_), Some(w)) if w.file == path && !o.torn_after_written => (w.head.clone(), None),
         (Some(last), _) => (last.clone(), None),
         (None, Some(w)) => (w.head.clone(), Some(w.file.to_string_lossy().into_owned())),
         (None, None) => (GENESIS.to_string(), None),
@@ -296,10 +321,12 @@ fn append(
     o.end += bytes.len() as u64;
     o.entries += 1;
     o.last = Some(hash.clone());
+    o.torn_after_written = false;
     let head = Head {
         file: path.to_path_buf(),
         head: hash,
         entries: o.entries,
+        torn: o.torn,
     };
     state.written = Some(head.clone());
     Ok(head)
@@ -339,12 +366,12 @@ pub fn chain_line_linked(entry: &Entry, prev: &str, links: Links<'_>, now: Syste
 // === impl Open ===
 
 impl Open {
-    /// Opens `path` for append (creating it), counts its lines and finds the hash of its last
-    /// one. Never waits: a FIFO or a device in the file's place is refused
+    /// Opens `path` for append (creating it if `create`), counts its entries and torn lines and finds the
+    /// hash of its last line. Never waits: a FIFO or a device in the file's place is refused
     /// (`crate::logfile`), so a FIFO cannot hold the start and `/dev/zero` cannot be read for
     /// ever. `written` is the last entry this process wrote, to say how the file continues it.
-    fn at(path: &Path, written: Option<&Head>) -> std::io::Result<Open> {
-        let mut file = crate::logfile::open(path, Use::ReadAppend, true)?;
+    fn at(path: &Path, written: Option<&Head>, create: bool) -> std::io::Result<Open> {
+        let mut file = crate::logfile::open(path, Use::ReadAppend, create)?;
         let meta = file.metadata()?;
         let tail = read_tail(&file, meta.len())?;
         let mut end = meta.len();
@@ -360,7 +387,10 @@ impl Open {
             file.write_all(b"\n")?;
             end += 1;
         }
-        let entries = count_lines(&file, end)?;
+        let (entries, torn) = count_lines(&file, end)?;
+        let torn_after_written = tail.torn_at.is_some()
+            && written
+                .is_some_and(|w| w.file == path && tail.before_torn.as_ref() == Some(&w.head));
         match (written, &tail.last) {
             (Some(w), None) => tracing::info!(
                 file = %path.display(),
@@ -368,12 +398,14 @@ impl Open {
                 prev = %w.head,
                 "the audit file is empty: its first entry continues the trail last written to prev_file"
             ),
-            (Some(w), Some(last)) if w.file == path && *last != w.head => tracing::warn!(
-                file = %path.display(),
-                expected = %w.head,
-                found = %last,
-                "the audit file does not end with the entry rampart wrote last to it: entries were cut or the file replaced; the next entry's prev still names that entry, and `rampart audit verify` shows the break there"
-            ),
+            (Some(w), Some(last)) if w.file == path && *last != w.head && !torn_after_written => {
+                tracing::warn!(
+                    file = %path.display(),
+                    expected = %w.head,
+                    found = %last,
+                    "the audit file does not end with the entry rampart wrote last to it: entries were cut or the file replaced; the next entry's prev still names that entry, and `rampart audit verify` shows the break there"
+                )
+            }
             _ => {}
         }
         Ok(Open {
@@ -382,6 +414,8 @@ impl Open {
             end,
             last: tail.last,
             entries,
+            torn,
+            torn_after_written,
             file,
         })
     }
@@ -399,6 +433,9 @@ struct Tail {
     last: Option<String>,
     /// Where its last line starts, when that line lacks its newline.
     torn_at: Option<u64>,
+    /// With `torn_at`: sha256 of the last non-empty line before the torn one, if the tail
+    /// read holds one.
+    before_torn: Option<String>,
 }
 
 /// Reads at most the last [`TAIL_READ`] bytes of `file` (`len` long).
@@ -411,27 +448,80 @@ fn read_tail(file: &File, len: u64) -> std::io::Result<Tail> {
         let start = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         from + start as u64
     });
-    let last = tail
-        .split(|b| *b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .map(sha256_hex);
-    Ok(Tail { last, torn_at })
+    let last_line = |bytes: &[u8]| {
+        bytes
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .map(sha256_hex)
+    };
+    let before_torn = torn_at.and_then(|at| last_line(&tail[..(at - from) as usize]));
+    Ok(Tail {
+        last: last_line(&tail),
+        torn_at,
+        before_torn,
+    })
 }
 
-/// Newlines in the first `len` bytes of `file`: its entries, for [`Head::entries`].
-fn count_lines(file: &File, len: u64) -> std::io::Result<u64> {
+/// Entries and torn lines in the first `len` bytes of `file`, as `verify` tells them apart
+/// ([`verify::entry_shaped`]), for [`Head::entries`] and [`Head::torn`]. Read in blocks of
+/// [`TAIL_READ`], keeping only the end of the line under way: memory stays bounded however
+/// long the file or its lines.
+fn count_lines(file: &File, len: u64) -> std::io::Result<(u64, u64)> {
     let mut buf = vec![0; TAIL_READ as usize];
-    let (mut at, mut n) = (0, 0);
+    let mut line = LineEnd::default();
+    let (mut at, mut entries, mut torn) = (0, 0, 0);
+    // An empty line is neither (`verify` finds it broken).
+    let mut tally = |line: &mut LineEnd| {
+        if line.whole() {
+            entries += 1;
+        } else if line.len > 0 {
+            torn += 1;
+        }
+        *line = LineEnd::default();
+    };
     while at < len {
         let want = (len - at).min(TAIL_READ) as usize;
         let got = read_full(file, &mut buf[..want], at)?;
         if got == 0 {
             break;
         }
-        n += buf[..got].iter().filter(|b| **b == b'\n').count() as u64;
+        let mut parts = buf[..got].split(|b| *b == b'\n').peekable();
+        while let Some(part) = parts.next() {
+            line.push(part);
+            if parts.peek().is_some() {
+                tally(&mut line);
+            }
+        }
         at += got as u64;
     }
-    Ok(n)
+    // Bytes after the last newline (the file grew since `len` was taken): a line too.
+    if line.len > 0 {
+        tally(&mut line);
+    }
+    Ok((entries, torn))
+}
+
+/// The length of a line being read and its last [`verify::SUFFIX_LEN`] bytes.
+#[derive(Default)]
+struct LineEnd {
+    len: usize,
+    end: Vec<u8>,
+}
+
+// === impl LineEnd ===
+
+impl LineEnd {
+    fn push(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        self.end.extend_from_slice(bytes);
+        let extra = self.end.len().saturating_sub(verify::SUFFIX_LEN);
+        self.end.drain(..extra);
+    }
+
+    /// Whether the line has an entry's shape.
+    fn whole(&self) -> bool {
+        verify::entry_shaped(self.len, &self.end)
+    }
 }
 
 /// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.

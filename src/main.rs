@@ -33,7 +33,18 @@ fn main() -> ExitCode {
             },
     } = &cli.command
     {
-        return audit_verify(file, expect_head.as_deref(), *expect_count);
+        let ok = rampart::audit::verify_files(
+            file,
+            expect_head.as_deref(),
+            *expect_count,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     if let Command::Health {
         admin,
@@ -108,115 +119,6 @@ async fn run(path: std::path::PathBuf, watch: bool) -> Result<(), String> {
     rampart::shutdown::run_with(rampart, watch, signals)
         .await
         .map_err(|e| e.to_string())
-}
-
-/// `rampart audit verify`: 0, the count and the head, or 1 and the first broken line (or the
-/// link between two files, or the expected head or count, that does not hold).
-fn audit_verify(
-    files: &[std::path::PathBuf],
-    expect_head: Option<&str>,
-    expect_count: Option<u64>,
-) -> ExitCode {
-    // The head of the file before, to check the next file's first line against.
-    let mut before: Option<(&std::path::Path, String)> = None;
-    let mut last = None;
-    for file in files {
-        // A FIFO would hold the read until a writer came, a device might never end it.
-        if let Err(rampart::config::NotAFile::Is(kind)) = rampart::config::regular_file(file) {
-            eprintln!(
-                "{}: is {kind}, not a regular file: an audit trail is a file rampart appended to",
-                file.display()
-            );
-            return ExitCode::FAILURE;
-        }
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("{}: cannot read: {e}", file.display());
-                return ExitCode::FAILURE;
-            }
-        };
-        let checked = match rampart::audit::check(&text) {
-            Ok(c) => c,
-            Err(broken) => {
-                eprintln!("{}: chain broken at {broken}", file.display());
-                return ExitCode::FAILURE;
-            }
-        };
-        let n = checked.entries;
-        println!(
-            "{}: ok, {n} entries, chain intact, head {}",
-            file.display(),
-            checked.head
-        );
-        if let Some((prev_file, head)) = &before {
-            let first = match &checked.continues {
-                Some((prev, _)) => prev.as_str(),
-                None if n == 0 => head.as_str(),
-                None => rampart::audit::GENESIS,
-            };
-            if first != head {
-                eprintln!(
-                    "{}: line 1 does not continue {} (its prev is {first}, that file's head is {head}): entries between them are missing, or the files are not of one trail",
-                    file.display(),
-                    prev_file.display()
-                );
-                return ExitCode::FAILURE;
-            }
-        } else if let Some((prev, prev_file)) = &checked.continues {
-            println!(
-                "{}: line 1 continues the trail last written to {prev_file}, whose head was {prev}; give that file first (--file OLD --file {}) to check the link",
-                file.display(),
-                file.display()
-            );
-        }
-        if n > 0 || before.is_none() {
-            before = Some((file.as_path(), checked.head.clone()));
-        }
-        last = Some((file.as_path(), checked));
-    }
-    let Some((file, checked)) = last else {
-        return ExitCode::FAILURE;
-    };
-    let mut ok = true;
-    if let Some(want) = expect_count {
-        if checked.entries as u64 != want {
-            let why = if (checked.entries as u64) < want {
-                "entries were cut from its end (or it is another file)"
-            } else {
-                "entries were added since the count was recorded"
-            };
-            eprintln!(
-                "{}: {} entries, {want} expected: {why}",
-                file.display(),
-                checked.entries
-            );
-            ok = false;
-        }
-    }
-    if let Some(want) = expect_head {
-        if checked.head != want.to_ascii_lowercase() {
-            let why = match checked.hashes.iter().position(|h| *h == want.to_ascii_lowercase()) {
-                Some(i) => format!(
-                    "the expected head is line {}, and {} entries follow it (written since it was recorded)",
-                    i + 1,
-                    checked.entries - i - 1
-                ),
-                None => "the expected head is not in the file: entries were cut from its end, or it is another trail".into(),
-            };
-            eprintln!(
-                "{}: head is {}, {want} expected: {why}",
-                file.display(),
-                checked.head
-            );
-            ok = false;
-        }
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }
 
 /// `rampart health`: 0 and one line when the admin path answers 200, else 1 and why; all of

@@ -1,5 +1,8 @@
 use std::time::Duration;
 
+use std::io::Write as _;
+
+use super::verify::{check_bytes, check_reader};
 use super::*;
 
 fn entry(event: Event, source: Source, errors: &[&str]) -> Entry {
@@ -189,6 +192,35 @@ fn only_the_tail_of_a_long_trail_is_read() {
         Some(sha256_hex(before[3].as_bytes()).as_str())
     );
     assert!(!torn);
+    // Counted in blocks, the junk line across three of them: four entries, one torn line.
+    assert_eq!(count_lines(&file, len).expect("count"), (4, 1));
+}
+
+/// `verify` reads a line at a time: read through a buffer far shorter than a line, with torn
+/// lines, a line cut inside a character and a file without its last newline, it finds what
+/// it finds in the whole text; and a lone newline is no line.
+#[test]
+fn verify_read_a_line_at_a_time_finds_what_it_finds_in_the_whole_text() {
+    let (_dir, path, log) = trail();
+    tear(&path, Cut::InACharacter);
+    log.record(Some(&path), &entry(Event::Reload, Source::Sighup, &[]));
+    tear(&path, Cut::AfterPrev);
+    log.record(Some(&path), &entry(Event::Shutdown, Source::Sigterm, &[]));
+    let whole = std::fs::read(&path).expect("readable");
+    let small = |bytes: &[u8]| {
+        check_reader(std::io::BufReader::with_capacity(7, bytes)).expect("a slice reads")
+    };
+    let checked = small(&whole).expect("intact");
+    assert_eq!((checked.entries, &checked.torn), (6, &vec![5, 7]));
+    assert_eq!(Ok(checked), check_bytes(&whole));
+    let unended = &whole[..whole.len() - 1];
+    assert_eq!(small(unended), check_bytes(&whole));
+    let mut ls: Vec<&[u8]> = whole.split(|b| *b == b'\n').collect();
+    ls.remove(2);
+    let cut = ls.join(&b'\n');
+    assert_eq!(small(&cut).map_err(|b| b.line), Err(3));
+    assert_eq!(small(b"\n").map(|c| c.entries), Ok(0));
+    assert_eq!(small(b"\n\n").map_err(|b| b.line), Err(1));
 }
 
 /// A reload that moves the trail writes its entry to the old file naming the new one, then to
@@ -282,4 +314,142 @@ fn a_file_cut_in_place_is_read_again_and_the_cut_stays_visible() {
     assert_eq!(next["prev"], sha256_hex(ls[3].as_bytes()));
     assert_eq!(verify(&text).map_err(|b| b.line), Err(3));
     assert_eq!(log.head().map(|h| h.entries), Some(3));
+}
+
+/// Where a write is cut short: inside a character, before the `prev` member, after it.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    InACharacter,
+    BeforePrev,
+    AfterPrev,
+}
+
+/// What a crash (or a full disk) in the middle of writing an entry leaves at the end of the
+/// trail at `path`: the start of a whole line, cut at `cut`, without a newline.
+fn tear(path: &Path, cut: Cut) -> String {
+    let whole = chain_line(
+        &entry(
+            Event::Reload,
+            Source::Sighup,
+            &["ünïcode: cut inside a character?"],
+        ),
+        &sha256_hex(
+            std::fs::read(path)
+                .expect("the trail must be readable")
+                .split(|b| *b == b'\n')
+                .rfind(|l| !l.is_empty())
+                .expect("a last line"),
+        ),
+        SystemTime::now(),
+    );
+    let prev = whole.find(",\"prev\":\"").expect("a prev member");
+    let cut = match cut {
+        Cut::InACharacter => whole.find('ü').expect("a two-byte character") + 1,
+        Cut::BeforePrev => prev - 5,
+        Cut::AfterPrev => prev + ",\"prev\":\"".len() + 64 + 5,
+    };
+    let torn = &whole.as_bytes()[..cut];
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("the trail must open for append");
+    file.write_all(torn).expect("append the torn bytes");
+    String::from_utf8_lossy(torn).into_owned()
+}
+
+/// A torn last line is chained to by the next entry, whether a new process writes it (after a
+/// crash) or the process whose write was cut short (a full disk): the next entry's `prev` is
+/// the sha256 of the torn line's bytes. `verify` then accepts the trail and lists the torn
+/// line apart; the count leaves it out and counts it as torn. Cut before the `prev` member
+/// and after it (where the torn line's own `prev` must name the line before it), and inside a
+/// character (the file is no longer UTF-8 text).
+#[test]
+fn a_torn_line_the_next_entry_chains_to_is_accepted_and_counted_apart() {
+    let cuts = [Cut::InACharacter, Cut::BeforePrev, Cut::AfterPrev];
+    for (cut, restart) in cuts.into_iter().flat_map(|c| [(c, true), (c, false)]) {
+        let (_dir, path, log) = trail();
+        tear(&path, cut);
+        let log = if restart {
+            AuditLog::new(IntCounter::new("t", "t").expect("valid counter"))
+        } else {
+            log
+        };
+        log.record(Some(&path), &entry(Event::Reload, Source::Sighup, &[]));
+        let text = std::fs::read(&path).expect("readable");
+        let checked = check_bytes(&text).unwrap_or_else(|b| {
+            panic!(
+                "{cut:?}, restart {restart}: {b}\n{}",
+                String::from_utf8_lossy(&text)
+            )
+        });
+        assert_eq!((checked.entries, checked.torn), (5, vec![5]), "{cut:?}");
+        let head = log.head().expect("written");
+        assert_eq!((head.entries, head.torn), (5, 1), "{cut:?}");
+        assert_eq!(head.head, checked.head);
+        // The count read back from the file by a process that opens it anew agrees.
+        let again = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+        again.record(Some(&path), &entry(Event::Shutdown, Source::Sigterm, &[]));
+        let head = again.head().expect("written");
+        assert_eq!((head.entries, head.torn), (6, 1), "{cut:?}");
+        assert_eq!(log.failures.get(), 0);
+    }
+}
+
+/// A torn line is accepted only where the line after it names it: one inserted between two
+/// entries, one put in the place of an entry, one edited after the next entry chained to it,
+/// one whose own `prev` (whole) names a line that is not the line before it (lines before it
+/// removed), and one at the end that nothing names yet are all broken, at the torn line.
+#[test]
+fn a_torn_line_the_next_line_does_not_name_is_broken() {
+    let (_dir, path, _) = trail();
+    let good = lines(&path);
+    let partial = |prev: &str| {
+        let whole = chain_line(
+            &entry(Event::Reload, Source::Post, &[]),
+            prev,
+            SystemTime::now(),
+        );
+        whole[..whole.len() - 30].to_owned()
+    };
+    let inserted = [
+        &good[..2],
+        &[partial(&sha256_hex(good[1].as_bytes()))],
+        &good[2..],
+    ]
+    .concat();
+    let replaced = [
+        &good[..1],
+        &[partial(&sha256_hex(good[0].as_bytes()))],
+        &good[2..],
+    ]
+    .concat();
+    let (_dir, torn_path, _) = trail();
+    tear(&torn_path, Cut::AfterPrev);
+    let log = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    log.record(Some(&torn_path), &entry(Event::Start, Source::Start, &[]));
+    let mut edited = lines(&torn_path);
+    edited[4] = edited[4].replacen("sighup", "sigxxx", 1);
+    let mut cut_before = lines(&torn_path);
+    cut_before.remove(3);
+    let cases = [
+        ("inserted", inserted, 3),
+        ("replaced", replaced, 2),
+        ("edited after chained to", edited, 5),
+        ("lines before it removed", cut_before, 4),
+        (
+            "last",
+            [&good[..], &[partial(&sha256_hex(good[3].as_bytes()))]].concat(),
+            5,
+        ),
+    ];
+    for (what, ls, line) in cases {
+        std::fs::write(&path, ls.join("\n") + "\n").expect("rewrite");
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let broken = verify(&text).expect_err(what);
+        assert_eq!(broken.line, line, "{what}: {broken}");
+        assert!(
+            broken.problem.contains("not a whole audit entry") || what.contains("removed"),
+            "{what}: {broken}"
+        );
+    }
 }

@@ -278,6 +278,50 @@ async fn turning_auditing_off_or_moving_its_file_is_recorded_in_the_trail_it_lea
     proxy.wait_exit(Duration::from_secs(10)).await;
 }
 
+/// A reload that moves the trail away from a file someone removed meanwhile does not make the
+/// old file again to write its closing entry there: it warns, writes the entry to the new
+/// file only (which still names the removed file as `prev_file`), and counts no write
+/// failure; so too a reload that turns auditing off after its file was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_a_removed_audit_file_does_not_make_it_again() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let mut proxy = Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+        .var("APP", app.addr())
+        .var("AUDIT", a.display())
+        .var("AUDIT_B", b.display())
+        .spawn()
+        .await;
+    std::fs::remove_file(&a).expect("remove the trail");
+    proxy.rewrite_config(&one_route("audit: { file: $AUDIT_B }"));
+    reload_to(&proxy, 1.0).await;
+    assert!(!a.exists(), "the removed file must not be made again");
+    let new = entries(&b);
+    assert_eq!(new.len(), 1, "{new:#?}");
+    assert_eq!(new[0]["event"], "reload", "{new:#?}");
+    assert_eq!(new[0]["prev_file"], a.display().to_string(), "{new:#?}");
+
+    std::fs::remove_file(&b).expect("remove the second trail");
+    proxy.rewrite_config(&one_route(""));
+    reload_to(&proxy, 2.0).await;
+    assert!(!b.exists(), "the removed file must not be made again");
+    let warned = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("the audit file the trail leaves is gone") && l.contains("WARN"))
+        .count();
+    assert_eq!(warned, 2, "log:\n{}", proxy.log());
+    let failures = metric_value(
+        &metrics(proxy.admin()).await,
+        "rampart_audit_write_failures_total",
+        &[],
+    );
+    assert_eq!(failures, Some(0.0));
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+}
+
 /// `mv audit.jsonl audit.rot` and a reload: the entry goes to a new `audit.jsonl`, as the
 /// access log's lines do, not to the renamed file; its first line continues the rotated file's
 /// chain, so `verify --file audit.rot --file audit.jsonl` checks both as one.
@@ -412,6 +456,52 @@ async fn a_torn_last_line_is_warned_of_and_the_next_entry_starts_its_own_line() 
     assert_eq!(lines[1], torn, "{text}");
     let next: serde_json::Value = serde_json::from_str(lines[2]).expect("a whole entry");
     assert_eq!(next["event"], "start", "{text}");
+}
+
+/// A crash mid-write, then a restart: the torn line the crash left is chained to by the next
+/// entry (its `prev` is the torn line's hash), so `verify` accepts the trail, warning of the
+/// torn line by number, and `/state` counts it apart from the entries. The same trail with the
+/// torn line's bytes changed afterwards (or put there by hand) does not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_line_the_next_entry_chains_to_verifies_with_a_warning_and_counts_apart() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let start = || {
+        Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+            .var("APP", app.addr())
+            .var("AUDIT", trail.display())
+            .spawn()
+    };
+    let mut proxy = start().await;
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let torn = "{\"time\":\"2026-12-01T00:00:00.000Z\",\"event\":\"rel";
+    let mut text = std::fs::read_to_string(&trail).expect("the trail");
+    text.push_str(torn);
+    std::fs::write(&trail, &text).expect("append the torn line");
+
+    let mut proxy = start().await;
+    let state = http::get(proxy.admin(), "/state", &[]).await.json();
+    assert_eq!(
+        (&state["audit"]["entries"], &state["audit"]["torn"]),
+        (&3.into(), &1.into()),
+        "{state}"
+    );
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok, 4 entries and 1 torn line"), "{out}");
+    assert!(out.contains("warning: line 3 is torn"), "{out}");
+
+    let text = std::fs::read_to_string(&trail).expect("the trail");
+    let tampered = text.replacen(&format!("{torn}\n"), &format!("{torn}x\n"), 1);
+    assert_ne!(tampered, text);
+    std::fs::write(&trail, tampered).expect("rewrite");
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("chain broken at line 3"), "{out}");
 }
 
 /// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
