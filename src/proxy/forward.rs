@@ -271,13 +271,19 @@ pub fn strip_trailers(trailers: &mut HeaderMap) {
     }
 }
 
-/// [`strip_trailers`] for a client's request, which also loses the forwarding lines rampart
-/// writes in its head (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`): in the
-/// trailers, the client's own would reach the upstream beside rampart's, for one that merges
-/// trailers into the head to read as the client's address, protocol or id.
-pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+/// The one place that decides what a client's request trailers lose: the fields that have no
+/// place in trailers ([`strip_trailers`]), the forwarding lines rampart writes in the head
+/// (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`), and `identity`, the names the
+/// request's identity was read from (`tenant::Written::identity`: the tenant `header`
+/// sources', `plan_header`, and their spellings with `_` for `-`). In the trailers, the
+/// client's own would reach the upstream beside the lines rampart wrote or read, for one that
+/// merges trailers into the head to read as the client's address, protocol, id or tenant.
+pub fn strip_request_trailers(trailers: &mut HeaderMap, identity: &[HeaderName]) {
     strip_trailers(trailers);
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+    for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID]
+        .iter()
+        .chain(identity)
+    {
         trailers.remove(name);
     }
 }
