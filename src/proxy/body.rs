@@ -367,17 +367,7 @@ impl http_body::Body for ClientIn {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ClientIn::Hyper(b) => {
-                let mut polled = Pin::new(b).poll_frame(cx);
-                // A client's trailers (chunked HTTP/1.1, or HTTP/2) go to the upstream without
-                // the fields that have no place there, nor the forwarding lines rampart writes.
-                if let Poll::Ready(Some(Ok(frame))) = &mut polled {
-                    if let Some(trailers) = frame.trailers_mut() {
-                        super::forward::strip_request_trailers(trailers);
-                    }
-                }
-                polled
-            }
+            ClientIn::Hyper(b) => Pin::new(b).poll_frame(cx),
             ClientIn::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ClientIn::Empty => Poll::Ready(None),
         }
@@ -505,10 +495,12 @@ impl ClientBody {
         use http_body::Body as _;
         match Pin::new(&mut self.rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut f))) => {
-                if let (Some(t), Some(names)) = (f.trailers_mut(), &self.fault.2) {
-                    for name in names.iter() {
-                        t.remove(name);
-                    }
+                // A client's trailers (chunked HTTP/1.1, or HTTP/2: only hyper's servers pass
+                // them, and every body of theirs is read here) go to the upstream without what
+                // `strip_request_trailers` decides they lose.
+                if let Some(t) = f.trailers_mut() {
+                    let identity = self.fault.2.as_deref().unwrap_or_default();
+                    super::forward::strip_request_trailers(t, identity);
                 }
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
                 self.fault.1.fetch_add(n, Ordering::Relaxed);

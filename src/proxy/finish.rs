@@ -52,6 +52,10 @@ pub struct Finish<'a> {
     /// Whether the request is a gRPC call: rampart's own answer to it is then in gRPC's form
     /// (`respond::to_grpc`).
     grpc: bool,
+    /// Whether the request is HEAD: its answer goes without content (RFC 9110 §9.3.2), so the
+    /// access log counts none of rampart's own body, which both HTTP/1.1 servers drop and
+    /// `body::for_head` takes out for HTTP/2 after this.
+    head: bool,
     /// What the request's tries did, once the exchange is under way: a request dropped
     /// before its answer logs them.
     tries: Option<&'a TryLog>,
@@ -391,6 +395,7 @@ impl<'a> Finish<'a> {
             tenant: None,
             // gRPC calls are POSTs: any other request is told apart by its method alone.
             grpc: req.method() == http::Method::POST && is_grpc(req.headers()),
+            head: req.method() == http::Method::HEAD,
             tries: None,
             settled: false,
             gone: false,
@@ -519,9 +524,11 @@ impl<'a> Finish<'a> {
             self.guards.span = self.span.take();
         }
         if let Some(mut entry) = self.entry.take() {
-            // An upstream's answer (teed or not) counts its bytes as they go.
+            // An upstream's answer (teed or not) counts its bytes as they go (none to HEAD:
+            // the upstream clients read no content for it); rampart's own, its size, unless
+            // it answers HEAD and goes without.
             let b = rsp.body();
-            let bytes_out = match b.counts_sent() {
+            let bytes_out = match self.head || b.counts_sent() {
                 true => 0,
                 false => http_body::Body::size_hint(b).lower(),
             };

@@ -7,7 +7,9 @@
 //!
 //! The forwarding headers tell the truth of the client's connection (SPEC §12, §14):
 //! `x-forwarded-proto` is replaced by the protocol the client really used, the client's address
-//! is appended to `x-forwarded-for`, and `x-request-id` is added when absent. One authority
+//! is appended to `x-forwarded-for`, and `x-request-id` is added when absent; a client's
+//! lines of these names spelled with `_` for `-` go, which CGI-style upstreams would read as
+//! the same (`FORWARDING_UNDERSCORED`). One authority
 //! decides the route and is forwarded: an absolute-form target (HTTP/1.1) or `:authority`
 //! (HTTP/2) becomes the upstream's `host`.
 //!
@@ -52,6 +54,17 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, added when absent.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The forwarding lines rampart writes, spelled with `_` for `-`: CGI-style upstreams read
+/// `x_forwarded_for` as `HTTP_X_FORWARDED_FOR`, the same as rampart's `x-forwarded-for`, so a
+/// client's line of one would stand for the truth rampart wrote. Removed from a request's head
+/// when [`Sent::underscored`] says it has one, and from its trailers
+/// ([`strip_request_trailers`]), as the tenant and plan names' spellings are
+/// (`tenant::Identify::vouch`).
+static FORWARDING_UNDERSCORED: [HeaderName; 3] = [
+    HeaderName::from_static("x_forwarded_for"),
+    HeaderName::from_static("x_forwarded_proto"),
+    HeaderName::from_static("x_request_id"),
+];
 
 /// `ip` as text. Made for every connection: an IPv4 address is written on the stack
 /// ([`wire::ipv4`](super::wire::ipv4)) and copied once into the value (through `Display` and
@@ -132,8 +145,9 @@ impl Peer {
 }
 
 /// The lines of a client's request head that the request path would otherwise look up by
-/// name: how many `host` lines and whether one is not `host[:port]`, and whether it has
-/// `x-request-id` and `x-forwarded-for`. The lean server notes them as it reads the head (a
+/// name: how many `host` lines and whether one is not `host[:port]`, whether it has
+/// `x-request-id` and `x-forwarded-for`, and whether it has a forwarding name spelled with `_`
+/// for `-` (`FORWARDING_UNDERSCORED`). The lean server notes them as it reads the head (a
 /// comparison per line, no hashing); a request from hyper's server has its map read once
 /// ([`Sent::of`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,6 +160,9 @@ pub struct Sent {
     pub request_id: bool,
     /// An `x-forwarded-for` line.
     pub forwarded_for: bool,
+    /// A line named as one of rampart's forwarding lines with `_` for `-` (`x_forwarded_for`):
+    /// [`prepare_request`] removes it. Rare, so the request path then pays the lookups.
+    pub underscored: bool,
 }
 
 impl Sent {
@@ -173,6 +190,10 @@ impl Sent {
             self.request_id = true;
         } else if *name == X_FORWARDED_FOR {
             self.forwarded_for = true;
+        } else if let [b'x', b'_', ..] = name.as_str().as_bytes() {
+            // Two bytes of the name first: the whole names are compared only for one that
+            // starts `x_`, which next to no request has.
+            self.underscored |= FORWARDING_UNDERSCORED.contains(name);
         }
     }
 }
@@ -271,13 +292,21 @@ pub fn strip_trailers(trailers: &mut HeaderMap) {
     }
 }
 
-/// [`strip_trailers`] for a client's request, which also loses the forwarding lines rampart
-/// writes in its head (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`): in the
-/// trailers, the client's own would reach the upstream beside rampart's, for one that merges
-/// trailers into the head to read as the client's address, protocol or id.
-pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+/// The one place that decides what a client's request trailers lose: the fields that have no
+/// place in trailers ([`strip_trailers`]), the forwarding lines rampart writes in the head
+/// (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`) and their spellings with `_` for
+/// `-` (`FORWARDING_UNDERSCORED`), and `identity`, the names the
+/// request's identity was read from (`tenant::Written::identity`: the tenant `header`
+/// sources', `plan_header`, and their spellings with `_` for `-`). In the trailers, the
+/// client's own would reach the upstream beside the lines rampart wrote or read, for one that
+/// merges trailers into the head to read as the client's address, protocol, id or tenant.
+pub fn strip_request_trailers(trailers: &mut HeaderMap, identity: &[HeaderName]) {
     strip_trailers(trailers);
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+    for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID]
+        .iter()
+        .chain(&FORWARDING_UNDERSCORED)
+        .chain(identity)
+    {
         trailers.remove(name);
     }
 }
@@ -528,6 +557,11 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent, spare: 
     }
     let h = req.headers_mut();
     strip_sparing(h, spare);
+    if sent.underscored {
+        for name in &FORWARDING_UNDERSCORED {
+            h.remove(name);
+        }
+    }
     if sent.forwarded_for {
         // The client's list (if a `connection` line did not name it) with the peer appended.
         append_forwarded_for(h, peer);
@@ -910,6 +944,45 @@ mod tests {
         );
     }
 
+    /// A client's forwarding names spelled with `_` for `-`, which CGI-style upstreams read as
+    /// rampart's own (`HTTP_X_FORWARDED_FOR`), never reach the upstream; a name that merely
+    /// starts `x_` passes.
+    #[test]
+    fn underscore_spellings_of_the_forwarding_names_go() {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "given.example")
+            .header("X_Forwarded_For", "192.0.2.66")
+            .header("x_forwarded_proto", "https")
+            .header("x_request_id", "forged")
+            .header("x_other", "kept")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            upstream_head(req, false),
+            "GET / HTTP/1.1\r\nhost: given.example\r\nx_other: kept\r\nx-request-id: made\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        let mut plain = HeaderMap::new();
+        plain.insert("x_other", HeaderValue::from_static("kept"));
+        assert!(
+            !Sent::of(&plain).underscored,
+            "no lookups for a name only starting x_"
+        );
+        let mut trailers = HeaderMap::new();
+        for n in [
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "x_request_id",
+            "x_other",
+        ] {
+            trailers.insert(n, HeaderValue::from_static("v"));
+        }
+        strip_request_trailers(&mut trailers, &[]);
+        let left: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x_other"]);
+    }
+
     #[test]
     fn a_forwarding_line_the_connection_list_names_is_the_peer_s_alone() {
         // `connection` makes the client's `x-forwarded-for` hop-by-hop: it goes, and the writer
@@ -965,7 +1038,8 @@ mod tests {
                 hosts: 2,
                 bad_host: false,
                 request_id: true,
-                forwarded_for: false
+                forwarded_for: false,
+                underscored: false,
             }
         );
         let mut h = HeaderMap::new();
@@ -977,7 +1051,8 @@ mod tests {
                 hosts: 1,
                 bad_host: false,
                 request_id: false,
-                forwarded_for: true
+                forwarded_for: true,
+                underscored: false,
             }
         );
         // A name's every line counts, as the lean server counts them.
@@ -989,7 +1064,8 @@ mod tests {
                 hosts: 2,
                 bad_host: false,
                 request_id: true,
-                forwarded_for: true
+                forwarded_for: true,
+                underscored: false,
             }
         );
     }

@@ -698,3 +698,56 @@ async fn a_client_that_goes_away_after_a_chunked_upload_is_a_499_at_once() {
         "{text}"
     );
 }
+
+/// `bytes_out` counts the body bytes the client got: none for a HEAD answer (RFC 9110 §9.3.2),
+/// over every way rampart answers, and a GET's whole body for the same resource. An upstream's
+/// answer (`/ok`) and rampart's own (`/dead`, 502 with a JSON body), each to HEAD and to GET
+/// over the lean HTTP/1.1 server, hyper's (a `te` header hands the connection to it) and
+/// HTTP/2. Before, a HEAD answer of rampart's own logged the length of the body it did not send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_out_of_a_head_answer_is_zero_and_of_a_get_its_body() {
+    use crate::support::conn::Conn;
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    let mut sent = Vec::new();
+    for path in ["/ok", "/dead"] {
+        for te in ["", "TE: trailers\r\n"] {
+            for method in ["HEAD", "GET"] {
+                let mut c = Conn::open(addr).await;
+                let req = format!("{method} {path} HTTP/1.1\r\nHost: a\r\n{te}\r\n");
+                c.send(req.as_bytes()).await;
+                let a = c.answer(method == "HEAD").await;
+                let len: u64 = a
+                    .header("content-length")
+                    .expect("a length")
+                    .parse()
+                    .expect("digits");
+                assert!(len > 0, "{method} {path} {te:?}: {a:?}");
+                let body = if method == "HEAD" { 0 } else { len };
+                assert_eq!(a.body.len() as u64, body, "{method} {path} {te:?}: {a:?}");
+                sent.push((method, path, body));
+            }
+        }
+        let head = http::h2_head(addr, path, &[]).await;
+        assert!(head.body.as_ref().is_ok_and(|b| b.is_empty()), "{head:?}");
+        sent.push(("HEAD", path, 0));
+        let get = http::h2_get(addr, path, &[]).await;
+        assert!(!get.body.is_empty(), "{get:?}");
+        sent.push(("GET", path, get.body.len() as u64));
+    }
+    // Compared as sets: a line is written as its answer's body is dropped, which may come
+    // after the next request's on another connection.
+    let lines = wait_lines(&l.log, sent.len()).await;
+    let mut logged: Vec<(&str, &str, u64)> = lines
+        .iter()
+        .map(|line| {
+            let text = |k: &str| line[k].as_str().unwrap_or_default();
+            let out = line["bytes_out"].as_u64().unwrap_or(u64::MAX);
+            (text("method"), text("path"), out)
+        })
+        .collect();
+    logged.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(logged, sent, "(method, path, bytes_out): {lines:#?}");
+}

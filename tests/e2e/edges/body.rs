@@ -176,6 +176,78 @@ async fn request_trailers_lose_the_tenant_and_plan_header_names() {
     assert_no_panic(&proxy);
 }
 
+/// A client's forwarding names spelled with `_` for `-` (`X_Forwarded_For`, `x_forwarded_proto`,
+/// `x_request_id`), which CGI-style upstreams read as rampart's own (`HTTP_X_FORWARDED_FOR`),
+/// never reach the upstream: not in the head, over the lean HTTP/1.1 server (a GET), hyper's (a
+/// chunked POST) and HTTP/2, nor in the trailers of the last two. Another name that starts `x_`
+/// passes in both. Before, all of them reached the upstream as sent.
+#[tokio::test]
+async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream() {
+    let (app, proxy) = setup(false).await;
+    let addr = proxy.listener("inbound");
+    let spoofed =
+        "X_Forwarded_For: 10.6.6.6\r\nx_forwarded_proto: https\r\nX_Request_Id: forged\r\n";
+    let lean = format!(
+        "GET /s/lean HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{spoofed}x_other: h\r\n\r\n"
+    );
+    let rsp = raw::exchange(addr, lean.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let chunked = format!(
+        "POST /s/h1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{spoofed}x_other: h\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n{spoofed}x_other: t\r\n\r\n"
+    );
+    let rsp = raw::exchange(addr, chunked.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let fields = [
+        ("x_forwarded_for", "10.6.6.6"),
+        ("x_forwarded_proto", "https"),
+        ("x_request_id", "forged"),
+    ];
+    let mut trailers = HeaderMap::new();
+    for (n, v) in fields {
+        trailers.insert(n, v.parse().expect("value"));
+    }
+    trailers.insert("x_other", "t".parse().expect("value"));
+    let body = Frames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"hello")),
+        Frame::trailers(trailers),
+    ]));
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/s/h2"))
+        .header("x_other", "h");
+    for (n, v) in fields {
+        req = req.header(n, v);
+    }
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(10),
+        send.send_request(req.body(body).expect("request")),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    assert_eq!(rsp.status(), 200);
+    let got = app.requests();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    for r in &got {
+        let text = r.to_ascii_lowercase();
+        for (n, _) in fields {
+            assert!(!text.contains(n), "{n} reached the upstream:\n{r}");
+        }
+        assert!(text.contains("x_other: h\r\n"), "{r}");
+        if !r.starts_with("GET") {
+            assert!(trailer_section(r).contains("x_other: t"), "{r}");
+        }
+    }
+    assert_no_panic(&proxy);
+}
+
 /// The trailer section of a chunked request as the upstream got it: what follows its last
 /// chunk (`0`), lowercased.
 fn trailer_section(request: &str) -> String {
