@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,7 +39,10 @@ use sha2::{Digest, Sha256};
 
 use crate::logfile::Use;
 
+mod scan;
 mod verify;
+
+use scan::{count_lines, read_tail};
 
 pub use verify::{check, verify, verify_files, Broken, Checked};
 
@@ -425,117 +428,6 @@ impl Open {
         std::fs::metadata(&self.path)
             .is_ok_and(|m| (m.dev(), m.ino()) == self.id && m.len() == self.end)
     }
-}
-
-/// What the end of a trail file holds.
-struct Tail {
-    /// sha256 of its last non-empty line; `None` if it has none.
-    last: Option<String>,
-    /// Where its last line starts, when that line lacks its newline.
-    torn_at: Option<u64>,
-    /// With `torn_at`: sha256 of the last non-empty line before the torn one, if the tail
-    /// read holds one.
-    before_torn: Option<String>,
-}
-
-/// Reads at most the last [`TAIL_READ`] bytes of `file` (`len` long).
-fn read_tail(file: &File, len: u64) -> std::io::Result<Tail> {
-    let from = len.saturating_sub(TAIL_READ);
-    let mut tail = vec![0; (len - from) as usize];
-    let got = read_full(file, &mut tail, from)?;
-    tail.truncate(got);
-    let torn_at = (!tail.is_empty() && !tail.ends_with(b"\n")).then(|| {
-        let start = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        from + start as u64
-    });
-    let last_line = |bytes: &[u8]| {
-        bytes
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .map(sha256_hex)
-    };
-    let before_torn = torn_at.and_then(|at| last_line(&tail[..(at - from) as usize]));
-    Ok(Tail {
-        last: last_line(&tail),
-        torn_at,
-        before_torn,
-    })
-}
-
-/// Entries and torn lines in the first `len` bytes of `file`, as `verify` tells them apart
-/// ([`verify::entry_shaped`]), for [`Head::entries`] and [`Head::torn`]. Read in blocks of
-/// [`TAIL_READ`], keeping only the end of the line under way: memory stays bounded however
-/// long the file or its lines.
-fn count_lines(file: &File, len: u64) -> std::io::Result<(u64, u64)> {
-    let mut buf = vec![0; TAIL_READ as usize];
-    let mut line = LineEnd::default();
-    let (mut at, mut entries, mut torn) = (0, 0, 0);
-    // An empty line is neither (`verify` finds it broken).
-    let mut tally = |line: &mut LineEnd| {
-        if line.whole() {
-            entries += 1;
-        } else if line.len > 0 {
-            torn += 1;
-        }
-        *line = LineEnd::default();
-    };
-    while at < len {
-        let want = (len - at).min(TAIL_READ) as usize;
-        let got = read_full(file, &mut buf[..want], at)?;
-        if got == 0 {
-            break;
-        }
-        let mut parts = buf[..got].split(|b| *b == b'\n').peekable();
-        while let Some(part) = parts.next() {
-            line.push(part);
-            if parts.peek().is_some() {
-                tally(&mut line);
-            }
-        }
-        at += got as u64;
-    }
-    // Bytes after the last newline (the file grew since `len` was taken): a line too.
-    if line.len > 0 {
-        tally(&mut line);
-    }
-    Ok((entries, torn))
-}
-
-/// The length of a line being read and its last [`verify::SUFFIX_LEN`] bytes.
-#[derive(Default)]
-struct LineEnd {
-    len: usize,
-    end: Vec<u8>,
-}
-
-// === impl LineEnd ===
-
-impl LineEnd {
-    fn push(&mut self, bytes: &[u8]) {
-        self.len += bytes.len();
-        self.end.extend_from_slice(bytes);
-        let extra = self.end.len().saturating_sub(verify::SUFFIX_LEN);
-        self.end.drain(..extra);
-    }
-
-    /// Whether the line has an entry's shape.
-    fn whole(&self) -> bool {
-        verify::entry_shaped(self.len, &self.end)
-    }
-}
-
-/// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Lowercase hex sha256 of `bytes`.
