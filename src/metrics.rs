@@ -120,6 +120,10 @@ pub struct TenantMetrics {
     shed: [std::sync::OnceLock<IntCounter>; SHED_REASONS.len()],
 }
 
+/// The `backend` label of `rampart_ratelimit_backend_errors_total`: Redis, the only global
+/// store rampart speaks to.
+pub const RATELIMIT_BACKEND: &str = "redis";
+
 /// The `reason` values of `rampart_shed_total`, in `ShedReason` order.
 pub const SHED_REASONS: [&str; 6] = [
     "max_in_flight",
@@ -280,6 +284,10 @@ impl Metrics {
             "Errors talking to a global rate limit backend (failed or timed-out calls, failed connects).",
             &["backend"],
         );
+        // Present at 0 from the start, store configured or not (SPEC §5 lists it
+        // unconditionally), so `rate()` over it reads 0 rather than no data. `redis` is the one
+        // backend there is, so it is the only value the label can take.
+        ratelimit_backend_errors.with_label_values(&[RATELIMIT_BACKEND]);
         let global_store_up = gauge(
             "rampart_global_store_up",
             "1 while the global store answers, 0 while its breaker is open or it is unreachable.",

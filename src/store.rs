@@ -52,10 +52,8 @@ use tokio::sync::Notify;
 use self::breaker::{Breaker, Failure};
 use crate::clock::SharedClock;
 use crate::config::file::{self, redact_url as redacted};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RATELIMIT_BACKEND};
 
-/// The `backend` label of `rampart_ratelimit_backend_errors_total`.
-const BACKEND: &str = "redis";
 /// Longest a (re)connect may take; it runs in the supervisor, never on a request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an idle supervisor checks that its store still exists.
@@ -185,7 +183,7 @@ impl GlobalStore {
             wake: wake.clone(),
             errors: metrics
                 .ratelimit_backend_errors
-                .with_label_values(&[BACKEND]),
+                .with_label_values(&[RATELIMIT_BACKEND]),
             up_gauge: metrics.global_store_up.with_label_values::<&str>(&[]),
             clock: clock.clone(),
             probe_timeout: cfg.timeout.0,

@@ -263,6 +263,31 @@ async fn metrics_carry_the_contract_and_pass_promtool() {
     promtool_check(&text);
 }
 
+/// SPEC §5 lists `rampart_ratelimit_backend_errors_total` whether or not a `global_store` is
+/// configured: its one series (`backend="redis"`, the only backend) reads 0 from the start, so
+/// `rate()` over it is 0, not "no data". `rampart_global_store_up` stays away: it would claim a
+/// store that is not there.
+#[tokio::test]
+async fn backend_errors_read_0_without_a_global_store() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    for _ in 0..2 {
+        let rsp = http::get(proxy.listener("inbound"), "/ok", &[]).await;
+        assert_eq!(rsp.status, 200);
+    }
+    let text = metrics(proxy.admin()).await;
+    let errors = metric_value(
+        &text,
+        "rampart_ratelimit_backend_errors_total",
+        &[("backend", "redis")],
+    );
+    assert_eq!(errors, Some(0.0), "{text}");
+    assert!(
+        !text.contains("rampart_global_store_up"),
+        "no store, no up gauge:\n{text}"
+    );
+}
+
 /// Runs `promtool check metrics` on `text`. Not having promtool is a failure, not a skip:
 /// the exposition format is part of the contract.
 fn promtool_check(text: &str) {

@@ -201,6 +201,40 @@ async fn tenant_scope_keeps_one_tenants_failures_from_the_others() {
     assert_eq!(state_gauge(&text, "quiet", "closed"), Some(1.0));
 }
 
+/// SPEC §5: the state gauge is 1 for the state in force, 0 for the others, `_other` included.
+/// With one own label ("a"), b and c fold into `_other`: both open reads open 1 (not a count
+/// of 2), and open drops to 0 only when the last of them has closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_series_is_1_while_any_folded_breaker_is_in_that_state() {
+    let app = sample().await;
+    let yaml = GUARDED.replace(
+        "$BREAKER",
+        "      scope: tenant\n      consecutive_failures: 1\n      open_for: 1s",
+    );
+    let yaml =
+        format!("{yaml}tenants: {{ from: [ {{ header: x-tenant-id }} ], metrics_labels: 1 }}\n");
+    let proxy = Proxy::builder(&yaml).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    let other = |text: &str| {
+        ["closed", "open", "half_open"].map(|s| state_gauge(text, "_other", s).unwrap_or(-1.0))
+    };
+    for tenant in ["a", "b", "c"] {
+        assert_eq!(get_as(addr, "/status/503", tenant).await.status, 503);
+    }
+    let opened = Instant::now();
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(state_gauge(&text, "a", "open"), Some(1.0), "{text}");
+    assert_eq!(other(&text), [0.0, 1.0, 0.0], "b and c open:\n{text}");
+
+    sleep_past(Duration::from_secs(1), opened).await;
+    assert_eq!(get_as(addr, "/ok", "b").await.status, 200, "b's probe");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(other(&text), [1.0, 1.0, 0.0], "b closed, c open:\n{text}");
+    assert_eq!(get_as(addr, "/ok", "c").await.status, 200, "c's probe");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(other(&text), [1.0, 0.0, 0.0], "none open:\n{text}");
+}
+
 /// Trips the breaker (`scope` upstream, or tenant for `tenant`) and reloads it with other
 /// settings: the reset to closed is counted as an open→closed transition at the reload, the
 /// state gauge reads closed, and the upstream is reached again.

@@ -10,16 +10,22 @@
 //!   (`tenants.max_tracked`) leaves its series at closed=1: a fresh closed breaker is what
 //!   judges that tenant when it comes back, so closed is the state in force (all three at 0
 //!   would fire an alert on `{state="closed"} == 0` for a tenant that is fine).
-//! - `_other` (tenants past `tenants.metrics_labels`): each folded breaker *adds* 1 to the
-//!   series of its state and moves that 1 on every transition; eviction takes it away. The
-//!   series count how many folded breakers are in each state: `{state="open"} 3` means three
-//!   of them are open. Alerts on `> 0` work for every series.
+//! - `_other` (tenants past `tenants.metrics_labels`): 1 for each state that at least one
+//!   folded breaker is in, 0 for the others, so `== 1` and `> 0` alerts read alike on every
+//!   series. Several folded breakers in different states set several series to 1 (they are
+//!   several breakers, folded into one label). Behind each series is a count, kept per
+//!   upstream ([`FoldedCount`]): a folded breaker adds 1 to its state's count when made,
+//!   moves it on every transition, and takes it away when evicted; the series is
+//!   min(count, 1), written by whoever moved the count, so the work is done on transitions,
+//!   never on a request that changes nothing. A tenant leaving `open` drops
+//!   `{tenant="_other",state="open"}` to 0 only when no folded breaker is left open.
 //!
 //! A breaker that a reload replaces (its settings changed) is reset to closed at the reload:
 //! the reset is counted as a transition (`open` or `half_open` to `closed`) and moves its
 //! gauges; from then on the retired breaker (which requests of the old generation still in
 //! flight may use) touches neither, and the series belong to its successor.
 
+use std::sync::atomic::{fence, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntGauge, IntGaugeVec};
@@ -43,12 +49,22 @@ pub(crate) struct BreakerMetrics {
     upstream: Arc<str>,
     state: IntGaugeVec,
     transitions: [IntCounter; 5],
+    /// How many of its folded breakers are in each state.
+    folded: Arc<FoldedCount>,
 }
+
+/// How many folded (`_other`) breakers of one upstream are in each state, in `STATES` order;
+/// the `_other` series show min(count, 1). One per [`BreakerMetrics`]: a reload that replaces
+/// the breaker retires every breaker counted here (each gives its 1 back) before the
+/// successor, with a count of its own, makes any.
+type FoldedCount = [AtomicI64; 3];
 
 /// The three state gauges of one breaker.
 pub(crate) struct StateGauges {
     by_state: [IntGauge; 3],
     kind: Kind,
+    /// `Kind::Folded`: the upstream's count behind the `_other` series.
+    folded: Option<Arc<FoldedCount>>,
 }
 
 /// Whose series a breaker's gauges are, which decides how they move (see the module docs).
@@ -59,7 +75,7 @@ pub(crate) enum Kind {
     Upstream,
     /// A tenant with its own label: set; back to closed when the breaker is evicted.
     Own,
-    /// `_other`: counts the folded breakers in each state.
+    /// `_other`: 1 for each state at least one folded breaker is in.
     Folded,
 }
 
@@ -86,6 +102,7 @@ impl BreakerMetrics {
             upstream: Arc::from(upstream),
             state: metrics.breaker_state.clone(),
             transitions,
+            folded: Arc::default(),
         })
     }
 
@@ -104,6 +121,7 @@ impl BreakerMetrics {
                     .with_label_values(&[&self.upstream, tenant, s.as_str()])
             }),
             kind,
+            folded: (kind == Kind::Folded).then(|| self.folded.clone()),
         }
     }
 }
@@ -115,9 +133,9 @@ impl StateGauges {
     pub(crate) fn enter(&self, from: Option<State>, to: State) {
         if self.kind == Kind::Folded {
             if let Some(from) = from {
-                self.by_state[index(from)].dec();
+                self.count(from, -1);
             }
-            self.by_state[index(to)].inc();
+            self.count(to, 1);
         } else {
             for s in STATES {
                 self.by_state[index(s)].set(i64::from(s == to));
@@ -131,9 +149,34 @@ impl StateGauges {
     /// breaker of that upstream (a reload with new settings) owns it.
     pub(crate) fn leave(&self, state: State) {
         match self.kind {
-            Kind::Folded => self.by_state[index(state)].dec(),
+            Kind::Folded => self.count(state, -1),
             Kind::Own => self.enter(Some(state), State::Closed),
             Kind::Upstream => {}
+        }
+    }
+
+    /// Adds `delta` to the folded breakers counted in `state`, and shows min(count, 1).
+    ///
+    /// Why the loop: two folded breakers moving at once (one into `open`, the last one out)
+    /// could have their gauge writes land in the other order than their counts, leaving 1
+    /// with none open. So each writer reads the count back after its write and writes again
+    /// if it moved meanwhile: the last write made is of the count as it then stood, and any
+    /// later move has a write of its own after it. The fences keep a write from being
+    /// overtaken by the read after it (a store buffer would let it), and order it after the
+    /// count moves of the others. Only transitions come here, and the loop turns again only
+    /// while other folded breakers of the upstream move: no lock, no wait on the request path.
+    fn count(&self, state: State, delta: i64) {
+        let Some(count) = &self.folded else { return };
+        let i = index(state);
+        count[i].fetch_add(delta, Ordering::SeqCst);
+        loop {
+            fence(Ordering::SeqCst);
+            let seen = count[i].load(Ordering::SeqCst);
+            self.by_state[i].set(seen.clamp(0, 1));
+            fence(Ordering::SeqCst);
+            if count[i].load(Ordering::SeqCst) == seen {
+                return;
+            }
         }
     }
 }

@@ -13,7 +13,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::gcra::Gcra;
 use crate::config::file::Limit;
 
-/// Windows of an hour or more are named `quota` in the headers, shorter ones `burst`.
+/// An unnamed tenant limit whose rate is counted per this period or longer (`/h`, `/d`) is named
+/// `quota` in the headers, a shorter one (`/s`, `/min`) `burst`. It is the rate's unit that
+/// decides, not the window `w` (capacity / rate): `{rate: 1/min, burst: 120}` is `burst` with
+/// `w=7200`. README ("Item names") states the rule for users.
 const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Items rendered without allocation; more limits than this spill to a `Vec`.

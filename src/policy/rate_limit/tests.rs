@@ -276,6 +276,40 @@ fn names_are_given_or_made_unique() {
     );
 }
 
+/// README's "Item names": an unnamed tenant limit is `quota` or `burst` by its rate's unit
+/// alone (not its `burst:` or `w`), and a name already taken, made or given, is numbered.
+#[test]
+fn unnamed_limits_are_named_by_their_rates_unit() {
+    let names = |limits: Vec<Limit>, total: Vec<Limit>| {
+        let mut cfg = per_tenant(limits);
+        cfg.total = (!total.is_empty()).then_some(Limits(total));
+        cfg.headers = true;
+        headers(&limiter(&cfg).0, "t").0
+    };
+    let minute = Duration::from_secs(60);
+    assert_eq!(
+        names(vec![limit(1, HOUR, Some(2))], vec![]),
+        "\"quota\";q=2;w=7200"
+    );
+    assert_eq!(
+        names(vec![limit(1, minute, Some(120))], vec![]),
+        "\"burst\";q=120;w=7200"
+    );
+    assert_eq!(
+        names(
+            vec![limit(2, HOUR, Some(4)), limit(1000, DAY, None)],
+            vec![]
+        ),
+        "\"quota\";q=4;w=7200, \"quota2\";q=1000;w=86400"
+    );
+    let mut named_total = limit(5, SEC, None);
+    named_total.name = Some("total".into());
+    assert_eq!(
+        names(vec![named_total], vec![limit(9, SEC, None)]),
+        "\"total\";q=5;w=1, \"total2\";q=9;w=1"
+    );
+}
+
 #[test]
 fn reconfigure_keeps_unchanged_buckets_exactly() {
     let cfg = per_tenant(vec![limit(1, SEC, Some(5))]);

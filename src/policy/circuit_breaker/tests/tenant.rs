@@ -56,7 +56,7 @@ fn with_every_entry_in_use_a_newcomer_passes_through_unguarded() {
 }
 
 #[test]
-fn tenant_series_are_bounded_and_other_counts_breakers_per_state() {
+fn tenant_series_are_bounded_and_other_reads_1_for_each_state_a_folded_breaker_is_in() {
     // One own label: "a"; every later tenant folds into `_other`.
     let w = world_with(&per_tenant(consecutive(1)), 100, 1);
     assert!(w.call_as("a", OK, MS));
@@ -66,14 +66,14 @@ fn tenant_series_are_bounded_and_other_counts_breakers_per_state() {
     }
     assert_eq!(
         w.gauge("_other", "closed"),
-        3,
-        "three folded breakers are closed"
+        1,
+        "three folded breakers are closed: 1, not a count"
     );
     assert!(w.call_as("b", FAIL, MS) && w.call_as("c", FAIL, MS));
     assert_eq!(
         (w.gauge("_other", "closed"), w.gauge("_other", "open")),
-        (1, 2),
-        "two of them opened"
+        (1, 1),
+        "two of them opened, d is still closed"
     );
     assert_eq!(w.transitions("closed", "open"), 2);
     assert_eq!(
@@ -81,6 +81,33 @@ fn tenant_series_are_bounded_and_other_counts_breakers_per_state() {
         0,
         "no upstream-scope series for scope tenant"
     );
+}
+
+/// `_other` drops a state to 0 only when the last folded breaker leaves it: b and c open,
+/// b closes (c still open), then c closes.
+#[test]
+fn other_leaves_a_state_when_its_last_folded_breaker_does() {
+    let w = world_with(&per_tenant(consecutive(1)), 100, 1);
+    let other = || {
+        (
+            w.gauge("_other", "closed"),
+            w.gauge("_other", "open"),
+            w.gauge("_other", "half_open"),
+        )
+    };
+    assert!(w.call_as("a", OK, MS), "a takes the only own label");
+    assert!(w.call_as("b", FAIL, MS) && w.call_as("c", FAIL, MS));
+    assert_eq!(other(), (0, 1, 0), "both folded breakers are open");
+    w.clock.advance(10 * SEC);
+    let probe = w.admit("b").expect("b half-opens");
+    assert_eq!(other(), (0, 1, 1), "b half-open, c still open");
+    probe.record(OK, MS);
+    assert_eq!(other(), (1, 1, 0), "b closed, c still open");
+    let probe = w.admit("c").expect("c half-opens");
+    assert_eq!(other(), (1, 0, 1), "no folded breaker is open now");
+    probe.record(OK, MS);
+    assert_eq!(other(), (1, 0, 0), "both closed");
+    assert_eq!(w.transitions("half_open", "closed"), 2);
 }
 
 #[test]
