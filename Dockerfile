@@ -1,7 +1,9 @@
 # rampart container image: the binary, the few glibc libraries it links, a passwd entry, and
-# nothing else (no shell, no package manager, no CA bundle: upstream TLS without a `ca:` file
-# uses rustls' compiled-in webpki roots). The HEALTHCHECK runs `rampart health`, which probes
-# the admin listener itself, so no shell or curl is needed.
+# nothing else (no shell, no package manager, no CA bundle: a TLS client without a `ca:` file,
+# finding no system roots, falls back to the Mozilla roots compiled into rampart and warns of it
+# at each config load; mount a bundle and set SSL_CERT_FILE to trust a private CA). The
+# HEALTHCHECK runs `rampart health`, which probes the admin listener itself, so no shell or curl
+# is needed.
 #
 #   docker build -t rampart .                       # builds from source in the builder image
 #   docker build --build-context prebuilt=DIR -t rampart .

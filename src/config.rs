@@ -29,9 +29,12 @@ mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+
+use crate::tls::SystemRoots;
 
 pub use self::file::File;
 pub use self::units::{Dur, Rate, Ratio, Size};
@@ -50,6 +53,10 @@ pub struct Config {
     /// Accepted settings worth knowing about (inert keys, a non-loopback admin address), in
     /// file order; shown like errors, `FILE:LINE:COLUMN: key.path: message`.
     pub warnings: Vec<ConfigError>,
+    /// The system trust roots of this load, read on first need by a TLS client without a
+    /// `ca` and shared by all of them (`tls::roots`): one read per load, however often the
+    /// load's TLS files are (start checks them, then applies them).
+    pub system_roots: Arc<SystemRoots>,
 }
 
 /// One problem in a policy file, with its place.
@@ -294,6 +301,7 @@ impl Config {
             path: None,
             loaded_at: SystemTime::now(),
             warnings,
+            system_roots: Arc::default(),
         })
     }
 
@@ -302,7 +310,7 @@ impl Config {
     /// collector's `ca`, `cert` or `key`), or at the address (a listener's or the admin
     /// listener's `listen` value), as written in the file this config was read from, read again
     /// for it (only on this error path); without a place when there is no file or it cannot be
-    /// read now. A key left unwritten (the collector's `ca` when the web roots failed, the
+    /// read now. A key left unwritten (the collector's `ca` when the default roots failed, the
     /// default `admin.listen`) places it at the section, else where the file starts.
     pub fn error_at(&self, at: &Section, message: String) -> ConfigError {
         let text = self

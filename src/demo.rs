@@ -272,7 +272,8 @@ mod tests {
         );
         let config =
             Config::from_str(&yaml, "config/demo.yaml").expect("the demo policy validates");
-        let files = crate::tls::TlsFiles::load(&config.file).expect("the demo TLS files load");
+        let files = crate::tls::TlsFiles::load(&config.file, &config.system_roots)
+            .expect("the demo TLS files load");
         assert!(files.listeners.contains_key("inbound-tls"));
         let dir = tls.dir.clone();
         drop(tls);

@@ -235,6 +235,7 @@ impl Generation {
                 &configured_plans(f),
                 prev.map(|p| &p.identify),
                 &wall,
+                &config.system_roots,
             ),
             moved: prev
                 .map(|p| {
@@ -252,9 +253,17 @@ impl Generation {
     }
 
     /// A generation with no listeners and no upstreams (before the first config is applied).
+    /// Its `jwt` sources, kept by the first real generation, trust `config`'s system roots.
     pub fn empty(config: Arc<Config>) -> Generation {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::MonotonicClock::new());
         Generation {
-            identify: Identify::new(&config.file.tenants, &configured_plans(&config.file)),
+            identify: Identify::build(
+                &config.file.tenants,
+                &configured_plans(&config.file),
+                None,
+                &WallClock::system(clock),
+                &config.system_roots,
+            ),
             listeners: HashMap::default(),
             moved: Moved::new(),
             upstreams: BTreeMap::new(),

@@ -83,7 +83,7 @@ pub enum StartError {
 /// names: what `rampart validate` reports, and what `rampart run` refuses to start with.
 pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigErrors> {
     let cfg = Config::load(path)?;
-    match tls::TlsFiles::load(&cfg.file) {
+    match tls::TlsFiles::load(&cfg.file, &cfg.system_roots) {
         Ok(_) => Ok(cfg),
         Err(problems) => Err(reload::tls_errors(&cfg, problems)),
     }

@@ -131,7 +131,8 @@ pub fn apply(
     let old = shared.current.load_full();
     refuse_restart_only(&old.config, &cfg)?;
     // Certificates and keys are read now, at every reload: a bad file refuses the whole config.
-    let tls = TlsFiles::load(&cfg.file).map_err(|p| ReloadError::Invalid(tls_errors(&cfg, p)))?;
+    let tls = TlsFiles::load(&cfg.file, &cfg.system_roots)
+        .map_err(|p| ReloadError::Invalid(tls_errors(&cfg, p)))?;
     let mut bound = Vec::new();
     // A listener may move to an address overlapping one rampart listens on now (`127.0.0.1:P`
     // to `0.0.0.0:P`): the new socket binds beside the old, which drains after the swap.

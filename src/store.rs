@@ -125,7 +125,7 @@ struct Conn {
     id: u64,
 }
 
-/// A `rediss://` store's TLS: the client config (verified against `tls.ca` or the web roots,
+/// A `rediss://` store's TLS: the client config (verified against `tls.ca` or the system roots,
 /// with the client certificate if given) and the name the store's certificate must carry.
 #[derive(Debug)]
 struct Secure {

@@ -38,6 +38,7 @@ use crate::config::file::{
 };
 use crate::error::Reason;
 use crate::throttle::{Throttle, WARN_EVERY};
+use crate::tls::SystemRoots;
 
 /// Longest tenant id accepted, in bytes.
 pub const MAX_TENANT_LEN: usize = 128;
@@ -214,16 +215,24 @@ impl Identify {
     /// the plans a token may name ([`configured_plans`]).
     pub fn new(cfg: &Tenants, plans: &BTreeSet<&str>) -> Self {
         let clock: crate::clock::SharedClock = Arc::new(MonotonicClock::new());
-        Self::build(cfg, plans, None, &WallClock::system(clock))
+        Self::build(
+            cfg,
+            plans,
+            None,
+            &WallClock::system(clock),
+            &SystemRoots::new(),
+        )
     }
 
     /// Rules from the `tenants` section, tokens naming only `plans`; `jwt` sources whose
-    /// settings are unchanged from `prev` keep its keys (and their refresh task).
+    /// settings are unchanged from `prev` keep its keys (and their refresh task), new ones
+    /// fetch an https JWKS without `jwks_ca` trusting `system` (this config load's).
     pub fn build(
         cfg: &Tenants,
         plans: &BTreeSet<&str>,
         prev: Option<&Identify>,
         wall: &WallClock,
+        system: &SystemRoots,
     ) -> Self {
         let known: Arc<[Box<str>]> = plans.iter().map(|&p| Box::from(p)).collect();
         let prev_jwt = |c| {
@@ -242,6 +251,7 @@ impl Identify {
                         known.clone(),
                         prev_jwt(j),
                         wall.clone(),
+                        system,
                     ))))
                 } else if let Some(h) = &s.header {
                     http::HeaderName::from_bytes(h.as_bytes())

@@ -22,9 +22,11 @@
 //! - A TLS listener picks the cipher suite by its own order, AES-128-GCM first
 //!   (`server_provider`): OpenSSL's clients ask for AES-256-GCM with SHA-384 first, whose key
 //!   schedule costs a resumed handshake about a sixth more CPU where SHA-512 has no hardware path.
-//! - System roots come from `webpki-roots` (Mozilla's list compiled in) rather than the OS
-//!   store: rampart runs as a sidecar in slim or distroless images that often have no
-//!   `/etc/ssl/certs`, and a compiled-in list behaves the same everywhere.
+//! - A client without a `ca` trusts the system's roots ([`roots`]: `SSL_CERT_FILE`,
+//!   `SSL_CERT_DIR`, the OS bundle), as SPEC §8 says and as `curl` on the same host does, so a
+//!   private CA installed there is trusted. Slim and distroless images often have no
+//!   `/etc/ssl/certs`: there the compiled-in `webpki-roots` (Mozilla's list) stand in, with a
+//!   warning at each config load that names why.
 //! - `x509-parser` reads the leaf's validity period and the client's CN and URI SAN; rustls
 //!   verifies certificates but does not expose those fields.
 //! - Expiry compares with the wall clock (`SystemTime`): certificate dates are calendar
@@ -34,11 +36,13 @@ pub mod client;
 mod error;
 pub mod files;
 pub mod pem;
+pub mod roots;
 pub mod server;
 
 pub use client::{check_client, client_config, client_config_offering, connect};
 pub use error::{HandshakeError, TlsFileError};
 pub use files::{TlsFileProblem, TlsFiles};
+pub use roots::SystemRoots;
 pub use server::{accept, check_server, server_config, ConnInfo, ReloadableAcceptor};
 
 /// The longest tenant id taken from a client certificate, in bytes. 2048 is the longest URI a

@@ -78,7 +78,8 @@ pub struct RedisStore {
     #[serde(default = "default_store_timeout")]
     pub timeout: Dur,
     /// How a `rediss://` store is verified (and the client certificate it is shown); the
-    /// compiled-in web roots and no client certificate if absent. Refused beside `redis://`.
+    /// system's roots (`tls::roots`) and no client certificate if absent. Refused beside
+    /// `redis://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
 }
@@ -126,8 +127,8 @@ pub struct Otlp {
     /// Longest one export may take (connect included) before it is given up.
     #[serde(default = "default_otlp_timeout")]
     pub timeout: Dur,
-    /// PEM bundle of the roots an `https://` collector is verified against; the compiled-in
-    /// web roots if absent.
+    /// PEM bundle of the roots an `https://` collector is verified against; the system's roots
+    /// (`tls::roots`) if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// PEM client certificate chain shown to an `https://` collector that asks for one
@@ -337,7 +338,7 @@ pub struct JwtSource {
     /// Accepted `aud` values; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
-    /// CA bundle for an https JWKS URL (default: the compiled-in web roots).
+    /// CA bundle for an https JWKS URL (default: the system's roots, `tls::roots`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_ca: Option<PathBuf>,
     /// Claim naming the tenant's plan (dotted path).
@@ -422,7 +423,8 @@ pub struct UpstreamTls {
     /// SNI and certificate name; the endpoint host if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// PEM bundle of trusted roots; system/webpki roots if absent.
+    /// PEM bundle of trusted roots; the system's roots (`tls::roots`: the compiled-in web
+    /// roots where the system has none) if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// PEM client certificate chain for mutual TLS; given with `key` or not at all.

@@ -194,7 +194,8 @@ async fn the_exporter_is_kept_across_a_reload_while_its_settings_are() {
     );
     assert!(!Arc::ptr_eq(first.exporter(), moved.exporter()));
     // An https collector's exporter is started anew, so its ca is read again.
-    let tls = crate::tls::client_config_offering(None, None, None, &[]).expect("web roots");
+    let roots = crate::tls::SystemRoots::new();
+    let tls = crate::tls::client_config_offering(None, None, None, &[], &roots).expect("roots");
     let secure = cfg(0.9, "https://127.0.0.1:10");
     let a = Tracer::build(&secure, Some(&moved), &tm, Some(&tls));
     let b = Tracer::build(&secure, Some(&a), &tm, Some(&tls));

@@ -27,6 +27,7 @@ use crate::clock::WallClock;
 use crate::config::file::JwtSource;
 use crate::error::Reason;
 use crate::throttle::{Throttle, WARN_EVERY};
+use crate::tls::SystemRoots;
 
 pub use self::refresh::is_url;
 
@@ -91,16 +92,18 @@ pub struct Jwt {
 impl Jwt {
     /// The source for `cfg`, whose tokens may name the plans `plans`; the keys (and their
     /// refresh task) of `prev` are kept when it has the same settings, so a reload neither
-    /// re-reads nor waits for a JWKS URL again.
+    /// re-reads nor waits for a JWKS URL again. A new https JWKS without `jwks_ca` trusts
+    /// `system`, the system roots of this config load.
     pub fn new(
         cfg: &JwtSource,
         plans: Arc<[Box<str>]>,
         prev: Option<&Jwt>,
         wall: WallClock,
+        system: &SystemRoots,
     ) -> Self {
         let keys = match prev.filter(|p| p.cfg == *cfg) {
             Some(p) => p.keys.clone(),
-            None => refresh::start(cfg),
+            None => refresh::start(cfg, system),
         };
         Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)
     }

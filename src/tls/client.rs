@@ -4,28 +4,28 @@
 //! request at a time on each; if `h2` were offered a server could pick it and the pool would
 //! then speak the wrong protocol. Negotiating h2 upstream is a pool change, not a TLS one.
 //!
-//! Without a `ca`, servers are verified against Mozilla's roots compiled in by `webpki-roots`
-//! (no OS certificate store needed, which slim sidecar images often lack).
+//! Without a `ca`, servers are verified against the system roots of the config load
+//! ([`SystemRoots`]; Mozilla's compiled-in list where the system has none).
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::pem::{load_roots, CertPair};
-use super::TlsFileError;
+use super::{SystemRoots, TlsFileError};
 
 /// ALPN protocols an upstream connection offers (see the module doc).
 pub const CLIENT_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
-/// Builds an upstream's TLS config: trust `ca` (or the compiled-in web roots when `None`),
-/// present `cert`+`key` as a client certificate when both are given, offer ALPN
-/// [`CLIENT_ALPN`].
+/// Builds an upstream's TLS config: trust `ca` (or `system`, the system roots of this config
+/// load, when `None`), present `cert`+`key` as a client certificate when both are given, offer
+/// ALPN [`CLIENT_ALPN`].
 ///
 /// Fails, naming the file, for the same reasons as [`super::server_config`], and when only one
 /// of `cert` and `key` is given.
@@ -33,8 +33,9 @@ pub fn client_config(
     ca: Option<&Path>,
     cert: Option<&Path>,
     key: Option<&Path>,
+    system: &SystemRoots,
 ) -> Result<Arc<ClientConfig>, TlsFileError> {
-    client_config_offering(ca, cert, key, &CLIENT_ALPN)
+    client_config_offering(ca, cert, key, &CLIENT_ALPN, system)
 }
 
 /// [`client_config`], offering the ALPN protocols `alpn` (none when empty: a Redis store, or a
@@ -44,12 +45,11 @@ pub fn client_config_offering(
     cert: Option<&Path>,
     key: Option<&Path>,
     alpn: &[&[u8]],
+    system: &SystemRoots,
 ) -> Result<Arc<ClientConfig>, TlsFileError> {
     let roots = match ca {
         Some(ca) => load_roots(ca)?,
-        None => Arc::new(RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        }),
+        None => system.get(),
     };
     let pair = match (cert, key) {
         (Some(cert), Some(key)) => Some((CertPair::load(cert, key)?, key)),
@@ -71,13 +71,14 @@ pub fn client_config_offering(
     Ok(Arc::new(config))
 }
 
-/// For `rampart validate`: everything [`client_config`] checks, without keeping the result.
+/// For `rampart validate`: everything [`client_config`] checks, without keeping the result
+/// (reading the system roots when `ca` is `None`).
 pub fn check_client(
     ca: Option<&Path>,
     cert: Option<&Path>,
     key: Option<&Path>,
 ) -> Result<(), TlsFileError> {
-    client_config(ca, cert, key).map(drop)
+    client_config(ca, cert, key, &SystemRoots::new()).map(drop)
 }
 
 /// Runs a client handshake on `tcp`, sending `server_name` as SNI and verifying the server's

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::client::CLIENT_ALPN;
-use super::{client_config_offering, server_config, TlsFileError};
+use super::{client_config_offering, server_config, SystemRoots, TlsFileError};
 use crate::config::file::{File, UpstreamProtocol};
 use crate::config::Section;
 
@@ -73,8 +73,9 @@ impl TlsFiles {
         out
     }
 
-    /// Reads every certificate, key and CA file `file` names; every problem is reported.
-    pub fn load(file: &File) -> Result<TlsFiles, Vec<TlsFileProblem>> {
+    /// Reads every certificate, key and CA file `file` names; every problem is reported. A
+    /// client without a `ca` trusts `system` (its config load's system roots).
+    pub fn load(file: &File, system: &SystemRoots) -> Result<TlsFiles, Vec<TlsFileProblem>> {
         let mut out = TlsFiles::default();
         let mut problems = Vec::new();
         for (i, l) in file.listeners.iter().enumerate() {
@@ -97,8 +98,8 @@ impl TlsFiles {
                 UpstreamProtocol::Http1 => &CLIENT_ALPN,
                 UpstreamProtocol::Http2 => &[b"h2"],
             };
-            match client_config_offering(t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref(), alpn)
-            {
+            let (ca, cert, key) = (t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref());
+            match client_config_offering(ca, cert, key, alpn, system) {
                 Ok(c) => {
                     out.upstreams.insert(name.clone(), c);
                 }
@@ -112,7 +113,7 @@ impl TlsFiles {
             if otlp.is_https() {
                 let (cert, key) = (otlp.cert.as_deref(), otlp.key.as_deref());
                 // No ALPN here: the exporter's connector offers its own.
-                match client_config_offering(otlp.ca.as_deref(), cert, key, &[]) {
+                match client_config_offering(otlp.ca.as_deref(), cert, key, &[], system) {
                     Ok(c) => out.tracing = Some(c),
                     Err(error) => {
                         // The error names one file: placed at the key that names it.
@@ -141,6 +142,7 @@ impl TlsFiles {
                     t.cert.as_deref(),
                     t.key.as_deref(),
                     &[],
+                    system,
                 ) {
                     Ok(c) => out.store = Some(c),
                     Err(error) => problems.push(TlsFileProblem {

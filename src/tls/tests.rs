@@ -5,4 +5,5 @@
 
 mod files;
 mod handshake;
+mod roots;
 mod support;

@@ -398,3 +398,27 @@ async fn an_https_jwks_is_fetched_through_rustls_trusting_jwks_ca() {
     assert_eq!(rsp.status, 200);
     assert!(server.fetches.load(Ordering::SeqCst) >= 1);
 }
+
+/// Without `jwks_ca`, an https JWKS is verified against the system roots (SPEC §13), here the
+/// bundle the proxy's `SSL_CERT_FILE` names (set on that child only).
+#[tokio::test]
+async fn an_https_jwks_without_jwks_ca_trusts_the_system_roots() {
+    let app = sample().await;
+    let ca = Ca::new("system-installed issuer ca");
+    let pki = Pki::new();
+    let bundle = pki.ca("bundle", &ca);
+    let k = ec("k1");
+    let server = JwksServer::start_tls(jwks(&[&k]), &ca.server(7)).await;
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .var("JWKS", &url)
+        .var("REFRESH", "5m")
+        .env("SSL_CERT_FILE", bundle.display())
+        .spawn()
+        .await;
+    let t = bearer(&token(&k, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200, "{}", proxy.log());
+    assert!(server.fetches.load(Ordering::SeqCst) >= 1);
+}

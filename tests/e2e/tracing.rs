@@ -410,7 +410,7 @@ async fn spans_go_over_grpc_and_its_status_decides_the_count() {
 }
 
 /// An `https://` collector, over HTTP/1.1 and over gRPC (ALPN h2): verified against `ca`, the
-/// spans arrive. Without the `ca` (the web roots cannot vouch for a self-signed certificate),
+/// spans arrive. Without the `ca` (the system's roots cannot vouch for a self-signed certificate),
 /// nothing is sent in clear instead: every export fails and is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_collector_is_verified_against_its_ca() {
@@ -445,6 +445,29 @@ async fn an_https_collector_is_verified_against_its_ca() {
     let untrusted = TRACED.replace("endpoint: \"http://$OTLP\"", &https);
     let t = traced_by(&untrusted, app.addr(), otlp.addr(), "100%", "http/protobuf").await;
     exports_nothing(&t, &otlp, "an unverified collector gets nothing").await;
+}
+
+/// Without `otlp.ca`, an `https://` collector is verified against the system roots: here the
+/// bundle the proxy's `SSL_CERT_FILE` names (set on that child only), so the spans arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_without_ca_is_verified_against_the_system_roots() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let (otlp, ca) = Collector::start_tls(dir.path()).await;
+    let https = format!("endpoint: \"https://localhost:{}\"", otlp.addr().port());
+    let config = TRACED.replace("endpoint: \"http://$OTLP\"", &https);
+    let proxy = Proxy::builder(&config)
+        .var("APP", app.addr())
+        .var("SAMPLE", "100%")
+        .var("PROTOCOL", "http/protobuf")
+        .var("LOG", log.display())
+        .env("SSL_CERT_FILE", ca.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eventually!(otlp.spans().len() >= 2, "{}", proxy.log());
 }
 
 /// A request through `t` is served, but its spans' exports fail (counted as dropped) and none

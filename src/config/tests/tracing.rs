@@ -98,13 +98,13 @@ fn the_endpoint_is_an_http_or_https_base_url() {
         assert_eq!(spot(&e), (15, 21, "tracing.otlp.endpoint"), "{endpoint}");
         assert!(e.message.contains(says), "{endpoint}: {e:?}");
     }
-    // https is verified against `ca` (or the web roots); a `ca` an http endpoint would never
+    // https is verified against `ca` (or the system's roots); a `ca` an http endpoint would never
     // read is refused, and so is one that is not there.
     Config::from_str(
         &traced("{ endpoint: \"https://collector.example:4318\" }", ""),
         "t.yaml",
     )
-    .expect("https with the web roots");
+    .expect("https with the system's roots");
     // The scheme in any case, as the URL parser reads it: a `ca` beside HTTPS:// is read.
     Config::from_str(
         &traced(

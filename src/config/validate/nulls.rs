@@ -79,7 +79,7 @@ fn tls(path: &KeyPath) -> String {
             "{lead} (this listener would serve plaintext): it needs `cert` and `key` (PEM files; `client_ca` too for mutual TLS), or delete `tls` to serve plaintext"
         ),
         Some("upstreams") => format!(
-            "{lead} (requests to this upstream would go in plaintext): give its keys (`server_name`, `ca`, `cert`, `key`), or `tls: {{}}` for TLS verified against the compiled-in web roots, or delete `tls` for plaintext"
+            "{lead} (requests to this upstream would go in plaintext): give its keys (`server_name`, `ca`, `cert`, `key`), or `tls: {{}}` for TLS verified against the system's roots, or delete `tls` for plaintext"
         ),
         _ => format!(
             "{lead}: give its keys (`server_name`, `ca`, `cert`, `key`), or delete it for the defaults"

@@ -3,7 +3,7 @@
 //! A setting that would be accepted and then quietly do nothing is refused here instead: this
 //! build exports over HTTP (protobuf or JSON) or gRPC, to an `http://` collector (the usual
 //! shape of a sidecar beside a node-local OpenTelemetry Collector) or an `https://` one verified
-//! against `ca` or the compiled-in web roots (showing `cert` if the collector asks for one); a path under a gRPC endpoint is refused (gRPC's
+//! against `ca` or the system's roots (showing `cert` if the collector asks for one); a path under a gRPC endpoint is refused (gRPC's
 //! path is the method's), and so is a `ca` (or a client `cert` and `key`) for an `http://`
 //! endpoint, which would never be read.
 

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::keys::{parse_jwks, KeyStore};
 use crate::config::file::{redact_url_or_path, JwtSource};
+use crate::tls::SystemRoots;
 
 /// First retry delay of a failed fetch.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -33,7 +34,8 @@ pub fn is_url(jwks: &str) -> bool {
 
 /// Creates the key store of `cfg`, reads a file at once, and starts the refresh task (when a
 /// tokio runtime is running; without one, as in `rampart validate`, the keys stay as read).
-pub(super) fn start(cfg: &JwtSource) -> Arc<KeyStore> {
+/// An https URL without `jwks_ca` trusts `system`, the system roots of this config load.
+pub(super) fn start(cfg: &JwtSource, system: &SystemRoots) -> Arc<KeyStore> {
     let store = Arc::new(KeyStore::empty());
     let url = is_url(&cfg.jwks);
     if !url {
@@ -45,7 +47,8 @@ pub(super) fn start(cfg: &JwtSource) -> Arc<KeyStore> {
         }
     }
     let tls = match (url, cfg.jwks.starts_with("https://")) {
-        (true, true) => match crate::tls::client_config(cfg.jwks_ca.as_deref(), None, None) {
+        (true, true) => match crate::tls::client_config(cfg.jwks_ca.as_deref(), None, None, system)
+        {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(jwks = %redact_url_or_path(&cfg.jwks), error = %e, "cannot build the JWKS TLS client");

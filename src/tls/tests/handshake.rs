@@ -14,6 +14,7 @@ use tokio_rustls::client::TlsStream;
 use super::support::{serial_of, Ca, Files, Leaf};
 use crate::tls::{
     accept, client_config, connect, server_config, ConnInfo, HandshakeError, ReloadableAcceptor,
+    SystemRoots,
 };
 
 type Outcome = Result<ConnInfo, HandshakeError>;
@@ -100,7 +101,13 @@ fn setup(client_ca: Option<&Ca>) -> Setup {
 async fn alpn_picks_h2_when_offered_and_http1_otherwise() {
     let s = setup(None);
     let (addr, mut rx) = serve(s.acceptor.clone()).await;
-    let base = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("client config");
+    let base = client_config(
+        Some(&s.files.ca("ca", &s.ca)),
+        None,
+        None,
+        &SystemRoots::new(),
+    )
+    .expect("client config");
 
     let h2 = with_alpn(&base, &[b"h2", b"http/1.1"]);
     let mut conn = dial(addr, h2, "localhost")
@@ -201,7 +208,13 @@ async fn mtls_refuses_a_client_without_a_certificate() {
     let client_ca = Ca::new("client ca");
     let s = setup(Some(&client_ca));
     let (addr, mut rx) = serve(s.acceptor.clone()).await;
-    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("client config");
+    let cfg = client_config(
+        Some(&s.files.ca("ca", &s.ca)),
+        None,
+        None,
+        &SystemRoots::new(),
+    )
+    .expect("client config");
     // TLS 1.3: the client's side finishes first; the refusal shows on the server and on use.
     let refused = match dial(addr, cfg, "localhost").await {
         Ok(mut conn) => ping(&mut conn).await.is_err(),
@@ -227,7 +240,13 @@ async fn mtls_refuses_a_certificate_from_another_ca() {
             ..Leaf::default()
         }),
     );
-    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), Some(&cert), Some(&key)).expect("cfg");
+    let cfg = client_config(
+        Some(&s.files.ca("ca", &s.ca)),
+        Some(&cert),
+        Some(&key),
+        &SystemRoots::new(),
+    )
+    .expect("cfg");
     if let Ok(mut conn) = dial(addr, cfg, "localhost").await {
         assert!(
             ping(&mut conn).await.is_err(),
@@ -251,7 +270,13 @@ async fn mtls_reports_the_client_cn_and_first_uri_san() {
         ..Leaf::default()
     };
     let (cert, key) = s.files.pair("client", &client_ca.issue(leaf));
-    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), Some(&cert), Some(&key)).expect("cfg");
+    let cfg = client_config(
+        Some(&s.files.ca("ca", &s.ca)),
+        Some(&cert),
+        Some(&key),
+        &SystemRoots::new(),
+    )
+    .expect("cfg");
     let mut conn = dial(addr, cfg, "localhost")
         .await
         .expect("verified client connects");
@@ -266,7 +291,13 @@ async fn mtls_reports_the_client_cn_and_first_uri_san() {
 async fn an_upstream_with_the_private_ca_connects_and_a_wrong_ca_fails() {
     let s = setup(None);
     let (addr, mut rx) = serve(s.acceptor.clone()).await;
-    let good = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("cfg");
+    let good = client_config(
+        Some(&s.files.ca("ca", &s.ca)),
+        None,
+        None,
+        &SystemRoots::new(),
+    )
+    .expect("cfg");
     let mut conn = dial(addr, good.clone(), "localhost")
         .await
         .expect("private CA verifies");
@@ -287,8 +318,13 @@ async fn an_upstream_with_the_private_ca_connects_and_a_wrong_ca_fails() {
         .await
         .expect_err("server sees the client's alert");
 
-    let wrong =
-        client_config(Some(&s.files.ca("wrong", &Ca::new("wrong"))), None, None).expect("cfg");
+    let wrong = client_config(
+        Some(&s.files.ca("wrong", &Ca::new("wrong"))),
+        None,
+        None,
+        &SystemRoots::new(),
+    )
+    .expect("cfg");
     let err = dial(addr, wrong, "localhost")
         .await
         .expect_err("wrong CA must fail");
@@ -333,7 +369,13 @@ async fn a_plaintext_request_on_a_tls_listener_is_a_protocol_failure() {
 async fn after_replace_new_handshakes_use_the_new_cert_and_old_connections_keep_working() {
     let s = setup(None);
     let (addr, mut rx) = serve(s.acceptor.clone()).await;
-    let cfg = client_config(Some(&s.files.ca("ca", &s.ca)), None, None).expect("cfg");
+    let cfg = client_config(
+        Some(&s.files.ca("ca", &s.ca)),
+        None,
+        None,
+        &SystemRoots::new(),
+    )
+    .expect("cfg");
     let peer_serial = |c: &TlsStream<TcpStream>| {
         serial_of(&c.get_ref().1.peer_certificates().expect("server cert")[0])
     };

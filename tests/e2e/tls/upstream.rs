@@ -197,3 +197,71 @@ async fn health_checks_of_a_tls_upstream_go_over_tls() {
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     assert_eq!(rsp.text(), "localhost");
 }
+
+/// `outbound` with `tls` body `tls`, whose system trust store is the file `bundle` alone: the
+/// proxy's `SSL_CERT_FILE` names it and its `SSL_CERT_DIR` is empty (set on the child only, so
+/// no other test's proxy sees them; this machine's own may set both).
+async fn outbound_trusting(up: SocketAddr, tls: &str, bundle: &std::path::Path) -> Proxy {
+    Proxy::builder(OUTBOUND)
+        .var("UPTLS", tls)
+        .var("UP", up)
+        .env("SSL_CERT_FILE", bundle.display())
+        .env("SSL_CERT_DIR", "")
+        .spawn()
+        .await
+}
+
+/// The fallback's warning (`tls::roots`).
+const NO_SYSTEM_ROOTS: &str = "no usable system trust roots";
+
+/// SPEC §8: without `ca`, the upstream is verified against the system roots, which include the
+/// bundle `SSL_CERT_FILE` names: a private CA installed there is trusted, no fallback is warned of.
+#[tokio::test]
+async fn without_ca_the_upstream_is_verified_against_the_system_roots() {
+    let (ca, pki) = (Ca::new("system-installed ca"), Pki::new());
+    let bundle = pki.ca("bundle", &ca);
+    let up = TlsUpstream::start(&ca.server(1)).await;
+
+    let proxy = outbound_trusting(up.addr, "server_name: localhost", &bundle).await;
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(rsp.text(), "localhost", "SNI is the configured server_name");
+    assert!(!proxy.log().contains(NO_SYSTEM_ROOTS), "{}", proxy.log());
+}
+
+/// A system store with nothing usable (here an `SSL_CERT_FILE` that does not exist) leaves the
+/// compiled-in web roots, warned of once per config load with the file named, not per
+/// connection: the private CA is not trusted (502). A reload reads the system store again, so
+/// the CA installed at that path meanwhile is trusted from then on.
+#[tokio::test]
+async fn an_empty_system_store_falls_back_with_a_warning_and_a_reload_reads_it_again() {
+    let (ca, pki) = (Ca::new("system-installed ca"), Pki::new());
+    let bundle = pki.path("later.pem");
+    let up = TlsUpstream::start(&ca.server(1)).await;
+
+    let proxy = outbound_trusting(up.addr, "server_name: localhost", &bundle).await;
+    for _ in 0..2 {
+        call(&proxy)
+            .await
+            .assert_rampart(502, "upstream_unavailable");
+    }
+    assert_eq!(up.hits(), 0, "an unverified upstream gets no request");
+    let log = proxy.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(NO_SYSTEM_ROOTS))
+        .collect();
+    assert_eq!(warned.len(), 1, "once, at the load:\n{log}");
+    assert!(
+        warned[0].contains("later.pem"),
+        "names the file: {}",
+        warned[0]
+    );
+
+    pki.ca("later", &ca);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let rsp = call(&proxy).await;
+    assert_eq!(rsp.status, 200, "the store read again: {}", rsp.text());
+    assert_eq!(proxy.log().matches(NO_SYSTEM_ROOTS).count(), 1);
+}

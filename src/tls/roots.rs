@@ -1,0 +1,146 @@
+//! The roots a TLS client trusts when its section names no `ca` (SPEC §8: "the system roots").
+//!
+//! One rule for every outbound TLS user: an upstream's `tls`, an `https://` JWKS, an `https://`
+//! OTLP collector and a `rediss://` store. Without a `ca`, each verifies against the system's
+//! trust store as `rustls-native-certs` reads it: the PEM file in `SSL_CERT_FILE` and the
+//! directories in `SSL_CERT_DIR` when either is set, else the OS bundle (`/etc/ssl/certs` and
+//! the other paths OpenSSL looks in). That is the store `curl` and OpenSSL trust on the same
+//! host, so a private CA installed there (or named by `SSL_CERT_FILE`) is trusted by rampart too.
+//!
+//! A store that yields no usable certificate (a slim or `scratch` image without
+//! ca-certificates, an `SSL_CERT_FILE` that is missing or holds none) would make every such
+//! handshake fail. rampart then trusts Mozilla's roots compiled in by `webpki-roots`, and says
+//! so at warn, with the reason, each time a config load reads the store: a public upstream
+//! still verifies, and the operator learns why a private CA does not.
+//!
+//! Each config load (start, `validate`, each reload) has one [`SystemRoots`], carried by its
+//! `Config`: the store is read at most once for it, on first need, and every client config of
+//! that load shares the result (start checks the TLS files, then applies them: one read). Never
+//! per connection, and never when every client names its `ca`. A reload reads it again, so a CA
+//! added to the system store is trusted from the next reload on.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use rustls::RootCertStore;
+use rustls_native_certs::CertificateResult;
+
+/// The system roots of one config load, read on first use.
+#[derive(Default)]
+pub struct SystemRoots(OnceLock<Arc<RootCertStore>>);
+
+/// What one read of the system store gave.
+#[derive(Debug)]
+pub(super) enum Found {
+    /// At least one usable root; `problems` names what could not be read or used, if anything.
+    System {
+        store: RootCertStore,
+        problems: Option<String>,
+    },
+    /// None usable, for `reason`: the compiled-in web roots instead.
+    Fallback { reason: String },
+}
+
+// === impl SystemRoots ===
+
+impl SystemRoots {
+    /// Roots not read yet: the first [`SystemRoots::get`] reads them.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The system's roots (or the compiled-in web roots when it has none), read on the first
+    /// call and shared afterwards.
+    pub fn get(&self) -> Arc<RootCertStore> {
+        self.0.get_or_init(read).clone()
+    }
+}
+
+/// How many roots, not each of them: a `Config` printed with `{:?}` stays readable.
+impl fmt::Debug for SystemRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.get() {
+            Some(store) => write!(f, "SystemRoots({} roots)", store.len()),
+            None => f.write_str("SystemRoots(unread)"),
+        }
+    }
+}
+
+/// Reads the system store, logging the outcome; the fallback and any problem are warned of.
+fn read() -> Arc<RootCertStore> {
+    let store = match choose(rustls_native_certs::load_native_certs(), &looked_in()) {
+        Found::System { store, problems } => {
+            if let Some(problems) = problems {
+                tracing::warn!(
+                    roots = store.len(),
+                    problems = %problems,
+                    "part of the system trust store could not be read or used; TLS clients \
+                     without a ca trust the rest"
+                );
+            } else {
+                tracing::debug!(
+                    roots = store.len(),
+                    "TLS clients without a ca trust the system roots"
+                );
+            }
+            store
+        }
+        Found::Fallback { reason } => {
+            tracing::warn!(
+                reason = %reason,
+                "no usable system trust roots: TLS clients without a ca trust the compiled-in \
+                 web roots (Mozilla's list) instead; install ca-certificates or set \
+                 SSL_CERT_FILE to trust others"
+            );
+            web_roots()
+        }
+    };
+    Arc::new(store)
+}
+
+/// Where `load_native_certs` looks, for a warning: the variables when either is set (it then
+/// reads only those), else the OS bundle.
+fn looked_in() -> String {
+    let vars: Vec<String> = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .into_iter()
+        .filter_map(|v| Some((v, std::env::var_os(v)?)))
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(v, value)| format!("{v}={}", value.to_string_lossy()))
+        .collect();
+    if vars.is_empty() {
+        "the OS bundle paths (SSL_CERT_FILE and SSL_CERT_DIR unset)".to_owned()
+    } else {
+        vars.join(", ")
+    }
+}
+
+/// Mozilla's roots, compiled in.
+fn web_roots() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// The decision, apart from the reading: the certificates read when any is usable, else the
+/// reason there are none (`looked` says where the reader looked, for when it found nothing).
+pub(super) fn choose(found: CertificateResult, looked: &str) -> Found {
+    let read = found.certs.len();
+    let mut store = RootCertStore::empty();
+    let (_, unusable) = store.add_parsable_certificates(found.certs);
+    let mut problems: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    if unusable > 0 {
+        problems.push(format!(
+            "{unusable} of {read} certificates are not usable as roots"
+        ));
+    }
+    if !store.is_empty() {
+        let problems = (!problems.is_empty()).then(|| problems.join("; "));
+        return Found::System { store, problems };
+    }
+    let reason = if problems.is_empty() {
+        format!("no certificate found in {looked}")
+    } else {
+        problems.join("; ")
+    };
+    Found::Fallback { reason }
+}
