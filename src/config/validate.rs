@@ -7,6 +7,7 @@
 //! absence would only add confusing follow-on errors). Each error is placed on the value it
 //! is about (a bad value) or on its key (a key that is wrong or missing).
 
+mod certs;
 mod de;
 mod global;
 mod inert;
@@ -106,6 +107,10 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         listener::check_taken_out(f, &written, &mut r);
     }
     nulls::check(&mut r);
+    if let Some(f) = &file {
+        // Last: it reads only the files no check above has refused.
+        certs::check(f, &mut r);
+    }
     r.errors.sort_by_key(|e| (e.line, e.column));
     r.warnings.sort_by_key(|e| (e.line, e.column));
     if stopped {
@@ -441,6 +446,16 @@ impl<'a> Report<'a> {
     /// True when `path` is written as a list in the text.
     pub(super) fn doc_has_index(&self, path: &KeyPath) -> bool {
         self.doc.is_seq(&self.doc.written(path))
+    }
+
+    /// True when an error so far is about `path` or a key under it (written paths compared).
+    pub(super) fn has_error_under(&self, path: &KeyPath) -> bool {
+        let at = self.doc.written(path).to_string();
+        self.errors.iter().any(|e| {
+            e.path
+                .strip_prefix(at.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
     }
 
     /// True when the node at `path` (as written) was taken out after a shape error.

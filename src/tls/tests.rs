@@ -5,4 +5,4 @@
 
 mod files;
 mod handshake;
-mod support;
+pub(crate) mod support;
