@@ -612,6 +612,12 @@ fn access_log_short_and_long_forms() {
     let on = log("true").expect("on");
     assert_eq!((on.to, on.sample_ok.0), (LogTo::Stdout, 1.0));
     assert!(log("false").is_none());
+    // `stderr` is the stream, as `stdout` is, not a file of that name in the working
+    // directory; such a file is written `./stderr`.
+    let err = log("{ to: stderr }").expect("on");
+    assert_eq!(err.to, LogTo::Stderr);
+    let file = log("{ to: ./stderr }").expect("on");
+    assert_eq!(file.to, LogTo::File("./stderr".into()));
     let dir = std::env::temp_dir();
     let path = dir.join("access.jsonl");
     let long = log(&format!("{{ to: {}, sample_ok: 10% }}", path.display())).expect("on");
