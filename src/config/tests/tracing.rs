@@ -327,3 +327,30 @@ fn the_endpoints_userinfo_is_one_authorization_and_warned_in_clear() {
     );
     assert!(super::warnings(&tls).is_empty());
 }
+
+/// An endpoint that already ends in `/v1/traces` (the full URL another exporter takes) draws a
+/// warning at `endpoint`: rampart appends the path, so spans would go to
+/// `/v1/traces/v1/traces`. Where they go is unchanged; a gRPC endpoint, which has no path, is
+/// refused as before.
+#[test]
+fn an_endpoint_ending_in_the_traces_path_draws_a_warning() {
+    for endpoint in ["http://h:4318/v1/traces", "http://h:4318/base/v1/traces/"] {
+        let text = traced(&format!("{{ endpoint: \"{endpoint}\" }}"), "");
+        let cfg = Config::from_str(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let w: Vec<_> = cfg.warnings.iter().map(|w| (spot(w), &w.message)).collect();
+        assert_eq!(w.len(), 1, "{endpoint}: {w:#?}");
+        assert_eq!(w[0].0 .2, "tracing.otlp.endpoint", "{w:#?}");
+        assert_eq!((w[0].0 .0, w[0].0 .1), (15, 11), "{w:#?}");
+        assert!(w[0].1.contains("/v1/traces/v1/traces"), "{w:#?}");
+        assert!(w[0].1.contains("appends /v1/traces"), "{w:#?}");
+    }
+    for endpoint in [
+        "http://h:4318",
+        "http://h:4318/base/",
+        "http://h:4318/v1/traces-x",
+    ] {
+        let text = traced(&format!("{{ endpoint: \"{endpoint}\" }}"), "");
+        let cfg = Config::from_str(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.warnings.is_empty(), "{endpoint}: {:#?}", cfg.warnings);
+    }
+}
