@@ -200,23 +200,11 @@ pub fn audit_file_of(text: &str) -> Option<PathBuf> {
 
 /// [`Config::error_at`] over `text` (`None`: no place), named `origin`.
 fn error_in(text: Option<&str>, origin: String, at: &Section, message: String) -> ConfigError {
-    let root = locate::KeyPath::default();
-    let path = match at {
-        Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
-        Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
-        Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
-        Section::Store => root.key("global_store").key("redis").key("tls"),
-        Section::Listen(i) => root.key("listeners").idx(*i).key("listen"),
-        Section::AdminListen => root.key("admin").key("listen"),
-    };
-    let target = match at {
-        Section::Listen(_) | Section::AdminListen => locate::Target::Value,
-        _ => locate::Target::Key,
-    };
+    let path = at.key_path();
     let (line, column) = match text {
         Some(text) => {
             let doc = locate::Doc::parse(text);
-            doc.locate(&doc.written(&path), target)
+            doc.locate(&doc.written(&path), at.target())
         }
         None => (0, 0),
     };
@@ -268,6 +256,33 @@ pub enum Section {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+// === impl Section ===
+
+impl Section {
+    /// The key an error about this section is placed at: its `tls` (or, for the collector, the
+    /// file key named), or its `listen`.
+    fn key_path(&self) -> locate::KeyPath {
+        let root = locate::KeyPath::default();
+        match self {
+            Section::Listener(i) => root.key("listeners").idx(*i).key("tls"),
+            Section::Upstream(name) => root.key("upstreams").key(name).key("tls"),
+            Section::Tracing(file) => root.key("tracing").key("otlp").key(file),
+            Section::Store => root.key("global_store").key("redis").key("tls"),
+            Section::Listen(i) => root.key("listeners").idx(*i).key("listen"),
+            Section::AdminListen => root.key("admin").key("listen"),
+        }
+    }
+
+    /// Whether the error is placed on the key (a `tls` section, a file key) or on its value
+    /// (an address).
+    fn target(&self) -> locate::Target {
+        match self {
+            Section::Listen(_) | Section::AdminListen => locate::Target::Value,
+            _ => locate::Target::Key,
+        }
+    }
+}
+
 // === impl Config ===
 
 impl Config {
@@ -293,7 +308,10 @@ impl Config {
 
     /// Parses and validates `text`; `origin` names it in error messages.
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let (file, warnings) = validate::parse(locate::without_bom(text), origin)?;
+        // One read of the system's roots for the whole load: validation's check of the TLS
+        // files and the configs start and reload then build (`TlsFiles::load`) share it.
+        let system_roots = Arc::new(SystemRoots::new());
+        let (file, warnings) = validate::parse(locate::without_bom(text), origin, &system_roots)?;
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
         Ok(Config {
             file,
@@ -301,7 +319,7 @@ impl Config {
             path: None,
             loaded_at: SystemTime::now(),
             warnings,
-            system_roots: Arc::default(),
+            system_roots,
         })
     }
 

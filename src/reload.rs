@@ -131,6 +131,8 @@ pub fn apply(
     let old = shared.current.load_full();
     refuse_restart_only(&old.config, &cfg)?;
     // Certificates and keys are read now, at every reload: a bad file refuses the whole config.
+    // Validation (`Config::load`) read them too, so their errors came sorted with the rest;
+    // this read builds the configs served, and fails only for a file changed since.
     let tls = TlsFiles::load(&cfg.file, &cfg.system_roots)
         .map_err(|p| ReloadError::Invalid(tls_errors(&cfg, p)))?;
     let mut bound = Vec::new();

@@ -88,4 +88,4 @@ fn server_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -842,7 +842,7 @@ pub struct Listener {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
-    /// `stdout`, or the path of a file that lines are appended to.
+    /// `stdout`, `stderr`, or the path of a file that lines are appended to.
     pub to: LogTo,
     /// Share of 2xx/3xx lines kept; every other line is always written.
     #[serde(default = "full_ratio")]
@@ -854,6 +854,10 @@ pub struct AccessLog {
 pub enum LogTo {
     /// The process's standard output.
     Stdout,
+    /// The process's standard error: the access log apart from rampart's own log, which goes
+    /// to stdout (as nginx's `access_log /dev/stderr` or Envoy's stderr access logger). Not a
+    /// file named `stderr`: a file of that name is written `./stderr`.
+    Stderr,
     /// A file, opened for append (and again on every reload, for log rotation).
     File(PathBuf),
 }
@@ -1370,7 +1374,7 @@ fn access_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AccessLog>, D::E
     impl<'de> Visitor<'de> for V {
         type Value = Option<AccessLog>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("true, false, or { to: stdout | PATH, sample_ok: RATIO }")
+            f.write_str("true, false, or { to: stdout | stderr | PATH, sample_ok: RATIO }")
         }
         fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
             Ok(on.then_some(AccessLog {
@@ -1390,7 +1394,10 @@ impl<'de> Deserialize<'de> for LogTo {
         let s = String::deserialize(d)?;
         match s.as_str() {
             "stdout" => Ok(LogTo::Stdout),
-            "" => Err(de::Error::custom("expected `stdout` or a file path")),
+            "stderr" => Ok(LogTo::Stderr),
+            "" => Err(de::Error::custom(
+                "expected `stdout`, `stderr` or a file path",
+            )),
             _ => Ok(LogTo::File(PathBuf::from(s))),
         }
     }
@@ -1400,6 +1407,7 @@ impl Serialize for LogTo {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             LogTo::Stdout => s.serialize_str("stdout"),
+            LogTo::Stderr => s.serialize_str("stderr"),
             LogTo::File(p) => p.serialize(s),
         }
     }

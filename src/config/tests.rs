@@ -138,22 +138,25 @@ fn spec_example_parses_and_only_its_tls_files_are_missing() {
 
 #[test]
 fn tls_files_that_exist_are_accepted() {
-    let dir = std::env::temp_dir().join(format!("rampart-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir must be creatable");
-    let pem = dir.join("x.pem");
-    std::fs::write(&pem, "not checked here\n").expect("temp file must be writable");
-    let pem = pem.display().to_string();
+    use crate::tls::tests::support::{Ca, Files};
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (cert, key) = files.pair("x", &ca.server(1));
     let text = SPEC_EXAMPLE
         .replace(
             "    tls: { server_name: payments.internal, ca: /etc/rampart/ca.pem }",
             "",
         )
-        .replace("/etc/rampart/tls/cert.pem", &pem);
-    let e = one(&text.replace("/etc/rampart/tls/key.pem", &dir.display().to_string()));
+        .replace("/etc/rampart/tls/cert.pem", &cert.display().to_string());
+    let dir = key.parent().expect("a temp dir").display().to_string();
+    let e = one(&text.replace("/etc/rampart/tls/key.pem", &dir));
     assert_eq!(e.path, "listeners[0].tls.key");
     assert!(e.message.contains("is not a regular file"), "{e:?}");
-    ok(&text.replace("/etc/rampart/tls/key.pem", &pem));
-    let _ = std::fs::remove_dir_all(&dir);
+    ok(&text.replace("/etc/rampart/tls/key.pem", &key.display().to_string()));
+    // Their contents are read too: a key that is not the certificate's is refused.
+    let (_, other) = files.pair("y", &ca.server(2));
+    let e = one(&text.replace("/etc/rampart/tls/key.pem", &other.display().to_string()));
+    assert_eq!(e.path, "listeners[0].tls");
+    assert!(e.message.contains("key does not match"), "{e:?}");
 }
 
 #[test]
@@ -609,6 +612,12 @@ fn access_log_short_and_long_forms() {
     let on = log("true").expect("on");
     assert_eq!((on.to, on.sample_ok.0), (LogTo::Stdout, 1.0));
     assert!(log("false").is_none());
+    // `stderr` is the stream, as `stdout` is, not a file of that name in the working
+    // directory; such a file is written `./stderr`.
+    let err = log("{ to: stderr }").expect("on");
+    assert_eq!(err.to, LogTo::Stderr);
+    let file = log("{ to: ./stderr }").expect("on");
+    assert_eq!(file.to, LogTo::File("./stderr".into()));
     let dir = std::env::temp_dir();
     let path = dir.join("access.jsonl");
     let long = log(&format!("{{ to: {}, sample_ok: 10% }}", path.display())).expect("on");

@@ -7,6 +7,7 @@
 //! absence would only add confusing follow-on errors). Each error is placed on the value it
 //! is about (a bad value) or on its key (a key that is wrong or missing).
 
+mod certs;
 mod de;
 mod global;
 mod inert;
@@ -28,6 +29,7 @@ use super::file::{ClientIp, ClientIpFrom, File, TenantSource};
 use super::locate::{Doc, KeyPath, Node, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors};
+use crate::tls::SystemRoots;
 
 /// The only schema version.
 const VERSION: u32 = 1;
@@ -51,8 +53,9 @@ pub(super) struct Report<'a> {
 /// A file that validated, and the warnings it drew.
 pub(super) type Parsed = (File, Vec<ConfigError>);
 
-/// Parses `text` into the file model and validates it.
-pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
+/// Parses `text` into the file model and validates it. `roots` are the system's trust roots of
+/// this load, read (once) only if a TLS client without a `ca` is built to check its files.
+pub(super) fn parse(text: &str, origin: &str, roots: &SystemRoots) -> Result<Parsed, ConfigErrors> {
     let mut doc = read(text, origin)?;
     // The tree as written, before the shape pass takes anything out (`listener::check_taken_out`).
     let written = Doc {
@@ -106,6 +109,10 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Parsed, ConfigErrors> {
         listener::check_taken_out(f, &written, &mut r);
     }
     nulls::check(&mut r);
+    if let Some(f) = &file {
+        // Last: it reads only the files no check above has refused.
+        certs::check(f, &mut r, roots);
+    }
     r.errors.sort_by_key(|e| (e.line, e.column));
     r.warnings.sort_by_key(|e| (e.line, e.column));
     if stopped {
@@ -441,6 +448,16 @@ impl<'a> Report<'a> {
     /// True when `path` is written as a list in the text.
     pub(super) fn doc_has_index(&self, path: &KeyPath) -> bool {
         self.doc.is_seq(&self.doc.written(path))
+    }
+
+    /// True when an error so far is about `path` or a key under it (written paths compared).
+    pub(super) fn has_error_under(&self, path: &KeyPath) -> bool {
+        let at = self.doc.written(path).to_string();
+        self.errors.iter().any(|e| {
+            e.path
+                .strip_prefix(at.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
     }
 
     /// True when the node at `path` (as written) was taken out after a shape error.

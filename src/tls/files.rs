@@ -1,9 +1,12 @@
 //! Every TLS config a policy file names, read from disk once per generation.
 //!
-//! Start, `validate` and every reload call [`TlsFiles::load`] before anything else changes, so a
-//! missing, mismatched or expired file refuses the whole config (the one in force stays), and a
-//! reload that succeeds makes new handshakes use the files as they are now, even when their
-//! paths did not change (certificate rotation in place).
+//! Validation reads every file through [`TlsFiles::load_where`] in the pass that checks the rest
+//! of the policy (so `validate`, a refused start and a refused reload list these errors sorted
+//! with the others), and start and every reload call [`TlsFiles::load`] again before anything
+//! else changes, for the configs they serve with. So a missing, mismatched or expired file
+//! refuses the whole config (the one in force stays), and a reload that succeeds makes new
+//! handshakes use the files as they are now, even when their paths did not change (certificate
+//! rotation in place).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -76,10 +79,26 @@ impl TlsFiles {
     /// Reads every certificate, key and CA file `file` names; every problem is reported. A
     /// client without a `ca` trusts `system` (its config load's system roots).
     pub fn load(file: &File, system: &SystemRoots) -> Result<TlsFiles, Vec<TlsFileProblem>> {
+        Self::load_where(file, system, |_| true)
+    }
+
+    /// [`TlsFiles::load`], reading only the sections `read` says yes to (and leaving them out of
+    /// the result otherwise). Validation asks it not to read a section whose file keys it has
+    /// already refused (a missing file, a FIFO that opening would wait on, a half pair); for
+    /// `tracing.otlp` it is asked once per file key (`Section::Tracing("ca")`, `"cert"`,
+    /// `"key"`), and the section is read when all three are yes.
+    pub fn load_where(
+        file: &File,
+        system: &SystemRoots,
+        read: impl Fn(&Section) -> bool,
+    ) -> Result<TlsFiles, Vec<TlsFileProblem>> {
         let mut out = TlsFiles::default();
         let mut problems = Vec::new();
         for (i, l) in file.listeners.iter().enumerate() {
             let Some(t) = &l.tls else { continue };
+            if !read(&Section::Listener(i)) {
+                continue;
+            }
             match server_config(&t.cert, &t.key, t.client_ca.as_deref()) {
                 Ok(c) => {
                     out.listeners.insert(l.name.clone(), c);
@@ -92,6 +111,9 @@ impl TlsFiles {
         }
         for (name, u) in &file.upstreams {
             let Some(t) = &u.tls else { continue };
+            if !read(&Section::Upstream(name.clone())) {
+                continue;
+            }
             // An HTTP/2 upstream is offered `h2` only: a server that picked HTTP/1.1 would be
             // spoken to in the wrong protocol.
             let alpn: &[&[u8]] = match u.protocol {
@@ -110,7 +132,8 @@ impl TlsFiles {
             }
         }
         if let Some(otlp) = file.tracing.as_ref().map(|t| &t.otlp) {
-            if otlp.is_https() {
+            let keys = ["ca", "cert", "key"];
+            if otlp.is_https() && keys.into_iter().all(|k| read(&Section::Tracing(k))) {
                 let (cert, key) = (otlp.cert.as_deref(), otlp.key.as_deref());
                 // No ALPN here: the exporter's connector offers its own.
                 match client_config_offering(otlp.ca.as_deref(), cert, key, &[], system) {
@@ -134,7 +157,7 @@ impl TlsFiles {
             }
         }
         if let Some(redis) = file.global_store.as_ref().map(|g| &g.redis) {
-            if redis.is_tls() {
+            if redis.is_tls() && read(&Section::Store) {
                 let t = redis.tls.clone().unwrap_or_default();
                 // No ALPN: Redis names no protocol.
                 match client_config_offering(

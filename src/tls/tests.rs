@@ -6,4 +6,4 @@
 mod files;
 mod handshake;
 mod roots;
-mod support;
+pub(crate) mod support;

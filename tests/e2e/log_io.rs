@@ -102,6 +102,38 @@ fn logging_to_log() -> String {
     )
 }
 
+/// `access_log: { to: stderr }` writes its lines to the process's stderr, apart from rampart's
+/// own log on stdout, and makes no file named `stderr` in the working directory. Before, it
+/// was a relative path like any other: a file `stderr` beside wherever rampart was started.
+#[tokio::test]
+async fn an_access_log_to_stderr_goes_to_the_stream_not_a_file() {
+    let app = sample().await;
+    let template = logging_to_log().replace("$LOG", "stderr");
+    let cwd = std::env::current_dir().expect("a working directory");
+    let before = cwd.join("stderr").exists();
+    // Stdout piped apart: the proxy's log file then holds its stderr only.
+    let proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .stdout_unread()
+        .spawn()
+        .await;
+    let rsp = http::get(proxy.listener("inbound"), "/ok", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eventually!(
+        proxy.log().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["path"] == "/ok" && v["listener"] == "inbound")
+        }),
+        "an access log line on stderr: {}",
+        proxy.log()
+    );
+    assert_eq!(
+        cwd.join("stderr").exists(),
+        before,
+        "no file named stderr was made"
+    );
+}
+
 /// An access log this process cannot open for appending (a read-only sysctl: for root too) is
 /// refused: `validate` and `run` exit 1 naming its key, and a reload naming it is refused while
 /// the config in force, and its log, go on.

@@ -475,6 +475,46 @@ async fn an_expired_intermediate_fails_validate_and_reload() {
     assert_eq!(conn.serial, 1, "the old certificate stays in force");
 }
 
+/// A certificate error is listed with the file's other errors, sorted by place, by `validate`,
+/// by a refused reload and by a refused start alike (SPEC §14). Before, it came out only once
+/// every other error of the file was fixed.
+#[tokio::test]
+async fn a_bad_key_is_listed_with_the_other_errors_in_file_order() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let mut proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    // Serial 2's key beside serial 1's certificate; an unknown key before the listener and a
+    // bad duration after its `tls`.
+    pki.write("server-key.pem", &ca.server(2).key);
+    let bad = TLS_INBOUND
+        .replace("$SECTIONS", "bogus: 1")
+        .replace("$POLICY", "tunnel_idle_timeout: 5x");
+    proxy.rewrite_config(&bad);
+    let keys = [
+        ": bogus: unknown key",
+        ": listeners[0].tls: ",
+        ": listeners[0].routes[0].tunnel_idle_timeout: ",
+    ];
+    let in_order = |what: &str, text: &str| {
+        let at: Vec<Option<usize>> = keys.iter().map(|k| text.find(k)).collect();
+        assert!(
+            at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+            "{what}: {keys:?} in this order in:\n{text}"
+        );
+        assert!(text.contains("key does not match"), "{what}: {text}");
+    };
+    let out = validate(proxy.config_path()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    in_order("validate", &both(&out));
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    in_order("reload", &rsp.text());
+    let path = proxy.config_path().to_str().expect("a UTF-8 temp path");
+    let out = crate::support::proxy::run(&["run", "--config", path]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    in_order("start", &both(&out));
+}
+
 /// `rampart validate --config PATH`, bounded to 15 s.
 async fn validate(path: &Path) -> Output {
     let path = path.to_str().expect("a UTF-8 temp path");

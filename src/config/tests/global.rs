@@ -1,6 +1,7 @@
 //! SPEC §9 keys: `global_store` and `rate_limit.scope`, `on_store_error`, `lease`, `lease_ttl`.
 
 use super::{errors, fails_at, ok, policy, spot, BASE};
+use crate::tls::tests::support::{Ca, Files};
 
 const STORE: &str = "global_store:\n  redis: { url: \"redis://127.0.0.1:6379/0\", key_prefix: \"rampart:\", timeout: 25ms }\n";
 
@@ -146,13 +147,18 @@ fn a_store_nothing_uses_warns_and_none_warns_without_one() {
 fn a_rediss_store_takes_tls_and_a_redis_one_refuses_it() {
     let store = |redis: &str| format!("global_store:\n  redis: {redis}\n");
     let rl = "{ rate_limit: { per_tenant: { rate: 1/s }, scope: global } }";
+    // Real files where they are read (their contents are judged by validate).
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let ca_pem = files.ca("ca", &ca).display().to_string();
+    let (cert, key) = files.pair("client", &ca.server(1));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     for redis in [
-        "{ url: \"rediss://redis.internal:6380/0\" }",
-        "{ url: \"REDISS://:pw@redis.internal\" }",
-        "{ url: \"rediss://10.0.0.7:6380\", tls: { ca: /etc/hosts, server_name: redis.internal } }",
-        "{ url: \"rediss://h\", tls: { ca: /etc/hosts, cert: /etc/hosts, key: /etc/hosts } }",
+        "{ url: \"rediss://redis.internal:6380/0\" }".to_owned(),
+        "{ url: \"REDISS://:pw@redis.internal\" }".to_owned(),
+        format!("{{ url: \"rediss://10.0.0.7:6380\", tls: {{ ca: {ca_pem}, server_name: redis.internal }} }}"),
+        format!("{{ url: \"rediss://h\", tls: {{ ca: {ca_pem}, cert: {cert}, key: {key} }} }}"),
     ] {
-        ok(&with(&store(redis), rl));
+        ok(&with(&store(&redis), rl));
     }
     for (redis, path, says) in [
         (

@@ -57,6 +57,96 @@ listeners:
     assert_eq!(shown.lines().count(), 5, "{shown}");
 }
 
+/// The contents of certificate, key and CA files are judged in the same pass as the rest of
+/// the file, and their errors sorted with the others (SPEC §14). Before, they were read only
+/// once every other error was gone, and then came out in the loader's order (listeners
+/// before upstreams), not the file's.
+#[test]
+fn tls_file_contents_are_judged_in_the_same_pass_and_sorted_with_the_rest() {
+    use crate::tls::tests::support::{Ca, Files, Leaf};
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (cert1, _) = files.pair("one", &ca.server(1));
+    let (_, key2) = files.pair("two", &ca.server(2));
+    let expired = ca.issue(Leaf {
+        dns: vec!["localhost"],
+        not_before: Some((2019, 1, 1)),
+        not_after: Some((2020, 1, 1)),
+        ..Leaf::default()
+    });
+    let (old_cert, old_key) = files.pair("expired", &expired);
+    let ca_pem = files.ca("ca", &ca);
+    let show = |p: &Path| p.display().to_string();
+    let text = format!(
+        "\
+version: 1
+bogus: 1
+upstreams:
+  app: {{ endpoints: [127.0.0.1:3000], tls: {{ ca: {key2} }} }}
+  up2: {{ endpoints: [127.0.0.1:3001], tls: {{ ca: {ca_pem}, cert: {cert1}, key: {key2} }} }}
+policies:
+  p: {{ retyr: 1 }}
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: 127.0.0.1:8080
+    tls: {{ cert: {old_cert}, key: {old_key} }}
+    routes:
+      - {{ match: {{ path_prefix: /x }}, upstream: up2 }}
+      - {{ upstream: app, policy: p }}
+tenants:
+  from:
+    - jwt: {{ claim: t, jwks: \"https://issuer.example/jwks.json\", jwks_ca: {key2} }}
+runtime: {{ idle_timeout: 5x }}
+",
+        key2 = show(&key2),
+        ca_pem = show(&ca_pem),
+        cert1 = show(&cert1),
+        old_cert = show(&old_cert),
+        old_key = show(&old_key),
+    );
+    let all = errors(&text);
+    let got: Vec<(usize, &str)> = all.iter().map(|e| (e.line, e.path.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (2, "bogus"),
+            (4, "upstreams.app.tls"),
+            (5, "upstreams.up2.tls"),
+            (7, "policies.p.retyr"),
+            (12, "listeners[0].tls"),
+            (18, "tenants.from[0].jwt.jwks_ca"),
+            (19, "runtime.idle_timeout"),
+        ],
+        "{all:#?}"
+    );
+    let says = |i: usize, what: &str| {
+        assert!(all[i].message.contains(what), "{what:?} in {:?}", all[i]);
+    };
+    says(1, "no certificate in it");
+    says(2, "key does not match the certificate");
+    says(4, "expired at");
+    says(5, "no certificate in it");
+    // The same list comes from a file, as `validate`, a start and a reload read it.
+    let path = files.write("rampart.yaml", &text);
+    let loaded = crate::load_config(&path).expect_err("refused");
+    assert_eq!(loaded.0.len(), all.len(), "{loaded}");
+}
+
+/// A TLS file key that drew an error already (missing, not a file) is not read again: one
+/// error per file, not two.
+#[test]
+fn a_tls_file_refused_as_missing_is_not_also_read() {
+    let tls = "    tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem }\n";
+    let text = BASE.replace("    routes:\n", &format!("{tls}    routes:\n"));
+    let all = errors(&text);
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["listeners[0].tls.cert", "listeners[0].tls.key"],
+        "{all:#?}"
+    );
+}
+
 #[test]
 fn a_bad_required_value_does_not_also_report_it_missing() {
     let text = BASE.replace("direction: inbound", "direction: sideways")

@@ -107,6 +107,20 @@ fn jwt_sources_are_checked() {
         &with(&jwt(", audiences: [\"\"]", &good), rl),
         "tenants.from[0].jwt.audiences[0]",
     );
+    // Written empty, `issuers` or `audiences` would turn its check off unseen: refused, with
+    // the way to skip the check on purpose (leave the key out, as `good` does).
+    for (key, claim) in [("issuers", "iss"), ("audiences", "aud")] {
+        let e = fails_at(
+            &with(&jwt(&format!(", {key}: []"), &good), rl),
+            &format!("tenants.from[0].jwt.{key}"),
+        );
+        assert!(e.message.contains(&format!("checks no `{claim}`")), "{e:?}");
+        assert!(e.message.contains(&format!("omit `{key}`")), "{e:?}");
+    }
+    ok(&with(
+        &jwt(", issuers: [https://issuer.test/], audiences: [api]", &good),
+        rl,
+    ));
     let two = with(
         &jwt(", header: x", &good).replace("- jwt:", "- query: t\n      jwt:"),
         rl,

@@ -90,6 +90,40 @@ fn idempotency_bounds_are_checked() {
         &policy("{ idempotency: { ttl: 0s } }"),
         "policies.p.idempotency.ttl",
     );
+    // 0 would digest no request body: every keyed request with one would run unprotected.
+    let e = fails_at(
+        &policy("{ idempotency: { max_body: 0 } }"),
+        "policies.p.idempotency.max_body",
+    );
+    assert!(e.message.starts_with("must be at least 1 (got 0)"), "{e}");
+    assert!(e.message.contains("without the key's protection"), "{e}");
+    assert!(warnings(&policy("{ idempotency: { max_body: 1 } }")).is_empty());
+}
+
+/// A fault's delay or abort of 0% is accepted (a drill turned down to nothing) but injects
+/// nothing: a warning at its `percent`, in file order, with the way out.
+#[test]
+fn a_fault_of_zero_percent_draws_a_warning_at_its_percent() {
+    let text = policy(
+        "{ fault: { delay: { percent: 0%, duration: 1s }, abort: { percent: 0%, status: 503 } } }",
+    );
+    let all = warnings(&text);
+    let at: Vec<&str> = all.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        at,
+        [
+            "policies.p.fault.delay.percent",
+            "policies.p.fault.abort.percent"
+        ],
+        "{all:#?}"
+    );
+    let line = text.lines().find(|l| l.contains("fault")).expect("written");
+    let col = line.find("percent: 0%").expect("written") + 1;
+    assert_eq!(all[0].column, col, "{}", all[0]);
+    assert!(all[1].message.contains("does nothing"), "{}", all[1]);
+    assert!(all[1].message.contains("remove `abort`"), "{}", all[1]);
+    let some = policy("{ fault: { abort: { percent: 0.1%, status: 503 } } }");
+    assert!(warnings(&some).is_empty());
 }
 
 /// What a refused start reads of its file, leniently: only a written `audit.file` scalar, and

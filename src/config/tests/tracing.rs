@@ -3,6 +3,7 @@
 use super::{fails_at, one, spot, BASE};
 use crate::config::file::{OtlpCompression, OtlpProtocol};
 use crate::config::Config;
+use crate::tls::tests::support::{Ca, Files};
 
 /// BASE with a `tracing:` section whose `otlp` mapping is `otlp` and extra lines `rest`.
 fn traced(otlp: &str, rest: &str) -> String {
@@ -105,15 +106,26 @@ fn the_endpoint_is_an_http_or_https_base_url() {
         "t.yaml",
     )
     .expect("https with the system's roots");
+    // Real files where they are read (their contents are judged by validate).
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let ca_pem = files.ca("ca", &ca).display().to_string();
+    let (cert, key) = files.pair("client", &ca.server(1));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     // The scheme in any case, as the URL parser reads it: a `ca` beside HTTPS:// is read.
     Config::from_str(
         &traced(
-            "{ endpoint: \"HTTPS://collector.example:4318\", ca: /etc/hosts }",
+            &format!("{{ endpoint: \"HTTPS://collector.example:4318\", ca: {ca_pem} }}"),
             "",
         ),
         "t.yaml",
     )
     .expect("an upper-case https scheme takes its ca");
+    let e = one(&traced(
+        "{ endpoint: \"HTTPS://collector.example:4318\", ca: /etc/hosts }",
+        "",
+    ));
+    assert_eq!(e.path, "tracing.otlp.ca", "{e:?}");
+    assert!(e.message.ends_with("no certificate in it"), "{e:?}");
     refused(
         "{ endpoint: \"http://127.0.0.1:4318\", ca: /etc/hosts }",
         "tracing.otlp.ca",
@@ -127,7 +139,9 @@ fn the_endpoint_is_an_http_or_https_base_url() {
     // A client certificate (mutual TLS): https only, with its key.
     Config::from_str(
         &traced(
-            "{ endpoint: \"https://collector.example:4318\", cert: /etc/hosts, key: /etc/hosts }",
+            &format!(
+                "{{ endpoint: \"https://collector.example:4318\", cert: {cert}, key: {key} }}"
+            ),
             "",
         ),
         "t.yaml",
@@ -312,4 +326,31 @@ fn the_endpoints_userinfo_is_one_authorization_and_warned_in_clear() {
         "",
     );
     assert!(super::warnings(&tls).is_empty());
+}
+
+/// An endpoint that already ends in `/v1/traces` (the full URL another exporter takes) draws a
+/// warning at `endpoint`: rampart appends the path, so spans would go to
+/// `/v1/traces/v1/traces`. Where they go is unchanged; a gRPC endpoint, which has no path, is
+/// refused as before.
+#[test]
+fn an_endpoint_ending_in_the_traces_path_draws_a_warning() {
+    for endpoint in ["http://h:4318/v1/traces", "http://h:4318/base/v1/traces/"] {
+        let text = traced(&format!("{{ endpoint: \"{endpoint}\" }}"), "");
+        let cfg = Config::from_str(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let w: Vec<_> = cfg.warnings.iter().map(|w| (spot(w), &w.message)).collect();
+        assert_eq!(w.len(), 1, "{endpoint}: {w:#?}");
+        assert_eq!(w[0].0 .2, "tracing.otlp.endpoint", "{w:#?}");
+        assert_eq!((w[0].0 .0, w[0].0 .1), (15, 11), "{w:#?}");
+        assert!(w[0].1.contains("/v1/traces/v1/traces"), "{w:#?}");
+        assert!(w[0].1.contains("appends /v1/traces"), "{w:#?}");
+    }
+    for endpoint in [
+        "http://h:4318",
+        "http://h:4318/base/",
+        "http://h:4318/v1/traces-x",
+    ] {
+        let text = traced(&format!("{{ endpoint: \"{endpoint}\" }}"), "");
+        let cfg = Config::from_str(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.warnings.is_empty(), "{endpoint}: {:#?}", cfg.warnings);
+    }
 }

@@ -78,7 +78,7 @@ pub(super) fn check_log_file(p: &KeyPath, path: &Path, log: Log, r: &mut Report<
     } else if let Err(e) = crate::logfile::check(path, how) {
         let why = match (&e, log) {
             (Unfit::NotRegular(_), Log::Access) => {
-                ": rampart appends its access log to regular files only; to feed a pipe or a collector, use `to: stdout`"
+                ": rampart appends its access log to regular files only; to feed a pipe or a collector, use `to: stdout` or `to: stderr`"
             }
             (Unfit::NotRegular(_), Log::Audit) => {
                 ": the audit trail must be a regular file, whose last line the next entry chains to"

@@ -24,6 +24,19 @@ pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
             "a fault without delay or abort injects nothing; give one or remove the section",
         );
     }
+    // A share of 0% is valid (a drill switched off by one number) but injects nothing: said,
+    // where it stands, as other settings that do nothing are.
+    for (kind, percent) in [
+        ("delay", f.delay.as_ref().map(|d| d.percent.0)),
+        ("abort", f.abort.as_ref().map(|a| a.percent.0)),
+    ] {
+        if percent == Some(0.0) {
+            r.warn(
+                &p.key(kind).key("percent"),
+                format!("0% of requests get this {kind}: it is never injected and does nothing; give a share above 0%, or remove `{kind}`"),
+            );
+        }
+    }
     if let Some(d) = &f.delay {
         let dp = p.key("delay");
         r.positive(&dp.key("duration"), d.duration.0);
@@ -98,6 +111,12 @@ pub(super) fn idempotency(i: &Idempotency, p: &KeyPath, r: &mut Report<'_>) {
     }
     r.positive(&p.key("ttl"), i.ttl.0);
     r.at_least_1(&p.key("max_entries"), i.max_entries);
+    if i.max_body.0 == 0 {
+        r.value(
+            &p.key("max_body"),
+            "must be at least 1 (got 0): a request body is digested up to max_body, so with 0 every keyed request with a body would run without the key's protection",
+        );
+    }
     if i.max_body.0 > MAX_IDEMPOTENT_BODY {
         r.value(
             &p.key("max_body"),

@@ -34,6 +34,18 @@ pub(super) fn check(t: &Tracing, r: &mut Report<'_>) {
             ),
         );
     }
+    // The endpoint is the base URL (SPEC §12); the full URL of a collector's trace path,
+    // copied from another exporter's settings, would send spans to `/v1/traces/v1/traces`.
+    if t.otlp.protocol != OtlpProtocol::Grpc && path.trim_end_matches('/').ends_with("/v1/traces") {
+        let shown = redact_url(&t.otlp.endpoint);
+        let base = shown.trim_end_matches('/');
+        r.warn(
+            &op.key("endpoint"),
+            format!(
+                "{shown:?} already ends in /v1/traces, and rampart appends /v1/traces to the endpoint: spans go to {base}/v1/traces; give the base URL, without /v1/traces",
+            ),
+        );
+    }
     headers(t, uri.as_ref(), &op.key("headers"), r);
     userinfo(t, uri.as_ref(), &op, r);
     let o = &t.otlp;

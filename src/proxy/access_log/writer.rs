@@ -166,6 +166,7 @@ struct Lost {
 /// The destination of a writer thread.
 enum Out {
     Stdout,
+    Stderr,
     File {
         path: std::path::PathBuf,
         /// The open file, or why it could not be opened and when to try again.
@@ -684,6 +685,7 @@ impl Out {
     fn new(to: LogTo) -> Self {
         match to {
             LogTo::Stdout => Out::Stdout,
+            LogTo::Stderr => Out::Stderr,
             LogTo::File(path) => {
                 let file = open(&path, Instant::now());
                 if let Err(c) = &file {
@@ -714,6 +716,7 @@ impl Out {
     fn write(&mut self, buf: &[u8], now: Instant) -> Result<(), Failed> {
         match self {
             Out::Stdout => write_all(&mut std::io::stdout().lock(), buf),
+            Out::Stderr => write_all(&mut std::io::stderr().lock(), buf),
             Out::File { path, file, torn } => {
                 if let Err(closed) = file {
                     if now < closed.retry {
@@ -752,6 +755,7 @@ impl std::fmt::Display for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Out::Stdout => f.write_str("stdout"),
+            Out::Stderr => f.write_str("stderr"),
             Out::File { path, .. } => write!(f, "{}", path.display()),
         }
     }

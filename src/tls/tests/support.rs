@@ -9,39 +9,39 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 
 /// A certificate authority with its own key.
-pub(super) struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate, PEM.
-    pub(super) pem: String,
+    pub(crate) pem: String,
 }
 
 /// What to put in a leaf certificate.
 #[derive(Default)]
-pub(super) struct Leaf {
-    pub(super) cn: Option<&'static str>,
-    pub(super) dns: Vec<&'static str>,
-    pub(super) ip: Option<IpAddr>,
-    pub(super) uri: Option<&'static str>,
-    pub(super) serial: u64,
-    pub(super) not_before: Option<(i32, u8, u8)>,
-    pub(super) not_after: Option<(i32, u8, u8)>,
+pub(crate) struct Leaf {
+    pub(crate) cn: Option<&'static str>,
+    pub(crate) dns: Vec<&'static str>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) uri: Option<&'static str>,
+    pub(crate) serial: u64,
+    pub(crate) not_before: Option<(i32, u8, u8)>,
+    pub(crate) not_after: Option<(i32, u8, u8)>,
 }
 
 /// A leaf certificate and its key, PEM.
-pub(super) struct Issued {
-    pub(super) cert: String,
-    pub(super) key: String,
+pub(crate) struct Issued {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 /// A temp dir that test files are written into; removed on drop.
-pub(super) struct Files {
+pub(crate) struct Files {
     dir: tempfile::TempDir,
 }
 
 // === impl Ca ===
 
 impl Ca {
-    pub(super) fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -53,7 +53,7 @@ impl Ca {
         }
     }
 
-    pub(super) fn issue(&self, leaf: Leaf) -> Issued {
+    pub(crate) fn issue(&self, leaf: Leaf) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         if let Some(cn) = leaf.cn {
             params.distinguished_name.push(DnType::CommonName, cn);
@@ -86,7 +86,7 @@ impl Ca {
 
     /// An intermediate CA named `name`, signed by this one, valid from `not_before` to
     /// `not_after`: its leaves' chain files carry its certificate after theirs.
-    pub(super) fn intermediate(
+    pub(crate) fn intermediate(
         &self,
         name: &str,
         not_before: (i32, u8, u8),
@@ -109,7 +109,7 @@ impl Ca {
     }
 
     /// A server leaf for `localhost` and 127.0.0.1.
-    pub(super) fn server(&self, serial: u64) -> Issued {
+    pub(crate) fn server(&self, serial: u64) -> Issued {
         self.issue(Leaf {
             cn: Some("localhost"),
             dns: vec!["localhost"],
@@ -123,33 +123,33 @@ impl Ca {
 // === impl Files ===
 
 impl Files {
-    pub(super) fn new() -> Files {
+    pub(crate) fn new() -> Files {
         Files {
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
-    pub(super) fn write(&self, name: &str, content: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).expect("write test file");
         path
     }
 
     /// Writes `issued` as `<name>.pem` and `<name>-key.pem`.
-    pub(super) fn pair(&self, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+    pub(crate) fn pair(&self, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
         (
             self.write(&format!("{name}.pem"), &issued.cert),
             self.write(&format!("{name}-key.pem"), &issued.key),
         )
     }
 
-    pub(super) fn ca(&self, name: &str, ca: &Ca) -> PathBuf {
+    pub(crate) fn ca(&self, name: &str, ca: &Ca) -> PathBuf {
         self.write(&format!("{name}.pem"), &ca.pem)
     }
 }
 
 /// The serial number of a DER certificate, as a number.
-pub(super) fn serial_of(cert: &CertificateDer<'_>) -> u64 {
+pub(crate) fn serial_of(cert: &CertificateDer<'_>) -> u64 {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).expect("peer cert parses");
     parsed
         .raw_serial()
@@ -159,7 +159,7 @@ pub(super) fn serial_of(cert: &CertificateDer<'_>) -> u64 {
 
 /// Re-encodes a PKCS#8 EC key as a SEC1 `EC PRIVATE KEY` PEM: PKCS#8 wraps the SEC1
 /// structure in its third field, an OCTET STRING.
-pub(super) fn sec1_of(pkcs8_pem: &str) -> String {
+pub(crate) fn sec1_of(pkcs8_pem: &str) -> String {
     use rustls::pki_types::pem::PemObject;
     let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pkcs8_pem.as_bytes())
         .expect("rcgen writes PKCS#8");
