@@ -320,7 +320,8 @@ pub enum ClientIpFrom {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSource {
-    /// Header carrying `Bearer <token>`.
+    /// Header carrying the token: `Bearer <token>` in `authorization`; in any other header
+    /// the token bare or after `Bearer `.
     #[serde(default = "default_jwt_header")]
     pub header: String,
     /// Claim naming the tenant; a dotted path (`org.id`) walks nested objects.

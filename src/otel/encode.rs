@@ -103,6 +103,7 @@ fn to_span(s: &SpanRecord) -> Span {
             .parent_id
             .map(|p| p.to_be_bytes().to_vec())
             .unwrap_or_default(),
+        trace_state: s.trace_state.as_deref().unwrap_or_default().to_owned(),
         flags,
         name: s.name.clone(),
         kind: match s.kind {

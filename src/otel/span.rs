@@ -52,6 +52,9 @@ pub(super) struct SpanRecord {
     pub(super) parent_id: Option<u64>,
     /// Whether the parent is the client's span (another process).
     pub(super) remote_parent: bool,
+    /// The W3C `tracestate` that travels with the span's context: the client's, when its
+    /// `traceparent` was continued (the upstream is passed it too).
+    pub(super) trace_state: Option<Arc<str>>,
     pub(super) kind: Kind,
     pub(super) name: String,
     pub(super) start: SystemTime,
@@ -77,10 +80,12 @@ struct Live {
 }
 
 /// What a try's span needs of its request's trace: the SERVER span is its parent.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SpanParent<'a> {
     trace_id: u128,
     span_id: u64,
+    /// The SERVER span's `tracestate`, which the tries pass on with their `traceparent`.
+    trace_state: Option<Arc<str>>,
     /// The SERVER span's start, wall clock and monotonic: children are placed on the same time
     /// line, so a try never appears to start before its request.
     wall: SystemTime,
@@ -155,12 +160,15 @@ impl ServerSpan {
             }
         }
         attrs.push(("rampart.listener", Val::Shared(listener.clone())));
+        // A continued trace keeps the client's state (`Tracer::start` dropped it otherwise).
+        let trace_state = trace.remote_parent.and_then(|_| trace_state(req.headers()));
         ServerSpan(Box::new(Live {
             rec: Some(Box::new(SpanRecord {
                 trace_id: trace.trace_id,
                 span_id: trace.span_id,
                 parent_id: trace.remote_parent,
                 remote_parent: trace.remote_parent.is_some(),
+                trace_state,
                 kind: Kind::Server,
                 name: method_name(req.method()).to_owned(),
                 start: wall,
@@ -181,6 +189,7 @@ impl ServerSpan {
         Some(SpanParent {
             trace_id: rec.trace_id,
             span_id: rec.span_id,
+            trace_state: rec.trace_state.clone(),
             wall: rec.start,
             mono: self.0.mono,
             exporter,
@@ -274,9 +283,9 @@ impl<'a> ClientSpan<'a> {
     /// Starts the span of try number `try_n` (from 1) of a `method` request.
     pub fn begin(parent: SpanParent<'a>, method: &Method, try_n: u32) -> Self {
         ClientSpan {
-            parent,
             span_id: super::context::span_id(),
             start: parent.wall + parent.mono.elapsed(),
+            parent,
             method: method.clone(),
             try_n,
         }
@@ -328,6 +337,7 @@ impl<'a> ClientSpan<'a> {
             span_id: self.span_id,
             parent_id: Some(self.parent.span_id),
             remote_parent: false,
+            trace_state: self.parent.trace_state,
             kind: Kind::Client,
             name: format!("{} {}", method_name(&self.method), to.upstream),
             start: self.start,
@@ -360,6 +370,27 @@ fn known_method(m: &Method) -> Option<&'static str> {
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];
     KNOWN.iter().copied().find(|k| *k == m.as_str())
+}
+
+/// The `tracestate` of `headers`: its lines joined as one list (W3C trace context §3.3.1.1:
+/// several lines are one list, in order), if any is text and not empty.
+pub(super) fn trace_state(headers: &http::HeaderMap) -> Option<Arc<str>> {
+    let mut lines = headers
+        .get_all(super::TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(Arc::from(first));
+    };
+    let mut list = format!("{first},{second}");
+    for v in lines {
+        list.push(',');
+        list.push_str(v);
+    }
+    Some(Arc::from(list))
 }
 
 /// The host (and port) the client addressed: the target's authority, else `host`.

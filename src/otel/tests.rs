@@ -127,6 +127,24 @@ async fn a_clients_trace_decides_whatever_the_sample_says() {
     assert_eq!(h[TRACEPARENT], unsampled, "passed on as it came");
 }
 
+/// A span's `tracestate` is the client's list; several lines are one list, in order, and
+/// empty or non-text lines add nothing.
+#[test]
+fn a_spans_tracestate_is_the_clients_lines_as_one_list() {
+    use super::span::trace_state;
+    let mut h = HeaderMap::new();
+    assert_eq!(trace_state(&h), None);
+    h.append(TRACESTATE, HeaderValue::from_static("a=1"));
+    assert_eq!(trace_state(&h).as_deref(), Some("a=1"));
+    h.append(TRACESTATE, HeaderValue::from_static(""));
+    h.append(
+        TRACESTATE,
+        HeaderValue::from_bytes(b"\xff=1").expect("opaque"),
+    );
+    h.append(TRACESTATE, HeaderValue::from_static("b=2,c=3"));
+    assert_eq!(trace_state(&h).as_deref(), Some("a=1,b=2,c=3"));
+}
+
 /// W3C trace context: a request with two `traceparent` lines has no valid parent, even when
 /// each line alone would be one; the trace restarts, and neither line nor the `tracestate`
 /// reaches the upstream.
@@ -223,6 +241,7 @@ fn record() -> SpanRecord {
         span_id: 0x1122334455667788,
         parent_id: Some(0x00f067aa0ba902b7),
         remote_parent: true,
+        trace_state: Some(Arc::from("vendor=abc")),
         kind: Kind::Server,
         name: "GET app".into(),
         start,
@@ -260,6 +279,7 @@ fn spans_encode_as_otlp_protobuf() {
     assert_eq!(span.span_id, 0x1122334455667788u64.to_be_bytes());
     assert_eq!(span.parent_span_id, 0x00f067aa0ba902b7u64.to_be_bytes());
     assert_eq!(span.flags, 0x301, "sampled, parent known remote");
+    assert_eq!(span.trace_state, "vendor=abc");
     assert_eq!(span.kind, 2, "SERVER");
     assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_000);
     assert_eq!(span.end_time_unix_nano, 1_700_000_000_003_000_000);
@@ -281,6 +301,7 @@ fn spans_encode_as_otlp_json() {
     assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(span["spanId"], "1122334455667788");
     assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(span["traceState"], "vendor=abc");
     assert_eq!(span["startTimeUnixNano"], "1700000000000000000");
     assert_eq!(span["kind"], 2);
     assert_eq!(span["status"]["code"], 2);

@@ -5,18 +5,25 @@
 //! would otherwise be held for ever — and with `max_connections` a thousand such sockets lock a
 //! listener. The watchdog runs beside each connection (in the same task, no extra spawn) and
 //! says when to close it (SPEC §14):
-//! - no request has started within `header_read_timeout` of accept: close at once;
-//! - no request in flight for `idle_timeout` (keep-alive or h2 with no open stream): close
-//!   gracefully (h2 GOAWAY, or h1 close between requests).
+//! - no request (nor a whole h2 preface) has started within `header_read_timeout` of accept:
+//!   close at once;
+//! - no request in flight for `idle_timeout` (keep-alive, or h2 with no open stream, its
+//!   preface read and no request yet included): close gracefully (h2 GOAWAY, or h1 close
+//!   between requests).
 //!
 //! The request path tells it what happens through [`ConnActive`], held in the request's guards
-//! until its answer ends.
+//! until its answer ends; an HTTP/2 connection's stream, through [`SeesPreface`], when its
+//! preface has come.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::clock::coarse;
@@ -34,9 +41,11 @@ use crate::clock::coarse;
 #[derive(Debug)]
 pub struct ConnState {
     active: AtomicU32,
-    /// Requests begun plus answers ended so far (non-zero: a request has started).
+    /// Requests begun plus answers ended so far, plus one for a whole h2 preface (non-zero: a
+    /// request, or an h2 connection, has started).
     events: AtomicU64,
-    /// The clock's reading (milliseconds) when the last answer ended; 0 before one did.
+    /// The clock's reading (milliseconds) when the last answer ended, or the h2 preface was
+    /// read; 0 before either.
     ended: AtomicU64,
     /// Whether answers' ends are stamped in `ended` (a watchdog reads them).
     stamps: AtomicBool,
@@ -94,6 +103,17 @@ impl ConnState {
         ConnActive(self.clone())
     }
 
+    /// Notes that an HTTP/2 connection's whole preface was read: from now on it is a
+    /// connection with no request in flight, closed (gracefully) `idle_timeout` from here,
+    /// not a silent one closed at the head timeout (SPEC §14).
+    pub fn opened(&self) {
+        if self.stamps.load(Ordering::Relaxed) {
+            // Before the count: a watchdog that finds the event finds the stamp.
+            self.ended.fetch_max((self.millis)(), Ordering::AcqRel);
+        }
+        self.events.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Resolves when the connection should be closed, and says how. From this call on (before
     /// the future is first polled) answers' ends are stamped.
     pub fn watch(
@@ -103,8 +123,8 @@ impl ConnState {
     ) -> impl Future<Output = Close> + '_ {
         self.stamps.store(true, Ordering::Release);
         async move {
-            // Until a request starts: look every idle period (or at the head deadline, if
-            // sooner).
+            // Until a request starts (or an h2 preface is read): look every idle period (or at
+            // the head deadline, if sooner).
             let head_deadline = Instant::now() + head_timeout;
             loop {
                 let at = (Instant::now() + idle_timeout).min(head_deadline);
@@ -146,6 +166,95 @@ impl Drop for ConnActive {
         }
         s.active.fetch_sub(1, Ordering::AcqRel);
         s.events.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The whole HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's stream that tells its [`ConnState`] ([`ConnState::opened`]) once the whole
+/// HTTP/2 preface has been read through it. hyper reads the preface and says nothing of it; a
+/// client that sent it, and its SETTINGS, and no request yet, is an idle connection, not a
+/// silent one. Past the preface's 24 bytes (or the first byte that is not the preface's) it
+/// only passes reads and writes on.
+#[derive(Debug)]
+pub struct SeesPreface<I> {
+    io: I,
+    /// Bytes of the preface read so far; [`SeesPreface::DONE`] once it was whole, or
+    /// something else came.
+    matched: usize,
+    state: Arc<ConnState>,
+}
+
+// === impl SeesPreface ===
+
+impl<I> SeesPreface<I> {
+    const DONE: usize = usize::MAX;
+
+    /// `io`, read from its first byte, telling `state`.
+    pub fn new(io: I, state: Arc<ConnState>) -> Self {
+        SeesPreface {
+            io,
+            matched: 0,
+            state,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SeesPreface<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.matched == Self::DONE {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let got = &buf.filled()[before..];
+        let at = this.matched;
+        let n = got.len().min(H2_PREFACE.len() - at);
+        if got[..n] != H2_PREFACE[at..at + n] {
+            this.matched = Self::DONE;
+        } else if at + n == H2_PREFACE.len() {
+            this.state.opened();
+            this.matched = Self::DONE;
+        } else {
+            this.matched = at + n;
+        }
+        read
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SeesPreface<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -203,6 +312,60 @@ mod tests {
             Duration::from_secs(35),
             "idle must count from the answer's end"
         );
+    }
+
+    /// An h2 connection whose preface came (at 0.2 s) and no request: not closed at the head
+    /// timeout (1 s) but, gracefully, one idle period (3 s) after the preface.
+    #[tokio::test(start_paused = true)]
+    async fn after_an_h2_preface_the_idle_timeout_governs() {
+        let s = on_paused_clock();
+        let t0 = Instant::now();
+        let watcher = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let close = s
+                    .watch(Duration::from_secs(1), Duration::from_secs(3))
+                    .await;
+                (close, t0.elapsed())
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.opened();
+        let (close, took) = watcher.await.expect("the watcher must not panic");
+        assert_eq!(close, Close::Idle);
+        assert_eq!(took, Duration::from_millis(3200));
+    }
+
+    /// The preface is seen however it is cut into reads, and only the whole of it counts.
+    #[tokio::test]
+    async fn the_preface_is_seen_across_reads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Where reads end, whether a byte of the preface is changed, and whether it counts.
+        for (cuts, changed, whole) in [
+            (&[3usize, 10, 24][..], false, true),
+            (&[24, 30][..], false, true),
+            (&[16][..], false, false),
+            (&[10, 30][..], true, false),
+        ] {
+            let s = ConnState::new();
+            let (mut client, server) = tokio::io::duplex(64);
+            let mut io = SeesPreface::new(server, s.clone());
+            let mut sent = H2_PREFACE.to_vec();
+            if changed {
+                sent[20] = b'X';
+            }
+            sent.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+            let mut from = 0;
+            for &to in cuts {
+                client.write_all(&sent[from..to]).await.expect("write");
+                let mut buf = vec![0u8; to - from];
+                io.read_exact(&mut buf).await.expect("read");
+                assert_eq!(buf, sent[from..to]);
+                from = to;
+            }
+            assert_eq!(s.quiet(), (0, u64::from(whole)), "{cuts:?} {changed}");
+        }
     }
 
     /// Answers that end between the watchdog's looks move the close to one idle period after

@@ -521,8 +521,8 @@ impl<'a> TryRecord<'a> {
         now: Instant,
     ) -> Self {
         let n = ctx.tries.start(ep.addr);
-        let span = ctx.trace.map(|p| {
-            let span = ClientSpan::begin(p, &parts.method, n);
+        let span = ctx.trace.as_ref().map(|p| {
+            let span = ClientSpan::begin(p.clone(), &parts.method, n);
             parts.headers.insert(TRACEPARENT, span.traceparent());
             span
         });

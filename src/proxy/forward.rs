@@ -537,7 +537,12 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
     if sent.hosts > 1 {
         return Some("the request carries more than one host header");
     }
-    if sent.hosts == 0 && req.uri().authority().is_none() && req.version() == Version::HTTP_11 {
+    // RFC 9112 §3.2. An absolute-form target stands in for it (its authority is the one
+    // used); CONNECT's `host:port` does not: a tunnel is a request like any other there.
+    if sent.hosts == 0
+        && req.version() == Version::HTTP_11
+        && (req.uri().authority().is_none() || req.method() == http::Method::CONNECT)
+    {
         return Some("an HTTP/1.1 request must carry a host header");
     }
     None
@@ -1130,6 +1135,7 @@ mod tests {
             let req = Request::builder()
                 .method(http::Method::CONNECT)
                 .uri(uri)
+                .header("host", uri)
                 .body(())
                 .expect("request");
             authority_problem(&req, Sent::of(req.headers()))
@@ -1195,5 +1201,22 @@ mod tests {
             authority_problem(&h10, sent).is_none(),
             "HTTP/1.0 needs no host"
         );
+        let connect = |version| {
+            Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("app.internal:80")
+                .version(version)
+                .body(())
+                .expect("request")
+        };
+        let c11 = connect(Version::HTTP_11);
+        assert!(authority_problem(&c11, Sent::of(c11.headers())).is_some());
+        for v in [Version::HTTP_10, Version::HTTP_2] {
+            let c = connect(v);
+            assert!(
+                authority_problem(&c, Sent::of(c.headers())).is_none(),
+                "{v:?}"
+            );
+        }
     }
 }

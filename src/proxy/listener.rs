@@ -925,6 +925,8 @@ async fn serve_hyper<I>(
                     head,
                 }
             });
+            // A whole h2 preface makes it an idle connection, not a silent one.
+            let io = super::conn::SeesPreface::new(io, state.clone());
             let conn = lst
                 .server
                 .serve_connection_with_upgrades(TokioIo::new(io), answering);

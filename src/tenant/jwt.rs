@@ -149,18 +149,43 @@ impl Jwt {
 
     /// The token in `headers`: `None` when there is none (try the next source), else the
     /// verified claims or [`Reason::InvalidToken`].
+    ///
+    /// `authorization` holds credentials of many schemes, so only `Bearer <token>` there is
+    /// a token (`Basic ...` is someone else's business). Any other header exists only to
+    /// carry a token, and gateways put it there bare (`x-goog-iap-jwt-assertion`,
+    /// `cf-access-jwt-assertion`): its value is the token, after an optional `Bearer `, and a
+    /// value that is no good token is refused rather than passed over. An empty value is no
+    /// token.
     pub fn check(&self, headers: &HeaderMap) -> Option<Result<Arc<Verified>, Reason>> {
         let (value, more) = super::named(headers, &self.header);
         let value = value?;
         if more {
             return Some(Err(Reason::InvalidToken));
         }
-        let text = value.to_str().ok()?;
-        let (scheme, token) = text.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
+        let token = if self.header == http::header::AUTHORIZATION {
+            let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return None;
+            }
+            token
+        } else {
+            // Not text: no token either (a JWT is ASCII), but one was sent.
+            let Ok(text) = value.to_str() else {
+                return Some(Err(Reason::InvalidToken));
+            };
+            let text = text.trim();
+            match text.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+                // `Bearer` and nothing: no token, as in `authorization`.
+                None if text.eq_ignore_ascii_case("bearer") => return None,
+                _ => text,
+            }
+        };
+        let token = token.trim();
+        if token.is_empty() {
             return None;
         }
-        Some(self.verify(token.trim()))
+        Some(self.verify(token))
     }
 
     /// Verifies `token`, from the cache when it was verified lately.

@@ -251,6 +251,28 @@ async fn bytes_after_the_connect_head_are_tunnelled_not_forwarded() {
     );
 }
 
+/// An HTTP/1.1 CONNECT must carry `host` as every HTTP/1.1 request must (RFC 9112 §3.2, SPEC
+/// §14): without one it is 400 `bad_request`, as a GET without one is, and opens no tunnel.
+/// HTTP/1.0 needs none, for CONNECT as for GET. Before, the CONNECT without `host` tunnelled.
+#[tokio::test]
+async fn an_http11_connect_without_host_is_400_and_opens_no_tunnel() {
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let addr = proxy.listener("outbound");
+    let wait = Duration::from_secs(2);
+    for head in [
+        "CONNECT plain.example:80 HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let rsp = raw::exchange(addr, head.as_bytes(), wait).await;
+        assert_refused(&rsp, 400, "bad_request");
+    }
+    assert_eq!(plain.hits(), 0, "no tunnel was opened");
+    let old = "CONNECT plain.example:80 HTTP/1.0\r\n\r\nGET /inside HTTP/1.1\r\nHost: plain.example\r\n\r\n";
+    let rsp = raw::exchange(addr, old.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(plain.hits(), 1, "HTTP/1.0 tunnels without host");
+}
+
 /// HTTP/2 CONNECT (RFC 9113 §8.5) opens a tunnel on the stream.
 #[tokio::test]
 async fn an_h2_connect_tunnels_on_its_stream() {

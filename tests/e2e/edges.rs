@@ -5,7 +5,7 @@
 mod authority;
 mod body;
 mod drain;
-mod idle;
+pub(crate) mod idle;
 mod reload;
 
 use std::net::SocketAddr;

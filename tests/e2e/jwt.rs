@@ -215,6 +215,73 @@ async fn an_optional_route_serves_requests_without_a_tenant() {
         .assert_rampart(401, "invalid_token");
 }
 
+/// A gateway's header (bare token) before `authorization` (Bearer only); a burst of 1.
+const OWN_HEADER: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from:
+    - jwt: { header: X-JWT, claim: org.id, jwks: $JWKS, issuers: [https://issuer.test/], audiences: [orders] }
+    - jwt: { claim: org.id, jwks: $JWKS, issuers: [https://issuer.test/], audiences: [orders] }
+  fallback: reject
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  api:
+    rate_limit: { per_tenant: { rate: 1/h, burst: 1 } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { upstream: app, policy: api }
+"#;
+
+#[tokio::test]
+async fn a_header_of_its_own_carries_the_token_bare_or_after_bearer() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let proxy = Proxy::builder(OWN_HEADER)
+        .var("APP", app.addr())
+        .var("JWKS", write_jwks(dir.path(), &jwks(&[&r])))
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    // A bare token (as x-goog-iap-jwt-assertion carries one) names its tenant (burst 1), and
+    // the same tenant's token after `Bearer ` is counted in the same bucket.
+    let t = token(&r, &claims("globex", None));
+    assert_eq!(admitted(addr, &[("x-jwt", &t)], 1).await, 1);
+    assert_eq!(admitted(addr, &[("x-jwt", &bearer(&t))], 1).await, 0);
+    let t2 = bearer(&token(&r, &claims("initech", None)));
+    assert_eq!(admitted(addr, &[("x-jwt", &t2)], 1).await, 1);
+    // A value there that is no good token is refused, as `Bearer <bad>` in authorization is.
+    let before = app.hits();
+    for bad in ["abc", "Bearer a.b.c", "Basic dXNlcjpwdw=="] {
+        let rsp = http::get(addr, "/ok", &[("x-jwt", bad)]).await;
+        rsp.assert_rampart(401, "invalid_token");
+        assert_eq!(
+            rsp.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\""),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        app.hits(),
+        before,
+        "refused tokens never reach the upstream"
+    );
+    // `authorization` still takes only the Bearer scheme: a bare token there is no token.
+    let t3 = token(&r, &claims("hooli", None));
+    http::get(addr, "/ok", &[("authorization", &t3)])
+        .await
+        .assert_rampart(401, "tenant_required");
+    assert_eq!(
+        admitted(addr, &[("authorization", &bearer(&t3))], 1).await,
+        1
+    );
+}
+
 /// Two identity providers' tokens on one header: each `jwt` source verifies its own.
 const TWO_ISSUERS: &str = r#"
 version: 1

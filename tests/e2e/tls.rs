@@ -101,6 +101,30 @@ async fn h1_and_h2_over_tls_reach_the_upstream_as_https() {
     assert_eq!(app.hits_for("/headers"), 2);
 }
 
+/// Over TLS too, an h2 connection (ALPN `h2`) whose client sent its preface and no request
+/// is closed at the idle timeout (3 s), not the head timeout (1 s).
+#[tokio::test]
+async fn an_h2_connection_over_tls_with_no_stream_is_closed_at_the_idle_timeout() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let rt = "runtime: { header_read_timeout: 1s, idle_timeout: 3s }";
+    let proxy = tls_proxy(app.addr(), &pki, false, rt).await;
+    let h2 = tls::client_config(&ca.pem, None, &[b"h2"]);
+    let started = tokio::time::Instant::now();
+    let conn = tls::connect(proxy.listener("inbound"), h2)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls::alpn(&conn).as_deref(), Some(&b"h2"[..]));
+    let (_send, conn) = hyper::client::conn::http2::handshake::<_, _, http::ReqBody>(
+        TokioExecutor::new(),
+        TokioIo::new(conn),
+    )
+    .await
+    .expect("h2 handshake");
+    crate::edges::idle::h2_closed_at_the_idle_timeout(conn, started).await;
+}
+
 /// A `connection: close` request over TLS ends with the session's `close_notify` after the
 /// answer: a plain socket is closed without a shutdown, a TLS stream never is (a client reading
 /// to the end would take a bare FIN for a truncation attack, `UnexpectedEof`).

@@ -168,6 +168,10 @@ async fn a_sampled_client_trace_is_continued_through_the_try() {
     // The CLIENT span is the server span's child, and the upstream was told it.
     assert_eq!(client.parent_span_id, server.span_id);
     assert_eq!(client.flags & 0x301, 0x101, "sampled, local parent");
+    // The client's tracestate travels with the continued context: in both spans, as to the
+    // upstream.
+    assert_eq!(server.trace_state, "vendor=abc", "{server:#?}");
+    assert_eq!(client.trace_state, "vendor=abc", "{client:#?}");
     let (trace, parent, flags) = received_traceparent(&rsp);
     assert_eq!(trace, TRACE);
     assert_eq!(parent, hex(&client.span_id));

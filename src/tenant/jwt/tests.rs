@@ -73,6 +73,10 @@ fn claims(tenant: &str) -> Value {
 }
 
 fn verifier(jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
+    verifier_on(cfg(), jwks, cap)
+}
+
+fn verifier_on(cfg: JwtSource, jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
     let clock = ManualClock::new();
     let shared: SharedClock = Arc::new(clock.clone());
     let wall = WallClock::anchored(shared, NOW * 1_000_000_000);
@@ -80,7 +84,7 @@ fn verifier(jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
     let doc = json!({ "keys": jwks }).to_string();
     store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
     (
-        Jwt::with_keys(&cfg(), plans(), store.clone(), wall, cap),
+        Jwt::with_keys(&cfg, plans(), store.clone(), wall, cap),
         clock,
         store,
     )
@@ -230,6 +234,42 @@ fn bearer_header_parsing() {
     assert_eq!(&*j.check(&h).expect("some").expect("ok").tenant, "acme");
     h.insert("authorization", "Bearer x.y.z".parse().expect("hv"));
     assert_eq!(j.check(&h), Some(Err(Reason::InvalidToken)));
+}
+
+#[test]
+fn another_header_holds_the_token_bare_or_after_bearer() {
+    let ec = ec_signer("k1");
+    let mut c = cfg();
+    c.header = "X-JWT".into();
+    let (j, _, _) = verifier_on(c, &[&ec.jwk], 10);
+    let token = sign(&ec, "k1", &claims("acme"));
+    let tenant_of = |v: String| {
+        let mut h = HeaderMap::new();
+        h.insert("x-jwt", v.parse().expect("hv"));
+        j.check(&h).map(|r| r.map(|v| v.tenant.to_string()))
+    };
+    for v in [
+        token.clone(),
+        format!("Bearer {token}"),
+        format!(" bearer  {token} "),
+    ] {
+        assert_eq!(tenant_of(v), Some(Ok("acme".into())));
+    }
+    for v in ["abc", "Basic dXNlcjpwdw==", "Bearer x.y.z", "x.y.z"] {
+        assert_eq!(tenant_of(v.into()), Some(Err(Reason::InvalidToken)), "{v}");
+    }
+    for v in ["", "Bearer"] {
+        assert_eq!(tenant_of(v.into()), None, "{v:?} is no token");
+    }
+    let mut h = HeaderMap::new();
+    h.insert("x-jwt", HeaderValue::from_bytes(b"\xff.y.z").expect("hv"));
+    assert_eq!(j.check(&h), Some(Err(Reason::InvalidToken)), "not text");
+    h.clear();
+    h.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("hv"),
+    );
+    assert_eq!(j.check(&h), None, "only its own header is read");
 }
 
 #[test]

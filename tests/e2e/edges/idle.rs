@@ -160,32 +160,51 @@ async fn silent_sockets_do_not_lock_out_a_real_client() {
     drop(silent);
 }
 
-/// An h2 connection that sends its preface and settings but opens no stream is closed too
-/// (the third silent case).
+/// An h2 connection that sends its preface and settings but opens no stream is an idle
+/// connection, not a silent one (SPEC §14): it outlives the head timeout (1 s) and is closed
+/// at the idle timeout (3 s), gracefully (the client library answers the GOAWAY's PING, so the
+/// close is whole then). Before, it was dropped at the head timeout.
 #[tokio::test]
-async fn an_h2_connection_with_no_stream_is_closed() {
+async fn an_h2_connection_with_no_stream_is_closed_at_the_idle_timeout() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let app = Capture::start(OK).await;
-    let proxy = head_1s(&app).await;
+    let rt = "runtime: { header_read_timeout: 1s, idle_timeout: 3s }";
+    let proxy = with_runtime(&app, rt).await;
     let tcp = TcpStream::connect(proxy.listener("inbound"))
         .await
         .expect("connect");
+    let started = tokio::time::Instant::now();
     let (_send, conn) = hyper::client::conn::http2::handshake::<_, _, http::ReqBody>(
         TokioExecutor::new(),
         TokioIo::new(tcp),
     )
     .await
     .expect("h2c handshake");
-    let started = tokio::time::Instant::now();
+    h2_closed_at_the_idle_timeout(conn, started).await;
+}
+
+/// `conn` (an h2 client connection opened at `started`, with no stream) is open 2 s in, past
+/// the head timeout (1 s), and ends about the idle timeout (3 s) in.
+pub(crate) async fn h2_closed_at_the_idle_timeout<C>(conn: C, started: tokio::time::Instant)
+where
+    C: std::future::Future + Send + 'static,
+    C::Output: Send + std::fmt::Debug,
+{
+    let mut conn = tokio::spawn(conn);
+    let early = tokio::time::timeout_at(started + Duration::from_secs(2), &mut conn).await;
+    assert!(
+        early.is_err(),
+        "still open 2 s in, past the head timeout: {early:?}"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
     assert!(
         ended.is_ok(),
         "an h2 connection with no stream must be closed"
     );
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "closed about 1s after the handshake: {:?}",
-        started.elapsed()
+        took >= Duration::from_millis(2_900) && took < Duration::from_millis(4_500),
+        "closed about the idle timeout (3 s) after its preface: {took:?}"
     );
 }
 

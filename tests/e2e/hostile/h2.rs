@@ -267,6 +267,8 @@ struct Step {
 struct Session {
     seen: Seen,
     pings: usize,
+    /// When the first GOAWAY came (from the session's start).
+    goaway_after: Option<Duration>,
     closed_after: Option<Duration>,
 }
 
@@ -318,6 +320,7 @@ async fn session(mut tcp: TcpStream, steps: Vec<Step>, wait: Duration) -> Sessio
                 GOAWAY if len >= 8 => {
                     out.seen.goaway = Some(word(9) & 0x7fff_ffff);
                     out.seen.goaway_code = Some(word(13));
+                    out.goaway_after.get_or_insert(start.elapsed());
                 }
                 SETTINGS if flags & ACK == 0 => {
                     let _ = tcp.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
@@ -365,6 +368,32 @@ async fn an_h2_client_that_never_acks_ping_is_closed_after_idle_timeout() {
         "closed about 1 s idle + 2 s quiet after its answer: {closed:?}"
     );
     assert_still_serving(&proxy, "h2 client never acking PING").await;
+}
+
+/// A raw h2 client that sends its preface and SETTINGS, then nothing, is idle, not silent
+/// (SPEC §14): the head timeout (1 s) does not close it; at the idle timeout (3 s) a GOAWAY
+/// (NO_ERROR) begins its graceful close, and as it never answers the close's PING it is
+/// dropped `CLOSING_QUIET` (2 s) later. Before, it was dropped at 1 s with no GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_preface_and_settings_then_nothing_waits_the_idle_timeout_and_gets_goaway() {
+    let app = Capture::start(super::OK).await;
+    let rt = "runtime: { header_read_timeout: 1s, idle_timeout: 3s }";
+    let proxy = proxy_with(app.addr(), rt).await;
+    let tcp = open(proxy.listener("inbound")).await;
+    let out = session(tcp, Vec::new(), Duration::from_secs(8)).await;
+    println!("h2 preface and SETTINGS, then nothing: {out:?}");
+    let goaway = out.goaway_after.expect("a GOAWAY");
+    assert!(
+        goaway >= Duration::from_millis(2_900) && goaway < Duration::from_millis(4_000),
+        "the GOAWAY comes at the idle timeout (3 s): {out:?}"
+    );
+    assert_eq!(out.seen.goaway_code, Some(0), "NO_ERROR: {out:?}");
+    let closed = out.closed_after.expect("closed within 8 s");
+    assert!(
+        closed >= goaway && closed < Duration::from_millis(6_500),
+        "closed after the GOAWAY, within the quiet period: {out:?}"
+    );
+    assert_eq!(app.hits(), 0);
 }
 
 /// At SIGTERM, an idle HTTP/2 connection whose client never answers PING does not hold the
