@@ -8,6 +8,7 @@ mod nulls;
 mod onepass;
 mod plans;
 mod resilience;
+mod slips;
 mod tracing;
 
 use std::path::Path;
