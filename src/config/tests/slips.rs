@@ -2,7 +2,63 @@
 //! bad listener address, a repeated endpoint, an empty `timeout`, a range message that did not
 //! match its check, and the reserved tenant id `_other`.
 
-use super::{errors, policy, warnings, BASE};
+use super::{errors, one, policy, spot, upstream, warnings, BASE};
+
+fn paths(text: &str) -> Vec<String> {
+    errors(text).into_iter().map(|e| e.path).collect()
+}
+
+// === endpoints ===
+
+#[test]
+fn a_repeated_endpoint_is_refused_at_the_repeat() {
+    let text = upstream("{ endpoints: [127.0.0.1:21001, 127.0.0.1:21001, 127.0.0.1:21002] }");
+    let e = one(&text);
+    assert_eq!(spot(&e), (3, 39, "upstreams.app.endpoints[1]"), "{e:?}");
+    assert_eq!(
+        e.message,
+        "endpoint 127.0.0.1:21001 is listed twice (endpoints[0] at 3:22): list each endpoint once"
+    );
+    // The same address however written; a name without regard to case.
+    for (a, b) in [
+        ("\"[::ffff:127.0.0.1]:1\"", "127.0.0.1:1"),
+        ("\"[::1]:80\"", "\"[0:0::1]:80\""),
+        ("App.Internal:80", "app.internal:80"),
+    ] {
+        let text = upstream(&format!("{{ endpoints: [{a}, {b}] }}"));
+        assert_eq!(paths(&text), ["upstreams.app.endpoints[1]"], "{a} {b}");
+    }
+    // Another port, or another name for the same machine, is another endpoint.
+    for list in [
+        "[127.0.0.1:1, 127.0.0.1:2]",
+        "[localhost:1, 127.0.0.1:1]",
+        "[a.internal:1, b.internal:1]",
+    ] {
+        let text = upstream(&format!("{{ endpoints: {list} }}"));
+        assert!(warnings(&text).is_empty(), "{list}");
+    }
+}
+
+// === empty sections ===
+
+#[test]
+fn an_empty_timeout_warns_as_other_empty_sections_do() {
+    for empty in ["timeout", "rate_limit", "circuit_breaker"] {
+        let w = warnings(&policy(&format!("{{ {empty}: {{}} }}")));
+        assert_eq!(w.len(), 1, "{empty}: {w:#?}");
+        assert_eq!(w[0].path, format!("policies.p.{empty}"));
+        assert!(w[0].message.contains("does nothing"), "{w:?}");
+    }
+    let w = warnings(&policy("{ timeout: {} }"));
+    assert_eq!(
+        w[0].message,
+        "no timeout is given (request or per_try): this timeout section bounds nothing and does nothing"
+    );
+    for one_key in ["{ request: 1s }", "{ per_try: 1s }", "{ per_try: auto }"] {
+        let text = policy(&format!("{{ timeout: {one_key} }}"));
+        assert!(warnings(&text).is_empty(), "{one_key}");
+    }
+}
 
 // === the reserved tenant id ===
 

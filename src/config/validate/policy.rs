@@ -55,6 +55,13 @@ pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {
+    if t.request.is_none() && t.per_try.is_none() {
+        // As for the other sections that can be written empty (`rate_limit: {}`).
+        r.warn(
+            p,
+            "no timeout is given (request or per_try): this timeout section bounds nothing and does nothing",
+        );
+    }
     if let Some(req) = t.request {
         r.positive(&p.key("request"), req.0);
     }
