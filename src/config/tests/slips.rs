@@ -8,6 +8,80 @@ fn paths(text: &str) -> Vec<String> {
     errors(text).into_iter().map(|e| e.path).collect()
 }
 
+// === a bad listener does not hide its routes ===
+
+/// Three routes with two mistakes: a match host with a port, and a route after a catch-all.
+const ROUTES: &str = "    routes:
+      - upstream: app
+        match: { host: 'a.b:80' }
+      - upstream: app
+      - upstream: app
+";
+
+/// A listener's bad (or missing) `listen` or `direction` is reported with every error of its
+/// routes, in one pass (SPEC §14), as with a good one.
+#[test]
+fn a_bad_listen_or_direction_does_not_hide_its_routes_errors() {
+    let text = BASE.replace(
+        "    routes:\n      - upstream: app\n        policy: p\n",
+        ROUTES,
+    );
+    let routes = [
+        "listeners[0].routes[0].match.host",
+        "listeners[0].routes[2]",
+    ];
+    assert_eq!(paths(&text), routes);
+    for (from, to, first) in [
+        (
+            "listen: 127.0.0.1:8080",
+            "listen: 'localhost:80'",
+            "listeners[0].listen",
+        ),
+        ("    listen: 127.0.0.1:8080\n", "", "listeners[0]"),
+        (
+            "direction: inbound",
+            "direction: sideways",
+            "listeners[0].direction",
+        ),
+        ("    direction: inbound\n", "", "listeners[0]"),
+    ] {
+        let bad = text.replace(from, to);
+        let mut want = vec![first];
+        want.extend(routes);
+        assert_eq!(paths(&bad), want, "{to:?}");
+    }
+    // Where the direction is bad, a route's `path_prefix` is still judged.
+    let text = BASE
+        .replace("direction: inbound", "direction: sideways")
+        .replace(
+            "      - upstream: app\n",
+            "      - upstream: app\n        match: { path_prefix: x }\n",
+        );
+    let all = errors(&text);
+    assert_eq!(
+        all.iter().map(spot).collect::<Vec<_>>(),
+        [
+            (9, 16, "listeners[0].direction"),
+            (13, 31, "listeners[0].routes[0].match.path_prefix"),
+        ],
+        "{all:#?}"
+    );
+}
+
+/// What stands in for a bad `listen` while the routes are checked clashes with nothing: two
+/// listeners with bad addresses, or one beside `admin.listen`, get their own errors only.
+#[test]
+fn a_bad_listen_stands_in_for_no_address() {
+    let second = "  - name: second
+    direction: outbound
+    listen: nohost
+    routes:
+      - upstream: app
+";
+    let text = format!("{BASE}{second}").replace("listen: 127.0.0.1:8080", "listen: also-no-host");
+    assert_eq!(paths(&text), ["listeners[0].listen", "listeners[1].listen"]);
+}
+
 // === endpoints ===
 
 #[test]

@@ -31,6 +31,9 @@ pub(super) struct DeError {
     /// True when the value is of the wrong kind (a mapping where text is wanted, say): how
     /// `nulls.rs` tells a key that holds a section from one that holds a value.
     pub(super) mistyped: bool,
+    /// True when the value is a struct's key written null (`budget:`), which `shape.rs` reads
+    /// as if it were not written unless the key is required.
+    pub(super) null_field: bool,
     located: bool,
 }
 
@@ -66,6 +69,7 @@ impl DeError {
             missing: None,
             unknown_key: false,
             mistyped: false,
+            null_field: false,
             located: false,
         }
     }
@@ -362,7 +366,11 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         _fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
-        self.deserialize_map(v)
+        let r = match self.node {
+            Node::Map { entries, .. } => v.visit_map(MapAcc::new(entries, &self.path).of_struct()),
+            _ => Err(self.wrong(&v)),
+        };
+        self.locate(r)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
