@@ -110,6 +110,29 @@ impl KeyPath {
         self.0.starts_with(&other.0)
     }
 
+    /// True when the path is one `pattern` names: keys joined by `.`, where `*` is any key,
+    /// `[]` any item and `**` any number of steps (`policies.*.rate_limit.**.burst`).
+    pub(super) fn matches(&self, pattern: &str) -> bool {
+        fn walk(segs: &[Seg], pat: &[&str]) -> bool {
+            match (pat.split_first(), segs.split_first()) {
+                (None, None) => true,
+                (Some((&"**", rest)), _) => {
+                    walk(segs, rest) || segs.split_first().is_some_and(|(_, s)| walk(s, pat))
+                }
+                (Some((p, rest)), Some((seg, s))) => {
+                    let fits = match seg {
+                        Seg::Key(k) => *p == "*" || p == k,
+                        Seg::Index(_) => *p == "[]",
+                    };
+                    fits && walk(s, rest)
+                }
+                _ => false,
+            }
+        }
+        let pat: Vec<&str> = pattern.split('.').collect();
+        walk(&self.0, &pat)
+    }
+
     /// The key the path starts with, if it starts with one.
     pub(super) fn first_key(&self) -> Option<&str> {
         match self.0.first() {

@@ -134,6 +134,65 @@ fn an_empty_timeout_warns_as_other_empty_sections_do() {
     }
 }
 
+// === ranges ===
+
+/// A whole number serde cannot read is refused with the range its check takes: a key that
+/// must be at least 1 is not told "from 0".
+#[test]
+fn a_negative_count_names_the_range_its_check_takes() {
+    let top = |extra: &str| format!("{BASE}{extra}\n");
+    let cases = [
+        (
+            top("runtime: { max_connections: -1 }"),
+            "runtime.max_connections",
+            "from 1 to 4294967295",
+        ),
+        (
+            top("tenants: { max_tracked: -1 }"),
+            "tenants.max_tracked",
+            "from 1 to 100000000",
+        ),
+        (
+            upstream("{ endpoints: [127.0.0.1:1], max_connections: -1 }"),
+            "upstreams.app.max_connections",
+            "from 1 to 4294967295",
+        ),
+        (
+            policy("{ rate_limit: { per_tenant: [ { rate: 1/s, burst: -1 } ] } }"),
+            "policies.p.rate_limit.per_tenant[0].burst",
+            "from 1 to 4294967295",
+        ),
+        (
+            policy("{ load_shed: { max_in_flight: -1 } }"),
+            "policies.p.load_shed.max_in_flight",
+            "from 1 to 4294967295",
+        ),
+        (
+            policy("{ idempotency: { max_entries: -1 } }"),
+            "policies.p.idempotency.max_entries",
+            "of 1 or more",
+        ),
+        // A key that takes 0 keeps its range.
+        (
+            upstream("{ endpoints: [127.0.0.1:1], pool_max_idle: -1 }"),
+            "upstreams.app.pool_max_idle",
+            "from 0 to 4294967295",
+        ),
+    ];
+    for (text, path, range) in cases {
+        let e = one(&text);
+        assert_eq!(e.path, path, "{e:?}");
+        assert!(
+            e.message
+                .ends_with(&format!("expected a whole number {range}")),
+            "{e:?}"
+        );
+    }
+    // And 0, which serde reads, is refused by the check, with the same least value.
+    let e = one(&top("runtime: { max_connections: 0 }"));
+    assert_eq!(e.message, "must be at least 1 (got 0)");
+}
+
 // === the reserved tenant id ===
 
 /// `_other` is the metrics label of the tenants folded past `metrics_labels`: a tenant named
