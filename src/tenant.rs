@@ -42,8 +42,8 @@ use crate::tls::SystemRoots;
 
 /// Longest tenant id accepted, in bytes.
 pub const MAX_TENANT_LEN: usize = 128;
-/// The label of tenants past the `metrics_labels` cap.
-pub const OTHER_LABEL: &str = "_other";
+/// The label of tenants past the `metrics_labels` cap, an id no tenant may have.
+pub const OTHER_LABEL: &str = crate::config::file::FOLDED_TENANTS;
 /// Most bytes of a refused plan header a warning shows.
 const SHOWN_PLAN: usize = 40;
 
@@ -199,13 +199,15 @@ pub fn configured_plans(file: &File) -> BTreeSet<&str> {
         .collect()
 }
 
-/// Whether `id` is a valid tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`.
+/// Whether `id` is a valid tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`, and not the
+/// reserved [`OTHER_LABEL`].
 pub fn is_valid_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_TENANT_LEN
         && id
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+        && id != OTHER_LABEL.as_bytes()
 }
 
 // === impl Identify ===
@@ -743,7 +745,7 @@ impl Labels {
     }
 
     /// Whether `label` (from [`label`](Self::label)) is the series shared by tenants past the
-    /// cap. A tenant named `_other` shares it too, so it is counted as they are.
+    /// cap (no tenant is named `_other`: [`is_valid_id`] refuses it).
     pub fn is_other(&self, label: &str) -> bool {
         label == &*self.other
     }
@@ -942,6 +944,7 @@ mod tests {
             "tenant=a%20b",
             "tenant=%ff",
             "tenant=a%2",
+            "tenant=_other",
         ] {
             assert_eq!(id(bad), Err(Reason::InvalidTenant), "{bad}");
         }
@@ -972,6 +975,15 @@ mod tests {
                 .unwrap_err(),
             Reason::InvalidTenant
         );
+        // The label of the folded tenants: a client naming it would be counted as them.
+        assert_eq!(
+            r.identify(&headers(OTHER_LABEL), &bare, Conn::default())
+                .unwrap_err(),
+            Reason::InvalidTenant
+        );
+        assert!(r
+            .identify(&headers("_Other"), &bare, Conn::default())
+            .is_ok());
         let ok = "a".repeat(128);
         assert!(r.identify(&headers(&ok), &bare, Conn::default()).is_ok());
         assert!(r

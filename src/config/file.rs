@@ -924,6 +924,10 @@ pub enum TenantMode {
 /// The tenant of a request on a `tenant: optional` route that names none.
 pub const NO_TENANT: &str = "-";
 
+/// The `tenant` metric label shared by the tenants past `tenants.metrics_labels`. Reserved: no
+/// tenant may be named so, in the file or by a client, or its series would be read as theirs.
+pub const FOLDED_TENANTS: &str = "_other";
+
 impl TenantMode {
     fn is_required(&self) -> bool {
         *self == TenantMode::Required

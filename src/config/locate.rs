@@ -110,6 +110,29 @@ impl KeyPath {
         self.0.starts_with(&other.0)
     }
 
+    /// True when the path is one `pattern` names: keys joined by `.`, where `*` is any key,
+    /// `[]` any item and `**` any number of steps (`policies.*.rate_limit.**.burst`).
+    pub(super) fn matches(&self, pattern: &str) -> bool {
+        fn walk(segs: &[Seg], pat: &[&str]) -> bool {
+            match (pat.split_first(), segs.split_first()) {
+                (None, None) => true,
+                (Some((&"**", rest)), _) => {
+                    walk(segs, rest) || segs.split_first().is_some_and(|(_, s)| walk(s, pat))
+                }
+                (Some((p, rest)), Some((seg, s))) => {
+                    let fits = match seg {
+                        Seg::Key(k) => *p == "*" || p == k,
+                        Seg::Index(_) => *p == "[]",
+                    };
+                    fits && walk(s, rest)
+                }
+                _ => false,
+            }
+        }
+        let pat: Vec<&str> = pattern.split('.').collect();
+        walk(&self.0, &pat)
+    }
+
     /// The key the path starts with, if it starts with one.
     pub(super) fn first_key(&self) -> Option<&str> {
         match self.0.first() {
@@ -279,6 +302,65 @@ impl Doc {
                 },
             });
         }
+    }
+
+    /// Takes the entry at `path`, a mapping's key, out of the tree for a while (see
+    /// [`Doc::restore`]); `None` when it is not written there.
+    pub(super) fn take_entry(&mut self, path: &KeyPath) -> Option<Entry> {
+        let (Seg::Key(k), parents) = path.0.split_last()? else {
+            return None;
+        };
+        let Some(Node::Map { entries, .. }) = self.node_mut(parents) else {
+            return None;
+        };
+        let i = entries.iter().rposition(|e| e.key == *k)?;
+        let e = entries.remove(i);
+        entries.retain(|e| e.key != *k);
+        Some(e)
+    }
+
+    /// Puts back an entry [`Doc::take_entry`] took from under `path`'s parent.
+    pub(super) fn restore(&mut self, path: &KeyPath, entry: Entry) {
+        if let Some((_, parents)) = path.0.split_last() {
+            if let Some(Node::Map { entries, .. }) = self.node_mut(parents) {
+                entries.push(entry);
+            }
+        }
+    }
+
+    fn node_mut(&mut self, path: &[Seg]) -> Option<&mut Node> {
+        let mut node = self.root.as_mut();
+        for seg in path {
+            node = node.and_then(|n| n.child_mut(seg));
+        }
+        node
+    }
+
+    /// Puts the plain scalar `text` at `path`, a mapping's key: in place of the value written
+    /// there (kept at its place), or as a new entry placed at the mapping. For a required value
+    /// that was bad or missing, after its error was reported, so that what holds it is still
+    /// read and checked. False when the parent is not a mapping.
+    pub(super) fn stand_in(&mut self, path: &KeyPath, text: &str) -> bool {
+        let Some((Seg::Key(k), parents)) = path.0.split_last() else {
+            return false;
+        };
+        let Some(Node::Map { at, entries }) = self.node_mut(parents) else {
+            return false;
+        };
+        let scalar = |at| Node::Scalar {
+            at,
+            text: text.to_string(),
+            plain: true,
+        };
+        match entries.iter_mut().rev().find(|e| e.key == *k) {
+            Some(e) => e.value = scalar(e.value.pos()),
+            None => entries.push(Entry {
+                key: k.clone(),
+                at: *at,
+                value: scalar(*at),
+            }),
+        }
+        true
     }
 
     /// Turns a path of the file model, whose lists lack the items taken out, into the path as

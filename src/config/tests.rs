@@ -8,6 +8,7 @@ mod nulls;
 mod onepass;
 mod plans;
 mod resilience;
+mod slips;
 mod tracing;
 
 use std::path::Path;
@@ -513,10 +514,10 @@ fn serde_messages_speak_yaml() {
     assert_eq!(e.message, "unknown key \"brust\"; did you mean \"burst\"?");
     let e = one(&policy("{ timeout: { per_try: { auto: { mn: 1s } } } }"));
     assert_eq!(e.path, "policies.p.timeout.per_try.auto.mn");
+    // The range is the one the checks take (1 to 10 tries), not the type's (0 to 2^32-1).
     let e = one(&policy("{ retry: { attempts: -1 } }"));
     assert!(
-        e.message
-            .ends_with("expected a whole number from 0 to 4294967295"),
+        e.message.ends_with("expected a whole number from 1 to 10"),
         "{e:?}"
     );
     let e = one(&BASE.replace("127.0.0.1:8080", "localhost:8080"));

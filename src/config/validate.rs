@@ -7,6 +7,7 @@
 //! absence would only add confusing follow-on errors). Each error is placed on the value it
 //! is about (a bad value) or on its key (a key that is wrong or missing).
 
+mod bounds;
 mod certs;
 mod de;
 mod global;
@@ -433,8 +434,14 @@ impl<'a> Report<'a> {
         }
     }
 
-    /// The count at `path` must be at least 1.
+    /// The count at `path` must be at least 1 (a bound [`bounds`] knows too, for the words of
+    /// a value serde cannot read).
     pub(super) fn at_least_1(&mut self, path: &KeyPath, n: u64) {
+        debug_assert_eq!(
+            bounds::whole_number(path, u64::MAX).0,
+            1,
+            "{path}: add it to validate/bounds.rs"
+        );
         if n < 1 {
             self.value(path, format!("must be at least 1 (got {n})"));
         }

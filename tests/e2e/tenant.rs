@@ -99,6 +99,39 @@ async fn invalid_tenant_ids_answer_400() {
     );
 }
 
+/// `_other` labels the tenants folded past `metrics_labels`: a client naming itself so, by
+/// header or query, is refused as any invalid id is, and never counted in that series.
+#[tokio::test]
+async fn the_folded_tenants_label_is_an_invalid_tenant_id() {
+    let app = sample().await;
+    let proxy = proxy(
+        app.addr(),
+        "{ from: [ { header: x-tenant-id }, { query: tenant } ] }",
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    http::get(addr, "/ok", &[("x-tenant-id", "_other")])
+        .await
+        .assert_rampart(400, "invalid_tenant");
+    http::get(addr, "/ok?tenant=_other", &[])
+        .await
+        .assert_rampart(400, "invalid_tenant");
+    let rsp = http::get(addr, "/ok", &[("x-tenant-id", "_Other")]).await;
+    assert_eq!(rsp.status, 200, "another spelling is a tenant like any");
+    assert_eq!(
+        app.hits_for("/ok"),
+        1,
+        "a refused id must not reach the upstream"
+    );
+    let admin = proxy.admin();
+    assert_eventually!(
+        requests(&metrics(admin).await, "_Other", "200") == Some(1.0),
+        "the good request is counted"
+    );
+    let text = metrics(admin).await;
+    assert_eq!(requests(&text, "_other", "200"), None, "{text}");
+}
+
 #[tokio::test]
 async fn metrics_labels_cap_puts_extra_tenants_in_other() {
     let app = sample().await;

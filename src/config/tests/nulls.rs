@@ -160,10 +160,53 @@ fn a_null_where_a_mapping_is_required_says_empty_not_unit() {
     let e = one(&BASE.replace("  p: {}", "  p:"));
     assert_eq!(e.path, "policies.p");
     assert_eq!(e.message, "invalid type: empty (null), expected a mapping");
+    // A key of a struct written null is read as not written, and draws what its `{}` would.
     let e = one(&BASE.replace("    routes:\n", "    access_log:\n    routes:\n"));
+    assert_eq!(
+        e.message, "the section is empty (null): missing required key \"to\"",
+        "{e:?}"
+    );
+}
+
+/// A struct's key written null is read as if it were not written, whatever its type: its
+/// default applies and it draws the warning a null section does, where it was refused for
+/// its type ("expected a mapping") before. A required one is still refused.
+#[test]
+fn a_null_key_with_a_default_is_read_as_not_written() {
+    let text = policy(
+        "{ retry: { attempts: 2, budget: }, rate_limit: { per_tenant: { rate: 1/s }, overrides: } }",
+    );
+    let w = warnings(&text);
+    let got: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        got,
+        ["policies.p.retry.budget", "policies.p.rate_limit.overrides"],
+        "{w:#?}"
+    );
+    for w in &w {
+        assert!(
+            w.message.starts_with(
+                "the section is empty (null), so it is read as if it were not written"
+            ),
+            "{w:?}"
+        );
+    }
+    let cfg = super::super::Config::from_str(&text, "t.yaml").expect("valid");
+    let with_default = super::super::Config::from_str(
+        &policy("{ retry: { attempts: 2 }, rate_limit: { per_tenant: { rate: 1/s } } }"),
+        "t.yaml",
+    )
+    .expect("valid");
+    assert_eq!(cfg.file.policies, with_default.file.policies);
+    // A value with a default too: `on:` is the default list.
+    let w = warnings(&policy("{ retry: { attempts: 2, on: } }"));
+    assert_eq!(spot(&w[0]), (6, 30, "policies.p.retry.on"), "{w:?}");
+    // A required key written null keeps its own error, not "missing".
+    let e = one(&policy("{ retry: { attempts: } }"));
+    assert_eq!(spot(&e), (6, 25, "policies.p.retry.attempts"), "{e:?}");
     assert!(
         e.message
-            .starts_with("invalid type: empty (null), expected true, false"),
+            .starts_with("invalid type: empty (null), expected a whole number"),
         "{e:?}"
     );
 }

@@ -256,7 +256,7 @@ fn huge_durations_and_numbers_name_the_bound() {
     assert_eq!(spot(&e), (6, 27, "policies.p.retry.attempts"));
     assert_eq!(
         e.message,
-        "99999999999 is too large: the largest number allowed here is 4294967295"
+        "99999999999 is too large: the largest number allowed here is 10"
     );
     let e = one(&top("tenants: { max_tracked: 999999999999999999999999 }"));
     assert!(e.message.contains("is too large"), "{e:?}");

@@ -11,7 +11,7 @@ use serde::de::{self, IntoDeserializer, Unexpected, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::super::locate::{KeyPath, Node, Target};
-use super::words;
+use super::{bounds, words};
 
 mod access;
 
@@ -31,6 +31,9 @@ pub(super) struct DeError {
     /// True when the value is of the wrong kind (a mapping where text is wanted, say): how
     /// `nulls.rs` tells a key that holds a section from one that holds a value.
     pub(super) mistyped: bool,
+    /// True when the value is a struct's key written null (`budget:`), which `shape.rs` reads
+    /// as if it were not written unless the key is required.
+    pub(super) null_field: bool,
     located: bool,
 }
 
@@ -66,6 +69,7 @@ impl DeError {
             missing: None,
             unknown_key: false,
             mistyped: false,
+            null_field: false,
             located: false,
         }
     }
@@ -221,12 +225,14 @@ impl<'a> De<'a> {
         r.map_err(|e| e.at(&self.path, Target::Value))
     }
 
-    /// A whole number from 0 to `max`, written plain.
+    /// A whole number from 0 to `max`, written plain. A refusal names the range the checks
+    /// take at this key ([`bounds`]), which may start at 1 or end below `max`.
     fn unsigned<'de, V: Visitor<'de>>(self, v: V, max: u64) -> Result<V::Value, DeError> {
-        let words = if max == u64::MAX {
-            "a whole number of 0 or more".to_string()
+        let (least, most) = bounds::whole_number(&self.path, max);
+        let words = if most == u64::MAX {
+            format!("a whole number of {least} or more")
         } else {
-            format!("a whole number from 0 to {max}")
+            format!("a whole number from {least} to {most}")
         };
         let r = match self.node {
             Node::Scalar {
@@ -234,7 +240,7 @@ impl<'a> De<'a> {
             } => match resolve(text) {
                 Plain::Unsigned(n) if n <= max => v.visit_u64(n),
                 Plain::Unsigned(_) | Plain::TooLarge if !text.starts_with('-') => {
-                    Err(too_large(text, max))
+                    Err(too_large(text, most))
                 }
                 Plain::Signed(_) | Plain::TooLarge => Err(DeError::new(format!(
                     "invalid value: {text}, expected {words}"
@@ -362,7 +368,11 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         _fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
-        self.deserialize_map(v)
+        let r = match self.node {
+            Node::Map { entries, .. } => v.visit_map(MapAcc::new(entries, &self.path).of_struct()),
+            _ => Err(self.wrong(&v)),
+        };
+        self.locate(r)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(

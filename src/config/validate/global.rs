@@ -16,7 +16,7 @@ const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `key_prefix`: it is sent with every store call.
 const MAX_PREFIX: usize = 64;
 /// Largest `lease`: beyond it, one replica could hold a whole fleet's budget.
-const MAX_LEASE: u64 = 100_000;
+pub(super) const MAX_LEASE: u64 = 100_000;
 /// Longest `lease_ttl`: leased tokens spent later than this would stretch the limit's window.
 const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
 

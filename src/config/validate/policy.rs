@@ -12,13 +12,13 @@ use super::{syntax, Report};
 const MAX_RATE_WINDOW: u32 = 10_000;
 
 /// Most tries a retry policy may ask for, the first included.
-const MAX_ATTEMPTS: u32 = 10;
+pub(super) const MAX_ATTEMPTS: u32 = 10;
 /// Largest `retry.buffer`: every request in flight may hold this much for replay.
 const MAX_RETRY_BUFFER: u64 = 16 << 20;
 
 /// Largest `burst`: the bound of a rate's own count. It keeps a bucket's capacity (the
 /// RateLimit headers' `q`) a 10-digit number, well within a structured field's 15.
-const MAX_BURST: u64 = u32::MAX as u64;
+pub(super) const MAX_BURST: u64 = u32::MAX as u64;
 /// Longest a bucket may take to refill its whole burst (`burst` ÷ rate), in days: 100 years.
 /// A bucket counts its debt in nanoseconds on a `u64` (584 years) from the process's start, and
 /// the global store in microseconds in a Lua double, exact below 2^53 (285 years after 1970);
@@ -55,6 +55,13 @@ pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {
+    if t.request.is_none() && t.per_try.is_none() {
+        // As for the other sections that can be written empty (`rate_limit: {}`).
+        r.warn(
+            p,
+            "no timeout is given (request or per_try): this timeout section bounds nothing and does nothing",
+        );
+    }
     if let Some(req) = t.request {
         r.positive(&p.key("request"), req.0);
     }

@@ -4,13 +4,16 @@
 //! serde stops at its first error. Rather than mirror the whole schema by hand, each error is
 //! recorded and the node it is about is taken out of the tree: an unknown key simply goes, a bad
 //! value leaves its key unset (its default applies, or its parent reports the key missing,
-//! and then the parent goes too). Each round removes at least one node, so the rounds are
-//! bounded by the size of the tree, and by [`MAX_ROUNDS`] besides.
+//! and then the parent goes too). A key written null is read as if it were not written, as
+//! serde reads an optional one: its type error is kept back unless the key proves required. A
+//! listener's bad `listen` or `direction` is stood in for rather than taken out (see
+//! [`listener_stand_in`]). Each round takes out or stands in for at least one node, so the
+//! rounds are bounded by the size of the tree, and by [`MAX_ROUNDS`] besides.
 
 use serde::Deserialize;
 
 use super::super::file::File;
-use super::super::locate::{Doc, KeyPath};
+use super::super::locate::{Doc, Entry, KeyPath};
 use super::super::ConfigError;
 use super::de::{De, DeError};
 
@@ -41,6 +44,19 @@ pub(super) struct Shape {
 
 /// Deserializes `doc`, taking out what does not fit.
 pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
+    // Type errors of keys written null, held back: a null key is read as if it were not
+    // written (`nulls.rs` says what of it), so its error is said only if the key then proves
+    // required. Their entries are out of the tree while it is deserialized, then put back, so
+    // that `nulls.rs` finds them and messages are placed on them.
+    let mut held: Vec<(KeyPath, ConfigError, Entry)> = Vec::new();
+    let shape = rounds(doc, origin, &mut held);
+    for (path, _, entry) in held {
+        doc.restore(&path, entry);
+    }
+    shape
+}
+
+fn rounds(doc: &mut Doc, origin: &str, held: &mut Vec<(KeyPath, ConfigError, Entry)>) -> Shape {
     let mut errors = Vec::new();
     let mut removed: Vec<KeyPath> = Vec::new();
     let mut mistyped = Vec::new();
@@ -69,7 +85,23 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
             .missing
             .as_ref()
             .is_some_and(|k| removed.contains(&e.path.key(k)));
-        if !echo {
+        let required = e.missing.as_ref().and_then(|k| {
+            let at = e.path.key(k);
+            held.iter().position(|(p, ..)| *p == at)
+        });
+        if let Some(i) = required {
+            // The key is required after all: its own error says more than "missing".
+            let (path, error, _) = held.swap_remove(i);
+            errors.push(error);
+            removed.push(path);
+        } else if e.null_field {
+            let placed = place(&e, doc, origin);
+            if let Some(entry) = doc.take_entry(&e.path) {
+                held.push((e.path, placed, entry));
+                continue;
+            }
+            errors.push(placed);
+        } else if !echo {
             let mut placed = place(&e, doc, origin);
             if let Some(m) = capital_x(&e) {
                 placed.message = m;
@@ -80,6 +112,15 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
             // The one required key of the root: assume the only version, and read on.
             doc.assume_version(super::VERSION);
             continue;
+        }
+        if let Some((at, text)) = listener_stand_in(&e) {
+            if doc.stand_in(&at, text) {
+                if e.mistyped {
+                    mistyped.push(at.clone());
+                }
+                removed.push(at);
+                continue;
+            }
         }
         if e.path.is_root() || !doc.remove(&e.path) {
             return done(None, errors, removed, mistyped, false);
@@ -101,6 +142,32 @@ pub(super) fn deserialize(doc: &mut Doc, origin: &str) -> Shape {
     match last {
         Some(Ok(file)) => done(Some(file), errors, removed, mistyped, false),
         _ => done(None, errors, removed, mistyped, true),
+    }
+}
+
+/// A listener's `listen` and `direction` are required: taking a bad one out would take the
+/// listener with it, and every error of its routes would wait for the next pass (SPEC §14 asks
+/// for all of them in one). So a bad or missing one is stood in for by a value that checks
+/// nothing on its own: `0.0.0.0:0` (port 0 clashes with no address and is no endpoint's port),
+/// and `inbound` (no error about a route depends on the direction; the one check that does is
+/// a warning, and a file with a stand-in has this error, so its warnings are never shown).
+/// The path is then counted as taken out, so no check echoes the error there.
+fn listener_stand_in(e: &DeError) -> Option<(KeyPath, &'static str)> {
+    let text = |key: &str| match key {
+        "listen" => Some("0.0.0.0:0"),
+        "direction" => Some("inbound"),
+        _ => None,
+    };
+    // `listeners[i]` (a list, or its error would be about `listeners` itself).
+    let of_listener = |depth: usize| {
+        e.path.depth() == depth && e.path.starts_with(&KeyPath::default().key("listeners"))
+    };
+    match &e.missing {
+        Some(k) if of_listener(2) => Some((e.path.key(k), text(k)?)),
+        None if of_listener(3) && !e.unknown_key => {
+            Some((e.path.clone(), text(e.path.last_key()?)?))
+        }
+        _ => None,
     }
 }
 

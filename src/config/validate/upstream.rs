@@ -1,5 +1,7 @@
 //! Checks of one `upstreams.NAME` entry.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::super::file::{Upstream, UpstreamProtocol, UpstreamTls};
@@ -14,9 +16,21 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
             "needs at least one endpoint, like [127.0.0.1:3000]",
         );
     }
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, e) in up.endpoints.iter().enumerate() {
+        let ep = p.key("endpoints").idx(i);
         if let Err(m) = syntax::endpoint(e) {
-            r.value(&p.key("endpoints").idx(i), m);
+            r.value(&ep, m);
+        } else if let Some(first) = seen.get(&same_endpoint(e)) {
+            // A repeat would be balanced to as a second endpoint, a weight the schema does
+            // not have: a slip, as a repeated `retry.on` entry is.
+            let at = r.place(&p.key("endpoints").idx(*first));
+            r.value(
+                &ep,
+                format!("endpoint {e} is listed twice (endpoints[{first}] at {at}): list each endpoint once"),
+            );
+        } else {
+            seen.insert(same_endpoint(e), i);
         }
     }
     r.positive(&p.key("connect_timeout"), up.connect_timeout.0);
@@ -64,6 +78,15 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
             o.consecutive_failures.into(),
         );
         r.positive(&p.key("outlier").key("eject_for"), o.eject_for.0);
+    }
+}
+
+/// What makes two valid endpoints the same one: the address and port of an IP endpoint
+/// (`[::ffff:127.0.0.1]:80` is `127.0.0.1:80`), a DNS name without regard to case.
+fn same_endpoint(e: &str) -> String {
+    match e.parse::<SocketAddr>() {
+        Ok(a) => SocketAddr::new(a.ip().to_canonical(), a.port()).to_string(),
+        Err(_) => e.to_ascii_lowercase(),
     }
 }
 

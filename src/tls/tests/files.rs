@@ -179,6 +179,8 @@ fn cert_tenant_ids_allow_spiffe_and_refuse_spaces_and_controls() {
     assert!(!is_valid_cert_tenant("two words"));
     assert!(!is_valid_cert_tenant("tab\there"));
     assert!(!is_valid_cert_tenant("caf\u{e9}"));
+    // The label of the folded tenants is no tenant's.
+    assert!(!is_valid_cert_tenant("_other"));
 }
 
 /// Every certificate of a chain file is checked, not the leaf alone: an expired (or not yet

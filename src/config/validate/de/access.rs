@@ -7,7 +7,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::super::super::locate::{Entry, KeyPath, Node, Target};
-use super::{De, DeError};
+use super::{is_null, De, DeError};
 
 /// A mapping key, deserialized as the text it is.
 struct KeyDe<'a> {
@@ -20,6 +20,8 @@ pub(super) struct MapAcc<'a> {
     entries: Vec<&'a Entry>,
     next: usize,
     path: KeyPath,
+    /// The mapping is a struct's: its keys are fields, not names the file chose.
+    of_struct: bool,
 }
 
 /// A sequence's items (those not taken out), with the index each is written at.
@@ -63,7 +65,15 @@ impl<'a> MapAcc<'a> {
             entries,
             next: 0,
             path: path.clone(),
+            of_struct: false,
         }
+    }
+
+    /// The same, for a struct: a field written null that its type refuses is marked
+    /// ([`DeError::null_field`]).
+    pub(super) fn of_struct(mut self) -> Self {
+        self.of_struct = true;
+        self
     }
 }
 
@@ -94,8 +104,15 @@ impl<'de> MapAccess<'de> for MapAcc<'_> {
             node: &e.value,
             path: path.clone(),
         };
+        let null = self.of_struct
+            && matches!(&e.value, Node::Scalar { text, plain: true, .. } if is_null(text));
         // A `deserialize_with` function's own error passes through no node: place it here.
-        seed.deserialize(de).map_err(|e| e.at(&path, Target::Value))
+        seed.deserialize(de).map_err(|e| {
+            let mut e = e.at(&path, Target::Value);
+            // Set here, where the value is; the mappings it passes through leave it.
+            e.null_field |= null && e.mistyped && e.path == path;
+            e
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {

@@ -1,0 +1,48 @@
+//! The bounds of the whole-number keys whose checks refuse more than their type does, so that
+//! a value serde cannot read (`-1`, a number past the type's range) is refused with the range
+//! the check would give, not the type's: `max_connections: -1` is told 1 to 4294967295, as 0
+//! is told it must be at least 1.
+
+use super::super::locate::KeyPath;
+use super::{global, policy, MAX_TRACKED, MAX_TRUSTED_HOPS};
+
+/// Written paths (`*` any key, `[]` any item, `**` any steps) with their least and most
+/// value; `None` leaves the most to the type.
+const BOUNDS: &[(&str, u64, Option<u64>)] = &[
+    ("runtime.max_connections", 1, None),
+    ("tenants.max_tracked", 1, Some(MAX_TRACKED)),
+    (
+        "tenants.from.[].client_ip.trusted_hops",
+        1,
+        Some(MAX_TRUSTED_HOPS as u64),
+    ),
+    ("tenants.from.[].client_ip.ipv6_prefix", 1, Some(128)),
+    ("upstreams.*.max_connections", 1, None),
+    ("upstreams.*.health_check.healthy_after", 1, None),
+    ("upstreams.*.health_check.unhealthy_after", 1, None),
+    ("upstreams.*.outlier.consecutive_failures", 1, None),
+    (
+        "policies.*.retry.attempts",
+        1,
+        Some(policy::MAX_ATTEMPTS as u64),
+    ),
+    ("policies.*.rate_limit.**.burst", 1, Some(policy::MAX_BURST)),
+    ("policies.*.rate_limit.lease", 1, Some(global::MAX_LEASE)),
+    ("policies.*.circuit_breaker.consecutive_failures", 1, None),
+    ("policies.*.circuit_breaker.failure_rate.min_calls", 1, None),
+    ("policies.*.circuit_breaker.half_open_probes", 1, None),
+    ("policies.*.load_shed.max_in_flight", 1, None),
+    ("policies.*.load_shed.per_tenant_max_in_flight", 1, None),
+    ("policies.*.load_shed.adaptive.min", 1, None),
+    ("policies.*.idempotency.max_entries", 1, None),
+];
+
+/// The least and most whole number the checks take at `path`, within `type_max`.
+pub(super) fn whole_number(path: &KeyPath, type_max: u64) -> (u64, u64) {
+    BOUNDS
+        .iter()
+        .find(|(pattern, ..)| path.matches(pattern))
+        .map_or((0, type_max), |(_, least, most)| {
+            (*least, most.map_or(type_max, |m| m.min(type_max)))
+        })
+}
