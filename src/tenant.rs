@@ -200,7 +200,8 @@ pub fn configured_plans(file: &File) -> BTreeSet<&str> {
 }
 
 /// Whether `id` is a valid tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`, and not the
-/// reserved [`OTHER_LABEL`].
+/// reserved [`OTHER_LABEL`] or `-` (the tenant of a `tenant: optional` route's request that
+/// names none): either would share its series with requests that are not that tenant's.
 pub fn is_valid_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_TENANT_LEN
@@ -208,6 +209,7 @@ pub fn is_valid_id(id: &[u8]) -> bool {
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
         && id != OTHER_LABEL.as_bytes()
+        && id != crate::config::file::NO_TENANT.as_bytes()
 }
 
 // === impl Identify ===

@@ -56,11 +56,13 @@ pub const MAX_CERT_TENANT_LEN: usize = 2048;
 /// (`!` through `~`). That admits `/`, `:` and `.` so SPIFFE ids such as
 /// `spiffe://example.org/ns/prod/sa/billing` pass as they are, and refuses spaces, control
 /// characters and non-ASCII, which would make log lines and metric labels ambiguous; and
-/// `_other`, the label of folded tenants.
+/// `_other`, the label of folded tenants, and `-`, the tenant of a `tenant: optional` route's
+/// request that names none.
 pub fn is_valid_cert_tenant(id: &str) -> bool {
     (1..=MAX_CERT_TENANT_LEN).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_graphic())
         && id != crate::config::file::FOLDED_TENANTS
+        && id != crate::config::file::NO_TENANT
 }
 
 /// The crypto provider every rampart TLS config uses (see the module doc for why `ring`).

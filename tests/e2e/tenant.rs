@@ -116,6 +116,13 @@ async fn the_folded_tenants_label_is_an_invalid_tenant_id() {
     http::get(addr, "/ok?tenant=_other", &[])
         .await
         .assert_rampart(400, "invalid_tenant");
+    // `-` is the tenant of an optional route's request that names none: reserved alike.
+    http::get(addr, "/ok", &[("x-tenant-id", "-")])
+        .await
+        .assert_rampart(400, "invalid_tenant");
+    http::get(addr, "/ok?tenant=-", &[])
+        .await
+        .assert_rampart(400, "invalid_tenant");
     let rsp = http::get(addr, "/ok", &[("x-tenant-id", "_Other")]).await;
     assert_eq!(rsp.status, 200, "another spelling is a tenant like any");
     assert_eq!(

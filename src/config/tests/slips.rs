@@ -227,6 +227,14 @@ fn the_folded_tenants_label_is_no_tenant_id() {
         "  p: { rate_limit: { per_tenant: { rate: 1/s }, plans: { pro: { rate: 5/s } } } }",
     );
     reserved(&plans, "tenants.plans.assign.pro[1]");
+    // `-`, the tenant of an optional route's request that names none, likewise.
+    let all = errors(&format!("{BASE}tenants: {{ fallback: \"-\" }}\n"));
+    assert!(
+        all.iter().any(|e| e.path == "tenants.fallback"
+            && e.message.contains("\"-\" is reserved")
+            && e.message.contains("tenant: optional")),
+        "{all:#?}"
+    );
     // Only that spelling: labels are case-sensitive, and `other` is a name like any.
     for id in ["_Other", "other", "_others"] {
         assert!(

@@ -5,16 +5,21 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::super::file::FOLDED_TENANTS;
+use super::super::file::{FOLDED_TENANTS, NO_TENANT};
 
 /// Longest tenant id, in bytes (SPEC §3, `invalid_tenant`).
 const TENANT_MAX: usize = 128;
 
-/// A tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`, and not the reserved `_other`.
+/// A tenant id: 1 to 128 bytes of `[A-Za-z0-9._:@-]`, and not the reserved `_other` or `-`.
 pub(super) fn tenant_id(s: &str) -> Result<(), String> {
     if s == FOLDED_TENANTS {
         return Err(format!(
             "tenant id {s:?} is reserved: it is the metrics label of the tenants folded past tenants.metrics_labels, so no tenant may be named so"
+        ));
+    }
+    if s == NO_TENANT {
+        return Err(format!(
+            "tenant id {s:?} is reserved: it is the tenant of a request on a `tenant: optional` route that names none, so no tenant may be named so"
         ));
     }
     if s.is_empty() || s.len() > TENANT_MAX {
