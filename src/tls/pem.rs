@@ -1,6 +1,7 @@
 //! PEM files in, DER values out, with errors that name the file.
 //!
-//! Files are read whole with `std::fs` (a missing file and an unreadable one are told apart)
+//! Files are read whole with `std::fs`, at most [`MAX_FILE`] bytes and without waiting on a
+//! file that has no data yet (a missing file and an unreadable one are told apart)
 //! and then parsed by rustls-pki-types' `PemObject`, which skips sections of other types: a
 //! combined cert+key file works for both the cert and the key path.
 
@@ -174,16 +175,60 @@ fn which(i: usize, n: usize, subject: &str) -> String {
     }
 }
 
+/// The largest certificate, key or CA file read, in bytes. A PEM bundle of every public CA is
+/// about 200 KiB; a file past this is a mistake (a disk image, a log), and reading it whole
+/// would take the time and memory its size says.
+pub const MAX_FILE: u64 = 1024 * 1024;
+
+/// Reads `path` whole, refusing a file over [`MAX_FILE`] (by its size, and by reading at most
+/// one byte past the cap, for files whose size says nothing, as in /proc). Opened non-blocking:
+/// a file that would wait for data (a FIFO, /proc/kmsg) is an error, never a hang.
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
+    read_capped(path, MAX_FILE)
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, TlsFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |source: std::io::Error| {
+        match source.kind() {
         std::io::ErrorKind::NotFound => TlsFileError::Missing {
             path: path.to_path_buf(),
         },
+        std::io::ErrorKind::WouldBlock => TlsFileError::invalid(
+            path,
+            "the file has nothing to read yet and reading it would wait (a FIFO or a device?); name a regular file",
+        ),
         _ => TlsFileError::Unreadable {
             path: path.to_path_buf(),
             source,
         },
-    })
+    }
+    };
+    let too_big = |size: String| {
+        TlsFileError::invalid(
+            path,
+            format!("the file is {size} bytes; a certificate, key or CA file may be at most {cap} bytes"),
+        )
+    };
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(path)
+        .map_err(unreadable)?;
+    let size = file.metadata().map_err(unreadable)?.len();
+    if size > cap {
+        return Err(too_big(size.to_string()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big(format!("more than {cap}")));
+    }
+    Ok(bytes)
 }
 
 fn malformed(path: &Path, e: pem::Error) -> TlsFileError {
