@@ -36,14 +36,38 @@ impl CertPair {
 
     /// [`CertPair::load`] with "now" given, so the validity check can be tested at a boundary.
     pub fn load_at(cert: &Path, key: &Path, now: SystemTime) -> Result<CertPair, TlsFileError> {
-        let chain = load_certs(cert)?;
-        check_validity(cert, &chain, now)?;
-        let pair = CertPair {
-            chain,
-            key: load_key(key)?,
-        };
-        pair.check_match(cert, key)?;
-        Ok(pair)
+        Self::load_all_at(cert, key, now).map_err(first)
+    }
+
+    /// [`CertPair::load`], telling every problem of the pair: each file's own (the cert's
+    /// content or dates, the key's content), and the mismatch when both were read.
+    pub fn load_all(cert: &Path, key: &Path) -> Result<CertPair, Vec<TlsFileError>> {
+        Self::load_all_at(cert, key, SystemTime::now())
+    }
+
+    /// [`CertPair::load_all`] with "now" given.
+    pub fn load_all_at(
+        cert: &Path,
+        key: &Path,
+        now: SystemTime,
+    ) -> Result<CertPair, Vec<TlsFileError>> {
+        let mut errors = Problems::default();
+        let chain = errors.take(load_certs(cert));
+        if let Some(chain) = &chain {
+            errors.take(check_validity(cert, chain, now));
+        }
+        let der = errors.take(load_key(key));
+        if let (Some(chain), Some(key_der)) = (chain, der) {
+            let pair = CertPair {
+                chain,
+                key: key_der,
+            };
+            errors.take(pair.check_match(cert, key));
+            if errors.0.is_empty() {
+                return Ok(pair);
+            }
+        }
+        Err(errors.0)
     }
 
     /// A copy of the key (rustls builders take it by value).
@@ -102,6 +126,37 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
         },
         e => malformed(path, e),
     })
+}
+
+/// The problems of one `tls` section, in the order found; one said twice (a combined cert and
+/// key file that is missing) is kept once.
+#[derive(Default)]
+pub(crate) struct Problems(pub(crate) Vec<TlsFileError>);
+
+impl Problems {
+    /// The value of `result`, or `None` with its error kept.
+    pub(crate) fn take<T>(&mut self, result: Result<T, TlsFileError>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// [`Problems::take`] for a step that tells several.
+    pub(crate) fn take_all<T>(&mut self, result: Result<T, Vec<TlsFileError>>) -> Option<T> {
+        result
+            .map_err(|es| es.into_iter().for_each(|e| self.push(e)))
+            .ok()
+    }
+
+    fn push(&mut self, e: TlsFileError) {
+        let said = e.to_string();
+        if !self.0.iter().any(|o| o.to_string() == said) {
+            self.0.push(e);
+        }
+    }
+}
+
+/// The first of a non-empty list of problems, for callers that tell one.
+pub(crate) fn first(mut errors: Vec<TlsFileError>) -> TlsFileError {
+    errors.swap_remove(0)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
