@@ -378,10 +378,18 @@ impl<'de> de::Deserializer<'de> for De<'_> {
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
         let r = match self.node {
+            // Of the wrong kind, as a null is for any other value: a struct's key written so
+            // is read as not written (`shape.rs`), and a required one is told it is empty.
+            Node::Scalar {
+                text, plain: true, ..
+            } if is_null(text) => Err(DeError::mistyped(format!(
+                "is empty (null); expected one of: {}",
+                variants.join(", ")
+            ))),
             Node::Scalar { text, .. } => v.visit_enum(text.as_str().into_deserializer()),
             _ => Err(self.wrong(&v)),
         };
