@@ -248,3 +248,31 @@ fn a_null_enum_key_is_read_as_not_written_or_said_empty() {
     assert!(e.message.starts_with("is empty (null)"), "{e:?}");
     assert!(!e.message.contains('~'), "{e:?}");
 }
+
+/// A null section that has defaults when not written (`admin:`, `retry.budget:`,
+/// `retry.backoff:`) is warned that its defaults apply, not that it does nothing: admin still
+/// listens on :9901. An optional section with nothing to say of its `{}` still does nothing.
+#[test]
+fn a_null_section_with_defaults_is_warned_that_they_apply() {
+    let text = BASE.replace(
+        "  p: {}",
+        "  p:\n    retry: { attempts: 2, budget:, backoff: }",
+    ) + "admin:\n";
+    let w = warnings(&text);
+    let got: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "policies.p.retry.budget",
+            "policies.p.retry.backoff",
+            "admin"
+        ],
+        "{w:#?}"
+    );
+    for w in &w {
+        assert!(w.message.contains("its defaults apply"), "{w:?}");
+        assert!(!w.message.contains("does nothing"), "{w:?}");
+    }
+    let cfg = super::super::Config::from_str(&text, "t.yaml").expect("valid");
+    assert_eq!(cfg.file.admin.listen.port(), 9901, "{:?}", cfg.file.admin);
+}
