@@ -252,7 +252,7 @@ fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, TlsFileError> {
         },
         std::io::ErrorKind::WouldBlock => TlsFileError::invalid(
             path,
-            "the file has nothing to read yet and reading it would wait (a FIFO or a device?); name a regular file",
+            "the file has nothing to read yet and reading it would wait for data (as a FIFO, a terminal or /proc/kmsg does); name a PEM file",
         ),
         _ => TlsFileError::Unreadable {
             path: path.to_path_buf(),
