@@ -39,11 +39,13 @@ pub mod pem;
 pub mod roots;
 pub mod server;
 
-pub use client::{check_client, client_config, client_config_offering, connect};
+pub use client::{check_client, client_config, client_config_all, client_config_offering, connect};
 pub use error::{HandshakeError, TlsFileError};
 pub use files::{TlsFileProblem, TlsFiles};
 pub use roots::SystemRoots;
-pub use server::{accept, check_server, server_config, ConnInfo, ReloadableAcceptor};
+pub use server::{
+    accept, check_server, server_config, server_config_all, ConnInfo, ReloadableAcceptor,
+};
 
 /// The longest tenant id taken from a client certificate, in bytes. 2048 is the longest URI a
 /// SPIFFE id may be, so any valid SPIFFE id fits.

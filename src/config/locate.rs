@@ -105,6 +105,11 @@ impl KeyPath {
         KeyPath(v)
     }
 
+    /// The steps of the path, first to last.
+    pub(super) fn segs(&self) -> &[Seg] {
+        &self.0
+    }
+
     /// True when `self` is `other` or lies under it.
     pub(super) fn starts_with(&self, other: &KeyPath) -> bool {
         self.0.starts_with(&other.0)

@@ -109,7 +109,7 @@ pub(super) fn parse(text: &str, origin: &str, roots: &SystemRoots) -> Result<Par
         check(f, &mut r);
         listener::check_taken_out(f, &written, &mut r);
     }
-    nulls::check(&mut r);
+    nulls::check(&mut r, file.as_ref());
     if let Some(f) = &file {
         // Last: it reads only the files no check above has refused.
         certs::check(f, &mut r, roots);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::pem::{load_roots, CertPair};
+use super::pem::{first, load_roots, CertPair, Problems};
 use super::{SystemRoots, TlsFileError};
 
 /// ALPN protocols an upstream connection offers (see the module doc).
@@ -47,24 +47,47 @@ pub fn client_config_offering(
     alpn: &[&[u8]],
     system: &SystemRoots,
 ) -> Result<Arc<ClientConfig>, TlsFileError> {
+    client_config_all(ca, cert, key, alpn, system).map_err(first)
+}
+
+/// [`client_config_offering`], telling every problem of the section: each file's own, and the
+/// key's mismatch when the cert and key were both read.
+pub fn client_config_all(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    alpn: &[&[u8]],
+    system: &SystemRoots,
+) -> Result<Arc<ClientConfig>, Vec<TlsFileError>> {
+    let mut errors = Problems::default();
     let roots = match ca {
-        Some(ca) => load_roots(ca)?,
-        None => system.get(),
+        Some(ca) => errors.take(load_roots(ca)),
+        None => Some(system.get()),
     };
     let pair = match (cert, key) {
-        (Some(cert), Some(key)) => Some((CertPair::load(cert, key)?, key)),
-        (None, None) => None,
-        (Some(given), None) => return Err(incomplete(given, "key")),
-        (None, Some(given)) => return Err(incomplete(given, "cert")),
+        (Some(cert), Some(key)) => errors
+            .take_all(CertPair::load_all(cert, key))
+            .map(|p| Some((p, key))),
+        (None, None) => Some(None),
+        (Some(given), None) => errors
+            .take::<()>(Err(incomplete(given, "key")))
+            .map(|()| None),
+        (None, Some(given)) => errors
+            .take::<()>(Err(incomplete(given, "cert")))
+            .map(|()| None),
     };
+    let (Some(roots), Some(pair)) = (roots, pair) else {
+        return Err(errors.0);
+    };
+    let one = |e| vec![e];
     let builder = ClientConfig::builder_with_provider(super::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsFileError::invalid(Path::new("<crypto provider>"), e))?
+        .map_err(|e| one(TlsFileError::invalid(Path::new("<crypto provider>"), e)))?
         .with_root_certificates(roots);
     let mut config = match pair {
         Some((pair, key)) => builder
             .with_client_auth_cert(pair.chain, pair.key)
-            .map_err(|e| TlsFileError::invalid(key, e))?,
+            .map_err(|e| one(TlsFileError::invalid(key, e)))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::client::CLIENT_ALPN;
-use super::{client_config_offering, server_config, SystemRoots, TlsFileError};
+use super::{client_config_all, server_config_all, SystemRoots, TlsFileError};
 use crate::config::file::{File, UpstreamProtocol};
 use crate::config::Section;
 
@@ -99,14 +99,14 @@ impl TlsFiles {
             if !read(&Section::Listener(i)) {
                 continue;
             }
-            match server_config(&t.cert, &t.key, t.client_ca.as_deref()) {
+            match server_config_all(&t.cert, &t.key, t.client_ca.as_deref()) {
                 Ok(c) => {
                     out.listeners.insert(l.name.clone(), c);
                 }
-                Err(error) => problems.push(TlsFileProblem {
+                Err(errors) => problems.extend(errors.into_iter().map(|error| TlsFileProblem {
                     site: Section::Listener(i),
                     error,
-                }),
+                })),
             }
         }
         for (name, u) in &file.upstreams {
@@ -121,14 +121,14 @@ impl TlsFiles {
                 UpstreamProtocol::Http2 => &[b"h2"],
             };
             let (ca, cert, key) = (t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref());
-            match client_config_offering(ca, cert, key, alpn, system) {
+            match client_config_all(ca, cert, key, alpn, system) {
                 Ok(c) => {
                     out.upstreams.insert(name.clone(), c);
                 }
-                Err(error) => problems.push(TlsFileProblem {
+                Err(errors) => problems.extend(errors.into_iter().map(|error| TlsFileProblem {
                     site: Section::Upstream(name.clone()),
                     error,
-                }),
+                })),
             }
         }
         if let Some(otlp) = file.tracing.as_ref().map(|t| &t.otlp) {
@@ -136,22 +136,24 @@ impl TlsFiles {
             if otlp.is_https() && keys.into_iter().all(|k| read(&Section::Tracing(k))) {
                 let (cert, key) = (otlp.cert.as_deref(), otlp.key.as_deref());
                 // No ALPN here: the exporter's connector offers its own.
-                match client_config_offering(otlp.ca.as_deref(), cert, key, &[], system) {
+                match client_config_all(otlp.ca.as_deref(), cert, key, &[], system) {
                     Ok(c) => out.tracing = Some(c),
-                    Err(error) => {
-                        // The error names one file: placed at the key that names it.
-                        let file = error.file();
-                        let at = if Some(file) == cert {
-                            "cert"
-                        } else if Some(file) == key {
-                            "key"
-                        } else {
-                            "ca"
-                        };
-                        problems.push(TlsFileProblem {
-                            site: Section::Tracing(at),
-                            error,
-                        });
+                    Err(errors) => {
+                        for error in errors {
+                            // Each error names one file: placed at the key that names it.
+                            let file = error.file();
+                            let at = if Some(file) == cert {
+                                "cert"
+                            } else if Some(file) == key {
+                                "key"
+                            } else {
+                                "ca"
+                            };
+                            problems.push(TlsFileProblem {
+                                site: Section::Tracing(at),
+                                error,
+                            });
+                        }
                     }
                 }
             }
@@ -160,7 +162,7 @@ impl TlsFiles {
             if redis.is_tls() && read(&Section::Store) {
                 let t = redis.tls.clone().unwrap_or_default();
                 // No ALPN: Redis names no protocol.
-                match client_config_offering(
+                match client_config_all(
                     t.ca.as_deref(),
                     t.cert.as_deref(),
                     t.key.as_deref(),
@@ -168,10 +170,12 @@ impl TlsFiles {
                     system,
                 ) {
                     Ok(c) => out.store = Some(c),
-                    Err(error) => problems.push(TlsFileProblem {
-                        site: Section::Store,
-                        error,
-                    }),
+                    Err(errors) => {
+                        problems.extend(errors.into_iter().map(|error| TlsFileProblem {
+                            site: Section::Store,
+                            error,
+                        }))
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! PEM files in, DER values out, with errors that name the file.
 //!
-//! Files are read whole with `std::fs` (a missing file and an unreadable one are told apart)
+//! Files are read whole with `std::fs`, at most [`MAX_FILE`] bytes and without waiting on a
+//! file that has no data yet (a missing file and an unreadable one are told apart)
 //! and then parsed by rustls-pki-types' `PemObject`, which skips sections of other types: a
 //! combined cert+key file works for both the cert and the key path.
 
@@ -35,14 +36,38 @@ impl CertPair {
 
     /// [`CertPair::load`] with "now" given, so the validity check can be tested at a boundary.
     pub fn load_at(cert: &Path, key: &Path, now: SystemTime) -> Result<CertPair, TlsFileError> {
-        let chain = load_certs(cert)?;
-        check_validity(cert, &chain, now)?;
-        let pair = CertPair {
-            chain,
-            key: load_key(key)?,
-        };
-        pair.check_match(cert, key)?;
-        Ok(pair)
+        Self::load_all_at(cert, key, now).map_err(first)
+    }
+
+    /// [`CertPair::load`], telling every problem of the pair: each file's own (the cert's
+    /// content or dates, the key's content), and the mismatch when both were read.
+    pub fn load_all(cert: &Path, key: &Path) -> Result<CertPair, Vec<TlsFileError>> {
+        Self::load_all_at(cert, key, SystemTime::now())
+    }
+
+    /// [`CertPair::load_all`] with "now" given.
+    pub fn load_all_at(
+        cert: &Path,
+        key: &Path,
+        now: SystemTime,
+    ) -> Result<CertPair, Vec<TlsFileError>> {
+        let mut errors = Problems::default();
+        let chain = errors.take(load_certs(cert));
+        if let Some(chain) = &chain {
+            errors.take(check_validity(cert, chain, now));
+        }
+        let der = errors.take(load_key(key));
+        if let (Some(chain), Some(key_der)) = (chain, der) {
+            let pair = CertPair {
+                chain,
+                key: key_der,
+            };
+            errors.take(pair.check_match(cert, key));
+            if errors.0.is_empty() {
+                return Ok(pair);
+            }
+        }
+        Err(errors.0)
     }
 
     /// A copy of the key (rustls builders take it by value).
@@ -101,6 +126,37 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
         },
         e => malformed(path, e),
     })
+}
+
+/// The problems of one `tls` section, in the order found; one said twice (a combined cert and
+/// key file that is missing) is kept once.
+#[derive(Default)]
+pub(crate) struct Problems(pub(crate) Vec<TlsFileError>);
+
+impl Problems {
+    /// The value of `result`, or `None` with its error kept.
+    pub(crate) fn take<T>(&mut self, result: Result<T, TlsFileError>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// [`Problems::take`] for a step that tells several.
+    pub(crate) fn take_all<T>(&mut self, result: Result<T, Vec<TlsFileError>>) -> Option<T> {
+        result
+            .map_err(|es| es.into_iter().for_each(|e| self.push(e)))
+            .ok()
+    }
+
+    fn push(&mut self, e: TlsFileError) {
+        let said = e.to_string();
+        if !self.0.iter().any(|o| o.to_string() == said) {
+            self.0.push(e);
+        }
+    }
+}
+
+/// The first of a non-empty list of problems, for callers that tell one.
+pub(crate) fn first(mut errors: Vec<TlsFileError>) -> TlsFileError {
+    errors.swap_remove(0)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -174,16 +230,60 @@ fn which(i: usize, n: usize, subject: &str) -> String {
     }
 }
 
+/// The largest certificate, key or CA file read, in bytes. A PEM bundle of every public CA is
+/// about 200 KiB; a file past this is a mistake (a disk image, a log), and reading it whole
+/// would take the time and memory its size says.
+pub const MAX_FILE: u64 = 1024 * 1024;
+
+/// Reads `path` whole, refusing a file over [`MAX_FILE`] (by its size, and by reading at most
+/// one byte past the cap, for files whose size says nothing, as in /proc). Opened non-blocking:
+/// a file that would wait for data (a FIFO, /proc/kmsg) is an error, never a hang.
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
+    read_capped(path, MAX_FILE)
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, TlsFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |source: std::io::Error| {
+        match source.kind() {
         std::io::ErrorKind::NotFound => TlsFileError::Missing {
             path: path.to_path_buf(),
         },
+        std::io::ErrorKind::WouldBlock => TlsFileError::invalid(
+            path,
+            "the file has nothing to read yet and reading it would wait for data (as a FIFO, a terminal or /proc/kmsg does); name a PEM file",
+        ),
         _ => TlsFileError::Unreadable {
             path: path.to_path_buf(),
             source,
         },
-    })
+    }
+    };
+    let too_big = |size: String| {
+        TlsFileError::invalid(
+            path,
+            format!("the file is {size} bytes; a certificate, key or CA file may be at most {cap} bytes"),
+        )
+    };
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(path)
+        .map_err(unreadable)?;
+    let size = file.metadata().map_err(unreadable)?.len();
+    if size > cap {
+        return Err(too_big(size.to_string()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big(format!("more than {cap}")));
+    }
+    Ok(bytes)
 }
 
 fn malformed(path: &Path, e: pem::Error) -> TlsFileError {

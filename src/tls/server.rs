@@ -19,7 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
-use super::pem::{load_roots, CertPair};
+use super::pem::{first, load_roots, CertPair, Problems};
 use super::{HandshakeError, TlsFileError};
 
 /// ALPN protocols a TLS listener offers, most preferred first (SPEC §8).
@@ -55,23 +55,39 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsFileError> {
-    let pair = CertPair::load(cert, key)?;
+    server_config_all(cert, key, client_ca).map_err(first)
+}
+
+/// [`server_config`], telling every problem of the section: each file's own, and the key's
+/// mismatch when the cert and key were both read.
+pub fn server_config_all(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, Vec<TlsFileError>> {
+    let mut errors = Problems::default();
+    let pair = errors.take_all(CertPair::load_all(cert, key));
+    let roots = client_ca.map(|ca| errors.take(load_roots(ca).map(|r| (ca, r))));
+    let (Some(pair), None | Some(Some(_))) = (pair, &roots) else {
+        return Err(errors.0);
+    };
     let provider = super::server_provider();
+    let one = |e| vec![e];
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsFileError::invalid(cert, e))?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider)
+        .map_err(|e| one(TlsFileError::invalid(cert, e)))?;
+    let builder = match roots.flatten() {
+        Some((ca, roots)) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(|e| TlsFileError::invalid(ca, e))?;
+                .map_err(|e| one(TlsFileError::invalid(ca, e)))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(pair.chain, pair.key)
-        .map_err(|e| TlsFileError::invalid(key, e))?;
+        .map_err(|e| one(TlsFileError::invalid(key, e)))?;
     config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
     // The server's order of suites (`tls::server_provider`: AES-128-GCM first), not the
     // client's.

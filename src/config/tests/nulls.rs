@@ -210,3 +210,69 @@ fn a_null_key_with_a_default_is_read_as_not_written() {
         "{e:?}"
     );
 }
+
+/// An enum key written null is a null like any other: one with a default (`balance`, a rate
+/// limit's or breaker's `scope`) is read as not written, with the warning a null value draws;
+/// a required one (`direction`) says it is empty. Before, each was refused as the value "~".
+#[test]
+fn a_null_enum_key_is_read_as_not_written_or_said_empty() {
+    let text = BASE.replace(
+        "    endpoints: [127.0.0.1:3000]\n",
+        "    endpoints: [127.0.0.1:3000]\n    balance:\n",
+    )
+    .replace(
+        "  p: {}",
+        "  p:\n    rate_limit: { per_tenant: { rate: 1/s }, scope: }\n    circuit_breaker: { consecutive_failures: 5, scope: ~ }",
+    );
+    let w = warnings(&text);
+    let got: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "upstreams.app.balance",
+            "policies.p.rate_limit.scope",
+            "policies.p.circuit_breaker.scope"
+        ],
+        "{w:#?}"
+    );
+    for w in &w {
+        assert!(
+            w.message
+                .starts_with("is empty (null), so it is read as if it were not written"),
+            "{w:?}"
+        );
+    }
+    super::super::Config::from_str(&text, "t.yaml").expect("valid");
+    let e = one(&BASE.replace("direction: inbound", "direction:"));
+    assert_eq!(e.path, "listeners[0].direction", "{e:?}");
+    assert!(e.message.starts_with("is empty (null)"), "{e:?}");
+    assert!(!e.message.contains('~'), "{e:?}");
+}
+
+/// A null section that has defaults when not written (`admin:`, `retry.budget:`,
+/// `retry.backoff:`) is warned that its defaults apply, not that it does nothing: admin still
+/// listens on :9901. An optional section with nothing to say of its `{}` still does nothing.
+#[test]
+fn a_null_section_with_defaults_is_warned_that_they_apply() {
+    let text = BASE.replace(
+        "  p: {}",
+        "  p:\n    retry: { attempts: 2, budget:, backoff: }",
+    ) + "admin:\n";
+    let w = warnings(&text);
+    let got: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "policies.p.retry.budget",
+            "policies.p.retry.backoff",
+            "admin"
+        ],
+        "{w:#?}"
+    );
+    for w in &w {
+        assert!(w.message.contains("its defaults apply"), "{w:?}");
+        assert!(!w.message.contains("does nothing"), "{w:?}");
+    }
+    let cfg = super::super::Config::from_str(&text, "t.yaml").expect("valid");
+    assert_eq!(cfg.file.admin.listen.port(), 9901, "{:?}", cfg.file.admin);
+}

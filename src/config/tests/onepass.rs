@@ -132,6 +132,61 @@ runtime: {{ idle_timeout: 5x }}
     assert_eq!(loaded.0.len(), all.len(), "{loaded}");
 }
 
+/// Every independent problem of one `tls` section is told in the one pass (SPEC §14): each
+/// file's own, and the key's mismatch when cert and key were both read. Before, the first
+/// hid the others (an expired cert hid the mismatch that renewal would then show).
+#[test]
+fn every_problem_of_a_tls_section_is_told_not_only_the_first() {
+    use crate::tls::tests::support::{Ca, Files, Leaf};
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let (srv, _) = files.pair("srv", &ca.server(1));
+    let (_, other) = files.pair("other", &ca.server(2));
+    let expired = ca.issue(Leaf {
+        dns: vec!["localhost"],
+        not_before: Some((2019, 1, 1)),
+        not_after: Some((2020, 1, 1)),
+        ..Leaf::default()
+    });
+    let (old, _) = files.pair("expired", &expired);
+    let nocert = files.write("nocert.pem", "not a certificate\n");
+    let show = |p: &Path| p.display().to_string();
+    let (srv, other, old, nocert) = (show(&srv), show(&other), show(&old), show(&nocert));
+    let listener =
+        |tls: String| BASE.replace("    routes:\n", &format!("    tls: {tls}\n    routes:\n"));
+    let cases = [
+        (
+            listener(format!("{{ cert: {old}, key: {other} }}")),
+            "listeners[0].tls",
+            vec!["expired at", "key does not match"],
+        ),
+        (
+            listener(format!("{{ cert: {srv}, key: {other}, client_ca: {nocert} }}")),
+            "listeners[0].tls",
+            vec!["key does not match", "no certificate in it"],
+        ),
+        (
+            BASE.replace(
+                "endpoints: [127.0.0.1:3000]",
+                &format!("endpoints: [127.0.0.1:3000]\n    tls: {{ ca: {nocert}, cert: {srv}, key: {other} }}"),
+            ),
+            "upstreams.app.tls",
+            vec!["no certificate in it", "key does not match"],
+        ),
+    ];
+    for (text, at, want) in cases {
+        let all = errors(&text);
+        let got: Vec<&str> = all
+            .iter()
+            .filter(|e| e.path == at)
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{text}\n{all:#?}");
+        for w in want {
+            assert!(got.iter().any(|m| m.contains(w)), "{w:?} in {all:#?}");
+        }
+    }
+}
+
 /// A TLS file key that drew an error already (missing, not a file) is not read again: one
 /// error per file, not two.
 #[test]

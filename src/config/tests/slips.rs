@@ -243,3 +243,48 @@ fn the_folded_tenants_label_is_no_tenant_id() {
         );
     }
 }
+
+/// A number no size can be (negative, or past 64 bits) at a size key is told the range its
+/// check takes, not the type's ("the largest number allowed here is 18446744073709551615")
+/// nor a bare "invalid size: -5"; `version` is told the one number it takes.
+#[test]
+fn sizes_and_version_name_the_range_their_checks_take() {
+    let top = |extra: &str| format!("{BASE}{extra}\n");
+    let huge = "99999999999999999999999";
+    let cases = [
+        (
+            top(&format!("runtime: {{ max_header_bytes: {huge} }}")),
+            "runtime.max_header_bytes",
+            format!("{huge} is out of range: it must be between 8KiB and 1MiB"),
+        ),
+        (
+            top("runtime: { max_header_bytes: -5 }"),
+            "runtime.max_header_bytes",
+            "-5 is out of range: it must be between 8KiB and 1MiB".to_owned(),
+        ),
+        (
+            policy(&format!("{{ idempotency: {{ max_body: {huge} }} }}")),
+            "policies.p.idempotency.max_body",
+            format!("{huge} is out of range: it must be between 1B and 16MiB"),
+        ),
+        (
+            policy("{ retry: { attempts: 2, buffer: -1 } }"),
+            "policies.p.retry.buffer",
+            "-1 is out of range: it must be between 0B and 16MiB".to_owned(),
+        ),
+        (
+            BASE.replace("version: 1", "version:"),
+            "version",
+            "invalid type: empty (null), expected the whole number 1".to_owned(),
+        ),
+        (
+            BASE.replace("version: 1", "version: -1"),
+            "version",
+            "invalid value: -1, expected the whole number 1".to_owned(),
+        ),
+    ];
+    for (text, path, want) in cases {
+        let e = one(&text);
+        assert_eq!((e.path.as_str(), e.message.as_str()), (path, want.as_str()));
+    }
+}

@@ -4,11 +4,13 @@
 //! is told it must be at least 1.
 
 use super::super::locate::KeyPath;
-use super::{global, policy, MAX_TRACKED, MAX_TRUSTED_HOPS};
+use super::super::units::Size;
+use super::{global, policy, resilience, HEADER_BYTES, MAX_TRACKED, MAX_TRUSTED_HOPS, VERSION};
 
 /// Written paths (`*` any key, `[]` any item, `**` any steps) with their least and most
 /// value; `None` leaves the most to the type.
 const BOUNDS: &[(&str, u64, Option<u64>)] = &[
+    ("version", VERSION as u64, Some(VERSION as u64)),
     ("runtime.max_connections", 1, None),
     ("tenants.max_tracked", 1, Some(MAX_TRACKED)),
     (
@@ -45,4 +47,27 @@ pub(super) fn whole_number(path: &KeyPath, type_max: u64) -> (u64, u64) {
         .map_or((0, type_max), |(_, least, most)| {
             (*least, most.map_or(type_max, |m| m.min(type_max)))
         })
+}
+
+/// Size keys (written paths, as for [`BOUNDS`]) with the least and most bytes their checks
+/// take: a number serde cannot read as a size (negative, or past 64 bits) is told this range.
+const SIZES: &[(&str, u64, u64)] = &[
+    ("runtime.max_header_bytes", HEADER_BYTES.0, HEADER_BYTES.1),
+    ("policies.*.retry.buffer", 0, policy::MAX_RETRY_BUFFER),
+    (
+        "policies.*.idempotency.max_body",
+        1,
+        resilience::MAX_IDEMPOTENT_BODY,
+    ),
+];
+
+/// The refusal of `text`, a number no size can be, at `path` when it is a size key: the
+/// range its check takes.
+pub(super) fn size_out_of_range(path: &KeyPath, text: &str) -> Option<String> {
+    let (_, least, most) = SIZES.iter().find(|(pattern, ..)| path.matches(pattern))?;
+    Some(format!(
+        "{text} is out of range: it must be between {} and {}",
+        Size(*least),
+        Size(*most)
+    ))
 }

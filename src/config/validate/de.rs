@@ -231,6 +231,8 @@ impl<'a> De<'a> {
         let (least, most) = bounds::whole_number(&self.path, max);
         let words = if most == u64::MAX {
             format!("a whole number of {least} or more")
+        } else if least == most {
+            format!("the whole number {least}")
         } else {
             format!("a whole number from {least} to {most}")
         };
@@ -274,9 +276,14 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 Plain::Null => v.visit_unit(),
                 Plain::Bool(b) => v.visit_bool(b),
                 Plain::Unsigned(n) => v.visit_u64(n),
-                Plain::Signed(n) => v.visit_i64(n),
+                // A size key's range, where the number can be no size at all.
+                Plain::Signed(n) => match bounds::size_out_of_range(&self.path, text) {
+                    Some(m) => Err(DeError::new(m)),
+                    None => v.visit_i64(n),
+                },
                 Plain::Float(f) => v.visit_f64(f),
-                Plain::TooLarge => Err(too_large(text, u64::MAX)),
+                Plain::TooLarge => Err(bounds::size_out_of_range(&self.path, text)
+                    .map_or_else(|| too_large(text, u64::MAX), DeError::new)),
                 Plain::Text => v.visit_str(text),
             },
         };
@@ -378,10 +385,18 @@ impl<'de> de::Deserializer<'de> for De<'_> {
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
         let r = match self.node {
+            // Of the wrong kind, as a null is for any other value: a struct's key written so
+            // is read as not written (`shape.rs`), and a required one is told it is empty.
+            Node::Scalar {
+                text, plain: true, ..
+            } if is_null(text) => Err(DeError::mistyped(format!(
+                "is empty (null); expected one of: {}",
+                variants.join(", ")
+            ))),
             Node::Scalar { text, .. } => v.visit_enum(text.as_str().into_deserializer()),
             _ => Err(self.wrong(&v)),
         };

@@ -15,19 +15,26 @@
 
 use std::collections::HashSet;
 
-use super::super::locate::{Doc, KeyPath, Node};
+use super::super::file::File;
+use super::super::locate::{Doc, KeyPath, Node, Seg};
 use super::super::ConfigError;
 use super::de::is_null;
 use super::{check as check_file, shape, Report};
 
-/// Said of a null section that nothing else is said of.
+/// Said of a null section that nothing else is said of, and whose absence is nothing (an
+/// optional section: no rate limit, no fault).
 const SECTION: &str = "the section is empty (null), so it is read as if it were not written and does nothing; give it its keys, or delete it";
+/// Said of a null section that nothing else is said of, and that has defaults when not written
+/// (`admin:`, `retry.budget:`): those apply.
+const DEFAULTED: &str = "the section is empty (null), so it is read as if it were not written: its defaults apply; give it its keys, or delete it";
 /// Said of a null key that holds a value (text, a number, a duration).
 const VALUE: &str =
     "is empty (null), so it is read as if it were not written; give it a value, or delete it";
 
-/// Adds an error or a warning for every key of `r`'s text whose value is null.
-pub(super) fn check(r: &mut Report<'_>) {
+/// Adds an error or a warning for every key of `r`'s text whose value is null; `file` is the
+/// text as read (null keys as not written), to tell a section that has defaults from one
+/// that is simply absent.
+pub(super) fn check(r: &mut Report<'_>, file: Option<&File>) {
     let mut nulls = Vec::new();
     if let Some(root) = &r.doc.root {
         find(root, &KeyPath::default(), &mut nulls);
@@ -42,6 +49,8 @@ pub(super) fn check(r: &mut Report<'_>) {
     if let Some(root) = &mut probe.root {
         fill(root);
     }
+    // The file as read, as data: a null key whose place holds a value there has defaults.
+    let read = file.and_then(|f| serde_json::to_value(f).ok());
     let shape = shape::deserialize(&mut probe, r.origin);
     let mut pr = Report::new(r.origin, &probe, shape.removed.clone());
     pr.errors.extend(shape.errors);
@@ -65,7 +74,11 @@ pub(super) fn check(r: &mut Report<'_>) {
                 r.written_key(&path, m, true);
             }
         } else {
-            let m = if is_value { VALUE } else { SECTION };
+            let m = match is_value {
+                true => VALUE,
+                false if read.as_ref().is_some_and(|f| defaulted(f, &path)) => DEFAULTED,
+                false => SECTION,
+            };
             r.written_key(&path, m.into(), true);
         }
     }
@@ -85,6 +98,19 @@ fn tls(path: &KeyPath) -> String {
             "{lead}: give its keys (`server_name`, `ca`, `cert`, `key`), or delete it for the defaults"
         ),
     }
+}
+
+/// True when `path` holds a value in `read` (the file as read, null keys as not written): a
+/// section read from its defaults, where an optional one is null or left out.
+fn defaulted(read: &serde_json::Value, path: &KeyPath) -> bool {
+    let mut at = Some(read);
+    for seg in path.segs() {
+        at = at.and_then(|v| match seg {
+            Seg::Key(k) => v.get(k.as_str()),
+            Seg::Index(i) => v.get(*i),
+        });
+    }
+    at.is_some_and(|v| !v.is_null())
 }
 
 /// What the copy said at a null key, said of the key as written.

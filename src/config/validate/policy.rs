@@ -14,7 +14,7 @@ const MAX_RATE_WINDOW: u32 = 10_000;
 /// Most tries a retry policy may ask for, the first included.
 pub(super) const MAX_ATTEMPTS: u32 = 10;
 /// Largest `retry.buffer`: every request in flight may hold this much for replay.
-const MAX_RETRY_BUFFER: u64 = 16 << 20;
+pub(super) const MAX_RETRY_BUFFER: u64 = 16 << 20;
 
 /// Largest `burst`: the bound of a rate's own count. It keeps a bucket's capacity (the
 /// RateLimit headers' `q`) a 10-digit number, well within a structured field's 15.

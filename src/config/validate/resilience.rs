@@ -9,7 +9,7 @@ use super::{syntax, Report};
 /// Largest `fault.delay.duration`: a drill that holds requests longer tests nothing new.
 const MAX_FAULT_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
 /// Largest `idempotency.max_body`: every kept answer may hold this much.
-const MAX_IDEMPOTENT_BODY: u64 = 16 << 20;
+pub(super) const MAX_IDEMPOTENT_BODY: u64 = 16 << 20;
 
 /// Checks `fault` at `p`.
 pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {

@@ -220,3 +220,55 @@ fn an_intermediate_out_of_its_validity_is_refused_naming_it() {
     let key = files.write("good-key.pem", &leaf.key);
     check_server(&cert, &key, None).expect("a chain valid throughout passes");
 }
+
+/// A file past the cap is refused by its size, naming the size and the cap, without being
+/// read (a sparse file of the cap plus one byte stands in for a disk image).
+#[test]
+fn a_file_over_the_size_cap_is_refused_naming_size_and_cap() {
+    let files = Files::new();
+    let big = files.write("big.pem", "");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .and_then(|f| f.set_len(crate::tls::pem::MAX_FILE + 1))
+        .expect("grow the file");
+    for err in [
+        crate::tls::pem::load_roots(&big).expect_err("over the cap"),
+        crate::tls::pem::load_key(&big).expect_err("over the cap"),
+    ] {
+        let text = err.to_string();
+        assert!(names(&err, &big), "{text}");
+        assert!(
+            text.contains("is 1048577 bytes") && text.contains("at most 1048576 bytes"),
+            "{text}"
+        );
+    }
+    // At the cap exactly the file is read (and judged on its content).
+    let at = files.write("at.pem", &" ".repeat(1024 * 1024));
+    let err = crate::tls::pem::load_roots(&at).expect_err("no certificate");
+    assert!(matches!(err, TlsFileError::NoCertificate { .. }), "{err}");
+}
+
+/// A file that has no data yet and would make a read wait (here a FIFO with a writer that
+/// writes nothing, as /proc/kmsg is a file that waits) is an error at once, never a hang.
+#[test]
+fn a_file_that_would_wait_for_data_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = crate::logfile::tests::fifo(dir.path(), "ca.pem");
+    // Held open for reading and writing: a blocking read of it would wait for ever.
+    let _writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the fifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::tls::pem::load_roots(&path).map(|_| ()));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading a TLS file must never wait")
+        .expect_err("a file with nothing to read has no certificate");
+    assert!(names(&err, &fifo), "{err}");
+}
