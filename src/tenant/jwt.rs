@@ -29,7 +29,7 @@ use crate::error::Reason;
 use crate::throttle::{Throttle, WARN_EVERY};
 use crate::tls::SystemRoots;
 
-pub use self::refresh::is_url;
+pub use self::refresh::{is_url, MAX_JWKS_BYTES};
 
 /// Leeway on `exp` and `nbf`, for clocks that disagree a little.
 pub const LEEWAY_SECS: u64 = 60;

@@ -239,10 +239,13 @@ pub const MAX_FILE: u64 = 1024 * 1024;
 /// one byte past the cap, for files whose size says nothing, as in /proc). Opened non-blocking:
 /// a file that would wait for data (a FIFO, /proc/kmsg) is an error, never a hang.
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    read_capped(path, MAX_FILE)
+    read_capped(path, MAX_FILE, "a certificate, key or CA file")
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, TlsFileError> {
+/// Reads `path` whole as [`read`] does, with `cap` its bound and `what` naming the kind of
+/// file in the message of one past it (`"a JWKS file"`): the other small files rampart reads
+/// at start and reload take the same guards.
+pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>, TlsFileError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let unreadable = |source: std::io::Error| {
@@ -263,7 +266,7 @@ fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, TlsFileError> {
     let too_big = |size: String| {
         TlsFileError::invalid(
             path,
-            format!("the file is {size} bytes; a certificate, key or CA file may be at most {cap} bytes"),
+            format!("the file is {size} bytes; {what} may be at most {cap} bytes"),
         )
     };
     let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;

@@ -272,3 +272,42 @@ fn a_plan_claim_with_no_plan_to_name_draws_a_warning() {
     assert!(at(&with(&claim, rl)).is_empty());
     assert!(at(&with(&jwt("", &good), "{ per_tenant: { rate: 1/s } }")).is_empty());
 }
+
+/// A JWKS file is read as the TLS files are: one past the bound is refused by its size,
+/// without being read whole, and one that would wait for data (a FIFO with a silent writer)
+/// is an error, not a hang of `validate`.
+#[test]
+fn a_jwks_file_is_read_bounded_and_never_waited_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rl = "{ per_tenant: { rate: 1/s } }";
+    let big = dir.path().join("big.json");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(crate::tenant::jwt::MAX_JWKS_BYTES as u64 + 1)
+        .expect("a sparse file one byte past the bound");
+    let e = fails_at(
+        &with(&jwt("", &big.display().to_string()), rl),
+        "tenants.from[0].jwt.jwks",
+    );
+    assert!(
+        e.message.contains("a JWKS file may be at most 1048576 bytes"),
+        "{e:?}"
+    );
+    let fifo = dir.path().join("jwks.fifo");
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600))
+        .expect("mkfifo");
+    // A writer that holds the FIFO open and writes nothing: a blocking read would wait.
+    let _writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let text = with(&jwt("", &fifo.display().to_string()), rl);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::config::Config::from_str(&text, "t.yaml").is_err());
+    });
+    let refused = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("validate must not wait on a FIFO");
+    assert!(refused, "a FIFO is no JWKS file");
+}

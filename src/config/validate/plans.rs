@@ -33,9 +33,20 @@ pub(super) fn jwt_source(j: &JwtSource, p: &KeyPath, r: &mut Report<'_>) {
         r.value(&jp, "a JWKS url must be http:// or https://");
     } else {
         r.readable(&jp, Path::new(&j.jwks), "JWKS file");
-        if let Ok(bytes) = std::fs::read(&j.jwks) {
-            if let Err(m) = jwt::check_jwks(&bytes) {
-                r.value(&jp, format!("JWKS file {:?}: {m}", j.jwks));
+        // Read as the refresh reads it: bounded, never waited on. A file `readable` refused
+        // is not read again.
+        if !r.has_error_under(&jp) {
+            match crate::tls::pem::read_capped(
+                Path::new(&j.jwks),
+                jwt::MAX_JWKS_BYTES as u64,
+                "a JWKS file",
+            ) {
+                Ok(bytes) => {
+                    if let Err(m) = jwt::check_jwks(&bytes) {
+                        r.value(&jp, format!("JWKS file {:?}: {m}", j.jwks));
+                    }
+                }
+                Err(e) => r.value(&jp, e.to_string()),
             }
         }
     }

@@ -25,7 +25,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// Bound on one fetch (connect, handshake, answer).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JWKS accepted.
-const MAX_JWKS_BYTES: usize = 1 << 20;
+pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// Whether `jwks` is a URL rather than a file path.
 pub fn is_url(jwks: &str) -> bool {
@@ -102,8 +102,11 @@ async fn run(
     }
 }
 
+/// What a JWKS file holds; read as the TLS files are (at most [`MAX_JWKS_BYTES`], never
+/// waited on), as a fetched one is bounded.
 fn read_file(path: &Path) -> Result<Vec<super::keys::Key>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = crate::tls::pem::read_capped(path, MAX_JWKS_BYTES as u64, "a JWKS file")
+        .map_err(|e| e.to_string())?;
     parse_jwks(&bytes)
 }
 
