@@ -37,6 +37,7 @@ use crate::config::file::{
     ClientCertField, ClientIp, ClientIpFrom, File, TenantSource, Tenants, NO_TENANT,
 };
 use crate::error::Reason;
+use crate::proxy::forward::remove_aliases;
 use crate::throttle::{Throttle, WARN_EVERY};
 use crate::tls::SystemRoots;
 
@@ -101,11 +102,6 @@ pub struct Identify {
     /// What [`Identify::vouch`] says it wrote, so the hop-by-hop removal spares those lines
     /// (`forward::prepare_request`): nothing; `vouched`; `vouched` and `plan_header`.
     written: [Written; 3],
-    /// The same names, and `plan_header`'s, with `_` for `-` (`x_tenant_id`): removed where
-    /// [`Identify::vouch`] rewrites or removes the name itself, since CGI-style upstreams
-    /// (`HTTP_X_TENANT_ID`) read the two as one header.
-    underscored: Box<[HeaderName]>,
-    plan_underscored: Option<HeaderName>,
     /// Whether [`Identify::vouch`] has anything to do (names in `vouched`, or a
     /// `plan_header`): settled once per generation, so a request costs one test without them.
     rewrites: bool,
@@ -130,8 +126,9 @@ impl Written {
         &self.0
     }
 
-    /// The names the identity is read from (the `header` sources', `plan_header`), and their
-    /// spellings with `_` for `-` (`x_tenant_id`): `None` without any.
+    /// The names the identity is read from (the `header` sources', `plan_header`): `None`
+    /// without any. The trailers lose these and every spelling a CGI-style upstream reads as
+    /// one of them (`x_tenant-id`: `forward::cgi_alias`).
     pub fn identity(&self) -> Option<&Arc<[HeaderName]>> {
         self.1.as_ref()
     }
@@ -301,19 +298,16 @@ impl Identify {
             })
             .chain(plan_header.iter())
         {
-            // The name, and its spelling with `_` for `-`: CGI-style upstreams read both as
-            // one (`HTTP_X_TENANT_ID`), so a trailer of either would stand beside the head's.
-            for n in std::iter::once(name.clone()).chain(underscored(name)) {
-                if !identity.contains(&n) {
-                    identity.push(n);
-                }
+            // The trailers lose the name and every spelling a CGI-style upstream reads as it
+            // (`forward::strip_request_trailers`).
+            if !identity.contains(name) {
+                identity.push(name.clone());
             }
         }
         let identity: Option<Arc<[HeaderName]>> =
             (!identity.is_empty()).then(|| Arc::from(identity));
         Identify {
             rewrites: !vouched.is_empty() || plan_header.is_some(),
-            underscored: vouched.iter().filter_map(underscored).collect(),
             written: [
                 Written(Box::default(), identity.clone()),
                 Written(vouched.clone(), identity.clone()),
@@ -322,7 +316,6 @@ impl Identify {
                     identity,
                 ),
             ],
-            plan_underscored: plan_header.as_ref().and_then(underscored),
             vouched,
             sources,
             fallback,
@@ -438,9 +431,9 @@ impl Identify {
             _ => None,
         };
         if let Some(v) = verified {
-            for name in &*self.underscored {
-                headers.remove(name);
-            }
+            // CGI-style upstreams read `x_tenant_id`, `x-tenant_id` and `x_tenant-id` as
+            // `x-tenant-id` (`HTTP_X_TENANT_ID`): the client's lines of those go too.
+            remove_aliases(headers, &self.vouched);
             for name in &*self.vouched {
                 // The value was made once, with the token's verdict; a clone shares its bytes.
                 match &v.tenant_value {
@@ -458,9 +451,7 @@ impl Identify {
         };
         let claimed = verified.filter(|v| v.plan.is_some());
         if claimed.is_some() || !trust_header {
-            if let Some(other) = &self.plan_underscored {
-                headers.remove(other);
-            }
+            remove_aliases(headers, std::slice::from_ref(name));
         }
         match claimed {
             Some(v) => match &v.plan_value {
@@ -635,14 +626,6 @@ fn vouched(sources: &[Source]) -> Box<[HeaderName]> {
         }
     }
     names.into_boxed_slice()
-}
-
-/// `name` with `_` for each `-`, if it has one (`x-tenant-id` → `x_tenant_id`).
-fn underscored(name: &HeaderName) -> Option<HeaderName> {
-    let text = name.as_str();
-    text.contains('-')
-        .then(|| HeaderName::from_bytes(text.replace('-', "_").as_bytes()).ok())
-        .flatten()
 }
 
 /// What a request's connection says about who sent it.
