@@ -209,6 +209,30 @@ pub fn is_valid_id(id: &[u8]) -> bool {
         && id != crate::config::file::NO_TENANT.as_bytes()
 }
 
+/// The message of an `invalid_tenant` answer for an id of a header or the query.
+const INVALID_ID: &str = "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]";
+/// ... for a client certificate's id ([`crate::tls::is_valid_cert_tenant`]).
+const INVALID_CERT_ID: &str =
+    "a client certificate's tenant id must be 1 to 2048 printable ASCII characters";
+/// ... for a verified token's tenant claim.
+const INVALID_TOKEN_ID: &str = "the bearer token's tenant is not a valid tenant id: 1 to 128 characters of [A-Za-z0-9._:@-], not '_other' or '-'";
+/// ... for the reserved ids.
+const RESERVED_OTHER: &str =
+    "tenant id '_other' is reserved: it labels the tenants folded past tenants.metrics_labels";
+const RESERVED_NONE: &str =
+    "tenant id '-' is reserved: it is the tenant of a request that names none";
+
+/// The message for a refused header or query id `id`.
+fn id_message(id: &[u8]) -> &'static str {
+    if id == OTHER_LABEL.as_bytes() {
+        RESERVED_OTHER
+    } else if id == crate::config::file::NO_TENANT.as_bytes() {
+        RESERVED_NONE
+    } else {
+        INVALID_ID
+    }
+}
+
 // === impl Identify ===
 
 impl Identify {
@@ -503,6 +527,47 @@ impl Identify {
         conn: Conn<'_>,
     ) -> Result<TenantId, Reason> {
         self.identify_for(headers, uri, conn, false)
+    }
+
+    /// What a request [`Identify::identify_for`] refused as [`Reason::InvalidTenant`] got wrong,
+    /// for its answer's message: only the refusal path asks, and walks the sources again as
+    /// `find` did, so the request path keeps one verdict and makes no text. A reserved id
+    /// (`_other`, `-`) is told it is reserved, not a rule it meets; a certificate's id the
+    /// certificate rule.
+    pub fn invalid_message(&self, headers: &HeaderMap, uri: &Uri, conn: Conn<'_>) -> &'static str {
+        for source in &self.sources {
+            match source {
+                Source::Header(name) => match named(headers, name) {
+                    (Some(_), true) => return INVALID_ID,
+                    (Some(v), false) if !v.is_empty() => return id_message(v.as_bytes()),
+                    _ => {}
+                },
+                Source::Query(key) => match query_param(uri, key) {
+                    Err(_) => return INVALID_ID,
+                    Ok(Some(v)) => return id_message(v.as_bytes()),
+                    Ok(None) => {}
+                },
+                Source::Cert(field) => {
+                    let id = conn.cert.and_then(|c| match field {
+                        ClientCertField::Cn => c.cn.as_ref(),
+                        ClientCertField::UriSan => c.uri_san.as_ref(),
+                    });
+                    if let Some(id) = id {
+                        return match id_message(id.as_bytes()) {
+                            INVALID_ID => INVALID_CERT_ID,
+                            reserved => reserved,
+                        };
+                    }
+                }
+                Source::Jwt(j) => {
+                    if let Some(Err(Reason::InvalidTenant)) = j.check(headers) {
+                        return INVALID_TOKEN_ID;
+                    }
+                }
+                Source::ClientIp { .. } => {}
+            }
+        }
+        INVALID_ID
     }
 
     /// The first source's tenant, `None` when no source names one.
@@ -842,6 +907,46 @@ mod tests {
             ..TenantSource::default()
         };
         header_then(query, fallback)
+    }
+
+    /// A refused id's message says what is wrong with it: a reserved one that it is reserved, a
+    /// certificate's the certificate rule, any other the header and query rule.
+    #[test]
+    fn an_invalid_tenants_message_names_its_fault() {
+        let uri: Uri = "/?tenant=-".parse().expect("uri");
+        let bare: Uri = "/".parse().expect("uri");
+        let r = rules("anonymous");
+        let said = |h: &HeaderMap, u: &Uri| r.invalid_message(h, u, Conn::default());
+        assert_eq!(said(&headers("_other"), &bare), RESERVED_OTHER);
+        assert_eq!(said(&HeaderMap::new(), &uri), RESERVED_NONE);
+        assert_eq!(said(&headers("a b"), &uri), INVALID_ID, "the header first");
+        let cert = TenantSource {
+            client_cert: Some(ClientCertField::Cn),
+            ..TenantSource::default()
+        };
+        let r = header_then(cert, "anonymous");
+        let ids = |cn: &str| CertIds {
+            cn: Some(Arc::from(cn)),
+            uri_san: None,
+        };
+        for (cn, want) in [
+            ("a b", INVALID_CERT_ID),
+            ("-", RESERVED_NONE),
+            ("_other", RESERVED_OTHER),
+        ] {
+            let ids = ids(cn);
+            let conn = Conn {
+                cert: Some(&ids),
+                ..Conn::default()
+            };
+            let h = HeaderMap::new();
+            assert_eq!(
+                r.identify(&h, &bare, conn).err(),
+                Some(Reason::InvalidTenant),
+                "{cn}"
+            );
+            assert_eq!(r.invalid_message(&h, &bare, conn), want, "{cn}");
+        }
     }
 
     /// `named` answers alike whether it compares the names of a short head or looks the name
