@@ -223,7 +223,7 @@ pub fn handle<'a>(
             Err(reason) => {
                 let msg = match reason {
                     Reason::TenantRequired => "this route requires a tenant id",
-                    Reason::InvalidToken => "the bearer token failed verification",
+                    Reason::InvalidToken => gen.identify.invalid_token_message(req.headers()),
                     Reason::JwksUnavailable => {
                         "the keys that verify bearer tokens are not loaded yet; try again shortly"
                     }
