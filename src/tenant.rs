@@ -37,6 +37,7 @@ use crate::config::file::{
     ClientCertField, ClientIp, ClientIpFrom, File, TenantSource, Tenants, NO_TENANT,
 };
 use crate::error::Reason;
+use crate::proxy::forward::remove_aliases;
 use crate::throttle::{Throttle, WARN_EVERY};
 use crate::tls::SystemRoots;
 
@@ -101,11 +102,6 @@ pub struct Identify {
     /// What [`Identify::vouch`] says it wrote, so the hop-by-hop removal spares those lines
     /// (`forward::prepare_request`): nothing; `vouched`; `vouched` and `plan_header`.
     written: [Written; 3],
-    /// The same names, and `plan_header`'s, with `_` for `-` (`x_tenant_id`): removed where
-    /// [`Identify::vouch`] rewrites or removes the name itself, since CGI-style upstreams
-    /// (`HTTP_X_TENANT_ID`) read the two as one header.
-    underscored: Box<[HeaderName]>,
-    plan_underscored: Option<HeaderName>,
     /// Whether [`Identify::vouch`] has anything to do (names in `vouched`, or a
     /// `plan_header`): settled once per generation, so a request costs one test without them.
     rewrites: bool,
@@ -130,8 +126,9 @@ impl Written {
         &self.0
     }
 
-    /// The names the identity is read from (the `header` sources', `plan_header`), and their
-    /// spellings with `_` for `-` (`x_tenant_id`): `None` without any.
+    /// The names the identity is read from (the `header` sources', `plan_header`): `None`
+    /// without any. The trailers lose these and every spelling a CGI-style upstream reads as
+    /// one of them (`x_tenant-id`: `forward::cgi_alias`).
     pub fn identity(&self) -> Option<&Arc<[HeaderName]>> {
         self.1.as_ref()
     }
@@ -210,6 +207,30 @@ pub fn is_valid_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
         && id != OTHER_LABEL.as_bytes()
         && id != crate::config::file::NO_TENANT.as_bytes()
+}
+
+/// The message of an `invalid_tenant` answer for an id of a header or the query.
+const INVALID_ID: &str = "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]";
+/// ... for a client certificate's id ([`crate::tls::is_valid_cert_tenant`]).
+const INVALID_CERT_ID: &str =
+    "a client certificate's tenant id must be 1 to 2048 printable ASCII characters";
+/// ... for a verified token's tenant claim.
+const INVALID_TOKEN_ID: &str = "the bearer token's tenant is not a valid tenant id: 1 to 128 characters of [A-Za-z0-9._:@-], not '_other' or '-'";
+/// ... for the reserved ids.
+const RESERVED_OTHER: &str =
+    "tenant id '_other' is reserved: it labels the tenants folded past tenants.metrics_labels";
+const RESERVED_NONE: &str =
+    "tenant id '-' is reserved: it is the tenant of a request that names none";
+
+/// The message for a refused header or query id `id`.
+fn id_message(id: &[u8]) -> &'static str {
+    if id == OTHER_LABEL.as_bytes() {
+        RESERVED_OTHER
+    } else if id == crate::config::file::NO_TENANT.as_bytes() {
+        RESERVED_NONE
+    } else {
+        INVALID_ID
+    }
 }
 
 // === impl Identify ===
@@ -301,19 +322,16 @@ impl Identify {
             })
             .chain(plan_header.iter())
         {
-            // The name, and its spelling with `_` for `-`: CGI-style upstreams read both as
-            // one (`HTTP_X_TENANT_ID`), so a trailer of either would stand beside the head's.
-            for n in std::iter::once(name.clone()).chain(underscored(name)) {
-                if !identity.contains(&n) {
-                    identity.push(n);
-                }
+            // The trailers lose the name and every spelling a CGI-style upstream reads as it
+            // (`forward::strip_request_trailers`).
+            if !identity.contains(name) {
+                identity.push(name.clone());
             }
         }
         let identity: Option<Arc<[HeaderName]>> =
             (!identity.is_empty()).then(|| Arc::from(identity));
         Identify {
             rewrites: !vouched.is_empty() || plan_header.is_some(),
-            underscored: vouched.iter().filter_map(underscored).collect(),
             written: [
                 Written(Box::default(), identity.clone()),
                 Written(vouched.clone(), identity.clone()),
@@ -322,7 +340,6 @@ impl Identify {
                     identity,
                 ),
             ],
-            plan_underscored: plan_header.as_ref().and_then(underscored),
             vouched,
             sources,
             fallback,
@@ -438,9 +455,9 @@ impl Identify {
             _ => None,
         };
         if let Some(v) = verified {
-            for name in &*self.underscored {
-                headers.remove(name);
-            }
+            // CGI-style upstreams read `x_tenant_id`, `x-tenant_id` and `x_tenant-id` as
+            // `x-tenant-id` (`HTTP_X_TENANT_ID`): the client's lines of those go too.
+            remove_aliases(headers, &self.vouched);
             for name in &*self.vouched {
                 // The value was made once, with the token's verdict; a clone shares its bytes.
                 match &v.tenant_value {
@@ -458,9 +475,7 @@ impl Identify {
         };
         let claimed = verified.filter(|v| v.plan.is_some());
         if claimed.is_some() || !trust_header {
-            if let Some(other) = &self.plan_underscored {
-                headers.remove(other);
-            }
+            remove_aliases(headers, std::slice::from_ref(name));
         }
         match claimed {
             Some(v) => match &v.plan_value {
@@ -512,6 +527,61 @@ impl Identify {
         conn: Conn<'_>,
     ) -> Result<TenantId, Reason> {
         self.identify_for(headers, uri, conn, false)
+    }
+
+    /// What a request [`Identify::identify_for`] refused as [`Reason::InvalidTenant`] got wrong,
+    /// for its answer's message: only the refusal path asks, and walks the sources again as
+    /// `find` did, so the request path keeps one verdict and makes no text. A reserved id
+    /// (`_other`, `-`) is told it is reserved, not a rule it meets; a certificate's id the
+    /// certificate rule.
+    pub fn invalid_message(&self, headers: &HeaderMap, uri: &Uri, conn: Conn<'_>) -> &'static str {
+        for source in &self.sources {
+            match source {
+                Source::Header(name) => match named(headers, name) {
+                    (Some(_), true) => return INVALID_ID,
+                    (Some(v), false) if !v.is_empty() => return id_message(v.as_bytes()),
+                    _ => {}
+                },
+                Source::Query(key) => match query_param(uri, key) {
+                    Err(_) => return INVALID_ID,
+                    Ok(Some(v)) => return id_message(v.as_bytes()),
+                    Ok(None) => {}
+                },
+                Source::Cert(field) => {
+                    let id = conn.cert.and_then(|c| match field {
+                        ClientCertField::Cn => c.cn.as_ref(),
+                        ClientCertField::UriSan => c.uri_san.as_ref(),
+                    });
+                    if let Some(id) = id {
+                        return match id_message(id.as_bytes()) {
+                            INVALID_ID => INVALID_CERT_ID,
+                            reserved => reserved,
+                        };
+                    }
+                }
+                Source::Jwt(j) => {
+                    if let Some(Err(Reason::InvalidTenant)) = j.check(headers) {
+                        return INVALID_TOKEN_ID;
+                    }
+                }
+                Source::ClientIp { .. } => {}
+            }
+        }
+        INVALID_ID
+    }
+
+    /// The message of a request [`Identify::identify_for`] refused as [`Reason::InvalidToken`],
+    /// asked only on the refusal path: one that carries more than one token (two lines of a
+    /// `jwt` source's header, or two tokens on one) is told so, not that verification failed.
+    pub fn invalid_token_message(&self, headers: &HeaderMap) -> &'static str {
+        let several = self.sources.iter().any(|s| match s {
+            Source::Jwt(j) => j.several(headers),
+            _ => false,
+        });
+        match several {
+            true => "the request carries more than one bearer token; send exactly one",
+            false => "the bearer token failed verification",
+        }
     }
 
     /// The first source's tenant, `None` when no source names one.
@@ -635,14 +705,6 @@ fn vouched(sources: &[Source]) -> Box<[HeaderName]> {
         }
     }
     names.into_boxed_slice()
-}
-
-/// `name` with `_` for each `-`, if it has one (`x-tenant-id` → `x_tenant_id`).
-fn underscored(name: &HeaderName) -> Option<HeaderName> {
-    let text = name.as_str();
-    text.contains('-')
-        .then(|| HeaderName::from_bytes(text.replace('-', "_").as_bytes()).ok())
-        .flatten()
 }
 
 /// What a request's connection says about who sent it.
@@ -859,6 +921,46 @@ mod tests {
             ..TenantSource::default()
         };
         header_then(query, fallback)
+    }
+
+    /// A refused id's message says what is wrong with it: a reserved one that it is reserved, a
+    /// certificate's the certificate rule, any other the header and query rule.
+    #[test]
+    fn an_invalid_tenants_message_names_its_fault() {
+        let uri: Uri = "/?tenant=-".parse().expect("uri");
+        let bare: Uri = "/".parse().expect("uri");
+        let r = rules("anonymous");
+        let said = |h: &HeaderMap, u: &Uri| r.invalid_message(h, u, Conn::default());
+        assert_eq!(said(&headers("_other"), &bare), RESERVED_OTHER);
+        assert_eq!(said(&HeaderMap::new(), &uri), RESERVED_NONE);
+        assert_eq!(said(&headers("a b"), &uri), INVALID_ID, "the header first");
+        let cert = TenantSource {
+            client_cert: Some(ClientCertField::Cn),
+            ..TenantSource::default()
+        };
+        let r = header_then(cert, "anonymous");
+        let ids = |cn: &str| CertIds {
+            cn: Some(Arc::from(cn)),
+            uri_san: None,
+        };
+        for (cn, want) in [
+            ("a b", INVALID_CERT_ID),
+            ("-", RESERVED_NONE),
+            ("_other", RESERVED_OTHER),
+        ] {
+            let ids = ids(cn);
+            let conn = Conn {
+                cert: Some(&ids),
+                ..Conn::default()
+            };
+            let h = HeaderMap::new();
+            assert_eq!(
+                r.identify(&h, &bare, conn).err(),
+                Some(Reason::InvalidTenant),
+                "{cn}"
+            );
+            assert_eq!(r.invalid_message(&h, &bare, conn), want, "{cn}");
+        }
     }
 
     /// `named` answers alike whether it compares the names of a short head or looks the name

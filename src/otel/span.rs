@@ -372,8 +372,12 @@ fn known_method(m: &Method) -> Option<&'static str> {
     KNOWN.iter().copied().find(|k| *k == m.as_str())
 }
 
-/// The `tracestate` of `headers`: its lines joined as one list (W3C trace context §3.3.1.1:
-/// several lines are one list, in order), if any is text and not empty.
+/// The `tracestate` of `headers` for a span: its lines joined as one list (W3C trace context
+/// §3.3.1.1: several lines are one list, in order), if any is text and not empty, and only when
+/// the list is valid ([`valid_trace_state`]): an invalid or oversized one is dropped, as the
+/// OpenTelemetry SDKs drop it, so a client cannot put kilobytes or junk into every span. The
+/// request's own lines pass to the upstream as sent either way (W3C: a vendor passes on what it
+/// received).
 pub(super) fn trace_state(headers: &http::HeaderMap) -> Option<Arc<str>> {
     let mut lines = headers
         .get_all(super::TRACESTATE)
@@ -383,14 +387,96 @@ pub(super) fn trace_state(headers: &http::HeaderMap) -> Option<Arc<str>> {
         .filter(|v| !v.is_empty());
     let first = lines.next()?;
     let Some(second) = lines.next() else {
-        return Some(Arc::from(first));
+        return valid_trace_state(first).then(|| Arc::from(first));
     };
     let mut list = format!("{first},{second}");
     for v in lines {
+        if list.len() > MAX_TRACE_STATE {
+            return None;
+        }
         list.push(',');
         list.push_str(v);
     }
-    Some(Arc::from(list))
+    valid_trace_state(&list).then(|| Arc::from(list))
+}
+
+/// W3C trace context's bound on a `tracestate` a vendor must keep: characters of the list.
+const MAX_TRACE_STATE: usize = 512;
+/// ... and its list members.
+const MAX_TRACE_STATE_MEMBERS: usize = 32;
+
+/// Whether `list` is a `tracestate` W3C trace context (§3.3.1.3) calls valid: at most 512
+/// characters and 32 members, each `key=value` (empty members, only spaces between commas,
+/// are allowed and not counted), no key twice. A key is `lcalpha *(lcalpha / DIGIT / "_" /
+/// "-" / "*" / "/")` of up to 256 characters, or `tenant@system`: a tenant of up to 241
+/// starting with a lowercase letter or digit, a system of up to 14 starting with a letter. A
+/// value is up to 256 printable ASCII characters but `,` and `=`, spaces allowed inside but
+/// not at its end.
+pub(super) fn valid_trace_state(list: &str) -> bool {
+    if list.len() > MAX_TRACE_STATE {
+        return false;
+    }
+    let mut keys: [&str; MAX_TRACE_STATE_MEMBERS] = [""; MAX_TRACE_STATE_MEMBERS];
+    let mut n = 0;
+    for member in list.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = member.split_once('=') else {
+            return false;
+        };
+        if n == MAX_TRACE_STATE_MEMBERS
+            || !valid_key(key)
+            || !valid_value(value)
+            || keys[..n].contains(&key)
+        {
+            return false;
+        }
+        keys[n] = key;
+        n += 1;
+    }
+    true
+}
+
+/// A `tracestate` key (see [`valid_trace_state`]).
+fn valid_key(key: &str) -> bool {
+    let rest = |s: &[u8]| {
+        s.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+        })
+    };
+    match key.split_once('@') {
+        None => match key.as_bytes() {
+            [first, tail @ ..] => first.is_ascii_lowercase() && tail.len() < 256 && rest(tail),
+            [] => false,
+        },
+        Some((tenant, system)) => {
+            let tenant_ok = match tenant.as_bytes() {
+                [first, tail @ ..] => {
+                    (first.is_ascii_lowercase() || first.is_ascii_digit())
+                        && tail.len() <= 240
+                        && rest(tail)
+                }
+                [] => false,
+            };
+            let system_ok = match system.as_bytes() {
+                [first, tail @ ..] => first.is_ascii_lowercase() && tail.len() <= 13 && rest(tail),
+                [] => false,
+            };
+            tenant_ok && system_ok
+        }
+    }
+}
+
+/// A `tracestate` value (see [`valid_trace_state`]): 1 to 256 characters of `%x20-7E` but `,`
+/// and `=`, not ending in a space.
+fn valid_value(value: &str) -> bool {
+    let b = value.as_bytes();
+    (1..=256).contains(&b.len())
+        && b.iter()
+            .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+        && b.last() != Some(&b' ')
 }
 
 /// The host (and port) the client addressed: the target's authority, else `host`.

@@ -143,6 +143,67 @@ fn a_spans_tracestate_is_the_clients_lines_as_one_list() {
     );
     h.append(TRACESTATE, HeaderValue::from_static("b=2,c=3"));
     assert_eq!(trace_state(&h).as_deref(), Some("a=1,b=2,c=3"));
+    // One invalid line makes the list invalid: the span has none.
+    h.append(TRACESTATE, HeaderValue::from_static("===,,\"<script>"));
+    assert_eq!(trace_state(&h), None);
+    // 300 members on one line, or spread over lines, are past the cap.
+    let many: Vec<String> = (0..300).map(|i| format!("k{i}=v{i}")).collect();
+    let mut h = HeaderMap::new();
+    h.append(TRACESTATE, many.join(",").parse().expect("value"));
+    assert_eq!(trace_state(&h), None);
+    let mut h = HeaderMap::new();
+    for m in &many {
+        h.append(TRACESTATE, m.parse().expect("value"));
+    }
+    assert_eq!(trace_state(&h), None);
+}
+
+/// W3C trace context §3.3.1.3: what a valid `tracestate` is.
+#[test]
+fn a_tracestate_is_valid_only_as_w3c_writes_it() {
+    use super::span::valid_trace_state;
+    let members = |n: usize| {
+        (0..n)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for ok in [
+        "a=1",
+        "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        "a=1 , ,b=2",
+        "t3n4nt@sys-1=x y",
+        "a_b-c*d/e=!~",
+        "0tenant@vendor=1",
+        &members(32),
+        &format!("a={}", "v".repeat(256)),
+        &format!("{}=1", "k".repeat(256)),
+    ] {
+        assert!(valid_trace_state(ok), "{ok}");
+    }
+    let long = format!("a={},b={}", "v".repeat(256), "w".repeat(254));
+    assert_eq!(long.len(), 515);
+    for bad in [
+        "===,,\"<script>",
+        "a",
+        "a=",
+        "=1",
+        "A=1",
+        "1a=1",
+        "a=1,a=2",
+        "a=b=c",
+        "a=x\u{7f}",
+        "@sys=1",
+        "t@=1",
+        "t@Sys=1",
+        "t@systemnamewaytoolong=1",
+        &members(33),
+        &long,
+        &format!("a={}", "v".repeat(257)),
+        &format!("{}=1", "k".repeat(257)),
+    ] {
+        assert!(!valid_trace_state(bad), "{bad}");
+    }
 }
 
 /// W3C trace context: a request with two `traceparent` lines has no valid parent, even when

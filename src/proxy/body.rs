@@ -94,9 +94,9 @@ pub enum ClientFault {
 /// how many body bytes came in (for the access log).
 ///
 /// It also holds the names the request's identity is read from (the tenant's `header`
-/// sources, `plan_header`), each also spelled with `_` for `-` (`x_tenant_id`, which
-/// CGI-style upstreams read as the same header): the client's trailers lose them, as rampart
-/// read them from the head, and the upstream should read no other value.
+/// sources, `plan_header`): the client's trailers lose them and their spellings with `_` for
+/// any `-` (`x_tenant-id`, which CGI-style upstreams read as the same header), as rampart read
+/// them from the head, and the upstream should read no other value.
 #[derive(Debug, Default)]
 pub struct FaultCell(AtomicU8, AtomicU64, Option<Arc<[http::HeaderName]>>);
 

@@ -8,8 +8,8 @@
 //! The forwarding headers tell the truth of the client's connection (SPEC §12, §14):
 //! `x-forwarded-proto` is replaced by the protocol the client really used, the client's address
 //! is appended to `x-forwarded-for`, and `x-request-id` is added when absent; a client's
-//! lines of these names spelled with `_` for `-` go, which CGI-style upstreams would read as
-//! the same (`FORWARDING_UNDERSCORED`). One authority
+//! lines of these names spelled with `_` for any `-` go, which CGI-style upstreams would read
+//! as the same ([`cgi_alias`]). One authority
 //! decides the route and is forwarded: an absolute-form target (HTTP/1.1) or `:authority`
 //! (HTTP/2) becomes the upstream's `host`.
 //!
@@ -54,17 +54,43 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, added when absent.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// The forwarding lines rampart writes, spelled with `_` for `-`: CGI-style upstreams read
-/// `x_forwarded_for` as `HTTP_X_FORWARDED_FOR`, the same as rampart's `x-forwarded-for`, so a
-/// client's line of one would stand for the truth rampart wrote. Removed from a request's head
-/// when [`Sent::underscored`] says it has one, and from its trailers
-/// ([`strip_request_trailers`]), as the tenant and plan names' spellings are
-/// (`tenant::Identify::vouch`).
-static FORWARDING_UNDERSCORED: [HeaderName; 3] = [
-    HeaderName::from_static("x_forwarded_for"),
-    HeaderName::from_static("x_forwarded_proto"),
-    HeaderName::from_static("x_request_id"),
-];
+/// The forwarding lines rampart writes. CGI-style upstreams fold `_` into `-` (and case):
+/// `x_forwarded_for`, `x-forwarded_for` and `x_forwarded-for` are all `HTTP_X_FORWARDED_FOR`
+/// there, the same as rampart's `x-forwarded-for`, so a client's line of any such spelling
+/// ([`cgi_alias`]) would stand for the truth rampart wrote. Removed from a request's head when
+/// [`Sent::underscored`] says it has one, and from its trailers ([`strip_request_trailers`]), as
+/// the tenant and plan names' spellings are (`tenant::Identify::vouch`).
+const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+
+/// Whether a line named `name` is read as one named `protected` by an upstream that folds `_`
+/// and `-` into one (CGI's `HTTP_X_FORWARDED_FOR`), without being it: the same length, and at
+/// each byte the same byte or `_` against `-` (either way round, for a configured name spelled
+/// with `_`). A name of another length, the common case, is told by one comparison. Header
+/// names are lowercase already.
+pub fn cgi_alias(name: &str, protected: &str) -> bool {
+    let fold = |b: u8| if b == b'_' { b'-' } else { b };
+    name.len() == protected.len()
+        && name != protected
+        && name
+            .bytes()
+            .zip(protected.bytes())
+            .all(|(a, b)| fold(a) == fold(b))
+}
+
+/// Whether `name` is a [`cgi_alias`] of one of `protected`.
+fn alias_of<P: AsRef<str>>(name: &HeaderName, protected: &[P]) -> bool {
+    protected
+        .iter()
+        .any(|p| cgi_alias(name.as_str(), p.as_ref()))
+}
+
+/// Removes from `headers` every line whose name is a [`cgi_alias`] of one of `protected` (not
+/// the protected names' own lines). One pass over the names when there is none.
+pub fn remove_aliases<P: AsRef<str>>(headers: &mut HeaderMap, protected: &[P]) {
+    while let Some(name) = headers.keys().find(|n| alias_of(n, protected)).cloned() {
+        headers.remove(&name);
+    }
+}
 
 /// `ip` as text. Made for every connection: an IPv4 address is written on the stack
 /// ([`wire::ipv4`](super::wire::ipv4)) and copied once into the value (through `Display` and
@@ -147,7 +173,7 @@ impl Peer {
 /// The lines of a client's request head that the request path would otherwise look up by
 /// name: how many `host` lines and whether one is not `host[:port]`, whether it has
 /// `x-request-id` and `x-forwarded-for`, and whether it has a forwarding name spelled with `_`
-/// for `-` (`FORWARDING_UNDERSCORED`). The lean server notes them as it reads the head (a
+/// for some `-` ([`cgi_alias`]). The lean server notes them as it reads the head (a
 /// comparison per line, no hashing); a request from hyper's server has its map read once
 /// ([`Sent::of`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,7 +186,7 @@ pub struct Sent {
     pub request_id: bool,
     /// An `x-forwarded-for` line.
     pub forwarded_for: bool,
-    /// A line named as one of rampart's forwarding lines with `_` for `-` (`x_forwarded_for`):
+    /// A line named as one of rampart's forwarding lines with `_` for some `-` (`x_forwarded-for`):
     /// [`prepare_request`] removes it. Rare, so the request path then pays the lookups.
     pub underscored: bool,
 }
@@ -190,10 +216,10 @@ impl Sent {
             self.request_id = true;
         } else if *name == X_FORWARDED_FOR {
             self.forwarded_for = true;
-        } else if let [b'x', b'_', ..] = name.as_str().as_bytes() {
-            // Two bytes of the name first: the whole names are compared only for one that
-            // starts `x_`, which next to no request has.
-            self.underscored |= FORWARDING_UNDERSCORED.contains(name);
+        } else if name.as_str().as_bytes().contains(&b'_') {
+            // A scan of the name's few bytes for `_` first: the names are compared only for one
+            // that has it, which next to no request has.
+            self.underscored |= alias_of(name, &FORWARDING);
         }
     }
 }
@@ -294,20 +320,23 @@ pub fn strip_trailers(trailers: &mut HeaderMap) {
 
 /// The one place that decides what a client's request trailers lose: the fields that have no
 /// place in trailers ([`strip_trailers`]), the forwarding lines rampart writes in the head
-/// (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`) and their spellings with `_` for
-/// `-` (`FORWARDING_UNDERSCORED`), and `identity`, the names the
-/// request's identity was read from (`tenant::Written::identity`: the tenant `header`
-/// sources', `plan_header`, and their spellings with `_` for `-`). In the trailers, the
-/// client's own would reach the upstream beside the lines rampart wrote or read, for one that
-/// merges trailers into the head to read as the client's address, protocol, id or tenant.
+/// (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`), and `identity`, the names the
+/// request's identity was read from (`tenant::Written::identity`: the tenant `header` sources',
+/// `plan_header`); each also under any name a CGI-style upstream reads as it ([`cgi_alias`]:
+/// `x_forwarded-for`, `x-tenant_id`). In the trailers, the client's own would reach the
+/// upstream beside the lines rampart wrote or read, for one that merges trailers into the head
+/// to read as the client's address, protocol, id or tenant. One pass over the names when none
+/// goes.
 pub fn strip_request_trailers(trailers: &mut HeaderMap, identity: &[HeaderName]) {
-    strip_trailers(trailers);
-    for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID]
-        .iter()
-        .chain(&FORWARDING_UNDERSCORED)
-        .chain(identity)
-    {
-        trailers.remove(name);
+    let goes = |n: &HeaderName| {
+        forbidden_in_trailers(n)
+            || FORWARDING.contains(&n.as_str())
+            || identity.contains(n)
+            || alias_of(n, &FORWARDING)
+            || alias_of(n, identity)
+    };
+    while let Some(name) = trailers.keys().find(|n| goes(n)).cloned() {
+        trailers.remove(&name);
     }
 }
 
@@ -563,9 +592,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent, spare: 
     let h = req.headers_mut();
     strip_sparing(h, spare);
     if sent.underscored {
-        for name in &FORWARDING_UNDERSCORED {
-            h.remove(name);
-        }
+        remove_aliases(h, &FORWARDING);
     }
     if sent.forwarded_for {
         // The client's list (if a `connection` line did not name it) with the peer appended.
@@ -986,6 +1013,33 @@ mod tests {
         strip_request_trailers(&mut trailers, &[]);
         let left: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x_other"]);
+    }
+
+    /// A CGI-style upstream's reading: `_` and `-` are one, so any mix of them in a protected
+    /// name's place is that name; the name itself, another length or another letter is not.
+    #[test]
+    fn a_cgi_alias_is_any_mix_of_underscore_and_dash() {
+        for alias in ["x_forwarded_for", "x-forwarded_for", "x_forwarded-for"] {
+            assert!(cgi_alias(alias, "x-forwarded-for"), "{alias}");
+        }
+        for other in [
+            "x-forwarded-for",
+            "x-forwarded_fo",
+            "x-forwarded_fox",
+            "x_forwarded",
+        ] {
+            assert!(!cgi_alias(other, "x-forwarded-for"), "{other}");
+        }
+        // A configured name spelled with `_` has its `-` spellings too.
+        assert!(cgi_alias("x-tenant", "x_tenant"));
+        assert!(!cgi_alias("x_tenant", "x_tenant"));
+        let mut h = HeaderMap::new();
+        for n in ["x-tenant-id", "x-tenant_id", "x_tenant-id", "x_tenant_idx"] {
+            h.append(n, HeaderValue::from_static("v"));
+        }
+        remove_aliases(&mut h, &["x-tenant-id"]);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-tenant-id", "x_tenant_idx"]);
     }
 
     #[test]

@@ -223,11 +223,13 @@ pub fn handle<'a>(
             Err(reason) => {
                 let msg = match reason {
                     Reason::TenantRequired => "this route requires a tenant id",
-                    Reason::InvalidToken => "the bearer token failed verification",
+                    Reason::InvalidToken => gen.identify.invalid_token_message(req.headers()),
                     Reason::JwksUnavailable => {
                         "the keys that verify bearer tokens are not loaded yet; try again shortly"
                     }
-                    _ => "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]",
+                    _ => gen
+                        .identify
+                        .invalid_message(req.headers(), req.uri(), peer.conn()),
                 };
                 // The first fetch of a JWKS URL is retried within a second or so.
                 let wait = (reason == Reason::JwksUnavailable)

@@ -188,6 +188,24 @@ impl Jwt {
         Some(self.verify(token))
     }
 
+    /// Whether `headers` carry more than one token where this source reads one: two lines of
+    /// its header (each refused alike, as a guess between them would be), or one line of
+    /// two (`Bearer a, Bearer a`), which no token matches. Asked only to word a refusal.
+    pub fn several(&self, headers: &HeaderMap) -> bool {
+        match super::named(headers, &self.header) {
+            (Some(_), true) => true,
+            (Some(v), false) => v.to_str().is_ok_and(|t| {
+                let t = t.trim();
+                let token = match t.split_once(' ') {
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+                    _ => t,
+                };
+                token.trim().contains([',', ' '])
+            }),
+            (None, _) => false,
+        }
+    }
+
     /// Verifies `token`, from the cache when it was verified lately.
     pub fn verify(&self, token: &str) -> Result<Arc<Verified>, Reason> {
         if !self.keys.is_loaded() {

@@ -141,6 +141,25 @@ async fn a_token_names_the_tenant_and_bad_tokens_answer_401() {
             Some("Bearer error=\"invalid_token\""),
             "{what}"
         );
+        assert!(rsp.text().contains("failed verification"), "{what}");
+    }
+    // The same valid token twice, on two lines or on one: refused, and told why (before, it
+    // was told the token failed verification, which it had not).
+    let twice = format!("{te}, {te}");
+    for sent in [
+        &[
+            ("authorization", te.as_str()),
+            ("authorization", te.as_str()),
+        ][..],
+        &[("authorization", twice.as_str())][..],
+    ] {
+        let rsp = http::get(addr, "/ok", sent).await;
+        rsp.assert_rampart(401, "invalid_token");
+        assert!(
+            rsp.text().contains("more than one bearer token"),
+            "{}",
+            rsp.text()
+        );
     }
     assert_eq!(
         app.hits(),

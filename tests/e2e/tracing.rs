@@ -216,6 +216,30 @@ async fn a_sampled_client_trace_is_continued_through_the_try() {
     // The access log names the same trace.
     assert_eventually!(!log_lines(&t.log).is_empty());
     assert_eq!(log_lines(&t.log)[0]["trace_id"], TRACE);
+
+    // A tracestate past W3C's caps (300 members, about 5 KB; 32 and 512 characters are the
+    // most), or not a list of key=value, is kept out of the spans, as OpenTelemetry SDKs drop
+    // it; the upstream still gets the client's lines as sent. Before, it was in both spans whole.
+    let many: Vec<String> = (0..300).map(|i| format!("k{i}=value{i}")).collect();
+    let oversized = many.join(",");
+    for (trace, state) in [
+        ("0af7651916cd43dd8448eb211c80319c", oversized.as_str()),
+        ("0af7651916cd43dd8448eb211c80319d", "===,,\"<script>"),
+    ] {
+        let tp = format!("00-{trace}-{CLIENT_SPAN}-01");
+        let sent = [("traceparent", tp.as_str()), ("tracestate", state)];
+        let rsp = http::get(addr, "/headers", &sent).await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        assert_eq!(
+            rsp.json()["headers"]["tracestate"],
+            state,
+            "passed on as sent"
+        );
+        assert_eventually!(otlp.trace(trace).len() >= 2, "{:#?}", otlp.spans());
+        for span in otlp.trace(trace) {
+            assert_eq!(span.trace_state, "", "{state}: {span:#?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,9 +139,10 @@ async fn a_request_whose_body_ends_in_trailers_is_retried_with_them() {
 /// A client's request trailers lose the names rampart reads its identity from, the tenant's
 /// `header` source and `tenants.plans.plan_header`: the upstream reads them in the head,
 /// where rampart put what it used, and must not find the client's other value in the
-/// trailers, nor under their spellings with `_` for `-` (`x_tenant_id`, `X_Tenant_Plan`),
-/// which CGI-style upstreams read as the same headers (`HTTP_X_TENANT_ID`). Other trailers
-/// pass. Before, `x-tenant-id: other` reached it there; later, `x_tenant_id` still did.
+/// trailers, nor under their spellings with `_` for any `-` (`x_tenant_id`, `X_Tenant_Plan`,
+/// `x-tenant_id`, `x_tenant-plan`), which CGI-style upstreams read as the same headers
+/// (`HTTP_X_TENANT_ID`). Other trailers pass. Before, `x-tenant-id: other` reached it there;
+/// later, `x_tenant_id` still did; later still, the mixed spellings did.
 #[tokio::test]
 async fn request_trailers_lose_the_tenant_and_plan_header_names() {
     let app = Capture::start(OK).await;
@@ -157,7 +158,8 @@ async fn request_trailers_lose_the_tenant_and_plan_header_names() {
             "POST {path} HTTP/1.1\r\nHost: a\r\nx-tenant-id: acme\r\nConnection: close\r\n\
              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\
              x-tenant-id: other\r\nX-Tenant-Plan: free\r\nx_tenant_id: other2\r\n\
-             X_Tenant_Plan: gold\r\nx_checksum: def\r\n\r\n"
+             X_Tenant_Plan: gold\r\nx-tenant_id: other3\r\nX_Tenant-Plan: gold2\r\n\
+             x_checksum: def\r\n\r\n"
         );
         let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
         assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
@@ -171,22 +173,28 @@ async fn request_trailers_lose_the_tenant_and_plan_header_names() {
         assert!(!trailers.contains("x-tenant-plan"), "{r}");
         assert!(!trailers.contains("x_tenant_id"), "{r}");
         assert!(!trailers.contains("x_tenant_plan"), "{r}");
+        assert!(!trailers.contains("x-tenant_id"), "{r}");
+        assert!(!trailers.contains("x_tenant-plan"), "{r}");
         assert!(trailers.contains("x_checksum: def"), "{r}");
     }
     assert_no_panic(&proxy);
 }
 
-/// A client's forwarding names spelled with `_` for `-` (`X_Forwarded_For`, `x_forwarded_proto`,
-/// `x_request_id`), which CGI-style upstreams read as rampart's own (`HTTP_X_FORWARDED_FOR`),
-/// never reach the upstream: not in the head, over the lean HTTP/1.1 server (a GET), hyper's (a
-/// chunked POST) and HTTP/2, nor in the trailers of the last two. Another name that starts `x_`
-/// passes in both. Before, all of them reached the upstream as sent.
+/// A client's forwarding names spelled with `_` for any `-` (`X_Forwarded_For`,
+/// `x_forwarded_proto`, `x_request_id`, and the mixed `x-forwarded_for`, `x_forwarded-for`,
+/// `X-Forwarded_Proto`, `x-request_id`), which CGI-style upstreams read as rampart's own
+/// (`HTTP_X_FORWARDED_FOR`), never reach the upstream: not in the head, over the lean HTTP/1.1
+/// server (a GET), hyper's (a chunked POST) and HTTP/2, nor in the trailers of the last two.
+/// Other names with `_` (`x_other`, `x-forwarded_fox`) pass in both. Before, all of them
+/// reached the upstream as sent; later, the mixed spellings still did.
 #[tokio::test]
 async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream() {
     let (app, proxy) = setup(false).await;
     let addr = proxy.listener("inbound");
     let spoofed =
-        "X_Forwarded_For: 10.6.6.6\r\nx_forwarded_proto: https\r\nX_Request_Id: forged\r\n";
+        "X_Forwarded_For: 10.6.6.6\r\nx_forwarded_proto: https\r\nX_Request_Id: forged\r\n\
+         x-forwarded_for: 9.9.9.9\r\nx_forwarded-for: 8.8.8.8\r\nX-Forwarded_Proto: ftp\r\n\
+         x-request_id: forged2\r\nx-forwarded_fox: kept\r\n";
     let lean = format!(
         "GET /s/lean HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{spoofed}x_other: h\r\n\r\n"
     );
@@ -208,6 +216,10 @@ async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream()
         ("x_forwarded_for", "10.6.6.6"),
         ("x_forwarded_proto", "https"),
         ("x_request_id", "forged"),
+        ("x-forwarded_for", "9.9.9.9"),
+        ("x_forwarded-for", "8.8.8.8"),
+        ("x-forwarded_proto", "ftp"),
+        ("x-request_id", "forged2"),
     ];
     let mut trailers = HeaderMap::new();
     for (n, v) in fields {
@@ -221,7 +233,8 @@ async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream()
     let mut req = Request::builder()
         .method(Method::POST)
         .uri(format!("http://{addr}/s/h2"))
-        .header("x_other", "h");
+        .header("x_other", "h")
+        .header("x-forwarded_fox", "kept");
     for (n, v) in fields {
         req = req.header(n, v);
     }
@@ -240,7 +253,11 @@ async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream()
         for (n, _) in fields {
             assert!(!text.contains(n), "{n} reached the upstream:\n{r}");
         }
+        for (n, v) in fields {
+            assert!(!text.contains(v), "{n}'s {v} reached the upstream:\n{r}");
+        }
         assert!(text.contains("x_other: h\r\n"), "{r}");
+        assert!(text.contains("x-forwarded_fox: kept\r\n"), "{r}");
         if !r.starts_with("GET") {
             assert!(trailer_section(r).contains("x_other: t"), "{r}");
         }
