@@ -289,12 +289,17 @@ fn a_jwks_file_is_read_bounded_and_never_waited_on() {
         "tenants.from[0].jwt.jwks",
     );
     assert!(
-        e.message.contains("a JWKS file may be at most 1048576 bytes"),
+        e.message
+            .contains("a JWKS file may be at most 1048576 bytes"),
         "{e:?}"
     );
     let fifo = dir.path().join("jwks.fifo");
-    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600))
-        .expect("mkfifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("mkfifo");
     // A writer that holds the FIFO open and writes nothing: a blocking read would wait.
     let _writer = std::fs::OpenOptions::new()
         .read(true)
