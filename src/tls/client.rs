@@ -94,8 +94,9 @@ pub fn client_config_all(
     Ok(Arc::new(config))
 }
 
-/// For `rampart validate`: everything [`client_config`] checks, without keeping the result
-/// (reading the system roots when `ca` is `None`).
+/// Everything [`client_config`] checks, without keeping the result (reading the system roots
+/// afresh when `ca` is `None`). Validation does not call it: it reads a policy's files through
+/// `TlsFiles::load_where`, with its load's one `SystemRoots`; this serves the file tests.
 pub fn check_client(
     ca: Option<&Path>,
     cert: Option<&Path>,

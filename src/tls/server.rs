@@ -95,7 +95,8 @@ pub fn server_config_all(
     Ok(Arc::new(config))
 }
 
-/// For `rampart validate`: everything [`server_config`] checks, without keeping the result.
+/// Everything [`server_config`] checks, without keeping the result. Validation does not call
+/// it: it reads a policy's files through `TlsFiles::load_where`; this serves the file tests.
 pub fn check_server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<(), TlsFileError> {
     server_config(cert, key, client_ca).map(drop)
 }
