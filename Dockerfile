@@ -1,9 +1,8 @@
-# rampart container image: the binary, the few glibc libraries it links, a passwd entry, and
-# nothing else (no shell, no package manager, no CA bundle: a TLS client without a `ca:` file,
-# finding no system roots, falls back to the Mozilla roots compiled into rampart and warns of it
-# at each config load; mount a bundle and set SSL_CERT_FILE to trust a private CA). The
-# HEALTHCHECK runs `rampart health`, which probes the admin listener itself, so no shell or curl
-# is needed.
+# rampart container image: the binary, the few glibc libraries it links, a passwd entry,
+# Debian's CA bundle (/etc/ssl/certs/ca-certificates.crt: the system roots a TLS client without a
+# `ca:` trusts; mount your own over it, or set SSL_CERT_FILE, to trust a private CA), and nothing
+# else (no shell, no package manager). The HEALTHCHECK runs `rampart health`, which probes the
+# admin listener itself, so no shell or curl is needed.
 #
 #   docker build -t rampart .                       # builds from source in the builder image
 #   docker build --build-context prebuilt=DIR -t rampart .
@@ -38,7 +37,14 @@ COPY --from=prebuilt /rampart /rootfs/usr/local/bin/rampart
 # binary asks for. The loader's default search path covers /lib/<triplet>, so no ld.so.cache
 # is needed. glibc >= 2.34 has its NSS "files" and "dns" modules built in: name resolution
 # works without libnss_* files or an nsswitch.conf.
+# The CA bundle comes from Debian's ca-certificates: installed here when the stage lacks it
+# (debian:bookworm-slim does; build-local.sh's debootstrap base carries it already).
 RUN set -eu; \
+    if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
+        apt-get update -q; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates; \
+    fi; \
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt; \
     bin=/rootfs/usr/local/bin/rampart; \
     chmod 0755 "$bin"; \
     for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do \

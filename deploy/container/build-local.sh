@@ -2,8 +2,9 @@
 # Builds the rampart image with podman on a machine that cannot pull base images (no registry
 # access, only the Debian package mirror), e.g. a CI runner or a sandbox:
 #
-#   1. debootstrap a minimal Debian 12 and import it as `rampart-base` (once; REBUILD_BASE=1
-#      redoes it). The image takes only glibc and libgcc_s from it (see the Dockerfile);
+#   1. debootstrap a minimal Debian 12 with ca-certificates and import it as `rampart-base` (once;
+#      REBUILD_BASE=1 redoes it). The image takes only glibc, libgcc_s and the CA bundle from it
+#      (see the Dockerfile);
 #   2. `cargo build --release` on the host (or BINARY=path: a release binary built already);
 #   3. `podman build` the repo's Dockerfile with RUNTIME_IMAGE=rampart-base and the host binary
 #      fed in through `--build-context prebuilt=...`, so the builder stage never runs.
@@ -49,7 +50,8 @@ podman=(podman --storage-driver vfs --runtime runc)
 if [[ ${REBUILD_BASE:-0} == 1 ]] || ! "${podman[@]}" image exists "$BASE"; then
     log "debootstrap --variant=minbase $SUITE (a few minutes)"
     rootfs="$work/rootfs"
-    debootstrap --variant=minbase "$SUITE" "$rootfs" ${MIRROR:+"$MIRROR"} \
+    # ca-certificates: the CA bundle the image ships (see the Dockerfile's rootfs stage).
+    debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$rootfs" ${MIRROR:+"$MIRROR"} \
         >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
     # Drop caches and logs that only make the image bigger.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*

@@ -7,7 +7,8 @@
 #      the policy bind-mounted at /etc/rampart/rampart.yaml;
 #   3. the container's process runs as uid/gid 65532 (read from /proc/PID/status on the host:
 #      the image has no shell to run `id` in);
-#   4. /readyz answers 200; a request through the inbound listener, and one through the outbound
+#   4. /readyz answers 200, and the log says no fallback from the image's CA bundle to the
+#      compiled-in roots (the policy has a TLS upstream without a ca); a request through the inbound listener, and one through the outbound
 #      listener as an HTTP proxy (what HTTP_PROXY does), reach the upstream;
 #   5. `podman healthcheck run` is healthy (the image's HEALTHCHECK runs `rampart health`);
 #   6. the policy file is replaced, `podman kill --signal HUP` reloads it: the reload is counted
@@ -115,6 +116,8 @@ tenants:
   fallback: anonymous
 upstreams:
   app: { endpoints: [127.0.0.1:$app] }
+  # TLS without a ca: each config load reads the image's system roots (its CA bundle).
+  public: { endpoints: [127.0.0.1:$app], tls: { server_name: public.example } }
 policies:
   guarded:
     timeout: { request: 10s }
@@ -130,6 +133,7 @@ listeners:
     listen: 127.0.0.1:$outbound
     routes:
       - { match: { host: app.local }, upstream: app, policy: guarded }
+      - { match: { host: public.example }, upstream: public, policy: guarded }
 YAML
 }
 mkdir -m 0755 "$work/etc"
@@ -151,6 +155,15 @@ for _ in $(seq 100); do
 done
 [[ -n $ready ]] || { "${podman[@]}" logs "$NAME" >&2; fail "/readyz never answered 200"; }
 log "ready: /readyz 200"
+# The image's CA bundle is the system trust store: no fallback to the compiled-in roots.
+# (The log is read whole first: `podman logs | grep -q` under pipefail fails when grep stops
+# early at a match, and the check would pass.)
+container_log=$("${podman[@]}" logs "$NAME" 2>&1)
+if grep -q 'no usable system trust roots' <<<"$container_log"; then
+    printf '%s\n' "$container_log" >&2
+    fail "the image has no usable CA bundle: rampart fell back to its compiled-in roots"
+fi
+log "system roots: the image's CA bundle is read, no fallback"
 
 # --- 3. non-root ------------------------------------------------------------------------------
 pid=$("${podman[@]}" inspect -f '{{.State.Pid}}' "$NAME")
@@ -186,7 +199,8 @@ mv "$work/etc/rampart.yaml.new" "$work/etc/rampart.yaml"
 "${podman[@]}" kill --signal HUP "$NAME" >/dev/null
 reloaded=
 for _ in $(seq 100); do
-    if curl -s "$(url "$admin" /metrics)" | grep -q '^rampart_config_reloads_total{result="success"} 1$'; then reloaded=1; break; fi
+    metrics=$(curl -s "$(url "$admin" /metrics)" || true)
+    if grep -q '^rampart_config_reloads_total{result="success"} 1$' <<<"$metrics"; then reloaded=1; break; fi
     sleep 0.1
 done
 [[ -n $reloaded ]] || { "${podman[@]}" logs "$NAME" >&2; fail "no successful reload counted after SIGHUP"; }
