@@ -78,11 +78,25 @@ enum Scope {
 
 /// A try refused because the breaker is open (or half-open with every probe out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("circuit open: half-open in {:.3}s", retry_after.as_secs_f64())]
+#[error("{}", Says(*retry_after))]
 pub struct CircuitOpen {
     /// Time until the breaker half-opens; zero while it is half-open and every probe is out.
     /// The answer's `retry-after` is this rounded up to whole seconds, at least 1.
     pub retry_after: Duration,
+}
+
+/// What a refusal says: when an open breaker half-opens, or, once it is half-open, that it waits
+/// for the outcome of its probes (it closes or opens again on them, not on the clock).
+struct Says(Duration);
+
+impl std::fmt::Display for Says {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_zero() {
+            f.write_str("circuit half-open: every probe is out, waiting for their outcome")
+        } else {
+            write!(f, "circuit open: half-open in {:.3}s", self.0.as_secs_f64())
+        }
+    }
 }
 
 /// Leave to send one try; report how it ended with [`record`](Self::record).

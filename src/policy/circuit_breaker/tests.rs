@@ -366,5 +366,16 @@ fn circuit_open_says_when_it_half_opens() {
     assert_eq!(e.to_string(), "circuit open: half-open in 2.500s");
 }
 
+#[test]
+fn a_half_open_refusal_says_the_probes_are_out() {
+    let e = CircuitOpen {
+        retry_after: Duration::ZERO,
+    };
+    assert_eq!(
+        e.to_string(),
+        "circuit half-open: every probe is out, waiting for their outcome"
+    );
+}
+
 mod half_open;
 mod tenant;
