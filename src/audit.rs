@@ -189,10 +189,11 @@ struct Open {
     entries: u64,
     /// Torn lines in it.
     torn: u64,
-    /// The file was found ending with a torn line right after the entry this process wrote
-    /// last to it (its own write cut short): the next entry chains to the torn line, as one
-    /// written after a restart would, so that `verify` sees the torn line named.
-    torn_after_written: bool,
+    /// The file was found ending with a line without its newline (torn, or a whole entry)
+    /// right after the entry this process wrote last to it (its own write cut short): the next
+    /// entry chains to that line, as one written after a restart would, so that `verify` sees
+    /// it named.
+    unended_after_written: bool,
 }
 
 // === impl AuditLog ===
@@ -302,10 +303,10 @@ fn append(
     // `audit.file`): its first `prev` is that entry's hash, and `prev_file` says where it is.
     // A file at the same path that does not end with the entry written last to it was cut
     // or replaced: the next `prev` still names that entry, so `verify` shows the break there.
-    // A torn line left by this process's own write cut short is chained to (its bytes are
-    // the next `prev`), as after a restart.
+    // A line without its newline (torn, or a whole entry) left by this process's own write
+    // cut short is chained to (its bytes are the next `prev`), as after a restart.
     let (prev, prev_file) = match (&o.last, &state.written) {
-        (Some(_), Some(w)) if w.file == path && !o.torn_after_written => (w.head.clone(), None),
+        (Some(_), Some(w)) if w.file == path && !o.unended_after_written => (w.head.clone(), None),
         (Some(last), _) => (last.clone(), None),
         (None, Some(w)) => (w.head.clone(), Some(w.file.to_string_lossy().into_owned())),
         (None, None) => (GENESIS.to_string(), None),
@@ -324,7 +325,7 @@ fn append(
     o.end += bytes.len() as u64;
     o.entries += 1;
     o.last = Some(hash.clone());
-    o.torn_after_written = false;
+    o.unended_after_written = false;
     let head = Head {
         file: path.to_path_buf(),
         head: hash,
@@ -378,22 +379,34 @@ impl Open {
         let meta = file.metadata()?;
         let tail = read_tail(&file, meta.len())?;
         let mut end = meta.len();
-        if let Some(torn) = tail.torn_at {
-            // A torn last line (a crash mid-write): end it, so the next entry starts a line; the
-            // torn line stays visible to `verify`.
-            tracing::warn!(
+        match tail.unended_at {
+            // A whole last entry without its newline (the write stopped just before it, or an
+            // editor dropped it): nothing is lost, and `verify` counts it as an entry, as
+            // `count_lines` does. Ending it keeps the next entry on a line of its own.
+            Some(at) if tail.unended_whole => tracing::info!(
                 file = %path.display(),
-                offset = torn,
-                length = end - torn,
+                offset = at,
+                length = end - at,
+                "the audit trail's last entry is whole but lacks its newline: ending it with one; it counts as an entry (not a torn line), and the next entry starts a line of its own"
+            ),
+            // A torn last line (a crash mid-write): ended too, and it stays visible to
+            // `verify`.
+            Some(at) => tracing::warn!(
+                file = %path.display(),
+                offset = at,
+                length = end - at,
                 "the audit trail's last line is incomplete (a write cut short?): ending it with a newline; the next entry starts a line of its own, and `rampart audit verify` names the torn line"
-            );
+            ),
+            None => {}
+        }
+        if tail.unended_at.is_some() {
             file.write_all(b"\n")?;
             end += 1;
         }
         let (entries, torn) = count_lines(&file, end)?;
-        let torn_after_written = tail.torn_at.is_some()
+        let unended_after_written = tail.unended_at.is_some()
             && written
-                .is_some_and(|w| w.file == path && tail.before_torn.as_ref() == Some(&w.head));
+                .is_some_and(|w| w.file == path && tail.before_unended.as_ref() == Some(&w.head));
         match (written, &tail.last) {
             (Some(w), None) => tracing::info!(
                 file = %path.display(),
@@ -401,7 +414,9 @@ impl Open {
                 prev = %w.head,
                 "the audit file is empty: its first entry continues the trail last written to prev_file"
             ),
-            (Some(w), Some(last)) if w.file == path && *last != w.head && !torn_after_written => {
+            (Some(w), Some(last))
+                if w.file == path && *last != w.head && !unended_after_written =>
+            {
                 tracing::warn!(
                     file = %path.display(),
                     expected = %w.head,
@@ -418,7 +433,7 @@ impl Open {
             last: tail.last,
             entries,
             torn,
-            torn_after_written,
+            unended_after_written,
             file,
         })
     }

@@ -1,5 +1,6 @@
 //! Reading an existing trail file without holding it in memory: its last line (where the next
-//! entry chains to, and whether a write was cut short) and its count of entries and torn lines.
+//! entry chains to, and whether a write stopped before its newline) and its count of entries
+//! and torn lines.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -11,10 +12,13 @@ pub(super) struct Tail {
     /// sha256 of its last non-empty line; `None` if it has none.
     pub(super) last: Option<String>,
     /// Where its last line starts, when that line lacks its newline.
-    pub(super) torn_at: Option<u64>,
-    /// With `torn_at`: sha256 of the last non-empty line before the torn one, if the tail
-    /// read holds one.
-    pub(super) before_torn: Option<String>,
+    pub(super) unended_at: Option<u64>,
+    /// With `unended_at`: the line has an entry's shape ([`verify::entry_shaped`]), a whole
+    /// entry whose newline alone is missing; otherwise it is torn (a write cut short inside it).
+    pub(super) unended_whole: bool,
+    /// With `unended_at`: sha256 of the last non-empty line before that one, if the tail read
+    /// holds one.
+    pub(super) before_unended: Option<String>,
 }
 
 /// Reads at most the last [`TAIL_READ`] bytes of `file` (`len` long).
@@ -23,9 +27,15 @@ pub(super) fn read_tail(file: &File, len: u64) -> std::io::Result<Tail> {
     let mut tail = vec![0; (len - from) as usize];
     let got = read_full(file, &mut tail, from)?;
     tail.truncate(got);
-    let torn_at = (!tail.is_empty() && !tail.ends_with(b"\n")).then(|| {
+    let unended_at = (!tail.is_empty() && !tail.ends_with(b"\n")).then(|| {
         let start = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         from + start as u64
+    });
+    // Judged as `count_lines` and `verify` judge it; a line longer than the tail read is
+    // judged by its end (what was read of it is far longer than an entry's suffix).
+    let unended_whole = unended_at.is_some_and(|at| {
+        let line = &tail[(at - from) as usize..];
+        verify::entry_shaped(line.len(), line)
     });
     let last_line = |bytes: &[u8]| {
         bytes
@@ -33,11 +43,12 @@ pub(super) fn read_tail(file: &File, len: u64) -> std::io::Result<Tail> {
             .rfind(|l| !l.is_empty())
             .map(sha256_hex)
     };
-    let before_torn = torn_at.and_then(|at| last_line(&tail[..(at - from) as usize]));
+    let before_unended = unended_at.and_then(|at| last_line(&tail[..(at - from) as usize]));
     Ok(Tail {
         last: last_line(&tail),
-        torn_at,
-        before_torn,
+        unended_at,
+        unended_whole,
+        before_unended,
     })
 }
 

@@ -186,7 +186,7 @@ fn only_the_tail_of_a_long_trail_is_read() {
     let file = File::open(&path).expect("open");
     let len = file.metadata().expect("metadata").len();
     let tail = read_tail(&file, len).expect("read the tail");
-    let (last, torn) = (tail.last, tail.torn_at.is_some());
+    let (last, torn) = (tail.last, tail.unended_at.is_some());
     assert_eq!(
         last.as_deref(),
         Some(sha256_hex(before[3].as_bytes()).as_str())
@@ -214,7 +214,16 @@ fn verify_read_a_line_at_a_time_finds_what_it_finds_in_the_whole_text() {
     assert_eq!((checked.entries, &checked.torn), (6, &vec![5, 7]));
     assert_eq!(Ok(checked), check_bytes(&whole));
     let unended = &whole[..whole.len() - 1];
-    assert_eq!(small(unended), check_bytes(&whole));
+    let read = small(unended).expect("intact without its last newline");
+    assert!(read.unended);
+    assert_eq!(
+        Ok(Checked {
+            unended: false,
+            ..read
+        }),
+        check_bytes(&whole)
+    );
+    assert_eq!(small(unended), check_bytes(unended));
     let mut ls: Vec<&[u8]> = whole.split(|b| *b == b'\n').collect();
     ls.remove(2);
     let cut = ls.join(&b'\n');

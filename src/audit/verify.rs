@@ -38,11 +38,16 @@ pub struct Checked {
     /// The 1-based numbers of its torn lines: lines that are not whole entries (a write cut
     /// short), each followed by a line whose `prev` is its hash.
     pub torn: Vec<usize>,
+    /// Its last line lacks its newline. That line is a whole entry (a torn one with nothing
+    /// after it is broken): only the newline was not written, and rampart adds it before its
+    /// next entry.
+    pub unended: bool,
 }
 
 /// Checks the whole trail in `text`; returns the number of entries, or the first broken line.
 ///
-/// A final newline is expected and not an entry; an empty line anywhere else is broken.
+/// A final newline is expected and not an entry; an empty line anywhere else is broken. A
+/// whole last entry without it is an entry ([`Checked::unended`]).
 pub fn verify(text: &str) -> Result<usize, Broken> {
     check(text).map(|c| c.entries)
 }
@@ -100,6 +105,7 @@ pub(super) fn check_reader(mut r: impl BufRead) -> std::io::Result<Result<Checke
         if let Err(broken) = walk.line(&line) {
             return Ok(Err(broken));
         }
+        walk.checked.unended = !ended;
     }
     Ok(walk.end())
 }
@@ -126,6 +132,7 @@ impl Default for Walk {
                 hashes: Vec::new(),
                 continues: None,
                 torn: Vec::new(),
+                unended: false,
             },
             unnamed: None,
         }
@@ -282,9 +289,15 @@ fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<C
         1 => " and 1 torn line".into(),
         n => format!(" and {n} torn lines"),
     };
+    // Said as rampart says it when it opens such a file: an entry, not a torn line.
+    let unended = if checked.unended {
+        "; its last entry is whole but lacks its newline (rampart ends it with one before its next entry)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "{}: ok, {} entries{torn}, chain intact, head {}",
+        "{}: ok, {} entries{torn}, chain intact, head {}{unended}",
         file.display(),
         checked.entries,
         checked.head

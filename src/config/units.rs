@@ -183,16 +183,23 @@ impl fmt::Display for Ratio {
 
 // === impl Size ===
 
-impl FromStr for Size {
-    type Err = UnitError;
-    fn from_str(s: &str) -> Result<Self, UnitError> {
-        let bad = || {
-            UnitError(format!(
-                "invalid size {s:?}: expected a number of bytes with an optional unit (B, KiB, MiB, GiB, KB, MB, GB), like 64KiB"
-            ))
-        };
+/// Why a size's text is no size.
+enum SizeFault {
+    /// Not a whole number with one of the units.
+    Malformed,
+    /// Well formed, but more bytes than 64 bits hold (the number, or it times its unit).
+    TooLarge,
+}
+
+impl Size {
+    /// Whether `s` is written as a size (a whole number and a unit) but is more bytes than
+    /// any size can be: for a key's own bound in the message, where the key has one.
+    pub(crate) fn overflows(s: &str) -> bool {
+        matches!(Size::parse(s), Err(SizeFault::TooLarge))
+    }
+
+    fn parse(s: &str) -> Result<u64, SizeFault> {
         let (num, unit) = split_number(s.trim());
-        let n: u64 = num.parse().map_err(|_| bad())?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -201,9 +208,29 @@ impl FromStr for Size {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            _ => return Err(bad()),
+            _ => return Err(SizeFault::Malformed),
         };
-        n.checked_mul(mult).map(Size).ok_or_else(bad)
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SizeFault::Malformed);
+        }
+        // Digits only: the parse can fail only by overflowing.
+        let n: u64 = num.parse().map_err(|_| SizeFault::TooLarge)?;
+        n.checked_mul(mult).ok_or(SizeFault::TooLarge)
+    }
+}
+
+impl FromStr for Size {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        Size::parse(s).map(Size).map_err(|fault| match fault {
+            SizeFault::Malformed => UnitError(format!(
+                "invalid size {s:?}: expected a number of bytes with an optional unit (B, KiB, MiB, GiB, KB, MB, GB), like 64KiB"
+            )),
+            SizeFault::TooLarge => UnitError(format!(
+                "invalid size {s:?}: it is too large; the largest size is {} bytes (16EiB less one byte)",
+                u64::MAX
+            )),
+        })
     }
 }
 
@@ -353,6 +380,38 @@ mod tests {
         assert_eq!("1MiB".parse::<Size>().unwrap(), Size(1 << 20));
         assert_eq!("100".parse::<Size>().unwrap(), Size(100));
         assert!("12XB".parse::<Size>().is_err());
+    }
+
+    /// A size past 64 bits, by its number or by its unit, is told it is too large and the
+    /// largest; a malformed one (even with a huge number) keeps the message of the forms.
+    #[test]
+    fn sizes_past_64_bits_are_too_large() {
+        assert_eq!("16777215GiB".parse::<Size>(), Ok(Size(16_777_215 << 30)));
+        assert_eq!(format!("{}", u64::MAX).parse::<Size>(), Ok(Size(u64::MAX)));
+        for big in [
+            "99999999999999GiB",
+            "17179869184GiB",
+            "18446744073709551616",
+            "99999999999999999999999 MB",
+        ] {
+            let e = big.parse::<Size>().unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("invalid size {big:?}: it is too large; the largest size is 18446744073709551615 bytes (16EiB less one byte)"),
+            );
+            assert!(Size::overflows(big), "{big}");
+        }
+        for bad in [
+            "99999999999999999999XB",
+            "1.5KiB",
+            "KiB",
+            "-1",
+            "9999999999999999999.5GiB",
+        ] {
+            let e = bad.parse::<Size>().unwrap_err().to_string();
+            assert!(e.contains("expected a number of bytes"), "{bad}: {e}");
+            assert!(!Size::overflows(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -504,6 +504,67 @@ async fn a_torn_line_the_next_entry_chains_to_verifies_with_a_warning_and_counts
     assert!(out.contains("chain broken at line 3"), "{out}");
 }
 
+/// A whole last entry that lacks only its newline (the write stopped just before it, or an
+/// editor dropped it) is an entry, and everything says so alike: `verify` counts it and notes
+/// the newline, a restart ends it without a torn-line warning, `/state` counts it with no torn
+/// line, and the next entry starts its own line chained to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_last_entry_without_its_newline_is_an_entry_everywhere() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let trail = dir.path().join("audit.jsonl");
+    let start = || {
+        Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+            .var("APP", app.addr())
+            .var("AUDIT", trail.display())
+            .spawn()
+    };
+    let mut proxy = start().await;
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let text = std::fs::read_to_string(&trail).expect("the trail");
+    let unended = text
+        .strip_suffix('\n')
+        .expect("a trail ends with a newline");
+    std::fs::write(&trail, unended).expect("drop the last newline");
+    let head = last_line_sha(&trail);
+
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok, 2 entries, chain intact"), "{out}");
+    assert!(out.contains("lacks its newline"), "{out}");
+    assert!(!out.contains("torn"), "{out}");
+
+    let mut proxy = start().await;
+    let state = http::get(proxy.admin(), "/state", &[]).await.json();
+    assert_eq!(
+        (&state["audit"]["entries"], &state["audit"]["torn"]),
+        (&3.into(), &0.into()),
+        "{state}"
+    );
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    let log = proxy.log();
+    assert!(
+        !log.contains("incomplete"),
+        "a torn-line warning; log:\n{log}"
+    );
+    assert!(!log.contains("\"WARN\""), "a warning; log:\n{log}");
+    let note = log
+        .lines()
+        .find(|l| l.contains("lacks its newline"))
+        .unwrap_or_else(|| panic!("no note of the missing newline; log:\n{log}"));
+    assert!(note.contains(&trail.display().to_string()), "{note}");
+
+    let (code, out) = verify(&trail);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok, 4 entries, chain intact"), "{out}");
+    assert!(!out.contains("torn") && !out.contains("newline"), "{out}");
+    let lines = entries(&trail);
+    assert_eq!(lines[2]["event"], "start");
+    assert_eq!(lines[2]["prev"], head.as_str());
+}
+
 /// One inbound route to upstream `app` at `$APP` under policy `p` with `policy` (flow YAML).
 fn with_policy(policy: &str) -> String {
     format!(

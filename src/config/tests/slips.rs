@@ -288,3 +288,58 @@ fn sizes_and_version_name_the_range_their_checks_take() {
         assert_eq!((e.path.as_str(), e.message.as_str()), (path, want.as_str()));
     }
 }
+
+/// A size written with a unit whose bytes pass 64 bits (by its number or by its unit) is too
+/// large, not malformed: it is told the most its key takes, at the value, quoted or plain. A
+/// duration that large was already told its bound, and still is.
+#[test]
+fn sizes_past_64_bits_name_the_most_their_key_takes() {
+    let top = |extra: &str| format!("{BASE}{extra}\n");
+    let cases = [
+        (
+            top("runtime: { max_header_bytes: 99999999999999GiB }"),
+            "99999999999999GiB",
+            "runtime.max_header_bytes",
+            "99999999999999GiB is too large: the most is 1MiB",
+        ),
+        (
+            top("runtime: { max_header_bytes: \"17179869184GiB\" }"),
+            "\"17179869184GiB\"",
+            "runtime.max_header_bytes",
+            "17179869184GiB is too large: the most is 1MiB",
+        ),
+        (
+            policy("{ retry: { attempts: 2, buffer: 99999999999999999999999MB } }"),
+            "99999999999999999999999MB",
+            "policies.p.retry.buffer",
+            "99999999999999999999999MB is too large: the most is 16MiB",
+        ),
+        (
+            policy("{ idempotency: { max_body: 99999999999999GiB } }"),
+            "99999999999999GiB",
+            "policies.p.idempotency.max_body",
+            "99999999999999GiB is too large: the most is 16MiB",
+        ),
+        (
+            policy("{ timeout: { request: 999999999999999999h } }"),
+            "999999999999999999h",
+            "policies.p.timeout.request",
+            "invalid duration \"999999999999999999h\": it is too large; the longest allowed is 30d",
+        ),
+    ];
+    for (text, value, path, want) in cases {
+        let e = one(&text);
+        let (line, column) = text
+            .lines()
+            .enumerate()
+            .find_map(|(i, l)| l.find(value).map(|c| (i + 1, c + 1)))
+            .expect("the value is in the text");
+        assert_eq!(spot(&e), (line, column, path), "{text}");
+        assert_eq!(e.message, want, "{text}");
+    }
+    // A malformed size keeps the message of the forms, however long its number.
+    let e = one(&top(
+        "runtime: { max_header_bytes: 99999999999999999999XB }",
+    ));
+    assert!(e.message.starts_with("invalid size"), "{e:?}");
+}

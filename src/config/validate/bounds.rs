@@ -71,3 +71,12 @@ pub(super) fn size_out_of_range(path: &KeyPath, text: &str) -> Option<String> {
         Size(*most)
     ))
 }
+
+/// The refusal of `text`, written as a size but more bytes than 64 bits hold
+/// (`99999999999999GiB`), at `path` when it is a size key: too large, with the most its check
+/// takes (not the most a size can be, which the key refuses anyway).
+pub(super) fn size_too_large(path: &KeyPath, text: &str) -> Option<String> {
+    let (_, _, most) = SIZES.iter().find(|(pattern, ..)| path.matches(pattern))?;
+    Size::overflows(text)
+        .then(|| format!("{} is too large: the most is {}", text.trim(), Size(*most)))
+}

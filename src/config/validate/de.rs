@@ -225,6 +225,15 @@ impl<'a> De<'a> {
         r.map_err(|e| e.at(&self.path, Target::Value))
     }
 
+    /// Text for `v`; at a size key, a size past 64 bits (`99999999999999GiB`) is refused as
+    /// too large, with the most the key takes, rather than as a malformed size.
+    fn text<'de, V: Visitor<'de>>(&self, v: V, text: &str) -> Result<V::Value, DeError> {
+        match bounds::size_too_large(&self.path, text) {
+            Some(m) => Err(DeError::new(m)),
+            None => v.visit_str(text),
+        }
+    }
+
     /// A whole number from 0 to `max`, written plain. A refusal names the range the checks
     /// take at this key ([`bounds`]), which may start at 1 or end below `max`.
     fn unsigned<'de, V: Visitor<'de>>(self, v: V, max: u64) -> Result<V::Value, DeError> {
@@ -271,7 +280,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             Node::Gone(_) => v.visit_unit(),
             Node::Scalar {
                 text, plain: false, ..
-            } => v.visit_str(text),
+            } => self.text(v, text),
             Node::Scalar { text, .. } => match resolve(text) {
                 Plain::Null => v.visit_unit(),
                 Plain::Bool(b) => v.visit_bool(b),
@@ -284,7 +293,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 Plain::Float(f) => v.visit_f64(f),
                 Plain::TooLarge => Err(bounds::size_out_of_range(&self.path, text)
                     .map_or_else(|| too_large(text, u64::MAX), DeError::new)),
-                Plain::Text => v.visit_str(text),
+                Plain::Text => self.text(v, text),
             },
         };
         self.locate(r)
