@@ -81,6 +81,7 @@ fn verifier(dir: &std::path::Path, jwk: &Value) -> Jwt {
         Arc::from([Box::from("pro")]),
         None,
         WallClock::system(clock),
+        None,
         &rampart::tls::SystemRoots::new(),
     )
 }

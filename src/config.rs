@@ -27,6 +27,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +35,8 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::tls::SystemRoots;
+use crate::tenant::jwt::JwksRead;
+use crate::tls::{SystemRoots, TlsFiles};
 
 pub use self::file::File;
 pub use self::units::{Dur, Rate, Ratio, Size};
@@ -54,9 +56,22 @@ pub struct Config {
     /// file order; shown like errors, `FILE:LINE:COLUMN: key.path: message`.
     pub warnings: Vec<ConfigError>,
     /// The system trust roots of this load, read on first need by a TLS client without a
-    /// `ca` and shared by all of them (`tls::roots`): one read per load, however often the
-    /// load's TLS files are (start checks them, then applies them).
+    /// `ca` and shared by all of them (`tls::roots`): one read per load.
     pub system_roots: Arc<SystemRoots>,
+    /// The TLS and JWKS files as validation read and judged them, which start and reload
+    /// serve: each file is read once per load, so what runs is what validated, even when a
+    /// file is replaced meanwhile.
+    pub read: Arc<FilesRead>,
+}
+
+/// What one load's validation read from disk, built into what start and reload serve.
+#[derive(Debug, Default)]
+pub struct FilesRead {
+    /// Every TLS config the policy names (listeners, upstreams, collector, store).
+    pub tls: TlsFiles,
+    /// Per `jwt` source, by its index in `tenants.from`: its JWKS file's bytes, or the client
+    /// an `https://` JWKS is fetched with.
+    pub jwks: HashMap<usize, JwksRead>,
 }
 
 /// One problem in a policy file, with its place.
@@ -308,10 +323,11 @@ impl Config {
 
     /// Parses and validates `text`; `origin` names it in error messages.
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        // One read of the system's roots for the whole load: validation's check of the TLS
-        // files and the configs start and reload then build (`TlsFiles::load`) share it.
+        // One read of the system's roots for the whole load, by validation as it builds the
+        // client configs start and reload then serve.
         let system_roots = Arc::new(SystemRoots::new());
-        let (file, warnings) = validate::parse(locate::without_bom(text), origin, &system_roots)?;
+        let (file, warnings, read) =
+            validate::parse(locate::without_bom(text), origin, &system_roots)?;
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
         Ok(Config {
             file,
@@ -320,6 +336,7 @@ impl Config {
             loaded_at: SystemTime::now(),
             warnings,
             system_roots,
+            read: Arc::new(read),
         })
     }
 

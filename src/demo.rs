@@ -272,8 +272,7 @@ mod tests {
         );
         let config =
             Config::from_str(&yaml, "config/demo.yaml").expect("the demo policy validates");
-        let files = crate::tls::TlsFiles::load(&config.file, &config.system_roots)
-            .expect("the demo TLS files load");
+        let files = &config.read.tls;
         assert!(files.listeners.contains_key("inbound-tls"));
         let dir = tls.dir.clone();
         drop(tls);

@@ -235,6 +235,7 @@ impl Generation {
                 &configured_plans(f),
                 prev.map(|p| &p.identify),
                 &wall,
+                &config.read.jwks,
                 &config.system_roots,
             ),
             moved: prev
@@ -262,6 +263,7 @@ impl Generation {
                 &configured_plans(&config.file),
                 None,
                 &WallClock::system(clock),
+                &config.read.jwks,
                 &config.system_roots,
             ),
             listeners: HashMap::default(),

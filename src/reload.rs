@@ -15,7 +15,6 @@ use crate::config::{Config, ConfigErrors, Section};
 use crate::generation::Generation;
 use crate::proxy::listener;
 use crate::proxy::shared::Shared;
-use crate::tls::{TlsFileProblem, TlsFiles};
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +129,10 @@ pub fn apply(
     let cfg = Arc::new(cfg);
     let old = shared.current.load_full();
     refuse_restart_only(&old.config, &cfg)?;
-    // Certificates and keys are read now, at every reload: a bad file refuses the whole config.
-    // Validation (`Config::load`) read them too, so their errors came sorted with the rest;
-    // this read builds the configs served, and fails only for a file changed since.
-    let tls = TlsFiles::load(&cfg.file, &cfg.system_roots)
-        .map_err(|p| ReloadError::Invalid(tls_errors(&cfg, p)))?;
+    // Certificates and keys were read by this load's validation (`Config::load`), at every
+    // reload: a bad file refused the whole config, its errors sorted with the rest. The configs
+    // it built are served as they are: what serves is what validated.
+    let tls = &cfg.read.tls;
     let mut bound = Vec::new();
     // A listener may move to an address overlapping one rampart listens on now (`127.0.0.1:P`
     // to `0.0.0.0:P`): the new socket binds beside the old, which drains after the swap.
@@ -155,7 +153,7 @@ pub fn apply(
             }
         }
     }
-    let gen = Generation::build(cfg.clone(), Some(&old), &tls, shared);
+    let gen = Generation::build(cfg.clone(), Some(&old), tls, shared);
     shared
         .labels
         .set_cap(cfg.file.tenants.metrics_labels as usize);
@@ -218,16 +216,6 @@ fn named_tenants(f: &crate::config::File) -> impl Iterator<Item = &str> {
         .iter()
         .flat_map(|p| p.assign.values().flatten().map(String::as_str));
     overrides.chain(assigned)
-}
-
-/// The TLS file problems of `cfg` as config errors (each names its file).
-pub fn tls_errors(cfg: &Config, problems: Vec<TlsFileProblem>) -> ConfigErrors {
-    ConfigErrors(
-        problems
-            .into_iter()
-            .map(|p| cfg.error_at(&p.site, p.error.to_string()))
-            .collect(),
-    )
 }
 
 /// Refuses a reload that changes what only a restart can change, saying so, at the place of

@@ -31,7 +31,7 @@ use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use parking_lot::Mutex;
 
-use self::jwt::{Jwt, Verified};
+use self::jwt::{JwksRead, Jwt, Verified};
 use crate::clock::{MonotonicClock, WallClock};
 use crate::config::file::{
     ClientCertField, ClientIp, ClientIpFrom, File, TenantSource, Tenants, NO_TENANT,
@@ -245,18 +245,22 @@ impl Identify {
             plans,
             None,
             &WallClock::system(clock),
+            &HashMap::new(),
             &SystemRoots::new(),
         )
     }
 
     /// Rules from the `tenants` section, tokens naming only `plans`; `jwt` sources whose
     /// settings are unchanged from `prev` keep its keys (and their refresh task), new ones
-    /// fetch an https JWKS without `jwks_ca` trusting `system` (this config load's).
+    /// serve what this config load's validation read for them (`read`, by their index in
+    /// `tenants.from`: a JWKS file's bytes, an https JWKS's client), and without that read the
+    /// file, or fetch an https JWKS without `jwks_ca` trusting `system` (this load's roots).
     pub fn build(
         cfg: &Tenants,
         plans: &BTreeSet<&str>,
         prev: Option<&Identify>,
         wall: &WallClock,
+        read: &HashMap<usize, JwksRead>,
         system: &SystemRoots,
     ) -> Self {
         let known: Arc<[Box<str>]> = plans.iter().map(|&p| Box::from(p)).collect();
@@ -269,13 +273,15 @@ impl Identify {
         let sources: Vec<Source> = cfg
             .from
             .iter()
-            .filter_map(|s: &TenantSource| {
+            .enumerate()
+            .filter_map(|(i, s): (usize, &TenantSource)| {
                 if let Some(j) = &s.jwt {
                     Some(Source::Jwt(Box::new(Jwt::new(
                         j,
                         known.clone(),
                         prev_jwt(j),
                         wall.clone(),
+                        read.get(&i),
                         system,
                     ))))
                 } else if let Some(h) = &s.header {

@@ -29,7 +29,7 @@ use std::path::Path;
 use super::file::{ClientIp, ClientIpFrom, File, TenantSource};
 use super::locate::{Doc, KeyPath, Node, Target, MAX_DEPTH};
 use super::units::Size;
-use super::{ConfigError, ConfigErrors};
+use super::{ConfigError, ConfigErrors, FilesRead};
 use crate::tls::SystemRoots;
 
 /// The only schema version.
@@ -49,10 +49,12 @@ pub(super) struct Report<'a> {
     warnings: Vec<ConfigError>,
     /// Nodes taken out after a shape error; checks about them are left out.
     removed: Vec<KeyPath>,
+    /// The TLS and JWKS files read so far, kept for the load to serve.
+    read: FilesRead,
 }
 
-/// A file that validated, and the warnings it drew.
-pub(super) type Parsed = (File, Vec<ConfigError>);
+/// A file that validated, the warnings it drew, and the files it names as read.
+pub(super) type Parsed = (File, Vec<ConfigError>, FilesRead);
 
 /// Parses `text` into the file model and validates it. `roots` are the system's trust roots of
 /// this load, read (once) only if a TLS client without a `ca` is built to check its files.
@@ -113,6 +115,7 @@ pub(super) fn parse(text: &str, origin: &str, roots: &SystemRoots) -> Result<Par
     if let Some(f) = &file {
         // Last: it reads only the files no check above has refused.
         certs::check(f, &mut r, roots);
+        certs::fallback(f, &mut r, roots);
     }
     r.errors.sort_by_key(|e| (e.line, e.column));
     r.warnings.sort_by_key(|e| (e.line, e.column));
@@ -127,7 +130,7 @@ pub(super) fn parse(text: &str, origin: &str, roots: &SystemRoots) -> Result<Par
             .push(error_at(origin, (0, 0), &KeyPath::default(), m));
     }
     match file {
-        Some(f) if r.errors.is_empty() => Ok((f, r.warnings)),
+        Some(f) if r.errors.is_empty() => Ok((f, r.warnings, r.read)),
         _ => Err(ConfigErrors(r.errors)),
     }
 }
@@ -293,7 +296,7 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
         .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
     for (i, src) in t.from.iter().enumerate() {
         let sp = p.key("from").idx(i);
-        tenant_source(src, &sp, r);
+        tenant_source(src, i, &sp, r);
         if src.client_cert.is_some() && !verifies_clients {
             r.warn(
                 &sp.key("client_cert"),
@@ -352,7 +355,7 @@ fn client_ip(ip: &ClientIp, p: &KeyPath, r: &mut Report<'_>) {
     }
 }
 
-fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
+fn tenant_source(src: &TenantSource, i: usize, sp: &KeyPath, r: &mut Report<'_>) {
     let given = [
         src.header.is_some(),
         src.query.is_some(),
@@ -372,7 +375,7 @@ fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
         ),
     }
     if let Some(j) = &src.jwt {
-        plans::jwt_source(j, &sp.key("jwt"), r);
+        plans::jwt_source(j, i, &sp.key("jwt"), r);
     }
     if let Some(ip) = &src.client_ip {
         client_ip(ip, &sp.key("client_ip"), r);
@@ -397,6 +400,7 @@ impl<'a> Report<'a> {
             errors: Vec::new(),
             warnings: Vec::new(),
             removed,
+            read: FilesRead::default(),
         }
     }
 

@@ -29,7 +29,7 @@ use crate::error::Reason;
 use crate::throttle::{Throttle, WARN_EVERY};
 use crate::tls::SystemRoots;
 
-pub use self::refresh::{is_url, MAX_JWKS_BYTES};
+pub use self::refresh::{is_url, JwksRead, MAX_JWKS_BYTES};
 
 /// Leeway on `exp` and `nbf`, for clocks that disagree a little.
 pub const LEEWAY_SECS: u64 = 60;
@@ -92,18 +92,20 @@ pub struct Jwt {
 impl Jwt {
     /// The source for `cfg`, whose tokens may name the plans `plans`; the keys (and their
     /// refresh task) of `prev` are kept when it has the same settings, so a reload neither
-    /// re-reads nor waits for a JWKS URL again. A new https JWKS without `jwks_ca` trusts
-    /// `system`, the system roots of this config load.
+    /// re-reads nor waits for a JWKS URL again. A new one serves what its load's validation
+    /// read (`read`: the file's bytes, the https client); without that, it reads the file, and
+    /// an https JWKS without `jwks_ca` trusts `system`, the system roots of this config load.
     pub fn new(
         cfg: &JwtSource,
         plans: Arc<[Box<str>]>,
         prev: Option<&Jwt>,
         wall: WallClock,
+        read: Option<&JwksRead>,
         system: &SystemRoots,
     ) -> Self {
         let keys = match prev.filter(|p| p.cfg == *cfg) {
             Some(p) => p.keys.clone(),
-            None => refresh::start(cfg, system),
+            None => refresh::start(cfg, read, system),
         };
         Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)
     }

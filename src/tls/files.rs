@@ -1,12 +1,13 @@
-//! Every TLS config a policy file names, read from disk once per generation.
+//! Every TLS config a policy file names, read from disk once per config load.
 //!
 //! Validation reads every file through [`TlsFiles::load_where`] in the pass that checks the rest
 //! of the policy (so `validate`, a refused start and a refused reload list these errors sorted
-//! with the others), and start and every reload call [`TlsFiles::load`] again before anything
-//! else changes, for the configs they serve with. So a missing, mismatched or expired file
+//! with the others), and the configs it built are kept in the load's `Config` (`read.tls`):
+//! start and every reload serve those, without reading the files again, so what serves is what
+//! validated even when a file is replaced in between. A missing, mismatched or expired file
 //! refuses the whole config (the one in force stays), and a reload that succeeds makes new
-//! handshakes use the files as they are now, even when their paths did not change (certificate
-//! rotation in place).
+//! handshakes use the files as they were at that reload, even when their paths did not change
+//! (certificate rotation in place).
 
 use std::collections::HashMap;
 use std::path::Path;

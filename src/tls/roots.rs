@@ -9,15 +9,17 @@
 //!
 //! A store that yields no usable certificate (a slim or `scratch` image without
 //! ca-certificates, an `SSL_CERT_FILE` that is missing or holds none) would make every such
-//! handshake fail. rampart then trusts Mozilla's roots compiled in by `webpki-roots`, and says
-//! so at warn, with the reason, each time a config load reads the store: a public upstream
-//! still verifies, and the operator learns why a private CA does not.
+//! handshake fail. rampart then trusts Mozilla's roots compiled in by `webpki-roots`, and the
+//! load's validation says so as one of its warnings, with the reason
+//! ([`SystemRoots::fallback`]): `validate` counts it, start and each reload log it with the
+//! others. A public upstream still verifies, and the operator learns why a private CA does not.
 //!
 //! Each config load (start, `validate`, each reload) has one [`SystemRoots`], carried by its
-//! `Config`: the store is read at most once for it, on first need, and every client config of
-//! that load shares the result (start checks the TLS files, then applies them: one read). Never
-//! per connection, and never when every client names its `ca`. A reload reads it again, so a CA
-//! added to the system store is trusted from the next reload on.
+//! `Config`: the store is read at most once for it, on first need (validation builds every
+//! client config of the load, and start and reload serve those), and every client config of
+//! that load shares the result. Never per connection, and never when every client names its
+//! `ca`. A reload reads it again, so a CA added to the system store is trusted from the next
+//! reload on.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -25,9 +27,10 @@ use std::sync::{Arc, OnceLock};
 use rustls::RootCertStore;
 use rustls_native_certs::CertificateResult;
 
-/// The system roots of one config load, read on first use.
+/// The system roots of one config load, read on first use, and why the compiled-in web roots
+/// stand in for them, if they do.
 #[derive(Default)]
-pub struct SystemRoots(OnceLock<Arc<RootCertStore>>);
+pub struct SystemRoots(OnceLock<(Arc<RootCertStore>, Option<String>)>);
 
 /// What one read of the system store gave.
 #[derive(Debug)]
@@ -52,7 +55,14 @@ impl SystemRoots {
     /// The system's roots (or the compiled-in web roots when it has none), read on the first
     /// call and shared afterwards.
     pub fn get(&self) -> Arc<RootCertStore> {
-        self.0.get_or_init(read).clone()
+        self.0.get_or_init(read).0.clone()
+    }
+
+    /// Why the system store gave no usable root, when it was read and the compiled-in web
+    /// roots stand in; `None` when it has not been read, or gave roots. Not logged here: the
+    /// load's validation makes it one of its warnings.
+    pub fn fallback(&self) -> Option<&str> {
+        self.0.get().and_then(|(_, reason)| reason.as_deref())
     }
 }
 
@@ -60,15 +70,16 @@ impl SystemRoots {
 impl fmt::Debug for SystemRoots {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.get() {
-            Some(store) => write!(f, "SystemRoots({} roots)", store.len()),
+            Some((store, _)) => write!(f, "SystemRoots({} roots)", store.len()),
             None => f.write_str("SystemRoots(unread)"),
         }
     }
 }
 
-/// Reads the system store, logging the outcome; the fallback and any problem are warned of.
-fn read() -> Arc<RootCertStore> {
-    let store = match choose(rustls_native_certs::load_native_certs(), &looked_in()) {
+/// Reads the system store; a store read in part is warned of here, a fallback is returned for
+/// validation to warn of ([`SystemRoots::fallback`]).
+fn read() -> (Arc<RootCertStore>, Option<String>) {
+    match choose(rustls_native_certs::load_native_certs(), &looked_in()) {
         Found::System { store, problems } => {
             if let Some(problems) = problems {
                 tracing::warn!(
@@ -83,19 +94,19 @@ fn read() -> Arc<RootCertStore> {
                     "TLS clients without a ca trust the system roots"
                 );
             }
-            store
+            (Arc::new(store), None)
         }
-        Found::Fallback { reason } => {
-            tracing::warn!(
-                reason = %reason,
-                "no usable system trust roots: TLS clients without a ca trust the compiled-in \
-                 web roots (Mozilla's list) instead; install ca-certificates or set \
-                 SSL_CERT_FILE to trust others"
-            );
-            web_roots()
-        }
-    };
-    Arc::new(store)
+        Found::Fallback { reason } => (Arc::new(web_roots()), Some(reason)),
+    }
+}
+
+/// The warning of a load whose system store gave no usable root, for `reason`.
+pub fn fallback_warning(reason: &str) -> String {
+    format!(
+        "no usable system trust roots ({reason}): TLS clients without a ca trust the \
+         compiled-in web roots (Mozilla's list) instead; install ca-certificates or set \
+         SSL_CERT_FILE to trust others"
+    )
 }
 
 /// Where `load_native_certs` looks, for a warning: the variables when either is set (it then

@@ -269,6 +269,45 @@ async fn tenant_from_the_client_certificate_uri_san_and_cn() {
     }
 }
 
+/// A start serves the certificate and key its validation read: each file is read once per
+/// load, so files rotated between validation and start (here a new certificate with its key
+/// half written) cannot make it serve something that was not validated, or refuse to start.
+/// In process, to rotate the files between `Config::load` and `Rampart::start`.
+#[tokio::test]
+async fn a_start_serves_the_tls_files_its_validation_read() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let tls = format!(
+        "cert: {}, key: {}",
+        pki.path("server.pem").display(),
+        pki.path("server-key.pem").display()
+    );
+    let rendered = Proxy::builder(TLS_INBOUND)
+        .var("SECTIONS", "")
+        .var("TLS", tls)
+        .var("POLICY", "")
+        .var("APP", app.addr())
+        .render();
+    let config = rampart::config::Config::load(&rendered.path).expect("the policy validates");
+    let next = ca.server(2);
+    pki.pair("server", &next);
+    std::fs::write(pki.path("server-key.pem"), &next.key[..40]).expect("a half-written key");
+
+    let r = rampart::Rampart::start(config)
+        .await
+        .expect("the start serves what validated");
+    let addr = r
+        .listener_addr("inbound")
+        .await
+        .expect("the listener is bound");
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let stream = tls::connect(addr, cfg).await.expect("a handshake");
+    assert_eq!(tls::peer_serial(&stream), 1, "the certificate validated");
+    let mut c = Conn::over(stream);
+    c.send(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.status, 200);
+}
+
 #[tokio::test]
 async fn rotation_on_reload_serves_the_new_cert_and_keeps_open_connections() {
     let app = sample().await;

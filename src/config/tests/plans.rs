@@ -316,3 +316,24 @@ fn a_jwks_file_is_read_bounded_and_never_waited_on() {
         .expect("validate must not wait on a FIFO");
     assert!(refused, "a FIFO is no JWKS file");
 }
+
+/// A load serves the JWKS its validation read: the file is read once per load, so one
+/// replaced between validation and the build of the load's generation (here by a file half
+/// written) leaves the validated keys in force, not none.
+#[test]
+fn a_load_serves_the_jwks_its_validation_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, JWKS).expect("write");
+    let text = with(
+        &jwt("", &file.display().to_string()),
+        "{ per_tenant: { rate: 1/s } }",
+    );
+    let config = crate::config::Config::from_str(&text, "t.yaml").expect("it validates");
+    std::fs::write(&file, &JWKS[..20]).expect("a half-written JWKS");
+    let gen = crate::generation::Generation::empty(std::sync::Arc::new(config));
+    assert!(
+        gen.identify.is_ready(),
+        "the keys validation read are in force"
+    );
+}

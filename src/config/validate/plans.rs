@@ -13,8 +13,9 @@ use super::super::locate::KeyPath;
 use super::{syntax, Report};
 use crate::tenant::jwt;
 
-/// Checks the `jwt:` source at `p`.
-pub(super) fn jwt_source(j: &JwtSource, p: &KeyPath, r: &mut Report<'_>) {
+/// Checks the `jwt:` source at `p`, `tenants.from[i]`; a JWKS file's bytes are kept for the
+/// load to serve (`FilesRead::jwks`).
+pub(super) fn jwt_source(j: &JwtSource, i: usize, p: &KeyPath, r: &mut Report<'_>) {
     if let Err(m) = syntax::header_name(&j.header) {
         r.value(&p.key("header"), m);
     }
@@ -41,11 +42,12 @@ pub(super) fn jwt_source(j: &JwtSource, p: &KeyPath, r: &mut Report<'_>) {
                 jwt::MAX_JWKS_BYTES as u64,
                 "a JWKS file",
             ) {
-                Ok(bytes) => {
-                    if let Err(m) = jwt::check_jwks(&bytes) {
-                        r.value(&jp, format!("JWKS file {:?}: {m}", j.jwks));
+                Ok(bytes) => match jwt::check_jwks(&bytes) {
+                    Ok(()) => {
+                        r.read.jwks.insert(i, jwt::JwksRead::File(bytes.into()));
                     }
-                }
+                    Err(m) => r.value(&jp, format!("JWKS file {:?}: {m}", j.jwks)),
+                },
                 Err(e) => r.value(&jp, e.to_string()),
             }
         }

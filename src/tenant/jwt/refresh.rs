@@ -32,29 +32,51 @@ pub fn is_url(jwks: &str) -> bool {
     jwks.starts_with("https://") || jwks.starts_with("http://")
 }
 
-/// Creates the key store of `cfg`, reads a file at once, and starts the refresh task (when a
-/// tokio runtime is running; without one, as in `rampart validate`, the keys stay as read).
-/// An https URL without `jwks_ca` trusts `system`, the system roots of this config load.
-pub(super) fn start(cfg: &JwtSource, system: &SystemRoots) -> Arc<KeyStore> {
+/// What validation read for one `jwt` source, for its load's start or reload to serve with
+/// (`Config::read`): a JWKS file's bytes, or the TLS client an https JWKS is fetched with (its
+/// `jwks_ca` read, or the load's system roots).
+#[derive(Clone, Debug)]
+pub enum JwksRead {
+    /// The bytes of a JWKS file, as validation read and checked them.
+    File(Arc<[u8]>),
+    /// The client config of an `https://` JWKS.
+    Https(Arc<ClientConfig>),
+}
+
+/// Creates the key store of `cfg`, takes a file's keys at once, and starts the refresh task
+/// (when a tokio runtime is running; without one, as in `rampart validate`, the keys stay as
+/// read). What validation read (`read`) is served as it is; without it (a source built outside
+/// a config load), the file is read, or an https URL without `jwks_ca` trusts `system`.
+pub(super) fn start(
+    cfg: &JwtSource,
+    read: Option<&JwksRead>,
+    system: &SystemRoots,
+) -> Arc<KeyStore> {
     let store = Arc::new(KeyStore::empty());
     let url = is_url(&cfg.jwks);
     if !url {
-        match read_file(Path::new(&cfg.jwks)) {
+        let keys = match read {
+            Some(JwksRead::File(bytes)) => parse_jwks(bytes),
+            _ => read_file(Path::new(&cfg.jwks)),
+        };
+        match keys {
             Ok(keys) => store.set(keys),
             Err(e) => {
                 tracing::warn!(jwks = %redact_url_or_path(&cfg.jwks), error = %e, "cannot read the JWKS")
             }
         }
     }
-    let tls = match (url, cfg.jwks.starts_with("https://")) {
-        (true, true) => match crate::tls::client_config(cfg.jwks_ca.as_deref(), None, None, system)
-        {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(jwks = %redact_url_or_path(&cfg.jwks), error = %e, "cannot build the JWKS TLS client");
-                return store;
+    let tls = match (url, cfg.jwks.starts_with("https://"), read) {
+        (true, true, Some(JwksRead::Https(c))) => Some(c.clone()),
+        (true, true, _) => {
+            match crate::tls::client_config(cfg.jwks_ca.as_deref(), None, None, system) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(jwks = %redact_url_or_path(&cfg.jwks), error = %e, "cannot build the JWKS TLS client");
+                    return store;
+                }
             }
-        },
+        }
         _ => None,
     };
     if let Ok(rt) = tokio::runtime::Handle::try_current() {

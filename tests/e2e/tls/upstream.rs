@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use crate::support::proxy::run_env;
 use crate::support::tls::{Ca, Pki, Recorder, TlsUpstream};
 use crate::support::{http, Proxy};
 
@@ -227,6 +228,37 @@ async fn without_ca_the_upstream_is_verified_against_the_system_roots() {
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     assert_eq!(rsp.text(), "localhost", "SNI is the configured server_name");
     assert!(!proxy.log().contains(NO_SYSTEM_ROOTS), "{}", proxy.log());
+}
+
+/// `rampart validate` counts the fallback to the compiled-in roots as one of its warnings,
+/// placed at the section that trusts the system roots and printed as the others are (it was a
+/// log line beside "0 warning(s)"), and says it once.
+#[tokio::test]
+async fn validate_counts_the_fallback_as_a_warning_at_the_section() {
+    let pki = Pki::new();
+    let missing = pki.path("none.pem").display().to_string();
+    let rendered = Proxy::builder(OUTBOUND)
+        .var("UPTLS", "server_name: localhost")
+        .var("UP", "127.0.0.1:9")
+        .render();
+    let path = rendered.path.display().to_string();
+    let env = [("SSL_CERT_FILE", missing.as_str()), ("SSL_CERT_DIR", "")];
+    let out = run_env(&["validate", "--config", &path], &env).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains(", 1 warning(s);"), "counted: {stdout}");
+    let both = format!("{stdout}{stderr}");
+    let said: Vec<&str> = both
+        .lines()
+        .filter(|l| l.contains(NO_SYSTEM_ROOTS))
+        .collect();
+    assert_eq!(said.len(), 1, "once:\n{both}");
+    let at = format!("{path}:7:5: upstreams.payments.tls: warning: {NO_SYSTEM_ROOTS} (");
+    assert!(said[0].starts_with(&at), "{:?} must start {at:?}", said[0]);
+    assert!(said[0].contains("none.pem"), "names the file: {}", said[0]);
 }
 
 /// A system store with nothing usable (here an `SSL_CERT_FILE` that does not exist) leaves the
