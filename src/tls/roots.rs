@@ -22,6 +22,7 @@
 //! reload on.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::RootCertStore;
@@ -79,7 +80,8 @@ impl fmt::Debug for SystemRoots {
 /// Reads the system store; a store read in part is warned of here, a fallback is returned for
 /// validation to warn of ([`SystemRoots::fallback`]).
 fn read() -> (Arc<RootCertStore>, Option<String>) {
-    match choose(rustls_native_certs::load_native_certs(), &looked_in()) {
+    let (found, unread) = load();
+    match choose(found, unread, &looked_in()) {
         Found::System { store, problems } => {
             if let Some(problems) = problems {
                 tracing::warn!(
@@ -98,6 +100,66 @@ fn read() -> (Arc<RootCertStore>, Option<String>) {
         }
         Found::Fallback { reason } => (Arc::new(web_roots()), Some(reason)),
     }
+}
+
+/// The most an `SSL_CERT_FILE` may hold to be read: Debian's whole bundle is about 220 KiB, and a
+/// file larger than this is no trust store (a log, a disk image named by mistake).
+pub(super) const STORE_FILE_CAP: u64 = 16 << 20;
+
+/// Reads the store as `load_native_certs` does (`SSL_CERT_FILE` and `SSL_CERT_DIR` when either is
+/// set, else the OS bundle), but never reads an `SSL_CERT_FILE` that is not a regular file or is
+/// larger than [`STORE_FILE_CAP`]: a FIFO would hold the load (a start, before its signals are
+/// taken) until a writer comes, and `/dev/zero` would grow it without bound. Returns what was
+/// read, and the problems of the files not read, or read and holding no certificate.
+fn load() -> (CertificateResult, Vec<String>) {
+    let file = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty());
+    let dirs = std::env::var_os("SSL_CERT_DIR").map_or_else(Vec::new, |d| {
+        std::env::split_paths(&d)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect()
+    });
+    match file {
+        Some(file) => load_from(Path::new(&file), &dirs),
+        None => (rustls_native_certs::load_native_certs(), Vec::new()),
+    }
+}
+
+/// [`load`] apart from the environment: the trust-store file `file`, if fit to read, and the
+/// directories `dirs` (whose entries `rustls-native-certs` reads only when regular files).
+pub(super) fn load_from(file: &Path, dirs: &[PathBuf]) -> (CertificateResult, Vec<String>) {
+    let named = format!("SSL_CERT_FILE={}", file.display());
+    let mut problems = Vec::new();
+    let mut out = match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => {
+            problems.push(format!("{named} is not a regular file; not read"));
+            CertificateResult::default()
+        }
+        Ok(m) if m.len() > STORE_FILE_CAP => {
+            problems.push(format!(
+                "{named} is {} bytes, more than the {} MiB a trust store is read up to; not read",
+                m.len(),
+                STORE_FILE_CAP >> 20
+            ));
+            CertificateResult::default()
+        }
+        // Missing or unreadable: the reader says so, as it would have.
+        _ => {
+            let read = rustls_native_certs::load_certs_from_paths(Some(file), None);
+            if read.certs.is_empty() && read.errors.is_empty() {
+                problems.push(format!("{named} holds no PEM certificate"));
+            }
+            read
+        }
+    };
+    for dir in dirs {
+        let read = rustls_native_certs::load_certs_from_paths(None, Some(dir));
+        out.certs.extend(read.certs);
+        out.errors.extend(read.errors);
+    }
+    out.certs
+        .sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    out.certs.dedup();
+    (out, problems)
 }
 
 /// The warning of a load whose system store gave no usable root, for `reason`.
@@ -133,12 +195,14 @@ fn web_roots() -> RootCertStore {
 }
 
 /// The decision, apart from the reading: the certificates read when any is usable, else the
-/// reason there are none (`looked` says where the reader looked, for when it found nothing).
-pub(super) fn choose(found: CertificateResult, looked: &str) -> Found {
+/// reason there are none (`unread`: files [`load`] did not read, or found empty; `looked` says
+/// where the reader looked, for when it found nothing and no problem).
+pub(super) fn choose(found: CertificateResult, unread: Vec<String>, looked: &str) -> Found {
     let read = found.certs.len();
     let mut store = RootCertStore::empty();
     let (_, unusable) = store.add_parsable_certificates(found.certs);
-    let mut problems: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    let mut problems = unread;
+    problems.extend(found.errors.iter().map(ToString::to_string));
     if unusable > 0 {
         problems.push(format!(
             "{unusable} of {read} certificates are not usable as roots"

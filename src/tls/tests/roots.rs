@@ -2,15 +2,89 @@
 //! compiled-in web roots stand in, and what the warning names. Files are given by path, never
 //! through `SSL_CERT_FILE`, so no test changes the process environment.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls_native_certs::load_certs_from_paths;
 
 use super::support::{Ca, Files};
-use crate::tls::roots::{choose, Found};
+use crate::tls::roots::{choose, load_from, Found, STORE_FILE_CAP};
 
 fn from(file: Option<&Path>, dir: Option<&Path>) -> Found {
-    choose(load_certs_from_paths(file, dir), "the test's paths")
+    choose(
+        load_certs_from_paths(file, dir),
+        Vec::new(),
+        "the test's paths",
+    )
+}
+
+/// As a load with `SSL_CERT_FILE=file` and `SSL_CERT_DIR=dirs` reads the store.
+fn loaded(file: &Path, dirs: &[PathBuf]) -> Found {
+    let (found, unread) = load_from(file, dirs);
+    choose(found, unread, "the test's paths")
+}
+
+/// A FIFO with no writer would hold the read (and a start with it) for good, and `/dev/zero`
+/// would grow it without bound: neither is read, and the reason names the file.
+#[test]
+fn a_store_file_that_is_not_a_regular_file_is_not_read() {
+    let files = Files::new();
+    let fifo = files.write("x", "").with_file_name("store.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(
+        made.is_ok_and(|s| s.success()),
+        "mkfifo (coreutils) is needed"
+    );
+    for file in [fifo.as_path(), Path::new("/dev/zero")] {
+        match loaded(file, &[]) {
+            Found::Fallback { reason } => {
+                let named = format!("SSL_CERT_FILE={} is not a regular file", file.display());
+                assert!(reason.contains(&named), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A store file past the cap is not read; the roots of the directories beside it are kept.
+#[test]
+fn a_store_file_past_the_cap_is_not_read_and_the_directories_still_are() {
+    let files = Files::new();
+    let big = files.write("big.pem", "");
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .and_then(|f| f.set_len(STORE_FILE_CAP + 1))
+        .unwrap();
+    let dir = files.write("x", "").with_file_name("certs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(files.ca("ca", &Ca::new("private")), dir.join("ca.pem")).unwrap();
+    match loaded(&big, &[dir]) {
+        Found::System { store, problems } => {
+            assert_eq!(store.len(), 1);
+            let problems = problems.expect("the big file is named");
+            assert!(problems.contains("more than the 16 MiB"), "{problems}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A store file without a certificate is named as such, also when a directory beside it gives
+/// problems of its own (the reason once gave the directory's alone).
+#[test]
+fn a_store_file_without_certificates_is_named_beside_a_directory_problem() {
+    let files = Files::new();
+    let empty = files.write("empty.pem", "not a certificate\n");
+    let missing = empty.with_file_name("no-such-dir");
+    match loaded(&empty, &[missing]) {
+        Found::Fallback { reason } => {
+            assert!(
+                reason.contains("empty.pem holds no PEM certificate"),
+                "{reason}"
+            );
+            assert!(reason.contains("no-such-dir"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
