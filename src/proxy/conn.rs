@@ -9,7 +9,9 @@
 //!   close at once;
 //! - no request in flight for `idle_timeout` (keep-alive, or h2 with no open stream, its
 //!   preface read and no request yet included): close gracefully (h2 GOAWAY, or h1 close
-//!   between requests).
+//!   between requests);
+//! - an h2 header block (HEADERS, then CONTINUATION frames) not whole within
+//!   `header_read_timeout` of its first read: drop it ([`SeesPreface`] fails its next read).
 //!
 //! The request path tells it what happens through [`ConnActive`], held in the request's guards
 //! until its answer ends; an HTTP/2 connection's stream, through [`SeesPreface`], when its
@@ -173,30 +175,152 @@ impl Drop for ConnActive {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A connection's stream that tells its [`ConnState`] ([`ConnState::opened`]) once the whole
-/// HTTP/2 preface has been read through it. hyper reads the preface and says nothing of it; a
-/// client that sent it, and its SETTINGS, and no request yet, is an idle connection, not a
-/// silent one. Past the preface's 24 bytes (or the first byte that is not the preface's) it
-/// only passes reads and writes on.
+/// HTTP/2 preface has been read through it, and then holds each header block the client sends
+/// (a request's head, or its trailers) to the head timeout. hyper reads the preface and says
+/// nothing of it; a client that sent it, and its SETTINGS, and no request yet, is an idle
+/// connection, not a silent one. If the first bytes are not the preface's, it only passes reads
+/// and writes on.
+///
+/// hyper's h2 says nothing of a header block until its last frame (`END_HEADERS`) has come,
+/// and no other frame may come between a HEADERS frame and its CONTINUATION frames (RFC 9113
+/// §6.10): a client that sends a HEADERS frame without `END_HEADERS` and its CONTINUATION
+/// frames slowly, or never, holds the whole connection, and without this was closed only at
+/// `idle_timeout`. So after the preface it follows the client's frames: each read costs a look
+/// at the 9-byte header of each frame that begins in it (a read within a DATA frame's payload,
+/// a subtraction). When a read ends within a header block (from its HEADERS frame's header
+/// to the end of the frame with `END_HEADERS`) or within a frame's header, the head timeout
+/// starts, once, from that read; when a read ends outside both, it stops. If it runs out, the
+/// next read fails (`TimedOut`): hyper ends the connection, dropped as a silent one is (no
+/// GOAWAY: h2 cannot write one mid-block, and a graceful close would wait for the block).
+/// A request whose HEADERS frame came whole in one read never starts the timer.
 #[derive(Debug)]
 pub struct SeesPreface<I> {
     io: I,
-    /// Bytes of the preface read so far; [`SeesPreface::DONE`] once it was whole, or
-    /// something else came.
+    /// Bytes of the preface read so far; [`SeesPreface::FRAMES`] once it was whole,
+    /// [`SeesPreface::DONE`] if something else came.
     matched: usize,
     state: Arc<ConnState>,
+    frames: Frames,
+}
+
+/// Where the client's reads stand in its HTTP/2 frames, and the head timer.
+#[derive(Debug)]
+struct Frames {
+    /// A frame's header cut by the end of a read: its first `got` bytes (0: none).
+    header: [u8; 9],
+    got: usize,
+    /// Bytes of the current frame's payload still to come.
+    rest: usize,
+    /// The current frame is a HEADERS or CONTINUATION frame.
+    in_block: bool,
+    /// A header block is open after the current frame: it has no `END_HEADERS`.
+    open: bool,
+    /// The head timeout (`header_read_timeout`).
+    timeout: Duration,
+    /// The head deadline, made the first time a read ends within a block (most connections
+    /// never make one); polled only while `armed`.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+/// HTTP/2 frame types and the flag that end a header block (RFC 9113 §6.2, §6.10).
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+// === impl Frames ===
+
+impl Frames {
+    /// Follows the frames through `bytes`, the next ones the client sent: a look at each
+    /// frame's header, the payloads skipped.
+    fn walk(&mut self, mut bytes: &[u8]) {
+        loop {
+            let n = self.rest.min(bytes.len());
+            self.rest -= n;
+            bytes = &bytes[n..];
+            if bytes.is_empty() {
+                return;
+            }
+            let h = match bytes.split_first_chunk::<9>() {
+                Some((h, after)) if self.got == 0 => {
+                    bytes = after;
+                    *h
+                }
+                _ => {
+                    let n = (9 - self.got).min(bytes.len());
+                    self.header[self.got..self.got + n].copy_from_slice(&bytes[..n]);
+                    self.got += n;
+                    bytes = &bytes[n..];
+                    if self.got < 9 {
+                        return;
+                    }
+                    self.got = 0;
+                    self.header
+                }
+            };
+            self.rest = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            // Any other frame inside a block is h2's protocol error; it ends the block here.
+            self.in_block = h[3] == HEADERS || h[3] == CONTINUATION;
+            self.open = self.in_block && h[4] & END_HEADERS == 0;
+        }
+    }
+
+    /// Whether the reads so far end within a header block (from its HEADERS frame's header to
+    /// the end of the frame with `END_HEADERS`) or within a frame's header.
+    fn within(&self) -> bool {
+        self.got > 0 || self.open || (self.rest > 0 && self.in_block)
+    }
+
+    /// After a read: starts the head timer if the read ended within a block or a frame's
+    /// header, and it was not running; stops it if the read ended outside both.
+    fn time(&mut self) {
+        let within = self.within();
+        if within == self.armed {
+            return;
+        }
+        self.armed = within;
+        if within {
+            let at = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+    }
+
+    /// Whether the head timer ran out (registering `cx` to be woken when it does).
+    fn ran_out(&mut self, cx: &mut Context<'_>) -> bool {
+        self.armed
+            && self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
 }
 
 // === impl SeesPreface ===
 
 impl<I> SeesPreface<I> {
     const DONE: usize = usize::MAX;
+    const FRAMES: usize = usize::MAX - 1;
 
-    /// `io`, read from its first byte, telling `state`.
-    pub fn new(io: I, state: Arc<ConnState>) -> Self {
+    /// `io`, read from its first byte, telling `state`; a header block must come whole within
+    /// `head_timeout`.
+    pub fn new(io: I, state: Arc<ConnState>, head_timeout: Duration) -> Self {
         SeesPreface {
             io,
             matched: 0,
             state,
+            frames: Frames {
+                header: [0; 9],
+                got: 0,
+                rest: 0,
+                in_block: false,
+                open: false,
+                timeout: head_timeout,
+                timer: None,
+                armed: false,
+            },
         }
     }
 }
@@ -211,16 +335,30 @@ impl<I: AsyncRead + Unpin> AsyncRead for SeesPreface<I> {
         if this.matched == Self::DONE {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
+        if this.matched == Self::FRAMES && this.frames.ran_out(cx) {
+            let msg = "a header block was not whole within header_read_timeout";
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, msg)));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         let got = &buf.filled()[before..];
+        if got.is_empty() {
+            return read;
+        }
+        if this.matched == Self::FRAMES {
+            this.frames.walk(got);
+            this.frames.time();
+            return read;
+        }
         let at = this.matched;
         let n = got.len().min(H2_PREFACE.len() - at);
         if got[..n] != H2_PREFACE[at..at + n] {
             this.matched = Self::DONE;
         } else if at + n == H2_PREFACE.len() {
             this.state.opened();
-            this.matched = Self::DONE;
+            this.matched = Self::FRAMES;
+            this.frames.walk(&got[n..]);
+            this.frames.time();
         } else {
             this.matched = at + n;
         }
@@ -322,7 +460,7 @@ mod tests {
         ] {
             let s = ConnState::new();
             let (mut client, server) = tokio::io::duplex(64);
-            let mut io = SeesPreface::new(server, s.clone());
+            let mut io = SeesPreface::new(server, s.clone(), Duration::from_secs(10));
             let mut sent = H2_PREFACE.to_vec();
             if changed {
                 sent[20] = b'X';
@@ -338,6 +476,83 @@ mod tests {
             }
             assert_eq!(s.quiet(), (0, u64::from(whole)), "{cuts:?} {changed}");
         }
+    }
+
+    /// One frame: its 9-byte header, then `len` bytes of payload.
+    fn frame(kind: u8, flags: u8, len: usize) -> Vec<u8> {
+        let mut f = u32::try_from(len).expect("a frame length").to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, 1]);
+        f.resize(9 + len, 0x55);
+        f
+    }
+
+    /// A header block is followed from its HEADERS frame's header to the end of the frame with
+    /// END_HEADERS, however its frames are cut into reads; other frames, whole or cut in
+    /// their payload, are outside it.
+    #[test]
+    fn a_header_block_is_followed_across_reads() {
+        let mut sent = frame(0x0, 0x1, 300); // DATA
+        let data_end = sent.len();
+        sent.extend(frame(HEADERS, 0x1, 40)); // END_STREAM, no END_HEADERS
+        sent.extend(frame(CONTINUATION, 0, 20));
+        sent.extend(frame(CONTINUATION, END_HEADERS, 20));
+        let block_end = sent.len();
+        sent.extend(frame(0x8, 0, 4)); // WINDOW_UPDATE
+        sent.extend(frame(HEADERS, END_HEADERS, 0));
+        let whole = sent.len();
+        for cut in 1..whole {
+            let mut f = SeesPreface::new((), ConnState::new(), Duration::from_secs(1)).frames;
+            f.walk(&sent[..cut]);
+            // Within a block, or within a frame's 9-byte header.
+            let within = (0..9).contains(&cut)
+                || (data_end + 1..block_end).contains(&cut)
+                || (block_end + 1..block_end + 9).contains(&cut)
+                || (block_end + 14..whole).contains(&cut);
+            assert_eq!(f.within(), within, "cut at {cut}");
+            f.walk(&sent[cut..]);
+            assert!(!f.within(), "cut at {cut}");
+        }
+    }
+
+    /// After the preface, a header block not whole within the head timeout (1 s) fails the
+    /// next read: at 1 s from the read its first bytes came in, not later. A block that ends
+    /// in time stops the clock, and a later one starts it afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_header_block_not_whole_in_the_head_timeout_fails_the_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = ConnState::new();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = SeesPreface::new(server, s.clone(), Duration::from_secs(1));
+        let mut buf = vec![0u8; 1 << 16];
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend(frame(0x4, 0, 0)); // SETTINGS
+        hello.extend(frame(HEADERS, END_HEADERS, 30)); // a whole request
+        hello.extend(frame(HEADERS, 0, 30)); // a block left open
+        client.write_all(&hello).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), hello.len());
+        assert_eq!(s.quiet(), (0, 1));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let end = frame(CONTINUATION, END_HEADERS, 10);
+        client.write_all(&end).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), end.len());
+        // Closed in time: the clock stopped; a DATA frame's payload cut across reads never
+        // starts it.
+        let data = frame(0x0, 0, 100);
+        client.write_all(&data[..50]).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), 50);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client.write_all(&data[50..]).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), data.len() - 50);
+        // A block opened now and never ended: the read waiting for it fails at 1 s.
+        let t0 = Instant::now();
+        client
+            .write_all(&frame(HEADERS, 0, 30))
+            .await
+            .expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), 39);
+        let err = io.read(&mut buf).await.expect_err("the head timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
     }
 
     /// Answers that end between the watchdog's looks move the close to one idle period after

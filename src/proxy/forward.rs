@@ -566,12 +566,11 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
     if sent.hosts > 1 {
         return Some("the request carries more than one host header");
     }
-    // RFC 9112 §3.2. An absolute-form target stands in for it (its authority is the one
-    // used); CONNECT's `host:port` does not: a tunnel is a request like any other there.
-    if sent.hosts == 0
-        && req.version() == Version::HTTP_11
-        && (req.uri().authority().is_none() || req.method() == http::Method::CONNECT)
-    {
+    // RFC 9112 §3.2: a server MUST answer 400 to any HTTP/1.1 request without one, whatever
+    // its target: neither an absolute-form target's authority (the one used when both are
+    // sent) nor CONNECT's `host:port` stands in for it. HTTP/1.0 needs none; HTTP/2 requests
+    // have `:authority` (their version is HTTP_2).
+    if sent.hosts == 0 && req.version() == Version::HTTP_11 {
         return Some("an HTTP/1.1 request must carry a host header");
     }
     None
@@ -1178,7 +1177,11 @@ mod tests {
             );
         }
         let target = |uri: &'static str| {
-            let req = Request::builder().uri(uri).body(()).expect("request");
+            let req = Request::builder()
+                .uri(uri)
+                .header("host", "a.example")
+                .body(())
+                .expect("request");
             authority_problem(&req, Sent::of(req.headers()))
         };
         assert_eq!(target("http://a.example:8080/x"), None);
@@ -1243,18 +1246,21 @@ mod tests {
             .body(())
             .expect("request");
         assert!(authority_problem(&two, Sent::of(two.headers())).is_some());
-        let none = Request::builder().uri("/").body(()).expect("request");
-        assert!(authority_problem(&none, Sent::of(none.headers())).is_some());
-        let h10 = Request::builder()
-            .uri("/")
-            .version(Version::HTTP_10)
-            .body(())
-            .expect("request");
-        let sent = Sent::of(h10.headers());
-        assert!(
-            authority_problem(&h10, sent).is_none(),
-            "HTTP/1.0 needs no host"
-        );
+        for target in ["/", "http://a.example/x"] {
+            let none = Request::builder().uri(target).body(()).expect("request");
+            let sent = Sent::of(none.headers());
+            assert!(authority_problem(&none, sent).is_some(), "{target}");
+            let h10 = Request::builder()
+                .uri(target)
+                .version(Version::HTTP_10)
+                .body(())
+                .expect("request");
+            let sent = Sent::of(h10.headers());
+            assert!(
+                authority_problem(&h10, sent).is_none(),
+                "HTTP/1.0 needs no host: {target}"
+            );
+        }
         let connect = |version| {
             Request::builder()
                 .method(http::Method::CONNECT)

@@ -925,8 +925,9 @@ async fn serve_hyper<I>(
                     head,
                 }
             });
-            // A whole h2 preface makes it an idle connection, not a silent one.
-            let io = super::conn::SeesPreface::new(io, state.clone());
+            // A whole h2 preface makes it an idle connection, not a silent one; a header
+            // block must then come whole within the head timeout.
+            let io = super::conn::SeesPreface::new(io, state.clone(), lst.head_timeout);
             let conn = lst
                 .server
                 .serve_connection_with_upgrades(TokioIo::new(io), answering);

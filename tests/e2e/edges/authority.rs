@@ -284,7 +284,8 @@ async fn a_connection_list_never_removes_the_authority_or_the_length() {
     let (s, _, _) = setup().await;
     let lean =
         "GET /x HTTP/1.1\r\nHost: routed.example\r\nConnection: host\r\nConnection: close\r\n\r\n";
-    let absolute = "GET http://routed.example/x HTTP/1.1\r\nConnection: Host, close\r\n\r\n";
+    let absolute = "GET http://routed.example/x HTTP/1.1\r\nHost: other.example\r\n\
+                    Connection: Host, close\r\n\r\n";
     let hypers = "POST /x HTTP/1.1\r\nHost: routed.example\r\nConnection: HOST, close\r\n\
                   Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
     let length =
@@ -320,6 +321,33 @@ async fn a_connection_list_never_removes_the_authority_or_the_length() {
         "{}",
         rsp.text()
     );
+}
+
+/// An HTTP/1.1 request without `host` is 400 whatever its target (RFC 9112 §3.2: a server
+/// MUST answer 400 to any HTTP/1.1 request that lacks one), an absolute-form one too, on the
+/// lean path and after a hand-off to hyper; HTTP/1.0 needs none, and its absolute-form target
+/// is routed and forwarded as `host`. Before, an absolute-form target stood in for `host`: the
+/// HTTP/1.1 requests were forwarded (200).
+#[tokio::test]
+async fn an_http11_absolute_form_request_without_host_is_refused() {
+    let (s, _, _) = setup().await;
+    let lean = "GET http://routed.example/x HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let hypers = "POST http://routed.example/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\
+                  Connection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+    for req in [lean, hypers] {
+        assert_refused(&send(&s, req).await, 400, "bad_request");
+    }
+    assert_eq!(s.routed.hits(), 0, "refusals reach no upstream");
+
+    // `TE` hands the connection to hyper.
+    let h10_lean = "GET http://routed.example/x HTTP/1.0\r\n\r\n";
+    let h10_hypers = "GET http://routed.example/x HTTP/1.0\r\nTE: trailers\r\n\r\n";
+    for (i, req) in [h10_lean, h10_hypers].into_iter().enumerate() {
+        let rsp = send(&s, req).await;
+        assert_eq!(rsp.status(), Some(200), "{req:?}: {}", rsp.text());
+        assert_eq!(s.routed.header(i, "host"), ["routed.example"], "{req:?}");
+    }
+    assert_eq!(s.other.hits(), 0);
 }
 
 /// A `host` must be `uri-host [":" port]` (RFC 9112 §3.2: 400 otherwise), and so must an

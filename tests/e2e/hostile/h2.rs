@@ -396,6 +396,59 @@ async fn an_h2_preface_and_settings_then_nothing_waits_the_idle_timeout_and_gets
     assert_eq!(app.hits(), 0);
 }
 
+/// A header block whose CONTINUATION frames come slowly (one every 400 ms, then none; never
+/// `END_HEADERS`) holds the whole connection, as no other frame may come inside it (RFC 9113
+/// §6.10). The head timeout (1 s) is for a request's head (SPEC §2): the connection is dropped
+/// about 1 s after the HEADERS frame, with no GOAWAY (as a silent one), not held until the
+/// idle timeout (10 s; before, it was still open at 6 s). A block whose last frame comes within the timeout is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_dripped_in_continuations_is_cut_at_the_head_timeout() {
+    let app = Capture::start(super::OK).await;
+    let rt = "runtime: { header_read_timeout: 1s, idle_timeout: 10s }";
+    let proxy = proxy_with(app.addr(), rt).await;
+    let addr = proxy.listener("inbound");
+    let mut piece = Vec::new();
+    literal(&mut piece, "x-drip", "a");
+    let step = |pause: u64, bytes: Vec<u8>| Step {
+        pause: Duration::from_millis(pause),
+        bytes,
+    };
+
+    // Each block is sent 200 ms in, once the server's SETTINGS are acknowledged: an ACK
+    // inside a block would be the client's protocol error.
+    let steps = vec![
+        step(200, frame(HEADERS, END_STREAM, 1, &get_block("/ok"))),
+        step(300, frame(CONTINUATION, 0, 1, &piece)),
+        step(300, frame(CONTINUATION, END_HEADERS, 1, &piece)),
+    ];
+    let out = session(open(addr).await, steps, Duration::from_secs(2)).await;
+    println!("a header block whole in 0.6 s: {out:?}");
+    assert_eq!(out.seen.headers, 1, "answered: {out:?}");
+    assert!(!out.seen.closed, "and kept: {out:?}");
+
+    let mut steps = vec![step(
+        200,
+        frame(HEADERS, END_STREAM, 1, &get_block("/drip")),
+    )];
+    // Three, and then nothing: fewer than h2's own guard (GOAWAY ENHANCE_YOUR_CALM after a
+    // count of CONTINUATION frames; it times nothing) lets through.
+    steps.extend((0..3).map(|_| step(400, frame(CONTINUATION, 0, 1, &piece))));
+    let out = session(open(addr).await, steps, Duration::from_secs(6)).await;
+    println!("a header block dripped in CONTINUATION frames: {out:?}");
+    let closed = out.closed_after.expect("closed within 6 s");
+    assert!(
+        closed >= Duration::from_millis(1_100) && closed < Duration::from_millis(2_200),
+        "dropped at the head timeout (1 s) from its HEADERS frame (0.2 s): {out:?}"
+    );
+    assert_eq!((out.seen.headers, out.seen.goaway), (0, None), "{out:?}");
+    assert_eq!(
+        app.hits(),
+        1,
+        "the dripped request never reached the upstream"
+    );
+    assert_still_serving(&proxy, "a dripped h2 header block").await;
+}
+
 /// At SIGTERM, an idle HTTP/2 connection whose client never answers PING does not hold the
 /// exit for the whole `shutdown_grace` (30 s here): no request is in flight, so it is dropped
 /// `CLOSING_QUIET` (2 s) after the drain's GOAWAY. Before, rampart exited only at the grace's
