@@ -28,6 +28,12 @@
 #                          several requests ready at each wake-up, as under a real load, and the
 #                          scheduler's cost per wake-up is shared by them (with client.py each
 #                          request wakes the worker twice)
+#   HEAD [host]            with LOAD_CONNS only: host: wrk's own head (the request line and
+#                          `host`); api: eight lines more, the same on every request, as a
+#                          browser's or an API client's request carries them (user-agent, accept,
+#                          accept-encoding, accept-language, content-type, x-request-id, a
+#                          93-byte cookie, authorization with a 318-byte bearer token: a head of
+#                          about 800 bytes)
 #   WARMUP [500]  REQUESTS [2000]  TOP [25]  BASE_PORT [18800]
 #   DUMP_INSTR [no]        yes: the dump counts each instruction (callgrind's --dump-instr), so
 #                          the calls of a function (memcpy) can be told apart by call site
@@ -49,6 +55,7 @@ H2=${H2:-0}
 CONNS=${CONNS:-1}
 LOAD_CONNS=${LOAD_CONNS:-0}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
+HEAD=${HEAD:-host}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -72,6 +79,28 @@ bench_setup
 [[ $LOAD_CONNS =~ ^[0-9]+$ && $LOAD_SECONDS =~ ^[1-9][0-9]*$ ]] ||
     die "LOAD_CONNS must be a whole number and LOAD_SECONDS a positive one"
 [[ $H2 == 0 || $LOAD_CONNS == 0 ]] || die "LOAD_CONNS is for HTTP/1.1"
+case $HEAD in
+    host) head_args=() ;;
+    api)
+        ((LOAD_CONNS > 0)) || die "HEAD=api needs LOAD_CONNS > 0 (the lines are wrk's)"
+        # An ES256 token's shape (header, claims, a 64-byte signature), not one rampart checks.
+        token=eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6IjIwMjYtMTIifQ
+        token+=.eyJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20vIiwic3ViIjoidXNlci00ODIxMyIsImF1ZCI6ImFwaSIs
+        token+=InRlbmFudCI6ImFjbWUiLCJwbGFuIjoicHJvIiwiaWF0IjoxNzk2NTE1MjAwLCJleHAiOjE3OTY1MTg4MDB9
+        token+=.l5EZk7Pbs70nwQL1S5AKqoF3CL7hw67fMIvDiOTVMAc4haWBFBtbioCrJn6sbKRtrpl_63g0SDy1uJaQCBgmHg
+        head_args=(
+            -H "user-agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+            -H "accept: application/json, text/plain, */*"
+            -H "accept-encoding: gzip, deflate, br, zstd"
+            -H "accept-language: en-US,en;q=0.9"
+            -H "content-type: application/json"
+            -H "x-request-id: 6f1c2a9e-3b7d-4e58-9a0c-d2e4f6a8b1c3"
+            -H "cookie: session=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08; theme=dark; lang=en"
+            -H "authorization: Bearer $token"
+        )
+        ;;
+    *) die "HEAD must be host or api, not '$HEAD'" ;;
+esac
 case $CONFIG in
     rampart | log) template=$here/rampart.yaml ;;
     policy) template=$here/rampart-policy.yaml ;;
@@ -122,7 +151,7 @@ client() {
 ((WARMUP > 0)) && client "$WARMUP"
 callgrind_control -z "$vg_pid" >/dev/null
 if ((LOAD_CONNS > 0)); then
-    run_wrk -t1 -c"$LOAD_CONNS" -d"${LOAD_SECONDS}s" "http://$listen/" >"$work/wrk.out" 2>&1
+    run_wrk "${head_args[@]}" -t1 -c"$LOAD_CONNS" -d"${LOAD_SECONDS}s" "http://$listen/" >"$work/wrk.out" 2>&1
     # Requests still in flight when wrk stops are in the count too: at most LOAD_CONNS of them.
     REQUESTS=$(awk '/requests in/ {print $1}' "$work/wrk.out")
     if ! [[ $REQUESTS =~ ^[1-9][0-9]*$ ]]; then
@@ -143,7 +172,7 @@ done
 grep -qs '^totals:' "$part" || die "callgrind wrote no dump: $(tail -n 5 "$work/rampart.log")"
 stop rampart
 
-log "$CONFIG, upstream $UPSTREAM$([[ $H2 == 1 ]] && echo ", over h2c")$( ((LOAD_CONNS > 0)) && echo ", wrk on $LOAD_CONNS connections"), $REQUESTS requests after $WARMUP: dump in $part"
+log "$CONFIG, upstream $UPSTREAM$([[ $H2 == 1 ]] && echo ", over h2c")$( ((LOAD_CONNS > 0)) && echo ", wrk on $LOAD_CONNS connections, head $HEAD"), $REQUESTS requests after $WARMUP: dump in $part"
 # The report, in Python: callgrind_annotate's self costs per function, per request.
 report=$(
     cat <<'EOF'

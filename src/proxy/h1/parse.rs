@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::proxy::body::ClientIn;
-use crate::proxy::forward::Sent;
+use crate::proxy::forward::{Noted, Sent};
 
 /// Most header lines in a request head, over either protocol (README, `head_too_large`; the
 /// count Apache's `LimitRequestFields` allows by default): more are answered 431. The lean
@@ -112,11 +112,11 @@ pub fn h2_preface(read: &[u8]) -> bool {
 pub struct Reuse {
     /// An empty header map to fill (the previous answer's, emptied).
     pub map: Option<HeaderMap>,
-    /// The previous head's header names, in order: where `spelled` holds each as sent, and
-    /// the name parsed from it. A client sends the same names in the same order on each
-    /// request, and a name found here is not parsed (or, for a name that is not a standard
-    /// one, allocated) again.
-    pub names: Vec<(u32, u32, HeaderName)>,
+    /// The previous head's header names, in order: where `spelled` holds each as sent, the
+    /// name parsed from it, and what [`Sent`] notes of it. A client sends the same names in
+    /// the same order on each request, and a name found here is not parsed (or, for a name
+    /// that is not a standard one, allocated) or classified again.
+    pub names: Vec<(u32, u32, HeaderName, Noted)>,
     /// The kept names as sent, one after another. A copy of their own: a kept name must not
     /// hold on to the buffer a head was read into (the connection's read buffer, now).
     spelled: Vec<u8>,
@@ -298,18 +298,19 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
     let mut framing = Framing::default();
     reuse.lines.clear();
     for (i, h) in raw.headers.iter().enumerate() {
-        let kept = reuse.names.get(i).filter(|(from, to, _)| {
+        let kept = reuse.names.get(i).filter(|(from, to, _, _)| {
             reuse.spelled.get(*from as usize..*to as usize) == Some(h.name.as_bytes())
         });
-        let name = match kept {
+        let (name, noted) = match kept {
             // The same bytes as the name kept at this place: the same name.
-            Some((_, _, n)) => n.clone(),
+            Some((_, _, n, noted)) => (n.clone(), *noted),
             None => {
                 let Ok(n) = HeaderName::from_bytes(h.name.as_bytes()) else {
                     return Err(Stop::HandOff);
                 };
-                keep_name(reuse, i, h.name.as_bytes(), &n);
-                n
+                let noted = Noted::of(&n);
+                keep_name(reuse, i, h.name.as_bytes(), &n, noted);
+                (n, noted)
             }
         };
         match name {
@@ -336,13 +337,13 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
             // The same value as the last one checked: valid.
             header::HOST if reuse.host == h.value => sent.note_valid_host(),
             header::HOST => {
-                sent.note(&name, h.value);
+                sent.note_as(Noted::Host, h.value);
                 if !sent.bad_host && h.value.len() <= HOST_KEPT_MAX {
                     reuse.host.clear();
                     reuse.host.extend_from_slice(h.value);
                 }
             }
-            _ => sent.note(&name, h.value),
+            _ => sent.note_as(noted, h.value),
         }
         let (vs, ve) = at(h.value);
         reuse.lines.push((name, vs, ve));
@@ -454,7 +455,7 @@ fn body_length(value: &[u8]) -> Option<usize> {
 
 /// Keeps `name`, sent as `spelled`, as the name at place `i` of the next heads (within the
 /// bounds on names and on their bytes).
-fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName) {
+fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName, noted: Noted) {
     if reuse.spelled.len() + spelled.len() > SPELLED_MAX {
         // Names that keep changing (a replaced name's bytes stay until now): start again.
         reuse.names.clear();
@@ -465,7 +466,7 @@ fn keep_name(reuse: &mut Reuse, i: usize, spelled: &[u8], name: &HeaderName) {
     }
     let from = reuse.spelled.len() as u32;
     reuse.spelled.extend_from_slice(spelled);
-    let entry = (from, reuse.spelled.len() as u32, name.clone());
+    let entry = (from, reuse.spelled.len() as u32, name.clone(), noted);
     match reuse.names.get_mut(i) {
         Some(slot) => *slot = entry,
         None => reuse.names.push(entry),
@@ -842,9 +843,39 @@ mod tests {
         let other = names(b"GET / HTTP/1.1\r\nX-Tenant-Ie: v\r\nHost: c\r\nAccept: */*\r\n\r\n");
         assert_eq!(other, ["x-tenant-ie=v", "host=c", "accept=*/*"]);
         assert_eq!(reuse.names.len(), 3);
-        let (from, to, name) = &reuse.names[0];
+        let (from, to, name, _) = &reuse.names[0];
         assert_eq!(name.as_str(), "x-tenant-ie");
         assert_eq!(&reuse.spelled[*from as usize..*to as usize], b"X-Tenant-Ie");
+    }
+
+    /// What `Sent` notes of a name is kept with the name: a head that sends the same names
+    /// again notes the same of them, and a name replaced at its place is noted afresh.
+    #[test]
+    fn kept_names_are_noted_as_they_were_first() {
+        let mut reuse = Reuse::default();
+        let mut sent = |bytes: &[u8]| match parse(&mut BytesMut::from(bytes), MAX, &mut reuse) {
+            Parsed::Simple(h) => h.sent,
+            other => panic!("{other:?}"),
+        };
+        let alias =
+            b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded-For: 1.2.3.4\r\nx-request-id: r\r\n\r\n";
+        for _ in 0..2 {
+            let s = sent(alias);
+            assert!(s.underscored && s.any_underscore, "{s:?}");
+            assert!(s.request_id && !s.forwarded_for && s.hosts == 1, "{s:?}");
+        }
+        let other = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\nx_other: r\r\n\r\n";
+        for _ in 0..2 {
+            let s = sent(other);
+            assert!(!s.underscored && s.any_underscore, "{s:?}");
+            assert!(!s.request_id && s.forwarded_for && s.hosts == 1, "{s:?}");
+        }
+        let plain = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\nx-other: r\r\n\r\n";
+        let s = sent(plain);
+        assert!(
+            !s.underscored && !s.any_underscore && s.forwarded_for,
+            "{s:?}"
+        );
     }
 
     /// A head is taken off the connection's buffer without a copy, and once the request is
