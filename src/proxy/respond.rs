@@ -311,6 +311,31 @@ mod tests {
     }
 
     #[test]
+    fn a_contentless_status_goes_without_body_length_or_type() {
+        for code in [204, 205, 304] {
+            let status = http::StatusCode::from_u16(code).expect("status");
+            let rsp = fault_abort(status, false);
+            assert!(matches!(rsp.body(), Body::Empty), "{code}");
+            assert!(rsp.headers().get(CONTENT_TYPE).is_none(), "{code}");
+            assert_eq!(rsp.headers()[FAULT_HEADER], "abort");
+            let fixed = crate::policy::fallback::Replacement::Static(
+                crate::policy::fallback::StaticParts {
+                    status,
+                    content_type: HeaderValue::from_static("text/plain"),
+                    body: bytes::Bytes::from_static(b"hello"),
+                },
+            );
+            let mut rsp = degraded(Reason::Timeout, fixed);
+            with_request_id(&mut rsp, &HeaderValue::from_static("id"));
+            assert!(matches!(rsp.body(), Body::Empty), "{code}");
+            assert!(rsp.headers().get(CONTENT_LENGTH).is_none(), "{code}");
+            assert_eq!(rsp.headers()[REASON_HEADER], "timeout");
+        }
+        let rsp = fault_abort(http::StatusCode::OK, false);
+        assert!(matches!(rsp.body(), Body::Full(Some(_))));
+    }
+
+    #[test]
     fn every_reason_is_read_back_from_its_text() {
         for r in Reason::ALL {
             assert_eq!(Reason::from_text(r.as_str().as_bytes()), Some(r));
