@@ -149,6 +149,7 @@ pub fn fault_abort(status: http::StatusCode, delayed: bool) -> Response<Body> {
     let mark = if delayed { "delay, abort" } else { "abort" };
     rsp.headers_mut()
         .insert(FAULT_HEADER, HeaderValue::from_static(mark));
+    without_content(&mut rsp);
     rsp
 }
 
@@ -183,7 +184,31 @@ pub fn degraded(replaced: Reason, with: Replacement) -> Response<Body> {
     let h = rsp.headers_mut();
     h.insert(DEGRADED_HEADER, HeaderValue::from_static(kind));
     h.insert(REASON_HEADER, HeaderValue::from_static(replaced.as_str()));
+    without_content(&mut rsp);
     rsp
+}
+
+/// Whether an answer of `status` carries no content: 204 (RFC 9110 §15.3.5), 205 (§15.3.6)
+/// and 304 (§15.4.5). rampart's own answers of these statuses go without a body
+/// ([`without_content`]); `validate` warns of a `fallback.static` body that would not be sent.
+pub fn contentless(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 204 | 205 | 304)
+}
+
+/// rampart's own answer `rsp` with no body, no `content-length` and no `content-type` when
+/// its status is [`contentless`] (a configured status: an injected abort's, a static
+/// fallback's, or a kept answer's). Over HTTP/2 a length on a 204, or a length other than the
+/// 200's on a 304, makes the client reset the stream (RFC 9110 §8.6, RFC 9113 §8.1.1). The
+/// lean HTTP/1.1 writer frames a bodiless 205 with `content-length: 0`, which its framing
+/// needs (RFC 9112 §6.3: only 1xx, 204 and 304 end at their head).
+fn without_content(rsp: &mut Response<Body>) {
+    if !contentless(rsp.status()) {
+        return;
+    }
+    *rsp.body_mut() = Body::Empty;
+    let h = rsp.headers_mut();
+    h.remove(CONTENT_LENGTH);
+    h.remove(CONTENT_TYPE);
 }
 
 /// A kept answer replayed for a repeated idempotency key, byte for byte, marked
@@ -283,6 +308,31 @@ mod tests {
         to_grpc(&mut rsp);
         assert!(rsp.headers().get(GRPC_STATUS).is_none());
         assert_eq!(rsp.headers()[CONTENT_TYPE], "text/plain");
+    }
+
+    #[test]
+    fn a_contentless_status_goes_without_body_length_or_type() {
+        for code in [204, 205, 304] {
+            let status = http::StatusCode::from_u16(code).expect("status");
+            let rsp = fault_abort(status, false);
+            assert!(matches!(rsp.body(), Body::Empty), "{code}");
+            assert!(rsp.headers().get(CONTENT_TYPE).is_none(), "{code}");
+            assert_eq!(rsp.headers()[FAULT_HEADER], "abort");
+            let fixed = crate::policy::fallback::Replacement::Static(
+                crate::policy::fallback::StaticParts {
+                    status,
+                    content_type: HeaderValue::from_static("text/plain"),
+                    body: bytes::Bytes::from_static(b"hello"),
+                },
+            );
+            let mut rsp = degraded(Reason::Timeout, fixed);
+            with_request_id(&mut rsp, &HeaderValue::from_static("id"));
+            assert!(matches!(rsp.body(), Body::Empty), "{code}");
+            assert!(rsp.headers().get(CONTENT_LENGTH).is_none(), "{code}");
+            assert_eq!(rsp.headers()[REASON_HEADER], "timeout");
+        }
+        let rsp = fault_abort(http::StatusCode::OK, false);
+        assert!(matches!(rsp.body(), Body::Full(Some(_))));
     }
 
     #[test]

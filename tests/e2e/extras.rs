@@ -1232,3 +1232,114 @@ async fn a_full_table_of_claims_in_flight_is_never_evicted() {
     assert_eq!(t3.header("x-rampart-idempotent-replay"), Some("true"));
     assert_eq!(app.hits_for("/slow"), 4);
 }
+
+/// One inbound route to `app` under `policy`, its access log written to `$LOG`.
+fn logged_policy(policy: &str) -> String {
+    with_policy(policy).replace(
+        "    listen: $LISTEN_inbound\n",
+        "    listen: $LISTEN_inbound\n    access_log: { to: $LOG, sample_ok: 100% }\n",
+    )
+}
+
+/// rampart's own answers of 204, 205 and 304 (a static fallback's, an injected abort's) go
+/// without content, over HTTP/1.1 and HTTP/2: no body, no `content-length` (205 over HTTP/1.1
+/// says `content-length: 0`, which its framing needs), and 0 bytes out in the access log.
+/// Before, HTTP/2 clients got a stream reset (PROTOCOL_ERROR: `content-length: 5` on a 204 or
+/// 304 whose body was dropped), a 205 was sent with its body over both, and the log counted
+/// bytes that were never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contentless_fallback_or_abort_goes_without_body_or_length_on_h1_and_h2() {
+    let app = sample().await;
+    for status in [204u16, 205, 304] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("access.jsonl");
+        let proxy = Proxy::builder(&logged_policy(&format!(
+            "{{ timeout: {{ request: 50ms }}, fallback: {{ on: [timeout], static: {{ status: {status}, body: hello }} }}, fault: {{ header: x-chaos, abort: {{ percent: 100%, status: {status} }} }} }}"
+        )))
+        .var("APP", app.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+        let addr = proxy.listener("inbound");
+
+        for chaos in [&[][..], &[("x-chaos", "1")][..]] {
+            let rsp = http::h2_get(addr, "/slow?ms=2000", chaos).await;
+            assert_eq!(rsp.status, status, "{rsp:?}");
+            assert_eq!(rsp.header("content-length"), None, "{rsp:?}");
+            assert!(rsp.body.is_empty(), "{status}: {rsp:?}");
+            let marker = match chaos.is_empty() {
+                true => "x-rampart-degraded",
+                false => "x-rampart-fault",
+            };
+            assert!(rsp.header(marker).is_some(), "{rsp:?}");
+        }
+
+        for (chaos, marker) in [
+            ("", "x-rampart-degraded"),
+            ("x-chaos: 1\r\n", "x-rampart-fault"),
+        ] {
+            let req = format!(
+                "GET /slow?ms=2000 HTTP/1.1\r\nhost: app\r\n{chaos}connection: close\r\n\r\n"
+            );
+            let raw =
+                crate::support::raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+            let text = raw.text();
+            assert_eq!(raw.status(), Some(status), "{text}");
+            assert!(raw.header(marker).is_some(), "{status} {marker}: {text}");
+            let length = raw.header("content-length");
+            match status {
+                205 => assert_eq!(length.as_deref(), Some("0"), "{text}"),
+                _ => assert_eq!(length, None, "{text}"),
+            }
+            assert!(raw.header("content-type").is_none(), "{text}");
+            let (_, after) = text.split_once("\r\n\r\n").expect("a whole head");
+            assert_eq!(after, "", "{status}: no content after the head");
+            assert!(raw.closed, "{status}: the answer ends at its head");
+        }
+
+        let lines = crate::support::wait_log_lines(&log, 4).await;
+        for line in &lines {
+            assert_eq!(line["status"], status, "{line}");
+            assert_eq!(line["bytes_out"], 0, "{status}: {line}");
+        }
+    }
+}
+
+/// A `fault.abort.status` of 1xx is refused (an interim answer is never a request's last),
+/// so a reload to one leaves the abort in force as it was, over HTTP/1.1 and HTTP/2. Before,
+/// the reload was taken with a warning, and the abort of 100 or 103 came out as a bare 500
+/// from hyper without rampart's headers, 101 as a switch to nothing and a closed connection,
+/// and all three as a stream reset over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_an_interim_abort_status_is_refused_and_the_old_abort_holds() {
+    let app = sample().await;
+    let abort = |status: u16| {
+        with_policy(&format!(
+            "{{ fault: {{ header: x-chaos, abort: {{ percent: 100%, status: {status} }} }} }}"
+        ))
+    };
+    let mut proxy = Proxy::builder(&abort(503))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let chaos = [("x-chaos", "1")];
+    for (n, status) in [100u16, 101, 103].into_iter().enumerate() {
+        proxy.rewrite_config(&abort(status));
+        proxy.signal("HUP");
+        let want = (n + 1) as f64;
+        assert_eventually!(
+            reloads(&metrics(proxy.admin()).await, "failure") >= want,
+            "the reload to {status} must be refused; log:\n{}",
+            proxy.log()
+        );
+        assert_eq!(reloads(&metrics(proxy.admin()).await, "success"), 0.0);
+        let rsp = http::get(addr, "/ok", &chaos).await;
+        rsp.assert_rampart(503, "fault_injected");
+        assert_eq!(rsp.header("x-rampart-fault"), Some("abort"));
+        let rsp = http::h2_get(addr, "/ok", &chaos).await;
+        rsp.assert_rampart(503, "fault_injected");
+        assert_eq!(rsp.header("x-rampart-fault"), Some("abort"));
+    }
+    assert_eq!(app.hits_for("/ok"), 0);
+}

@@ -40,7 +40,7 @@ fn fault_bounds_are_checked_at_their_keys() {
         &policy("{ fault: { abort: { percent: 5%, status: 600 } } }"),
         "policies.p.fault.abort.status",
     );
-    assert!(e.message.contains("100 to 599"), "{e}");
+    assert!(e.message.contains("200 to 599"), "{e}");
     fails_at(
         &policy("{ fault: { delay: { percent: 10%, duration: 0s } } }"),
         "policies.p.fault.delay.duration",
@@ -171,7 +171,7 @@ fn an_abort_with_a_success_status_draws_a_warning_at_its_place() {
         + 1;
     assert_eq!(col, expected_col, "{}", all[0]);
     assert!(all[0].message.contains("not an error status"), "{}", all[0]);
-    for status in [302, 100] {
+    for status in [302, 204] {
         let text = policy(&format!(
             "{{ fault: {{ abort: {{ percent: 5%, status: {status} }} }} }}"
         ));
@@ -183,5 +183,74 @@ fn an_abort_with_a_success_status_draws_a_warning_at_its_place() {
         ));
         let all = warnings(&text);
         assert!(all.is_empty(), "{status}: {all:#?}");
+    }
+}
+
+/// A 1xx is an interim answer, never a request's last: an abort with one is refused at its
+/// place, in the words `fallback.static.status` uses. Before, it was only a warning, and the
+/// abort came out as a bare 500 from hyper (100, 103), a 101 without `upgrade` and a closed
+/// connection, or an HTTP/2 stream reset.
+#[test]
+fn an_abort_with_an_interim_status_is_refused_at_its_place() {
+    for status in [100, 101, 103, 199, 600] {
+        let e = fails_at(
+            &policy(&format!(
+                "{{ fault: {{ abort: {{ percent: 5%, status: {status} }} }} }}"
+            )),
+            "policies.p.fault.abort.status",
+        );
+        assert_eq!(
+            e.message,
+            format!("{status} cannot be an injected abort: use 200 to 599")
+        );
+    }
+    let e = fails_at(
+        &policy("{ fallback: { on: [timeout], static: { status: 103 } } }"),
+        "policies.p.fallback.static.status",
+    );
+    assert_eq!(e.message, "103 cannot be a fallback answer: use 200 to 599");
+}
+
+/// A static fallback of 204, 205 or 304 goes without content (RFC 9110 §15.3.5, §15.3.6,
+/// §15.4.5), so a body given with one is never sent: accepted, with a warning at the body's
+/// line and column. Without a body, or with a status that has one, no warning.
+#[test]
+fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
+    for status in [204, 205, 304] {
+        let text = policy(&format!(
+            "{{ timeout: {{ request: 50ms }}, fallback: {{ on: [timeout], static: {{ status: {status}, body: hello }} }} }}"
+        ));
+        let all = warnings(&text);
+        assert_eq!(all.len(), 1, "{status}: {all:#?}");
+        let (line, col, path) = spot(&all[0]);
+        assert_eq!(path, "policies.p.fallback.static.body");
+        let at = text
+            .lines()
+            .position(|l| l.contains("body: hello"))
+            .expect("the line");
+        assert_eq!(line, at + 1, "{}", all[0]);
+        let expected_col = text
+            .lines()
+            .nth(at)
+            .and_then(|l| l.find("body: hello"))
+            .expect("col")
+            + 1;
+        assert_eq!(col, expected_col, "{}", all[0]);
+        assert!(
+            all[0]
+                .message
+                .starts_with(&format!("a {status} answer carries no content")),
+            "{}",
+            all[0]
+        );
+    }
+    for quiet in [
+        "{ fallback: { on: [timeout], static: { status: 204 } } }",
+        "{ fallback: { on: [timeout], static: { status: 304, body: '' } } }",
+        "{ fallback: { on: [timeout], static: { status: 200, body: hello } } }",
+        "{ fallback: { on: [timeout], static: { status: 206, body: hello } } }",
+    ] {
+        let all = warnings(&policy(quiet));
+        assert!(all.is_empty(), "{quiet}: {all:#?}");
     }
 }

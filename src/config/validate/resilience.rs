@@ -48,10 +48,11 @@ pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
         }
     }
     if let Some(a) = &f.abort {
-        if !(100..=599).contains(&a.status) {
+        // A 1xx is an interim answer, never a request's last: as for `fallback.static`.
+        if !(200..=599).contains(&a.status) {
             r.value(
                 &p.key("abort").key("status"),
-                format!("{} is not an HTTP status: use 100 to 599", a.status),
+                format!("{} cannot be an injected abort: use 200 to 599", a.status),
             );
         } else if a.status < 400 {
             // Acts (the answer is that status, marked `fault_injected`), but a drill's abort
@@ -96,6 +97,18 @@ pub(super) fn fallback(f: &Fallback, p: &KeyPath, r: &mut Report<'_>) {
             r.value(
                 &sp.key("status"),
                 format!("{} cannot be a fallback answer: use 200 to 599", s.status),
+            );
+        }
+        if !s.body.is_empty()
+            && http::StatusCode::from_u16(s.status).is_ok_and(crate::proxy::respond::contentless)
+        {
+            // Acts (the answer is that status), but goes without the body.
+            r.warn(
+                &sp.key("body"),
+                format!(
+                    "a {} answer carries no content: this body is never sent; remove it, or use a status that has a body",
+                    s.status
+                ),
             );
         }
         if http::HeaderValue::from_str(&s.content_type).is_err() {
