@@ -494,10 +494,7 @@ impl<'a> Report<'a> {
         });
         match meta {
             Ok(m) if m.is_file() => {}
-            Ok(_) => self.value(
-                path,
-                format!("{what} {:?} is not a regular file", shown.to_string()),
-            ),
+            Ok(_) => self.value(path, crate::tls::pem::not_regular(what, file)),
             Err(e) => self.value(
                 path,
                 format!("cannot read {what} {:?}: {e}", shown.to_string()),

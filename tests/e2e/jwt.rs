@@ -402,6 +402,43 @@ async fn a_rotated_jwks_file_is_read_again() {
     );
 }
 
+/// A JWKS file replaced by a FIFO: each refresh refuses it by what it is, in the words
+/// `rampart validate` uses (before, it read the FIFO as empty and said "not a JWKS: EOF while
+/// parsing"), never waits on it, and keeps the last good keys.
+#[tokio::test]
+async fn a_jwks_file_turned_fifo_is_refused_at_refresh_as_validate_refuses_it() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let path = write_jwks(dir.path(), &jwks(&[&r]));
+    let proxy = start(app.addr(), &path, "200ms").await;
+    let fifo = crate::support::fifo(dir.path());
+    std::fs::rename(&fifo, &path).expect("the FIFO takes the JWKS file's place");
+    let said = format!("JWKS file {path:?} is not a regular file");
+    // As written, or inside a JSON log line.
+    let logged = |log: String| log.contains(&said) || log.contains(&said.replace('"', "\\\""));
+    assert_eventually!(logged(proxy.log()), "{said} in:\n{}", proxy.log());
+    assert!(
+        !proxy.log().contains("EOF while parsing"),
+        "{}",
+        proxy.log()
+    );
+    let out = crate::support::proxy::run(&[
+        "validate",
+        "--config",
+        &proxy.config_path().display().to_string(),
+    ])
+    .await;
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&said), "validate says the same: {err}");
+    // The refresh never blocked: the last good keys still verify.
+    let t = bearer(&token(&r, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+}
+
 #[tokio::test]
 async fn a_jwks_url_gates_readiness_and_rotates() {
     let app = sample().await;
