@@ -452,6 +452,14 @@ impl<'a> Report<'a> {
         self.doc.scalar(&self.doc.written(path)).is_some()
     }
 
+    /// True when `path` is written in the text with an empty (null) value: its items
+    /// commented out, `~` or `null`. serde reads it as not written.
+    pub(super) fn is_null(&self, path: &KeyPath) -> bool {
+        self.doc
+            .plain_scalar(&self.doc.written(path))
+            .is_some_and(de::is_null)
+    }
+
     /// True when `path` is written as a list in the text.
     pub(super) fn doc_has_index(&self, path: &KeyPath) -> bool {
         self.doc.is_seq(&self.doc.written(path))

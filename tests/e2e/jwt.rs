@@ -439,6 +439,54 @@ async fn a_jwks_file_turned_fifo_is_refused_at_refresh_as_validate_refuses_it() 
     assert_eq!(rsp.status, 200, "{}", rsp.text());
 }
 
+/// `issuers:` or `audiences:` left null (its items commented out, `~`) was read as not
+/// written, with a generic warning: `validate` passed and a token of any issuer was served.
+/// Refused, where it is written, as `[]` is.
+#[tokio::test]
+async fn validate_refuses_null_issuers_and_audiences() {
+    for (from, to, at) in [
+        (
+            "issuers: [https://issuer.test/]",
+            "issuers: ~",
+            "tenants.from[0].jwt.issuers",
+        ),
+        (
+            "audiences: [orders]",
+            "audiences:\n          # - orders",
+            "tenants.from[0].jwt.audiences",
+        ),
+        (
+            "audiences: [orders]",
+            "audiences: [orders, \" \"]",
+            "tenants.from[0].jwt.audiences[1]",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let template = TEMPLATE.replace(from, to);
+        assert_ne!(template, TEMPLATE);
+        let rendered = Proxy::builder(&template)
+            .var("APP", "127.0.0.1:1")
+            .var("JWKS", write_jwks(dir.path(), &jwks(&[&rsa("r1")])))
+            .var("REFRESH", "5m")
+            .render();
+        let out = crate::support::proxy::run(&[
+            "validate",
+            "--config",
+            &rendered.path.display().to_string(),
+        ])
+        .await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_ne!(out.status.code(), Some(0), "{to}: {err}");
+        assert!(err.contains(&format!("{at}: ")), "{to}: {err}");
+        assert!(
+            err.contains("is empty (null), which would be read as not written")
+                || err.contains("matches no token"),
+            "{to}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_jwks_url_gates_readiness_and_rotates() {
     let app = sample().await;
