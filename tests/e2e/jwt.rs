@@ -2,6 +2,7 @@
 
 mod identity;
 mod keys;
+mod lines;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
