@@ -595,17 +595,17 @@ impl Identify {
     }
 
     /// The message of a request [`Identify::identify_for`] refused as [`Reason::InvalidToken`],
-    /// asked only on the refusal path: one that carries more than one token (two lines of a
-    /// `jwt` source's header, or two tokens on one) is told so, not that verification failed.
+    /// asked only on the refusal path: lines that carry a token but not as one (two tokens,
+    /// text after one, other credentials beside it; `jwt/bearer.rs`) are told what is wrong,
+    /// not that verification failed.
     pub fn invalid_token_message(&self, headers: &HeaderMap) -> &'static str {
-        let several = self.sources.iter().any(|s| match s {
-            Source::Jwt(j) => j.several(headers),
-            _ => false,
-        });
-        match several {
-            true => "the request carries more than one bearer token; send exactly one",
-            false => "the bearer token failed verification",
-        }
+        self.sources
+            .iter()
+            .find_map(|s| match s {
+                Source::Jwt(j) => j.malformed(headers),
+                _ => None,
+            })
+            .unwrap_or("the bearer token failed verification")
     }
 
     /// The first source's tenant, `None` when no source names one.

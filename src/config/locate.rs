@@ -257,6 +257,17 @@ impl Doc {
         }
     }
 
+    /// The text of the plain (unquoted) scalar at `path`, if it is one: where a null
+    /// (`~`, `null`, nothing) is told from the string `"~"`.
+    pub(super) fn plain_scalar(&self, path: &KeyPath) -> Option<&str> {
+        match self.find(path) {
+            Some(Node::Scalar {
+                text, plain: true, ..
+            }) => Some(text),
+            _ => None,
+        }
+    }
+
     fn find(&self, path: &KeyPath) -> Option<&Node> {
         let mut node = self.root.as_ref();
         for seg in &path.0 {

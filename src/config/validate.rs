@@ -456,6 +456,14 @@ impl<'a> Report<'a> {
         self.doc.scalar(&self.doc.written(path)).is_some()
     }
 
+    /// True when `path` is written in the text with an empty (null) value: its items
+    /// commented out, `~` or `null`. serde reads it as not written.
+    pub(super) fn is_null(&self, path: &KeyPath) -> bool {
+        self.doc
+            .plain_scalar(&self.doc.written(path))
+            .is_some_and(de::is_null)
+    }
+
     /// True when `path` is written as a list in the text.
     pub(super) fn doc_has_index(&self, path: &KeyPath) -> bool {
         self.doc.is_seq(&self.doc.written(path))
@@ -498,10 +506,7 @@ impl<'a> Report<'a> {
         });
         match meta {
             Ok(m) if m.is_file() => {}
-            Ok(_) => self.value(
-                path,
-                format!("{what} {:?} is not a regular file", shown.to_string()),
-            ),
+            Ok(_) => self.value(path, crate::tls::pem::not_regular(what, file)),
             Err(e) => self.value(
                 path,
                 format!("cannot read {what} {:?}: {e}", shown.to_string()),

@@ -8,6 +8,7 @@
 //! outcome briefly (`cache.rs`) so a hot client costs one signature check a minute. The JWKS is
 //! kept fresh by `refresh.rs`.
 
+mod bearer;
 mod cache;
 mod keys;
 mod refresh;
@@ -21,6 +22,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use self::bearer::Found;
 use self::cache::{TokenCache, CACHE_TTL_NANOS};
 use self::keys::KeyStore;
 use crate::clock::WallClock;
@@ -156,56 +158,28 @@ impl Jwt {
     /// a token (`Basic ...` is someone else's business). Any other header exists only to
     /// carry a token, and gateways put it there bare (`x-goog-iap-jwt-assertion`,
     /// `cf-access-jwt-assertion`): its value is the token, after an optional `Bearer `, and a
-    /// value that is no good token is refused rather than passed over. An empty value is no
-    /// token.
+    /// value that is no good token is refused rather than passed over. The rule in full, for
+    /// both (lines with no token, several, text beside one): `bearer.rs`.
     pub fn check(&self, headers: &HeaderMap) -> Option<Result<Arc<Verified>, Reason>> {
-        let (value, more) = super::named(headers, &self.header);
-        let value = value?;
-        if more {
-            return Some(Err(Reason::InvalidToken));
+        match self.found(headers) {
+            Found::Nothing => None,
+            Found::Token(token) => Some(self.verify(token)),
+            Found::Bad(_) => Some(Err(Reason::InvalidToken)),
         }
-        let token = if self.header == http::header::AUTHORIZATION {
-            let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return None;
-            }
-            token
-        } else {
-            // Not text: no token either (a JWT is ASCII), but one was sent.
-            let Ok(text) = value.to_str() else {
-                return Some(Err(Reason::InvalidToken));
-            };
-            let text = text.trim();
-            match text.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
-                // `Bearer` and nothing: no token, as in `authorization`.
-                None if text.eq_ignore_ascii_case("bearer") => return None,
-                _ => text,
-            }
-        };
-        let token = token.trim();
-        if token.is_empty() {
-            return None;
-        }
-        Some(self.verify(token))
     }
 
-    /// Whether `headers` carry more than one token where this source reads one: two lines of
-    /// its header (each refused alike, as a guess between them would be), or one line of
-    /// two (`Bearer a, Bearer a`), which no token matches. Asked only to word a refusal.
-    pub fn several(&self, headers: &HeaderMap) -> bool {
-        match super::named(headers, &self.header) {
-            (Some(_), true) => true,
-            (Some(v), false) => v.to_str().is_ok_and(|t| {
-                let t = t.trim();
-                let token = match t.split_once(' ') {
-                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
-                    _ => t,
-                };
-                token.trim().contains([',', ' '])
-            }),
-            (None, _) => false,
+    /// Why the token lines of `headers` are refused before any verification, if they are:
+    /// asked only to word a refusal.
+    pub fn malformed(&self, headers: &HeaderMap) -> Option<&'static str> {
+        match self.found(headers) {
+            Found::Bad(b) => Some(b.message()),
+            _ => None,
         }
+    }
+
+    fn found<'h>(&self, headers: &'h HeaderMap) -> Found<'h> {
+        let bare = self.header != http::header::AUTHORIZATION;
+        bearer::find(headers, &self.header, bare)
     }
 
     /// Verifies `token`, from the cache when it was verified lately.

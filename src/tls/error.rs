@@ -78,6 +78,16 @@ pub enum TlsFileError {
         /// What was wrong.
         detail: String,
     },
+    /// The path names no regular file (a FIFO, a device, a directory): every file rampart
+    /// reads is one, and reading another may wait for data that never comes. `message` is
+    /// worded as `rampart validate` words it ([`super::pem::not_regular`]).
+    #[error("{message}")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What is said of it.
+        message: String,
+    },
     /// A client certificate was given without its key, or a key without its certificate.
     #[error("{}: {missing} not set; a client certificate needs both cert and key", given.display())]
     Incomplete {
@@ -122,7 +132,8 @@ impl TlsFileError {
             | TlsFileError::NoKey { path }
             | TlsFileError::Expired { path, .. }
             | TlsFileError::NotYetValid { path, .. }
-            | TlsFileError::Invalid { path, .. } => path,
+            | TlsFileError::Invalid { path, .. }
+            | TlsFileError::NotRegular { path, .. } => path,
             TlsFileError::KeyMismatch { key, .. } => key,
             TlsFileError::Incomplete { given, .. } => given,
         }

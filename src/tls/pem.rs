@@ -242,9 +242,24 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
     read_capped(path, MAX_FILE, "a certificate, key or CA file")
 }
 
+/// What is said of `path`, a file of kind `what` (`"JWKS file"`, with or without its
+/// article), when it is no regular file: the same words from `rampart validate` and from a
+/// read at start, reload or a JWKS refresh.
+pub(crate) fn not_regular(what: &str, path: &Path) -> String {
+    let kind = what
+        .strip_prefix("a ")
+        .or_else(|| what.strip_prefix("an "))
+        .unwrap_or(what);
+    format!(
+        "{kind} {:?} is not a regular file",
+        path.display().to_string()
+    )
+}
+
 /// Reads `path` whole as [`read`] does, with `cap` its bound and `what` naming the kind of
 /// file in the message of one past it (`"a JWKS file"`): the other small files rampart reads
-/// at start and reload take the same guards.
+/// at start and reload take the same guards. Only a regular file is read: a FIFO is opened
+/// (non-blocking, so that never waits) and refused by what it is, not read as empty.
 pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>, TlsFileError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -275,7 +290,14 @@ pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>, 
         .custom_flags(nonblock)
         .open(path)
         .map_err(unreadable)?;
-    let size = file.metadata().map_err(unreadable)?.len();
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(TlsFileError::NotRegular {
+            path: path.to_path_buf(),
+            message: not_regular(what, path),
+        });
+    }
+    let size = meta.len();
     if size > cap {
         return Err(too_big(size.to_string()));
     }

@@ -2,6 +2,7 @@
 
 mod identity;
 mod keys;
+mod lines;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -400,6 +401,91 @@ async fn a_rotated_jwks_file_is_read_again() {
             .status,
         200
     );
+}
+
+/// A JWKS file replaced by a FIFO: each refresh refuses it by what it is, in the words
+/// `rampart validate` uses (before, it read the FIFO as empty and said "not a JWKS: EOF while
+/// parsing"), never waits on it, and keeps the last good keys.
+#[tokio::test]
+async fn a_jwks_file_turned_fifo_is_refused_at_refresh_as_validate_refuses_it() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let path = write_jwks(dir.path(), &jwks(&[&r]));
+    let proxy = start(app.addr(), &path, "200ms").await;
+    let fifo = crate::support::fifo(dir.path());
+    std::fs::rename(&fifo, &path).expect("the FIFO takes the JWKS file's place");
+    let said = format!("JWKS file {path:?} is not a regular file");
+    // As written, or inside a JSON log line.
+    let logged = |log: String| log.contains(&said) || log.contains(&said.replace('"', "\\\""));
+    assert_eventually!(logged(proxy.log()), "{said} in:\n{}", proxy.log());
+    assert!(
+        !proxy.log().contains("EOF while parsing"),
+        "{}",
+        proxy.log()
+    );
+    let out = crate::support::proxy::run(&[
+        "validate",
+        "--config",
+        &proxy.config_path().display().to_string(),
+    ])
+    .await;
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&said), "validate says the same: {err}");
+    // The refresh never blocked: the last good keys still verify.
+    let t = bearer(&token(&r, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+}
+
+/// `issuers:` or `audiences:` left null (its items commented out, `~`) was read as not
+/// written, with a generic warning: `validate` passed and a token of any issuer was served.
+/// Refused, where it is written, as `[]` is.
+#[tokio::test]
+async fn validate_refuses_null_issuers_and_audiences() {
+    for (from, to, at) in [
+        (
+            "issuers: [https://issuer.test/]",
+            "issuers: ~",
+            "tenants.from[0].jwt.issuers",
+        ),
+        (
+            "audiences: [orders]",
+            "audiences:\n          # - orders",
+            "tenants.from[0].jwt.audiences",
+        ),
+        (
+            "audiences: [orders]",
+            "audiences: [orders, \" \"]",
+            "tenants.from[0].jwt.audiences[1]",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let template = TEMPLATE.replace(from, to);
+        assert_ne!(template, TEMPLATE);
+        let rendered = Proxy::builder(&template)
+            .var("APP", "127.0.0.1:1")
+            .var("JWKS", write_jwks(dir.path(), &jwks(&[&rsa("r1")])))
+            .var("REFRESH", "5m")
+            .render();
+        let out = crate::support::proxy::run(&[
+            "validate",
+            "--config",
+            &rendered.path.display().to_string(),
+        ])
+        .await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_ne!(out.status.code(), Some(0), "{to}: {err}");
+        assert!(err.contains(&format!("{at}: ")), "{to}: {err}");
+        assert!(
+            err.contains("is empty (null), which would be read as not written")
+                || err.contains("matches no token"),
+            "{to}: {err}"
+        );
+    }
 }
 
 #[tokio::test]

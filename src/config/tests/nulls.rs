@@ -276,3 +276,36 @@ fn a_null_section_with_defaults_is_warned_that_they_apply() {
     let cfg = super::super::Config::from_str(&text, "t.yaml").expect("valid");
     assert_eq!(cfg.file.admin.listen.port(), 9901, "{:?}", cfg.file.admin);
 }
+
+/// `client_ca:` left empty was read as not written, with only the generic warning: the
+/// listener served TLS without asking for a client certificate. Refused, saying so.
+#[test]
+fn a_null_client_ca_is_refused_as_mutual_tls_turned_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    for null in ["~", ""] {
+        let text = BASE.replace(
+            "    routes:\n",
+            &format!(
+                "    tls:\n      cert: {}\n      key: {}\n      client_ca: {null}\n    routes:\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+        let e = fails_at(&text, "listeners[0].tls.client_ca");
+        assert!(e.message.starts_with("is empty (null)"), "{e:?}");
+        assert!(e.message.contains("turn mutual TLS off"), "{e:?}");
+        assert!(
+            !errors(&text)
+                .iter()
+                .chain(warnings_of(&text).iter())
+                .any(|e| e.path == "listeners[0].tls.client_ca"
+                    && e.message.contains("read as if it were not written")),
+            "the generic word is not said beside it"
+        );
+    }
+}
+
+fn warnings_of(text: &str) -> Vec<crate::config::ConfigError> {
+    crate::config::Config::from_str(text, "t.yaml").map_or_else(|_| Vec::new(), |c| c.warnings)
+}

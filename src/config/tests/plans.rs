@@ -128,6 +128,46 @@ fn jwt_sources_are_checked() {
     fails_at(&two, "tenants.from[0]");
 }
 
+/// `issuers:` or `audiences:` written null (its items commented out, `~`) was read as not
+/// written, with only the generic warning, and turned its check off: a token of any issuer
+/// was admitted. Refused as `[]` is, where it is written; so is a blank value.
+#[test]
+fn null_issuers_or_audiences_and_blank_values_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("jwks.json");
+    std::fs::write(&good, JWKS).expect("write");
+    let good = good.display().to_string();
+    let rl = "{ per_tenant: { rate: 1/s } }";
+    for (key, claim) in [("issuers", "iss"), ("audiences", "aud")] {
+        let at = format!("tenants.from[0].jwt.{key}");
+        for null in ["~", "null", ""] {
+            let e = fails_at(&with(&jwt(&format!(", {key}: {null}"), &good), rl), &at);
+            assert!(e.message.starts_with("is empty (null)"), "{e:?}");
+            assert!(e.message.contains(&format!("check no `{claim}`")), "{e:?}");
+            assert!(e.message.contains(&format!("omit `{key}`")), "{e:?}");
+            assert_eq!(
+                super::errors(&with(&jwt(&format!(", {key}: {null}"), &good), rl)).len(),
+                1
+            );
+        }
+        // Block style, its one item commented out.
+        let block = format!(
+            "  from:\n    - jwt:\n        claim: org.id\n        jwks: {good}\n        {key}:\n          # - https://issuer.test/\n"
+        );
+        let e = fails_at(&with(&block, rl), &at);
+        assert_eq!((e.line, e.column), (6, 9), "{e:?}");
+        for blank in ["\" \"", "\"\"", "\"\\t\""] {
+            let e = fails_at(
+                &with(&jwt(&format!(", {key}: [x, {blank}]"), &good), rl),
+                &format!("{at}[1]"),
+            );
+            assert!(e.message.contains("matches no token"), "{e:?}");
+        }
+    }
+    // The string "~" is a value, not a null.
+    ok(&with(&jwt(", audiences: [\"~\"]", &good), rl));
+}
+
 #[test]
 fn plans_must_be_defined_where_they_are_used() {
     let rl = "{ per_tenant: { rate: 1/s }, plans: { pro: { rate: 5/s } } }";

@@ -35,6 +35,13 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
             r.readable(&tp.key("key"), &tls.key, "private key");
             if let Some(ca) = &tls.client_ca {
                 r.readable(&tp.key("client_ca"), ca, "client ca bundle");
+            } else if r.is_null(&tp.key("client_ca")) {
+                // Read as not written, it would turn mutual TLS off: every client admitted
+                // without a certificate, where the file asked for one.
+                r.key(
+                    &tp.key("client_ca"),
+                    "is empty (null), which would be read as not written and turn mutual TLS off (clients admitted without a certificate): name the PEM bundle of the CAs whose client certificates this listener requires, or delete `client_ca` to serve without mutual TLS",
+                );
             }
         }
         if let Some(LogTo::File(path)) = l.access_log.as_ref().map(|a| &a.to) {

@@ -60,6 +60,11 @@ pub(super) fn check(r: &mut Report<'_>, file: Option<&File>) {
     for path in nulls {
         let is_value = shape.mistyped.contains(&path);
         let shown = path.to_string();
+        // A null a check of its own refused (`issuers: ~`, `client_ca: ~`) is told that, and
+        // not also that it reads as unwritten.
+        if r.errors.iter().any(|e| e.path == shown) {
+            continue;
+        }
         let about = |e: &&ConfigError| !is_value && is_at(&e.path, &shown);
         let errors: Vec<String> = pr.errors.iter().filter(about).map(said).collect();
         let warnings: Vec<String> = pr.warnings.iter().filter(about).map(said).collect();

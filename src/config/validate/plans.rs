@@ -63,18 +63,27 @@ pub(super) fn jwt_source(j: &JwtSource, i: usize, p: &KeyPath, r: &mut Report<'_
         }
     }
     for (key, list) in [("issuers", &j.issuers), ("audiences", &j.audiences)] {
-        // Left out, the claim is not checked; written empty it would look like a check and be
-        // none (SPEC §13 gives an empty list no meaning).
+        // Left out, the claim is not checked; written empty (`[]`, or null: its items
+        // commented out, `~`) it would look like a check and be none (SPEC §13 gives an empty
+        // list no meaning).
+        let claim = if key == "issuers" { "iss" } else { "aud" };
         if list.is_empty() && r.doc_has_index(&p.key(key)) {
-            let claim = if key == "issuers" { "iss" } else { "aud" };
             r.value(
                 &p.key(key),
                 format!("an empty list checks no `{claim}`: list the accepted values, or omit `{key}` to skip the check"),
             );
+        } else if r.is_null(&p.key(key)) {
+            r.key(
+                &p.key(key),
+                format!("is empty (null), which would be read as not written and check no `{claim}`: list the accepted values, or omit `{key}` to skip the check"),
+            );
         }
         for (i, v) in list.iter().enumerate() {
-            if v.is_empty() {
-                r.value(&p.key(key).idx(i), "an empty value matches no token");
+            if v.trim().is_empty() {
+                r.value(
+                    &p.key(key).idx(i),
+                    "an empty or blank value matches no token: remove it, or write the accepted value",
+                );
             }
         }
     }
