@@ -112,7 +112,7 @@ fn idempotency_bounds_are_checked() {
         &policy("{ idempotency: { max_bytes: 5GiB } }"),
         "policies.p.idempotency.max_bytes",
     );
-    assert!(e.message.contains("the most is 4GiB"), "{e}");
+    assert!(e.message.contains("the most is 4096MiB"), "{e}");
     for fine in ["{ max_body: 1MiB, max_bytes: 1MiB }", "{ max_bytes: 4GiB }"] {
         let text = policy(&format!("{{ idempotency: {fine} }}"));
         assert!(errors(&text).is_empty(), "{fine}");

@@ -270,7 +270,7 @@ fn sizes_and_version_name_the_range_their_checks_take() {
         (
             policy("{ idempotency: { max_bytes: -1 } }"),
             "policies.p.idempotency.max_bytes",
-            "-1 is out of range: it must be between 1B and 4GiB".to_owned(),
+            "-1 is out of range: it must be between 1B and 4096MiB".to_owned(),
         ),
         (
             policy("{ retry: { attempts: 2, buffer: -1 } }"),

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use super::super::file::{Fallback, Fault, Idempotency};
 use super::super::locate::KeyPath;
+use super::super::units::Size;
 use super::{syntax, Report};
 
 /// Largest `fault.delay.duration`: a drill that holds requests longer tests nothing new.
@@ -138,7 +139,11 @@ pub(super) fn idempotency(i: &Idempotency, p: &KeyPath, r: &mut Report<'_>) {
     if i.max_bytes.0 > MAX_IDEMPOTENT_BYTES {
         r.value(
             &p.key("max_bytes"),
-            format!("{} is too large: the most is 4GiB", i.max_bytes),
+            format!(
+                "{} is too large: the most is {}",
+                i.max_bytes,
+                Size(MAX_IDEMPOTENT_BYTES)
+            ),
         );
     }
 }
