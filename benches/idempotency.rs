@@ -46,6 +46,7 @@ fn route() -> RouteIdempotency {
         ttl: Dur(Duration::from_secs(3600)),
         max_body: Size(1 << 20),
         max_entries: 100_000,
+        max_bytes: Size(64 << 20),
     };
     let clock: SharedClock = Arc::new(ManualClock::new());
     RouteIdempotency::build(

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `rampart_idempotency_keys{route}`.
     pub idempotency_keys: IntGaugeVec,
+    /// `rampart_idempotency_bytes{route}`.
+    pub idempotency_bytes: IntGaugeVec,
 }
 
 /// Cached handles for one route: what the request path touches on every request.
@@ -368,6 +370,11 @@ impl Metrics {
             "Idempotency keys held in memory (in flight or kept for replay), per route.",
             &["route"],
         );
+        let idempotency_bytes = gauge(
+            "rampart_idempotency_bytes",
+            "Bytes of answers kept in memory for idempotent replay (bodies, header and trailer fields), per route.",
+            &["route"],
+        );
         Metrics {
             access_log_dropped,
             registry,
@@ -405,6 +412,7 @@ impl Metrics {
             faults_injected,
             fallbacks,
             idempotency_keys,
+            idempotency_bytes,
         }
     }
 

@@ -156,8 +156,16 @@ impl RouteIdempotency {
         let (store, remote) = match kept {
             Some(o) => (o.store.clone(), o.remote.clone()),
             None => {
-                let gauge = metrics.idempotency_keys.with_label_values(&[&**route]);
-                let s = memory::MemoryStore::new(clock.clone(), cfg.ttl.0, cfg.max_entries, gauge);
+                let limits = memory::Limits {
+                    ttl: cfg.ttl.0,
+                    max_entries: cfg.max_entries,
+                    max_bytes: cfg.max_bytes.0,
+                };
+                let gauges = memory::Gauges {
+                    keys: metrics.idempotency_keys.with_label_values(&[&**route]),
+                    bytes: metrics.idempotency_bytes.with_label_values(&[&**route]),
+                };
+                let s = memory::MemoryStore::new(clock.clone(), limits, gauges);
                 match global {
                     Some(g) => {
                         let r = Arc::new(RedisIdempotency::new(g.clone(), s, cfg.ttl.0));

@@ -14,7 +14,7 @@
 //!
 //! When the store is down or slow, a claim falls back to this process's in-memory store, so a
 //! repeat on the same replica is still caught; `complete` and `release` go to both (each acts
-//! only on its own claim). `max_entries` bounds only that fallback.
+//! only on its own claim). `max_entries` and `max_bytes` bound only that fallback.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -971,6 +971,100 @@ async fn in_flight_is_409_5xx_is_not_kept_and_a_large_answer_is_not_replayable()
     assert_eq!(held, Some(5.0), "{text}");
 }
 
+/// Kept answers are bounded in bytes per route (`max_bytes`), not only by `max_entries` ×
+/// `max_body`: many distinct keys with large answers keep at most `max_bytes` of them, the
+/// oldest losing their body first. Such a key still guards its request (a repeat is 422
+/// `idempotency_not_replayable` and does not run again); the newest still replays. Before,
+/// 1500 keys with 1 MiB answers took 1.6 GB with the example configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
+    let app = sample().await;
+    let policy =
+        "{ idempotency: { ttl: 1h, max_body: 64KiB, max_bytes: 200KiB, max_entries: 1000 } }";
+    let proxy = Proxy::builder(&with_policy(policy))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = |i: usize| format!("big-{i}");
+    for i in 0..20 {
+        let first = http::post(addr, "/bytes/50000", &[("idempotency-key", &key(i))], "").await;
+        assert_eq!(first.status, 200);
+        assert_eq!(first.body.len(), 50000, "sent whole");
+        let text = metrics(proxy.admin()).await;
+        let held = metric_value(&text, "rampart_idempotency_bytes", &[("route", "app")]);
+        let held = held.unwrap_or_else(|| panic!("no bytes gauge: {text}"));
+        assert!(held <= 200.0 * 1024.0, "after {i}: {held} bytes held");
+    }
+    let text = metrics(proxy.admin()).await;
+    let held = metric_value(&text, "rampart_idempotency_bytes", &[("route", "app")]);
+    assert!(
+        held.is_some_and(|b| b >= 150_000.0),
+        "the newest are kept: {text}"
+    );
+    let keys = metric_value(&text, "rampart_idempotency_keys", &[("route", "app")]);
+    assert_eq!(keys, Some(20.0), "their keys stay: {text}");
+
+    http::post(addr, "/bytes/50000", &[("idempotency-key", &key(0))], "")
+        .await
+        .assert_rampart(422, "idempotency_not_replayable");
+    let newest = http::post(addr, "/bytes/50000", &[("idempotency-key", &key(19))], "").await;
+    assert_eq!(newest.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(newest.body.len(), 50000);
+    assert_eq!(app.hits_for("/bytes/50000"), 20, "no repeat ran again");
+}
+
+/// An expired entry is freed, not only ignored: once `ttl` has passed with no more traffic,
+/// the keys and bytes held fall to 0 (a sweep runs every quarter `ttl`). Before, 30 s after
+/// traffic stopped the keys of a `ttl: 2s` route were all still held, with their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_idempotency_keys_are_freed_when_traffic_stops() {
+    let app = sample().await;
+    let policy = "{ idempotency: { ttl: 1s, max_body: 4KiB } }";
+    let proxy = Proxy::builder(&with_policy(policy))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    for i in 0..10 {
+        let k = format!("short-{i}");
+        assert_eq!(
+            http::post(addr, "/bytes/1000", &[("idempotency-key", &k)], "")
+                .await
+                .status,
+            200
+        );
+    }
+    let gauges = |text: &str| {
+        let of = |name| metric_value(text, name, &[("route", "app")]);
+        (
+            of("rampart_idempotency_keys"),
+            of("rampart_idempotency_bytes"),
+        )
+    };
+    let text = metrics(proxy.admin()).await;
+    let (keys, bytes) = gauges(&text);
+    assert_eq!(keys, Some(10.0), "{text}");
+    assert!(bytes.is_some_and(|b| b >= 10_000.0), "{text}");
+
+    // ttl (1 s) and a sweep period (250 ms) later, with margin: at most 3 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = metrics(proxy.admin()).await;
+        if gauges(&text) == (Some(0.0), Some(0.0)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired keys still held 3 s after a 1 s ttl: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Expired: a repeat runs again.
+    http::post(addr, "/bytes/1000", &[("idempotency-key", "short-0")], "").await;
+    assert_eq!(app.hits_for("/bytes/1000"), 11);
+}
+
 /// An upstream that answers 200 to every request, with a header line for each `h=NAME:VALUE`
 /// of its query, and a body naming the request's `authorization`; it closes each connection
 /// after its answer, so it is down for good once the returned task is aborted.

@@ -101,6 +101,10 @@ pub struct Idempotency {
     /// Keys kept in memory at most (oldest out first).
     #[serde(default = "default_idempotency_max_entries")]
     pub max_entries: u64,
+    /// Bytes of kept answers in memory at most, per route: past it the oldest answers are
+    /// dropped and their keys stay, not replayable.
+    #[serde(default = "default_idempotency_max_bytes")]
+    pub max_bytes: Size,
 }
 
 fn default_static_status() -> u16 {
@@ -125,4 +129,8 @@ fn default_idempotency_max_body() -> Size {
 
 fn default_idempotency_max_entries() -> u64 {
     100_000
+}
+
+fn default_idempotency_max_bytes() -> Size {
+    Size(64 << 20)
 }

@@ -98,6 +98,26 @@ fn idempotency_bounds_are_checked() {
     assert!(e.message.starts_with("must be at least 1 (got 0)"), "{e}");
     assert!(e.message.contains("without the key's protection"), "{e}");
     assert!(warnings(&policy("{ idempotency: { max_body: 1 } }")).is_empty());
+    // The cap on kept answers must hold one answer of max_body, and is at most 4GiB.
+    let e = fails_at(
+        &policy("{ idempotency: { max_body: 2MiB, max_bytes: 1MiB } }"),
+        "policies.p.idempotency.max_bytes",
+    );
+    assert!(
+        e.message
+            .starts_with("must be at least max_body (2MiB), got 1MiB"),
+        "{e}"
+    );
+    let e = fails_at(
+        &policy("{ idempotency: { max_bytes: 5GiB } }"),
+        "policies.p.idempotency.max_bytes",
+    );
+    assert!(e.message.contains("the most is 4096MiB"), "{e}");
+    for fine in ["{ max_body: 1MiB, max_bytes: 1MiB }", "{ max_bytes: 4GiB }"] {
+        let text = policy(&format!("{{ idempotency: {fine} }}"));
+        assert!(errors(&text).is_empty(), "{fine}");
+        assert!(warnings(&text).is_empty(), "{fine}");
+    }
 }
 
 /// A fault's delay or abort of 0% is accepted (a drill turned down to nothing) but injects

@@ -268,6 +268,11 @@ fn sizes_and_version_name_the_range_their_checks_take() {
             format!("{huge} is out of range: it must be between 1B and 16MiB"),
         ),
         (
+            policy("{ idempotency: { max_bytes: -1 } }"),
+            "policies.p.idempotency.max_bytes",
+            "-1 is out of range: it must be between 1B and 4096MiB".to_owned(),
+        ),
+        (
             policy("{ retry: { attempts: 2, buffer: -1 } }"),
             "policies.p.retry.buffer",
             "-1 is out of range: it must be between 0B and 16MiB".to_owned(),

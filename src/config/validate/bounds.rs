@@ -59,6 +59,11 @@ const SIZES: &[(&str, u64, u64)] = &[
         1,
         resilience::MAX_IDEMPOTENT_BODY,
     ),
+    (
+        "policies.*.idempotency.max_bytes",
+        1,
+        resilience::MAX_IDEMPOTENT_BYTES,
+    ),
 ];
 
 /// The refusal of `text`, a number no size can be, at `path` when it is a size key: the

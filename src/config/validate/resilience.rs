@@ -4,12 +4,16 @@ use std::collections::HashSet;
 
 use super::super::file::{Fallback, Fault, Idempotency};
 use super::super::locate::KeyPath;
+use super::super::units::Size;
 use super::{syntax, Report};
 
 /// Largest `fault.delay.duration`: a drill that holds requests longer tests nothing new.
 const MAX_FAULT_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
 /// Largest `idempotency.max_body`: every kept answer may hold this much.
 pub(super) const MAX_IDEMPOTENT_BODY: u64 = 16 << 20;
+
+/// Largest `idempotency.max_bytes`: the memory one route's kept answers may take.
+pub(super) const MAX_IDEMPOTENT_BYTES: u64 = 4 << 30;
 
 /// Checks `fault` at `p`.
 pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
@@ -134,6 +138,25 @@ pub(super) fn idempotency(i: &Idempotency, p: &KeyPath, r: &mut Report<'_>) {
         r.value(
             &p.key("max_body"),
             format!("{} is too large: the most is 16MiB", i.max_body),
+        );
+    }
+    if i.max_bytes.0 < i.max_body.0 {
+        r.value(
+            &p.key("max_bytes"),
+            format!(
+                "must be at least max_body ({}), got {}: an answer of max_body could never be kept",
+                i.max_body, i.max_bytes
+            ),
+        );
+    }
+    if i.max_bytes.0 > MAX_IDEMPOTENT_BYTES {
+        r.value(
+            &p.key("max_bytes"),
+            format!(
+                "{} is too large: the most is {}",
+                i.max_bytes,
+                Size(MAX_IDEMPOTENT_BYTES)
+            ),
         );
     }
 }

@@ -1,44 +1,80 @@
-//! The in-memory idempotency store: one per route, bounded by `max_entries`, oldest finished
-//! answer out first. A claim in flight is never evicted (its repeat would run the request
-//! again); when all `max_entries` are claims in flight, a new key is refused ([`Begin::Full`],
-//! 503 `idempotency_table_full`) until one ends or expires.
+//! The in-memory idempotency store: one per route, bounded by `max_entries` keys and
+//! `max_bytes` of kept answers. Oldest finished answer out first at `max_entries`; a claim in
+//! flight is never evicted (its repeat would run the request again); when all `max_entries`
+//! are claims in flight, a new key is refused ([`Begin::Full`], 503 `idempotency_table_full`)
+//! until one ends or expires. Past `max_bytes`, the oldest kept answers lose their body and
+//! stay as keys that are not replayable (a repeat is 422 `idempotency_not_replayable`, as for
+//! an answer over `max_body`): the key still guards against running the request twice, and
+//! costs a fixed few dozen bytes, counted by `max_entries`.
 //!
-//! A `parking_lot` mutex guards a map and an insertion-order queue; it is held for a map
+//! A `parking_lot` mutex guards a map, a claim-order queue (for `max_entries`), a
+//! completion-order queue (for `max_bytes`) and a heap of expiries; it is held for a map
 //! operation only, never across an await. Entries expire `ttl` after they were claimed or
-//! finished, a held claim at the end of its hold; an expired entry is treated as absent and
-//! dropped when met. The number of keys
-//! held is kept in a gauge.
+//! finished, a held claim at the end of its hold; expired entries are dropped from the heap's
+//! top on every call (each expiry is popped once: amortised O(log n)), and by a task that
+//! sweeps every quarter `ttl` (10 ms to 5 s) while the store lives, so memory and the gauges
+//! fall when traffic stops. The keys held are in the gauge `rampart_idempotency_keys`, the
+//! bytes of kept answers in `rampart_idempotency_bytes`.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use http::HeaderMap;
 use prometheus::IntGauge;
 
 use super::{Begin, BoxFuture, Digest, IdempotencyStore, StoreKey, StoredAnswer};
 use crate::clock::SharedClock;
 
+/// The bounds of one store.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long an entry lives after its claim or its answer.
+    pub ttl: Duration,
+    /// Most keys held.
+    pub max_entries: u64,
+    /// Most bytes of kept answers (bodies, header and trailer fields).
+    pub max_bytes: u64,
+}
+
+/// The gauges a store keeps current.
+#[derive(Clone, Debug)]
+pub struct Gauges {
+    /// `rampart_idempotency_keys{route}`.
+    pub keys: IntGauge,
+    /// `rampart_idempotency_bytes{route}`.
+    pub bytes: IntGauge,
+}
+
 /// Keys of one route, in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    inner: parking_lot::Mutex<Inner>,
+    inner: Arc<parking_lot::Mutex<Inner>>,
     clock: SharedClock,
     ttl: u64,
     max_entries: usize,
-    gauge: IntGauge,
+    max_bytes: usize,
+    gauges: Gauges,
+    /// Whether the sweeping task was started (or no runtime could take it).
+    sweeping: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     map: HashMap<StoreKey, Slot>,
-    /// Eviction order, oldest first; a claim in flight met here goes to the back.
+    /// Eviction order, oldest claim first; a claim in flight met here goes to the back.
     order: VecDeque<(StoreKey, u64)>,
+    /// Kept answers, oldest answer first: the first to lose their body past `max_bytes`.
+    kept: VecDeque<(StoreKey, u64)>,
+    /// Every expiry set, soonest on top; an item whose slot has since changed is skipped.
+    due: BinaryHeap<Reverse<Due>>,
     seq: u64,
-    /// Slots in flight, expired ones included until they are dropped.
+    /// Slots in flight.
     in_flight: usize,
-    /// When a sweep may find an expired claim (clock nanos): no claim in flight expires
-    /// before (lowered as claims are made or held, set by each sweep).
-    next_sweep: u64,
+    /// Bytes of kept answers.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -53,46 +89,87 @@ struct Slot {
 #[derive(Debug)]
 enum State {
     InFlight,
-    Done(Arc<StoredAnswer>),
+    Done(Arc<StoredAnswer>, usize),
     TooLarge,
+}
+
+/// An expiry: the slot of `key` claimed as `seq` goes at `at`, if it still expires then.
+#[derive(Debug)]
+struct Due {
+    at: u64,
+    seq: u64,
+    key: StoreKey,
+}
+
+// === impl Due ===
+
+// Ordered by time, then claim: the key plays no part.
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 // === impl MemoryStore ===
 
 impl MemoryStore {
-    /// An empty store keeping entries `ttl`, at most `max_entries`, counted in `gauge`.
-    pub fn new(clock: SharedClock, ttl: Duration, max_entries: u64, gauge: IntGauge) -> Self {
-        gauge.set(0);
+    /// An empty store within `limits`, counted in `gauges`.
+    pub fn new(clock: SharedClock, limits: Limits, gauges: Gauges) -> Self {
+        gauges.keys.set(0);
+        gauges.bytes.set(0);
         MemoryStore {
             inner: Default::default(),
             clock,
-            ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
-            max_entries: usize::try_from(max_entries).unwrap_or(usize::MAX).max(1),
-            gauge,
+            ttl: u64::try_from(limits.ttl.as_nanos()).unwrap_or(u64::MAX),
+            max_entries: usize::try_from(limits.max_entries)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            max_bytes: usize::try_from(limits.max_bytes).unwrap_or(usize::MAX),
+            gauges,
+            sweeping: AtomicBool::new(false),
         }
     }
 
     fn begin_now(&self, key: &StoreKey, digest: Digest) -> Begin {
         let now = self.clock.now_nanos();
         let mut g = self.inner.lock();
-        if let Some(slot) = g.map.get(key) {
-            if now <= slot.expires {
-                return match (&slot.state, slot.digest == digest) {
-                    (_, false) => Begin::Reused,
-                    (State::InFlight, true) => Begin::InFlight,
-                    (State::Done(a), true) => Begin::Replay(a.clone()),
-                    (State::TooLarge, true) => Begin::NotReplayable,
-                };
+        let swept = g.sweep(now);
+        let found = g.map.get(key).filter(|s| now <= s.expires).map(|slot| {
+            match (&slot.state, slot.digest == digest) {
+                (_, false) => Begin::Reused,
+                (State::InFlight, true) => Begin::InFlight,
+                (State::Done(a, _), true) => Begin::Replay(a.clone()),
+                (State::TooLarge, true) => Begin::NotReplayable,
             }
+        });
+        if let Some(found) = found {
+            if swept {
+                report(&g, &self.gauges);
+            }
+            return found;
         }
-        if g.in_flight >= self.max_entries && !g.make_room(now, self.max_entries) {
-            self.gauge.set(g.map.len() as i64);
+        // The sweep dropped every expired claim: those left are live.
+        if g.in_flight >= self.max_entries {
+            report(&g, &self.gauges);
             return Begin::Full;
         }
         g.seq += 1;
         let seq = g.seq;
         let expires = now.saturating_add(self.ttl);
-        g.next_sweep = g.next_sweep.min(expires.saturating_add(1));
         let slot = Slot {
             digest,
             state: State::InFlight,
@@ -104,10 +181,78 @@ impl MemoryStore {
         }
         g.in_flight += 1;
         g.order.push_back((key.clone(), seq));
+        g.due_at(key, seq, expires);
         g.evict(self.max_entries, now);
-        self.gauge.set(g.map.len() as i64);
+        report(&g, &self.gauges);
+        drop(g);
+        self.start_sweeping();
         Begin::Claimed
     }
+
+    /// Drops the expired entries now; the sweeping task calls it, and tests.
+    pub fn sweep(&self) {
+        sweep(&self.inner, &self.clock, &self.gauges);
+    }
+
+    /// Starts, once, the task that sweeps expired entries while traffic is quiet, if a runtime
+    /// runs here (unit tests have none and call [`MemoryStore::sweep`] themselves).
+    fn start_sweeping(&self) {
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let period = (Duration::from_nanos(self.ttl) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let inner = Arc::downgrade(&self.inner);
+        let (clock, gauges) = (self.clock.clone(), self.gauges.clone());
+        drop(rt.spawn(sweep_every(inner, clock, gauges, period)));
+    }
+}
+
+/// Sweeps the store behind `inner` every `period` until it is dropped (a reload that changes
+/// the section, say): without it the entries of a key never met again would stay until
+/// `max_entries` pushed them out.
+async fn sweep_every(
+    inner: Weak<parking_lot::Mutex<Inner>>,
+    clock: SharedClock,
+    gauges: Gauges,
+    period: Duration,
+) {
+    let start = tokio::time::Instant::now() + period;
+    let mut tick = tokio::time::interval_at(start, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        sweep(&inner, &clock, &gauges);
+    }
+}
+
+fn sweep(inner: &parking_lot::Mutex<Inner>, clock: &SharedClock, gauges: &Gauges) {
+    let now = clock.now_nanos();
+    let mut g = inner.lock();
+    g.sweep(now);
+    report(&g, gauges);
+}
+
+fn report(g: &Inner, gauges: &Gauges) {
+    gauges
+        .keys
+        .set(i64::try_from(g.map.len()).unwrap_or(i64::MAX));
+    gauges.bytes.set(i64::try_from(g.bytes).unwrap_or(i64::MAX));
+}
+
+/// What a kept answer counts against `max_bytes`: its body and its header and trailer fields.
+fn size_of(a: &StoredAnswer) -> usize {
+    let fields = |h: &HeaderMap| {
+        h.iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum::<usize>()
+    };
+    a.body.len() + fields(&a.headers) + a.trailers.as_ref().map_or(0, fields)
 }
 
 impl IdempotencyStore for MemoryStore {
@@ -118,17 +263,40 @@ impl IdempotencyStore for MemoryStore {
 
     fn complete(&self, key: &StoreKey, digest: Digest, answer: Option<StoredAnswer>) {
         let now = self.clock.now_nanos();
+        let expires = now.saturating_add(self.ttl);
+        let sized = answer.map(|a| {
+            let size = size_of(&a);
+            (a, size)
+        });
         let mut g = self.inner.lock();
-        if let Some(slot) = g.map.get_mut(key) {
-            if slot.digest == digest && matches!(slot.state, State::InFlight) {
-                slot.state = match answer {
-                    Some(a) => State::Done(Arc::new(a)),
-                    None => State::TooLarge,
-                };
-                slot.expires = now.saturating_add(self.ttl);
-                g.in_flight -= 1;
-            }
+        let Some(slot) = g.map.get_mut(key) else {
+            return;
+        };
+        if slot.digest != digest || !matches!(slot.state, State::InFlight) {
+            return;
         }
+        let seq = slot.seq;
+        slot.expires = expires;
+        let kept = match sized {
+            // One answer larger than the whole cap is not kept, as one over `max_body`.
+            Some((a, size)) if size <= self.max_bytes => {
+                slot.state = State::Done(Arc::new(a), size);
+                Some(size)
+            }
+            _ => {
+                slot.state = State::TooLarge;
+                None
+            }
+        };
+        g.in_flight -= 1;
+        g.due_at(key, seq, expires);
+        if let Some(size) = kept {
+            g.bytes += size;
+            g.kept.push_back((key.clone(), seq));
+            g.shed_bytes(self.max_bytes);
+        }
+        g.sweep(now);
+        report(&g, &self.gauges);
     }
 
     fn release(&self, key: &StoreKey, digest: Digest) {
@@ -142,18 +310,20 @@ impl IdempotencyStore for MemoryStore {
                 g.forget(&old);
             }
         }
-        self.gauge.set(g.map.len() as i64);
+        report(&g, &self.gauges);
     }
 
     fn hold(&self, key: &StoreKey, digest: Digest, hold: Duration) {
         let now = self.clock.now_nanos();
         let until = now.saturating_add(u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX));
         let mut g = self.inner.lock();
-        if let Some(slot) = g.map.get_mut(key) {
-            if slot.digest == digest && matches!(slot.state, State::InFlight) {
-                slot.expires = until;
-                g.next_sweep = g.next_sweep.min(until.saturating_add(1));
-            }
+        let Some(slot) = g.map.get_mut(key) else {
+            return;
+        };
+        if slot.digest == digest && matches!(slot.state, State::InFlight) {
+            slot.expires = until;
+            let seq = slot.seq;
+            g.due_at(key, seq, until);
         }
     }
 
@@ -165,30 +335,93 @@ impl IdempotencyStore for MemoryStore {
 // === impl Inner ===
 
 impl Inner {
-    /// Drops the count of `old`, a slot taken out of the map.
+    /// Drops the counts of `old`, a slot taken out of the map.
     fn forget(&mut self, old: &Slot) {
-        if matches!(old.state, State::InFlight) {
-            self.in_flight -= 1;
+        match old.state {
+            State::InFlight => self.in_flight -= 1,
+            State::Done(_, size) => self.bytes -= size,
+            State::TooLarge => {}
         }
     }
 
-    /// With `max_entries` claims in flight (expired ones counted): drops the expired slots, if
-    /// one may have expired since the last sweep, and says whether a claim fits now. The sweep
-    /// walks the whole map, so it runs at most once per expiry: it notes when the first live
-    /// claim expires, and until then a full table is refused at once.
-    fn make_room(&mut self, now: u64, max_entries: usize) -> bool {
-        if now >= self.next_sweep {
-            self.map.retain(|_, s| now <= s.expires);
-            self.in_flight = 0;
-            self.next_sweep = u64::MAX;
-            for s in self.map.values() {
-                if matches!(s.state, State::InFlight) {
-                    self.in_flight += 1;
-                    self.next_sweep = self.next_sweep.min(s.expires.saturating_add(1));
+    /// Notes that the slot of `key` claimed as `seq` now expires `at`. Items of slots since
+    /// changed stay in the heap until their time; rebuilt from the map before they double it.
+    fn due_at(&mut self, key: &StoreKey, seq: u64, at: u64) {
+        self.due.push(Reverse(Due {
+            at,
+            seq,
+            key: key.clone(),
+        }));
+        if self.due.len() > 2 * self.map.len() + 64 {
+            self.due = self
+                .map
+                .iter()
+                .map(|(k, s)| {
+                    Reverse(Due {
+                        at: s.expires,
+                        seq: s.seq,
+                        key: k.clone(),
+                    })
+                })
+                .collect();
+        }
+    }
+
+    /// Drops every entry expired at `now`, soonest first (each expiry is popped once); says
+    /// whether one was.
+    fn sweep(&mut self, now: u64) -> bool {
+        let mut dropped = false;
+        while let Some(Reverse(due)) = self.due.peek() {
+            if due.at >= now {
+                break;
+            }
+            let Some(Reverse(due)) = self.due.pop() else {
+                break;
+            };
+            let current = self
+                .map
+                .get(&due.key)
+                .is_some_and(|s| s.seq == due.seq && s.expires == due.at);
+            if current {
+                if let Some(old) = self.map.remove(&due.key) {
+                    self.forget(&old);
+                    dropped = true;
                 }
             }
         }
-        self.in_flight < max_entries
+        dropped
+    }
+
+    /// Takes the bodies of the oldest kept answers until at most `max_bytes` are held; their
+    /// keys stay, not replayable.
+    fn shed_bytes(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((key, seq)) = self.kept.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.map.get_mut(&key) else {
+                continue;
+            };
+            if slot.seq != seq {
+                continue;
+            }
+            if let State::Done(_, size) = slot.state {
+                slot.state = State::TooLarge;
+                self.bytes -= size;
+            }
+        }
+        // Answers dropped or replaced otherwise leave dead items; rebuild before they double.
+        if self.kept.len() > 2 * self.map.len() + 64 {
+            let mut live: Vec<(u64, StoreKey, u64)> = self
+                .map
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Done(..)))
+                .map(|(k, s)| (s.expires, k.clone(), s.seq))
+                .collect();
+            // Answers expire `ttl` after they came: by expiry is the order they came in.
+            live.sort_by_key(|(at, _, seq)| (*at, *seq));
+            self.kept = live.into_iter().map(|(_, k, seq)| (k, seq)).collect();
+        }
     }
 
     /// Drops the oldest finished (or expired) entries until at most `max_entries` are held; a

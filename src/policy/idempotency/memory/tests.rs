@@ -5,8 +5,20 @@ use super::*;
 use crate::clock::ManualClock;
 
 fn store(clock: &ManualClock, max: u64) -> MemoryStore {
-    let gauge = IntGauge::new("g", "g").expect("valid gauge");
-    MemoryStore::new(Arc::new(clock.clone()), Duration::from_secs(60), max, gauge)
+    bounded(clock, max, u64::MAX)
+}
+
+fn bounded(clock: &ManualClock, max_entries: u64, max_bytes: u64) -> MemoryStore {
+    let limits = Limits {
+        ttl: Duration::from_secs(60),
+        max_entries,
+        max_bytes,
+    };
+    let gauges = Gauges {
+        keys: IntGauge::new("k", "k").expect("valid gauge"),
+        bytes: IntGauge::new("b", "b").expect("valid gauge"),
+    };
+    MemoryStore::new(Arc::new(clock.clone()), limits, gauges)
 }
 
 fn key(k: &str) -> StoreKey {
@@ -85,7 +97,7 @@ fn memory_stays_within_max_entries_under_1m_keys_oldest_out_first() {
         }
         assert!(s.len() <= 1000);
     }
-    assert!(s.gauge.get() <= 1000, "{}", s.gauge.get());
+    assert!(s.gauges.keys.get() <= 1000, "{}", s.gauges.keys.get());
     assert!(s.inner.lock().order.len() <= 2 * 1000 + 64);
     assert!(
         matches!(s.begin_now(&key("0"), [0; 32]), Begin::Claimed),
@@ -186,4 +198,138 @@ fn an_expired_hold_frees_room_in_a_full_table() {
     s.complete(&key("b"), [1; 32], None);
     assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Claimed));
     assert_eq!(s.len(), 2);
+}
+
+fn answer_of(len: usize) -> StoredAnswer {
+    StoredAnswer {
+        body: Bytes::from(vec![b'x'; len]),
+        ..answer()
+    }
+}
+
+fn kept(s: &MemoryStore, k: &str, a: StoredAnswer) {
+    assert!(
+        matches!(s.begin_now(&key(k), [1; 32]), Begin::Claimed),
+        "{k}"
+    );
+    s.complete(&key(k), [1; 32], Some(a));
+}
+
+#[test]
+fn expired_entries_are_freed_by_the_next_request_not_only_ignored() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 1000);
+    for i in 0..100 {
+        kept(&s, &i.to_string(), answer());
+    }
+    assert_eq!((s.len(), s.gauges.bytes.get()), (100, 400));
+    clock.advance(Duration::from_secs(61));
+    // One more request: the 100 expired answers go with it, whatever key it carries.
+    kept(&s, "new", answer());
+    assert_eq!(s.len(), 1);
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, 4));
+}
+
+#[test]
+fn a_sweep_frees_expired_answers_claims_and_holds_in_a_quiet_store() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    kept(&s, "done", answer());
+    s.begin_now(&key("held"), [1; 32]);
+    s.hold(&key("held"), [1; 32], Duration::from_secs(1));
+    clock.advance(Duration::from_secs(30));
+    s.begin_now(&key("running"), [1; 32]);
+    s.sweep();
+    assert_eq!(s.len(), 2, "the hold ended");
+    assert_eq!(s.gauges.keys.get(), 2);
+    clock.advance(Duration::from_secs(31));
+    s.sweep();
+    assert_eq!(s.len(), 1, "the answer expired, the later claim lives");
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, 0));
+    assert!(matches!(
+        s.begin_now(&key("running"), [1; 32]),
+        Begin::InFlight
+    ));
+    clock.advance(Duration::from_secs(30));
+    s.sweep();
+    assert!(s.is_empty());
+    assert_eq!(s.gauges.keys.get(), 0);
+    // An answer lives `ttl` from when it came, not from its claim's expiry.
+    assert!(matches!(s.begin_now(&key("late"), [1; 32]), Begin::Claimed));
+    clock.advance(Duration::from_secs(10));
+    s.complete(&key("late"), [1; 32], Some(answer()));
+    clock.advance(Duration::from_secs(55));
+    s.sweep();
+    assert!(matches!(
+        s.begin_now(&key("late"), [1; 32]),
+        Begin::Replay(_)
+    ));
+}
+
+#[test]
+fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
+    let clock = ManualClock::new();
+    let s = bounded(&clock, 100, 10);
+    kept(&s, "a", answer());
+    kept(&s, "b", answer());
+    assert_eq!(s.gauges.bytes.get(), 8);
+    kept(&s, "c", answer());
+    assert_eq!(s.gauges.bytes.get(), 8);
+    assert!(matches!(
+        s.begin_now(&key("a"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    assert!(matches!(s.begin_now(&key("a"), [2; 32]), Begin::Reused));
+    for k in ["b", "c"] {
+        assert!(
+            matches!(s.begin_now(&key(k), [1; 32]), Begin::Replay(_)),
+            "{k}"
+        );
+    }
+    // Header fields count; an answer over the whole cap is not kept, and evicts nothing.
+    let mut headed = answer();
+    headed
+        .headers
+        .insert("x-a", http::HeaderValue::from_static("1"));
+    kept(&s, "d", headed);
+    assert!(matches!(
+        s.begin_now(&key("b"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    assert!(matches!(
+        s.begin_now(&key("c"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    assert_eq!(s.gauges.bytes.get(), 8);
+    kept(&s, "huge", answer_of(11));
+    assert!(matches!(
+        s.begin_now(&key("huge"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Replay(_)));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (5, 8));
+}
+
+#[test]
+fn bytes_and_bookkeeping_stay_bounded_under_300k_keys() {
+    let clock = ManualClock::new();
+    let s = bounded(&clock, 1000, 4000);
+    for i in 0..300_000u32 {
+        let k = key(&i.to_string());
+        s.begin_now(&k, [0; 32]);
+        match i % 3 {
+            0 => s.complete(&k, [0; 32], Some(answer_of(100))),
+            1 => s.release(&k, [0; 32]),
+            _ => s.hold(&k, [0; 32], Duration::from_millis(10)),
+        }
+        if i % 1000 == 0 {
+            clock.advance(Duration::from_millis(100));
+        }
+        assert!(s.gauges.bytes.get() <= 4000);
+    }
+    let g = s.inner.lock();
+    assert!(g.map.len() <= 1000);
+    assert!(g.due.len() <= 2 * 1000 + 65, "{}", g.due.len());
+    assert!(g.kept.len() <= 2 * 1000 + 65, "{}", g.kept.len());
+    assert!(g.order.len() <= 2 * 1000 + 64);
 }
