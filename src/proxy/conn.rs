@@ -215,6 +215,9 @@ struct Frames {
     in_block: bool,
     /// A header block is open after the current frame: it has no `END_HEADERS`.
     open: bool,
+    /// A header block began in the current read (its HEADERS frame's type byte came in it):
+    /// the head deadline is then counted from this read, whatever blocks ended before it.
+    began: bool,
     /// The head timeout (`header_read_timeout`).
     timeout: Duration,
     /// The head deadline, made the first time a read ends within a block (most connections
@@ -249,6 +252,8 @@ impl Frames {
                 _ => {
                     let n = (9 - self.got).min(bytes.len());
                     self.header[self.got..self.got + n].copy_from_slice(&bytes[..n]);
+                    // The type byte (the fourth) came in this read.
+                    self.began |= self.got < 4 && self.got + n >= 4 && self.header[3] == HEADERS;
                     self.got += n;
                     bytes = &bytes[n..];
                     if self.got < 9 {
@@ -262,20 +267,31 @@ impl Frames {
             // Any other frame inside a block is h2's protocol error; it ends the block here.
             self.in_block = h[3] == HEADERS || h[3] == CONTINUATION;
             self.open = self.in_block && h[4] & END_HEADERS == 0;
+            // Set again when the header was cut after its type byte: at most twice a block.
+            self.began |= h[3] == HEADERS;
         }
     }
 
-    /// Whether the reads so far end within a header block (from its HEADERS frame's header to
-    /// the end of the frame with `END_HEADERS`) or within a frame's header.
+    /// Whether the reads so far end within a header block: from its HEADERS frame's type byte
+    /// to the end of the frame with `END_HEADERS`. A read that ends within another frame's
+    /// 9-byte header, or before a frame's type byte is known, is outside (a pause there is a
+    /// slow link's, as one inside a DATA payload is, and the connection is idle or busy, not
+    /// sending a head).
     fn within(&self) -> bool {
-        self.got > 0 || self.open || (self.rest > 0 && self.in_block)
+        self.open
+            || (self.rest > 0 && self.in_block)
+            || (self.got >= 4 && self.header[3] == HEADERS)
     }
 
-    /// After a read: starts the head timer if the read ended within a block or a frame's
-    /// header, and it was not running; stops it if the read ended outside both.
+    /// After a read: counts the head deadline from this read if the read ended within a block
+    /// that began in it, or within a block while none was timed; stops the clock if the read
+    /// ended outside any block. So each block has `timeout` from the read its type byte came
+    /// in, and a busy connection whose reads all end inside a block (large heads, many
+    /// streams) is never cut for it.
     fn time(&mut self) {
         let within = self.within();
-        if within == self.armed {
+        let began = std::mem::take(&mut self.began);
+        if within == self.armed && !(within && began) {
             return;
         }
         self.armed = within;
@@ -317,6 +333,7 @@ impl<I> SeesPreface<I> {
                 rest: 0,
                 in_block: false,
                 open: false,
+                began: false,
                 timeout: head_timeout,
                 timer: None,
                 armed: false,
@@ -503,11 +520,10 @@ mod tests {
         for cut in 1..whole {
             let mut f = SeesPreface::new((), ConnState::new(), Duration::from_secs(1)).frames;
             f.walk(&sent[..cut]);
-            // Within a block, or within a frame's 9-byte header.
-            let within = (0..9).contains(&cut)
-                || (data_end + 1..block_end).contains(&cut)
-                || (block_end + 1..block_end + 9).contains(&cut)
-                || (block_end + 14..whole).contains(&cut);
+            // Within a block, from its HEADERS frame's type byte on; never within another
+            // frame's header.
+            let within = (data_end + 4..block_end).contains(&cut)
+                || (block_end + 13 + 4..whole).contains(&cut);
             assert_eq!(f.within(), within, "cut at {cut}");
             f.walk(&sent[cut..]);
             assert!(!f.within(), "cut at {cut}");
@@ -553,6 +569,43 @@ mod tests {
         let err = io.read(&mut buf).await.expect_err("the head timed out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    }
+
+    /// A busy connection whose every read ends inside a header block (large heads in
+    /// CONTINUATION frames, many streams) is not cut: each block has the head timeout from the
+    /// read it began in, and here each is whole 0.3 s after it began, while the reads go on
+    /// for 5 s under a 1 s timeout. A pause inside another frame's 9-byte header is not timed.
+    #[tokio::test(start_paused = true)]
+    async fn blocks_each_whole_in_time_keep_a_busy_connection_whose_reads_end_inside_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = SeesPreface::new(server, ConnState::new(), Duration::from_secs(1));
+        let mut buf = vec![0u8; 1 << 16];
+        let mut block = frame(HEADERS, 0x1, 40); // END_STREAM, no END_HEADERS
+        block.extend(frame(CONTINUATION, END_HEADERS, 40));
+        let half = block.len() / 2;
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend(frame(0x4, 0, 0)); // SETTINGS
+        hello.extend_from_slice(&block[..half]);
+        client.write_all(&hello).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), hello.len());
+        // Every 0.3 s: the rest of one block and the first half of the next.
+        let mut step = block[half..].to_vec();
+        step.extend_from_slice(&block[..half]);
+        for _ in 0..17 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client.write_all(&step).await.expect("write");
+            assert_eq!(io.read(&mut buf).await.expect("read"), step.len());
+        }
+        client.write_all(&block[half..]).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), block.len() - half);
+        // A PING frame's header cut after 5 bytes, and a pause of 3 s: no head is being sent.
+        let ping = frame(0x6, 0, 8);
+        client.write_all(&ping[..5]).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), 5);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client.write_all(&ping[5..]).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), ping.len() - 5);
     }
 
     /// Answers that end between the watchdog's looks move the close to one idle period after
