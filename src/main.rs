@@ -13,13 +13,14 @@ fn main() -> ExitCode {
         return match rampart::load_config(config) {
             Ok(c) => {
                 for w in &c.warnings {
-                    eprintln!("{}", w.warning_line());
+                    say(&mut std::io::stderr(), format_args!("{}", w.warning_line()));
                 }
-                println!("{}: {}", config.display(), c.summary());
+                let summary = format_args!("{}: {}", config.display(), c.summary());
+                say(&mut std::io::stdout(), summary);
                 ExitCode::SUCCESS
             }
             Err(errs) => {
-                eprintln!("{errs}");
+                say(&mut std::io::stderr(), format_args!("{errs}"));
                 ExitCode::FAILURE
             }
         };
@@ -147,7 +148,10 @@ fn health(
     }
     match rampart::health::probe_until(addr, path, deadline, timeout) {
         Ok(status) => {
-            println!("{addr}{path}: {status}");
+            say(
+                &mut std::io::stdout(),
+                format_args!("{addr}{path}: {status}"),
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -235,4 +239,11 @@ fn build_runtime(run: bool) -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     b.enable_all().build()
+}
+
+/// One line of a command's output. A stream that cannot take it (a pipe closed early, as
+/// `rampart validate ... | head -1` closes it; a full disk) loses the line, not the verdict:
+/// the exit code is the command's, where `println!` would panic (exit 101).
+fn say(out: &mut impl std::io::Write, line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(out, "{line}");
 }

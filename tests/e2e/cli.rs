@@ -50,6 +50,34 @@ async fn validate_good_file_exits_0_with_one_line() {
     assert!(!stdout.contains("error"), "{stdout:?}");
 }
 
+/// The verdict is the exit code, whether or not the output could be written: with stdout on
+/// `/dev/full` (every write fails, as into a pipe `head -1` closed), a good file still exits 0
+/// and a bad one 1, never a panic's 101.
+#[tokio::test]
+async fn validate_exits_with_its_verdict_when_stdout_takes_nothing() {
+    for (template, code) in [(GOOD, 0), ("version: 1\nbogus: 1\n", 1)] {
+        let rendered = Proxy::builder(template).render();
+        let full = std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let child = tokio::process::Command::new(crate::support::proxy::bin())
+            .args(["validate", "--config", &rendered.path.display().to_string()])
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the rampart binary must start");
+        let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+            .await
+            .expect("validate must exit within 15 s")
+            .expect("its stderr must be readable");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 /// Asserts exit 1 and an error line `PATH:LINE:COL: KEY...` whose rest mentions `needle`.
 fn assert_error_at(out: &Output, path: &str, line: usize, col: usize, key: &str, needle: &str) {
     let text = both(out);
