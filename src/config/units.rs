@@ -169,7 +169,7 @@ impl FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, UnitError> {
         let bad = || {
             UnitError(format!(
-                "invalid rate {s:?}: expected COUNT/PERIOD with PERIOD one of s, min, h, d, like 100/s or 6000/min"
+                "invalid rate {s:?}: expected COUNT/PERIOD with PERIOD one of s (or sec, second), min (or m, minute), h (or hour), d (or day), like 100/s or 6000/min"
             ))
         };
         let (count, per) = s.trim().split_once('/').ok_or_else(bad)?;
@@ -454,6 +454,32 @@ mod tests {
         );
         for bad in ["100", "100/x", "/s", "0/s", "-5/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} must be refused");
+        }
+        // The refusal lists every period accepted (it named only s, min, h, d).
+        let e = "1/x".parse::<Rate>().unwrap_err().to_string();
+        for (period, secs) in [
+            ("s", 1),
+            ("sec", 1),
+            ("second", 1),
+            ("m", 60),
+            ("min", 60),
+            ("minute", 60),
+            ("h", 3600),
+            ("hour", 3600),
+            ("d", 86400),
+            ("day", 86400),
+        ] {
+            let r: Rate = format!("1/{period}").parse().unwrap();
+            assert_eq!(r.per, Duration::from_secs(secs));
+            let listed = [
+                format!(" {period} "),
+                format!(" {period},"),
+                format!(" {period})"),
+            ];
+            assert!(
+                listed.iter().any(|l| e.contains(l.as_str())),
+                "{period} not in {e}"
+            );
         }
     }
 

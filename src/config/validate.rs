@@ -385,7 +385,15 @@ fn tenant_source(src: &TenantSource, sp: &KeyPath, r: &mut Report<'_>) {
         src.jwt.is_some(),
         src.client_ip.is_some(),
     ];
+    // A source key written null (`jwt: ~`) is there: the null check says what it lacks.
+    let null_key = ["header", "query", "client_cert", "jwt", "client_ip"]
+        .iter()
+        .any(|k| {
+            let at = r.written(&sp.key(k));
+            r.doc.scalar(&at).is_some_and(de::is_null)
+        });
     match given.iter().filter(|g| **g).count() {
+        0 if null_key => {}
         0 => r.value(
             sp,
             "a source needs one of `header: NAME`, `query: NAME`, `client_cert: cn | uri_san`, `jwt: {...}` or `client_ip: peer | x-forwarded-for`",
