@@ -462,3 +462,26 @@ fn a_torn_line_the_next_line_does_not_name_is_broken() {
         );
     }
 }
+
+/// `audit verify` says "1 entry", not "1 entries".
+#[test]
+fn one_entry_is_counted_in_the_singular() {
+    let dir = tempfile::tempdir().expect("a temp dir must be creatable");
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    log.record(Some(&path), &entry(Event::Start, Source::Start, &[]));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert!(verify_files(
+        std::slice::from_ref(&path),
+        None,
+        None,
+        &mut out,
+        &mut err
+    ));
+    let out = String::from_utf8(out).expect("utf-8");
+    assert!(out.contains(": ok, 1 entry, chain intact"), "{out}");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert!(!verify_files(&[path], None, Some(2), &mut out, &mut err));
+    let err = String::from_utf8(err).expect("utf-8");
+    assert!(err.contains(": 1 entry, 2 expected"), "{err}");
+}

@@ -217,6 +217,14 @@ pub(super) fn entry_shaped(len: usize, end: &[u8]) -> bool {
     len >= SUFFIX_LEN + 2 && suffix.starts_with(HASH_OPEN.as_bytes()) && suffix.ends_with(b"\"}")
 }
 
+/// `n entries`, or `1 entry`.
+fn entries(n: usize) -> String {
+    match n {
+        1 => "1 entry".into(),
+        n => format!("{n} entries"),
+    }
+}
+
 /// `rampart audit verify`: checks `files`, oldest first, as one trail, then the last one's
 /// count and head against `expect_count` and `expect_head`. Says what it found on `out` (the
 /// count and head of each file) and what does not hold on `err`. `true` when all holds (exit
@@ -297,9 +305,9 @@ fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<C
     };
     let _ = writeln!(
         out,
-        "{}: ok, {} entries{torn}, chain intact, head {}{unended}",
+        "{}: ok, {}{torn}, chain intact, head {}{unended}",
         file.display(),
-        checked.entries,
+        entries(checked.entries),
         checked.head
     );
     Some(checked)
@@ -354,9 +362,9 @@ fn count_is(file: &Path, checked: &Checked, want: Option<u64>, err: &mut dyn Wri
     };
     let _ = writeln!(
         err,
-        "{}: {} entries, {want} expected: {why}",
+        "{}: {}, {want} expected: {why}",
         file.display(),
-        checked.entries
+        entries(checked.entries)
     );
     false
 }
@@ -369,11 +377,15 @@ fn head_is(file: &Path, checked: &Checked, want: Option<&str>, err: &mut dyn Wri
         return true;
     }
     let why = match checked.hashes.iter().position(|h| *h == lower) {
-        Some(i) => format!(
-            "the expected head is line {}, and {} entries follow it (written since it was recorded)",
-            i + 1,
-            checked.hashes.len() - i - 1 - checked.torn.iter().filter(|t| **t > i + 1).count()
-        ),
+        Some(i) => {
+            let after = checked.hashes.len() - i - 1 - checked.torn.iter().filter(|t| **t > i + 1).count();
+            let follow = if after == 1 { "follows" } else { "follow" };
+            format!(
+                "the expected head is line {}, and {} {follow} it (written since it was recorded)",
+                i + 1,
+                entries(after),
+            )
+        }
         None => "the expected head is not in the file: entries were cut from its end, or it is another trail".into(),
     };
     let _ = writeln!(

@@ -7,6 +7,7 @@ mod never;
 mod nulls;
 mod onepass;
 mod plans;
+mod ranges;
 mod resilience;
 mod slips;
 mod tracing;
@@ -160,8 +161,8 @@ fn tls_files_that_exist_are_accepted() {
     assert!(e.message.contains("key does not match"), "{e:?}");
 }
 
-#[test]
-fn every_shipped_file_validates() {
+/// The policy files under `config/`.
+fn shipped_files() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut files = Vec::new();
     let mut dirs = vec![root];
@@ -175,6 +176,12 @@ fn every_shipped_file_validates() {
             }
         }
     }
+    files
+}
+
+#[test]
+fn every_shipped_file_validates() {
+    let files = shipped_files();
     assert!(
         files.len() >= 5,
         "expected rampart.yaml, demo.yaml and examples, found {files:?}"
@@ -183,6 +190,33 @@ fn every_shipped_file_validates() {
         if let Err(e) = Config::load(&f) {
             panic!("{} must validate:\n{e}", f.display());
         }
+    }
+}
+
+/// What `/config` shows (the file model as JSON) is a file that validates to the same model:
+/// every duration is shown in a form that reads back (0.5ms was accepted, shown as `0ms`).
+#[test]
+fn the_model_shown_reads_back_to_itself() {
+    let mut texts: Vec<(String, String)> = shipped_files()
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).expect("a shipped file is readable");
+            (f.display().to_string(), text)
+        })
+        .collect();
+    texts.push((
+        "durations".into(),
+        BASE.replace(
+            "  p: {}",
+            "  p: { timeout: { request: 1.5s, per_try: 1001ms }, retry: { attempts: 2, backoff: { base: 0.025s, max: 0.5m } } }",
+        ) + "runtime: { shutdown_grace: 0.01h, body_idle_timeout: 90s }\n",
+    ));
+    for (name, text) in texts {
+        let c = Config::from_str(&text, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let shown = serde_json::to_string_pretty(&c.file).expect("the model serializes");
+        let again = Config::from_str(&shown, "shown")
+            .unwrap_or_else(|e| panic!("{name} as shown does not validate:\n{e}\n{shown}"));
+        assert_eq!(again.file, c.file, "{name} as shown:\n{shown}");
     }
 }
 

@@ -67,30 +67,77 @@ impl FromStr for Dur {
     fn from_str(s: &str) -> Result<Self, UnitError> {
         let bad = || {
             UnitError(format!(
-                "invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like 250ms or 5s"
+                "invalid duration {s:?}: expected a number and a unit (ms, s, m, min, h, d), like 250ms or 5s"
             ))
         };
         let t = s.trim();
         let (num, unit) = split_number(t);
-        if num.is_empty() {
+        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+        if whole.is_empty() && frac.is_empty() || frac.contains('.') {
             return Err(bad());
         }
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        let mult = match unit.trim() {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
+        let unit_ms: u128 = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => return Err(bad()),
         };
-        let secs = n * mult;
-        if !secs.is_finite() || secs > Dur::MAX.0.as_secs_f64() {
-            return Err(UnitError(format!(
+        let too_large = || {
+            UnitError(format!(
                 "invalid duration {s:?}: it is too large; the longest allowed is 30d"
-            )));
+            ))
+        };
+        // Exact decimal arithmetic: `0.1s` is 100ms, never 99.999…ms from a float.
+        let whole = whole.trim_start_matches('0');
+        let frac = frac.trim_end_matches('0');
+        if whole.len() > 12 {
+            return Err(too_large());
         }
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        let max_ms = Dur::MAX.0.as_millis();
+        if whole * unit_ms > max_ms {
+            return Err(too_large());
+        }
+        // A unit is at most 86_400_000 ms (a multiple of 10^5 but not 10^6), so more than 5
+        // significant decimals never make a whole number of milliseconds.
+        let frac_ms = match frac.len() {
+            0 => Some(0),
+            n @ 1..=5 => {
+                let scale = 10u128.pow(n as u32);
+                let f: u128 = frac.parse().map_err(|_| bad())?;
+                (f * unit_ms)
+                    .is_multiple_of(scale)
+                    .then(|| f * unit_ms / scale)
+            }
+            _ => None,
+        };
+        let Some(frac_ms) = frac_ms else {
+            let below_1ms = whole == 0
+                && format!("0.{frac}")
+                    .parse::<f64>()
+                    .is_ok_and(|f| f * (unit_ms as f64) < 1.0);
+            let why = if below_1ms {
+                "it is shorter than 1ms, the shortest duration above 0s"
+            } else {
+                "it is not a whole number of milliseconds"
+            };
+            return Err(UnitError(format!(
+                "invalid duration {s:?}: {why} (durations are whole milliseconds)"
+            )));
+        };
+        let ms = whole * unit_ms + frac_ms;
+        if ms > max_ms {
+            return Err(too_large());
+        }
+        Ok(Dur::from_millis(
+            u64::try_from(ms).map_err(|_| too_large())?,
+        ))
     }
 }
 
@@ -122,7 +169,7 @@ impl FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, UnitError> {
         let bad = || {
             UnitError(format!(
-                "invalid rate {s:?}: expected COUNT/PERIOD with PERIOD one of s, min, h, d, like 100/s or 6000/min"
+                "invalid rate {s:?}: expected COUNT/PERIOD with PERIOD one of s (or sec, second), min (or m, minute), h (or hour), d (or day), like 100/s or 6000/min"
             ))
         };
         let (count, per) = s.trim().split_once('/').ok_or_else(bad)?;
@@ -348,6 +395,73 @@ mod tests {
         }
     }
 
+    /// Durations are whole milliseconds: a value below 1ms, or between two, is refused by its
+    /// text (`0.000000001s` was taken as 1ns, which made every request time out), and the
+    /// decimals are read exactly (`0.1s` is 100ms, `1.001s` 1001ms).
+    #[test]
+    fn durations_are_whole_milliseconds() {
+        for (text, ms) in [
+            ("0.1s", 100),
+            ("1.001s", 1001),
+            ("0.001s", 1),
+            ("1.0ms", 1),
+            ("0ms", 0),
+            ("0.0s", 0),
+            (".5s", 500),
+            ("0.5m", 30_000),
+            ("0.00001d", 864),
+            ("007s", 7000),
+        ] {
+            assert_eq!(text.parse::<Dur>(), Ok(Dur::from_millis(ms)), "{text}");
+        }
+        for tiny in [
+            "0.000000001s",
+            "0.5ms",
+            "0.0001s",
+            "0.9ms",
+            "0.000000000000000001d",
+        ] {
+            let e = tiny.parse::<Dur>().unwrap_err().to_string();
+            assert!(
+                e.ends_with("it is shorter than 1ms, the shortest duration above 0s (durations are whole milliseconds)"),
+                "{tiny}: {e}"
+            );
+        }
+        for between in ["1.5ms", "0.0015s", "1.0000001s", "2.000000000000000001h"] {
+            let e = between.parse::<Dur>().unwrap_err().to_string();
+            assert!(
+                e.ends_with(
+                    "it is not a whole number of milliseconds (durations are whole milliseconds)"
+                ),
+                "{between}: {e}"
+            );
+        }
+        for bad in ["1.2.3s", ".s", "."] {
+            assert!(bad.parse::<Dur>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    /// Every duration the file may hold is shown as text that reads back to it (`/config`
+    /// showed an accepted 0.5ms as `0ms`, another value, which validate refused).
+    #[test]
+    fn every_duration_displays_as_text_that_reads_back_to_it() {
+        for ms in [
+            0,
+            1,
+            7,
+            999,
+            1000,
+            1001,
+            59_999,
+            60_000,
+            3_600_000,
+            Dur::MAX.0.as_millis() as u64,
+        ] {
+            let d = Dur::from_millis(ms);
+            assert_eq!(d.to_string().parse::<Dur>(), Ok(d), "{ms}ms shown as {d}");
+        }
+    }
+
     #[test]
     fn rates() {
         let r: Rate = "100/s".parse().unwrap();
@@ -367,6 +481,32 @@ mod tests {
         );
         for bad in ["100", "100/x", "/s", "0/s", "-5/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} must be refused");
+        }
+        // The refusal lists every period accepted (it named only s, min, h, d).
+        let e = "1/x".parse::<Rate>().unwrap_err().to_string();
+        for (period, secs) in [
+            ("s", 1),
+            ("sec", 1),
+            ("second", 1),
+            ("m", 60),
+            ("min", 60),
+            ("minute", 60),
+            ("h", 3600),
+            ("hour", 3600),
+            ("d", 86400),
+            ("day", 86400),
+        ] {
+            let r: Rate = format!("1/{period}").parse().unwrap();
+            assert_eq!(r.per, Duration::from_secs(secs));
+            let listed = [
+                format!(" {period} "),
+                format!(" {period},"),
+                format!(" {period})"),
+            ];
+            assert!(
+                listed.iter().any(|l| e.contains(l.as_str())),
+                "{period} not in {e}"
+            );
         }
     }
 

@@ -52,7 +52,9 @@ mod drain;
 mod queue;
 mod slot;
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -137,6 +139,9 @@ pub struct LoadShedder {
     /// part of it.
     concurrency_limit: Option<IntGauge>,
     limit_shown: AtomicI64,
+    /// Whether `max_in_flight` or `adaptive` is given: `limit` is then the limit in force even
+    /// at `u32::MAX` (which also stands for no limit), and the gauge shows it.
+    limited: AtomicBool,
 }
 
 // === impl Priority ===
@@ -260,6 +265,7 @@ impl LoadShedder {
             queue_depth,
             concurrency_limit,
             limit_shown: AtomicI64::new(0),
+            limited: AtomicBool::new(false),
         });
         shedder.reconfigure(cfg);
         shedder
@@ -281,6 +287,8 @@ impl LoadShedder {
         self.queue_timeout_nanos.store(timeout, SeqCst);
         let now = self.clock.now_nanos();
         self.adaptive.configure(cfg.adaptive.as_ref(), max, now);
+        let limited = cfg.max_in_flight.is_some() || cfg.adaptive.is_some();
+        self.limited.store(limited, SeqCst);
         self.refresh_limit();
     }
 
@@ -392,10 +400,12 @@ impl LoadShedder {
             .min(self.max_in_flight.load(SeqCst));
         self.limit.store(limit, SeqCst);
         if let Some(g) = &self.concurrency_limit {
-            let shown = if limit == u32::MAX {
-                0
-            } else {
+            // 0 for a route without a limit; never for a limit of u32::MAX (adaptive.max
+            // 4294967295 read 0).
+            let shown = if self.limited.load(SeqCst) {
                 i64::from(limit)
+            } else {
+                0
             };
             let was = self.limit_shown.swap(shown, SeqCst);
             if was != shown {

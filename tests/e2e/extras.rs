@@ -423,7 +423,7 @@ async fn a_trail_cut_at_its_end_fails_against_the_head_state_shows() {
     std::fs::write(&trail, &text).expect("rewrite");
     let (code, out) = expect(&head, "2");
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("1 entries follow it"), "{out}");
+    assert!(out.contains("1 entry follows it"), "{out}");
 }
 
 /// A trail whose last line was cut mid-write is continued with a warning naming the file and

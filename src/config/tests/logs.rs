@@ -137,3 +137,20 @@ fn a_log_file_that_cannot_be_opened_or_created_is_refused() {
         );
     }
 }
+
+/// `to: STDERR` (any case but the lowercase name) is a file path, which wrote `./STDERR`
+/// silently: warned at the key, with the lowercase name suggested.
+#[test]
+fn a_stream_name_in_another_case_is_warned_as_a_file_path() {
+    for (to, name) in [("STDERR", "stderr"), ("Stdout", "stdout")] {
+        let w = super::warnings(&logging_to(Path::new(to)));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].path, "listeners[0].access_log.to");
+        assert!(w[0].message.contains("is taken as a file path"), "{w:?}");
+        assert!(
+            w[0].message.ends_with(&format!("write `to: {name}`")),
+            "{w:?}"
+        );
+    }
+    assert!(super::warnings(&logging_to(Path::new("stderr"))).is_empty());
+}

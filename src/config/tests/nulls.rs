@@ -106,7 +106,8 @@ fn a_null_section_whose_empty_form_is_accepted_draws_a_warning() {
                 "      - match:\n        upstream: app\n",
             ),
             "listeners[0].routes[0].match",
-            "does nothing",
+            // It said "does nothing", but a route without `match` takes every request.
+            "so this route matches every request",
         ),
     ];
     for (text, path, says) in cases {
@@ -308,4 +309,17 @@ fn a_null_client_ca_is_refused_as_mutual_tls_turned_off() {
 
 fn warnings_of(text: &str) -> Vec<crate::config::ConfigError> {
     crate::config::Config::from_str(text, "t.yaml").map_or_else(|_| Vec::new(), |c| c.warnings)
+}
+
+/// `jwt: ~` in `tenants.from` draws one error, at `jwt`: it also drew "a source needs one
+/// of … `jwt: {...}`", wrong with `jwt` written.
+#[test]
+fn a_null_source_key_draws_one_error_at_it() {
+    let all = errors(&format!("{BASE}tenants: {{ from: [ {{ jwt: ~ }} ] }}\n"));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].path, "tenants.from[0].jwt", "{all:#?}");
+    assert!(
+        !all[0].message.contains("a source needs one of"),
+        "{all:#?}"
+    );
 }

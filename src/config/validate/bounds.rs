@@ -5,7 +5,10 @@
 
 use super::super::locate::KeyPath;
 use super::super::units::Size;
-use super::{global, policy, resilience, HEADER_BYTES, MAX_TRACKED, MAX_TRUSTED_HOPS, VERSION};
+use super::{
+    global, policy, resilience, upstream, HEADER_BYTES, MAX_METRICS_LABELS, MAX_TRACKED,
+    MAX_TRUSTED_HOPS, VERSION,
+};
 
 /// Written paths (`*` any key, `[]` any item, `**` any steps) with their least and most
 /// value; `None` leaves the most to the type.
@@ -13,6 +16,7 @@ const BOUNDS: &[(&str, u64, Option<u64>)] = &[
     ("version", VERSION as u64, Some(VERSION as u64)),
     ("runtime.max_connections", 1, None),
     ("tenants.max_tracked", 1, Some(MAX_TRACKED)),
+    ("tenants.metrics_labels", 0, Some(MAX_METRICS_LABELS)),
     (
         "tenants.from.[].client_ip.trusted_hops",
         1,
@@ -20,8 +24,16 @@ const BOUNDS: &[(&str, u64, Option<u64>)] = &[
     ),
     ("tenants.from.[].client_ip.ipv6_prefix", 1, Some(128)),
     ("upstreams.*.max_connections", 1, None),
-    ("upstreams.*.health_check.healthy_after", 1, None),
-    ("upstreams.*.health_check.unhealthy_after", 1, None),
+    (
+        "upstreams.*.health_check.healthy_after",
+        1,
+        Some(upstream::MAX_CHECKS_IN_A_ROW),
+    ),
+    (
+        "upstreams.*.health_check.unhealthy_after",
+        1,
+        Some(upstream::MAX_CHECKS_IN_A_ROW),
+    ),
     ("upstreams.*.outlier.consecutive_failures", 1, None),
     (
         "policies.*.retry.attempts",
@@ -32,7 +44,16 @@ const BOUNDS: &[(&str, u64, Option<u64>)] = &[
     ("policies.*.rate_limit.lease", 1, Some(global::MAX_LEASE)),
     ("policies.*.circuit_breaker.consecutive_failures", 1, None),
     ("policies.*.circuit_breaker.failure_rate.min_calls", 1, None),
-    ("policies.*.circuit_breaker.half_open_probes", 1, None),
+    (
+        "policies.*.circuit_breaker.failure_rate.window",
+        1,
+        Some(policy::MAX_RATE_WINDOW as u64),
+    ),
+    (
+        "policies.*.circuit_breaker.half_open_probes",
+        1,
+        Some(policy::MAX_HALF_OPEN_PROBES as u64),
+    ),
     ("policies.*.load_shed.max_in_flight", 1, None),
     ("policies.*.load_shed.per_tenant_max_in_flight", 1, None),
     ("policies.*.load_shed.adaptive.min", 1, None),

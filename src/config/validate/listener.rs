@@ -45,7 +45,19 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
             }
         }
         if let Some(LogTo::File(path)) = l.access_log.as_ref().map(|a| &a.to) {
-            check_log_file(&p.key("access_log").key("to"), path, Log::Access, r);
+            let to = p.key("access_log").key("to");
+            // `STDERR` wrote a file of that name in the working directory, silently.
+            if let Some(name) = path
+                .to_str()
+                .map(str::to_ascii_lowercase)
+                .filter(|n| n == "stdout" || n == "stderr")
+            {
+                r.warn(
+                    &to,
+                    format!("{:?} is taken as a file path (a file of that name in the working directory); only the lowercase `{name}` means the stream: write `to: {name}`", path.display().to_string()),
+                );
+            }
+            check_log_file(&to, path, Log::Access, r);
         }
         check_routes(f, l, &p, r);
     }

@@ -75,6 +75,18 @@ fn retry(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
             )
         };
         r.warn(&bp, msg);
+    } else if b.ratio.0 > 0.0 && floor < 1_000_000 && b.window.0 < Duration::from_secs(1) {
+        // The reserve grants none, and the ratio one only after 1/ratio original requests
+        // within one short window: at most routes' rates, no retry is ever granted.
+        let needed = (1.0 / b.ratio.0).ceil();
+        let per_second = needed / b.window.0.as_secs_f64().max(0.001);
+        r.warn(
+            &rp.key("budget").key("window"),
+            format!(
+                "over a {} window, min_per_second {} grants under one retry, which rounds down to none, and ratio {} grants one only after {needed} requests within one window: below {per_second:.0} requests per second this retry section never retries; use a window of seconds (the default is 10s)",
+                b.window, b.min_per_second, b.ratio
+            ),
+        );
     }
 }
 

@@ -27,6 +27,8 @@ const SECTION: &str = "the section is empty (null), so it is read as if it were 
 /// Said of a null section that nothing else is said of, and that has defaults when not written
 /// (`admin:`, `retry.budget:`): those apply.
 const DEFAULTED: &str = "the section is empty (null), so it is read as if it were not written: its defaults apply; give it its keys, or delete it";
+/// Said of a null `routes[N].match`.
+const MATCH: &str = "the section is empty (null), so it is read as if it were not written, so this route matches every request; give it its keys, or delete it";
 /// Said of a null key that holds a value (text, a number, a duration).
 const VALUE: &str =
     "is empty (null), so it is read as if it were not written; give it a value, or delete it";
@@ -80,6 +82,13 @@ pub(super) fn check(r: &mut Report<'_>, file: Option<&File>) {
             }
         } else {
             let m = match is_value {
+                // A route without `match` matches every request: that is what it does.
+                false
+                    if path.last_key() == Some("match")
+                        && path.first_key() == Some("listeners") =>
+                {
+                    MATCH
+                }
                 true => VALUE,
                 false if read.as_ref().is_some_and(|f| defaulted(f, &path)) => DEFAULTED,
                 false => SECTION,

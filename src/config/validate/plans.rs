@@ -13,6 +13,9 @@ use super::super::locate::KeyPath;
 use super::{syntax, Report};
 use crate::tenant::jwt;
 
+/// Shortest `jwks_refresh`.
+const MIN_JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Checks the `jwt:` source at `p`, `tenants.from[i]`; a JWKS file's bytes are kept for the
 /// load to serve (`FilesRead::jwks`).
 pub(super) fn jwt_source(j: &JwtSource, i: usize, p: &KeyPath, r: &mut Report<'_>) {
@@ -24,6 +27,16 @@ pub(super) fn jwt_source(j: &JwtSource, i: usize, p: &KeyPath, r: &mut Report<'_
         claim_path(pc, &p.key("plan_claim"), r);
     }
     r.positive(&p.key("jwks_refresh"), j.jwks_refresh.0);
+    if !j.jwks_refresh.0.is_zero() && j.jwks_refresh.0 < MIN_JWKS_REFRESH {
+        // 1ms fetched an https JWKS 227 times in 3 s: keys do not rotate that fast.
+        r.value(
+            &p.key("jwks_refresh"),
+            format!(
+                "{} is too short: the JWKS is fetched (or read) again this often; the least is 1s",
+                j.jwks_refresh
+            ),
+        );
+    }
     let jp = p.key("jwks");
     if jwt::is_url(&j.jwks) {
         match j.jwks.parse::<http::Uri>() {

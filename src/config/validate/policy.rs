@@ -9,10 +9,16 @@ use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
 /// The most calls `failure_rate.window` may count: a breaker keeps a byte per call.
-const MAX_RATE_WINDOW: u32 = 10_000;
+pub(super) const MAX_RATE_WINDOW: u32 = 10_000;
 
 /// Most tries a retry policy may ask for, the first included.
 pub(super) const MAX_ATTEMPTS: u32 = 10;
+/// Most `circuit_breaker.half_open_probes`: every probe must succeed before the breaker
+/// closes, so at 4294967295 it stayed half-open for good.
+pub(super) const MAX_HALF_OPEN_PROBES: u32 = 100;
+/// A `load_shed.queue.timeout` below this is warned about: a waiter is shed before any slot
+/// could free.
+const MIN_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
 /// Largest `retry.buffer`: every request in flight may hold this much for replay.
 pub(super) const MAX_RETRY_BUFFER: u64 = 16 << 20;
 
@@ -274,11 +280,16 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
                     fr.window
                 ),
             );
+        } else if fr.window == 0 {
+            r.value(
+                &fp.key("window"),
+                format!("must be at least 1 (got 0): it counts the last calls judged, from min_calls to {MAX_RATE_WINDOW}"),
+            );
         } else if fr.window < fr.min_calls {
             r.value(
                 &fp.key("window"),
                 format!(
-                    "window {} is smaller than min_calls {}: the rate would never be judged",
+                    "window {} is smaller than min_calls {}: the rate would never be judged; it must be from min_calls to {MAX_RATE_WINDOW}",
                     fr.window, fr.min_calls
                 ),
             );
@@ -307,6 +318,15 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
         }
     }
     r.at_least_1(&p.key("half_open_probes"), cb.half_open_probes.into());
+    if cb.half_open_probes > MAX_HALF_OPEN_PROBES {
+        r.value(
+            &p.key("half_open_probes"),
+            format!(
+                "{} is out of range: 1 to {MAX_HALF_OPEN_PROBES} (every probe must succeed before the breaker closes, so more would keep it half-open for good)",
+                cb.half_open_probes
+            ),
+        );
+    }
 }
 
 fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
@@ -330,6 +350,11 @@ fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
             r.warn(
                 &tp,
                 "a queue of size 0 holds no request, so its timeout never applies",
+            );
+        } else if q.size > 0 && q.timeout.0 < MIN_QUEUE_TIMEOUT {
+            r.warn(
+                &tp,
+                format!("a wait of {} is shorter than any slot takes to free: a request that finds no free slot is shed as good as at once, as with a queue of size 0; give the queue a timeout of 10ms or more, or remove it", q.timeout),
             );
         }
         if limited && !route_limited && q.size > 0 {

@@ -9,6 +9,12 @@ use super::super::locate::KeyPath;
 use super::{syntax, Report};
 
 /// Checks the upstream at `p`: endpoints, health checks, TLS files and outlier ejection.
+/// Most checks in a row `healthy_after` and `unhealthy_after` may ask for: at 4294967295 an
+/// endpoint never changed state again.
+pub(super) const MAX_CHECKS_IN_A_ROW: u64 = 100;
+/// Checks more often than this are warned about: each is a new connection.
+const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     if up.endpoints.is_empty() {
         r.value(
@@ -54,8 +60,24 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
         }
         r.positive(&hp.key("interval"), hc.interval.0);
         r.positive(&hp.key("timeout"), hc.timeout.0);
-        r.at_least_1(&hp.key("healthy_after"), hc.healthy_after.into());
-        r.at_least_1(&hp.key("unhealthy_after"), hc.unhealthy_after.into());
+        if hc.interval.0 < MIN_CHECK_INTERVAL && !hc.interval.0.is_zero() {
+            r.warn(
+                &hp.key("interval"),
+                format!("a check every {} opens a new connection to each endpoint that often; checks more often than every 100ms load the upstream without telling its health any sooner", hc.interval),
+            );
+        }
+        for (key, n) in [
+            ("healthy_after", hc.healthy_after),
+            ("unhealthy_after", hc.unhealthy_after),
+        ] {
+            r.at_least_1(&hp.key(key), n.into());
+            if u64::from(n) > MAX_CHECKS_IN_A_ROW {
+                r.value(
+                    &hp.key(key),
+                    format!("{n} is out of range: 1 to {MAX_CHECKS_IN_A_ROW} checks in a row (more would keep an endpoint's state for good)"),
+                );
+            }
+        }
     }
     if let Some(tls) = &up.tls {
         client_tls(tls, &p.key("tls"), r);

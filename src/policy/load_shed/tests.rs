@@ -709,3 +709,46 @@ async fn shedders_that_share_a_series_add_up_and_a_fixed_limit_is_shown() {
     }
     assert_eq!(depth.get(), 0);
 }
+
+/// `rampart_concurrency_limit` shows an adaptive limit of `u32::MAX` as itself, as it shows
+/// one less: it read 0 (the value of a route without a limit), since `u32::MAX` also stands
+/// for no limit. Read from the registry's `/metrics` text.
+#[tokio::test]
+async fn the_largest_limit_is_shown_as_itself_not_as_no_limit() {
+    let tracked = TrackedTenants::new(100);
+    let m = crate::metrics::Metrics::register();
+    let adaptive = |max| {
+        let mut cfg = limits(None, None, None);
+        cfg.adaptive = Some(Adaptive { min: 1, max });
+        cfg
+    };
+    let routes = [
+        ("top", adaptive(u32::MAX)),
+        ("below", adaptive(u32::MAX - 1)),
+        ("fixed", limits(Some(u32::MAX), None, None)),
+        ("none", limits(None, None, None)),
+    ];
+    let _shedders: Vec<Arc<LoadShedder>> = routes
+        .iter()
+        .map(|(route, cfg)| {
+            LoadShedder::new(
+                cfg,
+                &tracked,
+                Arc::new(ManualClock::new()),
+                m.queue_depth.with_label_values(&["l", route]),
+                Some(m.concurrency_limit.with_label_values(&[route, "app"])),
+            )
+        })
+        .collect();
+    let text = m.render();
+    for (route, shown) in [
+        ("top", u32::MAX as u64),
+        ("below", u32::MAX as u64 - 1),
+        ("fixed", u32::MAX as u64),
+        ("none", 0),
+    ] {
+        let line =
+            format!("rampart_concurrency_limit{{route=\"{route}\",upstream=\"app\"}} {shown}");
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+}
