@@ -39,7 +39,9 @@
 //!
 //! # Adaptive concurrency ([`adaptive`])
 //! With `adaptive: { min, max }` the route limit is `min(max_in_flight, adaptive limit)`, and a
-//! refusal past the adaptive limit is reason `adaptive`. The rule is written in [`adaptive`].
+//! refusal past the adaptive limit is reason `adaptive`. The limit follows the tries' latency
+//! against a baseline measured at `min` in flight, and backs off on timeouts and 503s; the rule
+//! is written in [`adaptive`].
 //!
 //! # Reload
 //! [`LoadShedder::reconfigure`] changes the limits in place: waiters keep their place, a raised
@@ -65,6 +67,7 @@ pub use self::slot::ShedSlot;
 use self::slot::{TenantHold, TenantSlots, Waiter};
 use crate::clock::SharedClock;
 use crate::config::file;
+use crate::policy::outcome::Outcome;
 use crate::tenant::tracked::{TenantMap, TrackedTenants};
 
 /// A request's priority class, read from `load_shed.priority.header`.
@@ -446,14 +449,15 @@ impl LoadShedder {
         }
     }
 
-    /// Feeds one upstream latency to the drain rate and the adaptive limit.
-    fn record(&self, elapsed: Duration) {
+    /// Feeds one try's latency to the drain rate, and what it tells, to the adaptive limit.
+    fn record(&self, outcome: Outcome, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.latency_nanos.fetch_add(nanos, Relaxed);
         self.latencies.fetch_add(1, Relaxed);
         let now = self.clock.now_nanos();
         let in_flight = self.in_flight.load(SeqCst);
-        if self.adaptive.record(elapsed, now, in_flight) {
+        let sample = adaptive::Sample::of(outcome);
+        if self.adaptive.record(sample, elapsed, now, in_flight) {
             self.refresh_limit();
         }
     }

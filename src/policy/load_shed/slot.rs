@@ -76,11 +76,12 @@ impl ShedSlot {
         }
     }
 
-    /// Feeds the latency of the upstream exchange to the drain rate and the adaptive limit
-    /// (`Cancelled` and `ClientFault` are skipped, they say nothing about the upstream).
+    /// Feeds the latency of the upstream exchange to the drain rate and, with its outcome, to
+    /// the adaptive limit (`Cancelled` and `ClientFault` are skipped, they say nothing about the
+    /// upstream).
     pub fn record(&self, outcome: Outcome, elapsed: Duration) {
         if outcome.is_verdict() {
-            self.shedder.record(elapsed);
+            self.shedder.record(outcome, elapsed);
         }
     }
 }

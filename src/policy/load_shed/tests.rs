@@ -719,7 +719,8 @@ async fn the_largest_limit_is_shown_as_itself_not_as_no_limit() {
     let m = crate::metrics::Metrics::register();
     let adaptive = |max| {
         let mut cfg = limits(None, None, None);
-        cfg.adaptive = Some(Adaptive { min: 1, max });
+        // min = max: the limit starts at min (the first window measures the baseline).
+        cfg.adaptive = Some(Adaptive { min: max, max });
         cfg
     };
     let routes = [
@@ -751,4 +752,183 @@ async fn the_largest_limit_is_shown_as_itself_not_as_no_limit() {
             format!("rampart_concurrency_limit{{route=\"{route}\",upstream=\"app\"}} {shown}");
         assert!(text.contains(&line), "no {line:?} in:\n{text}");
     }
+}
+
+/// An upstream of the adaptive simulations: `workers` serve a try each for `service_ms` (the
+/// rest wait their turn, FIFO; `usize::MAX` = no queueing); a try not answered within
+/// `timeout_ms` (the route's `timeout.request`) ends as a 504 timeout.
+#[derive(Clone, Copy, Debug)]
+struct Upstream {
+    workers: usize,
+    service_ms: u64,
+    timeout_ms: Option<u64>,
+}
+
+/// One try of a simulated client: its slot, when it started, and the service left once a
+/// worker has it.
+struct SimTry {
+    slot: ShedSlot,
+    started: u64,
+    left: Option<u64>,
+}
+
+/// `clients` closed-loop clients (one request each at a time; a shed one tries again 10 ms
+/// later) against `upstream(t)` for `ms` simulated milliseconds, a millisecond a step, through
+/// a route with `load_shed: { max_in_flight: 100, queue: { size: 0 }, adaptive: { min: 2, max:
+/// 50 } }`. Returns the adaptive limit at each millisecond.
+async fn simulate(clients: usize, ms: u64, upstream: impl Fn(u64) -> Upstream) -> Vec<u32> {
+    let mut cfg = limits(Some(100), None, None);
+    cfg.adaptive = Some(Adaptive { min: 2, max: 50 });
+    let (s, clock) = shedder_with(&cfg, &TrackedTenants::new(100));
+    let mut tries: Vec<SimTry> = Vec::new();
+    let mut idle: Vec<u64> = vec![0; clients];
+    let mut curve = Vec::with_capacity(ms as usize);
+    for t in 0..ms {
+        let up = upstream(t);
+        let mut i = 0;
+        while i < tries.len() {
+            let r = &mut tries[i];
+            if let Some(left) = &mut r.left {
+                *left = left.saturating_sub(1);
+            }
+            let took = t - r.started;
+            let outcome = match (r.left, up.timeout_ms) {
+                (Some(0), _) => Some(Outcome::Status(200)),
+                (_, Some(to)) if took >= to => Some(Outcome::Timeout),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                let done = tries.remove(i);
+                done.slot.record(outcome, Duration::from_millis(took));
+                drop(done);
+                idle.push(t);
+            } else {
+                i += 1;
+            }
+        }
+        let mut still = Vec::with_capacity(idle.len());
+        for at in idle.drain(..) {
+            if at > t {
+                still.push(at);
+                continue;
+            }
+            match s.acquire("t", Priority::Normal).await {
+                Ok(slot) => tries.push(SimTry {
+                    slot,
+                    started: t,
+                    left: None,
+                }),
+                Err(shed) => {
+                    assert_eq!(
+                        shed.reason,
+                        ShedReason::Adaptive,
+                        "shed past the adaptive limit"
+                    );
+                    still.push(t + 10);
+                }
+            }
+        }
+        idle = still;
+        let busy = tries.iter().filter(|r| r.left.is_some()).count();
+        let free = up.workers.saturating_sub(busy);
+        for r in tries.iter_mut().filter(|r| r.left.is_none()).take(free) {
+            r.left = Some(up.service_ms);
+        }
+        curve.push(s.adaptive_limit().expect("adaptive is on"));
+        clock.advance(Duration::from_millis(1));
+    }
+    curve
+}
+
+/// Prints the limit once a second, and checks the two halves of every scenario: for `over`
+/// (from 10 s to 60 s, the upstream overloaded) the limit stays at most `most`, not at `max`;
+/// then, the upstream back at its baseline latency with room for everyone, it is `max` again
+/// by the end.
+fn holds_then_recovers(curve: &[u32], most: u32) {
+    let seconds: Vec<u32> = curve.iter().step_by(1000).copied().collect();
+    println!("limit each second: {seconds:?}");
+    let over = &curve[10_000..60_000];
+    let (low, high) = (over.iter().min(), over.iter().max());
+    assert!(
+        high <= Some(&most),
+        "the overloaded upstream must hold the limit at most {most} (from 10 s to 60 s it \
+         ranged {low:?}..={high:?})"
+    );
+    assert_eq!(
+        curve.last(),
+        Some(&50),
+        "once latency is back at the baseline the limit grows back to max"
+    );
+}
+
+/// The tester's first repro: 5 workers of 50 ms each, 30 clients for 60 s. The upstream holds
+/// about 1.5 × its capacity plus the headroom (11), never `max`: the baseline is no longer
+/// dragged up by queueing latency. Then 20 s of an upstream that no longer queues.
+#[tokio::test]
+async fn the_adaptive_limit_holds_a_queueing_upstream_near_its_capacity() {
+    let curve = simulate(30, 80_000, |t| Upstream {
+        workers: if t < 60_000 { 5 } else { usize::MAX },
+        service_ms: 50,
+        timeout_ms: None,
+    })
+    .await;
+    holds_then_recovers(&curve, 15);
+}
+
+/// Every try times out (a 2 s upstream, `timeout.request: 200ms`): the limit backs off to
+/// `min` and stays there, since timeouts are an overload signal whatever their latency; then
+/// the upstream answers in 50 ms again.
+#[tokio::test]
+async fn the_adaptive_limit_stays_at_min_while_every_try_times_out() {
+    let curve = simulate(30, 80_000, |t| Upstream {
+        workers: usize::MAX,
+        service_ms: if t < 60_000 { 2_000 } else { 50 },
+        timeout_ms: Some(200),
+    })
+    .await;
+    holds_then_recovers(&curve, 4);
+}
+
+/// A steady slow upstream (5 workers of 300 ms) at full demand: the limit stays near its
+/// capacity for the whole minute instead of climbing back to `max` after ~15 s.
+#[tokio::test]
+async fn the_adaptive_limit_holds_a_slow_queueing_upstream_near_its_capacity() {
+    let curve = simulate(30, 80_000, |t| Upstream {
+        workers: if t < 60_000 { 5 } else { usize::MAX },
+        service_ms: 300,
+        timeout_ms: None,
+    })
+    .await;
+    holds_then_recovers(&curve, 15);
+}
+
+/// A quick 503 is an overload signal, not a fast answer: windows of them cut the limit by
+/// `DROP_FACTOR` each, and refused connections (recorded with a latency of 0 when no endpoint
+/// is healthy) neither count nor drag the baseline down.
+#[tokio::test]
+async fn quick_503s_cut_the_adaptive_limit_and_refused_connects_are_no_sample() {
+    let mut cfg = limits(Some(100), None, None);
+    cfg.adaptive = Some(Adaptive { min: 2, max: 50 });
+    let (s, clock) = shedder_with(&cfg, &TrackedTenants::new(100));
+    let slot = s.acquire("t", Priority::Normal).await.expect("a free slot");
+    let window = |outcome: Outcome, ms: u64| {
+        clock.advance(Duration::from_nanos(adaptive::WINDOW_NANOS));
+        for _ in 0..adaptive::MIN_SAMPLES {
+            slot.record(outcome, Duration::from_millis(ms));
+        }
+        s.adaptive_limit().expect("adaptive is on")
+    };
+    assert_eq!(
+        window(Outcome::Status(200), 50),
+        50,
+        "the probe ends at max"
+    );
+    assert_eq!(window(Outcome::ConnectError, 0), 50, "no sample: no window");
+    assert_eq!(
+        window(Outcome::Status(200), 50),
+        50,
+        "50 ms is still the baseline"
+    );
+    assert_eq!(window(Outcome::Status(503), 1), 40, "× DROP_FACTOR");
+    assert_eq!(window(Outcome::Status(503), 1), 32, "× DROP_FACTOR again");
 }
