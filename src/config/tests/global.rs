@@ -133,6 +133,20 @@ fn global_keys_on_a_local_limit_warn_where_they_stand() {
     );
 }
 
+/// `store_unavailable` is the `limit` of a refusal by an unreachable store (`on_store_error:
+/// deny`), so no limit may take it: the two would share one series.
+#[test]
+fn no_limit_may_be_named_as_the_store_refusal() {
+    let e = fails_at(
+        &policy("{ rate_limit: { per_tenant: { rate: 1/s, name: store_unavailable } } }"),
+        "policies.p.rate_limit.per_tenant.name",
+    );
+    assert!(e.message.contains("reserved"), "{e:?}");
+    ok(&policy(
+        "{ rate_limit: { per_tenant: { rate: 1/s, name: store_unavailable2 } } }",
+    ));
+}
+
 #[test]
 fn a_store_nothing_uses_warns_and_none_warns_without_one() {
     let w = warnings(&format!("{STORE}{BASE}"));
