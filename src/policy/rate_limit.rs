@@ -43,7 +43,7 @@ use crate::clock::{SharedClock, WallClock};
 use crate::config::file::{Limit, LimitScope, RateLimit};
 use crate::tenant::tracked::Sweep;
 
-pub use self::decision::Decision;
+pub use self::decision::{Decision, STORE_UNAVAILABLE};
 pub use self::global::GlobalLimiter;
 pub use crate::tenant::tracked::TrackedTenants;
 
@@ -386,6 +386,7 @@ impl Inner {
                 retry_nanos: 0,
                 items: Items::default(),
                 spec: None,
+                store_down: false,
             };
         }
         let mut items = Items::default();
@@ -401,6 +402,7 @@ impl Inner {
             retry_nanos: 0,
             items,
             spec: Some(set.spec.clone()),
+            store_down: false,
         }
     }
 
@@ -422,6 +424,7 @@ impl Inner {
             retry_nanos: retry,
             items,
             spec: Some(set.spec.clone()),
+            store_down: false,
         }
     }
 

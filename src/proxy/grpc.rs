@@ -42,8 +42,9 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Trailers-Only answer).
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-/// The longest `grpc-timeout` taken: a longer one (gRPC allows up to 99,999,999 hours) bounds
-/// nothing a proxy would wait for, and is left to the policy.
+/// The longest `grpc-timeout` taken: a longer one (gRPC allows up to 99,999,999 hours) is taken
+/// as this, the longest duration a policy may write, and the upstream is told this much (less
+/// what has passed), as Envoy's `max_grpc_timeout` caps it.
 const LONGEST: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Whether a request with these headers is a gRPC call: a `content-type` of `application/grpc`,
@@ -65,11 +66,11 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The deadline a gRPC call states in `grpc-timeout`: 1 to 8 digits and a unit (`H`, `M`, `S`,
-/// `m`, `u`, `n`: hours to nanoseconds). `None` when the header is absent, malformed (the call
-/// then goes on under the policy's timeout alone, as a gRPC server would treat it) or over 30
-/// days.
+/// `m`, `u`, `n`: hours to nanoseconds), at most 30 days: a longer one is taken as 30 days.
+/// `None` when the header is absent or malformed (the call then goes on under the policy's
+/// timeout alone, as a gRPC server would treat it).
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    parse_timeout(headers.get(GRPC_TIMEOUT)?.as_bytes()).filter(|d| *d <= LONGEST)
+    parse_timeout(headers.get(GRPC_TIMEOUT)?.as_bytes()).map(|d| d.min(LONGEST))
 }
 
 /// Whether `headers` carry a `grpc-timeout` that is not one gRPC can read: not 1 to 8 digits
@@ -575,17 +576,11 @@ mod tests {
         assert_eq!(of("0n"), Some(Duration::ZERO));
         assert_eq!(of("12345678m"), Some(Duration::from_millis(12_345_678)));
         assert_eq!(of("720H"), Some(Duration::from_secs(720 * 3600)), "30 days");
-        for bad in [
-            "721H",
-            "123456789S",
-            "10x",
-            "10",
-            "m",
-            "",
-            "-1S",
-            "1.5S",
-            " 1S",
-        ] {
+        // Longer is taken as 30 days, up to the longest gRPC can write.
+        for long in ["721H", "99999999S", "99999999H"] {
+            assert_eq!(of(long), Some(LONGEST), "{long:?}");
+        }
+        for bad in ["123456789S", "10x", "10", "m", "", "-1S", "1.5S", " 1S"] {
             assert_eq!(of(bad), None, "{bad:?}");
         }
         assert_eq!(timeout(&HeaderMap::new()), None);
@@ -604,7 +599,7 @@ mod tests {
         assert!(!of(&["5S"]));
         assert!(
             !of(&["721H"]),
-            "over 30 days: taken as no deadline, but gRPC reads it"
+            "over 30 days: taken as 30 days, and gRPC reads it"
         );
         for bad in ["abc", "10", "123456789S", "1.5S", " 1S", "S"] {
             assert!(of(&[bad]), "{bad:?}");

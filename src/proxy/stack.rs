@@ -268,9 +268,12 @@ pub fn handle<'a>(
             let wait = decision.retry_after();
             // The wait said is the one `retry-after` says (whole seconds, at least one).
             let secs = respond::retry_after_secs(wait);
-            let msg = match decision.refused_by_total() {
-                true => format!("the route's total rate limit is exceeded; retry in {secs}s"),
-                false => format!("rate limit exceeded for tenant {id}; retry in {secs}s"),
+            let msg = if decision.store_unavailable() {
+                format!("rate limit store unavailable; on_store_error: deny; retry in {secs}s")
+            } else if decision.refused_by_total() {
+                format!("the route's total rate limit is exceeded; retry in {secs}s")
+            } else {
+                format!("rate limit exceeded for tenant {id}; retry in {secs}s")
             };
             let mut rsp = answer(Reason::RateLimited, &msg, Some(wait));
             decision.write_headers(rsp.headers_mut());

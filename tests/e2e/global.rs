@@ -706,24 +706,47 @@ async fn a_client_gone_after_sending_holds_its_key_in_the_store() {
     assert_eq!(app.hits_for("/slow"), 2);
 }
 
-/// With the store down and `on_store_error: deny`, a refusal still carries a RateLimit item
-/// for every limit of the set, each empty until the retry: never a `ratelimit` header with an
-/// empty value, which is no structured-field list.
+/// With the store down and `on_store_error: deny`, the first request of a tenant never seen
+/// is refused because of the store, and the answer says so: its message names the store, it is
+/// counted as `limit="store_unavailable"` (and as a store fallback), never as a `burst` the
+/// tenant did not use, and it claims no `r=0` of any limit (no `ratelimit`), while
+/// `ratelimit-policy` still states the limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_while_the_store_is_down_names_every_limit() {
+async fn a_refusal_while_the_store_is_down_is_the_stores_not_the_tenants() {
     let mut redis = Redis::start().await;
     let app = sample().await;
     let proxy = sets_proxy(&redis, &app).await;
     let addr = proxy.listener("inbound");
     redis.kill();
-    let refused = http::get(addr, "/ok", &[("x-tenant-id", "d")]).await;
+    let refused = http::get(addr, "/ok", &[("x-tenant-id", "Z2")]).await;
     refused.assert_rampart(429, "rate_limited");
-    assert_eq!(refused.header("retry-after"), Some("1"));
-    assert_eq!(
-        refused.header("ratelimit"),
-        Some("\"burst\";r=0;t=1, \"quota\";r=0;t=1, \"total\";r=0;t=1"),
+    let message = refused.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("rate limit store unavailable; on_store_error: deny"),
+        "{message}"
     );
-    assert!(refused.header("ratelimit-policy").is_some());
+    assert!(!message.contains("Z2"), "{message}");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("ratelimit"), None, "{refused:?}");
+    let policy = refused.header("ratelimit-policy").unwrap_or_default();
+    assert!(policy.starts_with("\"burst\";q=50;"), "{policy}");
+
+    let text = metrics(proxy.admin()).await;
+    let limited = |limit: &str| {
+        metric_value(
+            &text,
+            "rampart_rate_limited_total",
+            &[("tenant", "Z2"), ("limit", limit)],
+        )
+    };
+    assert_eq!(limited("store_unavailable"), Some(1.0), "{text}");
+    for limit in ["burst", "quota", "total"] {
+        assert_eq!(limited(limit), None, "limit={limit}: {text}");
+    }
+    assert_eq!(fallbacks(&proxy).await, 1.0);
 }
 
 /// [`SHARED`] with its store over TLS: `$TLS` is the store's `tls` mapping.

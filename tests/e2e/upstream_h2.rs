@@ -919,8 +919,9 @@ async fn a_grpc_calls_deadline_bounds_its_request_timeout() {
 /// Each try of a gRPC call tells the upstream its deadline in `grpc-timeout`: the time the try
 /// has left, whichever bounds it (the per-try timeout, the route's request timeout, the client's
 /// own `grpc-timeout`), so a gRPC server stops the call's work when rampart stops waiting. A
-/// call rampart does not bound keeps what it sent (here nothing); a request that is not a gRPC
-/// call is passed on as it came, its `grpc-timeout` too.
+/// call rampart does not bound keeps what it sent (here nothing); a deadline past 30 days is
+/// passed on as 30 days; a request that is not a gRPC call is passed on as it came, its
+/// `grpc-timeout` too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_try_of_a_grpc_call_tells_the_upstream_its_deadline() {
     use std::time::Duration;
@@ -967,14 +968,19 @@ async fn each_try_of_a_grpc_call_tells_the_upstream_its_deadline() {
     h2_post_with(addr, "/grpc", &[grpc]).await;
     assert_eq!(told("/grpc"), (None, None));
     // A deadline gRPC cannot read is ignored and not passed on (a gRPC C-core server that
-    // fails to parse one fails later calls on the same connection, other clients' too); one
-    // longer than rampart takes (over 30 days) is readable, and goes as it came.
+    // fails to parse one fails later calls on the same connection, other clients' too).
     for bad in ["abc", "10", "123456789S", "1.5S"] {
         h2_post_with(addr, "/grpc", &[grpc, ("grpc-timeout", bad)]).await;
         assert_eq!(told("/grpc"), (None, None), "{bad:?}");
     }
-    h2_post_with(addr, "/grpc", &[grpc, ("grpc-timeout", "721H")]).await;
-    assert_eq!(told("/grpc").0.as_deref(), Some("721H"));
+    // One longer than rampart takes (30 days) is taken as 30 days, and the upstream is told
+    // that, less the time spent (rounded up to the second): never the 1,157 days asked for.
+    for long in ["721H", "99999999S", "99999999H"] {
+        h2_post_with(addr, "/grpc", &[grpc, ("grpc-timeout", long)]).await;
+        let (text, read) = told("/grpc");
+        assert_eq!(text.as_deref(), Some("2592000S"), "{long:?}");
+        assert_eq!(read, Some(Duration::from_secs(30 * 24 * 3600)), "{long:?}");
+    }
     // Not a gRPC call: its headers go as they came.
     let json = ("content-type", "application/json");
     h2_post_with(addr, "/per-try", &[json, ("grpc-timeout", "10S")]).await;
@@ -1295,8 +1301,8 @@ listeners:
 }
 
 /// What a hostile client can put in `grpc-timeout`: a deadline of nothing is met at once; one
-/// past 30 days, a sign, a fraction, nine digits, bytes outside ASCII or no unit bound nothing
-/// (the call is answered by the upstream), and none of them breaks the connection or rampart.
+/// past 30 days is taken as 30 days; a sign, a fraction, nine digits, bytes outside ASCII or no
+/// unit bound nothing (in each case the call is answered by the upstream), and none of them breaks the connection or rampart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_grpc_timeouts_bound_nothing_or_end_the_call_at_once() {
     let (_up, _proxy, addr) = grpc_routes().await;

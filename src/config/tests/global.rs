@@ -133,6 +133,42 @@ fn global_keys_on_a_local_limit_warn_where_they_stand() {
     );
 }
 
+/// A `lease` larger than a bucket lets one replica empty it in one call: accepted (it works),
+/// but warned at the `lease`, naming the bucket; one that fits every bucket is not.
+#[test]
+fn a_lease_larger_than_a_bucket_warns_at_the_lease() {
+    let rl = |lease: u64| {
+        format!(
+            "{{ rate_limit: {{ per_tenant: {{ rate: 100/s, burst: 50 }}, overrides: {{ z: {{ rate: 1/s, burst: 5 }} }}, scope: global, lease: {lease} }} }}"
+        )
+    };
+    let w = warnings(&with(STORE, &rl(6)));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].2, "policies.p.rate_limit.lease", "{w:?}");
+    let all = super::warnings(&with(STORE, &rl(6)));
+    let msg = &all[0].message;
+    assert!(
+        msg.contains("lease of 6") && msg.contains("5 token(s)") && msg.contains("overrides.z"),
+        "{msg}"
+    );
+    assert!(msg.contains("whole bucket"), "{msg}");
+    assert!(warnings(&with(STORE, &rl(5))).is_empty());
+}
+
+/// `store_unavailable` is the `limit` of a refusal by an unreachable store (`on_store_error:
+/// deny`), so no limit may take it: the two would share one series.
+#[test]
+fn no_limit_may_be_named_as_the_store_refusal() {
+    let e = fails_at(
+        &policy("{ rate_limit: { per_tenant: { rate: 1/s, name: store_unavailable } } }"),
+        "policies.p.rate_limit.per_tenant.name",
+    );
+    assert!(e.message.contains("reserved"), "{e:?}");
+    ok(&policy(
+        "{ rate_limit: { per_tenant: { rate: 1/s, name: store_unavailable2 } } }",
+    ));
+}
+
 #[test]
 fn a_store_nothing_uses_warns_and_none_warns_without_one() {
     let w = warnings(&format!("{STORE}{BASE}"));

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::super::file::{redact_url, File, LimitScope, RateLimit, RedisStore};
+use super::super::file::{redact_url, File, Limit, LimitScope, LimitWindow, RateLimit, RedisStore};
 use super::super::locate::KeyPath;
 use super::Report;
 
@@ -168,6 +168,16 @@ fn rate_limit(rl: &RateLimit, has_store: bool, p: &KeyPath, r: &mut Report<'_>) 
                 &p.key("lease"),
                 format!("{n} is out of range: a lease is 1 to {MAX_LEASE} tokens"),
             );
+        } else if let Some((cap, at)) = smallest_bucket(rl).filter(|(cap, _)| n > *cap) {
+            r.warn(
+                &p.key("lease"),
+                format!(
+                    "a lease of {n} is more than the {cap} token(s) of the bucket at `{at}`: one \
+                     replica can take that whole bucket in one lease, and the other replicas get \
+                     none of it until this one spends it or `lease_ttl` drops it; a lease of at \
+                     most a tenth of the bucket (the default) lets them share it"
+                ),
+            );
         }
     }
     if let Some(t) = rl.lease_ttl {
@@ -179,4 +189,41 @@ fn rate_limit(rl: &RateLimit, has_store: bool, p: &KeyPath, r: &mut Report<'_>) 
             );
         }
     }
+}
+
+/// The smallest bucket of `rl` (tokens, and where it is written, under `rate_limit`): a lease
+/// larger than it can empty it in one call.
+fn smallest_bucket(rl: &RateLimit) -> Option<(u64, String)> {
+    let capacity = |l: &Limit| match l.window {
+        LimitWindow::Smooth => l.burst.unwrap_or(l.rate.count).max(1),
+        LimitWindow::Calendar => l.rate.count.max(1),
+    };
+    let named = |key: String, ls: &[Limit]| {
+        let many = ls.len() > 1;
+        ls.iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let at = if many {
+                    format!("{key}[{i}]")
+                } else {
+                    key.clone()
+                };
+                (capacity(l), at)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = Vec::new();
+    if let Some(l) = &rl.per_tenant {
+        all.extend(named("per_tenant".into(), &l.0));
+    }
+    for (tenant, l) in &rl.overrides {
+        all.extend(named(format!("overrides.{tenant}"), &l.0));
+    }
+    for (plan, l) in &rl.plans {
+        all.extend(named(format!("plans.{plan}"), &l.0));
+    }
+    if let Some(l) = &rl.total {
+        all.extend(named("total".into(), &l.0));
+    }
+    all.into_iter().min_by_key(|(cap, _)| *cap)
 }

@@ -205,6 +205,14 @@ fn limits(ls: &Limits, p: &KeyPath, r: &mut Report<'_>) {
         if let Some(name) = &l.name {
             if let Err(m) = syntax::limit_name(name) {
                 r.value(&lp.key("name"), m);
+            } else if name == crate::policy::rate_limit::STORE_UNAVAILABLE {
+                r.value(
+                    &lp.key("name"),
+                    format!(
+                        "{name:?} is reserved: it is the `limit` of a refusal made because the \
+                         global store was down (on_store_error: deny); choose another name"
+                    ),
+                );
             } else if !names.insert(name.as_str()) {
                 r.value(
                     &lp.key("name"),

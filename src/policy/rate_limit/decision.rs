@@ -22,6 +22,11 @@ const QUOTA_PERIOD: Duration = Duration::from_secs(3600);
 /// Items rendered without allocation; more limits than this spill to a `Vec`.
 const INLINE_ITEMS: usize = 4;
 
+/// The `limit` (metric label, access log) of a refusal made because the global store could not
+/// be asked (`on_store_error: deny`), not because a limit was used up. No limit may take this
+/// name (config validation refuses it), so the two never share a series.
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+
 /// The answer for one request: admitted or refused, how long to wait, and the RateLimit headers.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -29,6 +34,9 @@ pub struct Decision {
     pub(super) retry_nanos: u64,
     pub(super) items: Items,
     pub(super) spec: Option<Arc<Spec>>,
+    /// Refused because the global store could not decide (`on_store_error: deny`): no limit
+    /// of the tenant's was found used up, so none is named and `ratelimit` is not written.
+    pub(super) store_down: bool,
 }
 
 /// Header names of a set's items (its limits, then the totals) and the fixed policy header.
@@ -131,7 +139,11 @@ impl Decision {
 
     /// The name of the limit that refused (as in the RateLimit headers: `burst`, `quota`,
     /// `total` or its `name:`): the first one without a token now. `None` if admitted.
+    /// A refusal by the unreachable store is [`STORE_UNAVAILABLE`].
     pub fn limit(&self) -> Option<&str> {
+        if self.store_down && !self.admitted {
+            return Some(STORE_UNAVAILABLE);
+        }
         let names = &self.spec.as_ref()?.names;
         names.get(self.refusing()?).map(String::as_str)
     }
@@ -145,9 +157,15 @@ impl Decision {
         }
     }
 
+    /// Whether the refusal was made because the global store could not be asked
+    /// (`on_store_error: deny`), whatever the tenant had used.
+    pub fn store_unavailable(&self) -> bool {
+        self.store_down && !self.admitted
+    }
+
     /// Where the refusing limit is among the items: the first one without a token now.
     fn refusing(&self) -> Option<usize> {
-        if self.admitted {
+        if self.admitted || self.store_down {
             return None;
         }
         let empty = self.items.iter().position(|i| i.reset_nanos > 0);
@@ -166,6 +184,12 @@ impl Decision {
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         let Some(spec) = &self.spec else { return };
         let Some(policy) = &spec.policy else { return };
+        if self.store_down {
+            // The limits are what they are, but how much of them is left is unknown: no
+            // `ratelimit` item would be true (`r=0` would claim a limit the tenant never used).
+            headers.insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
+            return;
+        }
         let mut value = String::with_capacity(24 * spec.names.len());
         for (name, item) in spec.names.iter().zip(self.items.iter()) {
             let sep = if value.is_empty() { "" } else { ", " };

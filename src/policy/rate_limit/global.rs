@@ -243,6 +243,7 @@ fn admitted_plain() -> Decision {
         retry_nanos: 0,
         items: Items::default(),
         spec: None,
+        store_down: false,
     }
 }
 
@@ -339,6 +340,7 @@ impl Inner {
             retry_nanos: 0,
             items: self.items(set, lease, left, now),
             spec: Some(set.spec.clone()),
+            store_down: false,
         }
     }
 
@@ -348,6 +350,7 @@ impl Inner {
             retry_nanos: wait.max(1),
             items: self.items(set, lease, 0, now),
             spec: Some(set.spec.clone()),
+            store_down: false,
         }
     }
 
@@ -380,22 +383,15 @@ impl Inner {
             OnStoreError::Local => local.check_plan(tenant, plan),
             OnStoreError::Allow => admitted_plain(),
             OnStoreError::Deny => {
+                // Nothing is known of the buckets, so no `ratelimit` item is claimed: the
+                // refusal is the store's (`store_down`), not a limit's, and says so.
                 let set = self.set(self.set_index(tenant, plan));
-                let wait = u64::try_from(DENY_RETRY.as_nanos()).unwrap_or(u64::MAX);
-                // Nothing is known of the buckets: each limit reads as empty until the retry,
-                // so the `ratelimit` header has an item per limit (never an empty value).
-                let mut items = Items::default();
-                for _ in &set.spec.names {
-                    items.push(Item {
-                        remaining: 0,
-                        reset_nanos: wait,
-                    });
-                }
                 Decision {
                     admitted: false,
-                    retry_nanos: wait,
-                    items,
+                    retry_nanos: u64::try_from(DENY_RETRY.as_nanos()).unwrap_or(u64::MAX),
+                    items: Items::default(),
                     spec: Some(set.spec.clone()),
+                    store_down: true,
                 }
             }
         }
