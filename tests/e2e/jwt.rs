@@ -378,7 +378,7 @@ async fn a_rotated_jwks_file_is_read_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (old, new) = (rsa("old"), ec("new"));
     let path = write_jwks(dir.path(), &jwks(&[&old]));
-    let proxy = start(app.addr(), &path, "200ms").await;
+    let proxy = start(app.addr(), &path, "1s").await;
     let addr = proxy.listener("other");
     let t = bearer(&token(&new, &claims("globex", None)));
     http::get(addr, "/ok", &[("authorization", &t)])
@@ -393,7 +393,8 @@ async fn a_rotated_jwks_file_is_read_again() {
     );
     // A broken file keeps the last good keys.
     write_jwks(dir.path(), "{ not json");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past one refresh (jwks_refresh is at least 1s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let t2 = bearer(&token(&new, &claims("initech", None)));
     assert_eq!(
         http::get(addr, "/ok", &[("authorization", &t2)])
@@ -412,7 +413,7 @@ async fn a_jwks_file_turned_fifo_is_refused_at_refresh_as_validate_refuses_it() 
     let dir = tempfile::tempdir().expect("tempdir");
     let r = rsa("r1");
     let path = write_jwks(dir.path(), &jwks(&[&r]));
-    let proxy = start(app.addr(), &path, "200ms").await;
+    let proxy = start(app.addr(), &path, "1s").await;
     let fifo = crate::support::fifo(dir.path());
     std::fs::rename(&fifo, &path).expect("the FIFO takes the JWKS file's place");
     let said = format!("JWKS file {path:?} is not a regular file");
@@ -507,7 +508,7 @@ async fn a_jwks_url_gates_readiness_and_rotates() {
         flag.store(true, Ordering::SeqCst);
         failing.store(false, Ordering::SeqCst);
     };
-    let (proxy, ()) = tokio::join!(start(app.addr(), &url, "300ms"), gate);
+    let (proxy, ()) = tokio::join!(start(app.addr(), &url, "1s"), gate);
     assert!(
         opened.load(Ordering::SeqCst),
         "ready only after a fetch succeeded"
@@ -534,7 +535,8 @@ async fn a_jwks_url_gates_readiness_and_rotates() {
         .await
         .assert_rampart(401, "invalid_token");
     server.failing.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Past one refresh (jwks_refresh is at least 1s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let t2b = bearer(&token(&k2, &claims("umbrella", None)));
     assert_eq!(
         http::get(addr, "/ok", &[("authorization", &t2b)])
