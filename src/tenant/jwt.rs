@@ -93,8 +93,8 @@ pub struct Jwt {
 
 impl Jwt {
     /// The source for `cfg`, whose tokens may name the plans `plans`; the keys (and their
-    /// refresh task) of `prev` are kept when it has the same settings, so a reload neither
-    /// re-reads nor waits for a JWKS URL again. A new one serves what its load's validation
+    /// refresh task) of `prev` are kept when it has the same settings, so a reload does not
+    /// wait for a JWKS URL again (a file's keys are replaced by what the reload read). A new one serves what its load's validation
     /// read (`read`: the file's bytes, the https client); without that, it reads the file, and
     /// an https JWKS without `jwks_ca` trusts `system`, the system roots of this config load.
     pub fn new(
@@ -106,7 +106,17 @@ impl Jwt {
         system: &SystemRoots,
     ) -> Self {
         let keys = match prev.filter(|p| p.cfg == *cfg) {
-            Some(p) => p.keys.clone(),
+            Some(p) => {
+                // A reload serves the file its validation read, as it serves the TLS files: a
+                // key taken out (a leaked one) is refused from this reload on, not from the
+                // next refresh. (Validation checked the bytes; a URL is not fetched by a reload.)
+                if let Some(JwksRead::File(bytes)) = read {
+                    if let Ok(keys) = keys::parse_jwks(bytes) {
+                        p.keys.set(keys);
+                    }
+                }
+                p.keys.clone()
+            }
             None => refresh::start(cfg, read, system),
         };
         Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)

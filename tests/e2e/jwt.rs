@@ -404,6 +404,38 @@ async fn a_rotated_jwks_file_is_read_again() {
     );
 }
 
+/// A reload serves the JWKS file it read, as it serves the TLS files: a key taken out of the
+/// file (a leaked one) is refused from the reload on, and the new key verifies, without
+/// waiting for `jwks_refresh` (5m here). Before, a reload that left the source's settings as
+/// they were kept the old keys until the next refresh.
+#[tokio::test]
+async fn a_reload_serves_the_jwks_file_it_read() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (k1, k2) = (rsa("k1"), ec("k2"));
+    let path = write_jwks(dir.path(), &jwks(&[&k1]));
+    let proxy = start(app.addr(), &path, "5m").await;
+    let addr = proxy.listener("other");
+    let (t1, t2) = (
+        bearer(&token(&k1, &claims("globex", None))),
+        bearer(&token(&k2, &claims("initech", None))),
+    );
+    assert_eq!(
+        http::get(addr, "/ok", &[("authorization", &t1)])
+            .await
+            .status,
+        200
+    );
+    write_jwks(dir.path(), &jwks(&[&k2]));
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    http::get(addr, "/ok", &[("authorization", &t1)])
+        .await
+        .assert_rampart(401, "invalid_token");
+    let rsp = http::get(addr, "/ok", &[("authorization", &t2)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+}
+
 /// A JWKS file replaced by a FIFO: each refresh refuses it by what it is, in the words
 /// `rampart validate` uses (before, it read the FIFO as empty and said "not a JWKS: EOF while
 /// parsing"), never waits on it, and keeps the last good keys.
