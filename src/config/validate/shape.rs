@@ -2,8 +2,8 @@
 //! and deserialize again.
 //!
 //! serde stops at its first error. Rather than mirror the whole schema by hand, each error is
-//! recorded and the node it is about is taken out of the tree: an unknown key simply goes, a bad
-//! value leaves its key unset (its default applies, or its parent reports the key missing,
+//! recorded and the node it is about is taken out of the tree: an unknown key simply goes (with
+//! every other unknown key of its mapping, refused in the same round), a bad value leaves its key unset (its default applies, or its parent reports the key missing,
 //! and then the parent goes too). A key written null is read as if it were not written, as
 //! serde reads an optional one: its type error is kept back unless the key proves required. A
 //! listener's bad `listen` or `direction` is stood in for rather than taken out (see
