@@ -121,8 +121,8 @@ async fn validate_reads_the_store_tls_files() {
         &out,
         &path,
         18,
-        5,
-        "global_store.redis.tls",
+        12,
+        "global_store.redis.tls.ca",
         "no certificate",
     );
 }
