@@ -154,6 +154,12 @@ impl KeyPath {
         }
     }
 
+    /// The path one step up; None for the whole file.
+    pub(super) fn parent(&self) -> Option<KeyPath> {
+        let (_, up) = self.0.split_last()?;
+        Some(KeyPath(up.to_vec()))
+    }
+
     /// How many steps the path has (0 for the whole file, 1 for a top-level key).
     pub(super) fn depth(&self) -> usize {
         self.0.len()
@@ -300,6 +306,14 @@ impl Doc {
                 _ => false,
             },
             _ => false,
+        }
+    }
+
+    /// Takes the `keys` out of the mapping at `path` (every copy of each), in one sweep of it
+    /// however many they are.
+    pub(super) fn remove_keys(&mut self, path: &KeyPath, keys: &HashSet<String>) {
+        if let Some(Node::Map { entries, .. }) = self.node_mut(&path.0) {
+            entries.retain(|e| !keys.contains(&e.key));
         }
     }
 

@@ -157,7 +157,7 @@ fn tls_files_that_exist_are_accepted() {
     // Their contents are read too: a key that is not the certificate's is refused.
     let (_, other) = files.pair("y", &ca.server(2));
     let e = one(&text.replace("/etc/rampart/tls/key.pem", &other.display().to_string()));
-    assert_eq!(e.path, "listeners[0].tls");
+    assert_eq!(e.path, "listeners[0].tls.key");
     assert!(e.message.contains("key does not match"), "{e:?}");
 }
 

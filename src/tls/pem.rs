@@ -110,6 +110,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileEr
     Ok(certs)
 }
 
+/// The certificate chain in `path`, each certificate valid now: what [`CertPair::load_all`]
+/// checks of the cert file alone, for validation to judge it when its key cannot be read.
+pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let chain = load_certs(path)?;
+    check_validity(path, &chain, SystemTime::now())?;
+    Ok(chain)
+}
+
 /// The first private key in `path`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
     let bytes = read(path)?;

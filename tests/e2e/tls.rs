@@ -472,8 +472,8 @@ async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
     // Placed like every config error: FILE:LINE:COLUMN: key.path: message.
     let line = text
         .lines()
-        .find(|l| l.contains(": listeners[0].tls: "))
-        .unwrap_or_else(|| panic!("no error at listeners[0].tls: {text}"));
+        .find(|l| l.contains(": listeners[0].tls.key: "))
+        .unwrap_or_else(|| panic!("no error at listeners[0].tls.key: {text}"));
     let place = line
         .strip_prefix(&format!("{}:", proxy.config_path().display()))
         .and_then(|rest| rest.split(": ").next())
@@ -498,7 +498,7 @@ async fn mismatched_key_fails_validate_and_reload_keeps_the_old_cert() {
 }
 
 /// A chain file whose leaf is fresh and whose intermediate has expired: `validate` refuses it
-/// at `listeners[0].tls` (FILE:LINE:COL), naming the file and which certificate, and a reload
+/// at `listeners[0].tls.cert` (FILE:LINE:COL), naming the file and which certificate, and a reload
 /// to it is refused with the old certificate kept. Before, only the leaf was checked.
 #[tokio::test]
 async fn an_expired_intermediate_fails_validate_and_reload() {
@@ -516,8 +516,8 @@ async fn an_expired_intermediate_fails_validate_and_reload() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     let line = text
         .lines()
-        .find(|l| l.contains(": listeners[0].tls: "))
-        .unwrap_or_else(|| panic!("no error at listeners[0].tls: {text}"));
+        .find(|l| l.contains(": listeners[0].tls.cert: "))
+        .unwrap_or_else(|| panic!("no error at listeners[0].tls.cert: {text}"));
     assert!(
         line.starts_with(&format!("{}:", proxy.config_path().display())),
         "{line}"
@@ -555,7 +555,7 @@ async fn a_bad_key_is_listed_with_the_other_errors_in_file_order() {
     proxy.rewrite_config(&bad);
     let keys = [
         ": bogus: unknown key",
-        ": listeners[0].tls: ",
+        ": listeners[0].tls.key: ",
         ": listeners[0].routes[0].tunnel_idle_timeout: ",
     ];
     let in_order = |what: &str, text: &str| {

@@ -157,11 +157,18 @@ fn the_endpoint_is_an_http_or_https_base_url() {
         "tracing.otlp.cert",
         "needs its `key` too",
     );
-    refused(
+    // The key that is there is still read: each file's problem in the one pass.
+    let text = traced(
         "{ endpoint: \"https://collector.example:4318\", cert: /no/such.pem, key: /etc/hosts }",
-        "tracing.otlp.cert",
-        "cannot read client certificate",
+        "",
     );
+    let c = fails_at(&text, "tracing.otlp.cert");
+    assert!(
+        c.message.contains("cannot read client certificate"),
+        "{c:?}"
+    );
+    let k = fails_at(&text, "tracing.otlp.key");
+    assert!(k.message.contains("no private key in it"), "{k:?}");
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub(super) struct DeError {
     /// True when the value is a struct's key written null (`budget:`), which `shape.rs` reads
     /// as if it were not written unless the key is required.
     pub(super) null_field: bool,
+    /// For an unknown key of a struct: the other unknown keys of its mapping, each with its
+    /// error and the place of its key, refused in the same pass rather than one per pass.
+    pub(super) unknown_after: Vec<(DeError, (usize, usize))>,
     located: bool,
 }
 
@@ -70,6 +73,7 @@ impl DeError {
             unknown_key: false,
             mistyped: false,
             null_field: false,
+            unknown_after: Vec::new(),
             located: false,
         }
     }
@@ -381,11 +385,13 @@ impl<'de> de::Deserializer<'de> for De<'_> {
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _fields: &'static [&'static str],
+        fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, DeError> {
         let r = match self.node {
-            Node::Map { entries, .. } => v.visit_map(MapAcc::new(entries, &self.path).of_struct()),
+            Node::Map { entries, .. } => {
+                v.visit_map(MapAcc::new(entries, &self.path).of_struct(fields))
+            }
             _ => Err(self.wrong(&v)),
         };
         self.locate(r)

@@ -2,13 +2,15 @@
 //! and deserialize again.
 //!
 //! serde stops at its first error. Rather than mirror the whole schema by hand, each error is
-//! recorded and the node it is about is taken out of the tree: an unknown key simply goes, a bad
-//! value leaves its key unset (its default applies, or its parent reports the key missing,
+//! recorded and the node it is about is taken out of the tree: an unknown key simply goes (with
+//! every other unknown key of its mapping, refused in the same round), a bad value leaves its key unset (its default applies, or its parent reports the key missing,
 //! and then the parent goes too). A key written null is read as if it were not written, as
 //! serde reads an optional one: its type error is kept back unless the key proves required. A
 //! listener's bad `listen` or `direction` is stood in for rather than taken out (see
 //! [`listener_stand_in`]). Each round takes out or stands in for at least one node, so the
 //! rounds are bounded by the size of the tree, and by [`MAX_ROUNDS`] besides.
+
+use std::collections::HashSet;
 
 use serde::Deserialize;
 
@@ -73,13 +75,32 @@ fn rounds(doc: &mut Doc, origin: &str, held: &mut Vec<(KeyPath, ConfigError, Ent
         let Some(root) = doc.root.as_ref() else {
             return done(None, errors, removed, mistyped, false);
         };
-        let e = match File::deserialize(De {
+        let mut e = match File::deserialize(De {
             node: root,
             path: KeyPath::default(),
         }) {
             Ok(file) => return done(Some(file), errors, removed, mistyped, false),
             Err(e) => e,
         };
+        // The unknown keys beside an unknown key go with it, in this round.
+        let after = std::mem::take(&mut e.unknown_after);
+        if !after.is_empty() {
+            let mut keys = HashSet::new();
+            for (s, (line, column)) in after {
+                let message = capital_x(&s).unwrap_or(s.message);
+                errors.push(ConfigError {
+                    origin: origin.to_string(),
+                    line,
+                    column,
+                    path: s.path.to_string(),
+                    message,
+                });
+                keys.extend(s.path.last_key().map(str::to_string));
+            }
+            if let Some(parent) = e.path.parent() {
+                doc.remove_keys(&parent, &keys);
+            }
+        }
         // A key left unset because its value was taken out is not missing a second time.
         let echo = e
             .missing

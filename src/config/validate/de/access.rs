@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::super::super::locate::{Entry, KeyPath, Node, Target};
+use super::super::words;
 use super::{is_null, De, DeError};
 
 /// A mapping key, deserialized as the text it is.
@@ -22,6 +23,8 @@ pub(super) struct MapAcc<'a> {
     path: KeyPath,
     /// The mapping is a struct's: its keys are fields, not names the file chose.
     of_struct: bool,
+    /// The struct's fields (aliases among them), as serde names them to `deserialize_struct`.
+    fields: &'static [&'static str],
 }
 
 /// A sequence's items (those not taken out), with the index each is written at.
@@ -66,14 +69,41 @@ impl<'a> MapAcc<'a> {
             next: 0,
             path: path.clone(),
             of_struct: false,
+            fields: &[],
         }
     }
 
-    /// The same, for a struct: a field written null that its type refuses is marked
-    /// ([`DeError::null_field`]).
-    pub(super) fn of_struct(mut self) -> Self {
+    /// The same, for a struct of `fields`: a field written null that its type refuses is
+    /// marked ([`DeError::null_field`]), and an unknown key brings its unknown siblings along.
+    pub(super) fn of_struct(mut self, fields: &'static [&'static str]) -> Self {
         self.of_struct = true;
+        self.fields = fields;
         self
+    }
+
+    /// The keys after the one at `self.next` that are not among the fields, as the errors
+    /// serde would give them one at a time. Only when `first`, the error of the key at
+    /// `self.next`, is serde's own refusal of an unknown key among these very fields: then the
+    /// struct denies every key that is not one, and each would be refused in its turn (one
+    /// more pass of the whole tree each, in `shape.rs`, so the square of their number).
+    fn unknown_after(&self, first: &DeError) -> Vec<(DeError, (usize, usize))> {
+        let Some(e) = self.entries.get(self.next) else {
+            return Vec::new();
+        };
+        let denies = self.of_struct
+            && first.unknown_key
+            && first.message == words::unknown("key", &e.key, self.fields);
+        if !denies {
+            return Vec::new();
+        }
+        self.entries[self.next + 1..]
+            .iter()
+            .filter(|s| !self.fields.contains(&s.key.as_str()))
+            .map(|s| {
+                let e: DeError = de::Error::unknown_field(&s.key, self.fields);
+                (e.at(&self.path.key(&s.key), Target::Key), s.at)
+            })
+            .collect()
     }
 }
 
@@ -91,7 +121,10 @@ impl<'de> MapAccess<'de> for MapAcc<'_> {
             key: &e.key,
             path: self.path.key(&e.key),
         };
-        seed.deserialize(key).map(Some)
+        seed.deserialize(key).map(Some).map_err(|mut first| {
+            first.unknown_after = self.unknown_after(&first);
+            first
+        })
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
