@@ -12,7 +12,7 @@
 //! What is read here is kept (`FilesRead`): start and reload serve these configs and do not
 //! read the files again, so what serves is what validated.
 
-use super::super::file::File;
+use super::super::file::{File, UpstreamTls};
 use super::super::locate::{KeyPath, Target};
 use super::super::Section;
 use super::Report;
@@ -73,7 +73,18 @@ struct Files<'f> {
     key: Option<&'f Path>,
 }
 
-impl Files<'_> {
+impl<'f> Files<'f> {
+    /// The files of a client's `tls` section (an upstream's, the store's) at `site`.
+    fn client(site: Section, t: &'f UpstreamTls) -> Self {
+        Files {
+            base: site.key_path(),
+            site,
+            ca: t.ca.as_deref().map(|p| ("ca", p)),
+            cert: t.cert.as_deref(),
+            key: t.key.as_deref(),
+        }
+    }
+
     /// The key an error of this section's files is about: the file it names, a key that does
     /// not match at `key`, a file that holds no key at `key` (a combined cert and key file).
     fn key_of(&self, e: &TlsFileError) -> KeyPath {
@@ -112,14 +123,7 @@ fn tls_sections(f: &File) -> Vec<Files<'_>> {
     }
     for (name, u) in &f.upstreams {
         let Some(t) = &u.tls else { continue };
-        let site = Section::Upstream(name.clone());
-        out.push(Files {
-            base: site.key_path(),
-            site,
-            ca: t.ca.as_deref().map(|p| ("ca", p)),
-            cert: t.cert.as_deref(),
-            key: t.key.as_deref(),
-        });
+        out.push(Files::client(Section::Upstream(name.clone()), t));
     }
     if let Some(o) = f.tracing.as_ref().map(|t| &t.otlp).filter(|o| o.is_https()) {
         out.push(Files {
@@ -132,14 +136,7 @@ fn tls_sections(f: &File) -> Vec<Files<'_>> {
     }
     if let Some(redis) = f.global_store.as_ref().map(|g| &g.redis) {
         if let Some(t) = redis.tls.as_ref().filter(|_| redis.is_tls()) {
-            let site = Section::Store;
-            out.push(Files {
-                base: site.key_path(),
-                site,
-                ca: t.ca.as_deref().map(|p| ("ca", p)),
-                cert: t.cert.as_deref(),
-                key: t.key.as_deref(),
-            });
+            out.push(Files::client(Section::Store, t));
         }
     }
     out
