@@ -304,6 +304,15 @@ impl LoadShedder {
         priority: Priority,
     ) -> Result<ShedSlot, Shed> {
         let hold = self.hold_tenant(tenant)?;
+        if self.adaptive.probing() {
+            let now = self.clock.now_nanos();
+            if self
+                .adaptive
+                .end_overdue_probe(now, self.in_flight.load(SeqCst))
+            {
+                self.refresh_limit();
+            }
+        }
         if self.waiting.load(SeqCst) == 0 && self.try_take() {
             return Ok(ShedSlot::new(self.clone(), hold));
         }

@@ -17,7 +17,10 @@
 //! or down. Between probes a faster window lowers it at once (no window can be faster than no
 //! load), nothing raises it. The first window after adaptive is turned on is a probe, then one
 //! every [`PROBE_EVERY_NANOS`]; the probe costs up to [`PROBE_MAX_NANOS`] with the limit at
-//! `min` (requests past it wait or are shed `adaptive`), about 3 % of the time at worst.
+//! `min` (requests past it wait or are shed `adaptive`), about 3 % of the time at worst. A
+//! probe ends at [`PROBE_MAX_NANOS`] even when no try ended in it (windows close on samples,
+//! so an idle route's or a refusing upstream's probe would never close): the next request
+//! after that ends it, keeping the baseline it had.
 //!
 //! # Overload is a signal of its own
 //! A try that timed out, or that the upstream answered 503, is an *overload* sample: its
@@ -193,6 +196,46 @@ impl Gradient {
         s.resume = s.resume.map(|r| r.clamp(min, max));
         self.limit.store(s.limit.round() as u32, SeqCst);
         self.enabled.store(true, SeqCst);
+    }
+
+    /// Whether a probe is in progress (one atomic load: the caller reads the clock only then).
+    #[inline]
+    pub(super) fn probing(&self) -> bool {
+        self.probe_from.load(Relaxed) != 0
+    }
+
+    /// Ends a probe that is [`PROBE_MAX_NANOS`] old at `now`, whatever its samples: windows
+    /// close on samples, so a probe that got none (an idle route, or an upstream that only
+    /// refuses connections) would otherwise hold the limit at `min` until traffic came back,
+    /// and shed the first burst that did. A probe without an answer keeps the baseline it had.
+    /// True when the limit changed.
+    pub(super) fn end_overdue_probe(&self, now: u64, in_flight: u32) -> bool {
+        let probe = self.probe_from.load(SeqCst);
+        if probe == 0 || now.saturating_sub(probe) < PROBE_MAX_NANOS {
+            return false;
+        }
+        let Some(mut s) = self.state.try_lock() else {
+            return false;
+        };
+        if s.resume.is_none() || self.probe_from.load(SeqCst) != probe {
+            return false; // closed meanwhile
+        }
+        let answers = self.answers.swap(0, SeqCst);
+        let drops = self.drops.swap(0, SeqCst);
+        let sum_nanos = self.sum_nanos.swap(0, SeqCst);
+        self.window_start.store(now, SeqCst);
+        let before = self.limit.load(SeqCst);
+        s.close(Window {
+            sum_nanos,
+            answers,
+            drops,
+            in_flight: f64::from(in_flight),
+            now,
+        });
+        self.probe_from.store(0, SeqCst);
+        let after = s.limit.round() as u32;
+        self.limit.store(after, SeqCst);
+        after != before
     }
 
     /// The limit in force, if on.

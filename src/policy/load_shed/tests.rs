@@ -932,3 +932,55 @@ async fn quick_503s_cut_the_adaptive_limit_and_refused_connects_are_no_sample() 
     assert_eq!(window(Outcome::Status(503), 1), 40, "× DROP_FACTOR");
     assert_eq!(window(Outcome::Status(503), 1), 32, "× DROP_FACTOR again");
 }
+
+/// A probe ends at `PROBE_MAX_NANOS` even when no try ended in it: an idle route (or one whose
+/// upstream only refuses connections, which is no sample) no longer keeps its limit at `min`
+/// until traffic comes back, shedding the first burst that does.
+#[tokio::test]
+async fn a_probe_without_samples_ends_after_its_longest_time() {
+    let mut cfg = limits(Some(100), None, None);
+    cfg.adaptive = Some(Adaptive { min: 2, max: 50 });
+    let (s, clock) = shedder_with(&cfg, &TrackedTenants::new(100));
+    // Turned on: a probe, the limit at `min`.
+    let first = s.acquire("t", Priority::Normal).await.expect("within min");
+    let second = s.acquire("t", Priority::Normal).await.expect("within min");
+    let shed = s
+        .acquire("t", Priority::Normal)
+        .await
+        .expect_err("past min");
+    assert_eq!(shed.reason, ShedReason::Adaptive);
+    // Refused connects only: no sample, so no window closes.
+    first.record(Outcome::ConnectError, Duration::ZERO);
+    drop(first);
+    clock.advance(Duration::from_nanos(adaptive::PROBE_MAX_NANOS - 1));
+    let _again = s.acquire("t", Priority::Normal).await.expect("within min");
+    s.acquire("t", Priority::Normal)
+        .await
+        .expect_err("the probe still holds the limit at min just before its end");
+    assert_eq!(s.adaptive_limit(), Some(2));
+    clock.advance(Duration::from_nanos(1));
+    let burst: Vec<ShedSlot> = futures_burst(&s, 8).await;
+    assert_eq!(
+        burst.len(),
+        8,
+        "the overdue probe ended: the burst is admitted"
+    );
+    assert_eq!(
+        s.adaptive_limit(),
+        Some(50),
+        "back at the limit before the probe"
+    );
+    drop(second);
+}
+
+/// `n` acquires of tenant `t`, each of which must succeed.
+async fn futures_burst(s: &Arc<LoadShedder>, n: usize) -> Vec<ShedSlot> {
+    let mut slots = Vec::with_capacity(n);
+    for i in 0..n {
+        match s.acquire("t", Priority::Normal).await {
+            Ok(slot) => slots.push(slot),
+            Err(shed) => panic!("acquire {i} of {n} shed: {:?}", shed.reason),
+        }
+    }
+    slots
+}
