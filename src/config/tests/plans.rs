@@ -168,6 +168,33 @@ fn null_issuers_or_audiences_and_blank_values_are_refused() {
     ok(&with(&jwt(", audiences: [\"~\"]", &good), rl));
 }
 
+/// Values are compared byte for byte: one written with spaces around it, or listed twice, was
+/// accepted without a word (the first matches only a claim that has the same spaces).
+/// Warned of where they are written.
+#[test]
+fn issuers_or_audiences_with_spaces_around_or_listed_twice_are_warned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("jwks.json");
+    std::fs::write(&good, JWKS).expect("write");
+    let good = good.display().to_string();
+    let rl = "{ per_tenant: { rate: 1/s } }";
+    for (key, claim) in [("issuers", "iss"), ("audiences", "aud")] {
+        let at = format!("tenants.from[0].jwt.{key}");
+        let w = super::warnings(&with(
+            &jwt(&format!(", {key}: [\" a\", \"b \", c, c]"), &good),
+            rl,
+        ));
+        let mine: Vec<_> = w.iter().filter(|e| e.path.starts_with(&at)).collect();
+        assert_eq!(mine.len(), 3, "{w:#?}");
+        assert_eq!(mine[0].path, format!("{at}[0]"));
+        assert!(mine[0].message.contains("spaces around it"), "{mine:?}");
+        assert!(mine[0].message.contains(&format!("`{claim}`")), "{mine:?}");
+        assert_eq!(mine[1].path, format!("{at}[1]"));
+        assert_eq!(mine[2].path, format!("{at}[3]"));
+        assert!(mine[2].message.contains("listed twice"), "{mine:?}");
+    }
+}
+
 #[test]
 fn plans_must_be_defined_where_they_are_used() {
     let rl = "{ per_tenant: { rate: 1/s }, plans: { pro: { rate: 5/s } } }";

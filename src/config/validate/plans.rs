@@ -97,6 +97,18 @@ pub(super) fn jwt_source(j: &JwtSource, i: usize, p: &KeyPath, r: &mut Report<'_
                     &p.key(key).idx(i),
                     "an empty or blank value matches no token: remove it, or write the accepted value",
                 );
+            } else if v.trim() != v {
+                // Compared byte for byte: a space written around the value matches only a
+                // token whose claim carries the same space.
+                r.warn(
+                    &p.key(key).idx(i),
+                    format!("{v:?} has spaces around it and matches only a `{claim}` that has them too; write the value without them"),
+                );
+            } else if list[..i].contains(v) {
+                r.warn(
+                    &p.key(key).idx(i),
+                    format!("{v:?} is listed twice; remove one"),
+                );
             }
         }
     }
