@@ -70,6 +70,7 @@ pub mod h1;
 pub mod health;
 pub mod idempotent;
 pub mod listener;
+pub mod normalize;
 pub mod pool;
 pub mod respond;
 pub mod route;

@@ -15,7 +15,10 @@
 //!   `http::Uri` refuses or whose framing lines (`content-length`, `transfer-encoding`) hyper
 //!   refuses; never an HTTP/2 preface, and the buffer is left as it was;
 //! - an answer head written from any status and headers parses back as one response with at
-//!   most one framing header.
+//!   most one framing header;
+//! - the path of every target it serves normalises (`rampart::proxy::normalize`) without a
+//!   panic, to a path normalising leaves alone, with no `//`, no dot segment, and the query
+//!   kept.
 
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
@@ -23,6 +26,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use rampart::proxy::body::ClientIn;
 use rampart::proxy::h1::parse::{parse, Parsed, Refusal, Reuse, MAX_HEADERS, WHOLE_BODY_MAX};
 use rampart::proxy::h1::write::{encode_head, Ask, Len};
+use rampart::proxy::normalize;
 
 /// One input; panics on a finding.
 pub fn run(data: &[u8]) {
@@ -78,6 +82,7 @@ pub fn run(data: &[u8]) {
                     format!("{:?}", head.req.body())
                 );
                 answer_parses_back(head.req.headers(), knob);
+                normal_form_is_kept(head.req.uri());
                 buf = &buf[taken..];
                 served += 1;
             }
@@ -241,4 +246,32 @@ fn answer_parses_back(headers: &HeaderMap, knob: u8) {
         "both framings: {:?}",
         String::from_utf8_lossy(&dst)
     );
+}
+
+/// Normalises a served target's path: normalising the result changes nothing, it has no `//`
+/// and no dot segment, and the request keeps its query.
+fn normal_form_is_kept(uri: &http::Uri) {
+    let Ok(Some(once)) = normalize::path(uri.path()) else {
+        return;
+    };
+    assert_eq!(
+        normalize::path(&once),
+        Ok(None),
+        "{uri} -> {once}: not idempotent"
+    );
+    assert!(
+        once.starts_with('/') && !once.contains("//"),
+        "{uri} -> {once}"
+    );
+    for seg in once.split('/') {
+        assert!(
+            seg != "." && seg != "..",
+            "{uri} -> {once}: a dot segment left"
+        );
+    }
+    let mut req = http::Request::new(());
+    *req.uri_mut() = uri.clone();
+    normalize::request(&mut req).expect("a path with a normal form gets it");
+    assert_eq!(req.uri().path(), once);
+    assert_eq!(req.uri().query(), uri.query());
 }

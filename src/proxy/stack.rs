@@ -3,6 +3,10 @@
 //! Order, and why:
 //! 0. **authority** — one authority decides the route and is forwarded; a request naming two
 //!    (`host` twice) or none (HTTP/1.1 without `host`) is refused before anything else.
+//!    0b. **path** — normalised (`normalize.rs`: `%` escapes of unreserved characters
+//!    decoded, `//` merged, dot segments removed) before anything reads it, so the route is
+//!    chosen on, the access log records and the upstream is sent one and the same path; one
+//!    that climbs above the root or has a broken `%` escape is refused 400.
 //! 1. **route** — nothing else can be decided before we know the route and so its policy.
 //! 2. **tenant** — every policy below is per tenant; bad or missing ids are refused before
 //!    they cost anything.
@@ -60,6 +64,7 @@ use super::grpc;
 use super::guard::Guards;
 use super::h1::parse::Refusal;
 use super::idempotent;
+use super::normalize;
 use super::respond::{self, answer};
 use super::route::request_host;
 use super::shared::Shared;
@@ -172,6 +177,10 @@ pub fn handle<'a>(
         // What the tries do; declared before `fin`, which reads it if the request is dropped
         // before its answer (its client gone).
         let tries = TryLog::default();
+        // 0b. Path (`normalize.rs`): its normal form, before the log line below records it and
+        // before anything is matched on it; the upstream is sent the same. A path that has
+        // none keeps the one sent, for the log line of its 400.
+        let unfit = normalize::request(&mut req).err();
         // Counts, request id, debug line and access log of every answer below (and of a
         // request dropped before it).
         let (request_id, made) = finish::request_id(&mut req, sent);
@@ -182,6 +191,11 @@ pub fn handle<'a>(
         if let Some(msg) = forward::authority_problem(&req, sent) {
             let tm = lst.unrouted.tenant(&shared.empty_label);
             return fin.answer(&tm, answer(Reason::BadRequest, msg, None), None, NO_TRY);
+        }
+        if let Some(unfit) = unfit {
+            let tm = lst.unrouted.tenant(&shared.empty_label);
+            let rsp = answer(Reason::BadRequest, unfit.message(), None);
+            return fin.answer(&tm, rsp, None, NO_TRY);
         }
 
         if req.method() == Method::CONNECT && lst.direction == Direction::Inbound {

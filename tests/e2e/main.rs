@@ -27,6 +27,7 @@ mod lean;
 mod load_shed;
 mod log_io;
 mod park;
+mod paths;
 mod pool;
 mod proxy;
 mod rate_limit;

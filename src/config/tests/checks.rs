@@ -95,6 +95,15 @@ fn routes_check_match_and_order() {
         "listeners[0].routes[0].match.path_prefix",
     );
     assert_eq!(e.message, "path prefix \"api\" must start with /");
+    for dead in ["/a//b", "/a/../b", "/%61pi", "/a%2fb", "/x/./"] {
+        let e = fails_at(
+            &with_match(&format!("{{ path_prefix: \"{dead}\" }}")),
+            "listeners[0].routes[0].match.path_prefix",
+        );
+        assert!(e.message.contains("can never match"), "{}", e.message);
+    }
+    ok(&with_match("{ path_prefix: /api/. }"));
+    ok(&with_match("{ path_prefix: \"/a%2Fb\" }"));
     fails_at(
         &BASE.replace(
             "      - upstream: app\n",

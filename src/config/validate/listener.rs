@@ -171,6 +171,12 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                     &p.key("match").key("path_prefix"),
                     format!("path prefix {pp:?} must start with /"),
                 );
+            } else if !crate::proxy::normalize::prefix_can_match(pp) {
+                // Request paths are matched in their normal form: this prefix never would be.
+                r.value(
+                    &p.key("match").key("path_prefix"),
+                    format!("path prefix {pp:?} can never match: request paths are matched after normalisation (no `//`, no `.` or `..` segments, `%` escapes of letters, digits and `-._~` decoded, other escapes in upper case)"),
+                );
             }
         }
         // Hosts match without regard to case, and no prefix is `/`, as for the catch-all.

@@ -1,0 +1,211 @@
+//! The request path routes are matched on and the upstream is sent: normalised once, before
+//! routing (`stack::handle`), on every server (the lean HTTP/1.1 one, hyper's, HTTP/2).
+//!
+//! Why: a route's `path_prefix` compares bytes, and upstreams resolve `..`, `//` and `%2e`
+//! themselves. Matched on the path as sent, `/healthz/../orders` would take the `/healthz`
+//! route (tenant optional, no rate limit) and reach the upstream's `/orders`; `/%61dmin` would
+//! miss an `/admin` route. So the path is put in one canonical form (as Envoy's
+//! `normalize_path` with `merge_slashes`, and nginx, do), and that form is both matched and
+//! forwarded: the upstream is sent the path its route was chosen by.
+//!
+//! The form, in this order:
+//! 1. percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) are
+//!    decoded, and every other escape's hex digits are upper-cased (§6.2.2.1–2): `%2F`, `%5C`,
+//!    `%3F` and the like stay escaped, so a segment never gains a `/` it did not have;
+//! 2. runs of `/` become one (an empty segment is no segment, as in a file system);
+//! 3. dot segments (`.` and `..`) are removed (RFC 3986 §5.2.4), a last one leaving a `/`.
+//!
+//! Refused (400 `bad_request`), as nginx does: a `..` that would climb above the root (`/../x`;
+//! RFC 3986 clamps it to `/x`, but no client means that, and a path that has to be clamped is
+//! one crafted to reach what it does not name), and a `%` not followed by two hex digits: left
+//! as it is it could join with what follows once decoded (`%%32%65` would become `%2e`, which
+//! the upstream decodes to `.`), so it has no one meaning to match on.
+//!
+//! The query is left as it is. A path already in the form (the common case: no `%`, no `//`,
+//! no dot segment) costs one scan of its bytes and nothing else: the URI is rebuilt only when
+//! the form differs.
+
+use http::uri::{PathAndQuery, Uri};
+use http::Request;
+
+/// Why a path has no normal form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// A `..` segment climbs above the root.
+    AboveRoot,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+}
+
+// === impl Unfit ===
+
+impl Unfit {
+    /// The message of its 400 answer.
+    pub fn message(self) -> &'static str {
+        match self {
+            Unfit::AboveRoot => "the request path's `..` segments climb above its root",
+            Unfit::BadEscape => "the request path has a `%` not followed by two hex digits",
+        }
+    }
+}
+
+/// Normalises `req`'s path in place (its query, scheme and authority kept). A target that is
+/// no path (`*`, CONNECT's `host:port`) is left alone.
+pub fn request<B>(req: &mut Request<B>) -> Result<(), Unfit> {
+    let uri = req.uri();
+    let Some(normal) = path(uri.path())? else {
+        return Ok(());
+    };
+    let mut pq = normal;
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    // The normal form only drops bytes and decodes escapes into unreserved characters, all of
+    // which a path may hold, so it parses; `BadEscape` is the closest answer if it ever did not.
+    parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| Unfit::BadEscape)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Unfit::BadEscape)?;
+    Ok(())
+}
+
+/// The normal form of `path` (without its query), or `None` if it is in it already (or is no
+/// path: it does not start with `/`).
+pub fn path(path: &str) -> Result<Option<String>, Unfit> {
+    let p = path.as_bytes();
+    if p.first() != Some(&b'/') || is_normal(p)? {
+        return Ok(None);
+    }
+    let decoded = decode(path)?;
+    Ok(Some(segments(&decoded)?))
+}
+
+/// Whether a `path_prefix` can match a normalised path: whether some path in the normal form
+/// starts with it. An escape cut short at its end (`/a%4`) is taken as completed.
+pub fn prefix_can_match(prefix: &str) -> bool {
+    let b = prefix.as_bytes();
+    let cut = match b {
+        [.., b'%'] => 1,
+        [.., b'%', h] if h.is_ascii_digit() || (b'A'..=b'F').contains(h) => 2,
+        _ => 0,
+    };
+    // A last segment may go on in the path (`/api/.` matches `/api/.well-known`): complete it
+    // with a byte that makes it no dot segment, and see if the result is in the form.
+    let mut whole = prefix[..b.len() - cut].to_owned();
+    whole.push('x');
+    matches!(path(&whole), Ok(None))
+}
+
+/// One scan: no escape to change, no `//`, no dot segment. `Err` for a bad escape.
+fn is_normal(p: &[u8]) -> Result<bool, Unfit> {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'%' => {
+                let (hi, lo) = escape(p, i)?;
+                if is_unreserved((hi << 4) | lo) || is_lower_hex(p[i + 1]) || is_lower_hex(p[i + 2])
+                {
+                    return Ok(false);
+                }
+                i += 3;
+                continue;
+            }
+            b'/' => match p.get(i + 1) {
+                Some(b'/') => return Ok(false),
+                Some(b'.') if is_dot_segment(&p[i + 1..]) => return Ok(false),
+                _ => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(true)
+}
+
+/// Whether `rest` (what follows a `/`) starts with a `.` or `..` segment.
+fn is_dot_segment(rest: &[u8]) -> bool {
+    matches!(
+        rest,
+        [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..]
+    )
+}
+
+/// The values of the two hex digits after the `%` at `i`.
+fn escape(p: &[u8], i: usize) -> Result<(u8, u8), Unfit> {
+    let hex = |j: usize| p.get(j).and_then(|b| (*b as char).to_digit(16));
+    match (hex(i + 1), hex(i + 2)) {
+        // A hex digit is below 16.
+        (Some(hi), Some(lo)) => Ok((hi as u8, lo as u8)),
+        _ => Err(Unfit::BadEscape),
+    }
+}
+
+fn is_lower_hex(b: u8) -> bool {
+    (b'a'..=b'f').contains(&b)
+}
+
+/// RFC 3986 §2.3.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Step 1: unreserved escapes decoded, the others' hex upper-cased.
+fn decode(s: &str) -> Result<String, Unfit> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let p = s.as_bytes();
+    let mut out = String::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        if p[i] != b'%' {
+            // Up to the next escape, whole (`%` is ASCII: `end` is a char boundary).
+            let end = p[i..]
+                .iter()
+                .position(|&b| b == b'%')
+                .map_or(p.len(), |n| i + n);
+            out.push_str(&s[i..end]);
+            i = end;
+            continue;
+        }
+        let (hi, lo) = escape(p, i)?;
+        let byte = (hi << 4) | lo;
+        if is_unreserved(byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(hi)]));
+            out.push(char::from(HEX[usize::from(lo)]));
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// Steps 2 and 3 on a path that starts with `/`.
+fn segments(p: &str) -> Result<String, Unfit> {
+    // Built without its last `/`: `/a/b`, and `` for the root.
+    let mut out = String::with_capacity(p.len());
+    let mut trailing = false;
+    for seg in p[1..].split('/') {
+        trailing = matches!(seg, "" | "." | "..");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                let Some(cut) = out.rfind('/') else {
+                    return Err(Unfit::AboveRoot);
+                };
+                out.truncate(cut);
+            }
+            s => {
+                out.push('/');
+                out.push_str(s);
+            }
+        }
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+
+/// The normal form of `p`, `p` itself when it is in it already.
+fn norm(p: &str) -> Result<String, Unfit> {
+    Ok(path(p)?.unwrap_or_else(|| p.to_owned()))
+}
+
+#[test]
+fn paths_in_the_form_are_left_alone() {
+    for p in [
+        "/",
+        "/orders",
+        "/a/b/c/",
+        "/.well-known/x",
+        "/a/..b/b..",
+        "/a/.../b",
+        "/a%2Fb",
+        "/a%5Cb",
+        "/caf%C3%A9",
+        "/a;x=1/b",
+        "/%25",
+        "*",
+        "",
+    ] {
+        assert_eq!(path(p), Ok(None), "{p}");
+    }
+}
+
+#[test]
+fn the_bypass_forms_take_their_normal_form() {
+    for (sent, normal) in [
+        ("/healthz/../orders", "/orders"),
+        ("/healthz/%2e%2e/orders", "/orders"),
+        ("/healthz/%2E%2E/orders", "/orders"),
+        ("/healthz/.%2e/orders", "/orders"),
+        ("/x/../admin/x", "/admin/x"),
+        ("//admin/x", "/admin/x"),
+        ("/%61dmin/x", "/admin/x"),
+        ("/./admin/x", "/admin/x"),
+        ("/admin//x///", "/admin/x/"),
+        ("/a//../b", "/b"),
+        ("/%7euser/%2d%5f%30", "/~user/-_0"),
+    ] {
+        assert_eq!(norm(sent).as_deref(), Ok(normal), "{sent}");
+    }
+}
+
+#[test]
+fn reserved_escapes_stay_escaped_with_upper_case_hex() {
+    for (sent, normal) in [
+        ("/a%2fb", "/a%2Fb"),
+        ("/a%2F..%2Fb", "/a%2F..%2Fb"),
+        ("/a/%2F../b", "/a/%2F../b"),
+        ("/a%5cb", "/a%5Cb"),
+        ("/%3f%23", "/%3F%23"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/%25%32%65", "/%252e"),
+    ] {
+        assert_eq!(norm(sent).as_deref(), Ok(normal), "{sent}");
+    }
+}
+
+/// RFC 3986 §5.4's examples, resolved against `http://a/b/c/d;p?q`: the base's directory
+/// (`/b/c/`) joined to each reference is the path a client that did not resolve it would send.
+#[test]
+fn rfc_3986_dot_segment_examples() {
+    for (reference, normal) in [
+        ("g", "/b/c/g"),
+        ("./g", "/b/c/g"),
+        ("g/", "/b/c/g/"),
+        (".", "/b/c/"),
+        ("./", "/b/c/"),
+        ("..", "/b/"),
+        ("../", "/b/"),
+        ("../g", "/b/g"),
+        ("../..", "/"),
+        ("../../", "/"),
+        ("../../g", "/g"),
+        ("g.", "/b/c/g."),
+        (".g", "/b/c/.g"),
+        ("g..", "/b/c/g.."),
+        ("..g", "/b/c/..g"),
+        ("./../g", "/b/g"),
+        ("./g/.", "/b/c/g/"),
+        ("g/./h", "/b/c/g/h"),
+        ("g/../h", "/b/c/h"),
+        ("g;x=1/./y", "/b/c/g;x=1/y"),
+        ("g;x=1/../y", "/b/c/y"),
+    ] {
+        let sent = format!("/b/c/{reference}");
+        assert_eq!(norm(&sent).as_deref(), Ok(normal), "{sent}");
+    }
+    // §5.2.4's own examples.
+    assert_eq!(norm("/a/b/c/./../../g").as_deref(), Ok("/a/g"));
+    assert_eq!(norm("/mid/content=5/../6").as_deref(), Ok("/mid/6"));
+    // The "abnormal" ones RFC 3986 clamps at the root are refused here.
+    for sent in [
+        "/b/c/../../../g",
+        "/b/c/../../../../g",
+        "/../g",
+        "/..",
+        "/%2e%2e/x",
+    ] {
+        assert_eq!(norm(sent), Err(Unfit::AboveRoot), "{sent}");
+    }
+}
+
+#[test]
+fn an_escape_cut_short_is_refused() {
+    for sent in ["/100%", "/a%2", "/a%zz", "/%%32%65", "/%g0/..", "/x/%2"] {
+        assert_eq!(norm(sent), Err(Unfit::BadEscape), "{sent}");
+    }
+}
+
+#[test]
+fn the_form_is_kept_by_normalising_again() {
+    for sent in [
+        "/a/./b/../../c//d/%2e/%7E%2f",
+        "/x/..",
+        "/a/b/..",
+        "/%41%2e%2E/q",
+    ] {
+        let once = norm(sent).expect("a normal form");
+        assert_eq!(path(&once), Ok(None), "{sent} -> {once}");
+    }
+}
+
+#[test]
+fn the_query_scheme_and_authority_are_kept() {
+    let mut req = Request::builder()
+        .uri("http://svc:81/healthz/%2e%2e/orders?a=/../b&c=%2e")
+        .body(())
+        .expect("req");
+    request(&mut req).expect("normalised");
+    assert_eq!(req.uri(), "http://svc:81/orders?a=/../b&c=%2e");
+    let mut req = Request::builder().uri("/a//b?").body(()).expect("req");
+    request(&mut req).expect("normalised");
+    assert_eq!(
+        req.uri().path_and_query().map(|p| p.as_str()),
+        Some("/a/b?")
+    );
+    let mut req = Request::builder().uri("*").body(()).expect("req");
+    request(&mut req).expect("no path");
+    assert_eq!(req.uri(), "*");
+    let mut req = Request::builder().uri("/../x?q").body(()).expect("req");
+    assert_eq!(request(&mut req), Err(Unfit::AboveRoot));
+}
+
+#[test]
+fn prefixes_that_no_normal_path_starts_with() {
+    for p in [
+        "/", "/api", "/api/", "/api/.", "/api/..", "/a%2F", "/a%", "/a%4", "/.well",
+    ] {
+        assert!(prefix_can_match(p), "{p}");
+    }
+    for p in [
+        "//api", "/a/./b", "/a/../b", "/%61pi", "/a%2f", "/a%e", "/a/.//", "/../x",
+    ] {
+        assert!(!prefix_can_match(p), "{p}");
+    }
+}

@@ -1,0 +1,199 @@
+//! The request path is normalised before routing (`src/proxy/normalize.rs`): `..`, `//`,
+//! `/./` and escapes of unreserved characters cannot take a request past its route's policy,
+//! and the upstream is sent the path the route was chosen by. Over HTTP/1.1 (raw bytes, so the
+//! path goes as written; lean and hyper-served) and HTTP/2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::capture::Capture;
+use crate::support::{http, raw, wait_log_lines, Proxy};
+
+/// The README's example: `/healthz` needs no tenant, every other path one (401 without), and
+/// `/admin` goes to an upstream of its own.
+const POLICY: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tenants:
+  from: [ { header: x-tenant-id } ]
+  fallback: reject
+upstreams:
+  app: { endpoints: [$APP] }
+  adm: { endpoints: [$ADM] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { match: { path_prefix: /healthz }, upstream: app, tenant: optional }
+      - { match: { path_prefix: /admin }, upstream: adm, tenant: optional }
+      - { upstream: app }
+"#;
+
+const APP_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\napp";
+const ADM_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nadm";
+
+const WAIT: Duration = Duration::from_secs(4);
+
+struct Setup {
+    app: Capture,
+    adm: Capture,
+    proxy: Proxy,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let app = Capture::start(APP_OK).await;
+    let adm = Capture::start(ADM_OK).await;
+    let proxy = Proxy::builder(POLICY)
+        .var("APP", app.addr())
+        .var("ADM", adm.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    Setup {
+        app,
+        adm,
+        proxy,
+        log,
+        _dir: dir,
+    }
+}
+
+/// The request line `target` goes out as, raw; `extra` are more head lines.
+async fn raw_get(addr: SocketAddr, target: &str, extra: &str) -> raw::RawResp {
+    let req = format!("GET {target} HTTP/1.1\r\nhost: svc\r\n{extra}connection: close\r\n\r\n");
+    raw::exchange(addr, req.as_bytes(), WAIT).await
+}
+
+/// The request line of the last request `up` received.
+fn last_line(up: &Capture) -> String {
+    let reqs = up.requests();
+    let last = reqs.last().cloned().unwrap_or_default();
+    last.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Forms that reach `/orders` (tenant required) through `/healthz` (tenant optional).
+const TO_ORDERS: [&str; 4] = [
+    "/healthz/../orders",
+    "/healthz/%2e%2e/orders",
+    "/healthz/%2E./orders",
+    "/healthz/./..//orders",
+];
+
+/// Forms of `/admin/x`, which must reach the `/admin` route's upstream.
+const TO_ADMIN: [&str; 5] = [
+    "/x/../admin/x",
+    "//admin/x",
+    "/%61dmin/x",
+    "/./admin/x",
+    "/admin/./y/%2E%2E//x",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_paths_are_routed_and_forwarded_in_their_normal_form() {
+    let s = setup().await;
+    let addr = s.proxy.listener("inbound");
+    for target in TO_ORDERS {
+        let rsp = raw_get(addr, target, "").await;
+        assert_eq!(rsp.status(), Some(401), "{target}: {}", rsp.text());
+        assert_eq!(
+            rsp.header("x-rampart-reason").as_deref(),
+            Some("tenant_required")
+        );
+        let rsp = raw_get(addr, target, "x-tenant-id: acme\r\n").await;
+        assert_eq!(rsp.status(), Some(200), "{target}: {}", rsp.text());
+        assert_eq!(last_line(&s.app), "GET /orders HTTP/1.1", "{target}");
+    }
+    assert_eq!(s.adm.hits(), 0);
+    for target in TO_ADMIN {
+        let rsp = raw_get(addr, target, "").await;
+        assert_eq!(rsp.status(), Some(200), "{target}: {}", rsp.text());
+        assert!(rsp.text().ends_with("adm"), "{target}: {}", rsp.text());
+        assert_eq!(last_line(&s.adm), "GET /admin/x HTTP/1.1", "{target}");
+    }
+    // A chunked body hands the connection to hyper's server: the same path there.
+    let req = b"POST /x/../admin/x HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n1\r\na\r\n0\r\n\r\n";
+    let rsp = raw::exchange(addr, req, WAIT).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(last_line(&s.adm), "POST /admin/x HTTP/1.1");
+    // `%2F` and other reserved escapes stay escaped (in upper case); the query is left as it
+    // is; a path in the form goes as it came.
+    for (target, sent) in [
+        (
+            "/admin/a%2fb/%2E%2E?q=/../%2e",
+            "GET /admin/?q=/../%2e HTTP/1.1",
+        ),
+        (
+            "/admin/a%2fb?q=/../%2e",
+            "GET /admin/a%2Fb?q=/../%2e HTTP/1.1",
+        ),
+        ("/admin/a%2F..%2Fb", "GET /admin/a%2F..%2Fb HTTP/1.1"),
+        (
+            "/admin/.well-known/x?y=1",
+            "GET /admin/.well-known/x?y=1 HTTP/1.1",
+        ),
+        ("http://svc/admin//x?z", "GET /admin/x?z HTTP/1.1"),
+    ] {
+        let rsp = raw_get(addr, target, "").await;
+        assert_eq!(rsp.status(), Some(200), "{target}: {}", rsp.text());
+        assert_eq!(last_line(&s.adm), sent, "{target}");
+    }
+    // Above the root, or a broken escape: 400, and nothing forwarded.
+    let (app_hits, adm_hits) = (s.app.hits(), s.adm.hits());
+    for target in [
+        "/../admin/x",
+        "/healthz/../../orders",
+        "/admin/%2e%2e/..",
+        "/admin/100%",
+    ] {
+        let rsp = raw_get(addr, target, "x-tenant-id: acme\r\n").await;
+        assert_eq!(rsp.status(), Some(400), "{target}: {}", rsp.text());
+        assert_eq!(
+            rsp.header("x-rampart-reason").as_deref(),
+            Some("bad_request")
+        );
+    }
+    assert_eq!((s.app.hits(), s.adm.hits()), (app_hits, adm_hits));
+    // The access log records the path that was routed (and a refused one as it came).
+    let lines = wait_log_lines(&s.log, 2 * TO_ORDERS.len() + TO_ADMIN.len() + 10).await;
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+    assert!(paths.contains(&"/admin/x"), "{paths:?}");
+    assert!(paths.contains(&"/orders"), "{paths:?}");
+    assert!(paths.contains(&"/../admin/x"), "{paths:?}");
+    for form in TO_ORDERS.iter().chain(&TO_ADMIN) {
+        assert!(!paths.contains(form), "{form} logged as sent: {paths:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_paths_are_routed_and_forwarded_in_their_normal_form() {
+    let s = setup().await;
+    let addr = s.proxy.listener("inbound");
+    for path in TO_ORDERS {
+        let rsp = http::h2_get(addr, path, &[]).await;
+        rsp.assert_rampart(401, "tenant_required");
+        let rsp = http::h2_get(addr, path, &[("x-tenant-id", "acme")]).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(last_line(&s.app), "GET /orders HTTP/1.1", "{path}");
+    }
+    for path in TO_ADMIN {
+        let rsp = http::h2_get(addr, path, &[]).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(rsp.text(), "adm", "{path}");
+        assert_eq!(last_line(&s.adm), "GET /admin/x HTTP/1.1", "{path}");
+    }
+    let rsp = http::h2_get(addr, "/admin/a%2fb?q=/../%2e", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(last_line(&s.adm), "GET /admin/a%2Fb?q=/../%2e HTTP/1.1");
+    let hits = s.adm.hits();
+    http::h2_get(addr, "/../admin/x", &[])
+        .await
+        .assert_rampart(400, "bad_request");
+    assert_eq!(s.adm.hits(), hits);
+}
