@@ -2,8 +2,39 @@
 //! `te: trailers`, which asks an upstream for its trailers, and an HTTP/1.0 client's wish to
 //! keep its connection when its answer can only end with the connection.
 
+use std::time::Duration;
+
 use super::{proxy, Scripted, Then};
+use crate::support::capture::Capture;
 use crate::support::conn::Conn;
+use crate::support::{http, raw};
+
+/// A client's `te` that lists `trailers` reaches an HTTP/1.1 upstream as `te: trailers`, that
+/// token alone, from an HTTP/1.1 client (hyper's server: the lean one serves no request with
+/// `TE`) and an HTTP/2 one; `te` without `trailers`, and an HTTP/1.0 client's (which cannot be
+/// given trailers), do not. Before, no `te` ever went on, so an upstream that sends trailers
+/// only when asked (hyper's server) never sent any, though rampart relays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_trailers_alone_reaches_an_http1_upstream() {
+    let app = Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let proxy = proxy(app.addr()).await;
+    let addr = proxy.listener("inbound");
+    let wait = Duration::from_secs(10);
+    let h1 = b"GET /h1 HTTP/1.1\r\nhost: app\r\nTE: deflate;q=0.5, Trailers\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw::exchange(addr, h1, wait).await.status(), Some(200));
+    let h2 = http::h2_get(addr, "/h2", &[("te", "trailers")]).await;
+    assert_eq!(h2.status, 200);
+    let gzip = b"GET /gzip HTTP/1.1\r\nhost: app\r\nTE: gzip\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw::exchange(addr, gzip, wait).await.status(), Some(200));
+    let h10 = b"GET /h10 HTTP/1.0\r\nTE: trailers\r\n\r\n";
+    assert_eq!(raw::exchange(addr, h10, wait).await.status(), Some(200));
+    let got = app.requests();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(app.header(0, "te"), ["trailers"], "{}", got[0]);
+    assert_eq!(app.header(1, "te"), ["trailers"], "{}", got[1]);
+    assert!(app.header(2, "te").is_empty(), "{}", got[2]);
+    assert!(app.header(3, "te").is_empty(), "{}", got[3]);
+}
 
 /// An HTTP/1.0 client that asks to keep its connection (`Connection: keep-alive`) and gets an
 /// answer of no length (here chunked from the upstream: HTTP/1.0 has no chunks, so the body
