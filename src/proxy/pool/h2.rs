@@ -257,8 +257,20 @@ impl Pool {
         // both resets the stream), and one in a 204: one goes on, or none in a 204 (as from an
         // HTTP/1.1 upstream).
         crate::proxy::forward::answer_length(head.status, &mut head.headers);
+        // RFC 9110 §6.4.1: an answer to HEAD, a 204 and a 304 have no content, whatever the
+        // upstream sends after the head (the h2 library takes DATA on a 204 or 304 that fits
+        // its `content-length`): as from an HTTP/1.1 upstream, whose reader frames no body
+        // for them (`h1::finish_head`), the client gets none. The stream is let go (reset, if
+        // the upstream still sends), and its place among `MAX_STREAMS` with it.
+        let bodyless = parts.method == http::Method::HEAD
+            || head.status == http::StatusCode::NO_CONTENT
+            || head.status == http::StatusCode::NOT_MODIFIED;
+        let (body, stream) = match bodyless {
+            true => (None, None),
+            false => (Some(body), stream),
+        };
         let answer = H2Answer {
-            body: Some(body),
+            body,
             stream,
             guards: Guards::default(),
             trailed: None,
