@@ -251,6 +251,11 @@ impl Pool {
             }
         };
         let (mut head, body) = rsp.into_parts();
+        if head.status.as_u16() > 599 {
+            // As from an HTTP/1.1 upstream (`h1::parse_answer`); the stream is let go.
+            let malformed = super::h1::Malformed(super::h1::STATUS_OUT_OF_RANGE);
+            return Err(SendError::Reset(UpstreamError::Malformed(malformed)));
+        }
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
         // The h2 library takes `content-length` repeated with one value (an HTTP/2 client given

@@ -9,7 +9,7 @@ use ::http::StatusCode;
 use tokio::net::TcpListener;
 
 use super::{h2_frame, proxy};
-use crate::support::http;
+use crate::support::{http, metrics};
 
 /// A raw HTTP/2 server on 127.0.0.1 that answers every request with the same frames: a
 /// HEADERS of `block` (an HPACK block, see [`status`] and [`field`]), then one DATA of `data`
@@ -147,4 +147,36 @@ async fn content_after_a_head_that_has_none_never_reaches_the_client() {
         headed.body.as_ref().is_ok_and(|b| b.is_empty()),
         "{headed:?}"
     );
+}
+
+/// An HTTP/2 upstream's status outside 100–599 (600, 999; RFC 9110 §15 defines none, and a
+/// client is to read one as a 5xx) is a 502 saying the answer was malformed, counted as a
+/// failed try (code 502), as an HTTP/1.1 upstream's is. Before, the client got the status
+/// as sent, an HTTP/1.1 one with the reason phrase `<none>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_outside_100_to_599_is_a_502() {
+    for code in ["600", "999"] {
+        let block = [status(code), field("content-length", "2")].concat();
+        let up = Canned::start(block, Some(b"ok")).await;
+        let proxy = proxy(up.addr, "").await;
+        let addr = proxy.listener("inbound");
+        for rsp in [
+            http::h2_get(addr, "/odd", &[]).await,
+            http::get(addr, "/odd", &[]).await,
+        ] {
+            rsp.assert_rampart(502, "upstream_unavailable");
+            let msg = rsp.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                msg.contains("malformed answer") && msg.contains("100-599"),
+                "{code}: {msg}"
+            );
+        }
+        let text = metrics(proxy.admin()).await;
+        let codes =
+            crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
+        assert_eq!(codes, ["502"], "{code}: {text}");
+    }
 }
