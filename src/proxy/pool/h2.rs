@@ -183,6 +183,22 @@ pub(super) fn refusal(error: &hyper::Error) -> Option<Refusal> {
     }
 }
 
+/// What an answer head the h2 library refused is a 502 for.
+const MALFORMED_HEAD: &str =
+    "HTTP/2 answer head refused as malformed (a connection-specific field such as connection or transfer-encoding, or a bad pseudo-header or content-length)";
+
+/// Whether `error` is the h2 library's own reset of the stream with `PROTOCOL_ERROR`: what
+/// it does to an answer head it finds malformed (RFC 9113 §8.1.1: a connection-specific
+/// field, a bad pseudo-header or `content-length`). The upstream answered, wrongly: said as
+/// an HTTP/1.1 upstream's malformed answer is, not as a connection lost.
+fn malformed(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_library() && h2.is_reset() && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR)
+        })
+}
+
 /// A copy of `body` to send again, if it is in memory (no copy of its bytes).
 fn again(body: &Body) -> Option<Body> {
     match body {
@@ -246,6 +262,10 @@ impl Pool {
                     tracing::debug!(endpoint = %addr, %error, "{what}");
                     refused += 1;
                     body = b;
+                }
+                _ if malformed(&error) => {
+                    let malformed = super::h1::Malformed(MALFORMED_HEAD);
+                    return Err(SendError::Reset(UpstreamError::Malformed(malformed)));
                 }
                 _ => return Err(SendError::Reset(UpstreamError::Http2(error))),
             }

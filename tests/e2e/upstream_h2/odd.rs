@@ -180,3 +180,24 @@ async fn a_status_outside_100_to_599_is_a_502() {
         assert_eq!(codes, ["502"], "{code}: {text}");
     }
 }
+
+/// An HTTP/2 upstream's answer head with a field HTTP/2 forbids (`connection`,
+/// `transfer-encoding`: RFC 9113 §8.2.2), which the h2 library refuses, is a 502 that says the
+/// answer was malformed, as an HTTP/1.1 upstream's malformed head is. Before, it said the
+/// connection to the upstream was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_field_in_an_h2_answer_head_is_a_502_saying_malformed() {
+    for (name, value) in [("connection", "close"), ("transfer-encoding", "chunked")] {
+        let block = [status("200"), field(name, value)].concat();
+        let up = Canned::start(block, Some(b"ok")).await;
+        let proxy = proxy(up.addr, "").await;
+        let rsp = http::h2_get(proxy.listener("inbound"), "/bad", &[]).await;
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let msg = rsp.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(msg.contains("malformed answer"), "{name}: {msg}");
+        assert!(!msg.contains("connection lost"), "{name}: {msg}");
+    }
+}
