@@ -48,6 +48,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 /// Bits of [`HOP_BY_HOP`] entries in a mask.
 const CONNECTION_BIT: u16 = 1 << 0;
+const TE_BIT: u16 = 1 << 5;
 const TRANSFER_ENCODING_BIT: u16 = 1 << 6;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -433,14 +434,18 @@ pub fn one_length(headers: &mut HeaderMap) {
 /// Removes hop-by-hop headers, including those named by `connection`; keeps transfer codings
 /// other than `chunked`, and drops a `content-length` that a `transfer-encoding` overrides.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_sparing(headers, &[]);
+    strip_sparing(headers, &[], false);
 }
 
 /// As [`strip_hop_by_hop`], but a `connection` list naming one of `spare` does not remove its
 /// lines: they are rampart's own (the identity `tenant::Identify::vouch` wrote), not the
 /// client's hop-by-hop ones. An empty `spare` costs nothing; a full one is looked at only for
 /// a listed name that is not hop-by-hop already.
-fn strip_sparing(headers: &mut HeaderMap, spare: &[HeaderName]) {
+///
+/// `te_trailers`: a request's `te` that lists `trailers` goes on as `te: trailers` (that token
+/// alone): rampart relays an answer's trailers, and an upstream that sends them only to a
+/// client that asks (hyper's server) is asked. Looked at only when a `te` line is there.
+fn strip_sparing(headers: &mut HeaderMap, spare: &[HeaderName], te_trailers: bool) {
     // One pass over the names finds the hop-by-hop headers present. Most messages carry none,
     // and most others only `connection` (nginx answers `connection: keep-alive`): only those
     // present are then removed, each by one hashed lookup, instead of every name in the list.
@@ -485,7 +490,11 @@ fn strip_sparing(headers: &mut HeaderMap, spare: &[HeaderName]) {
             headers.remove(n);
         }
     }
+    let trailers = te_trailers && present & TE_BIT != 0 && super::grpc::reads_trailers(headers);
     remove_marked(headers, present);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(v) = codings {
         // The next hop adds its own `chunked` framing after these.
         headers.insert(header::TRANSFER_ENCODING, v);
@@ -632,7 +641,8 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
 /// Prepares a client request for the upstream, once, before any try; `sent` says what its head
 /// held, `spare` the names of the lines rampart wrote into it (`RequestCtx::spare`), which a
 /// `connection` list does not remove. What rampart adds is written beside the map by the
-/// upstream writer ([`Added`]).
+/// upstream writer ([`Added`]). A `te` listing `trailers` goes on as `te: trailers` alone
+/// (not an HTTP/1.0 client's, which could not be given them); any other `te` goes.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent, spare: &[HeaderName]) {
     // One authority: the one the route was chosen by. An absolute-form target or h2
     // `:authority` overrides whatever `host` the client also sent.
@@ -641,8 +651,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent, spare: 
             req.headers_mut().insert(header::HOST, v);
         }
     }
+    // An HTTP/1.0 client cannot be given trailers (no chunks): its `te` goes.
+    let te_trailers = req.version() != Version::HTTP_10;
     let h = req.headers_mut();
-    strip_sparing(h, spare);
+    strip_sparing(h, spare, te_trailers);
     if sent.underscored {
         remove_aliases(h, &FORWARDING);
     }

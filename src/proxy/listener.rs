@@ -1086,14 +1086,45 @@ fn serve(
                     super::forward::one_length(req.headers_mut());
                 }
                 let sent = super::forward::Sent::of(req.headers());
+                let http10 =
+                    req.version() == http::Version::HTTP_10 && req.method() != http::Method::HEAD;
                 let mut rsp = stack::handle(&shared, &gen, lst, req, sent, &peer, active).await;
                 // hyper writes the answer from its map alone.
                 super::body::whole_headers(&mut rsp);
+                if http10 {
+                    close_delimited_http10(&mut rsp);
+                }
                 rsp
             }
             None => removed(),
         })
     }
+}
+
+/// An answer to an HTTP/1.0 client (not to HEAD) that hyper's server writes delimited by the
+/// connection's close (it has a body of no known length, and HTTP/1.0 has no chunks) says
+/// `connection: close`. hyper says `connection: keep-alive` to a client that asked for it and
+/// then closes anyway, and a request the client sent behind its own was lost without a word.
+/// Written as HTTP/1.0 (which hyper does for such a client anyway), the answer's `close` is
+/// kept and the connection ends with it, as the lean server's (`h1::write`).
+fn close_delimited_http10(rsp: &mut http::Response<super::body::Body>) {
+    use http_body::Body as _;
+    let status = rsp.status();
+    let bodyless = status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    if bodyless
+        || rsp.body().is_end_stream()
+        || rsp.body().size_hint().exact().is_some()
+        || rsp.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    *rsp.version_mut() = http::Version::HTTP_10;
+    rsp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
 }
 
 /// The answer to a request on a listener the generation in force no longer has.

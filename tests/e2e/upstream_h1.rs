@@ -8,6 +8,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod framing;
+mod hop;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

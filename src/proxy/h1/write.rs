@@ -11,7 +11,9 @@
 //! One difference from hyper, by design: an upstream's plain answer (see
 //! `pool::h1::RawLines`) has its header lines written as the upstream sent them, names in
 //! its spelling (as nginx passes them on), where hyper writes every name in lower case.
-//! Header names are case-insensitive (RFC 9110 §5.1).
+//! Header names are case-insensitive (RFC 9110 §5.1). Another: an HTTP/1.0 client that asked to
+//! keep its connection is told `connection: close` when its answer's body is delimited by
+//! the close (hyper says `keep-alive`, then closes; `listener::serve` makes hyper say `close`).
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -118,8 +120,22 @@ pub fn encode_head<B>(
     // The `connection` value hyper adds: `keep-alive` to an HTTP/1.0 client it keeps, `close`
     // to an HTTP/1.1 client it leaves.
     let mut add: Option<&'static [u8]> = None;
+    let no_length = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let can_chunk = !ask.head && !no_length;
     let http10_out = if ask.http10 {
-        if !any_token(rsp.headers(), b"keep-alive") {
+        // An HTTP/1.0 client's answer of no length is delimited by the connection's close
+        // (below): it says so, `connection: close`, rather than `keep-alive` for a connection
+        // that then closes, losing what the client sent behind its request.
+        let by_close = can_chunk
+            && body == Len::Unknown
+            && !rsp.headers().contains_key(header::CONTENT_LENGTH)
+            && !raw.is_some_and(|r| r.length);
+        if by_close && keep_alive {
+            keep_alive = false;
+            add = Some(b"close");
+        } else if !any_token(rsp.headers(), b"keep-alive") {
             match rsp.version() {
                 Version::HTTP_10 => keep_alive = false,
                 Version::HTTP_11 if keep_alive => add = Some(b"keep-alive"),
@@ -157,10 +173,6 @@ pub fn encode_head<B>(
         dst.extend_from_slice(b"\r\n");
     }
 
-    let no_length = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let can_chunk = !ask.head && !no_length;
     let mut framing = Framing::Length(0);
     let (mut wrote_len, mut wrote_date, mut saw_connection) = (false, false, false);
     let mut length_seen: Option<u64> = None;

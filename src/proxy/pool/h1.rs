@@ -24,6 +24,10 @@ pub const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The most interim (1xx) answers before the final one.
 pub const MAX_INTERIM: usize = 32;
 
+/// What an answer whose status code is outside 100–599 (RFC 9110 §15) is refused for, from
+/// either kind of upstream.
+pub const STATUS_OUT_OF_RANGE: &str = "status code outside 100-599";
+
 /// An upstream's answer that breaks HTTP/1.1; the connection cannot be used any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed answer from the upstream: {0}")]
@@ -354,6 +358,11 @@ pub fn parse_answer(
                 continue;
             }
             _ => {}
+        }
+        // `http` takes any three digits; RFC 9110 §15 defines 100 to 599 alone, and a client
+        // is to read any other as a 5xx: a malformed answer, as nginx refuses one.
+        if code > 599 {
+            return Err(Malformed(STATUS_OUT_OF_RANGE));
         }
         let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status code"))?;
         let head = buf.split_to(len).freeze();

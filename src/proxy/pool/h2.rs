@@ -183,6 +183,22 @@ pub(super) fn refusal(error: &hyper::Error) -> Option<Refusal> {
     }
 }
 
+/// What an answer head the h2 library refused is a 502 for.
+const MALFORMED_HEAD: &str =
+    "HTTP/2 answer head refused as malformed (a connection-specific field such as connection or transfer-encoding, or a bad pseudo-header or content-length)";
+
+/// Whether `error` is the h2 library's own reset of the stream with `PROTOCOL_ERROR`: what
+/// it does to an answer head it finds malformed (RFC 9113 §8.1.1: a connection-specific
+/// field, a bad pseudo-header or `content-length`). The upstream answered, wrongly: said as
+/// an HTTP/1.1 upstream's malformed answer is, not as a connection lost.
+fn malformed(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_library() && h2.is_reset() && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR)
+        })
+}
+
 /// A copy of `body` to send again, if it is in memory (no copy of its bytes).
 fn again(body: &Body) -> Option<Body> {
     match body {
@@ -247,18 +263,39 @@ impl Pool {
                     refused += 1;
                     body = b;
                 }
+                _ if malformed(&error) => {
+                    let malformed = super::h1::Malformed(MALFORMED_HEAD);
+                    return Err(SendError::Reset(UpstreamError::Malformed(malformed)));
+                }
                 _ => return Err(SendError::Reset(UpstreamError::Http2(error))),
             }
         };
         let (mut head, body) = rsp.into_parts();
+        if head.status.as_u16() > 599 {
+            // As from an HTTP/1.1 upstream (`h1::parse_answer`); the stream is let go.
+            let malformed = super::h1::Malformed(super::h1::STATUS_OUT_OF_RANGE);
+            return Err(SendError::Reset(UpstreamError::Malformed(malformed)));
+        }
         // What the rest of the path writes answers as (hyper's HTTP/1.1 server too).
         head.version = Version::HTTP_11;
         // The h2 library takes `content-length` repeated with one value (an HTTP/2 client given
         // both resets the stream), and one in a 204: one goes on, or none in a 204 (as from an
         // HTTP/1.1 upstream).
         crate::proxy::forward::answer_length(head.status, &mut head.headers);
+        // RFC 9110 §6.4.1: an answer to HEAD, a 204 and a 304 have no content, whatever the
+        // upstream sends after the head (the h2 library takes DATA on a 204 or 304 that fits
+        // its `content-length`): as from an HTTP/1.1 upstream, whose reader frames no body
+        // for them (`h1::finish_head`), the client gets none. The stream is let go (reset, if
+        // the upstream still sends), and its place among `MAX_STREAMS` with it.
+        let bodyless = parts.method == http::Method::HEAD
+            || head.status == http::StatusCode::NO_CONTENT
+            || head.status == http::StatusCode::NOT_MODIFIED;
+        let (body, stream) = match bodyless {
+            true => (None, None),
+            false => (Some(body), stream),
+        };
         let answer = H2Answer {
-            body: Some(body),
+            body,
             stream,
             guards: Guards::default(),
             trailed: None,

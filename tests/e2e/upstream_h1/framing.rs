@@ -333,3 +333,48 @@ async fn a_transfer_coded_answer_is_not_kept_for_an_idempotency_key() {
         );
     }
 }
+
+/// A status outside 100–599 (600, 999: RFC 9110 §15 defines none, and a client is to read one
+/// as a 5xx) is a 502 saying the answer was malformed, counted as a failed try (code 502), as
+/// an HTTP/2 upstream's is (`upstream_h2/odd.rs`); the connection is not used again. Before,
+/// the client got the status as sent, with the reason phrase `<none>` from hyper's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_outside_100_to_599_is_a_502() {
+    let up = Scripted::start(vec![
+        (
+            b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok",
+            Then::Stay,
+        ),
+        (b"HTTP/1.1 999 \r\ncontent-length: 2\r\n\r\nok", Then::Stay),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Stay,
+        ),
+    ])
+    .await;
+    let proxy = proxy(up.addr).await;
+    let addr = proxy.listener("inbound");
+    for code in ["600", "999"] {
+        let rsp = http::get(addr, "/odd", &[]).await;
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let msg = rsp.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            msg.contains("malformed answer") && msg.contains("100-599"),
+            "{code}: {msg}"
+        );
+    }
+    let text = crate::support::metrics(proxy.admin()).await;
+    let codes =
+        crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
+    assert_eq!(codes, ["502"], "{text}");
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!((rsp.status.as_u16(), &rsp.body[..]), (200, &b"ok"[..]));
+    assert_eq!(
+        up.accepted(),
+        3,
+        "no connection used after a malformed answer"
+    );
+}

@@ -136,6 +136,26 @@ fn closing_says_so_on_http11_and_keep_alive_on_http10() {
     let (text, p) = head(old, http10_ka, Len::Known(1));
     assert!(!text.contains("connection"), "{text}");
     assert_eq!(p, plan(Framing::Length(1), true));
+    // A body of no length ends with the connection: it says so, never `keep-alive`; one whose
+    // `content-length` is in the map keeps the connection, and so does a HEAD's answer.
+    let (text, p) = head(rsp(200, &[]), http10_ka, Len::Unknown);
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(!text.contains("keep-alive"), "{text}");
+    assert_eq!(p, plan(Framing::CloseDelimited, true));
+    let (text, p) = head(
+        rsp(200, &[("content-length", "3")]),
+        http10_ka,
+        Len::Unknown,
+    );
+    assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+    assert_eq!(p, plan(Framing::Length(3), false));
+    let head_ka = Ask {
+        head: true,
+        ..http10_ka
+    };
+    let (text, p) = head(rsp(200, &[]), head_ka, Len::Unknown);
+    assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+    assert_eq!(p, plan(Framing::Length(0), false));
 }
 
 #[test]
