@@ -198,17 +198,22 @@ pub fn contentless(status: http::StatusCode) -> bool {
 /// rampart's own answer `rsp` with no body, no `content-length` and no `content-type` when
 /// its status is [`contentless`] (a configured status: an injected abort's, a static
 /// fallback's, or a kept answer's). Over HTTP/2 a length on a 204, or a length other than the
-/// 200's on a 304, makes the client reset the stream (RFC 9110 §8.6, RFC 9113 §8.1.1). The
-/// lean HTTP/1.1 writer frames a bodiless 205 with `content-length: 0`, which its framing
-/// needs (RFC 9112 §6.3: only 1xx, 204 and 304 end at their head).
+/// 200's on a 304, makes the client reset the stream (RFC 9110 §8.6, RFC 9113 §8.1.1). A 205
+/// says `content-length: 0` over both (RFC 9110 §15.3.6 asks for it, and RFC 9112 §6.3 frames
+/// only 1xx, 204 and 304 by their head), to a HEAD as to a GET.
 fn without_content(rsp: &mut Response<Body>) {
     if !contentless(rsp.status()) {
         return;
     }
     *rsp.body_mut() = Body::Empty;
+    let reset = rsp.status() == http::StatusCode::RESET_CONTENT;
     let h = rsp.headers_mut();
-    h.remove(CONTENT_LENGTH);
     h.remove(CONTENT_TYPE);
+    if reset {
+        h.insert(CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+    } else {
+        h.remove(CONTENT_LENGTH);
+    }
 }
 
 /// A kept answer replayed for a repeated idempotency key, byte for byte, marked
