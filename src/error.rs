@@ -29,6 +29,9 @@ pub enum Reason {
     BadRequest,
     /// 431: a request head over `runtime.max_header_bytes`, or with too many header lines.
     HeadTooLarge,
+    /// 414: a request line that does not fit `runtime.max_header_bytes`, or a target longer
+    /// than 64 KiB.
+    UriTooLong,
     /// 408: the request body stalled past `body_idle_timeout`.
     ClientTimeout,
     /// 405: CONNECT on an inbound listener.
@@ -67,6 +70,7 @@ impl Reason {
             Reason::InvalidTenant => "invalid_tenant",
             Reason::BadRequest => "bad_request",
             Reason::HeadTooLarge => "head_too_large",
+            Reason::UriTooLong => "uri_too_long",
             Reason::ClientTimeout => "client_timeout",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::FaultInjected => "fault_injected",
@@ -96,6 +100,7 @@ impl Reason {
             Reason::InvalidTenant | Reason::BadRequest => S::BAD_REQUEST,
             Reason::ClientTimeout => S::REQUEST_TIMEOUT,
             Reason::HeadTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::UriTooLong => S::URI_TOO_LONG,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             Reason::IdempotencyInFlight => S::CONFLICT,
             Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => {
@@ -105,7 +110,7 @@ impl Reason {
     }
 
     /// Every reason, for reading one back from its `x-rampart-reason` value.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::RateLimited,
         Reason::Shed,
         Reason::CircuitOpen,
@@ -116,6 +121,7 @@ impl Reason {
         Reason::InvalidTenant,
         Reason::BadRequest,
         Reason::HeadTooLarge,
+        Reason::UriTooLong,
         Reason::ClientTimeout,
         Reason::MethodNotAllowed,
         Reason::FaultInjected,

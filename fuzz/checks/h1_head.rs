@@ -91,7 +91,8 @@ pub fn run(data: &[u8]) {
 }
 
 /// Checks a refused head against httparse, which hyper reads with: 431 for one past the limit
-/// or with too many lines, 400 for one it refuses otherwise; a whole head within the limit is
+/// or with too many lines, 414 for one whose request line does not end within the limit or
+/// whose target is longer than hyper takes, 400 for one it refuses otherwise; a whole head within the limit is
 /// refused only for its framing lines; an HTTP/2 preface never.
 fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
     assert!(
@@ -113,8 +114,17 @@ fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
                 || h.name.eq_ignore_ascii_case("transfer-encoding")
         });
     let bad_target = whole && req.path.is_some_and(|p| http::Uri::try_from(p).is_err());
+    let long_target = whole && req.path.is_some_and(|p| p.len() >= usize::from(u16::MAX));
+    // Whether the request line (after any empty lines) ends within the limit.
+    let within = &buf[..buf.len().min(max_head)];
+    let start = within
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(within.len());
+    let line_fits = within[start..].contains(&b'\n');
     match refusal {
         Refusal::TooLarge => assert!(too_large || framing, "431 for {got:?}"),
+        Refusal::UriTooLong => assert!((too_large && !line_fits) || long_target, "414 for {got:?}"),
         Refusal::Malformed => assert!(
             !too_large && (got.is_err() || framing || bad_target),
             "400 for {got:?}"

@@ -584,7 +584,8 @@ fn end_to_end_codings(headers: &HeaderMap) -> Option<HeaderValue> {
 /// what its head holds. Both servers' requests (and HTTP/2's) come through here.
 ///
 /// The target is origin-form (`/path`) or absolute-form (`http://host/path`, as every HTTP/2
-/// request with `:authority` is); authority-form (`host:port`) is CONNECT's alone and `*`
+/// request with `:authority` is; the scheme http or https, and the path `/...`, or `*` for
+/// OPTIONS); authority-form (`host:port`) is CONNECT's alone and `*`
 /// OPTIONS' alone (RFC 9112 §3.2). `http::Uri` reads `echo` and `host:80` as authority-form,
 /// which would otherwise be routed by it and forwarded as `GET /`. An origin-form request
 /// costs a look at its path's first byte.
@@ -606,8 +607,12 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
             return Some("a CONNECT target must be host:port");
         }
     } else if let Some(a) = uri.authority() {
-        if uri.scheme().is_none() {
+        let Some(scheme) = uri.scheme_str() else {
             return Some("a host:port target is for CONNECT only: send a path or an absolute URI");
+        };
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            // `ftp://a/s` or HTTP/2's `:scheme gopher` would be forwarded as plain HTTP.
+            return Some("the target's scheme must be http or https");
         }
         if a.as_str().contains('@') {
             // RFC 9110 §4.2.4 (RFC 9113 §8.3.1 for `:authority`): userinfo is deprecated, and
@@ -616,6 +621,14 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
         }
         if !authority::valid(a.as_str().as_bytes()) {
             return Some("the target's authority is not host[:port]");
+        }
+        // An absolute-form target's path always starts with `/` (`http::Uri` makes an empty one
+        // `/`); HTTP/2's `:path` may be `*` (the `http` crate takes no other path without `/`),
+        // and `GET *` would reach an HTTP/1.1 upstream as a request line no server reads (RFC
+        // 9112 §3.2.4).
+        let path = uri.path().as_bytes();
+        if path.first() != Some(&b'/') && !(path == b"*" && req.method() == http::Method::OPTIONS) {
+            return Some("the request's path must start with / (* is for OPTIONS only)");
         }
     } else if uri.path().as_bytes().first() != Some(&b'/') && req.method() != http::Method::OPTIONS
     {
@@ -630,10 +643,17 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
     }
     // RFC 9112 §3.2: a server MUST answer 400 to any HTTP/1.1 request without one, whatever
     // its target: neither an absolute-form target's authority (the one used when both are
-    // sent) nor CONNECT's `host:port` stands in for it. HTTP/1.0 needs none; HTTP/2 requests
-    // have `:authority` (their version is HTTP_2).
-    if sent.hosts == 0 && req.version() == Version::HTTP_11 {
-        return Some("an HTTP/1.1 request must carry a host header");
+    // sent) nor CONNECT's `host:port` stands in for it. HTTP/1.0 needs none. An HTTP/2 request
+    // (http and https have an authority) needs `:authority` or `host` (RFC 9113 §8.3.1); the
+    // h2 library leaves the target without an authority when `:authority` is missing.
+    if sent.hosts == 0 {
+        match req.version() {
+            Version::HTTP_11 => return Some("an HTTP/1.1 request must carry a host header"),
+            Version::HTTP_2 if uri.authority().is_none() => {
+                return Some("an HTTP/2 request must carry :authority or a host header")
+            }
+            _ => {}
+        }
     }
     None
 }
@@ -1300,8 +1320,34 @@ mod tests {
             ("POST", "*"),
             ("CONNECT", "*"),
             ("CONNECT", "/x"),
+            ("GET", "ftp://a.example/s"),
+            ("GET", "gopher://a.example/"),
         ] {
             assert!(problem(method, target).is_some(), "{method} {target}");
+        }
+        assert_eq!(problem("GET", "HTTPS://a.example/x"), None);
+        // HTTP/2's `:path` as sent, beside its `:scheme` and `:authority`.
+        let h2 = |method: &str, path: &'static str| {
+            let uri = Uri::from_parts({
+                let mut p = http::uri::Parts::default();
+                p.scheme = Some(http::uri::Scheme::HTTP);
+                p.authority = Some(http::uri::Authority::from_static("a.example"));
+                p.path_and_query = Some(http::uri::PathAndQuery::try_from(path).expect(path));
+                p
+            })
+            .expect("uri");
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .version(Version::HTTP_2)
+                .body(())
+                .expect("request");
+            authority_problem(&req, Sent::of(req.headers()))
+        };
+        assert_eq!(h2("GET", "/x"), None);
+        assert_eq!(h2("OPTIONS", "*"), None);
+        for (method, path) in [("GET", "*"), ("POST", "*")] {
+            assert!(h2(method, path).is_some(), "{method} {path}");
         }
     }
 
@@ -1337,6 +1383,17 @@ mod tests {
                 .body(())
                 .expect("request")
         };
+        // HTTP/2 without `:authority` (a target of a path alone) needs a `host` line.
+        let bare = |host: Option<&str>| {
+            let mut b = Request::builder().uri("/").version(Version::HTTP_2);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let req = b.body(()).expect("request");
+            authority_problem(&req, Sent::of(req.headers()))
+        };
+        assert!(bare(None).is_some());
+        assert_eq!(bare(Some("a.example")), None);
         let c11 = connect(Version::HTTP_11);
         assert!(authority_problem(&c11, Sent::of(c11.headers())).is_some());
         for v in [Version::HTTP_10, Version::HTTP_2] {

@@ -382,7 +382,7 @@ fn status_of(v: &HeaderValue) -> u16 {
 /// it maps as gRPC maps an HTTP status it did not expect, grpc/doc/http-grpc-status-mapping.md).
 pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
     match reason {
-        Reason::RateLimited | Reason::HeadTooLarge => RESOURCE_EXHAUSTED,
+        Reason::RateLimited | Reason::HeadTooLarge | Reason::UriTooLong => RESOURCE_EXHAUSTED,
         Reason::Shed
         | Reason::CircuitOpen
         | Reason::UpstreamUnavailable

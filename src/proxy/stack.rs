@@ -77,8 +77,8 @@ use crate::metrics::TenantMetrics;
 use crate::policy::fault::FAULT_HEADER;
 use crate::policy::load_shed::Shed;
 
-/// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`
-/// or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
+/// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`,
+/// 414 `uri_too_long` or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
 /// answer rampart makes is. `req` holds what its request line says, as far as it was read.
 /// (An HTTP/2 request of more fields than [`MAX_HEADERS`](super::h1::parse::MAX_HEADERS) lines
 /// is refused here too, `TooLarge`, whole, and one with a field value padded with a space or a
@@ -95,6 +95,10 @@ pub fn refuse_head(
         Refusal::TooLarge => (
             Reason::HeadTooLarge,
             "the request head is longer than runtime.max_header_bytes or has more than 100 header lines",
+        ),
+        Refusal::UriTooLong => (
+            Reason::UriTooLong,
+            "the request line is longer than runtime.max_header_bytes, or its target longer than 64 KiB",
         ),
         Refusal::PaddedValue => (
             Reason::BadRequest,

@@ -255,18 +255,67 @@ async fn oversized_heads_get_431() {
     let many = format!("GET /ok HTTP/1.1\r\nHost: a\r\n{many}\r\n");
     refused(addr, "many small headers", many.as_bytes(), &[431]).await;
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(16 * 1024));
-    refused(addr, "long target", long_target.as_bytes(), &[414, 431]).await;
-    // rampart's own 431: its reason and an id, the connection closed after it.
-    for bytes in [&big, &many, &long_target] {
+    refused(addr, "long target", long_target.as_bytes(), &[414]).await;
+    // rampart's own 431 (414 for the request line that does not fit): its reason and an id,
+    // the connection closed after it.
+    for (bytes, status, reason) in [
+        (&big, 431, "head_too_large"),
+        (&many, 431, "head_too_large"),
+        (&long_target, 414, "uri_too_long"),
+    ] {
         let rsp = raw::exchange(addr, bytes.as_bytes(), WAIT).await;
-        assert_eq!(rsp.status(), Some(431), "{}", rsp.text());
-        assert_eq!(
-            rsp.header("x-rampart-reason").as_deref(),
-            Some("head_too_large")
-        );
+        assert_eq!(rsp.status(), Some(status), "{}", rsp.text());
+        assert_eq!(rsp.header("x-rampart-reason").as_deref(), Some(reason));
+        assert!(rsp.header("x-request-id").is_some(), "{}", rsp.text());
         assert!(rsp.closed);
     }
     assert_still_serving(&proxy, "oversized heads").await;
+    assert_only(&app, &["GET /ok HTTP/1.1"]);
+}
+
+/// A request line that does not end within `max_header_bytes` is 414 `uri_too_long` (RFC 9112
+/// §3: the target is what is too long), one that does, followed by header lines past the
+/// limit, 431 `head_too_large`; and a target over 64 KiB is rampart's 414 under a larger
+/// limit too. Before, a 70 KiB target under the default 32 KiB limit was 431, and under a
+/// 128 KiB limit hyper's bare 414, without a reason or an id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_that_does_not_fit_is_414_and_long_header_lines_431() {
+    let app = Capture::start(OK).await;
+    let target = format!("/{}", "a".repeat(70 * 1024));
+    let long_line = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+    let both = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024),
+        "b".repeat(20 * 1024)
+    );
+    for (runtime, cases) in [
+        // The default limit, 32 KiB.
+        (
+            "",
+            vec![
+                (&long_line, 414, "uri_too_long"),
+                (&both, 431, "head_too_large"),
+            ],
+        ),
+        (
+            "runtime: { max_header_bytes: 128KiB }",
+            vec![(&long_line, 414, "uri_too_long")],
+        ),
+    ] {
+        let proxy = Proxy::builder(&crate::support::one_route(runtime))
+            .var("APP", app.addr())
+            .spawn()
+            .await;
+        let addr = proxy.listener("inbound");
+        for (bytes, status, reason) in cases {
+            let rsp = raw::exchange(addr, bytes.as_bytes(), WAIT).await;
+            assert_eq!(rsp.status(), Some(status), "{runtime:?}: {}", rsp.text());
+            assert_eq!(rsp.header("x-rampart-reason").as_deref(), Some(reason));
+            assert!(rsp.header("x-request-id").is_some(), "{}", rsp.text());
+            assert!(rsp.closed);
+        }
+        assert_still_serving(&proxy, "long request line").await;
+    }
     assert_only(&app, &["GET /ok HTTP/1.1"]);
 }
 

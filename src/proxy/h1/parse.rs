@@ -92,6 +92,9 @@ pub enum Refusal {
     Malformed,
     /// Longer than the head limit, or more than [`MAX_HEADERS`] lines (431).
     TooLarge,
+    /// Longer than the head limit in its request line alone (414), or with a target longer
+    /// than hyper takes ([`MAX_TARGET`]).
+    UriTooLong,
     /// An HTTP/2 request with a field value that starts or ends with a space or a tab (400):
     /// malformed (RFC 9113 §8.2.1), and read differently by different servers ([`padded_value`]).
     PaddedValue,
@@ -260,6 +263,24 @@ enum Stop {
     Body(usize),
 }
 
+/// Why a head longer than `max_head` is refused: [`Refusal::UriTooLong`] when its request line
+/// does not end within the limit (RFC 9112 §3: a target too long for the server is 414, as
+/// hyper answers one past its own bound), [`Refusal::TooLarge`] when the header lines are what
+/// is long. Only on this error path: a head within the limit costs nothing more. The empty
+/// lines a client may send before the request line (RFC 9112 §2.2; `httparse` skips them)
+/// are not counted as part of it.
+fn too_long(buf: &[u8], max_head: usize) -> Refusal {
+    let within = &buf[..buf.len().min(max_head)];
+    let start = within
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(within.len());
+    match within[start..].contains(&b'\n') {
+        true => Refusal::TooLarge,
+        false => Refusal::UriTooLong,
+    }
+}
+
 /// The first pass of [`parse`], over the buffer in place.
 fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -269,10 +290,9 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Err(Stop::Partial),
         _ if buf.starts_with(H2_PREFACE_START) => return Err(Stop::HandOff),
-        // Whole or not, longer than the limit.
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(Stop::Refuse(Refusal::TooLarge))
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Stop::Refuse(Refusal::TooLarge)),
+        // Whole or not, longer than the limit: 414 when its request line alone does not fit.
+        Ok(_) => return Err(Stop::Refuse(too_long(buf, max_head))),
         Err(_) => return Err(Stop::Refuse(Refusal::Malformed)),
     };
     let (Some(method), Some(target), Some(minor)) = (raw.method, raw.path, raw.version) else {
@@ -281,7 +301,10 @@ fn read(buf: &[u8], max_head: usize, reuse: &mut Reuse) -> Result<First, Stop> {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Err(Stop::HandOff);
     };
-    if method == Method::CONNECT || target.len() > MAX_TARGET {
+    if target.len() > MAX_TARGET {
+        return Err(Stop::Refuse(Refusal::UriTooLong));
+    }
+    if method == Method::CONNECT {
         return Err(Stop::HandOff);
     }
     // Where a piece of the head is: the head starts the buffer and is under 4 GiB.
@@ -537,6 +560,7 @@ mod tests {
             Parsed::Simple(_) => return "simple",
             Parsed::Refuse(Refusal::Malformed) => "malformed",
             Parsed::Refuse(Refusal::TooLarge) => "too large",
+            Parsed::Refuse(Refusal::UriTooLong) => "uri too long",
             Parsed::Refuse(Refusal::PaddedValue) => "padded",
         };
         assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
@@ -779,6 +803,19 @@ mod tests {
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(decision(many.as_bytes()), "too large");
+        // A request line that does not end within the limit: 414, whole or not.
+        let target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX));
+        assert_eq!(decision(target.as_bytes()), "uri too long");
+        assert_eq!(decision(&target.as_bytes()[..MAX + 10]), "uri too long");
+        let after_blank = format!("\r\n\r\nGET /{} HTTP/1.1\r\n", "a".repeat(MAX - 8));
+        assert_eq!(decision(after_blank.as_bytes()), "uri too long");
+        // A long line that ends within the limit, then long header lines: 431.
+        let both = format!(
+            "GET /{} HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX / 2),
+            "b".repeat(MAX)
+        );
+        assert_eq!(decision(both.as_bytes()), "too large");
     }
 
     /// A `host` value equal to the last one found valid is taken without the check; any other

@@ -194,6 +194,20 @@ async fn a_clients_transfer_coding_reaches_the_upstream() {
 
 /// Sends one h2c request with `headers` for `uri` and returns its status.
 async fn h2_status(addr: std::net::SocketAddr, uri: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = ::http::Request::builder().uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    h2_send(addr, req).await.0
+}
+
+/// Sends `req` over a new h2c connection; its status and `x-rampart-reason`. The h2 library
+/// writes the pseudo-header fields from the request's target as it is: a target without an
+/// authority is sent without `:authority` (and with `:scheme http`), a path as `:path`.
+async fn h2_send(
+    addr: std::net::SocketAddr,
+    req: ::http::request::Builder,
+) -> (u16, Option<String>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) =
@@ -201,16 +215,24 @@ async fn h2_status(addr: std::net::SocketAddr, uri: &str, headers: &[(&str, &str
             .await
             .expect("h2c handshake");
     tokio::spawn(conn);
-    let mut req = ::http::Request::builder().uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
     let req = req.body(crate::support::http::empty()).expect("request");
     let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
         .await
         .expect("answered in time")
         .expect("answered");
-    rsp.status().as_u16()
+    let reason = rsp.headers().get("x-rampart-reason");
+    let reason = reason.map(|v| v.to_str().expect("ascii").to_owned());
+    (rsp.status().as_u16(), reason)
+}
+
+/// An HTTP/2 target of `scheme`, `routed.example` and `path` as given (the h2 library takes
+/// them as the pseudo-header fields' values).
+fn h2_target(scheme: &str, path: &'static str) -> ::http::Uri {
+    let mut p = ::http::uri::Parts::default();
+    p.scheme = Some(scheme.parse().expect("scheme"));
+    p.authority = Some(::http::uri::Authority::from_static("routed.example"));
+    p.path_and_query = Some(::http::uri::PathAndQuery::try_from(path).expect(path));
+    ::http::Uri::from_parts(p).expect("uri")
 }
 
 /// HTTP/2: `:authority` decides the route and is the `host` the upstream gets, whatever `host`
@@ -451,4 +473,53 @@ async fn a_target_that_is_no_path_or_absolute_uri_is_refused() {
     let rsp = send(&s, star).await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
     assert!(s.routed.requests()[0].starts_with("OPTIONS * HTTP/1.1\r\n"));
+}
+
+/// Over HTTP/2 the target is held to what HTTP/1.1's is (RFC 9112 §3.2, RFC 9113 §8.3.1):
+/// `:path *` is OPTIONS' alone and any other path starts with `/`; `:scheme` is http or
+/// https; a request with neither `:authority` nor `host` is malformed. All are 400
+/// `bad_request` from rampart, as their HTTP/1.1 forms are, and reach no upstream. An
+/// absolute-form target of another scheme (`ftp://`) is refused over HTTP/1.1 too, by the lean
+/// server and by hyper's. Before, `GET *` reached the upstream as `GET * HTTP/1.1`, `gopher` and `ftp` were forwarded as plain HTTP (200), and a request without an
+/// authority was given one made from the listener's address (here 404 `no_route`).
+#[tokio::test]
+async fn over_h2_a_target_http11_refuses_is_refused_and_one_without_authority_too() {
+    let (s, _, _) = setup().await;
+    let addr = s.proxy.listener("outbound");
+    let get = |uri: ::http::Uri| ::http::Request::builder().uri(uri);
+    let refused = [
+        ("GET *", get(h2_target("http", "*"))),
+        ("POST *", get(h2_target("http", "*")).method("POST")),
+        ("gopher", get(h2_target("gopher", "/s"))),
+        ("ftp", get(h2_target("ftp", "/s"))),
+        ("no authority", get(::http::Uri::from_static("/x"))),
+    ];
+    for (what, req) in refused {
+        let got = h2_send(addr, req).await;
+        assert_eq!(got, (400, Some("bad_request".to_owned())), "{what}");
+    }
+    for req in [
+        "GET ftp://routed.example/s HTTP/1.1\r\nHost: routed.example\r\nConnection: close\r\n\r\n",
+        "POST ftp://routed.example/s HTTP/1.1\r\nHost: routed.example\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    ] {
+        assert_refused(&send(&s, req).await, 400, "bad_request");
+    }
+    assert_eq!(
+        s.routed.hits() + s.other.hits(),
+        0,
+        "refusals reach no upstream"
+    );
+
+    // OPTIONS * passes; so does a request whose `host` line stands in for `:authority`.
+    let options = get(h2_target("http", "*")).method("OPTIONS");
+    assert_eq!(h2_send(addr, options).await.0, 200);
+    assert!(s.routed.requests()[0].starts_with("OPTIONS * HTTP/1.1\r\n"));
+    let hosted = get(::http::Uri::from_static("/x")).header("host", "routed.example");
+    assert_eq!(h2_send(addr, hosted).await.0, 200);
+    assert!(s.routed.requests()[1].starts_with("GET /x HTTP/1.1\r\n"));
+    assert_eq!(s.routed.header(1, "host"), ["routed.example"]);
+    let https = get(h2_target("https", "/y"));
+    assert_eq!(h2_send(addr, https).await.0, 200);
+    assert_eq!(s.routed.hits(), 3);
 }

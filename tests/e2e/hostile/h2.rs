@@ -61,11 +61,16 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
 
 /// A literal header field without indexing, new name, no Huffman.
 fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    literal_bytes(out, name.as_bytes(), value.as_bytes());
+}
+
+/// [`literal`] of any bytes.
+fn literal_bytes(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0);
     hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(name);
     hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
 }
 
 /// A GET request's header block: static-table method and scheme, literal path and authority.
@@ -251,6 +256,110 @@ async fn an_uppercase_field_name_ends_the_whole_h2_connection_a_known_limit_of_h
     );
     assert_eq!(seen.headers, 0, "no stream is answered: {seen:?}");
     assert_still_serving(&proxy, "uppercase field name").await;
+}
+
+/// Which malformed fields end the whole connection (README, known limits): the h2 library
+/// (0.4.20) fails the header block's decoding, a connection error, on a field its HPACK
+/// decoder cannot make a `HeaderName`, `HeaderValue`, `Method` or UTF-8 pseudo-header value
+/// of (`hpack::Header::new`): a value with any control byte but tab (0x00-0x08, 0x0a-0x1f)
+/// or DEL (0x7f); a name with uppercase letters, a space, a control byte or a byte past
+/// ASCII, or an empty one; an unknown pseudo-header; a `:path` or `:authority` that is not
+/// UTF-8; a `:method` that is not a token. A value with bytes 0x80-0xff, a `:path` of UTF-8
+/// beyond ASCII, is decoded and the request answered; a `:path` with a space is its stream's
+/// error alone (a reset). Each case on a connection of its own, a GET after it on the same
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn which_malformed_fields_end_the_whole_h2_connection() {
+    let (_app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let value = |v: &[u8]| {
+        let mut b = get_block("/ok");
+        literal_bytes(&mut b, b"x-v", v);
+        b
+    };
+    let named = |n: &[u8]| {
+        let mut b = get_block("/ok");
+        literal_bytes(&mut b, n, b"1");
+        b
+    };
+    let pseudo = |name: &[u8], v: &[u8]| {
+        let mut b = vec![0x82, 0x86];
+        literal_bytes(&mut b, b":authority", b"app.local");
+        if name != b":path" {
+            literal_bytes(&mut b, b":path", b"/ok");
+        }
+        literal_bytes(&mut b, name, v);
+        b
+    };
+    let method = |m: &[u8]| {
+        let mut b = vec![0x86];
+        literal_bytes(&mut b, b":method", m);
+        literal_bytes(&mut b, b":path", b"/ok");
+        literal_bytes(&mut b, b":authority", b"app.local");
+        b
+    };
+    let mut cases: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    for byte in (0u8..0x20).chain([0x7f]) {
+        cases.push((
+            format!("value byte {byte:#04x}"),
+            value(&[b'a', byte, b'b']),
+            byte != b'\t',
+        ));
+    }
+    for byte in [0x80u8, 0xc3, 0xff] {
+        cases.push((
+            format!("value byte {byte:#04x}"),
+            value(&[b'a', byte, b'b']),
+            false,
+        ));
+    }
+    for name in [&b"X-Upper"[..], b"x y", b"x\x01y", b"x\xffy", b""] {
+        let what = format!("name {:?}", String::from_utf8_lossy(name));
+        cases.push((what, named(name), true));
+    }
+    // `"` is no token character (RFC 9110 §5.6.2), but the `http` crate takes it in a name.
+    cases.push(("name x\"y".into(), named(b"x\"y"), false));
+    cases.push((":foo".into(), pseudo(b":foo", b"1"), true));
+    cases.push((":path not UTF-8".into(), pseudo(b":path", b"/a\xff"), true));
+    cases.push((
+        ":authority not UTF-8".into(),
+        pseudo(b":authority", b"a\xff"),
+        true,
+    ));
+    cases.push((
+        ":path UTF-8".into(),
+        pseudo(b":path", "/é".as_bytes()),
+        false,
+    ));
+    cases.push((
+        ":path with a space".into(),
+        pseudo(b":path", b"/a b"),
+        false,
+    ));
+    cases.push((":method G T".into(), method(b"G T"), true));
+    let mut wrong = Vec::new();
+    for (what, block, ends) in cases {
+        let tcp = open(addr).await;
+        let mut bytes = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
+        bytes.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &get_block("/ok"),
+        ));
+        let seen = flood(tcp, bytes, Duration::from_millis(700)).await;
+        let ended = seen.goaway_code == Some(1) && seen.closed;
+        println!("{what}: {seen:?}");
+        if ended != ends || (!ends && seen.headers + seen.resets < 2) {
+            wrong.push(format!("{what}: {seen:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not as README says:\n{}",
+        wrong.join("\n")
+    );
+    assert_still_serving(&proxy, "malformed fields").await;
 }
 
 const PING: u8 = 6;
