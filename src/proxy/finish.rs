@@ -88,19 +88,28 @@ pub fn cutting() -> bool {
 }
 
 /// One of a connection task's futures, whose requests, if it is dropped before it ends, are
-/// counted and logged as cut by rampart ([`CUT`]), not as gone clients' 499s.
+/// counted and logged as cut by rampart ([`CUT`]), not as gone clients' 499s. Dropped after
+/// it ended (the connection closed by itself: its client went away, or it was closed
+/// gracefully), it marks nothing: only a task aborted unfinished (a drain's grace run out, the
+/// process exiting) is rampart's cut.
 #[derive(Debug)]
 pub struct Cut<F> {
     // Dropped in this order, after `Drop::drop` marks the thread: the future (its requests'
     // `Finish` see the mark), then the mark's end.
     fut: F,
-    _end: CutEnd,
+    end: CutEnd,
 }
 
 impl<F> Cut<F> {
     /// `fut`, whose unfinished requests are cut if it is dropped before it ends.
     pub fn new(fut: F) -> Cut<F> {
-        Cut { fut, _end: CutEnd }
+        Cut {
+            fut,
+            end: CutEnd {
+                ended: false,
+                marked: false,
+            },
+        }
     }
 }
 
@@ -111,23 +120,36 @@ impl<F: std::future::Future + Unpin> std::future::Future for Cut<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        std::pin::Pin::new(&mut self.fut).poll(cx)
+        let out = std::pin::Pin::new(&mut self.fut).poll(cx);
+        if out.is_ready() {
+            self.end.ended = true;
+        }
+        out
     }
 }
 
 impl<F> Drop for Cut<F> {
     fn drop(&mut self) {
-        CUTTING.set(true);
+        if !self.end.ended && !cutting() {
+            CUTTING.set(true);
+            self.end.marked = true;
+        }
     }
 }
 
-/// Ends [`CUTTING`]'s mark, dropped after the future it was set for.
+/// Ends [`CUTTING`]'s mark, dropped after the future it was set for, if it set one.
 #[derive(Debug)]
-struct CutEnd;
+struct CutEnd {
+    /// The future ended: nothing of it is cut.
+    ended: bool,
+    marked: bool,
+}
 
 impl Drop for CutEnd {
     fn drop(&mut self) {
-        CUTTING.set(false);
+        if self.marked {
+            CUTTING.set(false);
+        }
     }
 }
 
@@ -165,12 +187,16 @@ pub struct ConnCut {
 pub const PREMATURE_RESETS: u32 = 100;
 
 /// A connection's future (`None`: one whose requests all run inside it) that marks its
-/// [`ConnCut`] when dropped inside a [`Cut`], before any of it is dropped: the tasks of its
-/// requests, which its end wakes, see the mark whichever thread they run on.
+/// [`ConnCut`] when dropped unfinished inside a [`Cut`], before any of it is dropped: the
+/// tasks of its requests, which its end wakes, see the mark whichever thread they run on. A
+/// connection that ended by itself (its client reset it, or sent GOAWAY) is not cut: its
+/// requests, dropped after, are their client's going.
 #[derive(Debug)]
 pub struct MarksCut<F> {
     fut: F,
     conn: Option<Arc<ConnCut>>,
+    /// The future ended.
+    ended: bool,
 }
 
 /// A request's future that runs in a task of its own (an HTTP/2 stream's): dropped once its
@@ -222,7 +248,11 @@ impl ConnCut {
 impl<F> MarksCut<F> {
     /// `fut`, a connection's future, marking `conn` if it is cut.
     pub fn new(fut: F, conn: Option<Arc<ConnCut>>) -> MarksCut<F> {
-        MarksCut { fut, conn }
+        MarksCut {
+            fut,
+            conn,
+            ended: false,
+        }
     }
 }
 
@@ -233,13 +263,17 @@ impl<F: std::future::Future + Unpin> std::future::Future for MarksCut<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        std::pin::Pin::new(&mut self.fut).poll(cx)
+        let out = std::pin::Pin::new(&mut self.fut).poll(cx);
+        if out.is_ready() {
+            self.ended = true;
+        }
+        out
     }
 }
 
 impl<F> Drop for MarksCut<F> {
     fn drop(&mut self) {
-        if let (Some(conn), true) = (&self.conn, cutting()) {
+        if let (Some(conn), false, true) = (&self.conn, self.ended, cutting()) {
             conn.cut.store(true, Ordering::Release);
         }
     }
@@ -709,6 +743,63 @@ mod tests {
         });
         drop(CutAlong::new(fut, None));
         assert_eq!(*seen.lock(), Some(false));
+    }
+
+    /// A connection that ended by itself (its client reset it), awaited to its end inside a
+    /// [`Cut`] as a connection's task awaits it, is not cut: the [`Cut`] and the finished
+    /// connection dropped after mark nothing, and its request, whose task runs after, is a
+    /// client's going. (Before, the finished [`Cut`]'s drop marked the connection cut: a 503
+    /// `shutdown` for an HTTP/2 client gone mid-try.) A [`Cut`] dropped unfinished inside
+    /// another leaves the outer mark in place.
+    #[tokio::test]
+    async fn a_connection_that_ended_by_itself_is_not_cut() {
+        struct Sees(Arc<parking_lot::Mutex<Option<bool>>>);
+        impl Drop for Sees {
+            fn drop(&mut self) {
+                *self.0.lock() = Some(cutting());
+            }
+        }
+        let seen = Arc::new(parking_lot::Mutex::new(None));
+        let conn = Arc::new(ConnCut::default());
+        let held = Sees(seen.clone());
+        let req = CutAlong::new(
+            Box::pin(async move {
+                let _held = held;
+                std::future::pending::<()>().await;
+            }),
+            Some(conn.clone()),
+        );
+        let connection = MarksCut::new(Box::pin(async {}), Some(conn.clone()));
+        Cut::new(connection).await;
+        assert!(!cutting());
+        drop(req);
+        assert_eq!(*seen.lock(), Some(false), "a client's going");
+
+        // Nested: the inner Cut, dropped unfinished while the outer one marks, ends no mark.
+        let held = Sees(seen.clone());
+        let inner = Cut::new(Box::pin(std::future::pending::<()>()));
+        let outer = Cut::new(Box::pin(async move {
+            // Locals drop in reverse: the inner Cut first, then the witness.
+            let _held = held;
+            let _inner = inner;
+            std::future::pending::<()>().await;
+        }));
+        // Polled once, so the inner Cut and the witness live in the future's state.
+        let mut outer = outer;
+        assert!(poll_once(&mut outer).is_pending());
+        drop(outer);
+        assert_eq!(
+            *seen.lock(),
+            Some(true),
+            "still cut after the inner Cut's drop"
+        );
+        assert!(!cutting());
+    }
+
+    /// Polls `fut` once with a waker that does nothing.
+    fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(fut).poll(&mut cx)
     }
 
     /// A request's future dropped before its answer, not cut, counts as a premature reset of

@@ -764,3 +764,67 @@ async fn an_h2_field_value_padded_with_a_space_or_tab_is_refused() {
     );
     assert_still_serving(&proxy, "padded h2 field value").await;
 }
+
+/// An HTTP/2 client whose TCP connection is reset (linger 0) while its request's try is in
+/// flight went away: its request is counted as a 499 and its try as abandoned with cause
+/// `client_gone`, as an HTTP/1.1 client's is, never as rampart's 503 `shutdown` (no drain, no
+/// listener removed). Before, the connection's task, ending by itself, marked its streams
+/// "cut" as it dropped its finished future, so a stream whose task ran after that (here all
+/// of them, the upstream holding each try 5 s) was counted 503 and `shutdown` (the black-box
+/// soak's phantom 503s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_reset_mid_try_is_a_499_not_a_shutdown() {
+    let app = sample().await;
+    let proxy = proxy_with(app.addr(), "").await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    const ROUNDS: u64 = 5;
+    for round in 1..=ROUNDS {
+        let mut tcp = open(addr).await;
+        let block = get_block("/slow?ms=5000");
+        tcp.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+            .await
+            .expect("headers");
+        crate::assert_eventually!(app.hits_for("/slow") == round, "try {round} in flight");
+        crate::support::conn::reset(tcp);
+    }
+    let count = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        crate::support::metric_value(text, name, labels)
+    };
+    let ended = |text: &str| {
+        let code = |c| count(text, "rampart_requests_total", &[("code", c)]).unwrap_or(0.0);
+        code("499") + code("503")
+    };
+    crate::assert_eventually!(
+        ended(&crate::support::metrics(admin).await) == ROUNDS as f64,
+        "every reset request is counted"
+    );
+    let text = crate::support::metrics(admin).await;
+    assert_eq!(
+        count(&text, "rampart_requests_total", &[("code", "503")]),
+        None,
+        "no request counted as rampart's 503: {text}"
+    );
+    assert_eq!(
+        count(&text, "rampart_requests_total", &[("code", "499")]),
+        Some(ROUNDS as f64),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "client_gone")]
+        ),
+        Some(ROUNDS as f64),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            "rampart_upstream_tries_abandoned_total",
+            &[("cause", "shutdown")]
+        ),
+        None,
+        "{text}"
+    );
+}
