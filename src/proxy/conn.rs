@@ -11,7 +11,9 @@
 //!   preface read and no request yet included): close gracefully (h2 GOAWAY, or h1 close
 //!   between requests);
 //! - an h2 header block (HEADERS, then CONTINUATION frames) not whole within
-//!   `header_read_timeout` of its first read: drop it ([`SeesPreface`] fails its next read).
+//!   `header_read_timeout` of its first read, the socket drained: drop it ([`SeesPreface`]
+//!   fails the read that finds nothing more; one more `header_read_timeout` if the rest of the
+//!   block was still being read when the time ran out).
 //!
 //! The request path tells it what happens through [`ConnActive`], held in the request's guards
 //! until its answer ends; an HTTP/2 connection's stream, through [`SeesPreface`], when its
@@ -189,10 +191,18 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// at the 9-byte header of each frame that begins in it (a read within a DATA frame's payload,
 /// a subtraction). When a read ends within a header block (from its HEADERS frame's header
 /// to the end of the frame with `END_HEADERS`) or within a frame's header, the head timeout
-/// starts, once, from that read; when a read ends outside both, it stops. If it runs out, the
-/// next read fails (`TimedOut`): hyper ends the connection, dropped as a silent one is (no
-/// GOAWAY: h2 cannot write one mid-block, and a graceful close would wait for the block).
-/// A request whose HEADERS frame came whole in one read never starts the timer.
+/// starts, once, from that read; when a read ends outside both, it stops. When it has run out
+/// the socket is still read, since the rest of the block may be waiting in it, unread because
+/// rampart's worker was busy elsewhere (the delay rampart's, not the client's): bytes are
+/// followed as any others (the block may end, or a new one start its own time). Only a read
+/// that finds the socket drained fails (`TimedOut`): at once if the socket was already found
+/// drained when the time ran out (the client is late), and otherwise, once a block, after one
+/// more head timeout from that read (a client held back by TCP flow control while rampart
+/// was behind is given a whole timeout once rampart has caught up). So a client that sends
+/// a block slowly is cut within two head timeouts, and never while rampart is behind. hyper
+/// then ends the connection, dropped as a silent one is (no GOAWAY: h2 cannot write one
+/// mid-block, and a graceful close would wait for the block). A request whose HEADERS frame
+/// came whole in one read never starts the timer.
 #[derive(Debug)]
 pub struct SeesPreface<I> {
     io: I,
@@ -224,6 +234,12 @@ struct Frames {
     /// never make one); polled only while `armed`.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+    /// The last read found the socket drained (`Pending`): when the deadline passes after it,
+    /// the client, not rampart, is late.
+    drained: bool,
+    /// The timed block had its second timeout (its deadline passed while it was still being
+    /// read); cleared when a block starts being timed.
+    extended: bool,
 }
 
 /// HTTP/2 frame types and the flag that end a header block (RFC 9113 §6.2, §6.10).
@@ -296,6 +312,7 @@ impl Frames {
         }
         self.armed = within;
         if within {
+            self.extended = false;
             let at = Instant::now() + self.timeout;
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(at),
@@ -311,6 +328,23 @@ impl Frames {
                 .timer
                 .as_mut()
                 .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// After a read that found the socket drained within a block whose deadline had passed:
+    /// whether the client is late. It is if the socket was already drained before this read
+    /// (the deadline came while rampart waited for the client), or if the block had its second
+    /// timeout; otherwise the block was still being read when its time ran out, and it gets
+    /// one more timeout from now (`cx` registered for it).
+    fn late(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.drained || self.extended {
+            return true;
+        }
+        self.extended = true;
+        let Some(t) = self.timer.as_mut() else {
+            return true;
+        };
+        t.as_mut().reset(Instant::now() + self.timeout);
+        t.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -337,6 +371,8 @@ impl<I> SeesPreface<I> {
                 timeout: head_timeout,
                 timer: None,
                 armed: false,
+                drained: false,
+                extended: false,
             },
         }
     }
@@ -352,19 +388,29 @@ impl<I: AsyncRead + Unpin> AsyncRead for SeesPreface<I> {
         if this.matched == Self::DONE {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
-        if this.matched == Self::FRAMES && this.frames.ran_out(cx) {
-            let msg = "a header block was not whole within header_read_timeout";
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, msg)));
-        }
+        // Past the head deadline the socket is still read: what is waiting in it may end the
+        // block.
+        let overdue = this.matched == Self::FRAMES && this.frames.ran_out(cx);
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         let got = &buf.filled()[before..];
-        if got.is_empty() {
+        if this.matched == Self::FRAMES {
+            if read.is_pending() {
+                if overdue && this.frames.late(cx) {
+                    let msg = "a header block was not whole within header_read_timeout";
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, msg)));
+                }
+                this.frames.drained = true;
+                return read;
+            }
+            if !got.is_empty() {
+                this.frames.drained = false;
+                this.frames.walk(got);
+                this.frames.time();
+            }
             return read;
         }
-        if this.matched == Self::FRAMES {
-            this.frames.walk(got);
-            this.frames.time();
+        if got.is_empty() {
             return read;
         }
         let at = this.matched;
@@ -606,6 +652,96 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         client.write_all(&ping[5..]).await.expect("write");
         assert_eq!(io.read(&mut buf).await.expect("read"), ping.len() - 5);
+    }
+
+    /// Whether a read of `io` now finds nothing (`Pending`), as hyper's last read before it
+    /// waits does; bytes it finds are dropped.
+    async fn finds_nothing<I: AsyncRead + Unpin>(io: &mut SeesPreface<I>) -> bool {
+        let mut b = [0u8; 64];
+        std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut b);
+            Poll::Ready(Pin::new(&mut *io).poll_read(cx, &mut rb).is_pending())
+        })
+        .await
+    }
+
+    /// The preface, SETTINGS and a HEADERS frame opening a block, read; the socket then found
+    /// drained. Returns the time of that read.
+    async fn open_a_block(
+        client: &mut tokio::io::DuplexStream,
+        io: &mut SeesPreface<tokio::io::DuplexStream>,
+    ) -> Instant {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend(frame(0x4, 0, 0)); // SETTINGS
+        hello.extend(frame(HEADERS, 0, 30)); // no END_HEADERS
+        client.write_all(&hello).await.expect("write");
+        let mut buf = vec![0u8; 1 << 16];
+        assert_eq!(io.read(&mut buf).await.expect("read"), hello.len());
+        let t0 = Instant::now();
+        assert!(finds_nothing(io).await);
+        t0
+    }
+
+    /// The rest of a header block, sent in time but read only after the head deadline because
+    /// rampart's worker was busy elsewhere (here for 1.5 s under a 1 s timeout), is read: the
+    /// block ends and the connection goes on. (Before, the overdue read failed unread.)
+    #[tokio::test(start_paused = true)]
+    async fn a_block_sent_in_time_is_read_when_rampart_is_late_for_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = SeesPreface::new(server, ConnState::new(), Duration::from_secs(1));
+        let mut buf = vec![0u8; 1 << 16];
+        open_a_block(&mut client, &mut io).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut rest = frame(CONTINUATION, 0, 20);
+        rest.extend(frame(CONTINUATION, END_HEADERS, 20));
+        client.write_all(&rest).await.expect("write");
+        // The worker is busy: the read comes 1.5 s after the block began.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(io.read(&mut buf).await.expect("read"), rest.len());
+        assert!(finds_nothing(&mut io).await);
+        // Read in time again: the next frames pass, and a pause outside a block is not timed.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ping = frame(0x6, 0, 8);
+        client.write_all(&ping).await.expect("write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), ping.len());
+    }
+
+    /// A header block never finished is cut when a read finds the socket drained: at the head
+    /// timeout (1 s) when the socket was drained as the time ran out; when the block was still
+    /// being read then (its next frame waiting, rampart busy until 1 s or 1.5 s), one timeout
+    /// after that read, whatever the client dribbles meanwhile, so within two timeouts of
+    /// rampart catching up.
+    #[tokio::test(start_paused = true)]
+    async fn a_block_never_whole_is_cut_at_the_timeout_or_one_more_if_still_being_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 1 << 16];
+        // Drained at the deadline: cut at 1 s.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = SeesPreface::new(server, ConnState::new(), Duration::from_secs(1));
+        let t0 = open_a_block(&mut client, &mut io).await;
+        let err = io.read(&mut buf).await.expect_err("the head timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        for busy in [1000, 1500] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let mut io = SeesPreface::new(server, ConnState::new(), Duration::from_secs(1));
+            let t0 = open_a_block(&mut client, &mut io).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let more = frame(CONTINUATION, 0, 20);
+            client.write_all(&more).await.expect("write");
+            tokio::time::sleep_until(t0 + Duration::from_millis(busy)).await;
+            assert_eq!(io.read(&mut buf).await.expect("read"), more.len());
+            // Drained now, the block still open: one more second from this read.
+            assert!(finds_nothing(&mut io).await, "{busy}");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            client.write_all(&more).await.expect("write");
+            assert_eq!(io.read(&mut buf).await.expect("read"), more.len());
+            let err = io.read(&mut buf).await.expect_err("the head timed out");
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(t0.elapsed(), Duration::from_millis(busy + 1000), "{busy}");
+        }
     }
 
     /// Answers that end between the watchdog's looks move the close to one idle period after
