@@ -296,10 +296,13 @@ impl Generation {
 
     /// Lets go of what `old` had and this generation has not, now that this one is in force:
     /// the upstreams it replaced or removed are retired (their health checks stop, and what
-    /// their requests still in flight learn no longer reaches the metrics), and the gauges of
-    /// removed breakers, endpoints, shedders and store are dropped from `metrics`. Requests
-    /// still in flight under `old` finish as they began.
+    /// their requests still in flight learn no longer reaches the metrics), and the series of
+    /// removed routes, listeners, upstreams, breakers, endpoints, shedders and store are
+    /// dropped from `metrics`. Requests still in flight under `old` finish as they began; what
+    /// they count on a removed series is not exported (their routes' and upstreams' metric
+    /// handles are retired first, so they make no new series for a name that is gone).
     pub fn retire(&self, old: &Generation, metrics: &Metrics) {
+        let live = self.live_series();
         for (name, up) in &old.upstreams {
             if !self
                 .upstreams
@@ -308,8 +311,22 @@ impl Generation {
             {
                 up.retire();
             }
+            if !live.upstreams.contains(name.as_str()) {
+                up.metrics.retire();
+            }
         }
-        metrics.retain_live(&self.live_series());
+        for l in old.listeners.values() {
+            let routes = live.routes.get(&l.name);
+            if routes.is_none() {
+                l.unrouted.retire();
+            }
+            for r in &l.routes {
+                if !routes.is_some_and(|rs| rs.contains(&r.name)) {
+                    r.metrics.retire();
+                }
+            }
+        }
+        metrics.retain_live(&live);
     }
 
     /// Resets the breakers of `old` that this generation replaced with new settings (scope
@@ -360,12 +377,30 @@ impl Generation {
                 (l.clone(), r.clone(), u.clone())
             })
             .collect();
-        LiveSeries {
+        let mut live = LiveSeries {
             breakers,
             endpoints,
             shed_routes,
             store: self.store.is_some(),
+            upstreams: self.upstreams.values().map(|u| u.name.clone()).collect(),
+            ..LiveSeries::default()
+        };
+        for l in self.listeners.values() {
+            let routes = live.routes.entry(l.name.clone()).or_default();
+            routes.insert(Arc::from(""));
+            routes.extend(l.routes.iter().map(|r| r.name.clone()));
+            if l.tls.is_some() {
+                live.tls_listeners.insert(l.name.clone());
+            }
+            for r in &l.routes {
+                let ups = live.route_upstreams.entry(r.name.clone()).or_default();
+                ups.insert(r.upstream.name.clone());
+                if r.policy.idempotency.is_some() {
+                    live.idempotency.insert(r.name.clone());
+                }
+            }
         }
+        live
     }
 
     fn route(&self, key: &RouteKey) -> Option<&RouteRt> {

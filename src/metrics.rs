@@ -9,8 +9,8 @@
 
 mod shard;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -94,6 +94,10 @@ pub struct RouteMetrics {
     route: Arc<str>,
     metrics: Metrics,
     by_tenant: DashMap<Arc<str>, Arc<TenantMetrics>, foldhash::fast::RandomState>,
+    /// Set when a reload took the route away ([`RouteMetrics::retire`]): series its requests
+    /// still in flight see first are made unexported, so they do not bring back what the
+    /// reload removed.
+    retired: Arc<AtomicBool>,
     /// `rampart_retries_total{route, upstream}`.
     pub retries: IntCounter,
     /// `rampart_retry_budget_exhausted_total{route, upstream}`.
@@ -110,6 +114,8 @@ pub struct RouteMetrics {
 #[derive(Debug)]
 pub struct TenantMetrics {
     labels: [Arc<str>; 3],
+    /// Its route's `retired`.
+    retired: Arc<AtomicBool>,
     requests: Family<Counter>,
     codes: CodeCounters,
     /// `rampart_request_duration_seconds{listener, route, tenant}`.
@@ -140,6 +146,8 @@ pub const SHED_REASONS: [&str; 6] = [
 #[derive(Debug)]
 pub struct UpstreamMetrics {
     name: Arc<str>,
+    /// Set when a reload took the upstream (its name) away: as [`RouteMetrics`]' `retired`.
+    retired: AtomicBool,
     client_gone: IntCounter,
     client_fault: IntCounter,
     /// The family, for `cause="shutdown"`, made when a try is first cut (rare).
@@ -473,6 +481,7 @@ impl Metrics {
             route: route.clone(),
             metrics: self.clone(),
             by_tenant: DashMap::default(),
+            retired: Arc::default(),
             retries,
             retry_budget_exhausted,
             timeout_request,
@@ -506,6 +515,7 @@ impl Metrics {
                 .with_label_values(&[name, "client_fault"]),
             abandoned: self.upstream_abandoned.clone(),
             name: name.clone(),
+            retired: AtomicBool::new(false),
             requests: self.upstream_requests.clone(),
             endpoint_healthy: self.endpoint_healthy.clone(),
             connections: self.upstream_connections.clone(),
@@ -520,12 +530,47 @@ impl Metrics {
         self.config_info.with_label_values(&[sha256]).set(1);
     }
 
-    /// Drops the gauge series of what a reload took away: a breaker, an endpoint or an
-    /// upstream, a route's shedder, the global store. Left behind, such a series keeps its last
-    /// value for ever (a breaker's `open` at 1 fires its alert after the breaker is gone; a
-    /// removed endpoint reads healthy). Counters stay: their totals are history. Called after
-    /// the new generation is in force, never on the request path.
+    /// Drops the series of what a reload took away: a breaker, an endpoint or an upstream, a
+    /// route, a listener, a route's shedder or idempotency store, the global store. Left
+    /// behind, a gauge keeps its last value for ever (a breaker's `open` at 1 fires its alert
+    /// after the breaker is gone; a removed endpoint reads healthy), and the series of routes
+    /// renamed by every reload would grow `/metrics` without bound. A counter of a name that
+    /// comes back starts again from 0, which `rate()` reads as a counter reset. Called after
+    /// the new generation is in force (the old one's routes and upstreams already retired, so
+    /// their requests still in flight make no series again), never on the request path.
     pub fn retain_live(&self, live: &LiveSeries) {
+        let listener_route = |l: &HashMap<&str, &str>| {
+            let (li, r) = (label(l, "listener"), label(l, "route"));
+            live.routes.get(li).is_some_and(|rs| rs.contains(r))
+        };
+        self.requests.retain(listener_route);
+        self.request_duration.retain(listener_route);
+        retain(&self.rate_limited, listener_route);
+        retain(&self.shed, listener_route);
+        self.in_flight
+            .retain(|l| live.routes.contains_key(label(l, "listener")));
+        retain(&self.tls_handshake_failures, |l| {
+            live.tls_listeners.contains(label(l, "listener"))
+        });
+        let route_upstream = |l: &HashMap<&str, &str>| {
+            let (r, u) = (label(l, "route"), label(l, "upstream"));
+            live.route_upstreams.get(r).is_some_and(|us| us.contains(u))
+        };
+        retain(&self.retries, route_upstream);
+        retain(&self.retry_budget_exhausted, route_upstream);
+        retain(&self.timeouts, route_upstream);
+        let route = |l: &HashMap<&str, &str>| live.route_upstreams.contains_key(label(l, "route"));
+        retain(&self.store_fallbacks, route);
+        retain(&self.faults_injected, route);
+        retain(&self.fallbacks, route);
+        let idempotent = |l: &HashMap<&str, &str>| live.idempotency.contains(label(l, "route"));
+        retain(&self.idempotency_keys, idempotent);
+        retain(&self.idempotency_bytes, idempotent);
+        let upstream = |l: &HashMap<&str, &str>| live.upstreams.contains(label(l, "upstream"));
+        self.upstream_requests.retain(upstream);
+        self.upstream_duration.retain(upstream);
+        retain(&self.upstream_abandoned, upstream);
+        retain(&self.breaker_transitions, upstream);
         retain(&self.breaker_state, |l| {
             // Scope tenant has a set of series per tenant label, scope upstream one with "".
             let per_tenant = l.get("tenant").is_some_and(|t| !t.is_empty());
@@ -589,10 +634,29 @@ pub struct LiveSeries {
     pub shed_routes: Vec<(Arc<str>, Arc<str>, Arc<str>)>,
     /// Whether a global store is configured.
     pub store: bool,
+    /// The route labels of each listener (`""`, the label of requests no route matched,
+    /// among them).
+    pub routes: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// The upstreams each route label sends to.
+    pub route_upstreams: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// Listeners with `tls`.
+    pub tls_listeners: HashSet<Arc<str>>,
+    /// Route labels with `idempotency`.
+    pub idempotency: HashSet<Arc<str>>,
+    /// Upstream names.
+    pub upstreams: HashSet<Arc<str>>,
+}
+
+/// The value of label `name` (`""` when absent).
+fn label<'a>(labels: &HashMap<&str, &'a str>, name: &str) -> &'a str {
+    labels.get(name).copied().unwrap_or_default()
 }
 
 /// Removes the series of `vec` whose labels (name to value) `keep` refuses.
-fn retain(vec: &IntGaugeVec, keep: impl Fn(&HashMap<&str, &str>) -> bool) {
+fn retain<B: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<B>,
+    keep: impl Fn(&HashMap<&str, &str>) -> bool,
+) {
     use prometheus::core::Collector;
     for family in vec.collect() {
         for m in family.get_metric() {
@@ -623,8 +687,13 @@ impl RouteMetrics {
             tenant_label.clone(),
         ];
         let l3: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
+        let retired = self.retired.load(Ordering::Relaxed);
         let t = Arc::new(TenantMetrics {
-            duration: m.request_duration.with_label_values(&l3),
+            duration: match retired {
+                true => Arc::default(),
+                false => m.request_duration.with_label_values(&l3),
+            },
+            retired: self.retired.clone(),
             rate_limited: m.rate_limited.clone(),
             limits: ArcSwap::from_pointee(Vec::new()),
             shed_vec: m.shed.clone(),
@@ -652,6 +721,11 @@ impl RouteMetrics {
         }
         self.tenant(&labels.label(tenant))
     }
+
+    /// Marks the route taken away by a reload (see `retired`).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
 }
 
 // === impl TenantMetrics ===
@@ -666,6 +740,9 @@ impl TenantMetrics {
         self.shed[i]
             .get_or_init(|| {
                 let l = &self.labels;
+                if self.retired.load(Ordering::Relaxed) {
+                    return unexported();
+                }
                 self.shed_vec
                     .with_label_values(&[&*l[0], &*l[1], &*l[2], reason])
             })
@@ -675,6 +752,9 @@ impl TenantMetrics {
     /// Counts one answered request with status `code`.
     pub fn count(&self, code: u16) {
         count_code(&self.codes, code, || {
+            if self.retired.load(Ordering::Relaxed) {
+                return Arc::default();
+            }
             let l = &self.labels;
             let code = code.to_string();
             self.requests
@@ -689,9 +769,12 @@ impl TenantMetrics {
             return;
         }
         let l = &self.labels;
-        let c = self
-            .rate_limited
-            .with_label_values(&[&*l[0], &*l[1], &*l[2], limit]);
+        let c = match self.retired.load(Ordering::Relaxed) {
+            true => unexported(),
+            false => self
+                .rate_limited
+                .with_label_values(&[&*l[0], &*l[1], &*l[2], limit]),
+        };
         c.inc();
         self.limits.rcu(|v| {
             let mut v = Vec::clone(v);
@@ -718,10 +801,13 @@ impl UpstreamMetrics {
     pub fn abandoned(&self, outcome: crate::policy::outcome::Outcome) {
         match outcome {
             crate::policy::outcome::Outcome::ClientFault => self.client_fault.inc(),
-            _ if crate::proxy::finish::cutting() => self
-                .abandoned
-                .with_label_values(&[&*self.name, "shutdown"])
-                .inc(),
+            _ if crate::proxy::finish::cutting() => {
+                if !self.retired.load(Ordering::Relaxed) {
+                    self.abandoned
+                        .with_label_values(&[&*self.name, "shutdown"])
+                        .inc();
+                }
+            }
             _ => self.client_gone.inc(),
         }
     }
@@ -730,6 +816,12 @@ impl UpstreamMetrics {
     /// its connections on (made once per endpoint, not on the request path).
     pub fn connections(&self, endpoint: &str) -> IntGauge {
         self.connections.with_label_values(&[&*self.name, endpoint])
+    }
+
+    /// Marks the upstream's name taken away by a reload: its requests still in flight make no
+    /// series again.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Drops the series of an endpoint that left the upstream.
@@ -745,11 +837,19 @@ impl UpstreamMetrics {
     /// Counts one try that ended with `code`.
     pub fn count(&self, code: u16) {
         count_code(&self.codes, code, || {
+            if self.retired.load(Ordering::Relaxed) {
+                return Arc::default();
+            }
             let code = code.to_string();
             self.requests
                 .with_label_values(&[&*self.name, code.as_str()])
         });
     }
+}
+
+/// A counter that is not exported: what a retired route's first sight of a label gets.
+fn unexported() -> IntCounter {
+    IntCounter::new("rampart_retired", "not exported").expect("valid metric")
 }
 
 /// Counter handles by status code, made on first sight of each code: the common codes in
@@ -835,6 +935,29 @@ mod tests {
         assert_eq!(&*rm.tenant_of("vip", &labels).labels[2], "vip");
         // One entry per label: a, b, vip and the fold; folded ids add none.
         assert_eq!(rm.by_tenant.len(), 4);
+    }
+
+    /// Requests still in flight on a route a reload took away make no series of it again,
+    /// whatever label (tenant, status code, limit, shed reason) they see first.
+    #[test]
+    fn a_retired_route_brings_back_no_series() {
+        let m = Metrics::register();
+        let (lst, route, up) = (Arc::from("inbound"), Arc::from("gone"), Arc::from("app"));
+        let rm = m.route(&lst, &route, &up);
+        let seen = rm.tenant(&Arc::from("a"));
+        seen.count(200);
+        rm.retire();
+        m.retain_live(&LiveSeries::default());
+        assert!(!m.render().contains("gone"), "{}", m.render());
+        seen.count(200);
+        seen.count(418);
+        seen.rate_limited("burst");
+        seen.shed("queue_full");
+        let late = rm.tenant(&Arc::from("b"));
+        late.count(200);
+        late.duration.observe(std::time::Duration::from_millis(1));
+        let text = m.render();
+        assert!(!text.contains("gone"), "{text}");
     }
 
     #[test]

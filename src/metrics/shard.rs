@@ -309,6 +309,20 @@ impl<S: Series> Family<S> {
         self.inner.series.lock().entry(key).or_default().clone()
     }
 
+    /// Removes the series whose labels (name to value) `keep` refuses: those of what a reload
+    /// took away. A handle still held on a removed series counts on, unexported.
+    pub fn retain(&self, keep: impl Fn(&HashMap<&str, &str>) -> bool) {
+        let names = &self.inner.names;
+        self.inner.series.lock().retain(|values, _| {
+            let labels = names
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(|v| &**v))
+                .collect();
+            keep(&labels)
+        });
+    }
+
     /// The collector to register.
     pub fn collector(&self) -> Box<dyn Collector> {
         Box::new(self.clone())
@@ -429,6 +443,8 @@ mod tests {
             "one series per label set"
         );
         c.with_label_values(&["app", "502"]).inc();
+        c.with_label_values(&["gone", "200"]).inc();
+        c.retain(|l| l.get("upstream") != Some(&"gone"));
         h.with_label_values(&["app"])
             .observe(Duration::from_millis(2));
         let mut out = Vec::new();
@@ -449,5 +465,9 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
+        assert!(
+            !text.contains("gone"),
+            "a series retain refused is exported:\n{text}"
+        );
     }
 }

@@ -624,3 +624,89 @@ async fn a_move_onto_a_port_another_process_shares_is_refused() {
     );
     assert!(serves(([127, 0, 0, 1], port).into()).await);
 }
+
+/// `$NAME`: the name of the route to `$UP` on the listener `extra`, which `$EXTRA` may leave
+/// out; the route `keep` stays as it is.
+const RENAMED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+  $UP: { endpoints: [$APP] }
+policies:
+  p: { retry: { attempts: 2 }, timeout: { request: 5s }, idempotency: { ttl: 1h, max_body: 4KiB } }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { name: keep, match: { path_prefix: /status }, upstream: app }
+      - { name: $NAME, upstream: $UP, policy: p }
+$EXTRA
+"#;
+
+const RENAMED_EXTRA: &str = r#"
+  - name: extra
+    direction: inbound
+    listen: $LISTEN_extra
+    routes:
+      - upstream: app
+"#;
+
+/// A reload that renames a route, replaces an upstream and removes a listener takes their
+/// series (counters, histograms and gauges) out of `/metrics`: a generator of configs that
+/// renames routes would otherwise grow it without bound. A route that stays keeps its counts.
+#[tokio::test]
+async fn series_of_what_a_reload_removes_leave_metrics_and_those_kept_stay() {
+    let app = sample().await;
+    let config = |name: &str, up: &str, extra: &str| {
+        RENAMED
+            .replace("$NAME", name)
+            .replace("$UP", up)
+            .replace("$EXTRA", extra)
+    };
+    let mut proxy = Proxy::builder(&config("gen0", "old", RENAMED_EXTRA))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let extra = proxy.listener("extra");
+    for path in ["/status/200", "/ok", "/status/200"] {
+        assert_eq!(http::get(addr, path, &[]).await.status, 200, "{path}");
+    }
+    assert_eq!(http::get(extra, "/ok", &[]).await.status, 200);
+    let kept = |text: &str| {
+        let labels = [("listener", "inbound"), ("route", "keep"), ("code", "200")];
+        metrics::metric_value(text, "rampart_requests_total", &labels)
+    };
+    let text = metrics(admin).await;
+    for series in [
+        "route=\"gen0\"",
+        "upstream=\"old\"",
+        "listener=\"extra\"",
+        "rampart_idempotency_bytes{route=\"gen0\"}",
+    ] {
+        assert!(text.contains(series), "{series} before the reload: {text}");
+    }
+    assert_eq!(kept(&text), Some(2.0), "{text}");
+
+    reload_to(&mut proxy, &config("gen1", "new", "")).await;
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    assert_eq!(http::get(addr, "/status/200", &[]).await.status, 200);
+    let text = metrics(admin).await;
+    for gone in ["gen0", "upstream=\"old\"", "listener=\"extra\""] {
+        assert!(!text.contains(gone), "{gone} after the reload: {text}");
+    }
+    for series in [
+        "rampart_requests_total{code=\"200\",listener=\"inbound\",route=\"gen1\"",
+        "rampart_upstream_requests_total{code=\"200\",upstream=\"new\"}",
+        "rampart_idempotency_keys{route=\"gen1\"}",
+    ] {
+        assert!(text.contains(series), "no {series}: {text}");
+    }
+    assert_eq!(
+        kept(&text),
+        Some(3.0),
+        "the kept route's count goes on: {text}"
+    );
+}
