@@ -363,6 +363,11 @@ impl Metrics {
             "Spans dropped: queue_full (the exporter fell behind; requests never wait) or export_failed (the collector refused or could not be reached).",
             &["reason"],
         );
+        // Both reasons exist from the start, with or without `tracing`, as the exported count
+        // does: a rate() over them reads 0, not no data.
+        for reason in ["queue_full", "export_failed"] {
+            trace_spans_dropped.with_label_values(&[reason]);
+        }
         let faults_injected = counter(
             "rampart_faults_injected_total",
             "Faults injected on purpose (policy fault), by kind: delay or abort.",

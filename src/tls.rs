@@ -38,6 +38,7 @@ pub mod files;
 pub mod pem;
 pub mod roots;
 pub mod server;
+mod words;
 
 pub use client::{check_client, client_config, client_config_all, client_config_offering, connect};
 pub use error::{HandshakeError, TlsFileError};

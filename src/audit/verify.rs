@@ -227,9 +227,10 @@ fn entries(n: usize) -> String {
 
 /// `rampart audit verify`: checks `files`, oldest first, as one trail, then the last one's
 /// count and head against `expect_count` and `expect_head`. Says what it found on `out` (the
-/// count and head of each file) and what does not hold on `err`. `true` when all holds (exit
-/// 0); `false` at the first broken line, the first link between two files that does not
-/// hold, or an expected head or count that differs (exit 1).
+/// count and head of each file, "ok" only for a file that holds all that was asked of it) and
+/// what does not hold on `err`. `true` when all holds (exit 0); `false` at the first broken
+/// line, the first link between two files that does not hold, or an expected head or count
+/// that differs (exit 1).
 pub fn verify_files(
     files: &[PathBuf],
     expect_head: Option<&str>,
@@ -240,10 +241,15 @@ pub fn verify_files(
     // The head of the file before, to check the next file's first line against.
     let mut before: Option<(&Path, String)> = None;
     let mut last = None;
-    for file in files {
-        let Some(checked) = check_file(file, out, err) else {
+    let expecting = expect_head.is_some() || expect_count.is_some();
+    for (i, file) in files.iter().enumerate() {
+        let Some(checked) = check_file(file, err) else {
             return false;
         };
+        // The last file's expectations are judged below: its "ok" waits for them.
+        if !(expecting && i + 1 == files.len()) {
+            say(file, &checked, true, out);
+        }
         if !links_to(file, &checked, before.as_ref(), out, err) {
             return false;
         }
@@ -255,14 +261,20 @@ pub fn verify_files(
     let Some((file, checked)) = last else {
         return false;
     };
-    // Both are said when both differ.
-    let count = count_is(file, &checked, expect_count, err);
-    let head = head_is(file, &checked, expect_head, err);
+    if !expecting {
+        return true;
+    }
+    // Both are said when both differ, after what the file holds.
+    let mut why = Vec::new();
+    let count = count_is(file, &checked, expect_count, &mut why);
+    let head = head_is(file, &checked, expect_head, &mut why);
+    say(file, &checked, count && head, out);
+    let _ = err.write_all(&why);
     count && head
 }
 
-/// Reads and checks one file; says its count and head, or why it is not a trail.
-fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<Checked> {
+/// Reads and checks one file; says why it is not a trail, or warns of its torn lines.
+fn check_file(file: &Path, err: &mut dyn Write) -> Option<Checked> {
     // A FIFO would hold the read until a writer came, a device might never end it.
     if let Err(crate::config::NotAFile::Is(kind)) = crate::config::regular_file(file) {
         let _ = writeln!(
@@ -292,6 +304,12 @@ fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<C
             t + 1
         );
     }
+    Some(checked)
+}
+
+/// Says the count and head of a file whose chain is intact, "ok" when `ok` (nothing asked of
+/// it failed).
+fn say(file: &Path, checked: &Checked, ok: bool, out: &mut dyn Write) {
     let torn = match checked.torn.len() {
         0 => String::new(),
         1 => " and 1 torn line".into(),
@@ -303,14 +321,14 @@ fn check_file(file: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Option<C
     } else {
         ""
     };
+    let ok = if ok { "ok, " } else { "" };
     let _ = writeln!(
         out,
-        "{}: ok, {}{torn}, chain intact, head {}{unended}",
+        "{}: {ok}{}{torn}, chain intact, head {}{unended}",
         file.display(),
         entries(checked.entries),
         checked.head
     );
-    Some(checked)
 }
 
 /// Whether `file`'s first line continues `before` (the path and head of the file given before

@@ -161,6 +161,69 @@ fn tls_files_that_exist_are_accepted() {
     assert!(e.message.contains("key does not match"), "{e:?}");
 }
 
+/// An X.509 v1 certificate (what `openssl x509 -req` makes without an extension file) as a
+/// listener's cert is refused in words that say what it is and how to make one rustls takes,
+/// never as a "peer" certificate nor in rustls's `Debug` text.
+#[test]
+fn a_v1_listener_certificate_is_refused_in_words() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (key, csr, cert) = (
+        dir.path().join("v1-key.pem"),
+        dir.path().join("v1.csr"),
+        dir.path().join("v1.pem"),
+    );
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl").args(args).output().expect(
+            "the openssl command is needed (Debian package openssl; scripts/test.sh installs it)",
+        );
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let s = |t: &'static str| std::ffi::OsStr::new(t);
+    openssl(&[
+        s("req"),
+        s("-new"),
+        s("-newkey"),
+        s("ec"),
+        s("-pkeyopt"),
+        s("ec_paramgen_curve:P-256"),
+        s("-nodes"),
+        s("-subj"),
+        s("/CN=localhost"),
+        s("-keyout"),
+        key.as_os_str(),
+        s("-out"),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        s("x509"),
+        s("-req"),
+        s("-in"),
+        csr.as_os_str(),
+        s("-signkey"),
+        key.as_os_str(),
+        s("-days"),
+        s("30"),
+        s("-out"),
+        cert.as_os_str(),
+    ]);
+    let text = SPEC_EXAMPLE
+        .replace(
+            "    tls: { server_name: payments.internal, ca: /etc/rampart/ca.pem }",
+            "",
+        )
+        .replace("/etc/rampart/tls/cert.pem", &cert.display().to_string())
+        .replace("/etc/rampart/tls/key.pem", &key.display().to_string());
+    let e = one(&text);
+    assert_eq!(e.path, "listeners[0].tls.cert", "{e:?}");
+    let want = format!(
+        "{}: certificate is X.509 v1; rustls accepts only v3 certificates (make it with a v3 \
+         extension, e.g. openssl's -extfile / -addext)",
+        cert.display()
+    );
+    assert_eq!(e.message, want);
+}
+
 /// The policy files under `config/`.
 fn shipped_files() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

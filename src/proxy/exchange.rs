@@ -286,7 +286,7 @@ pub(super) fn try_once<'a>(
             if let Some(p) = permit {
                 p.record(Outcome::ConnectError, Duration::ZERO);
             }
-            let msg = format!("upstream {} has no healthy endpoint", up.name);
+            let msg = up.no_endpoint_message();
             *tried = Tried {
                 outcome: Outcome::ConnectError,
                 used: None,

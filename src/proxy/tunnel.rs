@@ -225,7 +225,7 @@ async fn connect(
         if let Some(p) = permit {
             p.record(Outcome::ConnectError, Duration::ZERO);
         }
-        let msg = format!("upstream {} has no healthy endpoint", up.name);
+        let msg = up.no_endpoint_message();
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
     let limit = up.cfg.connect_timeout.0;

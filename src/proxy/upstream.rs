@@ -191,6 +191,34 @@ impl Upstream {
             .any(|e| e.health.available(now))
     }
 
+    /// The message of the 502 when [`Upstream::pick`] found no endpoint, naming the DNS names
+    /// that have resolved to no address yet (a typo in a name, a service not yet up): without
+    /// them "no healthy endpoint" sends one to look at health checks. Built on that error path
+    /// only.
+    pub fn no_endpoint_message(&self) -> String {
+        let eps = self.endpoints.load();
+        let unresolved: Vec<&str> = self
+            .cfg
+            .endpoints
+            .iter()
+            .filter(|e| matches!(Target::parse(e), Target::Name(_)))
+            .filter(|n| !eps.iter().any(|e| e.host.as_deref() == Some(host_of(n))))
+            .map(String::as_str)
+            .collect();
+        match unresolved.as_slice() {
+            [] => format!("upstream {} has no healthy endpoint", self.name),
+            [one] => format!(
+                "upstream {} has no healthy endpoint; {one} has not resolved to any address (DNS)",
+                self.name
+            ),
+            many => format!(
+                "upstream {} has no healthy endpoint; {} have not resolved to any address (DNS)",
+                self.name,
+                many.join(", ")
+            ),
+        }
+    }
+
     /// Picks an available endpoint: the cheaper of two random ones (`balance: p2c`) or the
     /// next in turn. `avoid` (the endpoint a failed try used) and endpoints that recently
     /// refused a connection are taken only when nothing else is left. `now`: the time the
@@ -454,6 +482,9 @@ async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration)
                         if !v.is_empty() {
                             last[i] = v.into_iter().map(|a| (a, Some(host.clone()))).collect();
                         }
+                    }
+                    Err(e) if last[i].is_empty() => {
+                        tracing::warn!(endpoint = %n, error = %e, "dns lookup failed; no addresses yet")
                     }
                     Err(e) => {
                         tracing::warn!(endpoint = %n, error = %e, "dns lookup failed; keeping last addresses")

@@ -82,12 +82,12 @@ pub fn client_config_all(
     let one = |e| vec![e];
     let builder = ClientConfig::builder_with_provider(super::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| one(TlsFileError::invalid(Path::new("<crypto provider>"), e)))?
+        .map_err(|e| one(TlsFileError::refused(Path::new("<crypto provider>"), &e)))?
         .with_root_certificates(roots);
     let mut config = match pair {
         Some((pair, key)) => builder
             .with_client_auth_cert(pair.chain, pair.key)
-            .map_err(|e| one(TlsFileError::invalid(key, e)))?,
+            .map_err(|e| one(TlsFileError::refused(key, &e)))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -122,7 +122,25 @@ where
             format!("invalid tls server name {server_name:?}: {e}"),
         )
     })?;
-    TlsConnector::from(cfg).connect(name, tcp).await
+    TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(peer_in_words)
+}
+
+/// A refused server certificate told in words ("invalid peer certificate: certificate is not
+/// signed by a trusted CA (unknown issuer)"), where rustls would print `UnknownIssuer`.
+fn peer_in_words(err: io::Error) -> io::Error {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(e)) => io::Error::new(
+            err.kind(),
+            format!("invalid peer certificate: {}", super::words::certificate(e)),
+        ),
+        _ => err,
+    }
 }
 
 fn incomplete(given: &Path, missing: &'static str) -> TlsFileError {

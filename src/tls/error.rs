@@ -108,7 +108,7 @@ pub enum HandshakeError {
     #[error("tls handshake: client sent no certificate")]
     NoClientCert,
     /// The client's certificate did not verify against the listener's `client_ca`.
-    #[error("tls handshake: bad client certificate: {0}")]
+    #[error("tls handshake: bad client certificate: {}", super::words::rustls_error(.0))]
     BadClientCert(rustls::Error),
     /// Any other TLS failure (no common version or cipher, bad message, alert from the peer).
     #[error("tls handshake: {0}")]
@@ -145,6 +145,12 @@ impl TlsFileError {
             path: path.to_path_buf(),
             detail: detail.to_string(),
         }
+    }
+
+    /// A file whose content rustls refused, with rustls's reason in words
+    /// ([`super::words::rustls_error`]).
+    pub(crate) fn refused(path: &Path, err: &rustls::Error) -> Self {
+        Self::invalid(path, super::words::rustls_error(err))
     }
 }
 

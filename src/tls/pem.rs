@@ -82,7 +82,7 @@ impl CertPair {
         let signer = super::provider()
             .key_provider
             .load_private_key(self.key())
-            .map_err(|e| TlsFileError::invalid(key, e))?;
+            .map_err(|e| TlsFileError::refused(key, &e))?;
         match CertifiedKey::new(self.chain.clone(), signer).keys_match() {
             Ok(()) | Err(Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(()),
             Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
@@ -91,7 +91,7 @@ impl CertPair {
                     cert: cert.to_path_buf(),
                 })
             }
-            Err(e) => Err(TlsFileError::invalid(cert, e)),
+            Err(e) => Err(TlsFileError::refused(cert, &e)),
         }
     }
 }
@@ -176,9 +176,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsFileError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsFileError::invalid(path, format!("unusable CA certificate: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            let why = super::words::rustls_error(&e);
+            TlsFileError::invalid(path, format!("unusable CA certificate: {why}"))
+        })?;
     }
     Ok(Arc::new(roots))
 }

@@ -75,7 +75,7 @@ pub fn server_config_all(
     let one = |e| vec![e];
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| one(TlsFileError::invalid(cert, e)))?;
+        .map_err(|e| one(TlsFileError::refused(cert, &e)))?;
     let builder = match roots.flatten() {
         Some((ca, roots)) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
@@ -87,7 +87,7 @@ pub fn server_config_all(
     };
     let mut config = builder
         .with_single_cert(pair.chain, pair.key)
-        .map_err(|e| one(TlsFileError::invalid(key, e)))?;
+        .map_err(|e| one(TlsFileError::refused(key, &e)))?;
     config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
     // The server's order of suites (`tls::server_provider`: AES-128-GCM first), not the
     // client's.

@@ -288,6 +288,34 @@ async fn backend_errors_read_0_without_a_global_store() {
     );
 }
 
+/// The trace span counters are there at 0 without `tracing`, the dropped ones as the exported
+/// one: an alert on `rate(rampart_trace_spans_dropped_total[5m])` reads 0, not "no data",
+/// until tracing is turned on.
+#[tokio::test]
+async fn trace_span_counters_read_0_without_tracing() {
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let text = metrics(proxy.admin()).await;
+    let policy = std::fs::read_to_string(proxy.config_path()).expect("the policy file");
+    assert!(!policy.contains("tracing"), "{policy}");
+    assert_eq!(
+        metric_value(&text, "rampart_trace_spans_exported_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    for reason in ["queue_full", "export_failed"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "rampart_trace_spans_dropped_total",
+                &[("reason", reason)]
+            ),
+            Some(0.0),
+            "reason={reason}: {text}"
+        );
+    }
+}
+
 /// Runs `promtool check metrics` on `text`. Not having promtool is a failure, not a skip:
 /// the exposition format is part of the contract.
 fn promtool_check(text: &str) {

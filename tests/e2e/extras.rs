@@ -411,7 +411,10 @@ async fn a_trail_cut_at_its_end_fails_against_the_head_state_shows() {
     };
     let (code, out) = expect(&head, "2");
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains(&format!("head {head}")), "{out}");
+    assert!(
+        out.contains(&format!(": ok, 2 entries, chain intact, head {head}")),
+        "{out}"
+    );
     // One entry cut from the end: intact on its own, not against the head.
     let one: String = text.lines().take(1).map(|l| format!("{l}\n")).collect();
     std::fs::write(&trail, one).expect("rewrite");
@@ -419,6 +422,9 @@ async fn a_trail_cut_at_its_end_fails_against_the_head_state_shows() {
     let (code, out) = expect(&head, "2");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("cut"), "{out}");
+    // Its chain is said, but not "ok": what was asked of it does not hold.
+    assert!(out.contains(": 1 entry, chain intact, head "), "{out}");
+    assert!(!out.contains(": ok,"), "{out}");
     // Emptied.
     std::fs::write(&trail, "").expect("empty");
     let (code, out) = expect(&head, "2");
@@ -428,6 +434,17 @@ async fn a_trail_cut_at_its_end_fails_against_the_head_state_shows() {
     let (code, out) = expect(&head, "2");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("1 entry follows it"), "{out}");
+    assert!(!out.contains(": ok,"), "{out}");
+    // The count alone, as the head alone, is judged the same way.
+    let (code, out) = verify_with(&[
+        "--file".as_ref(),
+        trail.as_os_str(),
+        "--expect-count".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(": 3 entries, chain intact, head "), "{out}");
+    assert!(!out.contains(": ok,"), "{out}");
 }
 
 /// A trail whose last line was cut mid-write is continued with a warning naming the file and

@@ -278,6 +278,47 @@ async fn upstream_down_is_502_upstream_unavailable() {
     );
 }
 
+/// An upstream whose only endpoint is a DNS name that never resolved (`.invalid` never does,
+/// RFC 6761) answers 502 saying so, not only "no healthy endpoint", which would send one to
+/// look at health checks; and the failed lookup is logged as finding no addresses yet, not as
+/// "keeping last addresses" it never had.
+#[tokio::test]
+async fn an_upstream_whose_name_never_resolved_says_so() {
+    let template = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  dep: { endpoints: ["nonexistent.invalid:80"] }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - upstream: dep
+"#;
+    // Outbound: an inbound upstream with no endpoint would hold /readyz at 503.
+    let proxy = Proxy::builder(template).spawn().await;
+    let rsp = http::get(proxy.listener("outbound"), "/ok", &[("host", "dep.local")]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    assert_eq!(
+        rsp.json()["message"],
+        "upstream dep has no healthy endpoint; nonexistent.invalid:80 has not resolved to any \
+         address (DNS)",
+        "{}",
+        rsp.text()
+    );
+    crate::assert_eventually!(
+        proxy.log().contains("dns lookup failed; no addresses yet"),
+        "{}",
+        proxy.log()
+    );
+    assert!(
+        !proxy.log().contains("keeping last addresses"),
+        "{}",
+        proxy.log()
+    );
+}
+
 #[tokio::test]
 async fn request_timeout_is_504_well_before_the_upstream_answers() {
     let app = sample().await;

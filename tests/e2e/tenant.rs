@@ -36,7 +36,9 @@ async fn fallback_tenant_when_header_absent() {
     .await;
     let addr = proxy.listener("inbound");
     assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
-    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    // An empty value names no tenant either.
+    let empty = http::get(addr, "/ok", &[("x-tenant-id", "")]).await;
+    assert_eq!(empty.status, 200);
     let with = http::get(addr, "/ok", &[("x-tenant-id", "acme")]).await;
     assert_eq!(with.status, 200);
     assert_eq!(app.hits_for("/ok"), 3);
@@ -60,6 +62,10 @@ async fn fallback_reject_answers_401_tenant_required() {
     .await;
     let addr = proxy.listener("inbound");
     http::get(addr, "/ok", &[])
+        .await
+        .assert_rampart(401, "tenant_required");
+    // An empty value is no tenant id: refused the same way, never served as a tenant "".
+    http::get(addr, "/ok", &[("x-tenant-id", "")])
         .await
         .assert_rampart(401, "tenant_required");
     assert_eq!(
