@@ -1018,6 +1018,30 @@ async fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
     assert_eq!(app.hits_for("/bytes/50000"), 20, "no repeat ran again");
 }
 
+/// The newest answer is always kept, even when with its header fields it passes `max_bytes`
+/// (`max_body` counts the body only): with `max_body` = `max_bytes` = 1KiB, which validation
+/// accepts, a 1000-byte answer is kept and its repeat replayed. Before, it was not kept (the
+/// bytes gauge stayed 0) and its repeat was 422 `idempotency_not_replayable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_max_body_is_kept_when_max_bytes_equals_max_body() {
+    let app = sample().await;
+    let policy = "{ idempotency: { ttl: 1h, max_body: 1KiB, max_bytes: 1KiB } }";
+    let proxy = Proxy::builder(&with_policy(policy))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "at-limit")];
+    assert_eq!(http::post(addr, "/bytes/1000", &key, "").await.status, 200);
+    let text = metrics(proxy.admin()).await;
+    let held = metric_value(&text, "rampart_idempotency_bytes", &[("route", "app")]);
+    assert!(held.is_some_and(|b| b > 1000.0), "{text}");
+    let again = http::post(addr, "/bytes/1000", &key, "").await;
+    assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(again.body.len(), 1000);
+    assert_eq!(app.hits_for("/bytes/1000"), 1);
+}
+
 /// An expired entry is freed, not only ignored: once `ttl` has passed with no more traffic,
 /// the keys and bytes held fall to 0 (a sweep runs every quarter `ttl`). Before, 30 s after
 /// traffic stopped the keys of a `ttl: 2s` route were all still held, with their answers.

@@ -5,7 +5,8 @@
 //! until one ends or expires. Past `max_bytes`, the oldest kept answers lose their body and
 //! stay as keys that are not replayable (a repeat is 422 `idempotency_not_replayable`, as for
 //! an answer over `max_body`): the key still guards against running the request twice, and
-//! costs a fixed few dozen bytes, counted by `max_entries`.
+//! costs a fixed few dozen bytes, counted by `max_entries`. The newest answer is always kept,
+//! even when it alone passes `max_bytes` (its header fields count, `max_body` only its body).
 //!
 //! A `parking_lot` mutex guards a map, a claim-order queue (for `max_entries`), a
 //! completion-order queue (for `max_bytes`) and a heap of expiries; it is held for a map
@@ -277,13 +278,14 @@ impl IdempotencyStore for MemoryStore {
         }
         let seq = slot.seq;
         slot.expires = expires;
+        // The newest answer is kept whatever its size (the caller kept its body within
+        // `max_body`; its header fields may take it past `max_bytes`): the older lose theirs.
         let kept = match sized {
-            // One answer larger than the whole cap is not kept, as one over `max_body`.
-            Some((a, size)) if size <= self.max_bytes => {
+            Some((a, size)) => {
                 slot.state = State::Done(Arc::new(a), size);
                 Some(size)
             }
-            _ => {
+            None => {
                 slot.state = State::TooLarge;
                 None
             }
@@ -392,10 +394,10 @@ impl Inner {
         dropped
     }
 
-    /// Takes the bodies of the oldest kept answers until at most `max_bytes` are held; their
-    /// keys stay, not replayable.
+    /// Takes the bodies of the oldest kept answers until at most `max_bytes` are held, or only
+    /// the last item of `kept` (the newest answer) is left; their keys stay, not replayable.
     fn shed_bytes(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
+        while self.bytes > max_bytes && self.kept.len() > 1 {
             let Some((key, seq)) = self.kept.pop_front() else {
                 break;
             };

@@ -286,7 +286,7 @@ fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
             "{k}"
         );
     }
-    // Header fields count; an answer over the whole cap is not kept, and evicts nothing.
+    // Header fields count.
     let mut headed = answer();
     headed
         .headers
@@ -301,13 +301,43 @@ fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
         Begin::NotReplayable
     ));
     assert_eq!(s.gauges.bytes.get(), 8);
-    kept(&s, "huge", answer_of(11));
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Replay(_)));
+}
+
+/// The newest answer is always kept, even one that alone passes `max_bytes` (its header
+/// fields count there, while `max_body` bounds only its body: `max_bytes: 1KiB` with
+/// `max_body: 1KiB`, which validation accepts, kept no 1000-byte answer with its headers, and
+/// its repeat was 422). The older answers lose their body for it; the next answer takes its.
+#[test]
+fn the_newest_answer_is_kept_even_past_max_bytes() {
+    let clock = ManualClock::new();
+    let s = bounded(&clock, 100, 1024);
+    kept(&s, "old", answer_of(24));
+    let mut at_limit = answer_of(1000);
+    at_limit.headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    kept(&s, "big", at_limit);
+    match s.begin_now(&key("big"), [1; 32]) {
+        Begin::Replay(a) => assert_eq!(a.body.len(), 1000),
+        other => panic!("the newest answer must be kept: {other:?}"),
+    }
     assert!(matches!(
-        s.begin_now(&key("huge"), [1; 32]),
+        s.begin_now(&key("old"), [1; 32]),
         Begin::NotReplayable
     ));
-    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Replay(_)));
-    assert_eq!((s.len(), s.gauges.bytes.get()), (5, 8));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (2, 1036));
+    kept(&s, "next", answer_of(4));
+    assert!(matches!(
+        s.begin_now(&key("big"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    assert!(matches!(
+        s.begin_now(&key("next"), [1; 32]),
+        Begin::Replay(_)
+    ));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (3, 4));
 }
 
 #[test]
