@@ -1018,6 +1018,39 @@ async fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
     assert_eq!(app.hits_for("/bytes/50000"), 20, "no repeat ran again");
 }
 
+/// A reload that changes a route's `idempotency` (here `max_bytes` and `ttl`) keeps its keys,
+/// claims in flight included: the repeat of a request still running stays 409 and never
+/// reaches the upstream, and once the first ends its answer is replayed. Before, such a reload
+/// emptied the route's table, and the repeat ran the request a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_idempotency_keeps_the_keys_in_flight() {
+    let app = sample().await;
+    let policy = |ttl: &str, max_bytes: &str| {
+        with_policy(&format!(
+            "{{ idempotency: {{ ttl: {ttl}, max_body: 1KiB, max_bytes: {max_bytes} }} }}"
+        ))
+    };
+    let mut proxy = Proxy::builder(&policy("30s", "3KiB"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "z")];
+    let first = tokio::spawn(async move { http::post(addr, "/slow?ms=2000", &key, "x").await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be in flight");
+    http::post(addr, "/slow?ms=2000", &key, "x")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    crate::reload::reload_to(&mut proxy, &policy("31s", "4KiB")).await;
+    http::post(addr, "/slow?ms=2000", &key, "x")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    assert_eq!(first.await.expect("no panic").status, 200);
+    let replay = http::post(addr, "/slow?ms=2000", &key, "x").await;
+    assert_eq!(replay.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/slow"), 1, "the key must never run twice");
+}
+
 /// The newest answer is always kept, even when with its header fields it passes `max_bytes`
 /// (`max_body` counts the body only): with `max_body` = `max_bytes` = 1KiB, which validation
 /// accepts, a 1000-byte answer is kept and its repeat replayed. Before, it was not kept (the

@@ -363,3 +363,71 @@ fn bytes_and_bookkeeping_stay_bounded_under_300k_keys() {
     assert!(g.kept.len() <= 2 * 1000 + 65, "{}", g.kept.len());
     assert!(g.order.len() <= 2 * 1000 + 64);
 }
+
+fn limits(ttl_s: u64, max_entries: u64, max_bytes: u64) -> Limits {
+    Limits {
+        ttl: Duration::from_secs(ttl_s),
+        max_entries,
+        max_bytes,
+    }
+}
+
+/// A reload that changes the section reconfigures the store in place: every key stays (a
+/// claim in flight still answers 409, and its answer is replayed once it comes); a lower
+/// `max_bytes` takes the bodies of the oldest answers (their keys stay, not replayable), a
+/// lower `max_entries` drops the oldest finished entries and never a claim in flight; a new
+/// `ttl` applies to entries claimed or answered from then on.
+#[test]
+fn a_reconfigured_store_keeps_its_keys_and_applies_the_new_bounds() {
+    let clock = ManualClock::new();
+    let s = bounded(&clock, 100, 1000);
+    kept(&s, "a", answer_of(100));
+    kept(&s, "b", answer_of(100));
+    kept(&s, "c", answer_of(100));
+    assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::Claimed));
+    s.reconfigure(limits(60, 100, 250));
+    assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::InFlight));
+    assert!(matches!(
+        s.begin_now(&key("a"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    for k in ["b", "c"] {
+        assert!(
+            matches!(s.begin_now(&key(k), [1; 32]), Begin::Replay(_)),
+            "{k}"
+        );
+    }
+    assert_eq!((s.len(), s.gauges.bytes.get()), (4, 200));
+
+    // Down to 2 entries: the oldest finished go, the claim in flight stays.
+    s.reconfigure(limits(60, 2, 250));
+    assert_eq!(s.len(), 2);
+    assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::InFlight));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Replay(_)));
+    s.complete(&key("run"), [1; 32], Some(answer()));
+    assert!(matches!(
+        s.begin_now(&key("run"), [1; 32]),
+        Begin::Replay(_)
+    ));
+
+    // A shorter ttl: entries held keep their expiry, new ones get the new ttl.
+    s.reconfigure(limits(5, 100, 250));
+    kept(&s, "short", answer());
+    clock.advance(Duration::from_secs(6));
+    s.sweep();
+    assert!(matches!(
+        s.begin_now(&key("short"), [1; 32]),
+        Begin::Claimed
+    ));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Replay(_)));
+    assert!(matches!(
+        s.begin_now(&key("run"), [1; 32]),
+        Begin::Replay(_)
+    ));
+    clock.advance(Duration::from_secs(50));
+    s.sweep();
+    assert_eq!(s.len(), 2, "the new claim expired, 5 s after it came");
+    clock.advance(Duration::from_secs(5));
+    s.sweep();
+    assert!(s.is_empty(), "those from before expire at their own time");
+}
