@@ -116,6 +116,9 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     /// Applies a reloaded section's bounds in place; every key stays (see
     /// [`memory::MemoryStore::reconfigure`]).
     fn reconfigure(&self, limits: memory::Limits);
+    /// This store is no longer its route's: it stops writing the route's gauges, after setting
+    /// them to 0 when `zero` (no store of the route writes them any more).
+    fn retire(&self, zero: bool);
     /// Whether no key is held.
     fn is_empty(&self) -> bool {
         self.len() == 0

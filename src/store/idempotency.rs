@@ -240,6 +240,10 @@ impl IdempotencyStore for RedisIdempotency {
         self.claim_ms.store(claim_ms, Relaxed);
         self.local.reconfigure(limits);
     }
+
+    fn retire(&self, zero: bool) {
+        self.local.retire(zero);
+    }
 }
 
 /// Headers as `name NUL value LF` lines: neither byte can occur in a name or a value.

@@ -1075,6 +1075,34 @@ async fn an_answer_of_max_body_is_kept_when_max_bytes_equals_max_body() {
     assert_eq!(app.hits_for("/bytes/1000"), 1);
 }
 
+/// A reload that takes `idempotency` off a route it keeps sets the route's idempotency gauges
+/// to 0: its keys are gone. Before, they showed the last count forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_gauges_fall_to_0_when_a_reload_takes_it_off_a_route() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    http::post(addr, "/echo", &[("idempotency-key", "g")], "kept").await;
+    let gauges = |text: &str| {
+        let at = [("route", "app")];
+        (
+            metric_value(text, "rampart_idempotency_keys", &at).unwrap_or(0.0),
+            metric_value(text, "rampart_idempotency_bytes", &at).unwrap_or(0.0),
+        )
+    };
+    let text = metrics(proxy.admin()).await;
+    let (keys, bytes) = gauges(&text);
+    assert!(keys == 1.0 && bytes > 0.0, "{text}");
+    let without = with_policy("{ timeout: { request: 5s } }");
+    crate::reload::reload_to(&mut proxy, &without).await;
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(gauges(&text), (0.0, 0.0), "{text}");
+}
+
 /// An expired entry is freed, not only ignored: once `ttl` has passed with no more traffic,
 /// the keys and bytes held fall to 0 (a sweep runs every quarter `ttl`). Before, 30 s after
 /// traffic stopped the keys of a `ttl: 2s` route were all still held, with their answers.

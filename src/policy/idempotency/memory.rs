@@ -71,6 +71,9 @@ struct Inner {
     ttl: u64,
     max_entries: usize,
     max_bytes: usize,
+    /// Set once the store is no longer its route's (a reload took `idempotency` off it, or
+    /// replaced the store): it stops writing the gauges, which are no longer its own.
+    retired: bool,
     map: HashMap<StoreKey, Slot>,
     /// Eviction order, oldest claim first; a claim in flight met here goes to the back.
     order: VecDeque<(StoreKey, u64)>,
@@ -164,6 +167,17 @@ impl MemoryStore {
         g.drop_dead_newest();
         g.shed_bytes(max_bytes);
         report(&g, &self.gauges);
+    }
+
+    /// Lets go of the gauges: this store is no longer its route's. With `zero`, they are set
+    /// to 0 first (the route keeps no keys any more); without, another store now writes them.
+    pub fn retire(&self, zero: bool) {
+        let mut g = self.inner.lock();
+        g.retired = true;
+        if zero {
+            self.gauges.keys.set(0);
+            self.gauges.bytes.set(0);
+        }
     }
 
     fn begin_now(&self, key: &StoreKey, digest: Digest) -> Begin {
@@ -260,6 +274,9 @@ fn sweep(inner: &parking_lot::Mutex<Inner>, clock: &SharedClock, gauges: &Gauges
 }
 
 fn report(g: &Inner, gauges: &Gauges) {
+    if g.retired {
+        return;
+    }
     gauges
         .keys
         .set(i64::try_from(g.map.len()).unwrap_or(i64::MAX));
@@ -356,6 +373,10 @@ impl IdempotencyStore for MemoryStore {
 
     fn reconfigure(&self, limits: Limits) {
         MemoryStore::reconfigure(self, limits);
+    }
+
+    fn retire(&self, zero: bool) {
+        MemoryStore::retire(self, zero);
     }
 }
 

@@ -431,3 +431,27 @@ fn a_reconfigured_store_keeps_its_keys_and_applies_the_new_bounds() {
     s.sweep();
     assert!(s.is_empty(), "those from before expire at their own time");
 }
+
+/// A store no longer its route's stops writing the route's gauges: set to 0 when the route
+/// lost `idempotency`, left to the store that writes them now otherwise.
+#[test]
+fn a_retired_store_lets_go_of_its_gauges() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    kept(&s, "a", answer());
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, 4));
+    s.retire(true);
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (0, 0));
+    // A request of the old generation still ends here: the gauges stay as they are.
+    kept(&s, "b", answer());
+    clock.advance(Duration::from_secs(61));
+    s.sweep();
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (0, 0));
+
+    let t = store(&clock, 10);
+    kept(&t, "a", answer());
+    t.gauges.keys.set(7);
+    t.retire(false);
+    kept(&t, "b", answer());
+    assert_eq!(t.gauges.keys.get(), 7, "another store writes them now");
+}
