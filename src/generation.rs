@@ -326,7 +326,27 @@ impl Generation {
                 }
             }
         }
+        self.retire_idempotency(old);
         metrics.retain_live(&live);
+    }
+
+    /// The idempotency stores of `old` this generation does not carry stop writing their
+    /// route's gauges; those of a route left without `idempotency` are set to 0 first (its
+    /// keys are gone, and the old store would otherwise leave its last count showing).
+    fn retire_idempotency(&self, old: &Generation) {
+        fn routes(g: &Generation) -> Vec<(Arc<str>, &RouteIdempotency)> {
+            let all = g.listeners.values().flat_map(|l| l.routes.iter());
+            all.filter_map(|r| Some((r.key.label.clone(), r.policy.idempotency.as_ref()?)))
+                .collect()
+        }
+        let now = routes(self);
+        for (label, was) in routes(old) {
+            if now.iter().any(|(_, i)| Arc::ptr_eq(&i.store, &was.store)) {
+                continue;
+            }
+            let written = now.iter().any(|(l, _)| *l == label);
+            was.store.retire(!written);
+        }
     }
 
     /// Resets the breakers of `old` that this generation replaced with new settings (scope

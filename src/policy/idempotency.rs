@@ -113,6 +113,12 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     fn hold(&self, key: &StoreKey, digest: Digest, hold: Duration);
     /// Keys held now.
     fn len(&self) -> usize;
+    /// Applies a reloaded section's bounds in place; every key stays (see
+    /// [`memory::MemoryStore::reconfigure`]).
+    fn reconfigure(&self, limits: memory::Limits);
+    /// This store is no longer its route's: it stops writing the route's gauges, after setting
+    /// them to 0 when `zero` (no store of the route writes them any more).
+    fn retire(&self, zero: bool);
     /// Whether no key is held.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -136,8 +142,10 @@ pub struct RouteIdempotency {
 // === impl RouteIdempotency ===
 
 impl RouteIdempotency {
-    /// The runtime of `cfg` for the route labelled `route`; the keys of `old` are kept when its
-    /// section is unchanged.
+    /// The runtime of `cfg` for the route labelled `route`. The store of `old` is kept, with
+    /// every key in it (claims in flight included: a repeat of a request still running must
+    /// stay 409 across a reload), whatever changed in the section, and reconfigured in place;
+    /// only a change of where keys live (`global_store` added, removed or moved) starts anew.
     pub fn build(
         cfg: &file::Idempotency,
         old: Option<&RouteIdempotency>,
@@ -146,21 +154,25 @@ impl RouteIdempotency {
         clock: &SharedClock,
         global: Option<&Arc<GlobalStore>>,
     ) -> RouteIdempotency {
-        // Kept only while the section and the place the keys live are the same.
+        // Kept while the keys live in the same place.
         let same_place = |o: &RouteIdempotency| match (&o.remote, global) {
             (Some(r), Some(g)) => r.uses(g),
             (None, None) => true,
             _ => false,
         };
-        let kept = old.filter(|o| o.cfg == *cfg && same_place(o));
-        let (store, remote) = match kept {
-            Some(o) => (o.store.clone(), o.remote.clone()),
+        let limits = memory::Limits {
+            ttl: cfg.ttl.0,
+            max_entries: cfg.max_entries,
+            max_bytes: cfg.max_bytes.0,
+        };
+        let (store, remote) = match old.filter(|o| same_place(o)) {
+            Some(o) => {
+                if o.cfg != *cfg {
+                    o.store.reconfigure(limits);
+                }
+                (o.store.clone(), o.remote.clone())
+            }
             None => {
-                let limits = memory::Limits {
-                    ttl: cfg.ttl.0,
-                    max_entries: cfg.max_entries,
-                    max_bytes: cfg.max_bytes.0,
-                };
                 let gauges = memory::Gauges {
                     keys: metrics.idempotency_keys.with_label_values(&[&**route]),
                     bytes: metrics.idempotency_bytes.with_label_values(&[&**route]),

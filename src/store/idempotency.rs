@@ -17,6 +17,7 @@
 //! only on its own claim). `max_entries` and `max_bytes` bound only that fallback.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use redis::Script;
 
 use super::GlobalStore;
-use crate::policy::idempotency::memory::MemoryStore;
+use crate::policy::idempotency::memory::{Limits, MemoryStore};
 use crate::policy::idempotency::{
     Begin, BoxFuture, Digest, IdempotencyStore, StoreKey, StoredAnswer,
 };
@@ -79,8 +80,16 @@ pub const IN_FLIGHT_MAX: Duration = Duration::from_secs(60);
 pub struct RedisIdempotency {
     store: Arc<GlobalStore>,
     local: MemoryStore,
-    ttl_ms: u64,
-    claim_ms: u64,
+    /// `ttl` in ms (a reload may change it in place).
+    ttl_ms: AtomicU64,
+    /// How long a claim lives in the store, ms.
+    claim_ms: AtomicU64,
+}
+
+/// `ttl` and a claim's life, in ms.
+fn lives_ms(ttl: Duration) -> (u64, u64) {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    (ms(ttl), ms(ttl.min(IN_FLIGHT_MAX)))
 }
 
 // === impl RedisIdempotency ===
@@ -88,12 +97,12 @@ pub struct RedisIdempotency {
 impl RedisIdempotency {
     /// Keys kept `ttl` in `store`; `local` takes the claims made while the store is down.
     pub fn new(store: Arc<GlobalStore>, local: MemoryStore, ttl: Duration) -> Self {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (ttl_ms, claim_ms) = lives_ms(ttl);
         RedisIdempotency {
             store,
             local,
-            ttl_ms: ms(ttl),
-            claim_ms: ms(ttl.min(IN_FLIGHT_MAX)),
+            ttl_ms: AtomicU64::new(ttl_ms),
+            claim_ms: AtomicU64::new(claim_ms),
         }
     }
 
@@ -117,7 +126,9 @@ impl RedisIdempotency {
         static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| Script::new(BEGIN));
         let mut inv = script.prepare_invoke();
-        inv.key(self.key(key)).arg(&digest[..]).arg(self.claim_ms);
+        inv.key(self.key(key))
+            .arg(&digest[..])
+            .arg(self.claim_ms.load(Relaxed));
         let reply: Vec<Vec<u8>> = self
             .store
             .call(|mut conn| {
@@ -185,7 +196,7 @@ impl IdempotencyStore for RedisIdempotency {
 
     fn complete(&self, key: &StoreKey, digest: Digest, answer: Option<StoredAnswer>) {
         static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-        let ttl = self.ttl_ms.to_string().into_bytes();
+        let ttl = self.ttl_ms.load(Relaxed).to_string().into_bytes();
         let args = match &answer {
             Some(a) => vec![
                 digest.to_vec(),
@@ -219,6 +230,19 @@ impl IdempotencyStore for RedisIdempotency {
     /// Keys held in this process's fallback (the store's own are not counted).
     fn len(&self) -> usize {
         self.local.len()
+    }
+
+    /// The new `ttl` applies to the claims and answers written from now on; the fallback is
+    /// reconfigured in place.
+    fn reconfigure(&self, limits: Limits) {
+        let (ttl_ms, claim_ms) = lives_ms(limits.ttl);
+        self.ttl_ms.store(ttl_ms, Relaxed);
+        self.claim_ms.store(claim_ms, Relaxed);
+        self.local.reconfigure(limits);
+    }
+
+    fn retire(&self, zero: bool) {
+        self.local.retire(zero);
     }
 }
 

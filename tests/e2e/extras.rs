@@ -1035,6 +1035,91 @@ async fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
     assert_eq!(app.hits_for("/bytes/50000"), 20, "no repeat ran again");
 }
 
+/// A reload that changes a route's `idempotency` (here `max_bytes` and `ttl`) keeps its keys,
+/// claims in flight included: the repeat of a request still running stays 409 and never
+/// reaches the upstream, and once the first ends its answer is replayed. Before, such a reload
+/// emptied the route's table, and the repeat ran the request a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_idempotency_keeps_the_keys_in_flight() {
+    let app = sample().await;
+    let policy = |ttl: &str, max_bytes: &str| {
+        with_policy(&format!(
+            "{{ idempotency: {{ ttl: {ttl}, max_body: 1KiB, max_bytes: {max_bytes} }} }}"
+        ))
+    };
+    let mut proxy = Proxy::builder(&policy("30s", "3KiB"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "z")];
+    let first = tokio::spawn(async move { http::post(addr, "/slow?ms=2000", &key, "x").await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first must be in flight");
+    http::post(addr, "/slow?ms=2000", &key, "x")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    crate::reload::reload_to(&mut proxy, &policy("31s", "4KiB")).await;
+    http::post(addr, "/slow?ms=2000", &key, "x")
+        .await
+        .assert_rampart(409, "idempotency_in_flight");
+    assert_eq!(first.await.expect("no panic").status, 200);
+    let replay = http::post(addr, "/slow?ms=2000", &key, "x").await;
+    assert_eq!(replay.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(app.hits_for("/slow"), 1, "the key must never run twice");
+}
+
+/// The newest answer is always kept, even when with its header fields it passes `max_bytes`
+/// (`max_body` counts the body only): with `max_body` = `max_bytes` = 1KiB, which validation
+/// accepts, a 1000-byte answer is kept and its repeat replayed. Before, it was not kept (the
+/// bytes gauge stayed 0) and its repeat was 422 `idempotency_not_replayable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_max_body_is_kept_when_max_bytes_equals_max_body() {
+    let app = sample().await;
+    let policy = "{ idempotency: { ttl: 1h, max_body: 1KiB, max_bytes: 1KiB } }";
+    let proxy = Proxy::builder(&with_policy(policy))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let key = [("idempotency-key", "at-limit")];
+    assert_eq!(http::post(addr, "/bytes/1000", &key, "").await.status, 200);
+    let text = metrics(proxy.admin()).await;
+    let held = metric_value(&text, "rampart_idempotency_bytes", &[("route", "app")]);
+    assert!(held.is_some_and(|b| b > 1000.0), "{text}");
+    let again = http::post(addr, "/bytes/1000", &key, "").await;
+    assert_eq!(again.header("x-rampart-idempotent-replay"), Some("true"));
+    assert_eq!(again.body.len(), 1000);
+    assert_eq!(app.hits_for("/bytes/1000"), 1);
+}
+
+/// A reload that takes `idempotency` off a route it keeps sets the route's idempotency gauges
+/// to 0: its keys are gone. Before, they showed the last count forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_gauges_fall_to_0_when_a_reload_takes_it_off_a_route() {
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&with_policy(IDEM))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    http::post(addr, "/echo", &[("idempotency-key", "g")], "kept").await;
+    let gauges = |text: &str| {
+        let at = [("route", "app")];
+        (
+            metric_value(text, "rampart_idempotency_keys", &at).unwrap_or(0.0),
+            metric_value(text, "rampart_idempotency_bytes", &at).unwrap_or(0.0),
+        )
+    };
+    let text = metrics(proxy.admin()).await;
+    let (keys, bytes) = gauges(&text);
+    assert!(keys == 1.0 && bytes > 0.0, "{text}");
+    let without = with_policy("{ timeout: { request: 5s } }");
+    crate::reload::reload_to(&mut proxy, &without).await;
+    assert_eq!(http::get(addr, "/ok", &[]).await.status, 200);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(gauges(&text), (0.0, 0.0), "{text}");
+}
+
 /// An expired entry is freed, not only ignored: once `ttl` has passed with no more traffic,
 /// the keys and bytes held fall to 0 (a sweep runs every quarter `ttl`). Before, 30 s after
 /// traffic stopped the keys of a `ttl: 2s` route were all still held, with their answers.

@@ -5,7 +5,14 @@
 //! until one ends or expires. Past `max_bytes`, the oldest kept answers lose their body and
 //! stay as keys that are not replayable (a repeat is 422 `idempotency_not_replayable`, as for
 //! an answer over `max_body`): the key still guards against running the request twice, and
-//! costs a fixed few dozen bytes, counted by `max_entries`.
+//! costs a fixed few dozen bytes, counted by `max_entries`. The newest answer is always kept,
+//! even when it alone passes `max_bytes` (its header fields count, `max_body` only its body).
+//!
+//! A reload that changes the route's `idempotency` keeps the store and reconfigures it in place
+//! ([`MemoryStore::reconfigure`]): every key stays, claims in flight included, so a repeat of
+//! a request still running is 409 across the reload. A new `ttl` applies to entries claimed or
+//! answered from then on (those held keep the expiry they were given); a lower `max_entries` or
+//! `max_bytes` is enforced at once, as when an answer comes.
 //!
 //! A `parking_lot` mutex guards a map, a claim-order queue (for `max_entries`), a
 //! completion-order queue (for `max_bytes`) and a heap of expiries; it is held for a map
@@ -53,9 +60,6 @@ pub struct Gauges {
 pub struct MemoryStore {
     inner: Arc<parking_lot::Mutex<Inner>>,
     clock: SharedClock,
-    ttl: u64,
-    max_entries: usize,
-    max_bytes: usize,
     gauges: Gauges,
     /// Whether the sweeping task was started (or no runtime could take it).
     sweeping: AtomicBool,
@@ -63,6 +67,13 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// `ttl` in clock nanos.
+    ttl: u64,
+    max_entries: usize,
+    max_bytes: usize,
+    /// Set once the store is no longer its route's (a reload took `idempotency` off it, or
+    /// replaced the store): it stops writing the gauges, which are no longer its own.
+    retired: bool,
     map: HashMap<StoreKey, Slot>,
     /// Eviction order, oldest claim first; a claim in flight met here goes to the back.
     order: VecDeque<(StoreKey, u64)>,
@@ -131,16 +142,41 @@ impl MemoryStore {
     pub fn new(clock: SharedClock, limits: Limits, gauges: Gauges) -> Self {
         gauges.keys.set(0);
         gauges.bytes.set(0);
+        let mut inner = Inner::default();
+        inner.set_limits(limits);
         MemoryStore {
-            inner: Default::default(),
+            inner: Arc::new(parking_lot::Mutex::new(inner)),
             clock,
-            ttl: u64::try_from(limits.ttl.as_nanos()).unwrap_or(u64::MAX),
-            max_entries: usize::try_from(limits.max_entries)
-                .unwrap_or(usize::MAX)
-                .max(1),
-            max_bytes: usize::try_from(limits.max_bytes).unwrap_or(usize::MAX),
             gauges,
             sweeping: AtomicBool::new(false),
+        }
+    }
+
+    /// Applies `limits` in place (a reload changed the section): every key stays; a new `ttl`
+    /// applies to entries claimed or answered from now on; past a lower `max_entries` the
+    /// oldest finished entries go (never a claim in flight), past a lower `max_bytes` the
+    /// oldest kept answers lose their body (their keys stay, not replayable; the newest is
+    /// kept).
+    pub fn reconfigure(&self, limits: Limits) {
+        let now = self.clock.now_nanos();
+        let mut g = self.inner.lock();
+        g.set_limits(limits);
+        g.sweep(now);
+        let (max_entries, max_bytes) = (g.max_entries, g.max_bytes);
+        g.evict(max_entries, now);
+        g.drop_dead_newest();
+        g.shed_bytes(max_bytes);
+        report(&g, &self.gauges);
+    }
+
+    /// Lets go of the gauges: this store is no longer its route's. With `zero`, they are set
+    /// to 0 first (the route keeps no keys any more); without, another store now writes them.
+    pub fn retire(&self, zero: bool) {
+        let mut g = self.inner.lock();
+        g.retired = true;
+        if zero {
+            self.gauges.keys.set(0);
+            self.gauges.bytes.set(0);
         }
     }
 
@@ -163,13 +199,13 @@ impl MemoryStore {
             return found;
         }
         // The sweep dropped every expired claim: those left are live.
-        if g.in_flight >= self.max_entries {
+        if g.in_flight >= g.max_entries {
             report(&g, &self.gauges);
             return Begin::Full;
         }
         g.seq += 1;
         let seq = g.seq;
-        let expires = now.saturating_add(self.ttl);
+        let expires = now.saturating_add(g.ttl);
         let slot = Slot {
             digest,
             state: State::InFlight,
@@ -182,7 +218,8 @@ impl MemoryStore {
         g.in_flight += 1;
         g.order.push_back((key.clone(), seq));
         g.due_at(key, seq, expires);
-        g.evict(self.max_entries, now);
+        let max_entries = g.max_entries;
+        g.evict(max_entries, now);
         report(&g, &self.gauges);
         drop(g);
         self.start_sweeping();
@@ -204,41 +241,42 @@ impl MemoryStore {
             self.sweeping.store(false, Ordering::Relaxed);
             return;
         };
-        let period = (Duration::from_nanos(self.ttl) / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let period = self.inner.lock().sweep_period();
         let inner = Arc::downgrade(&self.inner);
         let (clock, gauges) = (self.clock.clone(), self.gauges.clone());
         drop(rt.spawn(sweep_every(inner, clock, gauges, period)));
     }
 }
 
-/// Sweeps the store behind `inner` every `period` until it is dropped (a reload that changes
-/// the section, say): without it the entries of a key never met again would stay until
-/// `max_entries` pushed them out.
+/// Sweeps the store behind `inner` every quarter `ttl` (as it is now: a reload may change it)
+/// until it is dropped (its route lost `idempotency`, say): without it the entries of a key
+/// never met again would stay until `max_entries` pushed them out.
 async fn sweep_every(
     inner: Weak<parking_lot::Mutex<Inner>>,
     clock: SharedClock,
     gauges: Gauges,
-    period: Duration,
+    mut period: Duration,
 ) {
-    let start = tokio::time::Instant::now() + period;
-    let mut tick = tokio::time::interval_at(start, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
-        sweep(&inner, &clock, &gauges);
+        period = sweep(&inner, &clock, &gauges);
     }
 }
 
-fn sweep(inner: &parking_lot::Mutex<Inner>, clock: &SharedClock, gauges: &Gauges) {
+/// Drops the expired entries; returns the period until the next sweep.
+fn sweep(inner: &parking_lot::Mutex<Inner>, clock: &SharedClock, gauges: &Gauges) -> Duration {
     let now = clock.now_nanos();
     let mut g = inner.lock();
     g.sweep(now);
     report(&g, gauges);
+    g.sweep_period()
 }
 
 fn report(g: &Inner, gauges: &Gauges) {
+    if g.retired {
+        return;
+    }
     gauges
         .keys
         .set(i64::try_from(g.map.len()).unwrap_or(i64::MAX));
@@ -263,12 +301,12 @@ impl IdempotencyStore for MemoryStore {
 
     fn complete(&self, key: &StoreKey, digest: Digest, answer: Option<StoredAnswer>) {
         let now = self.clock.now_nanos();
-        let expires = now.saturating_add(self.ttl);
         let sized = answer.map(|a| {
             let size = size_of(&a);
             (a, size)
         });
         let mut g = self.inner.lock();
+        let expires = now.saturating_add(g.ttl);
         let Some(slot) = g.map.get_mut(key) else {
             return;
         };
@@ -277,13 +315,14 @@ impl IdempotencyStore for MemoryStore {
         }
         let seq = slot.seq;
         slot.expires = expires;
+        // The newest answer is kept whatever its size (the caller kept its body within
+        // `max_body`; its header fields may take it past `max_bytes`): the older lose theirs.
         let kept = match sized {
-            // One answer larger than the whole cap is not kept, as one over `max_body`.
-            Some((a, size)) if size <= self.max_bytes => {
+            Some((a, size)) => {
                 slot.state = State::Done(Arc::new(a), size);
                 Some(size)
             }
-            _ => {
+            None => {
                 slot.state = State::TooLarge;
                 None
             }
@@ -293,7 +332,8 @@ impl IdempotencyStore for MemoryStore {
         if let Some(size) = kept {
             g.bytes += size;
             g.kept.push_back((key.clone(), seq));
-            g.shed_bytes(self.max_bytes);
+            let max_bytes = g.max_bytes;
+            g.shed_bytes(max_bytes);
         }
         g.sweep(now);
         report(&g, &self.gauges);
@@ -330,11 +370,51 @@ impl IdempotencyStore for MemoryStore {
     fn len(&self) -> usize {
         self.inner.lock().map.len()
     }
+
+    fn reconfigure(&self, limits: Limits) {
+        MemoryStore::reconfigure(self, limits);
+    }
+
+    fn retire(&self, zero: bool) {
+        MemoryStore::retire(self, zero);
+    }
 }
 
 // === impl Inner ===
 
 impl Inner {
+    fn set_limits(&mut self, limits: Limits) {
+        self.ttl = u64::try_from(limits.ttl.as_nanos()).unwrap_or(u64::MAX);
+        self.max_entries = usize::try_from(limits.max_entries)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        self.max_bytes = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
+    }
+
+    /// A quarter `ttl`, 10 ms to 5 s.
+    fn sweep_period(&self) -> Duration {
+        (Duration::from_nanos(self.ttl) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5))
+    }
+
+    /// Whether the `kept` item (`key`, `seq`) is an answer still held.
+    fn is_kept(&self, key: &StoreKey, seq: u64) -> bool {
+        self.map
+            .get(key)
+            .is_some_and(|s| s.seq == seq && matches!(s.state, State::Done(..)))
+    }
+
+    /// Takes dead items off the back of `kept`, so that its last item is the newest answer
+    /// held (which [`Inner::shed_bytes`] spares).
+    fn drop_dead_newest(&mut self) {
+        while let Some((key, seq)) = self.kept.back() {
+            if self.is_kept(key, *seq) {
+                break;
+            }
+            self.kept.pop_back();
+        }
+    }
+
     /// Drops the counts of `old`, a slot taken out of the map.
     fn forget(&mut self, old: &Slot) {
         match old.state {
@@ -392,10 +472,10 @@ impl Inner {
         dropped
     }
 
-    /// Takes the bodies of the oldest kept answers until at most `max_bytes` are held; their
-    /// keys stay, not replayable.
+    /// Takes the bodies of the oldest kept answers until at most `max_bytes` are held, or only
+    /// the last item of `kept` (the newest answer) is left; their keys stay, not replayable.
     fn shed_bytes(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
+        while self.bytes > max_bytes && self.kept.len() > 1 {
             let Some((key, seq)) = self.kept.pop_front() else {
                 break;
             };
@@ -411,16 +491,14 @@ impl Inner {
             }
         }
         // Answers dropped or replaced otherwise leave dead items; rebuild before they double.
+        // (Filtered in place: the order is the one answers came in, which their expiries no
+        // longer tell once a reload changed `ttl`.)
         if self.kept.len() > 2 * self.map.len() + 64 {
-            let mut live: Vec<(u64, StoreKey, u64)> = self
-                .map
-                .iter()
-                .filter(|(_, s)| matches!(s.state, State::Done(..)))
-                .map(|(k, s)| (s.expires, k.clone(), s.seq))
-                .collect();
-            // Answers expire `ttl` after they came: by expiry is the order they came in.
-            live.sort_by_key(|(at, _, seq)| (*at, *seq));
-            self.kept = live.into_iter().map(|(_, k, seq)| (k, seq)).collect();
+            let map = &self.map;
+            self.kept.retain(|(k, seq)| {
+                map.get(k)
+                    .is_some_and(|s| s.seq == *seq && matches!(s.state, State::Done(..)))
+            });
         }
     }
 

@@ -286,7 +286,7 @@ fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
             "{k}"
         );
     }
-    // Header fields count; an answer over the whole cap is not kept, and evicts nothing.
+    // Header fields count.
     let mut headed = answer();
     headed
         .headers
@@ -301,13 +301,43 @@ fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
         Begin::NotReplayable
     ));
     assert_eq!(s.gauges.bytes.get(), 8);
-    kept(&s, "huge", answer_of(11));
+    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Replay(_)));
+}
+
+/// The newest answer is always kept, even one that alone passes `max_bytes` (its header
+/// fields count there, while `max_body` bounds only its body: `max_bytes: 1KiB` with
+/// `max_body: 1KiB`, which validation accepts, kept no 1000-byte answer with its headers, and
+/// its repeat was 422). The older answers lose their body for it; the next answer takes its.
+#[test]
+fn the_newest_answer_is_kept_even_past_max_bytes() {
+    let clock = ManualClock::new();
+    let s = bounded(&clock, 100, 1024);
+    kept(&s, "old", answer_of(24));
+    let mut at_limit = answer_of(1000);
+    at_limit.headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    kept(&s, "big", at_limit);
+    match s.begin_now(&key("big"), [1; 32]) {
+        Begin::Replay(a) => assert_eq!(a.body.len(), 1000),
+        other => panic!("the newest answer must be kept: {other:?}"),
+    }
     assert!(matches!(
-        s.begin_now(&key("huge"), [1; 32]),
+        s.begin_now(&key("old"), [1; 32]),
         Begin::NotReplayable
     ));
-    assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Replay(_)));
-    assert_eq!((s.len(), s.gauges.bytes.get()), (5, 8));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (2, 1036));
+    kept(&s, "next", answer_of(4));
+    assert!(matches!(
+        s.begin_now(&key("big"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    assert!(matches!(
+        s.begin_now(&key("next"), [1; 32]),
+        Begin::Replay(_)
+    ));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (3, 4));
 }
 
 #[test]
@@ -332,4 +362,96 @@ fn bytes_and_bookkeeping_stay_bounded_under_300k_keys() {
     assert!(g.due.len() <= 2 * 1000 + 65, "{}", g.due.len());
     assert!(g.kept.len() <= 2 * 1000 + 65, "{}", g.kept.len());
     assert!(g.order.len() <= 2 * 1000 + 64);
+}
+
+fn limits(ttl_s: u64, max_entries: u64, max_bytes: u64) -> Limits {
+    Limits {
+        ttl: Duration::from_secs(ttl_s),
+        max_entries,
+        max_bytes,
+    }
+}
+
+/// A reload that changes the section reconfigures the store in place: every key stays (a
+/// claim in flight still answers 409, and its answer is replayed once it comes); a lower
+/// `max_bytes` takes the bodies of the oldest answers (their keys stay, not replayable), a
+/// lower `max_entries` drops the oldest finished entries and never a claim in flight; a new
+/// `ttl` applies to entries claimed or answered from then on.
+#[test]
+fn a_reconfigured_store_keeps_its_keys_and_applies_the_new_bounds() {
+    let clock = ManualClock::new();
+    let s = bounded(&clock, 100, 1000);
+    kept(&s, "a", answer_of(100));
+    kept(&s, "b", answer_of(100));
+    kept(&s, "c", answer_of(100));
+    assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::Claimed));
+    s.reconfigure(limits(60, 100, 250));
+    assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::InFlight));
+    assert!(matches!(
+        s.begin_now(&key("a"), [1; 32]),
+        Begin::NotReplayable
+    ));
+    for k in ["b", "c"] {
+        assert!(
+            matches!(s.begin_now(&key(k), [1; 32]), Begin::Replay(_)),
+            "{k}"
+        );
+    }
+    assert_eq!((s.len(), s.gauges.bytes.get()), (4, 200));
+
+    // Down to 2 entries: the oldest finished go, the claim in flight stays.
+    s.reconfigure(limits(60, 2, 250));
+    assert_eq!(s.len(), 2);
+    assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::InFlight));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Replay(_)));
+    s.complete(&key("run"), [1; 32], Some(answer()));
+    assert!(matches!(
+        s.begin_now(&key("run"), [1; 32]),
+        Begin::Replay(_)
+    ));
+
+    // A shorter ttl: entries held keep their expiry, new ones get the new ttl.
+    s.reconfigure(limits(5, 100, 250));
+    kept(&s, "short", answer());
+    clock.advance(Duration::from_secs(6));
+    s.sweep();
+    assert!(matches!(
+        s.begin_now(&key("short"), [1; 32]),
+        Begin::Claimed
+    ));
+    assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Replay(_)));
+    assert!(matches!(
+        s.begin_now(&key("run"), [1; 32]),
+        Begin::Replay(_)
+    ));
+    clock.advance(Duration::from_secs(50));
+    s.sweep();
+    assert_eq!(s.len(), 2, "the new claim expired, 5 s after it came");
+    clock.advance(Duration::from_secs(5));
+    s.sweep();
+    assert!(s.is_empty(), "those from before expire at their own time");
+}
+
+/// A store no longer its route's stops writing the route's gauges: set to 0 when the route
+/// lost `idempotency`, left to the store that writes them now otherwise.
+#[test]
+fn a_retired_store_lets_go_of_its_gauges() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    kept(&s, "a", answer());
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, 4));
+    s.retire(true);
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (0, 0));
+    // A request of the old generation still ends here: the gauges stay as they are.
+    kept(&s, "b", answer());
+    clock.advance(Duration::from_secs(61));
+    s.sweep();
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (0, 0));
+
+    let t = store(&clock, 10);
+    kept(&t, "a", answer());
+    t.gauges.keys.set(7);
+    t.retire(false);
+    kept(&t, "b", answer());
+    assert_eq!(t.gauges.keys.get(), 7, "another store writes them now");
 }
