@@ -302,7 +302,21 @@ impl Generation {
     /// they count on a removed series is not exported (their routes' and upstreams' metric
     /// handles are retired first, so they make no new series for a name that is gone).
     pub fn retire(&self, old: &Generation, metrics: &Metrics) {
-        let live = self.live_series();
+        let mut live = self.live_series();
+        // A listener the reload removes drains: its requests still in flight finish, or are
+        // cut at the grace's end and counted 503 `shutdown`, on its series. Those stay (as
+        // its routes' do), so the cut is seen; only names a kept listener dropped go.
+        for l in old.listeners.values() {
+            if live.routes.contains_key(&l.name) {
+                continue;
+            }
+            let routes = live.routes.entry(l.name.clone()).or_default();
+            routes.insert(Arc::from(""));
+            routes.extend(l.routes.iter().map(|r| r.name.clone()));
+            if l.tls.is_some() {
+                live.tls_listeners.insert(l.name.clone());
+            }
+        }
         for (name, up) in &old.upstreams {
             if !self
                 .upstreams
