@@ -223,16 +223,27 @@ impl Gradient {
         let answers = self.answers.swap(0, SeqCst);
         let drops = self.drops.swap(0, SeqCst);
         let sum_nanos = self.sum_nanos.swap(0, SeqCst);
+        self.close(
+            &mut s,
+            Window {
+                sum_nanos,
+                answers,
+                drops,
+                in_flight: f64::from(in_flight),
+                now,
+            },
+        )
+    }
+
+    /// Closes the window `w` (its counts already taken) with the state locked: a new window
+    /// from `w.now`, the probe started or ended, the limit published. True when it changed.
+    fn close(&self, s: &mut State, w: Window) -> bool {
+        let now = w.now;
         self.window_start.store(now, SeqCst);
         let before = self.limit.load(SeqCst);
-        s.close(Window {
-            sum_nanos,
-            answers,
-            drops,
-            in_flight: f64::from(in_flight),
-            now,
-        });
-        self.probe_from.store(0, SeqCst);
+        s.close(w);
+        let probe_from = if s.resume.is_some() { now.max(1) } else { 0 };
+        self.probe_from.store(probe_from, SeqCst);
         let after = s.limit.round() as u32;
         self.limit.store(after, SeqCst);
         after != before
@@ -288,20 +299,16 @@ impl Gradient {
             self.sum_nanos.fetch_add(sum_nanos, SeqCst);
             return false;
         }
-        self.window_start.store(now, SeqCst);
-        let before = self.limit.load(SeqCst);
-        s.close(Window {
-            sum_nanos,
-            answers,
-            drops,
-            in_flight: f64::from(in_flight),
-            now,
-        });
-        let probe_from = if s.resume.is_some() { now.max(1) } else { 0 };
-        self.probe_from.store(probe_from, SeqCst);
-        let after = s.limit.round() as u32;
-        self.limit.store(after, SeqCst);
-        after != before
+        self.close(
+            &mut s,
+            Window {
+                sum_nanos,
+                answers,
+                drops,
+                in_flight: f64::from(in_flight),
+                now,
+            },
+        )
     }
 }
 
