@@ -3,7 +3,8 @@
 //!
 //! The copy never delays the client: each data frame is passed on as it comes, and what is kept
 //! is a reference-counted handle to the same bytes, not a copy, until the body ends; only then
-//! are the frames joined and handed to the [`Keeper`], with the trailers the body ended with,
+//! are the frames copied (joined) into a buffer of exactly their length, and handed to the
+//! [`Keeper`], with the trailers the body ended with,
 //! if any (a gRPC answer's status is there). A body over the cap is handed over as
 //! [`Ending::TooLarge`]; one that ends in an error, or is dropped before its end (the client
 //! went away), as [`Ending::Broken`].
@@ -95,9 +96,12 @@ impl Tee {
             return;
         };
         let frames = std::mem::take(&mut self.frames);
+        // The body kept owns exactly its bytes: a frame is often a view into a larger buffer
+        // (the connection's read buffer), which a kept handle would hold whole for as long as
+        // the answer is kept. One frame is copied; several are joined into an exact buffer.
         let body = match frames.len() {
             0 => Bytes::new(),
-            1 => frames.into_iter().next().unwrap_or_default(),
+            1 => Bytes::copy_from_slice(&frames[0]),
             _ => {
                 let mut all = BytesMut::with_capacity(self.len);
                 for f in frames {
@@ -158,5 +162,53 @@ impl Drop for Tee {
             self.finish();
         }
         self.give_up(Ending::Broken);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Got(Arc<Mutex<Option<Bytes>>>);
+
+    impl Keeper for Got {
+        fn kept(self: Box<Self>, ending: Ending) {
+            if let Ending::Whole(body, _) = ending {
+                *self.0.lock() = Some(body);
+            }
+        }
+    }
+
+    /// A body that is a view into a larger buffer (as a frame read from a connection is) is
+    /// kept as a copy of exactly its bytes, not as a handle that holds the whole buffer: before,
+    /// a kept 5-byte answer held its 64 KiB buffer for as long as it was kept.
+    #[tokio::test]
+    async fn a_kept_body_owns_exactly_its_bytes_not_the_buffer_it_was_read_into() {
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let view = buffer.slice(100..105);
+        let got = Got::default();
+        let slot = got.0.clone();
+        let passed = Tee::new(Body::full(view.clone()), 1024, Box::new(got))
+            .collect()
+            .await
+            .expect("readable")
+            .to_bytes();
+        assert_eq!(passed, view, "passed on whole");
+        let kept = slot.lock().take().expect("kept");
+        assert_eq!(kept, view);
+        let within = buffer.as_ptr_range();
+        assert!(
+            !within.contains(&kept.as_ptr()),
+            "the kept body must be a copy, not a view into the buffer"
+        );
+        drop(buffer);
+        drop(view);
+        assert!(kept.is_unique(), "nothing else shares its allocation");
     }
 }

@@ -5,8 +5,16 @@
 //! until one ends or expires. Past `max_bytes`, the oldest kept answers lose their body and
 //! stay as keys that are not replayable (a repeat is 422 `idempotency_not_replayable`, as for
 //! an answer over `max_body`): the key still guards against running the request twice, and
-//! costs a fixed few dozen bytes, counted by `max_entries`. The newest answer is always kept,
-//! even when it alone passes `max_bytes` (its header fields count, `max_body` only its body).
+//! costs a fixed few hundred bytes, bounded by `max_entries`. The newest answer is always kept,
+//! even when it alone passes `max_bytes` (its header fields and entry count, `max_body` only
+//! its body).
+//!
+//! A kept answer counts what it holds ([`size_of_kept`]): its body, its header and trailer
+//! fields with the maps that hold them, and its entry (slot, key copies, queue items). What is
+//! kept holds exactly that: the body is a copy of exactly its bytes (made by the tee that read
+//! it), and the fields are copied out of the buffers they were parsed in when the answer is
+//! stored (a view would hold a connection's whole read buffer), once per answer, off the path
+//! of requests that do not finish one.
 //!
 //! A reload that changes the route's `idempotency` keeps the store and reconfigures it in place
 //! ([`MemoryStore::reconfigure`]): every key stays, claims in flight included, so a repeat of
@@ -21,7 +29,7 @@
 //! top on every call (each expiry is popped once: amortised O(log n)), and by a task that
 //! sweeps every quarter `ttl` (10 ms to 5 s) while the store lives, so memory and the gauges
 //! fall when traffic stops. The keys held are in the gauge `rampart_idempotency_keys`, the
-//! bytes of kept answers in `rampart_idempotency_bytes`.
+//! bytes of kept answers (as counted against `max_bytes`) in `rampart_idempotency_bytes`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -29,7 +37,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::HeaderMap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
 use prometheus::IntGauge;
 
 use super::{Begin, BoxFuture, Digest, IdempotencyStore, StoreKey, StoredAnswer};
@@ -42,7 +51,7 @@ pub struct Limits {
     pub ttl: Duration,
     /// Most keys held.
     pub max_entries: u64,
-    /// Most bytes of kept answers (bodies, header and trailer fields).
+    /// Most bytes of kept answers (bodies, header and trailer fields, and their entries).
     pub max_bytes: u64,
 }
 
@@ -84,7 +93,7 @@ struct Inner {
     seq: u64,
     /// Slots in flight.
     in_flight: usize,
-    /// Bytes of kept answers.
+    /// Bytes of kept answers, as [`size_of_kept`] counts them.
     bytes: usize,
 }
 
@@ -283,14 +292,69 @@ fn report(g: &Inner, gauges: &Gauges) {
     gauges.bytes.set(i64::try_from(g.bytes).unwrap_or(i64::MAX));
 }
 
-/// What a kept answer counts against `max_bytes`: its body and its header and trailer fields.
-fn size_of(a: &StoredAnswer) -> usize {
+/// What a kept answer's entry holds beside its body and header fields: its slot and the key
+/// in the map, the key in the claim-order, answer-order and expiry (two: claim and answer)
+/// queues, the shared `StoredAnswer` with its two header maps, and slack for the map's spare
+/// buckets. The key's tenant string is counted once per copy, apart.
+const ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<StoreKey>() + std::mem::size_of::<Slot>())
+    + 2 * std::mem::size_of::<(StoreKey, u64)>()
+    + 2 * std::mem::size_of::<Reverse<Due>>()
+    + 2 * std::mem::size_of::<usize>()
+    + std::mem::size_of::<StoredAnswer>();
+
+/// Copies of the key held per entry (map, claim order, answer order, two expiries).
+const KEY_COPIES: usize = 5;
+
+/// What a header map keeps per slot of its capacity beside the field's own bytes: the field's
+/// name and value handles, its hash and links, and its index (a map keeps a third more).
+const FIELD_SLOT: usize =
+    std::mem::size_of::<http::HeaderName>() + std::mem::size_of::<HeaderValue>() + 32;
+
+/// What a field keeps beside its bytes when it is a second value of its name.
+const EXTRA_VALUE: usize = std::mem::size_of::<HeaderValue>() + 32;
+
+/// What a kept answer counts against `max_bytes` (and in `rampart_idempotency_bytes`): what
+/// it holds in memory, as near as can be told without asking the allocator: its body, its
+/// header and trailer fields with the maps that hold them, and its entry in the store
+/// ([`ENTRY_OVERHEAD`], and the key's tenant in each copy of the key).
+fn size_of_kept(key: &StoreKey, a: &StoredAnswer) -> usize {
     let fields = |h: &HeaderMap| {
-        h.iter()
+        let bytes = h
+            .iter()
             .map(|(n, v)| n.as_str().len() + v.len())
-            .sum::<usize>()
+            .sum::<usize>();
+        bytes + h.capacity() * FIELD_SLOT + (h.len() - h.keys_len()) * EXTRA_VALUE
     };
-    a.body.len() + fields(&a.headers) + a.trailers.as_ref().map_or(0, fields)
+    ENTRY_OVERHEAD
+        + KEY_COPIES * key.tenant.len()
+        + a.body.len()
+        + fields(&a.headers)
+        + a.trailers.as_ref().map_or(0, fields)
+}
+
+/// `h` in a map of its own, each value a copy of exactly its bytes: a value parsed from a
+/// connection is a view into its read buffer (as a body frame is), which a kept answer would
+/// hold whole for as long as it is kept; and a cloned or grown map may have spare capacity.
+fn owned_fields(h: &HeaderMap) -> HeaderMap {
+    let mut own = HeaderMap::with_capacity(h.keys_len());
+    for (name, value) in h {
+        let mut copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+            .unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        own.append(name.clone(), copy);
+    }
+    own
+}
+
+/// `a` as it is kept: its header and trailer fields copied out of the buffers they were read
+/// into (its body already owns exactly its bytes: the tee that read it copied it).
+fn owned(a: StoredAnswer) -> StoredAnswer {
+    StoredAnswer {
+        status: a.status,
+        headers: owned_fields(&a.headers),
+        body: a.body,
+        trailers: a.trailers.as_ref().map(owned_fields),
+    }
 }
 
 impl IdempotencyStore for MemoryStore {
@@ -302,7 +366,8 @@ impl IdempotencyStore for MemoryStore {
     fn complete(&self, key: &StoreKey, digest: Digest, answer: Option<StoredAnswer>) {
         let now = self.clock.now_nanos();
         let sized = answer.map(|a| {
-            let size = size_of(&a);
+            let a = owned(a);
+            let size = size_of_kept(key, &a);
             (a, size)
         });
         let mut g = self.inner.lock();

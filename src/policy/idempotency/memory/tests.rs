@@ -207,6 +207,16 @@ fn answer_of(len: usize) -> StoredAnswer {
     }
 }
 
+/// What `a` counts in the bytes held, kept under a key of tenant `t`.
+fn cost_of(a: &StoredAnswer) -> i64 {
+    i64::try_from(size_of_kept(&key("any"), &owned(a.clone()))).expect("small")
+}
+
+/// What an answer of a `len`-byte body and no header field counts.
+fn cost(len: usize) -> i64 {
+    cost_of(&answer_of(len))
+}
+
 fn kept(s: &MemoryStore, k: &str, a: StoredAnswer) {
     assert!(
         matches!(s.begin_now(&key(k), [1; 32]), Begin::Claimed),
@@ -222,12 +232,12 @@ fn expired_entries_are_freed_by_the_next_request_not_only_ignored() {
     for i in 0..100 {
         kept(&s, &i.to_string(), answer());
     }
-    assert_eq!((s.len(), s.gauges.bytes.get()), (100, 400));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (100, 100 * cost(4)));
     clock.advance(Duration::from_secs(61));
     // One more request: the 100 expired answers go with it, whatever key it carries.
     kept(&s, "new", answer());
     assert_eq!(s.len(), 1);
-    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, 4));
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, cost(4)));
 }
 
 #[test]
@@ -269,12 +279,13 @@ fn a_sweep_frees_expired_answers_claims_and_holds_in_a_quiet_store() {
 #[test]
 fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
     let clock = ManualClock::new();
-    let s = bounded(&clock, 100, 10);
+    let two = 2 * cost(4);
+    let s = bounded(&clock, 100, u64::try_from(two + 2).expect("small"));
     kept(&s, "a", answer());
     kept(&s, "b", answer());
-    assert_eq!(s.gauges.bytes.get(), 8);
+    assert_eq!(s.gauges.bytes.get(), two);
     kept(&s, "c", answer());
-    assert_eq!(s.gauges.bytes.get(), 8);
+    assert_eq!(s.gauges.bytes.get(), two);
     assert!(matches!(
         s.begin_now(&key("a"), [1; 32]),
         Begin::NotReplayable
@@ -291,6 +302,8 @@ fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
     headed
         .headers
         .insert("x-a", http::HeaderValue::from_static("1"));
+    let headed_cost = cost_of(&headed);
+    assert!(headed_cost > cost(4) + 4);
     kept(&s, "d", headed);
     assert!(matches!(
         s.begin_now(&key("b"), [1; 32]),
@@ -300,7 +313,7 @@ fn kept_answers_stay_within_max_bytes_the_oldest_losing_their_body() {
         s.begin_now(&key("c"), [1; 32]),
         Begin::NotReplayable
     ));
-    assert_eq!(s.gauges.bytes.get(), 8);
+    assert_eq!(s.gauges.bytes.get(), headed_cost);
     assert!(matches!(s.begin_now(&key("d"), [1; 32]), Begin::Replay(_)));
 }
 
@@ -318,6 +331,7 @@ fn the_newest_answer_is_kept_even_past_max_bytes() {
         "content-type",
         http::HeaderValue::from_static("application/octet-stream"),
     );
+    let big_cost = cost_of(&at_limit);
     kept(&s, "big", at_limit);
     match s.begin_now(&key("big"), [1; 32]) {
         Begin::Replay(a) => assert_eq!(a.body.len(), 1000),
@@ -327,7 +341,7 @@ fn the_newest_answer_is_kept_even_past_max_bytes() {
         s.begin_now(&key("old"), [1; 32]),
         Begin::NotReplayable
     ));
-    assert_eq!((s.len(), s.gauges.bytes.get()), (2, 1036));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (2, big_cost));
     kept(&s, "next", answer_of(4));
     assert!(matches!(
         s.begin_now(&key("big"), [1; 32]),
@@ -337,7 +351,7 @@ fn the_newest_answer_is_kept_even_past_max_bytes() {
         s.begin_now(&key("next"), [1; 32]),
         Begin::Replay(_)
     ));
-    assert_eq!((s.len(), s.gauges.bytes.get()), (3, 4));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (3, cost(4)));
 }
 
 #[test]
@@ -380,12 +394,15 @@ fn limits(ttl_s: u64, max_entries: u64, max_bytes: u64) -> Limits {
 #[test]
 fn a_reconfigured_store_keeps_its_keys_and_applies_the_new_bounds() {
     let clock = ManualClock::new();
-    let s = bounded(&clock, 100, 1000);
+    let three = u64::try_from(3 * cost(100)).expect("small");
+    // Room for two answers of 100 bytes and a small one, not three of 100.
+    let lower = u64::try_from(2 * cost(100) + cost(4)).expect("small");
+    let s = bounded(&clock, 100, three);
     kept(&s, "a", answer_of(100));
     kept(&s, "b", answer_of(100));
     kept(&s, "c", answer_of(100));
     assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::Claimed));
-    s.reconfigure(limits(60, 100, 250));
+    s.reconfigure(limits(60, 100, lower));
     assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::InFlight));
     assert!(matches!(
         s.begin_now(&key("a"), [1; 32]),
@@ -397,10 +414,10 @@ fn a_reconfigured_store_keeps_its_keys_and_applies_the_new_bounds() {
             "{k}"
         );
     }
-    assert_eq!((s.len(), s.gauges.bytes.get()), (4, 200));
+    assert_eq!((s.len(), s.gauges.bytes.get()), (4, 2 * cost(100)));
 
     // Down to 2 entries: the oldest finished go, the claim in flight stays.
-    s.reconfigure(limits(60, 2, 250));
+    s.reconfigure(limits(60, 2, lower));
     assert_eq!(s.len(), 2);
     assert!(matches!(s.begin_now(&key("run"), [1; 32]), Begin::InFlight));
     assert!(matches!(s.begin_now(&key("c"), [1; 32]), Begin::Replay(_)));
@@ -411,7 +428,7 @@ fn a_reconfigured_store_keeps_its_keys_and_applies_the_new_bounds() {
     ));
 
     // A shorter ttl: entries held keep their expiry, new ones get the new ttl.
-    s.reconfigure(limits(5, 100, 250));
+    s.reconfigure(limits(5, 100, lower));
     kept(&s, "short", answer());
     clock.advance(Duration::from_secs(6));
     s.sweep();
@@ -439,7 +456,7 @@ fn a_retired_store_lets_go_of_its_gauges() {
     let clock = ManualClock::new();
     let s = store(&clock, 10);
     kept(&s, "a", answer());
-    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, 4));
+    assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (1, cost(4)));
     s.retire(true);
     assert_eq!((s.gauges.keys.get(), s.gauges.bytes.get()), (0, 0));
     // A request of the old generation still ends here: the gauges stay as they are.
@@ -454,4 +471,69 @@ fn a_retired_store_lets_go_of_its_gauges() {
     t.retire(false);
     kept(&t, "b", answer());
     assert_eq!(t.gauges.keys.get(), 7, "another store writes them now");
+}
+
+/// A kept answer's header and trailer values are copies of exactly their bytes, not views into
+/// the buffer they were read into (a connection's read buffer, which a view holds whole for as
+/// long as the answer is kept); and the bytes it counts are what it holds: its body and fields
+/// and the maps that hold them, and its entry in the store (slot, key copies, queue items).
+/// Before, a kept answer counted its body and field lengths only (a 4-byte answer counted 4
+/// bytes and held hundreds), and its values held their read buffer: RSS stood ~1.5× the
+/// `max_bytes` the bytes gauge said was held.
+#[test]
+fn a_kept_answer_owns_its_fields_and_counts_what_it_holds() {
+    let clock = ManualClock::new();
+    let s = store(&clock, 10);
+    let buffer = Bytes::from(vec![b'v'; 16 * 1024]);
+    let view = |r: std::ops::Range<usize>| {
+        http::HeaderValue::from_maybe_shared(buffer.slice(r)).expect("a valid value")
+    };
+    let mut a = answer();
+    a.headers.insert("x-one", view(0..3));
+    a.headers.append("x-one", view(3..5));
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", view(5..6));
+    a.trailers = Some(trailers);
+    let mut sensitive = view(6..8);
+    sensitive.set_sensitive(true);
+    a.headers.insert("x-secret", sensitive);
+    kept(&s, "a", a);
+
+    let Begin::Replay(replayed) = s.begin_now(&key("a"), [1; 32]) else {
+        panic!("must replay");
+    };
+    let within = buffer.as_ptr_range();
+    let values = replayed
+        .headers
+        .iter()
+        .chain(replayed.trailers.iter().flat_map(|t| t.iter()));
+    let mut n = 0;
+    for (name, value) in values {
+        n += 1;
+        assert!(
+            !within.contains(&value.as_bytes().as_ptr()),
+            "{name} must be a copy, not a view into the read buffer"
+        );
+    }
+    assert_eq!(n, 4);
+    assert_eq!(replayed.headers.get_all("x-one").iter().count(), 2);
+    assert!(replayed.headers["x-secret"].is_sensitive());
+    assert_eq!(replayed.headers["x-secret"], "vv");
+
+    // Body 4, fields "x-one" 3 + 2, "x-secret" 2, "grpc-status" 1: 30 bytes, plus what holds
+    // them.
+    let fields = 4 + (5 + 3) + (5 + 2) + (8 + 2) + (11 + 1);
+    let held = s.gauges.bytes.get();
+    let entry = i64::try_from(ENTRY_OVERHEAD + KEY_COPIES).expect("small");
+    assert!(held >= fields + entry, "{held} bytes counted");
+    assert!(
+        held >= fields + entry + 3 * i64::try_from(FIELD_SLOT).expect("small"),
+        "{held}: three header map slots at least"
+    );
+    // An answer with no field at all still counts its entry.
+    kept(&s, "b", answer());
+    assert_eq!(s.gauges.bytes.get() - held, 4 + entry);
+    // As near as can be told, and no more than a few times so: an answer with no field is
+    // counted some hundreds of bytes.
+    assert!((200..1000).contains(&entry), "{entry}");
 }
