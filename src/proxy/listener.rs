@@ -1080,6 +1080,23 @@ fn serve(
                 let head = http::Request::from_parts(parts, ());
                 stack::refuse_head(&shared, lst, head, h1::parse::Refusal::PaddedValue, active)
             }
+            // `chunked` named twice: hyper's HTTP/1.1 parser reads it as once, the lean
+            // server refuses it 400; a connection hyper took over (after a chunked upload,
+            // say) refuses it the same way, and closes as the lean server does.
+            Some(lst)
+                if req.version() != http::Version::HTTP_2
+                    && h1::parse::chunked_twice(req.headers()) =>
+            {
+                let (parts, _) = req.into_parts();
+                let head = http::Request::from_parts(parts, ());
+                let mut rsp =
+                    stack::refuse_head(&shared, lst, head, h1::parse::Refusal::Malformed, active);
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                rsp
+            }
             Some(lst) => {
                 if req.version() == http::Version::HTTP_2 {
                     // `content-length: 5` twice: one line upstream, as from an HTTP/1.1 client.

@@ -421,11 +421,7 @@ impl Framing {
         // `chunked` must be the last coding, and applied once (RFC 9112 §6.1): `chunked,
         // chunked` is refused, as nginx and HAProxy refuse it, not read as one.
         self.chunked = super::write::chunked_last(value);
-        let named = value
-            .split(|&b| b == b',')
-            .filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            .count();
-        self.chunkings = self.chunkings.saturating_add(named.min(2) as u8);
+        self.chunkings = self.chunkings.saturating_add(chunkings(value));
         if self.chunkings > 1 {
             return Err(Stop::Refuse(Refusal::Malformed));
         }
@@ -459,6 +455,32 @@ impl Framing {
             false => Ok(()),
         }
     }
+}
+
+/// How many times the `transfer-encoding` value `value` names `chunked`, counted up to 2.
+fn chunkings(value: &[u8]) -> u8 {
+    let named = value
+        .split(|&b| b == b',')
+        .filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .take(2)
+        .count();
+    named as u8
+}
+
+/// Whether a request's `transfer-encoding` lines name `chunked` more than once, over all of
+/// them (`chunked, chunked`, or `chunked` on two lines): refused 400 by the lean server
+/// ([`Framing`]), and so by the server of a connection hyper took over, whose parser reads it
+/// as one `chunked` (RFC 9112 §6.1 allows it once; nginx and HAProxy refuse it). One hashed
+/// lookup for a request without the field.
+pub fn chunked_twice(headers: &HeaderMap) -> bool {
+    let mut n = 0u8;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        n = n.saturating_add(chunkings(v.as_bytes()));
+        if n > 1 {
+            return true;
+        }
+    }
+    false
 }
 
 /// A `content-length` value the lean server takes: decimal digits without a leading zero (or
