@@ -130,7 +130,9 @@ fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
             "400 for {got:?}"
         ),
         // HTTP/2's alone (`listener::serve`): the HTTP/1.1 parser never gives it.
-        Refusal::PaddedValue => panic!("an HTTP/2 refusal for an HTTP/1.1 head {got:?}"),
+        Refusal::PaddedValue | Refusal::UntokenedName => {
+            panic!("an HTTP/2 refusal for an HTTP/1.1 head {got:?}")
+        }
     }
 }
 

@@ -1080,6 +1080,39 @@ fn serve(
                 let head = http::Request::from_parts(parts, ());
                 stack::refuse_head(&shared, lst, head, h1::parse::Refusal::PaddedValue, active)
             }
+            // A field name with `"`, which the `http` crate takes over HTTP/2 and no HTTP/1.1
+            // peer reads: refused 400 rather than dropped (what the name meant is unknown).
+            Some(lst)
+                if req.version() == http::Version::HTTP_2
+                    && h1::parse::untokened_name(req.headers()) =>
+            {
+                let (parts, _) = req.into_parts();
+                let head = http::Request::from_parts(parts, ());
+                stack::refuse_head(
+                    &shared,
+                    lst,
+                    head,
+                    h1::parse::Refusal::UntokenedName,
+                    active,
+                )
+            }
+            // `chunked` named twice: hyper's HTTP/1.1 parser reads it as once, the lean
+            // server refuses it 400; a connection hyper took over (after a chunked upload,
+            // say) refuses it the same way, and closes as the lean server does.
+            Some(lst)
+                if req.version() != http::Version::HTTP_2
+                    && h1::parse::chunked_twice(req.headers()) =>
+            {
+                let (parts, _) = req.into_parts();
+                let head = http::Request::from_parts(parts, ());
+                let mut rsp =
+                    stack::refuse_head(&shared, lst, head, h1::parse::Refusal::Malformed, active);
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                rsp
+            }
             Some(lst) => {
                 if req.version() == http::Version::HTTP_2 {
                     // `content-length: 5` twice: one line upstream, as from an HTTP/1.1 client.

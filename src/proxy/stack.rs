@@ -104,6 +104,10 @@ pub fn refuse_head(
             Reason::BadRequest,
             "a header field value starts or ends with a space or a tab, which HTTP/2 does not allow (RFC 9113 section 8.2.1)",
         ),
+        Refusal::UntokenedName => (
+            Reason::BadRequest,
+            "a header field name has a character a token may not have (RFC 9110 section 5.6.2), which HTTP/1.1 cannot carry",
+        ),
     };
     refuse_unrouted(shared, lst, req, active, reason, msg)
 }

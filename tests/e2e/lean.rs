@@ -289,6 +289,45 @@ async fn two_lengths_are_refused_by_hyper_and_reach_no_upstream() {
     );
 }
 
+/// `chunked` named twice (one line or two) is refused 400 `bad_request` on a fresh connection
+/// by the lean server, and the same on a connection hyper took over after a chunked upload,
+/// whose parser reads it as one `chunked` (it was forwarded and answered 200). Either way it
+/// reaches no upstream and the connection closes.
+#[tokio::test]
+async fn chunked_twice_is_refused_by_either_server() {
+    let (app, _proxy, addr) = setup().await;
+    for te in [
+        "Transfer-Encoding: chunked, chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    ] {
+        let req =
+            format!("POST /echo HTTP/1.1\r\nHost: app.local\r\n{te}\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        for handed_off in [false, true] {
+            let mut c = Conn::open(addr).await;
+            if handed_off {
+                c.send(
+                    b"POST /echo HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n",
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.send(b"2\r\nok\r\n0\r\n\r\n").await;
+                let a = c.answer(false).await;
+                assert_eq!((a.status, a.text().as_str()), (200, "ok"), "{a:?}");
+            }
+            c.send(req.as_bytes()).await;
+            let a = c.answer(false).await;
+            assert_eq!(a.status, 400, "{te:?}, handed off {handed_off}: {a:?}");
+            assert_eq!(a.header("x-rampart-reason"), Some("bad_request"), "{a:?}");
+            assert!(c.closes().await, "{te:?}, handed off {handed_off}: closed");
+        }
+    }
+    assert_eq!(
+        app.hits_for("/echo"),
+        2,
+        "only the two plain chunked uploads reached the upstream"
+    );
+}
+
 #[tokio::test]
 async fn head_announces_the_length_and_sends_no_body() {
     let (_app, _proxy, addr) = setup().await;

@@ -59,6 +59,48 @@ pub fn padded_value(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether an HTTP/2 request has a field name with a byte outside RFC 9110's `token`
+/// (§5.1): the `http` crate takes `"` in a name that comes over HTTP/2 (its HTTP/1 table
+/// does not; every other byte it takes there is a `tchar`), and `x"y: 1` would reach an
+/// HTTP/1.1 upstream as a line no parser reads. A table lookup per byte of each distinct
+/// name; HTTP/2 only (HTTP/1.1's parser refuses such a name itself).
+pub fn untokened_name(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|n| n.as_str().bytes().any(|b| !TCHAR[usize::from(b)]))
+}
+
+/// RFC 9110 §5.6.2's `tchar`, in lower case (header names are): true for the bytes a field
+/// name may have.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_digit()
+            || c.is_ascii_lowercase()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// Longest request target hyper accepts (longer ones are answered 414 by hyper).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -98,6 +140,9 @@ pub enum Refusal {
     /// An HTTP/2 request with a field value that starts or ends with a space or a tab (400):
     /// malformed (RFC 9113 §8.2.1), and read differently by different servers ([`padded_value`]).
     PaddedValue,
+    /// An HTTP/2 request with a field name that is not a `token` (400), which no HTTP/1.1
+    /// upstream could be sent ([`untokened_name`]).
+    UntokenedName,
 }
 
 /// How an HTTP/2 connection starts (its preface): hyper's to serve, not a malformed head.
@@ -421,11 +466,7 @@ impl Framing {
         // `chunked` must be the last coding, and applied once (RFC 9112 §6.1): `chunked,
         // chunked` is refused, as nginx and HAProxy refuse it, not read as one.
         self.chunked = super::write::chunked_last(value);
-        let named = value
-            .split(|&b| b == b',')
-            .filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            .count();
-        self.chunkings = self.chunkings.saturating_add(named.min(2) as u8);
+        self.chunkings = self.chunkings.saturating_add(chunkings(value));
         if self.chunkings > 1 {
             return Err(Stop::Refuse(Refusal::Malformed));
         }
@@ -459,6 +500,32 @@ impl Framing {
             false => Ok(()),
         }
     }
+}
+
+/// How many times the `transfer-encoding` value `value` names `chunked`, counted up to 2.
+fn chunkings(value: &[u8]) -> u8 {
+    let named = value
+        .split(|&b| b == b',')
+        .filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .take(2)
+        .count();
+    named as u8
+}
+
+/// Whether a request's `transfer-encoding` lines name `chunked` more than once, over all of
+/// them (`chunked, chunked`, or `chunked` on two lines): refused 400 by the lean server
+/// ([`Framing`]), and so by the server of a connection hyper took over, whose parser reads it
+/// as one `chunked` (RFC 9112 §6.1 allows it once; nginx and HAProxy refuse it). One hashed
+/// lookup for a request without the field.
+pub fn chunked_twice(headers: &HeaderMap) -> bool {
+    let mut n = 0u8;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        n = n.saturating_add(chunkings(v.as_bytes()));
+        if n > 1 {
+            return true;
+        }
+    }
+    false
 }
 
 /// A `content-length` value the lean server takes: decimal digits without a leading zero (or
@@ -562,6 +629,7 @@ mod tests {
             Parsed::Refuse(Refusal::TooLarge) => "too large",
             Parsed::Refuse(Refusal::UriTooLong) => "uri too long",
             Parsed::Refuse(Refusal::PaddedValue) => "padded",
+            Parsed::Refuse(Refusal::UntokenedName) => "untokened",
         };
         assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
         d

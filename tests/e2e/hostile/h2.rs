@@ -765,6 +765,60 @@ async fn an_h2_field_value_padded_with_a_space_or_tab_is_refused() {
     assert_still_serving(&proxy, "padded h2 field value").await;
 }
 
+/// A field name with `"`, which the `http` crate takes from HTTP/2 but is no RFC 9110 token,
+/// reached an HTTP/1.1 upstream as the line `x"y: 1`. Now such a request is refused 400
+/// `bad_request` and reaches no upstream; one with a name of every `tchar` is served, on the
+/// same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_field_name_outside_the_token_set_is_refused() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (app, proxy) = setup().await;
+    let addr = proxy.listener("inbound");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let cases = [
+        (http::HeaderName::from_static("x\"y"), 400),
+        (http::HeaderName::from_static("\"quoted\""), 400),
+        (http::HeaderName::from_static("x!#$%&'*+-.^_`|~09az"), 200),
+    ];
+    for (name, want) in cases {
+        let req = http::Request::get(format!("http://{addr}/ok"))
+            .header(name.clone(), "1")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        let rsp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        let status = rsp.status().as_u16();
+        let reason = rsp.headers().get("x-rampart-reason").cloned();
+        let body = rsp.into_body().collect().await.expect("a body").to_bytes();
+        assert_eq!(status, want, "{name:?}: {body:?}");
+        if want == 400 {
+            assert_eq!(
+                reason.as_ref().map(|r| r.as_bytes()),
+                Some(&b"bad_request"[..]),
+                "{name:?}"
+            );
+        }
+    }
+    assert_eq!(
+        app.hits(),
+        1,
+        "only the request with token names reaches the upstream"
+    );
+    assert!(
+        !app.requests().iter().any(|r| r.contains('"')),
+        "no quote upstream"
+    );
+    assert_still_serving(&proxy, "untokened h2 field name").await;
+}
+
 /// An HTTP/2 client whose TCP connection is reset (linger 0) while its request's try is in
 /// flight went away: its request is counted as a 499 and its try as abandoned with cause
 /// `client_gone`, as an HTTP/1.1 client's is, never as rampart's 503 `shutdown` (no drain, no
