@@ -1467,7 +1467,7 @@ async fn a_contentless_fallback_or_abort_goes_without_body_or_length_on_h1_and_h
             let rsp = http::h2_get(addr, "/slow?ms=2000", chaos).await;
             assert_eq!(rsp.status, status, "{rsp:?}");
             let zero = (status == 205).then_some("0");
-            assert_eq!(rsp.header("content-length").as_deref(), zero, "{rsp:?}");
+            assert_eq!(rsp.header("content-length"), zero, "{rsp:?}");
             assert!(rsp.body.is_empty(), "{status}: {rsp:?}");
             let marker = match chaos.is_empty() {
                 true => "x-rampart-degraded",
