@@ -7,7 +7,10 @@
 //! resolved leaves the upstream without endpoints: requests get `upstream_unavailable`, start-up
 //! goes on (Kubernetes Services appear after the pod).
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -82,6 +85,15 @@ pub struct Endpoint {
     pub pool: Arc<Pool>,
 }
 
+/// Resolves one written `host:port` endpoint to its addresses: the OS resolver in production,
+/// a scripted answer in tests (a lookup failing on demand, without real DNS).
+pub(crate) type Lookup = Arc<dyn Fn(&str) -> LookupFuture + Send + Sync>;
+/// The answer of a [`Lookup`].
+pub(crate) type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// Addresses of one written endpoint, with the name they came from (`None` for an address).
+type Found = Vec<(SocketAddr, Option<Arc<str>>)>;
+
 /// A written endpoint: an address, or a name to resolve.
 #[derive(Debug, Clone)]
 enum Target {
@@ -105,6 +117,19 @@ impl Upstream {
         metrics: &Metrics,
         clock: &SharedClock,
     ) -> Arc<Upstream> {
+        Upstream::with_lookup(name, cfg, old, tls, metrics, clock, system_lookup())
+    }
+
+    /// [`Upstream::new`] with names resolved by `lookup`.
+    pub(crate) fn with_lookup(
+        name: &str,
+        cfg: &file::Upstream,
+        old: Option<&Upstream>,
+        tls: Option<Arc<ClientConfig>>,
+        metrics: &Metrics,
+        clock: &SharedClock,
+        lookup: Lookup,
+    ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(name);
         let metrics = metrics.upstream(&name);
         let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
@@ -116,22 +141,29 @@ impl Upstream {
             .filter(|o| same_transport(&o.cfg, cfg))
             .map(|o| o.endpoints.load().iter().cloned().collect())
             .unwrap_or_default();
-        let mut initial: Vec<Arc<Endpoint>> = Vec::new();
-        for t in &targets {
-            match t {
+        // Per target, what it starts with; the resolver starts from the same addresses, so a
+        // lookup that fails right after a reload keeps them.
+        let per_target: Vec<Vec<Arc<Endpoint>>> = targets
+            .iter()
+            .map(|t| match t {
                 Target::Addr(a) => {
                     let kept = carried.iter().find(|e| e.addr == *a && e.host.is_none());
-                    initial.push(kept.cloned().unwrap_or_else(|| make(*a, None)));
+                    vec![kept.cloned().unwrap_or_else(|| make(*a, None))]
                 }
                 // Addresses a name resolved to before stay until the name is resolved again.
-                Target::Name(n) => initial.extend(
-                    carried
-                        .iter()
-                        .filter(|e| e.host.as_deref() == Some(host_of(n)))
-                        .cloned(),
-                ),
-            }
-        }
+                Target::Name(n) => carried
+                    .iter()
+                    .filter(|e| e.host.as_deref() == Some(host_of(n)))
+                    .filter(|e| port_of(n).is_none_or(|p| e.addr.port() == p))
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        let start: Vec<Found> = per_target
+            .iter()
+            .map(|eps| eps.iter().map(|e| (e.addr, e.host.clone())).collect())
+            .collect();
+        let initial: Vec<Arc<Endpoint>> = per_target.into_iter().flatten().collect();
         if let Some(o) = old {
             // One writer per endpoint's check verdicts: the old checker stops now.
             o.stop_checks();
@@ -164,7 +196,9 @@ impl Upstream {
             tokio::spawn(resolve_loop(
                 Arc::downgrade(&up),
                 targets,
+                start,
                 cfg.resolve_every.0,
+                lookup,
             ));
         }
         up
@@ -331,7 +365,7 @@ impl Upstream {
         ep.hold_until.store(until, Ordering::Relaxed);
     }
 
-    fn set_resolved(&self, found: Vec<(SocketAddr, Option<Arc<str>>)>) {
+    fn set_resolved(&self, found: Found) {
         let old = self.endpoints.load();
         let eps: Vec<Arc<Endpoint>> = found
             .into_iter()
@@ -406,6 +440,19 @@ fn host_of(endpoint: &str) -> &str {
     endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h)
 }
 
+/// The port of a `host:port` endpoint: every address its name resolves to has it.
+fn port_of(endpoint: &str) -> Option<u16> {
+    endpoint.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+/// The OS resolver (`getaddrinfo` on tokio's blocking pool).
+fn system_lookup() -> Lookup {
+    Arc::new(|endpoint: &str| {
+        let endpoint = endpoint.to_string();
+        Box::pin(async move { Ok(tokio::net::lookup_host(endpoint).await?.collect()) })
+    })
+}
+
 // === impl Endpoint ===
 
 impl Endpoint {
@@ -465,18 +512,28 @@ impl Target {
     }
 }
 
-/// Resolves names now and every `every`, until the upstream is dropped.
-async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration) {
-    type Found = Vec<(SocketAddr, Option<Arc<str>>)>;
-    let mut last: Vec<Found> = vec![Vec::new(); targets.len()];
+/// Resolves names now and every `every`, until the upstream is dropped. `start` holds, per
+/// target, the addresses the upstream starts with (those a reload carried over): a name whose
+/// lookup fails keeps its last addresses, these until it resolves once.
+async fn resolve_loop(
+    up: Weak<Upstream>,
+    targets: Vec<Target>,
+    start: Vec<Found>,
+    every: Duration,
+    lookup: Lookup,
+) {
+    let mut last = start;
     loop {
+        if up.strong_count() == 0 {
+            // Replaced by a reload or removed while asleep: no lookup for it any more.
+            return;
+        }
         for (i, t) in targets.iter().enumerate() {
             match t {
                 Target::Addr(a) => last[i] = vec![(*a, None)],
-                Target::Name(n) => match tokio::net::lookup_host(n.as_str()).await {
-                    Ok(found) => {
+                Target::Name(n) => match lookup(n).await {
+                    Ok(mut v) => {
                         let host: Arc<str> = Arc::from(host_of(n));
-                        let mut v: Vec<SocketAddr> = found.collect();
                         v.sort();
                         v.dedup();
                         if !v.is_empty() {
@@ -500,3 +557,6 @@ async fn resolve_loop(up: Weak<Upstream>, targets: Vec<Target>, every: Duration)
         tokio::time::sleep(every.max(Duration::from_millis(100))).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,7 @@
 //! `ca`. A reload reads it again, so a CA added to the system store is trusted from the next
 //! reload on.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -112,16 +113,62 @@ pub(super) const STORE_FILE_CAP: u64 = 16 << 20;
 /// taken) until a writer comes, and `/dev/zero` would grow it without bound. Returns what was
 /// read, and the problems of the files not read, or read and holding no certificate.
 fn load() -> (CertificateResult, Vec<String>) {
-    let file = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty());
-    let dirs = std::env::var_os("SSL_CERT_DIR").map_or_else(Vec::new, |d| {
+    load_with(
+        std::env::var_os("SSL_CERT_FILE"),
+        std::env::var_os("SSL_CERT_DIR"),
+        os_bundle,
+    )
+}
+
+/// [`load`] given the values of `SSL_CERT_FILE` and `SSL_CERT_DIR`, and the reader of the OS
+/// bundle. A variable set empty counts as unset, as OpenSSL reads it: with both so, the OS bundle.
+pub(super) fn load_with(
+    file: Option<OsString>,
+    dir: Option<OsString>,
+    os_bundle: impl FnOnce() -> CertificateResult,
+) -> (CertificateResult, Vec<String>) {
+    let file = file.filter(|v| !v.is_empty());
+    let dirs: Vec<PathBuf> = dir.map_or_else(Vec::new, |d| {
         std::env::split_paths(&d)
             .filter(|p| !p.as_os_str().is_empty())
             .collect()
     });
     match file {
         Some(file) => load_from(Path::new(&file), &dirs),
-        None => (rustls_native_certs::load_native_certs(), Vec::new()),
+        None if dirs.is_empty() => (os_bundle(), Vec::new()),
+        None => (read_dirs(CertificateResult::default(), &dirs), Vec::new()),
     }
+}
+
+/// The OS bundle: the file and directories OpenSSL looks in (found as `load_native_certs` finds
+/// them, but without its reading of the environment, which takes an empty `SSL_CERT_FILE` for
+/// the path '').
+#[cfg(all(unix, not(target_os = "macos")))]
+fn os_bundle() -> CertificateResult {
+    // The variables are unset or empty here, so the probe's own look at them (only at paths
+    // that exist) adds nothing.
+    let probed = openssl_probe::probe();
+    let out = rustls_native_certs::load_certs_from_paths(probed.cert_file.as_deref(), None);
+    read_dirs(out, &probed.cert_dir)
+}
+
+/// The OS store of the platform (its own API, not files).
+#[cfg(not(all(unix, not(target_os = "macos"))))]
+fn os_bundle() -> CertificateResult {
+    rustls_native_certs::load_native_certs()
+}
+
+/// `out` with the certificates of `dirs` added, each once.
+fn read_dirs(mut out: CertificateResult, dirs: &[PathBuf]) -> CertificateResult {
+    for dir in dirs {
+        let read = rustls_native_certs::load_certs_from_paths(None, Some(dir));
+        out.certs.extend(read.certs);
+        out.errors.extend(read.errors);
+    }
+    out.certs
+        .sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    out.certs.dedup();
+    out
 }
 
 /// [`load`] apart from the environment: the trust-store file `file`, if fit to read, and the
@@ -129,7 +176,7 @@ fn load() -> (CertificateResult, Vec<String>) {
 pub(super) fn load_from(file: &Path, dirs: &[PathBuf]) -> (CertificateResult, Vec<String>) {
     let named = format!("SSL_CERT_FILE={}", file.display());
     let mut problems = Vec::new();
-    let mut out = match std::fs::metadata(file) {
+    let out = match std::fs::metadata(file) {
         Ok(m) if !m.is_file() => {
             problems.push(format!("{named} is not a regular file; not read"));
             CertificateResult::default()
@@ -151,15 +198,7 @@ pub(super) fn load_from(file: &Path, dirs: &[PathBuf]) -> (CertificateResult, Ve
             read
         }
     };
-    for dir in dirs {
-        let read = rustls_native_certs::load_certs_from_paths(None, Some(dir));
-        out.certs.extend(read.certs);
-        out.errors.extend(read.errors);
-    }
-    out.certs
-        .sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
-    out.certs.dedup();
-    (out, problems)
+    (read_dirs(out, dirs), problems)
 }
 
 /// The warning of a load whose system store gave no usable root, for `reason`.
@@ -181,7 +220,7 @@ fn looked_in() -> String {
         .map(|(v, value)| format!("{v}={}", value.to_string_lossy()))
         .collect();
     if vars.is_empty() {
-        "the OS bundle paths (SSL_CERT_FILE and SSL_CERT_DIR unset)".to_owned()
+        "the OS bundle paths (SSL_CERT_FILE and SSL_CERT_DIR unset or empty)".to_owned()
     } else {
         vars.join(", ")
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustls_native_certs::load_certs_from_paths;
 
 use super::support::{Ca, Files};
-use crate::tls::roots::{choose, load_from, Found, STORE_FILE_CAP};
+use crate::tls::roots::{choose, load_from, load_with, Found, STORE_FILE_CAP};
 
 fn from(file: Option<&Path>, dir: Option<&Path>) -> Found {
     choose(
@@ -142,6 +142,56 @@ fn roots_read_beside_an_unreadable_directory_are_kept_and_the_problem_named() {
             assert_eq!(store.len(), 1);
             let problems = problems.expect("the directory is named");
             assert!(problems.contains("no-such-dir"), "{problems}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `SSL_CERT_FILE` (or `SSL_CERT_DIR`) set empty counts as unset: with both so, the OS bundle
+/// is read, not a file at the path '' (once warned of as "failed to read PEM from file").
+#[test]
+fn variables_set_empty_read_the_os_bundle() {
+    let files = Files::new();
+    let ca = files.ca("ca", &Ca::new("bundle"));
+    let empty = || Some(std::ffi::OsString::new());
+    for (file, dir) in [
+        (empty(), None),
+        (empty(), empty()),
+        (None, empty()),
+        (None, None),
+    ] {
+        let mut read_bundle = false;
+        let (found, unread) = load_with(file.clone(), dir.clone(), || {
+            read_bundle = true;
+            load_certs_from_paths(Some(&ca), None)
+        });
+        assert!(read_bundle, "{file:?} {dir:?}: the OS bundle is read");
+        match choose(found, unread, "the test's paths") {
+            Found::System { store, problems } => {
+                assert_eq!(store.len(), 1);
+                assert_eq!(problems, None, "{file:?} {dir:?}");
+            }
+            other => panic!("{file:?} {dir:?}: {other:?}"),
+        }
+    }
+}
+
+/// `SSL_CERT_FILE` set empty beside an `SSL_CERT_DIR`: the directory alone, no error for ''.
+#[test]
+fn an_empty_store_file_beside_a_directory_reads_the_directory_alone() {
+    let files = Files::new();
+    let dir = files.write("x", "").with_file_name("certs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(files.ca("ca", &Ca::new("private")), dir.join("ca.pem")).unwrap();
+    let (found, unread) = load_with(
+        Some(std::ffi::OsString::new()),
+        Some(dir.into_os_string()),
+        || panic!("the OS bundle is not read when SSL_CERT_DIR names a directory"),
+    );
+    match choose(found, unread, "the test's paths") {
+        Found::System { store, problems } => {
+            assert_eq!(store.len(), 1);
+            assert_eq!(problems, None);
         }
         other => panic!("{other:?}"),
     }

@@ -261,6 +261,32 @@ async fn validate_counts_the_fallback_as_a_warning_at_the_section() {
     assert!(said[0].contains("none.pem"), "names the file: {}", said[0]);
 }
 
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` set empty count as unset: the OS bundle is read, not a
+/// file at the path '' (the reader of rustls-native-certs took the empty value for one, and the
+/// load fell back to the compiled-in roots with "failed to read PEM from file").
+#[tokio::test]
+async fn store_variables_set_empty_read_the_os_bundle() {
+    let rendered = Proxy::builder(OUTBOUND)
+        .var("UPTLS", "server_name: localhost")
+        .var("UP", "127.0.0.1:9")
+        .render();
+    let path = rendered.path.display().to_string();
+    let env = [("SSL_CERT_FILE", ""), ("SSL_CERT_DIR", "")];
+    let out = run_env(&["validate", "--config", &path], &env).await;
+    let both = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{both}");
+    assert!(!both.contains("failed to read PEM"), "{both}");
+    // Where the OS bundle is missing (no ca-certificates) the fallback is warned of, saying
+    // where rampart looked; with one, nothing is.
+    if both.contains(NO_SYSTEM_ROOTS) {
+        assert!(both.contains("the OS bundle paths"), "{both}");
+    }
+}
+
 /// A system store with nothing usable (here an `SSL_CERT_FILE` that does not exist) leaves the
 /// compiled-in web roots, warned of once per config load with the file named, not per
 /// connection: the private CA is not trusted (502). A reload reads the system store again, so

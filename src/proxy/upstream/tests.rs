@@ -1,0 +1,126 @@
+//! Name resolution of an upstream, driven by a scripted resolver on tokio's paused clock.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::{Lookup, Upstream};
+use crate::clock::{ManualClock, SharedClock};
+use crate::config::file;
+use crate::metrics::Metrics;
+
+/// A resolver whose answer the test sets: `Some(addresses)`, or `None` for a failed lookup.
+#[derive(Clone, Default)]
+struct Scripted {
+    answer: Arc<ArcSwap<Option<Vec<SocketAddr>>>>,
+    asked: Arc<AtomicU32>,
+}
+
+impl Scripted {
+    fn answer(&self, a: Option<&[&str]>) {
+        let a = a.map(|v| v.iter().map(|s| s.parse().expect("addr")).collect());
+        self.answer.store(Arc::new(a));
+    }
+
+    fn asked(&self) -> u32 {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    fn lookup(&self) -> Lookup {
+        let me = self.clone();
+        Arc::new(move |_name: &str| {
+            me.asked.fetch_add(1, Ordering::Relaxed);
+            let answer = Option::clone(&me.answer.load());
+            Box::pin(
+                async move { answer.ok_or_else(|| io::Error::other("scripted lookup failure")) },
+            )
+        })
+    }
+}
+
+fn cfg() -> file::Upstream {
+    serde_json::from_value(serde_json::json!({
+        "endpoints": ["svc.test:8080"],
+        "resolve_every": "5s",
+    }))
+    .expect("upstream config")
+}
+
+fn addrs(up: &Upstream) -> Vec<String> {
+    up.endpoints().iter().map(|e| e.label.to_string()).collect()
+}
+
+/// Lets the resolver task run up to its next sleep.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_lookup_after_reload_keeps_carried_addresses() {
+    let metrics = Metrics::register();
+    let clock: SharedClock = Arc::new(ManualClock::new());
+    let dns = Scripted::default();
+    dns.answer(Some(&["10.0.0.1:8080", "10.0.0.2:8080"]));
+    let cfg = cfg();
+
+    let first = Upstream::with_lookup("api", &cfg, None, None, &metrics, &clock, dns.lookup());
+    settle().await;
+    assert_eq!(dns.asked(), 1);
+    assert_eq!(addrs(&first), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+
+    // A reload right as DNS goes away: the new generation's first lookup fails.
+    dns.answer(None);
+    let second = Upstream::with_lookup(
+        "api",
+        &cfg,
+        Some(&first),
+        None,
+        &metrics,
+        &clock,
+        dns.lookup(),
+    );
+    drop(first);
+    assert_eq!(
+        addrs(&second),
+        ["10.0.0.1:8080", "10.0.0.2:8080"],
+        "carried"
+    );
+    settle().await;
+    assert_eq!(dns.asked(), 2, "the new generation looked the name up");
+    assert_eq!(
+        addrs(&second),
+        ["10.0.0.1:8080", "10.0.0.2:8080"],
+        "a failed lookup keeps the carried addresses"
+    );
+
+    // Still failing at the next round: still kept.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(dns.asked(), 3);
+    assert_eq!(addrs(&second), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+
+    // DNS is back with another answer: it replaces them.
+    dns.answer(Some(&["10.0.0.3:8080"]));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(dns.asked(), 4);
+    assert_eq!(addrs(&second), ["10.0.0.3:8080"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn name_never_resolved_has_no_addresses() {
+    let metrics = Metrics::register();
+    let clock: SharedClock = Arc::new(ManualClock::new());
+    let dns = Scripted::default();
+    let up = Upstream::with_lookup("api", &cfg(), None, None, &metrics, &clock, dns.lookup());
+    settle().await;
+    assert_eq!(dns.asked(), 1);
+    assert!(addrs(&up).is_empty());
+    assert!(up
+        .no_endpoint_message()
+        .contains("svc.test:8080 has not resolved"));
+}
