@@ -184,7 +184,7 @@ pub fn handle<'a>(
         // 0b. Path (`normalize.rs`): its normal form, before the log line below records it and
         // before anything is matched on it; the upstream is sent the same. A path that has
         // none keeps the one sent, for the log line of its 400.
-        let unfit = normalize::request(&mut req).err();
+        let unfit = normalize::request(&mut req, lst.merge_slashes).err();
         // Counts, request id, debug line and access log of every answer below (and of a
         // request dropped before it).
         let (request_id, made) = finish::request_id(&mut req, sent);
