@@ -5,8 +5,9 @@
 //! themselves. Matched on the path as sent, `/healthz/../orders` would take the `/healthz`
 //! route (tenant optional, no rate limit) and reach the upstream's `/orders`; `/%61dmin` would
 //! miss an `/admin` route. So the path is put in one canonical form (as Envoy's
-//! `normalize_path` with `merge_slashes`, and nginx, do), and that form is both matched and
-//! forwarded: the upstream is sent the path its route was chosen by.
+//! `normalize_path`, with its `merge_slashes` where the listener's is on, and nginx, do), and
+//! that form is both matched and forwarded: the upstream is sent the path its route was chosen
+//! by.
 //!
 //! The form, in this order:
 //! 1. percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) are
