@@ -107,6 +107,9 @@ pub struct ListenerRt {
     pub access_log: Option<AccessLog>,
     /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
     pub trust_plan_header: bool,
+    /// `merge_slashes` (or its default for the direction): whether request paths have runs
+    /// of `/` merged when normalised (`normalize.rs`).
+    pub merge_slashes: bool,
     /// The generation's tracer (`tracing`), if on.
     pub tracer: Option<Arc<Tracer>>,
 }
@@ -560,6 +563,7 @@ fn build_listener(
             Some(AccessLog::new(name.clone(), cfg, sink))
         }),
         trust_plan_header: l.trust_plan_header,
+        merge_slashes: l.merges_slashes(),
         tracer: None,
         tls_failures: match l.tls {
             Some(_) => shared.metrics.tls_failures(&l.name),

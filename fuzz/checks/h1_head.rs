@@ -260,30 +260,33 @@ fn answer_parses_back(headers: &HeaderMap, knob: u8) {
     );
 }
 
-/// Normalises a served target's path: normalising the result changes nothing, it has no `//`
-/// and no dot segment, and the request keeps its query.
+/// Normalises a served target's path, runs of `/` merged and not: normalising the result
+/// changes nothing, it has no dot segment (and no `//` when merged), and the request keeps its
+/// query.
 fn normal_form_is_kept(uri: &http::Uri) {
-    let Ok(Some(once)) = normalize::path(uri.path()) else {
-        return;
-    };
-    assert_eq!(
-        normalize::path(&once),
-        Ok(None),
-        "{uri} -> {once}: not idempotent"
-    );
-    assert!(
-        once.starts_with('/') && !once.contains("//"),
-        "{uri} -> {once}"
-    );
-    for seg in once.split('/') {
-        assert!(
-            seg != "." && seg != "..",
-            "{uri} -> {once}: a dot segment left"
+    for merge in [true, false] {
+        let Ok(Some(once)) = normalize::path(uri.path(), merge) else {
+            continue;
+        };
+        assert_eq!(
+            normalize::path(&once, merge),
+            Ok(None),
+            "{uri} -> {once}: not idempotent (merge {merge})"
         );
+        assert!(
+            once.starts_with('/') && !(merge && once.contains("//")),
+            "{uri} -> {once}"
+        );
+        for seg in once.split('/') {
+            assert!(
+                seg != "." && seg != "..",
+                "{uri} -> {once}: a dot segment left"
+            );
+        }
+        let mut req = http::Request::new(());
+        *req.uri_mut() = uri.clone();
+        normalize::request(&mut req, merge).expect("a path with a normal form gets it");
+        assert_eq!(req.uri().path(), once);
+        assert_eq!(req.uri().query(), uri.query());
     }
-    let mut req = http::Request::new(());
-    *req.uri_mut() = uri.clone();
-    normalize::request(&mut req).expect("a path with a normal form gets it");
-    assert_eq!(req.uri().path(), once);
-    assert_eq!(req.uri().query(), uri.query());
 }

@@ -835,8 +835,24 @@ pub struct Listener {
     /// Whether `tenants.plans.plan_header` is believed on this listener.
     #[serde(default, skip_serializing_if = "is_false")]
     pub trust_plan_header: bool,
+    /// Whether request paths have runs of `/` merged when normalised; absent: yes on inbound
+    /// listeners, no on outbound ones ([`Listener::merges_slashes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
+}
+
+// === impl Listener ===
+
+impl Listener {
+    /// `merge_slashes`, or its default: on for `inbound` (the service's own server may merge
+    /// them, so `//admin` must match an `/admin` route), off for `outbound` (an external API's
+    /// resource names, S3 keys among them, may hold `//`, and a signature covers them).
+    pub fn merges_slashes(&self) -> bool {
+        self.merge_slashes
+            .unwrap_or(self.direction == Direction::Inbound)
+    }
 }
 
 /// `listeners[i].access_log:` in its long form.

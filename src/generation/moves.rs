@@ -105,6 +105,7 @@ mod tests {
             tls: None,
             access_log: None,
             trust_plan_header: false,
+            merge_slashes: None,
             routes: Vec::new(),
         }
     }

@@ -5,21 +5,32 @@
 //! themselves. Matched on the path as sent, `/healthz/../orders` would take the `/healthz`
 //! route (tenant optional, no rate limit) and reach the upstream's `/orders`; `/%61dmin` would
 //! miss an `/admin` route. So the path is put in one canonical form (as Envoy's
-//! `normalize_path` with `merge_slashes`, and nginx, do), and that form is both matched and
-//! forwarded: the upstream is sent the path its route was chosen by.
+//! `normalize_path`, with its `merge_slashes` where the listener's is on, and nginx, do), and
+//! that form is both matched and forwarded: the upstream is sent the path its route was chosen
+//! by.
 //!
 //! The form, in this order:
 //! 1. percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) are
 //!    decoded, and every other escape's hex digits are upper-cased (§6.2.2.1–2): `%2F`, `%5C`,
 //!    `%3F` and the like stay escaped, so a segment never gains a `/` it did not have;
-//! 2. runs of `/` become one (an empty segment is no segment, as in a file system);
-//! 3. dot segments (`.` and `..`) are removed (RFC 3986 §5.2.4), a last one leaving a `/`.
+//! 2. with the listener's `merge_slashes` (the default on inbound listeners), runs of `/`
+//!    become one (an empty segment is no segment, as in a file system); without it (the
+//!    default on outbound ones: `//` can be part of an external API's resource name, an S3
+//!    key's, and its request signature covers it), an empty segment is a segment like any
+//!    other, so `/a//../b` is `/a/b` as RFC 3986 §5.2.4 has it;
+//! 3. dot segments (`.` and `..`) are removed (RFC 3986 §5.2.4), a last one leaving a `/`;
+//! 4. an empty path before a query (`http://x?a=b`) is `/` (RFC 9112 §3.2.1: it is sent as
+//!    `/`, and routed and logged as `/` already).
 //!
 //! Refused (400 `bad_request`), as nginx does: a `..` that would climb above the root (`/../x`;
 //! RFC 3986 clamps it to `/x`, but no client means that, and a path that has to be clamped is
 //! one crafted to reach what it does not name), and a `%` not followed by two hex digits: left
 //! as it is it could join with what follows once decoded (`%%32%65` would become `%2e`, which
 //! the upstream decodes to `.`), so it has no one meaning to match on.
+//!
+//! Not handled, forwarded as they are: `;` path parameters (Tomcat reads `/a/..;/b` as
+//! `/a/../b`) and `\` (IIS reads it as `/`). An upstream that reads them so is reached by
+//! paths that match no route of what it resolves them to.
 //!
 //! The query is left as it is. A path already in the form (the common case: no `%`, no `//`,
 //! no dot segment) costs one scan of its bytes and nothing else: the URI is rebuilt only when
@@ -49,15 +60,22 @@ impl Unfit {
     }
 }
 
-/// Normalises `req`'s path in place (its query, scheme and authority kept). A target that is
-/// no path (`*`, CONNECT's `host:port`) is left alone.
-pub fn request<B>(req: &mut Request<B>) -> Result<(), Unfit> {
+/// Normalises `req`'s path in place (its query, scheme and authority kept), merging runs of
+/// `/` if `merge_slashes`. A target that is no path (`*`, CONNECT's `host:port`) is left
+/// alone.
+pub fn request<B>(req: &mut Request<B>, merge_slashes: bool) -> Result<(), Unfit> {
     let uri = req.uri();
-    let Some(normal) = path(uri.path())? else {
+    let Some(given) = uri.path_and_query() else {
         return Ok(());
     };
+    // `path()` of an empty path is `/`, so an empty one before a query is told by its `?`.
+    let normal = match path(given.path(), merge_slashes)? {
+        Some(normal) => normal,
+        None if given.as_str().starts_with('?') => String::from("/"),
+        None => return Ok(()),
+    };
     let mut pq = normal;
-    if let Some(q) = uri.query() {
+    if let Some(q) = given.query() {
         pq.push('?');
         pq.push_str(q);
     }
@@ -69,20 +87,21 @@ pub fn request<B>(req: &mut Request<B>) -> Result<(), Unfit> {
     Ok(())
 }
 
-/// The normal form of `path` (without its query), or `None` if it is in it already (or is no
-/// path: it does not start with `/`).
-pub fn path(path: &str) -> Result<Option<String>, Unfit> {
+/// The normal form of `path` (without its query), runs of `/` merged if `merge_slashes`, or
+/// `None` if it is in it already (or is no path: it does not start with `/`).
+pub fn path(path: &str, merge_slashes: bool) -> Result<Option<String>, Unfit> {
     let p = path.as_bytes();
-    if p.first() != Some(&b'/') || is_normal(p)? {
+    if p.first() != Some(&b'/') || is_normal(p, merge_slashes)? {
         return Ok(None);
     }
     let decoded = decode(path)?;
-    Ok(Some(segments(&decoded)?))
+    Ok(Some(segments(&decoded, merge_slashes)?))
 }
 
-/// Whether a `path_prefix` can match a normalised path: whether some path in the normal form
-/// starts with it. An escape cut short at its end (`/a%4`) is taken as completed.
-pub fn prefix_can_match(prefix: &str) -> bool {
+/// Whether a `path_prefix` can match a normalised path (runs of `/` merged if
+/// `merge_slashes`): whether some path in the normal form starts with it. An escape cut short
+/// at its end (`/a%4`) is taken as completed.
+pub fn prefix_can_match(prefix: &str, merge_slashes: bool) -> bool {
     let b = prefix.as_bytes();
     let cut = match b {
         [.., b'%'] => 1,
@@ -93,11 +112,12 @@ pub fn prefix_can_match(prefix: &str) -> bool {
     // with a byte that makes it no dot segment, and see if the result is in the form.
     let mut whole = prefix[..b.len() - cut].to_owned();
     whole.push('x');
-    matches!(path(&whole), Ok(None))
+    matches!(path(&whole, merge_slashes), Ok(None))
 }
 
-/// One scan: no escape to change, no `//`, no dot segment. `Err` for a bad escape.
-fn is_normal(p: &[u8]) -> Result<bool, Unfit> {
+/// One scan: no escape to change, no `//` (if `merge_slashes`), no dot segment. `Err` for a
+/// bad escape.
+fn is_normal(p: &[u8], merge_slashes: bool) -> Result<bool, Unfit> {
     let mut i = 0;
     while i < p.len() {
         match p[i] {
@@ -111,7 +131,7 @@ fn is_normal(p: &[u8]) -> Result<bool, Unfit> {
                 continue;
             }
             b'/' => match p.get(i + 1) {
-                Some(b'/') => return Ok(false),
+                Some(b'/') if merge_slashes => return Ok(false),
                 Some(b'.') if is_dot_segment(&p[i + 1..]) => return Ok(false),
                 _ => {}
             },
@@ -181,13 +201,16 @@ fn decode(s: &str) -> Result<String, Unfit> {
 }
 
 /// Steps 2 and 3 on a path that starts with `/`.
-fn segments(p: &str) -> Result<String, Unfit> {
-    // Built without its last `/`: `/a/b`, and `` for the root.
+fn segments(p: &str, merge_slashes: bool) -> Result<String, Unfit> {
+    // Built as `/` and a segment for each segment kept, without the `/` a last dot segment (or
+    // merged empty one) leaves: `/a/b`, and `` for the root. Unmerged, an empty segment is kept
+    // as one (`/a/` is `/a` and ``), and a `..` after it removes it.
     let mut out = String::with_capacity(p.len());
     let mut trailing = false;
     for seg in p[1..].split('/') {
-        trailing = matches!(seg, "" | "." | "..");
+        trailing = matches!(seg, "." | "..") || (merge_slashes && seg.is_empty());
         match seg {
+            "" if !merge_slashes => out.push('/'),
             "" | "." => {}
             ".." => {
                 let Some(cut) = out.rfind('/') else {

@@ -4,7 +4,7 @@
 //! 0. **authority** — one authority decides the route and is forwarded; a request naming two
 //!    (`host` twice) or none (HTTP/1.1 without `host`) is refused before anything else.
 //!    0b. **path** — normalised (`normalize.rs`: `%` escapes of unreserved characters
-//!    decoded, `//` merged, dot segments removed) before anything reads it, so the route is
+//!    decoded, `//` merged if the listener's `merge_slashes`, dot segments removed) before anything reads it, so the route is
 //!    chosen on, the access log records and the upstream is sent one and the same path; one
 //!    that climbs above the root or has a broken `%` escape is refused 400.
 //! 1. **route** — nothing else can be decided before we know the route and so its policy.
@@ -188,7 +188,7 @@ pub fn handle<'a>(
         // 0b. Path (`normalize.rs`): its normal form, before the log line below records it and
         // before anything is matched on it; the upstream is sent the same. A path that has
         // none keeps the one sent, for the log line of its 400.
-        let unfit = normalize::request(&mut req).err();
+        let unfit = normalize::request(&mut req, lst.merge_slashes).err();
         // Counts, request id, debug line and access log of every answer below (and of a
         // request dropped before it).
         let (request_id, made) = finish::request_id(&mut req, sent);

@@ -1,7 +1,8 @@
 //! The request path is normalised before routing (`src/proxy/normalize.rs`): `..`, `//`,
 //! `/./` and escapes of unreserved characters cannot take a request past its route's policy,
 //! and the upstream is sent the path the route was chosen by. Over HTTP/1.1 (raw bytes, so the
-//! path goes as written; lean and hyper-served) and HTTP/2.
+//! path goes as written; lean and hyper-served) and HTTP/2. Runs of `/` are merged on the
+//! inbound listener (its default) and kept on the outbound one (`merge_slashes` off).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,12 @@ listeners:
       - { match: { path_prefix: /healthz }, upstream: app, tenant: optional }
       - { match: { path_prefix: /admin }, upstream: adm, tenant: optional }
       - { upstream: app }
+  - name: egress
+    direction: outbound
+    listen: $LISTEN_egress
+    routes:
+      - { match: { path_prefix: "/bucket/a//b" }, upstream: adm, tenant: optional }
+      - { upstream: app, tenant: optional }
 "#;
 
 const APP_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\napp";
@@ -196,4 +203,57 @@ async fn http2_paths_are_routed_and_forwarded_in_their_normal_form() {
         .await
         .assert_rampart(400, "bad_request");
     assert_eq!(s.adm.hits(), hits);
+}
+
+/// An outbound listener (`merge_slashes` off by default) keeps `//`, an S3 key's or a URL's
+/// inside a path, both to match on and to send; it still removes dot segments. The inbound
+/// one merges them as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_listeners_keep_double_slashes_inbound_ones_merge_them() {
+    let s = setup().await;
+    let egress = s.proxy.listener("egress");
+    for (target, up, sent) in [
+        ("/bucket/a//b", &s.adm, "GET /bucket/a//b HTTP/1.1"),
+        (
+            "/bucket/a//b/k?x-id=1",
+            &s.adm,
+            "GET /bucket/a//b/k?x-id=1 HTTP/1.1",
+        ),
+        ("/bucket/a/./%2e//b", &s.adm, "GET /bucket/a//b HTTP/1.1"),
+        ("/bucket/a/%2e%2E//b", &s.app, "GET /bucket//b HTTP/1.1"),
+        ("/bucket/a//x/../b", &s.adm, "GET /bucket/a//b HTTP/1.1"),
+        ("/bucket/a/b", &s.app, "GET /bucket/a/b HTTP/1.1"),
+        (
+            "/proxy/http://example.com/a",
+            &s.app,
+            "GET /proxy/http://example.com/a HTTP/1.1",
+        ),
+    ] {
+        let rsp = raw_get(egress, target, "").await;
+        assert_eq!(rsp.status(), Some(200), "{target}: {}", rsp.text());
+        assert_eq!(last_line(up), sent, "{target}");
+    }
+    let rsp = http::h2_get(egress, "/bucket/a//b", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(rsp.text(), "adm");
+    assert_eq!(last_line(&s.adm), "GET /bucket/a//b HTTP/1.1");
+    assert_eq!(raw_get(egress, "/../x", "").await.status(), Some(400));
+    // Inbound: merged, so `//admin` is the `/admin` route's.
+    let inbound = s.proxy.listener("inbound");
+    let rsp = raw_get(inbound, "/bucket/a//b", "x-tenant-id: acme\r\n").await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(last_line(&s.app), "GET /bucket/a/b HTTP/1.1");
+}
+
+/// RFC 9112 §3.2.1: an absolute-form target with an empty path goes to the upstream with `/`,
+/// its query kept (it went as `GET ?a=b`, while routed and logged as `/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_path_before_a_query_is_sent_as_the_root() {
+    let s = setup().await;
+    for (listener, extra) in [("inbound", "x-tenant-id: acme\r\n"), ("egress", "")] {
+        let addr = s.proxy.listener(listener);
+        let rsp = raw_get(addr, "http://svc?a=b", extra).await;
+        assert_eq!(rsp.status(), Some(200), "{listener}: {}", rsp.text());
+        assert_eq!(last_line(&s.app), "GET /?a=b HTTP/1.1", "{listener}");
+    }
 }

@@ -104,6 +104,32 @@ fn routes_check_match_and_order() {
     }
     ok(&with_match("{ path_prefix: /api/. }"));
     ok(&with_match("{ path_prefix: \"/a%2Fb\" }"));
+    // Without merge_slashes (the outbound default) `//` is in the normal form: `/a//b` can
+    // match there; a dot segment still cannot.
+    let unmerged = |m: &str, key: &str| {
+        with_match(m).replace(
+            "    direction: inbound\n",
+            &format!("    direction: inbound\n{key}"),
+        )
+    };
+    let no_merge = "    merge_slashes: false\n";
+    ok(&unmerged("{ path_prefix: \"/a//b\" }", no_merge));
+    ok(&unmerged("{ path_prefix: \"//a\" }", no_merge));
+    let outbound = with_match("{ path_prefix: \"/bucket//k\" }")
+        .replace("direction: inbound", "direction: outbound");
+    ok(&outbound);
+    fails_at(
+        &outbound.replace(
+            "direction: outbound\n",
+            "direction: outbound\n    merge_slashes: true\n",
+        ),
+        "listeners[0].routes[0].match.path_prefix",
+    );
+    let e = fails_at(
+        &unmerged("{ path_prefix: \"/a//../b\" }", no_merge),
+        "listeners[0].routes[0].match.path_prefix",
+    );
+    assert!(!e.message.contains("no `//`"), "{}", e.message);
     fails_at(
         &BASE.replace(
             "      - upstream: app\n",

@@ -146,6 +146,8 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
     }
     let mut catch_all: Option<usize> = None;
     let mut names: HashMap<&str, usize> = HashMap::new();
+    // Without merging, `//` is in the normal form, so a prefix with it can match.
+    let merge = l.merges_slashes();
     // The first route with each match (host lowercased, path prefix): a later one with the
     // same match is never used.
     let mut seen: Vec<(usize, MatchKey<'_>)> = Vec::new();
@@ -171,11 +173,12 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                     &p.key("match").key("path_prefix"),
                     format!("path prefix {pp:?} must start with /"),
                 );
-            } else if !crate::proxy::normalize::prefix_can_match(pp) {
+            } else if !crate::proxy::normalize::prefix_can_match(pp, merge) {
                 // Request paths are matched in their normal form: this prefix never would be.
+                let slashes = if merge { "no `//`, " } else { "" };
                 r.value(
                     &p.key("match").key("path_prefix"),
-                    format!("path prefix {pp:?} can never match: request paths are matched after normalisation (no `//`, no `.` or `..` segments, `%` escapes of letters, digits and `-._~` decoded, other escapes in upper case)"),
+                    format!("path prefix {pp:?} can never match: request paths are matched after normalisation ({slashes}no `.` or `..` segments, `%` escapes of letters, digits and `-._~` decoded, other escapes in upper case)"),
                 );
             }
         }

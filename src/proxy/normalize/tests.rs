@@ -1,8 +1,13 @@
 use super::*;
 
-/// The normal form of `p`, `p` itself when it is in it already.
+/// The normal form of `p` (runs of `/` merged), `p` itself when it is in it already.
 fn norm(p: &str) -> Result<String, Unfit> {
-    Ok(path(p)?.unwrap_or_else(|| p.to_owned()))
+    Ok(path(p, true)?.unwrap_or_else(|| p.to_owned()))
+}
+
+/// The normal form of `p` without merging runs of `/`.
+fn unmerged(p: &str) -> Result<String, Unfit> {
+    Ok(path(p, false)?.unwrap_or_else(|| p.to_owned()))
 }
 
 #[test]
@@ -22,7 +27,8 @@ fn paths_in_the_form_are_left_alone() {
         "*",
         "",
     ] {
-        assert_eq!(path(p), Ok(None), "{p}");
+        assert_eq!(path(p, true), Ok(None), "{p}");
+        assert_eq!(path(p, false), Ok(None), "{p}");
     }
 }
 
@@ -121,7 +127,9 @@ fn the_form_is_kept_by_normalising_again() {
         "/%41%2e%2E/q",
     ] {
         let once = norm(sent).expect("a normal form");
-        assert_eq!(path(&once), Ok(None), "{sent} -> {once}");
+        assert_eq!(path(&once, true), Ok(None), "{sent} -> {once}");
+        let once = unmerged(sent).expect("a normal form");
+        assert_eq!(path(&once, false), Ok(None), "{sent} -> {once} unmerged");
     }
 }
 
@@ -131,19 +139,19 @@ fn the_query_scheme_and_authority_are_kept() {
         .uri("http://svc:81/healthz/%2e%2e/orders?a=/../b&c=%2e")
         .body(())
         .expect("req");
-    request(&mut req).expect("normalised");
+    request(&mut req, true).expect("normalised");
     assert_eq!(req.uri(), "http://svc:81/orders?a=/../b&c=%2e");
     let mut req = Request::builder().uri("/a//b?").body(()).expect("req");
-    request(&mut req).expect("normalised");
+    request(&mut req, true).expect("normalised");
     assert_eq!(
         req.uri().path_and_query().map(|p| p.as_str()),
         Some("/a/b?")
     );
     let mut req = Request::builder().uri("*").body(()).expect("req");
-    request(&mut req).expect("no path");
+    request(&mut req, true).expect("no path");
     assert_eq!(req.uri(), "*");
     let mut req = Request::builder().uri("/../x?q").body(()).expect("req");
-    assert_eq!(request(&mut req), Err(Unfit::AboveRoot));
+    assert_eq!(request(&mut req, true), Err(Unfit::AboveRoot));
 }
 
 #[test]
@@ -151,11 +159,77 @@ fn prefixes_that_no_normal_path_starts_with() {
     for p in [
         "/", "/api", "/api/", "/api/.", "/api/..", "/a%2F", "/a%", "/a%4", "/.well",
     ] {
-        assert!(prefix_can_match(p), "{p}");
+        assert!(prefix_can_match(p, true), "{p}");
     }
     for p in [
         "//api", "/a/./b", "/a/../b", "/%61pi", "/a%2f", "/a%e", "/a/.//", "/../x",
     ] {
-        assert!(!prefix_can_match(p), "{p}");
+        assert!(!prefix_can_match(p, true), "{p}");
+    }
+}
+
+#[test]
+fn without_merging_an_empty_segment_is_a_segment() {
+    for (sent, normal) in [
+        ("/a//../b", "/a/b"),
+        ("//x", "//x"),
+        ("/a/./b", "/a/b"),
+        ("/bucket/a//b", "/bucket/a//b"),
+        ("/proxy/http://example.com/a", "/proxy/http://example.com/a"),
+        ("/a//", "/a//"),
+        ("/a//.", "/a//"),
+        ("/a//..", "/a/"),
+        ("/a/.//b", "/a//b"),
+        ("/.//x", "//x"),
+        ("//..", "/"),
+        ("/x/%2e%2e//%61", "//a"),
+        ("/a/b/..", "/a/"),
+        ("/%7e//k", "/~//k"),
+    ] {
+        assert_eq!(unmerged(sent).as_deref(), Ok(normal), "{sent}");
+    }
+    for sent in ["/../x", "/..", "/a/../../x", "/%2e%2e//x"] {
+        assert_eq!(unmerged(sent), Err(Unfit::AboveRoot), "{sent}");
+    }
+    assert_eq!(unmerged("//a%2"), Err(Unfit::BadEscape));
+    // A path with `//` and nothing else to change is in the form: not rebuilt.
+    assert_eq!(path("/bucket/a//b", false), Ok(None));
+    let mut req = Request::builder()
+        .uri("http://s3:80/bucket/a//./b?x-id=1")
+        .body(())
+        .expect("req");
+    request(&mut req, false).expect("normalised");
+    assert_eq!(req.uri(), "http://s3:80/bucket/a//b?x-id=1");
+    assert!(prefix_can_match("/a//b", false));
+    assert!(prefix_can_match("//", false));
+    assert!(!prefix_can_match("/a//b", true));
+    assert!(!prefix_can_match("/a//./b", false));
+}
+
+/// RFC 9112 §3.2.1: an empty path is sent as `/`; before a query it was sent empty (`GET ?a=b`)
+/// while routed and logged as `/`.
+#[test]
+fn an_empty_path_before_a_query_is_the_root() {
+    for merge in [true, false] {
+        let mut req = Request::builder()
+            .uri("http://x?a=b")
+            .body(())
+            .expect("req");
+        request(&mut req, merge).expect("normalised");
+        assert_eq!(
+            req.uri().path_and_query().map(|p| p.as_str()),
+            Some("/?a=b"),
+            "merge {merge}"
+        );
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(PathAndQuery::from_static("?a=b"));
+        let mut req = Request::new(());
+        *req.uri_mut() = Uri::from_parts(parts).expect("uri");
+        request(&mut req, merge).expect("normalised");
+        assert_eq!(req.uri(), "/?a=b", "merge {merge}");
+        // No query: the path is empty, and goes as `/` already.
+        let mut req = Request::builder().uri("http://x").body(()).expect("req");
+        request(&mut req, merge).expect("left alone");
+        assert_eq!(req.uri(), "http://x/");
     }
 }
