@@ -8,6 +8,7 @@
 pub mod circuit_breaker;
 pub mod fallback;
 pub mod fault;
+pub mod held;
 pub mod idempotency;
 pub mod load_shed;
 pub mod outcome;

@@ -2,8 +2,15 @@
 //!
 //! Bounds, chosen so a route with a fallback can never grow without limit: at most
 //! [`MAX_ENTRIES`] answers, bodies of at most [`MAX_BODY`] each (larger ones are not kept), and
-//! at most [`MAX_BYTES`] of bodies in all; the oldest insertion goes first when a bound is hit.
-//! Entries older than the policy's `stale` are never served and are dropped when met.
+//! at most [`MAX_BYTES`] held in all, counting what each answer holds (its body, its header and
+//! trailer fields with the maps that hold them, its key and its entry: [`StaleStore::bytes`]);
+//! the oldest insertion goes first when a bound is hit. Entries older than the policy's
+//! `stale` are never served and are dropped when met.
+//!
+//! What is kept holds exactly what is counted: the body is a copy of exactly its bytes (made by
+//! the tee that read it), and the header and trailer fields are copied out of the buffers they
+//! were parsed in when the answer is stored (a view would hold a connection's whole read
+//! buffer), once per kept answer and before the lock is taken.
 //!
 //! A `parking_lot` mutex guards it: it is taken once when a kept answer's body ends and once
 //! when a fallback is needed, never across an await, and only on routes with `fallback.stale`.
@@ -15,13 +22,24 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::clock::SharedClock;
+use crate::policy::held::{fields_size, owned_fields};
 
 /// Most answers kept per route.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Largest body kept; a larger answer is passed through and not kept.
 pub const MAX_BODY: usize = 256 * 1024;
-/// Most body bytes kept per route.
+/// Most bytes held per route: bodies, header and trailer fields with their maps, keys and
+/// entries.
 pub const MAX_BYTES: usize = 32 << 20;
+
+/// What an entry holds beside its body, fields and key strings: its slot in the map (key and
+/// answer) and its item in the insertion order, each doubled for the map's spare buckets and
+/// the order's dead items (it is rebuilt past twice the live ones).
+const ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<Key>() + std::mem::size_of::<Kept>())
+    + 2 * std::mem::size_of::<(Key, u64)>();
+
+/// Copies of the key's strings held per entry (map, insertion order).
+const KEY_COPIES: usize = 2;
 
 /// What a kept answer is found by.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -47,8 +65,9 @@ pub struct Kept {
     pub trailers: Option<HeaderMap>,
     at: u64,
     seq: u64,
-    /// What the entry holds in memory: body, headers and its key (the client chooses the
-    /// target, so the key counts against the byte cap too).
+    /// What the entry holds in memory: body, header and trailer fields with their maps, its
+    /// key (the client chooses the target, so the key counts against the byte cap too) and
+    /// the entry itself ([`ENTRY_OVERHEAD`]).
     size: usize,
 }
 
@@ -94,7 +113,8 @@ impl StaleStore {
     }
 
     /// Keeps `body` and the `trailers` it ended with as the answer for `key`, replacing the
-    /// previous one.
+    /// previous one. The fields are copied into maps of their own (see the module doc); `body`
+    /// is kept as given, so it must own exactly its bytes (the tee's copy does).
     pub fn insert_trailed(
         &self,
         key: Key,
@@ -107,16 +127,13 @@ impl StaleStore {
             return;
         }
         let at = self.clock.now_nanos();
-        let fields = |h: &HeaderMap| {
-            h.iter()
-                .map(|(n, v)| n.as_str().len() + v.len())
-                .sum::<usize>()
-        };
-        let size = body.len()
-            + key.tenant.len()
-            + key.target.len()
-            + fields(&headers)
-            + trailers.as_ref().map_or(0, fields);
+        let headers = owned_fields(&headers);
+        let trailers = trailers.as_ref().map(owned_fields);
+        let size = ENTRY_OVERHEAD
+            + KEY_COPIES * (key.tenant.len() + key.target.len())
+            + body.len()
+            + fields_size(&headers)
+            + trailers.as_ref().map_or(0, fields_size);
         let mut g = self.inner.lock();
         g.seq += 1;
         let seq = g.seq;
@@ -162,7 +179,8 @@ impl StaleStore {
         self.len() == 0
     }
 
-    /// Body bytes kept now.
+    /// Bytes held now, as counted against the byte cap: bodies, header and trailer fields with
+    /// their maps, keys and entries.
     pub fn bytes(&self) -> usize {
         self.inner.lock().bytes
     }
@@ -198,6 +216,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::policy::held::FIELD_SLOT;
 
     fn key(target: &str) -> Key {
         Key {
@@ -214,6 +233,11 @@ mod tests {
             HeaderMap::new(),
             Bytes::from_static(body),
         );
+    }
+
+    /// What an answer with no field counts under `target` (tenant "t") with a `body`-byte body.
+    fn cost(target: &str, body: usize) -> usize {
+        ENTRY_OVERHEAD + KEY_COPIES * (1 + target.len()) + body
     }
 
     #[test]
@@ -242,8 +266,10 @@ mod tests {
 
     #[test]
     fn entries_and_bytes_are_bounded_oldest_first() {
-        // Each entry below costs its body, its tenant and its target: 2 + 1 + 2 = 5 bytes.
-        let s = StaleStore::with_bounds(Arc::new(ManualClock::new()), 3, 16);
+        // Each entry below costs its body, its tenant and its target and its entry; room for
+        // three of them and a little more.
+        let room = 3 * cost("/1", 2) + 1;
+        let s = StaleStore::with_bounds(Arc::new(ManualClock::new()), 3, room);
         for t in ["/1", "/2", "/3", "/4"] {
             put(&s, t, b"ab");
         }
@@ -253,7 +279,8 @@ mod tests {
             "the oldest went first"
         );
         put(&s, "/5", b"123456789");
-        assert!(s.bytes() <= 16, "{}", s.bytes());
+        assert!(s.bytes() <= room, "{}", s.bytes());
+        assert_eq!(s.len(), 2, "a larger answer pushed the oldest out");
         assert!(s.get(&key("/5"), Duration::MAX).is_some());
         // Replacing one key many times keeps the order list small.
         for _ in 0..1000 {
@@ -278,7 +305,73 @@ mod tests {
         );
         let (kept, _) = s.get(&key("/t"), Duration::MAX).expect("kept");
         assert_eq!(kept.trailers.expect("trailers")["x-checksum"], "c0ffee");
-        assert_eq!(s.bytes(), 4 + 1 + 2 + "x-checksum".len() + "c0ffee".len());
+        assert_eq!(
+            s.bytes(),
+            cost("/t", 4) + "x-checksum".len() + "c0ffee".len() + FIELD_SLOT
+        );
+    }
+
+    /// A kept answer's header and trailer values are copies of exactly their bytes, not views
+    /// into the buffer they were read into (a connection's read buffer, which a view holds
+    /// whole for as long as the answer is kept); and the bytes it counts against the cap are
+    /// what it holds: its fields with the maps that hold them and its entry, not only field
+    /// lengths. Before, a kept answer counted body, key and field lengths and held the views:
+    /// 10 000 answers could pin many times the 32 MiB cap.
+    #[test]
+    fn a_kept_answer_owns_its_fields_and_counts_what_it_holds() {
+        let s = StaleStore::new(Arc::new(ManualClock::new()));
+        let buffer = Bytes::from(vec![b'v'; 16 * 1024]);
+        let view = |r: std::ops::Range<usize>| {
+            http::HeaderValue::from_maybe_shared(buffer.slice(r)).expect("a valid value")
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-one", view(0..3));
+        headers.append("x-one", view(3..5));
+        let mut sensitive = view(6..8);
+        sensitive.set_sensitive(true);
+        headers.insert("x-secret", sensitive);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", view(5..6));
+        s.insert_trailed(
+            key("/h"),
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(b"data"),
+            Some(trailers),
+        );
+
+        let (kept, _) = s.get(&key("/h"), Duration::MAX).expect("kept");
+        let within = buffer.as_ptr_range();
+        let trailers = kept.trailers.clone().expect("trailers");
+        let mut n = 0;
+        for (name, value) in kept.headers.iter().chain(trailers.iter()) {
+            n += 1;
+            assert!(
+                !within.contains(&value.as_bytes().as_ptr()),
+                "{name} must be a copy, not a view into the read buffer"
+            );
+        }
+        assert_eq!(n, 4);
+        assert_eq!(kept.headers.get_all("x-one").iter().count(), 2);
+        assert!(kept.headers["x-secret"].is_sensitive());
+        assert_eq!(kept.headers["x-secret"], "vv");
+        assert_eq!(trailers["grpc-status"], "v");
+
+        // Body 4, tenant 1, target 2, fields "x-one" 3 + 2, "x-secret" 2, "grpc-status" 1,
+        // plus the three map slots that hold them and the entry that holds it all.
+        let lengths = 4 + 1 + 2 + (5 + 3) + (5 + 2) + (8 + 2) + (11 + 1);
+        let entry = std::mem::size_of::<Key>() + std::mem::size_of::<Kept>();
+        let held = s.bytes();
+        assert!(
+            held >= lengths + 3 * FIELD_SLOT + entry,
+            "{held} bytes counted"
+        );
+        // An answer with no field at all still counts its entry, some hundreds of bytes.
+        put(&s, "/e", b"data");
+        let bare = s.bytes() - held;
+        assert!(bare >= 4 + 1 + 2 + entry, "{bare}");
+        assert_eq!(bare, cost("/e", 4));
+        assert!((200..1000).contains(&bare), "{bare}");
     }
 
     #[test]

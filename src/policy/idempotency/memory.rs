@@ -37,12 +37,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
 use prometheus::IntGauge;
 
 use super::{Begin, BoxFuture, Digest, IdempotencyStore, StoreKey, StoredAnswer};
 use crate::clock::SharedClock;
+use crate::policy::held::{fields_size, owned_fields};
 
 /// The bounds of one store.
 #[derive(Clone, Copy, Debug)]
@@ -305,45 +304,16 @@ const ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<StoreKey>() + std::mem::s
 /// Copies of the key held per entry (map, claim order, answer order, two expiries).
 const KEY_COPIES: usize = 5;
 
-/// What a header map keeps per slot of its capacity beside the field's own bytes: the field's
-/// name and value handles, its hash and links, and its index (a map keeps a third more).
-const FIELD_SLOT: usize =
-    std::mem::size_of::<http::HeaderName>() + std::mem::size_of::<HeaderValue>() + 32;
-
-/// What a field keeps beside its bytes when it is a second value of its name.
-const EXTRA_VALUE: usize = std::mem::size_of::<HeaderValue>() + 32;
-
 /// What a kept answer counts against `max_bytes` (and in `rampart_idempotency_bytes`): what
 /// it holds in memory, as near as can be told without asking the allocator: its body, its
 /// header and trailer fields with the maps that hold them, and its entry in the store
 /// ([`ENTRY_OVERHEAD`], and the key's tenant in each copy of the key).
 fn size_of_kept(key: &StoreKey, a: &StoredAnswer) -> usize {
-    let fields = |h: &HeaderMap| {
-        let bytes = h
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len())
-            .sum::<usize>();
-        bytes + h.capacity() * FIELD_SLOT + (h.len() - h.keys_len()) * EXTRA_VALUE
-    };
     ENTRY_OVERHEAD
         + KEY_COPIES * key.tenant.len()
         + a.body.len()
-        + fields(&a.headers)
-        + a.trailers.as_ref().map_or(0, fields)
-}
-
-/// `h` in a map of its own, each value a copy of exactly its bytes: a value parsed from a
-/// connection is a view into its read buffer (as a body frame is), which a kept answer would
-/// hold whole for as long as it is kept; and a cloned or grown map may have spare capacity.
-fn owned_fields(h: &HeaderMap) -> HeaderMap {
-    let mut own = HeaderMap::with_capacity(h.keys_len());
-    for (name, value) in h {
-        let mut copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
-            .unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(value.is_sensitive());
-        own.append(name.clone(), copy);
-    }
-    own
+        + fields_size(&a.headers)
+        + a.trailers.as_ref().map_or(0, fields_size)
 }
 
 /// `a` as it is kept: its header and trailer fields copied out of the buffers they were read

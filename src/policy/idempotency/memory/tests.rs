@@ -3,6 +3,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::policy::held::FIELD_SLOT;
 
 fn store(clock: &ManualClock, max: u64) -> MemoryStore {
     bounded(clock, max, u64::MAX)
