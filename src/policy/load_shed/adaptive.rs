@@ -220,19 +220,19 @@ impl Gradient {
         if s.resume.is_none() || self.probe_from.load(SeqCst) != probe {
             return false; // closed meanwhile
         }
-        let answers = self.answers.swap(0, SeqCst);
-        let drops = self.drops.swap(0, SeqCst);
-        let sum_nanos = self.sum_nanos.swap(0, SeqCst);
-        self.close(
-            &mut s,
-            Window {
-                sum_nanos,
-                answers,
-                drops,
-                in_flight: f64::from(in_flight),
-                now,
-            },
-        )
+        let w = self.take(now, in_flight);
+        self.close(&mut s, w)
+    }
+
+    /// The window's counts, taken (the window left empty), as closing at `now`.
+    fn take(&self, now: u64, in_flight: u32) -> Window {
+        Window {
+            sum_nanos: self.sum_nanos.swap(0, SeqCst),
+            answers: self.answers.swap(0, SeqCst),
+            drops: self.drops.swap(0, SeqCst),
+            in_flight: f64::from(in_flight),
+            now,
+        }
     }
 
     /// Closes the window `w` (its counts already taken) with the state locked: a new window
@@ -290,25 +290,14 @@ impl Gradient {
         if age < WINDOW_NANOS {
             return false; // another thread closed it meanwhile
         }
-        let answers = self.answers.swap(0, SeqCst);
-        let drops = self.drops.swap(0, SeqCst);
-        let sum_nanos = self.sum_nanos.swap(0, SeqCst);
-        if answers + drops < MIN_SAMPLES && !(probing && age >= PROBE_MAX_NANOS) {
-            self.answers.fetch_add(answers, SeqCst);
-            self.drops.fetch_add(drops, SeqCst);
-            self.sum_nanos.fetch_add(sum_nanos, SeqCst);
+        let w = self.take(now, in_flight);
+        if w.answers + w.drops < MIN_SAMPLES && !(probing && age >= PROBE_MAX_NANOS) {
+            self.answers.fetch_add(w.answers, SeqCst);
+            self.drops.fetch_add(w.drops, SeqCst);
+            self.sum_nanos.fetch_add(w.sum_nanos, SeqCst);
             return false;
         }
-        self.close(
-            &mut s,
-            Window {
-                sum_nanos,
-                answers,
-                drops,
-                in_flight: f64::from(in_flight),
-                now,
-            },
-        )
+        self.close(&mut s, w)
     }
 }
 
