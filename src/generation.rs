@@ -310,14 +310,8 @@ impl Generation {
         // cut at the grace's end and counted 503 `shutdown`, on its series. Those stay (as
         // its routes' do), so the cut is seen; only names a kept listener dropped go.
         for l in old.listeners.values() {
-            if live.routes.contains_key(&l.name) {
-                continue;
-            }
-            let routes = live.routes.entry(l.name.clone()).or_default();
-            routes.insert(Arc::from(""));
-            routes.extend(l.routes.iter().map(|r| r.name.clone()));
-            if l.tls.is_some() {
-                live.tls_listeners.insert(l.name.clone());
+            if !live.routes.contains_key(&l.name) {
+                listener_series(&mut live, l);
             }
         }
         for (name, up) in &old.upstreams {
@@ -423,12 +417,7 @@ impl Generation {
             ..LiveSeries::default()
         };
         for l in self.listeners.values() {
-            let routes = live.routes.entry(l.name.clone()).or_default();
-            routes.insert(Arc::from(""));
-            routes.extend(l.routes.iter().map(|r| r.name.clone()));
-            if l.tls.is_some() {
-                live.tls_listeners.insert(l.name.clone());
-            }
+            listener_series(&mut live, l);
             for r in &l.routes {
                 let ups = live.route_upstreams.entry(r.name.clone()).or_default();
                 ups.insert(r.upstream.name.clone());
@@ -446,6 +435,17 @@ impl Generation {
             .filter(|l| l.name == key.listener)
             .flat_map(|l| l.routes.iter())
             .find(|r| r.key == *key)
+    }
+}
+
+/// Adds the series labelled by listener `l` to `live`: its routes' (and its unrouted
+/// requests', route `""`), and its TLS handshake failures' when it has `tls`.
+fn listener_series(live: &mut LiveSeries, l: &ListenerRt) {
+    let routes = live.routes.entry(l.name.clone()).or_default();
+    routes.insert(Arc::from(""));
+    routes.extend(l.routes.iter().map(|r| r.name.clone()));
+    if l.tls.is_some() {
+        live.tls_listeners.insert(l.name.clone());
     }
 }
 
