@@ -46,16 +46,17 @@ pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the admin endpoints on `tcp` until the process ends.
 ///
 /// Connections get the data listeners' head and idle timeouts (from the config in force),
-/// capped at [`ADMIN_HEAD_TIMEOUT`] and [`ADMIN_IDLE_TIMEOUT`], and at most [`ADMIN_MAX_CONNECTIONS`] are served at once
-/// (SPEC §14).
+/// capped at [`ADMIN_HEAD_TIMEOUT`] and [`ADMIN_IDLE_TIMEOUT`], and at most
+/// [`ADMIN_MAX_CONNECTIONS`] are served at once (SPEC §14). A connection that comes when all
+/// places are taken closes the longest-idle kept-alive one (no request in flight) to take its
+/// place, so kept-alive connections cannot keep a probe waiting for their idle timeout; when
+/// none is idle it waits for a place.
 pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+        let held = Arc::new(Held::default());
         loop {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
-            };
             let (stream, peer) = match tcp.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -64,8 +65,23 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
                     continue;
                 }
             };
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if !held.evict_longest_idle() {
+                        tracing::debug!(
+                            "admin connections all busy; the new one waits for a place"
+                        );
+                    }
+                    match limit.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    }
+                }
+            };
             let shared = shared.clone();
             let builder = builder.clone();
+            let held = held.clone();
             tokio::spawn(async move {
                 let (head, idle) = {
                     let gen = shared.current.load();
@@ -76,6 +92,7 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
                     )
                 };
                 let state = ConnState::new();
+                let place = held.add(state.clone());
                 let svc = {
                     let state = state.clone();
                     service_fn(move |req| {
@@ -98,11 +115,68 @@ pub fn spawn(shared: Arc<Shared>, tcp: TcpListener) -> tokio::task::JoinHandle<(
                             let _ = tokio::time::timeout(head, conn).await;
                         }
                     }
+                    () = place.evict.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(head, conn).await;
+                    }
                 }
+                held.remove(place.id);
                 drop(permit);
             });
         }
     })
+}
+
+/// The admin connections being served, for closing the longest-idle one when a new connection
+/// finds every place taken. Only the accept loop and connections' starts and ends touch it (never
+/// a request), and no lock is held across an await.
+#[derive(Default)]
+struct Held {
+    conns: parking_lot::Mutex<Vec<Place>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One admin connection's entry in [`Held`].
+#[derive(Clone)]
+struct Place {
+    id: u64,
+    state: Arc<ConnState>,
+    /// Told once, to close the connection gracefully (h1: closed between requests; h2: GOAWAY).
+    evict: Arc<tokio::sync::Notify>,
+}
+
+impl Held {
+    fn add(&self, state: Arc<ConnState>) -> Place {
+        let place = Place {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            state,
+            evict: Arc::new(tokio::sync::Notify::new()),
+        };
+        self.conns.lock().push(place.clone());
+        place
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().retain(|p| p.id != id);
+    }
+
+    /// Tells the connection idle for longest (a request answered, none in flight) to close, and
+    /// takes it out of the table so it is not picked twice. Returns whether there was one.
+    fn evict_longest_idle(&self) -> bool {
+        let mut conns = self.conns.lock();
+        let oldest = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.state.idle_since().map(|since| (since, i)))
+            .min();
+        let Some((_, i)) = oldest else {
+            return false;
+        };
+        let place = conns.swap_remove(i);
+        drop(conns);
+        place.evict.notify_one();
+        true
+    }
 }
 
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

@@ -100,6 +100,16 @@ impl ConnState {
         )
     }
 
+    /// When a connection that has served a request (or read an h2 preface) and has none in
+    /// flight now became idle, in the clock's milliseconds (stamped once [`ConnState::watch`]
+    /// was called); `None` while a request is in flight or before the first one.
+    pub fn idle_since(&self) -> Option<u64> {
+        match self.quiet() {
+            (0, events) if events > 0 => Some(self.ended.load(Ordering::Acquire)),
+            _ => None,
+        }
+    }
+
     /// Notes that a request started; hold the result until its answer ends.
     pub fn begin(self: &Arc<Self>) -> ConnActive {
         self.active.fetch_add(1, Ordering::AcqRel);

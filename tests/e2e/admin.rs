@@ -394,6 +394,59 @@ async fn a_health_probe_passes_while_64_idle_admin_connections_are_held() {
     drop(held);
 }
 
+/// When all 64 admin places are held by kept-alive connections (each answered once, now idle),
+/// a new connection closes the longest-idle one and is answered at once, instead of waiting in
+/// the accept queue for an idle timeout (10 s: before, a probe waited that long). The others
+/// stay open and are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_admin_connection_takes_the_place_of_the_longest_idle_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let app = sample().await;
+    let proxy = proxy(app.addr()).await;
+    let admin = proxy.admin();
+    let ask = b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n";
+    async fn answered(conn: &mut TcpStream, ask: &[u8], what: &str) {
+        conn.write_all(ask).await.expect("write");
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer in time"))
+            .expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{what}: {text:?}");
+    }
+    let mut held = Vec::new();
+    for i in 0..rampart::admin::ADMIN_MAX_CONNECTIONS {
+        let mut conn = TcpStream::connect(admin).await.expect("connect");
+        answered(&mut conn, ask, &format!("held connection {i}")).await;
+        held.push(conn);
+        if i == 0 {
+            // The first is the longest idle by a clear margin (the idle stamps are coarse).
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let mut newcomer = TcpStream::connect(admin).await.expect("connect");
+    answered(&mut newcomer, ask, "the newcomer").await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "answered without waiting for an idle timeout: {took:?}"
+    );
+    // The longest-idle connection was closed to make room.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(3), held[0].read(&mut buf))
+        .await
+        .expect("the longest-idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a further answer");
+    // The others are still open and served.
+    for (i, conn) in held.iter_mut().enumerate().skip(1).take(3) {
+        answered(conn, ask, &format!("kept connection {i}")).await;
+    }
+}
+
 /// A kept-alive admin connection outlives the 1 s given to a first request: a scraper that
 /// comes back 1.5 s later reuses it and is answered (before, it was closed at 1 s, and a client
 /// that does not retry a reused connection, as Python's `http.client`, saw a failed scrape).
