@@ -134,17 +134,24 @@ pub struct LoadShedder {
     adaptive: adaptive::Gradient,
     drain: Mutex<drain::DrainRate>,
     clock: SharedClock,
-    /// `rampart_queue_depth` of the route's labels. Routes may share labels (two unnamed
-    /// routes to one upstream are both labelled with its name), so each shedder adds its own
-    /// changes to the series rather than setting it: the series is their sum.
-    queue_depth: IntGauge,
-    /// `rampart_concurrency_limit`, written the same way; `limit_shown` is this shedder's
-    /// part of it.
-    concurrency_limit: Option<IntGauge>,
+    /// The series this shedder writes (see [`ShedGauges`]), locked only to change one (the
+    /// queue's length or the limit changed) or to move to new labels in a reload; `waiting` and
+    /// `limit_shown` are this shedder's parts of them.
+    gauges: parking_lot::Mutex<ShedGauges>,
     limit_shown: AtomicI64,
     /// Whether `max_in_flight` or `adaptive` is given: `limit` is then the limit in force even
     /// at `u32::MAX` (which also stands for no limit), and the gauge shows it.
     limited: AtomicBool,
+}
+
+/// The series a shedder writes. Routes may share labels (two unnamed routes to one upstream are
+/// both labelled with its name), so each shedder adds its own changes to a series rather than
+/// setting it: the series is their sum.
+struct ShedGauges {
+    /// `rampart_queue_depth` of the route's labels.
+    queue_depth: IntGauge,
+    /// `rampart_concurrency_limit`: the route limit in force.
+    concurrency_limit: Option<IntGauge>,
 }
 
 // === impl Priority ===
@@ -207,7 +214,14 @@ impl RouteLoadShed {
         let (shedder, series) = match old {
             Some(o) => {
                 o.shedder.reconfigure(cfg);
-                (o.shedder.clone(), o.series.clone())
+                if *o.series == series {
+                    (o.shedder.clone(), o.series.clone())
+                } else {
+                    // The route kept, its upstream (or label) renamed: the shedder's parts move
+                    // to the series of its new labels, and the old ones are removed.
+                    o.shedder.relabel(gauges.0, Some(gauges.1));
+                    (o.shedder.clone(), Arc::new(series))
+                }
             }
             None => {
                 let made = LoadShedder::new(cfg, tracked, clock.clone(), gauges.0, Some(gauges.1));
@@ -265,8 +279,10 @@ impl LoadShedder {
             adaptive: adaptive::Gradient::new(now),
             drain: Mutex::new(drain::DrainRate::new(now)),
             clock,
-            queue_depth,
-            concurrency_limit,
+            gauges: parking_lot::Mutex::new(ShedGauges {
+                queue_depth,
+                concurrency_limit,
+            }),
             limit_shown: AtomicI64::new(0),
             limited: AtomicBool::new(false),
         });
@@ -398,10 +414,32 @@ impl LoadShedder {
     /// `queue_depth`).
     fn sync_waiting(&self, q: &queue::FairQueue<Waiter>) {
         let len = u32::try_from(q.len()).unwrap_or(u32::MAX);
-        let was = self.waiting.swap(len, SeqCst);
-        if was != len {
-            self.queue_depth.add(i64::from(len) - i64::from(was));
+        if self.waiting.load(SeqCst) != len {
+            // Changed under the gauges' lock, so a relabel moves exactly this shedder's part.
+            let g = self.gauges.lock();
+            let was = self.waiting.swap(len, SeqCst);
+            g.queue_depth.add(i64::from(len) - i64::from(was));
         }
+    }
+
+    /// Moves this shedder's parts of its series (waiters, limit shown) to `queue_depth` and
+    /// `concurrency_limit`, the series of its route's new labels after a reload.
+    fn relabel(&self, queue_depth: IntGauge, concurrency_limit: Option<IntGauge>) {
+        let mut g = self.gauges.lock();
+        let waiting = i64::from(self.waiting.load(SeqCst));
+        let shown = self.limit_shown.load(SeqCst);
+        g.queue_depth.sub(waiting);
+        queue_depth.add(waiting);
+        if let Some(c) = &g.concurrency_limit {
+            c.sub(shown);
+        }
+        if let Some(c) = &concurrency_limit {
+            c.add(shown);
+        }
+        *g = ShedGauges {
+            queue_depth,
+            concurrency_limit,
+        };
     }
 
     /// Recomputes the effective limit and wakes waiters it makes room for.
@@ -411,17 +449,18 @@ impl LoadShedder {
             .map_or(u32::MAX, |a| a.max(1))
             .min(self.max_in_flight.load(SeqCst));
         self.limit.store(limit, SeqCst);
-        if let Some(g) = &self.concurrency_limit {
-            // 0 for a route without a limit; never for a limit of u32::MAX (adaptive.max
-            // 4294967295 read 0).
-            let shown = if self.limited.load(SeqCst) {
-                i64::from(limit)
-            } else {
-                0
-            };
-            let was = self.limit_shown.swap(shown, SeqCst);
-            if was != shown {
-                g.add(shown - was);
+        // 0 for a route without a limit; never for a limit of u32::MAX (adaptive.max
+        // 4294967295 read 0).
+        let shown = if self.limited.load(SeqCst) {
+            i64::from(limit)
+        } else {
+            0
+        };
+        if self.limit_shown.load(SeqCst) != shown {
+            let g = self.gauges.lock();
+            if let Some(c) = &g.concurrency_limit {
+                let was = self.limit_shown.swap(shown, SeqCst);
+                c.add(shown - was);
             }
         }
         if self.waiting.load(SeqCst) > 0 {
@@ -476,10 +515,11 @@ impl Drop for LoadShedder {
     /// Takes this shedder's part out of the series it shares (a route gone in a reload whose
     /// labels another route still has).
     fn drop(&mut self) {
-        if let Some(g) = &self.concurrency_limit {
-            g.sub(self.limit_shown.load(SeqCst));
+        let g = self.gauges.get_mut();
+        if let Some(c) = &g.concurrency_limit {
+            c.sub(self.limit_shown.load(SeqCst));
         }
-        self.queue_depth.sub(i64::from(self.waiting.load(SeqCst)));
+        g.queue_depth.sub(i64::from(self.waiting.load(SeqCst)));
     }
 }
 

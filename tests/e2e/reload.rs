@@ -353,10 +353,12 @@ listeners:
 "#;
 
 /// A named route that moves to another upstream keeps its shedder (and its requests in
-/// flight): the series that shedder writes stays, the one the reload made and nobody writes
-/// goes (a live adaptive limit must not read 0).
+/// flight), and the shedder's series move with it to the new upstream's label: the limit in
+/// force is shown under the upstream the route now sends to (a live adaptive limit must not read
+/// 0), and nothing is left under the old one (before, the old label kept the live limit and the
+/// new one had no series).
 #[tokio::test]
-async fn a_route_that_moves_upstream_keeps_the_series_its_shedder_writes() {
+async fn a_route_that_moves_upstream_takes_its_shedders_series_to_the_new_label() {
     let (app, other) = (sample().await, sample().await);
     let mut proxy = Proxy::builder(&NAMED.replace("$UP", "app"))
         .var("APP", app.addr())
@@ -388,8 +390,8 @@ async fn a_route_that_moves_upstream_keeps_the_series_its_shedder_writes() {
         200
     );
     let text = metrics(admin).await;
-    assert!(limit(&text, "app").is_some_and(|v| v >= 8.0), "{text}");
-    assert_eq!(limit(&text, "other"), None, "{text}");
+    assert!(limit(&text, "other").is_some_and(|v| v >= 8.0), "{text}");
+    assert_eq!(limit(&text, "app"), None, "{text}");
 }
 
 /// `$OLD_ROUTE`: the route to the upstream `old`, or nothing once a reload removed it.
