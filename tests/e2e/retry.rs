@@ -279,6 +279,40 @@ async fn the_request_deadline_covers_the_answer_s_body() {
     assert_eq!(request, Some(1.0), "{text}");
 }
 
+/// The request deadline bounds the time the client takes to read the answer too: a client that
+/// reads nothing of a large answer is cut at the deadline (its slot let go, the timeout
+/// counted), not when it reads again or when the kernel gives up on it (`TCP_USER_TIMEOUT`, a
+/// minute). Before, the lean server waited in its write with no timer: the request stayed in
+/// flight, uncounted, until the client read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_cuts_an_answer_its_client_does_not_read() {
+    use tokio::io::AsyncWriteExt;
+    let app = sample().await;
+    let proxy = retrying(&app.addr().to_string(), "request: 600ms", "100%", 100).await;
+    let addr = proxy.listener("inbound");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // 64 MiB: far more than the sockets on the way can hold.
+    tcp.write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // Read nothing for well past the deadline.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let text = metrics(proxy.admin()).await;
+    let request = metric_value(
+        &text,
+        "rampart_timeouts_total",
+        &[("route", "app"), ("kind", "request")],
+    );
+    assert_eq!(request, Some(1.0), "cut at the deadline: {text}");
+    let in_flight = metric_value(
+        &text,
+        "rampart_in_flight_requests",
+        &[("listener", "inbound")],
+    );
+    assert_eq!(in_flight, Some(0.0), "nothing left in flight: {text}");
+    drop(tcp);
+}
+
 /// A route of 500 ms (`timeout.request`) to `$APP`, its lines in the access log at `$LOG`.
 const BOUNDED: &str = r#"
 version: 1

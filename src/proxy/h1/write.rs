@@ -456,7 +456,23 @@ where
                 drop(body);
                 write_parts(io, &[out]).await.map(|()| true)
             }
-            framing => stream(io, out, &mut body, framing).await,
+            framing => match body.deadline() {
+                // The request's deadline bounds the whole answer, the time its client takes to
+                // read it included: a client that reads slowly (or not at all) is cut there, as
+                // an upstream that stalls is when the body is polled (and over HTTP/2,
+                // `stall.rs`). The timer is armed only if the body is still being written when
+                // first polled.
+                Some(at) => {
+                    match tokio::time::timeout_at(at, stream(io, out, &mut body, framing)).await {
+                        Ok(sent) => sent,
+                        Err(_) => {
+                            body.count_if_late();
+                            Ok(false)
+                        }
+                    }
+                }
+                None => stream(io, out, &mut body, framing).await,
+            },
         };
         let sent = match sent {
             Ok(done) => done,
