@@ -40,3 +40,54 @@ pub fn owned_fields(h: &HeaderMap) -> HeaderMap {
     }
     own
 }
+
+/// A kept answer's body as the tee that read it hands it over (`proxy/tee.rs`): its bytes, and
+/// whether they own exactly their allocation. A body of one frame is that frame as it was read,
+/// a view into the connection's read buffer; it is copied ([`ReadBody::into_owned`]) only by a
+/// store that keeps it, so an answer that is not kept (a failed gRPC call, for idempotency) is
+/// never copied. A body of several frames was joined into a buffer of its own already.
+#[derive(Debug)]
+pub struct ReadBody {
+    bytes: Bytes,
+    /// `bytes` own exactly their allocation (or none, when empty).
+    exact: bool,
+}
+
+// === impl ReadBody ===
+
+impl ReadBody {
+    /// `bytes` as read: a view that may hold a larger buffer.
+    pub fn view(bytes: Bytes) -> ReadBody {
+        let exact = bytes.is_empty();
+        ReadBody {
+            bytes: if exact { Bytes::new() } else { bytes },
+            exact,
+        }
+    }
+
+    /// `bytes` that own exactly their allocation (joined from frames, or made so).
+    pub fn exact(bytes: Bytes) -> ReadBody {
+        ReadBody { bytes, exact: true }
+    }
+
+    /// Whether the bytes own exactly their allocation already (`into_owned` copies nothing).
+    pub fn is_exact(&self) -> bool {
+        self.exact
+    }
+
+    /// The bytes, copied into an allocation of exactly their size unless they are one already.
+    pub fn into_owned(self) -> Bytes {
+        match self.exact {
+            true => self.bytes,
+            false => Bytes::copy_from_slice(&self.bytes),
+        }
+    }
+}
+
+impl std::ops::Deref for ReadBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}

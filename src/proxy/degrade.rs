@@ -119,6 +119,37 @@ mod tests {
         assert_eq!(kept.body, "hello");
     }
 
+    /// An answer kept for a key is a copy of exactly its bytes, not a view into the buffer it
+    /// was read in; the same answer again is kept by sharing those bytes, not copied again (a
+    /// target asked again and again paid a copy of its body, up to 256 KiB, on every request);
+    /// a different one replaces it with a copy of its own.
+    #[tokio::test]
+    async fn the_same_body_again_shares_the_kept_copy_and_a_new_one_replaces_it() {
+        let store = Arc::new(StaleStore::new(Arc::new(ManualClock::new())));
+        let mut kept_at = Vec::new();
+        for body in ["hello", "hello", "world"] {
+            let buffer = Bytes::from(format!("....{body}...."));
+            let view = buffer.slice(4..9);
+            let got = teed(Body::full(view.clone()), &store)
+                .collect()
+                .await
+                .expect("a full body must be readable")
+                .to_bytes();
+            assert_eq!(got, body, "passed on whole");
+            let (kept, _) = store.get(&key(), Duration::MAX).expect("must be kept");
+            assert_eq!(kept.body, body, "the kept answer is this one");
+            let within = buffer.as_ptr_range();
+            assert!(!within.contains(&kept.body.as_ptr()), "a copy, not a view");
+            kept_at.push(kept.body.as_ptr());
+        }
+        assert_eq!(
+            kept_at[1], kept_at[0],
+            "the same body again: its copy shared"
+        );
+        assert_ne!(kept_at[2], kept_at[0], "a new body: a copy of its own");
+        assert_eq!(store.len(), 1);
+    }
+
     #[tokio::test]
     async fn a_body_over_the_cap_is_passed_on_and_not_kept() {
         let store = Arc::new(StaleStore::new(Arc::new(ManualClock::new())));

@@ -37,6 +37,7 @@
 //! plain connection costs about a quarter of what it did.
 
 pub mod gone;
+pub mod late;
 pub mod parse;
 mod rewind;
 pub mod write;

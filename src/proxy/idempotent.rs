@@ -292,7 +292,8 @@ impl Keeper for ClaimKeeper {
             Ending::Whole(body, trailers) => Some(StoredAnswer {
                 status: self.status,
                 headers: std::mem::take(&mut self.headers),
-                body,
+                // Copied out of the read buffer only now that it is kept.
+                body: body.into_owned(),
                 trailers,
             }),
             Ending::TooLarge => None,

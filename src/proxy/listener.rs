@@ -909,9 +909,14 @@ async fn serve_hyper<I>(
                 io,
                 watch: watch.clone(),
             });
+            // Its answers' bodies give their errors late, once their heads are out.
+            let each = svc(watch, None);
+            let answering = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                h1::late::Answering(hyper::service::Service::call(&each, req))
+            });
             let conn = lst
                 .h1_server
-                .serve_connection(io, svc(watch, None))
+                .serve_connection(io, answering)
                 .with_upgrades();
             drive(conn, |c| c.graceful_shutdown(), ends).await;
         }

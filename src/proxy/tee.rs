@@ -3,9 +3,10 @@
 //!
 //! The copy never delays the client: each data frame is passed on as it comes, and what is kept
 //! is a reference-counted handle to the same bytes, not a copy, until the body ends; only then
-//! are the frames copied (joined) into a buffer of exactly their length, and handed to the
-//! [`Keeper`], with the trailers the body ended with,
-//! if any (a gRPC answer's status is there). A body over the cap is handed over as
+//! are several frames joined into a buffer of exactly their length, and handed to the
+//! [`Keeper`], with the trailers the body ended with, if any (a gRPC answer's status is there).
+//! A body of one frame is handed over as it was read ([`ReadBody::view`]): the store that keeps
+//! it copies it, and one that does not never pays for the copy. A body over the cap is handed over as
 //! [`Ending::TooLarge`]; one that ends in an error, or is dropped before its end (the client
 //! went away), as [`Ending::Broken`].
 
@@ -18,12 +19,13 @@ use http_body::{Body as _, Frame, SizeHint};
 
 use super::body::Body;
 use crate::error::BoxError;
+use crate::policy::held::ReadBody;
 
 /// How a teed body ended.
 #[derive(Debug)]
 pub enum Ending {
     /// Read to its end; the whole body, and the trailers it ended with.
-    Whole(Bytes, Option<HeaderMap>),
+    Whole(ReadBody, Option<HeaderMap>),
     /// Larger than the cap.
     TooLarge,
     /// Failed, or dropped before its end.
@@ -96,18 +98,19 @@ impl Tee {
             return;
         };
         let frames = std::mem::take(&mut self.frames);
-        // The body kept owns exactly its bytes: a frame is often a view into a larger buffer
+        // A kept body must own exactly its bytes: a frame is often a view into a larger buffer
         // (the connection's read buffer), which a kept handle would hold whole for as long as
-        // the answer is kept. One frame is copied; several are joined into an exact buffer.
+        // the answer is kept. Several frames are joined into an exact buffer here; one is
+        // handed over as read, for the keeper to copy if it keeps it.
         let body = match frames.len() {
-            0 => Bytes::new(),
-            1 => Bytes::copy_from_slice(&frames[0]),
+            0 => ReadBody::exact(Bytes::new()),
+            1 => ReadBody::view(frames.into_iter().next().unwrap_or_default()),
             _ => {
                 let mut all = BytesMut::with_capacity(self.len);
                 for f in frames {
                     all.extend_from_slice(&f);
                 }
-                all.freeze()
+                ReadBody::exact(all.freeze())
             }
         };
         keeper.kept(Ending::Whole(body, self.trailers.take()));
@@ -180,13 +183,48 @@ mod tests {
     impl Keeper for Got {
         fn kept(self: Box<Self>, ending: Ending) {
             if let Ending::Whole(body, _) = ending {
-                *self.0.lock() = Some(body);
+                *self.0.lock() = Some(body.into_owned());
             }
         }
     }
 
+    /// A keeper that keeps nothing, noting where the body it was handed lies.
+    #[derive(Debug, Default)]
+    struct Looks(Arc<Mutex<Option<(usize, usize)>>>);
+
+    impl Keeper for Looks {
+        fn kept(self: Box<Self>, ending: Ending) {
+            if let Ending::Whole(body, _) = ending {
+                *self.0.lock() = Some((body.as_ptr() as usize, body.len()));
+            }
+        }
+    }
+
+    /// A body of one frame is handed to its keeper as it was read, not copied: a keeper that
+    /// does not keep it (a failed gRPC call, for idempotency) costs no copy. Before, the tee
+    /// copied every such body (up to 256 KiB) whether it was kept or not.
+    #[tokio::test]
+    async fn a_one_frame_body_is_not_copied_for_a_keeper_that_does_not_keep_it() {
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let view = buffer.slice(100..105);
+        let looks = Looks::default();
+        let slot = looks.0.clone();
+        let passed = Tee::new(Body::full(view.clone()), 1024, Box::new(looks))
+            .collect()
+            .await
+            .expect("readable")
+            .to_bytes();
+        assert_eq!(passed, view, "passed on whole");
+        let (at, len) = slot.lock().take().expect("handed over whole");
+        assert_eq!(
+            (at, len),
+            (view.as_ptr() as usize, 5),
+            "the frame itself, not a copy"
+        );
+    }
+
     /// A body that is a view into a larger buffer (as a frame read from a connection is) is
-    /// kept as a copy of exactly its bytes, not as a handle that holds the whole buffer: before,
+    /// kept (by a keeper that owns what it is handed) as a copy of exactly its bytes, not as a handle that holds the whole buffer: before,
     /// a kept 5-byte answer held its 64 KiB buffer for as long as it was kept.
     #[tokio::test]
     async fn a_kept_body_owns_exactly_its_bytes_not_the_buffer_it_was_read_into() {

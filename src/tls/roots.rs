@@ -136,7 +136,10 @@ pub(super) fn load_with(
     match file {
         Some(file) => load_from(Path::new(&file), &dirs),
         None if dirs.is_empty() => (os_bundle(), Vec::new()),
-        None => (read_dirs(CertificateResult::default(), &dirs), Vec::new()),
+        None => (
+            read_dirs(CertificateResult::default(), None, &dirs),
+            Vec::new(),
+        ),
     }
 }
 
@@ -148,8 +151,13 @@ fn os_bundle() -> CertificateResult {
     // The variables are unset or empty here, so the probe's own look at them (only at paths
     // that exist) adds nothing.
     let probed = openssl_probe::probe();
-    let out = rustls_native_certs::load_certs_from_paths(probed.cert_file.as_deref(), None);
-    read_dirs(out, &probed.cert_dir)
+    read_paths(probed.cert_file.as_deref(), &probed.cert_dir)
+}
+
+/// The certificates of `file` and of the directories `dirs` (see [`read_dirs`]).
+pub(super) fn read_paths(file: Option<&Path>, dirs: &[PathBuf]) -> CertificateResult {
+    let out = rustls_native_certs::load_certs_from_paths(file, None);
+    read_dirs(out, file, dirs)
 }
 
 /// The OS store of the platform (its own API, not files).
@@ -158,12 +166,53 @@ fn os_bundle() -> CertificateResult {
     rustls_native_certs::load_native_certs()
 }
 
-/// `out` with the certificates of `dirs` added, each once.
-fn read_dirs(mut out: CertificateResult, dirs: &[PathBuf]) -> CertificateResult {
-    for dir in dirs {
-        let read = rustls_native_certs::load_certs_from_paths(None, Some(dir));
+/// `out` (what `file` gave, read already) with the certificates of the regular files in the
+/// directories `dirs` added (links followed, not recursing), each file read once and each
+/// certificate kept once. A trust-store file usually lies in a directory read beside it
+/// (Debian's `/etc/ssl/certs/ca-certificates.crt` in `/etc/ssl/certs`, and `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` set to those): read by `rustls-native-certs` one directory at a time, apart
+/// from the file, the whole bundle was read twice per load. So the directories are walked
+/// here, and an entry that is a file read already (by its device and inode: the bundle, the
+/// links `openssl rehash` makes, a directory named twice) is skipped; each file left is read
+/// by `rustls-native-certs`, which names its problems as it did. A directory that cannot be
+/// listed is handed to it whole, for the same reason.
+fn read_dirs(
+    mut out: CertificateResult,
+    file: Option<&Path>,
+    dirs: &[PathBuf],
+) -> CertificateResult {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(id) = file
+        .and_then(|f| std::fs::metadata(f).ok())
+        .and_then(|m| identity(&m))
+    {
+        seen.insert(id);
+    }
+    let mut add = |read: CertificateResult| {
         out.certs.extend(read.certs);
         out.errors.extend(read.errors);
+    };
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            add(rustls_native_certs::load_certs_from_paths(None, Some(dir)));
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let new = match std::fs::metadata(&path) {
+                Ok(m) => m.is_file() && identity(&m).is_none_or(|id| seen.insert(id)),
+                // A dangling link: nothing to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                // The reader names the problem.
+                Err(_) => true,
+            };
+            if new {
+                add(rustls_native_certs::load_certs_from_paths(
+                    Some(&path),
+                    None,
+                ));
+            }
+        }
     }
     out.certs
         .sort_unstable_by(|a, b| a.as_ref().cmp(b.as_ref()));
@@ -171,15 +220,29 @@ fn read_dirs(mut out: CertificateResult, dirs: &[PathBuf]) -> CertificateResult 
     out
 }
 
+/// A file's identity (device, inode), where the platform gives one.
+#[cfg(unix)]
+fn identity(m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((m.dev(), m.ino()))
+}
+
+/// A file's identity: none given here, so every entry is read.
+#[cfg(not(unix))]
+fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
 /// [`load`] apart from the environment: the trust-store file `file`, if fit to read, and the
 /// directories `dirs` (whose entries `rustls-native-certs` reads only when regular files).
 pub(super) fn load_from(file: &Path, dirs: &[PathBuf]) -> (CertificateResult, Vec<String>) {
     let named = format!("SSL_CERT_FILE={}", file.display());
     let mut problems = Vec::new();
-    let out = match std::fs::metadata(file) {
+    // Whether it was read: a directory beside it that holds it does not read it again.
+    let (out, read) = match std::fs::metadata(file) {
         Ok(m) if !m.is_file() => {
             problems.push(format!("{named} is not a regular file; not read"));
-            CertificateResult::default()
+            (CertificateResult::default(), false)
         }
         Ok(m) if m.len() > STORE_FILE_CAP => {
             problems.push(format!(
@@ -187,7 +250,7 @@ pub(super) fn load_from(file: &Path, dirs: &[PathBuf]) -> (CertificateResult, Ve
                 m.len(),
                 STORE_FILE_CAP >> 20
             ));
-            CertificateResult::default()
+            (CertificateResult::default(), false)
         }
         // Missing or unreadable: the reader says so, as it would have.
         _ => {
@@ -195,10 +258,10 @@ pub(super) fn load_from(file: &Path, dirs: &[PathBuf]) -> (CertificateResult, Ve
             if read.certs.is_empty() && read.errors.is_empty() {
                 problems.push(format!("{named} holds no PEM certificate"));
             }
-            read
+            (read, true)
         }
     };
-    (read_dirs(out, dirs), problems)
+    (read_dirs(out, Some(file).filter(|_| read), dirs), problems)
 }
 
 /// The warning of a load whose system store gave no usable root, for `reason`.

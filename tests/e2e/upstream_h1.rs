@@ -1155,3 +1155,44 @@ listeners:
         "the seventh never reached the upstream"
     );
 }
+
+/// An upstream that sends a chunked head and then closes, before any body data or after one
+/// chunk: the client sees the head and a body cut short (no last chunk, then the close), from
+/// the lean server (a plain GET) and from hyper's HTTP/1 server alike (a GET with `TE:
+/// trailers`, which the lean server hands to hyper). hyper polled the body once before it
+/// wrote the head, and the body's error ended the connection with the head still in its
+/// buffer: the client got a bare close with no status line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_cut_early_reaches_the_client_head_first_from_either_server() {
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n";
+    const ONE: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n5\r\nhello\r\n";
+    for (answer, sent) in [(HEAD, &b""[..]), (ONE, &b"hello"[..])] {
+        let up = Scripted::start(vec![(answer, Then::Close)]).await;
+        let proxy = proxy(up.addr).await;
+        let addr = proxy.listener("inbound");
+        for (server, extra) in [("lean", ""), ("hyper", "te: trailers\r\n")] {
+            let req = format!("GET /cut HTTP/1.1\r\nhost: app\r\n{extra}connection: close\r\n\r\n");
+            let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(10)).await;
+            let what = format!(
+                "{server}, {:?}: {}",
+                String::from_utf8_lossy(sent),
+                rsp.text()
+            );
+            assert!(rsp.closed, "{what}");
+            assert_eq!(rsp.status(), Some(200), "{what}");
+            assert_eq!(rsp.header("x-up").as_deref(), Some("1"), "{what}");
+            assert_eq!(
+                rsp.header("transfer-encoding").as_deref(),
+                Some("chunked"),
+                "{what}"
+            );
+            let body = body_of(&rsp);
+            assert_eq!(dechunk(&body), None, "cut short, not whole: {what}");
+            assert!(
+                body.windows(sent.len().max(1)).any(|w| w == sent) || sent.is_empty(),
+                "what came before the cut came through: {what}"
+            );
+        }
+    }
+}

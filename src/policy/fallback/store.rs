@@ -7,10 +7,12 @@
 //! the oldest insertion goes first when a bound is hit. Entries older than the policy's
 //! `stale` are never served and are dropped when met.
 //!
-//! What is kept holds exactly what is counted: the body is a copy of exactly its bytes (made by
-//! the tee that read it), and the header and trailer fields are copied out of the buffers they
-//! were parsed in when the answer is stored (a view would hold a connection's whole read
-//! buffer), once per kept answer and before the lock is taken.
+//! What is kept holds exactly what is counted: the body and the header and trailer fields are
+//! copied out of the buffers they were read and parsed in when the answer is stored (a view
+//! would hold a connection's whole read buffer), once per kept answer and before the lock is
+//! taken. A body the same as the one kept for its key (a target whose answer does not change,
+//! asked again and again) is not copied again: the kept one's bytes are shared
+//! ([`StaleStore::insert_trailed`]).
 //!
 //! A `parking_lot` mutex guards it: it is taken once when a kept answer's body ends and once
 //! when a fallback is needed, never across an await, and only on routes with `fallback.stale`.
@@ -22,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::clock::SharedClock;
-use crate::policy::held::{fields_size, owned_fields};
+use crate::policy::held::{fields_size, owned_fields, ReadBody};
 
 /// Most answers kept per route.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -107,25 +109,37 @@ impl StaleStore {
         }
     }
 
-    /// Keeps `body` as the answer for `key`, replacing the previous one.
+    /// Keeps `body`, which must own exactly its bytes, as the answer for `key`, replacing the
+    /// previous one.
     pub fn insert(&self, key: Key, status: StatusCode, headers: HeaderMap, body: Bytes) {
-        self.insert_trailed(key, status, headers, body, None);
+        self.insert_trailed(key, status, headers, ReadBody::exact(body), None);
     }
 
     /// Keeps `body` and the `trailers` it ended with as the answer for `key`, replacing the
-    /// previous one. The fields are copied into maps of their own (see the module doc); `body`
-    /// is kept as given, so it must own exactly its bytes (the tee's copy does).
+    /// previous one. The fields are copied into maps of their own, and the body into bytes of
+    /// its own unless it is exact already (see the module doc), or the same as the body kept
+    /// for `key` now, whose bytes are then shared: a look under the lock (a hashed lookup and
+    /// a handle's count), the comparison and any copy outside it.
     pub fn insert_trailed(
         &self,
         key: Key,
         status: StatusCode,
         headers: HeaderMap,
-        body: Bytes,
+        body: ReadBody,
         trailers: Option<HeaderMap>,
     ) {
         if body.len() > MAX_BODY {
             return;
         }
+        let body = if body.is_exact() {
+            body.into_owned()
+        } else {
+            let kept = self.inner.lock().map.get(&key).map(|k| k.body.clone());
+            match kept {
+                Some(same) if same[..] == body[..] => same,
+                _ => body.into_owned(),
+            }
+        };
         let at = self.clock.now_nanos();
         let headers = owned_fields(&headers);
         let trailers = trailers.as_ref().map(owned_fields);
@@ -300,7 +314,7 @@ mod tests {
             key("/t"),
             StatusCode::OK,
             HeaderMap::new(),
-            body,
+            ReadBody::exact(body),
             Some(trailers),
         );
         let (kept, _) = s.get(&key("/t"), Duration::MAX).expect("kept");
@@ -336,7 +350,7 @@ mod tests {
             key("/h"),
             StatusCode::OK,
             headers,
-            Bytes::from_static(b"data"),
+            ReadBody::exact(Bytes::from_static(b"data")),
             Some(trailers),
         );
 

@@ -317,7 +317,7 @@ fn size_of_kept(key: &StoreKey, a: &StoredAnswer) -> usize {
 }
 
 /// `a` as it is kept: its header and trailer fields copied out of the buffers they were read
-/// into (its body already owns exactly its bytes: the tee that read it copied it).
+/// into (its body already owns exactly its bytes: `ClaimKeeper` in `proxy/idempotent.rs` copied it).
 fn owned(a: StoredAnswer) -> StoredAnswer {
     StoredAnswer {
         status: a.status,

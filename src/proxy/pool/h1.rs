@@ -112,6 +112,9 @@ pub enum BodyKind {
 /// that name in the map is not written), and `host`, `x-request-id` and `x-forwarded-for` when
 /// the map has no line of that name. `None` writes the map alone (the tests of framing).
 ///
+/// A `te` line is named in `connection` (RFC 9110 §10.1.4): `, te` ends the map's first
+/// `connection` line (an upgrade's `upgrade`), or a `connection: te` line is written.
+///
 /// Several `cookie` fields (HTTP/2 clients split them, for HPACK) become one line, joined with
 /// "; " as RFC 9113 §8.2.3 requires before HTTP/1.1; so do an HTTP/1.1 client's several lines
 /// (RFC 6265 §5.4 has it send one). A map yields a name's values one after the other, so the
@@ -139,6 +142,9 @@ pub fn encode_head(
     let mut close = false;
     let mut upgrade = false;
     let mut te_left = te_lines;
+    // A `te` line (`te: trailers`, the one `forward::prepare_request` lets through), and a
+    // `connection` line: a sender of `te` must name it in `connection` (RFC 9110 §10.1.4).
+    let (mut te_line, mut connection) = (false, false);
     // Which of the lines `added` may give the map has already.
     let (mut host, mut request_id, mut forwarded_for) = (false, false, false);
     // Where the last `cookie` line written ends (0: none yet; the request line comes first).
@@ -191,8 +197,22 @@ pub fn encode_head(
             let tokens = ConnectionTokens::read(value.as_bytes());
             close |= tokens.close;
             upgrade |= tokens.upgrade;
+            if !connection && headers.contains_key(header::TE) {
+                // The `te` option joins the first line (RFC 9110 §10.1.4).
+                connection = true;
+                dst.extend_from_slice(b"connection: ");
+                dst.extend_from_slice(value.as_bytes());
+                dst.extend_from_slice(b", te\r\n");
+                continue;
+            }
+            connection = true;
+        } else if *name == header::TE {
+            te_line = true;
         }
         line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if te_line && !connection {
+        dst.extend_from_slice(b"connection: te\r\n");
     }
     if let Some(a) = added {
         if !host {

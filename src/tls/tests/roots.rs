@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustls_native_certs::load_certs_from_paths;
 
 use super::support::{Ca, Files};
-use crate::tls::roots::{choose, load_from, load_with, Found, STORE_FILE_CAP};
+use crate::tls::roots::{choose, load_from, load_with, read_paths, Found, STORE_FILE_CAP};
 
 fn from(file: Option<&Path>, dir: Option<&Path>) -> Found {
     choose(
@@ -195,4 +195,34 @@ fn an_empty_store_file_beside_a_directory_reads_the_directory_alone() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The OS bundle's file lies in the directory read beside it (Debian's
+/// `/etc/ssl/certs/ca-certificates.crt`, also when `SSL_CERT_FILE` and `SSL_CERT_DIR` name
+/// them): it is read once, not a second time as an entry of
+/// the directory, and a directory named twice is read once. Seen by a bundle that holds a
+/// broken PEM block beside its root: its error is reported once per read. Before, the bundle
+/// was read twice per load (three errors here).
+#[test]
+fn a_bundle_in_the_directory_beside_it_is_read_once() {
+    let files = Files::new();
+    let dir = files.write("x", "").with_file_name("certs");
+    std::fs::create_dir(&dir).unwrap();
+    let ca = Ca::new("bundled");
+    let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+    let bundle = dir.join("ca-certificates.crt");
+    std::fs::write(&bundle, format!("{}{broken}", ca.pem)).unwrap();
+    let read = read_paths(Some(&bundle), &[dir.clone(), dir.join(".")]);
+    assert_eq!(read.certs.len(), 1, "{:?}", read.errors);
+    assert_eq!(read.errors.len(), 1, "read once: {:?}", read.errors);
+    // The same with `SSL_CERT_FILE` and `SSL_CERT_DIR` naming them.
+    let (read, problems) = load_from(&bundle, &[dir.clone(), dir.join(".")]);
+    assert_eq!(read.certs.len(), 1, "{:?}", read.errors);
+    assert_eq!(read.errors.len(), 1, "read once: {:?}", read.errors);
+    assert!(problems.is_empty(), "{problems:?}");
+    // A bundle outside the directory is read as well as the directory.
+    let outside = files.write("outside.crt", &format!("{}{broken}", ca.pem));
+    let read = read_paths(Some(&outside), &[dir]);
+    assert_eq!(read.certs.len(), 1);
+    assert_eq!(read.errors.len(), 2, "{:?}", read.errors);
 }

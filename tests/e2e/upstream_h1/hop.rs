@@ -34,6 +34,29 @@ async fn te_trailers_alone_reaches_an_http1_upstream() {
     assert_eq!(app.header(1, "te"), ["trailers"], "{}", got[1]);
     assert!(app.header(2, "te").is_empty(), "{}", got[2]);
     assert!(app.header(3, "te").is_empty(), "{}", got[3]);
+    // RFC 9110 §10.1.4: a sender of `te` names it in `connection` too; none without it.
+    assert_eq!(app.header(0, "connection"), ["te"], "{}", got[0]);
+    assert_eq!(app.header(1, "connection"), ["te"], "{}", got[1]);
+    assert!(app.header(2, "connection").is_empty(), "{}", got[2]);
+    assert!(app.header(3, "connection").is_empty(), "{}", got[3]);
+}
+
+/// An upgrade request with `te: trailers` reaches the upstream with one `connection` line
+/// naming both: `upgrade`, which rampart writes for the upgrade, and `te` (RFC 9110 §10.1.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_is_named_in_the_connection_line_an_upgrade_request_carries() {
+    let app = Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let proxy = proxy(app.addr()).await;
+    let addr = proxy.listener("inbound");
+    let req = b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+                te: trailers\r\n\r\n";
+    let rsp = raw::exchange(addr, req, Duration::from_millis(500)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    let got = app.requests();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(app.header(0, "te"), ["trailers"], "{}", got[0]);
+    assert_eq!(app.header(0, "upgrade"), ["websocket"], "{}", got[0]);
+    assert_eq!(app.header(0, "connection"), ["upgrade, te"], "{}", got[0]);
 }
 
 /// An HTTP/1.0 client that asks to keep its connection (`Connection: keep-alive`) and gets an
