@@ -155,3 +155,51 @@ impl Replay {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body(frames: &[&'static str], cap: usize) -> ClientBody {
+        // As if read ahead from the client: counted as received.
+        let fault = Arc::new(FaultCell::default());
+        let read: usize = frames.iter().map(|f| f.len()).sum();
+        fault
+            .1
+            .store(read as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut b = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
+        for f in frames.iter().rev() {
+            b.unread(Frame::data(Bytes::from_static(f.as_bytes())));
+        }
+        b.replayable_up_to(cap)
+    }
+
+    /// A body read to its end within the cap goes again whole, as often as asked; one still
+    /// being read, or over the cap, does not.
+    #[tokio::test]
+    async fn only_a_whole_body_within_the_cap_goes_again() {
+        let mut b = body(&["abc", "de"], 5);
+        // All of it came from the client already (read ahead): whole before it goes.
+        let replay = b.keep().expect("kept");
+        let sent = b.collect().await.expect("sent").to_bytes();
+        assert_eq!(sent, "abcde");
+        for _ in 0..2 {
+            let again = replay.again().expect("whole");
+            let bytes = again.collect().await.expect("again").to_bytes();
+            assert_eq!(bytes, "abcde");
+        }
+
+        let mut over = body(&["abc", "def"], 5);
+        assert!(over.keep().is_none(), "known to be over the cap");
+        // A body of no stated size passes its cap as it comes.
+        let mut kept = Kept::new(5, &VecDeque::new());
+        kept.take(&Frame::data(Bytes::from_static(b"abc")));
+        kept.take(&Frame::data(Bytes::from_static(b"def")));
+        kept.end();
+        assert_eq!((kept.state, kept.data.len()), (State::Lost, 0), "let go");
+
+        let mut none = body(&["abc"], 0);
+        assert!(none.keep().is_none(), "no cap");
+    }
+}
