@@ -29,6 +29,11 @@ use super::guard::Guards;
 use super::pool::h1::RawLines;
 use crate::error::BoxError;
 
+mod replay;
+
+use self::replay::Kept;
+pub use self::replay::{Replay, REPLAY_CAP};
+
 /// A request or response body.
 #[derive(Debug, Default)]
 pub enum Body {
@@ -109,6 +114,10 @@ pub struct ClientBody {
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     fault: Arc<FaultCell>,
+    /// The most of it an HTTP/2 try may keep to send again ([`ClientBody::keep`]); 0: none.
+    replay_cap: usize,
+    /// What of it came from the client, kept since an HTTP/2 try armed the keeping.
+    kept: Option<Arc<parking_lot::Mutex<Kept>>>,
 }
 
 /// The error a [`ClientBody`] ends with when the client stalls.
@@ -432,7 +441,51 @@ impl ClientBody {
             idle,
             timer: None,
             fault,
+            replay_cap: 0,
+            kept: None,
         }
+    }
+
+    /// Lets an HTTP/2 try keep up to `cap` bytes of the body to send again should the upstream
+    /// not process it ([`Replay`]).
+    pub fn replayable_up_to(mut self, cap: usize) -> Self {
+        self.replay_cap = cap;
+        self
+    }
+
+    /// Starts keeping what of the body comes from the client from now on (and what was read
+    /// ahead and not sent yet), for an HTTP/2 try to send it again should the upstream refuse
+    /// it unprocessed; `None` if the body may not be kept (no cap, larger than it), or if some
+    /// of it was read and is gone (then it could never be whole again).
+    pub fn keep(&mut self) -> Option<Replay> {
+        use http_body::Body as _;
+        if self.replay_cap == 0 {
+            return None;
+        }
+        let kept = match &self.kept {
+            Some(k) => k.clone(),
+            None => {
+                let ahead: u64 = self
+                    .prefix
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let larger = prefixed_hint(self.rest.size_hint(), ahead).lower();
+                if larger > self.replay_cap as u64 || ahead != self.fault.received() {
+                    self.replay_cap = 0;
+                    return None;
+                }
+                let mut kept = Kept::new(self.replay_cap, &self.prefix);
+                if self.rest.is_end_stream() {
+                    kept.end();
+                }
+                let kept = Arc::new(parking_lot::Mutex::new(kept));
+                self.kept = Some(kept.clone());
+                kept
+            }
+        };
+        Some(Replay::new(kept, self.fault.clone(), self.idle))
     }
 
     /// Reads the body into memory if it is at most `limit` bytes, so that a retry can send it
@@ -504,6 +557,15 @@ impl ClientBody {
                 }
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
                 self.fault.1.fetch_add(n, Ordering::Relaxed);
+                if let Some(k) = &self.kept {
+                    let mut k = k.lock();
+                    if k.keeping() {
+                        k.take(&f);
+                        if self.rest.is_end_stream() {
+                            k.end();
+                        }
+                    }
+                }
                 if let Some(t) = self.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + self.idle);
                 }
@@ -511,9 +573,17 @@ impl ClientBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.fault.set(ClientFault::Malformed);
+                if let Some(k) = &self.kept {
+                    k.lock().lose();
+                }
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(k) = &self.kept {
+                    k.lock().end();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let idle = self.idle;
                 let timer = self
@@ -521,6 +591,9 @@ impl ClientBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
                     self.fault.set(ClientFault::Stalled);
+                    if let Some(k) = &self.kept {
+                        k.lock().lose();
+                    }
                     return Poll::Ready(Some(Err(BodyStalled(idle).into())));
                 }
                 Poll::Pending

@@ -28,7 +28,9 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 
-use super::body::{whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell};
+use super::body::{
+    whole_headers, Body, Buffered, ClientBody, ClientFault, ClientIn, FaultCell, REPLAY_CAP,
+};
 use super::ctx::RequestCtx;
 use super::forward;
 use super::grpc;
@@ -121,7 +123,13 @@ pub fn run<'a>(
         };
         let fault = Arc::new(FaultCell::with_identity(ctx.spare.identity()));
         ctx.tries.body(&fault);
-        let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
+        // What an HTTP/2 try may keep of a streamed body to send it again should the upstream
+        // refuse it unprocessed (`body::Replay`): as much as `retry` would buffer, if the route
+        // retries; else as much as the lean server reads whole.
+        let cap = ctx.route.policy.retry.as_ref().map_or(REPLAY_CAP, |r| {
+            usize::try_from(r.cfg.buffer.0).unwrap_or(usize::MAX)
+        });
+        let body = ClientBody::new(incoming, ctx.body_idle, fault.clone()).replayable_up_to(cap);
         let retry = match &ctx.route.policy.retry {
             Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
             other => {

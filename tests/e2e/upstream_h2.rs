@@ -1406,11 +1406,15 @@ enum Away {
     AtOnce,
     /// When the next stream comes, which it thereby refuses (it is above the last).
     OnTheNext,
+    /// When the next stream's request has come whole (its body read to the end), which it
+    /// thereby refuses, unprocessed.
+    AtTheNextsEnd,
 }
 
 /// A raw HTTP/2 server on 127.0.0.1, frame by frame, for what hyper's server does not do: its
 /// first connection goes away ([`Away`]) with stream 1 in flight; every later connection
-/// answers each request 200 with the body `conn N` (N counted from 1).
+/// answers each request 200 with the body `conn N` (N counted from 1), followed by `: ` and the
+/// request's body if it had one.
 struct GoingAway {
     addr: SocketAddr,
     /// `(connection, stream)` of every request's HEADERS, in order.
@@ -1504,6 +1508,7 @@ impl GoingAway {
             h2_frame(0x7, 0, 0, &last_and_code)
         };
         let mut gone = false;
+        let mut bodies: std::collections::HashMap<u32, Vec<u8>> = Default::default();
         loop {
             let mut head = [0u8; 9];
             if rd.read_exact(&mut head).await.is_err() {
@@ -1523,10 +1528,21 @@ impl GoingAway {
                 0x1 => streams.lock().push((n, stream)),
                 _ => {}
             }
+            if kind == 0x0 {
+                bodies
+                    .entry(stream)
+                    .or_default()
+                    .extend_from_slice(&payload);
+            }
             let ends = matches!(kind, 0x0 | 0x1) && flags & 0x1 != 0;
             if n > 1 {
                 if ends {
-                    send(h2_ok(stream, &format!("conn {n}"))).await;
+                    let body = bodies.remove(&stream).unwrap_or_default();
+                    let answer = match body.is_empty() {
+                        true => format!("conn {n}"),
+                        false => format!("conn {n}: {}", String::from_utf8_lossy(&body)),
+                    };
+                    send(h2_ok(stream, &answer)).await;
                 }
                 continue;
             }
@@ -1544,7 +1560,11 @@ impl GoingAway {
                         answer.await;
                     });
                 }
-                (0x1, _) if !gone => {
+                (0x1, _) if !gone && away == Away::OnTheNext => {
+                    gone = true;
+                    send(goaway()).await;
+                }
+                (_, s) if s > 1 && ends && !gone && away == Away::AtTheNextsEnd => {
                     gone = true;
                     send(goaway()).await;
                 }
@@ -1577,7 +1597,7 @@ async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_conne
         let rsp = http::post(addr, "/next", &[], "not idempotent").await;
         assert_eq!(
             (rsp.status, rsp.text()),
-            (StatusCode::OK, "conn 2".to_owned()),
+            (StatusCode::OK, "conn 2: not idempotent".to_owned()),
             "{away:?}: {}",
             proxy.log()
         );
@@ -1586,7 +1606,9 @@ async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_conne
             // Nothing more went on the going connection.
             Away::AtOnce => assert_eq!(streams, [(1, 1), (2, 1)], "{away:?}"),
             // Stream 3 came before the GOAWAY did, which refused it.
-            Away::OnTheNext => assert_eq!(streams, [(1, 1), (1, 3), (2, 1)], "{away:?}"),
+            Away::OnTheNext | Away::AtTheNextsEnd => {
+                assert_eq!(streams, [(1, 1), (1, 3), (2, 1)], "{away:?}")
+            }
         }
         up.release();
         let rsp = held.await.expect("the held request");
@@ -1621,6 +1643,10 @@ enum Serve {
     TwoLengths,
     /// Resets every stream with `REFUSED_STREAM`.
     RefuseAll,
+    /// Reads each stream's request body to its end (kept in [`H2Crate::bodies`]), then resets
+    /// the first stream of each path with `REFUSED_STREAM` (unprocessed, though all of it
+    /// came) and answers a later one 200 `served: ` and the body.
+    RefuseFirstWhole,
     /// Answers 204 with `content-length: 5` (which RFC 9110 §8.6 forbids) and `x-up: 1`.
     NoContent,
 }
@@ -1638,6 +1664,8 @@ struct H2Crate {
     streams: Arc<Mutex<Vec<(String, String)>>>,
     /// The reset each stalled stream got.
     resets: Arc<Mutex<Vec<h2::Reason>>>,
+    /// `(path, body)` of every stream whose body was read whole ([`Serve::RefuseFirstWhole`]).
+    bodies: Arc<Mutex<Vec<(String, Bytes)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1653,11 +1681,13 @@ impl H2Crate {
         let addr = listener.local_addr().expect("addr");
         let streams = Arc::new(Mutex::new(Vec::new()));
         let resets = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let task = {
-            let (streams, resets) = (streams.clone(), resets.clone());
+            let (streams, resets, bodies) = (streams.clone(), resets.clone(), bodies.clone());
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     let (streams, resets) = (streams.clone(), resets.clone());
+                    let bodies = bodies.clone();
                     tokio::spawn(async move {
                         let Ok(mut conn) = h2::server::handshake(tcp).await else {
                             return;
@@ -1671,6 +1701,11 @@ impl H2Crate {
                                 first
                             };
                             let resets = resets.clone();
+                            if serve == Serve::RefuseFirstWhole {
+                                let bodies = bodies.clone();
+                                tokio::spawn(Self::whole(first, req, respond, bodies));
+                                continue;
+                            }
                             tokio::spawn(Self::stream(serve, first, req, respond, resets));
                         }
                     });
@@ -1681,8 +1716,42 @@ impl H2Crate {
             addr,
             streams,
             resets,
+            bodies,
             task,
         }
+    }
+
+    /// [`Serve::RefuseFirstWhole`]'s stream.
+    async fn whole(
+        first: bool,
+        req: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        bodies: Arc<Mutex<Vec<(String, Bytes)>>>,
+    ) {
+        let (parts, mut body) = req.into_parts();
+        let mut got = Vec::new();
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+            got.extend_from_slice(&d);
+        }
+        let got = Bytes::from(got);
+        bodies
+            .lock()
+            .push((parts.uri.path().to_owned(), got.clone()));
+        if first {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            return;
+        }
+        let Ok(mut send) = respond.send_response(Response::new(()), false) else {
+            return;
+        };
+        let mut answer = b"served: ".to_vec();
+        answer.extend_from_slice(&got);
+        let _ = send.send_data(answer.into(), true);
+    }
+
+    fn bodies(&self) -> Vec<(String, Bytes)> {
+        self.bodies.lock().clone()
     }
 
     async fn stream(
@@ -2057,6 +2126,128 @@ async fn a_stream_the_upstream_keeps_refusing_is_a_502_that_says_so() {
         paths,
         ["/get", "/get", "/get", "/post", "/post", "/post"],
         "each went again twice before its refusal was the answer"
+    );
+}
+
+/// A POST of `body` to `path` from an HTTP/2 client (h2c, a connection of its own): the
+/// answer's status and body.
+async fn h2_client_post(addr: SocketAddr, path: &str, body: http::ReqBody) -> (StatusCode, Bytes) {
+    let mut send = http::h2c(addr).await;
+    let req = Request::post(format!("http://grpc.internal{path}"))
+        .body(body)
+        .expect("request");
+    let call = async {
+        let rsp = send.send_request(req).await.expect("an answer");
+        let status = rsp.status();
+        (
+            status,
+            rsp.into_body()
+                .collect()
+                .await
+                .expect("the body")
+                .to_bytes(),
+        )
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("answered in time")
+}
+
+/// An HTTP/2 client's POST (its body streamed, as every HTTP/2 upload is) whose stream the
+/// upstream refused unprocessed (`REFUSED_STREAM`, after reading all of the body) goes again
+/// as an HTTP/1.1 client's does, on a route without `retry`: the upstream gets the whole body
+/// twice and the client its answer; one body in one DATA frame, and one in three (sent again
+/// as the same three frames, none copied). Before, the streamed body could not go again, and
+/// the client got 502 "refused the stream" while the same POST from an HTTP/1.1 client got 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_clients_post_the_upstream_refused_unprocessed_goes_again() {
+    let up = H2Crate::start(Serve::RefuseFirstWhole).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let (status, body) = h2_client_post(addr, "/one", http::full("hello")).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"served: hello"[..]),
+        "{}",
+        proxy.log()
+    );
+    let frames = ["abc", "defg", "hij"].map(|d| Frame::data(Bytes::from_static(d.as_bytes())));
+    let frames = http_body_util::combinators::UnsyncBoxBody::new(Frames(frames.into()));
+    let (status, body) = h2_client_post(addr, "/three", frames).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"served: abcdefghij"[..]),
+        "{}",
+        proxy.log()
+    );
+    let seen: Vec<(String, Bytes)> = up.bodies();
+    let expected = [
+        ("/one", "hello"),
+        ("/one", "hello"),
+        ("/three", "abcdefghij"),
+        ("/three", "abcdefghij"),
+    ]
+    .map(|(p, b)| (p.to_owned(), Bytes::from_static(b.as_bytes())));
+    assert_eq!(seen, expected, "each went whole, refused, then whole again");
+    let text = metrics(proxy.admin()).await;
+    let codes =
+        crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
+    assert_eq!(codes, ["200"], "no failure counted");
+}
+
+/// An HTTP/2 client's upload larger than what a route without `retry` keeps for sending again
+/// (64 KiB) is not kept: its stream refused unprocessed is a 502 that says so, as before, and
+/// the upstream saw it once. One of exactly 64 KiB is kept and goes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_clients_upload_over_the_replay_cap_is_not_sent_again() {
+    let up = H2Crate::start(Serve::RefuseFirstWhole).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+
+    let large = Bytes::from(vec![b'x'; 64 * 1024 + 1]);
+    let (status, body) = h2_client_post(addr, "/large", http::full(large.clone())).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{}", proxy.log());
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("refused the stream"), "{text}");
+    let at_cap = Bytes::from(vec![b'y'; 64 * 1024]);
+    let (status, body) = h2_client_post(addr, "/at-cap", http::full(at_cap.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{}", proxy.log());
+    assert_eq!(body.len(), "served: ".len() + at_cap.len());
+    let seen: Vec<(String, usize)> = up.bodies().into_iter().map(|(p, b)| (p, b.len())).collect();
+    let expected = [
+        ("/large", large.len()),
+        ("/at-cap", at_cap.len()),
+        ("/at-cap", at_cap.len()),
+    ]
+    .map(|(p, n)| (p.to_owned(), n));
+    assert_eq!(seen, expected);
+}
+
+/// An HTTP/2 client's POST on a stream above an upstream's `GOAWAY` (sent once the request
+/// came whole) was not processed: it goes again, body and all, on a new connection, on a
+/// route without `retry`. Before, only a body in memory (an HTTP/1.1 client's) went again,
+/// and an HTTP/2 client's was a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_clients_post_above_a_goaway_goes_again() {
+    let up = GoingAway::start(Away::AtTheNextsEnd).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let held = tokio::spawn(async move { http::get(addr, "/held", &[]).await });
+    crate::assert_eventually!(up.streams().len() == 1, "{:?}", up.streams());
+    let (status, body) = h2_client_post(addr, "/next", http::full("hello")).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"conn 2: hello"[..]),
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(up.streams(), [(1, 1), (1, 3), (2, 1)]);
+    up.release();
+    let rsp = held.await.expect("the held request");
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 1".to_owned())
     );
 }
 

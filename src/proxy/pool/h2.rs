@@ -10,7 +10,9 @@
 //!
 //! **Going away.** A connection that got a `GOAWAY` takes no new stream ([`H2::retire`]), and a
 //! request the upstream certainly did not process ([`Refusal`]) is sent again on the newest
-//! connection, within the same try: whatever its method, since it was never processed.
+//! connection, within the same try: whatever its method, since it was never processed. A
+//! streamed upload goes again too when it was read whole, within its cap, before the refusal
+//! came (`body::Replay`): an HTTP/2 client's POST is then served as an HTTP/1.1 client's is.
 //!
 //! **Flow control.** Every stream of a connection shares its connection window, and an answer
 //! nobody reads (a client that stops reading, a gRPC stream whose client sends no
@@ -44,7 +46,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
-use crate::proxy::body::Body;
+use crate::proxy::body::{Body, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
@@ -233,8 +235,13 @@ impl Pool {
                 None => self.connect_h2(h2, addr).await?,
             };
             // A body in memory is kept (a count on its bytes) to be sent again should this
-            // stream be refused unprocessed; a streamed one can go again only unsent.
+            // stream be refused unprocessed; a streamed one keeps its frames as they go, and
+            // can go again if they are all of it (`body::Replay`).
             let kept = again(&body);
+            let replay = match (&kept, &mut body) {
+                (None, Body::Client(c)) => c.keep(),
+                _ => None,
+            };
             let req = request(parts, added, body, self.tls.is_some())
                 .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
             let mut e = match sender.try_send_request(req).await {
@@ -254,7 +261,7 @@ impl Pool {
             let resend = match (why, unsent) {
                 (None, _) => None,
                 (Some(_), Some(req)) => Some(req.into_body()),
-                (Some(_), None) => kept,
+                (Some(_), None) => kept.or_else(|| replay.as_ref().and_then(Replay::again)),
             };
             match resend {
                 Some(b) if refused < MAX_REFUSED => {
