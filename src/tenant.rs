@@ -177,6 +177,15 @@ impl TenantId {
         }
     }
 
+    /// Whether a verified credential named the tenant (a token's claim, a client
+    /// certificate), not a value the client may write as it likes (a header, the query, an
+    /// address) nor the fallback. Keys that hold a tenant's stored answers (idempotency) are
+    /// kept apart by it: where a `header` source follows a `jwt` one, a client without a token
+    /// can name a verified tenant's id.
+    pub fn is_verified(&self) -> bool {
+        matches!(self, TenantId::Jwt(_) | TenantId::Cert(_))
+    }
+
     /// The id's bytes when it was checked against the allowed set (see [`is_valid_id`]): taken
     /// from a header, the query or a token. `None` for the others (a fallback from the file, a
     /// certificate's name), which may hold any text.

@@ -1,5 +1,6 @@
 //! SPEC §13: tenants from verified JWTs, plans, and routes that need no tenant.
 
+mod claimed;
 mod identity;
 mod keys;
 mod lines;
