@@ -177,6 +177,15 @@ impl TenantId {
         }
     }
 
+    /// Whether a verified credential named the tenant (a token's claim, a client
+    /// certificate), not a value the client may write as it likes (a header, the query, an
+    /// address) nor the fallback. Keys that hold a tenant's stored answers (idempotency) are
+    /// kept apart by it: where a `header` source follows a `jwt` one, a client without a token
+    /// can name a verified tenant's id.
+    pub fn is_verified(&self) -> bool {
+        matches!(self, TenantId::Jwt(_) | TenantId::Cert(_))
+    }
+
     /// The id's bytes when it was checked against the allowed set (see [`is_valid_id`]): taken
     /// from a header, the query or a token. `None` for the others (a fallback from the file, a
     /// certificate's name), which may hold any text.
@@ -217,7 +226,7 @@ pub fn is_valid_id(id: &[u8]) -> bool {
 const INVALID_ID: &str = "tenant id must be one value of 1 to 128 characters of [A-Za-z0-9._:@-]";
 /// ... for a client certificate's id ([`crate::tls::is_valid_cert_tenant`]).
 const INVALID_CERT_ID: &str =
-    "a client certificate's tenant id must be 1 to 2048 printable ASCII characters";
+    "a client certificate's tenant id must be 1 to 2048 printable ASCII characters (spaces inside, not first or last)";
 /// ... for a verified token's tenant claim.
 const INVALID_TOKEN_ID: &str = "the bearer token's tenant is not a valid tenant id: 1 to 128 characters of [A-Za-z0-9._:@-], not '_other' or '-'";
 /// ... for the reserved ids.
@@ -225,6 +234,10 @@ const RESERVED_OTHER: &str =
     "tenant id '_other' is reserved: it labels the tenants folded past tenants.metrics_labels";
 const RESERVED_NONE: &str =
     "tenant id '-' is reserved: it is the tenant of a request that names none";
+
+/// ... for the fallback tenant's name, claimed by a source.
+const RESERVED_FALLBACK: &str =
+    "this tenant id is reserved: it is tenants.fallback, the tenant of requests that name none";
 
 /// The message for a refused header or query id `id`.
 fn id_message(id: &[u8]) -> &'static str {
@@ -533,6 +546,9 @@ impl Identify {
         optional: bool,
     ) -> Result<TenantId, Reason> {
         match self.find(headers, uri, conn)? {
+            // The fallback's name is the unidentified traffic's: a client naming it would join
+            // that bucket and label, so it is refused as `_other` and `-` are.
+            Some(t) if self.is_fallback(&t) => Err(Reason::InvalidTenant),
             Some(t) => Ok(t),
             None if optional => Ok(TenantId::Fallback(self.none.clone())),
             None => match &self.fallback {
@@ -540,6 +556,11 @@ impl Identify {
                 None => Err(Reason::TenantRequired),
             },
         }
+    }
+
+    /// Whether a source named the fallback tenant (`tenants.fallback`), which is reserved.
+    fn is_fallback(&self, t: &TenantId) -> bool {
+        self.fallback.as_deref().is_some_and(|f| f == t.as_str())
     }
 
     /// The tenant of a request, or the reason to refuse it; `conn` is what its connection says
@@ -559,6 +580,11 @@ impl Identify {
     /// (`_other`, `-`) is told it is reserved, not a rule it meets; a certificate's id the
     /// certificate rule.
     pub fn invalid_message(&self, headers: &HeaderMap, uri: &Uri, conn: Conn<'_>) -> &'static str {
+        if let Ok(Some(t)) = self.find(headers, uri, conn) {
+            if self.is_fallback(&t) {
+                return RESERVED_FALLBACK;
+            }
+        }
         for source in &self.sources {
             match source {
                 Source::Header(name) => match named(headers, name) {
@@ -968,7 +994,8 @@ mod tests {
             uri_san: None,
         };
         for (cn, want) in [
-            ("a b", INVALID_CERT_ID),
+            (" a b", INVALID_CERT_ID),
+            ("a b ", INVALID_CERT_ID),
             ("-", RESERVED_NONE),
             ("_other", RESERVED_OTHER),
         ] {
@@ -985,6 +1012,26 @@ mod tests {
             );
             assert_eq!(r.invalid_message(&h, &bare, conn), want, "{cn}");
         }
+    }
+
+    /// The fallback's name, claimed by a header, is refused with its own message: it would join
+    /// the unidentified traffic's bucket and label.
+    #[test]
+    fn the_fallbacks_name_cannot_be_claimed() {
+        let bare: Uri = "/".parse().expect("uri");
+        let r = rules("anonymous");
+        let h = headers("anonymous");
+        assert_eq!(
+            r.identify(&h, &bare, Conn::default()).err(),
+            Some(Reason::InvalidTenant)
+        );
+        assert_eq!(
+            r.invalid_message(&h, &bare, Conn::default()),
+            RESERVED_FALLBACK
+        );
+        let none = r.identify(&HeaderMap::new(), &bare, Conn::default());
+        assert_eq!(none.expect("the fallback").as_str(), "anonymous");
+        assert!(r.identify(&headers("acme"), &bare, Conn::default()).is_ok());
     }
 
     /// `named` answers alike whether it compares the names of a short head or looks the name

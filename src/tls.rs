@@ -55,15 +55,22 @@ pub const MAX_CERT_TENANT_LEN: usize = 2048;
 /// Whether `id`, read from a verified client certificate (CN or first URI SAN), is usable as a
 /// tenant id.
 ///
-/// Rule: 1 to [`MAX_CERT_TENANT_LEN`] bytes, every byte printable ASCII other than space
-/// (`!` through `~`). That admits `/`, `:` and `.` so SPIFFE ids such as
-/// `spiffe://example.org/ns/prod/sa/billing` pass as they are, and refuses spaces, control
-/// characters and non-ASCII, which would make log lines and metric labels ambiguous; and
-/// `_other`, the label of folded tenants, and `-`, the tenant of a `tenant: optional` route's
-/// request that names none.
+/// Rule: 1 to [`MAX_CERT_TENANT_LEN`] bytes of printable ASCII (`!` through `~`) and spaces, a
+/// space neither first nor last. That admits `/`, `:` and `.` so SPIFFE ids such as
+/// `spiffe://example.org/ns/prod/sa/billing` pass as they are, and a CN such as `Billing
+/// Service` (a subject name is often words); it refuses control characters and non-ASCII,
+/// which would make log lines and metric labels ambiguous, and spaces at either end, which a
+/// reader of a log line or a label would not see; and `_other`, the label of folded tenants,
+/// and `-`, the tenant of a `tenant: optional` route's request that names none. An interior
+/// space is safe where the id goes: a Prometheus label value and a JSON string (the access log,
+/// `/state`) hold it as it is, and a Redis key is binary-safe (the hash tag is the route's).
+/// A certificate's id is never written into a request header (only a token's is).
 pub fn is_valid_cert_tenant(id: &str) -> bool {
+    let bytes = id.as_bytes();
     (1..=MAX_CERT_TENANT_LEN).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_graphic())
+        && bytes.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
+        && bytes.first() != Some(&b' ')
+        && bytes.last() != Some(&b' ')
         && id != crate::config::file::FOLDED_TENANTS
         && id != crate::config::file::NO_TENANT
 }

@@ -299,9 +299,26 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
         .listeners
         .iter()
         .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
+    // The first verified source (a token, a client certificate) in `from`, if any: a header or
+    // query source after it names the tenant of every request that brings no credential.
+    let mut verified: Option<(&str, &str)> = None;
     for (i, src) in t.from.iter().enumerate() {
         let sp = p.key("from").idx(i);
         tenant_source(src, i, &sp, r);
+        if let Some(first) = verified {
+            unverified_after(src, first, &sp, r);
+        }
+        if verified.is_none() {
+            verified = if src.jwt.is_some() {
+                Some(("a `jwt` source", "a token"))
+            } else if src.client_cert.is_some() && verifies_clients {
+                // Without a listener that verifies client certificates it names no one (and
+                // is warned about as such below).
+                Some(("a `client_cert` source", "a verified client certificate"))
+            } else {
+                None
+            };
+        }
         if src.client_cert.is_some() && !verifies_clients {
             r.warn(
                 &sp.key("client_cert"),
@@ -347,6 +364,28 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
             ),
         );
     }
+}
+
+/// Warns at a `header` or `query` source that comes after one that verifies (`first` says
+/// which, and what it verifies): the layout of SPEC §13 (`[jwt, header: x-tenant-id]`), which acts as written, but
+/// lets a request without the credential be any tenant it names, the verified ones included.
+fn unverified_after(
+    src: &TenantSource,
+    (first, credential): (&str, &str),
+    sp: &KeyPath,
+    r: &mut Report<'_>,
+) {
+    let (at, what) = match (&src.header, &src.query) {
+        (Some(_), _) => (sp.key("header"), "header"),
+        (None, Some(_)) => (sp.key("query"), "query parameter"),
+        (None, None) => return,
+    };
+    r.warn(
+        &at,
+        format!(
+            "this {what} comes after {first}: a request without {credential} can claim any tenant id through it, verified tenants' ids included, and spend their limits and take their plan (idempotency keys are kept apart: a claimed id never replays a verified tenant's stored answer); it is safe only where a trusted party in front of rampart sets this {what} and clients cannot reach rampart without passing it"
+        ),
+    );
 }
 
 /// Most proxies in front that `client_ip.trusted_hops` counts: a longer chain is a mistake.

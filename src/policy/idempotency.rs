@@ -14,7 +14,11 @@
 //! for the breaker): a failed call (INTERNAL, UNAVAILABLE, ..., or a stream that ends without a
 //! status) is not kept either.
 //!
-//! Keys are scoped by route and tenant. The state lives behind [`IdempotencyStore`]: `begin`
+//! Keys are scoped by route and tenant, and by whether the tenant was verified (a token's
+//! claim, a client certificate) or only claimed (a header, the query, an address, the
+//! fallback): with `from: [jwt, header: x-tenant-id]`, a client without a token may name any
+//! tenant in the header, and must not be handed the answer a verified `acme` stored under its
+//! key, nor store one a verified `acme` would then be replayed. The state lives behind [`IdempotencyStore`]: `begin`
 //! is asynchronous (a shared store such as Redis answers over the network); `complete` and
 //! `release` are fire-and-forget, as they run where an answer's body ends. The in-memory
 //! backend is [`memory::MemoryStore`]; with `global_store` the keys live in Redis
@@ -55,13 +59,17 @@ pub type Digest = [u8; 32];
 /// A boxed future, as a store's `begin` returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where a key lives: route, tenant and the key itself.
+/// Where a key lives: route, tenant (and whether it was verified) and the key itself.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StoreKey {
     /// Route label.
     pub route: Arc<str>,
     /// Tenant id.
     pub tenant: String,
+    /// Whether a verified token or client certificate named the tenant
+    /// ([`TenantId::is_verified`](crate::tenant::TenantId::is_verified)): a verified `acme`'s
+    /// keys and the keys of a request that only claimed to be `acme` are apart.
+    pub verified: bool,
     /// SHA-256 of the header's value: a client chooses the value, so an entry keeps a fixed
     /// 32 bytes of it whatever its length (a 30 KiB key × `max_entries` would otherwise be
     /// memory the client decides).
@@ -206,7 +214,8 @@ impl RouteIdempotency {
         self.cfg.ttl.0.min(IN_FLIGHT_MAX)
     }
 
-    /// The store key of a request with `headers` from `tenant`: `Ok(None)` without the header
+    /// The store key of a request with `headers` from `tenant` (`verified` when a token or a
+    /// client certificate named it): `Ok(None)` without the header
     /// (such requests are not touched), `Err` with what is wrong when the key is malformed
     /// (empty, over [`MAX_KEY_LEN`] bytes, or two header lines with different values): such a
     /// request is refused, as the IETF httpapi idempotency-key draft says, rather than run
@@ -215,6 +224,7 @@ impl RouteIdempotency {
         &self,
         headers: &HeaderMap,
         tenant: &str,
+        verified: bool,
     ) -> Result<Option<StoreKey>, &'static str> {
         let mut all = headers.get_all(&self.header).iter();
         let Some(v) = all.next() else {
@@ -232,6 +242,7 @@ impl RouteIdempotency {
         Ok(Some(StoreKey {
             route: self.route.clone(),
             tenant: tenant.to_string(),
+            verified,
             key: key_digest(v.as_bytes()),
         }))
     }

@@ -86,7 +86,7 @@ pub async fn run(
     idem: &RouteIdempotency,
     mut req: Request<ClientIn>,
 ) -> Response<Body> {
-    let key = match idem.key_of(req.headers(), ctx.tenant.as_str()) {
+    let key = match idem.key_of(req.headers(), ctx.tenant.as_str(), ctx.tenant.is_verified()) {
         Ok(Some(key)) => key,
         Ok(None) => return exchange::run(ctx, req).await,
         Err(msg) => return answer(Reason::BadRequest, msg, None),

@@ -1,7 +1,11 @@
 //! Idempotency keys in the global store (SPEC §10: "with global_store the keys live in the
 //! store"), so a repeat that lands on another replica is still recognised.
 //!
-//! One Redis hash per key, `PREFIX{ROUTE}:i:TENANT:HEX(sha256 of the key)`, with fields `d`
+//! One Redis hash per key, `PREFIX{ROUTE}:i:TENANT:HEX(sha256 of the key)` for a tenant a
+//! request only claimed (a header, the query, ...), `PREFIX{ROUTE}:iv:TENANT:HEX(...)` for one
+//! a token or a client certificate verified ([`StoreKey::verified`]: the two never share an
+//! entry; the claimed form is the one every key had before, so a rampart without `jwt` or
+//! `client_cert` sources keeps its keys across the upgrade), with fields `d`
 //! (the request digest), `s` (`f` in flight, `a` answered, `x` too large to keep) and, once
 //! answered, `st`, `h`, `b`, `t` (status, headers, body, trailers: empty when it had none). Claiming is one script (read and write
 //! under Redis's single thread, so two replicas cannot both claim); completing, releasing and
@@ -113,7 +117,7 @@ impl RedisIdempotency {
 
     fn key(&self, key: &StoreKey) -> String {
         let mut k = self.store.key_base(&key.route);
-        k.push_str(":i:");
+        k.push_str(if key.verified { ":iv:" } else { ":i:" });
         k.push_str(&key.tenant);
         k.push(':');
         for b in key.key {

@@ -227,6 +227,9 @@ impl Jwt {
     /// why not.
     pub fn verify_uncached(&self, token: &str) -> Result<(Verified, u64), String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+        if names_critical(token) {
+            return Err("the header lists critical extensions (crit), and rampart understands none (RFC 7515 §4.1.11)".into());
+        }
         let alg = header.alg;
         let validation = self
             .validations
@@ -340,6 +343,24 @@ fn validation(cfg: &JwtSource, alg: Algorithm) -> Validation {
     }
     v.set_required_spec_claims(&required);
     v
+}
+
+/// Whether the protected header of `token` (decoded already by `jsonwebtoken`, which reads no
+/// `crit`) has a `crit` parameter. It lists extensions a recipient must understand to accept the
+/// token (RFC 7515 §4.1.11); rampart understands none, so any `crit`, empty or malformed ones
+/// included (the RFC forbids them), makes the token invalid. Only the header segment is decoded
+/// again, and only for a token not in the cache.
+fn names_critical(token: &str) -> bool {
+    use base64::Engine as _;
+    let segment = token.split('.').next().unwrap_or("");
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else {
+        // `decode_header` read it: not reached, and refused if it were.
+        return true;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes) {
+        Ok(header) => header.contains_key("crit"),
+        Err(_) => true,
+    }
 }
 
 /// Whether `bytes` is a JWKS with at least one usable key (for `rampart validate`).

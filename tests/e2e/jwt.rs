@@ -1,5 +1,6 @@
 //! SPEC §13: tenants from verified JWTs, plans, and routes that need no tenant.
 
+mod claimed;
 mod identity;
 mod keys;
 mod lines;
@@ -9,7 +10,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::keys::{claims, ec, hmac_with_public_key, jwks, rsa, token, unsigned, JwksServer};
+use self::keys::{
+    claims, ec, hmac_with_public_key, jwks, rsa, token, token_with, unsigned, JwksServer,
+};
 use crate::support::tls::{Ca, Pki};
 use crate::support::{http, sample, Proxy};
 
@@ -87,6 +90,32 @@ async fn admitted(addr: SocketAddr, headers: &[(&str, &str)], n: usize) -> usize
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
+}
+
+/// RFC 7515 §4.1.11: a token whose header lists critical extensions (`crit`) the recipient
+/// does not understand is invalid. rampart understands none: such a token, signed by a key of
+/// the JWKS and good in every other way, is 401 `invalid_token`; the same token signed without
+/// `crit`, or with another unlisted header field, names its tenant.
+#[tokio::test]
+async fn a_token_with_critical_extensions_answers_401() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let proxy = start(app.addr(), &write_jwks(dir.path(), &jwks(&[&r])), "5m").await;
+    let addr = proxy.listener("other");
+    let crit = serde_json::json!({ "crit": ["exp-ext"], "exp-ext": true });
+    for (tenant, extra) in [("c1", crit), ("c2", serde_json::json!({ "crit": [] }))] {
+        let t = bearer(&token_with(&r, &extra, &claims(tenant, None)));
+        let rsp = http::get(addr, "/ok", &[("authorization", &t)]).await;
+        rsp.assert_rampart(401, "invalid_token");
+    }
+    let plain = bearer(&token_with(
+        &r,
+        &serde_json::json!({ "x-note": 1 }),
+        &claims("c3", None),
+    ));
+    let rsp = http::get(addr, "/ok", &[("authorization", &plain)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
 }
 
 #[tokio::test]

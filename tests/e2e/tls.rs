@@ -239,12 +239,19 @@ fn rate_limited(text: &str, tenant: &str) -> f64 {
 #[tokio::test]
 async fn tenant_from_the_client_certificate_uri_san_and_cn() {
     const SPIFFE: &str = "spiffe://example.org/ns/prod/sa/billing";
-    for (field, tenant) in [("uri_san", SPIFFE), ("cn", "billing")] {
+    // A CN of words (a space inside) is an id as it is, as the README says of any printable
+    // ASCII.
+    for (field, tenant) in [
+        ("uri_san", SPIFFE),
+        ("cn", "billing"),
+        ("cn", "Billing Service"),
+    ] {
         let app = sample().await;
         let (ca, pki) = pki();
         let proxy = tls_proxy(app.addr(), &pki, true, &by_cert(field)).await;
         let addr = proxy.listener("inbound");
-        let id = ca.client("billing", Some(SPIFFE));
+        let cn = if field == "cn" { tenant } else { "billing" };
+        let id = ca.client(cn, Some(SPIFFE));
         let cfg = tls::client_config(&ca.pem, Some(&id), &[b"http/1.1"]);
         let first = tls::get(addr, cfg.clone(), "/ok", &[])
             .await

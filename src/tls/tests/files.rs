@@ -178,7 +178,10 @@ fn cert_tenant_ids_allow_spiffe_and_refuse_spaces_and_controls() {
     assert!(is_valid_cert_tenant(&"a".repeat(2048)));
     assert!(!is_valid_cert_tenant(&"a".repeat(2049)));
     assert!(!is_valid_cert_tenant(""));
-    assert!(!is_valid_cert_tenant("two words"));
+    assert!(is_valid_cert_tenant("Billing Service"), "a space inside");
+    assert!(!is_valid_cert_tenant(" billing"), "a space first");
+    assert!(!is_valid_cert_tenant("billing "), "a space last");
+    assert!(!is_valid_cert_tenant(" "));
     assert!(!is_valid_cert_tenant("tab\there"));
     assert!(!is_valid_cert_tenant("caf\u{e9}"));
     // The label of the folded tenants is no tenant's.

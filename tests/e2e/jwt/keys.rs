@@ -117,6 +117,23 @@ pub fn token(s: &Signer, claims: &Value) -> String {
     encode(&h, claims, &s.enc).expect("sign")
 }
 
+/// `claims` signed by `s` under a header of the usual fields and `extra`'s (`crit`, which
+/// `jsonwebtoken`'s `Header` cannot carry).
+pub fn token_with(s: &Signer, extra: &Value, claims: &Value) -> String {
+    let mut h = serde_json::to_value(Header::new(s.alg)).expect("a header");
+    h["kid"] = json!(s.kid);
+    for (k, v) in extra.as_object().expect("an object") {
+        h[k] = v.clone();
+    }
+    let signed = format!(
+        "{}.{}",
+        b64(h.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = jsonwebtoken::crypto::sign(signed.as_bytes(), &s.enc, s.alg).expect("sign");
+    format!("{signed}.{sig}")
+}
+
 /// `claims` under `alg: none`.
 pub fn unsigned(claims: &Value) -> String {
     let h = b64(br#"{"alg":"none","typ":"JWT"}"#);

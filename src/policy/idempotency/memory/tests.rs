@@ -26,6 +26,7 @@ fn key(k: &str) -> StoreKey {
     StoreKey {
         route: Arc::from("r"),
         tenant: "t".into(),
+        verified: false,
         key: super::super::key_digest(k.as_bytes()),
     }
 }
