@@ -88,17 +88,36 @@ pub enum ClientFault {
     Malformed,
     /// No byte for longer than `body_idle_timeout`: 408 `client_timeout`.
     Stalled,
+    /// Still sending when the request's deadline passed (rampart was waiting for its next
+    /// bytes, not for the upstream): 408 `client_timeout`.
+    Late,
 }
 
-/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload, and
-/// how many body bytes came in (for the access log).
+/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload, how
+/// many body bytes came in (for the access log), and how long rampart has waited for the
+/// client's next bytes (a try's time, as judged for the upstream, leaves that wait out: a slow
+/// upload is the client's, SPEC §14).
 ///
 /// It also holds the names the request's identity is read from (the tenant's `header`
 /// sources, `plan_header`): the client's trailers lose them and their spellings with `_` for
 /// any `-` (`x_tenant-id`, which CGI-style upstreams read as the same header), as rampart read
 /// them from the head, and the upstream should read no other value.
-#[derive(Debug, Default)]
-pub struct FaultCell(AtomicU8, AtomicU64, Option<Arc<[http::HeaderName]>>);
+#[derive(Debug)]
+pub struct FaultCell {
+    /// The [`ClientFault`] noted: 0 none, 1 malformed, 2 stalled, 3 late.
+    fault: AtomicU8,
+    /// Body bytes received.
+    received: AtomicU64,
+    /// Names the client's trailers lose.
+    identity: Option<Arc<[http::HeaderName]>>,
+    /// The origin of `wait_began`'s stamps.
+    born: Instant,
+    /// Nanoseconds spent waiting for the client's bytes, in waits that ended.
+    waited: AtomicU64,
+    /// When the wait in progress began, in nanoseconds since `born` plus one; 0 when rampart
+    /// is not waiting for the client (it has a frame to write, or the body has ended).
+    wait_began: AtomicU64,
+}
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
 /// with a deadline between frames.
@@ -392,32 +411,91 @@ impl http_body::Body for ClientIn {
 
 // === impl FaultCell ===
 
+impl Default for FaultCell {
+    fn default() -> Self {
+        FaultCell::with_identity(None)
+    }
+}
+
 impl FaultCell {
     /// A cell for a request whose trailers lose `identity`'s names.
     pub fn with_identity(identity: Option<&Arc<[http::HeaderName]>>) -> Self {
-        FaultCell(AtomicU8::new(0), AtomicU64::new(0), identity.cloned())
+        FaultCell {
+            fault: AtomicU8::new(0),
+            received: AtomicU64::new(0),
+            identity: identity.cloned(),
+            born: Instant::now(),
+            waited: AtomicU64::new(0),
+            wait_began: AtomicU64::new(0),
+        }
     }
 
     /// The fault noted, if any.
     pub fn get(&self) -> Option<ClientFault> {
-        match self.0.load(Ordering::Acquire) {
+        match self.fault.load(Ordering::Acquire) {
             1 => Some(ClientFault::Malformed),
             2 => Some(ClientFault::Stalled),
+            3 => Some(ClientFault::Late),
             _ => None,
         }
     }
 
     /// Body bytes received from the client so far.
     pub fn received(&self) -> u64 {
-        self.1.load(Ordering::Relaxed)
+        self.received.load(Ordering::Relaxed)
     }
 
-    fn set(&self, f: ClientFault) {
+    /// Notes the client's fault `f` (the request path notes [`ClientFault::Late`]; the body
+    /// the others).
+    pub fn set(&self, f: ClientFault) {
         let v = match f {
             ClientFault::Malformed => 1,
             ClientFault::Stalled => 2,
+            ClientFault::Late => 3,
         };
-        self.0.store(v, Ordering::Release);
+        self.fault.store(v, Ordering::Release);
+    }
+
+    /// Whether rampart is waiting for the client's next body bytes now: it asked for them and
+    /// none came yet (not while it waits to write to the upstream, nor once the body ended).
+    pub fn awaiting_client(&self) -> bool {
+        self.wait_began.load(Ordering::Acquire) != 0
+    }
+
+    /// How long rampart has waited for the client's body bytes until `now`, the wait in
+    /// progress included.
+    pub fn waited(&self, now: Instant) -> Duration {
+        let mut nanos = self.waited.load(Ordering::Acquire);
+        let began = self.wait_began.load(Ordering::Acquire);
+        if began != 0 {
+            nanos = nanos.saturating_add(self.nanos(now).saturating_sub(began - 1));
+        }
+        Duration::from_nanos(nanos)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The body found no bytes from the client: a wait begins, unless one is going.
+    fn wait_begins(&self) {
+        if self.wait_began.load(Ordering::Relaxed) == 0 {
+            let began = self.nanos(Instant::now()).saturating_add(1);
+            self.wait_began.store(began, Ordering::Release);
+        }
+    }
+
+    /// The client's bytes (or the body's end, or an error) came: the wait, if one was going,
+    /// ends. One load when none was.
+    fn wait_ends(&self) {
+        if self.wait_began.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let began = self.wait_began.swap(0, Ordering::AcqRel);
+        if began != 0 {
+            let d = self.nanos(Instant::now()).saturating_sub(began - 1);
+            self.waited.fetch_add(d, Ordering::AcqRel);
+        }
     }
 }
 
@@ -493,17 +571,21 @@ impl ClientBody {
 
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use http_body::Body as _;
-        match Pin::new(&mut self.rest).poll_frame(cx) {
+        let polled = Pin::new(&mut self.rest).poll_frame(cx);
+        if polled.is_ready() {
+            self.fault.wait_ends();
+        }
+        match polled {
             Poll::Ready(Some(Ok(mut f))) => {
                 // A client's trailers (chunked HTTP/1.1, or HTTP/2: only hyper's servers pass
                 // them, and every body of theirs is read here) go to the upstream without what
                 // `strip_request_trailers` decides they lose.
                 if let Some(t) = f.trailers_mut() {
-                    let identity = self.fault.2.as_deref().unwrap_or_default();
+                    let identity = self.fault.identity.as_deref().unwrap_or_default();
                     super::forward::strip_request_trailers(t, identity);
                 }
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                self.fault.1.fetch_add(n, Ordering::Relaxed);
+                self.fault.received.fetch_add(n, Ordering::Relaxed);
                 if let Some(t) = self.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + self.idle);
                 }
@@ -515,12 +597,18 @@ impl ClientBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                if !self.rest.is_end_stream() {
+                    // (A body whose last bytes came may still say its end a moment later: not
+                    // the client's wait.)
+                    self.fault.wait_begins();
+                }
                 let idle = self.idle;
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
                     self.fault.set(ClientFault::Stalled);
+                    self.fault.wait_ends();
                     return Poll::Ready(Some(Err(BodyStalled(idle).into())));
                 }
                 Poll::Pending

@@ -17,6 +17,18 @@
 //! which tells them at the trailers ([`grpc::Trailed`]). A fault of the client (malformed or
 //! stalled upload) is [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream
 //! observer.
+//!
+//! **A slow upload is the client's time.** While a try streams the client's body, rampart may
+//! wait for the client's next bytes (the [`FaultCell`] keeps the count). That wait is left out
+//! of the try's time as the upstream is judged on it (slow calls, the latency EWMA, adaptive
+//! concurrency and `per_try: auto`, the upstream duration histogram): the upstream's time is
+//! what was not spent waiting for the client. A per-try deadline bounds the upstream's time
+//! alike (it moves on by the client's waits, never past the request's). A deadline that passes
+//! while rampart waits for the client's bytes is the client's fault: 408 `client_timeout`, no
+//! verdict on the upstream, even if the upstream would have been slow too (it is not expected
+//! to answer a request it has not got whole, so its silence says nothing yet). One that passes
+//! while rampart waits to write to the upstream (it is not reading), or once the body has
+//! ended, is the upstream's: 504 `timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -155,7 +167,7 @@ pub fn run<'a>(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "client request body failed");
-                client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled))
+                client_fault_answer(fault.get().unwrap_or(ClientFault::Late))
             }
         }
     }
@@ -231,11 +243,50 @@ pub(super) async fn retry_loop(
     }
 }
 
-/// Which deadline bounds a try.
+/// Which deadline bounds a try (and, as the error of one that passed, whose fault it was).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bound {
     PerTry(Duration),
     Request,
+    /// The request's deadline passed while rampart waited for the client's body bytes.
+    Client,
+}
+
+/// Waits for the answer to a try that streams the client's body (`sent`), begun at `started`
+/// with the client's waits at `waited0` (see the [`FaultCell`]), under `bound`. A per-try
+/// deadline bounds the upstream's time: when it passes while rampart waits for the client, it
+/// moves on by the client's waits (never past the request's `deadline`). The request's
+/// deadline passing while rampart waits for the client is [`Bound::Client`].
+async fn uploading_within<T>(
+    sent: impl Future<Output = T>,
+    (mut at, mut bound): (Instant, Bound),
+    deadline: Option<Instant>,
+    cell: &FaultCell,
+    started: Instant,
+    waited0: Duration,
+) -> Result<T, Bound> {
+    let mut sent = std::pin::pin!(sent);
+    loop {
+        if let Ok(answer) = tokio::time::timeout_at(at, sent.as_mut()).await {
+            return Ok(answer);
+        }
+        if !cell.awaiting_client() {
+            return Err(bound);
+        }
+        let Bound::PerTry(limit) = bound else {
+            return Err(Bound::Client);
+        };
+        let now = Instant::now();
+        let due = started + limit + cell.waited(now).saturating_sub(waited0);
+        if due <= now {
+            // The upstream's own time (rampart waiting to write to it) used up the limit.
+            return Err(bound);
+        }
+        match deadline {
+            Some(d) if d <= due => (at, bound) = (d, Bound::Request),
+            _ => at = due,
+        }
+    }
 }
 
 /// Steps 7–8: one try of the request of head `parts` and body `body` against one endpoint,
@@ -315,7 +366,7 @@ pub(super) fn try_once<'a>(
                 parts.headers.remove(grpc::GRPC_TIMEOUT);
             }
         }
-        let mut record = TryRecord::start(ctx, &ep, permit, parts, now);
+        let mut record = TryRecord::start(ctx, &ep, permit, parts, now, fault);
         // The endpoint's in-flight count (p2c's load), for the length of the try.
         let _load = ep.health.start();
         // What the writer adds to the head: a `host` naming this endpoint if the request has none.
@@ -325,9 +376,13 @@ pub(super) fn try_once<'a>(
             ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
         };
         let sent = ep.pool.send(ep.addr, parts, &added, body);
-        let result = match bound {
-            Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
-            None => Ok(sent.await),
+        let result = match (bound, fault) {
+            (None, _) => Ok(sent.await),
+            (Some((at, b)), None) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
+            (Some(bound), Some(cell)) => {
+                let waited0 = record.upload.map_or(Duration::ZERO, |(_, w)| w);
+                uploading_within(sent, bound, ctx.deadline, cell, now, waited0).await
+            }
         };
         let used = Some(ep.addr);
         match result {
@@ -423,6 +478,22 @@ pub(super) fn try_once<'a>(
                 *tried = Tried { outcome, used };
                 answer(Reason::UpstreamUnavailable, &msg, None)
             }
+            Err(Bound::Client) => {
+                // The request's time ran out while rampart waited for the client's body.
+                record.finish(Outcome::ClientFault);
+                tracing::debug!(
+                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                    endpoint = %ep.addr, "request deadline passed while the body was arriving"
+                );
+                if let Some(cell) = fault {
+                    cell.set(ClientFault::Late);
+                }
+                *tried = Tried {
+                    outcome: Outcome::ClientFault,
+                    used,
+                };
+                client_fault_answer(ClientFault::Late)
+            }
             Err(bound) => {
                 record.finish(Outcome::Timeout);
                 tracing::debug!(
@@ -434,7 +505,7 @@ pub(super) fn try_once<'a>(
                         ctx.route.metrics.timeout_per_try.inc();
                         limit
                     }
-                    Bound::Request => {
+                    Bound::Request | Bound::Client => {
                         ctx.route.metrics.timeout_request.inc();
                         ctx.limit.unwrap_or_default()
                     }
@@ -489,6 +560,11 @@ pub(super) fn client_fault_answer(f: ClientFault) -> Response<Body> {
             "the request body stalled: no bytes within body_idle_timeout",
             None,
         ),
+        ClientFault::Late => answer(
+            Reason::ClientTimeout,
+            "the request's deadline passed while its body was still arriving",
+            None,
+        ),
     }
 }
 
@@ -508,17 +584,23 @@ struct TryRecord<'a> {
     /// The breaker and the endpoint's health wait for the answer's trailers (a gRPC stream):
     /// [`TryRecord::trail`].
     trailed: bool,
+    /// For a try that streams the client's body: its cell, and the client's waits counted in
+    /// it when the try began (the try's time, as judged for the upstream, leaves out the
+    /// waits since).
+    upload: Option<(&'a FaultCell, Duration)>,
 }
 
 impl<'a> TryRecord<'a> {
-    /// Starts recording the try of the request of head `parts`, begun `now`; a sampled trace
-    /// gets the try's span, and `parts` the `traceparent` that names it.
+    /// Starts recording the try of the request of head `parts`, begun `now`, whose body (if
+    /// it streams from the client) reports to `fault`; a sampled trace gets the try's span,
+    /// and `parts` the `traceparent` that names it.
     fn start(
         ctx: &'a RequestCtx<'a>,
         ep: &'a Endpoint,
         permit: Option<BreakerPermit>,
         parts: &mut Parts,
         now: Instant,
+        fault: Option<&'a FaultCell>,
     ) -> Self {
         let n = ctx.tries.start(ep.addr);
         let span = ctx.trace.as_ref().map(|p| {
@@ -534,6 +616,17 @@ impl<'a> TryRecord<'a> {
             permit,
             span,
             trailed: false,
+            upload: fault.map(|cell| (cell, cell.waited(now))),
+        }
+    }
+
+    /// The try's time until `now` as the upstream is judged on it: without the waits for the
+    /// client's body bytes since the try began (a slow upload is the client's).
+    fn judged(&self, now: Instant) -> Duration {
+        let took = now.saturating_duration_since(self.started);
+        match self.upload {
+            None => took,
+            Some((cell, waited0)) => took.saturating_sub(cell.waited(now).saturating_sub(waited0)),
         }
     }
 
@@ -546,7 +639,7 @@ impl<'a> TryRecord<'a> {
     /// metrics, the access log and the span keep the head's outcome.
     fn trail(&mut self, ep: &Arc<Endpoint>) -> grpc::Trailed {
         self.trailed = true;
-        let took = Instant::now().saturating_duration_since(self.started);
+        let took = self.judged(Instant::now());
         grpc::Trailed::new(
             self.ctx.route.upstream.clone(),
             ep.clone(),
@@ -562,11 +655,14 @@ impl Drop for TryRecord<'_> {
         let ended = Instant::now();
         let took = ended.saturating_duration_since(self.started);
         self.ctx.tries.ended(took, ended);
+        // The upstream's observers take its share of the try (the access log and the span
+        // keep the whole of it).
+        let judged = self.judged(ended);
         if let Some(p) = self.permit.take() {
-            p.record(outcome, took);
+            p.record(outcome, judged);
         }
         if let Some(slot) = self.ctx.slot {
-            slot.record(outcome, took);
+            slot.record(outcome, judged);
         }
         if let Some(span) = self.span.take() {
             let ep = self.ep;
@@ -578,7 +674,7 @@ impl Drop for TryRecord<'_> {
             };
             span.end(to, outcome, took);
         }
-        observe(self.ctx, self.ep, outcome, took, ended, !self.trailed);
+        observe(self.ctx, self.ep, outcome, judged, ended, !self.trailed);
     }
 }
 
