@@ -477,8 +477,9 @@ impl FaultCell {
         u64::try_from(at.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The body found no bytes from the client: a wait begins, unless one is going.
-    fn wait_begins(&self) {
+    /// The body found no bytes from the client: a wait begins, unless one is going. (Only
+    /// [`ClientBody`] tells the cell of its waits; tests of the request path too.)
+    pub(super) fn wait_begins(&self) {
         if self.wait_began.load(Ordering::Relaxed) == 0 {
             let began = self.nanos(Instant::now()).saturating_add(1);
             self.wait_began.store(began, Ordering::Release);
@@ -487,7 +488,7 @@ impl FaultCell {
 
     /// The client's bytes (or the body's end, or an error) came: the wait, if one was going,
     /// ends. One load when none was.
-    fn wait_ends(&self) {
+    pub(super) fn wait_ends(&self) {
         if self.wait_began.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -667,6 +668,30 @@ mod tests {
         assert_eq!((hint.lower(), hint.upper()), (16, Some(16)));
         let open = prefixed_hint(SizeHint::new(), 3);
         assert_eq!((open.lower(), open.upper()), (3, None));
+    }
+
+    /// The cell counts rampart's waits for the client's bytes, the one going included, and
+    /// not the time between them (rampart writing to the upstream).
+    #[tokio::test(start_paused = true)]
+    async fn the_waits_for_the_client_are_counted_and_nothing_else() {
+        let ms = Duration::from_millis;
+        let cell = FaultCell::default();
+        tokio::time::advance(ms(700)).await;
+        assert!(!cell.awaiting_client());
+        assert_eq!(cell.waited(Instant::now()), Duration::ZERO);
+        cell.wait_begins();
+        tokio::time::advance(ms(300)).await;
+        assert!(cell.awaiting_client());
+        assert_eq!(cell.waited(Instant::now()), ms(300));
+        // Polled again before bytes came: the same wait.
+        cell.wait_begins();
+        tokio::time::advance(ms(200)).await;
+        cell.wait_ends();
+        assert!(!cell.awaiting_client());
+        tokio::time::advance(ms(1000)).await;
+        assert_eq!(cell.waited(Instant::now()), ms(500));
+        cell.wait_ends();
+        assert_eq!(cell.waited(Instant::now()), ms(500));
     }
 
     /// A HEAD answer of rampart's own loses its content, keeps its headers and says the

@@ -254,32 +254,32 @@ enum Bound {
 
 /// Waits for the answer to a try that streams the client's body (`sent`), begun at `started`
 /// with the client's waits at `waited0` (see the [`FaultCell`]), under `bound`. A per-try
-/// deadline bounds the upstream's time: when it passes while rampart waits for the client, it
-/// moves on by the client's waits (never past the request's `deadline`). The request's
-/// deadline passing while rampart waits for the client is [`Bound::Client`].
+/// deadline bounds the upstream's time: when it passes, it moves on by the client's waits
+/// since the try began (never past the request's `deadline`). The request's deadline passing
+/// while rampart waits for the client is [`Bound::Client`].
 async fn uploading_within<T>(
-    sent: impl Future<Output = T>,
+    mut sent: std::pin::Pin<&mut impl Future<Output = T>>,
     (mut at, mut bound): (Instant, Bound),
     deadline: Option<Instant>,
     cell: &FaultCell,
     started: Instant,
     waited0: Duration,
 ) -> Result<T, Bound> {
-    let mut sent = std::pin::pin!(sent);
     loop {
         if let Ok(answer) = tokio::time::timeout_at(at, sent.as_mut()).await {
             return Ok(answer);
         }
-        if !cell.awaiting_client() {
-            return Err(bound);
-        }
         let Bound::PerTry(limit) = bound else {
-            return Err(Bound::Client);
+            return Err(match cell.awaiting_client() {
+                true => Bound::Client,
+                false => bound,
+            });
         };
         let now = Instant::now();
         let due = started + limit + cell.waited(now).saturating_sub(waited0);
         if due <= now {
-            // The upstream's own time (rampart waiting to write to it) used up the limit.
+            // The upstream's own time (its answer, or rampart waiting to write to it) used up
+            // the limit.
             return Err(bound);
         }
         match deadline {
@@ -375,7 +375,9 @@ pub(super) fn try_once<'a>(
             trailers: ctx.sends_trailers,
             ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
         };
-        let sent = ep.pool.send(ep.addr, parts, &added, body);
+        // Pinned here, once, for whichever wait below (a future that took it by value would
+        // hold it a second time, and every request's future would grow by it).
+        let sent = std::pin::pin!(ep.pool.send(ep.addr, parts, &added, body));
         let result = match (bound, fault) {
             (None, _) => Ok(sent.await),
             (Some((at, b)), None) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
@@ -709,5 +711,80 @@ fn observe(
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.
         up.latency.record(took);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// A try that streams a client's body, under `per_try: 1s` and a 3 s request deadline, its
+    /// answer never coming: where it ends, and whose fault it is.
+    async fn ends(cell: &FaultCell, start: Instant) -> (Result<(), Bound>, Duration) {
+        let bound = (start + S, Bound::PerTry(S));
+        let pending = std::pin::pin!(std::future::pending::<()>());
+        let got = uploading_within(
+            pending,
+            bound,
+            Some(start + 3 * S),
+            cell,
+            start,
+            Duration::ZERO,
+        )
+        .await;
+        (got, Instant::now() - start)
+    }
+
+    /// While rampart waits for the client's bytes, the per-try deadline moves on and the
+    /// request's is the client's fault; while it does not, each is the upstream's.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passing_while_the_client_is_awaited_is_the_clients() {
+        let cell = FaultCell::default();
+        assert_eq!(
+            ends(&cell, Instant::now()).await,
+            (Err(Bound::PerTry(S)), S)
+        );
+        cell.wait_begins();
+        assert_eq!(
+            ends(&cell, Instant::now()).await,
+            (Err(Bound::Client), 3 * S)
+        );
+    }
+
+    /// The per-try deadline counts the upstream's time: 1 s after the client's body is whole
+    /// (2 s of waiting for it), not 1 s after the try began; an answer before it is the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_per_try_deadline_moves_on_by_the_clients_waits() {
+        let cell = Arc::new(FaultCell::default());
+        cell.wait_begins();
+        let waiting = cell.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(2 * S).await;
+            waiting.wait_ends();
+        });
+        let start = Instant::now();
+        let bound = (start + S, Bound::PerTry(S));
+        let answer = std::pin::pin!(tokio::time::sleep(2 * S + S / 2));
+        let got = uploading_within(answer, bound, None, &cell, start, Duration::ZERO).await;
+        assert_eq!((got, Instant::now() - start), (Ok(()), 2 * S + S / 2));
+        cell.wait_begins();
+        let start = Instant::now();
+        let waited0 = cell.waited(start);
+        let waiting = cell.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(2 * S).await;
+            waiting.wait_ends();
+        });
+        let bound = (start + S, Bound::PerTry(S));
+        let pending = std::pin::pin!(std::future::pending::<()>());
+        let got = uploading_within(pending, bound, None, &cell, start, waited0).await;
+        assert_eq!(
+            (got, Instant::now() - start),
+            (Err(Bound::PerTry(S)), 3 * S)
+        );
     }
 }
