@@ -93,17 +93,36 @@ pub enum ClientFault {
     Malformed,
     /// No byte for longer than `body_idle_timeout`: 408 `client_timeout`.
     Stalled,
+    /// Still sending when the request's deadline passed (rampart was waiting for its next
+    /// bytes, not for the upstream): 408 `client_timeout`.
+    Late,
 }
 
-/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload, and
-/// how many body bytes came in (for the access log).
+/// Shared between a [`ClientBody`] and the request path: what went wrong with the upload, how
+/// many body bytes came in (for the access log), and how long rampart has waited for the
+/// client's next bytes (a try's time, as judged for the upstream, leaves that wait out: a slow
+/// upload is the client's, SPEC §14).
 ///
 /// It also holds the names the request's identity is read from (the tenant's `header`
 /// sources, `plan_header`): the client's trailers lose them and their spellings with `_` for
 /// any `-` (`x_tenant-id`, which CGI-style upstreams read as the same header), as rampart read
 /// them from the head, and the upstream should read no other value.
-#[derive(Debug, Default)]
-pub struct FaultCell(AtomicU8, AtomicU64, Option<Arc<[http::HeaderName]>>);
+#[derive(Debug)]
+pub struct FaultCell {
+    /// The [`ClientFault`] noted: 0 none, 1 malformed, 2 stalled, 3 late.
+    fault: AtomicU8,
+    /// Body bytes received.
+    received: AtomicU64,
+    /// Names the client's trailers lose.
+    identity: Option<Arc<[http::HeaderName]>>,
+    /// The origin of `wait_began`'s stamps.
+    born: Instant,
+    /// Nanoseconds spent waiting for the client's bytes, in waits that ended.
+    waited: AtomicU64,
+    /// When the wait in progress began, in nanoseconds since `born` plus one; 0 when rampart
+    /// is not waiting for the client (it has a frame to write, or the body has ended).
+    wait_began: AtomicU64,
+}
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
 /// with a deadline between frames.
@@ -401,32 +420,92 @@ impl http_body::Body for ClientIn {
 
 // === impl FaultCell ===
 
+impl Default for FaultCell {
+    fn default() -> Self {
+        FaultCell::with_identity(None)
+    }
+}
+
 impl FaultCell {
     /// A cell for a request whose trailers lose `identity`'s names.
     pub fn with_identity(identity: Option<&Arc<[http::HeaderName]>>) -> Self {
-        FaultCell(AtomicU8::new(0), AtomicU64::new(0), identity.cloned())
+        FaultCell {
+            fault: AtomicU8::new(0),
+            received: AtomicU64::new(0),
+            identity: identity.cloned(),
+            born: Instant::now(),
+            waited: AtomicU64::new(0),
+            wait_began: AtomicU64::new(0),
+        }
     }
 
     /// The fault noted, if any.
     pub fn get(&self) -> Option<ClientFault> {
-        match self.0.load(Ordering::Acquire) {
+        match self.fault.load(Ordering::Acquire) {
             1 => Some(ClientFault::Malformed),
             2 => Some(ClientFault::Stalled),
+            3 => Some(ClientFault::Late),
             _ => None,
         }
     }
 
     /// Body bytes received from the client so far.
     pub fn received(&self) -> u64 {
-        self.1.load(Ordering::Relaxed)
+        self.received.load(Ordering::Relaxed)
     }
 
-    fn set(&self, f: ClientFault) {
+    /// Notes the client's fault `f` (the request path notes [`ClientFault::Late`]; the body
+    /// the others).
+    pub fn set(&self, f: ClientFault) {
         let v = match f {
             ClientFault::Malformed => 1,
             ClientFault::Stalled => 2,
+            ClientFault::Late => 3,
         };
-        self.0.store(v, Ordering::Release);
+        self.fault.store(v, Ordering::Release);
+    }
+
+    /// Whether rampart is waiting for the client's next body bytes now: it asked for them and
+    /// none came yet (not while it waits to write to the upstream, nor once the body ended).
+    pub fn awaiting_client(&self) -> bool {
+        self.wait_began.load(Ordering::Acquire) != 0
+    }
+
+    /// How long rampart has waited for the client's body bytes until `now`, the wait in
+    /// progress included.
+    pub fn waited(&self, now: Instant) -> Duration {
+        let mut nanos = self.waited.load(Ordering::Acquire);
+        let began = self.wait_began.load(Ordering::Acquire);
+        if began != 0 {
+            nanos = nanos.saturating_add(self.nanos(now).saturating_sub(began - 1));
+        }
+        Duration::from_nanos(nanos)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The body found no bytes from the client: a wait begins, unless one is going. (Only
+    /// [`ClientBody`] tells the cell of its waits; tests of the request path too.)
+    pub(super) fn wait_begins(&self) {
+        if self.wait_began.load(Ordering::Relaxed) == 0 {
+            let began = self.nanos(Instant::now()).saturating_add(1);
+            self.wait_began.store(began, Ordering::Release);
+        }
+    }
+
+    /// The client's bytes (or the body's end, or an error) came: the wait, if one was going,
+    /// ends. One load when none was.
+    pub(super) fn wait_ends(&self) {
+        if self.wait_began.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let began = self.wait_began.swap(0, Ordering::AcqRel);
+        if began != 0 {
+            let d = self.nanos(Instant::now()).saturating_sub(began - 1);
+            self.waited.fetch_add(d, Ordering::AcqRel);
+        }
     }
 }
 
@@ -546,17 +625,21 @@ impl ClientBody {
 
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use http_body::Body as _;
-        match Pin::new(&mut self.rest).poll_frame(cx) {
+        let polled = Pin::new(&mut self.rest).poll_frame(cx);
+        if polled.is_ready() {
+            self.fault.wait_ends();
+        }
+        match polled {
             Poll::Ready(Some(Ok(mut f))) => {
                 // A client's trailers (chunked HTTP/1.1, or HTTP/2: only hyper's servers pass
                 // them, and every body of theirs is read here) go to the upstream without what
                 // `strip_request_trailers` decides they lose.
                 if let Some(t) = f.trailers_mut() {
-                    let identity = self.fault.2.as_deref().unwrap_or_default();
+                    let identity = self.fault.identity.as_deref().unwrap_or_default();
                     super::forward::strip_request_trailers(t, identity);
                 }
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                self.fault.1.fetch_add(n, Ordering::Relaxed);
+                self.fault.received.fetch_add(n, Ordering::Relaxed);
                 if let Some(k) = &self.kept {
                     let mut k = k.lock();
                     if k.keeping() {
@@ -585,6 +668,11 @@ impl ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if !self.rest.is_end_stream() {
+                    // (A body whose last bytes came may still say its end a moment later: not
+                    // the client's wait.)
+                    self.fault.wait_begins();
+                }
                 let idle = self.idle;
                 let timer = self
                     .timer
@@ -594,6 +682,7 @@ impl ClientBody {
                     if let Some(k) = &self.kept {
                         k.lock().lose();
                     }
+                    self.fault.wait_ends();
                     return Poll::Ready(Some(Err(BodyStalled(idle).into())));
                 }
                 Poll::Pending
@@ -652,6 +741,30 @@ mod tests {
         assert_eq!((hint.lower(), hint.upper()), (16, Some(16)));
         let open = prefixed_hint(SizeHint::new(), 3);
         assert_eq!((open.lower(), open.upper()), (3, None));
+    }
+
+    /// The cell counts rampart's waits for the client's bytes, the one going included, and
+    /// not the time between them (rampart writing to the upstream).
+    #[tokio::test(start_paused = true)]
+    async fn the_waits_for_the_client_are_counted_and_nothing_else() {
+        let ms = Duration::from_millis;
+        let cell = FaultCell::default();
+        tokio::time::advance(ms(700)).await;
+        assert!(!cell.awaiting_client());
+        assert_eq!(cell.waited(Instant::now()), Duration::ZERO);
+        cell.wait_begins();
+        tokio::time::advance(ms(300)).await;
+        assert!(cell.awaiting_client());
+        assert_eq!(cell.waited(Instant::now()), ms(300));
+        // Polled again before bytes came: the same wait.
+        cell.wait_begins();
+        tokio::time::advance(ms(200)).await;
+        cell.wait_ends();
+        assert!(!cell.awaiting_client());
+        tokio::time::advance(ms(1000)).await;
+        assert_eq!(cell.waited(Instant::now()), ms(500));
+        cell.wait_ends();
+        assert_eq!(cell.waited(Instant::now()), ms(500));
     }
 
     /// A HEAD answer of rampart's own loses its content, keeps its headers and says the

@@ -17,6 +17,18 @@
 //! which tells them at the trailers ([`grpc::Trailed`]). A fault of the client (malformed or
 //! stalled upload) is [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream
 //! observer.
+//!
+//! **A slow upload is the client's time.** While a try streams the client's body, rampart may
+//! wait for the client's next bytes (the [`FaultCell`] keeps the count). That wait is left out
+//! of the try's time as the upstream is judged on it (slow calls, the latency EWMA, adaptive
+//! concurrency and `per_try: auto`, the upstream duration histogram): the upstream's time is
+//! what was not spent waiting for the client. A per-try deadline bounds the upstream's time
+//! alike (it moves on by the client's waits, never past the request's). A deadline that passes
+//! while rampart waits for the client's bytes is the client's fault: 408 `client_timeout`, no
+//! verdict on the upstream, even if the upstream would have been slow too (it is not expected
+//! to answer a request it has not got whole, so its silence says nothing yet). One that passes
+//! while rampart waits to write to the upstream (it is not reading), or once the body has
+//! ended, is the upstream's: 504 `timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -163,7 +175,7 @@ pub fn run<'a>(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "client request body failed");
-                client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled))
+                client_fault_answer(fault.get().unwrap_or(ClientFault::Late))
             }
         }
     }
@@ -239,11 +251,50 @@ pub(super) async fn retry_loop(
     }
 }
 
-/// Which deadline bounds a try.
+/// Which deadline bounds a try (and, as the error of one that passed, whose fault it was).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bound {
     PerTry(Duration),
     Request,
+    /// The request's deadline passed while rampart waited for the client's body bytes.
+    Client,
+}
+
+/// Waits for the answer to a try that streams the client's body (`sent`), begun at `started`
+/// with the client's waits at `waited0` (see the [`FaultCell`]), under `bound`. A per-try
+/// deadline bounds the upstream's time: when it passes, it moves on by the client's waits
+/// since the try began (never past the request's `deadline`). The request's deadline passing
+/// while rampart waits for the client is [`Bound::Client`].
+async fn uploading_within<T>(
+    mut sent: std::pin::Pin<&mut impl Future<Output = T>>,
+    (mut at, mut bound): (Instant, Bound),
+    deadline: Option<Instant>,
+    cell: &FaultCell,
+    started: Instant,
+    waited0: Duration,
+) -> Result<T, Bound> {
+    loop {
+        if let Ok(answer) = tokio::time::timeout_at(at, sent.as_mut()).await {
+            return Ok(answer);
+        }
+        let Bound::PerTry(limit) = bound else {
+            return Err(match cell.awaiting_client() {
+                true => Bound::Client,
+                false => bound,
+            });
+        };
+        let now = Instant::now();
+        let due = started + limit + cell.waited(now).saturating_sub(waited0);
+        if due <= now {
+            // The upstream's own time (its answer, or rampart waiting to write to it) used up
+            // the limit.
+            return Err(bound);
+        }
+        match deadline {
+            Some(d) if d <= due => (at, bound) = (d, Bound::Request),
+            _ => at = due,
+        }
+    }
 }
 
 /// Steps 7–8: one try of the request of head `parts` and body `body` against one endpoint,
@@ -323,7 +374,7 @@ pub(super) fn try_once<'a>(
                 parts.headers.remove(grpc::GRPC_TIMEOUT);
             }
         }
-        let mut record = TryRecord::start(ctx, &ep, permit, parts, now);
+        let mut record = TryRecord::start(ctx, &ep, permit, parts, now, fault);
         // The endpoint's in-flight count (p2c's load), for the length of the try.
         let _load = ep.health.start();
         // What the writer adds to the head: a `host` naming this endpoint if the request has none.
@@ -332,10 +383,16 @@ pub(super) fn try_once<'a>(
             trailers: ctx.sends_trailers,
             ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
         };
-        let sent = ep.pool.send(ep.addr, parts, &added, body);
-        let result = match bound {
-            Some((at, b)) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
-            None => Ok(sent.await),
+        // Pinned here, once, for whichever wait below (a future that took it by value would
+        // hold it a second time, and every request's future would grow by it).
+        let sent = std::pin::pin!(ep.pool.send(ep.addr, parts, &added, body));
+        let result = match (bound, fault) {
+            (None, _) => Ok(sent.await),
+            (Some((at, b)), None) => tokio::time::timeout_at(at, sent).await.map_err(|_| b),
+            (Some(bound), Some(cell)) => {
+                let waited0 = record.upload.map_or(Duration::ZERO, |(_, w)| w);
+                uploading_within(sent, bound, ctx.deadline, cell, now, waited0).await
+            }
         };
         let used = Some(ep.addr);
         match result {
@@ -431,6 +488,22 @@ pub(super) fn try_once<'a>(
                 *tried = Tried { outcome, used };
                 answer(Reason::UpstreamUnavailable, &msg, None)
             }
+            Err(Bound::Client) => {
+                // The request's time ran out while rampart waited for the client's body.
+                record.finish(Outcome::ClientFault);
+                tracing::debug!(
+                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                    endpoint = %ep.addr, "request deadline passed while the body was arriving"
+                );
+                if let Some(cell) = fault {
+                    cell.set(ClientFault::Late);
+                }
+                *tried = Tried {
+                    outcome: Outcome::ClientFault,
+                    used,
+                };
+                client_fault_answer(ClientFault::Late)
+            }
             Err(bound) => {
                 record.finish(Outcome::Timeout);
                 tracing::debug!(
@@ -442,7 +515,7 @@ pub(super) fn try_once<'a>(
                         ctx.route.metrics.timeout_per_try.inc();
                         limit
                     }
-                    Bound::Request => {
+                    Bound::Request | Bound::Client => {
                         ctx.route.metrics.timeout_request.inc();
                         ctx.limit.unwrap_or_default()
                     }
@@ -497,6 +570,11 @@ pub(super) fn client_fault_answer(f: ClientFault) -> Response<Body> {
             "the request body stalled: no bytes within body_idle_timeout",
             None,
         ),
+        ClientFault::Late => answer(
+            Reason::ClientTimeout,
+            "the request's deadline passed while its body was still arriving",
+            None,
+        ),
     }
 }
 
@@ -516,17 +594,23 @@ struct TryRecord<'a> {
     /// The breaker and the endpoint's health wait for the answer's trailers (a gRPC stream):
     /// [`TryRecord::trail`].
     trailed: bool,
+    /// For a try that streams the client's body: its cell, and the client's waits counted in
+    /// it when the try began (the try's time, as judged for the upstream, leaves out the
+    /// waits since).
+    upload: Option<(&'a FaultCell, Duration)>,
 }
 
 impl<'a> TryRecord<'a> {
-    /// Starts recording the try of the request of head `parts`, begun `now`; a sampled trace
-    /// gets the try's span, and `parts` the `traceparent` that names it.
+    /// Starts recording the try of the request of head `parts`, begun `now`, whose body (if
+    /// it streams from the client) reports to `fault`; a sampled trace gets the try's span,
+    /// and `parts` the `traceparent` that names it.
     fn start(
         ctx: &'a RequestCtx<'a>,
         ep: &'a Endpoint,
         permit: Option<BreakerPermit>,
         parts: &mut Parts,
         now: Instant,
+        fault: Option<&'a FaultCell>,
     ) -> Self {
         let n = ctx.tries.start(ep.addr);
         let span = ctx.trace.as_ref().map(|p| {
@@ -542,6 +626,17 @@ impl<'a> TryRecord<'a> {
             permit,
             span,
             trailed: false,
+            upload: fault.map(|cell| (cell, cell.waited(now))),
+        }
+    }
+
+    /// The try's time until `now` as the upstream is judged on it: without the waits for the
+    /// client's body bytes since the try began (a slow upload is the client's).
+    fn judged(&self, now: Instant) -> Duration {
+        let took = now.saturating_duration_since(self.started);
+        match self.upload {
+            None => took,
+            Some((cell, waited0)) => took.saturating_sub(cell.waited(now).saturating_sub(waited0)),
         }
     }
 
@@ -554,7 +649,7 @@ impl<'a> TryRecord<'a> {
     /// metrics, the access log and the span keep the head's outcome.
     fn trail(&mut self, ep: &Arc<Endpoint>) -> grpc::Trailed {
         self.trailed = true;
-        let took = Instant::now().saturating_duration_since(self.started);
+        let took = self.judged(Instant::now());
         grpc::Trailed::new(
             self.ctx.route.upstream.clone(),
             ep.clone(),
@@ -570,11 +665,14 @@ impl Drop for TryRecord<'_> {
         let ended = Instant::now();
         let took = ended.saturating_duration_since(self.started);
         self.ctx.tries.ended(took, ended);
+        // The upstream's observers take its share of the try (the access log and the span
+        // keep the whole of it).
+        let judged = self.judged(ended);
         if let Some(p) = self.permit.take() {
-            p.record(outcome, took);
+            p.record(outcome, judged);
         }
         if let Some(slot) = self.ctx.slot {
-            slot.record(outcome, took);
+            slot.record(outcome, judged);
         }
         if let Some(span) = self.span.take() {
             let ep = self.ep;
@@ -586,7 +684,7 @@ impl Drop for TryRecord<'_> {
             };
             span.end(to, outcome, took);
         }
-        observe(self.ctx, self.ep, outcome, took, ended, !self.trailed);
+        observe(self.ctx, self.ep, outcome, judged, ended, !self.trailed);
     }
 }
 
@@ -621,5 +719,80 @@ fn observe(
     if matches!(ctx.route.policy.per_try, Some(file::PerTry::Auto { .. })) {
         // Only `per_try: auto` reads the estimator; others need not feed it.
         up.latency.record(took);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// A try that streams a client's body, under `per_try: 1s` and a 3 s request deadline, its
+    /// answer never coming: where it ends, and whose fault it is.
+    async fn ends(cell: &FaultCell, start: Instant) -> (Result<(), Bound>, Duration) {
+        let bound = (start + S, Bound::PerTry(S));
+        let pending = std::pin::pin!(std::future::pending::<()>());
+        let got = uploading_within(
+            pending,
+            bound,
+            Some(start + 3 * S),
+            cell,
+            start,
+            Duration::ZERO,
+        )
+        .await;
+        (got, Instant::now() - start)
+    }
+
+    /// While rampart waits for the client's bytes, the per-try deadline moves on and the
+    /// request's is the client's fault; while it does not, each is the upstream's.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passing_while_the_client_is_awaited_is_the_clients() {
+        let cell = FaultCell::default();
+        assert_eq!(
+            ends(&cell, Instant::now()).await,
+            (Err(Bound::PerTry(S)), S)
+        );
+        cell.wait_begins();
+        assert_eq!(
+            ends(&cell, Instant::now()).await,
+            (Err(Bound::Client), 3 * S)
+        );
+    }
+
+    /// The per-try deadline counts the upstream's time: 1 s after the client's body is whole
+    /// (2 s of waiting for it), not 1 s after the try began; an answer before it is the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_per_try_deadline_moves_on_by_the_clients_waits() {
+        let cell = Arc::new(FaultCell::default());
+        cell.wait_begins();
+        let waiting = cell.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(2 * S).await;
+            waiting.wait_ends();
+        });
+        let start = Instant::now();
+        let bound = (start + S, Bound::PerTry(S));
+        let answer = std::pin::pin!(tokio::time::sleep(2 * S + S / 2));
+        let got = uploading_within(answer, bound, None, &cell, start, Duration::ZERO).await;
+        assert_eq!((got, Instant::now() - start), (Ok(()), 2 * S + S / 2));
+        cell.wait_begins();
+        let start = Instant::now();
+        let waited0 = cell.waited(start);
+        let waiting = cell.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(2 * S).await;
+            waiting.wait_ends();
+        });
+        let bound = (start + S, Bound::PerTry(S));
+        let pending = std::pin::pin!(std::future::pending::<()>());
+        let got = uploading_within(pending, bound, None, &cell, start, waited0).await;
+        assert_eq!(
+            (got, Instant::now() - start),
+            (Err(Bound::PerTry(S)), 3 * S)
+        );
     }
 }

@@ -114,7 +114,7 @@ pub async fn run(
         }
         Err(e) => {
             tracing::debug!(error = %e, "client request body failed");
-            return client_fault_answer(fault.get().unwrap_or(ClientFault::Stalled));
+            return client_fault_answer(fault.get().unwrap_or(ClientFault::Late));
         }
     };
     let (read, trailers) = read;

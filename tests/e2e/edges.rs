@@ -7,6 +7,7 @@ mod body;
 mod drain;
 pub(crate) mod idle;
 mod reload;
+mod slow_upload;
 
 use std::net::SocketAddr;
 

@@ -517,8 +517,15 @@ async fn the_request_deadline_bounds_an_upload_that_never_pauses() {
     assert!(answered.is_ok(), "answered, not still uploading 5 s on");
     let took = t0.elapsed();
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
-    assert!(text.contains("x-rampart-reason: timeout"), "{text}");
+    // The client never finished its request: whose the deadline is depends on where rampart
+    // was at that instant, waiting for the client's next bytes (408, the client's fault) or
+    // writing to an upstream that had stopped reading (504). Either way it is at the deadline.
+    assert!(
+        (text.starts_with("HTTP/1.1 504") && text.contains("x-rampart-reason: timeout"))
+            || (text.starts_with("HTTP/1.1 408")
+                && text.contains("x-rampart-reason: client_timeout")),
+        "{text}"
+    );
     at_the_deadline(took, "the upload");
 }
 

@@ -52,6 +52,51 @@ pub async fn exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> RawRe
     }
 }
 
+/// Connects to `addr`, writes `head`, then `body` one byte every `gap` (a slow upload, each
+/// byte well inside `body_idle_timeout`), while reading; reads until the peer closes or `wait`
+/// (counted from the connect) runs out. `elapsed` is counted from the connect too.
+pub async fn trickle(
+    addr: SocketAddr,
+    head: &[u8],
+    body: &[u8],
+    gap: Duration,
+    wait: Duration,
+) -> RawResp {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr} must succeed: {e}"));
+    let (mut rd, mut wr) = tcp.into_split();
+    let (head, body) = (head.to_vec(), body.to_vec());
+    let writer = tokio::spawn(async move {
+        // The peer may answer and close before taking everything; that is for the test to judge.
+        let _ = wr.write_all(&head).await;
+        for b in body {
+            tokio::time::sleep(gap).await;
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+        }
+        wr // kept open: dropping it would half-close and look like a finished client
+    });
+    let start = tokio::time::Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(start + wait, rd.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    };
+    let elapsed = start.elapsed();
+    writer.abort();
+    RawResp {
+        bytes,
+        closed,
+        elapsed,
+    }
+}
+
 // === impl RawResp ===
 
 impl RawResp {
