@@ -30,7 +30,7 @@ pub enum Reason {
     /// 431: a request head over `runtime.max_header_bytes`, or with too many header lines.
     HeadTooLarge,
     /// 414: a request line that does not fit `runtime.max_header_bytes`, or a target longer
-    /// than 64 KiB.
+    /// than 65,534 bytes (the `http` crate's bound), its path's raw bytes escaped.
     UriTooLong,
     /// 408: the request body stalled past `body_idle_timeout`.
     ClientTimeout,

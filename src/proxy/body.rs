@@ -139,6 +139,12 @@ pub struct ClientBody {
     kept: Option<Arc<parking_lot::Mutex<Kept>>>,
 }
 
+/// The error a [`ClientBody`] ends with when the client's trailers have a field an HTTP/2
+/// head would be refused for.
+#[derive(Debug, thiserror::Error)]
+#[error("the request trailers have a field name that is no token or a value with a space or tab at either end")]
+pub struct MalformedTrailers;
+
 /// The error a [`ClientBody`] ends with when the client stalls.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no request body bytes for {0:?}")]
@@ -635,6 +641,16 @@ impl ClientBody {
                 // them, and every body of theirs is read here) go to the upstream without what
                 // `strip_request_trailers` decides they lose.
                 if let Some(t) = f.trailers_mut() {
+                    // The field checks an HTTP/2 head gets (`listener.rs`): a name that is no
+                    // token (`a"b`, which the h2 library passes) would reach an HTTP/1.1
+                    // upstream as a trailer line no parser reads, and a value with a space or
+                    // tab at either end is malformed (RFC 9113 §8.2.1). A malformed body, as a
+                    // broken chunk is: 400 if no answer has begun, else the stream is reset.
+                    // (HTTP/1.1's parser refuses such names and trims such values itself.)
+                    if super::h1::parse::untokened_name(t) || super::h1::parse::padded_value(t) {
+                        self.fault.set(ClientFault::Malformed);
+                        return Poll::Ready(Some(Err(MalformedTrailers.into())));
+                    }
                     let identity = self.fault.identity.as_deref().unwrap_or_default();
                     super::forward::strip_request_trailers(t, identity);
                 }

@@ -562,7 +562,7 @@ pub(super) fn client_fault_answer(f: ClientFault) -> Response<Body> {
     match f {
         ClientFault::Malformed => answer(
             Reason::BadRequest,
-            "the request body is malformed (bad chunking, length mismatch or reset)",
+            "the request body is malformed (bad chunking, length mismatch, reset, or a trailer field that is not well formed)",
             None,
         ),
         ClientFault::Stalled => answer(

@@ -658,6 +658,13 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
     None
 }
 
+/// Marks an `OPTIONS` whose target was an absolute URI with no path and no query
+/// (`OPTIONS http://x`), which goes to the upstream as `OPTIONS *` (RFC 9112 §3.2.4). Set by
+/// the lean HTTP/1.1 server, which reads the target as sent; hyper's server hands rampart a
+/// `Uri` whose empty path is already `/`, so a request it serves goes as `OPTIONS /`.
+#[derive(Debug, Clone, Copy)]
+pub struct AsteriskForm;
+
 /// Prepares a client request for the upstream, once, before any try; `sent` says what its head
 /// held, `spare` the names of the lines rampart wrote into it (`RequestCtx::spare`), which a
 /// `connection` list does not remove. What rampart adds is written beside the map by the
@@ -685,11 +692,15 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, sent: Sent, spare: 
     *req.version_mut() = Version::HTTP_11;
     // Upstream requests are origin-form; the authority travels in `host`.
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let pq = match req.uri().path_and_query() {
+            // RFC 9112 §3.2.4: an OPTIONS of an absolute URI with an empty path and no query
+            // asks about the server itself, and the last proxy (rampart: its upstream is the
+            // origin) sends it as `OPTIONS *`; `http://x/` asks about `/` and stays so. `Uri`
+            // makes both `/`: the lean server notes the first ([`AsteriskForm`]).
+            _ if req.extensions().get::<AsteriskForm>().is_some() => PathAndQuery::from_static("*"),
+            Some(pq) => pq.clone(),
+            None => PathAndQuery::from_static("/"),
+        };
         *req.uri_mut() = Uri::from(pq);
     }
 }

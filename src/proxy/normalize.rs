@@ -12,7 +12,13 @@
 //! The form, in this order:
 //! 1. percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) are
 //!    decoded, and every other escape's hex digits are upper-cased (§6.2.2.1–2): `%2F`, `%5C`,
-//!    `%3F` and the like stay escaped, so a segment never gains a `/` it did not have;
+//!    `%3F` and the like stay escaped, so a segment never gains a `/` it did not have; and
+//!    every byte a path may not hold as it is (outside §3.3's `pchar` and `/`: UTF-8 beyond
+//!    ASCII, `"`, `[`, `\`, `]`, `^`, `{`, `|`, `}`: the ones the `http` crate takes raw in a
+//!    path) is escaped, with upper-case hex: `/café` is `/caf%C3%A9`, as a browser
+//!    sends it, and `/a"b` is `/a%22b`. Left raw, one resource would have two spellings and so
+//!    two routes (an HTTP/2 `:path` of raw UTF-8 would miss a `/caf%C3%A9` route), and raw
+//!    UTF-8 would go to an HTTP/1.1 upstream in a request line rampart refuses itself;
 //! 2. with the listener's `merge_slashes` (the default on inbound listeners), runs of `/`
 //!    become one (an empty segment is no segment, as in a file system); without it (the
 //!    default on outbound ones: `//` can be part of an external API's resource name, an S3
@@ -29,12 +35,13 @@
 //! the upstream decodes to `.`), so it has no one meaning to match on.
 //!
 //! Not handled, forwarded as they are: `;` path parameters (Tomcat reads `/a/..;/b` as
-//! `/a/../b`) and `\` (IIS reads it as `/`). An upstream that reads them so is reached by
-//! paths that match no route of what it resolves them to.
+//! `/a/../b`), and `\` sent as `%5C` (IIS reads a raw one as `/`, and some servers decode the
+//! escape before they resolve the path). An upstream that reads them so is reached by paths
+//! that match no route of what it resolves them to.
 //!
-//! The query is left as it is. A path already in the form (the common case: no `%`, no `//`,
-//! no dot segment) costs one scan of its bytes and nothing else: the URI is rebuilt only when
-//! the form differs.
+//! The query is left as it is. A path already in the form (the common case: only `pchar`s and
+//! `/`, no `%` to change, no `//`, no dot segment) costs one scan of its bytes and nothing else:
+//! the URI is rebuilt only when the form differs.
 
 use http::uri::{PathAndQuery, Uri};
 use http::Request;
@@ -46,6 +53,8 @@ pub enum Unfit {
     AboveRoot,
     /// A `%` not followed by two hex digits.
     BadEscape,
+    /// The normal form (its raw bytes escaped) is longer than a request target may be.
+    TooLong,
 }
 
 // === impl Unfit ===
@@ -56,6 +65,9 @@ impl Unfit {
         match self {
             Unfit::AboveRoot => "the request path's `..` segments climb above its root",
             Unfit::BadEscape => "the request path has a `%` not followed by two hex digits",
+            Unfit::TooLong => {
+                "the request path, its raw bytes percent-encoded, is longer than 65534 bytes"
+            }
         }
     }
 }
@@ -80,10 +92,10 @@ pub fn request<B>(req: &mut Request<B>, merge_slashes: bool) -> Result<(), Unfit
         pq.push_str(q);
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    // The normal form only drops bytes and decodes escapes into unreserved characters, all of
-    // which a path may hold, so it parses; `BadEscape` is the closest answer if it ever did not.
-    parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| Unfit::BadEscape)?);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Unfit::BadEscape)?;
+    // The normal form holds only `pchar`s, `/` and escapes, so it parses unless escaping made
+    // it longer than the `http` crate takes (65534 bytes).
+    parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| Unfit::TooLong)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Unfit::TooLong)?;
     Ok(())
 }
 
@@ -115,12 +127,34 @@ pub fn prefix_can_match(prefix: &str, merge_slashes: bool) -> bool {
     matches!(path(&whole, merge_slashes), Ok(None))
 }
 
-/// One scan: no escape to change, no `//` (if `merge_slashes`), no dot segment. `Err` for a
-/// bad escape.
+/// `prefix` with each byte a path in the normal form holds only escaped (outside `pchar`, `/`
+/// and `%`) escaped, or `None` if it has none: what `validate` tells a `path_prefix` written
+/// with them to be written as.
+pub fn escape_raw(prefix: &str) -> Option<String> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if prefix.bytes().all(|b| RAW[usize::from(b)]) {
+        return None;
+    }
+    let mut out = String::with_capacity(prefix.len() * 3);
+    for b in prefix.bytes() {
+        if RAW[usize::from(b)] {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+        }
+    }
+    Some(out)
+}
+
+/// One scan: no byte to escape, no escape to change, no `//` (if `merge_slashes`), no dot
+/// segment. `Err` for a bad escape.
 fn is_normal(p: &[u8], merge_slashes: bool) -> Result<bool, Unfit> {
     let mut i = 0;
     while i < p.len() {
         match p[i] {
+            b if !RAW[usize::from(b)] => return Ok(false),
             b'%' => {
                 let (hi, lo) = escape(p, i)?;
                 if is_unreserved((hi << 4) | lo) || is_lower_hex(p[i + 1]) || is_lower_hex(p[i + 2])
@@ -169,21 +203,65 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Step 1: unreserved escapes decoded, the others' hex upper-cased.
+/// The bytes a path in the normal form holds as they are: RFC 3986 §3.3's `pchar` (unreserved,
+/// sub-delims, `:` and `@`), `/`, and `%`, which starts an escape. Every other byte is escaped.
+static RAW: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'%'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// Step 1: unreserved escapes decoded, the others' hex upper-cased, bytes a path may not hold
+/// raw escaped.
 fn decode(s: &str) -> Result<String, Unfit> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let p = s.as_bytes();
-    let mut out = String::with_capacity(p.len());
+    // Room for a few escapes beyond the bytes given.
+    let mut out = String::with_capacity(p.len() + 16);
     let mut i = 0;
     while i < p.len() {
-        if p[i] != b'%' {
-            // Up to the next escape, whole (`%` is ASCII: `end` is a char boundary).
+        if p[i] != b'%' && RAW[usize::from(p[i])] {
+            // Up to the next escape or byte to escape, whole (both ends are next to ASCII
+            // bytes, so on char boundaries).
             let end = p[i..]
                 .iter()
-                .position(|&b| b == b'%')
+                .position(|&b| b == b'%' || !RAW[usize::from(b)])
                 .map_or(p.len(), |n| i + n);
             out.push_str(&s[i..end]);
             i = end;
+            continue;
+        }
+        if p[i] != b'%' {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(p[i] >> 4)]));
+            out.push(char::from(HEX[usize::from(p[i] & 0xF)]));
+            i += 1;
             continue;
         }
         let (hi, lo) = escape(p, i)?;

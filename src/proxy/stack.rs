@@ -4,9 +4,11 @@
 //! 0. **authority** — one authority decides the route and is forwarded; a request naming two
 //!    (`host` twice) or none (HTTP/1.1 without `host`) is refused before anything else.
 //!    0b. **path** — normalised (`normalize.rs`: `%` escapes of unreserved characters
-//!    decoded, `//` merged if the listener's `merge_slashes`, dot segments removed) before anything reads it, so the route is
+//!    decoded, bytes outside `pchar` escaped, `//` merged if the listener's `merge_slashes`,
+//!    dot segments removed) before anything reads it, so the route is
 //!    chosen on, the access log records and the upstream is sent one and the same path; one
-//!    that climbs above the root or has a broken `%` escape is refused 400.
+//!    that climbs above the root or has a broken `%` escape is refused 400, one that escaping
+//!    makes longer than a target may be 414.
 //! 1. **route** — nothing else can be decided before we know the route and so its policy.
 //! 2. **tenant** — every policy below is per tenant; bad or missing ids are refused before
 //!    they cost anything.
@@ -202,7 +204,11 @@ pub fn handle<'a>(
         }
         if let Some(unfit) = unfit {
             let tm = lst.unrouted.tenant(&shared.empty_label);
-            let rsp = answer(Reason::BadRequest, unfit.message(), None);
+            let reason = match unfit {
+                normalize::Unfit::TooLong => Reason::UriTooLong,
+                _ => Reason::BadRequest,
+            };
+            let rsp = answer(reason, unfit.message(), None);
             return fin.answer(&tm, rsp, None, NO_TRY);
         }
 

@@ -30,6 +30,8 @@ listeners:
     routes:
       - { match: { path_prefix: /healthz }, upstream: app, tenant: optional }
       - { match: { path_prefix: /admin }, upstream: adm, tenant: optional }
+      - { match: { path_prefix: "/caf%C3%A9" }, upstream: adm, tenant: optional }
+      - { match: { path_prefix: "/q%22%7B" }, upstream: adm, tenant: optional }
       - { upstream: app }
   - name: egress
     direction: outbound
@@ -255,5 +257,75 @@ async fn an_empty_path_before_a_query_is_sent_as_the_root() {
         let rsp = raw_get(addr, "http://svc?a=b", extra).await;
         assert_eq!(rsp.status(), Some(200), "{listener}: {}", rsp.text());
         assert_eq!(last_line(&s.app), "GET /?a=b HTTP/1.1", "{listener}");
+    }
+}
+
+/// A byte a path may not hold raw is escaped before routing: raw UTF-8 over HTTP/2 (`/café`)
+/// and `"`, `{`, `|`, `^`, `}`, `[`, `\`, `]` over either protocol take the route of their escaped
+/// spelling, and that spelling is what the upstream is sent and the log records (raw UTF-8
+/// used to reach the catch-all, and an HTTP/1.1 upstream in its request line, raw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_and_escaped_spellings_of_a_path_take_one_route() {
+    let s = setup().await;
+    let addr = s.proxy.listener("inbound");
+    for path in ["/caf\u{e9}/x", "/caf%c3%a9/x", "/caf%C3%A9/x"] {
+        let rsp = http::h2_get(addr, path, &[]).await;
+        assert_eq!(rsp.status, 200, "{path}");
+        assert_eq!(rsp.text(), "adm", "{path}");
+        assert_eq!(last_line(&s.adm), "GET /caf%C3%A9/x HTTP/1.1", "{path}");
+    }
+    for path in ["/q\"{|^}[\\]", "/q%22%7b|^}[%5c]"] {
+        let want = "GET /q%22%7B%7C%5E%7D%5B%5C%5D HTTP/1.1";
+        let rsp = http::h2_get(addr, path, &[]).await;
+        assert_eq!(rsp.status, 200, "h2 {path}");
+        assert_eq!(rsp.text(), "adm", "h2 {path}");
+        assert_eq!(last_line(&s.adm), want, "h2 {path}");
+        let rsp = raw_get(addr, path, "").await;
+        assert_eq!(rsp.status(), Some(200), "h1 {path}: {}", rsp.text());
+        assert!(rsp.text().ends_with("adm"), "h1 {path}: {}", rsp.text());
+        assert_eq!(last_line(&s.adm), want, "h1 {path}");
+    }
+    // Raw UTF-8 over HTTP/1.1 as well; what the `http` crate takes in no path is refused.
+    let rsp = raw_get(addr, "/caf\u{e9}/x", "").await;
+    assert_eq!(rsp.status(), Some(200), "h1 UTF-8: {}", rsp.text());
+    assert_eq!(last_line(&s.adm), "GET /caf%C3%A9/x HTTP/1.1");
+    for path in ["/q<", "/q`"] {
+        assert_eq!(raw_get(addr, path, "").await.status(), Some(400), "{path}");
+    }
+    // The query is left as it is.
+    let rsp = http::h2_get(addr, "/caf\u{e9}?q=\u{e9}", &[]).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(last_line(&s.adm), "GET /caf%C3%A9?q=\u{e9} HTTP/1.1");
+    let lines = wait_log_lines(&s.log, 8).await;
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+    assert!(paths.contains(&"/caf%C3%A9/x"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains('\u{e9}')), "{paths:?}");
+}
+
+/// RFC 9112 §3.2.4: an OPTIONS of an absolute URI with an empty path (and no query) asks about
+/// the server, and the last proxy sends it as `OPTIONS *`; before, it went as `OPTIONS /`.
+/// `http://svc/` names `/` and stays so; a query keeps its `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_options_of_an_empty_path_is_sent_as_the_asterisk() {
+    let s = setup().await;
+    for (listener, extra) in [("inbound", "x-tenant-id: acme\r\n"), ("egress", "")] {
+        let addr = s.proxy.listener(listener);
+        for (target, sent) in [
+            ("http://svc", "OPTIONS * HTTP/1.1"),
+            ("http://svc/", "OPTIONS / HTTP/1.1"),
+            ("http://svc?a=b", "OPTIONS /?a=b HTTP/1.1"),
+        ] {
+            let req = format!(
+                "OPTIONS {target} HTTP/1.1\r\nhost: svc\r\n{extra}connection: close\r\n\r\n"
+            );
+            let rsp = raw::exchange(addr, req.as_bytes(), WAIT).await;
+            assert_eq!(
+                rsp.status(),
+                Some(200),
+                "{listener} {target}: {}",
+                rsp.text()
+            );
+            assert_eq!(last_line(&s.app), sent, "{listener} {target}");
+        }
     }
 }

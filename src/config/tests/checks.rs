@@ -102,6 +102,37 @@ fn routes_check_match_and_order() {
         );
         assert!(e.message.contains("can never match"), "{}", e.message);
     }
+    // What no request path holds, and what one holds only escaped (with the form to write).
+    for (dead, says) in [
+        ("/a?b=1", "a `?`"),
+        ("/a#top", "a `#`"),
+        ("/a b", "a space"),
+        ("/a\\tb", "a control character"),
+    ] {
+        let e = fails_at(
+            &with_match(&format!("{{ path_prefix: \"{dead}\" }}")),
+            "listeners[0].routes[0].match.path_prefix",
+        );
+        assert!(e.message.contains("can never match"), "{}", e.message);
+        assert!(e.message.contains(says), "{}", e.message);
+    }
+    for (raw, escaped) in [
+        ("/\u{e9}", "/%C3%A9"),
+        ("/caf\u{e9}/x", "/caf%C3%A9/x"),
+        ("/a{b}|c", "/a%7Bb%7D%7Cc"),
+        ("/q\\\"x", "/q%22x"),
+    ] {
+        let e = fails_at(
+            &with_match(&format!("{{ path_prefix: \"{raw}\" }}")),
+            "listeners[0].routes[0].match.path_prefix",
+        );
+        assert!(
+            e.message.ends_with(&format!("write {escaped:?}")),
+            "{}",
+            e.message
+        );
+        ok(&with_match(&format!("{{ path_prefix: \"{escaped}\" }}")));
+    }
     ok(&with_match("{ path_prefix: /api/. }"));
     ok(&with_match("{ path_prefix: \"/a%2Fb\" }"));
     // Without merge_slashes (the outbound default) `//` is in the normal form: `/a//b` can

@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::proxy::body::ClientIn;
-use crate::proxy::forward::{Noted, Sent};
+use crate::proxy::forward::{AsteriskForm, Noted, Sent};
 
 /// Most header lines in a request head, over either protocol (README, `head_too_large`; the
 /// count Apache's `LimitRequestFields` allows by default): more are answered 431. The lean
@@ -264,6 +264,19 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
         Version::HTTP_10
     };
     *req.headers_mut() = headers;
+    // `OPTIONS http://x`, an absolute URI with no path and no query: `Uri` makes its path `/`,
+    // so that it asks about the server itself (RFC 9112 §3.2.4) is noted here, where the
+    // target is still as sent, for `forward::prepare_request` to send it as `OPTIONS *`.
+    if req.method() == Method::OPTIONS && req.uri().scheme().is_some() {
+        let t = &head[target.0 as usize..target.1 as usize];
+        let after = t
+            .windows(3)
+            .position(|w| w == b"://")
+            .map_or(t.len(), |n| n + 3);
+        if !t[after..].iter().any(|b| matches!(b, b'/' | b'?' | b'#')) {
+            req.extensions_mut().insert(AsteriskForm);
+        }
+    }
     Parsed::Simple(Head {
         len,
         keep_alive,

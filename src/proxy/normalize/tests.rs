@@ -233,3 +233,41 @@ fn an_empty_path_before_a_query_is_the_root() {
         assert_eq!(req.uri(), "http://x/");
     }
 }
+
+/// A byte a path may not hold raw (outside `pchar` and `/`) is escaped, with upper-case hex, so
+/// the raw spelling and the escaped one meet in one form: `/café` (an HTTP/2 `:path` of raw
+/// UTF-8) takes the route of `/caf%C3%A9`.
+#[test]
+fn bytes_outside_pchar_are_escaped() {
+    for (sent, normal) in [
+        ("/café", "/caf%C3%A9"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/a\"b", "/a%22b"),
+        ("/{x}|y^z`", "/%7Bx%7D%7Cy%5Ez%60"),
+        ("/<a>", "/%3Ca%3E"),
+        ("/a\\b", "/a%5Cb"),
+        ("/[v]", "/%5Bv%5D"),
+        ("/é/../x", "/x"),
+        ("//é", "/%C3%A9"),
+        ("/%7e/é", "/~/%C3%A9"),
+    ] {
+        assert_eq!(norm(sent).as_deref(), Ok(normal), "{sent}");
+        assert_eq!(path(normal, true), Ok(None), "{normal} is in the form");
+    }
+    // Every sub-delim, `:` and `@` stays as it is.
+    assert_eq!(path("/a!$&'()*+,;=:@b", true), Ok(None));
+    // The query is not touched.
+    let mut req = Request::builder()
+        .uri("/caf\u{e9}?q=\u{e9}|%e9")
+        .body(())
+        .expect("req");
+    request(&mut req, true).expect("normalised");
+    assert_eq!(
+        req.uri().path_and_query().map(|p| p.as_str()),
+        Some("/caf%C3%A9?q=\u{e9}|%e9")
+    );
+    // A path that escaping makes longer than a target may be.
+    let long = format!("/{}", "é".repeat(12_000));
+    let mut req = Request::builder().uri(long.as_str()).body(()).expect("req");
+    assert_eq!(request(&mut req, true), Err(Unfit::TooLong));
+}

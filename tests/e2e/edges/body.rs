@@ -345,6 +345,76 @@ async fn trailer_fields_that_have_no_place_there_never_reach_the_upstream() {
     assert_no_panic(&proxy);
 }
 
+/// An HTTP/2 request's trailers get the field checks its head gets: a name that is no token
+/// (`a"b`, which the h2 library passes) or a value with a space or tab at either end is a
+/// malformed body, answered 400 `bad_request`, streamed or buffered for a retry. Before, they
+/// reached the HTTP/1.1 upstream as chunked trailer lines (`a"b: 1`) no parser reads. A
+/// well-formed trailer still passes.
+#[tokio::test]
+async fn h2_request_trailers_get_the_field_checks_of_a_head() {
+    let (app, proxy) = setup(false).await;
+    let addr = proxy.listener("inbound");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let bad = [
+        (http::HeaderName::from_static("a\"b"), "1"),
+        (http::HeaderName::from_static("x-pad"), " lead"),
+        (http::HeaderName::from_static("x-pad"), "trail\t"),
+    ];
+    for path in ["/r/trailed", "/s/trailed"] {
+        for (name, value) in &bad {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(name.clone(), value.parse().expect("value"));
+            let body = Frames(VecDeque::from([
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(trailers),
+            ]));
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{addr}{path}"))
+                .body(body)
+                .expect("request");
+            let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+                .await
+                .expect("answered in time")
+                .expect("answered");
+            let status = rsp.status();
+            let reason = rsp.headers().get("x-rampart-reason").cloned();
+            assert_eq!(status, 400, "{path} {name}: {value:?}");
+            assert_eq!(
+                reason.as_ref().map(|r| r.as_bytes()),
+                Some(&b"bad_request"[..]),
+                "{path} {name}: {value:?}"
+            );
+        }
+    }
+    for got in app.requests() {
+        assert!(!got.contains("a\"b"), "{got}");
+        assert!(!got.contains("x-pad"), "{got}");
+    }
+    // A well-formed trailer passes, on the same connection.
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().expect("value"));
+    let body = Frames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"hello")),
+        Frame::trailers(trailers),
+    ]));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/s/good"))
+        .body(body)
+        .expect("request");
+    let rsp = send.send_request(req).await.expect("answered");
+    assert_eq!(rsp.status(), 200);
+    let last = app.requests().last().cloned().unwrap_or_default();
+    assert!(trailer_section(&last).contains("x-checksum: abc"), "{last}");
+    assert_no_panic(&proxy);
+}
+
 /// Before 2464352 there was no body idle timeout: a stalled upload held its slot until the
 /// request timeout and was then answered 504 as an upstream timeout (with retry) or held for
 /// ever (without). Fails on the old code (the issue's probe; no `body_idle_timeout` key).
