@@ -578,20 +578,34 @@ impl ClientBody {
     /// field section). A body announced (or found) larger than `limit`
     /// is not kept: what was read so far stays in front of the rest, and the body streams once.
     /// An error is the client's fault, noted in the fault cell.
+    ///
+    /// Each frame is copied as it comes into one buffer, made the body's size when its length
+    /// is known, and let go: the body costs its size and one frame, not its frames (each a view
+    /// pinning a server read buffer) and then their copy, nearly twice its size at the end.
     pub async fn buffer(mut self, limit: usize) -> Result<Buffered, BoxError> {
         use http_body::Body as _;
         use http_body_util::BodyExt;
         if self.rest.is_end_stream() {
             return Ok(Buffered::Replayable(Bytes::new(), None));
         }
-        if self.rest.size_hint().lower() > limit as u64 {
+        let hint = self.rest.size_hint();
+        if hint.lower() > limit as u64 {
             return Ok(Buffered::Streaming(Body::Client(self)));
         }
-        let mut size = 0usize;
-        let mut frames = VecDeque::new();
+        // At most `limit` (checked above); a length not known grows the buffer as it comes.
+        let known = hint.exact().map_or(0, |n| n as usize);
+        let mut all = bytes::BytesMut::with_capacity(known);
         let mut trailers = None;
         while let Some(frame) = self.frame().await {
-            let frame = match frame?.into_trailers() {
+            let frame = match frame?.into_data() {
+                Ok(d) if trailers.is_none() && d.len() <= limit - all.len() => {
+                    all.extend_from_slice(&d);
+                    continue;
+                }
+                Ok(d) => Frame::data(d),
+                Err(frame) => frame,
+            };
+            let frame = match frame.into_trailers() {
                 // The last frame of a body (HTTP/1.1 and HTTP/2 alike).
                 Ok(t) if trailers.is_none() => {
                     trailers = Some(Box::new(t));
@@ -600,25 +614,18 @@ impl ClientBody {
                 Ok(t) => Frame::trailers(t),
                 Err(frame) => frame,
             };
-            let is_data = frame.is_data();
-            size += frame.data_ref().map_or(0, |d| d.len());
+            // Too large, or a frame that is neither data nor trailers, or one after the
+            // trailers: streamed once as it came, what was read in front of it.
+            let mut frames = VecDeque::with_capacity(3);
+            if !all.is_empty() {
+                frames.push_back(Frame::data(all.freeze()));
+            }
+            if let Some(t) = trailers.take() {
+                frames.push_back(Frame::trailers(*t));
+            }
             frames.push_back(frame);
-            if size > limit || !is_data || trailers.is_some() {
-                // Too large, or a frame that is neither data nor trailers, or one after the
-                // trailers: streamed once as it came.
-                if let Some(t) = trailers.take() {
-                    let at = frames.len() - 1;
-                    frames.insert(at, Frame::trailers(*t));
-                }
-                self.prefix = frames;
-                return Ok(Buffered::Streaming(Body::Client(self)));
-            }
-        }
-        let mut all = bytes::BytesMut::with_capacity(size);
-        for f in frames {
-            if let Ok(d) = f.into_data() {
-                all.extend_from_slice(&d);
-            }
+            self.prefix = frames;
+            return Ok(Buffered::Streaming(Body::Client(self)));
         }
         Ok(Buffered::Replayable(all.freeze(), trailers))
     }

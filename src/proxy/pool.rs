@@ -476,7 +476,8 @@ impl Pool {
         head.response.map(|()| Body::Upstream(r))
     }
 
-    fn put(self: &Arc<Self>, conn: Box<Conn>) {
+    fn put(self: &Arc<Self>, mut conn: Box<Conn>) {
+        conn.idle();
         // A full stack gives back its oldest, closed here: more idle connections than
         // `pool_max_idle` are waste.
         let home = &self.idle[conn.home() % self.idle.len()];

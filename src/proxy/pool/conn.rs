@@ -27,6 +27,9 @@ const READ_START: usize = 8 * 1024;
 const READ_MAX: usize = 64 * 1024;
 /// Below this much free room, the read buffer is grown (or reclaimed) before a read.
 const READ_MIN_ROOM: usize = 1024;
+/// A write buffer with more room than this (a request head over 16 KiB) is let go when the
+/// connection goes idle; heads up to it keep theirs from one request to the next.
+const WRITE_KEEP: usize = 16 * 1024;
 
 /// The byte stream under one upstream connection.
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub(super) struct Conn {
     rd: BytesMut,
     /// How much the next read asks for (grows while reads fill the buffer).
     read_size: usize,
+    /// Whether `rd` was given room for a read larger than [`READ_START`] (a big answer): its
+    /// buffer, up to [`READ_MAX`] and more, is let go when the connection goes idle ([`Conn::idle`]).
+    grown: bool,
     /// Bytes to write: the request head, then a chunk's size line; reused for every request.
     wr: Vec<u8>,
     /// How much of `wr` is written.
@@ -222,6 +228,7 @@ impl Conn {
             io,
             rd: BytesMut::with_capacity(READ_START),
             read_size: READ_START,
+            grown: false,
             wr: Vec::with_capacity(1024),
             wr_at: 0,
             wr_data: Bytes::new(),
@@ -244,6 +251,27 @@ impl Conn {
     pub(super) fn into_upgraded(self: Box<Self>) -> (Stream, Bytes, Slot) {
         let Conn { io, rd, _slot, .. } = *self;
         (io, rd.freeze(), _slot)
+    }
+
+    /// Lets go of what a big exchange left as the connection goes idle in its pool: a read
+    /// buffer grown for a big answer (up to [`READ_MAX`] and more, for each idle connection
+    /// until `pool_idle_timeout`), a write buffer grown for a head over [`WRITE_KEEP`]. A read
+    /// buffer that never grew is kept, so a connection that carries small answers allocates
+    /// nothing here; one that grew gets a new one of [`READ_START`] at its next read. (Its
+    /// last frames, still on their way to the client, keep the old buffer until they are sent.)
+    pub(super) fn idle(&mut self) {
+        debug_assert!(
+            self.rd.is_empty(),
+            "only a connection with nothing unread is pooled"
+        );
+        if self.grown {
+            self.rd = BytesMut::new();
+            self.read_size = READ_START;
+            self.grown = false;
+        }
+        if self.wr.capacity() > WRITE_KEEP {
+            self.wr = Vec::with_capacity(1024);
+        }
     }
 
     /// Whether an idle connection is still open and quiet: a read that would wait. End of
@@ -326,10 +354,6 @@ impl Conn {
                     None => BodyKind::Unknown,
                 }
             };
-            if self.wr.capacity() > h1::MAX_HEAD {
-                // A huge request head once is no reason to keep its buffer for the connection's life.
-                self.wr = Vec::with_capacity(1024);
-            }
             self.wr.clear();
             self.wr_at = 0;
             self.sent = 0;
@@ -646,6 +670,7 @@ impl Conn {
         if self.rd.capacity() - self.rd.len() < READ_MIN_ROOM {
             // Reclaims the buffer when every frame split off it is gone; else a new one.
             self.rd.reserve(self.read_size);
+            self.grown |= self.read_size > READ_START || self.rd.capacity() > 2 * READ_START;
         }
         let room = self.rd.capacity() - self.rd.len();
         let n = ready!(tokio_util::io::poll_read_buf(
@@ -1063,5 +1088,66 @@ mod tests {
         let mut conn = over(&dead);
         let failed = exchange(&mut conn, upload(&["hello"]), false).await;
         assert!(matches!(failed, Err(Failed::Broken(_))), "{failed:?}");
+    }
+
+    /// Reads the answer whose head `exchange` gave to its end; its frames are kept (as the
+    /// client's side keeps them until sent).
+    async fn read_answer(conn: &mut Conn, head: h1::Head) -> Vec<Bytes> {
+        conn.start_body(head.framing, head.keep_alive);
+        let mut frames = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| conn.poll_body(cx)).await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        frames
+    }
+
+    /// A connection that read a big answer goes idle without the read buffer it grew for it
+    /// (64 KiB reads, each an allocation up to twice that, held by every idle connection until
+    /// `pool_idle_timeout`); one that read only small answers keeps its buffer, with nothing
+    /// allocated, and so does one that goes back to small answers after a give-back.
+    #[tokio::test]
+    async fn a_connection_going_idle_gives_back_a_read_buffer_grown_for_a_big_answer() {
+        const BIG: usize = 1 << 20;
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + BIG, b'x');
+        let wire = answering(&answer);
+        let mut conn = over(&wire);
+        let head = exchange_as(&mut conn, Method::GET, Body::Empty, false)
+            .await
+            .unwrap();
+        let frames = read_answer(&mut conn, head).await;
+        assert_eq!(frames.iter().map(Bytes::len).sum::<usize>(), BIG);
+        assert!(conn.reusable());
+        assert!(conn.read_size > READ_START, "reads grew for the big answer");
+        conn.idle();
+        assert!(
+            conn.rd.capacity() <= READ_START && conn.read_size == READ_START,
+            "an idle connection keeps {} bytes of read buffer, reads of {}",
+            conn.rd.capacity(),
+            conn.read_size
+        );
+        drop(frames);
+
+        // Small answers after it: the connection reads as before, and keeps the buffer it
+        // makes for them.
+        for _ in 0..3 {
+            wire.answer
+                .lock()
+                .unwrap()
+                .extend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            let head = exchange_as(&mut conn, Method::GET, Body::Empty, true)
+                .await
+                .unwrap();
+            let frames = read_answer(&mut conn, head).await;
+            assert_eq!(frames.concat(), b"ok");
+            let (kept, at) = (conn.rd.capacity(), conn.rd.as_ptr());
+            assert!(kept > 0);
+            conn.idle();
+            assert_eq!(
+                (conn.rd.capacity(), conn.rd.as_ptr()),
+                (kept, at),
+                "a buffer that never grew is kept"
+            );
+        }
     }
 }
