@@ -3,6 +3,7 @@
 //! clients reach it through rampart over HTTP/2 and HTTP/1.1.
 
 mod odd;
+mod waiting;
 
 use std::convert::Infallible;
 use std::future::Future;

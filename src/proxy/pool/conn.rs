@@ -858,6 +858,7 @@ mod tests {
             https: false,
             trailers,
             deadline: None,
+            waiting: None,
         }
     }
 
