@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, TE};
+use http::header::{HeaderValue, EXPECT, HOST, TE};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -498,6 +498,10 @@ fn request(
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(added.proto()));
     headers.insert(TE, HeaderValue::from_static("trailers"));
+    // The client's `expect: 100-continue` was met by rampart (hyper's HTTP/1.1 server sent its
+    // `100` when the body was first read), and the body goes out without waiting for one:
+    // the upstream is not asked for another (which hyper's client would drop anyway).
+    headers.remove(EXPECT);
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
