@@ -378,8 +378,11 @@ pub(super) fn try_once<'a>(
         // The endpoint's in-flight count (p2c's load), for the length of the try.
         let _load = ep.health.start();
         // What the writer adds to the head: a `host` naming this endpoint if the request has none.
+        // Set while the try waits for a stream of an HTTP/2 upstream's connection.
+        let waiting = std::sync::atomic::AtomicBool::new(false);
         let added = forward::Added {
             deadline: ctx.deadline.as_ref(),
+            waiting: Some(&waiting),
             trailers: ctx.sends_trailers,
             ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
         };
@@ -483,6 +486,13 @@ pub(super) fn try_once<'a>(
                     (SendError::Reset(r), _) if r.refused() => {
                         format!("upstream {name} ({addr}) refused the stream")
                     }
+                    // An HTTP/2 upstream's stream reset, connection closed with an error or
+                    // refused as malformed, or one that does not speak HTTP/2: said as such.
+                    (SendError::Reset(r), _) => match crate::proxy::pool::h2_message(r, name, addr)
+                    {
+                        Some(msg) => msg,
+                        None => format!("connection lost to upstream {name} ({addr})"),
+                    },
                     _ => format!("connection lost to upstream {name} ({addr})"),
                 };
                 *tried = Tried { outcome, used };
@@ -520,10 +530,18 @@ pub(super) fn try_once<'a>(
                         ctx.limit.unwrap_or_default()
                     }
                 };
-                let msg = format!(
-                    "no answer from upstream {} ({}) within {:?}",
-                    up.name, ep.addr, limit
-                );
+                let msg = if waiting.load(std::sync::atomic::Ordering::Relaxed) {
+                    // It never left rampart: the HTTP/2 connection had no stream free.
+                    format!(
+                        "no stream free on the HTTP/2 connection to upstream {} ({}) within {:?} (the upstream's limit of concurrent streams reached); the request was not sent",
+                        up.name, ep.addr, limit
+                    )
+                } else {
+                    format!(
+                        "no answer from upstream {} ({}) within {:?}",
+                        up.name, ep.addr, limit
+                    )
+                };
                 *tried = Tried {
                     outcome: Outcome::Timeout,
                     used,

@@ -167,6 +167,7 @@ impl Peer {
             https: self.tls,
             trailers: false,
             deadline: None,
+            waiting: None,
         }
     }
 }
@@ -300,6 +301,10 @@ pub struct Added<'a> {
     /// The request's deadline, if it has one: not a line of the request, but the bound on
     /// writing the rest of its upload once its answer has ended (see `pool::finish_upload`).
     pub deadline: Option<&'a tokio::time::Instant>,
+    /// Set while the try waits for a stream of an HTTP/2 upstream's connection (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` reached), so that a timeout can say the request was
+    /// never sent. `None`: not told.
+    pub waiting: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Added<'_> {

@@ -56,6 +56,7 @@ use tokio::time::Instant;
 
 pub(crate) use self::conn::Stream;
 use self::conn::{Conn, Failed};
+pub(crate) use self::h2::message as h2_message;
 use self::idle::Stack;
 use super::body::Body;
 use super::forward::Added;
@@ -186,6 +187,12 @@ pub enum UpstreamError {
     /// The request's time ran out while the answer's body was still coming.
     #[error("the request timeout ran out before the answer's body was whole")]
     Deadline,
+    /// An upstream of `protocol: http2` did not answer as an HTTP/2 server (why).
+    #[error("the upstream does not speak HTTP/2: {0}")]
+    NotHttp2(&'static str),
+    /// The HTTP/2 connections a request waited on for a stream kept going away: never sent.
+    #[error("the upstream's HTTP/2 connections went away before the request could be sent")]
+    Unsent,
 }
 
 /// The settings of one endpoint's pool, from its upstream's section.

@@ -3,6 +3,7 @@
 //! clients reach it through rampart over HTTP/2 and HTTP/1.1.
 
 mod odd;
+mod waiting;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -2404,4 +2405,29 @@ async fn a_keyed_grpc_call_is_replayed_with_its_trailers_and_a_failed_one_is_not
             );
         }
     }
+}
+
+/// An HTTP/1.1 client's `expect: 100-continue` is met by rampart (its `100 Continue`, then the
+/// body read): the HTTP/2 upstream gets the request without it, as an expectation already
+/// met. Before, it was passed on, asking the upstream for a `100` nobody waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_not_passed_to_an_h2_upstream() {
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let req = b"POST /echo HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
+    let rsp = crate::support::raw::exchange(
+        proxy.listener("inbound"),
+        req,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let text = rsp.text();
+    assert!(text.contains("hello"), "{text}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        !seen[0].headers.contains_key("expect"),
+        "{:?}",
+        seen[0].headers
+    );
 }

@@ -883,6 +883,7 @@ mod tests {
             https: false,
             trailers,
             deadline: None,
+            waiting: None,
         }
     }
 

@@ -28,13 +28,13 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, TE};
+use http::header::{HeaderValue, EXPECT, HOST, TE};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -42,8 +42,10 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+mod link;
+use link::{Closed, Link, Slot, Watched};
 
 use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
 use crate::proxy::body::{Body, Replay};
@@ -63,23 +65,31 @@ const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Streams open at once to one endpoint: as many as [`CONNECTION_WINDOW`] holds at their full
 /// [`STREAM_WINDOW`] (8191), so that streams nobody reads can never exhaust it. More requests
 /// wait for a stream to end (within their try's deadline), as they would at an upstream's own
-/// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, and at an upstream's own limit too ([`link`]).
 const MAX_STREAMS: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
 const _: () = assert!(MAX_STREAMS as u64 * STREAM_WINDOW as u64 <= CONNECTION_WINDOW as u64);
 
 /// An endpoint's HTTP/2 connection, made when first needed.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct H2 {
-    /// The connection's number (see [`H2::retire`]) and request handle; `None` before the
-    /// first connect, and after the connection is let go.
-    sender: parking_lot::Mutex<Option<(u64, SendRequest<Body>)>>,
+    /// The connection; `None` before the first connect, and after the connection is let go.
+    sender: parking_lot::Mutex<Option<Live>>,
     /// The number of the next connection.
     made: AtomicU64,
     /// Held while a connection is made, so concurrent requests wait for that one.
     connecting: tokio::sync::Mutex<()>,
-    /// One permit per stream that may be open at once ([`MAX_STREAMS`]), held from the send
-    /// to the end (or drop) of its answer.
-    streams: Arc<Semaphore>,
+}
+
+/// One HTTP/2 connection of an endpoint.
+#[derive(Clone, Debug)]
+struct Live {
+    /// Its number (see [`H2::retire`]).
+    id: u64,
+    /// hyper's handle to send requests on it.
+    sender: SendRequest<Body>,
+    /// The streams it takes now, and whether it is going away ([`link`]): one [`Slot`] per
+    /// stream open at once, held from the send to the end (or drop) of its answer.
+    link: Arc<Link>,
 }
 
 /// An HTTP/2 upstream's answer body: hyper's stream, counted into the access log line its
@@ -97,8 +107,9 @@ pub(crate) struct H2 {
 pub struct H2Answer {
     /// `None` once cut at the deadline.
     body: Option<Incoming>,
-    /// The stream's place among [`MAX_STREAMS`], freed when the answer ends or is dropped.
-    stream: Option<OwnedSemaphorePermit>,
+    /// The stream's place on its connection, freed when the answer ends or is dropped
+    /// (after `body`, whose drop resets a stream still open).
+    stream: Option<Slot>,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(crate) guards: Guards,
     /// A gRPC call's try whose outcome is in this stream's trailers.
@@ -119,31 +130,20 @@ pub struct H2Answer {
 
 // === impl H2 ===
 
-impl Default for H2 {
-    fn default() -> Self {
-        H2 {
-            sender: parking_lot::Mutex::default(),
-            connecting: tokio::sync::Mutex::default(),
-            made: AtomicU64::new(0),
-            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
-        }
-    }
-}
-
 impl H2 {
-    /// The connection's number and handle, unless there is none or it has closed.
-    fn live(&self) -> Option<(u64, SendRequest<Body>)> {
+    /// The connection, unless there is none or it takes no new stream.
+    fn live(&self) -> Option<Live> {
         let held = self.sender.lock();
         held.as_ref()
-            .filter(|(_, s)| !s.is_closed())
-            .map(|(id, s)| (*id, s.clone()))
+            .filter(|l| !l.sender.is_closed() && l.link.closed().is_none())
+            .cloned()
     }
 
     /// Lets connection `id` go (if it is still the endpoint's): it takes no new stream, and
     /// ends once its open streams have.
     fn retire(&self, id: u64) {
         let mut held = self.sender.lock();
-        if held.as_ref().is_some_and(|(i, _)| *i == id) {
+        if held.as_ref().is_some_and(|l| l.id == id) {
             *held = None;
         }
     }
@@ -163,6 +163,10 @@ pub(super) enum Refusal {
 /// How many times one try's request is sent again after [`Refusal`]s (each time on the
 /// endpoint's newest connection), before the last refusal is its answer.
 const MAX_REFUSED: u32 = 2;
+
+/// How many times one try's request, waiting for a stream, moves to a new connection because
+/// the one it waited on went away, before it gives up (unsent).
+const MAX_MOVES: u32 = 3;
 
 /// Whether `error`, what hyper says of a request it handed to the connection, means the
 /// upstream certainly did not process it: h2 gives a stream above a `GOAWAY`'s last stream id
@@ -185,9 +189,69 @@ pub(super) fn refusal(error: &hyper::Error) -> Option<Refusal> {
     }
 }
 
+/// An upstream's first bytes were not HTTP/2's `SETTINGS`.
+const NOT_SETTINGS: &str = "its answer to the HTTP/2 connection preface was not a SETTINGS frame";
+/// An upstream closed the connection at the preface.
+const CLOSED_AT_PREFACE: &str =
+    "it closed the connection before sending HTTP/2 SETTINGS in answer to the connection preface";
+/// An upstream said nothing after the preface.
+const NO_SETTINGS: &str =
+    "no HTTP/2 SETTINGS came within connect_timeout of the connection preface";
+
+/// An upstream (`protocol: http2`) that did not answer as an HTTP/2 server: `why`.
+fn not_http2(why: &'static str) -> SendError {
+    SendError::Reset(UpstreamError::NotHttp2(why))
+}
+
 /// What an answer head the h2 library refused is a 502 for.
 const MALFORMED_HEAD: &str =
     "HTTP/2 answer head refused as malformed (a connection-specific field such as connection or transfer-encoding, or a bad pseudo-header or content-length)";
+
+/// What a 502 says of an HTTP/2 upstream's failure `error` (upstream `name` at `addr`) where
+/// it is more than a connection lost: a stream the upstream reset (with its code), a
+/// connection it closed with an error, one the h2 library closed for a protocol error (a
+/// malformed answer head on any stream ends the whole connection: RFC 9113 §8.1.1 lets it,
+/// and the h2 library does), an upstream that does not speak HTTP/2. `None` for the rest.
+pub(crate) fn message(error: &UpstreamError, name: &str, addr: SocketAddr) -> Option<String> {
+    let h2 = match error {
+        UpstreamError::NotHttp2(why) => {
+            return Some(format!(
+                "upstream {name} ({addr}) has protocol: http2 but may not speak HTTP/2 (an HTTP/1.1-only server?): {why}"
+            ))
+        }
+        UpstreamError::Unsent => {
+            return Some(format!(
+                "the HTTP/2 connections to upstream {name} ({addr}) went away before the request could be sent; it was not sent"
+            ))
+        }
+        UpstreamError::Http2(e) => std::error::Error::source(e)?.downcast_ref::<h2::Error>()?,
+        _ => return None,
+    };
+    let reason = h2.reason()?;
+    if h2.is_remote() && h2.is_reset() {
+        return Some(format!(
+            "upstream {name} ({addr}) reset the stream ({reason:?}) before its answer"
+        ));
+    }
+    if h2.is_remote() && h2.is_go_away() && reason != h2::Reason::NO_ERROR {
+        return Some(format!(
+            "upstream {name} ({addr}) closed the HTTP/2 connection (GOAWAY {reason:?}) before the answer"
+        ));
+    }
+    if h2.is_library()
+        && matches!(
+            reason,
+            h2::Reason::PROTOCOL_ERROR
+                | h2::Reason::COMPRESSION_ERROR
+                | h2::Reason::FRAME_SIZE_ERROR
+        )
+    {
+        return Some(format!(
+            "malformed answer or HTTP/2 protocol error from upstream {name} ({addr}): {h2}; the connection was closed (GOAWAY {reason:?}) with every request on it"
+        ));
+    }
+    None
+}
 
 /// Whether `error` is the h2 library's own reset of the stream with `PROTOCOL_ERROR`: what
 /// it does to an answer head it finds malformed (RFC 9113 §8.1.1: a connection-specific
@@ -224,15 +288,37 @@ impl Pool {
         added: &Added<'_>,
         body: Body,
     ) -> Result<Response<Body>, SendError> {
-        // Never closed, so never refused: waited for (the caller bounds the wait) only when
-        // `MAX_STREAMS` answers are open.
-        let stream = h2.streams.clone().acquire_owned().await.ok();
         let mut body = body;
-        let mut refused = 0;
-        let rsp = loop {
-            let (id, mut sender) = match h2.live() {
+        let (mut refused, mut moved) = (0, 0);
+        let unwatched = AtomicBool::new(false);
+        let (rsp, stream) = loop {
+            let Live {
+                id,
+                mut sender,
+                link,
+            } = match h2.live() {
                 Some(live) => live,
                 None => self.connect_h2(h2, addr).await?,
+            };
+            // A place for the stream on this connection: waited for (the caller bounds the
+            // wait) while the upstream's limit (or `MAX_STREAMS`) of streams is open. Nothing
+            // is handed to hyper before, so a request that waits is never sent if its try ends
+            // (its client gone, its timeout), and goes to a new connection if this one goes
+            // away meanwhile, whatever its method: it never reached the upstream.
+            let slot = match link.slot(added.waiting.unwrap_or(&unwatched)).await {
+                Ok(s) => s,
+                Err(why) => {
+                    h2.retire(id);
+                    if why == Closed::NotHttp2 {
+                        return Err(not_http2(NOT_SETTINGS));
+                    }
+                    if moved < MAX_MOVES {
+                        moved += 1;
+                        tracing::debug!(endpoint = %addr, "an HTTP/2 upstream connection went away before a waiting request was sent: sent on a new one");
+                        continue;
+                    }
+                    return Err(SendError::Reset(UpstreamError::Unsent));
+                }
             };
             // A body in memory is kept (a count on its bytes) to be sent again should this
             // stream be refused unprocessed; a streamed one keeps its frames as they go, and
@@ -245,9 +331,10 @@ impl Pool {
             let req = request(parts, added, body, self.tls.is_some())
                 .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
             let mut e = match sender.try_send_request(req).await {
-                Ok(rsp) => break rsp,
+                Ok(rsp) => break (rsp, slot),
                 Err(e) => e,
             };
+            drop(slot);
             let (unsent, error) = (e.take_message(), e.into_error());
             let why = match unsent {
                 // hyper never handed it to the connection (closed, or closing after a GOAWAY).
@@ -299,7 +386,7 @@ impl Pool {
             || head.status == http::StatusCode::NOT_MODIFIED;
         let (body, stream) = match bodyless {
             true => (None, None),
-            false => (Some(body), stream),
+            false => (Some(body), Some(stream)),
         };
         let answer = H2Answer {
             body,
@@ -319,11 +406,7 @@ impl Pool {
 
     /// Makes the endpoint's connection, unless another request made one meanwhile. Its
     /// `max_connections` slot is held as long as it is open.
-    async fn connect_h2(
-        &self,
-        h2: &H2,
-        addr: SocketAddr,
-    ) -> Result<(u64, SendRequest<Body>), SendError> {
+    async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
         let _one = h2.connecting.lock().await;
         if let Some(s) = h2.live() {
             return Ok(s);
@@ -336,6 +419,8 @@ impl Pool {
             .await
             .ok_or_else(|| connect_timed_out(addr))?;
         let stream = self.dial_warned(addr, deadline).await?;
+        let link = Link::new(MAX_STREAMS);
+        let stream = Watched::new(stream, link.clone());
         let shake = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // A connection the network lost without a word (a NAT's timeout, a host gone) is
@@ -355,15 +440,31 @@ impl Pool {
             Ok(Err(e)) => return Err(SendError::Reset(UpstreamError::Http2(e))),
             Err(_) => return Err(connect_timed_out(addr)),
         };
+        let ended = link.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(error) = conn.await {
-                tracing::debug!(endpoint = %addr, %error, "HTTP/2 upstream connection ended");
+            let result = conn.await;
+            ended.close(Closed::Gone);
+            if let Err(error) = result {
+                // Every stream still open on it ended with it: said once, with why.
+                tracing::warn!(
+                    endpoint = %addr, %error,
+                    "HTTP/2 upstream connection failed; every request still on it failed with it"
+                );
             }
         });
+        // The upstream's first SETTINGS (its stream limit) before any stream: an upstream that
+        // answers the preface otherwise does not speak HTTP/2.
+        match tokio::time::timeout_at(deadline, link.settled()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(Closed::NotHttp2)) => return Err(not_http2(NOT_SETTINGS)),
+            Ok(Err(Closed::Gone)) => return Err(not_http2(CLOSED_AT_PREFACE)),
+            Err(_) => return Err(not_http2(NO_SETTINGS)),
+        }
         let id = h2.made.fetch_add(1, Ordering::Relaxed);
-        *h2.sender.lock() = Some((id, sender.clone()));
-        Ok((id, sender))
+        let live = Live { id, sender, link };
+        *h2.sender.lock() = Some(live.clone());
+        Ok(live)
     }
 }
 
@@ -404,6 +505,10 @@ fn request(
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(added.proto()));
     headers.insert(TE, HeaderValue::from_static("trailers"));
+    // The client's `expect: 100-continue` was met by rampart (hyper's HTTP/1.1 server sent its
+    // `100` when the body was first read), and the body goes out without waiting for one:
+    // the upstream is not asked for another (which hyper's client would drop anyway).
+    headers.remove(EXPECT);
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;

@@ -41,19 +41,35 @@ fn field(name: &str, value: &str) -> Vec<u8> {
     b
 }
 
+/// What [`Canned`] answers a request's stream with: its frames.
+type Answer = std::sync::Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync>;
+
 impl Canned {
     async fn start(block: Vec<u8>, data: Option<&'static [u8]>) -> Canned {
+        Self::answering(std::sync::Arc::new(move |stream| {
+            let end = if data.is_none() { 0x1 } else { 0 };
+            let mut out = h2_frame(0x1, 0x4 | end, stream, &block);
+            if let Some(d) = data {
+                out.extend(h2_frame(0x0, 0x1, stream, d));
+            }
+            out
+        }))
+        .await
+    }
+
+    /// A server that answers each request's stream with the frames `answer` gives.
+    async fn answering(answer: Answer) -> Canned {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(Self::serve(tcp, block.clone(), data));
+                tokio::spawn(Self::serve(tcp, answer.clone()));
             }
         });
         Canned { addr, task }
     }
 
-    async fn serve(mut tcp: tokio::net::TcpStream, block: Vec<u8>, data: Option<&[u8]>) {
+    async fn serve(mut tcp: tokio::net::TcpStream, answer: Answer) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut preface = [0u8; 24];
         if tcp.read_exact(&mut preface).await.is_err() {
@@ -79,14 +95,7 @@ impl Canned {
                 0x4 if flags & 0x1 == 0 => h2_frame(0x4, 0x1, 0, &[]),
                 0x6 if flags & 0x1 == 0 => h2_frame(0x6, 0x1, 0, &payload),
                 // A request's end: its answer.
-                0x0 | 0x1 if flags & 0x1 != 0 => {
-                    let end = if data.is_none() { 0x1 } else { 0 };
-                    let mut out = h2_frame(0x1, 0x4 | end, stream, &block);
-                    if let Some(d) = data {
-                        out.extend(h2_frame(0x0, 0x1, stream, d));
-                    }
-                    out
-                }
+                0x0 | 0x1 if flags & 0x1 != 0 => answer(stream),
                 _ => continue,
             };
             if tcp.write_all(&out).await.is_err() {
@@ -199,5 +208,80 @@ async fn a_forbidden_field_in_an_h2_answer_head_is_a_502_saying_malformed() {
             .to_owned();
         assert!(msg.contains("malformed answer"), "{name}: {msg}");
         assert!(!msg.contains("connection lost"), "{name}: {msg}");
+    }
+}
+
+/// The 502 message of `rsp`.
+fn message(rsp: &http::Resp) -> String {
+    rsp.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A malformed answer head the h2 library takes as a protocol error of the whole connection
+/// (an upper-case field name, an unknown pseudo-header): the 502 says "malformed answer or
+/// HTTP/2 protocol error", and that the connection ended with every request on it; a stream
+/// the upstream resets before its head says so, with the code. Before, both said "connection
+/// lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_protocol_error_or_a_reset_stream_is_said_as_such() {
+    for (name, value) in [("X-Upper", "1"), (":odd", "1")] {
+        let block = [status("200"), field(name, value)].concat();
+        let up = Canned::start(block, Some(b"ok")).await;
+        let proxy = proxy(up.addr, "").await;
+        let rsp = http::get(proxy.listener("inbound"), "/bad", &[]).await;
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let msg = message(&rsp);
+        assert!(
+            msg.contains("malformed answer or HTTP/2 protocol error"),
+            "{name}: {msg}"
+        );
+        assert!(msg.contains("every request on it"), "{name}: {msg}");
+        assert!(!msg.contains("connection lost"), "{name}: {msg}");
+        let warned = || proxy.log().contains("HTTP/2 upstream connection failed");
+        crate::assert_eventually!(warned(), "{name}: warned, with why: {}", proxy.log());
+    }
+    for (code, said) in [(2u32, "INTERNAL_ERROR"), (8, "CANCEL"), (0, "NO_ERROR")] {
+        let up = Canned::answering(std::sync::Arc::new(move |stream| {
+            h2_frame(0x3, 0, stream, &code.to_be_bytes())
+        }))
+        .await;
+        let proxy = proxy(up.addr, "").await;
+        let rsp = http::get(proxy.listener("inbound"), "/reset", &[]).await;
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let msg = message(&rsp);
+        assert!(
+            msg.contains("reset the stream") && msg.contains(said),
+            "{said}: {msg}"
+        );
+    }
+}
+
+/// An HTTP/1.1-only server behind `protocol: http2` (it answers the connection preface with
+/// an HTTP/1.1 400, or closes) is a 502 that says it may not speak HTTP/2. Before: "connection
+/// lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_speak_http2_is_said_to_maybe_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for answer in [
+        &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"[..],
+        b"",
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 24];
+                let _ = tcp.read_exact(&mut buf).await;
+                let _ = tcp.write_all(answer).await;
+            }
+        });
+        let proxy = proxy(addr, "").await;
+        let rsp = http::get(proxy.listener("inbound"), "/h1", &[]).await;
+        rsp.assert_rampart(502, "upstream_unavailable");
+        let msg = message(&rsp);
+        assert!(msg.contains("may not speak HTTP/2"), "{answer:?}: {msg}");
+        task.abort();
     }
 }
