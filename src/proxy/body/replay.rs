@@ -166,7 +166,7 @@ mod tests {
         let fault = Arc::new(FaultCell::default());
         let read: usize = frames.iter().map(|f| f.len()).sum();
         fault
-            .1
+            .received
             .store(read as u64, std::sync::atomic::Ordering::Relaxed);
         let mut b = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
         for f in frames.iter().rev() {
