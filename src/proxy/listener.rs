@@ -64,6 +64,10 @@ pub struct ListenerHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Its sockets' inodes: a reload may bind an overlapping address beside them (`bind.rs`).
     inodes: Vec<u64>,
+    /// The `conns_stop` of the listener as the generation in force configures it at this
+    /// address: the connections subscribed to it close (once idle) when a reload changes its
+    /// TLS rules or the listener drains ([`ListenerHandle::follow`]).
+    conns_stop: parking_lot::Mutex<Option<Arc<watch::Sender<bool>>>>,
 }
 
 pub use super::bind::{bind, bind_each, Bound};
@@ -169,14 +173,17 @@ pub fn spawn(
             }
         }));
     }
-    ListenerHandle {
+    let h = ListenerHandle {
         local_addr,
         stop,
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
         tasks,
         inodes,
-    }
+        conns_stop: parking_lot::Mutex::new(None),
+    };
+    h.follow(shared.current.load().listeners.get(&addr).map(|l| &**l));
+    h
 }
 
 /// A connection accepted by one worker and handed to another, with what it holds.
@@ -228,6 +235,29 @@ impl ListenerHandle {
     /// Asks the listener to stop and drain, without waiting.
     pub fn begin_drain(&self) {
         let _ = self.stop.send(true);
+        if let Some(conns) = self.conns_stop.lock().take() {
+            conns.send_replace(true);
+        }
+    }
+
+    /// Follows the listener configured at this address in the generation just put in force
+    /// (`None`: it has none there). When its TLS rules changed (a new `conns_stop`: see
+    /// `ListenerRt::tls_epoch`), the connections accepted under the old ones are told to close
+    /// as a drain tells them: an idle one at once (HTTP/1.1 closed, HTTP/2 sent GOAWAY), one
+    /// with requests in flight once they are answered.
+    pub fn follow(&self, lst: Option<&ListenerRt>) {
+        let new = lst.map(|l| l.conns_stop.clone());
+        let mut cur = self.conns_stop.lock();
+        let same = match (&*cur, &new) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut *cur, new) {
+            old.send_replace(true);
+        }
     }
 
     /// Waits for the listener to finish draining, at most `grace`.
@@ -583,6 +613,20 @@ fn serve_conn(
         let Some(lst) = gen.listener(&addr).cloned() else {
             return Next::Closed;
         };
+        // Told to close by a drain, and by a reload that changes the TLS rules this connection
+        // is accepted under (`ListenerHandle::follow`). A listener moved away from `addr`
+        // drains there: its connections keep the stop of the socket they came to.
+        let stopped = match gen.listeners.get(&addr) {
+            Some(own) if !*stopped.borrow() => {
+                let mut conns = own.conns_stop.subscribe();
+                if *conns.borrow() {
+                    // Told already (a reload between the load above and now).
+                    conns.mark_changed();
+                }
+                conns
+            }
+            _ => stopped,
+        };
         drop(gen);
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
@@ -752,6 +796,7 @@ async fn serve_tls(
             // changed in place.
             if let Some(p) = Arc::get_mut(&mut peer) {
                 p.tls = true;
+                p.tls_epoch = lst.tls_epoch;
                 if info.client_cn.is_some() || info.client_uri_san.is_some() {
                     p.cert = Some(CertIds {
                         cn: info.client_cn.map(Arc::from),
@@ -1047,11 +1092,12 @@ fn serve(
     async move {
         let gen = shared.current.load_full();
         Ok(match gen.listener(&addr) {
-            // A reload gave this plaintext connection's listener `tls`.
-            Some(lst) if lst.tls.is_some() && !peer.tls => {
+            // A reload changed the TLS rules of this connection's listener: gave it `tls`, or
+            // changed (or took away) its `client_ca`. The one comparison every request pays.
+            Some(lst) if lst.tls_epoch != peer.tls_epoch => {
                 let (parts, _) = req.into_parts();
                 let head = http::Request::from_parts(parts, ());
-                let mut rsp = stack::refuse_plaintext(&shared, lst, head, active);
+                let mut rsp = stack::refuse_outdated(&shared, lst, head, &peer, active);
                 rsp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
