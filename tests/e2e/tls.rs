@@ -614,6 +614,33 @@ async fn an_expired_intermediate_fails_validate_and_reload() {
     assert_eq!(conn.serial, 1, "the old certificate stays in force");
 }
 
+/// A certificate file cut short names the section left open as text, in `validate` and in a
+/// refused reload: before, the PEM reader's bytes (`[67, 69, 82, ...]`) were printed.
+#[tokio::test]
+async fn a_truncated_certificate_names_its_section_in_words() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let pem = ca.server(2).cert;
+    let cut = &pem[..pem.len() / 2];
+    pki.write("server.pem", cut);
+    let out = validate(proxy.config_path()).await;
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the CERTIFICATE section has no end line (`-----END CERTIFICATE-----`)"),
+        "{text}"
+    );
+    assert!(!text.contains("[67, 69"), "{text}");
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(
+        rsp.text().contains("the CERTIFICATE section"),
+        "{}",
+        rsp.text()
+    );
+}
+
 /// A certificate error is listed with the file's other errors, sorted by place, by `validate`,
 /// by a refused reload and by a refused start alike (SPEC §14). Before, it came out only once
 /// every other error of the file was fixed.
