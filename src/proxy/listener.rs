@@ -790,7 +790,22 @@ async fn serve_tls(
     stopped: watch::Receiver<bool>,
 ) -> Next {
     let started = Instant::now();
-    match crate::tls::accept(TlsAcceptor::from(tls), Sock(stream), lst.head_timeout).await {
+    // The first byte, peeked (the handshake reads it again): a client that closes before
+    // sending any (a TCP probe of a load balancer or a kubelet) has failed no handshake, and
+    // one that starts with a letter sends HTTP in plaintext (a TLS record starts with 0x16).
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(lst.head_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(0)) => return Next::Closed,
+        Ok(Ok(_)) if first[0].is_ascii_uppercase() => {
+            count_tls_failure(&lst, "protocol");
+            tracing::debug!(peer = %peer.addr, "plain HTTP sent to a TLS listener");
+            Box::pin(plain_to_tls(stream)).await;
+            return Next::Closed;
+        }
+        _ => {}
+    }
+    let left = lst.head_timeout.saturating_sub(started.elapsed());
+    match crate::tls::accept(TlsAcceptor::from(tls), Sock(stream), left).await {
         Ok((tls_stream, info)) => {
             // The only reference yet (one peer a connection, made at accept and moved here):
             // changed in place.
@@ -814,13 +829,44 @@ async fn serve_tls(
             serve_io(conn, tls_stream, h1::Start::Accepted(head), h2).await
         }
         Err(e) => {
-            if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
-                c.inc();
-            }
+            count_tls_failure(&lst, e.reason());
             tracing::debug!(peer = %peer.addr, error = %e, "tls handshake failed");
             Next::Closed
         }
     }
+}
+
+/// Counts a failed handshake in `rampart_tls_handshake_failures_total{reason}`.
+fn count_tls_failure(lst: &ListenerRt, reason: &str) {
+    if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == reason) {
+        c.inc();
+    }
+}
+
+/// The answer to plain HTTP sent to a TLS listener, as nginx gives one: a plaintext 400 the
+/// client can read, saying so, and the connection closed. Bounded by the time the write may
+/// take; what the client sent is not read.
+async fn plain_to_tls(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "this port takes HTTPS: the plain HTTP request was sent to a TLS port\n";
+    const ANSWER: &str = concat!(
+        "HTTP/1.1 400 Bad Request\r\n",
+        "content-type: text/plain\r\n",
+        "content-length: 69\r\n",
+        "connection: close\r\n\r\n",
+        "this port takes HTTPS: the plain HTTP request was sent to a TLS port\n",
+    );
+    debug_assert_eq!(BODY.len(), 69);
+    let write = async {
+        stream.write_all(ANSWER.as_bytes()).await?;
+        stream.shutdown().await?;
+        // What the client sent is read and dropped until it closes: closed with unread bytes,
+        // the socket would be reset and the answer could be lost.
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection: the lean HTTP/1.1 server

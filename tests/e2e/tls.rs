@@ -151,17 +151,23 @@ async fn a_close_request_over_tls_ends_with_close_notify() {
     assert_eq!(app.hits_for("/ok"), 1);
 }
 
+/// Plain HTTP sent to a TLS port is answered as nginx answers it: a plaintext 400 saying so,
+/// `connection: close`, the connection closed; nothing reaches the upstream, and it counts as
+/// a `protocol` handshake failure. Before, the client got a TLS alert it read as HTTP/0.9.
 #[tokio::test]
-async fn plaintext_on_a_tls_port_gets_no_http_answer() {
+async fn plaintext_on_a_tls_port_gets_a_plaintext_400() {
     let app = sample().await;
     let (_ca, pki) = pki();
     let proxy = tls_proxy(app.addr(), &pki, false, "").await;
     let req = b"GET /ok HTTP/1.1\r\nhost: localhost\r\n\r\n";
     let got = raw::exchange(proxy.listener("inbound"), req, Duration::from_secs(3)).await;
     assert!(got.closed, "the connection must be closed");
+    assert_eq!(got.status(), Some(400), "{:?}", got.text());
+    assert_eq!(got.header("connection").as_deref(), Some("close"));
     assert!(
-        !got.bytes.starts_with(b"HTTP/"),
-        "no HTTP answer on a TLS port: {:?}",
+        got.text()
+            .contains("plain HTTP request was sent to a TLS port"),
+        "{:?}",
         got.text()
     );
     assert_eq!(app.hits(), 0, "nothing reaches the upstream");
@@ -171,6 +177,29 @@ async fn plaintext_on_a_tls_port_gets_no_http_answer() {
         "a protocol failure counted:\n{}",
         metrics(admin).await
     );
+}
+
+/// A TCP connection closed before any byte (a load balancer's or kubelet's `tcpSocket`
+/// probe) is no failed handshake: `rampart_tls_handshake_failures_total` stays 0 for every
+/// reason. Before, each counted as `reason="io"`.
+#[tokio::test]
+async fn a_tcp_probe_on_a_tls_port_is_not_a_handshake_failure() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        drop(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // A handshake after them, served: the probes were looked at by then.
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let rsp = tls::get(addr, cfg, "/ok", &[]).await.expect("served");
+    assert_eq!(rsp.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics(proxy.admin()).await;
+    for reason in ["io", "protocol", "timeout"] {
+        assert_eq!(handshake_failures(&text, reason), 0.0, "{reason}:\n{text}");
+    }
 }
 
 #[tokio::test]
