@@ -52,6 +52,9 @@ pub enum Reason {
     /// 503: a bearer token was sent before its `jwt` source's keys were first loaded, so it
     /// cannot be judged yet.
     JwksUnavailable,
+    /// 421: a request on a TLS connection whose listener's client-certificate settings a
+    /// reload changed since its handshake; the client is to send it again on a new connection.
+    MisdirectedRequest,
 }
 
 // === impl Reason ===
@@ -80,6 +83,7 @@ impl Reason {
             Reason::IdempotencyTableFull => "idempotency_table_full",
             Reason::InvalidToken => "invalid_token",
             Reason::JwksUnavailable => "jwks_unavailable",
+            Reason::MisdirectedRequest => "misdirected_request",
         }
     }
 
@@ -102,6 +106,7 @@ impl Reason {
             Reason::HeadTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::UriTooLong => S::URI_TOO_LONG,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            Reason::MisdirectedRequest => S::MISDIRECTED_REQUEST,
             Reason::IdempotencyInFlight => S::CONFLICT,
             Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => {
                 S::UNPROCESSABLE_ENTITY
@@ -110,7 +115,7 @@ impl Reason {
     }
 
     /// Every reason, for reading one back from its `x-rampart-reason` value.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::RateLimited,
         Reason::Shed,
         Reason::CircuitOpen,
@@ -131,6 +136,7 @@ impl Reason {
         Reason::IdempotencyTableFull,
         Reason::InvalidToken,
         Reason::JwksUnavailable,
+        Reason::MisdirectedRequest,
     ];
 
     /// The reason whose [`Reason::as_str`] is `text`.

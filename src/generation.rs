@@ -103,6 +103,19 @@ pub struct ListenerRt {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `rampart_tls_handshake_failures_total{listener, reason}`, one handle per reason.
     pub tls_failures: Vec<(&'static str, prometheus::IntCounter)>,
+    /// The trust anchors of its `client_ca` (mTLS), as read by this generation.
+    pub client_ca: Option<Arc<rustls::RootCertStore>>,
+    /// Which TLS rules a connection accepted under this generation is served by: 0 for a
+    /// plaintext listener; for a TLS one, a number that stays across reloads while `tls` stays
+    /// on and `client_ca` holds the same anchors (a new certificate and key keep it: a session
+    /// already made is not the worse for them), and is new when they change. A connection keeps
+    /// the number of its handshake (`Peer::tls_epoch`), so one comparison per request tells a
+    /// connection made under other rules ([`TlsRules`]).
+    pub tls_epoch: u64,
+    /// Tells the connections accepted under this `tls_epoch` at this address to close, once
+    /// idle: sent `true` by the listener's handle when a reload changes the epoch, or when it
+    /// drains (`ListenerHandle::follow`).
+    pub conns_stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// Its access log, if `access_log` is on.
     pub access_log: Option<AccessLog>,
     /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
@@ -227,6 +240,8 @@ impl Generation {
                 let tables = (&upstreams, &breakers, store.as_ref());
                 let mut rt = build_listener(l, f, tables, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
+                rt.client_ca = tls.client_cas.get(&l.name).cloned();
+                TlsRules::carry(&mut rt, l.listen, prev);
                 rt.tracer = tracer.clone();
                 (l.listen, Arc::new(rt))
             })
@@ -569,7 +584,49 @@ fn build_listener(
             Some(_) => shared.metrics.tls_failures(&l.name),
             None => Vec::new(),
         },
+        client_ca: None,
+        tls_epoch: 0,
+        conns_stop: Arc::new(tokio::sync::watch::Sender::new(false)),
         name,
+    }
+}
+
+/// How a listener's TLS rules carry across a reload (`ListenerRt::tls_epoch`).
+pub struct TlsRules;
+
+/// The last `tls_epoch` handed out; the next is one more (0 is plaintext's).
+static TLS_EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl TlsRules {
+    /// Gives `rt` (its `tls` and `client_ca` set, at address `at`) the epoch of its counterpart
+    /// in `prev` (the listener of the same name) if that served the same rules, else a new
+    /// one; and that counterpart's `conns_stop` if it is at the same address with the same
+    /// epoch (else the new one `build_listener` made, which the listener's handle then follows).
+    fn carry(rt: &mut ListenerRt, at: SocketAddr, prev: Option<&Generation>) {
+        let old = prev.and_then(|p| {
+            p.listeners
+                .iter()
+                .find(|(_, o)| o.name == rt.name)
+                .map(|(a, o)| (*a, o))
+        });
+        rt.tls_epoch = match (&rt.tls, old) {
+            (None, _) => 0,
+            (Some(_), Some((_, o))) if o.tls.is_some() && Self::same_ca(rt, o) => o.tls_epoch,
+            (Some(_), _) => TLS_EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        };
+        if let Some((a, o)) = old {
+            if a == at && o.tls_epoch == rt.tls_epoch {
+                rt.conns_stop = o.conns_stop.clone();
+            }
+        }
+    }
+
+    fn same_ca(a: &ListenerRt, b: &ListenerRt) -> bool {
+        match (&a.client_ca, &b.client_ca) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.roots == y.roots,
+            _ => false,
+        }
     }
 }
 

@@ -169,6 +169,11 @@ pub fn apply(
     let gen = Arc::new(gen);
     shared.current.store(gen.clone());
     gen.retire(&old, &shared.metrics);
+    // Connections accepted under TLS rules this reload changed are told to close once idle
+    // (after the swap: one that loads the generation meanwhile is told too).
+    for (addr, h) in set.iter() {
+        h.follow(gen.listeners.get(addr).map(|l| &**l));
+    }
     // Log rotation: a renamed access log file is let go, and its path opened anew.
     shared.access_logs.reopen();
     for (addr, tcp) in bound {

@@ -85,7 +85,18 @@ impl Sample {
     /// Binds `addr` (port 0 picks a free port), starts serving in the background and returns
     /// once the socket is listening, so a client may connect at once.
     pub async fn start(addr: SocketAddr) -> std::io::Result<Sample> {
-        let listener = TcpListener::bind(addr).await?;
+        // rampart's own listeners' backlog (`proxy::bind`): a proxy opening hundreds of
+        // connections at once (an HTTP/2 fan-out) would overflow the 128 of
+        // `TcpListener::bind`, and SYNs dropped there wait a second to be sent again.
+        let listener = {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(crate::proxy::bind::BACKLOG)?;
+            TcpListener::from_std(s.into())?
+        };
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             addr: HeaderValue::from_str(&addr.to_string()).map_err(std::io::Error::other)?,

@@ -23,12 +23,16 @@ pub struct Bound {
     pub(super) inodes: Vec<u64>,
 }
 
+/// The accept queue of every listening socket rampart opens (its listeners, admin, and the
+/// sample upstream's).
+pub const BACKLOG: i32 = 1024;
+
 /// Binds `addr` as one socket (the admin listener), as [`bind_each`] does for one worker; no
 /// other socket may overlap it, rampart's own or not.
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let s = open(addr, false)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.listen(BACKLOG)?;
     tokio::net::TcpListener::from_std(s.into())
 }
 
@@ -53,7 +57,7 @@ pub fn bind_each(addr: SocketAddr, workers: usize, own: &[u64]) -> std::io::Resu
     for _ in 0..workers {
         let s = open(addr, fixed || workers > 1)?;
         s.bind(&at.into())?;
-        s.listen(1024)?;
+        s.listen(BACKLOG)?;
         let tcp = std::net::TcpListener::from(s);
         // Port 0: the others join the port the first one got.
         at = tcp.local_addr()?;

@@ -119,6 +119,8 @@ pub struct Peer {
     pub tls: bool,
     /// What the client's verified certificate says (mTLS listeners).
     pub cert: Option<CertIds>,
+    /// The TLS rules its handshake was made under (`ListenerRt::tls_epoch`; 0: plaintext).
+    pub tls_epoch: u64,
     /// The client's IP address as text, for `x-forwarded-for`.
     forwarded_for: HeaderValue,
     /// The connection's place among its listener's `max_connections`, and its count for the
@@ -133,6 +135,7 @@ impl Peer {
             addr,
             tls,
             cert: None,
+            tls_epoch: 0,
             // An IPv4 client of a dual-stack listener comes as `::ffff:a.b.c.d`: written as
             // the IPv4 address it is.
             forwarded_for: ip_text(addr.ip().to_canonical()),

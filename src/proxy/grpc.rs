@@ -387,7 +387,8 @@ pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
         | Reason::CircuitOpen
         | Reason::UpstreamUnavailable
         | Reason::IdempotencyTableFull
-        | Reason::JwksUnavailable => UNAVAILABLE,
+        | Reason::JwksUnavailable
+        | Reason::MisdirectedRequest => UNAVAILABLE,
         Reason::Timeout | Reason::ClientTimeout => DEADLINE_EXCEEDED,
         Reason::NoRoute | Reason::MethodNotAllowed => UNIMPLEMENTED,
         Reason::TenantRequired | Reason::InvalidToken => UNAUTHENTICATED,

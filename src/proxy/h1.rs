@@ -369,12 +369,13 @@ where
                         // Under the generation in force now (as `listener::serve` for hyper's).
                         let gen = c.shared.current.load_full();
                         let rsp = match gen.listener(&c.addr) {
-                            // A reload gave this plaintext connection's listener `tls`.
-                            Some(lst) if lst.tls.is_some() && !c.peer.tls => {
+                            // A reload changed the TLS rules of this connection's
+                            // listener (gave it `tls`, or changed its `client_ca`).
+                            Some(lst) if lst.tls_epoch != c.peer.tls_epoch => {
                                 ask.keep_alive = false;
                                 let (parts, _) = req.into_parts();
                                 let head = http::Request::from_parts(parts, ());
-                                super::stack::refuse_plaintext(c.shared, lst, head, active)
+                                super::stack::refuse_outdated(c.shared, lst, head, c.peer, active)
                             }
                             Some(lst) => {
                                 let handling = pin!(super::stack::handle(

@@ -64,6 +64,10 @@ pub struct ListenerHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Its sockets' inodes: a reload may bind an overlapping address beside them (`bind.rs`).
     inodes: Vec<u64>,
+    /// The `conns_stop` of the listener as the generation in force configures it at this
+    /// address: the connections subscribed to it close (once idle) when a reload changes its
+    /// TLS rules or the listener drains ([`ListenerHandle::follow`]).
+    conns_stop: parking_lot::Mutex<Option<Arc<watch::Sender<bool>>>>,
 }
 
 pub use super::bind::{bind, bind_each, Bound};
@@ -178,14 +182,17 @@ pub fn spawn(
             }
         }));
     }
-    ListenerHandle {
+    let h = ListenerHandle {
         local_addr,
         stop,
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
         tasks,
         inodes,
-    }
+        conns_stop: parking_lot::Mutex::new(None),
+    };
+    h.follow(shared.current.load().listeners.get(&addr).map(|l| &**l));
+    h
 }
 
 /// A connection accepted by one worker and handed to another, with what it holds.
@@ -237,6 +244,29 @@ impl ListenerHandle {
     /// Asks the listener to stop and drain, without waiting.
     pub fn begin_drain(&self) {
         let _ = self.stop.send(true);
+        if let Some(conns) = self.conns_stop.lock().take() {
+            conns.send_replace(true);
+        }
+    }
+
+    /// Follows the listener configured at this address in the generation just put in force
+    /// (`None`: it has none there). When its TLS rules changed (a new `conns_stop`: see
+    /// `ListenerRt::tls_epoch`), the connections accepted under the old ones are told to close
+    /// as a drain tells them: an idle one at once (HTTP/1.1 closed, HTTP/2 sent GOAWAY), one
+    /// with requests in flight once they are answered.
+    pub fn follow(&self, lst: Option<&ListenerRt>) {
+        let new = lst.map(|l| l.conns_stop.clone());
+        let mut cur = self.conns_stop.lock();
+        let same = match (&*cur, &new) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut *cur, new) {
+            old.send_replace(true);
+        }
     }
 
     /// Waits for the listener to finish draining, at most `grace`.
@@ -592,6 +622,20 @@ fn serve_conn(
         let Some(lst) = gen.listener(&addr).cloned() else {
             return Next::Closed;
         };
+        // Told to close by a drain, and by a reload that changes the TLS rules this connection
+        // is accepted under (`ListenerHandle::follow`). A listener moved away from `addr`
+        // drains there: its connections keep the stop of the socket they came to.
+        let stopped = match gen.listeners.get(&addr) {
+            Some(own) if !*stopped.borrow() => {
+                let mut conns = own.conns_stop.subscribe();
+                if *conns.borrow() {
+                    // Told already (a reload between the load above and now).
+                    conns.mark_changed();
+                }
+                conns
+            }
+            _ => stopped,
+        };
         drop(gen);
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
@@ -755,12 +799,28 @@ async fn serve_tls(
     stopped: watch::Receiver<bool>,
 ) -> Next {
     let started = Instant::now();
-    match crate::tls::accept(TlsAcceptor::from(tls), Sock(stream), lst.head_timeout).await {
+    // The first byte, peeked (the handshake reads it again): a client that closes before
+    // sending any (a TCP probe of a load balancer or a kubelet) has failed no handshake, and
+    // one that starts with a letter sends HTTP in plaintext (a TLS record starts with 0x16).
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(lst.head_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(0)) => return Next::Closed,
+        Ok(Ok(_)) if first[0].is_ascii_uppercase() => {
+            count_tls_failure(&lst, "protocol");
+            tracing::debug!(peer = %peer.addr, "plain HTTP sent to a TLS listener");
+            Box::pin(plain_to_tls(stream)).await;
+            return Next::Closed;
+        }
+        _ => {}
+    }
+    let left = lst.head_timeout.saturating_sub(started.elapsed());
+    match crate::tls::accept(TlsAcceptor::from(tls), Sock(stream), left).await {
         Ok((tls_stream, info)) => {
             // The only reference yet (one peer a connection, made at accept and moved here):
             // changed in place.
             if let Some(p) = Arc::get_mut(&mut peer) {
                 p.tls = true;
+                p.tls_epoch = lst.tls_epoch;
                 if info.client_cn.is_some() || info.client_uri_san.is_some() {
                     p.cert = Some(CertIds {
                         cn: info.client_cn.map(Arc::from),
@@ -778,13 +838,44 @@ async fn serve_tls(
             serve_io(conn, tls_stream, h1::Start::Accepted(head), h2).await
         }
         Err(e) => {
-            if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == e.reason()) {
-                c.inc();
-            }
+            count_tls_failure(&lst, e.reason());
             tracing::debug!(peer = %peer.addr, error = %e, "tls handshake failed");
             Next::Closed
         }
     }
+}
+
+/// Counts a failed handshake in `rampart_tls_handshake_failures_total{reason}`.
+fn count_tls_failure(lst: &ListenerRt, reason: &str) {
+    if let Some((_, c)) = lst.tls_failures.iter().find(|(r, _)| *r == reason) {
+        c.inc();
+    }
+}
+
+/// The answer to plain HTTP sent to a TLS listener, as nginx gives one: a plaintext 400 the
+/// client can read, saying so, and the connection closed. Bounded by the time the write may
+/// take; what the client sent is not read.
+async fn plain_to_tls(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "this port takes HTTPS: the plain HTTP request was sent to a TLS port\n";
+    const ANSWER: &str = concat!(
+        "HTTP/1.1 400 Bad Request\r\n",
+        "content-type: text/plain\r\n",
+        "content-length: 69\r\n",
+        "connection: close\r\n\r\n",
+        "this port takes HTTPS: the plain HTTP request was sent to a TLS port\n",
+    );
+    debug_assert_eq!(BODY.len(), 69);
+    let write = async {
+        stream.write_all(ANSWER.as_bytes()).await?;
+        stream.shutdown().await?;
+        // What the client sent is read and dropped until it closes: closed with unread bytes,
+        // the socket would be reset and the answer could be lost.
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection: the lean HTTP/1.1 server
@@ -1061,11 +1152,12 @@ fn serve(
     async move {
         let gen = shared.current.load_full();
         Ok(match gen.listener(&addr) {
-            // A reload gave this plaintext connection's listener `tls`.
-            Some(lst) if lst.tls.is_some() && !peer.tls => {
+            // A reload changed the TLS rules of this connection's listener: gave it `tls`, or
+            // changed (or took away) its `client_ca`. The one comparison every request pays.
+            Some(lst) if lst.tls_epoch != peer.tls_epoch => {
                 let (parts, _) = req.into_parts();
                 let head = http::Request::from_parts(parts, ());
-                let mut rsp = stack::refuse_plaintext(&shared, lst, head, active);
+                let mut rsp = stack::refuse_outdated(&shared, lst, head, &peer, active);
                 rsp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),

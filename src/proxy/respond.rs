@@ -411,6 +411,7 @@ mod tests {
             (Reason::FaultInjected, 503),
             (Reason::InvalidToken, 401),
             (Reason::JwksUnavailable, 503),
+            (Reason::MisdirectedRequest, 421),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

@@ -117,15 +117,25 @@ pub fn refuse_head(
 /// Answers a request on a plaintext connection whose listener a reload gave `tls`: 400
 /// `bad_request`, never served in plaintext (SPEC §8). Counted, logged and given an id as
 /// [`refuse_head`]'s answers are; the caller closes the connection after it (an HTTP/2 one
-/// is refused request by request until it idles out).
-pub fn refuse_plaintext(
+/// was sent GOAWAY at the reload, and its requests still coming are each refused).
+///
+/// On a TLS connection whose handshake was made under TLS rules a reload has since changed
+/// (`ListenerRt::tls_epoch`: `client_ca` given, changed or taken away, or `tls` taken away) the
+/// answer is 421 `misdirected_request` (RFC 9110 §15.5.20: the client may send it again on a
+/// new connection, which is held to the rules in force), not served under the old rules.
+pub fn refuse_outdated(
     shared: &Shared,
     lst: &ListenerRt,
     req: Request<()>,
+    peer: &Peer,
     active: ConnActive,
 ) -> Response<Body> {
-    let msg = "this listener serves TLS only since the last reload: connect again with TLS";
-    refuse_unrouted(shared, lst, req, active, Reason::BadRequest, msg)
+    if !peer.tls {
+        let msg = "this listener serves TLS only since the last reload: connect again with TLS";
+        return refuse_unrouted(shared, lst, req, active, Reason::BadRequest, msg);
+    }
+    let msg = "this listener's TLS client-certificate settings changed since this connection was made: send the request again on a new connection";
+    refuse_unrouted(shared, lst, req, active, Reason::MisdirectedRequest, msg)
 }
 
 /// rampart's answer `reason` to a request refused before routing, counted and logged as

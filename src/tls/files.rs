@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::client::CLIENT_ALPN;
-use super::{client_config_all, server_config_all, SystemRoots, TlsFileError};
+use super::server::server_config_verifying;
+use super::{client_config_all, SystemRoots, TlsFileError};
 use crate::config::file::{File, UpstreamProtocol};
 use crate::config::Section;
 
@@ -25,6 +26,8 @@ use crate::config::Section;
 pub struct TlsFiles {
     /// Server configs of listeners with `tls`.
     pub listeners: HashMap<String, Arc<ServerConfig>>,
+    /// The trust anchors of listeners with `client_ca` (mTLS), as read with their configs.
+    pub client_cas: HashMap<String, Arc<RootCertStore>>,
     /// Client configs of upstreams with `tls`.
     pub upstreams: HashMap<String, Arc<ClientConfig>>,
     /// The client config of an `https://` OTLP collector.
@@ -100,9 +103,12 @@ impl TlsFiles {
             if !read(&Section::Listener(i)) {
                 continue;
             }
-            match server_config_all(&t.cert, &t.key, t.client_ca.as_deref()) {
-                Ok(c) => {
+            match server_config_verifying(&t.cert, &t.key, t.client_ca.as_deref()) {
+                Ok((c, anchors)) => {
                     out.listeners.insert(l.name.clone(), c);
+                    if let Some(a) = anchors {
+                        out.client_cas.insert(l.name.clone(), a);
+                    }
                 }
                 Err(errors) => problems.extend(errors.into_iter().map(|error| TlsFileProblem {
                     site: Section::Listener(i),

@@ -323,6 +323,6 @@ pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>, 
 fn malformed(path: &Path, e: pem::Error) -> TlsFileError {
     TlsFileError::Malformed {
         path: path.to_path_buf(),
-        detail: e.to_string(),
+        detail: super::words::pem(&e),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -65,6 +65,20 @@ pub fn server_config_all(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, Vec<TlsFileError>> {
+    server_config_verifying(cert, key, client_ca).map(|(config, _)| config)
+}
+
+/// A listener's config and the trust anchors it verifies client certificates against.
+pub type Verifying = (Arc<ServerConfig>, Option<Arc<RootCertStore>>);
+
+/// [`server_config_all`], with the trust anchors client certificates are verified against
+/// (`client_ca`'s, `None` without it): a reload compares them to tell whether a listener's
+/// client-certificate rules changed (`generation.rs`).
+pub fn server_config_verifying(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Verifying, Vec<TlsFileError>> {
     let mut errors = Problems::default();
     let pair = errors.take_all(CertPair::load_all(cert, key));
     let roots = client_ca.map(|ca| errors.take(load_roots(ca).map(|r| (ca, r))));
@@ -76,6 +90,7 @@ pub fn server_config_all(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| one(TlsFileError::refused(cert, &e)))?;
+    let anchors = roots.clone().flatten().map(|(_, r)| r);
     let builder = match roots.flatten() {
         Some((ca, roots)) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
@@ -92,7 +107,7 @@ pub fn server_config_all(
     // The server's order of suites (`tls::server_provider`: AES-128-GCM first), not the
     // client's.
     config.ignore_client_order = true;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), anchors))
 }
 
 /// Everything [`server_config`] checks, without keeping the result. Validation does not call

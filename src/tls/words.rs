@@ -20,6 +20,25 @@ pub(crate) fn rustls_error(err: &Error) -> Cow<'static, str> {
     }
 }
 
+/// A PEM file's problem in words: the section a cut-short file leaves open is named as text
+/// (`CERTIFICATE`), where the PEM reader prints the label's bytes (`[67, 69, 82, ...]`).
+pub(crate) fn pem(err: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as P;
+    match err {
+        P::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!("the {label} section has no end line (`-----END {label}-----`); is the file cut short?")
+        }
+        P::IllegalSectionStart { line } => {
+            format!(
+                "a section starts with a malformed line: {:?}",
+                String::from_utf8_lossy(line)
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
 /// What is wrong with a certificate, as a phrase that starts with "certificate".
 pub(crate) fn certificate(err: &CertificateError) -> Cow<'static, str> {
     use CertificateError as C;

@@ -1557,3 +1557,22 @@ async fn a_reload_to_an_interim_abort_status_is_refused_and_the_old_abort_holds(
     }
     assert_eq!(app.hits_for("/ok"), 0);
 }
+
+/// The sample upstream listens with rampart's own backlog (1,024, as `ss` reports it in a
+/// listening socket's Send-Q), so a proxy's HTTP/2 fan-out of hundreds of connections at once
+/// has none dropped at its SYN queue. Before, it had tokio's 128.
+#[tokio::test]
+async fn the_sample_listens_with_rampart_s_backlog() {
+    let app = crate::support::sample().await;
+    let filter = format!("sport = :{}", app.addr().port());
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &filter])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let send_q = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no listening socket in: {text:?}"));
+    assert_eq!(send_q, rampart::proxy::bind::BACKLOG.to_string(), "{text}");
+}

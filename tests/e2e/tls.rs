@@ -151,17 +151,23 @@ async fn a_close_request_over_tls_ends_with_close_notify() {
     assert_eq!(app.hits_for("/ok"), 1);
 }
 
+/// Plain HTTP sent to a TLS port is answered as nginx answers it: a plaintext 400 saying so,
+/// `connection: close`, the connection closed; nothing reaches the upstream, and it counts as
+/// a `protocol` handshake failure. Before, the client got a TLS alert it read as HTTP/0.9.
 #[tokio::test]
-async fn plaintext_on_a_tls_port_gets_no_http_answer() {
+async fn plaintext_on_a_tls_port_gets_a_plaintext_400() {
     let app = sample().await;
     let (_ca, pki) = pki();
     let proxy = tls_proxy(app.addr(), &pki, false, "").await;
     let req = b"GET /ok HTTP/1.1\r\nhost: localhost\r\n\r\n";
     let got = raw::exchange(proxy.listener("inbound"), req, Duration::from_secs(3)).await;
     assert!(got.closed, "the connection must be closed");
+    assert_eq!(got.status(), Some(400), "{:?}", got.text());
+    assert_eq!(got.header("connection").as_deref(), Some("close"));
     assert!(
-        !got.bytes.starts_with(b"HTTP/"),
-        "no HTTP answer on a TLS port: {:?}",
+        got.text()
+            .contains("plain HTTP request was sent to a TLS port"),
+        "{:?}",
         got.text()
     );
     assert_eq!(app.hits(), 0, "nothing reaches the upstream");
@@ -171,6 +177,29 @@ async fn plaintext_on_a_tls_port_gets_no_http_answer() {
         "a protocol failure counted:\n{}",
         metrics(admin).await
     );
+}
+
+/// A TCP connection closed before any byte (a load balancer's or kubelet's `tcpSocket`
+/// probe) is no failed handshake: `rampart_tls_handshake_failures_total` stays 0 for every
+/// reason. Before, each counted as `reason="io"`.
+#[tokio::test]
+async fn a_tcp_probe_on_a_tls_port_is_not_a_handshake_failure() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let addr = proxy.listener("inbound");
+    for _ in 0..3 {
+        drop(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // A handshake after them, served: the probes were looked at by then.
+    let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let rsp = tls::get(addr, cfg, "/ok", &[]).await.expect("served");
+    assert_eq!(rsp.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics(proxy.admin()).await;
+    for reason in ["io", "protocol", "timeout"] {
+        assert_eq!(handshake_failures(&text, reason), 0.0, "{reason}:\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -373,10 +402,10 @@ async fn watch_serves_a_rotated_certificate_without_a_signal() {
 }
 
 /// SPEC §8: a listener that has `tls` never serves plaintext, even to a connection accepted
-/// before a reload gave it `tls`: that connection's next request is refused (400, the
-/// connection closed; an HTTP/2 one's requests each refused) and never reaches the upstream,
-/// while new connections take TLS. Before, such keep-alive connections went on being served
-/// in plaintext after the reload.
+/// before a reload gave it `tls`: an idle one is closed at the reload (HTTP/2 sent GOAWAY),
+/// a request that comes on one after it is refused (400, the connection closed) and never
+/// reaches the upstream, while new connections take TLS. Before, such keep-alive connections
+/// went on being served in plaintext after the reload.
 #[tokio::test]
 async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
     let app = sample().await;
@@ -419,31 +448,12 @@ async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
     let rsp = http::post(admin, "/reload", &[], "").await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
 
-    h1.send(b"GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await;
-    let a = h1.answer(false).await;
-    assert_eq!(a.status, 400, "{a:?}");
-    assert!(h1.closes().await, "the plaintext connection ends");
-    // The same shape as every other refusal before routing: an id in the header and the
-    // body, counted unrouted, access-logged.
-    let id = a.header("x-request-id").expect("x-request-id").to_owned();
-    let body: serde_json::Value = serde_json::from_str(&a.text()).expect("a JSON body");
-    assert_eq!(body["request_id"], id.as_str(), "{body}");
-    assert_eq!(body["error"], "bad_request", "{body}");
-    let rsp = h2
-        .send_request(get("/status/201"))
-        .await
-        .expect("h2c after");
-    assert_eq!(rsp.status(), 400);
-    assert!(rsp.headers().contains_key("x-request-id"), "{rsp:?}");
-    let text = metrics(admin).await;
-    let refused = [("code", "400"), ("route", ""), ("listener", "inbound")];
-    assert_eq!(
-        metric_value(&text, "rampart_requests_total", &refused),
-        Some(2.0),
-        "{text}"
+    // Idle plaintext connections are closed at the reload (HTTP/2 with GOAWAY).
+    assert!(h1.closes().await, "the idle plaintext connection ends");
+    assert!(
+        h2.send_request(get("/status/201")).await.is_err(),
+        "the h2c connection was sent GOAWAY"
     );
-    assert_eventually!(proxy.log().contains(&id), "the refusal is access-logged");
     assert_eq!(
         app.hits_for("/status/201"),
         0,
@@ -456,6 +466,101 @@ async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
         .expect("over TLS");
     assert_eq!(rsp.status, 201, "{}", rsp.text());
     assert_eq!(app.hits_for("/status/201"), 1);
+}
+
+/// The `tls` map of [`tls_proxy`]'s listener, trusting client certificates of `client_ca`.
+fn tls_with_ca(pki: &Pki, client_ca: &str) -> String {
+    format!(
+        "cert: {}, key: {}, client_ca: {}",
+        pki.path("server.pem").display(),
+        pki.path("server-key.pem").display(),
+        pki.path(client_ca).display()
+    )
+}
+
+/// A reload that turns mutual TLS on serves no more connections made without a certificate:
+/// an idle one is closed at the reload, an HTTP/2 one with a request in flight gets its answer
+/// and then ends (GOAWAY); one verified under a CA a later reload swaps is closed too, while a
+/// reload that keeps the CA keeps it. (A request that still comes on such a connection is
+/// answered 421: `hostile/h2.rs`.) Before, they kept getting 200s for as long as they lasted.
+#[tokio::test]
+async fn a_reload_that_turns_on_mtls_closes_connections_made_without_a_certificate() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let mut proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let anonymous = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
+    let mut idle = Conn::over(tls::connect(addr, anonymous.clone()).await.expect("tls"));
+    idle.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+    // An HTTP/2 connection with a request in flight over the reload.
+    let h2 = tls::client_config(&ca.pem, None, &[b"h2"]);
+    let stream = tls::connect(addr, h2).await.expect("tls h2");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let h2_conn = tokio::spawn(conn);
+    let slow = ::http::Request::builder()
+        .uri("https://localhost/slow?ms=600")
+        .body(http::empty())
+        .expect("request");
+    let in_flight = tokio::spawn(send.send_request(slow));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    proxy.rewrite_config(&TLS_INBOUND.replace("$TLS", &tls_with_ca(&pki, "ca.pem")));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+
+    assert!(
+        idle.closes().await,
+        "the idle connection is closed at the reload"
+    );
+    let done = in_flight
+        .await
+        .expect("task")
+        .expect("the request in flight is answered");
+    assert_eq!(done.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_conn).await;
+    assert!(
+        ended.is_ok(),
+        "the HTTP/2 connection ends once its request is answered"
+    );
+
+    // New connections are held to the new rules; a verified one is served.
+    assert!(tls::get(addr, anonymous, "/ok", &[]).await.is_err());
+    let alice = ca.client("alice", None);
+    let cfg = tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]);
+    let mut verified = Conn::over(tls::connect(addr, cfg.clone()).await.expect("mtls"));
+    verified.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(verified.answer(false).await.status, 200);
+
+    // A reload that keeps the same CA keeps it open ...
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    verified.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        verified.answer(false).await.status,
+        200,
+        "same rules, still served"
+    );
+    // ... one that swaps the CA (to revoke alice) closes it.
+    let other = Ca::new("another ca");
+    pki.ca("other", &other);
+    proxy.rewrite_config(&TLS_INBOUND.replace("$TLS", &tls_with_ca(&pki, "other.pem")));
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert!(verified.closes().await, "verified under the old CA: closed");
+    assert!(
+        tls::get(addr, cfg, "/ok", &[]).await.is_err(),
+        "alice is refused"
+    );
+    let bob = other.client("bob", None);
+    let cfg = tls::client_config(&ca.pem, Some(&bob), &[b"http/1.1"]);
+    let rsp = tls::get(addr, cfg, "/ok", &[]).await.expect("bob");
+    assert_eq!(rsp.status, 200);
 }
 
 #[tokio::test]
@@ -543,6 +648,33 @@ async fn an_expired_intermediate_fails_validate_and_reload() {
     let cfg = tls::client_config(&ca.pem, None, &[b"http/1.1"]);
     let conn = H1Conn::open(addr, cfg).await.expect("still serving");
     assert_eq!(conn.serial, 1, "the old certificate stays in force");
+}
+
+/// A certificate file cut short names the section left open as text, in `validate` and in a
+/// refused reload: before, the PEM reader's bytes (`[67, 69, 82, ...]`) were printed.
+#[tokio::test]
+async fn a_truncated_certificate_names_its_section_in_words() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let pem = ca.server(2).cert;
+    let cut = &pem[..pem.len() / 2];
+    pki.write("server.pem", cut);
+    let out = validate(proxy.config_path()).await;
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the CERTIFICATE section has no end line (`-----END CERTIFICATE-----`)"),
+        "{text}"
+    );
+    assert!(!text.contains("[67, 69"), "{text}");
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 400, "{}", rsp.text());
+    assert!(
+        rsp.text().contains("the CERTIFICATE section"),
+        "{}",
+        rsp.text()
+    );
 }
 
 /// A certificate error is listed with the file's other errors, sorted by place, by `validate`,

@@ -384,7 +384,10 @@ struct Session {
 /// Runs `steps` on `tcp` (a connection [`open`]ed) while reading everything the server sends,
 /// until it closes or `wait` (from the start) runs out. The server's SETTINGS are
 /// acknowledged; its PINGs never are.
-async fn session(mut tcp: TcpStream, steps: Vec<Step>, wait: Duration) -> Session {
+async fn session<S>(mut tcp: S, steps: Vec<Step>, wait: Duration) -> Session
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let start = tokio::time::Instant::now();
     let deadline = start + wait;
     let mut out = Session::default();
@@ -879,6 +882,70 @@ async fn an_h2_client_reset_mid_try_is_a_499_not_a_shutdown() {
             &[("cause", "shutdown")]
         ),
         None,
+        "{text}"
+    );
+}
+
+/// A stream an HTTP/2 client opens after a reload changed its listener's client-certificate
+/// rules, before it has taken in the GOAWAY the reload sent (it has not answered the PING
+/// that follows it, so the server still takes new streams), is answered 421
+/// `misdirected_request` and not served under the old rules; the connection then ends. Here
+/// a client that made its connection without a certificate, and a reload that turns mutual
+/// TLS on. Before, such a connection was served 200 for as long as it lasted, and saw no
+/// GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_after_a_reload_turned_on_mtls_is_answered_421() {
+    use crate::support::tls::{self, Ca, Pki};
+    let app = sample().await;
+    let (ca, pki) = (Ca::new("rampart test ca"), Pki::new());
+    pki.ca("ca", &ca);
+    pki.pair("server", &ca.server(1));
+    let template = |client_ca: &str| {
+        format!(
+            "version: 1\nadmin: {{ listen: $ADMIN }}\nupstreams:\n  app: {{ endpoints: [$APP] }}\n\
+             listeners:\n  - name: inbound\n    direction: inbound\n    listen: $LISTEN_inbound\n    \
+             tls: {{ cert: {}, key: {}{client_ca} }}\n    routes: [ {{ upstream: app }} ]\n",
+            pki.path("server.pem").display(),
+            pki.path("server-key.pem").display(),
+        )
+    };
+    let mut proxy = Proxy::builder(&template(""))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let cfg = tls::client_config(&ca.pem, None, &[b"h2"]);
+    let stream = tls::connect(addr, cfg).await.expect("tls");
+    assert_eq!(tls::alpn(&stream).as_deref(), Some(&b"h2"[..]));
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    let steps = vec![
+        Step {
+            pause: Duration::ZERO,
+            bytes: hello,
+        },
+        Step {
+            pause: Duration::from_millis(1200),
+            bytes: frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block("/ok")),
+        },
+    ];
+    let client = tokio::spawn(session(stream, steps, Duration::from_secs(6)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ca_key = format!(", client_ca: {}", pki.path("ca.pem").display());
+    proxy.rewrite_config(&template(&ca_key));
+    let rsp = crate::support::http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+
+    let s = client.await.expect("session");
+    assert!(s.goaway_after.is_some(), "GOAWAY at the reload: {s:?}");
+    assert_eq!(s.seen.headers, 1, "the stream is answered: {s:?}");
+    assert!(s.seen.closed, "then the connection ends: {s:?}");
+    assert_eq!(app.hits(), 0, "nothing served under the old rules");
+    let text = crate::support::metrics(admin).await;
+    let refused = [("code", "421"), ("route", ""), ("listener", "inbound")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_requests_total", &refused),
+        Some(1.0),
         "{text}"
     );
 }
