@@ -85,6 +85,29 @@ async fn h2_put_with_trailer(
         .expect("answered")
 }
 
+/// Sends `POST path` with the body `hello` ended by `trailers` on the HTTP/2 connection
+/// `send`, and waits (up to 10 s) for its answer.
+async fn post_trailed(
+    send: &mut hyper::client::conn::http2::SendRequest<Frames>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    trailers: HeaderMap,
+) -> http::Response<hyper::body::Incoming> {
+    let body = Frames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"hello")),
+        Frame::trailers(trailers),
+    ]));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{path}"))
+        .body(body)
+        .expect("request");
+    tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered")
+}
+
 /// Before 2464352 the replay body's size hint set its lower bound above its upper, and hyper's
 /// h1 client panicked on it (`size_hint.rs`): 502 and "panicked" in the log. Fails on the old
 /// code (the reproduction, reasoned from `body.rs` at 8024b07).
@@ -314,19 +337,7 @@ async fn trailer_fields_that_have_no_place_there_never_reach_the_upstream() {
     for (n, v) in forbidden {
         trailers.insert(n, v.parse().expect("value"));
     }
-    let body = Frames(VecDeque::from([
-        Frame::data(Bytes::from_static(b"hello")),
-        Frame::trailers(trailers),
-    ]));
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{addr}/s/h2"))
-        .body(body)
-        .expect("request");
-    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .expect("answered in time")
-        .expect("answered");
+    let rsp = post_trailed(&mut send, addr, "/s/h2", trailers).await;
     assert_eq!(rsp.status(), 200);
     assert_eq!(app.hits(), 2);
     for got in app.requests() {
@@ -369,19 +380,7 @@ async fn h2_request_trailers_get_the_field_checks_of_a_head() {
         for (name, value) in &bad {
             let mut trailers = HeaderMap::new();
             trailers.insert(name.clone(), value.parse().expect("value"));
-            let body = Frames(VecDeque::from([
-                Frame::data(Bytes::from_static(b"hello")),
-                Frame::trailers(trailers),
-            ]));
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(format!("http://{addr}{path}"))
-                .body(body)
-                .expect("request");
-            let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-                .await
-                .expect("answered in time")
-                .expect("answered");
+            let rsp = post_trailed(&mut send, addr, path, trailers).await;
             let status = rsp.status();
             let reason = rsp.headers().get("x-rampart-reason").cloned();
             assert_eq!(status, 400, "{path} {name}: {value:?}");
@@ -399,16 +398,7 @@ async fn h2_request_trailers_get_the_field_checks_of_a_head() {
     // A well-formed trailer passes, on the same connection.
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().expect("value"));
-    let body = Frames(VecDeque::from([
-        Frame::data(Bytes::from_static(b"hello")),
-        Frame::trailers(trailers),
-    ]));
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{addr}/s/good"))
-        .body(body)
-        .expect("request");
-    let rsp = send.send_request(req).await.expect("answered");
+    let rsp = post_trailed(&mut send, addr, "/s/good", trailers).await;
     assert_eq!(rsp.status(), 200);
     let last = app.requests().last().cloned().unwrap_or_default();
     assert!(trailer_section(&last).contains("x-checksum: abc"), "{last}");

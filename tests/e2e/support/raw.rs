@@ -25,7 +25,7 @@ pub async fn exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> RawRe
     let tcp = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect to {addr} must succeed: {e}"));
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     let request = request.to_vec();
     let writer = tokio::spawn(async move {
         // The peer may close before taking everything; that is for the test to judge.
@@ -33,23 +33,7 @@ pub async fn exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> RawRe
         let _ = wr.flush().await;
         wr // kept open: dropping it would half-close and look like a finished client
     });
-    let start = tokio::time::Instant::now();
-    let mut bytes = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let closed = loop {
-        match tokio::time::timeout_at(start + wait, rd.read(&mut buf)).await {
-            Err(_) => break false,
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-        }
-    };
-    let elapsed = start.elapsed();
-    writer.abort();
-    RawResp {
-        bytes,
-        closed,
-        elapsed,
-    }
+    read_until_closed(rd, writer, wait).await
 }
 
 /// Connects to `addr`, writes `head`, then `body` one byte every `gap` (a slow upload, each
@@ -65,7 +49,7 @@ pub async fn trickle(
     let tcp = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect to {addr} must succeed: {e}"));
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     let (head, body) = (head.to_vec(), body.to_vec());
     let writer = tokio::spawn(async move {
         // The peer may answer and close before taking everything; that is for the test to judge.
@@ -78,6 +62,15 @@ pub async fn trickle(
         }
         wr // kept open: dropping it would half-close and look like a finished client
     });
+    read_until_closed(rd, writer, wait).await
+}
+
+/// Reads `rd` until the peer closes or `wait` (from now) runs out, then stops `writer`.
+async fn read_until_closed<W>(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    writer: tokio::task::JoinHandle<W>,
+    wait: Duration,
+) -> RawResp {
     let start = tokio::time::Instant::now();
     let mut bytes = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
