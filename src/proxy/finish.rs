@@ -586,9 +586,10 @@ impl<'a> Finish<'a> {
                 bytes_out,
                 grpc,
             };
-            if entry.fill(out, tries) {
-                self.guards.log = Some(entry);
-            }
+            // Kept even when sampled out: the answer may yet break, or a gRPC call's
+            // trailers fail it, and the line is then written.
+            entry.fill(out, tries);
+            self.guards.log = Some(entry);
         }
         std::mem::take(&mut self.guards)
     }

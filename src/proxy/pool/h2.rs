@@ -44,6 +44,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
+use crate::proxy::access_log::Broken;
 use crate::proxy::body::Body;
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
@@ -431,7 +432,11 @@ impl H2Answer {
     /// Counts the request's timeout if the stream's deadline has passed (see
     /// `Body::count_if_late`).
     pub(crate) fn count_if_late(&mut self) {
-        let _ = self.end_by.as_mut().is_some_and(EndBy::over);
+        if self.end_by.as_mut().is_some_and(EndBy::over) {
+            if let Some(log) = self.guards.log.as_mut() {
+                log.broken(Broken::Timeout);
+            }
+        }
     }
 
     /// The stream's end: its status to the log line and span, its try's outcome to `Trailed`,
@@ -441,6 +446,11 @@ impl H2Answer {
         if let Some(log) = self.guards.log.as_mut() {
             // A gRPC call's line (any other ignores it) takes the trailers' status.
             log.grpc_ended(code);
+            match end {
+                StreamEnd::Broke => log.broken(Broken::UpstreamCut),
+                StreamEnd::Deadline => log.broken(Broken::Timeout),
+                StreamEnd::Trailers(_) | StreamEnd::NoTrailers => {}
+            }
         }
         if let (true, Some(c), Some(span)) = (self.grpc, code, self.guards.span.as_mut()) {
             span.grpc_status(c);
@@ -469,6 +479,18 @@ impl H2Answer {
             trailers.get(GRPC_STATUS).and_then(grpc::code),
         );
         Ok(Frame::trailers(trailers))
+    }
+}
+
+/// A stream dropped before its end, its guards still held (its head went out): its client
+/// went away or stopped reading, or rampart cut it at a drain's end. Its log line says so.
+impl Drop for H2Answer {
+    fn drop(&mut self) {
+        if self.guards.log.is_some() && !http_body::Body::is_end_stream(self) {
+            if let Some(log) = self.guards.log.as_mut() {
+                log.broken(super::broken_off());
+            }
+        }
     }
 }
 
