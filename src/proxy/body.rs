@@ -97,8 +97,16 @@ pub enum ClientFault {
 /// sources, `plan_header`): the client's trailers lose them and their spellings with `_` for
 /// any `-` (`x_tenant-id`, which CGI-style upstreams read as the same header), as rampart read
 /// them from the head, and the upstream should read no other value.
+///
+/// And whether the body was read to its end: an HTTP/1.1 answer given before that closes its
+/// connection (the rest is not drained) and says so (`finish.rs`).
 #[derive(Debug, Default)]
-pub struct FaultCell(AtomicU8, AtomicU64, Option<Arc<[http::HeaderName]>>);
+pub struct FaultCell(
+    AtomicU8,
+    AtomicU64,
+    Option<Arc<[http::HeaderName]>>,
+    std::sync::atomic::AtomicBool,
+);
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
 /// with a deadline between frames.
@@ -395,7 +403,12 @@ impl http_body::Body for ClientIn {
 impl FaultCell {
     /// A cell for a request whose trailers lose `identity`'s names.
     pub fn with_identity(identity: Option<&Arc<[http::HeaderName]>>) -> Self {
-        FaultCell(AtomicU8::new(0), AtomicU64::new(0), identity.cloned())
+        FaultCell(
+            AtomicU8::new(0),
+            AtomicU64::new(0),
+            identity.cloned(),
+            std::sync::atomic::AtomicBool::new(false),
+        )
     }
 
     /// The fault noted, if any.
@@ -410,6 +423,11 @@ impl FaultCell {
     /// Body bytes received from the client so far.
     pub fn received(&self) -> u64 {
         self.1.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body was read to its end.
+    pub fn ended(&self) -> bool {
+        self.3.load(Ordering::Acquire)
     }
 
     fn set(&self, f: ClientFault) {
@@ -507,13 +525,19 @@ impl ClientBody {
                 if let Some(t) = self.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + self.idle);
                 }
+                if f.is_trailers() || self.rest.is_end_stream() {
+                    self.fault.3.store(true, Ordering::Release);
+                }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.fault.set(ClientFault::Malformed);
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.fault.3.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let idle = self.idle;
                 let timer = self
