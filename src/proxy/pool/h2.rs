@@ -283,6 +283,7 @@ impl Pool {
         // both resets the stream), and one in a 204: one goes on, or none in a 204 (as from an
         // HTTP/1.1 upstream).
         crate::proxy::forward::answer_length(head.status, &mut head.headers);
+        trim_padded(&mut head.headers);
         // RFC 9110 §6.4.1: an answer to HEAD, a 204 and a 304 have no content, whatever the
         // upstream sends after the head (the h2 library takes DATA on a 204 or 304 that fits
         // its `content-length`): as from an HTTP/1.1 upstream, whose reader frames no body
@@ -404,6 +405,27 @@ fn request(
     *req.version_mut() = Version::HTTP_2;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// Takes the spaces and tabs off either end of an HTTP/2 upstream's field values: malformed
+/// over HTTP/2 (RFC 9113 §8.2.1), and the h2 library passes them on as sent, so an HTTP/2
+/// client would reset the stream. An HTTP/1.1 upstream's are taken off by its parser (the
+/// same line read as the same value); a client's padded HTTP/2 request is refused 400
+/// (`listener::serve`), which an answer cannot be. Only a padded value is copied.
+fn trim_padded(headers: &mut http::HeaderMap) {
+    if !crate::proxy::h1::parse::padded_value(headers) {
+        return;
+    }
+    for v in headers.values_mut() {
+        // A value holds no control byte but the tab: ASCII whitespace at its ends is spaces
+        // and tabs.
+        let trimmed = v.as_bytes().trim_ascii();
+        if trimmed.len() != v.len() {
+            if let Ok(t) = HeaderValue::from_bytes(trimmed) {
+                *v = t;
+            }
+        }
+    }
 }
 
 // === impl H2Answer ===
