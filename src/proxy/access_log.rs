@@ -14,8 +14,8 @@
 //! When a line is written: an [`Entry`] rides in the request's `Guards` and is finished on
 //! drop, so the line is written when the answer's body has ended (or the client went away),
 //! with the bytes really sent and the whole duration. `sample_ok` thins lines of 2xx/3xx
-//! answers from the upstream only: every answer rampart makes itself, and every 4xx/5xx, is
-//! logged.
+//! answers from the upstream only: every answer rampart makes itself, every 4xx/5xx, and
+//! every answer that broke after its head ([`Broken`], said in `reason`), is logged.
 
 mod line;
 #[cfg(test)]
@@ -95,6 +95,39 @@ struct Draft {
     keep_ok: Option<u32>,
     armed: bool,
     grpc: Grpc,
+    /// Where the `reason` piece starts and ends in `text` (0: not filled yet): an answer
+    /// broken after its head is logged with its [`Broken`] cause in its place.
+    reason: (u32, u32),
+    /// Why the answer broke after its head, if it did.
+    broken: Option<Broken>,
+}
+
+/// Why an answer whose head was sent did not go out whole: its line keeps the status sent and
+/// says this in `reason` (as Envoy's response flags UT, UC, DC do), and is always written.
+/// Set where the break is seen (the upstream answer's body), never formatted per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// The upstream closed or reset the answer before its end (fewer bytes than its
+    /// `content-length`, a broken chunk, a reset stream).
+    UpstreamCut,
+    /// The request's deadline (`timeout.request`) cut the answer's body.
+    Timeout,
+    /// The client went away (or stopped reading) before the answer's end.
+    ClientGone,
+    /// A drain's grace ran out (or the process exited) with the answer still going.
+    Shutdown,
+}
+
+impl Broken {
+    /// The line's `reason` for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Broken::UpstreamCut => "upstream_cut",
+            Broken::Timeout => "timeout",
+            Broken::ClientGone => "client_gone",
+            Broken::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// What the exchange with the upstream leaves for the line (see `ctx::TryLog`).
@@ -218,8 +251,9 @@ impl AccessLog {
 impl Entry {
     /// Fills the line from the answer and arms it if it is to be written: always for rampart's
     /// own answers, for 4xx/5xx and for a gRPC status other than OK, else as `sample_ok` says.
-    /// Returns whether the entry is to be kept: armed, or a gRPC call's, which its answer's
-    /// trailers may arm yet ([`Entry::grpc_ended`]).
+    /// Returns whether it is armed now. Either way the entry is to be kept with the answer:
+    /// a gRPC call's trailers may arm it yet ([`Entry::grpc_ended`]), and so may an answer
+    /// that breaks after its head ([`Entry::broken`]).
     pub fn fill(&mut self, out: Outcome<'_>, tries: TryStats) -> bool {
         self.0.as_mut().is_some_and(|d| d.fill(out, tries))
     }
@@ -247,6 +281,17 @@ impl Entry {
             d.received = None;
             d.whole = up;
             d.bytes_out = down;
+        }
+    }
+
+    /// The answer broke after its head (`why`): the line says so and is written whatever
+    /// `sample_ok` says. The first cause seen stands.
+    pub fn broken(&mut self, why: Broken) {
+        if let Some(d) = &mut self.0 {
+            if d.broken.is_none() && d.reason.1 != 0 {
+                d.broken = Some(why);
+                d.armed = true;
+            }
         }
     }
 
@@ -308,6 +353,8 @@ impl Draft {
                 keep_ok: None,
                 armed: false,
                 grpc: Grpc::NotACall,
+                reason: (0, 0),
+                broken: None,
             }),
         }
     }
@@ -329,6 +376,8 @@ impl Draft {
             d.sink = None;
             d.armed = false;
             d.grpc = Grpc::NotACall;
+            d.reason = (0, 0);
+            d.broken = None;
         });
     }
 
@@ -337,10 +386,8 @@ impl Draft {
         let ok = out.status < 400 && out.reason.is_none() && !grpc_failed;
         self.armed = !ok || self.keep_ok.is_none_or(|k| fastrand::u32(..) < k);
         self.grpc = out.grpc;
-        // A gRPC call's line is filled even when sampled out: its trailers may arm it.
-        if !self.armed && out.grpc == Grpc::NotACall {
-            return false;
-        }
+        // A line is filled even when sampled out: a gRPC call's trailers may arm it, and so
+        // may an answer that breaks after its head ([`Entry::broken`]).
         let t = &mut self.text;
         t.truncate(self.ids as usize);
         t.extend_from_slice(b",\"route\":");
@@ -360,6 +407,7 @@ impl Draft {
         t.extend_from_within(..self.request as usize);
         t.extend_from_slice(b",\"status\":");
         line::three_digits(t, u32::from(out.status.clamp(100, 999)));
+        let reason_at = end(t);
         match out.reason {
             Some(r) => {
                 t.extend_from_slice(b",\"reason\":");
@@ -367,6 +415,7 @@ impl Draft {
             }
             None => t.extend_from_slice(b",\"reason\":\"\""),
         }
+        self.reason = (reason_at, end(t));
         t.extend_from_slice(b",\"limit\":");
         line::opt_string(t, out.limit);
         t.extend_from_slice(b",\"tries\":");
@@ -380,7 +429,7 @@ impl Draft {
         self.bytes_out = out.bytes_out;
         self.received = tries.received;
         self.whole = tries.whole;
-        true
+        self.armed
     }
 
     /// Appends the whole line (ending in `\n`) to `buf`, in SPEC §12's field order, with the
@@ -403,7 +452,19 @@ impl Draft {
         wall.write(buf, self.started);
         buf.push(b'"');
         buf.extend_from_slice(listener);
-        buf.extend_from_slice(middle);
+        match self.broken {
+            None => buf.extend_from_slice(middle),
+            Some(why) => {
+                // The middle with the cause in the reason's place.
+                let (at, to) = (self.reason.0, self.reason.1);
+                let (at, to) = ((at - self.ids) as usize, (to - self.ids) as usize);
+                buf.extend_from_slice(&middle[..at]);
+                buf.extend_from_slice(b",\"reason\":\"");
+                buf.extend_from_slice(why.as_str().as_bytes());
+                buf.push(b'"');
+                buf.extend_from_slice(&middle[to..]);
+            }
+        }
         buf.extend_from_slice(b",\"duration_ms\":");
         line::millis(buf, duration);
         buf.extend_from_slice(b",\"upstream_ms\":");

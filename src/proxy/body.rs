@@ -107,6 +107,9 @@ pub enum ClientFault {
 /// sources, `plan_header`): the client's trailers lose them and their spellings with `_` for
 /// any `-` (`x_tenant-id`, which CGI-style upstreams read as the same header), as rampart read
 /// them from the head, and the upstream should read no other value.
+///
+/// And whether the body was read to its end: an HTTP/1.1 answer given before that closes its
+/// connection (the rest is not drained) and says so (`finish.rs`).
 #[derive(Debug)]
 pub struct FaultCell {
     /// The [`ClientFault`] noted: 0 none, 1 malformed, 2 stalled, 3 late.
@@ -122,6 +125,8 @@ pub struct FaultCell {
     /// When the wait in progress began, in nanoseconds since `born` plus one; 0 when rampart
     /// is not waiting for the client (it has a frame to write, or the body has ended).
     wait_began: AtomicU64,
+    /// The body was read to its end.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
@@ -442,6 +447,7 @@ impl FaultCell {
             born: Instant::now(),
             waited: AtomicU64::new(0),
             wait_began: AtomicU64::new(0),
+            ended: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -458,6 +464,11 @@ impl FaultCell {
     /// Body bytes received from the client so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body was read to its end.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Notes the client's fault `f` (the request path notes [`ClientFault::Late`]; the body
@@ -675,6 +686,9 @@ impl ClientBody {
                 if let Some(t) = self.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + self.idle);
                 }
+                if f.is_trailers() || self.rest.is_end_stream() {
+                    self.fault.ended.store(true, Ordering::Release);
+                }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -685,6 +699,7 @@ impl ClientBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
+                self.fault.ended.store(true, Ordering::Release);
                 if let Some(k) = &self.kept {
                     k.lock().end();
                 }

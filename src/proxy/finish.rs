@@ -59,6 +59,9 @@ pub struct Finish<'a> {
     /// What the request's tries did, once the exchange is under way: a request dropped
     /// before its answer logs them.
     tries: Option<&'a TryLog>,
+    /// An HTTP/1.1 request whose body hyper streams and had not ended when the request began:
+    /// an answer given before its end was read closes the connection.
+    upload: bool,
     /// Answered (or ended as a client's going away): nothing is left for [`Drop`].
     settled: bool,
     /// Dropped unanswered: its client went away.
@@ -437,9 +440,18 @@ impl<'a> Finish<'a> {
             grpc: req.method() == http::Method::POST && is_grpc(req.headers()),
             head: req.method() == http::Method::HEAD,
             tries: None,
+            upload: false,
             settled: false,
             gone: false,
         }
+    }
+
+    /// The request is an HTTP/1.1 one whose body was still to be read when it began (hyper's
+    /// server streams it): rampart's own answer given before the body's end was read says
+    /// `connection: close` (RFC 9112 §9.6), since the rest is not drained and the connection
+    /// closes after it.
+    pub fn uploading(&mut self) {
+        self.upload = true;
     }
 
     /// The request's tries are noted in `tries` from here on (read if it is dropped unanswered).
@@ -523,6 +535,17 @@ impl<'a> Finish<'a> {
                 with_request_id(rsp, self.request_id);
             }
         }
+        // rampart's own answer drops the body where it stands (hyper then closes rather than
+        // drain it); an upstream's early answer leaves the rest of the upload going to it
+        // (`pool::finish_upload`), which keeps the connection in step.
+        let unread = match &tries.received {
+            None => true,
+            Some(c) => own.is_some() && !c.ended(),
+        };
+        if self.upload && unread {
+            rsp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = rsp.status().as_u16();
         tm.count(status);
         let now = tries.ended.unwrap_or_else(Instant::now);
@@ -586,9 +609,10 @@ impl<'a> Finish<'a> {
                 bytes_out,
                 grpc,
             };
-            if entry.fill(out, tries) {
-                self.guards.log = Some(entry);
-            }
+            // Kept even when sampled out: the answer may yet break, or a gRPC call's
+            // trailers fail it, and the line is then written.
+            entry.fill(out, tries);
+            self.guards.log = Some(entry);
         }
         std::mem::take(&mut self.guards)
     }

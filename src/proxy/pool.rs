@@ -58,6 +58,7 @@ pub(crate) use self::conn::Stream;
 use self::conn::{Conn, Failed};
 pub(crate) use self::h2::message as h2_message;
 use self::idle::Stack;
+use super::access_log::Broken;
 use super::body::Body;
 use super::forward::Added;
 use super::grpc::{StreamEnd, Trailed};
@@ -653,6 +654,12 @@ impl Returning {
     /// The body broke (`deadline`: cut at the request's deadline): its connection is dropped,
     /// never pooled, and its try ends as a failure.
     fn broke(&mut self, deadline: bool) {
+        if let Some(log) = self.guards.log.as_mut() {
+            log.broken(match deadline {
+                true => Broken::Timeout,
+                false => Broken::UpstreamCut,
+            });
+        }
         self.back = None;
         self.failed = true;
         self.guards = Guards::default();
@@ -682,7 +689,11 @@ impl Returning {
     /// Counts the request's timeout if the body's deadline has passed (see
     /// `Body::count_if_late`).
     pub(super) fn count_if_late(&mut self) {
-        let _ = self.over_deadline();
+        if self.over_deadline() {
+            if let Some(log) = self.guards.log.as_mut() {
+                log.broken(Broken::Timeout);
+            }
+        }
     }
 
     /// Whether the body's deadline has passed, by the clock (then counted); looked at before
@@ -740,6 +751,27 @@ impl Returning {
         if let Some(t) = self.late.take().and_then(|l| l.trailed) {
             t.end(StreamEnd::NoTrailers);
         }
+    }
+}
+
+/// An answer dropped before its end, its guards still held (its head went out): its client
+/// went away or stopped reading, or rampart cut it at a drain's end. Its log line says so.
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let (Some(log), Some((conn, _))) = (self.guards.log.as_mut(), self.back.as_ref()) {
+            if !conn.body_done() {
+                log.broken(broken_off());
+            }
+        }
+    }
+}
+
+/// Why an answer still going is dropped: rampart's own cut at a drain's end
+/// (`finish::cutting`), else its client's going.
+pub(super) fn broken_off() -> Broken {
+    match super::finish::cutting() {
+        true => Broken::Shutdown,
+        false => Broken::ClientGone,
     }
 }
 

@@ -206,6 +206,11 @@ pub fn handle<'a>(
         let (request_id, made) = finish::request_id(&mut req, sent);
         let mut fin = Finish::new(shared, lst, &mut req, (&request_id, made), started, guards);
         fin.trying(&tries);
+        if req.version() < http::Version::HTTP_2
+            && matches!(req.body(), ClientIn::Hyper(b) if !http_body::Body::is_end_stream(b))
+        {
+            fin.uploading();
+        }
 
         // 0. Authority.
         if let Some(msg) = forward::authority_problem(&req, sent) {

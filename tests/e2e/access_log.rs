@@ -751,3 +751,115 @@ async fn bytes_out_of_a_head_answer_is_zero_and_of_a_get_its_body() {
     sent.sort_unstable();
     assert_eq!(logged, sent, "(method, path, bytes_out): {lines:#?}");
 }
+
+/// A proxy whose `/cut` route goes to an upstream that sends 5 bytes of a 100-byte answer and
+/// closes, whose `/drip` one has a 400 ms request deadline, and whose lines of successes are
+/// all thinned (`sample_ok: 0%`).
+const BROKEN: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+  short: { endpoints: [$SHORT] }
+policies:
+  quick:
+    timeout: { request: 400ms }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG, sample_ok: 0% }
+    routes:
+      - { name: cut, match: { path_prefix: /cut }, upstream: short }
+      - { name: quick, match: { path_prefix: /drip }, upstream: app, policy: quick }
+      - upstream: app
+"#;
+
+/// An answer that breaks after its head is logged with the status sent and, in `reason`, why
+/// it broke: the upstream closed it short (`upstream_cut`, for an HTTP/1.1 and an HTTP/2
+/// client), the request's deadline cut it (`timeout`), or the client went away before its end
+/// (`client_gone`); such lines are written whatever `sample_ok` says, and a whole answer's is
+/// still thinned. Before, each was a plain `200` with an empty reason, dropped by sampling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_broken_after_its_head_says_why() {
+    use crate::support::capture::Capture;
+    use crate::support::conn::Conn;
+    use http_body_util::BodyExt;
+    let app = sample().await;
+    let short =
+        Capture::start(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\nshort")
+            .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let proxy = Proxy::builder(BROKEN)
+        .var("APP", app.addr())
+        .var("SHORT", short.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let get = |path: &str, id: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nx-request-id: {id}\r\n\r\n").into_bytes()
+    };
+
+    // A whole answer: thinned.
+    assert_eq!(http::get(addr, "/bytes/10", &[]).await.status, 200);
+    // (a) The upstream closes 95 bytes short: the client's connection closes with them.
+    let mut c = Conn::open(addr).await;
+    c.send(&get("/cut", "cut-h1")).await;
+    let (got, _) = c.read_to_end().await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("short"), "{text}");
+    // The same over HTTP/2: the stream is reset.
+    let mut h2 = http::h2c(addr).await;
+    let req = ::http::Request::get(format!("http://{addr}/cut"))
+        .header("x-request-id", "cut-h2")
+        .body(http::empty())
+        .expect("request");
+    // (The reset may overtake the head, its frames being sent together.)
+    if let Ok(rsp) = h2.send_request(req).await {
+        assert_eq!(rsp.status(), 200);
+        assert!(rsp.into_body().collect().await.is_err(), "reset");
+    }
+    // (b) The deadline cuts a body that would take 3 s.
+    let mut c = Conn::open(addr).await;
+    c.send(&get("/drip?chunks=10&ms=300", "deadline")).await;
+    let (got, _) = c.read_to_end().await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // (c) The client reads the head and goes.
+    let mut c = Conn::open(addr).await;
+    c.send(&get("/bytes/20000000", "gone")).await;
+    let mut head = [0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut c.io, &mut head)
+        .await
+        .expect("read");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    socket2::SockRef::from(&c.io)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("SO_LINGER 0: the close resets");
+    drop(c);
+
+    let got = wait_lines(&log, 4).await;
+    for (id, why) in [
+        ("cut-h1", "upstream_cut"),
+        ("cut-h2", "upstream_cut"),
+        ("deadline", "timeout"),
+        ("gone", "client_gone"),
+    ] {
+        let line = got
+            .iter()
+            .find(|v| v["request_id"] == id)
+            .unwrap_or_else(|| panic!("a line for {id}: {got:?}"));
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["reason"], why, "{line}");
+        let keys: Vec<&String> = line.as_object().expect("object").keys().collect();
+        assert_eq!(keys.len(), FIELDS.len(), "{line}");
+    }
+    let cut = got
+        .iter()
+        .find(|v| v["request_id"] == "cut-h1")
+        .expect("line");
+    assert_eq!(cut["bytes_out"], 5, "{cut}");
+    assert_eq!(got.len(), 4, "the whole answer's line thinned: {got:?}");
+}

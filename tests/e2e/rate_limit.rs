@@ -369,3 +369,42 @@ async fn a_reload_neither_resets_nor_refills_buckets() {
         "new tenants get the new burst"
     );
 }
+
+/// A refusal sent before the request's body was read (`Expect: 100-continue`, or a body over
+/// the 64 KiB read with its head, still coming) is followed by the connection's close, and
+/// says so: `connection: close` (RFC 9112 §9.6). A refused request whose body was all read
+/// keeps its connection. Before, the head said nothing and the connection closed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_is_read_says_the_connection_closes() {
+    use crate::support::raw;
+    use std::time::Duration;
+    let app = sample().await;
+    let proxy = limited(
+        app.addr(),
+        DEFAULT_TENANTS,
+        "      per_tenant: { rate: 1/min, burst: 1 }",
+    )
+    .await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(burst(addr, None, 1).await, [200]);
+    let expect =
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
+    let large = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nfirst bytes";
+    for req in [&expect[..], &large[..]] {
+        let rsp = raw::exchange(addr, req, Duration::from_secs(3)).await;
+        assert_eq!(rsp.status(), Some(429), "{}", rsp.text());
+        assert_eq!(
+            rsp.header("connection").as_deref(),
+            Some("close"),
+            "{}",
+            rsp.text()
+        );
+        assert!(rsp.closed, "closed after it: {}", rsp.text());
+    }
+    // An upload read to its end (by the upstream) keeps its connection.
+    let whole = b"POST /echo HTTP/1.1\r\nHost: a\r\nx-tenant-id: other\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let rsp = raw::exchange(addr, whole, Duration::from_millis(500)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(rsp.header("connection"), None, "{}", rsp.text());
+    assert!(!rsp.closed, "kept: {}", rsp.text());
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use ::http::{HeaderMap, Request, Response, StatusCode, Version};
+use ::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -229,6 +229,13 @@ async fn answer(
         // What `/grpc` sends, one of its trailers announced.
         rsp.headers_mut()
             .insert("trailer", "grpc-status".parse().expect("value"));
+    }
+    if parts.uri.path() == "/padded" {
+        // Values malformed over HTTP/2 (RFC 9113 §8.2.1), as a careless server sends them.
+        let h = rsp.headers_mut();
+        h.insert("x-a", HeaderValue::from_static(" v"));
+        h.insert("x-b", HeaderValue::from_static("w\t"));
+        h.insert("x-c", HeaderValue::from_static(" \t "));
     }
     if parts.uri.path() == "/unavailable" {
         // A gRPC error as servers send it: Trailers-Only, the status in the headers.
@@ -2430,4 +2437,25 @@ async fn expect_100_continue_is_not_passed_to_an_h2_upstream() {
         "{:?}",
         seen[0].headers
     );
+}
+
+/// An HTTP/2 upstream's field values with spaces or tabs at either end (malformed over HTTP/2,
+/// RFC 9113 §8.2.1) reach the client trimmed, as an HTTP/1.1 upstream's are read: an HTTP/2
+/// client gets a stream it can read, and an HTTP/1.1 one the same values. Before, they went
+/// out as sent and an HTTP/2 client (nghttp, h2) reset the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_upstreams_padded_field_values_are_trimmed() {
+    let up = H2Server::start(None).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    for rsp in [
+        http::h2_get(addr, "/padded", &[]).await,
+        http::get(addr, "/padded", &[]).await,
+    ] {
+        assert_eq!(rsp.status, StatusCode::OK, "{rsp:?}");
+        assert_eq!(rsp.headers["x-a"], "v", "{rsp:?}");
+        assert_eq!(rsp.headers["x-b"], "w", "{rsp:?}");
+        assert_eq!(rsp.headers["x-c"], "", "{rsp:?}");
+        assert_eq!(rsp.body, "ok");
+    }
 }

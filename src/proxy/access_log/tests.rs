@@ -352,8 +352,10 @@ fn a_grpc_calls_line_carries_its_status_and_a_failed_one_is_never_thinned() {
     for _ in 0..20 {
         // Sampled out entirely: kept (its trailers may arm it) but not armed.
         let mut e = entry(0.0);
-        assert!(e.fill(grpc(Grpc::NoStatus), TryStats::default()), "kept");
-        assert!(!e.0.as_ref().expect("draft").armed);
+        assert!(
+            !e.fill(grpc(Grpc::NoStatus), TryStats::default()),
+            "not armed"
+        );
         e.grpc_ended(Some(0));
         assert!(!e.0.as_ref().expect("draft").armed, "OK: thinned");
         assert_eq!(line(&e)["grpc_status"], 0);
@@ -689,4 +691,31 @@ fn checked_tenants_and_made_request_ids_are_written_as_they_are_and_the_rest_esc
         assert_eq!(v["route"], "r\"1");
         assert_eq!(v["request_id"], made.to_str().expect("ascii"));
     }
+}
+
+/// An answer broken after its head arms its line however it was sampled, and its cause takes
+/// the reason's place, the status and every other field as they were; the first cause stands.
+#[test]
+fn a_broken_answer_is_always_written_and_says_why() {
+    let line = |e: &Entry| json(&text(e, Instant::now(), Duration::ZERO, 0));
+    let mut e = entry(0.0);
+    assert!(!e.fill(out(200, None), TryStats::default()), "thinned");
+    let whole = line(&e);
+    e.broken(Broken::UpstreamCut);
+    e.broken(Broken::ClientGone);
+    assert!(e.0.as_ref().expect("draft").armed);
+    let cut = line(&e);
+    assert_eq!(cut["reason"], "upstream_cut", "{cut}");
+    assert_eq!(cut["status"], 200);
+    let (mut a, mut b) = (whole.clone(), cut.clone());
+    for v in [&mut a, &mut b] {
+        v.as_object_mut().expect("object").remove("reason");
+        v.as_object_mut().expect("object").remove("time");
+    }
+    assert_eq!(a, b, "only the reason differs");
+    quiet(e);
+    // Not filled yet: nothing to say it in, and nothing armed.
+    let mut e = entry(0.0);
+    e.broken(Broken::Timeout);
+    assert!(!e.0.as_ref().expect("draft").armed);
 }

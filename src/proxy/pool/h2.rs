@@ -48,6 +48,7 @@ mod link;
 use link::{Closed, Link, Slot, Watched};
 
 use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
+use crate::proxy::access_log::Broken;
 use crate::proxy::body::{Body, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
@@ -376,6 +377,7 @@ impl Pool {
         // both resets the stream), and one in a 204: one goes on, or none in a 204 (as from an
         // HTTP/1.1 upstream).
         crate::proxy::forward::answer_length(head.status, &mut head.headers);
+        trim_padded(&mut head.headers);
         // RFC 9110 §6.4.1: an answer to HEAD, a 204 and a 304 have no content, whatever the
         // upstream sends after the head (the h2 library takes DATA on a 204 or 304 that fits
         // its `content-length`): as from an HTTP/1.1 upstream, whose reader frames no body
@@ -517,6 +519,27 @@ fn request(
     Ok(req)
 }
 
+/// Takes the spaces and tabs off either end of an HTTP/2 upstream's field values: malformed
+/// over HTTP/2 (RFC 9113 §8.2.1), and the h2 library passes them on as sent, so an HTTP/2
+/// client would reset the stream. An HTTP/1.1 upstream's are taken off by its parser (the
+/// same line read as the same value); a client's padded HTTP/2 request is refused 400
+/// (`listener::serve`), which an answer cannot be. Only a padded value is copied.
+fn trim_padded(headers: &mut http::HeaderMap) {
+    if !crate::proxy::h1::parse::padded_value(headers) {
+        return;
+    }
+    for v in headers.values_mut() {
+        // A value holds no control byte but the tab: ASCII whitespace at its ends is spaces
+        // and tabs.
+        let trimmed = v.as_bytes().trim_ascii();
+        if trimmed.len() != v.len() {
+            if let Ok(t) = HeaderValue::from_bytes(trimmed) {
+                *v = t;
+            }
+        }
+    }
+}
+
 // === impl H2Answer ===
 
 impl H2Answer {
@@ -543,7 +566,11 @@ impl H2Answer {
     /// Counts the request's timeout if the stream's deadline has passed (see
     /// `Body::count_if_late`).
     pub(crate) fn count_if_late(&mut self) {
-        let _ = self.end_by.as_mut().is_some_and(EndBy::over);
+        if self.end_by.as_mut().is_some_and(EndBy::over) {
+            if let Some(log) = self.guards.log.as_mut() {
+                log.broken(Broken::Timeout);
+            }
+        }
     }
 
     /// The stream's end: its status to the log line and span, its try's outcome to `Trailed`,
@@ -553,6 +580,11 @@ impl H2Answer {
         if let Some(log) = self.guards.log.as_mut() {
             // A gRPC call's line (any other ignores it) takes the trailers' status.
             log.grpc_ended(code);
+            match end {
+                StreamEnd::Broke => log.broken(Broken::UpstreamCut),
+                StreamEnd::Deadline => log.broken(Broken::Timeout),
+                StreamEnd::Trailers(_) | StreamEnd::NoTrailers => {}
+            }
         }
         if let (true, Some(c), Some(span)) = (self.grpc, code, self.guards.span.as_mut()) {
             span.grpc_status(c);
@@ -581,6 +613,18 @@ impl H2Answer {
             trailers.get(GRPC_STATUS).and_then(grpc::code),
         );
         Ok(Frame::trailers(trailers))
+    }
+}
+
+/// A stream dropped before its end, its guards still held (its head went out): its client
+/// went away or stopped reading, or rampart cut it at a drain's end. Its log line says so.
+impl Drop for H2Answer {
+    fn drop(&mut self) {
+        if self.guards.log.is_some() && !http_body::Body::is_end_stream(self) {
+            if let Some(log) = self.guards.log.as_mut() {
+                log.broken(super::broken_off());
+            }
+        }
     }
 }
 
