@@ -1377,8 +1377,12 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: 4,816 bytes in
-    /// a test build of rustc 1.95 (5,104 before the pool's `send`, the upstream connection's
+    /// A connection serving requests holds the request path's futures inline: 5,168 bytes in
+    /// a test build of rustc 1.95 (4,816 before the request path learnt to judge a try without
+    /// the client's upload time, to keep a streamed body for a refused HTTP/2 stream, to wait
+    /// for an HTTP/2 upstream's stream slot in rampart, to note a TLS connection's
+    /// client-certificate rules and to note why an answer broke: each branch stayed under
+    /// 5,120 alone, together they came to 5,168, and the bound moved to 5,184; 5,104 before the pool's `send`, the upstream connection's
     /// `exchange` and `exchange::try_once` became `fn`s returning `async move` blocks; 5,056 before a moved listener's connections looked up its
     /// new address and an HTTP/2 answer's body got the request's deadline, 32 bytes each; the
     /// lean server's parsed head, taken apart at once, gave 16 back; 4,928 before an awaited answer watched for its client's
@@ -1391,8 +1395,8 @@ mod tests {
     fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);
         assert!(
-            size <= 5_120,
-            "a plain connection's future is {size} bytes, over 5,120: see stack::handle's doc, \
+            size <= 5_184,
+            "a plain connection's future is {size} bytes, over 5,184: see stack::handle's doc, \
              and `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
         );
     }
