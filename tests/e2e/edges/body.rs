@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{assert_no_panic, upstream_tries, OK};
 use crate::support::capture::Capture;
@@ -60,18 +60,13 @@ async fn h2_put_with_trailer(
     data: &'static [u8],
     length: Option<&str>,
 ) -> http::Response<hyper::body::Incoming> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut send = crate::support::http::h2c(addr).await;
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().expect("value"));
-    let body = Frames(VecDeque::from([
+    let body = UnsyncBoxBody::new(Frames(VecDeque::from([
         Frame::data(Bytes::from_static(data)),
         Frame::trailers(trailers),
-    ]));
+    ])));
     let mut req = Request::builder()
         .method(Method::PUT)
         .uri(format!("http://{addr}{path}"));
@@ -88,15 +83,15 @@ async fn h2_put_with_trailer(
 /// Sends `POST path` with the body `hello` ended by `trailers` on the HTTP/2 connection
 /// `send`, and waits (up to 10 s) for its answer.
 async fn post_trailed(
-    send: &mut hyper::client::conn::http2::SendRequest<Frames>,
+    send: &mut hyper::client::conn::http2::SendRequest<crate::support::http::ReqBody>,
     addr: std::net::SocketAddr,
     path: &str,
     trailers: HeaderMap,
 ) -> http::Response<hyper::body::Incoming> {
-    let body = Frames(VecDeque::from([
+    let body = UnsyncBoxBody::new(Frames(VecDeque::from([
         Frame::data(Bytes::from_static(b"hello")),
         Frame::trailers(trailers),
-    ]));
+    ])));
     let req = Request::builder()
         .method(Method::POST)
         .uri(format!("http://{addr}{path}"))
@@ -229,12 +224,7 @@ async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream()
     );
     let rsp = raw::exchange(addr, chunked.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut send = crate::support::http::h2c(addr).await;
     let fields = [
         ("x_forwarded_for", "10.6.6.6"),
         ("x_forwarded_proto", "https"),
@@ -249,10 +239,10 @@ async fn underscore_spellings_of_the_forwarding_names_never_reach_the_upstream()
         trailers.insert(n, v.parse().expect("value"));
     }
     trailers.insert("x_other", "t".parse().expect("value"));
-    let body = Frames(VecDeque::from([
+    let body = UnsyncBoxBody::new(Frames(VecDeque::from([
         Frame::data(Bytes::from_static(b"hello")),
         Frame::trailers(trailers),
-    ]));
+    ])));
     let mut req = Request::builder()
         .method(Method::POST)
         .uri(format!("http://{addr}/s/h2"))
@@ -326,12 +316,7 @@ async fn trailer_fields_that_have_no_place_there_never_reach_the_upstream() {
     let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
     // HTTP/2 without a length: chunked to the upstream, trailers and all.
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut send = crate::support::http::h2c(addr).await;
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().expect("value"));
     for (n, v) in forbidden {
@@ -365,12 +350,7 @@ async fn trailer_fields_that_have_no_place_there_never_reach_the_upstream() {
 async fn h2_request_trailers_get_the_field_checks_of_a_head() {
     let (app, proxy) = setup(false).await;
     let addr = proxy.listener("inbound");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut send = crate::support::http::h2c(addr).await;
     let bad = [
         (http::HeaderName::from_static("a\"b"), "1"),
         (http::HeaderName::from_static("x-pad"), " lead"),
@@ -544,17 +524,12 @@ async fn a_stalled_h2_upload_is_408_and_no_upstream_try() {
     let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
     for path in ["/r/slow", "/s/slow"] {
         let before = upstream_tries(admin).await;
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("h2c handshake");
-        tokio::spawn(conn);
+        let mut send = crate::support::http::h2c(addr).await;
         let req = Request::builder()
             .method(Method::PUT)
             .uri(format!("http://{addr}{path}"))
             .header("content-length", "10")
-            .body(OneThenSilence(false))
+            .body(UnsyncBoxBody::new(OneThenSilence(false)))
             .expect("request");
         let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
             .await

@@ -712,6 +712,38 @@ async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
     assert!(!proxy.log().contains("reset most of its requests"));
 }
 
+/// Sends `GET /ok` with the field `name: value` on `send` and asserts its status is `want`,
+/// and a 400's reason `bad_request`.
+async fn get_with(
+    send: &mut hyper::client::conn::http2::SendRequest<crate::support::http::ReqBody>,
+    addr: SocketAddr,
+    name: http::HeaderName,
+    value: http::HeaderValue,
+    want: u16,
+) {
+    use http_body_util::BodyExt;
+    let what = format!("{name:?}: {value:?}");
+    let req = http::Request::get(format!("http://{addr}/ok"))
+        .header(name, value)
+        .body(crate::support::http::empty())
+        .expect("a request");
+    let rsp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    let status = rsp.status().as_u16();
+    let reason = rsp.headers().get("x-rampart-reason").cloned();
+    let body = rsp.into_body().collect().await.expect("a body").to_bytes();
+    assert_eq!(status, want, "{what}: {body:?}");
+    if want == 400 {
+        assert_eq!(
+            reason.as_ref().map(|r| r.as_bytes()),
+            Some(&b"bad_request"[..]),
+            "{what}"
+        );
+    }
+}
+
 /// RFC 9113 §8.2.1: a field value that starts or ends with a space or a tab is malformed over
 /// HTTP/2. The h2 library passes such a value on as sent (HTTP/1.1's parser takes that
 /// whitespace off, so no HTTP/1.1 client can send it), and rampart forwarded it to the
@@ -719,16 +751,9 @@ async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
 /// space inside is well-formed and served, on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_field_value_padded_with_a_space_or_tab_is_refused() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let (app, proxy) = setup().await;
     let addr = proxy.listener("inbound");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut send = crate::support::http::h2c(addr).await;
     let cases = [
         (" lead", 400),
         ("trail ", 400),
@@ -737,28 +762,15 @@ async fn an_h2_field_value_padded_with_a_space_or_tab_is_refused() {
         ("in side", 200),
     ];
     for (value, want) in cases {
-        let req = http::Request::get(format!("http://{addr}/ok"))
-            .header(
-                "x-padded",
-                http::HeaderValue::from_str(value).expect("a value"),
-            )
-            .body(Empty::<bytes::Bytes>::new())
-            .expect("a request");
-        let rsp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-            .await
-            .expect("answered in time")
-            .expect("answered");
-        let status = rsp.status().as_u16();
-        let reason = rsp.headers().get("x-rampart-reason").cloned();
-        let body = rsp.into_body().collect().await.expect("a body").to_bytes();
-        assert_eq!(status, want, "{value:?}: {body:?}");
-        if want == 400 {
-            assert_eq!(
-                reason.as_ref().map(|r| r.as_bytes()),
-                Some(&b"bad_request"[..]),
-                "{value:?}"
-            );
-        }
+        let field = http::HeaderValue::from_str(value).expect("a value");
+        get_with(
+            &mut send,
+            addr,
+            http::HeaderName::from_static("x-padded"),
+            field,
+            want,
+        )
+        .await;
     }
     assert_eq!(
         app.hits(),
@@ -774,41 +786,23 @@ async fn an_h2_field_value_padded_with_a_space_or_tab_is_refused() {
 /// same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_field_name_outside_the_token_set_is_refused() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let (app, proxy) = setup().await;
     let addr = proxy.listener("inbound");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut send = crate::support::http::h2c(addr).await;
     let cases = [
         (http::HeaderName::from_static("x\"y"), 400),
         (http::HeaderName::from_static("\"quoted\""), 400),
         (http::HeaderName::from_static("x!#$%&'*+-.^_`|~09az"), 200),
     ];
     for (name, want) in cases {
-        let req = http::Request::get(format!("http://{addr}/ok"))
-            .header(name.clone(), "1")
-            .body(Empty::<bytes::Bytes>::new())
-            .expect("a request");
-        let rsp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-            .await
-            .expect("answered in time")
-            .expect("answered");
-        let status = rsp.status().as_u16();
-        let reason = rsp.headers().get("x-rampart-reason").cloned();
-        let body = rsp.into_body().collect().await.expect("a body").to_bytes();
-        assert_eq!(status, want, "{name:?}: {body:?}");
-        if want == 400 {
-            assert_eq!(
-                reason.as_ref().map(|r| r.as_bytes()),
-                Some(&b"bad_request"[..]),
-                "{name:?}"
-            );
-        }
+        get_with(
+            &mut send,
+            addr,
+            name,
+            http::HeaderValue::from_static("1"),
+            want,
+        )
+        .await;
     }
     assert_eq!(
         app.hits(),
