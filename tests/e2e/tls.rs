@@ -450,6 +450,12 @@ async fn a_reload_that_adds_tls_serves_no_more_plaintext_on_open_connections() {
 
     // Idle plaintext connections are closed at the reload (HTTP/2 with GOAWAY).
     assert!(h1.closes().await, "the idle plaintext connection ends");
+    // The client reads the GOAWAY on its connection's own task: give it the time to (a send
+    // made before it has would race it).
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !h2.is_closed() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(
         h2.send_request(get("/status/201")).await.is_err(),
         "the h2c connection was sent GOAWAY"
