@@ -255,37 +255,44 @@ impl Upstream {
 
     /// Picks an available endpoint: the cheaper of two random ones (`balance: p2c`) or the
     /// next in turn. `avoid` (the endpoint a failed try used) and endpoints that recently
-    /// refused a connection are taken only when nothing else is left. `now`: the time the
-    /// caller read just before.
+    /// refused a connection are taken only when nothing else is left, and then `avoid` before
+    /// one that refused: an endpoint that answered (a 503 that is retried) is likelier to
+    /// answer again than one that refused a connection a moment ago, whose try would only be
+    /// spent on another refusal. `now`: the time the caller read just before.
     pub fn pick(&self, avoid: Option<SocketAddr>, now: Instant) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
         if eps.is_empty() {
             return None;
         }
         let now = self.clock.nanos_at(now);
-        let shunned =
-            |e: &Arc<Endpoint>| Some(e.addr) == avoid || e.hold_until.load(Ordering::Relaxed) > now;
+        let held = |e: &Arc<Endpoint>| e.hold_until.load(Ordering::Relaxed) > now;
+        let shunned = |e: &Arc<Endpoint>| Some(e.addr) == avoid || held(e);
         if self.cfg.balance == file::Balance::P2c {
             let mut rng = fastrand::Rng::new();
             return p2c(&eps, |e| &e.health, shunned, now, &mut rng)
+                .or_else(|| p2c(&eps, |e| &e.health, held, now, &mut rng))
                 .or_else(|| p2c(&eps, |e| &e.health, |_| false, now, &mut rng))
                 .cloned();
         }
         let n = eps.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut fallback = None;
+        let (mut avoided, mut refused) = (None, None);
         for i in 0..n {
             let e = &eps[(start + i) % n];
             if !e.health.available(now) {
                 continue;
             }
-            if shunned(e) {
-                fallback = fallback.or(Some(e));
+            if held(e) {
+                refused = refused.or(Some(e));
+                continue;
+            }
+            if Some(e.addr) == avoid {
+                avoided = avoided.or(Some(e));
                 continue;
             }
             return Some(e.clone());
         }
-        fallback.cloned()
+        avoided.or(refused).cloned()
     }
 
     /// Tells endpoint health how a try against `ep` ended: the latency EWMA, and outlier

@@ -124,3 +124,52 @@ async fn name_never_resolved_has_no_addresses() {
         .no_endpoint_message()
         .contains("svc.test:8080 has not resolved"));
 }
+
+/// Two fixed endpoints, the first of which just refused a connection, with `balance`.
+fn one_refused(balance: &str) -> (Arc<Upstream>, SocketAddr, SocketAddr) {
+    let metrics = Metrics::register();
+    let clock: SharedClock = Arc::new(ManualClock::new());
+    let cfg: file::Upstream = serde_json::from_value(serde_json::json!({
+        "endpoints": ["127.0.0.1:1", "127.0.0.1:2"],
+        "balance": balance,
+    }))
+    .expect("upstream config");
+    let up = Upstream::with_lookup(
+        "api",
+        &cfg,
+        None,
+        None,
+        &metrics,
+        &clock,
+        Scripted::default().lookup(),
+    );
+    let eps = up.endpoints();
+    let (refused, answered) = (eps[0].addr, eps[1].addr);
+    up.connect_failed(&eps[0]);
+    (up, refused, answered)
+}
+
+/// A retry after an answered try (a 503) with the other endpoint refusing connections goes
+/// back to the one that answered: the refusing one would only spend the try on another
+/// refusal. Both kinds of balance.
+#[tokio::test(start_paused = true)]
+async fn retry_prefers_the_endpoint_that_answered_over_one_that_refused() {
+    for balance in ["round_robin", "p2c"] {
+        let (up, refused, answered) = one_refused(balance);
+        let now = tokio::time::Instant::now();
+        for _ in 0..20 {
+            let first = up.pick(None, now).expect("an endpoint");
+            assert_eq!(
+                first.addr, answered,
+                "{balance}: a refusing endpoint is passed over"
+            );
+            let again = up.pick(Some(answered), now).expect("an endpoint");
+            assert_eq!(
+                again.addr, answered,
+                "{balance}: the answering one before the refusing one"
+            );
+            let other = up.pick(Some(refused), now).expect("an endpoint");
+            assert_eq!(other.addr, answered, "{balance}");
+        }
+    }
+}
