@@ -260,7 +260,9 @@ impl UpstreamError {
 // === impl Pool ===
 
 impl Pool {
-    /// A pool keeping at most `max_idle` idle connections, counting those open on `open`.
+    /// A pool keeping at most `max_idle` idle connections, shared out among the workers with at
+    /// least one each (so up to the number of workers when `max_idle` is smaller), counting those
+    /// open on `open`.
     pub fn new(settings: PoolSettings, tls: Option<TlsOrigin>, open: IntGauge) -> Arc<Pool> {
         Arc::new(Pool {
             idle: {
