@@ -259,6 +259,14 @@ async fn connect(
         p.record(outcome, took);
     }
     up.try_ended(&ep, outcome, took, ended);
+    // The connect is the tunnel's try, counted as tries are (a refusal under the 502 the client
+    // gets), its connect time the try's duration: without it an upstream reached only by
+    // CONNECT (all HTTPS egress) had no series in the upstream's metrics.
+    up.metrics.count(match outcome {
+        Outcome::Status(code) => code,
+        _ => 502,
+    });
+    up.metrics.duration.observe(took);
     let why = match result {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);

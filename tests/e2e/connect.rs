@@ -187,6 +187,25 @@ async fn https_proxy_clients_tunnel_and_each_tunnel_counts_against_the_limit() {
     assert!(first.ok, "curl through the tunnel failed: {}", first.stderr);
     assert_eq!(first.stdout, BODY);
     assert_eq!(tls.hits.load(Ordering::SeqCst), 1);
+    // The tunnel's connect is the upstream's try: counted as one, with its duration.
+    let text = crate::support::metrics(proxy.admin()).await;
+    let upstream = |name: &str| {
+        crate::support::metric_value(&text, name, &[("upstream", "secure"), ("code", "200")])
+    };
+    assert_eq!(
+        upstream("rampart_upstream_requests_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        crate::support::metric_value(
+            &text,
+            "rampart_upstream_request_duration_seconds_count",
+            &[("upstream", "secure")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 
     let second = curl(outbound, &tls.ca).await;
     assert!(!second.ok, "a second tunnel past 1/h must be refused");
@@ -225,6 +244,18 @@ async fn connect_is_refused_without_a_route_on_inbound_to_a_dead_upstream_and_by
     // The failed connect opened the route's breaker: the next tunnel is refused at once.
     let open = connect(outbound, "dead.example:443").await;
     assert_refused(&open, 503, "circuit_open");
+    // The refused connect is the upstream's failed try, under the 502 the client got; the
+    // breaker's refusal never reached it.
+    let text = crate::support::metrics(proxy.admin()).await;
+    assert_eq!(
+        crate::support::metric_value(
+            &text,
+            "rampart_upstream_requests_total",
+            &[("upstream", "dead"), ("code", "502")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert!(open.header("retry-after").is_some(), "{}", open.text());
     assert_eq!(tls.hits.load(Ordering::SeqCst), 0);
 }
