@@ -53,6 +53,7 @@ use crate::proxy::body::{Body, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
+use crate::proxy::listener::H2_SEND_BUF;
 
 /// How often an HTTP/2 upstream connection is pinged (idle or not).
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
@@ -423,20 +424,7 @@ impl Pool {
         let stream = self.dial_warned(addr, deadline).await?;
         let link = Link::new(MAX_STREAMS);
         let stream = Watched::new(stream, link.clone());
-        let shake = Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // A connection the network lost without a word (a NAT's timeout, a host gone) is
-            // found by its unanswered PING and made anew, not by the next requests' timeouts.
-            .keep_alive_interval(KEEP_ALIVE_EVERY)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            // See the module's doc: unread answers never block the others.
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
-            // answer's headers and trailers.
-            .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
-            .handshake::<_, Body>(TokioIo::new(stream));
+        let shake = builder().handshake::<_, Body>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
             Ok(Err(e)) => return Err(SendError::Reset(UpstreamError::Http2(e))),
@@ -468,6 +456,28 @@ impl Pool {
         *h2.sender.lock() = Some(live.clone());
         Ok(live)
     }
+}
+
+/// How rampart's HTTP/2 upstream connections are made.
+fn builder() -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        // A connection the network lost without a word (a NAT's timeout, a host gone) is
+        // found by its unanswered PING and made anew, not by the next requests' timeouts.
+        .keep_alive_interval(KEEP_ALIVE_EVERY)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        // See the module's doc: unread answers never block the others.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
+        // answer's headers and trailers.
+        .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
+        // An upload to an upstream that takes it slower than its client sends it waits in
+        // the client's flow control, not in rampart: h2 holds at most this much of it per
+        // stream (hyper's default is 400 KiB), as rampart's HTTP/2 server does of an answer.
+        .max_send_buf_size(H2_SEND_BUF);
+    b
 }
 
 /// The HTTP/2 request of head `parts`: its authority (the `host` it came with, else the
@@ -700,5 +710,70 @@ impl http_body::Body for H2Answer {
             Some(_) if self.size_untold => SizeHint::new(),
             Some(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An upload that has a 16 KiB chunk whenever asked, counting what was taken.
+    struct Endless(Arc<AtomicUsize>);
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            static CHUNK: [u8; 16 * 1024] = [0; 16 * 1024];
+            self.0.fetch_add(CHUNK.len(), Ordering::Relaxed);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+        }
+    }
+
+    /// An upload's stream holds at most [`H2_SEND_BUF`] of what its upstream has not taken
+    /// (h2's send buffer): an upstream that opened its windows wide and reads nothing has the
+    /// upload taken from its body only that far, besides what the pipe between them holds
+    /// (16 KiB) and one chunk past the buffer (96 KiB in all, in a test build of h2 0.4.20).
+    /// With hyper's default send buffer (400 KiB) the same upload had 1,056 KiB taken: 8191
+    /// streams to one endpoint could hold 8 GiB. (Paused time: the sleep ends once both sides
+    /// have nothing more to do.)
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_holds_at_most_its_send_buffer_of_what_the_upstream_has_not_taken() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        let upstream = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(1 << 30)
+                .initial_connection_window_size(1 << 30)
+                .handshake::<_, Bytes>(theirs)
+                .await
+                .expect("handshake");
+            let stream = conn.accept().await.expect("a stream").expect("its head");
+            // The connection is polled no more: nothing more is read of it.
+            (conn, stream)
+        });
+        let (mut send, conn) = builder()
+            .handshake::<_, Endless>(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("http://a/")
+            .body(Endless(taken.clone()))
+            .expect("request");
+        let answer = tokio::spawn(send.send_request(req));
+        let held = upstream.await.expect("the upstream");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let taken = taken.load(Ordering::Relaxed);
+        assert!(
+            taken > 0 && taken <= H2_SEND_BUF + 48 * 1024,
+            "{taken} bytes of an upload not read were taken from its body"
+        );
+        drop((held, answer));
     }
 }
