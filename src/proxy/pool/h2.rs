@@ -11,8 +11,9 @@
 //! **Going away.** A connection that got a `GOAWAY` takes no new stream ([`H2::retire`]), and a
 //! request the upstream certainly did not process ([`Refusal`]) is sent again on the newest
 //! connection, within the same try: whatever its method, since it was never processed. A
-//! streamed upload goes again too when it was read whole, within its cap, before the refusal
-//! came (`body::Replay`): an HTTP/2 client's POST is then served as an HTTP/1.1 client's is.
+//! streamed upload goes again too when it is within its cap (`body::Replay`): what was read of
+//! it, then the rest as the client sends it, even if the refusal came before its end. An
+//! HTTP/2 client's POST is then served as an HTTP/1.1 client's is.
 //!
 //! **Flow control.** Every stream of a connection shares its connection window, and an answer
 //! nobody reads (a client that stops reading, a gRPC stream whose client sends no
