@@ -4,6 +4,7 @@
 
 mod odd;
 mod waiting;
+mod window;
 
 use std::convert::Infallible;
 use std::future::Future;

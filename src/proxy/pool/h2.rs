@@ -60,6 +60,15 @@ use crate::proxy::listener::H2_SEND_BUF;
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is given up.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 upstream connection's send window may stay shut (the upstream took
+/// uploads and opened no more room for them on the connection) before no new stream goes on
+/// it. Nothing is cut at this bound, so it can be short: its cost is one more connection. It
+/// is [`KEEP_ALIVE_TIMEOUT`], how long the upstream may leave a PING unanswered before the
+/// connection is given up: an upstream that takes no byte of any upload for as long is no
+/// more use to a new request than one that does not answer at all. (`SEND_STALL`, 60 s, bounds
+/// how long rampart holds one client's stream whose window its client keeps shut, and cuts it;
+/// a stream stalled on this connection is bounded as before, by its request's deadline.)
+const SHUT_WINDOW: Duration = KEEP_ALIVE_TIMEOUT;
 /// Each stream's receive window: the most of one answer rampart holds while its client does
 /// not read it (256 KiB: at a 1 ms round trip, 256 MB/s for one stream).
 const STREAM_WINDOW: u32 = 256 * 1024;
@@ -134,12 +143,22 @@ pub struct H2Answer {
 // === impl H2 ===
 
 impl H2 {
-    /// The connection, unless there is none or it takes no new stream.
-    fn live(&self) -> Option<Live> {
-        let held = self.sender.lock();
-        held.as_ref()
-            .filter(|l| !l.sender.is_closed() && l.link.closed().is_none())
-            .cloned()
+    /// The connection, unless there is none or it takes no new stream. One whose send window
+    /// the upstream has kept shut for [`SHUT_WINDOW`] is let go here ([`H2::retire`]): a new
+    /// request goes on a new connection.
+    fn live(&self, addr: SocketAddr) -> Option<Live> {
+        let mut held = self.sender.lock();
+        let live = held.as_ref()?;
+        if live.link.choked(SHUT_WINDOW) {
+            *held = None;
+            drop(held);
+            tracing::warn!(
+                endpoint = %addr,
+                "an HTTP/2 upstream connection's send window stayed shut for {SHUT_WINDOW:?} (no WINDOW_UPDATE for the uploads sent on it): new requests go on a new connection; the requests on it end at their deadlines"
+            );
+            return None;
+        }
+        (!live.sender.is_closed() && live.link.closed().is_none()).then(|| live.clone())
     }
 
     /// Lets connection `id` go (if it is still the endpoint's): it takes no new stream, and
@@ -299,7 +318,7 @@ impl Pool {
                 id,
                 mut sender,
                 link,
-            } = match h2.live() {
+            } = match h2.live(addr) {
                 Some(live) => live,
                 None => self.connect_h2(h2, addr).await?,
             };
@@ -412,7 +431,7 @@ impl Pool {
     /// `max_connections` slot is held as long as it is open.
     async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
         let _one = h2.connecting.lock().await;
-        if let Some(s) = h2.live() {
+        if let Some(s) = h2.live(addr) {
             return Ok(s);
         }
         let deadline = Instant::now() + self.connect_timeout;
