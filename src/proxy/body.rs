@@ -139,9 +139,15 @@ pub struct ClientBody {
     timer: Option<Pin<Box<Sleep>>>,
     fault: Arc<FaultCell>,
     /// The most of it an HTTP/2 try may keep to send again ([`ClientBody::keep`]); 0: none.
-    replay_cap: usize,
-    /// What of it came from the client, kept since an HTTP/2 try armed the keeping.
+    /// (A `u32`, beside `turn`: `retry.buffer` is at most 16 MiB, and the request path's
+    /// futures hold bodies inline.)
+    replay_cap: u32,
+    /// What of it came from the client, kept since an HTTP/2 try armed the keeping. The
+    /// client's stream (`rest`) is then in the record, read under its lock, so that a refused
+    /// sending hands what was read and what is left to the next together ([`Replay::again`]).
     kept: Option<Arc<parking_lot::Mutex<Kept>>>,
+    /// Which sending of a kept upload this is: only the newest reads on (`replay::Kept::turn`).
+    turn: u32,
 }
 
 /// The error a [`ClientBody`] ends with when the client's trailers have a field an HTTP/2
@@ -149,6 +155,12 @@ pub struct ClientBody {
 #[derive(Debug, thiserror::Error)]
 #[error("the request trailers have a field name that is no token or a value with a space or tab at either end")]
 pub struct MalformedTrailers;
+
+/// The error a refused sending's [`ClientBody`] ends with if it is read after the upload went
+/// on with the request sent again ([`Replay::again`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body went on with the request sent again")]
+struct Superseded;
 
 /// The error a [`ClientBody`] ends with when the client stalls.
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +385,7 @@ impl http_body::Body for Body {
                     .filter_map(|f| f.data_ref())
                     .map(|b| b.len() as u64)
                     .sum();
-                prefixed_hint(inner.rest.size_hint(), buffered)
+                prefixed_hint(inner.rest_hint(), buffered)
             }
             Body::Upstream(inner) => inner.size_hint(),
             Body::Upstream2(inner) => http_body::Body::size_hint(&**inner),
@@ -539,13 +551,36 @@ impl ClientBody {
             fault,
             replay_cap: 0,
             kept: None,
+            turn: 0,
+        }
+    }
+
+    /// The size of the client's body still to read.
+    fn rest_hint(&self) -> SizeHint {
+        use http_body::Body as _;
+        match &self.kept {
+            None => self.rest.size_hint(),
+            Some(k) => k.lock().rest.size_hint(),
+        }
+    }
+
+    /// Whether the client's body was read to its end (for a refused sending whose upload went
+    /// on with the next: no, it reads nothing more).
+    fn rest_ended(&self) -> bool {
+        use http_body::Body as _;
+        match &self.kept {
+            None => self.rest.is_end_stream(),
+            Some(k) => {
+                let k = k.lock();
+                k.turn == self.turn && k.rest.is_end_stream()
+            }
         }
     }
 
     /// Lets an HTTP/2 try keep up to `cap` bytes of the body to send again should the upstream
     /// not process it ([`Replay`]).
     pub fn replayable_up_to(mut self, cap: usize) -> Self {
-        self.replay_cap = cap;
+        self.replay_cap = u32::try_from(cap).unwrap_or(u32::MAX);
         self
     }
 
@@ -568,12 +603,14 @@ impl ClientBody {
                     .map(|d| d.len() as u64)
                     .sum();
                 let larger = prefixed_hint(self.rest.size_hint(), ahead).lower();
-                if larger > self.replay_cap as u64 || ahead != self.fault.received() {
+                if larger > u64::from(self.replay_cap) || ahead != self.fault.received() {
                     self.replay_cap = 0;
                     return None;
                 }
-                let mut kept = Kept::new(self.replay_cap, &self.prefix);
-                if self.rest.is_end_stream() {
+                let ended = self.rest.is_end_stream();
+                let rest = std::mem::replace(&mut self.rest, ClientIn::Empty);
+                let mut kept = Kept::new(self.replay_cap as usize, &self.prefix, rest);
+                if ended {
                     kept.end();
                 }
                 let kept = Arc::new(parking_lot::Mutex::new(kept));
@@ -594,12 +631,11 @@ impl ClientBody {
     /// is known, and let go: the body costs its size and one frame, not its frames (each a view
     /// pinning a server read buffer) and then their copy, nearly twice its size at the end.
     pub async fn buffer(mut self, limit: usize) -> Result<Buffered, BoxError> {
-        use http_body::Body as _;
         use http_body_util::BodyExt;
-        if self.rest.is_end_stream() {
+        if self.rest_ended() {
             return Ok(Buffered::Replayable(Bytes::new(), None));
         }
-        let hint = self.rest.size_hint();
+        let hint = self.rest_hint();
         if hint.lower() > limit as u64 {
             return Ok(Buffered::Streaming(Body::Client(self)));
         }
@@ -648,6 +684,39 @@ impl ClientBody {
     }
 
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(shared) = self.kept.take() else {
+            return self.poll_client(cx, None);
+        };
+        // A kept upload's stream is read under the record's lock, into the record: a refusal
+        // that hands it to the next sending (`Replay::again`) finds each frame either read and
+        // kept, or not read.
+        let mut kept = shared.lock();
+        if kept.turn != self.turn {
+            // This sending was refused: the upload went on with the next.
+            drop(kept);
+            self.kept = Some(shared);
+            return Poll::Ready(Some(Err(Superseded.into())));
+        }
+        std::mem::swap(&mut self.rest, &mut kept.rest);
+        let polled = self.poll_client(cx, Some(&mut *kept));
+        if kept.lost() {
+            // It can go no more: the rest is read as any body's, without the record.
+            self.replay_cap = 0;
+            return polled;
+        }
+        std::mem::swap(&mut self.rest, &mut kept.rest);
+        drop(kept);
+        self.kept = Some(shared);
+        polled
+    }
+
+    /// Reads the client's stream (`self.rest`), keeping what it gives in `kept` if the upload is
+    /// kept.
+    fn poll_client(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut kept: Option<&mut Kept>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use http_body::Body as _;
         let polled = Pin::new(&mut self.rest).poll_frame(cx);
         if polled.is_ready() {
@@ -674,8 +743,7 @@ impl ClientBody {
                 }
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
                 self.fault.received.fetch_add(n, Ordering::Relaxed);
-                if let Some(k) = &self.kept {
-                    let mut k = k.lock();
+                if let Some(k) = kept.as_mut() {
                     if k.keeping() {
                         k.take(&f);
                         if self.rest.is_end_stream() {
@@ -693,15 +761,15 @@ impl ClientBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.fault.set(ClientFault::Malformed);
-                if let Some(k) = &self.kept {
-                    k.lock().lose();
+                if let Some(k) = kept.as_mut() {
+                    k.lose();
                 }
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
                 self.fault.ended.store(true, Ordering::Release);
-                if let Some(k) = &self.kept {
-                    k.lock().end();
+                if let Some(k) = kept.as_mut() {
+                    k.end();
                 }
                 Poll::Ready(None)
             }
@@ -717,8 +785,8 @@ impl ClientBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
                     self.fault.set(ClientFault::Stalled);
-                    if let Some(k) = &self.kept {
-                        k.lock().lose();
+                    if let Some(k) = kept.as_mut() {
+                        k.lose();
                     }
                     self.fault.wait_ends();
                     return Poll::Ready(Some(Err(BodyStalled(idle).into())));
@@ -745,7 +813,7 @@ impl http_body::Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
+        self.prefix.is_empty() && self.rest_ended()
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod odd;
 mod waiting;
+mod window;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -2202,6 +2203,41 @@ async fn an_h2_clients_post_the_upstream_refused_unprocessed_goes_again() {
     let codes =
         crate::support::metrics::label_values(&text, "rampart_upstream_requests_total", "code");
     assert_eq!(codes, ["200"], "no failure counted");
+}
+
+/// An HTTP/2 client's POST whose stream the upstream refused (`REFUSED_STREAM`) as soon as it
+/// saw its head, while the client was still sending the body (three pieces, 300 ms apart),
+/// goes again on a route without `retry`: what was read of it, then the rest as it comes. The
+/// upstream gets the whole body once, on the stream it takes, and the client its answer.
+/// Before, a refusal that found the body still coming could not send it again: a 502
+/// "refused the stream", though the upstream had processed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_clients_post_refused_while_it_is_still_sending_goes_again() {
+    let up = H2Crate::start(Serve::RefuseFirst).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let (tx, body) = http::piecemeal();
+    let sending = tokio::spawn(async move {
+        for piece in ["abc", "defg", "hij"] {
+            let piece = Bytes::from_static(piece.as_bytes());
+            tx.send(piece).await.expect("the client's body is read");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    });
+    let (status, body) = h2_client_post(addr, "/trickled", body).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"served: abcdefghij"[..]),
+        "{}",
+        proxy.log()
+    );
+    sending.await.expect("all of it sent");
+    let streams = up.streams();
+    let seen: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|(m, p)| (m.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(seen, [("POST", "/trickled"), ("POST", "/trickled")]);
 }
 
 /// An HTTP/2 client's upload larger than what a route without `retry` keeps for sending again

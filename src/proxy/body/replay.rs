@@ -6,10 +6,15 @@
 //! again, but a streamed one (every HTTP/2 client's) is handed to hyper's HTTP/2 client, which
 //! drops it with the refused stream. So an HTTP/2 client's POST was a 502 where the same POST
 //! from an HTTP/1.1 client got its answer. A streamed body sent to an HTTP/2 upstream now keeps
-//! each frame it gives (a count on its bytes, not a copy) up to a cap; a refusal that finds the
-//! body read to its end within the cap sends the kept frames again on a new stream. A body
-//! still coming when the refusal comes (its rest went with hyper's stream) or larger than the
-//! cap is not kept: it fails as before. An HTTP/1.1 upstream arms none of this.
+//! each frame it gives (a count on its bytes, not a copy) up to a cap; a refusal sends the kept
+//! frames again on a new stream, followed by the rest of the client's body when it was still
+//! coming (the refusal can come as soon as the upstream saw the head, long before hyper's
+//! upload task read the body's end). The client's stream lives in the record ([`Kept::rest`])
+//! once it is kept, and whoever reads it does so under the record's lock: the refused sending
+//! hands on each frame either read and kept, or not read yet, and reads nothing more once its
+//! turn is over ([`Kept::turn`]). A body larger than the cap is let go as soon as it passes it
+//! (so no more than the cap is held) and cannot go again: it fails as before. An HTTP/1.1
+//! upstream arms none of this.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +39,11 @@ pub(super) struct Kept {
     size: usize,
     cap: usize,
     state: State,
+    /// The client's body still to read: read only by the sending whose turn it is.
+    pub(super) rest: ClientIn,
+    /// Whose turn it is to read `rest`: bumped as [`Replay::again`] hands the upload to a new
+    /// sending, whose [`ClientBody`] bears the new number (a refused one's bears the old).
+    pub(super) turn: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,14 +67,17 @@ pub struct Replay {
 // === impl Kept ===
 
 impl Kept {
-    /// A record that starts with `prefix` (frames read from the client and not sent yet).
-    pub(super) fn new(cap: usize, prefix: &VecDeque<Frame<Bytes>>) -> Kept {
+    /// A record that starts with `prefix` (frames read from the client and not sent yet), then
+    /// takes what `rest`, the client's body still to read, gives.
+    pub(super) fn new(cap: usize, prefix: &VecDeque<Frame<Bytes>>, rest: ClientIn) -> Kept {
         let mut kept = Kept {
             data: Vec::new(),
             trailers: None,
             size: 0,
             cap,
             state: State::Keeping,
+            rest,
+            turn: 0,
         };
         for f in prefix {
             kept.take(f);
@@ -114,6 +127,11 @@ impl Kept {
     pub(super) fn keeping(&self) -> bool {
         self.state == State::Keeping
     }
+
+    /// Whether the upload cannot be sent again.
+    pub(super) fn lost(&self) -> bool {
+        self.state == State::Lost
+    }
 }
 
 // === impl Replay ===
@@ -127,18 +145,22 @@ impl Replay {
         Replay { kept, fault, idle }
     }
 
-    /// The whole upload again, if every byte of it was kept (none copied): one chunk (with its
-    /// trailers) as an in-memory body; more as a client body that has nothing left to read
-    /// and keeps the same record, so a refusal of this sending can send it again too.
+    /// The upload again, after a refusal, unless it was let go (over the cap, broken; none of
+    /// its bytes copied). Read to its end: one chunk (with its trailers) as an in-memory body;
+    /// more as a client body that has nothing left to read. Still coming: a client body that
+    /// sends what was kept, then reads on where the refused sending stopped, which reads no
+    /// more. Either keeps the same record, so a refusal of this sending can send it again too.
     pub fn again(&self) -> Option<Body> {
-        let kept = self.kept.lock();
-        if kept.state != State::Whole {
-            return None;
+        let mut kept = self.kept.lock();
+        match kept.state {
+            State::Lost => return None,
+            State::Whole if kept.data.len() <= 1 => {
+                let data = kept.data.first().cloned().unwrap_or_default();
+                return Some(Body::with_trailers(data, kept.trailers.clone()));
+            }
+            State::Whole | State::Keeping => {}
         }
-        if kept.data.len() <= 1 {
-            let data = kept.data.first().cloned().unwrap_or_default();
-            return Some(Body::with_trailers(data, kept.trailers.clone()));
-        }
+        kept.turn = kept.turn.wrapping_add(1);
         let mut prefix: VecDeque<Frame<Bytes>> =
             kept.data.iter().cloned().map(Frame::data).collect();
         if let Some(t) = &kept.trailers {
@@ -150,8 +172,9 @@ impl Replay {
             idle: self.idle,
             timer: None,
             fault: self.fault.clone(),
-            replay_cap: kept.cap,
+            replay_cap: u32::try_from(kept.cap).unwrap_or(u32::MAX),
             kept: Some(self.kept.clone()),
+            turn: kept.turn,
         }))
     }
 }
@@ -193,7 +216,7 @@ mod tests {
         let mut over = body(&["abc", "def"], 5);
         assert!(over.keep().is_none(), "known to be over the cap");
         // A body of no stated size passes its cap as it comes.
-        let mut kept = Kept::new(5, &VecDeque::new());
+        let mut kept = Kept::new(5, &VecDeque::new(), ClientIn::Empty);
         kept.take(&Frame::data(Bytes::from_static(b"abc")));
         kept.take(&Frame::data(Bytes::from_static(b"def")));
         kept.end();
@@ -201,5 +224,35 @@ mod tests {
 
         let mut none = body(&["abc"], 0);
         assert!(none.keep().is_none(), "no cap");
+    }
+
+    /// A refusal that comes while the client is still sending hands the upload on: the next
+    /// sending sends what was kept, then reads on where the refused one stopped, and the
+    /// refused one reads nothing more. Sent again after that, it goes whole.
+    #[tokio::test]
+    async fn a_body_still_coming_goes_on_with_the_next_sending() {
+        use http_body::Body as _;
+        let fault = Arc::new(FaultCell::default());
+        fault
+            .received
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        let rest = ClientIn::Whole(Some(Bytes::from_static(b"defg")));
+        let mut refused =
+            ClientBody::new(rest, Duration::from_secs(30), fault).replayable_up_to(16);
+        refused.unread(Frame::data(Bytes::from_static(b"abc")));
+        let replay = refused.keep().expect("kept");
+        let first = refused.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "abc");
+        assert!(!refused.is_end_stream());
+
+        let next = replay.again().expect("still coming: it goes on");
+        assert!(
+            refused.frame().await.expect("an error").is_err(),
+            "the refused sending reads no more"
+        );
+        let sent = next.collect().await.expect("sent").to_bytes();
+        assert_eq!(sent, "abcdefg");
+        let again = replay.again().expect("whole now");
+        assert_eq!(again.collect().await.expect("again").to_bytes(), "abcdefg");
     }
 }

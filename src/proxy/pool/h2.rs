@@ -11,8 +11,9 @@
 //! **Going away.** A connection that got a `GOAWAY` takes no new stream ([`H2::retire`]), and a
 //! request the upstream certainly did not process ([`Refusal`]) is sent again on the newest
 //! connection, within the same try: whatever its method, since it was never processed. A
-//! streamed upload goes again too when it was read whole, within its cap, before the refusal
-//! came (`body::Replay`): an HTTP/2 client's POST is then served as an HTTP/1.1 client's is.
+//! streamed upload goes again too when it is within its cap (`body::Replay`): what was read of
+//! it, then the rest as the client sends it, even if the refusal came before its end. An
+//! HTTP/2 client's POST is then served as an HTTP/1.1 client's is.
 //!
 //! **Flow control.** Every stream of a connection shares its connection window, and an answer
 //! nobody reads (a client that stops reading, a gRPC stream whose client sends no
@@ -53,11 +54,21 @@ use crate::proxy::body::{Body, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
+use crate::proxy::listener::H2_SEND_BUF;
 
 /// How often an HTTP/2 upstream connection is pinged (idle or not).
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is given up.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 upstream connection's send window may stay shut (the upstream took
+/// uploads and opened no more room for them on the connection) before no new stream goes on
+/// it. Nothing is cut at this bound, so it can be short: its cost is one more connection. It
+/// is [`KEEP_ALIVE_TIMEOUT`], how long the upstream may leave a PING unanswered before the
+/// connection is given up: an upstream that takes no byte of any upload for as long is no
+/// more use to a new request than one that does not answer at all. (`SEND_STALL`, 60 s, bounds
+/// how long rampart holds one client's stream whose window its client keeps shut, and cuts it;
+/// a stream stalled on this connection is bounded as before, by its request's deadline.)
+const SHUT_WINDOW: Duration = KEEP_ALIVE_TIMEOUT;
 /// Each stream's receive window: the most of one answer rampart holds while its client does
 /// not read it (256 KiB: at a 1 ms round trip, 256 MB/s for one stream).
 const STREAM_WINDOW: u32 = 256 * 1024;
@@ -132,12 +143,22 @@ pub struct H2Answer {
 // === impl H2 ===
 
 impl H2 {
-    /// The connection, unless there is none or it takes no new stream.
-    fn live(&self) -> Option<Live> {
-        let held = self.sender.lock();
-        held.as_ref()
-            .filter(|l| !l.sender.is_closed() && l.link.closed().is_none())
-            .cloned()
+    /// The connection, unless there is none or it takes no new stream. One whose send window
+    /// the upstream has kept shut for [`SHUT_WINDOW`] is let go here ([`H2::retire`]): a new
+    /// request goes on a new connection.
+    fn live(&self, addr: SocketAddr) -> Option<Live> {
+        let mut held = self.sender.lock();
+        let live = held.as_ref()?;
+        if live.link.choked(SHUT_WINDOW) {
+            *held = None;
+            drop(held);
+            tracing::warn!(
+                endpoint = %addr,
+                "an HTTP/2 upstream connection's send window stayed shut for {SHUT_WINDOW:?} (no WINDOW_UPDATE for the uploads sent on it): new requests go on a new connection; the requests on it end at their deadlines"
+            );
+            return None;
+        }
+        (!live.sender.is_closed() && live.link.closed().is_none()).then(|| live.clone())
     }
 
     /// Lets connection `id` go (if it is still the endpoint's): it takes no new stream, and
@@ -297,7 +318,7 @@ impl Pool {
                 id,
                 mut sender,
                 link,
-            } = match h2.live() {
+            } = match h2.live(addr) {
                 Some(live) => live,
                 None => self.connect_h2(h2, addr).await?,
             };
@@ -410,7 +431,7 @@ impl Pool {
     /// `max_connections` slot is held as long as it is open.
     async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
         let _one = h2.connecting.lock().await;
-        if let Some(s) = h2.live() {
+        if let Some(s) = h2.live(addr) {
             return Ok(s);
         }
         let deadline = Instant::now() + self.connect_timeout;
@@ -423,20 +444,7 @@ impl Pool {
         let stream = self.dial_warned(addr, deadline).await?;
         let link = Link::new(MAX_STREAMS);
         let stream = Watched::new(stream, link.clone());
-        let shake = Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // A connection the network lost without a word (a NAT's timeout, a host gone) is
-            // found by its unanswered PING and made anew, not by the next requests' timeouts.
-            .keep_alive_interval(KEEP_ALIVE_EVERY)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            // See the module's doc: unread answers never block the others.
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
-            // answer's headers and trailers.
-            .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
-            .handshake::<_, Body>(TokioIo::new(stream));
+        let shake = builder().handshake::<_, Body>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
             Ok(Err(e)) => return Err(SendError::Reset(UpstreamError::Http2(e))),
@@ -468,6 +476,28 @@ impl Pool {
         *h2.sender.lock() = Some(live.clone());
         Ok(live)
     }
+}
+
+/// How rampart's HTTP/2 upstream connections are made.
+fn builder() -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        // A connection the network lost without a word (a NAT's timeout, a host gone) is
+        // found by its unanswered PING and made anew, not by the next requests' timeouts.
+        .keep_alive_interval(KEEP_ALIVE_EVERY)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        // See the module's doc: unread answers never block the others.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // As an HTTP/1.1 answer's head is bounded (`h1::MAX_HEAD`), so are an HTTP/2
+        // answer's headers and trailers.
+        .max_header_list_size(u32::try_from(super::h1::MAX_HEAD + 1).unwrap_or(u32::MAX))
+        // An upload to an upstream that takes it slower than its client sends it waits in
+        // the client's flow control, not in rampart: h2 holds at most this much of it per
+        // stream (hyper's default is 400 KiB), as rampart's HTTP/2 server does of an answer.
+        .max_send_buf_size(H2_SEND_BUF);
+    b
 }
 
 /// The HTTP/2 request of head `parts`: its authority (the `host` it came with, else the
@@ -700,5 +730,70 @@ impl http_body::Body for H2Answer {
             Some(_) if self.size_untold => SizeHint::new(),
             Some(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An upload that has a 16 KiB chunk whenever asked, counting what was taken.
+    struct Endless(Arc<AtomicUsize>);
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            static CHUNK: [u8; 16 * 1024] = [0; 16 * 1024];
+            self.0.fetch_add(CHUNK.len(), Ordering::Relaxed);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+        }
+    }
+
+    /// An upload's stream holds at most [`H2_SEND_BUF`] of what its upstream has not taken
+    /// (h2's send buffer): an upstream that opened its windows wide and reads nothing has the
+    /// upload taken from its body only that far, besides what the pipe between them holds
+    /// (16 KiB) and one chunk past the buffer (96 KiB in all, in a test build of h2 0.4.20).
+    /// With hyper's default send buffer (400 KiB) the same upload had 1,056 KiB taken: 8191
+    /// streams to one endpoint could hold 8 GiB. (Paused time: the sleep ends once both sides
+    /// have nothing more to do.)
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_holds_at_most_its_send_buffer_of_what_the_upstream_has_not_taken() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        let upstream = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(1 << 30)
+                .initial_connection_window_size(1 << 30)
+                .handshake::<_, Bytes>(theirs)
+                .await
+                .expect("handshake");
+            let stream = conn.accept().await.expect("a stream").expect("its head");
+            // The connection is polled no more: nothing more is read of it.
+            (conn, stream)
+        });
+        let (mut send, conn) = builder()
+            .handshake::<_, Endless>(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post("http://a/")
+            .body(Endless(taken.clone()))
+            .expect("request");
+        let answer = tokio::spawn(send.send_request(req));
+        let held = upstream.await.expect("the upstream");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let taken = taken.load(Ordering::Relaxed);
+        assert!(
+            taken > 0 && taken <= H2_SEND_BUF + 48 * 1024,
+            "{taken} bytes of an upload not read were taken from its body"
+        );
+        drop((held, answer));
     }
 }

@@ -58,6 +58,13 @@ pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
     UnsyncBoxBody::new(Full::new(bytes.into()))
 }
 
+/// A request body whose chunks the test sends through the returned sender as it goes (a
+/// client still sending); it ends when the sender is dropped.
+pub fn piecemeal() -> (tokio::sync::mpsc::Sender<Bytes>, ReqBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (tx, UnsyncBoxBody::new(Piecemeal(rx)))
+}
+
 /// Sends one HTTP/1.1 request with `client` to `addr` and reads the whole answer.
 pub async fn send(
     client: &HttpClient,
@@ -298,6 +305,21 @@ impl Body for PatternBody {
             .collect();
         self.sent += n;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+}
+
+/// See [`piecemeal`].
+struct Piecemeal(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Piecemeal {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }
 

@@ -10,15 +10,29 @@
 //! ([`Link::slot`]): a request goes to hyper only when the upstream takes a stream now, and
 //! one that waits waits in rampart, where a connection going away sends it to the next one
 //! and a client leaving drops it unsent.
+//!
+//! **The send window.** The bytes rampart writes are read too, for their `DATA` frames' sizes:
+//! with the upstream's `WINDOW_UPDATE`s on stream 0 they give the connection's send window
+//! (RFC 9113 §6.9: 65,535 bytes to start with, not changed by `SETTINGS`). An upstream that
+//! takes uploads and never reopens that window stalls every upload on the connection, however
+//! fresh their own stream's window: once it has stayed shut for a bound ([`Link::choked`]), no
+//! new stream goes on the connection (`pool::h2`), which ends once its streams have.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+/// A connection's send window before any `WINDOW_UPDATE` (RFC 9113 §6.9.2).
+const FIRST_WINDOW: i64 = 65_535;
+/// The client connection preface rampart writes first: `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
+const PREFACE_LEN: usize = 24;
 
 /// The connection waits for the upstream's first `SETTINGS`.
 const OPENING: u8 = 0;
@@ -46,6 +60,11 @@ pub(crate) struct Link {
     owed: AtomicUsize,
     /// The most streams rampart opens at once on one connection.
     cap: usize,
+    /// The origin of `dry_since`'s stamps.
+    born: Instant,
+    /// When the connection's send window was last found empty, in nanoseconds since `born`
+    /// plus one; 0 while it has room.
+    dry_since: AtomicU64,
 }
 
 /// A stream's place on its connection, given back when dropped.
@@ -71,7 +90,34 @@ impl Link {
             limit: parking_lot::Mutex::new(0),
             owed: AtomicUsize::new(0),
             cap,
+            born: Instant::now(),
+            dry_since: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the connection's send window has been shut for `bound` or longer: every upload
+    /// on it has waited that long for the upstream to take more, and a new one would too.
+    /// One load while the window is open.
+    pub(crate) fn choked(&self, bound: Duration) -> bool {
+        let since = self.dry_since.load(Ordering::Acquire);
+        since != 0 && self.nanos(Instant::now()).saturating_sub(since - 1) >= nanos(bound)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.born))
+    }
+
+    /// The send window was found empty: it has been since now, unless it was already.
+    fn dried(&self) {
+        if self.dry_since.load(Ordering::Relaxed) == 0 {
+            let now = self.nanos(Instant::now()).saturating_add(1);
+            self.dry_since.store(now, Ordering::Release);
+        }
+    }
+
+    /// The upstream reopened the send window.
+    fn refilled(&self) {
+        self.dry_since.store(0, Ordering::Release);
     }
 
     /// Whether the connection takes no new stream.
@@ -204,6 +250,11 @@ impl Drop for Slot {
     }
 }
 
+/// `d` in nanoseconds, saturated.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Where the reader is in the upstream's frames.
 #[derive(Debug, Default)]
 struct Reader {
@@ -219,6 +270,12 @@ struct Reader {
     entry_have: usize,
     /// The `SETTINGS_MAX_CONCURRENT_STREAMS` of the current `SETTINGS`.
     max: Option<u32>,
+    /// The current frame is a `WINDOW_UPDATE` of the connection (stream 0): its increment is
+    /// read (into `entry`).
+    update: bool,
+    /// What the connection's `WINDOW_UPDATE`s read since the last look added to the send
+    /// window ([`Watched`] takes it).
+    credit: u64,
     /// A frame was read (the first must be `SETTINGS`).
     started: bool,
     /// Nothing more is read (not HTTP/2, or gone).
@@ -240,7 +297,17 @@ impl Reader {
                 continue;
             }
             let n = self.left.min(bytes.len());
-            if self.settings {
+            if self.update {
+                for &b in &bytes[..n] {
+                    self.entry[self.entry_have] = b;
+                    self.entry_have += 1;
+                    if self.entry_have == 4 {
+                        let e = &self.entry;
+                        let more = u32::from_be_bytes([e[0], e[1], e[2], e[3]]) & 0x7fff_ffff;
+                        self.credit += u64::from(more);
+                    }
+                }
+            } else if self.settings {
                 for &b in &bytes[..n] {
                     self.entry[self.entry_have] = b;
                     self.entry_have += 1;
@@ -282,6 +349,9 @@ impl Reader {
             return;
         }
         self.settings = kind == 0x4 && flags & 0x1 == 0;
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        // (A WINDOW_UPDATE of any other size is a connection error: h2 ends the connection.)
+        self.update = kind == 0x8 && stream == 0 && len == 4;
         self.max = None;
         self.entry_have = 0;
         self.left = len;
@@ -296,7 +366,65 @@ impl Reader {
             link.settings(self.max);
             self.settings = false;
         }
+        self.update = false;
         self.have = 0;
+    }
+}
+
+/// Where the writer is in the frames rampart sends: it counts their `DATA` payloads.
+#[derive(Debug)]
+struct Writer {
+    /// Bytes of the connection preface still to pass.
+    preface: usize,
+    /// The current frame's header, as far as it went.
+    head: [u8; 9],
+    have: usize,
+    /// Bytes of the current frame's payload still to pass (its header is whole).
+    left: usize,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer {
+            preface: PREFACE_LEN,
+            head: [0; 9],
+            have: 0,
+            left: 0,
+        }
+    }
+}
+
+impl Writer {
+    /// Passes `bytes`, the next rampart wrote: the payload bytes of the `DATA` frames whose
+    /// headers were among them (which the connection's send window pays for).
+    fn wrote(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut spent = 0;
+        while !bytes.is_empty() {
+            let n = if self.preface > 0 {
+                let n = self.preface.min(bytes.len());
+                self.preface -= n;
+                n
+            } else if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                n
+            } else {
+                let n = (9 - self.have).min(bytes.len());
+                self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                if self.have == 9 {
+                    self.have = 0;
+                    let h = &self.head;
+                    self.left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                    if h[3] == 0x0 {
+                        spent += self.left as u64;
+                    }
+                }
+                n
+            };
+            bytes = &bytes[n..];
+        }
+        spent
     }
 }
 
@@ -307,6 +435,9 @@ pub(crate) struct Watched<S> {
     io: S,
     link: Arc<Link>,
     reader: Reader,
+    writer: Writer,
+    /// The connection's send window: what the upstream allowed, less the `DATA` sent.
+    window: i64,
 }
 
 impl<S> Watched<S> {
@@ -315,6 +446,19 @@ impl<S> Watched<S> {
             io,
             link,
             reader: Reader::default(),
+            writer: Writer::default(),
+            window: FIRST_WINDOW,
+        }
+    }
+
+    /// `bytes` went to the upstream.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let spent = self.writer.wrote(bytes);
+        if spent > 0 {
+            self.window -= i64::try_from(spent).unwrap_or(i64::MAX);
+            if self.window <= 0 {
+                self.link.dried();
+            }
         }
     }
 }
@@ -336,6 +480,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 this.reader.read(new, &this.link);
+                let credit = std::mem::take(&mut this.reader.credit);
+                if credit > 0 {
+                    this.window += i64::try_from(credit).unwrap_or(i64::MAX);
+                    if this.window > 0 {
+                        this.link.refilled();
+                    }
+                }
             }
             Poll::Ready(Err(_)) => this.link.close(Closed::Gone),
             Poll::Pending => {}
@@ -350,7 +501,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.wrote(&buf[..n.min(buf.len())]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -358,7 +514,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = polled {
+            for b in bufs {
+                if n == 0 {
+                    break;
+                }
+                let part = n.min(b.len());
+                this.wrote(&b[..part]);
+                n -= part;
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -458,6 +626,63 @@ mod tests {
         assert_eq!(waiter.await.expect("task"), Err(Closed::Gone));
         drop(held);
         assert_eq!(link.slot(&waiting).await.map(drop), Err(Closed::Gone));
+    }
+
+    /// The send window is what the upstream allowed less the DATA written, frames split
+    /// anywhere and written in slices: found shut, it is choked once shut for the bound, and
+    /// the upstream's WINDOW_UPDATE of the connection (not a stream's) opens it again.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_window_shut_for_the_bound_chokes_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bound = Duration::from_secs(10);
+        let link = Link::new(100);
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut watched = Watched::new(ours, link.clone());
+        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        sent.extend(settings(None));
+        sent.extend(frame(0x1, 0x4, &[0x82]));
+        for _ in 0..4 {
+            sent.extend(frame(0x0, 0, &[7; 16_383]));
+        }
+        // 65,532 bytes sent: 3 left.
+        for piece in sent.chunks(5) {
+            watched.write_all(piece).await.expect("write");
+        }
+        assert_eq!(watched.window, 3);
+        tokio::time::advance(bound).await;
+        assert!(!link.choked(bound), "room left");
+        let last = frame(0x0, 0x1, &[7; 3]);
+        let (a, b) = last.split_at(4);
+        let slices = [io::IoSlice::new(a), io::IoSlice::new(b)];
+        let n = watched.write_vectored(&slices).await.expect("write");
+        watched.write_all(&last[n..]).await.expect("write");
+        assert_eq!(watched.window, 0);
+        tokio::time::advance(bound - Duration::from_millis(1)).await;
+        assert!(!link.choked(bound));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(link.choked(bound), "shut for the bound");
+
+        // A stream's WINDOW_UPDATE changes nothing; the connection's opens it.
+        let mut stream_update = frame(0x8, 0, &[0, 0, 1, 0]);
+        stream_update[8] = 1;
+        let mut read = settings(None);
+        read.extend(stream_update);
+        read.extend(frame(0x8, 0, &[0, 0, 0, 10]));
+        for b in &read {
+            theirs
+                .write_all(std::slice::from_ref(b))
+                .await
+                .expect("write");
+            let mut byte = [0u8; 1];
+            watched.read_exact(&mut byte).await.expect("read");
+        }
+        assert_eq!(watched.window, 10);
+        assert!(!link.choked(bound), "opened");
+        let mut drained = vec![0u8; sent.len() + last.len()];
+        theirs
+            .read_exact(&mut drained)
+            .await
+            .expect("what was sent");
     }
 
     #[tokio::test]
