@@ -167,7 +167,7 @@ pub struct RouteRt {
 }
 
 /// The runtime of the policy a route applies.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RoutePolicy {
     /// Name of the policy, if any.
     pub name: Option<Arc<str>>,
@@ -175,6 +175,10 @@ pub struct RoutePolicy {
     pub request_timeout: Option<Duration>,
     /// `timeout.per_try`.
     pub per_try: Option<file::PerTry>,
+    /// `timeout.idle` in whole milliseconds ([`file::IDLE_TIMEOUT`] when not written, on every
+    /// route); 0: off (`0s`). Milliseconds in a `u32`: what the upstream writer carries
+    /// (`forward::Added::idle_ms`), and durations are whole milliseconds of at most 30 days.
+    pub idle_ms: u32,
     /// `retry`; absent: one try.
     pub retry: Option<RouteRetry>,
     /// `rate_limit` with its per-tenant state.
@@ -187,6 +191,29 @@ pub struct RoutePolicy {
     pub fallback: Option<RouteFallback>,
     /// `idempotency`, with its store of keys.
     pub idempotency: Option<RouteIdempotency>,
+}
+
+/// `timeout.idle` as [`RoutePolicy::idle_ms`] holds it (bounded to 30 days by the file).
+fn idle_ms(d: crate::config::Dur) -> u32 {
+    u32::try_from(d.0.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// A route without a policy: a plain proxy, under the default idle timeout.
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy {
+            name: None,
+            request_timeout: None,
+            per_try: None,
+            idle_ms: idle_ms(file::IDLE_TIMEOUT),
+            retry: None,
+            rate_limit: None,
+            load_shed: None,
+            fault: None,
+            fallback: None,
+            idempotency: None,
+        }
+    }
 }
 
 // === impl Generation ===
@@ -643,6 +670,7 @@ impl RoutePolicy {
         let Some(cfg) = cfg else {
             return RoutePolicy::default();
         };
+        let idle = cfg.timeout.as_ref().and_then(|t| t.idle);
         let retry = cfg.retry.as_ref().map(|r| {
             let old = old.and_then(|o| o.retry.as_ref());
             RouteRetry::build(r, old, &shared.clock)
@@ -675,6 +703,7 @@ impl RoutePolicy {
             load_shed,
             request_timeout: cfg.timeout.as_ref().and_then(|t| t.request).map(|d| d.0),
             per_try: cfg.timeout.as_ref().and_then(|t| t.per_try),
+            idle_ms: idle_ms(idle.unwrap_or(file::IDLE_TIMEOUT)),
             retry,
             ..RoutePolicy::default()
         }

@@ -108,6 +108,9 @@ pub struct RouteMetrics {
     pub timeout_per_try: IntCounter,
     /// `rampart_timeouts_total{route, upstream, kind="connect"}`.
     pub timeout_connect: IntCounter,
+    /// `rampart_timeouts_total{route, upstream, kind="idle"}`: `timeout.idle` cut a try
+    /// before its answer's head, or an answer's body.
+    pub timeout_idle: IntCounter,
 }
 
 /// Cached handles for one (route, tenant label).
@@ -258,7 +261,7 @@ impl Metrics {
         );
         let timeouts = counter(
             "rampart_timeouts_total",
-            "Deadlines that fired, by kind (request, per_try, connect).",
+            "Timeouts that fired, by kind (request, per_try, connect, idle).",
             &["route", "upstream", "kind"],
         );
         let endpoint_healthy = gauge(
@@ -455,6 +458,7 @@ impl Metrics {
             t("request"),
             t("per_try"),
             t("connect"),
+            t("idle"),
         ];
         self.route_with(listener, route, counters)
     }
@@ -472,14 +476,15 @@ impl Metrics {
         )
     }
 
-    /// `counters`: retries, retry budget exhausted, timeouts request / per_try / connect.
+    /// `counters`: retries, retry budget exhausted, timeouts request / per_try / connect /
+    /// idle.
     fn route_with(
         &self,
         listener: &Arc<str>,
         route: &Arc<str>,
-        counters: [IntCounter; 5],
+        counters: [IntCounter; 6],
     ) -> RouteMetrics {
-        let [retries, retry_budget_exhausted, timeout_request, timeout_per_try, timeout_connect] =
+        let [retries, retry_budget_exhausted, timeout_request, timeout_per_try, timeout_connect, timeout_idle] =
             counters;
         RouteMetrics {
             listener: listener.clone(),
@@ -492,6 +497,7 @@ impl Metrics {
             timeout_request,
             timeout_per_try,
             timeout_connect,
+            timeout_idle,
         }
     }
 

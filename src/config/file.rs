@@ -514,7 +514,16 @@ pub struct Timeout {
     /// Each try.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try: Option<PerTry>,
+    /// The longest the upstream may keep rampart waiting for the next bytes of its answer
+    /// while rampart is ready to take them: for the head once the request is written whole,
+    /// then between body bytes ([`IDLE_TIMEOUT`] when absent; `0s` turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Dur>,
 }
+
+/// Default of `timeout.idle` (as Envoy's stream idle timeout): it applies on every route, a
+/// route without a policy or a `timeout` section included.
+pub const IDLE_TIMEOUT: Dur = Dur::from_secs(300);
 
 /// `per_try: 5s`, `per_try: auto`, or `per_try: { auto: { min: 50ms, max: 2s } }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -125,8 +125,10 @@ pub struct FaultCell {
     /// When the wait in progress began, in nanoseconds since `born` plus one; 0 when rampart
     /// is not waiting for the client (it has a frame to write, or the body has ended).
     wait_began: AtomicU64,
-    /// The body was read to its end.
-    ended: std::sync::atomic::AtomicBool,
+    /// When the body was read to its end, in coarse milliseconds (`clock::coarse`, at least
+    /// 1); 0 while it has not ended. An HTTP/2 upstream's idle timeout counts from then
+    /// (`pool::quiet`): the upload is hyper's task's, not the request's.
+    ended: AtomicU64,
 }
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
@@ -241,6 +243,18 @@ impl Body {
             Body::Upstream(r) => r.end_by(at, counted),
             Body::Upstream2(a) => a.end_by(at, counted, trailers),
             Body::Teed(t) => t.inner_mut().end_by(at, counted, trailers),
+            _ => {}
+        }
+    }
+
+    /// An upstream's answer whose body is still coming counts in `counted` (the route's
+    /// `rampart_timeouts_total{kind="idle"}`) if `timeout.idle` cuts it
+    /// (`pool::Returning::count_idle`, `pool::h2::H2Answer::count_idle`).
+    pub fn count_idle(&mut self, counted: &prometheus::IntCounter) {
+        match self {
+            Body::Upstream(r) => r.count_idle(counted),
+            Body::Upstream2(a) => a.count_idle(counted),
+            Body::Teed(t) => t.inner_mut().count_idle(counted),
             _ => {}
         }
     }
@@ -459,7 +473,7 @@ impl FaultCell {
             born: Instant::now(),
             waited: AtomicU64::new(0),
             wait_began: AtomicU64::new(0),
-            ended: std::sync::atomic::AtomicBool::new(false),
+            ended: AtomicU64::new(0),
         }
     }
 
@@ -480,7 +494,21 @@ impl FaultCell {
 
     /// Whether the body was read to its end.
     pub fn ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.ended.load(Ordering::Acquire) != 0
+    }
+
+    /// When the body was read to its end (coarse milliseconds, `clock::coarse::millis`), if
+    /// it has ended.
+    pub fn ended_at(&self) -> Option<u64> {
+        Some(self.ended.load(Ordering::Acquire)).filter(|&at| at != 0)
+    }
+
+    /// Notes the body's end, now.
+    fn end(&self) {
+        if self.ended.load(Ordering::Relaxed) == 0 {
+            let now = crate::clock::coarse::millis().max(1);
+            self.ended.store(now, Ordering::Release);
+        }
     }
 
     /// Notes the client's fault `f` (the request path notes [`ClientFault::Late`]; the body
@@ -575,6 +603,11 @@ impl ClientBody {
                 k.turn == self.turn && k.rest.is_end_stream()
             }
         }
+    }
+
+    /// The cell the body reports to (its waits, its end).
+    pub fn cell(&self) -> &Arc<FaultCell> {
+        &self.fault
     }
 
     /// Lets an HTTP/2 try keep up to `cap` bytes of the body to send again should the upstream
@@ -755,7 +788,7 @@ impl ClientBody {
                     t.as_mut().reset(Instant::now() + self.idle);
                 }
                 if f.is_trailers() || self.rest.is_end_stream() {
-                    self.fault.ended.store(true, Ordering::Release);
+                    self.fault.end();
                 }
                 Poll::Ready(Some(Ok(f)))
             }
@@ -767,7 +800,7 @@ impl ClientBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                self.fault.ended.store(true, Ordering::Release);
+                self.fault.end();
                 if let Some(k) = kept.as_mut() {
                     k.end();
                 }

@@ -384,6 +384,7 @@ pub(super) fn try_once<'a>(
             deadline: ctx.deadline.as_ref(),
             waiting: Some(&waiting),
             trailers: ctx.sends_trailers,
+            idle_ms: ctx.route.policy.idle_ms,
             ..ctx.peer.added(ep.authority.as_str(), ctx.request_id)
         };
         // Pinned here, once, for whichever wait below (a future that took it by value would
@@ -440,6 +441,26 @@ pub(super) fn try_once<'a>(
                 *rsp.version_mut() = http::Version::HTTP_11;
                 *tried = Tried { outcome, used };
                 rsp
+            }
+            Ok(Err(SendError::Reset(UpstreamError::Idle(limit)))) => {
+                // The request went whole and the upstream sent nothing of an answer for
+                // `timeout.idle`: a timeout, as a per-try one is (retried on `timeout`), its
+                // connection closed (an HTTP/2 stream reset).
+                record.finish(Outcome::Timeout);
+                ctx.route.metrics.timeout_idle.inc();
+                tracing::debug!(
+                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                    endpoint = %ep.addr, ?limit, "upstream try idle past timeout.idle"
+                );
+                *tried = Tried {
+                    outcome: Outcome::Timeout,
+                    used,
+                };
+                let msg = format!(
+                    "no answer from upstream {} ({}): it sent nothing for {:?} (timeout.idle) after the request",
+                    up.name, ep.addr, limit
+                );
+                answer(Reason::Timeout, &msg, None)
             }
             Ok(Err(e)) => {
                 if let Some(f) = fault.and_then(FaultCell::get) {

@@ -169,6 +169,7 @@ impl Peer {
             forwarded_for: &self.forwarded_for,
             https: self.tls,
             trailers: false,
+            idle_ms: 0,
             deadline: None,
             waiting: None,
         }
@@ -301,6 +302,11 @@ pub struct Added<'a> {
     /// `content-length` (an HTTP/2 request whose head announces them in `trailer`): its body
     /// goes chunked whatever its length (`pool::h1::BodyKind::Trailed`).
     pub trailers: bool,
+    /// The route's `timeout.idle` in milliseconds (0: off): not a line of the request either,
+    /// but how long the upstream may keep rampart waiting for the next bytes of its answer
+    /// (`pool::quiet`). A `u32` beside the flags, in what would be padding: the try's future
+    /// keeps its size.
+    pub idle_ms: u32,
     /// The request's deadline, if it has one: not a line of the request, but the bound on
     /// writing the rest of its upload once its answer has ended (see `pool::finish_upload`).
     pub deadline: Option<&'a tokio::time::Instant>,

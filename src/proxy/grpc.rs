@@ -116,7 +116,8 @@ pub enum StreamEnd<'a> {
     NoTrailers,
     /// The stream broke (reset, the connection lost) before its end.
     Broke,
-    /// The request's deadline passed before its end: rampart cut it (`pool::h2::H2Answer`).
+    /// A timeout of rampart's cut it before its end: the request's deadline passed, or the
+    /// upstream sent nothing for `timeout.idle` (`pool::h2::H2Answer`, `pool::Returning`).
     Deadline,
 }
 

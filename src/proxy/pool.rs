@@ -34,6 +34,7 @@ mod conn;
 pub mod h1;
 pub(super) mod h2;
 mod idle;
+mod quiet;
 
 use std::future::Future;
 use std::io;
@@ -188,6 +189,10 @@ pub enum UpstreamError {
     /// The request's time ran out while the answer's body was still coming.
     #[error("the request timeout ran out before the answer's body was whole")]
     Deadline,
+    /// The upstream sent nothing for this long (`timeout.idle`) while rampart waited for its
+    /// answer: its head, once the request was written whole, or the next bytes of its body.
+    #[error("the upstream sent nothing of its answer for {0:?} (timeout.idle)")]
+    Idle(Duration),
     /// An upstream of `protocol: http2` did not answer as an HTTP/2 server (why).
     #[error("the upstream does not speak HTTP/2: {0}")]
     NotHttp2(&'static str),
@@ -231,6 +236,20 @@ pub struct Returning {
 struct Late {
     end_by: Option<EndBy>,
     trailed: Option<Trailed>,
+    /// `rampart_timeouts_total{kind="idle"}` of the request's route, counted if `timeout.idle`
+    /// cuts the body ([`Returning::count_idle`]).
+    idle_counted: Option<prometheus::IntCounter>,
+}
+
+/// Why an answer's body broke off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The upstream's doing: it closed or reset the connection, or sent a malformed body.
+    Upstream,
+    /// The request's deadline passed (`timeout.request`).
+    Deadline,
+    /// The upstream sent nothing for `timeout.idle`.
+    Idle,
 }
 
 /// The deadline an answer's body must end by. A body that keeps coming is held to it before
@@ -653,25 +672,37 @@ impl Returning {
         Some(self.late.get_or_insert_with(Box::default))
     }
 
-    /// The body broke (`deadline`: cut at the request's deadline): its connection is dropped,
-    /// never pooled, and its try ends as a failure.
-    fn broke(&mut self, deadline: bool) {
+    /// `rampart_timeouts_total{kind="idle"}` of the request's route counts the body if
+    /// `timeout.idle` cuts it. Only a body not yet at its end keeps it.
+    pub fn count_idle(&mut self, counted: &prometheus::IntCounter) {
+        if let Some(late) = self.late() {
+            late.idle_counted = Some(counted.clone());
+        }
+    }
+
+    /// The body broke (`cut` says why): its connection is dropped, never pooled, and its try
+    /// ends as a failure: timed out when a timeout of rampart's cut it, else as a reset.
+    fn broke(&mut self, cut: Cut) {
         if let Some(log) = self.guards.log.as_mut() {
-            log.broken(match deadline {
-                true => Broken::Timeout,
-                false => Broken::UpstreamCut,
+            log.broken(match cut {
+                Cut::Deadline | Cut::Idle => Broken::Timeout,
+                Cut::Upstream => Broken::UpstreamCut,
             });
         }
         self.back = None;
         self.failed = true;
         self.guards = Guards::default();
         // Its deadline goes too: a body at its end is never cut (nor counted) again.
-        if let Some(t) = self.late.take().and_then(|l| l.trailed) {
-            t.end(if deadline {
-                StreamEnd::Deadline
-            } else {
-                StreamEnd::Broke
-            });
+        if let Some(late) = self.late.take() {
+            if let (Cut::Idle, Some(c)) = (cut, &late.idle_counted) {
+                c.inc();
+            }
+            if let Some(t) = late.trailed {
+                t.end(match cut {
+                    Cut::Deadline | Cut::Idle => StreamEnd::Deadline,
+                    Cut::Upstream => StreamEnd::Broke,
+                });
+            }
         }
     }
 
@@ -787,7 +818,7 @@ impl http_body::Body for Returning {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         if self.over_deadline() {
             // Cut short before the next frame: the connection is dropped, never pooled.
-            self.broke(true);
+            self.broke(Cut::Deadline);
             return Poll::Ready(Some(Err(UpstreamError::Deadline)));
         }
         let Some((conn, _)) = self.back.as_mut() else {
@@ -797,7 +828,7 @@ impl http_body::Body for Returning {
             Poll::Ready(p) => p,
             Poll::Pending if self.past_deadline(cx) => {
                 // Cut short: the connection is dropped, never pooled.
-                self.broke(true);
+                self.broke(Cut::Deadline);
                 return Poll::Ready(Some(Err(UpstreamError::Deadline)));
             }
             Poll::Pending => return Poll::Pending,
@@ -824,7 +855,11 @@ impl http_body::Body for Returning {
             }
             Some(Err(e)) => {
                 // A broken body breaks its connection: drop it, never pool it.
-                self.broke(matches!(e, UpstreamError::Deadline));
+                self.broke(match e {
+                    UpstreamError::Deadline => Cut::Deadline,
+                    UpstreamError::Idle(_) => Cut::Idle,
+                    _ => Cut::Upstream,
+                });
                 Poll::Ready(Some(Err(e)))
             }
         }

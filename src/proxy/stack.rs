@@ -479,6 +479,9 @@ pub fn handle<'a>(
                         rsp.body_mut()
                             .end_by(at, &route.metrics.timeout_request, false);
                     }
+                    if route.policy.idle_ms != 0 {
+                        rsp.body_mut().count_idle(&route.metrics.timeout_idle);
+                    }
                     fin.guards.slot = slot;
                     fin.answer_in_place(&tm, &mut rsp, None, tries);
                 }
@@ -508,6 +511,10 @@ pub fn handle<'a>(
             // The request's timeout covers the whole exchange: the answer's body too.
             rsp.body_mut()
                 .end_by(at, &route.metrics.timeout_request, reads_trailers);
+        }
+        if route.policy.idle_ms != 0 {
+            // So does `timeout.idle`, between the body's bytes: a cut there is counted too.
+            rsp.body_mut().count_idle(&route.metrics.timeout_idle);
         }
         let tries = ctx.tries.take();
         fin.guards.slot = slot;

@@ -41,4 +41,5 @@ mod tracing;
 mod upgrade;
 mod upstream_h1;
 mod upstream_h2;
+mod upstream_idle;
 mod workers;

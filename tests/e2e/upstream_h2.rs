@@ -1643,7 +1643,7 @@ async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_conne
 enum Serve {
     /// Answers 200 (`content-type: application/grpc`) and the first bytes of a body, then
     /// stalls until the stream is reset: `/framed` sends one whole gRPC message, any other path
-    /// bytes that end inside one ([`STALL_PARTIAL`]).
+    /// bytes that end inside one ([`STALL_PARTIAL`]); `/silent` sends no answer at all.
     Stall,
     /// Resets with `REFUSED_STREAM` the first stream of each path; answers a later one 200
     /// `served: ` and the request's body.
@@ -1801,6 +1801,12 @@ impl H2Crate {
             }
             return;
         }
+        if serve == Serve::Stall && parts.uri.path() == "/silent" {
+            if let Ok(reason) = std::future::poll_fn(|cx| respond.poll_reset(cx)).await {
+                resets.lock().push(reason);
+            }
+            return;
+        }
         let head = Response::builder()
             .header("content-type", "application/grpc")
             .body(())
@@ -1850,6 +1856,90 @@ listeners:
     routes:
       - { upstream: grpc, policy: bounded }
 "#;
+
+/// A route whose answers from the HTTP/2 upstream may pause 300 ms at most
+/// (`timeout.idle`), and no request timeout.
+const IDLE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
+policies:
+  quiet:
+    timeout: { idle: 300ms }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { upstream: grpc, policy: quiet }
+"#;
+
+/// `timeout.idle` bounds an HTTP/2 upstream as it bounds an HTTP/1.1 one, on a route without
+/// `timeout.request`: a stream that stalls after its head and some bytes is let go at the
+/// limit (the upstream sees it reset, `CANCEL`), the client's answer cut short there, the line
+/// logged `timeout`; one that sends no head at all is a 504 `timeout` at the limit, its
+/// stream reset too; both counted as `kind="idle"`. Before, each held its request for as
+/// long as the upstream stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_cuts_an_h2_upstream_that_stalls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = H2Crate::start(Serve::Stall).await;
+    let proxy = fronted(IDLE, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let about_the_limit = |t0: tokio::time::Instant, what: &str| {
+        let took = t0.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(280)
+                && took < std::time::Duration::from_millis(1500),
+            "{what}: cut at the idle limit: {took:?}"
+        );
+    };
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let t0 = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(read.is_ok(), "the connection ends: {text:?}");
+    about_the_limit(t0, "in the body");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("abc"), "the bytes that came passed: {text:?}");
+    assert!(!text.ends_with("0\r\n\r\n"), "cut short: {text:?}");
+
+    let t0 = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http::get(addr, "/silent", &[]),
+    )
+    .await
+    .expect("answered, not left waiting");
+    rsp.assert_rampart(504, "timeout");
+    about_the_limit(t0, "before the head");
+
+    crate::assert_eventually!(
+        up.resets() == [h2::Reason::CANCEL; 2],
+        "the upstream's streams were reset: {:?}",
+        up.resets()
+    );
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_timeouts_total", &[("kind", "idle")]),
+        Some(2.0),
+        "{text}"
+    );
+    let line = &logged(&proxy, "/stall", 1).await[0];
+    assert_eq!(
+        (line["status"].as_u64(), line["reason"].as_str()),
+        (Some(200), Some("timeout")),
+        "{line}"
+    );
+}
 
 /// How long after `t0` an answer cut at the 500 ms deadline may end.
 fn at_the_deadline(t0: tokio::time::Instant, what: &str) {

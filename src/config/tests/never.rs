@@ -137,14 +137,33 @@ fn a_retry_entry_or_budget_that_can_never_act_draws_a_warning() {
         ))
     };
     let none: Vec<String> = Vec::new();
-    // `timeout` retries only a try cut by per_try.
+    // `timeout` retries only a try cut by per_try or idle (5m unless set), before the
+    // request's deadline.
     assert_eq!(
         warned(&retry("timeout: { request: 1s }, ", "503, timeout", "")),
         ["policies.p.retry.on[1]"]
     );
     assert_eq!(
-        warned(&retry("", "timeout", "")),
+        warned(&retry("timeout: { idle: 0s }, ", "timeout", "")),
         ["policies.p.retry.on[0]"]
+    );
+    assert_eq!(warned(&retry("", "timeout", "")), none);
+    assert_eq!(
+        warned(&retry(
+            "timeout: { request: 1s, idle: 999ms }, ",
+            "timeout",
+            ""
+        )),
+        none
+    );
+    // An idle timeout as long as the request's never acts at all.
+    assert_eq!(
+        warned(&retry(
+            "timeout: { request: 1s, idle: 1s }, ",
+            "timeout",
+            ""
+        )),
+        ["policies.p.timeout.idle", "policies.p.retry.on[0]"]
     );
     // A per-try limit as long as the request's never cuts a try first.
     assert_eq!(

@@ -146,3 +146,37 @@ fn failure_rate_window_messages_say_its_range() {
     ))
     .is_empty());
 }
+
+/// `timeout.idle` takes a duration, `0s` among them (it turns the idle timeout off, where the
+/// other timeouts must be longer than 0s); anything else is refused at its place, and one that
+/// can never cut before `timeout.request` is warned about there.
+#[test]
+fn timeout_idle_takes_a_duration_and_0s_is_off() {
+    for good in ["250ms", "0s", "5m", "30d"] {
+        ok(&policy(&format!("{{ timeout: {{ idle: {good} }} }}")));
+    }
+    ok(&policy("{ timeout: { request: 2s, idle: 1999ms } }"));
+    ok(&policy("{ timeout: { request: 2s, idle: 0s } }"));
+    for bad in ["-1s", "soon", "31d", "10", "0.5ms", "[1s]"] {
+        let all = errors(&policy(&format!("{{ timeout: {{ idle: {bad} }} }}")));
+        assert_eq!(all.len(), 1, "{bad}: {all:#?}");
+        let e = &all[0];
+        assert_eq!(
+            (e.line, e.column, e.path.as_str()),
+            (6, 25, "policies.p.timeout.idle"),
+            "{bad}: {e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("t.yaml:6:25: policies.p.timeout.idle: "),
+            "{e}"
+        );
+    }
+    let w = warnings(&policy("{ timeout: { request: 2s, idle: 2s } }"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(
+        (w[0].line, w[0].column, w[0].path.as_str()),
+        (6, 32, "policies.p.timeout.idle")
+    );
+    assert!(w[0].message.contains("never acts"), "{}", w[0].message);
+}

@@ -126,9 +126,15 @@ fn an_empty_timeout_warns_as_other_empty_sections_do() {
     let w = warnings(&policy("{ timeout: {} }"));
     assert_eq!(
         w[0].message,
-        "no timeout is given (request or per_try): this timeout section bounds nothing and does nothing"
+        "no timeout is given (request, per_try or idle): this timeout section bounds nothing and does nothing"
     );
-    for one_key in ["{ request: 1s }", "{ per_try: 1s }", "{ per_try: auto }"] {
+    for one_key in [
+        "{ request: 1s }",
+        "{ per_try: 1s }",
+        "{ per_try: auto }",
+        "{ idle: 1s }",
+        "{ idle: 0s }",
+    ] {
         let text = policy(&format!("{{ timeout: {one_key} }}"));
         assert!(warnings(&text).is_empty(), "{one_key}");
     }

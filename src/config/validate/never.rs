@@ -11,10 +11,10 @@
 //! - `fallback.on: [shed]` in a policy without `load_shed`, and `fallback.on: [circuit_open]`
 //!   on routes that no breaker guards. (`timeout` always can fire: a gRPC call's own
 //!   `grpc-timeout` sets a deadline on any route.)
-//! - `retry.on: [timeout]` in a policy whose `timeout.per_try` never cuts a try before the
-//!   request's deadline (none, or as long as `timeout.request`): only a per-try timeout is
-//!   retried (the request's deadline ends the request, a connect timeout is a
-//!   `connect_error`).
+//! - `retry.on: [timeout]` in a policy where neither `timeout.per_try` nor `timeout.idle` ever
+//!   cuts a try before the request's deadline (none or `0s`, or as long as `timeout.request`):
+//!   only a try cut by one of those is retried (the request's deadline ends the request, a
+//!   connect timeout is a `connect_error`).
 //! - A `retry.budget` that grants no retry: `ratio: 0%` with `min_per_second × window` under
 //!   one retry.
 
@@ -22,7 +22,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::super::file::{Direction, FallbackOn, File, PerTry, Policy, RetryOn, Upstream};
+use super::super::file::{
+    Direction, FallbackOn, File, PerTry, Policy, RetryOn, Upstream, IDLE_TIMEOUT,
+};
 use super::super::locate::KeyPath;
 use super::Report;
 
@@ -43,20 +45,26 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
 fn retry(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
     let Some(rt) = &pol.retry else { return };
     let rp = p.key("retry");
-    // The shortest per-try limit, if a try can be cut by it before the request's deadline.
+    // Whether a try can be cut by its per-try limit (the shortest) or the idle timeout (on by
+    // default) before the request's deadline.
+    let cuts = |limit: Duration, req: Option<Duration>| req.is_none_or(|req| limit < req);
+    let request = pol.timeout.as_ref().and_then(|t| t.request).map(|d| d.0);
     let per_try_cuts = pol.timeout.as_ref().is_some_and(|t| {
         let shortest = match t.per_try {
             Some(PerTry::Fixed(d)) => d.0,
             Some(PerTry::Auto { min, .. }) => min.0,
             None => return false,
         };
-        t.request.is_none_or(|req| shortest < req.0)
+        cuts(shortest, request)
     });
+    let idle = pol.timeout.as_ref().and_then(|t| t.idle);
+    let idle = idle.unwrap_or(IDLE_TIMEOUT).0;
+    let idle_cuts = !idle.is_zero() && cuts(idle, request);
     if let Some(i) = rt.on.iter().position(|o| matches!(o, RetryOn::Timeout)) {
-        if !per_try_cuts {
+        if !per_try_cuts && !idle_cuts {
             r.warn(
                 &rp.key("on").idx(i),
-                "timeout retries a try cut by timeout.per_try, and in this policy none is (no per_try, or one no shorter than the request timeout: the request's deadline ends the request, and a connect timeout is a connect_error): this entry never acts",
+                "timeout retries a try cut by timeout.per_try or timeout.idle, and in this policy none is (no per_try, or one no shorter than the request timeout; an idle timeout off, or no shorter than the request timeout: the request's deadline ends the request, and a connect timeout is a connect_error): this entry never acts",
             );
         }
     }

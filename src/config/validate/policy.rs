@@ -61,15 +61,25 @@ pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
 }
 
 fn timeout(t: &Timeout, p: &KeyPath, r: &mut Report<'_>) {
-    if t.request.is_none() && t.per_try.is_none() {
+    if t.request.is_none() && t.per_try.is_none() && t.idle.is_none() {
         // As for the other sections that can be written empty (`rate_limit: {}`).
         r.warn(
             p,
-            "no timeout is given (request or per_try): this timeout section bounds nothing and does nothing",
+            "no timeout is given (request, per_try or idle): this timeout section bounds nothing and does nothing",
         );
     }
     if let Some(req) = t.request {
         r.positive(&p.key("request"), req.0);
+    }
+    // `0s` is legal: it turns the idle timeout off.
+    if let (Some(idle), Some(req)) = (t.idle, t.request) {
+        if !idle.0.is_zero() && idle >= req {
+            // The request's deadline covers the answer's body too, so it always cuts first.
+            r.warn(
+                &p.key("idle"),
+                format!("idle {idle} is no shorter than request {req}, which bounds the whole exchange, the answer's body included: the request timeout always cuts first, so this idle timeout never acts"),
+            );
+        }
     }
     match t.per_try {
         Some(PerTry::Fixed(d)) => {

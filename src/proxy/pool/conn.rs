@@ -14,9 +14,11 @@ use http::request::Parts;
 use http::Method;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tokio_rustls::client::TlsStream;
 
 use super::h1::{self, BodyKind, Framing, Out};
+use super::quiet::Quiet;
 use super::{Slot, UpstreamError};
 use crate::proxy::body::Body;
 use crate::proxy::forward::Added;
@@ -80,6 +82,10 @@ pub(super) struct Conn {
     names: h1::Names,
     /// The current answer's header lines, while they are not in its map (see `h1::RawLines`).
     pub(super) raw: h1::RawLines,
+    /// The current exchange's idle timeout (`timeout.idle`, see `quiet.rs`).
+    quiet: Quiet,
+    /// Its timer, made at the connection's first wait and kept from request to request.
+    quiet_timer: Option<Pin<Box<Option<Sleep>>>>,
 }
 
 /// Where the current request's body is.
@@ -242,6 +248,8 @@ impl Conn {
             home: crate::workers::index(),
             names: h1::Names::default(),
             raw: h1::RawLines::default(),
+            quiet: Quiet::default(),
+            quiet_timer: None,
         })
     }
 
@@ -382,6 +390,7 @@ impl Conn {
                 ending: false,
             };
             self.upload_by = added.deadline.copied();
+            self.quiet.restart(added.idle_ms);
             // Kept in the connection, not in this future (every request's future would grow).
             self.upgrade = written.upgrade;
             let head_request = parts.method == Method::HEAD;
@@ -457,10 +466,36 @@ impl Conn {
                     return Poll::Ready(Ok(head));
                 }
             }
-            if ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(self.closed()));
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(self.closed())),
+                Poll::Ready(Ok(_)) => self.quiet.progress(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {
+                    return match self.idled(cx) {
+                        Some(e) => Poll::Ready(Err(e)),
+                        None => Poll::Pending,
+                    }
+                }
             }
         }
+    }
+
+    /// A read found nothing: the idle timeout's error if the upstream has kept rampart waiting
+    /// for its answer's next bytes past `timeout.idle`. The wait counts only once the request
+    /// is written whole: while it goes out, the upstream may wait for the rest of it (and the
+    /// client's stall is `body_idle_timeout`'s).
+    fn idled(&mut self, cx: &mut Context<'_>) -> Option<UpstreamError> {
+        if !self.quiet.is_on() {
+            return None;
+        }
+        if self.uploading() {
+            self.quiet.progress();
+            return None;
+        }
+        let timer = self.quiet_timer.get_or_insert_with(|| Box::pin(None));
+        self.quiet
+            .stalled(timer.as_mut(), cx, None)
+            .then(|| UpstreamError::Idle(self.quiet.limit()))
     }
 
     /// Moves the upload on, if one is going. A failed write is kept (the answer may still
@@ -736,14 +771,23 @@ impl Conn {
                     }
                 }
             }
-            match ready!(self.poll_fill(cx)) {
+            let filled = match self.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    return match self.idled(cx) {
+                        Some(e) => Poll::Ready(Some(Err(e))),
+                        None => Poll::Pending,
+                    }
+                }
+            };
+            match filled {
                 Ok(0) if matches!(self.body, Decoder::Close) => {
                     self.body = Decoder::Done;
                     self.keep_alive = false;
                     return Poll::Ready(None);
                 }
                 Ok(0) => return Poll::Ready(Some(Err(self.closed()))),
-                Ok(_) => {}
+                Ok(_) => self.quiet.progress(),
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
@@ -882,6 +926,7 @@ mod tests {
             forwarded_for: ff,
             https: false,
             trailers,
+            idle_ms: 0,
             deadline: None,
             waiting: None,
         }

@@ -43,14 +43,15 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 mod link;
 use link::{Closed, Link, Slot, Watched};
 
+use super::quiet::{self, Quiet};
 use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
 use crate::proxy::access_log::Broken;
-use crate::proxy::body::{Body, Replay};
+use crate::proxy::body::{Body, FaultCell, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
@@ -138,6 +139,15 @@ pub struct H2Answer {
     /// it: an answer whose `content-length` was taken out so that an HTTP/1.1 client gets it
     /// chunked, with its trailers (`grpc::announce_trailers`).
     pub(crate) size_untold: bool,
+    /// `timeout.idle` between the stream's frames (see `quiet.rs`).
+    quiet: Quiet,
+    /// Its timer, made the first time the stream waits.
+    quiet_timer: Option<Pin<Box<Option<Sleep>>>>,
+    /// The client's body that hyper's task still sends, if the request streamed one: the
+    /// wait counts only from its end.
+    upload: Option<Arc<FaultCell>>,
+    /// `rampart_timeouts_total{kind="idle"}` of the request's route ([`H2Answer::count_idle`]).
+    idle_counted: Option<prometheus::IntCounter>,
 }
 
 // === impl H2 ===
@@ -311,6 +321,12 @@ impl Pool {
         body: Body,
     ) -> Result<Response<Body>, SendError> {
         let mut body = body;
+        // The client's body, if it streams: hyper's task sends it, and the idle timeout waits
+        // for its end.
+        let upload = match &body {
+            Body::Client(c) if added.idle_ms != 0 => Some(c.cell().clone()),
+            _ => None,
+        };
         let (mut refused, mut moved) = (0, 0);
         let unwatched = AtomicBool::new(false);
         let (rsp, stream) = loop {
@@ -352,7 +368,18 @@ impl Pool {
             };
             let req = request(parts, added, body, self.tls.is_some())
                 .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
-            let mut e = match sender.try_send_request(req).await {
+            let sending = sender.try_send_request(req);
+            // Each stream sent waits afresh.
+            let mut quiet = Quiet::new(added.idle_ms);
+            let sent = match quiet.is_on() {
+                false => sending.await,
+                // Dropped when the limit passes: h2 resets the stream (`CANCEL`), its slot goes.
+                true => match quiet::within(sending, &mut quiet, upload.as_deref()).await {
+                    Some(sent) => sent,
+                    None => return Err(SendError::Reset(UpstreamError::Idle(quiet.limit()))),
+                },
+            };
+            let mut e = match sent {
                 Ok(rsp) => break (rsp, slot),
                 Err(e) => e,
             };
@@ -420,6 +447,10 @@ impl Pool {
             end_by: None,
             messages: None,
             size_untold: false,
+            quiet: Quiet::new(added.idle_ms),
+            quiet_timer: None,
+            upload,
+            idle_counted: None,
         };
         Ok(Response::from_parts(
             head,
@@ -588,6 +619,42 @@ impl H2Answer {
         }
     }
 
+    /// `rampart_timeouts_total{kind="idle"}` of the request's route counts the stream if
+    /// `timeout.idle` cuts it. A stream already at its end keeps nothing.
+    pub(crate) fn count_idle(&mut self, counted: &prometheus::IntCounter) {
+        if self
+            .body
+            .as_ref()
+            .is_some_and(|b| !http_body::Body::is_end_stream(b))
+        {
+            self.idle_counted = Some(counted.clone());
+        }
+    }
+
+    /// A poll of the stream found nothing: whether the upstream has kept it waiting past
+    /// `timeout.idle` (see `quiet.rs`).
+    fn idled(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.quiet.is_on() {
+            return false;
+        }
+        let timer = self.quiet_timer.get_or_insert_with(|| Box::pin(None));
+        self.quiet
+            .stalled(timer.as_mut(), cx, self.upload.as_deref())
+    }
+
+    /// The upstream sent nothing for `timeout.idle`: the stream is let go (its upstream sees it
+    /// reset, `CANCEL`) and the answer breaks off, its try timed out, the timeout counted.
+    fn cut_idle(&mut self) -> UpstreamError {
+        self.body = None;
+        self.end_by = None;
+        self.messages = None;
+        if let Some(c) = self.idle_counted.take() {
+            c.inc();
+        }
+        self.ended(StreamEnd::Deadline, None);
+        UpstreamError::Idle(self.quiet.limit())
+    }
+
     /// The deadline the stream must end by, if it keeps one (see [`H2Answer::end_by`]).
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.end_by.as_ref().map(EndBy::at)
@@ -679,8 +746,12 @@ impl http_body::Body for H2Answer {
             Poll::Pending if this.end_by.as_mut().is_some_and(|e| e.passed(cx)) => {
                 return Poll::Ready(Some(this.cut()));
             }
+            Poll::Pending if this.idled(cx) => {
+                return Poll::Ready(Some(Err(this.cut_idle())));
+            }
             Poll::Pending => return Poll::Pending,
         };
+        this.quiet.progress();
         if let Some(Ok(frame)) = &mut polled {
             // The answer's trailers go to the client without the fields that have no place
             // there (hyper's HTTP/2 server sends them as given).
