@@ -72,19 +72,29 @@ pub struct Entry(Option<Box<Draft>>);
 
 /// What an [`Entry`] holds.
 ///
-/// `text` holds the line's JSON pieces (each `,"key":value...`). [`AccessLog::begin`] writes
-/// the method and path (ending at `request`), then the request and trace ids (ending at
-/// `ids`). [`Entry::fill`] appends, in the line's order, the route and tenant, a copy of the
-/// method and path, and the answer: from `ids` on, the text is the middle of the line as it is
-/// written. [`Draft::render`] then writes the time and listener, that middle, the figures known
-/// only at the end, and the ids: three copies into the line.
+/// `text` holds the line's JSON pieces (each `,"key":value...`) of text borrowed from the
+/// request and its answer, which the entry cannot keep. [`AccessLog::begin`] writes the method
+/// and path (ending at `request`), then the request and trace ids (ending at `ids`).
+/// [`Entry::fill`] appends the route and tenant (ending at `who`), and rampart's reason and
+/// the refusing limit when there are some (ending at `said` and at the end). The answer's
+/// status, tries and endpoint are kept as they are: [`Draft::render`] writes them, and puts the
+/// pieces in the line's order, only for a line that is written. A line `sample_ok` leaves out
+/// costs no formatting beyond the pieces it had to copy.
 #[derive(Debug)]
 struct Draft {
     text: Vec<u8>,
     /// Where the method and path end (they start at 0).
     request: u32,
-    /// Where the request and trace ids end; the middle of the line starts here.
+    /// Where the request and trace ids end; the route and tenant start here.
     ids: u32,
+    /// Where the route and tenant end (0: not filled yet).
+    who: u32,
+    /// Where rampart's reason ends (`who` when the answer is not rampart's); the limit that
+    /// refused, if one did, runs from here to the end.
+    said: u32,
+    status: u16,
+    tries: u32,
+    endpoint: Option<SocketAddr>,
     upstream: Option<Duration>,
     bytes_out: u64,
     started: Instant,
@@ -95,10 +105,7 @@ struct Draft {
     keep_ok: Option<u32>,
     armed: bool,
     grpc: Grpc,
-    /// Where the `reason` piece starts and ends in `text` (0: not filled yet): an answer
-    /// broken after its head is logged with its [`Broken`] cause in its place.
-    reason: (u32, u32),
-    /// Why the answer broke after its head, if it did.
+    /// Why the answer broke after its head, if it did: the line's `reason` then.
     broken: Option<Broken>,
 }
 
@@ -288,7 +295,7 @@ impl Entry {
     /// `sample_ok` says. The first cause seen stands.
     pub fn broken(&mut self, why: Broken) {
         if let Some(d) = &mut self.0 {
-            if d.broken.is_none() && d.reason.1 != 0 {
+            if d.broken.is_none() && d.who != 0 {
                 d.broken = Some(why);
                 d.armed = true;
             }
@@ -344,6 +351,11 @@ impl Draft {
                 text: Vec::with_capacity(TEXT_CAP),
                 request: 0,
                 ids: 0,
+                who: 0,
+                said: 0,
+                status: 0,
+                tries: 0,
+                endpoint: None,
                 upstream: None,
                 bytes_out: 0,
                 started,
@@ -353,7 +365,6 @@ impl Draft {
                 keep_ok: None,
                 armed: false,
                 grpc: Grpc::NotACall,
-                reason: (0, 0),
                 broken: None,
             }),
         }
@@ -369,6 +380,11 @@ impl Draft {
             d.text.clear();
             d.request = 0;
             d.ids = 0;
+            d.who = 0;
+            d.said = 0;
+            d.status = 0;
+            d.tries = 0;
+            d.endpoint = None;
             d.upstream = None;
             d.bytes_out = 0;
             d.received = None;
@@ -376,7 +392,6 @@ impl Draft {
             d.sink = None;
             d.armed = false;
             d.grpc = Grpc::NotACall;
-            d.reason = (0, 0);
             d.broken = None;
         });
     }
@@ -386,8 +401,8 @@ impl Draft {
         let ok = out.status < 400 && out.reason.is_none() && !grpc_failed;
         self.armed = !ok || self.keep_ok.is_none_or(|k| fastrand::u32(..) < k);
         self.grpc = out.grpc;
-        // A line is filled even when sampled out: a gRPC call's trailers may arm it, and so
-        // may an answer that breaks after its head ([`Entry::broken`]).
+        // A line sampled out keeps what it borrows, as text: a gRPC call's trailers may arm it
+        // yet, and so may an answer that breaks after its head ([`Entry::broken`]).
         let t = &mut self.text;
         t.truncate(self.ids as usize);
         t.extend_from_slice(b",\"route\":");
@@ -404,27 +419,19 @@ impl Draft {
             },
             None => t.extend_from_slice(b"null"),
         }
-        t.extend_from_within(..self.request as usize);
-        t.extend_from_slice(b",\"status\":");
-        line::three_digits(t, u32::from(out.status.clamp(100, 999)));
-        let reason_at = end(t);
-        match out.reason {
-            Some(r) => {
-                t.extend_from_slice(b",\"reason\":");
-                line::header_string(t, r);
-            }
-            None => t.extend_from_slice(b",\"reason\":\"\""),
+        self.who = end(t);
+        if let Some(r) = out.reason {
+            t.extend_from_slice(b",\"reason\":");
+            line::header_string(t, r);
         }
-        self.reason = (reason_at, end(t));
-        t.extend_from_slice(b",\"limit\":");
-        line::opt_string(t, out.limit);
-        t.extend_from_slice(b",\"tries\":");
-        line::uint(t, u64::from(tries.tries));
-        t.extend_from_slice(b",\"endpoint\":");
-        match tries.endpoint {
-            Some(e) => line::endpoint(t, e),
-            None => t.extend_from_slice(b"null"),
+        self.said = end(t);
+        if let Some(l) = out.limit {
+            t.extend_from_slice(b",\"limit\":");
+            line::string(t, l);
         }
+        self.status = out.status;
+        self.tries = tries.tries;
+        self.endpoint = tries.endpoint;
         self.upstream = tries.upstream;
         self.bytes_out = out.bytes_out;
         self.received = tries.received;
@@ -443,27 +450,43 @@ impl Draft {
         bytes_in: u64,
     ) {
         let t = &self.text;
-        let (ids, middle) = t.split_at(self.ids as usize);
-        let ids = &ids[self.request as usize..];
+        let cut = |at: u32| at as usize;
+        let (request, ids) = (
+            &t[..cut(self.request)],
+            &t[cut(self.request)..cut(self.ids)],
+        );
+        let who = &t[cut(self.ids)..cut(self.who)];
+        let (reason, limit) = (&t[cut(self.who)..cut(self.said)], &t[cut(self.said)..]);
         // Room for the pieces and for the fixed text and the figures at their longest, so the
         // buffer grows at most once per line.
-        buf.reserve(listener.len() + middle.len() + ids.len() + 224);
+        buf.reserve(listener.len() + t.len() + 384);
         buf.extend_from_slice(b"{\"time\":\"");
         wall.write(buf, self.started);
         buf.push(b'"');
         buf.extend_from_slice(listener);
+        buf.extend_from_slice(who);
+        buf.extend_from_slice(request);
+        buf.extend_from_slice(b",\"status\":");
+        line::three_digits(buf, u32::from(self.status.clamp(100, 999)));
         match self.broken {
-            None => buf.extend_from_slice(middle),
             Some(why) => {
-                // The middle with the cause in the reason's place.
-                let (at, to) = (self.reason.0, self.reason.1);
-                let (at, to) = ((at - self.ids) as usize, (to - self.ids) as usize);
-                buf.extend_from_slice(&middle[..at]);
                 buf.extend_from_slice(b",\"reason\":\"");
                 buf.extend_from_slice(why.as_str().as_bytes());
                 buf.push(b'"');
-                buf.extend_from_slice(&middle[to..]);
             }
+            None if reason.is_empty() => buf.extend_from_slice(b",\"reason\":\"\""),
+            None => buf.extend_from_slice(reason),
+        }
+        match limit.is_empty() {
+            true => buf.extend_from_slice(b",\"limit\":null"),
+            false => buf.extend_from_slice(limit),
+        }
+        buf.extend_from_slice(b",\"tries\":");
+        line::uint(buf, u64::from(self.tries));
+        buf.extend_from_slice(b",\"endpoint\":");
+        match self.endpoint {
+            Some(e) => line::endpoint(buf, e),
+            None => buf.extend_from_slice(b"null"),
         }
         buf.extend_from_slice(b",\"duration_ms\":");
         line::millis(buf, duration);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, Validation};
 use parking_lot::Mutex;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use self::bearer::Found;
@@ -226,8 +227,8 @@ impl Jwt {
     /// Full verification; the claims (the tenant's id not yet checked as one) and `exp`, or
     /// why not.
     pub fn verify_uncached(&self, token: &str) -> Result<(Verified, u64), String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
-        if names_critical(token) {
+        let header = Protected::read(token)?;
+        if header.crit {
             return Err("the header lists critical extensions (crit), and rampart understands none (RFC 7515 §4.1.11)".into());
         }
         let alg = header.alg;
@@ -345,22 +346,47 @@ fn validation(cfg: &JwtSource, alg: Algorithm) -> Validation {
     v
 }
 
-/// Whether the protected header of `token` (decoded already by `jsonwebtoken`, which reads no
-/// `crit`) has a `crit` parameter. It lists extensions a recipient must understand to accept the
-/// token (RFC 7515 §4.1.11); rampart understands none, so any `crit`, empty or malformed ones
-/// included (the RFC forbids them), makes the token invalid. Only the header segment is decoded
-/// again, and only for a token not in the cache.
-fn names_critical(token: &str) -> bool {
-    use base64::Engine as _;
-    let segment = token.split('.').next().unwrap_or("");
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else {
-        // `decode_header` read it: not reached, and refused if it were.
-        return true;
-    };
-    match serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes) {
-        Ok(header) => header.contains_key("crit"),
-        Err(_) => true,
+/// What verification reads of a token's protected header: its `alg` and `kid`, and whether it
+/// names critical extensions, from one decoding of the header segment. (jsonwebtoken's `decode`
+/// reads the header again to check the signature; it takes no header read before.)
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+struct Protected {
+    alg: Algorithm,
+    kid: Option<String>,
+    /// Whether the header has a `crit` parameter, whatever its value. It lists extensions a
+    /// recipient must understand to accept the token (RFC 7515 §4.1.11); rampart understands
+    /// none, so any `crit`, an empty, `null` or malformed one included (the RFC forbids them),
+    /// makes the token invalid.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+// === impl Protected ===
+
+impl Protected {
+    /// The header of `token`: the segment before its last two dots, as jsonwebtoken takes it,
+    /// base64url without padding, a JSON object. Fields it does not read are not checked here;
+    /// `decode` refuses a token whose header jsonwebtoken cannot read.
+    fn read(token: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let mut parts = token.rsplitn(3, '.');
+        let (Some(_), Some(_), Some(segment)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("header: the token has fewer than three segments".into());
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|e| format!("header: {e}"))?;
+        // serde reads a struct from a JSON array too; a header is an object (RFC 7515 §4).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err("header: not a JSON object".into());
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("header: {e}"))
     }
+}
+
+/// `true` for a field that is there, whatever it holds.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// Whether `bytes` is a JWKS with at least one usable key (for `rampart validate`).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use self::keys::{
-    claims, ec, hmac_with_public_key, jwks, rsa, token, token_with, unsigned, JwksServer,
+    claims, ec, hmac_with_public_key, jwks, rsa, token, token_with, unsigned, JwksServer, Signer,
 };
 use crate::support::tls::{Ca, Pki};
 use crate::support::{http, sample, Proxy};
@@ -65,6 +65,22 @@ async fn start(app: SocketAddr, jwks: &str, refresh: &str) -> Proxy {
         .var("APP", app)
         .var("JWKS", jwks)
         .var("REFRESH", refresh)
+        .spawn()
+        .await
+}
+
+/// rampart with [`TEMPLATE`] whose `api` policy also keeps idempotent answers (an hour,
+/// bodies up to 4 KiB), in front of `app`, verifying `key`'s tokens from a JWKS file in `dir`.
+async fn start_idempotent(app: SocketAddr, key: &Signer, dir: &std::path::Path) -> Proxy {
+    let policy = TEMPLATE.replace(
+        "  api:\n",
+        "  api:\n    idempotency: { ttl: 1h, max_body: 4KiB }\n",
+    );
+    assert_ne!(policy, TEMPLATE);
+    Proxy::builder(&policy)
+        .var("APP", app)
+        .var("JWKS", write_jwks(dir, &jwks(&[key])))
+        .var("REFRESH", "5m")
         .spawn()
         .await
 }

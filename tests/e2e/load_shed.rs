@@ -415,3 +415,68 @@ async fn a_reload_that_changes_the_queue_keeps_holders_counted_and_waiters_serve
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(peak <= 2, "the upstream saw {peak} at once; the limit is 2");
 }
+
+/// `rampart_tenants_tracked` under a per-tenant in-flight cap counts what README says: entries,
+/// one for each (tenant, table) pair, where the route's `per_tenant_max_in_flight` count is one
+/// table. Three tenants with requests in flight read 3 (the cap is counting: a third request
+/// of one of them is shed), and still 3 once all are answered (an idle count stays until a new
+/// tenant needs its room under `max_tracked`). The same route with a per-tenant rate limit
+/// too, a second table, reads 6 for the same three tenants: not distinct tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_tracked_counts_a_tenant_once_per_table_under_an_in_flight_cap() {
+    const TENANTS: [&str; 3] = ["t1", "t2", "t3"];
+    const CAP: &str = "      max_in_flight: 10\n      per_tenant_max_in_flight: 2";
+    let tracked = |admin| async move {
+        let text = metrics(admin).await;
+        metric_value(&text, "rampart_tenants_tracked", &[])
+    };
+    let app = sample().await;
+    let proxy = shedding(app.addr(), CAP).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    assert_eq!(tracked(admin).await, Some(0.0), "nothing sent yet");
+    let held: Vec<_> = TENANTS
+        .iter()
+        .flat_map(|&t| [t, t])
+        .map(|t| {
+            tokio::spawn(async move {
+                let rsp = http::get(addr, "/slow?ms=1500", &[("x-tenant-id", t)]).await;
+                rsp.status.as_u16()
+            })
+        })
+        .collect();
+    assert_eventually!(
+        app.hits_for("/slow") == 6,
+        "two requests of each tenant in flight"
+    );
+    let third = http::get(addr, "/ok", &[("x-tenant-id", "t1")]).await;
+    third.assert_rampart(503, "shed");
+    assert_eq!(tracked(admin).await, Some(3.0), "one count per tenant");
+    for t in held {
+        assert_eq!(t.await.expect("client task must not panic"), 200);
+    }
+    assert_eq!(
+        tracked(admin).await,
+        Some(3.0),
+        "an idle tenant's count stays an entry"
+    );
+
+    let app = sample().await;
+    let limited = SHEDDING.replace(
+        "  shedding:\n",
+        "  shedding:\n    rate_limit: { per_tenant: { rate: 100/s, burst: 100 } }\n",
+    );
+    assert_ne!(limited, SHEDDING);
+    let proxy = Proxy::builder(&limited.replace("$SHED", CAP))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    for t in TENANTS {
+        let rsp = http::get(proxy.listener("inbound"), "/ok", &[("x-tenant-id", t)]).await;
+        assert_eq!(rsp.status, 200, "{rsp:?}");
+    }
+    assert_eq!(
+        tracked(proxy.admin()).await,
+        Some(6.0),
+        "a bucket and a count for each tenant"
+    );
+}

@@ -257,14 +257,6 @@ pub(super) fn token(buf: &mut Vec<u8>, s: &[u8]) {
     buf.push(b'"');
 }
 
-/// `s` as a JSON string, or `null`.
-pub(super) fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => string(buf, s),
-        None => buf.extend_from_slice(b"null"),
-    }
-}
-
 /// `"127.0.0.1:8080"`. IPv4 text is kept per thread for the last few endpoints (a sidecar's
 /// upstreams are few, and every line names one); IPv6 (rare behind a sidecar) goes through
 /// `Display`.
@@ -395,7 +387,6 @@ mod pieces_tests {
             let got = text(|b| super::string(b, s));
             assert_eq!(serde_json::from_str::<String>(&got).expect("json"), s);
         }
-        assert_eq!(text(|b| super::opt_string(b, None)), "null");
         // Long strings are checked eight bytes at a time: a byte to escape at any place, and
         // every byte value around the ones that need it, is caught.
         for at in 0..24 {

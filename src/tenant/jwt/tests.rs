@@ -218,6 +218,49 @@ fn none_and_hmac_are_refused() {
     assert_eq!(j.verify(&hs), Err(Reason::InvalidToken));
 }
 
+/// The protected header is read once, for what verification needs: `alg`, `kid`, and whether
+/// a `crit` is there at all. A `crit` of any value (`null`, empty, malformed) refuses a token
+/// signed by a trusted key that passes without it; a header that is no JSON object (an array
+/// would fill the fields in order) or no base64url, or a token short of a segment, is refused.
+#[test]
+fn the_header_is_read_once_for_alg_kid_and_crit() {
+    let ec = ec_signer("k1");
+    let (j, _, _) = verifier(&[&ec.jwk], 0);
+    let payload = b64(claims("acme").to_string().as_bytes());
+    // Signed by hand: jsonwebtoken's `Header` has no `crit`.
+    let signed = |header: &str| {
+        let message = format!("{}.{payload}", b64(header.as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &ec.enc, ec.alg).expect("sign");
+        format!("{message}.{sig}")
+    };
+    let plain = r#"{"alg":"ES256","kid":"k1","typ":"JWT","x-note":1}"#;
+    let read = Protected::read(&signed(plain));
+    let want = Protected {
+        alg: Algorithm::ES256,
+        kid: Some("k1".into()),
+        crit: false,
+    };
+    assert_eq!(read, Ok(want));
+    assert!(j.verify(&signed(plain)).is_ok());
+    for crit in ["null", "[]", r#"["exp"]"#, "5", "{}"] {
+        let h = format!(r#"{{"alg":"ES256","kid":"k1","crit":{crit}}}"#);
+        assert!(Protected::read(&signed(&h)).expect("read").crit, "{crit}");
+        assert_eq!(j.verify(&signed(&h)), Err(Reason::InvalidToken), "{crit}");
+    }
+    let bad = [
+        signed(r#"["ES256","k1"]"#),
+        signed(r#" ["ES256","k1"]"#),
+        signed(r#"{"alg":"ES256","kid":5}"#),
+        signed(r#"{"alg":"ES256","alg":"ES256"}"#),
+        format!("{}.{payload}", b64(plain.as_bytes())),
+        format!("e30!.{payload}.sig"),
+    ];
+    for t in bad {
+        assert!(Protected::read(&t).is_err(), "{t}");
+        assert_eq!(j.verify(&t), Err(Reason::InvalidToken), "{t}");
+    }
+}
+
 #[test]
 fn bearer_header_parsing() {
     let ec = ec_signer("k1");

@@ -4,7 +4,7 @@
 //! verified tenant's, so a claimed `acme` never gets a verified `acme`'s stored answer.
 
 use super::keys::{claims, ec, jwks, token};
-use super::{bearer, write_jwks, TEMPLATE};
+use super::{bearer, start_idempotent, write_jwks, TEMPLATE};
 use crate::support::proxy::run;
 use crate::support::{http, sample, Proxy};
 
@@ -71,17 +71,7 @@ async fn a_claimed_tenant_never_replays_a_verified_tenants_answer() {
     let app = sample().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ec("e1");
-    let policy = TEMPLATE.replace(
-        "  api:\n",
-        "  api:\n    idempotency: { ttl: 1h, max_body: 4KiB }\n",
-    );
-    assert_ne!(policy, TEMPLATE);
-    let proxy = Proxy::builder(&policy)
-        .var("APP", app.addr())
-        .var("JWKS", write_jwks(dir.path(), &jwks(&[&key])))
-        .var("REFRESH", "5m")
-        .spawn()
-        .await;
+    let proxy = start_idempotent(app.addr(), &key, dir.path()).await;
     let addr = proxy.listener("other");
     let t = bearer(&token(&key, &claims("acme", None)));
     let verified = [

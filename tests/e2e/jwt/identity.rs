@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use super::keys::{claims, ec, jwks, token, Signer};
-use super::{bearer, write_jwks, TEMPLATE};
+use super::{bearer, start_idempotent, write_jwks, TEMPLATE};
 use crate::support::capture::Capture;
 use crate::support::{http, Proxy};
 
@@ -319,17 +319,7 @@ async fn an_idempotent_requests_connection_list_cannot_remove_the_verified_tenan
     let app = Capture::start(OK).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ec("e1");
-    let policy = TEMPLATE.replace(
-        "  api:\n",
-        "  api:\n    idempotency: { ttl: 1h, max_body: 4KiB }\n",
-    );
-    assert_ne!(policy, TEMPLATE);
-    let proxy = Proxy::builder(&policy)
-        .var("APP", app.addr())
-        .var("JWKS", write_jwks(dir.path(), &jwks(&[&key])))
-        .var("REFRESH", "5m")
-        .spawn()
-        .await;
+    let proxy = start_idempotent(app.addr(), &key, dir.path()).await;
     let t = bearer(&token(&key, &claims("umbrella", Some("gold"))));
     let head = format!(
         "POST /pay HTTP/1.1\r\nhost: svc\r\nauthorization: {t}\r\n\
