@@ -145,6 +145,15 @@ impl Replay {
         Replay { kept, fault, idle }
     }
 
+    /// The try was answered, so the upload will not go again: what was kept is let go now (the
+    /// rest of the upload then streams without the record), not held to the upload's end.
+    pub fn release(&self) {
+        let mut kept = self.kept.lock();
+        if !kept.lost() {
+            kept.lose();
+        }
+    }
+
     /// The upload again, after a refusal, unless it was let go (over the cap, broken; none of
     /// its bytes copied). Read to its end: one chunk (with its trailers) as an in-memory body;
     /// more as a client body that has nothing left to read. Still coming: a client body that
@@ -254,5 +263,32 @@ mod tests {
         assert_eq!(sent, "abcdefg");
         let again = replay.again().expect("whole now");
         assert_eq!(again.collect().await.expect("again").to_bytes(), "abcdefg");
+    }
+
+    /// An answered try lets its record go: what was kept is freed at once, the rest of the
+    /// upload still streams whole, and nothing goes again.
+    #[tokio::test]
+    async fn an_answered_try_lets_what_it_kept_go_and_still_sends_the_rest() {
+        use http_body::Body as _;
+        let fault = Arc::new(FaultCell::default());
+        fault
+            .received
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        let rest = ClientIn::Whole(Some(Bytes::from_static(b"defg")));
+        let mut sending =
+            ClientBody::new(rest, Duration::from_secs(30), fault).replayable_up_to(16);
+        sending.unread(Frame::data(Bytes::from_static(b"abc")));
+        let replay = sending.keep().expect("kept");
+        let first = sending.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "abc");
+        assert_eq!(replay.kept.lock().size, 3, "the first frame is kept");
+
+        replay.release();
+        let kept = replay.kept.lock();
+        assert_eq!((kept.state, kept.data.len()), (State::Lost, 0), "let go");
+        drop(kept);
+        let rest = sending.collect().await.expect("the rest").to_bytes();
+        assert_eq!(rest, "defg", "the upload goes on without the record");
+        assert!(replay.again().is_none(), "answered: never sent again");
     }
 }

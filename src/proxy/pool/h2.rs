@@ -159,6 +159,10 @@ impl H2 {
     fn live(&self, addr: SocketAddr) -> Option<Live> {
         let mut held = self.sender.lock();
         let live = held.as_ref()?;
+        if live.sender.is_closed() || live.link.closed().is_some() {
+            // Going away (a GOAWAY stops the window's count): not a shut window to warn of.
+            return None;
+        }
         if live.link.choked(SHUT_WINDOW) {
             *held = None;
             drop(held);
@@ -168,7 +172,7 @@ impl H2 {
             );
             return None;
         }
-        (!live.sender.is_closed() && live.link.closed().is_none()).then(|| live.clone())
+        Some(live.clone())
     }
 
     /// Lets connection `id` go (if it is still the endpoint's): it takes no new stream, and
@@ -380,7 +384,14 @@ impl Pool {
                 },
             };
             let mut e = match sent {
-                Ok(rsp) => break (rsp, slot),
+                Ok(rsp) => {
+                    // Answered: nothing of it goes again, so the record lets its frames go,
+                    // and the rest of the upload streams without it.
+                    if let Some(r) = &replay {
+                        r.release();
+                    }
+                    break (rsp, slot);
+                }
                 Err(e) => e,
             };
             drop(slot);
