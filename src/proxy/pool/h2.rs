@@ -28,7 +28,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,9 +77,28 @@ pub(crate) struct H2 {
     sender: parking_lot::Mutex<Option<Live>>,
     /// The number of the next connection.
     made: AtomicU64,
-    /// Held while a connection is made, so concurrent requests wait for that one.
-    connecting: tokio::sync::Mutex<()>,
+    /// The connect under way, if any: every request that finds no connection waits for its
+    /// outcome, so that they all fail at once when it fails, not one connect timeout each.
+    connecting: parking_lot::Mutex<Option<Arc<Connecting>>>,
 }
+
+/// One connect to an endpoint, made in a task of its own (a request that leaves does not
+/// end it for the others), and the requests waiting for it (as Envoy fails every request
+/// pending on a connect that failed).
+#[derive(Debug, Default)]
+struct Connecting {
+    /// The connection, or why there is none (each waiter gets its own copy).
+    outcome: std::sync::OnceLock<Result<Live, SendError>>,
+    /// Told when `outcome` is set.
+    done: tokio::sync::Notify,
+}
+
+/// What a request waits for (`Added::waiting`): nothing.
+pub(crate) const WAIT_NONE: u8 = 0;
+/// A stream of the endpoint's HTTP/2 connection: it is at its limit ([`link`]).
+pub(crate) const WAIT_STREAM: u8 = 1;
+/// A connect to the endpoint (the first, or after the last went away).
+pub(crate) const WAIT_CONNECT: u8 = 2;
 
 /// One HTTP/2 connection of an endpoint.
 #[derive(Clone, Debug)]
@@ -266,6 +285,29 @@ fn malformed(error: &hyper::Error) -> bool {
         })
 }
 
+/// A failed connect's error, for one of the requests that waited for it: the same error, its
+/// source's words kept (an I/O error's kind too).
+fn copy(error: &SendError) -> SendError {
+    let words = |e: &dyn std::error::Error| std::io::Error::other(e.to_string());
+    match error {
+        SendError::Connect {
+            addr,
+            timed_out,
+            source,
+        } => SendError::Connect {
+            addr: *addr,
+            timed_out: *timed_out,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        SendError::Handshake { addr, source } => SendError::Handshake {
+            addr: *addr,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        SendError::Reset(UpstreamError::NotHttp2(why)) => not_http2(why),
+        SendError::Reset(e) => SendError::Reset(UpstreamError::Io(words(e))),
+    }
+}
+
 /// A copy of `body` to send again, if it is in memory (no copy of its bytes).
 fn again(body: &Body) -> Option<Body> {
     match body {
@@ -282,7 +324,7 @@ impl Pool {
     /// Sends a request over the endpoint's HTTP/2 connection (made first if there is none
     /// open). `added`, `parts` and `body` as for [`Pool::send`].
     pub(super) async fn send_h2(
-        &self,
+        self: &Arc<Self>,
         h2: &H2,
         addr: SocketAddr,
         parts: &Parts,
@@ -291,7 +333,8 @@ impl Pool {
     ) -> Result<Response<Body>, SendError> {
         let mut body = body;
         let (mut refused, mut moved) = (0, 0);
-        let unwatched = AtomicBool::new(false);
+        let unwatched = AtomicU8::new(WAIT_NONE);
+        let waiting = added.waiting.unwrap_or(&unwatched);
         let (rsp, stream) = loop {
             let Live {
                 id,
@@ -299,14 +342,14 @@ impl Pool {
                 link,
             } = match h2.live() {
                 Some(live) => live,
-                None => self.connect_h2(h2, addr).await?,
+                None => self.connect_h2(h2, addr, waiting).await?,
             };
             // A place for the stream on this connection: waited for (the caller bounds the
             // wait) while the upstream's limit (or `MAX_STREAMS`) of streams is open. Nothing
             // is handed to hyper before, so a request that waits is never sent if its try ends
             // (its client gone, its timeout), and goes to a new connection if this one goes
             // away meanwhile, whatever its method: it never reached the upstream.
-            let slot = match link.slot(added.waiting.unwrap_or(&unwatched)).await {
+            let slot = match link.slot(waiting).await {
                 Ok(s) => s,
                 Err(why) => {
                     h2.retire(id);
@@ -406,13 +449,59 @@ impl Pool {
         ))
     }
 
-    /// Makes the endpoint's connection, unless another request made one meanwhile. Its
-    /// `max_connections` slot is held as long as it is open.
-    async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
-        let _one = h2.connecting.lock().await;
-        if let Some(s) = h2.live() {
-            return Ok(s);
+    /// The endpoint's connection: the one open, else the one being made (a connect begun if
+    /// none is), waited for with `waiting` set to [`WAIT_CONNECT`]. Every request waiting for
+    /// one connect gets its outcome at once: a connect that fails fails them all with its
+    /// error, none waits for a connect after it.
+    async fn connect_h2(
+        self: &Arc<Self>,
+        h2: &H2,
+        addr: SocketAddr,
+        waiting: &AtomicU8,
+    ) -> Result<Live, SendError> {
+        let connecting = {
+            let mut held = h2.connecting.lock();
+            if let Some(live) = h2.live() {
+                return Ok(live);
+            }
+            match &*held {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(Connecting::default());
+                    *held = Some(c.clone());
+                    let (pool, told) = (self.clone(), c.clone());
+                    tokio::spawn(async move {
+                        let Some(h2) = pool.h2.as_ref() else { return };
+                        let made = pool.make_h2(h2, addr).await;
+                        if let Ok(live) = &made {
+                            *h2.sender.lock() = Some(live.clone());
+                        }
+                        let _ = told.outcome.set(made);
+                        *h2.connecting.lock() = None;
+                        told.done.notify_waiters();
+                    });
+                    c
+                }
+            }
+        };
+        waiting.store(WAIT_CONNECT, Ordering::Relaxed);
+        let outcome = loop {
+            let told = connecting.done.notified();
+            if let Some(o) = connecting.outcome.get() {
+                break o;
+            }
+            told.await;
+        };
+        waiting.store(WAIT_NONE, Ordering::Relaxed);
+        match outcome {
+            Ok(live) => Ok(live.clone()),
+            Err(e) => Err(copy(e)),
         }
+    }
+
+    /// Makes a connection to the endpoint, within `connect_timeout`. Its `max_connections`
+    /// slot is held as long as it is open.
+    async fn make_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
         // The connection before it may still be closing with its slot: waited for, within
         // the connect timeout.
@@ -464,9 +553,7 @@ impl Pool {
             Err(_) => return Err(not_http2(NO_SETTINGS)),
         }
         let id = h2.made.fetch_add(1, Ordering::Relaxed);
-        let live = Live { id, sender, link };
-        *h2.sender.lock() = Some(live.clone());
-        Ok(live)
+        Ok(Live { id, sender, link })
     }
 }
 

@@ -102,15 +102,15 @@ impl Link {
     /// connection closes first (the request was never handed to it).
     pub(crate) async fn slot(
         self: &Arc<Self>,
-        waiting: &std::sync::atomic::AtomicBool,
+        waiting: &std::sync::atomic::AtomicU8,
     ) -> Result<Slot, Closed> {
         let permit = match self.slots.try_acquire() {
             Ok(p) => Ok(p),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                waiting.store(true, Ordering::Relaxed);
+                waiting.store(super::WAIT_STREAM, Ordering::Relaxed);
                 let got = self.slots.acquire().await.map_err(|_| ());
-                waiting.store(false, Ordering::Relaxed);
+                waiting.store(super::WAIT_NONE, Ordering::Relaxed);
                 got
             }
         };
@@ -377,7 +377,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::AtomicU8;
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = u32::try_from(payload.len()).expect("small");
@@ -429,7 +429,7 @@ mod tests {
         let link = Link::new(100);
         let mut r = Reader::default();
         r.read(&settings(Some(2)), &link);
-        let waiting = AtomicBool::new(false);
+        let waiting = AtomicU8::new(0);
         let a = link.slot(&waiting).await.expect("a");
         let b = link.slot(&waiting).await.expect("b");
         r.read(&settings(Some(1)), &link);
@@ -447,11 +447,11 @@ mod tests {
         let link = Link::new(100);
         let mut r = Reader::default();
         r.read(&settings(Some(1)), &link);
-        let waiting = AtomicBool::new(false);
+        let waiting = AtomicU8::new(0);
         let held = link.slot(&waiting).await.expect("the one place");
         let waiter = {
             let link = link.clone();
-            tokio::spawn(async move { link.slot(&AtomicBool::new(false)).await.map(drop) })
+            tokio::spawn(async move { link.slot(&AtomicU8::new(0)).await.map(drop) })
         };
         tokio::task::yield_now().await;
         r.read(&frame(0x7, 0, &[0, 0, 0, 1, 0, 0, 0, 0]), &link);
