@@ -484,7 +484,9 @@ pub(super) fn try_once<'a>(
                     // An HTTP/2 upstream that refused the stream (still, after it went again):
                     // nothing was lost, it did not take the request.
                     (SendError::Reset(r), _) if r.refused() => {
-                        format!("upstream {name} ({addr}) refused the stream")
+                        crate::proxy::pool::h2_message(r, name, addr).unwrap_or_else(|| {
+                            format!("upstream {name} ({addr}) refused the stream")
+                        })
                     }
                     // An HTTP/2 upstream's stream reset, connection closed with an error or
                     // refused as malformed, or one that does not speak HTTP/2: said as such.

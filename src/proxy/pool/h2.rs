@@ -4,7 +4,8 @@
 //! h2c with prior knowledge in clear, ALPN `h2` over `tls`. The protocol (streams, flow
 //! control, trailers, `GOAWAY`) is hyper's client; what is rampart's is small: the connection
 //! is made on the first request (and again after it closed), counted in
-//! `rampart_upstream_connections` and against `max_connections` while it lasts, and each
+//! `rampart_upstream_connections` while it lasts (not against `max_connections`: one is in
+//! use, and those going away after a `GOAWAY` end with their streams), and each
 //! request goes out with the lines rampart adds ([`Added`]) and `te: trailers`, its answer's
 //! trailers passed on to the client.
 //!
@@ -248,6 +249,10 @@ pub(crate) fn message(error: &UpstreamError, name: &str, addr: SocketAddr) -> Op
         _ => return None,
     };
     let reason = h2.reason()?;
+    if h2.is_remote() && h2.is_reset() && reason == h2::Reason::REFUSED_STREAM {
+        // Still, after it went again: nothing was lost, it did not take the request.
+        return Some(format!("upstream {name} ({addr}) refused the stream"));
+    }
     if h2.is_remote() && h2.is_reset() {
         return Some(format!(
             "upstream {name} ({addr}) reset the stream ({reason:?}) before its answer"
@@ -256,6 +261,12 @@ pub(crate) fn message(error: &UpstreamError, name: &str, addr: SocketAddr) -> Op
     if h2.is_remote() && h2.is_go_away() && reason != h2::Reason::NO_ERROR {
         return Some(format!(
             "upstream {name} ({addr}) closed the HTTP/2 connection (GOAWAY {reason:?}) before the answer"
+        ));
+    }
+    if h2.is_remote() && h2.is_go_away() {
+        // Above the GOAWAY's last stream id, on each connection it went on (`refusal`).
+        return Some(format!(
+            "upstream {name} ({addr}) sent GOAWAY on each HTTP/2 connection the request went on, without taking it; it was not processed"
         ));
     }
     if h2.is_library()
@@ -499,16 +510,15 @@ impl Pool {
         }
     }
 
-    /// Makes a connection to the endpoint, within `connect_timeout`. Its `max_connections`
-    /// slot is held as long as it is open.
+    /// Makes a connection to the endpoint, within `connect_timeout`, counted in
+    /// `rampart_upstream_connections` as long as it is open.
     async fn make_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
-        // The connection before it may still be closing with its slot: waited for, within
-        // the connect timeout.
-        let slot = self
-            .slot_by(deadline)
-            .await
-            .ok_or_else(|| connect_timed_out(addr))?;
+        // Counted in `rampart_upstream_connections`, not held against `max_connections`: the
+        // connection before it may be going away (a `GOAWAY`) with long streams still open on
+        // it, and the requests after it must not wait for their end (as Envoy, a draining
+        // connection does not count against a cap).
+        let slot = super::Slot::uncapped(self);
         let stream = self.dial_warned(addr, deadline).await?;
         let link = Link::new(MAX_STREAMS);
         let stream = Watched::new(stream, link.clone());

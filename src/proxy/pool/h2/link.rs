@@ -40,6 +40,8 @@ pub(crate) struct Link {
     state: AtomicU8,
     /// Told when `state` leaves [`OPENING`].
     settled: Notify,
+    /// The upstream's first `SETTINGS` came (whatever came after it).
+    spoke: std::sync::atomic::AtomicBool,
     /// The streams allowed at once: the upstream's limit, at most `cap`.
     limit: parking_lot::Mutex<usize>,
     /// Permits to take back as streams end: the limit went down with more open than it.
@@ -68,6 +70,7 @@ impl Link {
             slots: Semaphore::new(0),
             state: AtomicU8::new(OPENING),
             settled: Notify::new(),
+            spoke: std::sync::atomic::AtomicBool::new(false),
             limit: parking_lot::Mutex::new(0),
             owed: AtomicUsize::new(0),
             cap,
@@ -83,10 +86,15 @@ impl Link {
         }
     }
 
-    /// Waits until the upstream's first `SETTINGS` came (`Ok`), or the connection closed.
+    /// Waits until the upstream's first `SETTINGS` came (`Ok`, even if a `GOAWAY` came right
+    /// after it: the upstream speaks HTTP/2, and the requests for it go elsewhere as from any
+    /// connection going away), or the connection closed before.
     pub(crate) async fn settled(&self) -> Result<(), Closed> {
         loop {
             let told = self.settled.notified();
+            if self.spoke.load(Ordering::Acquire) {
+                return Ok(());
+            }
             if let Some(c) = self.closed() {
                 return Err(c);
             }
@@ -151,6 +159,7 @@ impl Link {
             self.set_limit(want);
         }
         if first {
+            self.spoke.store(true, Ordering::Release);
             let _ =
                 self.state
                     .compare_exchange(OPENING, READY, Ordering::AcqRel, Ordering::Acquire);
