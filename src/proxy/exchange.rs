@@ -379,7 +379,7 @@ pub(super) fn try_once<'a>(
         let _load = ep.health.start();
         // What the writer adds to the head: a `host` naming this endpoint if the request has none.
         // Set while the try waits for a stream of an HTTP/2 upstream's connection.
-        let waiting = std::sync::atomic::AtomicBool::new(false);
+        let waiting = std::sync::atomic::AtomicU8::new(crate::proxy::pool::h2::WAIT_NONE);
         let added = forward::Added {
             deadline: ctx.deadline.as_ref(),
             waiting: Some(&waiting),
@@ -505,7 +505,9 @@ pub(super) fn try_once<'a>(
                     // An HTTP/2 upstream that refused the stream (still, after it went again):
                     // nothing was lost, it did not take the request.
                     (SendError::Reset(r), _) if r.refused() => {
-                        format!("upstream {name} ({addr}) refused the stream")
+                        crate::proxy::pool::h2_message(r, name, addr).unwrap_or_else(|| {
+                            format!("upstream {name} ({addr}) refused the stream")
+                        })
                     }
                     // An HTTP/2 upstream's stream reset, connection closed with an error or
                     // refused as malformed, or one that does not speak HTTP/2: said as such.
@@ -551,17 +553,17 @@ pub(super) fn try_once<'a>(
                         ctx.limit.unwrap_or_default()
                     }
                 };
-                let msg = if waiting.load(std::sync::atomic::Ordering::Relaxed) {
+                let (name, addr) = (&up.name, ep.addr);
+                let msg = match waiting.load(std::sync::atomic::Ordering::Relaxed) {
                     // It never left rampart: the HTTP/2 connection had no stream free.
-                    format!(
-                        "no stream free on the HTTP/2 connection to upstream {} ({}) within {:?} (the upstream's limit of concurrent streams reached); the request was not sent",
-                        up.name, ep.addr, limit
-                    )
-                } else {
-                    format!(
-                        "no answer from upstream {} ({}) within {:?}",
-                        up.name, ep.addr, limit
-                    )
+                    crate::proxy::pool::h2::WAIT_STREAM => format!(
+                        "no stream free on the HTTP/2 connection to upstream {name} ({addr}) within {limit:?} (the upstream's limit of concurrent streams reached); the request was not sent"
+                    ),
+                    // Nor here: the connection it would go on was still being made.
+                    crate::proxy::pool::h2::WAIT_CONNECT => format!(
+                        "the HTTP/2 connection to upstream {name} ({addr}) was still being made after {limit:?}; the request was not sent"
+                    ),
+                    _ => format!("no answer from upstream {name} ({addr}) within {limit:?}"),
                 };
                 *tried = Tried {
                     outcome: Outcome::Timeout,

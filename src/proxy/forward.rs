@@ -310,10 +310,11 @@ pub struct Added<'a> {
     /// The request's deadline, if it has one: not a line of the request, but the bound on
     /// writing the rest of its upload once its answer has ended (see `pool::finish_upload`).
     pub deadline: Option<&'a tokio::time::Instant>,
-    /// Set while the try waits for a stream of an HTTP/2 upstream's connection (its
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` reached), so that a timeout can say the request was
-    /// never sent. `None`: not told.
-    pub waiting: Option<&'a std::sync::atomic::AtomicBool>,
+    /// What the try waits for before its request is sent to an HTTP/2 upstream: a stream of
+    /// its connection (its `SETTINGS_MAX_CONCURRENT_STREAMS` reached), or the connection
+    /// itself (`pool::h2::WAIT_*`), so that a timeout can say the request was never sent.
+    /// `None`: not told.
+    pub waiting: Option<&'a std::sync::atomic::AtomicU8>,
 }
 
 impl Added<'_> {

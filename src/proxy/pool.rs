@@ -106,7 +106,8 @@ const TLS_WARN_EVERY_MS: u64 = 10_000;
 /// or a CONNECT tunnel's ([`Pool::tunnel_slot`]).
 #[derive(Debug)]
 pub(super) struct Slot {
-    _permit: OwnedSemaphorePermit,
+    /// `None` for an HTTP/2 connection's: `max_connections` does not cap them (`h2`).
+    _permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
     open: IntGauge,
 }
@@ -115,7 +116,19 @@ impl Slot {
     fn new(permit: OwnedSemaphorePermit, pool: &Pool) -> Slot {
         pool.open.inc();
         Slot {
-            _permit: permit,
+            _permit: Some(permit),
+            freed: pool.freed.clone(),
+            open: pool.open.clone(),
+        }
+    }
+}
+
+impl Slot {
+    /// An HTTP/2 connection's: counted, not capped.
+    fn uncapped(pool: &Pool) -> Slot {
+        pool.open.inc();
+        Slot {
+            _permit: None,
             freed: pool.freed.clone(),
             open: pool.open.clone(),
         }
@@ -376,7 +389,7 @@ impl Pool {
     }
 
     /// A slot of this endpoint's `max_connections` for a connection that is not pooled: a
-    /// CONNECT tunnel's, an HTTP/2 one's. At the cap an idle pooled connection is closed to
+    /// CONNECT tunnel's. At the cap an idle pooled connection is closed to
     /// make room; with none idle, this waits for a connection to close until `deadline`
     /// (`None` then).
     pub(super) async fn slot_by(&self, deadline: Instant) -> Option<Slot> {

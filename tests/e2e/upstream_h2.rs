@@ -2,6 +2,7 @@
 //! server (hyper's, h2c with prior knowledge or TLS with ALPN `h2`) answers with trailers;
 //! clients reach it through rampart over HTTP/2 and HTTP/1.1.
 
+mod connect;
 mod odd;
 mod waiting;
 mod window;

@@ -269,7 +269,6 @@ mod tests {
     /// upload still streams whole, and nothing goes again.
     #[tokio::test]
     async fn an_answered_try_lets_what_it_kept_go_and_still_sends_the_rest() {
-        use http_body::Body as _;
         let fault = Arc::new(FaultCell::default());
         fault
             .received
@@ -284,9 +283,11 @@ mod tests {
         assert_eq!(replay.kept.lock().size, 3, "the first frame is kept");
 
         replay.release();
-        let kept = replay.kept.lock();
-        assert_eq!((kept.state, kept.data.len()), (State::Lost, 0), "let go");
-        drop(kept);
+        let now = {
+            let kept = replay.kept.lock();
+            (kept.state, kept.data.len())
+        };
+        assert_eq!(now, (State::Lost, 0), "let go");
         let rest = sending.collect().await.expect("the rest").to_bytes();
         assert_eq!(rest, "defg", "the upload goes on without the record");
         assert!(replay.again().is_none(), "answered: never sent again");

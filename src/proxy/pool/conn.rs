@@ -858,7 +858,7 @@ mod tests {
     fn over(wire: &Wire) -> Box<Conn> {
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let slot = Slot {
-            _permit: permit,
+            _permit: Some(permit),
             freed: Arc::new(Notify::new()),
             open: prometheus::IntGauge::new("open", "test").unwrap(),
         };

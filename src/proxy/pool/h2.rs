@@ -4,7 +4,8 @@
 //! h2c with prior knowledge in clear, ALPN `h2` over `tls`. The protocol (streams, flow
 //! control, trailers, `GOAWAY`) is hyper's client; what is rampart's is small: the connection
 //! is made on the first request (and again after it closed), counted in
-//! `rampart_upstream_connections` and against `max_connections` while it lasts, and each
+//! `rampart_upstream_connections` while it lasts (not against `max_connections`: one is in
+//! use, and those going away after a `GOAWAY` end with their streams), and each
 //! request goes out with the lines rampart adds ([`Added`]) and `te: trailers`, its answer's
 //! trailers passed on to the client.
 //!
@@ -29,7 +30,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -89,9 +90,28 @@ pub(crate) struct H2 {
     sender: parking_lot::Mutex<Option<Live>>,
     /// The number of the next connection.
     made: AtomicU64,
-    /// Held while a connection is made, so concurrent requests wait for that one.
-    connecting: tokio::sync::Mutex<()>,
+    /// The connect under way, if any: every request that finds no connection waits for its
+    /// outcome, so that they all fail at once when it fails, not one connect timeout each.
+    connecting: parking_lot::Mutex<Option<Arc<Connecting>>>,
 }
+
+/// One connect to an endpoint, made in a task of its own (a request that leaves does not
+/// end it for the others), and the requests waiting for it (as Envoy fails every request
+/// pending on a connect that failed).
+#[derive(Debug, Default)]
+struct Connecting {
+    /// The connection, or why there is none (each waiter gets its own copy).
+    outcome: std::sync::OnceLock<Result<Live, SendError>>,
+    /// Told when `outcome` is set.
+    done: tokio::sync::Notify,
+}
+
+/// What a request waits for (`Added::waiting`): nothing.
+pub(crate) const WAIT_NONE: u8 = 0;
+/// A stream of the endpoint's HTTP/2 connection: it is at its limit ([`link`]).
+pub(crate) const WAIT_STREAM: u8 = 1;
+/// A connect to the endpoint (the first, or after the last went away).
+pub(crate) const WAIT_CONNECT: u8 = 2;
 
 /// One HTTP/2 connection of an endpoint.
 #[derive(Clone, Debug)]
@@ -264,6 +284,10 @@ pub(crate) fn message(error: &UpstreamError, name: &str, addr: SocketAddr) -> Op
         _ => return None,
     };
     let reason = h2.reason()?;
+    if h2.is_remote() && h2.is_reset() && reason == h2::Reason::REFUSED_STREAM {
+        // Still, after it went again: nothing was lost, it did not take the request.
+        return Some(format!("upstream {name} ({addr}) refused the stream"));
+    }
     if h2.is_remote() && h2.is_reset() {
         return Some(format!(
             "upstream {name} ({addr}) reset the stream ({reason:?}) before its answer"
@@ -272,6 +296,12 @@ pub(crate) fn message(error: &UpstreamError, name: &str, addr: SocketAddr) -> Op
     if h2.is_remote() && h2.is_go_away() && reason != h2::Reason::NO_ERROR {
         return Some(format!(
             "upstream {name} ({addr}) closed the HTTP/2 connection (GOAWAY {reason:?}) before the answer"
+        ));
+    }
+    if h2.is_remote() && h2.is_go_away() {
+        // Above the GOAWAY's last stream id, on each connection it went on (`refusal`).
+        return Some(format!(
+            "upstream {name} ({addr}) sent GOAWAY on each HTTP/2 connection the request went on, without taking it; it was not processed"
         ));
     }
     if h2.is_library()
@@ -301,6 +331,29 @@ fn malformed(error: &hyper::Error) -> bool {
         })
 }
 
+/// A failed connect's error, for one of the requests that waited for it: the same error, its
+/// source's words kept (an I/O error's kind too).
+fn copy(error: &SendError) -> SendError {
+    let words = |e: &dyn std::error::Error| std::io::Error::other(e.to_string());
+    match error {
+        SendError::Connect {
+            addr,
+            timed_out,
+            source,
+        } => SendError::Connect {
+            addr: *addr,
+            timed_out: *timed_out,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        SendError::Handshake { addr, source } => SendError::Handshake {
+            addr: *addr,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        SendError::Reset(UpstreamError::NotHttp2(why)) => not_http2(why),
+        SendError::Reset(e) => SendError::Reset(UpstreamError::Io(words(e))),
+    }
+}
+
 /// A copy of `body` to send again, if it is in memory (no copy of its bytes).
 fn again(body: &Body) -> Option<Body> {
     match body {
@@ -317,7 +370,7 @@ impl Pool {
     /// Sends a request over the endpoint's HTTP/2 connection (made first if there is none
     /// open). `added`, `parts` and `body` as for [`Pool::send`].
     pub(super) async fn send_h2(
-        &self,
+        self: &Arc<Self>,
         h2: &H2,
         addr: SocketAddr,
         parts: &Parts,
@@ -332,7 +385,8 @@ impl Pool {
             _ => None,
         };
         let (mut refused, mut moved) = (0, 0);
-        let unwatched = AtomicBool::new(false);
+        let unwatched = AtomicU8::new(WAIT_NONE);
+        let waiting = added.waiting.unwrap_or(&unwatched);
         let (rsp, stream) = loop {
             let Live {
                 id,
@@ -340,14 +394,14 @@ impl Pool {
                 link,
             } = match h2.live(addr) {
                 Some(live) => live,
-                None => self.connect_h2(h2, addr).await?,
+                None => self.connect_h2(h2, addr, waiting).await?,
             };
             // A place for the stream on this connection: waited for (the caller bounds the
             // wait) while the upstream's limit (or `MAX_STREAMS`) of streams is open. Nothing
             // is handed to hyper before, so a request that waits is never sent if its try ends
             // (its client gone, its timeout), and goes to a new connection if this one goes
             // away meanwhile, whatever its method: it never reached the upstream.
-            let slot = match link.slot(added.waiting.unwrap_or(&unwatched)).await {
+            let slot = match link.slot(waiting).await {
                 Ok(s) => s,
                 Err(why) => {
                     h2.retire(id);
@@ -469,20 +523,65 @@ impl Pool {
         ))
     }
 
-    /// Makes the endpoint's connection, unless another request made one meanwhile. Its
-    /// `max_connections` slot is held as long as it is open.
-    async fn connect_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
-        let _one = h2.connecting.lock().await;
-        if let Some(s) = h2.live(addr) {
-            return Ok(s);
+    /// The endpoint's connection: the one open, else the one being made (a connect begun if
+    /// none is), waited for with `waiting` set to [`WAIT_CONNECT`]. Every request waiting for
+    /// one connect gets its outcome at once: a connect that fails fails them all with its
+    /// error, none waits for a connect after it.
+    async fn connect_h2(
+        self: &Arc<Self>,
+        h2: &H2,
+        addr: SocketAddr,
+        waiting: &AtomicU8,
+    ) -> Result<Live, SendError> {
+        let connecting = {
+            let mut held = h2.connecting.lock();
+            if let Some(live) = h2.live(addr) {
+                return Ok(live);
+            }
+            match &*held {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(Connecting::default());
+                    *held = Some(c.clone());
+                    let (pool, told) = (self.clone(), c.clone());
+                    tokio::spawn(async move {
+                        let Some(h2) = pool.h2.as_ref() else { return };
+                        let made = pool.make_h2(h2, addr).await;
+                        if let Ok(live) = &made {
+                            *h2.sender.lock() = Some(live.clone());
+                        }
+                        let _ = told.outcome.set(made);
+                        *h2.connecting.lock() = None;
+                        told.done.notify_waiters();
+                    });
+                    c
+                }
+            }
+        };
+        waiting.store(WAIT_CONNECT, Ordering::Relaxed);
+        let outcome = loop {
+            let told = connecting.done.notified();
+            if let Some(o) = connecting.outcome.get() {
+                break o;
+            }
+            told.await;
+        };
+        waiting.store(WAIT_NONE, Ordering::Relaxed);
+        match outcome {
+            Ok(live) => Ok(live.clone()),
+            Err(e) => Err(copy(e)),
         }
+    }
+
+    /// Makes a connection to the endpoint, within `connect_timeout`, counted in
+    /// `rampart_upstream_connections` as long as it is open.
+    async fn make_h2(&self, h2: &H2, addr: SocketAddr) -> Result<Live, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
-        // The connection before it may still be closing with its slot: waited for, within
-        // the connect timeout.
-        let slot = self
-            .slot_by(deadline)
-            .await
-            .ok_or_else(|| connect_timed_out(addr))?;
+        // Counted in `rampart_upstream_connections`, not held against `max_connections`: the
+        // connection before it may be going away (a `GOAWAY`) with long streams still open on
+        // it, and the requests after it must not wait for their end (as Envoy, a draining
+        // connection does not count against a cap).
+        let slot = super::Slot::uncapped(self);
         let stream = self.dial_warned(addr, deadline).await?;
         let link = Link::new(MAX_STREAMS);
         let stream = Watched::new(stream, link.clone());
@@ -514,9 +613,7 @@ impl Pool {
             Err(_) => return Err(not_http2(NO_SETTINGS)),
         }
         let id = h2.made.fetch_add(1, Ordering::Relaxed);
-        let live = Live { id, sender, link };
-        *h2.sender.lock() = Some(live.clone());
-        Ok(live)
+        Ok(Live { id, sender, link })
     }
 }
 

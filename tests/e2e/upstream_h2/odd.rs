@@ -212,7 +212,7 @@ async fn a_forbidden_field_in_an_h2_answer_head_is_a_502_saying_malformed() {
 }
 
 /// The 502 message of `rsp`.
-fn message(rsp: &http::Resp) -> String {
+pub(super) fn message(rsp: &http::Resp) -> String {
     rsp.json()["message"]
         .as_str()
         .unwrap_or_default()

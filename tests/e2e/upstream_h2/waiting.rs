@@ -285,3 +285,29 @@ async fn a_request_whose_client_left_while_it_waited_for_a_stream_is_never_sent(
         "only the held request and the one after were sent"
     );
 }
+
+/// With `max_connections: 1`, a connection going away (`GOAWAY`) with a long stream still open
+/// on it does not hold back the next: a request after the `GOAWAY` goes on a new connection at
+/// once, and the long stream still finishes on the old one. Before, the new connection waited
+/// for the old one's `max_connections` place until `connect_timeout`: a 502 "cannot connect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_going_away_does_not_hold_max_connections_from_the_next() {
+    let up = Limited::start().await;
+    let proxy = proxy(up.addr, ", max_connections: 1").await;
+    let addr = proxy.listener("inbound");
+    let held = held(&up, addr).await;
+    up.say(Say::GoAway(1));
+    let rsp = http::get(addr, "/next", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 2".to_owned()),
+        "{}",
+        proxy.log()
+    );
+    up.say(Say::Release);
+    let rsp = held.await.expect("the held request");
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 1".to_owned())
+    );
+}

@@ -54,6 +54,8 @@ pub(crate) struct Link {
     state: AtomicU8,
     /// Told when `state` leaves [`OPENING`].
     settled: Notify,
+    /// The upstream's first `SETTINGS` came (whatever came after it).
+    spoke: std::sync::atomic::AtomicBool,
     /// The streams allowed at once: the upstream's limit, at most `cap`.
     limit: parking_lot::Mutex<usize>,
     /// Permits to take back as streams end: the limit went down with more open than it.
@@ -87,6 +89,7 @@ impl Link {
             slots: Semaphore::new(0),
             state: AtomicU8::new(OPENING),
             settled: Notify::new(),
+            spoke: std::sync::atomic::AtomicBool::new(false),
             limit: parking_lot::Mutex::new(0),
             owed: AtomicUsize::new(0),
             cap,
@@ -129,10 +132,15 @@ impl Link {
         }
     }
 
-    /// Waits until the upstream's first `SETTINGS` came (`Ok`), or the connection closed.
+    /// Waits until the upstream's first `SETTINGS` came (`Ok`, even if a `GOAWAY` came right
+    /// after it: the upstream speaks HTTP/2, and the requests for it go elsewhere as from any
+    /// connection going away), or the connection closed before.
     pub(crate) async fn settled(&self) -> Result<(), Closed> {
         loop {
             let told = self.settled.notified();
+            if self.spoke.load(Ordering::Acquire) {
+                return Ok(());
+            }
             if let Some(c) = self.closed() {
                 return Err(c);
             }
@@ -148,15 +156,15 @@ impl Link {
     /// connection closes first (the request was never handed to it).
     pub(crate) async fn slot(
         self: &Arc<Self>,
-        waiting: &std::sync::atomic::AtomicBool,
+        waiting: &std::sync::atomic::AtomicU8,
     ) -> Result<Slot, Closed> {
         let permit = match self.slots.try_acquire() {
             Ok(p) => Ok(p),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                waiting.store(true, Ordering::Relaxed);
+                waiting.store(super::WAIT_STREAM, Ordering::Relaxed);
                 let got = self.slots.acquire().await.map_err(|_| ());
-                waiting.store(false, Ordering::Relaxed);
+                waiting.store(super::WAIT_NONE, Ordering::Relaxed);
                 got
             }
         };
@@ -197,6 +205,7 @@ impl Link {
             self.set_limit(want);
         }
         if first {
+            self.spoke.store(true, Ordering::Release);
             let _ =
                 self.state
                     .compare_exchange(OPENING, READY, Ordering::AcqRel, Ordering::Acquire);
@@ -545,7 +554,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::AtomicU8;
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = u32::try_from(payload.len()).expect("small");
@@ -597,7 +606,7 @@ mod tests {
         let link = Link::new(100);
         let mut r = Reader::default();
         r.read(&settings(Some(2)), &link);
-        let waiting = AtomicBool::new(false);
+        let waiting = AtomicU8::new(0);
         let a = link.slot(&waiting).await.expect("a");
         let b = link.slot(&waiting).await.expect("b");
         r.read(&settings(Some(1)), &link);
@@ -615,11 +624,11 @@ mod tests {
         let link = Link::new(100);
         let mut r = Reader::default();
         r.read(&settings(Some(1)), &link);
-        let waiting = AtomicBool::new(false);
+        let waiting = AtomicU8::new(0);
         let held = link.slot(&waiting).await.expect("the one place");
         let waiter = {
             let link = link.clone();
-            tokio::spawn(async move { link.slot(&AtomicBool::new(false)).await.map(drop) })
+            tokio::spawn(async move { link.slot(&AtomicU8::new(0)).await.map(drop) })
         };
         tokio::task::yield_now().await;
         r.read(&frame(0x7, 0, &[0, 0, 0, 1, 0, 0, 0, 0]), &link);
