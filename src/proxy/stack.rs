@@ -178,6 +178,7 @@ pub const INBOUND_ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, P
 /// less in every connection's task and one copy less per request. (`exchange::run` and
 /// `h1::write::answer` are written the same way for the same reason.)
 #[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+#[allow(clippy::too_many_arguments)] // each is the request's own; a struct would be one more copy
 pub fn handle<'a>(
     shared: &'a Shared,
     gen: &'a Generation,
