@@ -12,7 +12,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body::Body as _;
 
 use super::body::Body;
-use super::respond::{self, REASON_HEADER};
+use super::respond;
 use super::tee::{Ending, Keeper, Tee};
 use crate::policy::fallback::store::{Key, StaleStore, MAX_BODY};
 use crate::policy::fallback::{may_keep, Keep, RouteFallback};
@@ -33,8 +33,9 @@ struct StaleKeeper {
 /// request that carried `authorization`).
 pub fn apply(fb: &RouteFallback, keep: Option<Keep>, rsp: Response<Body>) -> Response<Body> {
     if !rsp.body().is_upstream() {
-        // rampart's own answer: the reason header names why (an upstream's is never trusted).
-        let Some(reason) = rsp.headers().get(REASON_HEADER) else {
+        // rampart's own answer (`respond::mark_own`): its reason header names why. Any other
+        // (an upstream's with no body, a replay) is left as it is, whatever its headers say.
+        let Some(reason) = respond::own_reason(&rsp) else {
             return rsp;
         };
         return match fb.replacement(reason.as_bytes(), keep.as_ref().map(|k| &k.key)) {
@@ -87,6 +88,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::error::Reason;
+    use crate::proxy::respond::REASON_HEADER;
 
     fn key() -> Key {
         Key {

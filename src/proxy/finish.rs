@@ -19,7 +19,7 @@ use super::ctx::TryLog;
 use super::forward::{new_request_id, Sent, X_REQUEST_ID};
 use super::grpc::{self, is_grpc, GRPC_STATUS};
 use super::guard::Guards;
-use super::respond::{to_grpc, with_request_id, REASON_HEADER};
+use super::respond::{mark_own, own_reason, to_grpc, with_request_id, REASON_HEADER};
 use super::shared::Shared;
 use crate::generation::{ListenerRt, RouteRt};
 use crate::metrics::TenantMetrics;
@@ -524,9 +524,10 @@ impl<'a> Finish<'a> {
         tries: TryStats,
     ) -> Guards {
         self.settled = true;
-        // Every header lookup hashes a custom name: two, in the common case. (The reason of
-        // rampart's own answer is a static value: its copy costs no allocation.)
-        let own = rsp.headers().get(REASON_HEADER).cloned();
+        // rampart's own answer is marked so (`respond::mark_own`), and only its reason header
+        // is read: an upstream's `x-rampart-reason` (another rampart's, say) passes through as
+        // any header does. (The reason is a static value: its copy costs no allocation.)
+        let own = own_reason(rsp).cloned();
         if own.is_some() {
             if self.grpc {
                 // Counted and logged as sent: a 200 whose `grpc-status` says what happened.
@@ -675,6 +676,7 @@ impl Drop for Finish<'_> {
         if cutting() {
             *rsp.status_mut() = http::StatusCode::from_u16(CUT.0).expect("a valid status code");
             rsp.headers_mut().insert(REASON_HEADER, CUT.1);
+            mark_own(&mut rsp);
         } else {
             self.gone = true;
             *rsp.status_mut() =

@@ -11,7 +11,9 @@
 //!   path as every request (`stack::handle`, via `listener::serve`) with that body as one
 //!   frame, and its answer is written here (`write.rs`) with hyper's framing. A body that
 //!   comes after its head, in later reads, is read into the buffer first, as long as each of
-//!   those reads comes within [`BODY_GAP`] (and `body_idle_timeout`) of the one before;
+//!   those reads comes within [`BODY_GAP`] (and `body_idle_timeout`) of the one before, and
+//!   no route's `timeout.request` can have passed since the head (`BodyWait`): the request's
+//!   time runs from its head, here and in hyper's hands;
 //! - anything else — a chunked body, a larger body, a body whose rest is slower to come than
 //!   that, a malformed or oversized head, an HTTP/2 preface, a half head or body then end of
 //!   stream — hands the connection to hyper for good, with the bytes already read replayed
@@ -102,8 +104,10 @@ pub(super) struct Conn<'a> {
 pub(super) enum End<I> {
     /// Closed (or to be dropped).
     Closed,
-    /// For hyper from here on, the bytes read so far first.
-    HandOff(Rewind<I>),
+    /// For hyper from here on, the bytes read so far first; with when the head of the request
+    /// it takes came, if it came before (its body's rest was slow: the request's time runs
+    /// from its head).
+    HandOff(Rewind<I>, Option<Instant>),
     /// Waiting for a head, with nothing of one read, for [`PARK_AFTER`]: the caller drops
     /// this future (the request path's, about 5 KiB) and waits for the socket with a small
     /// one, then serves it again from [`Start::Resumed`].
@@ -378,8 +382,11 @@ where
                                 super::stack::refuse_outdated(c.shared, lst, head, c.peer, active)
                             }
                             Some(lst) => {
+                                // A body read after its head: the request's time runs from
+                                // the head (`None` for one whole with it: no clock read here).
+                                let arrived = bufs.held().body.take().map(|b| b.head);
                                 let handling = pin!(super::stack::handle(
-                                    c.shared, &gen, lst, req, sent, c.peer, active,
+                                    c.shared, &gen, lst, req, sent, arrived, c.peer, active,
                                 ));
                                 let read = &mut bufs.held().read;
                                 match answer_unless_gone(&mut io, read, handling).await {
@@ -402,7 +409,9 @@ where
                         }
                         continue;
                     }
-                    Parsed::HandOff => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                    Parsed::HandOff => {
+                        return End::HandOff(Rewind::new(bufs.into_read(), io), None)
+                    }
                     Parsed::Refuse(refusal) => {
                         let req = parse::refused_line(read);
                         let active = c.state.begin();
@@ -432,6 +441,8 @@ where
                         timing = false;
                         want = need;
                         read.reserve(need - read.len());
+                        let wait = BodyWait::from(Instant::now(), &c);
+                        bufs.held().body = Some(wait);
                     }
                 }
             }
@@ -465,7 +476,11 @@ where
                     let now = clock.now();
                     due = match want {
                         0 => given.unwrap_or_else(|| now + wait_limit),
-                        _ => now + body_gap,
+                        // No later than the end of the body's wait (`BodyWait::ends`).
+                        _ => match bufs.held.as_ref().and_then(|h| h.body?.ends) {
+                            Some(ends) => ends.min(now + body_gap),
+                            None => now + body_gap,
+                        },
                     };
                     park_at = (parks && want == 0).then(|| now + PARK_AFTER);
                 }
@@ -505,9 +520,13 @@ where
                         tracing::debug!(peer = %c.peer.addr, error = %e, "connection read failed");
                         return End::Closed;
                     }
-                    // The rest is slow to come, the stream ended inside the body, or the
-                    // listener stops: hyper takes the request as it is (and answers, or drains).
-                    _ => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                    // The rest is slow to come, the stream ended inside the body, the request's
+                    // deadline may come before it does, or the listener stops: hyper takes the
+                    // request as it is (and answers, or drains), its time run from its head.
+                    _ => {
+                        let arrived = bufs.held().body.take().map(|b| b.head);
+                        return End::HandOff(Rewind::new(bufs.into_read(), io), arrived);
+                    }
                 }
                 continue;
             }
@@ -517,7 +536,7 @@ where
                     return End::Closed;
                 }
                 // The end of the stream inside a head: hyper says what it says today.
-                Wake::Read(Ok(0)) => return End::HandOff(Rewind::new(bufs.into_read(), io)),
+                Wake::Read(Ok(0)) => return End::HandOff(Rewind::new(bufs.into_read(), io), None),
                 Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => {
                     tracing::debug!(peer = %c.peer.addr, error = %e, "connection read failed");
@@ -565,6 +584,38 @@ struct Held {
     /// What the parser keeps from head to head (a new connection takes an earlier one's: a
     /// kept name is used only where the same bytes are sent again).
     reuse: Reuse,
+    /// While a body is read after its head: when the head came, and how long it may be read.
+    /// (Here, not in the connection's future: only a body slower than its head needs it.)
+    body: Option<BodyWait>,
+}
+
+/// A body read whole after its head ([`BODY_GAP`]).
+#[derive(Clone, Copy, Debug)]
+struct BodyWait {
+    /// When the head came: the request's time (its deadline among it) runs from here.
+    head: Instant,
+    /// When the reading ends and hyper takes the request, streaming the rest: the first
+    /// moment the request's deadline may pass (the shortest `timeout.request` of the
+    /// listener's routes, counted from `head`), so that the deadline is kept while the body
+    /// comes (hyper's path answers 408 `client_timeout` at it). `None`: no route has one.
+    ends: Option<Instant>,
+}
+
+impl BodyWait {
+    /// The wait of a body whose head came at `head`, under the routes in force now.
+    fn from(head: Instant, c: &Conn<'_>) -> Self {
+        let gen = c.shared.current.load();
+        let soonest = gen.listener(&c.addr).and_then(|l| {
+            l.routes
+                .iter()
+                .filter_map(|r| r.policy.request_timeout)
+                .min()
+        });
+        BodyWait {
+            head,
+            ends: soonest.map(|t| head + t),
+        }
+    }
 }
 
 impl Buffers {
@@ -648,6 +699,7 @@ impl Drop for Buffers {
 /// Puts `held`, whose read buffer is empty, on the thread's shelf; a write buffer grown past
 /// [`OUT_KEEP_MAX`], or a read buffer past [`READ_KEEP_MAX`], is freed first.
 fn shelve(mut held: Box<Held>) {
+    held.body = None;
     if held.out.capacity() > OUT_KEEP_MAX {
         held.out = Vec::new();
     }

@@ -701,6 +701,9 @@ struct ToHyper {
     read: bytes::Bytes,
     /// Where the first head's wait ends: the watchdog keeps to it.
     head_end: Instant,
+    /// When the head of the first request came, if the lean server read it and waited for
+    /// its body (`h1::End::HandOff`): that request's time runs from it.
+    arrived: Option<Instant>,
     /// HTTP/1 for sure: handed over by the lean server, no HTTP/2 preface in `read`.
     h1: bool,
 }
@@ -716,6 +719,7 @@ impl ToHyper {
             io,
             read,
             head_end,
+            arrived,
             h1,
         } = self;
         // hyper's HTTP/1 server does not watch the client while an answer is awaited: this
@@ -730,12 +734,12 @@ impl ToHyper {
         let fut: Pin<Box<dyn Future<Output = ()> + Send>> = match io {
             KeptIo::Plain(io) => {
                 let io = h1::Rewind::new(read, io);
-                super::boxed(|| serve_hyper(conn, io, head_end, watch, streams))
+                super::boxed(|| serve_hyper(conn, io, (head_end, arrived), watch, streams))
             }
             // The session stays boxed: inline, serve_hyper's future would hold it twice.
             KeptIo::Tls(io) => {
                 let io = h1::Rewind::new(read, io);
-                super::boxed(|| serve_hyper(conn, io, head_end, watch, streams))
+                super::boxed(|| serve_hyper(conn, io, (head_end, arrived), watch, streams))
             }
         };
         MarksCut::new(fut, cut)
@@ -898,8 +902,8 @@ where
             h1::Start::Accepted(head) => Instant::now() + head,
             h1::Start::Resumed(w) => w.due,
         };
-        let (read, io) = if h2 {
-            (bytes::Bytes::new(), io)
+        let (read, io, arrived) = if h2 {
+            (bytes::Bytes::new(), io, None)
         } else {
             let c = h1::Conn {
                 shared: &conn.shared,
@@ -910,7 +914,10 @@ where
             };
             match h1::serve(c, io, start, &mut conn.stopped).await {
                 h1::End::Closed => return Next::Closed,
-                h1::End::HandOff(io) => io.into_parts(),
+                h1::End::HandOff(io, arrived) => {
+                    let (read, io) = io.into_parts();
+                    (read, io, arrived)
+                }
                 h1::End::Park(io, wait) => {
                     let io = io.kept();
                     return Next::Park(Parked { conn, io, wait });
@@ -924,6 +931,7 @@ where
             io,
             read,
             head_end,
+            arrived,
             h1,
         })
     }
@@ -963,7 +971,7 @@ impl TaskIo for TlsStream<Sock> {
 async fn serve_hyper<I>(
     conn: Served,
     io: I,
-    head_end: Instant,
+    (head_end, arrived): (Instant, Option<Instant>),
     h1: Option<Option<Arc<h1::gone::Watch>>>,
     streams: Option<Arc<ConnCut>>,
 ) where
@@ -984,14 +992,17 @@ async fn serve_hyper<I>(
     let peer_addr = client.addr;
     let svc = |watch: Option<Arc<h1::gone::Watch>>, cut: Option<Arc<ConnCut>>| {
         let state = state.clone();
+        // Only the first request's head may have come before (the one the lean server read).
+        let first = std::cell::Cell::new(arrived);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, client) = (shared.clone(), client.clone());
+            let arrived = first.take();
             let active = state.begin();
             let req = req.map(ClientIn::Hyper);
             // Boxed: the request path's future is about 5 KiB, and hyper moves what this
             // returns about ten times on its way into an HTTP/2 stream's task and out again
             // (4,700 instructions of `memcpy` a request, against one allocation).
-            let handling = super::boxed(|| serve(shared, addr, req, client, active));
+            let handling = super::boxed(|| serve(shared, addr, req, arrived, client, active));
             CutAlong::new(h1::gone::unless_gone(handling, watch.clone()), cut.clone())
         })
     };
@@ -1146,6 +1157,7 @@ fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
     mut req: http::Request<ClientIn>,
+    arrived: Option<Instant>,
     peer: Arc<Peer>,
     active: super::conn::ConnActive,
 ) -> impl Future<Output = Result<http::Response<super::body::Body>, Infallible>> {
@@ -1227,7 +1239,8 @@ fn serve(
                 let sent = super::forward::Sent::of(req.headers());
                 let http10 =
                     req.version() == http::Version::HTTP_10 && req.method() != http::Method::HEAD;
-                let mut rsp = stack::handle(&shared, &gen, lst, req, sent, &peer, active).await;
+                let mut rsp =
+                    stack::handle(&shared, &gen, lst, req, sent, arrived, &peer, active).await;
                 // hyper writes the answer from its map alone.
                 super::body::whole_headers(&mut rsp);
                 if http10 {

@@ -25,6 +25,26 @@ use crate::policy::idempotency::{StoredAnswer, REPLAY_HEADER};
 /// Name of the header that says why rampart answered.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-rampart-reason");
 
+/// The mark (an extension) of an answer rampart made itself. Its `x-rampart-reason` is read
+/// only on an answer with it ([`own_reason`]): an upstream's answer may carry that header too
+/// (another rampart's, in front of its own service, or any upstream's), and it is passed on
+/// as any upstream header is, never taken for rampart's. An upstream's answer has no
+/// extensions, so the look costs it nothing.
+#[derive(Clone, Copy, Debug)]
+struct Own;
+
+/// Marks `rsp` as rampart's own answer, whose `x-rampart-reason` says why.
+pub fn mark_own(rsp: &mut Response<Body>) {
+    rsp.extensions_mut().insert(Own);
+}
+
+/// The reason of rampart's own answer ([`mark_own`]); `None` for an upstream's answer,
+/// whatever its headers say.
+pub fn own_reason(rsp: &Response<Body>) -> Option<&HeaderValue> {
+    rsp.extensions().get::<Own>()?;
+    rsp.headers().get(REASON_HEADER)
+}
+
 /// Builds the answer for `reason` with a human `message`.
 pub fn answer(reason: Reason, message: &str, retry_after: Option<Duration>) -> Response<Body> {
     let body = serde_json::json!({ "error": reason.as_str(), "message": message }).to_string();
@@ -42,11 +62,12 @@ pub fn answer(reason: Reason, message: &str, retry_after: Option<Duration>) -> R
         let challenge = HeaderValue::from_static("Bearer error=\"invalid_token\"");
         h.insert(WWW_AUTHENTICATE, challenge);
     }
+    mark_own(&mut rsp);
     rsp
 }
 
-/// Adds `"request_id": id` to the JSON body of rampart's own answer (one that carries
-/// `x-rampart-reason`); other answers are left alone, and so is a fallback answer, whose body
+/// Adds `"request_id": id` to the JSON body of rampart's own answer (the caller knows it is:
+/// [`own_reason`]; it carries `x-rampart-reason`); other answers are left alone, and so is a fallback answer, whose body
 /// is a kept upstream answer or the operator's static one, never to be rewritten.
 pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
     let h = rsp.headers();
@@ -74,7 +95,7 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
     *rsp.body_mut() = Body::full(out);
 }
 
-/// rampart's own answer `rsp` (it carries `x-rampart-reason`) in the form a gRPC client reads:
+/// rampart's own answer `rsp` (the caller knows it is: [`own_reason`]) in the form a gRPC client reads:
 /// HTTP 200, no body, `content-type: application/grpc`, and the outcome in `grpc-status` (the
 /// code for the reason, [`grpc::code_for`]) and `grpc-message` (the JSON body's message,
 /// percent-encoded as gRPC asks). Over HTTP/2 that is a "Trailers-Only" answer: one HEADERS
@@ -185,6 +206,7 @@ pub fn degraded(replaced: Reason, with: Replacement) -> Response<Body> {
     h.insert(DEGRADED_HEADER, HeaderValue::from_static(kind));
     h.insert(REASON_HEADER, HeaderValue::from_static(replaced.as_str()));
     without_content(&mut rsp);
+    mark_own(&mut rsp);
     rsp
 }
 

@@ -178,17 +178,23 @@ pub const INBOUND_ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, P
 /// less in every connection's task and one copy less per request. (`exchange::run` and
 /// `h1::write::answer` are written the same way for the same reason.)
 #[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
+#[allow(clippy::too_many_arguments)] // each is the request's own; a struct would be one more copy
 pub fn handle<'a>(
     shared: &'a Shared,
     gen: &'a Generation,
     lst: &'a ListenerRt,
     mut req: Request<ClientIn>,
     sent: Sent,
+    arrived: Option<Instant>,
     peer: &'a Arc<Peer>,
     active: ConnActive,
 ) -> impl Future<Output = Response<Body>> + 'a {
     async move {
-        let started = Instant::now();
+        // The request's time (its deadline, its duration in the metrics and the access log)
+        // runs from when rampart had its head: now, unless its server waited for its body
+        // first (`arrived`: the lean HTTP/1.1 server reads a small body whole before the
+        // request goes on, and hands a slow one to hyper).
+        let started = arrived.unwrap_or_else(Instant::now);
         let guards = Guards {
             in_flight: Some(lst.in_flight.hold()),
             conn: Some(active),
@@ -350,6 +356,12 @@ pub fn handle<'a>(
             .into_iter()
             .flatten()
             .min();
+        // A deadline that passed while the server waited for the body (before the request came
+        // here) is the client's: 408, as one passing while a try streams the body is.
+        if arrived.is_some() && limit.is_some_and(|l| Instant::now() >= started + l) {
+            let rsp = exchange::client_fault_answer(super::body::ClientFault::Late);
+            return fin.answer(&tm, rsp, None, NO_TRY);
+        }
 
         // 4. Load shed: a slot (maybe after a fair wait in the queue), held until the answer's
         //    body ends. A waiter whose deadline passes leaves the queue then (dropping the wait

@@ -863,3 +863,74 @@ async fn an_answer_broken_after_its_head_says_why() {
     assert_eq!(cut["bytes_out"], 5, "{cut}");
     assert_eq!(got.len(), 4, "the whole answer's line thinned: {got:?}");
 }
+
+/// Two upstreams whose answers carry an `x-rampart-reason` of their own (as another rampart's
+/// do, in front of its service): `/grpc` a gRPC call's success, `/json` a 503 with a JSON body.
+const UPSTREAM_REASON: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  ok: { endpoints: [$OK] }
+  busy: { endpoints: [$BUSY] }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG, sample_ok: 100% }
+    routes:
+      - { match: { path_prefix: /grpc }, upstream: ok }
+      - { upstream: busy }
+"#;
+
+const GRPC_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 0\r\nx-rampart-reason: upstream_unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-rampart-reason: timeout\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+
+/// An upstream's `x-rampart-reason` is the upstream's header, never taken for rampart's own
+/// answer: a gRPC call's 200 with `grpc-status: 0` reaches the client as it came (status 0,
+/// its body, the header), a 503's JSON body is not given a `request_id`, and the access log's
+/// `reason` is empty for both. Fails before the fix: the call got `grpc-status: 14` and no
+/// body, the 503's body was rewritten, and both lines had the upstream's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_reason_header_is_passed_on_not_taken_for_ramparts() {
+    use crate::support::capture::Capture;
+    use crate::support::raw;
+    let (ok, busy) = (Capture::start(GRPC_OK).await, Capture::start(BUSY).await);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let log = dir.path().join("access.jsonl");
+    let proxy = Proxy::builder(UPSTREAM_REASON)
+        .var("OK", ok.addr())
+        .var("BUSY", busy.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let wait = std::time::Duration::from_secs(5);
+
+    let call = b"POST /grpc/Svc/M HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let rsp = raw::exchange(addr, call, wait).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(
+        rsp.header("grpc-status").as_deref(),
+        Some("0"),
+        "{}",
+        rsp.text()
+    );
+    assert_eq!(
+        rsp.header("x-rampart-reason").as_deref(),
+        Some("upstream_unavailable")
+    );
+    assert!(rsp.text().ends_with("\r\n\r\nhello"), "{}", rsp.text());
+
+    let get = b"GET /json HTTP/1.1\r\nHost: a\r\nconnection: close\r\n\r\n";
+    let rsp = raw::exchange(addr, get, wait).await;
+    assert_eq!(rsp.status(), Some(503), "{}", rsp.text());
+    assert_eq!(rsp.header("x-rampart-reason").as_deref(), Some("timeout"));
+    assert!(rsp.text().ends_with("\r\n\r\n{}"), "{}", rsp.text());
+
+    let got = wait_lines(&log, 2).await;
+    for line in &got {
+        assert_eq!(line["reason"], "", "{line}");
+    }
+    assert_eq!(got[0]["status"], 200, "{}", got[0]);
+    assert_eq!(got[1]["status"], 503, "{}", got[1]);
+}

@@ -216,3 +216,88 @@ async fn slow_uploads_do_not_eject_a_healthy_endpoint() {
     assert_eq!(upstream_tries(admin).await, 0.0);
     assert_no_panic(&proxy);
 }
+
+/// One route, with a request timeout of 1 s, and an access log at `$LOG`.
+const WHOLE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  bounded:
+    timeout: { request: 1s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { upstream: app, policy: bounded }
+"#;
+
+/// A small upload whose bytes each come within 200 ms of the one before (one every 100 ms)
+/// is read whole before the request goes on, and its time is the request's all the same:
+/// 30 bytes (3 s) under `timeout.request: 1s` are answered 408 `client_timeout` at the
+/// deadline, counted from the head, with no try made; 5 bytes (0.5 s) are answered 200, and
+/// the access log's `duration_ms` and `rampart_request_duration_seconds` hold the upload's
+/// time. Fails before the fix: the 30 bytes were answered 200 after 3 s, and the durations
+/// began when the body was whole (about 1 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_upload_read_whole_keeps_the_request_deadline() {
+    let app = Capture::start(OK).await;
+    let log = tempfile::tempdir().expect("a temp dir");
+    let file = log.path().join("access.jsonl");
+    let proxy = Proxy::builder(WHOLE)
+        .var("APP", app.addr())
+        .var("LOG", file.display())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let gap = Duration::from_millis(100);
+    let wait = Duration::from_secs(6);
+    let head = |len: usize| {
+        format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    let late = raw::trickle(addr, head(30).as_bytes(), &[b'x'; 30], gap, wait).await;
+    assert_eq!(late.status(), Some(408), "{}", late.text());
+    assert_eq!(
+        late.header("x-rampart-reason").as_deref(),
+        Some("client_timeout")
+    );
+    assert!(
+        late.elapsed >= Duration::from_millis(950) && late.elapsed < Duration::from_millis(1800),
+        "answered at the deadline: {:?}",
+        late.elapsed
+    );
+    assert_eq!(upstream_tries(admin).await, 0.0, "no upstream try");
+    assert_eq!(app.hits(), 0);
+
+    let whole = raw::trickle(addr, head(5).as_bytes(), &[b'x'; 5], gap, wait).await;
+    assert_eq!(whole.status(), Some(200), "{}", whole.text());
+    let lines = crate::support::wait_log_lines(&file, 2).await;
+    let ms: Vec<f64> = lines
+        .iter()
+        .map(|l| l["duration_ms"].as_f64().expect("a duration"))
+        .collect();
+    assert_eq!(lines[0]["status"].as_u64(), Some(408), "{}", lines[0]);
+    assert!((950.0..1800.0).contains(&ms[0]), "{}", lines[0]);
+    assert_eq!(lines[1]["status"].as_u64(), Some(200), "{}", lines[1]);
+    assert!(
+        ms[1] >= 450.0,
+        "the upload's time is the request's: {}",
+        lines[1]
+    );
+    let took = metric_value(
+        &metrics(admin).await,
+        "rampart_request_duration_seconds_sum",
+        &[("route", "app")],
+    );
+    assert!(
+        took.is_some_and(|s| s >= 1.4),
+        "both uploads' time counted: {took:?}"
+    );
+    assert_no_panic(&proxy);
+}
