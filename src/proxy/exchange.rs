@@ -674,7 +674,11 @@ impl<'a> TryRecord<'a> {
     /// The try's time until `now` as the upstream is judged on it: without the waits for the
     /// client's body bytes since the try began (a slow upload is the client's).
     fn judged(&self, now: Instant) -> Duration {
-        let took = now.saturating_duration_since(self.started);
+        self.judged_of(now.saturating_duration_since(self.started), now)
+    }
+
+    /// [`TryRecord::judged`] of the try's whole time `took`, already worked out, until `now`.
+    fn judged_of(&self, took: Duration, now: Instant) -> Duration {
         match self.upload {
             None => took,
             Some((cell, waited0)) => took.saturating_sub(cell.waited(now).saturating_sub(waited0)),
@@ -708,7 +712,7 @@ impl Drop for TryRecord<'_> {
         self.ctx.tries.ended(took, ended);
         // The upstream's observers take its share of the try (the access log and the span
         // keep the whole of it).
-        let judged = self.judged(ended);
+        let judged = self.judged_of(took, ended);
         if let Some(p) = self.permit.take() {
             p.record(outcome, judged);
         }

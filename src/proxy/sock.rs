@@ -30,7 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// One call on `s` that moves bytes, made as tokio's own `TcpStream` makes it: only while tokio
-/// has seen the socket ready for `interest` (else the task waits for it, through `ready`), and
+/// has seen the socket ready for `interest` (else the task of `cx` waits for it, through
+/// `ready`; without a `cx` nothing waits and the answer is `Pending`), and
 /// a call that would block forgets that readiness. So does a call that moved fewer bytes than
 /// it could (`call` returns how many it moved and how many it could have): the socket has no
 /// more (or no more room) until the kernel says so again, and the next attempt waits for that
@@ -39,7 +40,7 @@ use tokio::net::TcpStream;
 /// is kept.
 fn attempt(
     s: &TcpStream,
-    cx: &mut Context<'_>,
+    mut cx: Option<&mut Context<'_>>,
     interest: Interest,
     ready: fn(&TcpStream, &mut Context<'_>) -> Poll<io::Result<()>>,
     mut call: impl FnMut() -> io::Result<(usize, usize)>,
@@ -57,14 +58,22 @@ fn attempt(
         });
         match (moved, short) {
             (_, Some(n)) | (Ok(n), None) => return Poll::Ready(Ok(n)),
-            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => ready!(ready(s, cx))?,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => match cx.as_deref_mut() {
+                Some(cx) => ready!(ready(s, cx))?,
+                None => return Poll::Pending,
+            },
             (Err(e), None) => return Poll::Ready(Err(e)),
         }
     }
 }
 
-/// Reads what `s` has into the unfilled part of `buf`, as `AsyncRead::poll_read` does.
-fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+/// Reads what `s` has into the unfilled part of `buf`, as `AsyncRead::poll_read` does (without
+/// a `cx`: only what tokio has seen come, see [`Sock::read_now`]).
+fn poll_read(
+    s: &TcpStream,
+    cx: Option<&mut Context<'_>>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
     // SAFETY: `recv` only writes bytes into the slice (it never de-initialises any), and
     // `assume_init` below covers exactly the bytes it returned as written.
     let room = unsafe { buf.unfilled_mut() };
@@ -89,7 +98,7 @@ fn poll_read(s: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll
 fn poll_write(s: &TcpStream, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
     attempt(
         s,
-        cx,
+        Some(cx),
         Interest::WRITABLE,
         TcpStream::poll_write_ready,
         || Ok((rustix::net::send(s, data, SendFlags::NOSIGNAL)?, data.len())),
@@ -104,7 +113,7 @@ fn poll_write_vectored(
 ) -> Poll<io::Result<usize>> {
     attempt(
         s,
-        cx,
+        Some(cx),
         Interest::WRITABLE,
         TcpStream::poll_write_ready,
         || {
@@ -118,13 +127,24 @@ fn poll_write_vectored(
 #[derive(Debug)]
 pub struct Sock(pub TcpStream);
 
+impl Sock {
+    /// Reads what the socket has into `buf` if tokio has seen it readable since the last read
+    /// that drained it, else `Pending` at once: no system call then, and, unlike a poll, no
+    /// waker left with the socket (which would take its lock, and put out the waker of the task
+    /// that reads it next). For a look at an idle pooled connection, whose next reader is
+    /// another request's task.
+    pub fn read_now(&self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        poll_read(&self.0, None, buf)
+    }
+}
+
 impl AsyncRead for Sock {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        poll_read(&self.0, cx, buf)
+        poll_read(&self.0, Some(cx), buf)
     }
 }
 

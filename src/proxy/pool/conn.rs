@@ -154,6 +154,20 @@ impl std::task::Wake for Noop {
 
 static NOOP: std::sync::LazyLock<Waker> = std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
 
+/// A plain socket read through [`Sock::read_now`]: polled, it reads only what has come and
+/// leaves no waker with the socket.
+struct Now<'a>(&'a Sock);
+
+impl AsyncRead for Now<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.read_now(buf)
+    }
+}
+
 // === impl Stream ===
 
 impl AsyncRead for Stream {
@@ -285,10 +299,18 @@ impl Conn {
     /// Whether an idle connection is still open and quiet: a read that would wait. End of
     /// stream, an error or bytes nobody asked for (a `408` before closing, say) mean it is
     /// done. The read costs no system call while the socket has had no event since the last
-    /// read drained it.
+    /// read drained it; on a plain socket it leaves no waker either ([`Sock::read_now`]): the
+    /// request that takes the connection registers its own as it waits for the answer.
     pub(super) fn alive(&mut self) -> bool {
         let mut quiet = Context::from_waker(&NOOP);
-        self.poll_fill(&mut quiet).is_pending()
+        self.make_room();
+        match &self.io {
+            Stream::Plain(sock) => {
+                tokio_util::io::poll_read_buf(Pin::new(&mut Now(sock)), &mut quiet, &mut self.rd)
+                    .is_pending()
+            }
+            _ => self.poll_fill(&mut quiet).is_pending(),
+        }
     }
 
     /// Reads the body of an answer with this head next.
@@ -702,11 +724,7 @@ impl Conn {
 
     /// Reads more into `rd`; Ready(Ok(0)) is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rd.capacity() - self.rd.len() < READ_MIN_ROOM {
-            // Reclaims the buffer when every frame split off it is gone; else a new one.
-            self.rd.reserve(self.read_size);
-            self.grown |= self.read_size > READ_START || self.rd.capacity() > 2 * READ_START;
-        }
+        self.make_room();
         let room = self.rd.capacity() - self.rd.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
@@ -719,6 +737,15 @@ impl Conn {
             self.read_size /= 2;
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// Gives the read buffer room for the next read, if it has less than [`READ_MIN_ROOM`].
+    fn make_room(&mut self) {
+        if self.rd.capacity() - self.rd.len() < READ_MIN_ROOM {
+            // Reclaims the buffer when every frame split off it is gone; else a new one.
+            self.rd.reserve(self.read_size);
+            self.grown |= self.read_size > READ_START || self.rd.capacity() > 2 * READ_START;
+        }
     }
 
     /// The next piece of the answer's body (data, or the trailers of a chunked one); None at
@@ -856,13 +883,17 @@ mod tests {
     }
 
     fn over(wire: &Wire) -> Box<Conn> {
+        over_stream(Stream::Wire(wire.clone()))
+    }
+
+    fn over_stream(io: Stream) -> Box<Conn> {
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let slot = Slot {
             _permit: Some(permit),
             freed: Arc::new(Notify::new()),
             open: prometheus::IntGauge::new("open", "test").unwrap(),
         };
-        Conn::new(Stream::Wire(wire.clone()), slot)
+        Conn::new(io, slot)
     }
 
     /// A peer that closed: every write fails.
@@ -1195,5 +1226,46 @@ mod tests {
                 "a buffer that never grew is kept"
             );
         }
+    }
+
+    /// A waker that notes it was woken.
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The look at an idle plain connection before it is taken (`alive`) leaves the socket's
+    /// waker as it was: the task that last waited to read it is still the one woken when bytes
+    /// come. (A poll with a waker that does nothing put that one out, and took the socket's lock
+    /// to do so, once a request.) The look still sees what came.
+    #[tokio::test]
+    async fn a_look_at_an_idle_plain_connection_leaves_the_reader_s_waker() {
+        let lst = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(lst.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = lst.accept().await.unwrap();
+        let mut conn = over_stream(Stream::Plain(Sock(ours)));
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        assert!(conn
+            .poll_fill(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert!(conn.alive(), "quiet: alive");
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"x")
+            .await
+            .unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), async {
+            while !flag.0.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(woken.is_ok(), "the reader's waker was not woken");
+        assert!(!conn.alive(), "bytes nobody asked for: not alive");
     }
 }
