@@ -146,7 +146,8 @@ impl std::task::Wake for Noop {
     fn wake_by_ref(self: &Arc<Self>) {}
 }
 
-static NOOP: std::sync::LazyLock<Waker> = std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
+pub(super) static NOOP: std::sync::LazyLock<Waker> =
+    std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
 
 // === impl Stream ===
 
@@ -281,6 +282,23 @@ impl Conn {
     pub(super) fn alive(&mut self) -> bool {
         let mut quiet = Context::from_waker(&NOOP);
         self.poll_fill(&mut quiet).is_pending()
+    }
+
+    /// `e`, the error a new connection's first exchange failed with, or the server's TLS
+    /// alert waiting unread behind it: a write into a connection the server closed after its
+    /// alert fails the exchange before anything is read, and the alert (in TLS 1.3, its refusal
+    /// of rampart's client certificate) says more than the write's broken pipe. Not waited for.
+    pub(super) fn pending(&mut self, e: UpstreamError) -> UpstreamError {
+        let tls = |e: &io::Error| e.get_ref().is_some_and(|i| i.is::<rustls::Error>());
+        match (&self.io, &e) {
+            (Stream::Tls(_), UpstreamError::Io(io)) if !tls(io) => {}
+            _ => return e,
+        }
+        let mut quiet = Context::from_waker(&NOOP);
+        match self.poll_fill(&mut quiet) {
+            Poll::Ready(Err(read)) if tls(&read) => UpstreamError::Io(read),
+            _ => e,
+        }
     }
 
     /// Reads the body of an answer with this head next.

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -46,6 +46,12 @@ pub(crate) struct Link {
     owed: AtomicUsize,
     /// The most streams rampart opens at once on one connection.
     cap: usize,
+    /// The TLS error a read of the connection failed with (the server's alert): over TLS 1.3
+    /// a server refuses rampart's client certificate after the client's side of the handshake
+    /// ended, and the refusal is the first thing read.
+    tls_error: std::sync::OnceLock<rustls::Error>,
+    /// The upstream's first `SETTINGS` came (the state says so only until it is [`GONE`]).
+    opened: AtomicBool,
 }
 
 /// A stream's place on its connection, given back when dropped.
@@ -71,7 +77,19 @@ impl Link {
             limit: parking_lot::Mutex::new(0),
             owed: AtomicUsize::new(0),
             cap,
+            tls_error: std::sync::OnceLock::new(),
+            opened: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the upstream's first `SETTINGS` came: the connection was open, whatever ended it.
+    pub(crate) fn opened(&self) -> bool {
+        self.opened.load(Ordering::Acquire)
+    }
+
+    /// The TLS error a read of the connection failed with, if one did.
+    pub(crate) fn tls_error(&self) -> Option<&rustls::Error> {
+        self.tls_error.get()
     }
 
     /// Whether the connection takes no new stream.
@@ -151,6 +169,7 @@ impl Link {
             self.set_limit(want);
         }
         if first {
+            self.opened.store(true, Ordering::Release);
             let _ =
                 self.state
                     .compare_exchange(OPENING, READY, Ordering::AcqRel, Ordering::Acquire);
@@ -337,20 +356,50 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                 let new = &buf.filled()[before..];
                 this.reader.read(new, &this.link);
             }
-            Poll::Ready(Err(_)) => this.link.close(Closed::Gone),
+            Poll::Ready(Err(e)) => {
+                this.note(e);
+                this.link.close(Closed::Gone);
+            }
             Poll::Pending => {}
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + Unpin> Watched<S> {
+    /// Records the TLS error the connection's read failed with, if it is one.
+    fn note(&self, e: &io::Error) {
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            let _ = self.link.tls_error.set(tls.clone());
+        }
+    }
+
+    /// After a write failed: the server's TLS alert waiting unread behind it, noted. A server
+    /// that refuses rampart's client certificate (TLS 1.3: after the client's side of the
+    /// handshake ended) sends its alert and closes, and the preface written meanwhile may
+    /// fail on the closed socket before anything is read. Not waited for.
+    fn after_failed_write<T>(&mut self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if matches!(polled, Poll::Ready(Err(_))) && self.link.tls_error().is_none() {
+            let mut scratch = [0u8; 256];
+            let mut buf = ReadBuf::new(&mut scratch);
+            let mut quiet = Context::from_waker(&super::super::conn::NOOP);
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_read(&mut quiet, &mut buf) {
+                self.note(&e);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.after_failed_write(polled)
     }
 
     fn poll_write_vectored(
@@ -358,7 +407,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after_failed_write(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -366,7 +417,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.after_failed_write(polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
