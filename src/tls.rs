@@ -11,9 +11,9 @@
 //!   (mTLS), a [`ReloadableAcceptor`] whose config is swapped on reload while open connections
 //!   keep the config they shook hands with, and [`accept`], which bounds the handshake by a
 //!   timeout and reports failures with a closed set of metric reasons.
-//! - [`client`] originates TLS to upstreams. ALPN offers only `http/1.1`: the upstream pool
-//!   speaks HTTP/1.1 (one request per connection at a time, reused by keep-alive), so offering
-//!   `h2` would let a server pick a protocol the pool cannot speak.
+//! - [`client`] originates TLS to upstreams. ALPN offers only the protocol the upstream is
+//!   spoken to in (`http/1.1`, or `h2` for `protocol: http2`), so a server cannot pick one the
+//!   pool does not speak; a refused handshake is told in words (the server's alert by name).
 //!
 //! Choices, and why:
 //! - The `ring` crypto provider, passed explicitly to every config builder (never the process

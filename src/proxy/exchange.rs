@@ -491,8 +491,11 @@ pub(super) fn try_once<'a>(
                 );
                 let (name, addr) = (&up.name, ep.addr);
                 let msg = match (&e, outcome) {
-                    (SendError::Handshake { .. }, _) => {
-                        format!("TLS handshake failed with upstream {name} ({addr})")
+                    // What the handshake said: why the server's certificate was refused, the
+                    // server's alert by name (a client certificate it wants), an ALPN
+                    // disagreement (`tls::words::refusal`).
+                    (SendError::Handshake { source, .. }, _) => {
+                        format!("TLS handshake failed with upstream {name} ({addr}): {source}")
                     }
                     (_, Outcome::ConnectError) => {
                         format!("cannot connect to upstream {name} ({addr})")

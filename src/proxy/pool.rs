@@ -358,7 +358,7 @@ impl Pool {
                             return match conn.exchange(parts, added, body, false).await {
                                 Ok(head) => Ok(self.returning(head, conn)),
                                 Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
-                                    Err(SendError::Reset(e))
+                                    Err(self.first_exchange_failed(addr, conn.pending(e)))
                                 }
                             };
                         }
@@ -477,12 +477,37 @@ impl Pool {
                 let cfg = tls.config.load_full();
                 let shake = crate::tls::connect(cfg, &tls.server_name, Sock(stream));
                 match tokio::time::timeout_at(deadline, shake).await {
+                    Ok(Ok(s))
+                        if self.h2.is_some() && s.get_ref().1.alpn_protocol() != Some(b"h2") =>
+                    {
+                        // RFC 9113 §3.2: HTTP/2 over TLS is agreed by ALPN. A server that chose
+                        // none (it does not do ALPN) may well be an HTTP/1.1 one: no byte of
+                        // HTTP/2 goes to it, and the connection is closed (dropped here).
+                        let source = not_h2_by_alpn(s.get_ref().1.alpn_protocol());
+                        Err(SendError::Handshake { addr, source })
+                    }
                     Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
                     Ok(Err(source)) => Err(SendError::Handshake { addr, source }),
                     Err(_) => Err(connect_timed_out(addr)),
                 }
             }
         }
+    }
+
+    /// What a new connection's first exchange failed with, `e`: on a TLS connection, the
+    /// server's alert read there is its refusal of the handshake (TLS 1.3 ends the client's
+    /// side before the server has judged the client's certificate), a failed connect as any
+    /// refused handshake is (said at `warn`); anything else is the connection lost.
+    fn first_exchange_failed(&self, addr: SocketAddr, e: UpstreamError) -> SendError {
+        if let (Some(tls), UpstreamError::Io(io)) = (&self.tls, &e) {
+            if let Some(source) =
+                crate::tls::client::refused_after_handshake(io, &tls.config.load())
+            {
+                self.warn_tls(addr, &source);
+                return SendError::Handshake { addr, source };
+            }
+        }
+        SendError::Reset(e)
     }
 
     /// A failed TLS handshake is a setting to fix (trust, name) more often than an endpoint
@@ -558,6 +583,21 @@ async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         pool.expire(coarse::millis());
     }
+}
+
+/// Why an HTTP/2 upstream's TLS connection is not used: its server chose `chose` by ALPN, not
+/// `h2` (rampart offers `h2` alone, so in practice it chose none: a server that does no ALPN).
+fn not_h2_by_alpn(chose: Option<&[u8]>) -> std::io::Error {
+    let chose = match chose {
+        Some(p) => format!("it chose {}", String::from_utf8_lossy(p)),
+        None => "it chose no protocol".to_string(),
+    };
+    let said = format!(
+        "the server did not agree to HTTP/2 by ALPN ({chose}; rampart offered h2), and \
+         protocol: http2 over TLS needs it (RFC 9113 §3.2): nothing was sent, the connection \
+         was closed"
+    );
+    std::io::Error::new(std::io::ErrorKind::InvalidData, said)
 }
 
 fn connect_timed_out(addr: SocketAddr) -> SendError {

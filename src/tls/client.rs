@@ -1,8 +1,12 @@
 //! TLS origination to an upstream: the client config and one connect.
 //!
-//! ALPN offers only `http/1.1`. The upstream pool keeps HTTP/1.1 connections and sends one
-//! request at a time on each; if `h2` were offered a server could pick it and the pool would
-//! then speak the wrong protocol. Negotiating h2 upstream is a pool change, not a TLS one.
+//! ALPN offers one protocol, the one the upstream is spoken to in: `http/1.1` ([`CLIENT_ALPN`])
+//! for the HTTP/1.1 pool, `h2` alone for `protocol: http2` (`files.rs`). Offering both would
+//! let a server pick the one the pool does not speak; rustls refuses a server that picks one
+//! not offered, and the pool refuses an HTTP/2 connection whose server picked none.
+//!
+//! A failed handshake is told in words ([`super::words::refusal`]): what the server's alert
+//! most likely means, by the alert's RFC name, and the setting to look at.
 //!
 //! Without a `ca`, servers are verified against the system roots of the config load
 //! ([`SystemRoots`]; Mozilla's compiled-in list where the system has none).
@@ -20,8 +24,12 @@ use tokio_rustls::TlsConnector;
 use super::pem::{first, load_roots, CertPair, Problems};
 use super::{SystemRoots, TlsFileError};
 
-/// ALPN protocols an upstream connection offers (see the module doc).
+/// ALPN protocols an HTTP/1.1 upstream connection offers (see the module doc).
 pub const CLIENT_ALPN: [&[u8]; 1] = [b"http/1.1"];
+
+/// ALPN protocols an HTTP/2 upstream connection (`protocol: http2`) offers: `h2` alone, the
+/// protocol an HTTP/2 connection over TLS must agree on (RFC 9113 §3.2).
+pub const H2_ALPN: [&[u8]; 1] = [b"h2"];
 
 /// Builds an upstream's TLS config: trust `ca` (or `system`, the system roots of this config
 /// load, when `None`), present `cert`+`key` as a client certificate when both are given, offer
@@ -122,25 +130,52 @@ where
             format!("invalid tls server name {server_name:?}: {e}"),
         )
     })?;
-    TlsConnector::from(cfg)
+    TlsConnector::from(cfg.clone())
         .connect(name, tcp)
         .await
-        .map_err(peer_in_words)
+        .map_err(|e| in_words(e, &cfg))
 }
 
-/// A refused server certificate told in words ("invalid peer certificate: certificate is not
-/// signed by a trusted CA (unknown issuer)"), where rustls would print `UnknownIssuer`.
-fn peer_in_words(err: io::Error) -> io::Error {
-    match err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::InvalidCertificate(e)) => io::Error::new(
-            err.kind(),
-            format!("invalid peer certificate: {}", super::words::certificate(e)),
-        ),
-        _ => err,
+/// The error a new connection's first read or write met, told as the handshake's refusal
+/// when it is the server's alert: in TLS 1.3 the client's side of the handshake ends before
+/// the server has checked the client's certificate, so a server that wants one (and got none,
+/// or one it does not trust) says so with an alert that arrives after [`connect`] returned,
+/// at the first read (`certificate_required`, `unknown_ca`, ...). `None` for any other
+/// error: it is the connection's, not the handshake's.
+pub fn refused_after_handshake(err: &io::Error, cfg: &ClientConfig) -> Option<io::Error> {
+    match rustls_error(err)? {
+        alert @ rustls::Error::AlertReceived(_) => {
+            let said = super::words::refusal(alert, cfg)?;
+            Some(io::Error::new(err.kind(), said))
+        }
+        _ => None,
     }
+}
+
+/// A failed handshake told in words ([`super::words::refusal`]): a refused server
+/// certificate ("invalid peer certificate: certificate is not signed by a trusted CA (unknown
+/// issuer)", where rustls would print `UnknownIssuer`), the server's alert by its name and
+/// what it most likely means (`certificate_required`: it wants a client certificate), an ALPN
+/// disagreement, a server that does not speak TLS.
+fn in_words(err: io::Error, cfg: &ClientConfig) -> io::Error {
+    if err.kind() == io::ErrorKind::UnexpectedEof {
+        // tokio-rustls says "tls handshake eof".
+        return io::Error::new(
+            err.kind(),
+            "the server closed the connection during the TLS handshake (a plaintext server, or \
+             one that refused rampart's hello without an alert)",
+        );
+    }
+    match rustls_error(&err).and_then(|e| super::words::refusal(e, cfg)) {
+        Some(said) => io::Error::new(err.kind(), said),
+        None => err,
+    }
+}
+
+/// The rustls error `err` carries, if any (tokio-rustls wraps them in an `io::Error`).
+fn rustls_error(err: &io::Error) -> Option<&rustls::Error> {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
 }
 
 fn incomplete(given: &Path, missing: &'static str) -> TlsFileError {

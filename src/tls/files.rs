@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::client::CLIENT_ALPN;
+use super::client::{CLIENT_ALPN, H2_ALPN};
 use super::server::server_config_verifying;
 use super::{client_config_all, SystemRoots, TlsFileError};
 use crate::config::file::{File, UpstreamProtocol};
@@ -125,7 +125,7 @@ impl TlsFiles {
             // spoken to in the wrong protocol.
             let alpn: &[&[u8]] = match u.protocol {
                 UpstreamProtocol::Http1 => &CLIENT_ALPN,
-                UpstreamProtocol::Http2 => &[b"h2"],
+                UpstreamProtocol::Http2 => &H2_ALPN,
             };
             let (ca, cert, key) = (t.ca.as_deref(), t.cert.as_deref(), t.key.as_deref());
             match client_config_all(ca, cert, key, alpn, system) {

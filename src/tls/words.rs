@@ -110,3 +110,148 @@ fn webpki(other: &rustls::OtherError) -> Cow<'static, str> {
     };
     Cow::Borrowed(said)
 }
+
+/// A TLS alert by its name in the TLS RFCs (`certificate_required`, RFC 8446 §6), where rustls
+/// prints its own (`CertificateRequired`): the name an operator finds in a server's log and in
+/// the RFC.
+pub(crate) fn alert(a: rustls::AlertDescription) -> Cow<'static, str> {
+    use rustls::AlertDescription as A;
+    let name: &'static str = match a {
+        A::CloseNotify => "close_notify",
+        A::UnexpectedMessage => "unexpected_message",
+        A::BadRecordMac => "bad_record_mac",
+        A::DecryptionFailed => "decryption_failed",
+        A::RecordOverflow => "record_overflow",
+        A::DecompressionFailure => "decompression_failure",
+        A::HandshakeFailure => "handshake_failure",
+        A::NoCertificate => "no_certificate",
+        A::BadCertificate => "bad_certificate",
+        A::UnsupportedCertificate => "unsupported_certificate",
+        A::CertificateRevoked => "certificate_revoked",
+        A::CertificateExpired => "certificate_expired",
+        A::CertificateUnknown => "certificate_unknown",
+        A::IllegalParameter => "illegal_parameter",
+        A::UnknownCA => "unknown_ca",
+        A::AccessDenied => "access_denied",
+        A::DecodeError => "decode_error",
+        A::DecryptError => "decrypt_error",
+        A::ExportRestriction => "export_restriction",
+        A::ProtocolVersion => "protocol_version",
+        A::InsufficientSecurity => "insufficient_security",
+        A::InternalError => "internal_error",
+        A::InappropriateFallback => "inappropriate_fallback",
+        A::UserCanceled => "user_canceled",
+        A::NoRenegotiation => "no_renegotiation",
+        A::MissingExtension => "missing_extension",
+        A::UnsupportedExtension => "unsupported_extension",
+        A::CertificateUnobtainable => "certificate_unobtainable",
+        A::UnrecognisedName => "unrecognized_name",
+        A::BadCertificateStatusResponse => "bad_certificate_status_response",
+        A::BadCertificateHashValue => "bad_certificate_hash_value",
+        A::UnknownPSKIdentity => "unknown_psk_identity",
+        A::CertificateRequired => "certificate_required",
+        A::NoApplicationProtocol => "no_application_protocol",
+        A::EncryptedClientHelloRequired => "encrypted_client_hello_required",
+        other => return Cow::Owned(format!("{} ({other:?})", u8::from(other))),
+    };
+    Cow::Borrowed(name)
+}
+
+/// What a TLS server (an upstream, the store, a JWKS host) did to rampart's handshake, in
+/// words: `err` as the client's side of the handshake saw it, `cfg` the client's config
+/// (whether it has a certificate to present, the ALPN protocols it offered). `None` for an
+/// error with nothing more to say than rustls's own words.
+///
+/// A refusal of rampart's client certificate comes as an alert: in TLS 1.2 during the
+/// handshake, in TLS 1.3 after the client's side of it ended (at the first read), so the
+/// words do not say when it came.
+pub(crate) fn refusal(err: &Error, cfg: &rustls::ClientConfig) -> Option<String> {
+    use rustls::{AlertDescription as A, InvalidMessage, PeerIncompatible, PeerMisbehaved};
+    let presents = cfg.client_auth_cert_resolver.has_certs();
+    Some(match err {
+        Error::InvalidCertificate(e) => format!("invalid peer certificate: {}", certificate(e)),
+        Error::AlertReceived(a) => {
+            let name = alert(*a);
+            match a {
+                A::CertificateRequired if !presents => format!(
+                    "the server requires a client certificate and rampart presented none \
+                     (alert {name}); set cert and key in its tls section"
+                ),
+                A::HandshakeFailure if !presents => format!(
+                    "the server refused the handshake (alert {name}): it may require a client \
+                     certificate, which rampart does not present (set cert and key in its tls \
+                     section), or share no cipher suite with rampart"
+                ),
+                A::HandshakeFailure => format!(
+                    "the server refused the handshake (alert {name}): it may not accept \
+                     rampart's client certificate (the cert of its tls section), or share no \
+                     cipher suite with rampart"
+                ),
+                A::CertificateRequired
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                    if presents =>
+                {
+                    format!(
+                        "the server refused rampart's client certificate, the cert of its tls \
+                         section (alert {name})"
+                    )
+                }
+                A::NoApplicationProtocol => format!(
+                    "the server did not agree to {} by ALPN: it accepts none of the protocols \
+                     rampart offered ({}) (alert {name})",
+                    wanted(cfg),
+                    offered(cfg)
+                ),
+                A::ProtocolVersion => format!(
+                    "the server shares no TLS version with rampart, which speaks TLS 1.2 and \
+                     1.3 (alert {name})"
+                ),
+                A::UnrecognisedName => format!(
+                    "the server serves no name rampart sent as SNI (alert {name}); check \
+                     server_name in its tls section"
+                ),
+                _ => format!("the server ended the handshake with alert {name}"),
+            }
+        }
+        Error::PeerMisbehaved(PeerMisbehaved::SelectedUnofferedApplicationProtocol) => format!(
+            "the server chose an ALPN protocol rampart did not offer (it offered {})",
+            offered(cfg)
+        ),
+        Error::PeerIncompatible(
+            PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+        ) => "the server speaks neither TLS 1.2 nor 1.3, rampart's versions".to_string(),
+        Error::InvalidMessage(
+            InvalidMessage::InvalidContentType | InvalidMessage::UnknownProtocolVersion,
+        ) => "the server's answer to rampart's hello is not TLS (a plaintext server?)".to_string(),
+        _ => return None,
+    })
+}
+
+/// The ALPN protocols `cfg` offers, as a list (`h2`; `none` when it offers none).
+fn offered(cfg: &rustls::ClientConfig) -> String {
+    if cfg.alpn_protocols.is_empty() {
+        return "none".to_string();
+    }
+    let names: Vec<Cow<'_, str>> = cfg
+        .alpn_protocols
+        .iter()
+        .map(|p| String::from_utf8_lossy(p))
+        .collect();
+    names.join(", ")
+}
+
+/// The protocol `cfg`'s ALPN asks for, said as the HTTP version when it offers one alone.
+fn wanted(cfg: &rustls::ClientConfig) -> &'static str {
+    match cfg.alpn_protocols.as_slice() {
+        [one] if one.as_slice() == b"h2" => "HTTP/2",
+        [one] if one.as_slice() == b"http/1.1" => "HTTP/1.1",
+        _ => "a protocol",
+    }
+}

@@ -1,8 +1,9 @@
 //! TLS on listeners (SPEC §8): HTTP/1.1 and h2 by ALPN, no plaintext on a TLS port, mTLS,
 //! tenants from the client certificate, certificate rotation on reload and a refused bad key.
-//! TLS to upstreams is in `tls/upstream.rs`.
+//! TLS to upstreams is in `tls/upstream.rs`, upstreams that refuse it in `tls/refused.rs`.
 
 mod park;
+mod refused;
 mod upstream;
 
 use std::net::SocketAddr;

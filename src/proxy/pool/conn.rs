@@ -152,7 +152,8 @@ impl std::task::Wake for Noop {
     fn wake_by_ref(self: &Arc<Self>) {}
 }
 
-static NOOP: std::sync::LazyLock<Waker> = std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
+pub(super) static NOOP: std::sync::LazyLock<Waker> =
+    std::sync::LazyLock::new(|| Waker::from(Arc::new(Noop)));
 
 /// A plain socket read through [`Sock::read_now`]: polled, it reads only what has come and
 /// leaves no waker with the socket.
@@ -310,6 +311,23 @@ impl Conn {
                     .is_pending()
             }
             _ => self.poll_fill(&mut quiet).is_pending(),
+        }
+    }
+
+    /// `e`, the error a new connection's first exchange failed with, or the server's TLS
+    /// alert waiting unread behind it: a write into a connection the server closed after its
+    /// alert fails the exchange before anything is read, and the alert (in TLS 1.3, its refusal
+    /// of rampart's client certificate) says more than the write's broken pipe. Not waited for.
+    pub(super) fn pending(&mut self, e: UpstreamError) -> UpstreamError {
+        let tls = |e: &io::Error| e.get_ref().is_some_and(|i| i.is::<rustls::Error>());
+        match (&self.io, &e) {
+            (Stream::Tls(_), UpstreamError::Io(io)) if !tls(io) => {}
+            _ => return e,
+        }
+        let mut quiet = Context::from_waker(&NOOP);
+        match self.poll_fill(&mut quiet) {
+            Poll::Ready(Err(read)) if tls(&read) => UpstreamError::Io(read),
+            _ => e,
         }
     }
 

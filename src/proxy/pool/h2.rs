@@ -588,7 +588,11 @@ impl Pool {
         let shake = builder().handshake::<_, Body>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
-            Ok(Err(e)) => return Err(SendError::Reset(UpstreamError::Http2(e))),
+            Ok(Err(e)) => {
+                return Err(self
+                    .refused_at_preface(addr, &link)
+                    .unwrap_or(SendError::Reset(UpstreamError::Http2(e))))
+            }
             Err(_) => return Err(connect_timed_out(addr)),
         };
         let ended = link.clone();
@@ -596,20 +600,28 @@ impl Pool {
             let _slot = slot;
             let result = conn.await;
             ended.close(Closed::Gone);
-            if let Err(error) = result {
+            match result {
+                // A refused handshake is said by the request that made the connection.
+                Err(_) if ended.tls_error().is_some() && !ended.opened() => {}
                 // Every stream still open on it ended with it: said once, with why.
-                tracing::warn!(
+                Err(error) => tracing::warn!(
                     endpoint = %addr, %error,
                     "HTTP/2 upstream connection failed; every request still on it failed with it"
-                );
+                ),
+                Ok(()) => {}
             }
         });
         // The upstream's first SETTINGS (its stream limit) before any stream: an upstream that
-        // answers the preface otherwise does not speak HTTP/2.
+        // answers the preface otherwise does not speak HTTP/2, unless what closed it was its
+        // refusal of the TLS handshake (TLS 1.3: an alert read after the client's side ended).
         match tokio::time::timeout_at(deadline, link.settled()).await {
             Ok(Ok(())) => {}
             Ok(Err(Closed::NotHttp2)) => return Err(not_http2(NOT_SETTINGS)),
-            Ok(Err(Closed::Gone)) => return Err(not_http2(CLOSED_AT_PREFACE)),
+            Ok(Err(Closed::Gone)) => {
+                return Err(self
+                    .refused_at_preface(addr, &link)
+                    .unwrap_or_else(|| not_http2(CLOSED_AT_PREFACE)))
+            }
             Err(_) => return Err(not_http2(NO_SETTINGS)),
         }
         let id = h2.made.fetch_add(1, Ordering::Relaxed);
@@ -637,6 +649,19 @@ fn builder() -> Builder<TokioExecutor> {
         // stream (hyper's default is 400 KiB), as rampart's HTTP/2 server does of an answer.
         .max_send_buf_size(H2_SEND_BUF);
     b
+}
+
+impl Pool {
+    /// A new connection that failed before the upstream's `SETTINGS` on a TLS alert: the
+    /// server refused the handshake ([`crate::tls::client::refused_after_handshake`]), a failed
+    /// connect as any refused handshake is, said at `warn`.
+    fn refused_at_preface(&self, addr: SocketAddr, link: &Link) -> Option<SendError> {
+        let (tls, alert) = (self.tls.as_ref()?, link.tls_error()?);
+        let read = std::io::Error::new(std::io::ErrorKind::InvalidData, alert.clone());
+        let source = crate::tls::client::refused_after_handshake(&read, &tls.config.load())?;
+        self.warn_tls(addr, &source);
+        Some(SendError::Handshake { addr, source })
+    }
 }
 
 /// The HTTP/2 request of head `parts`: its authority (the `host` it came with, else the

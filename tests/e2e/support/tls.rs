@@ -313,10 +313,22 @@ pub fn server_config(
     client_ca_pem: Option<&str>,
     alpn: &[&[u8]],
 ) -> rustls::ServerConfig {
+    server_config_versions(chain, key, client_ca_pem, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`server_config`] speaking only the TLS versions `versions` (`&[&rustls::version::TLS12]`:
+/// a server whose refusals come during the handshake, as TLS 1.2 sends them).
+pub fn server_config_versions(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca_pem: Option<&str>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ServerConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("default versions");
+        .with_protocol_versions(versions)
+        .expect("supported versions");
     let builder = match client_ca_pem {
         Some(pem) => {
             let mut roots = RootCertStore::empty();

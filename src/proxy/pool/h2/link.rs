@@ -67,6 +67,10 @@ pub(crate) struct Link {
     /// When the connection's send window was last found empty, in nanoseconds since `born`
     /// plus one; 0 while it has room.
     dry_since: AtomicU64,
+    /// The TLS error a read of the connection failed with (the server's alert): over TLS 1.3
+    /// a server refuses rampart's client certificate after the client's side of the handshake
+    /// ended, and the refusal is the first thing read.
+    tls_error: std::sync::OnceLock<rustls::Error>,
 }
 
 /// A stream's place on its connection, given back when dropped.
@@ -95,6 +99,7 @@ impl Link {
             cap,
             born: Instant::now(),
             dry_since: AtomicU64::new(0),
+            tls_error: std::sync::OnceLock::new(),
         })
     }
 
@@ -121,6 +126,16 @@ impl Link {
     /// The upstream reopened the send window.
     fn refilled(&self) {
         self.dry_since.store(0, Ordering::Release);
+    }
+
+    /// Whether the upstream's first `SETTINGS` came: the connection was open, whatever ended it.
+    pub(crate) fn opened(&self) -> bool {
+        self.spoke.load(Ordering::Acquire)
+    }
+
+    /// The TLS error a read of the connection failed with, if one did.
+    pub(crate) fn tls_error(&self) -> Option<&rustls::Error> {
+        self.tls_error.get()
     }
 
     /// Whether the connection takes no new stream.
@@ -497,14 +512,42 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     }
                 }
             }
-            Poll::Ready(Err(_)) => this.link.close(Closed::Gone),
+            Poll::Ready(Err(e)) => {
+                this.note(e);
+                this.link.close(Closed::Gone);
+            }
             Poll::Pending => {}
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + Unpin> Watched<S> {
+    /// Records the TLS error the connection's read failed with, if it is one.
+    fn note(&self, e: &io::Error) {
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            let _ = self.link.tls_error.set(tls.clone());
+        }
+    }
+
+    /// After a write failed: the server's TLS alert waiting unread behind it, noted. A server
+    /// that refuses rampart's client certificate (TLS 1.3: after the client's side of the
+    /// handshake ended) sends its alert and closes, and the preface written meanwhile may
+    /// fail on the closed socket before anything is read. Not waited for.
+    fn after_failed_write<T>(&mut self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if matches!(polled, Poll::Ready(Err(_))) && self.link.tls_error().is_none() {
+            let mut scratch = [0u8; 256];
+            let mut buf = ReadBuf::new(&mut scratch);
+            let mut quiet = Context::from_waker(&super::super::conn::NOOP);
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_read(&mut quiet, &mut buf) {
+                self.note(&e);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -515,7 +558,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         if let Poll::Ready(Ok(n)) = polled {
             this.wrote(&buf[..n.min(buf.len())]);
         }
-        polled
+        this.after_failed_write(polled)
     }
 
     fn poll_write_vectored(
@@ -535,7 +578,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                 n -= part;
             }
         }
-        polled
+        this.after_failed_write(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -543,7 +586,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.after_failed_write(polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,5 +1,5 @@
 //! Servers for the TLS tests: a TLS upstream (optionally requiring a client certificate) and
-//! a plaintext server that only records what it is sent.
+//! a server that only records what it is sent (plain, or over TLS).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +27,8 @@ pub struct TlsUpstream {
     task: JoinHandle<()>,
 }
 
-/// A plaintext TCP server that never answers: it records the first bytes of each connection
-/// (up to 1 s of waiting), then closes it. Stops on drop.
+/// A TCP server that never answers: it records the first bytes of each connection (up to 1 s
+/// of waiting; over TLS, the first after the handshake), then closes it. Stops on drop.
 #[derive(Debug)]
 pub struct Recorder {
     pub addr: SocketAddr,
@@ -57,6 +57,11 @@ impl TlsUpstream {
             client_ca_pem,
             &[b"http/1.1"],
         );
+        TlsUpstream::with_config(config).await
+    }
+
+    /// Serves TLS as `config` says (its versions, ALPN, client certificates).
+    pub async fn with_config(config: rustls::ServerConfig) -> TlsUpstream {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -104,21 +109,31 @@ async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, hits: Arc<Atomi
 impl Recorder {
     /// Listens on a free loopback port.
     pub async fn start() -> Recorder {
+        Recorder::serve(None).await
+    }
+
+    /// Listens on a free loopback port and serves TLS as `config` says: what it records is
+    /// what came after the handshake (connections whose handshake failed are not recorded).
+    pub async fn start_tls(config: rustls::ServerConfig) -> Recorder {
+        Recorder::serve(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<TlsAcceptor>) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                let tx = tx.clone();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tx, tls) = (tx.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let n = match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf))
-                        .await
-                    {
-                        Ok(Ok(n)) => n,
-                        _ => 0,
+                    let bytes = match tls {
+                        None => first_bytes(tcp).await,
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => first_bytes(stream).await,
+                            Err(_) => return,
+                        },
                     };
-                    let _ = tx.send(buf[..n].to_vec());
+                    let _ = tx.send(bytes);
                 });
             }
         });
@@ -133,6 +148,17 @@ impl Recorder {
         }
         out
     }
+}
+
+/// The first bytes read from `io` within 1 s (none if it closes or says nothing).
+async fn first_bytes(mut io: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let n = match tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => 0,
+    };
+    buf.truncate(n);
+    buf
 }
 
 impl Drop for Recorder {
