@@ -637,6 +637,12 @@ fn serve_conn(
             _ => stopped,
         };
         drop(gen);
+        // The only reference yet (one peer a connection, made at accept and moved here): a
+        // tunnel the connection becomes follows the same stop.
+        let mut peer = peer;
+        if let Some(p) = Arc::get_mut(&mut peer) {
+            p.closing = Some(stopped.clone());
+        }
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
             let conn = Served::new(shared, addr, lst, peer, stopped);
