@@ -614,7 +614,7 @@ fn serve_conn(
     shared: Arc<Shared>,
     addr: SocketAddr,
     stream: TcpStream,
-    peer: Arc<Peer>,
+    mut peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = Next> {
     async move {
@@ -639,7 +639,6 @@ fn serve_conn(
         drop(gen);
         // The only reference yet (one peer a connection, made at accept and moved here): a
         // tunnel the connection becomes follows the same stop.
-        let mut peer = peer;
         if let Some(p) = Arc::get_mut(&mut peer) {
             p.closing = Some(stopped.clone());
         }
