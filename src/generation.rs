@@ -648,13 +648,22 @@ impl TlsRules {
         }
     }
 
+    /// Whether `a` and `b` trust the same client CAs: the same set of anchors, in whatever
+    /// order their bundles list them and however often (a bundle reordered, or with a CA
+    /// repeated, trusts no one else).
     fn same_ca(a: &ListenerRt, b: &ListenerRt) -> bool {
         match (&a.client_ca, &b.client_ca) {
             (None, None) => true,
-            (Some(x), Some(y)) => x.roots == y.roots,
+            (Some(x), Some(y)) => same_anchors(&x.roots, &y.roots),
             _ => false,
         }
     }
+}
+
+/// Whether `a` and `b` hold the same trust anchors, as sets. Bundles hold a few CAs: the
+/// quadratic look is cheaper than sorting copies, and runs once a listener a reload.
+fn same_anchors<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+    a.iter().all(|t| b.contains(t)) && b.iter().all(|t| a.contains(t))
 }
 
 // === impl RoutePolicy ===
@@ -729,5 +738,20 @@ impl RoutePolicy {
             let old = old.and_then(|o| o.idempotency.as_ref());
             RouteIdempotency::build(i, old, route, m, &shared.clock, store)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_anchors;
+
+    #[test]
+    fn client_cas_compare_as_sets() {
+        let (a, b, c) = ("ca-a", "ca-b", "ca-c");
+        assert!(same_anchors(&[a, b], &[b, a]), "reordered");
+        assert!(same_anchors(&[a, b, a], &[a, b]), "one repeated");
+        assert!(!same_anchors(&[a, b], &[a]), "one taken away");
+        assert!(!same_anchors(&[a], &[a, c]), "one added");
+        assert!(!same_anchors(&[a, b], &[a, c]), "one swapped");
     }
 }

@@ -167,6 +167,8 @@ pub fn apply(
     // Nothing can fail the reload from here: breakers replaced with new settings are reset.
     gen.reset_replaced_breakers(&old);
     let gen = Arc::new(gen);
+    // The grace a tunnel is given once told to close (by this reload's follow or drains too).
+    shared.tunnels.set_grace(cfg.file.runtime.shutdown_grace.0);
     shared.current.store(gen.clone());
     gen.retire(&old, &shared.metrics);
     // Connections accepted under TLS rules this reload changed are told to close once idle

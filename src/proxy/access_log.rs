@@ -232,7 +232,7 @@ impl AccessLog {
         t.extend_from_slice(b",\"method\":");
         line::token(t, req.method().as_str().as_bytes());
         t.extend_from_slice(b",\"path\":");
-        line::string(t, req.uri().path());
+        line::string(t, logged_path(req));
         d.request = end(t);
         t.extend_from_slice(b",\"request_id\":");
         if made {
@@ -250,6 +250,16 @@ impl AccessLog {
         d.sink = Some(refs[writer::lane_number() & (refs.len() - 1)].clone());
         d.keep_ok = self.keep_ok;
         Entry(Some(d))
+    }
+}
+
+/// What a line's `path` says of `req`: its path, or for a CONNECT (which has none) its target,
+/// `host:port`, so a tunnel's destination is logged under a route that matches many.
+fn logged_path<B>(req: &Request<B>) -> &str {
+    let uri = req.uri();
+    match uri.path() {
+        "" if req.method() == http::Method::CONNECT => uri.authority().map_or("", |a| a.as_str()),
+        path => path,
     }
 }
 

@@ -123,6 +123,10 @@ pub struct Peer {
     pub tls_epoch: u64,
     /// The client's IP address as text, for `x-forwarded-for`.
     forwarded_for: HeaderValue,
+    /// The connection's stop: told when its listener drains (shutdown, or a reload removed
+    /// it) or a reload changed the TLS rules it was made under. A tunnel it becomes follows it
+    /// ([`Peer::closing`]); `None` outside a listener (tests).
+    pub(super) closing: Option<tokio::sync::watch::Receiver<bool>>,
     /// The connection's place among its listener's `max_connections`, and its count for the
     /// worker serving it; `None` outside a listener (tests).
     _held: Option<Held>,
@@ -139,6 +143,7 @@ impl Peer {
             // An IPv4 client of a dual-stack listener comes as `::ffff:a.b.c.d`: written as
             // the IPv4 address it is.
             forwarded_for: ip_text(addr.ip().to_canonical()),
+            closing: None,
             _held: None,
         }
     }
@@ -149,6 +154,12 @@ impl Peer {
             _held: Some(held),
             ..Peer::new(addr, false)
         }
+    }
+
+    /// The connection's stop, for a tunnel it becomes (CONNECT, or an upgrade), which the
+    /// connection's task no longer serves: it is cut the shutdown grace after the stop.
+    pub fn closing(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.closing.clone()
     }
 
     /// What the connection says about its client, for tenant identification.

@@ -614,7 +614,7 @@ fn serve_conn(
     shared: Arc<Shared>,
     addr: SocketAddr,
     stream: TcpStream,
-    peer: Arc<Peer>,
+    mut peer: Arc<Peer>,
     stopped: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = Next> {
     async move {
@@ -637,6 +637,11 @@ fn serve_conn(
             _ => stopped,
         };
         drop(gen);
+        // The only reference yet (one peer a connection, made at accept and moved here): a
+        // tunnel the connection becomes follows the same stop.
+        if let Some(p) = Arc::get_mut(&mut peer) {
+            p.closing = Some(stopped.clone());
+        }
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
             let conn = Served::new(shared, addr, lst, peer, stopped);

@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use tokio::time::Instant;
 
+use super::access_log::Broken;
 use super::body::{Body, ClientIn};
 use super::ctx::{RequestCtx, TryLog};
 use super::forward::Peer;
@@ -99,9 +100,10 @@ pub fn spawn(
         guards,
         carried: carried.clone(),
     };
+    let closing = peer.closing();
     carry(
         hyper::upgrade::on(req),
-        stream,
+        (stream, closing),
         route,
         shared,
         carried,
@@ -118,14 +120,25 @@ pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<P
     let Upgrade { client, upstream } = up;
     let Switched { stream, read, slot } = upstream;
     let stream = Rewind::new(read, stream);
-    carry(client, stream, route, shared, Arc::default(), (slot, peer));
+    let closing = peer.closing();
+    carry(
+        client,
+        (stream, closing),
+        route,
+        shared,
+        Arc::default(),
+        (slot, peer),
+    );
 }
 
 /// Copies bytes between the client (once hyper hands over its connection, `client`) and
-/// `stream` in the background until the tunnel ends, holding `held` until then.
+/// `stream` in the background until the tunnel ends, holding `held` until then. `closing` is
+/// the client connection's stop ([`Peer::closing`]): once it is told (its listener drains, a
+/// reload removed it, or changed the TLS rules the connection was made under), the tunnel has
+/// the shutdown grace left, then is cut.
 fn carry<S, H>(
     client: OnUpgrade,
-    stream: S,
+    (stream, closing): (S, Option<watch::Receiver<bool>>),
     route: &RouteRt,
     shared: &Shared,
     carried: Arc<Carried>,
@@ -136,7 +149,8 @@ fn carry<S, H>(
 {
     let idle = route.tunnel_idle;
     let (clock, name) = (shared.clock.clone(), route.upstream.name.clone());
-    shared.tunnels.spawn(async move {
+    let marks = carried.clone();
+    let tunnel = async move {
         let _held = held;
         match client.await {
             Ok(upgraded) => {
@@ -146,15 +160,21 @@ fn carry<S, H>(
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel upgrade failed"),
         }
-    });
+    };
+    shared.tunnels.spawn(tunnel, closing, marks);
 }
 
 /// The open tunnels of a rampart: a drain waits for them as for connections, and cuts those
-/// still open when its grace runs out (each writes its access log line as it ends).
+/// still open when its grace runs out (each writes its access log line as it ends, with
+/// reason `shutdown`). A tunnel whose client connection is told to close (its listener
+/// removed by a reload, or its TLS rules changed) is cut the same way, the shutdown grace
+/// after it is told.
 #[derive(Debug)]
 pub struct Tunnels {
     tasks: TaskTracker,
     cut: watch::Sender<bool>,
+    /// `runtime.shutdown_grace` of the generation in force, in nanoseconds.
+    grace: Arc<AtomicU64>,
 }
 
 impl Default for Tunnels {
@@ -162,18 +182,58 @@ impl Default for Tunnels {
         Tunnels {
             tasks: TaskTracker::new(),
             cut: watch::channel(false).0,
+            grace: Arc::default(),
         }
     }
 }
 
 impl Tunnels {
-    /// Runs `tunnel` until it ends or the drain cuts it.
-    fn spawn(&self, tunnel: impl Future<Output = ()> + Send + 'static) {
-        let mut cut = self.cut.subscribe();
+    /// Sets the shutdown grace a tunnel is given once its connection is told to close (a
+    /// reload puts its `runtime.shutdown_grace` here as it takes effect).
+    pub fn set_grace(&self, grace: Duration) {
+        let nanos = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        self.grace.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Runs `tunnel` until it ends, the drain cuts it, or the shutdown grace has passed since
+    /// `closing` was told; a cut is marked in `carried` before the tunnel is dropped (its log
+    /// line says `shutdown`).
+    fn spawn(
+        &self,
+        tunnel: impl Future<Output = ()> + Send + 'static,
+        closing: Option<watch::Receiver<bool>>,
+        carried: Arc<Carried>,
+    ) {
+        let mut drain_cut = self.cut.subscribe();
+        let grace = self.grace.clone();
         self.tasks.spawn(async move {
+            let drained = async {
+                let _ = drain_cut.wait_for(|c| *c).await;
+            };
+            let told = async {
+                // A sender dropped without telling (never the case: a listener's handle
+                // tells before it lets go) leaves the tunnel be.
+                let told = match closing {
+                    Some(mut c) => c.wait_for(|c| *c).await.is_ok(),
+                    None => false,
+                };
+                if !told {
+                    std::future::pending::<()>().await;
+                }
+                let grace = Duration::from_nanos(grace.load(Ordering::Relaxed));
+                tokio::time::sleep(grace).await;
+            };
+            let cut = async {
+                tokio::select! {
+                    () = drained => {}
+                    () = told => {}
+                }
+                // Marked before the tunnel (its guards, its log line) is dropped.
+                carried.cut.store(true, Ordering::Relaxed);
+            };
             tokio::select! {
                 () = tunnel => {}
-                _ = cut.wait_for(|c| *c) => {}
+                () = cut => {}
             }
         });
     }
@@ -207,6 +267,9 @@ impl Drop for TunnelGuards {
         if let Some(log) = &mut self.guards.log {
             let c = &self.carried;
             log.tunnelled(c.up.load(Ordering::Relaxed), c.down.load(Ordering::Relaxed));
+            if c.cut.load(Ordering::Relaxed) {
+                log.broken(Broken::Shutdown);
+            }
         }
     }
 }
@@ -308,6 +371,8 @@ pub struct Carried {
     pub up: AtomicU64,
     /// Upstream to client.
     pub down: AtomicU64,
+    /// Whether rampart cut it (a drain's grace ran out).
+    pub cut: AtomicBool,
 }
 
 /// Copies bytes between `a` (the client) and `b` (the upstream) until both close, one fails,

@@ -524,17 +524,7 @@ async fn a_tunnels_line_is_written_when_it_ends_with_the_bytes_it_carried() {
 /// in the file when the process has exited, with what the tunnel carried until then.
 #[tokio::test]
 async fn a_tunnel_cut_by_the_drain_still_writes_its_line() {
-    // An upstream that echoes what it reads and never closes first.
-    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let echo_addr = echo.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let (echo_addr, server) = echo().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
     let mut proxy = logged_proxy(&log, echo_addr).await;
@@ -562,6 +552,104 @@ async fn a_tunnel_cut_by_the_drain_still_writes_its_line() {
             .is_some_and(|ms| ms >= 1000.0),
         "the tunnel lived through the grace: {tunnel}"
     );
+}
+
+/// An upstream that echoes what it reads and never closes first: its address, and its task.
+async fn echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let echo_addr = echo.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (echo_addr, server)
+}
+
+/// `tcp`, a tunnel to an echo, carries `sent` there and back.
+async fn echoes(tcp: &mut tokio::net::TcpStream, sent: &[u8]) {
+    tcp.write_all(sent).await.expect("write into the tunnel");
+    let mut echoed = vec![0u8; sent.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+        .await
+        .expect("the echo in time")
+        .expect("read the echo");
+    assert_eq!(echoed, sent);
+}
+
+const REMOVED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 500ms }
+upstreams:
+  echo: { endpoints: [$ECHO] }
+listeners:
+  - name: keep
+    direction: inbound
+    listen: $LISTEN_keep
+    routes:
+      - { upstream: echo }
+"#;
+
+/// A reload that removes a listener cuts its open tunnels when `shutdown_grace` runs out, as
+/// SIGTERM does: they carry bytes within the grace, are closed after it, and each writes its
+/// line with reason `shutdown` and its target (`host:port`) as its path. Before, they went on
+/// until their client closed or `tunnel_idle_timeout` (1h), and a line said `"path":""` and
+/// `"reason":""`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_listener_cuts_its_tunnels_at_the_grace() {
+    let (echo_addr, server) = echo().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let outbound = format!(
+        "  - name: outbound\n    direction: outbound\n    listen: $LISTEN_outbound\n    \
+         access_log: {{ to: {} }}\n    routes:\n      - {{ match: {{ host: \"*.example\" }}, upstream: echo }}\n",
+        log.display()
+    );
+    let mut proxy = Proxy::builder(&format!("{REMOVED}{outbound}"))
+        .var("ECHO", echo_addr)
+        .spawn()
+        .await;
+    let addr = proxy.listener("outbound");
+    let mut one = open_tunnel(addr, "one.example:80").await;
+    let mut two = open_tunnel(addr, "two.example:443").await;
+    echoes(&mut one, b"before").await;
+    echoes(&mut two, b"before").await;
+
+    proxy.rewrite_config(REMOVED);
+    let rsp = crate::support::http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let began = tokio::time::Instant::now();
+    // Within the grace they still carry bytes.
+    echoes(&mut one, b"within").await;
+    for tcp in [&mut one, &mut two] {
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the tunnel is cut after the grace");
+    }
+    assert!(
+        began.elapsed() >= Duration::from_millis(400),
+        "not before the grace: {:?}",
+        began.elapsed()
+    );
+    let lines = crate::support::wait_log_lines(&log, 2).await;
+    let mut paths: Vec<_> = lines.iter().map(|l| l["path"].clone()).collect();
+    paths.sort_by_key(|p| p.to_string());
+    assert_eq!(paths, ["one.example:80", "two.example:443"], "{lines:?}");
+    for line in &lines {
+        // "before" both, "within" through the first.
+        let carried = if line["path"] == "one.example:80" {
+            12
+        } else {
+            6
+        };
+        assert_tunnel_line(line, carried, carried);
+        assert_eq!(line["reason"], "shutdown", "{line}");
+    }
+    server.abort();
 }
 
 /// A tunnel is a connection rampart opens to the endpoint: it counts against the upstream's

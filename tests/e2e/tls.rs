@@ -788,3 +788,82 @@ async fn a_tls_client_that_closes_after_a_chunked_upload_is_a_499_at_once() {
         "{text}"
     );
 }
+
+/// A WebSocket opened with a certificate of a CA that a reload stops trusting is cut as the
+/// connection would be: it carries bytes for `shutdown_grace` after the reload, then closes.
+/// Before, it went on until a side closed or `tunnel_idle_timeout` (1h), though the client
+/// could no longer connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_under_a_ca_a_reload_removes_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = crate::upgrade::Upstream::start().await;
+    let (ca, pki) = pki();
+    let sections = "runtime: { shutdown_grace: 500ms }";
+    let mut proxy = tls_proxy(up.addr, &pki, true, sections).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let alice = ca.client("alice", None);
+    let cfg = tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]);
+    let mut ws = tls::connect(addr, cfg).await.expect("mtls");
+    let shake = crate::upgrade::handshake("/chat");
+    ws.write_all(shake.as_bytes()).await.expect("handshake");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(ws.read_u8().await.expect("the answer's head"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let mut got = vec![0u8; crate::upgrade::WELCOME.len()];
+    ws.read_exact(&mut got).await.expect("welcome");
+
+    let other = Ca::new("another ca");
+    pki.ca("other", &other);
+    let sections_tls = TLS_INBOUND
+        .replace("$SECTIONS", sections)
+        .replace("$TLS", &tls_with_ca(&pki, "other.pem"));
+    proxy.rewrite_config(&sections_tls);
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    ws.write_all(b"within").await.expect("write");
+    let mut got = [0u8; 6];
+    ws.read_exact(&mut got).await.expect("open in the grace");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(3), ws.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the WebSocket is cut after the grace");
+}
+
+/// A reload whose `client_ca` bundle lists the same CAs in another order, or one of them twice,
+/// trusts the same clients: connections made under it stay open. Before, either dropped every
+/// connection of the listener.
+#[tokio::test]
+async fn a_client_ca_bundle_reordered_or_with_a_repeat_keeps_connections() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let other = Ca::new("another ca");
+    pki.write("both.pem", &format!("{}{}", ca.pem, other.pem));
+    let proxy = Proxy::builder(TLS_INBOUND)
+        .var("SECTIONS", "")
+        .var("TLS", tls_with_ca(&pki, "both.pem"))
+        .var("POLICY", "")
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let alice = ca.client("alice", None);
+    let cfg = tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]);
+    let mut verified = Conn::over(tls::connect(addr, cfg).await.expect("mtls"));
+    verified.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(verified.answer(false).await.status, 200);
+    for bundle in [
+        format!("{}{}", other.pem, ca.pem),
+        format!("{}{}{}", ca.pem, other.pem, ca.pem),
+    ] {
+        pki.write("both.pem", &bundle);
+        let rsp = http::post(admin, "/reload", &[], "").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        verified.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!(
+            verified.answer(false).await.status,
+            200,
+            "the same CAs: still served"
+        );
+    }
+}

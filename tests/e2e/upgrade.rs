@@ -38,7 +38,7 @@ listeners:
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 /// What the upstream sends in the same write as its 101: the new protocol's first bytes.
-const WELCOME: &[u8] = b"welcome";
+pub(crate) const WELCOME: &[u8] = b"welcome";
 /// What the upstream sends once the client has half-closed, before closing itself.
 const BYE: &[u8] = b"bye";
 
@@ -46,8 +46,8 @@ const BYE: &[u8] = b"bye";
 /// [`WELCOME`] in the same write), then every byte is echoed until the client's end of stream,
 /// answered with [`BYE`] and a close; any other request gets `200` with its path as the body,
 /// on a kept connection (`/fail` gets `500`). Every head it reads is kept.
-struct Upstream {
-    addr: SocketAddr,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -59,7 +59,7 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    async fn start() -> Upstream {
+    pub(crate) async fn start() -> Upstream {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -128,7 +128,7 @@ async fn serve(mut conn: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
 
 /// Reads one head off `conn`, a byte at a time (nothing after it is taken); `None` at the end
 /// of the stream.
-async fn read_head(conn: &mut TcpStream) -> Option<String> {
+pub(crate) async fn read_head(conn: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -156,7 +156,7 @@ fn header(head: &str, name: &str) -> Option<String> {
 
 /// A WebSocket handshake for `path` as a browser sends it (its `connection` list with
 /// `keep-alive`, and a `keep-alive` header: hop-by-hop ones that must not reach the upstream).
-fn handshake(path: &str) -> String {
+pub(crate) fn handshake(path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\n\
          Connection: keep-alive, Upgrade\r\nKeep-Alive: timeout=5\r\n\
@@ -164,7 +164,7 @@ fn handshake(path: &str) -> String {
     )
 }
 
-async fn read_exact(conn: &mut TcpStream, n: usize) -> Vec<u8> {
+pub(crate) async fn read_exact(conn: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut got = vec![0u8; n];
     tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut got))
         .await
@@ -529,6 +529,60 @@ async fn a_drain_waits_for_an_open_websocket_then_cuts_it() {
     assert!(end.is_ok(), "the socket was closed when rampart exited");
 }
 
+const GONE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 500ms }
+upstreams:
+  ws: { endpoints: [$WS] }
+listeners:
+  - name: keep
+    direction: inbound
+    listen: $LISTEN_keep
+    routes:
+      - { upstream: ws }
+"#;
+
+/// A reload that removes a listener cuts its open WebSockets when `shutdown_grace` runs out,
+/// as SIGTERM does; a WebSocket on a listener the reload keeps goes on. Before, the removed
+/// listener's went on until a side closed or `tunnel_idle_timeout` (1h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_listener_cuts_its_websockets_at_the_grace() {
+    let up = Upstream::start().await;
+    let gone = "  - name: gone\n    direction: inbound\n    listen: $LISTEN_gone\n    \
+                routes:\n      - { upstream: ws }\n";
+    let mut proxy = Proxy::builder(&format!("{GONE}{gone}"))
+        .var("WS", up.addr)
+        .spawn()
+        .await;
+    let mut cut = open_websocket(proxy.listener("gone")).await;
+    let mut kept = open_websocket(proxy.listener("keep")).await;
+    proxy.rewrite_config(GONE);
+    let rsp = crate::support::http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let began = tokio::time::Instant::now();
+    cut.write_all(b"within").await.expect("write");
+    assert_eq!(
+        read_exact(&mut cut, 6).await,
+        b"within",
+        "open in the grace"
+    );
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(3), cut.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "cut after the grace");
+    assert!(
+        began.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        began.elapsed()
+    );
+    kept.write_all(b"after").await.expect("write");
+    assert_eq!(
+        read_exact(&mut kept, 5).await,
+        b"after",
+        "the kept listener's goes on"
+    );
+}
+
 const CAPPED: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
@@ -544,7 +598,7 @@ listeners:
 "#;
 
 /// A WebSocket through rampart, switched: the 101 and the upstream's first bytes read.
-async fn open_websocket(addr: SocketAddr) -> TcpStream {
+pub(crate) async fn open_websocket(addr: SocketAddr) -> TcpStream {
     let mut ws = TcpStream::connect(addr).await.expect("connect");
     ws.write_all(handshake("/chat").as_bytes())
         .await
