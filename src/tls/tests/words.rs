@@ -95,7 +95,7 @@ fn no_common_version_and_other_alerts_are_said_by_name() {
         "the server ended the handshake with alert internal_error"
     );
     let s = said(Error::AlertReceived(A::from(0xfe)), &[b"http/1.1"], false);
-    assert!(s.ends_with("with alert 254 (Unknown(254))"), "{s}");
+    assert!(s.contains("with alert 254"), "{s}");
 }
 
 #[test]
