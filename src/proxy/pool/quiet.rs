@@ -110,10 +110,13 @@ impl Quiet {
         if self.limit == 0 {
             return false;
         }
-        self.since = self.since.max(floor);
+        // A wait begins now (after bytes, or at the first look), and never before the upload
+        // ended: taken the other way round, a wait after bytes that came long after the
+        // upload's end was counted from that end, and cut at once.
         if self.since == 0 {
             self.since = now.max(1);
         }
+        self.since = self.since.max(floor);
         let due = self.since + u64::from(self.limit);
         if now >= due {
             return true;
@@ -243,6 +246,29 @@ mod tests {
         tokio::time::advance(50 * MS).await;
         assert!(woken.take(), "woken 100 ms after the upload's end");
         assert!(quiet.stalled_at(timer.as_mut(), &mut cx, 1_250, 1_150));
+    }
+
+    /// Bytes long after the upload's end start the next wait afresh: it runs from the look
+    /// after them, not from the upload's end (which would cut a long streamed answer to a POST
+    /// at its first pause).
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_after_bytes_runs_from_then_not_from_the_uploads_end() {
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut timer = std::pin::pin!(None::<Sleep>);
+        let mut quiet = Quiet::new(100);
+        tracing::info!("the upload ended at 1,000; bytes came until 5,000; a look at 5,010");
+        quiet.progress();
+        assert!(
+            !quiet.stalled_at(timer.as_mut(), &mut cx, 5_010, 1_000),
+            "10 ms into a wait is not its end"
+        );
+        tokio::time::advance(99 * MS).await;
+        assert!(!woken.take(), "set for 5,110");
+        tokio::time::advance(MS).await;
+        assert!(woken.take());
+        assert!(quiet.stalled_at(timer.as_mut(), &mut cx, 5_110, 1_000));
     }
 
     /// `0s` is off: never cut, no timer made; a shorter limit on a connection's timer set for
