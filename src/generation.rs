@@ -626,7 +626,7 @@ static TLS_EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 
 impl TlsRules {
     /// Gives `rt` (its `tls` and `client_ca` set, at address `at`) the epoch of its counterpart
-    /// in `prev` (the listener of the same name) if that served the same rules, else a new
+    /// in `prev` (the listener of the same name, else the one at the same address) if that served the same rules, else a new
     /// one; and that counterpart's `conns_stop` if it is at the same address with the same
     /// epoch (else the new one `build_listener` made, which the listener's handle then follows).
     fn carry(rt: &mut ListenerRt, at: SocketAddr, prev: Option<&Generation>) {
@@ -635,6 +635,9 @@ impl TlsRules {
                 .iter()
                 .find(|(_, o)| o.name == rt.name)
                 .map(|(a, o)| (*a, o))
+                // A listener renamed in place (the same address) is the same listener: its
+                // connections, tunnels and upgrades go on as under any reload that keeps it.
+                .or_else(|| p.listeners.get(&at).map(|o| (at, o)))
         });
         rt.tls_epoch = match (&rt.tls, old) {
             (None, _) => 0,

@@ -652,6 +652,39 @@ async fn a_reload_that_removes_a_listener_cuts_its_tunnels_at_the_grace() {
     server.abort();
 }
 
+/// A reload that only renames a listener (the same address, the same rules) keeps its tunnels:
+/// it is the same listener. Before, the new name found no counterpart, and the tunnel was cut
+/// at the grace as for a removed listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_renames_a_listener_keeps_its_tunnels() {
+    let (echo_addr, server) = echo().await;
+    let listener = |name: &str, at: &str| {
+        format!(
+            "  - name: {name}\n    direction: outbound\n    listen: {at}\n    routes:\n      \
+             - {{ match: {{ host: \"*.example\" }}, upstream: echo }}\n"
+        )
+    };
+    let mut proxy = Proxy::builder(&format!(
+        "{REMOVED}{}",
+        listener("outbound", "$LISTEN_outbound")
+    ))
+    .var("ECHO", echo_addr)
+    .spawn()
+    .await;
+    let addr = proxy.listener("outbound");
+    let mut one = open_tunnel(addr, "one.example:80").await;
+    echoes(&mut one, b"before").await;
+
+    let renamed = format!("{REMOVED}{}", listener("egress", &addr.to_string()));
+    proxy.rewrite_config(&renamed);
+    let rsp = crate::support::http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    // Past the grace (500ms) and more: still carrying bytes.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    echoes(&mut one, b"after").await;
+    server.abort();
+}
+
 /// A tunnel is a connection rampart opens to the endpoint: it counts against the upstream's
 /// `max_connections` and in `rampart_upstream_connections` for its whole life. At the cap an
 /// idle pooled connection is closed to make room; with none, the next CONNECT waits up to the
