@@ -106,6 +106,34 @@ struct Connecting {
     done: tokio::sync::Notify,
 }
 
+/// Lets a connect's waiters go when its task ends, whatever ended it: with its outcome, or,
+/// when the task ended without one (a panic, its runtime shutting down), with a connect error,
+/// rather than waiting for ever on an endpoint whose next requests would wait on it too.
+struct Settle {
+    pool: Arc<Pool>,
+    told: Arc<Connecting>,
+    addr: SocketAddr,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if self.told.outcome.get().is_none() {
+            let _ = self.told.outcome.set(Err(SendError::Connect {
+                addr: self.addr,
+                timed_out: false,
+                source: std::io::Error::other("the connect ended without an outcome"),
+            }));
+        }
+        if let Some(h2) = self.pool.h2.as_ref() {
+            let mut held = h2.connecting.lock();
+            if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, &self.told)) {
+                *held = None;
+            }
+        }
+        self.told.done.notify_waiters();
+    }
+}
+
 /// What a request waits for (`Added::waiting`): nothing.
 pub(crate) const WAIT_NONE: u8 = 0;
 /// A stream of the endpoint's HTTP/2 connection: it is at its limit ([`link`]).
@@ -543,16 +571,21 @@ impl Pool {
                 None => {
                     let c = Arc::new(Connecting::default());
                     *held = Some(c.clone());
-                    let (pool, told) = (self.clone(), c.clone());
+                    let settle = Settle {
+                        pool: self.clone(),
+                        told: c.clone(),
+                        addr,
+                    };
                     tokio::spawn(async move {
-                        let Some(h2) = pool.h2.as_ref() else { return };
-                        let made = pool.make_h2(h2, addr).await;
+                        let Some(h2) = settle.pool.h2.as_ref() else {
+                            return;
+                        };
+                        let made = settle.pool.make_h2(h2, addr).await;
                         if let Ok(live) = &made {
                             *h2.sender.lock() = Some(live.clone());
                         }
-                        let _ = told.outcome.set(made);
-                        *h2.connecting.lock() = None;
-                        told.done.notify_waiters();
+                        let _ = settle.told.outcome.set(made);
+                        // `settle`'s drop lets the waiters go.
                     });
                     c
                 }
