@@ -136,6 +136,29 @@ fn about_the_limit(took: Duration) -> bool {
     took >= Duration::from_millis(280) && took < Duration::from_millis(1500)
 }
 
+/// The upstream's connection closed by rampart at the idle limit, counted once as an idle
+/// timeout, and nothing left in flight.
+async fn upstream_let_go_at_the_limit(up: &Stalling, proxy: &Proxy) {
+    crate::assert_eventually!(
+        up.closed_after().len() == 1,
+        "rampart closes the upstream's connection: {:?}",
+        up.closed_after()
+    );
+    assert!(
+        about_the_limit(up.closed_after()[0]),
+        "closed at the idle limit: {:?}",
+        up.closed_after()
+    );
+    assert_eq!(timeouts(proxy, "idle").await, Some(1.0));
+    let text = metrics(proxy.admin()).await;
+    let in_flight = metric_value(
+        &text,
+        "rampart_in_flight_requests",
+        &[("listener", "inbound")],
+    );
+    assert_eq!(in_flight, Some(0.0), "{text}");
+}
+
 /// An answer whose upstream sends its head and the start of its body, then nothing, on a
 /// route without `timeout.request`, is cut at `timeout.idle`: the client's connection closed
 /// without the rest (it is not kept: the body is short), the upstream's connection closed by
@@ -166,24 +189,7 @@ async fn an_answer_that_stalls_after_its_head_is_cut_at_the_idle_timeout() {
     );
     assert!(about_the_limit(took), "cut at the idle limit: {took:?}");
 
-    crate::assert_eventually!(
-        up.closed_after().len() == 1,
-        "rampart closes the upstream's connection: {:?}",
-        up.closed_after()
-    );
-    assert!(
-        about_the_limit(up.closed_after()[0]),
-        "{:?}",
-        up.closed_after()
-    );
-    assert_eq!(timeouts(&proxy, "idle").await, Some(1.0));
-    let text = metrics(proxy.admin()).await;
-    let in_flight = metric_value(
-        &text,
-        "rampart_in_flight_requests",
-        &[("listener", "inbound")],
-    );
-    assert_eq!(in_flight, Some(0.0), "{text}");
+    upstream_let_go_at_the_limit(&up, &proxy).await;
     let lines = crate::support::wait_log_lines(&dir.path().join("access.jsonl"), 1).await;
     let line = &lines[0];
     assert_eq!(
@@ -269,24 +275,7 @@ async fn the_upstream_of_a_client_that_left_is_closed_at_the_idle_timeout() {
         }
     }
     drop(tcp);
-    crate::assert_eventually!(
-        up.closed_after().len() == 1,
-        "rampart closes the upstream's connection: {:?}",
-        up.closed_after()
-    );
-    assert!(
-        about_the_limit(up.closed_after()[0]),
-        "closed at the idle limit: {:?}",
-        up.closed_after()
-    );
-    assert_eq!(timeouts(&proxy, "idle").await, Some(1.0));
-    let text = metrics(proxy.admin()).await;
-    let in_flight = metric_value(
-        &text,
-        "rampart_in_flight_requests",
-        &[("listener", "inbound")],
-    );
-    assert_eq!(in_flight, Some(0.0), "{text}");
+    upstream_let_go_at_the_limit(&up, &proxy).await;
 }
 
 /// A client slow to take its answer is never cut by the idle timeout, nor is the upstream
