@@ -29,6 +29,7 @@ pub struct Metrics {
     upstream_requests: Family<Counter>,
     upstream_duration: Family<Histogram>,
     upstream_abandoned: IntCounterVec,
+    upstream_unsent: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     in_flight: Family<HeldGauge>,
     open_connections: IntGaugeVec,
@@ -145,6 +146,30 @@ pub const SHED_REASONS: [&str; 6] = [
     "adaptive",
 ];
 
+/// Why a request was never sent to its upstream (`rampart_upstream_unsent_total`'s `cause`):
+/// what it waited for in rampart when its deadline passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsent {
+    /// A connection of the endpoint's pool: `max_connections` open, none idle.
+    PoolFull = 0,
+    /// A stream of the endpoint's HTTP/2 connection, at its limit of concurrent streams.
+    StreamSlot = 1,
+}
+
+// === impl Unsent ===
+
+impl Unsent {
+    const ALL: [Unsent; 2] = [Unsent::PoolFull, Unsent::StreamSlot];
+
+    /// The `cause` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Unsent::PoolFull => "pool_full",
+            Unsent::StreamSlot => "stream_slot",
+        }
+    }
+}
+
 /// Cached handles for one upstream.
 #[derive(Debug)]
 pub struct UpstreamMetrics {
@@ -155,6 +180,8 @@ pub struct UpstreamMetrics {
     client_fault: IntCounter,
     /// The family, for `cause="shutdown"`, made when a try is first cut (rare).
     abandoned: IntCounterVec,
+    /// `rampart_upstream_unsent_total{upstream, cause}`, by [`Unsent`].
+    unsent: [IntCounter; 2],
     requests: Family<Counter>,
     endpoint_healthy: IntGaugeVec,
     connections: IntGaugeVec,
@@ -199,7 +226,7 @@ impl Metrics {
         let upstream_requests = per_worker(
             &registry,
             "rampart_upstream_requests_total",
-            "Tries sent to upstreams, by status (failed tries: 502 connect/reset, 504 timeout).",
+            "Tries against upstreams, by status (failed tries: 502 connect/reset, 504 timeout); a request whose deadline passed while it waited in rampart for a connection or stream was never sent and is no try (rampart_upstream_unsent_total).",
             &["upstream", "code"],
         );
         let upstream_duration = per_worker(
@@ -211,6 +238,11 @@ impl Metrics {
         let upstream_abandoned = counter(
             "rampart_upstream_tries_abandoned_total",
             "Tries ended by the client, not the upstream (cause: client_gone, client_fault), or cut by rampart's drain (cause: shutdown); kept out of rampart_upstream_requests_total.",
+            &["upstream", "cause"],
+        );
+        let upstream_unsent = counter(
+            "rampart_upstream_unsent_total",
+            "Requests answered 504 (or a CONNECT 502) because their deadline passed while they waited in rampart for a place on the endpoint's connections, never sent, by cause (pool_full: max_connections in use; stream_slot: the HTTP/2 connection's stream limit); not tries: kept out of rampart_upstream_requests_total, breakers, outlier detection and latency.",
             &["upstream", "cause"],
         );
         let tls_handshake_failures = counter(
@@ -399,6 +431,7 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             upstream_abandoned,
+            upstream_unsent,
             tls_handshake_failures,
             in_flight,
             open_connections,
@@ -525,6 +558,7 @@ impl Metrics {
                 .upstream_abandoned
                 .with_label_values(&[name, "client_fault"]),
             abandoned: self.upstream_abandoned.clone(),
+            unsent: Unsent::ALL.map(|c| self.upstream_unsent.with_label_values(&[name, c.label()])),
             name: name.clone(),
             retired: AtomicBool::new(false),
             requests: self.upstream_requests.clone(),
@@ -581,6 +615,7 @@ impl Metrics {
         self.upstream_requests.retain(upstream);
         self.upstream_duration.retain(upstream);
         retain(&self.upstream_abandoned, upstream);
+        retain(&self.upstream_unsent, upstream);
         retain(&self.breaker_transitions, upstream);
         retain(&self.breaker_state, |l| {
             // Scope tenant has a set of series per tenant label, scope upstream one with "".
@@ -821,6 +856,11 @@ impl UpstreamMetrics {
             }
             _ => self.client_gone.inc(),
         }
+    }
+
+    /// Counts a request never sent: its deadline passed while it waited in rampart (`cause`).
+    pub fn unsent(&self, cause: Unsent) {
+        self.unsent[cause as usize].inc();
     }
 
     /// `rampart_upstream_connections{upstream, endpoint}`, for the endpoint's pool to count

@@ -325,6 +325,7 @@ impl<'a> ClientSpan<'a> {
             Outcome::Timeout => (Some("timeout".into()), Some("timeout")),
             Outcome::Cancelled => (Some("cancelled".into()), None),
             Outcome::ClientFault => (Some("client_fault".into()), None),
+            Outcome::Unsent => (Some("unsent".into()), Some("timeout")),
         };
         if let Some(r) = reason {
             attrs.push(("rampart.reason", Val::Static(r)));

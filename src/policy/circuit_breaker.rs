@@ -19,10 +19,12 @@
 //! up to `open_for_max`, and back to `open_for` after a close. Half-open admits exactly
 //! `half_open_probes` tries; all succeeding closes, any failing reopens.
 //!
-//! Outcomes that are not verdicts ([`Outcome::Cancelled`], [`Outcome::ClientFault`]) count for
-//! nothing. A half-open probe that ends so (its client went away, its permit dropped
-//! unrecorded, or the client broke the exchange) gives its permit back so another request can
-//! probe: a client's doing never reopens a breaker or lengthens its `open_for` (SPEC §14).
+//! Outcomes that are not verdicts ([`Outcome::Cancelled`], [`Outcome::ClientFault`],
+//! [`Outcome::Unsent`]) count for nothing. A half-open probe that ends so (its client went
+//! away, its permit dropped unrecorded, the client broke the exchange, or its deadline passed
+//! while it waited in rampart for a connection and it was never sent) gives its permit back so
+//! another request can probe: a client's doing, or rampart's own queue, never reopens a breaker
+//! or lengthens its `open_for` (SPEC §14).
 //!
 //! When `scope: tenant` finds `max_tracked` reached with every tracked entry in use, the try
 //! goes through without a breaker (a pass-through permit): the breaker must never be the

@@ -18,6 +18,14 @@
 //! stalled upload) is [`Outcome::ClientFault`]: answered 400/408 and kept out of every upstream
 //! observer.
 //!
+//! **A request never sent is no try.** A try whose deadline passes while its request waits in
+//! rampart for a place on the endpoint's connections (an HTTP/1.1 connection with
+//! `max_connections` in use, an HTTP/2 stream at the connection's limit) is answered 504, says
+//! it was not sent, and is [`Outcome::Unsent`]: counted in `rampart_upstream_unsent_total`,
+//! not in `rampart_upstream_requests_total`, and no verdict for breakers, outlier detection or
+//! latency (`rampart_timeouts_total` still counts the deadline that passed). One whose
+//! connection was still being made is the endpoint's: see the timeout arm of [`try_once`].
+//!
 //! **A slow upload is the client's time.** While a try streams the client's body, rampart may
 //! wait for the client's next bytes (the [`FaultCell`] keeps the count). That wait is left out
 //! of the try's time as the upstream is judged on it (slow calls, the latency EWMA, adaptive
@@ -46,12 +54,13 @@ use super::body::{
 use super::ctx::RequestCtx;
 use super::forward;
 use super::grpc;
-use super::pool::{SendError, UpstreamError};
+use super::pool::{self, SendError, UpstreamError};
 use super::respond::answer;
 use super::spare;
 use super::upstream::Endpoint;
 use crate::config::file;
 use crate::error::Reason;
+use crate::metrics::Unsent;
 use crate::otel::{ClientSpan, TryTarget, TRACEPARENT};
 use crate::policy::circuit_breaker::{BreakerPermit, State};
 use crate::policy::outcome::Outcome;
@@ -377,9 +386,9 @@ pub(super) fn try_once<'a>(
         let mut record = TryRecord::start(ctx, &ep, permit, parts, now, fault);
         // The endpoint's in-flight count (p2c's load), for the length of the try.
         let _load = ep.health.start();
+        // Set while the try waits in rampart before its request is sent (`pool::WAIT_*`).
+        let waiting = std::sync::atomic::AtomicU8::new(pool::WAIT_NONE);
         // What the writer adds to the head: a `host` naming this endpoint if the request has none.
-        // Set while the try waits for a stream of an HTTP/2 upstream's connection.
-        let waiting = std::sync::atomic::AtomicU8::new(crate::proxy::pool::h2::WAIT_NONE);
         let added = forward::Added {
             deadline: ctx.deadline.as_ref(),
             waiting: Some(&waiting),
@@ -541,11 +550,7 @@ pub(super) fn try_once<'a>(
                 client_fault_answer(ClientFault::Late)
             }
             Err(bound) => {
-                record.finish(Outcome::Timeout);
-                tracing::debug!(
-                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
-                    endpoint = %ep.addr, bound = ?bound, "upstream try timed out"
-                );
+                let (name, addr) = (&up.name, ep.addr);
                 let limit = match bound {
                     Bound::PerTry(limit) => {
                         ctx.route.metrics.timeout_per_try.inc();
@@ -556,22 +561,53 @@ pub(super) fn try_once<'a>(
                         ctx.limit.unwrap_or_default()
                     }
                 };
-                let (name, addr) = (&up.name, ep.addr);
-                let msg = match waiting.load(std::sync::atomic::Ordering::Relaxed) {
-                    // It never left rampart: the HTTP/2 connection had no stream free.
-                    crate::proxy::pool::h2::WAIT_STREAM => format!(
-                        "no stream free on the HTTP/2 connection to upstream {name} ({addr}) within {limit:?} (the upstream's limit of concurrent streams reached); the request was not sent"
-                    ),
-                    // Nor here: the connection it would go on was still being made.
-                    crate::proxy::pool::h2::WAIT_CONNECT => format!(
-                        "the HTTP/2 connection to upstream {name} ({addr}) was still being made after {limit:?}; the request was not sent"
-                    ),
-                    _ => format!("no answer from upstream {name} ({addr}) within {limit:?}"),
+                // What the try was waiting for when its time ran out. In rampart, for a place on
+                // the endpoint's connections (a pooled connection, a stream): the request never
+                // left, so it is no try and no verdict on the upstream (`Outcome::Unsent`),
+                // counted apart. Envoy keeps such requests apart alike: a request waiting in
+                // its connection pool is pending (`upstream_rq_pending_*`), not yet an upstream
+                // request. While a connection to the endpoint was being made, it was not sent
+                // either, but the endpoint was tried: it took no connection in the try's time
+                // (a silent or overloaded host), which is the upstream's, as a connect error
+                // is; uncounted, a host that drops SYNs would never be judged at all under a
+                // `per_try` shorter than `connect_timeout` (whose connect the try's end cuts).
+                let (outcome, msg) = match waiting.load(std::sync::atomic::Ordering::Relaxed) {
+                    pool::WAIT_POOL => {
+                        up.metrics.unsent(Unsent::PoolFull);
+                        let msg = format!(
+                            "no connection to upstream {name} ({addr}) free within {limit:?} (its max_connections in use); the request was not sent"
+                        );
+                        (Outcome::Unsent, msg)
+                    }
+                    pool::WAIT_STREAM => {
+                        up.metrics.unsent(Unsent::StreamSlot);
+                        let msg = format!(
+                            "no stream free on the HTTP/2 connection to upstream {name} ({addr}) within {limit:?} (the upstream's limit of concurrent streams reached); the request was not sent"
+                        );
+                        (Outcome::Unsent, msg)
+                    }
+                    pool::WAIT_CONNECT => {
+                        let kind = match ep.pool.is_http2() {
+                            true => "HTTP/2 connection",
+                            false => "connection",
+                        };
+                        let msg = format!(
+                            "the {kind} to upstream {name} ({addr}) was still being made after {limit:?}; the request was not sent"
+                        );
+                        (Outcome::Timeout, msg)
+                    }
+                    _ => {
+                        let msg =
+                            format!("no answer from upstream {name} ({addr}) within {limit:?}");
+                        (Outcome::Timeout, msg)
+                    }
                 };
-                *tried = Tried {
-                    outcome: Outcome::Timeout,
-                    used,
-                };
+                record.finish(outcome);
+                tracing::debug!(
+                    tenant = ctx.tenant.as_str(), route = %ctx.route.name, upstream = %up.name,
+                    endpoint = %ep.addr, bound = ?bound, ?outcome, "upstream try timed out"
+                );
+                *tried = Tried { outcome, used };
                 answer(Reason::Timeout, &msg, None)
             }
         }
@@ -758,6 +794,9 @@ fn observe(
             up.metrics.abandoned(outcome);
             return;
         }
+        // Never sent: no try, no verdict (counted, with what it waited for, where it ended:
+        // `rampart_upstream_unsent_total`).
+        Outcome::Unsent => return,
     };
     up.metrics.count(code);
     up.metrics.duration.observe(took);

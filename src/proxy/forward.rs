@@ -321,10 +321,11 @@ pub struct Added<'a> {
     /// The request's deadline, if it has one: not a line of the request, but the bound on
     /// writing the rest of its upload once its answer has ended (see `pool::finish_upload`).
     pub deadline: Option<&'a tokio::time::Instant>,
-    /// What the try waits for before its request is sent to an HTTP/2 upstream: a stream of
-    /// its connection (its `SETTINGS_MAX_CONCURRENT_STREAMS` reached), or the connection
-    /// itself (`pool::h2::WAIT_*`), so that a timeout can say the request was never sent.
-    /// `None`: not told.
+    /// What the try waits for before its request is sent (`pool::WAIT_*`): a connection of
+    /// the endpoint's HTTP/1.1 pool (`max_connections` in use), a stream of its HTTP/2
+    /// connection (its `SETTINGS_MAX_CONCURRENT_STREAMS` reached), or a connection being made,
+    /// so that a timeout can say the request was never sent, and count it as no try
+    /// (`exchange::try_once`). `None`: not told.
     pub waiting: Option<&'a std::sync::atomic::AtomicU8>,
 }
 

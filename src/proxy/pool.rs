@@ -96,6 +96,27 @@ pub struct Pool {
     h2: Option<h2::H2>,
 }
 
+/// What a try waits for in rampart before its request is handed to a connection
+/// (`Added::waiting`), so that a deadline passing then can say what held it: nothing.
+pub(crate) const WAIT_NONE: u8 = 0;
+/// A stream of the endpoint's HTTP/2 connection: it is at its limit (`h2::link`). The request
+/// was never sent.
+pub(crate) const WAIT_STREAM: u8 = 1;
+/// A connection to the endpoint being made: an HTTP/1.1 try's own, or the HTTP/2 connect its
+/// requests share (the first, or after the last connection went away). The request was never
+/// sent, but the endpoint was tried: it has not taken a connection in the try's time.
+pub(crate) const WAIT_CONNECT: u8 = 2;
+/// A connection of the endpoint's HTTP/1.1 pool: `max_connections` are open, none idle. The
+/// request was never sent.
+pub(crate) const WAIT_POOL: u8 = 3;
+
+/// Notes in `waiting` (if the caller watches) what the try waits for now.
+fn note(waiting: Option<&std::sync::atomic::AtomicU8>, what: u8) {
+    if let Some(w) = waiting {
+        w.store(what, Ordering::Relaxed);
+    }
+}
+
 /// Least time between two `warn` lines about failed TLS handshakes with one endpoint: each
 /// says what is wrong (an untrusted CA, a wrong `server_name`), and a steady stream of them
 /// would say nothing more.
@@ -354,7 +375,10 @@ impl Pool {
                             // Boxed: connecting (TCP, maybe a TLS handshake) is a large future and
                             // happens once per connection; inline, every request's future would
                             // carry its size.
-                            let mut conn = super::boxed(|| self.connect(addr, slot)).await?;
+                            note(added.waiting, WAIT_CONNECT);
+                            let conn = super::boxed(|| self.connect(addr, slot)).await;
+                            note(added.waiting, WAIT_NONE);
+                            let mut conn = conn?;
                             return match conn.exchange(parts, added, body, false).await {
                                 Ok(head) => Ok(self.returning(head, conn)),
                                 Err(Failed::Unsent(_, e) | Failed::Broken(e)) => {
@@ -378,10 +402,13 @@ impl Pool {
                         Err(Failed::Broken(e)) => return Err(SendError::Reset(e)),
                     }
                 }
-                // At the cap: wait for a connection to go idle or close, then look again.
+                // At the cap: wait for a connection to go idle or close, then look again. The
+                // request waits in rampart, unsent: a deadline that passes now is no try.
                 let freed = self.freed.notified();
                 if self.idle.iter().all(Stack::is_empty) {
+                    note(added.waiting, WAIT_POOL);
                     freed.await;
+                    note(added.waiting, WAIT_NONE);
                     now = coarse::millis();
                 }
             }

@@ -195,6 +195,10 @@ pub fn handle<'a>(
         // first (`arrived`: the lean HTTP/1.1 server reads a small body whole before the
         // request goes on, and hands a slow one to hyper).
         let started = arrived.unwrap_or_else(Instant::now);
+        // When the server handed over a request whose body it read after the head: the end of
+        // the client's part. A deadline passed by then is the client's (408); one that passes
+        // later, in rampart's own steps (a slow global store), is rampart's (504).
+        let handed = arrived.map(|_| Instant::now());
         let guards = Guards {
             in_flight: Some(lst.in_flight.hold()),
             conn: Some(active),
@@ -357,8 +361,11 @@ pub fn handle<'a>(
             .flatten()
             .min();
         // A deadline that passed while the server waited for the body (before the request came
-        // here) is the client's: 408, as one passing while a try streams the body is.
-        if arrived.is_some() && limit.is_some_and(|l| Instant::now() >= started + l) {
+        // here) is the client's: 408, as one passing while a try streams the body is. One that
+        // passed since, while rampart identified, rate limited (a global store's call) or
+        // routed it, is not: the request goes on, and is answered 504 `timeout` where its
+        // deadline is next looked at (before a try is sent).
+        if handed.is_some_and(|h| limit.is_some_and(|l| h >= started + l)) {
             let rsp = exchange::client_fault_answer(super::body::ClientFault::Late);
             return fin.answer(&tm, rsp, None, NO_TRY);
         }

@@ -304,6 +304,8 @@ async fn connect(
             // The endpoint is busy, not failing: no evidence for the breaker.
             p.record(Outcome::Cancelled, Duration::ZERO);
         }
+        // Nor a try: nothing went to the endpoint.
+        up.metrics.unsent(crate::metrics::Unsent::PoolFull);
         let msg = format!(
             "upstream {} ({}) has max_connections connections open; none closed within {limit:?}",
             up.name, ep.addr

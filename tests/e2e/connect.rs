@@ -768,6 +768,13 @@ listeners:
         "it waited for room first: {:?}",
         started.elapsed()
     );
+    let text = crate::support::metrics(proxy.admin()).await;
+    let unsent = [("upstream", "plain"), ("cause", "pool_full")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_upstream_unsent_total", &unsent),
+        Some(1.0),
+        "the refused CONNECT was never sent: {text}"
+    );
     drop(first);
     assert_eventually!(open().await == Some(0.0), "the ended tunnel's room is free");
     let second = open_tunnel(addr, "plain.example:80").await;

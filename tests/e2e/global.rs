@@ -890,3 +890,62 @@ async fn a_rediss_store_is_verified_and_shown_a_client_certificate() {
         "the buckets live in the store"
     );
 }
+
+/// [`SHARED`] with `timeout.request: 300ms` on the route, the store given 2 s.
+const LATE: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+global_store:
+  redis: { url: "$REDIS", key_prefix: "rt:", timeout: 2s }
+upstreams:
+  app: { endpoints: [$APP] }
+policies:
+  shared:
+    timeout: { request: 300ms }
+    rate_limit:
+      per_tenant: { rate: 100/s, burst: 100 }
+      scope: global
+      on_store_error: allow
+      lease: 1
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+        policy: shared
+"#;
+
+/// A small upload the lean server reads whole after its head (its 2 bytes 30 ms apart) is
+/// the client's until then: when its deadline passes later, while rampart waits on a slow
+/// global store (stalled 800 ms), the time is rampart's, and the answer is the usual 504
+/// `timeout`, not 408 `client_timeout`. Before, every moment from the head on was counted
+/// against the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passed_in_rampart_after_a_whole_upload_is_no_client_timeout() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let proxy = Proxy::builder(LATE)
+        .var("REDIS", redis.url())
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    wait_up(&proxy, 1.0).await;
+    let addr = proxy.listener("inbound");
+
+    redis.stall(Duration::from_millis(800));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let head = "POST /echo HTTP/1.1\r\nHost: a\r\nx-tenant-id: late\r\ncontent-length: 2\r\nconnection: close\r\n\r\n";
+    let gap = Duration::from_millis(30);
+    let rsp =
+        crate::support::raw::trickle(addr, head.as_bytes(), b"hi", gap, Duration::from_secs(5))
+            .await;
+    assert_eq!(rsp.status(), Some(504), "{}", rsp.text());
+    assert_eq!(rsp.header("x-rampart-reason").as_deref(), Some("timeout"));
+    assert!(
+        rsp.elapsed >= Duration::from_millis(500),
+        "it waited on the store: {:?}",
+        rsp.elapsed
+    );
+    assert_eq!(app.hits_for("/echo"), 0, "no try after the deadline");
+}

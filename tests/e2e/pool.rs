@@ -488,3 +488,83 @@ async fn a_reload_that_replaces_a_pool_closes_the_old_pools_connections() {
         "rampart_upstream_connections"
     );
 }
+
+/// One connection to `app` (`max_connections: 1`); `/ok` under a 300 ms `timeout.request` and
+/// a breaker that opens at the first failure, anything else under no policy.
+const CAPPED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  app: { endpoints: [$APP], max_connections: 1 }
+policies:
+  short:
+    timeout: { request: 300ms }
+    circuit_breaker: { consecutive_failures: 1, open_for: 30s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - { match: { path_prefix: /ok }, upstream: app, policy: short }
+      - { upstream: app }
+"#;
+
+/// A request whose deadline passes while it waits in rampart for the endpoint's one connection
+/// (held by a slow answer) was never sent: a 504 that says so, counted in
+/// `rampart_upstream_unsent_total{cause="pool_full"}`, not as a try in
+/// `rampart_upstream_requests_total`, and no failure for the breaker, which lets the next
+/// request through. Before, it was a `504` try, "no answer from upstream", and opened the
+/// breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waited_for_a_pooled_connection_past_its_deadline_is_no_try() {
+    let app = sample().await;
+    let proxy = Proxy::builder(CAPPED).var("APP", app.addr()).spawn().await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let slow = tokio::spawn(async move { http::get(addr, "/slow?ms=1000", &[]).await });
+    crate::assert_eventually!(
+        app.hits_for("/slow") == 1,
+        "the slow request holds the connection"
+    );
+
+    let rsp = http::get(addr, "/ok", &[]).await;
+    rsp.assert_rampart(504, "timeout");
+    let msg = rsp.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.contains("max_connections"), "{msg}");
+    assert!(msg.contains("not sent"), "{msg}");
+
+    assert_eq!(slow.await.expect("the slow request").status, 200);
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200, "the breaker stays closed: {}", rsp.text());
+    assert_eq!(
+        app.hits_for("/ok"),
+        1,
+        "the request that waited never reached the upstream"
+    );
+
+    let text = metrics::metrics(admin).await;
+    let value = |name: &str, labels: &[(&str, &str)]| metrics::metric_value(&text, name, labels);
+    let unsent = [("upstream", "app"), ("cause", "pool_full")];
+    assert_eq!(
+        value("rampart_upstream_unsent_total", &unsent),
+        Some(1.0),
+        "{text}"
+    );
+    let tries = |code| {
+        value(
+            "rampart_upstream_requests_total",
+            &[("upstream", "app"), ("code", code)],
+        )
+    };
+    assert_eq!(tries("504"), None, "no 504 try: {text}");
+    assert_eq!(tries("200"), Some(2.0), "{text}");
+    // The deadline did pass: `rampart_timeouts_total` names it.
+    let request = [("upstream", "app"), ("kind", "request")];
+    assert_eq!(
+        value("rampart_timeouts_total", &request),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -204,7 +204,7 @@ impl Breaker {
     /// for nothing.
     pub(super) fn record(&self, ticket: Ticket, outcome: Outcome, elapsed: Duration) {
         if !ticket.probe && !outcome.is_verdict() {
-            // Cancelled or the client's fault: no evidence about the upstream.
+            // Cancelled, the client's fault, or never sent: no evidence about the upstream.
             return;
         }
         let mut inner = self.inner.lock();
@@ -242,10 +242,11 @@ impl Breaker {
     fn judge_probe(&self, inner: &mut Inner, word: u64, outcome: Outcome, slow: bool) {
         let now = self.clock.now_nanos();
         match outcome {
-            // The client broke the exchange or went away: no verdict on the upstream (SPEC §14:
-            // a client's faults never trip a breaker), and the permit goes back for another
-            // request to probe with.
-            Outcome::ClientFault | Outcome::Cancelled => {
+            // The client broke the exchange or went away, or the probe was never sent (it
+            // waited in rampart for a connection until its deadline): no verdict on the
+            // upstream (SPEC §14: a client's faults never trip a breaker), and the permit goes
+            // back for another request to probe with.
+            Outcome::ClientFault | Outcome::Cancelled | Outcome::Unsent => {
                 inner.probes_granted = inner.probes_granted.saturating_sub(1);
             }
             _ if outcome.is_failure() => {

@@ -160,7 +160,7 @@ fn four_xx_answers_are_successes() {
 }
 
 #[test]
-fn cancelled_and_client_faults_count_for_nothing_while_closed() {
+fn cancelled_client_faults_and_unsent_count_for_nothing_while_closed() {
     let w = world(&file::CircuitBreaker {
         failure_rate: Some(FailureRate {
             threshold: Ratio(0.5),
@@ -170,6 +170,7 @@ fn cancelled_and_client_faults_count_for_nothing_while_closed() {
         ..consecutive(1)
     });
     assert!(w.call(Outcome::Cancelled) && w.call(Outcome::ClientFault));
+    assert!(w.call(Outcome::Unsent));
     drop(w.admit("t").expect("closed admits"));
     assert_eq!(w.state(), State::Closed);
     let snap = w.cb.snapshot();

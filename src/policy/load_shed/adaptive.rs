@@ -140,7 +140,9 @@ impl Sample {
     pub(super) fn of(outcome: Outcome) -> Sample {
         match outcome {
             Outcome::Timeout | Outcome::Status(503) => Sample::Overload,
-            Outcome::ConnectError | Outcome::Cancelled | Outcome::ClientFault => Sample::None,
+            Outcome::ConnectError | Outcome::Cancelled | Outcome::ClientFault | Outcome::Unsent => {
+                Sample::None
+            }
             Outcome::Status(_) | Outcome::Reset => Sample::Answer,
         }
     }

@@ -57,7 +57,9 @@ impl RetryOn {
         match *outcome {
             Outcome::ConnectError => self.kinds & CONNECT_ERROR != 0,
             Outcome::Reset => self.kinds & RESET != 0,
-            Outcome::Timeout => self.kinds & TIMEOUT != 0,
+            // A try whose deadline passed before it could be sent is answered as a timeout, and
+            // retried as one: sending it elsewhere is safe, it never reached the upstream.
+            Outcome::Timeout | Outcome::Unsent => self.kinds & TIMEOUT != 0,
             Outcome::Status(code) => self
                 .statuses
                 .get(usize::from(code / 64))

@@ -50,7 +50,7 @@ mod link;
 use link::{Closed, Link, Slot, Watched};
 
 use super::quiet::{self, Quiet};
-use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError};
+use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError, WAIT_CONNECT, WAIT_NONE};
 use crate::proxy::access_log::Broken;
 use crate::proxy::body::{Body, FaultCell, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -133,13 +133,6 @@ impl Drop for Settle {
         self.told.done.notify_waiters();
     }
 }
-
-/// What a request waits for (`Added::waiting`): nothing.
-pub(crate) const WAIT_NONE: u8 = 0;
-/// A stream of the endpoint's HTTP/2 connection: it is at its limit ([`link`]).
-pub(crate) const WAIT_STREAM: u8 = 1;
-/// A connect to the endpoint (the first, or after the last went away).
-pub(crate) const WAIT_CONNECT: u8 = 2;
 
 /// One HTTP/2 connection of an endpoint.
 #[derive(Clone, Debug)]

@@ -334,3 +334,50 @@ async fn an_empty_system_store_falls_back_with_a_warning_and_a_reload_reads_it_a
     assert_eq!(rsp.status, 200, "the store read again: {}", rsp.text());
     assert_eq!(proxy.log().matches(NO_SYSTEM_ROOTS).count(), 1);
 }
+
+/// An HTTP/1.1 try whose deadline (300 ms) passes while its own connection is still being
+/// made (the endpoint takes the TCP connection and never answers the TLS handshake,
+/// `connect_timeout` 1 s) is a 504 that says the request was not sent. It is still a try (a
+/// `504` in `rampart_upstream_requests_total`): the endpoint took no connection in its time.
+/// Before, its message said "no answer from upstream", as if the request had gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passing_while_the_connection_is_made_says_the_request_was_not_sent() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    // Takes connections and says nothing.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let timed = OUTBOUND.replace(
+        "listeners:",
+        "policies:\n  short: { timeout: { request: 300ms } }\nlisteners:",
+    ) + "        policy: short\n";
+    let proxy = Proxy::builder(&timed)
+        .var("UPTLS", format!("ca: {}", ca_path.display()))
+        .var("UP", up)
+        .spawn()
+        .await;
+    let rsp = call(&proxy).await;
+    rsp.assert_rampart(504, "timeout");
+    let msg = rsp.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.contains("still being made"), "{msg}");
+    assert!(msg.contains("not sent"), "{msg}");
+    let text = crate::support::metrics(proxy.admin()).await;
+    let try_504 = [("upstream", "payments"), ("code", "504")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_upstream_requests_total", &try_504),
+        Some(1.0),
+        "{text}"
+    );
+    silent.abort();
+}

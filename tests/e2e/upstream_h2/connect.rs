@@ -80,7 +80,9 @@ async fn requests_waiting_for_a_connect_that_fails_all_fail_with_it_at_once() {
 
 /// A request whose deadline (300 ms) passes while the connection it would go on is still
 /// being made (the upstream says nothing, `connect_timeout: 1s`) is a 504 that says it was
-/// not sent. Before: "no answer from upstream".
+/// not sent. Before: "no answer from upstream". It is still a try (a `504` in
+/// `rampart_upstream_requests_total`, none in `rampart_upstream_unsent_total`): the endpoint
+/// took no connection in its time, which is the endpoint's doing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_deadline_passes_while_its_connection_is_made_was_not_sent() {
     let (up, _, task) = silent().await;
@@ -90,6 +92,22 @@ async fn a_request_whose_deadline_passes_while_its_connection_is_made_was_not_se
     let msg = super::odd::message(&rsp);
     assert!(msg.contains("still being made"), "{msg}");
     assert!(msg.contains("not sent"), "{msg}");
+    let text = crate::support::metrics(proxy.admin()).await;
+    let try_504 = [("upstream", "grpc"), ("code", "504")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_upstream_requests_total", &try_504),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        crate::support::metric_value(
+            &text,
+            "rampart_upstream_unsent_total",
+            &[("cause", "connecting")]
+        ),
+        None,
+        "{text}"
+    );
     task.abort();
 }
 

@@ -311,3 +311,75 @@ async fn a_connection_going_away_does_not_hold_max_connections_from_the_next() {
         (StatusCode::OK, "conn 1".to_owned())
     );
 }
+
+/// `/short` under a 300 ms `timeout.request` and a breaker that opens at the first failure;
+/// anything else under no policy.
+const SHORT: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  grpc: { endpoints: [$UP], protocol: http2 $EXTRA }
+policies:
+  short:
+    timeout: { request: 300ms }
+    circuit_breaker: { consecutive_failures: 1, open_for: 30s }
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    access_log: { to: $LOG }
+    routes:
+      - { match: { path_prefix: /short }, upstream: grpc, policy: short }
+      - { upstream: grpc }
+"#;
+
+/// A request whose deadline passes while it waits in rampart for the one stream the upstream
+/// allows was never sent: a 504 that says so, counted in
+/// `rampart_upstream_unsent_total{cause="stream_slot"}`, not as a try in
+/// `rampart_upstream_requests_total`, and no failure for the breaker, which lets the next
+/// request through. Before, it was a `504` try and opened the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waited_for_a_stream_past_its_deadline_is_no_try() {
+    let up = Limited::start().await;
+    let proxy = super::fronted(SHORT, up.addr, "").await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let held = held(&up, addr).await;
+
+    let rsp = http::get(addr, "/short", &[]).await;
+    rsp.assert_rampart(504, "timeout");
+    let msg = super::odd::message(&rsp);
+    assert!(msg.contains("no stream free"), "{msg}");
+    assert!(msg.contains("not sent"), "{msg}");
+
+    up.say(Say::Release);
+    assert_eq!(held.await.expect("the held request").status, StatusCode::OK);
+    let rsp = http::get(addr, "/short", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 1".to_owned()),
+        "the breaker stays closed"
+    );
+    assert_eq!(
+        up.streams(),
+        [(1, 1, String::new()), (1, 3, String::new())],
+        "the request that waited was never sent"
+    );
+
+    let text = crate::support::metrics(admin).await;
+    let value =
+        |name: &str, labels: &[(&str, &str)]| crate::support::metric_value(&text, name, labels);
+    let unsent = [("upstream", "grpc"), ("cause", "stream_slot")];
+    assert_eq!(
+        value("rampart_upstream_unsent_total", &unsent),
+        Some(1.0),
+        "{text}"
+    );
+    let tries = |code| {
+        value(
+            "rampart_upstream_requests_total",
+            &[("upstream", "grpc"), ("code", code)],
+        )
+    };
+    assert_eq!(tries("504"), None, "no 504 try: {text}");
+    assert_eq!(tries("200"), Some(2.0), "{text}");
+}

@@ -147,14 +147,19 @@ fn a_probe_whose_client_left_gives_its_permit_back_and_reopens_nothing() {
 }
 
 #[test]
-fn a_client_fault_probe_gives_its_permit_back() {
+fn a_client_fault_or_unsent_probe_gives_its_permit_back() {
+    for fault in [Outcome::ClientFault, Outcome::Unsent] {
+        a_probe_without_verdict_gives_its_permit_back(fault);
+    }
+}
+
+/// A probe that ends with `outcome`, no verdict (the client's fault, or never sent), leaves
+/// the breaker probing, and its permit goes to the next request.
+fn a_probe_without_verdict_gives_its_permit_back(outcome: Outcome) {
     let w = world(&consecutive(1));
     let mut probes = w.half_open(10 * SEC);
     assert_eq!(probes.len(), 1);
-    probes
-        .pop()
-        .expect("probe")
-        .record(Outcome::ClientFault, MS);
+    probes.pop().expect("probe").record(outcome, MS);
     assert_eq!(w.state(), State::HalfOpen, "no verdict: still probing");
     assert!(
         w.call(OK),

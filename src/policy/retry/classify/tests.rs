@@ -27,6 +27,8 @@ fn failure_table() {
         (Outcome::Status(599), true),
         (Outcome::Status(600), false),
         (Outcome::Status(100), false),
+        // Never sent: no verdict either way.
+        (Outcome::Unsent, false),
     ];
     for (outcome, failed) in table {
         assert_eq!(is_failure(&outcome), failed, "{outcome:?}");
@@ -78,6 +80,9 @@ fn retry_on_timeout_and_edges() {
         ][..],
     );
     assert!(on.should_retry(&Outcome::Timeout));
+    // A try never sent is answered as a timeout and retried as one.
+    assert!(on.should_retry(&Outcome::Unsent));
+    assert!(!RetryOn::new(&[file::RetryOn::Reset]).should_retry(&Outcome::Unsent));
     assert!(!on.should_retry(&Outcome::ConnectError));
     assert!(!on.should_retry(&Outcome::Reset));
     assert!(on.should_retry(&Outcome::Status(100)));

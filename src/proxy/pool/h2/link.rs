@@ -177,9 +177,9 @@ impl Link {
             Ok(p) => Ok(p),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                waiting.store(super::WAIT_STREAM, Ordering::Relaxed);
+                waiting.store(crate::proxy::pool::WAIT_STREAM, Ordering::Relaxed);
                 let got = self.slots.acquire().await.map_err(|_| ());
-                waiting.store(super::WAIT_NONE, Ordering::Relaxed);
+                waiting.store(crate::proxy::pool::WAIT_NONE, Ordering::Relaxed);
                 got
             }
         };
