@@ -684,6 +684,20 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
     None
 }
 
+/// Whether a request asks, by its target, to be carried over TLS past its client's own
+/// connection: an HTTP/1.1 absolute-form `https://` target (the form clients send a proxy,
+/// `HTTP_PROXY`), or HTTP/2's `:scheme https` on a cleartext (h2c) connection. HTTP/2 has no
+/// proxy form: every request names a `:scheme`, and over TLS it is `https` whatever the
+/// client wants of the hops behind, as an origin-form request over TLS names none; that one
+/// asks nothing more. Checked by outbound listeners only (`stack::handle`).
+pub fn asks_https<B>(req: &Request<B>, client_tls: bool) -> bool {
+    let https = req
+        .uri()
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+    https && (req.version() < Version::HTTP_2 || !client_tls)
+}
+
 /// Marks an `OPTIONS` whose target was an absolute URI with no path and no query
 /// (`OPTIONS http://x`), which goes to the upstream as `OPTIONS *` (RFC 9112 §3.2.4). Set by
 /// the lean HTTP/1.1 server, which reads the target as sent; hyper's server hands rampart a

@@ -2,6 +2,7 @@
 //! tenants from the client certificate, certificate rotation on reload and a refused bad key.
 //! TLS to upstreams is in `tls/upstream.rs`, upstreams that refuse it in `tls/refused.rs`.
 
+mod downgrade;
 mod park;
 mod refused;
 mod upstream;
