@@ -55,6 +55,9 @@ pub enum Reason {
     /// 421: a request on a TLS connection whose listener's client-certificate settings a
     /// reload changed since its handshake; the client is to send it again on a new connection.
     MisdirectedRequest,
+    /// 421: a request whose target names `https` on an outbound listener whose route's upstream
+    /// has no `tls`: sending it would carry in clear what the client asked to go over TLS.
+    HttpsDowngrade,
 }
 
 // === impl Reason ===
@@ -84,6 +87,7 @@ impl Reason {
             Reason::InvalidToken => "invalid_token",
             Reason::JwksUnavailable => "jwks_unavailable",
             Reason::MisdirectedRequest => "misdirected_request",
+            Reason::HttpsDowngrade => "https_downgrade",
         }
     }
 
@@ -106,7 +110,7 @@ impl Reason {
             Reason::HeadTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::UriTooLong => S::URI_TOO_LONG,
             Reason::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            Reason::MisdirectedRequest => S::MISDIRECTED_REQUEST,
+            Reason::MisdirectedRequest | Reason::HttpsDowngrade => S::MISDIRECTED_REQUEST,
             Reason::IdempotencyInFlight => S::CONFLICT,
             Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => {
                 S::UNPROCESSABLE_ENTITY
@@ -115,7 +119,7 @@ impl Reason {
     }
 
     /// Every reason, for reading one back from its `x-rampart-reason` value.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::RateLimited,
         Reason::Shed,
         Reason::CircuitOpen,
@@ -137,6 +141,7 @@ impl Reason {
         Reason::InvalidToken,
         Reason::JwksUnavailable,
         Reason::MisdirectedRequest,
+        Reason::HttpsDowngrade,
     ];
 
     /// The reason whose [`Reason::as_str`] is `text`.

@@ -115,7 +115,7 @@ pub struct ListenerRt {
     /// Tells the connections accepted under this `tls_epoch` at this address to close, once
     /// idle: sent `true` by the listener's handle when a reload changes the epoch, or when it
     /// drains (`ListenerHandle::follow`).
-    pub conns_stop: Arc<tokio::sync::watch::Sender<bool>>,
+    pub conns_stop: Arc<ConnsStop>,
     /// Its access log, if `access_log` is on.
     pub access_log: Option<AccessLog>,
     /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
@@ -613,8 +613,55 @@ fn build_listener(
         },
         client_ca: None,
         tls_epoch: 0,
-        conns_stop: Arc::new(tokio::sync::watch::Sender::new(false)),
+        conns_stop: Arc::new(ConnsStop::new()),
         name,
+    }
+}
+
+/// Tells the connections a listener accepted under one set of TLS rules (one `tls_epoch` at
+/// one address: [`ListenerRt::conns_stop`]) to close, and says what rules replaced those.
+#[derive(Debug)]
+pub struct ConnsStop {
+    /// Told `true` when a reload changes the rules at the address, or the listener drains.
+    pub told: tokio::sync::watch::Sender<bool>,
+    /// The rules in force at the address after the reload that told [`ConnsStop::told`], set
+    /// before it is told; `None` when no listener with `tls` is there now, and for a drain.
+    pub next: arc_swap::ArcSwapOption<NextRules>,
+}
+
+/// The TLS rules of a listener with `tls`, as a tunnel made under earlier ones is judged by
+/// (`Peer::refused_now`).
+#[derive(Debug)]
+pub struct NextRules {
+    /// The anchors of its `client_ca`; `None`: no client certificate is asked for.
+    pub client_ca: Option<Arc<rustls::RootCertStore>>,
+}
+
+// === impl ConnsStop ===
+
+impl ConnsStop {
+    /// Not told, no rules after.
+    pub fn new() -> Self {
+        ConnsStop {
+            told: tokio::sync::watch::Sender::new(false),
+            next: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    /// Tells the connections to close, `next` (the listener now at the address, if any)
+    /// giving the rules that replaced theirs.
+    pub fn tell(&self, next: Option<&ListenerRt>) {
+        let rules = next.filter(|l| l.tls.is_some()).map(|l| NextRules {
+            client_ca: l.client_ca.clone(),
+        });
+        self.next.store(rules.map(Arc::new));
+        self.told.send_replace(true);
+    }
+}
+
+impl Default for ConnsStop {
+    fn default() -> Self {
+        ConnsStop::new()
     }
 }
 

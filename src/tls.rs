@@ -45,7 +45,8 @@ pub use error::{HandshakeError, TlsFileError};
 pub use files::{TlsFileProblem, TlsFiles};
 pub use roots::SystemRoots;
 pub use server::{
-    accept, check_server, server_config, server_config_all, ConnInfo, ReloadableAcceptor,
+    accept, accepts_client, check_server, server_config, server_config_all, ConnInfo,
+    ReloadableAcceptor,
 };
 
 /// The longest tenant id taken from a client certificate, in bytes. 2048 is the longest URI a

@@ -21,6 +21,7 @@
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -29,7 +30,9 @@ use http::{Request, StatusCode, Uri, Version};
 
 use super::authority;
 use super::listener::Held;
+use crate::generation::ConnsStop;
 use crate::tenant::CertIds;
+use rustls::pki_types::CertificateDer;
 
 /// The hop-by-hop headers (RFC 9110 §7.6.1) and `upgrade`, in the order of their bits in
 /// [`strip_hop_by_hop`]'s masks (see [`hop_index`]). `trailer` is not among them: it announces
@@ -127,6 +130,12 @@ pub struct Peer {
     /// it) or a reload changed the TLS rules it was made under. A tunnel it becomes follows it
     /// ([`Peer::closing`]); `None` outside a listener (tests).
     pub(super) closing: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What tells `closing`, with the rules that replaced those the connection was made under
+    /// once a reload changed them; `None` outside a listener, or for a connection that came
+    /// as its listener drained.
+    pub(super) rules: Option<Arc<ConnsStop>>,
+    /// The certificate chain the client presented, leaf first (mutual-TLS listeners only).
+    pub(super) chain: Option<Arc<[CertificateDer<'static>]>>,
     /// The connection's place among its listener's `max_connections`, and its count for the
     /// worker serving it; `None` outside a listener (tests).
     _held: Option<Held>,
@@ -144,6 +153,8 @@ impl Peer {
             // the IPv4 address it is.
             forwarded_for: ip_text(addr.ip().to_canonical()),
             closing: None,
+            rules: None,
+            chain: None,
             _held: None,
         }
     }
@@ -160,6 +171,28 @@ impl Peer {
     /// connection's task no longer serves: it is cut the shutdown grace after the stop.
     pub fn closing(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         self.closing.clone()
+    }
+
+    /// Whether the TLS rules a reload put in the place of those the connection was made under
+    /// refuse it: its listener now has `tls` and the connection is plaintext, or a `client_ca`
+    /// that does not verify the certificate it presented (or it presented none). A tunnel it
+    /// became is then cut at once, not given the shutdown grace: a client the listener no
+    /// longer trusts is not served for that long. `false` before any reload told it, for a
+    /// drain, a listener removed and rules that dropped `tls` or `client_ca`.
+    pub fn refused_now(&self) -> bool {
+        let Some(next) = self.rules.as_ref().and_then(|r| r.next.load_full()) else {
+            return false;
+        };
+        if !self.tls {
+            return true;
+        }
+        match &next.client_ca {
+            None => false,
+            Some(roots) => !self
+                .chain
+                .as_deref()
+                .is_some_and(|chain| crate::tls::accepts_client(roots, chain)),
+        }
     }
 
     /// What the connection says about its client, for tenant identification.
@@ -683,6 +716,20 @@ pub fn authority_problem<B>(req: &Request<B>, sent: Sent) -> Option<&'static str
         }
     }
     None
+}
+
+/// Whether a request asks, by its target, to be carried over TLS past its client's own
+/// connection: an HTTP/1.1 absolute-form `https://` target (the form clients send a proxy,
+/// `HTTP_PROXY`), or HTTP/2's `:scheme https` on a cleartext (h2c) connection. HTTP/2 has no
+/// proxy form: every request names a `:scheme`, and over TLS it is `https` whatever the
+/// client wants of the hops behind, as an origin-form request over TLS names none; that one
+/// asks nothing more. Checked by outbound listeners only (`stack::handle`).
+pub fn asks_https<B>(req: &Request<B>, client_tls: bool) -> bool {
+    let https = req
+        .uri()
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+    https && (req.version() < Version::HTTP_2 || !client_tls)
 }
 
 /// Marks an `OPTIONS` whose target was an absolute URI with no path and no query

@@ -396,7 +396,10 @@ pub fn code_for(reason: Reason, status: StatusCode) -> u8 {
         Reason::InvalidTenant => INVALID_ARGUMENT,
         Reason::BadRequest => INTERNAL,
         Reason::IdempotencyInFlight => ABORTED,
-        Reason::IdempotencyKeyReused | Reason::IdempotencyNotReplayable => FAILED_PRECONDITION,
+        // Sent again, each would be refused the same until the upstream is given `tls`.
+        Reason::IdempotencyKeyReused
+        | Reason::IdempotencyNotReplayable
+        | Reason::HttpsDowngrade => FAILED_PRECONDITION,
         Reason::FaultInjected => match status.as_u16() {
             400 => INTERNAL,
             401 => UNAUTHENTICATED,

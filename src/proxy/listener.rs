@@ -46,7 +46,7 @@ use super::stack;
 use super::stall::{Answering, Exec};
 use crate::config::file;
 use crate::error::Reason;
-use crate::generation::ListenerRt;
+use crate::generation::{ConnsStop, ListenerRt};
 use crate::tenant::CertIds;
 
 /// The listeners running now, by configured address.
@@ -67,7 +67,7 @@ pub struct ListenerHandle {
     /// The `conns_stop` of the listener as the generation in force configures it at this
     /// address: the connections subscribed to it close (once idle) when a reload changes its
     /// TLS rules or the listener drains ([`ListenerHandle::follow`]).
-    conns_stop: parking_lot::Mutex<Option<Arc<watch::Sender<bool>>>>,
+    conns_stop: parking_lot::Mutex<Option<Arc<ConnsStop>>>,
 }
 
 pub use super::bind::{bind, bind_each, Bound};
@@ -245,7 +245,7 @@ impl ListenerHandle {
     pub fn begin_drain(&self) {
         let _ = self.stop.send(true);
         if let Some(conns) = self.conns_stop.lock().take() {
-            conns.send_replace(true);
+            conns.tell(None);
         }
     }
 
@@ -265,7 +265,9 @@ impl ListenerHandle {
             return;
         }
         if let Some(old) = std::mem::replace(&mut *cur, new) {
-            old.send_replace(true);
+            // With the rules that replaced theirs: a tunnel whose client they would refuse
+            // is cut at once (`Peer::refused_now`).
+            old.tell(lst);
         }
     }
 
@@ -627,20 +629,22 @@ fn serve_conn(
         // drains there: its connections keep the stop of the socket they came to.
         let stopped = match gen.listeners.get(&addr) {
             Some(own) if !*stopped.borrow() => {
-                let mut conns = own.conns_stop.subscribe();
+                let mut conns = own.conns_stop.told.subscribe();
                 if *conns.borrow() {
                     // Told already (a reload between the load above and now).
                     conns.mark_changed();
                 }
-                conns
+                (conns, Some(own.conns_stop.clone()))
             }
-            _ => stopped,
+            _ => (stopped, None),
         };
+        let (stopped, rules) = stopped;
         drop(gen);
         // The only reference yet (one peer a connection, made at accept and moved here): a
         // tunnel the connection becomes follows the same stop.
         if let Some(p) = Arc::get_mut(&mut peer) {
             p.closing = Some(stopped.clone());
+            p.rules = rules;
         }
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;
@@ -830,6 +834,12 @@ async fn serve_tls(
             if let Some(p) = Arc::get_mut(&mut peer) {
                 p.tls = true;
                 p.tls_epoch = lst.tls_epoch;
+                if lst.client_ca.is_some() {
+                    // Kept to judge a tunnel by, if a reload changes `client_ca` while it is
+                    // open (`Peer::refused_now`): one copy a mutual-TLS connection.
+                    let chain = tls_stream.get_ref().1.peer_certificates();
+                    p.chain = chain.map(Arc::from);
+                }
                 if info.client_cn.is_some() || info.client_uri_san.is_some() {
                     p.cert = Some(CertIds {
                         cn: info.client_cn.map(Arc::from),

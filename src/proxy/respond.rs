@@ -434,6 +434,7 @@ mod tests {
             (Reason::InvalidToken, 401),
             (Reason::JwksUnavailable, 503),
             (Reason::MisdirectedRequest, 421),
+            (Reason::HttpsDowngrade, 421),
         ] {
             assert_eq!(answer(reason, "", None).status(), code, "{reason}");
         }

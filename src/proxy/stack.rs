@@ -10,6 +10,9 @@
 //!    that climbs above the root or has a broken `%` escape is refused 400, one that escaping
 //!    makes longer than a target may be 414.
 //! 1. **route** — nothing else can be decided before we know the route and so its policy.
+//!    1a. **https target** — on an outbound listener, a target that asks for `https` is
+//!    refused (421 `https_downgrade`) when the route's upstream has no `tls`: the first thing
+//!    the route tells, and nothing below may send it in clear.
 //! 2. **tenant** — every policy below is per tenant; bad or missing ids are refused before
 //!    they cost anything.
 //! 3. **rate limit** (`policy::rate_limit`) — cheapest refusal first; it sits outside retries
@@ -264,6 +267,24 @@ pub fn handle<'a>(
             return fin.answer(&tm, rsp, None, NO_TRY);
         };
         fin.route = Some(route);
+        // 1a. An `https://` target on an outbound listener names the scheme of the hop to the
+        // dependency (the client's own hop to rampart is its proxy's). A plaintext upstream
+        // would carry in clear what was asked to go over TLS: refused, never sent (SPEC §8: a
+        // security setting is never silently ignored). On an inbound listener rampart is the
+        // service's front: the target names the client's own hop, whose truth
+        // `x-forwarded-proto` tells the service, as for any request.
+        if lst.direction == Direction::Outbound
+            && !route.upstream.speaks_tls()
+            && forward::asks_https(&req, peer.tls)
+        {
+            let tm = route.metrics.tenant(&shared.empty_label);
+            let msg = format!(
+                "this request's target is https, and upstream {} has no tls: rampart does not send it in clear (give the upstream tls, or send the request through a CONNECT tunnel, as HTTPS_PROXY clients do)",
+                route.upstream.name
+            );
+            let rsp = answer(Reason::HttpsDowngrade, &msg, None);
+            return fin.answer(&tm, rsp, None, NO_TRY);
+        }
 
         // 2. Tenant.
         let tenant = match gen.identify.identify_for(

@@ -100,7 +100,7 @@ pub fn spawn(
         guards,
         carried: carried.clone(),
     };
-    let closing = peer.closing();
+    let closing = Closing::of(&peer);
     carry(
         hyper::upgrade::on(req),
         (stream, closing),
@@ -120,7 +120,7 @@ pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<P
     let Upgrade { client, upstream } = up;
     let Switched { stream, read, slot } = upstream;
     let stream = Rewind::new(read, stream);
-    let closing = peer.closing();
+    let closing = Closing::of(&peer);
     carry(
         client,
         (stream, closing),
@@ -135,10 +135,11 @@ pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<P
 /// `stream` in the background until the tunnel ends, holding `held` until then. `closing` is
 /// the client connection's stop ([`Peer::closing`]): once it is told (its listener drains, a
 /// reload removed it, or changed the TLS rules the connection was made under), the tunnel has
-/// the shutdown grace left, then is cut.
+/// the shutdown grace left, then is cut; at once if the TLS rules a reload put in force refuse
+/// its client ([`Peer::refused_now`]).
 fn carry<S, H>(
     client: OnUpgrade,
-    (stream, closing): (S, Option<watch::Receiver<bool>>),
+    (stream, closing): (S, Option<Closing>),
     route: &RouteRt,
     shared: &Shared,
     carried: Arc<Carried>,
@@ -164,11 +165,30 @@ fn carry<S, H>(
     shared.tunnels.spawn(tunnel, closing, marks);
 }
 
+/// A tunnel's client connection's stop ([`Peer::closing`]), and the peer to judge by the rules
+/// in force once it is told.
+struct Closing {
+    told: watch::Receiver<bool>,
+    peer: Arc<Peer>,
+}
+
+impl Closing {
+    fn of(peer: &Arc<Peer>) -> Option<Closing> {
+        let told = peer.closing()?;
+        Some(Closing {
+            told,
+            peer: peer.clone(),
+        })
+    }
+}
+
 /// The open tunnels of a rampart: a drain waits for them as for connections, and cuts those
 /// still open when its grace runs out (each writes its access log line as it ends, with
 /// reason `shutdown`). A tunnel whose client connection is told to close (its listener
 /// removed by a reload, or its TLS rules changed) is cut the same way, the shutdown grace
-/// after it is told.
+/// after it is told; at once when the new TLS rules refuse its client (a `client_ca` that
+/// no longer verifies its certificate, `tls` on a plaintext one): a client the listener no
+/// longer trusts is not served for the grace.
 #[derive(Debug)]
 pub struct Tunnels {
     tasks: TaskTracker,
@@ -196,12 +216,12 @@ impl Tunnels {
     }
 
     /// Runs `tunnel` until it ends, the drain cuts it, or the shutdown grace has passed since
-    /// `closing` was told; a cut is marked in `carried` before the tunnel is dropped (its log
-    /// line says `shutdown`).
+    /// `closing` was told (no grace if the rules now refuse its peer); a cut is marked in
+    /// `carried` before the tunnel is dropped (its log line says `shutdown`).
     fn spawn(
         &self,
         tunnel: impl Future<Output = ()> + Send + 'static,
-        closing: Option<watch::Receiver<bool>>,
+        closing: Option<Closing>,
         carried: Arc<Carried>,
     ) {
         let mut drain_cut = self.cut.subscribe();
@@ -213,12 +233,15 @@ impl Tunnels {
             let told = async {
                 // A sender dropped without telling (never the case: a listener's handle
                 // tells before it lets go) leaves the tunnel be.
-                let told = match closing {
-                    Some(mut c) => c.wait_for(|c| *c).await.is_ok(),
-                    None => false,
+                let Some(mut c) = closing else {
+                    return std::future::pending::<()>().await;
                 };
-                if !told {
+                if c.told.wait_for(|c| *c).await.is_err() {
                     std::future::pending::<()>().await;
+                }
+                if c.peer.refused_now() {
+                    tracing::info!(peer = %c.peer.addr, "a reload's TLS rules refuse a tunnel's client; cutting it now");
+                    return;
                 }
                 let grace = Duration::from_nanos(grace.load(Ordering::Relaxed));
                 tokio::time::sleep(grace).await;

@@ -211,6 +211,11 @@ impl Upstream {
         }
     }
 
+    /// Whether its connections are TLS (`tls`).
+    pub fn speaks_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// All endpoints known now.
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints.load_full()

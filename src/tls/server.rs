@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -108,6 +108,23 @@ pub fn server_config_verifying(
     // client's.
     config.ignore_client_order = true;
     Ok((Arc::new(config), anchors))
+}
+
+/// Whether a client presenting `chain` (its leaf first, as its handshake sent it) is verified
+/// now against `roots`, as a listener whose `client_ca` holds them verifies a handshake: a
+/// reload that changed a listener's `client_ca` asks it of the tunnels made under the old
+/// CAs (`proxy::tunnel`). Builds a verifier: once a tunnel a reload, never per request.
+pub fn accepts_client(roots: &Arc<RootCertStore>, chain: &[CertificateDer<'static>]) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let built =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), super::server_provider())
+            .build();
+    built.is_ok_and(|v| {
+        v.verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
+    })
 }
 
 /// Everything [`server_config`] checks, without keeping the result. Validation does not call

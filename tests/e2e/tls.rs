@@ -2,6 +2,7 @@
 //! tenants from the client certificate, certificate rotation on reload and a refused bad key.
 //! TLS to upstreams is in `tls/upstream.rs`, upstreams that refuse it in `tls/refused.rs`.
 
+mod downgrade;
 mod park;
 mod refused;
 mod upstream;
@@ -789,20 +790,12 @@ async fn a_tls_client_that_closes_after_a_chunked_upload_is_a_499_at_once() {
     );
 }
 
-/// A WebSocket opened with a certificate of a CA that a reload stops trusting is cut as the
-/// connection would be: it carries bytes for `shutdown_grace` after the reload, then closes.
-/// Before, it went on until a side closed or `tunnel_idle_timeout` (1h), though the client
-/// could no longer connect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_opened_under_a_ca_a_reload_removes_is_cut() {
+/// A WebSocket on `addr` over TLS with `cfg`, past its welcome.
+async fn open_websocket(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = crate::upgrade::Upstream::start().await;
-    let (ca, pki) = pki();
-    let sections = "runtime: { shutdown_grace: 500ms }";
-    let mut proxy = tls_proxy(up.addr, &pki, true, sections).await;
-    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
-    let alice = ca.client("alice", None);
-    let cfg = tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]);
     let mut ws = tls::connect(addr, cfg).await.expect("mtls");
     let shake = crate::upgrade::handshake("/chat");
     ws.write_all(shake.as_bytes()).await.expect("handshake");
@@ -813,21 +806,76 @@ async fn a_websocket_opened_under_a_ca_a_reload_removes_is_cut() {
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
     let mut got = vec![0u8; crate::upgrade::WELCOME.len()];
     ws.read_exact(&mut got).await.expect("welcome");
+    ws
+}
 
+/// A reload that takes a CA out of a listener's `client_ca` cuts at once the WebSockets whose
+/// client certificate that CA issued: the listener no longer trusts them, and they are not
+/// served for the shutdown grace. One whose certificate a CA still in the bundle issued is
+/// cut as the connection would be: it carries bytes for `shutdown_grace`, then closes.
+/// Before, both went on for the grace (and before that, until a side closed or
+/// `tunnel_idle_timeout`, 1h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_under_a_ca_a_reload_removes_is_cut_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = crate::upgrade::Upstream::start().await;
+    let (ca, pki) = pki();
     let other = Ca::new("another ca");
     pki.ca("other", &other);
-    let sections_tls = TLS_INBOUND
-        .replace("$SECTIONS", sections)
-        .replace("$TLS", &tls_with_ca(&pki, "other.pem"));
-    proxy.rewrite_config(&sections_tls);
+    pki.write("both.pem", &format!("{}{}", ca.pem, other.pem));
+    let sections = "runtime: { shutdown_grace: 2s }";
+    let config = |bundle: &str| {
+        TLS_INBOUND
+            .replace("$SECTIONS", sections)
+            .replace("$TLS", &tls_with_ca(&pki, bundle))
+    };
+    let mut proxy = Proxy::builder(&config("both.pem"))
+        .var("POLICY", "")
+        .var("APP", up.addr)
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let alice = ca.client("alice", None);
+    let carol = other.client("carol", None);
+    let mut dropped = open_websocket(
+        addr,
+        tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]),
+    )
+    .await;
+    let mut kept = open_websocket(
+        addr,
+        tls::client_config(&ca.pem, Some(&carol), &[b"http/1.1"]),
+    )
+    .await;
+
+    proxy.rewrite_config(&config("other.pem"));
     let rsp = http::post(admin, "/reload", &[], "").await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
-    ws.write_all(b"within").await.expect("write");
-    let mut got = [0u8; 6];
-    ws.read_exact(&mut got).await.expect("open in the grace");
+    let began = tokio::time::Instant::now();
     let mut rest = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(3), ws.read_to_end(&mut rest)).await;
+    let end = tokio::time::timeout(Duration::from_secs(1), dropped.read_to_end(&mut rest)).await;
+    assert!(
+        end.is_ok(),
+        "alice's CA is gone: her WebSocket is cut at once"
+    );
+    // Carol's CA stays: hers carries bytes within the grace, and is cut after it.
+    kept.write_all(b"within").await.expect("write");
+    let mut got = [0u8; 6];
+    kept.read_exact(&mut got).await.expect("open in the grace");
+    let end = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the WebSocket is cut after the grace");
+    assert!(
+        began.elapsed() >= Duration::from_millis(1800),
+        "not before the grace: {:?}",
+        began.elapsed()
+    );
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("a reload's TLS rules refuse a tunnel's client"),
+        "said why: {}",
+        proxy.log()
+    );
 }
 
 /// A reload whose `client_ca` bundle lists the same CAs in another order, or one of them twice,

@@ -18,6 +18,7 @@
 //! fresh their own stream's window: once it has stayed shut for a bound ([`Link::choked`]), no
 //! new stream goes on the connection (`pool::h2`), which ends once its streams have.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -462,7 +463,18 @@ pub(crate) struct Watched<S> {
     writer: Writer,
     /// The connection's send window: what the upstream allowed, less the `DATA` sent.
     window: i64,
+    /// A write that failed before the upstream's first `SETTINGS`, held while what it left to
+    /// read is read ([`Watched::after_failed_write`]), with the bound of that wait.
+    failed: Option<(io::Error, Pin<Box<tokio::time::Sleep>>)>,
+    /// Whether that read was made: once a connection.
+    drained: bool,
 }
+
+/// How long a write that failed before the upstream's first `SETTINGS` waits for what it
+/// left to read (the server's TLS alert, already on its way: it came before the reset that
+/// failed the write). A socket that was reset is readable at once; the bound is for one that
+/// failed a write some other way and stays silent.
+const ALERT_WAIT: Duration = Duration::from_millis(250);
 
 impl<S> Watched<S> {
     pub(crate) fn new(io: S, link: Arc<Link>) -> Self {
@@ -472,6 +484,8 @@ impl<S> Watched<S> {
             reader: Reader::default(),
             writer: Writer::default(),
             window: FIRST_WINDOW,
+            failed: None,
+            drained: false,
         }
     }
 
@@ -530,20 +544,64 @@ impl<S: AsyncRead + Unpin> Watched<S> {
         }
     }
 
-    /// After a write failed: the server's TLS alert waiting unread behind it, noted. A server
-    /// that refuses rampart's client certificate (TLS 1.3: after the client's side of the
-    /// handshake ended) sends its alert and closes, and the preface written meanwhile may
-    /// fail on the closed socket before anything is read. Not waited for.
-    fn after_failed_write<T>(&mut self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if matches!(polled, Poll::Ready(Err(_))) && self.link.tls_error().is_none() {
-            let mut scratch = [0u8; 256];
+    /// After a write failed with `error` before the upstream's first `SETTINGS`: what the
+    /// upstream sent before the reset that failed it, read, so that its TLS alert is noted
+    /// before the error ends the connection. A server that refuses rampart's client
+    /// certificate (TLS 1.3: after the client's side of the handshake ended) sends its alert
+    /// and closes, and the preface written meanwhile may fail on the reset socket before
+    /// anything is read; the connection then ended without the alert, and its 502 said the
+    /// upstream may not speak HTTP/2 (about one time in four). A look at the socket without
+    /// waiting is not enough: the runtime may not have seen it readable yet. So the write
+    /// waits (its error held, `Pending`) until the socket reads its end, within
+    /// [`ALERT_WAIT`]; once a connection. An open connection's write errors pass at once.
+    fn after_failed_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(Err(error))
+                if !self.drained && !self.link.opened() && self.link.tls_error().is_none() =>
+            {
+                self.drained = true;
+                let until = Box::pin(tokio::time::sleep(ALERT_WAIT));
+                self.failed = Some((error, until));
+                self.drain(cx).map(Err)
+            }
+            polled => polled,
+        }
+    }
+
+    /// Reads the held failed write's connection to its end (see [`Watched::after_failed_write`]),
+    /// then gives that write's error.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            let mut scratch = [0u8; 512];
             let mut buf = ReadBuf::new(&mut scratch);
-            let mut quiet = Context::from_waker(&super::super::conn::NOOP);
-            if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_read(&mut quiet, &mut buf) {
-                self.note(&e);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => break,
+                // Bytes before the end: read as any are (an HTTP/1.1 answer to the preface
+                // still says the server does not speak HTTP/2).
+                Poll::Ready(Ok(())) => self.reader.read(buf.filled(), &self.link),
+                Poll::Ready(Err(e)) => {
+                    self.note(&e);
+                    break;
+                }
+                Poll::Pending => {}
+            }
+            let bounded = self
+                .failed
+                .as_mut()
+                .map(|(_, until)| until.as_mut().poll(cx));
+            if self.link.tls_error().is_some() || !matches!(bounded, Some(Poll::Pending)) {
+                break;
+            }
+            if buf.filled().is_empty() {
+                return Poll::Pending;
             }
         }
-        polled
+        let error = self.failed.take().map(|(e, _)| e);
+        Poll::Ready(error.unwrap_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe)))
     }
 }
 
@@ -554,11 +612,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.failed.is_some() {
+            return this.drain(cx).map(Err);
+        }
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
             this.wrote(&buf[..n.min(buf.len())]);
         }
-        this.after_failed_write(polled)
+        this.after_failed_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -567,6 +628,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.failed.is_some() {
+            return this.drain(cx).map(Err);
+        }
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(mut n)) = polled {
             for b in bufs {
@@ -578,7 +642,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                 n -= part;
             }
         }
-        this.after_failed_write(polled)
+        this.after_failed_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -587,8 +651,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.failed.is_some() {
+            return this.drain(cx).map(Err);
+        }
         let polled = Pin::new(&mut this.io).poll_flush(cx);
-        this.after_failed_write(polled)
+        this.after_failed_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -746,5 +813,70 @@ mod tests {
         assert_eq!(link.settled().await, Err(Closed::NotHttp2));
         link.close(Closed::Gone);
         assert_eq!(link.closed(), Some(Closed::NotHttp2));
+    }
+
+    /// A TLS 1.3 server's refusal as rampart's socket meets it: every write fails (the socket
+    /// was reset), and the alert that came before the reset is read only once the runtime has
+    /// seen the socket readable (the first read waits for that).
+    struct Refused {
+        reads: u8,
+    }
+
+    impl AsyncRead for Refused {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            if self.reads == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+            Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, alert)))
+        }
+    }
+
+    impl AsyncWrite for Refused {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A write that fails before the upstream's first SETTINGS waits for the alert behind it:
+    /// the connection ends with the server's refusal noted, whatever the runtime had seen of
+    /// the socket when the write failed. Before, one look without waiting missed it, and the
+    /// refusal was said as an upstream that may not speak HTTP/2.
+    #[tokio::test]
+    async fn a_failed_write_before_settings_reads_the_alert_behind_it() {
+        use tokio::io::AsyncWriteExt;
+        let link = Link::new(100);
+        let mut watched = Watched::new(Refused { reads: 0 }, link.clone());
+        let failed = watched.write(b"PRI * HTTP/2.0").await;
+        let kind = failed.expect_err("the write fails").kind();
+        assert_eq!(kind, io::ErrorKind::ConnectionReset, "with its own error");
+        assert!(
+            matches!(
+                link.tls_error(),
+                Some(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::CertificateRequired
+                ))
+            ),
+            "the alert must be noted: {:?}",
+            link.tls_error()
+        );
     }
 }
