@@ -233,6 +233,12 @@ pub enum UpstreamError {
     /// The HTTP/2 connections a request waited on for a stream kept going away: never sent.
     #[error("the upstream's HTTP/2 connections went away before the request could be sent")]
     Unsent,
+    /// An upload found the endpoint's HTTP/2 connections' send windows shut, as many as are
+    /// kept (`h2::SHUT_MAX`): never sent.
+    #[error(
+        "the upstream's HTTP/2 connections kept their send window shut; the upload was not sent"
+    )]
+    ShutWindow,
 }
 
 /// The settings of one endpoint's pool, from its upstream's section.

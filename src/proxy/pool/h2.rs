@@ -47,9 +47,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
 mod link;
-use link::{Closed, Link, Slot, Watched};
+pub(crate) use link::Link;
+use link::{Closed, Slot, Watched};
 
-use super::quiet::{self, Quiet};
+use super::quiet::{self, Quiet, Sending};
 use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError, WAIT_CONNECT, WAIT_NONE};
 use crate::proxy::access_log::Broken;
 use crate::proxy::body::{Body, FaultCell, Replay};
@@ -63,14 +64,27 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is given up.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP/2 upstream connection's send window may stay shut (the upstream took
-/// uploads and opened no more room for them on the connection) before no new stream goes on
-/// it. Nothing is cut at this bound, so it can be short: its cost is one more connection. It
+/// uploads and opened no more room for them on the connection) before no new upload goes on
+/// it (a request without a body needs no send window, and still does). Nothing is cut at this
+/// bound, so it can be short: its cost is one more connection. It
 /// is [`KEEP_ALIVE_TIMEOUT`], how long the upstream may leave a PING unanswered before the
 /// connection is given up: an upstream that takes no byte of any upload for as long is no
 /// more use to a new request than one that does not answer at all. (`SEND_STALL`, 60 s, bounds
 /// how long rampart holds one client's stream whose window its client keeps shut, and cuts it;
 /// a stream stalled on this connection is bounded as before, by its request's deadline.)
 const SHUT_WINDOW: Duration = KEEP_ALIVE_TIMEOUT;
+/// The most connections to one endpoint whose send window has stayed shut for [`SHUT_WINDOW`]:
+/// the one in use, and one let go for it and still open (its stalled uploads not yet ended).
+/// An upload that finds the one in use shut then is answered 502 at once, unsent, instead of
+/// opening another. Moving uploads to a new connection is for one connection gone wrong; a
+/// second one shut while the first still holds its uploads says the upstream takes no uploads
+/// at all, and each further connection would shut as well and, on a route without
+/// `timeout.request`, stay open for ever with the uploads stalled on it: one more every
+/// [`SHUT_WINDOW`]. Not `max_connections`, which does nothing under `protocol: http2` (as
+/// `validate` warns) and whose default (1024) would not bound this in any useful way.
+const SHUT_MAX: usize = 2;
+/// Least time between two `warn` lines about uploads refused at [`SHUT_MAX`], per endpoint.
+const SHUT_WARN_EVERY_MS: u64 = 10_000;
 /// Each stream's receive window: the most of one answer rampart holds while its client does
 /// not read it (256 KiB: at a 1 ms round trip, 256 MB/s for one stream).
 const STREAM_WINDOW: u32 = 256 * 1024;
@@ -88,6 +102,11 @@ const _: () = assert!(MAX_STREAMS as u64 * STREAM_WINDOW as u64 <= CONNECTION_WI
 pub(crate) struct H2 {
     /// The connection; `None` before the first connect, and after the connection is let go.
     sender: parking_lot::Mutex<Option<Live>>,
+    /// The connections let go because their send window stayed shut ([`H2::live`]), while
+    /// they may still be open and shut: fewer than [`SHUT_MAX`] (locked after `sender`).
+    shut: parking_lot::Mutex<Vec<Arc<Link>>>,
+    /// When (coarse milliseconds) an upload refused at [`SHUT_MAX`] was last warned of.
+    shut_warned: AtomicU64,
     /// The number of the next connection.
     made: AtomicU64,
     /// The connect under way, if any: every request that finds no connection waits for its
@@ -185,8 +204,11 @@ pub struct H2Answer {
     /// Its timer, made the first time the stream waits.
     quiet_timer: Option<Pin<Box<Option<Sleep>>>>,
     /// The client's body that hyper's task still sends, if the request streamed one: the
-    /// wait counts only from its end.
+    /// wait counts only from its end ([`Sending`]).
     upload: Option<Arc<FaultCell>>,
+    /// The request had bytes to send: the wait counts from no earlier than `stream`'s
+    /// connection's send window was last open ([`Sending`]).
+    sends: bool,
     /// `rampart_timeouts_total{kind="idle"}` of the request's route ([`H2Answer::count_idle`]).
     idle_counted: Option<prometheus::IntCounter>,
 }
@@ -194,26 +216,57 @@ pub struct H2Answer {
 // === impl H2 ===
 
 impl H2 {
-    /// The connection, unless there is none or it takes no new stream. One whose send window
-    /// the upstream has kept shut for [`SHUT_WINDOW`] is let go here ([`H2::retire`]): a new
-    /// request goes on a new connection.
-    fn live(&self, addr: SocketAddr) -> Option<Live> {
+    /// The connection for a request (`upload`: with a body to send), unless there is none or
+    /// it takes no new stream. A request without a body goes on it even if its send window is
+    /// shut: it needs none. An upload finds one whose send window the upstream has kept shut
+    /// for [`SHUT_WINDOW`] let go here (it goes on a new connection, and so do the requests
+    /// after it; the shut one ends once its streams have), unless [`SHUT_MAX`] are shut: it is
+    /// then refused, unsent ([`UpstreamError::ShutWindow`]).
+    fn live(&self, addr: SocketAddr, upload: bool) -> Result<Option<Live>, SendError> {
         let mut held = self.sender.lock();
-        let live = held.as_ref()?;
+        let Some(live) = held.as_ref() else {
+            return Ok(None);
+        };
         if live.sender.is_closed() || live.link.closed().is_some() {
             // Going away (a GOAWAY stops the window's count): not a shut window to warn of.
-            return None;
+            return Ok(None);
         }
-        if live.link.choked(SHUT_WINDOW) {
-            *held = None;
-            drop(held);
+        if !upload || !live.link.choked(SHUT_WINDOW) {
+            return Ok(Some(live.clone()));
+        }
+        let mut shut = self.shut.lock();
+        // One closed, or whose window reopened (its uploads go on), is shut no more.
+        shut.retain(|l| !l.is_over() && l.is_shut());
+        if shut.len() + 1 >= SHUT_MAX {
+            drop((shut, held));
+            self.warn_shut(addr);
+            return Err(SendError::Reset(UpstreamError::ShutWindow));
+        }
+        shut.push(live.link.clone());
+        *held = None;
+        drop((shut, held));
+        tracing::warn!(
+            endpoint = %addr,
+            "an HTTP/2 upstream connection's send window stayed shut for {SHUT_WINDOW:?} (no WINDOW_UPDATE for the uploads sent on it): the next upload opens a new connection, which takes the new requests; the requests on the shut one end at their deadlines"
+        );
+        Ok(None)
+    }
+
+    /// Warns that uploads are refused at [`SHUT_MAX`], once in [`SHUT_WARN_EVERY_MS`].
+    fn warn_shut(&self, addr: SocketAddr) {
+        let now = crate::clock::coarse::millis();
+        let last = self.shut_warned.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= SHUT_WARN_EVERY_MS)
+            && self
+                .shut_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             tracing::warn!(
                 endpoint = %addr,
-                "an HTTP/2 upstream connection's send window stayed shut for {SHUT_WINDOW:?} (no WINDOW_UPDATE for the uploads sent on it): new requests go on a new connection; the requests on it end at their deadlines"
+                "{SHUT_MAX} HTTP/2 upstream connections have had their send window shut for {SHUT_WINDOW:?} or more (no WINDOW_UPDATE for the uploads sent on them): uploads are answered 502, unsent, until one of them closes or reopens its window; requests without a body still go"
             );
-            return None;
         }
-        Some(live.clone())
     }
 
     /// Lets connection `id` go (if it is still the endpoint's): it takes no new stream, and
@@ -291,6 +344,11 @@ const MALFORMED_HEAD: &str =
 /// and the h2 library does), an upstream that does not speak HTTP/2. `None` for the rest.
 pub(crate) fn message(error: &UpstreamError, name: &str, addr: SocketAddr) -> Option<String> {
     let h2 = match error {
+        UpstreamError::ShutWindow => {
+            return Some(format!(
+                "upstream {name} ({addr}) takes no uploads: {SHUT_MAX} of its HTTP/2 connections have had their send window shut for {SHUT_WINDOW:?} or more (no WINDOW_UPDATE); the request was not sent"
+            ))
+        }
         UpstreamError::NotHttp2(why) => {
             return Some(format!(
                 "upstream {name} ({addr}) has protocol: http2 but may not speak HTTP/2 (an HTTP/1.1-only server?): {why}"
@@ -375,6 +433,19 @@ fn copy(error: &SendError) -> SendError {
     }
 }
 
+/// What holds back the idle wait of a request on `link` (`sends`: its body has bytes to send;
+/// `upload`: the client's streamed body): see [`Sending`].
+fn upload_of<'a>(
+    sends: bool,
+    upload: &'a Option<Arc<FaultCell>>,
+    link: &'a Link,
+) -> Option<Sending<'a>> {
+    sends.then_some(Sending {
+        cell: upload.as_deref(),
+        link,
+    })
+}
+
 /// A copy of `body` to send again, if it is in memory (no copy of its bytes).
 fn again(body: &Body) -> Option<Body> {
     match body {
@@ -405,6 +476,10 @@ impl Pool {
             Body::Client(c) if added.idle_ms != 0 => Some(c.cell().clone()),
             _ => None,
         };
+        // Whether there are bytes to send, which need the connection's send window: a request
+        // without them goes on a connection whose window is shut.
+        let sends = !http_body::Body::is_end_stream(&body)
+            && http_body::Body::size_hint(&body).exact() != Some(0);
         let (mut refused, mut moved) = (0, 0);
         let unwatched = AtomicU8::new(WAIT_NONE);
         let waiting = added.waiting.unwrap_or(&unwatched);
@@ -413,17 +488,28 @@ impl Pool {
                 id,
                 mut sender,
                 link,
-            } = match h2.live(addr) {
+            } = match h2.live(addr, sends)? {
                 Some(live) => live,
-                None => self.connect_h2(h2, addr, waiting).await?,
+                None => self.connect_h2(h2, addr, waiting, sends).await?,
             };
             // A place for the stream on this connection: waited for (the caller bounds the
             // wait) while the upstream's limit (or `MAX_STREAMS`) of streams is open. Nothing
             // is handed to hyper before, so a request that waits is never sent if its try ends
             // (its client gone, its timeout), and goes to a new connection if this one goes
-            // away meanwhile, whatever its method: it never reached the upstream.
-            let slot = match link.slot(waiting).await {
-                Ok(s) => s,
+            // away meanwhile, whatever its method: it never reached the upstream. An upload
+            // stops waiting once the connection's send window has been shut for
+            // `SHUT_WINDOW`, and one given a place on such a connection does not take it: it
+            // goes on another (`H2::live`).
+            let got = match sends {
+                false => link.slot(waiting).await.map(Some),
+                true => link.upload_slot(waiting, SHUT_WINDOW).await,
+            };
+            let slot = match got {
+                Ok(Some(s)) if !sends || !link.choked(SHUT_WINDOW) => s,
+                Ok(_) => {
+                    tracing::debug!(endpoint = %addr, "an upload waited on an HTTP/2 upstream connection whose send window stayed shut: it goes on another");
+                    continue;
+                }
                 Err(why) => {
                     h2.retire(id);
                     if why == Closed::NotHttp2 {
@@ -453,7 +539,9 @@ impl Pool {
             let sent = match quiet.is_on() {
                 false => sending.await,
                 // Dropped when the limit passes: h2 resets the stream (`CANCEL`), its slot goes.
-                true => match quiet::within(sending, &mut quiet, upload.as_deref()).await {
+                true => match quiet::within(sending, &mut quiet, upload_of(sends, &upload, &link))
+                    .await
+                {
                     Some(sent) => sent,
                     None => return Err(SendError::Reset(UpstreamError::Idle(quiet.limit()))),
                 },
@@ -536,6 +624,7 @@ impl Pool {
             quiet: Quiet::new(added.idle_ms),
             quiet_timer: None,
             upload,
+            sends,
             idle_counted: None,
         };
         Ok(Response::from_parts(
@@ -547,16 +636,17 @@ impl Pool {
     /// The endpoint's connection: the one open, else the one being made (a connect begun if
     /// none is), waited for with `waiting` set to [`WAIT_CONNECT`]. Every request waiting for
     /// one connect gets its outcome at once: a connect that fails fails them all with its
-    /// error, none waits for a connect after it.
+    /// error, none waits for a connect after it. `upload` as for [`H2::live`].
     async fn connect_h2(
         self: &Arc<Self>,
         h2: &H2,
         addr: SocketAddr,
         waiting: &AtomicU8,
+        upload: bool,
     ) -> Result<Live, SendError> {
         let connecting = {
             let mut held = h2.connecting.lock();
-            if let Some(live) = h2.live(addr) {
+            if let Some(live) = h2.live(addr, upload)? {
                 return Ok(live);
             }
             match &*held {
@@ -610,7 +700,7 @@ impl Pool {
         let slot = super::Slot::uncapped(self);
         let stream = self.dial_warned(addr, deadline).await?;
         let link = Link::new(MAX_STREAMS);
-        let stream = Watched::new(stream, link.clone());
+        let stream = Watched::new(stream, link.clone(), self.tls.is_some());
         let shake = builder().handshake::<_, Body>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
@@ -625,7 +715,7 @@ impl Pool {
         tokio::spawn(async move {
             let _slot = slot;
             let result = conn.await;
-            ended.close(Closed::Gone);
+            ended.ended();
             match result {
                 // A refused handshake is said by the request that made the connection.
                 Err(_) if ended.tls_error().is_some() && !ended.opened() => {}
@@ -797,8 +887,11 @@ impl H2Answer {
             return false;
         }
         let timer = self.quiet_timer.get_or_insert_with(|| Box::pin(None));
-        self.quiet
-            .stalled(timer.as_mut(), cx, self.upload.as_deref())
+        let upload = match &self.stream {
+            Some(slot) => upload_of(self.sends, &self.upload, slot.link()),
+            None => None,
+        };
+        self.quiet.stalled(timer.as_mut(), cx, upload)
     }
 
     /// The upstream sent nothing for `timeout.idle`: the stream is let go (its upstream sees it

@@ -29,8 +29,23 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::h2::Link;
 use crate::clock::coarse;
 use crate::proxy::body::FaultCell;
+
+/// A request body that hyper's HTTP/2 client sends on its own task, and the connection it goes
+/// on: an idle wait counts only from the body's end, and from no earlier than the connection's
+/// send window was last open. rampart reads the body's end when hyper takes its last bytes,
+/// which may then wait in h2's send buffer until the upstream reopens the window
+/// (`Link::open_since`); an upload the upstream has not let go out is not the upstream's
+/// silence. Looked at only when a wait is measured (two loads), never per frame.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sending<'a> {
+    /// The client's streamed body, read as hyper sends it; `None` for a body in memory.
+    pub(crate) cell: Option<&'a FaultCell>,
+    /// The connection it goes on.
+    pub(crate) link: &'a Link,
+}
 
 /// One upstream answer's idle timeout: the limit, and the wait in progress.
 #[derive(Debug, Default)]
@@ -81,20 +96,24 @@ impl Quiet {
 
     /// A read of the upstream found nothing, and rampart is ready for its bytes: whether the
     /// wait has lasted the limit (the answer is then to be cut). Otherwise `timer` holds the
-    /// task's waker for the wait's end. `upload`: a client's body that hyper's HTTP/2 client
-    /// sends on its own task; the wait counts only from its end.
+    /// task's waker for the wait's end. `upload`: an HTTP/2 request's body, which hyper's
+    /// client sends on its own task ([`Sending`]).
     pub(crate) fn stalled(
         &mut self,
         timer: Pin<&mut Option<Sleep>>,
         cx: &mut Context<'_>,
-        upload: Option<&FaultCell>,
+        upload: Option<Sending<'_>>,
     ) -> bool {
         if self.limit == 0 {
             return false;
         }
         let now = coarse::millis();
         // Still uploading: no wait yet (the timer looks again at the limit's end).
-        let floor = upload.map_or(0, |cell| cell.ended_at().unwrap_or(now));
+        let floor = upload.map_or(0, |up| match up.cell.map(FaultCell::ended_at) {
+            Some(None) => now,
+            Some(Some(end)) => end.max(up.link.open_since(now)),
+            None => up.link.open_since(now),
+        });
         self.stalled_at(timer, cx, now, floor)
     }
 
@@ -151,7 +170,7 @@ impl Quiet {
 pub(crate) async fn within<F: Future>(
     head: F,
     quiet: &mut Quiet,
-    upload: Option<&FaultCell>,
+    upload: Option<Sending<'_>>,
 ) -> Option<F::Output> {
     let mut head = std::pin::pin!(head);
     let mut timer = std::pin::pin!(None::<Sleep>);

@@ -1,5 +1,8 @@
 //! An HTTP/2 upstream that takes uploads and never reopens its connection's send window: once
-//! the window has stayed shut for its bound, new requests go on a new connection.
+//! the window has stayed shut for its bound, new uploads go on a new connection (requests
+//! without a body stay), an upload waiting there for a stream moves too, and past the shut
+//! connections kept an upload is refused; one that reopens it late has its uploads' answers
+//! waited for past `timeout.idle`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,16 +12,19 @@ use ::http::StatusCode;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
-use super::{h2_frame, h2_ok, proxy};
+use super::{fronted, h2_frame, h2_ok, proxy, IDLE};
 use crate::support::http;
+use crate::support::raw::{self, RawResp};
 
-/// How long rampart lets a connection's send window stay shut before no new stream goes on it
+/// How long rampart lets a connection's send window stay shut before no new upload goes on it
 /// (`pool::h2::SHUT_WINDOW`).
 const SHUT_WINDOW: Duration = Duration::from_secs(10);
 
 /// A raw HTTP/2 server on 127.0.0.1 that gives each stream a 1 MiB window and never sends a
 /// `WINDOW_UPDATE`: each connection takes 65,535 bytes of `DATA` in all (its first window).
 /// It answers each request 200 `conn N` (N counted from 1) once the request has ended.
+/// [`Shut::with`] sets a stream limit, or reopens a window found shut (1 MiB more) after a
+/// while.
 struct Shut {
     addr: SocketAddr,
     /// The `DATA` bytes each connection took, in the order they were made.
@@ -34,8 +40,21 @@ impl Drop for Shut {
     }
 }
 
+/// How a [`Shut`] server differs from the plain one.
+#[derive(Clone, Copy, Default)]
+struct Opts {
+    /// Its `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    max_streams: Option<u32>,
+    /// How long after a connection's window is spent it sends a `WINDOW_UPDATE` of 1 MiB.
+    reopen_after: Option<Duration>,
+}
+
 impl Shut {
     async fn start() -> Shut {
+        Self::with(Opts::default()).await
+    }
+
+    async fn with(opts: Opts) -> Shut {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let taken = Arc::new(Mutex::new(Vec::new()));
@@ -47,7 +66,7 @@ impl Shut {
                 while let Ok((tcp, _)) = listener.accept().await {
                     n += 1;
                     taken.lock().push(0);
-                    tokio::spawn(Self::serve(tcp, n, taken.clone(), closed.clone()));
+                    tokio::spawn(Self::serve(tcp, n, opts, taken.clone(), closed.clone()));
                 }
             })
         };
@@ -70,15 +89,23 @@ impl Shut {
     async fn serve(
         tcp: tokio::net::TcpStream,
         n: u64,
+        opts: Opts,
         taken: Arc<Mutex<Vec<usize>>>,
         closed: Arc<Mutex<Vec<u64>>>,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut rd, mut wr) = tcp.into_split();
         let mut preface = [0u8; 24];
+        // What the connection's window allowed so far.
+        let mut allowed = 65_535;
         if rd.read_exact(&mut preface).await.is_ok() {
             // SETTINGS_INITIAL_WINDOW_SIZE = 1 MiB: only the connection's window binds.
-            let settings = h2_frame(0x4, 0, 0, &[0, 4, 0, 0x10, 0, 0]);
+            let mut entries = vec![0, 4, 0, 0x10, 0, 0];
+            if let Some(max) = opts.max_streams {
+                entries.extend_from_slice(&[0, 3]);
+                entries.extend_from_slice(&max.to_be_bytes());
+            }
+            let settings = h2_frame(0x4, 0, 0, &entries);
             if wr.write_all(&settings).await.is_ok() {
                 loop {
                     let mut head = [0u8; 9];
@@ -99,7 +126,19 @@ impl Shut {
                         0x6 if flags & 0x1 == 0 => h2_frame(0x6, 0x1, 0, &payload),
                         0x0 | 0x1 => {
                             if kind == 0x0 {
-                                taken.lock()[index] += len;
+                                let all = {
+                                    let mut taken = taken.lock();
+                                    taken[index] += len;
+                                    taken[index]
+                                };
+                                if let Some(after) = opts.reopen_after.filter(|_| all >= allowed) {
+                                    tokio::time::sleep(after).await;
+                                    allowed += 1 << 20;
+                                    let more = (1u32 << 20).to_be_bytes();
+                                    if wr.write_all(&h2_frame(0x8, 0, 0, &more)).await.is_err() {
+                                        break;
+                                    }
+                                }
                             }
                             match flags & 0x1 != 0 {
                                 true => h2_ok(stream, &format!("conn {n}")),
@@ -119,12 +158,14 @@ impl Shut {
 }
 
 /// An upstream that never reopens a connection's send window stalls every upload on it. Once
-/// the window has been shut for its bound (10 s), the next request goes on a new connection
-/// and is answered, and the shut one, taking no new request, closes once the upload stalled
+/// the window has been shut for its bound (10 s), a GET (which needs no send window) still goes
+/// on it; the next upload goes on a new connection and is answered, the requests after it
+/// follow it there, and the shut one, taking no new request, closes once the upload stalled
 /// on it has ended. Before, every new request went on the shut connection: a POST's body
-/// never left rampart, and the client got no answer until its deadline.
+/// never left rampart, and the client got no answer until its deadline; and then (the first
+/// fix) a GET there was moved to a new connection too, as if it had an upload to send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_whose_send_window_stays_shut_takes_no_new_request() {
+async fn a_connection_whose_send_window_stays_shut_takes_no_new_upload() {
     let up = Shut::start().await;
     let proxy = proxy(up.addr, "").await;
     let addr = proxy.listener("inbound");
@@ -135,6 +176,15 @@ async fn a_connection_whose_send_window_stays_shut_takes_no_new_request() {
     });
     crate::assert_eventually!(up.taken() == [65_535], "{:?}", up.taken());
     tokio::time::sleep(SHUT_WINDOW + Duration::from_millis(500)).await;
+    let get = tokio::time::timeout(Duration::from_secs(5), http::get(addr, "/get", &[]))
+        .await
+        .unwrap_or_else(|_| panic!("not answered: {}", proxy.log()));
+    assert_eq!(
+        (get.status, get.text()),
+        (StatusCode::OK, "conn 1".to_owned()),
+        "a request without a body stays on the shut connection"
+    );
+    assert_eq!(up.taken(), [65_535], "no new connection for it");
     let next = http::post(addr, "/next", &[], "hello");
     let rsp = tokio::time::timeout(Duration::from_secs(5), next)
         .await
@@ -149,7 +199,153 @@ async fn a_connection_whose_send_window_stays_shut_takes_no_new_request() {
         "the new request went on a new connection"
     );
     assert!(up.closed().is_empty(), "{:?}", up.closed());
+    let get = http::get(addr, "/get", &[]).await;
+    assert_eq!(
+        (get.status, get.text()),
+        (StatusCode::OK, "conn 2".to_owned()),
+        "the new connection takes the requests after the upload"
+    );
     // The stalled upload's client goes: its stream ends, and the shut connection with it.
     stalled.abort();
     crate::assert_eventually!(up.closed() == [1], "{:?}", up.closed());
+}
+
+/// Starts a 100 KiB upload to `addr` (larger than a connection's first window: it stalls for
+/// good on a [`Shut`] connection), from a client that waits for its answer for 2 minutes.
+fn stall(addr: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<RawResp> {
+    let len = 100 * 1024;
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+    req.resize(req.len() + len, b'x');
+    tokio::spawn(async move { raw::exchange(addr, &req, Duration::from_secs(120)).await })
+}
+
+/// Two connections to one endpoint whose send window has stayed shut are the most kept: the
+/// one in use, and one let go for it while it is open. An upload that then finds the one in
+/// use shut is a 502 at once, unsent, saying why (no third connection), while a GET still goes
+/// on the one in use; once the connection let go has closed, the next upload opens a new one.
+/// Before, each upload after another 10 s of a shut window opened one more connection, and on a
+/// route without `timeout.request` they all stayed open with their stalled uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_shut_connections_kept_are_refused_unsent() {
+    let up = Shut::start().await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let first = stall(addr, "/first");
+    crate::assert_eventually!(up.taken() == [65_535], "{:?}", up.taken());
+    tokio::time::sleep(SHUT_WINDOW + Duration::from_millis(500)).await;
+    let second = stall(addr, "/second");
+    crate::assert_eventually!(up.taken() == [65_535, 65_535], "{:?}", up.taken());
+    tokio::time::sleep(SHUT_WINDOW + Duration::from_millis(500)).await;
+
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        http::post(addr, "/third", &[], "hello"),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("not answered: {}", proxy.log()));
+    refused.assert_rampart(502, "upstream_unavailable");
+    let message = refused.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("send window shut") && message.contains("not sent"),
+        "{message}"
+    );
+    assert_eq!(up.taken(), [65_535, 65_535], "no third connection");
+    let get = http::get(addr, "/get", &[]).await;
+    assert_eq!(
+        (get.status, get.text()),
+        (StatusCode::OK, "conn 2".to_owned())
+    );
+    assert!(
+        proxy.log().contains("uploads are answered 502"),
+        "warned: {}",
+        proxy.log()
+    );
+
+    // The first upload's client goes: the connection let go closes, and is shut no more.
+    first.abort();
+    crate::assert_eventually!(up.closed() == [1], "{:?}", up.closed());
+    let rsp = http::post(addr, "/fourth", &[], "hello").await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 3".to_owned())
+    );
+    second.abort();
+}
+
+/// An upload waiting for a stream (the upstream takes one at a time) on a connection whose
+/// send window then stays shut for its bound stops waiting and goes on a new connection, where
+/// it is answered. Before, it waited there until its deadline (on a route without one, for
+/// ever): no stream of that connection would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_waiting_for_a_stream_on_a_shut_connection_goes_on_another() {
+    let up = Shut::with(Opts {
+        max_streams: Some(1),
+        ..Opts::default()
+    })
+    .await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let stalled = stall(addr, "/stalled");
+    crate::assert_eventually!(up.taken() == [65_535], "{:?}", up.taken());
+    let t0 = tokio::time::Instant::now();
+    let waiting = http::post(addr, "/waiting", &[], "hello");
+    let rsp = tokio::time::timeout(SHUT_WINDOW + Duration::from_secs(5), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("still waiting: {}", proxy.log()));
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 2".to_owned())
+    );
+    assert!(
+        t0.elapsed() < SHUT_WINDOW + Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(up.taken(), [65_535, 5]);
+    stalled.abort();
+}
+
+/// `timeout.idle` (300 ms here) waits for an HTTP/2 upstream's answer from no earlier than the
+/// connection's send window was last open: an upload rampart read whole, whose last bytes wait
+/// for the upstream's `WINDOW_UPDATE` (1 s here), is answered once they went. Before, the wait
+/// counted from the end of rampart's reading of the upload, and the request was a 504 `timeout`
+/// 300 ms in, its last bytes never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_waits_for_an_upload_behind_a_shut_send_window() {
+    let up = Shut::with(Opts {
+        reopen_after: Some(Duration::from_secs(1)),
+        ..Opts::default()
+    })
+    .await;
+    let proxy = fronted(IDLE, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    // 535 bytes of the window left.
+    let rsp = http::post(addr, "/first", &[], vec![b'x'; 65_000]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 1".to_owned())
+    );
+    let t0 = tokio::time::Instant::now();
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(5),
+        http::post(addr, "/behind", &[], vec![b'y'; 2_000]),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("not answered: {}", proxy.log()));
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 1".to_owned()),
+        "after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(up.taken(), [67_000]);
 }

@@ -16,7 +16,10 @@
 //! (RFC 9113 §6.9: 65,535 bytes to start with, not changed by `SETTINGS`). An upstream that
 //! takes uploads and never reopens that window stalls every upload on the connection, however
 //! fresh their own stream's window: once it has stayed shut for a bound ([`Link::choked`]), no
-//! new stream goes on the connection (`pool::h2`), which ends once its streams have.
+//! new upload goes on the connection (`pool::h2`), and one waiting for a stream on it stops
+//! waiting ([`Link::upload_slot`]); a request without a body needs no send window and still
+//! goes on it. When the window last reopened also says when an upload's last bytes could go
+//! ([`Link::open_since`]: `timeout.idle` counts from no earlier).
 
 use std::future::Future;
 use std::io;
@@ -68,6 +71,13 @@ pub(crate) struct Link {
     /// When the connection's send window was last found empty, in nanoseconds since `born`
     /// plus one; 0 while it has room.
     dry_since: AtomicU64,
+    /// When the send window last reopened after it was found empty, in coarse milliseconds
+    /// (`clock::coarse`); 0 if it never was. Written before `dry_since` is cleared.
+    reopened: AtomicU64,
+    /// Told when the send window is found empty ([`Link::upload_slot`]'s waiters).
+    found_shut: Notify,
+    /// The connection's task ended: it is closed, whatever its streams were.
+    over: std::sync::atomic::AtomicBool,
     /// The TLS error a read of the connection failed with (the server's alert): over TLS 1.3
     /// a server refuses rampart's client certificate after the client's side of the handshake
     /// ended, and the refusal is the first thing read.
@@ -100,6 +110,9 @@ impl Link {
             cap,
             born: Instant::now(),
             dry_since: AtomicU64::new(0),
+            reopened: AtomicU64::new(0),
+            found_shut: Notify::new(),
+            over: std::sync::atomic::AtomicBool::new(false),
             tls_error: std::sync::OnceLock::new(),
         })
     }
@@ -112,21 +125,73 @@ impl Link {
         since != 0 && self.nanos(Instant::now()).saturating_sub(since - 1) >= nanos(bound)
     }
 
+    /// Whether the connection's send window is shut now.
+    pub(crate) fn is_shut(&self) -> bool {
+        self.dry_since.load(Ordering::Acquire) != 0
+    }
+
     fn nanos(&self, at: Instant) -> u64 {
         nanos(at.saturating_duration_since(self.born))
     }
 
     /// The send window was found empty: it has been since now, unless it was already.
+    /// (`dry_since` and `reopened` are written by the connection's task alone.)
     fn dried(&self) {
         if self.dry_since.load(Ordering::Relaxed) == 0 {
             let now = self.nanos(Instant::now()).saturating_add(1);
             self.dry_since.store(now, Ordering::Release);
+            self.found_shut.notify_waiters();
         }
     }
 
     /// The upstream reopened the send window.
     fn refilled(&self) {
-        self.dry_since.store(0, Ordering::Release);
+        if self.dry_since.load(Ordering::Relaxed) != 0 {
+            let now = crate::clock::coarse::millis().max(1);
+            self.reopened.store(now, Ordering::Release);
+            self.dry_since.store(0, Ordering::Release);
+        }
+    }
+
+    /// Since when (coarse milliseconds) the connection's send window has been open, as seen
+    /// at `now`: `now` while it is shut, when it last reopened otherwise (0: it never was
+    /// shut). An upload handed to h2 whole may still be in its send buffer, behind a shut
+    /// window: its last bytes went out no sooner. (A stream's own window is not watched: an
+    /// upstream that keeps that one shut is not seen here.) Two loads.
+    pub(crate) fn open_since(&self, now: u64) -> u64 {
+        if self.dry_since.load(Ordering::Acquire) != 0 {
+            return now;
+        }
+        self.reopened.load(Ordering::Acquire)
+    }
+
+    /// Waits until the send window has been shut for `bound` (returns at once if it has).
+    async fn shut_for(&self, bound: Duration) {
+        loop {
+            let mut told = std::pin::pin!(self.found_shut.notified());
+            told.as_mut().enable();
+            let since = self.dry_since.load(Ordering::Acquire);
+            if since == 0 {
+                told.await;
+                continue;
+            }
+            let at = self.born + Duration::from_nanos(since - 1) + bound;
+            tokio::time::sleep_until(at).await;
+            if self.choked(bound) {
+                return;
+            }
+        }
+    }
+
+    /// The connection's task ended: it is closed for good.
+    pub(crate) fn ended(&self) {
+        self.over.store(true, Ordering::Release);
+        self.close(Closed::Gone);
+    }
+
+    /// Whether the connection's task ended ([`Link::ended`]).
+    pub(crate) fn is_over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
     }
 
     /// Whether the upstream's first `SETTINGS` came: the connection was open, whatever ended it.
@@ -190,6 +255,25 @@ impl Link {
                 Ok(Slot(self.clone()))
             }
             Err(()) => Err(self.closed().unwrap_or(Closed::Gone)),
+        }
+    }
+
+    /// [`Link::slot`] for a request with a body to send: `Ok(None)` if the send window has been
+    /// shut for `bound` (at once, or while it waits): its upload could not go, so it goes
+    /// elsewhere. A place free at once is taken without a look at the window's time (the
+    /// caller looks); a request that waits has a timer only while the window is shut.
+    pub(crate) async fn upload_slot(
+        self: &Arc<Self>,
+        waiting: &std::sync::atomic::AtomicU8,
+        bound: Duration,
+    ) -> Result<Option<Slot>, Closed> {
+        tokio::select! {
+            biased;
+            slot = self.slot(waiting) => slot.map(Some),
+            () = self.shut_for(bound) => {
+                waiting.store(super::WAIT_NONE, Ordering::Relaxed);
+                Ok(None)
+            }
         }
     }
 
@@ -266,6 +350,13 @@ impl Link {
         if owed.is_err() {
             self.slots.add_permits(1);
         }
+    }
+}
+
+impl Slot {
+    /// The connection the place is on.
+    pub(crate) fn link(&self) -> &Link {
+        &self.0
     }
 }
 
@@ -468,6 +559,8 @@ pub(crate) struct Watched<S> {
     failed: Option<(io::Error, Pin<Box<tokio::time::Sleep>>)>,
     /// Whether that read was made: once a connection.
     drained: bool,
+    /// The connection is over TLS (a failed write may have a TLS alert behind it).
+    tls: bool,
 }
 
 /// How long a write that failed before the upstream's first `SETTINGS` waits for what it
@@ -477,7 +570,8 @@ pub(crate) struct Watched<S> {
 const ALERT_WAIT: Duration = Duration::from_millis(250);
 
 impl<S> Watched<S> {
-    pub(crate) fn new(io: S, link: Arc<Link>) -> Self {
+    /// `io`, over TLS if `tls`, watched for `link`.
+    pub(crate) fn new(io: S, link: Arc<Link>, tls: bool) -> Self {
         Watched {
             io,
             link,
@@ -486,6 +580,7 @@ impl<S> Watched<S> {
             window: FIRST_WINDOW,
             failed: None,
             drained: false,
+            tls,
         }
     }
 
@@ -553,7 +648,8 @@ impl<S: AsyncRead + Unpin> Watched<S> {
     /// upstream may not speak HTTP/2 (about one time in four). A look at the socket without
     /// waiting is not enough: the runtime may not have seen it readable yet. So the write
     /// waits (its error held, `Pending`) until the socket reads its end, within
-    /// [`ALERT_WAIT`]; once a connection. An open connection's write errors pass at once.
+    /// [`ALERT_WAIT`]; once a connection. An open connection's write errors pass at once, and
+    /// a plain connection's too: it has no alert to read.
     fn after_failed_write<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -561,7 +657,10 @@ impl<S: AsyncRead + Unpin> Watched<S> {
     ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(Err(error))
-                if !self.drained && !self.link.opened() && self.link.tls_error().is_none() =>
+                if self.tls
+                    && !self.drained
+                    && !self.link.opened()
+                    && self.link.tls_error().is_none() =>
             {
                 self.drained = true;
                 let until = Box::pin(tokio::time::sleep(ALERT_WAIT));
@@ -758,7 +857,7 @@ mod tests {
         let bound = Duration::from_secs(10);
         let link = Link::new(100);
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let mut watched = Watched::new(ours, link.clone());
+        let mut watched = Watched::new(ours, link.clone(), false);
         let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         sent.extend(settings(None));
         sent.extend(frame(0x1, 0x4, &[0x82]));
@@ -804,6 +903,63 @@ mod tests {
             .read_exact(&mut drained)
             .await
             .expect("what was sent");
+    }
+
+    /// An upload waiting for a place stops waiting once the send window has been shut for the
+    /// bound, though no place frees; an open window keeps it waiting for a place.
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_waiting_for_a_place_stops_once_the_window_is_shut_for_the_bound() {
+        let bound = Duration::from_secs(10);
+        let link = Link::new(100);
+        Reader::default().read(&settings(Some(1)), &link);
+        let waiting = AtomicU8::new(0);
+        let held = link
+            .upload_slot(&waiting, bound)
+            .await
+            .expect("open")
+            .expect("the one place");
+        let waiter = {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let waiting = AtomicU8::new(0);
+                let got = link.upload_slot(&waiting, bound).await.map(|s| s.is_some());
+                (got, waiting.load(Ordering::Relaxed))
+            })
+        };
+        let settle = || async {
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        tokio::time::advance(bound * 3).await;
+        settle().await;
+        assert!(
+            !waiter.is_finished(),
+            "the window has room: it waits for a place"
+        );
+        link.dried();
+        tokio::time::advance(bound - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(!waiter.is_finished(), "not shut for the bound yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let (got, waiting) = waiter.await.expect("the waiter");
+        assert_eq!(got, Ok(false), "given up: its upload goes elsewhere");
+        assert_eq!(waiting, crate::proxy::pool::h2::WAIT_NONE);
+        drop(held);
+    }
+
+    /// The send window is open since it last reopened, or now while it is shut.
+    #[test]
+    fn the_window_is_open_since_it_last_reopened() {
+        let link = Link::new(100);
+        assert_eq!(link.open_since(5), 0, "never shut");
+        link.dried();
+        assert_eq!(link.open_since(5), 5, "shut now");
+        let before = crate::clock::coarse::millis();
+        link.refilled();
+        let reopened = link.open_since(u64::MAX);
+        assert!(reopened >= before && reopened != u64::MAX, "{reopened}");
     }
 
     #[tokio::test]
@@ -864,7 +1020,7 @@ mod tests {
     async fn a_failed_write_before_settings_reads_the_alert_behind_it() {
         use tokio::io::AsyncWriteExt;
         let link = Link::new(100);
-        let mut watched = Watched::new(Refused { reads: 0 }, link.clone());
+        let mut watched = Watched::new(Refused { reads: 0 }, link.clone(), true);
         let failed = watched.write(b"PRI * HTTP/2.0").await;
         let kind = failed.expect_err("the write fails").kind();
         assert_eq!(kind, io::ErrorKind::ConnectionReset, "with its own error");
