@@ -775,7 +775,7 @@ fn finish_head(
     if !plain || framing == Framing::Empty {
         raw.fill(&mut headers);
     }
-    *response.headers_mut() = headers;
+    crate::proxy::spare::forget_new(std::mem::replace(response.headers_mut(), headers));
     Ok(Head {
         response,
         framing,
