@@ -263,7 +263,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize, reuse: &mut Reuse) -> Parsed {
     } else {
         Version::HTTP_10
     };
-    *req.headers_mut() = headers;
+    crate::proxy::spare::forget_new(std::mem::replace(req.headers_mut(), headers));
     // `OPTIONS http://x`, an absolute URI with no path and no query: `Uri` makes its path `/`,
     // so that it asks about the server itself (RFC 9112 §3.2.4) is noted here, where the
     // target is still as sent, for `forward::prepare_request` to send it as `OPTIONS *`.

@@ -89,6 +89,17 @@ impl EndpointHealth {
         self.checked_healthy() && !self.is_ejected(now)
     }
 
+    /// [`EndpointHealth::available`] at the time `now` gives, which is asked only if an
+    /// ejection is on record (`ejected_until` is 0 until the first): a pick that finds none
+    /// reads no clock.
+    pub fn available_by(&self, now: impl FnOnce() -> u64) -> bool {
+        self.checked_healthy()
+            && match self.ejected_until.load(Ordering::Relaxed) {
+                0 => true,
+                until => now() >= until,
+            }
+    }
+
     /// The active checks' verdict alone.
     pub fn checked_healthy(&self) -> bool {
         self.checked_healthy.load(Ordering::Relaxed)

@@ -318,3 +318,28 @@ fn p2c_never_picks_unavailable_or_avoided_endpoints() {
     let empty: [Arc<EndpointHealth>; 0] = [];
     assert!(p2c(&empty, |h| h, |_| false, now, &mut rng).is_none());
 }
+
+/// A pick's look at an endpoint (`available_by`) agrees with `available` at every time, and
+/// reads the clock only once an ejection is on record: before the first, none is asked for.
+#[test]
+fn availability_reads_the_clock_only_with_an_ejection_on_record() {
+    let clock = ManualClock::new();
+    let all = fleet(2);
+    let reads = std::cell::Cell::new(0);
+    let now = || {
+        reads.set(reads.get() + 1);
+        clock.now_nanos()
+    };
+    assert!(all[0].available_by(now));
+    assert_eq!(reads.get(), 0, "never ejected: no clock read");
+
+    let d = detector(1, 10, 0.5);
+    assert_eq!(fail(&d, &all, 0, 1, clock.now_nanos()), 1, "ejects");
+    for _ in 0..12 {
+        let at = clock.now_nanos();
+        assert_eq!(all[0].available_by(|| at), all[0].available(at));
+        clock.advance(Duration::from_secs(1));
+    }
+    assert!(all[0].available_by(now), "back after eject_for");
+    assert_eq!(reads.get(), 1, "read once the ejection is on record");
+}
