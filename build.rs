@@ -22,6 +22,24 @@ fn main() {
         ""
     };
     println!("cargo:rustc-env=RAMPART_BUILD_KIND={kind}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Where git keeps HEAD and the branches: `.git/` in a clone, elsewhere in a worktree (whose
+    // `.git` is a file). A path that does not exist would have cargo run this script, and build
+    // the crate again, on every build.
+    for what in ["HEAD", "refs/heads"] {
+        if let Some(path) = git_path(what) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+}
+
+/// `git rev-parse --git-path WHAT`: the file git keeps `what` in, if there is a repository.
+fn git_path(what: &str) -> Option<String> {
+    Command::new("git")
+        .args(["rev-parse", "--git-path", what])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|p| std::path::Path::new(p).exists())
 }
