@@ -123,9 +123,10 @@ pub struct Peer {
     pub tls_epoch: u64,
     /// The client's IP address as text, for `x-forwarded-for`.
     forwarded_for: HeaderValue,
-    /// The connection's stop: told when its listener drains (shutdown, or a reload removed
-    /// it) or a reload changed the TLS rules it was made under. A tunnel it becomes follows it
-    /// ([`Peer::closing`]); `None` outside a listener (tests).
+    /// Its listener's tunnel stop (`ListenerRt::tunnels_stop`): told when a reload removes
+    /// the listener or changes the TLS rules the connection was made under, not when it moves.
+    /// A tunnel the connection becomes follows it ([`Peer::closing`]); `None` outside a
+    /// listener (tests).
     pub(super) closing: Option<tokio::sync::watch::Receiver<bool>>,
     /// The connection's place among its listener's `max_connections`, and its count for the
     /// worker serving it; `None` outside a listener (tests).
@@ -156,8 +157,9 @@ impl Peer {
         }
     }
 
-    /// The connection's stop, for a tunnel it becomes (CONNECT, or an upgrade), which the
-    /// connection's task no longer serves: it is cut the shutdown grace after the stop.
+    /// Its listener's tunnel stop, for a tunnel the connection becomes (CONNECT, or an
+    /// upgrade), which the connection's task no longer serves: it is cut the shutdown grace
+    /// after the stop.
     pub fn closing(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         self.closing.clone()
     }

@@ -638,9 +638,9 @@ fn serve_conn(
         };
         drop(gen);
         // The only reference yet (one peer a connection, made at accept and moved here): a
-        // tunnel the connection becomes follows the same stop.
+        // tunnel the connection becomes follows its listener's, wherever a reload moves it.
         if let Some(p) = Arc::get_mut(&mut peer) {
-            p.closing = Some(stopped.clone());
+            p.closing = Some(lst.tunnels_stop.subscribe());
         }
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;

@@ -133,9 +133,9 @@ pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<P
 
 /// Copies bytes between the client (once hyper hands over its connection, `client`) and
 /// `stream` in the background until the tunnel ends, holding `held` until then. `closing` is
-/// the client connection's stop ([`Peer::closing`]): once it is told (its listener drains, a
-/// reload removed it, or changed the TLS rules the connection was made under), the tunnel has
-/// the shutdown grace left, then is cut.
+/// its listener's tunnel stop ([`Peer::closing`]): once it is told (a reload removed the
+/// listener, or changed the TLS rules the connection was made under; not a move or a rename),
+/// the tunnel has the shutdown grace left, then is cut. At shutdown [`Tunnels::drain`] cuts it.
 fn carry<S, H>(
     client: OnUpgrade,
     (stream, closing): (S, Option<watch::Receiver<bool>>),
@@ -166,9 +166,9 @@ fn carry<S, H>(
 
 /// The open tunnels of a rampart: a drain waits for them as for connections, and cuts those
 /// still open when its grace runs out (each writes its access log line as it ends, with
-/// reason `shutdown`). A tunnel whose client connection is told to close (its listener
-/// removed by a reload, or its TLS rules changed) is cut the same way, the shutdown grace
-/// after it is told.
+/// reason `shutdown`). A tunnel whose listener a reload removes, or whose TLS rules it
+/// changes, is cut the same way, the shutdown grace after the reload; one whose listener
+/// moves (the same name, another address) goes on, though its old socket drains.
 #[derive(Debug)]
 pub struct Tunnels {
     tasks: TaskTracker,
@@ -211,8 +211,9 @@ impl Tunnels {
                 let _ = drain_cut.wait_for(|c| *c).await;
             };
             let told = async {
-                // A sender dropped without telling (never the case: a listener's handle
-                // tells before it lets go) leaves the tunnel be.
+                // A sender dropped without telling (never the case: the reload after which
+                // no listener carries it tells it, while the old generation holds it) leaves
+                // the tunnel be.
                 let told = match closing {
                     Some(mut c) => c.wait_for(|c| *c).await.is_ok(),
                     None => false,
