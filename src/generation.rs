@@ -116,6 +116,13 @@ pub struct ListenerRt {
     /// idle: sent `true` by the listener's handle when a reload changes the epoch, or when it
     /// drains (`ListenerHandle::follow`).
     pub conns_stop: Arc<ConnsStop>,
+    /// Tells the CONNECT tunnels and upgraded connections (WebSockets) opened through this
+    /// listener that it is gone, with the rules of the listener that replaced it if any: told
+    /// by the reload after which no listener carries it ([`Generation::stop_tunnels_left`]).
+    /// The same listener (its name, else its address, with the same `tls_epoch`) carries it
+    /// across reloads wherever it moves, so a move keeps its tunnels while its old socket
+    /// drains ([`TlsRules`]); at shutdown the tunnels' own drain cuts them.
+    pub tunnels_stop: Arc<ConnsStop>,
     /// Its access log, if `access_log` is on.
     pub access_log: Option<AccessLog>,
     /// `trust_plan_header`: whether `tenants.plans.plan_header` is read here.
@@ -383,6 +390,29 @@ impl Generation {
         metrics.retain_live(&live);
     }
 
+    /// Tells the tunnels and upgraded connections of each listener of `old` that no listener of
+    /// this generation carries on (removed, or its TLS rules changed: `TlsRules::carry`) to
+    /// close; each has `runtime.shutdown_grace` left. Those of a listener moved or renamed
+    /// with the same rules go on.
+    pub fn stop_tunnels_left(&self, old: &Generation) {
+        for (at, o) in &old.listeners {
+            let carried = self
+                .listeners
+                .values()
+                .any(|l| Arc::ptr_eq(&l.tunnels_stop, &o.tunnels_stop));
+            if !carried {
+                // The listener that took its place (its name, else its address, as
+                // `TlsRules::carry` matches them), whose rules a tunnel is judged by.
+                let next = self
+                    .listeners
+                    .values()
+                    .find(|l| l.name == o.name)
+                    .or_else(|| self.listeners.get(at));
+                o.tunnels_stop.tell(next.map(|l| &**l));
+            }
+        }
+    }
+
     /// The idempotency stores of `old` this generation does not carry stop writing their
     /// route's gauges; those of a route left without `idempotency` are set to 0 first (its
     /// keys are gone, and the old store would otherwise leave its last count showing).
@@ -614,6 +644,7 @@ fn build_listener(
         client_ca: None,
         tls_epoch: 0,
         conns_stop: Arc::new(ConnsStop::new()),
+        tunnels_stop: Arc::new(ConnsStop::new()),
         name,
     }
 }
@@ -673,9 +704,12 @@ static TLS_EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 
 impl TlsRules {
     /// Gives `rt` (its `tls` and `client_ca` set, at address `at`) the epoch of its counterpart
-    /// in `prev` (the listener of the same name, else the one at the same address) if that served the same rules, else a new
-    /// one; and that counterpart's `conns_stop` if it is at the same address with the same
-    /// epoch (else the new one `build_listener` made, which the listener's handle then follows).
+    /// in `prev` (the listener of the same name, else the one at the same address) if that
+    /// served the same rules or ones it still trusts ([`Self::still_trusted`]), else a new one;
+    /// that counterpart's `tunnels_stop` if the epoch is the same, wherever the counterpart
+    /// was (a listener moved keeps its tunnels); and its `conns_stop` if it is at the same
+    /// address with the same epoch (else the new one `build_listener` made, which the
+    /// listener's handle then follows: the connections at a socket a listener left drain).
     fn carry(rt: &mut ListenerRt, at: SocketAddr, prev: Option<&Generation>) {
         let old = prev.and_then(|p| {
             p.listeners
@@ -688,32 +722,36 @@ impl TlsRules {
         });
         rt.tls_epoch = match (&rt.tls, old) {
             (None, _) => 0,
-            (Some(_), Some((_, o))) if o.tls.is_some() && Self::same_ca(rt, o) => o.tls_epoch,
+            (Some(_), Some((_, o))) if o.tls.is_some() && Self::still_trusted(o, rt) => o.tls_epoch,
             (Some(_), _) => TLS_EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         };
         if let Some((a, o)) = old {
-            if a == at && o.tls_epoch == rt.tls_epoch {
-                rt.conns_stop = o.conns_stop.clone();
+            if o.tls_epoch == rt.tls_epoch {
+                rt.tunnels_stop = o.tunnels_stop.clone();
+                if a == at {
+                    rt.conns_stop = o.conns_stop.clone();
+                }
             }
         }
     }
 
-    /// Whether `a` and `b` trust the same client CAs: the same set of anchors, in whatever
-    /// order their bundles list them and however often (a bundle reordered, or with a CA
-    /// repeated, trusts no one else).
-    fn same_ca(a: &ListenerRt, b: &ListenerRt) -> bool {
-        match (&a.client_ca, &b.client_ca) {
+    /// Whether every client `old` admitted is still admitted by `new`: both without
+    /// `client_ca`, or `new` trusting every CA `old` did, in whatever order its bundle lists
+    /// them and however often. A CA added (the first step of a rotation) takes no trust away;
+    /// a CA taken away does, and so do `client_ca` given or taken away.
+    fn still_trusted(old: &ListenerRt, new: &ListenerRt) -> bool {
+        match (&old.client_ca, &new.client_ca) {
             (None, None) => true,
-            (Some(x), Some(y)) => same_anchors(&x.roots, &y.roots),
+            (Some(x), Some(y)) => anchors_within(&x.roots, &y.roots),
             _ => false,
         }
     }
 }
 
-/// Whether `a` and `b` hold the same trust anchors, as sets. Bundles hold a few CAs: the
+/// Whether every trust anchor in `a` is in `b` (as sets). Bundles hold a few CAs: the
 /// quadratic look is cheaper than sorting copies, and runs once a listener a reload.
-fn same_anchors<T: PartialEq>(a: &[T], b: &[T]) -> bool {
-    a.iter().all(|t| b.contains(t)) && b.iter().all(|t| a.contains(t))
+fn anchors_within<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+    a.iter().all(|t| b.contains(t))
 }
 
 // === impl RoutePolicy ===
@@ -793,15 +831,15 @@ impl RoutePolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::same_anchors;
+    use super::anchors_within;
 
     #[test]
     fn client_cas_compare_as_sets() {
         let (a, b, c) = ("ca-a", "ca-b", "ca-c");
-        assert!(same_anchors(&[a, b], &[b, a]), "reordered");
-        assert!(same_anchors(&[a, b, a], &[a, b]), "one repeated");
-        assert!(!same_anchors(&[a, b], &[a]), "one taken away");
-        assert!(!same_anchors(&[a], &[a, c]), "one added");
-        assert!(!same_anchors(&[a, b], &[a, c]), "one swapped");
+        assert!(anchors_within(&[a, b], &[b, a]), "reordered");
+        assert!(anchors_within(&[a, b, a], &[a, b]), "one repeated");
+        assert!(!anchors_within(&[a, b], &[a]), "one taken away");
+        assert!(anchors_within(&[a], &[a, c]), "one added");
+        assert!(!anchors_within(&[a, b], &[a, c]), "one swapped");
     }
 }

@@ -171,6 +171,9 @@ pub fn apply(
     shared.tunnels.set_grace(cfg.file.runtime.shutdown_grace.0);
     shared.current.store(gen.clone());
     gen.retire(&old, &shared.metrics);
+    // Tunnels of a listener gone (or whose TLS rules changed) are told now; those of one that
+    // moved or was renamed stay with it, while its old socket drains below.
+    gen.stop_tunnels_left(&old);
     // Connections accepted under TLS rules this reload changed are told to close once idle
     // (after the swap: one that loads the generation meanwhile is told too).
     for (addr, h) in set.iter() {

@@ -480,15 +480,12 @@ pub(super) fn try_once<'a>(
                     };
                     return client_fault_answer(f);
                 }
+                if e.connect_timed_out() {
+                    ctx.route.metrics.timeout_connect.inc();
+                }
                 let outcome = match &e {
                     SendError::Connect { .. } | SendError::Handshake { .. } => {
                         up.connect_failed(&ep);
-                        if let SendError::Connect {
-                            timed_out: true, ..
-                        } = e
-                        {
-                            ctx.route.metrics.timeout_connect.inc();
-                        }
                         Outcome::ConnectError
                     }
                     SendError::Reset(_) => Outcome::Reset,

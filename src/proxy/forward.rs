@@ -126,13 +126,14 @@ pub struct Peer {
     pub tls_epoch: u64,
     /// The client's IP address as text, for `x-forwarded-for`.
     forwarded_for: HeaderValue,
-    /// The connection's stop: told when its listener drains (shutdown, or a reload removed
-    /// it) or a reload changed the TLS rules it was made under. A tunnel it becomes follows it
-    /// ([`Peer::closing`]); `None` outside a listener (tests).
+    /// Its listener's tunnel stop (`ListenerRt::tunnels_stop`): told when a reload removes
+    /// the listener or changes the TLS rules the connection was made under, not when it moves.
+    /// A tunnel the connection becomes follows it ([`Peer::closing`]); `None` outside a
+    /// listener (tests).
     pub(super) closing: Option<tokio::sync::watch::Receiver<bool>>,
-    /// What tells `closing`, with the rules that replaced those the connection was made under
-    /// once a reload changed them; `None` outside a listener, or for a connection that came
-    /// as its listener drained.
+    /// What tells `closing` (its listener's `tunnels_stop`), with the rules of the listener
+    /// that took its place once a reload removed it or changed its rules; `None` outside a
+    /// listener.
     pub(super) rules: Option<Arc<ConnsStop>>,
     /// The certificate chain the client presented, leaf first (mutual-TLS listeners only).
     pub(super) chain: Option<Arc<[CertificateDer<'static>]>>,
@@ -167,8 +168,9 @@ impl Peer {
         }
     }
 
-    /// The connection's stop, for a tunnel it becomes (CONNECT, or an upgrade), which the
-    /// connection's task no longer serves: it is cut the shutdown grace after the stop.
+    /// Its listener's tunnel stop, for a tunnel the connection becomes (CONNECT, or an
+    /// upgrade), which the connection's task no longer serves: it is cut the shutdown grace
+    /// after the stop.
     pub fn closing(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         self.closing.clone()
     }

@@ -634,17 +634,16 @@ fn serve_conn(
                     // Told already (a reload between the load above and now).
                     conns.mark_changed();
                 }
-                (conns, Some(own.conns_stop.clone()))
+                conns
             }
-            _ => (stopped, None),
+            _ => stopped,
         };
-        let (stopped, rules) = stopped;
         drop(gen);
         // The only reference yet (one peer a connection, made at accept and moved here): a
-        // tunnel the connection becomes follows the same stop.
+        // tunnel the connection becomes follows its listener's, wherever a reload moves it.
         if let Some(p) = Arc::get_mut(&mut peer) {
-            p.closing = Some(stopped.clone());
-            p.rules = rules;
+            p.closing = Some(lst.tunnels_stop.told.subscribe());
+            p.rules = Some(lst.tunnels_stop.clone());
         }
         let Some(tls) = lst.tls.clone() else {
             let head = lst.head_timeout;

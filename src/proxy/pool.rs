@@ -316,6 +316,21 @@ impl UpstreamError {
     }
 }
 
+// === impl SendError ===
+
+impl SendError {
+    /// Whether `connect_timeout` ran out while the connection was made: its TCP connect or
+    /// TLS handshake, or (`protocol: http2`) the wait for the upstream's first `SETTINGS`,
+    /// which is part of making the connection. Counted as `rampart_timeouts_total{kind="connect"}`.
+    pub fn connect_timed_out(&self) -> bool {
+        match self {
+            SendError::Connect { timed_out, .. } => *timed_out,
+            SendError::Reset(e) => h2::no_settings_in_time(e),
+            SendError::Handshake { .. } => false,
+        }
+    }
+}
+
 // === impl Pool ===
 
 impl Pool {

@@ -133,10 +133,11 @@ pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<P
 
 /// Copies bytes between the client (once hyper hands over its connection, `client`) and
 /// `stream` in the background until the tunnel ends, holding `held` until then. `closing` is
-/// the client connection's stop ([`Peer::closing`]): once it is told (its listener drains, a
-/// reload removed it, or changed the TLS rules the connection was made under), the tunnel has
-/// the shutdown grace left, then is cut; at once if the TLS rules a reload put in force refuse
-/// its client ([`Peer::refused_now`]).
+/// its listener's tunnel stop ([`Peer::closing`]): once it is told (a reload removed the
+/// listener, or changed the TLS rules the connection was made under; not a move or a rename),
+/// the tunnel has the shutdown grace left, then is cut; at once if the TLS rules the reload
+/// put in force refuse its client ([`Peer::refused_now`]). At shutdown [`Tunnels::drain`]
+/// cuts it.
 fn carry<S, H>(
     client: OnUpgrade,
     (stream, closing): (S, Option<Closing>),
@@ -184,11 +185,12 @@ impl Closing {
 
 /// The open tunnels of a rampart: a drain waits for them as for connections, and cuts those
 /// still open when its grace runs out (each writes its access log line as it ends, with
-/// reason `shutdown`). A tunnel whose client connection is told to close (its listener
-/// removed by a reload, or its TLS rules changed) is cut the same way, the shutdown grace
-/// after it is told; at once when the new TLS rules refuse its client (a `client_ca` that
-/// no longer verifies its certificate, `tls` on a plaintext one): a client the listener no
-/// longer trusts is not served for the grace.
+/// reason `shutdown`). A tunnel whose listener a reload removes, or whose TLS rules it
+/// changes, is cut the same way, the shutdown grace after the reload; at once when the new
+/// TLS rules refuse its client (a `client_ca` that no longer verifies its certificate, `tls`
+/// on a plaintext one): a client the listener no longer trusts is not served for the grace.
+/// One whose listener moves (the same name, another address) goes on, though its old socket
+/// drains.
 #[derive(Debug)]
 pub struct Tunnels {
     tasks: TaskTracker,
@@ -231,8 +233,9 @@ impl Tunnels {
                 let _ = drain_cut.wait_for(|c| *c).await;
             };
             let told = async {
-                // A sender dropped without telling (never the case: a listener's handle
-                // tells before it lets go) leaves the tunnel be.
+                // A sender dropped without telling (never the case: the reload after which
+                // no listener carries it tells it, while the old generation holds it) leaves
+                // the tunnel be.
                 let Some(mut c) = closing else {
                     return std::future::pending::<()>().await;
                 };

@@ -685,6 +685,79 @@ async fn a_reload_that_renames_a_listener_keeps_its_tunnels() {
     server.abort();
 }
 
+/// A reload that moves a listener (its name kept, the same rules) keeps its tunnels: two
+/// listeners swapping addresses, then one moving to another port, each for longer than the
+/// grace. Its old socket drains all the same. A later reload that removes it still cuts them
+/// at the grace. Before, a move cut them at the grace as if the listener were removed
+/// ("listener removed; draining" at the old address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_a_listener_keeps_its_tunnels() {
+    let (echo_addr, server) = echo().await;
+    let listener = |name: &str, at: &str| {
+        format!(
+            "  - name: {name}\n    direction: outbound\n    listen: {at}\n    routes:\n      \
+             - {{ match: {{ host: \"*.example\" }}, upstream: echo }}\n"
+        )
+    };
+    let mut proxy = Proxy::builder(&format!(
+        "{REMOVED}{}{}",
+        listener("outbound", "$LISTEN_outbound"),
+        listener("egress", "$LISTEN_egress")
+    ))
+    .var("ECHO", echo_addr)
+    .spawn()
+    .await;
+    let (a, b) = (proxy.listener("outbound"), proxy.listener("egress"));
+    let mut one = open_tunnel(a, "one.example:80").await;
+    let mut two = open_tunnel(b, "two.example:80").await;
+    echoes(&mut one, b"before").await;
+    echoes(&mut two, b"before").await;
+    let reload = |proxy: &mut Proxy, text: String| {
+        proxy.rewrite_config(&text);
+        let admin = proxy.admin();
+        async move {
+            let rsp = crate::support::http::post(admin, "/reload", &[], "").await;
+            assert_eq!(rsp.status, 200, "{}", rsp.text());
+        }
+    };
+
+    // The two swap addresses.
+    let swapped = format!(
+        "{REMOVED}{}{}",
+        listener("outbound", &b.to_string()),
+        listener("egress", &a.to_string())
+    );
+    reload(&mut proxy, swapped).await;
+    // Past the grace (500ms) and more: still carrying bytes.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    echoes(&mut one, b"swapped").await;
+    echoes(&mut two, b"swapped").await;
+
+    // `outbound` moves to another port; its old address goes.
+    let elsewhere = crate::support::free_addr();
+    let moved = format!("{REMOVED}{}", listener("outbound", &elsewhere.to_string()));
+    let moved = format!("{moved}{}", listener("egress", &a.to_string()));
+    reload(&mut proxy, moved).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    echoes(&mut one, b"moved").await;
+    let mut three = open_tunnel(elsewhere, "three.example:80").await;
+    echoes(&mut three, b"at its new address").await;
+
+    // Removed at last: its tunnels are cut at the grace.
+    reload(
+        &mut proxy,
+        format!("{REMOVED}{}", listener("egress", &a.to_string())),
+    )
+    .await;
+    for tcp in [&mut one, &mut three] {
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the tunnel is cut after the grace");
+    }
+    echoes(&mut two, b"egress stays").await;
+    server.abort();
+}
+
 /// A tunnel is a connection rampart opens to the endpoint: it counts against the upstream's
 /// `max_connections` and in `rampart_upstream_connections` for its whole life. At the cap an
 /// idle pooled connection is closed to make room; with none, the next CONNECT waits up to the

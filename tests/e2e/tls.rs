@@ -878,6 +878,57 @@ async fn a_websocket_opened_under_a_ca_a_reload_removes_is_cut_at_once() {
     );
 }
 
+/// A reload that adds a CA to `client_ca` (the first step of a rotation: `ca` to `ca` and
+/// `other`) takes no trust away: a WebSocket and an idle keep-alive connection made with a
+/// certificate of `ca` go on past `shutdown_grace`, and a client of the added CA connects.
+/// Before, the bundle compared unequal, and both were cut (the idle one at the reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_client_ca_keeps_connections_and_websockets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = crate::upgrade::Upstream::start().await;
+    let (ca, pki) = pki();
+    let sections = "runtime: { shutdown_grace: 500ms }";
+    let mut proxy = tls_proxy(up.addr, &pki, true, sections).await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let alice = ca.client("alice", None);
+    let cfg = tls::client_config(&ca.pem, Some(&alice), &[b"http/1.1"]);
+    let mut ws = open_websocket(addr, cfg.clone()).await;
+    let mut idle = Conn::over(tls::connect(addr, cfg).await.expect("mtls"));
+    idle.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+
+    let other = Ca::new("another ca");
+    pki.write("both.pem", &format!("{}{}", ca.pem, other.pem));
+    proxy.rewrite_config(
+        &TLS_INBOUND
+            .replace("$SECTIONS", sections)
+            .replace("$TLS", &tls_with_ca(&pki, "both.pem")),
+    );
+    let rsp = http::post(admin, "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    // Past the grace (500ms) and more.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    ws.write_all(b"after").await.expect("write");
+    let mut got = [0u8; 5];
+    let echoed = tokio::time::timeout(Duration::from_secs(3), ws.read_exact(&mut got)).await;
+    assert!(
+        matches!(echoed, Ok(Ok(_))),
+        "the WebSocket still carries bytes past the grace: {echoed:?}"
+    );
+    assert_eq!(&got, b"after");
+    idle.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        idle.answer(false).await.status,
+        200,
+        "the idle keep-alive connection is still served"
+    );
+    let bob = other.client("bob", None);
+    let cfg = tls::client_config(&ca.pem, Some(&bob), &[b"http/1.1"]);
+    let mut added = Conn::over(tls::connect(addr, cfg).await.expect("mtls, the added CA"));
+    added.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(added.answer(false).await.status, 200);
+}
+
 /// A reload whose `client_ca` bundle lists the same CAs in another order, or one of them twice,
 /// trusts the same clients: connections made under it stay open. Before, either dropped every
 /// connection of the listener.

@@ -328,6 +328,12 @@ const CLOSED_AT_PREFACE: &str =
 const NO_SETTINGS: &str =
     "no HTTP/2 SETTINGS came within connect_timeout of the connection preface";
 
+/// Whether `error` is an upstream's silence after the connection preface until
+/// `connect_timeout` ran out ([`NO_SETTINGS`]): a connect that timed out.
+pub(super) fn no_settings_in_time(error: &UpstreamError) -> bool {
+    matches!(error, UpstreamError::NotHttp2(why) if *why == NO_SETTINGS)
+}
+
 /// An upstream (`protocol: http2`) that did not answer as an HTTP/2 server: `why`.
 fn not_http2(why: &'static str) -> SendError {
     SendError::Reset(UpstreamError::NotHttp2(why))

@@ -78,6 +78,30 @@ async fn requests_waiting_for_a_connect_that_fails_all_fail_with_it_at_once() {
     task.abort();
 }
 
+/// An upstream that takes the connection and never sends `SETTINGS` within `connect_timeout`
+/// is a connect that timed out: counted in `rampart_timeouts_total{kind="connect"}`, once for
+/// each request that waited for it, as a TCP connect that times out is. Before, the 502 was
+/// given and nothing counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_settings_within_connect_timeout_counts_as_a_connect_timeout() {
+    let (up, _, task) = silent().await;
+    let proxy = fronted(TIMED, up, "").await;
+    let addr = proxy.listener("inbound");
+    let asked: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(async move { http::get(addr, &format!("/c{i}"), &[]).await }))
+        .collect();
+    for a in asked {
+        a.await
+            .expect("task")
+            .assert_rampart(502, "upstream_unavailable");
+    }
+    let text = crate::support::metrics(proxy.admin()).await;
+    let labels = [("route", "grpc"), ("kind", "connect")];
+    let counted = crate::support::metric_value(&text, "rampart_timeouts_total", &labels);
+    assert_eq!(counted, Some(2.0), "{text}");
+    task.abort();
+}
+
 /// A request whose deadline (300 ms) passes while the connection it would go on is still
 /// being made (the upstream says nothing, `connect_timeout: 1s`) is a 504 that says it was
 /// not sent. Before: "no answer from upstream". It is still a try (a `504` in
