@@ -156,6 +156,10 @@ fn carry<S, H>(
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
                 let why = pipe(client, stream, idle, clock, &carried).await;
+                if matches!(why, Ended::Idle) {
+                    // Marked before the guards (the log line) are dropped, below.
+                    carried.idle.store(true, Ordering::Relaxed);
+                }
                 tracing::debug!(upstream = %name, ended = ?why, carried = ?carried, "tunnel closed");
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel upgrade failed"),
@@ -269,6 +273,10 @@ impl Drop for TunnelGuards {
             log.tunnelled(c.up.load(Ordering::Relaxed), c.down.load(Ordering::Relaxed));
             if c.cut.load(Ordering::Relaxed) {
                 log.broken(Broken::Shutdown);
+            } else if c.idle.load(Ordering::Relaxed) {
+                // rampart closed it: `tunnel_idle_timeout`, as `timeout.idle` cuts a silent
+                // answer (`timeout`).
+                log.broken(Broken::Timeout);
             }
         }
     }
@@ -373,6 +381,8 @@ pub struct Carried {
     pub down: AtomicU64,
     /// Whether rampart cut it (a drain's grace ran out).
     pub cut: AtomicBool,
+    /// Whether rampart closed it for `tunnel_idle_timeout` (no byte either way for so long).
+    pub idle: AtomicBool,
 }
 
 /// Copies bytes between `a` (the client) and `b` (the upstream) until both close, one fails,
