@@ -117,7 +117,8 @@ pub enum Broken {
     /// The upstream closed or reset the answer before its end (fewer bytes than its
     /// `content-length`, a broken chunk, a reset stream).
     UpstreamCut,
-    /// The request's deadline (`timeout.request`) cut the answer's body.
+    /// The request's deadline (`timeout.request`) or `timeout.idle` cut the answer's body, or
+    /// `tunnel_idle_timeout` closed a silent CONNECT tunnel.
     Timeout,
     /// The client went away (or stopped reading) before the answer's end.
     ClientGone,

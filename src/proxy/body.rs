@@ -1,9 +1,9 @@
 //! The one body type that flows through rampart, both ways.
 //!
 //! Bodies are streamed, never collected whole: an upstream's answer is handed to the client
-//! frame by frame, and a client's upload to the upstream. Synthetic answers carry a small `Full`
-//! body. An enum instead of a boxed trait object keeps the hot path free of an allocation per
-//! body.
+//! frame by frame, and a client's upload to the upstream. rampart's own answers carry a small
+//! `Own` body, which also marks them as rampart's. An enum instead of a boxed trait object keeps
+//! the hot path free of an allocation per body.
 //!
 //! Two jobs ride on the body because only the body knows when an exchange really ends:
 //! - a client's upload is watched ([`ClientBody`]): a stall longer than `body_idle_timeout`
@@ -40,8 +40,13 @@ pub enum Body {
     /// No bytes at all.
     #[default]
     Empty,
-    /// One chunk, already in memory (synthetic answers, replayed requests).
+    /// One chunk, already in memory (replayed requests, admin answers, kept answers).
     Full(Option<Bytes>),
+    /// rampart's own answer's body (`respond`): one chunk, or none. Its variant is the
+    /// answer's mark ([`Body::is_own`]): only an answer with it has its `x-rampart-reason`
+    /// read as rampart's, and the mark costs the answer nothing (an extension did: two
+    /// allocations an answer).
+    Own(Option<Bytes>),
     /// A client's upload, streamed and watched.
     Client(ClientBody),
     /// An upstream's answer, whose connection goes back to the pool when it ends.
@@ -60,6 +65,9 @@ pub enum Body {
 pub struct Trailed {
     data: Option<Bytes>,
     trailers: Option<http::HeaderMap>,
+    /// The body of rampart's own answer (a fallback serving a kept answer with its
+    /// trailers): the mark [`Body::Own`] is for one without.
+    own: bool,
 }
 
 /// A client's request body as a listener hands it to the request path: hyper's stream, or
@@ -188,6 +196,7 @@ impl Body {
             Some(t) => Body::Trailed(Box::new(Trailed {
                 data: Some(data).filter(|d| !d.is_empty()),
                 trailers: Some(t),
+                own: false,
             })),
             None => Body::full(data),
         }
@@ -196,6 +205,37 @@ impl Body {
     /// Whether this is an upstream's answer (over HTTP/1.1 or HTTP/2), not rampart's own.
     pub fn is_upstream(&self) -> bool {
         matches!(self, Body::Upstream(_) | Body::Upstream2(_))
+    }
+
+    /// Marks this body as that of rampart's own answer ([`Body::is_own`]), where it lies: a
+    /// body in memory (every own answer's) changes its variant, or its flag, and nothing is
+    /// allocated. A body that streams (an upstream's, a client's) cannot be an own answer's
+    /// and is left as it is.
+    pub fn mark_own(&mut self) {
+        match self {
+            Body::Empty => *self = Body::Own(None),
+            Body::Full(chunk) => *self = Body::Own(chunk.take()),
+            Body::Trailed(t) => t.own = true,
+            _ => {}
+        }
+    }
+
+    /// Whether this is the body of rampart's own answer ([`Body::mark_own`]).
+    pub fn is_own(&self) -> bool {
+        match self {
+            Body::Own(_) => true,
+            Body::Trailed(t) => t.own,
+            _ => false,
+        }
+    }
+
+    /// The body with no content left: an own answer's stays marked ([`Body::is_own`]), any
+    /// other becomes [`Body::Empty`].
+    pub fn clear(&mut self) {
+        *self = match self.is_own() {
+            true => Body::Own(None),
+            false => Body::Empty,
+        };
     }
 
     /// Whether the body counts the bytes it sends in the access log line its guards hold (an
@@ -349,7 +389,7 @@ pub fn for_head(rsp: &mut http::Response<Body>) {
             .entry(http::header::CONTENT_LENGTH)
             .or_insert_with(|| http::HeaderValue::from(len));
     }
-    *rsp.body_mut() = Body::Empty;
+    rsp.body_mut().clear();
 }
 
 impl http_body::Body for Body {
@@ -362,7 +402,9 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
-            Body::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
+            Body::Full(chunk) | Body::Own(chunk) => {
+                Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b))))
+            }
             Body::Client(inner) => Pin::new(inner).poll_frame(cx),
             Body::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             Body::Upstream2(inner) => Pin::new(&mut **inner).poll_frame(cx).map_err(Into::into),
@@ -377,7 +419,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Empty => true,
-            Body::Full(chunk) => chunk.is_none(),
+            Body::Full(chunk) | Body::Own(chunk) => chunk.is_none(),
             Body::Client(inner) => http_body::Body::is_end_stream(inner),
             Body::Upstream(inner) => inner.is_end_stream(),
             Body::Upstream2(inner) => http_body::Body::is_end_stream(&**inner),
@@ -389,7 +431,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Empty => SizeHint::with_exact(0),
-            Body::Full(chunk) => {
+            Body::Full(chunk) | Body::Own(chunk) => {
                 SizeHint::with_exact(chunk.as_ref().map(|b| b.len() as u64).unwrap_or(0))
             }
             Body::Client(inner) => {

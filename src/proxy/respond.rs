@@ -25,23 +25,22 @@ use crate::policy::idempotency::{StoredAnswer, REPLAY_HEADER};
 /// Name of the header that says why rampart answered.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-rampart-reason");
 
-/// The mark (an extension) of an answer rampart made itself. Its `x-rampart-reason` is read
-/// only on an answer with it ([`own_reason`]): an upstream's answer may carry that header too
-/// (another rampart's, in front of its own service, or any upstream's), and it is passed on
-/// as any upstream header is, never taken for rampart's. An upstream's answer has no
-/// extensions, so the look costs it nothing.
-#[derive(Clone, Copy, Debug)]
-struct Own;
-
-/// Marks `rsp` as rampart's own answer, whose `x-rampart-reason` says why.
+/// Marks `rsp` as rampart's own answer, whose `x-rampart-reason` says why. The mark is its
+/// body's variant ([`Body::mark_own`]; every own answer's body is in memory), so it costs
+/// nothing: no extension, no allocation. Its `x-rampart-reason` is read only on an answer with
+/// it ([`own_reason`]): an upstream's answer may carry that header too (another rampart's, in
+/// front of its own service, or any upstream's), and it is passed on as any upstream header
+/// is, never taken for rampart's.
 pub fn mark_own(rsp: &mut Response<Body>) {
-    rsp.extensions_mut().insert(Own);
+    rsp.body_mut().mark_own();
 }
 
 /// The reason of rampart's own answer ([`mark_own`]); `None` for an upstream's answer,
 /// whatever its headers say.
 pub fn own_reason(rsp: &Response<Body>) -> Option<&HeaderValue> {
-    rsp.extensions().get::<Own>()?;
+    if !rsp.body().is_own() {
+        return None;
+    }
     rsp.headers().get(REASON_HEADER)
 }
 
@@ -74,7 +73,7 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
     if !h.contains_key(REASON_HEADER) || h.contains_key(DEGRADED_HEADER) {
         return;
     }
-    let Body::Full(Some(body)) = rsp.body() else {
+    let Body::Own(Some(body)) = rsp.body() else {
         return;
     };
     let Some(head) = body.strip_suffix(b"}") else {
@@ -92,7 +91,7 @@ pub fn with_request_id(rsp: &mut Response<Body>, id: &HeaderValue) {
     if let Some(len) = rsp.headers_mut().get_mut(CONTENT_LENGTH) {
         *len = HeaderValue::from(out.len());
     }
-    *rsp.body_mut() = Body::full(out);
+    *rsp.body_mut() = Body::Own(Some(out.into()));
 }
 
 /// rampart's own answer `rsp` (the caller knows it is: [`own_reason`]) in the form a gRPC client reads:
@@ -119,13 +118,13 @@ pub fn to_grpc(rsp: &mut Response<Body>) {
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map(|secs| secs.saturating_mul(1000));
     let message = match rsp.body() {
-        Body::Full(Some(body)) => serde_json::from_slice::<serde_json::Value>(body)
+        Body::Own(Some(body)) => serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v.get("message")?.as_str().map(grpc_message)),
         _ => None,
     };
     *rsp.status_mut() = http::StatusCode::OK;
-    *rsp.body_mut() = Body::Empty;
+    rsp.body_mut().clear();
     let h = rsp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.remove(CONTENT_LENGTH);
@@ -227,7 +226,7 @@ fn without_content(rsp: &mut Response<Body>) {
     if !contentless(rsp.status()) {
         return;
     }
-    *rsp.body_mut() = Body::Empty;
+    rsp.body_mut().clear();
     let reset = rsp.status() == http::StatusCode::RESET_CONTENT;
     let h = rsp.headers_mut();
     h.remove(CONTENT_TYPE);
@@ -296,7 +295,10 @@ mod tests {
         );
         to_grpc(&mut rsp);
         assert_eq!(rsp.status(), http::StatusCode::OK);
-        assert!(matches!(rsp.body(), Body::Empty));
+        assert!(
+            matches!(rsp.body(), Body::Own(None)),
+            "still marked, and empty"
+        );
         let h = rsp.headers();
         assert_eq!(h[CONTENT_TYPE], "application/grpc");
         assert_eq!(h[GRPC_STATUS], "8");
@@ -342,7 +344,7 @@ mod tests {
         for code in [204, 205, 304] {
             let status = http::StatusCode::from_u16(code).expect("status");
             let rsp = fault_abort(status, false);
-            assert!(matches!(rsp.body(), Body::Empty), "{code}");
+            assert!(matches!(rsp.body(), Body::Own(None)), "{code}");
             assert!(rsp.headers().get(CONTENT_TYPE).is_none(), "{code}");
             assert_eq!(rsp.headers()[FAULT_HEADER], "abort");
             let fixed = crate::policy::fallback::Replacement::Static(
@@ -354,7 +356,7 @@ mod tests {
             );
             let mut rsp = degraded(Reason::Timeout, fixed);
             with_request_id(&mut rsp, &HeaderValue::from_static("id"));
-            assert!(matches!(rsp.body(), Body::Empty), "{code}");
+            assert!(matches!(rsp.body(), Body::Own(None)), "{code}");
             let length = rsp.headers().get(CONTENT_LENGTH).map(HeaderValue::as_bytes);
             let zero = (code == 205).then_some(&b"0"[..]);
             assert_eq!(
@@ -364,7 +366,59 @@ mod tests {
             assert_eq!(rsp.headers()[REASON_HEADER], "timeout");
         }
         let rsp = fault_abort(http::StatusCode::OK, false);
-        assert!(matches!(rsp.body(), Body::Full(Some(_))));
+        assert!(matches!(rsp.body(), Body::Own(Some(_))));
+    }
+
+    /// Every answer rampart makes is marked as its own, by its body alone (no extension), and
+    /// stays marked as it is rewritten (a request id, gRPC's form, no content); an answer
+    /// that only carries `x-rampart-reason` (an upstream's) is not.
+    #[test]
+    fn own_answers_are_marked_by_their_body_and_others_are_not() {
+        let reason = |rsp: &Response<Body>| own_reason(rsp).map(|v| v.as_bytes().to_vec());
+        let mut rsp = answer(Reason::Shed, "busy", Some(Duration::from_secs(1)));
+        assert!(rsp.extensions().is_empty(), "the mark costs no extension");
+        assert_eq!(reason(&rsp).as_deref(), Some(&b"shed"[..]));
+        with_request_id(&mut rsp, &HeaderValue::from_static("id"));
+        assert_eq!(reason(&rsp).as_deref(), Some(&b"shed"[..]));
+        to_grpc(&mut rsp);
+        assert_eq!(reason(&rsp).as_deref(), Some(&b"shed"[..]));
+        let rsp = fault_abort(http::StatusCode::NO_CONTENT, false);
+        assert!(own_reason(&rsp).is_some());
+        // A kept answer served with its trailers (a stale fallback's body) is marked too.
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let data = bytes::Bytes::from_static(b"kept");
+        let mut stale = Response::new(Body::with_trailers(data.clone(), Some(trailers.clone())));
+        stale
+            .headers_mut()
+            .insert(REASON_HEADER, HeaderValue::from_static("timeout"));
+        assert!(own_reason(&stale).is_none());
+        mark_own(&mut stale);
+        assert!(matches!(stale.body(), Body::Trailed(_)));
+        assert_eq!(reason(&stale).as_deref(), Some(&b"timeout"[..]));
+        let mut head = answer(Reason::NoRoute, "none", None);
+        crate::proxy::body::for_head(&mut head);
+        assert!(
+            own_reason(&head).is_some(),
+            "emptied for HEAD, still marked"
+        );
+
+        // Not rampart's: an answer with the header and any other body, a replay of a kept one.
+        for body in [Body::Empty, Body::full("{}")] {
+            let mut up = Response::new(body);
+            up.headers_mut()
+                .insert(REASON_HEADER, HeaderValue::from_static("shed"));
+            assert!(own_reason(&up).is_none());
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(REASON_HEADER, HeaderValue::from_static("timeout"));
+        let kept = StoredAnswer {
+            status: http::StatusCode::OK,
+            headers,
+            body: data,
+            trailers: Some(trailers),
+        };
+        assert!(own_reason(&replay(&kept)).is_none());
     }
 
     #[test]
@@ -387,8 +441,8 @@ mod tests {
     fn the_request_id_joins_the_error_body() {
         let mut r = answer(Reason::NoRoute, "no route", None);
         with_request_id(&mut r, &HeaderValue::from_static("ab\"c"));
-        let Body::Full(Some(b)) = r.body() else {
-            panic!("a full body")
+        let Body::Own(Some(b)) = r.body() else {
+            panic!("an own answer's full body")
         };
         let v: serde_json::Value = serde_json::from_slice(b).expect("json");
         assert_eq!(v["request_id"], "ab\"c");

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -52,6 +52,7 @@ use super::upgrade::Upgrade;
 use crate::clock::SharedClock;
 use crate::error::Reason;
 use crate::generation::RouteRt;
+use crate::otel::{ClientSpan, SpanParent, TryTarget};
 use crate::policy::circuit_breaker::BreakerPermit;
 use crate::policy::outcome::Outcome;
 
@@ -61,7 +62,7 @@ use crate::policy::outcome::Outcome;
 pub async fn open(ctx: &RequestCtx<'_>) -> Result<Opened, Response<Body>> {
     // The breaker judges the connect: it is the tunnel's only upstream outcome.
     let permit = super::exchange::admit(ctx).map_err(|rsp| *rsp)?;
-    connect(ctx.route, permit, ctx.tries).await
+    connect(ctx.route, permit, ctx.tries, ctx.trace.as_ref()).await
 }
 
 /// A tunnel's connection to its endpoint, with its place among the endpoint's
@@ -158,6 +159,10 @@ fn carry<S, H>(
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
                 let why = pipe(client, stream, idle, clock, &carried).await;
+                if matches!(why, Ended::Idle) {
+                    // Marked before the guards (the log line) are dropped, below.
+                    carried.idle.store(true, Ordering::Relaxed);
+                }
                 tracing::debug!(upstream = %name, ended = ?why, carried = ?carried, "tunnel closed");
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "tunnel upgrade failed"),
@@ -295,18 +300,24 @@ impl Drop for TunnelGuards {
             log.tunnelled(c.up.load(Ordering::Relaxed), c.down.load(Ordering::Relaxed));
             if c.cut.load(Ordering::Relaxed) {
                 log.broken(Broken::Shutdown);
+            } else if c.idle.load(Ordering::Relaxed) {
+                // rampart closed it: `tunnel_idle_timeout`, as `timeout.idle` cuts a silent
+                // answer (`timeout`).
+                log.broken(Broken::Timeout);
             }
         }
     }
 }
 
 /// Connects to an endpoint of `route`'s upstream within its `connect_timeout`, telling the
-/// breaker, endpoint health and the access log (`tries`: the connect is the tunnel's one try)
-/// how it went; a failure is the 502 to answer.
+/// breaker, endpoint health, the access log (`tries`: the connect is the tunnel's one try)
+/// and, when the request's trace is sampled (`trace`), a CLIENT span (`CONNECT upstream`,
+/// under the request's SERVER span) how it went; a failure is the 502 to answer.
 async fn connect(
     route: &RouteRt,
     permit: Option<BreakerPermit>,
     tries: &TryLog,
+    trace: Option<&SpanParent<'_>>,
 ) -> Result<Opened, Response<Body>> {
     let up = &route.upstream;
     let started = Instant::now();
@@ -318,20 +329,36 @@ async fn connect(
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
     let limit = up.cfg.connect_timeout.0;
-    tries.start(ep.addr);
+    let n = tries.start(ep.addr);
+    // The connect is the try: its span ends with its outcome, as a request's try's does at its
+    // answer's head (nothing goes upstream to carry a `traceparent`: the tunnel is bytes).
+    let span = trace.map(|p| ClientSpan::begin(p.clone(), &Method::CONNECT, n));
+    let end_span = |span: Option<ClientSpan<'_>>, outcome: Outcome, took: Duration| {
+        if let Some(span) = span {
+            let to = TryTarget {
+                upstream: &up.name,
+                endpoint: &ep.label,
+                host: ep.host.as_ref(),
+                addr: ep.addr,
+            };
+            span.end(to, outcome, took);
+        }
+    };
     // A tunnel is a connection to the endpoint: it counts against `max_connections` and in
     // `rampart_upstream_connections` for its whole life, and waits for room within the
     // connect timeout.
     let deadline = started + limit;
     let Some(slot) = ep.pool.slot_by(deadline).await else {
         let ended = Instant::now();
-        tries.ended(ended.saturating_duration_since(started), ended);
+        let took = ended.saturating_duration_since(started);
+        tries.ended(took, ended);
         if let Some(p) = permit {
             // The endpoint is busy, not failing: no evidence for the breaker.
-            p.record(Outcome::Cancelled, Duration::ZERO);
+            p.record(Outcome::Unsent, Duration::ZERO);
         }
         // Nor a try: nothing went to the endpoint.
         up.metrics.unsent(crate::metrics::Unsent::PoolFull);
+        end_span(span, Outcome::Unsent, took);
         let msg = format!(
             "upstream {} ({}) has max_connections connections open; none closed within {limit:?}",
             up.name, ep.addr
@@ -349,6 +376,7 @@ async fn connect(
     if let Some(p) = permit {
         p.record(outcome, took);
     }
+    end_span(span, outcome, took);
     up.try_ended(&ep, outcome, took, ended);
     // The connect is the tunnel's try, counted as tries are (a refusal under the 502 the client
     // gets), its connect time the try's duration: without it an upstream reached only by
@@ -401,6 +429,8 @@ pub struct Carried {
     pub down: AtomicU64,
     /// Whether rampart cut it (a drain's grace ran out).
     pub cut: AtomicBool,
+    /// Whether rampart closed it for `tunnel_idle_timeout` (no byte either way for so long).
+    pub idle: AtomicBool,
 }
 
 /// Copies bytes between `a` (the client) and `b` (the upstream) until both close, one fails,

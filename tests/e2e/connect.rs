@@ -392,10 +392,12 @@ listeners:
     routes:
       - { match: { host: plain.example }, upstream: plain }
       - { match: { host: dead.example }, upstream: dead }
+      - { match: { host: quiet.example }, upstream: plain, tunnel_idle_timeout: 300ms }
 "#;
 
 /// An outbound listener with an access log at `log`: `plain.example` routed to `plain`,
-/// `dead.example` to a closed port; a drain waits 1 s.
+/// `dead.example` to a closed port, `quiet.example` to `plain` with a 300 ms
+/// `tunnel_idle_timeout`; a drain waits 1 s.
 async fn logged_proxy(log: &Path, plain: SocketAddr) -> Proxy {
     Proxy::builder(LOGGED)
         .var("PLAIN", plain)
@@ -552,6 +554,48 @@ async fn a_tunnel_cut_by_the_drain_still_writes_its_line() {
             .is_some_and(|ms| ms >= 1000.0),
         "the tunnel lived through the grace: {tunnel}"
     );
+}
+
+/// A tunnel rampart closes after `tunnel_idle_timeout` with no byte either way says so in its
+/// line, reason `timeout` (as an answer `timeout.idle` cut does), with what it carried; one
+/// its client closed keeps reason "". Before, both said "".
+#[tokio::test]
+async fn a_tunnel_closed_for_its_silence_logs_timeout() {
+    let (echo_addr, server) = echo().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let proxy = logged_proxy(&log, echo_addr).await;
+    let outbound = proxy.listener("outbound");
+
+    let mut quiet = open_tunnel(outbound, "quiet.example:80").await;
+    echoes(&mut quiet, b"ping").await;
+    // Then silence: rampart closes the tunnel 300 ms on.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut rest))
+        .await
+        .expect("rampart closes the silent tunnel")
+        .expect("read to the close");
+    assert!(rest.is_empty(), "{rest:?}");
+
+    let mut closed = open_tunnel(outbound, "plain.example:80").await;
+    echoes(&mut closed, b"hello").await;
+    drop(closed);
+
+    let lines = crate::support::wait_log_lines(&log, 2).await;
+    let by_path = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} line: {lines:?}"))
+            .clone()
+    };
+    let quiet = by_path("quiet.example:80");
+    assert_tunnel_line(&quiet, 4, 4);
+    assert_eq!(quiet["reason"], "timeout", "{quiet}");
+    let closed = by_path("plain.example:80");
+    assert_tunnel_line(&closed, 5, 5);
+    assert_eq!(closed["reason"], "", "{closed}");
+    server.abort();
 }
 
 /// An upstream that echoes what it reads and never closes first: its address, and its task.

@@ -745,3 +745,110 @@ async fn the_endpoints_userinfo_is_sent_as_basic_credentials() {
         }
     }
 }
+
+/// An outbound listener that tunnels `app.example` to `$APP` and `dead.example` to a closed port.
+const TUNNELLED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+tracing:
+  otlp: { endpoint: "http://$OTLP", protocol: http/protobuf, flush_every: 20ms, timeout: 300ms }
+  sample: 0%
+upstreams:
+  app: { endpoints: [$APP] }
+  dead: { endpoints: [$DEAD], connect_timeout: 1s }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - { match: { host: app.example }, upstream: app }
+      - { match: { host: dead.example }, upstream: dead }
+"#;
+
+/// A CONNECT's one try, its connect, has its CLIENT span under the request's SERVER span, as
+/// a request's try has: `CONNECT app`, the endpoint it reached, status 200; a refused connect's
+/// span is an error (`connect_error`) under the 502's. The SERVER span names the target and
+/// ends with the tunnel. Before, a CONNECT exported its SERVER span alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_has_its_client_span_under_the_tunnels_server_span() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let proxy = Proxy::builder(TUNNELLED)
+        .var("APP", app.addr())
+        .var("OTLP", otlp.addr())
+        .closed("DEAD")
+        .spawn()
+        .await;
+    let addr = proxy.listener("outbound");
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "CONNECT app.example:80 HTTP/1.1\r\nHost: app.example:80\r\ntraceparent: {tp}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("the 200 in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 200: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    // The connect's span is sent as it ends; the SERVER span only when the tunnel does.
+    assert_eventually!(!otlp.trace(TRACE).is_empty(), "{:#?}", otlp.spans());
+    assert_eq!(kind(&otlp.trace(TRACE)[0]), SpanKind::Client);
+    drop(tcp);
+    assert_eventually!(otlp.trace(TRACE).len() >= 2, "{:#?}", otlp.spans());
+    let spans = otlp.trace(TRACE);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let server = one_of(&spans, SpanKind::Server);
+    let client = one_of(&spans, SpanKind::Client);
+    assert_eq!(hex(&server.parent_span_id), CLIENT_SPAN);
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
+    assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
+    let s = |k: &str| attr(&server.attributes, k);
+    assert_eq!(server.name, "CONNECT app");
+    assert_eq!(s("http.request.method").as_deref(), Some("CONNECT"));
+    assert_eq!(s("server.address").as_deref(), Some("app.example"));
+    assert_eq!(s("server.port").as_deref(), Some("80"));
+    assert_eq!(s("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(s("rampart.try").as_deref(), Some("1"));
+    let c = |k: &str| attr(&client.attributes, k);
+    assert_eq!(client.name, "CONNECT app");
+    assert_eq!(c("http.request.method").as_deref(), Some("CONNECT"));
+    assert_eq!(c("server.address"), Some(app.addr().ip().to_string()));
+    assert_eq!(c("server.port"), Some(app.addr().port().to_string()));
+    assert_eq!(c("rampart.upstream").as_deref(), Some("app"));
+    assert_eq!(c("rampart.endpoint"), Some(app.addr().to_string()));
+    assert_eq!(c("rampart.try").as_deref(), Some("1"));
+    assert_eq!(c("http.response.status_code").as_deref(), Some("200"));
+    assert_ne!(client.status.as_ref().map(|s| s.code), Some(2), "no error");
+
+    // A refused connect: the span says why, and is an error.
+    const DEAD_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let tp = format!("00-{DEAD_TRACE}-{CLIENT_SPAN}-01");
+    let req = format!(
+        "CONNECT dead.example:443 HTTP/1.1\r\nHost: dead.example:443\r\ntraceparent: {tp}\r\n\r\n"
+    );
+    let rsp = crate::support::raw::exchange(addr, req.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(rsp.status(), Some(502), "{}", rsp.text());
+    assert_eventually!(otlp.trace(DEAD_TRACE).len() >= 2, "{:#?}", otlp.spans());
+    let spans = otlp.trace(DEAD_TRACE);
+    let server = one_of(&spans, SpanKind::Server);
+    let client = one_of(&spans, SpanKind::Client);
+    assert_eq!(client.parent_span_id, server.span_id);
+    let c = |k: &str| attr(&client.attributes, k);
+    assert_eq!(c("error.type").as_deref(), Some("connect_error"));
+    assert_eq!(c("rampart.reason").as_deref(), Some("upstream_unavailable"));
+    assert_eq!(client.status.as_ref().map(|s| s.code), Some(2), "error");
+    assert_eq!(
+        attr(&server.attributes, "rampart.reason").as_deref(),
+        Some("upstream_unavailable")
+    );
+}

@@ -297,7 +297,6 @@ fn is_bodyless_method(m: &Method) -> bool {
 }
 
 use crate::proxy::forward::{hop_index, Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
-use crate::proxy::respond::REASON_HEADER;
 pub use crate::proxy::wire::chunk_line;
 use crate::proxy::wire::itoa;
 
@@ -472,8 +471,7 @@ enum Kind {
     Connection,
     Date,
     RequestId,
-    /// rampart's own reason (an upstream's is read as rampart's), or hop-by-hop: the answer
-    /// is not plain.
+    /// Hop-by-hop: the answer is not plain (`forward::strip_hop_by_hop` reads its map).
     NotPlain,
     /// Passed on as it is.
     Other,
@@ -487,9 +485,7 @@ impl Kind {
             header::CONNECTION => Kind::Connection,
             header::DATE => Kind::Date,
             _ if *name == X_REQUEST_ID => Kind::RequestId,
-            _ if *name == REASON_HEADER || hop_index(name.as_str().as_bytes()).is_some() => {
-                Kind::NotPlain
-            }
+            _ if hop_index(name.as_str().as_bytes()).is_some() => Kind::NotPlain,
             _ => Kind::Other,
         }
     }
@@ -536,9 +532,11 @@ impl Names {
 /// is kept beside them (`id`).
 ///
 /// An answer is plain unless it has a `transfer-encoding`, a hop-by-hop header (or a
-/// `connection` naming any header), or `x-rampart-reason`: those go into the map at once, as
-/// before, and so does every answer without a body (its connection goes back to the pool
-/// before the answer is written). Code that reads or changes an answer's headers other than
+/// `connection` naming any header): those go into the map at once, as before, and so does
+/// every answer without a body (its connection goes back to the pool before the answer is
+/// written). An upstream's `x-rampart-reason` is an ordinary header, kept raw like any other:
+/// rampart knows its own answers by their body (`respond::mark_own`), never by that header.
+/// Code that reads or changes an answer's headers other than
 /// the lean server's writing makes the map whole first: [`crate::proxy::body::whole_headers`].
 /// Its `content-length` is one line of digits however it came (repeated, or a list of one
 /// value: `finish_head` keeps the first line's first member).
@@ -720,8 +718,7 @@ fn finish_head(
             // passed on.
             continue;
         } else if kind == Kind::NotPlain {
-            // rampart's own reason (an upstream's is read as rampart's, as before), or a
-            // hop-by-hop header for `strip_hop_by_hop`.
+            // A hop-by-hop header, for `strip_hop_by_hop`.
             plain = false;
         }
         // No check of the value's bytes: httparse took exactly those `HeaderValue` takes
