@@ -83,6 +83,12 @@ pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, Relo
                 tracing::error!(error = %e, "reload refused; the configuration in force stays");
             }
         }
+        Err(e @ ReloadError::RestartNeeded(_)) => {
+            // A file that validates but changes what only a restart applies: refused as an
+            // invalid file is, not failed as a bind is.
+            m.config_reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(error = %e, "reload refused; the configuration in force stays");
+        }
         Err(e) => {
             m.config_reloads.with_label_values(&["failure"]).inc();
             tracing::error!(error = %e, "reload failed; the configuration in force stays");

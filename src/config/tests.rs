@@ -307,6 +307,25 @@ fn unknown_key_names_the_key_and_suggests() {
     );
 }
 
+/// A policy (or an upstream) written inline on a route, where its name goes, is told that a
+/// name goes there and where such sections are defined, not only that text was expected.
+#[test]
+fn a_section_written_where_a_name_goes_says_so() {
+    let e = one(&BASE.replace("policy: p", "policy: { retry: { attempts: 2 } }"));
+    assert_eq!(e.path, "listeners[0].routes[0].policy", "{e:?}");
+    assert_eq!(
+        e.message,
+        "invalid type: a mapping, expected a policy name: policies are defined under `policies:` and a route names one (`policy: NAME`)"
+    );
+    let e = one(&BASE.replace("upstream: app", "upstream: [app]"));
+    assert_eq!(e.path, "listeners[0].routes[0].upstream", "{e:?}");
+    assert!(
+        e.message
+            .starts_with("invalid type: a list, expected an upstream name: upstreams are defined under `upstreams:`"),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn unknown_top_level_key() {
     let e = one(&format!("{BASE}listners: []\n"));

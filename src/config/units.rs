@@ -67,7 +67,7 @@ impl FromStr for Dur {
     fn from_str(s: &str) -> Result<Self, UnitError> {
         let bad = || {
             UnitError(format!(
-                "invalid duration {s:?}: expected a number and a unit (ms, s, m, min, h, d), like 250ms or 5s"
+                "invalid duration {s:?}: expected a number and a unit (ms, s, m, min, h, d), like 250ms or 5s (a space before the unit is allowed too: 250 ms)"
             ))
         };
         let t = s.trim();
@@ -393,6 +393,18 @@ mod tests {
                 "{big}: {e}"
             );
         }
+    }
+
+    /// A space around the unit is taken in every unit, as the error text and README say:
+    /// `500 ms` is 500ms, `100 / s` is 100/s, `50 %` is 50%, `64 KiB` is 64KiB.
+    #[test]
+    fn a_space_before_the_unit_is_taken_in_every_unit() {
+        assert_eq!("500 ms".parse::<Dur>().unwrap(), Dur::from_millis(500));
+        assert_eq!("100 / s".parse::<Rate>().unwrap(), "100/s".parse().unwrap());
+        assert_eq!("50 %".parse::<Ratio>().unwrap(), "50%".parse().unwrap());
+        assert_eq!("64 KiB".parse::<Size>().unwrap(), "64KiB".parse().unwrap());
+        let e = "5 x".parse::<Dur>().unwrap_err().to_string();
+        assert!(e.contains("a space before the unit is allowed too"), "{e}");
     }
 
     /// Durations are whole milliseconds: a value below 1ms, or between two, is refused by its

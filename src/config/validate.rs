@@ -302,9 +302,30 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
     // The first verified source (a token, a client certificate) in `from`, if any: a header or
     // query source after it names the tenant of every request that brings no credential.
     let mut verified: Option<(&str, &str)> = None;
+    // The first source that names a tenant for every request, if any: `client_ip: peer` (a
+    // proxy listener's connection always has a peer address). The sources after it, and
+    // `fallback`, are never reached.
+    // A `jwt` source after it still acts when one before it is `jwt` too: a token that one
+    // refuses passes over every source but the later `jwt` ones (two issuers on one header).
+    let mut always: Option<usize> = None;
+    let mut token_before = false;
     for (i, src) in t.from.iter().enumerate() {
         let sp = p.key("from").idx(i);
         tenant_source(src, i, &sp, r);
+        let still_tried = token_before && src.jwt.is_some();
+        token_before |= always.is_none() && src.jwt.is_some();
+        if let Some(at) = always.filter(|_| !still_tried) {
+            r.warn(
+                &sp,
+                format!("this source comes after `client_ip: peer` (tenants.from[{at}]), which names a tenant for every request; it is never tried and does nothing"),
+            );
+        } else if src
+            .client_ip
+            .as_ref()
+            .is_some_and(|ip| ip.from == ClientIpFrom::Peer)
+        {
+            always = Some(i);
+        }
         if let Some(first) = verified {
             unverified_after(src, first, &sp, r);
         }
@@ -326,12 +347,16 @@ fn check_tenants(f: &File, r: &mut Report<'_>) {
             );
         }
     }
+    let fp = p.key("fallback");
+    if let Some(at) = always.filter(|_| r.is_written(&fp)) {
+        r.warn(
+            &fp,
+            format!("`client_ip: peer` (tenants.from[{at}]) names a tenant for every request, so no request is left without one; the fallback never acts"),
+        );
+    }
     if t.fallback != "reject" {
         if let Err(m) = syntax::tenant_id(&t.fallback) {
-            r.value(
-                &p.key("fallback"),
-                format!("must be `reject` or a tenant id: {m}"),
-            );
+            r.value(&fp, format!("must be `reject` or a tenant id: {m}"));
         }
     }
     r.at_least_1(&p.key("max_tracked"), t.max_tracked);

@@ -410,6 +410,115 @@ fn tenants_sources_fallback_and_bounds() {
     fails_at(&top("tenants: { max_tracked: 0 }"), "tenants.max_tracked");
 }
 
+/// `client_ip: peer` names a tenant for every request, so a source after it is never tried and
+/// `fallback` never acts: each warns at its place. A `jwt` source after it still acts when a
+/// `jwt` source comes before it (a token the first refuses is tried on the later ones only).
+#[test]
+fn sources_after_client_ip_peer_and_the_fallback_warn() {
+    let text = "\
+tenants:
+  from:
+    - client_ip: peer
+    - header: x-tenant-id
+    - client_ip: { from: x-forwarded-for }
+  fallback: reject
+";
+    let w = warnings(&top(text));
+    let at: Vec<(usize, usize, &str)> = w.iter().map(super::spot).collect();
+    assert_eq!(
+        at,
+        [
+            (17, 7, "tenants.from[1]"),
+            (18, 7, "tenants.from[2]"),
+            (19, 3, "tenants.fallback"),
+        ],
+        "{w:#?}"
+    );
+    assert!(
+        w[0].message
+            .contains("comes after `client_ip: peer` (tenants.from[0])"),
+        "{w:#?}"
+    );
+    assert!(w[2].message.contains("the fallback never acts"), "{w:#?}");
+    // A peer source last, the fallback left out: nothing to warn about.
+    let w = warnings(&top(
+        "tenants: { from: [ { header: x-tenant-id }, { client_ip: peer } ] }",
+    ));
+    assert!(w.is_empty(), "{w:#?}");
+    // x-forwarded-for names no one without the header: what follows it acts.
+    let w = warnings(&top(
+        "tenants: { from: [ { client_ip: x-forwarded-for }, { header: x-t } ], fallback: anon }",
+    ));
+    assert!(w.is_empty(), "{w:#?}");
+    // A second jwt after the peer source is tried when the first jwt refuses a token.
+    let jwt =
+        |iss: &str| format!("{{ jwt: {{ claim: sub, jwks: https://{iss}.test/jwks.json }} }}");
+    let w = warnings(&top(&format!(
+        "tenants: {{ from: [ {}, {{ client_ip: peer }}, {}, {{ query: t }} ] }}",
+        jwt("a"),
+        jwt("b")
+    )));
+    let at: Vec<&str> = w
+        .iter()
+        .filter(|e| e.message.contains("client_ip: peer"))
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(at, ["tenants.from[3]"], "{w:#?}");
+    let w = warnings(&top(&format!(
+        "tenants: {{ from: [ {{ client_ip: peer }}, {} ] }}",
+        jwt("b")
+    )));
+    let at: Vec<&str> = w.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(at, ["tenants.from[1]"], "{w:#?}");
+}
+
+/// A policy or an upstream that no route names acts on no request: each warns at its key (a
+/// route that lacks its `policy:` line is a plain proxy without a word). Names used by a
+/// route, on any listener, are not warned about.
+#[test]
+fn a_policy_or_upstream_no_route_names_warns_at_its_key() {
+    assert!(warnings(BASE).is_empty());
+    let text = BASE
+        .replace(
+            "  p: {}
+",
+            "  p: {}
+  standard: { timeout: { request: 2s } }
+",
+        )
+        .replace(
+            "    endpoints: [127.0.0.1:3000]
+",
+            "    endpoints: [127.0.0.1:3000]
+  spare:
+    endpoints: [127.0.0.1:3001]
+",
+        );
+    let w = warnings(&text);
+    let at: Vec<(usize, usize, &str)> = w.iter().map(super::spot).collect();
+    assert_eq!(
+        at,
+        [(5, 3, "upstreams.spare"), (9, 3, "policies.standard")],
+        "{w:#?}"
+    );
+    assert!(
+        w[1].message
+            .contains("no route names this policy (`policy: standard`)"),
+        "{w:#?}"
+    );
+    assert!(
+        w[0].message
+            .contains("no route names this upstream (`upstream: spare`)"),
+        "{w:#?}"
+    );
+    // Named by a route of a second listener: both act.
+    let used = format!(
+        "{text}  - name: outbound\n    direction: outbound\n    listen: 127.0.0.1:8081\n    routes:\n      - upstream: spare\n        policy: standard\n"
+    );
+    let w = warnings(&used);
+    assert!(w.is_empty(), "{w:#?}");
+}
+
 #[test]
 fn runtime_bounds() {
     ok(&top("runtime: { max_header_bytes: 8KiB }"));

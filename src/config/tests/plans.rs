@@ -1,7 +1,7 @@
 //! SPEC §13 keys: `jwt` sources, `tenants.plans`, `rate_limit.plans`, `trust_plan_header`,
 //! `tenant: optional`.
 
-use super::{fails_at, ok, warnings, BASE};
+use super::{errors, fails_at, ok, warnings, BASE};
 
 const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
 
@@ -215,8 +215,20 @@ fn plans_must_be_defined_where_they_are_used() {
         "{ plans: { pro: { rate: 5/s }, gold: { rate: 1/s } } }",
     )
     .replace("{ pro: [acme] }", "{ pro: [acme], gold: [acme] }");
-    // Plans are read in name order: gold first, so pro repeats acme.
-    fails_at(&text, "tenants.plans.assign.pro[0]");
+    // Refused at the repeat, the later place in the file, whatever the plans' names.
+    let e = fails_at(&text, "tenants.plans.assign.gold[0]");
+    assert!(
+        e.message
+            .contains("tenant \"acme\" is already on plan \"pro\" (at 2:49)"),
+        "{e:?}"
+    );
+    assert_eq!(errors(&text).len(), 1, "{:#?}", errors(&text));
+    let text = text.replace(
+        "{ pro: [acme], gold: [acme] }",
+        "{ gold: [acme], pro: [acme] }",
+    );
+    let e = fails_at(&text, "tenants.plans.assign.pro[0]");
+    assert!(e.message.contains("already on plan \"gold\""), "{e:?}");
     let empty = "{ plans: { pro: [] } }";
     fails_at(
         &with(&plans("{}"), empty),

@@ -62,6 +62,36 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
         check_routes(f, l, &p, r);
     }
     check_breakers(f, r);
+    check_unused(f, r);
+}
+
+/// A policy or an upstream that no route names acts on no request: a route that was meant to
+/// name a policy and lacks its `policy:` line is a plain proxy, with no word. Each warns at its
+/// key. When the shape pass took out a listener or a route, the names its routes held are not
+/// known here, so nothing is warned about (the file is refused anyway).
+fn check_unused(f: &File, r: &mut Report<'_>) {
+    let lp = KeyPath::default().key("listeners");
+    if r.removed.iter().any(|p| p.starts_with(&lp)) {
+        return;
+    }
+    let routes = || f.listeners.iter().flat_map(|l| &l.routes);
+    let root = KeyPath::default();
+    for name in f.policies.keys() {
+        if !routes().any(|rt| rt.policy.as_deref() == Some(name.as_str())) {
+            r.warn(
+                &root.key("policies").key(name),
+                format!("no route names this policy (`policy: {name}`), so it acts on no request: a route without `policy:` is a plain proxy"),
+            );
+        }
+    }
+    for name in f.upstreams.keys() {
+        if !routes().any(|rt| rt.upstream == *name) {
+            r.warn(
+                &root.key("upstreams").key(name),
+                format!("no route names this upstream (`upstream: {name}`), so no request is sent to it"),
+            );
+        }
+    }
 }
 
 /// Which log a file is for, for the words of its errors.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::super::file::{redact_url, File, JwtSource, Limit, LimitWindow};
-use super::super::locate::KeyPath;
+use super::super::locate::{KeyPath, Target};
 use super::{syntax, Report};
 use crate::tenant::jwt;
 
@@ -145,7 +145,9 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
             r.value(&tp.key("plan_header"), m);
         }
     }
-    let mut seen: HashMap<&str, &str> = HashMap::new();
+    // Each tenant of `assign`, where it is written: a tenant on two plans is refused at the
+    // repeat, the later place in the file (the model's plans are in name order, not the file's).
+    let mut listed: Vec<((usize, usize), &str, &str, KeyPath)> = Vec::new();
     for (plan, tenants) in plans.map(|p| &p.assign).into_iter().flatten() {
         let ap = tp.key("assign").key(plan);
         if !defined.contains(plan.as_str()) {
@@ -155,14 +157,26 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
             );
         }
         for (i, t) in tenants.iter().enumerate() {
+            let at = ap.idx(i);
             if let Err(m) = syntax::tenant_id(t) {
-                r.value(&ap.idx(i), m);
-            } else if let Some(other) = seen.insert(t, plan) {
-                r.value(
-                    &ap.idx(i),
-                    format!("tenant {t:?} is already on plan {other:?}"),
-                );
+                r.value(&at, m);
+            } else {
+                let pos = r.doc.locate(&r.written(&at), Target::Value);
+                listed.push((pos, t, plan, at));
             }
+        }
+    }
+    listed.sort_by_key(|(pos, ..)| *pos);
+    let mut seen: HashMap<&str, (&str, &KeyPath)> = HashMap::new();
+    for (_, t, plan, at) in &listed {
+        if let Some((other, first)) = seen.get(t) {
+            let there = r.place(first);
+            r.value(
+                at,
+                format!("tenant {t:?} is already on plan {other:?} (at {there}); a tenant is on one plan"),
+            );
+        } else {
+            seen.insert(t, (plan, at));
         }
     }
     let header = plans.is_some_and(|p| p.plan_header.is_some());

@@ -124,7 +124,7 @@ fn rounds(doc: &mut Doc, origin: &str, held: &mut Vec<(KeyPath, ConfigError, Ent
             errors.push(placed);
         } else if !echo {
             let mut placed = place(&e, doc, origin);
-            if let Some(m) = capital_x(&e) {
+            if let Some(m) = capital_x(&e).or_else(|| inline_reference(&e)) {
                 placed.message = m;
             }
             errors.push(placed);
@@ -207,6 +207,31 @@ fn capital_x(e: &DeError) -> Option<String> {
     let lower = crate::config::locate::printable(rest);
     Some(format!(
         "unknown key \"{shown}\"; top-level keys starting with `x-` (lowercase) are ignored, for anchors: did you mean \"x-{lower}\"?"
+    ))
+}
+
+/// A route's `policy` or `upstream` written as a mapping or a list (`policy: { retry: ... }`)
+/// is a section written where its name goes: say that a name goes there, and where the
+/// sections are defined, rather than only that text was expected.
+fn inline_reference(e: &DeError) -> Option<String> {
+    let (what, under) = if e.path.matches("listeners.[].routes.[].policy") {
+        ("policy", "policies")
+    } else if e.path.matches("listeners.[].routes.[].upstream") {
+        ("upstream", "upstreams")
+    } else {
+        return None;
+    };
+    let found = ["map", "sequence"]
+        .into_iter()
+        .find(|t| e.mistyped && e.message.starts_with(&format!("invalid type: {t},")))?;
+    let found = if found == "map" {
+        "a mapping"
+    } else {
+        "a list"
+    };
+    Some(format!(
+        "invalid type: {found}, expected {a} {what} name: {under} are defined under `{under}:` and a route names one (`{what}: NAME`)",
+        a = if what == "upstream" { "an" } else { "a" },
     ))
 }
 

@@ -168,6 +168,15 @@ async fn a_changed_admin_listen_is_refused_saying_a_restart_is_needed() {
         reloads(&after, "failure"),
         reloads(&before, "failure") + 1.0
     );
+    // Logged as the refusal it is, in the words of every refused file, not as a failure.
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("reload refused; the configuration in force stays"),
+        "the log must say the reload was refused: {}",
+        proxy.log()
+    );
+    assert!(!proxy.log().contains("reload failed"), "{}", proxy.log());
 }
 
 /// Before 2464352 `runtime` changes were ignored for listeners that stay, and a silent socket
