@@ -218,10 +218,13 @@ pub struct H2Answer {
 impl H2 {
     /// The connection for a request (`upload`: with a body to send), unless there is none or
     /// it takes no new stream. A request without a body goes on it even if its send window is
-    /// shut: it needs none. An upload finds one whose send window the upstream has kept shut
-    /// for [`SHUT_WINDOW`] let go here (it goes on a new connection, and so do the requests
-    /// after it; the shut one ends once its streams have), unless [`SHUT_MAX`] are shut: it is
-    /// then refused, unsent ([`UpstreamError::ShutWindow`]).
+    /// shut, while it has a place for a stream: it needs no window. An upload (or a request
+    /// without a body that finds no place: the places may all be held by uploads stalled
+    /// behind the window, until their deadlines) finds one whose send window the upstream has
+    /// kept shut for [`SHUT_WINDOW`] let go here (it goes on a new connection, and so do the
+    /// requests after it; the shut one ends once its streams have), unless [`SHUT_MAX`] are
+    /// shut: an upload is then refused, unsent ([`UpstreamError::ShutWindow`]), and a request
+    /// without a body waits for a place on it.
     fn live(&self, addr: SocketAddr, upload: bool) -> Result<Option<Live>, SendError> {
         let mut held = self.sender.lock();
         let Some(live) = held.as_ref() else {
@@ -231,13 +234,17 @@ impl H2 {
             // Going away (a GOAWAY stops the window's count): not a shut window to warn of.
             return Ok(None);
         }
-        if !upload || !live.link.choked(SHUT_WINDOW) {
+        if !live.link.choked(SHUT_WINDOW) || (!upload && live.link.has_room()) {
             return Ok(Some(live.clone()));
         }
         let mut shut = self.shut.lock();
-        // One closed, or whose window reopened (its uploads go on), is shut no more.
-        shut.retain(|l| !l.is_over() && l.is_shut());
-        if shut.len() + 1 >= SHUT_MAX {
+        // One closed is gone; one whose window reopened (its uploads go on) is not counted
+        // while it stays open, but is kept: it may shut again.
+        shut.retain(|l| !l.is_over());
+        if shut.iter().filter(|l| l.is_shut()).count() + 1 >= SHUT_MAX {
+            if !upload {
+                return Ok(Some(live.clone()));
+            }
             drop((shut, held));
             self.warn_shut(addr);
             return Err(SendError::Reset(UpstreamError::ShutWindow));
@@ -506,14 +513,17 @@ impl Pool {
             // stops waiting once the connection's send window has been shut for
             // `SHUT_WINDOW`, and one given a place on such a connection does not take it: it
             // goes on another (`H2::live`).
-            let got = match sends {
+            // A request without a body waits the same way on a connection whose window is
+            // open when it comes (its places may all go to uploads the window then stalls),
+            // and on a shut one only when `H2::live` kept it there (no connection let go).
+            let got = match sends || !link.choked(SHUT_WINDOW) {
                 false => link.slot(waiting).await.map(Some),
                 true => link.upload_slot(waiting, SHUT_WINDOW).await,
             };
             let slot = match got {
                 Ok(Some(s)) if !sends || !link.choked(SHUT_WINDOW) => s,
                 Ok(_) => {
-                    tracing::debug!(endpoint = %addr, "an upload waited on an HTTP/2 upstream connection whose send window stayed shut: it goes on another");
+                    tracing::debug!(endpoint = %addr, "a request waited on an HTTP/2 upstream connection whose send window stayed shut: it goes on another");
                     continue;
                 }
                 Err(why) => {

@@ -125,6 +125,11 @@ impl Link {
         since != 0 && self.nanos(Instant::now()).saturating_sub(since - 1) >= nanos(bound)
     }
 
+    /// Whether a stream could go on the connection now, without waiting for a place.
+    pub(crate) fn has_room(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
     /// Whether the connection's send window is shut now.
     pub(crate) fn is_shut(&self) -> bool {
         self.dry_since.load(Ordering::Acquire) != 0
