@@ -25,7 +25,8 @@ fn main() {
     // Where git keeps HEAD and the branches: `.git/` in a clone, elsewhere in a worktree (whose
     // `.git` is a file). A path that does not exist would have cargo run this script, and build
     // the crate again, on every build.
-    for what in ["HEAD", "refs/heads"] {
+    println!("cargo:rerun-if-changed=build.rs");
+    for what in ["HEAD", "refs/heads", "packed-refs"] {
         if let Some(path) = git_path(what) {
             println!("cargo:rerun-if-changed={path}");
         }

@@ -107,8 +107,9 @@ pub struct ListenerRt {
     pub client_ca: Option<Arc<rustls::RootCertStore>>,
     /// Which TLS rules a connection accepted under this generation is served by: 0 for a
     /// plaintext listener; for a TLS one, a number that stays across reloads while `tls` stays
-    /// on and `client_ca` holds the same anchors (a new certificate and key keep it: a session
-    /// already made is not the worse for them), and is new when they change. A connection keeps
+    /// on and `client_ca` trusts every CA it did (the same anchors, or more: a CA added takes no
+    /// trust away; a new certificate and key keep it too: a session already made is not the
+    /// worse for them), and is new when they change otherwise. A connection keeps
     /// the number of its handshake (`Peer::tls_epoch`), so one comparison per request tells a
     /// connection made under other rules ([`TlsRules`]).
     pub tls_epoch: u64,
@@ -275,7 +276,9 @@ impl Generation {
                 let mut rt = build_listener(l, f, tables, prev, shared);
                 rt.tls = tls.listeners.get(&l.name).cloned();
                 rt.client_ca = tls.client_cas.get(&l.name).cloned();
-                TlsRules::carry(&mut rt, l.listen, prev);
+                TlsRules::carry(&mut rt, l.listen, prev, |name| {
+                    f.listeners.iter().any(|n| *n.name == *name)
+                });
                 rt.tracer = tracer.clone();
                 (l.listen, Arc::new(rt))
             })
@@ -407,7 +410,13 @@ impl Generation {
                     .listeners
                     .values()
                     .find(|l| l.name == o.name)
-                    .or_else(|| self.listeners.get(at));
+                    .or_else(|| {
+                        // Renamed in place: not a listener of `old` moved here.
+                        let renamed = |l: &&Arc<ListenerRt>| {
+                            !old.listeners.values().any(|x| x.name == l.name)
+                        };
+                        self.listeners.get(at).filter(renamed)
+                    });
                 o.tunnels_stop.tell(next.map(|l| &**l));
             }
         }
@@ -649,14 +658,19 @@ fn build_listener(
     }
 }
 
-/// Tells the connections a listener accepted under one set of TLS rules (one `tls_epoch` at
-/// one address: [`ListenerRt::conns_stop`]) to close, and says what rules replaced those.
+/// Tells what a listener serves to close, and says what rules replaced those it was served
+/// under. Two uses: [`ListenerRt::conns_stop`], the connections accepted under one
+/// `tls_epoch` at one address (told when a reload changes the rules at the address, or the
+/// listener drains); and [`ListenerRt::tunnels_stop`], the tunnels and upgraded connections
+/// opened through one listener wherever it moves (told when a reload leaves no listener to
+/// carry it). Only the tunnels read `next` (`Peer::refused_now`).
 #[derive(Debug)]
 pub struct ConnsStop {
-    /// Told `true` when a reload changes the rules at the address, or the listener drains.
+    /// Told `true` to close.
     pub told: tokio::sync::watch::Sender<bool>,
-    /// The rules in force at the address after the reload that told [`ConnsStop::told`], set
-    /// before it is told; `None` when no listener with `tls` is there now, and for a drain.
+    /// The rules of the listener that took the place of the one told (by name, else at its
+    /// address), set before it is told; `None` when that one has no `tls`, when there is
+    /// none, and for a drain.
     pub next: arc_swap::ArcSwapOption<NextRules>,
 }
 
@@ -710,7 +724,16 @@ impl TlsRules {
     /// was (a listener moved keeps its tunnels); and its `conns_stop` if it is at the same
     /// address with the same epoch (else the new one `build_listener` made, which the
     /// listener's handle then follows: the connections at a socket a listener left drain).
-    fn carry(rt: &mut ListenerRt, at: SocketAddr, prev: Option<&Generation>) {
+    ///
+    /// `named` says whether the new file has a listener of a name: one at the same address
+    /// whose name the new file still has is that listener's counterpart (moved), not this
+    /// one's, and two listeners never carry one `tunnels_stop`.
+    fn carry(
+        rt: &mut ListenerRt,
+        at: SocketAddr,
+        prev: Option<&Generation>,
+        named: impl Fn(&str) -> bool,
+    ) {
         let old = prev.and_then(|p| {
             p.listeners
                 .iter()
@@ -718,7 +741,12 @@ impl TlsRules {
                 .map(|(a, o)| (*a, o))
                 // A listener renamed in place (the same address) is the same listener: its
                 // connections, tunnels and upgrades go on as under any reload that keeps it.
-                .or_else(|| p.listeners.get(&at).map(|o| (at, o)))
+                .or_else(|| {
+                    p.listeners
+                        .get(&at)
+                        .filter(|o| !named(&o.name))
+                        .map(|o| (at, o))
+                })
         });
         rt.tls_epoch = match (&rt.tls, old) {
             (None, _) => 0,

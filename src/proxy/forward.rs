@@ -180,7 +180,8 @@ impl Peer {
     /// that does not verify the certificate it presented (or it presented none). A tunnel it
     /// became is then cut at once, not given the shutdown grace: a client the listener no
     /// longer trusts is not served for that long. `false` before any reload told it, for a
-    /// drain, a listener removed and rules that dropped `tls` or `client_ca`.
+    /// drain, a listener removed with no listener renamed in its place, and rules that dropped
+    /// `tls` or `client_ca`.
     pub fn refused_now(&self) -> bool {
         let Some(next) = self.rules.as_ref().and_then(|r| r.next.load_full()) else {
             return false;

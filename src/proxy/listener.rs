@@ -265,8 +265,7 @@ impl ListenerHandle {
             return;
         }
         if let Some(old) = std::mem::replace(&mut *cur, new) {
-            // With the rules that replaced theirs: a tunnel whose client they would refuse
-            // is cut at once (`Peer::refused_now`).
+            // (Tunnels follow the listener's `tunnels_stop`, not this.)
             old.tell(lst);
         }
     }

@@ -358,7 +358,8 @@ async fn connect(
         }
         // Nor a try: nothing went to the endpoint.
         up.metrics.unsent(crate::metrics::Unsent::PoolFull);
-        end_span(span, Outcome::Unsent, took);
+        // The span says `cancelled` (its answer is 502 `upstream_unavailable`, not a timeout).
+        end_span(span, Outcome::Cancelled, took);
         let msg = format!(
             "upstream {} ({}) has max_connections connections open; none closed within {limit:?}",
             up.name, ep.addr
