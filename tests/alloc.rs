@@ -781,12 +781,26 @@ fn refused<S: Read + Write>(c: &mut BufReader<S>) -> Result<(), String> {
     c.get_mut()
         .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
         .map_err(|e| format!("write: {e}"))?;
+    let reason = answer(c, "404", "x-rampart-reason")?;
+    if reason.as_deref() != Some("no_route") {
+        return Err(format!("reason {reason:?}, not no_route"));
+    }
+    Ok(())
+}
+
+/// Reads an answer on `c` whose status must be `status`, with a `content-length` and no
+/// `connection: close`, its body read whole; gives the value of its header `named`.
+fn answer<S: Read>(
+    c: &mut BufReader<S>,
+    status: &str,
+    named: &str,
+) -> Result<Option<String>, String> {
     let mut line = String::new();
     c.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-    if !line.starts_with("HTTP/1.1 404 ") {
-        return Err(format!("status line {line:?}, not a 404"));
+    if !line.starts_with(&format!("HTTP/1.1 {status} ")) {
+        return Err(format!("status line {line:?}, not a {status}"));
     }
-    let (mut length, mut reason) = (None, None);
+    let (mut length, mut value_of) = (None, None);
     loop {
         line.clear();
         c.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
@@ -803,17 +817,14 @@ fn refused<S: Read + Write>(c: &mut BufReader<S>) -> Result<(), String> {
         if name.eq_ignore_ascii_case("content-length") {
             length = value.trim().parse::<usize>().ok();
         }
-        if name.eq_ignore_ascii_case("x-rampart-reason") {
-            reason = Some(value.trim().to_string());
+        if name.eq_ignore_ascii_case(named) {
+            value_of = Some(value.trim().to_string());
         }
-    }
-    if reason.as_deref() != Some("no_route") {
-        return Err(format!("reason {reason:?}, not no_route"));
     }
     let length = length.ok_or("an answer without content-length")?;
     let mut body = vec![0; length];
     c.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
-    Ok(())
+    Ok(value_of)
 }
 
 /// One `GET /` on `c` (or a `POST /` of `upload` bytes, head and body in one write): the
@@ -836,39 +847,11 @@ fn get<S: Read + Write>(
     c.get_mut()
         .write_all(&req)
         .map_err(|e| format!("write: {e}"))?;
-    let mut line = String::new();
-    c.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-    if !line.starts_with("HTTP/1.1 200 ") {
-        return Err(format!("status line {line:?}, not a 200"));
-    }
-    let (mut length, mut served_by) = (None, None);
-    loop {
-        line.clear();
-        c.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (name, value) = l
-            .split_once(':')
-            .ok_or_else(|| format!("header line {l:?}"))?;
-        if name.eq_ignore_ascii_case("connection") && value.trim().eq_ignore_ascii_case("close") {
-            return Err("the proxy closed a keep-alive connection".into());
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse::<usize>().ok();
-        }
-        if name.eq_ignore_ascii_case(rampart::sample::ADDR_HEADER) {
-            served_by = Some(value.trim().to_string());
-        }
-    }
+    let served_by = answer(c, "200", rampart::sample::ADDR_HEADER)?;
     if served_by.as_deref() != Some(from) {
         return Err(format!(
             "an answer from {served_by:?}, not the upstream at {from}"
         ));
     }
-    let length = length.ok_or("an answer without content-length")?;
-    let mut body = vec![0; length];
-    c.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
     Ok(())
 }
