@@ -32,6 +32,29 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     found
 }
 
+/// Asserts from `admin`'s `/metrics` that `upstream` counted one request never sent, for
+/// `cause`, in `rampart_upstream_unsent_total`, no 504 try, and two 200 tries (the request
+/// before and the one after); gives the scrape.
+pub async fn one_unsent_two_tries(admin: SocketAddr, upstream: &str, cause: &str) -> String {
+    let text = metrics(admin).await;
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    let unsent = [("upstream", upstream), ("cause", cause)];
+    assert_eq!(
+        value("rampart_upstream_unsent_total", &unsent),
+        Some(1.0),
+        "{text}"
+    );
+    let tries = |code| {
+        value(
+            "rampart_upstream_requests_total",
+            &[("upstream", upstream), ("code", code)],
+        )
+    };
+    assert_eq!(tries("504"), None, "no 504 try: {text}");
+    assert_eq!(tries("200"), Some(2.0), "{text}");
+    text
+}
+
 /// Every distinct value `label` takes in the samples of `name`.
 pub fn label_values(text: &str, name: &str, label: &str) -> Vec<String> {
     let mut out: Vec<String> = text

@@ -365,21 +365,5 @@ async fn a_request_that_waited_for_a_stream_past_its_deadline_is_no_try() {
         "the request that waited was never sent"
     );
 
-    let text = crate::support::metrics(admin).await;
-    let value =
-        |name: &str, labels: &[(&str, &str)]| crate::support::metric_value(&text, name, labels);
-    let unsent = [("upstream", "grpc"), ("cause", "stream_slot")];
-    assert_eq!(
-        value("rampart_upstream_unsent_total", &unsent),
-        Some(1.0),
-        "{text}"
-    );
-    let tries = |code| {
-        value(
-            "rampart_upstream_requests_total",
-            &[("upstream", "grpc"), ("code", code)],
-        )
-    };
-    assert_eq!(tries("504"), None, "no 504 try: {text}");
-    assert_eq!(tries("200"), Some(2.0), "{text}");
+    crate::support::metrics::one_unsent_two_tries(admin, "grpc", "stream_slot").await;
 }
