@@ -245,7 +245,7 @@ impl ListenerHandle {
     pub fn begin_drain(&self) {
         let _ = self.stop.send(true);
         if let Some(conns) = self.conns_stop.lock().take() {
-            conns.tell(None);
+            conns.told.send_replace(true);
         }
     }
 
@@ -265,8 +265,9 @@ impl ListenerHandle {
             return;
         }
         if let Some(old) = std::mem::replace(&mut *cur, new) {
-            // (Tunnels follow the listener's `tunnels_stop`, not this.)
-            old.tell(lst);
+            // No rules to pass on: only tunnels read them, and they follow the listener's
+            // `tunnels_stop`, not this.
+            old.told.send_replace(true);
         }
     }
 

@@ -696,21 +696,24 @@ async fn a_reload_that_removes_a_listener_cuts_its_tunnels_at_the_grace() {
     server.abort();
 }
 
+/// An outbound listener `name` at `at` (an address, or a `$LISTEN_` variable) routing
+/// `*.example` to the echo upstream, as a policy file's `listeners` entry.
+fn echo_listener(name: &str, at: &str) -> String {
+    format!(
+        "  - name: {name}\n    direction: outbound\n    listen: {at}\n    routes:\n      \
+         - {{ match: {{ host: \"*.example\" }}, upstream: echo }}\n"
+    )
+}
+
 /// A reload that only renames a listener (the same address, the same rules) keeps its tunnels:
 /// it is the same listener. Before, the new name found no counterpart, and the tunnel was cut
 /// at the grace as for a removed listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_renames_a_listener_keeps_its_tunnels() {
     let (echo_addr, server) = echo().await;
-    let listener = |name: &str, at: &str| {
-        format!(
-            "  - name: {name}\n    direction: outbound\n    listen: {at}\n    routes:\n      \
-             - {{ match: {{ host: \"*.example\" }}, upstream: echo }}\n"
-        )
-    };
     let mut proxy = Proxy::builder(&format!(
         "{REMOVED}{}",
-        listener("outbound", "$LISTEN_outbound")
+        echo_listener("outbound", "$LISTEN_outbound")
     ))
     .var("ECHO", echo_addr)
     .spawn()
@@ -719,7 +722,7 @@ async fn a_reload_that_renames_a_listener_keeps_its_tunnels() {
     let mut one = open_tunnel(addr, "one.example:80").await;
     echoes(&mut one, b"before").await;
 
-    let renamed = format!("{REMOVED}{}", listener("egress", &addr.to_string()));
+    let renamed = format!("{REMOVED}{}", echo_listener("egress", &addr.to_string()));
     proxy.rewrite_config(&renamed);
     let rsp = crate::support::http::post(proxy.admin(), "/reload", &[], "").await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
@@ -737,16 +740,10 @@ async fn a_reload_that_renames_a_listener_keeps_its_tunnels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_moves_a_listener_keeps_its_tunnels() {
     let (echo_addr, server) = echo().await;
-    let listener = |name: &str, at: &str| {
-        format!(
-            "  - name: {name}\n    direction: outbound\n    listen: {at}\n    routes:\n      \
-             - {{ match: {{ host: \"*.example\" }}, upstream: echo }}\n"
-        )
-    };
     let mut proxy = Proxy::builder(&format!(
         "{REMOVED}{}{}",
-        listener("outbound", "$LISTEN_outbound"),
-        listener("egress", "$LISTEN_egress")
+        echo_listener("outbound", "$LISTEN_outbound"),
+        echo_listener("egress", "$LISTEN_egress")
     ))
     .var("ECHO", echo_addr)
     .spawn()
@@ -768,8 +765,8 @@ async fn a_reload_that_moves_a_listener_keeps_its_tunnels() {
     // The two swap addresses.
     let swapped = format!(
         "{REMOVED}{}{}",
-        listener("outbound", &b.to_string()),
-        listener("egress", &a.to_string())
+        echo_listener("outbound", &b.to_string()),
+        echo_listener("egress", &a.to_string())
     );
     reload(&mut proxy, swapped).await;
     // Past the grace (500ms) and more: still carrying bytes.
@@ -779,8 +776,11 @@ async fn a_reload_that_moves_a_listener_keeps_its_tunnels() {
 
     // `outbound` moves to another port; its old address goes.
     let elsewhere = crate::support::free_addr();
-    let moved = format!("{REMOVED}{}", listener("outbound", &elsewhere.to_string()));
-    let moved = format!("{moved}{}", listener("egress", &a.to_string()));
+    let moved = format!(
+        "{REMOVED}{}",
+        echo_listener("outbound", &elsewhere.to_string())
+    );
+    let moved = format!("{moved}{}", echo_listener("egress", &a.to_string()));
     reload(&mut proxy, moved).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     echoes(&mut one, b"moved").await;
@@ -790,7 +790,7 @@ async fn a_reload_that_moves_a_listener_keeps_its_tunnels() {
     // Removed at last: its tunnels are cut at the grace.
     reload(
         &mut proxy,
-        format!("{REMOVED}{}", listener("egress", &a.to_string())),
+        format!("{REMOVED}{}", echo_listener("egress", &a.to_string())),
     )
     .await;
     for tcp in [&mut one, &mut three] {
