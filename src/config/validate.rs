@@ -26,7 +26,7 @@ mod words;
 
 use std::path::Path;
 
-use super::file::{ClientIp, ClientIpFrom, File, TenantSource};
+use super::file::{ClientIp, ClientIpFrom, Direction, File, TenantSource};
 use super::locate::{Doc, KeyPath, Node, Target, MAX_DEPTH};
 use super::units::Size;
 use super::{ConfigError, ConfigErrors, FilesRead};
@@ -246,7 +246,14 @@ fn check(f: &File, r: &mut Report<'_>) {
         if let Err(m) = syntax::name("policy", name) {
             r.key(&p, m);
         }
-        policy::check(pol, &p, r);
+        // An outbound listener whose routes carry this policy takes CONNECTs with it.
+        let tunnels = f
+            .listeners
+            .iter()
+            .filter(|l| l.direction == Direction::Outbound)
+            .find(|l| l.routes.iter().any(|rt| rt.policy.as_deref() == Some(name)))
+            .map(|l| l.name.as_str());
+        policy::check(pol, &p, tunnels, r);
     }
     listener::check(f, r);
     plans::check(f, r);

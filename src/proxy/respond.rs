@@ -159,7 +159,13 @@ fn grpc_message(text: &str) -> String {
 /// An injected abort (`fault.abort`): `fault_injected` with the configured `status`, marked
 /// `x-rampart-fault: abort`, or `delay, abort` when an injected delay came before it (both
 /// were injected and both counted).
-pub fn fault_abort(status: http::StatusCode, delayed: bool) -> Response<Body> {
+///
+/// To a CONNECT (`connect`), a 2xx says the tunnel is open (RFC 9110 §9.3.6), and none is:
+/// it goes with no content (a 2xx to CONNECT states no length, and what follows its head is
+/// read as the target's bytes), and no tunnel takes the connection hyper hands over after it,
+/// so the connection (over HTTP/2, the stream) is closed at once: the client sees a tunnel
+/// whose target closed on connect. `validate` says so where such an abort is configured.
+pub fn fault_abort(status: http::StatusCode, delayed: bool, connect: bool) -> Response<Body> {
     let mut rsp = answer(
         Reason::FaultInjected,
         "fault injected by policy (fault.abort); the upstream was not called",
@@ -169,7 +175,14 @@ pub fn fault_abort(status: http::StatusCode, delayed: bool) -> Response<Body> {
     let mark = if delayed { "delay, abort" } else { "abort" };
     rsp.headers_mut()
         .insert(FAULT_HEADER, HeaderValue::from_static(mark));
-    without_content(&mut rsp);
+    if connect && status.is_success() {
+        rsp.body_mut().clear();
+        let h = rsp.headers_mut();
+        h.remove(CONTENT_TYPE);
+        h.remove(CONTENT_LENGTH);
+    } else {
+        without_content(&mut rsp);
+    }
     rsp
 }
 
@@ -323,8 +336,14 @@ mod tests {
         assert_eq!(code(answer(Reason::CircuitOpen, "c", None)), "14");
         assert_eq!(code(answer(Reason::NoRoute, "n", None)), "12");
         assert_eq!(code(answer(Reason::TenantRequired, "t", None)), "16");
-        assert_eq!(code(fault_abort(http::StatusCode::FORBIDDEN, false)), "7");
-        assert_eq!(code(fault_abort(http::StatusCode::IM_A_TEAPOT, false)), "2");
+        assert_eq!(
+            code(fault_abort(http::StatusCode::FORBIDDEN, false, false)),
+            "7"
+        );
+        assert_eq!(
+            code(fault_abort(http::StatusCode::IM_A_TEAPOT, false, false)),
+            "2"
+        );
 
         // A fallback answer is the operator's: left alone.
         let kept =
@@ -343,7 +362,7 @@ mod tests {
     fn a_contentless_status_goes_without_body_or_type() {
         for code in [204, 205, 304] {
             let status = http::StatusCode::from_u16(code).expect("status");
-            let rsp = fault_abort(status, false);
+            let rsp = fault_abort(status, false, false);
             assert!(matches!(rsp.body(), Body::Own(None)), "{code}");
             assert!(rsp.headers().get(CONTENT_TYPE).is_none(), "{code}");
             assert_eq!(rsp.headers()[FAULT_HEADER], "abort");
@@ -365,7 +384,16 @@ mod tests {
             );
             assert_eq!(rsp.headers()[REASON_HEADER], "timeout");
         }
-        let rsp = fault_abort(http::StatusCode::OK, false);
+        let rsp = fault_abort(http::StatusCode::OK, false, false);
+        assert!(matches!(rsp.body(), Body::Own(Some(_))));
+        // A 2xx to CONNECT says a tunnel is open: no content (nor a length) that would be read
+        // as the target's bytes. Another status keeps its body.
+        let rsp = fault_abort(http::StatusCode::OK, false, true);
+        assert!(matches!(rsp.body(), Body::Own(None)));
+        assert!(rsp.headers().get(CONTENT_TYPE).is_none());
+        assert!(rsp.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(rsp.headers()[REASON_HEADER], "fault_injected");
+        let rsp = fault_abort(http::StatusCode::SERVICE_UNAVAILABLE, false, true);
         assert!(matches!(rsp.body(), Body::Own(Some(_))));
     }
 
@@ -382,7 +410,7 @@ mod tests {
         assert_eq!(reason(&rsp).as_deref(), Some(&b"shed"[..]));
         to_grpc(&mut rsp);
         assert_eq!(reason(&rsp).as_deref(), Some(&b"shed"[..]));
-        let rsp = fault_abort(http::StatusCode::NO_CONTENT, false);
+        let rsp = fault_abort(http::StatusCode::NO_CONTENT, false, false);
         assert!(own_reason(&rsp).is_some());
         // A kept answer served with its trailers (a stale fallback's body) is marked too.
         let mut trailers = http::HeaderMap::new();

@@ -463,7 +463,7 @@ pub fn handle<'a>(
         if let Some(status) = fault.abort {
             return fin.answer(
                 &tm,
-                respond::fault_abort(status, fault.delay.is_some()),
+                respond::fault_abort(status, fault.delay.is_some(), is_connect),
                 None,
                 NO_TRY,
             );

@@ -49,6 +49,7 @@ use super::respond::answer;
 use super::shared::Shared;
 use super::sock::Sock;
 use super::upgrade::Upgrade;
+use super::upstream::{Endpoint, Upstream};
 use crate::clock::SharedClock;
 use crate::error::Reason;
 use crate::generation::RouteRt;
@@ -312,7 +313,9 @@ impl Drop for TunnelGuards {
 /// Connects to an endpoint of `route`'s upstream within its `connect_timeout`, telling the
 /// breaker, endpoint health, the access log (`tries`: the connect is the tunnel's one try)
 /// and, when the request's trace is sampled (`trace`), a CLIENT span (`CONNECT upstream`,
-/// under the request's SERVER span) how it went; a failure is the 502 to answer.
+/// under the request's SERVER span) how it went; a failure is the 502 to answer. A connect
+/// whose CONNECT is dropped before it ends (its client went away) is recorded as cancelled
+/// ([`Connecting`]).
 async fn connect(
     route: &RouteRt,
     permit: Option<BreakerPermit>,
@@ -329,37 +332,17 @@ async fn connect(
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
     let limit = up.cfg.connect_timeout.0;
-    let n = tries.start(ep.addr);
-    // The connect is the try: its span ends with its outcome, as a request's try's does at its
-    // answer's head (nothing goes upstream to carry a `traceparent`: the tunnel is bytes).
-    let span = trace.map(|p| ClientSpan::begin(p.clone(), &Method::CONNECT, n));
-    let end_span = |span: Option<ClientSpan<'_>>, outcome: Outcome, took: Duration| {
-        if let Some(span) = span {
-            let to = TryTarget {
-                upstream: &up.name,
-                endpoint: &ep.label,
-                host: ep.host.as_ref(),
-                addr: ep.addr,
-            };
-            span.end(to, outcome, took);
-        }
-    };
+    let connecting = Connecting::start(up, &ep, tries, trace, permit, started);
     // A tunnel is a connection to the endpoint: it counts against `max_connections` and in
     // `rampart_upstream_connections` for its whole life, and waits for room within the
     // connect timeout.
     let deadline = started + limit;
     let Some(slot) = ep.pool.slot_by(deadline).await else {
-        let ended = Instant::now();
-        let took = ended.saturating_duration_since(started);
-        tries.ended(took, ended);
-        if let Some(p) = permit {
-            // The endpoint is busy, not failing: no evidence for the breaker.
-            p.record(Outcome::Unsent, Duration::ZERO);
-        }
+        // The endpoint is busy, not failing: no evidence for the breaker. The span says
+        // `cancelled` (its answer is 502 `upstream_unavailable`, not a timeout).
+        connecting.end(Outcome::Cancelled, Outcome::Unsent);
         // Nor a try: nothing went to the endpoint.
         up.metrics.unsent(crate::metrics::Unsent::PoolFull);
-        // The span says `cancelled` (its answer is 502 `upstream_unavailable`, not a timeout).
-        end_span(span, Outcome::Cancelled, took);
         let msg = format!(
             "upstream {} ({}) has max_connections connections open; none closed within {limit:?}",
             up.name, ep.addr
@@ -371,13 +354,7 @@ async fn connect(
         Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
         _ => Outcome::ConnectError,
     };
-    let ended = Instant::now();
-    let took = ended.saturating_duration_since(started);
-    tries.ended(took, ended);
-    if let Some(p) = permit {
-        p.record(outcome, took);
-    }
-    end_span(span, outcome, took);
+    let (took, ended) = connecting.end(outcome, outcome);
     up.try_ended(&ep, outcome, took, ended);
     // The connect is the tunnel's try, counted as tries are (a refusal under the 502 the client
     // gets), its connect time the try's duration: without it an upstream reached only by
@@ -408,6 +385,90 @@ async fn connect(
         up.name, ep.addr
     );
     Err(answer(Reason::UpstreamUnavailable, &msg, None))
+}
+
+/// A tunnel's connect, its one try, recorded once: with its outcome when it ends
+/// ([`Connecting::end`]), or as [`Outcome::Cancelled`] when the CONNECT's future is dropped
+/// first (its client went away while rampart waited for room or connected; a drain cut its
+/// connection), as `exchange::TryRecord` records a request's try: its time in the access log
+/// line, its CLIENT span (`error.type` `cancelled`), no verdict for the breaker, and
+/// `rampart_upstream_tries_abandoned_total` (`client_gone`, or `shutdown` for a cut). Before,
+/// such a connect left no span, no try time and no count.
+struct Connecting<'a> {
+    up: &'a Upstream,
+    ep: &'a Endpoint,
+    tries: &'a TryLog,
+    started: Instant,
+    /// The CLIENT span, when the request's trace is sampled.
+    span: Option<ClientSpan<'a>>,
+    permit: Option<BreakerPermit>,
+    /// Whether [`Connecting::end`] recorded it.
+    ended: bool,
+}
+
+// === impl Connecting ===
+
+impl<'a> Connecting<'a> {
+    /// Starts the connect, begun at `started`, to `ep` of `up`: a try in `tries`, and a span
+    /// under `trace` (nothing goes upstream to carry a `traceparent`: the tunnel is bytes).
+    fn start(
+        up: &'a Upstream,
+        ep: &'a Endpoint,
+        tries: &'a TryLog,
+        trace: Option<&SpanParent<'a>>,
+        permit: Option<BreakerPermit>,
+        started: Instant,
+    ) -> Self {
+        let n = tries.start(ep.addr);
+        let span = trace.map(|p| ClientSpan::begin(p.clone(), &Method::CONNECT, n));
+        Connecting {
+            up,
+            ep,
+            tries,
+            started,
+            span,
+            permit,
+            ended: false,
+        }
+    }
+
+    /// Ends the connect now: its span with `outcome`, the breaker told `verdict`. Returns how
+    /// long it took, and when it ended.
+    fn end(mut self, outcome: Outcome, verdict: Outcome) -> (Duration, Instant) {
+        self.ended = true;
+        self.record(outcome, verdict)
+    }
+
+    fn record(&mut self, outcome: Outcome, verdict: Outcome) -> (Duration, Instant) {
+        let ended = Instant::now();
+        let took = ended.saturating_duration_since(self.started);
+        self.tries.ended(took, ended);
+        if let Some(p) = self.permit.take() {
+            p.record(verdict, took);
+        }
+        if let Some(span) = self.span.take() {
+            let ep = self.ep;
+            let to = TryTarget {
+                upstream: &self.up.name,
+                endpoint: &ep.label,
+                host: ep.host.as_ref(),
+                addr: ep.addr,
+            };
+            span.end(to, outcome, took);
+        }
+        (took, ended)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.record(Outcome::Cancelled, Outcome::Cancelled);
+        // Not the upstream's doing: kept out of its requests and durations.
+        self.up.metrics.abandoned(Outcome::Cancelled);
+    }
 }
 
 /// How a tunnel ended.

@@ -32,6 +32,7 @@ upstreams:
 policies:
   once: { rate_limit: { per_tenant: { rate: 1/h, burst: 1 } } }
   fragile: { circuit_breaker: { consecutive_failures: 1, open_for: 1m } }
+  drill: { fault: { abort: { percent: 100%, status: 200 } } }
 listeners:
   - name: outbound
     direction: outbound
@@ -40,6 +41,7 @@ listeners:
       - { match: { host: secure.example }, upstream: secure, policy: once }
       - { match: { host: dead.example }, upstream: dead, policy: fragile }
       - { match: { host: plain.example }, upstream: plain }
+      - { match: { host: drill.example }, upstream: plain, policy: drill }
   - name: inbound
     direction: inbound
     listen: $LISTEN_inbound
@@ -304,14 +306,11 @@ async fn an_http11_connect_without_host_is_400_and_opens_no_tunnel() {
     assert_eq!(plain.hits(), 1, "HTTP/1.0 tunnels without host");
 }
 
-/// HTTP/2 CONNECT (RFC 9113 §8.5) opens a tunnel on the stream.
-#[tokio::test]
-async fn an_h2_connect_tunnels_on_its_stream() {
+/// The answer to `CONNECT target` sent to `addr` over h2c, its connection driven in the
+/// background.
+async fn h2_connect(addr: SocketAddr, target: &str) -> ::http::Response<hyper::body::Incoming> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (_tls, plain, proxy) = setup_with_plain().await;
-    let tcp = tokio::net::TcpStream::connect(proxy.listener("outbound"))
-        .await
-        .expect("connect");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
@@ -319,13 +318,21 @@ async fn an_h2_connect_tunnels_on_its_stream() {
     tokio::spawn(conn);
     let req = ::http::Request::builder()
         .method(::http::Method::CONNECT)
-        .uri("plain.example:80")
+        .uri(target)
         .body(crate::support::http::empty())
         .expect("request");
-    let rsp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+    tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
         .await
         .expect("answered in time")
-        .expect("answered");
+        .expect("answered")
+}
+
+/// HTTP/2 CONNECT (RFC 9113 §8.5) opens a tunnel on the stream.
+#[tokio::test]
+async fn an_h2_connect_tunnels_on_its_stream() {
+    use hyper_util::rt::TokioIo;
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let rsp = h2_connect(proxy.listener("outbound"), "plain.example:80").await;
     assert_eq!(rsp.status(), 200);
     let mut io = TokioIo::new(
         hyper::upgrade::on(rsp)
@@ -346,6 +353,49 @@ async fn an_h2_connect_tunnels_on_its_stream() {
         String::from_utf8_lossy(&got)
     );
     assert_eq!(plain.hits(), 1);
+}
+
+/// A 2xx answer to CONNECT says the tunnel is open (RFC 9110 §9.3.6), and an injected abort
+/// opens none: a `fault.abort` with status 200 answers a CONNECT 200 with no content, marked
+/// `x-rampart-fault: abort`, and closes the connection (over HTTP/2, ends the stream) right
+/// after it, as a target that closes at once would; bytes sent behind the head go nowhere
+/// and the upstream is never reached.
+#[tokio::test]
+async fn an_injected_2xx_abort_on_a_connect_closes_at_once() {
+    use hyper_util::rt::TokioIo;
+    let (_tls, plain, proxy) = setup_with_plain().await;
+    let addr = proxy.listener("outbound");
+    let req = "CONNECT drill.example:80 HTTP/1.1\r\nHost: drill.example:80\r\n\r\nGET /inside HTTP/1.1\r\nHost: drill.example\r\n\r\n";
+    let rsp = raw::exchange(addr, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!(rsp.header("x-rampart-fault").as_deref(), Some("abort"));
+    assert_eq!(rsp.header("content-length"), None, "{}", rsp.text());
+    assert!(
+        rsp.text().ends_with("\r\n\r\n"),
+        "nothing after the head: {}",
+        rsp.text()
+    );
+    assert!(
+        rsp.closed && rsp.elapsed < Duration::from_secs(2),
+        "closed at once: {rsp:?}"
+    );
+
+    let rsp = h2_connect(addr, "drill.example:80").await;
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(
+        rsp.headers().get("x-rampart-fault").map(|v| v.as_bytes()),
+        Some(&b"abort"[..])
+    );
+    assert_eq!(rsp.headers().get("content-length"), None);
+    let mut io = TokioIo::new(hyper::upgrade::on(rsp).await.expect("the stream"));
+    let _ = io
+        .write_all(b"GET /inside HTTP/1.1\r\nHost: drill.example\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(2), io.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "the stream ends at once");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(plain.hits(), 0, "no tunnel reached the upstream");
 }
 
 /// What a hostile client can put in a CONNECT target: no port, a path, userinfo, garbage.

@@ -83,6 +83,50 @@ impl std::fmt::Display for Closed {
     }
 }
 
+/// An address on 127.0.0.1 where a connect is never completed for as long as this lives: an
+/// upstream endpoint that is slow to connect to. Its listener's accept queue is filled here
+/// and never drained, so the kernel drops the SYN of every further connect, which waits until
+/// its connector gives up.
+#[derive(Debug)]
+pub struct Stalled {
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Stalled {
+    pub fn new() -> Stalled {
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        listener
+            .bind(&any.into())
+            .expect("binding 127.0.0.1:0 must work");
+        listener.listen(0).expect("listen");
+        let addr = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("a bound socket must have an address");
+        // Connects the queue takes; the first that is not completed shows it full.
+        let mut queued = Vec::new();
+        while let Ok(tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+        {
+            queued.push(tcp);
+            assert!(queued.len() < 16, "the accept queue of {addr} never fills");
+        }
+        Stalled {
+            _listener: listener,
+            _queued: queued,
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// A sample service on a free loopback port.
 pub async fn sample() -> rampart::sample::Sample {
     rampart::sample::Sample::start(SocketAddr::from(([127, 0, 0, 1], 0)))

@@ -15,8 +15,9 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::time::Instant;
 
+use crate::support::conn::reset;
 use crate::support::otlp::{attr, hex, Collector};
-use crate::support::{http, metric_value, metrics, sample, Closed, Proxy};
+use crate::support::{http, metric_value, metrics, sample, Closed, Proxy, Stalled};
 
 /// `$OTLP` is the collector's address, `$SAMPLE` the head sampling ratio.
 const TRACED: &str = r#"
@@ -746,7 +747,8 @@ async fn the_endpoints_userinfo_is_sent_as_basic_credentials() {
     }
 }
 
-/// An outbound listener that tunnels `app.example` to `$APP` and `dead.example` to a closed port.
+/// An outbound listener that tunnels `app.example` to `$APP`, `dead.example` to a closed port
+/// and `slow.example` to `$SLOW`, where a connect is never completed; its access log at `$LOG`.
 const TUNNELLED: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
@@ -756,14 +758,36 @@ tracing:
 upstreams:
   app: { endpoints: [$APP] }
   dead: { endpoints: [$DEAD], connect_timeout: 1s }
+  slow: { endpoints: [$SLOW], connect_timeout: 10s }
 listeners:
   - name: outbound
     direction: outbound
     listen: $LISTEN_outbound
+    access_log: { to: $LOG }
     routes:
       - { match: { host: app.example }, upstream: app }
       - { match: { host: dead.example }, upstream: dead }
+      - { match: { host: slow.example }, upstream: slow }
 "#;
+
+/// rampart on [`TUNNELLED`], its spans going to `otlp`.
+async fn tunnelled(app: SocketAddr, otlp: SocketAddr, slow: &Stalled) -> Traced {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let proxy = Proxy::builder(TUNNELLED)
+        .var("APP", app)
+        .var("OTLP", otlp)
+        .closed("DEAD")
+        .var("SLOW", slow.addr())
+        .var("LOG", log.display())
+        .spawn()
+        .await;
+    Traced {
+        proxy,
+        log,
+        _dir: dir,
+    }
+}
 
 /// A CONNECT's one try, its connect, has its CLIENT span under the request's SERVER span, as
 /// a request's try has: `CONNECT app`, the endpoint it reached, status 200; a refused connect's
@@ -774,13 +798,9 @@ async fn a_connect_has_its_client_span_under_the_tunnels_server_span() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = sample().await;
     let otlp = Collector::start().await;
-    let proxy = Proxy::builder(TUNNELLED)
-        .var("APP", app.addr())
-        .var("OTLP", otlp.addr())
-        .closed("DEAD")
-        .spawn()
-        .await;
-    let addr = proxy.listener("outbound");
+    let slow = Stalled::new();
+    let t = tunnelled(app.addr(), otlp.addr(), &slow).await;
+    let addr = t.proxy.listener("outbound");
     let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
 
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -850,5 +870,82 @@ async fn a_connect_has_its_client_span_under_the_tunnels_server_span() {
     assert_eq!(
         attr(&server.attributes, "rampart.reason").as_deref(),
         Some("upstream_unavailable")
+    );
+}
+
+/// A CONNECT whose client goes away while rampart is still connecting to the endpoint ends as
+/// a request whose client goes mid-try does: the connect's CLIENT span is sent, an error
+/// (`error.type` `cancelled`) under the SERVER span of the 499; the access log line is the
+/// 499's with its try and the try's time; the try is counted abandoned (`client_gone`), not
+/// among the upstream's requests. Before, the connect's span was never sent, the line had no
+/// try time and nothing counted the try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_whose_client_goes_while_connecting_sends_a_cancelled_span() {
+    use tokio::io::AsyncWriteExt;
+    const GONE_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4738";
+    let app = sample().await;
+    let otlp = Collector::start().await;
+    let slow = Stalled::new();
+    let t = tunnelled(app.addr(), otlp.addr(), &slow).await;
+    let tp = format!("00-{GONE_TRACE}-{CLIENT_SPAN}-01");
+    let mut tcp = tokio::net::TcpStream::connect(t.proxy.listener("outbound"))
+        .await
+        .expect("connect");
+    let req = format!(
+        "CONNECT slow.example:443 HTTP/1.1\r\nHost: slow.example:443\r\ntraceparent: {tp}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    // rampart waits up to 10 s for the connect; the client leaves long before.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reset(tcp);
+
+    assert_eventually!(otlp.trace(GONE_TRACE).len() >= 2, "{:#?}", otlp.spans());
+    let spans = otlp.trace(GONE_TRACE);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let server = one_of(&spans, SpanKind::Server);
+    let client = one_of(&spans, SpanKind::Client);
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
+    assert_eq!(client.name, "CONNECT slow");
+    let c = |k: &str| attr(&client.attributes, k);
+    assert_eq!(c("error.type").as_deref(), Some("cancelled"));
+    assert_eq!(c("rampart.reason"), None);
+    assert_eq!(c("rampart.endpoint"), Some(slow.addr().to_string()));
+    assert_eq!(c("rampart.try").as_deref(), Some("1"));
+    assert_eq!(client.status.as_ref().map(|s| s.code), Some(2), "error");
+    let s = |k: &str| attr(&server.attributes, k);
+    assert_eq!(s("http.response.status_code").as_deref(), Some("499"));
+    assert_eq!(s("rampart.try").as_deref(), Some("1"));
+
+    let lines = crate::support::wait_log_lines(&t.log, 1).await;
+    let line = &lines[0];
+    assert_eq!(
+        (line["method"].as_str(), line["status"].as_u64()),
+        (Some("CONNECT"), Some(499)),
+        "{line}"
+    );
+    assert_eq!(line["tries"], 1, "{line}");
+    assert_eq!(line["endpoint"], slow.addr().to_string(), "{line}");
+    assert!(line["upstream_ms"].is_number(), "{line}");
+
+    let text = metrics(t.proxy.admin()).await;
+    let count = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(
+        count("rampart_requests_total", &[("code", "499")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            "rampart_upstream_tries_abandoned_total",
+            &[("upstream", "slow"), ("cause", "client_gone")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count("rampart_upstream_requests_total", &[("upstream", "slow")]),
+        None,
+        "no try is the upstream's to answer for: {text}"
     );
 }

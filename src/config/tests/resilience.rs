@@ -206,6 +206,43 @@ fn an_abort_with_a_success_status_draws_a_warning_at_its_place() {
     }
 }
 
+/// A 2xx says a CONNECT's tunnel is open (RFC 9110 §9.3.6): the warning of a 2xx abort in a
+/// policy an outbound listener's route carries says what an aborted CONNECT gets, naming the
+/// listener. Neither a 3xx there nor a 2xx on an inbound listener (which refuses CONNECT) adds
+/// it.
+#[test]
+fn a_2xx_abort_that_connects_go_through_says_what_they_get() {
+    let outbound = |status: u16| {
+        policy(&format!(
+            "{{ fault: {{ abort: {{ percent: 5%, status: {status} }} }} }}"
+        ))
+        .replace(
+            "name: inbound\n    direction: inbound",
+            "name: egress\n    direction: outbound",
+        )
+    };
+    let all = warnings(&outbound(200));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].path, "policies.p.fault.abort.status");
+    assert!(all[0].message.contains("not an error status"), "{}", all[0]);
+    assert!(
+        all[0].message.contains(
+            "Listener egress takes CONNECTs through this policy, and a 2xx says a tunnel is open"
+        ),
+        "{}",
+        all[0]
+    );
+    assert!(all[0].message.contains("closed right after"), "{}", all[0]);
+    for text in [
+        outbound(302),
+        policy("{ fault: { abort: { percent: 5%, status: 200 } } }"),
+    ] {
+        let all = warnings(&text);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(!all[0].message.contains("CONNECT"), "{}", all[0]);
+    }
+}
+
 /// A 1xx is an interim answer, never a request's last: an abort with one is refused at its
 /// place, in the words `fallback.static.status` uses. Before, it was only a warning, and the
 /// abort came out as a bare 500 from hyper (100, 103), a 101 without `upgrade` and a closed

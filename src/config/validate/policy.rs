@@ -32,8 +32,9 @@ pub(super) const MAX_BURST: u64 = u32::MAX as u64;
 /// headers a 10-digit number of seconds.
 const MAX_REFILL_DAYS: u64 = 36_500;
 
-/// Checks every section of the policy at `p`.
-pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
+/// Checks every section of the policy at `p`; `tunnels` names an outbound listener whose
+/// routes carry it (so CONNECTs go through it), if one does.
+pub(super) fn check(pol: &Policy, p: &KeyPath, tunnels: Option<&str>, r: &mut Report<'_>) {
     if let Some(t) = &pol.timeout {
         timeout(t, &p.key("timeout"), r);
     }
@@ -50,7 +51,7 @@ pub(super) fn check(pol: &Policy, p: &KeyPath, r: &mut Report<'_>) {
         load_shed(ls, &p.key("load_shed"), r);
     }
     if let Some(f) = &pol.fault {
-        super::resilience::fault(f, &p.key("fault"), r);
+        super::resilience::fault(f, &p.key("fault"), tunnels, r);
     }
     if let Some(f) = &pol.fallback {
         super::resilience::fallback(f, &p.key("fallback"), r);

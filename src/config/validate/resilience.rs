@@ -15,8 +15,9 @@ pub(super) const MAX_IDEMPOTENT_BODY: u64 = 16 << 20;
 /// Largest `idempotency.max_bytes`: the memory one route's kept answers may take.
 pub(super) const MAX_IDEMPOTENT_BYTES: u64 = 4 << 30;
 
-/// Checks `fault` at `p`.
-pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
+/// Checks `fault` at `p`, a policy that outbound listener `tunnels` (if any) carries
+/// CONNECTs with.
+pub(super) fn fault(f: &Fault, p: &KeyPath, tunnels: Option<&str>, r: &mut Report<'_>) {
     if let Some(h) = &f.header {
         if let Err(m) = syntax::header_name(h) {
             r.value(&p.key("header"), m);
@@ -61,13 +62,18 @@ pub(super) fn fault(f: &Fault, p: &KeyPath, r: &mut Report<'_>) {
         } else if a.status < 400 {
             // Acts (the answer is that status, marked `fault_injected`), but a drill's abort
             // with a success or redirect status is almost surely a typo (200 for 500).
-            r.warn(
-                &p.key("abort").key("status"),
-                format!(
-                    "{} is not an error status: an injected abort answers it as if the request had succeeded (or been redirected) without reaching the upstream; use 400 to 599",
-                    a.status
-                ),
+            let mut msg = format!(
+                "{} is not an error status: an injected abort answers it as if the request had succeeded (or been redirected) without reaching the upstream; use 400 to 599",
+                a.status
             );
+            if let Some(l) = tunnels.filter(|_| a.status < 300) {
+                // A 2xx to CONNECT says the tunnel is open (RFC 9110 §9.3.6): what rampart
+                // does with one is said where it is configured.
+                msg.push_str(&format!(
+                    ". Listener {l} takes CONNECTs through this policy, and a 2xx says a tunnel is open (RFC 9110 section 9.3.6): an aborted CONNECT gets it with no content, and its connection (an HTTP/2 stream) is closed right after, as by a target that closes at once"
+                ));
+            }
+            r.warn(&p.key("abort").key("status"), msg);
         }
     }
 }
