@@ -161,6 +161,7 @@ impl Rampart {
             empty_label: Arc::from(""),
             draining: AtomicBool::new(false),
             listeners: tokio::sync::Mutex::new(ListenerSet::new()),
+            listening: proxy::bind::Listening::default(),
             audit,
             workers,
             tunnels: proxy::tunnel::Tunnels::default(),

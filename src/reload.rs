@@ -141,13 +141,15 @@ pub fn apply(
     let tls = &cfg.read.tls;
     let mut bound = Vec::new();
     // A listener may move to an address overlapping one rampart listens on now (`127.0.0.1:P`
-    // to `0.0.0.0:P`): the new socket binds beside the old, which drains after the swap.
-    let own: Vec<u64> = set.values().flat_map(|h| h.inodes()).copied().collect();
+    // to `0.0.0.0:P`): the new socket binds beside the old, which drains after the swap. So may
+    // one put back where a reload just before took it away, beside its old socket still
+    // closing: rampart's own sockets are all those still open, not only the set's.
+    let workers = shared.workers.handles().len();
     for (i, l) in cfg.file.listeners.iter().enumerate() {
         if set.contains_key(&l.listen) {
             continue;
         }
-        match listener::bind_each(l.listen, shared.workers.handles().len(), &own) {
+        match listener::bind_each(l.listen, workers, &shared.listening) {
             Ok(tcp) => bound.push((l.listen, tcp)),
             Err(error) => {
                 return Err(ReloadError::Bind {

@@ -10,17 +10,45 @@
 //! let another process of the same user share the port unseen, so a fixed port is first bound
 //! without it ([`guard`]): if that fails, the bind goes ahead only when every socket listening
 //! on an overlapping address is one of rampart's own, as `/proc/net/tcp{,6}` shows by inode.
+//!
+//! Rampart's own are every listener socket it bound that is still open ([`Listening`]): those
+//! it listens on, and those a reload took away that their accept loop has not closed yet. A
+//! reload that puts back a listener the one before took away (SIGHUP storms, 30 ms apart) finds
+//! its old socket still there; counting only the listeners in force, it was refused as another
+//! process's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 /// A proxy listener's address, bound once per worker.
 #[derive(Debug)]
 pub struct Bound {
     /// One listening socket per worker, in worker order; all on the same address.
-    pub(super) sockets: Vec<std::net::TcpListener>,
-    /// The sockets' inode numbers (Linux; empty elsewhere): what tells them from another
-    /// process's in `/proc/net/tcp`.
-    pub(super) inodes: Vec<u64>,
+    pub(super) sockets: Vec<Socket>,
+}
+
+/// One worker's listening socket, counted among rampart's own until it is closed.
+#[derive(Debug)]
+pub(super) struct Socket {
+    pub(super) tcp: std::net::TcpListener,
+    /// Declared after `tcp`, so dropped after it: the socket closes first. Whoever takes the
+    /// socket apart (the worker's accept loop task) keeps this until the socket is closed.
+    pub(super) mark: Mark,
+}
+
+/// The inodes of the listener sockets rampart holds open (Linux; none elsewhere): what tells
+/// them from another process's in `/proc/net/tcp`. Each is counted from its bind until its
+/// [`Mark`] is dropped, after the socket has closed, whether its listener is in force or
+/// retiring.
+#[derive(Debug, Default, Clone)]
+pub struct Listening(Arc<parking_lot::Mutex<Vec<u64>>>);
+
+/// One socket's place among [`Listening`], given up when dropped.
+#[derive(Debug)]
+#[must_use = "the socket counts as rampart's own only while this lives"]
+pub(super) struct Mark {
+    listening: Listening,
+    inode: Option<u64>,
 }
 
 /// The accept queue of every listening socket rampart opens (its listeners, admin, and the
@@ -38,19 +66,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Binds `addr` for `workers` workers, each with a listening socket of its own: a large
 /// backlog, `SO_REUSEADDR`, `SO_REUSEPORT` (on a fixed port, or with more than one worker) and
-/// `TCP_NODELAY` (which the sockets it accepts inherit on Linux). `own` are the inodes of the
-/// sockets rampart listens on now: the only ones a fixed port may overlap (see the module doc).
+/// `TCP_NODELAY` (which the sockets it accepts inherit on Linux). `own` are the sockets
+/// rampart holds open, the only ones a fixed port may overlap (see the module doc); the new
+/// ones join them.
 ///
 /// With more than one worker the sockets share the address through `SO_REUSEPORT`, so the
 /// kernel spreads new connections over them by a hash of the client's address and port: each
 /// worker gets its share however busy it is. (Polling one shared socket from every worker
 /// instead hands a burst of connections to whichever worker happens to be awake; seen here, a
 /// second worker got none of 32.)
-pub fn bind_each(addr: SocketAddr, workers: usize, own: &[u64]) -> std::io::Result<Bound> {
+pub fn bind_each(addr: SocketAddr, workers: usize, own: &Listening) -> std::io::Result<Bound> {
     let workers = workers.max(1);
     let fixed = addr.port() != 0;
     if fixed {
-        guard(addr, own)?;
+        guard(addr, &own.inodes())?;
     }
     let mut sockets = Vec::with_capacity(workers);
     let mut at = addr;
@@ -61,10 +90,40 @@ pub fn bind_each(addr: SocketAddr, workers: usize, own: &[u64]) -> std::io::Resu
         let tcp = std::net::TcpListener::from(s);
         // Port 0: the others join the port the first one got.
         at = tcp.local_addr()?;
-        sockets.push(tcp);
+        let mark = own.mark(inode(&tcp));
+        sockets.push(Socket { tcp, mark });
     }
-    let inodes = sockets.iter().filter_map(inode).collect();
-    Ok(Bound { sockets, inodes })
+    Ok(Bound { sockets })
+}
+
+// === impl Listening ===
+
+impl Listening {
+    /// The inodes of the sockets counted now.
+    pub fn inodes(&self) -> Vec<u64> {
+        self.0.lock().clone()
+    }
+
+    /// Counts the socket of `inode` until the result is dropped.
+    fn mark(&self, inode: Option<u64>) -> Mark {
+        if let Some(ino) = inode {
+            self.0.lock().push(ino);
+        }
+        Mark {
+            listening: self.clone(),
+            inode,
+        }
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        let Some(ino) = self.inode else { return };
+        let mut all = self.listening.0.lock();
+        if let Some(i) = all.iter().position(|&x| x == ino) {
+            all.swap_remove(i);
+        }
+    }
 }
 
 /// A non-blocking TCP socket for `addr`, with the options every listening socket has.
@@ -227,28 +286,55 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_fixed_port_overlaps_only_ramparts_own_sockets() {
-        let old = bind_each(a("127.0.0.1:0"), 1, &[]).expect("bind");
-        let port = old.sockets[0].local_addr().expect("addr").port();
-        // Port 0 gave a socket without SO_REUSEPORT: bind the old one as a fixed port would be.
-        drop(old);
-        let old = bind_each(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port), 2, &[])
-            .expect("a fixed port binds");
-        assert_eq!(old.inodes.len(), 2, "one inode per socket");
-        let wide = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-        let e = bind_each(wide, 1, &[]).expect_err("not known as rampart's own: refused");
+        let own = Listening::default();
+        let lo = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port());
+        let _old = bind_each(lo, 2, &own).expect("a fixed port binds");
+        assert_eq!(own.inodes().len(), 2, "one inode per socket");
+        let wide = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), lo.port());
+        let e = bind_each(wide, 1, &Listening::default())
+            .expect_err("not known as rampart's own: refused");
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
-        let moved = bind_each(wide, 2, &old.inodes).expect("its own sockets may be overlapped");
+        let moved = bind_each(wide, 2, &own).expect("its own sockets may be overlapped");
 
         // Another process of the same user may share a port through SO_REUSEPORT too: its
         // socket beside rampart's must still refuse the overlapping bind.
         let stranger = open(a("127.0.0.2:0"), true).expect("socket");
         stranger
-            .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), port).into())
+            .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), lo.port()).into())
             .expect("a reuse-port socket beside rampart's");
         stranger.listen(8).expect("listen");
         drop(moved);
-        let e = bind_each(wide, 1, &old.inodes).expect_err("another's socket: refused");
+        let e = bind_each(wide, 1, &own).expect_err("another's socket: refused");
         assert!(e.to_string().contains("another process"), "{e}");
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    }
+
+    /// A socket counts as rampart's own from its bind until it is closed, whoever holds it
+    /// by then (the accept loop of a listener a reload took away): a listener put back on its
+    /// address binds beside it. Closed, it is counted no more.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_socket_counts_as_own_until_it_is_closed() {
+        let own = Listening::default();
+        let lo = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port());
+        let Socket { tcp, mark } = bind_each(lo, 1, &own)
+            .expect("a fixed port binds")
+            .sockets
+            .remove(0);
+        let retiring = own.inodes();
+        assert_eq!(retiring.len(), 1);
+        let back = bind_each(lo, 1, &own).expect("put back beside its retiring socket");
+        assert_eq!(own.inodes().len(), 2);
+        drop(back);
+        assert_eq!(own.inodes(), retiring, "a socket closed is counted no more");
+        drop(tcp);
+        drop(mark);
+        assert_eq!(own.inodes(), Vec::<u64>::new());
+    }
+
+    /// A port free now, for a socket to bind as a fixed port (`SO_REUSEPORT`).
+    fn free_port() -> u16 {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr").port()
     }
 }

@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::balance::Open;
+use super::bind::Socket;
 use super::body::ClientIn;
 use super::conn::{Close, ConnState};
 use super::finish::{ConnCut, Cut, CutAlong, MarksCut, PREMATURE_RESETS};
@@ -62,8 +63,6 @@ pub struct ListenerHandle {
     capacity: Arc<AtomicUsize>,
     /// One accept loop per worker (see `workers.rs`).
     tasks: Vec<JoinHandle<()>>,
-    /// Its sockets' inodes: a reload may bind an overlapping address beside them (`bind.rs`).
-    inodes: Vec<u64>,
     /// The `conns_stop` of the listener as the generation in force configures it at this
     /// address: the connections subscribed to it close (once idle) when a reload changes its
     /// TLS rules or the listener drains ([`ListenerHandle::follow`]).
@@ -157,7 +156,6 @@ pub fn spawn(
     let limit = Arc::new(Semaphore::new(max_conns));
     let mut local_addr = addr;
     let mut tasks = Vec::with_capacity(bound.sockets.len());
-    let inodes = bound.inodes;
     let workers = shared.workers.handles();
     let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..bound.sockets.len())
         .map(|_| mpsc::unbounded_channel::<Handed>())
@@ -166,7 +164,7 @@ pub fn spawn(
     let each = bound.sockets.into_iter().zip(workers).zip(receivers);
     for (i, ((socket, worker), inbox)) in each.enumerate() {
         if i == 0 {
-            local_addr = socket.local_addr().unwrap_or(addr);
+            local_addr = socket.tcp.local_addr().unwrap_or(addr);
         }
         let (shared, limit, stopped) = (shared.clone(), limit.clone(), stopped.clone());
         let peers = Peers {
@@ -175,11 +173,16 @@ pub fn spawn(
             inboxes: inboxes.clone(),
         };
         tasks.push(worker.spawn(async move {
+            let Socket { tcp, mark } = socket;
             // In the worker's runtime: the socket registers with its I/O driver.
-            match TcpListener::from_std(socket) {
+            match TcpListener::from_std(tcp) {
                 Ok(tcp) => accept_loop(shared, addr, tcp, limit, stopped, peers).await,
                 Err(e) => tracing::warn!(%addr, worker = i, error = %e, "a worker cannot poll its listening socket; it serves no connections of this listener"),
             }
+            // The socket counts as rampart's own until now, its listener in force or retiring
+            // (a reload may bind its address again meanwhile: `bind.rs`); the accept loop has
+            // closed it. Aborted, the task drops the loop, and the socket, before this.
+            drop(mark);
         }));
     }
     let h = ListenerHandle {
@@ -188,7 +191,6 @@ pub fn spawn(
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
         tasks,
-        inodes,
         conns_stop: parking_lot::Mutex::new(None),
     };
     h.follow(shared.current.load().listeners.get(&addr).map(|l| &**l));
@@ -230,11 +232,6 @@ struct Peers {
 // === impl ListenerHandle ===
 
 impl ListenerHandle {
-    /// The inodes of its listening sockets (Linux; empty elsewhere).
-    pub fn inodes(&self) -> &[u64] {
-        &self.inodes
-    }
-
     /// Stops accepting, lets open connections finish (up to `grace`), then returns.
     pub async fn drain(self, grace: Duration) {
         self.begin_drain();
@@ -1384,9 +1381,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn accepted_sockets_inherit_nodelay_from_their_listener() {
-        let Bound { sockets, .. } =
-            bind_each("127.0.0.1:0".parse().expect("addr"), 1, &[]).expect("bind");
-        let listener = &sockets[0];
+        let own = super::super::bind::Listening::default();
+        let Bound { sockets } =
+            bind_each("127.0.0.1:0".parse().expect("addr"), 1, &own).expect("bind");
+        let listener = &sockets[0].tcp;
         listener.set_nonblocking(false).expect("blocking");
         let _client =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");

@@ -39,6 +39,9 @@ pub struct Shared {
     pub access_logs: Sinks,
     /// Running listeners; the lock also serialises reloads.
     pub listeners: tokio::sync::Mutex<ListenerSet>,
+    /// The listener sockets still open, the running listeners' and those of listeners a
+    /// reload took away that have not closed yet: the sockets a reload may bind beside.
+    pub listening: super::bind::Listening,
     /// The audit trail of starts, reloads and shutdowns.
     pub audit: crate::audit::AuditLog,
     /// The runtimes that accept and serve data connections (worker 0: the one rampart

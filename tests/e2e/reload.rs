@@ -720,3 +720,52 @@ async fn series_of_what_a_reload_removes_leave_metrics_and_those_kept_stay() {
         "the kept route's count goes on: {text}"
     );
 }
+
+/// A reload that puts back a listener the reload before it took away binds beside its old
+/// socket, which stays open until its accept loop closes it: that socket is rampart's own,
+/// not another process's (refused so before, in SIGHUP storms of reloads 30 ms apart).
+/// Another process's socket there is refused still. In process, to run the second reload
+/// before the first one's drain has even begun: nothing yields between them.
+#[tokio::test]
+async fn a_listener_put_back_beside_its_closing_socket_binds_and_serves() {
+    let app = sample().await;
+    let port = crate::support::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let extra = EXTRA.replace("$LISTEN_extra", &addr.to_string());
+    let rendered = Proxy::builder(&format!("{}{extra}", with_prefix("/")))
+        .var("APP", app.addr())
+        .render();
+    let with = rampart::load_config(&rendered.path).expect("the policy validates");
+    let path = rendered.dir.path().join("without.yaml");
+    std::fs::write(&path, rendered.text.replace(&extra, "")).expect("a policy file");
+    let without = rampart::load_config(&path).expect("the policy validates");
+    assert_eq!(without.file.listeners.len(), 1, "extra taken away");
+    let r = rampart::Rampart::start(with.clone())
+        .await
+        .expect("rampart starts");
+    let shared = r.shared();
+    assert!(serves(addr).await);
+    let reload_twice = || async {
+        let mut set = shared.listeners.lock().await;
+        rampart::reload::apply(shared, &mut set, without.clone()).expect("extra taken away");
+        rampart::reload::apply(shared, &mut set, with.clone())
+    };
+
+    let put_back = reload_twice().await;
+    assert!(put_back.is_ok(), "{put_back:?}");
+    assert_eventually!(serves(addr).await, "the listener put back serves");
+
+    let stranger = tokio::net::TcpSocket::new_v4().expect("socket");
+    stranger.set_reuseport(true).expect("SO_REUSEPORT");
+    stranger
+        .bind(addr)
+        .expect("a reuse-port socket beside rampart's");
+    let _stranger = stranger.listen(8).expect("listen");
+    let refused = reload_twice()
+        .await
+        .expect_err("another's socket there: refused");
+    assert!(
+        refused.to_string().contains("another process listens on"),
+        "{refused}"
+    );
+}
