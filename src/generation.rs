@@ -60,6 +60,11 @@ pub struct Generation {
     /// queued while it drains, are served as the listener is configured now ([`Self::listener`]).
     /// A move is carried to the next generation only while that drain runs (`moves.rs`).
     pub moved: Moved,
+    /// The listeners a reload removed, by the address they had, as they were configured then:
+    /// the connections their old sockets accepted, still open or still queued while they
+    /// drain, are served by them ([`Self::listener`]), as a moved listener's are by it where it
+    /// went. Carried to the next generation only while that drain runs (`moves.rs`).
+    pub removed: HashMap<SocketAddr, Arc<ListenerRt>>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream, and every route
@@ -284,6 +289,19 @@ impl Generation {
             })
             .collect();
         let wall = WallClock::system(shared.clock.clone());
+        let moved = prev
+            .map(|p| {
+                let live = p.listeners.iter().map(|(a, l)| (*a, &*l.name));
+                moves::moves(live, &p.moved, &f.listeners, |a| shared.drains.at(a))
+            })
+            .unwrap_or_default();
+        let removed = prev
+            .map(|p| {
+                let live = p.listeners.iter().map(|(a, l)| (*a, l.clone()));
+                let drains = |a: &SocketAddr| shared.drains.at(a);
+                moves::removed(live, &p.removed, &moved, &f.listeners, drains)
+            })
+            .unwrap_or_default();
         Generation {
             identify: Identify::build(
                 &f.tenants,
@@ -293,12 +311,8 @@ impl Generation {
                 &config.read.jwks,
                 &config.system_roots,
             ),
-            moved: prev
-                .map(|p| {
-                    let live = p.listeners.iter().map(|(a, l)| (*a, &*l.name));
-                    moves::moves(live, &p.moved, &f.listeners, |a| shared.drains.at(a))
-                })
-                .unwrap_or_default(),
+            moved,
+            removed,
             listeners,
             upstreams,
             breakers,
@@ -323,6 +337,7 @@ impl Generation {
             ),
             listeners: HashMap::default(),
             moved: Moved::new(),
+            removed: HashMap::new(),
             upstreams: BTreeMap::new(),
             breakers: BTreeMap::new(),
             store: None,
@@ -331,12 +346,15 @@ impl Generation {
         }
     }
 
-    /// The listener a connection accepted at `addr` is served by: the one configured there, or
-    /// the one a reload moved from there.
+    /// The listener a connection accepted at `addr` is served by: the one configured there,
+    /// the one a reload moved from there, or the one a reload removed from there, as it was.
     pub fn listener(&self, addr: &SocketAddr) -> Option<&Arc<ListenerRt>> {
         match self.listeners.get(addr) {
             Some(l) => Some(l),
-            None => self.listeners.get(self.moved.get(addr)?),
+            None => match self.moved.get(addr) {
+                Some(to) => self.listeners.get(to),
+                None => self.removed.get(addr),
+            },
         }
     }
 
@@ -360,8 +378,9 @@ impl Generation {
         let mut live = self.live_series();
         // A listener the reload removes drains: its requests still in flight finish, or are
         // cut at the grace's end and counted 503 `shutdown`, on its series. Those stay (as
-        // its routes' do), so the cut is seen; only names a kept listener dropped go.
-        for l in old.listeners.values() {
+        // its routes' do), so the cut is seen; only names a kept listener dropped go. So do
+        // those of a listener removed before, while its connections are served.
+        for l in old.listeners.values().chain(self.removed.values()) {
             if !live.routes.contains_key(&l.name) {
                 listener_series(&mut live, l);
             }
@@ -378,7 +397,7 @@ impl Generation {
                 up.metrics.retire();
             }
         }
-        for l in old.listeners.values() {
+        for l in old.listeners.values().chain(old.removed.values()) {
             let routes = live.routes.get(&l.name);
             if routes.is_none() {
                 l.unrouted.retire();

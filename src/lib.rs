@@ -166,6 +166,7 @@ impl Rampart {
             workers,
             tunnels: proxy::tunnel::Tunnels::default(),
             drains: generation::Drains::default(),
+            retiring: proxy::listener::Retiring::default(),
         });
         let started = {
             let mut set = shared.listeners.lock().await;
@@ -271,6 +272,7 @@ impl Rampart {
     }
 
     /// The drain delay, then the listeners' drain and the tunnels', within `shutdown_grace`.
+    /// The listeners' are those in force and those a reload took away that still drain.
     async fn drain(&self) {
         let (grace, delay) = {
             let gen = self.shared.current.load();
@@ -290,12 +292,10 @@ impl Rampart {
             .drain()
             .map(|(_, h)| h)
             .collect();
-        for h in &handles {
-            h.begin_drain();
-        }
         for h in handles {
-            h.wait(grace).await;
+            self.shared.retiring.drain(h, until, ());
         }
+        self.shared.retiring.wait(until).await;
         // Tunnels are not connections the listeners track: the same grace, then cut.
         self.shared.tunnels.drain(until).await;
     }

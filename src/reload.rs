@@ -199,17 +199,15 @@ pub fn apply(
         .filter(|a| !cfg.file.listeners.iter().any(|l| l.listen == **a))
         .copied()
         .collect();
-    let grace = cfg.file.runtime.shutdown_grace.0;
+    let until = tokio::time::Instant::now() + cfg.file.runtime.shutdown_grace.0;
     for addr in removed {
         if let Some(h) = set.remove(&addr) {
             tracing::info!(listen = %h.local_addr, "listener removed; draining");
             // Counted from now, before the next reload can look: that reload remembers a
-            // move from this address only while this drain runs.
+            // move from this address (and the listener removed there) only while this drain
+            // runs. Shutdown waits for it too.
             let draining = shared.drains.begin(addr);
-            tokio::spawn(async move {
-                h.drain(grace).await;
-                drop(draining);
-            });
+            shared.retiring.drain(h, until, draining);
         }
     }
     for w in &cfg.warnings {

@@ -1,11 +1,14 @@
-//! Where the listeners a reload moved went, and for how long that is remembered.
+//! Where the listeners a reload moved went, what those it removed were, and for how long that
+//! is remembered.
 //!
 //! A listener a reload moves (same name, new address: `127.0.0.1:P` to `0.0.0.0:P`) keeps
 //! serving, as configured now, the connections its old socket accepted, still open or still
 //! queued while it drains: they look up their old address, which [`Generation::moved`] maps
 //! to the new one. Once the old socket's drain is over, no connection asks for that address
 //! again, so a reload carries a move over only while the drain from that address runs. Without
-//! that, every address a listener ever moved from stayed in every later generation.
+//! that, every address a listener ever moved from stayed in every later generation. A listener
+//! a reload removes (its address and its name gone from the file) serves those connections as
+//! it was last configured, remembered the same way ([`removed`]).
 //!
 //! [`Generation::moved`]: super::Generation::moved
 
@@ -43,6 +46,30 @@ where
             let to = now.iter().find(|l| l.name == name)?.listen;
             Some((from, to))
         })
+        .collect()
+}
+
+/// The listeners of a reload's generation before (`live`, by address) that it removes: no
+/// listener of `now` at their address, nor one they moved to (`moved`, this reload's moves).
+/// Their old sockets drain, and what they accepted is served by them as they were (the
+/// connections still open and those still queued: `Generation::listener`). Those `before`
+/// kept (removed by a reload before) are kept while `draining` says their drain still runs.
+pub(crate) fn removed<V: Clone>(
+    live: impl Iterator<Item = (SocketAddr, V)>,
+    before: &HashMap<SocketAddr, V>,
+    moved: &Moved,
+    now: &[file::Listener],
+    draining: impl Fn(&SocketAddr) -> bool,
+) -> HashMap<SocketAddr, V> {
+    let still = before
+        .iter()
+        .filter(|(from, _)| draining(from))
+        .map(|(from, v)| (*from, v.clone()));
+    // Last the listeners removed now: one put back at an address and removed again while its
+    // first drain there runs is served as it was last.
+    still
+        .chain(live)
+        .filter(|(from, _)| !now.iter().any(|l| l.listen == *from) && !moved.contains_key(from))
         .collect()
 }
 
@@ -159,6 +186,32 @@ mod tests {
             reload(&[("in", "127.0.0.1:3")], &next, &[], &drains),
             Moved::new()
         );
+    }
+
+    /// A listener removed is remembered, as it was, while its address drains; one moved is
+    /// not (its connections are served where it moved), nor one put back at its address.
+    #[test]
+    fn a_removed_listener_is_remembered_while_its_address_drains() {
+        let drains = Drains::default();
+        let live = [(addr("127.0.0.1:1"), "a"), (addr("127.0.0.1:2"), "b")];
+        let moved = Moved::from([(addr("127.0.0.1:2"), addr("127.0.0.1:3"))]);
+        let now = [listener("b", "127.0.0.1:3")];
+        let first = removed(live.into_iter(), &HashMap::new(), &moved, &now, |a| {
+            drains.at(a)
+        });
+        assert_eq!(first, HashMap::from([(addr("127.0.0.1:1"), "a")]));
+        let draining = drains.begin(addr("127.0.0.1:1"));
+        let live = [(addr("127.0.0.1:3"), "b")];
+        let next = |now: &[file::Listener]| {
+            removed(live.into_iter(), &first, &Moved::new(), now, |a| {
+                drains.at(a)
+            })
+        };
+        assert_eq!(next(&now), first);
+        let back = [listener("a", "127.0.0.1:1"), listener("b", "127.0.0.1:3")];
+        assert!(next(&back).is_empty(), "put back");
+        drop(draining);
+        assert!(next(&now).is_empty(), "its drain over");
     }
 
     /// A listener moved to a new port at every reload, each drain over before the next: the

@@ -59,6 +59,9 @@ pub struct ListenerHandle {
     /// The address it is bound to (differs from the configured one for port 0).
     pub local_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Told when its drain's time is up ([`ListenerHandle::wait`]): the accept loops cut the
+    /// connections still open, and give up on those still waiting for a place.
+    cut: watch::Sender<bool>,
     limit: Arc<Semaphore>,
     capacity: Arc<AtomicUsize>,
     /// One accept loop per worker (see `workers.rs`).
@@ -152,6 +155,7 @@ pub fn spawn(
     rt: &file::Runtime,
 ) -> ListenerHandle {
     let (stop, stopped) = watch::channel(false);
+    let cut = watch::Sender::new(false);
     let max_conns = (rt.max_connections as usize).max(1);
     let limit = Arc::new(Semaphore::new(max_conns));
     let mut local_addr = addr;
@@ -171,6 +175,7 @@ pub fn spawn(
             me: i,
             inbox,
             inboxes: inboxes.clone(),
+            cut: cut.subscribe(),
         };
         tasks.push(worker.spawn(async move {
             let Socket { tcp, mark } = socket;
@@ -188,6 +193,7 @@ pub fn spawn(
     let h = ListenerHandle {
         local_addr,
         stop,
+        cut,
         limit,
         capacity: Arc::new(AtomicUsize::new(max_conns)),
         tasks,
@@ -221,23 +227,20 @@ pub(super) struct Held {
 /// Where connections handed to one worker (of one listener) arrive.
 type Inbox = mpsc::UnboundedSender<Handed>;
 
-/// What one worker's accept loop has of the others: its own inbox, and every worker's.
+/// What one worker's accept loop has of the others: its own inbox, and every worker's; and
+/// the word they all wait for once the listener has stopped.
 #[derive(Debug)]
 struct Peers {
     me: usize,
     inbox: mpsc::UnboundedReceiver<Handed>,
     inboxes: Arc<[Inbox]>,
+    /// [`ListenerHandle`]'s `cut`.
+    cut: watch::Receiver<bool>,
 }
 
 // === impl ListenerHandle ===
 
 impl ListenerHandle {
-    /// Stops accepting, lets open connections finish (up to `grace`), then returns.
-    pub async fn drain(self, grace: Duration) {
-        self.begin_drain();
-        self.wait(grace).await;
-    }
-
     /// Asks the listener to stop and drain, without waiting.
     pub fn begin_drain(&self) {
         let _ = self.stop.send(true);
@@ -268,18 +271,28 @@ impl ListenerHandle {
         }
     }
 
-    /// Waits for the listener to finish draining, at most `grace`.
-    pub async fn wait(self, grace: Duration) {
-        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+    /// Waits for the listener, stopped ([`ListenerHandle::begin_drain`]), to finish draining:
+    /// until `until`, or until `sooner` ends if it ends first. Then its connections still open
+    /// are cut (and logged as cut) and those still waiting for a place closed; the accept
+    /// loops are aborted if they have not ended [`CUT_LATE`] after.
+    pub async fn wait(self, until: Instant, sooner: impl Future<Output = ()>) {
+        let ListenerHandle { tasks, cut, .. } = self;
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let all = async {
-            for t in self.tasks {
+            for t in tasks {
                 let _ = t.await;
             }
         };
-        if tokio::time::timeout(grace + Duration::from_millis(100), all)
-            .await
-            .is_err()
-        {
+        tokio::pin!(all);
+        let ended = tokio::select! {
+            r = tokio::time::timeout_at(until, &mut all) => r.is_ok(),
+            () = sooner => false,
+        };
+        if ended {
+            return;
+        }
+        cut.send_replace(true);
+        if tokio::time::timeout(CUT_LATE, all).await.is_err() {
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
@@ -298,6 +311,55 @@ impl ListenerHandle {
                     p.forget();
                 }
             });
+        }
+    }
+}
+
+/// The drains of the listeners taken out of the running set: those a reload took away (removed,
+/// or moved from an address) and, at shutdown, all of them. Shutdown waits for each, its
+/// requests in flight and connections waiting for a place included, up to its own deadline
+/// at the latest ([`Retiring::wait`]): then those still open are cut and logged as cut,
+/// whichever drain they belong to.
+#[derive(Debug)]
+pub struct Retiring {
+    tasks: TaskTracker,
+    /// Told at the end of shutdown's grace: every drain still running cuts what it has.
+    cut: watch::Sender<bool>,
+}
+
+impl Default for Retiring {
+    fn default() -> Self {
+        Retiring {
+            tasks: TaskTracker::new(),
+            cut: watch::Sender::new(false),
+        }
+    }
+}
+
+// === impl Retiring ===
+
+impl Retiring {
+    /// Stops `h` and lets its connections finish, in a task of its own, until `until` or the
+    /// end of shutdown's grace, whichever comes first; `kept` is dropped once that is over.
+    pub fn drain(&self, h: ListenerHandle, until: Instant, kept: impl Send + 'static) {
+        h.begin_drain();
+        let mut cut = self.cut.subscribe();
+        self.tasks.spawn(async move {
+            h.wait(until, async move { told(&mut cut).await }).await;
+            drop(kept);
+        });
+    }
+
+    /// Waits for every drain, until `until`; then those still running cut their connections,
+    /// and are waited for [`CUT_LATE`] more at most.
+    pub async fn wait(&self, until: Instant) {
+        self.tasks.close();
+        if tokio::time::timeout_at(until, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            self.cut.send_replace(true);
+            let _ = tokio::time::timeout(2 * CUT_LATE, self.tasks.wait()).await;
         }
     }
 }
@@ -396,22 +458,31 @@ async fn accept_loop(
     // So are those it accepted, or the kernel queued at its socket, and had not served yet:
     // closing the socket would reset them. A reload that moves or removes a listener drops
     // none that reached it; only one whose handshake completes between the last accept and
-    // the close is reset. They wait for permits as before, within the grace.
-    let grace = a.shared.current.load().config.file.runtime.shutdown_grace.0;
-    let until = Instant::now() + grace;
+    // the close is reset. They wait for permits as before, within the grace: until the
+    // listener's handle says its time is up (one deadline for all of the drain).
+    let mut cut = a.peers.cut.clone();
     for (stream, peer) in waiting.into_iter().chain(queued(tcp, addr)) {
-        match tokio::time::timeout_at(until, limit.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => {
+        let permit = tokio::select! {
+            biased;
+            () = told(&mut cut) => None,
+            p = limit.clone().acquire_owned() => p.ok(),
+        };
+        match permit {
+            Some(permit) => {
                 let open = a.shared.balance.open(a.peers.me);
                 a.serve(stream, peer, (permit, open));
             }
-            _ => {
+            None => {
                 tracing::warn!(%addr, %peer, "no room for a queued connection within the shutdown grace; closing it")
             }
         }
     }
     a.conns.close();
-    if tokio::time::timeout(grace, a.conns.wait()).await.is_err() {
+    let ended = tokio::select! {
+        () = a.conns.wait() => true,
+        () = told(&mut cut) => false,
+    };
+    if !ended {
         tracing::warn!(%addr, "connections still open after the shutdown grace; closing them");
         // Dropped here, not when the process exits: the requests among them are counted and
         // logged (as cut, `finish::CUT`) while the access log still takes lines.
@@ -420,6 +491,12 @@ async fn accept_loop(
         }
         let _ = tokio::time::timeout(CUT_WAIT, a.conns.wait()).await;
     }
+}
+
+/// Resolves once `cut` is told, or its sender (the listener's handle) is gone: no one waits
+/// for the drain any more.
+async fn told(cut: &mut watch::Receiver<bool>) {
+    let _ = cut.wait_for(|c| *c).await;
 }
 
 /// What the kernel has queued at a stopping listener's socket, accepted (at most its backlog);
@@ -447,9 +524,13 @@ fn queued(tcp: TcpListener, addr: SocketAddr) -> Vec<(TcpStream, SocketAddr)> {
 }
 
 /// Longest wait for the connection tasks aborted at the end of a drain's grace to be dropped
-/// (they run on this worker: a turn of its scheduler). Within the 100 ms `ListenerHandle::wait`
-/// gives the accept loop past the grace.
+/// (they run on this worker: a turn of its scheduler). Within the [`CUT_LATE`]
+/// `ListenerHandle::wait` gives the accept loop past the grace.
 const CUT_WAIT: Duration = Duration::from_millis(50);
+
+/// How long past its drain's grace [`ListenerHandle::wait`] waits for the accept loops to cut
+/// their connections and end, before it aborts them.
+pub const CUT_LATE: Duration = Duration::from_millis(100);
 
 /// One worker's accept loop's state: what it serves connections with.
 struct Acceptor {

@@ -54,6 +54,9 @@ pub struct Shared {
     /// The addresses of listeners a reload took away that still drain (a move from there is
     /// remembered until its drain is over: `Generation::moved`).
     pub drains: crate::generation::Drains,
+    /// The drains of listeners taken out of `listeners` (by a reload, or by shutdown), which
+    /// shutdown waits for.
+    pub retiring: super::listener::Retiring,
 }
 
 // === impl Shared ===

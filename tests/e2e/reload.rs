@@ -22,7 +22,7 @@ listeners:
         upstream: app
 "#;
 
-const EXTRA: &str = r#"
+pub(crate) const EXTRA: &str = r#"
   - name: extra
     direction: inbound
     listen: $LISTEN_extra
@@ -486,7 +486,7 @@ listeners:
       - upstream: app
 "#;
 
-fn movable(host: &str, runtime: &str) -> String {
+pub(crate) fn movable(host: &str, runtime: &str) -> String {
     MOVABLE.replace("$HOST", host).replace("$RUNTIME", runtime)
 }
 
@@ -559,34 +559,45 @@ async fn a_reload_moves_a_listener_of_two_workers_both_ways() {
 }
 
 /// With one worker, `max_connections: 1` and one connection served, a second is accepted and
-/// waits for a permit, a third waits in the kernel's queue. A reload moves the listener: the old one stops
-/// and closes its socket, but serves both (the idle one that held the permit is closed), where
-/// before the waiting one was closed unanswered and the queued one reset.
-#[tokio::test]
-async fn connections_waiting_at_a_listener_that_moves_are_served() {
+/// waits for a permit, a third waits in the kernel's queue. A reload moves the listener (or,
+/// `removed`, takes it away): the old one stops and closes its socket, but serves both under
+/// its configuration (the idle one that held the permit is closed), where before the waiting
+/// one was closed unanswered and the queued one reset (once the listener moved), or both closed
+/// unanswered (once it was removed: no listener of the new configuration was theirs).
+async fn connections_waiting_at_a_stopping_listener_are_served(removed: bool) {
     let app = sample().await;
     let port = crate::support::free_port();
     let runtime = "runtime: { max_connections: 1 }";
-    let mut proxy = Proxy::builder(&movable("127.0.0.1", runtime))
+    let kept = movable("127.0.0.1", runtime);
+    let (before, after) = if removed {
+        (format!("{kept}{EXTRA}"), kept)
+    } else {
+        (kept, movable("0.0.0.0", runtime))
+    };
+    let mut proxy = Proxy::builder(&before)
         .var("APP", app.addr())
         .var("PORT", port)
         .env("RAMPART_WORKERS", 1)
         .spawn()
         .await;
-    let lo: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut held = crate::support::conn::Conn::open(lo).await;
+    let at = if removed {
+        proxy.listener("extra")
+    } else {
+        ([127, 0, 0, 1], port).into()
+    };
+    let mut held = crate::support::conn::Conn::open(at).await;
     held.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
     assert_eq!(held.answer(false).await.status, 200);
     let mut waiting = Vec::new();
     for _ in 0..2 {
-        let mut c = crate::support::conn::Conn::open(lo).await;
+        let mut c = crate::support::conn::Conn::open(at).await;
         c.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
         waiting.push(c);
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(app.hits_for("/ok"), 1, "the cap holds the others back");
 
-    reload_to(&mut proxy, &movable("0.0.0.0", runtime)).await;
+    reload_to(&mut proxy, &after).await;
     for c in &mut waiting {
         assert_eq!(c.answer(false).await.status, 200);
     }
@@ -594,6 +605,16 @@ async fn connections_waiting_at_a_listener_that_moves_are_served() {
         held.closes().await,
         "the idle connection closes with its listener"
     );
+}
+
+#[tokio::test]
+async fn connections_waiting_at_a_listener_that_moves_are_served() {
+    connections_waiting_at_a_stopping_listener_are_served(false).await;
+}
+
+#[tokio::test]
+async fn connections_waiting_at_a_listener_a_reload_removes_are_served() {
+    connections_waiting_at_a_stopping_listener_are_served(true).await;
 }
 
 /// Another process of the same user listening on the port with `SO_REUSEPORT` (this test's

@@ -368,6 +368,119 @@ listeners:
     );
 }
 
+/// SIGTERM soon after a reload took away the socket a request is in flight on (removed its
+/// listener, or, `moved`, moved the listener to another address of its port): the drain waits
+/// for that request as for one on a listener in force, and rampart exits 0 once it is
+/// answered. Before, the drain waited only for the listeners in force; those idle, rampart
+/// exited at once and the request was cut unanswered, unlogged and uncounted.
+async fn sigterm_waits_for_a_socket_a_reload_took_away(moved: bool) {
+    use crate::reload::{movable, reload_to, EXTRA};
+    let app = sample().await;
+    let port = crate::support::free_port();
+    let runtime = "runtime: { shutdown_grace: 10s }";
+    let kept = movable("127.0.0.1", runtime);
+    let (before, after) = if moved {
+        (kept, movable("0.0.0.0", runtime))
+    } else {
+        (format!("{kept}{EXTRA}"), kept)
+    };
+    let mut proxy = Proxy::builder(&before)
+        .var("APP", app.addr())
+        .var("PORT", port)
+        .spawn()
+        .await;
+    let at = if moved {
+        ([127, 0, 0, 1], port).into()
+    } else {
+        proxy.listener("extra")
+    };
+    let in_flight = tokio::spawn(async move { http::try_get(at, "/slow?ms=1500", &[]).await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the slow request is in flight");
+    reload_to(&mut proxy, &after).await;
+    let signalled = tokio::time::Instant::now();
+    proxy.signal("TERM");
+    let rsp = in_flight.await.expect("no panic");
+    let rsp = rsp.unwrap_or_else(|e| panic!("must be answered ({e}); log:\n{}", proxy.log()));
+    assert_eq!(rsp.status, 200, "log:\n{}", proxy.log());
+    let status = proxy.wait_exit(Duration::from_secs(12)).await;
+    let status = status.unwrap_or_else(|| panic!("rampart must exit; log:\n{}", proxy.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.log());
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "not the whole grace: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_request_on_a_listener_a_reload_removed() {
+    sigterm_waits_for_a_socket_a_reload_took_away(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_request_on_the_old_socket_of_a_listener_a_reload_moved() {
+    sigterm_waits_for_a_socket_a_reload_took_away(true).await;
+}
+
+/// A listener a reload removes drains within one grace, its connections waiting for a place
+/// (`max_connections`) included: one served only once a place freed, still waiting for its
+/// upstream when the grace (counted from the reload) ends, is cut then, and logged as cut.
+/// Before, the connections were given a second grace counted from the last place given,
+/// while the listener's handle stopped waiting for them at the first one's end: such a
+/// connection was then never cut, and ran on to its upstream's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_waited_for_a_place_is_cut_at_the_end_of_a_removed_listener_s_grace() {
+    use crate::reload::{movable, reload_to, EXTRA};
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.jsonl");
+    let runtime = "runtime: { shutdown_grace: 2s, max_connections: 1 }";
+    let kept = movable("127.0.0.1", runtime);
+    let logged = EXTRA.replace(
+        "    routes:",
+        &format!("    access_log: {{ to: {} }}\n    routes:", log.display()),
+    );
+    let mut proxy = Proxy::builder(&format!("{kept}{logged}"))
+        .var("APP", app.addr())
+        .var("PORT", crate::support::free_port())
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let at = proxy.listener("extra");
+    let first = tokio::spawn(async move { http::try_get(at, "/slow?ms=1000", &[]).await });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first request is in flight");
+    let second = tokio::spawn(async move {
+        http::try_get(at, "/slow?ms=10000", &[("x-request-id", "waited")]).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app.hits_for("/slow"), 1, "the second waits for a place");
+    reload_to(&mut proxy, &kept).await;
+    let reloaded = tokio::time::Instant::now();
+    let first = first.await.expect("no panic").expect("answered");
+    assert_eq!(first.status, 200);
+    assert_eventually!(
+        app.hits_for("/slow") == 2,
+        "the second is served once a place frees"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(4), second)
+        .await
+        .expect("cut at the grace's end, not answered at the upstream's")
+        .expect("no panic");
+    let took = reloaded.elapsed();
+    assert!(second.is_err(), "cut, never answered: {second:?}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3000),
+        "cut at the end of the grace counted from the reload: {took:?}"
+    );
+    let lines = crate::support::wait_log_lines(&log, 2).await;
+    let line = lines
+        .iter()
+        .find(|l| l["request_id"] == "waited")
+        .unwrap_or_else(|| panic!("a line for the cut request: {lines:?}"));
+    assert_eq!(line["status"], 503, "{line}");
+    assert_eq!(line["reason"], "shutdown", "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_asked_for_while_draining_is_refused_and_binds_nothing() {
     let app = sample().await;
