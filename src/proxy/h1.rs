@@ -402,6 +402,7 @@ where
                         stopping |= probe.has_changed().unwrap_or(true);
                         ask.keep_alive &= !stopping;
                         let (keep, map) = write::answer(&mut io, bufs.out(), rsp, ask).await;
+                        // (None for a map grown large, which is freed: `spare::emptied`.)
                         bufs.held().reuse.map = map;
                         if !keep {
                             close(&mut io).await;

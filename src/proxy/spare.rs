@@ -13,7 +13,11 @@
 //!
 //! A map is emptied with `clear`, which keeps its capacity. A map that grew beyond
 //! [`KEEP_CAPACITY`] (a client that sent a hundred headers) is freed rather than kept, and at
-//! most [`KEPT`] maps wait per thread, so what is kept stays small and bounded. The access
+//! most [`KEPT`] maps wait per thread, so what is kept stays small and bounded. The same rule
+//! decides whether an answer's map goes on to the lean server's next request on its
+//! connection ([`emptied`]), and whether a vector kept from use to use keeps its room
+//! ([`trim`]): an upstream's answer of thousands of header lines once left megabytes with
+//! each connection it passed through, and with every pair of buffers its thread shelved. The access
 //! log keeps its line drafts on a shelf of its own the same way.
 
 use std::cell::RefCell;
@@ -89,14 +93,41 @@ pub fn map(entries: usize) -> HeaderMap {
     }
 }
 
+/// Whether `m` is small enough to be kept for reuse: room for at most [`KEEP_CAPACITY`]
+/// entries, and no more values than that (a name's further values are held apart from its
+/// entry, in room `capacity` does not count).
+fn small(m: &HeaderMap) -> bool {
+    m.capacity() <= KEEP_CAPACITY && m.len() <= KEEP_CAPACITY
+}
+
 /// Keeps `m`, emptied, for a later [`map`] on this thread (unless it is large, has never
 /// allocated, or enough are kept).
 pub fn keep(m: HeaderMap) {
-    let cap = m.capacity();
-    if cap == 0 || cap > KEEP_CAPACITY {
+    if m.capacity() == 0 || !small(&m) {
         return;
     }
     Shelf::keep(&MAPS, m, HeaderMap::clear);
+}
+
+/// `m` emptied, for its connection's next request (`h1::parse::Reuse`), by the rule of
+/// [`keep`]: a map grown large (an upstream's answer of thousands of header lines) is freed
+/// instead, and `None` says so. Kept, such a map (megabytes: `clear` keeps every slot) would
+/// stay with the connection, and with every pair of buffers its thread shelves.
+pub fn emptied(mut m: HeaderMap) -> Option<HeaderMap> {
+    if !small(&m) {
+        return None;
+    }
+    m.clear();
+    Some(m)
+}
+
+/// Lets go of `v`'s room beyond what [`keep`] keeps of a map, once it holds more (the lines of
+/// an upstream's answer of thousands of header lines): a vector kept from one use to the next
+/// keeps what it grew to, and `clear` keeps it too. Its contents stay.
+pub fn trim<T>(v: &mut Vec<T>) {
+    if v.capacity() > KEEP_CAPACITY {
+        v.shrink_to(KEEP_CAPACITY);
+    }
 }
 
 /// Lets go of `m`, the empty map a new `Request` or `Response` was made with and that a
@@ -191,6 +222,50 @@ mod tests {
             super::keep(HeaderMap::with_capacity(2));
             let m = super::map(40);
             assert!(m.capacity() >= 40);
+        });
+    }
+
+    /// A map handed on to the connection's next request is emptied, with its room, unless it
+    /// grew large: many names, or many values of one (which `capacity` does not count). So is a
+    /// vector kept from use to use.
+    #[test]
+    fn a_map_or_vector_grown_large_is_freed_not_handed_on() {
+        alone(|| {
+            let mut m = HeaderMap::with_capacity(8);
+            m.insert("x-a", HeaderValue::from_static("1"));
+            let cap = m.capacity();
+            let again = super::emptied(m).expect("a small map is handed on");
+            assert!(again.is_empty() && again.capacity() == cap);
+            assert!(super::emptied(HeaderMap::new()).is_some());
+
+            let mut names = HeaderMap::with_capacity(super::KEEP_CAPACITY * 4);
+            names.insert("x-a", HeaderValue::from_static("1"));
+            assert!(super::emptied(names).is_none(), "room for many names");
+            let mut values = HeaderMap::new();
+            for _ in 0..=super::KEEP_CAPACITY {
+                values.append("a", HeaderValue::from_static(""));
+            }
+            assert!(values.capacity() <= super::KEEP_CAPACITY, "one name");
+            assert!(
+                super::emptied(values.clone()).is_none(),
+                "many values of it"
+            );
+            super::keep(values);
+            assert_eq!(super::Shelf::len(&super::MAPS), 0, "nor kept on the shelf");
+
+            let mut v: Vec<u64> = Vec::with_capacity(super::KEEP_CAPACITY);
+            let at = v.as_ptr();
+            super::trim(&mut v);
+            assert_eq!(
+                (v.capacity(), v.as_ptr()),
+                (super::KEEP_CAPACITY, at),
+                "small: kept"
+            );
+            v.extend([7; 3]);
+            v.reserve(super::KEEP_CAPACITY * 100);
+            super::trim(&mut v);
+            assert_eq!(v.capacity(), super::KEEP_CAPACITY, "large: its room let go");
+            assert_eq!(v, [7; 3]);
         });
     }
 

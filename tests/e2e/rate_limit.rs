@@ -194,15 +194,6 @@ async fn the_route_total_caps_all_tenants_together() {
     assert_eq!(app.hits_for("/ok"), 8);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_thousand_tenants_stay_within_max_tracked() {
     let app = sample().await;
@@ -267,10 +258,10 @@ async fn two_hundred_thousand_tenants_stay_within_max_tracked() {
             crate::support::metrics::label_values(&text, "rampart_requests_total", "tenant");
         assert!(labels.len() <= 11, "tenant labels are capped: {labels:?}");
         if phase == 0 {
-            rss_after_first = rss_kib(proxy.pid());
+            rss_after_first = proxy.rss_kib();
         }
     }
-    let grown = rss_kib(proxy.pid()).saturating_sub(rss_after_first);
+    let grown = proxy.rss_kib().saturating_sub(rss_after_first);
     assert!(
         grown < 32 * 1024,
         "RSS grew {grown} KiB over 180k more tenants: memory must stay bounded"

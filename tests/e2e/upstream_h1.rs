@@ -8,6 +8,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod framing;
+mod held;
 mod hop;
 
 use std::net::SocketAddr;

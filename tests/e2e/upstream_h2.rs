@@ -2256,8 +2256,8 @@ async fn h2_client_post(addr: SocketAddr, path: &str, body: http::ReqBody) -> (S
 /// An HTTP/2 client's POST (its body streamed, as every HTTP/2 upload is) whose stream the
 /// upstream refused unprocessed (`REFUSED_STREAM`, after reading all of the body) goes again
 /// as an HTTP/1.1 client's does, on a route without `retry`: the upstream gets the whole body
-/// twice and the client its answer; one body in one DATA frame, and one in three (sent again
-/// as the same three frames, none copied). Before, the streamed body could not go again, and
+/// twice and the client its answer; one body in one DATA frame, and one in three (small
+/// frames: sent again from the copy kept of them, in order). Before, the streamed body could not go again, and
 /// the client got 502 "refused the stream" while the same POST from an HTTP/1.1 client got 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_clients_post_the_upstream_refused_unprocessed_goes_again() {

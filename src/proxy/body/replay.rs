@@ -6,21 +6,27 @@
 //! again, but a streamed one (every HTTP/2 client's) is handed to hyper's HTTP/2 client, which
 //! drops it with the refused stream. So an HTTP/2 client's POST was a 502 where the same POST
 //! from an HTTP/1.1 client got its answer. A streamed body sent to an HTTP/2 upstream now keeps
-//! each frame it gives (a count on its bytes, not a copy) up to a cap; a refusal sends the kept
+//! each frame it gives (a count on its bytes, or a copy of a small one) up to a cap; a refusal sends the kept
 //! frames again on a new stream, followed by the rest of the client's body when it was still
 //! coming (the refusal can come as soon as the upstream saw the head, long before hyper's
 //! upload task read the body's end). The client's stream lives in the record ([`Kept::rest`])
 //! once it is kept, and whoever reads it does so under the record's lock: the refused sending
 //! hands on each frame either read and kept, or not read yet, and reads nothing more once its
 //! turn is over ([`Kept::turn`]). A body larger than the cap is let go as soon as it passes it
-//! (so no more than the cap is held) and cannot go again: it fails as before. An HTTP/1.1
-//! upstream arms none of this.
+//! (so no more than about the cap is held) and cannot go again: it fails as before. An
+//! HTTP/1.1 upstream arms none of this.
+//!
+//! A small frame is copied rather than counted on ([`COPY_BELOW`]): a count on a frame costs
+//! its handle (32 bytes) and pins the server's read buffer it was cut from, with the framing
+//! and padding around it. A body of one-byte frames (chunked HTTP/1.1, or HTTP/2 DATA frames)
+//! held about 32 times its bytes that way, 512 MiB per request under a `retry.buffer` of 16 MiB.
+//! Copied one after another into buffers of their own, small frames cost their bytes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 
 use super::{Body, ClientBody, ClientIn, FaultCell};
@@ -30,11 +36,23 @@ use super::{Body, ClientBody, ClientIn, FaultCell};
 /// default.
 pub const REPLAY_CAP: usize = 64 * 1024;
 
+/// A data frame shorter than this is kept as a copy, joined to the small frames around it; a
+/// longer one by a count on its bytes (its handle and what it pins are then a few per cent of
+/// it at most).
+const COPY_BELOW: usize = 1024;
+/// The least and the most room of one buffer of copies: each new one holds about as much as
+/// was kept before it, so that a body of small frames is copied into few buffers.
+const COPIES_LEAST: usize = 256;
+const COPIES_MOST: usize = 16 * 1024;
+
 /// The frames of an upload as they came from the client, shared between the body (in hyper's
 /// hands while the stream goes) and the try that may send it again.
 #[derive(Debug)]
 pub(super) struct Kept {
+    /// The upload's data, in order; then what is in `copies`.
     data: Vec<Bytes>,
+    /// Small frames copied since the last of `data` ([`COPY_BELOW`]), with room for more.
+    copies: BytesMut,
     trailers: Option<http::HeaderMap>,
     size: usize,
     cap: usize,
@@ -72,6 +90,7 @@ impl Kept {
     pub(super) fn new(cap: usize, prefix: &VecDeque<Frame<Bytes>>, rest: ClientIn) -> Kept {
         let mut kept = Kept {
             data: Vec::new(),
+            copies: BytesMut::new(),
             trailers: None,
             size: 0,
             cap,
@@ -99,13 +118,39 @@ impl Kept {
             if self.size > self.cap {
                 return self.lose();
             }
-            if !d.is_empty() {
+            if d.len() < COPY_BELOW {
+                self.copy(d);
+            } else {
+                self.seal();
                 self.data.push(d.clone());
             }
         } else if let Some(t) = frame.trailers_ref() {
             self.trailers = Some(t.clone());
         } else {
             self.lose();
+        }
+    }
+
+    /// Copies `d`, a small frame, after those copied before it: into the room left, else into
+    /// a new buffer (never room beyond the cap).
+    fn copy(&mut self, d: &[u8]) {
+        if self.copies.capacity() - self.copies.len() < d.len() {
+            self.seal();
+            let before = self.size - d.len();
+            let room = before
+                .clamp(COPIES_LEAST, COPIES_MOST)
+                .min(self.cap - before)
+                .max(d.len());
+            self.copies = BytesMut::with_capacity(room);
+        }
+        self.copies.extend_from_slice(d);
+    }
+
+    /// Puts what was copied since the last of `data` at its end (a frame that comes next goes
+    /// after it); the room left stays for the next copies.
+    fn seal(&mut self) {
+        if !self.copies.is_empty() {
+            self.data.push(self.copies.split().freeze());
         }
     }
 
@@ -120,6 +165,7 @@ impl Kept {
     pub(super) fn lose(&mut self) {
         self.state = State::Lost;
         self.data = Vec::new();
+        self.copies = BytesMut::new();
         self.trailers = None;
     }
 
@@ -161,6 +207,7 @@ impl Replay {
     /// more. Either keeps the same record, so a refusal of this sending can send it again too.
     pub fn again(&self) -> Option<Body> {
         let mut kept = self.kept.lock();
+        kept.seal();
         match kept.state {
             State::Lost => return None,
             State::Whole if kept.data.len() <= 1 => {
@@ -263,6 +310,63 @@ mod tests {
         assert_eq!(sent, "abcdefg");
         let again = replay.again().expect("whole now");
         assert_eq!(again.collect().await.expect("again").to_bytes(), "abcdefg");
+    }
+
+    /// A body of one-byte frames, each cut from the server's read buffer among the framing
+    /// around it (`1\r\nx\r\n`, a chunked upload), is kept as copies in a few buffers of its
+    /// own: its bytes, not a handle per frame (32 bytes) and the read buffers they pin, which
+    /// held about 32 times the cap. Large frames between small ones are counted on, not
+    /// copied, and the upload goes again in order.
+    #[tokio::test]
+    async fn small_frames_are_kept_as_copies_within_the_cap() {
+        const N: usize = REPLAY_CAP;
+        let wire = Bytes::from(b"1\r\nx\r\n".repeat(N));
+        let mut kept = Kept::new(REPLAY_CAP, &VecDeque::new(), ClientIn::Empty);
+        for i in 0..N {
+            kept.take(&Frame::data(wire.slice(i * 6 + 3..i * 6 + 4)));
+        }
+        kept.end();
+        let within = wire.as_ptr_range();
+        let pins = kept.data.iter().filter(|d| within.contains(&d.as_ptr()));
+        assert_eq!(
+            pins.count(),
+            0,
+            "no frame is kept by a count on the read buffer"
+        );
+        assert!(kept.data.len() <= 16, "{} handles", kept.data.len());
+        let room: usize = kept.data.iter().map(Bytes::len).sum::<usize>() + kept.copies.capacity();
+        assert!(room <= REPLAY_CAP + 1024, "{room} bytes held");
+
+        let big = Bytes::from(vec![b'B'; COPY_BELOW]);
+        let small = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let parts = [
+            small("a"),
+            big.clone(),
+            small("cd"),
+            small("e"),
+            big.clone(),
+            small("f"),
+        ];
+        let mut kept = Kept::new(4 * COPY_BELOW, &VecDeque::new(), ClientIn::Empty);
+        for p in &parts {
+            kept.take(&Frame::data(p.clone()));
+        }
+        kept.end();
+        kept.seal();
+        let shared = kept.data.iter().filter(|d| d.as_ptr() == big.as_ptr());
+        assert_eq!(shared.count(), 2, "a large frame is counted on, not copied");
+        let replay = Replay::new(
+            Arc::new(parking_lot::Mutex::new(kept)),
+            Arc::new(FaultCell::default()),
+            Duration::from_secs(30),
+        );
+        let again = replay
+            .again()
+            .expect("whole")
+            .collect()
+            .await
+            .expect("again");
+        assert_eq!(again.to_bytes(), parts.concat(), "in order");
     }
 
     /// An answered try lets its record go: what was kept is freed at once, the rest of the

@@ -446,9 +446,8 @@ where
                 return (false, None);
             }
         };
-        // The answer's map, emptied, holds the next request's headers.
-        rsp.headers_mut().clear();
-        let spare = Some(std::mem::take(rsp.headers_mut()));
+        // The answer's map, emptied, holds the next request's headers (unless it grew large).
+        let spare = crate::proxy::spare::emptied(std::mem::take(rsp.headers_mut()));
         let sent = match plan.framing {
             Framing::Length(0) => {
                 // No body to send: drop it (an upstream's connection is dropped with it unless

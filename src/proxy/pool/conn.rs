@@ -278,7 +278,8 @@ impl Conn {
 
     /// Lets go of what a big exchange left as the connection goes idle in its pool: a read
     /// buffer grown for a big answer (up to [`READ_MAX`] and more, for each idle connection
-    /// until `pool_idle_timeout`), a write buffer grown for a head over [`WRITE_KEEP`]. A read
+    /// until `pool_idle_timeout`), a write buffer grown for a head over [`WRITE_KEEP`], the
+    /// room for the lines of an answer head of many (`h1::RawLines::trim`). A read
     /// buffer that never grew is kept, so a connection that carries small answers allocates
     /// nothing here; one that grew gets a new one of [`READ_START`] at its next read. (Its
     /// last frames, still on their way to the client, keep the old buffer until they are sent.)
@@ -295,6 +296,7 @@ impl Conn {
         if self.wr.capacity() > WRITE_KEEP {
             self.wr = Vec::with_capacity(1024);
         }
+        self.raw.trim();
     }
 
     /// Whether an idle connection is still open and quiet: a read that would wait. End of

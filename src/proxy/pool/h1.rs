@@ -591,6 +591,12 @@ impl RawLines {
         self.id = None;
     }
 
+    /// Lets go of the room of an answer of many lines (up to a line per 3 bytes of a 64 KiB
+    /// head), as its connection goes idle: cleared, the vector would keep it.
+    pub fn trim(&mut self) {
+        crate::proxy::spare::trim(&mut self.lines);
+    }
+
     /// Moves the lines into `map`, in order (after what it holds); they are then no longer here.
     pub fn fill(&mut self, map: &mut HeaderMap) {
         if !self.pending() {

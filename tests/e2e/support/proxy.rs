@@ -291,6 +291,17 @@ impl Proxy {
         self.child.id()
     }
 
+    /// The child's resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// The reading end of the proxy's stdout, with [`ProxyBuilder::stdout_unread`].
     pub fn stdout_pipe(&self) -> Option<&std::process::ChildStdout> {
         self.stdout.as_ref()
