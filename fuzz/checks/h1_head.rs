@@ -133,6 +133,8 @@ fn check_refusal(buf: &[u8], max_head: usize, refusal: Refusal) {
         Refusal::PaddedValue | Refusal::UntokenedName => {
             panic!("an HTTP/2 refusal for an HTTP/1.1 head {got:?}")
         }
+        // The lean server's, for a preface it hands off at the wrong place (`h1::serve`).
+        Refusal::MisplacedPreface => panic!("a misplaced preface from the parser {got:?}"),
     }
 }
 

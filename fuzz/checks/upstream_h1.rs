@@ -16,8 +16,11 @@ type Read = (Result<Option<(u16, Framing)>, ()>, Vec<u8>, bool);
 fn read(data: &[u8], step: usize, head_request: bool, names: &mut Names) -> Read {
     let mut buf = BytesMut::new();
     let mut input = data.chunks(step);
+    // Interim answers skipped so far: counted over the reads, as the connection counts them.
+    let mut interim = 0;
     let head = loop {
-        match parse_head(&mut buf, head_request, names, &mut RawLines::default()) {
+        let raw = &mut RawLines::default();
+        match parse_head(&mut buf, head_request, &mut interim, names, raw) {
             Ok(Some(h)) => break h,
             Ok(None) => match input.next() {
                 Some(c) => buf.extend_from_slice(c),

@@ -15,8 +15,9 @@
 //!   no route's `timeout.request` can have passed since the head (`BodyWait`): the request's
 //!   time runs from its head, here and in hyper's hands;
 //! - anything else — a chunked body, a larger body, a body whose rest is slower to come than
-//!   that, a malformed or oversized head, an HTTP/2 preface, a half head or body then end of
-//!   stream — hands the connection to hyper for good, with the bytes already read replayed
+//!   that, a malformed or oversized head, an HTTP/2 preface as the first bytes of a cleartext
+//!   connection (anywhere else, or over TLS, it is refused: 400), a half head or body then end
+//!   of stream — hands the connection to hyper for good, with the bytes already read replayed
 //!   first ([`Rewind`]). The hand-off comes before that request is answered and after every
 //!   earlier answer is written, so pipelined requests keep their order. A body handed off
 //!   after a gap is hyper's from then on: its stall answer (408 after `body_idle_timeout`)
@@ -184,6 +185,26 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
     linger(io).await;
 }
 
+/// Answers a head the lean server does not read (`refusal`; `req`: what its request line
+/// says, `parse::refused_line`) as `stack::refuse_head` does, then closes the connection with
+/// [`linger`].
+async fn refuse_head<I: AsyncRead + AsyncWrite + Unpin>(
+    c: &Conn<'_>,
+    io: &mut I,
+    out: &mut Vec<u8>,
+    req: http::Request<()>,
+    refusal: parse::Refusal,
+) {
+    let active = c.state.begin();
+    let gen = c.shared.current.load_full();
+    let rsp = match gen.listener(&c.addr) {
+        Some(lst) => super::stack::refuse_head(c.shared, lst, req, refusal, active),
+        None => super::listener::removed(),
+    };
+    drop(gen);
+    refuse(io, out, rsp).await;
+}
+
 /// Closes a connection whose head was refused so that the client can read the answer: its
 /// write side is shut (FIN), and what the client still sends (the rest of an oversized head,
 /// a body) is read and dropped until it closes too, for at most [`LINGER`] and
@@ -210,7 +231,8 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I) {
 /// (FIN) still reads as a half-close: a client that sends its request and shuts its write side
 /// at once (`nc -N`, a one-shot script) waits for the answer. One that ends its stream later,
 /// while the answer is awaited, has given up (its timeout ran out, it was closed): the request
-/// is abandoned, as nginx and Envoy abandon it.
+/// is abandoned, as nginx and Envoy abandon it; unless a whole later request came before its
+/// end of stream, which makes that a half-close too (a pipelining client's last request sent).
 const HALF_CLOSE_GRACE_MS: u64 = 50;
 
 /// Whether a client whose stream ended at `now` has gone, its answer awaited since `began`
@@ -228,9 +250,10 @@ const WATCH_READ: usize = 1024;
 
 /// Awaits `handling`, the request's answer, while watching the client's side of the stream: a
 /// client that resets the connection, or ends its stream more than [`HALF_CLOSE_GRACE_MS`]
-/// after the wait began, has gone, and `None` says so (the caller drops the request, which
-/// cancels its try and frees its slot; `finish.rs` counts and logs it as a 499). Bytes of
-/// later requests read meanwhile are kept in `read`.
+/// after the wait began with no whole later request read, has gone, and `None` says so (the
+/// caller drops the request, which cancels its try and frees its slot; `finish.rs` counts and
+/// logs it as a 499). Bytes of later requests read meanwhile are kept in `read`; one that
+/// pipelined a whole request and then ended its stream half-closed, and gets both answers.
 ///
 /// The watch costs a look at the socket's readiness when the answer is not ready at once: the
 /// read that brought the head was short, so tokio knows the socket has nothing more and no
@@ -263,7 +286,10 @@ where
             match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    if gone_after(began, coarse::millis()) {
+                    // After a whole later request, an end of stream is a half-close whenever
+                    // it comes (RFC 9112 §9.6): the client sent what it had, and waits for
+                    // each answer.
+                    if gone_after(began, coarse::millis()) && !parse::whole_head(read) {
                         return Poll::Ready(None);
                     }
                     // Shut with the request: a half-close; the answer is still wanted.
@@ -410,23 +436,24 @@ where
                         }
                         continue;
                     }
-                    Parsed::HandOff => {
+                    // An HTTP/2 preface is prior knowledge only as the first bytes of a
+                    // cleartext connection (RFC 9113 §3.3); over TLS, HTTP/2 is agreed by ALPN
+                    // (§3.2), and such a connection never comes here. Anywhere else it is a
+                    // head no HTTP/1.1 server reads: refused below.
+                    Parsed::HandOff if (first && !c.peer.tls) || !parse::h2_preface(read) => {
                         return End::HandOff(Rewind::new(bufs.into_read(), io), None)
+                    }
+                    Parsed::HandOff => {
+                        let req = parse::refused_line(read);
+                        let refusal = parse::Refusal::MisplacedPreface;
+                        // Boxed: a rare path keeps its futures (and the drain's buffer) out
+                        // of every connection's.
+                        Box::pin(refuse_head(&c, &mut io, bufs.out(), req, refusal)).await;
+                        return End::Closed;
                     }
                     Parsed::Refuse(refusal) => {
                         let req = parse::refused_line(read);
-                        let active = c.state.begin();
-                        let gen = c.shared.current.load_full();
-                        let rsp = match gen.listener(&c.addr) {
-                            Some(lst) => {
-                                super::stack::refuse_head(c.shared, lst, req, refusal, active)
-                            }
-                            None => super::listener::removed(),
-                        };
-                        drop(gen);
-                        // Boxed: a rare path keeps its futures (and the drain's buffer) out
-                        // of every connection's.
-                        Box::pin(refuse(&mut io, bufs.out(), rsp)).await;
+                        Box::pin(refuse_head(&c, &mut io, bufs.out(), req, refusal)).await;
                         return End::Closed;
                     }
                     // Part of a later head: from its first bytes it must be whole within the

@@ -113,6 +113,10 @@ pub fn refuse_head(
             Reason::BadRequest,
             "a header field name has a character a token may not have (RFC 9110 section 5.6.2), which HTTP/1.1 cannot carry",
         ),
+        Refusal::MisplacedPreface => (
+            Reason::BadRequest,
+            "an HTTP/2 connection preface is taken only as the first bytes of a cleartext connection; over TLS, HTTP/2 needs ALPN h2 (RFC 9113 section 3)",
+        ),
     };
     refuse_unrouted(shared, lst, req, active, reason, msg)
 }

@@ -22,6 +22,10 @@ async fn setup() -> (rampart::sample::Sample, Proxy, SocketAddr) {
     (app, proxy, addr)
 }
 
+/// How a client with prior knowledge begins HTTP/2: the connection preface, and an empty
+/// SETTINGS frame.
+pub(crate) const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: app.local\r\n\r\n")
 }
@@ -416,6 +420,74 @@ async fn a_whole_request_then_fin_is_answered_by_the_lean_server() {
     assert_eq!(c.answer(false).await.status, 200);
     assert_eq!(c.answer(false).await.status, 201);
     assert!(c.closes().await);
+}
+
+/// A client that pipelines its next request while the first's answer is awaited, and then
+/// ends its stream (a half-close after its last request, RFC 9112 §9.6), gets both answers in
+/// order, then the end of the stream. Before, that end of stream, 100 ms into the wait, read
+/// as the client's going: the first request was abandoned (a 499) and nothing answered.
+#[tokio::test]
+async fn a_request_pipelined_during_a_wait_then_fin_gets_both_answers() {
+    let (app, proxy, addr) = setup().await;
+    let mut c = Conn::open(addr).await;
+    c.send(get("/slow?ms=500").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(get("/status/201").as_bytes()).await;
+    c.io.shutdown().await.expect("half-close");
+    let first = c.answer(false).await;
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (200, "ok\n"),
+        "{first:?}"
+    );
+    assert_eq!(c.answer(false).await.status, 201);
+    assert!(c.closes().await, "closed after the last answer");
+    assert_eq!(app.hits_for("/status/201"), 1);
+    let text = crate::support::metrics(proxy.admin()).await;
+    let gone = [("code", "499")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_requests_total", &gone),
+        None,
+        "{text}"
+    );
+}
+
+/// An HTTP/2 connection preface is prior knowledge only as the first bytes of a cleartext
+/// connection (RFC 9113 §3.3): after a request it is a head no HTTP/1.1 server reads, answered
+/// 400 `bad_request` and the connection closed. A connection that waited (parked) before its
+/// preface still starts with it, and is served over HTTP/2. Before, the preface after a
+/// request turned the connection into an HTTP/2 one.
+#[tokio::test]
+async fn an_h2_preface_after_a_request_is_refused() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (app, _proxy, addr) = setup().await;
+    let mut c = Conn::open(addr).await;
+    c.send(get("/ok").as_bytes()).await;
+    assert_eq!(c.answer(false).await.status, 200);
+    c.send(H2_HELLO).await;
+    let refused = c.answer(false).await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(refused.header("connection"), Some("close"), "{refused:?}");
+    assert!(refused.text().contains("preface"), "{}", refused.text());
+    assert!(c.closes().await);
+    // Past the lean server's park (250 ms), nothing sent yet: the preface is still first.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = ::http::Request::get(format!("http://{addr}/ok"))
+        .body(http::empty())
+        .expect("a request");
+    let rsp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered over HTTP/2");
+    let got = (rsp.status().as_u16(), rsp.version());
+    assert_eq!(got, (200, ::http::Version::HTTP_2));
+    assert_eq!(app.hits_for("/ok"), 2);
 }
 
 /// A `connection: close` request is answered whole and the connection then ends in order: the

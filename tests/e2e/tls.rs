@@ -103,6 +103,43 @@ async fn h1_and_h2_over_tls_reach_the_upstream_as_https() {
     assert_eq!(app.hits_for("/headers"), 2);
 }
 
+/// Over TLS, HTTP/2 is agreed by ALPN `h2` (RFC 9113 §3.2), never by prior knowledge: a
+/// client that agreed on `http/1.1`, or on nothing, and sends the HTTP/2 preface, first or
+/// after a request, is answered 400 `bad_request` and its connection closed. Before, it was
+/// served as HTTP/2.
+#[tokio::test]
+async fn an_h2_preface_over_tls_without_alpn_h2_is_refused() {
+    let app = sample().await;
+    let (ca, pki) = pki();
+    let proxy = tls_proxy(app.addr(), &pki, false, "").await;
+    let addr = proxy.listener("inbound");
+    let offers: [&[&[u8]]; 2] = [&[&b"http/1.1"[..]], &[]];
+    for alpn in offers {
+        for after_a_request in [false, true] {
+            let case = format!("ALPN {alpn:?}, after a request: {after_a_request}");
+            let cfg = tls::client_config(&ca.pem, None, alpn);
+            let stream = tls::connect(addr, cfg).await.expect("TLS handshake");
+            let agreed = alpn.first().map(|p| p.to_vec());
+            assert_eq!(tls::alpn(&stream), agreed, "{case}");
+            let mut c = Conn::over(stream);
+            if after_a_request {
+                c.send(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+                assert_eq!(c.answer(false).await.status, 200, "{case}");
+            }
+            c.send(crate::lean::H2_HELLO).await;
+            let refused = c.answer(false).await;
+            assert_eq!(refused.status, 400, "{case}: {refused:?}");
+            assert!(
+                refused.text().contains("ALPN h2"),
+                "{case}: {}",
+                refused.text()
+            );
+            assert!(c.closes().await, "{case}");
+        }
+    }
+    assert_eq!(app.hits_for("/ok"), 2);
+}
+
 /// Over TLS too, an h2 connection (ALPN `h2`) whose client sent its preface and no request
 /// is closed at the idle timeout (3 s), not the head timeout (1 s).
 #[tokio::test]

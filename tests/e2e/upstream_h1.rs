@@ -45,8 +45,17 @@ struct Scripted {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a [`Scripted`] upstream sends before each answer: this many `102 Processing` heads,
+/// each in a write of its own, this long apart.
+type Interim = (usize, Duration);
+
 impl Scripted {
     async fn start(answers: Vec<(&'static [u8], Then)>) -> Scripted {
+        Scripted::after_interim(answers, (0, Duration::ZERO)).await
+    }
+
+    /// A [`Scripted`] upstream that sends `interim` answers before each of its answers.
+    async fn after_interim(answers: Vec<(&'static [u8], Then)>, interim: Interim) -> Scripted {
         let tcp = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0 must work");
@@ -62,7 +71,7 @@ impl Scripted {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let (answers, closed, got) = (answers.clone(), closed.clone(), got.clone());
                     tokio::spawn(async move {
-                        serve(stream, &answers, &got).await;
+                        serve(stream, &answers, interim, &got).await;
                         closed.fetch_add(1, Ordering::SeqCst);
                     });
                 }
@@ -102,8 +111,13 @@ impl Drop for Scripted {
 async fn serve(
     mut stream: TcpStream,
     answers: &[(&'static [u8], Then)],
+    (interim, gap): Interim,
     got: &Mutex<Vec<Vec<u8>>>,
 ) {
+    if interim > 0 {
+        // Each interim answer leaves at once, in a segment of its own.
+        let _ = stream.set_nodelay(true);
+    }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -124,6 +138,12 @@ async fn serve(
         let (answer, then) = answers[n.min(answers.len() - 1)];
         if then == Then::HangUp {
             return;
+        }
+        for _ in 0..interim {
+            if stream.write_all(PROCESSING).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(gap).await;
         }
         if stream.write_all(answer).await.is_err() {
             return;
@@ -415,6 +435,55 @@ async fn interim_answers_are_skipped() {
         );
     }
     assert_eq!(up.accepted(), 1);
+}
+
+/// An interim answer, as [`Scripted::after_interim`] sends it.
+const PROCESSING: &[u8] = b"HTTP/1.1 102 Processing\r\n\r\n";
+
+/// More than 32 interim answers before the final one make a malformed answer, however they
+/// come: 33 in one read, or 40 one a read (a write every 20 ms). Each is a 502
+/// `upstream_unavailable`, its connection closed, counted alike. Before, the count began again
+/// with each read: the 40 were read past and their 200 passed on, and an upstream sending a
+/// `102` more often than `timeout.idle` (each read restarts it) held the try for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_32_interim_answers_are_refused_in_one_read_or_in_many() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let mut whole = PROCESSING.repeat(33);
+    whole.extend_from_slice(OK);
+    let whole: &'static [u8] = Box::leak(whole.into_boxed_slice());
+    let at_once = Scripted::start(vec![(whole, Then::Stay)]).await;
+    let one_a_read =
+        Scripted::after_interim(vec![(OK, Then::Stay)], (40, Duration::from_millis(20))).await;
+    let mut counted = Vec::new();
+    for up in [&at_once, &one_a_read] {
+        let proxy = proxy(up.addr).await;
+        let rsp = tokio::time::timeout(
+            Duration::from_secs(10),
+            http::get(proxy.listener("inbound"), "/", &[]),
+        )
+        .await
+        .expect("answered in time");
+        rsp.assert_rampart(502, "upstream_unavailable");
+        assert_eventually!(up.closed() == 1, "rampart closes the upstream's connection");
+        let text = crate::support::metrics(proxy.admin()).await;
+        let tries = [("upstream", "app"), ("code", "502")];
+        let value = crate::support::metric_value(&text, "rampart_upstream_requests_total", &tries);
+        assert_eq!(value, Some(1.0), "{text}");
+        // The request and try counters, alike for both.
+        let counters = ["rampart_requests_total", "rampart_upstream_"];
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| counters.iter().any(|c| l.starts_with(c)))
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|n| n.contains("_total"))
+            })
+            .map(str::to_owned)
+            .collect();
+        counted.push(lines);
+    }
+    assert_eq!(counted[0], counted[1], "one read or many: counted alike");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,11 @@ pub enum Refusal {
     /// An HTTP/2 request with a field name that is not a `token` (400), which no HTTP/1.1
     /// upstream could be sent ([`untokened_name`]).
     UntokenedName,
+    /// An HTTP/2 connection preface after a request, or over TLS (400): prior knowledge is
+    /// for the start of a cleartext connection alone (RFC 9113 §3.3); over TLS, HTTP/2 is
+    /// agreed by ALPN `h2` (§3.2). The lean server decides it ([`Parsed::HandOff`] says where
+    /// a preface is, not whether it may be there).
+    MisplacedPreface,
 }
 
 /// How an HTTP/2 connection starts (its preface): hyper's to serve, not a malformed head.
@@ -153,6 +158,19 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 pub fn h2_preface(read: &[u8]) -> bool {
     let n = read.len().min(H2_PREFACE_START.len());
     read[..n] == H2_PREFACE_START[..n]
+}
+
+/// Whether `read` begins with a whole request head (as `httparse` reads it, the lines it skips
+/// before one included): a later request the client has finished sending. Only where a
+/// client's end of stream is judged (`h1::answer_unless_gone`), never per request.
+pub fn whole_head(read: &[u8]) -> bool {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let cfg = httparse::ParserConfig::default();
+    matches!(
+        cfg.parse_request_with_uninit_headers(&mut req, read, &mut slots),
+        Ok(httparse::Status::Complete(_))
+    )
 }
 
 /// What one connection keeps from head to head so that reading one allocates little.
@@ -643,6 +661,7 @@ mod tests {
             Parsed::Refuse(Refusal::UriTooLong) => "uri too long",
             Parsed::Refuse(Refusal::PaddedValue) => "padded",
             Parsed::Refuse(Refusal::UntokenedName) => "untokened",
+            Parsed::Refuse(Refusal::MisplacedPreface) => "misplaced preface",
         };
         assert_eq!(&buf[..], bytes, "{d}: the buffer as it was");
         d
@@ -873,7 +892,8 @@ mod tests {
     fn partial_heads_wait_until_the_limit() {
         assert_eq!(decision(b""), "partial");
         assert_eq!(decision(b"GET / HTTP/1.1\r\nHo"), "partial");
-        // An HTTP/2 preface, or its start, is hyper's to serve.
+        // An HTTP/2 preface, or its start, is hyper's to serve (where the lean server lets
+        // it: at the start of a cleartext connection).
         assert_eq!(decision(b"PRI * HTTP/2.0\r\n"), "hand-off");
         assert_eq!(decision(b"PRI * HTTP/2"), "hand-off");
         // Past the limit, whole or not, or with more lines than hyper takes: 431.

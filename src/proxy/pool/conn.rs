@@ -74,6 +74,9 @@ pub(super) struct Conn {
     keep_alive: bool,
     /// Whether the current request asked to switch protocols (a 101 may answer it).
     upgrade: bool,
+    /// Interim (1xx) answers the current request's answer began with so far, over all reads
+    /// (`h1::parse_answer` holds them to `h1::MAX_INTERIM`).
+    interim: u8,
     /// The connection's claim on the endpoint's `max_connections`.
     _slot: Slot,
     /// The worker that opened it (whose I/O driver watches its socket).
@@ -259,6 +262,7 @@ impl Conn {
             body: Decoder::Done,
             keep_alive: true,
             upgrade: false,
+            interim: 0,
             _slot: slot,
             home: crate::workers::index(),
             names: h1::Names::default(),
@@ -407,6 +411,7 @@ impl Conn {
             self.wr.clear();
             self.wr_at = 0;
             self.sent = 0;
+            self.interim = 0;
             self.body = Decoder::Done;
             let written = h1::encode_head(
                 &mut self.wr,
@@ -502,6 +507,7 @@ impl Conn {
                     &mut self.rd,
                     head_request,
                     self.upgrade,
+                    &mut self.interim,
                     &mut self.names,
                     &mut self.raw,
                 )? {

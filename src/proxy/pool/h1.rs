@@ -21,8 +21,9 @@ pub const MAX_HEAD: usize = 64 * 1024 - 1;
 pub const MAX_HEADERS: usize = 100;
 /// The longest chunk size line, extensions included.
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// The most interim (1xx) answers before the final one.
-pub const MAX_INTERIM: usize = 32;
+/// The most interim (1xx) answers before the final one, counted over the whole answer (one
+/// try), however many reads brought them.
+pub const MAX_INTERIM: u8 = 32;
 
 /// What an answer whose status code is outside 100–599 (RFC 9110 §15) is refused for, from
 /// either kind of upstream.
@@ -308,14 +309,19 @@ type Span = [u16; 4];
 
 /// Takes the final answer head off the front of `buf`, skipping (and consuming) interim 1xx
 /// answers. `Ok(None)`: the head is not complete yet. `head_request`: the request was HEAD, so
-/// the answer has no body whatever its headers say.
+/// the answer has no body whatever its headers say. `interim`: the interim answers this
+/// answer's earlier calls skipped (0 for a new request's), counted on here: past
+/// [`MAX_INTERIM`] of them the answer is malformed, whether they came in one read or one a
+/// read (an upstream that sends a `102` every so often would otherwise hold the try for ever,
+/// each read also restarting `timeout.idle`).
 pub fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
+    interim: &mut u8,
     names: &mut Names,
     raw: &mut RawLines,
 ) -> Result<Option<Head>, Malformed> {
-    parse_answer(buf, head_request, false, names, raw)
+    parse_answer(buf, head_request, false, interim, names, raw)
 }
 
 /// [`parse_head`] for a request that may have asked to switch protocols (`upgrade`): then a
@@ -326,10 +332,11 @@ pub fn parse_answer(
     buf: &mut BytesMut,
     head_request: bool,
     upgrade: bool,
+    interim: &mut u8,
     names: &mut Names,
     raw: &mut RawLines,
 ) -> Result<Option<Head>, Malformed> {
-    for _ in 0..=MAX_INTERIM {
+    loop {
         let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
         // The spans of a head of more lines than `spans` holds; empty (not allocated) for
         // every other head.
@@ -372,10 +379,12 @@ pub fn parse_answer(
                     "101 Switching Protocols, but no upgrade was asked",
                 ))
             }
-            100..=199 => {
+            100..=199 if *interim < MAX_INTERIM => {
+                *interim += 1;
                 buf.advance(len);
                 continue;
             }
+            100..=199 => return Err(Malformed("too many interim (1xx) answers")),
             _ => {}
         }
         // `http` takes any three digits; RFC 9110 §15 defines 100 to 599 alone, and a client
@@ -388,7 +397,6 @@ pub fn parse_answer(
         let found = finish_head(&head, spans, status, minor, head_request, names, raw);
         return found.map(Some);
     }
-    Err(Malformed("too many interim (1xx) answers"))
 }
 
 /// What [`scan_head`] found at the front of the buffer.

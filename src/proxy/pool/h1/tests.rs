@@ -1,14 +1,16 @@
 use super::*;
 
 /// Parses a head off `buf` with its map made whole, as the request path sees it once it reads
-/// the answer's headers (`body::whole_headers`).
+/// the answer's headers (`body::whole_headers`); `interim`: the interim answers skipped by
+/// earlier calls for the same answer.
 fn parse_whole(
     buf: &mut BytesMut,
     head_request: bool,
+    interim: &mut u8,
     names: &mut Names,
 ) -> Result<Option<Head>, Malformed> {
     let mut raw = RawLines::default();
-    let mut h = parse_head(buf, head_request, names, &mut raw)?;
+    let mut h = parse_head(buf, head_request, interim, names, &mut raw)?;
     if let Some(h) = h.as_mut() {
         raw.fill(h.response.headers_mut());
     }
@@ -18,7 +20,8 @@ fn parse_whole(
 /// Parses `bytes` fed whole; the head and what is left after it.
 fn head(bytes: &[u8], head_request: bool) -> Result<Option<(Head, Vec<u8>)>, Malformed> {
     let mut buf = BytesMut::from(bytes);
-    Ok(parse_whole(&mut buf, head_request, &mut Names::default())?.map(|h| (h, buf.to_vec())))
+    let h = parse_whole(&mut buf, head_request, &mut 0, &mut Names::default())?;
+    Ok(h.map(|h| (h, buf.to_vec())))
 }
 
 fn whole(bytes: &[u8]) -> Head {
@@ -47,8 +50,9 @@ fn read_answer(
 ) -> Result<(Head, Vec<u8>, Vec<u8>), Malformed> {
     let mut buf = BytesMut::new();
     let mut input = bytes.chunks(step.max(1));
+    let mut interim = 0;
     let h = loop {
-        if let Some(h) = parse_whole(&mut buf, head_request, &mut Names::default())? {
+        if let Some(h) = parse_whole(&mut buf, head_request, &mut interim, &mut Names::default())? {
             break h;
         }
         match input.next() {
@@ -328,14 +332,28 @@ fn interim_answers_are_skipped() {
     assert_eq!(body, b"ok");
 }
 
+/// More than [`MAX_INTERIM`] interim answers are refused, whether they come in one read or
+/// in many (each read's call counts on from the last one's); as many as that are skipped.
 #[test]
 fn too_many_interim_answers_are_refused() {
-    let mut answer = Vec::new();
-    for _ in 0..=MAX_INTERIM {
-        answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    let answer = |interim: u8| {
+        let mut answer = Vec::new();
+        for _ in 0..interim {
+            answer.extend_from_slice(b"HTTP/1.1 102 Processing\r\n\r\n");
+        }
+        answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        answer
+    };
+    let too_many = answer(MAX_INTERIM + 1);
+    let mut step = 1;
+    while step <= too_many.len() {
+        let e = read_answer(&too_many, step, false).expect_err("refused");
+        assert!(e.0.contains("interim"), "step {step}: {e}");
+        step = step * 2 + 1;
     }
-    answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-    assert!(head(&answer, false).is_err());
+    assert!(head(&too_many, false).is_err());
+    let (h, _, _) = every_split(&answer(MAX_INTERIM));
+    assert_eq!(h.response.status(), 200);
 }
 
 #[test]
@@ -354,9 +372,16 @@ fn switching_protocols_answers_a_request_that_asked_to_upgrade() {
            Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x05hello"[..],
     );
     let mut raw = RawLines::default();
-    let h = parse_answer(&mut buf, false, true, &mut Names::default(), &mut raw)
-        .expect("well formed")
-        .expect("whole");
+    let h = parse_answer(
+        &mut buf,
+        false,
+        true,
+        &mut 0,
+        &mut Names::default(),
+        &mut raw,
+    )
+    .expect("well formed")
+    .expect("whole");
     assert_eq!(h.response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(h.framing, Framing::Empty);
     assert!(!h.keep_alive, "the connection is the new protocol's");
@@ -367,9 +392,16 @@ fn switching_protocols_answers_a_request_that_asked_to_upgrade() {
     // Asked or not, any other status is a normal answer.
     let mut buf =
         BytesMut::from(&b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n"[..]);
-    let h = parse_answer(&mut buf, false, true, &mut Names::default(), &mut raw)
-        .expect("well formed")
-        .expect("whole");
+    let h = parse_answer(
+        &mut buf,
+        false,
+        true,
+        &mut 0,
+        &mut Names::default(),
+        &mut raw,
+    )
+    .expect("well formed")
+    .expect("whole");
     assert_eq!(h.response.status(), StatusCode::UPGRADE_REQUIRED);
     assert!(h.keep_alive);
 }
@@ -546,7 +578,7 @@ fn content_length_values_must_agree() {
     ] {
         let mut raw = RawLines::default();
         let mut buf = BytesMut::from(repeated);
-        let h = parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+        let h = parse_head(&mut buf, false, &mut 0, &mut Names::default(), &mut raw)
             .expect("parses")
             .expect("complete");
         assert_eq!(h.framing, Framing::Length(3));
@@ -893,7 +925,9 @@ fn names_kept_from_the_last_answer_are_reused_only_where_they_match() {
     let mut names = Names::default();
     let mut parse = |bytes: &[u8]| {
         let mut buf = BytesMut::from(bytes);
-        let h = parse_whole(&mut buf, false, &mut names).unwrap().unwrap();
+        let h = parse_whole(&mut buf, false, &mut 0, &mut names)
+            .unwrap()
+            .unwrap();
         let seen: Vec<(String, Vec<u8>)> = h
             .response
             .headers()
@@ -965,7 +999,7 @@ fn content_length_values_are_digits_or_a_list_of_equal_ones() {
 fn raw_head(bytes: &[u8]) -> (Head, Option<(String, RawLines)>) {
     let mut buf = BytesMut::from(bytes);
     let mut raw = RawLines::default();
-    let h = parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+    let h = parse_head(&mut buf, false, &mut 0, &mut Names::default(), &mut raw)
         .unwrap()
         .unwrap();
     if !raw.pending() {
@@ -1055,7 +1089,7 @@ fn raw_lines_fill_a_map_once_in_order() {
         &b"HTTP/1.1 200 OK\r\nX-B: 1\r\nX-A: 2\r\nx-b: 3\r\nContent-Length: 1\r\n\r\nz"[..],
     );
     let mut raw = RawLines::default();
-    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+    parse_head(&mut buf, false, &mut 0, &mut Names::default(), &mut raw)
         .unwrap()
         .unwrap();
     let mut map = HeaderMap::new();
@@ -1088,7 +1122,7 @@ fn an_id_kept_beside_the_lines_follows_them_once() {
     let bytes = &b"HTTP/1.1 200 OK\r\nX-A: 2\r\nContent-Length: 1\r\n\r\nz"[..];
     let mut raw = RawLines::default();
     let mut buf = BytesMut::from(bytes);
-    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+    parse_head(&mut buf, false, &mut 0, &mut Names::default(), &mut raw)
         .unwrap()
         .unwrap();
     raw.id = Some(HeaderValue::from_static("id-1"));
@@ -1107,12 +1141,12 @@ fn an_id_kept_beside_the_lines_follows_them_once() {
         .collect();
     assert_eq!(all, ["x-a=2", "content-length=1", "x-request-id=id-1"]);
     let mut buf = BytesMut::from(bytes);
-    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+    parse_head(&mut buf, false, &mut 0, &mut Names::default(), &mut raw)
         .unwrap()
         .unwrap();
     raw.id = Some(HeaderValue::from_static("id-2"));
     let mut buf = BytesMut::from(bytes);
-    parse_head(&mut buf, false, &mut Names::default(), &mut raw)
+    parse_head(&mut buf, false, &mut 0, &mut Names::default(), &mut raw)
         .unwrap()
         .unwrap();
     assert_eq!(raw.id, None, "a new head starts without one");
@@ -1133,6 +1167,7 @@ fn a_value_is_taken_exactly_when_a_header_value_would_be() {
         let parsed = parse_head(
             &mut buf,
             false,
+            &mut 0,
             &mut Names::default(),
             &mut RawLines::default(),
         );
@@ -1153,7 +1188,7 @@ fn a_kept_name_s_meaning_follows_the_name_at_its_place() {
     let mut raw = RawLines::default();
     let mut read = |bytes: &[u8]| {
         let mut buf = BytesMut::from(bytes);
-        let h = parse_head(&mut buf, false, &mut names, &mut raw)
+        let h = parse_head(&mut buf, false, &mut 0, &mut names, &mut raw)
             .unwrap()
             .unwrap();
         (h.framing, raw.pending(), raw.date)
