@@ -130,7 +130,8 @@ pub fn server_builder(rt: &file::Runtime) -> auto::Builder<Exec> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(rt.max_header_bytes.0).unwrap_or(u32::MAX))
+        // Above `max_head`: rampart holds the head to it as HTTP/1.1 would carry it (`serve`).
+        .max_header_list_size(h1::parse::h2_header_list_size(max_head))
         .max_concurrent_streams(256)
         .max_send_buf_size(H2_SEND_BUF);
     b
@@ -1268,11 +1269,18 @@ fn serve(
                 );
                 rsp
             }
-            // More fields than an HTTP/1.1 head may have lines: refused as the lean server
+            // More fields than an HTTP/1.1 head may have lines, or longer than
+            // `max_header_bytes` as HTTP/1.1 would carry it: refused as the lean server
             // refuses such a head (hyper's HTTP/1 server answers those itself).
             Some(lst)
                 if req.version() == http::Version::HTTP_2
-                    && h1::parse::too_many_fields(req.headers()) =>
+                    && (h1::parse::too_many_fields(req.headers())
+                        || h1::parse::h2_too_long(
+                            req.method(),
+                            req.uri(),
+                            req.headers(),
+                            lst.max_head,
+                        )) =>
             {
                 let (parts, _) = req.into_parts();
                 let head = http::Request::from_parts(parts, ());

@@ -85,8 +85,9 @@ use crate::policy::load_shed::Shed;
 /// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`,
 /// 414 `uri_too_long` or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
 /// answer rampart makes is. `req` holds what its request line says, as far as it was read.
-/// (An HTTP/2 request of more fields than [`MAX_HEADERS`](super::h1::parse::MAX_HEADERS) lines
-/// is refused here too, `TooLarge`, whole, and one with a field value padded with a space or a
+/// (An HTTP/2 request of more fields than [`MAX_HEADERS`](super::h1::parse::MAX_HEADERS) lines,
+/// or longer than `max_header_bytes` as HTTP/1.1 would carry it, is refused here too,
+/// `TooLarge`, whole, and one with a field value padded with a space or a
 /// tab, `PaddedValue`.)
 pub fn refuse_head(
     shared: &Shared,

@@ -59,8 +59,15 @@ use crate::proxy::grpc::{self, Messages, StreamEnd, Trailed, GRPC_STATUS};
 use crate::proxy::guard::Guards;
 use crate::proxy::listener::H2_SEND_BUF;
 
-/// How often an HTTP/2 upstream connection is pinged (idle or not).
-const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 upstream connection with a stream open may send nothing before it is
+/// pinged (hyper counts from the last frame read, a PING's answer too). An idle one (no stream
+/// open) is never pinged. gRPC servers (grpc-go, grpc-java, C-core) allow a client's PING at
+/// most every 5 minutes while a call is open and none while none is, by default; three PINGs
+/// sooner and they close the connection (`GOAWAY ENHANCE_YOUR_CALM`, "too_many_pings"): the
+/// 30 s PINGs, idle too, that were here had an idle connection cut about every 2 minutes and a
+/// call silent that long cut in flight. So a stream waiting on an upstream the network lost
+/// silently is found within 5 minutes and [`KEEP_ALIVE_TIMEOUT`] (or its deadline, if sooner).
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(5 * 60);
 /// How long a ping may go unanswered before the connection is given up.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP/2 upstream connection's send window may stay shut (the upstream took
@@ -765,11 +772,12 @@ impl Pool {
 fn builder() -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
-        // A connection the network lost without a word (a NAT's timeout, a host gone) is
-        // found by its unanswered PING and made anew, not by the next requests' timeouts.
+        // A connection the network lost without a word (a NAT's timeout, a host gone) while
+        // streams wait on it is found by its unanswered PING and given up, within what gRPC
+        // servers allow (see [`KEEP_ALIVE_EVERY`]): never while idle.
         .keep_alive_interval(KEEP_ALIVE_EVERY)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(false)
         // See the module's doc: unread answers never block the others.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -1134,5 +1142,83 @@ mod tests {
             "{taken} bytes of an upload not read were taken from its body"
         );
         drop((held, answer));
+    }
+
+    /// A raw HTTP/2 upstream on `io`: it sends its SETTINGS, acknowledges the client's
+    /// SETTINGS and PINGs and answers nothing else; each PING's time goes to `pings`.
+    async fn pinged_upstream(
+        mut io: tokio::io::DuplexStream,
+        pings: Arc<parking_lot::Mutex<Vec<Instant>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut preface = [0; 24];
+        io.read_exact(&mut preface).await.expect("the preface");
+        io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .expect("SETTINGS");
+        let mut head = [0; 9];
+        while io.read_exact(&mut head).await.is_ok() {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0; len];
+            io.read_exact(&mut payload)
+                .await
+                .expect("a frame's payload");
+            let (kind, ack) = (head[3], head[4] & 1 == 1);
+            if kind == 4 && !ack {
+                io.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+                    .await
+                    .expect("SETTINGS ACK");
+            } else if kind == 6 && !ack {
+                pings.lock().push(Instant::now());
+                io.write_all(&[0, 0, 8, 6, 1, 0, 0, 0, 0])
+                    .await
+                    .expect("PING ACK");
+                io.write_all(&payload).await.expect("PING ACK");
+            }
+        }
+    }
+
+    /// gRPC servers allow a client's PING at most every 5 minutes while it has a call open and
+    /// none while it has none (grpc-go, grpc-java, C-core); more, three times, and they close the
+    /// connection (`GOAWAY ENHANCE_YOUR_CALM "too_many_pings"`). An idle upstream connection is
+    /// never pinged; one whose open stream is silent is, 5 minutes after it last heard from the
+    /// upstream (its SETTINGS, a PING's answer), so at once when a stream opens on one silent
+    /// for longer. (Paused time.)
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_is_pinged_only_with_a_stream_open_and_at_most_every_five_minutes() {
+        let pings = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(pinged_upstream(theirs, pings.clone()));
+        let (mut send, conn) = builder()
+            .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let made = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+        assert_eq!(pings.lock().len(), 0, "an idle connection was pinged");
+        let opened = Instant::now();
+        let req = Request::get("http://a/")
+            .body(Default::default())
+            .expect("request");
+        let answer = tokio::spawn(send.send_request(req));
+        tokio::time::sleep(Duration::from_secs(16 * 60)).await;
+        let pings = pings.lock().clone();
+        assert!(
+            pings.len() >= 2,
+            "a silent stream's connection was pinged {} times in 16 minutes",
+            pings.len()
+        );
+        assert!(pings[0] >= opened, "a PING before the stream opened");
+        let mut last = made;
+        for at in pings {
+            assert!(
+                at - last >= Duration::from_secs(5 * 60),
+                "a PING {:?} after the connection's SETTINGS or the last PING",
+                at - last
+            );
+            last = at;
+        }
+        answer.abort();
     }
 }
