@@ -119,6 +119,10 @@ pub enum StreamEnd<'a> {
     /// A timeout of rampart's cut it before its end: the request's deadline passed, or the
     /// upstream sent nothing for `timeout.idle` (`pool::h2::H2Answer`, `pool::Returning`).
     Deadline,
+    /// The request's deadline cut it while rampart waited on its client to take what was
+    /// handed on (`pool::Waited::Client`): the upstream was not slow, and the try is cancelled,
+    /// as when the client goes away.
+    Cancelled,
 }
 
 /// Where a gRPC answer's stream of messages stands, read from its bytes as they pass: each
@@ -279,6 +283,9 @@ impl Trailed {
     /// its endpoint's health.
     pub fn end(self, end: StreamEnd<'_>) {
         let outcome = match (end, self.plain) {
+            // Dropped: its permit records a cancelled try (neither success nor failure), and the
+            // endpoint's health is not told (SPEC §14: a client's fault is never the upstream's).
+            (StreamEnd::Cancelled, _) => return,
             (StreamEnd::Broke, _) => Outcome::Reset,
             // As a deadline that passes before the answer's head counts (`exchange::try_once`).
             (StreamEnd::Deadline, _) => Outcome::Timeout,

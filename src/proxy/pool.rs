@@ -286,8 +286,11 @@ struct Late {
 enum Cut {
     /// The upstream's doing: it closed or reset the connection, or sent a malformed body.
     Upstream,
-    /// The request's deadline passed (`timeout.request`).
+    /// The request's deadline passed (`timeout.request`) while rampart waited on the upstream.
     Deadline,
+    /// The request's deadline passed while rampart waited on its client to take what the body
+    /// handed on ([`Waited::Client`]): the client's doing, its try cancelled, not timed out.
+    Held,
     /// The upstream sent nothing for `timeout.idle`.
     Idle,
 }
@@ -301,8 +304,22 @@ enum Cut {
 pub(super) struct EndBy {
     at: Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The body's last poll handed a frame on (it did not wait for bytes): until its next,
+    /// rampart waits on its client, not on the upstream ([`EndBy::over`]).
+    handed: bool,
     /// `rampart_timeouts_total{kind="request"}` of the request's route.
     counted: prometheus::IntCounter,
+}
+
+/// Whose wait a body's deadline passed in ([`EndBy::over`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Waited {
+    /// The upstream's: the body's last poll had nothing to give (or none came before).
+    Upstream,
+    /// The client's: the body's last poll handed a frame on, and the server asked for no other
+    /// until the deadline had passed, as it was still writing that one to a client that had
+    /// not taken it (SPEC §14: never the upstream's fault).
+    Client,
 }
 
 // === impl UpstreamError ===
@@ -692,6 +709,7 @@ impl EndBy {
         EndBy {
             at,
             timer: None,
+            handed: false,
             counted: counted.clone(),
         }
     }
@@ -701,20 +719,26 @@ impl EndBy {
         self.at
     }
 
-    /// Whether the deadline has passed (then counted), by the clock; called before each frame,
-    /// so that a body whose bytes never stop coming (it never waits, so never reaches
-    /// [`EndBy::passed`]) is cut on time too, not at its next pause, or never.
-    pub(super) fn over(&mut self) -> bool {
+    /// Whether the deadline has passed (then counted), by the clock, and in whose wait; called
+    /// before each frame, so that a body whose bytes never stop coming (it never waits, so
+    /// never reaches [`EndBy::passed`]) is cut on time too, not at its next pause, or never.
+    /// The poll that calls it hands a frame on unless it waits ([`EndBy::passed`] says so).
+    pub(super) fn over(&mut self) -> Option<Waited> {
+        let handed = std::mem::replace(&mut self.handed, true);
         if Instant::now() < self.at {
-            return false;
+            return None;
         }
         self.counted.inc();
-        true
+        Some(match handed {
+            true => Waited::Client,
+            false => Waited::Upstream,
+        })
     }
 
     /// Whether the deadline has passed (then counted); called when the body has nothing to
     /// give, so a body waiting for bytes leaves its task's waker with the timer.
     pub(super) fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.handed = false;
         let at = self.at;
         let timer = self
             .timer
@@ -786,7 +810,7 @@ impl Returning {
     fn broke(&mut self, cut: Cut) {
         if let Some(log) = self.guards.log.as_mut() {
             log.broken(match cut {
-                Cut::Deadline | Cut::Idle => Broken::Timeout,
+                Cut::Deadline | Cut::Held | Cut::Idle => Broken::Timeout,
                 Cut::Upstream => Broken::UpstreamCut,
             });
         }
@@ -801,6 +825,7 @@ impl Returning {
             if let Some(t) = late.trailed {
                 t.end(match cut {
                     Cut::Deadline | Cut::Idle => StreamEnd::Deadline,
+                    Cut::Held => StreamEnd::Cancelled,
                     Cut::Upstream => StreamEnd::Broke,
                 });
             }
@@ -823,20 +848,20 @@ impl Returning {
     /// Counts the request's timeout if the body's deadline has passed (see
     /// `Body::count_if_late`).
     pub(super) fn count_if_late(&mut self) {
-        if self.over_deadline() {
+        if self.over_deadline().is_some() {
             if let Some(log) = self.guards.log.as_mut() {
                 log.broken(Broken::Timeout);
             }
         }
     }
 
-    /// Whether the body's deadline has passed, by the clock (then counted); looked at before
-    /// each frame (see [`EndBy::over`]).
-    fn over_deadline(&mut self) -> bool {
+    /// Whether the body's deadline has passed, by the clock (then counted), and in whose wait;
+    /// looked at before each frame (see [`EndBy::over`]).
+    fn over_deadline(&mut self) -> Option<Waited> {
         self.late
             .as_mut()
             .and_then(|l| l.end_by.as_mut())
-            .is_some_and(EndBy::over)
+            .and_then(EndBy::over)
     }
 
     /// Whether the body's deadline has passed (its timer then counts the timeout); a body
@@ -917,9 +942,13 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        if self.over_deadline() {
-            // Cut short before the next frame: the connection is dropped, never pooled.
-            self.broke(Cut::Deadline);
+        if let Some(waited) = self.over_deadline() {
+            // Cut short before the next frame: the connection is dropped, never pooled. The
+            // try timed out only if rampart was waiting on the upstream.
+            self.broke(match waited {
+                Waited::Upstream => Cut::Deadline,
+                Waited::Client => Cut::Held,
+            });
             return Poll::Ready(Some(Err(UpstreamError::Deadline)));
         }
         let Some((conn, _)) = self.back.as_mut() else {

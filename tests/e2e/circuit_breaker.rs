@@ -395,3 +395,99 @@ async fn a_fallback_on_circuit_open_acts_on_a_route_guarded_by_another_policys_b
     assert_eq!(rsp.header("x-rampart-degraded"), Some("static"));
     assert_eq!(app.hits_for("/status/502"), 0);
 }
+
+/// A connection to `addr` whose receive buffer is small, so that a slow reader holds its
+/// answer back (the kernel's buffers on loopback would otherwise take megabytes of it).
+async fn connect_small(addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Asks for a 20 MiB answer on `tcp` and reads it slowly (16 KiB every 20 ms, far slower than
+/// the upstream sends it) for 3 s, or until rampart ends it.
+async fn read_slowly(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET /bytes/20971520 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 16 * 1024];
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A connection that the lean HTTP/1.1 server handed to hyper's: its first request's 10-byte
+/// body pauses 300 ms halfway (past `BODY_GAP`), and its answer is read.
+async fn handed_to_hyper(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = connect_small(addr).await;
+    tcp.write_all(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 10\r\n\r\n12345")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(b"67890").await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"ok\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("the POST is answered")
+            .expect("read");
+        assert!(n > 0, "answered before the close");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    tcp
+}
+
+/// SPEC §14: a client that reads its answer slowly is its own fault, never the upstream's. A
+/// 20 MiB answer the upstream sends at once, read slowly, is cut at the request's 1 s deadline
+/// or after (the timeout counted), but its try is cancelled, not timed out: twice in a row does
+/// not open a breaker of two consecutive failures, and the next request is answered. On
+/// rampart's own HTTP/1.1 server and on connections it handed to hyper's. Before, the body's
+/// next poll after the deadline judged the try timed out whoever had been slow: on a
+/// connection handed to hyper's server (which asks for the next frame only once the client
+/// took enough of the last) always, so the breaker opened and the next request was refused
+/// `circuit_open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_slowly_never_opens_the_breaker() {
+    for handed in [false, true] {
+        let app = sample().await;
+        let breaker =
+            "      consecutive_failures: 2\n      open_for: 10s\n    timeout: { request: 1s }";
+        let proxy = guarded(app.addr(), breaker).await;
+        let addr = proxy.listener("inbound");
+        // Both connections first, so that the two slow answers are two tries in a row.
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(match handed {
+                true => handed_to_hyper(addr).await,
+                false => connect_small(addr).await,
+            });
+        }
+        for tcp in &mut conns {
+            read_slowly(tcp).await;
+        }
+        drop(conns);
+        let rsp = http::get(addr, "/ok", &[]).await;
+        assert_eq!(rsp.status, 200, "handed {handed}: {}", rsp.text());
+        let text = metrics(proxy.admin()).await;
+        let timeouts = [("route", "app"), ("kind", "request")];
+        assert_eq!(
+            metric_value(&text, "rampart_timeouts_total", &timeouts),
+            Some(2.0),
+            "handed {handed}: both cut at the deadline: {text}"
+        );
+        let trips = metric_value(
+            &text,
+            "rampart_circuit_breaker_transitions_total",
+            &[("upstream", "app"), ("from", "closed"), ("to", "open")],
+        );
+        assert_eq!(trips, Some(0.0), "handed {handed}: {text}");
+    }
+}

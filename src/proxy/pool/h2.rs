@@ -51,7 +51,9 @@ pub(crate) use link::Link;
 use link::{Closed, Slot, Watched};
 
 use super::quiet::{self, Quiet, Sending};
-use super::{connect_timed_out, EndBy, Pool, SendError, UpstreamError, WAIT_CONNECT, WAIT_NONE};
+use super::{
+    connect_timed_out, EndBy, Pool, SendError, UpstreamError, Waited, WAIT_CONNECT, WAIT_NONE,
+};
 use crate::proxy::access_log::Broken;
 use crate::proxy::body::{Body, FaultCell, Replay};
 use crate::proxy::forward::{Added, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -939,7 +941,7 @@ impl H2Answer {
     /// Counts the request's timeout if the stream's deadline has passed (see
     /// `Body::count_if_late`).
     pub(crate) fn count_if_late(&mut self) {
-        if self.end_by.as_mut().is_some_and(EndBy::over) {
+        if self.end_by.as_mut().and_then(EndBy::over).is_some() {
             if let Some(log) = self.guards.log.as_mut() {
                 log.broken(Broken::Timeout);
             }
@@ -955,7 +957,7 @@ impl H2Answer {
             log.grpc_ended(code);
             match end {
                 StreamEnd::Broke => log.broken(Broken::UpstreamCut),
-                StreamEnd::Deadline => log.broken(Broken::Timeout),
+                StreamEnd::Deadline | StreamEnd::Cancelled => log.broken(Broken::Timeout),
                 StreamEnd::Trailers(_) | StreamEnd::NoTrailers => {}
             }
         }
@@ -969,22 +971,24 @@ impl H2Answer {
         self.guards = Guards::default();
     }
 
-    /// The deadline passed with the stream still coming: it is let go (its upstream sees it
-    /// reset), and the answer ends with DEADLINE_EXCEEDED in trailers where it can, else
-    /// breaks off.
-    fn cut(&mut self) -> Result<Frame<Bytes>, UpstreamError> {
+    /// The deadline passed with the stream still coming, while rampart waited on `waited`: it
+    /// is let go (its upstream sees it reset), and the answer ends with DEADLINE_EXCEEDED in
+    /// trailers where it can, else breaks off. The try timed out only if rampart waited on the
+    /// upstream; else it is cancelled.
+    fn cut(&mut self, waited: Waited) -> Result<Frame<Bytes>, UpstreamError> {
         self.body = None;
         self.end_by = None;
+        let end = match waited {
+            Waited::Upstream => StreamEnd::Deadline,
+            Waited::Client => StreamEnd::Cancelled,
+        };
         let whole = self.messages.take().is_some_and(|m| m.at_message_end());
         if !whole {
-            self.ended(StreamEnd::Deadline, None);
+            self.ended(end, None);
             return Err(UpstreamError::Deadline);
         }
         let trailers = grpc::deadline_trailers();
-        self.ended(
-            StreamEnd::Deadline,
-            trailers.get(GRPC_STATUS).and_then(grpc::code),
-        );
+        self.ended(end, trailers.get(GRPC_STATUS).and_then(grpc::code));
         Ok(Frame::trailers(trailers))
     }
 }
@@ -1010,9 +1014,9 @@ impl http_body::Body for H2Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        if this.end_by.as_mut().is_some_and(EndBy::over) {
+        if let Some(waited) = this.end_by.as_mut().and_then(EndBy::over) {
             // Before the next frame: a stream whose frames never stop coming is cut on time.
-            return Poll::Ready(Some(this.cut()));
+            return Poll::Ready(Some(this.cut(waited)));
         }
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
@@ -1020,7 +1024,7 @@ impl http_body::Body for H2Answer {
         let mut polled = match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(p) => p,
             Poll::Pending if this.end_by.as_mut().is_some_and(|e| e.passed(cx)) => {
-                return Poll::Ready(Some(this.cut()));
+                return Poll::Ready(Some(this.cut(Waited::Upstream)));
             }
             Poll::Pending if this.idled(cx) => {
                 return Poll::Ready(Some(Err(this.cut_idle())));
