@@ -506,17 +506,10 @@ async fn open_tunnel(addr: SocketAddr, target: &str) -> tokio::net::TcpStream {
     tcp.write_all(req.as_bytes())
         .await
         .expect("write the CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
-            .await
-            .expect("the 200 in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed before the 200: {head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let head = crate::upgrade::read_head(&mut tcp)
+        .await
+        .expect("the 200 in time");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     tcp
 }
 

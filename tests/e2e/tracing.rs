@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::support::conn::reset;
 use crate::support::otlp::{attr, hex, Collector};
+use crate::support::proxy::ProxyBuilder;
 use crate::support::{http, metric_value, metrics, sample, Closed, Proxy, Stalled};
 
 /// `$OTLP` is the collector's address, `$SAMPLE` the head sampling ratio.
@@ -80,16 +81,21 @@ async fn traced_by(
     sample: &str,
     protocol: &str,
 ) -> Traced {
+    logged(
+        Proxy::builder(config)
+            .var("APP", app)
+            .var("OTLP", otlp)
+            .var("SAMPLE", sample)
+            .var("PROTOCOL", protocol),
+    )
+    .await
+}
+
+/// `builder`'s rampart with its access log (`$LOG`) in a directory of its own.
+async fn logged(builder: ProxyBuilder) -> Traced {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
-    let proxy = Proxy::builder(config)
-        .var("APP", app)
-        .var("OTLP", otlp)
-        .var("SAMPLE", sample)
-        .var("PROTOCOL", protocol)
-        .var("LOG", log.display())
-        .spawn()
-        .await;
+    let proxy = builder.var("LOG", log.display()).spawn().await;
     Traced {
         proxy,
         log,
@@ -772,21 +778,14 @@ listeners:
 
 /// rampart on [`TUNNELLED`], its spans going to `otlp`.
 async fn tunnelled(app: SocketAddr, otlp: SocketAddr, slow: &Stalled) -> Traced {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("access.jsonl");
-    let proxy = Proxy::builder(TUNNELLED)
-        .var("APP", app)
-        .var("OTLP", otlp)
-        .closed("DEAD")
-        .var("SLOW", slow.addr())
-        .var("LOG", log.display())
-        .spawn()
-        .await;
-    Traced {
-        proxy,
-        log,
-        _dir: dir,
-    }
+    logged(
+        Proxy::builder(TUNNELLED)
+            .var("APP", app)
+            .var("OTLP", otlp)
+            .closed("DEAD")
+            .var("SLOW", slow.addr()),
+    )
+    .await
 }
 
 /// A CONNECT's one try, its connect, has its CLIENT span under the request's SERVER span, as
@@ -795,7 +794,7 @@ async fn tunnelled(app: SocketAddr, otlp: SocketAddr, slow: &Stalled) -> Traced 
 /// ends with the tunnel. Before, a CONNECT exported its SERVER span alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_has_its_client_span_under_the_tunnels_server_span() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = sample().await;
     let otlp = Collector::start().await;
     let slow = Stalled::new();
@@ -808,17 +807,10 @@ async fn a_connect_has_its_client_span_under_the_tunnels_server_span() {
         "CONNECT app.example:80 HTTP/1.1\r\nHost: app.example:80\r\ntraceparent: {tp}\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
-            .await
-            .expect("the 200 in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed before the 200: {head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let head = crate::upgrade::read_head(&mut tcp)
+        .await
+        .expect("the 200 in time");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     // The connect's span is sent as it ends; the SERVER span only when the tunnel does.
     assert_eventually!(!otlp.trace(TRACE).is_empty(), "{:#?}", otlp.spans());
     assert_eq!(kind(&otlp.trace(TRACE)[0]), SpanKind::Client);

@@ -372,16 +372,13 @@ fn switching_protocols_answers_a_request_that_asked_to_upgrade() {
            Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x05hello"[..],
     );
     let mut raw = RawLines::default();
-    let h = parse_answer(
-        &mut buf,
-        false,
-        true,
-        &mut 0,
-        &mut Names::default(),
-        &mut raw,
-    )
-    .expect("well formed")
-    .expect("whole");
+    // Asked to upgrade: the answer as the request path reads it.
+    let mut answer = |buf: &mut BytesMut| {
+        parse_answer(buf, false, true, &mut 0, &mut Names::default(), &mut raw)
+            .expect("well formed")
+            .expect("whole")
+    };
+    let h = answer(&mut buf);
     assert_eq!(h.response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(h.framing, Framing::Empty);
     assert!(!h.keep_alive, "the connection is the new protocol's");
@@ -392,16 +389,7 @@ fn switching_protocols_answers_a_request_that_asked_to_upgrade() {
     // Asked or not, any other status is a normal answer.
     let mut buf =
         BytesMut::from(&b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n"[..]);
-    let h = parse_answer(
-        &mut buf,
-        false,
-        true,
-        &mut 0,
-        &mut Names::default(),
-        &mut raw,
-    )
-    .expect("well formed")
-    .expect("whole");
+    let h = answer(&mut buf);
     assert_eq!(h.response.status(), StatusCode::UPGRADE_REQUIRED);
     assert!(h.keep_alive);
 }
