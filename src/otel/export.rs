@@ -173,6 +173,12 @@ impl Exporter {
         }
     }
 
+    /// Takes what is queued, in order (a test's look at the spans without a collector).
+    #[cfg(test)]
+    pub(super) fn take_queued(&self) -> Vec<SpanRecord> {
+        std::iter::from_fn(|| self.queue.pop().map(|s| *s)).collect()
+    }
+
     /// Queues `span` without waiting; a full queue drops it (counted).
     pub(super) fn push(&self, span: Box<SpanRecord>) {
         if self.queue.push(span).is_err() {

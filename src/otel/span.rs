@@ -280,11 +280,14 @@ impl Drop for ServerSpan {
 // === impl ClientSpan ===
 
 impl<'a> ClientSpan<'a> {
-    /// Starts the span of try number `try_n` (from 1) of a `method` request.
-    pub fn begin(parent: SpanParent<'a>, method: &Method, try_n: u32) -> Self {
+    /// Starts the span of try number `try_n` (from 1) of a `method` request, begun at `at`:
+    /// the instant its `took` is measured from ([`ClientSpan::end`]), placed on the SERVER
+    /// span's clock, so a try that ends before its request ends before its SERVER span (two
+    /// readings of the wall clock could put it a few microseconds after).
+    pub fn begin(parent: SpanParent<'a>, method: &Method, try_n: u32, at: Instant) -> Self {
         ClientSpan {
             span_id: super::context::span_id(),
-            start: parent.wall + parent.mono.elapsed(),
+            start: parent.wall + at.saturating_duration_since(parent.mono),
             parent,
             method: method.clone(),
             try_n,

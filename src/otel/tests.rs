@@ -295,6 +295,53 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
     assert_eq!(dropped, 7);
 }
 
+/// A try's CLIENT span lies on its request's SERVER span's clock from the instant the try began
+/// (the one its `took` is measured from), not from when the span was made: a try that ends as
+/// its request ends ends with it, never after. Before, the span's start was a later reading
+/// of the clock than its `took`'s, and a CONNECT cancelled with its client was seen ending a
+/// few microseconds after its request (a CI run's failure).
+#[tokio::test]
+async fn a_try_span_ends_on_its_requests_clock() {
+    use super::span::{ClientSpan, ServerSpan, TryTarget};
+    use crate::policy::outcome::Outcome;
+    let (t, _m) = tracer(1.0);
+    let mut h = headers(&[]);
+    let trace = t.start(&mut h);
+    assert!(trace.sampled);
+    let req = http::Request::get("/x").body(()).expect("request");
+    let now = tokio::time::Instant::now();
+    // The request arrived 6 ms ago; its try began 1 ms after it, and its span is made now.
+    let mono = now - Duration::from_millis(6);
+    let at = mono + Duration::from_millis(1);
+    let server = ServerSpan::begin(&trace, t.exporter(), &req, mono, &Arc::from("in"));
+    let parent = server.parent(t.exporter()).expect("sampled");
+    let span = ClientSpan::begin(parent, &http::Method::GET, 1, at);
+    let (up, ep): (Arc<str>, Arc<str>) = (Arc::from("app"), Arc::from("127.0.0.1:1"));
+    let to = TryTarget {
+        upstream: &up,
+        endpoint: &ep,
+        host: None,
+        addr: "127.0.0.1:1".parse().expect("addr"),
+    };
+    span.end(to, Outcome::Status(200), now - at);
+    drop(server);
+    let spans = t.exporter().take_queued();
+    assert_eq!(spans.len(), 2);
+    let client = spans
+        .iter()
+        .find(|s| s.kind == Kind::Client)
+        .expect("client");
+    let server = spans
+        .iter()
+        .find(|s| s.kind == Kind::Server)
+        .expect("server");
+    assert_eq!(
+        client.start.duration_since(server.start).ok(),
+        Some(Duration::from_millis(1))
+    );
+    assert!(client.end <= server.end, "{client:?} ends after {server:?}");
+}
+
 fn record() -> SpanRecord {
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     SpanRecord {

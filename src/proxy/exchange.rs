@@ -691,7 +691,7 @@ impl<'a> TryRecord<'a> {
     ) -> Self {
         let n = ctx.tries.start(ep.addr);
         let span = ctx.trace.as_ref().map(|p| {
-            let span = ClientSpan::begin(p.clone(), &parts.method, n);
+            let span = ClientSpan::begin(p.clone(), &parts.method, n, now);
             parts.headers.insert(TRACEPARENT, span.traceparent());
             span
         });

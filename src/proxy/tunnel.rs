@@ -420,7 +420,7 @@ impl<'a> Connecting<'a> {
         started: Instant,
     ) -> Self {
         let n = tries.start(ep.addr);
-        let span = trace.map(|p| ClientSpan::begin(p.clone(), &Method::CONNECT, n));
+        let span = trace.map(|p| ClientSpan::begin(p.clone(), &Method::CONNECT, n, started));
         Connecting {
             up,
             ep,
