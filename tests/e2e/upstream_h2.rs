@@ -1419,6 +1419,9 @@ enum Away {
     /// When the next stream's request has come whole (its body read to the end), which it
     /// thereby refuses, unprocessed.
     AtTheNextsEnd,
+    /// As soon as stream 1 has come, after its answer's head and first bytes (`conn `): the
+    /// stream still streams, its last byte (`1`) held.
+    Streaming,
 }
 
 /// A raw HTTP/2 server on 127.0.0.1, frame by frame, for what hyper's server does not do: its
@@ -1559,12 +1562,21 @@ impl GoingAway {
             // The first connection: stream 1 held, then GOAWAY; nothing above it answered.
             match (kind, stream) {
                 (0x1, 1) => {
-                    if away == Away::AtOnce {
+                    let answer = match away {
+                        Away::Streaming => {
+                            let mut head = h2_frame(0x1, 0x4, 1, &[0x88]);
+                            head.extend(h2_frame(0x0, 0, 1, b"conn "));
+                            send(head).await;
+                            h2_frame(0x0, 0x1, 1, b"1")
+                        }
+                        _ => h2_ok(1, "conn 1"),
+                    };
+                    if matches!(away, Away::AtOnce | Away::Streaming) {
                         gone = true;
                         send(goaway()).await;
                     }
                     let release = release.clone();
-                    let answer = send(h2_ok(1, "conn 1"));
+                    let answer = send(answer);
                     tokio::spawn(async move {
                         release.notified().await;
                         answer.await;
@@ -1614,7 +1626,9 @@ async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_conne
         let streams = up.streams();
         match away {
             // Nothing more went on the going connection.
-            Away::AtOnce => assert_eq!(streams, [(1, 1), (2, 1)], "{away:?}"),
+            Away::AtOnce | Away::Streaming => {
+                assert_eq!(streams, [(1, 1), (2, 1)], "{away:?}")
+            }
             // Stream 3 came before the GOAWAY did, which refused it.
             Away::OnTheNext | Away::AtTheNextsEnd => {
                 assert_eq!(streams, [(1, 1), (1, 3), (2, 1)], "{away:?}")
@@ -1637,6 +1651,47 @@ async fn requests_an_upstream_going_away_did_not_process_go_again_on_a_new_conne
             "{away:?}: one try each"
         );
     }
+}
+
+/// An HTTP/2 upstream connection counts in `rampart_upstream_connections` until its socket
+/// closes: one going away (`GOAWAY`) with a stream still streaming its answer counts beside the
+/// new connection the next request opens, until that stream ends and it closes. Before, its
+/// count went when hyper's dispatch task for it ended (as soon as the new connection took its
+/// place), while its socket stayed open with the stream on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_going_away_counts_until_its_socket_closes() {
+    let up = GoingAway::start(Away::Streaming).await;
+    let proxy = proxy(up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let held = tokio::spawn(async move { http::get(addr, "/held", &[]).await });
+    crate::assert_eventually!(up.streams().len() == 1, "{:?}", up.streams());
+    // The GOAWAY reaches rampart before the next request does.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(connections(&proxy, up.addr).await, Some(1.0));
+    let rsp = http::get(addr, "/next", &[]).await;
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 2".to_owned())
+    );
+    // The first connection's dispatch task ended with its last handle, replaced: its socket
+    // is still open, its stream 1 streaming.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        connections(&proxy, up.addr).await,
+        Some(2.0),
+        "the connection going away still counts"
+    );
+    up.release();
+    let rsp = held.await.expect("the held request");
+    assert_eq!(
+        (rsp.status, rsp.text()),
+        (StatusCode::OK, "conn 1".to_owned())
+    );
+    crate::assert_eventually!(
+        connections(&proxy, up.addr).await == Some(1.0),
+        "the first closed with its stream: {:?}",
+        connections(&proxy, up.addr).await
+    );
 }
 
 /// What [`H2Crate`] does with each stream.

@@ -725,7 +725,9 @@ impl Pool {
         let slot = super::Slot::uncapped(self);
         let stream = self.dial_warned(addr, deadline).await?;
         let link = Link::new(MAX_STREAMS);
-        let stream = Watched::new(stream, link.clone(), self.tls.is_some());
+        // The socket holds the count: h2's task owns it, and ends with the connection's last
+        // stream, which may be long after hyper's dispatch task (below) ended.
+        let stream = Watched::new(stream, link.clone(), self.tls.is_some()).counted(slot);
         let shake = builder().handshake::<_, Body>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
@@ -738,9 +740,12 @@ impl Pool {
         };
         let ended = link.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            // hyper's dispatch task: it ends once every handle to send on it is dropped (the
+            // connection let go) or it is going away (a `GOAWAY`), while streams opened before
+            // may still run on the socket. No new stream goes on it; the socket's end is
+            // `Link::ended` (`Watched`).
             let result = conn.await;
-            ended.ended();
+            ended.close(Closed::Gone);
             match result {
                 // A refused handshake is said by the request that made the connection.
                 Err(_) if ended.tls_error().is_some() && !ended.opened() => {}

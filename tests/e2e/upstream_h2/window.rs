@@ -12,7 +12,7 @@ use ::http::StatusCode;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
-use super::{fronted, h2_frame, h2_ok, proxy, IDLE};
+use super::{connections, fronted, h2_frame, h2_ok, proxy, IDLE};
 use crate::support::http;
 use crate::support::raw::{self, RawResp};
 
@@ -23,8 +23,8 @@ const SHUT_WINDOW: Duration = Duration::from_secs(10);
 /// A raw HTTP/2 server on 127.0.0.1 that gives each stream a 1 MiB window and never sends a
 /// `WINDOW_UPDATE`: each connection takes 65,535 bytes of `DATA` in all (its first window).
 /// It answers each request 200 `conn N` (N counted from 1) once the request has ended.
-/// [`Shut::with`] sets a stream limit, or reopens a window found shut (1 MiB more) after a
-/// while.
+/// [`Shut::with`] sets a stream limit, reopens a window found shut (1 MiB more) after a
+/// while, or sends each answer's head as soon as its request's head comes.
 struct Shut {
     addr: SocketAddr,
     /// The `DATA` bytes each connection took, in the order they were made.
@@ -47,6 +47,9 @@ struct Opts {
     max_streams: Option<u32>,
     /// How long after a connection's window is spent it sends a `WINDOW_UPDATE` of 1 MiB.
     reopen_after: Option<Duration>,
+    /// Each answer's head goes as soon as its request's head comes (as a gRPC server's to a
+    /// streaming call), its body (`conn N`) once the request has ended.
+    head_first: bool,
 }
 
 impl Shut {
@@ -140,9 +143,14 @@ impl Shut {
                                     }
                                 }
                             }
-                            match flags & 0x1 != 0 {
-                                true => h2_ok(stream, &format!("conn {n}")),
-                                false => continue,
+                            let ends = flags & 0x1 != 0;
+                            let body = format!("conn {n}");
+                            match (opts.head_first, kind == 0x1, ends) {
+                                (false, _, true) => h2_ok(stream, &body),
+                                (true, true, true) => h2_ok(stream, &body),
+                                (true, true, false) => h2_frame(0x1, 0x4, stream, &[0x88]),
+                                (true, false, true) => h2_frame(0x0, 0x1, stream, body.as_bytes()),
+                                _ => continue,
                             }
                         }
                         _ => continue,
@@ -228,7 +236,30 @@ fn stall(addr: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<RawRes
 /// route without `timeout.request` they all stayed open with their stalled uploads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_past_the_shut_connections_kept_are_refused_unsent() {
-    let up = Shut::start().await;
+    past_the_shut_connections_kept(Opts::default()).await;
+}
+
+/// [`uploads_past_the_shut_connections_kept_are_refused_unsent`] with the stalled uploads'
+/// answers streaming (their heads came): the connection let go still counts among those kept,
+/// and in `rampart_upstream_connections`, until its socket closes. Before, both went as soon as
+/// it was let go (hyper's dispatch task for it ended with its last handle, while its socket
+/// stayed open with the upload on it), and each upload after another 10 s of a shut window
+/// opened one more connection, as before the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_shut_connections_kept_are_refused_with_their_answers_streaming() {
+    let head_first = Opts {
+        head_first: true,
+        ..Opts::default()
+    };
+    past_the_shut_connections_kept(head_first).await;
+}
+
+/// Two uploads stalled on two connections of a [`Shut`] server of `opts`, each shut for the
+/// bound, both counted; a third refused, the one in use still taking a GET; then, unless the
+/// answers' heads came first, the first's client gone, its connection closes, counts no more,
+/// and the next upload opens a new one.
+async fn past_the_shut_connections_kept(opts: Opts) {
+    let up = Shut::with(opts).await;
     let proxy = proxy(up.addr, "").await;
     let addr = proxy.listener("inbound");
     let first = stall(addr, "/first");
@@ -237,6 +268,12 @@ async fn uploads_past_the_shut_connections_kept_are_refused_unsent() {
     let second = stall(addr, "/second");
     crate::assert_eventually!(up.taken() == [65_535, 65_535], "{:?}", up.taken());
     tokio::time::sleep(SHUT_WINDOW + Duration::from_millis(500)).await;
+    assert_eq!(
+        connections(&proxy, up.addr).await,
+        Some(2.0),
+        "both open: {:?}",
+        up.closed()
+    );
 
     let refused = tokio::time::timeout(
         Duration::from_secs(5),
@@ -265,9 +302,22 @@ async fn uploads_past_the_shut_connections_kept_are_refused_unsent() {
         proxy.log()
     );
 
+    if opts.head_first {
+        // An upload whose answer's head came is not ended by its client's going while the
+        // window stays shut: the connection let go stays open with it (a gap of its own), and
+        // what follows is the plain server's case.
+        first.abort();
+        second.abort();
+        return;
+    }
     // The first upload's client goes: the connection let go closes, and is shut no more.
     first.abort();
     crate::assert_eventually!(up.closed() == [1], "{:?}", up.closed());
+    crate::assert_eventually!(
+        connections(&proxy, up.addr).await == Some(1.0),
+        "{:?}",
+        connections(&proxy, up.addr).await
+    );
     let rsp = http::post(addr, "/fourth", &[], "hello").await;
     assert_eq!(
         (rsp.status, rsp.text()),

@@ -76,7 +76,8 @@ pub(crate) struct Link {
     reopened: AtomicU64,
     /// Told when the send window is found empty ([`Link::upload_slot`]'s waiters).
     found_shut: Notify,
-    /// The connection's task ended: it is closed, whatever its streams were.
+    /// The connection's socket is closed ([`Link::ended`]): not when hyper's dispatch task
+    /// ends, which may be long before (its streams still open after a `GOAWAY`).
     over: std::sync::atomic::AtomicBool,
     /// The TLS error a read of the connection failed with (the server's alert): over TLS 1.3
     /// a server refuses rampart's client certificate after the client's side of the handshake
@@ -188,13 +189,13 @@ impl Link {
         }
     }
 
-    /// The connection's task ended: it is closed for good.
+    /// The connection's socket is closed (its [`Watched`] dropped): it is over for good.
     pub(crate) fn ended(&self) {
         self.over.store(true, Ordering::Release);
         self.close(Closed::Gone);
     }
 
-    /// Whether the connection's task ended ([`Link::ended`]).
+    /// Whether the connection's socket is closed ([`Link::ended`]).
     pub(crate) fn is_over(&self) -> bool {
         self.over.load(Ordering::Acquire)
     }
@@ -566,6 +567,19 @@ pub(crate) struct Watched<S> {
     drained: bool,
     /// The connection is over TLS (a failed write may have a TLS alert behind it).
     tls: bool,
+    /// Its count in `rampart_upstream_connections` ([`Watched::counted`]), let go with the
+    /// socket: h2's task owns this, and ends with the connection's last stream, after
+    /// hyper's dispatch task, which a `GOAWAY` or the last handle's drop ends at once.
+    _counted: Option<crate::proxy::pool::Slot>,
+}
+
+/// The socket is closed: the connection is over for [`Link::is_over`] (which bounds the
+/// connections kept with a shut send window, `pool::h2::SHUT_MAX`) and, with `_counted`, for
+/// `rampart_upstream_connections`, however long after hyper's dispatch task ended.
+impl<S> Drop for Watched<S> {
+    fn drop(&mut self) {
+        self.link.ended();
+    }
 }
 
 /// How long a write that failed before the upstream's first `SETTINGS` waits for what it
@@ -586,7 +600,15 @@ impl<S> Watched<S> {
             failed: None,
             drained: false,
             tls,
+            _counted: None,
         }
+    }
+
+    /// The connection counted in `rampart_upstream_connections` by `slot` until its socket
+    /// is closed (this dropped).
+    pub(super) fn counted(mut self, slot: crate::proxy::pool::Slot) -> Self {
+        self._counted = Some(slot);
+        self
     }
 
     /// `bytes` went to the upstream.
