@@ -99,14 +99,15 @@ async fn run(port: u16) {
     let tenants: Vec<String> = (0..TENANTS).map(|i| format!("tenant-{i}")).collect();
     for lease in [None, Some(1), Some(10), Some(100)] {
         let rl = rate_limit(lease);
-        let local = RateLimiter::new(&rl, TrackedTenants::new(100_000), clock.clone());
+        let tracked = TrackedTenants::new(100_000);
+        let local = RateLimiter::new(&rl, tracked.clone(), clock.clone());
         let global = lease.map(|_| {
             let counter = metrics.store_fallbacks.with_label_values(&["bench"]);
             GlobalLimiter::new(
                 &rl,
                 &Arc::from("bench"),
                 store.clone(),
-                100_000,
+                &tracked,
                 clock.clone(),
                 counter,
             )

@@ -157,7 +157,7 @@ impl RouteRateLimit {
                     cfg,
                     global.route,
                     store.clone(),
-                    tracked.max_tracked(),
+                    tracked,
                     clock.clone(),
                     global
                         .metrics

@@ -2,10 +2,10 @@
 //! keeps something per tenant.
 //!
 //! Why one facility: a client can mint tenant ids at will, so every per-tenant table (token
-//! buckets, breakers with `scope: tenant`, in-flight counts, queues) is a way to grow memory
+//! buckets, global limits' leases, breakers with `scope: tenant`, in-flight counts, queues) is a way to grow memory
 //! without bound. [`TrackedTenants`] counts the entries of all of them together against one cap;
-//! a table that finds the cap reached sweeps the largest table (its own or another's) for a batch
-//! of entries, idle ones first, so the cost per new tenant stays a small constant and there is no
+//! a table that finds the cap reached sweeps the largest table (its own or another's; the next
+//! one if that has nothing it may give) for a batch of entries, idle ones first, so the cost per new tenant stays a small constant and there is no
 //! timer or background task.
 //!
 //! Rate limiters keep their own compact table (`policy/rate_limit/table.rs`, with a sketch of what
@@ -100,15 +100,21 @@ impl TrackedTenants {
         if self.try_reserve() {
             return true;
         }
-        let largest = tables
+        // The largest table first; one whose entries are all in use frees nothing, and then
+        // the next is tried, so a reservation fails only when no table has anything to give.
+        let mut live: Vec<Arc<dyn Sweep>> = tables
             .iter()
             .filter_map(Weak::upgrade)
-            .max_by_key(|t| t.entries());
-        if let Some(table) = largest {
-            let batch = usize::try_from(self.max_tracked() / 8)
-                .unwrap_or(usize::MAX)
-                .max(1);
-            table.sweep(batch);
+            .filter(|t| t.entries() > 0)
+            .collect();
+        live.sort_unstable_by_key(|t| std::cmp::Reverse(t.entries()));
+        let batch = usize::try_from(self.max_tracked() / 8)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        for table in live {
+            if table.sweep(batch) > 0 && self.try_reserve() {
+                return true;
+            }
         }
         drop(tables);
         self.try_reserve()
@@ -321,6 +327,30 @@ mod tests {
             "the idle entry must be the one evicted"
         );
         assert!(a.get("t1").is_some() && a.get("t2").is_some() && a.get("t3").is_some());
+    }
+
+    /// When the largest table has nothing it may give (every value in use), a new tenant takes
+    /// its room from the next table that has: `reserve` fails only when no table can free.
+    #[test]
+    fn a_full_table_in_use_does_not_stop_the_sweep() {
+        let tracked = TrackedTenants::new(4);
+        let clock: SharedClock = Arc::new(ManualClock::new());
+        let busy = TenantMap::<Count>::new(&tracked, clock.clone());
+        let other = TenantMap::<Count>::new(&tracked, clock);
+        let held: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|t| busy.get_or_insert_with(t, Count::default).expect("room"))
+            .collect();
+        other
+            .get_or_insert_with("idle", Count::default)
+            .expect("room for the fourth");
+        assert!(
+            other.get_or_insert_with("new", Count::default).is_some(),
+            "the idle entry of the smaller table must make room"
+        );
+        assert!(other.get("idle").is_none());
+        assert_eq!((busy.len(), tracked.len()), (3, 4));
+        drop(held);
     }
 
     #[test]

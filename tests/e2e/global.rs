@@ -43,7 +43,12 @@ struct Setup<'a> {
 }
 
 async fn spawn(redis: &Redis, app: SocketAddr, s: &Setup<'_>) -> Proxy {
-    let proxy = Proxy::builder(SHARED)
+    spawn_from(SHARED, redis, app, s).await
+}
+
+/// As [`spawn`], from `template` ([`SHARED`] with more sections).
+async fn spawn_from(template: &str, redis: &Redis, app: SocketAddr, s: &Setup<'_>) -> Proxy {
+    let proxy = Proxy::builder(template)
         .var("REDIS", redis.url())
         .var("APP", app)
         .var("TIMEOUT", s.timeout)
@@ -432,6 +437,44 @@ async fn a_store_stall_gives_no_tenant_a_second_burst() {
         20,
         "one process admits the limit, whoever decides"
     );
+}
+
+/// Leases are per-tenant state under `tenants.max_tracked` like any other: a tenant that finds
+/// the cap reached evicts another's lease and is charged one token a request, so it gets its
+/// whole burst (it used to go without a lease, each request leasing 5 tokens to spend one: 2 of
+/// a burst of 10), and the leases count in `rampart_tenants_tracked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_max_tracked_is_charged_what_it_spends() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 5,
+        rate: "1/h",
+        burst: 10,
+    };
+    let template = format!("{SHARED}tenants: {{ max_tracked: 2 }}\n");
+    let a = spawn_from(&template, &redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    // Two tenants spend their bursts: their leases hold the store's "none until later", so
+    // neither is idle when the third comes.
+    for tenant in ["t1", "t2"] {
+        assert_eq!(admitted(&burst(&addr, tenant, 12, 1).await), 10, "{tenant}");
+    }
+    let third = admitted(&burst(&addr, "t3", 15, 1).await);
+    assert_eq!(
+        third, 10,
+        "a third tenant past max_tracked: 2 is owed its burst of 10"
+    );
+    let text = metrics(a.admin()).await;
+    assert_eq!(
+        metric_value(&text, "rampart_tenants_tracked", &[]),
+        Some(2.0),
+        "leases count against max_tracked"
+    );
+    // The evicted lease gave the tenant no fresh burst: its bucket lives in the store.
+    assert_eq!(admitted(&burst(&addr, "t1", 3, 1).await), 0);
 }
 
 /// The client connections a Redis server sees, other than the one asking.

@@ -29,13 +29,19 @@
 //! bucket nothing), and a request the store admits is taken from it too. So it always holds
 //! what this process has admitted, whoever decided, and a store that stops answering for a
 //! moment hands no tenant a second burst; one process never admits more than the limit.
+//!
+//! Leases are per-tenant state, so they live in a [`TenantMap`] counted against
+//! `tenants.max_tracked` with every other per-tenant table and swept as those are (idle leases
+//! first, then those holding the fewest live tokens). Evicting a lease loses at most its unspent
+//! tokens (the strict side): the tenant's bucket is in the store. A tenant that finds no room
+//! at all (every tracked entry in use this very moment) leases one token for its request alone,
+//! so it is charged exactly what it spends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 
@@ -45,6 +51,7 @@ use crate::clock::SharedClock;
 use crate::config::file::{Limit, OnStoreError, RateLimit};
 use crate::store::lease::{Ask, Grant, StoreLimit};
 use crate::store::GlobalStore;
+use crate::tenant::tracked::{TenantMap, TenantState, TrackedTenants};
 
 /// Leased tokens stay good this long unless `lease_ttl` says otherwise.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(1);
@@ -69,8 +76,7 @@ struct Inner {
     total_key: Option<String>,
     lease_ttl: u64,
     on_error: OnStoreError,
-    leases: DashMap<Box<str>, Arc<Lease>, foldhash::fast::RandomState>,
-    max_leases: usize,
+    leases: Arc<TenantMap<Lease>>,
     clock: SharedClock,
     headers: bool,
     fallbacks: IntCounter,
@@ -105,12 +111,13 @@ struct Lease {
 // === impl GlobalLimiter ===
 
 impl GlobalLimiter {
-    /// The limiter of `cfg` on the route labelled `route`, sharing buckets through `store`.
+    /// The limiter of `cfg` on the route labelled `route`, sharing buckets through `store`;
+    /// its leases count against `tracked`.
     pub fn new(
         cfg: &RateLimit,
         route: &Arc<str>,
         store: Arc<GlobalStore>,
-        max_leases: u64,
+        tracked: &Arc<TrackedTenants>,
         clock: SharedClock,
         fallbacks: IntCounter,
     ) -> Self {
@@ -155,8 +162,7 @@ impl GlobalLimiter {
                 total_key,
                 lease_ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
                 on_error: cfg.on_store_error.unwrap_or_default(),
-                leases: DashMap::default(),
-                max_leases: usize::try_from(max_leases).unwrap_or(usize::MAX),
+                leases: TenantMap::new(tracked, clock.clone()),
                 clock,
                 headers: cfg.headers,
                 fallbacks,
@@ -189,7 +195,12 @@ impl GlobalLimiter {
                 return refused;
             }
         }
-        let lease = inner.lease_of(tenant);
+        let (lease, want) = match inner.lease_of(tenant) {
+            Some(lease) => (lease, set.lease),
+            // No room (every tracked entry is in use right now): a lease for this request
+            // alone, of one token, so that none is leased to be lost.
+            None => (Arc::new(Lease::default()), 1),
+        };
         let mut deadline = None;
         loop {
             let now = inner.clock.now_nanos();
@@ -219,7 +230,7 @@ impl GlobalLimiter {
             if !lease.refilling.swap(true, Ordering::AcqRel) {
                 lease.failed.store(false, Ordering::Release);
                 let (inner, lease, tenant) = (inner.clone(), lease.clone(), Box::from(tenant));
-                tokio::spawn(async move { inner.refill(&lease, &tenant, index).await });
+                tokio::spawn(async move { inner.refill(&lease, &tenant, index, want).await });
             }
             let at = *deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + inner.store.timeout());
@@ -261,27 +272,14 @@ impl Inner {
         }
     }
 
-    /// The tenant's lease; tenants past `max_leases` share no lease (each of their requests
-    /// asks the store, and what it leases beyond one token is lost: strict, never lenient),
-    /// after idle leases were dropped to make room.
-    fn lease_of(&self, tenant: &str) -> Arc<Lease> {
-        if let Some(l) = self.leases.get(tenant) {
-            return l.clone();
-        }
-        if self.leases.len() >= self.max_leases {
-            let now = self.clock.now_nanos();
-            self.leases.retain(|_, l| !l.is_idle(now));
-            if self.leases.len() >= self.max_leases {
-                return Arc::new(Lease::default());
-            }
-        }
-        self.leases
-            .entry(Box::from(tenant))
-            .or_insert_with(|| Arc::new(Lease::default()))
-            .clone()
+    /// The tenant's lease, tracked; `None` when `tenants.max_tracked` is reached and no table
+    /// could free an entry. No allocation for a tenant already tracked.
+    fn lease_of(&self, tenant: &str) -> Option<Arc<Lease>> {
+        self.leases.get_or_insert_with(tenant, Lease::default)
     }
 
-    async fn refill(&self, lease: &Lease, tenant: &str, index: u32) {
+    /// Asks the store for `want` tokens of set `index` for `lease`.
+    async fn refill(&self, lease: &Lease, tenant: &str, index: u32, want: u64) {
         let set = self.set(index);
         let key = self.store.tenant_key(&self.route, tenant);
         let ask = Ask {
@@ -289,7 +287,7 @@ impl Inner {
             total_key: self.total_key.as_deref(),
             tenant: &set.limits,
             total: &self.total,
-            want: set.lease,
+            want,
         };
         let answer = self.store.lease(&ask).await;
         let now = self.clock.now_nanos();
@@ -423,13 +421,32 @@ impl Lease {
         }
     }
 
+    /// Live tokens held at `now`.
+    fn live(&self, now: u64) -> u64 {
+        if now < self.expires.load(Ordering::Acquire) {
+            self.tokens.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
     /// Holds nothing worth keeping: no live tokens, no refusal in force, no refill running.
     fn is_idle(&self, now: u64) -> bool {
-        let live =
-            self.tokens.load(Ordering::Acquire) > 0 && now < self.expires.load(Ordering::Acquire);
-        !live
+        self.live(now) == 0
             && now >= self.refused_until.load(Ordering::Acquire)
             && !self.refilling.load(Ordering::Acquire)
+    }
+}
+
+impl TenantState for Lease {
+    fn is_idle(&self, now_nanos: u64) -> bool {
+        Lease::is_idle(self, now_nanos)
+    }
+
+    /// Evicting a lease that is not idle strands its live tokens (and a refusal in force costs
+    /// one store call to learn again): those with the fewest go first.
+    fn keep_score(&self, now_nanos: u64) -> u64 {
+        self.live(now_nanos)
     }
 }
 

@@ -92,12 +92,12 @@ async fn admissions_through_the_store_count_against_the_local_fallback() {
         &cfg,
         &route,
         unreachable_store(&shared),
-        1000,
+        &TrackedTenants::new(1000),
         shared.clone(),
         fallbacks.clone(),
     );
     // Five admissions through the store: tokens as a store's answers leave them.
-    let lease = g.inner.lease_of("acme");
+    let lease = g.inner.lease_of("acme").expect("room");
     lease.expires.store(u64::MAX, Ordering::Release);
     lease.tokens.store(5, Ordering::Release);
     for _ in 0..5 {
@@ -155,13 +155,96 @@ async fn admissions_through_the_store_count_against_the_local_fallback() {
         &allow,
         &route,
         unreachable_store(&shared),
-        1000,
+        &TrackedTenants::new(1000),
         shared.clone(),
         fallbacks,
     );
-    let lease = g.inner.lease_of("acme");
+    let lease = g.inner.lease_of("acme").expect("room");
     lease.expires.store(u64::MAX, Ordering::Release);
     lease.tokens.store(1, Ordering::Release);
     assert!(g.check("acme", None, &local).await.is_admitted());
     assert_eq!(local.tracked(), 0, "allow: nothing counted locally");
+}
+
+/// A lease of `tokens` for `tenant`, good until `expires`; the table holds it, not the caller.
+fn lease_for(g: &GlobalLimiter, tenant: &str, tokens: u64, expires: u64) {
+    let l = g.inner.lease_of(tenant).expect("room");
+    l.expires.store(expires, Ordering::Release);
+    l.tokens.store(tokens, Ordering::Release);
+}
+
+/// Leases are per-tenant state like a rate limiter's buckets: they count against
+/// `tenants.max_tracked` with every other table, and a new tenant that finds the cap reached
+/// evicts a batch (an eighth of the cap: idle leases first, then those with the fewest live
+/// tokens), so the tenants after it find room without a scan of their own; another table's
+/// new tenant may take its room from the leases too.
+#[tokio::test]
+async fn leases_count_against_max_tracked_and_are_evicted_in_batches() {
+    use crate::clock::ManualClock;
+    use crate::config::file::{LimitScope, Limits};
+    use crate::config::units::Rate;
+    use crate::policy::rate_limit::TrackedTenants;
+
+    let clock = ManualClock::new();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let cfg = RateLimit {
+        per_tenant: Some(Limits(vec![Limit {
+            rate: Rate {
+                count: 1,
+                per: Duration::from_secs(60),
+            },
+            burst: Some(20),
+            name: None,
+            window: Default::default(),
+        }])),
+        scope: LimitScope::Global,
+        ..RateLimit::default()
+    };
+    let tracked = TrackedTenants::new(16);
+    let fallbacks = IntCounter::new("fallbacks", "decisions by on_store_error").expect("valid");
+    let route: Arc<str> = Arc::from("app");
+    let g = GlobalLimiter::new(
+        &cfg,
+        &route,
+        unreachable_store(&shared),
+        &tracked,
+        shared.clone(),
+        fallbacks,
+    );
+    for i in 0..8 {
+        lease_for(&g, &format!("short{i}"), 1, S);
+        lease_for(&g, &format!("long{i}"), 5, 100 * S);
+    }
+    assert_eq!(g.leases(), 16);
+    assert_eq!(tracked.len(), 16, "leases count against max_tracked");
+
+    // Half the leases expire: the next new tenant drops every idle one, and no live one.
+    clock.advance(Duration::from_secs(2));
+    lease_for(&g, "n0", 1, 100 * S);
+    assert_eq!((g.leases(), tracked.len()), (9, 9), "idle leases go first");
+    for i in 0..8 {
+        assert!(
+            g.inner.leases.get(format!("long{i}").as_str()).is_some(),
+            "long{i} is live"
+        );
+    }
+    lease_for(&g, "n1", 2, 100 * S);
+    for i in 2..8 {
+        lease_for(&g, &format!("n{i}"), 5, 100 * S);
+    }
+    assert_eq!(tracked.len(), 16);
+
+    // Full, nothing idle: one newcomer evicts a batch of 16 / 8 = 2, those with the fewest
+    // live tokens; the newcomer after it finds room and evicts nothing.
+    lease_for(&g, "x", 5, 100 * S);
+    assert_eq!((g.leases(), tracked.len()), (15, 15));
+    assert!(g.inner.leases.get("n0").is_none() && g.inner.leases.get("n1").is_none());
+    lease_for(&g, "y", 5, 100 * S);
+    assert_eq!((g.leases(), tracked.len()), (16, 16), "room was left for y");
+
+    // A new tenant of a rate limiter under the same cap takes its room from the leases.
+    let local = RateLimiter::new(&cfg, tracked.clone(), shared.clone());
+    assert!(local.check("z").is_admitted());
+    assert_eq!(tracked.len(), 15, "the cap holds across tables");
+    assert_eq!((g.leases(), local.tracked()), (14, 1));
 }
