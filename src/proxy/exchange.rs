@@ -415,10 +415,15 @@ pub(super) fn try_once<'a>(
                     true => grpc::answer_status(rsp.status(), rsp.headers()),
                 });
                 if ctx.grpc {
+                    // A gRPC answer that streams: its status comes in the trailers. One whose
+                    // head carries `grpc-status` (Trailers-Only, its stream ended by an empty
+                    // DATA frame rather than by the HEADERS frame) has given its status
+                    // already: the head is the try's verdict, with no trailers to wait for.
+                    let trails = outcome == Outcome::Status(200)
+                        && !rsp.headers().contains_key(grpc::GRPC_STATUS);
                     if let Some(stream) = rsp.body_mut().streaming_h2() {
                         stream.grpc = true;
-                        if outcome == Outcome::Status(200) {
-                            // A gRPC answer that streams: its status comes in the trailers.
+                        if trails {
                             stream.trailed = Some(record.trail(&ep));
                         }
                     }
