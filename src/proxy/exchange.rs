@@ -5,7 +5,8 @@
 //! deadline and the request's, and a backoff never outlasts it. A request is retried only when
 //! its policy has a `retry` section, its method is idempotent (or it carries `Idempotency-Key`),
 //! its body fits `retry.buffer`, the outcome is listed in `retry.on`, the wait fits before the
-//! deadline and the route's retry budget allows it. Each retry prefers another endpoint.
+//! deadline, the route's breaker admits it and the route's retry budget allows it (when either
+//! refuses, the last try's answer is the request's). Each retry prefers another endpoint.
 //!
 //! **The outcome hook.** Every try is recorded exactly once, by a guard ([`TryRecord`]) created
 //! before the try is sent: finished with the outcome when one is known, or, if the try's future
@@ -62,7 +63,7 @@ use crate::config::file;
 use crate::error::Reason;
 use crate::metrics::Unsent;
 use crate::otel::{ClientSpan, TryTarget, TRACEPARENT};
-use crate::policy::circuit_breaker::{BreakerPermit, State};
+use crate::policy::circuit_breaker::BreakerPermit;
 use crate::policy::outcome::Outcome;
 use crate::policy::retry::{is_idempotent, parse_retry_after, wait_before_retry, RouteRetry};
 use crate::policy::timeout::per_try_timeout;
@@ -218,23 +219,21 @@ pub(super) async fn retry_loop(
 ) -> Response<Body> {
     let mut avoid = None;
     let mut attempt = 1;
+    // The next try's leave from the breaker, once a retry has asked for it (the first try
+    // asks for its own).
+    let mut leave = None;
     loop {
         let mut tried = Tried::new();
         let replay = match &trailers {
             None => Body::full(body.clone()),
             Some(t) => Body::with_trailers(body.clone(), Some((**t).clone())),
         };
-        let mut rsp = try_once(ctx, parts, replay, avoid, fault, &mut tried).await;
+        let mut rsp = try_with(ctx, leave.as_mut(), parts, replay, avoid, fault, &mut tried).await;
         if attempt >= retry.cfg.attempts || !retry.on.should_retry(&tried.outcome) {
             return rsp;
         }
         // `retry-after` is read below.
         whole_headers(&mut rsp);
-        if breaker_open(ctx) {
-            // A retry never goes to an upstream whose breaker is open; the last try's answer
-            // says more than a refusal would.
-            return rsp;
-        }
         let remaining = match ctx.deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => MAX_WAIT_WITHOUT_DEADLINE,
@@ -244,6 +243,17 @@ pub(super) async fn retry_loop(
         else {
             return rsp;
         };
+        // The retry's leave from the breaker, asked while the last try's answer is still in
+        // hand: a breaker that refuses it (open, or half-open with every probe out) ends the
+        // retries as a spent budget does, and the answer the upstream gave says more than
+        // rampart's refusal would. Taken now and held through the wait, it is the retry's when
+        // it goes (a probe's place cannot be taken meanwhile, and a breaker that trips during
+        // the wait lets it go, as any try admitted before a trip); dropped unused (the budget
+        // refuses, the client leaves), it counts for nothing and a probe's place goes back.
+        let Ok(permit) = admit(ctx) else {
+            return rsp;
+        };
+        leave = Some(permit);
         if !retry.budget.try_withdraw() {
             ctx.route.metrics.retry_budget_exhausted.inc();
             return rsp;
@@ -312,9 +322,25 @@ async fn uploading_within<T>(
 /// retry to another endpoint names its own. Returns the answer; how the try ended, and where
 /// it went, are left in `tried`. (Not an `async fn`, so its arguments, the body among them, are
 /// not kept twice in every request's future: see [`run`].)
-#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see above
 pub(super) fn try_once<'a>(
     ctx: &'a RequestCtx<'a>,
+    parts: &'a mut Parts,
+    body: Body,
+    avoid: Option<SocketAddr>,
+    fault: Option<&'a FaultCell>,
+    tried: &'a mut Tried,
+) -> impl Future<Output = Response<Body>> + 'a {
+    try_with(ctx, None, parts, body, avoid, fault, tried)
+}
+
+/// [`try_once`] with its leave from the route's breaker `given` already, when it is (a retry's,
+/// asked before its wait: see [`retry_loop`]; the permit is taken from its place, `None` there
+/// when the route has no breaker), or asked for as it starts. (By reference: a permit in every
+/// request's future would grow it, see [`run`].)
+#[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see `run`
+fn try_with<'a>(
+    ctx: &'a RequestCtx<'a>,
+    given: Option<&'a mut Option<BreakerPermit>>,
     parts: &'a mut Parts,
     body: Body,
     avoid: Option<SocketAddr>,
@@ -324,7 +350,7 @@ pub(super) fn try_once<'a>(
     async move {
         let up = &ctx.route.upstream;
         // 7. Circuit breaker: an open breaker answers at once, without touching the upstream.
-        let permit = match admit(ctx) {
+        let permit = match given.map_or_else(|| admit(ctx), |p| Ok(p.take())) {
             Ok(p) => p,
             Err(rsp) => {
                 *tried = Tried {
@@ -415,10 +441,15 @@ pub(super) fn try_once<'a>(
                     true => grpc::answer_status(rsp.status(), rsp.headers()),
                 });
                 if ctx.grpc {
+                    // A gRPC answer that streams: its status comes in the trailers. One whose
+                    // head carries `grpc-status` (Trailers-Only, its stream ended by an empty
+                    // DATA frame rather than by the HEADERS frame) has given its status
+                    // already: the head is the try's verdict, with no trailers to wait for.
+                    let trails = outcome == Outcome::Status(200)
+                        && !rsp.headers().contains_key(grpc::GRPC_STATUS);
                     if let Some(stream) = rsp.body_mut().streaming_h2() {
                         stream.grpc = true;
-                        if outcome == Outcome::Status(200) {
-                            // A gRPC answer that streams: its status comes in the trailers.
+                        if trails {
                             stream.trailed = Some(record.trail(&ep));
                         }
                     }
@@ -624,14 +655,6 @@ pub fn admit(ctx: &RequestCtx<'_>) -> Result<Option<BreakerPermit>, Box<Response
             let msg = format!("upstream {}: {open}", ctx.route.upstream.name);
             Box::new(answer(Reason::CircuitOpen, &msg, Some(open.retry_after)))
         })
-}
-
-/// Whether the route's breaker would refuse the tenant's next try now.
-fn breaker_open(ctx: &RequestCtx<'_>) -> bool {
-    let Some(b) = &ctx.route.breaker else {
-        return false;
-    };
-    matches!(b.state(ctx.tenant.as_str()), Some(State::Open))
 }
 
 /// The answer for a client's broken or stalled upload.

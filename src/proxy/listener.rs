@@ -1491,8 +1491,10 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: 5,200 bytes in
-    /// a test build of rustc 1.95 (5,168 before the upstream answer's idle timer, a small
+    /// A connection serving requests holds the request path's futures inline: 5,232 bytes in
+    /// a test build of rustc 1.95 (5,200 before a retry took its breaker's leave before its
+    /// wait, to end the retries when the breaker would refuse it: the retry loop keeps the
+    /// permit, 24 bytes, and a try the place it is in, 8, and the bound moved to 5,248; 5,168 before the upstream answer's idle timer, a small
     /// upload's head instant and tunnels following their connection's stop signal, each
     /// within 5,184 alone, and the bound moved to 5,216; 4,816 before the request path learnt to judge a try without
     /// the client's upload time, to keep a streamed body for a refused HTTP/2 stream, to wait
@@ -1511,8 +1513,8 @@ mod tests {
     fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);
         assert!(
-            size <= 5_216,
-            "a plain connection's future is {size} bytes, over 5,216: see stack::handle's doc, \
+            size <= 5_248,
+            "a plain connection's future is {size} bytes, over 5,248: see stack::handle's doc, \
              and `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
         );
     }

@@ -300,6 +300,45 @@ async fn a_retry_never_goes_to_an_upstream_whose_breaker_is_open() {
     assert_eq!(retries.unwrap_or(0.0), 0.0);
 }
 
+/// A retry that the breaker refuses ends the retries, as a spent budget does: the client gets
+/// the upstream's own answer, not rampart's `circuit_open`. Half-open with two probes, the first
+/// held by a slow call: a call whose probe is answered 429 (a success for the breaker, and
+/// retried on `retry.on`) finds no probe's place left for its retry, and the 429 is its answer
+/// (before, rampart answered 503 `circuit_open` in its place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
+    let app = sample().await;
+    let policy = GUARDED.replace(
+        "    circuit_breaker:\n$BREAKER",
+        "    circuit_breaker: { consecutive_failures: 1, open_for: 1s, half_open_probes: 2 }\n    retry: { attempts: 3, on: [429], backoff: { base: 1ms, max: 2ms } }",
+    );
+    let proxy = Proxy::builder(&policy).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    sleep_past(Duration::from_secs(1), Instant::now()).await;
+    let slow = tokio::spawn(http::get(addr, "/slow?ms=800", &[]));
+    crate::assert_eventually!(
+        app.hits_for("/slow") == 1,
+        "the first probe reached the app"
+    );
+
+    let rsp = http::get(addr, "/status/429", &[]).await;
+    assert_eq!(rsp.status, 429, "the upstream's answer: {:?}", rsp.headers);
+    assert_eq!(rsp.header("x-rampart-reason"), None);
+    assert_eq!(app.hits_for("/status/429"), 1, "no retry went");
+    let text = metrics(proxy.admin()).await;
+    let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
+    assert_eq!(retries.unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(state_gauge(&text, "", "half_open"), Some(1.0), "{text}");
+
+    // The first probe succeeds too: both are in, and the breaker closes.
+    assert_eq!(slow.await.expect("the slow call").status, 200);
+    crate::assert_eventually!(
+        state_gauge(&metrics(proxy.admin()).await, "", "closed") == Some(1.0),
+        "closed after its two probes"
+    );
+}
+
 /// SPEC §2: a breaker guards an upstream. Routes to `app` through a policy without a breaker,
 /// or through no policy, share the breaker of the route whose policy has one: an open breaker
 /// refuses them too, and their failures count toward it.

@@ -40,8 +40,10 @@ struct Seen {
 /// A hyper HTTP/2 server on 127.0.0.1: `/grpc` answers `hello` with the trailers
 /// `grpc-status: 0` (`/grpc/sized` too, with a `content-length`; `/grpc/announced` with
 /// `trailer: grpc-status`), `/echo` its request body, `/status/503` a 503, `/slow` 200 `slow` after a
-/// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), `/bytes/N` N bytes (as fast as
-/// flow control lets them go), anything else 200 `ok`. HEAD of `/bytes/N` gets the length N and
+/// second, `/unavailable` a gRPC UNAVAILABLE (Trailers-Only), `/ok-at-head` a gRPC OK
+/// (Trailers-Only), `/bytes/N` N bytes (as fast as flow control lets them go), anything else
+/// 200 `ok`. Neither Trailers-Only answer ends its stream with its HEADERS frame: hyper ends it
+/// with an empty DATA frame, its body (no frames) unable to tell it is empty. HEAD of `/bytes/N` gets the length N and
 /// no content (its stream ended by an empty DATA frame, as hyper ends a body it cannot tell
 /// is empty).
 struct H2Server {
@@ -183,7 +185,7 @@ async fn answer(
             )
         }
         "/status/503" => (StatusCode::SERVICE_UNAVAILABLE, vec![data("busy")]),
-        "/unavailable" => (StatusCode::OK, Vec::new()),
+        "/unavailable" | "/ok-at-head" => (StatusCode::OK, Vec::new()),
         "/slow" => {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             (StatusCode::OK, vec![data("slow")])
@@ -245,6 +247,12 @@ async fn answer(
         h.insert("content-type", "application/grpc".parse().expect("value"));
         h.insert("grpc-status", "14".parse().expect("value"));
         h.insert("grpc-message", "overloaded".parse().expect("value"));
+    }
+    if parts.uri.path() == "/ok-at-head" {
+        // A call with no message to answer: Trailers-Only, its OK in the headers.
+        let h = rsp.headers_mut();
+        h.insert("content-type", "application/grpc".parse().expect("value"));
+        h.insert("grpc-status", "0".parse().expect("value"));
     }
     rsp
 }
@@ -713,8 +721,8 @@ async fn an_upstream_that_does_not_speak_http2_is_a_502() {
     }
 }
 
-/// Routes for the gRPC calls' tests: `/limited` takes one call a minute, `/unavailable` is
-/// behind a breaker that opens after two failures, `/grpc` and `/slow` take any; every other
+/// Routes for the gRPC calls' tests: `/limited` takes one call a minute, `/unavailable` (and
+/// `/ok-at-head`) is behind a breaker that opens after two failures, `/grpc` and `/slow` take any; every other
 /// path is rampart's `no_route`. A breaker guards every route to its upstream (SPEC §2), so
 /// the routes without `guarded` go to the same server under another upstream name, `free`:
 /// their calls (answers without a `grpc-status` are failed calls) must not open it.
@@ -743,6 +751,7 @@ listeners:
       - { match: { path_prefix: /grpc }, upstream: free }
       - { match: { path_prefix: /slow }, upstream: free }
       - { match: { path_prefix: /unavailable }, upstream: grpc, policy: guarded }
+      - { match: { path_prefix: /ok-at-head }, upstream: grpc, policy: guarded }
       - { match: { path_prefix: /trailed }, upstream: grpc, policy: guarded }
       - { match: { path_prefix: /per-try }, upstream: free, policy: per_try }
       - { match: { path_prefix: /bounded }, upstream: free, policy: bounded }
@@ -1046,6 +1055,52 @@ async fn an_upstreams_grpc_errors_open_the_breaker() {
         &[("upstream", "grpc"), ("code", "503")],
     );
     assert_eq!(failed, Some(2.0), "{text}");
+}
+
+/// A Trailers-Only answer whose stream its HEADERS frame does not end (an empty DATA frame ends
+/// it) has given its call's status in its head, and that is its try's outcome: OK is a success
+/// for the breaker, however many come (before, rampart waited for trailers that never came and
+/// counted each a failure, and two opened the breaker), and UNAVAILABLE still a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailers_only_status_is_its_tries_outcome_though_its_stream_goes_on() {
+    let (up, proxy, addr) = grpc_routes().await;
+    for _ in 0..3 {
+        let ok = h2_post(addr, "/ok-at-head", "application/grpc").await;
+        assert_eq!(ok.status, StatusCode::OK);
+        assert_eq!(ok.headers["grpc-status"], "0", "{:?}", ok.headers);
+        assert!(ok.headers.get("x-rampart-reason").is_none());
+    }
+    let text = metrics(proxy.admin()).await;
+    let state = |text: &str, state: &str| {
+        metric_value(
+            text,
+            "rampart_circuit_breaker_state",
+            &[("upstream", "grpc"), ("state", state)],
+        )
+    };
+    assert_eq!(state(&text, "closed"), Some(1.0), "{text}");
+    let heads = metric_value(
+        &text,
+        "rampart_upstream_requests_total",
+        &[("upstream", "grpc"), ("code", "200")],
+    );
+    assert_eq!(heads, Some(3.0), "{text}");
+
+    // The same answer with UNAVAILABLE in its head: two failures open the breaker.
+    for _ in 0..2 {
+        let failed = h2_post(addr, "/unavailable", "application/grpc").await;
+        assert_eq!(failed.headers["grpc-status"], "14");
+        assert!(failed.headers.get("x-rampart-reason").is_none());
+    }
+    let refused = h2_post(addr, "/ok-at-head", "application/grpc").await;
+    assert_eq!(
+        refused.headers["x-rampart-reason"], "circuit_open",
+        "{:?}",
+        refused.headers
+    );
+    assert_eq!(up.seen().len(), 5, "the open breaker kept the call away");
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(state(&text, "open"), Some(1.0), "{text}");
 }
 
 /// A gRPC answer that streams (HTTP 200, a message, then `grpc-status` in the trailers) ends its
