@@ -7,6 +7,13 @@
 //! own 5xx is its answer, not ours), and the answer says what it is: `x-rampart-degraded:
 //! stale|static`, with `x-rampart-reason` still naming the error it replaced.
 //!
+//! A 2xx answer stands in only for a read (GET or HEAD, [`is_read`]): to a POST, PUT, PATCH,
+//! DELETE or any other method it would say that a write succeeded which never ran (or ran an
+//! unknown number of times), so such a request whose refusal a static 2xx would replace gets
+//! rampart's own error instead, as if there were no fallback (nor is it counted as one). A
+//! static answer of another status (a 503 with a friendly body) replaces it for every method;
+//! `validate` warns of a static 2xx.
+//!
 //! The stale answer is the last 2xx answer to the same tenant, method (GET or HEAD) and target
 //! (path and query), no older than `stale`, and only if a shared cache could keep it
 //! ([`may_keep`]: not private, not setting a cookie, not one that forbids being served stale,
@@ -138,7 +145,7 @@ impl RouteFallback {
         headers: &HeaderMap,
     ) -> Option<Keep> {
         let (_, store) = self.stale.as_ref()?;
-        if method != Method::GET && method != Method::HEAD {
+        if !is_read(method) {
             return None;
         }
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -155,10 +162,13 @@ impl RouteFallback {
     }
 
     /// What to answer instead of a refusal whose `x-rampart-reason` is `reason_text`, if this
-    /// policy replaces it; counts what it gives.
+    /// policy replaces it; counts what it gives. `read` says whether the request was a GET or
+    /// HEAD ([`is_read`]): only then may a static 2xx stand in (a kept answer is only ever
+    /// looked up for one, by `key`); for any other method the refusal stays.
     pub fn replacement(
         &self,
         reason_text: &[u8],
+        read: bool,
         key: Option<&Key>,
     ) -> Option<(Reason, Replacement)> {
         let (r, stale_count, static_count) = self
@@ -171,10 +181,21 @@ impl RouteFallback {
                 return Some((*r, Replacement::Stale(kept, age)));
             }
         }
-        let s = self.static_answer.clone()?;
+        let s = self
+            .static_answer
+            .as_ref()
+            .filter(|s| read || !s.status.is_success())?
+            .clone();
         static_count.inc();
         Some((*r, Replacement::Static(s)))
     }
+}
+
+/// Whether a request of `method` is a read that a fallback's 2xx may answer: GET or HEAD, the
+/// methods whose answers are kept for `stale` (not OPTIONS, whose answers are not kept either:
+/// one rule for both kinds).
+pub fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
 }
 
 /// Whether an answer with `headers` to a request that carried `authorization` or not

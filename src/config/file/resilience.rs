@@ -51,7 +51,8 @@ pub struct Fallback {
     /// GET/HEAD: serve the last 2xx answer of the same tenant, method and target up to this age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<Dur>,
-    /// Else (or for other methods) this answer.
+    /// Else this answer; for other methods only when it is not a 2xx (a 2xx would tell a
+    /// write that never ran that it succeeded: `policy::fallback::is_read`).
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_answer: Option<StaticAnswer>,
 }

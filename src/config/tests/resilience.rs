@@ -277,7 +277,10 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
         let text = policy(&format!(
             "{{ timeout: {{ request: 50ms }}, fallback: {{ on: [timeout], static: {{ status: {status}, body: hello }} }} }}"
         ));
-        let all = warnings(&text);
+        let all: Vec<_> = warnings(&text)
+            .into_iter()
+            .filter(|w| w.path.ends_with(".body"))
+            .collect();
         assert_eq!(all.len(), 1, "{status}: {all:#?}");
         let (line, col, path) = spot(&all[0]);
         assert_eq!(path, "policies.p.fallback.static.body");
@@ -307,7 +310,77 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
         "{ fallback: { on: [timeout], static: { status: 200, body: hello } } }",
         "{ fallback: { on: [timeout], static: { status: 206, body: hello } } }",
     ] {
+        // (A 2xx is warned of at its status: `a_static_2xx_fallback_draws_a_warning_at_its_status`.)
         let all = warnings(&policy(quiet));
+        assert!(
+            all.iter().all(|w| !w.path.ends_with(".body")),
+            "{quiet}: {all:#?}"
+        );
+    }
+}
+
+/// A static fallback of 2xx stands in only for GET and HEAD (a 2xx to a write that never ran
+/// would say it succeeded), and every route takes every method: accepted (existing files still
+/// load), with a warning at the status, or at `static` when the status is left to its 200.
+/// Any other status answers every method: no warning.
+#[test]
+fn a_static_2xx_fallback_draws_a_warning_at_its_status() {
+    let text = policy(
+        "{ fallback: { on: [timeout], static: { status: 200, content_type: application/json, body: '[]' } } }",
+    );
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, col, path) = spot(&all[0]);
+    assert_eq!(path, "policies.p.fallback.static.status");
+    let at = text
+        .lines()
+        .position(|l| l.contains("status: 200"))
+        .expect("the line");
+    assert_eq!(line, at + 1, "{}", all[0]);
+    let expected_col = text
+        .lines()
+        .nth(at)
+        .and_then(|l| l.find("status: 200"))
+        .expect("col")
+        + 1;
+    assert_eq!(col, expected_col, "{}", all[0]);
+    assert!(
+        all[0]
+            .message
+            .starts_with("a 200 fallback stands in only for GET and HEAD"),
+        "{}",
+        all[0]
+    );
+    // Left to its default of 200: placed at `static`.
+    let text = policy("{ fallback: { on: [timeout], static: { body: x } } }");
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].path, "policies.p.fallback.static.status");
+    assert!(all[0].message.contains("GET and HEAD"), "{}", all[0]);
+    let at = text
+        .lines()
+        .position(|l| l.contains("static: {"))
+        .expect("the line");
+    let col = text
+        .lines()
+        .nth(at)
+        .and_then(|l| l.find("static"))
+        .expect("col")
+        + 1;
+    assert_eq!((all[0].line, all[0].column), (at + 1, col), "{}", all[0]);
+    for status in [201, 204, 299] {
+        let all = warnings(&policy(&format!(
+            "{{ fallback: {{ on: [timeout], static: {{ status: {status} }} }} }}"
+        )));
+        assert_eq!(all.len(), 1, "{status}: {all:#?}");
+        assert!(all[0].message.starts_with(&format!("a {status} fallback")));
+    }
+    for quiet in [300, 404, 503] {
+        let all = warnings(&policy(&format!(
+            "{{ fallback: {{ on: [timeout], static: {{ status: {quiet}, body: sorry }} }} }}"
+        )));
         assert!(all.is_empty(), "{quiet}: {all:#?}");
     }
+    // A stale answer alone is only ever a read's: nothing to warn of.
+    assert!(warnings(&policy("{ fallback: { on: [timeout], stale: 1m } }")).is_empty());
 }

@@ -109,6 +109,17 @@ pub(super) fn fallback(f: &Fallback, p: &KeyPath, r: &mut Report<'_>) {
                 format!("{} cannot be a fallback answer: use 200 to 599", s.status),
             );
         }
+        if (200..300).contains(&s.status) {
+            // Acts, for reads only (`policy::fallback::is_read`): a route takes every method,
+            // and a 2xx to a write that never ran would tell its client it succeeded.
+            r.warn(
+                &sp.key("status"),
+                format!(
+                    "a {} fallback stands in only for GET and HEAD: a POST, PUT, PATCH, DELETE or other request whose refusal it would replace gets rampart's own error instead, as a 2xx would tell the client its write succeeded though it never ran; to answer every method, use a 4xx or 5xx status",
+                    s.status
+                ),
+            );
+        }
         if !s.body.is_empty()
             && http::StatusCode::from_u16(s.status).is_ok_and(crate::proxy::respond::contentless)
         {

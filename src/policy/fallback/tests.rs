@@ -55,7 +55,7 @@ fn stale_first_then_static_and_only_for_listed_reasons() {
         .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
         .expect("kept");
     assert!(matches!(
-        fb.replacement(b"upstream_unavailable", Some(&key)),
+        fb.replacement(b"upstream_unavailable", true, Some(&key)),
         Some((Reason::UpstreamUnavailable, Replacement::Static(_)))
     ));
     store.insert(
@@ -64,18 +64,18 @@ fn stale_first_then_static_and_only_for_listed_reasons() {
         HeaderMap::new(),
         Bytes::from_static(b"old"),
     );
-    match fb.replacement(b"timeout", Some(&key)) {
+    match fb.replacement(b"timeout", true, Some(&key)) {
         Some((Reason::Timeout, Replacement::Stale(k, _))) => assert_eq!(k.body, "old"),
         other => panic!("a stale answer must be given: {other:?}"),
     }
     assert!(
-        fb.replacement(b"circuit_open", Some(&key)).is_none(),
+        fb.replacement(b"circuit_open", true, Some(&key)).is_none(),
         "not listed"
     );
-    assert!(fb.replacement(b"rate_limited", Some(&key)).is_none());
+    assert!(fb.replacement(b"rate_limited", true, Some(&key)).is_none());
     clock.advance(Duration::from_secs(301));
     assert!(matches!(
-        fb.replacement(b"timeout", Some(&key)),
+        fb.replacement(b"timeout", true, Some(&key)),
         Some((_, Replacement::Static(_)))
     ));
     let count = |kind: &str, r: &str| m.fallbacks.with_label_values(&["r", kind, r]).get();
@@ -91,7 +91,47 @@ fn without_static_and_nothing_kept_the_refusal_stays() {
     let Keep { key, .. } = fb
         .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
         .expect("kept");
-    assert!(fb.replacement(b"timeout", Some(&key)).is_none());
+    assert!(fb.replacement(b"timeout", true, Some(&key)).is_none());
+}
+
+/// A static 2xx stands in only for a GET or HEAD: to a POST (or any other method) it would say
+/// a write succeeded that never ran, so that refusal stays, uncounted. Another status (a 503
+/// with a friendly body) replaces the refusal of every method.
+#[test]
+fn a_static_2xx_replaces_only_a_reads_refusal() {
+    let clock = ManualClock::new();
+    let (fb, m) = build(&cfg(false, true), &clock);
+    for method in [Method::GET, Method::HEAD] {
+        assert!(is_read(&method), "{method}");
+    }
+    for method in [
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ] {
+        assert!(!is_read(&method), "{method}");
+    }
+    assert!(fb.replacement(b"timeout", false, None).is_none());
+    assert!(matches!(
+        fb.replacement(b"timeout", true, None),
+        Some((Reason::Timeout, Replacement::Static(_)))
+    ));
+    let count = |r: &str| m.fallbacks.with_label_values(&["r", "static", r]).get();
+    assert_eq!(count("timeout"), 1, "only the answer given is counted");
+
+    let mut friendly = cfg(false, true);
+    if let Some(s) = friendly.static_answer.as_mut() {
+        s.status = 503;
+    }
+    let (fb, _) = build(&friendly, &clock);
+    for read in [false, true] {
+        match fb.replacement(b"timeout", read, None) {
+            Some((_, Replacement::Static(s))) => assert_eq!(s.status, 503),
+            other => panic!("a 503 stands in for any method: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -110,7 +150,7 @@ fn a_reload_keeps_the_store() {
     let shared: SharedClock = Arc::new(clock.clone());
     let again = RouteFallback::build(&cfg(true, true), Some(&fb), "r", &m, &shared);
     assert!(matches!(
-        again.replacement(b"timeout", Some(&key)),
+        again.replacement(b"timeout", true, Some(&key)),
         Some((_, Replacement::Stale(..)))
     ));
 }
