@@ -7,12 +7,11 @@
 //! own 5xx is its answer, not ours), and the answer says what it is: `x-rampart-degraded:
 //! stale|static`, with `x-rampart-reason` still naming the error it replaced.
 //!
-//! A 2xx answer stands in only for a read (GET or HEAD, [`is_read`]): to a POST, PUT, PATCH,
-//! DELETE or any other method it would say that a write succeeded which never ran (or ran an
-//! unknown number of times), so such a request whose refusal a static 2xx would replace gets
-//! rampart's own error instead, as if there were no fallback (nor is it counted as one). A
-//! static answer of another status (a 503 with a friendly body) replaces it for every method;
-//! `validate` warns of a static 2xx.
+//! The static answer stands in for every method (SPEC §10), unless `static.methods` names the
+//! ones it is for: a request of another method keeps rampart's own refusal, as if there were no
+//! fallback (nor is it counted as one). A static 2xx for every method would tell a POST, PUT,
+//! PATCH or DELETE whose write never ran (or ran an unknown number of times) that it
+//! succeeded, so `validate` warns of a 2xx without `methods`.
 //!
 //! The stale answer is the last 2xx answer to the same tenant, method (GET or HEAD) and target
 //! (path and query), no older than `stale`, and only if a shared cache could keep it
@@ -47,6 +46,8 @@ pub struct RouteFallback {
     cfg: file::Fallback,
     stale: Option<(Duration, Arc<StaleStore>)>,
     static_answer: Option<StaticParts>,
+    /// `static.methods`: the methods the static answer is for; `None`, every method.
+    static_methods: Option<Box<[Method]>>,
     /// Per replaced reason: the stale and the static counter.
     on: Vec<(Reason, IntCounter, IntCounter)>,
 }
@@ -107,6 +108,16 @@ impl RouteFallback {
                 .unwrap_or(HeaderValue::from_static("text/plain")),
             body: Bytes::from(s.body.clone()),
         });
+        let static_methods = cfg
+            .static_answer
+            .as_ref()
+            .and_then(|s| s.methods.as_ref())
+            .map(|ms| {
+                // Validation refused a name that is no method.
+                ms.iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect()
+            });
         let on = cfg
             .on
             .iter()
@@ -124,6 +135,7 @@ impl RouteFallback {
             cfg: cfg.clone(),
             stale,
             static_answer,
+            static_methods,
             on,
         }
     }
@@ -161,14 +173,22 @@ impl RouteFallback {
         })
     }
 
+    /// Whether the static answer may stand in for a request of `method`: every method, or those
+    /// `static.methods` names.
+    pub fn static_for(&self, method: &Method) -> bool {
+        self.static_methods
+            .as_deref()
+            .is_none_or(|ms| ms.contains(method))
+    }
+
     /// What to answer instead of a refusal whose `x-rampart-reason` is `reason_text`, if this
-    /// policy replaces it; counts what it gives. `read` says whether the request was a GET or
-    /// HEAD ([`is_read`]): only then may a static 2xx stand in (a kept answer is only ever
-    /// looked up for one, by `key`); for any other method the refusal stays.
+    /// policy replaces it; counts what it gives. `static_ok` says whether the static answer may
+    /// stand in for the request ([`RouteFallback::static_for`] its method); a kept answer is
+    /// only ever looked up for a GET or HEAD, by `key`.
     pub fn replacement(
         &self,
         reason_text: &[u8],
-        read: bool,
+        static_ok: bool,
         key: Option<&Key>,
     ) -> Option<(Reason, Replacement)> {
         let (r, stale_count, static_count) = self
@@ -181,20 +201,14 @@ impl RouteFallback {
                 return Some((*r, Replacement::Stale(kept, age)));
             }
         }
-        let s = self
-            .static_answer
-            .as_ref()
-            .filter(|s| read || !s.status.is_success())?
-            .clone();
+        let s = self.static_answer.as_ref().filter(|_| static_ok)?.clone();
         static_count.inc();
         Some((*r, Replacement::Static(s)))
     }
 }
 
-/// Whether a request of `method` is a read that a fallback's 2xx may answer: GET or HEAD, the
-/// methods whose answers are kept for `stale` (not OPTIONS, whose answers are not kept either:
-/// one rule for both kinds).
-pub fn is_read(method: &Method) -> bool {
+/// Whether a request of `method` is a read whose good answer `stale` keeps: GET or HEAD.
+fn is_read(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD
 }
 

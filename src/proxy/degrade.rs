@@ -26,15 +26,15 @@ struct StaleKeeper {
     headers: HeaderMap,
 }
 
-/// Applies `fb` to the answer of one request (`read`: a GET or HEAD,
-/// [`is_read`](crate::policy::fallback::is_read)): a refusal it replaces becomes the fallback
-/// answer (a static 2xx only for a read); a 2xx upstream answer to a request it keeps (`keep`,
+/// Applies `fb` to the answer of one request (`static_ok`: its static answer may stand in for
+/// it, [`RouteFallback::static_for`]): a refusal it replaces becomes the fallback answer; a 2xx
+/// upstream answer to a request it keeps (`keep`,
 /// from [`RouteFallback::keep_for`]) gets its body teed into the store, unless a shared cache
 /// could not keep it ([`may_keep`]: private, uncacheable, setting a cookie, or answering a
 /// request that carried `authorization`).
 pub fn apply(
     fb: &RouteFallback,
-    read: bool,
+    static_ok: bool,
     keep: Option<Keep>,
     rsp: Response<Body>,
 ) -> Response<Body> {
@@ -44,7 +44,7 @@ pub fn apply(
         let Some(reason) = respond::own_reason(&rsp) else {
             return rsp;
         };
-        return match fb.replacement(reason.as_bytes(), read, keep.as_ref().map(|k| &k.key)) {
+        return match fb.replacement(reason.as_bytes(), static_ok, keep.as_ref().map(|k| &k.key)) {
             Some((reason, with)) => respond::degraded(reason, with),
             None => rsp,
         };
@@ -183,6 +183,7 @@ mod tests {
                 status: 200,
                 content_type: "text/plain".into(),
                 body: "fine".into(),
+                methods: None,
             }),
         };
         let fb = RouteFallback::build(&cfg, None, "r", &m, &clock);

@@ -51,8 +51,7 @@ pub struct Fallback {
     /// GET/HEAD: serve the last 2xx answer of the same tenant, method and target up to this age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<Dur>,
-    /// Else this answer; for other methods only when it is not a 2xx (a 2xx would tell a
-    /// write that never ran that it succeeded: `policy::fallback::is_read`).
+    /// Else this answer (for the methods of its `methods`, or every method).
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_answer: Option<StaticAnswer>,
 }
@@ -84,6 +83,9 @@ pub struct StaticAnswer {
     /// The body, as written.
     #[serde(default)]
     pub body: String,
+    /// The methods it stands in for (`[GET, HEAD]`: reads only); every method when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
 }
 
 /// `policies.NAME.idempotency:` replay protection for requests carrying the header.

@@ -319,12 +319,13 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
     }
 }
 
-/// A static fallback of 2xx stands in only for GET and HEAD (a 2xx to a write that never ran
-/// would say it succeeded), and every route takes every method: accepted (existing files still
-/// load), with a warning at the status, or at `static` when the status is left to its 200.
-/// Any other status answers every method: no warning.
+/// A static 2xx fallback without `methods` stands in for every method (SPEC §10), and so tells
+/// a write that never ran that it succeeded: accepted, with a warning at the status (or at
+/// `static` when the status is left to its 200) that names the remedy. With `methods`, or with
+/// another status, no warning. A `methods` list that names no method, or a method in lower
+/// case (methods are case-sensitive) or twice, is refused at the item.
 #[test]
-fn a_static_2xx_fallback_draws_a_warning_at_its_status() {
+fn a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status() {
     let text = policy(
         "{ fallback: { on: [timeout], static: { status: 200, content_type: application/json, body: '[]' } } }",
     );
@@ -347,7 +348,8 @@ fn a_static_2xx_fallback_draws_a_warning_at_its_status() {
     assert!(
         all[0]
             .message
-            .starts_with("a 200 fallback stands in only for GET and HEAD"),
+            .starts_with("a 200 fallback also answers a POST")
+            && all[0].message.contains("methods: [GET, HEAD]"),
         "{}",
         all[0]
     );
@@ -356,7 +358,6 @@ fn a_static_2xx_fallback_draws_a_warning_at_its_status() {
     let all = warnings(&text);
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0].path, "policies.p.fallback.static.status");
-    assert!(all[0].message.contains("GET and HEAD"), "{}", all[0]);
     let at = text
         .lines()
         .position(|l| l.contains("static: {"))
@@ -375,12 +376,32 @@ fn a_static_2xx_fallback_draws_a_warning_at_its_status() {
         assert_eq!(all.len(), 1, "{status}: {all:#?}");
         assert!(all[0].message.starts_with(&format!("a {status} fallback")));
     }
-    for quiet in [300, 404, 503] {
-        let all = warnings(&policy(&format!(
-            "{{ fallback: {{ on: [timeout], static: {{ status: {quiet}, body: sorry }} }} }}"
-        )));
+    for quiet in [
+        "{ fallback: { on: [timeout], static: { status: 300, body: sorry } } }",
+        "{ fallback: { on: [timeout], static: { status: 503, body: sorry } } }",
+        "{ fallback: { on: [timeout], static: { status: 200, body: '[]', methods: [GET, HEAD] } } }",
+        "{ fallback: { on: [timeout], static: { status: 200, methods: [POST, PURGE] } } }",
+        "{ fallback: { on: [timeout], stale: 1m } }",
+    ] {
+        let all = warnings(&policy(quiet));
         assert!(all.is_empty(), "{quiet}: {all:#?}");
     }
-    // A stale answer alone is only ever a read's: nothing to warn of.
-    assert!(warnings(&policy("{ fallback: { on: [timeout], stale: 1m } }")).is_empty());
+    for (methods, item, says) in [
+        ("[]", "methods", "an empty list"),
+        ("[GET, get]", "methods[1]", "write GET, not get"),
+        ("[GET, 'G T']", "methods[1]", "is not an HTTP method"),
+        ("[HEAD, HEAD]", "methods[1]", "listed twice"),
+    ] {
+        let text = policy(&format!(
+            "{{ fallback: {{ on: [timeout], static: {{ status: 503, methods: {methods} }} }} }}"
+        ));
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{methods}: {e:#?}");
+        assert_eq!(
+            e[0].path,
+            format!("policies.p.fallback.static.{item}"),
+            "{e:#?}"
+        );
+        assert!(e[0].message.contains(says), "{methods}: {}", e[0]);
+    }
 }
