@@ -37,7 +37,7 @@ use prometheus::IntCounter;
 
 pub use self::context::{TraceParent, TRACEPARENT, TRACESTATE};
 pub use self::export::Exporter;
-pub use self::span::{Answered, ClientSpan, ServerSpan, SpanParent, TryTarget};
+pub use self::span::{Answered, ClientSpan, ServerSpan, SpanParent, TryTarget, KNOWN_METHODS};
 use crate::config::file;
 
 /// The tracing of one config generation: how new traces are sampled and where spans go.

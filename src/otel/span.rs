@@ -368,12 +368,14 @@ fn method_name(m: &Method) -> &'static str {
     known_method(m).unwrap_or("HTTP")
 }
 
+/// The methods of RFC 9110 §9, and PATCH (RFC 5789), as written.
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 /// The standard method `m` is, if it is one.
 fn known_method(m: &Method) -> Option<&'static str> {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN.iter().copied().find(|k| *k == m.as_str())
+    KNOWN_METHODS.iter().copied().find(|k| *k == m.as_str())
 }
 
 /// The `tracestate` of `headers` for a span: its lines joined as one list (W3C trace context

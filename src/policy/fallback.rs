@@ -7,6 +7,12 @@
 //! own 5xx is its answer, not ours), and the answer says what it is: `x-rampart-degraded:
 //! stale|static`, with `x-rampart-reason` still naming the error it replaced.
 //!
+//! The static answer stands in for every method (SPEC §10), unless `static.methods` names the
+//! ones it is for: a request of another method keeps rampart's own refusal, as if there were no
+//! fallback (nor is it counted as one). A static 2xx for every method would tell a POST, PUT,
+//! PATCH or DELETE whose write never ran (or ran an unknown number of times) that it
+//! succeeded, so `validate` warns of a 2xx without `methods`.
+//!
 //! The stale answer is the last 2xx answer to the same tenant, method (GET or HEAD) and target
 //! (path and query), no older than `stale`, and only if a shared cache could keep it
 //! ([`may_keep`]: not private, not setting a cookie, not one that forbids being served stale,
@@ -40,6 +46,8 @@ pub struct RouteFallback {
     cfg: file::Fallback,
     stale: Option<(Duration, Arc<StaleStore>)>,
     static_answer: Option<StaticParts>,
+    /// `static.methods`: the methods the static answer is for; `None`, every method.
+    static_methods: Option<Box<[Method]>>,
     /// Per replaced reason: the stale and the static counter.
     on: Vec<(Reason, IntCounter, IntCounter)>,
 }
@@ -100,6 +108,16 @@ impl RouteFallback {
                 .unwrap_or(HeaderValue::from_static("text/plain")),
             body: Bytes::from(s.body.clone()),
         });
+        let static_methods = cfg
+            .static_answer
+            .as_ref()
+            .and_then(|s| s.methods.as_ref())
+            .map(|ms| {
+                // Validation refused a name that is no method.
+                ms.iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect()
+            });
         let on = cfg
             .on
             .iter()
@@ -117,6 +135,7 @@ impl RouteFallback {
             cfg: cfg.clone(),
             stale,
             static_answer,
+            static_methods,
             on,
         }
     }
@@ -138,7 +157,7 @@ impl RouteFallback {
         headers: &HeaderMap,
     ) -> Option<Keep> {
         let (_, store) = self.stale.as_ref()?;
-        if method != Method::GET && method != Method::HEAD {
+        if !is_read(method) {
             return None;
         }
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -154,11 +173,22 @@ impl RouteFallback {
         })
     }
 
+    /// Whether the static answer may stand in for a request of `method`: every method, or those
+    /// `static.methods` names.
+    pub fn static_for(&self, method: &Method) -> bool {
+        self.static_methods
+            .as_deref()
+            .is_none_or(|ms| ms.contains(method))
+    }
+
     /// What to answer instead of a refusal whose `x-rampart-reason` is `reason_text`, if this
-    /// policy replaces it; counts what it gives.
+    /// policy replaces it; counts what it gives. `static_ok` says whether the static answer may
+    /// stand in for the request ([`RouteFallback::static_for`] its method); a kept answer is
+    /// only ever looked up for a GET or HEAD, by `key`.
     pub fn replacement(
         &self,
         reason_text: &[u8],
+        static_ok: bool,
         key: Option<&Key>,
     ) -> Option<(Reason, Replacement)> {
         let (r, stale_count, static_count) = self
@@ -171,10 +201,15 @@ impl RouteFallback {
                 return Some((*r, Replacement::Stale(kept, age)));
             }
         }
-        let s = self.static_answer.clone()?;
+        let s = self.static_answer.as_ref().filter(|_| static_ok)?.clone();
         static_count.inc();
         Some((*r, Replacement::Static(s)))
     }
+}
+
+/// Whether a request of `method` is a read whose good answer `stale` keeps: GET or HEAD.
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
 }
 
 /// Whether an answer with `headers` to a request that carried `authorization` or not

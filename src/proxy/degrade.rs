@@ -26,19 +26,25 @@ struct StaleKeeper {
     headers: HeaderMap,
 }
 
-/// Applies `fb` to the answer of one request: a refusal it replaces becomes the fallback
-/// answer; a 2xx upstream answer to a request it keeps (`keep`, from
-/// [`RouteFallback::keep_for`]) gets its body teed into the store, unless a shared cache
+/// Applies `fb` to the answer of one request (`static_ok`: its static answer may stand in for
+/// it, [`RouteFallback::static_for`]): a refusal it replaces becomes the fallback answer; a 2xx
+/// upstream answer to a request it keeps (`keep`,
+/// from [`RouteFallback::keep_for`]) gets its body teed into the store, unless a shared cache
 /// could not keep it ([`may_keep`]: private, uncacheable, setting a cookie, or answering a
 /// request that carried `authorization`).
-pub fn apply(fb: &RouteFallback, keep: Option<Keep>, rsp: Response<Body>) -> Response<Body> {
+pub fn apply(
+    fb: &RouteFallback,
+    static_ok: bool,
+    keep: Option<Keep>,
+    rsp: Response<Body>,
+) -> Response<Body> {
     if !rsp.body().is_upstream() {
         // rampart's own answer (`respond::mark_own`): its reason header names why. Any other
         // (an upstream's with no body, a replay) is left as it is, whatever its headers say.
         let Some(reason) = respond::own_reason(&rsp) else {
             return rsp;
         };
-        return match fb.replacement(reason.as_bytes(), keep.as_ref().map(|k| &k.key)) {
+        return match fb.replacement(reason.as_bytes(), static_ok, keep.as_ref().map(|k| &k.key)) {
             Some((reason, with)) => respond::degraded(reason, with),
             None => rsp,
         };
@@ -177,13 +183,14 @@ mod tests {
                 status: 200,
                 content_type: "text/plain".into(),
                 body: "fine".into(),
+                methods: None,
             }),
         };
         let fb = RouteFallback::build(&cfg, None, "r", &m, &clock);
         let refused = respond::answer(Reason::RateLimited, "slow down", None);
-        assert_eq!(apply(&fb, None, refused).status(), 429);
+        assert_eq!(apply(&fb, true, None, refused).status(), 429);
         let timed_out = respond::answer(Reason::Timeout, "late", None);
-        let rsp = apply(&fb, None, timed_out);
+        let rsp = apply(&fb, true, None, timed_out);
         assert_eq!(rsp.status(), 200);
         assert_eq!(rsp.headers()["x-rampart-degraded"], "static");
         assert_eq!(rsp.headers()[REASON_HEADER], "timeout");

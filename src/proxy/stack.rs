@@ -374,6 +374,12 @@ pub fn handle<'a>(
             .fallback
             .as_ref()
             .and_then(|fb| fb.keep_for(id, req.method(), req.uri(), req.headers()));
+        // Whether the fallback's static answer may stand in for this request's refusal.
+        let static_ok = route
+            .policy
+            .fallback
+            .as_ref()
+            .is_some_and(|fb| fb.static_for(req.method()));
 
         // The request's time limit (5., below), from its arrival: the route's timeout, and a
         // gRPC call's own deadline too. A wait in the load-shed queue and an injected delay
@@ -424,7 +430,7 @@ pub fn handle<'a>(
                         // A CONNECT must never get a fallback: a 2xx would read as an open tunnel.
                         let fb = route.policy.fallback.as_ref();
                         if let Some(fb) = fb.filter(|_| req.method() != Method::CONNECT) {
-                            rsp = degrade::apply(fb, keep, rsp);
+                            rsp = degrade::apply(fb, static_ok, keep, rsp);
                         }
                         return fin.answer(&tm, rsp, None, NO_TRY);
                     }
@@ -567,7 +573,7 @@ pub fn handle<'a>(
         if let Some(fb) = &route.policy.fallback {
             // It reads the answer's headers.
             whole_headers(&mut rsp);
-            rsp = degrade::apply(fb, keep, rsp);
+            rsp = degrade::apply(fb, static_ok, keep, rsp);
         }
         mark_admitted(&mut rsp, fault.delay.is_some(), limited.as_ref());
         fin.answer_in_place(&tm, &mut rsp, None, tries);

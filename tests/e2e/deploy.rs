@@ -51,7 +51,7 @@ policies:
   degraded:
     fallback:
       on: [upstream_unavailable]
-      static: { status: 200, content_type: application/json, body: '{"items":[]}' }
+      static: { status: 200, content_type: application/json, body: '{"items":[]}', methods: [GET, HEAD] }
 listeners:
   - name: inbound
     direction: inbound

@@ -806,6 +806,68 @@ async fn a_stale_answer_while_the_upstream_is_down_else_the_static_one() {
     assert_eq!(given("static"), 2.0, "{text}");
 }
 
+/// `static.methods: [GET, HEAD]`: the static 200 stands in only for reads, on both paths a
+/// refusal is replaced on (one shed before the exchange, one timed out after it); a POST gets
+/// rampart's own refusal, as with no fallback, uncounted (a 200 would tell it its write
+/// succeeded though it never ran, or ran for an unknown time). Without `methods`, the static
+/// answer stands in for every method (SPEC §10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_methods_keep_a_writes_refusal_and_a_reads_get_the_static_answer() {
+    let app = sample().await;
+    let policy = |methods: &str| {
+        with_policy(&format!(
+            "{{ timeout: {{ request: 2s }}, load_shed: {{ max_in_flight: 1, queue: {{ size: 0 }} }}, fallback: {{ on: [timeout, shed], static: {{ status: 200, body: sorry{methods} }} }} }}"
+        ))
+    };
+    let proxy = Proxy::builder(&policy(", methods: [GET, HEAD]"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+
+    // Shed: one GET holds the only slot (and times out, replaced by the static 200).
+    let holder = tokio::spawn(async move { http::get(addr, "/slow?ms=10000", &[]).await });
+    assert_eventually!(app.hits() == 1, "the holder must reach the upstream");
+    let post = http::post(addr, "/echo", &[], "pay").await;
+    post.assert_rampart(503, "shed");
+    assert_eq!(post.header("x-rampart-degraded"), None);
+    let get = http::get(addr, "/echo", &[]).await;
+    assert_eq!(get.status, 200, "{get:?}");
+    assert_eq!(get.header("x-rampart-degraded"), Some("static"));
+    assert_eq!(get.header("x-rampart-reason"), Some("shed"));
+    let held = holder.await.expect("the holder must not panic");
+    assert_eq!(held.status, 200, "{held:?}");
+    assert_eq!(held.header("x-rampart-reason"), Some("timeout"));
+
+    // Timed out: the POST reached the upstream, which may have done its write.
+    let post = http::post(addr, "/slow?ms=10000", &[], "pay").await;
+    post.assert_rampart(504, "timeout");
+    assert_eq!(post.header("x-rampart-degraded"), None);
+    let text = metrics(proxy.admin()).await;
+    let given = |reason: &str| {
+        metric_value(
+            &text,
+            "rampart_fallbacks_total",
+            &[("route", "app"), ("kind", "static"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(given("shed"), 1.0, "the GET only: {text}");
+    assert_eq!(given("timeout"), 1.0, "the holder only: {text}");
+    drop(proxy);
+
+    // Without `methods`: every method.
+    let proxy = Proxy::builder(&policy(""))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let post = http::post(proxy.listener("inbound"), "/slow?ms=10000", &[], "pay").await;
+    assert_eq!(post.status, 200, "{post:?}");
+    assert_eq!(post.header("x-rampart-degraded"), Some("static"));
+    assert_eq!(post.header("x-rampart-reason"), Some("timeout"));
+    assert_eq!(post.text(), "sorry");
+}
+
 const IDEM: &str = "{ idempotency: { ttl: 1h, max_body: 4KiB, max_entries: 5 } }";
 
 /// A proxy in front of `app` under [`IDEM`].

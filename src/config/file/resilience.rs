@@ -51,7 +51,7 @@ pub struct Fallback {
     /// GET/HEAD: serve the last 2xx answer of the same tenant, method and target up to this age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<Dur>,
-    /// Else (or for other methods) this answer.
+    /// Else this answer (for the methods of its `methods`, or every method).
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_answer: Option<StaticAnswer>,
 }
@@ -83,6 +83,9 @@ pub struct StaticAnswer {
     /// The body, as written.
     #[serde(default)]
     pub body: String,
+    /// The methods it stands in for (`[GET, HEAD]`: reads only); every method when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
 }
 
 /// `policies.NAME.idempotency:` replay protection for requests carrying the header.

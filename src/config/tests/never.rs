@@ -97,7 +97,7 @@ fn a_slow_call_duration_no_try_can_outlast_draws_a_warning() {
 fn a_fallback_for_an_answer_its_routes_never_give_draws_a_warning() {
     let fb = |on: &str, more: &str| {
         policy(&format!(
-            "{{ {more}fallback: {{ on: [{on}], static: {{ body: x }} }} }}"
+            "{{ {more}fallback: {{ on: [{on}], static: {{ status: 503, body: x }} }} }}"
         ))
     };
     let none: Vec<String> = Vec::new();

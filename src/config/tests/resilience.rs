@@ -277,7 +277,10 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
         let text = policy(&format!(
             "{{ timeout: {{ request: 50ms }}, fallback: {{ on: [timeout], static: {{ status: {status}, body: hello }} }} }}"
         ));
-        let all = warnings(&text);
+        let all: Vec<_> = warnings(&text)
+            .into_iter()
+            .filter(|w| w.path.ends_with(".body"))
+            .collect();
         assert_eq!(all.len(), 1, "{status}: {all:#?}");
         let (line, col, path) = spot(&all[0]);
         assert_eq!(path, "policies.p.fallback.static.body");
@@ -307,7 +310,98 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
         "{ fallback: { on: [timeout], static: { status: 200, body: hello } } }",
         "{ fallback: { on: [timeout], static: { status: 206, body: hello } } }",
     ] {
+        // (A 2xx is warned of at its status: `a_static_2xx_fallback_draws_a_warning_at_its_status`.)
+        let all = warnings(&policy(quiet));
+        assert!(
+            all.iter().all(|w| !w.path.ends_with(".body")),
+            "{quiet}: {all:#?}"
+        );
+    }
+}
+
+/// A static 2xx fallback without `methods` stands in for every method (SPEC §10), and so tells
+/// a write that never ran that it succeeded: accepted, with a warning at the status (or at
+/// `static` when the status is left to its 200) that names the remedy. With `methods`, or with
+/// another status, no warning. A `methods` list that names no method, or a method in lower
+/// case (methods are case-sensitive) or twice, is refused at the item.
+#[test]
+fn a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status() {
+    let text = policy(
+        "{ fallback: { on: [timeout], static: { status: 200, content_type: application/json, body: '[]' } } }",
+    );
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let (line, col, path) = spot(&all[0]);
+    assert_eq!(path, "policies.p.fallback.static.status");
+    let at = text
+        .lines()
+        .position(|l| l.contains("status: 200"))
+        .expect("the line");
+    assert_eq!(line, at + 1, "{}", all[0]);
+    let expected_col = text
+        .lines()
+        .nth(at)
+        .and_then(|l| l.find("status: 200"))
+        .expect("col")
+        + 1;
+    assert_eq!(col, expected_col, "{}", all[0]);
+    assert!(
+        all[0]
+            .message
+            .starts_with("a 200 fallback also answers a POST")
+            && all[0].message.contains("methods: [GET, HEAD]"),
+        "{}",
+        all[0]
+    );
+    // Left to its default of 200: placed at `static`.
+    let text = policy("{ fallback: { on: [timeout], static: { body: x } } }");
+    let all = warnings(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].path, "policies.p.fallback.static.status");
+    let at = text
+        .lines()
+        .position(|l| l.contains("static: {"))
+        .expect("the line");
+    let col = text
+        .lines()
+        .nth(at)
+        .and_then(|l| l.find("static"))
+        .expect("col")
+        + 1;
+    assert_eq!((all[0].line, all[0].column), (at + 1, col), "{}", all[0]);
+    for status in [201, 204, 299] {
+        let all = warnings(&policy(&format!(
+            "{{ fallback: {{ on: [timeout], static: {{ status: {status} }} }} }}"
+        )));
+        assert_eq!(all.len(), 1, "{status}: {all:#?}");
+        assert!(all[0].message.starts_with(&format!("a {status} fallback")));
+    }
+    for quiet in [
+        "{ fallback: { on: [timeout], static: { status: 300, body: sorry } } }",
+        "{ fallback: { on: [timeout], static: { status: 503, body: sorry } } }",
+        "{ fallback: { on: [timeout], static: { status: 200, body: '[]', methods: [GET, HEAD] } } }",
+        "{ fallback: { on: [timeout], static: { status: 200, methods: [POST, PURGE] } } }",
+        "{ fallback: { on: [timeout], stale: 1m } }",
+    ] {
         let all = warnings(&policy(quiet));
         assert!(all.is_empty(), "{quiet}: {all:#?}");
+    }
+    for (methods, item, says) in [
+        ("[]", "methods", "an empty list"),
+        ("[GET, get]", "methods[1]", "write GET, not get"),
+        ("[GET, 'G T']", "methods[1]", "is not an HTTP method"),
+        ("[HEAD, HEAD]", "methods[1]", "listed twice"),
+    ] {
+        let text = policy(&format!(
+            "{{ fallback: {{ on: [timeout], static: {{ status: 503, methods: {methods} }} }} }}"
+        ));
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{methods}: {e:#?}");
+        assert_eq!(
+            e[0].path,
+            format!("policies.p.fallback.static.{item}"),
+            "{e:#?}"
+        );
+        assert!(e[0].message.contains(says), "{methods}: {}", e[0]);
     }
 }

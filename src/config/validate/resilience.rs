@@ -109,6 +109,41 @@ pub(super) fn fallback(f: &Fallback, p: &KeyPath, r: &mut Report<'_>) {
                 format!("{} cannot be a fallback answer: use 200 to 599", s.status),
             );
         }
+        match &s.methods {
+            // Acts (SPEC §10: for every method), but tells a write that never ran it succeeded.
+            None if (200..300).contains(&s.status) => r.warn(
+                &sp.key("status"),
+                format!(
+                    "a {} fallback also answers a POST, PUT, PATCH or DELETE whose refusal it replaces, telling its client the write succeeded though it never ran (or ran an unknown number of times); add `methods: [GET, HEAD]` to answer reads only (other methods then get rampart's own error), or use a 4xx or 5xx status",
+                    s.status
+                ),
+            ),
+            None => {}
+            Some(ms) => {
+                let mp = sp.key("methods");
+                if ms.is_empty() {
+                    r.value(
+                        &mp,
+                        "an empty list: the answer would stand in for no request; name methods, or remove `methods` for every method",
+                    );
+                }
+                for (i, m) in ms.iter().enumerate() {
+                    let at = mp.idx(i);
+                    let upper = m.to_ascii_uppercase();
+                    if http::Method::from_bytes(m.as_bytes()).is_err() {
+                        r.value(&at, format!("{m:?} is not an HTTP method"));
+                    } else if upper != *m && crate::otel::KNOWN_METHODS.contains(&upper.as_str()) {
+                        // Methods are case-sensitive (RFC 9110 §9.1): `get` is no GET.
+                        r.value(
+                            &at,
+                            format!("methods are case-sensitive: write {upper}, not {m}"),
+                        );
+                    } else if ms[..i].contains(m) {
+                        r.value(&at, format!("{m} is listed twice"));
+                    }
+                }
+            }
+        }
         if !s.body.is_empty()
             && http::StatusCode::from_u16(s.status).is_ok_and(crate::proxy::respond::contentless)
         {

@@ -14,6 +14,7 @@ fn cfg(stale: bool, with_static: bool) -> file::Fallback {
             status: 200,
             content_type: "application/json".into(),
             body: r#"{"items":[]}"#.into(),
+            methods: None,
         }),
     }
 }
@@ -55,7 +56,7 @@ fn stale_first_then_static_and_only_for_listed_reasons() {
         .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
         .expect("kept");
     assert!(matches!(
-        fb.replacement(b"upstream_unavailable", Some(&key)),
+        fb.replacement(b"upstream_unavailable", true, Some(&key)),
         Some((Reason::UpstreamUnavailable, Replacement::Static(_)))
     ));
     store.insert(
@@ -64,18 +65,18 @@ fn stale_first_then_static_and_only_for_listed_reasons() {
         HeaderMap::new(),
         Bytes::from_static(b"old"),
     );
-    match fb.replacement(b"timeout", Some(&key)) {
+    match fb.replacement(b"timeout", true, Some(&key)) {
         Some((Reason::Timeout, Replacement::Stale(k, _))) => assert_eq!(k.body, "old"),
         other => panic!("a stale answer must be given: {other:?}"),
     }
     assert!(
-        fb.replacement(b"circuit_open", Some(&key)).is_none(),
+        fb.replacement(b"circuit_open", true, Some(&key)).is_none(),
         "not listed"
     );
-    assert!(fb.replacement(b"rate_limited", Some(&key)).is_none());
+    assert!(fb.replacement(b"rate_limited", true, Some(&key)).is_none());
     clock.advance(Duration::from_secs(301));
     assert!(matches!(
-        fb.replacement(b"timeout", Some(&key)),
+        fb.replacement(b"timeout", true, Some(&key)),
         Some((_, Replacement::Static(_)))
     ));
     let count = |kind: &str, r: &str| m.fallbacks.with_label_values(&["r", kind, r]).get();
@@ -91,7 +92,34 @@ fn without_static_and_nothing_kept_the_refusal_stays() {
     let Keep { key, .. } = fb
         .keep_for("t", &Method::GET, &uri("/a"), &HeaderMap::new())
         .expect("kept");
-    assert!(fb.replacement(b"timeout", Some(&key)).is_none());
+    assert!(fb.replacement(b"timeout", true, Some(&key)).is_none());
+}
+
+/// The static answer stands in for every method unless `static.methods` names the ones it is
+/// for; a request of another method keeps its refusal, uncounted.
+#[test]
+fn static_methods_name_the_requests_the_static_answer_is_for() {
+    let clock = ManualClock::new();
+    let (every, _) = build(&cfg(false, true), &clock);
+    for method in [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS] {
+        assert!(every.static_for(&method), "{method}");
+    }
+    let mut reads = cfg(false, true);
+    if let Some(s) = reads.static_answer.as_mut() {
+        s.methods = Some(vec!["GET".into(), "HEAD".into()]);
+    }
+    let (fb, m) = build(&reads, &clock);
+    assert!(fb.static_for(&Method::GET) && fb.static_for(&Method::HEAD));
+    for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        assert!(!fb.static_for(&method), "{method}");
+    }
+    assert!(fb.replacement(b"timeout", false, None).is_none());
+    assert!(matches!(
+        fb.replacement(b"timeout", true, None),
+        Some((Reason::Timeout, Replacement::Static(_)))
+    ));
+    let count = |r: &str| m.fallbacks.with_label_values(&["r", "static", r]).get();
+    assert_eq!(count("timeout"), 1, "only the answer given is counted");
 }
 
 #[test]
@@ -110,7 +138,7 @@ fn a_reload_keeps_the_store() {
     let shared: SharedClock = Arc::new(clock.clone());
     let again = RouteFallback::build(&cfg(true, true), Some(&fb), "r", &m, &shared);
     assert!(matches!(
-        again.replacement(b"timeout", Some(&key)),
+        again.replacement(b"timeout", true, Some(&key)),
         Some((_, Replacement::Stale(..)))
     ));
 }
