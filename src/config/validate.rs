@@ -240,6 +240,20 @@ fn check(f: &File, r: &mut Report<'_>) {
             r.key(&p, m);
         }
         upstream::check(up, &p, r);
+        // An outbound listener whose route to it can take a CONNECT tunnels to it: a route
+        // without a path prefix (a CONNECT's target has no path).
+        let tunnels = f
+            .listeners
+            .iter()
+            .filter(|l| l.direction == Direction::Outbound)
+            .find(|l| {
+                l.routes.iter().any(|rt| {
+                    rt.upstream == *name
+                        && rt.matches.as_ref().is_none_or(|m| m.path_prefix.is_none())
+                })
+            })
+            .map(|l| l.name.as_str());
+        upstream::tunnelled(up, &p, tunnels, r);
     }
     for (name, pol) in &f.policies {
         let p = root.key("policies").key(name);

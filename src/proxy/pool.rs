@@ -505,9 +505,13 @@ impl Pool {
         Ok(Conn::new(stream, slot))
     }
 
-    /// [`Pool::dial`] for a request's connection: a failed TLS handshake is also said at
-    /// `warn` ([`Pool::warn_tls`]).
-    async fn dial_warned(&self, addr: SocketAddr, deadline: Instant) -> Result<Stream, SendError> {
+    /// [`Pool::dial`] for a request's connection or a CONNECT tunnel's (`tunnel.rs`): a failed
+    /// TLS handshake is also said at `warn` ([`Pool::warn_tls`]).
+    pub(super) async fn dial_warned(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Stream, SendError> {
         let dialed = self.dial(addr, deadline).await;
         if let Err(SendError::Handshake { source, .. }) = &dialed {
             self.warn_tls(addr, source);
@@ -516,7 +520,8 @@ impl Pool {
     }
 
     /// A new byte stream to `addr` by `deadline`: TCP, then TLS if the upstream has `tls` (as
-    /// every connection to the endpoint is made: a request's, an HTTP/2 one, a health probe).
+    /// every connection to the endpoint is made: a request's, an HTTP/2 one, a health probe, a
+    /// CONNECT tunnel's).
     pub(crate) async fn dial(
         &self,
         addr: SocketAddr,

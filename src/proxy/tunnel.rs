@@ -3,13 +3,21 @@
 //! A CONNECT is not a request to forward: rewriting it to `CONNECT /` and sending it upstream
 //! (what rampart did before) reaches no one. Instead, once the request path has admitted it
 //! like any request (authority, route by the target's host, tenant, rate limit — so a route's
-//! limits count tunnels), rampart picks an endpoint of the route's upstream, opens a plain TCP
-//! connection to it within the upstream's `connect_timeout`, answers 200, and copies bytes both
-//! ways until both sides close or no byte has moved either way for the tunnel idle timeout.
+//! limits count tunnels), rampart picks an endpoint of the route's upstream, connects to it
+//! within the upstream's `connect_timeout`, answers 200, and copies bytes both ways until both
+//! sides close or no byte has moved either way for the tunnel idle timeout.
 //!
-//! The connection is opened here, not through the pool: a tunnel owns its socket for its whole
-//! life and is never reused, so pooling buys nothing. A connect failure is answered before any
-//! 200, so the client sees 502 `upstream_unavailable` as for any request.
+//! The connection is made as every connection to the endpoint is (`Pool::dial`): TCP, and when
+//! the upstream has `tls`, rampart's TLS handshake with its `ca`, `server_name` and client
+//! certificate, so the tunnel's bytes go inside rampart's TLS session (SPEC §8: never plaintext
+//! to an upstream with `tls`; as Envoy tunnels to a cluster with a TLS transport). Its clients
+//! send plaintext inside (`validate` warns at such an upstream's `tls`); one that did its own
+//! TLS there would be TLS in TLS. An upstream of `protocol: http2` over `tls` must agree to `h2`
+//! by ALPN, as for its requests: the session is an HTTP/2 one, and a client speaks HTTP/2 inside
+//! it (with prior knowledge, as to an h2c upstream's plain tunnel). The connection is not taken
+//! from the pool nor given back to it: a tunnel owns it for its whole life. A connect or
+//! handshake failure is answered before any 200, so the client sees 502
+//! `upstream_unavailable` as for any request.
 //!
 //! The route's breaker judges the connect (the tunnel's only upstream outcome): an open breaker
 //! answers 503 `circuit_open` without connecting. A load-shed slot taken at step 4 rides in the
@@ -32,7 +40,6 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -44,10 +51,9 @@ use super::ctx::{RequestCtx, TryLog};
 use super::forward::Peer;
 use super::guard::Guards;
 use super::h1::Rewind;
-use super::pool::{Slot, Switched};
+use super::pool::{SendError, Slot, Stream, Switched};
 use super::respond::answer;
 use super::shared::Shared;
-use super::sock::Sock;
 use super::upgrade::Upgrade;
 use super::upstream::{Endpoint, Upstream};
 use crate::clock::SharedClock;
@@ -70,7 +76,8 @@ pub async fn open(ctx: &RequestCtx<'_>) -> Result<Opened, Response<Body>> {
 /// `max_connections` (held until the tunnel ends).
 #[derive(Debug)]
 pub struct Opened {
-    stream: Sock,
+    /// Plain TCP, or rampart's TLS session with the endpoint when its upstream has `tls`.
+    stream: Stream,
     slot: Slot,
 }
 
@@ -310,7 +317,8 @@ impl Drop for TunnelGuards {
     }
 }
 
-/// Connects to an endpoint of `route`'s upstream within its `connect_timeout`, telling the
+/// Connects to an endpoint of `route`'s upstream within its `connect_timeout` (TLS included
+/// when the upstream has `tls`: a failed handshake is a failed connect), telling the
 /// breaker, endpoint health, the access log (`tries`: the connect is the tunnel's one try)
 /// and, when the request's trace is sampled (`trace`), a CLIENT span (`CONNECT upstream`,
 /// under the request's SERVER span) how it went; a failure is the 502 to answer. A connect
@@ -349,10 +357,14 @@ async fn connect(
         );
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
-    let result = tokio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await;
+    // Made as every connection to the endpoint is (`Pool::dial`): TCP, then rampart's TLS
+    // handshake when the upstream has `tls` (its `ca`, `server_name` and client certificate),
+    // both within the connect timeout, so the tunnel's bytes go inside rampart's TLS session,
+    // never in clear (SPEC §8). A failed handshake is a failed connect, said at `warn`.
+    let result = ep.pool.dial_warned(ep.addr, deadline).await;
     let outcome = match &result {
-        Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
-        _ => Outcome::ConnectError,
+        Ok(_) => Outcome::Status(StatusCode::OK.as_u16()),
+        Err(_) => Outcome::ConnectError,
     };
     let (took, ended) = connecting.end(outcome, outcome);
     up.try_ended(&ep, outcome, took, ended);
@@ -364,26 +376,30 @@ async fn connect(
         _ => 502,
     });
     up.metrics.duration.observe(took);
-    let why = match result {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            return Ok(Opened {
-                stream: Sock(stream),
-                slot,
-            });
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => {
-            route.metrics.timeout_connect.inc();
-            format!("no connection within {limit:?}")
-        }
+    let e = match result {
+        Ok(stream) => return Ok(Opened { stream, slot }),
+        Err(e) => e,
     };
     up.connect_failed(&ep);
-    tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = %why, "tunnel connect failed");
-    let msg = format!(
-        "cannot connect to upstream {} ({}): {why}",
-        up.name, ep.addr
-    );
+    tracing::debug!(upstream = %up.name, endpoint = %ep.addr, error = %e, "tunnel connect failed");
+    let (name, addr) = (&up.name, ep.addr);
+    let msg = match e {
+        // What the handshake said, as a request's 502 says it (`exchange.rs`).
+        SendError::Handshake { source, .. } => {
+            format!("TLS handshake failed with upstream {name} ({addr}): {source}")
+        }
+        SendError::Connect {
+            timed_out: true, ..
+        } => {
+            route.metrics.timeout_connect.inc();
+            format!("cannot connect to upstream {name} ({addr}): no connection within {limit:?}")
+        }
+        SendError::Connect { source, .. } => {
+            format!("cannot connect to upstream {name} ({addr}): {source}")
+        }
+        // `dial` makes no exchange: it fails only as above.
+        SendError::Reset(e) => format!("cannot connect to upstream {name} ({addr}): {e}"),
+    };
     Err(answer(Reason::UpstreamUnavailable, &msg, None))
 }
 

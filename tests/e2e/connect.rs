@@ -148,12 +148,13 @@ async fn curl(proxy: SocketAddr, ca: &Path) -> Curl {
     }
 }
 
-async fn connect(addr: SocketAddr, target: &str) -> raw::RawResp {
+/// `CONNECT target` sent to `addr`, and what came back within 2 s.
+pub(crate) async fn connect(addr: SocketAddr, target: &str) -> raw::RawResp {
     let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
     raw::exchange(addr, req.as_bytes(), Duration::from_secs(2)).await
 }
 
-fn assert_refused(rsp: &raw::RawResp, status: u16, reason: &str) {
+pub(crate) fn assert_refused(rsp: &raw::RawResp, status: u16, reason: &str) {
     assert_eq!(rsp.status(), Some(status), "{}", rsp.text());
     assert_eq!(
         rsp.header("x-rampart-reason").as_deref(),
@@ -500,7 +501,7 @@ async fn a_tunnels_access_log_line_names_its_connect() {
 
 /// A connection to `addr` that sent `CONNECT target` and read the 200's head (byte by byte, so
 /// nothing after it is taken): the tunnel, open.
-async fn open_tunnel(addr: SocketAddr, target: &str) -> tokio::net::TcpStream {
+pub(crate) async fn open_tunnel(addr: SocketAddr, target: &str) -> tokio::net::TcpStream {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
     tcp.write_all(req.as_bytes())

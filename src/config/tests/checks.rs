@@ -1,6 +1,6 @@
 //! One failing case (at least) for every semantic check, and the edge cases that must pass.
 
-use super::{errors, fails_at, ok, one, policy, upstream, warnings, BASE};
+use super::{errors, fails_at, ok, one, policy, spot, upstream, warnings, BASE};
 
 fn top(extra: &str) -> String {
     format!("{BASE}{extra}\n")
@@ -806,6 +806,50 @@ fn an_http2_upstream_warns_at_the_pool_keys_it_does_not_use() {
         &upstream("{ endpoints: [127.0.0.1:3000], protocol: http3 }"),
         "upstreams.app.protocol",
     );
+}
+
+/// An upstream with `tls` that an outbound listener's route can tunnel CONNECTs to is warned
+/// about at its `tls`: a tunnel to it goes inside rampart's TLS session with it, so its clients
+/// must send plaintext inside (an `HTTPS_PROXY` client's own TLS there would be TLS in TLS). A
+/// route with a `path_prefix` takes no CONNECT (its target has no path), an inbound one none.
+#[test]
+fn a_tls_upstream_that_an_outbound_route_tunnels_to_warns_at_its_tls() {
+    use crate::tls::tests::support::{Ca, Files};
+    let (ca, files) = (Ca::new("test ca"), Files::new());
+    let bundle = files.ca("ca", &ca);
+    let tls = upstream(&format!(
+        "{{ endpoints: [127.0.0.1:3000], tls: {{ ca: {} }} }}",
+        bundle.display()
+    ));
+    assert!(
+        warnings(&tls).is_empty(),
+        "an inbound route takes no CONNECT"
+    );
+    let outbound = |route: &str| {
+        format!("{tls}  - name: egress\n    direction: outbound\n    listen: 127.0.0.1:8081\n    routes:\n      - {route}\n")
+    };
+    let prefixed = outbound("{ match: { path_prefix: /api }, upstream: app }");
+    assert!(
+        warnings(&prefixed).is_empty(),
+        "a path prefix takes no CONNECT"
+    );
+    let w = warnings(&outbound(
+        "{ match: { host: app.internal }, upstream: app }",
+    ));
+    let at: Vec<_> = w.iter().map(spot).collect();
+    assert_eq!(at, [(3, 39, "upstreams.app.tls")], "{w:#?}");
+    for said in [
+        "listener egress",
+        "inside rampart's TLS",
+        "plaintext",
+        "TLS in TLS",
+    ] {
+        assert!(w[0].message.contains(said), "{said:?}: {w:#?}");
+    }
+    // No TLS, nothing to say.
+    let plain = outbound("{ upstream: app }")
+        .replace(&format!(", tls: {{ ca: {} }}", bundle.display()), "");
+    assert!(warnings(&plain).is_empty(), "{plain}");
 }
 
 #[test]

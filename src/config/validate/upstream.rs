@@ -103,6 +103,25 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     }
 }
 
+/// Warns at the `tls` of an upstream (at `p`) that outbound listener `tunnels` (if any) tunnels
+/// CONNECTs to: a tunnel to it goes inside rampart's TLS session with it (`proxy/tunnel.rs`),
+/// so what its clients send inside must be plaintext.
+pub(super) fn tunnelled(up: &Upstream, p: &KeyPath, tunnels: Option<&str>, r: &mut Report<'_>) {
+    let (Some(_), Some(l)) = (&up.tls, tunnels) else {
+        return;
+    };
+    let inside = match up.protocol {
+        UpstreamProtocol::Http1 => "plaintext, such as HTTP/1.1",
+        UpstreamProtocol::Http2 => {
+            "plaintext HTTP/2 with prior knowledge (protocol: http2: the session agrees to h2 by ALPN)"
+        }
+    };
+    r.warn(
+        &p.key("tls"),
+        format!("listener {l} tunnels CONNECTs to this upstream, and a tunnel goes inside rampart's TLS session with it (this ca, server_name and client certificate), as every connection to it does: clients must send {inside} inside the tunnel; an HTTPS_PROXY client that starts its own TLS there gets TLS in TLS, which the upstream does not read"),
+    );
+}
+
 /// What makes two valid endpoints the same one: the address and port of an IP endpoint
 /// (`[::ffff:127.0.0.1]:80` is `127.0.0.1:80`), a DNS name without regard to case.
 fn same_endpoint(e: &str) -> String {

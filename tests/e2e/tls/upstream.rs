@@ -260,7 +260,8 @@ async fn validate_counts_the_fallback_as_a_warning_at_the_section() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains(", 1 warning(s);"), "counted: {stdout}");
+    // The other is at the same section: the outbound route tunnels CONNECTs inside its TLS.
+    assert!(stdout.contains(", 2 warning(s);"), "counted: {stdout}");
     let both = format!("{stdout}{stderr}");
     let said: Vec<&str> = both
         .lines()
@@ -380,4 +381,84 @@ async fn a_deadline_passing_while_the_connection_is_made_says_the_request_was_no
         "{text}"
     );
     silent.abort();
+}
+
+/// What a plaintext `GET /` sent inside a tunnel opened to `payments.internal` got back: the
+/// whole answer, once the upstream closed (`connection: close`).
+async fn get_through_a_tunnel(proxy: &Proxy) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let outbound = proxy.listener("outbound");
+    let mut tunnel = crate::connect::open_tunnel(outbound, "payments.internal:443").await;
+    let get = "GET / HTTP/1.1\r\nhost: payments.internal\r\nconnection: close\r\n\r\n";
+    tunnel.write_all(get.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tunnel.read_to_end(&mut got),
+    );
+    // A reset (the upstream refusing what it got) reads as what came before it.
+    let _ = read.await.expect("the tunnel must end within 10 s");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A CONNECT tunnel to an upstream with `tls` goes inside rampart's TLS session with it (SPEC
+/// §8: never plaintext to an upstream with `tls`), made as every connection to it is: its `ca`
+/// verifies the server, `server_name` is the SNI, its client certificate is presented. The
+/// client sends plaintext inside. A handshake that fails is the tunnel's failed connect: 502,
+/// warned about, and no 200. Before, the tunnel was a plain TCP connection: the upstream got
+/// the client's plaintext (and dropped it, its handshake failing), and with a wrong `ca` the
+/// CONNECT still got its 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let up = TlsUpstream::start(&ca.server(1)).await;
+    let named = format!("ca: {}, server_name: localhost", ca_path.display());
+    let proxy = outbound(up.addr, named).await;
+    let got = get_through_a_tunnel(&proxy).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
+    assert!(
+        got.ends_with("\r\n\r\nlocalhost"),
+        "the SNI is the configured server_name: {got:?}"
+    );
+    assert_eq!(up.hits(), 1);
+    drop(proxy);
+
+    // Its client certificate too (mTLS to the upstream).
+    let (cert, key) = pki.pair("client", &ca.client("rampart", None));
+    let mtls = TlsUpstream::start_mtls(&ca.server(2), &ca.pem).await;
+    let with_cert = format!(
+        "ca: {}, server_name: localhost, cert: {}, key: {}",
+        ca_path.display(),
+        cert.display(),
+        key.display()
+    );
+    let proxy = outbound(mtls.addr, with_cert).await;
+    let got = get_through_a_tunnel(&proxy).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
+    assert_eq!(mtls.hits(), 1);
+    drop(proxy);
+
+    // A server the `ca` does not verify: no tunnel.
+    let other = pki.ca("other", &Ca::new("some other ca"));
+    let wrong = format!("ca: {}, server_name: localhost", other.display());
+    let proxy = outbound(up.addr, wrong).await;
+    let rsp = crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
+    crate::connect::assert_refused(&rsp, 502, "upstream_unavailable");
+    assert!(
+        rsp.text()
+            .contains("TLS handshake failed with upstream payments")
+            && rsp
+                .text()
+                .contains("certificate is not signed by a trusted CA (unknown issuer)"),
+        "{}",
+        rsp.text()
+    );
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("TLS handshake with an upstream failed"),
+        "a warn line names the failed handshake"
+    );
+    assert_eq!(up.hits(), 1, "an unverified upstream gets nothing");
 }
