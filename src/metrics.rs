@@ -569,10 +569,11 @@ impl Metrics {
         }
     }
 
-    /// Sets `rampart_config_info` to name `sha256` alone.
+    /// Sets `rampart_config_info` to name `sha256` alone: the new series first, then the
+    /// others go, so a scrape meanwhile sees one or, for an instant, both; never none.
     pub fn set_config_info(&self, sha256: &str) {
-        self.config_info.reset();
         self.config_info.with_label_values(&[sha256]).set(1);
+        retain(&self.config_info, |l| label(l, "sha256") == sha256);
     }
 
     /// Drops the series of what a reload took away: a breaker, an endpoint or an upstream, a
@@ -1039,5 +1040,38 @@ mod tests {
         other.sync_log_lines_dropped(10);
         assert_eq!(m.log_lines_dropped.get(), 10);
         assert!(m.render().contains("rampart_log_lines_dropped_total 10"));
+    }
+
+    /// A scrape while a reload changes `rampart_config_info` sees the new series or, for an
+    /// instant, both: never none (an alert on its absence would fire).
+    #[test]
+    fn config_info_never_vanishes_while_it_changes() {
+        use prometheus::core::Collector;
+        let m = Metrics::register();
+        m.set_config_info("a");
+        let series = || -> Vec<String> {
+            let families = m.config_info.collect();
+            let metrics = families.iter().flat_map(|f| f.get_metric());
+            metrics
+                .map(|x| x.get_label()[0].value().to_owned())
+                .collect()
+        };
+        let done = AtomicBool::new(false);
+        let empty = std::thread::scope(|s| {
+            let scraper = s.spawn(|| {
+                let mut empty = 0;
+                while !done.load(Ordering::Relaxed) {
+                    empty += usize::from(series().is_empty());
+                }
+                empty
+            });
+            for i in 0..20_000 {
+                m.set_config_info(if i % 2 == 0 { "b" } else { "a" });
+            }
+            done.store(true, Ordering::Relaxed);
+            scraper.join().expect("the scraper must not panic")
+        });
+        assert_eq!(empty, 0, "scrapes that saw no rampart_config_info");
+        assert_eq!(series(), ["a"], "the last one set, alone");
     }
 }

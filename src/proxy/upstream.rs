@@ -47,7 +47,7 @@ pub struct Upstream {
     pub latency: LatencyEstimator,
     clock: SharedClock,
     /// The TLS client config of `tls`, shared by every endpoint's pool; a reload that keeps
-    /// the upstream stores the files as they are now.
+    /// the upstream, or only its endpoints, stores the files as they are now.
     tls: Option<Arc<ArcSwap<ClientConfig>>>,
     /// Passive ejection (`outlier`).
     outlier: Option<OutlierDetector>,
@@ -132,13 +132,24 @@ impl Upstream {
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(name);
         let metrics = metrics.upstream(&name);
-        let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
+        let carrying = old.filter(|o| same_transport(&o.cfg, cfg));
+        // One holder for every endpoint: those carried over keep the pools built on the old
+        // one, which takes the files as read now; a new one would leave them on the files as
+        // they were until a restart.
+        let tls = match (carrying.and_then(|o| o.tls.clone()), tls) {
+            (Some(held), read) => {
+                if let Some(c) = read {
+                    held.store(c);
+                }
+                Some(held)
+            }
+            (None, read) => read.map(|c| Arc::new(ArcSwap::new(c))),
+        };
         let make = |addr: SocketAddr, host: Option<Arc<str>>| {
             Endpoint::new(addr, host, cfg, tls.as_ref(), &metrics)
         };
         let targets: Vec<Target> = cfg.endpoints.iter().map(|e| Target::parse(e)).collect();
-        let carried: Vec<Arc<Endpoint>> = old
-            .filter(|o| same_transport(&o.cfg, cfg))
+        let carried: Vec<Arc<Endpoint>> = carrying
             .map(|o| o.endpoints.load().iter().cloned().collect())
             .unwrap_or_default();
         // Per target, what it starts with; the resolver starts from the same addresses, so a

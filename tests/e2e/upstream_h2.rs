@@ -32,6 +32,7 @@ use crate::support::{http, metric_value, metrics, Proxy};
 #[derive(Debug, Clone)]
 struct Seen {
     version: Version,
+    scheme: Option<String>,
     authority: Option<String>,
     path: String,
     headers: HeaderMap,
@@ -131,6 +132,7 @@ async fn answer(
     let (parts, body) = req.into_parts();
     seen.lock().push(Seen {
         version: parts.version,
+        scheme: parts.uri.scheme_str().map(str::to_owned),
         authority: parts.uri.authority().map(|a| a.to_string()),
         path: parts.uri.path().to_owned(),
         headers: parts.headers.clone(),
@@ -637,6 +639,12 @@ async fn an_h2_upstream_over_tls_is_served_and_health_checked() {
         "the probes arrive over TLS and HTTP/2; log:\n{}",
         proxy.log()
     );
+    // `:scheme` says TLS, for the probes as for the requests.
+    let schemes: Vec<Option<String>> = up.seen().into_iter().map(|s| s.scheme).collect();
+    assert!(
+        schemes.iter().all(|s| s.as_deref() == Some("https")),
+        "{schemes:?}"
+    );
     let answers = h2_calls(proxy.listener("inbound"), "/grpc", 3).await;
     for a in &answers {
         assert_eq!(a.status, StatusCode::OK);
@@ -653,7 +661,7 @@ async fn an_h2_upstream_over_tls_is_served_and_health_checked() {
     assert_eq!(calls.len(), 3);
     assert!(calls
         .iter()
-        .all(|s| s.headers["x-forwarded-proto"] == "http"));
+        .all(|s| s.headers["x-forwarded-proto"] == "http" && s.scheme.as_deref() == Some("https")));
     let text = metrics(proxy.admin()).await;
     let label = up.addr.to_string();
     let healthy = metric_value(

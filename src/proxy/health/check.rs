@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Scheme;
 use http_body_util::Empty;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -100,17 +101,19 @@ async fn probe_once(
     deadline: tokio::time::Instant,
 ) -> Result<bool, crate::error::BoxError> {
     let stream = t.pool.dial(t.addr, deadline).await?;
-    let host = match t.pool.tls() {
-        Some(tls) => tls.server_name.to_string(),
-        None => t.addr.to_string(),
+    let (host, scheme) = match t.pool.tls() {
+        Some(tls) => (tls.server_name.to_string(), Scheme::HTTPS),
+        None => (t.addr.to_string(), Scheme::HTTP),
     };
-    ask(TokioIo::new(stream), t.pool.is_http2(), host, path).await
+    let http2 = t.pool.is_http2().then_some(scheme);
+    ask(TokioIo::new(stream), http2, host, path).await
 }
 
-/// `GET path` of `host` on `io`, in HTTP/2 or HTTP/1.1; true on a 2xx answer.
+/// `GET path` of `host` on `io`, in HTTP/2 when `http2` holds its `:scheme` (`https` over
+/// TLS, as the requests have it), else HTTP/1.1; true on a 2xx answer.
 async fn ask<T>(
     io: T,
-    http2: bool,
+    http2: Option<Scheme>,
     host: String,
     path: &str,
 ) -> Result<bool, crate::error::BoxError>
@@ -119,9 +122,9 @@ where
 {
     let req = http::Request::get(path).header(http::header::USER_AGENT, "rampart-health-check");
     // The connection task dies with the probe (timeout included): aborted on every exit.
-    let rsp = if http2 {
+    let rsp = if let Some(scheme) = http2 {
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(host)
             .path_and_query(path)
             .build()?;

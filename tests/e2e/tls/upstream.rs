@@ -139,6 +139,61 @@ async fn reload_rereads_the_upstream_ca_in_place() {
     assert_eq!(rsp.status, 200, "the same path, read again: {}", rsp.text());
 }
 
+/// SPEC §8, a reload that keeps the upstream's endpoints (a change to `outlier` only): their
+/// new handshakes use the files as read now, rotated by that reload or by a later one with the
+/// policy unchanged. Before, an endpoint carried over kept the TLS config of the generation
+/// that built it: the upstream, restarted with a certificate of the new CA, was a 502 (unknown
+/// issuer) until rampart restarted.
+#[tokio::test]
+async fn a_reload_that_keeps_the_endpoints_rereads_the_upstream_ca() {
+    // No idle connection: each request shakes hands anew.
+    let plain = OUTBOUND.replace(
+        "    tls: { $UPTLS }\n",
+        "    tls: { $UPTLS }\n    pool_max_idle: 0\n",
+    );
+    let ejecting = plain.replace(
+        "    pool_max_idle: 0\n",
+        "    pool_max_idle: 0\n    outlier: { consecutive_failures: 5 }\n",
+    );
+    for outlier_first in [false, true] {
+        let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+        let ca_path = pki.ca("ca", &ca);
+        let mut up = TlsUpstream::start(&ca.server(1)).await;
+        let mut proxy = Proxy::builder(&plain)
+            .var(
+                "UPTLS",
+                format!("ca: {}, server_name: localhost", ca_path.display()),
+            )
+            .var("UP", up.addr)
+            .spawn()
+            .await;
+        let rsp = call(&proxy).await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        if outlier_first {
+            proxy.rewrite_config(&ejecting);
+            let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+            assert_eq!(rsp.status, 200, "{}", rsp.text());
+        }
+
+        let rotated = Ca::new("rotated ca");
+        up.restart(&rotated.server(2)).await;
+        pki.ca("ca", &rotated);
+        if !outlier_first {
+            proxy.rewrite_config(&ejecting);
+        }
+        let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        let rsp = call(&proxy).await;
+        assert_eq!(
+            rsp.status,
+            200,
+            "the rotated CA, outlier changed first: {outlier_first}: {}",
+            rsp.text()
+        );
+        assert_eq!(up.hits(), 2);
+    }
+}
+
 #[tokio::test]
 async fn plaintext_server_behind_tls_gets_a_client_hello_not_a_request() {
     let (ca, pki) = (Ca::new("upstream ca"), Pki::new());

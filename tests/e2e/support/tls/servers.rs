@@ -70,6 +70,23 @@ impl TlsUpstream {
         TlsUpstream { addr, hits, task }
     }
 
+    /// Stops listening, then serves `identity` at the same address: the server restarted
+    /// with a new certificate (connections already accepted go on).
+    pub async fn restart(&mut self, identity: &Issued) {
+        self.task.abort();
+        // The listener is closed once the aborted task is.
+        let _ = (&mut self.task).await;
+        let config = super::server_config(
+            certs(&identity.cert),
+            key(&identity.key),
+            None,
+            &[b"http/1.1"],
+        );
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind(self.addr).await.expect("rebind");
+        self.task = tokio::spawn(serve_tls(listener, acceptor, self.hits.clone()));
+    }
+
     /// Requests served so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
