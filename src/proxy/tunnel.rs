@@ -32,7 +32,6 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -47,7 +46,7 @@ use super::h1::Rewind;
 use super::pool::{Slot, Switched};
 use super::respond::answer;
 use super::shared::Shared;
-use super::sock::Sock;
+use super::sock::{connect_upstream, Sock};
 use super::upgrade::Upgrade;
 use super::upstream::{Endpoint, Upstream};
 use crate::clock::SharedClock;
@@ -349,7 +348,7 @@ async fn connect(
         );
         return Err(answer(Reason::UpstreamUnavailable, &msg, None));
     };
-    let result = tokio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await;
+    let result = tokio::time::timeout_at(deadline, connect_upstream(ep.addr)).await;
     let outcome = match &result {
         Ok(Ok(_)) => Outcome::Status(StatusCode::OK.as_u16()),
         _ => Outcome::ConnectError,
@@ -366,7 +365,6 @@ async fn connect(
     up.metrics.duration.observe(took);
     let why = match result {
         Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
             return Ok(Opened {
                 stream: Sock(stream),
                 slot,
