@@ -129,13 +129,19 @@ fn poll_write_vectored(
 pub(crate) async fn connect_upstream(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let probes = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE.idle)
-        .with_interval(KEEPALIVE.interval)
-        .with_retries(KEEPALIVE.probes);
     // As `TCP_NODELAY`: a connection the options cannot be set on still carries requests.
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE.probes());
     Ok(stream)
+}
+
+impl Keepalive {
+    /// These times as socket options (`SO_KEEPALIVE` is set with them).
+    pub(crate) fn probes(&self) -> socket2::TcpKeepalive {
+        socket2::TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.probes)
+    }
 }
 
 /// When the kernel probes an upstream connection on which nothing has come for a while: first
@@ -156,7 +162,8 @@ pub(crate) struct Keepalive {
     pub probes: u32,
 }
 
-/// The keepalive probes of every upstream connection.
+/// The keepalive probes of every upstream connection, and of every client's (set on the
+/// listening sockets, which their accepted ones inherit them from).
 pub(crate) const KEEPALIVE: Keepalive = Keepalive {
     idle: std::time::Duration::from_secs(30),
     interval: std::time::Duration::from_secs(10),
