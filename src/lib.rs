@@ -239,7 +239,18 @@ impl Rampart {
     /// unanswered and unlogged; the audit trail has the shutdown already (each entry is
     /// fsynced as it is written).
     pub async fn shutdown_unless(&self, source: audit::Source, hurry: impl Future<Output = ()>) {
+        // From here a reload is refused (`ReloadError::Draining`), unaudited.
         self.shared.draining.store(true, Ordering::SeqCst);
+        let mut hurry = std::pin::pin!(hurry);
+        // A reload already under way (it looked at `draining` before) holds the listeners'
+        // lock until its entry is written: the shutdown's comes after it, and names the
+        // policy in force at exit. Before, it was written at once, and such a reload's after
+        // it. (A second signal does not wait for the reload: the entry is written then.)
+        let set = tokio::select! {
+            set = self.shared.listeners.lock() => Some(set),
+            () = &mut hurry => None,
+        };
+        let hurried = set.is_none();
         let gen = self.shared.current.load_full();
         let entry = audit::Entry {
             event: audit::Event::Shutdown,
@@ -248,10 +259,12 @@ impl Rampart {
             errors: Vec::new(),
         };
         self.shared.audit.record(audit_path(&gen.config), &entry);
-        let hurried = tokio::select! {
-            () = self.drain() => false,
-            () = hurry => true,
-        };
+        drop(set);
+        let hurried = hurried
+            || tokio::select! {
+                () = self.drain() => false,
+                () = &mut hurry => true,
+            };
         // The spans of the last requests, bounded by the exporter's timeout (and hurried, by
         // the access log's bound).
         if let Some(t) = self.shared.current.load().tracer.clone() {

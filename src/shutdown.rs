@@ -72,11 +72,18 @@ pub async fn run_with(rampart: Rampart, watch: bool, signals: Signals) -> std::i
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break Source::Sigint; }
         }
     };
-    // A second SIGTERM or SIGINT during the drain: exit now (an operator's second Ctrl-C).
+    // A second SIGTERM or SIGINT during the drain: exit now (an operator's second Ctrl-C). A
+    // SIGHUP then reloads nothing (the listeners are draining, and the trail ends with the
+    // shutdown), and says so.
     let again = async move {
-        let signal = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let signal = loop {
+            tokio::select! {
+                Some(()) = hup.recv() => tracing::warn!(
+                    "SIGHUP while shutting down: the configuration is not reloaded"
+                ),
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+            }
         };
         tracing::warn!(
             signal,

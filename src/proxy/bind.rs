@@ -137,6 +137,9 @@ fn open(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> 
     s.set_tcp_nodelay(true)?;
     // Inherited by every accepted socket (no `setsockopt` per connection), as `TCP_NODELAY`.
     s.set_tcp_user_timeout(Some(SEND_STALL))?;
+    // A client gone silently is found out as an upstream is (`sock::KEEPALIVE`): on a quiet
+    // tunnel (`tunnel_idle_timeout` is an hour) or a long HTTP/2 stream. Inherited too.
+    s.set_tcp_keepalive(&super::sock::KEEPALIVE.probes())?;
     s.set_nonblocking(true)?;
     Ok(s)
 }

@@ -6,7 +6,7 @@
 //! the request id and the trace, and starts the log line and the span while the request is
 //! still whole) and learns the route and the tenant as the path finds them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -173,11 +173,12 @@ impl Drop for CutEnd {
 #[derive(Debug, Default)]
 pub struct ConnCut {
     cut: AtomicBool,
-    /// Requests begun.
-    begun: AtomicU32,
+    /// Requests begun. 64 bits, as `reset`: a long-lived connection may begin more than 2^32
+    /// requests, and a wrapped count would judge it on a few.
+    begun: AtomicU64,
     /// Requests whose futures were dropped unanswered, not cut by rampart: their client reset
     /// them (or went away).
-    reset: AtomicU32,
+    reset: AtomicU64,
     /// Woken once the resets pass the bound.
     storm: tokio::sync::Notify,
 }
@@ -236,8 +237,8 @@ impl ConnCut {
     /// past the bound.
     fn premature_reset(&self) {
         let reset = self.reset.fetch_add(1, Ordering::AcqRel) + 1;
-        if reset > PREMATURE_RESETS
-            && u64::from(reset) * 2 > u64::from(self.begun.load(Ordering::Acquire))
+        if reset > u64::from(PREMATURE_RESETS)
+            && reset.saturating_mul(2) > self.begun.load(Ordering::Acquire)
         {
             // No waiter yet: a permit is kept for it. (Called again after the close: no
             // waiter, one permit at most, no lock taken.)
@@ -884,6 +885,42 @@ mod tests {
         drop(Cut::new(MarksCut::new(pending(), Some(conn.clone()))));
         drop(reqs);
         assert!(!storm(&conn).await, "cut requests are not resets");
+    }
+
+    /// A connection's counts go on past 2^32 requests (a long-lived HTTP/2 connection): with
+    /// 32-bit counters the requests begun wrapped to a few, and a hundred resets among billions
+    /// closed the connection; and the resets wrapped to none, and a connection of nothing but
+    /// resets was never judged again.
+    #[tokio::test]
+    async fn premature_resets_are_judged_past_two_to_the_32_requests() {
+        let storm = |conn: &Arc<ConnCut>| {
+            let conn = conn.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::ZERO, conn.reset_storm())
+                    .await
+                    .is_ok()
+            }
+        };
+        let pending = || Box::pin(std::future::pending::<()>());
+
+        // 2^32 requests begun, all answered; then a bound's worth of resets, a tiny minority.
+        let conn = Arc::new(ConnCut::default());
+        conn.begun.store(u32::MAX.into(), Ordering::Relaxed);
+        for _ in 0..=PREMATURE_RESETS {
+            drop(CutAlong::new(pending(), Some(conn.clone())));
+        }
+        assert!(
+            !storm(&conn).await,
+            "{} resets of over 2^32 requests keep the connection",
+            PREMATURE_RESETS + 1
+        );
+
+        // Nearly every request reset: one more reset, the 2^32nd, still closes it.
+        let conn = Arc::new(ConnCut::default());
+        conn.begun.store(u32::MAX.into(), Ordering::Relaxed);
+        conn.reset.store((u32::MAX - 1).into(), Ordering::Relaxed);
+        drop(CutAlong::new(pending(), Some(conn.clone())));
+        assert!(storm(&conn).await, "resets that are most requests close it");
     }
 
     /// HPACK reads the mark: an id is sent as a literal never indexed, made here or the

@@ -1464,12 +1464,12 @@ mod tests {
         );
     }
 
-    /// A worker's socket hands out connections with `TCP_NODELAY` already on, so the acceptor
-    /// does not set it per connection (one syscall fewer each). (One worker: with two, the
+    /// A worker's socket hands out connections with `TCP_NODELAY` (and keepalive probes)
+    /// already on, so the acceptor does not set them per connection (one syscall fewer each). (One worker: with two, the
     /// kernel picks which socket a connection goes to.)
     #[cfg(target_os = "linux")]
     #[test]
-    fn accepted_sockets_inherit_nodelay_from_their_listener() {
+    fn accepted_sockets_inherit_nodelay_and_keepalive_from_their_listener() {
         let own = super::super::bind::Listening::default();
         let Bound { sockets } =
             bind_each("127.0.0.1:0".parse().expect("addr"), 1, &own).expect("bind");
@@ -1484,6 +1484,23 @@ mod tests {
         assert_eq!(
             stall.expect("TCP_USER_TIMEOUT"),
             Some(super::super::bind::SEND_STALL)
+        );
+        // A client gone silently (a quiet tunnel, a long HTTP/2 stream) is found out as an
+        // upstream is.
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"), "no keepalive");
+        let keepalive = super::super::sock::KEEPALIVE;
+        assert_eq!(
+            sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+            keepalive.idle
+        );
+        assert_eq!(
+            sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+            keepalive.interval
+        );
+        assert_eq!(
+            sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+            keepalive.probes
         );
     }
 

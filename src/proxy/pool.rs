@@ -51,7 +51,6 @@ use http::request::Parts;
 use http::Response;
 use http_body::{Frame, SizeHint};
 use prometheus::IntGauge;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -64,7 +63,7 @@ use super::body::Body;
 use super::forward::Added;
 use super::grpc::{StreamEnd, Trailed};
 use super::guard::Guards;
-use super::sock::Sock;
+use super::sock::{connect_upstream, Sock};
 use crate::clock::coarse;
 use crate::error::BoxError;
 
@@ -527,7 +526,7 @@ impl Pool {
         addr: SocketAddr,
         deadline: Instant,
     ) -> Result<Stream, SendError> {
-        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout_at(deadline, connect_upstream(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(SendError::Connect {
@@ -538,7 +537,6 @@ impl Pool {
             }
             Err(_) => return Err(connect_timed_out(addr)),
         };
-        let _ = stream.set_nodelay(true);
         match &self.tls {
             None => Ok(Stream::Plain(Sock(stream))),
             Some(tls) => {

@@ -123,6 +123,53 @@ fn poll_write_vectored(
     )
 }
 
+/// A new TCP connection to an upstream endpoint, with the options every one has (a pooled
+/// HTTP/1.1 one, an HTTP/2 one, a health probe's, a CONNECT tunnel's): `TCP_NODELAY`, and
+/// keepalive probes ([`KEEPALIVE`]).
+pub(crate) async fn connect_upstream(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    // As `TCP_NODELAY`: a connection the options cannot be set on still carries requests.
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE.probes());
+    Ok(stream)
+}
+
+impl Keepalive {
+    /// These times as socket options (`SO_KEEPALIVE` is set with them).
+    pub(crate) fn probes(&self) -> socket2::TcpKeepalive {
+        socket2::TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.probes)
+    }
+}
+
+/// When the kernel probes an upstream connection on which nothing has come for a while: first
+/// after `idle` of silence, then every `interval`, and after `probes` unanswered probes the
+/// connection is reset (its next read or write fails, an idle pooled one is closed). Without
+/// them a peer gone silently (a NAT or a load balancer that dropped its state of the
+/// connection, a host powered off) was never noticed on an idle pooled connection or a quiet
+/// tunnel: the kernel sends nothing on a connection with nothing to send. Found out within
+/// about a minute (30 s + 3 × 10 s), and the probes keep a NAT's or a load balancer's state of
+/// the connection alive (their idle timeouts are minutes: 350 s for AWS's NLB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: std::time::Duration,
+    /// Between probes.
+    pub interval: std::time::Duration,
+    /// Unanswered probes before the connection is reset.
+    pub probes: u32,
+}
+
+/// The keepalive probes of every upstream connection, and of every client's (set on the
+/// listening sockets, which their accepted ones inherit them from).
+pub(crate) const KEEPALIVE: Keepalive = Keepalive {
+    idle: std::time::Duration::from_secs(30),
+    interval: std::time::Duration::from_secs(10),
+    probes: 3,
+};
+
 /// A TCP connection read and written with the kernel's calls directly.
 #[derive(Debug)]
 pub struct Sock(pub TcpStream);
@@ -211,6 +258,29 @@ mod tests {
             r = sock.read(&mut buf) => panic!("read {r:?} with nothing sent"),
             () = std::future::ready(()) => true,
         }
+    }
+
+    /// A connection to an upstream has `TCP_NODELAY` and keepalive probes on, with
+    /// [`KEEPALIVE`]'s times: a peer gone silently (behind a NAT or a load balancer that
+    /// forgot the connection) is found out on an idle pooled connection or a quiet tunnel.
+    #[tokio::test]
+    async fn an_upstream_connection_has_keepalive_probes() {
+        let lst = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ours = connect_upstream(lst.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let sock = socket2::SockRef::from(&ours);
+        assert!(sock.tcp_nodelay().expect("TCP_NODELAY"));
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"), "no keepalive");
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            (
+                sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+                sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+                sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+            ),
+            (KEEPALIVE.idle, KEEPALIVE.interval, KEEPALIVE.probes)
+        );
     }
 
     #[tokio::test]

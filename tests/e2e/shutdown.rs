@@ -129,6 +129,12 @@ listeners:
             .is_ok_and(|r| r.status == 503),
         "draining"
     );
+    // A SIGHUP while draining reloads nothing, and says so (before, it went unheeded).
+    proxy.signal("HUP");
+    assert_eventually!(
+        proxy.log().contains("SIGHUP while shutting down"),
+        "the SIGHUP is refused in the log"
+    );
     let signalled = tokio::time::Instant::now();
     proxy.signal(second);
     let status = proxy.wait_exit(Duration::from_secs(8)).await;
@@ -152,6 +158,10 @@ listeners:
     );
     let trail = std::fs::read_to_string(&audit).expect("audit trail");
     assert!(trail.lines().any(|l| l.contains("\"shutdown\"")), "{trail}");
+    assert!(
+        !trail.contains("\"reload\""),
+        "no reload while draining: {trail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,4 +591,43 @@ listeners:
         Some(1.0),
         "{text}"
     );
+}
+
+/// A reload already under way when shutdown begins (past its look at the drain, reading its
+/// file) applies, and is recorded in the audit trail before the shutdown: the trail ends with
+/// the shutdown, as the policy in force at exit is the reload's. Before, the shutdown's entry
+/// was written at once and the reload's after it. In process, on one thread: the reload is
+/// parked on its file's read when the shutdown begins.
+#[tokio::test]
+async fn a_reload_under_way_when_shutdown_begins_is_in_the_trail_before_the_shutdown() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trail = dir.path().join("audit.jsonl");
+    let rendered = Proxy::builder(&one_route("audit: { file: $AUDIT }"))
+        .var("APP", app.addr())
+        .var("AUDIT", trail.display())
+        .render();
+    let config = rampart::load_config(&rendered.path).expect("the policy validates");
+    let r = rampart::Rampart::start(config)
+        .await
+        .expect("rampart starts");
+    let shared = r.shared().clone();
+    let reload = tokio::spawn(async move {
+        rampart::reload::reload(&shared, rampart::audit::Source::Post).await
+    });
+    // The reload runs up to its file's read, on the blocking pool.
+    tokio::task::yield_now().await;
+    r.shutdown().await;
+    let applied = reload.await.expect("the reload's task");
+    assert!(applied.is_ok(), "begun before the shutdown: {applied:?}");
+
+    let text = std::fs::read_to_string(&trail).expect("the trail");
+    let shape: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .map(|l| (l["event"].to_string(), l["result"].to_string()))
+        .collect();
+    let want = [("start", "ok"), ("reload", "ok"), ("shutdown", "ok")]
+        .map(|(e, r)| (format!("\"{e}\""), format!("\"{r}\"")));
+    assert_eq!(shape, want, "{text}");
 }
