@@ -158,6 +158,35 @@ pub struct ClientBody {
     kept: Option<Arc<parking_lot::Mutex<Kept>>>,
     /// Which sending of a kept upload this is: only the newest reads on (`replay::Kept::turn`).
     turn: u32,
+    /// Whether small frames are joined before they go ([`ClientBody::gather_small`]), and
+    /// whether one went alone already.
+    gathers: bool,
+    small_sent: bool,
+    /// The small frames joined and not sent yet (boxed: only an upload of small frames has it).
+    gathered: Option<Box<Gathered>>,
+}
+
+/// A data frame shorter than this costs an h2-based HTTP/2 server (hyper, tonic, axum:
+/// h2 0.4.16 on) budget while its application has not read it: 256 less its length, out of
+/// half the connection window (at least 25,600); when the connection's budget is spent, the
+/// server closes it (`GOAWAY ENHANCE_YOUR_CALM`, "too_many_data_frames") with every stream on
+/// it. A longer frame costs nothing.
+const SMALL_FRAME: usize = 256;
+/// The most of an upload's small frames joined into one (HTTP/2's least frame size).
+const GATHER_MOST: usize = 16 * 1024;
+/// The least time between two small frames of one upload sent to an HTTP/2 upstream: what
+/// comes sooner waits (joined to what comes meanwhile) at most this long.
+const SMALL_EVERY: Duration = Duration::from_millis(10);
+
+/// What an upload to an HTTP/2 upstream has joined of its small frames ([`ClientBody::gather_small`]).
+#[derive(Debug, Default)]
+struct Gathered {
+    /// The bytes joined, not sent yet.
+    held: bytes::BytesMut,
+    /// When the last small frame went.
+    small_at: Option<Instant>,
+    /// Wakes the upload when `held` may go ([`SMALL_EVERY`]).
+    hold: Option<Pin<Box<Sleep>>>,
 }
 
 /// The error a [`ClientBody`] ends with when the client's trailers have a field an HTTP/2
@@ -441,7 +470,7 @@ impl http_body::Body for Body {
                     .filter_map(|f| f.data_ref())
                     .map(|b| b.len() as u64)
                     .sum();
-                prefixed_hint(inner.rest_hint(), buffered)
+                prefixed_hint(inner.rest_hint(), buffered + inner.held() as u64)
             }
             Body::Upstream(inner) => inner.size_hint(),
             Body::Upstream2(inner) => http_body::Body::size_hint(&**inner),
@@ -622,6 +651,94 @@ impl ClientBody {
             replay_cap: 0,
             kept: None,
             turn: 0,
+            gathers: false,
+            small_sent: false,
+            gathered: None,
+        }
+    }
+
+    /// Joins the upload's small frames before they go (to an HTTP/2 upstream): those the
+    /// client has sent already, at once, up to [`GATHER_MOST`]; and of those that come one by
+    /// one (a client writing a byte at a time), no more than one frame shorter than
+    /// [`SMALL_FRAME`] every [`SMALL_EVERY`], the rest joined to it meanwhile. The first two
+    /// small frames go as they come (a gRPC call's message, a stream's occasional one); the
+    /// body's end or trailers send what is held at once, and a frame of [`SMALL_FRAME`] or
+    /// more goes at once too. An h2-based upstream closes a connection that carried too many
+    /// small frames its application has not read yet ([`SMALL_FRAME`]), and every client's
+    /// upload to an endpoint shares its one connection: one-byte chunks from eight clients to
+    /// a server that read them a second later had it closed, with every request on it.
+    pub fn gather_small(&mut self) {
+        self.gathers = true;
+    }
+
+    /// The bytes joined and not sent yet.
+    fn held(&self) -> usize {
+        self.gathered.as_ref().map_or(0, |g| g.held.len())
+    }
+
+    /// What was joined, as one frame to send now.
+    fn send_held(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let g = self.gathered.as_mut().expect("bytes held");
+        if g.held.len() < SMALL_FRAME {
+            g.small_at = Some(Instant::now());
+        }
+        Poll::Ready(Some(Ok(Frame::data(g.held.split().freeze()))))
+    }
+
+    /// Reads the client's body, joining its small frames ([`ClientBody::gather_small`]).
+    fn poll_gathering(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let held = self.held();
+            match self.poll_rest(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let d = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(frame) if held == 0 => return Poll::Ready(Some(Ok(frame))),
+                        Err(frame) => {
+                            // The trailers go after what is held.
+                            self.prefix.push_front(frame);
+                            return self.send_held();
+                        }
+                    };
+                    if held == 0 && (d.len() >= SMALL_FRAME || !self.small_sent) {
+                        self.small_sent |= d.len() < SMALL_FRAME;
+                        return Poll::Ready(Some(Ok(Frame::data(d))));
+                    }
+                    if held + d.len() > GATHER_MOST {
+                        self.prefix.push_front(Frame::data(d));
+                        return self.send_held();
+                    }
+                    let g = self.gathered.get_or_insert_with(Default::default);
+                    g.held.extend_from_slice(&d);
+                    if g.held.len() == GATHER_MOST {
+                        return self.send_held();
+                    }
+                }
+                Poll::Ready(None) if held != 0 => return self.send_held(),
+                Poll::Pending if held >= SMALL_FRAME => return self.send_held(),
+                Poll::Pending if held != 0 => {
+                    let g = self.gathered.as_mut().expect("bytes held");
+                    let now = Instant::now();
+                    let due = g.small_at.map_or(now, |at| at + SMALL_EVERY);
+                    if due <= now {
+                        return self.send_held();
+                    }
+                    let hold = g
+                        .hold
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    if hold.deadline() != due {
+                        hold.as_mut().reset(due);
+                    }
+                    if hold.as_mut().poll(cx).is_ready() {
+                        return self.send_held();
+                    }
+                    return Poll::Pending;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -883,12 +1000,13 @@ impl http_body::Body for ClientBody {
         let this = self.get_mut();
         match this.prefix.pop_front() {
             Some(f) => Poll::Ready(Some(Ok(f))),
+            None if this.gathers => this.poll_gathering(cx),
             None => this.poll_rest(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest_ended()
+        self.prefix.is_empty() && self.held() == 0 && self.rest_ended()
     }
 }
 

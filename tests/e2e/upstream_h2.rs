@@ -4,6 +4,7 @@
 
 mod connect;
 mod odd;
+mod tiny;
 mod waiting;
 mod window;
 

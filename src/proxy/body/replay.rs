@@ -231,6 +231,9 @@ impl Replay {
             replay_cap: u32::try_from(kept.cap).unwrap_or(u32::MAX),
             kept: Some(self.kept.clone()),
             turn: kept.turn,
+            gathers: false,
+            small_sent: false,
+            gathered: None,
         }))
     }
 }

@@ -556,6 +556,10 @@ impl Pool {
                 (None, Body::Client(c)) => c.keep(),
                 _ => None,
             };
+            // Its small frames joined, as an h2-based upstream needs (`ClientBody::gather_small`).
+            if let Body::Client(c) = &mut body {
+                c.gather_small();
+            }
             let req = request(parts, added, body, self.tls.is_some())
                 .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
             let sending = sender.try_send_request(req);
