@@ -124,13 +124,20 @@ fn poll_write_vectored(
 }
 
 /// A new TCP connection to an upstream endpoint, with the options every one has (a pooled
-/// HTTP/1.1 one, an HTTP/2 one, a health probe's, a CONNECT tunnel's): `TCP_NODELAY`, and
-/// keepalive probes ([`KEEPALIVE`]).
+/// HTTP/1.1 one, an HTTP/2 one, a health probe's, a CONNECT tunnel's): `TCP_NODELAY`,
+/// keepalive probes ([`KEEPALIVE`]: a silent peer found out while the connection is idle), and
+/// `TCP_USER_TIMEOUT` of [`SEND_STALL`](super::bind::SEND_STALL), as a client's connection has:
+/// bytes sent and not taken for so long (a peer gone with a request on its way, its packets
+/// dropped by a network that forgot the connection, or an upstream that stopped reading) abort
+/// the connection, where the kernel's retransmissions alone would take about 15 minutes, and
+/// an HTTP/2 connection's PINGs (at most every 5 minutes) would not see it sooner.
 pub(crate) async fn connect_upstream(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     // As `TCP_NODELAY`: a connection the options cannot be set on still carries requests.
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE.probes());
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_tcp_keepalive(&KEEPALIVE.probes());
+    let _ = sock.set_tcp_user_timeout(Some(super::bind::SEND_STALL));
     Ok(stream)
 }
 
@@ -262,7 +269,8 @@ mod tests {
 
     /// A connection to an upstream has `TCP_NODELAY` and keepalive probes on, with
     /// [`KEEPALIVE`]'s times: a peer gone silently (behind a NAT or a load balancer that
-    /// forgot the connection) is found out on an idle pooled connection or a quiet tunnel.
+    /// forgot the connection) is found out on an idle pooled connection or a quiet tunnel; and
+    /// what it sends and the peer never takes aborts it after `SEND_STALL`.
     #[tokio::test]
     async fn an_upstream_connection_has_keepalive_probes() {
         let lst = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -280,6 +288,10 @@ mod tests {
                 sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
             ),
             (KEEPALIVE.idle, KEEPALIVE.interval, KEEPALIVE.probes)
+        );
+        assert_eq!(
+            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+            Some(crate::proxy::bind::SEND_STALL)
         );
     }
 
