@@ -368,10 +368,10 @@ impl Generation {
     }
 
     /// Lets go of what `old` had and this generation has not, now that this one is in force:
-    /// the upstreams it replaced or removed are retired (their health checks stop, and what
-    /// their requests still in flight learn no longer reaches the metrics), and the series of
-    /// removed routes, listeners, upstreams, breakers, endpoints, shedders and store are
-    /// dropped from `metrics`. Requests still in flight under `old` finish as they began; what
+    /// the upstreams it replaced or removed are retired (their health checks and DNS lookups
+    /// stop, and what their requests still in flight learn no longer reaches the metrics), and
+    /// the series of removed routes, listeners, upstreams, breakers, endpoints, shedders and
+    /// store are dropped from `metrics`. Requests still in flight under `old` finish as they began; what
     /// they count on a removed series is not exported (their routes' and upstreams' metric
     /// handles are retired first, so they make no new series for a name that is gone).
     pub fn retire(&self, old: &Generation, metrics: &Metrics) {

@@ -54,7 +54,8 @@ pub struct Upstream {
     /// The active health checker (`health_check`); stopped when the upstream is replaced.
     checker: Option<AbortHandle>,
     /// Set when a reload replaced or removed it: what its requests still in flight learn is
-    /// no longer written to the metrics, whose series are the new generation's.
+    /// no longer written to the metrics, whose series are the new generation's, and its names
+    /// are no longer resolved.
     retired: AtomicBool,
 }
 
@@ -384,8 +385,8 @@ impl Upstream {
         }
     }
 
-    /// A reload put another upstream in its place, or none: its checks stop, and nothing its
-    /// requests still in flight learn is written to the metrics any more.
+    /// A reload put another upstream in its place, or none: its checks and DNS lookups stop,
+    /// and nothing its requests still in flight learn is written to the metrics any more.
     pub(crate) fn retire(&self) {
         self.stop_checks();
         self.retired.store(true, Ordering::Relaxed);
@@ -544,9 +545,16 @@ impl Target {
     }
 }
 
-/// Resolves names now and every `every`, until the upstream is dropped. `start` holds, per
-/// target, the addresses the upstream starts with (those a reload carried over): a name whose
-/// lookup fails keeps its last addresses, these until it resolves once.
+/// Resolves names now and every `every`, until a reload retires the upstream (or it is
+/// dropped). `start` holds, per target, the addresses the upstream starts with (those a reload
+/// carried over): a name whose lookup fails keeps its last addresses, these until it resolves
+/// once.
+///
+/// A retired upstream lives on while requests begun under it are in flight (or its listener
+/// drains), but its loop stops at once: the endpoints it shares with its successor (same
+/// address) have the successor's metric series, which an answer seen only by the old loop
+/// would remove, and an address only it saw would get series under a name a reload may have
+/// removed.
 async fn resolve_loop(
     up: Weak<Upstream>,
     targets: Vec<Target>,
@@ -556,7 +564,7 @@ async fn resolve_loop(
 ) {
     let mut last = start;
     loop {
-        if up.strong_count() == 0 {
+        if live(&up).is_none() {
             // Replaced by a reload or removed while asleep: no lookup for it any more.
             return;
         }
@@ -581,13 +589,19 @@ async fn resolve_loop(
                 },
             }
         }
-        let Some(up) = up.upgrade() else { return };
+        // Retired during the lookups: the answer is the new generation's to apply.
+        let Some(up) = live(&up) else { return };
         let mut all: Found = last.iter().flatten().cloned().collect();
         all.dedup();
         up.set_resolved(all);
         drop(up);
         tokio::time::sleep(every.max(Duration::from_millis(100))).await;
     }
+}
+
+/// The upstream behind `up`, unless it was dropped or a reload retired it.
+fn live(up: &Weak<Upstream>) -> Option<Arc<Upstream>> {
+    up.upgrade().filter(|u| !u.retired.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]

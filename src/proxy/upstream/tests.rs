@@ -125,6 +125,76 @@ async fn name_never_resolved_has_no_addresses() {
         .contains("svc.test:8080 has not resolved"));
 }
 
+/// Whether `metrics` exports a `rampart_upstream_connections` series of `upstream`, `endpoint`.
+fn connections_series(metrics: &Metrics, upstream: &str, endpoint: &str) -> bool {
+    let (u, e) = (
+        format!("upstream=\"{upstream}\""),
+        format!("endpoint=\"{endpoint}\""),
+    );
+    metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("rampart_upstream_connections{") && l.contains(&u) && l.contains(&e))
+}
+
+/// A reload replaced the upstream (another `outlier`: the endpoints are carried over) while a
+/// request of the old one is still open, and DNS answers differently at the old loop's next
+/// round: the retired upstream looks nothing up any more, so it neither drops the series of an
+/// endpoint the new one still uses nor makes one for an address the new one does not have.
+#[tokio::test(start_paused = true)]
+async fn retired_upstream_resolves_no_more_and_leaves_the_series_alone() {
+    let metrics = Metrics::register();
+    let clock: SharedClock = Arc::new(ManualClock::new());
+    let dns = Scripted::default();
+    dns.answer(Some(&["10.0.0.1:8080", "10.0.0.2:8080"]));
+    let first = Upstream::with_lookup("api", &cfg(), None, None, &metrics, &clock, dns.lookup());
+    settle().await;
+    assert!(connections_series(&metrics, "api", "10.0.0.2:8080"));
+
+    // Reload 2 s later; `first` stays referred to (a request in flight under it).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut cfg = cfg();
+    cfg.outlier = Some(
+        serde_json::from_value(serde_json::json!({ "consecutive_failures": 3 })).expect("outlier"),
+    );
+    let second = Upstream::with_lookup(
+        "api",
+        &cfg,
+        Some(&first),
+        None,
+        &metrics,
+        &clock,
+        dns.lookup(),
+    );
+    first.retire();
+    settle().await;
+    assert_eq!(dns.asked(), 2);
+    assert_eq!(addrs(&second), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+
+    // The old loop's round (t = 5 s) would see .2 gone and .3 new.
+    dns.answer(Some(&["10.0.0.1:8080", "10.0.0.3:8080"]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    assert!(
+        connections_series(&metrics, "api", "10.0.0.2:8080"),
+        "the new upstream's endpoint keeps its connections series"
+    );
+    assert!(
+        !connections_series(&metrics, "api", "10.0.0.3:8080"),
+        "no series for an address only the retired upstream saw"
+    );
+    assert_eq!(dns.asked(), 2, "the retired upstream looked nothing up");
+
+    // The new loop's round (t = 7 s) sees .2 again: it keeps its endpoint, still counted.
+    dns.answer(Some(&["10.0.0.1:8080", "10.0.0.2:8080"]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(dns.asked(), 3);
+    assert_eq!(addrs(&second), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+    assert!(connections_series(&metrics, "api", "10.0.0.2:8080"));
+    drop(first);
+}
+
 /// Two fixed endpoints, the first of which just refused a connection, with `balance`.
 fn one_refused(balance: &str) -> (Arc<Upstream>, SocketAddr, SocketAddr) {
     let metrics = Metrics::register();
