@@ -314,7 +314,7 @@ async fn a_connection_going_away_does_not_hold_max_connections_from_the_next() {
 
 /// `/short` under a 300 ms `timeout.request` and a breaker that opens at the first failure;
 /// anything else under no policy.
-const SHORT: &str = r#"
+pub(super) const SHORT: &str = r#"
 version: 1
 admin: { listen: $ADMIN }
 upstreams:

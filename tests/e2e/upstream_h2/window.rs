@@ -31,6 +31,8 @@ struct Shut {
     taken: Arc<Mutex<Vec<usize>>>,
     /// The connections rampart closed, by number.
     closed: Arc<Mutex<Vec<u64>>>,
+    /// The streams rampart reset (`RST_STREAM`), by connection number and stream id.
+    resets: Arc<Mutex<Vec<(u64, u32)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -39,6 +41,14 @@ impl Drop for Shut {
         self.task.abort();
     }
 }
+
+/// What a [`Shut`] server records of its connections: the bytes taken, the connections
+/// closed, the streams reset.
+type Seen = (
+    Arc<Mutex<Vec<usize>>>,
+    Arc<Mutex<Vec<u64>>>,
+    Arc<Mutex<Vec<(u64, u32)>>>,
+);
 
 /// How a [`Shut`] server differs from the plain one.
 #[derive(Clone, Copy, Default)]
@@ -62,14 +72,16 @@ impl Shut {
         let addr = listener.local_addr().expect("addr");
         let taken = Arc::new(Mutex::new(Vec::new()));
         let closed = Arc::new(Mutex::new(Vec::new()));
+        let resets = Arc::new(Mutex::new(Vec::new()));
         let task = {
-            let (taken, closed) = (taken.clone(), closed.clone());
+            let (taken, closed, resets) = (taken.clone(), closed.clone(), resets.clone());
             tokio::spawn(async move {
                 let mut n = 0;
                 while let Ok((tcp, _)) = listener.accept().await {
                     n += 1;
                     taken.lock().push(0);
-                    tokio::spawn(Self::serve(tcp, n, opts, taken.clone(), closed.clone()));
+                    let seen = (taken.clone(), closed.clone(), resets.clone());
+                    tokio::spawn(Self::serve(tcp, n, opts, seen));
                 }
             })
         };
@@ -77,6 +89,7 @@ impl Shut {
             addr,
             taken,
             closed,
+            resets,
             task,
         }
     }
@@ -89,13 +102,11 @@ impl Shut {
         self.closed.lock().clone()
     }
 
-    async fn serve(
-        tcp: tokio::net::TcpStream,
-        n: u64,
-        opts: Opts,
-        taken: Arc<Mutex<Vec<usize>>>,
-        closed: Arc<Mutex<Vec<u64>>>,
-    ) {
+    fn resets(&self) -> Vec<(u64, u32)> {
+        self.resets.lock().clone()
+    }
+
+    async fn serve(tcp: tokio::net::TcpStream, n: u64, opts: Opts, (taken, closed, resets): Seen) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut rd, mut wr) = tcp.into_split();
         let mut preface = [0u8; 24];
@@ -127,6 +138,10 @@ impl Shut {
                     let out = match kind {
                         0x4 if flags & 0x1 == 0 => h2_frame(0x4, 0x1, 0, &[]),
                         0x6 if flags & 0x1 == 0 => h2_frame(0x6, 0x1, 0, &payload),
+                        0x3 => {
+                            resets.lock().push((n, stream));
+                            continue;
+                        }
                         0x0 | 0x1 => {
                             if kind == 0x0 {
                                 let all = {
@@ -324,6 +339,83 @@ async fn past_the_shut_connections_kept(opts: Opts) {
         (StatusCode::OK, "conn 3".to_owned())
     );
     second.abort();
+}
+
+/// An upload stalled behind a shut send window, whose answer's head came (the client has it),
+/// is reset (`RST_STREAM`) once its client goes, and its stream ends.
+///
+/// Shows a defect, not fixed yet: hyper's task that sends the upload holds the stream (its
+/// `SendStream`) while it waits for room to send the chunk it took, and polls nothing else
+/// then (not the body, which would fail once its client went): rampart's handles all gone
+/// (the answer's body, the request's), the stream is never reset. The upstream never hears the
+/// client went, and the stream (and its connection, let go or not) stays open for ever on a
+/// route without `timeout.request`. Seen failing: no `RST_STREAM` within the patience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "shows a defect: an upload stalled after its answer's head is never reset"]
+async fn an_upload_stalled_after_its_answers_head_is_reset_when_its_client_goes() {
+    stalled_after_its_answers_head(super::POLICY, "/stalled", true).await;
+}
+
+/// So is one whose deadline (`timeout.request`, 300 ms) passes after its answer's head came:
+/// rampart lets the answer go (`H2Answer::end_by`), which resets nothing while hyper's task
+/// waits to send the upload. Shows the same defect; seen failing the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "shows a defect: an upload stalled after its answer's head is never reset"]
+async fn an_upload_stalled_after_its_answers_head_is_reset_at_its_deadline() {
+    stalled_after_its_answers_head(super::waiting::SHORT, "/short/stalled", false).await;
+}
+
+/// A 100 KiB upload to `path` of a rampart of `policy` in front of a [`Shut`] server that
+/// sends answers' heads first: once its head came and the window is spent, its client goes
+/// (`client_goes`) or stays; the upstream is to see its stream reset.
+async fn stalled_after_its_answers_head(policy: &str, path: &str, client_goes: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Shut::with(Opts {
+        head_first: true,
+        ..Opts::default()
+    })
+    .await;
+    let proxy = fronted(policy, up.addr, "").await;
+    let addr = proxy.listener("inbound");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let len = 100 * 1024;
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+    req.resize(req.len() + len, b'x');
+    // Its bytes past the window stay in the sockets' buffers, or here.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&req).await;
+        wr
+    });
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no head: {}", proxy.log()))
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    crate::assert_eventually!(up.taken() == [65_535], "{:?}", up.taken());
+    if client_goes {
+        assert!(up.resets().is_empty(), "{:?}", up.resets());
+        writer.abort();
+        drop(writer);
+        drop(rd);
+    }
+    crate::assert_eventually!(
+        up.resets() == [(1, 1)],
+        "{:?}: {}",
+        up.resets(),
+        proxy.log()
+    );
 }
 
 /// An upload waiting for a stream (the upstream takes one at a time) on a connection whose
