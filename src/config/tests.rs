@@ -96,6 +96,14 @@ fn spot(e: &ConfigError) -> (usize, usize, &str) {
     (e.line, e.column, e.path.as_str())
 }
 
+/// The line and column (from 1) where `needle` first stands in `text`.
+fn found(text: &str, needle: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+        .unwrap_or_else(|| panic!("{needle:?} is not in the text"))
+}
+
 // === whole files ===
 
 #[test]

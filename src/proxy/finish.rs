@@ -829,20 +829,19 @@ mod tests {
         std::pin::Pin::new(fut).poll(&mut cx)
     }
 
+    /// Whether `conn` is told to close for a storm of resets now.
+    async fn storm(conn: &Arc<ConnCut>) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, conn.reset_storm())
+            .await
+            .is_ok()
+    }
+
     /// A request's future dropped before its answer, not cut, counts as a premature reset of
     /// its connection; one answered, or cut with its connection, does not. The connection is
     /// told to close once more than [`PREMATURE_RESETS`] of them are also more than half of
     /// its requests.
     #[tokio::test]
     async fn premature_resets_past_the_bound_and_most_requests_close_the_connection() {
-        let storm = |conn: &Arc<ConnCut>| {
-            let conn = conn.clone();
-            async move {
-                tokio::time::timeout(std::time::Duration::ZERO, conn.reset_storm())
-                    .await
-                    .is_ok()
-            }
-        };
         let pending = || Box::pin(std::future::pending::<()>());
         let answered = |conn: &Arc<ConnCut>| {
             let mut req = CutAlong::new(Box::pin(std::future::ready(())), Some(conn.clone()));
@@ -893,14 +892,6 @@ mod tests {
     /// resets was never judged again.
     #[tokio::test]
     async fn premature_resets_are_judged_past_two_to_the_32_requests() {
-        let storm = |conn: &Arc<ConnCut>| {
-            let conn = conn.clone();
-            async move {
-                tokio::time::timeout(std::time::Duration::ZERO, conn.reset_storm())
-                    .await
-                    .is_ok()
-            }
-        };
         let pending = || Box::pin(std::future::pending::<()>());
 
         // 2^32 requests begun, all answered; then a bound's worth of resets, a tiny minority.

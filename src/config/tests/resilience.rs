@@ -1,6 +1,6 @@
 //! `fault`, `fallback`, `idempotency` and `audit`: accepted shapes, bounds with their places.
 
-use super::{errors, fails_at, ok, policy, spot, warnings, BASE};
+use super::{errors, fails_at, found, ok, policy, spot, warnings, BASE};
 
 #[test]
 fn the_spec_sections_are_accepted() {
@@ -284,18 +284,7 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
         assert_eq!(all.len(), 1, "{status}: {all:#?}");
         let (line, col, path) = spot(&all[0]);
         assert_eq!(path, "policies.p.fallback.static.body");
-        let at = text
-            .lines()
-            .position(|l| l.contains("body: hello"))
-            .expect("the line");
-        assert_eq!(line, at + 1, "{}", all[0]);
-        let expected_col = text
-            .lines()
-            .nth(at)
-            .and_then(|l| l.find("body: hello"))
-            .expect("col")
-            + 1;
-        assert_eq!(col, expected_col, "{}", all[0]);
+        assert_eq!((line, col), found(&text, "body: hello"), "{}", all[0]);
         assert!(
             all[0]
                 .message
@@ -310,7 +299,7 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
         "{ fallback: { on: [timeout], static: { status: 200, body: hello } } }",
         "{ fallback: { on: [timeout], static: { status: 206, body: hello } } }",
     ] {
-        // (A 2xx is warned of at its status: `a_static_2xx_fallback_draws_a_warning_at_its_status`.)
+        // (A 2xx is warned of at its status: `a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status`.)
         let all = warnings(&policy(quiet));
         assert!(
             all.iter().all(|w| !w.path.ends_with(".body")),
@@ -333,18 +322,7 @@ fn a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status() {
     assert_eq!(all.len(), 1, "{all:#?}");
     let (line, col, path) = spot(&all[0]);
     assert_eq!(path, "policies.p.fallback.static.status");
-    let at = text
-        .lines()
-        .position(|l| l.contains("status: 200"))
-        .expect("the line");
-    assert_eq!(line, at + 1, "{}", all[0]);
-    let expected_col = text
-        .lines()
-        .nth(at)
-        .and_then(|l| l.find("status: 200"))
-        .expect("col")
-        + 1;
-    assert_eq!(col, expected_col, "{}", all[0]);
+    assert_eq!((line, col), found(&text, "status: 200"), "{}", all[0]);
     assert!(
         all[0]
             .message
@@ -358,17 +336,12 @@ fn a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status() {
     let all = warnings(&text);
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0].path, "policies.p.fallback.static.status");
-    let at = text
-        .lines()
-        .position(|l| l.contains("static: {"))
-        .expect("the line");
-    let col = text
-        .lines()
-        .nth(at)
-        .and_then(|l| l.find("static"))
-        .expect("col")
-        + 1;
-    assert_eq!((all[0].line, all[0].column), (at + 1, col), "{}", all[0]);
+    assert_eq!(
+        (all[0].line, all[0].column),
+        found(&text, "static: {"),
+        "{}",
+        all[0]
+    );
     for status in [201, 204, 299] {
         let all = warnings(&policy(&format!(
             "{{ fallback: {{ on: [timeout], static: {{ status: {status} }} }} }}"

@@ -108,16 +108,22 @@ async fn client_certificate_to_an_upstream_that_requires_one() {
     assert_eq!(up.hits(), 0, "no client certificate, no request");
     drop(proxy);
 
-    let with_cert = format!(
-        "ca: {}, server_name: localhost, cert: {}, key: {}",
-        ca_path.display(),
-        cert.display(),
-        key.display()
-    );
+    let with_cert = with_client_cert(&ca_path, &cert, &key);
     let proxy = outbound(up.addr, with_cert).await;
     let rsp = call(&proxy).await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     assert_eq!(up.hits(), 1);
+}
+
+/// An upstream `tls` section that trusts `ca`, names `localhost` and shows the client
+/// certificate `cert` with its `key`.
+fn with_client_cert(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "ca: {}, server_name: localhost, cert: {}, key: {}",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
 }
 
 #[tokio::test]
@@ -482,12 +488,7 @@ async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() 
     // Its client certificate too (mTLS to the upstream).
     let (cert, key) = pki.pair("client", &ca.client("rampart", None));
     let mtls = TlsUpstream::start_mtls(&ca.server(2), &ca.pem).await;
-    let with_cert = format!(
-        "ca: {}, server_name: localhost, cert: {}, key: {}",
-        ca_path.display(),
-        cert.display(),
-        key.display()
-    );
+    let with_cert = with_client_cert(&ca_path, &cert, &key);
     let proxy = outbound(mtls.addr, with_cert).await;
     let got = get_through_a_tunnel(&proxy).await;
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");

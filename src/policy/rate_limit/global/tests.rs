@@ -57,20 +57,11 @@ fn unreachable_store(clock: &SharedClock) -> Arc<GlobalStore> {
     GlobalStore::build(&cfg, None, None, &metrics, clock).expect("a valid URL")
 }
 
-/// `on_store_error: local` enforces the per-process limit from where this process stands:
-/// what it admitted through the store counts against the local bucket, so a store that stops
-/// answering for a moment does not hand the tenant a second full burst on this process, and
-/// the process admits at most the limit whoever decides.
-#[tokio::test]
-async fn admissions_through_the_store_count_against_the_local_fallback() {
-    use crate::clock::ManualClock;
+/// A global limit of one a minute per tenant, with a burst of 20.
+fn one_a_minute() -> RateLimit {
     use crate::config::file::{LimitScope, Limits};
     use crate::config::units::Rate;
-    use crate::policy::rate_limit::TrackedTenants;
-
-    let clock = ManualClock::new();
-    let shared: SharedClock = Arc::new(clock.clone());
-    let cfg = RateLimit {
+    RateLimit {
         per_tenant: Some(Limits(vec![Limit {
             rate: Rate {
                 count: 1,
@@ -81,9 +72,25 @@ async fn admissions_through_the_store_count_against_the_local_fallback() {
             window: Default::default(),
         }])),
         scope: LimitScope::Global,
+        ..RateLimit::default()
+    }
+}
+
+/// `on_store_error: local` enforces the per-process limit from where this process stands:
+/// what it admitted through the store counts against the local bucket, so a store that stops
+/// answering for a moment does not hand the tenant a second full burst on this process, and
+/// the process admits at most the limit whoever decides.
+#[tokio::test]
+async fn admissions_through_the_store_count_against_the_local_fallback() {
+    use crate::clock::ManualClock;
+    use crate::policy::rate_limit::TrackedTenants;
+
+    let clock = ManualClock::new();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let cfg = RateLimit {
         on_store_error: Some(OnStoreError::Local),
         lease: Some(1),
-        ..RateLimit::default()
+        ..one_a_minute()
     };
     let local = RateLimiter::new(&cfg, TrackedTenants::new(1000), shared.clone());
     let fallbacks = IntCounter::new("fallbacks", "decisions by on_store_error").expect("valid");
@@ -181,25 +188,11 @@ fn lease_for(g: &GlobalLimiter, tenant: &str, tokens: u64, expires: u64) {
 #[tokio::test]
 async fn leases_count_against_max_tracked_and_are_evicted_in_batches() {
     use crate::clock::ManualClock;
-    use crate::config::file::{LimitScope, Limits};
-    use crate::config::units::Rate;
     use crate::policy::rate_limit::TrackedTenants;
 
     let clock = ManualClock::new();
     let shared: SharedClock = Arc::new(clock.clone());
-    let cfg = RateLimit {
-        per_tenant: Some(Limits(vec![Limit {
-            rate: Rate {
-                count: 1,
-                per: Duration::from_secs(60),
-            },
-            burst: Some(20),
-            name: None,
-            window: Default::default(),
-        }])),
-        scope: LimitScope::Global,
-        ..RateLimit::default()
-    };
+    let cfg = one_a_minute();
     let tracked = TrackedTenants::new(16);
     let fallbacks = IntCounter::new("fallbacks", "decisions by on_store_error").expect("valid");
     let route: Arc<str> = Arc::from("app");
