@@ -303,7 +303,7 @@ impl Generation {
             .map(|p| {
                 let live = p.listeners.iter().map(|(a, l)| (*a, Arc::downgrade(l)));
                 let drains = |a: &SocketAddr| shared.drains.at(a);
-                moves::removed(live, &p.removed, &moved, &f.listeners, drains)
+                moves::removed(live, &p.removed, &p.moved, &moved, &f.listeners, drains)
             })
             .unwrap_or_default();
         Generation {
