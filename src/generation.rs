@@ -16,9 +16,10 @@
 //!   upstream are thus told apart by position among themselves, and naming routes makes the
 //!   identity survive any reordering.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper_util::server::conn::auto;
@@ -63,8 +64,11 @@ pub struct Generation {
     /// The listeners a reload removed, by the address they had, as they were configured then:
     /// the connections their old sockets accepted, still open or still queued while they
     /// drain, are served by them ([`Self::listener`]), as a moved listener's are by it where it
-    /// went. Carried to the next generation only while that drain runs (`moves.rs`).
-    pub removed: HashMap<SocketAddr, Arc<ListenerRt>>,
+    /// went. Carried to the next generation only while that drain runs (`moves.rs`). Held
+    /// weakly: the drain holds each (`reload::apply`), so that once it is over the listener,
+    /// and through its routes the upstreams, stores and tables only it had, are let go then,
+    /// not at some later reload.
+    pub removed: HashMap<SocketAddr, Weak<ListenerRt>>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Circuit breakers by upstream name (SPEC §2: a breaker guards an upstream, and every route
@@ -297,9 +301,9 @@ impl Generation {
             .unwrap_or_default();
         let removed = prev
             .map(|p| {
-                let live = p.listeners.iter().map(|(a, l)| (*a, l.clone()));
+                let live = p.listeners.iter().map(|(a, l)| (*a, Arc::downgrade(l)));
                 let drains = |a: &SocketAddr| shared.drains.at(a);
-                moves::removed(live, &p.removed, &moved, &f.listeners, drains)
+                moves::removed(live, &p.removed, &p.moved, &moved, &f.listeners, drains)
             })
             .unwrap_or_default();
         Generation {
@@ -347,15 +351,21 @@ impl Generation {
     }
 
     /// The listener a connection accepted at `addr` is served by: the one configured there,
-    /// the one a reload moved from there, or the one a reload removed from there, as it was.
-    pub fn listener(&self, addr: &SocketAddr) -> Option<&Arc<ListenerRt>> {
+    /// the one a reload moved from there, or the one a reload removed from there, as it was
+    /// (while its drain holds it: owned then, the others borrowed).
+    pub fn listener(&self, addr: &SocketAddr) -> Option<Cow<'_, Arc<ListenerRt>>> {
         match self.listeners.get(addr) {
-            Some(l) => Some(l),
+            Some(l) => Some(Cow::Borrowed(l)),
             None => match self.moved.get(addr) {
-                Some(to) => self.listeners.get(to),
-                None => self.removed.get(addr),
+                Some(to) => self.listeners.get(to).map(Cow::Borrowed),
+                None => self.removed.get(addr)?.upgrade().map(Cow::Owned),
             },
         }
+    }
+
+    /// The listeners removed by a reload whose drains still hold them.
+    fn removed_held(&self) -> Vec<Arc<ListenerRt>> {
+        self.removed.values().filter_map(Weak::upgrade).collect()
     }
 
     /// Whether every inbound listener's upstreams have a healthy endpoint.
@@ -380,7 +390,8 @@ impl Generation {
         // cut at the grace's end and counted 503 `shutdown`, on its series. Those stay (as
         // its routes' do), so the cut is seen; only names a kept listener dropped go. So do
         // those of a listener removed before, while its connections are served.
-        for l in old.listeners.values().chain(self.removed.values()) {
+        let (removed, removed_before) = (self.removed_held(), old.removed_held());
+        for l in old.listeners.values().chain(&removed) {
             if !live.routes.contains_key(&l.name) {
                 listener_series(&mut live, l);
             }
@@ -397,7 +408,7 @@ impl Generation {
                 up.metrics.retire();
             }
         }
-        for l in old.listeners.values().chain(old.removed.values()) {
+        for l in old.listeners.values().chain(&removed_before) {
             let routes = live.routes.get(&l.name);
             if routes.is_none() {
                 l.unrouted.retire();

@@ -207,7 +207,11 @@ pub fn apply(
             // move from this address (and the listener removed there) only while this drain
             // runs. Shutdown waits for it too.
             let draining = shared.drains.begin(addr);
-            shared.retiring.drain(h, until, draining);
+            // The listener removed here (none for a move's old address) is held by its drain
+            // alone, the generations only point to it: once the drain is over, it goes, and
+            // with it what only it held (its routes' upstreams, pools, stores and tables).
+            let rt = gen.removed.get(&addr).and_then(std::sync::Weak::upgrade);
+            shared.retiring.drain(h, until, (draining, rt));
         }
     }
     for w in &cfg.warnings {

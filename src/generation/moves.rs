@@ -53,22 +53,35 @@ where
 /// listener of `now` at their address, nor one they moved to (`moved`, this reload's moves).
 /// Their old sockets drain, and what they accepted is served by them as they were (the
 /// connections still open and those still queued: `Generation::listener`). Those `before`
-/// kept (removed by a reload before) are kept while `draining` says their drain still runs.
+/// kept (removed by a reload before) are kept while `draining` says their drain still runs;
+/// so is the old address of a move of the generation before (`was_moved`) that still drains
+/// while this reload takes its listener away (removed, or renamed), kept as that listener
+/// was last.
 pub(crate) fn removed<V: Clone>(
     live: impl Iterator<Item = (SocketAddr, V)>,
     before: &HashMap<SocketAddr, V>,
+    was_moved: &Moved,
     moved: &Moved,
     now: &[file::Listener],
     draining: impl Fn(&SocketAddr) -> bool,
 ) -> HashMap<SocketAddr, V> {
+    let live: Vec<(SocketAddr, V)> = live.collect();
     let still = before
         .iter()
         .filter(|(from, _)| draining(from))
         .map(|(from, v)| (*from, v.clone()));
+    let left = was_moved
+        .iter()
+        .filter(|(from, _)| draining(from))
+        .filter_map(|(from, to)| {
+            let (_, v) = live.iter().find(|(a, _)| a == to)?;
+            Some((*from, v.clone()))
+        });
     // Last the listeners removed now: one put back at an address and removed again while its
     // first drain there runs is served as it was last.
     still
-        .chain(live)
+        .chain(left)
+        .chain(live.iter().cloned())
         .filter(|(from, _)| !now.iter().any(|l| l.listen == *from) && !moved.contains_key(from))
         .collect()
 }
@@ -196,22 +209,67 @@ mod tests {
         let live = [(addr("127.0.0.1:1"), "a"), (addr("127.0.0.1:2"), "b")];
         let moved = Moved::from([(addr("127.0.0.1:2"), addr("127.0.0.1:3"))]);
         let now = [listener("b", "127.0.0.1:3")];
-        let first = removed(live.into_iter(), &HashMap::new(), &moved, &now, |a| {
-            drains.at(a)
-        });
+        let first = removed(
+            live.into_iter(),
+            &HashMap::new(),
+            &Moved::new(),
+            &moved,
+            &now,
+            |a| drains.at(a),
+        );
         assert_eq!(first, HashMap::from([(addr("127.0.0.1:1"), "a")]));
         let draining = drains.begin(addr("127.0.0.1:1"));
         let live = [(addr("127.0.0.1:3"), "b")];
         let next = |now: &[file::Listener]| {
-            removed(live.into_iter(), &first, &Moved::new(), now, |a| {
-                drains.at(a)
-            })
+            removed(
+                live.into_iter(),
+                &first,
+                &Moved::new(),
+                &Moved::new(),
+                now,
+                |a| drains.at(a),
+            )
         };
         assert_eq!(next(&now), first);
         let back = [listener("a", "127.0.0.1:1"), listener("b", "127.0.0.1:3")];
         assert!(next(&back).is_empty(), "put back");
         drop(draining);
         assert!(next(&now).is_empty(), "its drain over");
+    }
+
+    /// A listener moved from `:1` to `:2`, then removed while `:1` still drains: the
+    /// connections at `:1` are served by it as it was last (as those at `:2`), not by none.
+    /// So when it is renamed instead, and its drain over, it is forgotten.
+    #[test]
+    fn a_listener_moved_then_removed_is_remembered_at_its_first_address_too() {
+        let drains = Drains::default();
+        let first = drains.begin(addr("127.0.0.1:1"));
+        let was_moved = Moved::from([(addr("127.0.0.1:1"), addr("127.0.0.1:2"))]);
+        let live = [(addr("127.0.0.1:2"), "a")];
+        let next = |now: &[file::Listener]| {
+            let moved = moves(live.iter().map(|(a, n)| (*a, *n)), &was_moved, now, |a| {
+                drains.at(a)
+            });
+            removed(
+                live.into_iter(),
+                &HashMap::new(),
+                &was_moved,
+                &moved,
+                now,
+                |a| drains.at(a),
+            )
+        };
+        assert_eq!(
+            next(&[]),
+            HashMap::from([(addr("127.0.0.1:1"), "a"), (addr("127.0.0.1:2"), "a")])
+        );
+        let renamed = [listener("b", "127.0.0.1:2")];
+        assert_eq!(next(&renamed), HashMap::from([(addr("127.0.0.1:1"), "a")]));
+        drop(first);
+        assert!(
+            !next(&[]).contains_key(&addr("127.0.0.1:1")),
+            "its drain over"
+        );
     }
 
     /// A listener moved to a new port at every reload, each drain over before the next: the

@@ -197,7 +197,7 @@ async fn refuse_head<I: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let active = c.state.begin();
     let gen = c.shared.current.load_full();
-    let rsp = match gen.listener(&c.addr) {
+    let rsp = match gen.listener(&c.addr).as_deref() {
         Some(lst) => super::stack::refuse_head(c.shared, lst, req, refusal, active),
         None => super::listener::removed(),
     };
@@ -398,7 +398,7 @@ where
                         let active = c.state.begin();
                         // Under the generation in force now (as `listener::serve` for hyper's).
                         let gen = c.shared.current.load_full();
-                        let rsp = match gen.listener(&c.addr) {
+                        let rsp = match gen.listener(&c.addr).as_deref() {
                             // A reload changed the TLS rules of this connection's
                             // listener (gave it `tls`, or changed its `client_ca`).
                             Some(lst) if lst.tls_epoch != c.peer.tls_epoch => {

@@ -700,7 +700,7 @@ fn serve_conn(
 ) -> impl std::future::Future<Output = Next> {
     async move {
         let gen = shared.current.load_full();
-        let Some(lst) = gen.listener(&addr).cloned() else {
+        let Some(lst) = gen.listener(&addr).map(std::borrow::Cow::into_owned) else {
             return Next::Closed;
         };
         // Told to close by a drain, and by a reload that changes the TLS rules this connection
@@ -1256,7 +1256,7 @@ fn serve(
 ) -> impl Future<Output = Result<http::Response<super::body::Body>, Infallible>> {
     async move {
         let gen = shared.current.load_full();
-        Ok(match gen.listener(&addr) {
+        Ok(match gen.listener(&addr).as_deref() {
             // A reload changed the TLS rules of this connection's listener: gave it `tls`, or
             // changed (or took away) its `client_ca`. The one comparison every request pays.
             Some(lst) if lst.tls_epoch != peer.tls_epoch => {

@@ -790,3 +790,99 @@ async fn a_listener_put_back_beside_its_closing_socket_binds_and_serves() {
         "{refused}"
     );
 }
+
+/// `inbound` to `app`; `$EXTRA` may add a listener and an upstream (`REMOVED_EXTRA`).
+const WITH_REMOVED: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+runtime: { shutdown_grace: 1s }
+upstreams:
+  app: { endpoints: [$APP] }
+$UPSTREAMS
+listeners:
+  - name: inbound
+    direction: inbound
+    listen: $LISTEN_inbound
+    routes:
+      - upstream: app
+$EXTRA
+"#;
+
+const REMOVED_EXTRA: &str = r#"
+  - name: extra
+    direction: inbound
+    listen: $LISTEN_extra
+    routes:
+      - upstream: gone
+"#;
+
+/// An HTTP/1.1 upstream that answers each request on a connection `200` keep-alive and sets
+/// the flag once the first connection it accepted is closed by rampart (EOF).
+async fn keep_alive_upstream() -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = tcp.local_addr().expect("bound");
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = tcp.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                let rsp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(rsp).await.is_err() {
+                    break;
+                }
+            }
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    (addr, closed)
+}
+
+/// A reload that removes a listener and the upstream only it routed to lets go of both once
+/// the listener's drain is over: the upstream's pooled connection is closed then. Before, the
+/// generation in force kept the removed listener (and through its routes the upstream, its
+/// pools, its DNS loop) until some later reload.
+#[tokio::test]
+async fn a_removed_listener_and_its_upstream_are_let_go_when_its_drain_ends() {
+    let app = sample().await;
+    let (gone, closed) = keep_alive_upstream().await;
+    let config = |upstreams: &str, extra: &str| {
+        WITH_REMOVED
+            .replace("$UPSTREAMS", upstreams)
+            .replace("$EXTRA", extra)
+    };
+    let gone_up = format!("  gone: {{ endpoints: [\"{gone}\"], pool_idle_timeout: 60s }}");
+    let mut proxy = Proxy::builder(&config(&gone_up, REMOVED_EXTRA))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let extra = proxy.listener("extra");
+    assert_eq!(http::get(extra, "/", &[]).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!closed.load(Ordering::SeqCst), "pooled, kept open");
+
+    reload_to(&mut proxy, &config("", "")).await;
+    // The drain (1 s) over, nothing holds the upstream: its pool closes its connection.
+    assert_eventually!(
+        closed.load(Ordering::SeqCst),
+        "the removed upstream's pooled connection must close after the drain"
+    );
+    assert_eq!(
+        http::get(proxy.listener("inbound"), "/ok", &[])
+            .await
+            .status,
+        200
+    );
+}
