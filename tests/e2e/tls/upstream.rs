@@ -45,7 +45,7 @@ async fn private_ca_verifies_the_upstream_and_a_wrong_ca_is_502() {
     let other = pki.ca("other", &Ca::new("some other ca"));
     let up = TlsUpstream::start(&ca.server(1)).await;
 
-    let named = format!("ca: {}, server_name: localhost", ca_path.display());
+    let named = trusting(&ca_path);
     let proxy = outbound(up.addr, named).await;
     let rsp = call(&proxy).await;
     assert_eq!(rsp.status, 200, "{}", rsp.text());
@@ -61,7 +61,7 @@ async fn private_ca_verifies_the_upstream_and_a_wrong_ca_is_502() {
     drop(proxy);
 
     let hits = up.hits();
-    let wrong = format!("ca: {}, server_name: localhost", other.display());
+    let wrong = trusting(&other);
     let proxy = outbound(up.addr, wrong).await;
     let rsp = call(&proxy).await;
     rsp.assert_rampart(502, "upstream_unavailable");
@@ -100,7 +100,7 @@ async fn client_certificate_to_an_upstream_that_requires_one() {
     let (cert, key) = pki.pair("client", &ca.client("rampart", None));
     let up = TlsUpstream::start_mtls(&ca.server(1), &ca.pem).await;
 
-    let anonymous = format!("ca: {}, server_name: localhost", ca_path.display());
+    let anonymous = trusting(&ca_path);
     let proxy = outbound(up.addr, anonymous).await;
     call(&proxy)
         .await
@@ -115,12 +115,16 @@ async fn client_certificate_to_an_upstream_that_requires_one() {
     assert_eq!(up.hits(), 1);
 }
 
-/// An upstream `tls` section that trusts `ca`, names `localhost` and shows the client
-/// certificate `cert` with its `key`.
+/// An upstream `tls` section that trusts `ca` and names `localhost`.
+fn trusting(ca: &std::path::Path) -> String {
+    format!("ca: {}, server_name: localhost", ca.display())
+}
+
+/// [`trusting`] that also shows the client certificate `cert` with its `key`.
 fn with_client_cert(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> String {
     format!(
-        "ca: {}, server_name: localhost, cert: {}, key: {}",
-        ca.display(),
+        "{}, cert: {}, key: {}",
+        trusting(ca),
         cert.display(),
         key.display()
     )
@@ -132,7 +136,7 @@ async fn reload_rereads_the_upstream_ca_in_place() {
     let up = TlsUpstream::start(&ca.server(1)).await;
     // The file the policy names holds the wrong CA at first.
     let ca_path = pki.ca("ca", &Ca::new("some other ca"));
-    let tls = format!("ca: {}, server_name: localhost", ca_path.display());
+    let tls = trusting(&ca_path);
     let proxy = outbound(up.addr, tls).await;
     call(&proxy)
         .await
@@ -166,10 +170,7 @@ async fn a_reload_that_keeps_the_endpoints_rereads_the_upstream_ca() {
         let ca_path = pki.ca("ca", &ca);
         let mut up = TlsUpstream::start(&ca.server(1)).await;
         let mut proxy = Proxy::builder(&plain)
-            .var(
-                "UPTLS",
-                format!("ca: {}, server_name: localhost", ca_path.display()),
-            )
+            .var("UPTLS", trusting(&ca_path))
             .var("UP", up.addr)
             .spawn()
             .await;
@@ -205,7 +206,7 @@ async fn plaintext_server_behind_tls_gets_a_client_hello_not_a_request() {
     let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
     let ca_path = pki.ca("ca", &ca);
     let mut plain = Recorder::start().await;
-    let tls = format!("ca: {}, server_name: localhost", ca_path.display());
+    let tls = trusting(&ca_path);
     let proxy = outbound(plain.addr, tls).await;
 
     let rsp = call(&proxy).await;
@@ -246,10 +247,7 @@ async fn health_checks_of_a_tls_upstream_go_over_tls() {
         "    tls: { $UPTLS }\n    health_check: { path: /healthz, interval: 50ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1 }\n",
     );
     let proxy = Proxy::builder(&checked)
-        .var(
-            "UPTLS",
-            format!("ca: {}, server_name: localhost", ca_path.display()),
-        )
+        .var("UPTLS", trusting(&ca_path))
         .var("UP", up.addr)
         .spawn()
         .await;
@@ -474,7 +472,7 @@ async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() 
     let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
     let ca_path = pki.ca("ca", &ca);
     let up = TlsUpstream::start(&ca.server(1)).await;
-    let named = format!("ca: {}, server_name: localhost", ca_path.display());
+    let named = trusting(&ca_path);
     let proxy = outbound(up.addr, named).await;
     let got = get_through_a_tunnel(&proxy).await;
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
@@ -497,7 +495,7 @@ async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() 
 
     // A server the `ca` does not verify: no tunnel.
     let other = pki.ca("other", &Ca::new("some other ca"));
-    let wrong = format!("ca: {}, server_name: localhost", other.display());
+    let wrong = trusting(&other);
     let proxy = outbound(up.addr, wrong).await;
     let rsp = crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
     crate::connect::assert_refused(&rsp, 502, "upstream_unavailable");

@@ -1,6 +1,7 @@
 //! Leases on their own: spending, expiry, plan changes, what may be dropped.
 
 use super::*;
+use crate::policy::rate_limit::TrackedTenants;
 
 const S: u64 = 1_000_000_000;
 
@@ -57,6 +58,24 @@ fn unreachable_store(clock: &SharedClock) -> Arc<GlobalStore> {
     GlobalStore::build(&cfg, None, None, &metrics, clock).expect("a valid URL")
 }
 
+/// The limiter of `cfg` on route `app`, its store unreachable, its leases counted in `tracked`.
+fn limiter(
+    cfg: &RateLimit,
+    tracked: &Arc<TrackedTenants>,
+    clock: &SharedClock,
+    fallbacks: IntCounter,
+) -> GlobalLimiter {
+    let route: Arc<str> = Arc::from("app");
+    GlobalLimiter::new(
+        cfg,
+        &route,
+        unreachable_store(clock),
+        tracked,
+        clock.clone(),
+        fallbacks,
+    )
+}
+
 /// A global limit of one a minute per tenant, with a burst of 20.
 fn one_a_minute() -> RateLimit {
     use crate::config::file::{LimitScope, Limits};
@@ -83,7 +102,6 @@ fn one_a_minute() -> RateLimit {
 #[tokio::test]
 async fn admissions_through_the_store_count_against_the_local_fallback() {
     use crate::clock::ManualClock;
-    use crate::policy::rate_limit::TrackedTenants;
 
     let clock = ManualClock::new();
     let shared: SharedClock = Arc::new(clock.clone());
@@ -94,15 +112,7 @@ async fn admissions_through_the_store_count_against_the_local_fallback() {
     };
     let local = RateLimiter::new(&cfg, TrackedTenants::new(1000), shared.clone());
     let fallbacks = IntCounter::new("fallbacks", "decisions by on_store_error").expect("valid");
-    let route: Arc<str> = Arc::from("app");
-    let g = GlobalLimiter::new(
-        &cfg,
-        &route,
-        unreachable_store(&shared),
-        &TrackedTenants::new(1000),
-        shared.clone(),
-        fallbacks.clone(),
-    );
+    let g = limiter(&cfg, &TrackedTenants::new(1000), &shared, fallbacks.clone());
     // Five admissions through the store: tokens as a store's answers leave them.
     let lease = g.inner.lease_of("acme").expect("room");
     lease.expires.store(u64::MAX, Ordering::Release);
@@ -158,14 +168,7 @@ async fn admissions_through_the_store_count_against_the_local_fallback() {
         ..cfg.clone()
     };
     let local = RateLimiter::new(&allow, TrackedTenants::new(1000), shared.clone());
-    let g = GlobalLimiter::new(
-        &allow,
-        &route,
-        unreachable_store(&shared),
-        &TrackedTenants::new(1000),
-        shared.clone(),
-        fallbacks,
-    );
+    let g = limiter(&allow, &TrackedTenants::new(1000), &shared, fallbacks);
     let lease = g.inner.lease_of("acme").expect("room");
     lease.expires.store(u64::MAX, Ordering::Release);
     lease.tokens.store(1, Ordering::Release);
@@ -188,22 +191,13 @@ fn lease_for(g: &GlobalLimiter, tenant: &str, tokens: u64, expires: u64) {
 #[tokio::test]
 async fn leases_count_against_max_tracked_and_are_evicted_in_batches() {
     use crate::clock::ManualClock;
-    use crate::policy::rate_limit::TrackedTenants;
 
     let clock = ManualClock::new();
     let shared: SharedClock = Arc::new(clock.clone());
     let cfg = one_a_minute();
     let tracked = TrackedTenants::new(16);
     let fallbacks = IntCounter::new("fallbacks", "decisions by on_store_error").expect("valid");
-    let route: Arc<str> = Arc::from("app");
-    let g = GlobalLimiter::new(
-        &cfg,
-        &route,
-        unreachable_store(&shared),
-        &tracked,
-        shared.clone(),
-        fallbacks,
-    );
+    let g = limiter(&cfg, &tracked, &shared, fallbacks);
     for i in 0..8 {
         lease_for(&g, &format!("short{i}"), 1, S);
         lease_for(&g, &format!("long{i}"), 5, 100 * S);
