@@ -269,7 +269,7 @@ fn a_body_kept_for_replay_costs_about_its_size() {
                 async move {
                     let fault = std::sync::Arc::new(FaultCell::default());
                     let body = ClientIn::Hyper(req.into_body());
-                    let body = ClientBody::new(body, Duration::from_secs(30), fault);
+                    let body = ClientBody::new(body, fault);
                     if let Ok(Buffered::Replayable(all, _)) = body.buffer(16 << 20).await {
                         seen.store(all.len(), std::sync::atomic::Ordering::Relaxed);
                     }

@@ -137,6 +137,10 @@ pub struct FaultCell {
     /// 1); 0 while it has not ended. An HTTP/2 upstream's idle timeout counts from then
     /// (`pool::quiet`): the upload is hyper's task's, not the request's.
     ended: AtomicU64,
+    /// The longest the client may keep rampart waiting between two frames of its body
+    /// (`body_idle_timeout`): here, not in each [`ClientBody`], whose size every request's
+    /// futures carry inline.
+    idle: Duration,
 }
 
 /// A client's request body: frames read ahead (kept for replay decisions), then the stream,
@@ -145,7 +149,6 @@ pub struct FaultCell {
 pub struct ClientBody {
     prefix: VecDeque<Frame<Bytes>>,
     rest: ClientIn,
-    idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     fault: Arc<FaultCell>,
     /// The most of it an HTTP/2 try may keep to send again ([`ClientBody::keep`]); 0: none.
@@ -529,14 +532,16 @@ impl http_body::Body for ClientIn {
 // === impl FaultCell ===
 
 impl Default for FaultCell {
+    /// A cell for a body allowed 30 s between frames, whose trailers lose no name.
     fn default() -> Self {
-        FaultCell::with_identity(None)
+        FaultCell::new(None, Duration::from_secs(30))
     }
 }
 
 impl FaultCell {
-    /// A cell for a request whose trailers lose `identity`'s names.
-    pub fn with_identity(identity: Option<&Arc<[http::HeaderName]>>) -> Self {
+    /// A cell for a request whose trailers lose `identity`'s names, and whose body may keep
+    /// rampart waiting `idle` between frames.
+    pub fn new(identity: Option<&Arc<[http::HeaderName]>>, idle: Duration) -> Self {
         FaultCell {
             fault: AtomicU8::new(0),
             received: AtomicU64::new(0),
@@ -545,6 +550,7 @@ impl FaultCell {
             waited: AtomicU64::new(0),
             wait_began: AtomicU64::new(0),
             ended: AtomicU64::new(0),
+            idle,
         }
     }
 
@@ -640,12 +646,12 @@ impl FaultCell {
 // === impl ClientBody ===
 
 impl ClientBody {
-    /// Watches `body` with `idle` allowed between frames; faults are noted in `fault`.
-    pub fn new(body: ClientIn, idle: Duration, fault: Arc<FaultCell>) -> Self {
+    /// Watches `body` with `fault`'s idle time allowed between frames; faults are noted in
+    /// `fault`.
+    pub fn new(body: ClientIn, fault: Arc<FaultCell>) -> Self {
         ClientBody {
             prefix: VecDeque::new(),
             rest: body,
-            idle,
             timer: None,
             fault,
             replay_cap: 0,
@@ -810,7 +816,7 @@ impl ClientBody {
                 kept
             }
         };
-        Some(Replay::new(kept, self.fault.clone(), self.idle))
+        Some(Replay::new(kept, self.fault.clone()))
     }
 
     /// Reads the body into memory if it is at most `limit` bytes, so that a retry can send it
@@ -944,7 +950,7 @@ impl ClientBody {
                     }
                 }
                 if let Some(t) = self.timer.as_mut() {
-                    t.as_mut().reset(Instant::now() + self.idle);
+                    t.as_mut().reset(Instant::now() + self.fault.idle);
                 }
                 if f.is_trailers() || self.rest.is_end_stream() {
                     self.fault.end();
@@ -971,7 +977,7 @@ impl ClientBody {
                     // the client's wait.)
                     self.fault.wait_begins();
                 }
-                let idle = self.idle;
+                let idle = self.fault.idle;
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));

@@ -143,7 +143,7 @@ pub fn run<'a>(
             }
             streamed => streamed,
         };
-        let fault = Arc::new(FaultCell::with_identity(ctx.spare.identity()));
+        let fault = Arc::new(FaultCell::new(ctx.spare.identity(), ctx.body_idle));
         ctx.tries.body(&fault);
         // What an HTTP/2 try may keep of a streamed body to send it again should the upstream
         // refuse it unprocessed (`body::Replay`): as much as `retry` would buffer, if the route
@@ -151,7 +151,7 @@ pub fn run<'a>(
         let cap = ctx.route.policy.retry.as_ref().map_or(REPLAY_CAP, |r| {
             usize::try_from(r.cfg.buffer.0).unwrap_or(usize::MAX)
         });
-        let body = ClientBody::new(incoming, ctx.body_idle, fault.clone()).replayable_up_to(cap);
+        let body = ClientBody::new(incoming, fault.clone()).replayable_up_to(cap);
         let retry = match &ctx.route.policy.retry {
             Some(r) if is_idempotent(&parts.method, &parts.headers) => r,
             other => {

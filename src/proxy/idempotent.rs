@@ -92,11 +92,11 @@ pub async fn run(
         Err(msg) => return answer(Reason::BadRequest, msg, None),
     };
     forward::prepare_request(&mut req, ctx.peer, ctx.sent, ctx.spare.names());
-    let fault = Arc::new(FaultCell::with_identity(ctx.spare.identity()));
+    let fault = Arc::new(FaultCell::new(ctx.spare.identity(), ctx.body_idle));
     // The access log's `bytes_in`: the cell counts what the body read ahead takes in.
     ctx.tries.body(&fault);
     let (parts, incoming) = req.into_parts();
-    let body = ClientBody::new(incoming, ctx.body_idle, fault.clone());
+    let body = ClientBody::new(incoming, fault.clone());
     let read = match read_ahead(ctx, body, idem.max_body).await {
         Ok(Buffered::Replayable(b, t)) => (b, t),
         Ok(streaming) => {

@@ -24,7 +24,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
@@ -79,7 +78,6 @@ enum State {
 pub struct Replay {
     kept: Arc<parking_lot::Mutex<Kept>>,
     fault: Arc<FaultCell>,
-    idle: Duration,
 }
 
 // === impl Kept ===
@@ -183,12 +181,8 @@ impl Kept {
 // === impl Replay ===
 
 impl Replay {
-    pub(super) fn new(
-        kept: Arc<parking_lot::Mutex<Kept>>,
-        fault: Arc<FaultCell>,
-        idle: Duration,
-    ) -> Replay {
-        Replay { kept, fault, idle }
+    pub(super) fn new(kept: Arc<parking_lot::Mutex<Kept>>, fault: Arc<FaultCell>) -> Replay {
+        Replay { kept, fault }
     }
 
     /// The try was answered, so the upload will not go again: what was kept is let go now (the
@@ -225,7 +219,6 @@ impl Replay {
         Some(Body::Client(ClientBody {
             prefix,
             rest: ClientIn::Empty,
-            idle: self.idle,
             timer: None,
             fault: self.fault.clone(),
             replay_cap: u32::try_from(kept.cap).unwrap_or(u32::MAX),
@@ -250,7 +243,7 @@ mod tests {
         fault
             .received
             .store(read as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut b = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
+        let mut b = ClientBody::new(ClientIn::Empty, fault);
         for f in frames.iter().rev() {
             b.unread(Frame::data(Bytes::from_static(f.as_bytes())));
         }
@@ -296,8 +289,7 @@ mod tests {
             .received
             .store(3, std::sync::atomic::Ordering::Relaxed);
         let rest = ClientIn::Whole(Some(Bytes::from_static(b"defg")));
-        let mut refused =
-            ClientBody::new(rest, Duration::from_secs(30), fault).replayable_up_to(16);
+        let mut refused = ClientBody::new(rest, fault).replayable_up_to(16);
         refused.unread(Frame::data(Bytes::from_static(b"abc")));
         let replay = refused.keep().expect("kept");
         let first = refused.frame().await.expect("a frame").expect("data");
@@ -361,7 +353,6 @@ mod tests {
         let replay = Replay::new(
             Arc::new(parking_lot::Mutex::new(kept)),
             Arc::new(FaultCell::default()),
-            Duration::from_secs(30),
         );
         let again = replay
             .again()
@@ -381,8 +372,7 @@ mod tests {
             .received
             .store(3, std::sync::atomic::Ordering::Relaxed);
         let rest = ClientIn::Whole(Some(Bytes::from_static(b"defg")));
-        let mut sending =
-            ClientBody::new(rest, Duration::from_secs(30), fault).replayable_up_to(16);
+        let mut sending = ClientBody::new(rest, fault).replayable_up_to(16);
         sending.unread(Frame::data(Bytes::from_static(b"abc")));
         let replay = sending.keep().expect("kept");
         let first = sending.frame().await.expect("a frame").expect("data");

@@ -939,7 +939,7 @@ mod tests {
     /// A client's upload whose frames `chunks` are all here already.
     fn upload(chunks: &[&'static str]) -> Body {
         let fault = Arc::new(FaultCell::default());
-        let mut body = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
+        let mut body = ClientBody::new(ClientIn::Empty, fault);
         for chunk in chunks.iter().rev() {
             body.unread(Frame::data(Bytes::from_static(chunk.as_bytes())));
         }
@@ -994,7 +994,7 @@ mod tests {
     /// A client's upload of `chunks`, then trailers (`x-checksum`) if `trailers`, all here.
     fn trailed_upload(chunks: &[&'static str], trailers: bool) -> Body {
         let fault = Arc::new(FaultCell::default());
-        let mut body = ClientBody::new(ClientIn::Empty, Duration::from_secs(30), fault);
+        let mut body = ClientBody::new(ClientIn::Empty, fault);
         // Each frame put back goes in front of the others: the last first.
         if trailers {
             let mut map = http::HeaderMap::new();
