@@ -872,6 +872,16 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
             "nothing ever waits here",
         ),
         (
+            "{ load_shed: { max_in_flight: 10, adaptive: { min: 10, max: 50 } } }",
+            "policies.p.load_shed.adaptive.min",
+            "adaptive never lowers the limit",
+        ),
+        (
+            "{ load_shed: { max_in_flight: 10, adaptive: { min: 40, max: 50 } } }",
+            "policies.p.load_shed.adaptive.min",
+            "adaptive never lowers the limit",
+        ),
+        (
             "{ rate_limit: { headers: true } }",
             "policies.p.rate_limit",
             "admits everything",
@@ -894,6 +904,8 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
         "{ circuit_breaker: { slow_call: { duration: 1s, threshold: 50% } } }",
         "{ load_shed: { max_in_flight: 20, per_tenant_max_in_flight: 2, queue: { size: 10 }, priority: { header: x-priority } } }",
         "{ load_shed: { max_in_flight: 5, queue: { size: 0 } } }",
+        "{ load_shed: { max_in_flight: 10, adaptive: { min: 9, max: 50 } } }",
+        "{ load_shed: { adaptive: { min: 10, max: 50 } } }",
         "{ rate_limit: { total: { rate: 5/s }, headers: true } }",
         "{ retry: { attempts: 2, on: [503] } }",
     ] {
