@@ -480,6 +480,22 @@ fn sane_bounds_name_the_bound() {
     ok(&policy("{ retry: { attempts: 2, buffer: 16MiB } }"));
     let e = one(&policy("{ retry: { attempts: 2, buffer: 17MiB } }"));
     assert_eq!(e.message, "17MiB is too large: the most is 16MiB");
+    ok(&policy("{ idempotency: { max_entries: 10000000 } }"));
+    let e = one(&policy("{ idempotency: { max_entries: 10000001 } }"));
+    assert_eq!(e.path, "policies.p.idempotency.max_entries");
+    assert_eq!(
+        e.message,
+        "10000001 is too large: the most is 10000000 (10M)"
+    );
+    let e = one(&policy(
+        "{ idempotency: { max_entries: 99999999999999999999 } }",
+    ));
+    assert_eq!(e.path, "policies.p.idempotency.max_entries");
+    assert!(
+        e.message
+            .ends_with("the largest number allowed here is 10000000"),
+        "{e}"
+    );
     ok(&top("tenants: { max_tracked: 100000000 }"));
     let e = one(&top("tenants: { max_tracked: 100000001 }"));
     assert!(e.message.contains("100000000"), "{e:?}");
