@@ -113,9 +113,10 @@ struct Link {
     errors: IntCounter,
     up_gauge: IntGauge,
     clock: SharedClock,
-    /// The probe's patience: the timeout of the generation that made the link (a store that
-    /// answers slower than that is down by definition).
-    probe_timeout: Duration,
+    /// The probe's patience in nanoseconds: the timeout of the config in force (a store that
+    /// answers slower than that is down by definition). A reload that keeps the link sets it,
+    /// so a longer `timeout` lets a store that was too slow for the old one come up.
+    probe_timeout: AtomicU64,
 }
 
 /// One connection, with an id that tells it from the connection that replaced it.
@@ -159,6 +160,9 @@ impl GlobalStore {
         };
         if let Some(o) = old.filter(|o| o.link.url == cfg.url) {
             o.link.tls.store(secure);
+            o.link
+                .probe_timeout
+                .store(breaker::nanos(cfg.timeout.0), Ordering::Relaxed);
             if o.cfg == *cfg {
                 return Some(o.clone());
             }
@@ -186,7 +190,7 @@ impl GlobalStore {
                 .with_label_values(&[RATELIMIT_BACKEND]),
             up_gauge: metrics.global_store_up.with_label_values::<&str>(&[]),
             clock: clock.clone(),
-            probe_timeout: cfg.timeout.0,
+            probe_timeout: AtomicU64::new(breaker::nanos(cfg.timeout.0)),
         });
         link.up_gauge.set(0);
         tokio::spawn(supervise(Arc::downgrade(&link), wake));
@@ -328,7 +332,11 @@ impl Link {
     }
 
     fn probe_timeout_nanos(&self) -> u64 {
-        breaker::nanos(self.probe_timeout)
+        self.probe_timeout.load(Ordering::Relaxed)
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        Duration::from_nanos(self.probe_timeout_nanos())
     }
 
     /// A lost connection's immediate reconnect is running and may still be waited for.
@@ -382,7 +390,7 @@ impl Link {
         let mut conn = conn;
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(self.probe_timeout, ping).await {
+        match tokio::time::timeout(self.probe_timeout(), ping).await {
             Ok(Ok(_)) => {
                 self.answered
                     .store(self.clock.now_nanos(), Ordering::Relaxed);
@@ -413,7 +421,7 @@ impl Link {
         };
         let mut c = conn.conn.clone();
         let cmd = redis::cmd("PING");
-        let patience = self.probe_timeout.max(KEEPALIVE_PATIENCE);
+        let patience = self.probe_timeout().max(KEEPALIVE_PATIENCE);
         match tokio::time::timeout(patience, cmd.query_async::<String>(&mut c)).await {
             Ok(Ok(_)) => self
                 .answered

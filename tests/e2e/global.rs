@@ -48,8 +48,15 @@ async fn spawn(redis: &Redis, app: SocketAddr, s: &Setup<'_>) -> Proxy {
 
 /// As [`spawn`], from `template` ([`SHARED`] with more sections).
 async fn spawn_from(template: &str, redis: &Redis, app: SocketAddr, s: &Setup<'_>) -> Proxy {
-    let proxy = Proxy::builder(template)
-        .var("REDIS", redis.url())
+    let proxy = start(template, &redis.url(), app, s).await;
+    wait_up(&proxy, 1.0).await;
+    proxy
+}
+
+/// A proxy from `template` whose store is at `url`, not waited for to be up.
+async fn start(template: &str, url: &str, app: SocketAddr, s: &Setup<'_>) -> Proxy {
+    Proxy::builder(template)
+        .var("REDIS", url)
         .var("APP", app)
         .var("TIMEOUT", s.timeout)
         .var("ON_ERROR", s.on_error)
@@ -57,9 +64,7 @@ async fn spawn_from(template: &str, redis: &Redis, app: SocketAddr, s: &Setup<'_
         .var("RATE", s.rate)
         .var("BURST", s.burst)
         .spawn()
-        .await;
-    wait_up(&proxy, 1.0).await;
-    proxy
+        .await
 }
 
 /// Sends `n` GETs of `tenant`, alternating between the proxies, `conc` at a time; returns
@@ -259,6 +264,32 @@ async fn a_slow_redis_is_treated_as_down() {
     // Once the stall ends, the probe finds Redis answering and calls resume.
     wait_up(&a, 1.0).await;
     assert_eq!(admitted(&burst(&addr, "s3", 3, 1).await), 3);
+}
+
+/// A reload that lengthens the store's `timeout` lengthens the probe's patience too, though the
+/// link is kept (its URL is the same): a store answering in 50 ms is down under 25 ms and comes
+/// up under 200 ms. (The probe kept the timeout of the generation that made the link: the store
+/// stayed down, and `on_store_error` refused every request, until a restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_lengthens_the_timeout_lets_a_slow_store_up() {
+    let redis = Redis::start().await;
+    let slow = redis.slowed(Duration::from_millis(50)).await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "25ms",
+        on_error: "deny",
+        lease: 1,
+        rate: "100/s",
+        burst: 100,
+    };
+    let mut proxy = start(SHARED, &slow.url(), app.addr(), &setup).await;
+    stays_down(&proxy, 0.0, 3.0, "a store slower than its timeout").await;
+    let addr = [proxy.listener("inbound")];
+    assert_eq!(admitted(&burst(&addr, "t1", 2, 1).await), 0, "deny");
+
+    reload(&mut proxy, &SHARED.replace("$TIMEOUT", "200ms")).await;
+    wait_up(&proxy, 1.0).await;
+    assert_eq!(admitted(&burst(&addr, "t2", 3, 1).await), 3);
 }
 
 /// A Redis that goes quiet without closing its connections (stopped, stuck in a long script, a

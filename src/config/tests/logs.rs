@@ -154,3 +154,34 @@ fn a_stream_name_in_another_case_is_warned_as_a_file_path() {
     }
     assert!(super::warnings(&logging_to(Path::new("stderr"))).is_empty());
 }
+
+/// An access log written to the audit trail's file would put its lines into the hash chain
+/// (each audit entry chains to the file's last line): refused at the access log's key, whether
+/// the paths are written alike or differently (`DIR/./audit.jsonl`, a symbolic link to the
+/// trail), the file there or not yet.
+#[test]
+fn an_access_log_to_the_audit_trails_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let audit = dir.path().join("audit.jsonl");
+    let both = |to: &Path| format!("{}audit: {{ file: {} }}\n", logging_to(to), audit.display());
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&audit, &link).expect("a symbolic link");
+    let dotted = dir.path().join(".").join("audit.jsonl");
+    for exists in [false, true] {
+        if exists {
+            std::fs::write(&audit, "").expect("the trail is writable");
+        }
+        for to in [&audit, &dotted, &link] {
+            let text = both(to);
+            let all = errors(&text);
+            assert_eq!(all.len(), 1, "{}: {all:#?}", to.display());
+            let e = &all[0];
+            assert_eq!(e.path, "listeners[0].access_log.to", "{e}");
+            assert!(
+                e.message.contains("is also audit.file") && e.message.contains("hash chain"),
+                "{e}"
+            );
+        }
+    }
+    ok(&both(&dir.path().join("access.jsonl")));
+}

@@ -480,6 +480,22 @@ fn sane_bounds_name_the_bound() {
     ok(&policy("{ retry: { attempts: 2, buffer: 16MiB } }"));
     let e = one(&policy("{ retry: { attempts: 2, buffer: 17MiB } }"));
     assert_eq!(e.message, "17MiB is too large: the most is 16MiB");
+    ok(&policy("{ idempotency: { max_entries: 10000000 } }"));
+    let e = one(&policy("{ idempotency: { max_entries: 10000001 } }"));
+    assert_eq!(e.path, "policies.p.idempotency.max_entries");
+    assert_eq!(
+        e.message,
+        "10000001 is too large: the most is 10000000 (10M)"
+    );
+    let e = one(&policy(
+        "{ idempotency: { max_entries: 99999999999999999999 } }",
+    ));
+    assert_eq!(e.path, "policies.p.idempotency.max_entries");
+    assert!(
+        e.message
+            .ends_with("the largest number allowed here is 10000000"),
+        "{e}"
+    );
     ok(&top("tenants: { max_tracked: 100000000 }"));
     let e = one(&top("tenants: { max_tracked: 100000001 }"));
     assert!(e.message.contains("100000000"), "{e:?}");
@@ -872,6 +888,16 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
             "nothing ever waits here",
         ),
         (
+            "{ load_shed: { max_in_flight: 10, adaptive: { min: 10, max: 50 } } }",
+            "policies.p.load_shed.adaptive.min",
+            "adaptive never lowers the limit",
+        ),
+        (
+            "{ load_shed: { max_in_flight: 10, adaptive: { min: 40, max: 50 } } }",
+            "policies.p.load_shed.adaptive.min",
+            "adaptive never lowers the limit",
+        ),
+        (
             "{ rate_limit: { headers: true } }",
             "policies.p.rate_limit",
             "admits everything",
@@ -894,6 +920,8 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
         "{ circuit_breaker: { slow_call: { duration: 1s, threshold: 50% } } }",
         "{ load_shed: { max_in_flight: 20, per_tenant_max_in_flight: 2, queue: { size: 10 }, priority: { header: x-priority } } }",
         "{ load_shed: { max_in_flight: 5, queue: { size: 0 } } }",
+        "{ load_shed: { max_in_flight: 10, adaptive: { min: 9, max: 50 } } }",
+        "{ load_shed: { adaptive: { min: 10, max: 50 } } }",
         "{ rate_limit: { total: { rate: 5/s }, headers: true } }",
         "{ retry: { attempts: 2, on: [503] } }",
     ] {

@@ -176,7 +176,7 @@ fn a_negative_count_names_the_range_its_check_takes() {
         (
             policy("{ idempotency: { max_entries: -1 } }"),
             "policies.p.idempotency.max_entries",
-            "of 1 or more",
+            "from 1 to 10000000",
         ),
         // A key that takes 0 keeps its range.
         (

@@ -57,7 +57,11 @@ const BOUNDS: &[(&str, u64, Option<u64>)] = &[
     ("policies.*.load_shed.max_in_flight", 1, None),
     ("policies.*.load_shed.per_tenant_max_in_flight", 1, None),
     ("policies.*.load_shed.adaptive.min", 1, None),
-    ("policies.*.idempotency.max_entries", 1, None),
+    (
+        "policies.*.idempotency.max_entries",
+        1,
+        Some(resilience::MAX_IDEMPOTENT_ENTRIES),
+    ),
 ];
 
 /// The least and most whole number the checks take at `path`, within `type_max`.

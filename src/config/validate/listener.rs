@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::super::file::{File, Listener, LogTo};
 use super::super::locate::{Doc, KeyPath, Target};
@@ -58,6 +58,12 @@ pub(super) fn check(f: &File, r: &mut Report<'_>) {
                 );
             }
             check_log_file(&to, path, Log::Access, r);
+            if let Some(audit) = f.audit.as_ref().filter(|a| same_file(path, &a.file)) {
+                r.value(
+                    &to,
+                    format!("{} is also audit.file ({}): access log lines written into the audit trail would break its hash chain (each entry chains to the file's last line); give the access log a file of its own", path.display(), audit.file.display()),
+                );
+            }
         }
         check_routes(f, l, &p, r);
     }
@@ -136,6 +142,42 @@ pub(super) fn check_log_file(p: &KeyPath, path: &Path, log: Log, r: &mut Report<
         };
         r.value(p, format!("{} {e}{why}", path.display()));
     }
+}
+
+/// Whether `a` and `b` are one file: the same inode when both exist (through symbolic or hard
+/// links), else the same path once symbolic links and the directory are resolved as far as
+/// they exist (a file not created yet is created where its link points).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return (ma.dev(), ma.ino()) == (mb.dev(), mb.ino());
+    }
+    resolved(a) == resolved(b)
+}
+
+/// `path` with its symbolic links followed (at most 40, as the kernel does) and its directory
+/// made canonical, as far as they exist; else as written.
+fn resolved(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        if let Ok(c) = std::fs::canonicalize(&path) {
+            return c;
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::read_link(&path) {
+            Ok(target) => path = dir.join(target),
+            Err(_) => {
+                return match (std::fs::canonicalize(&dir), path.file_name()) {
+                    (Ok(d), Some(name)) => d.join(name),
+                    _ => path,
+                };
+            }
+        }
+    }
+    path
 }
 
 fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {

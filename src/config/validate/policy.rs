@@ -411,6 +411,13 @@ fn load_shed(ls: &LoadShed, p: &KeyPath, r: &mut Report<'_>) {
                 &ap.key("min"),
                 format!("min {} is larger than max {}", a.min, a.max),
             );
+        } else if let Some(n) = ls.max_in_flight.filter(|n| a.min >= *n && a.min >= 1) {
+            // The limit in force is the lower of max_in_flight and the adaptive limit, which
+            // never goes below min: at or above max_in_flight, it is max_in_flight for good.
+            r.warn(
+                &ap.key("min"),
+                format!("min {} is not below max_in_flight {n}: the limit in force is the lower of the two, and adaptive never lowers the limit below its min, so it is always max_in_flight and adaptive never acts; lower min (or raise max_in_flight) to let latency shrink the limit", a.min),
+            );
         }
     }
     if let Some(pr) = &ls.priority {

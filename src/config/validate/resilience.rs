@@ -15,6 +15,11 @@ pub(super) const MAX_IDEMPOTENT_BODY: u64 = 16 << 20;
 /// Largest `idempotency.max_bytes`: the memory one route's kept answers may take.
 pub(super) const MAX_IDEMPOTENT_BYTES: u64 = 4 << 30;
 
+/// Most `idempotency.max_entries`: 100 times the default. A key without a kept answer costs
+/// some hundreds of bytes beside `max_bytes`, so this keeps one route's table to a few GB;
+/// 18446744073709551615 was accepted, a bound in name only.
+pub(super) const MAX_IDEMPOTENT_ENTRIES: u64 = 10_000_000;
+
 /// Checks `fault` at `p`, a policy that outbound listener `tunnels` (if any) carries
 /// CONNECTs with.
 pub(super) fn fault(f: &Fault, p: &KeyPath, tunnels: Option<&str>, r: &mut Report<'_>) {
@@ -169,6 +174,15 @@ pub(super) fn idempotency(i: &Idempotency, p: &KeyPath, r: &mut Report<'_>) {
     }
     r.positive(&p.key("ttl"), i.ttl.0);
     r.at_least_1(&p.key("max_entries"), i.max_entries);
+    if i.max_entries > MAX_IDEMPOTENT_ENTRIES {
+        r.value(
+            &p.key("max_entries"),
+            format!(
+                "{} is too large: the most is {MAX_IDEMPOTENT_ENTRIES} (10M)",
+                i.max_entries
+            ),
+        );
+    }
     if i.max_body.0 == 0 {
         r.value(
             &p.key("max_body"),

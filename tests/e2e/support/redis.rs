@@ -188,6 +188,25 @@ impl Redis {
             .unwrap_or(0)
     }
 
+    /// A relay in front of the server that holds each of its replies for `delay`: a store that
+    /// answers every command, `PING` included, but never sooner than `delay`. Stops accepting
+    /// when dropped.
+    pub async fn slowed(&self, delay: Duration) -> Slowed {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0 must work");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        let server = self.addr;
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay_slowly(client, server, delay));
+            }
+        });
+        Slowed { addr, accept }
+    }
+
     /// Makes the server stall for `d` (`DEBUG SLEEP`), without waiting for it.
     pub fn stall(&self, d: Duration) {
         let url = self.url();
@@ -205,6 +224,52 @@ impl Redis {
             }
         });
     }
+}
+
+/// A relay made by [`Redis::slowed`].
+#[derive(Debug)]
+pub struct Slowed {
+    addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Slowed {
+    /// `redis://127.0.0.1:PORT/0` of the relay.
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+}
+
+impl Drop for Slowed {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Relays `client` to `server`, each read of the server's replies written `delay` later.
+async fn relay_slowly(client: tokio::net::TcpStream, server: SocketAddr, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = upstream.into_split();
+    let asks = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+        let _ = to_server.shutdown().await;
+    };
+    let replies = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+            tokio::time::sleep(delay).await;
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_client.shutdown().await;
+    };
+    tokio::join!(asks, replies);
 }
 
 /// The arguments that open `t`'s TLS port.
