@@ -180,9 +180,9 @@ fn routes_check_match_and_order() {
     assert!(e.message.contains("never used"), "{e:?}");
 }
 
-/// Two routes with the same match (hosts compared without case, no prefix being `/`): the
-/// second can never be chosen, and is refused as a route behind a catch-all is. Before, an
-/// outbound `Deps.Internal` then `deps.internal` was accepted in silence.
+/// Two routes with the same match (hosts compared without case or a trailing dot, no prefix
+/// being `/`): the second can never be chosen, and is refused as a route behind a catch-all
+/// is. Before, an outbound `Deps.Internal` then `deps.internal` was accepted in silence.
 #[test]
 fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
     let routes = |a: &str, b: &str| {
@@ -210,6 +210,17 @@ fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
         "{ host: \"*.Example\" }",
         "{ host: \"*.example\" }",
     ));
+    // A trailing dot names the same host: routes compare as requests are matched.
+    for (a, b) in [
+        ("{ host: x }", "{ host: \"x.\" }"),
+        (
+            "{ host: \"*.example.com.\" }",
+            "{ host: \"*.Example.com\" }",
+        ),
+    ] {
+        let e = one(&routes(a, b));
+        assert!(e.message.contains("never used: routes[0]"), "{e:?}");
+    }
     // Another prefix, another host, or a host against none: both can be chosen.
     for (a, b) in [
         (

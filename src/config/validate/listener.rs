@@ -167,7 +167,8 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// What a route's `match` matches: its host lowercased, its path prefix (`/` as none).
+/// What a route's `match` matches: its host as matched (`route::host_key`), its path prefix
+/// (`/` as none).
 type MatchKey<'a> = (Option<String>, Option<&'a str>);
 
 fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
@@ -178,7 +179,7 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     // Without merging, `//` is in the normal form, so a prefix with it can match.
     let merge = l.merges_slashes();
-    // The first route with each match (host lowercased, path prefix): a later one with the
+    // The first route with each match (host as matched, path prefix): a later one with the
     // same match is never used.
     let mut seen: Vec<(usize, MatchKey<'_>)> = Vec::new();
     for (j, route) in l.routes.iter().enumerate() {
@@ -235,15 +236,16 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                 );
             }
         }
-        // Hosts match without regard to case, and no prefix is `/`, as for the catch-all.
+        // Hosts match as requests are matched (without regard to case or a trailing dot), and
+        // no prefix is `/`, as for the catch-all.
         let key = (
-            host.map(str::to_ascii_lowercase),
+            host.map(crate::proxy::route::host_key),
             prefix.filter(|pp| *pp != "/"),
         );
         match seen.iter().find(|(_, k)| *k == key) {
             Some((k, _)) if catch_all.is_none() => r.key(
                 &p,
-                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case)"),
+                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case or a trailing dot)"),
             ),
             Some(_) => {}
             None => seen.push((j, key)),
