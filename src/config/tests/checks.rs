@@ -270,6 +270,48 @@ fn endpoints_are_host_port() {
     }
 }
 
+/// A health check's path is sent as each probe's request target: one that is no valid target
+/// is refused where it is written, as a route's `path_prefix` is. Before, `/health check` (or
+/// one with `<`, a backtick, a control character) was accepted and every probe failed to be
+/// built: every endpoint unhealthy, every request 502. A query is sent with the path.
+#[test]
+fn a_health_check_path_is_a_request_target() {
+    let hc = |path: &str| {
+        upstream(&format!(
+            "{{ endpoints: [127.0.0.1:1], health_check: {{ path: \"{path}\" }} }}"
+        ))
+    };
+    for (bad, says) in [
+        ("/health check", "a space"),
+        ("/health\\tz", "a control character"),
+        ("/healthz#top", "a `#`"),
+        ("/health?a b", "a space"),
+    ] {
+        let e = fails_at(&hc(bad), "upstreams.app.health_check.path");
+        assert!(e.message.contains(says), "{bad}: {}", e.message);
+    }
+    for (raw, escaped) in [
+        ("/<h>", "/%3Ch%3E"),
+        ("/h`", "/h%60"),
+        ("/caf\u{e9}", "/caf%C3%A9"),
+        ("/h?q={x}", "/h?q=%7Bx%7D"),
+    ] {
+        let e = fails_at(&hc(raw), "upstreams.app.health_check.path");
+        assert!(
+            e.message.ends_with(&format!("write {escaped:?}")),
+            "{raw}: {}",
+            e.message
+        );
+    }
+    for good in ["/healthz", "/h?full=1&x=/a?b", "/a%20b:c@d"] {
+        ok(&hc(good));
+        // What passes is what the checker can send.
+        http::Request::get(good)
+            .body(())
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
 #[test]
 fn upstream_health_outlier_and_tls() {
     let hc = |h: &str| {

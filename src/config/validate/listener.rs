@@ -204,29 +204,16 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                     &p.key("match").key("path_prefix"),
                     format!("path prefix {pp:?} must start with /"),
                 );
-            } else if let Some(b) = pp
-                .bytes()
-                .find(|b| matches!(b, b'?' | b'#' | b' ') || b.is_ascii_control())
-            {
-                // What a request path can never hold: it ends at `?` and `#`, and no request
-                // line or `:path` carries a space or a control byte in it.
-                let what = match b {
-                    b'?' => "a `?`, where a request's path ends and its query begins (routes match the path alone)",
-                    b'#' => "a `#`, which starts a fragment, never sent in a request",
-                    b' ' => "a space, which a request path never holds (its escaped form is %20)",
-                    _ => "a control character, which a request path never holds",
+            } else if let Some(flaw) = syntax::path_flaw(pp, false) {
+                let message = match flaw {
+                    // Request paths are matched with such bytes escaped: what is written is
+                    // what is matched, so the prefix is written as the paths it matches are.
+                    syntax::PathFlaw::Unescaped(escaped) => format!("path prefix {pp:?} has characters a request path is matched with percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}), and written as they are it would never match: write {escaped:?}"),
+                    syntax::PathFlaw::Never(what) => {
+                        format!("path prefix {pp:?} can never match: it has {what}")
+                    }
                 };
-                r.value(
-                    &p.key("match").key("path_prefix"),
-                    format!("path prefix {pp:?} can never match: it has {what}"),
-                );
-            } else if let Some(escaped) = crate::proxy::normalize::escape_raw(pp) {
-                // Request paths are matched with such bytes escaped: what is written is what
-                // is matched, so the prefix is written as the paths it matches are.
-                r.value(
-                    &p.key("match").key("path_prefix"),
-                    format!("path prefix {pp:?} has characters a request path is matched with percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}), and written as they are it would never match: write {escaped:?}"),
-                );
+                r.value(&p.key("match").key("path_prefix"), message);
             } else if !crate::proxy::normalize::prefix_can_match(pp, merge) {
                 // Request paths are matched in their normal form: this prefix never would be.
                 let slashes = if merge { "no `//`, " } else { "" };
