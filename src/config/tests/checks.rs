@@ -50,13 +50,28 @@ fn listeners_are_required_named_and_distinct() {
     let e = one(&top("admin: { listen: 127.0.0.1:8080 }"));
     assert_eq!(e.path, "listeners[0].listen");
     assert!(e.message.contains("admin.listen"));
-    // Port 0 asks the system for a free port: tests run several listeners so.
-    let zero = format!(
+    // Port 0 asks the system for a free port, on each address once: listeners are told apart
+    // by the address written, so a second `127.0.0.1:0` would replace the first. Before, it
+    // was accepted, and the first listener stopped accepting.
+    let zero = |other: &str| {
+        format!(
+            "{}{}",
+            BASE.replace("127.0.0.1:8080", "127.0.0.1:0"),
+            listener("out", other)
+        )
+    };
+    let e = one(&zero("127.0.0.1:0"));
+    assert_eq!(e.path, "listeners[1].listen");
+    assert!(e.message.contains("listeners[0].listen"), "{e:?}");
+    ok(&zero("127.0.0.2:0"));
+    ok(&zero("0.0.0.0:0"));
+    // A listen that is no address is stood in for by `0.0.0.0:0`: no clash is told for it.
+    let e = one(&format!(
         "{}{}",
-        BASE.replace("127.0.0.1:8080", "127.0.0.1:0"),
-        listener("out", "127.0.0.1:0")
-    );
-    ok(&zero);
+        BASE.replace("127.0.0.1:8080", "nowhere"),
+        listener("out", "0.0.0.0:0")
+    ));
+    assert_eq!(e.path, "listeners[0].listen");
     fails_at(
         &BASE.replace(
             "    routes:\n      - upstream: app\n        policy: p\n",

@@ -144,10 +144,24 @@ fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {
     let earlier = f.listeners[..i]
         .iter()
         .position(|o| clash(o.listen, l.listen));
+    // Rampart tells its listeners apart by the address written: a second one on port 0 of
+    // the same IP would replace the first (not a stand-in for a listen that is no address).
+    let stood_in = |j: usize| {
+        let jp = KeyPath::default().key("listeners").idx(j).key("listen");
+        r.was_removed(&r.written(&jp))
+    };
+    let twice = (l.listen.port() == 0)
+        .then(|| (0..i).find(|&j| f.listeners[j].listen == l.listen && !stood_in(j)))
+        .flatten();
     if clash(l.listen, f.admin.listen) {
         r.value(
             &p,
             format!("{} clashes with admin.listen {}", l.listen, f.admin.listen),
+        );
+    } else if let Some(j) = twice {
+        r.value(
+            &p,
+            format!("{} is listeners[{j}].listen too: port 0 takes a free port, but listeners are told apart by the address written, so each on port 0 needs an IP of its own (or a port)", l.listen),
         );
     } else if let Some(j) = earlier {
         let other = f.listeners[j].listen;
@@ -159,8 +173,8 @@ fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {
 }
 
 /// Two addresses that cannot both be bound: the same port on the same IP, or on a wildcard
-/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so any
-/// number of listeners may use it.
+/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so it
+/// clashes with nothing here (the same port 0 written twice is refused apart).
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
