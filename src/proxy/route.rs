@@ -32,7 +32,7 @@ impl Matcher {
             return Matcher::default();
         };
         let host = m.host.as_deref().map(|h| {
-            let h = h.to_ascii_lowercase();
+            let h = host_key(h);
             match h.strip_prefix('*') {
                 Some(suffix) => HostMatch::Suffix(suffix.to_string()),
                 None => HostMatch::Exact(h),
@@ -70,6 +70,18 @@ impl Matcher {
             None => true,
         }
     }
+}
+
+/// A `match.host` in the form [`request_host`] gives a request's host in: lower case, without
+/// a trailing dot, an IPv6 literal without its brackets (`[::1]` is matched as `::1`). Done
+/// once, when the config is loaded, so requests are matched with no more work.
+pub fn host_key(written: &str) -> String {
+    let h = written.strip_suffix('.').unwrap_or(written);
+    let h = h
+        .strip_prefix('[')
+        .and_then(|ip| ip.strip_suffix(']'))
+        .unwrap_or(h);
+    h.to_ascii_lowercase()
 }
 
 /// The host a request is for, without port: from the URI authority, else the `host` header.
@@ -123,6 +135,35 @@ mod tests {
         assert!(wild.matches(Some("a.b.example.com"), "/"));
         assert!(!wild.matches(Some("example.com"), "/"));
         assert!(!wild.matches(Some("badexample.com"), "/"));
+    }
+
+    /// A host written with a trailing dot or an IPv6 literal in brackets matches the hosts
+    /// [`request_host`] gives (it cuts both). Before, `[::1]` and `app.internal.` never matched.
+    #[test]
+    fn hosts_are_written_as_requests_name_them() {
+        let host_of = |authority: &str| {
+            let req = Request::builder()
+                .uri(format!("http://{authority}/"))
+                .body(())
+                .expect("req");
+            request_host(&req).map(str::to_owned)
+        };
+        for (written, authority) in [
+            ("[::1]", "[::1]:8080"),
+            ("[FE80::1]", "[fe80::1]"),
+            ("app.internal.", "app.internal"),
+            ("app.internal.", "App.Internal.:80"),
+            ("app.internal", "app.internal.:80"),
+            ("*.example.com.", "a.example.com"),
+            ("*.example.com", "a.example.com.:443"),
+        ] {
+            let host = host_of(authority);
+            assert!(
+                m(Some(written), None).matches(host.as_deref(), "/"),
+                "{written} must match {authority}"
+            );
+        }
+        assert!(!m(Some("*.example.com."), None).matches(Some("example.com"), "/"));
     }
 
     #[test]

@@ -212,6 +212,10 @@ listeners:
         upstream: b
       - match: { host: dead.local }
         upstream: dead
+      - match: { host: "[::1]" }
+        upstream: a
+      - match: { host: app.internal. }
+        upstream: a
       - match: { path_prefix: /status }
         upstream: b
 "#;
@@ -246,6 +250,20 @@ async fn outbound_routes_by_authority_wildcard_and_path() {
         assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
         assert_eq!(rsp.header("x-sample-addr"), Some(want.to_string()));
     }
+
+    // An IPv6 literal is written in brackets, a name may end in the root's dot: each is
+    // matched as the request names its host, not left to a later route. Before, `[::1]` and
+    // `app.internal.` never matched.
+    let req = format!(
+        "GET http://[::1]:{0}/status/202 HTTP/1.1\r\nHost: [::1]:{0}\r\nConnection: close\r\n\r\n",
+        out.port()
+    );
+    let rsp = raw::exchange(out, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rsp.status(), Some(202), "{}", rsp.text());
+    assert_eq!(rsp.header("x-sample-addr"), Some(a.addr().to_string()));
+    let rsp = http::get(out, "/status/202", &[("host", "app.internal")]).await;
+    assert_eq!(rsp.status, 202);
+    assert_eq!(rsp.served_by(), Some(a.addr()));
 
     // Path prefix for any host; other paths of an unknown host have no route.
     let rsp = http::get(out, "/status/201", &[("host", "other.local")]).await;

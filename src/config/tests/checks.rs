@@ -50,13 +50,28 @@ fn listeners_are_required_named_and_distinct() {
     let e = one(&top("admin: { listen: 127.0.0.1:8080 }"));
     assert_eq!(e.path, "listeners[0].listen");
     assert!(e.message.contains("admin.listen"));
-    // Port 0 asks the system for a free port: tests run several listeners so.
-    let zero = format!(
+    // Port 0 asks the system for a free port, on each address once: listeners are told apart
+    // by the address written, so a second `127.0.0.1:0` would replace the first. Before, it
+    // was accepted, and the first listener stopped accepting.
+    let zero = |other: &str| {
+        format!(
+            "{}{}",
+            BASE.replace("127.0.0.1:8080", "127.0.0.1:0"),
+            listener("out", other)
+        )
+    };
+    let e = one(&zero("127.0.0.1:0"));
+    assert_eq!(e.path, "listeners[1].listen");
+    assert!(e.message.contains("listeners[0].listen"), "{e:?}");
+    ok(&zero("127.0.0.2:0"));
+    ok(&zero("0.0.0.0:0"));
+    // A listen that is no address is stood in for by `0.0.0.0:0`: no clash is told for it.
+    let e = one(&format!(
         "{}{}",
-        BASE.replace("127.0.0.1:8080", "127.0.0.1:0"),
-        listener("out", "127.0.0.1:0")
-    );
-    ok(&zero);
+        BASE.replace("127.0.0.1:8080", "nowhere"),
+        listener("out", "0.0.0.0:0")
+    ));
+    assert_eq!(e.path, "listeners[0].listen");
     fails_at(
         &BASE.replace(
             "    routes:\n      - upstream: app\n        policy: p\n",
@@ -180,9 +195,9 @@ fn routes_check_match_and_order() {
     assert!(e.message.contains("never used"), "{e:?}");
 }
 
-/// Two routes with the same match (hosts compared without case, no prefix being `/`): the
-/// second can never be chosen, and is refused as a route behind a catch-all is. Before, an
-/// outbound `Deps.Internal` then `deps.internal` was accepted in silence.
+/// Two routes with the same match (hosts compared without case or a trailing dot, no prefix
+/// being `/`): the second can never be chosen, and is refused as a route behind a catch-all
+/// is. Before, an outbound `Deps.Internal` then `deps.internal` was accepted in silence.
 #[test]
 fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
     let routes = |a: &str, b: &str| {
@@ -210,6 +225,17 @@ fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
         "{ host: \"*.Example\" }",
         "{ host: \"*.example\" }",
     ));
+    // A trailing dot names the same host: routes compare as requests are matched.
+    for (a, b) in [
+        ("{ host: x }", "{ host: \"x.\" }"),
+        (
+            "{ host: \"*.example.com.\" }",
+            "{ host: \"*.Example.com\" }",
+        ),
+    ] {
+        let e = one(&routes(a, b));
+        assert!(e.message.contains("never used: routes[0]"), "{e:?}");
+    }
     // Another prefix, another host, or a host against none: both can be chosen.
     for (a, b) in [
         (
@@ -256,6 +282,48 @@ fn endpoints_are_host_port() {
             e.message.starts_with(&format!("invalid endpoint {bad:?}")),
             "{e:?}"
         );
+    }
+}
+
+/// A health check's path is sent as each probe's request target: one that is no valid target
+/// is refused where it is written, as a route's `path_prefix` is. Before, `/health check` (or
+/// one with `<`, a backtick, a control character) was accepted and every probe failed to be
+/// built: every endpoint unhealthy, every request 502. A query is sent with the path.
+#[test]
+fn a_health_check_path_is_a_request_target() {
+    let hc = |path: &str| {
+        upstream(&format!(
+            "{{ endpoints: [127.0.0.1:1], health_check: {{ path: \"{path}\" }} }}"
+        ))
+    };
+    for (bad, says) in [
+        ("/health check", "a space"),
+        ("/health\\tz", "a control character"),
+        ("/healthz#top", "a `#`"),
+        ("/health?a b", "a space"),
+    ] {
+        let e = fails_at(&hc(bad), "upstreams.app.health_check.path");
+        assert!(e.message.contains(says), "{bad}: {}", e.message);
+    }
+    for (raw, escaped) in [
+        ("/<h>", "/%3Ch%3E"),
+        ("/h`", "/h%60"),
+        ("/caf\u{e9}", "/caf%C3%A9"),
+        ("/h?q={x}", "/h?q=%7Bx%7D"),
+    ] {
+        let e = fails_at(&hc(raw), "upstreams.app.health_check.path");
+        assert!(
+            e.message.ends_with(&format!("write {escaped:?}")),
+            "{raw}: {}",
+            e.message
+        );
+    }
+    for good in ["/healthz", "/h?full=1&x=/a?b", "/a%20b:c@d"] {
+        ok(&hc(good));
+        // What passes is what the checker can send.
+        http::Request::get(good)
+            .body(())
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
     }
 }
 

@@ -186,10 +186,24 @@ fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {
     let earlier = f.listeners[..i]
         .iter()
         .position(|o| clash(o.listen, l.listen));
+    // Rampart tells its listeners apart by the address written: a second one on port 0 of
+    // the same IP would replace the first (not a stand-in for a listen that is no address).
+    let stood_in = |j: usize| {
+        let jp = KeyPath::default().key("listeners").idx(j).key("listen");
+        r.was_removed(&r.written(&jp))
+    };
+    let twice = (l.listen.port() == 0)
+        .then(|| (0..i).find(|&j| f.listeners[j].listen == l.listen && !stood_in(j)))
+        .flatten();
     if clash(l.listen, f.admin.listen) {
         r.value(
             &p,
             format!("{} clashes with admin.listen {}", l.listen, f.admin.listen),
+        );
+    } else if let Some(j) = twice {
+        r.value(
+            &p,
+            format!("{} is listeners[{j}].listen too: port 0 takes a free port, but listeners are told apart by the address written, so each on port 0 needs an IP of its own (or a port)", l.listen),
         );
     } else if let Some(j) = earlier {
         let other = f.listeners[j].listen;
@@ -201,15 +215,16 @@ fn check_listen(f: &File, i: usize, r: &mut Report<'_>) {
 }
 
 /// Two addresses that cannot both be bound: the same port on the same IP, or on a wildcard
-/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so any
-/// number of listeners may use it.
+/// IP (`0.0.0.0`, `::`) that covers the other. Port 0 asks the system for a free port, so it
+/// clashes with nothing here (the same port 0 written twice is refused apart).
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// What a route's `match` matches: its host lowercased, its path prefix (`/` as none).
+/// What a route's `match` matches: its host as matched (`route::host_key`), its path prefix
+/// (`/` as none).
 type MatchKey<'a> = (Option<String>, Option<&'a str>);
 
 fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
@@ -220,7 +235,7 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     // Without merging, `//` is in the normal form, so a prefix with it can match.
     let merge = l.merges_slashes();
-    // The first route with each match (host lowercased, path prefix): a later one with the
+    // The first route with each match (host as matched, path prefix): a later one with the
     // same match is never used.
     let mut seen: Vec<(usize, MatchKey<'_>)> = Vec::new();
     for (j, route) in l.routes.iter().enumerate() {
@@ -245,29 +260,16 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                     &p.key("match").key("path_prefix"),
                     format!("path prefix {pp:?} must start with /"),
                 );
-            } else if let Some(b) = pp
-                .bytes()
-                .find(|b| matches!(b, b'?' | b'#' | b' ') || b.is_ascii_control())
-            {
-                // What a request path can never hold: it ends at `?` and `#`, and no request
-                // line or `:path` carries a space or a control byte in it.
-                let what = match b {
-                    b'?' => "a `?`, where a request's path ends and its query begins (routes match the path alone)",
-                    b'#' => "a `#`, which starts a fragment, never sent in a request",
-                    b' ' => "a space, which a request path never holds (its escaped form is %20)",
-                    _ => "a control character, which a request path never holds",
+            } else if let Some(flaw) = syntax::path_flaw(pp, false) {
+                let message = match flaw {
+                    // Request paths are matched with such bytes escaped: what is written is
+                    // what is matched, so the prefix is written as the paths it matches are.
+                    syntax::PathFlaw::Unescaped(escaped) => format!("path prefix {pp:?} has characters a request path is matched with percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}), and written as they are it would never match: write {escaped:?}"),
+                    syntax::PathFlaw::Never(what) => {
+                        format!("path prefix {pp:?} can never match: it has {what}")
+                    }
                 };
-                r.value(
-                    &p.key("match").key("path_prefix"),
-                    format!("path prefix {pp:?} can never match: it has {what}"),
-                );
-            } else if let Some(escaped) = crate::proxy::normalize::escape_raw(pp) {
-                // Request paths are matched with such bytes escaped: what is written is what
-                // is matched, so the prefix is written as the paths it matches are.
-                r.value(
-                    &p.key("match").key("path_prefix"),
-                    format!("path prefix {pp:?} has characters a request path is matched with percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}), and written as they are it would never match: write {escaped:?}"),
-                );
+                r.value(&p.key("match").key("path_prefix"), message);
             } else if !crate::proxy::normalize::prefix_can_match(pp, merge) {
                 // Request paths are matched in their normal form: this prefix never would be.
                 let slashes = if merge { "no `//`, " } else { "" };
@@ -277,15 +279,16 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                 );
             }
         }
-        // Hosts match without regard to case, and no prefix is `/`, as for the catch-all.
+        // Hosts match as requests are matched (without regard to case or a trailing dot), and
+        // no prefix is `/`, as for the catch-all.
         let key = (
-            host.map(str::to_ascii_lowercase),
+            host.map(crate::proxy::route::host_key),
             prefix.filter(|pp| *pp != "/"),
         );
         match seen.iter().find(|(_, k)| *k == key) {
             Some((k, _)) if catch_all.is_none() => r.key(
                 &p,
-                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case)"),
+                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case or a trailing dot)"),
             ),
             Some(_) => {}
             None => seen.push((j, key)),

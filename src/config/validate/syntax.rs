@@ -159,6 +159,44 @@ pub(super) fn host_name(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What keeps a path written in the file from being (the start of) a request target as it is.
+pub(super) enum PathFlaw {
+    /// A byte no request target holds where it stands, said as "a space, which ...".
+    Never(&'static str),
+    /// Bytes a request target holds only percent-encoded; the path written with them so.
+    Unescaped(String),
+}
+
+/// The first flaw of `path` (which starts with `/`) as a request target: a `?` (unless
+/// `query`: then the first `?` starts a query, which may hold `/` and `?` too), a `#`, a space
+/// or a control byte; else bytes outside RFC 3986's `pchar`, `/` and `%`, which a request holds
+/// only percent-encoded.
+pub(super) fn path_flaw(path: &str, query: bool) -> Option<PathFlaw> {
+    // What a request target can never hold: its path ends at `?` and `#`, and no request line
+    // or `:path` carries a space or a control byte in it.
+    let never = path.bytes().find_map(|b| match b {
+        b'?' if !query => Some(
+            "a `?`, where a request's path ends and its query begins (routes match the path alone)",
+        ),
+        b'#' => Some("a `#`, which starts a fragment, never sent in a request"),
+        b' ' => Some("a space, which a request path never holds (its escaped form is %20)"),
+        b if b.is_ascii_control() => Some("a control character, which a request path never holds"),
+        _ => None,
+    });
+    if let Some(what) = never {
+        return Some(PathFlaw::Never(what));
+    }
+    let escape = |s: &str| crate::proxy::normalize::escape_raw(s).unwrap_or_else(|| s.to_owned());
+    let escaped = match path.split_once('?') {
+        Some((p, q)) => {
+            let q: Vec<String> = q.split('?').map(escape).collect();
+            format!("{}?{}", escape(p), q.join("?"))
+        }
+        None => escape(path),
+    };
+    (escaped != path).then_some(PathFlaw::Unescaped(escaped))
+}
+
 /// A route's `match.host`: a name, an IP address, or `*.suffix`; never a port.
 pub(super) fn match_host(s: &str) -> Result<(), String> {
     if let Some(ip) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {

@@ -52,10 +52,27 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
     }
     if let Some(hc) = &up.health_check {
         let hp = p.key("health_check");
-        if !hc.path.starts_with('/') {
+        // Each probe sends the path (and query) as its request target, as it is written: one
+        // that could not be sent would fail every probe, every endpoint marked down.
+        let path = hc.path.as_str();
+        if !path.starts_with('/') {
+            r.value(&hp.key("path"), format!("path {path:?} must start with /"));
+        } else if let Some(flaw) = syntax::path_flaw(path, true) {
+            let message = match flaw {
+                syntax::PathFlaw::Unescaped(escaped) => format!("path {path:?} has characters a request target holds only percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}): write {escaped:?}"),
+                syntax::PathFlaw::Never(what) => format!(
+                    "path {path:?} is not a request target a probe can send: it has {what}"
+                ),
+            };
+            r.value(&hp.key("path"), message);
+        } else if http::uri::PathAndQuery::try_from(path).is_err() {
+            // What passes above is sent as it is; past this, only a length.
             r.value(
                 &hp.key("path"),
-                format!("path {:?} must start with /", hc.path),
+                format!(
+                    "path of {} bytes is longer than a request target a probe can send",
+                    path.len()
+                ),
             );
         }
         r.positive(&hp.key("interval"), hc.interval.0);
