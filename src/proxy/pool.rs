@@ -121,6 +121,12 @@ fn note(waiting: Option<&std::sync::atomic::AtomicU8>, what: u8) {
 /// would say nothing more.
 const TLS_WARN_EVERY_MS: u64 = 10_000;
 
+/// Least time a CONNECT tunnel's new TLS 1.3 connection waits for the server's verdict on
+/// rampart's client certificate ([`Pool::dial_tunnel`]), however fast its handshake was: on
+/// loopback the handshake takes a millisecond or two, and the server's task may not have run
+/// by then.
+const VERDICT_WAIT_MIN: Duration = Duration::from_millis(50);
+
 /// An open connection's claim on one of its endpoint's `max_connections`, counted in
 /// `rampart_upstream_connections` while it lasts (from the connect on): a pooled connection's,
 /// or a CONNECT tunnel's ([`Pool::tunnel_slot`]).
@@ -516,6 +522,34 @@ impl Pool {
             self.warn_tls(addr, source);
         }
         dialed
+    }
+
+    /// [`Pool::dial_warned`] for a CONNECT tunnel's connection (`tunnel.rs`), whose first
+    /// bytes rampart does not write: with rampart's client certificate in a TLS 1.3 session,
+    /// the server's verdict on it ([`crate::tls::client::verdict`]) is waited for as long again
+    /// as the connect took (its TCP and TLS round trips; the verdict is one more away), at
+    /// least [`VERDICT_WAIT_MIN`], within `deadline`. A refusal is a failed handshake, as on
+    /// a request's new connection ([`Pool::first_exchange_failed`]): the client gets no 200 for
+    /// a tunnel that dies at its first read. Also returns what the server sent first, for the
+    /// tunnel to pass on before the rest.
+    pub(super) async fn dial_tunnel(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(Stream, Bytes), SendError> {
+        let started = Instant::now();
+        let mut stream = self.dial_warned(addr, deadline).await?;
+        let (Stream::Tls(session), Some(tls)) = (&mut stream, &self.tls) else {
+            return Ok((stream, Bytes::new()));
+        };
+        let now = Instant::now();
+        let until = deadline.min(now + (now - started).max(VERDICT_WAIT_MIN));
+        // Owned: an `arc_swap` guard is not to be held across the wait.
+        let cfg = tls.config.load_full();
+        match crate::tls::client::verdict(session, &cfg, until).await {
+            Ok(first) => Ok((stream, first)),
+            Err(e) => Err(self.first_exchange_failed(addr, UpstreamError::Io(e))),
+        }
     }
 
     /// A new byte stream to `addr` by `deadline`: TCP, then TLS if the upstream has `tls` (as

@@ -76,8 +76,10 @@ pub async fn open(ctx: &RequestCtx<'_>) -> Result<Opened, Response<Body>> {
 /// `max_connections` (held until the tunnel ends).
 #[derive(Debug)]
 pub struct Opened {
-    /// Plain TCP, or rampart's TLS session with the endpoint when its upstream has `tls`.
-    stream: Stream,
+    /// Plain TCP, or rampart's TLS session with the endpoint when its upstream has `tls`, after
+    /// what the endpoint sent while rampart waited for its verdict on rampart's client
+    /// certificate (`Pool::dial_tunnel`).
+    stream: Rewind<Stream>,
     slot: Slot,
 }
 
@@ -360,8 +362,9 @@ async fn connect(
     // Made as every connection to the endpoint is (`Pool::dial`): TCP, then rampart's TLS
     // handshake when the upstream has `tls` (its `ca`, `server_name` and client certificate),
     // both within the connect timeout, so the tunnel's bytes go inside rampart's TLS session,
-    // never in clear (SPEC §8). A failed handshake is a failed connect, said at `warn`.
-    let result = ep.pool.dial_warned(ep.addr, deadline).await;
+    // never in clear (SPEC §8). A failed handshake is a failed connect, said at `warn`; so is
+    // a TLS 1.3 server's refusal of rampart's client certificate, which comes after it.
+    let result = ep.pool.dial_tunnel(ep.addr, deadline).await;
     let outcome = match &result {
         Ok(_) => Outcome::Status(StatusCode::OK.as_u16()),
         Err(_) => Outcome::ConnectError,
@@ -377,7 +380,10 @@ async fn connect(
     });
     up.metrics.duration.observe(took);
     let e = match result {
-        Ok(stream) => return Ok(Opened { stream, slot }),
+        Ok((stream, first)) => {
+            let stream = Rewind::new(first, stream);
+            return Ok(Opened { stream, slot });
+        }
         Err(e) => e,
     };
     up.connect_failed(&ep);
@@ -397,7 +403,7 @@ async fn connect(
         SendError::Connect { source, .. } => {
             format!("cannot connect to upstream {name} ({addr}): {source}")
         }
-        // `dial` makes no exchange: it fails only as above.
+        // The connection lost while rampart waited for the server's verdict.
         SendError::Reset(e) => format!("cannot connect to upstream {name} ({addr}): {e}"),
     };
     Err(answer(Reason::UpstreamUnavailable, &msg, None))

@@ -13,11 +13,15 @@
 
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
+use rustls::{ClientConfig, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -149,6 +153,55 @@ pub fn refused_after_handshake(err: &io::Error, cfg: &ClientConfig) -> Option<io
             Some(io::Error::new(err.kind(), said))
         }
         _ => None,
+    }
+}
+
+/// How much [`verdict`] reads of what the server sends first (the rest stays in the session).
+const VERDICT_READ: usize = 8 * 1024;
+
+/// Waits, until `until` at most, for a TLS 1.3 server's verdict on the client certificate
+/// `tls` presented (as `cfg` says), for a connection whose first bytes rampart does not
+/// write (a CONNECT tunnel's: its client may wait for the server to speak first, so no
+/// first exchange would show the refusal, as it does for a request's connection). The
+/// server judges the certificate after the client's side of the handshake has ended
+/// ([`refused_after_handshake`]): it says no with an alert, and yes by going on, most often
+/// with session tickets, which end the wait at once (one round trip after the handshake), as
+/// does anything it sends first, returned here to be read before the rest. A server that
+/// sends nothing keeps the wait to `until`: then the session is taken as accepted. Nothing
+/// to wait for (empty at once) without a client certificate or in TLS 1.2, whose handshake
+/// ends after the server's verdict.
+///
+/// An error is returned as read: [`refused_after_handshake`] tells whether it is the refusal.
+pub async fn verdict<IO>(
+    tls: &mut TlsStream<IO>,
+    cfg: &ClientConfig,
+    until: Instant,
+) -> io::Result<Bytes>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let session = tls.get_ref().1;
+    if session.protocol_version() != Some(ProtocolVersion::TLSv1_3)
+        || !cfg.client_auth_cert_resolver.has_certs()
+    {
+        return Ok(Bytes::new());
+    }
+    let mut buf = vec![0; VERDICT_READ];
+    let first = std::future::poll_fn(|cx| {
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *tls).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // Tickets (read and taken in by the poll): the server went on, accepting.
+            Poll::Pending if tls.get_ref().1.tls13_tickets_received() > 0 => Poll::Ready(Ok(0)),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    match tokio::time::timeout_at(until, first).await {
+        // A copy: the buffer is let go now, not when the tunnel has read it.
+        Ok(Ok(n)) => Ok(Bytes::copy_from_slice(&buf[..n])),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(Bytes::new()),
     }
 }
 

@@ -312,7 +312,8 @@ fn a_static_fallback_body_that_its_status_never_sends_draws_a_warning_at_it() {
 /// a write that never ran that it succeeded: accepted, with a warning at the status (or at
 /// `static` when the status is left to its 200) that names the remedy. With `methods`, or with
 /// another status, no warning. A `methods` list that names no method, or a method in lower
-/// case (methods are case-sensitive) or twice, is refused at the item.
+/// case (methods are case-sensitive) or twice, or CONNECT (which never gets a fallback: the
+/// list would promise what never happens), is refused at the item.
 #[test]
 fn a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status() {
     let text = policy(
@@ -364,6 +365,11 @@ fn a_static_2xx_fallback_for_every_method_draws_a_warning_at_its_status() {
         ("[GET, get]", "methods[1]", "write GET, not get"),
         ("[GET, 'G T']", "methods[1]", "is not an HTTP method"),
         ("[HEAD, HEAD]", "methods[1]", "listed twice"),
+        (
+            "[GET, CONNECT]",
+            "methods[1]",
+            "a CONNECT never gets a fallback",
+        ),
     ] {
         let text = policy(&format!(
             "{{ fallback: {{ on: [timeout], static: {{ status: 503, methods: {methods} }} }} }}"

@@ -145,6 +145,13 @@ pub(super) fn fallback(f: &Fallback, p: &KeyPath, r: &mut Report<'_>) {
                         );
                     } else if ms[..i].contains(m) {
                         r.value(&at, format!("{m} is listed twice"));
+                    } else if m == "CONNECT" {
+                        // Would never act: a CONNECT's refusal is always rampart's own
+                        // (`stack.rs`), as a 2xx would read as an open tunnel.
+                        r.value(
+                            &at,
+                            "a CONNECT never gets a fallback (a 2xx would read as an open tunnel): its refusal is always rampart's own; remove CONNECT",
+                        );
                     }
                 }
             }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 
 use super::support::{serial_of, Ca, Files, Leaf};
+use crate::tls::client::{refused_after_handshake, verdict};
 use crate::tls::{
     accept, client_config, connect, server_config, ConnInfo, HandshakeError, ReloadableAcceptor,
     SystemRoots,
@@ -255,6 +256,53 @@ async fn mtls_refuses_a_certificate_from_another_ca() {
     }
     let err = next(&mut rx).await.expect_err("server must refuse");
     assert_eq!(err.reason(), "bad_client_cert", "{err}");
+}
+
+/// In TLS 1.3 the client's side of the handshake ends before the server has judged its
+/// certificate; [`verdict`] waits for the judgement: the server's tickets (it went on) end the
+/// wait long before its end, and leave the session to use; its alert is the refusal in words.
+#[tokio::test]
+async fn the_verdict_on_a_client_certificate_is_the_server_s_tickets_or_its_alert() {
+    let (client_ca, stranger) = (Ca::new("client ca"), Ca::new("stranger"));
+    let s = setup(Some(&client_ca));
+    let (addr, _rx) = serve(s.acceptor.clone()).await;
+    let ca = s.files.ca("ca", &s.ca);
+    let client = |issuer: &Ca, name: &str| {
+        let leaf = Leaf {
+            cn: Some("rampart"),
+            ..Leaf::default()
+        };
+        let (cert, key) = s.files.pair(name, &issuer.issue(leaf));
+        client_config(Some(&ca), Some(&cert), Some(&key), &SystemRoots::new()).expect("cfg")
+    };
+    let far = || tokio::time::Instant::now() + Duration::from_secs(60);
+    let within = Duration::from_secs(10);
+
+    let trusted = client(&client_ca, "trusted");
+    let mut conn = dial(addr, trusted.clone(), "localhost")
+        .await
+        .expect("connects");
+    let said = tokio::time::timeout(within, verdict(&mut conn, &trusted, far()))
+        .await
+        .expect("the server's tickets end the wait");
+    assert_eq!(said.expect("accepted"), &b""[..]);
+    ping(&mut conn).await.expect("the session goes on");
+
+    let untrusted = client(&stranger, "untrusted");
+    let mut conn = dial(addr, untrusted.clone(), "localhost")
+        .await
+        .expect("TLS 1.3: the client's side ends first");
+    let said = tokio::time::timeout(within, verdict(&mut conn, &untrusted, far()))
+        .await
+        .expect("the server's alert ends the wait");
+    let e = said.expect_err("refused");
+    let refusal = refused_after_handshake(&e, &untrusted).expect("an alert");
+    assert!(
+        refusal
+            .to_string()
+            .contains("the server refused rampart's client certificate"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]

@@ -516,3 +516,46 @@ async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() 
     );
     assert_eq!(up.hits(), 1, "an unverified upstream gets nothing");
 }
+
+/// A CONNECT tunnel to a TLS 1.3 upstream that refuses rampart's client certificate is a
+/// failed connect, as a request's connection to it is: 502 `upstream_unavailable` saying why,
+/// the warn line, and the upstream's failed try. In TLS 1.3 rampart's side of the handshake
+/// ends before the server has judged the certificate: its refusal (an alert) comes after.
+/// Before, the CONNECT got its 200, counted as the upstream's success, and the tunnel died at
+/// its first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_tunnel_to_an_upstream_that_refuses_rampart_s_client_certificate_is_a_502() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let ca_path = pki.ca("ca", &ca);
+    let (cert, key) = pki.pair("client", &ca.client("rampart", None));
+    // It wants client certificates signed by another CA.
+    let up = TlsUpstream::start_mtls(&ca.server(1), &Ca::new("some other ca").pem).await;
+    let proxy = outbound(up.addr, with_client_cert(&ca_path, &cert, &key)).await;
+    let rsp = crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
+    crate::connect::assert_refused(&rsp, 502, "upstream_unavailable");
+    assert!(
+        rsp.text()
+            .contains("TLS handshake failed with upstream payments")
+            && rsp
+                .text()
+                .contains("the server refused rampart's client certificate"),
+        "{}",
+        rsp.text()
+    );
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("TLS handshake with an upstream failed"),
+        "a warn line names the failed handshake"
+    );
+    let text = crate::support::metrics(proxy.admin()).await;
+    let tries = |code| {
+        crate::support::metric_value(
+            &text,
+            "rampart_upstream_requests_total",
+            &[("upstream", "payments"), ("code", code)],
+        )
+    };
+    assert_eq!((tries("502"), tries("200")), (Some(1.0), None), "{text}");
+    assert_eq!(up.hits(), 0);
+}
