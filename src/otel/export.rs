@@ -10,7 +10,11 @@
 //! collector is slow or away the queue fills and new spans are dropped and counted; requests
 //! never wait for the collector. The queue is bounded twice: by a count of spans, and by the
 //! bytes they hold ([`QUEUE_BYTES`]), since a span keeps values a client chose (its path and
-//! host, up to `max_header_bytes` each). When the last generation using an exporter is gone (a reload
+//! host, up to `max_header_bytes` each).
+//!
+//! A request reports to the exporter of the generation it began under, which may be one a
+//! reload has since replaced: [`Exporters`] knows every task still running, so that at
+//! shutdown each sends what it holds. When the last generation using an exporter is gone (a reload
 //! changed the export settings, or shutdown), the task sends what is queued and ends.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,7 +49,7 @@ pub(super) const QUEUE_BYTES: usize = 8 << 20;
 pub(super) const BATCH: usize = 512;
 /// How often the task looks at the queue (at most; `flush_every` if shorter).
 const POLL: Duration = Duration::from_millis(50);
-/// Longest [`Exporter::flush`] waits.
+/// Longest [`Exporters::flush`] waits.
 const FLUSH_MAX: Duration = Duration::from_secs(5);
 /// Most bytes of a collector's answer that are read.
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -55,14 +59,23 @@ const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 /// One OTLP destination: the queue into its export task.
 #[derive(Debug)]
 pub struct Exporter {
-    /// Shared with the task.
+    /// Shared with the task (and, weakly, with [`Exporters`]).
     queue: Arc<Queue>,
     metrics: TraceMetrics,
-    /// `otlp.timeout`: how long [`Exporter::flush`] waits at most.
-    timeout: Duration,
 }
 
-/// The spans on their way to the collector, and what [`Exporter::flush`] and the task tell
+/// The exporters of one instance: the counters they share, and the queue of every export
+/// task still running. A reload that changes the export settings (or any reload, with an
+/// `https://` collector) starts a new exporter, and requests begun before it still report to
+/// the old one, which ends once they are gone: at shutdown, each sends what it holds.
+#[derive(Debug)]
+pub struct Exporters {
+    metrics: TraceMetrics,
+    /// Held strongly by each exporter and its task: one that upgrades is still running.
+    running: parking_lot::Mutex<Vec<Weak<Queue>>>,
+}
+
+/// The spans on their way to the collector, and what [`Exporters::flush`] and the task tell
 /// each other.
 #[derive(Debug)]
 struct Queue {
@@ -74,6 +87,8 @@ struct Queue {
     urgent: AtomicBool,
     /// The task holds spans it took from the queue and has not finished sending.
     busy: AtomicBool,
+    /// How long a flush waits at most: `otlp.timeout`, and never more than [`FLUSH_MAX`].
+    flush_for: Duration,
 }
 
 /// What the export task owns.
@@ -115,27 +130,80 @@ impl Exporting {
     }
 }
 
+// === impl Exporters ===
+
+impl Exporters {
+    /// No exporter yet; they count in `m`'s trace families.
+    pub fn new(m: &crate::metrics::Metrics) -> Self {
+        Exporters {
+            metrics: TraceMetrics::new(m),
+            running: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Has every exporter still running send what it holds now, and waits until each has
+    /// sent it (or given up), for at most its `otlp.timeout` and never more than
+    /// [`FLUSH_MAX`], all at once: at shutdown, so the spans of the last requests are not lost
+    /// with the process, whichever exporter they went to.
+    pub async fn flush(&self) {
+        let running: Vec<Arc<Queue>> = self
+            .running
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for q in &running {
+            q.urgent.store(true, Ordering::Release);
+        }
+        let started = Instant::now();
+        while running
+            .iter()
+            .any(|q| q.holding() && started.elapsed() < q.flush_for)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Notes `queue`'s task as running (and forgets those that ended).
+    fn note(&self, queue: &Arc<Queue>) {
+        let mut running = self.running.lock();
+        running.retain(|q| q.strong_count() > 0);
+        running.push(Arc::downgrade(queue));
+    }
+}
+
+// === impl Queue ===
+
+impl Queue {
+    /// Whether spans are queued, or being sent.
+    fn holding(&self) -> bool {
+        !self.spans.is_empty() || self.busy.load(Ordering::Acquire)
+    }
+}
+
 // === impl Exporter ===
 
 impl Exporter {
-    /// Starts exporting to `cfg` as `service_name`; `tls` verifies an `https://` collector
-    /// (from `TlsFiles`). Needs a tokio runtime (it spawns its task).
+    /// Starts exporting to `cfg` as `service_name`, one of `exporters`; `tls` verifies an
+    /// `https://` collector (from `TlsFiles`). Needs a tokio runtime (it spawns its task).
     pub fn start(
         cfg: &Otlp,
         service_name: &str,
-        metrics: TraceMetrics,
+        exporters: &Exporters,
         tls: Option<&ClientConfig>,
     ) -> Arc<Exporter> {
+        let metrics = exporters.metrics.clone();
         let queue = Arc::new(Queue {
             spans: ArrayQueue::new(QUEUE),
             bytes: AtomicUsize::new(0),
             urgent: AtomicBool::new(false),
             busy: AtomicBool::new(false),
+            flush_for: cfg.timeout.0.min(FLUSH_MAX),
         });
+        exporters.note(&queue);
         let exporter = Arc::new(Exporter {
             queue: queue.clone(),
             metrics: metrics.clone(),
-            timeout: cfg.timeout.0,
         });
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.timeout.0));
@@ -170,19 +238,6 @@ impl Exporter {
         };
         tokio::spawn(task.run());
         exporter
-    }
-
-    /// Sends what is queued now and waits until it is sent (or given up), for at most
-    /// `otlp.timeout` and never more than [`FLUSH_MAX`]: at shutdown, so the spans of the
-    /// last requests are not lost with the process.
-    pub async fn flush(&self) {
-        self.queue.urgent.store(true, Ordering::Release);
-        let deadline = Instant::now() + self.timeout.min(FLUSH_MAX);
-        while (!self.queue.spans.is_empty() || self.queue.busy.load(Ordering::Acquire))
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     /// Takes what is queued, in order (a test's look at the spans without a collector).

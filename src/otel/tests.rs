@@ -10,7 +10,7 @@ use prost::Message;
 use super::encode;
 use super::export::{basic_auth, QUEUE, QUEUE_BYTES};
 use super::span::{Event, Kind, SpanRecord, Val};
-use super::{TraceMetrics, TraceParent, Tracer, TRACEPARENT, TRACESTATE};
+use super::{Exporters, TraceParent, Tracer, TRACEPARENT, TRACESTATE};
 use crate::config::file::{Otlp, OtlpProtocol, Tracing};
 use crate::config::units::{Dur, Ratio};
 use crate::metrics::Metrics;
@@ -41,7 +41,7 @@ fn tracer(sample: f64) -> (Tracer, Metrics) {
     let t = Tracer::build(
         &cfg(sample, "http://127.0.0.1:9"),
         None,
-        &TraceMetrics::new(&m),
+        &Exporters::new(&m),
         None,
     );
     (t, m)
@@ -261,7 +261,7 @@ async fn a_new_trace_is_sampled_as_configured_and_always_propagated() {
 #[tokio::test]
 async fn the_exporter_is_kept_across_a_reload_while_its_settings_are() {
     let m = Metrics::register();
-    let tm = TraceMetrics::new(&m);
+    let tm = Exporters::new(&m);
     let first = Tracer::build(&cfg(0.1, "http://127.0.0.1:9"), None, &tm, None);
     let resampled = Tracer::build(&cfg(0.9, "http://127.0.0.1:9"), Some(&first), &tm, None);
     assert!(Arc::ptr_eq(first.exporter(), resampled.exporter()));

@@ -744,6 +744,33 @@ async fn spans_queued_at_shutdown_are_sent_before_exit() {
     assert_eq!(otlp.spans().len(), 2, "{:#?}", otlp.spans());
 }
 
+/// A request begun before a reload that moved the export reports to the exporter it began
+/// with; at exit that exporter sends what it holds too, not only the one of the config in
+/// force. Before, only the latter was flushed, and the spans the older one still held were
+/// lost with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_held_by_an_exporter_a_reload_replaced_are_sent_before_exit() {
+    let app = sample().await;
+    let (first, second) = (Collector::start().await, Collector::start().await);
+    // A batch would wait an hour: only a flush can send it.
+    let lazy = TRACED.replace("flush_every: 20ms", "flush_every: 1h");
+    let mut t = traced_by(&lazy, app.addr(), first.addr(), "100%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    let slow = tokio::spawn(async move { http::get(addr, "/slow?ms=1000", &[]).await });
+    assert_eventually!(app.hits() == 1);
+    t.proxy
+        .rewrite_config(&lazy.replace("$OTLP", &second.addr().to_string()));
+    let rsp = http::post(t.proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    t.proxy.signal("TERM");
+    let rsp = slow.await.expect("the slow request");
+    assert_eq!(rsp.status, 200, "drained, not cut: {}", rsp.text());
+    let status = t.proxy.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", t.proxy.log());
+    assert_eq!(first.spans().len(), 2, "{:#?}", first.spans());
+    assert!(second.spans().is_empty(), "{:#?}", second.spans());
+}
+
 /// The endpoint's `user:password@` goes with every export as HTTP Basic `authorization`, over
 /// HTTP and gRPC (before, it was dropped unsent); the password is in no log line, no error and
 /// not in `/config`, even when an export fails.
