@@ -28,7 +28,7 @@ use crate::clock::WallClock;
 use crate::config::file::{self, Direction};
 use crate::config::Config;
 use crate::metrics::{HeldGauge, LiveSeries, Metrics, RouteMetrics};
-use crate::otel::{TraceMetrics, Tracer};
+use crate::otel::Tracer;
 use crate::policy::circuit_breaker::CircuitBreaker;
 use crate::policy::fallback::RouteFallback;
 use crate::policy::fault::RouteFault;
@@ -274,8 +274,8 @@ impl Generation {
         });
         let tracer = f.tracing.as_ref().map(|t| {
             let old = prev.and_then(|p| p.tracer.as_deref());
-            let metrics = TraceMetrics::new(&shared.metrics);
-            Arc::new(Tracer::build(t, old, &metrics, tls.tracing.as_deref()))
+            let exporters = &shared.exporters;
+            Arc::new(Tracer::build(t, old, exporters, tls.tracing.as_deref()))
         });
         let listeners = f
             .listeners

@@ -153,6 +153,7 @@ impl Rampart {
         let shared = Arc::new(Shared {
             balance,
             access_logs: proxy::access_log::Sinks::new(metrics.access_log_dropped.clone()),
+            exporters: otel::Exporters::new(&metrics),
             current: ArcSwap::from_pointee(Generation::empty(Arc::new(empty))),
             metrics,
             clock,
@@ -265,15 +266,14 @@ impl Rampart {
                 () = self.drain() => false,
                 () = &mut hurry => true,
             };
-        // The spans of the last requests, bounded by the exporter's timeout (and hurried, by
-        // the access log's bound).
-        if let Some(t) = self.shared.current.load().tracer.clone() {
-            let flush = t.exporter().flush();
-            if hurried {
-                let _ = tokio::time::timeout(ACCESS_LOG_CLOSE, flush).await;
-            } else {
-                flush.await;
-            }
+        // The spans of the last requests, bounded by each exporter's timeout (and hurried, by
+        // the access log's bound): those of the config in force, and those of requests begun
+        // before a reload that replaced their exporter.
+        let flush = self.shared.exporters.flush();
+        if hurried {
+            let _ = tokio::time::timeout(ACCESS_LOG_CLOSE, flush).await;
+        } else {
+            flush.await;
         }
         // The access log lines still queued, bounded in case a destination hangs.
         self.shared.access_logs.close(ACCESS_LOG_CLOSE).await;

@@ -36,7 +36,7 @@ use http::{HeaderMap, HeaderValue};
 use prometheus::IntCounter;
 
 pub use self::context::{TraceParent, TRACEPARENT, TRACESTATE};
-pub use self::export::Exporter;
+pub use self::export::{Exporter, Exporters};
 pub use self::span::{Answered, ClientSpan, ServerSpan, SpanParent, TryTarget, KNOWN_METHODS};
 use crate::config::file;
 
@@ -94,11 +94,11 @@ impl Tracer {
     /// otherwise a new exporter starts and the old one flushes what it holds and ends.
     /// `tls` verifies an `https://` collector; an exporter that uses it is started anew on
     /// every reload, so its `ca` is read again as other TLS files are (the old one sends what
-    /// it holds and ends).
+    /// it holds and ends). A new exporter is one of `exporters`.
     pub fn build(
         cfg: &file::Tracing,
         old: Option<&Tracer>,
-        metrics: &TraceMetrics,
+        exporters: &Exporters,
         tls: Option<&rustls::ClientConfig>,
     ) -> Tracer {
         let exporter = match old {
@@ -109,7 +109,7 @@ impl Tracer {
             {
                 o.exporter.clone()
             }
-            _ => Exporter::start(&cfg.otlp, &cfg.service_name, metrics.clone(), tls),
+            _ => Exporter::start(&cfg.otlp, &cfg.service_name, exporters, tls),
         };
         Tracer {
             cfg: cfg.clone(),

@@ -8,10 +8,16 @@
 //! request costs). The task sends a batch when [`BATCH`] spans are waiting or the oldest has
 //! waited `flush_every`, one export at a time, each bounded by `otlp.timeout`. While the
 //! collector is slow or away the queue fills and new spans are dropped and counted; requests
-//! never wait for the collector. When the last generation using an exporter is gone (a reload
+//! never wait for the collector. The queue is bounded twice: by a count of spans, and by the
+//! bytes they hold ([`QUEUE_BYTES`]), since a span keeps values a client chose (its path and
+//! host, up to `max_header_bytes` each).
+//!
+//! A request reports to the exporter of the generation it began under, which may be one a
+//! reload has since replaced: [`Exporters`] knows every task still running, so that at
+//! shutdown each sends what it holds. When the last generation using an exporter is gone (a reload
 //! changed the export settings, or shutdown), the task sends what is queued and ends.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -34,11 +40,16 @@ use crate::throttle::{Throttle, WARN_EVERY};
 
 /// Spans queued before new ones are dropped.
 pub(super) const QUEUE: usize = 8192;
+/// Bytes of spans ([`SpanRecord::weight`]) held at once, queued or in the export under way,
+/// before new ones are dropped. [`QUEUE`] spans of a usual request (under 1 KiB each) hold
+/// less; spans carrying a client's 30 KiB paths would otherwise hold 240 MiB while the
+/// collector is away. As much as the access log queues per destination.
+pub(super) const QUEUE_BYTES: usize = 8 << 20;
 /// Most spans in one export request.
 pub(super) const BATCH: usize = 512;
 /// How often the task looks at the queue (at most; `flush_every` if shorter).
 const POLL: Duration = Duration::from_millis(50);
-/// Longest [`Exporter::flush`] waits.
+/// Longest [`Exporters::flush`] waits.
 const FLUSH_MAX: Duration = Duration::from_secs(5);
 /// Most bytes of a collector's answer that are read.
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -48,28 +59,42 @@ const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 /// One OTLP destination: the queue into its export task.
 #[derive(Debug)]
 pub struct Exporter {
-    queue: Arc<ArrayQueue<Box<SpanRecord>>>,
+    /// Shared with the task (and, weakly, with [`Exporters`]).
+    queue: Arc<Queue>,
     metrics: TraceMetrics,
-    /// Shared with the task (see [`Flags`]).
-    flags: Arc<Flags>,
-    /// `otlp.timeout`: how long [`Exporter::flush`] waits at most.
-    timeout: Duration,
 }
 
-/// What [`Exporter::flush`] and the task tell each other.
-#[derive(Debug, Default)]
-struct Flags {
+/// The exporters of one instance: the counters they share, and the queue of every export
+/// task still running. A reload that changes the export settings (or any reload, with an
+/// `https://` collector) starts a new exporter, and requests begun before it still report to
+/// the old one, which ends once they are gone: at shutdown, each sends what it holds.
+#[derive(Debug)]
+pub struct Exporters {
+    metrics: TraceMetrics,
+    /// Held strongly by each exporter and its task: one that upgrades is still running.
+    running: parking_lot::Mutex<Vec<Weak<Queue>>>,
+}
+
+/// The spans on their way to the collector, and what [`Exporters::flush`] and the task tell
+/// each other.
+#[derive(Debug)]
+struct Queue {
+    spans: ArrayQueue<Box<SpanRecord>>,
+    /// The weight of the spans queued and of those the task is sending: at most
+    /// [`QUEUE_BYTES`].
+    bytes: AtomicUsize,
     /// Send what is queued at the next tick, due or not.
     urgent: AtomicBool,
     /// The task holds spans it took from the queue and has not finished sending.
     busy: AtomicBool,
+    /// How long a flush waits at most: `otlp.timeout`, and never more than [`FLUSH_MAX`].
+    flush_for: Duration,
 }
 
 /// What the export task owns.
 struct Task {
-    queue: Arc<ArrayQueue<Box<SpanRecord>>>,
+    queue: Arc<Queue>,
     owner: Weak<Exporter>,
-    flags: Arc<Flags>,
     client: Exporting,
     /// `otlp.headers`, sent with every export (values marked sensitive: HPACK never indexes
     /// them).
@@ -105,24 +130,80 @@ impl Exporting {
     }
 }
 
+// === impl Exporters ===
+
+impl Exporters {
+    /// No exporter yet; they count in `m`'s trace families.
+    pub fn new(m: &crate::metrics::Metrics) -> Self {
+        Exporters {
+            metrics: TraceMetrics::new(m),
+            running: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Has every exporter still running send what it holds now, and waits until each has
+    /// sent it (or given up), for at most its `otlp.timeout` and never more than
+    /// [`FLUSH_MAX`], all at once: at shutdown, so the spans of the last requests are not lost
+    /// with the process, whichever exporter they went to.
+    pub async fn flush(&self) {
+        let running: Vec<Arc<Queue>> = self
+            .running
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for q in &running {
+            q.urgent.store(true, Ordering::Release);
+        }
+        let started = Instant::now();
+        while running
+            .iter()
+            .any(|q| q.holding() && started.elapsed() < q.flush_for)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Notes `queue`'s task as running (and forgets those that ended).
+    fn note(&self, queue: &Arc<Queue>) {
+        let mut running = self.running.lock();
+        running.retain(|q| q.strong_count() > 0);
+        running.push(Arc::downgrade(queue));
+    }
+}
+
+// === impl Queue ===
+
+impl Queue {
+    /// Whether spans are queued, or being sent.
+    fn holding(&self) -> bool {
+        !self.spans.is_empty() || self.busy.load(Ordering::Acquire)
+    }
+}
+
 // === impl Exporter ===
 
 impl Exporter {
-    /// Starts exporting to `cfg` as `service_name`; `tls` verifies an `https://` collector
-    /// (from `TlsFiles`). Needs a tokio runtime (it spawns its task).
+    /// Starts exporting to `cfg` as `service_name`, one of `exporters`; `tls` verifies an
+    /// `https://` collector (from `TlsFiles`). Needs a tokio runtime (it spawns its task).
     pub fn start(
         cfg: &Otlp,
         service_name: &str,
-        metrics: TraceMetrics,
+        exporters: &Exporters,
         tls: Option<&ClientConfig>,
     ) -> Arc<Exporter> {
-        let queue = Arc::new(ArrayQueue::new(QUEUE));
-        let flags = Arc::new(Flags::default());
+        let metrics = exporters.metrics.clone();
+        let queue = Arc::new(Queue {
+            spans: ArrayQueue::new(QUEUE),
+            bytes: AtomicUsize::new(0),
+            urgent: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            flush_for: cfg.timeout.0.min(FLUSH_MAX),
+        });
+        exporters.note(&queue);
         let exporter = Arc::new(Exporter {
             queue: queue.clone(),
             metrics: metrics.clone(),
-            flags: flags.clone(),
-            timeout: cfg.timeout.0,
         });
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.timeout.0));
@@ -144,7 +225,6 @@ impl Exporter {
         let task = Task {
             queue,
             owner: Arc::downgrade(&exporter),
-            flags,
             client,
             headers,
             uri,
@@ -160,28 +240,25 @@ impl Exporter {
         exporter
     }
 
-    /// Sends what is queued now and waits until it is sent (or given up), for at most
-    /// `otlp.timeout` and never more than [`FLUSH_MAX`]: at shutdown, so the spans of the
-    /// last requests are not lost with the process.
-    pub async fn flush(&self) {
-        self.flags.urgent.store(true, Ordering::Release);
-        let deadline = Instant::now() + self.timeout.min(FLUSH_MAX);
-        while (!self.queue.is_empty() || self.flags.busy.load(Ordering::Acquire))
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Takes what is queued, in order (a test's look at the spans without a collector).
     #[cfg(test)]
     pub(super) fn take_queued(&self) -> Vec<SpanRecord> {
-        std::iter::from_fn(|| self.queue.pop().map(|s| *s)).collect()
+        let spans: Vec<SpanRecord> =
+            std::iter::from_fn(|| self.queue.spans.pop().map(|s| *s)).collect();
+        let weight = spans.iter().map(SpanRecord::weight).sum();
+        self.queue.bytes.fetch_sub(weight, Ordering::Relaxed);
+        spans
     }
 
-    /// Queues `span` without waiting; a full queue drops it (counted).
+    /// Queues `span` without waiting; a full queue (its [`QUEUE`] spans, or [`QUEUE_BYTES`])
+    /// drops it (counted).
     pub(super) fn push(&self, span: Box<SpanRecord>) {
-        if self.queue.push(span).is_err() {
+        let q = &*self.queue;
+        let weight = span.weight();
+        // Taken before the push, so two threads never both take the last room.
+        let held = q.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
+        if held > QUEUE_BYTES || q.spans.push(span).is_err() {
+            q.bytes.fetch_sub(weight, Ordering::Relaxed);
             self.metrics.dropped_queue_full.inc();
         }
     }
@@ -271,41 +348,45 @@ impl Task {
         loop {
             tokio::time::sleep(tick).await;
             let closing = self.owner.strong_count() == 0;
-            if self.queue.is_empty() {
+            if self.queue.spans.is_empty() {
                 oldest_wait = Instant::now();
                 if closing {
                     return;
                 }
                 continue;
             }
-            let urgent = self.flags.urgent.swap(false, Ordering::AcqRel);
-            let due = self.queue.len() >= BATCH || oldest_wait.elapsed() >= self.flush_every;
+            let urgent = self.queue.urgent.swap(false, Ordering::AcqRel);
+            let due = self.queue.spans.len() >= BATCH || oldest_wait.elapsed() >= self.flush_every;
             if !due && !closing && !urgent {
                 continue;
             }
             // Before the first pop, so a flush never sees an empty queue and an idle task
             // while spans are on their way.
-            self.flags.busy.store(true, Ordering::Release);
-            while !self.queue.is_empty() {
+            self.queue.busy.store(true, Ordering::Release);
+            while !self.queue.spans.is_empty() {
                 while batch.len() < BATCH {
-                    match self.queue.pop() {
+                    match self.queue.spans.pop() {
                         Some(s) => batch.push(s),
                         None => break,
                     }
                 }
                 self.export(&batch).await;
+                // Their bytes count until they are sent (or given up): a hung collector holds
+                // a batch a whole `timeout`.
+                let weight = batch.iter().map(|s| s.weight()).sum();
+                self.queue.bytes.fetch_sub(weight, Ordering::Relaxed);
                 batch.clear();
                 if batch.capacity() > BATCH {
                     batch.shrink_to(BATCH);
                 }
-                if self.queue.len() < BATCH && !closing && !urgent {
+                if self.queue.spans.len() < BATCH && !closing && !urgent {
                     // Less than a batch left: it waits its turn (or `flush_every`).
                     break;
                 }
             }
-            self.flags.busy.store(false, Ordering::Release);
+            self.queue.busy.store(false, Ordering::Release);
             oldest_wait = Instant::now();
-            if closing && self.queue.is_empty() {
+            if closing && self.queue.spans.is_empty() {
                 return;
             }
         }

@@ -135,6 +135,33 @@ pub struct Answered<'a> {
     pub endpoint: Option<SocketAddr>,
 }
 
+// === impl SpanRecord ===
+
+impl SpanRecord {
+    /// The bytes this span holds, as the export queue's budget counts them
+    /// ([`QUEUE_BYTES`](super::export::QUEUE_BYTES)): its record, its attribute and event
+    /// vectors, the strings it owns and its `tracestate` (names shared with the config are
+    /// not its own). The same for as long as the span is queued: it is not changed once
+    /// pushed.
+    pub(super) fn weight(&self) -> usize {
+        fn attrs(a: &Attrs) -> usize {
+            let owned = a.iter().map(|(_, v)| match v {
+                Val::Owned(s) => s.capacity(),
+                Val::Static(_) | Val::Shared(_) | Val::Int(_) => 0,
+            });
+            a.capacity() * std::mem::size_of::<(&str, Val)>() + owned.sum::<usize>()
+        }
+        let events = self.events.capacity() * std::mem::size_of::<Event>()
+            + self.events.iter().map(|e| attrs(&e.attrs)).sum::<usize>();
+        std::mem::size_of::<Self>()
+            + self.name.capacity()
+            + attrs(&self.attrs)
+            + events
+            + self.trace_state.as_deref().map_or(0, str::len)
+            + self.error.as_ref().map_or(0, String::capacity)
+    }
+}
+
 // === impl ServerSpan ===
 
 impl ServerSpan {

@@ -8,9 +8,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::encode;
-use super::export::{basic_auth, QUEUE};
+use super::export::{basic_auth, QUEUE, QUEUE_BYTES};
 use super::span::{Event, Kind, SpanRecord, Val};
-use super::{TraceMetrics, TraceParent, Tracer, TRACEPARENT, TRACESTATE};
+use super::{Exporters, TraceParent, Tracer, TRACEPARENT, TRACESTATE};
 use crate::config::file::{Otlp, OtlpProtocol, Tracing};
 use crate::config::units::{Dur, Ratio};
 use crate::metrics::Metrics;
@@ -41,7 +41,7 @@ fn tracer(sample: f64) -> (Tracer, Metrics) {
     let t = Tracer::build(
         &cfg(sample, "http://127.0.0.1:9"),
         None,
-        &TraceMetrics::new(&m),
+        &Exporters::new(&m),
         None,
     );
     (t, m)
@@ -261,7 +261,7 @@ async fn a_new_trace_is_sampled_as_configured_and_always_propagated() {
 #[tokio::test]
 async fn the_exporter_is_kept_across_a_reload_while_its_settings_are() {
     let m = Metrics::register();
-    let tm = TraceMetrics::new(&m);
+    let tm = Exporters::new(&m);
     let first = Tracer::build(&cfg(0.1, "http://127.0.0.1:9"), None, &tm, None);
     let resampled = Tracer::build(&cfg(0.9, "http://127.0.0.1:9"), Some(&first), &tm, None);
     assert!(Arc::ptr_eq(first.exporter(), resampled.exporter()));
@@ -293,6 +293,33 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
         .with_label_values(&["queue_full"])
         .get();
     assert_eq!(dropped, 7);
+}
+
+/// Spans are held to a byte budget besides their count: spans of 64 KiB paths (a client's to
+/// choose) fill it long before the queue's 8192; those beyond are dropped and counted, and
+/// the room comes back as queued spans are taken.
+#[tokio::test]
+async fn heavy_spans_are_dropped_at_the_queues_byte_budget() {
+    let (t, m) = tracer(1.0);
+    let heavy = || {
+        let mut r = record();
+        r.attrs.push(("url.path", Val::Owned("p".repeat(64 << 10))));
+        Box::new(r)
+    };
+    let fit = QUEUE_BYTES / heavy().weight();
+    assert!(fit < QUEUE / 10, "{fit}");
+    for _ in 0..fit + 5 {
+        t.exporter().push(heavy());
+    }
+    let dropped = || {
+        m.trace_spans_dropped
+            .with_label_values(&["queue_full"])
+            .get()
+    };
+    assert_eq!(dropped(), 5);
+    assert_eq!(t.exporter().take_queued().len(), fit);
+    t.exporter().push(heavy());
+    assert_eq!(dropped(), 5, "room again once taken");
 }
 
 /// A try's CLIENT span lies on its request's SERVER span's clock from the instant the try began

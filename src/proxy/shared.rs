@@ -37,6 +37,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Access log destinations, one writer each (reopened on reload).
     pub access_logs: Sinks,
+    /// The OTLP exporters, those of older generations among them (shutdown flushes each).
+    pub exporters: crate::otel::Exporters,
     /// Running listeners; the lock also serialises reloads.
     pub listeners: tokio::sync::Mutex<ListenerSet>,
     /// The listener sockets still open, the running listeners' and those of listeners a

@@ -83,8 +83,9 @@ use crate::policy::fault::FAULT_HEADER;
 use crate::policy::load_shed::Shed;
 
 /// Answers a request head that could not be read (`h1::parse::Refusal`): 400 `bad_request`,
-/// 414 `uri_too_long` or 431 `head_too_large`, counted and logged as unrouted with an id of its own, as every
-/// answer rampart makes is. `req` holds what its request line says, as far as it was read.
+/// 414 `uri_too_long` or 431 `head_too_large`, counted and logged as unrouted with an id, as
+/// every answer rampart makes is. `req` holds what its request line says, as far as it was
+/// read (and its header fields, when they were: see [`refuse_unrouted`]).
 /// (An HTTP/2 request of more fields than [`MAX_HEADERS`](super::h1::parse::MAX_HEADERS) lines,
 /// or longer than `max_header_bytes` as HTTP/1.1 would carry it, is refused here too,
 /// `TooLarge`, whole, and one with a field value padded with a space or a
@@ -147,7 +148,9 @@ pub fn refuse_outdated(
 }
 
 /// rampart's answer `reason` to a request refused before routing, counted and logged as
-/// unrouted with an id of its own.
+/// unrouted. Its id is the client's `x-request-id` when `req` has the fields it was sent
+/// with (SPEC §12: an HTTP/2 head refused for a field, one a reload outdated), else one made
+/// here (a head the lean server could not read comes with its request line alone).
 fn refuse_unrouted(
     shared: &Shared,
     lst: &ListenerRt,
@@ -160,7 +163,9 @@ fn refuse_unrouted(
         conn: Some(active),
         ..Guards::default()
     };
-    let (request_id, made) = finish::request_id(&mut req, Sent::default());
+    // Rare: the fields are looked over here rather than passed down from each caller.
+    let sent = Sent::of(req.headers());
+    let (request_id, made) = finish::request_id(&mut req, sent);
     let fin = Finish::new(
         shared,
         lst,

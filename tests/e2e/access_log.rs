@@ -436,6 +436,31 @@ async fn a_head_that_cannot_be_read_is_answered_counted_and_logged() {
     assert_eq!(rsp.status, 200, "HTTP/2: {}", rsp.text());
 }
 
+/// An HTTP/2 request refused before routing for a field it sent (a value padded with a space,
+/// a head longer than `max_header_bytes`) had its head read, so
+/// its answer, error body and line carry the client's own `x-request-id` (SPEC §12). Before,
+/// each got an id made here, as a head that could not be read does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_head_refused_for_its_fields_keeps_the_clients_request_id() {
+    let app = sample().await;
+    let l = logged(app.addr(), "0%").await;
+    let addr = l.proxy.listener("inbound");
+    let big = "a".repeat(40 * 1024);
+    let cases = [
+        ("x-padded", " lead", 400, "bad_request", "padded-1"),
+        ("x-big", big.as_str(), 431, "head_too_large", "big-2"),
+    ];
+    for (n, (name, value, status, reason, id)) in cases.into_iter().enumerate() {
+        let rsp = http::h2_get(addr, "/ok", &[(name, value), ("x-request-id", id)]).await;
+        rsp.assert_rampart(status, reason);
+        assert_eq!(rsp.header("x-request-id"), Some(id), "{name}");
+        assert_eq!(rsp.json()["request_id"], id, "{name}: {}", rsp.text());
+        let line = &wait_lines(&l.log, n + 1).await[n];
+        assert_eq!(line["request_id"], id, "{name}: {line}");
+        assert_eq!(line["status"], status, "{name}: {line}");
+    }
+}
+
 /// A client that goes away while its answer is awaited (an HTTP/1.1 client that closes its
 /// connection, one that resets it, an HTTP/2 client that resets its stream) ends its request
 /// there: the try is cancelled (the upstream's connection let go), and the request is counted

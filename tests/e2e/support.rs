@@ -127,6 +127,42 @@ impl Stalled {
     }
 }
 
+/// An address on 127.0.0.1 that accepts every connection and never reads or answers, for as
+/// long as this lives: a hung server. Its connections are held open until then.
+#[derive(Debug)]
+pub struct Silent {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn new() -> Silent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0 must work");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        Silent { addr, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A sample service on a free loopback port.
 pub async fn sample() -> rampart::sample::Sample {
     rampart::sample::Sample::start(SocketAddr::from(([127, 0, 0, 1], 0)))

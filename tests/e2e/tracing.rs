@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::support::conn::reset;
 use crate::support::otlp::{attr, hex, Collector};
 use crate::support::proxy::ProxyBuilder;
-use crate::support::{http, metric_value, metrics, sample, Closed, Proxy, Stalled};
+use crate::support::{http, metric_value, metrics, sample, Closed, Proxy, Silent, Stalled};
 
 /// `$OTLP` is the collector's address, `$SAMPLE` the head sampling ratio.
 const TRACED: &str = r#"
@@ -119,8 +119,13 @@ async fn exported(admin: SocketAddr) -> f64 {
 
 /// `rampart_trace_spans_dropped_total{reason="export_failed"}` of that proxy.
 async fn export_failed(admin: SocketAddr) -> f64 {
+    dropped(admin, "export_failed").await
+}
+
+/// `rampart_trace_spans_dropped_total{reason}` of that proxy.
+async fn dropped(admin: SocketAddr, reason: &str) -> f64 {
     let text = metrics(admin).await;
-    let labels = [("reason", "export_failed")];
+    let labels = [("reason", reason)];
     metric_value(&text, "rampart_trace_spans_dropped_total", &labels).unwrap_or(0.0)
 }
 
@@ -651,17 +656,8 @@ async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
     let app = sample().await;
     // A port nobody listens on, and one that accepts and never answers.
     let dead = Closed::new();
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let silent_addr = silent.local_addr().expect("addr");
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
-    for otlp in [dead.addr(), silent_addr] {
+    let silent = Silent::new().await;
+    for otlp in [dead.addr(), silent.addr()] {
         let t = traced(app.addr(), otlp, "100%", "http/protobuf").await;
         let addr = t.proxy.listener("inbound");
         let started = Instant::now();
@@ -685,7 +681,43 @@ async fn a_dead_or_silent_collector_never_slows_or_fails_requests() {
             t.proxy.log()
         );
     }
-    hold.abort();
+}
+
+/// The export queue is held to a byte budget (8 MiB), not only to a count of spans: a SERVER
+/// span keeps the request's path, which a client chooses (up to `max_header_bytes`), and a
+/// client's `traceparent` with flag 01 has its request sampled whatever `sample` says. With
+/// the collector hung (it accepts and never answers; exports wait `timeout`, a minute), 400
+/// sampled requests with 30,000-byte paths would hold 12 MB; only 8 MiB of them may wait, so
+/// at least the rest is dropped and counted `queue_full`. Before, nothing was dropped until
+/// 8192 spans (about 240 MiB of such paths) were queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_queue_holds_a_bounded_number_of_bytes() {
+    const REQUESTS: usize = 400;
+    const PATH: usize = 30_000;
+    const BUDGET: usize = 8 << 20;
+    let app = sample().await;
+    let hung = Silent::new().await;
+    let config = TRACED.replace("timeout: 300ms", "timeout: 60s");
+    let t = traced_by(&config, app.addr(), hung.addr(), "0%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    let path = format!("/{}", "p".repeat(PATH - 1));
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    for _ in 0..REQUESTS {
+        let rsp = http::get(addr, &path, &[("traceparent", &tp)]).await;
+        assert_eq!(
+            rsp.header("x-rampart-reason"),
+            None,
+            "the upstream answers: {rsp:?}"
+        );
+    }
+    // Each SERVER span weighs more than its path: no more than BUDGET / PATH of them fit.
+    let least = (REQUESTS - BUDGET / PATH) as f64;
+    let full = dropped(t.proxy.admin(), "queue_full").await;
+    assert!(
+        full >= least,
+        "{full} spans dropped; at least {least} must be, the queue holding at most {BUDGET} bytes"
+    );
+    assert_eq!(dropped(t.proxy.admin(), "export_failed").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,6 +742,33 @@ async fn spans_queued_at_shutdown_are_sent_before_exit() {
     let status = proxy.wait_exit(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", proxy.log());
     assert_eq!(otlp.spans().len(), 2, "{:#?}", otlp.spans());
+}
+
+/// A request begun before a reload that moved the export reports to the exporter it began
+/// with; at exit that exporter sends what it holds too, not only the one of the config in
+/// force. Before, only the latter was flushed, and the spans the older one still held were
+/// lost with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_held_by_an_exporter_a_reload_replaced_are_sent_before_exit() {
+    let app = sample().await;
+    let (first, second) = (Collector::start().await, Collector::start().await);
+    // A batch would wait an hour: only a flush can send it.
+    let lazy = TRACED.replace("flush_every: 20ms", "flush_every: 1h");
+    let mut t = traced_by(&lazy, app.addr(), first.addr(), "100%", "http/protobuf").await;
+    let addr = t.proxy.listener("inbound");
+    let slow = tokio::spawn(async move { http::get(addr, "/slow?ms=1000", &[]).await });
+    assert_eventually!(app.hits() == 1);
+    t.proxy
+        .rewrite_config(&lazy.replace("$OTLP", &second.addr().to_string()));
+    let rsp = http::post(t.proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    t.proxy.signal("TERM");
+    let rsp = slow.await.expect("the slow request");
+    assert_eq!(rsp.status, 200, "drained, not cut: {}", rsp.text());
+    let status = t.proxy.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", t.proxy.log());
+    assert_eq!(first.spans().len(), 2, "{:#?}", first.spans());
+    assert!(second.spans().is_empty(), "{:#?}", second.spans());
 }
 
 /// The endpoint's `user:password@` goes with every export as HTTP Basic `authorization`, over
