@@ -339,6 +339,44 @@ async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
     );
 }
 
+/// A retry takes its probe's place in a half-open breaker when it goes, after its wait, not
+/// before: during the wait (here the 2 s `retry-after` of a probe answered 429, a success for
+/// the breaker and retried on `retry.on`) the place is free, another request probes with it,
+/// and the breaker closes; the retry then goes through the closed breaker. Before, the retry
+/// held the place through its wait, and the other request was refused `circuit_open` though no
+/// probe was in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_to_go_holds_no_probes_place() {
+    let app = sample().await;
+    let policy = GUARDED.replace(
+        "    circuit_breaker:\n$BREAKER",
+        "    circuit_breaker: { consecutive_failures: 1, open_for: 1s, half_open_probes: 2 }\n    retry: { attempts: 2, on: [429], backoff: { base: 1ms, max: 2ms } }",
+    );
+    let proxy = Proxy::builder(&policy).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    sleep_past(Duration::from_secs(1), Instant::now()).await;
+    let waiting = tokio::spawn(http::get(addr, "/status/429?retry_after=2", &[]));
+    crate::assert_eventually!(
+        app.hits_for("/status/429") == 1,
+        "the first probe reached the app"
+    );
+
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200, "the second probe: {:?}", rsp.headers);
+    assert_eq!(app.hits_for("/ok"), 1);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(state_gauge(&text, "", "closed"), Some(1.0), "{text}");
+    assert_eq!(app.hits_for("/status/429"), 1, "the retry still waits");
+
+    let rsp = waiting.await.expect("the waiting call");
+    assert_eq!(rsp.status, 429, "the retry's answer: {:?}", rsp.headers);
+    assert_eq!(app.hits_for("/status/429"), 2, "the retry went");
+    let text = metrics(proxy.admin()).await;
+    let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
+    assert_eq!(retries, Some(1.0), "{text}");
+}
+
 /// SPEC §2: a breaker guards an upstream. Routes to `app` through a policy without a breaker,
 /// or through no policy, share the breaker of the route whose policy has one: an open breaker
 /// refuses them too, and their failures count toward it.
