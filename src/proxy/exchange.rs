@@ -250,6 +250,7 @@ pub(super) async fn retry_loop(
         // wait, a half-open breaker's probe place would be taken with no probe in flight, and
         // other requests refused `circuit_open` meanwhile.
         if admit(ctx).is_err() {
+            ctx.route.metrics.retry_circuit_open.inc();
             return rsp;
         }
         if !retry.budget.try_withdraw() {
@@ -264,6 +265,7 @@ pub(super) async fn retry_loop(
         // The retry's leave, taken as it goes: a breaker that refuses it now (it tripped, or
         // its probes were taken, during the wait) leaves the answer in hand the request's.
         let Ok(permit) = admit(ctx) else {
+            ctx.route.metrics.retry_circuit_open.inc();
             return rsp;
         };
         leave = Some(permit);

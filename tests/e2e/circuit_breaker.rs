@@ -304,7 +304,8 @@ async fn a_retry_never_goes_to_an_upstream_whose_breaker_is_open() {
 /// the upstream's own answer, not rampart's `circuit_open`. Half-open with two probes, the first
 /// held by a slow call: a call whose probe is answered 429 (a success for the breaker, and
 /// retried on `retry.on`) finds no probe's place left for its retry, and the 429 is its answer
-/// (before, rampart answered 503 `circuit_open` in its place).
+/// (before, rampart answered 503 `circuit_open` in its place). The refused retry is counted in
+/// `rampart_retry_circuit_open_total` (before, in nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
     let app = sample().await;
@@ -329,6 +330,13 @@ async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
     let text = metrics(proxy.admin()).await;
     let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
     assert_eq!(retries.unwrap_or(0.0), 0.0, "{text}");
+    // The refused retry is counted, by route and upstream.
+    let refused = metric_value(
+        &text,
+        "rampart_retry_circuit_open_total",
+        &[("route", "app"), ("upstream", "app")],
+    );
+    assert_eq!(refused, Some(1.0), "{text}");
     assert_eq!(state_gauge(&text, "", "half_open"), Some(1.0), "{text}");
 
     // The first probe succeeds too: both are in, and the breaker closes.
@@ -375,6 +383,12 @@ async fn a_retry_waiting_to_go_holds_no_probes_place() {
     let text = metrics(proxy.admin()).await;
     let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
     assert_eq!(retries, Some(1.0), "{text}");
+    let refused = metric_value(
+        &text,
+        "rampart_retry_circuit_open_total",
+        &[("route", "app")],
+    );
+    assert_eq!(refused, Some(0.0), "{text}");
 }
 
 /// SPEC §2: a breaker guards an upstream. Routes to `app` through a policy without a breaker,
