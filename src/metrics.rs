@@ -42,6 +42,7 @@ pub struct Metrics {
     pub breaker_transitions: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
+    retry_circuit_open: IntCounterVec,
     timeouts: IntCounterVec,
     /// `rampart_upstream_endpoint_healthy{upstream, endpoint}`.
     pub endpoint_healthy: IntGaugeVec,
@@ -103,6 +104,8 @@ pub struct RouteMetrics {
     pub retries: IntCounter,
     /// `rampart_retry_budget_exhausted_total{route, upstream}`.
     pub retry_budget_exhausted: IntCounter,
+    /// `rampart_retry_circuit_open_total{route, upstream}` (not in SPEC §5: added).
+    pub retry_circuit_open: IntCounter,
     /// `rampart_timeouts_total{route, upstream, kind="request"}`.
     pub timeout_request: IntCounter,
     /// `rampart_timeouts_total{route, upstream, kind="per_try"}`.
@@ -291,6 +294,11 @@ impl Metrics {
             "Retries not sent because the retry budget was spent.",
             &["route", "upstream"],
         );
+        let retry_circuit_open = counter(
+            "rampart_retry_circuit_open_total",
+            "Retries not sent because the upstream's circuit breaker refused them.",
+            &["route", "upstream"],
+        );
         let timeouts = counter(
             "rampart_timeouts_total",
             "Timeouts that fired, by kind (request, per_try, connect, idle).",
@@ -441,6 +449,7 @@ impl Metrics {
             breaker_transitions,
             retries,
             retry_budget_exhausted,
+            retry_circuit_open,
             timeouts,
             endpoint_healthy,
             upstream_connections,
@@ -488,6 +497,7 @@ impl Metrics {
         let counters = [
             two(&self.retries),
             two(&self.retry_budget_exhausted),
+            two(&self.retry_circuit_open),
             t("request"),
             t("per_try"),
             t("connect"),
@@ -509,15 +519,15 @@ impl Metrics {
         )
     }
 
-    /// `counters`: retries, retry budget exhausted, timeouts request / per_try / connect /
-    /// idle.
+    /// `counters`: retries, retry budget exhausted, retry circuit open, timeouts request /
+    /// per_try / connect / idle.
     fn route_with(
         &self,
         listener: &Arc<str>,
         route: &Arc<str>,
-        counters: [IntCounter; 6],
+        counters: [IntCounter; 7],
     ) -> RouteMetrics {
-        let [retries, retry_budget_exhausted, timeout_request, timeout_per_try, timeout_connect, timeout_idle] =
+        let [retries, retry_budget_exhausted, retry_circuit_open, timeout_request, timeout_per_try, timeout_connect, timeout_idle] =
             counters;
         RouteMetrics {
             listener: listener.clone(),
@@ -527,6 +537,7 @@ impl Metrics {
             retired: Arc::default(),
             retries,
             retry_budget_exhausted,
+            retry_circuit_open,
             timeout_request,
             timeout_per_try,
             timeout_connect,
@@ -604,6 +615,7 @@ impl Metrics {
         };
         retain(&self.retries, route_upstream);
         retain(&self.retry_budget_exhausted, route_upstream);
+        retain(&self.retry_circuit_open, route_upstream);
         retain(&self.timeouts, route_upstream);
         let route = |l: &HashMap<&str, &str>| live.route_upstreams.contains_key(label(l, "route"));
         retain(&self.store_fallbacks, route);

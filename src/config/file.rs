@@ -935,6 +935,18 @@ pub struct Route {
     pub tenant: TenantMode,
 }
 
+// === impl Route ===
+
+impl Route {
+    /// Whether a CONNECT can match this route (on an outbound listener): one without a
+    /// `path_prefix`, `/` included, as a CONNECT's target has no path.
+    pub fn takes_connect(&self) -> bool {
+        self.matches
+            .as_ref()
+            .is_none_or(|m| m.path_prefix.is_none())
+    }
+}
+
 /// `routes[j].tenant:`
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

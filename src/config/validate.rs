@@ -247,10 +247,9 @@ fn check(f: &File, r: &mut Report<'_>) {
             .iter()
             .filter(|l| l.direction == Direction::Outbound)
             .find(|l| {
-                l.routes.iter().any(|rt| {
-                    rt.upstream == *name
-                        && rt.matches.as_ref().is_none_or(|m| m.path_prefix.is_none())
-                })
+                l.routes
+                    .iter()
+                    .any(|rt| rt.upstream == *name && rt.takes_connect())
             })
             .map(|l| l.name.as_str());
         upstream::tunnelled(up, &p, tunnels, r);
@@ -260,12 +259,17 @@ fn check(f: &File, r: &mut Report<'_>) {
         if let Err(m) = syntax::name("policy", name) {
             r.key(&p, m);
         }
-        // An outbound listener whose routes carry this policy takes CONNECTs with it.
+        // An outbound listener whose routes that can take a CONNECT carry this policy takes
+        // CONNECTs with it.
         let tunnels = f
             .listeners
             .iter()
             .filter(|l| l.direction == Direction::Outbound)
-            .find(|l| l.routes.iter().any(|rt| rt.policy.as_deref() == Some(name)))
+            .find(|l| {
+                l.routes
+                    .iter()
+                    .any(|rt| rt.policy.as_deref() == Some(name) && rt.takes_connect())
+            })
             .map(|l| l.name.as_str());
         policy::check(pol, &p, tunnels, r);
     }

@@ -219,8 +219,8 @@ pub(super) async fn retry_loop(
 ) -> Response<Body> {
     let mut avoid = None;
     let mut attempt = 1;
-    // The next try's leave from the breaker, once a retry has asked for it (the first try
-    // asks for its own).
+    // The next try's leave from the breaker, once a retry has taken it (the first try asks
+    // for its own).
     let mut leave = None;
     loop {
         let mut tried = Tried::new();
@@ -243,27 +243,33 @@ pub(super) async fn retry_loop(
         else {
             return rsp;
         };
-        // The retry's leave from the breaker, asked while the last try's answer is still in
-        // hand: a breaker that refuses it (open, or half-open with every probe out) ends the
-        // retries as a spent budget does, and the answer the upstream gave says more than
-        // rampart's refusal would. Taken now and held through the wait, it is the retry's when
-        // it goes (a probe's place cannot be taken meanwhile, and a breaker that trips during
-        // the wait lets it go, as any try admitted before a trip); dropped unused (the budget
-        // refuses, the client leaves), it counts for nothing and a probe's place goes back.
-        let Ok(permit) = admit(ctx) else {
+        // The breaker is asked while the last try's answer is still in hand: one that refuses
+        // the retry (open, or half-open with every probe out) ends the retries as a spent
+        // budget does, and the answer the upstream gave says more than rampart's refusal would.
+        // Its leave is given back at once (unused, it counts for nothing): held through the
+        // wait, a half-open breaker's probe place would be taken with no probe in flight, and
+        // other requests refused `circuit_open` meanwhile.
+        if admit(ctx).is_err() {
+            ctx.route.metrics.retry_circuit_open.inc();
             return rsp;
-        };
-        leave = Some(permit);
+        }
         if !retry.budget.try_withdraw() {
             ctx.route.metrics.retry_budget_exhausted.inc();
             return rsp;
         }
-        drop(rsp);
         avoid = tried.used;
         attempt += 1;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        // The retry's leave, taken as it goes: a breaker that refuses it now (it tripped, or
+        // its probes were taken, during the wait) leaves the answer in hand the request's.
+        let Ok(permit) = admit(ctx) else {
+            ctx.route.metrics.retry_circuit_open.inc();
+            return rsp;
+        };
+        leave = Some(permit);
+        drop(rsp);
         // Counted as it goes: a client that leaves during the wait takes its retry with it
         // (the budget keeps the share it granted, as for a retry sent).
         ctx.route.metrics.retries.inc();
@@ -334,7 +340,7 @@ pub(super) fn try_once<'a>(
 }
 
 /// [`try_once`] with its leave from the route's breaker `given` already, when it is (a retry's,
-/// asked before its wait: see [`retry_loop`]; the permit is taken from its place, `None` there
+/// taken after its wait: see [`retry_loop`]; the permit is taken from its place, `None` there
 /// when the route has no breaker), or asked for as it starts. (By reference: a permit in every
 /// request's future would grow it, see [`run`].)
 #[allow(clippy::manual_async_fn)] // an `async fn` would copy its arguments: see `run`

@@ -304,7 +304,8 @@ async fn a_retry_never_goes_to_an_upstream_whose_breaker_is_open() {
 /// the upstream's own answer, not rampart's `circuit_open`. Half-open with two probes, the first
 /// held by a slow call: a call whose probe is answered 429 (a success for the breaker, and
 /// retried on `retry.on`) finds no probe's place left for its retry, and the 429 is its answer
-/// (before, rampart answered 503 `circuit_open` in its place).
+/// (before, rampart answered 503 `circuit_open` in its place). The refused retry is counted in
+/// `rampart_retry_circuit_open_total` (before, in nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
     let app = sample().await;
@@ -329,6 +330,13 @@ async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
     let text = metrics(proxy.admin()).await;
     let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
     assert_eq!(retries.unwrap_or(0.0), 0.0, "{text}");
+    // The refused retry is counted, by route and upstream.
+    let refused = metric_value(
+        &text,
+        "rampart_retry_circuit_open_total",
+        &[("route", "app"), ("upstream", "app")],
+    );
+    assert_eq!(refused, Some(1.0), "{text}");
     assert_eq!(state_gauge(&text, "", "half_open"), Some(1.0), "{text}");
 
     // The first probe succeeds too: both are in, and the breaker closes.
@@ -337,6 +345,50 @@ async fn a_retry_the_half_open_breaker_refuses_leaves_the_upstreams_answer() {
         state_gauge(&metrics(proxy.admin()).await, "", "closed") == Some(1.0),
         "closed after its two probes"
     );
+}
+
+/// A retry takes its probe's place in a half-open breaker when it goes, after its wait, not
+/// before: during the wait (here the 2 s `retry-after` of a probe answered 429, a success for
+/// the breaker and retried on `retry.on`) the place is free, another request probes with it,
+/// and the breaker closes; the retry then goes through the closed breaker. Before, the retry
+/// held the place through its wait, and the other request was refused `circuit_open` though no
+/// probe was in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_to_go_holds_no_probes_place() {
+    let app = sample().await;
+    let policy = GUARDED.replace(
+        "    circuit_breaker:\n$BREAKER",
+        "    circuit_breaker: { consecutive_failures: 1, open_for: 1s, half_open_probes: 2 }\n    retry: { attempts: 2, on: [429], backoff: { base: 1ms, max: 2ms } }",
+    );
+    let proxy = Proxy::builder(&policy).var("APP", app.addr()).spawn().await;
+    let addr = proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/status/500", &[]).await.status, 500);
+    sleep_past(Duration::from_secs(1), Instant::now()).await;
+    let waiting = tokio::spawn(http::get(addr, "/status/429?retry_after=2", &[]));
+    crate::assert_eventually!(
+        app.hits_for("/status/429") == 1,
+        "the first probe reached the app"
+    );
+
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200, "the second probe: {:?}", rsp.headers);
+    assert_eq!(app.hits_for("/ok"), 1);
+    let text = metrics(proxy.admin()).await;
+    assert_eq!(state_gauge(&text, "", "closed"), Some(1.0), "{text}");
+    assert_eq!(app.hits_for("/status/429"), 1, "the retry still waits");
+
+    let rsp = waiting.await.expect("the waiting call");
+    assert_eq!(rsp.status, 429, "the retry's answer: {:?}", rsp.headers);
+    assert_eq!(app.hits_for("/status/429"), 2, "the retry went");
+    let text = metrics(proxy.admin()).await;
+    let retries = metric_value(&text, "rampart_retries_total", &[("route", "app")]);
+    assert_eq!(retries, Some(1.0), "{text}");
+    let refused = metric_value(
+        &text,
+        "rampart_retry_circuit_open_total",
+        &[("route", "app")],
+    );
+    assert_eq!(refused, Some(0.0), "{text}");
 }
 
 /// SPEC §2: a breaker guards an upstream. Routes to `app` through a policy without a breaker,

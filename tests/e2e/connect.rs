@@ -285,6 +285,54 @@ async fn bytes_after_the_connect_head_are_tunnelled_not_forwarded() {
     );
 }
 
+/// A CONNECT's target has no path: it takes only a route without a `path_prefix` (`/`
+/// included), and `validate` agrees. So a route with the host and prefix `/` takes the host's
+/// requests, a route after it with the host alone its tunnels, and a host whose only route has
+/// a prefix is 404 `no_route` for a CONNECT. Before, validate refused the second route as never
+/// used (it took `/` for no prefix), and rampart did not start.
+#[tokio::test]
+async fn a_connect_skips_a_slash_prefix_route_for_the_hosts_route_without_one() {
+    const ROUTES: &str = r#"
+version: 1
+admin: { listen: $ADMIN }
+upstreams:
+  web: { endpoints: [$WEB] }
+  tunnel: { endpoints: [$TUNNEL] }
+listeners:
+  - name: outbound
+    direction: outbound
+    listen: $LISTEN_outbound
+    routes:
+      - { match: { host: svc.example, path_prefix: / }, upstream: web }
+      - { match: { host: svc.example }, upstream: tunnel }
+      - { match: { host: web.example, path_prefix: / }, upstream: web }
+"#;
+    let (web, tunnel) = (Capture::start(OK).await, Capture::start(OK).await);
+    let proxy = Proxy::builder(ROUTES)
+        .var("WEB", web.addr())
+        .var("TUNNEL", tunnel.addr())
+        .spawn()
+        .await;
+    let addr = proxy.listener("outbound");
+    let wait = Duration::from_secs(5);
+    let get = "GET http://svc.example/x HTTP/1.1\r\nHost: svc.example\r\n\r\n";
+    let rsp = raw::exchange(addr, get.as_bytes(), wait).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert_eq!((web.hits(), tunnel.hits()), (1, 0));
+    let req = "CONNECT svc.example:80 HTTP/1.1\r\nHost: svc.example:80\r\n\r\nGET /inside HTTP/1.1\r\nHost: svc.example\r\n\r\n";
+    let rsp = raw::exchange(addr, req.as_bytes(), wait).await;
+    assert_eq!(rsp.status(), Some(200), "{}", rsp.text());
+    assert!(rsp.text().ends_with("\r\n\r\nok"), "{}", rsp.text());
+    assert_eq!((web.hits(), tunnel.hits()), (1, 1));
+    assert!(
+        tunnel.requests()[0].starts_with("GET /inside HTTP/1.1\r\n"),
+        "{:?}",
+        tunnel.requests()
+    );
+    assert_refused(&connect(addr, "web.example:80").await, 404, "no_route");
+    assert_eq!((web.hits(), tunnel.hits()), (1, 1));
+}
+
 /// An HTTP/1.1 CONNECT must carry `host` as every HTTP/1.1 request must (RFC 9112 §3.2, SPEC
 /// §14): without one it is 400 `bad_request`, as a GET without one is, and opens no tunnel.
 /// HTTP/1.0 needs none, for CONNECT as for GET. Before, the CONNECT without `host` tunnelled.

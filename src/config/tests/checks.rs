@@ -196,7 +196,7 @@ fn routes_check_match_and_order() {
 }
 
 /// Two routes with the same match (hosts compared without case or a trailing dot, no prefix
-/// being `/`): the second can never be chosen, and is refused as a route behind a catch-all
+/// covering `/`): the second can never be chosen, and is refused as a route behind a catch-all
 /// is. Before, an outbound `Deps.Internal` then `deps.internal` was accepted in silence.
 #[test]
 fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
@@ -250,6 +250,45 @@ fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
     ] {
         ok(&routes(a, b));
     }
+}
+
+/// A CONNECT's target has no path, so at runtime it matches only routes without a
+/// `path_prefix`, `/` included. On an outbound listener (which routes CONNECTs) a route after
+/// one with prefix `/` and the same host, or no host, still takes CONNECTs and is accepted;
+/// one with a prefix there is never used. On an inbound listener (CONNECT is 405 before
+/// routing) `/` is no prefix. Before, validate treated `/` as no prefix everywhere and refused
+/// the outbound routes that take the CONNECTs.
+#[test]
+fn an_outbound_route_after_a_slash_prefix_still_takes_connects() {
+    let routes = |direction: &str, a: &str, b: &str| {
+        format!(
+            "{BASE}  - name: second\n    direction: {direction}\n    listen: 127.0.0.1:8081\n    routes:\n      - match: {a}\n        upstream: app\n      - match: {b}\n        upstream: app\n"
+        )
+    };
+    for (a, b) in [
+        ("{ host: a.example, path_prefix: / }", "{ host: A.example }"),
+        ("{ path_prefix: / }", "{ host: a.example }"),
+        ("{ path_prefix: / }", "{ }"),
+    ] {
+        ok(&routes("outbound", a, b));
+        let e = one(&routes("inbound", a, b));
+        assert_eq!(e.path, "listeners[1].routes[1]", "{e:?}");
+        assert!(e.message.contains("never used: routes[0]"), "{e:?}");
+    }
+    // A route with a prefix takes no CONNECT: behind `/` it is never used, on either side.
+    for b in ["{ path_prefix: /x }", "{ host: a.example, path_prefix: / }"] {
+        for direction in ["outbound", "inbound"] {
+            let e = one(&routes(direction, "{ path_prefix: / }", b));
+            assert_eq!(e.path, "listeners[1].routes[1]", "{direction} {b}: {e:?}");
+            assert!(e.message.contains("never used: routes[0]"), "{e:?}");
+        }
+    }
+    let e = one(&routes(
+        "outbound",
+        "{ path_prefix: / }",
+        "{ path_prefix: /x }",
+    ));
+    assert!(e.message.contains("but a CONNECT"), "{e:?}");
 }
 
 #[test]

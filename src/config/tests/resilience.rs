@@ -233,9 +233,16 @@ fn a_2xx_abort_that_connects_go_through_says_what_they_get() {
         all[0]
     );
     assert!(all[0].message.contains("closed right after"), "{}", all[0]);
+    // A route with a `path_prefix` (`/` too) takes no CONNECT: a CONNECT's target has no path.
+    let prefixed = outbound(200).replace(
+        "      - upstream: app\n        policy: p\n",
+        "      - match: { path_prefix: / }\n        upstream: app\n        policy: p\n",
+    );
+    assert_ne!(prefixed, outbound(200));
     for text in [
         outbound(302),
         policy("{ fault: { abort: { percent: 5%, status: 200 } } }"),
+        prefixed,
     ] {
         let all = warnings(&text);
         assert_eq!(all.len(), 1, "{all:#?}");

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::super::file::{File, Listener, LogTo};
+use super::super::file::{Direction, File, Listener, LogTo};
 use super::super::locate::{Doc, KeyPath, Target};
 use super::super::ConfigError;
 use super::{syntax, Report};
@@ -224,7 +224,7 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// What a route's `match` matches: its host as matched (`route::host_key`), its path prefix
-/// (`/` as none).
+/// (`/` as none where no CONNECT is routed).
 type MatchKey<'a> = (Option<String>, Option<&'a str>);
 
 fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
@@ -232,6 +232,12 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
         r.value(&lp.key("routes"), "needs at least one route");
     }
     let mut catch_all: Option<usize> = None;
+    // An outbound listener routes CONNECTs too, whose target has no path: only a route
+    // without a `path_prefix` takes one (as at runtime), so there `/` is not the same as no
+    // prefix. An inbound listener answers CONNECT 405 before routing.
+    let connects = l.direction == Direction::Outbound;
+    // Outbound, the first route with no host and prefix `/`: every request but a CONNECT.
+    let mut all_but_connect: Option<usize> = None;
     let mut names: HashMap<&str, usize> = HashMap::new();
     // Without merging, `//` is in the normal form, so a prefix with it can match.
     let merge = l.merges_slashes();
@@ -240,12 +246,6 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
     let mut seen: Vec<(usize, MatchKey<'_>)> = Vec::new();
     for (j, route) in l.routes.iter().enumerate() {
         let p = lp.key("routes").idx(j);
-        if let Some(k) = catch_all {
-            r.key(
-                &p,
-                format!("this route is never used: routes[{k}] before it matches every request"),
-            );
-        }
         let m = route.matches.as_ref();
         let host = m.and_then(|m| m.host.as_deref());
         let prefix = m.and_then(|m| m.path_prefix.as_deref());
@@ -279,22 +279,52 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                 );
             }
         }
-        // Hosts match as requests are matched (without regard to case or a trailing dot), and
-        // no prefix is `/`, as for the catch-all.
+        // Hosts match as requests are matched (without regard to case or a trailing dot); `/`
+        // is no prefix where no CONNECT is routed.
         let key = (
             host.map(crate::proxy::route::host_key),
-            prefix.filter(|pp| *pp != "/"),
+            prefix.filter(|pp| connects || *pp != "/"),
         );
-        match seen.iter().find(|(_, k)| *k == key) {
-            Some((k, _)) if catch_all.is_none() => r.key(
+        // A later route with prefix `/` is never used after one with its host and none
+        // (which takes all it would); the other way round, the later one takes CONNECTs.
+        let same = seen.iter().find(|(_, k)| *k == key).map(|(k, _)| *k);
+        let wider = seen
+            .iter()
+            .find(|(_, k)| key.1 == Some("/") && k.0 == key.0 && k.1.is_none())
+            .map(|(k, _)| *k);
+        if let Some(k) = catch_all {
+            r.key(
+                &p,
+                format!("this route is never used: routes[{k}] before it matches every request"),
+            );
+        } else if let Some(k) = all_but_connect.filter(|_| prefix.is_some()) {
+            r.key(
+                &p,
+                format!("this route is never used: routes[{k}] before it matches every request but a CONNECT, and a route with a path_prefix takes no CONNECT (its target has no path)"),
+            );
+        } else if let Some(k) = same {
+            r.key(
                 &p,
                 format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case or a trailing dot)"),
-            ),
-            Some(_) => {}
-            None => seen.push((j, key)),
+            );
+        } else if let Some(k) = wider {
+            r.key(
+                &p,
+                format!("this route is never used: routes[{k}] before it has the same host and no path_prefix, which matches every request this one does"),
+            );
         }
-        if host.is_none() && prefix.is_none_or(|pp| pp == "/") && catch_all.is_none() {
-            catch_all = Some(j);
+        if same.is_none() {
+            seen.push((j, key));
+        }
+        if host.is_none() && catch_all.is_none() {
+            match prefix {
+                None => catch_all = Some(j),
+                Some("/") if !connects => catch_all = Some(j),
+                Some("/") => {
+                    all_but_connect.get_or_insert(j);
+                }
+                Some(_) => {}
+            }
         }
         if let Some(name) = &route.name {
             route_name(name, j, &mut names, lp, r);

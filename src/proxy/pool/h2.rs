@@ -338,6 +338,38 @@ pub(super) fn refusal(error: &hyper::Error) -> Option<Refusal> {
     }
 }
 
+/// Why an HTTP/2 connection failed, for its `warn` line: hyper's words ("http2 error"), then
+/// those of the errors under them: h2's, with a `GOAWAY`'s or reset's reason by its name and
+/// who sent it, and the `GOAWAY`'s debug data (`ENHANCE_YOUR_CALM`, `too_many_data_frames`),
+/// or the socket's error.
+struct Why<'a>(&'a hyper::Error);
+
+impl std::fmt::Display for Why<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            let h2 = e.downcast_ref::<h2::Error>();
+            if let Some((h2, reason)) = h2.and_then(|h2| Some((h2, h2.reason()?))) {
+                let frame = match (h2.is_go_away(), h2.is_reset()) {
+                    (true, _) => "GOAWAY ",
+                    (_, true) => "RST_STREAM ",
+                    _ => "",
+                };
+                let by = match (h2.is_remote(), frame.is_empty()) {
+                    (true, _) => " from the upstream",
+                    (false, false) => " sent by rampart",
+                    (false, true) => "",
+                };
+                write!(f, " ({frame}{reason:?}{by})")?;
+            }
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// An upstream's first bytes were not HTTP/2's `SETTINGS`.
 const NOT_SETTINGS: &str = "its answer to the HTTP/2 connection preface was not a SETTINGS frame";
 /// An upstream closed the connection at the preface.
@@ -758,7 +790,7 @@ impl Pool {
                 Err(_) if ended.tls_error().is_some() && !ended.opened() => {}
                 // Every stream still open on it ended with it: said once, with why.
                 Err(error) => tracing::warn!(
-                    endpoint = %addr, %error,
+                    endpoint = %addr, error = %Why(&error),
                     "HTTP/2 upstream connection failed; every request still on it failed with it"
                 ),
                 Ok(()) => {}

@@ -258,6 +258,39 @@ async fn an_h2_protocol_error_or_a_reset_stream_is_said_as_such() {
     }
 }
 
+/// An upstream that ends its HTTP/2 connection with an error, `GOAWAY(ENHANCE_YOUR_CALM)` with
+/// debug data (what h2 servers send a flood of small DATA frames), is named so in the `warn`
+/// line of the connection's failure: the reason by its name, who sent it and the debug data.
+/// Before, the line said only hyper's "http2 error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_goaway_reason_and_debug_data_are_in_the_warn_line() {
+    let up = Canned::answering(std::sync::Arc::new(|_| {
+        // Last stream 0, ENHANCE_YOUR_CALM (0xb), then the debug data.
+        let mut away = [0u32.to_be_bytes(), 0xbu32.to_be_bytes()].concat();
+        away.extend_from_slice(b"too_many_data_frames");
+        h2_frame(0x7, 0, 0, &away)
+    }))
+    .await;
+    let proxy = proxy(up.addr, "").await;
+    let rsp = http::get(proxy.listener("inbound"), "/calm", &[]).await;
+    rsp.assert_rampart(502, "upstream_unavailable");
+    let line = || {
+        proxy
+            .log()
+            .lines()
+            .find(|l| l.contains("HTTP/2 upstream connection failed"))
+            .map(str::to_owned)
+    };
+    crate::assert_eventually!(line().is_some(), "warned: {}", proxy.log());
+    let line = line().unwrap_or_default();
+    for said in [
+        "GOAWAY ENHANCE_YOUR_CALM from the upstream",
+        "too_many_data_frames",
+    ] {
+        assert!(line.contains(said), "{said:?}: {line}");
+    }
+}
+
 /// An HTTP/1.1-only server behind `protocol: http2` (it answers the connection preface with
 /// an HTTP/1.1 400, or closes) is a 502 that says it may not speak HTTP/2. Before: "connection
 /// lost".
