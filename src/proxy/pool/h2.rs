@@ -43,12 +43,14 @@ use http::{Request, Response, Uri, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
 mod link;
+mod pipe;
 pub(crate) use link::Link;
 use link::{Closed, Slot, Watched};
+use pipe::{Exec, Pipe, Sent};
 
 use super::quiet::{self, Quiet, Sending};
 use super::{
@@ -168,7 +170,7 @@ struct Live {
     /// Its number (see [`H2::retire`]).
     id: u64,
     /// hyper's handle to send requests on it.
-    sender: SendRequest<Body>,
+    sender: SendRequest<Sent>,
     /// The streams it takes now, and whether it is going away ([`link`]): one [`Slot`] per
     /// stream open at once, held from the send to the end (or drop) of its answer.
     link: Arc<Link>,
@@ -180,11 +182,11 @@ struct Live {
 /// **The request's deadline** ([`H2Answer::end_by`]) bounds it as it bounds an HTTP/1.1
 /// answer's (`Returning::end_by`): a stream still coming then is let go (h2 resets a stream
 /// whose every handle is dropped before its end: `RST_STREAM(CANCEL)`, so the upstream stops
-/// its work) and the timeout counted. Not an upload's stream while hyper's task waits for send
-/// window to send the chunk it holds: that task holds the stream, and is woken only by window
-/// or a reset from the upstream, so the stream stays open (a known gap, shown by the ignored
-/// tests `an_upload_stalled_after_its_answers_head_is_reset_*` in `tests/e2e`). The client sees its answer cut short (an error of the
-/// body: its HTTP/1.1 connection closed without the last chunk, its HTTP/2 stream reset),
+/// its work) and the timeout counted. So is an upload's stream whose upload hyper's task
+/// still sends (that task holds the stream, and waiting for send window it polls nothing of
+/// rampart's): the task is ended with the answer ([`Pipe`]), here and whenever the answer is
+/// dropped before its end (its client gone). The client sees its answer cut short (an error of
+/// the body: its HTTP/1.1 connection closed without the last chunk, its HTTP/2 stream reset),
 /// unless it is a gRPC call whose client reads trailers and whose messages so far are whole:
 /// its stream then ends with `grpc-status` DEADLINE_EXCEEDED in trailers, as rampart answers a
 /// call whose deadline passes before the head.
@@ -193,7 +195,7 @@ pub struct H2Answer {
     /// `None` once cut at the deadline.
     body: Option<Incoming>,
     /// The stream's place on its connection, freed when the answer ends or is dropped
-    /// (after `body`, whose drop resets a stream still open, but for the gap above).
+    /// (after `body`, whose drop, with the upload's task's, resets a stream still open).
     stream: Option<Slot>,
     /// What the request holds until this body ends (see `guard.rs`).
     pub(crate) guards: Guards,
@@ -221,6 +223,9 @@ pub struct H2Answer {
     /// The request had bytes to send: the wait counts from no earlier than `stream`'s
     /// connection's send window was last open ([`Sending`]).
     sends: bool,
+    /// The task hyper sends the request's body in, if it has one: ended when the stream is
+    /// let go before its end ([`H2Answer::let_go`]).
+    pipe: Option<Arc<Pipe>>,
     /// `rampart_timeouts_total{kind="idle"}` of the request's route ([`H2Answer::count_idle`]).
     idle_counted: Option<prometheus::IntCounter>,
 }
@@ -540,7 +545,7 @@ impl Pool {
         let (mut refused, mut moved) = (0, 0);
         let unwatched = AtomicU8::new(WAIT_NONE);
         let waiting = added.waiting.unwrap_or(&unwatched);
-        let (rsp, stream) = loop {
+        let (rsp, stream, pipe) = loop {
             let Live {
                 id,
                 mut sender,
@@ -595,8 +600,11 @@ impl Pool {
             if let Body::Client(c) = &mut body {
                 c.gather_small();
             }
+            // An upload's task, ended if its answer is let go before its end (`pipe`).
+            let pipe = sends.then(|| Arc::new(Pipe::default()));
             let req = request(parts, added, body, self.tls.is_some())
-                .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?;
+                .map_err(|e| SendError::Reset(UpstreamError::Io(e)))?
+                .map(|b| Sent::new(b, pipe.clone()));
             let sending = sender.try_send_request(req);
             // Each stream sent waits afresh.
             let mut quiet = Quiet::new(added.idle_ms);
@@ -617,7 +625,7 @@ impl Pool {
                     if let Some(r) = &replay {
                         r.release();
                     }
-                    break (rsp, slot);
+                    break (rsp, slot, pipe);
                 }
                 Err(e) => e,
             };
@@ -634,7 +642,7 @@ impl Pool {
             }
             let resend = match (why, unsent) {
                 (None, _) => None,
-                (Some(_), Some(req)) => Some(req.into_body()),
+                (Some(_), Some(req)) => Some(req.into_body().into_inner()),
                 (Some(_), None) => kept.or_else(|| replay.as_ref().and_then(Replay::again)),
             };
             match resend {
@@ -653,7 +661,11 @@ impl Pool {
         };
         let (mut head, body) = rsp.into_parts();
         if head.status.as_u16() > 599 {
-            // As from an HTTP/1.1 upstream (`h1::parse_answer`); the stream is let go.
+            // As from an HTTP/1.1 upstream (`h1::parse_answer`); the stream is let go, and
+            // the upload's task with it.
+            if let Some(p) = &pipe {
+                p.cut();
+            }
             let malformed = super::h1::Malformed(super::h1::STATUS_OUT_OF_RANGE);
             return Err(SendError::Reset(UpstreamError::Malformed(malformed)));
         }
@@ -673,7 +685,16 @@ impl Pool {
             || head.status == http::StatusCode::NO_CONTENT
             || head.status == http::StatusCode::NOT_MODIFIED;
         let (body, stream) = match bodyless {
-            true => (None, None),
+            true => {
+                // Let go before its end: so is the upload's task, if it still sends.
+                if let Some(p) = pipe
+                    .as_deref()
+                    .filter(|_| !http_body::Body::is_end_stream(&body))
+                {
+                    p.cut();
+                }
+                (None, None)
+            }
             false => (Some(body), Some(stream)),
         };
         let answer = H2Answer {
@@ -689,6 +710,7 @@ impl Pool {
             quiet_timer: None,
             upload,
             sends,
+            pipe,
             idle_counted: None,
         };
         Ok(Response::from_parts(
@@ -767,7 +789,7 @@ impl Pool {
         // The socket holds the count: h2's task owns it, and ends with the connection's last
         // stream, which may be long after hyper's dispatch task (below) ended.
         let stream = Watched::new(stream, link.clone(), self.tls.is_some()).counted(slot);
-        let shake = builder().handshake::<_, Body>(TokioIo::new(stream));
+        let shake = builder().handshake::<_, Sent>(TokioIo::new(stream));
         let (sender, conn) = match tokio::time::timeout_at(deadline, shake).await {
             Ok(Ok(made)) => made,
             Ok(Err(e)) => {
@@ -783,7 +805,7 @@ impl Pool {
             // connection let go) or it is going away (a `GOAWAY`), while streams opened before
             // may still run on the socket. No new stream goes on it; the socket's end is
             // `Link::ended` (`Watched`).
-            let result = conn.await;
+            let result = pipe::dispatch(conn).await;
             ended.close(Closed::Gone);
             match result {
                 // A refused handshake is said by the request that made the connection.
@@ -815,8 +837,9 @@ impl Pool {
 }
 
 /// How rampart's HTTP/2 upstream connections are made.
-fn builder() -> Builder<TokioExecutor> {
-    let mut b = Builder::new(TokioExecutor::new());
+fn builder() -> Builder<Exec> {
+    // Tokio's, telling each upload's task apart (`pipe`).
+    let mut b = Builder::new(Exec);
     b.timer(TokioTimer::new())
         // A connection the network lost without a word (a NAT's timeout, a host gone) while
         // streams wait on it is found by its unanswered PING and given up, within what gRPC
@@ -967,7 +990,7 @@ impl H2Answer {
     /// The upstream sent nothing for `timeout.idle`: the stream is let go (its upstream sees it
     /// reset, `CANCEL`) and the answer breaks off, its try timed out, the timeout counted.
     fn cut_idle(&mut self) -> UpstreamError {
-        self.body = None;
+        self.let_go();
         self.end_by = None;
         self.messages = None;
         if let Some(c) = self.idle_counted.take() {
@@ -975,6 +998,16 @@ impl H2Answer {
         }
         self.ended(StreamEnd::Deadline, None);
         UpstreamError::Idle(self.quiet.limit())
+    }
+
+    /// The stream is let go before its end: its answer's body, and the task that sends its
+    /// upload if it still does ([`Pipe::cut`]): h2 resets it (`RST_STREAM(CANCEL)`) once
+    /// both handles are gone, whatever the upload waits for.
+    fn let_go(&mut self) {
+        self.body = None;
+        if let Some(p) = self.pipe.take() {
+            p.cut();
+        }
     }
 
     /// The deadline the stream must end by, if it keeps one (see [`H2Answer::end_by`]).
@@ -1020,7 +1053,7 @@ impl H2Answer {
     /// trailers where it can, else breaks off. The try timed out only if rampart waited on the
     /// upstream; else it is cancelled.
     fn cut(&mut self, waited: Waited) -> Result<Frame<Bytes>, UpstreamError> {
-        self.body = None;
+        self.let_go();
         self.end_by = None;
         let end = match waited {
             Waited::Upstream => StreamEnd::Deadline,
@@ -1041,6 +1074,9 @@ impl H2Answer {
 /// went away or stopped reading, or rampart cut it at a drain's end. Its log line says so.
 impl Drop for H2Answer {
     fn drop(&mut self) {
+        if !http_body::Body::is_end_stream(self) {
+            self.let_go();
+        }
         if self.guards.log.is_some() && !http_body::Body::is_end_stream(self) {
             if let Some(log) = self.guards.log.as_mut() {
                 log.broken(super::broken_off());
