@@ -65,9 +65,10 @@ pub struct Generation {
     /// the connections their old sockets accepted, still open or still queued while they
     /// drain, are served by them ([`Self::listener`]), as a moved listener's are by it where it
     /// went. Carried to the next generation only while that drain runs (`moves.rs`). Held
-    /// weakly: the drain holds each (`reload::apply`), so that once it is over the listener,
-    /// and through its routes the upstreams, stores and tables only it had, are let go then,
-    /// not at some later reload.
+    /// weakly: the drains at its address hold each (`Drains::hold`, from `reload::apply`),
+    /// whichever generation held it before, so that once they are over the listener, and
+    /// through its routes the upstreams, stores and tables only it had, are let go then, not
+    /// at some later reload (nor before).
     pub removed: HashMap<SocketAddr, Weak<ListenerRt>>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -425,9 +426,10 @@ impl Generation {
 
     /// Tells the tunnels and upgraded connections of each listener of `old` that no listener of
     /// this generation carries on (removed, or its TLS rules changed: `TlsRules::carry`) to
-    /// close; each has `runtime.shutdown_grace` left. Those of a listener moved or renamed
-    /// with the same rules go on.
-    pub fn stop_tunnels_left(&self, old: &Generation) {
+    /// close by `until` (the end of this reload's `runtime.shutdown_grace`, when the drains
+    /// it begins end), those opened through it later included. Those of a listener moved or
+    /// renamed with the same rules go on.
+    pub fn stop_tunnels_left(&self, old: &Generation, until: tokio::time::Instant) {
         for (at, o) in &old.listeners {
             let carried = self
                 .listeners
@@ -447,7 +449,7 @@ impl Generation {
                         };
                         self.listeners.get(at).filter(renamed)
                     });
-                o.tunnels_stop.tell(next.map(|l| &**l));
+                o.tunnels_stop.tell(next.map(|l| &**l), until);
             }
         }
     }
@@ -693,7 +695,7 @@ fn build_listener(
 /// `tls_epoch` at one address (told when a reload changes the rules at the address, or the
 /// listener drains); and [`ListenerRt::tunnels_stop`], the tunnels and upgraded connections
 /// opened through one listener wherever it moves (told when a reload leaves no listener to
-/// carry it). Only the tunnels read `next` (`Peer::refused_now`).
+/// carry it). Only the tunnels read `next` (`Peer::refused_now`) and `until`.
 #[derive(Debug)]
 pub struct ConnsStop {
     /// Told `true` to close.
@@ -702,6 +704,11 @@ pub struct ConnsStop {
     /// address), set before it is told; `None` when that one has no `tls`, when there is
     /// none, and for a drain.
     pub next: arc_swap::ArcSwapOption<NextRules>,
+    /// When the tunnels told by [`ConnsStop::tell`] are cut: the end of the reload's
+    /// `shutdown_grace` (that of the drain of a listener it removed), set once, before they
+    /// are told. A tunnel opened later through that listener (by a connection its old socket
+    /// still serves) is cut then too, not a whole grace after it opened.
+    until: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 /// The TLS rules of a listener with `tls`, as a tunnel made under earlier ones is judged by
@@ -720,17 +727,25 @@ impl ConnsStop {
         ConnsStop {
             told: tokio::sync::watch::Sender::new(false),
             next: arc_swap::ArcSwapOption::empty(),
+            until: std::sync::OnceLock::new(),
         }
     }
 
-    /// Tells the connections to close, `next` (the listener now at the address, if any)
-    /// giving the rules that replaced theirs.
-    pub fn tell(&self, next: Option<&ListenerRt>) {
+    /// Tells the connections to close by `until`, `next` (the listener now at the address, if
+    /// any) giving the rules that replaced theirs. Told once (no listener carries it after),
+    /// so the first `until` stays.
+    pub fn tell(&self, next: Option<&ListenerRt>, until: tokio::time::Instant) {
         let rules = next.filter(|l| l.tls.is_some()).map(|l| NextRules {
             client_ca: l.client_ca.clone(),
         });
         self.next.store(rules.map(Arc::new));
+        let _ = self.until.set(until);
         self.told.send_replace(true);
+    }
+
+    /// When what [`ConnsStop::tell`] told is cut; `None` before it is told.
+    pub fn until(&self) -> Option<tokio::time::Instant> {
+        self.until.get().copied()
     }
 }
 

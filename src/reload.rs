@@ -175,13 +175,14 @@ pub fn apply(
     // Nothing can fail the reload from here: breakers replaced with new settings are reset.
     gen.reset_replaced_breakers(&old);
     let gen = Arc::new(gen);
-    // The grace a tunnel is given once told to close (by this reload's follow or drains too).
-    shared.tunnels.set_grace(cfg.file.runtime.shutdown_grace.0);
+    // The end of this reload's grace: of the drains it begins below, and of the tunnels it
+    // tells to close (those opened meanwhile through a connection a drain serves included).
+    let until = tokio::time::Instant::now() + cfg.file.runtime.shutdown_grace.0;
     shared.current.store(gen.clone());
     gen.retire(&old, &shared.metrics);
     // Tunnels of a listener gone (or whose TLS rules changed) are told now; those of one that
     // moved or was renamed stay with it, while its old socket drains below.
-    gen.stop_tunnels_left(&old);
+    gen.stop_tunnels_left(&old, until);
     // Connections accepted under TLS rules this reload changed are told to close once idle
     // (after the swap: one that loads the generation meanwhile is told too).
     for (addr, h) in set.iter() {
@@ -199,20 +200,24 @@ pub fn apply(
         .filter(|a| !cfg.file.listeners.iter().any(|l| l.listen == **a))
         .copied()
         .collect();
-    let until = tokio::time::Instant::now() + cfg.file.runtime.shutdown_grace.0;
+    let mut draining = Vec::new();
     for addr in removed {
         if let Some(h) = set.remove(&addr) {
             tracing::info!(listen = %h.local_addr, "listener removed; draining");
             // Counted from now, before the next reload can look: that reload remembers a
             // move from this address (and the listener removed there) only while this drain
             // runs. Shutdown waits for it too.
-            let draining = shared.drains.begin(addr);
-            // The listener removed here (none for a move's old address) is held by its drain
-            // alone, the generations only point to it: once the drain is over, it goes, and
-            // with it what only it held (its routes' upstreams, pools, stores and tables).
-            let rt = gen.removed.get(&addr).and_then(std::sync::Weak::upgrade);
-            shared.retiring.drain(h, until, (draining, rt));
+            draining.push((h, shared.drains.begin(addr)));
         }
+    }
+    // The listeners removed (here, or by a reload before at an address that still drains),
+    // held by the drains at their addresses alone, the generations only point to them: once
+    // the last drain at an address is over, its listener goes, and with it what only it held
+    // (its routes' upstreams, pools, stores and tables). Held before this reload's drains
+    // run: one over at once lets go of its listener then.
+    shared.drains.hold(&gen.removed);
+    for (h, d) in draining {
+        shared.retiring.drain(h, until, d);
     }
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "configuration warning");

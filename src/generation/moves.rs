@@ -14,8 +14,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use super::ListenerRt;
 use crate::config::file;
 
 /// From each address a moved listener had to its address now.
@@ -87,9 +88,22 @@ pub(crate) fn removed<V: Clone>(
 }
 
 /// The addresses whose listener a reload took away and that still drain, counted (a listener
-/// put back at an address and taken away again may drain there twice at once).
+/// put back at an address and taken away again may drain there twice at once), each with the
+/// listener removed there that the generation in force serves its connections by
+/// ([`Drains::hold`]).
 #[derive(Debug, Default, Clone)]
-pub struct Drains(Arc<parking_lot::Mutex<HashMap<SocketAddr, u32>>>);
+pub struct Drains(Arc<parking_lot::Mutex<HashMap<SocketAddr, AtAddr>>>);
+
+/// The drains under way at one address.
+#[derive(Debug, Default)]
+struct AtAddr {
+    /// How many.
+    count: u32,
+    /// The listener removed there as the generation in force has it (`Generation::removed`):
+    /// held while a drain runs there, so that the connections its old socket still serves,
+    /// and those still queued there, are served by it until that drain is over.
+    held: Option<Arc<ListenerRt>>,
+}
 
 /// One drain under way at an address, until dropped.
 #[derive(Debug)]
@@ -104,7 +118,7 @@ pub struct Draining {
 impl Drains {
     /// Counts a drain at `addr` until the result is dropped.
     pub fn begin(&self, addr: SocketAddr) -> Draining {
-        *self.0.lock().entry(addr).or_insert(0) += 1;
+        self.0.lock().entry(addr).or_default().count += 1;
         Draining {
             drains: self.clone(),
             addr,
@@ -115,17 +129,43 @@ impl Drains {
     pub fn at(&self, addr: &SocketAddr) -> bool {
         self.0.lock().contains_key(addr)
     }
+
+    /// Holds, at each address that drains, the listener `removed` (the generation just put in
+    /// force's `Generation::removed`) has there, until the last drain there is over; lets go
+    /// of any other it held there. The generations only point to a removed listener: without
+    /// this, one the generation before held strongly (a listener moved, then renamed or
+    /// removed where it went while its first address drains) was let go with that generation,
+    /// and the connections at its first address found no listener (closed unanswered, or
+    /// answered 404), not at that drain's end.
+    pub fn hold(&self, removed: &HashMap<SocketAddr, Weak<ListenerRt>>) {
+        let mut let_go = Vec::new();
+        {
+            let mut by = self.0.lock();
+            for (addr, at) in by.iter_mut() {
+                let now = removed.get(addr).and_then(Weak::upgrade);
+                let_go.extend(std::mem::replace(&mut at.held, now));
+            }
+        }
+        // Out of the lock: the last reference to a listener lets go of what only it held.
+        drop(let_go);
+    }
 }
 
 impl Drop for Draining {
     fn drop(&mut self) {
-        let mut by = self.drains.0.lock();
-        if let Some(n) = by.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                by.remove(&self.addr);
+        let over = {
+            let mut by = self.drains.0.lock();
+            match by.get_mut(&self.addr) {
+                Some(at) if at.count > 1 => {
+                    at.count -= 1;
+                    None
+                }
+                Some(_) => by.remove(&self.addr),
+                None => None,
             }
-        }
+        };
+        // Out of the lock, as in `hold`.
+        drop(over);
     }
 }
 

@@ -169,10 +169,18 @@ impl Peer {
     }
 
     /// Its listener's tunnel stop, for a tunnel the connection becomes (CONNECT, or an
-    /// upgrade), which the connection's task no longer serves: it is cut the shutdown grace
-    /// after the stop.
+    /// upgrade), which the connection's task no longer serves: it is cut at the end of the
+    /// shutdown grace of the reload that told the stop ([`Peer::cut_at`]).
     pub fn closing(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         self.closing.clone()
+    }
+
+    /// When a tunnel the connection became is cut, once `closing` is told: the end of the
+    /// grace of the reload that told it ([`ConnsStop::tell`]), however late the tunnel opened
+    /// (a connection a removed listener's old socket still serves while it drains). `None`
+    /// before it is told, and outside a listener.
+    pub fn cut_at(&self) -> Option<tokio::time::Instant> {
+        self.rules.as_ref().and_then(|r| r.until())
     }
 
     /// Whether the TLS rules a reload put in the place of those the connection was made under

@@ -146,9 +146,9 @@ pub fn spawn_upgraded(up: Upgrade, route: &RouteRt, shared: &Shared, peer: Arc<P
 /// `stream` in the background until the tunnel ends, holding `held` until then. `closing` is
 /// its listener's tunnel stop ([`Peer::closing`]): once it is told (a reload removed the
 /// listener, or changed the TLS rules the connection was made under; not a move or a rename),
-/// the tunnel has the shutdown grace left, then is cut; at once if the TLS rules the reload
-/// put in force refuse its client ([`Peer::refused_now`]). At shutdown [`Tunnels::drain`]
-/// cuts it.
+/// the tunnel is cut at the end of that reload's shutdown grace, even one opened after the
+/// reload ([`Peer::cut_at`]); at once if the TLS rules the reload put in force refuse its
+/// client ([`Peer::refused_now`]). At shutdown [`Tunnels::drain`] cuts it.
 fn carry<S, H>(
     client: OnUpgrade,
     (stream, closing): (S, Option<Closing>),
@@ -201,7 +201,8 @@ impl Closing {
 /// The open tunnels of a rampart: a drain waits for them as for connections, and cuts those
 /// still open when its grace runs out (each writes its access log line as it ends, with
 /// reason `shutdown`). A tunnel whose listener a reload removes, or whose TLS rules it
-/// changes, is cut the same way, the shutdown grace after the reload; at once when the new
+/// changes, is cut the same way, when the reload's shutdown grace runs out (as the removed
+/// listener's drain ends), whenever it opened; at once when the new
 /// TLS rules refuse its client (a `client_ca` that no longer verifies its certificate, `tls`
 /// on a plaintext one): a client the listener no longer trusts is not served for the grace.
 /// One whose listener moves (the same name, another address) goes on, though its old socket
@@ -210,8 +211,6 @@ impl Closing {
 pub struct Tunnels {
     tasks: TaskTracker,
     cut: watch::Sender<bool>,
-    /// `runtime.shutdown_grace` of the generation in force, in nanoseconds.
-    grace: Arc<AtomicU64>,
 }
 
 impl Default for Tunnels {
@@ -219,22 +218,14 @@ impl Default for Tunnels {
         Tunnels {
             tasks: TaskTracker::new(),
             cut: watch::channel(false).0,
-            grace: Arc::default(),
         }
     }
 }
 
 impl Tunnels {
-    /// Sets the shutdown grace a tunnel is given once its connection is told to close (a
-    /// reload puts its `runtime.shutdown_grace` here as it takes effect).
-    pub fn set_grace(&self, grace: Duration) {
-        let nanos = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
-        self.grace.store(nanos, Ordering::Relaxed);
-    }
-
-    /// Runs `tunnel` until it ends, the drain cuts it, or the shutdown grace has passed since
-    /// `closing` was told (no grace if the rules now refuse its peer); a cut is marked in
-    /// `carried` before the tunnel is dropped (its log line says `shutdown`).
+    /// Runs `tunnel` until it ends, the drain cuts it, or `closing` is told and the end of the
+    /// grace it was told with has come (at once if the rules now refuse its peer); a cut is
+    /// marked in `carried` before the tunnel is dropped (its log line says `shutdown`).
     fn spawn(
         &self,
         tunnel: impl Future<Output = ()> + Send + 'static,
@@ -242,7 +233,6 @@ impl Tunnels {
         carried: Arc<Carried>,
     ) {
         let mut drain_cut = self.cut.subscribe();
-        let grace = self.grace.clone();
         self.tasks.spawn(async move {
             let drained = async {
                 let _ = drain_cut.wait_for(|c| *c).await;
@@ -261,8 +251,10 @@ impl Tunnels {
                     tracing::info!(peer = %c.peer.addr, "a reload's TLS rules refuse a tunnel's client; cutting it now");
                     return;
                 }
-                let grace = Duration::from_nanos(grace.load(Ordering::Relaxed));
-                tokio::time::sleep(grace).await;
+                // The end of the grace of the reload that told it, set before it is told (so
+                // always there now): the same for a tunnel opened since, not a new grace.
+                let until = c.peer.cut_at().unwrap_or_else(Instant::now);
+                tokio::time::sleep_until(until).await;
             };
             let cut = async {
                 tokio::select! {

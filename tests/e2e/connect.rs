@@ -788,6 +788,71 @@ async fn a_reload_that_removes_a_listener_cuts_its_tunnels_at_the_grace() {
     server.abort();
 }
 
+/// A tunnel opened through a removed listener while it drains (a CONNECT that waited for
+/// room at its upstream, `max_connections: 1`, gets it once the tunnel holding it closes) is
+/// cut when that drain's `shutdown_grace` runs out, as the tunnels open at the reload are,
+/// not a whole grace after it opened. Before, it was given a fresh grace from its own start:
+/// the removed listener's work outlived its drain by up to one more grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_opened_while_its_removed_listener_drains_is_cut_at_that_drains_end() {
+    let (echo_addr, server) = echo().await;
+    let base = REMOVED
+        .replace("shutdown_grace: 500ms", "shutdown_grace: 2s")
+        .replace(
+            "endpoints: [$ECHO]",
+            "endpoints: [$ECHO], max_connections: 1, connect_timeout: 5s",
+        );
+    let mut proxy = Proxy::builder(&format!(
+        "{base}{}",
+        echo_listener("outbound", "$LISTEN_outbound")
+    ))
+    .var("ECHO", echo_addr)
+    .spawn()
+    .await;
+    let (addr, admin) = (proxy.listener("outbound"), proxy.admin());
+    let in_flight = || async {
+        let text = crate::support::metrics::metrics(admin).await;
+        let labels = [("listener", "outbound")];
+        crate::support::metrics::metric_value(&text, "rampart_in_flight_requests", &labels)
+            .unwrap_or(0.0)
+    };
+    let first = open_tunnel(addr, "one.example:80").await;
+    let before = in_flight().await;
+    let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    next.write_all(b"CONNECT two.example:80 HTTP/1.1\r\nHost: two.example:80\r\n\r\n")
+        .await
+        .expect("write the CONNECT");
+    assert_eventually!(
+        in_flight().await > before,
+        "the second CONNECT is in flight, waiting for room at its upstream"
+    );
+
+    proxy.rewrite_config(&base);
+    let rsp = crate::support::http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let began = tokio::time::Instant::now();
+    // Half the grace (2 s) later the first tunnel's client goes: the waiting CONNECT
+    // connects, and its tunnel carries bytes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(first);
+    let head = crate::upgrade::read_head(&mut next).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+    echoes(&mut next, b"within the drain").await;
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(3), next.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the tunnel is cut");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(2600),
+        "cut at the drain's end (2 s after the reload), not a grace after it opened: {took:?}"
+    );
+    server.abort();
+}
+
 /// An outbound listener `name` at `at` (an address, or a `$LISTEN_` variable) routing
 /// `*.example` to the echo upstream, as a policy file's `listeners` entry.
 fn echo_listener(name: &str, at: &str) -> String {

@@ -558,18 +558,34 @@ async fn a_reload_moves_a_listener_of_two_workers_both_ways() {
     move_listener("0.0.0.0", "127.0.0.1", 2).await;
 }
 
+/// How a reload stops the listener that connections wait at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Moved to another address of its port.
+    Moved,
+    /// Taken away.
+    Removed,
+    /// Moved, then renamed where it went by a second reload while its old address drains.
+    MovedThenRenamed,
+}
+
 /// With one worker, `max_connections: 1` and one connection served, a second is accepted and
-/// waits for a permit, a third waits in the kernel's queue. A reload moves the listener (or,
-/// `removed`, takes it away): the old one stops and closes its socket, but serves both under
-/// its configuration (the idle one that held the permit is closed), where before the waiting
-/// one was closed unanswered and the queued one reset (once the listener moved), or both closed
-/// unanswered (once it was removed: no listener of the new configuration was theirs).
-async fn connections_waiting_at_a_stopping_listener_are_served(removed: bool) {
+/// waits for a permit, a third waits in the kernel's queue. A reload moves the listener (or
+/// takes it away, `Stop::Removed`): the old one stops and closes its socket, but serves both
+/// under its configuration (the idle one that held the permit is closed), where before the
+/// waiting one was closed unanswered and the queued one reset (once the listener moved), or
+/// both closed unanswered (once it was removed: no listener of the new configuration was
+/// theirs). `Stop::MovedThenRenamed`: the one holding the permit has a request in flight
+/// across the move and a second reload that renames the listener at its new address; the
+/// waiting ones, served once it is answered, are served by the listener as it was before the
+/// rename. Before, nothing held that one once the generation of the move was let go: they
+/// were closed unanswered (a request they sent later would have been answered 404).
+async fn connections_waiting_at_a_stopping_listener_are_served(stop: Stop) {
     let app = sample().await;
     let port = crate::support::free_port();
     let runtime = "runtime: { max_connections: 1 }";
     let kept = movable("127.0.0.1", runtime);
-    let (before, after) = if removed {
+    let (before, after) = if stop == Stop::Removed {
         (format!("{kept}{EXTRA}"), kept)
     } else {
         (kept, movable("0.0.0.0", runtime))
@@ -580,7 +596,7 @@ async fn connections_waiting_at_a_stopping_listener_are_served(removed: bool) {
         .env("RAMPART_WORKERS", 1)
         .spawn()
         .await;
-    let at = if removed {
+    let at = if stop == Stop::Removed {
         proxy.listener("extra")
     } else {
         ([127, 0, 0, 1], port).into()
@@ -596,25 +612,70 @@ async fn connections_waiting_at_a_stopping_listener_are_served(removed: bool) {
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(app.hits_for("/ok"), 1, "the cap holds the others back");
+    let renamed = stop == Stop::MovedThenRenamed;
+    if renamed {
+        held.send(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await;
+        assert_eventually!(app.hits_for("/slow") == 1, "the slow request is upstream");
+    }
 
     reload_to(&mut proxy, &after).await;
+    if renamed {
+        reload_to(&mut proxy, &after.replace("name: inbound", "name: ingress")).await;
+        assert_eq!(held.answer(false).await.status, 200, "the slow request");
+    }
     for c in &mut waiting {
         assert_eq!(c.answer(false).await.status, 200);
     }
     assert!(
         held.closes().await,
-        "the idle connection closes with its listener"
+        "the connection that held the place closes with its listener"
     );
 }
 
 #[tokio::test]
 async fn connections_waiting_at_a_listener_that_moves_are_served() {
-    connections_waiting_at_a_stopping_listener_are_served(false).await;
+    connections_waiting_at_a_stopping_listener_are_served(Stop::Moved).await;
 }
 
 #[tokio::test]
 async fn connections_waiting_at_a_listener_a_reload_removes_are_served() {
-    connections_waiting_at_a_stopping_listener_are_served(true).await;
+    connections_waiting_at_a_stopping_listener_are_served(Stop::Removed).await;
+}
+
+#[tokio::test]
+async fn connections_waiting_at_a_listener_moved_then_renamed_are_served() {
+    connections_waiting_at_a_stopping_listener_are_served(Stop::MovedThenRenamed).await;
+}
+
+/// A listener renamed where it is (the same address, a new name) is the same listener: a
+/// keep-alive connection it had is served on by it, as renamed, through the reload's grace
+/// and past it (nothing of the old name is needed; no drain runs), never answered 404.
+#[tokio::test]
+async fn a_listener_renamed_in_place_serves_its_open_connections_on() {
+    let app = sample().await;
+    let port = crate::support::free_port();
+    let before = movable("127.0.0.1", "runtime: { shutdown_grace: 300ms }");
+    let mut proxy = Proxy::builder(&before)
+        .var("APP", app.addr())
+        .var("PORT", port)
+        .spawn()
+        .await;
+    let mut kept = crate::support::conn::Conn::open(([127, 0, 0, 1], port).into()).await;
+    kept.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    assert_eq!(kept.answer(false).await.status, 200);
+
+    reload_to(
+        &mut proxy,
+        &before.replace("name: inbound", "name: ingress"),
+    )
+    .await;
+    for i in 0..8 {
+        kept.send(b"GET /ok HTTP/1.1\r\nHost: app\r\n\r\n").await;
+        assert_eq!(kept.answer(false).await.status, 200, "request {i}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.hits_for("/ok"), 9);
 }
 
 /// Another process of the same user listening on the port with `SO_REUSEPORT` (this test's
