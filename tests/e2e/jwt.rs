@@ -673,3 +673,53 @@ async fn an_https_jwks_without_jwks_ca_trusts_the_system_roots() {
     assert_eq!(rsp.status, 200, "{}", proxy.log());
     assert!(server.fetches.load(Ordering::SeqCst) >= 1);
 }
+
+/// A reload that changes a `jwt` source's checks but not where its keys come from keeps the
+/// keys it has: here the JWKS server is down when `audiences` grows, and the token still
+/// names its tenant, and rampart stays ready. Before, any change of the source started an
+/// empty key store that waited for the issuer: 503 `jwks_unavailable` for every bearer
+/// request and `/readyz` 503 until a fetch succeeded.
+#[tokio::test]
+async fn a_reload_that_changes_the_checks_keeps_the_keys_of_a_jwks_url() {
+    let app = sample().await;
+    let k = ec("k1");
+    let server = JwksServer::start(jwks(&[&k])).await;
+    let url = format!("http://{}/jwks.json", server.addr);
+    let mut proxy = start(app.addr(), &url, "5m").await;
+    let addr = proxy.listener("other");
+    let t = bearer(&token(&k, &claims("globex", None)));
+    let rsp = http::get(addr, "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    server.failing.store(true, Ordering::SeqCst);
+    let fetches = server.fetches.load(Ordering::SeqCst);
+    let checks = TEMPLATE.replace("audiences: [orders]", "audiences: [orders, billing]");
+    proxy.rewrite_config(&checks);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let t2 = bearer(&token(&k, &claims("initech", None)));
+    let rsp = http::get(addr, "/ok", &[("authorization", &t2)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+    // The new checks act: a token for another audience is refused.
+    let mut other = claims("hooli", None);
+    other["aud"] = "shipping".into();
+    http::get(
+        addr,
+        "/ok",
+        &[("authorization", &bearer(&token(&k, &other)))],
+    )
+    .await
+    .assert_rampart(401, "invalid_token");
+    assert_eq!(
+        server.fetches.load(Ordering::SeqCst),
+        fetches,
+        "a reload fetches no key it kept"
+    );
+    // Read another way (another jwks_refresh): a new refresh task, from the same keys.
+    proxy.rewrite_config(&checks.replace("$REFRESH", "1m"));
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let rsp = http::get(addr, "/ok", &[("authorization", &t2)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+}

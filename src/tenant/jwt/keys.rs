@@ -70,6 +70,15 @@ impl KeyStore {
         self.loaded.store(true, Ordering::Release);
     }
 
+    /// Puts in force the keys `other` has, if it ever loaded any: a store that takes the
+    /// place of `other` for the same JWKS is loaded from the start.
+    pub(crate) fn inherit(&self, other: &KeyStore) {
+        if other.is_loaded() {
+            self.keys.store(other.keys());
+            self.loaded.store(true, Ordering::Release);
+        }
+    }
+
     /// The epoch of the keys in force (see [`KeyStore::set`]).
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
