@@ -116,10 +116,16 @@ impl Jwt {
                 // A reload serves the file its validation read, as it serves the TLS files: a
                 // key taken out (a leaked one) is refused from this reload on, not from the
                 // next refresh. (Validation checked the bytes; a URL is not fetched by a reload.)
-                if let Some(JwksRead::File(bytes)) = read {
-                    if let Ok(keys) = keys::parse_jwks(bytes) {
-                        p.keys.set(keys);
+                match read {
+                    Some(JwksRead::File(bytes)) => {
+                        if let Ok(keys) = keys::parse_jwks(bytes) {
+                            p.keys.set(keys);
+                        }
                     }
+                    // Fetched from now on trusting the `jwks_ca` this reload read (the file's
+                    // content may have changed), the keys kept meanwhile.
+                    Some(JwksRead::Https(c)) => p.keys.tls.store(Some(c.clone())),
+                    None => {}
                 }
                 p.keys.clone()
             }

@@ -723,3 +723,47 @@ async fn a_reload_that_changes_the_checks_keeps_the_keys_of_a_jwks_url() {
     assert_eq!(rsp.status, 200, "{}", rsp.text());
     assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
 }
+
+/// A reload reads `jwks_ca` again, as it reads every CA file (README), and an https JWKS is
+/// fetched trusting what it holds now: the issuer moves to a certificate of another CA (and a
+/// new key), the bundle is rewritten, SIGHUP, and a token of the new key names its tenant by
+/// the next refresh. Before, the refresh task kept the TLS client it started with, and the
+/// new key was never fetched.
+#[tokio::test]
+async fn a_reload_fetches_an_https_jwks_trusting_the_new_jwks_ca() {
+    let app = sample().await;
+    let (ca1, ca2) = (Ca::new("issuer-ca-1"), Ca::new("issuer-ca-2"));
+    let pki = Pki::new();
+    let ca_path = pki.ca("jwks-ca", &ca1);
+    let (k1, k2) = (ec("k1"), ec("k2"));
+    let server = JwksServer::start_tls(jwks(&[&k1]), &ca1.server(7)).await;
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let template = TEMPLATE.replace(
+        "        plan_claim: plan\n",
+        "        plan_claim: plan\n        jwks_ca: $CA\n",
+    );
+    let proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .var("JWKS", &url)
+        .var("REFRESH", "1s")
+        .var("CA", ca_path.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("other");
+    let t1 = bearer(&token(&k1, &claims("globex", None)));
+    let rsp = http::get(addr, "/ok", &[("authorization", &t1)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    server.present(&ca2.server(8));
+    server.body.store(Arc::new(jwks(&[&k2])));
+    pki.ca("jwks-ca", &ca2);
+    proxy.signal("HUP");
+    let t2 = bearer(&token(&k2, &claims("initech", None)));
+    assert_eventually!(
+        http::get(addr, "/ok", &[("authorization", &t2)])
+            .await
+            .status
+            == 200,
+        "{}",
+        proxy.log()
+    );
+}

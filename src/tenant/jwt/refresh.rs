@@ -92,30 +92,27 @@ pub(super) fn start(
         }
         _ => None,
     };
+    store.tls.store(tls);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let weak = Arc::downgrade(&store);
-        rt.spawn(run(weak, cfg.jwks.clone(), cfg.jwks_refresh.0, tls, url));
+        rt.spawn(run(weak, cfg.jwks.clone(), cfg.jwks_refresh.0, url));
     }
     store
 }
 
-async fn run(
-    store: Weak<KeyStore>,
-    jwks: String,
-    every: Duration,
-    tls: Option<Arc<ClientConfig>>,
-    url: bool,
-) {
+/// Reads or fetches the JWKS of `store` for as long as it lives; an https one through the
+/// TLS client the store holds at each fetch (a reload may replace it).
+async fn run(store: Weak<KeyStore>, jwks: String, every: Duration, url: bool) {
     let every = every.max(Duration::from_millis(10));
     let mut backoff = BACKOFF_BASE.min(every);
     let mut wait = if url { Duration::ZERO } else { every };
     loop {
         tokio::time::sleep(wait).await;
-        if store.strong_count() == 0 {
+        let Some(tls) = store.upgrade().map(|s| s.tls.load_full()) else {
             return;
-        }
+        };
         let got = if url {
-            fetch(&jwks, tls.clone()).await
+            fetch(&jwks, tls).await
         } else {
             read_file(Path::new(&jwks))
         };
