@@ -219,7 +219,9 @@ impl Jwt {
             return Ok(v);
         }
         let (verified, exp) = self.verify_uncached(token).map_err(|why| {
-            tracing::debug!(%why, "bearer token refused");
+            // Escaped (Debug): the reason may echo the client's text (its `alg`), and a
+            // newline in it would start a forged line of the text log.
+            tracing::debug!(?why, "bearer token refused");
             Reason::InvalidToken
         })?;
         // A good token whose tenant is not a valid id: a new token would not help the client,

@@ -767,3 +767,33 @@ async fn a_reload_fetches_an_https_jwks_trusting_the_new_jwks_ca() {
         proxy.log()
     );
 }
+
+/// Why a token was refused is logged (at debug) escaped: a client's `alg` with a newline in it,
+/// echoed by the parse error, cannot start a line of its own in the text log. Before, the
+/// reason was written as it was, and the client forged a log line.
+#[tokio::test]
+async fn a_refused_tokens_reason_cannot_forge_a_log_line() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .var("JWKS", write_jwks(dir.path(), &jwks(&[&r])))
+        .var("REFRESH", "5m")
+        .env("RUST_LOG", "info,rampart::tenant=debug")
+        .text_log()
+        .spawn()
+        .await;
+    let forged = serde_json::json!({ "alg": "RS256\nFORGED admin granted" });
+    let t = bearer(&token_with(&r, &forged, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    rsp.assert_rampart(401, "invalid_token");
+    assert_eventually!(
+        proxy.log().contains("bearer token refused"),
+        "{}",
+        proxy.log()
+    );
+    let log = proxy.log();
+    assert!(log.contains("FORGED admin granted"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}
