@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use self::jwt::{JwksRead, Jwt, Verified};
 use crate::clock::{MonotonicClock, WallClock};
 use crate::config::file::{
-    ClientCertField, ClientIp, ClientIpFrom, File, TenantSource, Tenants, NO_TENANT,
+    ClientCertField, ClientIp, ClientIpFrom, File, JwtSource, TenantSource, Tenants, NO_TENANT,
 };
 use crate::error::Reason;
 use crate::proxy::forward::remove_aliases;
@@ -268,7 +268,7 @@ impl Identify {
     }
 
     /// Rules from the `tenants` section, tokens naming only `plans`; `jwt` sources whose
-    /// settings are unchanged from `prev` keep its keys (and their refresh task), new ones
+    /// JWKS is one of `prev`'s keep its keys ([`Jwt::new`]), new ones
     /// serve what this config load's validation read for them (`read`, by their index in
     /// `tenants.from`: a JWKS file's bytes, an https JWKS's client), and without that read the
     /// file, or fetch an https JWKS without `jwks_ca` trusting `system` (this load's roots).
@@ -281,11 +281,16 @@ impl Identify {
         system: &SystemRoots,
     ) -> Self {
         let known: Arc<[Box<str>]> = plans.iter().map(|&p| Box::from(p)).collect();
-        let prev_jwt = |c| {
-            prev?.sources.iter().find_map(|s| match s {
-                Source::Jwt(j) if j.config() == c => Some(&**j),
-                _ => None,
-            })
+        // A source of the same JWKS, read the same way if one is: its keys serve on.
+        let prev_jwt = |c: &JwtSource| {
+            prev?
+                .sources
+                .iter()
+                .filter_map(|s| match s {
+                    Source::Jwt(j) if j.config().jwks == c.jwks => Some(&**j),
+                    _ => None,
+                })
+                .min_by_key(|j| !jwt::same_key_source(j.config(), c))
         };
         let sources: Vec<Source> = cfg
             .from

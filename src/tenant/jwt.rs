@@ -32,7 +32,7 @@ use crate::error::Reason;
 use crate::throttle::{Throttle, WARN_EVERY};
 use crate::tls::SystemRoots;
 
-pub use self::refresh::{is_url, JwksRead, MAX_JWKS_BYTES};
+pub use self::refresh::{is_url, same_key_source, JwksRead, MAX_JWKS_BYTES};
 
 /// Leeway on `exp` and `nbf`, for clocks that disagree a little.
 pub const LEEWAY_SECS: u64 = 60;
@@ -93,11 +93,16 @@ pub struct Jwt {
 // === impl Jwt ===
 
 impl Jwt {
-    /// The source for `cfg`, whose tokens may name the plans `plans`; the keys (and their
-    /// refresh task) of `prev` are kept when it has the same settings, so a reload does not
-    /// wait for a JWKS URL again (a file's keys are replaced by what the reload read). A new one serves what its load's validation
-    /// read (`read`: the file's bytes, the https client); without that, it reads the file, and
-    /// an https JWKS without `jwks_ca` trusts `system`, the system roots of this config load.
+    /// The source for `cfg`, whose tokens may name the plans `plans`. The keys depend only on
+    /// where they come from, so those of `prev` (the source a reload replaces) are kept
+    /// whatever else changed (`issuers`, `audiences`, `claim`...): a reload never waits for a
+    /// JWKS URL again, nor answers 503 while its issuer is down. With the same key source
+    /// ([`same_key_source`]) its keys and their refresh task are kept (a file's keys are
+    /// replaced by what the reload read); with the same `jwks` read another way (another
+    /// `jwks_ca` or `jwks_refresh`), a new task starts from its last good keys. A new one
+    /// serves what its load's validation read (`read`: the file's bytes, the https client);
+    /// without that, it reads the file, and an https JWKS without `jwks_ca` trusts `system`,
+    /// the system roots of this config load.
     pub fn new(
         cfg: &JwtSource,
         plans: Arc<[Box<str>]>,
@@ -106,19 +111,25 @@ impl Jwt {
         read: Option<&JwksRead>,
         system: &SystemRoots,
     ) -> Self {
-        let keys = match prev.filter(|p| p.cfg == *cfg) {
-            Some(p) => {
+        let keys = match prev.filter(|p| p.cfg.jwks == cfg.jwks) {
+            Some(p) if same_key_source(&p.cfg, cfg) => {
                 // A reload serves the file its validation read, as it serves the TLS files: a
                 // key taken out (a leaked one) is refused from this reload on, not from the
                 // next refresh. (Validation checked the bytes; a URL is not fetched by a reload.)
-                if let Some(JwksRead::File(bytes)) = read {
-                    if let Ok(keys) = keys::parse_jwks(bytes) {
-                        p.keys.set(keys);
+                match read {
+                    Some(JwksRead::File(bytes)) => {
+                        if let Ok(keys) = keys::parse_jwks(bytes) {
+                            p.keys.set(keys);
+                        }
                     }
+                    // Fetched from now on trusting the `jwks_ca` this reload read (the file's
+                    // content may have changed), the keys kept meanwhile.
+                    Some(JwksRead::Https(c)) => p.keys.tls.store(Some(c.clone())),
+                    None => {}
                 }
                 p.keys.clone()
             }
-            None => refresh::start(cfg, read, system),
+            p => refresh::start(cfg, read, system, p.map(|p| &*p.keys)),
         };
         Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)
     }
@@ -208,7 +219,9 @@ impl Jwt {
             return Ok(v);
         }
         let (verified, exp) = self.verify_uncached(token).map_err(|why| {
-            tracing::debug!(%why, "bearer token refused");
+            // Escaped (Debug): the reason may echo the client's text (its `alg`), and a
+            // newline in it would start a forged line of the text log.
+            tracing::debug!(?why, "bearer token refused");
             Reason::InvalidToken
         })?;
         // A good token whose tenant is not a valid id: a new token would not help the client,

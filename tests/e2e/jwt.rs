@@ -673,3 +673,127 @@ async fn an_https_jwks_without_jwks_ca_trusts_the_system_roots() {
     assert_eq!(rsp.status, 200, "{}", proxy.log());
     assert!(server.fetches.load(Ordering::SeqCst) >= 1);
 }
+
+/// A reload that changes a `jwt` source's checks but not where its keys come from keeps the
+/// keys it has: here the JWKS server is down when `audiences` grows, and the token still
+/// names its tenant, and rampart stays ready. Before, any change of the source started an
+/// empty key store that waited for the issuer: 503 `jwks_unavailable` for every bearer
+/// request and `/readyz` 503 until a fetch succeeded.
+#[tokio::test]
+async fn a_reload_that_changes_the_checks_keeps_the_keys_of_a_jwks_url() {
+    let app = sample().await;
+    let k = ec("k1");
+    let server = JwksServer::start(jwks(&[&k])).await;
+    let url = format!("http://{}/jwks.json", server.addr);
+    let mut proxy = start(app.addr(), &url, "5m").await;
+    let addr = proxy.listener("other");
+    let t = bearer(&token(&k, &claims("globex", None)));
+    let rsp = http::get(addr, "/ok", &[("authorization", &t)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    server.failing.store(true, Ordering::SeqCst);
+    let fetches = server.fetches.load(Ordering::SeqCst);
+    let checks = TEMPLATE.replace("audiences: [orders]", "audiences: [orders, billing]");
+    proxy.rewrite_config(&checks);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let t2 = bearer(&token(&k, &claims("initech", None)));
+    let rsp = http::get(addr, "/ok", &[("authorization", &t2)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+    // The new checks act: a token for another audience is refused.
+    let mut other = claims("hooli", None);
+    other["aud"] = "shipping".into();
+    http::get(
+        addr,
+        "/ok",
+        &[("authorization", &bearer(&token(&k, &other)))],
+    )
+    .await
+    .assert_rampart(401, "invalid_token");
+    assert_eq!(
+        server.fetches.load(Ordering::SeqCst),
+        fetches,
+        "a reload fetches no key it kept"
+    );
+    // Read another way (another jwks_refresh): a new refresh task, from the same keys.
+    proxy.rewrite_config(&checks.replace("$REFRESH", "1m"));
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    let rsp = http::get(addr, "/ok", &[("authorization", &t2)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
+}
+
+/// A reload reads `jwks_ca` again, as it reads every CA file (README), and an https JWKS is
+/// fetched trusting what it holds now: the issuer moves to a certificate of another CA (and a
+/// new key), the bundle is rewritten, SIGHUP, and a token of the new key names its tenant by
+/// the next refresh. Before, the refresh task kept the TLS client it started with, and the
+/// new key was never fetched.
+#[tokio::test]
+async fn a_reload_fetches_an_https_jwks_trusting_the_new_jwks_ca() {
+    let app = sample().await;
+    let (ca1, ca2) = (Ca::new("issuer-ca-1"), Ca::new("issuer-ca-2"));
+    let pki = Pki::new();
+    let ca_path = pki.ca("jwks-ca", &ca1);
+    let (k1, k2) = (ec("k1"), ec("k2"));
+    let server = JwksServer::start_tls(jwks(&[&k1]), &ca1.server(7)).await;
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let template = TEMPLATE.replace(
+        "        plan_claim: plan\n",
+        "        plan_claim: plan\n        jwks_ca: $CA\n",
+    );
+    let proxy = Proxy::builder(&template)
+        .var("APP", app.addr())
+        .var("JWKS", &url)
+        .var("REFRESH", "1s")
+        .var("CA", ca_path.display())
+        .spawn()
+        .await;
+    let addr = proxy.listener("other");
+    let t1 = bearer(&token(&k1, &claims("globex", None)));
+    let rsp = http::get(addr, "/ok", &[("authorization", &t1)]).await;
+    assert_eq!(rsp.status, 200, "{}", rsp.text());
+    server.present(&ca2.server(8));
+    server.body.store(Arc::new(jwks(&[&k2])));
+    pki.ca("jwks-ca", &ca2);
+    proxy.signal("HUP");
+    let t2 = bearer(&token(&k2, &claims("initech", None)));
+    assert_eventually!(
+        http::get(addr, "/ok", &[("authorization", &t2)])
+            .await
+            .status
+            == 200,
+        "{}",
+        proxy.log()
+    );
+}
+
+/// Why a token was refused is logged (at debug) escaped: a client's `alg` with a newline in it,
+/// echoed by the parse error, cannot start a line of its own in the text log. Before, the
+/// reason was written as it was, and the client forged a log line.
+#[tokio::test]
+async fn a_refused_tokens_reason_cannot_forge_a_log_line() {
+    let app = sample().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rsa("r1");
+    let proxy = Proxy::builder(TEMPLATE)
+        .var("APP", app.addr())
+        .var("JWKS", write_jwks(dir.path(), &jwks(&[&r])))
+        .var("REFRESH", "5m")
+        .env("RUST_LOG", "info,rampart::tenant=debug")
+        .text_log()
+        .spawn()
+        .await;
+    let forged = serde_json::json!({ "alg": "RS256\nFORGED admin granted" });
+    let t = bearer(&token_with(&r, &forged, &claims("globex", None)));
+    let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
+    rsp.assert_rampart(401, "invalid_token");
+    assert_eventually!(
+        proxy.log().contains("bearer token refused"),
+        "{}",
+        proxy.log()
+    );
+    let log = proxy.log();
+    assert!(log.contains("FORGED admin granted"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}

@@ -128,6 +128,40 @@ fn jwt_sources_are_checked() {
     fails_at(&two, "tenants.from[0]");
 }
 
+/// A JWKS fetched over plain http from off this machine can be swapped on the way (and tokens
+/// for any tenant signed): a warning at `jwks`. On loopback, over https, or from a file, none.
+#[test]
+fn a_jwks_fetched_in_clear_off_this_machine_warns() {
+    let rl = "{ per_tenant: { rate: 1/s } }";
+    let warned = |url: &str| {
+        super::warnings(&with(&jwt("", url), rl))
+            .into_iter()
+            .map(|w| (w.path, w.message))
+            .collect::<Vec<_>>()
+    };
+    for url in [
+        "http://issuer.internal/jwks.json",
+        "http://10.0.0.7:8080/keys",
+        "\"http://u:pw@idp.example/jwks\"",
+    ] {
+        let w = warned(url);
+        assert_eq!(w.len(), 1, "{url}: {w:?}");
+        assert_eq!(w[0].0, "tenants.from[0].jwt.jwks", "{url}");
+        assert!(
+            w[0].1.contains("in clear") && w[0].1.contains("https://"),
+            "{w:?}"
+        );
+    }
+    for url in [
+        "http://127.0.0.1:9000/jwks.json",
+        "http://localhost/jwks.json",
+        "\"http://[::1]:9000/jwks.json\"",
+        "https://issuer.internal/jwks.json",
+    ] {
+        assert!(warned(url).is_empty(), "{url}: {:?}", warned(url));
+    }
+}
+
 /// `issuers:` or `audiences:` written null (its items commented out, `~`) was read as not
 /// written, with only the generic warning, and turned its check off: a token of any issuer
 /// was admitted. Refused as `[]` is, where it is written; so is a blank value.

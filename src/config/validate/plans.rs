@@ -40,7 +40,17 @@ pub(super) fn jwt_source(j: &JwtSource, i: usize, p: &KeyPath, r: &mut Report<'_
     let jp = p.key("jwks");
     if jwt::is_url(&j.jwks) {
         match j.jwks.parse::<http::Uri>() {
-            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {}
+            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {
+                // The keys that decide whose request it is, in clear from off this machine:
+                // anyone on the way can hand out keys of their own and sign for any tenant.
+                if u.scheme_str() == Some("http") && !u.host().is_some_and(syntax::is_loopback_host)
+                {
+                    r.warn(
+                        &jp,
+                        "the JWKS is fetched in clear from off this machine: anyone on the way can swap in keys of their own and sign tokens for any tenant; use an https:// url",
+                    );
+                }
+            }
             _ => r.value(&jp, format!("invalid JWKS url {:?}", redact_url(&j.jwks))),
         }
     } else if j.jwks.contains("://") {

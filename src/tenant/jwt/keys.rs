@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -32,6 +32,9 @@ pub(crate) struct KeyStore {
     /// Bumped whenever the keys in force change: a verdict cached under another epoch was
     /// reached with keys that may be gone (`cache.rs`).
     epoch: AtomicU64,
+    /// The TLS client an `https://` JWKS is fetched with (`refresh.rs`): a reload puts in
+    /// the one its validation built, `jwks_ca` read again.
+    pub(crate) tls: ArcSwapOption<rustls::ClientConfig>,
 }
 
 const RSA_ALGS: [Algorithm; 6] = [
@@ -52,6 +55,7 @@ impl KeyStore {
             keys: ArcSwap::from_pointee(Vec::new()),
             loaded: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            tls: ArcSwapOption::empty(),
         }
     }
 
@@ -68,6 +72,15 @@ impl KeyStore {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Puts in force the keys `other` has, if it ever loaded any: a store that takes the
+    /// place of `other` for the same JWKS is loaded from the start.
+    pub(crate) fn inherit(&self, other: &KeyStore) {
+        if other.is_loaded() {
+            self.keys.store(other.keys());
+            self.loaded.store(true, Ordering::Release);
+        }
     }
 
     /// The epoch of the keys in force (see [`KeyStore::set`]).

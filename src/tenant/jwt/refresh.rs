@@ -43,16 +43,29 @@ pub enum JwksRead {
     Https(Arc<ClientConfig>),
 }
 
-/// Creates the key store of `cfg`, takes a file's keys at once, and starts the refresh task
-/// (when a tokio runtime is running; without one, as in `rampart validate`, the keys stay as
-/// read). What validation read (`read`) is served as it is; without it (a source built outside
-/// a config load), the file is read, or an https URL without `jwks_ca` trusts `system`.
+/// Whether sources `a` and `b` read their keys the same way (the same `jwks`, `jwks_ca` and
+/// `jwks_refresh`): one's keys and refresh task then serve the other. Nothing else of a
+/// source has a say in its keys.
+pub fn same_key_source(a: &JwtSource, b: &JwtSource) -> bool {
+    a.jwks == b.jwks && a.jwks_ca == b.jwks_ca && a.jwks_refresh == b.jwks_refresh
+}
+
+/// Creates the key store of `cfg`, starting from the keys `seed` has (a store of the same
+/// JWKS that it replaces: its last good keys serve until a read or fetch replaces them),
+/// takes a file's keys at once, and starts the refresh task (when a tokio runtime is
+/// running; without one, as in `rampart validate`, the keys stay as read). What validation
+/// read (`read`) is served as it is; without it (a source built outside a config load), the
+/// file is read, or an https URL without `jwks_ca` trusts `system`.
 pub(super) fn start(
     cfg: &JwtSource,
     read: Option<&JwksRead>,
     system: &SystemRoots,
+    seed: Option<&KeyStore>,
 ) -> Arc<KeyStore> {
     let store = Arc::new(KeyStore::empty());
+    if let Some(seed) = seed {
+        store.inherit(seed);
+    }
     let url = is_url(&cfg.jwks);
     if !url {
         let keys = match read {
@@ -79,30 +92,27 @@ pub(super) fn start(
         }
         _ => None,
     };
+    store.tls.store(tls);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let weak = Arc::downgrade(&store);
-        rt.spawn(run(weak, cfg.jwks.clone(), cfg.jwks_refresh.0, tls, url));
+        rt.spawn(run(weak, cfg.jwks.clone(), cfg.jwks_refresh.0, url));
     }
     store
 }
 
-async fn run(
-    store: Weak<KeyStore>,
-    jwks: String,
-    every: Duration,
-    tls: Option<Arc<ClientConfig>>,
-    url: bool,
-) {
+/// Reads or fetches the JWKS of `store` for as long as it lives; an https one through the
+/// TLS client the store holds at each fetch (a reload may replace it).
+async fn run(store: Weak<KeyStore>, jwks: String, every: Duration, url: bool) {
     let every = every.max(Duration::from_millis(10));
     let mut backoff = BACKOFF_BASE.min(every);
     let mut wait = if url { Duration::ZERO } else { every };
     loop {
         tokio::time::sleep(wait).await;
-        if store.strong_count() == 0 {
+        let Some(tls) = store.upgrade().map(|s| s.tls.load_full()) else {
             return;
-        }
+        };
         let got = if url {
-            fetch(&jwks, tls.clone()).await
+            fetch(&jwks, tls).await
         } else {
             read_file(Path::new(&jwks))
         };

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::support::tls::Issued;
+use crate::support::tls::{certs, key, server_config, Issued};
 
 pub const ISS: &str = "https://issuer.test/";
 pub const AUD: &str = "orders";
@@ -154,6 +154,7 @@ pub struct JwksServer {
     pub body: Arc<ArcSwap<String>>,
     pub failing: Arc<AtomicBool>,
     pub fetches: Arc<AtomicUsize>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,20 +166,12 @@ impl JwksServer {
 
     /// Serves HTTPS as `identity`.
     pub async fn start_tls(body: String, identity: &Issued) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = CertificateDer::pem_slice_iter(identity.cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).expect("key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("identity");
-        Self::serve(body, Some(TlsAcceptor::from(Arc::new(config)))).await
+        Self::serve(body, Some(acceptor(identity))).await
+    }
+
+    /// Serves HTTPS as `identity` from the next connection on (a certificate of another CA).
+    pub fn present(&self, identity: &Issued) {
+        self.tls.store(Some(Arc::new(acceptor(identity))));
     }
 
     async fn serve(body: String, tls: Option<TlsAcceptor>) -> Self {
@@ -187,7 +180,8 @@ impl JwksServer {
         let body = Arc::new(ArcSwap::from_pointee(body));
         let failing = Arc::new(AtomicBool::new(false));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (b, f, n) = (body.clone(), failing.clone(), fetches.clone());
+        let tls = Arc::new(ArcSwapOption::from(tls.map(Arc::new)));
+        let (b, f, n, t) = (body.clone(), failing.clone(), fetches.clone(), tls.clone());
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 n.fetch_add(1, Ordering::SeqCst);
@@ -197,7 +191,7 @@ impl JwksServer {
                     let text = b.load_full();
                     format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len())
                 };
-                match &tls {
+                match t.load_full() {
                     Some(acceptor) => {
                         if let Ok(t) = acceptor.accept(s).await {
                             answer(t, &rsp).await;
@@ -212,9 +206,16 @@ impl JwksServer {
             body,
             failing,
             fetches,
+            tls,
             task,
         }
     }
+}
+
+/// A TLS acceptor presenting `identity`.
+fn acceptor(identity: &Issued) -> TlsAcceptor {
+    let config = server_config(certs(&identity.cert), key(&identity.key), None, &[]);
+    TlsAcceptor::from(Arc::new(config))
 }
 
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, rsp: &str) {

@@ -30,6 +30,8 @@ pub struct ProxyBuilder {
     closed: Vec<Closed>,
     launcher: Vec<String>,
     stdout_unread: bool,
+    /// `--log-format`: `json` unless [`ProxyBuilder::text_log`].
+    log_format: &'static str,
 }
 
 /// A running `rampart run` child. Killed (by PID) on drop.
@@ -140,6 +142,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Logs in text (`--log-format text`), as people read it, instead of JSON.
+    pub fn text_log(mut self) -> Self {
+        self.log_format = "text";
+        self
+    }
+
     /// Lays the policy file out as a Kubernetes ConfigMap volume does: `rampart.yaml` is a
     /// symlink to `..data/rampart.yaml`, and `..data` a symlink to a versioned directory that
     /// [`Proxy::swap_configmap`] replaces atomically.
@@ -225,7 +233,7 @@ impl ProxyBuilder {
             .arg("run")
             .arg("--config")
             .arg(&path)
-            .args(["--log-format", "json"])
+            .args(["--log-format", self.log_format])
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env_remove("RAMPART_CONFIG")
@@ -270,6 +278,7 @@ impl Proxy {
             closed: Vec::new(),
             launcher: Vec::new(),
             stdout_unread: false,
+            log_format: "json",
         }
     }
 
