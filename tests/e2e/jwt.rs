@@ -624,6 +624,28 @@ async fn a_jwks_url_gates_readiness_and_rotates() {
     assert_eq!(http::get(proxy.admin(), "/readyz", &[]).await.status, 200);
 }
 
+/// rampart in front of `app`, fetching `server`'s JWKS over https every `refresh` and
+/// trusting the CA in `ca` for it (`jwks_ca`).
+async fn trusting(
+    app: SocketAddr,
+    server: &JwksServer,
+    refresh: &str,
+    ca: &std::path::Path,
+) -> Proxy {
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let template = TEMPLATE.replace(
+        "        plan_claim: plan\n",
+        "        plan_claim: plan\n        jwks_ca: $CA\n",
+    );
+    Proxy::builder(&template)
+        .var("APP", app)
+        .var("JWKS", &url)
+        .var("REFRESH", refresh)
+        .var("CA", ca.display())
+        .spawn()
+        .await
+}
+
 #[tokio::test]
 async fn an_https_jwks_is_fetched_through_rustls_trusting_jwks_ca() {
     let app = sample().await;
@@ -632,18 +654,7 @@ async fn an_https_jwks_is_fetched_through_rustls_trusting_jwks_ca() {
     let ca_path = pki.ca("issuer-ca", &ca);
     let k = ec("k1");
     let server = JwksServer::start_tls(jwks(&[&k]), &ca.server(7)).await;
-    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
-    let template = TEMPLATE.replace(
-        "        plan_claim: plan\n",
-        "        plan_claim: plan\n        jwks_ca: $CA\n",
-    );
-    let proxy = Proxy::builder(&template)
-        .var("APP", app.addr())
-        .var("JWKS", &url)
-        .var("REFRESH", "5m")
-        .var("CA", ca_path.display())
-        .spawn()
-        .await;
+    let proxy = trusting(app.addr(), &server, "5m", &ca_path).await;
     let t = bearer(&token(&k, &claims("globex", None)));
     let rsp = http::get(proxy.listener("other"), "/ok", &[("authorization", &t)]).await;
     assert_eq!(rsp.status, 200);
@@ -737,18 +748,7 @@ async fn a_reload_fetches_an_https_jwks_trusting_the_new_jwks_ca() {
     let ca_path = pki.ca("jwks-ca", &ca1);
     let (k1, k2) = (ec("k1"), ec("k2"));
     let server = JwksServer::start_tls(jwks(&[&k1]), &ca1.server(7)).await;
-    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
-    let template = TEMPLATE.replace(
-        "        plan_claim: plan\n",
-        "        plan_claim: plan\n        jwks_ca: $CA\n",
-    );
-    let proxy = Proxy::builder(&template)
-        .var("APP", app.addr())
-        .var("JWKS", &url)
-        .var("REFRESH", "1s")
-        .var("CA", ca_path.display())
-        .spawn()
-        .await;
+    let proxy = trusting(app.addr(), &server, "1s", &ca_path).await;
     let addr = proxy.listener("other");
     let t1 = bearer(&token(&k1, &claims("globex", None)));
     let rsp = http::get(addr, "/ok", &[("authorization", &t1)]).await;

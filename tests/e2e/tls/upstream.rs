@@ -498,22 +498,12 @@ async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() 
     let wrong = trusting(&other);
     let proxy = outbound(up.addr, wrong).await;
     let rsp = crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
-    crate::connect::assert_refused(&rsp, 502, "upstream_unavailable");
-    assert!(
-        rsp.text()
-            .contains("TLS handshake failed with upstream payments")
-            && rsp
-                .text()
-                .contains("certificate is not signed by a trusted CA (unknown issuer)"),
-        "{}",
-        rsp.text()
-    );
-    assert_eventually!(
-        proxy
-            .log()
-            .contains("TLS handshake with an upstream failed"),
-        "a warn line names the failed handshake"
-    );
+    handshake_refused(
+        &rsp,
+        &proxy,
+        "certificate is not signed by a trusted CA (unknown issuer)",
+    )
+    .await;
     assert_eq!(up.hits(), 1, "an unverified upstream gets nothing");
 }
 
@@ -532,22 +522,12 @@ async fn a_connect_tunnel_to_an_upstream_that_refuses_rampart_s_client_certifica
     let up = TlsUpstream::start_mtls(&ca.server(1), &Ca::new("some other ca").pem).await;
     let proxy = outbound(up.addr, with_client_cert(&ca_path, &cert, &key)).await;
     let rsp = crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
-    crate::connect::assert_refused(&rsp, 502, "upstream_unavailable");
-    assert!(
-        rsp.text()
-            .contains("TLS handshake failed with upstream payments")
-            && rsp
-                .text()
-                .contains("the server refused rampart's client certificate"),
-        "{}",
-        rsp.text()
-    );
-    assert_eventually!(
-        proxy
-            .log()
-            .contains("TLS handshake with an upstream failed"),
-        "a warn line names the failed handshake"
-    );
+    handshake_refused(
+        &rsp,
+        &proxy,
+        "the server refused rampart's client certificate",
+    )
+    .await;
     let text = crate::support::metrics(proxy.admin()).await;
     let tries = |code| {
         crate::support::metric_value(
@@ -558,4 +538,21 @@ async fn a_connect_tunnel_to_an_upstream_that_refuses_rampart_s_client_certifica
     };
     assert_eq!((tries("502"), tries("200")), (Some(1.0), None), "{text}");
     assert_eq!(up.hits(), 0);
+}
+
+/// `rsp` is the 502 `upstream_unavailable` of a CONNECT whose TLS handshake with the upstream
+/// `payments` failed, saying `why`, and `proxy`'s log has the warn line for it.
+async fn handshake_refused(rsp: &crate::support::raw::RawResp, proxy: &Proxy, why: &str) {
+    crate::connect::assert_refused(rsp, 502, "upstream_unavailable");
+    let text = rsp.text();
+    assert!(
+        text.contains("TLS handshake failed with upstream payments") && text.contains(why),
+        "{text}"
+    );
+    assert_eventually!(
+        proxy
+            .log()
+            .contains("TLS handshake with an upstream failed"),
+        "a warn line names the failed handshake"
+    );
 }
