@@ -1200,11 +1200,12 @@ async fn a_malformed_status_in_a_streams_trailers_is_a_failure_never_an_ok() {
 /// A gRPC stream's try that ends without its trailers: abandoned by the client (it read the
 /// head and a message, then reset the stream) it is cancelled, neither a failure nor a
 /// success, so two in a row open nothing; broken by the upstream (its stream reset after a
-/// message) it is a failure, and two in a row open the breaker.
+/// message) it is a failure, and two in a row open the breaker. An abandoned stream's access
+/// log line says the client went (`client_gone`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_stream_abandoned_is_cancelled_and_one_broken_is_a_failure() {
     use http_body_util::BodyExt as _;
-    let (up, _proxy, addr) = grpc_routes().await;
+    let (up, proxy, addr) = grpc_routes().await;
     // The head and the first frame of a call to `path`, on a connection of its own, then the
     // stream and the connection dropped; the second value is how the body went on.
     let call = |path: &'static str| async move {
@@ -1238,6 +1239,10 @@ async fn a_grpc_stream_abandoned_is_cancelled_and_one_broken_is_a_failure() {
         "two abandoned streams are no failures: {:?}",
         fine.headers
     );
+    for line in logged(&proxy, "/trailed/hang", 2).await {
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["reason"], "client_gone", "{line}");
+    }
 
     for _ in 0..2 {
         let (_, mut body) = call("/trailed/broken").await;

@@ -1074,10 +1074,9 @@ impl H2Answer {
 /// went away or stopped reading, or rampart cut it at a drain's end. Its log line says so.
 impl Drop for H2Answer {
     fn drop(&mut self) {
+        // Asked once: letting the stream go ends it.
         if !http_body::Body::is_end_stream(self) {
             self.let_go();
-        }
-        if self.guards.log.is_some() && !http_body::Body::is_end_stream(self) {
             if let Some(log) = self.guards.log.as_mut() {
                 log.broken(super::broken_off());
             }
