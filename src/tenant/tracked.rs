@@ -150,12 +150,6 @@ pub trait TenantState: Send + Sync + 'static {
     fn is_idle(&self, now_nanos: u64) -> bool;
     /// Worth of keeping the state when no idle entry is left: the lowest go first.
     fn keep_score(&self, now_nanos: u64) -> u64;
-    /// True while the state is not to be evicted to make room for another tenant (only its
-    /// going idle frees it): what evicting it loses would be its tenant's loss for another's
-    /// gain (a global limit's leased tokens). The newcomer then does without an entry.
-    fn pinned(&self, _now_nanos: u64) -> bool {
-        false
-    }
 }
 
 /// Per-tenant values of one policy instance, counted against `tenants.max_tracked`.
@@ -256,19 +250,14 @@ impl<V: TenantState> Sweep for TenantMap<V> {
         let now = self.clock.now_nanos();
         let mut freed = self.remove_where(|v| v.is_idle(now));
         if freed < want {
-            let mut scores: Vec<u64> = self
-                .map
-                .iter()
-                .filter(|r| !r.value().pinned(now))
-                .map(|r| r.value().keep_score(now))
-                .collect();
+            let mut scores: Vec<u64> = self.map.iter().map(|r| r.value().keep_score(now)).collect();
             let n = (want - freed).min(scores.len());
             if n > 0 {
                 let (_, nth, _) = scores.select_nth_unstable(n - 1);
                 let threshold = *nth;
                 let mut left = n;
                 freed += self.remove_where(|v| {
-                    if left == 0 || v.pinned(now) || v.keep_score(now) > threshold {
+                    if left == 0 || v.keep_score(now) > threshold {
                         return false;
                     }
                     left -= 1;

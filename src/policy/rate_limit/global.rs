@@ -32,10 +32,10 @@
 //!
 //! Leases are per-tenant state, so they live in a [`TenantMap`] counted against
 //! `tenants.max_tracked` with every other per-tenant table and swept as those are (idle leases
-//! first). A lease holding live tokens is never evicted to make room: that would cost its
-//! tenant its unspent tokens (up to a lease less one) for a newcomer's gain. A tenant that finds
-//! no room (every tracked entry live or in use this very moment) leases one token for its
-//! request alone, so it is charged exactly what it spends.
+//! first, then those holding the fewest live tokens). Evicting a lease loses at most its unspent
+//! tokens (the strict side): the tenant's bucket is in the store. A tenant that finds no room
+//! at all (every tracked entry in use this very moment) leases one token for its request alone,
+//! so it is charged exactly what it spends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -443,18 +443,10 @@ impl TenantState for Lease {
         Lease::is_idle(self, now_nanos)
     }
 
-    /// Evicting a lease that is not idle (a refusal in force, a refill running) costs one
-    /// store call to learn again; one with live tokens is never evicted (`pinned`).
+    /// Evicting a lease that is not idle strands its live tokens (and a refusal in force costs
+    /// one store call to learn again): those with the fewest go first.
     fn keep_score(&self, now_nanos: u64) -> u64 {
         self.live(now_nanos)
-    }
-
-    /// A lease holding live tokens (refilled within `lease_ttl`) is not evicted to make room:
-    /// its tenant would lose them (up to a lease less one, taken from the shared bucket) while
-    /// the newcomer kept its own. The newcomer gets a one-token lease instead (`check`), as a
-    /// tenant past the cap did before leases could be evicted.
-    fn pinned(&self, now_nanos: u64) -> bool {
-        self.live(now_nanos) > 0
     }
 }
 
