@@ -57,23 +57,33 @@ pub(super) fn check(up: &Upstream, p: &KeyPath, r: &mut Report<'_>) {
         let path = hc.path.as_str();
         if !path.starts_with('/') {
             r.value(&hp.key("path"), format!("path {path:?} must start with /"));
-        } else if let Some(flaw) = syntax::path_flaw(path, true) {
-            let message = match flaw {
-                syntax::PathFlaw::Unescaped(escaped) => format!("path {path:?} has characters a request target holds only percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}): write {escaped:?}"),
-                syntax::PathFlaw::Never(what) => format!(
-                    "path {path:?} is not a request target a probe can send: it has {what}"
+        } else {
+            // What the probe's request can carry as it is written (http's `PathAndQuery` takes
+            // some characters RFC 3986 has percent-encoded, `[]` in a query among them): those
+            // are sent, with a word; the rest would fail every probe and are refused.
+            let sendable = http::uri::PathAndQuery::try_from(path).is_ok();
+            match syntax::path_flaw(path, true) {
+                Some(syntax::PathFlaw::Never(what)) => r.value(
+                    &hp.key("path"),
+                    format!("path {path:?} is not a request target a probe can send: it has {what}"),
                 ),
-            };
-            r.value(&hp.key("path"), message);
-        } else if http::uri::PathAndQuery::try_from(path).is_err() {
-            // What passes above is sent as it is; past this, only a length.
-            r.value(
-                &hp.key("path"),
-                format!(
-                    "path of {} bytes is longer than a request target a probe can send",
-                    path.len()
+                Some(syntax::PathFlaw::Unescaped(escaped)) if sendable => r.warn(
+                    &hp.key("path"),
+                    format!("path {path:?} has characters a request target should hold only percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}): probes send it as written, which a strict server refuses; write {escaped:?}"),
                 ),
-            );
+                Some(syntax::PathFlaw::Unescaped(escaped)) => r.value(
+                    &hp.key("path"),
+                    format!("path {path:?} has characters a request target holds only percent-encoded (UTF-8 beyond ASCII, and \" < > [ \\ ] ^ ` {{ | }}): write {escaped:?}"),
+                ),
+                None if !sendable => r.value(
+                    &hp.key("path"),
+                    format!(
+                        "path of {} bytes is longer than a request target a probe can send",
+                        path.len()
+                    ),
+                ),
+                None => {}
+            }
         }
         r.positive(&hp.key("interval"), hc.interval.0);
         r.positive(&hp.key("timeout"), hc.timeout.0);
