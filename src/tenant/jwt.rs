@@ -98,8 +98,9 @@ impl Jwt {
     /// whatever else changed (`issuers`, `audiences`, `claim`...): a reload never waits for a
     /// JWKS URL again, nor answers 503 while its issuer is down. With the same key source
     /// ([`same_key_source`]) its keys and their refresh task are kept (a file's keys are
-    /// replaced by what the reload read); with the same `jwks` read another way (another
-    /// `jwks_ca` or `jwks_refresh`), a new task starts from its last good keys. A new one
+    /// replaced by what the reload read); with the same `jwks` refreshed at another
+    /// `jwks_refresh`, a new task starts from its last good keys; with another `jwks_ca` file,
+    /// from none (the old keys were fetched under a trust withdrawn). A new one
     /// serves what its load's validation read (`read`: the file's bytes, the https client);
     /// without that, it reads the file, and an https JWKS without `jwks_ca` trusts `system`,
     /// the system roots of this config load.
@@ -129,7 +130,15 @@ impl Jwt {
                 }
                 p.keys.clone()
             }
-            p => refresh::start(cfg, read, system, p.map(|p| &*p.keys)),
+            // Another `jwks_refresh` alone starts from the last good keys. Another `jwks_ca`
+            // withdraws the trust they were fetched under: the new source waits for a fetch
+            // the new CA vouches for.
+            p => refresh::start(
+                cfg,
+                read,
+                system,
+                p.filter(|p| p.cfg.jwks_ca == cfg.jwks_ca).map(|p| &*p.keys),
+            ),
         };
         Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)
     }

@@ -768,6 +768,47 @@ async fn a_reload_fetches_an_https_jwks_trusting_the_new_jwks_ca() {
     );
 }
 
+/// A reload that makes an https JWKS trust another CA file (`jwks_ca` naming another file)
+/// withdraws the trust its keys were fetched under: they are not kept, and tokens wait for a
+/// fetch the new CA vouches for (503 `jwks_unavailable` while the issuer's certificate is not
+/// one). Before, the new source started from the old keys and, its fetches failing, kept them
+/// for good.
+#[tokio::test]
+async fn a_reload_to_another_jwks_ca_file_does_not_keep_keys_fetched_under_the_old() {
+    let app = sample().await;
+    let (ca1, ca2) = (Ca::new("issuer-ca-1"), Ca::new("issuer-ca-2"));
+    let pki = Pki::new();
+    let (path1, path2) = (pki.ca("ca-1", &ca1), pki.ca("ca-2", &ca2));
+    let k1 = ec("k1");
+    let server = JwksServer::start_tls(jwks(&[&k1]), &ca1.server(7)).await;
+    let mut proxy = trusting(app.addr(), &server, "1s", &path1).await;
+    let addr = proxy.listener("other");
+    let t1 = bearer(&token(&k1, &claims("globex", None)));
+    assert_eq!(
+        http::get(addr, "/ok", &[("authorization", &t1)])
+            .await
+            .status,
+        200
+    );
+    let text = proxy.rewrite_config(&TEMPLATE.replace(
+        "        plan_claim: plan\n",
+        &format!(
+            "        plan_claim: plan\n        jwks_ca: {}\n",
+            path2.display()
+        ),
+    ));
+    assert!(text.contains("ca-2"), "{text}");
+    proxy.signal("HUP");
+    assert_eventually!(
+        http::get(addr, "/ok", &[("authorization", &t1)])
+            .await
+            .status
+            == 503,
+        "{}",
+        proxy.log()
+    );
+}
+
 /// Why a token was refused is logged (at debug) escaped: a client's `alg` with a newline in it,
 /// echoed by the parse error, cannot start a line of its own in the text log. Before, the
 /// reason was written as it was, and the client forged a log line.
