@@ -259,21 +259,60 @@ pub(super) async fn retry_loop(
         }
         avoid = tried.used;
         attempt += 1;
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        // The wait, the answer in hand read into memory meanwhile (boxed: no answer is then
+        // held in every request's future, see [`run`]).
+        let kept = Box::pin(wait_keeping(rsp, wait)).await;
         // The retry's leave, taken as it goes: a breaker that refuses it now (it tripped, or
-        // its probes were taken, during the wait) leaves the answer in hand the request's.
-        let Ok(permit) = admit(ctx) else {
-            ctx.route.metrics.retry_circuit_open.inc();
-            return rsp;
+        // its probes were taken, during the wait) leaves the answer kept the request's, or,
+        // without one, the breaker's refusal.
+        let permit = match admit(ctx) {
+            Ok(p) => p,
+            Err(refusal) => {
+                ctx.route.metrics.retry_circuit_open.inc();
+                return kept.unwrap_or(*refusal);
+            }
         };
         leave = Some(permit);
-        drop(rsp);
+        drop(kept);
         // Counted as it goes: a client that leaves during the wait takes its retry with it
         // (the budget keeps the share it granted, as for a retry sent).
         ctx.route.metrics.retries.inc();
     }
+}
+
+/// Waits `wait` before a retry, with the last try's answer `rsp` read into memory meanwhile
+/// ([`keep_light`]), and returns it if it was.
+async fn wait_keeping(rsp: Response<Body>, wait: Duration) -> Option<Response<Body>> {
+    let began = Instant::now();
+    let kept = keep_light(rsp, wait).await;
+    if let Some(left) = wait.checked_sub(began.elapsed()).filter(|l| !l.is_zero()) {
+        tokio::time::sleep(left).await;
+    }
+    kept
+}
+
+/// The most of a retried try's answer [`keep_light`] keeps in memory through the retry's wait.
+const KEEP_THROUGH_WAIT: usize = 64 * 1024;
+
+/// A retried try's answer `rsp`, kept through the retry's wait to be the request's should the
+/// breaker refuse the retry when it goes: an upstream's (teed or not) is read into memory, at
+/// most [`KEEP_THROUGH_WAIT`] bytes and for at most `within`, so that its connection or
+/// HTTP/2 stream is let go now rather than held through the wait. `None` when its body is
+/// longer, slower or breaks (let go unread: the retry goes, or the breaker's refusal answers).
+/// An answer already in memory (rampart's own) is kept as it is.
+async fn keep_light(rsp: Response<Body>, within: Duration) -> Option<Response<Body>> {
+    use http_body_util::BodyExt as _;
+    if !rsp.body().counts_sent() {
+        return Some(rsp);
+    }
+    let (head, body) = rsp.into_parts();
+    let read = http_body_util::Limited::new(body, KEEP_THROUGH_WAIT).collect();
+    let whole = tokio::time::timeout(within, read).await.ok()?.ok()?;
+    let trailers = whole.trailers().cloned();
+    Some(Response::from_parts(
+        head,
+        Body::with_trailers(whole.to_bytes(), trailers),
+    ))
 }
 
 /// Which deadline bounds a try (and, as the error of one that passed, whose fault it was).

@@ -768,3 +768,38 @@ async fn a_retry_whose_client_leaves_during_its_wait_is_not_counted() {
     assert_eq!(app.hits_for("/status/503"), 1, "no retry was sent");
     assert_eq!(retries(proxy.admin()).await, 0.0, "and none is counted");
 }
+
+/// A retry waiting out its upstream's `retry-after` does not hold that upstream's connection
+/// meanwhile: the answer it keeps (the request's, should the breaker refuse the retry) is read
+/// into memory first, and its connection goes back to the pool. Another request to that
+/// upstream (`max_connections: 1`) is served during the wait. Before, the kept answer held its
+/// connection through the whole wait, and the other request waited for it in vain (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_to_go_holds_no_upstream_connection() {
+    let app = sample().await;
+    let policy = RETRYING
+        .replace(
+            "endpoints: [$APP] }",
+            "endpoints: [$APP], max_connections: 1, connect_timeout: 1s }",
+        )
+        .replace("request: $REQUEST", "request: 10s")
+        .replace("attempts: 3", "attempts: 2");
+    let proxy = Proxy::builder(&policy)
+        .var("APP", app.addr())
+        .var("RATIO", "100%")
+        .var("MIN", "100")
+        .spawn()
+        .await;
+    let addr = proxy.listener("inbound");
+    let waiting = tokio::spawn(http::get(addr, "/status/503?retry_after=3", &[]));
+    crate::assert_eventually!(
+        app.hits_for("/status/503") == 1,
+        "the first try reached the app"
+    );
+    let rsp = http::get(addr, "/ok", &[]).await;
+    assert_eq!(rsp.status, 200, "{:?} {}", rsp.headers, rsp.text());
+    assert_eq!(app.hits_for("/status/503"), 1, "the retry still waits");
+    let rsp = waiting.await.expect("the waiting call");
+    assert_eq!(rsp.status, 503, "the retry's answer");
+    assert_eq!(app.hits_for("/status/503"), 2, "the retry went");
+}
