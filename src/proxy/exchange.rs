@@ -280,39 +280,35 @@ pub(super) async fn retry_loop(
     }
 }
 
-/// Waits `wait` before a retry, with the last try's answer `rsp` read into memory meanwhile
-/// ([`keep_light`]), and returns it if it was.
-async fn wait_keeping(rsp: Response<Body>, wait: Duration) -> Option<Response<Body>> {
-    let began = Instant::now();
-    let kept = keep_light(rsp, wait).await;
-    if let Some(left) = wait.checked_sub(began.elapsed()).filter(|l| !l.is_zero()) {
-        tokio::time::sleep(left).await;
-    }
-    kept
-}
-
-/// The most of a retried try's answer [`keep_light`] keeps in memory through the retry's wait.
+/// The most of a retried try's answer [`wait_keeping`] keeps in memory through the retry's
+/// wait.
 const KEEP_THROUGH_WAIT: usize = 64 * 1024;
 
-/// A retried try's answer `rsp`, kept through the retry's wait to be the request's should the
-/// breaker refuse the retry when it goes: an upstream's (teed or not) is read into memory, at
-/// most [`KEEP_THROUGH_WAIT`] bytes and for at most `within`, so that its connection or
-/// HTTP/2 stream is let go now rather than held through the wait. `None` when its body is
-/// longer, slower or breaks (let go unread: the retry goes, or the breaker's refusal answers).
-/// An answer already in memory (rampart's own) is kept as it is.
-async fn keep_light(rsp: Response<Body>, within: Duration) -> Option<Response<Body>> {
+/// Waits `wait` before a retry, and returns the last try's answer `rsp`, kept to be the
+/// request's should the breaker refuse the retry when it goes. An upstream's answer (teed or
+/// not) is read into memory meanwhile, at most [`KEEP_THROUGH_WAIT`] bytes and within the
+/// wait, so that its connection or HTTP/2 stream is let go now rather than held through the
+/// wait; one longer, slower or broken is let go unread (`None`: the retry goes, or the
+/// breaker's refusal answers). An answer already in memory (rampart's own) is kept as it is.
+async fn wait_keeping(rsp: Response<Body>, wait: Duration) -> Option<Response<Body>> {
     use http_body_util::BodyExt as _;
-    if !rsp.body().counts_sent() {
-        return Some(rsp);
-    }
-    let (head, body) = rsp.into_parts();
-    let read = http_body_util::Limited::new(body, KEEP_THROUGH_WAIT).collect();
-    let whole = tokio::time::timeout(within, read).await.ok()?.ok()?;
-    let trailers = whole.trailers().cloned();
-    Some(Response::from_parts(
-        head,
-        Body::with_trailers(whole.to_bytes(), trailers),
-    ))
+    let until = Instant::now() + wait;
+    let kept = if rsp.body().counts_sent() {
+        let (head, body) = rsp.into_parts();
+        let read = http_body_util::Limited::new(body, KEEP_THROUGH_WAIT).collect();
+        match tokio::time::timeout_at(until, read).await {
+            Ok(Ok(whole)) => {
+                let trailers = whole.trailers().cloned();
+                let body = Body::with_trailers(whole.to_bytes(), trailers);
+                Some(Response::from_parts(head, body))
+            }
+            _ => None,
+        }
+    } else {
+        Some(rsp)
+    };
+    tokio::time::sleep_until(until).await;
+    kept
 }
 
 /// Which deadline bounds a try (and, as the error of one that passed, whose fault it was).

@@ -30,6 +30,17 @@ impl Scripted {
         self.asked.load(Ordering::Relaxed)
     }
 
+    /// The upstream `api` of `cfg` (carrying over from `prev`), resolved by this resolver.
+    fn build(
+        &self,
+        cfg: &file::Upstream,
+        prev: Option<&Upstream>,
+        metrics: &Metrics,
+        clock: &SharedClock,
+    ) -> Arc<Upstream> {
+        Upstream::with_lookup("api", cfg, prev, None, metrics, clock, self.lookup())
+    }
+
     fn lookup(&self) -> Lookup {
         let me = self.clone();
         Arc::new(move |_name: &str| {
@@ -67,22 +78,14 @@ async fn failed_lookup_after_reload_keeps_carried_addresses() {
     dns.answer(Some(&["10.0.0.1:8080", "10.0.0.2:8080"]));
     let cfg = cfg();
 
-    let first = Upstream::with_lookup("api", &cfg, None, None, &metrics, &clock, dns.lookup());
+    let first = dns.build(&cfg, None, &metrics, &clock);
     settle().await;
     assert_eq!(dns.asked(), 1);
     assert_eq!(addrs(&first), ["10.0.0.1:8080", "10.0.0.2:8080"]);
 
     // A reload right as DNS goes away: the new generation's first lookup fails.
     dns.answer(None);
-    let second = Upstream::with_lookup(
-        "api",
-        &cfg,
-        Some(&first),
-        None,
-        &metrics,
-        &clock,
-        dns.lookup(),
-    );
+    let second = dns.build(&cfg, Some(&first), &metrics, &clock);
     drop(first);
     assert_eq!(
         addrs(&second),
@@ -116,7 +119,7 @@ async fn name_never_resolved_has_no_addresses() {
     let metrics = Metrics::register();
     let clock: SharedClock = Arc::new(ManualClock::new());
     let dns = Scripted::default();
-    let up = Upstream::with_lookup("api", &cfg(), None, None, &metrics, &clock, dns.lookup());
+    let up = dns.build(&cfg(), None, &metrics, &clock);
     settle().await;
     assert_eq!(dns.asked(), 1);
     assert!(addrs(&up).is_empty());
@@ -147,7 +150,7 @@ async fn retired_upstream_resolves_no_more_and_leaves_the_series_alone() {
     let clock: SharedClock = Arc::new(ManualClock::new());
     let dns = Scripted::default();
     dns.answer(Some(&["10.0.0.1:8080", "10.0.0.2:8080"]));
-    let first = Upstream::with_lookup("api", &cfg(), None, None, &metrics, &clock, dns.lookup());
+    let first = dns.build(&cfg(), None, &metrics, &clock);
     settle().await;
     assert!(connections_series(&metrics, "api", "10.0.0.2:8080"));
 
@@ -157,15 +160,7 @@ async fn retired_upstream_resolves_no_more_and_leaves_the_series_alone() {
     cfg.outlier = Some(
         serde_json::from_value(serde_json::json!({ "consecutive_failures": 3 })).expect("outlier"),
     );
-    let second = Upstream::with_lookup(
-        "api",
-        &cfg,
-        Some(&first),
-        None,
-        &metrics,
-        &clock,
-        dns.lookup(),
-    );
+    let second = dns.build(&cfg, Some(&first), &metrics, &clock);
     first.retire();
     settle().await;
     assert_eq!(dns.asked(), 2);
@@ -204,15 +199,7 @@ fn one_refused(balance: &str) -> (Arc<Upstream>, SocketAddr, SocketAddr) {
         "balance": balance,
     }))
     .expect("upstream config");
-    let up = Upstream::with_lookup(
-        "api",
-        &cfg,
-        None,
-        None,
-        &metrics,
-        &clock,
-        Scripted::default().lookup(),
-    );
+    let up = Scripted::default().build(&cfg, None, &metrics, &clock);
     let eps = up.endpoints();
     let (refused, answered) = (eps[0].addr, eps[1].addr);
     up.connect_failed(&eps[0]);
