@@ -444,23 +444,34 @@ impl LoadShedder {
 
     /// Recomputes the effective limit and wakes waiters it makes room for.
     fn refresh_limit(&self) {
-        let adaptive = self.adaptive.limit();
-        let limit = adaptive
-            .map_or(u32::MAX, |a| a.max(1))
-            .min(self.max_in_flight.load(SeqCst));
-        self.limit.store(limit, SeqCst);
+        // Callers race (a reload's new max_in_flight, a request's adaptive step): one that read
+        // its inputs before another's store may store after it. Whoever stores reads the inputs
+        // again after, and stores again if they moved, so the last store follows the last inputs.
+        let limit = loop {
+            let adaptive = self.adaptive.limit();
+            let max = self.max_in_flight.load(SeqCst);
+            let limit = adaptive.map_or(u32::MAX, |a| a.max(1)).min(max);
+            self.limit.store(limit, SeqCst);
+            if self.adaptive.limit() == adaptive && self.max_in_flight.load(SeqCst) == max {
+                break limit;
+            }
+        };
         // 0 for a route without a limit; never for a limit of u32::MAX (adaptive.max
         // 4294967295 read 0).
-        let shown = if self.limited.load(SeqCst) {
-            i64::from(limit)
-        } else {
-            0
+        let shown = |limit: u32| {
+            if self.limited.load(SeqCst) {
+                i64::from(limit)
+            } else {
+                0
+            }
         };
-        if self.limit_shown.load(SeqCst) != shown {
+        if self.limit_shown.load(SeqCst) != shown(limit) {
             let g = self.gauges.lock();
             if let Some(c) = &g.concurrency_limit {
-                let was = self.limit_shown.swap(shown, SeqCst);
-                c.add(shown - was);
+                // Read again under the lock: a racing caller's stale limit is not shown last.
+                let now = shown(self.limit.load(SeqCst));
+                let was = self.limit_shown.swap(now, SeqCst);
+                c.add(now - was);
             }
         }
         if self.waiting.load(SeqCst) > 0 {

@@ -898,6 +898,17 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
             "adaptive never lowers the limit",
         ),
         (
+            "{ timeout: { request: 200ms }, load_shed: { max_in_flight: 1, queue: { size: 10, timeout: 1s } } }",
+            "policies.p.load_shed.queue.timeout",
+            "never acts",
+        ),
+        (
+            // The queue's default wait (250ms) counts as written.
+            "{ timeout: { request: 250ms }, load_shed: { max_in_flight: 1, queue: { size: 10 } } }",
+            "policies.p.load_shed.queue.timeout",
+            "is no shorter than timeout.request",
+        ),
+        (
             "{ rate_limit: { headers: true } }",
             "policies.p.rate_limit",
             "admits everything",
@@ -920,6 +931,8 @@ fn policy_sections_that_cannot_act_warn_at_their_key() {
         "{ circuit_breaker: { slow_call: { duration: 1s, threshold: 50% } } }",
         "{ load_shed: { max_in_flight: 20, per_tenant_max_in_flight: 2, queue: { size: 10 }, priority: { header: x-priority } } }",
         "{ load_shed: { max_in_flight: 5, queue: { size: 0 } } }",
+        "{ timeout: { request: 1s }, load_shed: { max_in_flight: 5, queue: { size: 10, timeout: 999ms } } }",
+        "{ timeout: { request: 100ms }, load_shed: { max_in_flight: 5, queue: { size: 0 } } }",
         "{ load_shed: { max_in_flight: 10, adaptive: { min: 9, max: 50 } } }",
         "{ load_shed: { adaptive: { min: 10, max: 50 } } }",
         "{ rate_limit: { total: { rate: 5/s }, headers: true } }",

@@ -49,6 +49,7 @@ pub(super) fn check(pol: &Policy, p: &KeyPath, tunnels: Option<&str>, r: &mut Re
     }
     if let Some(ls) = &pol.load_shed {
         load_shed(ls, &p.key("load_shed"), r);
+        queue_within_request(ls, pol.timeout.as_ref(), p, r);
     }
     if let Some(f) = &pol.fault {
         super::resilience::fault(f, &p.key("fault"), tunnels, r);
@@ -344,6 +345,21 @@ fn breaker(cb: &CircuitBreaker, p: &KeyPath, r: &mut Report<'_>) {
                 "{} is out of range: 1 to {MAX_HALF_OPEN_PROBES} (every probe must succeed before the breaker closes, so more would keep it half-open for good)",
                 cb.half_open_probes
             ),
+        );
+    }
+}
+
+/// A queue wait that the request's timeout always cuts first never acts: the request's
+/// deadline counts from the request's head, before it joins the queue, and a waiter it ends is
+/// answered as the request timeout's (504), never as a queue timeout's (503 `shed`).
+fn queue_within_request(ls: &LoadShed, t: Option<&Timeout>, p: &KeyPath, r: &mut Report<'_>) {
+    let (Some(q), Some(req)) = (&ls.queue, t.and_then(|t| t.request)) else {
+        return;
+    };
+    if q.size > 0 && q.timeout >= req {
+        r.warn(
+            &p.key("load_shed").key("queue").key("timeout"),
+            format!("a queue wait of {} is no shorter than timeout.request {req}, which counts from the request's head and ends the wait first: a waiter is answered 504 timeout, never 503 shed, and this queue timeout never acts; make it shorter than the request timeout", q.timeout),
         );
     }
 }
