@@ -176,11 +176,12 @@ impl<T> Tier<T> {
     /// Newest waiter (normal before critical) of the longest flow, if that flow has at least
     /// `at_least` (and one); the caller counts it out of the queue's length.
     fn pop_longest(&mut self, at_least: usize) -> Option<T> {
+        // One pass over the flows under the shedder's lock; only the winner's key is cloned.
         let (key, len) = self
             .flows
             .iter()
-            .map(|(k, f)| (k.clone(), f.len()))
-            .max_by_key(|(_, len)| *len)?;
+            .max_by_key(|(_, f)| f.len())
+            .map(|(k, f)| (k.clone(), f.len()))?;
         if len == 0 || len < at_least {
             return None;
         }
@@ -197,7 +198,10 @@ impl<T> Tier<T> {
     fn drop_if_empty(&mut self, tenant: &str) {
         if self.flows.get(tenant).is_some_and(Flow::is_empty) {
             self.flows.remove(tenant);
-            self.ring.retain(|k| &**k != tenant);
+            // Each tenant appears once in the ring: stop at it.
+            if let Some(at) = self.ring.iter().position(|k| &**k == tenant) {
+                self.ring.remove(at);
+            }
         }
     }
 }
