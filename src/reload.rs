@@ -60,6 +60,11 @@ pub async fn reload(shared: &Arc<Shared>, source: Source) -> Result<String, Relo
         tracing::warn!("reload asked for while shutting down; refused");
         return result;
     }
+    if result.is_err() {
+        // Log rotation (rename, then SIGHUP) asks for the reopen whatever the file now says: a
+        // refused reload still lets the renamed access log file go (a success did in `apply`).
+        shared.access_logs.reopen();
+    }
     // After a success the new config names the trail; after a failure, the one still in force.
     let cfg = shared.current.load_full().config.clone();
     let mut entry = audit_entry(Event::Reload, source, &result);

@@ -231,6 +231,36 @@ async fn a_renamed_log_is_let_go_on_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_log_is_let_go_on_a_refused_reload_too() {
+    // logrotate renames, then signals: the policy file may be broken at that moment, and the
+    // refused reload must still let the renamed file go.
+    let app = sample().await;
+    let l = logged(app.addr(), "100%").await;
+    let addr = l.proxy.listener("inbound");
+    assert_eq!(http::get(addr, "/ok?n=1", &[]).await.status, 200);
+    wait_lines(&l.log, 1).await;
+    let rotated = l.log.with_extension("jsonl.1");
+    std::fs::rename(&l.log, &rotated).expect("rename");
+    std::fs::write(l.proxy.config_path(), "listeners: [ {").expect("break the policy file");
+    let rsp = http::post(l.proxy.admin(), "/reload", &[], "").await;
+    assert_ne!(
+        rsp.status,
+        200,
+        "the broken file is refused: {}",
+        rsp.text()
+    );
+    assert_eq!(http::get(addr, "/ok?n=2", &[]).await.status, 200);
+    let fresh = wait_lines(&l.log, 1).await;
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0]["path"], "/ok");
+    assert_eq!(
+        lines(&rotated).len(),
+        1,
+        "nothing more goes to the rotated file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_at_zero_keeps_refusals_and_drops_successes() {
     let app = sample().await;
     let l = logged(app.addr(), "0%").await;
