@@ -122,7 +122,7 @@ fn note(waiting: Option<&std::sync::atomic::AtomicU8>, what: u8) {
 const TLS_WARN_EVERY_MS: u64 = 10_000;
 
 /// Least time a CONNECT tunnel's new TLS 1.3 connection waits for the server's verdict on
-/// rampart's client certificate ([`Pool::dial_tunnel`]), however fast its handshake was: on
+/// rampart's client certificate, or its absence ([`Pool::dial_tunnel`]), however fast its handshake was: on
 /// loopback the handshake takes a millisecond or two, and the server's task may not have run
 /// by then.
 const VERDICT_WAIT_MIN: Duration = Duration::from_millis(50);
@@ -525,29 +525,33 @@ impl Pool {
     }
 
     /// [`Pool::dial_warned`] for a CONNECT tunnel's connection (`tunnel.rs`), whose first
-    /// bytes rampart does not write: with rampart's client certificate in a TLS 1.3 session,
-    /// the server's verdict on it ([`crate::tls::client::verdict`]) is waited for as long again
-    /// as the connect took (its TCP and TLS round trips; the verdict is one more away), at
-    /// least [`VERDICT_WAIT_MIN`], within `deadline`. A refusal is a failed handshake, as on
-    /// a request's new connection ([`Pool::first_exchange_failed`]): the client gets no 200 for
-    /// a tunnel that dies at its first read. Also returns what the server sent first, for the
-    /// tunnel to pass on before the rest.
+    /// bytes rampart does not write: when the server asked for a client certificate in a TLS
+    /// 1.3 session ([`crate::tls::client::asking`]), its verdict on the one rampart presented,
+    /// or on none ([`crate::tls::client::verdict`]), is waited for as long again as the connect
+    /// took (its TCP and TLS round trips; the verdict is one more away), at least
+    /// [`VERDICT_WAIT_MIN`], within `deadline`. A refusal is a failed handshake, as on a
+    /// request's new connection ([`Pool::first_exchange_failed`]), and so is a close before
+    /// the server said anything: the client gets no 200 for a tunnel that dies at its first
+    /// read. Also returns what the server sent first, for the tunnel to pass on before the
+    /// rest, and when the connection was made: when the server's verdict came, or when the
+    /// handshake ended if none was waited for or the server said nothing (a wait that ran out
+    /// is rampart's margin, not the endpoint's time to connect).
     pub(super) async fn dial_tunnel(
         &self,
         addr: SocketAddr,
         deadline: Instant,
-    ) -> Result<(Stream, Bytes), SendError> {
+    ) -> Result<(Stream, Bytes, Instant), SendError> {
         let started = Instant::now();
-        let mut stream = self.dial_warned(addr, deadline).await?;
-        let (Stream::Tls(session), Some(tls)) = (&mut stream, &self.tls) else {
-            return Ok((stream, Bytes::new()));
+        let (dialed, asked) = crate::tls::client::asking(self.dial_warned(addr, deadline)).await;
+        let mut stream = dialed?;
+        let shaken = Instant::now();
+        let (Stream::Tls(session), true) = (&mut stream, asked) else {
+            return Ok((stream, Bytes::new(), shaken));
         };
-        let now = Instant::now();
-        let until = deadline.min(now + (now - started).max(VERDICT_WAIT_MIN));
-        // Owned: an `arc_swap` guard is not to be held across the wait.
-        let cfg = tls.config.load_full();
-        match crate::tls::client::verdict(session, &cfg, until).await {
-            Ok(first) => Ok((stream, first)),
+        let until = deadline.min(shaken + (shaken - started).max(VERDICT_WAIT_MIN));
+        match crate::tls::client::verdict(session, until).await {
+            Ok(Some(first)) => Ok((stream, first, Instant::now())),
+            Ok(None) => Ok((stream, Bytes::new(), shaken)),
             Err(e) => Err(self.first_exchange_failed(addr, UpstreamError::Io(e))),
         }
     }

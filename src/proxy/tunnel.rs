@@ -342,7 +342,7 @@ async fn connect(
     let Some(slot) = ep.pool.slot_by(deadline).await else {
         // The endpoint is busy, not failing: no evidence for the breaker. The span says
         // `cancelled` (its answer is 502 `upstream_unavailable`, not a timeout).
-        connecting.end(Outcome::Cancelled, Outcome::Unsent);
+        connecting.end(Outcome::Cancelled, Outcome::Unsent, Instant::now());
         // Nor a try: nothing went to the endpoint.
         up.metrics.unsent(crate::metrics::Unsent::PoolFull);
         let msg = format!(
@@ -355,13 +355,16 @@ async fn connect(
     // handshake when the upstream has `tls` (its `ca`, `server_name` and client certificate),
     // both within the connect timeout, so the tunnel's bytes go inside rampart's TLS session,
     // never in clear (SPEC §8). A failed handshake is a failed connect, said at `warn`; so is
-    // a TLS 1.3 server's refusal of rampart's client certificate, which comes after it.
+    // a TLS 1.3 server's refusal of rampart's client certificate (or of its absence), which
+    // comes after it, also within the connect timeout. The connect ends when the connection
+    // was made (the server's verdict, if one was waited for and came): rampart's wait for a
+    // verdict that never came is not the endpoint's connect time, nor its try's.
     let result = ep.pool.dial_tunnel(ep.addr, deadline).await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Status(StatusCode::OK.as_u16()),
-        Err(_) => Outcome::ConnectError,
+    let (outcome, made) = match &result {
+        Ok((_, _, made)) => (Outcome::Status(StatusCode::OK.as_u16()), *made),
+        Err(_) => (Outcome::ConnectError, Instant::now()),
     };
-    let (took, ended) = connecting.end(outcome, outcome);
+    let (took, ended) = connecting.end(outcome, outcome, made);
     up.try_ended(&ep, outcome, took, ended);
     // The connect is the tunnel's try, counted as tries are (a refusal under the 502 the client
     // gets), its connect time the try's duration: without it an upstream reached only by
@@ -372,7 +375,7 @@ async fn connect(
     });
     up.metrics.duration.observe(took);
     let e = match result {
-        Ok((stream, first)) => {
+        Ok((stream, first, _)) => {
             let stream = Rewind::new(first, stream);
             return Ok(Opened { stream, slot });
         }
@@ -395,7 +398,8 @@ async fn connect(
         SendError::Connect { source, .. } => {
             format!("cannot connect to upstream {name} ({addr}): {source}")
         }
-        // The connection lost while rampart waited for the server's verdict.
+        // The connection lost while rampart waited for the server's verdict, or closed by
+        // the server before it said anything.
         SendError::Reset(e) => format!("cannot connect to upstream {name} ({addr}): {e}"),
     };
     Err(answer(Reason::UpstreamUnavailable, &msg, None))
@@ -446,15 +450,19 @@ impl<'a> Connecting<'a> {
         }
     }
 
-    /// Ends the connect now: its span with `outcome`, the breaker told `verdict`. Returns how
-    /// long it took, and when it ended.
-    fn end(mut self, outcome: Outcome, verdict: Outcome) -> (Duration, Instant) {
+    /// Ends the connect, which ended at `ended`: its span with `outcome`, the breaker told
+    /// `verdict`. Returns how long it took, and when it ended.
+    fn end(mut self, outcome: Outcome, verdict: Outcome, ended: Instant) -> (Duration, Instant) {
         self.ended = true;
-        self.record(outcome, verdict)
+        self.record(outcome, verdict, ended)
     }
 
-    fn record(&mut self, outcome: Outcome, verdict: Outcome) -> (Duration, Instant) {
-        let ended = Instant::now();
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        verdict: Outcome,
+        ended: Instant,
+    ) -> (Duration, Instant) {
         let took = ended.saturating_duration_since(self.started);
         self.tries.ended(took, ended);
         if let Some(p) = self.permit.take() {
@@ -479,7 +487,7 @@ impl Drop for Connecting<'_> {
         if self.ended {
             return;
         }
-        self.record(Outcome::Cancelled, Outcome::Cancelled);
+        self.record(Outcome::Cancelled, Outcome::Cancelled, Instant::now());
         // Not the upstream's doing: kept out of its requests and durations.
         self.up.metrics.abandoned(Outcome::Cancelled);
     }

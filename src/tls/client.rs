@@ -11,6 +11,8 @@
 //! Without a `ca`, servers are verified against the system roots of the config load
 //! ([`SystemRoots`]; Mozilla's compiled-in list where the system has none).
 
+use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -18,8 +20,10 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ProtocolVersion};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ProtocolVersion, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -103,6 +107,7 @@ pub fn client_config_all(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.client_auth_cert_resolver = Arc::new(Noting(config.client_auth_cert_resolver.clone()));
     Ok(Arc::new(config))
 }
 
@@ -156,41 +161,92 @@ pub fn refused_after_handshake(err: &io::Error, cfg: &ClientConfig) -> Option<io
     }
 }
 
+tokio::task_local! {
+    /// Whether the server of the handshake polled under [`asking`] asked for a client
+    /// certificate: set by [`Noting`], which rustls consults only then.
+    static ASKED: Cell<bool>;
+}
+
+/// The client certificate resolver of a [`client_config_all`] config: the one rustls made (the
+/// configured certificate, or none), noting for [`asking`] that the server asked. rustls calls
+/// it only when a server's `CertificateRequest` came, during that connection's handshake, in
+/// the task that polls it; nothing else changes (a handshake outside [`asking`] notes nothing).
+#[derive(Debug)]
+struct Noting(Arc<dyn ResolvesClientCert>);
+
+impl ResolvesClientCert for Noting {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        let _ = ASKED.try_with(|asked| asked.set(true));
+        self.0.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        self.0.only_raw_public_keys()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.has_certs()
+    }
+}
+
+/// Runs `dial`, a connect whose TLS handshake (if any) uses a [`client_config_all`] config,
+/// and says whether its server asked for a client certificate: then, in TLS 1.3, its verdict
+/// on the one rampart sent (or on none) is still to come ([`verdict`]). rustls tells no
+/// connection whether it was asked; its certificate resolver, shared by every connection of
+/// the config, is consulted within the asking handshake, so a task-local flag says it.
+pub async fn asking<F: Future>(dial: F) -> (F::Output, bool) {
+    ASKED
+        .scope(Cell::new(false), async move {
+            let dialed = dial.await;
+            (dialed, ASKED.with(Cell::get))
+        })
+        .await
+}
+
 /// How much [`verdict`] reads of what the server sends first (the rest stays in the session).
 const VERDICT_READ: usize = 8 * 1024;
 
-/// Waits, until `until` at most, for a TLS 1.3 server's verdict on the client certificate
-/// `tls` presented (as `cfg` says), for a connection whose first bytes rampart does not
-/// write (a CONNECT tunnel's: its client may wait for the server to speak first, so no
-/// first exchange would show the refusal, as it does for a request's connection). The
-/// server judges the certificate after the client's side of the handshake has ended
-/// ([`refused_after_handshake`]): it says no with an alert, and yes by going on, most often
-/// with session tickets, which end the wait at once (one round trip after the handshake), as
-/// does anything it sends first, returned here to be read before the rest. A server that
-/// sends nothing keeps the wait to `until`: then the session is taken as accepted. Nothing
-/// to wait for (empty at once) without a client certificate or in TLS 1.2, whose handshake
-/// ends after the server's verdict.
+/// Waits, until `until` at most, for a TLS 1.3 server that asked for a client certificate
+/// ([`asking`]) to judge the one `tls` presented, or its absence, for a connection whose first
+/// bytes rampart does not write (a CONNECT tunnel's: its client may wait for the server to
+/// speak first, so no first exchange would show the refusal, as it does for a request's
+/// connection). The server judges after the client's side of the handshake has ended
+/// ([`refused_after_handshake`]): it says no with an alert (`certificate_required` when
+/// rampart presented none, as the server demanded one), and yes by going on, most often with
+/// session tickets, which end the wait at once (one round trip after the handshake), as does
+/// anything it sends first: `Some` of it, to be read before the rest (empty for tickets).
+/// `None`: nothing was said by `until` (the session is taken as accepted), or nothing is to
+/// come in TLS 1.2, whose handshake ends after the server's verdict.
+///
+/// A server that closes the connection before it said anything (`close_notify`, or TCP's end
+/// without one) does not take the session: an error ([`closed_at_once`]). TLS 1.3 lets a
+/// side close its writing half and still read, but a server that does so before its client
+/// has said a word has nothing to answer it with: the tunnel is dead at its 200.
 ///
 /// An error is returned as read: [`refused_after_handshake`] tells whether it is the refusal.
-pub async fn verdict<IO>(
-    tls: &mut TlsStream<IO>,
-    cfg: &ClientConfig,
-    until: Instant,
-) -> io::Result<Bytes>
+pub async fn verdict<IO>(tls: &mut TlsStream<IO>, until: Instant) -> io::Result<Option<Bytes>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let session = tls.get_ref().1;
-    if session.protocol_version() != Some(ProtocolVersion::TLSv1_3)
-        || !cfg.client_auth_cert_resolver.has_certs()
-    {
-        return Ok(Bytes::new());
+    if tls.get_ref().1.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+        return Ok(None);
     }
     let mut buf = vec![0; VERDICT_READ];
     let first = std::future::poll_fn(|cx| {
         let mut read = ReadBuf::new(&mut buf);
         match Pin::new(&mut *tls).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Err(closed_at_once(
+                "with close_notify",
+                io::ErrorKind::ConnectionAborted,
+            ))),
             Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Err(
+                closed_at_once("without close_notify", io::ErrorKind::UnexpectedEof),
+            )),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             // Tickets (read and taken in by the poll): the server went on, accepting.
             Poll::Pending if tls.get_ref().1.tls13_tickets_received() > 0 => Poll::Ready(Ok(0)),
@@ -199,10 +255,22 @@ where
     });
     match tokio::time::timeout_at(until, first).await {
         // A copy: the buffer is let go now, not when the tunnel has read it.
-        Ok(Ok(n)) => Ok(Bytes::copy_from_slice(&buf[..n])),
+        Ok(Ok(n)) => Ok(Some(Bytes::copy_from_slice(&buf[..n]))),
         Ok(Err(e)) => Err(e),
-        Err(_) => Ok(Bytes::new()),
+        Err(_) => Ok(None),
     }
+}
+
+/// A server's close, `how`, seen while [`verdict`] waited, before the server said anything.
+fn closed_at_once(how: &str, kind: io::ErrorKind) -> io::Error {
+    io::Error::new(
+        kind,
+        format!(
+            "the server closed the connection {how} right after the TLS handshake, before \
+             sending anything (it may not accept rampart's client certificate, or its absence, \
+             and say so without an alert)"
+        ),
+    )
 }
 
 /// A failed handshake told in words ([`super::words::refusal`]): a refused server

@@ -706,7 +706,7 @@ async fn echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 /// `tcp`, a tunnel to an echo, carries `sent` there and back.
-async fn echoes(tcp: &mut tokio::net::TcpStream, sent: &[u8]) {
+pub(crate) async fn echoes(tcp: &mut tokio::net::TcpStream, sent: &[u8]) {
     tcp.write_all(sent).await.expect("write into the tunnel");
     let mut echoed = vec![0u8; sent.len()];
     tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 
 use super::support::{serial_of, Ca, Files, Leaf};
-use crate::tls::client::{refused_after_handshake, verdict};
+use crate::tls::client::{asking, refused_after_handshake, verdict};
 use crate::tls::{
     accept, client_config, connect, server_config, ConnInfo, HandshakeError, ReloadableAcceptor,
     SystemRoots,
@@ -259,8 +259,10 @@ async fn mtls_refuses_a_certificate_from_another_ca() {
 }
 
 /// In TLS 1.3 the client's side of the handshake ends before the server has judged its
-/// certificate; [`verdict`] waits for the judgement: the server's tickets (it went on) end the
-/// wait long before its end, and leave the session to use; its alert is the refusal in words.
+/// certificate; [`asking`] tells that the server asked for one, and [`verdict`] waits for the
+/// judgement: the server's tickets (it went on) end the wait long before its end, and leave
+/// the session to use; its alert is the refusal in words, on a certificate it does not trust
+/// as on none at all. A server that asks for none is not waited for.
 #[tokio::test]
 async fn the_verdict_on_a_client_certificate_is_the_server_s_tickets_or_its_alert() {
     let (client_ca, stranger) = (Ca::new("client ca"), Ca::new("stranger"));
@@ -279,29 +281,50 @@ async fn the_verdict_on_a_client_certificate_is_the_server_s_tickets_or_its_aler
     let within = Duration::from_secs(10);
 
     let trusted = client(&client_ca, "trusted");
-    let mut conn = dial(addr, trusted.clone(), "localhost")
-        .await
-        .expect("connects");
-    let said = tokio::time::timeout(within, verdict(&mut conn, &trusted, far()))
+    let (conn, asked) = asking(dial(addr, trusted.clone(), "localhost")).await;
+    let mut conn = conn.expect("connects");
+    assert!(asked, "the server asks for a client certificate");
+    let said = tokio::time::timeout(within, verdict(&mut conn, far()))
         .await
         .expect("the server's tickets end the wait");
-    assert_eq!(said.expect("accepted"), &b""[..]);
+    assert_eq!(said.expect("accepted"), Some(bytes::Bytes::new()));
     ping(&mut conn).await.expect("the session goes on");
 
-    let untrusted = client(&stranger, "untrusted");
-    let mut conn = dial(addr, untrusted.clone(), "localhost")
-        .await
-        .expect("TLS 1.3: the client's side ends first");
-    let said = tokio::time::timeout(within, verdict(&mut conn, &untrusted, far()))
-        .await
-        .expect("the server's alert ends the wait");
-    let e = said.expect_err("refused");
-    let refusal = refused_after_handshake(&e, &untrusted).expect("an alert");
+    let anonymous = client_config(Some(&ca), None, None, &SystemRoots::new()).expect("cfg");
+    for (cfg, why) in [
+        (
+            client(&stranger, "untrusted"),
+            "the server refused rampart's client certificate",
+        ),
+        (
+            anonymous,
+            "the server requires a client certificate and rampart presented none",
+        ),
+    ] {
+        let (conn, asked) = asking(dial(addr, cfg.clone(), "localhost")).await;
+        let mut conn = conn.expect("TLS 1.3: the client's side ends first");
+        assert!(asked, "{why}");
+        let said = tokio::time::timeout(within, verdict(&mut conn, far()))
+            .await
+            .expect("the server's alert ends the wait");
+        let e = said.expect_err("refused");
+        let refusal = refused_after_handshake(&e, &cfg).expect("an alert");
+        assert!(refusal.to_string().contains(why), "{refusal}");
+    }
+
+    let plain = setup(None);
+    let (addr, _rx) = serve(plain.acceptor.clone()).await;
+    let cfg = client_config(
+        Some(&plain.files.ca("ca", &plain.ca)),
+        None,
+        None,
+        &SystemRoots::new(),
+    );
+    let (conn, asked) = asking(dial(addr, cfg.expect("cfg"), "localhost")).await;
+    conn.expect("connects");
     assert!(
-        refusal
-            .to_string()
-            .contains("the server refused rampart's client certificate"),
-        "{refusal}"
+        !asked,
+        "a server that asks for no client certificate has no verdict to give"
     );
 }
 

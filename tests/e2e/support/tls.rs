@@ -28,7 +28,7 @@ use super::BoxError;
 
 mod servers;
 
-pub use self::servers::{Recorder, TlsUpstream};
+pub use self::servers::{Recorder, TlsScript, TlsUpstream};
 
 /// Longest a TLS call may take before the test gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);

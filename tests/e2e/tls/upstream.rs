@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::support::proxy::run_env;
-use crate::support::tls::{Ca, Pki, Recorder, TlsUpstream};
+use crate::support::tls::{Ca, Pki, Recorder, TlsScript, TlsUpstream};
 use crate::support::{http, Proxy};
 
 /// An outbound listener routing `payments.internal` to upstream `payments` at `$UP`, whose
@@ -507,27 +507,42 @@ async fn a_connect_tunnel_to_a_tls_upstream_goes_inside_rampart_s_tls_session() 
     assert_eq!(up.hits(), 1, "an unverified upstream gets nothing");
 }
 
-/// A CONNECT tunnel to a TLS 1.3 upstream that refuses rampart's client certificate is a
-/// failed connect, as a request's connection to it is: 502 `upstream_unavailable` saying why,
-/// the warn line, and the upstream's failed try. In TLS 1.3 rampart's side of the handshake
-/// ends before the server has judged the certificate: its refusal (an alert) comes after.
-/// Before, the CONNECT got its 200, counted as the upstream's success, and the tunnel died at
-/// its first read.
+/// A CONNECT tunnel to a TLS 1.3 upstream that refuses rampart's client certificate, or its
+/// absence, is a failed connect, as a request's connection to it is: 502
+/// `upstream_unavailable` saying why, the warn line, and the upstream's failed try. In TLS 1.3
+/// rampart's side of the handshake ends before the server has judged the certificate: its
+/// refusal (an alert) comes after. Before, the CONNECT got its 200, counted as the upstream's
+/// success, and the tunnel died at its first read; rampart waited for the verdict only when it
+/// presented a certificate itself, so to an upstream that requires one, with no `cert` set,
+/// it still did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_tunnel_to_an_upstream_that_refuses_rampart_s_client_certificate_is_a_502() {
     let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
     let ca_path = pki.ca("ca", &ca);
-    let (cert, key) = pki.pair("client", &ca.client("rampart", None));
     // It wants client certificates signed by another CA.
     let up = TlsUpstream::start_mtls(&ca.server(1), &Ca::new("some other ca").pem).await;
-    let proxy = outbound(up.addr, with_client_cert(&ca_path, &cert, &key)).await;
-    let rsp = crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
-    handshake_refused(
-        &rsp,
-        &proxy,
-        "the server refused rampart's client certificate",
-    )
-    .await;
+    let cases = [
+        (
+            presenting(&ca, &pki),
+            "the server refused rampart's client certificate",
+        ),
+        (
+            trusting(&ca_path),
+            "the server requires a client certificate and rampart presented none",
+        ),
+    ];
+    for (tls, why) in cases {
+        let proxy = outbound(up.addr, tls).await;
+        let rsp =
+            crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
+        handshake_refused(&rsp, &proxy, why).await;
+        assert_eq!(connect_tries(&proxy).await, (Some(1.0), None), "{why}");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+/// The tries of upstream `payments` counted by `proxy`: (502s, 200s).
+async fn connect_tries(proxy: &Proxy) -> (Option<f64>, Option<f64>) {
     let text = crate::support::metrics(proxy.admin()).await;
     let tries = |code| {
         crate::support::metric_value(
@@ -536,8 +551,140 @@ async fn a_connect_tunnel_to_an_upstream_that_refuses_rampart_s_client_certifica
             &[("upstream", "payments"), ("code", code)],
         )
     };
-    assert_eq!((tries("502"), tries("200")), (Some(1.0), None), "{text}");
-    assert_eq!(up.hits(), 0);
+    (tries("502"), tries("200"))
+}
+
+/// The `tls` map body that trusts `ca` (written into `pki`) and presents a client certificate
+/// it signed.
+fn presenting(ca: &Ca, pki: &Pki) -> String {
+    let (cert, key) = pki.pair("client", &ca.client("rampart", None));
+    with_client_cert(&pki.ca("ca", ca), &cert, &key)
+}
+
+/// A TLS 1.3 upstream for `localhost` (signed by `ca`) that asks every client for a
+/// certificate `ca` signed and sends no session tickets, so that only what `script` does on
+/// each session it accepts (or rampart's wait running out) ends rampart's wait for its verdict.
+async fn asking_upstream<F, Fut>(ca: &Ca, script: F) -> TlsScript
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use crate::support::tls::{certs, key, server_config_versions};
+    let issued = ca.server(1);
+    let (chain, key) = (certs(&issued.cert), key(&issued.key));
+    let tls13 = [&rustls::version::TLS13];
+    let mut config =
+        server_config_versions(chain, key, Some(ca.pem.as_str()), &[b"http/1.1"], &tls13);
+    config.send_tls13_tickets = 0;
+    TlsScript::start(config, script).await
+}
+
+/// Echoes what `tls` reads until it closes.
+async fn echo_on(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    let (mut r, mut w) = tokio::io::split(tls);
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+}
+
+/// A TLS 1.3 upstream that accepts rampart's client certificate and then closes at once,
+/// before it said anything (with `close_notify`, or dropping TCP without one): the tunnel
+/// would be dead at its 200, so the CONNECT is a 502 that says so, a failed try. Before, a
+/// clean close during the wait for the verdict read as acceptance: the client got a 200 and
+/// a tunnel closed at once; the close without `close_notify` was a 502 in rustls's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_tunnel_to_an_upstream_that_closes_before_a_word_is_a_502() {
+    use tokio::io::AsyncWriteExt;
+    for notify in [true, false] {
+        let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+        let up = asking_upstream(&ca, move |mut tls| async move {
+            if notify {
+                let _ = tls.shutdown().await;
+            }
+        })
+        .await;
+        let proxy = outbound(up.addr, presenting(&ca, &pki)).await;
+        let rsp =
+            crate::connect::connect(proxy.listener("outbound"), "payments.internal:443").await;
+        crate::connect::assert_refused(&rsp, 502, "upstream_unavailable");
+        let how = if notify {
+            "with close_notify"
+        } else {
+            "without close_notify"
+        };
+        let said = format!(
+            "the server closed the connection {how} right after the TLS handshake, before \
+             sending anything"
+        );
+        assert!(rsp.text().contains(&said), "{}", rsp.text());
+        assert_eq!(connect_tries(&proxy).await, (Some(1.0), None), "{how}");
+    }
+}
+
+/// A tunnel's connect time (its try's duration, in `rampart_upstream_request_duration_seconds`,
+/// the breaker's slow-call judgement and the endpoint's latency) is the time to make the
+/// connection: TCP, TLS, and the server's verdict on rampart's client certificate when it
+/// gives one. A server that gives none (no tickets, no first bytes) leaves rampart waiting
+/// at least 50 ms before it answers 200: that wait is rampart's, not the endpoint's. Before,
+/// it was counted in full: every tunnel to such an upstream took 50 ms or more to connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_s_time_does_not_count_the_wait_for_a_verdict_that_never_came() {
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let up = asking_upstream(&ca, echo_on).await;
+    let proxy = outbound(up.addr, presenting(&ca, &pki)).await;
+    let asked = tokio::time::Instant::now();
+    let mut tunnel =
+        crate::connect::open_tunnel(proxy.listener("outbound"), "payments.internal:443").await;
+    let to_200 = asked.elapsed();
+    crate::connect::echoes(&mut tunnel, b"ping").await;
+    let text = crate::support::metrics(proxy.admin()).await;
+    let connect = crate::support::metric_value(
+        &text,
+        "rampart_upstream_request_duration_seconds_sum",
+        &[("upstream", "payments")],
+    )
+    .expect("the connect's time");
+    assert_eq!(connect_tries(&proxy).await, (None, Some(1.0)));
+    // The 200 came after the wait (at least 50 ms) that followed the connect.
+    let margin = to_200.as_secs_f64() - connect;
+    assert!(
+        margin >= 0.049,
+        "connect {connect:.4}s, its 200 after {to_200:?}: the wait was counted"
+    );
+}
+
+/// Hostile upstream: a TLS 1.3 server that, having accepted rampart's client certificate,
+/// speaks first, more than one TLS record and more than rampart reads while it waits for the
+/// verdict, then echoes: the client gets the 200, then every byte in order, then its echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_upstream_says_during_the_wait_for_its_verdict_reaches_the_client_after_the_200() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let banner: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let (ca, pki) = (Ca::new("upstream ca"), Pki::new());
+    let sent = banner.clone();
+    let up = asking_upstream(&ca, move |mut tls| {
+        let sent = sent.clone();
+        async move {
+            if tls.write_all(&sent).await.is_ok() {
+                echo_on(tls).await;
+            }
+        }
+    })
+    .await;
+    let proxy = outbound(up.addr, presenting(&ca, &pki)).await;
+    let mut tunnel =
+        crate::connect::open_tunnel(proxy.listener("outbound"), "payments.internal:443").await;
+    let mut got = vec![0u8; banner.len()];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tunnel.read_exact(&mut got),
+    )
+    .await
+    .expect("the upstream's first bytes in time")
+    .expect("read them");
+    assert!(
+        got == banner,
+        "the upstream's first bytes, intact and in order"
+    );
+    crate::connect::echoes(&mut tunnel, b"after").await;
 }
 
 /// `rsp` is the 502 `upstream_unavailable` of a CONNECT whose TLS handshake with the upstream

@@ -1,6 +1,8 @@
-//! Servers for the TLS tests: a TLS upstream (optionally requiring a client certificate) and
-//! a server that only records what it is sent (plain, or over TLS).
+//! Servers for the TLS tests: a TLS upstream (optionally requiring a client certificate), one
+//! that runs a test's script on each session, and a server that only records what it is sent
+//! (plain, or over TLS).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,9 +13,10 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::{certs, key, Issued};
@@ -24,6 +27,14 @@ use super::{certs, key, Issued};
 pub struct TlsUpstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// A TLS server on 127.0.0.1 that hands each session, once its handshake is done, to a
+/// script: what a test's upstream says and does on it. Stops on drop.
+#[derive(Debug)]
+pub struct TlsScript {
+    pub addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
@@ -118,6 +129,39 @@ async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, hits: Arc<Atomi
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
         });
+    }
+}
+
+// === impl TlsScript ===
+
+impl TlsScript {
+    /// Serves TLS as `config` says, running `script` on each session whose handshake succeeds.
+    pub async fn start<F, Fut>(config: rustls::ServerConfig, script: F) -> TlsScript
+    where
+        F: Fn(TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let script = Arc::new(script);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, script) = (acceptor.clone(), script.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        script(tls).await;
+                    }
+                });
+            }
+        });
+        TlsScript { addr, task }
+    }
+}
+
+impl Drop for TlsScript {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
