@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             Command::Validate { .. } | Command::Audit { .. } | Command::Health { .. } => Ok(()),
         }
     });
+    // Drained by now. Dropping the runtime would wait without end for blocking work still
+    // running, such as a DNS lookup (`getaddrinfo`) stuck on an unreachable resolver, and keep
+    // a drained process alive past its grace: give such work a moment, then leave it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
