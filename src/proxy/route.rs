@@ -4,6 +4,8 @@
 //! URI's (absolute-form HTTP/1.1, as apps using `HTTP_PROXY` send, or HTTP/2 `:authority`), or
 //! else the `host` header.
 
+use std::net::Ipv6Addr;
+
 use http::header::HOST;
 use http::Request;
 
@@ -21,6 +23,9 @@ enum HostMatch {
     Exact(String),
     /// `*.example.com` stored as `.example.com`.
     Suffix(String),
+    /// An IPv6 literal (`[::1]`): the address it names, however written (`[0:0::1]` is the
+    /// same), on either side.
+    Ip(Ipv6Addr),
 }
 
 // === impl Matcher ===
@@ -33,6 +38,9 @@ impl Matcher {
         };
         let host = m.host.as_deref().map(|h| {
             let h = host_key(h);
+            if let Ok(ip) = h.parse() {
+                return HostMatch::Ip(ip);
+            }
             match h.strip_prefix('*') {
                 Some(suffix) => HostMatch::Suffix(suffix.to_string()),
                 None => HostMatch::Exact(h),
@@ -60,6 +68,12 @@ impl Matcher {
                         && host.is_char_boundary(host.len() - s.len())
                         && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
                 }
+                // Only an IPv6 literal leaves a `:` in a request's host (its port is cut off):
+                // a name is not parsed.
+                HostMatch::Ip(ip) => {
+                    host.as_bytes().contains(&b':')
+                        && host.parse::<Ipv6Addr>().is_ok_and(|h| h == *ip)
+                }
             };
             if !ok {
                 return false;
@@ -73,15 +87,17 @@ impl Matcher {
 }
 
 /// A `match.host` in the form [`request_host`] gives a request's host in: lower case, without
-/// a trailing dot, an IPv6 literal without its brackets (`[::1]` is matched as `::1`). Done
-/// once, when the config is loaded, so requests are matched with no more work.
+/// a trailing dot, an IPv6 literal without its brackets and in its one text form (RFC 5952:
+/// `[0:0::1]` is matched as `::1`, as the address it names). Done once, when the config is
+/// loaded, so requests are matched with no more work (an IPv6 literal's is a parse).
 pub fn host_key(written: &str) -> String {
     let h = written.strip_suffix('.').unwrap_or(written);
-    let h = h
-        .strip_prefix('[')
-        .and_then(|ip| ip.strip_suffix(']'))
-        .unwrap_or(h);
-    h.to_ascii_lowercase()
+    match h.strip_prefix('[').and_then(|ip| ip.strip_suffix(']')) {
+        Some(ip) => ip
+            .parse::<Ipv6Addr>()
+            .map_or_else(|_| ip.to_ascii_lowercase(), |ip| ip.to_string()),
+        None => h.to_ascii_lowercase(),
+    }
 }
 
 /// The host a request is for, without port: from the URI authority, else the `host` header.
@@ -151,6 +167,9 @@ mod tests {
         for (written, authority) in [
             ("[::1]", "[::1]:8080"),
             ("[FE80::1]", "[fe80::1]"),
+            ("[0:0::1]", "[::1]:8080"),
+            ("[::1]", "[0:0:0:0:0:0:0:1]"),
+            ("[::FFFF:127.0.0.1]", "[::ffff:7f00:1]:80"),
             ("app.internal.", "app.internal"),
             ("app.internal.", "App.Internal.:80"),
             ("app.internal", "app.internal.:80"),
@@ -164,6 +183,12 @@ mod tests {
             );
         }
         assert!(!m(Some("*.example.com."), None).matches(Some("example.com"), "/"));
+        // An IPv6 literal matches its address alone.
+        let ip = m(Some("[0:0::1]"), None);
+        for other in ["::2", "[::1]", "localhost", "1"] {
+            assert!(!ip.matches(Some(other), "/"), "{other}");
+        }
+        assert_eq!(host_key("[0:0::1]"), "::1");
     }
 
     #[test]

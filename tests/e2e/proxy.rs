@@ -212,7 +212,7 @@ listeners:
         upstream: b
       - match: { host: dead.local }
         upstream: dead
-      - match: { host: "[::1]" }
+      - match: { host: "[0:0::1]" }
         upstream: a
       - match: { host: app.internal. }
         upstream: a
@@ -253,14 +253,21 @@ async fn outbound_routes_by_authority_wildcard_and_path() {
 
     // An IPv6 literal is written in brackets, a name may end in the root's dot: each is
     // matched as the request names its host, not left to a later route. Before, `[::1]` and
-    // `app.internal.` never matched.
-    let req = format!(
-        "GET http://[::1]:{0}/status/202 HTTP/1.1\r\nHost: [::1]:{0}\r\nConnection: close\r\n\r\n",
-        out.port()
-    );
-    let rsp = raw::exchange(out, req.as_bytes(), Duration::from_secs(5)).await;
-    assert_eq!(rsp.status(), Some(202), "{}", rsp.text());
-    assert_eq!(rsp.header("x-sample-addr"), Some(a.addr().to_string()));
+    // `app.internal.` never matched. An IPv6 literal matches the address it names, however
+    // either side writes it (`[0:0::1]` is `[::1]`); before, they were compared as text.
+    for ip in ["[::1]", "[0000:0:0:0:0:0:0:1]"] {
+        let req = format!(
+            "GET http://{ip}:{0}/status/202 HTTP/1.1\r\nHost: {ip}:{0}\r\nConnection: close\r\n\r\n",
+            out.port()
+        );
+        let rsp = raw::exchange(out, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(rsp.status(), Some(202), "{ip}: {}", rsp.text());
+        assert_eq!(
+            rsp.header("x-sample-addr"),
+            Some(a.addr().to_string()),
+            "{ip}"
+        );
+    }
     let rsp = http::get(out, "/status/202", &[("host", "app.internal")]).await;
     assert_eq!(rsp.status, 202);
     assert_eq!(rsp.served_by(), Some(a.addr()));

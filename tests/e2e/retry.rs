@@ -8,6 +8,7 @@ use ::http::Method;
 use tokio::time::Instant;
 
 use crate::support::{http, metric_value, metrics, raw, sample, Proxy};
+use crate::upstream_h1::{Scripted, Then};
 
 /// `$APP` (one or more endpoints) behind a retrying policy; `$EXTRA` adds policy keys.
 const RETRYING: &str = r#"
@@ -802,4 +803,225 @@ async fn a_retry_waiting_to_go_holds_no_upstream_connection() {
     let rsp = waiting.await.expect("the waiting call");
     assert_eq!(rsp.status, 503, "the retry's answer");
     assert_eq!(app.hits_for("/status/503"), 2, "the retry went");
+}
+
+/// `$APP` behind two tries on 503 alone (10 s to the request), a breaker that opens on two
+/// failures in a row, and `max_connections: 1` (whose wait `connect_timeout` bounds): what a
+/// retry does with its failed try's answer while it waits to go.
+async fn keeping(app: SocketAddr) -> Proxy {
+    let policy = RETRYING
+        .replace(
+            "endpoints: [$APP] }",
+            "endpoints: [$APP], max_connections: 1, connect_timeout: 1s }",
+        )
+        .replace(
+            "    retry:\n",
+            "    circuit_breaker: { consecutive_failures: 2, open_for: 10s }\n    retry:\n",
+        )
+        .replace("request: $REQUEST", "request: 10s")
+        .replace("attempts: 3", "attempts: 2")
+        .replace(
+            "on: [connect_error, reset, timeout, 502, 503, 504]",
+            "on: [503]",
+        );
+    Proxy::builder(&policy)
+        .var("APP", app)
+        .var("RATIO", "100%")
+        .var("MIN", "100")
+        .spawn()
+        .await
+}
+
+/// A 503 asking for a retry after `retry_after` seconds, its head and the first `sent` of its
+/// `len` body bytes (`Scripted` answers are `'static`: this one lasts the test's process).
+fn unavailable(len: usize, sent: usize, retry_after: u32) -> &'static [u8] {
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {len}\r\nretry-after: {retry_after}\r\n\r\n"
+    );
+    let mut answer = head.into_bytes();
+    answer.resize(answer.len() + sent, b'x');
+    answer.leak()
+}
+
+/// The retry's answer in the tests of [`keeping`].
+const RETRIED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nretried\n";
+
+/// `rampart_retries_total` and `rampart_retry_circuit_open_total` of the route, and the
+/// metrics they were read from.
+async fn retried_and_refused(admin: SocketAddr) -> (f64, f64, String) {
+    let text = metrics(admin).await;
+    let of =
+        |name| metric_value(&text, name, &[("route", "app"), ("upstream", "app")]).unwrap_or(0.0);
+    let (retried, refused) = (
+        of("rampart_retries_total"),
+        of("rampart_retry_circuit_open_total"),
+    );
+    (retried, refused, text)
+}
+
+/// A request whose first try's 503 (a body of `len` bytes) asks for a retry after 2 s; during
+/// that wait another request's 500 opens the breaker (two failures in a row), which refuses
+/// the retry as it goes. Returns the waiting request's answer, the upstream and the proxy (the
+/// other request's answer is checked here: the upstream's, served during the wait on the one
+/// connection `max_connections` allows, so the failed try's answer was not holding it), and
+/// that the refused retry is counted as such (`rampart_retry_circuit_open_total`), not as a
+/// retry.
+async fn refused_after_the_wait(len: usize) -> (http::Resp, Scripted, Proxy) {
+    let other = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 6\r\n\r\nother\n";
+    let up = Scripted::start(vec![
+        (unavailable(len, len, 2), Then::Stay),
+        (other, Then::Stay),
+        (RETRIED, Then::Stay),
+    ])
+    .await;
+    let proxy = keeping(up.addr).await;
+    let addr = proxy.listener("inbound");
+    let waiting = tokio::spawn(http::get(addr, "/first", &[]));
+    crate::assert_eventually!(
+        up.requests().len() == 1,
+        "the first try reached the upstream"
+    );
+    let rsp = http::get(addr, "/other", &[]).await;
+    assert_eq!(rsp.status, 500, "{:?} {}", rsp.headers, rsp.text());
+    assert_eq!(rsp.header("x-rampart-reason"), None, "the upstream's 500");
+    let first = waiting.await.expect("the waiting call");
+    assert_eq!(up.requests().len(), 2, "the refused retry never went");
+    let (retried, refused, text) = retried_and_refused(proxy.admin()).await;
+    assert_eq!((retried, refused), (0.0, 1.0), "{text}");
+    (first, up, proxy)
+}
+
+/// A failed try's answer too long to keep through the retry's wait is let go: when the
+/// breaker then refuses the retry, the request's answer is rampart's own `circuit_open` (its
+/// `retry-after` the breaker's 10 s, not the upstream's 2 s), not the upstream's 503 cut
+/// short. At 64 KiB and a byte its last read may take the rest, and its connection go back to
+/// the pool; at 1 MiB it is let go part read, its connection closed, not pooled or held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_answer_too_long_to_keep_through_the_wait_leaves_the_breaker_s_refusal() {
+    let refused = |first: &http::Resp| {
+        first.assert_rampart(503, "circuit_open");
+        let retry_after: u64 = first
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("circuit_open carries retry-after");
+        assert!((9..=10).contains(&retry_after), "retry-after {retry_after}");
+    };
+    let (first, ..) = refused_after_the_wait(64 * 1024 + 1).await;
+    refused(&first);
+    let (first, up, _proxy) = refused_after_the_wait(1 << 20).await;
+    refused(&first);
+    assert_eq!(
+        up.accepted(),
+        2,
+        "the let-go answer's connection was not pooled"
+    );
+    crate::assert_eventually!(
+        up.closed() == 1,
+        "the let-go answer's connection was closed"
+    );
+}
+
+/// A failed try's answer of 64 KiB, the most kept through the retry's wait, is kept whole:
+/// when the breaker then refuses the retry, it is the request's answer, every byte of it. Read
+/// whole, its connection went back to the pool at once, and the other request went on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_answer_of_64_kib_is_kept_whole_through_the_wait_for_the_breaker_s_refusal() {
+    let (first, up, _) = refused_after_the_wait(64 * 1024).await;
+    assert_eq!(first.status, 503, "{:?}", first.headers);
+    assert_eq!(first.header("x-rampart-reason"), None, "the upstream's 503");
+    assert_eq!(first.header("retry-after"), Some("2"));
+    assert_eq!(first.body.len(), 64 * 1024);
+    assert!(first.body.iter().all(|&b| b == b'x'), "{}", first.text());
+    assert_eq!(up.accepted(), 1, "one connection carried both requests");
+}
+
+/// A failed try's answer whose body keeps coming, a byte every 50 ms without end, does not
+/// hold its retry back: the retry goes when the upstream's `retry-after` (1 s) is up, the read
+/// given up and its connection closed (`max_connections: 1`: the retry could not go before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_answer_that_trickles_past_the_wait_does_not_hold_the_retry_back() {
+    let dripping = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\nretry-after: 1\r\n\r\n1\r\nx\r\n";
+    let up = Scripted::start(vec![
+        (dripping, Then::Drip(Duration::from_millis(50))),
+        (RETRIED, Then::Stay),
+    ])
+    .await;
+    let proxy = keeping(up.addr).await;
+    let t0 = Instant::now();
+    let rsp = http::get(proxy.listener("inbound"), "/", &[]).await;
+    let took = t0.elapsed();
+    assert_eq!(rsp.status, 200, "{:?} {}", rsp.headers, rsp.text());
+    assert_eq!(rsp.text(), "retried\n");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1900),
+        "the retry went as its 1 s wait ended: {took:?}"
+    );
+    assert_eq!(up.accepted(), 2);
+    crate::assert_eventually!(
+        up.closed() == 1,
+        "the dripping answer's connection was closed"
+    );
+    let (retried, refused, text) = retried_and_refused(proxy.admin()).await;
+    assert_eq!((retried, refused), (1.0, 0.0), "{text}");
+}
+
+/// A failed try's answer whose body breaks off during the wait (the upstream resets its
+/// connection after 1,000 of 100,000 bytes) is let go, and the retry goes when the upstream's
+/// `retry-after` (1 s) is up: the 503 was read, and its break is no second failure (the breaker,
+/// open at two in a row, let the retry go) nor another try in the upstream's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_answer_that_breaks_off_during_the_wait_leaves_the_retry_to_go() {
+    let up = Scripted::start(vec![
+        (
+            unavailable(100_000, 1000, 1),
+            Then::Reset(Duration::from_millis(100)),
+        ),
+        (RETRIED, Then::Stay),
+    ])
+    .await;
+    let proxy = keeping(up.addr).await;
+    let t0 = Instant::now();
+    let rsp = http::get(proxy.listener("inbound"), "/", &[]).await;
+    assert_eq!(rsp.status, 200, "{:?} {}", rsp.headers, rsp.text());
+    assert_eq!(rsp.text(), "retried\n");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "the retry-after was waited out"
+    );
+    assert_eq!(up.requests().len(), 2);
+    let (retried, refused, text) = retried_and_refused(proxy.admin()).await;
+    assert_eq!((retried, refused), (1.0, 0.0), "{text}");
+    let tries = |code| {
+        metric_value(
+            &text,
+            "rampart_upstream_requests_total",
+            &[("upstream", "app"), ("code", code)],
+        )
+    };
+    assert_eq!(
+        (tries("503"), tries("200")),
+        (Some(1.0), Some(1.0)),
+        "{text}"
+    );
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}
+
+/// A retry its breaker lets go answers with its own answer: the failed try's 503, read whole
+/// into memory during the wait, is dropped, and its connection, back in the pool once read,
+/// carries the retry (`max_connections: 1`; an answer still held would have closed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_goes_answers_with_its_own_answer_not_the_kept_one() {
+    let up = Scripted::start(vec![
+        (unavailable(60_000, 60_000, 1), Then::Stay),
+        (RETRIED, Then::Stay),
+    ])
+    .await;
+    let proxy = keeping(up.addr).await;
+    let rsp = http::get(proxy.listener("inbound"), "/", &[]).await;
+    assert_eq!(rsp.status, 200, "{:?} {}", rsp.headers, rsp.text());
+    assert_eq!(rsp.text(), "retried\n");
+    assert_eq!(up.requests().len(), 2);
+    assert_eq!(up.accepted(), 1, "one connection carried both tries");
+    let (retried, refused, text) = retried_and_refused(proxy.admin()).await;
+    assert_eq!((retried, refused), (1.0, 0.0), "{text}");
 }

@@ -26,19 +26,25 @@ use crate::support::{http, one_route, raw, sha256_hex, Proxy};
 
 /// What the upstream does after writing an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Then {
+pub(crate) enum Then {
     /// Waits for the next request on the connection.
     Stay,
     /// Closes the connection (whatever the answer said).
     Close,
     /// Writes nothing and closes: a server whose idle timer fired as the request came.
     HangUp,
+    /// Waits this long, then resets the connection (linger 0): an answer whose body breaks
+    /// off part way.
+    Reset(Duration),
+    /// Keeps a chunked body coming and never ends it: a one-byte chunk every this long, until
+    /// the peer goes.
+    Drip(Duration),
 }
 
 /// A raw upstream: the n-th request (over all connections) gets `answers[n]` (the last one
 /// repeats), written as exact bytes.
-struct Scripted {
-    addr: SocketAddr,
+pub(crate) struct Scripted {
+    pub(crate) addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
     got: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -50,7 +56,7 @@ struct Scripted {
 type Interim = (usize, Duration);
 
 impl Scripted {
-    async fn start(answers: Vec<(&'static [u8], Then)>) -> Scripted {
+    pub(crate) async fn start(answers: Vec<(&'static [u8], Then)>) -> Scripted {
         Scripted::after_interim(answers, (0, Duration::ZERO)).await
     }
 
@@ -86,15 +92,15 @@ impl Scripted {
         }
     }
 
-    fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    fn closed(&self) -> usize {
+    pub(crate) fn closed(&self) -> usize {
         self.closed.load(Ordering::SeqCst)
     }
 
-    fn requests(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn requests(&self) -> Vec<Vec<u8>> {
         self.got
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -148,9 +154,24 @@ async fn serve(
         if stream.write_all(answer).await.is_err() {
             return;
         }
-        if then == Then::Close {
-            let _ = stream.shutdown().await;
-            return;
+        match then {
+            Then::Stay => {}
+            // (A hang-up has returned before writing.)
+            Then::Close | Then::HangUp => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Then::Reset(after) => {
+                tokio::time::sleep(after).await;
+                crate::support::conn::reset(stream);
+                return;
+            }
+            Then::Drip(every) => loop {
+                tokio::time::sleep(every).await;
+                if stream.write_all(b"1\r\nx\r\n").await.is_err() {
+                    return;
+                }
+            },
         }
     }
 }

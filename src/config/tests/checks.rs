@@ -225,9 +225,11 @@ fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
         "{ host: \"*.Example\" }",
         "{ host: \"*.example\" }",
     ));
-    // A trailing dot names the same host: routes compare as requests are matched.
+    // A trailing dot names the same host, as does an IPv6 address however written: routes
+    // compare as requests are matched.
     for (a, b) in [
         ("{ host: x }", "{ host: \"x.\" }"),
+        ("{ host: \"[::1]\" }", "{ host: \"[0:0::1]\" }"),
         (
             "{ host: \"*.example.com.\" }",
             "{ host: \"*.Example.com\" }",
@@ -243,6 +245,7 @@ fn a_route_with_the_same_match_as_an_earlier_one_is_never_used() {
             "{ host: deps.internal, path_prefix: /v2 }",
         ),
         ("{ host: deps.internal }", "{ host: deps.internal2 }"),
+        ("{ host: \"[::1]\" }", "{ host: \"[::2]\" }"),
         (
             "{ path_prefix: /v1 }",
             "{ host: deps.internal, path_prefix: /v1 }",

@@ -279,8 +279,8 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
                 );
             }
         }
-        // Hosts match as requests are matched (without regard to case or a trailing dot); `/`
-        // is no prefix where no CONNECT is routed.
+        // Hosts match as requests are matched (without regard to case, a trailing dot, or how
+        // an IPv6 address is written); `/` is no prefix where no CONNECT is routed.
         let key = (
             host.map(crate::proxy::route::host_key),
             prefix.filter(|pp| connects || *pp != "/"),
@@ -305,7 +305,7 @@ fn check_routes(f: &File, l: &Listener, lp: &KeyPath, r: &mut Report<'_>) {
         } else if let Some(k) = same {
             r.key(
                 &p,
-                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case or a trailing dot)"),
+                format!("this route is never used: routes[{k}] before it has the same match (hosts compare without regard to case, a trailing dot, or how an IPv6 address is written)"),
             );
         } else if let Some(k) = wider {
             r.key(
