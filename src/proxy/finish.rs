@@ -60,7 +60,8 @@ pub struct Finish<'a> {
     /// before its answer logs them.
     tries: Option<&'a TryLog>,
     /// An HTTP/1.1 request whose body hyper streams and had not ended when the request began:
-    /// an answer given before its end was read closes the connection.
+    /// rampart's own answer given before its end was read closes the connection; an
+    /// upstream's watches the client while it waits (`h1/gone.rs`).
     upload: bool,
     /// Answered (or ended as a client's going away): nothing is left for [`Drop`].
     settled: bool,
@@ -547,6 +548,13 @@ impl<'a> Finish<'a> {
         if self.upload && unread {
             rsp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        // An upstream's answer to a streamed upload: hyper's HTTP/1 server watches the client
+        // on while the answer waits (`h1/gone.rs`). (The mark's extension is the one cost,
+        // and only such an answer pays it.)
+        if self.upload && own.is_none() {
+            rsp.extensions_mut()
+                .insert(super::h1::gone::Uploading::new());
         }
         let status = rsp.status().as_u16();
         tm.count(status);

@@ -21,6 +21,17 @@
 //! `close_notify` before its end of stream is seen the same way (the end of stream is the
 //! socket's). When hyper last read bytes of the client's is kept by [`Watched`], the stream
 //! given to hyper. The lean path pays nothing for any of this.
+//!
+//! The watch ends with the answer's head, but for the answer to an upload hyper's server
+//! streams (an upstream may answer as the upload comes: a streaming call, an early answer):
+//! hyper's server then reads the upload only as rampart sends it on, and writes only what the
+//! answer's body gives, so while an upstream takes none of the upload (its send window shut)
+//! and sends nothing, a client that closed its connection went unnoticed again, and the
+//! upstream's answer (an HTTP/2 upstream's stream, the upload stalled on it) was held for ever
+//! on a route without `timeout.request`. `finish.rs` marks such an answer ([`Uploading`]),
+//! [`unless_gone`] hands the mark the watch, and the answer's body (`late.rs`) looks at the
+//! client whenever it waits: a client gone ends the body, and hyper the connection; the
+//! answer is let go. Any other answer carries no mark and pays nothing more.
 
 use std::io;
 use std::pin::Pin;
@@ -64,26 +75,37 @@ impl Watch {
         }
     }
 
-    /// Whether the client has gone: `Ready(true)` if it reset the connection or ended its
-    /// stream past the grace, `Ready(false)` if it ended it within the grace (a half-close: no
-    /// need to look again), `Pending` while it has done neither (the task is woken when the
-    /// socket changes).
+    /// Whether the client has gone while its answer is awaited: `Ready(true)` if it reset the
+    /// connection or ended its stream past the grace, `Ready(false)` if it ended it within the
+    /// grace (a half-close: no need to look again), `Pending` while it has done neither (the
+    /// task is woken when the socket changes).
     fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.poll_end(cx).map(|end| match end {
+            End::Reset => true,
+            End::Shut => {
+                let began = self.last_read.load(Ordering::Relaxed);
+                super::gone_after(began, coarse::millis())
+            }
+        })
+    }
+
+    /// Whether the client reset the connection or ended its stream; `Pending` while it has
+    /// done neither (the task is woken when the socket changes).
+    fn poll_end(&self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
             match self.sock.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(true),
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Reset),
                 Poll::Ready(Ok(())) => {}
             }
             let mut fds = [PollFd::new(&self.sock, PollFlags::IN | PollFlags::RDHUP)];
             let polled = rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default()));
             let seen = fds[0].revents();
             if polled.is_err() || seen.intersects(PollFlags::ERR | PollFlags::HUP) {
-                return Poll::Ready(true);
+                return Poll::Ready(End::Reset);
             }
             if seen.contains(PollFlags::RDHUP) {
-                let began = self.last_read.load(Ordering::Relaxed);
-                return Poll::Ready(super::gone_after(began, coarse::millis()));
+                return Poll::Ready(End::Shut);
             }
             // Bytes hyper has not read (the rest of a body, a pipelined request): not an end.
             // The readiness is forgotten, and the next change of the socket wakes the task.
@@ -94,8 +116,66 @@ impl Watch {
     }
 }
 
+/// What the client did to its stream, as far as the watch sees without reading it.
+enum End {
+    /// Reset the connection (or the socket failed).
+    Reset,
+    /// Ended its stream (FIN): gone, or a half-close.
+    Shut,
+}
+
+/// The mark `finish.rs` leaves on an upstream's answer to an upload hyper's HTTP/1 server
+/// streams (one the lean server did not read whole with its head). [`unless_gone`] hands it
+/// the connection's watch, and the answer's body (`late::Late`) watches the client with it
+/// whenever the body waits ([`Uploading::poll_gone`]).
+#[derive(Clone, Debug, Default)]
+pub struct Uploading {
+    /// The connection's watch; `None` for an unwatched connection, or one whose client
+    /// half-closed while the answer was awaited.
+    watch: Option<Arc<Watch>>,
+    /// Whether the body looked at the client already.
+    looked: bool,
+}
+
+impl Uploading {
+    /// The mark, without a watch yet.
+    pub fn new() -> Uploading {
+        Uploading::default()
+    }
+
+    /// Whether there is a client to watch (a watched connection, no half-close seen).
+    pub fn watched(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// Whether the client has gone while its answer's body waits: `Ready(true)` if it reset
+    /// the connection or ended its stream, `Ready(false)` if it half-closed as its answer's
+    /// head went (no need to look again), `Pending` while it has done neither (the task is
+    /// woken when the socket changes).
+    ///
+    /// The first look, as the head goes, keeps the rule of the wait before it (an end of
+    /// stream within the grace of the client's last bytes read is a half-close). After it, an
+    /// end of stream is the client's going: the client has its answer's head, and the watch
+    /// cannot tell a half-close from a close (hyper's server writes nothing while the body
+    /// waits, and a closed client's reset would come only when it writes), so a closed
+    /// client's answer would wait for ever, its upstream stream (or connection) held with it,
+    /// and an upload stalled behind a shut send window with them. (nginx takes a client's end
+    /// of stream while it proxies the same way.)
+    pub fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Some(watch) = self.watch.as_ref() else {
+            return Poll::Ready(false);
+        };
+        let first = !std::mem::replace(&mut self.looked, true);
+        if first {
+            return watch.poll_gone(cx);
+        }
+        watch.poll_end(cx).map(|_| true)
+    }
+}
+
 /// The client gave up on its request while its answer was awaited: the service's error, which
-/// has hyper close the connection without an answer.
+/// has hyper close the connection without an answer. (Or, its upload unfinished, while its
+/// answer's body waited: that body's error, which has hyper close the connection.)
 #[derive(Debug)]
 pub struct ClientGone;
 
@@ -127,11 +207,11 @@ pub struct UnlessGone<F> {
     watch: Option<Arc<Watch>>,
 }
 
-impl<F, T, E> std::future::Future for UnlessGone<F>
+impl<F, B, E> std::future::Future for UnlessGone<F>
 where
-    F: std::future::Future<Output = Result<T, E>>,
+    F: std::future::Future<Output = Result<http::Response<B>, E>>,
 {
-    type Output = Result<T, ClientGone>;
+    type Output = Result<http::Response<B>, ClientGone>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -139,7 +219,14 @@ where
             return Poll::Ready(Err(ClientGone));
         };
         if let Poll::Ready(r) = handling.as_mut().poll(cx) {
-            return Poll::Ready(r.map_err(|_| ClientGone));
+            let mut r = r.map_err(|_| ClientGone);
+            // The answer to a streamed upload watches on with its body ([`Uploading`]).
+            if let (Ok(rsp), Some(watch)) = (&mut r, this.watch.take()) {
+                if let Some(mark) = rsp.extensions_mut().get_mut::<Uploading>() {
+                    mark.watch = Some(watch);
+                }
+            }
+            return Poll::Ready(r);
         }
         if let Some(watch) = &this.watch {
             match watch.poll_gone(cx) {
