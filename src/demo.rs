@@ -144,13 +144,34 @@ fn curl_guide(yaml: &str) -> String {
 // === impl DemoTls ===
 
 impl DemoTls {
-    /// Writes the built-in pair into a fresh directory under the system temp dir; the key file
-    /// is readable by its owner only.
+    /// Writes the built-in pair into a fresh directory under the system temp dir, made here
+    /// (owner only) and never one found there: another local user could have placed one, with
+    /// links in it to files of ours. The files are created new, so no link is followed.
     fn write() -> Result<DemoTls, String> {
-        let dir = std::env::temp_dir().join(format!("rampart-demo-tls-{}", std::process::id()));
+        use std::os::unix::fs::DirBuilderExt;
+        let tmp = std::env::temp_dir();
+        let mut tried = 0u32;
+        let dir = loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir = tmp.join(format!(
+                "rampart-demo-tls-{}-{nanos:08x}",
+                std::process::id()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tried < 16 => tried += 1,
+                Err(e) => {
+                    return Err(format!(
+                        "cannot make a directory for the demo TLS files in {}: {e}",
+                        tmp.display()
+                    ))
+                }
+            }
+        };
         let tls = DemoTls { dir };
-        let written = std::fs::create_dir_all(&tls.dir)
-            .and_then(|()| std::fs::write(tls.dir.join("cert.pem"), DEMO_CERT))
+        let written = write_private(&tls.dir.join("cert.pem"), DEMO_CERT)
             .and_then(|()| write_private(&tls.dir.join("key.pem"), DEMO_KEY));
         match written {
             Ok(()) => Ok(tls),
@@ -178,8 +199,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
     f.write_all(text.as_bytes())
@@ -188,6 +208,26 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_tls_files_go_to_a_directory_made_for_them_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let (a, b) = (DemoTls::write().expect("a"), DemoTls::write().expect("b"));
+        // Never a directory found in place: each start makes its own.
+        assert_ne!(a.dir, b.dir);
+        assert_eq!(mode(&a.dir), 0o700);
+        assert_eq!(mode(&a.dir.join("key.pem")), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(a.dir.join("cert.pem")).expect("cert"),
+            DEMO_CERT
+        );
+        // The files are made new: one already there (or a link put there) is refused.
+        assert!(write_private(&a.dir.join("cert.pem"), "x").is_err());
+        let dir = a.dir.clone();
+        drop(a);
+        assert!(!dir.exists(), "removed when the demo ends");
+    }
 
     /// The 1-based line and column of the value of the first `listen: addr` of DEMO_YAML.
     fn place_of(addr: &str) -> (usize, usize) {
