@@ -508,6 +508,41 @@ async fn a_tenant_past_max_tracked_is_charged_what_it_spends() {
     assert_eq!(admitted(&burst(&addr, "t1", 3, 1).await), 0);
 }
 
+/// A steady tenant keeps its whole limit while tenants seen once churn through a full
+/// `tenants.max_tracked`: a newcomer evicts the lease with the fewest live tokens, often the
+/// steady tenant's (it spends them), and those go back to the store, so the tenant is charged
+/// only what it spends. (They were lost: up to a lease less one at each eviction, and the
+/// tenant refused after about 7 of its 20.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_tenant_keeps_its_limit_while_tenants_seen_once_churn() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 5,
+        rate: "1/h",
+        burst: 20,
+    };
+    let template = format!("{SHARED}tenants: {{ max_tracked: 4 }}\n");
+    let a = spawn_from(&template, &redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    let (mut steady, mut once) = (0, 0);
+    for round in 0..25 {
+        steady += admitted(&burst(&addr, "steady", 1, 1).await);
+        for i in 0..4 {
+            once += admitted(&burst(&addr, &format!("once-{round}-{i}"), 1, 1).await);
+        }
+    }
+    assert_eq!(once, 100, "every tenant seen once is admitted");
+    assert_eq!(
+        steady,
+        20,
+        "the steady tenant must get its burst of 20, no more, no less; log:\n{}",
+        a.log()
+    );
+}
+
 /// The client connections a Redis server sees, other than the one asking.
 async fn clients(redis: &Redis) -> Vec<String> {
     let list = redis.text(&["CLIENT", "LIST"]).await;
