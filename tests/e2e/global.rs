@@ -269,7 +269,9 @@ async fn a_slow_redis_is_treated_as_down() {
 /// A reload that lengthens the store's `timeout` lengthens the probe's patience too, though the
 /// link is kept (its URL is the same): a store answering in 50 ms is down under 25 ms and comes
 /// up under 200 ms. (The probe kept the timeout of the generation that made the link: the store
-/// stayed down, and `on_store_error` refused every request, until a restart.)
+/// stayed down, and `on_store_error` refused every request, until a restart.) A reload that
+/// would lengthen it but is refused (a new listener's address is taken) leaves the 25 ms in
+/// force: the timeout acts only once a reload is through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_lengthens_the_timeout_lets_a_slow_store_up() {
     let redis = Redis::start().await;
@@ -283,9 +285,25 @@ async fn a_reload_that_lengthens_the_timeout_lets_a_slow_store_up() {
         burst: 100,
     };
     let mut proxy = start(SHARED, &slow.url(), app.addr(), &setup).await;
-    stays_down(&proxy, 0.0, 3.0, "a store slower than its timeout").await;
+    let errors = stays_down(&proxy, 0.0, 3.0, "a store slower than its timeout").await;
     let addr = [proxy.listener("inbound")];
     assert_eq!(admitted(&burst(&addr, "t1", 2, 1).await), 0, "deny");
+
+    // Redis's own port: taken, so the new listener cannot bind, the last check of a reload.
+    let taken = redis.url().replace("redis://", "").replace("/0", "");
+    let text = format!(
+        "{}  - name: taken\n    direction: inbound\n    listen: {taken}\n    routes:\n      - upstream: app\n        policy: shared\n",
+        SHARED.replace("$TIMEOUT", "200ms"),
+    );
+    proxy.rewrite_config(&text);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    let said = rsp.text();
+    assert!(
+        rsp.status != 200 && said.contains(&taken) && said.contains("in use"),
+        "the reload must fail binding {taken}: {} {said}",
+        rsp.status
+    );
+    stays_down(&proxy, errors, 2.0, "a refused reload's timeout").await;
 
     reload(&mut proxy, &SHARED.replace("$TIMEOUT", "200ms")).await;
     wait_up(&proxy, 1.0).await;
