@@ -15,6 +15,15 @@
 //! Field names carry the limit's constants, so a reload that changes a limit starts its shared
 //! bucket afresh instead of reading another limit's state. Keys expire once every bucket in
 //! them would be full again (or the calendar window is over), so idle tenants cost nothing.
+//!
+//! Unspent leased tokens may be given back ([`GlobalStore::give_back`], when a lease is evicted
+//! from memory): to each limit whose field still holds what the lease's own take wrote (its
+//! *mark*), so nothing took from or gave back to that bucket since. Only then is it certain
+//! that the tokens are still owed: a take by anyone else may have found the bucket full
+//! between, which forgives debt in a way the store cannot attribute afterwards, and giving back
+//! then could hand out tokens twice. A smooth limit gets back the part of the tokens' debt that
+//! has not yet run out (at most `tokens × T`), a calendar one its `tokens` (its window is the
+//! same: the mark names it). A limit whose field moved keeps them: the strict side, as before.
 
 use redis::Script;
 
@@ -24,8 +33,9 @@ use crate::config::file::{Limit, LimitWindow};
 /// Takes up to ARGV[1] tokens from every limit. KEYS[1] holds the first ARGV[2] limits (the
 /// tenant's), KEYS[2] (if given) the rest (the route's total). Each limit is 4 ARGV: field,
 /// kind (`s` smooth, `c` calendar), then `T` and `tau` (smooth) or window and count (calendar),
-/// in µs. Returns `{granted, remaining_1, wait_1, remaining_2, wait_2, ...}`: tokens granted,
-/// and per limit the tokens left and the µs until one more.
+/// in µs. Returns `{granted, remaining_1, wait_1, mark_1, remaining_2, wait_2, mark_2, ...}`:
+/// tokens granted, and per limit the tokens left, the µs until one more, and the value its
+/// field holds after this take (the mark [`GIVE_BACK`] checks).
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -86,6 +96,7 @@ for i = 1, n do
   if life > ttl[slot] then ttl[slot] = life end
   out[#out + 1] = rem
   out[#out + 1] = wait
+  out[#out + 1] = nv
 end
 for s = 1, #KEYS do
   if ttl[s] > 0 then
@@ -94,6 +105,40 @@ for s = 1, #KEYS do
 end
 return out
 ";
+
+/// Gives ARGV[1] unspent tokens back to every limit whose field still holds its mark. KEYS and
+/// ARGV[2] as in [`SCRIPT`]; each limit is 4 ARGV: field, kind, `T` (smooth) or window
+/// (calendar) in µs, and the mark the lease's take left. A smooth limit's value moves back by
+/// what is left of the tokens' debt (`tokens × T` at most; none once the bucket would be full
+/// anyway); a calendar limit's used count by the tokens (the mark is in the current window,
+/// since the field still holds it). Keys are never created, and their expiry is kept: it can
+/// only be later than needed.
+const GIVE_BACK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local k = tonumber(ARGV[1])
+local nt = tonumber(ARGV[2])
+local n = (#ARGV - 2) / 4
+for i = 1, n do
+  local b = 2 + (i - 1) * 4
+  local key = KEYS[1]
+  if i > nt then key = KEYS[2] end
+  local v = tonumber(redis.call('HGET', key, ARGV[b + 1]) or '')
+  if v and v == tonumber(ARGV[b + 4]) then
+    local nv = v - k
+    if ARGV[b + 2] == 's' then
+      nv = v - math.min(k * tonumber(ARGV[b + 3]), v - now)
+    end
+    if nv < v then
+      redis.call('HSET', key, ARGV[b + 1], string.format('%d', nv))
+    end
+  end
+end
+return 0
+";
+
+/// Leases given back in one pipeline (one round trip).
+const GIVE_BACK_PIPELINE: usize = 256;
 
 /// One limit as the script sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,13 +152,31 @@ pub struct StoreLimit {
 }
 
 /// What a lease got: tokens, and per limit (tenant's, then total's) the tokens left in the
-/// store and the microseconds until one more.
+/// store, the microseconds until one more, and the mark of the take.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grant {
     /// Tokens granted (0: refused).
     pub granted: u64,
-    /// `(remaining, wait_us)` per limit.
-    pub items: Vec<(u64, u64)>,
+    /// `(remaining, wait_us, mark)` per limit: the mark is the value the take left in the
+    /// limit's field, what [`GlobalStore::give_back`] must find there.
+    pub items: Vec<(u64, u64, u64)>,
+}
+
+/// Unspent tokens of one lease, to give back.
+#[derive(Debug)]
+pub struct Return<'a> {
+    /// The tenant's key ([`GlobalStore::tenant_key`]).
+    pub tenant_key: &'a str,
+    /// The route's total key, if the route has `total` limits.
+    pub total_key: Option<&'a str>,
+    /// The tenant's limits the tokens were leased from.
+    pub tenant: &'a [StoreLimit],
+    /// The route's `total` limits.
+    pub total: &'a [StoreLimit],
+    /// The lease's grant's mark per limit (tenant's, then total's), as [`Grant::items`] had it.
+    pub marks: &'a [u64],
+    /// Tokens unspent.
+    pub tokens: u64,
 }
 
 /// A lease request.
@@ -191,10 +254,41 @@ impl GlobalStore {
         let mut it = reply.into_iter().map(|v| u64::try_from(v).unwrap_or(0));
         let granted = it.next().unwrap_or(0);
         let mut items = Vec::with_capacity(ask.tenant.len() + ask.total.len());
-        while let (Some(r), Some(w)) = (it.next(), it.next()) {
-            items.push((r, w));
+        while let (Some(r), Some(w), Some(m)) = (it.next(), it.next(), it.next()) {
+            items.push((r, w, m));
         }
         Ok(Grant { granted, items })
+    }
+
+    /// Gives unspent leased tokens back ([`GIVE_BACK`]), a pipeline of up to
+    /// [`GIVE_BACK_PIPELINE`] leases per round trip, each within the store's timeout; stops at
+    /// the first that gets no answer (the rest stay spent: the strict side).
+    pub async fn give_back(&self, returns: &[Return<'_>]) -> Result<(), StoreError> {
+        static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| Script::new(GIVE_BACK));
+        for chunk in returns.chunks(GIVE_BACK_PIPELINE) {
+            let mut pipe = redis::pipe();
+            // Loaded in the same round trip: a store that restarted has no scripts.
+            pipe.load_script(script).ignore();
+            for r in chunk {
+                let mut inv = script.prepare_invoke();
+                inv.key(r.tenant_key);
+                if let Some(k) = r.total_key.filter(|_| !r.total.is_empty()) {
+                    inv.key(k);
+                }
+                inv.arg(r.tokens).arg(r.tenant.len());
+                for (l, mark) in r.tenant.iter().chain(r.total).zip(r.marks) {
+                    inv.arg(&l.field).arg(l.kind).arg(l.a).arg(*mark);
+                }
+                pipe.invoke_script(&inv).ignore();
+            }
+            self.call(|mut conn| {
+                let pipe = &pipe;
+                async move { pipe.query_async::<()>(&mut conn).await }
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -157,17 +157,42 @@ pub struct TenantMap<V> {
     map: DashMap<Box<str>, Arc<V>, foldhash::fast::RandomState>,
     tracked: Arc<TrackedTenants>,
     clock: SharedClock,
+    evicted: Option<Evicted<V>>,
 }
+
+/// Told of the entries a sweep evicted that were not idle (see [`TenantMap::with_evicted`]).
+type Evicted<V> = Box<dyn Fn(Vec<(Box<str>, Arc<V>)>) + Send + Sync>;
 
 // === impl TenantMap ===
 
 impl<V: TenantState> TenantMap<V> {
     /// An empty map whose entries count against `tracked`.
     pub fn new(tracked: &Arc<TrackedTenants>, clock: SharedClock) -> Arc<Self> {
+        Self::build(tracked, clock, None)
+    }
+
+    /// As [`TenantMap::new`]; `evicted` is given the entries a sweep evicts though not idle
+    /// (their tenant and value, used by no one else), once per sweep, to save what they held
+    /// (a global limit's lease gives its live tokens back to the store). It runs inside the
+    /// sweep: it must not block, nor touch a [`TenantMap`] or [`TrackedTenants`].
+    pub fn with_evicted(
+        tracked: &Arc<TrackedTenants>,
+        clock: SharedClock,
+        evicted: impl Fn(Vec<(Box<str>, Arc<V>)>) + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Self::build(tracked, clock, Some(Box::new(evicted)))
+    }
+
+    fn build(
+        tracked: &Arc<TrackedTenants>,
+        clock: SharedClock,
+        evicted: Option<Evicted<V>>,
+    ) -> Arc<Self> {
         let map = Arc::new(TenantMap {
             map: DashMap::default(),
             tracked: tracked.clone(),
             clock,
+            evicted,
         });
         let weak: Weak<dyn Sweep> = Arc::downgrade(&map) as Weak<dyn Sweep>;
         tracked.register(weak);
@@ -229,11 +254,11 @@ impl<V: TenantState> TenantMap<V> {
         true
     }
 
-    fn remove_where(&self, mut evict: impl FnMut(&Arc<V>) -> bool) -> usize {
+    fn remove_where(&self, mut evict: impl FnMut(&str, &Arc<V>) -> bool) -> usize {
         let mut removed = 0;
-        self.map.retain(|_, v| {
+        self.map.retain(|k, v| {
             // A value a request still holds is in use: dropping it would lose its counts.
-            let gone = Arc::strong_count(v) == 1 && evict(v);
+            let gone = Arc::strong_count(v) == 1 && evict(k, v);
             removed += usize::from(gone);
             !gone
         });
@@ -248,7 +273,7 @@ impl<V: TenantState> Sweep for TenantMap<V> {
 
     fn sweep(&self, want: usize) -> usize {
         let now = self.clock.now_nanos();
-        let mut freed = self.remove_where(|v| v.is_idle(now));
+        let mut freed = self.remove_where(|_, v| v.is_idle(now));
         if freed < want {
             let mut scores: Vec<u64> = self.map.iter().map(|r| r.value().keep_score(now)).collect();
             let n = (want - freed).min(scores.len());
@@ -256,13 +281,20 @@ impl<V: TenantState> Sweep for TenantMap<V> {
                 let (_, nth, _) = scores.select_nth_unstable(n - 1);
                 let threshold = *nth;
                 let mut left = n;
-                freed += self.remove_where(|v| {
+                let mut gone = Vec::new();
+                freed += self.remove_where(|k, v| {
                     if left == 0 || v.keep_score(now) > threshold {
                         return false;
                     }
                     left -= 1;
+                    if self.evicted.is_some() {
+                        gone.push((Box::from(k), v.clone()));
+                    }
                     true
                 });
+                if let Some(evicted) = self.evicted.as_ref().filter(|_| !gone.is_empty()) {
+                    evicted(gone);
+                }
             }
         }
         self.tracked.release(freed);
@@ -351,6 +383,44 @@ mod tests {
         assert!(other.get("idle").is_none());
         assert_eq!((busy.len(), tracked.len()), (3, 4));
         drop(held);
+    }
+
+    /// A map made `with_evicted` is handed what a sweep evicts though not idle (to save what it
+    /// held: a lease's live tokens), and not the idle entries, which hold nothing.
+    #[test]
+    fn entries_evicted_though_not_idle_are_handed_over() {
+        let tracked = TrackedTenants::new(3);
+        let clock: SharedClock = Arc::new(ManualClock::new());
+        let told = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let m = {
+            let told = told.clone();
+            TenantMap::<Count>::with_evicted(&tracked, clock, move |gone| {
+                let mut told = told.lock();
+                for (tenant, v) in gone {
+                    told.push((tenant, v.0.load(Ordering::Relaxed)));
+                }
+            })
+        };
+        let put = |tenant: &str, n: u32| {
+            let v = m.get_or_insert_with(tenant, Count::default).expect("room");
+            v.0.store(n, Ordering::Relaxed);
+        };
+        put("idle", 0);
+        put("few", 1);
+        put("many", 9);
+        put("new1", 5);
+        assert!(
+            m.get("idle").is_none() && told.lock().is_empty(),
+            "idle: nothing to save"
+        );
+        put("new2", 5);
+        assert!(m.get("few").is_none());
+        assert_eq!(
+            *told.lock(),
+            vec![(Box::<str>::from("few"), 1u32)],
+            "the fewest, handed over"
+        );
+        assert_eq!(tracked.len(), 3);
     }
 
     #[test]

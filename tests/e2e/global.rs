@@ -269,7 +269,9 @@ async fn a_slow_redis_is_treated_as_down() {
 /// A reload that lengthens the store's `timeout` lengthens the probe's patience too, though the
 /// link is kept (its URL is the same): a store answering in 50 ms is down under 25 ms and comes
 /// up under 200 ms. (The probe kept the timeout of the generation that made the link: the store
-/// stayed down, and `on_store_error` refused every request, until a restart.)
+/// stayed down, and `on_store_error` refused every request, until a restart.) A reload that
+/// would lengthen it but is refused (a new listener's address is taken) leaves the 25 ms in
+/// force: the timeout acts only once a reload is through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_lengthens_the_timeout_lets_a_slow_store_up() {
     let redis = Redis::start().await;
@@ -283,9 +285,25 @@ async fn a_reload_that_lengthens_the_timeout_lets_a_slow_store_up() {
         burst: 100,
     };
     let mut proxy = start(SHARED, &slow.url(), app.addr(), &setup).await;
-    stays_down(&proxy, 0.0, 3.0, "a store slower than its timeout").await;
+    let errors = stays_down(&proxy, 0.0, 3.0, "a store slower than its timeout").await;
     let addr = [proxy.listener("inbound")];
     assert_eq!(admitted(&burst(&addr, "t1", 2, 1).await), 0, "deny");
+
+    // Redis's own port: taken, so the new listener cannot bind, the last check of a reload.
+    let taken = redis.url().replace("redis://", "").replace("/0", "");
+    let text = format!(
+        "{}  - name: taken\n    direction: inbound\n    listen: {taken}\n    routes:\n      - upstream: app\n        policy: shared\n",
+        SHARED.replace("$TIMEOUT", "200ms"),
+    );
+    proxy.rewrite_config(&text);
+    let rsp = http::post(proxy.admin(), "/reload", &[], "").await;
+    let said = rsp.text();
+    assert!(
+        rsp.status != 200 && said.contains(&taken) && said.contains("in use"),
+        "the reload must fail binding {taken}: {} {said}",
+        rsp.status
+    );
+    stays_down(&proxy, errors, 2.0, "a refused reload's timeout").await;
 
     reload(&mut proxy, &SHARED.replace("$TIMEOUT", "200ms")).await;
     wait_up(&proxy, 1.0).await;
@@ -506,6 +524,41 @@ async fn a_tenant_past_max_tracked_is_charged_what_it_spends() {
     );
     // The evicted lease gave the tenant no fresh burst: its bucket lives in the store.
     assert_eq!(admitted(&burst(&addr, "t1", 3, 1).await), 0);
+}
+
+/// A steady tenant keeps its whole limit while tenants seen once churn through a full
+/// `tenants.max_tracked`: a newcomer evicts the lease with the fewest live tokens, often the
+/// steady tenant's (it spends them), and those go back to the store, so the tenant is charged
+/// only what it spends. (They were lost: up to a lease less one at each eviction, and the
+/// tenant refused after about 7 of its 20.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_tenant_keeps_its_limit_while_tenants_seen_once_churn() {
+    let redis = Redis::start().await;
+    let app = sample().await;
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 5,
+        rate: "1/h",
+        burst: 20,
+    };
+    let template = format!("{SHARED}tenants: {{ max_tracked: 4 }}\n");
+    let a = spawn_from(&template, &redis, app.addr(), &setup).await;
+    let addr = [a.listener("inbound")];
+    let (mut steady, mut once) = (0, 0);
+    for round in 0..25 {
+        steady += admitted(&burst(&addr, "steady", 1, 1).await);
+        for i in 0..4 {
+            once += admitted(&burst(&addr, &format!("once-{round}-{i}"), 1, 1).await);
+        }
+    }
+    assert_eq!(once, 100, "every tenant seen once is admitted");
+    assert_eq!(
+        steady,
+        20,
+        "the steady tenant must get its burst of 20, no more, no less; log:\n{}",
+        a.log()
+    );
 }
 
 /// The client connections a Redis server sees, other than the one asking.

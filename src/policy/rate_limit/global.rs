@@ -32,14 +32,19 @@
 //!
 //! Leases are per-tenant state, so they live in a [`TenantMap`] counted against
 //! `tenants.max_tracked` with every other per-tenant table and swept as those are (idle leases
-//! first, then those holding the fewest live tokens). Evicting a lease loses at most its unspent
-//! tokens (the strict side): the tenant's bucket is in the store. A tenant that finds no room
-//! at all (every tracked entry in use this very moment) leases one token for its request alone,
-//! so it is charged exactly what it spends.
+//! first, then those holding the fewest live tokens). An evicted lease's live tokens are given
+//! back to the store in the background (`store/lease.rs`: to every limit no other take touched
+//! since), so a tenant whose lease makes room for others, a steady one among a churn of tenants
+//! seen once, is not charged for tokens it never spent; what cannot be given back (another
+//! replica's or tenant's take came between, the store does not answer, too many returns are
+//! already on their way) is lost as before, at most the lease's unspent tokens (the strict
+//! side): the tenant's bucket is in the store. A tenant that finds no room at all (every
+//! tracked entry in use this very moment) leases one token for its request alone, so it is
+//! charged exactly what it spends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -49,7 +54,7 @@ use super::decision::{Decision, Item, Items, Spec};
 use super::RateLimiter;
 use crate::clock::SharedClock;
 use crate::config::file::{Limit, OnStoreError, RateLimit};
-use crate::store::lease::{Ask, Grant, StoreLimit};
+use crate::store::lease::{Ask, Grant, Return, StoreLimit};
 use crate::store::GlobalStore;
 use crate::tenant::tracked::{TenantMap, TenantState, TrackedTenants};
 
@@ -57,6 +62,9 @@ use crate::tenant::tracked::{TenantMap, TenantState, TrackedTenants};
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(1);
 /// With `on_store_error: deny`, the `retry-after` of a refusal.
 const DENY_RETRY: Duration = Duration::from_secs(1);
+/// Evicted leases on their way back to the store at once, per limiter, at the least (else an
+/// eighth of `tenants.max_tracked`, a sweep's batch): what memory they hold beyond the cap.
+const RETURNING_MIN: usize = 64;
 
 /// The global limiter of one route: cheap to clone.
 #[derive(Clone, Debug)]
@@ -77,6 +85,9 @@ struct Inner {
     lease_ttl: u64,
     on_error: OnStoreError,
     leases: Arc<TenantMap<Lease>>,
+    tracked: Arc<TrackedTenants>,
+    /// Evicted leases whose tokens are being given back now (bounded: [`RETURNING_MIN`]).
+    returning: AtomicUsize,
     clock: SharedClock,
     headers: bool,
     fallbacks: IntCounter,
@@ -104,9 +115,14 @@ struct Lease {
     /// The last refill got no answer.
     failed: AtomicBool,
     notify: Notify,
-    /// `(remaining in the store, wait in ns, at)` per limit as of the last answer: headers.
-    seen: parking_lot::Mutex<(Vec<(u64, u64)>, u64)>,
+    /// `(remaining in the store, wait in µs, mark)` per limit as of the last answer, and when:
+    /// headers, and the marks a give-back must find (`store/lease.rs`).
+    seen: parking_lot::Mutex<Seen>,
 }
+
+/// Per limit `(remaining in the store, wait in µs, mark)`, and the clock nanoseconds of the
+/// answer.
+type Seen = (Vec<(u64, u64, u64)>, u64);
 
 // === impl GlobalLimiter ===
 
@@ -152,7 +168,7 @@ impl GlobalLimiter {
         let total_key = (!total.is_empty()).then(|| store.total_key(route));
         let ttl = cfg.lease_ttl.map_or(DEFAULT_LEASE_TTL, |d| d.0);
         GlobalLimiter {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me: &Weak<Inner>| Inner {
                 store,
                 route: route.clone(),
                 sets,
@@ -162,7 +178,16 @@ impl GlobalLimiter {
                 total_key,
                 lease_ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
                 on_error: cfg.on_store_error.unwrap_or_default(),
-                leases: TenantMap::new(tracked, clock.clone()),
+                leases: {
+                    let me = me.clone();
+                    TenantMap::with_evicted(tracked, clock.clone(), move |gone| {
+                        if let Some(inner) = me.upgrade() {
+                            inner.give_back(gone);
+                        }
+                    })
+                },
+                tracked: tracked.clone(),
+                returning: AtomicUsize::new(0),
                 clock,
                 headers: cfg.headers,
                 fallbacks,
@@ -294,7 +319,7 @@ impl Inner {
         match answer {
             Ok(Grant { granted, items }) => {
                 lease.set.store(index, Ordering::Release);
-                let wait = items.iter().map(|&(_, w)| w).max().unwrap_or(0);
+                let wait = items.iter().map(|&(_, w, _)| w).max().unwrap_or(0);
                 *lease.seen.lock() = (items, now);
                 if granted > 0 {
                     lease
@@ -305,6 +330,9 @@ impl Inner {
                 } else {
                     let until = now.saturating_add(wait.saturating_mul(1000).max(1_000_000));
                     lease.refused_until.store(until, Ordering::Release);
+                    // Tokens still held are another set's (a plan changed), spendable no more:
+                    // none may be given back against this answer's marks.
+                    lease.tokens.store(0, Ordering::Release);
                 }
             }
             Err(error) => {
@@ -360,7 +388,7 @@ impl Inner {
         let mut items = Items::default();
         let count = set.limits.len() + self.total.len();
         for i in 0..count {
-            let (remaining, wait_us) = store.get(i).copied().unwrap_or((0, 0));
+            let (remaining, wait_us, _) = store.get(i).copied().unwrap_or_default();
             let remaining = remaining.saturating_add(left);
             let reset_nanos = if remaining > 0 {
                 0
@@ -373,6 +401,71 @@ impl Inner {
             });
         }
         items
+    }
+
+    /// Leases a sweep evicted (`gone`, none in use): the live tokens of each go back to the
+    /// store in a task, so that making room for other tenants costs their tenant nothing. Not
+    /// while the store is down, nor past [`RETURNING_MIN`] (or an eighth of `max_tracked`)
+    /// leases already on their way: those tokens are lost, as before.
+    fn give_back(self: &Arc<Self>, gone: Vec<(Box<str>, Arc<Lease>)>) {
+        let now = self.clock.now_nanos();
+        let back: Vec<(Box<str>, Arc<Lease>, u64)> = gone
+            .into_iter()
+            .filter_map(|(tenant, lease)| {
+                let tokens = lease.live(now);
+                (tokens > 0).then_some((tenant, lease, tokens))
+            })
+            .collect();
+        if back.is_empty() || !self.store.may_answer() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let n = back.len();
+        let most = usize::try_from(self.tracked.max_tracked() / 8)
+            .unwrap_or(usize::MAX)
+            .max(RETURNING_MIN);
+        if self.returning.fetch_add(n, Ordering::AcqRel) + n > most {
+            self.returning.fetch_sub(n, Ordering::AcqRel);
+            return;
+        }
+        let inner = self.clone();
+        runtime.spawn(async move {
+            inner.send_back(&back).await;
+            inner.returning.fetch_sub(n, Ordering::AcqRel);
+        });
+    }
+
+    /// Gives back `tokens` of each evicted lease, against the marks of the grant they came from.
+    async fn send_back(&self, back: &[(Box<str>, Arc<Lease>, u64)]) {
+        let keys: Vec<String> = back
+            .iter()
+            .map(|(tenant, _, _)| self.store.tenant_key(&self.route, tenant))
+            .collect();
+        let marks: Vec<Vec<u64>> = back
+            .iter()
+            .map(|(_, lease, _)| lease.seen.lock().0.iter().map(|i| i.2).collect())
+            .collect();
+        let returns: Vec<Return<'_>> = back
+            .iter()
+            .zip(&keys)
+            .zip(&marks)
+            .filter_map(|(((_, lease, tokens), key), marks)| {
+                let set = self.set(lease.set.load(Ordering::Acquire));
+                (marks.len() == set.limits.len() + self.total.len()).then_some(Return {
+                    tenant_key: key,
+                    total_key: self.total_key.as_deref(),
+                    tenant: &set.limits,
+                    total: &self.total,
+                    marks,
+                    tokens: *tokens,
+                })
+            })
+            .collect();
+        if let Err(error) = self.store.give_back(&returns).await {
+            tracing::debug!(%error, route = %self.route, "giving back evicted leases failed");
+        }
     }
 
     fn fallback(&self, tenant: &str, plan: Option<&str>, local: &RateLimiter) -> Decision {
@@ -443,8 +536,9 @@ impl TenantState for Lease {
         Lease::is_idle(self, now_nanos)
     }
 
-    /// Evicting a lease that is not idle strands its live tokens (and a refusal in force costs
-    /// one store call to learn again): those with the fewest go first.
+    /// Evicting a lease that is not idle costs a store call (its live tokens go back, and a
+    /// refusal in force is learnt again), and strands the tokens when they cannot go back:
+    /// those with the fewest go first.
     fn keep_score(&self, now_nanos: u64) -> u64 {
         self.live(now_nanos)
     }
