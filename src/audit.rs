@@ -336,6 +336,46 @@ fn append(
     Ok(head)
 }
 
+/// Most of an entry's errors one line keeps, in bytes: with the rest of the line, well within
+/// the [`TAIL_READ`] a restart reads back to chain on. A longer last line would be hashed in
+/// part, and the next process's first entry would name a `prev` no line has.
+const ERRORS_KEPT: usize = TAIL_READ as usize / 2;
+/// Most of one error a line keeps, in bytes.
+const ERROR_KEPT: usize = 2048;
+
+/// `errors` as a line keeps them: each at most [`ERROR_KEPT`] bytes, as many as fit in
+/// [`ERRORS_KEPT`], then one saying how many more the log has.
+fn kept_errors(errors: &[String]) -> std::borrow::Cow<'_, [String]> {
+    let fits = |e: &String| e.len() <= ERROR_KEPT;
+    if errors.iter().all(fits) && errors.iter().map(String::len).sum::<usize>() <= ERRORS_KEPT {
+        return std::borrow::Cow::Borrowed(errors);
+    }
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for e in errors {
+        let mut cut = e.len().min(ERROR_KEPT);
+        while !e.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if used + cut > ERRORS_KEPT {
+            break;
+        }
+        used += cut;
+        kept.push(if cut < e.len() {
+            format!("{}… (cut)", &e[..cut])
+        } else {
+            e.clone()
+        });
+    }
+    let more = errors.len() - kept.len();
+    if more > 0 {
+        kept.push(format!(
+            "… and {more} more error(s), not kept here: rampart's log has them all"
+        ));
+    }
+    std::borrow::Cow::Owned(kept)
+}
+
 /// The line for `entry` after the line hashed `prev`, with its own `hash` last.
 pub fn chain_line(entry: &Entry, prev: &str, now: SystemTime) -> String {
     chain_line_linked(entry, prev, Links::default(), now)
@@ -353,7 +393,7 @@ pub fn chain_line_linked(entry: &Entry, prev: &str, links: Links<'_>, now: Syste
         } else {
             "error"
         },
-        errors: &entry.errors,
+        errors: &kept_errors(&entry.errors),
         prev,
         prev_file: links.prev_file,
         next_file: links.next_file,

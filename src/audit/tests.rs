@@ -59,6 +59,42 @@ fn a_new_log_continues_the_chain_of_an_existing_file() {
 }
 
 #[test]
+fn a_start_refused_with_a_thousand_errors_still_chains_after_a_restart() {
+    // A generated policy can draw thousands of errors; the entry's line stays short enough for
+    // the next process to read it whole from the tail and chain on it.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("audit.jsonl");
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("policies.p{i}.rate_limit.per_tenant.rate: `100/sec` is no rate; write it as N/s, N/min or N/h ({i})"))
+        .collect();
+    let refused = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    refused.record(Some(&path), &Entry::failed_start("ab".repeat(32), many));
+    let line = lines(&path).remove(0);
+    assert!(line.len() < TAIL_READ as usize, "{} bytes", line.len());
+    let first: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let errors = first["errors"].as_array().expect("errors");
+    assert!(
+        errors.len() > 100,
+        "as many as fit are kept: {}",
+        errors.len()
+    );
+    assert_eq!(errors[0].as_str().expect("text"), "policies.p0.rate_limit.per_tenant.rate: `100/sec` is no rate; write it as N/s, N/min or N/h (0)");
+    let last = errors.last().and_then(|e| e.as_str()).expect("text");
+    assert!(last.contains("more error(s)"), "{last}");
+    // One error longer than a line keeps is cut, marked so.
+    let long = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    long.record(
+        Some(&path),
+        &entry(Event::Reload, Source::Sighup, &[&"é".repeat(40_000)]),
+    );
+    let again = AuditLog::new(IntCounter::new("t", "t").expect("valid counter"));
+    again.record(Some(&path), &entry(Event::Start, Source::Start, &[]));
+    let text = std::fs::read_to_string(&path).expect("readable");
+    assert_eq!(verify(&text), Ok(3));
+    assert!(lines(&path)[1].contains("(cut)"));
+}
+
+#[test]
 fn an_edited_line_is_named() {
     let (_dir, path, _) = trail();
     let mut ls = lines(&path);
