@@ -31,7 +31,7 @@ use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use parking_lot::Mutex;
 
-use self::jwt::{JwksRead, Jwt, Verified};
+use self::jwt::{JwksRead, Jwt, Rejudge, Reread, Verified};
 use crate::clock::{MonotonicClock, WallClock};
 use crate::config::file::{
     ClientCertField, ClientIp, ClientIpFrom, File, JwtSource, TenantSource, Tenants, NO_TENANT,
@@ -637,6 +637,31 @@ impl Identify {
                 _ => None,
             })
             .unwrap_or("the bearer token failed verification")
+    }
+
+    /// For a request [`Identify::identify_for`] judged `found`: when it refused it as
+    /// [`Reason::InvalidToken`] and its token names a key (`kid`) that no `jwt` source has,
+    /// perhaps one its issuer has just rotated in, the wait for the early JWKS reads under way
+    /// for it (each source asks for one, at most one per interval: `jwt/early.rs`), bounded
+    /// and never past `deadline`. The caller awaits it when [`Rejudge::is_due`] and, if the
+    /// keys changed, identifies the request again; otherwise the refusal stands. Looks at
+    /// nothing unless the request was refused so.
+    pub fn unknown_key(
+        &self,
+        found: &Result<TenantId, Reason>,
+        headers: &HeaderMap,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Rejudge {
+        if !matches!(found, Err(Reason::InvalidToken)) {
+            return Rejudge::none();
+        }
+        let mut reread = Reread::default();
+        for source in &self.sources {
+            if let Source::Jwt(j) = source {
+                j.unknown_key(headers, &mut reread);
+            }
+        }
+        Rejudge::new(reread, deadline)
     }
 
     /// The first source's tenant, `None` when no source names one.

@@ -330,7 +330,12 @@ pub struct JwtSource {
     /// password).
     #[serde(serialize_with = "serialize_redacted_url_or_path")]
     pub jwks: String,
-    /// How often the JWKS is read again (last good keys are kept on failure).
+    /// How often the JWKS is read again (last good keys are kept on failure). A token naming a
+    /// `kid` the keys lack (a key the issuer has just rotated in) has it read early: at most
+    /// once per 30 s, or per `jwks_refresh` when shorter, whatever the tokens; the request waits
+    /// for that read (at most the 10 s a fetch is given, never past the route's timeout) and
+    /// is judged against what it brought, rather than refused until the next read
+    /// (`tenant/jwt/early.rs`).
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh: Dur,
     /// Accepted `iss` values; empty: any.

@@ -1508,8 +1508,11 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: 5,248 bytes in
-    /// a test build of rustc 1.95 (5,328 before a client body's idle time moved into its fault
+    /// A connection serving requests holds the request path's futures inline: within 5,312
+    /// bytes in a test build of rustc 1.95 (5,248 before a token of a key its JWKS lacks came
+    /// to wait for the JWKS's early read: the boxed wait and the first verdict kept through it
+    /// came to 5,296 in its first form, moving that verdict out before the wait to 5,360, and
+    /// the bound moved to 5,312; 5,328 before a client body's idle time moved into its fault
     /// cell, 16 bytes off a body that the request path's futures hold inline in several places:
     /// 80 came back, the 80 a session's merges had added when the joining of small upload
     /// frames for HTTP/2 upstreams grew the body by 16; 5,312 before
@@ -1535,8 +1538,8 @@ mod tests {
     fn a_plain_connections_future_stays_small() {
         let size = output_size(serve_conn);
         assert!(
-            size <= 5_264,
-            "a plain connection's future is {size} bytes, over 5,264: see stack::handle's doc, \
+            size <= 5_312,
+            "a plain connection's future is {size} bytes, over 5,312: see stack::handle's doc, \
              and `cargo +nightly rustc --lib -- -Zprint-type-sizes` for what grew"
         );
     }

@@ -14,7 +14,8 @@
 //!    refused (421 `https_downgrade`) when the route's upstream has no `tls`: the first thing
 //!    the route tells, and nothing below may send it in clear.
 //! 2. **tenant** — every policy below is per tenant; bad or missing ids are refused before
-//!    they cost anything.
+//!    they cost anything. A token of a key its JWKS lacks waits for that JWKS's early read
+//!    (rate-limited, bounded) before it is refused: its issuer may have just rotated it in.
 //! 3. **rate limit** (`policy::rate_limit`) — cheapest refusal first; it sits outside retries
 //!    so a retry never spends a tenant's tokens.
 //!    Then the identity lines the upstream reads are made to say what rampart used
@@ -297,12 +298,28 @@ pub fn handle<'a>(
         }
 
         // 2. Tenant.
-        let tenant = match gen.identify.identify_for(
+        let mut found =
+            gen.identify
+                .identify_for(req.headers(), req.uri(), peer.conn(), route.tenant_optional);
+        // A token of a key (`kid`) its JWKS lacks may be signed by one the issuer has just
+        // rotated in: it waits for the early read of the JWKS it asked for, or found under way
+        // (at most one per interval, whatever the tokens), at most as long as a fetch is given
+        // and never past the route's timeout, and is judged again if the keys changed
+        // (`tenant/jwt/early.rs`). The wait is boxed: it is rare, the future every request's.
+        let rejudge = gen.identify.unknown_key(
+            &found,
             req.headers(),
-            req.uri(),
-            peer.conn(),
-            route.tenant_optional,
-        ) {
+            route.policy.request_timeout.map(|t| started + t),
+        );
+        if rejudge.is_due() && rejudge.await {
+            found = gen.identify.identify_for(
+                req.headers(),
+                req.uri(),
+                peer.conn(),
+                route.tenant_optional,
+            );
+        }
+        let tenant = match found {
             Ok(t) => t,
             Err(reason) => {
                 let msg = match reason {

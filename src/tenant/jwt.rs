@@ -6,10 +6,11 @@
 //! the key (by `kid`, among the algorithms that key allows), checks the times against the
 //! injected [`WallClock`] with [`LEEWAY_SECS`] of leeway, reads the claims, and caches the
 //! outcome briefly (`cache.rs`) so a hot client costs one signature check a minute. The JWKS is
-//! kept fresh by `refresh.rs`.
+//! kept fresh by `refresh.rs`, and read early for a token of a key it lacks (`early.rs`).
 
 mod bearer;
 mod cache;
+mod early;
 mod keys;
 mod refresh;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 use self::bearer::Found;
 use self::cache::{TokenCache, CACHE_TTL_NANOS};
+use self::early::Asked;
 use self::keys::KeyStore;
 use crate::clock::WallClock;
 use crate::config::file::JwtSource;
@@ -32,6 +34,8 @@ use crate::error::Reason;
 use crate::throttle::{Throttle, WARN_EVERY};
 use crate::tls::SystemRoots;
 
+pub use self::early::Rejudge;
+pub(crate) use self::early::Reread;
 pub use self::refresh::{is_url, same_key_source, JwksRead, MAX_JWKS_BYTES};
 
 /// Leeway on `exp` and `nbf`, for clocks that disagree a little.
@@ -138,6 +142,7 @@ impl Jwt {
                 read,
                 system,
                 p.filter(|p| p.cfg.jwks_ca == cfg.jwks_ca).map(|p| &*p.keys),
+                wall.clock().clone(),
             ),
         };
         Self::with_keys(cfg, plans, keys, wall, CACHE_CAP)
@@ -244,6 +249,43 @@ impl Jwt {
         self.cache
             .insert(key, verified.clone(), (until, epoch), now);
         Ok(verified)
+    }
+
+    /// For a request whose token this source refused (`check` gave [`Reason::InvalidToken`]):
+    /// when the token names a key (`kid`) the keys in force lack, asks for an early read of
+    /// the JWKS (`early.rs`), and notes in `reread` the read to wait for when one is under
+    /// way. Asked only on the refusal path, so the verdict of a token that verifies costs
+    /// nothing more.
+    ///
+    /// A token with no `kid`, or with an algorithm no key would be taken for, asks nothing: no
+    /// read can make it verify. Nor does one whose `kid` is in force (refused for its
+    /// signature, times or claims; or, rarely, refused an instant before a read brought its
+    /// key in, as it would have been before: its retry is served).
+    pub(crate) fn unknown_key(&self, headers: &HeaderMap, reread: &mut Reread) {
+        let Found::Token(token) = self.found(headers) else {
+            return;
+        };
+        if !self.keys.is_loaded() {
+            // Not refused but unjudged (503): the first read is retried already.
+            return;
+        }
+        let Ok(header) = Protected::read(token) else {
+            return;
+        };
+        let Some(kid) = header.kid.filter(|_| !header.crit) else {
+            return;
+        };
+        if !self.validations.iter().any(|(a, _)| *a == header.alg) {
+            return;
+        }
+        // Read before the keys: a read that lands in between makes the wait see a change.
+        let epoch = self.keys.epoch();
+        if self.keys.has_kid(&kid) {
+            return;
+        }
+        if self.keys.early.ask() == Asked::UnderWay {
+            reread.wait_for(&self.keys, epoch);
+        }
     }
 
     /// Full verification; the claims (the tenant's id not yet checked as one) and `exp`, or

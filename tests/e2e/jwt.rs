@@ -1,6 +1,7 @@
 //! SPEC §13: tenants from verified JWTs, plans, and routes that need no tenant.
 
 mod claimed;
+mod early;
 mod identity;
 mod keys;
 mod lines;

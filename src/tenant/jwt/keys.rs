@@ -12,6 +12,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use super::early::Early;
+
 /// One usable verification key.
 pub(crate) struct Key {
     /// Its `kid`, if the JWKS gives one.
@@ -35,6 +37,8 @@ pub(crate) struct KeyStore {
     /// The TLS client an `https://` JWKS is fetched with (`refresh.rs`): a reload puts in
     /// the one its validation built, `jwks_ca` read again.
     pub(crate) tls: ArcSwapOption<rustls::ClientConfig>,
+    /// Reads asked before their time by tokens naming a `kid` the keys lack (`early.rs`).
+    pub(crate) early: Early,
 }
 
 const RSA_ALGS: [Algorithm; 6] = [
@@ -49,14 +53,23 @@ const RSA_ALGS: [Algorithm; 6] = [
 // === impl KeyStore ===
 
 impl KeyStore {
-    /// A store with no keys yet.
-    pub(crate) fn empty() -> Self {
+    /// A store with no keys yet, read early as `early` says.
+    pub(crate) fn empty(early: Early) -> Self {
         KeyStore {
             keys: ArcSwap::from_pointee(Vec::new()),
             loaded: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             tls: ArcSwapOption::empty(),
+            early,
         }
+    }
+
+    /// Whether a key of the keys in force has the `kid` `kid`.
+    pub(crate) fn has_kid(&self, kid: &str) -> bool {
+        self.keys
+            .load()
+            .iter()
+            .any(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// The keys now in force.

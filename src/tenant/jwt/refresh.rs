@@ -1,6 +1,7 @@
 //! Keeps a JWKS fresh: a file is read at once and again every `jwks_refresh`; a URL is fetched
 //! in the background (through rampart's own rustls client for https), retried with doubling
-//! backoff until its first success and after each failure, then every `jwks_refresh`.
+//! backoff until its first success and after each failure, then every `jwks_refresh`. A token
+//! naming a `kid` the keys lack wakes the task for a read before its time (`early.rs`).
 //!
 //! A failed read or fetch keeps the last good keys: an issuer's outage must not turn into
 //! every request refused. The task holds only a weak handle on the keys and ends when the
@@ -15,15 +16,18 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+use super::early::Early;
 use super::keys::{parse_jwks, KeyStore};
+use crate::clock::SharedClock;
 use crate::config::file::{redact_url_or_path, JwtSource};
 use crate::tls::SystemRoots;
 
 /// First retry delay of a failed fetch.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// Bound on one fetch (connect, handshake, answer).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JWKS accepted.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -55,14 +59,16 @@ pub fn same_key_source(a: &JwtSource, b: &JwtSource) -> bool {
 /// takes a file's keys at once, and starts the refresh task (when a tokio runtime is
 /// running; without one, as in `rampart validate`, the keys stay as read). What validation
 /// read (`read`) is served as it is; without it (a source built outside a config load), the
-/// file is read, or an https URL without `jwks_ca` trusts `system`.
+/// file is read, or an https URL without `jwks_ca` trusts `system`. Early reads are timed on
+/// `clock`.
 pub(super) fn start(
     cfg: &JwtSource,
     read: Option<&JwksRead>,
     system: &SystemRoots,
     seed: Option<&KeyStore>,
+    clock: SharedClock,
 ) -> Arc<KeyStore> {
-    let store = Arc::new(KeyStore::empty());
+    let store = Arc::new(KeyStore::empty(Early::new(clock, cfg.jwks_refresh.0)));
     if let Some(seed) = seed {
         store.inherit(seed);
     }
@@ -95,22 +101,46 @@ pub(super) fn start(
     store.tls.store(tls);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let weak = Arc::downgrade(&store);
-        rt.spawn(run(weak, cfg.jwks.clone(), cfg.jwks_refresh.0, url));
+        let kick = store.early.serve();
+        rt.spawn(run(weak, kick, cfg.jwks.clone(), cfg.jwks_refresh.0, url));
     }
     store
 }
 
 /// Reads or fetches the JWKS of `store` for as long as it lives; an https one through the
-/// TLS client the store holds at each fetch (a reload may replace it).
-async fn run(store: Weak<KeyStore>, jwks: String, every: Duration, url: bool) {
+/// TLS client the store holds at each fetch (a reload may replace it). `kick` wakes it for an
+/// early read (`early.rs`); it holds no strong handle on the store, so the store's end still
+/// ends the task at its next wake.
+async fn run(store: Weak<KeyStore>, kick: Arc<Notify>, jwks: String, every: Duration, url: bool) {
     let every = every.max(Duration::from_millis(10));
     let mut backoff = BACKOFF_BASE.min(every);
     let mut wait = if url { Duration::ZERO } else { every };
     loop {
-        tokio::time::sleep(wait).await;
-        let Some(tls) = store.upgrade().map(|s| s.tls.load_full()) else {
+        let due = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => break,
+                () = kick.notified() => {
+                    // A kick whose read is done already (one that raced the scheduled read)
+                    // asks for nothing more.
+                    if store.upgrade().is_none_or(|s| s.early.is_asked()) {
+                        break;
+                    }
+                }
+            }
+        }
+        // An early read asked while a scheduled one was under way is not answered by it (it
+        // may have been fetched before the issuer's rotation): its kick's permit brings the
+        // task straight back here for a read of its own.
+        let Some((tls, early)) = store
+            .upgrade()
+            .map(|s| (s.tls.load_full(), s.early.is_asked()))
+        else {
             return;
         };
+        if early {
+            tracing::debug!(jwks = %redact_url_or_path(&jwks), "a token named a key id (kid) the JWKS lacked: reading it early");
+        }
         let got = if url {
             fetch(&jwks, tls).await
         } else {
@@ -130,6 +160,9 @@ async fn run(store: Weak<KeyStore>, jwks: String, every: Duration, url: bool) {
                 wait = backoff;
                 backoff = (backoff * 2).min(every);
             }
+        }
+        if early {
+            store.early.done();
         }
     }
 }

@@ -7,6 +7,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::cache::TokenCache;
+use super::early::{Early, EARLY_EVERY};
 use super::keys::{parse_jwks, KeyStore};
 use super::*;
 use crate::clock::{ManualClock, SharedClock};
@@ -79,8 +80,8 @@ fn verifier(jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
 fn verifier_on(cfg: JwtSource, jwks: &[&Value], cap: usize) -> (Jwt, ManualClock, Arc<KeyStore>) {
     let clock = ManualClock::new();
     let shared: SharedClock = Arc::new(clock.clone());
-    let wall = WallClock::anchored(shared, NOW * 1_000_000_000);
-    let store = Arc::new(KeyStore::empty());
+    let wall = WallClock::anchored(shared.clone(), NOW * 1_000_000_000);
+    let store = Arc::new(KeyStore::empty(Early::new(shared, cfg.jwks_refresh.0)));
     let doc = json!({ "keys": jwks }).to_string();
     store.set(parse_jwks(doc.as_bytes()).expect("jwks"));
     (
@@ -148,8 +149,8 @@ fn a_token_before_the_keys_are_loaded_is_not_judged() {
     // threw it away.
     let ec = ec_signer("k1");
     let clock: SharedClock = Arc::new(ManualClock::new());
-    let wall = WallClock::anchored(clock, NOW * 1_000_000_000);
-    let store = Arc::new(KeyStore::empty());
+    let wall = WallClock::anchored(clock.clone(), NOW * 1_000_000_000);
+    let store = Arc::new(KeyStore::empty(Early::new(clock, EARLY_EVERY)));
     let j = Jwt::with_keys(&cfg(), plans(), store.clone(), wall, 10);
     let token = sign(&ec, "k1", &claims("acme"));
     assert_eq!(j.verify(&token), Err(Reason::JwksUnavailable));
@@ -159,6 +160,71 @@ fn a_token_before_the_keys_are_loaded_is_not_judged() {
         &*j.verify(&token).expect("valid once loaded").tenant,
         "acme"
     );
+}
+
+/// A refused token whose `kid` names no key in force asks for one early read of the JWKS
+/// (`early.rs`), and the request waits for it; tokens after it within the interval ask
+/// nothing, whatever their `kid`; a token of a known `kid`, without one, or of an algorithm no
+/// key is taken for never asks. Nothing asks of a store no task reads.
+#[test]
+fn a_token_of_an_unknown_kid_asks_one_early_read() {
+    let ec = ec_signer("k1");
+    let (j, clock, store) = verifier(&[&ec.jwk], 10);
+    let rotated = ec_signer("k2");
+    let headers = |token: &str| {
+        let mut h = HeaderMap::new();
+        let v = HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+        h.insert(http::header::AUTHORIZATION, v);
+        h
+    };
+    let unknown = |token: &str| {
+        let mut reread = Reread::default();
+        j.unknown_key(&headers(token), &mut reread);
+        reread.is_due()
+    };
+    let new_key = sign(&rotated, "k2", &claims("acme"));
+    assert_eq!(j.verify(&new_key), Err(Reason::InvalidToken));
+    assert!(
+        !unknown(&new_key),
+        "no task reads the store: nothing to wait for"
+    );
+    let _kick = store.early.serve();
+    assert!(unknown(&new_key), "asks, and waits");
+    assert!(store.early.is_asked());
+    for kid in ["k3", "k4", "k5"] {
+        assert!(
+            unknown(&sign(&rotated, kid, &claims("acme"))),
+            "{kid}: under way, waits"
+        );
+    }
+    store.early.done();
+    for kid in ["k2", "k6"] {
+        assert!(
+            !unknown(&sign(&rotated, kid, &claims("acme"))),
+            "{kid}: asked too lately"
+        );
+    }
+    assert!(!store.early.is_asked());
+    clock.advance(Duration::from_secs(60));
+    let no_kid = Header::new(Algorithm::ES256);
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("k9".into());
+    for (what, token) in [
+        ("known kid", sign(&rotated, "k1", &claims("acme"))),
+        (
+            "no kid",
+            encode(&no_kid, &claims("acme"), &rotated.enc).expect("sign"),
+        ),
+        (
+            "hmac",
+            encode(&hs, &claims("acme"), &EncodingKey::from_secret(b"s")).expect("sign"),
+        ),
+    ] {
+        assert_eq!(j.verify(&token), Err(Reason::InvalidToken), "{what}");
+        assert!(!unknown(&token), "{what}");
+    }
+    assert!(!store.early.is_asked(), "none of them asked");
+    assert!(unknown(&new_key), "the interval has passed");
 }
 
 #[test]
