@@ -1508,11 +1508,11 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// A connection serving requests holds the request path's futures inline: within 5,312
+    /// A connection serving requests holds the request path's futures inline: 5,312
     /// bytes in a test build of rustc 1.95 (5,248 before a token of a key its JWKS lacks came
-    /// to wait for the JWKS's early read: the boxed wait and the first verdict kept through it
-    /// came to 5,296 in its first form, moving that verdict out before the wait to 5,360, and
-    /// the bound moved to 5,312; 5,328 before a client body's idle time moved into its fault
+    /// to wait for the JWKS's early read: a new await in the request path, 64 bytes however
+    /// the verdict is kept through it (borrowed, moved out before, or not kept at all), 5,360
+    /// with that verdict moved out before the wait; 5,328 before a client body's idle time moved into its fault
     /// cell, 16 bytes off a body that the request path's futures hold inline in several places:
     /// 80 came back, the 80 a session's merges had added when the joining of small upload
     /// frames for HTTP/2 upstreams grew the body by 16; 5,312 before
