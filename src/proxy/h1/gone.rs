@@ -9,10 +9,12 @@
 //!
 //! So each request hyper's HTTP/1 server hands to rampart's service is awaited through
 //! [`unless_gone`], with the same rule as the lean path ([`super::gone_after`]): a reset, or an
-//! end of stream more than `HALF_CLOSE_GRACE_MS` after the client's last bytes were read, ends
+//! end of stream more than `HALF_CLOSE_GRACE_MS` after the client's last bytes were read and
+//! after the answer began to be awaited, with no whole later request unread behind it, ends
 //! the request (its future is dropped: the try cancelled, its slot freed, a 499 counted and
 //! logged by `finish.rs`), and the connection with it (the service's error closes it, with no
-//! answer). An end of stream sooner than that is a half-close, and the answer is written.
+//! answer). Any other end of stream is a half-close, and the answer is written, as are those
+//! of the requests the client pipelined before it.
 //!
 //! hyper owns the stream, so the watch looks at the socket through a second descriptor of its
 //! own ([`Watch`], made once per handed-off connection: one more descriptor while hyper serves
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustix::event::{PollFd, PollFlags};
+use rustix::net::RecvFlags;
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -68,7 +71,13 @@ impl Watch {
     /// stream past the grace, `Ready(false)` if it ended it within the grace (a half-close: no
     /// need to look again), `Pending` while it has done neither (the task is woken when the
     /// socket changes).
-    fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<bool> {
+    ///
+    /// The grace runs from the later of hyper's last read and `since`, when this request's
+    /// answer began to be awaited: an end of stream that came before then was seen now
+    /// only because hyper took the request from what it had read already (pipelined behind
+    /// the one before, whose answer it awaited without reading), so the client sent its last
+    /// request and shut its side, which is a half-close however long that answer took.
+    fn poll_gone(&self, cx: &mut Context<'_>, since: u64) -> Poll<bool> {
         loop {
             match self.sock.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -82,14 +91,30 @@ impl Watch {
                 return Poll::Ready(true);
             }
             if seen.contains(PollFlags::RDHUP) {
-                let began = self.last_read.load(Ordering::Relaxed);
-                return Poll::Ready(super::gone_after(began, coarse::millis()));
+                let began = self.last_read.load(Ordering::Relaxed).max(since);
+                let gone = super::gone_after(began, coarse::millis()) && !self.later_unread();
+                return Poll::Ready(gone);
             }
             // Bytes hyper has not read (the rest of a body, a pipelined request): not an end.
             // The readiness is forgotten, and the next change of the socket wakes the task.
             let _ = self.sock.try_io(Interest::READABLE, || -> io::Result<()> {
                 Err(io::ErrorKind::WouldBlock.into())
             });
+        }
+    }
+
+    /// Whether the bytes hyper has not read yet begin with a whole request head: a later
+    /// request, pipelined while this one's answer was awaited, which makes the end of stream
+    /// behind it a half-close whenever it came (RFC 9112 §9.6), as on the lean path. Read with
+    /// `MSG_PEEK`, so hyper still reads them; only once an end of stream past the grace is
+    /// seen. (Over TLS the bytes are records, never a head: there a later request read by
+    /// neither is not known.)
+    fn later_unread(&self) -> bool {
+        let mut peeked = vec![0u8; super::READ_KEEP_MAX];
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(&self.sock, &mut peeked[..], flags) {
+            Ok((n, _)) => super::parse::whole_head(&peeked[..n]),
+            Err(_) => false,
         }
     }
 }
@@ -117,6 +142,7 @@ where
     UnlessGone {
         handling: Some(handling),
         watch,
+        since: 0,
     }
 }
 
@@ -125,6 +151,9 @@ pub struct UnlessGone<F> {
     handling: Option<Pin<Box<F>>>,
     /// `None` for an unwatched connection, and once a half-close was seen.
     watch: Option<Arc<Watch>>,
+    /// When the answer was first found not ready (coarse milliseconds; 0: not yet), as on the
+    /// lean path ([`Watch::poll_gone`]).
+    since: u64,
 }
 
 impl<F, T, E> std::future::Future for UnlessGone<F>
@@ -142,7 +171,10 @@ where
             return Poll::Ready(r.map_err(|_| ClientGone));
         }
         if let Some(watch) = &this.watch {
-            match watch.poll_gone(cx) {
+            if this.since == 0 {
+                this.since = coarse::millis().max(1);
+            }
+            match watch.poll_gone(cx, this.since) {
                 Poll::Ready(true) => {
                     // Dropped here, before hyper closes the connection: counted and logged
                     // as a 499 by `finish.rs`.
