@@ -135,8 +135,13 @@ async fn readyz_follows_the_inbound_upstreams_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_most_traffic_to_the_faster_endpoint() {
+    // The slow endpoint is 250 times slower, so that a loaded machine cannot make the fast one
+    // look as slow: its tries, the scheduler's delays included, would have to take about
+    // 250 ms. At 25 ms, under a load average of 13, the fast one got 71 % once: its latency
+    // EWMA rises at once to a slow sample, and its answers are slower too. A random pick
+    // still sends each request to either with even odds, however slow each is: about half.
     let fast = delayed_server(Duration::from_millis(1)).await;
-    let slow = delayed_server(Duration::from_millis(25)).await;
+    let slow = delayed_server(Duration::from_millis(250)).await;
     let proxy = proxy_with(&format!(
         "    endpoints: [{fast}, {slow}]\n    balance: p2c"
     ))

@@ -452,6 +452,60 @@ async fn a_request_pipelined_during_a_wait_then_fin_gets_both_answers() {
     );
 }
 
+/// The same on a connection hyper serves (a chunked upload hands it over): requests pipelined
+/// behind a slow one, sent with it or while its answer is awaited, then the end of the
+/// client's stream, are all answered in order, then the stream ends; nothing is a 499.
+/// Before, hyper's client-gone watch (`h1/gone.rs`) timed that end of stream from hyper's last
+/// read alone: a request hyper took from what it had read already, after the slow answer, was
+/// dropped unanswered, and a request still unread made the end of stream the client's going.
+#[tokio::test]
+async fn requests_pipelined_on_a_connection_hyper_serves_then_fin_are_all_answered() {
+    let (app, proxy, addr) = setup().await;
+    let upload = |ms: u32| {
+        format!(
+            "POST /slow?ms={ms} HTTP/1.1\r\nHost: app.local\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    // All at once, then the end of stream: the second slow request is taken from hyper's
+    // buffer 300 ms after the end of stream came.
+    let mut c = Conn::open(addr).await;
+    let all = format!(
+        "{}{}{}{}",
+        upload(300),
+        get("/status/201"),
+        get("/slow?ms=200"),
+        get("/status/202")
+    );
+    c.send(all.as_bytes()).await;
+    c.io.shutdown().await.expect("half-close");
+    for want in [200, 201, 200, 202] {
+        let a = c.answer(false).await;
+        assert_eq!(a.status, want, "{a:?}");
+    }
+    assert!(c.closes().await, "closed after the last answer");
+    // One pipelined while the first answer is awaited, then the end of stream.
+    let mut c = Conn::open(addr).await;
+    c.send(upload(500).as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(get("/status/203").as_bytes()).await;
+    c.io.shutdown().await.expect("half-close");
+    for want in [200, 203] {
+        let a = c.answer(false).await;
+        assert_eq!(a.status, want, "{a:?}");
+    }
+    assert!(c.closes().await, "closed after the last answer");
+    assert_eq!(app.hits_for("/status/202"), 1);
+    assert_eq!(app.hits_for("/status/203"), 1);
+    let text = crate::support::metrics(proxy.admin()).await;
+    let gone = [("code", "499")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_requests_total", &gone),
+        None,
+        "{text}"
+    );
+}
+
 /// An HTTP/2 connection preface is prior knowledge only as the first bytes of a cleartext
 /// connection (RFC 9113 §3.3): after a request it is a head no HTTP/1.1 server reads, answered
 /// 400 `bad_request` and the connection closed. A connection that waited (parked) before its

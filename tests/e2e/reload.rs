@@ -61,6 +61,82 @@ async fn sighup_with_a_changed_route_changes_behaviour() {
     assert_eq!(reloads(&metrics(admin).await, "failure"), 0.0);
 }
 
+/// A request on a connection opened before the reload is served by the new config too (SPEC
+/// §6: new requests use it; only one in flight at the reload finishes under the old), whoever
+/// serves the connection: the lean server (after an answer in flight at the reload, and after
+/// a wait that parked the connection), hyper's HTTP/1 server (after a chunked upload handed
+/// the connection to it) and HTTP/2. Each connection is served `/ok` before the reload, and
+/// told 404 `no_route` for it after, when the only route left is `/status`.
+#[tokio::test]
+async fn requests_on_connections_open_at_a_reload_get_the_new_config() {
+    use crate::support::conn::Conn;
+    let app = sample().await;
+    let mut proxy = Proxy::builder(&with_prefix("/"))
+        .var("APP", app.addr())
+        .spawn()
+        .await;
+    let (addr, admin) = (proxy.listener("inbound"), proxy.admin());
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
+    let (mut lean, mut parked, mut handed) = (
+        Conn::open(addr).await,
+        Conn::open(addr).await,
+        Conn::open(addr).await,
+    );
+    parked.send(get("/ok").as_bytes()).await;
+    assert_eq!(parked.answer(false).await.status, 200);
+    handed
+        .send(
+            b"POST /ok HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nhi\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(handed.answer(false).await.status, 200);
+    let mut h2 = http::h2c(addr).await;
+    let h2_get = |h2: &mut hyper::client::conn::http2::SendRequest<http::ReqBody>| {
+        let req = ::http::Request::get(format!("http://{addr}/ok"))
+            .body(http::empty())
+            .expect("a request");
+        let rsp = h2.send_request(req);
+        async move { rsp.await.expect("an HTTP/2 answer").status() }
+    };
+    assert_eq!(h2_get(&mut h2).await, 200);
+    // In flight at the reload: finishes under the config it began with.
+    lean.send(get("/slow?ms=800").as_bytes()).await;
+    // Longer than a connection waits before it is parked (250 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+
+    let old_sha = config_sha(admin).await;
+    proxy.rewrite_config(&with_prefix("/status"));
+    proxy.signal("HUP");
+    assert_eventually!(
+        config_sha(admin).await != old_sha,
+        "the reload must be applied"
+    );
+    assert_eq!(
+        lean.answer(false).await.status,
+        200,
+        "begun before the reload"
+    );
+    for (name, c) in [
+        ("lean", &mut lean),
+        ("parked", &mut parked),
+        ("hyper", &mut handed),
+    ] {
+        c.send(get("/ok").as_bytes()).await;
+        let a = c.answer(false).await;
+        assert_eq!(a.status, 404, "{name}: {a:?}");
+        assert_eq!(
+            a.header("x-rampart-reason"),
+            Some("no_route"),
+            "{name}: {a:?}"
+        );
+        c.send(get("/status/201").as_bytes()).await;
+        assert_eq!(c.answer(false).await.status, 201, "{name}");
+    }
+    assert_eq!(h2_get(&mut h2).await, 404, "HTTP/2");
+    assert_eq!(app.hits_for("/ok"), 3, "/ok before the reload only");
+}
+
 #[tokio::test]
 async fn invalid_file_on_sighup_keeps_the_old_config() {
     let app = sample().await;

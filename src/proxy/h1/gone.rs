@@ -9,10 +9,12 @@
 //!
 //! So each request hyper's HTTP/1 server hands to rampart's service is awaited through
 //! [`unless_gone`], with the same rule as the lean path ([`super::gone_after`]): a reset, or an
-//! end of stream more than `HALF_CLOSE_GRACE_MS` after the client's last bytes were read, ends
+//! end of stream more than `HALF_CLOSE_GRACE_MS` after the client's last bytes were read and
+//! after the answer began to be awaited, with no whole later request unread behind it, ends
 //! the request (its future is dropped: the try cancelled, its slot freed, a 499 counted and
 //! logged by `finish.rs`), and the connection with it (the service's error closes it, with no
-//! answer). An end of stream sooner than that is a half-close, and the answer is written.
+//! answer). Any other end of stream is a half-close, and the answer is written, as are those
+//! of the requests the client pipelined before it.
 //!
 //! hyper owns the stream, so the watch looks at the socket through a second descriptor of its
 //! own ([`Watch`], made once per handed-off connection: one more descriptor while hyper serves
@@ -40,6 +42,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustix::event::{PollFd, PollFlags};
+use rustix::net::RecvFlags;
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -75,16 +78,22 @@ impl Watch {
         }
     }
 
-    /// Whether the client has gone while its answer is awaited: `Ready(true)` if it reset the
-    /// connection or ended its stream past the grace, `Ready(false)` if it ended it within the
-    /// grace (a half-close: no need to look again), `Pending` while it has done neither (the
-    /// task is woken when the socket changes).
-    fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// Whether the client has gone: `Ready(true)` if it reset the connection or ended its
+    /// stream past the grace, `Ready(false)` if it ended it within the grace (a half-close: no
+    /// need to look again), `Pending` while it has done neither (the task is woken when the
+    /// socket changes).
+    ///
+    /// The grace runs from the later of hyper's last read and `since`, when this request's
+    /// answer began to be awaited: an end of stream that came before then was seen now
+    /// only because hyper took the request from what it had read already (pipelined behind
+    /// the one before, whose answer it awaited without reading), so the client sent its last
+    /// request and shut its side, which is a half-close however long that answer took.
+    fn poll_gone(&self, cx: &mut Context<'_>, since: u64) -> Poll<bool> {
         self.poll_end(cx).map(|end| match end {
             End::Reset => true,
             End::Shut => {
-                let began = self.last_read.load(Ordering::Relaxed);
-                super::gone_after(began, coarse::millis())
+                let began = self.last_read.load(Ordering::Relaxed).max(since);
+                super::gone_after(began, coarse::millis()) && !self.later_unread()
             }
         })
     }
@@ -114,6 +123,21 @@ impl Watch {
             });
         }
     }
+
+    /// Whether the bytes hyper has not read yet begin with a whole request head: a later
+    /// request, pipelined while this one's answer was awaited, which makes the end of stream
+    /// behind it a half-close whenever it came (RFC 9112 §9.6), as on the lean path. Read with
+    /// `MSG_PEEK`, so hyper still reads them; only once an end of stream past the grace is
+    /// seen. (Over TLS the bytes are records, never a head: there a later request read by
+    /// neither is not known.)
+    fn later_unread(&self) -> bool {
+        let mut peeked = vec![0u8; super::READ_KEEP_MAX];
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(&self.sock, &mut peeked[..], flags) {
+            Ok((n, _)) => super::parse::whole_head(&peeked[..n]),
+            Err(_) => false,
+        }
+    }
 }
 
 /// What the client did to its stream, as far as the watch sees without reading it.
@@ -135,6 +159,9 @@ pub struct Uploading {
     watch: Option<Arc<Watch>>,
     /// Whether the body looked at the client already.
     looked: bool,
+    /// When the answer began to be awaited (coarse milliseconds), for the first look's grace
+    /// ([`Watch::poll_gone`]).
+    since: u64,
 }
 
 impl Uploading {
@@ -167,7 +194,7 @@ impl Uploading {
         };
         let first = !std::mem::replace(&mut self.looked, true);
         if first {
-            return watch.poll_gone(cx);
+            return watch.poll_gone(cx, self.since);
         }
         watch.poll_end(cx).map(|_| true)
     }
@@ -197,6 +224,7 @@ where
     UnlessGone {
         handling: Some(handling),
         watch,
+        since: 0,
     }
 }
 
@@ -205,6 +233,9 @@ pub struct UnlessGone<F> {
     handling: Option<Pin<Box<F>>>,
     /// `None` for an unwatched connection, and once a half-close was seen.
     watch: Option<Arc<Watch>>,
+    /// When the answer was first found not ready (coarse milliseconds; 0: not yet), as on the
+    /// lean path ([`Watch::poll_gone`]).
+    since: u64,
 }
 
 impl<F, B, E> std::future::Future for UnlessGone<F>
@@ -224,12 +255,19 @@ where
             if let (Ok(rsp), Some(watch)) = (&mut r, this.watch.take()) {
                 if let Some(mark) = rsp.extensions_mut().get_mut::<Uploading>() {
                     mark.watch = Some(watch);
+                    mark.since = match this.since {
+                        0 => coarse::millis(),
+                        since => since,
+                    };
                 }
             }
             return Poll::Ready(r);
         }
         if let Some(watch) = &this.watch {
-            match watch.poll_gone(cx) {
+            if this.since == 0 {
+                this.since = coarse::millis().max(1);
+            }
+            match watch.poll_gone(cx, this.since) {
                 Poll::Ready(true) => {
                     // Dropped here, before hyper closes the connection: counted and logged
                     // as a 499 by `finish.rs`.
