@@ -1185,6 +1185,18 @@ where
         streams,
     } = ends;
     tokio::pin!(conn);
+    // Polled once before anything may shut it: hyper then reads what the lean server handed
+    // over (a request's head at least, replayed at once by `Rewind`). A connection shut before
+    // hyper has read a byte is closed at once, so a drain that began before this (the listener
+    // stopping as the request came, or while the connection waited for a place) dropped that
+    // request unanswered; read, it is answered and the connection closed after it.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(conn.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(r) = first {
+        if let Err(e) = r {
+            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        }
+        return;
+    }
     let mut closing = draining;
     // Where the next look at a closing connection is, and the events it must still find.
     let mut look = Instant::now() + CLOSING_QUIET;

@@ -133,7 +133,7 @@ const VERDICT_WAIT_MIN: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub(super) struct Slot {
     /// `None` for an HTTP/2 connection's: `max_connections` does not cap them (`h2`).
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
     open: IntGauge,
 }
@@ -142,7 +142,7 @@ impl Slot {
     fn new(permit: OwnedSemaphorePermit, pool: &Pool) -> Slot {
         pool.open.inc();
         Slot {
-            _permit: Some(permit),
+            permit: Some(permit),
             freed: pool.freed.clone(),
             open: pool.open.clone(),
         }
@@ -154,7 +154,7 @@ impl Slot {
     fn uncapped(pool: &Pool) -> Slot {
         pool.open.inc();
         Slot {
-            _permit: None,
+            permit: None,
             freed: pool.freed.clone(),
             open: pool.open.clone(),
         }
@@ -163,6 +163,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // The place is given back before a waiter is told. Told first, the waiter (on another
+        // worker) could look before the permit, a field dropped after this, was back: it found
+        // no place, waited again, and the one notification was spent; its request or tunnel
+        // waited out its whole deadline with the place free.
+        drop(self.permit.take());
         self.open.dec();
         self.freed.notify_one();
     }
@@ -1048,5 +1053,65 @@ impl http_body::Body for Returning {
             Some((conn, _)) => conn.body_hint(),
             None => SizeHint::with_exact(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    /// A waiter's waker that notes how many of its pool's places were free when it was woken.
+    struct Looks {
+        slots: Arc<Semaphore>,
+        /// Free places seen at the wake-up, plus one (0: not woken).
+        saw: AtomicUsize,
+    }
+
+    impl Wake for Looks {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let free = self.slots.available_permits();
+            self.saw.store(free + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// A request (or tunnel) waiting for a place at `max_connections` is woken when a
+    /// connection's slot is given back, and the place is free by then. Before, the waiter was
+    /// told first and the permit given back after: a waiter on another worker that looked in
+    /// between found no place, waited again with the notification spent, and waited out its
+    /// whole deadline (a CONNECT not answered 200 though the tunnel before it had closed).
+    #[test]
+    fn a_waiter_woken_by_a_slot_given_back_finds_its_place_free() {
+        let settings = PoolSettings {
+            max_idle: 1,
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            http2: false,
+        };
+        let open = IntGauge::new("slot_test_open", "test").expect("a gauge");
+        let pool = Pool::new(settings, None, open);
+        let permit = pool.slots.clone().try_acquire_owned().expect("a place");
+        let slot = Slot::new(permit, &pool);
+        let looks = Arc::new(Looks {
+            slots: pool.slots.clone(),
+            saw: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(looks.clone());
+        let mut waiting = std::pin::pin!(pool.freed.notified());
+        let pending = waiting.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(pending.is_pending(), "no place yet");
+        drop(slot);
+        assert_eq!(
+            looks.saw.load(Ordering::SeqCst),
+            2,
+            "woken (not 0), with the one place free (not 1)"
+        );
     }
 }

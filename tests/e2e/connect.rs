@@ -794,7 +794,6 @@ async fn a_reload_that_removes_a_listener_cuts_its_tunnels_at_the_grace() {
 /// not a whole grace after it opened. Before, it was given a fresh grace from its own start:
 /// the removed listener's work outlived its drain by up to one more grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes alone, fails in a run of all connect:: tests: the waiting CONNECT then never gets its 200 (not yet understood)"]
 async fn a_tunnel_opened_while_its_removed_listener_drains_is_cut_at_that_drains_end() {
     let (echo_addr, server) = echo().await;
     let base = REMOVED

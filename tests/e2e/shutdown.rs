@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use rampart::sample::Sample;
+use tokio::task::JoinHandle;
+
+use crate::support::conn::Conn;
 use crate::support::{http, one_route, sample, Proxy};
 
 const GRACE: Duration = Duration::from_secs(5);
@@ -432,6 +436,32 @@ async fn sigterm_waits_for_a_request_on_the_old_socket_of_a_listener_a_reload_mo
     sigterm_waits_for_a_socket_a_reload_took_away(true).await;
 }
 
+/// Listener `extra` with its one place (`max_connections: 1`, one worker, `shutdown_grace:
+/// 2s`, its access log to `log`) taken by a slow request (`/slow?ms=1000`, in flight on
+/// return, its status to come from the task): a connection made next waits for the place.
+/// With the policy without `extra`, to reload to.
+async fn one_place_taken(log: &std::path::Path) -> (Sample, Proxy, String, JoinHandle<u16>) {
+    use crate::reload::{movable, EXTRA};
+    let app = sample().await;
+    let runtime = "runtime: { shutdown_grace: 2s, max_connections: 1 }";
+    let kept = movable("127.0.0.1", runtime);
+    let logged = EXTRA.replace(
+        "    routes:",
+        &format!("    access_log: {{ to: {} }}\n    routes:", log.display()),
+    );
+    let proxy = Proxy::builder(&format!("{kept}{logged}"))
+        .var("APP", app.addr())
+        .var("PORT", crate::support::free_port())
+        .env("RAMPART_WORKERS", 1)
+        .spawn()
+        .await;
+    let at = proxy.listener("extra");
+    let first =
+        tokio::spawn(async move { http::get(at, "/slow?ms=1000", &[]).await.status.as_u16() });
+    assert_eventually!(app.hits_for("/slow") == 1, "the first request is in flight");
+    (app, proxy, kept, first)
+}
+
 /// A listener a reload removes drains within one grace, its connections waiting for a place
 /// (`max_connections`) included: one served only once a place freed, still waiting for its
 /// upstream when the grace (counted from the reload) ends, is cut then, and logged as cut.
@@ -440,34 +470,18 @@ async fn sigterm_waits_for_a_request_on_the_old_socket_of_a_listener_a_reload_mo
 /// connection was then never cut, and ran on to its upstream's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_waited_for_a_place_is_cut_at_the_end_of_a_removed_listener_s_grace() {
-    use crate::reload::{movable, reload_to, EXTRA};
-    let app = sample().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.jsonl");
-    let runtime = "runtime: { shutdown_grace: 2s, max_connections: 1 }";
-    let kept = movable("127.0.0.1", runtime);
-    let logged = EXTRA.replace(
-        "    routes:",
-        &format!("    access_log: {{ to: {} }}\n    routes:", log.display()),
-    );
-    let mut proxy = Proxy::builder(&format!("{kept}{logged}"))
-        .var("APP", app.addr())
-        .var("PORT", crate::support::free_port())
-        .env("RAMPART_WORKERS", 1)
-        .spawn()
-        .await;
+    let (app, mut proxy, kept, first) = one_place_taken(&log).await;
     let at = proxy.listener("extra");
-    let first = tokio::spawn(async move { http::try_get(at, "/slow?ms=1000", &[]).await });
-    assert_eventually!(app.hits_for("/slow") == 1, "the first request is in flight");
     let second = tokio::spawn(async move {
         http::try_get(at, "/slow?ms=10000", &[("x-request-id", "waited")]).await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(app.hits_for("/slow"), 1, "the second waits for a place");
-    reload_to(&mut proxy, &kept).await;
+    crate::reload::reload_to(&mut proxy, &kept).await;
     let reloaded = tokio::time::Instant::now();
-    let first = first.await.expect("no panic").expect("answered");
-    assert_eq!(first.status, 200);
+    assert_eq!(first.await.expect("no panic"), 200);
     assert_eventually!(
         app.hits_for("/slow") == 2,
         "the second is served once a place frees"
@@ -489,6 +503,33 @@ async fn a_connection_that_waited_for_a_place_is_cut_at_the_end_of_a_removed_lis
         .unwrap_or_else(|| panic!("a line for the cut request: {lines:?}"));
     assert_eq!(line["status"], 503, "{line}");
     assert_eq!(line["reason"], "shutdown", "{line}");
+}
+
+/// A request the lean server hands to hyper (a chunked upload; a CONNECT, an upgrade or a
+/// body slow to come go the same way) on a connection first served once its listener, removed
+/// by a reload, drains (it waited for a place) is answered, and the connection is then closed.
+/// Before, hyper was told to close before it had read the request handed to it, and closed
+/// the connection unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_handed_to_hyper_on_a_connection_served_once_its_listener_drains_is_answered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (app, mut proxy, kept, first) = one_place_taken(&dir.path().join("access.jsonl")).await;
+    let mut second = Conn::open(proxy.listener("extra")).await;
+    second
+        .send(b"POST /echo HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await;
+    crate::reload::reload_to(&mut proxy, &kept).await;
+    assert_eq!(first.await.expect("no panic"), 200);
+    let answer = second.answer(false).await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "hello".to_owned()),
+        "log:\n{}",
+        proxy.log()
+    );
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(second.closes().await, "closed after its answer");
+    assert_eq!(app.hits_for("/echo"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

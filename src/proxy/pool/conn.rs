@@ -915,7 +915,7 @@ mod tests {
     fn over_stream(io: Stream) -> Box<Conn> {
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let slot = Slot {
-            _permit: Some(permit),
+            permit: Some(permit),
             freed: Arc::new(Notify::new()),
             open: prometheus::IntGauge::new("open", "test").unwrap(),
         };
