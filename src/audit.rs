@@ -343,11 +343,24 @@ const ERRORS_KEPT: usize = TAIL_READ as usize / 2;
 /// Most of one error a line keeps, in bytes.
 const ERROR_KEPT: usize = 2048;
 
-/// `errors` as a line keeps them: each at most [`ERROR_KEPT`] bytes, as many as fit in
-/// [`ERRORS_KEPT`], then one saying how many more the log has.
+/// The length of `s` written as a JSON string's contents: a quote or a backslash takes two
+/// bytes, a control character up to six (`\u0001`).
+fn json_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            c if u32::from(c) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
+}
+
+/// `errors` as a line keeps them: each at most [`ERROR_KEPT`] bytes of text, as many as fit
+/// in [`ERRORS_KEPT`] bytes as the line writes them (escaped), then one saying how many more
+/// the log has.
 fn kept_errors(errors: &[String]) -> std::borrow::Cow<'_, [String]> {
     let fits = |e: &String| e.len() <= ERROR_KEPT;
-    if errors.iter().all(fits) && errors.iter().map(String::len).sum::<usize>() <= ERRORS_KEPT {
+    if errors.iter().all(fits) && errors.iter().map(|e| json_len(e)).sum::<usize>() <= ERRORS_KEPT {
         return std::borrow::Cow::Borrowed(errors);
     }
     let mut kept = Vec::new();
@@ -357,10 +370,11 @@ fn kept_errors(errors: &[String]) -> std::borrow::Cow<'_, [String]> {
         while !e.is_char_boundary(cut) {
             cut -= 1;
         }
-        if used + cut > ERRORS_KEPT {
+        let written = json_len(&e[..cut]);
+        if used + written > ERRORS_KEPT {
             break;
         }
-        used += cut;
+        used += written;
         kept.push(if cut < e.len() {
             format!("{}… (cut)", &e[..cut])
         } else {

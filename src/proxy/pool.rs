@@ -166,9 +166,10 @@ impl Drop for Slot {
         // The place is given back before a waiter is told. Told first, the waiter (on another
         // worker) could look before the permit, a field dropped after this, was back: it found
         // no place, waited again, and the one notification was spent; its request or tunnel
-        // waited out its whole deadline with the place free.
-        drop(self.permit.take());
+        // waited out its whole deadline with the place free. The gauge goes down before the
+        // place is free, so a waiter's taking it never shows one connection over the cap.
         self.open.dec();
+        drop(self.permit.take());
         self.freed.notify_one();
     }
 }

@@ -506,6 +506,38 @@ async fn requests_pipelined_on_a_connection_hyper_serves_then_fin_are_all_answer
     );
 }
 
+/// The answer to an upload hyper streamed watches the client while its body streams (a
+/// client gone lets it go), but a request the client pipelined behind it, then its end of
+/// stream, is a half-close: the streaming answer is written whole, then the later one.
+#[tokio::test]
+async fn a_request_pipelined_while_an_uploads_answer_streams_then_fin_is_answered() {
+    let (app, proxy, addr) = setup().await;
+    let mut c = Conn::open(addr).await;
+    c.send(
+        b"POST /drip?chunks=8&ms=100 HTTP/1.1\r\nHost: app.local\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    // The head has come and the body streams when the next request and the end of stream go.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    c.send(get("/status/201").as_bytes()).await;
+    c.io.shutdown().await.expect("half-close");
+    let dripped = c.answer(false).await;
+    assert_eq!(dripped.status, 200, "{dripped:?}");
+    let whole: String = (0..8).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&dripped.body), whole, "{dripped:?}");
+    let next = c.answer(false).await;
+    assert_eq!(next.status, 201, "{next:?}");
+    assert_eq!(app.hits_for("/status/201"), 1);
+    let text = crate::support::metrics(proxy.admin()).await;
+    let gone = [("code", "499")];
+    assert_eq!(
+        crate::support::metric_value(&text, "rampart_requests_total", &gone),
+        None,
+        "{text}"
+    );
+}
+
 /// An HTTP/2 connection preface is prior knowledge only as the first bytes of a cleartext
 /// connection (RFC 9113 §3.3): after a request it is a head no HTTP/1.1 server reads, answered
 /// 400 `bad_request` and the connection closed. A connection that waited (parked) before its

@@ -196,7 +196,12 @@ impl Uploading {
         if first {
             return watch.poll_gone(cx, self.since);
         }
-        watch.poll_end(cx).map(|_| true)
+        // A whole later request unread behind the end of stream still makes it a half-close
+        // (RFC 9112 §9.6): the client pipelined it and shut its side, and waits for both.
+        watch.poll_end(cx).map(|end| match end {
+            End::Reset => true,
+            End::Shut => !watch.later_unread(),
+        })
     }
 }
 
