@@ -20,7 +20,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,6 +37,10 @@ pub(crate) const EARLY_EVERY: Duration = Duration::from_secs(30);
 pub(crate) const WAIT: Duration = super::refresh::FETCH_TIMEOUT;
 /// Bit 0 of [`Early::state`]: an early read was asked and is not done yet.
 const UNDER_WAY: u64 = 1;
+/// Most requests that wait for one store's early read at once. The wait comes before the
+/// rate limit and load shedding (the tenant is not known yet), and any client can name an
+/// unknown `kid`: past this, a token is refused at once, as without an early read.
+pub(crate) const MAX_WAITING: usize = 256;
 
 /// The early reads of one key store.
 pub(crate) struct Early {
@@ -54,6 +58,8 @@ pub(crate) struct Early {
     kick: Arc<Notify>,
     /// Wakes the requests waiting for the early read under way when it is done.
     done: Notify,
+    /// Requests waiting now (at most [`MAX_WAITING`]).
+    waiting: AtomicUsize,
 }
 
 /// What asking for an early read gave.
@@ -71,7 +77,18 @@ pub(crate) enum Asked {
 pub(crate) struct Reread {
     /// The stores with an early read under way, each with the epoch of its keys when the
     /// token's `kid` was found missing from them.
-    waits: Vec<(Arc<KeyStore>, u64)>,
+    waits: Vec<(Waiting, u64)>,
+}
+
+/// A request's place among a store's waiters ([`MAX_WAITING`]), given back when its wait ends
+/// or is dropped.
+#[derive(Debug)]
+struct Waiting(Arc<KeyStore>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.early.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 // === impl Early ===
@@ -88,6 +105,7 @@ impl Early {
             state: AtomicU64::new(0),
             kick: Arc::new(Notify::new()),
             done: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -158,8 +176,22 @@ impl Early {
 impl Reread {
     /// Notes that `keys` has an early read under way, asked for a `kid` its keys of `epoch`
     /// lack.
+    /// Not noted when [`MAX_WAITING`] requests wait for that read already: the token is
+    /// then refused at once.
     pub(crate) fn wait_for(&mut self, keys: &Arc<KeyStore>, epoch: u64) {
-        self.waits.push((keys.clone(), epoch));
+        let waiting = &keys.early.waiting;
+        let mut seen = waiting.load(Ordering::Acquire);
+        loop {
+            if seen >= MAX_WAITING {
+                return;
+            }
+            match waiting.compare_exchange_weak(seen, seen + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => seen = now,
+            }
+        }
+        self.waits.push((Waiting(keys.clone()), epoch));
     }
 
     /// Whether an early read is under way for the token.
@@ -174,7 +206,7 @@ impl Reread {
         let bound = Instant::now() + WAIT;
         let until = deadline.map_or(bound, |d| d.min(bound));
         let mut changed = false;
-        for (keys, epoch) in &self.waits {
+        for (Waiting(keys), epoch) in &self.waits {
             keys.early.settled(until).await;
             changed |= keys.epoch() != *epoch;
         }
@@ -236,6 +268,31 @@ mod tests {
     fn early(refresh: Duration) -> (Early, ManualClock) {
         let clock = ManualClock::new();
         (Early::new(Arc::new(clock.clone()), refresh), clock)
+    }
+
+    /// At most [`MAX_WAITING`] requests wait for one store's early read; a place is given
+    /// back when a wait is dropped.
+    #[test]
+    fn at_most_max_waiting_requests_wait_for_one_read() {
+        let (e, _clock) = early(Duration::from_secs(300));
+        let keys = Arc::new(KeyStore::empty(e));
+        let mut waits: Vec<Reread> = Vec::new();
+        for _ in 0..MAX_WAITING {
+            let mut r = Reread::default();
+            r.wait_for(&keys, 0);
+            assert!(r.is_due());
+            waits.push(r);
+        }
+        let mut over = Reread::default();
+        over.wait_for(&keys, 0);
+        assert!(!over.is_due(), "one more is refused at once");
+        waits.pop();
+        let mut again = Reread::default();
+        again.wait_for(&keys, 0);
+        assert!(again.is_due(), "a place given back is taken");
+        drop(waits);
+        drop(again);
+        assert_eq!(keys.early.waiting.load(Ordering::Acquire), 0);
     }
 
     /// One early read at a time, at most one per interval: a flood of asks begins one read,
