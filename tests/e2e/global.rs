@@ -488,6 +488,25 @@ async fn a_store_stall_gives_no_tenant_a_second_burst() {
     );
 }
 
+/// rampart with leases of 5 from a bucket of `burst` an hour, per tenant, `max_tracked`
+/// tenants tracked.
+async fn leasing(
+    redis: &Redis,
+    app: &rampart::sample::Sample,
+    burst: u64,
+    max_tracked: usize,
+) -> Proxy {
+    let setup = Setup {
+        timeout: "250ms",
+        on_error: "deny",
+        lease: 5,
+        rate: "1/h",
+        burst,
+    };
+    let template = format!("{SHARED}tenants: {{ max_tracked: {max_tracked} }}\n");
+    spawn_from(&template, redis, app.addr(), &setup).await
+}
+
 /// Leases are per-tenant state under `tenants.max_tracked` like any other: a tenant that finds
 /// the cap reached evicts another's lease and is charged one token a request, so it gets its
 /// whole burst (it used to go without a lease, each request leasing 5 tokens to spend one: 2 of
@@ -496,15 +515,7 @@ async fn a_store_stall_gives_no_tenant_a_second_burst() {
 async fn a_tenant_past_max_tracked_is_charged_what_it_spends() {
     let redis = Redis::start().await;
     let app = sample().await;
-    let setup = Setup {
-        timeout: "250ms",
-        on_error: "deny",
-        lease: 5,
-        rate: "1/h",
-        burst: 10,
-    };
-    let template = format!("{SHARED}tenants: {{ max_tracked: 2 }}\n");
-    let a = spawn_from(&template, &redis, app.addr(), &setup).await;
+    let a = leasing(&redis, &app, 10, 2).await;
     let addr = [a.listener("inbound")];
     // Two tenants spend their bursts: their leases hold the store's "none until later", so
     // neither is idle when the third comes.
@@ -535,15 +546,7 @@ async fn a_tenant_past_max_tracked_is_charged_what_it_spends() {
 async fn a_steady_tenant_keeps_its_limit_while_tenants_seen_once_churn() {
     let redis = Redis::start().await;
     let app = sample().await;
-    let setup = Setup {
-        timeout: "250ms",
-        on_error: "deny",
-        lease: 5,
-        rate: "1/h",
-        burst: 20,
-    };
-    let template = format!("{SHARED}tenants: {{ max_tracked: 4 }}\n");
-    let a = spawn_from(&template, &redis, app.addr(), &setup).await;
+    let a = leasing(&redis, &app, 20, 4).await;
     let addr = [a.listener("inbound")];
     let (mut steady, mut once) = (0, 0);
     for round in 0..25 {
