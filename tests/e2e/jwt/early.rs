@@ -8,21 +8,28 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::keys::{claims, ec, jwks, token, token_with, JwksServer};
+use super::keys::{claims, ec, jwks, token, token_with, JwksServer, Signer};
 use super::{bearer, start, write_jwks};
 use crate::support::metrics::{metric_value, metrics};
-use crate::support::{http, sample};
+use crate::support::{http, sample, Proxy};
+use rampart::sample::Sample;
+
+/// rampart in front of the sample app, its JWKS (`k1` alone) at a URL read every hour.
+async fn behind_url(k1: &Signer) -> (Sample, JwksServer, Proxy) {
+    let app = sample().await;
+    let server = JwksServer::start(jwks(&[k1])).await;
+    let url = format!("http://{}/jwks.json", server.addr);
+    let proxy = start(app.addr(), &url, "1h").await;
+    (app, server, proxy)
+}
 
 /// The issuer adds a key and signs with it: its first token is served (200), by one early
 /// read of the JWKS, URL or file, long before the next scheduled one. Before, it was 401
 /// `invalid_token` until `jwks_refresh` had passed.
 #[tokio::test]
 async fn a_token_of_a_key_just_rotated_in_is_served_at_once() {
-    let app = sample().await;
     let (k1, k2) = (ec("k1"), ec("k2"));
-    let server = JwksServer::start(jwks(&[&k1])).await;
-    let url = format!("http://{}/jwks.json", server.addr);
-    let proxy = start(app.addr(), &url, "1h").await;
+    let (app, server, proxy) = behind_url(&k1).await;
     let addr = proxy.listener("other");
     let t1 = bearer(&token(&k1, &claims("globex", None)));
     let rsp = http::get(addr, "/ok", &[("authorization", &t1)]).await;
@@ -58,11 +65,8 @@ async fn a_token_of_a_key_just_rotated_in_is_served_at_once() {
 /// still no fetch. Before, no early fetch was made at all.
 #[tokio::test]
 async fn a_flood_of_unknown_kids_makes_one_early_fetch_per_interval() {
-    let app = sample().await;
     let (k1, k2) = (ec("k1"), ec("k2"));
-    let server = JwksServer::start(jwks(&[&k1])).await;
-    let url = format!("http://{}/jwks.json", server.addr);
-    let proxy = start(app.addr(), &url, "1h").await;
+    let (_app, server, proxy) = behind_url(&k1).await;
     let addr = proxy.listener("other");
     let fetched = server.fetches.load(Ordering::SeqCst);
     let forger = ec("forger");
